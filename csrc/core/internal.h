@@ -1,0 +1,194 @@
+/* internal.h — what the core's files share and the public header does not show. */
+#ifndef ML_INTERNAL_H
+#define ML_INTERNAL_H
+
+#include <assert.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "metalearn.h"
+
+/* Internal invariants: compiled into debug and sanitizer builds (not into -DNDEBUG). */
+#define ML_ASSERT(cond) assert(cond)
+
+/* Memory shared by a tensor and its views (reshape, detach). One allocation holds the
+ * header and, when the storage owns its data, the floats after it. */
+typedef struct ml_storage {
+    int64_t refcount;
+    float *data;
+    ml_free_fn free_fn; /* external memory (NumPy); NULL when owned */
+    void *free_ctx;
+    uint64_t version; /* bumped by every in-place write */
+} ml_storage;
+
+typedef struct ml_node ml_node;
+
+struct ml_tensor {
+    int64_t refcount;
+    int ndim;
+    int requires_grad;
+    int64_t shape[ML_MAX_DIMS];
+    int64_t numel;
+    ml_storage *storage;
+    float *data;        /* == storage->data */
+    ml_node *node;      /* the op that made this tensor; NULL for a leaf */
+    ml_tensor *next_dead; /* intrusive list used while releasing a graph without recursion */
+};
+
+/* One entry per op: its name, its number of tensor inputs (-1: variable), its backward.
+ * backward(out, gout, gin): gin[i] gets d<gout,out>/d input_i as a new reference, or NULL
+ * when input i needs no gradient. It is written with public differentiable ops, so under
+ * create_graph the gradient is recorded like any forward computation. */
+typedef ml_status (*ml_backward_fn)(ml_tensor *out, ml_tensor *gout, ml_tensor **gin);
+
+typedef enum ml_op_id {
+    OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_MAXIMUM, OP_MINIMUM,
+    OP_NEG, OP_SQUARE, OP_SQRT, OP_EXP, OP_LOG, OP_ABS, OP_RELU, OP_SIGMOID, OP_TANH,
+    OP_ERF, OP_GELU, OP_POW_SCALAR, OP_ADD_SCALAR, OP_MUL_SCALAR, OP_LEAKY_RELU, OP_ELU,
+    OP_CLIP,
+    OP_MATMUL, OP_LINEAR,
+    OP_RESHAPE, OP_PERMUTE, OP_BROADCAST_TO, OP_SUM_TO, OP_CONCAT, OP_NARROW, OP_PAD_AXIS,
+    OP_GATHER, OP_SCATTER_ADD, OP_PICK,
+    OP_SUM, OP_MEAN, OP_MAX, OP_SOFTMAX, OP_LOG_SOFTMAX,
+    OP_SOFTMAX_CE, OP_SPARSE_SOFTMAX_CE,
+    OP_COUNT
+} ml_op_id;
+
+typedef struct ml_op_def {
+    const char *name;
+    int n_inputs;
+    ml_backward_fn backward;
+} ml_op_def;
+
+extern const ml_op_def ml_op_table[OP_COUNT];
+
+#define ML_NODE_MAX_IPARAMS (2 * ML_MAX_DIMS + 2)
+
+struct ml_node {
+    ml_op_id op;
+    int n_inputs;
+    ml_tensor **inputs;           /* owned references */
+    uint64_t *input_versions;     /* storage versions when recorded */
+    uint64_t out_version;
+    float fparams[4];
+    int64_t iparams[ML_NODE_MAX_IPARAMS];
+    int64_t n_index;              /* gather/scatter/pick indices, owned copy */
+    int64_t *index;
+    ml_tensor *inputs_inline[3];
+    uint64_t versions_inline[3];
+};
+
+/* ---- tensors (tensor.c) ---- */
+/* An uninitialised tensor of shape (data not zeroed); validates the shape. */
+ml_status ml__new(ml_tensor **out, int ndim, const int64_t *shape);
+ml_status ml__check_shape(int ndim, const int64_t *shape, int64_t *numel_out);
+/* A tensor viewing x's storage with a new shape of the same numel. */
+ml_status ml__view(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shape);
+int ml__same_shape(const ml_tensor *a, const ml_tensor *b);
+/* "(3, 4)" into buf */
+const char *ml__shape_str(char *buf, size_t size, int ndim, const int64_t *shape);
+#define ML_SHAPE_STR(t) ml__shape_str((char[160]){0}, 160, (t)->ndim, (t)->shape)
+/* Normalises a possibly negative axis; returns -1 when out of range. */
+int ml__axis(int axis, int ndim);
+
+/* ---- autograd (autograd.c) ---- */
+/* Whether an op with these inputs records a node. */
+int ml__should_record(int n, ml_tensor *const *inputs);
+/* Attaches a node for `op` to out, retaining the inputs. Returns the node for params. */
+ml_status ml__record(ml_tensor *out, ml_op_id op, int n, ml_tensor *const *inputs,
+                     ml_node **node_out);
+/* Checks that inputs were not modified in place since they were recorded. */
+ml_status ml__check_versions(const ml_tensor *out);
+
+/* ---- broadcasting helpers (ops/elementwise.c) ---- */
+ml_status ml__broadcast_shape(const ml_tensor *a, const ml_tensor *b, int *ndim,
+                              int64_t *shape, const char *opname);
+
+/* ---- scoped composition for backward formulas ----
+ * Ops used inside a backward pass return new references; a scope collects them and releases
+ * them all at the end, so a formula reads like math: MUL(s, g, EXP(s, x)). A failed op
+ * makes every later op in the scope return NULL, and the scope keeps the first status. */
+#define ML_SCOPE_MAX 48
+typedef struct ml_scope {
+    ml_tensor *items[ML_SCOPE_MAX];
+    int n;
+    ml_status status;
+} ml_scope;
+
+/* `slot` is read after `st` is computed: argument order in C is unspecified. */
+static inline ml_tensor *ml__push(ml_scope *s, ml_status st, ml_tensor **slot) {
+    ml_tensor *t = *slot;
+    if (st != ML_OK) {
+        if (s->status == ML_OK) s->status = st;
+        return NULL;
+    }
+    if (s->n >= ML_SCOPE_MAX) {
+        ml_release(t);
+        s->status = ml_set_error(ML_ERR_GRAPH, "internal: backward scope overflow");
+        return NULL;
+    }
+    s->items[s->n++] = t;
+    return t;
+}
+/* Hands t out of the scope as a new reference (NULL stays NULL). */
+static inline ml_tensor *ml__keep(ml_tensor *t) {
+    if (t) ml_retain(t);
+    return t;
+}
+static inline void ml__scope_end(ml_scope *s) {
+    for (int i = 0; i < s->n; i++) ml_release(s->items[i]);
+    s->n = 0;
+}
+
+#define ML_S_OK(s) ((s)->status == ML_OK)
+/* Each argument is evaluated once (statement expressions); NULL in, NULL out. */
+#define ML_S2(fn, s, a, b) ({                                                       \
+    ml_tensor *a_ = (a), *b_ = (b), *o_ = NULL;                                     \
+    (ML_S_OK(s) && a_ && b_) ? ml__push((s), fn(&o_, a_, b_), &o_) : NULL; })
+#define ML_S1(fn, s, a) ({                                                          \
+    ml_tensor *a_ = (a), *o_ = NULL;                                                \
+    (ML_S_OK(s) && a_) ? ml__push((s), fn(&o_, a_), &o_) : NULL; })
+#define ML_S1F(fn, s, a, f) ({                                                      \
+    ml_tensor *a_ = (a), *o_ = NULL;                                                \
+    (ML_S_OK(s) && a_) ? ml__push((s), fn(&o_, a_, (f)), &o_) : NULL; })
+#define ADD(s, a, b) ML_S2(ml_add, s, a, b)
+#define SUB(s, a, b) ML_S2(ml_sub, s, a, b)
+#define MUL(s, a, b) ML_S2(ml_mul, s, a, b)
+#define DIV(s, a, b) ML_S2(ml_div, s, a, b)
+#define NEG(s, a) ML_S1(ml_neg, s, a)
+#define SQUARE(s, a) ML_S1(ml_square, s, a)
+#define EXP(s, a) ML_S1(ml_exp, s, a)
+#define LOG(s, a) ML_S1(ml_log, s, a)
+#define SIGN(s, a) ML_S1(ml_sign, s, a)
+#define ERF(s, a) ML_S1(ml_erf, s, a)
+#define RELU(s, a) ML_S1(ml_relu, s, a)
+#define ABS(s, a) ML_S1(ml_abs, s, a)
+#define SOFTMAX(s, a, ax) ML_S1F(ml_softmax, s, a, ax)
+#define LOG_SOFTMAX(s, a, ax) ML_S1F(ml_log_softmax, s, a, ax)
+#define POWS(s, a, p) ML_S1F(ml_pow_scalar, s, a, p)
+#define ADDS(s, a, v) ML_S1F(ml_add_scalar, s, a, v)
+#define MULS(s, a, v) ML_S1F(ml_mul_scalar, s, a, v)
+#define STEP(s, a, th) ML_S1F(ml_step, s, a, th)
+#define MATMUL(s, a, b, ta, tb) ({                                                  \
+    ml_tensor *a_ = (a), *b_ = (b), *o_ = NULL;                                     \
+    (ML_S_OK(s) && a_ && b_) ? ml__push((s), ml_matmul(&o_, a_, b_, (ta), (tb)), &o_) : NULL; })
+#define ML_SX(s, a, CALL) ({                                                        \
+    ml_tensor *a_ = (a), *o_ = NULL;                                                \
+    (ML_S_OK(s) && a_) ? ml__push((s), CALL, &o_) : NULL; })
+#define RESHAPE(s, a, nd, sh) ML_SX(s, a, ml_reshape(&o_, a_, (nd), (sh)))
+#define RESHAPE_LIKE(s, a, like) RESHAPE(s, a, (like)->ndim, (like)->shape)
+#define BCAST_TO(s, a, nd, sh) ML_SX(s, a, ml_broadcast_to(&o_, a_, (nd), (sh)))
+#define SUM_TO(s, a, like) ML_SX(s, a, ml_sum_to(&o_, a_, (like)->ndim, (like)->shape))
+#define SUM_AXES(s, a, n, axes, keep) ML_SX(s, a, ml_sum(&o_, a_, (n), (axes), (keep)))
+#define EQUAL(s, a, b) ML_S2(ml__equal, s, a, b)
+
+/* 1 where a == b (broadcast), zero gradient. Used by max's backward. */
+ml_status ml__equal(ml_tensor **out, ml_tensor *a, ml_tensor *b);
+/* A constant (no-grad) tensor of ones shaped like x. */
+ml_status ml__ones_like(ml_tensor **out, const ml_tensor *x);
+
+/* Size above which an op is worth splitting over threads or releasing the GIL for. */
+#define ML_BIG_WORK 32768
+
+#endif /* ML_INTERNAL_H */

@@ -1,0 +1,112 @@
+/* rng.c — the seeded generator: xoshiro256** (Blackman & Vigna 2018) seeded through
+ * splitmix64. One stream per process, so the same seed gives the same numbers bit for bit. */
+#include <math.h>
+
+#include "internal.h"
+
+static uint64_t rng_state[4];
+static int rng_seeded;
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+void ml_rng_seed(uint64_t seed) {
+    uint64_t x = seed;
+    for (int i = 0; i < 4; i++) rng_state[i] = splitmix64(&x);
+    rng_seeded = 1;
+}
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t ml_rng_next_u64(void) {
+    if (!rng_seeded) ml_rng_seed(0);
+    uint64_t *s = rng_state;
+    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+/* uniform in [0, 1) with 24 random bits: every value is exact in float32 */
+static inline float next_unit(void) { return (float)(ml_rng_next_u64() >> 40) * 0x1.0p-24f; }
+
+/* standard normal by Box-Muller, in double so the tails are right */
+static double next_normal(void) {
+    double u1 = ((double)(ml_rng_next_u64() >> 11) + 1.0) * 0x1.0p-53; /* (0, 1] */
+    double u2 = (double)(ml_rng_next_u64() >> 11) * 0x1.0p-53;
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+ml_status ml_rng_uniform(ml_tensor **out, int ndim, const int64_t *shape, float lo, float hi) {
+    if (!(lo <= hi) || !isfinite(lo) || !isfinite(hi))
+        return ml_set_error(ML_ERR_VALUE, "random_uniform: need finite minval <= maxval, got %g and %g",
+                            (double)lo, (double)hi);
+    ml_status st = ml__new(out, ndim, shape);
+    if (st) return st;
+    float *d = (*out)->data;
+    for (int64_t i = 0; i < (*out)->numel; i++) d[i] = lo + (hi - lo) * next_unit();
+    return ML_OK;
+}
+
+ml_status ml_rng_normal(ml_tensor **out, int ndim, const int64_t *shape, float mean,
+                        float stddev) {
+    if (!(stddev >= 0) || !isfinite(stddev) || !isfinite(mean))
+        return ml_set_error(ML_ERR_VALUE, "random_normal: need a finite mean and stddev >= 0, got %g and %g",
+                            (double)mean, (double)stddev);
+    ml_status st = ml__new(out, ndim, shape);
+    if (st) return st;
+    float *d = (*out)->data;
+    for (int64_t i = 0; i < (*out)->numel; i++) d[i] = mean + stddev * (float)next_normal();
+    return ML_OK;
+}
+
+ml_status ml_rng_truncated_normal(ml_tensor **out, int ndim, const int64_t *shape, float mean,
+                                  float stddev) {
+    if (!(stddev >= 0) || !isfinite(stddev) || !isfinite(mean))
+        return ml_set_error(ML_ERR_VALUE, "truncated_normal: need a finite mean and stddev >= 0, got %g and %g",
+                            (double)mean, (double)stddev);
+    ml_status st = ml__new(out, ndim, shape);
+    if (st) return st;
+    float *d = (*out)->data;
+    for (int64_t i = 0; i < (*out)->numel; i++) {
+        double z;
+        do z = next_normal(); while (z < -2.0 || z > 2.0); /* 95% accepted */
+        d[i] = mean + stddev * (float)z;
+    }
+    return ML_OK;
+}
+
+/* uniform in [0, n) without modulo bias (Lemire 2019, "Fast random integer generation
+ * in an interval") */
+static uint64_t next_below(uint64_t n) {
+    __uint128_t m = (__uint128_t)ml_rng_next_u64() * n;
+    uint64_t low = (uint64_t)m;
+    if (low < n) {
+        uint64_t threshold = -n % n;
+        while (low < threshold) {
+            m = (__uint128_t)ml_rng_next_u64() * n;
+            low = (uint64_t)m;
+        }
+    }
+    return (uint64_t)(m >> 64);
+}
+
+ml_status ml_rng_permutation(int64_t *out, int64_t n) {
+    if (n < 0) return ml_set_error(ML_ERR_VALUE, "permutation: n must be >= 0, got %lld", (long long)n);
+    for (int64_t i = 0; i < n; i++) out[i] = i;
+    for (int64_t i = n - 1; i > 0; i--) { /* Fisher-Yates */
+        int64_t j = (int64_t)next_below((uint64_t)i + 1);
+        int64_t t = out[i];
+        out[i] = out[j];
+        out[j] = t;
+    }
+    return ML_OK;
+}

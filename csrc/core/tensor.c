@@ -1,0 +1,266 @@
+/* tensor.c — errors, tensor lifetime and shapes. */
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "internal.h"
+
+/* ------------------------------------------------------------------ errors */
+
+static _Thread_local char ml_error_buf[512];
+
+const char *ml_last_error(void) { return ml_error_buf; }
+
+ml_status ml_set_error(ml_status status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ml_error_buf, sizeof ml_error_buf, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+/* ------------------------------------------------------------------ shapes */
+
+const char *ml__shape_str(char *buf, size_t size, int ndim, const int64_t *shape) {
+    size_t used = 0;
+    used += (size_t)snprintf(buf + used, size - used, "(");
+    for (int i = 0; i < ndim && used < size; i++) {
+        used += (size_t)snprintf(buf + used, size - used, i ? ", %lld" : "%lld",
+                                 (long long)shape[i]);
+    }
+    if (used < size) snprintf(buf + used, size - used, ndim == 1 ? ",)" : ")");
+    return buf;
+}
+
+int ml__axis(int axis, int ndim) {
+    if (axis < 0) axis += ndim;
+    return (axis < 0 || axis >= ndim) ? -1 : axis;
+}
+
+ml_status ml__check_shape(int ndim, const int64_t *shape, int64_t *numel_out) {
+    if (ndim < 0 || ndim > ML_MAX_DIMS)
+        return ml_set_error(ML_ERR_VALUE, "a tensor has 0 to %d dimensions, got %d",
+                            ML_MAX_DIMS, ndim);
+    int64_t numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0)
+            return ml_set_error(ML_ERR_VALUE, "negative dimension %lld in shape %s",
+                                (long long)shape[i], ml__shape_str((char[160]){0}, 160, ndim, shape));
+        /* Refuse products whose byte count overflows: 2^40 x 2^40 must not wrap. */
+        if (shape[i] != 0 && numel > (INT64_MAX / 4) / shape[i])
+            return ml_set_error(ML_ERR_OOM, "shape %s is too large to allocate",
+                                ml__shape_str((char[160]){0}, 160, ndim, shape));
+        numel *= shape[i];
+    }
+    *numel_out = numel;
+    return ML_OK;
+}
+
+int ml__same_shape(const ml_tensor *a, const ml_tensor *b) {
+    if (a->ndim != b->ndim) return 0;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i]) return 0;
+    return 1;
+}
+
+/* ----------------------------------------------------------------- storage */
+
+static ml_storage *storage_new(int64_t numel) {
+    /* Header and data in one block; data 64-byte aligned for vector loads. */
+    size_t header = (sizeof(ml_storage) + 63) & ~(size_t)63;
+    size_t bytes = header + (size_t)(numel > 0 ? numel : 1) * sizeof(float);
+    void *block = NULL;
+    if (posix_memalign(&block, 64, bytes) != 0) return NULL;
+    ml_storage *s = block;
+    s->refcount = 1;
+    s->data = (float *)((char *)block + header);
+    s->free_fn = NULL;
+    s->free_ctx = NULL;
+    s->version = 0;
+    return s;
+}
+
+static void storage_release(ml_storage *s) {
+    if (__atomic_sub_fetch(&s->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
+    if (s->free_fn) s->free_fn(s->free_ctx);
+    free(s);
+}
+
+static ml_tensor *tensor_alloc(int ndim, const int64_t *shape, int64_t numel) {
+    ml_tensor *t = malloc(sizeof *t);
+    if (!t) return NULL;
+    t->refcount = 1;
+    t->ndim = ndim;
+    t->requires_grad = 0;
+    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
+    for (int i = ndim; i < ML_MAX_DIMS; i++) t->shape[i] = 1;
+    t->numel = numel;
+    t->storage = NULL;
+    t->data = NULL;
+    t->node = NULL;
+    t->next_dead = NULL;
+    return t;
+}
+
+ml_status ml__new(ml_tensor **out, int ndim, const int64_t *shape) {
+    int64_t numel;
+    ml_status st = ml__check_shape(ndim, shape, &numel);
+    if (st) return st;
+    ml_tensor *t = tensor_alloc(ndim, shape, numel);
+    ml_storage *s = t ? storage_new(numel) : NULL;
+    if (!s) {
+        free(t);
+        return ml_set_error(ML_ERR_OOM, "out of memory allocating a tensor of shape %s",
+                            ml__shape_str((char[160]){0}, 160, ndim, shape));
+    }
+    t->storage = s;
+    t->data = s->data;
+    *out = t;
+    return ML_OK;
+}
+
+ml_status ml__view(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shape) {
+    int64_t numel;
+    ml_status st = ml__check_shape(ndim, shape, &numel);
+    if (st) return st;
+    if (numel != x->numel)
+        return ml_set_error(ML_ERR_SHAPE, "cannot view a tensor of shape %s as %s",
+                            ML_SHAPE_STR(x), ml__shape_str((char[160]){0}, 160, ndim, shape));
+    ml_tensor *t = tensor_alloc(ndim, shape, numel);
+    if (!t) return ml_set_error(ML_ERR_OOM, "out of memory");
+    __atomic_add_fetch(&x->storage->refcount, 1, __ATOMIC_RELAXED);
+    t->storage = x->storage;
+    t->data = x->data;
+    *out = t;
+    return ML_OK;
+}
+
+ml_status ml_tensor_zeros(ml_tensor **out, int ndim, const int64_t *shape) {
+    ml_status st = ml__new(out, ndim, shape);
+    if (st) return st;
+    memset((*out)->data, 0, (size_t)(*out)->numel * sizeof(float));
+    return ML_OK;
+}
+
+ml_status ml_tensor_full(ml_tensor **out, int ndim, const int64_t *shape, float value) {
+    ml_status st = ml__new(out, ndim, shape);
+    if (st) return st;
+    float *d = (*out)->data;
+    for (int64_t i = 0; i < (*out)->numel; i++) d[i] = value;
+    return ML_OK;
+}
+
+ml_status ml__ones_like(ml_tensor **out, const ml_tensor *x) {
+    return ml_tensor_full(out, x->ndim, x->shape, 1.0f);
+}
+
+ml_status ml_tensor_scalar(ml_tensor **out, float value) {
+    return ml_tensor_full(out, 0, NULL, value);
+}
+
+ml_status ml_tensor_from_data(ml_tensor **out, int ndim, const int64_t *shape,
+                              const float *data) {
+    ml_status st = ml__new(out, ndim, shape);
+    if (st) return st;
+    if ((*out)->numel) memcpy((*out)->data, data, (size_t)(*out)->numel * sizeof(float));
+    return ML_OK;
+}
+
+ml_status ml_tensor_wrap(ml_tensor **out, int ndim, const int64_t *shape, float *data,
+                         ml_free_fn free_fn, void *ctx) {
+    int64_t numel;
+    ml_status st = ml__check_shape(ndim, shape, &numel);
+    if (st) return st;
+    if (!data && numel > 0) return ml_set_error(ML_ERR_VALUE, "ml_tensor_wrap: data is NULL");
+    ml_tensor *t = tensor_alloc(ndim, shape, numel);
+    ml_storage *s = t ? malloc(sizeof *s) : NULL;
+    if (!s) {
+        free(t);
+        return ml_set_error(ML_ERR_OOM, "out of memory");
+    }
+    s->refcount = 1;
+    s->data = data;
+    s->free_fn = free_fn;
+    s->free_ctx = ctx;
+    s->version = 0;
+    t->storage = s;
+    t->data = data;
+    *out = t;
+    return ML_OK;
+}
+
+void ml_retain(ml_tensor *t) {
+    if (t) __atomic_add_fetch(&t->refcount, 1, __ATOMIC_RELAXED);
+}
+
+static void node_free_shallow(ml_node *n) {
+    if (n->inputs != n->inputs_inline) free(n->inputs);
+    if (n->input_versions != n->versions_inline) free(n->input_versions);
+    free(n->index);
+    free(n);
+}
+
+/* Releasing the last output of a long graph (10^5 chained ops) must not recurse once per
+ * node: dead tensors go on an intrusive list and are freed in a loop. */
+void ml_release(ml_tensor *t) {
+    if (!t) return;
+    if (__atomic_sub_fetch(&t->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
+    ml_tensor *dead = t;
+    t->next_dead = NULL;
+    while (dead) {
+        ml_tensor *cur = dead;
+        dead = cur->next_dead;
+        ml_node *n = cur->node;
+        if (n) {
+            for (int i = 0; i < n->n_inputs; i++) {
+                ml_tensor *in = n->inputs[i];
+                if (__atomic_sub_fetch(&in->refcount, 1, __ATOMIC_ACQ_REL) == 0) {
+                    in->next_dead = dead;
+                    dead = in;
+                }
+            }
+            node_free_shallow(n);
+        }
+        if (cur->storage) storage_release(cur->storage);
+        free(cur);
+    }
+}
+
+int ml_ndim(const ml_tensor *t) { return t->ndim; }
+const int64_t *ml_shape(const ml_tensor *t) { return t->shape; }
+int64_t ml_numel(const ml_tensor *t) { return t->numel; }
+float *ml_data(ml_tensor *t) { return t->data; }
+int ml_requires_grad(const ml_tensor *t) { return t->requires_grad; }
+int ml_is_leaf(const ml_tensor *t) { return t->node == NULL; }
+uint64_t ml_version(const ml_tensor *t) { return t->storage->version; }
+
+const char *ml_op_name(const ml_tensor *t) {
+    return t->node ? ml_op_table[t->node->op].name : "";
+}
+
+ml_status ml_set_requires_grad(ml_tensor *t, int requires_grad) {
+    if (t->node)
+        return ml_set_error(ML_ERR_GRAPH,
+                            "requires_grad can only be changed on a leaf tensor; this one was "
+                            "made by '%s' (use detach() first)",
+                            ml_op_table[t->node->op].name);
+    t->requires_grad = requires_grad ? 1 : 0;
+    return ML_OK;
+}
+
+ml_status ml_detach(ml_tensor **out, ml_tensor *t) {
+    return ml__view(out, t, t->ndim, t->shape);
+}
+
+ml_status ml_copy(ml_tensor **out, const ml_tensor *t) {
+    return ml_tensor_from_data(out, t->ndim, t->shape, t->data);
+}
+
+ml_status ml_assign(ml_tensor *dst, const ml_tensor *src) {
+    if (dst->numel != src->numel)
+        return ml_set_error(ML_ERR_SHAPE, "cannot assign a value of shape %s to a tensor of shape %s",
+                            ML_SHAPE_STR(src), ML_SHAPE_STR(dst));
+    if (dst->data != src->data)
+        memmove(dst->data, src->data, (size_t)dst->numel * sizeof(float));
+    dst->storage->version++;
+    return ML_OK;
+}

@@ -1,0 +1,272 @@
+/*
+ * metalearn.h — the one public header of the metalearn C core.
+ *
+ * float32 tensors, reverse-mode autograd of any order, the ops behind Keras-style
+ * layers, SGD/Adam, a seeded random generator and checked weight files. No Python.
+ *
+ * A short tour: f(x) = a*x^2 + b, its first and second derivative, one Adam step.
+ *
+ *     ml_tensor *x, *a, *b, *x2, *ax2, *f, *df, *d2f;
+ *     ml_tensor_scalar(&x, 3.0f);  ml_set_requires_grad(x, 1);
+ *     ml_tensor_scalar(&a, 2.0f);  ml_tensor_scalar(&b, 1.0f);
+ *     ml_square(&x2, x);                    // records a graph: x is a leaf that needs grad
+ *     ml_mul(&ax2, a, x2);
+ *     ml_add(&f, ax2, b);                   // f = 19
+ *     ml_grad(&df, 1, &f, 1, &x, NULL, 1, 0);   // create_graph=1: df = 2ax = 12, itself a graph
+ *     ml_grad(&d2f, 1, &df, 1, &x, NULL, 0, 0); // d2f = 2a = 4
+ *
+ *     ml_optimizer *opt;
+ *     ml_adam_new(&opt, 0.001f, 0.9f, 0.999f, 1e-7f, 0);   // Keras defaults
+ *     ml_optimizer_step(opt, 1, &x, &df);   // x <- x - lr * m_hat / (sqrt(v_hat) + eps)
+ *     // every object is refcounted: release what you made
+ *     ml_release(x); ml_release(a); ...; ml_optimizer_free(opt);
+ *
+ * Conventions
+ *  - Every public function returns an ml_status; on failure it leaves a message for
+ *    ml_last_error() (thread-local) and changes nothing the caller passed in.
+ *  - Outputs come first (`ml_add(&out, a, b)`), and a returned tensor is a new reference
+ *    the caller releases with ml_release().
+ *  - Element-wise binary ops broadcast as NumPy does; the gradient of a broadcast input
+ *    is summed back to the input's shape.
+ *  - Recording follows grad mode (thread-local, on by default): an op records a node when
+ *    grad mode is on and one of its inputs requires grad. Every op's backward is written
+ *    with the same differentiable ops, so ml_grad(..., create_graph=1) returns gradients
+ *    that can be differentiated again: second-order MAML needs no special case.
+ */
+#ifndef METALEARN_H
+#define METALEARN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ML_MAX_DIMS 8
+#define ML_VERSION_MAJOR 0
+#define ML_VERSION_MINOR 1
+
+typedef enum ml_status {
+    ML_OK = 0,
+    ML_ERR_VALUE = 1,  /* a bad argument value: axis out of range, negative size, NaN lr */
+    ML_ERR_SHAPE = 2,  /* shapes that do not fit together */
+    ML_ERR_TYPE = 3,   /* wrong kind of argument (e.g. an index that is not an integer) */
+    ML_ERR_OOM = 4,    /* an allocation failed or a size overflowed */
+    ML_ERR_IO = 5,     /* a file could not be opened, read or written */
+    ML_ERR_FORMAT = 6, /* a file is not a metalearn file, is truncated, or fails its checksum */
+    ML_ERR_GRAPH = 7,  /* autograd misuse: no path to an input, a non-scalar without grad_outputs */
+} ml_status;
+
+/* The message of the last failure on this thread ("" when none). */
+const char *ml_last_error(void);
+/* Sets the thread's error message (printf-style) and returns `status`. */
+ml_status ml_set_error(ml_status status, const char *fmt, ...);
+
+/* ------------------------------------------------------------------ tensors */
+
+typedef struct ml_tensor ml_tensor;
+typedef void (*ml_free_fn)(void *ctx);
+
+/* New tensor of `shape` (ndim 0..ML_MAX_DIMS; ndim 0 is a scalar), zero-filled. */
+ml_status ml_tensor_zeros(ml_tensor **out, int ndim, const int64_t *shape);
+/* New tensor holding a copy of `data` (product of shape floats). */
+ml_status ml_tensor_from_data(ml_tensor **out, int ndim, const int64_t *shape, const float *data);
+/* New tensor that uses `data` in place; `free_fn(ctx)` runs when the tensor is released.
+ * The memory must hold the product of shape floats, C-contiguous. */
+ml_status ml_tensor_wrap(ml_tensor **out, int ndim, const int64_t *shape, float *data,
+                         ml_free_fn free_fn, void *ctx);
+ml_status ml_tensor_scalar(ml_tensor **out, float value);
+ml_status ml_tensor_full(ml_tensor **out, int ndim, const int64_t *shape, float value);
+
+void ml_retain(ml_tensor *t);
+void ml_release(ml_tensor *t); /* NULL is allowed */
+
+int ml_ndim(const ml_tensor *t);
+const int64_t *ml_shape(const ml_tensor *t);
+int64_t ml_numel(const ml_tensor *t);
+float *ml_data(ml_tensor *t);
+int ml_requires_grad(const ml_tensor *t);
+/* Only a leaf (a tensor no op made) may change whether it requires grad. */
+ml_status ml_set_requires_grad(ml_tensor *t, int requires_grad);
+int ml_is_leaf(const ml_tensor *t);
+/* Name of the op that made t ("" for a leaf). */
+const char *ml_op_name(const ml_tensor *t);
+/* A leaf sharing t's memory, cut from its graph. */
+ml_status ml_detach(ml_tensor **out, ml_tensor *t);
+/* A new leaf with a copy of t's data. */
+ml_status ml_copy(ml_tensor **out, const ml_tensor *t);
+/* Copies src's values into dst in place (same number of elements); records nothing. */
+ml_status ml_assign(ml_tensor *dst, const ml_tensor *src);
+/* Bumped by every in-place write; a graph that saved the tensor checks it in backward. */
+uint64_t ml_version(const ml_tensor *t);
+
+/* ---------------------------------------------------------------- grad mode */
+
+int ml_grad_enabled(void);
+/* Sets grad mode for this thread and returns the previous mode. */
+int ml_set_grad_enabled(int enabled);
+
+/* Gradients of sum_i <grad_outputs[i], outputs[i]> with respect to each input, as
+ * torch.autograd.grad. grad_outputs may be NULL when every output is a scalar.
+ * grads[j] is NULL (allow_unused) when inputs[j] does not reach any output. */
+ml_status ml_grad(ml_tensor **grads, int n_outputs, ml_tensor *const *outputs, int n_inputs,
+                  ml_tensor *const *inputs, ml_tensor *const *grad_outputs, int create_graph,
+                  int allow_unused);
+
+/* ----------------------------------------------------------------------- ops */
+
+typedef enum ml_activation {
+    ML_ACT_NONE = 0,
+    ML_ACT_RELU = 1,
+    ML_ACT_SIGMOID = 2,
+    ML_ACT_TANH = 3,
+} ml_activation;
+
+/* element-wise, broadcasting */
+ml_status ml_add(ml_tensor **out, ml_tensor *a, ml_tensor *b);
+ml_status ml_sub(ml_tensor **out, ml_tensor *a, ml_tensor *b);
+ml_status ml_mul(ml_tensor **out, ml_tensor *a, ml_tensor *b);
+ml_status ml_div(ml_tensor **out, ml_tensor *a, ml_tensor *b);
+ml_status ml_maximum(ml_tensor **out, ml_tensor *a, ml_tensor *b);
+ml_status ml_minimum(ml_tensor **out, ml_tensor *a, ml_tensor *b);
+/* element-wise, one input */
+ml_status ml_neg(ml_tensor **out, ml_tensor *x);
+ml_status ml_square(ml_tensor **out, ml_tensor *x);
+ml_status ml_sqrt(ml_tensor **out, ml_tensor *x);
+ml_status ml_exp(ml_tensor **out, ml_tensor *x);
+ml_status ml_log(ml_tensor **out, ml_tensor *x);
+ml_status ml_abs(ml_tensor **out, ml_tensor *x);
+ml_status ml_sign(ml_tensor **out, ml_tensor *x); /* zero gradient */
+ml_status ml_relu(ml_tensor **out, ml_tensor *x);
+ml_status ml_sigmoid(ml_tensor **out, ml_tensor *x);
+ml_status ml_tanh(ml_tensor **out, ml_tensor *x);
+ml_status ml_erf(ml_tensor **out, ml_tensor *x);
+ml_status ml_gelu(ml_tensor **out, ml_tensor *x); /* exact: x * Phi(x) */
+ml_status ml_pow_scalar(ml_tensor **out, ml_tensor *x, float exponent);
+ml_status ml_add_scalar(ml_tensor **out, ml_tensor *x, float value);
+ml_status ml_mul_scalar(ml_tensor **out, ml_tensor *x, float value);
+ml_status ml_leaky_relu(ml_tensor **out, ml_tensor *x, float negative_slope);
+ml_status ml_elu(ml_tensor **out, ml_tensor *x, float alpha);
+/* min(max(x, lo), hi); the gradient passes where lo <= x <= hi. */
+ml_status ml_clip(ml_tensor **out, ml_tensor *x, float lo, float hi);
+/* 1 where x > threshold, else 0; zero gradient. */
+ml_status ml_step(ml_tensor **out, ml_tensor *x, float threshold);
+
+/* matmul: a (..., m, k) @ b (..., k, n), transposes applied to the last two dims first.
+ * Leading (batch) dims broadcast as NumPy does; both inputs need at least 2 dims. */
+ml_status ml_matmul(ml_tensor **out, ml_tensor *a, ml_tensor *b, int transpose_a,
+                    int transpose_b);
+/* act(x @ w + b): x (..., k), w (k, n), b (n) or NULL. */
+ml_status ml_linear(ml_tensor **out, ml_tensor *x, ml_tensor *w, ml_tensor *b,
+                    ml_activation activation);
+
+/* shape */
+ml_status ml_reshape(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shape);
+/* perm NULL reverses the dims. */
+ml_status ml_permute(ml_tensor **out, ml_tensor *x, const int *perm);
+ml_status ml_broadcast_to(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shape);
+/* Sums x down to `shape` (the reverse of broadcasting). */
+ml_status ml_sum_to(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shape);
+ml_status ml_concat(ml_tensor **out, int n, ml_tensor *const *xs, int axis);
+/* x[..., start:start+length, ...] along axis. */
+ml_status ml_narrow(ml_tensor **out, ml_tensor *x, int axis, int64_t start, int64_t length);
+/* Zero tensor with dim `axis` of size `size` holding x at [start, start + x.shape[axis]). */
+ml_status ml_pad_axis(ml_tensor **out, ml_tensor *x, int axis, int64_t start, int64_t size);
+/* Rows of x along axis picked by indices (negative indices count from the end). */
+ml_status ml_gather(ml_tensor **out, ml_tensor *x, int n_indices, const int64_t *indices,
+                    int axis);
+/* Zero tensor with dim `axis` of size `size`, x's slices added at rows `indices`. */
+ml_status ml_scatter_add(ml_tensor **out, ml_tensor *x, int n_indices, const int64_t *indices,
+                         int axis, int64_t size);
+/* out[i...] = x[i..., labels[i...]] along the last axis: x (..., c), labels (...). */
+ml_status ml_pick(ml_tensor **out, ml_tensor *x, int64_t n_labels, const int64_t *labels);
+/* One-hot rows: (n_labels, depth). Refuses labels outside [0, depth). */
+ml_status ml_one_hot(ml_tensor **out, int64_t n_labels, const int64_t *labels, int64_t depth);
+
+/* reductions: axes NULL / n_axes 0 means all axes; negative axes count from the end */
+ml_status ml_sum(ml_tensor **out, ml_tensor *x, int n_axes, const int *axes, int keepdims);
+ml_status ml_mean(ml_tensor **out, ml_tensor *x, int n_axes, const int *axes, int keepdims);
+/* The gradient is split evenly between tied maxima. */
+ml_status ml_max(ml_tensor **out, ml_tensor *x, int n_axes, const int *axes, int keepdims);
+ml_status ml_softmax(ml_tensor **out, ml_tensor *x, int axis);
+ml_status ml_log_softmax(ml_tensor **out, ml_tensor *x, int axis);
+
+/* losses: per-sample values reduced over the last axis, as keras.losses functions */
+ml_status ml_mean_squared_error(ml_tensor **out, ml_tensor *y_true, ml_tensor *y_pred);
+/* Keras: probabilities are rescaled to sum 1 and clipped to [1e-7, 1 - 1e-7]. */
+ml_status ml_categorical_crossentropy(ml_tensor **out, ml_tensor *y_true, ml_tensor *y_pred,
+                                      int from_logits);
+ml_status ml_sparse_categorical_crossentropy(ml_tensor **out, int64_t n_labels,
+                                             const int64_t *labels, ml_tensor *y_pred,
+                                             int from_logits);
+ml_status ml_binary_crossentropy(ml_tensor **out, ml_tensor *y_true, ml_tensor *y_pred,
+                                 int from_logits);
+
+/* --------------------------------------------------------------- optimizers */
+
+typedef struct ml_optimizer ml_optimizer;
+
+/* SGD with momentum and Nesterov as Keras: v = momentum*v - lr*g;
+ * p += v (or p += momentum*v - lr*g with nesterov). momentum 0 is plain SGD. */
+ml_status ml_sgd_new(ml_optimizer **out, float learning_rate, float momentum, int nesterov);
+/* Adam (Kingma & Ba 2015, Algorithm 1) as Keras computes it:
+ * lr_t = lr*sqrt(1-beta_2^t)/(1-beta_1^t); m += (1-beta_1)(g-m); v += (1-beta_2)(g^2-v);
+ * p -= lr_t*m/(sqrt(v)+epsilon); AMSGrad (Reddi et al. 2018) uses max over past v. */
+ml_status ml_adam_new(ml_optimizer **out, float learning_rate, float beta_1, float beta_2,
+                      float epsilon, int amsgrad);
+void ml_optimizer_free(ml_optimizer *opt);
+/* One update of every parameter. All shapes are checked before anything changes.
+ * The first call fixes the parameter list's shapes; later calls must match it. */
+ml_status ml_optimizer_step(ml_optimizer *opt, int n, ml_tensor *const *params,
+                            ml_tensor *const *grads);
+ml_status ml_optimizer_set_lr(ml_optimizer *opt, float learning_rate);
+float ml_optimizer_get_lr(const ml_optimizer *opt);
+int64_t ml_optimizer_iterations(const ml_optimizer *opt);
+/* The optimizer's state slots (momentum, m, v, vhat) per parameter, for checkpoints. */
+int ml_optimizer_n_slots(const ml_optimizer *opt);
+ml_status ml_optimizer_slot(ml_tensor **out, ml_optimizer *opt, int param, int slot);
+ml_status ml_optimizer_reset(ml_optimizer *opt);
+int ml_optimizer_n_params(const ml_optimizer *opt);
+
+/* ------------------------------------------------------------------- random */
+
+/* The global generator (one per process; seeded from 0 by default). */
+void ml_rng_seed(uint64_t seed);
+ml_status ml_rng_uniform(ml_tensor **out, int ndim, const int64_t *shape, float lo, float hi);
+ml_status ml_rng_normal(ml_tensor **out, int ndim, const int64_t *shape, float mean,
+                        float stddev);
+/* Normal values redrawn until they lie within two standard deviations (as Keras). */
+ml_status ml_rng_truncated_normal(ml_tensor **out, int ndim, const int64_t *shape, float mean,
+                                  float stddev);
+ml_status ml_rng_permutation(int64_t *out, int64_t n);
+uint64_t ml_rng_next_u64(void);
+
+/* ------------------------------------------------------------- weight files */
+
+/* File layout (little-endian): "MLWEIGHT" | u32 version=1 | u32 count |
+ *   count * { u32 name_len | name bytes | u32 ndim | ndim * i64 shape | float32 data } |
+ *   u32 crc32 of everything before it.
+ * Written to `path.tmp`, fsync'ed, then renamed over `path`: a crash keeps the old file. */
+ml_status ml_save_tensors(const char *path, int n, const char *const *names,
+                          ml_tensor *const *tensors);
+/* Reads and checks the whole file before returning anything. On success *n_out tensors
+ * and names (each malloc'ed; free with ml_free_loaded). */
+ml_status ml_load_tensors(const char *path, int *n_out, char ***names_out,
+                          ml_tensor ***tensors_out);
+void ml_free_loaded(int n, char **names, ml_tensor **tensors);
+uint32_t ml_crc32(uint32_t crc, const void *data, size_t len);
+
+/* ------------------------------------------------------------------- kernels */
+
+/* C = alpha * op(A) @ op(B) + beta * C, row-major; op(A) is m x k, op(B) is k x n. */
+void ml_sgemm(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k, float alpha,
+              const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
+              int64_t ldc);
+/* "avx2" or "portable": the kernel chosen at run time (ML_KERNEL=portable forces it). */
+const char *ml_kernel_name(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* METALEARN_H */

@@ -1,0 +1,622 @@
+/*
+ * gemm.c — single-precision GEMM: C = alpha * op(A) @ op(B) + beta * C, row-major.
+ *
+ * The structure follows Goto & van de Geijn, "Anatomy of high-performance matrix
+ * multiplication" (ACM TOMS 2008) as refactored by BLIS (Van Zee & van de Geijn 2015):
+ *
+ *   for jc in n step NC          B block kc x nc lives in L3
+ *     for pc in k step KC        rank-kc update; pack B[pc:, jc:] into NR-wide panels
+ *       for ic in m step MC      A block mc x kc lives in L2; pack it into MR-tall panels
+ *         for jr in nc step NR   one B panel (kc x NR) stays in L1 across the ir loop
+ *           for ir in mc step MR micro-kernel: MR x NR tile of C held in registers
+ *
+ * Packing makes the micro-kernel's loads unit-stride whatever the transposes and strides
+ * (the packing routines absorb op()), and padding the panels with zeros to full MR / NR
+ * lets one micro-kernel serve the edge tiles: only its store is clipped.
+ *
+ * Small shapes (few-shot learning: 5..250 rows, 40..784 columns) change the trade-offs:
+ *  - a tiny product does not pay for packing: it runs plain loops;
+ *  - when B is not transposed and op(A) fits one MC block, each B panel is used by a
+ *    single sweep of the ir loop, so the micro-kernel reads B in place (row stride ldb)
+ *    instead of copying it first; only a ragged last panel is packed (for padding);
+ *  - block sizes are balanced (k = 300 runs as 2 x 150, not 256 + 44).
+ *
+ * Two micro-kernels share the driver: AVX2+FMA (6x16: 12 ymm accumulators, 2 for B,
+ * 1 broadcast of A = 15 of the 16 ymm registers, the BLIS Haswell/Zen shape), compiled
+ * with a function target attribute and chosen at run time, and a portable C one.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include "metalearn.h"
+#include "gemm.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define ML_HAVE_AVX2 1
+#include <immintrin.h>
+#else
+#define ML_HAVE_AVX2 0
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define ML_INLINE static inline __attribute__((always_inline))
+#define ML_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define ML_INLINE static inline
+#define ML_TARGET_AVX2
+#endif
+
+/* Register tile. */
+#define MR 6
+#define NR 16
+/* Cache blocks (upper bounds; the driver balances them to the problem). KC*NR*4 = 16 KiB:
+ * the B panel takes half of a 32 KiB L1d; MC*KC*4 = 144 KiB of A sits in L2 (>= 512 KiB on
+ * current x86); KC*NC*4 = 4 MiB of B sits in L3. */
+#ifndef MC
+#define MC 144
+#endif
+#ifndef KC
+#define KC 256
+#endif
+#ifndef NC
+#define NC 4080
+#endif
+
+/* Below this many multiply-adds the packed path's fixed costs dominate. */
+#define TINY_FLOPS 4096
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+/* ------------------------------------------------------------ C = beta * C */
+
+static void scale_c(int64_t m, int64_t n, float beta, float *c, int64_t ldc)
+{
+    for (int64_t i = 0; i < m; ++i) {
+        float *ci = c + i * ldc;
+        if (beta == 0.0f) {
+            for (int64_t j = 0; j < n; ++j) ci[j] = 0.0f; /* never read: C may be NaN */
+        } else if (beta != 1.0f) {
+            for (int64_t j = 0; j < n; ++j) ci[j] *= beta;
+        }
+    }
+}
+
+/* --------------------------------------------------------- unpacked loops */
+
+/* Plain loops, no buffers: for tiny products and when a packing buffer cannot be had.
+ * Inner loops run along contiguous memory where they can so the compiler vectorizes them
+ * (axpy form when B is not transposed, dot form with 8 partial sums otherwise). */
+ML_INLINE void direct_body(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
+                           const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                           float *c, int64_t ldc)
+{
+    scale_c(m, n, beta, c, ldc);
+    /* axpy form streams rows of B; with very few columns (n = 1: a matrix-vector product)
+     * its inner loop is too short, and the dot form is used as when B is transposed. */
+    const int dot = tb || n < 8;
+    const int64_t bsp = tb ? 1 : ldb, bsj = tb ? ldb : 1; /* op(B)[p][j] = b[p*bsp + j*bsj] */
+    for (int64_t i = 0; i < m; ++i) {
+        float *restrict ci = c + i * ldc;
+        if (!dot) {
+            for (int64_t p = 0; p < k; ++p) {
+                const float aip = alpha * (ta ? a[p * lda + i] : a[i * lda + p]);
+                const float *restrict bp = b + p * ldb;
+                for (int64_t j = 0; j < n; ++j) ci[j] += aip * bp[j];
+            }
+        } else {
+            for (int64_t j = 0; j < n; ++j) {
+                const float *restrict bj = b + j * bsj;
+                float s[8] = {0};
+                int64_t p = 0;
+                for (; p + 8 <= k; p += 8)
+                    for (int q = 0; q < 8; ++q)
+                        s[q] += (ta ? a[(p + q) * lda + i] : a[i * lda + p + q]) *
+                                bj[(p + q) * bsp];
+                float t = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+                for (; p < k; ++p) t += (ta ? a[p * lda + i] : a[i * lda + p]) * bj[p * bsp];
+                ci[j] += alpha * t;
+            }
+        }
+    }
+}
+
+static void direct_portable(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
+                            const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                            float *c, int64_t ldc)
+{
+    direct_body(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+/* ---------------------------------------------------------------- packing */
+
+/* A block (mc x kc of op(A), from row ic, column pc) into MR-tall panels, each stored
+ * column by column (MR consecutive floats per k step); rows past mc are zero. */
+ML_INLINE void pack_a(int ta, int64_t mc, int64_t kc, const float *a, int64_t lda, int64_t ic,
+                      int64_t pc, float *restrict dst)
+{
+    for (int64_t i0 = 0; i0 < mc; i0 += MR) {
+        const int mr = (int)min64(MR, mc - i0);
+        if (!ta) {
+            const float *src = a + (ic + i0) * lda + pc;
+            if (mr == MR) {
+                for (int64_t p = 0; p < kc; ++p)
+                    for (int ii = 0; ii < MR; ++ii) dst[p * MR + ii] = src[ii * lda + p];
+            } else {
+                for (int64_t p = 0; p < kc; ++p)
+                    for (int ii = 0; ii < MR; ++ii)
+                        dst[p * MR + ii] = ii < mr ? src[ii * lda + p] : 0.0f;
+            }
+        } else {
+            /* op(A)[i][p] = a[p*lda + i]: each k step is a contiguous run of mr floats */
+            const float *src = a + pc * lda + ic + i0;
+            if (mr == MR) {
+                for (int64_t p = 0; p < kc; ++p)
+                    for (int ii = 0; ii < MR; ++ii) dst[p * MR + ii] = src[p * lda + ii];
+            } else {
+                for (int64_t p = 0; p < kc; ++p)
+                    for (int ii = 0; ii < MR; ++ii)
+                        dst[p * MR + ii] = ii < mr ? src[p * lda + ii] : 0.0f;
+            }
+        }
+        dst += MR * kc;
+    }
+}
+
+/* B block (kc x nc of op(B), from row pc, column jc) into NR-wide panels, each stored row
+ * by row (NR consecutive floats per k step); columns past nc are zero. */
+ML_INLINE void pack_b(int tb, int64_t kc, int64_t nc, const float *b, int64_t ldb, int64_t pc,
+                      int64_t jc, float *restrict dst)
+{
+    for (int64_t j0 = 0; j0 < nc; j0 += NR) {
+        const int nr = (int)min64(NR, nc - j0);
+        if (!tb) {
+            const float *src = b + pc * ldb + jc + j0;
+            if (nr == NR) {
+                for (int64_t p = 0; p < kc; ++p)
+                    for (int jj = 0; jj < NR; ++jj) dst[p * NR + jj] = src[p * ldb + jj];
+            } else {
+                for (int64_t p = 0; p < kc; ++p)
+                    for (int jj = 0; jj < NR; ++jj)
+                        dst[p * NR + jj] = jj < nr ? src[p * ldb + jj] : 0.0f;
+            }
+        } else {
+            /* op(B)[p][j] = b[j*ldb + p]: gather across NR rows of the stored matrix */
+            const float *src = b + (jc + j0) * ldb + pc;
+            if (nr == NR) {
+                for (int64_t p = 0; p < kc; ++p)
+                    for (int jj = 0; jj < NR; ++jj) dst[p * NR + jj] = src[jj * ldb + p];
+            } else {
+                for (int64_t p = 0; p < kc; ++p)
+                    for (int jj = 0; jj < NR; ++jj)
+                        dst[p * NR + jj] = jj < nr ? src[jj * ldb + p] : 0.0f;
+            }
+        }
+        dst += NR * kc;
+    }
+}
+
+/* ----------------------------------------------------------- micro-kernels */
+
+/* Stores an MR x NR accumulator tile, clipped to mr x nr: C = alpha*acc + beta*C, C not
+ * read when beta == 0. */
+static void store_tile(const float acc[MR][NR], float *c, int64_t ldc, float alpha, float beta,
+                       int mr, int nr)
+{
+    for (int i = 0; i < mr; ++i) {
+        float *ci = c + i * ldc;
+        if (beta == 0.0f)
+            for (int j = 0; j < nr; ++j) ci[j] = alpha * acc[i][j];
+        else
+            for (int j = 0; j < nr; ++j) ci[j] = alpha * acc[i][j] + beta * ci[j];
+    }
+}
+
+/* a: packed MR x kc panel; b: kc rows of NR floats, row stride bs (NR when packed, ldb
+ * when B is read in place). */
+ML_INLINE void ukr_portable(int64_t kc, const float *restrict a, const float *restrict b,
+                            int64_t bs, float *c, int64_t ldc, float alpha, float beta, int mr,
+                            int nr)
+{
+    float acc[MR][NR];
+    /* Two MR x 8 halves: 6x8 accumulators fit the 16 SSE registers of baseline x86-64 (or
+     * NEON's 32) once vectorized, where one 6x16 tile would spill. */
+    for (int h = 0; h < NR; h += 8) {
+        float t[MR][8];
+        memset(t, 0, sizeof t);
+        if (h < nr) {
+            const float *ap = a, *bp = b + h;
+            for (int64_t p = 0; p < kc; ++p) {
+                for (int i = 0; i < MR; ++i)
+                    for (int j = 0; j < 8; ++j) t[i][j] += ap[i] * bp[j];
+                ap += MR;
+                bp += bs;
+            }
+        }
+        for (int i = 0; i < MR; ++i)
+            for (int j = 0; j < 8; ++j) acc[i][h + j] = t[i][j];
+    }
+    store_tile((const float(*)[NR])acc, c, ldc, alpha, beta, mr, nr);
+}
+
+#if ML_HAVE_AVX2
+ML_TARGET_AVX2 __attribute__((noinline)) static void ukr_avx2(int64_t kc, const float *restrict a,
+                                       const float *restrict b, int64_t bs, float *c,
+                                       int64_t ldc, float alpha, float beta, int mr, int nr)
+{
+    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+    __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+    __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+    __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+    __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+    __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+
+    /* The tile of C is written at the end; ask for its lines now so the store does not
+     * wait on memory. */
+    for (int i = 0; i < mr; ++i) {
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + i * ldc + NR - 1), _MM_HINT_T0);
+    }
+
+#define ML_STEP()                                                                             \
+    do {                                                                                      \
+        const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);                    \
+        __m256 av;                                                                            \
+        av = _mm256_broadcast_ss(a + 0);                                                      \
+        c00 = _mm256_fmadd_ps(av, b0, c00);                                                   \
+        c01 = _mm256_fmadd_ps(av, b1, c01);                                                   \
+        av = _mm256_broadcast_ss(a + 1);                                                      \
+        c10 = _mm256_fmadd_ps(av, b0, c10);                                                   \
+        c11 = _mm256_fmadd_ps(av, b1, c11);                                                   \
+        av = _mm256_broadcast_ss(a + 2);                                                      \
+        c20 = _mm256_fmadd_ps(av, b0, c20);                                                   \
+        c21 = _mm256_fmadd_ps(av, b1, c21);                                                   \
+        av = _mm256_broadcast_ss(a + 3);                                                      \
+        c30 = _mm256_fmadd_ps(av, b0, c30);                                                   \
+        c31 = _mm256_fmadd_ps(av, b1, c31);                                                   \
+        av = _mm256_broadcast_ss(a + 4);                                                      \
+        c40 = _mm256_fmadd_ps(av, b0, c40);                                                   \
+        c41 = _mm256_fmadd_ps(av, b1, c41);                                                   \
+        av = _mm256_broadcast_ss(a + 5);                                                      \
+        c50 = _mm256_fmadd_ps(av, b0, c50);                                                   \
+        c51 = _mm256_fmadd_ps(av, b1, c51);                                                   \
+        a += MR;                                                                              \
+        b += bs;                                                                              \
+    } while (0)
+
+    /* A ragged panel of at most 8 columns (n = 40 is 16 + 16 + 8) needs half the FMAs:
+     * 6 chains instead of 12 still keep the two FMA pipes mostly busy. */
+#define ML_HALF_STEP()                                                                        \
+    do {                                                                                      \
+        const __m256 b0 = _mm256_loadu_ps(b);                                                 \
+        c00 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 0), b0, c00);                           \
+        c10 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 1), b0, c10);                           \
+        c20 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 2), b0, c20);                           \
+        c30 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 3), b0, c30);                           \
+        c40 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 4), b0, c40);                           \
+        c50 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 5), b0, c50);                           \
+        a += MR;                                                                              \
+        b += bs;                                                                              \
+    } while (0)
+
+    int64_t p = 0;
+    if (nr <= 8) {
+        for (; p + 4 <= kc; p += 4) {
+            ML_HALF_STEP();
+            ML_HALF_STEP();
+            ML_HALF_STEP();
+            ML_HALF_STEP();
+        }
+        for (; p < kc; ++p) ML_HALF_STEP();
+    } else {
+        for (; p + 4 <= kc; p += 4) {
+            ML_STEP();
+            ML_STEP();
+            ML_STEP();
+            ML_STEP();
+        }
+        for (; p < kc; ++p) ML_STEP();
+    }
+#undef ML_STEP
+#undef ML_HALF_STEP
+
+    const __m256 va = _mm256_set1_ps(alpha);
+    if (mr == MR && nr == NR) {
+#define ML_ROW(i, r0, r1)                                                                     \
+    do {                                                                                      \
+        float *ci = c + (i) * ldc;                                                            \
+        if (beta == 0.0f) {                                                                   \
+            _mm256_storeu_ps(ci, _mm256_mul_ps(va, r0));                                      \
+            _mm256_storeu_ps(ci + 8, _mm256_mul_ps(va, r1));                                  \
+        } else {                                                                              \
+            const __m256 vb = _mm256_set1_ps(beta);                                           \
+            _mm256_storeu_ps(ci, _mm256_fmadd_ps(va, r0, _mm256_mul_ps(vb, _mm256_loadu_ps(ci))));\
+            _mm256_storeu_ps(ci + 8,                                                          \
+                             _mm256_fmadd_ps(va, r1, _mm256_mul_ps(vb, _mm256_loadu_ps(ci + 8))));\
+        }                                                                                     \
+    } while (0)
+        ML_ROW(0, c00, c01);
+        ML_ROW(1, c10, c11);
+        ML_ROW(2, c20, c21);
+        ML_ROW(3, c30, c31);
+        ML_ROW(4, c40, c41);
+        ML_ROW(5, c50, c51);
+#undef ML_ROW
+    } else if (mr == MR && nr == 8) {
+#define ML_ROW8(i, r0)                                                                        \
+    do {                                                                                      \
+        float *ci = c + (i) * ldc;                                                            \
+        if (beta == 0.0f)                                                                     \
+            _mm256_storeu_ps(ci, _mm256_mul_ps(va, r0));                                      \
+        else                                                                                  \
+            _mm256_storeu_ps(ci, _mm256_fmadd_ps(va, r0, _mm256_mul_ps(_mm256_set1_ps(beta),  \
+                                                                       _mm256_loadu_ps(ci)))); \
+    } while (0)
+        ML_ROW8(0, c00);
+        ML_ROW8(1, c10);
+        ML_ROW8(2, c20);
+        ML_ROW8(3, c30);
+        ML_ROW8(4, c40);
+        ML_ROW8(5, c50);
+#undef ML_ROW8
+    } else {
+        float acc[MR][NR];
+        _mm256_storeu_ps(acc[0], c00), _mm256_storeu_ps(acc[0] + 8, c01);
+        _mm256_storeu_ps(acc[1], c10), _mm256_storeu_ps(acc[1] + 8, c11);
+        _mm256_storeu_ps(acc[2], c20), _mm256_storeu_ps(acc[2] + 8, c21);
+        _mm256_storeu_ps(acc[3], c30), _mm256_storeu_ps(acc[3] + 8, c31);
+        _mm256_storeu_ps(acc[4], c40), _mm256_storeu_ps(acc[4] + 8, c41);
+        _mm256_storeu_ps(acc[5], c50), _mm256_storeu_ps(acc[5] + 8, c51);
+        store_tile((const float(*)[NR])acc, c, ldc, alpha, beta, mr, nr);
+    }
+}
+
+/* op(B) = B^T packed with 8x8 register transposes: the scalar gather of pack_b reads 16
+ * strided streams one float at a time and costs as much as the multiply for m ~ 5. */
+ML_TARGET_AVX2 ML_INLINE void pack_b_avx2(int tb, int64_t kc, int64_t nc, const float *b,
+                                          int64_t ldb, int64_t pc, int64_t jc,
+                                          float *restrict dst)
+{
+    if (!tb) {
+        pack_b(0, kc, nc, b, ldb, pc, jc, dst);
+        return;
+    }
+    const int64_t nc_full = nc / NR * NR;
+    const int64_t kc8 = kc / 8 * 8;
+    for (int64_t j0 = 0; j0 < nc_full; j0 += NR) {
+        for (int h = 0; h < NR; h += 8) {
+            const float *src = b + (jc + j0 + h) * ldb + pc;
+            for (int64_t p = 0; p < kc8; p += 8) {
+                const __m256 r0 = _mm256_loadu_ps(src + 0 * ldb + p);
+                const __m256 r1 = _mm256_loadu_ps(src + 1 * ldb + p);
+                const __m256 r2 = _mm256_loadu_ps(src + 2 * ldb + p);
+                const __m256 r3 = _mm256_loadu_ps(src + 3 * ldb + p);
+                const __m256 r4 = _mm256_loadu_ps(src + 4 * ldb + p);
+                const __m256 r5 = _mm256_loadu_ps(src + 5 * ldb + p);
+                const __m256 r6 = _mm256_loadu_ps(src + 6 * ldb + p);
+                const __m256 r7 = _mm256_loadu_ps(src + 7 * ldb + p);
+                const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+                const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+                const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+                const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+                const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+                const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+                const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+                const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+                const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+                const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+                const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+                const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+                float *d = dst + p * NR + h;
+                _mm256_storeu_ps(d + 0 * NR, _mm256_permute2f128_ps(s0, s4, 0x20));
+                _mm256_storeu_ps(d + 1 * NR, _mm256_permute2f128_ps(s1, s5, 0x20));
+                _mm256_storeu_ps(d + 2 * NR, _mm256_permute2f128_ps(s2, s6, 0x20));
+                _mm256_storeu_ps(d + 3 * NR, _mm256_permute2f128_ps(s3, s7, 0x20));
+                _mm256_storeu_ps(d + 4 * NR, _mm256_permute2f128_ps(s0, s4, 0x31));
+                _mm256_storeu_ps(d + 5 * NR, _mm256_permute2f128_ps(s1, s5, 0x31));
+                _mm256_storeu_ps(d + 6 * NR, _mm256_permute2f128_ps(s2, s6, 0x31));
+                _mm256_storeu_ps(d + 7 * NR, _mm256_permute2f128_ps(s3, s7, 0x31));
+            }
+            for (int64_t p = kc8; p < kc; ++p)
+                for (int jj = 0; jj < 8; ++jj) dst[p * NR + h + jj] = src[jj * ldb + p];
+        }
+        dst += NR * kc;
+    }
+    if (nc_full < nc) pack_b(1, kc, nc - nc_full, b, ldb, pc, jc + nc_full, dst);
+}
+#endif
+
+/* ------------------------------------------------------------------ driver */
+
+typedef struct blocking {
+    int64_t mc, kc, nc; /* balanced block sizes */
+    int direct_b;       /* read op(B) in place instead of packing it */
+    size_t a_floats, b_floats;
+} blocking;
+
+static blocking plan(int tb, int64_t m, int64_t n, int64_t k)
+{
+    blocking bl;
+    bl.kc = ceil_div(k, ceil_div(k, KC));
+    bl.mc = round_up(ceil_div(m, ceil_div(m, MC)), MR);
+    /* One MC block means each B panel is swept once, right after it is loaded: copying it
+     * first would only add a pass over B (it dominates when m is a handful of rows). */
+    bl.direct_b = !tb && m <= MC;
+    bl.nc = bl.direct_b ? n : round_up(ceil_div(n, ceil_div(n, NC)), NR);
+    bl.a_floats = (size_t)(bl.mc * bl.kc);
+    bl.b_floats = (size_t)(bl.kc * (bl.direct_b ? NR : bl.nc));
+    return bl;
+}
+
+/* The five loops around the micro-kernel; instantiated once per kernel so the compiler
+ * inlines the micro-kernel and vectorizes the packing for the kernel's ISA. */
+#define ML_DEFINE_DRIVER(NAME, UKR, PACK_B, ATTR)                                                      \
+    ATTR static void NAME(const blocking *bl, int ta, int tb, int64_t m, int64_t n, int64_t k, \
+                          float alpha, const float *a, int64_t lda, const float *b,           \
+                          int64_t ldb, float beta, float *c, int64_t ldc, float *abuf,        \
+                          float *bbuf)                                                        \
+    {                                                                                         \
+        for (int64_t jc = 0; jc < n; jc += bl->nc) {                                          \
+            const int64_t nc = min64(bl->nc, n - jc);                                         \
+            for (int64_t pc = 0; pc < k; pc += bl->kc) {                                      \
+                const int64_t kc = min64(bl->kc, k - pc);                                     \
+                const float beta_eff = pc == 0 ? beta : 1.0f; /* later passes accumulate */   \
+                if (!bl->direct_b) PACK_B(tb, kc, nc, b, ldb, pc, jc, bbuf);                  \
+                for (int64_t ic = 0; ic < m; ic += bl->mc) {                                  \
+                    const int64_t mc = min64(bl->mc, m - ic);                                 \
+                    pack_a(ta, mc, kc, a, lda, ic, pc, abuf);                                 \
+                    for (int64_t jr = 0; jr < nc; jr += NR) {                                 \
+                        const int nr = (int)min64(NR, nc - jr);                               \
+                        const float *bp = bbuf + jr * kc;                                     \
+                        int64_t bs = NR;                                                      \
+                        if (bl->direct_b) {                                                   \
+                            if (nr == NR) {                                                   \
+                                bp = b + pc * ldb + jc + jr;                                  \
+                                bs = ldb;                                                     \
+                            } else { /* ragged last panel: pad it */                         \
+                                pack_b(0, kc, nr, b, ldb, pc, jc + jr, bbuf);                 \
+                                bp = bbuf;                                                    \
+                            }                                                                 \
+                        }                                                                     \
+                        float *cj = c + ic * ldc + jc + jr;                                   \
+                        for (int64_t ir = 0; ir < mc; ir += MR) {                             \
+                            const int mr = (int)min64(MR, mc - ir);                           \
+                            UKR(kc, abuf + ir * kc, bp, bs, cj + ir * ldc, ldc, alpha,        \
+                                beta_eff, mr, nr);                                            \
+                        }                                                                     \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+ML_DEFINE_DRIVER(driver_portable, ukr_portable, pack_b, )
+#if ML_HAVE_AVX2
+ML_DEFINE_DRIVER(driver_avx2, ukr_avx2, pack_b_avx2, ML_TARGET_AVX2)
+
+ML_TARGET_AVX2 static void direct_avx2(int ta, int tb, int64_t m, int64_t n, int64_t k,
+                                       float alpha, const float *a, int64_t lda,
+                                       const float *b, int64_t ldb, float beta, float *c,
+                                       int64_t ldc)
+{
+    direct_body(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+#endif
+
+/* ------------------------------------------------------ per-thread buffer */
+
+/* One 64-byte aligned buffer per thread, grown on demand and kept: no allocation per call,
+ * no sharing between threads. A pthread key frees it when its thread exits. */
+static _Thread_local float *tl_buf;
+static _Thread_local size_t tl_cap; /* floats */
+static pthread_key_t tl_key;
+static pthread_once_t tl_once = PTHREAD_ONCE_INIT;
+static int tl_key_ok;
+
+static void tl_free(void *p)
+{
+    free(p);
+    tl_buf = NULL; /* destructors run on the exiting thread itself */
+    tl_cap = 0;
+}
+
+static void tl_key_init(void) { tl_key_ok = pthread_key_create(&tl_key, tl_free) == 0; }
+
+static float *get_buffer(size_t floats)
+{
+    if (floats <= tl_cap) return tl_buf;
+    if (floats > (SIZE_MAX - 64) / sizeof(float)) return NULL;
+    const size_t bytes = (floats * sizeof(float) + 63) & ~(size_t)63;
+    float *p = aligned_alloc(64, bytes);
+    if (!p) return NULL;
+    free(tl_buf);
+    tl_buf = p;
+    tl_cap = bytes / sizeof(float);
+    pthread_once(&tl_once, tl_key_init);
+    if (tl_key_ok) pthread_setspecific(tl_key, p);
+    return p;
+}
+
+/* ---------------------------------------------------------------- dispatch */
+
+enum { KIND_UNKNOWN = 0, KIND_PORTABLE = 1, KIND_AVX2 = 2 };
+static atomic_int g_kind = KIND_UNKNOWN;
+
+static int kernel_kind(void)
+{
+    int kind = atomic_load_explicit(&g_kind, memory_order_relaxed);
+    if (kind != KIND_UNKNOWN) return kind;
+    kind = KIND_PORTABLE;
+#if ML_HAVE_AVX2
+    const char *env = getenv("ML_KERNEL");
+    const int forced = env && strcmp(env, "portable") == 0;
+    __builtin_cpu_init();
+    if (!forced && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        kind = KIND_AVX2;
+#endif
+    /* Racing first callers compute the same answer; any of their stores will do. */
+    atomic_store_explicit(&g_kind, kind, memory_order_relaxed);
+    return kind;
+}
+
+const char *ml_kernel_name(void) { return kernel_kind() == KIND_AVX2 ? "avx2" : "portable"; }
+
+static void sgemm(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
+                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                  float *c, int64_t ldc)
+{
+    if (m <= 0 || n <= 0) return;
+    if (k <= 0 || alpha == 0.0f) { /* BLAS: op(A)@op(B) is not computed at all */
+        scale_c(m, n, beta, c, ldc);
+        return;
+    }
+#if !ML_HAVE_AVX2
+    (void)use_avx2;
+#endif
+    if ((double)m * (double)n * (double)k <= TINY_FLOPS) {
+#if ML_HAVE_AVX2
+        if (use_avx2) {
+            direct_avx2(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+            return;
+        }
+#endif
+        direct_portable(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    const blocking bl = plan(tb, m, n, k);
+    const size_t a_floats = (bl.a_floats + 15) & ~(size_t)15; /* keep B 64-byte aligned */
+    float *buf = get_buffer(a_floats + bl.b_floats);
+    if (!buf) {
+        direct_portable(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+#if ML_HAVE_AVX2
+    if (use_avx2) {
+        driver_avx2(&bl, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buf,
+                    buf + a_floats);
+        return;
+    }
+#endif
+    driver_portable(&bl, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buf,
+                    buf + a_floats);
+}
+
+void ml_sgemm(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k, float alpha,
+              const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
+              int64_t ldc)
+{
+    sgemm(kernel_kind() == KIND_AVX2, transpose_a != 0, transpose_b != 0, m, n, k, alpha, a,
+          lda, b, ldb, beta, c, ldc);
+}
+
+void ml_sgemm_portable(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
+                       float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+                       float beta, float *c, int64_t ldc)
+{
+    sgemm(0, transpose_a != 0, transpose_b != 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}

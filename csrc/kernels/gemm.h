@@ -1,0 +1,15 @@
+/*
+ * gemm.h — internal declarations of the single-precision GEMM (not part of the public API).
+ */
+#ifndef ML_KERNELS_GEMM_H
+#define ML_KERNELS_GEMM_H
+
+#include <stdint.h>
+
+/* ml_sgemm restricted to the portable C kernel, whatever the CPU or ML_KERNEL says.
+ * Exposed so tests can check both paths in one process (ML_KERNEL is read only once). */
+void ml_sgemm_portable(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
+                       float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+                       float beta, float *c, int64_t ldc);
+
+#endif /* ML_KERNELS_GEMM_H */

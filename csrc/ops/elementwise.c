@@ -1,0 +1,392 @@
+/* elementwise.c — broadcasting binary ops and one-input ops, forward and backward side by
+ * side. Backward formulas use the public differentiable ops, so they can be differentiated
+ * again (the scope macros of internal.h keep them short). */
+#include <math.h>
+
+#include "../core/internal.h"
+
+#define NULL_CHECK1(name, x) \
+    if (!(x)) return ml_set_error(ML_ERR_VALUE, "%s: input tensor is NULL", name)
+#define NULL_CHECK2(name, a, b) \
+    if (!(a) || !(b)) return ml_set_error(ML_ERR_VALUE, "%s: input tensor is NULL", name)
+
+/* ------------------------------------------------------------ broadcasting */
+
+ml_status ml__broadcast_shape(const ml_tensor *a, const ml_tensor *b, int *ndim,
+                              int64_t *shape, const char *opname) {
+    int nd = a->ndim > b->ndim ? a->ndim : b->ndim;
+    for (int i = 0; i < nd; i++) {
+        int ia = a->ndim - nd + i, ib = b->ndim - nd + i;
+        int64_t da = ia >= 0 ? a->shape[ia] : 1, db = ib >= 0 ? b->shape[ib] : 1;
+        if (da != db && da != 1 && db != 1)
+            return ml_set_error(ML_ERR_SHAPE, "%s: shapes %s and %s cannot be broadcast together",
+                                opname, ML_SHAPE_STR(a), ML_SHAPE_STR(b));
+        shape[i] = da == 1 ? db : da;
+    }
+    *ndim = nd;
+    return ML_OK;
+}
+
+/* Element strides of x inside a broadcast shape of ndim dims (0 where x is broadcast). */
+static void broadcast_strides(const ml_tensor *x, int ndim, const int64_t *shape,
+                              int64_t *strides) {
+    int64_t s = 1;
+    for (int i = ndim - 1; i >= 0; i--) {
+        int ix = x->ndim - ndim + i;
+        int64_t d = ix >= 0 ? x->shape[ix] : 1;
+        strides[i] = (d == 1 && shape[i] != 1) ? 0 : s;
+        s *= d;
+    }
+}
+
+/* ------------------------------------------------------------ binary kernels */
+
+enum { BIN_ADD, BIN_SUB, BIN_MUL, BIN_DIV, BIN_MAX, BIN_MIN, BIN_EQ };
+
+/* One row of a binary op; sa/sb are 0 (broadcast) or 1. Cloned for AVX2 at run time. */
+#define ROW(EXPR)                                                                 \
+    do {                                                                          \
+        if (sa && sb) {                                                           \
+            for (int64_t i = 0; i < n; i++) { float x = a[i], y = b[i]; o[i] = (EXPR); } \
+        } else if (sa) {                                                          \
+            float y = b[0];                                                       \
+            for (int64_t i = 0; i < n; i++) { float x = a[i]; o[i] = (EXPR); }    \
+        } else if (sb) {                                                          \
+            float x = a[0];                                                       \
+            for (int64_t i = 0; i < n; i++) { float y = b[i]; o[i] = (EXPR); }    \
+        } else {                                                                  \
+            float x = a[0], y = b[0], r = (EXPR);                                 \
+            for (int64_t i = 0; i < n; i++) o[i] = r;                             \
+        }                                                                         \
+    } while (0)
+
+__attribute__((target_clones("avx2", "default"))) static void
+bin_row(int op, int64_t n, const float *restrict a, int sa, const float *restrict b, int sb,
+        float *restrict o) {
+    switch (op) {
+    case BIN_ADD: ROW(x + y); break;
+    case BIN_SUB: ROW(x - y); break;
+    case BIN_MUL: ROW(x * y); break;
+    case BIN_DIV: ROW(x / y); break;
+    /* NaN propagates as in NumPy's maximum/minimum */
+    case BIN_MAX: ROW(x != x || x > y ? x : y); break;
+    case BIN_MIN: ROW(x != x || x < y ? x : y); break;
+    case BIN_EQ: ROW(x == y ? 1.0f : 0.0f); break;
+    }
+}
+
+static void binary_apply(int op, const ml_tensor *a, const ml_tensor *b, ml_tensor *out) {
+    int64_t n = out->numel;
+    if (n == 0) return;
+    if (a->numel == n && b->numel == n) {
+        bin_row(op, n, a->data, 1, b->data, 1, out->data);
+        return;
+    }
+    if (a->numel == n && b->numel == 1) {
+        bin_row(op, n, a->data, 1, b->data, 0, out->data);
+        return;
+    }
+    if (a->numel == 1 && b->numel == n) {
+        bin_row(op, n, a->data, 0, b->data, 1, out->data);
+        return;
+    }
+    int nd = out->ndim;
+    int64_t sa[ML_MAX_DIMS], sb[ML_MAX_DIMS], idx[ML_MAX_DIMS] = {0};
+    broadcast_strides(a, nd, out->shape, sa);
+    broadcast_strides(b, nd, out->shape, sb);
+    int64_t inner = out->shape[nd - 1];
+    int ia = sa[nd - 1] != 0, ib = sb[nd - 1] != 0;
+    int64_t oa = 0, ob = 0;
+    for (int64_t row = 0, rows = n / inner; row < rows; row++) {
+        bin_row(op, inner, a->data + oa, ia, b->data + ob, ib, out->data + row * inner);
+        /* advance the multi-index over the outer dims */
+        for (int d = nd - 2; d >= 0; d--) {
+            idx[d]++;
+            oa += sa[d];
+            ob += sb[d];
+            if (idx[d] < out->shape[d]) break;
+            oa -= sa[d] * idx[d];
+            ob -= sb[d] * idx[d];
+            idx[d] = 0;
+        }
+    }
+}
+
+static ml_status binary_op(ml_tensor **out, ml_tensor *a, ml_tensor *b, int kernel,
+                           ml_op_id op, const char *name) {
+    NULL_CHECK2(name, a, b);
+    int nd;
+    int64_t shape[ML_MAX_DIMS];
+    ml_status st = ml__broadcast_shape(a, b, &nd, shape, name);
+    if (st) return st;
+    ml_tensor *o = NULL;
+    if ((st = ml__new(&o, nd, shape))) return st;
+    binary_apply(kernel, a, b, o);
+    ml_tensor *ins[2] = {a, b};
+    if ((int)op >= 0 && ml__should_record(2, ins) && (st = ml__record(o, op, 2, ins, NULL))) {
+        ml_release(o);
+        return st;
+    }
+    *out = o;
+    return ML_OK;
+}
+
+ml_status ml_add(ml_tensor **out, ml_tensor *a, ml_tensor *b) {
+    return binary_op(out, a, b, BIN_ADD, OP_ADD, "add");
+}
+ml_status ml_sub(ml_tensor **out, ml_tensor *a, ml_tensor *b) {
+    return binary_op(out, a, b, BIN_SUB, OP_SUB, "subtract");
+}
+ml_status ml_mul(ml_tensor **out, ml_tensor *a, ml_tensor *b) {
+    return binary_op(out, a, b, BIN_MUL, OP_MUL, "multiply");
+}
+ml_status ml_div(ml_tensor **out, ml_tensor *a, ml_tensor *b) {
+    return binary_op(out, a, b, BIN_DIV, OP_DIV, "divide");
+}
+ml_status ml_maximum(ml_tensor **out, ml_tensor *a, ml_tensor *b) {
+    return binary_op(out, a, b, BIN_MAX, OP_MAXIMUM, "maximum");
+}
+ml_status ml_minimum(ml_tensor **out, ml_tensor *a, ml_tensor *b) {
+    return binary_op(out, a, b, BIN_MIN, OP_MINIMUM, "minimum");
+}
+/* A comparison has a zero gradient: it records nothing. */
+ml_status ml__equal(ml_tensor **out, ml_tensor *a, ml_tensor *b) {
+    return binary_op(out, a, b, BIN_EQ, (ml_op_id)-1, "equal");
+}
+
+#define IN(k) (out->node->inputs[k])
+#define NEEDS(k) (IN(k)->requires_grad)
+
+ml_status ml__add_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    ml_scope s = {0};
+    if (NEEDS(0)) gin[0] = ml__keep(SUM_TO(&s, g, IN(0)));
+    if (NEEDS(1)) gin[1] = ml__keep(SUM_TO(&s, g, IN(1)));
+    ml__scope_end(&s);
+    return s.status;
+}
+
+ml_status ml__sub_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    ml_scope s = {0};
+    if (NEEDS(0)) gin[0] = ml__keep(SUM_TO(&s, g, IN(0)));
+    if (NEEDS(1)) gin[1] = ml__keep(SUM_TO(&s, NEG(&s, g), IN(1)));
+    ml__scope_end(&s);
+    return s.status;
+}
+
+ml_status ml__mul_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    ml_scope s = {0};
+    if (NEEDS(0)) gin[0] = ml__keep(SUM_TO(&s, MUL(&s, g, IN(1)), IN(0)));
+    if (NEEDS(1)) gin[1] = ml__keep(SUM_TO(&s, MUL(&s, g, IN(0)), IN(1)));
+    ml__scope_end(&s);
+    return s.status;
+}
+
+/* d(a/b)/da = 1/b; d(a/b)/db = -a/b^2 = -out/b */
+ml_status ml__div_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    ml_scope s = {0};
+    ml_tensor *g_over_b = DIV(&s, g, IN(1));
+    if (NEEDS(0)) gin[0] = ml__keep(SUM_TO(&s, g_over_b, IN(0)));
+    if (NEEDS(1)) gin[1] = ml__keep(SUM_TO(&s, NEG(&s, MUL(&s, g_over_b, out)), IN(1)));
+    ml__scope_end(&s);
+    return s.status;
+}
+
+/* max/min: the gradient goes to the winner; ties split it evenly (as PyTorch). */
+static ml_status minmax_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin, int is_max) {
+    ml_scope s = {0};
+    ml_tensor *a = IN(0), *b = IN(1);
+    ml_tensor *diff = is_max ? SUB(&s, a, b) : SUB(&s, b, a);
+    ml_tensor *wins_a = ADD(&s, STEP(&s, diff, 0.0f), MULS(&s, EQUAL(&s, a, b), 0.5f));
+    if (NEEDS(0)) gin[0] = ml__keep(SUM_TO(&s, MUL(&s, g, wins_a), a));
+    if (NEEDS(1))
+        gin[1] = ml__keep(SUM_TO(&s, MUL(&s, g, ADDS(&s, NEG(&s, wins_a), 1.0f)), b));
+    ml__scope_end(&s);
+    return s.status;
+}
+ml_status ml__maximum_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    return minmax_backward(out, g, gin, 1);
+}
+ml_status ml__minimum_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    return minmax_backward(out, g, gin, 0);
+}
+
+/* ------------------------------------------------------------- unary kernels */
+
+enum {
+    UN_NEG, UN_SQUARE, UN_SQRT, UN_EXP, UN_LOG, UN_ABS, UN_SIGN, UN_RELU, UN_SIGMOID, UN_TANH,
+    UN_ERF, UN_GELU, UN_POW, UN_ADDS, UN_MULS, UN_LEAKY, UN_ELU, UN_CLIP, UN_STEP, UN_RANGE
+};
+
+__attribute__((target_clones("avx2", "default"))) static void
+un_apply(int k, int64_t n, const float *restrict x, float *restrict o, float p, float q) {
+    switch (k) {
+    case UN_NEG: for (int64_t i = 0; i < n; i++) o[i] = -x[i]; break;
+    case UN_SQUARE: for (int64_t i = 0; i < n; i++) o[i] = x[i] * x[i]; break;
+    case UN_SQRT: for (int64_t i = 0; i < n; i++) o[i] = sqrtf(x[i]); break;
+    case UN_EXP: for (int64_t i = 0; i < n; i++) o[i] = expf(x[i]); break;
+    case UN_LOG: for (int64_t i = 0; i < n; i++) o[i] = logf(x[i]); break;
+    case UN_ABS: for (int64_t i = 0; i < n; i++) o[i] = fabsf(x[i]); break;
+    case UN_SIGN:
+        for (int64_t i = 0; i < n; i++) o[i] = (float)((x[i] > 0) - (x[i] < 0));
+        break;
+    case UN_RELU: for (int64_t i = 0; i < n; i++) o[i] = x[i] > 0 ? x[i] : 0.0f; break;
+    case UN_SIGMOID:
+        /* split by sign so exp never overflows */
+        for (int64_t i = 0; i < n; i++) {
+            float v = x[i];
+            if (v >= 0) o[i] = 1.0f / (1.0f + expf(-v));
+            else { float e = expf(v); o[i] = e / (1.0f + e); }
+        }
+        break;
+    case UN_TANH: for (int64_t i = 0; i < n; i++) o[i] = tanhf(x[i]); break;
+    case UN_ERF: for (int64_t i = 0; i < n; i++) o[i] = erff(x[i]); break;
+    case UN_GELU:
+        for (int64_t i = 0; i < n; i++) o[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+        break;
+    case UN_POW:
+        if (p == 2.0f) for (int64_t i = 0; i < n; i++) o[i] = x[i] * x[i];
+        else if (p == 1.0f) for (int64_t i = 0; i < n; i++) o[i] = x[i];
+        else if (p == 0.0f) for (int64_t i = 0; i < n; i++) o[i] = 1.0f;
+        else for (int64_t i = 0; i < n; i++) o[i] = powf(x[i], p);
+        break;
+    case UN_ADDS: for (int64_t i = 0; i < n; i++) o[i] = x[i] + p; break;
+    case UN_MULS: for (int64_t i = 0; i < n; i++) o[i] = x[i] * p; break;
+    case UN_LEAKY: for (int64_t i = 0; i < n; i++) o[i] = x[i] > 0 ? x[i] : p * x[i]; break;
+    case UN_ELU:
+        for (int64_t i = 0; i < n; i++) o[i] = x[i] > 0 ? x[i] : p * (expf(x[i]) - 1.0f);
+        break;
+    case UN_CLIP:
+        /* NaN stays NaN, as in NumPy's clip */
+        for (int64_t i = 0; i < n; i++) o[i] = x[i] < p ? p : (x[i] > q ? q : x[i]);
+        break;
+    case UN_STEP: for (int64_t i = 0; i < n; i++) o[i] = x[i] > p ? 1.0f : 0.0f; break;
+    case UN_RANGE:
+        for (int64_t i = 0; i < n; i++) o[i] = (x[i] >= p && x[i] <= q) ? 1.0f : 0.0f;
+        break;
+    }
+}
+
+static ml_status unary_op(ml_tensor **out, ml_tensor *x, int kernel, ml_op_id op,
+                          const char *name, float p, float q) {
+    NULL_CHECK1(name, x);
+    ml_tensor *o = NULL;
+    ml_status st = ml__new(&o, x->ndim, x->shape);
+    if (st) return st;
+    un_apply(kernel, x->numel, x->data, o->data, p, q);
+    ml_node *node = NULL;
+    if ((int)op >= 0 && ml__should_record(1, &x)) {
+        if ((st = ml__record(o, op, 1, &x, &node))) {
+            ml_release(o);
+            return st;
+        }
+        node->fparams[0] = p;
+        node->fparams[1] = q;
+    }
+    *out = o;
+    return ML_OK;
+}
+
+#define UNARY(fname, kernel, op, name) \
+    ml_status fname(ml_tensor **out, ml_tensor *x) { return unary_op(out, x, kernel, op, name, 0, 0); }
+UNARY(ml_neg, UN_NEG, OP_NEG, "negative")
+UNARY(ml_square, UN_SQUARE, OP_SQUARE, "square")
+UNARY(ml_sqrt, UN_SQRT, OP_SQRT, "sqrt")
+UNARY(ml_exp, UN_EXP, OP_EXP, "exp")
+UNARY(ml_log, UN_LOG, OP_LOG, "log")
+UNARY(ml_abs, UN_ABS, OP_ABS, "abs")
+UNARY(ml_sign, UN_SIGN, (ml_op_id)-1, "sign")
+UNARY(ml_relu, UN_RELU, OP_RELU, "relu")
+UNARY(ml_sigmoid, UN_SIGMOID, OP_SIGMOID, "sigmoid")
+UNARY(ml_tanh, UN_TANH, OP_TANH, "tanh")
+UNARY(ml_erf, UN_ERF, OP_ERF, "erf")
+UNARY(ml_gelu, UN_GELU, OP_GELU, "gelu")
+#undef UNARY
+
+ml_status ml_pow_scalar(ml_tensor **out, ml_tensor *x, float exponent) {
+    return unary_op(out, x, UN_POW, OP_POW_SCALAR, "pow", exponent, 0);
+}
+ml_status ml_add_scalar(ml_tensor **out, ml_tensor *x, float value) {
+    return unary_op(out, x, UN_ADDS, OP_ADD_SCALAR, "add", value, 0);
+}
+ml_status ml_mul_scalar(ml_tensor **out, ml_tensor *x, float value) {
+    return unary_op(out, x, UN_MULS, OP_MUL_SCALAR, "multiply", value, 0);
+}
+ml_status ml_leaky_relu(ml_tensor **out, ml_tensor *x, float negative_slope) {
+    return unary_op(out, x, UN_LEAKY, OP_LEAKY_RELU, "leaky_relu", negative_slope, 0);
+}
+ml_status ml_elu(ml_tensor **out, ml_tensor *x, float alpha) {
+    return unary_op(out, x, UN_ELU, OP_ELU, "elu", alpha, 0);
+}
+ml_status ml_clip(ml_tensor **out, ml_tensor *x, float lo, float hi) {
+    if (!(lo <= hi))
+        return ml_set_error(ML_ERR_VALUE, "clip: lower bound %g is above upper bound %g",
+                            (double)lo, (double)hi);
+    return unary_op(out, x, UN_CLIP, OP_CLIP, "clip", lo, hi);
+}
+ml_status ml_step(ml_tensor **out, ml_tensor *x, float threshold) {
+    return unary_op(out, x, UN_STEP, (ml_op_id)-1, "step", threshold, 0);
+}
+static ml_status range_mask(ml_tensor **out, ml_tensor *x, float lo, float hi) {
+    return unary_op(out, x, UN_RANGE, (ml_op_id)-1, "range_mask", lo, hi);
+}
+
+#define X IN(0)
+#define P (out->node->fparams[0])
+#define Q (out->node->fparams[1])
+#define UNARY_BACKWARD(name, EXPR)                                     \
+    ml_status name(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {    \
+        ml_scope s = {0};                                              \
+        (void)out;                                                     \
+        gin[0] = ml__keep(EXPR);                                       \
+        ml__scope_end(&s);                                             \
+        return s.status;                                               \
+    }
+
+UNARY_BACKWARD(ml__neg_backward, NEG(&s, g))
+UNARY_BACKWARD(ml__square_backward, MUL(&s, g, MULS(&s, X, 2.0f)))
+UNARY_BACKWARD(ml__sqrt_backward, DIV(&s, MULS(&s, g, 0.5f), out))
+UNARY_BACKWARD(ml__exp_backward, MUL(&s, g, out))
+UNARY_BACKWARD(ml__log_backward, DIV(&s, g, X))
+UNARY_BACKWARD(ml__abs_backward, MUL(&s, g, SIGN(&s, X)))
+UNARY_BACKWARD(ml__relu_backward, MUL(&s, g, STEP(&s, X, 0.0f)))
+/* sigmoid' = s (1 - s) */
+UNARY_BACKWARD(ml__sigmoid_backward, MUL(&s, g, MUL(&s, out, ADDS(&s, NEG(&s, out), 1.0f))))
+/* tanh' = 1 - tanh^2 */
+UNARY_BACKWARD(ml__tanh_backward, MUL(&s, g, ADDS(&s, NEG(&s, SQUARE(&s, out)), 1.0f)))
+/* erf'(x) = 2/sqrt(pi) exp(-x^2) */
+UNARY_BACKWARD(ml__erf_backward,
+               MUL(&s, g, MULS(&s, EXP(&s, NEG(&s, SQUARE(&s, X))), 1.1283791670955126f)))
+/* gelu(x) = x Phi(x): gelu'(x) = Phi(x) + x phi(x), Phi(x) = (1 + erf(x/sqrt2))/2,
+ * phi(x) = exp(-x^2/2)/sqrt(2 pi) */
+UNARY_BACKWARD(ml__gelu_backward,
+               MUL(&s, g,
+                   ADD(&s, MULS(&s, ADDS(&s, ERF(&s, MULS(&s, X, 0.70710678118654752f)), 1.0f), 0.5f),
+                       MUL(&s, X, MULS(&s, EXP(&s, MULS(&s, SQUARE(&s, X), -0.5f)),
+                                       0.3989422804014327f)))))
+/* d x^p = p x^(p-1) */
+UNARY_BACKWARD(ml__pow_scalar_backward,
+               P == 0.0f ? MULS(&s, g, 0.0f) : MUL(&s, g, MULS(&s, POWS(&s, X, P - 1.0f), P)))
+UNARY_BACKWARD(ml__add_scalar_backward, ml__push(&s, (ml_retain(g), ML_OK), &g))
+UNARY_BACKWARD(ml__mul_scalar_backward, MULS(&s, g, P))
+/* slope 1 above zero, P below */
+UNARY_BACKWARD(ml__leaky_relu_backward,
+               MUL(&s, g, ADDS(&s, MULS(&s, STEP(&s, X, 0.0f), 1.0f - P), P)))
+/* elu' = 1 above zero, else alpha e^x = out + alpha (differentiable through out) */
+ml_status ml__elu_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    ml_scope s = {0};
+    ml_tensor *above = STEP(&s, X, 0.0f);
+    ml_tensor *below = ADDS(&s, NEG(&s, above), 1.0f);
+    ml_tensor *d = ADD(&s, above, MUL(&s, below, ADDS(&s, out, P)));
+    gin[0] = ml__keep(MUL(&s, g, d));
+    ml__scope_end(&s);
+    return s.status;
+}
+/* the gradient passes where lo <= x <= hi (as TensorFlow's clip_by_value) */
+ml_status ml__clip_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    ml_scope s = {0};
+    ml_tensor *mask = NULL;
+    ml_tensor *m = ml__push(&s, range_mask(&mask, X, P, Q), &mask);
+    gin[0] = ml__keep(MUL(&s, g, m));
+    ml__scope_end(&s);
+    return s.status;
+}

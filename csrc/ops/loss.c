@@ -1,0 +1,218 @@
+/* loss.c — the Keras losses, per sample (reduced over the last axis).
+ * From logits, cross-entropy is one fused op (a stable log-sum-exp, and a backward
+ * softmax(x) - y written with differentiable ops); from probabilities it is composed of
+ * the ops Keras uses, clipping included, so gradients match Keras exactly. */
+#include <math.h>
+
+#include "../core/internal.h"
+
+#define IN(k) (out->node->inputs[k])
+#define ML_EPSILON 1e-7f /* keras.config.epsilon() */
+
+/* mean over the last axis, the per-sample reduction of every Keras loss */
+static ml_status ml_mean_lastaxis__(ml_tensor **out, ml_tensor *x, int unused) {
+    (void)unused;
+    int axis = -1;
+    return ml_mean(out, x, 1, &axis, 0);
+}
+
+ml_status ml_mean_squared_error(ml_tensor **out, ml_tensor *y_true, ml_tensor *y_pred) {
+    if (!y_true || !y_pred)
+        return ml_set_error(ML_ERR_VALUE, "mean_squared_error: input tensor is NULL");
+    if (y_pred->ndim < 1)
+        return ml_set_error(ML_ERR_SHAPE, "mean_squared_error: y_pred must have at least 1 "
+                            "dimension, got a scalar");
+    ml_scope s = {0};
+    ml_tensor *r = ml__keep(ML_S1F(ml_mean_lastaxis__, &s, SQUARE(&s, SUB(&s, y_pred, y_true)), 0));
+    ml__scope_end(&s);
+    if (s.status) return s.status;
+    *out = r;
+    return ML_OK;
+}
+
+/* row-wise log-sum-exp of x seen as (rows, c) */
+static void row_lse(const float *x, int64_t rows, int64_t c, float *lse) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *row = x + r * c;
+        float m = -INFINITY, sum = 0;
+        for (int64_t j = 0; j < c; j++) m = row[j] > m ? row[j] : m;
+        if (m == -INFINITY) m = 0;
+        for (int64_t j = 0; j < c; j++) sum += expf(row[j] - m);
+        lse[r] = m + logf(sum);
+    }
+}
+
+static ml_status softmax_ce(ml_tensor **out, ml_tensor *y_true, ml_tensor *logits) {
+    if (!ml__same_shape(y_true, logits))
+        return ml_set_error(ML_ERR_SHAPE, "categorical_crossentropy: y_true has shape %s but "
+                            "y_pred has shape %s",
+                            ML_SHAPE_STR(y_true), ML_SHAPE_STR(logits));
+    ml_tensor *o = NULL;
+    ml_status st = ml__new(&o, logits->ndim - 1, logits->shape);
+    if (st) return st;
+    int64_t c = logits->shape[logits->ndim - 1];
+    for (int64_t r = 0; r < o->numel; r++) {
+        const float *x = logits->data + r * c, *y = y_true->data + r * c;
+        float lse;
+        row_lse(x, 1, c, &lse);
+        float loss = 0;
+        for (int64_t j = 0; j < c; j++) loss += y[j] * (lse - x[j]);
+        o->data[r] = loss;
+    }
+    ml_tensor *ins[2] = {y_true, logits};
+    if (ml__should_record(2, ins) && (st = ml__record(o, OP_SOFTMAX_CE, 2, ins, NULL))) {
+        ml_release(o);
+        return st;
+    }
+    *out = o;
+    return ML_OK;
+}
+
+/* d/dx = softmax(x) * sum(y) - y;  d/dy = -log_softmax(x) */
+ml_status ml__softmax_ce_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    ml_scope s = {0};
+    ml_tensor *y = IN(0), *x = IN(1);
+    int64_t col[ML_MAX_DIMS];
+    memcpy(col, x->shape, sizeof col);
+    col[x->ndim - 1] = 1;
+    ml_tensor *gc = RESHAPE(&s, g, x->ndim, col);
+    int axis = x->ndim - 1;
+    if (x->requires_grad) {
+        ml_tensor *ysum = SUM_AXES(&s, y, 1, &axis, 1);
+        gin[1] = ml__keep(MUL(&s, gc, SUB(&s, MUL(&s, SOFTMAX(&s, x, axis), ysum), y)));
+    }
+    if (y->requires_grad) gin[0] = ml__keep(MUL(&s, gc, NEG(&s, LOG_SOFTMAX(&s, x, axis))));
+    ml__scope_end(&s);
+    return s.status;
+}
+
+ml_status ml_categorical_crossentropy(ml_tensor **out, ml_tensor *y_true, ml_tensor *y_pred,
+                                      int from_logits) {
+    if (!y_true || !y_pred)
+        return ml_set_error(ML_ERR_VALUE, "categorical_crossentropy: input tensor is NULL");
+    if (y_pred->ndim < 1 || !ml__same_shape(y_true, y_pred))
+        return ml_set_error(ML_ERR_SHAPE, "categorical_crossentropy: y_true has shape %s but "
+                            "y_pred has shape %s; they must match, with classes on the last axis",
+                            ML_SHAPE_STR(y_true), ML_SHAPE_STR(y_pred));
+    if (from_logits) return softmax_ce(out, y_true, y_pred);
+    /* Keras: p = y_pred / sum(y_pred); p = clip(p, eps, 1 - eps); -sum(y_true * log(p)) */
+    ml_scope s = {0};
+    int axis = y_pred->ndim - 1;
+    ml_tensor *p = DIV(&s, y_pred, SUM_AXES(&s, y_pred, 1, &axis, 1));
+    ml_tensor *pc = NULL, *clipped = NULL;
+    if (p) clipped = ml__push(&s, ml_clip(&pc, p, ML_EPSILON, 1.0f - ML_EPSILON), &pc);
+    ml_tensor *r = ml__keep(NEG(&s, SUM_AXES(&s, MUL(&s, y_true, LOG(&s, clipped)), 1, &axis, 0)));
+    ml__scope_end(&s);
+    if (s.status) return s.status;
+    *out = r;
+    return ML_OK;
+}
+
+static ml_status sparse_softmax_ce(ml_tensor **out, int64_t n, const int64_t *labels,
+                                   ml_tensor *logits) {
+    int64_t c = logits->shape[logits->ndim - 1];
+    ml_tensor *o = NULL;
+    ml_status st = ml__new(&o, logits->ndim - 1, logits->shape);
+    if (st) return st;
+    for (int64_t r = 0; r < n; r++) {
+        float lse;
+        row_lse(logits->data + r * c, 1, c, &lse);
+        o->data[r] = lse - logits->data[r * c + labels[r]];
+    }
+    ml_node *node = NULL;
+    if (ml__should_record(1, &logits)) {
+        if ((st = ml__record(o, OP_SPARSE_SOFTMAX_CE, 1, &logits, &node))) {
+            ml_release(o);
+            return st;
+        }
+        node->index = malloc((size_t)(n ? n : 1) * sizeof(int64_t));
+        if (!node->index) {
+            ml_release(o);
+            return ml_set_error(ML_ERR_OOM, "out of memory");
+        }
+        if (n) memcpy(node->index, labels, (size_t)n * sizeof(int64_t));
+        node->n_index = n;
+    }
+    *out = o;
+    return ML_OK;
+}
+
+/* d/dx = softmax(x) - one_hot(labels) */
+ml_status ml__sparse_softmax_ce_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    ml_scope s = {0};
+    ml_tensor *x = IN(0), *oh = NULL;
+    int64_t c = x->shape[x->ndim - 1];
+    int64_t col[ML_MAX_DIMS];
+    memcpy(col, x->shape, sizeof col);
+    col[x->ndim - 1] = 1;
+    ml_tensor *onehot = ml__push(&s, ml_one_hot(&oh, out->node->n_index, out->node->index, c), &oh);
+    ml_tensor *diff = SUB(&s, SOFTMAX(&s, x, x->ndim - 1), RESHAPE_LIKE(&s, onehot, x));
+    gin[0] = ml__keep(MUL(&s, RESHAPE(&s, g, x->ndim, col), diff));
+    ml__scope_end(&s);
+    return s.status;
+}
+
+ml_status ml_sparse_categorical_crossentropy(ml_tensor **out, int64_t n, const int64_t *labels,
+                                             ml_tensor *y_pred, int from_logits) {
+    if (!y_pred)
+        return ml_set_error(ML_ERR_VALUE, "sparse_categorical_crossentropy: y_pred is NULL");
+    if (y_pred->ndim < 1)
+        return ml_set_error(ML_ERR_SHAPE, "sparse_categorical_crossentropy: y_pred needs a class "
+                            "axis, got a scalar");
+    int64_t c = y_pred->shape[y_pred->ndim - 1], rows = c ? y_pred->numel / c : 0;
+    if (n != rows || (n > 0 && !labels))
+        return ml_set_error(ML_ERR_SHAPE, "sparse_categorical_crossentropy: %lld labels for "
+                            "predictions of shape %s (expected %lld)",
+                            (long long)n, ML_SHAPE_STR(y_pred), (long long)rows);
+    for (int64_t i = 0; i < n; i++)
+        if (labels[i] < 0 || labels[i] >= c)
+            return ml_set_error(ML_ERR_VALUE, "sparse_categorical_crossentropy: label %lld at "
+                                "position %lld is outside [0, %lld)",
+                                (long long)labels[i], (long long)i, (long long)c);
+    if (from_logits) return sparse_softmax_ce(out, n, labels, y_pred);
+    /* Keras (TensorFlow backend): log of the clipped probabilities, then the sparse
+     * softmax cross-entropy of those, which renormalises them */
+    ml_scope s = {0};
+    ml_tensor *pc = NULL, *clipped = ml__push(&s, ml_clip(&pc, y_pred, ML_EPSILON, 1.0f - ML_EPSILON), &pc);
+    ml_tensor *logp = LOG(&s, clipped), *r = NULL, *res = NULL;
+    if (logp) res = ml__push(&s, sparse_softmax_ce(&r, n, labels, logp), &r);
+    res = ml__keep(res);
+    ml__scope_end(&s);
+    if (s.status) return s.status;
+    *out = res;
+    return ML_OK;
+}
+
+ml_status ml_binary_crossentropy(ml_tensor **out, ml_tensor *y_true, ml_tensor *y_pred,
+                                 int from_logits) {
+    if (!y_true || !y_pred)
+        return ml_set_error(ML_ERR_VALUE, "binary_crossentropy: input tensor is NULL");
+    if (y_pred->ndim < 1)
+        return ml_set_error(ML_ERR_SHAPE, "binary_crossentropy: y_pred must have at least 1 "
+                            "dimension, got a scalar");
+    int nd;
+    int64_t shape[ML_MAX_DIMS];
+    ml_status st = ml__broadcast_shape(y_true, y_pred, &nd, shape, "binary_crossentropy");
+    if (st) return st;
+    ml_scope s = {0};
+    ml_tensor *per_elem;
+    if (from_logits) {
+        /* max(x, 0) - x y + log(1 + exp(-|x|)): never overflows (TensorFlow's
+         * sigmoid_cross_entropy_with_logits) */
+        ml_tensor *x = y_pred;
+        per_elem = ADD(&s, SUB(&s, RELU(&s, x), MUL(&s, x, y_true)),
+                       LOG(&s, ADDS(&s, EXP(&s, NEG(&s, ABS(&s, x))), 1.0f)));
+    } else {
+        /* Keras: p = clip(p, eps, 1-eps); -(y log(p + eps) + (1 - y) log(1 - p + eps)) */
+        ml_tensor *pc = NULL, *p = ml__push(&s, ml_clip(&pc, y_pred, ML_EPSILON, 1.0f - ML_EPSILON), &pc);
+        ml_tensor *pos = MUL(&s, y_true, LOG(&s, ADDS(&s, p, ML_EPSILON)));
+        ml_tensor *one_minus_y = ADDS(&s, NEG(&s, y_true), 1.0f);
+        ml_tensor *neg = MUL(&s, one_minus_y, LOG(&s, ADDS(&s, NEG(&s, p), 1.0f + ML_EPSILON)));
+        per_elem = NEG(&s, ADD(&s, pos, neg));
+    }
+    ml_tensor *r = ml__keep(ML_S1F(ml_mean_lastaxis__, &s, per_elem, 0));
+    ml__scope_end(&s);
+    if (s.status) return s.status;
+    *out = r;
+    return ML_OK;
+}

@@ -1,0 +1,203 @@
+/* matmul.c — batched matmul with transposes, and the fused linear layer act(x @ w + b). */
+#include <math.h>
+
+#include "../core/internal.h"
+
+#define IN(k) (out->node->inputs[k])
+
+/* ------------------------------------------------------------------- matmul */
+
+ml_status ml_matmul(ml_tensor **out, ml_tensor *a, ml_tensor *b, int ta, int tb) {
+    if (!a || !b) return ml_set_error(ML_ERR_VALUE, "matmul: input tensor is NULL");
+    if (a->ndim < 2 || b->ndim < 2)
+        return ml_set_error(ML_ERR_SHAPE, "matmul: both inputs need at least 2 dimensions, got "
+                            "shapes %s and %s",
+                            ML_SHAPE_STR(a), ML_SHAPE_STR(b));
+    int na = a->ndim, nb = b->ndim;
+    int64_t m = ta ? a->shape[na - 1] : a->shape[na - 2];
+    int64_t ka = ta ? a->shape[na - 2] : a->shape[na - 1];
+    int64_t kb = tb ? b->shape[nb - 1] : b->shape[nb - 2];
+    int64_t n = tb ? b->shape[nb - 2] : b->shape[nb - 1];
+    if (ka != kb)
+        return ml_set_error(ML_ERR_SHAPE, "matmul: shapes %s%s and %s%s do not align: %lld != %lld",
+                            ML_SHAPE_STR(a), ta ? " (transposed)" : "", ML_SHAPE_STR(b),
+                            tb ? " (transposed)" : "", (long long)ka, (long long)kb);
+    /* broadcast the batch dims */
+    int nbatch = (na > nb ? na : nb) - 2;
+    int64_t shape[ML_MAX_DIMS];
+    for (int i = 0; i < nbatch; i++) {
+        int ia = na - 2 - nbatch + i, ib = nb - 2 - nbatch + i;
+        int64_t da = ia >= 0 ? a->shape[ia] : 1, db = ib >= 0 ? b->shape[ib] : 1;
+        if (da != db && da != 1 && db != 1)
+            return ml_set_error(ML_ERR_SHAPE, "matmul: batch dimensions of %s and %s cannot be "
+                                "broadcast together",
+                                ML_SHAPE_STR(a), ML_SHAPE_STR(b));
+        shape[i] = da == 1 ? db : da;
+    }
+    shape[nbatch] = m;
+    shape[nbatch + 1] = n;
+    ml_tensor *o = NULL;
+    ml_status st = ml__new(&o, nbatch + 2, shape);
+    if (st) return st;
+    int64_t lda = a->shape[na - 1], ldb = b->shape[nb - 1];
+    int64_t asz = a->shape[na - 2] * a->shape[na - 1], bsz = b->shape[nb - 2] * b->shape[nb - 1];
+    int64_t batches = (m * n) != 0 ? o->numel / (m * n) : 0;
+    if (nb == 2 && !ta) {
+        /* every batch of a against one b: a single GEMM over all rows */
+        ml_sgemm(0, tb, m * batches, n, ka, 1.0f, a->data, lda, b->data, ldb, 0.0f, o->data, n);
+    } else {
+        /* element strides of each batch index in a and b (0 where broadcast) */
+        int64_t sa[ML_MAX_DIMS], sb[ML_MAX_DIMS], idx[ML_MAX_DIMS] = {0};
+        int64_t s_a = asz, s_b = bsz;
+        for (int i = nbatch - 1; i >= 0; i--) {
+            int ia = na - 2 - nbatch + i, ib = nb - 2 - nbatch + i;
+            int64_t da = ia >= 0 ? a->shape[ia] : 1, db = ib >= 0 ? b->shape[ib] : 1;
+            sa[i] = da == 1 ? 0 : s_a;
+            sb[i] = db == 1 ? 0 : s_b;
+            s_a *= da;
+            s_b *= db;
+        }
+        int64_t oa = 0, ob = 0;
+        for (int64_t t = 0; t < batches; t++) {
+            ml_sgemm(ta, tb, m, n, ka, 1.0f, a->data + oa, lda, b->data + ob, ldb, 0.0f,
+                     o->data + t * m * n, n);
+            for (int d = nbatch - 1; d >= 0; d--) {
+                idx[d]++;
+                oa += sa[d];
+                ob += sb[d];
+                if (idx[d] < shape[d]) break;
+                oa -= sa[d] * idx[d];
+                ob -= sb[d] * idx[d];
+                idx[d] = 0;
+            }
+        }
+    }
+    ml_tensor *ins[2] = {a, b};
+    ml_node *node = NULL;
+    if (ml__should_record(2, ins)) {
+        if ((st = ml__record(o, OP_MATMUL, 2, ins, &node))) {
+            ml_release(o);
+            return st;
+        }
+        node->iparams[0] = ta;
+        node->iparams[1] = tb;
+    }
+    *out = o;
+    return ML_OK;
+}
+
+/* For C = op(A) op(B) with upstream G (Giles 2008, "matrix derivative results"):
+ *   NN: dA = G B^T,   dB = A^T G        TN: dA = B G^T,   dB = A G
+ *   NT: dA = G B,     dB = G^T A        TT: dA = B^T G^T, dB = G^T A^T
+ * each written as one matmul with transpose flags, then summed over broadcast batches. */
+ml_status ml__matmul_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    ml_scope s = {0};
+    ml_tensor *a = IN(0), *b = IN(1);
+    int ta = (int)out->node->iparams[0], tb = (int)out->node->iparams[1];
+    if (a->requires_grad) {
+        ml_tensor *ga = !ta ? MATMUL(&s, g, b, 0, !tb) : MATMUL(&s, b, g, tb, 1);
+        gin[0] = ml__keep(SUM_TO(&s, ga, a));
+    }
+    if (b->requires_grad) {
+        ml_tensor *gb;
+        if (b->ndim == 2 && a->ndim > 2 && !ta) {
+            /* b shared by every batch: fold the batches into rows, one GEMM, no sum */
+            int64_t k = a->shape[a->ndim - 1], n = g->shape[g->ndim - 1];
+            int64_t a2[2] = {a->numel / (k ? k : 1), k}, g2[2] = {g->numel / (n ? n : 1), n};
+            ml_tensor *af = RESHAPE(&s, a, 2, a2), *gf = RESHAPE(&s, g, 2, g2);
+            gb = !tb ? MATMUL(&s, af, gf, 1, 0) : MATMUL(&s, gf, af, 1, 0);
+        } else {
+            gb = !tb ? MATMUL(&s, a, g, !ta, 0) : MATMUL(&s, g, a, 1, ta);
+        }
+        gin[1] = ml__keep(SUM_TO(&s, gb, b));
+    }
+    ml__scope_end(&s);
+    return s.status;
+}
+
+/* ------------------------------------------------------------------- linear */
+
+ml_status ml_linear(ml_tensor **out, ml_tensor *x, ml_tensor *w, ml_tensor *b,
+                    ml_activation act) {
+    if (!x || !w) return ml_set_error(ML_ERR_VALUE, "linear: input tensor is NULL");
+    if (act < ML_ACT_NONE || act > ML_ACT_TANH)
+        return ml_set_error(ML_ERR_VALUE, "linear: unknown activation %d", (int)act);
+    if (w->ndim != 2)
+        return ml_set_error(ML_ERR_SHAPE, "linear: kernel must be 2-D (in, out), got shape %s",
+                            ML_SHAPE_STR(w));
+    int64_t k = w->shape[0], n = w->shape[1];
+    if (x->ndim < 1 || x->shape[x->ndim - 1] != k)
+        return ml_set_error(ML_ERR_SHAPE, "linear: expected input with last dimension %lld, got %s",
+                            (long long)k, ML_SHAPE_STR(x));
+    if (b && (b->ndim != 1 || b->shape[0] != n))
+        return ml_set_error(ML_ERR_SHAPE, "linear: bias must have shape (%lld,), got %s",
+                            (long long)n, ML_SHAPE_STR(b));
+    int64_t shape[ML_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = n;
+    ml_tensor *o = NULL;
+    ml_status st = ml__new(&o, x->ndim, shape);
+    if (st) return st;
+    int64_t rows = k ? x->numel / k : (n ? o->numel / n : 0);
+    ml_sgemm(0, 0, rows, n, k, 1.0f, x->data, k, w->data, n, 0.0f, o->data, n);
+    /* epilogue: bias and activation while the rows are in cache */
+    float *od = o->data;
+    const float *bd = b ? b->data : NULL;
+    for (int64_t r = 0; r < rows; r++) {
+        float *row = od + r * n;
+        if (bd)
+            for (int64_t j = 0; j < n; j++) row[j] += bd[j];
+        switch (act) {
+        case ML_ACT_RELU:
+            for (int64_t j = 0; j < n; j++) row[j] = row[j] > 0 ? row[j] : 0.0f;
+            break;
+        case ML_ACT_SIGMOID:
+            for (int64_t j = 0; j < n; j++) {
+                float v = row[j];
+                if (v >= 0) row[j] = 1.0f / (1.0f + expf(-v));
+                else { float e = expf(v); row[j] = e / (1.0f + e); }
+            }
+            break;
+        case ML_ACT_TANH:
+            for (int64_t j = 0; j < n; j++) row[j] = tanhf(row[j]);
+            break;
+        default: break;
+        }
+    }
+    ml_tensor *ins[3] = {x, w, b};
+    int nin = b ? 3 : 2;
+    ml_node *node = NULL;
+    if (ml__should_record(nin, ins)) {
+        if ((st = ml__record(o, OP_LINEAR, nin, ins, &node))) {
+            ml_release(o);
+            return st;
+        }
+        node->iparams[0] = act;
+    }
+    *out = o;
+    return ML_OK;
+}
+
+ml_status ml__linear_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    ml_scope s = {0};
+    ml_tensor *x = IN(0), *w = IN(1), *b = out->node->n_inputs > 2 ? IN(2) : NULL;
+    ml_tensor *gz = g;
+    switch ((ml_activation)out->node->iparams[0]) {
+    case ML_ACT_RELU: gz = MUL(&s, g, STEP(&s, out, 0.0f)); break;
+    case ML_ACT_SIGMOID: gz = MUL(&s, g, MUL(&s, out, ADDS(&s, NEG(&s, out), 1.0f))); break;
+    case ML_ACT_TANH: gz = MUL(&s, g, ADDS(&s, NEG(&s, SQUARE(&s, out)), 1.0f)); break;
+    default: break;
+    }
+    int64_t k = w->shape[0], n = w->shape[1];
+    int64_t rows = k ? x->numel / k : out->numel / (n ? n : 1);
+    int64_t x2[2] = {rows, k}, g2[2] = {rows, n};
+    ml_tensor *gz2 = RESHAPE(&s, gz, 2, g2);
+    if (x->requires_grad) gin[0] = ml__keep(RESHAPE_LIKE(&s, MATMUL(&s, gz2, w, 0, 1), x));
+    if (w->requires_grad) gin[1] = ml__keep(MATMUL(&s, RESHAPE(&s, x, 2, x2), gz2, 1, 0));
+    if (b && b->requires_grad) {
+        int axis0 = 0;
+        gin[2] = ml__keep(SUM_AXES(&s, gz2, 1, &axis0, 0));
+    }
+    ml__scope_end(&s);
+    return s.status;
+}

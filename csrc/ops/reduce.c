@@ -1,0 +1,377 @@
+/* reduce.c — sum, mean, max over axes; sum_to/broadcast_to; softmax and log_softmax. */
+#include <math.h>
+
+#include "../core/internal.h"
+
+enum { RED_SUM, RED_MAX };
+
+/* max that keeps a NaN once seen, as NumPy's max does */
+static inline float max_nan(float m, float v) { return (m != m || v > m || v != v) ? (m != m ? m : v) : m; }
+
+/* Reduces x over the axes flagged in `reduced` into out (numel = product of kept dims).
+ * When the reduced axes form one contiguous block, x is seen as (outer, red, inner) and
+ * the loops stay unit-stride; otherwise a multi-index walk handles any axis set. */
+static void reduce_into(int kind, const ml_tensor *x, const int *reduced, float *out,
+                        int64_t out_numel) {
+    const float *xd = x->data;
+    int nd = x->ndim;
+    float init = kind == RED_SUM ? 0.0f : -INFINITY;
+    for (int64_t i = 0; i < out_numel; i++) out[i] = init;
+    if (x->numel == 0) return;
+    int first = -1, last = -1, contiguous = 1;
+    for (int d = 0; d < nd; d++) {
+        if (!reduced[d] || x->shape[d] == 1) continue;
+        if (first < 0) first = d;
+        else if (last != d - 1) {
+            /* a kept axis of size > 1 lies between reduced ones */
+            for (int e = last + 1; e < d; e++)
+                if (x->shape[e] != 1) contiguous = 0;
+        }
+        last = d;
+    }
+    if (first < 0) { /* only size-1 axes are reduced: a copy */
+        memcpy(out, xd, (size_t)x->numel * sizeof(float));
+        return;
+    }
+    if (contiguous) {
+        int64_t outer = 1, red = 1, inner = 1;
+        for (int d = 0; d < first; d++) outer *= x->shape[d];
+        for (int d = first; d <= last; d++) red *= x->shape[d];
+        for (int d = last + 1; d < nd; d++) inner *= x->shape[d];
+        for (int64_t o = 0; o < outer; o++) {
+            float *dst = out + o * inner;
+            const float *src = xd + o * red * inner;
+            if (inner == 1) {
+                if (kind == RED_SUM) {
+                    /* four partial sums: vectorisable and more accurate than one chain */
+                    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+                    int64_t r = 0;
+                    for (; r + 4 <= red; r += 4) {
+                        s0 += src[r]; s1 += src[r + 1]; s2 += src[r + 2]; s3 += src[r + 3];
+                    }
+                    for (; r < red; r++) s0 += src[r];
+                    dst[0] = (s0 + s1) + (s2 + s3);
+                } else {
+                    float m = -INFINITY;
+                    for (int64_t r = 0; r < red; r++) m = max_nan(m, src[r]);
+                    dst[0] = m;
+                }
+            } else {
+                for (int64_t r = 0; r < red; r++) {
+                    const float *row = src + r * inner;
+                    if (kind == RED_SUM)
+                        for (int64_t i = 0; i < inner; i++) dst[i] += row[i];
+                    else
+                        for (int64_t i = 0; i < inner; i++) dst[i] = max_nan(dst[i], row[i]);
+                }
+            }
+        }
+        return;
+    }
+    /* general: out offset strides with 0 on reduced axes */
+    int64_t ostride[ML_MAX_DIMS], idx[ML_MAX_DIMS] = {0}, s = 1;
+    for (int d = nd - 1; d >= 0; d--) {
+        if (reduced[d]) ostride[d] = 0;
+        else { ostride[d] = s; s *= x->shape[d]; }
+    }
+    int64_t off = 0;
+    for (int64_t i = 0; i < x->numel; i++) {
+        float v = xd[i];
+        if (kind == RED_SUM) out[off] += v;
+        else out[off] = max_nan(out[off], v);
+        for (int d = nd - 1; d >= 0; d--) {
+            idx[d]++;
+            off += ostride[d];
+            if (idx[d] < x->shape[d]) break;
+            off -= ostride[d] * idx[d];
+            idx[d] = 0;
+        }
+    }
+}
+
+/* Parses axes into a flag per dim and the kept shape. */
+static ml_status parse_axes(const ml_tensor *x, int n_axes, const int *axes, int keepdims,
+                            const char *name, int *reduced, int *ndim_out, int64_t *shape_out) {
+    for (int d = 0; d < x->ndim; d++) reduced[d] = n_axes == 0;
+    for (int i = 0; i < n_axes; i++) {
+        int a = ml__axis(axes[i], x->ndim);
+        if (a < 0)
+            return ml_set_error(ML_ERR_VALUE, "%s: axis %d is out of range for a tensor of shape %s",
+                                name, axes[i], ML_SHAPE_STR(x));
+        if (reduced[a])
+            return ml_set_error(ML_ERR_VALUE, "%s: axis %d is repeated", name, axes[i]);
+        reduced[a] = 1;
+    }
+    int nd = 0;
+    for (int d = 0; d < x->ndim; d++) {
+        if (!reduced[d]) shape_out[nd++] = x->shape[d];
+        else if (keepdims) shape_out[nd++] = 1;
+    }
+    *ndim_out = nd;
+    return ML_OK;
+}
+
+static ml_status reduce_op(ml_tensor **out, ml_tensor *x, int n_axes, const int *axes,
+                           int keepdims, int kind, ml_op_id op, const char *name) {
+    if (!x) return ml_set_error(ML_ERR_VALUE, "%s: input tensor is NULL", name);
+    if (n_axes < 0 || (n_axes > 0 && !axes) || n_axes > x->ndim)
+        return ml_set_error(ML_ERR_VALUE, "%s: %d axes given for a tensor of shape %s", name,
+                            n_axes, ML_SHAPE_STR(x));
+    int reduced[ML_MAX_DIMS], nd = 0;
+    int64_t shape[ML_MAX_DIMS];
+    ml_status st = parse_axes(x, n_axes, axes, keepdims, name, reduced, &nd, shape);
+    if (st) return st;
+    int64_t count = 1;
+    for (int d = 0; d < x->ndim; d++)
+        if (reduced[d]) count *= x->shape[d];
+    if (kind == RED_MAX && count == 0)
+        return ml_set_error(ML_ERR_VALUE, "%s: cannot take the max over an empty axis (shape %s)",
+                            name, ML_SHAPE_STR(x));
+    ml_tensor *o = NULL;
+    if ((st = ml__new(&o, nd, shape))) return st;
+    reduce_into(kind, x, reduced, o->data, o->numel);
+    if (op == OP_MEAN) {
+        float inv = count ? 1.0f / (float)count : NAN;
+        for (int64_t i = 0; i < o->numel; i++) o->data[i] *= inv;
+    }
+    ml_node *node = NULL;
+    if (ml__should_record(1, &x)) {
+        if ((st = ml__record(o, op, 1, &x, &node))) {
+            ml_release(o);
+            return st;
+        }
+        for (int d = 0; d < x->ndim; d++) node->iparams[d] = reduced[d];
+        node->fparams[0] = (float)count;
+    }
+    *out = o;
+    return ML_OK;
+}
+
+ml_status ml_sum(ml_tensor **out, ml_tensor *x, int n_axes, const int *axes, int keepdims) {
+    return reduce_op(out, x, n_axes, axes, keepdims, RED_SUM, OP_SUM, "reduce_sum");
+}
+ml_status ml_mean(ml_tensor **out, ml_tensor *x, int n_axes, const int *axes, int keepdims) {
+    return reduce_op(out, x, n_axes, axes, keepdims, RED_SUM, OP_MEAN, "reduce_mean");
+}
+ml_status ml_max(ml_tensor **out, ml_tensor *x, int n_axes, const int *axes, int keepdims) {
+    return reduce_op(out, x, n_axes, axes, keepdims, RED_MAX, OP_MAX, "reduce_max");
+}
+
+#define IN(k) (out->node->inputs[k])
+
+/* g reshaped to keep the reduced dims as 1, then broadcast back to x's shape */
+static ml_tensor *expand_back(ml_scope *s, ml_tensor *out, ml_tensor *g) {
+    ml_tensor *x = IN(0);
+    int64_t kshape[ML_MAX_DIMS];
+    for (int d = 0; d < x->ndim; d++) kshape[d] = out->node->iparams[d] ? 1 : x->shape[d];
+    ml_tensor *gk = RESHAPE(s, g, x->ndim, kshape);
+    return BCAST_TO(s, gk, x->ndim, x->shape);
+}
+
+ml_status ml__sum_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    ml_scope s = {0};
+    gin[0] = ml__keep(expand_back(&s, out, g));
+    ml__scope_end(&s);
+    return s.status;
+}
+
+ml_status ml__mean_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    ml_scope s = {0};
+    gin[0] = ml__keep(MULS(&s, expand_back(&s, out, g), 1.0f / out->node->fparams[0]));
+    ml__scope_end(&s);
+    return s.status;
+}
+
+/* The gradient goes to the maxima, split evenly between ties. */
+ml_status ml__max_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    ml_scope s = {0};
+    ml_tensor *x = IN(0);
+    ml_tensor *mask = EQUAL(&s, x, expand_back(&s, out, out));
+    int axes[ML_MAX_DIMS], n = 0;
+    for (int d = 0; d < x->ndim; d++)
+        if (out->node->iparams[d]) axes[n++] = d;
+    ml_tensor *ties = SUM_AXES(&s, mask, n, axes, 1);
+    ml_tensor *share = DIV(&s, mask, ties);
+    gin[0] = ml__keep(MUL(&s, expand_back(&s, out, g), share));
+    ml__scope_end(&s);
+    return s.status;
+}
+
+/* --------------------------------------------------- broadcast_to and sum_to */
+
+ml_status ml_broadcast_to(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shape) {
+    if (!x) return ml_set_error(ML_ERR_VALUE, "broadcast_to: input tensor is NULL");
+    int64_t numel;
+    ml_status st = ml__check_shape(ndim, shape, &numel);
+    if (st) return st;
+    int ok = ndim >= x->ndim;
+    for (int i = 0; ok && i < x->ndim; i++) {
+        int64_t d = x->shape[x->ndim - 1 - i], t = shape[ndim - 1 - i];
+        ok = d == t || d == 1;
+    }
+    if (!ok)
+        return ml_set_error(ML_ERR_SHAPE, "broadcast_to: cannot broadcast shape %s to %s",
+                            ML_SHAPE_STR(x), ml__shape_str((char[160]){0}, 160, ndim, shape));
+    ml_tensor *o = NULL;
+    if ((st = ml__new(&o, ndim, shape))) return st;
+    if (numel > 0) {
+        /* strided copy: stride 0 on broadcast dims */
+        int64_t str[ML_MAX_DIMS], idx[ML_MAX_DIMS] = {0}, s = 1;
+        for (int i = ndim - 1; i >= 0; i--) {
+            int ix = x->ndim - ndim + i;
+            int64_t d = ix >= 0 ? x->shape[ix] : 1;
+            str[i] = d == 1 ? 0 : s;
+            s *= d;
+        }
+        int64_t inner = ndim ? shape[ndim - 1] : 1, is = ndim ? str[ndim - 1] : 0, off = 0;
+        for (int64_t r = 0; r < numel / inner; r++) {
+            float *dst = o->data + r * inner;
+            const float *src = x->data + off;
+            if (is) memcpy(dst, src, (size_t)inner * sizeof(float));
+            else for (int64_t i = 0; i < inner; i++) dst[i] = src[0];
+            for (int d = ndim - 2; d >= 0; d--) {
+                idx[d]++;
+                off += str[d];
+                if (idx[d] < shape[d]) break;
+                off -= str[d] * idx[d];
+                idx[d] = 0;
+            }
+        }
+    }
+    if (ml__should_record(1, &x) && (st = ml__record(o, OP_BROADCAST_TO, 1, &x, NULL))) {
+        ml_release(o);
+        return st;
+    }
+    *out = o;
+    return ML_OK;
+}
+
+ml_status ml__broadcast_to_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    ml_scope s = {0};
+    gin[0] = ml__keep(SUM_TO(&s, g, IN(0)));
+    ml__scope_end(&s);
+    return s.status;
+}
+
+ml_status ml_sum_to(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shape) {
+    if (!x) return ml_set_error(ML_ERR_VALUE, "sum_to: input tensor is NULL");
+    int64_t numel;
+    ml_status st = ml__check_shape(ndim, shape, &numel);
+    if (st) return st;
+    int ok = ndim <= x->ndim;
+    for (int i = 0; ok && i < ndim; i++) {
+        int64_t d = x->shape[x->ndim - 1 - i], t = shape[ndim - 1 - i];
+        ok = d == t || t == 1;
+    }
+    if (!ok)
+        return ml_set_error(ML_ERR_SHAPE, "sum_to: cannot sum shape %s down to %s",
+                            ML_SHAPE_STR(x), ml__shape_str((char[160]){0}, 160, ndim, shape));
+    if (ndim == x->ndim) {
+        int same = 1;
+        for (int i = 0; i < ndim; i++) same &= x->shape[i] == shape[i];
+        if (same) { /* nothing to sum: the same tensor */
+            ml_retain(x);
+            *out = x;
+            return ML_OK;
+        }
+    }
+    int reduced[ML_MAX_DIMS];
+    int lead = x->ndim - ndim;
+    for (int d = 0; d < x->ndim; d++)
+        reduced[d] = d < lead || (shape[d - lead] == 1 && x->shape[d] != 1);
+    ml_tensor *o = NULL;
+    if ((st = ml__new(&o, ndim, shape))) return st;
+    reduce_into(RED_SUM, x, reduced, o->data, o->numel);
+    if (ml__should_record(1, &x) && (st = ml__record(o, OP_SUM_TO, 1, &x, NULL))) {
+        ml_release(o);
+        return st;
+    }
+    *out = o;
+    return ML_OK;
+}
+
+ml_status ml__sum_to_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    ml_scope s = {0};
+    gin[0] = ml__keep(BCAST_TO(&s, g, IN(0)->ndim, IN(0)->shape));
+    ml__scope_end(&s);
+    return s.status;
+}
+
+/* ------------------------------------------------------ softmax, log_softmax */
+
+/* x seen as (outer, n, inner) around `axis`; max-shifted for stability. */
+static void softmax_kernel(const ml_tensor *x, int axis, float *o, int log) {
+    int64_t outer = 1, n = x->shape[axis], inner = 1;
+    for (int d = 0; d < axis; d++) outer *= x->shape[d];
+    for (int d = axis + 1; d < x->ndim; d++) inner *= x->shape[d];
+    for (int64_t a = 0; a < outer; a++) {
+        for (int64_t i = 0; i < inner; i++) {
+            const float *src = x->data + a * n * inner + i;
+            float *dst = o + a * n * inner + i;
+            float m = -INFINITY;
+            for (int64_t k = 0; k < n; k++) m = src[k * inner] > m ? src[k * inner] : m;
+            if (m == -INFINITY) m = 0; /* all -inf: avoid inf - inf */
+            float sum = 0;
+            for (int64_t k = 0; k < n; k++) {
+                float e = expf(src[k * inner] - m);
+                if (!log) dst[k * inner] = e;
+                sum += e;
+            }
+            if (log) {
+                float lse = m + logf(sum);
+                for (int64_t k = 0; k < n; k++) dst[k * inner] = src[k * inner] - lse;
+            } else {
+                float inv = 1.0f / sum;
+                for (int64_t k = 0; k < n; k++) dst[k * inner] *= inv;
+            }
+        }
+    }
+}
+
+static ml_status softmax_op(ml_tensor **out, ml_tensor *x, int axis, int log) {
+    const char *name = log ? "log_softmax" : "softmax";
+    if (!x) return ml_set_error(ML_ERR_VALUE, "%s: input tensor is NULL", name);
+    int a = ml__axis(axis, x->ndim);
+    if (a < 0)
+        return ml_set_error(ML_ERR_VALUE, "%s: axis %d is out of range for a tensor of shape %s",
+                            name, axis, ML_SHAPE_STR(x));
+    ml_tensor *o = NULL;
+    ml_status st = ml__new(&o, x->ndim, x->shape);
+    if (st) return st;
+    softmax_kernel(x, a, o->data, log);
+    ml_node *node = NULL;
+    if (ml__should_record(1, &x)) {
+        if ((st = ml__record(o, log ? OP_LOG_SOFTMAX : OP_SOFTMAX, 1, &x, &node))) {
+            ml_release(o);
+            return st;
+        }
+        node->iparams[0] = a;
+    }
+    *out = o;
+    return ML_OK;
+}
+
+ml_status ml_softmax(ml_tensor **out, ml_tensor *x, int axis) { return softmax_op(out, x, axis, 0); }
+ml_status ml_log_softmax(ml_tensor **out, ml_tensor *x, int axis) {
+    return softmax_op(out, x, axis, 1);
+}
+
+/* softmax: dx = y * (g - sum(g * y, axis)) */
+ml_status ml__softmax_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    ml_scope s = {0};
+    int axis = (int)out->node->iparams[0];
+    ml_tensor *dot = SUM_AXES(&s, MUL(&s, g, out), 1, &axis, 1);
+    gin[0] = ml__keep(MUL(&s, out, SUB(&s, g, dot)));
+    ml__scope_end(&s);
+    return s.status;
+}
+
+/* log_softmax: dx = g - exp(y) * sum(g, axis) */
+ml_status ml__log_softmax_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    ml_scope s = {0};
+    int axis = (int)out->node->iparams[0];
+    ml_tensor *gsum = SUM_AXES(&s, g, 1, &axis, 1);
+    gin[0] = ml__keep(SUB(&s, g, MUL(&s, EXP(&s, out), gsum)));
+    ml__scope_end(&s);
+    return s.status;
+}

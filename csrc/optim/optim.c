@@ -1,0 +1,226 @@
+/* optim.c — SGD (momentum, Nesterov) and Adam (AMSGrad), with Keras' update rules.
+ * State lives in one slab per optimizer, so an update over every parameter is one pass. */
+#include <math.h>
+
+#include "../core/internal.h"
+
+typedef enum { OPT_SGD, OPT_ADAM } opt_kind;
+
+struct ml_optimizer {
+    opt_kind kind;
+    float learning_rate;
+    float momentum; /* SGD */
+    int nesterov;
+    float beta_1, beta_2, epsilon; /* Adam */
+    int amsgrad;
+    int64_t iterations;
+    int n_params;        /* 0 until the first step fixes the parameter list */
+    int n_slots;         /* state floats per parameter element */
+    int64_t *numel;      /* per parameter */
+    int64_t *offset;     /* per parameter, into each slot's region of the slab */
+    int64_t total;
+    float *slab;         /* n_slots regions of `total` floats */
+    int64_t (*dims)[ML_MAX_DIMS + 1]; /* per parameter: ndim then shape */
+};
+
+static ml_status check_lr(float lr) {
+    if (!isfinite(lr) || lr < 0)
+        return ml_set_error(ML_ERR_VALUE, "learning_rate must be a finite number >= 0, got %g",
+                            (double)lr);
+    return ML_OK;
+}
+
+static ml_status opt_alloc(ml_optimizer **out) {
+    *out = calloc(1, sizeof **out);
+    return *out ? ML_OK : ml_set_error(ML_ERR_OOM, "out of memory");
+}
+
+ml_status ml_sgd_new(ml_optimizer **out, float learning_rate, float momentum, int nesterov) {
+    ml_status st = check_lr(learning_rate);
+    if (st) return st;
+    if (!(momentum >= 0 && momentum <= 1))
+        return ml_set_error(ML_ERR_VALUE, "SGD: momentum must be in [0, 1], got %g", (double)momentum);
+    if ((st = opt_alloc(out))) return st;
+    (*out)->kind = OPT_SGD;
+    (*out)->learning_rate = learning_rate;
+    (*out)->momentum = momentum;
+    (*out)->nesterov = nesterov ? 1 : 0;
+    (*out)->n_slots = momentum > 0 ? 1 : 0;
+    return ML_OK;
+}
+
+ml_status ml_adam_new(ml_optimizer **out, float learning_rate, float beta_1, float beta_2,
+                      float epsilon, int amsgrad) {
+    ml_status st = check_lr(learning_rate);
+    if (st) return st;
+    if (!(beta_1 >= 0 && beta_1 < 1) || !(beta_2 >= 0 && beta_2 < 1))
+        return ml_set_error(ML_ERR_VALUE, "Adam: beta_1 and beta_2 must be in [0, 1), got %g and %g",
+                            (double)beta_1, (double)beta_2);
+    if (!(epsilon >= 0) || !isfinite(epsilon))
+        return ml_set_error(ML_ERR_VALUE, "Adam: epsilon must be >= 0, got %g", (double)epsilon);
+    if ((st = opt_alloc(out))) return st;
+    (*out)->kind = OPT_ADAM;
+    (*out)->learning_rate = learning_rate;
+    (*out)->beta_1 = beta_1;
+    (*out)->beta_2 = beta_2;
+    (*out)->epsilon = epsilon;
+    (*out)->amsgrad = amsgrad ? 1 : 0;
+    (*out)->n_slots = amsgrad ? 3 : 2;
+    return ML_OK;
+}
+
+void ml_optimizer_free(ml_optimizer *opt) {
+    if (!opt) return;
+    free(opt->numel);
+    free(opt->offset);
+    free(opt->dims);
+    free(opt->slab);
+    free(opt);
+}
+
+static ml_status check_step(const ml_optimizer *opt, int n, ml_tensor *const *params,
+                            ml_tensor *const *grads) {
+    if (n < 1 || !params || !grads)
+        return ml_set_error(ML_ERR_VALUE, "optimizer step: no parameters given");
+    if (opt->n_params && n != opt->n_params)
+        return ml_set_error(ML_ERR_VALUE, "optimizer step: got %d parameters, but this optimizer "
+                            "was built for %d",
+                            n, opt->n_params);
+    for (int i = 0; i < n; i++) {
+        if (!params[i] || !grads[i])
+            return ml_set_error(ML_ERR_VALUE, "optimizer step: parameter or gradient %d is NULL", i);
+        if (!ml__same_shape(params[i], grads[i]))
+            return ml_set_error(ML_ERR_SHAPE, "optimizer step: gradient %d has shape %s but its "
+                                "parameter has shape %s",
+                                i, ML_SHAPE_STR(grads[i]), ML_SHAPE_STR(params[i]));
+        if (opt->n_params) {
+            const int64_t *d = opt->dims[i];
+            int same = d[0] == params[i]->ndim;
+            for (int k = 0; same && k < params[i]->ndim; k++) same = d[1 + k] == params[i]->shape[k];
+            if (!same)
+                return ml_set_error(ML_ERR_SHAPE, "optimizer step: parameter %d has shape %s, but "
+                                    "this optimizer was built for shape %s",
+                                    i, ML_SHAPE_STR(params[i]),
+                                    ml__shape_str((char[160]){0}, 160, (int)d[0], d + 1));
+        }
+        for (int j = 0; j < i; j++)
+            if (params[j]->data == params[i]->data && params[i]->numel)
+                return ml_set_error(ML_ERR_VALUE, "optimizer step: parameters %d and %d share memory",
+                                    j, i);
+    }
+    return ML_OK;
+}
+
+/* The first step fixes the parameter list; all allocation happens before any write. */
+static ml_status build_state(ml_optimizer *opt, int n, ml_tensor *const *params) {
+    int64_t *numel = malloc((size_t)n * sizeof *numel);
+    int64_t *offset = malloc((size_t)n * sizeof *offset);
+    int64_t (*dims)[ML_MAX_DIMS + 1] = malloc((size_t)n * sizeof *dims);
+    int64_t total = 0;
+    for (int i = 0; numel && offset && dims && i < n; i++) {
+        numel[i] = params[i]->numel;
+        offset[i] = total;
+        total += numel[i];
+        dims[i][0] = params[i]->ndim;
+        for (int k = 0; k < params[i]->ndim; k++) dims[i][1 + k] = params[i]->shape[k];
+    }
+    float *slab = (numel && offset && dims)
+                      ? calloc((size_t)(total * opt->n_slots + 1), sizeof(float)) : NULL;
+    if (!slab) {
+        free(numel);
+        free(offset);
+        free(dims);
+        return ml_set_error(ML_ERR_OOM, "out of memory for optimizer state (%lld floats)",
+                            (long long)(total * opt->n_slots));
+    }
+    opt->numel = numel;
+    opt->offset = offset;
+    opt->dims = dims;
+    opt->total = total;
+    opt->slab = slab;
+    opt->n_params = n;
+    return ML_OK;
+}
+
+ml_status ml_optimizer_step(ml_optimizer *opt, int n, ml_tensor *const *params,
+                            ml_tensor *const *grads) {
+    if (!opt) return ml_set_error(ML_ERR_VALUE, "optimizer is NULL");
+    ml_status st = check_step(opt, n, params, grads);
+    if (st) return st;
+    if (!opt->n_params && (st = build_state(opt, n, params))) return st;
+    int64_t t = opt->iterations + 1;
+    float lr = opt->learning_rate;
+    if (opt->kind == OPT_SGD) {
+        float mom = opt->momentum;
+        for (int i = 0; i < n; i++) {
+            float *p = params[i]->data;
+            const float *g = grads[i]->data;
+            int64_t len = opt->numel[i];
+            if (mom > 0) {
+                float *v = opt->slab + opt->offset[i];
+                for (int64_t j = 0; j < len; j++) {
+                    v[j] = mom * v[j] - lr * g[j];
+                    p[j] += opt->nesterov ? mom * v[j] - lr * g[j] : v[j];
+                }
+            } else {
+                for (int64_t j = 0; j < len; j++) p[j] -= lr * g[j];
+            }
+            params[i]->storage->version++;
+        }
+    } else {
+        /* Kingma & Ba 2015, Alg. 1 with the bias correction folded into the step size
+         * and epsilon outside it ("epsilon hat"), as Keras does. */
+        float b1 = opt->beta_1, b2 = opt->beta_2;
+        double lr_t = lr * sqrt(1.0 - pow(b2, (double)t)) / (1.0 - pow(b1, (double)t));
+        float lrt = (float)lr_t, eps = opt->epsilon;
+        for (int i = 0; i < n; i++) {
+            float *p = params[i]->data;
+            const float *g = grads[i]->data;
+            float *m = opt->slab + opt->offset[i];
+            float *v = opt->slab + opt->total + opt->offset[i];
+            float *vhat = opt->amsgrad ? opt->slab + 2 * opt->total + opt->offset[i] : NULL;
+            int64_t len = opt->numel[i];
+            for (int64_t j = 0; j < len; j++) {
+                m[j] += (g[j] - m[j]) * (1.0f - b1);
+                v[j] += (g[j] * g[j] - v[j]) * (1.0f - b2);
+                float vv = v[j];
+                if (vhat) { /* AMSGrad (Reddi et al. 2018): the max of all past v */
+                    vhat[j] = vhat[j] > vv ? vhat[j] : vv;
+                    vv = vhat[j];
+                }
+                p[j] -= lrt * m[j] / (sqrtf(vv) + eps);
+            }
+            params[i]->storage->version++;
+        }
+    }
+    opt->iterations = t;
+    return ML_OK;
+}
+
+ml_status ml_optimizer_set_lr(ml_optimizer *opt, float learning_rate) {
+    ml_status st = check_lr(learning_rate);
+    if (st) return st;
+    opt->learning_rate = learning_rate;
+    return ML_OK;
+}
+
+float ml_optimizer_get_lr(const ml_optimizer *opt) { return opt->learning_rate; }
+int64_t ml_optimizer_iterations(const ml_optimizer *opt) { return opt->iterations; }
+int ml_optimizer_n_slots(const ml_optimizer *opt) { return opt->n_slots; }
+int ml_optimizer_n_params(const ml_optimizer *opt) { return opt->n_params; }
+
+ml_status ml_optimizer_slot(ml_tensor **out, ml_optimizer *opt, int param, int slot) {
+    if (param < 0 || param >= opt->n_params || slot < 0 || slot >= opt->n_slots)
+        return ml_set_error(ML_ERR_VALUE, "optimizer slot (%d, %d) does not exist (%d parameters, "
+                            "%d slots)",
+                            param, slot, opt->n_params, opt->n_slots);
+    const int64_t *d = opt->dims[param];
+    return ml_tensor_from_data(out, (int)d[0], d + 1,
+                               opt->slab + (int64_t)slot * opt->total + opt->offset[param]);
+}
+
+ml_status ml_optimizer_reset(ml_optimizer *opt) {
+    opt->iterations = 0;
+    if (opt->slab) memset(opt->slab, 0, (size_t)(opt->total * opt->n_slots) * sizeof(float));
+    return ML_OK;
+}

@@ -1,0 +1,122 @@
+"""metalearn: meta-learning with a C core and a Keras face.
+
+Tensors, autograd of any order and every op live in the C extension ``metalearn._core``;
+this package re-exports them directly (no Python wrapper sits between a call and C), and
+adds the Keras-style layers and models (``metalearn.keras``), ``GradientTape`` and
+``Variable``, the source article's two networks (``metalearn.networks``) and seeding
+(``metalearn.random``).
+
+    >>> import metalearn as ml
+    >>> x = ml.tensor([3.0], requires_grad=True)
+    >>> f = 2 * x * x + 1
+    >>> (df,) = ml.grad(f, x, create_graph=True)   # 4x = 12
+    >>> (d2f,) = ml.grad(df, x)                    # 4
+"""
+from contextlib import contextmanager as _contextmanager
+
+from . import _core
+from ._core import (  # noqa: F401  (the public core API)
+    Tensor,
+    abs,
+    add,
+    as_tensor,
+    binary_crossentropy,
+    broadcast_to,
+    categorical_crossentropy,
+    clip,
+    concat,
+    div,
+    elu,
+    erf,
+    exp,
+    full,
+    gather,
+    gelu,
+    grad,
+    is_grad_enabled,
+    leaky_relu,
+    linear,
+    log,
+    log_softmax,
+    matmul,
+    maximum,
+    mean_squared_error,
+    minimum,
+    mul,
+    narrow,
+    neg,
+    one_hot,
+    ones,
+    pow,
+    reduce_max,
+    reduce_mean,
+    reduce_sum,
+    relu,
+    reshape,
+    sigmoid,
+    sign,
+    softmax,
+    sparse_categorical_crossentropy,
+    sqrt,
+    square,
+    sub,
+    sum_to,
+    tanh,
+    tensor,
+    transpose,
+    zeros,
+)
+
+# NumPy / TensorFlow spellings of the same ops
+divide = div
+multiply = mul
+subtract = sub
+negative = neg
+clip_by_value = clip
+
+
+def set_grad_enabled(enabled):
+    """Turns grad mode on or off for this thread; returns the previous mode."""
+    return _core.set_grad_enabled(bool(enabled))
+
+
+class _GradMode:
+    """Context manager (and decorator) that sets grad mode and restores it on exit."""
+
+    def __init__(self, enabled):
+        self._enabled = enabled
+
+    def __enter__(self):
+        self._prev = _core.set_grad_enabled(self._enabled)
+        return self
+
+    def __exit__(self, *exc):
+        _core.set_grad_enabled(self._prev)
+        return False
+
+    def __call__(self, fn):
+        import functools
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with _GradMode(self._enabled):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+
+def no_grad():
+    """Context manager: ops inside record nothing (inference, weight updates)."""
+    return _GradMode(False)
+
+
+def enable_grad():
+    """Context manager: ops inside are recorded even within ``no_grad``."""
+    return _GradMode(True)
+
+
+from .tape import GradientTape, Variable  # noqa: E402
+from . import keras, networks, random  # noqa: E402
+from .functional import functional_call  # noqa: E402
+
+__version__ = "0.1.0"
