@@ -5,16 +5,12 @@
  * -> release at one place. Tensor is a static type with number slots, so `a + b` goes
  * from the interpreter to C with no Python in between (per-op overhead is the point).
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#define NPY_NO_DEPRECATED_API NPY_1_25_API_VERSION
-#include <numpy/arrayobject.h>
-
-#include "../core/internal.h"
+#define ML_BINDING_MAIN
+#include "binding.h"
 
 /* ------------------------------------------------------------------ errors */
 
-static PyObject *raise_status(ml_status st) {
+PyObject *raise_status(ml_status st) {
     PyObject *exc = PyExc_ValueError;
     switch (st) {
     case ML_ERR_TYPE: exc = PyExc_TypeError; break;
@@ -26,34 +22,12 @@ static PyObject *raise_status(ml_status st) {
     return NULL;
 }
 
-/* Runs a C call, releasing the GIL when `work` (elements touched) is large. */
-#define CALL(st, work, expr)                      \
-    do {                                          \
-        if ((work) >= ML_BIG_WORK) {              \
-            Py_BEGIN_ALLOW_THREADS(st) = (expr);  \
-            Py_END_ALLOW_THREADS                  \
-        } else {                                  \
-            (st) = (expr);                        \
-        }                                         \
-    } while (0)
 
 /* ------------------------------------------------------------------ Tensor */
 
-typedef struct {
-    PyObject_HEAD
-    ml_tensor *t;
-    PyObject *weakreflist;
-    Py_ssize_t bshape[ML_MAX_DIMS]; /* buffer protocol shape/strides */
-    Py_ssize_t bstrides[ML_MAX_DIMS];
-} TensorObject;
-
-static PyTypeObject TensorType;
-
-#define Tensor_Check(o) PyObject_TypeCheck(o, &TensorType)
-#define T(o) (((TensorObject *)(o))->t)
 
 /* Wraps a new reference to t (stolen) in a Tensor; NULL t means the error is set. */
-static PyObject *wrap(ml_tensor *t) {
+PyObject *wrap(ml_tensor *t) {
     if (!t) return NULL;
     TensorObject *o = PyObject_New(TensorObject, &TensorType);
     if (!o) {
@@ -66,7 +40,7 @@ static PyObject *wrap(ml_tensor *t) {
 }
 
 /* `out` is read after `st` is computed (C leaves argument order unspecified). */
-static PyObject *wrap_status(ml_status st, ml_tensor **out) {
+PyObject *wrap_status(ml_status st, ml_tensor **out) {
     if (st) return raise_status(st);
     return wrap(*out);
 }
@@ -116,7 +90,7 @@ static ml_status tensor_from_array(ml_tensor **out, PyArrayObject *f) {
 }
 
 /* Converts o to a new ml_tensor reference. Tensors are shared; numbers and arrays copied. */
-static ml_tensor *as_ml(PyObject *o, const char *what) {
+ml_tensor *as_ml(PyObject *o, const char *what) {
     if (Tensor_Check(o)) {
         ml_retain(T(o));
         return T(o);
@@ -141,7 +115,7 @@ static ml_tensor *as_ml(PyObject *o, const char *what) {
 }
 
 /* int64 indices from any integer array-like (floats holding integers accepted). */
-static PyArrayObject *to_index_array(PyObject *obj, const char *what) {
+PyArrayObject *to_index_array(PyObject *obj, const char *what) {
     PyArrayObject *arr = (PyArrayObject *)PyArray_FROM_O(obj);
     if (!arr) return NULL;
     char kind = PyArray_DESCR(arr)->kind;
@@ -179,7 +153,7 @@ static PyArrayObject *to_index_array(PyObject *obj, const char *what) {
 }
 
 /* A shape from a tuple/list of ints (or one int). -1 once is inferred when numel >= 0. */
-static int parse_shape(PyObject *obj, int *ndim, int64_t *shape, int64_t numel,
+int parse_shape(PyObject *obj, int *ndim, int64_t *shape, int64_t numel,
                        const char *what) {
     if (PyLong_Check(obj)) {
         shape[0] = PyLong_AsLongLong(obj);
@@ -248,7 +222,7 @@ static int parse_shape(PyObject *obj, int *ndim, int64_t *shape, int64_t numel,
 }
 
 /* axis=None | int | tuple/list of ints -> n_axes (0: all) and axes */
-static int parse_axes(PyObject *obj, int *n, int *axes, const char *what) {
+int parse_axes(PyObject *obj, int *n, int *axes, const char *what) {
     *n = 0;
     if (!obj || obj == Py_None) return 0;
     if (PyLong_Check(obj)) {
@@ -828,7 +802,7 @@ static PyMethodDef Tensor_methods[] = {
     {NULL},
 };
 
-static PyTypeObject TensorType = {
+PyTypeObject TensorType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "metalearn.Tensor",
     .tp_basicsize = sizeof(TensorObject),
@@ -1841,7 +1815,8 @@ PyMODINIT_FUNC PyInit__core(void) {
     PyType_Modified(&TensorType);
     PyObject *m = PyModule_Create(&core_module);
     if (!m) return NULL;
-    if (PyModule_AddObjectRef(m, "Tensor", (PyObject *)&TensorType) < 0 ||
+    if (PyModule_AddFunctions(m, ml_nn_methods) < 0 ||
+        PyModule_AddObjectRef(m, "Tensor", (PyObject *)&TensorType) < 0 ||
         PyModule_AddObjectRef(m, "Optimizer", (PyObject *)&OptimizerType) < 0 ||
         PyModule_AddIntConstant(m, "MAX_DIMS", ML_MAX_DIMS) < 0) {
         Py_DECREF(m);
