@@ -248,6 +248,17 @@ bad("grad_unused_input", _grad_unused_input, ValueError, UNUSED_RE)
 bad("grad_output_not_requiring_grad", _grad_output_not_requiring_grad, ValueError, REQ_RE + r"|" + UNUSED_RE)
 bad("grad_output_made_in_no_grad", _grad_output_made_in_no_grad, ValueError, REQ_RE + r"|" + UNUSED_RE)
 
+
+def _grad_after_in_place_assign():
+    x = _x()
+    y = ml.reduce_sum(x * x)  # mul saved x
+    _core.assign(x, np.zeros(3, F32))
+    ml.grad(y, x)
+
+
+bad("grad_after_in_place_assign", _grad_after_in_place_assign, (ValueError, RuntimeError),
+    r"in[- ]place|modified|version")
+
 # in-place assign
 bad("assign_size_mismatch", lambda: _core.assign(ml.zeros((2, 3)), np.ones(5, F32)), ValueError,
     shape_re((2, 3), (5,)) + r"|element|size|\b6\b|\b5\b")

@@ -579,3 +579,20 @@ def test_deep_chain_grad_and_release_do_not_overflow_stack():
     r = subprocess.run([sys.executable, "-c", DEEP_SCRIPT], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"child died with {r.returncode}\nstdout:{r.stdout}\nstderr:{r.stderr[-3000:]}"
     assert r.stdout.strip().endswith("ok")
+
+
+def test_grad_mode_is_thread_local():
+    import threading
+
+    seen = {}
+
+    def worker():
+        x = ml.tensor([1.0], requires_grad=True)
+        seen["enabled"] = ml.is_grad_enabled()
+        seen["requires_grad"] = (x * 2.0).requires_grad
+
+    with ml.no_grad():
+        th = threading.Thread(target=worker)
+        th.start()
+        th.join()
+    assert seen == {"enabled": True, "requires_grad": True}

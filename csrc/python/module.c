@@ -709,6 +709,26 @@ fail:
     return NULL;
 }
 
+/* t[i] for iteration: `for row in t` walks the first axis */
+static PyObject *Tensor_item_at(TensorObject *self, Py_ssize_t i) {
+    if (self->t->ndim == 0) {
+        PyErr_SetString(PyExc_TypeError, "iteration over a 0-d tensor");
+        return NULL;
+    }
+    if (i < 0 || i >= (Py_ssize_t)self->t->shape[0]) {
+        PyErr_SetString(PyExc_IndexError, "tensor index out of range");
+        return NULL;
+    }
+    PyObject *key = PyLong_FromSsize_t(i);
+    if (!key) return NULL;
+    PyObject *r = Tensor_getitem(self, key);
+    Py_DECREF(key);
+    return r;
+}
+
+static PySequenceMethods tensor_as_sequence = {.sq_length = (lenfunc)Tensor_len,
+                                               .sq_item = (ssizeargfunc)Tensor_item_at};
+
 static PyMappingMethods tensor_as_mapping = {(lenfunc)Tensor_len, (binaryfunc)Tensor_getitem, NULL};
 
 static PyObject *Tensor_repr(TensorObject *self) {
@@ -809,6 +829,7 @@ PyTypeObject TensorType = {
     .tp_dealloc = (destructor)Tensor_dealloc,
     .tp_repr = (reprfunc)Tensor_repr,
     .tp_as_number = &tensor_as_number,
+    .tp_as_sequence = &tensor_as_sequence,
     .tp_as_mapping = &tensor_as_mapping,
     .tp_as_buffer = &tensor_as_buffer,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,

@@ -1,0 +1,277 @@
+/* test_core.c — C unit tests of the core: the header's tutorial, autograd of several
+ * orders checked against closed forms and central differences, the op table, errors that
+ * never crash, optimizers against their formulas, random reproducibility, weight files.
+ * Runs under ASan + UBSan in CI (`make -C csrc sanitize`). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/internal.h"
+#include "metalearn.h"
+
+static int n_pass, n_fail;
+
+#define CHECK(cond, ...)                                          \
+    do {                                                          \
+        if (cond) n_pass++;                                       \
+        else {                                                    \
+            n_fail++;                                             \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);           \
+            printf(__VA_ARGS__);                                  \
+            printf("\n");                                         \
+        }                                                         \
+    } while (0)
+
+#define OK(expr) CHECK((expr) == ML_OK, "%s -> %s", #expr, ml_last_error())
+
+static int close_to(double a, double b, double tol) {
+    return fabs(a - b) <= tol * (1.0 + fabs(b));
+}
+
+static ml_tensor *vec(int n, const float *v) {
+    ml_tensor *t = NULL;
+    int64_t shape[1] = {n};
+    if (ml_tensor_from_data(&t, 1, shape, v) != ML_OK) abort(); /* test setup only */
+    return t;
+}
+
+/* The tutorial of metalearn.h: f = a x^2 + b at x = 3, a = 2, b = 1. */
+static void test_tutorial(void) {
+    ml_tensor *x, *a, *b, *x2, *ax2, *f, *df = NULL, *d2f = NULL;
+    OK(ml_tensor_scalar(&x, 3.0f));
+    OK(ml_set_requires_grad(x, 1));
+    OK(ml_tensor_scalar(&a, 2.0f));
+    OK(ml_tensor_scalar(&b, 1.0f));
+    OK(ml_square(&x2, x));
+    OK(ml_mul(&ax2, a, x2));
+    OK(ml_add(&f, ax2, b));
+    CHECK(ml_data(f)[0] == 19.0f, "f = %g", ml_data(f)[0]);
+    OK(ml_grad(&df, 1, &f, 1, &x, NULL, 1, 0));
+    CHECK(df && ml_data(df)[0] == 12.0f, "df = %g", df ? ml_data(df)[0] : -1);
+    CHECK(df && !ml_is_leaf(df), "df under create_graph records a graph");
+    OK(ml_grad(&d2f, 1, &df, 1, &x, NULL, 0, 0));
+    CHECK(d2f && ml_data(d2f)[0] == 4.0f, "d2f = %g", d2f ? ml_data(d2f)[0] : -1);
+
+    /* one Adam step with Keras' defaults: the first step moves by lr * sign(g) */
+    ml_optimizer *opt;
+    OK(ml_adam_new(&opt, 0.001f, 0.9f, 0.999f, 1e-7f, 0));
+    ml_tensor *g = NULL;
+    OK(ml_detach(&g, df));
+    OK(ml_optimizer_step(opt, 1, &x, &g));
+    CHECK(close_to(ml_data(x)[0], 3.0 - 0.001, 1e-6), "x after Adam = %.7f", ml_data(x)[0]);
+    CHECK(ml_optimizer_iterations(opt) == 1, "iterations");
+    /* x changed in place: a graph that saved it must refuse to backprop */
+    ml_tensor *again = NULL;
+    CHECK(ml_grad(&again, 1, &f, 1, &x, NULL, 0, 0) == ML_ERR_GRAPH, "stale graph refused");
+    CHECK(strstr(ml_last_error(), "modified in place") != NULL, "message: %s", ml_last_error());
+    ml_optimizer_free(opt);
+    ml_release(g);
+    ml_release(x), ml_release(a), ml_release(b), ml_release(x2), ml_release(ax2);
+    ml_release(f), ml_release(df), ml_release(d2f);
+}
+
+/* Third derivative of tanh against its closed form: tanh''' = -2 (1 - t^2)(1 - 3 t^2). */
+static void test_third_order(void) {
+    float v = 0.7f;
+    ml_tensor *x = vec(1, &v), *y, *d1 = NULL, *d2 = NULL, *d3 = NULL;
+    ml_set_requires_grad(x, 1);
+    OK(ml_tanh(&y, x));
+    OK(ml_grad(&d1, 1, &y, 1, &x, NULL, 1, 0));
+    OK(ml_grad(&d2, 1, &d1, 1, &x, NULL, 1, 0));
+    OK(ml_grad(&d3, 1, &d2, 1, &x, NULL, 0, 0));
+    double t = tanh(0.7);
+    CHECK(close_to(ml_data(d1)[0], 1 - t * t, 1e-5), "tanh' %g", ml_data(d1)[0]);
+    CHECK(close_to(ml_data(d2)[0], -2 * t * (1 - t * t), 1e-5), "tanh'' %g", ml_data(d2)[0]);
+    CHECK(close_to(ml_data(d3)[0], -2 * (1 - t * t) * (1 - 3 * t * t), 1e-4), "tanh''' %g",
+          ml_data(d3)[0]);
+    ml_release(x), ml_release(y), ml_release(d1), ml_release(d2), ml_release(d3);
+}
+
+/* loss(W) = sum(tanh(X W)) for a 3x4 X: gradient by central differences. */
+static float mlp_loss(const float *xd, const float *wd) {
+    int64_t xs[2] = {3, 4}, ws[2] = {4, 2};
+    ml_tensor *X, *W, *h, *a, *l;
+    ml_tensor_from_data(&X, 2, xs, xd);
+    ml_tensor_from_data(&W, 2, ws, wd);
+    ml_matmul(&h, X, W, 0, 0);
+    ml_tanh(&a, h);
+    ml_sum(&l, a, 0, NULL, 0);
+    float r = ml_data(l)[0];
+    ml_release(X), ml_release(W), ml_release(h), ml_release(a), ml_release(l);
+    return r;
+}
+
+static void test_central_difference(void) {
+    float xd[12], wd[8];
+    for (int i = 0; i < 12; i++) xd[i] = (float)sin(i + 1.0);
+    for (int i = 0; i < 8; i++) wd[i] = (float)cos(2.0 * i) * 0.5f;
+    int64_t xs[2] = {3, 4}, ws[2] = {4, 2};
+    ml_tensor *X, *W, *h, *a, *l, *g = NULL;
+    ml_tensor_from_data(&X, 2, xs, xd);
+    ml_tensor_from_data(&W, 2, ws, wd);
+    ml_set_requires_grad(W, 1);
+    OK(ml_matmul(&h, X, W, 0, 0));
+    OK(ml_tanh(&a, h));
+    OK(ml_sum(&l, a, 0, NULL, 0));
+    OK(ml_grad(&g, 1, &l, 1, &W, NULL, 0, 0));
+    double max_abs = 0;
+    for (int i = 0; i < 8; i++) {
+        float wp[8], wm[8], eps = 1e-2f;
+        memcpy(wp, wd, sizeof wp);
+        memcpy(wm, wd, sizeof wm);
+        wp[i] += eps;
+        wm[i] -= eps;
+        double fd = (mlp_loss(xd, wp) - mlp_loss(xd, wm)) / (2.0 * eps);
+        CHECK(fabs(fd - ml_data(g)[i]) < 2e-3, "dW[%d]: autograd %g vs fd %g", i, ml_data(g)[i], fd);
+        max_abs = fmax(max_abs, fabs(fd));
+    }
+    CHECK(max_abs > 0.1, "the gradient checked is not trivial (%g)", max_abs);
+    ml_release(X), ml_release(W), ml_release(h), ml_release(a), ml_release(l), ml_release(g);
+}
+
+static void test_broadcast_grad(void) {
+    float av[6] = {1, 2, 3, 4, 5, 6}, bv[3] = {1, 10, 100};
+    int64_t as[2] = {2, 3};
+    ml_tensor *a, *b = vec(3, bv), *y, *l, *gb = NULL;
+    ml_tensor_from_data(&a, 2, as, av);
+    ml_set_requires_grad(b, 1);
+    OK(ml_mul(&y, a, b));
+    OK(ml_sum(&l, y, 0, NULL, 0));
+    OK(ml_grad(&gb, 1, &l, 1, &b, NULL, 0, 0));
+    CHECK(ml_ndim(gb) == 1 && ml_shape(gb)[0] == 3, "grad reduced to the input's shape");
+    CHECK(ml_data(gb)[0] == 5 && ml_data(gb)[1] == 7 && ml_data(gb)[2] == 9, "column sums");
+    ml_release(a), ml_release(b), ml_release(y), ml_release(l), ml_release(gb);
+}
+
+static void test_op_table(void) {
+    for (int i = 0; i < OP_COUNT; i++)
+        CHECK(ml_op_table[i].name && ml_op_table[i].backward, "op %d has a row", i);
+}
+
+/* Bad input: a status and a message, nothing crashes, outputs untouched. */
+static void test_errors(void) {
+    float v[6] = {0};
+    int64_t s23[2] = {2, 3}, s43[2] = {4, 3}, huge[2] = {(int64_t)1 << 40, (int64_t)1 << 40};
+    ml_tensor *a, *b, *out = NULL;
+    ml_tensor_from_data(&a, 2, s23, v);
+    ml_tensor_zeros(&b, 2, s43);
+    CHECK(ml_add(&out, a, b) == ML_ERR_SHAPE && out == NULL, "add shape mismatch");
+    CHECK(strstr(ml_last_error(), "(2, 3)") && strstr(ml_last_error(), "(4, 3)"),
+          "message names the shapes: %s", ml_last_error());
+    CHECK(ml_matmul(&out, a, b, 0, 0) == ML_ERR_SHAPE, "matmul mismatch");
+    CHECK(ml_tensor_zeros(&out, 2, huge) == ML_ERR_OOM, "overflowing shape refused");
+    CHECK(ml_add(&out, NULL, b) == ML_ERR_VALUE, "NULL input refused");
+    int axis = 5;
+    CHECK(ml_sum(&out, a, 1, &axis, 0) == ML_ERR_VALUE, "axis out of range");
+    int64_t bad_idx[1] = {7};
+    CHECK(ml_gather(&out, a, 1, bad_idx, 0) == ML_ERR_VALUE, "index out of range");
+    CHECK(ml_grad(&out, 1, &a, 1, &a, NULL, 0, 0) == ML_ERR_GRAPH, "input without grad");
+    ml_set_requires_grad(a, 1);
+    CHECK(ml_grad(&out, 1, &a, 1, &a, NULL, 0, 0) == ML_ERR_SHAPE, "non-scalar output");
+    CHECK(out == NULL, "outputs untouched on failure");
+    ml_release(a), ml_release(b);
+}
+
+static void test_sgd_momentum(void) {
+    /* Keras: v = m v - lr g; p += v. Two steps with g = 1: p = -0.1, then -0.1 - 0.19 */
+    float p0 = 0, g1 = 1;
+    ml_tensor *p = vec(1, &p0), *g = vec(1, &g1);
+    ml_optimizer *opt;
+    OK(ml_sgd_new(&opt, 0.1f, 0.9f, 0));
+    OK(ml_optimizer_step(opt, 1, &p, &g));
+    OK(ml_optimizer_step(opt, 1, &p, &g));
+    CHECK(close_to(ml_data(p)[0], -0.29, 1e-6), "p = %g", ml_data(p)[0]);
+    float wrong[2] = {1, 1};
+    ml_tensor *g2 = vec(2, wrong);
+    CHECK(ml_optimizer_step(opt, 1, &p, &g2) == ML_ERR_SHAPE, "shape mismatch refused");
+    CHECK(close_to(ml_data(p)[0], -0.29, 1e-6) && ml_optimizer_iterations(opt) == 2,
+          "a refused step changes nothing");
+    ml_optimizer_free(opt);
+    ml_release(p), ml_release(g), ml_release(g2);
+}
+
+static void test_rng(void) {
+    int64_t shape[1] = {1000};
+    ml_tensor *u1, *u2, *n;
+    ml_rng_seed(42);
+    OK(ml_rng_uniform(&u1, 1, shape, -1, 1));
+    ml_rng_seed(42);
+    OK(ml_rng_uniform(&u2, 1, shape, -1, 1));
+    CHECK(memcmp(ml_data(u1), ml_data(u2), 1000 * sizeof(float)) == 0, "same seed, same bits");
+    OK(ml_rng_normal(&n, 1, shape, 0, 1));
+    double mean = 0, var = 0;
+    for (int i = 0; i < 1000; i++) mean += ml_data(n)[i] / 1000.0;
+    for (int i = 0; i < 1000; i++) var += pow(ml_data(n)[i] - mean, 2) / 1000.0;
+    CHECK(fabs(mean) < 0.15 && fabs(var - 1) < 0.2, "normal moments %g %g", mean, var);
+    int64_t perm[50];
+    int seen[50] = {0};
+    OK(ml_rng_permutation(perm, 50));
+    int ok = 1;
+    for (int i = 0; i < 50; i++) ok &= perm[i] >= 0 && perm[i] < 50 && !seen[perm[i]]++;
+    CHECK(ok, "permutation is a permutation");
+    ml_release(u1), ml_release(u2), ml_release(n);
+}
+
+static void test_weight_file(void) {
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/ml_test_core_%ld.mlw", (long)getpid());
+    float v[3] = {1.5f, -2.0f, 3.25f};
+    ml_tensor *t = vec(3, v);
+    const char *name = "dense/kernel";
+    OK(ml_save_tensors(path, 1, &name, &t));
+    int n = 0;
+    char **names = NULL;
+    ml_tensor **ts = NULL;
+    OK(ml_load_tensors(path, &n, &names, &ts));
+    CHECK(n == 1 && !strcmp(names[0], name) && memcmp(ml_data(ts[0]), v, sizeof v) == 0,
+          "round trip");
+    ml_free_loaded(n, names, ts);
+    /* flip one data byte: the checksum refuses it */
+    FILE *f = fopen(path, "r+b");
+    fseek(f, -6, SEEK_END);
+    int c = fgetc(f);
+    fseek(f, -6, SEEK_END);
+    fputc(c ^ 0x10, f);
+    fclose(f);
+    CHECK(ml_load_tensors(path, &n, &names, &ts) == ML_ERR_FORMAT, "bit flip refused");
+    CHECK(ml_load_tensors("/nonexistent/x.mlw", &n, &names, &ts) == ML_ERR_IO, "missing file");
+    unlink(path);
+    ml_release(t);
+}
+
+/* Releasing a 10^5-op chain must not recurse (stack) and must free everything (ASan). */
+static void test_long_chain(void) {
+    float v = 0;
+    ml_tensor *x = vec(1, &v), *y = x, *g = NULL;
+    ml_set_requires_grad(x, 1);
+    ml_retain(x);
+    for (int i = 0; i < 100000; i++) {
+        ml_tensor *next;
+        if (ml_add_scalar(&next, y, 1.0f) != ML_OK) break;
+        ml_release(y);
+        y = next;
+    }
+    CHECK(ml_data(y)[0] == 100000.0f, "chain value %g", ml_data(y)[0]);
+    OK(ml_grad(&g, 1, &y, 1, &x, NULL, 0, 0));
+    CHECK(g && ml_data(g)[0] == 1.0f, "chain gradient");
+    ml_release(g);
+    ml_release(y);
+    ml_release(x);
+}
+
+int main(void) {
+    test_tutorial();
+    test_third_order();
+    test_central_difference();
+    test_broadcast_grad();
+    test_op_table();
+    test_errors();
+    test_sgd_momentum();
+    test_rng();
+    test_weight_file();
+    test_long_chain();
+    printf("test_core: %d passed, %d failed\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}

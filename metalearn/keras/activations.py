@@ -1,0 +1,137 @@
+"""Activation functions, as ``keras.activations`` (names and defaults).
+
+Each takes a tensor (or array-like) and returns a tensor; all are differentiable to any
+order through the core's autograd.
+"""
+import math
+
+from metalearn import _core
+
+__all__ = ["relu", "sigmoid", "tanh", "softmax", "log_softmax", "linear", "elu", "gelu",
+           "leaky_relu", "softplus", "softsign", "swish", "silu", "exponential", "get",
+           "serialize", "deserialize"]
+
+
+def relu(x, negative_slope=0.0, max_value=None, threshold=0.0):
+    """Rectified linear unit: ``max(x, 0)``.
+
+    With the optional arguments: ``x`` for ``x >= threshold`` (capped at `max_value`),
+    ``negative_slope * (x - threshold)`` below it.
+    """
+    if threshold != 0.0:
+        x = _core.sub(x, threshold)
+    if negative_slope != 0.0:
+        y = _core.leaky_relu(x, float(negative_slope))
+    else:
+        y = _core.relu(x)
+    if threshold != 0.0:
+        y = _core.add(y, _core.mul(_core.sign(_core.relu(x)), threshold))
+    if max_value is not None:
+        y = _core.minimum(y, float(max_value))
+    return y
+
+
+def leaky_relu(x, negative_slope=0.2):
+    """``x`` if ``x > 0`` else ``negative_slope * x`` (Keras 3 default slope 0.2)."""
+    return _core.leaky_relu(x, float(negative_slope))
+
+
+def sigmoid(x):
+    """``1 / (1 + exp(-x))``."""
+    return _core.sigmoid(x)
+
+
+def tanh(x):
+    """Hyperbolic tangent."""
+    return _core.tanh(x)
+
+
+def softmax(x, axis=-1):
+    """``exp(x) / sum(exp(x), axis)``, computed stably."""
+    return _core.softmax(x, int(axis))
+
+
+def log_softmax(x, axis=-1):
+    """``x - log(sum(exp(x), axis))``, computed stably."""
+    return _core.log_softmax(x, int(axis))
+
+
+def linear(x):
+    """The identity."""
+    return x
+
+
+def elu(x, alpha=1.0):
+    """``x`` if ``x > 0`` else ``alpha * (exp(x) - 1)``."""
+    return _core.elu(x, float(alpha))
+
+
+def gelu(x, approximate=False):
+    """Gaussian error linear unit: ``x * Phi(x)`` (exact erf form).
+
+    With ``approximate=True``:
+    ``0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))``.
+    """
+    if not approximate:
+        return _core.gelu(x)
+    inner = _core.mul(_core.add(x, _core.mul(_core.pow(x, 3.0), 0.044715)), math.sqrt(2.0 / math.pi))
+    return _core.mul(_core.mul(x, 0.5), _core.add(_core.tanh(inner), 1.0))
+
+
+def softplus(x):
+    """``log(1 + exp(x))``, computed as ``relu(x) + log(1 + exp(-|x|))``."""
+    return _core.add(_core.relu(x), _core.log(_core.add(_core.exp(_core.neg(_core.abs(x))), 1.0)))
+
+
+def softsign(x):
+    """``x / (1 + |x|)``."""
+    return _core.div(x, _core.add(_core.abs(x), 1.0))
+
+
+def silu(x):
+    """``x * sigmoid(x)`` (also called swish)."""
+    return _core.mul(x, _core.sigmoid(x))
+
+
+swish = silu
+
+
+def exponential(x):
+    """``exp(x)``."""
+    return _core.exp(x)
+
+
+_BY_NAME = {
+    "relu": relu, "sigmoid": sigmoid, "tanh": tanh, "softmax": softmax,
+    "log_softmax": log_softmax, "linear": linear, "elu": elu, "gelu": gelu,
+    "leaky_relu": leaky_relu, "softplus": softplus, "softsign": softsign,
+    "swish": silu, "silu": silu, "exponential": exponential,
+}
+
+
+def get(identifier):
+    """An activation function from a name, a function, or None (→ linear)."""
+    if identifier is None:
+        return linear
+    if isinstance(identifier, str):
+        fn = _BY_NAME.get(identifier.lower())
+        if fn is None:
+            raise ValueError(f"Unknown activation function: {identifier!r}; known: {sorted(_BY_NAME)}")
+        return fn
+    if isinstance(identifier, dict):
+        return get(identifier.get("config", identifier).get("name", identifier.get("class_name")))
+    if callable(identifier):
+        return identifier
+    raise TypeError(f"Could not interpret activation identifier: {identifier!r}")
+
+
+def serialize(fn):
+    """The name of an activation function (its ``__name__`` for a custom one)."""
+    for name, f in _BY_NAME.items():
+        if f is fn and name != "swish":
+            return name
+    return getattr(fn, "__name__", repr(fn))
+
+
+def deserialize(name):
+    return get(name)

@@ -1,0 +1,38 @@
+"""Small shared state of the Keras face: layer name counters and the training flag."""
+import collections
+import re
+import threading
+
+_uids = collections.defaultdict(int)
+_ctx = threading.local()  # .training: the training flag of the call in progress (None outside)
+
+
+def floatx():
+    """The float type of every tensor: ``"float32"``."""
+    return "float32"
+
+
+def unique_name(prefix):
+    """``prefix``, then ``prefix_1``, ``prefix_2`` … (as Keras names layers)."""
+    n = _uids[prefix]
+    _uids[prefix] = n + 1
+    return prefix if n == 0 else f"{prefix}_{n}"
+
+
+def clear_session():
+    """Resets the layer name counters."""
+    _uids.clear()
+
+
+def snake_case(name):
+    s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", s).lower()
+
+
+def learning_phase():
+    """The training flag in effect (False outside a training call)."""
+    return bool(getattr(_ctx, "training", None))
+
+
+def current_training():
+    return getattr(_ctx, "training", None)

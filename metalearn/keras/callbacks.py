@@ -1,0 +1,293 @@
+"""Callbacks, as ``keras.callbacks``: hooks called by ``fit``/``evaluate``/``predict``."""
+import os
+import warnings
+
+import numpy as np
+
+__all__ = ["Callback", "CallbackList", "History", "EarlyStopping", "ModelCheckpoint",
+           "LambdaCallback"]
+
+
+class Callback:
+    """Base class: override the ``on_*`` hooks you need.
+
+    Attributes:
+        model: the model being trained (set by ``fit``).
+        params: ``{"epochs", "steps", "verbose"}`` of the run.
+    """
+
+    def __init__(self):
+        self.model = None
+        self.params = {}
+
+    def set_model(self, model):
+        self.model = model
+
+    def set_params(self, params):
+        self.params = params
+
+    def on_train_begin(self, logs=None): pass
+    def on_train_end(self, logs=None): pass
+    def on_epoch_begin(self, epoch, logs=None): pass
+    def on_epoch_end(self, epoch, logs=None): pass
+    def on_train_batch_begin(self, batch, logs=None): pass
+    def on_train_batch_end(self, batch, logs=None): pass
+    def on_test_begin(self, logs=None): pass
+    def on_test_end(self, logs=None): pass
+    def on_test_batch_begin(self, batch, logs=None): pass
+    def on_test_batch_end(self, batch, logs=None): pass
+    def on_predict_begin(self, logs=None): pass
+    def on_predict_end(self, logs=None): pass
+    def on_predict_batch_begin(self, batch, logs=None): pass
+    def on_predict_batch_end(self, batch, logs=None): pass
+
+    # Keras 2 names
+    def on_batch_begin(self, batch, logs=None): pass
+    def on_batch_end(self, batch, logs=None): pass
+
+
+_HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
+          "on_train_batch_begin", "on_train_batch_end", "on_test_begin", "on_test_end",
+          "on_test_batch_begin", "on_test_batch_end", "on_predict_begin", "on_predict_end",
+          "on_predict_batch_begin", "on_predict_batch_end")
+
+
+_ARITY = {h: 1 if h.endswith(("train_begin", "train_end", "test_begin", "test_end", "predict_begin",
+                                 "predict_end")) else 2 for h in _HOOKS}
+
+
+class CallbackList:
+    """Calls a hook on every callback; skips callbacks that do not override it."""
+
+    def __init__(self, callbacks=None, model=None, params=None):
+        self.callbacks = list(callbacks or [])
+        for cb in self.callbacks:
+            if model is not None:
+                cb.set_model(model)
+            if params is not None:
+                cb.set_params(params)
+        for hook in _HOOKS:
+            fns = [getattr(cb, hook) for cb in self.callbacks
+                   if getattr(type(cb), hook, None) is not getattr(Callback, hook)
+                   or hook in getattr(cb, "__dict__", {})]
+            if hook in ("on_train_batch_begin", "on_train_batch_end"):
+                legacy = "on_batch_begin" if hook.endswith("begin") else "on_batch_end"
+                fns += [getattr(cb, legacy) for cb in self.callbacks
+                        if getattr(type(cb), legacy, None) is not getattr(Callback, legacy)]
+            setattr(self, "_" + hook, fns)
+
+    def _call(self, hook, *args):
+        # Keras always passes logs: pad a missing logs argument with {}
+        if len(args) < _ARITY[hook]:
+            args = args + ({},)
+        for fn in getattr(self, "_" + hook):
+            fn(*args)
+
+    def has(self, hook):
+        return bool(getattr(self, "_" + hook))
+
+    def __getattr__(self, name):
+        if name in _HOOKS:
+            return lambda *args: self._call(name, *args)
+        raise AttributeError(name)
+
+
+class History(Callback):
+    """Records the logs of every epoch: ``history.history["loss"]`` is a list per epoch.
+
+    ``fit`` adds one and returns it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.history = {}
+        self.epoch = []
+
+    def on_train_begin(self, logs=None):
+        self.epoch = []
+        self.history = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        for k, v in (logs or {}).items():
+            self.history.setdefault(k, []).append(v)
+        if self.model is not None:
+            self.model.history = self
+
+
+def _mode_op(mode, monitor):
+    if mode not in ("auto", "min", "max"):
+        warnings.warn(f"mode {mode!r} is unknown, falling back to 'auto'")
+        mode = "auto"
+    if mode == "auto":
+        m = monitor.lower()
+        mode = "max" if ("acc" in m or "auc" in m or m.endswith("precision") or m.endswith("recall")) else "min"
+    return mode
+
+
+class EarlyStopping(Callback):
+    """Stops training when a monitored quantity has stopped improving.
+
+    An epoch improves when ``current`` beats the best by more than `min_delta`
+    (``current < best - min_delta`` in "min" mode). After `patience` epochs without
+    improvement ``model.stop_training`` is set.
+
+    Args:
+        monitor: the quantity in the logs (default ``"val_loss"``).
+        min_delta: minimum change counted as an improvement.
+        patience: epochs without improvement before stopping.
+        verbose: 1 prints a message when stopping.
+        mode: ``"min"``, ``"max"`` or ``"auto"`` (max for accuracies, min otherwise).
+        baseline: a value the quantity must beat.
+        restore_best_weights: when stopping, restore the weights of the best epoch.
+        start_from_epoch: epochs to wait before monitoring.
+    """
+
+    def __init__(self, monitor="val_loss", min_delta=0, patience=0, verbose=0, mode="auto",
+                 baseline=None, restore_best_weights=False, start_from_epoch=0):
+        super().__init__()
+        self.monitor = monitor
+        self.min_delta = abs(float(min_delta))
+        self.patience = int(patience)
+        self.verbose = verbose
+        self.mode = _mode_op(mode, monitor)
+        self.baseline = baseline
+        self.restore_best_weights = restore_best_weights
+        self.start_from_epoch = int(start_from_epoch)
+        self.stopped_epoch = 0
+        self.best_weights = None
+        self.best_epoch = 0
+
+    def _improved(self, current, reference):
+        if reference is None:
+            return True
+        if self.mode == "min":
+            return current < reference - self.min_delta
+        return current > reference + self.min_delta
+
+    def on_train_begin(self, logs=None):
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best = None
+        self.best_weights = None
+        self.best_epoch = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        current = logs.get(self.monitor)
+        if current is None:
+            warnings.warn(f"Early stopping conditioned on metric `{self.monitor}` which is not "
+                          f"available. Available metrics are: {','.join(logs)}")
+            return
+        if epoch < self.start_from_epoch:
+            return
+        current = float(current)
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights = self.model.get_weights()
+            self.best_epoch = epoch
+        self.wait += 1
+        if self._improved(current, self.best):
+            self.best = current
+            self.best_epoch = epoch
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            if self.baseline is None or self._improved(current, float(self.baseline)):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+            if self.restore_best_weights and self.best_weights is not None:
+                if self.verbose > 0:
+                    print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+                self.model.set_weights(self.best_weights)
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0 and self.verbose > 0:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+
+
+class ModelCheckpoint(Callback):
+    """Saves the model's weights after epochs (``save_weights`` format).
+
+    Args:
+        filepath: path, may contain format fields from the epoch and logs, e.g.
+            ``"ckpt-{epoch:02d}-{val_loss:.3f}.weights"`` (epoch counts from 1).
+        monitor: quantity compared when `save_best_only`.
+        verbose: 1 prints a message on each save.
+        save_best_only: save only when the monitored quantity improves.
+        save_weights_only: must be True: metalearn saves weights, not whole models.
+        mode: ``"min"``, ``"max"`` or ``"auto"``.
+        save_freq: ``"epoch"`` (only).
+        initial_value_threshold: the value to beat before the first save.
+    """
+
+    def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
+                 save_weights_only=True, mode="auto", save_freq="epoch",
+                 initial_value_threshold=None):
+        super().__init__()
+        if not save_weights_only:
+            raise ValueError("ModelCheckpoint: metalearn saves weights only; use "
+                             "save_weights_only=True and rebuild the model in code")
+        if save_freq != "epoch":
+            raise ValueError("ModelCheckpoint: only save_freq='epoch' is supported")
+        self.filepath = os.fspath(filepath)
+        self.monitor = monitor
+        self.verbose = verbose
+        self.save_best_only = save_best_only
+        self.save_weights_only = True
+        self.mode = _mode_op(mode, monitor)
+        self.best = initial_value_threshold
+
+    def _better(self, current):
+        if self.best is None:
+            return True
+        return current < self.best if self.mode == "min" else current > self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        path = self.filepath.format(epoch=epoch + 1, **logs)
+        if self.save_best_only:
+            current = logs.get(self.monitor)
+            if current is None:
+                warnings.warn(f"Can save best model only with {self.monitor} available, skipping.")
+                return
+            current = float(current)
+            if not self._better(current):
+                if self.verbose > 0:
+                    print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+                return
+            if self.verbose > 0:
+                prev = "inf" if self.best is None else f"{self.best:.5f}"
+                print(f"\nEpoch {epoch + 1}: {self.monitor} improved from {prev} to {current:.5f}, "
+                      f"saving model to {path}")
+            self.best = current
+        elif self.verbose > 0:
+            print(f"\nEpoch {epoch + 1}: saving model to {path}")
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        self.model.save_weights(path)
+
+
+class LambdaCallback(Callback):
+    """A callback made from functions.
+
+    Args:
+        on_epoch_begin, on_epoch_end: ``f(epoch, logs)``.
+        on_batch_begin, on_batch_end: ``f(batch, logs)`` (training batches).
+        on_train_begin, on_train_end: ``f(logs)``.
+    """
+
+    def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_batch_begin=None,
+                 on_batch_end=None, on_train_begin=None, on_train_end=None, **kwargs):
+        super().__init__()
+        fns = dict(on_epoch_begin=on_epoch_begin, on_epoch_end=on_epoch_end,
+                   on_train_batch_begin=on_batch_begin, on_train_batch_end=on_batch_end,
+                   on_train_begin=on_train_begin, on_train_end=on_train_end)
+        fns.update(kwargs)
+        for name, fn in fns.items():
+            if name not in _HOOKS:
+                raise TypeError(f"LambdaCallback: unknown hook {name!r}")
+            if fn is not None:
+                setattr(self, name, fn)

@@ -1,0 +1,692 @@
+"""Layers, as ``keras.layers``: the Layer base class and the core layers.
+
+A layer stores its configuration in ``__init__``, makes its weights in
+``build(input_shape)`` with ``add_weight`` (called lazily on the first call, when the
+input shape is known), and computes in ``call``. Weights a layer keeps as attributes
+(``self.kernel = self.add_weight(...)``) are read through ``metalearn.functional``'s
+substitution map, so ``functional_call(model, other_weights, x)`` works for any layer
+written this way.
+"""
+import inspect
+import math
+
+import numpy as np
+
+from metalearn import _core
+from metalearn.tape import no_grad as _no_grad
+from metalearn import functional as _functional
+from metalearn.tape import Variable
+
+from . import activations, initializers
+from . import backend as _backend
+
+__all__ = ["Layer", "Dense", "Flatten", "Activation", "Dropout", "InputLayer", "Input",
+           "Lambda", "Reshape", "serialize", "deserialize", "get"]
+
+_FUSED = {activations.linear: "linear", activations.relu: "relu",
+          activations.sigmoid: "sigmoid", activations.tanh: "tanh"}
+
+
+def _shape_of(x):
+    shape = getattr(x, "shape", None)
+    if shape is not None:
+        return tuple(int(d) for d in shape)
+    if isinstance(x, (list, tuple)) and x and hasattr(x[0], "shape"):
+        return [_shape_of(t) for t in x]
+    return tuple(np.shape(x))
+
+
+def _as_input(x):
+    """Tensors and float32 arrays pass through; other array-likes become float32 arrays."""
+    if isinstance(x, (_core.Tensor, np.ndarray)) or x is None:
+        return x
+    if isinstance(x, (list, tuple)) and x and isinstance(x[0], (_core.Tensor, np.ndarray)):
+        return x
+    return np.asarray(x, dtype=np.float32)
+
+
+class Layer:
+    """Base class of all layers (and of ``Model``).
+
+    Subclasses override ``__init__`` (store configuration), ``build(input_shape)`` (make
+    weights with ``add_weight``) and ``call(inputs, ...)`` (compute). ``layer(x)`` builds
+    the layer on its first call, then runs ``call``. A ``training`` argument of ``call``
+    receives the training flag (given explicitly or inherited from the enclosing call).
+
+    Args:
+        trainable: whether the layer's weights are trained.
+        name: the layer's name (unique by default: ``dense``, ``dense_1``, …).
+        dtype: only float32 is supported.
+        input_shape: shape of one sample (without the batch dim); lets ``Sequential`` build
+            at construction.
+        input_dim: for 2-D inputs, the same as ``input_shape=(input_dim,)``.
+    """
+
+    def __init__(self, trainable=True, name=None, dtype=None, input_shape=None,
+                 batch_input_shape=None, input_dim=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}: unexpected keyword argument(s) "
+                            f"{sorted(kwargs)}")
+        if dtype is not None and np.dtype(dtype) != np.float32:
+            raise TypeError(f"{type(self).__name__}: only float32 is supported, got dtype={dtype!r}")
+        self._init_tracking()
+        self.name = name if name is not None else _backend.unique_name(_backend.snake_case(type(self).__name__))
+        self._trainable = bool(trainable)
+        self.built = False
+        self.supports_masking = False
+        if input_dim is not None and input_shape is None:
+            input_shape = (int(input_dim),)
+        if batch_input_shape is not None:
+            self._batch_input_shape = tuple(batch_input_shape)
+        elif input_shape is not None:
+            shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+            self._batch_input_shape = (None,) + shape
+        else:
+            self._batch_input_shape = None
+        self._build_input_shape = None
+        self._output_shape = None
+
+    # ---------------------------------------------------------------- tracking
+    def _init_tracking(self):
+        d = self.__dict__
+        if "_var_attrs" in d:
+            return
+        d["_var_attrs"] = {}          # attribute name -> Variable (read via __getattr__)
+        d["_own_weights"] = []        # Variables owned by this layer, in creation order
+        d["_own_weight_names"] = {}   # id(variable) -> short name
+        d["_sublayers"] = []          # (key, Layer) in assignment order
+        cls = type(self)
+        if "_call_takes_training" not in cls.__dict__:
+            try:
+                params = inspect.signature(cls.call).parameters
+                cls._call_takes_training = "training" in params
+            except (TypeError, ValueError):
+                cls._call_takes_training = False
+
+    def __setattr__(self, name, value):
+        d = self.__dict__
+        if "_var_attrs" not in d:
+            self._init_tracking()
+        if name.startswith("__"):
+            object.__setattr__(self, name, value)
+            return
+        var_attrs = d["_var_attrs"]
+        if isinstance(value, Variable):
+            d.pop(name, None)
+            var_attrs[name] = value
+            self._track_weight(value, name)
+            return
+        if name in var_attrs:
+            del var_attrs[name]
+        if isinstance(value, Layer) and not name.startswith("_"):
+            self._track_layer(name, value)
+        elif (isinstance(value, (list, tuple)) and not name.startswith("_") and value
+              and all(isinstance(v, Layer) for v in value)):
+            for i, v in enumerate(value):
+                self._track_layer(f"{name}/{i}", v)
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        # Only reached when normal lookup fails: Variables live in _var_attrs so that every
+        # read goes through the substitution map of functional_call.
+        d = self.__dict__
+        var_attrs = d.get("_var_attrs")
+        if var_attrs is not None:
+            v = var_attrs.get(name)
+            if v is not None:
+                subst = getattr(_functional._state, "subst", None)
+                if subst:
+                    return subst.get(id(v), v)
+                return v
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __delattr__(self, name):
+        var_attrs = self.__dict__.get("_var_attrs", {})
+        if name in var_attrs:
+            del var_attrs[name]
+        else:
+            object.__delattr__(self, name)
+
+    def _track_weight(self, variable, short_name):
+        ids = self._own_weight_names
+        if id(variable) not in ids:
+            self._own_weights.append(variable)
+            ids[id(variable)] = short_name
+
+    def _track_layer(self, key, layer):
+        for i, (k, l) in enumerate(self._sublayers):
+            if l is layer:
+                return
+            if k == key:
+                self._sublayers[i] = (key, layer)
+                return
+        self._sublayers.append((key, layer))
+
+    # ----------------------------------------------------------------- weights
+    def add_weight(self, name=None, shape=None, initializer=None, dtype=None, trainable=True,
+                   regularizer=None, constraint=None):
+        """Creates a Variable owned by this layer.
+
+        Args:
+            name: short name (the variable is named ``"<layer>/<name>"``).
+            shape: tuple of ints.
+            initializer: name, Initializer or callable ``f(shape)``; default
+                ``"glorot_uniform"`` (``"zeros"`` for 0-d and 1-d shapes as Keras 3 does).
+            trainable: whether optimizers train it.
+        """
+        if regularizer is not None or constraint is not None:
+            raise NotImplementedError("add_weight: regularizers and constraints are not supported")
+        shape = () if shape is None else tuple(int(d) for d in shape)
+        if initializer is None:
+            initializer = "glorot_uniform" if len(shape) >= 2 else "zeros"
+        init = initializers.get(initializer)
+        short = name or f"variable_{len(self._own_weights)}"
+        value = init(shape)
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{self.name}: initializer {init!r} returned shape {tuple(value.shape)} "
+                             f"for weight {short!r} of shape {shape}")
+        var = Variable(value, trainable=trainable, name=f"{self.name}/{short}")
+        self._track_weight(var, short)
+        return var
+
+    @property
+    def trainable(self):
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value):
+        value = bool(value)
+        self._trainable = value
+        for _, layer in self._sublayers:
+            layer.trainable = value
+
+    def _all_weights(self):
+        """Every Variable, own first (creation order), then sub-layers depth-first."""
+        out, seen = [], set()
+        self._collect(out, seen)
+        return out
+
+    def _collect(self, out, seen):
+        for v in self._own_weights:
+            if id(v) not in seen:
+                seen.add(id(v))
+                out.append(v)
+        for _, layer in self._sublayers:
+            layer._collect(out, seen)
+
+    @property
+    def trainable_weights(self):
+        """Variables trained by ``fit``/optimizers: trainable ones of trainable layers."""
+        if not self._trainable:
+            return []
+        out, seen = [], set()
+        self._collect_trainable(out, seen)
+        return out
+
+    def _collect_trainable(self, out, seen):
+        if not self._trainable:
+            return
+        for v in self._own_weights:
+            if v.trainable and id(v) not in seen:
+                seen.add(id(v))
+                out.append(v)
+        for _, layer in self._sublayers:
+            layer._collect_trainable(out, seen)
+
+    @property
+    def non_trainable_weights(self):
+        """The other Variables (non-trainable ones, and all weights of frozen layers)."""
+        trainable = {id(v) for v in self.trainable_weights}
+        return [v for v in self._all_weights() if id(v) not in trainable]
+
+    @property
+    def weights(self):
+        """``trainable_weights + non_trainable_weights`` (Keras order)."""
+        return self.trainable_weights + self.non_trainable_weights
+
+    trainable_variables = trainable_weights
+    non_trainable_variables = non_trainable_weights
+    variables = weights
+
+    def _weight_paths(self, prefix=""):
+        """``[(path, variable)]``: names relative to this layer, stable across instances
+        (``"dense1/kernel"``, ``"layers/0/bias"``), in ``weights`` order."""
+        paths, seen, used = {}, set(), set()
+        self._walk_paths(prefix, paths, seen, used)
+        return [(paths[id(v)], v) for v in self.weights]
+
+    def _walk_paths(self, prefix, paths, seen, used):
+        for v in self._own_weights:
+            if id(v) in seen:
+                continue
+            seen.add(id(v))
+            base = prefix + self._own_weight_names[id(v)]
+            path, n = base, 1
+            while path in used:
+                path, n = f"{base}_{n}", n + 1
+            used.add(path)
+            paths[id(v)] = path
+        for key, layer in self._sublayers:
+            layer._walk_paths(f"{prefix}{key}/", paths, seen, used)
+
+    def count_params(self):
+        """Number of scalars in all weights."""
+        return int(sum(int(np.prod(v.shape)) for v in self.weights))
+
+    def get_weights(self):
+        """The weights as a list of NumPy arrays (copies), in ``weights`` order."""
+        return [np.array(v.numpy(), copy=True) for v in self.weights]
+
+    def set_weights(self, weights):
+        """Sets the weights from NumPy arrays in ``weights`` order.
+
+        Every shape is checked before anything is written: on a mismatch ValueError is
+        raised and no weight changes.
+        """
+        variables = self.weights
+        weights = list(weights)
+        if len(weights) != len(variables):
+            raise ValueError(f"{self.name}.set_weights: expected {len(variables)} arrays, got {len(weights)}")
+        arrays = []
+        for i, (v, w) in enumerate(zip(variables, weights)):
+            a = np.asarray(w, dtype=np.float32)
+            if a.shape != tuple(v.shape):
+                raise ValueError(f"{self.name}.set_weights: array {i} has shape {a.shape}, "
+                                 f"weight {v.name!r} has shape {tuple(v.shape)}")
+            arrays.append(np.ascontiguousarray(a))
+        for v, a in zip(variables, arrays):
+            _core.assign(v, a)
+
+    # -------------------------------------------------------------------- call
+    def build(self, input_shape):
+        """Creates the weights for inputs of `input_shape` (batch dim included)."""
+        self._build_input_shape = input_shape
+        self.built = True
+
+    def call(self, inputs, *args, **kwargs):
+        return inputs
+
+    def __call__(self, inputs, *args, weights=None, **kwargs):
+        if weights is not None:
+            return _functional.functional_call(self, weights, inputs, *args, **kwargs)
+        inputs = _as_input(inputs)
+        if not self.built:
+            self._maybe_build(inputs)
+            first = True
+        else:
+            first = self._output_shape is None
+        training = kwargs.pop("training", None)
+        ctx = _backend._ctx
+        prev = getattr(ctx, "training", None)
+        if training is None:
+            training = prev
+        elif not isinstance(training, bool):
+            training = bool(training)
+        if self._call_takes_training:
+            kwargs["training"] = training
+        if training is prev:
+            out = self.call(inputs, *args, **kwargs)
+        else:
+            ctx.training = training
+            try:
+                out = self.call(inputs, *args, **kwargs)
+            finally:
+                ctx.training = prev
+        if first:
+            self._output_shape = _shape_of(out)
+        return out
+
+    def _maybe_build(self, inputs):
+        input_shape = _shape_of(inputs)
+        if self._batch_input_shape is not None and isinstance(input_shape, tuple):
+            expected = self._batch_input_shape[1:]
+            if tuple(input_shape[1:]) != tuple(expected):
+                raise ValueError(f"{self.name}: expected inputs of shape (batch, "
+                                 f"{', '.join(map(str, expected))}), got {input_shape}")
+        with _no_grad():
+            self.build(input_shape)
+        self._build_input_shape = input_shape
+        self.built = True
+
+    def compute_output_shape(self, input_shape):
+        """Output shape for `input_shape` (runs the layer on zeros when not overridden)."""
+        shape = tuple(1 if d is None else int(d) for d in input_shape)
+        with _no_grad():
+            out = self(np.zeros(shape, np.float32))
+        return (input_shape[0],) + tuple(out.shape[1:])
+
+    @property
+    def output_shape(self):
+        """The output shape seen on the first call, with the batch dim as None."""
+        if self._output_shape is None:
+            raise AttributeError(f"The layer {self.name!r} has never been called and thus has no "
+                                 "defined output shape.")
+        s = self._output_shape
+        if isinstance(s, list):
+            return [(None,) + tuple(x[1:]) for x in s]
+        return (None,) + tuple(s[1:]) if len(s) else s
+
+    @property
+    def input_shape(self):
+        if self._batch_input_shape is not None:
+            return self._batch_input_shape
+        if self._build_input_shape is None:
+            raise AttributeError(f"The layer {self.name!r} has never been called.")
+        s = self._build_input_shape
+        return (None,) + tuple(s[1:]) if isinstance(s, tuple) and len(s) else s
+
+    # ------------------------------------------------------------------ config
+    def get_config(self):
+        config = {"name": self.name, "trainable": self._trainable}
+        if self._batch_input_shape is not None:
+            config["batch_input_shape"] = self._batch_input_shape
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name}, built={self.built}>"
+
+
+class Dense(Layer):
+    """Just your regular densely-connected NN layer.
+
+    ``output = activation(dot(input, kernel) + bias)``, where `kernel` is a weight matrix
+    made by the layer and `bias` a bias vector (when ``use_bias``). Linear, ReLU, sigmoid
+    and tanh activations run fused with the matrix product in one core op.
+
+    Args:
+        units: positive integer, dimensionality of the output space.
+        activation: activation function (name or callable); None means linear.
+        use_bias: whether the layer uses a bias vector.
+        kernel_initializer: initializer of the kernel (default ``"glorot_uniform"``).
+        bias_initializer: initializer of the bias (default ``"zeros"``).
+
+    Input shape:
+        N-D tensor ``(batch_size, ..., input_dim)``; most commonly ``(batch_size, input_dim)``.
+
+    Output shape:
+        N-D tensor ``(batch_size, ..., units)``.
+    """
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        units = int(units) if isinstance(units, (int, np.integer, float)) and units == int(units) else units
+        if not isinstance(units, int) or units <= 0:
+            raise ValueError(f"Dense: units must be a positive integer, got {units!r}")
+        self.units = units
+        self.activation = activations.get(activation)
+        self._fused = _FUSED.get(self.activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self._input_dim = None
+
+    def build(self, input_shape):
+        if not isinstance(input_shape, tuple) or len(input_shape) < 1 or input_shape[-1] is None:
+            raise ValueError(f"{self.name}: Dense needs inputs with a known last dimension, got "
+                             f"{input_shape}")
+        self._input_dim = int(input_shape[-1])
+        self.kernel = self.add_weight("kernel", (self._input_dim, self.units), self.kernel_initializer)
+        if self.use_bias:
+            self.bias = self.add_weight("bias", (self.units,), self.bias_initializer)
+        else:
+            self.bias = None
+        self.built = True
+
+    def call(self, inputs):
+        shape = inputs.shape
+        if len(shape) < 1 or shape[-1] != self._input_dim:
+            raise ValueError(f"{self.name}: expected input with last dimension {self._input_dim}, "
+                             f"got {tuple(shape)}")
+        if self._fused is not None:
+            return _core.linear(inputs, self.kernel, self.bias, self._fused)
+        return self.activation(_core.linear(inputs, self.kernel, self.bias))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.units, activation=activations.serialize(self.activation),
+                      use_bias=self.use_bias,
+                      kernel_initializer=initializers.serialize(self.kernel_initializer)
+                      if isinstance(self.kernel_initializer, initializers.Initializer) else None,
+                      bias_initializer=initializers.serialize(self.bias_initializer)
+                      if isinstance(self.bias_initializer, initializers.Initializer) else None)
+        return config
+
+
+class Flatten(Layer):
+    """Flattens the input; does not affect the batch size.
+
+    Input shape:
+        ``(batch_size, d1, ..., dn)``.
+
+    Output shape:
+        ``(batch_size, d1 * ... * dn)``; a 1-D input becomes ``(batch_size, 1)``.
+    """
+
+    def __init__(self, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        if data_format not in (None, "channels_last"):
+            raise ValueError("Flatten: only data_format='channels_last' is supported")
+        self.data_format = data_format
+
+    def call(self, inputs):
+        shape = inputs.shape
+        n = shape[0] if len(shape) else 1
+        flat = int(math.prod(shape[1:])) if len(shape) > 1 else 1
+        if len(shape) == 2:
+            return inputs
+        if isinstance(inputs, np.ndarray):
+            return inputs.reshape(n, flat)
+        return _core.reshape(inputs, (n, flat))
+
+    def get_config(self):
+        config = super().get_config()
+        config["data_format"] = self.data_format
+        return config
+
+
+class Reshape(Layer):
+    """Reshapes each sample to `target_shape` (one entry may be -1).
+
+    Input shape:
+        ``(batch_size, ...)``.
+
+    Output shape:
+        ``(batch_size,) + target_shape``.
+    """
+
+    def __init__(self, target_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.target_shape = tuple(int(d) for d in target_shape)
+        if sum(d == -1 for d in self.target_shape) > 1:
+            raise ValueError("Reshape: at most one dimension may be -1")
+
+    def call(self, inputs):
+        shape = inputs.shape
+        n, size = shape[0], int(math.prod(shape[1:]))
+        target = list(self.target_shape)
+        if -1 in target:
+            known = int(math.prod(d for d in target if d != -1))
+            if known == 0 or size % known:
+                raise ValueError(f"{self.name}: cannot reshape {tuple(shape[1:])} to {self.target_shape}")
+            target[target.index(-1)] = size // known
+        if int(math.prod(target)) != size:
+            raise ValueError(f"{self.name}: cannot reshape {tuple(shape[1:])} to {self.target_shape}")
+        return _core.reshape(inputs, (n, *target))
+
+    def get_config(self):
+        config = super().get_config()
+        config["target_shape"] = self.target_shape
+        return config
+
+
+class Activation(Layer):
+    """Applies an activation function to its input.
+
+    Args:
+        activation: name (``"relu"``, ``"softmax"``, …) or callable.
+
+    Input shape:
+        Arbitrary.
+
+    Output shape:
+        Same as the input.
+    """
+
+    def __init__(self, activation, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = activations.get(activation)
+
+    def call(self, inputs):
+        return self.activation(inputs)
+
+    def get_config(self):
+        config = super().get_config()
+        config["activation"] = activations.serialize(self.activation)
+        return config
+
+
+class Dropout(Layer):
+    """Sets input units to 0 with frequency `rate` during training, scaling the others.
+
+    In training ``output = input * mask / (1 - rate)`` with ``mask ~ Bernoulli(1 - rate)``
+    drawn from the core's seeded generator; at inference the input passes unchanged.
+
+    Args:
+        rate: float in [0, 1), the fraction of units to drop.
+        noise_shape: shape of the mask, broadcast over the input (e.g. ``(batch, 1, d)``).
+        seed: optional integer for a repeatable mask.
+
+    Call arguments:
+        training: whether to drop (defaults to the flag of the enclosing call: True inside
+            ``fit``, False otherwise).
+    """
+
+    def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= float(rate) < 1.0:
+            raise ValueError(f"Dropout: rate must be in [0, 1), got {rate}")
+        self.rate = float(rate)
+        self.noise_shape = None if noise_shape is None else tuple(noise_shape)
+        self.seed = seed
+
+    def call(self, inputs, training=None):
+        if not training or self.rate == 0.0:
+            return inputs
+        shape = tuple(inputs.shape)
+        if self.noise_shape is not None:
+            shape = tuple(s if d is None else int(d) for s, d in zip(shape, self.noise_shape))
+        from metalearn import random as _random
+        u = np.asarray(_random.uniform(shape, 0.0, 1.0, seed=self.seed))
+        mask = (u >= self.rate).astype(np.float32) * np.float32(1.0 / (1.0 - self.rate))
+        return _core.mul(inputs, mask)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rate=self.rate, noise_shape=self.noise_shape, seed=self.seed)
+        return config
+
+
+class InputLayer(Layer):
+    """The entry point of a model: declares the shape of one sample.
+
+    ``Sequential([InputLayer((28, 28)), Flatten(), Dense(10)])`` builds at construction.
+
+    Args:
+        shape: shape of one sample, without the batch dim (``input_shape`` is accepted).
+        batch_size: optional fixed batch size.
+
+    Input/Output shape:
+        ``(batch_size,) + shape``; the layer passes its input through.
+    """
+
+    def __init__(self, shape=None, batch_size=None, name=None, input_shape=None, **kwargs):
+        if shape is None:
+            shape = input_shape
+        if shape is None and kwargs.get("batch_input_shape") is not None:
+            shape = tuple(kwargs.pop("batch_input_shape"))[1:]
+        if shape is None:
+            raise ValueError("InputLayer: a shape is required")
+        shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        super().__init__(name=name, batch_input_shape=(batch_size,) + shape, **kwargs)
+        self.batch_size = batch_size
+
+    def call(self, inputs):
+        return inputs
+
+    def get_config(self):
+        return {"name": self.name, "batch_input_shape": self._batch_input_shape}
+
+
+def Input(shape=None, batch_size=None, name=None, **kwargs):
+    """An ``InputLayer`` declaring the sample shape (for ``Sequential``).
+
+    metalearn has no symbolic tensors: ``Input`` is used as the first entry of a
+    ``Sequential``, not to build functional-API graphs.
+
+    Args:
+        shape: shape of one sample, without the batch dim.
+        batch_size: optional fixed batch size.
+        name: optional name.
+    """
+    return InputLayer(shape=shape, batch_size=batch_size, name=name, **kwargs)
+
+
+class Lambda(Layer):
+    """Wraps an arbitrary function of tensors as a layer (no weights).
+
+    Args:
+        function: ``f(inputs)`` or ``f(inputs, **arguments)``, built from metalearn ops.
+        output_shape: optional, for ``compute_output_shape``.
+        arguments: optional dict of keyword arguments passed to `function`.
+
+    Input/Output shape:
+        Whatever `function` takes and returns.
+    """
+
+    def __init__(self, function, output_shape=None, arguments=None, **kwargs):
+        super().__init__(**kwargs)
+        if not callable(function):
+            raise TypeError(f"Lambda: function must be callable, got {type(function).__name__}")
+        self.function = function
+        self._lambda_output_shape = output_shape
+        self.arguments = dict(arguments or {})
+
+    def call(self, inputs):
+        return self.function(inputs, **self.arguments)
+
+    def compute_output_shape(self, input_shape):
+        if self._lambda_output_shape is None:
+            return super().compute_output_shape(input_shape)
+        shape = self._lambda_output_shape
+        return (input_shape[0],) + tuple(shape(input_shape)[1:] if callable(shape) else shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(function=self.function, output_shape=self._lambda_output_shape,
+                      arguments=self.arguments)
+        return config
+
+
+def serialize(layer):
+    """``{"class_name": ..., "config": ...}`` of a layer."""
+    return {"class_name": type(layer).__name__, "config": layer.get_config()}
+
+
+def deserialize(config, custom_objects=None):
+    """A layer from ``serialize``'s output (custom classes via `custom_objects`)."""
+    registry = {c.__name__: c for c in (Dense, Flatten, Activation, Dropout, InputLayer, Lambda, Reshape)}
+    from . import models
+    registry.update(Sequential=models.Sequential)
+    registry.update(custom_objects or {})
+    cls = registry.get(config["class_name"])
+    if cls is None:
+        raise ValueError(f"Unknown layer class {config['class_name']!r}; pass it in custom_objects")
+    return cls.from_config(dict(config.get("config", {})))
+
+
+get = deserialize

@@ -1,0 +1,316 @@
+"""Losses, as ``keras.losses``.
+
+Functions return one value per sample (reduced over the last axis), thin over the C
+core's fused losses; classes reduce them (``"sum_over_batch_size"``: the mean) and are
+what ``compile`` uses. Clipping follows Keras: probabilities are rescaled to sum to 1
+over the class axis and clipped to ``[1e-7, 1 - 1e-7]`` before the log.
+
+    categorical_crossentropy(y, p)      = -sum_c y_c * log(clip(p_c / sum(p)))
+    sparse_categorical_crossentropy(k, p) = -log(clip(p_k / sum(p)))
+    binary_crossentropy(y, p)           = -mean(y log(clip p) + (1 - y) log(1 - clip p))
+    mean_squared_error(y, p)            = mean((y - p)^2)
+"""
+import numpy as np
+
+from metalearn import _core
+
+__all__ = ["Loss", "MeanSquaredError", "MeanAbsoluteError", "CategoricalCrossentropy",
+           "SparseCategoricalCrossentropy", "BinaryCrossentropy", "LossFunctionWrapper",
+           "mean_squared_error", "mse", "MSE", "mean_absolute_error", "mae", "MAE",
+           "categorical_crossentropy", "sparse_categorical_crossentropy",
+           "binary_crossentropy", "get", "serialize"]
+
+
+def _float_target(y):
+    if isinstance(y, _core.Tensor):
+        return y
+    arr = np.asarray(y)
+    if arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
+    return arr
+
+
+def _check_axis(axis, name):
+    if axis != -1:
+        raise ValueError(f"{name}: only axis=-1 is supported, got axis={axis}")
+
+
+def mean_squared_error(y_true, y_pred):
+    """Mean squared error per sample: ``mean(square(y_true - y_pred), axis=-1)``.
+
+    Args:
+        y_true: targets, shape ``(batch, ..., d)`` (broadcast against `y_pred`).
+        y_pred: predictions, shape ``(batch, ..., d)``.
+
+    Returns:
+        Tensor of shape ``(batch, ...)``.
+    """
+    return _core.mean_squared_error(_float_target(y_true), y_pred)
+
+
+def mean_absolute_error(y_true, y_pred):
+    """Mean absolute error per sample: ``mean(abs(y_true - y_pred), axis=-1)``."""
+    return _core.reduce_mean(_core.abs(_core.sub(y_pred, _float_target(y_true))), -1)
+
+
+def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1):
+    """Categorical cross-entropy per sample between one-hot (or soft) targets and
+    predicted class probabilities.
+
+    Args:
+        y_true: targets, shape ``(batch, ..., classes)``.
+        y_pred: probabilities (or logits with ``from_logits=True``), same shape.
+        from_logits: whether `y_pred` are logits (softmax applied inside, stably).
+        label_smoothing: in [0, 1]: targets become ``y * (1 - s) + s / classes``.
+
+    Returns:
+        Tensor of shape ``(batch, ...)``: ``-sum(y_true * log(y_pred), axis=-1)`` with
+        Keras's rescaling and clipping (eps = 1e-7) when `from_logits` is False.
+    """
+    _check_axis(axis, "categorical_crossentropy")
+    y_true = _float_target(y_true)
+    if label_smoothing:
+        classes = y_true.shape[-1]
+        y_true = _core.add(_core.mul(y_true, 1.0 - float(label_smoothing)),
+                           float(label_smoothing) / classes)
+    return _core.categorical_crossentropy(y_true, y_pred, bool(from_logits))
+
+
+def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_class=None, axis=-1):
+    """Categorical cross-entropy per sample with integer class targets.
+
+    Args:
+        y_true: class indices, shape ``(batch, ...)`` or ``(batch, ..., 1)``.
+        y_pred: probabilities (or logits), shape ``(batch, ..., classes)``.
+        from_logits: whether `y_pred` are logits.
+
+    Returns:
+        Tensor of shape ``(batch, ...)``: ``-log(y_pred[y_true])`` (clipped as Keras).
+    """
+    _check_axis(axis, "sparse_categorical_crossentropy")
+    if ignore_class is not None:
+        raise NotImplementedError("sparse_categorical_crossentropy: ignore_class is not supported")
+    labels = np.asarray(y_true)
+    lead = tuple(y_pred.shape[:-1])
+    if labels.shape != lead:
+        if labels.shape == lead + (1,) or labels.size == int(np.prod(lead)):
+            labels = labels.reshape(lead)
+        else:
+            raise ValueError(f"sparse_categorical_crossentropy: labels of shape {labels.shape} do not "
+                             f"match predictions of shape {tuple(y_pred.shape)}")
+    return _core.sparse_categorical_crossentropy(labels, y_pred, bool(from_logits))
+
+
+def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1):
+    """Binary cross-entropy per sample, averaged over the last axis.
+
+    Args:
+        y_true: targets in [0, 1], shape ``(batch, ..., d)``.
+        y_pred: probabilities (or logits with ``from_logits=True``), same shape.
+        label_smoothing: targets become ``y * (1 - s) + 0.5 * s``.
+
+    Returns:
+        Tensor of shape ``(batch, ...)``:
+        ``-mean(y log p + (1 - y) log(1 - p), axis=-1)``, p clipped to [1e-7, 1 - 1e-7].
+    """
+    _check_axis(axis, "binary_crossentropy")
+    y_true = _float_target(y_true)
+    if label_smoothing:
+        y_true = _core.add(_core.mul(y_true, 1.0 - float(label_smoothing)), 0.5 * float(label_smoothing))
+    return _core.binary_crossentropy(y_true, y_pred, bool(from_logits))
+
+
+mse = MSE = mean_squared_error
+mae = MAE = mean_absolute_error
+
+_REDUCTIONS = ("sum_over_batch_size", "sum", "none", None, "auto")
+
+
+class Loss:
+    """Base class: ``loss(y_true, y_pred, sample_weight=None)`` returns the reduced loss.
+
+    Subclasses implement ``call(y_true, y_pred)`` returning per-sample values.
+
+    Args:
+        reduction: ``"sum_over_batch_size"`` (mean over samples; the default), ``"sum"``,
+            or ``"none"`` (per-sample values).
+        name: the loss's name.
+    """
+
+    def __init__(self, name=None, reduction="sum_over_batch_size"):
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"Invalid reduction {reduction!r}; expected one of "
+                             "'sum_over_batch_size', 'sum', 'none'")
+        self.name = name or _snake(type(self).__name__)
+        self.reduction = "sum_over_batch_size" if reduction == "auto" else reduction
+
+    def call(self, y_true, y_pred):
+        raise NotImplementedError(f"{type(self).__name__} must implement call(y_true, y_pred)")
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        values = self.call(y_true, y_pred)
+        if sample_weight is not None:
+            sw = np.asarray(sample_weight, dtype=np.float32)
+            if sw.ndim and sw.ndim < values.ndim:
+                sw = sw.reshape(sw.shape + (1,) * (values.ndim - sw.ndim))
+            elif sw.ndim > values.ndim:
+                sw = sw.reshape(tuple(values.shape))
+            values = _core.mul(values, sw)
+        if self.reduction == "sum_over_batch_size":
+            return _core.reduce_mean(values)
+        if self.reduction == "sum":
+            return _core.reduce_sum(values)
+        return values
+
+    def get_config(self):
+        return {"name": self.name, "reduction": self.reduction}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def _snake(name):
+    from .backend import snake_case
+    return snake_case(name)
+
+
+class LossFunctionWrapper(Loss):
+    """Wraps a per-sample loss function ``fn(y_true, y_pred, **kwargs)`` as a Loss."""
+
+    def __init__(self, fn, reduction="sum_over_batch_size", name=None, **kwargs):
+        super().__init__(name=name or getattr(fn, "__name__", "loss"), reduction=reduction)
+        self.fn = fn
+        self._fn_kwargs = kwargs
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred, **self._fn_kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._fn_kwargs)
+        return config
+
+
+class MeanSquaredError(LossFunctionWrapper):
+    """Mean of squares of errors: ``loss = mean(square(y_true - y_pred))``.
+
+    Args:
+        reduction: see ``Loss``.
+        name: default ``"mean_squared_error"``.
+    """
+
+    def __init__(self, reduction="sum_over_batch_size", name="mean_squared_error"):
+        super().__init__(mean_squared_error, reduction=reduction, name=name)
+
+    def get_config(self):
+        return Loss.get_config(self)
+
+
+class MeanAbsoluteError(LossFunctionWrapper):
+    """Mean of absolute errors: ``loss = mean(abs(y_true - y_pred))``."""
+
+    def __init__(self, reduction="sum_over_batch_size", name="mean_absolute_error"):
+        super().__init__(mean_absolute_error, reduction=reduction, name=name)
+
+    def get_config(self):
+        return Loss.get_config(self)
+
+
+class CategoricalCrossentropy(LossFunctionWrapper):
+    """Cross-entropy between one-hot (or soft) labels and predicted probabilities.
+
+    ``loss = -sum(y_true * log(y_pred), axis=-1)`` per sample, then reduced.
+
+    Args:
+        from_logits: whether `y_pred` are logits (recommended for stability).
+        label_smoothing: in [0, 1]; smooths the targets towards uniform.
+        axis: the class axis (only -1).
+        reduction: see ``Loss``.
+        name: default ``"categorical_crossentropy"``.
+    """
+
+    def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1,
+                 reduction="sum_over_batch_size", name="categorical_crossentropy"):
+        super().__init__(categorical_crossentropy, reduction=reduction, name=name,
+                         from_logits=from_logits, label_smoothing=label_smoothing, axis=axis)
+        self.from_logits = from_logits
+
+
+class SparseCategoricalCrossentropy(LossFunctionWrapper):
+    """Cross-entropy between integer labels and predicted probabilities.
+
+    ``loss = -log(y_pred[y_true])`` per sample, then reduced.
+
+    Args:
+        from_logits: whether `y_pred` are logits.
+        reduction: see ``Loss``.
+        name: default ``"sparse_categorical_crossentropy"``.
+    """
+
+    def __init__(self, from_logits=False, ignore_class=None, reduction="sum_over_batch_size",
+                 name="sparse_categorical_crossentropy"):
+        super().__init__(sparse_categorical_crossentropy, reduction=reduction, name=name,
+                         from_logits=from_logits, ignore_class=ignore_class)
+        self.from_logits = from_logits
+
+
+class BinaryCrossentropy(LossFunctionWrapper):
+    """Cross-entropy between binary labels and predicted probabilities.
+
+    ``loss = -mean(y log(p) + (1 - y) log(1 - p), axis=-1)`` per sample, then reduced.
+
+    Args:
+        from_logits: whether `y_pred` are logits.
+        label_smoothing: in [0, 1]; targets become ``y * (1 - s) + 0.5 * s``.
+        reduction: see ``Loss``.
+        name: default ``"binary_crossentropy"``.
+    """
+
+    def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1,
+                 reduction="sum_over_batch_size", name="binary_crossentropy"):
+        super().__init__(binary_crossentropy, reduction=reduction, name=name,
+                         from_logits=from_logits, label_smoothing=label_smoothing, axis=axis)
+        self.from_logits = from_logits
+
+
+_FUNCTIONS = {
+    "mean_squared_error": mean_squared_error, "mse": mean_squared_error, "MSE": mean_squared_error,
+    "mean_absolute_error": mean_absolute_error, "mae": mean_absolute_error, "MAE": mean_absolute_error,
+    "categorical_crossentropy": categorical_crossentropy,
+    "sparse_categorical_crossentropy": sparse_categorical_crossentropy,
+    "binary_crossentropy": binary_crossentropy,
+}
+_CLASSES = {c.__name__: c for c in (MeanSquaredError, MeanAbsoluteError, CategoricalCrossentropy,
+                                    SparseCategoricalCrossentropy, BinaryCrossentropy)}
+
+
+def get(identifier):
+    """A loss from a name (function or class name), a config dict, a Loss or a callable.
+
+    ``get("mse")`` returns the function ``mean_squared_error``; ``get("MeanSquaredError")``
+    an instance of the class.
+    """
+    if identifier is None:
+        return None
+    if isinstance(identifier, str):
+        if identifier in _FUNCTIONS:
+            return _FUNCTIONS[identifier]
+        if identifier in _CLASSES:
+            return _CLASSES[identifier]()
+        raise ValueError(f"Unknown loss function: {identifier!r}; known: "
+                         f"{sorted(set(_FUNCTIONS) | set(_CLASSES))}")
+    if isinstance(identifier, dict):
+        cls = _CLASSES.get(identifier.get("class_name"))
+        if cls is None:
+            raise ValueError(f"Unknown loss config: {identifier!r}")
+        return cls.from_config(identifier.get("config", {}))
+    if callable(identifier):
+        return identifier
+    raise TypeError(f"Could not interpret loss identifier: {identifier!r}")
+
+
+def serialize(loss):
+    if isinstance(loss, Loss):
+        return {"class_name": type(loss).__name__, "config": loss.get_config()}
+    return getattr(loss, "__name__", repr(loss))

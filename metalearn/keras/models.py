@@ -1,0 +1,724 @@
+"""Models, as ``keras.Model`` and ``keras.Sequential``: layers with a training loop.
+
+A Model is a Layer that tracks the layers assigned to it, and adds ``compile``/``fit``/
+``evaluate``/``predict``, ``summary`` and weight files. Subclass it (define ``__init__``
+and ``call``) or stack layers in a ``Sequential``.
+
+The training step is lean: the forward pass, the compiled loss, one ``_core.grad`` over
+the trainable variables and one C optimizer step for all of them; metrics are NumPy on the
+prediction.
+"""
+import math
+import os
+import sys
+
+import numpy as np
+
+from metalearn import _core
+from metalearn.tape import no_grad as _no_grad
+from metalearn.progress import Progbar
+
+from . import callbacks as _callbacks
+from . import layers as _layers
+from . import losses as _losses
+from . import metrics as _metrics
+from . import optimizers as _optimizers
+
+__all__ = ["Model", "Sequential", "load_weights_file"]
+
+
+def _as_array(x, name):
+    if x is None:
+        return None
+    if isinstance(x, _core.Tensor):
+        return np.asarray(x)
+    arr = np.asarray(x)
+    if arr.dtype == object:
+        raise TypeError(f"{name}: expected an array, got {type(x).__name__} of objects")
+    return arr
+
+
+def _as_float_input(x):
+    arr = _as_array(x, "x")
+    if arr.dtype != np.float32 or not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+    return arr
+
+
+def _as_target(y):
+    arr = _as_array(y, "y")
+    if arr is None:
+        return None
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr  # sparse labels stay integers
+    if arr.dtype != np.float32 or not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+    return arr
+
+
+def _verbose(verbose):
+    if verbose == "auto":
+        return 1
+    return int(verbose)
+
+
+class Model(_layers.Layer):
+    """A layer with training and inference features.
+
+    Subclass it, create layers in ``__init__`` (after ``super().__init__()``) and use them
+    in ``call``::
+
+        class MLP(keras.Model):
+            def __init__(self):
+                super().__init__()
+                self.dense1 = keras.layers.Dense(32, activation="relu")
+                self.dense2 = keras.layers.Dense(5, activation="softmax")
+
+            def call(self, inputs):
+                return self.dense2(self.dense1(inputs))
+
+    The model builds on its first call. The functional API (``Model(inputs, outputs)``)
+    is not supported: use subclassing or ``Sequential``.
+
+    Args:
+        name: the model's name.
+        trainable: whether its weights are trained.
+    """
+
+    def __init__(self, *args, **kwargs):
+        if args or "inputs" in kwargs or "outputs" in kwargs:
+            raise TypeError("metalearn.keras.Model: the functional API (Model(inputs, outputs)) is "
+                            "not supported; subclass Model and define call(), or use Sequential")
+        super().__init__(**kwargs)
+        self.optimizer = None
+        self.loss = None
+        self.compiled_loss = None
+        self._compiled_metrics = []
+        self._metric_specs = []
+        self.stop_training = False
+        self.history = None
+        self._is_compiled = False
+        self._fit_cache = None
+
+    # --------------------------------------------------------------- structure
+    def build(self, input_shape=None):
+        """Builds the model by running it once on zeros of `input_shape` (batch dim may be
+        None)."""
+        if input_shape is None:
+            if self._batch_input_shape is None:
+                raise ValueError(f"{self.name}.build: an input_shape is required")
+            input_shape = self._batch_input_shape
+        shape = tuple(1 if d is None else int(d) for d in input_shape)
+        self.built = True
+        self._build_input_shape = shape
+        with _no_grad():
+            out = self.call(np.zeros(shape, np.float32))
+        self._output_shape = _layers._shape_of(out)
+
+    def _maybe_build(self, inputs):
+        # A subclassed model builds its sub-layers while running call.
+        self._build_input_shape = _layers._shape_of(inputs)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        raise NotImplementedError(f"{type(self).__name__} must implement call(inputs)")
+
+    @property
+    def layers(self):
+        """The layers assigned to the model, in assignment order."""
+        return [layer for _, layer in self._sublayers]
+
+    def get_layer(self, name=None, index=None):
+        """A layer by name or by index in ``layers``."""
+        if index is not None:
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"No such layer: {name}. Existing layers are: {[l.name for l in self.layers]}")
+
+    @property
+    def metrics_names(self):
+        return ["loss"] + [m.name for m in self._compiled_metrics]
+
+    @property
+    def metrics(self):
+        return list(self._compiled_metrics)
+
+    # ----------------------------------------------------------------- summary
+    def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False):
+        """Prints a table of the layers: name (type), output shape, parameter count.
+
+        Args:
+            line_length: total width (default 65).
+            positions: relative or absolute column end positions.
+            print_fn: function taking one line (default ``print``).
+            expand_nested: also list the layers inside nested models.
+        """
+        if not self.built:
+            raise ValueError(f"This model has not yet been built. Build the model first by calling "
+                             f"`build()` or by calling the model on a batch of data.")
+        print_fn = print_fn or print
+        line_length = line_length or 65
+        positions = positions or [0.45, 0.85, 1.0]
+        if positions[-1] <= 1:
+            positions = [int(line_length * p) for p in positions]
+        header = ["Layer (type)", "Output Shape", "Param #"]
+
+        def row(fields):
+            line = ""
+            for i, f in enumerate(fields):
+                if i > 0:
+                    line = line[:-1] + " "
+                line += str(f)
+                line = line[: positions[i]]
+                line += " " * (positions[i] - len(line))
+            return line
+
+        print_fn(f'Model: "{self.name}"')
+        print_fn("_" * line_length)
+        print_fn(row([" " + header[0], header[1], header[2]]))
+        print_fn("=" * line_length)
+
+        def shape_text(layer):
+            try:
+                return str(layer.output_shape)
+            except AttributeError:
+                return "?"
+
+        def rows(layer, indent):
+            for i, sub in enumerate(layer.layers if isinstance(layer, Model) else []):
+                print_fn(row([" " + indent + f"{sub.name} ({type(sub).__name__})", shape_text(sub),
+                              str(sub.count_params())]))
+                if expand_nested and isinstance(sub, Model):
+                    rows(sub, indent + "  ")
+
+        rows(self, "")
+        print_fn("=" * line_length)
+        trainable = int(sum(int(np.prod(v.shape)) for v in self.trainable_weights))
+        total = self.count_params()
+        print_fn(f"Total params: {total:,}")
+        print_fn(f"Trainable params: {trainable:,}")
+        print_fn(f"Non-trainable params: {total - trainable:,}")
+        print_fn("_" * line_length)
+
+    # ----------------------------------------------------------------- compile
+    def compile(self, optimizer="adam", loss=None, metrics=None, loss_weights=None,
+                weighted_metrics=None, run_eagerly=None, **kwargs):
+        """Configures the model for training.
+
+        Args:
+            optimizer: name (``"adam"``, ``"sgd"``) or optimizer instance. (Keras's
+                default is ``"rmsprop"``, which metalearn does not have; ours is Adam.)
+            loss: name, Loss instance or function ``f(y_true, y_pred)`` of per-sample values.
+            metrics: list of names (``"accuracy"`` is resolved from the loss and shapes as
+                Keras does), Metric instances or functions.
+        """
+        if kwargs:
+            raise TypeError(f"compile: unexpected keyword argument(s) {sorted(kwargs)}")
+        if loss_weights is not None or weighted_metrics is not None:
+            raise NotImplementedError("compile: loss_weights/weighted_metrics need multi-output models, "
+                                      "which metalearn does not support")
+        self.optimizer = _optimizers.get(optimizer)
+        self.loss = loss
+        resolved = _losses.get(loss) if loss is not None else None
+        if resolved is not None and not isinstance(resolved, _losses.Loss):
+            resolved = _losses.LossFunctionWrapper(resolved)
+        self.compiled_loss = resolved
+        if metrics is None:
+            metrics = []
+        elif isinstance(metrics, (str, _metrics.Metric)) or callable(metrics) and not isinstance(metrics, (list, tuple)):
+            metrics = [metrics]
+        self._metric_specs = list(metrics)
+        self._compiled_metrics = []
+        self._metrics_resolved = False
+        self._is_compiled = True
+        self._fit_cache = None
+
+    def _resolve_metrics(self, y, y_pred):
+        if not self._metrics_resolved:
+            self._compiled_metrics = [_metrics.resolve(spec, self.compiled_loss, y, y_pred)
+                                      for spec in self._metric_specs]
+            self._metrics_resolved = True
+
+    def _check_compiled(self, what):
+        if not self._is_compiled:
+            raise RuntimeError(f"You must compile your model before {what}. Use `model.compile(optimizer, loss)`.")
+        if self.compiled_loss is None:
+            raise ValueError(f"{what}: the model was compiled without a loss")
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None):
+        """The compiled loss of `y_pred` against `y` (a scalar tensor)."""
+        return self.compiled_loss(y, y_pred, sample_weight)
+
+    # -------------------------------------------------------------- one batch
+    def _train_params(self):
+        params = self.trainable_weights
+        if not params:
+            raise ValueError(f"{self.name}: the model has no trainable weights to train")
+        return params
+
+    def _train_step(self, xb, yb, params, sample_weight=None):
+        y_pred = self(xb, training=True)
+        loss = self.compiled_loss(yb, y_pred, sample_weight)
+        grads = _core.grad(loss, params, None, False, True)
+        if any(g is None for g in grads):
+            self.optimizer.apply_gradients(zip(grads, params))
+        else:
+            self.optimizer._apply(params, grads)
+        return loss, y_pred
+
+    def _update_metrics(self, yb, y_pred, sample_weight=None):
+        if self._metric_specs:
+            self._resolve_metrics(yb, y_pred)
+            pred = np.asarray(y_pred)
+            for m in self._compiled_metrics:
+                m.update_state(yb, pred, sample_weight)
+
+    def _reset_metrics(self):
+        for m in self._compiled_metrics:
+            m.reset_state()
+
+    def _logs(self, loss_mean):
+        logs = {"loss": loss_mean}
+        for m in self._compiled_metrics:
+            logs[m.name] = m.result()
+        return logs
+
+    def _ensure_built(self, x_sample):
+        if not self.built or not self.trainable_weights and not self._all_weights():
+            with _no_grad():
+                self(x_sample)
+
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, reset_metrics=True,
+                       return_dict=False):
+        """Runs one gradient step on one batch.
+
+        Returns:
+            The loss (a float), or ``[loss, *metrics]`` when metrics are compiled, or a dict
+            with ``return_dict``.
+        """
+        self._check_compiled("training")
+        if class_weight is not None:
+            raise NotImplementedError("train_on_batch: class_weight is not supported")
+        x = _as_float_input(x)
+        y = _as_target(y)
+        self._ensure_built(x[:1])
+        if reset_metrics:
+            self._reset_metrics()
+        prev = _core.is_grad_enabled()
+        _core.set_grad_enabled(True)
+        try:
+            loss, y_pred = self._train_step(x, y, self._train_params(), sample_weight)
+        finally:
+            _core.set_grad_enabled(prev)
+        self._update_metrics(y, y_pred, sample_weight)
+        return self._format_result(self._logs(loss.item()), return_dict)
+
+    def test_on_batch(self, x, y=None, sample_weight=None, reset_metrics=True, return_dict=False):
+        """The loss (and metrics) on one batch, without training."""
+        self._check_compiled("evaluating")
+        x = _as_float_input(x)
+        y = _as_target(y)
+        if reset_metrics:
+            self._reset_metrics()
+        with _no_grad():
+            y_pred = self(x, training=False)
+            loss = self.compiled_loss(y, y_pred, sample_weight)
+        self._update_metrics(y, y_pred, sample_weight)
+        return self._format_result(self._logs(loss.item()), return_dict)
+
+    def predict_on_batch(self, x):
+        """The model's output on one batch, as a NumPy array."""
+        with _no_grad():
+            return np.array(self(_as_float_input(x), training=False), copy=True)
+
+    def _format_result(self, logs, return_dict):
+        if return_dict:
+            return logs
+        values = list(logs.values())
+        return values[0] if len(values) == 1 else values
+
+    # --------------------------------------------------------------------- fit
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0,
+            sample_weight=None, validation_batch_size=None, validation_freq=1):
+        """Trains the model for a fixed number of epochs.
+
+        Args:
+            x: inputs, array-like ``(samples, ...)``.
+            y: targets, ``(samples, ...)`` (integers for sparse losses).
+            batch_size: samples per gradient step (default 32).
+            epochs: index of the last epoch (training runs ``initial_epoch..epochs-1``).
+            verbose: 0 silent, 1 progress bar (one line per epoch when stdout is not a
+                terminal), 2 one line per epoch; "auto" is 1.
+            callbacks: list of ``Callback``.
+            validation_split: fraction in [0, 1) of the data, taken from the end before
+                shuffling, held out for validation.
+            validation_data: ``(x_val, y_val)`` evaluated at the end of each epoch
+                (overrides `validation_split`).
+            shuffle: reshuffle the training samples each epoch (core generator, seeded by
+                ``metalearn.random.set_seed``).
+            initial_epoch: epoch at which to start (to resume a run).
+            sample_weight: optional per-sample weights.
+            validation_freq: run validation every this many epochs.
+
+        Returns:
+            A ``History``: ``history.history["loss"]`` etc., one value per epoch.
+        """
+        self._check_compiled("training")
+        if x is None:
+            raise ValueError("fit: x is required")
+        x = _as_float_input(x)
+        y = _as_target(y)
+        if y is None:
+            raise ValueError("fit: y is required (metalearn has no unsupervised fit)")
+        if len(x) != len(y):
+            raise ValueError(f"fit: x has {len(x)} samples but y has {len(y)}")
+        sw = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float32)
+        if validation_data is not None:
+            if len(validation_data) == 3:
+                x_val, y_val, sw_val = validation_data
+            else:
+                (x_val, y_val), sw_val = validation_data, None
+            x_val, y_val = _as_float_input(x_val), _as_target(y_val)
+        elif validation_split:
+            if not 0.0 < validation_split < 1.0:
+                raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split}")
+            n_val = int(len(x) * validation_split)
+            if n_val == 0:
+                raise ValueError("fit: validation_split leaves no validation samples")
+            split = len(x) - n_val
+            x, x_val, y, y_val = x[:split], x[split:], y[:split], y[split:]
+            if sw is not None:
+                sw = sw[:split]
+            sw_val = None
+        else:
+            x_val = y_val = sw_val = None
+        n = len(x)
+        if n == 0:
+            raise ValueError("fit: no training samples")
+        batch_size = 32 if batch_size is None else int(batch_size)
+        if batch_size <= 0:
+            raise ValueError(f"fit: batch_size must be positive, got {batch_size}")
+        steps = math.ceil(n / batch_size)
+        verbose = _verbose(verbose)
+
+        self._ensure_built(x[:1])
+        params = self._train_params()
+        history = _callbacks.History()
+        cbs = _callbacks.CallbackList(list(callbacks or []) + [history], model=self,
+                                      params={"epochs": epochs, "steps": steps, "verbose": verbose})
+        has_batch_begin = cbs.has("on_train_batch_begin")
+        has_batch_end = cbs.has("on_train_batch_end")
+        self.stop_training = False
+        self.history = history
+        prev_grad = _core.is_grad_enabled()
+        _core.set_grad_enabled(True)
+        try:
+            cbs.on_train_begin()
+            for epoch in range(initial_epoch, epochs):
+                self._reset_metrics()
+                cbs.on_epoch_begin(epoch)
+                if verbose:
+                    print(f"Epoch {epoch + 1}/{epochs}")
+                bar = Progbar(steps, verbose=verbose)
+                order = np.asarray(_core.permutation(n), dtype=np.int64) if shuffle else None
+                loss_total, seen = 0.0, 0
+                for step in range(steps):
+                    lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
+                    if order is None:
+                        xb, yb = x[lo:hi], y[lo:hi]
+                        swb = None if sw is None else sw[lo:hi]
+                    else:
+                        idx = order[lo:hi]
+                        xb, yb = x[idx], y[idx]
+                        swb = None if sw is None else sw[idx]
+                    if has_batch_begin:
+                        cbs.on_train_batch_begin(step)
+                    loss, y_pred = self._train_step(xb, yb, params, swb)
+                    loss_total += loss.item() * (hi - lo)
+                    seen += hi - lo
+                    self._update_metrics(yb, y_pred, swb)
+                    if verbose or has_batch_end:
+                        logs = self._logs(loss_total / seen)
+                        if verbose:
+                            bar.update(step + 1, logs, finalize=False)
+                        if has_batch_end:
+                            cbs.on_train_batch_end(step, logs)
+                    if self.stop_training:
+                        break
+                logs = self._logs(loss_total / max(seen, 1))
+                if x_val is not None and (epoch + 1 - initial_epoch) % validation_freq == 0:
+                    _core.set_grad_enabled(False)
+                    try:
+                        val = self._evaluate_arrays(x_val, y_val, sw_val,
+                                                    validation_batch_size or batch_size)
+                    finally:
+                        _core.set_grad_enabled(True)
+                    logs.update({"val_" + k: v for k, v in val.items()})
+                if verbose:
+                    bar.update(steps, logs, finalize=True)
+                cbs.on_epoch_end(epoch, logs)
+                if self.stop_training:
+                    break
+            cbs.on_train_end(logs if epochs > initial_epoch else None)
+        finally:
+            _core.set_grad_enabled(prev_grad)
+        return history
+
+    # ---------------------------------------------------------------- evaluate
+    def _evaluate_arrays(self, x, y, sw, batch_size, bar=None, cbs=None):
+        """Loss and metrics over all of x (grad mode must be off)."""
+        saved = [(m, m.__dict__.copy()) for m in self._compiled_metrics]
+        self._reset_metrics()
+        n = len(x)
+        total, seen = 0.0, 0
+        steps = math.ceil(n / batch_size)
+        for step in range(steps):
+            lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
+            if cbs is not None:
+                cbs.on_test_batch_begin(step)
+            xb, yb = x[lo:hi], y[lo:hi]
+            swb = None if sw is None else sw[lo:hi]
+            y_pred = self(xb, training=False)
+            loss = self.compiled_loss(yb, y_pred, swb)
+            total += loss.item() * (hi - lo)
+            seen += hi - lo
+            self._update_metrics(yb, y_pred, swb)
+            if bar is not None or cbs is not None:
+                logs = self._logs(total / seen)
+                if bar is not None:
+                    bar.update(step + 1, logs, finalize=False)
+                if cbs is not None:
+                    cbs.on_test_batch_end(step, logs)
+        logs = self._logs(total / max(seen, 1))
+        for m, state in saved:
+            m.__dict__.update(state)
+        return logs
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
+                 callbacks=None, return_dict=False):
+        """The loss and metrics of the model on (x, y), batch by batch.
+
+        Returns:
+            The loss (float) when no metrics are compiled, else ``[loss, *metrics]``; a dict
+            with ``return_dict=True``.
+        """
+        self._check_compiled("evaluating")
+        x = _as_float_input(x)
+        y = _as_target(y)
+        if len(x) != len(y):
+            raise ValueError(f"evaluate: x has {len(x)} samples but y has {len(y)}")
+        batch_size = 32 if batch_size is None else int(batch_size)
+        verbose = _verbose(verbose)
+        steps = math.ceil(len(x) / batch_size)
+        bar = Progbar(steps, verbose=verbose) if verbose else None
+        cbs = _callbacks.CallbackList(callbacks, model=self,
+                                      params={"steps": steps, "verbose": verbose}) if callbacks else None
+        sw = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float32)
+        if cbs:
+            cbs.on_test_begin()
+        with _no_grad():
+            self._ensure_built(x[:1])
+            self._resolve_metrics_once(x, y)
+            logs = self._evaluate_arrays(x, y, sw, batch_size, bar, cbs)
+        if bar is not None:
+            bar.update(steps, logs, finalize=True)
+        if cbs:
+            cbs.on_test_end(logs)
+        return self._format_result(logs, return_dict)
+
+    def _resolve_metrics_once(self, x, y):
+        if self._metric_specs and not self._metrics_resolved:
+            y_pred = self(x[:1], training=False)
+            self._resolve_metrics(y[:1], y_pred)
+
+    # ----------------------------------------------------------------- predict
+    def predict(self, x, batch_size=None, verbose="auto", callbacks=None):
+        """The model's outputs for `x`, computed batch by batch, as one NumPy array."""
+        x = _as_float_input(x)
+        batch_size = 32 if batch_size is None else int(batch_size)
+        verbose = _verbose(verbose)
+        n = len(x)
+        steps = math.ceil(n / batch_size)
+        bar = Progbar(steps, verbose=verbose) if verbose else None
+        cbs = _callbacks.CallbackList(callbacks, model=self,
+                                      params={"steps": steps, "verbose": verbose}) if callbacks else None
+        outs = []
+        if cbs:
+            cbs.on_predict_begin()
+        with _no_grad():
+            for step in range(steps):
+                if cbs:
+                    cbs.on_predict_batch_begin(step)
+                out = self(x[step * batch_size:(step + 1) * batch_size], training=False)
+                outs.append(np.array(out, copy=True))
+                if bar is not None:
+                    bar.update(step + 1)
+                if cbs:
+                    cbs.on_predict_batch_end(step, {"outputs": outs[-1]})
+        if cbs:
+            cbs.on_predict_end()
+        if not outs:
+            raise ValueError("predict: x is empty")
+        return np.concatenate(outs, axis=0)
+
+    # ----------------------------------------------------------------- weights
+    def save_weights(self, filepath, overwrite=True):
+        """Saves all weights to `filepath` in metalearn's checked binary format.
+
+        The file holds, for each weight, its path in the model (``"dense1/kernel"``,
+        ``"layers/0/bias"``: stable across instances of the same architecture), its shape
+        and its float32 data; then a CRC-32 of the whole (format in ``csrc/io``:
+        ``"MLWEIGHT"`` magic, version, count, entries, checksum). Written atomically.
+        """
+        filepath = os.fspath(filepath)
+        if not overwrite and os.path.exists(filepath):
+            raise FileExistsError(f"save_weights: {filepath} exists and overwrite=False")
+        paths = self._weight_paths()
+        if not paths:
+            raise ValueError(f"save_weights: {self.name} has no weights yet; build it first")
+        _core.save_tensors(filepath, [p for p, _ in paths], [v for _, v in paths])
+
+    def load_weights(self, filepath, skip_mismatch=False):
+        """Loads weights saved by ``save_weights``.
+
+        The whole file is read and checked (magic, version, sizes, checksum), then every
+        name and shape is compared with the model's before anything is assigned: on any
+        mismatch ValueError is raised and the model is unchanged.
+
+        Raises:
+            OSError: the file is missing or unreadable.
+            ValueError: the file is corrupt or truncated, or holds other weights.
+        """
+        filepath = os.fspath(filepath)
+        if skip_mismatch:
+            raise NotImplementedError("load_weights: skip_mismatch is not supported")
+        paths = self._weight_paths()
+        if not paths:
+            raise ValueError(f"load_weights: {self.name} has no weights yet; call it on a batch or "
+                             "build it before loading weights")
+        entries = _core.load_tensors(filepath)
+        expected = {p: v for p, v in paths}
+        loaded = {}
+        for name, arr in entries:
+            if name in loaded:
+                raise ValueError(f"load_weights: {filepath} holds {name!r} twice")
+            loaded[name] = arr
+        missing = [p for p in expected if p not in loaded]
+        unexpected = [p for p in loaded if p not in expected]
+        if missing or unexpected:
+            raise ValueError(f"load_weights: {filepath} does not match the model {self.name!r}: "
+                             f"missing {missing}, unexpected {unexpected}")
+        for p, v in expected.items():
+            if tuple(loaded[p].shape) != tuple(v.shape):
+                raise ValueError(f"load_weights: {filepath}: weight {p!r} has shape "
+                                 f"{tuple(loaded[p].shape)} in the file, {tuple(v.shape)} in the model")
+        for p, v in expected.items():
+            _core.assign(v, np.ascontiguousarray(loaded[p], dtype=np.float32))
+        return None
+
+    def get_config(self):
+        config = super().get_config()
+        return config
+
+
+class Sequential(Model):
+    """A linear stack of layers, each feeding the next.
+
+    ``Sequential([Flatten(), Dense(128, activation="relu"), Dense(10)])``. When the first
+    layer declares an input shape (``input_shape=``/``input_dim=``, or an ``Input`` first)
+    the model builds at once; otherwise on its first call.
+
+    Args:
+        layers: optional list of layers.
+        name: the model's name.
+    """
+
+    def __init__(self, layers=None, name=None, trainable=True):
+        super().__init__(name=name, trainable=trainable)
+        self._layers_list = []
+        self._input_layer = None
+        for layer in layers or []:
+            self.add(layer)
+
+    @property
+    def layers(self):
+        """The layers in order (the InputLayer, if any, is not listed, as in Keras)."""
+        return list(self._layers_list)
+
+    def add(self, layer):
+        """Appends a layer (an ``Input``/``InputLayer`` sets the input shape)."""
+        if not isinstance(layer, _layers.Layer):
+            raise TypeError(f"Sequential.add: expected a Layer, got {type(layer).__name__}")
+        if isinstance(layer, _layers.InputLayer):
+            if self._layers_list or self._input_layer is not None:
+                raise ValueError("Sequential.add: an InputLayer must come first")
+            self._input_layer = layer
+            self._batch_input_shape = layer._batch_input_shape
+            self._maybe_build_now()
+            return
+        if any(l is layer for l in self._layers_list):
+            raise ValueError(f"Sequential.add: layer {layer.name!r} is already in the model")
+        self._layers_list.append(layer)
+        self._track_layer(f"layers/{len(self._layers_list) - 1}", layer)
+        if len(self._layers_list) == 1 and self._input_layer is None and layer._batch_input_shape is not None:
+            self._batch_input_shape = layer._batch_input_shape
+        self._output_shape = None
+        if self._batch_input_shape is not None:
+            self._maybe_build_now()
+        else:
+            self.built = False
+
+    def pop(self):
+        """Removes the last layer and returns it."""
+        if not self._layers_list:
+            raise TypeError("There are no layers in the model.")
+        layer = self._layers_list.pop()
+        self._sublayers = [(k, l) for k, l in self._sublayers if l is not layer]
+        self._output_shape = None
+        if self._batch_input_shape is not None and self._layers_list:
+            self._maybe_build_now()
+        return layer
+
+    def _maybe_build_now(self):
+        if self._layers_list:
+            self.build(self._batch_input_shape)
+
+    def build(self, input_shape=None):
+        if input_shape is None:
+            input_shape = self._batch_input_shape
+        if input_shape is None:
+            raise ValueError(f"{self.name}.build: an input_shape is required")
+        input_shape = tuple(input_shape)
+        if self._batch_input_shape is None:
+            self._batch_input_shape = (None,) + input_shape[1:]
+        super().build(input_shape)
+
+    def call(self, inputs, training=None):
+        x = inputs
+        for layer in self._layers_list:
+            x = layer(x)
+        return x
+
+    def get_config(self):
+        layer_configs = []
+        if self._input_layer is not None:
+            layer_configs.append(_layers.serialize(self._input_layer))
+        layer_configs += [_layers.serialize(l) for l in self._layers_list]
+        return {"name": self.name, "layers": layer_configs}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        model = cls(name=config.get("name"))
+        for lc in config.get("layers", []):
+            lc = {"class_name": lc["class_name"], "config": dict(lc["config"])}
+            lc["config"].pop("name", None)
+            model.add(_layers.deserialize(lc, custom_objects))
+        return model
+
+
+def load_weights_file(filepath):
+    """The entries of a weights file: ``[(name, ndarray)]`` (checked; for inspection)."""
+    return list(_core.load_tensors(os.fspath(filepath)))

@@ -1,0 +1,303 @@
+"""Optimizers, as ``keras.optimizers``: thin wrappers over the C core's SGD and Adam.
+
+One ``apply_gradients`` is one C call that updates every parameter (shapes are checked
+first; on an error nothing changes). The C optimizer keeps its slots for a fixed list of
+variables, so the wrapper keeps one C optimizer per distinct variable list it is given
+(almost always exactly one), while ``iterations`` counts every ``apply_gradients`` call as
+Keras does.
+"""
+import warnings
+
+import numpy as np
+
+from metalearn import _core
+from metalearn.tape import no_grad as _no_grad
+from metalearn.tape import GradientTape
+
+__all__ = ["Optimizer", "SGD", "Adam", "get", "serialize", "deserialize"]
+
+
+class _Iterations(int):
+    """An int that also answers ``.numpy()`` (Keras returns a variable here)."""
+
+    def numpy(self):
+        return np.int64(self)
+
+
+def _to_grad(g):
+    if isinstance(g, _core.Tensor):
+        return g
+    return _core.tensor(np.asarray(g, dtype=np.float32))
+
+
+class Optimizer:
+    """Base class of the optimizers.
+
+    Args:
+        learning_rate: a float (settable later: ``opt.learning_rate = 1e-4``).
+        clipnorm: clip each gradient to this L2 norm.
+        clipvalue: clip each gradient element to ``[-clipvalue, clipvalue]``.
+        global_clipnorm: clip all gradients together to this global L2 norm.
+        name: the optimizer's name.
+    """
+
+    def __init__(self, learning_rate, name, clipnorm=None, clipvalue=None, global_clipnorm=None):
+        if clipnorm is not None and global_clipnorm is not None:
+            raise ValueError("Only one of clipnorm and global_clipnorm can be set")
+        self.name = name
+        self.clipnorm = clipnorm
+        self.clipvalue = clipvalue
+        self.global_clipnorm = global_clipnorm
+        self._learning_rate = self._check_lr(learning_rate)
+        self._cores = {}  # tuple of variable ids -> (C optimizer, variables kept alive)
+        self._iterations = 0
+
+    @staticmethod
+    def _check_lr(value):
+        if callable(value):
+            raise TypeError("learning-rate schedules are not supported; set "
+                            "optimizer.learning_rate between steps instead")
+        value = float(value)
+        if not np.isfinite(value) or value < 0:
+            raise ValueError(f"learning_rate must be a finite non-negative number, got {value}")
+        return value
+
+    def _make_core(self):
+        raise NotImplementedError
+
+    @property
+    def learning_rate(self):
+        return self._learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        value = self._check_lr(value)
+        for opt, _ in self._cores.values():
+            opt.learning_rate = value
+        self._learning_rate = value
+
+    lr = learning_rate
+
+    @property
+    def iterations(self):
+        """Number of ``apply_gradients`` calls made (an int with ``.numpy()``)."""
+        return _Iterations(self._iterations)
+
+    def _core_for(self, variables):
+        key = tuple(map(id, variables))
+        entry = self._cores.get(key)
+        if entry is None:
+            entry = (self._make_core(), list(variables))
+            self._cores[key] = entry
+        return entry[0]
+
+    def _clip(self, grads):
+        if self.clipvalue is not None:
+            c = float(self.clipvalue)
+            grads = [_core.clip(g, -c, c) for g in grads]
+        if self.clipnorm is not None:
+            out = []
+            for g in grads:
+                norm = float(np.sqrt(np.sum(np.square(np.asarray(g, np.float64)))))
+                out.append(_core.mul(g, float(self.clipnorm) / norm) if norm > self.clipnorm else g)
+            grads = out
+        if self.global_clipnorm is not None:
+            norm = float(np.sqrt(sum(np.sum(np.square(np.asarray(g, np.float64))) for g in grads)))
+            if norm > self.global_clipnorm:
+                scale = float(self.global_clipnorm) / norm
+                grads = [_core.mul(g, scale) for g in grads]
+        return grads
+
+    def _apply(self, variables, grads):
+        """Fast path: every gradient present, lists aligned."""
+        if self.clipvalue is not None or self.clipnorm is not None or self.global_clipnorm is not None:
+            with _no_grad():
+                grads = self._clip(grads)
+        self._core_for(variables).step(variables, grads)
+        self._iterations += 1
+
+    def apply_gradients(self, grads_and_vars, name=None, skip_gradients_aggregation=False):
+        """Applies gradients to variables: one optimizer step.
+
+        Args:
+            grads_and_vars: iterable of ``(gradient, variable)`` pairs. A None gradient is
+                skipped with a warning, as Keras does.
+
+        Returns:
+            The new ``iterations`` value.
+
+        Raises:
+            ValueError: a gradient's shape differs from its variable's (nothing changes).
+        """
+        pairs = list(grads_and_vars)
+        grads, variables, missing = [], [], []
+        for g, v in pairs:
+            if not isinstance(v, _core.Tensor):
+                raise TypeError(f"apply_gradients: expected variables, got {type(v).__name__}")
+            if g is None:
+                missing.append(getattr(v, "name", repr(v)))
+                continue
+            grads.append(_to_grad(g))
+            variables.append(v)
+        if missing:
+            warnings.warn(f"Gradients do not exist for variables {missing} when minimizing the loss. "
+                          "If you're using `model.compile()`, did you forget to provide a `loss` "
+                          "argument?", UserWarning, stacklevel=2)
+        if not variables:
+            if pairs:
+                return self.iterations
+            raise ValueError("apply_gradients: no (gradient, variable) pairs were given")
+        for g, v in zip(grads, variables):
+            if tuple(g.shape) != tuple(v.shape):
+                raise ValueError(f"apply_gradients: gradient of shape {tuple(g.shape)} for variable "
+                                 f"{getattr(v, 'name', '?')!r} of shape {tuple(v.shape)}")
+        self._apply(variables, grads)
+        return self.iterations
+
+    def minimize(self, loss, var_list, tape=None):
+        """Minimizes `loss` over `var_list`: computes gradients, then applies them.
+
+        Args:
+            loss: a scalar Tensor (its graph is already recorded), or a zero-argument
+                callable returning one.
+            var_list: list of Variables, or a callable returning it.
+            tape: the GradientTape that recorded a tensor `loss` (optional in metalearn).
+        """
+        if callable(var_list):
+            var_list = var_list()
+        var_list = list(var_list)
+        if callable(loss):
+            with GradientTape() as t:
+                value = loss()
+            grads = t.gradient(value, var_list)
+        elif tape is not None:
+            grads = tape.gradient(loss, var_list)
+        else:
+            live = [v for v in var_list if v.requires_grad]
+            gl = _core.grad(loss, live, None, False, True) if live else []
+            it = iter(gl)
+            grads = [next(it) if v.requires_grad else None for v in var_list]
+        return self.apply_gradients(zip(grads, var_list))
+
+    def variables(self):
+        """The state tensors (copies) of the C optimizers, per variable list."""
+        out = []
+        for opt, _ in self._cores.values():
+            for slots in opt.slots():
+                out.extend(slots)
+        return out
+
+    def reset(self):
+        """Forgets all state (moments, iterations)."""
+        for opt, _ in self._cores.values():
+            opt.reset()
+        self._cores.clear()
+        self._iterations = 0
+
+    def get_config(self):
+        return {"name": self.name, "learning_rate": self._learning_rate, "clipnorm": self.clipnorm,
+                "clipvalue": self.clipvalue, "global_clipnorm": self.global_clipnorm}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} learning_rate={self._learning_rate} iterations={self._iterations}>"
+
+
+class SGD(Optimizer):
+    """Gradient descent with momentum (and Nesterov momentum).
+
+    With ``momentum == 0``: ``w = w - learning_rate * g``. Otherwise::
+
+        velocity = momentum * velocity - learning_rate * g
+        w = w + velocity                                      # plain
+        w = w + momentum * velocity - learning_rate * g       # nesterov
+
+    Args:
+        learning_rate: a float, default 0.01.
+        momentum: float >= 0, default 0.0.
+        nesterov: whether to use Nesterov momentum.
+    """
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, name="SGD", **kwargs):
+        momentum = float(momentum)
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"SGD: momentum must be in [0, 1], got {momentum}")
+        self.momentum = momentum
+        self.nesterov = bool(nesterov)
+        super().__init__(learning_rate, name, **kwargs)
+
+    def _make_core(self):
+        return _core.SGD(learning_rate=self._learning_rate, momentum=self.momentum, nesterov=self.nesterov)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(momentum=self.momentum, nesterov=self.nesterov)
+        return config
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015), computed as Keras does::
+
+        t = iterations + 1
+        lr_t = learning_rate * sqrt(1 - beta_2^t) / (1 - beta_1^t)
+        m = m + (1 - beta_1) * (g - m)
+        v = v + (1 - beta_2) * (g^2 - v)
+        w = w - lr_t * m / (sqrt(v) + epsilon)
+
+    With ``amsgrad`` the max of past ``v`` is used (Reddi et al. 2018).
+
+    Args:
+        learning_rate: default 0.001.
+        beta_1: decay of the first-moment estimate, default 0.9.
+        beta_2: decay of the second-moment estimate, default 0.999.
+        epsilon: default 1e-7.
+        amsgrad: whether to use AMSGrad.
+    """
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False,
+                 name="adam", **kwargs):
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.amsgrad = bool(amsgrad)
+        for n, b in (("beta_1", self.beta_1), ("beta_2", self.beta_2)):
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"Adam: {n} must be in [0, 1), got {b}")
+        super().__init__(learning_rate, name, **kwargs)
+
+    def _make_core(self):
+        return _core.Adam(learning_rate=self._learning_rate, beta_1=self.beta_1, beta_2=self.beta_2,
+                          epsilon=self.epsilon, amsgrad=self.amsgrad)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon, amsgrad=self.amsgrad)
+        return config
+
+
+_BY_NAME = {"sgd": SGD, "adam": Adam}
+
+
+def get(identifier):
+    """An optimizer from a name (``"adam"``, ``"sgd"``), config dict or instance."""
+    if isinstance(identifier, Optimizer):
+        return identifier
+    if isinstance(identifier, str):
+        cls = _BY_NAME.get(identifier.lower())
+        if cls is None:
+            raise ValueError(f"Unknown optimizer: {identifier!r}; metalearn has {sorted(_BY_NAME)}")
+        return cls()
+    if isinstance(identifier, dict):
+        cls = _BY_NAME.get(str(identifier.get("class_name", "")).lower())
+        if cls is None:
+            raise ValueError(f"Unknown optimizer config: {identifier!r}")
+        return cls.from_config(identifier.get("config", {}))
+    raise TypeError(f"Could not interpret optimizer identifier: {identifier!r}")
+
+
+def serialize(optimizer):
+    return {"class_name": type(optimizer).__name__, "config": optimizer.get_config()}
+
+
+deserialize = get

@@ -1,0 +1,27 @@
+"""Helpers, as ``keras.utils``."""
+import numpy as np
+
+from metalearn import random as _random
+
+__all__ = ["to_categorical", "set_random_seed"]
+
+
+def to_categorical(y, num_classes=None, dtype="float32"):
+    """One-hot encodes integer labels: ``(n,)`` → ``(n, num_classes)``."""
+    y = np.asarray(y, dtype=np.int64)
+    if y.ndim > 1 and y.shape[-1] == 1:
+        y = y.reshape(y.shape[:-1])
+    if num_classes is None:
+        num_classes = int(y.max()) + 1 if y.size else 0
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"to_categorical: labels must be in [0, {num_classes}), got "
+                         f"[{y.min()}, {y.max()}]")
+    out = np.zeros(y.shape + (num_classes,), dtype=dtype)
+    np.put_along_axis(out, y[..., None], 1, axis=-1)
+    return out
+
+
+def set_random_seed(seed):
+    """Seeds the core's generator and NumPy's global generator."""
+    _random.set_seed(seed)
+    np.random.seed(int(seed) % (2 ** 32))

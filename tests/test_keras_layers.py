@@ -1,0 +1,197 @@
+"""Layers and initializers against NumPy formulas."""
+import math
+
+import numpy as np
+import pytest
+
+import metalearn as ml
+from metalearn.keras import activations, initializers, layers
+
+
+def _np_act(name, z):
+    if name in (None, "linear"):
+        return z
+    if name == "relu":
+        return np.maximum(z, 0)
+    if name == "sigmoid":
+        return 1 / (1 + np.exp(-z))
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "softmax":
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    if name == "elu":
+        return np.where(z > 0, z, np.expm1(z))
+    if name == "gelu":
+        erf = np.vectorize(math.erf)
+        return 0.5 * z * (1 + erf(z / math.sqrt(2)))
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid", "tanh", "softmax", "elu", "gelu"])
+def test_dense_forward_with_fixed_weights(activation):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(7, 5)).astype(np.float32)
+    kernel = rng.normal(size=(5, 3)).astype(np.float32)
+    bias = rng.normal(size=(3,)).astype(np.float32)
+    dense = layers.Dense(3, activation=activation)
+    dense.build((None, 5))
+    dense.set_weights([kernel, bias])
+    out = np.asarray(dense(x))
+    ref = _np_act(activation, x.astype(np.float64) @ kernel + bias)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_dense_without_bias_on_3d_input_and_gradient():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 4, 5)).astype(np.float32)
+    kernel = rng.normal(size=(5, 3)).astype(np.float32)
+    dense = layers.Dense(3, use_bias=False, activation="relu")
+    dense(x)
+    assert len(dense.weights) == 1 and dense.bias is None
+    dense.set_weights([kernel])
+    with ml.GradientTape() as tape:
+        y = ml.reduce_sum(dense(x))
+    g = np.asarray(tape.gradient(y, dense.kernel))
+    z = x.reshape(-1, 5) @ kernel
+    ref = x.reshape(-1, 5).T @ (z > 0).astype(np.float64)
+    np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-5)
+    assert np.asarray(dense(x)).shape == (2, 4, 3)
+
+
+def test_dense_names_shapes_and_errors():
+    dense = layers.Dense(4, name="head")
+    assert not dense.built
+    dense(np.zeros((2, 6), np.float32))
+    assert dense.built and dense.kernel.shape == (6, 4) and dense.bias.shape == (4,)
+    assert dense.kernel.name == "head/kernel" and dense.bias.name == "head/bias"
+    assert dense.output_shape == (None, 4)
+    with pytest.raises(ValueError, match="last dimension 6"):
+        dense(np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError):
+        layers.Dense(0)
+    with pytest.raises(TypeError):
+        layers.Dense(3, not_an_argument=1)
+
+
+def test_dense_config_round_trip():
+    dense = layers.Dense(5, activation="tanh", use_bias=False, kernel_initializer="he_normal")
+    config = dense.get_config()
+    assert config["units"] == 5 and config["activation"] == "tanh" and config["use_bias"] is False
+    config.pop("name")
+    clone = layers.Dense.from_config(config)
+    assert clone.units == 5 and clone.activation is activations.tanh and not clone.use_bias
+    assert isinstance(clone.kernel_initializer, initializers.HeNormal)
+
+
+def test_glorot_uniform_is_the_dense_default_and_within_limits():
+    ml.random.set_seed(123)
+    dense = layers.Dense(128)
+    dense(np.zeros((1, 784), np.float32))
+    k = dense.kernel.numpy()
+    limit = math.sqrt(6.0 / (784 + 128))
+    assert np.abs(k).max() <= limit
+    assert np.abs(k).max() > 0.99 * limit  # really spans the range
+    assert k.std() == pytest.approx(limit / math.sqrt(3), rel=0.02)
+    assert abs(k.mean()) < 0.01 * limit
+    np.testing.assert_array_equal(dense.bias.numpy(), np.zeros(128, np.float32))
+
+
+def test_initializers_statistics_and_seeds():
+    ml.random.set_seed(0)
+    shape = (400, 300)
+    he = initializers.get("he_normal")(shape).numpy()
+    assert np.abs(he).max() <= 2 * math.sqrt(2 / 400) / 0.87962566103423978 + 1e-6
+    assert he.std() == pytest.approx(math.sqrt(2 / 400), rel=0.03)
+    heu = initializers.HeUniform()(shape).numpy()
+    assert np.abs(heu).max() <= math.sqrt(6 / 400)
+    rn = initializers.RandomNormal(mean=1.0, stddev=0.5)(shape).numpy()
+    assert rn.mean() == pytest.approx(1.0, abs=0.01) and rn.std() == pytest.approx(0.5, rel=0.02)
+    ru = initializers.RandomUniform(-0.2, 0.3)(shape).numpy()
+    assert ru.min() >= -0.2 and ru.max() < 0.3 and ru.mean() == pytest.approx(0.05, abs=0.005)
+    tn = initializers.TruncatedNormal(stddev=1.0)(shape).numpy()
+    assert np.abs(tn).max() <= 2.0
+    np.testing.assert_array_equal(initializers.Constant(2.5)((2, 2)).numpy(), np.full((2, 2), 2.5))
+    np.testing.assert_array_equal(initializers.get("ones")((3,)).numpy(), np.ones(3))
+    np.testing.assert_array_equal(initializers.get("zeros")((3,)).numpy(), np.zeros(3))
+    # a seeded initializer repeats itself; set_seed makes the global stream repeat
+    a = initializers.GlorotUniform(seed=7)((5, 5)).numpy()
+    b = initializers.GlorotUniform(seed=7)((5, 5)).numpy()
+    np.testing.assert_array_equal(a, b)
+    ml.random.set_seed(9)
+    c = initializers.GlorotUniform()((5, 5)).numpy()
+    ml.random.set_seed(9)
+    d = initializers.GlorotUniform()((5, 5)).numpy()
+    np.testing.assert_array_equal(c, d)
+    assert not np.array_equal(a, c)
+    with pytest.raises(ValueError):
+        initializers.get("no_such_initializer")
+
+
+def test_flatten_activation_lambda_reshape():
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4) - 10
+    out = layers.Flatten()(x)
+    np.testing.assert_array_equal(np.asarray(out), x.reshape(2, 12))
+    t = ml.tensor(x)
+    np.testing.assert_array_equal(np.asarray(layers.Flatten()(t)), x.reshape(2, 12))
+    np.testing.assert_array_equal(np.asarray(layers.Activation("relu")(t)), np.maximum(x, 0))
+    lam = layers.Lambda(lambda v: v * 2.0 + 1.0)
+    np.testing.assert_array_equal(np.asarray(lam(t)), x * 2 + 1)
+    np.testing.assert_array_equal(np.asarray(layers.Reshape((4, 3))(t)), x.reshape(2, 4, 3))
+
+
+def test_dropout_training_flag_rate_and_scaling():
+    x = np.ones((200, 50), np.float32)
+    drop = layers.Dropout(0.3)
+    np.testing.assert_array_equal(np.asarray(drop(x)), x)  # inference: identity
+    np.testing.assert_array_equal(np.asarray(drop(x, training=False)), x)
+    ml.random.set_seed(11)
+    y = np.asarray(drop(x, training=True))
+    kept = y != 0
+    assert kept.mean() == pytest.approx(0.7, abs=0.02)
+    np.testing.assert_allclose(y[kept], 1 / 0.7, rtol=1e-6)
+    ml.random.set_seed(11)
+    np.testing.assert_array_equal(np.asarray(drop(x, training=True)), y)
+    with pytest.raises(ValueError):
+        layers.Dropout(1.0)
+
+
+def test_custom_layer_add_weight_and_tracking():
+    class Scale(layers.Layer):
+        def build(self, input_shape):
+            self.w = self.add_weight("w", (input_shape[-1],), initializer="ones")
+            self.count = self.add_weight("count", (), initializer="zeros", trainable=False)
+
+        def call(self, inputs):
+            return inputs * self.w
+
+    layer = Scale(name="scale")
+    out = layer(np.full((2, 3), 2.0, np.float32))
+    np.testing.assert_array_equal(np.asarray(out), np.full((2, 3), 2.0))
+    assert [v.name for v in layer.trainable_weights] == ["scale/w"]
+    assert [v.name for v in layer.non_trainable_weights] == ["scale/count"]
+    assert layer.count_params() == 4
+    layer.trainable = False
+    assert layer.trainable_weights == [] and len(layer.non_trainable_weights) == 2
+
+
+def test_activation_functions_match_numpy():
+    z = np.linspace(-4, 4, 41, dtype=np.float32).reshape(1, -1)
+    for name in ["relu", "sigmoid", "tanh", "softmax", "elu", "gelu", "linear"]:
+        np.testing.assert_allclose(np.asarray(activations.get(name)(ml.tensor(z))),
+                                   _np_act(name, z.astype(np.float64)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(activations.leaky_relu(ml.tensor(z))), np.where(z > 0, z, 0.2 * z),
+                               rtol=1e-6)
+    assert activations.get(None) is activations.linear
+    with pytest.raises(ValueError):
+        activations.get("no_such_activation")
+
+
+def test_set_weights_validates_before_writing():
+    dense = layers.Dense(2)
+    dense(np.zeros((1, 3), np.float32))
+    before = dense.get_weights()
+    with pytest.raises(ValueError):
+        dense.set_weights([np.ones((3, 2)), np.ones((5,))])
+    for a, b in zip(before, dense.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,256 @@
+"""Model/Sequential: structure, summary, training on real problems, weight files."""
+import io
+import os
+import time
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import metalearn as ml
+from metalearn import keras
+from metalearn.keras import layers
+from metalearn.networks import AdaptiveNeuralNetwork
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _omniglot_path():
+    base = os.environ.get("METALEARN_DATA")
+    root = Path(base) if base else REPO.parent / "shared" / "data"
+    for candidate in (root / "omniglot" / "omniglot_background.npz", root / "omniglot_background.npz"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def two_spirals(n_per_class=200, noise=0.2, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.sqrt(rng.uniform(0, 1, n_per_class)) * 3 * np.pi
+    a = np.stack([t * np.cos(t), t * np.sin(t)], 1) / (3 * np.pi)
+    b = -a
+    x = np.concatenate([a, b]) + rng.normal(scale=noise / (3 * np.pi), size=(2 * n_per_class, 2))
+    y = np.concatenate([np.zeros(n_per_class), np.ones(n_per_class)]).astype(np.int32)
+    return x.astype(np.float32), y
+
+
+class TwoTower(keras.Model):
+    def __init__(self):
+        super().__init__(name="two_tower")
+        self.blocks = [layers.Dense(8, activation="relu"), layers.Dense(8, activation="tanh")]
+        self.head = layers.Dense(3)
+
+    def call(self, inputs):
+        return self.head(self.blocks[1](self.blocks[0](inputs)))
+
+
+def test_subclassed_model_tracks_layers_and_builds_lazily():
+    model = TwoTower()
+    assert not model.built and model.trainable_variables == []
+    out = model(np.zeros((4, 5), np.float32))
+    assert out.shape == (4, 3)
+    shapes = [tuple(v.shape) for v in model.trainable_variables]
+    assert shapes == [(5, 8), (8,), (8, 8), (8,), (8, 3), (3,)]
+    assert model.variables == model.weights and len(model.weights) == 6
+    assert [p for p, _ in model._weight_paths()] == ["blocks/0/kernel", "blocks/0/bias", "blocks/1/kernel",
+                                                     "blocks/1/bias", "head/kernel", "head/bias"]
+    assert len(model.layers) == 3
+    with pytest.raises(TypeError):
+        keras.Model(inputs=None, outputs=None)
+
+
+def test_sequential_summary_table():
+    model = keras.Sequential([layers.Flatten(input_shape=(28, 28)), layers.Dense(128, activation="relu"),
+                              layers.Dense(10, activation="softmax")], name="seq")
+    assert model.built
+    lines = []
+    model.summary(print_fn=lines.append)
+    text = "\n".join(lines)
+    assert 'Model: "seq"' in text
+    rows = [l for l in lines if "(Flatten)" in l or "(Dense)" in l]
+    assert len(rows) == 3
+    assert "(None, 784)" in rows[0] and rows[0].split()[-1] == "0"
+    assert "(None, 128)" in rows[1] and rows[1].split()[-1] == "100480"  # 784*128 + 128
+    assert "(None, 10)" in rows[2] and rows[2].split()[-1] == "1290"
+    assert "Total params: 101,770" in text and "Trainable params: 101,770" in text
+    assert "Non-trainable params: 0" in text
+    with pytest.raises(ValueError):
+        keras.Sequential([layers.Dense(3)]).summary()
+
+
+def test_sequential_with_input_add_and_pop():
+    model = keras.Sequential()
+    model.add(keras.Input(shape=(6,)))
+    model.add(layers.Dense(4))
+    assert model.built and model.output_shape == (None, 4)
+    model.add(layers.Dense(2))
+    assert model.count_params() == 6 * 4 + 4 + 4 * 2 + 2
+    assert len(model.layers) == 2
+    model.pop()
+    assert len(model.layers) == 1 and model.output_shape == (None, 4)
+
+
+def test_fit_learns_two_spirals():
+    ml.random.set_seed(1)
+    x, y = two_spirals()
+    model = keras.Sequential([layers.Dense(64, activation="relu", input_shape=(2,)),
+                              layers.Dense(64, activation="relu"),
+                              layers.Dense(2, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    start = time.perf_counter()
+    history = model.fit(x, y, epochs=150, batch_size=32, verbose=0)
+    elapsed = time.perf_counter() - start
+    assert len(history.history["loss"]) == 150
+    assert history.history["loss"][-1] < history.history["loss"][0] / 5
+    loss, acc = model.evaluate(x, y, verbose=0)
+    pred = model.predict(x, verbose=0)
+    manual = float(np.mean(pred.argmax(1) == y))
+    assert acc == pytest.approx(manual)
+    assert acc >= 0.95, f"train accuracy {acc:.3f} on two spirals"
+    assert elapsed < 20
+
+
+def test_fit_learns_an_omniglot_10_class_subset():
+    path = _omniglot_path()
+    if path is None:
+        pytest.skip("Omniglot data not found (set METALEARN_DATA)")
+    data = np.load(path)
+    images, labels = data["images"], data["labels"]
+    chars = np.arange(0, 200, 20)[:10]  # 10 characters from different alphabets
+    mask = np.isin(labels, chars)
+    x = images[mask].astype(np.float32) / 255.0
+    y = np.searchsorted(chars, labels[mask])
+    samples = data["samples"][mask]
+    train, test = samples < 15, samples >= 15  # 15 drawings to learn from, 5 held out
+    ml.random.set_seed(0)
+    model = AdaptiveNeuralNetwork(num_classes=10)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x[train], y[train], epochs=40, batch_size=16, verbose=0)
+    _, train_acc = model.evaluate(x[train], y[train], verbose=0)
+    _, test_acc = model.evaluate(x[test], y[test], verbose=0)
+    assert train_acc >= 0.98, train_acc
+    assert test_acc >= 0.6, test_acc  # chance is 0.1 (measured: 0.80)
+
+
+def test_train_on_batch_test_on_batch_and_validation():
+    ml.random.set_seed(2)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 5)).astype(np.float32)
+    w = rng.normal(size=(5, 1)).astype(np.float32)
+    y = x @ w
+    model = keras.Sequential([layers.Dense(1, input_shape=(5,))])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", metrics=["mae"])
+    first = model.train_on_batch(x, y)
+    for _ in range(100):
+        last = model.train_on_batch(x, y)
+    assert last[0] < first[0] / 100
+    assert model.test_on_batch(x, y, return_dict=True)["loss"] == pytest.approx(
+        float(np.mean((model.predict(x, verbose=0) - y) ** 2)), rel=1e-4)
+    hist = model.fit(x, y, epochs=3, batch_size=16, validation_split=0.25, verbose=0)
+    assert set(hist.history) == {"loss", "mae", "val_loss", "val_mae"}
+    assert all(len(v) == 3 for v in hist.history.values())
+    xv, yv = x[48:], y[48:]
+    assert hist.history["val_loss"][-1] == pytest.approx(float(np.mean((model.predict(xv, verbose=0) - yv) ** 2)),
+                                                         rel=1e-4)
+
+
+def test_fit_is_repeatable_after_set_seed():
+    x, y = two_spirals(50)
+
+    def run():
+        ml.random.set_seed(7)
+        model = keras.Sequential([layers.Dense(8, activation="relu", input_shape=(2,)), layers.Dense(2)])
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, epochs=2, batch_size=10, verbose=0)
+        return model.get_weights()
+
+    for a, b in zip(run(), run()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_progress_output_one_line_per_epoch_when_not_a_terminal():
+    x, y = two_spirals(20)
+    model = keras.Sequential([layers.Dense(2, input_shape=(2,))])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        model.fit(x, y, epochs=2, batch_size=8, verbose=1)
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "Epoch 1/2" and lines[2] == "Epoch 2/2" and len(lines) == 4
+    assert lines[1].startswith("5/5 - ") and "loss: " in lines[1] and "accuracy: " in lines[1]
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    assert buf.getvalue() == ""
+
+
+def _small_model(seed):
+    ml.random.set_seed(seed)
+    model = AdaptiveNeuralNetwork(num_classes=4, hidden_units=6)
+    model(np.zeros((1, 3, 3), np.float32))
+    return model
+
+
+def test_save_load_round_trip_is_bit_exact(tmp_path):
+    a, b = _small_model(1), _small_model(2)
+    path = tmp_path / "w.weights"
+    a.save_weights(path)
+    b.load_weights(path)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        assert wa.tobytes() == wb.tobytes()
+    x = np.random.default_rng(0).normal(size=(2, 3, 3)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(a(x)), np.asarray(b(x)))
+
+
+def _assert_unchanged(model, before):
+    for w0, w1 in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(w0, w1)
+
+
+def test_corrupt_truncated_missing_and_mismatched_files_are_refused(tmp_path):
+    a, b = _small_model(1), _small_model(2)
+    path = tmp_path / "w.weights"
+    a.save_weights(path)
+    raw = path.read_bytes()
+    before = b.get_weights()
+    corrupt = tmp_path / "corrupt.weights"
+    flipped = bytearray(raw)
+    flipped[len(raw) // 2] ^= 0x40
+    corrupt.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError):
+        b.load_weights(corrupt)
+    _assert_unchanged(b, before)
+    truncated = tmp_path / "truncated.weights"
+    truncated.write_bytes(raw[:-9])
+    with pytest.raises(ValueError):
+        b.load_weights(truncated)
+    _assert_unchanged(b, before)
+    with pytest.raises(OSError):
+        b.load_weights(tmp_path / "missing.weights")
+    other = AdaptiveNeuralNetwork(num_classes=5, hidden_units=6)  # same names, other shapes
+    other(np.zeros((1, 3, 3), np.float32))
+    other.save_weights(tmp_path / "other.weights")
+    with pytest.raises(ValueError, match="shape"):
+        b.load_weights(tmp_path / "other.weights")
+    _assert_unchanged(b, before)
+    seq = keras.Sequential([layers.Dense(6, input_shape=(9,)), layers.Dense(4)])  # other names
+    seq.save_weights(tmp_path / "seq.weights")
+    with pytest.raises(ValueError, match="does not match"):
+        b.load_weights(tmp_path / "seq.weights")
+    _assert_unchanged(b, before)
+
+
+def test_get_set_weights_validate_all_shapes_first():
+    model = _small_model(3)
+    before = model.get_weights()
+    bad = [w + 1 for w in before]
+    bad[-1] = np.zeros(7, np.float32)
+    with pytest.raises(ValueError):
+        model.set_weights(bad)
+    _assert_unchanged(model, before)
+    good = [w * 0 + i for i, w in enumerate(before)]
+    model.set_weights(good)
+    for w, g in zip(model.get_weights(), good):
+        np.testing.assert_array_equal(w, g)

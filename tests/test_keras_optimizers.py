@@ -1,0 +1,146 @@
+"""Optimizers against NumPy implementations of the Keras update rules."""
+import warnings
+
+import numpy as np
+import pytest
+
+import metalearn as ml
+from metalearn.keras import losses, optimizers
+from metalearn.networks import AdaptiveNeuralNetwork
+
+
+def _numpy_forward_backward(w, x, y):
+    """Loss and gradients of mean categorical cross-entropy of the AdaptiveNeuralNetwork,
+    float64 NumPy backprop: h = relu(x W1 + b1), p = softmax(h W2 + b2)."""
+    W1, b1, W2, b2 = w
+    xf = x.reshape(len(x), -1)
+    z1 = xf @ W1 + b1
+    h = np.maximum(z1, 0)
+    z2 = h @ W2 + b2
+    p = np.exp(z2 - z2.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    n = len(x)
+    loss = np.mean(-np.sum(y * np.log(np.clip(p, 1e-7, 1 - 1e-7)), axis=1))
+    dz2 = (p - y) / n  # softmax + cross-entropy, one-hot targets
+    gW2, gb2 = h.T @ dz2, dz2.sum(0)
+    dz1 = (dz2 @ W2.T) * (z1 > 0)
+    gW1, gb1 = xf.T @ dz1, dz1.sum(0)
+    return loss, [gW1, gb1, gW2, gb2]
+
+
+def test_adam_20_steps_on_adaptive_network_match_numpy_keras_adam():
+    ml.random.set_seed(2024)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 28, 28)).astype(np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 16)]
+    model = AdaptiveNeuralNetwork()
+    model(x)
+    params = model.trainable_variables
+    opt = optimizers.Adam()  # Keras defaults: 1e-3, 0.9, 0.999, 1e-7
+    w = [p.numpy().astype(np.float64) for p in params]
+    m = [np.zeros_like(a) for a in w]
+    v = [np.zeros_like(a) for a in w]
+    lr, b1, b2, eps = 0.001, 0.9, 0.999, 1e-7
+    for t in range(1, 21):
+        with ml.GradientTape() as tape:
+            loss = ml.reduce_mean(losses.categorical_crossentropy(y, model(x)))
+        grads = tape.gradient(loss, params)
+        opt.apply_gradients(zip(grads, params))
+        ref_loss, g = _numpy_forward_backward(w, x, y)
+        assert float(loss.item()) == pytest.approx(ref_loss, rel=1e-4, abs=1e-6)
+        lr_t = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        for i in range(4):
+            m[i] += (1 - b1) * (g[i] - m[i])
+            v[i] += (1 - b2) * (g[i] * g[i] - v[i])
+            w[i] -= lr_t * m[i] / (np.sqrt(v[i]) + eps)
+        for p, ref in zip(params, w):
+            got = p.numpy().astype(np.float64)
+            # float32 gradients vs float64 ones: Adam divides by sqrt(v), so an element whose
+            # gradient is nearly zero may move by a slightly different fraction of a step.
+            # Each tensor within 1e-5 relative (norm), each element within 1% of a step (lr).
+            assert np.linalg.norm(got - ref) <= 1e-5 * np.linalg.norm(ref)
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=0.01 * lr)
+        assert opt.iterations == t
+    # it learned: the loss went down
+    final = float(ml.reduce_mean(losses.categorical_crossentropy(y, model(x))).item())
+    assert final < ref_loss
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_momentum_trajectory_matches_numpy(nesterov):
+    a = np.array([1.0, 3.0, 0.5, 2.0], np.float32)
+    w0 = np.array([1.0, -2.0, 3.0, 0.25], np.float32)
+    var = ml.Variable(w0)
+    opt = optimizers.SGD(learning_rate=0.05, momentum=0.9, nesterov=nesterov)
+    w, vel = w0.astype(np.float64), np.zeros(4)
+    for _ in range(15):
+        with ml.GradientTape() as tape:
+            loss = ml.reduce_sum(0.5 * a * var * var)  # gradient a * w
+        opt.apply_gradients([(tape.gradient(loss, var), var)])
+        g = a * w
+        vel = 0.9 * vel - 0.05 * g
+        w = w + (0.9 * vel - 0.05 * g if nesterov else vel)
+        np.testing.assert_allclose(var.numpy(), w, rtol=1e-5, atol=1e-6)
+
+
+def test_plain_sgd_learning_rate_is_settable():
+    var = ml.Variable([1.0, 2.0])
+    opt = optimizers.get("sgd")
+    assert isinstance(opt, optimizers.SGD) and opt.learning_rate == pytest.approx(0.01)
+    opt.apply_gradients([(np.array([1.0, 1.0], np.float32), var)])
+    np.testing.assert_allclose(var.numpy(), [0.99, 1.99], rtol=1e-6)
+    opt.learning_rate = 0.5
+    opt.apply_gradients([(np.array([1.0, -1.0], np.float32), var)])
+    np.testing.assert_allclose(var.numpy(), [0.49, 2.49], rtol=1e-6)
+    assert opt.iterations == 2 and opt.iterations.numpy() == 2
+
+
+def test_get_and_defaults():
+    adam = optimizers.get("adam")
+    assert isinstance(adam, optimizers.Adam)
+    assert (adam.learning_rate, adam.beta_1, adam.beta_2, adam.epsilon) == pytest.approx((0.001, 0.9, 0.999, 1e-7))
+    assert optimizers.get(adam) is adam
+    with pytest.raises(ValueError):
+        optimizers.get("rmsprop_typo")
+
+
+def test_apply_gradients_skips_none_with_warning_and_refuses_bad_shapes():
+    a, b = ml.Variable([1.0, 1.0]), ml.Variable([5.0])
+    opt = optimizers.SGD(learning_rate=0.1)
+    with pytest.warns(UserWarning, match="Gradients do not exist"):
+        opt.apply_gradients([(np.array([1.0, 2.0], np.float32), a), (None, b)])
+    np.testing.assert_allclose(a.numpy(), [0.9, 0.8], rtol=1e-6)
+    np.testing.assert_array_equal(b.numpy(), [5.0])
+    before = a.numpy().copy()
+    with pytest.raises(ValueError):
+        opt.apply_gradients([(np.ones(3, np.float32), a)])
+    np.testing.assert_array_equal(a.numpy(), before)
+    assert opt.iterations == 1
+
+
+def test_adam_state_accumulates_across_steps():
+    """A persistent Adam's second step differs from a fresh Adam's first step."""
+    g1, g2 = np.array([1.0], np.float32), np.array([0.1], np.float32)
+    v1, v2 = ml.Variable([0.0]), ml.Variable([0.0])
+    keep = optimizers.Adam(learning_rate=0.1)
+    keep.apply_gradients([(g1, v1)])
+    keep.apply_gradients([(g2, v1)])
+    # reference: t=2 with both gradients
+    m = 0.1 * 1.0
+    v = 0.001 * 1.0
+    m += 0.1 * (0.1 - m)
+    v += 0.001 * (0.01 - v)
+    lr_t = 0.1 * np.sqrt(1 - 0.999 ** 2) / (1 - 0.9 ** 2)
+    expected = -0.1 - lr_t * m / (np.sqrt(v) + 1e-7)
+    assert float(v1.numpy()[0]) == pytest.approx(expected, rel=1e-5)
+    for g in (g1, g2):
+        optimizers.Adam(learning_rate=0.1).apply_gradients([(g, v2)])  # new Adam each time
+    assert float(v2.numpy()[0]) == pytest.approx(-0.2, rel=1e-4)  # two sign steps of lr
+
+
+def test_minimize_with_callable_loss():
+    var = ml.Variable([3.0])
+    opt = optimizers.SGD(learning_rate=0.25)
+    for _ in range(30):
+        opt.minimize(lambda: ml.reduce_sum((var - 1.0) * (var - 1.0)), [var])
+    assert float(var.numpy()[0]) == pytest.approx(1.0, abs=1e-5)
