@@ -203,43 +203,6 @@ ml_status ml_sparse_categorical_crossentropy(ml_tensor **out, int64_t n_labels,
 ml_status ml_binary_crossentropy(ml_tensor **out, ml_tensor *y_true, ml_tensor *y_pred,
                                  int from_logits);
 
-/* --------------------------------------------------------------- layer ops */
-
-/* Channels-last (NHWC) as Keras. Padding as Keras/TensorFlow: VALID uses no padding;
- * SAME gives ceil(H / stride) outputs with pad_total = max((out - 1) * stride + window - H, 0),
- * pad_top = pad_total / 2 (the extra row, if any, at the bottom; likewise for columns). */
-typedef enum ml_padding {
-    ML_PAD_VALID = 0,
-    ML_PAD_SAME = 1,
-} ml_padding;
-
-/* x (N, H, W, C), kernel (KH, KW, C, F), bias (F) or NULL -> (N, OH, OW, F).
- * Gradients of any order (the backward ops are conv2d's transposes, themselves recorded). */
-ml_status ml_conv2d(ml_tensor **out, ml_tensor *x, ml_tensor *kernel, ml_tensor *bias,
-                    int stride_h, int stride_w, ml_padding padding);
-/* Max over each window; the gradient goes to the first maximum of a window (row-major
- * order inside the window, as PyTorch). SAME padding never picks a padded position. */
-ml_status ml_max_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, int stride_h,
-                        int stride_w, ml_padding padding);
-/* Mean over each window; with SAME padding only the window's elements inside the input
- * count (as Keras). */
-ml_status ml_avg_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, int stride_h,
-                        int stride_w, ml_padding padding);
-/* Mean over H and W: (N, H, W, C) -> (N, C) (keepdims: (N, 1, 1, C)). */
-ml_status ml_global_avg_pool2d(ml_tensor **out, ml_tensor *x, int keepdims);
-/* Batch normalisation over every axis but `axis` (the channel axis, negative counts from
- * the end; Keras' default is -1). gamma, beta, moving_mean, moving_var have shape (C);
- * gamma and beta may be NULL (scale=False / center=False).
- *  training: y = (x - mean) / sqrt(var + epsilon) * gamma + beta with the batch's mean and
- *    biased variance, composed of differentiable ops (gradients of any order); then, with no
- *    gradient, moving = moving * momentum + batch_stat * (1 - momentum) in place (skipped
- *    when a moving tensor is NULL).
- *  inference: the moving statistics replace the batch's; nothing is updated.
- * Keras defaults: momentum 0.99, epsilon 1e-3. */
-ml_status ml_batch_norm(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,
-                        ml_tensor *moving_mean, ml_tensor *moving_var, int training,
-                        float momentum, float epsilon, int axis);
-
 /* --------------------------------------------------------------- optimizers */
 
 typedef struct ml_optimizer ml_optimizer;
