@@ -115,6 +115,8 @@ def enable_grad():
     return _GradMode(True)
 
 
+from ._core import get_num_threads, set_num_threads  # noqa: E402,F401
+from .function import Function, function  # noqa: E402,F401
 from .tape import GradientTape, Variable  # noqa: E402
 from . import keras, networks, random  # noqa: E402
 from .functional import functional_call  # noqa: E402
