@@ -324,7 +324,8 @@ def test_fixtures_match_generator(tmp_path):
     spec.loader.exec_module(gen)
     gen.main(str(tmp_path))
     produced = sorted(p.name for p in tmp_path.glob("*.npz"))
-    assert produced == sorted(p.name for p in ref.glob("*.npz"))
+    # other generators (generate_conv.py) write their own files beside these
+    assert produced and all((ref / name).exists() for name in produced)
     for name in produced:
         with np.load(tmp_path / name) as new, np.load(ref / name) as old:
             assert sorted(new.files) == sorted(old.files), name

@@ -52,6 +52,10 @@ typedef enum ml_op_id {
     OP_GATHER, OP_SCATTER_ADD, OP_PICK,
     OP_SUM, OP_MEAN, OP_MAX, OP_SOFTMAX, OP_LOG_SOFTMAX,
     OP_SOFTMAX_CE, OP_SPARSE_SOFTMAX_CE,
+    /* layer ops (conv.c, pool.c) */
+    OP_CONV2D, OP_CONV2D_INPUT_GRAD, OP_CONV2D_KERNEL_GRAD,
+    OP_MAX_POOL2D, OP_MAX_POOL2D_SCATTER, OP_MAX_POOL2D_GATHER,
+    OP_AVG_POOL2D, OP_AVG_POOL2D_GRAD,
     OP_COUNT
 } ml_op_id;
 
@@ -187,6 +191,44 @@ static inline void ml__scope_end(ml_scope *s) {
 ml_status ml__equal(ml_tensor **out, ml_tensor *a, ml_tensor *b);
 /* A constant (no-grad) tensor of ones shaped like x. */
 ml_status ml__ones_like(ml_tensor **out, const ml_tensor *x);
+
+/* ---- layer ops (ops/conv.c, ops/pool.c) ----
+ * Window geometry shared by conv2d and the pools, with explicit paddings so the backward
+ * ops (which may see only the gradient) know every size. Stored in a node's iparams. */
+typedef struct ml_win2d {
+    int64_t n, h, w, c;    /* input (N, H, W, C) */
+    int64_t kh, kw;        /* window */
+    int64_t sh, sw;        /* strides */
+    int64_t pt, pl;        /* zero padding before the first row / column */
+    int64_t oh, ow;        /* output rows / columns */
+} ml_win2d;
+#define ML_WIN2D_NPARAMS 12
+void ml__win2d_store(const ml_win2d *g, int64_t *iparams);
+void ml__win2d_load(ml_win2d *g, const int64_t *iparams);
+/* Validates x (4-D), window, strides and padding and fills g (Keras/TF 'same'/'valid'). */
+ml_status ml__win2d_plan(const char *name, const ml_tensor *x, int64_t kh, int64_t kw,
+                         int sh, int sw, ml_padding padding, ml_win2d *g);
+/* conv2d with explicit geometry; x (N,H,W,C), k (KH,KW,C,F), b (F) or NULL */
+ml_status ml__conv2d_geom(ml_tensor **out, ml_tensor *x, ml_tensor *k, ml_tensor *b,
+                          const ml_win2d *g);
+/* d<g, conv2d(x, k)>/dx: g (N,OH,OW,F), k (KH,KW,C,F) -> (N,H,W,C) */
+ml_status ml__conv2d_input_grad(ml_tensor **out, ml_tensor *g, ml_tensor *k, const ml_win2d *geo);
+/* d<g, conv2d(x, k)>/dk: x (N,H,W,C), g (N,OH,OW,F) -> (KH,KW,C,F) */
+ml_status ml__conv2d_kernel_grad(ml_tensor **out, ml_tensor *x, ml_tensor *g, const ml_win2d *geo);
+
+/* ---- tracing (core/trace.c) ----
+ * An op that makes a tensor from data calls ML_TRACE after success, with a replay
+ * function that recomputes it from the same parameters (copied) and new inputs. */
+typedef ml_status (*ml_replay_fn)(ml_tensor **out, ml_tensor **in, const void *params);
+extern _Thread_local ml_trace *ml__trace_active;
+void ml__trace_record(ml_replay_fn fn, int n_in, ml_tensor *const *in, ml_tensor *out,
+                      const void *params, size_t params_size);
+/* Marks the active trace as failed (its end reports the status). */
+void ml__trace_fail(ml_status st);
+#define ML_TRACE(fn, n, ins, out, params)                                           \
+    do {                                                                            \
+        if (ml__trace_active) ml__trace_record((fn), (n), (ins), (out), (params), sizeof *(params)); \
+    } while (0)
 
 /* Size above which an op is worth splitting over threads or releasing the GIL for. */
 #define ML_BIG_WORK 32768

@@ -45,6 +45,20 @@ static double next_normal(void) {
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
+/* a replay draws new numbers: random ops are recorded like any other op */
+typedef struct { int kind, ndim; int64_t shape[ML_MAX_DIMS]; float a, b; } rng_params;
+static ml_status replay_rng(ml_tensor **out, ml_tensor **in, const void *p) {
+    const rng_params *r = p;
+    if (r->kind == 0) return ml_rng_uniform(out, r->ndim, r->shape, r->a, r->b);
+    if (r->kind == 1) return ml_rng_normal(out, r->ndim, r->shape, r->a, r->b);
+    return ml_rng_truncated_normal(out, r->ndim, r->shape, r->a, r->b);
+}
+static void trace_rng(int kind, ml_tensor *o, float a, float b) {
+    rng_params r = {kind, o->ndim, {0}, a, b};
+    for (int i = 0; i < o->ndim; i++) r.shape[i] = o->shape[i];
+    ML_TRACE(replay_rng, 0, NULL, o, &r);
+}
+
 ml_status ml_rng_uniform(ml_tensor **out, int ndim, const int64_t *shape, float lo, float hi) {
     if (!(lo <= hi) || !isfinite(lo) || !isfinite(hi))
         return ml_set_error(ML_ERR_VALUE, "random_uniform: need finite minval <= maxval, got %g and %g",
@@ -53,6 +67,7 @@ ml_status ml_rng_uniform(ml_tensor **out, int ndim, const int64_t *shape, float 
     if (st) return st;
     float *d = (*out)->data;
     for (int64_t i = 0; i < (*out)->numel; i++) d[i] = lo + (hi - lo) * next_unit();
+    trace_rng(0, *out, lo, hi);
     return ML_OK;
 }
 
@@ -65,6 +80,7 @@ ml_status ml_rng_normal(ml_tensor **out, int ndim, const int64_t *shape, float m
     if (st) return st;
     float *d = (*out)->data;
     for (int64_t i = 0; i < (*out)->numel; i++) d[i] = mean + stddev * (float)next_normal();
+    trace_rng(1, *out, mean, stddev);
     return ML_OK;
 }
 
@@ -81,6 +97,7 @@ ml_status ml_rng_truncated_normal(ml_tensor **out, int ndim, const int64_t *shap
         do z = next_normal(); while (z < -2.0 || z > 2.0); /* 95% accepted */
         d[i] = mean + stddev * (float)z;
     }
+    trace_rng(2, *out, mean, stddev);
     return ML_OK;
 }
 

@@ -247,8 +247,20 @@ ml_status ml_set_requires_grad(ml_tensor *t, int requires_grad) {
     return ML_OK;
 }
 
+typedef struct { int unused; } no_params;
+static ml_status replay_detach(ml_tensor **out, ml_tensor **in, const void *p) {
+    return ml_detach(out, in[0]);
+}
+static ml_status replay_assign(ml_tensor **out, ml_tensor **in, const void *p) {
+    *out = NULL;
+    return ml_assign(in[0], in[1]);
+}
+
 ml_status ml_detach(ml_tensor **out, ml_tensor *t) {
-    return ml__view(out, t, t->ndim, t->shape);
+    ml_status st = ml__view(out, t, t->ndim, t->shape);
+    no_params np = {0};
+    if (st == ML_OK) ML_TRACE(replay_detach, 1, &t, *out, &np);
+    return st;
 }
 
 ml_status ml_copy(ml_tensor **out, const ml_tensor *t) {
@@ -262,5 +274,8 @@ ml_status ml_assign(ml_tensor *dst, const ml_tensor *src) {
     if (dst->data != src->data)
         memmove(dst->data, src->data, (size_t)dst->numel * sizeof(float));
     dst->storage->version++;
+    ml_tensor *ins[2] = {dst, (ml_tensor *)src};
+    no_params np = {0};
+    ML_TRACE(replay_assign, 2, ins, NULL, &np);
     return ML_OK;
 }

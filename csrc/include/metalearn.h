@@ -203,6 +203,43 @@ ml_status ml_sparse_categorical_crossentropy(ml_tensor **out, int64_t n_labels,
 ml_status ml_binary_crossentropy(ml_tensor **out, ml_tensor *y_true, ml_tensor *y_pred,
                                  int from_logits);
 
+/* --------------------------------------------------------------- layer ops */
+
+/* Channels-last (NHWC) as Keras. Padding as Keras/TensorFlow: VALID uses no padding;
+ * SAME gives ceil(H / stride) outputs with pad_total = max((out - 1) * stride + window - H, 0),
+ * pad_top = pad_total / 2 (the extra row, if any, at the bottom; likewise for columns). */
+typedef enum ml_padding {
+    ML_PAD_VALID = 0,
+    ML_PAD_SAME = 1,
+} ml_padding;
+
+/* x (N, H, W, C), kernel (KH, KW, C, F), bias (F) or NULL -> (N, OH, OW, F).
+ * Gradients of any order (the backward ops are conv2d's transposes, themselves recorded). */
+ml_status ml_conv2d(ml_tensor **out, ml_tensor *x, ml_tensor *kernel, ml_tensor *bias,
+                    int stride_h, int stride_w, ml_padding padding);
+/* Max over each window; the gradient goes to the first maximum of a window (row-major
+ * order inside the window, as PyTorch). SAME padding never picks a padded position. */
+ml_status ml_max_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, int stride_h,
+                        int stride_w, ml_padding padding);
+/* Mean over each window; with SAME padding only the window's elements inside the input
+ * count (as Keras). */
+ml_status ml_avg_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, int stride_h,
+                        int stride_w, ml_padding padding);
+/* Mean over H and W: (N, H, W, C) -> (N, C) (keepdims: (N, 1, 1, C)). */
+ml_status ml_global_avg_pool2d(ml_tensor **out, ml_tensor *x, int keepdims);
+/* Batch normalisation over every axis but `axis` (the channel axis, negative counts from
+ * the end; Keras' default is -1). gamma, beta, moving_mean, moving_var have shape (C);
+ * gamma and beta may be NULL (scale=False / center=False).
+ *  training: y = (x - mean) / sqrt(var + epsilon) * gamma + beta with the batch's mean and
+ *    biased variance, composed of differentiable ops (gradients of any order); then, with no
+ *    gradient, moving = moving * momentum + batch_stat * (1 - momentum) in place (skipped
+ *    when a moving tensor is NULL).
+ *  inference: the moving statistics replace the batch's; nothing is updated.
+ * Keras defaults: momentum 0.99, epsilon 1e-3. */
+ml_status ml_batch_norm(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,
+                        ml_tensor *moving_mean, ml_tensor *moving_var, int training,
+                        float momentum, float epsilon, int axis);
+
 /* --------------------------------------------------------------- optimizers */
 
 typedef struct ml_optimizer ml_optimizer;
@@ -257,6 +294,28 @@ ml_status ml_load_tensors(const char *path, int *n_out, char ***names_out,
 void ml_free_loaded(int n, char **names, ml_tensor **tensors);
 uint32_t ml_crc32(uint32_t crc, const void *data, size_t len);
 
+/* -------------------------------------------------------------------- traces */
+
+/* Record what a computation does once, replay it from C with new inputs: no Python, no
+ * graph building per op. Between begin and end, every op run on this thread is recorded
+ * (ml_grad's backward ops too). Tensors that no recorded op made and that are not inputs
+ * are captured by reference: a replay reads their current values. Replays record nothing. */
+typedef struct ml_trace ml_trace;
+ml_status ml_trace_begin(ml_trace **out, int n_inputs, ml_tensor *const *inputs);
+ml_status ml_trace_end(ml_trace *trace, int n_outputs, ml_tensor *const *outputs);
+/* Stops recording on this thread (after a failure); the trace can only be freed. */
+void ml_trace_abort(ml_trace *trace);
+void ml_trace_free(ml_trace *trace);
+/* Inputs must have the recorded shapes; outputs get new references. */
+ml_status ml_trace_replay(ml_trace *trace, ml_tensor *const *inputs, ml_tensor **outputs);
+/* n_calls independent replays (inputs n_calls x n_inputs, outputs n_calls x n_outputs,
+ * row-major) over n_threads threads; the results do not depend on n_threads. */
+ml_status ml_trace_replay_many(ml_trace *trace, int n_calls, ml_tensor *const *inputs,
+                               ml_tensor **outputs, int n_threads);
+int ml_trace_n_ops(const ml_trace *trace);
+int ml_trace_n_inputs(const ml_trace *trace);
+int ml_trace_n_outputs(const ml_trace *trace);
+
 /* ------------------------------------------------------------------- kernels */
 
 /* C = alpha * op(A) @ op(B) + beta * C, row-major; op(A) is m x k, op(B) is k x n. */
@@ -265,6 +324,77 @@ void ml_sgemm(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
               int64_t ldc);
 /* "avx2" or "portable": the kernel chosen at run time (ML_KERNEL=portable forces it). */
 const char *ml_kernel_name(void);
+
+/* ---------------------------------------------------------- knowledge memory */
+
+/* The key-value memory of Kaiser, Nachum, Roy & Bengio 2017, "Learning to Remember Rare
+ * Events" (ICLR), §3. `capacity` slots, each a key of `key_size` floats kept L2-normalised
+ * (|q| is computed as sqrt(sum q^2 + 1e-12), so a zero query stays zero), a value (an int64
+ * label and an optional payload of `payload_size` floats) and an int64 age.
+ *  - Occupied slots are the prefix [0, size): empty slots count as the oldest and are
+ *    filled in index order, so a search costs in proportion to what is stored.
+ *  - Queries must be finite (NaN/Inf refused with ML_ERR_VALUE, nothing changes).
+ *  - Thread safe: queries, reads and saves share a read lock; updates, clears and loads
+ *    take it exclusively. `seed` seeds the memory's own xoshiro256** stream (tie-breaks);
+ *    clear() reseeds it, save/load carry it, so a run replays bit for bit. */
+typedef struct ml_memory ml_memory;
+
+ml_status ml_memory_new(ml_memory **out, int64_t capacity, int64_t key_size,
+                        int64_t payload_size, uint64_t seed);
+void ml_memory_free(ml_memory *mem); /* NULL is allowed */
+int64_t ml_memory_capacity(const ml_memory *mem);
+int64_t ml_memory_key_size(const ml_memory *mem);
+int64_t ml_memory_payload_size(const ml_memory *mem);
+/* Number of occupied slots, and that number over the capacity. */
+int64_t ml_memory_size(ml_memory *mem);
+double ml_memory_occupancy(ml_memory *mem);
+/* Empties every slot and reseeds the stream with the creation seed. */
+ml_status ml_memory_clear(ml_memory *mem);
+/* Copies of the whole slabs (capacity rows each; any pointer may be NULL). */
+ml_status ml_memory_get(ml_memory *mem, float *keys, int64_t *labels, int64_t *ages,
+                        float *payloads);
+/* Exact k-nearest search by cosine similarity over every occupied slot: q (n x key_size),
+ * 1 <= k <= capacity. Outputs (n x k, any may be NULL), best first, equal similarities in
+ * slot order: slot indices, cosine similarities, labels, payloads (n x k x payload_size).
+ * When fewer than k slots are occupied the rest is index -1, similarity -inf, label -1,
+ * zero payload. Scores come from the GEMM kernel over cache-sized blocks of keys. */
+ml_status ml_memory_query(ml_memory *mem, int64_t n, const float *q, int64_t k,
+                          int64_t *out_idx, float *out_sim, int64_t *out_labels,
+                          float *out_payloads);
+/* The update rule of the paper, applied to the n queries in order (each sees the writes of
+ * those before it). For query q with label y and n1 its nearest occupied slot:
+ *   label[n1] == y: key[n1] <- normalize(normalize(q) + key[n1]);
+ *                   payload[n1] <- (payload[n1] + payload) / 2 (kept when payloads is NULL)
+ *   otherwise:      (normalize(q), y, payload or zeros) goes to the oldest slot: the next
+ *                   empty one, else the largest age, ties broken at random by the stream.
+ * Ages: one call is one step of the paper: every occupied age grows by 1 and every slot the
+ * call wrote or merged ends at age 0. payloads (n x payload_size) may be NULL. */
+ml_status ml_memory_update(ml_memory *mem, int64_t n, const float *q, const int64_t *labels,
+                           const float *payloads);
+/* Differentiable soft read, q (n x key_size) a tensor: with s_j the cosine similarities of
+ * normalize(q) to its top-k keys (held as constants), w = softmax(s / temperature) (n x k)
+ * and out = sum_j w_j payload_j (n x payload_size). Both are recorded, the gradient reaches
+ * q through the normalisation, to any order. Positions beyond the occupied slots get
+ * weight 0. `out` needs payload_size > 0; either output may be NULL (not both). */
+ml_status ml_memory_read(ml_tensor **out, ml_tensor **out_weights, ml_memory *mem, ml_tensor *q,
+                         int64_t k, float temperature);
+/* The memory loss of the paper, per query (n): relu(qn·k_neg - qn·k_pos + margin), qn =
+ * normalize(q), k_pos the nearest of the top-k keys whose label is labels[i], k_neg the
+ * nearest whose label differs; a missing one counts as similarity 0 (as the paper's code).
+ * Recorded: the gradient reaches q (the keys are constants). The paper's margin is 0.1. */
+ml_status ml_memory_loss(ml_tensor **out, ml_memory *mem, ml_tensor *q, int64_t n_labels,
+                         const int64_t *labels, int64_t k, float margin);
+/* File layout (little-endian): "MLMEMORY" | u32 version=1 | u64 capacity | u64 key_size |
+ *   u64 payload_size | u64 size | u64 seed | 4 * u64 stream state | size*key_size f32 keys |
+ *   size i64 labels | size i64 ages | size*payload_size f32 payloads | u32 crc32.
+ * Saved through `path.tmp<pid>`, fsync'ed and renamed over `path`. */
+ml_status ml_memory_save(ml_memory *mem, const char *path);
+/* Checks the whole file (magic, version, sizes, checksum, finite keys) before touching the
+ * memory; a file of another capacity/key size/payload size is refused (ML_ERR_VALUE). On
+ * failure the memory is unchanged. */
+ml_status ml_memory_load(ml_memory *mem, const char *path);
+/* A new memory with the sizes, contents and stream of a file. */
+ml_status ml_memory_open(ml_memory **out, const char *path);
 
 #ifdef __cplusplus
 }

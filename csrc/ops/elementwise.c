@@ -112,6 +112,14 @@ static void binary_apply(int op, const ml_tensor *a, const ml_tensor *b, ml_tens
     }
 }
 
+typedef struct { int kernel; ml_op_id op; const char *name; } binary_params;
+static ml_status binary_op(ml_tensor **out, ml_tensor *a, ml_tensor *b, int kernel,
+                           ml_op_id op, const char *name);
+static ml_status replay_binary(ml_tensor **out, ml_tensor **in, const void *params) {
+    const binary_params *p = params;
+    return binary_op(out, in[0], in[1], p->kernel, p->op, p->name);
+}
+
 static ml_status binary_op(ml_tensor **out, ml_tensor *a, ml_tensor *b, int kernel,
                            ml_op_id op, const char *name) {
     NULL_CHECK2(name, a, b);
@@ -127,6 +135,8 @@ static ml_status binary_op(ml_tensor **out, ml_tensor *a, ml_tensor *b, int kern
         ml_release(o);
         return st;
     }
+    binary_params bp = {kernel, op, name};
+    ML_TRACE(replay_binary, 2, ins, o, &bp);
     *out = o;
     return ML_OK;
 }
@@ -266,6 +276,14 @@ un_apply(int k, int64_t n, const float *restrict x, float *restrict o, float p, 
     }
 }
 
+typedef struct { int kernel; ml_op_id op; const char *name; float p, q; } unary_params;
+static ml_status unary_op(ml_tensor **out, ml_tensor *x, int kernel, ml_op_id op,
+                          const char *name, float p, float q);
+static ml_status replay_unary(ml_tensor **out, ml_tensor **in, const void *params) {
+    const unary_params *u = params;
+    return unary_op(out, in[0], u->kernel, u->op, u->name, u->p, u->q);
+}
+
 static ml_status unary_op(ml_tensor **out, ml_tensor *x, int kernel, ml_op_id op,
                           const char *name, float p, float q) {
     NULL_CHECK1(name, x);
@@ -282,6 +300,8 @@ static ml_status unary_op(ml_tensor **out, ml_tensor *x, int kernel, ml_op_id op
         node->fparams[0] = p;
         node->fparams[1] = q;
     }
+    unary_params up = {kernel, op, name, p, q};
+    ML_TRACE(replay_unary, 1, &x, o, &up);
     *out = o;
     return ML_OK;
 }

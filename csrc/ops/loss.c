@@ -42,6 +42,19 @@ static void row_lse(const float *x, int64_t rows, int64_t c, float *lse) {
     }
 }
 
+static ml_status softmax_ce(ml_tensor **out, ml_tensor *y_true, ml_tensor *logits);
+typedef struct { int unused; } no_params;
+static ml_status replay_softmax_ce(ml_tensor **out, ml_tensor **in, const void *p) {
+    return softmax_ce(out, in[0], in[1]);
+}
+static ml_status sparse_softmax_ce(ml_tensor **out, int64_t n, const int64_t *labels,
+                                   ml_tensor *logits);
+typedef struct { int64_t n; int64_t labels[]; } labels_params;
+static ml_status replay_sparse_softmax_ce(ml_tensor **out, ml_tensor **in, const void *p) {
+    const labels_params *l = p;
+    return sparse_softmax_ce(out, l->n, l->labels, in[0]);
+}
+
 static ml_status softmax_ce(ml_tensor **out, ml_tensor *y_true, ml_tensor *logits) {
     if (!ml__same_shape(y_true, logits))
         return ml_set_error(ML_ERR_SHAPE, "categorical_crossentropy: y_true has shape %s but "
@@ -64,6 +77,8 @@ static ml_status softmax_ce(ml_tensor **out, ml_tensor *y_true, ml_tensor *logit
         ml_release(o);
         return st;
     }
+    no_params np = {0};
+    ML_TRACE(replay_softmax_ce, 2, ins, o, &np);
     *out = o;
     return ML_OK;
 }
@@ -132,6 +147,18 @@ static ml_status sparse_softmax_ce(ml_tensor **out, int64_t n, const int64_t *la
         }
         if (n) memcpy(node->index, labels, (size_t)n * sizeof(int64_t));
         node->n_index = n;
+    }
+    if (ml__trace_active) {
+        size_t bytes = sizeof(labels_params) + (size_t)n * sizeof(int64_t);
+        labels_params *lp = malloc(bytes);
+        if (lp) {
+            lp->n = n;
+            if (n) memcpy(lp->labels, labels, (size_t)n * sizeof(int64_t));
+            ml__trace_record(replay_sparse_softmax_ce, 1, &logits, o, lp, bytes);
+            free(lp);
+        } else {
+            ml__trace_fail(ml_set_error(ML_ERR_OOM, "out of memory while tracing"));
+        }
     }
     *out = o;
     return ML_OK;

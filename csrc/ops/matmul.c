@@ -7,6 +7,16 @@
 
 /* ------------------------------------------------------------------- matmul */
 
+typedef struct { int ta, tb; } matmul_params;
+static ml_status replay_matmul(ml_tensor **out, ml_tensor **in, const void *params) {
+    const matmul_params *p = params;
+    return ml_matmul(out, in[0], in[1], p->ta, p->tb);
+}
+typedef struct { ml_activation act; } linear_params;
+static ml_status replay_linear(ml_tensor **out, ml_tensor **in, const void *params) {
+    return ml_linear(out, in[0], in[1], in[2], ((const linear_params *)params)->act);
+}
+
 ml_status ml_matmul(ml_tensor **out, ml_tensor *a, ml_tensor *b, int ta, int tb) {
     if (!a || !b) return ml_set_error(ML_ERR_VALUE, "matmul: input tensor is NULL");
     if (a->ndim < 2 || b->ndim < 2)
@@ -82,6 +92,8 @@ ml_status ml_matmul(ml_tensor **out, ml_tensor *a, ml_tensor *b, int ta, int tb)
         node->iparams[0] = ta;
         node->iparams[1] = tb;
     }
+    matmul_params mp = {ta, tb};
+    ML_TRACE(replay_matmul, 2, ins, o, &mp);
     *out = o;
     return ML_OK;
 }
@@ -174,6 +186,8 @@ ml_status ml_linear(ml_tensor **out, ml_tensor *x, ml_tensor *w, ml_tensor *b,
         }
         node->iparams[0] = act;
     }
+    linear_params lp = {act};
+    ML_TRACE(replay_linear, 3, ins, o, &lp);
     *out = o;
     return ML_OK;
 }

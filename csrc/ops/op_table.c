@@ -12,6 +12,9 @@ BACKWARD(permute) BACKWARD(broadcast_to) BACKWARD(sum_to) BACKWARD(concat) BACKW
 BACKWARD(pad_axis) BACKWARD(gather) BACKWARD(scatter_add) BACKWARD(pick) BACKWARD(sum)
 BACKWARD(mean) BACKWARD(max) BACKWARD(softmax) BACKWARD(log_softmax) BACKWARD(softmax_ce)
 BACKWARD(sparse_softmax_ce)
+BACKWARD(conv2d) BACKWARD(conv2d_input_grad) BACKWARD(conv2d_kernel_grad)
+BACKWARD(max_pool2d) BACKWARD(max_pool2d_scatter) BACKWARD(max_pool2d_gather)
+BACKWARD(avg_pool2d) BACKWARD(avg_pool2d_grad)
 #undef BACKWARD
 
 #define ROW(id, name, n) [id] = {#name, n, ml__##name##_backward}
@@ -59,6 +62,14 @@ const ml_op_def ml_op_table[] = {
     ROW(OP_LOG_SOFTMAX, log_softmax, 1),
     ROW(OP_SOFTMAX_CE, softmax_ce, 2),
     ROW(OP_SPARSE_SOFTMAX_CE, sparse_softmax_ce, 1),
+    ROW(OP_CONV2D, conv2d, -1),
+    ROW(OP_CONV2D_INPUT_GRAD, conv2d_input_grad, 2),
+    ROW(OP_CONV2D_KERNEL_GRAD, conv2d_kernel_grad, 2),
+    ROW(OP_MAX_POOL2D, max_pool2d, 1),
+    ROW(OP_MAX_POOL2D_SCATTER, max_pool2d_scatter, 1),
+    ROW(OP_MAX_POOL2D_GATHER, max_pool2d_gather, 1),
+    ROW(OP_AVG_POOL2D, avg_pool2d, 1),
+    ROW(OP_AVG_POOL2D_GRAD, avg_pool2d_grad, 1),
 };
 
 _Static_assert(sizeof ml_op_table / sizeof ml_op_table[0] == OP_COUNT,

@@ -111,6 +111,18 @@ static ml_status parse_axes(const ml_tensor *x, int n_axes, const int *axes, int
     return ML_OK;
 }
 
+typedef struct {
+    int n_axes, axes[ML_MAX_DIMS], keepdims, kind;
+    ml_op_id op;
+    const char *name;
+} reduce_params;
+static ml_status reduce_op(ml_tensor **out, ml_tensor *x, int n_axes, const int *axes,
+                           int keepdims, int kind, ml_op_id op, const char *name);
+static ml_status replay_reduce(ml_tensor **out, ml_tensor **in, const void *params) {
+    const reduce_params *r = params;
+    return reduce_op(out, in[0], r->n_axes, r->axes, r->keepdims, r->kind, r->op, r->name);
+}
+
 static ml_status reduce_op(ml_tensor **out, ml_tensor *x, int n_axes, const int *axes,
                            int keepdims, int kind, ml_op_id op, const char *name) {
     if (!x) return ml_set_error(ML_ERR_VALUE, "%s: input tensor is NULL", name);
@@ -143,6 +155,9 @@ static ml_status reduce_op(ml_tensor **out, ml_tensor *x, int n_axes, const int 
         for (int d = 0; d < x->ndim; d++) node->iparams[d] = reduced[d];
         node->fparams[0] = (float)count;
     }
+    reduce_params rp = {n_axes, {0}, keepdims, kind, op, name};
+    for (int i = 0; i < n_axes; i++) rp.axes[i] = axes[i];
+    ML_TRACE(replay_reduce, 1, &x, o, &rp);
     *out = o;
     return ML_OK;
 }
@@ -199,6 +214,21 @@ ml_status ml__max_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
 
 /* --------------------------------------------------- broadcast_to and sum_to */
 
+typedef struct { int ndim; int64_t shape[ML_MAX_DIMS]; } shape_params;
+static ml_status replay_broadcast_to(ml_tensor **out, ml_tensor **in, const void *params) {
+    const shape_params *s = params;
+    return ml_broadcast_to(out, in[0], s->ndim, s->shape);
+}
+static ml_status replay_sum_to(ml_tensor **out, ml_tensor **in, const void *params) {
+    const shape_params *s = params;
+    return ml_sum_to(out, in[0], s->ndim, s->shape);
+}
+static shape_params make_shape_params(int ndim, const int64_t *shape) {
+    shape_params s = {ndim, {0}};
+    for (int i = 0; i < ndim; i++) s.shape[i] = shape[i];
+    return s;
+}
+
 ml_status ml_broadcast_to(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shape) {
     if (!x) return ml_set_error(ML_ERR_VALUE, "broadcast_to: input tensor is NULL");
     int64_t numel;
@@ -242,6 +272,8 @@ ml_status ml_broadcast_to(ml_tensor **out, ml_tensor *x, int ndim, const int64_t
         ml_release(o);
         return st;
     }
+    shape_params sp = make_shape_params(ndim, shape);
+    ML_TRACE(replay_broadcast_to, 1, &x, o, &sp);
     *out = o;
     return ML_OK;
 }
@@ -286,6 +318,8 @@ ml_status ml_sum_to(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shap
         ml_release(o);
         return st;
     }
+    shape_params sp = make_shape_params(ndim, shape);
+    ML_TRACE(replay_sum_to, 1, &x, o, &sp);
     *out = o;
     return ML_OK;
 }
@@ -328,6 +362,13 @@ static void softmax_kernel(const ml_tensor *x, int axis, float *o, int log) {
     }
 }
 
+static ml_status softmax_op(ml_tensor **out, ml_tensor *x, int axis, int log);
+typedef struct { int axis, log; } softmax_params;
+static ml_status replay_softmax(ml_tensor **out, ml_tensor **in, const void *params) {
+    const softmax_params *s = params;
+    return softmax_op(out, in[0], s->axis, s->log);
+}
+
 static ml_status softmax_op(ml_tensor **out, ml_tensor *x, int axis, int log) {
     const char *name = log ? "log_softmax" : "softmax";
     if (!x) return ml_set_error(ML_ERR_VALUE, "%s: input tensor is NULL", name);
@@ -347,6 +388,8 @@ static ml_status softmax_op(ml_tensor **out, ml_tensor *x, int axis, int log) {
         }
         node->iparams[0] = a;
     }
+    softmax_params smp = {a, log};
+    ML_TRACE(replay_softmax, 1, &x, o, &smp);
     *out = o;
     return ML_OK;
 }

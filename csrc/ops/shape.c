@@ -4,6 +4,59 @@
 
 #define IN(k) (out->node->inputs[k])
 
+/* replay functions for traces: the same op with the recorded parameters */
+typedef struct { int ndim; int64_t shape[ML_MAX_DIMS]; } reshape_params;
+static ml_status replay_reshape(ml_tensor **out, ml_tensor **in, const void *p) {
+    return ml_reshape(out, in[0], ((const reshape_params *)p)->ndim, ((const reshape_params *)p)->shape);
+}
+typedef struct { int perm[ML_MAX_DIMS]; } permute_params;
+static ml_status replay_permute(ml_tensor **out, ml_tensor **in, const void *p) {
+    return ml_permute(out, in[0], ((const permute_params *)p)->perm);
+}
+typedef struct { int n, axis; } concat_params;
+static ml_status replay_concat(ml_tensor **out, ml_tensor **in, const void *p) {
+    return ml_concat(out, ((const concat_params *)p)->n, in, ((const concat_params *)p)->axis);
+}
+typedef struct { int axis; int64_t start, len; } range_params;
+static ml_status replay_narrow(ml_tensor **out, ml_tensor **in, const void *p) {
+    const range_params *r = p;
+    return ml_narrow(out, in[0], r->axis, r->start, r->len);
+}
+static ml_status replay_pad_axis(ml_tensor **out, ml_tensor **in, const void *p) {
+    const range_params *r = p;
+    return ml_pad_axis(out, in[0], r->axis, r->start, r->len);
+}
+/* variable length: the indices follow the header */
+typedef struct { int axis, scatter, n; int64_t size; int64_t idx[]; } index_params;
+static ml_status gather_like(ml_tensor **out, ml_tensor *x, int n, const int64_t *idx, int axis,
+                             int64_t size, int scatter);
+static ml_status replay_gather(ml_tensor **out, ml_tensor **in, const void *p) {
+    const index_params *g = p;
+    return gather_like(out, in[0], g->n, g->idx, g->axis, g->size, g->scatter);
+}
+static ml_status replay_pick(ml_tensor **out, ml_tensor **in, const void *p) {
+    const index_params *g = p;
+    return ml_pick(out, in[0], g->n, g->idx);
+}
+/* records an op whose parameters end in an index list */
+static void trace_indexed(ml_replay_fn fn, ml_tensor *x, ml_tensor *o, int axis, int scatter,
+                          int n, int64_t size, const int64_t *idx) {
+    if (!ml__trace_active) return;
+    size_t bytes = sizeof(index_params) + (size_t)n * sizeof(int64_t);
+    index_params *p = malloc(bytes);
+    if (!p) {
+        ml__trace_fail(ml_set_error(ML_ERR_OOM, "out of memory while tracing"));
+        return;
+    }
+    p->axis = axis;
+    p->scatter = scatter;
+    p->n = n;
+    p->size = size;
+    if (n) memcpy(p->idx, idx, (size_t)n * sizeof(int64_t));
+    ml__trace_record(fn, 1, &x, o, p, bytes);
+    free(p);
+}
+
 /* ------------------------------------------------------------------ reshape */
 
 ml_status ml_reshape(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shape) {
@@ -22,6 +75,9 @@ ml_status ml_reshape(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *sha
         ml_release(o);
         return st;
     }
+    reshape_params rp = {ndim, {0}};
+    for (int i = 0; i < ndim; i++) rp.shape[i] = shape[i];
+    ML_TRACE(replay_reshape, 1, &x, o, &rp);
     *out = o;
     return ML_OK;
 }
@@ -90,6 +146,9 @@ ml_status ml_permute(ml_tensor **out, ml_tensor *x, const int *perm) {
         }
         for (int d = 0; d < nd; d++) node->iparams[d] = p[d];
     }
+    permute_params pp;
+    for (int d = 0; d < nd; d++) pp.perm[d] = p[d];
+    ML_TRACE(replay_permute, 1, &x, o, &pp);
     *out = o;
     return ML_OK;
 }
@@ -154,6 +213,8 @@ ml_status ml_concat(ml_tensor **out, int n, ml_tensor *const *xs, int axis) {
         }
         node->iparams[0] = a;
     }
+    concat_params cp = {n, a};
+    ML_TRACE(replay_concat, n, xs, o, &cp);
     *out = o;
     return ML_OK;
 }
@@ -206,6 +267,8 @@ ml_status ml_narrow(ml_tensor **out, ml_tensor *x, int axis, int64_t start, int6
         node->iparams[0] = a;
         node->iparams[1] = start;
     }
+    range_params rp = {a, start, length};
+    ML_TRACE(replay_narrow, 1, &x, o, &rp);
     *out = o;
     return ML_OK;
 }
@@ -240,6 +303,8 @@ ml_status ml_pad_axis(ml_tensor **out, ml_tensor *x, int axis, int64_t start, in
         node->iparams[0] = a;
         node->iparams[1] = start;
     }
+    range_params rp = {a, start, size};
+    ML_TRACE(replay_pad_axis, 1, &x, o, &rp);
     *out = o;
     return ML_OK;
 }
@@ -313,6 +378,7 @@ static ml_status gather_like(ml_tensor **out, ml_tensor *x, int n, const int64_t
         }
         node->iparams[0] = a;
     }
+    trace_indexed(replay_gather, x, o, a, scatter, n, size, idx);
     *out = o;
     return ML_OK;
 }
@@ -379,6 +445,7 @@ ml_status ml_pick(ml_tensor **out, ml_tensor *x, int64_t n, const int64_t *label
             return st;
         }
     }
+    trace_indexed(replay_pick, x, o, 0, 0, (int)n, 0, labels);
     *out = o;
     return ML_OK;
 }

@@ -142,9 +142,32 @@ static ml_status build_state(ml_optimizer *opt, int n, ml_tensor *const *params)
     return ML_OK;
 }
 
+typedef struct { ml_optimizer *opt; int n; } step_params;
+static ml_status replay_step(ml_tensor **out, ml_tensor **in, const void *p) {
+    const step_params *s = p;
+    *out = NULL;
+    return ml_optimizer_step(s->opt, s->n, in, in + s->n);
+}
+
 ml_status ml_optimizer_step(ml_optimizer *opt, int n, ml_tensor *const *params,
                             ml_tensor *const *grads) {
     if (!opt) return ml_set_error(ML_ERR_VALUE, "optimizer is NULL");
+    if (ml__trace_active && n > 0 && params && grads) {
+        /* recorded as one in-place entry over params then grads (the trace keeps the
+         * optimizer's address: the caller keeps the optimizer alive while it replays) */
+        ml_tensor **both = malloc((size_t)2 * (size_t)n * sizeof *both);
+        if (!both) return ml_set_error(ML_ERR_OOM, "out of memory");
+        memcpy(both, params, (size_t)n * sizeof *both);
+        memcpy(both + n, grads, (size_t)n * sizeof *both);
+        ml_trace *saved = ml__trace_active;
+        ml__trace_active = NULL; /* the step itself runs untraced */
+        ml_status st = ml_optimizer_step(opt, n, params, grads);
+        ml__trace_active = saved;
+        step_params sp = {opt, n};
+        if (st == ML_OK) ML_TRACE(replay_step, 2 * n, both, NULL, &sp);
+        free(both);
+        return st;
+    }
     ml_status st = check_step(opt, n, params, grads);
     if (st) return st;
     if (!opt->n_params && (st = build_state(opt, n, params))) return st;

@@ -1,11 +1,355 @@
-/* memory.c — binding of the knowledge memory (csrc/memory/). */
+/* memory.c — binding of the knowledge memory (csrc/memory/): _core.KnowledgeMemory.
+ * Queries and updates take array-likes (or Tensors) of shape (n, key_size) and return NumPy
+ * arrays; read and loss take Tensors and return recorded Tensors. The GIL is released while
+ * a large search or update runs (the C memory has its own lock). */
 #include "binding.h"
+
+typedef struct {
+    PyObject_HEAD
+    ml_memory *mem;
+} MemoryObject;
+
+static PyTypeObject MemoryType;
+
+static int Memory_init(MemoryObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"capacity", "key_size", "payload_size", "seed", NULL};
+    long long capacity, key_size, payload_size = 0;
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LL|LK:KnowledgeMemory", kwlist, &capacity,
+                                     &key_size, &payload_size, &seed))
+        return -1;
+    ml_memory *m = NULL;
+    ml_status st = ml_memory_new(&m, capacity, key_size, payload_size, seed);
+    if (st) {
+        raise_status(st);
+        return -1;
+    }
+    ml_memory_free(self->mem);
+    self->mem = m;
+    return 0;
+}
+
+static void Memory_dealloc(MemoryObject *self) {
+    ml_memory_free(self->mem);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int ready(MemoryObject *self) {
+    if (self->mem) return 1;
+    PyErr_SetString(PyExc_RuntimeError, "KnowledgeMemory was not initialised");
+    return 0;
+}
+
+/* Queries as an (n, key_size) float32 tensor (a new reference). */
+static ml_tensor *as_queries(MemoryObject *self, PyObject *q, const char *what) {
+    ml_tensor *t = as_ml(q, what);
+    if (!t) return NULL;
+    int64_t d = ml_memory_key_size(self->mem);
+    if (t->ndim != 2 || t->shape[1] != d) {
+        PyErr_Format(PyExc_ValueError, "%s: expected queries of shape (n, %lld), got %s", what,
+                     (long long)d, ML_SHAPE_STR(t));
+        ml_release(t);
+        return NULL;
+    }
+    return t;
+}
+
+/* Labels as int64, one per query. */
+static PyArrayObject *as_labels(PyObject *labels, int64_t n, const char *what) {
+    PyArrayObject *a = to_index_array(labels, what);
+    if (!a) return NULL;
+    if (PyArray_SIZE(a) != n || PyArray_NDIM(a) > 1) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %lld labels (one per query), got an array of "
+                     "%zd", what, (long long)n, (Py_ssize_t)PyArray_SIZE(a));
+        Py_DECREF(a);
+        return NULL;
+    }
+    return a;
+}
+
+static PyObject *Memory_query(MemoryObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"q", "k", NULL};
+    PyObject *qo;
+    long long k = 1;
+    if (!ready(self) || !PyArg_ParseTupleAndKeywords(args, kw, "O|L:query", kwlist, &qo, &k))
+        return NULL;
+    ml_tensor *q = as_queries(self, qo, "KnowledgeMemory.query");
+    if (!q) return NULL;
+    int64_t n = q->shape[0], p = ml_memory_payload_size(self->mem);
+    int64_t cap = ml_memory_capacity(self->mem);
+    if (k < 1 || k > cap) {
+        ml_release(q);
+        return PyErr_Format(PyExc_ValueError, "KnowledgeMemory.query: k must be in [1, "
+                            "capacity=%lld], got %lld", (long long)cap, k);
+    }
+    npy_intp d2[2] = {(npy_intp)n, (npy_intp)k}, d3[3] = {(npy_intp)n, (npy_intp)k, (npy_intp)p};
+    PyObject *idx = PyArray_SimpleNew(2, d2, NPY_INT64);
+    PyObject *sim = PyArray_SimpleNew(2, d2, NPY_FLOAT32);
+    PyObject *lab = PyArray_SimpleNew(2, d2, NPY_INT64);
+    PyObject *pay = PyArray_ZEROS(3, d3, NPY_FLOAT32, 0);
+    PyObject *result = NULL;
+    if (idx && sim && lab && pay) {
+        ml_status st;
+        ml_memory *m = self->mem;
+        CALL(st, n * ml_memory_size(m) * ml_memory_key_size(m),
+             ml_memory_query(m, n, q->data, k, PyArray_DATA((PyArrayObject *)idx),
+                             PyArray_DATA((PyArrayObject *)sim),
+                             PyArray_DATA((PyArrayObject *)lab),
+                             p ? PyArray_DATA((PyArrayObject *)pay) : NULL));
+        if (st) raise_status(st);
+        else result = PyTuple_Pack(4, idx, sim, lab, pay);
+    }
+    Py_XDECREF(idx);
+    Py_XDECREF(sim);
+    Py_XDECREF(lab);
+    Py_XDECREF(pay);
+    ml_release(q);
+    return result;
+}
+
+static PyObject *Memory_update(MemoryObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"q", "labels", "payloads", NULL};
+    PyObject *qo, *lo, *po = Py_None;
+    if (!ready(self) ||
+        !PyArg_ParseTupleAndKeywords(args, kw, "OO|O:update", kwlist, &qo, &lo, &po))
+        return NULL;
+    const char *what = "KnowledgeMemory.update";
+    ml_tensor *q = as_queries(self, qo, what), *pay = NULL;
+    if (!q) return NULL;
+    int64_t n = q->shape[0], p = ml_memory_payload_size(self->mem);
+    PyArrayObject *labels = as_labels(lo, n, what);
+    if (!labels) goto fail;
+    if (po != Py_None) {
+        if (p == 0) {
+            PyErr_Format(PyExc_ValueError, "%s: the memory has payload_size=0; payloads must be "
+                         "None", what);
+            goto fail;
+        }
+        if (!(pay = as_ml(po, what))) goto fail;
+        if (pay->numel != n * p || (pay->ndim != 2 && !(pay->ndim == 1 && n == 1)) ||
+            (pay->ndim == 2 && pay->shape[0] != n)) {
+            PyErr_Format(PyExc_ValueError, "%s: expected payloads of shape (%lld, %lld), got %s",
+                         what, (long long)n, (long long)p, ML_SHAPE_STR(pay));
+            goto fail;
+        }
+    }
+    ml_status st;
+    ml_memory *m = self->mem;
+    CALL(st, n * ml_memory_size(m) * ml_memory_key_size(m),
+         ml_memory_update(m, n, q->data, PyArray_DATA(labels), pay ? pay->data : NULL));
+    ml_release(q);
+    ml_release(pay);
+    Py_DECREF(labels);
+    if (st) return raise_status(st);
+    Py_RETURN_NONE;
+fail:
+    ml_release(q);
+    ml_release(pay);
+    Py_XDECREF(labels);
+    return NULL;
+}
+
+static PyObject *Memory_read(MemoryObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"q", "k", "temperature", "payload", NULL};
+    PyObject *qo;
+    long long k = 1;
+    float temperature = 1.0f;
+    int want_payload = 1;
+    if (!ready(self) || !PyArg_ParseTupleAndKeywords(args, kw, "O|Lfp:read", kwlist, &qo, &k,
+                                                     &temperature, &want_payload))
+        return NULL;
+    ml_tensor *q = as_queries(self, qo, "KnowledgeMemory.read");
+    if (!q) return NULL;
+    ml_tensor *out = NULL, *w = NULL;
+    int payload = want_payload && ml_memory_payload_size(self->mem) > 0;
+    ml_status st = ml_memory_read(payload ? &out : NULL, &w, self->mem, q, k, temperature);
+    ml_release(q);
+    if (st) return raise_status(st);
+    PyObject *wo = wrap(w);
+    if (!wo) {
+        ml_release(out);
+        return NULL;
+    }
+    if (!payload) return Py_BuildValue("(ON)", Py_None, wo);
+    PyObject *oo = wrap(out);
+    if (!oo) {
+        Py_DECREF(wo);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", oo, wo);
+}
+
+static PyObject *Memory_loss(MemoryObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"q", "labels", "k", "margin", NULL};
+    PyObject *qo, *lo;
+    long long k = 1;
+    float margin = 0.1f;
+    if (!ready(self) ||
+        !PyArg_ParseTupleAndKeywords(args, kw, "OO|Lf:loss", kwlist, &qo, &lo, &k, &margin))
+        return NULL;
+    const char *what = "KnowledgeMemory.loss";
+    ml_tensor *q = as_queries(self, qo, what);
+    if (!q) return NULL;
+    int64_t n = q->shape[0];
+    PyArrayObject *labels = as_labels(lo, n, what);
+    if (!labels) {
+        ml_release(q);
+        return NULL;
+    }
+    ml_tensor *out = NULL;
+    ml_status st = ml_memory_loss(&out, self->mem, q, n, PyArray_DATA(labels), k, margin);
+    ml_release(q);
+    Py_DECREF(labels);
+    return wrap_status(st, &out);
+}
+
+static PyObject *Memory_save(MemoryObject *self, PyObject *arg) {
+    PyObject *bytes = NULL;
+    if (!ready(self) || !PyUnicode_FSConverter(arg, &bytes)) return NULL;
+    ml_status st;
+    ml_memory *m = self->mem;
+    const char *path = PyBytes_AS_STRING(bytes);
+    Py_BEGIN_ALLOW_THREADS st = ml_memory_save(m, path);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(bytes);
+    if (st) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Memory_load(MemoryObject *self, PyObject *arg) {
+    PyObject *bytes = NULL;
+    if (!ready(self) || !PyUnicode_FSConverter(arg, &bytes)) return NULL;
+    ml_status st;
+    ml_memory *m = self->mem;
+    const char *path = PyBytes_AS_STRING(bytes);
+    Py_BEGIN_ALLOW_THREADS st = ml_memory_load(m, path);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(bytes);
+    if (st) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Memory_open(PyObject *cls, PyObject *arg) {
+    PyObject *bytes = NULL;
+    if (!PyUnicode_FSConverter(arg, &bytes)) return NULL;
+    ml_memory *m = NULL;
+    ml_status st;
+    const char *path = PyBytes_AS_STRING(bytes);
+    Py_BEGIN_ALLOW_THREADS st = ml_memory_open(&m, path);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(bytes);
+    if (st) return raise_status(st);
+    MemoryObject *o = (MemoryObject *)((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, 0);
+    if (!o) {
+        ml_memory_free(m);
+        return NULL;
+    }
+    o->mem = m;
+    return (PyObject *)o;
+}
+
+static PyObject *Memory_clear(MemoryObject *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    ml_status st = ml_memory_clear(self->mem);
+    if (st) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+/* (keys (m, d), labels (m,), ages (m,), payloads (m, p)): copies of the whole slabs. */
+static PyObject *Memory_state(MemoryObject *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    ml_memory *m = self->mem;
+    npy_intp cap = (npy_intp)ml_memory_capacity(m);
+    npy_intp dk[2] = {cap, (npy_intp)ml_memory_key_size(m)}, d1[1] = {cap},
+             dp[2] = {cap, (npy_intp)ml_memory_payload_size(m)};
+    PyObject *keys = PyArray_SimpleNew(2, dk, NPY_FLOAT32);
+    PyObject *labels = PyArray_SimpleNew(1, d1, NPY_INT64);
+    PyObject *ages = PyArray_SimpleNew(1, d1, NPY_INT64);
+    PyObject *pay = PyArray_ZEROS(2, dp, NPY_FLOAT32, 0);
+    PyObject *result = NULL;
+    if (keys && labels && ages && pay) {
+        ml_status st = ml_memory_get(m, PyArray_DATA((PyArrayObject *)keys),
+                                     PyArray_DATA((PyArrayObject *)labels),
+                                     PyArray_DATA((PyArrayObject *)ages),
+                                     dp[1] ? PyArray_DATA((PyArrayObject *)pay) : NULL);
+        if (st) raise_status(st);
+        else result = PyTuple_Pack(4, keys, labels, ages, pay);
+    }
+    Py_XDECREF(keys);
+    Py_XDECREF(labels);
+    Py_XDECREF(ages);
+    Py_XDECREF(pay);
+    return result;
+}
+
+static Py_ssize_t Memory_len(MemoryObject *self) {
+    if (!ready(self)) return -1;
+    return (Py_ssize_t)ml_memory_size(self->mem);
+}
+
+#define GETTER(name, expr)                                               \
+    static PyObject *Memory_get_##name(MemoryObject *self, void *c) {    \
+        if (!ready(self)) return NULL;                                   \
+        return expr;                                                     \
+    }
+GETTER(capacity, PyLong_FromLongLong(ml_memory_capacity(self->mem)))
+GETTER(key_size, PyLong_FromLongLong(ml_memory_key_size(self->mem)))
+GETTER(payload_size, PyLong_FromLongLong(ml_memory_payload_size(self->mem)))
+GETTER(size, PyLong_FromLongLong(ml_memory_size(self->mem)))
+GETTER(occupancy, PyFloat_FromDouble(ml_memory_occupancy(self->mem)))
+#undef GETTER
+
+static PyGetSetDef Memory_getset[] = {
+    {"capacity", (getter)Memory_get_capacity, NULL, "number of slots", NULL},
+    {"key_size", (getter)Memory_get_key_size, NULL, "size of a key", NULL},
+    {"payload_size", (getter)Memory_get_payload_size, NULL, "size of a payload (0: none)", NULL},
+    {"size", (getter)Memory_get_size, NULL, "number of occupied slots", NULL},
+    {"occupancy", (getter)Memory_get_occupancy, NULL, "size / capacity", NULL},
+    {NULL},
+};
+
+static PyMethodDef Memory_methods[] = {
+    {"query", (PyCFunction)(void (*)(void))Memory_query, METH_VARARGS | METH_KEYWORDS,
+     "query(q, k=1) -> (indices, similarities, labels, payloads): exact top-k cosine search"},
+    {"update", (PyCFunction)(void (*)(void))Memory_update, METH_VARARGS | METH_KEYWORDS,
+     "update(q, labels, payloads=None): the update rule of Kaiser et al. 2017"},
+    {"read", (PyCFunction)(void (*)(void))Memory_read, METH_VARARGS | METH_KEYWORDS,
+     "read(q, k=1, temperature=1.0, payload=True) -> (payload read or None, weights)"},
+    {"loss", (PyCFunction)(void (*)(void))Memory_loss, METH_VARARGS | METH_KEYWORDS,
+     "loss(q, labels, k=1, margin=0.1) -> per-query memory loss (recorded)"},
+    {"save", (PyCFunction)Memory_save, METH_O, "save(path): checked, atomic"},
+    {"load", (PyCFunction)Memory_load, METH_O, "load(path): checked; unchanged on failure"},
+    {"open", (PyCFunction)Memory_open, METH_O | METH_CLASS, "open(path) -> a new memory"},
+    {"clear", (PyCFunction)Memory_clear, METH_NOARGS, "empties every slot, reseeds"},
+    {"state", (PyCFunction)Memory_state, METH_NOARGS,
+     "state() -> (keys, labels, ages, payloads): copies of every slot"},
+    {NULL},
+};
+
+static PySequenceMethods Memory_as_sequence = {
+    .sq_length = (lenfunc)Memory_len,
+};
+
+static PyTypeObject MemoryType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "metalearn._core.KnowledgeMemory",
+    .tp_basicsize = sizeof(MemoryObject),
+    .tp_dealloc = (destructor)Memory_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "KnowledgeMemory(capacity, key_size, payload_size=0, seed=0): the key-value "
+              "memory of Kaiser et al. 2017 (C core)",
+    .tp_methods = Memory_methods,
+    .tp_getset = Memory_getset,
+    .tp_as_sequence = &Memory_as_sequence,
+    .tp_init = (initproc)Memory_init,
+    .tp_new = PyType_GenericNew,
+};
 
 PyMethodDef ml_memory_methods[] = {
     {NULL},
 };
 
 int ml_memory_init(PyObject *module) {
-    (void)module;
-    return 0;
+    if (PyType_Ready(&MemoryType) < 0) return -1;
+    return PyModule_AddObjectRef(module, "KnowledgeMemory", (PyObject *)&MemoryType);
 }

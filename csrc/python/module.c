@@ -8,6 +8,11 @@
 #define ML_BINDING_MAIN
 #include "binding.h"
 
+#include <unistd.h>
+
+/* a list while a trace records (GIL-protected): optimizers stepped inside are kept alive */
+static PyObject *tracing_keepalive;
+
 /* ------------------------------------------------------------------ errors */
 
 PyObject *raise_status(ml_status st) {
@@ -1668,6 +1673,7 @@ static PyObject *Optimizer_step(OptimizerObject *self, PyObject *args) {
         raise_status(st);
         goto done;
     }
+    if (tracing_keepalive && PyList_Append(tracing_keepalive, (PyObject *)self) < 0) goto done;
     result = Py_None;
     Py_INCREF(result);
 done:
@@ -1758,6 +1764,245 @@ static PyTypeObject OptimizerType = {
     .tp_getset = Optimizer_getset,
 };
 
+/* ------------------------------------------------------------------- traces */
+
+/* A recorded computation (metalearn.function builds on it). Optimizers stepped while
+ * recording are kept alive by the trace, since replays step them again. */
+typedef struct {
+    PyObject_HEAD
+    ml_trace *trace;
+    PyObject *keepalive; /* list */
+} TraceObject;
+
+static PyTypeObject TraceType;
+
+static void Trace_dealloc(TraceObject *self) {
+    ml_trace_free(self->trace);
+    Py_XDECREF(self->keepalive);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static ml_tensor **tensor_seq(PyObject *obj, Py_ssize_t *n, const char *what) {
+    PyObject *seq = PySequence_Fast(obj, what);
+    if (!seq) return NULL;
+    *n = PySequence_Fast_GET_SIZE(seq);
+    ml_tensor **ts = PyMem_Calloc((size_t)(*n ? *n : 1), sizeof *ts);
+    if (!ts) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < *n; i++) {
+        PyObject *it = PySequence_Fast_GET_ITEM(seq, i);
+        if (it == Py_None) continue;
+        if (!Tensor_Check(it)) {
+            PyErr_Format(PyExc_TypeError, "%s: item %zd must be a Tensor, got %.100s", what, i,
+                         type_name(it));
+            PyMem_Free(ts);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        ts[i] = T(it);
+    }
+    Py_DECREF(seq);
+    return ts;
+}
+
+static PyObject *mod_trace_begin(PyObject *m, PyObject *inputs) {
+    Py_ssize_t n;
+    ml_tensor **ts = tensor_seq(inputs, &n, "trace_begin");
+    if (!ts) return NULL;
+    TraceObject *tr = PyObject_New(TraceObject, &TraceType);
+    if (!tr) {
+        PyMem_Free(ts);
+        return NULL;
+    }
+    tr->trace = NULL;
+    tr->keepalive = PyList_New(0);
+    ml_status st = tr->keepalive ? ml_trace_begin(&tr->trace, (int)n, ts) : ML_ERR_OOM;
+    PyMem_Free(ts);
+    if (st) {
+        Py_DECREF(tr);
+        return raise_status(st);
+    }
+    Py_XSETREF(tracing_keepalive, tr->keepalive);
+    Py_INCREF(tracing_keepalive);
+    return (PyObject *)tr;
+}
+
+static PyObject *mod_trace_end(PyObject *m, PyObject *args) {
+    TraceObject *tr;
+    PyObject *outputs;
+    if (!PyArg_ParseTuple(args, "O!O:trace_end", &TraceType, &tr, &outputs)) return NULL;
+    Py_CLEAR(tracing_keepalive);
+    Py_ssize_t n;
+    ml_tensor **ts = tensor_seq(outputs, &n, "trace_end");
+    if (!ts) {
+        ml_trace_abort(tr->trace);
+        return NULL;
+    }
+    ml_status st = ml_trace_end(tr->trace, (int)n, ts);
+    PyMem_Free(ts);
+    if (st) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_trace_abort(PyObject *m, PyObject *arg) {
+    if (!PyObject_TypeCheck(arg, &TraceType)) {
+        PyErr_SetString(PyExc_TypeError, "trace_abort expects a trace");
+        return NULL;
+    }
+    Py_CLEAR(tracing_keepalive);
+    ml_trace_abort(((TraceObject *)arg)->trace);
+    Py_RETURN_NONE;
+}
+
+static PyObject *outputs_list(ml_tensor **outs, int n) {
+    PyObject *list = PyList_New(n);
+    for (int o = 0; o < n; o++) {
+        PyObject *w = outs[o] ? wrap(outs[o]) : (Py_INCREF(Py_None), Py_None);
+        outs[o] = NULL;
+        if (!list || !w) {
+            Py_XDECREF(w);
+            continue;
+        }
+        PyList_SET_ITEM(list, o, w);
+    }
+    for (int o = 0; o < n; o++) ml_release(outs[o]);
+    if (list && PyErr_Occurred()) Py_CLEAR(list);
+    return list;
+}
+
+/* trace_replay(trace, inputs) -> list of output Tensors */
+static PyObject *mod_trace_replay(PyObject *m, PyObject *args) {
+    TraceObject *tr;
+    PyObject *inputs;
+    if (!PyArg_ParseTuple(args, "O!O:trace_replay", &TraceType, &tr, &inputs)) return NULL;
+    Py_ssize_t n;
+    ml_tensor **ts = tensor_seq(inputs, &n, "trace_replay");
+    if (!ts) return NULL;
+    if (n != ml_trace_n_inputs(tr->trace)) {
+        PyMem_Free(ts);
+        PyErr_Format(PyExc_ValueError, "replay: %zd inputs for a trace of %d", n,
+                     ml_trace_n_inputs(tr->trace));
+        return NULL;
+    }
+    int n_out = ml_trace_n_outputs(tr->trace);
+    ml_tensor **outs = PyMem_Calloc((size_t)(n_out ? n_out : 1), sizeof *outs);
+    if (!outs) {
+        PyMem_Free(ts);
+        return PyErr_NoMemory();
+    }
+    ml_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = ml_trace_replay(tr->trace, ts, outs);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(ts);
+    PyObject *r = st ? raise_status(st) : outputs_list(outs, n_out);
+    PyMem_Free(outs);
+    return r;
+}
+
+static int ml_num_threads_value = 0; /* 0: not set yet */
+
+static int num_threads(void) {
+    if (ml_num_threads_value > 0) return ml_num_threads_value;
+    const char *env = getenv("METALEARN_NUM_THREADS");
+    long v = env ? strtol(env, NULL, 10) : 0;
+    if (v <= 0) v = sysconf(_SC_NPROCESSORS_ONLN);
+    ml_num_threads_value = v > 0 ? (int)(v > 64 ? 64 : v) : 1;
+    return ml_num_threads_value;
+}
+
+/* trace_replay_many(trace, [inputs per call], n_threads=None) -> [[outputs] per call] */
+static PyObject *mod_trace_replay_many(PyObject *m, PyObject *args) {
+    TraceObject *tr;
+    PyObject *calls;
+    int n_threads = 0;
+    if (!PyArg_ParseTuple(args, "O!O|i:trace_replay_many", &TraceType, &tr, &calls, &n_threads))
+        return NULL;
+    if (n_threads <= 0) n_threads = num_threads();
+    PyObject *seq = PySequence_Fast(calls, "trace_replay_many: expected a list of input lists");
+    if (!seq) return NULL;
+    Py_ssize_t n_calls = PySequence_Fast_GET_SIZE(seq);
+    int n_in = ml_trace_n_inputs(tr->trace), n_out = ml_trace_n_outputs(tr->trace);
+    ml_tensor **ins = PyMem_Calloc((size_t)(n_calls * n_in + 1), sizeof *ins);
+    ml_tensor **outs = PyMem_Calloc((size_t)(n_calls * n_out + 1), sizeof *outs);
+    PyObject *result = NULL;
+    if (!ins || !outs) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t c = 0; c < n_calls; c++) {
+        Py_ssize_t n;
+        ml_tensor **ts = tensor_seq(PySequence_Fast_GET_ITEM(seq, c), &n, "trace_replay_many");
+        if (!ts) goto done;
+        if (n != n_in) {
+            PyMem_Free(ts);
+            PyErr_Format(PyExc_ValueError, "replay: call %zd has %zd inputs, the trace takes %d", c,
+                         n, n_in);
+            goto done;
+        }
+        memcpy(ins + c * n_in, ts, (size_t)n_in * sizeof *ts);
+        PyMem_Free(ts);
+    }
+    ml_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = ml_trace_replay_many(tr->trace, (int)n_calls, ins, outs, n_threads);
+    Py_END_ALLOW_THREADS
+    if (st) {
+        raise_status(st);
+        goto done;
+    }
+    result = PyList_New(n_calls);
+    for (Py_ssize_t c = 0; result && c < n_calls; c++) {
+        PyObject *l = outputs_list(outs + c * n_out, n_out);
+        if (!l) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyList_SET_ITEM(result, c, l);
+    }
+    for (Py_ssize_t i = 0; i < n_calls * n_out; i++) ml_release(outs[i]), outs[i] = NULL;
+done:
+    PyMem_Free(ins);
+    PyMem_Free(outs);
+    Py_DECREF(seq);
+    return result;
+}
+
+static PyObject *mod_trace_n_ops(PyObject *m, PyObject *arg) {
+    if (!PyObject_TypeCheck(arg, &TraceType)) {
+        PyErr_SetString(PyExc_TypeError, "trace_n_ops expects a trace");
+        return NULL;
+    }
+    return PyLong_FromLong(ml_trace_n_ops(((TraceObject *)arg)->trace));
+}
+
+static PyTypeObject TraceType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "metalearn._core.Trace",
+    .tp_basicsize = sizeof(TraceObject),
+    .tp_dealloc = (destructor)Trace_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A recorded computation, replayed from C (see metalearn.function).",
+};
+
+static PyObject *mod_set_num_threads(PyObject *m, PyObject *arg) {
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 1 || n > 64) {
+        PyErr_Format(PyExc_ValueError, "set_num_threads: n must be in [1, 64], got %ld", n);
+        return NULL;
+    }
+    ml_num_threads_value = (int)n;
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_get_num_threads(PyObject *m, PyObject *unused) {
+    return PyLong_FromLong(num_threads());
+}
+
 /* ------------------------------------------------------------------ module */
 
 #define KW (METH_VARARGS | METH_KEYWORDS)
@@ -1816,6 +2061,16 @@ static PyMethodDef module_methods[] = {
     {"save_tensors", F(mod_save_tensors), METH_VARARGS, "save_tensors(path, names, tensors)"},
     {"load_tensors", F(mod_load_tensors), METH_O, "load_tensors(path) -> [(name, ndarray)]"},
     {"kernel_name", F(mod_kernel_name), METH_NOARGS, "'avx2' or 'portable'"},
+    {"trace_begin", F(mod_trace_begin), METH_O, "trace_begin(inputs) -> Trace (records this thread's ops)"},
+    {"trace_end", F(mod_trace_end), METH_VARARGS, "trace_end(trace, outputs)"},
+    {"trace_abort", F(mod_trace_abort), METH_O, "trace_abort(trace): stop recording"},
+    {"trace_replay", F(mod_trace_replay), METH_VARARGS, "trace_replay(trace, inputs) -> outputs"},
+    {"trace_replay_many", F(mod_trace_replay_many), METH_VARARGS,
+     "trace_replay_many(trace, calls, n_threads=0) -> outputs per call, over threads"},
+    {"trace_n_ops", F(mod_trace_n_ops), METH_O, "number of recorded ops"},
+    {"set_num_threads", F(mod_set_num_threads), METH_O,
+     "set_num_threads(n): threads for task-parallel replays (env METALEARN_NUM_THREADS)"},
+    {"get_num_threads", F(mod_get_num_threads), METH_NOARGS, "threads for task-parallel replays"},
     {"SGD", F(mod_SGD), KW, "SGD(learning_rate=0.01, momentum=0.0, nesterov=False)"},
     {"Adam", F(mod_Adam), KW,
      "Adam(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False)"},
@@ -1830,7 +2085,9 @@ static struct PyModuleDef core_module = {
 
 PyMODINIT_FUNC PyInit__core(void) {
     import_array();
-    if (PyType_Ready(&TensorType) < 0 || PyType_Ready(&OptimizerType) < 0) return NULL;
+    if (PyType_Ready(&TensorType) < 0 || PyType_Ready(&OptimizerType) < 0 ||
+        PyType_Ready(&TraceType) < 0)
+        return NULL;
     /* NumPy defers to Tensor's reflected operators (ndarray + Tensor -> Tensor) */
     if (PyDict_SetItemString(TensorType.tp_dict, "__array_ufunc__", Py_None) < 0) return NULL;
     PyType_Modified(&TensorType);

@@ -1,6 +1,197 @@
 /* nn.c — binding of the neural-network layer ops (conv, pooling, normalisation). */
 #include "binding.h"
 
+#include <strings.h>
+
+/* int or pair of ints -> (a, b); positive values only are checked by the C core. */
+static int parse_pair(PyObject *obj, int *a, int *b, const char *fn, const char *what) {
+    if (PyLong_Check(obj)) {
+        long v = PyLong_AsLong(obj);
+        if (v == -1 && PyErr_Occurred()) return -1;
+        if (v < -0x7fffffffL || v > 0x7fffffffL) goto bad;
+        *a = *b = (int)v;
+        return 0;
+    }
+    if (PyTuple_Check(obj) || PyList_Check(obj)) {
+        PyObject *seq = PySequence_Fast(obj, what);
+        if (!seq) return -1;
+        if (PySequence_Fast_GET_SIZE(seq) != 2) {
+            Py_DECREF(seq);
+            goto bad;
+        }
+        long v[2];
+        for (int i = 0; i < 2; i++) {
+            PyObject *it = PySequence_Fast_GET_ITEM(seq, i);
+            if (!PyLong_Check(it)) {
+                Py_DECREF(seq);
+                goto bad;
+            }
+            v[i] = PyLong_AsLong(it);
+            if ((v[i] == -1 && PyErr_Occurred()) || v[i] < -0x7fffffffL || v[i] > 0x7fffffffL) {
+                Py_DECREF(seq);
+                PyErr_Clear();
+                goto bad;
+            }
+        }
+        Py_DECREF(seq);
+        *a = (int)v[0];
+        *b = (int)v[1];
+        return 0;
+    }
+bad:
+    PyErr_Format(PyExc_ValueError, "%s: %s must be an int or a pair of ints, got %R", fn, what, obj);
+    return -1;
+}
+
+static int parse_padding(PyObject *obj, ml_padding *p, const char *fn) {
+    const char *s = PyUnicode_Check(obj) ? PyUnicode_AsUTF8(obj) : NULL;
+    if (s && !strcasecmp(s, "valid")) *p = ML_PAD_VALID;
+    else if (s && !strcasecmp(s, "same")) *p = ML_PAD_SAME;
+    else {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "%s: padding must be 'valid' or 'same', got %R", fn, obj);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *nn_conv2d(PyObject *m, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"x", "kernel", "bias", "strides", "padding", NULL};
+    PyObject *xo, *ko, *bo = Py_None, *so = NULL, *po = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOO:conv2d", kwlist, &xo, &ko, &bo, &so, &po))
+        return NULL;
+    int sh = 1, sw = 1;
+    ml_padding pad = ML_PAD_VALID;
+    if (so && so != Py_None && parse_pair(so, &sh, &sw, "conv2d", "strides") < 0) return NULL;
+    if (po && parse_padding(po, &pad, "conv2d") < 0) return NULL;
+    ml_tensor *x = as_ml(xo, "conv2d"), *k = x ? as_ml(ko, "conv2d") : NULL, *b = NULL;
+    if (k && bo != Py_None) b = as_ml(bo, "conv2d");
+    if (!k || (bo != Py_None && !b)) {
+        ml_release(x);
+        ml_release(k);
+        return NULL;
+    }
+    ml_tensor *out = NULL;
+    ml_status st;
+    int64_t work = x->numel * (k->ndim == 4 ? k->shape[0] * k->shape[1] * k->shape[3] : 1);
+    CALL(st, work, ml_conv2d(&out, x, k, b, sh, sw, pad));
+    ml_release(x);
+    ml_release(k);
+    ml_release(b);
+    return wrap_status(st, &out);
+}
+
+typedef ml_status (*pool_fn)(ml_tensor **, ml_tensor *, int, int, int, int, ml_padding);
+
+static PyObject *pool(PyObject *args, PyObject *kwds, pool_fn fn, const char *name,
+                      const char *fmt) {
+    static char *kwlist[] = {"x", "pool_size", "strides", "padding", NULL};
+    PyObject *xo, *ps = NULL, *so = NULL, *po = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, fmt, kwlist, &xo, &ps, &so, &po)) return NULL;
+    int ph = 2, pw = 2, sh, sw;
+    ml_padding pad = ML_PAD_VALID;
+    if (ps && ps != Py_None && parse_pair(ps, &ph, &pw, name, "pool_size") < 0) return NULL;
+    sh = ph;
+    sw = pw;
+    if (so && so != Py_None && parse_pair(so, &sh, &sw, name, "strides") < 0) return NULL;
+    if (po && parse_padding(po, &pad, name) < 0) return NULL;
+    ml_tensor *x = as_ml(xo, name);
+    if (!x) return NULL;
+    ml_tensor *out = NULL;
+    ml_status st;
+    CALL(st, x->numel * 2, fn(&out, x, ph, pw, sh, sw, pad));
+    ml_release(x);
+    return wrap_status(st, &out);
+}
+
+static PyObject *nn_max_pool2d(PyObject *m, PyObject *args, PyObject *kwds) {
+    return pool(args, kwds, ml_max_pool2d, "max_pool2d", "O|OOO:max_pool2d");
+}
+static PyObject *nn_avg_pool2d(PyObject *m, PyObject *args, PyObject *kwds) {
+    return pool(args, kwds, ml_avg_pool2d, "avg_pool2d", "O|OOO:avg_pool2d");
+}
+
+static PyObject *nn_global_avg_pool2d(PyObject *m, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"x", "keepdims", NULL};
+    PyObject *xo;
+    int keep = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p:global_avg_pool2d", kwlist, &xo, &keep))
+        return NULL;
+    ml_tensor *x = as_ml(xo, "global_avg_pool2d");
+    if (!x) return NULL;
+    ml_tensor *out = NULL;
+    ml_status st;
+    CALL(st, x->numel, ml_global_avg_pool2d(&out, x, keep));
+    ml_release(x);
+    return wrap_status(st, &out);
+}
+
+/* None -> NULL; a Tensor or array-like -> a new reference; *err set on failure. */
+static ml_tensor *optional(PyObject *o, const char *what, int *err) {
+    if (!o || o == Py_None) return NULL;
+    ml_tensor *t = as_ml(o, what);
+    if (!t) *err = 1;
+    return t;
+}
+
+static PyObject *nn_batch_norm(PyObject *m, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"x", "gamma", "beta", "moving_mean", "moving_variance", "training",
+                             "momentum", "epsilon", "axis", NULL};
+    PyObject *xo, *go = Py_None, *bo = Py_None, *mmo = Py_None, *mvo = Py_None;
+    int training = 0, axis = -1;
+    double momentum = 0.99, epsilon = 1e-3;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOOOpddi:batch_norm", kwlist, &xo, &go, &bo,
+                                     &mmo, &mvo, &training, &momentum, &epsilon, &axis))
+        return NULL;
+    if (training) {
+        /* the moving statistics are updated in place: a converted copy would lose it */
+        if ((mmo != Py_None && !Tensor_Check(mmo)) || (mvo != Py_None && !Tensor_Check(mvo))) {
+            PyErr_SetString(PyExc_TypeError, "batch_norm: in training mode moving_mean and "
+                            "moving_variance must be Tensors (they are updated in place) or None");
+            return NULL;
+        }
+    }
+    int err = 0;
+    ml_tensor *x = optional(xo, "batch_norm", &err);
+    if (!x && !err) {
+        PyErr_SetString(PyExc_TypeError, "batch_norm: expected a tensor or an array, got None");
+        return NULL;
+    }
+    ml_tensor *g = err ? NULL : optional(go, "batch_norm", &err);
+    ml_tensor *b = err ? NULL : optional(bo, "batch_norm", &err);
+    ml_tensor *mm = err ? NULL : optional(mmo, "batch_norm", &err);
+    ml_tensor *mv = err ? NULL : optional(mvo, "batch_norm", &err);
+    ml_tensor *out = NULL;
+    ml_status st = ML_OK;
+    if (!err)
+        CALL(st, x->numel * 4, ml_batch_norm(&out, x, g, b, mm, mv, training, (float)momentum,
+                                             (float)epsilon, axis));
+    ml_release(x);
+    ml_release(g);
+    ml_release(b);
+    ml_release(mm);
+    ml_release(mv);
+    if (err) return NULL;
+    return wrap_status(st, &out);
+}
+
 PyMethodDef ml_nn_methods[] = {
+    {"conv2d", (PyCFunction)(void (*)(void))nn_conv2d, METH_VARARGS | METH_KEYWORDS,
+     "conv2d(x, kernel, bias=None, strides=(1, 1), padding='valid')\n--\n\n"
+     "2-D convolution, channels-last: x (N, H, W, C), kernel (KH, KW, C, F), bias (F,)."},
+    {"max_pool2d", (PyCFunction)(void (*)(void))nn_max_pool2d, METH_VARARGS | METH_KEYWORDS,
+     "max_pool2d(x, pool_size=(2, 2), strides=None, padding='valid')\n--\n\n"
+     "Max pooling, channels-last; strides default to pool_size."},
+    {"avg_pool2d", (PyCFunction)(void (*)(void))nn_avg_pool2d, METH_VARARGS | METH_KEYWORDS,
+     "avg_pool2d(x, pool_size=(2, 2), strides=None, padding='valid')\n--\n\n"
+     "Average pooling, channels-last; with 'same' only elements inside the input count."},
+    {"global_avg_pool2d", (PyCFunction)(void (*)(void))nn_global_avg_pool2d,
+     METH_VARARGS | METH_KEYWORDS,
+     "global_avg_pool2d(x, keepdims=False)\n--\n\nMean over height and width of (N, H, W, C)."},
+    {"batch_norm", (PyCFunction)(void (*)(void))nn_batch_norm, METH_VARARGS | METH_KEYWORDS,
+     "batch_norm(x, gamma, beta, moving_mean, moving_variance, training, momentum=0.99, "
+     "epsilon=1e-3, axis=-1)\n--\n\n"
+     "Batch normalisation as Keras. training=True uses the batch's mean and biased variance "
+     "and updates the moving statistics in place (no gradient through that update)."},
     {NULL},
 };

@@ -19,6 +19,7 @@ from metalearn.tape import no_grad as _no_grad
 from metalearn.progress import Progbar
 
 from . import callbacks as _callbacks
+from .. import debugging as _debugging  # enable_check_numerics() hook in _train_step
 from . import layers as _layers
 from . import losses as _losses
 from . import metrics as _metrics
@@ -262,6 +263,8 @@ class Model(_layers.Layer):
         y_pred = self(xb, training=True)
         loss = self.compiled_loss(yb, y_pred, sample_weight)
         grads = _core.grad(loss, params, None, False, True)
+        if _debugging._numerics_checks:  # metalearn.debugging.enable_check_numerics()
+            _debugging._check_step(self, loss, grads, params, xb, yb)
         if any(g is None for g in grads):
             self.optimizer.apply_gradients(zip(grads, params))
         else:

@@ -1,0 +1,402 @@
+/* trace.c — record a computation once, replay it from C with new inputs.
+ *
+ * While a trace is active on a thread, every op that makes a tensor from data appends an
+ * entry {replay function, input slots, output slot, parameters}. Backward passes are made
+ * of the same public ops, so a traced function that calls ml_grad (even with create_graph,
+ * as second-order MAML does) is recorded as the flat list of forward, backward and
+ * double-backward ops. Tensors used by an entry that no entry made and that are not
+ * declared inputs are captured by reference (weights, constants): a replay reads their
+ * current values, so in-place weight updates between replays are seen.
+ *
+ * Replays run with grad mode off (nothing is recorded) and free each intermediate after
+ * its last use. ml_trace_replay_many runs independent calls (the tasks of a meta-batch)
+ * on several threads; each call's results are its own, so any reduction over calls the
+ * caller does in call order is independent of the thread count. */
+#include <pthread.h>
+#include <stdio.h>
+
+#include "internal.h"
+
+typedef struct trace_entry {
+    ml_replay_fn fn;
+    int n_in;
+    int32_t *in;      /* slots */
+    int32_t out;      /* slot, or -1 for in-place entries */
+    void *params;     /* owned copy */
+    size_t params_size;
+} trace_entry;
+
+struct ml_trace {
+    int n_inputs, n_outputs;
+    int64_t (*input_shapes)[ML_MAX_DIMS + 1];
+    int32_t *output_slots;
+    /* slots: 0..n_inputs-1 are inputs, then constants and entry outputs, in order */
+    int32_t n_slots, cap_slots;
+    ml_tensor **captured;     /* per slot: the constant (retained) or NULL */
+    int32_t *last_use;        /* per slot: last entry reading it (or n_entries for outputs) */
+    trace_entry *entries;
+    int32_t n_entries, cap_entries;
+    /* while recording: tensor pointer -> slot (every seen tensor is retained so an address
+     * cannot be reused by another tensor during the trace) */
+    ml_tensor **seen_keys;
+    int32_t *seen_vals;
+    size_t seen_cap, n_seen;
+    ml_status error;          /* first failure while recording */
+    int finished;
+};
+
+_Thread_local ml_trace *ml__trace_active;
+
+static size_t hash_ptr(const void *p, size_t cap) {
+    uint64_t x = (uint64_t)(uintptr_t)p;
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    return (size_t)x & (cap - 1);
+}
+
+static int32_t seen_get(const ml_trace *tr, const ml_tensor *t) {
+    if (!tr->seen_cap) return -1;
+    for (size_t i = hash_ptr(t, tr->seen_cap);; i = (i + 1) & (tr->seen_cap - 1)) {
+        if (tr->seen_keys[i] == t) return tr->seen_vals[i];
+        if (!tr->seen_keys[i]) return -1;
+    }
+}
+
+static int seen_put(ml_trace *tr, ml_tensor *t, int32_t slot) {
+    if ((tr->n_seen + 1) * 2 > tr->seen_cap) {
+        size_t cap = tr->seen_cap ? tr->seen_cap * 2 : 256;
+        ml_tensor **keys = calloc(cap, sizeof *keys);
+        int32_t *vals = malloc(cap * sizeof *vals);
+        if (!keys || !vals) {
+            free(keys);
+            free(vals);
+            return 0;
+        }
+        for (size_t i = 0; i < tr->seen_cap; i++) {
+            if (!tr->seen_keys[i]) continue;
+            size_t j = hash_ptr(tr->seen_keys[i], cap);
+            while (keys[j]) j = (j + 1) & (cap - 1);
+            keys[j] = tr->seen_keys[i];
+            vals[j] = tr->seen_vals[i];
+        }
+        free(tr->seen_keys);
+        free(tr->seen_vals);
+        tr->seen_keys = keys;
+        tr->seen_vals = vals;
+        tr->seen_cap = cap;
+    }
+    size_t i = hash_ptr(t, tr->seen_cap);
+    while (tr->seen_keys[i] && tr->seen_keys[i] != t) i = (i + 1) & (tr->seen_cap - 1);
+    if (!tr->seen_keys[i]) {
+        tr->n_seen++;
+        ml_retain(t);
+    }
+    tr->seen_keys[i] = t;
+    tr->seen_vals[i] = slot;
+    return 1;
+}
+
+static int32_t new_slot(ml_trace *tr, ml_tensor *captured) {
+    if (tr->n_slots == tr->cap_slots) {
+        int32_t cap = tr->cap_slots ? tr->cap_slots * 2 : 64;
+        ml_tensor **c = realloc(tr->captured, (size_t)cap * sizeof *c);
+        if (!c) return -1;
+        tr->captured = c;
+        tr->cap_slots = cap;
+    }
+    tr->captured[tr->n_slots] = captured;
+    if (captured) ml_retain(captured);
+    return tr->n_slots++;
+}
+
+static void fail(ml_trace *tr, ml_status st) {
+    if (tr->error == ML_OK) tr->error = st;
+}
+
+void ml__trace_fail(ml_status st) {
+    if (ml__trace_active) fail(ml__trace_active, st);
+}
+
+void ml__trace_record(ml_replay_fn fn, int n_in, ml_tensor *const *in, ml_tensor *out,
+                      const void *params, size_t params_size) {
+    ml_trace *tr = ml__trace_active;
+    if (!tr || tr->error) return;
+    if (tr->n_entries == tr->cap_entries) {
+        int32_t cap = tr->cap_entries ? tr->cap_entries * 2 : 128;
+        trace_entry *e = realloc(tr->entries, (size_t)cap * sizeof *e);
+        if (!e) return fail(tr, ml_set_error(ML_ERR_OOM, "out of memory while tracing"));
+        tr->entries = e;
+        tr->cap_entries = cap;
+    }
+    trace_entry *e = &tr->entries[tr->n_entries];
+    memset(e, 0, sizeof *e);
+    e->fn = fn;
+    e->n_in = n_in;
+    e->in = malloc((size_t)(n_in ? n_in : 1) * sizeof *e->in);
+    e->params = malloc(params_size ? params_size : 1);
+    if (!e->in || !e->params) {
+        free(e->in);
+        free(e->params);
+        return fail(tr, ml_set_error(ML_ERR_OOM, "out of memory while tracing"));
+    }
+    if (params_size) memcpy(e->params, params, params_size);
+    e->params_size = params_size;
+    for (int i = 0; i < n_in; i++) {
+        int32_t s = in[i] ? seen_get(tr, in[i]) : -1;
+        if (in[i] && s < 0) { /* not made inside the trace: a captured constant */
+            s = new_slot(tr, in[i]);
+            if (s < 0 || !seen_put(tr, in[i], s)) {
+                free(e->in);
+                free(e->params);
+                return fail(tr, ml_set_error(ML_ERR_OOM, "out of memory while tracing"));
+            }
+        }
+        e->in[i] = s; /* -1: an optional input given as NULL (a linear without bias) */
+    }
+    e->out = -1;
+    if (out) {
+        int32_t s = new_slot(tr, NULL);
+        if (s < 0 || !seen_put(tr, out, s)) {
+            free(e->in);
+            free(e->params);
+            return fail(tr, ml_set_error(ML_ERR_OOM, "out of memory while tracing"));
+        }
+        e->out = s;
+    }
+    tr->n_entries++;
+}
+
+ml_status ml_trace_begin(ml_trace **out, int n_inputs, ml_tensor *const *inputs) {
+    if (ml__trace_active)
+        return ml_set_error(ML_ERR_GRAPH, "a trace is already being recorded on this thread");
+    if (n_inputs < 0 || (n_inputs && !inputs))
+        return ml_set_error(ML_ERR_VALUE, "trace: bad inputs");
+    ml_trace *tr = calloc(1, sizeof *tr);
+    if (!tr) return ml_set_error(ML_ERR_OOM, "out of memory");
+    tr->n_inputs = n_inputs;
+    tr->input_shapes = malloc((size_t)(n_inputs ? n_inputs : 1) * sizeof *tr->input_shapes);
+    if (!tr->input_shapes) {
+        free(tr);
+        return ml_set_error(ML_ERR_OOM, "out of memory");
+    }
+    for (int i = 0; i < n_inputs; i++) {
+        if (!inputs[i]) {
+            ml_trace_free(tr);
+            return ml_set_error(ML_ERR_VALUE, "trace: input %d is NULL", i);
+        }
+        if (seen_get(tr, inputs[i]) >= 0) {
+            ml_trace_free(tr);
+            return ml_set_error(ML_ERR_VALUE, "trace: input %d is the same tensor as an earlier input", i);
+        }
+        tr->input_shapes[i][0] = inputs[i]->ndim;
+        memcpy(&tr->input_shapes[i][1], inputs[i]->shape, sizeof inputs[i]->shape[0] * ML_MAX_DIMS);
+        int32_t s = new_slot(tr, NULL);
+        if (s < 0 || !seen_put(tr, inputs[i], s)) {
+            ml_trace_free(tr);
+            return ml_set_error(ML_ERR_OOM, "out of memory");
+        }
+    }
+    ml__trace_active = tr;
+    *out = tr;
+    return ML_OK;
+}
+
+ml_status ml_trace_end(ml_trace *tr, int n_outputs, ml_tensor *const *outputs) {
+    if (ml__trace_active == tr) ml__trace_active = NULL;
+    ml_status st = tr->error;
+    if (st) return ml_set_error(st, "tracing failed: %s", ml_last_error());
+    tr->output_slots = malloc((size_t)(n_outputs ? n_outputs : 1) * sizeof *tr->output_slots);
+    if (!tr->output_slots) return ml_set_error(ML_ERR_OOM, "out of memory");
+    tr->n_outputs = n_outputs;
+    for (int o = 0; o < n_outputs; o++) {
+        int32_t s = outputs[o] ? seen_get(tr, outputs[o]) : -1;
+        if (s < 0 && outputs[o]) { /* an output no op made: a captured constant */
+            s = new_slot(tr, outputs[o]);
+            if (s < 0 || !seen_put(tr, outputs[o], s)) return ml_set_error(ML_ERR_OOM, "out of memory");
+        }
+        tr->output_slots[o] = s;
+    }
+    tr->last_use = malloc((size_t)(tr->n_slots ? tr->n_slots : 1) * sizeof *tr->last_use);
+    if (!tr->last_use) return ml_set_error(ML_ERR_OOM, "out of memory");
+    for (int32_t s = 0; s < tr->n_slots; s++) tr->last_use[s] = -1;
+    for (int32_t k = 0; k < tr->n_entries; k++)
+        for (int i = 0; i < tr->entries[k].n_in; i++)
+            if (tr->entries[k].in[i] >= 0) tr->last_use[tr->entries[k].in[i]] = k;
+    for (int o = 0; o < n_outputs; o++)
+        if (tr->output_slots[o] >= 0) tr->last_use[tr->output_slots[o]] = tr->n_entries;
+    /* the address map is only needed while recording */
+    for (size_t i = 0; i < tr->seen_cap; i++) ml_release(tr->seen_keys[i]);
+    free(tr->seen_keys);
+    free(tr->seen_vals);
+    tr->seen_keys = NULL;
+    tr->seen_vals = NULL;
+    tr->seen_cap = tr->n_seen = 0;
+    tr->finished = 1;
+    return ML_OK;
+}
+
+void ml_trace_abort(ml_trace *tr) {
+    if (tr && ml__trace_active == tr) ml__trace_active = NULL;
+}
+
+void ml_trace_free(ml_trace *tr) {
+    if (!tr) return;
+    if (ml__trace_active == tr) ml__trace_active = NULL;
+    for (int32_t k = 0; k < tr->n_entries; k++) {
+        free(tr->entries[k].in);
+        free(tr->entries[k].params);
+    }
+    free(tr->entries);
+    for (int32_t s = 0; s < tr->n_slots; s++) ml_release(tr->captured[s]);
+    free(tr->captured);
+    for (size_t i = 0; i < tr->seen_cap; i++) ml_release(tr->seen_keys[i]);
+    free(tr->seen_keys);
+    free(tr->seen_vals);
+    free(tr->last_use);
+    free(tr->output_slots);
+    free(tr->input_shapes);
+    free(tr);
+}
+
+int ml_trace_n_ops(const ml_trace *tr) { return tr->n_entries; }
+int ml_trace_n_inputs(const ml_trace *tr) { return tr->n_inputs; }
+int ml_trace_n_outputs(const ml_trace *tr) { return tr->n_outputs; }
+
+static ml_status check_inputs(const ml_trace *tr, ml_tensor *const *inputs) {
+    for (int i = 0; i < tr->n_inputs; i++) {
+        const int64_t *want = tr->input_shapes[i];
+        int ok = inputs[i] && inputs[i]->ndim == want[0];
+        for (int d = 0; ok && d < want[0]; d++) ok = inputs[i]->shape[d] == want[1 + d];
+        if (!ok)
+            return ml_set_error(ML_ERR_SHAPE, "replay: input %d has shape %s but the trace was "
+                                "recorded for shape %s",
+                                i, inputs[i] ? ML_SHAPE_STR(inputs[i]) : "NULL",
+                                ml__shape_str((char[160]){0}, 160, (int)want[0], want + 1));
+    }
+    return ML_OK;
+}
+
+/* One replay on this thread; outputs get new references. */
+static ml_status replay_one(const ml_trace *tr, ml_tensor *const *inputs, ml_tensor **outputs) {
+    ml_tensor **slot = calloc((size_t)(tr->n_slots ? tr->n_slots : 1), sizeof *slot);
+    if (!slot) return ml_set_error(ML_ERR_OOM, "out of memory in replay");
+    int prev = ml_set_grad_enabled(0);
+    ml_status st = ML_OK;
+    for (int i = 0; i < tr->n_inputs; i++) {
+        slot[i] = inputs[i];
+        ml_retain(inputs[i]);
+    }
+    for (int32_t s = tr->n_inputs; s < tr->n_slots; s++)
+        if (tr->captured[s]) {
+            slot[s] = tr->captured[s];
+            ml_retain(slot[s]);
+        }
+    ml_tensor *ins_inline[8];
+    for (int32_t k = 0; k < tr->n_entries && st == ML_OK; k++) {
+        const trace_entry *e = &tr->entries[k];
+        ml_tensor **ins = e->n_in <= 8 ? ins_inline : malloc((size_t)e->n_in * sizeof *ins);
+        if (!ins) {
+            st = ml_set_error(ML_ERR_OOM, "out of memory in replay");
+            break;
+        }
+        for (int i = 0; i < e->n_in; i++) ins[i] = e->in[i] >= 0 ? slot[e->in[i]] : NULL;
+        ml_tensor *o = NULL;
+        st = e->fn(&o, ins, e->params);
+        if (ins != ins_inline) free(ins);
+        if (st) break;
+        if (e->out >= 0) {
+            ml_release(slot[e->out]);
+            slot[e->out] = o;
+        } else {
+            ml_release(o);
+        }
+        /* free what no later entry and no output reads */
+        for (int i = 0; i < e->n_in; i++) {
+            int32_t s = e->in[i];
+            if (s >= 0 && tr->last_use[s] == k && slot[s]) {
+                ml_release(slot[s]);
+                slot[s] = NULL;
+            }
+        }
+    }
+    if (st == ML_OK) {
+        for (int o = 0; o < tr->n_outputs; o++) {
+            int32_t s = tr->output_slots[o];
+            outputs[o] = s >= 0 ? slot[s] : NULL;
+            ml_retain(outputs[o]);
+        }
+    }
+    for (int32_t s = 0; s < tr->n_slots; s++) ml_release(slot[s]);
+    free(slot);
+    ml_set_grad_enabled(prev);
+    return st;
+}
+
+ml_status ml_trace_replay(ml_trace *tr, ml_tensor *const *inputs, ml_tensor **outputs) {
+    if (!tr || !tr->finished) return ml_set_error(ML_ERR_VALUE, "replay: the trace is not finished");
+    if (ml__trace_active)
+        return ml_set_error(ML_ERR_GRAPH, "replay: cannot replay while recording a trace");
+    ml_status st = check_inputs(tr, inputs);
+    if (st) return st;
+    return replay_one(tr, inputs, outputs);
+}
+
+typedef struct {
+    ml_trace *tr;
+    int n_calls, n_threads, first;
+    ml_tensor *const *inputs;
+    ml_tensor **outputs;
+    ml_status status;
+    char error[256];
+} replay_job;
+
+static void *replay_worker(void *arg) {
+    replay_job *job = arg;
+    for (int c = job->first; c < job->n_calls && job->status == ML_OK; c += job->n_threads) {
+        ml_status st = replay_one(job->tr, job->inputs + (size_t)c * job->tr->n_inputs,
+                                  job->outputs + (size_t)c * job->tr->n_outputs);
+        if (st) {
+            job->status = st;
+            snprintf(job->error, sizeof job->error, "%s", ml_last_error());
+        }
+    }
+    return NULL;
+}
+
+ml_status ml_trace_replay_many(ml_trace *tr, int n_calls, ml_tensor *const *inputs,
+                               ml_tensor **outputs, int n_threads) {
+    if (!tr || !tr->finished) return ml_set_error(ML_ERR_VALUE, "replay: the trace is not finished");
+    if (n_calls < 0) return ml_set_error(ML_ERR_VALUE, "replay: negative call count");
+    for (int c = 0; c < n_calls; c++) {
+        ml_status st = check_inputs(tr, inputs + (size_t)c * tr->n_inputs);
+        if (st) return st;
+    }
+    for (size_t i = 0; i < (size_t)n_calls * tr->n_outputs; i++) outputs[i] = NULL;
+    if (n_threads < 1) n_threads = 1;
+    if (n_threads > n_calls) n_threads = n_calls > 0 ? n_calls : 1;
+    replay_job jobs[64];
+    if (n_threads > 64) n_threads = 64;
+    pthread_t threads[64];
+    int started[64] = {0};
+    for (int t = 0; t < n_threads; t++) {
+        jobs[t] = (replay_job){tr, n_calls, n_threads, t, inputs, outputs, ML_OK, {0}};
+        /* thread 0 is this thread: the work of one call never waits for a thread start */
+        if (t > 0) started[t] = pthread_create(&threads[t], NULL, replay_worker, &jobs[t]) == 0;
+    }
+    for (int t = 1; t < n_threads; t++)
+        if (!started[t]) replay_worker(&jobs[t]); /* no thread: do its share here */
+    replay_worker(&jobs[0]);
+    for (int t = 1; t < n_threads; t++)
+        if (started[t]) pthread_join(threads[t], NULL);
+    for (int t = 0; t < n_threads; t++) {
+        if (jobs[t].status) {
+            for (size_t i = 0; i < (size_t)n_calls * tr->n_outputs; i++) {
+                ml_release(outputs[i]);
+                outputs[i] = NULL;
+            }
+            return ml_set_error(jobs[t].status, "%s", jobs[t].error);
+        }
+    }
+    return ML_OK;
+}

@@ -1,0 +1,837 @@
+/* memory.c — the knowledge memory of Kaiser, Nachum, Roy & Bengio 2017, "Learning to
+ * Remember Rare Events" (ICLR), §3.
+ *
+ * m slots, each a key (L2-normalised, d floats), a value (an int64 label and an optional
+ * payload of p floats) and an age. Occupied slots are always the prefix [0, count): empty
+ * slots count as the oldest and are filled in index order, so a search costs in proportion
+ * to what is stored.
+ *
+ *  - query: exact cosine search over every occupied key. Scores come from the GEMM kernel
+ *    (Q · K_blockᵀ for blocks of keys that stay in cache), a per-query top-k list keeps
+ *    the best k (ties: lower index first).
+ *  - update: the paper's rule, one query after the other (each sees the writes of the
+ *    queries before it in the batch); ages grow by one per call (one "step" as the paper's
+ *    code), and every slot a call touches ends at age 0.
+ *  - read and loss: composed of public differentiable ops (normalise, matmul, softmax,
+ *    relu) around a non-differentiable top-k selection whose keys enter as constants, so
+ *    the gradient reaches the queries and can be differentiated again, to any order.
+ *  - save/load: "MLMEMORY" | version | sizes | rng | slots | CRC-32, written to a temporary
+ *    file, fsynced and renamed over the target (as weights.c).
+ *
+ * A pthread rwlock lets queries run concurrently while updates, clears and loads are
+ * exclusive (the binding releases the GIL during long calls). */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../core/internal.h"
+
+struct ml_memory {
+    int64_t capacity, key_size, payload_size, count;
+    float *keys;      /* capacity * key_size, rows L2-normalised (zero rows stay zero) */
+    float *payloads;  /* capacity * payload_size (NULL when payload_size == 0) */
+    int64_t *labels;  /* capacity */
+    int64_t *ages;    /* capacity */
+    uint64_t seed, rng[4];
+    pthread_rwlock_t lock;
+};
+
+#define NORM_EPS 1e-12f /* |q| = sqrt(sum q^2 + eps): a zero query stays zero, finitely */
+#define MASKED (-1e30f) /* logit of a top-k position the memory could not fill */
+#define MAX_SIZE ((int64_t)1 << 40)
+
+/* ------------------------------------------------------------------ rng */
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static void rng_seed(uint64_t *s, uint64_t seed) {
+    uint64_t x = seed;
+    for (int i = 0; i < 4; i++) s[i] = splitmix64(&x);
+}
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t rng_next(uint64_t *s) { /* xoshiro256** */
+    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+/* uniform in [0, n) without modulo bias (rejection) */
+static uint64_t rng_below(uint64_t *s, uint64_t n) {
+    uint64_t limit = UINT64_MAX - UINT64_MAX % n, r;
+    do r = rng_next(s);
+    while (r >= limit);
+    return r % n;
+}
+
+/* ------------------------------------------------------------ lifetime */
+
+static ml_status alloc_slabs(ml_memory *m) {
+    size_t cap = (size_t)m->capacity;
+    m->keys = calloc(cap * (size_t)m->key_size, sizeof(float));
+    m->labels = calloc(cap, sizeof(int64_t));
+    m->ages = calloc(cap, sizeof(int64_t));
+    m->payloads = m->payload_size ? calloc(cap * (size_t)m->payload_size, sizeof(float)) : NULL;
+    if (!m->keys || !m->labels || !m->ages || (m->payload_size && !m->payloads))
+        return ml_set_error(ML_ERR_OOM, "KnowledgeMemory: out of memory for %lld slots of "
+                            "key size %lld and payload size %lld",
+                            (long long)m->capacity, (long long)m->key_size,
+                            (long long)m->payload_size);
+    return ML_OK;
+}
+
+static void free_slabs(ml_memory *m) {
+    free(m->keys);
+    free(m->labels);
+    free(m->ages);
+    free(m->payloads);
+}
+
+ml_status ml_memory_new(ml_memory **out, int64_t capacity, int64_t key_size,
+                        int64_t payload_size, uint64_t seed) {
+    if (!out) return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory: output pointer is NULL");
+    if (capacity <= 0 || key_size <= 0 || payload_size < 0)
+        return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory: need capacity > 0, key_size > 0 and "
+                            "payload_size >= 0, got capacity=%lld, key_size=%lld, "
+                            "payload_size=%lld",
+                            (long long)capacity, (long long)key_size, (long long)payload_size);
+    if (capacity > MAX_SIZE / key_size || (payload_size && capacity > MAX_SIZE / payload_size))
+        return ml_set_error(ML_ERR_OOM, "KnowledgeMemory: %lld slots of key size %lld and payload "
+                            "size %lld are too large",
+                            (long long)capacity, (long long)key_size, (long long)payload_size);
+    ml_memory *m = calloc(1, sizeof *m);
+    if (!m) return ml_set_error(ML_ERR_OOM, "KnowledgeMemory: out of memory");
+    m->capacity = capacity;
+    m->key_size = key_size;
+    m->payload_size = payload_size;
+    m->seed = seed;
+    rng_seed(m->rng, seed);
+    ml_status st = alloc_slabs(m);
+    if (!st && pthread_rwlock_init(&m->lock, NULL) != 0)
+        st = ml_set_error(ML_ERR_OOM, "KnowledgeMemory: cannot create its lock");
+    if (st) {
+        free_slabs(m);
+        free(m);
+        return st;
+    }
+    *out = m;
+    return ML_OK;
+}
+
+void ml_memory_free(ml_memory *mem) {
+    if (!mem) return;
+    pthread_rwlock_destroy(&mem->lock);
+    free_slabs(mem);
+    free(mem);
+}
+
+int64_t ml_memory_capacity(const ml_memory *mem) { return mem ? mem->capacity : 0; }
+int64_t ml_memory_key_size(const ml_memory *mem) { return mem ? mem->key_size : 0; }
+int64_t ml_memory_payload_size(const ml_memory *mem) { return mem ? mem->payload_size : 0; }
+
+int64_t ml_memory_size(ml_memory *mem) {
+    if (!mem) return 0;
+    pthread_rwlock_rdlock(&mem->lock);
+    int64_t c = mem->count;
+    pthread_rwlock_unlock(&mem->lock);
+    return c;
+}
+
+double ml_memory_occupancy(ml_memory *mem) {
+    return mem ? (double)ml_memory_size(mem) / (double)mem->capacity : 0.0;
+}
+
+static void clear_locked(ml_memory *m) {
+    size_t cap = (size_t)m->capacity;
+    memset(m->keys, 0, cap * (size_t)m->key_size * sizeof(float));
+    memset(m->labels, 0, cap * sizeof(int64_t));
+    memset(m->ages, 0, cap * sizeof(int64_t));
+    if (m->payloads) memset(m->payloads, 0, cap * (size_t)m->payload_size * sizeof(float));
+    m->count = 0;
+    rng_seed(m->rng, m->seed);
+}
+
+ml_status ml_memory_clear(ml_memory *mem) {
+    if (!mem) return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory.clear: memory is NULL");
+    pthread_rwlock_wrlock(&mem->lock);
+    clear_locked(mem);
+    pthread_rwlock_unlock(&mem->lock);
+    return ML_OK;
+}
+
+ml_status ml_memory_get(ml_memory *mem, float *keys, int64_t *labels, int64_t *ages,
+                        float *payloads) {
+    if (!mem) return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory: memory is NULL");
+    pthread_rwlock_rdlock(&mem->lock);
+    size_t cap = (size_t)mem->capacity;
+    if (keys) memcpy(keys, mem->keys, cap * (size_t)mem->key_size * sizeof(float));
+    if (labels) memcpy(labels, mem->labels, cap * sizeof(int64_t));
+    if (ages) memcpy(ages, mem->ages, cap * sizeof(int64_t));
+    if (payloads && mem->payloads)
+        memcpy(payloads, mem->payloads, cap * (size_t)mem->payload_size * sizeof(float));
+    pthread_rwlock_unlock(&mem->lock);
+    return ML_OK;
+}
+
+/* ------------------------------------------------------------- search */
+
+/* dst = src / sqrt(|src|^2 + eps), the norm summed in double */
+static void normalize_row(float *dst, const float *src, int64_t d) {
+    double ss = 0;
+    for (int64_t i = 0; i < d; i++) ss += (double)src[i] * src[i];
+    float inv = (float)(1.0 / sqrt(ss + (double)NORM_EPS));
+    for (int64_t i = 0; i < d; i++) dst[i] = src[i] * inv;
+}
+
+static ml_status check_queries(const char *what, int64_t n, const float *q, int64_t d) {
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < d; j++)
+            if (!isfinite(q[i * d + j]))
+                return ml_set_error(ML_ERR_VALUE, "%s: query %lld holds a non-finite value (%g "
+                                    "at position %lld)",
+                                    what, (long long)i, (double)q[i * d + j], (long long)j);
+    return ML_OK;
+}
+
+/* Inserts (s, j) into the descending list (sim, idx) of length *len <= k; equal scores keep
+ * the earlier (lower) index first. */
+static inline void topk_push(float *sim, int64_t *idx, int64_t *len, int64_t k, float s,
+                             int64_t j) {
+    int64_t p = *len < k ? (*len)++ : k - 1;
+    while (p > 0 && sim[p - 1] < s) {
+        sim[p] = sim[p - 1];
+        idx[p] = idx[p - 1];
+        p--;
+    }
+    sim[p] = s;
+    idx[p] = j;
+}
+
+/* Top-k over the occupied slots for n normalised queries qn (n x d): idx (n x k), sim
+ * (n x k), padded with -1 / -inf when fewer than k slots are occupied. Caller holds the
+ * lock. */
+static ml_status search(const ml_memory *m, int64_t n, const float *qn, int64_t k,
+                        int64_t *idx, float *sim) {
+    int64_t c = m->count, d = m->key_size;
+    for (int64_t i = 0; i < n * k; i++) {
+        idx[i] = -1;
+        sim[i] = -INFINITY;
+    }
+    if (n == 0 || k == 0 || c == 0) return ML_OK;
+    int64_t block = 262144 / n;
+    if (block < 256) block = 256;
+    if (block > 8192) block = 8192;
+    if (block > c) block = c;
+    float *s = malloc((size_t)n * (size_t)block * sizeof(float));
+    int64_t *len = calloc((size_t)n, sizeof(int64_t));
+    if (!s || !len) {
+        free(s);
+        free(len);
+        return ml_set_error(ML_ERR_OOM, "KnowledgeMemory: out of memory for a search of %lld "
+                            "queries", (long long)n);
+    }
+    for (int64_t b0 = 0; b0 < c; b0 += block) {
+        int64_t nb = c - b0 < block ? c - b0 : block;
+        /* s (n x nb) = qn (n x d) @ keys[b0 : b0 + nb]ᵀ */
+        ml_sgemm(0, 1, n, nb, d, 1.0f, qn, d, m->keys + b0 * d, d, 0.0f, s, nb);
+        for (int64_t i = 0; i < n; i++) {
+            float *ts = sim + i * k;
+            int64_t *ti = idx + i * k, l = len[i];
+            const float *row = s + i * nb;
+            float thr = l < k ? -INFINITY : ts[k - 1];
+            for (int64_t j = 0; j < nb; j++) {
+                /* NaN never enters: keys and queries are finite */
+                if (row[j] > thr || l < k) {
+                    topk_push(ts, ti, &l, k, row[j], b0 + j);
+                    thr = l < k ? -INFINITY : ts[k - 1];
+                }
+            }
+            len[i] = l;
+        }
+    }
+    free(s);
+    free(len);
+    return ML_OK;
+}
+
+/* Normalised copies of the n queries (caller frees). */
+static ml_status normalized_copy(float **out, const char *what, int64_t n, const float *q,
+                                 int64_t d) {
+    float *qn = malloc((size_t)(n ? n : 1) * (size_t)d * sizeof(float));
+    if (!qn) return ml_set_error(ML_ERR_OOM, "%s: out of memory for %lld queries", what, (long long)n);
+    for (int64_t i = 0; i < n; i++) normalize_row(qn + i * d, q + i * d, d);
+    *out = qn;
+    return ML_OK;
+}
+
+static ml_status check_k(const char *what, const ml_memory *m, int64_t k) {
+    if (k <= 0 || k > m->capacity)
+        return ml_set_error(ML_ERR_VALUE, "%s: k must be in [1, capacity=%lld], got %lld", what,
+                            (long long)m->capacity, (long long)k);
+    return ML_OK;
+}
+
+ml_status ml_memory_query(ml_memory *mem, int64_t n, const float *q, int64_t k,
+                          int64_t *out_idx, float *out_sim, int64_t *out_labels,
+                          float *out_payloads) {
+    const char *what = "KnowledgeMemory.query";
+    if (!mem) return ml_set_error(ML_ERR_VALUE, "%s: memory is NULL", what);
+    if (n < 0 || (n > 0 && !q))
+        return ml_set_error(ML_ERR_VALUE, "%s: bad query batch (n=%lld)", what, (long long)n);
+    ml_status st = check_k(what, mem, k);
+    if (st) return st;
+    int64_t d = mem->key_size, p = mem->payload_size;
+    if ((st = check_queries(what, n, q, d))) return st;
+    if (n == 0) return ML_OK;
+    float *qn = NULL, *sim = NULL;
+    int64_t *idx = NULL;
+    if ((st = normalized_copy(&qn, what, n, q, d))) return st;
+    idx = out_idx ? out_idx : malloc((size_t)(n * k) * sizeof(int64_t));
+    sim = out_sim ? out_sim : malloc((size_t)(n * k) * sizeof(float));
+    if (!idx || !sim) {
+        st = ml_set_error(ML_ERR_OOM, "%s: out of memory", what);
+        goto done;
+    }
+    pthread_rwlock_rdlock(&mem->lock);
+    st = search(mem, n, qn, k, idx, sim);
+    if (!st)
+        for (int64_t i = 0; i < n * k; i++) {
+            int64_t j = idx[i];
+            if (out_labels) out_labels[i] = j >= 0 ? mem->labels[j] : -1;
+            if (out_payloads && p) {
+                if (j >= 0) memcpy(out_payloads + i * p, mem->payloads + j * p, (size_t)p * sizeof(float));
+                else memset(out_payloads + i * p, 0, (size_t)p * sizeof(float));
+            }
+        }
+    pthread_rwlock_unlock(&mem->lock);
+done:
+    if (idx != out_idx) free(idx);
+    if (sim != out_sim) free(sim);
+    free(qn);
+    return st;
+}
+
+/* ------------------------------------------------------------- update */
+
+/* The slot a new pair goes to: the next empty one, else the oldest, ties at random. */
+static int64_t oldest_slot(ml_memory *m) {
+    if (m->count < m->capacity) return m->count++;
+    int64_t best = -1, ties = 0;
+    for (int64_t i = 0; i < m->capacity; i++) {
+        if (m->ages[i] > best) {
+            best = m->ages[i];
+            ties = 1;
+        } else if (m->ages[i] == best) {
+            ties++;
+        }
+    }
+    int64_t r = ties > 1 ? (int64_t)rng_below(m->rng, (uint64_t)ties) : 0;
+    for (int64_t i = 0; i < m->capacity; i++)
+        if (m->ages[i] == best && r-- == 0) return i;
+    return m->capacity - 1; /* not reached */
+}
+
+static float dot(const float *a, const float *b, int64_t d) {
+    float s = 0;
+    for (int64_t i = 0; i < d; i++) s += a[i] * b[i];
+    return s;
+}
+
+ml_status ml_memory_update(ml_memory *mem, int64_t n, const float *q, const int64_t *labels,
+                           const float *payloads) {
+    const char *what = "KnowledgeMemory.update";
+    if (!mem) return ml_set_error(ML_ERR_VALUE, "%s: memory is NULL", what);
+    if (n < 0 || (n > 0 && (!q || !labels)))
+        return ml_set_error(ML_ERR_VALUE, "%s: bad batch (n=%lld)", what, (long long)n);
+    int64_t d = mem->key_size, p = mem->payload_size;
+    ml_status st = check_queries(what, n, q, d);
+    if (st) return st;
+    if (payloads && p)
+        for (int64_t i = 0; i < n * p; i++)
+            if (!isfinite(payloads[i]))
+                return ml_set_error(ML_ERR_VALUE, "%s: payload %lld holds a non-finite value",
+                                    what, (long long)(i / p));
+    if (n == 0) return ML_OK;
+    float *qn = NULL, *csim = NULL;
+    int64_t *cidx = NULL, *touched = NULL;
+    uint8_t *dirty = NULL;
+    if ((st = normalized_copy(&qn, what, n, q, d))) return st;
+    pthread_rwlock_wrlock(&mem->lock);
+    /* Query j needs the best slot not modified by queries 0..j-1 (at most j of them), so
+     * the top-min(n, count) of the batch against the memory as it was is enough; the
+     * modified slots are scored again with their current keys. */
+    int64_t c0 = mem->count, kk = n < c0 ? n : c0;
+    cidx = malloc((size_t)(n * (kk ? kk : 1)) * sizeof(int64_t));
+    csim = malloc((size_t)(n * (kk ? kk : 1)) * sizeof(float));
+    touched = malloc((size_t)n * sizeof(int64_t));
+    dirty = calloc((size_t)mem->capacity, 1);
+    if (!cidx || !csim || !touched || !dirty) {
+        st = ml_set_error(ML_ERR_OOM, "%s: out of memory", what);
+        goto done;
+    }
+    if (kk && (st = search(mem, n, qn, kk, cidx, csim))) goto done;
+    /* one step: every occupied age grows by one, touched slots end at 0 */
+    for (int64_t i = 0; i < mem->count; i++) mem->ages[i]++;
+    int64_t nt = 0;
+    for (int64_t j = 0; j < n; j++) {
+        const float *x = qn + j * d;
+        int64_t best = -1;
+        float bs = -INFINITY;
+        for (int64_t t = 0; t < kk; t++) {
+            int64_t s = cidx[j * kk + t];
+            if (s >= 0 && !dirty[s]) {
+                best = s;
+                bs = csim[j * kk + t];
+                break;
+            }
+        }
+        for (int64_t t = 0; t < nt; t++) {
+            int64_t s = touched[t];
+            float v = dot(x, mem->keys + s * d, d);
+            if (v > bs || (v == bs && s < best)) {
+                bs = v;
+                best = s;
+            }
+        }
+        int64_t slot;
+        if (best >= 0 && mem->labels[best] == labels[j]) {
+            /* the memory already answers y: K[n1] <- normalize(q + K[n1]) */
+            slot = best;
+            float *key = mem->keys + slot * d;
+            for (int64_t i = 0; i < d; i++) key[i] += x[i];
+            normalize_row(key, key, d);
+            if (payloads && p) {
+                float *v = mem->payloads + slot * p;
+                for (int64_t i = 0; i < p; i++) v[i] = 0.5f * (v[i] + payloads[j * p + i]);
+            }
+        } else {
+            /* a new place: the oldest slot (empty ones first) */
+            slot = oldest_slot(mem);
+            memcpy(mem->keys + slot * d, x, (size_t)d * sizeof(float));
+            mem->labels[slot] = labels[j];
+            if (p) {
+                float *v = mem->payloads + slot * p;
+                if (payloads) memcpy(v, payloads + j * p, (size_t)p * sizeof(float));
+                else memset(v, 0, (size_t)p * sizeof(float));
+            }
+        }
+        mem->ages[slot] = 0;
+        if (!dirty[slot]) {
+            dirty[slot] = 1;
+            touched[nt++] = slot;
+        }
+    }
+done:
+    pthread_rwlock_unlock(&mem->lock);
+    free(qn);
+    free(cidx);
+    free(csim);
+    free(touched);
+    free(dirty);
+    return st;
+}
+
+/* ------------------------------------------------- differentiable parts */
+
+/* Validates q (n x d), finite; runs the top-k search on its normalised rows. */
+static ml_status select_topk(ml_memory *m, const char *what, ml_tensor *q, int64_t k,
+                             int64_t **idx_out, float **sim_out) {
+    if (!q) return ml_set_error(ML_ERR_VALUE, "%s: query tensor is NULL", what);
+    if (q->ndim != 2 || q->shape[1] != m->key_size)
+        return ml_set_error(ML_ERR_SHAPE, "%s: expected queries of shape (n, %lld), got %s", what,
+                            (long long)m->key_size, ML_SHAPE_STR(q));
+    ml_status st = check_k(what, m, k);
+    if (st) return st;
+    int64_t n = q->shape[0], d = m->key_size;
+    if ((st = check_queries(what, n, q->data, d))) return st;
+    float *qn = NULL;
+    if ((st = normalized_copy(&qn, what, n, q->data, d))) return st;
+    size_t nk = (size_t)(n > 0 ? n * k : 1);
+    int64_t *idx = malloc(nk * sizeof(int64_t));
+    float *sim = malloc(nk * sizeof(float));
+    if (!idx || !sim) st = ml_set_error(ML_ERR_OOM, "%s: out of memory", what);
+    else st = search(m, n, qn, k, idx, sim);
+    free(qn);
+    if (st) {
+        free(idx);
+        free(sim);
+        return st;
+    }
+    *idx_out = idx;
+    *sim_out = sim;
+    return ML_OK;
+}
+
+/* qn = q / sqrt(sum(q^2, -1) + eps), recorded. */
+static ml_tensor *normalize_rows(ml_scope *s, ml_tensor *q) {
+    int ax = -1;
+    ml_tensor *ss = SUM_AXES(s, SQUARE(s, q), 1, &ax, 1);
+    return MUL(s, q, POWS(s, ADDS(s, ss, NORM_EPS), -0.5f));
+}
+
+/* A constant tensor holding rows `idx` of a slab (zero rows for idx < 0). */
+static ml_status gather_rows(ml_tensor **out, int ndim, const int64_t *shape, const float *slab,
+                             int64_t width, int64_t n, const int64_t *idx) {
+    ml_status st = ml__new(out, ndim, shape);
+    if (st) return st;
+    for (int64_t i = 0; i < n; i++) {
+        float *dst = (*out)->data + i * width;
+        if (idx[i] >= 0) memcpy(dst, slab + idx[i] * width, (size_t)width * sizeof(float));
+        else memset(dst, 0, (size_t)width * sizeof(float));
+    }
+    return ML_OK;
+}
+
+ml_status ml_memory_read(ml_tensor **out, ml_tensor **out_weights, ml_memory *mem, ml_tensor *q,
+                         int64_t k, float temperature) {
+    const char *what = "KnowledgeMemory.read";
+    if (!mem) return ml_set_error(ML_ERR_VALUE, "%s: memory is NULL", what);
+    if (!out && !out_weights) return ml_set_error(ML_ERR_VALUE, "%s: no output requested", what);
+    if (out && mem->payload_size == 0)
+        return ml_set_error(ML_ERR_VALUE, "%s: the memory has no payload (payload_size=0); ask "
+                            "for the attention weights only", what);
+    if (!(temperature > 0) || !isfinite(temperature))
+        return ml_set_error(ML_ERR_VALUE, "%s: temperature must be a positive finite number, "
+                            "got %g", what, (double)temperature);
+    int64_t *idx = NULL;
+    float *sim = NULL;
+    ml_tensor *keys = NULL, *vals = NULL, *mask = NULL;
+    pthread_rwlock_rdlock(&mem->lock);
+    ml_status st = select_topk(mem, what, q, k, &idx, &sim);
+    if (st) {
+        pthread_rwlock_unlock(&mem->lock);
+        return st;
+    }
+    int64_t n = q->shape[0], d = mem->key_size, p = mem->payload_size;
+    int64_t kshape[3] = {n, k, d}, vshape[3] = {n, k, p}, mshape[2] = {n, k};
+    st = gather_rows(&keys, 3, kshape, mem->keys, d, n * k, idx);
+    if (!st && out) st = gather_rows(&vals, 3, vshape, mem->payloads, p, n * k, idx);
+    pthread_rwlock_unlock(&mem->lock);
+    if (!st && !(st = ml__new(&mask, 2, mshape)))
+        for (int64_t i = 0; i < n * k; i++) mask->data[i] = idx[i] >= 0 ? 0.0f : MASKED;
+    free(idx);
+    free(sim);
+    if (st) goto fail;
+    {
+        ml_scope s = {0};
+        int64_t q3[3] = {n, 1, d}, w3[3] = {n, 1, k}, o2[2] = {n, p};
+        ml_tensor *qn = RESHAPE(&s, normalize_rows(&s, q), 3, q3);
+        ml_tensor *sims = RESHAPE(&s, MATMUL(&s, qn, keys, 0, 1), 2, mshape); /* (n, k) */
+        ml_tensor *w = SOFTMAX(&s, ADD(&s, MULS(&s, sims, 1.0f / temperature), mask), -1);
+        ml_tensor *o = out ? RESHAPE(&s, MATMUL(&s, RESHAPE(&s, w, 3, w3), vals, 0, 0), 2, o2) : NULL;
+        st = s.status;
+        if (!st) {
+            if (out) *out = ml__keep(o);
+            if (out_weights) *out_weights = ml__keep(w);
+        }
+        ml__scope_end(&s);
+    }
+fail:
+    ml_release(keys);
+    ml_release(vals);
+    ml_release(mask);
+    return st;
+}
+
+ml_status ml_memory_loss(ml_tensor **out, ml_memory *mem, ml_tensor *q, int64_t n_labels,
+                         const int64_t *labels, int64_t k, float margin) {
+    const char *what = "KnowledgeMemory.loss";
+    if (!mem || !out) return ml_set_error(ML_ERR_VALUE, "%s: memory or output is NULL", what);
+    if (!isfinite(margin))
+        return ml_set_error(ML_ERR_VALUE, "%s: margin must be finite, got %g", what, (double)margin);
+    if (q && q->ndim == 2 && (n_labels != q->shape[0] || (n_labels > 0 && !labels)))
+        return ml_set_error(ML_ERR_SHAPE, "%s: %lld queries but %lld labels", what,
+                            (long long)q->shape[0], (long long)n_labels);
+    int64_t *idx = NULL;
+    float *sim = NULL;
+    ml_tensor *kpos = NULL, *kneg = NULL;
+    pthread_rwlock_rdlock(&mem->lock);
+    ml_status st = select_topk(mem, what, q, k, &idx, &sim);
+    if (st) {
+        pthread_rwlock_unlock(&mem->lock);
+        return st;
+    }
+    int64_t n = q->shape[0], d = mem->key_size;
+    /* nearest key with the right label and nearest with a wrong one among the top k */
+    int64_t *pos = malloc((size_t)(n ? n : 1) * sizeof(int64_t));
+    int64_t *neg = malloc((size_t)(n ? n : 1) * sizeof(int64_t));
+    if (!pos || !neg) {
+        st = ml_set_error(ML_ERR_OOM, "%s: out of memory", what);
+    } else {
+        for (int64_t i = 0; i < n; i++) {
+            pos[i] = neg[i] = -1;
+            for (int64_t t = 0; t < k; t++) {
+                int64_t j = idx[i * k + t];
+                if (j < 0) break;
+                if (mem->labels[j] == labels[i]) {
+                    if (pos[i] < 0) pos[i] = j;
+                } else if (neg[i] < 0) {
+                    neg[i] = j;
+                }
+            }
+        }
+        int64_t shape[2] = {n, d};
+        st = gather_rows(&kpos, 2, shape, mem->keys, d, n, pos);
+        if (!st) st = gather_rows(&kneg, 2, shape, mem->keys, d, n, neg);
+    }
+    pthread_rwlock_unlock(&mem->lock);
+    free(idx);
+    free(sim);
+    free(pos);
+    free(neg);
+    if (!st) {
+        /* [q·k_neg - q·k_pos + alpha]_+ ; a missing key is a zero row (similarity 0), as
+         * the paper's code does */
+        ml_scope s = {0};
+        int ax = -1;
+        ml_tensor *qn = normalize_rows(&s, q);
+        ml_tensor *sp = SUM_AXES(&s, MUL(&s, qn, kpos), 1, &ax, 0);
+        ml_tensor *sn = SUM_AXES(&s, MUL(&s, qn, kneg), 1, &ax, 0);
+        ml_tensor *l = RELU(&s, ADDS(&s, SUB(&s, sn, sp), margin));
+        st = s.status;
+        if (!st) *out = ml__keep(l);
+        ml__scope_end(&s);
+    }
+    ml_release(kpos);
+    ml_release(kneg);
+    return st;
+}
+
+/* -------------------------------------------------------------- files */
+
+static const char MAGIC[8] = {'M', 'L', 'M', 'E', 'M', 'O', 'R', 'Y'};
+#define FORMAT_VERSION 1u
+#define HEADER_BYTES (8 + 4 + 8 * 4 + 8 + 8 * 4)
+
+static void put_u32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static void put_u64(uint8_t *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint32_t get_u32(const uint8_t *p) {
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) v |= (uint32_t)p[i] << (8 * i);
+    return v;
+}
+static uint64_t get_u64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+static void put_floats(uint8_t **p, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++, *p += 4) {
+        uint32_t bits;
+        memcpy(&bits, &x[i], 4);
+        put_u32(*p, bits);
+    }
+}
+static void get_floats(float *x, const uint8_t **p, int64_t n) {
+    for (int64_t i = 0; i < n; i++, *p += 4) {
+        uint32_t bits = get_u32(*p);
+        memcpy(&x[i], &bits, 4);
+    }
+}
+
+/* payload bytes of a file holding `count` slots */
+static size_t body_bytes(int64_t count, int64_t d, int64_t p) {
+    return (size_t)count * ((size_t)d * 4 + 8 + 8 + (size_t)p * 4);
+}
+
+ml_status ml_memory_save(ml_memory *mem, const char *path) {
+    if (!mem || !path) return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory.save: bad arguments");
+    pthread_rwlock_rdlock(&mem->lock);
+    int64_t c = mem->count, d = mem->key_size, p = mem->payload_size;
+    size_t size = HEADER_BYTES + body_bytes(c, d, p) + 4;
+    uint8_t *buf = malloc(size), *w = buf;
+    if (!buf) {
+        pthread_rwlock_unlock(&mem->lock);
+        return ml_set_error(ML_ERR_OOM, "KnowledgeMemory.save: out of memory (%zu bytes)", size);
+    }
+    memcpy(w, MAGIC, 8), w += 8;
+    put_u32(w, FORMAT_VERSION), w += 4;
+    put_u64(w, (uint64_t)mem->capacity), w += 8;
+    put_u64(w, (uint64_t)d), w += 8;
+    put_u64(w, (uint64_t)p), w += 8;
+    put_u64(w, (uint64_t)c), w += 8;
+    put_u64(w, mem->seed), w += 8;
+    for (int i = 0; i < 4; i++) put_u64(w, mem->rng[i]), w += 8;
+    put_floats(&w, mem->keys, c * d);
+    for (int64_t i = 0; i < c; i++, w += 8) put_u64(w, (uint64_t)mem->labels[i]);
+    for (int64_t i = 0; i < c; i++, w += 8) put_u64(w, (uint64_t)mem->ages[i]);
+    if (p) put_floats(&w, mem->payloads, c * p);
+    pthread_rwlock_unlock(&mem->lock);
+    put_u32(w, ml_crc32(0, buf, (size_t)(w - buf))), w += 4;
+    ML_ASSERT((size_t)(w - buf) == size);
+
+    size_t plen = strlen(path);
+    char *tmp = malloc(plen + 32);
+    if (!tmp) {
+        free(buf);
+        return ml_set_error(ML_ERR_OOM, "KnowledgeMemory.save: out of memory");
+    }
+    snprintf(tmp, plen + 32, "%s.tmp%ld", path, (long)getpid());
+    ml_status st = ML_OK;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+        st = ml_set_error(ML_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
+    } else {
+        size_t done = 0;
+        while (done < size) {
+            ssize_t n = write(fd, buf + done, size - done);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) break;
+            done += (size_t)n;
+        }
+        int err = done < size ? (errno ? errno : EIO) : 0;
+        if (!err && fsync(fd) != 0) err = errno;
+        if (close(fd) != 0 && !err) err = errno;
+        if (!err && rename(tmp, path) != 0) err = errno;
+        if (err) {
+            st = ml_set_error(ML_ERR_IO, "cannot write '%s': %s", path, strerror(err));
+            unlink(tmp);
+        }
+    }
+    free(tmp);
+    free(buf);
+    return st;
+}
+
+typedef struct loaded {
+    int64_t capacity, d, p, count;
+    uint64_t seed, rng[4];
+    uint8_t *buf;
+    const uint8_t *body;
+} loaded;
+
+#define CORRUPT(...) \
+    do { st = ml_set_error(ML_ERR_FORMAT, __VA_ARGS__); goto fail; } while (0)
+
+/* Reads and checks a whole memory file. */
+static ml_status read_file(loaded *f, const char *path) {
+    if (!path) return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory.load: path is NULL");
+    ml_status st = ML_OK;
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return ml_set_error(ML_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fileno(fp), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        fclose(fp);
+        return ml_set_error(ML_ERR_IO, "cannot read '%s': not a regular file", path);
+    }
+    size_t size = (size_t)sb.st_size;
+    uint8_t *buf = malloc(size ? size : 1);
+    if (!buf) {
+        fclose(fp);
+        return ml_set_error(ML_ERR_OOM, "KnowledgeMemory.load: out of memory reading '%s'", path);
+    }
+    size_t got = fread(buf, 1, size, fp);
+    fclose(fp);
+    if (got != size) CORRUPT("cannot read '%s': short read", path);
+    if (size < 8 || memcmp(buf, MAGIC, 8) != 0)
+        CORRUPT("'%s' is not a metalearn memory file (bad magic)", path);
+    if (size < HEADER_BYTES + 4) CORRUPT("'%s' is truncated (%zu bytes)", path, size);
+    if (ml_crc32(0, buf, size - 4) != get_u32(buf + size - 4))
+        CORRUPT("'%s' is corrupt or truncated (checksum mismatch)", path);
+    uint32_t version = get_u32(buf + 8);
+    if (version != FORMAT_VERSION)
+        CORRUPT("'%s' has memory format version %u; this metalearn reads version %u", path,
+                version, FORMAT_VERSION);
+    const uint8_t *r = buf + 12;
+    uint64_t cap = get_u64(r), d = get_u64(r + 8), p = get_u64(r + 16), c = get_u64(r + 24);
+    r += 32;
+    if (cap == 0 || d == 0 || cap > (uint64_t)MAX_SIZE || d > (uint64_t)MAX_SIZE ||
+        p > (uint64_t)MAX_SIZE || c > cap || cap > (uint64_t)MAX_SIZE / d ||
+        (p && cap > (uint64_t)MAX_SIZE / p))
+        CORRUPT("'%s' is corrupt: bad sizes (capacity %llu, key size %llu, payload size %llu, "
+                "count %llu)", path, (unsigned long long)cap, (unsigned long long)d,
+                (unsigned long long)p, (unsigned long long)c);
+    if (size - HEADER_BYTES - 4 != body_bytes((int64_t)c, (int64_t)d, (int64_t)p))
+        CORRUPT("'%s' is corrupt: %zu bytes of slots, expected %zu", path,
+                size - HEADER_BYTES - 4, body_bytes((int64_t)c, (int64_t)d, (int64_t)p));
+    f->capacity = (int64_t)cap;
+    f->d = (int64_t)d;
+    f->p = (int64_t)p;
+    f->count = (int64_t)c;
+    f->seed = get_u64(r), r += 8;
+    for (int i = 0; i < 4; i++) f->rng[i] = get_u64(r), r += 8;
+    /* the ages must be non-negative and the keys finite */
+    const uint8_t *ages = r + c * d * 4 + c * 8;
+    for (uint64_t i = 0; i < c; i++)
+        if ((int64_t)get_u64(ages + 8 * i) < 0) CORRUPT("'%s' is corrupt: negative age", path);
+    for (uint64_t i = 0; i < c * d; i++) {
+        uint32_t bits = get_u32(r + 4 * i);
+        float v;
+        memcpy(&v, &bits, 4);
+        if (!isfinite(v)) CORRUPT("'%s' is corrupt: non-finite key", path);
+    }
+    f->buf = buf;
+    f->body = r;
+    return ML_OK;
+fail:
+    free(buf);
+    return st;
+}
+
+/* Copies a checked file into m (sizes already equal); caller holds the write lock. */
+static void install(ml_memory *m, const loaded *f) {
+    clear_locked(m);
+    const uint8_t *r = f->body;
+    int64_t c = f->count, d = f->d, p = f->p;
+    get_floats(m->keys, &r, c * d);
+    for (int64_t i = 0; i < c; i++, r += 8) m->labels[i] = (int64_t)get_u64(r);
+    for (int64_t i = 0; i < c; i++, r += 8) m->ages[i] = (int64_t)get_u64(r);
+    if (p) get_floats(m->payloads, &r, c * p);
+    m->count = c;
+    m->seed = f->seed;
+    memcpy(m->rng, f->rng, sizeof m->rng);
+}
+
+ml_status ml_memory_load(ml_memory *mem, const char *path) {
+    if (!mem) return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory.load: memory is NULL");
+    loaded f = {0};
+    ml_status st = read_file(&f, path);
+    if (st) return st;
+    if (f.capacity != mem->capacity || f.d != mem->key_size || f.p != mem->payload_size) {
+        st = ml_set_error(ML_ERR_VALUE, "'%s' holds a memory of capacity %lld, key size %lld and "
+                          "payload size %lld; this memory has %lld, %lld and %lld",
+                          path, (long long)f.capacity, (long long)f.d, (long long)f.p,
+                          (long long)mem->capacity, (long long)mem->key_size,
+                          (long long)mem->payload_size);
+    } else {
+        pthread_rwlock_wrlock(&mem->lock);
+        install(mem, &f);
+        pthread_rwlock_unlock(&mem->lock);
+    }
+    free(f.buf);
+    return st;
+}
+
+ml_status ml_memory_open(ml_memory **out, const char *path) {
+    if (!out) return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory.open: output pointer is NULL");
+    loaded f = {0};
+    ml_status st = read_file(&f, path);
+    if (st) return st;
+    ml_memory *m = NULL;
+    if (!(st = ml_memory_new(&m, f.capacity, f.d, f.p, f.seed))) {
+        install(m, &f);
+        *out = m;
+    }
+    free(f.buf);
+    return st;
+}

@@ -1,0 +1,427 @@
+/* conv.c — 2-D convolution, channels-last (NHWC) as Keras, and its two transposes.
+ *
+ * Three ops, each linear in each of its two tensor arguments, differentiate into one another
+ * (as matmul's NN/NT/TN products do):
+ *
+ *   conv2d(x, k)               y[n,o,p,f] = sum_{i,j,c} x[n, o*sh+i-pt, p*sw+j-pl, c] k[i,j,c,f]
+ *   conv2d_input_grad(g, k)    the adjoint in x:  <g, conv2d(x, k)> = <input_grad(g, k), x>
+ *   conv2d_kernel_grad(x, g)   the adjoint in k:  <g, conv2d(x, k)> = <kernel_grad(x, g), k>
+ *
+ * so for an upstream G:
+ *   d conv2d:      dx = input_grad(G, k)      dk = kernel_grad(x, G)     db = sum(G, N,OH,OW)
+ *   d input_grad:  dg = conv2d(G, k)          dk = kernel_grad(G, g)
+ *   d kernel_grad: dx = input_grad(g, G)      dg = conv2d(x, G)
+ * and gradients of any order stay inside the trio.
+ *
+ * Kernels: im2col + the blocked GEMM (ml_sgemm). A row of the column matrix is one output
+ * pixel's receptive field in (kh, kw, c) order, which is the kernel's own memory order, so
+ * the kernel is used in place as a (KH*KW*C, F) matrix. Images are processed in chunks whose
+ * column matrix fits a per-thread buffer that is kept between calls (no malloc per call).
+ * A 1x1 kernel with stride 1 and no padding skips im2col (the input is the column matrix).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <pthread.h>
+
+#include "../core/internal.h"
+
+#define IN(k) (out->node->inputs[k])
+
+/* ------------------------------------------------------------------ geometry */
+
+void ml__win2d_store(const ml_win2d *g, int64_t *p) {
+    p[0] = g->n; p[1] = g->h; p[2] = g->w; p[3] = g->c;
+    p[4] = g->kh; p[5] = g->kw; p[6] = g->sh; p[7] = g->sw;
+    p[8] = g->pt; p[9] = g->pl; p[10] = g->oh; p[11] = g->ow;
+}
+
+void ml__win2d_load(ml_win2d *g, const int64_t *p) {
+    g->n = p[0]; g->h = p[1]; g->w = p[2]; g->c = p[3];
+    g->kh = p[4]; g->kw = p[5]; g->sh = p[6]; g->sw = p[7];
+    g->pt = p[8]; g->pl = p[9]; g->oh = p[10]; g->ow = p[11];
+}
+
+_Static_assert(ML_WIN2D_NPARAMS + 1 <= ML_NODE_MAX_IPARAMS, "iparams too small for ml_win2d");
+
+/* ------------------------------------------------------- per-thread buffer */
+
+static _Thread_local float *tl_cols;
+static _Thread_local size_t tl_cap;
+static pthread_key_t cols_key;
+static pthread_once_t cols_once = PTHREAD_ONCE_INIT;
+static int cols_key_ok;
+
+static void cols_free(void *p) {
+    free(p);
+    tl_cols = NULL;
+    tl_cap = 0;
+}
+static void cols_key_init(void) { cols_key_ok = pthread_key_create(&cols_key, cols_free) == 0; }
+
+static float *cols_buffer(size_t floats) {
+    if (floats <= tl_cap) return tl_cols;
+    size_t bytes = (floats * sizeof(float) + 63) & ~(size_t)63;
+    float *p = aligned_alloc(64, bytes);
+    if (!p) return NULL;
+    free(tl_cols);
+    tl_cols = p;
+    tl_cap = bytes / sizeof(float);
+    pthread_once(&cols_once, cols_key_init);
+    if (cols_key_ok) pthread_setspecific(cols_key, p);
+    return p;
+}
+
+/* Column matrices up to this size (floats) per chunk of images: 2 MiB, about an L2/L3 share. */
+#define COLS_TARGET (512 * 1024)
+
+static int64_t chunk_images(const ml_win2d *g) {
+    int64_t per = g->oh * g->ow * g->kh * g->kw * g->c;
+    if (per <= 0) return g->n > 0 ? g->n : 1;
+    int64_t n = COLS_TARGET / per;
+    if (n < 1) n = 1;
+    if (n > g->n) n = g->n;
+    return n > 0 ? n : 1;
+}
+
+static int is_pointwise(const ml_win2d *g) {
+    return g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->pt == 0 && g->pl == 0 &&
+           g->oh == g->h && g->ow == g->w;
+}
+
+/* im2col of images [n0, n0 + nn) into cols (nn*OH*OW, KH*KW*C). */
+static void im2col(const ml_win2d *g, const float *x, int64_t n0, int64_t nn, float *cols) {
+    const int64_t C = g->c, KWC = g->kw * C, KK = g->kh * KWC;
+    float *row = cols;
+    for (int64_t n = n0; n < n0 + nn; n++) {
+        const float *img = x + n * g->h * g->w * C;
+        for (int64_t oh = 0; oh < g->oh; oh++) {
+            for (int64_t ow = 0; ow < g->ow; ow++, row += KK) {
+                float *dst = row;
+                int64_t iw0 = ow * g->sw - g->pl;
+                for (int64_t i = 0; i < g->kh; i++, dst += KWC) {
+                    int64_t ih = oh * g->sh + i - g->pt;
+                    if (ih < 0 || ih >= g->h) {
+                        memset(dst, 0, (size_t)KWC * sizeof(float));
+                        continue;
+                    }
+                    const float *src = img + ih * g->w * C;
+                    if (iw0 >= 0 && iw0 + g->kw <= g->w) {
+                        memcpy(dst, src + iw0 * C, (size_t)KWC * sizeof(float));
+                        continue;
+                    }
+                    for (int64_t j = 0; j < g->kw; j++) {
+                        int64_t iw = iw0 + j;
+                        if (iw < 0 || iw >= g->w) memset(dst + j * C, 0, (size_t)C * sizeof(float));
+                        else memcpy(dst + j * C, src + iw * C, (size_t)C * sizeof(float));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* col2im: adds the column matrix of images [n0, n0 + nn) back into dx (already zeroed). */
+static void col2im(const ml_win2d *g, const float *cols, int64_t n0, int64_t nn, float *dx) {
+    const int64_t C = g->c, KWC = g->kw * C, KK = g->kh * KWC;
+    const float *row = cols;
+    for (int64_t n = n0; n < n0 + nn; n++) {
+        float *img = dx + n * g->h * g->w * C;
+        for (int64_t oh = 0; oh < g->oh; oh++) {
+            for (int64_t ow = 0; ow < g->ow; ow++, row += KK) {
+                const float *src = row;
+                int64_t iw0 = ow * g->sw - g->pl;
+                for (int64_t i = 0; i < g->kh; i++, src += KWC) {
+                    int64_t ih = oh * g->sh + i - g->pt;
+                    if (ih < 0 || ih >= g->h) continue;
+                    float *dst = img + ih * g->w * C;
+                    if (iw0 >= 0 && iw0 + g->kw <= g->w) {
+                        float *d = dst + iw0 * C;
+                        for (int64_t t = 0; t < KWC; t++) d[t] += src[t];
+                        continue;
+                    }
+                    for (int64_t j = 0; j < g->kw; j++) {
+                        int64_t iw = iw0 + j;
+                        if (iw < 0 || iw >= g->w) continue;
+                        float *d = dst + iw * C;
+                        const float *s2 = src + j * C;
+                        for (int64_t c = 0; c < C; c++) d[c] += s2[c];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ kernels */
+
+static ml_status conv_forward_kernel(const ml_win2d *g, int64_t F, const float *x,
+                                     const float *k, const float *b, float *y) {
+    const int64_t KK = g->kh * g->kw * g->c, P = g->oh * g->ow;
+    if (g->n == 0 || P == 0 || F == 0) return ML_OK;
+    if (is_pointwise(g)) {
+        ml_sgemm(0, 0, g->n * P, F, KK, 1.0f, x, KK, k, F, 0.0f, y, F);
+    } else {
+        int64_t step = chunk_images(g);
+        float *cols = cols_buffer((size_t)(step * P * KK));
+        if (!cols) return ml_set_error(ML_ERR_OOM, "conv2d: out of memory for the column buffer");
+        for (int64_t n0 = 0; n0 < g->n; n0 += step) {
+            int64_t nn = g->n - n0 < step ? g->n - n0 : step;
+            im2col(g, x, n0, nn, cols);
+            ml_sgemm(0, 0, nn * P, F, KK, 1.0f, cols, KK, k, F, 0.0f, y + n0 * P * F, F);
+        }
+    }
+    if (b) {
+        for (int64_t r = 0, rows = g->n * P; r < rows; r++) {
+            float *row = y + r * F;
+            for (int64_t f = 0; f < F; f++) row[f] += b[f];
+        }
+    }
+    return ML_OK;
+}
+
+static ml_status conv_input_grad_kernel(const ml_win2d *g, int64_t F, const float *gy,
+                                        const float *k, float *dx) {
+    const int64_t KK = g->kh * g->kw * g->c, P = g->oh * g->ow;
+    const int64_t xn = g->n * g->h * g->w * g->c;
+    if (is_pointwise(g)) {
+        if (xn) ml_sgemm(0, 1, g->n * P, KK, F, 1.0f, gy, F, k, F, 0.0f, dx, KK);
+        return ML_OK;
+    }
+    memset(dx, 0, (size_t)xn * sizeof(float));
+    if (g->n == 0 || P == 0 || KK == 0) return ML_OK;
+    int64_t step = chunk_images(g);
+    float *cols = cols_buffer((size_t)(step * P * KK));
+    if (!cols) return ml_set_error(ML_ERR_OOM, "conv2d: out of memory for the column buffer");
+    for (int64_t n0 = 0; n0 < g->n; n0 += step) {
+        int64_t nn = g->n - n0 < step ? g->n - n0 : step;
+        ml_sgemm(0, 1, nn * P, KK, F, 1.0f, gy + n0 * P * F, F, k, F, 0.0f, cols, KK);
+        col2im(g, cols, n0, nn, dx);
+    }
+    return ML_OK;
+}
+
+static ml_status conv_kernel_grad_kernel(const ml_win2d *g, int64_t F, const float *x,
+                                         const float *gy, float *dk) {
+    const int64_t KK = g->kh * g->kw * g->c, P = g->oh * g->ow;
+    if (KK == 0 || F == 0) return ML_OK;
+    if (g->n == 0 || P == 0) {
+        memset(dk, 0, (size_t)(KK * F) * sizeof(float));
+        return ML_OK;
+    }
+    if (is_pointwise(g)) {
+        ml_sgemm(1, 0, KK, F, g->n * P, 1.0f, x, KK, gy, F, 0.0f, dk, F);
+        return ML_OK;
+    }
+    int64_t step = chunk_images(g);
+    float *cols = cols_buffer((size_t)(step * P * KK));
+    if (!cols) return ml_set_error(ML_ERR_OOM, "conv2d: out of memory for the column buffer");
+    for (int64_t n0 = 0; n0 < g->n; n0 += step) {
+        int64_t nn = g->n - n0 < step ? g->n - n0 : step;
+        im2col(g, x, n0, nn, cols);
+        ml_sgemm(1, 0, KK, F, nn * P, 1.0f, cols, KK, gy + n0 * P * F, F, n0 ? 1.0f : 0.0f, dk, F);
+    }
+    return ML_OK;
+}
+
+/* ------------------------------------------------------------- shape checks */
+
+static ml_status check_geom_x(const char *name, const ml_tensor *x, const ml_win2d *g) {
+    if (x->ndim != 4 || x->shape[0] != g->n || x->shape[1] != g->h || x->shape[2] != g->w ||
+        x->shape[3] != g->c)
+        return ml_set_error(ML_ERR_SHAPE, "%s: expected input of shape (%lld, %lld, %lld, %lld), "
+                            "got %s", name, (long long)g->n, (long long)g->h, (long long)g->w,
+                            (long long)g->c, ML_SHAPE_STR(x));
+    return ML_OK;
+}
+
+static ml_status check_geom_k(const char *name, const ml_tensor *k, const ml_win2d *g) {
+    if (k->ndim != 4 || k->shape[0] != g->kh || k->shape[1] != g->kw || k->shape[2] != g->c)
+        return ml_set_error(ML_ERR_SHAPE, "%s: expected kernel of shape (%lld, %lld, %lld, F), "
+                            "got %s", name, (long long)g->kh, (long long)g->kw, (long long)g->c,
+                            ML_SHAPE_STR(k));
+    return ML_OK;
+}
+
+static ml_status check_geom_g(const char *name, const ml_tensor *gy, const ml_win2d *g,
+                              int64_t F) {
+    if (gy->ndim != 4 || gy->shape[0] != g->n || gy->shape[1] != g->oh ||
+        gy->shape[2] != g->ow || (F >= 0 && gy->shape[3] != F))
+        return ml_set_error(ML_ERR_SHAPE, "%s: expected gradient of shape (%lld, %lld, %lld, %lld), "
+                            "got %s", name, (long long)g->n, (long long)g->oh, (long long)g->ow,
+                            (long long)F, ML_SHAPE_STR(gy));
+    return ML_OK;
+}
+
+static ml_status finish(ml_tensor **out, ml_tensor *o, ml_op_id op, int n, ml_tensor **ins,
+                        const ml_win2d *g) {
+    ml_node *node = NULL;
+    if (ml__should_record(n, ins)) {
+        ml_status st = ml__record(o, op, n, ins, &node);
+        if (st) {
+            ml_release(o);
+            return st;
+        }
+        ml__win2d_store(g, node->iparams);
+    }
+    *out = o;
+    return ML_OK;
+}
+
+/* ------------------------------------------------------------------- conv2d */
+
+ml_status ml__conv2d_geom(ml_tensor **out, ml_tensor *x, ml_tensor *k, ml_tensor *b,
+                          const ml_win2d *g) {
+    ml_status st;
+    if ((st = check_geom_x("conv2d", x, g)) || (st = check_geom_k("conv2d", k, g))) return st;
+    int64_t F = k->shape[3];
+    if (b && (b->ndim != 1 || b->shape[0] != F))
+        return ml_set_error(ML_ERR_SHAPE, "conv2d: bias must have shape (%lld,), got %s",
+                            (long long)F, ML_SHAPE_STR(b));
+    int64_t shape[4] = {g->n, g->oh, g->ow, F};
+    ml_tensor *o = NULL;
+    if ((st = ml__new(&o, 4, shape))) return st;
+    if ((st = conv_forward_kernel(g, F, x->data, k->data, b ? b->data : NULL, o->data))) {
+        ml_release(o);
+        return st;
+    }
+    ml_tensor *ins[3] = {x, k, b};
+    return finish(out, o, OP_CONV2D, b ? 3 : 2, ins, g);
+}
+
+/* Output size and leading pad of one spatial dim, Keras/TF rules. */
+static void same_or_valid(int64_t size, int64_t win, int64_t stride, ml_padding padding,
+                          int64_t *out_size, int64_t *pad_before) {
+    if (padding == ML_PAD_SAME) {
+        int64_t o = (size + stride - 1) / stride;
+        int64_t total = (o - 1) * stride + win - size;
+        if (total < 0) total = 0;
+        *out_size = o;
+        *pad_before = total / 2;
+    } else {
+        *out_size = size >= win ? (size - win) / stride + 1 : 0;
+        *pad_before = 0;
+    }
+}
+
+/* Shared by conv2d and the pools (declared in internal.h). */
+ml_status ml__win2d_plan(const char *name, const ml_tensor *x, int64_t kh, int64_t kw,
+                         int sh, int sw, ml_padding padding, ml_win2d *g) {
+    if (x->ndim != 4)
+        return ml_set_error(ML_ERR_SHAPE, "%s: expected a 4-D input (batch, height, width, "
+                            "channels), got shape %s", name, ML_SHAPE_STR(x));
+    if (sh <= 0 || sw <= 0)
+        return ml_set_error(ML_ERR_VALUE, "%s: strides must be positive, got (%d, %d)", name, sh, sw);
+    if (padding != ML_PAD_SAME && padding != ML_PAD_VALID)
+        return ml_set_error(ML_ERR_VALUE, "%s: padding must be 'same' or 'valid'", name);
+    g->n = x->shape[0]; g->h = x->shape[1]; g->w = x->shape[2]; g->c = x->shape[3];
+    g->kh = kh; g->kw = kw; g->sh = sh; g->sw = sw;
+    same_or_valid(g->h, kh, sh, padding, &g->oh, &g->pt);
+    same_or_valid(g->w, kw, sw, padding, &g->ow, &g->pl);
+    if (padding == ML_PAD_VALID && (kh > g->h || kw > g->w))
+        return ml_set_error(ML_ERR_SHAPE, "%s: window %lldx%lld is larger than the input %lldx%lld "
+                            "(shape %s) with padding 'valid': the output would be empty",
+                            name, (long long)kh, (long long)kw, (long long)g->h, (long long)g->w,
+                            ML_SHAPE_STR(x));
+    return ML_OK;
+}
+
+ml_status ml_conv2d(ml_tensor **out, ml_tensor *x, ml_tensor *kernel, ml_tensor *bias,
+                    int stride_h, int stride_w, ml_padding padding) {
+    if (!out || !x || !kernel) return ml_set_error(ML_ERR_VALUE, "conv2d: input tensor is NULL");
+    if (x->ndim != 4)
+        return ml_set_error(ML_ERR_SHAPE, "conv2d: expected a 4-D input (batch, height, width, "
+                            "channels), got shape %s", ML_SHAPE_STR(x));
+    if (kernel->ndim != 4)
+        return ml_set_error(ML_ERR_SHAPE, "conv2d: expected a 4-D kernel (height, width, "
+                            "in_channels, filters), got shape %s", ML_SHAPE_STR(kernel));
+    if (kernel->shape[2] != x->shape[3])
+        return ml_set_error(ML_ERR_SHAPE, "conv2d: input has %lld channels but kernel expects %lld, "
+                            "got shapes %s and %s", (long long)x->shape[3],
+                            (long long)kernel->shape[2], ML_SHAPE_STR(x), ML_SHAPE_STR(kernel));
+    if (kernel->shape[0] < 1 || kernel->shape[1] < 1 || kernel->shape[2] < 1 ||
+        kernel->shape[3] < 1)
+        return ml_set_error(ML_ERR_SHAPE, "conv2d: kernel dimensions must be positive, got %s",
+                            ML_SHAPE_STR(kernel));
+    int64_t F = kernel->shape[3];
+    if (bias && (bias->ndim != 1 || bias->shape[0] != F))
+        return ml_set_error(ML_ERR_SHAPE, "conv2d: bias must have shape (%lld,) for a kernel of "
+                            "shape %s, got %s", (long long)F, ML_SHAPE_STR(kernel),
+                            ML_SHAPE_STR(bias));
+    ml_win2d g;
+    ml_status st = ml__win2d_plan("conv2d", x, kernel->shape[0], kernel->shape[1], stride_h,
+                                  stride_w, padding, &g);
+    if (st) return st;
+    return ml__conv2d_geom(out, x, kernel, bias, &g);
+}
+
+ml_status ml__conv2d_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin) {
+    ml_win2d g;
+    ml__win2d_load(&g, out->node->iparams);
+    ml_tensor *x = IN(0), *k = IN(1), *b = out->node->n_inputs > 2 ? IN(2) : NULL;
+    ml_status st = ML_OK;
+    if (x->requires_grad && (st = ml__conv2d_input_grad(&gin[0], gy, k, &g))) return st;
+    if (k->requires_grad && (st = ml__conv2d_kernel_grad(&gin[1], x, gy, &g))) return st;
+    if (b && b->requires_grad) {
+        int axes[3] = {0, 1, 2};
+        st = ml_sum(&gin[2], gy, 3, axes, 0);
+    }
+    return st;
+}
+
+/* -------------------------------------------------------- conv2d_input_grad */
+
+ml_status ml__conv2d_input_grad(ml_tensor **out, ml_tensor *gy, ml_tensor *k,
+                                const ml_win2d *g) {
+    ml_status st;
+    if ((st = check_geom_k("conv2d_input_grad", k, g)) ||
+        (st = check_geom_g("conv2d_input_grad", gy, g, k->shape[3])))
+        return st;
+    int64_t shape[4] = {g->n, g->h, g->w, g->c};
+    ml_tensor *o = NULL;
+    if ((st = ml__new(&o, 4, shape))) return st;
+    if ((st = conv_input_grad_kernel(g, k->shape[3], gy->data, k->data, o->data))) {
+        ml_release(o);
+        return st;
+    }
+    ml_tensor *ins[2] = {gy, k};
+    return finish(out, o, OP_CONV2D_INPUT_GRAD, 2, ins, g);
+}
+
+ml_status ml__conv2d_input_grad_backward(ml_tensor *out, ml_tensor *G, ml_tensor **gin) {
+    ml_win2d g;
+    ml__win2d_load(&g, out->node->iparams);
+    ml_tensor *gy = IN(0), *k = IN(1);
+    ml_status st = ML_OK;
+    if (gy->requires_grad && (st = ml__conv2d_geom(&gin[0], G, k, NULL, &g))) return st;
+    if (k->requires_grad) st = ml__conv2d_kernel_grad(&gin[1], G, gy, &g);
+    return st;
+}
+
+/* ------------------------------------------------------- conv2d_kernel_grad */
+
+ml_status ml__conv2d_kernel_grad(ml_tensor **out, ml_tensor *x, ml_tensor *gy,
+                                 const ml_win2d *g) {
+    ml_status st;
+    if ((st = check_geom_x("conv2d_kernel_grad", x, g)) ||
+        (st = check_geom_g("conv2d_kernel_grad", gy, g, -1)))
+        return st;
+    int64_t F = gy->shape[3];
+    int64_t shape[4] = {g->kh, g->kw, g->c, F};
+    ml_tensor *o = NULL;
+    if ((st = ml__new(&o, 4, shape))) return st;
+    if ((st = conv_kernel_grad_kernel(g, F, x->data, gy->data, o->data))) {
+        ml_release(o);
+        return st;
+    }
+    ml_tensor *ins[2] = {x, gy};
+    return finish(out, o, OP_CONV2D_KERNEL_GRAD, 2, ins, g);
+}
+
+ml_status ml__conv2d_kernel_grad_backward(ml_tensor *out, ml_tensor *G, ml_tensor **gin) {
+    ml_win2d g;
+    ml__win2d_load(&g, out->node->iparams);
+    ml_tensor *x = IN(0), *gy = IN(1);
+    ml_status st = ML_OK;
+    if (x->requires_grad && (st = ml__conv2d_input_grad(&gin[0], gy, G, &g))) return st;
+    if (gy->requires_grad) st = ml__conv2d_geom(&gin[1], x, G, NULL, &g);
+    return st;
+}

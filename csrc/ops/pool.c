@@ -1,0 +1,296 @@
+/* pool.c — 2-D max and average pooling, channels-last (NHWC) as Keras, and their backward
+ * ops, each with its own backward so gradients of any order stay exact:
+ *
+ *   max_pool2d(x)           y = x at the first maximum of each window (argmax saved)
+ *   max_pool2d_scatter(g)   dx: g added at the argmax positions   (the adjoint of the gather)
+ *   max_pool2d_gather(G)    G read at the argmax positions        (the adjoint of the scatter)
+ *     d max_pool2d = scatter, d scatter = gather, d gather = scatter; the argmax is a
+ *     constant of the graph (a max is piecewise linear).
+ *   avg_pool2d(x)           y = mean of the window's elements inside the input
+ *   avg_pool2d_grad(g)      dx = sum over windows covering x of g / count(window)
+ *     d avg_pool2d = avg_pool2d_grad and d avg_pool2d_grad = avg_pool2d (the two are
+ *     adjoints of each other).
+ * GlobalAveragePooling2D is a mean over axes (1, 2): ml_global_avg_pool2d.
+ */
+#include <math.h>
+
+#include "../core/internal.h"
+
+#define IN(k) (out->node->inputs[k])
+
+
+static ml_status check_pool_args(const char *name, ml_tensor **out, ml_tensor *x, int ph, int pw) {
+    if (!out || !x) return ml_set_error(ML_ERR_VALUE, "%s: input tensor is NULL", name);
+    if (ph <= 0 || pw <= 0)
+        return ml_set_error(ML_ERR_VALUE, "%s: pool size must be positive, got (%d, %d)", name, ph, pw);
+    return ML_OK;
+}
+
+/* Valid window range [i0, i1) of output row o along one dim. */
+static inline void win_range(int64_t o, int64_t stride, int64_t pad, int64_t k, int64_t size,
+                             int64_t *i0, int64_t *i1) {
+    int64_t a = o * stride - pad, b = a + k;
+    *i0 = a < 0 ? 0 : a;
+    *i1 = b > size ? size : b;
+}
+
+/* --------------------------------------------------------------- max pool */
+
+/* Per output pixel: pass 1 takes the max over the window (vectorised over channels), pass 2
+ * finds the first position holding it (first maximum wins, as PyTorch; a NaN is the max
+ * once met, and the first NaN is its position). */
+__attribute__((target_clones("avx2", "default"))) static void
+maxpool_kernel(const ml_win2d *g, const float *x, float *y, int64_t *arg, int32_t *pos) {
+    const int64_t C = g->c;
+    for (int64_t n = 0; n < g->n; n++) {
+        const float *img = x + n * g->h * g->w * C;
+        int64_t base = n * g->h * g->w * C;
+        for (int64_t oh = 0; oh < g->oh; oh++) {
+            int64_t h0, h1;
+            win_range(oh, g->sh, g->pt, g->kh, g->h, &h0, &h1);
+            for (int64_t ow = 0; ow < g->ow; ow++) {
+                int64_t w0, w1;
+                win_range(ow, g->sw, g->pl, g->kw, g->w, &w0, &w1);
+                int64_t o = ((n * g->oh + oh) * g->ow + ow) * C;
+                float *restrict m = y + o;
+                int64_t *restrict a = arg + o;
+                const float *first = img + (h0 * g->w + w0) * C;
+                for (int64_t c = 0; c < C; c++) m[c] = first[c];
+                for (int64_t ih = h0; ih < h1; ih++)
+                    for (int64_t iw = w0; iw < w1; iw++) {
+                        const float *restrict src = img + (ih * g->w + iw) * C;
+                        for (int64_t c = 0; c < C; c++) {
+                            float v = src[c], cur = m[c];
+                            m[c] = (v > cur || (v != v && cur == cur)) ? v : cur;
+                        }
+                    }
+                for (int64_t c = 0; c < C; c++) pos[c] = -1;
+                for (int64_t ih = h0; ih < h1; ih++)
+                    for (int64_t iw = w0; iw < w1; iw++) {
+                        int32_t off = (int32_t)((ih * g->w + iw) * C);
+                        const float *restrict src = img + off;
+                        for (int64_t c = 0; c < C; c++) {
+                            float v = src[c];
+                            int hit = (v == m[c]) | (v != v);
+                            pos[c] = (pos[c] < 0 && hit) ? off : pos[c];
+                        }
+                    }
+                for (int64_t c = 0; c < C; c++) a[c] = base + pos[c] + c;
+            }
+        }
+    }
+}
+
+ml_status ml_max_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, int stride_h,
+                        int stride_w, ml_padding padding) {
+    ml_status st;
+    if ((st = check_pool_args("max_pool2d", out, x, pool_h, pool_w))) return st;
+    ml_win2d g;
+    if ((st = ml__win2d_plan("max_pool2d", x, pool_h, pool_w, stride_h, stride_w, padding, &g)))
+        return st;
+    int64_t shape[4] = {g.n, g.oh, g.ow, g.c};
+    ml_tensor *o = NULL;
+    if ((st = ml__new(&o, 4, shape))) return st;
+    int64_t *arg = malloc((size_t)(o->numel ? o->numel : 1) * sizeof(int64_t));
+    if (!arg) {
+        ml_release(o);
+        return ml_set_error(ML_ERR_OOM, "max_pool2d: out of memory");
+    }
+    int32_t *pos = malloc((size_t)(g.c ? g.c : 1) * sizeof(int32_t));
+    if (!pos) {
+        free(arg);
+        ml_release(o);
+        return ml_set_error(ML_ERR_OOM, "max_pool2d: out of memory");
+    }
+    if (g.h * g.w * g.c > INT32_MAX) {
+        free(pos);
+        free(arg);
+        ml_release(o);
+        return ml_set_error(ML_ERR_VALUE, "max_pool2d: an image of shape %s is too large",
+                            ML_SHAPE_STR(x));
+    }
+    maxpool_kernel(&g, x->data, o->data, arg, pos);
+    free(pos);
+    ml_node *node = NULL;
+    if (ml__should_record(1, &x)) {
+        if ((st = ml__record(o, OP_MAX_POOL2D, 1, &x, &node))) {
+            free(arg);
+            ml_release(o);
+            return st;
+        }
+        ml__win2d_store(&g, node->iparams);
+        node->index = arg;
+        node->n_index = o->numel;
+    } else {
+        free(arg);
+    }
+    *out = o;
+    return ML_OK;
+}
+
+/* Records a scatter or gather op that shares (copies) the argmax of `src_node`. */
+static ml_status index_op(ml_tensor **out, ml_tensor *gin, const ml_node *src, int scatter) {
+    ml_win2d g;
+    ml__win2d_load(&g, src->iparams);
+    int64_t xshape[4] = {g.n, g.h, g.w, g.c}, yshape[4] = {g.n, g.oh, g.ow, g.c};
+    const int64_t *want = scatter ? yshape : xshape;
+    const char *name = scatter ? "max_pool2d_scatter" : "max_pool2d_gather";
+    if (gin->ndim != 4 || gin->shape[0] != want[0] || gin->shape[1] != want[1] ||
+        gin->shape[2] != want[2] || gin->shape[3] != want[3])
+        return ml_set_error(ML_ERR_SHAPE, "%s: expected a gradient of shape %s, got %s", name,
+                            ml__shape_str((char[160]){0}, 160, 4, want), ML_SHAPE_STR(gin));
+    const int64_t n_idx = src->n_index;
+    const int64_t *idx = src->index;
+    ml_tensor *o = NULL;
+    ml_status st = ml__new(&o, 4, scatter ? xshape : yshape);
+    if (st) return st;
+    if (scatter) {
+        memset(o->data, 0, (size_t)o->numel * sizeof(float));
+        for (int64_t i = 0; i < n_idx; i++) o->data[idx[i]] += gin->data[i];
+    } else {
+        for (int64_t i = 0; i < n_idx; i++) o->data[i] = gin->data[idx[i]];
+    }
+    ml_node *node = NULL;
+    if (ml__should_record(1, &gin)) {
+        if ((st = ml__record(o, scatter ? OP_MAX_POOL2D_SCATTER : OP_MAX_POOL2D_GATHER, 1, &gin,
+                             &node))) {
+            ml_release(o);
+            return st;
+        }
+        ml__win2d_store(&g, node->iparams);
+        node->index = malloc((size_t)(n_idx ? n_idx : 1) * sizeof(int64_t));
+        if (!node->index) {
+            ml_release(o);
+            return ml_set_error(ML_ERR_OOM, "%s: out of memory", name);
+        }
+        if (n_idx) memcpy(node->index, idx, (size_t)n_idx * sizeof(int64_t));
+        node->n_index = n_idx;
+    }
+    *out = o;
+    return ML_OK;
+}
+
+ml_status ml__max_pool2d_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    return index_op(&gin[0], g, out->node, 1);
+}
+ml_status ml__max_pool2d_scatter_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    return index_op(&gin[0], g, out->node, 0);
+}
+ml_status ml__max_pool2d_gather_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    return index_op(&gin[0], g, out->node, 1);
+}
+
+/* --------------------------------------------------------------- avg pool */
+
+/* y = avgpool(x) (forward) or x += adjoint(y) (grad=1, dx zeroed by the caller). */
+static void avgpool_kernel(const ml_win2d *g, float *x, float *y, int grad) {
+    const int64_t C = g->c;
+    for (int64_t n = 0; n < g->n; n++) {
+        float *img = x + n * g->h * g->w * C;
+        for (int64_t oh = 0; oh < g->oh; oh++) {
+            int64_t h0, h1;
+            win_range(oh, g->sh, g->pt, g->kh, g->h, &h0, &h1);
+            for (int64_t ow = 0; ow < g->ow; ow++) {
+                int64_t w0, w1;
+                win_range(ow, g->sw, g->pl, g->kw, g->w, &w0, &w1);
+                float *m = y + ((n * g->oh + oh) * g->ow + ow) * C;
+                int64_t cnt = (h1 - h0) * (w1 - w0);
+                float inv = cnt > 0 ? 1.0f / (float)cnt : 0.0f;
+                if (!grad) {
+                    for (int64_t c = 0; c < C; c++) m[c] = 0.0f;
+                    for (int64_t ih = h0; ih < h1; ih++)
+                        for (int64_t iw = w0; iw < w1; iw++) {
+                            const float *src = img + (ih * g->w + iw) * C;
+                            for (int64_t c = 0; c < C; c++) m[c] += src[c];
+                        }
+                    for (int64_t c = 0; c < C; c++) m[c] *= inv;
+                } else {
+                    for (int64_t ih = h0; ih < h1; ih++)
+                        for (int64_t iw = w0; iw < w1; iw++) {
+                            float *dst = img + (ih * g->w + iw) * C;
+                            for (int64_t c = 0; c < C; c++) dst[c] += m[c] * inv;
+                        }
+                }
+            }
+        }
+    }
+}
+
+static ml_status avg_geom(ml_tensor **out, ml_tensor *x, const ml_win2d *g) {
+    int64_t shape[4] = {g->n, g->oh, g->ow, g->c};
+    ml_tensor *o = NULL;
+    ml_status st = ml__new(&o, 4, shape);
+    if (st) return st;
+    avgpool_kernel(g, x->data, o->data, 0);
+    ml_node *node = NULL;
+    if (ml__should_record(1, &x)) {
+        if ((st = ml__record(o, OP_AVG_POOL2D, 1, &x, &node))) {
+            ml_release(o);
+            return st;
+        }
+        ml__win2d_store(g, node->iparams);
+    }
+    *out = o;
+    return ML_OK;
+}
+
+static ml_status avg_grad_geom(ml_tensor **out, ml_tensor *gy, const ml_win2d *g) {
+    if (gy->ndim != 4 || gy->shape[0] != g->n || gy->shape[1] != g->oh ||
+        gy->shape[2] != g->ow || gy->shape[3] != g->c)
+        return ml_set_error(ML_ERR_SHAPE, "avg_pool2d_grad: expected a gradient of shape "
+                            "(%lld, %lld, %lld, %lld), got %s", (long long)g->n, (long long)g->oh,
+                            (long long)g->ow, (long long)g->c, ML_SHAPE_STR(gy));
+    int64_t shape[4] = {g->n, g->h, g->w, g->c};
+    ml_tensor *o = NULL;
+    ml_status st = ml__new(&o, 4, shape);
+    if (st) return st;
+    memset(o->data, 0, (size_t)o->numel * sizeof(float));
+    avgpool_kernel(g, o->data, gy->data, 1);
+    ml_node *node = NULL;
+    if (ml__should_record(1, &gy)) {
+        if ((st = ml__record(o, OP_AVG_POOL2D_GRAD, 1, &gy, &node))) {
+            ml_release(o);
+            return st;
+        }
+        ml__win2d_store(g, node->iparams);
+    }
+    *out = o;
+    return ML_OK;
+}
+
+ml_status ml_avg_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, int stride_h,
+                        int stride_w, ml_padding padding) {
+    ml_status st;
+    if ((st = check_pool_args("avg_pool2d", out, x, pool_h, pool_w))) return st;
+    ml_win2d g;
+    if ((st = ml__win2d_plan("avg_pool2d", x, pool_h, pool_w, stride_h, stride_w, padding, &g)))
+        return st;
+    return avg_geom(out, x, &g);
+}
+
+ml_status ml__avg_pool2d_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin) {
+    ml_win2d g;
+    ml__win2d_load(&g, out->node->iparams);
+    return avg_grad_geom(&gin[0], gy, &g);
+}
+
+ml_status ml__avg_pool2d_grad_backward(ml_tensor *out, ml_tensor *G, ml_tensor **gin) {
+    ml_win2d g;
+    ml__win2d_load(&g, out->node->iparams);
+    if (G->ndim != 4 || G->shape[0] != g.n || G->shape[1] != g.h || G->shape[2] != g.w ||
+        G->shape[3] != g.c)
+        return ml_set_error(ML_ERR_SHAPE, "avg_pool2d_grad: gradient of shape %s does not match "
+                            "its input", ML_SHAPE_STR(G));
+    return avg_geom(&gin[0], G, &g);
+}
+
+/* ---------------------------------------------------- global average pool */
+
+ml_status ml_global_avg_pool2d(ml_tensor **out, ml_tensor *x, int keepdims) {
+    if (!out || !x) return ml_set_error(ML_ERR_VALUE, "global_avg_pool2d: input tensor is NULL");
+    if (x->ndim != 4)
+        return ml_set_error(ML_ERR_SHAPE, "global_avg_pool2d: expected a 4-D input (batch, height, "
+                            "width, channels), got shape %s", ML_SHAPE_STR(x));
+    int axes[2] = {1, 2};
+    return ml_mean(out, x, 2, axes, keepdims);
+}

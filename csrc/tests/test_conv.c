@@ -1,0 +1,373 @@
+/* test_conv.c — conv2d / pools / batch norm of the C core against naive loops, a central-
+ * difference gradient check (first and second order) and the error paths.
+ * Standalone: prints "N passed, M failed" and exits nonzero on failure. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "metalearn.h"
+
+static int passed, failed;
+
+#define CHECK(cond, ...)                                                     \
+    do {                                                                     \
+        if (cond) passed++;                                                  \
+        else {                                                               \
+            failed++;                                                        \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                      \
+            printf(__VA_ARGS__);                                             \
+            printf("\n");                                                    \
+        }                                                                    \
+    } while (0)
+
+static uint64_t rng_state = 88172645463325252ull;
+static float frand(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((rng_state >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+
+static ml_tensor *randt(int ndim, const int64_t *shape) {
+    ml_tensor *t = NULL;
+    if (ml_tensor_zeros(&t, ndim, shape)) return NULL;
+    for (int64_t i = 0; i < ml_numel(t); i++) ml_data(t)[i] = frand();
+    return t;
+}
+
+static void pads(int64_t n, int64_t k, int64_t s, int same, int64_t *out, int64_t *before) {
+    if (same) {
+        *out = (n + s - 1) / s;
+        int64_t total = (*out - 1) * s + k - n;
+        if (total < 0) total = 0;
+        *before = total / 2;
+    } else {
+        *out = (n - k) / s + 1;
+        *before = 0;
+    }
+}
+
+/* naive conv in double */
+static double max_conv_err(ml_tensor *x, ml_tensor *k, ml_tensor *b, int sh, int sw, int same,
+                           ml_tensor *y) {
+    const int64_t *xs = ml_shape(x), *ks = ml_shape(k);
+    int64_t N = xs[0], H = xs[1], W = xs[2], C = xs[3], KH = ks[0], KW = ks[1], F = ks[3];
+    int64_t OH, OW, pt, pl;
+    pads(H, KH, sh, same, &OH, &pt);
+    pads(W, KW, sw, same, &OW, &pl);
+    if (ml_shape(y)[1] != OH || ml_shape(y)[2] != OW || ml_shape(y)[3] != F) return 1e9;
+    const float *xd = ml_data(x), *kd = ml_data(k), *yd = ml_data(y);
+    double err = 0;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t oh = 0; oh < OH; oh++)
+            for (int64_t ow = 0; ow < OW; ow++)
+                for (int64_t f = 0; f < F; f++) {
+                    double acc = b ? ml_data(b)[f] : 0.0;
+                    for (int64_t i = 0; i < KH; i++)
+                        for (int64_t j = 0; j < KW; j++) {
+                            int64_t ih = oh * sh + i - pt, iw = ow * sw + j - pl;
+                            if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                            for (int64_t c = 0; c < C; c++)
+                                acc += (double)xd[((n * H + ih) * W + iw) * C + c] *
+                                       kd[((i * KW + j) * C + c) * F + f];
+                        }
+                    double e = fabs(acc - yd[((n * OH + oh) * OW + ow) * F + f]);
+                    if (e > err) err = e;
+                }
+    return err;
+}
+
+static double max_pool_err(ml_tensor *x, int ph, int pw, int sh, int sw, int same, int is_max,
+                           ml_tensor *y) {
+    const int64_t *xs = ml_shape(x);
+    int64_t N = xs[0], H = xs[1], W = xs[2], C = xs[3];
+    int64_t OH, OW, pt, pl;
+    pads(H, ph, sh, same, &OH, &pt);
+    pads(W, pw, sw, same, &OW, &pl);
+    if (ml_shape(y)[1] != OH || ml_shape(y)[2] != OW) return 1e9;
+    double err = 0;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t oh = 0; oh < OH; oh++)
+            for (int64_t ow = 0; ow < OW; ow++)
+                for (int64_t c = 0; c < C; c++) {
+                    double acc = is_max ? -INFINITY : 0.0;
+                    int cnt = 0;
+                    for (int64_t i = 0; i < ph; i++)
+                        for (int64_t j = 0; j < pw; j++) {
+                            int64_t ih = oh * sh + i - pt, iw = ow * sw + j - pl;
+                            if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                            double v = ml_data(x)[((n * H + ih) * W + iw) * C + c];
+                            if (is_max) acc = v > acc ? v : acc;
+                            else acc += v;
+                            cnt++;
+                        }
+                    if (!is_max) acc /= cnt;
+                    double e = fabs(acc - ml_data(y)[((n * OH + oh) * OW + ow) * C + c]);
+                    if (e > err) err = e;
+                }
+    return err;
+}
+
+static float sum_all(ml_tensor *t) {
+    double s = 0;
+    for (int64_t i = 0; i < ml_numel(t); i++) s += ml_data(t)[i];
+    return (float)s;
+}
+
+/* L(x, k) = sum(w * conv(x, k)^2) / 2 (non-linear so the Hessian is not trivial) */
+static double loss_value(ml_tensor *x, ml_tensor *k, ml_tensor *w, int s, ml_padding p) {
+    ml_tensor *y = NULL;
+    if (ml_conv2d(&y, x, k, NULL, s, s, p)) return NAN;
+    double acc = 0;
+    for (int64_t i = 0; i < ml_numel(y); i++)
+        acc += 0.5 * ml_data(w)[i] * (double)ml_data(y)[i] * ml_data(y)[i];
+    ml_release(y);
+    return acc;
+}
+
+static ml_tensor *loss_graph(ml_tensor *x, ml_tensor *k, ml_tensor *w, int s, ml_padding p) {
+    ml_tensor *y = NULL, *y2 = NULL, *wy = NULL, *l = NULL, *h = NULL;
+    ml_conv2d(&y, x, k, NULL, s, s, p);
+    ml_square(&y2, y);
+    ml_mul(&wy, y2, w);
+    ml_sum(&l, wy, 0, NULL, 0);
+    ml_mul_scalar(&h, l, 0.5f);
+    ml_release(y); ml_release(y2); ml_release(wy); ml_release(l);
+    return h;
+}
+
+static void test_forward(void) {
+    struct { int64_t xs[4], ks[4]; int s, same; } cases[] = {
+        {{2, 6, 5, 3}, {3, 3, 3, 4}, 1, 0}, {{2, 6, 5, 3}, {3, 3, 3, 4}, 1, 1},
+        {{2, 7, 6, 2}, {3, 3, 2, 3}, 2, 1}, {{1, 5, 5, 2}, {4, 4, 2, 2}, 1, 1},
+        {{3, 4, 4, 5}, {1, 1, 5, 2}, 1, 0}, {{40, 14, 14, 16}, {3, 3, 16, 8}, 1, 1},
+        {{2, 9, 9, 1}, {3, 3, 1, 7}, 3, 0},
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        ml_tensor *x = randt(4, cases[t].xs), *k = randt(4, cases[t].ks);
+        int64_t bs[1] = {cases[t].ks[3]};
+        ml_tensor *b = randt(1, bs), *y = NULL;
+        ml_status st = ml_conv2d(&y, x, k, b, cases[t].s, cases[t].s,
+                                 cases[t].same ? ML_PAD_SAME : ML_PAD_VALID);
+        CHECK(st == ML_OK, "conv case %zu: %s", t, ml_last_error());
+        if (st == ML_OK) {
+            double e = max_conv_err(x, k, b, cases[t].s, cases[t].s, cases[t].same, y);
+            CHECK(e < 1e-4 * (double)cases[t].ks[0] * cases[t].ks[1] * cases[t].ks[2],
+                  "conv case %zu: max error %g", t, e);
+        }
+        ml_release(x); ml_release(k); ml_release(b); ml_release(y);
+    }
+    struct { int64_t xs[4]; int ph, pw, sh, sw, same; } pc[] = {
+        {{2, 6, 6, 3}, 2, 2, 2, 2, 0}, {{2, 5, 7, 2}, 3, 3, 2, 2, 1},
+        {{1, 6, 5, 2}, 3, 2, 1, 1, 0}, {{1, 4, 5, 2}, 2, 2, 1, 1, 1},
+    };
+    for (size_t t = 0; t < sizeof pc / sizeof pc[0]; t++) {
+        ml_tensor *x = randt(4, pc[t].xs);
+        for (int is_max = 0; is_max < 2; is_max++) {
+            ml_tensor *y = NULL;
+            ml_status st = (is_max ? ml_max_pool2d : ml_avg_pool2d)(
+                &y, x, pc[t].ph, pc[t].pw, pc[t].sh, pc[t].sw, pc[t].same ? ML_PAD_SAME : ML_PAD_VALID);
+            CHECK(st == ML_OK, "pool case %zu: %s", t, ml_last_error());
+            if (st == ML_OK) {
+                double e = max_pool_err(x, pc[t].ph, pc[t].pw, pc[t].sh, pc[t].sw, pc[t].same,
+                                        is_max, y);
+                CHECK(e < 1e-5, "pool case %zu (%s): max error %g", t, is_max ? "max" : "avg", e);
+            }
+            ml_release(y);
+        }
+        ml_release(x);
+    }
+}
+
+/* first order: grad of L vs central differences; second order: grad of <grad L, v> */
+static void test_gradients(int s, ml_padding p) {
+    int64_t xs[4] = {1, 5, 6, 2}, ks[4] = {3, 3, 2, 2};
+    ml_tensor *x = randt(4, xs), *k = randt(4, ks);
+    ml_set_requires_grad(x, 1);
+    ml_set_requires_grad(k, 1);
+    ml_tensor *y0 = NULL;
+    ml_conv2d(&y0, x, k, NULL, s, s, p);
+    ml_tensor *w = randt(ml_ndim(y0), ml_shape(y0));
+    ml_release(y0);
+
+    ml_tensor *L = loss_graph(x, k, w, s, p);
+    ml_tensor *ins[2] = {x, k}, *g[2] = {NULL, NULL};
+    ml_status st = ml_grad(g, 1, &L, 2, ins, NULL, 1, 0);
+    CHECK(st == ML_OK, "grad: %s", ml_last_error());
+    if (st) return;
+    /* first order against central differences, every element */
+    const float eps = 1e-2f;
+    double worst = 0, scale = 0;
+    for (int a = 0; a < 2; a++) {
+        float *d = ml_data(ins[a]);
+        for (int64_t i = 0; i < ml_numel(ins[a]); i++) {
+            float old = d[i];
+            d[i] = old + eps;
+            double lp = loss_value(x, k, w, s, p);
+            d[i] = old - eps;
+            double lm = loss_value(x, k, w, s, p);
+            d[i] = old;
+            double num = (lp - lm) / (2 * eps), an = ml_data(g[a])[i];
+            if (fabs(num) > scale) scale = fabs(num);
+            double e = fabs(num - an) / (1e-2 + fabs(num));
+            if (e > worst) worst = e;
+        }
+    }
+    CHECK(scale > 1e-2, "first-order gradient is trivial (%g)", scale);
+    CHECK(worst < 2e-2, "first-order gradient mismatch (stride %d, %s): rel err %g", s,
+          p == ML_PAD_SAME ? "same" : "valid", worst);
+
+    /* second order: S = <gx, vx> + <gk, vk>; dS/dx, dS/dk vs differences of S */
+    ml_tensor *vx = randt(4, xs), *vk = randt(4, ks);
+    ml_tensor *t0 = NULL, *t1 = NULL, *s0 = NULL, *s1 = NULL, *S = NULL;
+    ml_mul(&t0, g[0], vx);
+    ml_mul(&t1, g[1], vk);
+    ml_sum(&s0, t0, 0, NULL, 0);
+    ml_sum(&s1, t1, 0, NULL, 0);
+    ml_add(&S, s0, s1);
+    ml_tensor *h[2] = {NULL, NULL};
+    st = ml_grad(h, 1, &S, 2, ins, NULL, 0, 0);
+    CHECK(st == ML_OK, "second-order grad: %s", ml_last_error());
+    if (st == ML_OK) {
+        worst = 0;
+        scale = 0;
+        for (int a = 0; a < 2; a++) {
+            float *d = ml_data(ins[a]);
+            for (int64_t i = 0; i < ml_numel(ins[a]); i++) {
+                double sv[2];
+                float old = d[i];
+                for (int sign = 0; sign < 2; sign++) {
+                    d[i] = old + (sign ? -eps : eps);
+                    ml_tensor *Lp = loss_graph(x, k, w, s, p), *gp[2] = {NULL, NULL};
+                    ml_grad(gp, 1, &Lp, 2, ins, NULL, 0, 0);
+                    double acc = 0;
+                    for (int64_t j = 0; j < ml_numel(gp[0]); j++)
+                        acc += (double)ml_data(gp[0])[j] * ml_data(vx)[j];
+                    for (int64_t j = 0; j < ml_numel(gp[1]); j++)
+                        acc += (double)ml_data(gp[1])[j] * ml_data(vk)[j];
+                    sv[sign] = acc;
+                    ml_release(Lp); ml_release(gp[0]); ml_release(gp[1]);
+                }
+                d[i] = old;
+                double num = (sv[0] - sv[1]) / (2 * eps), an = ml_data(h[a])[i];
+                if (fabs(num) > scale) scale = fabs(num);
+                double e = fabs(num - an) / (1e-2 + fabs(num));
+                if (e > worst) worst = e;
+            }
+        }
+        CHECK(scale > 1e-2, "second-order gradient is trivial (%g)", scale);
+        CHECK(worst < 2e-2, "second-order gradient mismatch: rel err %g", worst);
+    }
+    ml_release(h[0]); ml_release(h[1]);
+    ml_release(t0); ml_release(t1); ml_release(s0); ml_release(s1); ml_release(S);
+    ml_release(vx); ml_release(vk);
+    ml_release(g[0]); ml_release(g[1]); ml_release(L);
+    ml_release(x); ml_release(k); ml_release(w);
+}
+
+static void test_pool_grads(void) {
+    /* max pool: gradient to the first max; avg pool: adjoint identity */
+    int64_t xs[4] = {1, 2, 2, 1};
+    ml_tensor *x = NULL;
+    ml_tensor_full(&x, 4, xs, 3.0f);
+    ml_set_requires_grad(x, 1);
+    ml_tensor *y = NULL, *l = NULL, *g = NULL;
+    ml_max_pool2d(&y, x, 2, 2, 2, 2, ML_PAD_VALID);
+    ml_sum(&l, y, 0, NULL, 0);
+    CHECK(ml_grad(&g, 1, &l, 1, &x, NULL, 0, 0) == ML_OK, "maxpool grad: %s", ml_last_error());
+    CHECK(g && ml_data(g)[0] == 1.0f && ml_data(g)[1] == 0.0f && ml_data(g)[3] == 0.0f,
+          "maxpool tie goes to the first max");
+    ml_release(y); ml_release(l); ml_release(g); ml_release(x);
+
+    int64_t xs2[4] = {2, 5, 7, 3};
+    x = randt(4, xs2);
+    ml_set_requires_grad(x, 1);
+    y = NULL;
+    ml_avg_pool2d(&y, x, 3, 3, 2, 2, ML_PAD_SAME);
+    ml_tensor *w = randt(4, ml_shape(y)), *wy = NULL;
+    ml_mul(&wy, y, w);
+    l = NULL;
+    ml_sum(&l, wy, 0, NULL, 0);
+    g = NULL;
+    ml_grad(&g, 1, &l, 1, &x, NULL, 0, 0);
+    ml_tensor *gx = NULL;
+    ml_mul(&gx, g, x);
+    double lhs = sum_all(l), rhs = sum_all(gx);
+    CHECK(fabs(lhs - rhs) < 1e-4 * (1 + fabs(lhs)), "avgpool adjoint: %g vs %g", lhs, rhs);
+    ml_release(y); ml_release(w); ml_release(wy); ml_release(l); ml_release(g); ml_release(gx);
+    ml_release(x);
+}
+
+static void test_batch_norm(void) {
+    int64_t xs[2] = {6, 3}, cs[1] = {3};
+    ml_tensor *x = randt(2, xs), *mm = NULL, *mv = NULL, *y = NULL;
+    ml_tensor_zeros(&mm, 1, cs);
+    ml_tensor_full(&mv, 1, cs, 1.0f);
+    ml_status st = ml_batch_norm(&y, x, NULL, NULL, mm, mv, 1, 0.9f, 1e-3f, -1);
+    CHECK(st == ML_OK, "batch_norm: %s", ml_last_error());
+    for (int c = 0; c < 3 && st == ML_OK; c++) {
+        double m = 0, v = 0, ym = 0, yv = 0;
+        for (int n = 0; n < 6; n++) m += ml_data(x)[n * 3 + c] / 6.0;
+        for (int n = 0; n < 6; n++) {
+            double d = ml_data(x)[n * 3 + c] - m;
+            v += d * d / 6.0;
+            ym += ml_data(y)[n * 3 + c] / 6.0;
+        }
+        for (int n = 0; n < 6; n++) yv += pow(ml_data(y)[n * 3 + c] - ym, 2) / 6.0;
+        CHECK(fabs(ym) < 1e-5 && fabs(yv - v / (v + 1e-3)) < 1e-4, "bn channel %d: %g %g", c, ym, yv);
+        CHECK(fabs(ml_data(mm)[c] - 0.1 * m) < 1e-6, "moving mean %d", c);
+        CHECK(fabs(ml_data(mv)[c] - (0.9 + 0.1 * v)) < 1e-6, "moving var %d", c);
+    }
+    ml_release(y);
+    /* a bad gamma changes nothing */
+    int64_t bad[1] = {4};
+    ml_tensor *gbad = NULL;
+    ml_tensor_zeros(&gbad, 1, bad);
+    float before = ml_data(mm)[0];
+    y = NULL;
+    st = ml_batch_norm(&y, x, gbad, NULL, mm, mv, 1, 0.9f, 1e-3f, -1);
+    CHECK(st == ML_ERR_SHAPE && y == NULL && ml_data(mm)[0] == before, "bn bad gamma");
+    ml_release(gbad); ml_release(x); ml_release(mm); ml_release(mv);
+}
+
+static void test_errors(void) {
+    int64_t xs[4] = {2, 28, 28, 3}, ks[4] = {3, 3, 1, 64};
+    ml_tensor *x = NULL, *k = NULL, *y = NULL;
+    ml_tensor_zeros(&x, 4, xs);
+    ml_tensor_zeros(&k, 4, ks);
+    CHECK(ml_conv2d(&y, x, k, NULL, 1, 1, ML_PAD_VALID) == ML_ERR_SHAPE && !y, "channel mismatch");
+    CHECK(strstr(ml_last_error(), "input has 3 channels but kernel expects 1, got shapes "
+                 "(2, 28, 28, 3) and (3, 3, 1, 64)") != NULL, "message: %s", ml_last_error());
+    ml_release(k);
+    int64_t ks2[4] = {3, 3, 3, 4};
+    ml_tensor_zeros(&k, 4, ks2);
+    CHECK(ml_conv2d(&y, x, k, NULL, 0, 1, ML_PAD_VALID) == ML_ERR_VALUE, "stride 0");
+    CHECK(ml_conv2d(&y, x, k, NULL, 1, -1, ML_PAD_SAME) == ML_ERR_VALUE, "stride -1");
+    CHECK(ml_conv2d(&y, x, k, NULL, 1, 1, (ml_padding)7) == ML_ERR_VALUE, "bad padding");
+    CHECK(ml_conv2d(&y, x, NULL, NULL, 1, 1, ML_PAD_SAME) == ML_ERR_VALUE, "NULL kernel");
+    CHECK(ml_max_pool2d(&y, x, 29, 2, 1, 1, ML_PAD_VALID) == ML_ERR_SHAPE, "pool too big");
+    CHECK(ml_avg_pool2d(&y, x, 0, 2, 1, 1, ML_PAD_VALID) == ML_ERR_VALUE, "pool 0");
+    CHECK(ml_max_pool2d(&y, NULL, 2, 2, 1, 1, ML_PAD_VALID) == ML_ERR_VALUE, "pool NULL");
+    CHECK(y == NULL, "no output on failure");
+    int64_t big[4] = {29, 3, 3, 4};
+    ml_release(k);
+    ml_tensor_zeros(&k, 4, big);
+    CHECK(ml_conv2d(&y, x, k, NULL, 1, 1, ML_PAD_VALID) == ML_ERR_SHAPE, "kernel too big");
+    CHECK(ml_conv2d(&y, x, k, NULL, 1, 1, ML_PAD_SAME) == ML_OK, "same ok: %s", ml_last_error());
+    ml_release(y);
+    ml_release(x); ml_release(k);
+}
+
+int main(void) {
+    test_forward();
+    test_gradients(1, ML_PAD_VALID);
+    test_gradients(1, ML_PAD_SAME);
+    test_gradients(2, ML_PAD_SAME);
+    test_gradients(2, ML_PAD_VALID);
+    test_pool_grads();
+    test_batch_norm();
+    test_errors();
+    printf("test_conv: %d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}

@@ -1,0 +1,262 @@
+"""The knowledge memory: a key-value memory with nearest-neighbour recall, after
+Kaiser, Nachum, Roy & Bengio 2017, "Learning to Remember Rare Events" (ICLR), §3.
+
+The memory holds ``capacity`` slots. Each slot is a key (a unit vector of ``key_size``
+floats), a value (an integer label and, optionally, a payload vector of ``payload_size``
+floats) and an age. Everything lives in C (``csrc/memory/memory.c``):
+
+* ``query(q, k)``: exact k-nearest search by cosine similarity over every stored key (a
+  GEMM over cache-sized blocks plus a partial top-k selection);
+* ``update(q, labels)``: the paper's rule. With ``n1`` the nearest key to ``q``: when its
+  label is ``y`` the key becomes ``normalize(q + K[n1])`` and its age 0 (a payload is
+  averaged with the stored one); otherwise ``(normalize(q), y)`` is written into the oldest
+  slot (empty slots first, ties at random from the memory's own seeded stream) with age 0.
+  One call is one step of the paper: every other age grows by one;
+* ``read(q, k, temperature)``: a differentiable soft read, the softmax of the top-k
+  cosine similarities over the payloads; the gradient reaches ``q`` (through its
+  normalisation), to any order;
+* ``loss(q, labels, k, margin)``: the paper's memory loss
+  ``[q·k_neg - q·k_pos + margin]_+`` where ``k_pos`` is the nearest of the top-k keys with
+  the right label and ``k_neg`` the nearest with a wrong one, differentiable in ``q``;
+* ``save``/``load``: a checked file (magic ``MLMEMORY``, version, sizes, CRC-32; written
+  atomically); a corrupt or mismatched file is refused and the memory left unchanged.
+
+``MemoryClassifier`` puts an encoder in front of a memory and trains it end to end as in
+the paper, for one-shot classification with no gradient step at test time.
+"""
+import numpy as np
+
+from . import _core
+
+__all__ = ["KnowledgeMemory", "MemoryClassifier"]
+
+
+def _queries(q):
+    """An (n, d) float32 array or Tensor from q ((d,) is one query)."""
+    if isinstance(q, _core.Tensor):
+        if len(q.shape) == 1:
+            return _core.reshape(q, (1, -1))
+        return q
+    a = np.asarray(q, dtype=np.float32)
+    if a.ndim == 1:
+        a = a.reshape(1, -1)
+    return np.ascontiguousarray(a)
+
+
+def _labels(labels):
+    return np.asarray(labels).reshape(-1)
+
+
+class KnowledgeMemory(_core.KnowledgeMemory):
+    """A key-value memory of ``capacity`` slots (Kaiser et al. 2017).
+
+    Args:
+        capacity: number of slots (m > 0).
+        key_size: size of a key (d > 0); queries have shape ``(n, key_size)``.
+        payload_size: size of the optional payload vector stored with each label (0: none).
+        seed: seeds the memory's own random stream (tie-breaks between equally old slots),
+            so a run replays exactly; ``clear()`` reseeds it.
+
+    ``len(memory)`` and ``memory.size`` are the number of occupied slots,
+    ``memory.occupancy`` that number over ``capacity``.
+
+    Example::
+
+        mem = KnowledgeMemory(1000, 64)
+        mem.update(embeddings, labels)           # write what was seen
+        idx, sim, lab, _ = mem.query(new, k=1)   # recall: lab[:, 0] is the prediction
+    """
+
+    def __init__(self, capacity, key_size, payload_size=0, seed=0):
+        super().__init__(int(capacity), int(key_size), int(payload_size), int(seed))
+
+    def query(self, q, k=1):
+        """Exact k-nearest search by cosine similarity.
+
+        Args:
+            q: queries ``(n, key_size)`` (array-like or Tensor; ``(key_size,)`` is one).
+            k: number of neighbours, ``1 <= k <= capacity``.
+
+        Returns:
+            ``(indices, similarities, labels, payloads)`` NumPy arrays of shapes ``(n, k)``
+            (int64), ``(n, k)`` (float32 cosine), ``(n, k)`` (int64) and
+            ``(n, k, payload_size)``, best first. Positions beyond the occupied slots hold
+            index -1, similarity -inf, label -1 and a zero payload.
+        """
+        return super().query(_queries(q), int(k))
+
+    def update(self, q, labels, payloads=None):
+        """Writes a batch with the update rule of Kaiser et al. 2017 §3 (see the module).
+
+        Queries are applied in order, each seeing the writes of those before it; a matched
+        slot's payload becomes the mean of the stored and the new one (kept when
+        ``payloads`` is None); a new slot gets the payload (zeros when None).
+        """
+        q = _queries(q)
+        if payloads is not None:
+            payloads = np.asarray(payloads, dtype=np.float32)
+            if payloads.ndim == 1:
+                payloads = payloads.reshape(1, -1)
+        super().update(q, _labels(labels), payloads)
+
+    def read(self, q, k=8, temperature=1.0, return_weights=False):
+        """Differentiable soft read.
+
+        ``w = softmax(cos(q, K_top) / temperature)`` over the top-k keys and the result is
+        ``sum_j w_j payload_j`` (``(n, payload_size)``); with ``payload_size == 0`` the
+        weights ``(n, k)`` are returned instead. The keys are constants; the gradient
+        flows to ``q`` through the similarities and the normalisation of ``q``.
+
+        Args:
+            q: queries ``(n, key_size)``, a Tensor (possibly recorded) or array-like.
+            k: number of neighbours read (``<= capacity``).
+            temperature: softmax temperature (> 0).
+            return_weights: also return the attention weights ``(n, k)``.
+        """
+        k = min(int(k), self.capacity)
+        out, w = super().read(_queries(q), k, float(temperature))
+        if out is None:
+            return w
+        return (out, w) if return_weights else out
+
+    def loss(self, q, labels, k=256, margin=0.1, reduction="mean"):
+        """The memory loss of Kaiser et al. 2017 §3, differentiable in ``q``.
+
+        Per query: ``relu(q·k_neg - q·k_pos + margin)`` with ``q`` normalised, ``k_pos`` the
+        nearest of the top-k keys whose label is the query's and ``k_neg`` the nearest one
+        with another label (a missing one counts as similarity 0, as the paper's code).
+
+        Args:
+            q: queries ``(n, key_size)``.
+            labels: ``n`` integer labels.
+            k: size of the neighbourhood searched for k_pos / k_neg (capped at capacity;
+                the paper uses 256).
+            margin: alpha, 0.1 in the paper.
+            reduction: ``"mean"`` (a scalar, as the paper), ``"sum"`` or ``"none"`` (n,).
+        """
+        k = min(int(k), self.capacity)
+        per = super().loss(_queries(q), _labels(labels), k, float(margin))
+        if reduction == "none":
+            return per
+        if reduction == "mean":
+            return _core.reduce_mean(per)
+        if reduction == "sum":
+            return _core.reduce_sum(per)
+        raise ValueError(f"KnowledgeMemory.loss: reduction must be 'mean', 'sum' or 'none', "
+                         f"got {reduction!r}")
+
+    def predict(self, q):
+        """The label of the nearest key for each query (int64, -1 when empty)."""
+        return self.query(q, 1)[2][:, 0]
+
+    def save(self, path):
+        """Saves to ``path`` (magic ``MLMEMORY``, version, sizes, CRC-32), atomically."""
+        super().save(path)
+
+    def load(self, path):
+        """Loads ``path`` into this memory after checking all of it; a corrupt, truncated or
+        differently sized file raises (ValueError/OSError) and changes nothing."""
+        super().load(path)
+
+    def __repr__(self):
+        return (f"KnowledgeMemory(capacity={self.capacity}, key_size={self.key_size}, "
+                f"payload_size={self.payload_size}, size={self.size})")
+
+
+class MemoryClassifier:
+    """An encoder followed by a KnowledgeMemory, trained end to end as in Kaiser et al.
+
+    Each training step embeds a batch, takes the memory loss of the embeddings (the
+    gradient reaches the encoder's weights), applies one optimizer step, then writes the
+    embeddings into the memory with the update rule. At test time a new class needs no
+    gradient step: write its examples (``memorize``) and ``predict`` returns the label of
+    the nearest key.
+
+    Args:
+        encoder: a Layer/Model mapping inputs to embeddings of size ``memory.key_size``.
+        memory: a KnowledgeMemory.
+        optimizer: a metalearn.keras optimizer (default Adam(1e-3)).
+        k: neighbourhood of the loss (see ``KnowledgeMemory.loss``).
+        margin: alpha of the loss.
+    """
+
+    def __init__(self, encoder, memory, optimizer=None, k=256, margin=0.1):
+        from .keras import optimizers
+
+        self.encoder = encoder
+        self.memory = memory
+        self.optimizer = optimizer if optimizer is not None else optimizers.Adam(1e-3)
+        self.k = int(k)
+        self.margin = float(margin)
+
+    def embed(self, x, training=False):
+        return self.encoder(np.asarray(x, dtype=np.float32), training=training)
+
+    def train_step(self, x, y):
+        """One step: memory loss -> gradient to the encoder -> optimizer -> memory update.
+        Returns the loss (float)."""
+        from .tape import GradientTape
+
+        y = _labels(y)
+        with GradientTape() as tape:
+            emb = self.embed(x, training=True)
+            loss = self.memory.loss(emb, y, k=self.k, margin=self.margin)
+        variables = self.encoder.trainable_weights
+        grads = tape.gradient(loss, variables)
+        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        if pairs:
+            self.optimizer.apply_gradients(pairs)
+        self.memory.update(emb.numpy(), y)
+        return float(loss.numpy())
+
+    def fit(self, x, y, steps=100, batch_size=32, seed=0):
+        """Trains on random batches of (x, y); returns the list of losses."""
+        rng = np.random.default_rng(seed)
+        x = np.asarray(x, dtype=np.float32)
+        y = _labels(y)
+        losses = []
+        for _ in range(int(steps)):
+            i = rng.integers(0, len(x), int(batch_size))
+            losses.append(self.train_step(x[i], y[i]))
+        return losses
+
+    def fit_episodes(self, x, y, episodes=100, n_way=5, k_shot=1, n_query=1, seed=0,
+                     clear_memory=False):
+        """Episodic training as the paper's one-shot setup: each episode draws ``n_way``
+        classes, and their ``k_shot + n_query`` examples are shown in rounds of one example
+        per class; each round is a ``train_step`` (loss against what the memory holds,
+        then written into it). Returns the mean loss per episode."""
+        rng = np.random.default_rng(seed)
+        x = np.asarray(x, dtype=np.float32)
+        y = _labels(y)
+        classes = np.unique(y)
+        by_class = {c: np.flatnonzero(y == c) for c in classes}
+        history = []
+        for _ in range(int(episodes)):
+            if clear_memory:
+                self.memory.clear()
+            chosen = rng.choice(classes, int(n_way), replace=False)
+            picks = [rng.choice(by_class[c], k_shot + n_query, replace=len(by_class[c]) < k_shot + n_query)
+                     for c in chosen]
+            losses = []
+            for r in range(k_shot + n_query):
+                idx = np.array([p[r] for p in picks])
+                losses.append(self.train_step(x[idx], y[idx]))
+            history.append(float(np.mean(losses)))
+        return history
+
+    def memorize(self, x, y):
+        """Writes examples into the memory (no gradient)."""
+        from .tape import no_grad
+
+        with no_grad():
+            emb = self.embed(x)
+        self.memory.update(emb.numpy(), _labels(y))
+
+    def predict(self, x):
+        """The label of the nearest key for each example (no gradient step)."""
+        from .tape import no_grad
+
+        with no_grad():
+            emb = self.embed(x)
+        return self.memory.predict(emb.numpy())
