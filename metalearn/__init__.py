@@ -18,6 +18,11 @@ from . import _core
 from ._core import (  # noqa: F401  (the public core API)
     Tensor,
     abs,
+    avg_pool2d,
+    batch_norm,
+    conv2d,
+    global_avg_pool2d,
+    max_pool2d,
     add,
     as_tensor,
     binary_crossentropy,

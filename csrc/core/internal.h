@@ -20,6 +20,7 @@ typedef struct ml_storage {
     ml_free_fn free_fn; /* external memory (NumPy); NULL when owned */
     void *free_ctx;
     uint64_t version; /* bumped by every in-place write */
+    int size_class;   /* buffer-pool class of the block (-1: not pooled) */
 } ml_storage;
 
 typedef struct ml_node ml_node;

@@ -8,6 +8,7 @@
 #define ML_BINDING_MAIN
 #include "binding.h"
 
+#include <math.h>
 #include <unistd.h>
 
 /* a list while a trace records (GIL-protected): optimizers stepped inside are kept alive */
@@ -132,9 +133,12 @@ PyArrayObject *to_index_array(PyObject *obj, const char *what) {
         if (!as64) return NULL;
         const double *d = PyArray_DATA(as64);
         for (npy_intp i = 0; i < PyArray_SIZE(as64); i++) {
-            if (d[i] != (double)(int64_t)d[i]) {
-                PyErr_Format(PyExc_ValueError, "%s: expected integer labels, got %g at position %zd",
-                             what, d[i], (Py_ssize_t)i);
+            /* range first: converting NaN or 1e300 to int64 is undefined behaviour */
+            if (!(fabs(d[i]) < 9.0e18) || floor(d[i]) != d[i]) {
+                char *txt = PyOS_double_to_string(d[i], 'r', 0, 0, NULL);
+                PyErr_Format(PyExc_ValueError, "%s: expected integer labels, got %s at position %zd",
+                             what, txt ? txt : "?", (Py_ssize_t)i);
+                PyMem_Free(txt);
                 Py_DECREF(as64);
                 return NULL;
             }

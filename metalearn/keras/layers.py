@@ -289,7 +289,11 @@ class Layer:
             raise ValueError(f"{self.name}.set_weights: expected {len(variables)} arrays, got {len(weights)}")
         arrays = []
         for i, (v, w) in enumerate(zip(variables, weights)):
-            a = np.asarray(w, dtype=np.float32)
+            a = np.asarray(w)
+            if a.dtype.kind not in "biuf":
+                raise TypeError(f"{self.name}.set_weights: array {i} has dtype {a.dtype}; "
+                                "expected real numbers")
+            a = a.astype(np.float32, copy=False)
             if a.shape != tuple(v.shape):
                 raise ValueError(f"{self.name}.set_weights: array {i} has shape {a.shape}, "
                                  f"weight {v.name!r} has shape {tuple(v.shape)}")
@@ -690,3 +694,5 @@ def deserialize(config, custom_objects=None):
 
 
 get = deserialize
+
+from .conv_layers import *  # noqa: E402,F401,F403  (Conv2D, pooling, BatchNormalization)

@@ -34,12 +34,15 @@ def _as_array(x, name):
     if isinstance(x, _core.Tensor):
         return np.asarray(x)
     arr = np.asarray(x)
-    if arr.dtype == object:
-        raise TypeError(f"{name}: expected an array, got {type(x).__name__} of objects")
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected real numbers (bool, int or float), got an array of "
+                        f"dtype {arr.dtype}")
     return arr
 
 
 def _as_float_input(x):
+    if x is None:
+        raise TypeError("x: expected an array of inputs, got None")
     arr = _as_array(x, "x")
     if arr.dtype != np.float32 or not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr, dtype=np.float32)
@@ -379,6 +382,9 @@ class Model(_layers.Layer):
         if len(x) != len(y):
             raise ValueError(f"fit: x has {len(x)} samples but y has {len(y)}")
         sw = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float32)
+        if sw is not None and (sw.ndim != 1 or len(sw) != len(x)):
+            raise ValueError(f"fit: sample_weight has shape {sw.shape} but x has {len(x)} samples; "
+                             "it needs one weight per sample")
         if validation_data is not None:
             if len(validation_data) == 3:
                 x_val, y_val, sw_val = validation_data
@@ -520,6 +526,9 @@ class Model(_layers.Layer):
         cbs = _callbacks.CallbackList(callbacks, model=self,
                                       params={"steps": steps, "verbose": verbose}) if callbacks else None
         sw = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float32)
+        if sw is not None and (sw.ndim != 1 or len(sw) != len(x)):
+            raise ValueError(f"fit: sample_weight has shape {sw.shape} but x has {len(x)} samples; "
+                             "it needs one weight per sample")
         if cbs:
             cbs.on_test_begin()
         with _no_grad():

@@ -27,7 +27,7 @@ class _Iterations(int):
 def _to_grad(g):
     if isinstance(g, _core.Tensor):
         return g
-    return _core.tensor(np.asarray(g, dtype=np.float32))
+    return _core.tensor(g)  # refuses complex/object dtypes with a TypeError
 
 
 class Optimizer:
