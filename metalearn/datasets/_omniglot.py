@@ -1,0 +1,277 @@
+"""Omniglot (Lake, Salakhutdinov & Tenenbaum 2015): 1623 handwritten characters from 50
+alphabets, 20 drawings each, read from local files.
+
+Where the data is looked for, in order:
+
+1. the ``path`` argument,
+2. the ``METALEARN_DATA`` environment variable,
+3. ``<checkout>/../shared/data/omniglot`` (next to a source checkout of metalearn).
+
+Each place may be the Omniglot folder itself or a folder holding ``omniglot/``. A folder
+is used when it holds either metalearn's packaged arrays
+(``omniglot_background.npz``/``omniglot_evaluation.npz``, 28x28 uint8 ink-positive, and
+``*_nearest.npz``) or the official layout a user downloads from
+https://github.com/brendenlake/omniglot (``images_background.zip`` /
+``images_evaluation.zip``, or those zips extracted: PNG folders
+``Alphabet/characterNN/XXXX_YY.png``, 105x105, black ink on white paper), which are
+decoded without Pillow and shrunk to 28x28 with an area (box) filter.
+
+Splits:
+
+- ``"background"`` (30 alphabets, 964 characters) and ``"evaluation"`` (20 alphabets,
+  659 characters): Lake et al.'s sets.
+- ``"vinyals_train"`` (1028), ``"vinyals_val"`` (172), ``"vinyals_trainval"`` (1200),
+  ``"vinyals_test"`` (423): the character split of Vinyals et al. 2016 used by MAML and
+  ProtoNets (1200 characters to train on, the rest to test); it spans both sets, so
+  they are concatenated and the characters looked up by name in
+  ``splits/vinyals_*.txt``.
+"""
+import os
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .png import decode_png
+
+__all__ = ["omniglot", "load_omniglot_arrays", "omniglot_search_paths", "resize_area"]
+
+SETS = ("background", "evaluation")
+SPLITS = SETS + ("vinyals_train", "vinyals_val", "vinyals_trainval", "vinyals_test")
+RESAMPLE = ("lanczos", "nearest")
+_NEAREST_IDX = np.floor((np.arange(28) + 0.5) * 105 / 28).astype(np.int64)
+_PNG_NAME = re.compile(r"(?:^|/)([^/]+)/(character(\d+))/(\d+)_(\d+)\.png$")
+_CACHE = {}
+
+_HOW_TO_GET = (
+    "Get the data with either:\n"
+    "  - the official zips images_background.zip and images_evaluation.zip from "
+    "https://github.com/brendenlake/omniglot/tree/master/python, put in one folder, or\n"
+    "  - metalearn's packaged arrays omniglot_background.npz / omniglot_evaluation.npz "
+    "(see shared/data/omniglot/README.md),\n"
+    "then pass omniglot(path=FOLDER) or set METALEARN_DATA=FOLDER.")
+
+
+def _default_dir():
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "omniglot"
+
+
+def omniglot_search_paths(path=None):
+    """The folders searched for Omniglot, in order: `path`, ``$METALEARN_DATA``, the
+    checkout's ``../shared/data/omniglot`` (each also with ``/omniglot`` appended)."""
+    roots = []
+    if path is not None:
+        roots.append(Path(path).expanduser())
+    env = os.environ.get("METALEARN_DATA")
+    if env:
+        roots.append(Path(env).expanduser())
+    roots.append(_default_dir())
+    out = []
+    for r in roots:
+        for p in (r, r / "omniglot"):
+            if p not in out:
+                out.append(p)
+    return out
+
+
+def _source_in(folder, which, resample):
+    """How `which` set can be read from `folder`: ("npz"|"zip"|"dir", path) or None."""
+    suffix = "_nearest" if resample == "nearest" else ""
+    candidates = [("npz", folder / f"omniglot_{which}{suffix}.npz"),
+                  ("zip", folder / f"images_{which}.zip"),
+                  ("dir", folder / f"images_{which}")]
+    if resample == "nearest":  # the antialiased arrays cannot give nearest; PNGs can
+        pass
+    for kind, p in candidates:
+        if (kind == "dir" and p.is_dir()) or (kind != "dir" and p.is_file()):
+            return kind, p
+    return None
+
+
+def _find(which, resample, path):
+    searched = omniglot_search_paths(path)
+    for folder in searched:
+        src = _source_in(folder, which, resample)
+        if src is not None:
+            return folder, src
+    suffix = "_nearest" if resample == "nearest" else ""
+    places = "\n".join(f"  - {p}" for p in searched)
+    raise FileNotFoundError(
+        f"Omniglot ({which} set) not found. Looked for omniglot_{which}{suffix}.npz, "
+        f"images_{which}.zip or an images_{which}/ folder in:\n{places}\n{_HOW_TO_GET}")
+
+
+def resize_area(images, size=28):
+    """Shrinks square images ``(N, S, S)`` to ``(N, size, size)`` with an area (box) filter:
+    each output pixel is the mean of the input area it covers (fractional overlaps
+    weighted). Returns float64."""
+    images = np.asarray(images, dtype=np.float64)
+    s = images.shape[-1]
+    edges = np.arange(size + 1) * s / size
+    w = np.zeros((size, s))
+    for i in range(size):
+        lo, hi = edges[i], edges[i + 1]
+        for j in range(int(np.floor(lo)), int(np.ceil(hi))):
+            w[i, j] = min(hi, j + 1) - max(lo, j)
+    w /= w.sum(1, keepdims=True)
+    return np.einsum("ij,njk,lk->nil", w, images, w)
+
+
+def _read_pngs(entries, read):
+    """entries: list of names; read(name) -> bytes. Returns the arrays of one set."""
+    chars = {}
+    for name in entries:
+        m = _PNG_NAME.search(name.replace("\\", "/"))
+        if m is None:
+            continue
+        alphabet, char, nn, char_id, sample = m.group(1), m.group(2), int(m.group(3)), int(m.group(4)), int(m.group(5))
+        chars.setdefault((alphabet, nn, char), []).append((sample, char_id, name))
+    if not chars:
+        raise FileNotFoundError("Omniglot: no Alphabet/characterNN/XXXX_YY.png images found")
+    keys = sorted(chars)
+    images, labels, samples, ids = [], [], [], []
+    for c, key in enumerate(keys):
+        for sample, char_id, name in sorted(chars[key]):
+            img = decode_png(read(name))
+            images.append(255 - img)  # ink-positive
+            labels.append(c)
+            samples.append(sample - 1)
+        ids.append(chars[key][0][1])
+    alphabets = sorted({k[0] for k in keys})
+    return {"images105": np.stack(images), "labels": np.asarray(labels, np.int32),
+            "samples": np.asarray(samples, np.uint8),
+            "char_names": np.array([f"{a}/{ch}" for a, _, ch in keys]),
+            "alphabets": np.array(alphabets),
+            "char_alphabet": np.array([alphabets.index(a) for a, _, _ in keys], np.int32),
+            "char_ids": np.asarray(ids, np.int32)}
+
+
+def _from_png_tree(kind, p, resample):
+    if kind == "zip":
+        with zipfile.ZipFile(p) as z:
+            names = [n for n in z.namelist() if n.lower().endswith(".png")]
+            arr = _read_pngs(names, z.read)
+    else:
+        names = [str(f.relative_to(p)) for f in sorted(p.rglob("*.png"))]
+        arr = _read_pngs(names, lambda n: (p / n).read_bytes())
+    big = arr.pop("images105")
+    if big.shape[1:] == (105, 105) and resample == "nearest":
+        small = big[:, _NEAREST_IDX][:, :, _NEAREST_IDX]
+    elif resample == "nearest":
+        idx = np.floor((np.arange(28) + 0.5) * big.shape[1] / 28).astype(np.int64)
+        small = big[:, idx][:, :, idx]
+    else:
+        small = np.clip(np.rint(resize_area(big, 28)), 0, 255).astype(np.uint8)
+    arr["images"] = small
+    return arr
+
+
+def load_omniglot_arrays(which="background", path=None, resample="lanczos"):
+    """The raw arrays of one Omniglot set, as in the packaged ``.npz`` files.
+
+    Args:
+        which: ``"background"`` or ``"evaluation"``.
+        path: a folder to look in first (see the module docstring for the search order).
+        resample: ``"lanczos"`` (antialiased, the default) or ``"nearest"`` (binary, what
+            MAML's and ProtoNets' preprocessing produces). From PNGs, ``"lanczos"`` uses an
+            area filter.
+
+    Returns:
+        dict with ``images (N, 28, 28) uint8`` (ink = 255), ``labels (N,) int32``
+        (0..C-1), ``char_names (C,)`` (``"Alphabet/characterNN"``), ``alphabets``,
+        ``char_alphabet``, ``char_ids``, and ``source`` (the file or folder read).
+
+    Raises:
+        FileNotFoundError: nowhere to be found; the message lists every place searched.
+        ValueError: bad `which` or `resample`.
+    """
+    if which not in SETS:
+        raise ValueError(f"load_omniglot_arrays: which must be one of {SETS}, got {which!r}")
+    if resample not in RESAMPLE:
+        raise ValueError(f"omniglot: resample must be one of {RESAMPLE}, got {resample!r}")
+    folder, (kind, p) = _find(which, resample, path)
+    key = (str(p), resample)
+    try:
+        stamp = p.stat().st_mtime
+    except OSError:
+        stamp = None
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] == stamp:
+        return dict(hit[1])
+    if kind == "npz":
+        with np.load(p) as d:
+            arr = {k: d[k] for k in ("images", "labels", "char_names", "alphabets",
+                                     "char_alphabet", "char_ids") if k in d.files}
+    else:
+        arr = _from_png_tree(kind, p, resample)
+    arr["source"] = str(p)
+    arr["folder"] = str(folder)
+    _CACHE[key] = (stamp, arr)
+    return dict(arr)
+
+
+def _split_file(name, folders):
+    for folder in folders:
+        f = Path(folder) / "splits" / f"{name}.txt"
+        if f.is_file():
+            return f
+    raise FileNotFoundError(f"Omniglot: split file splits/{name}.txt not found in "
+                            + ", ".join(str(f) for f in folders))
+
+
+def omniglot(path=None, split="background", resample="lanczos", return_names=False):
+    """Loads Omniglot as float32 images in [0, 1] (ink = 1) and integer labels.
+
+    Args:
+        path: a folder holding the data (searched first; then ``$METALEARN_DATA``, then
+            ``<checkout>/../shared/data/omniglot``).
+        split: ``"background"``, ``"evaluation"``, ``"vinyals_train"``, ``"vinyals_val"``,
+            ``"vinyals_trainval"`` (the 1200 training characters of MAML/ProtoNets) or
+            ``"vinyals_test"`` (the other 423).
+        resample: ``"lanczos"`` (antialiased grayscale) or ``"nearest"`` (binary).
+        return_names: also return the character names, one per label.
+
+    Returns:
+        ``(x, y)``: ``x (N, 28, 28, 1)`` float32, ``y (N,)`` int64 labels 0..C-1 (for a
+        Vinyals split, in the order of its split file); with `return_names`,
+        ``(x, y, char_names)``.
+
+    Raises:
+        FileNotFoundError: the data (or a split file) is missing; the message says where
+            it was looked for and how to get it.
+
+    Example::
+
+        x, y = metalearn.datasets.omniglot(split="vinyals_trainval")
+        tasks = metalearn.tasks.NWayKShot((x, y), n_way=5, k_shot=1, q_queries=15)
+    """
+    if split not in SPLITS:
+        raise ValueError(f"omniglot: split must be one of {SPLITS}, got {split!r}")
+    if split in SETS:
+        a = load_omniglot_arrays(split, path, resample)
+        images, labels, names = a["images"], a["labels"].astype(np.int64), a["char_names"]
+    else:
+        bg = load_omniglot_arrays("background", path, resample)
+        ev = load_omniglot_arrays("evaluation", path, resample)
+        all_names = np.concatenate([bg["char_names"], ev["char_names"]])
+        all_images = np.concatenate([bg["images"], ev["images"]])
+        all_labels = np.concatenate([bg["labels"].astype(np.int64),
+                                     ev["labels"].astype(np.int64) + len(bg["char_names"])])
+        folders = [bg["folder"]] + [str(p) for p in omniglot_search_paths(path)]
+        wanted = [ln.strip() for ln in _split_file(split, folders).read_text().splitlines() if ln.strip()]
+        index = {n: i for i, n in enumerate(all_names.tolist())}
+        missing = [n for n in wanted if n not in index]
+        if missing:
+            raise ValueError(f"omniglot: {len(missing)} characters of {split} are not in the data, "
+                             f"e.g. {missing[:3]}")
+        new_label = np.full(len(all_names), -1, np.int64)
+        new_label[[index[n] for n in wanted]] = np.arange(len(wanted))
+        mapped = new_label[all_labels]
+        keep = np.nonzero(mapped >= 0)[0]
+        keep = keep[np.argsort(mapped[keep], kind="stable")]
+        images, labels, names = all_images[keep], mapped[keep], np.array(wanted)
+    x = (images.astype(np.float32) / np.float32(255.0))[..., None]
+    if return_names:
+        return x, labels, names
+    return x, labels

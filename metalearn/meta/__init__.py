@@ -1,0 +1,31 @@
+"""Meta-learning algorithms: learning to learn new tasks from a few examples.
+
+=============  ==============================================================
+``MAML``       Finn et al. 2017 — second-order (and ``first_order=True``) MAML
+``FOMAML``     first-order MAML (``MAML(..., first_order=True)``)
+``Reptile``    Nichol et al. 2018
+``MetaSGD``    Li et al. 2017 — learned per-parameter inner learning rates
+``ANIL``       Raghu et al. 2020 — adapt only the head
+``ProtoNet``   Snell et al. 2017 — prototypical networks
+=============  ==============================================================
+
+Each has ``fit(tasks, iterations, meta_batch_size)`` (progress bar, returns a history),
+``adapt(support_x, support_y, steps=None)`` (a new adapted Keras model; the meta-model
+is unchanged), ``clone()`` and ``evaluate(tasks, episodes)`` (mean and 95 % confidence
+interval). ``metalearn.meta.models`` builds the papers' networks.
+"""
+from . import models
+from ._base import MetaLearner, clone_model
+from .maml import ANIL, MAML, MetaSGD
+from .protonet import ProtoNet, PrototypeClassifier, prototype_logits
+from .reptile import Reptile
+
+
+def FOMAML(model, inner_lr=0.01, inner_steps=1, meta_optimizer="adam", meta_lr=0.001, loss=None):
+    """First-order MAML: ``MAML(..., first_order=True)`` (Finn et al. 2017, §5.2)."""
+    return MAML(model, inner_lr=inner_lr, inner_steps=inner_steps, first_order=True,
+                meta_optimizer=meta_optimizer, meta_lr=meta_lr, loss=loss)
+
+
+__all__ = ["MetaLearner", "MAML", "FOMAML", "Reptile", "MetaSGD", "ANIL", "ProtoNet",
+           "PrototypeClassifier", "prototype_logits", "clone_model", "models"]

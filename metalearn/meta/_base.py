@@ -1,0 +1,407 @@
+"""What every meta-learner shares: losses, cloning, the fit/evaluate loops, progress."""
+import math
+import sys
+import time
+
+import numpy as np
+
+from metalearn import _core
+from metalearn.functional import functional_call
+from metalearn.progress import Progbar, _format_time, _format_value
+from metalearn.tasks.base import Task
+
+__all__ = ["MetaLearner", "clone_model", "resolve_loss"]
+
+
+# ------------------------------------------------------------------ tensors
+
+def to_tensor(a):
+    """A float32 tensor for an array (shares memory when already float32 C-contiguous)."""
+    if isinstance(a, _core.Tensor):
+        return a
+    return _core.as_tensor(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def _mse(y_true, y_pred):
+    return _core.reduce_mean(_core.mean_squared_error(y_true, y_pred))
+
+
+def _scce_logits(y_true, y_pred):
+    return _core.reduce_mean(_core.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True))
+
+
+def _scce_probs(y_true, y_pred):
+    return _core.reduce_mean(_core.sparse_categorical_crossentropy(y_true, y_pred))
+
+
+_LOSSES = {"mse": _mse, "mean_squared_error": _mse,
+           "sparse_categorical_crossentropy": _scce_logits, "scce": _scce_logits,
+           "sparse_categorical_crossentropy_from_probs": _scce_probs}
+
+
+def resolve_loss(loss, task):
+    """(loss_fn(y_true, y_pred) -> scalar Tensor, is_classification) for `loss` and a task.
+
+    ``None`` picks MSE for float targets and sparse categorical cross-entropy from logits
+    for integer labels. A string names one of those; a callable is used as is (its
+    result is averaged when it is not a scalar).
+    """
+    classification = np.issubdtype(np.asarray(task.support_y).dtype, np.integer)
+    if loss is None:
+        return (_scce_logits if classification else _mse), classification
+    if isinstance(loss, str):
+        fn = _LOSSES.get(loss)
+        if fn is None:
+            raise ValueError(f"unknown loss {loss!r}; use one of {sorted(_LOSSES)} or a callable")
+        return fn, classification
+
+    def wrapped(y_true, y_pred):
+        out = loss(y_true, y_pred)
+        return out if not out.shape else _core.reduce_mean(out)
+    return wrapped, classification
+
+
+def accuracy(logits, labels):
+    """Fraction of rows whose argmax equals the label."""
+    return float(np.mean(np.argmax(np.asarray(logits), axis=-1) == np.asarray(labels)))
+
+
+# ------------------------------------------------------------------ cloning
+
+def _input_shape_of(model):
+    shape = getattr(model, "_build_input_shape", None)
+    if shape is None:
+        shape = getattr(model, "_batch_input_shape", None)
+    if not isinstance(shape, tuple) or not shape:
+        raise ValueError(f"clone_model: {model.name!r} has not been built; call it on a batch first")
+    return tuple(1 if d is None else int(d) for d in shape)
+
+
+def clone_model(model, weights=None):
+    """A new model of the same architecture with copies of `model`'s weights.
+
+    ``Sequential`` models are rebuilt from ``get_config``; subclassed models from
+    ``type(model).from_config(model.get_config())`` (so their ``get_config`` must return
+    the constructor arguments, as Keras asks). The clone shares nothing with `model`.
+
+    Args:
+        model: a built Keras model.
+        weights: optional tensors or arrays for the clone's ``trainable_weights`` (e.g.
+            adapted fast weights); the other weights are copied from `model`.
+    """
+    from metalearn.keras.models import Sequential
+
+    shape = _input_shape_of(model)
+    config = model.get_config()
+    try:
+        if isinstance(model, Sequential):
+            clone = type(model).from_config(config, custom_objects=_layer_classes())
+        else:
+            cfg = dict(config)
+            cfg.pop("name", None)
+            clone = type(model).from_config(cfg)
+    except Exception as exc:  # noqa: BLE001 - report what the user must provide
+        raise TypeError(f"clone_model: cannot rebuild {type(model).__name__} from its get_config() "
+                        f"({exc}); give the model a get_config returning its constructor arguments"
+                        ) from exc
+    with _core_no_grad():
+        clone(np.zeros(shape, np.float32))
+    src = model.get_weights()
+    dst = clone.weights
+    if len(src) != len(dst) or any(tuple(a.shape) != tuple(v.shape) for a, v in zip(src, dst)):
+        raise TypeError(f"clone_model: the rebuilt {type(model).__name__} has other weights than "
+                        "the original; its get_config does not describe it")
+    clone.set_weights(src)
+    if weights is not None:
+        trainable = clone.trainable_weights
+        weights = list(weights)
+        if len(weights) != len(trainable):
+            raise ValueError(f"clone_model: got {len(weights)} weights for {len(trainable)} "
+                             "trainable weights")
+        for v, w in zip(trainable, weights):
+            _core.assign(v, np.ascontiguousarray(np.asarray(w), dtype=np.float32))
+    return clone
+
+
+def _layer_classes():
+    """Every Layer class of metalearn.keras.layers (conv layers included), by name."""
+    from metalearn.keras import conv_layers, layers
+    out = {}
+    for mod in (layers, conv_layers):
+        for name in dir(mod):
+            obj = getattr(mod, name)
+            if isinstance(obj, type) and issubclass(obj, layers.Layer):
+                out[obj.__name__] = obj
+    return out
+
+
+class _core_no_grad:
+    def __enter__(self):
+        self._prev = _core.set_grad_enabled(False)
+
+    def __exit__(self, *exc):
+        _core.set_grad_enabled(self._prev)
+        return False
+
+
+# ------------------------------------------------------------------ sampling
+
+def _next_batch(tasks, meta_batch_size):
+    if hasattr(tasks, "sample_batch"):
+        return tasks.sample_batch(meta_batch_size)
+    if callable(tasks):
+        return tasks(meta_batch_size)
+    if isinstance(tasks, Task):
+        return tasks if tasks.is_batch else Task(*(np.asarray(a)[None] for a in tasks),
+                                                 info={"batched": True})
+    raise TypeError("tasks must be a sampler with sample_batch(n) (metalearn.tasks), a callable "
+                    f"n -> Task batch, or a Task batch; got {type(tasks).__name__}")
+
+
+def _episodes(tasks, episodes):
+    """Yields `episodes` single tasks from a sampler or a Task batch."""
+    if isinstance(tasks, Task):
+        singles = tasks.tasks()
+        if episodes is None:
+            episodes = len(singles)
+        if episodes > len(singles):
+            raise ValueError(f"evaluate: asked for {episodes} episodes, the task batch holds "
+                             f"{len(singles)}")
+        yield from singles[:episodes]
+        return
+    if episodes is None:
+        episodes = 100
+    for _ in range(int(episodes)):
+        if hasattr(tasks, "sample"):
+            yield tasks.sample()
+        else:
+            yield _next_batch(tasks, 1).task(0)
+
+
+# ------------------------------------------------------------------ progress
+
+class _Progress:
+    """Keras' Progbar on a terminal; on a pipe, one line every ~10 % with an ETA."""
+
+    def __init__(self, target, verbose, unit="iteration", lines=10):
+        self.target, self.verbose = target, int(verbose)
+        self.bar = Progbar(target, verbose=self.verbose, unit_name=unit)
+        self.plain = self.verbose == 1 and not self.bar._dynamic
+        self.every = max(1, target // lines) if target else 1
+        self.start = time.perf_counter()
+        self.unit = unit
+
+    def update(self, current, values):
+        if self.plain and current < self.target and current % self.every == 0:
+            elapsed = time.perf_counter() - self.start
+            eta = elapsed / current * (self.target - current)
+            text = "".join(f" - {k}: {_format_value(v)}" for k, v in values.items())
+            sys.stdout.write(f"{self.unit} {current}/{self.target} - {_format_time(elapsed)} - "
+                             f"ETA: {_format_time(eta)}{text}\n")
+            sys.stdout.flush()
+        self.bar.update(current, list(values.items()))
+
+
+def _mean_ci(values):
+    v = np.asarray(values, np.float64)
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(1.96 * v.std() / math.sqrt(len(v)))
+
+
+# ------------------------------------------------------------------ base class
+
+class MetaLearner:
+    """Base of the meta-learners: ``fit`` / ``adapt`` / ``clone`` / ``evaluate``.
+
+    Subclasses implement ``_meta_step(batch) -> (loss, metric)`` (one meta-update on a
+    Task batch) and ``_adapted_weights(support_x, support_y, steps)`` (fast weights for
+    one task), and may override ``_query_logits`` for models that are not plain learners.
+    """
+
+    def __init__(self, model, loss=None, meta_optimizer="adam", meta_lr=0.001):
+        self.model = model
+        self.loss = loss
+        self._loss_fn = None
+        self.classification = None
+        self.meta_lr = float(meta_lr)
+        self.meta_optimizer = self._make_optimizer(meta_optimizer, self.meta_lr)
+        self.history = None
+        self.iterations = 0
+
+    @staticmethod
+    def _make_optimizer(opt, lr):
+        from metalearn.keras import optimizers
+        if isinstance(opt, str):
+            name = opt.lower()
+            if name == "adam":
+                return optimizers.Adam(learning_rate=lr)
+            if name == "sgd":
+                return optimizers.SGD(learning_rate=lr)
+            raise ValueError(f"meta_optimizer must be 'adam', 'sgd' or an optimizer, got {opt!r}")
+        return opt
+
+    @property
+    def metric_name(self):
+        return "accuracy" if self.classification else "mse"
+
+    # --------------------------------------------------------------- helpers
+    def _prepare(self, task):
+        """Resolves the loss and builds the model on the first task seen."""
+        if self._loss_fn is None:
+            self._loss_fn, self.classification = resolve_loss(self.loss, task)
+        model = self.model
+        if not model.built or not model.weights:
+            sx = np.asarray(task.support_x)
+            if getattr(task, "is_batch", False):
+                sx = sx[0]
+            with _core_no_grad():
+                model(np.ascontiguousarray(sx[:1], dtype=np.float32))
+
+    def _metric(self, y_pred, y_true, loss_value):
+        if self.classification:
+            return accuracy(y_pred, y_true)
+        return float(loss_value)
+
+    def _build_with(self, tasks):
+        batch = _next_batch(tasks, 1)
+        self._prepare(batch)
+
+    # ------------------------------------------------------------------- fit
+    def fit(self, tasks, iterations=1000, meta_batch_size=25, verbose=1, callbacks=None):
+        """Meta-trains on batches of tasks.
+
+        Args:
+            tasks: a task sampler (``metalearn.tasks.Sinusoid``, ``NWayKShot``, or any
+                object with ``sample_batch(n)``), a callable ``n -> Task batch``, or a
+                fixed Task batch.
+            iterations: meta-updates to make.
+            meta_batch_size: tasks per meta-update.
+            verbose: 0 silent, 1 progress bar (on a pipe: a line every 10 %), 2 one
+                line at the end.
+            callbacks: Keras callbacks (``on_train_begin``, ``on_train_batch_end(i,
+                logs)``, ``on_train_end``; ``model.stop_training = True`` stops) or plain
+                callables ``f(iteration, logs)``.
+
+        Returns:
+            A history dict of lists, one entry per iteration: ``loss`` (mean query loss
+            after adaptation) and ``accuracy`` or ``mse`` (post-adaptation, on the queries
+            of the training tasks).
+        """
+        iterations, meta_batch_size = int(iterations), int(meta_batch_size)
+        if iterations < 0 or meta_batch_size < 1:
+            raise ValueError(f"fit: iterations must be >= 0 and meta_batch_size >= 1, got "
+                             f"{iterations}, {meta_batch_size}")
+        cbs = list(callbacks or [])
+        for cb in cbs:
+            if hasattr(cb, "set_model"):
+                cb.set_model(self.model)
+        history = {"loss": []}
+        progress = _Progress(iterations, verbose)
+        if hasattr(self.model, "stop_training"):
+            self.model.stop_training = False
+        for cb in cbs:
+            if hasattr(cb, "on_train_begin"):
+                cb.on_train_begin({})
+        for it in range(iterations):
+            batch = _next_batch(tasks, meta_batch_size)
+            self._prepare(batch)
+            if self.metric_name not in history:
+                history[self.metric_name] = []
+            loss, metric = self._meta_step(batch)
+            self.iterations += 1
+            history["loss"].append(loss)
+            history[self.metric_name].append(metric)
+            logs = {"loss": loss, self.metric_name: metric}
+            progress.update(it + 1, logs)
+            for cb in cbs:
+                if hasattr(cb, "on_train_batch_end"):
+                    cb.on_train_batch_end(it, logs)
+                elif callable(cb):
+                    cb(it, logs)
+            if getattr(self.model, "stop_training", False):
+                break
+        for cb in cbs:
+            if hasattr(cb, "on_train_end"):
+                cb.on_train_end({})
+        self.history = history
+        return history
+
+    # ----------------------------------------------------------------- adapt
+    def clone(self):
+        """A copy of the meta-model (architecture and current weights), sharing nothing
+        with it (learn2learn's ``clone``)."""
+        return clone_model(self.model)
+
+    def adapt(self, support_x, support_y, steps=None):
+        """Adapts to one task's support set; returns a new Keras model.
+
+        The meta-model is not changed: the adapted weights live in a clone.
+
+        Args:
+            support_x: ``(n_support, ...)`` inputs of one task.
+            support_y: ``(n_support, ...)`` targets (int labels for classification).
+            steps: inner gradient steps (default: the learner's ``inner_steps``).
+
+        Returns:
+            A Keras model (same architecture) holding the adapted weights.
+        """
+        task = Task(support_x, support_y, support_x, support_y)
+        self._prepare(task)
+        fast = self._adapted_weights(support_x, support_y, steps)
+        return clone_model(self.model, [np.asarray(w) for w in fast])
+
+    # -------------------------------------------------------------- evaluate
+    def _query_output(self, fast, query_x):
+        return functional_call(self.model, fast, to_tensor(query_x), training=True)
+
+    def evaluate(self, tasks, episodes=None, steps=None, verbose=0):
+        """Adapts to `episodes` held-out tasks and measures the query sets.
+
+        Args:
+            tasks: a task sampler (one task per episode) or a Task batch (its tasks in
+                order).
+            episodes: number of tasks (default: all tasks of a Task batch, 100 from a
+                sampler).
+            steps: inner steps for adaptation (default ``inner_steps``); a list of step
+                counts evaluates after each of them on the same tasks (one adaptation
+                run), e.g. ``[0, 1, 10]`` for the MAML paper's curve.
+            verbose: 1 shows a progress bar.
+
+        Returns:
+            ``{"accuracy" or "mse": mean over episodes, "ci95": 1.96 * std / sqrt(episodes),
+            "loss": mean query loss, "episodes": n}``; with a list of steps, a dict from
+            step count to such a dict.
+        """
+        curve = isinstance(steps, (list, tuple))
+        step_list = [None if s is None else int(s) for s in steps] if curve else [steps]
+        results = {s: {"metric": [], "loss": []} for s in step_list}
+        if isinstance(tasks, Task):
+            n_total = episodes or len(tasks.support_x)
+        else:
+            n_total = 100 if episodes is None else int(episodes)
+        progress = _Progress(n_total, verbose, unit="episode")
+        for i, task in enumerate(_episodes(tasks, episodes)):
+            self._prepare(task)
+            for s, fast in self._adaptation_curve(task.support_x, task.support_y, step_list):
+                with _core_no_grad():
+                    out = self._query_output(fast, task.query_x)
+                    lv = float(self._loss_fn(task.query_y, out).item())
+                results[s]["loss"].append(lv)
+                results[s]["metric"].append(self._metric(out, task.query_y, lv))
+            last = results[step_list[-1]]
+            progress.update(i + 1, {self.metric_name: float(np.mean(last["metric"]))})
+        out = {}
+        for s in step_list:
+            m, ci = _mean_ci(results[s]["metric"])
+            out[s] = {self.metric_name: m, "ci95": ci, "loss": float(np.mean(results[s]["loss"])),
+                      "episodes": len(results[s]["metric"])}
+        return out if curve else out[step_list[0]]
+
+    def _adaptation_curve(self, support_x, support_y, step_list):
+        """Yields (steps, fast weights) for each requested step count."""
+        for s in step_list:
+            yield s, self._adapted_weights(support_x, support_y, s)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} model={getattr(self.model, 'name', '?')}>"

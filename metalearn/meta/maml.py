@@ -1,0 +1,384 @@
+"""Gradient-based meta-learning: MAML and first-order MAML, Meta-SGD, ANIL."""
+import numpy as np
+
+from metalearn import _core
+from metalearn.functional import functional_call
+
+from metalearn.tasks.base import Task
+
+from ._base import MetaLearner, _core_no_grad, to_tensor
+
+__all__ = ["MAML", "MetaSGD", "ANIL"]
+
+
+class MAML(MetaLearner):
+    """Model-Agnostic Meta-Learning (Finn, Abbeel & Levine, ICML 2017).
+
+    MAML learns an initialisation ``theta`` of a model's weights from which a few
+    gradient steps on a new task's support set give a model that does well on that
+    task's query set. Algorithm 2 of the paper, one meta-iteration:
+
+        sample a batch of tasks T_i
+        for each task:   (inner loop, `inner_steps` times)
+            theta_i' = theta_i' - inner_lr * grad_{theta_i'} L_support(T_i; theta_i')
+                                                            (theta_i' starts at theta)
+        theta = meta_optimizer step on  grad_theta  mean_i L_query(T_i; theta_i')
+
+    The meta-gradient flows *through* the inner updates: it contains the Hessian term
+    ``(I - inner_lr * H)`` of every inner step, so the inner gradients are computed with
+    ``create_graph=True`` and ``metalearn.grad`` differentiates through them (a gradient
+    of a gradient, done by the C core's autograd). With ``first_order=True`` the inner
+    gradients are constants instead (FOMAML, §5.2 of the paper): the meta-gradient is the
+    query gradient at the adapted weights, much cheaper and often nearly as good.
+
+    Inner steps run on lists of tensors with core ops (``w - inner_lr * g``) and
+    ``functional_call(model, fast_weights, x)``; the model's own weights change only in
+    the meta-update. BatchNormalization layers use the batch's statistics inside the
+    loop (``training=True``), as the reference implementations do.
+
+    Args:
+        model: a Keras model (``Sequential`` or a subclassed ``Model``). Classifiers
+            should output logits (the default loss is cross-entropy from logits).
+        inner_lr: step size alpha of the inner SGD steps (paper: 0.01 sinusoid, 0.4
+            Omniglot).
+        inner_steps: inner steps during meta-training (and the default for ``adapt``).
+        first_order: FOMAML (ignore second derivatives).
+        meta_optimizer: ``"adam"``, ``"sgd"`` or a ``metalearn.keras.optimizers``
+            instance, applied to the meta-gradient.
+        meta_lr: learning rate beta of the meta-optimizer when given by name (paper:
+            Adam 0.001).
+        loss: None (MSE for float targets, sparse categorical cross-entropy from logits
+            for integer labels), ``"mse"``, ``"sparse_categorical_crossentropy"``, or a
+            callable ``loss(y_true, y_pred)`` returning a Tensor.
+        vectorize: ``"auto"`` runs the tasks of a meta-batch together (batched matrix
+            products over per-task weight copies, one graph for the whole batch) when the
+            model is a ``Sequential`` of Dense/Activation/Flatten layers and the loss is a
+            built-in one; the result equals the loop over tasks. False always loops.
+
+    Example::
+
+        model = keras.Sequential([keras.layers.Dense(40, activation="relu", input_shape=(1,)),
+                                  keras.layers.Dense(40, activation="relu"),
+                                  keras.layers.Dense(1)])
+        maml = metalearn.meta.MAML(model, inner_lr=0.01, inner_steps=1)
+        history = maml.fit(metalearn.tasks.Sinusoid(k_shot=10), iterations=1000,
+                           meta_batch_size=25)
+        adapted = maml.adapt(support_x, support_y, steps=10)   # a new Keras model
+        maml.evaluate(metalearn.tasks.Sinusoid(seed=1), episodes=600)  # {'mse', 'ci95', ...}
+    """
+
+    def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, meta_optimizer="adam",
+                 meta_lr=0.001, loss=None, vectorize="auto"):
+        super().__init__(model, loss=loss, meta_optimizer=meta_optimizer, meta_lr=meta_lr)
+        if vectorize not in ("auto", True, False):
+            raise ValueError(f"{type(self).__name__}: vectorize must be 'auto', True or False, "
+                             f"got {vectorize!r}")
+        self.vectorize = vectorize
+        self._plan = None
+        self.inner_lr = float(inner_lr)
+        self.inner_steps = int(inner_steps)
+        if self.inner_steps < 0:
+            raise ValueError(f"{type(self).__name__}: inner_steps must be >= 0, got {inner_steps}")
+        self.first_order = bool(first_order)
+
+    # ------------------------------------------------------------ the pieces
+    def _meta_params(self):
+        """The tensors the meta-optimizer updates."""
+        return self.model.trainable_weights
+
+    def _inner_params(self):
+        """The weights the inner loop adapts (all trainable weights for MAML)."""
+        return self.model.trainable_weights
+
+    def _inner_update(self, fast, grads):
+        lr = self.inner_lr
+        return [w - lr * g for w, g in zip(fast, grads)]
+
+    def _support_input(self, x):
+        return to_tensor(x)
+
+    def _forward(self, fast, x):
+        """Model output with the adapted weights `fast` on input `x` (a prepared input)."""
+        return functional_call(self.model, fast, x, training=True)
+
+    def _query_output(self, fast, query_x):
+        return self._forward(fast, self._support_input(query_x))
+
+    def _full_weights(self, fast):
+        """The model's trainable weights with the adapted ones in place."""
+        return fast
+
+    # ------------------------------------------------------------ inner loop
+    def _inner_loop(self, x, y, steps, create_graph, detach=False, record=None):
+        """Runs `steps` inner SGD steps from the meta-weights.
+
+        Args:
+            x: prepared support input; y: targets.
+            create_graph: record the inner gradients (second-order meta-gradients).
+            detach: cut each step from the graph (evaluation: nothing to differentiate).
+            record: optional set of step counts at which to yield intermediate weights.
+
+        Returns:
+            The list of adapted tensors (``record`` given: list of (step, weights)).
+        """
+        fast = list(self._inner_params())
+        trail = []
+        if record is not None and 0 in record:
+            trail.append((0, fast))
+        for step in range(1, steps + 1):
+            loss = self._loss_fn(y, self._forward(fast, x))
+            grads = _core.grad(loss, fast, create_graph=create_graph)
+            if detach:
+                with _core_no_grad():
+                    fast = self._inner_update(fast, grads)
+                for w in fast:
+                    w.requires_grad = True
+            else:
+                fast = self._inner_update(fast, grads)
+            if record is not None and step in record:
+                trail.append((step, fast))
+        return trail if record is not None else fast
+
+    # ------------------------------------------------------ vectorised path
+    def _vector_plan(self):
+        """The layer plan for running a meta-batch at once, or None when not possible."""
+        if self._plan is not None:
+            return self._plan or None
+        from metalearn.keras import activations, layers
+        from metalearn.keras.models import Sequential
+        plan = []
+        ok = (self.vectorize is not False and isinstance(self.model, Sequential)
+              and (self.loss is None or isinstance(self.loss, str)))
+        index = {id(w): i for i, w in enumerate(self.model.trainable_weights)}
+        for layer in (self.model.layers if ok else []):
+            if type(layer) is layers.Dense and id(layer.kernel) in index:
+                bias = index.get(id(layer.bias)) if layer.bias is not None else None
+                act = layer.activation if layer.activation is not activations.linear else None
+                plan.append(("dense", index[id(layer.kernel)], bias, act))
+            elif type(layer) is layers.Activation:
+                plan.append(("act", layer.activation))
+            elif type(layer) is layers.Flatten:
+                plan.append(("flatten",))
+            else:
+                ok = False
+                break
+        if ok:
+            used = sorted(i for p in plan if p[0] == "dense" for i in (p[1], p[2]) if i is not None)
+            ok = used == list(range(len(index)))
+        if self.vectorize is True and not ok:
+            raise ValueError(f"{type(self).__name__}: vectorize=True needs a Sequential of Dense/"
+                             "Activation/Flatten layers and a built-in loss")
+        self._plan = plan if ok else []
+        return self._plan or None
+
+    @staticmethod
+    def _batched_forward(plan, weights, x):
+        """Runs a batch of tasks: x (B, n, ...), weights with a leading task axis."""
+        b, n = int(x.shape[0]), int(x.shape[1])
+        for step in plan:
+            if step[0] == "dense":
+                _, k, bias, act = step
+                x = _core.matmul(x, weights[k])                              # (B, n, units)
+                if bias is not None:
+                    x = x + _core.reshape(weights[bias], (b, 1, int(weights[bias].shape[-1])))
+                if act is not None:
+                    x = act(x)
+            elif step[0] == "act":
+                x = step[1](x)
+            else:
+                x = _core.reshape(x, (b, n, int(np.prod(x.shape[2:]))))
+        return x
+
+    def _meta_loss_vectorised(self, plan, batch):
+        b = len(batch.support_x)
+        sx, qx = to_tensor(batch.support_x), to_tensor(batch.query_x)
+        sy, qy = batch.support_y, batch.query_y
+        fast = [_core.broadcast_to(w, (b,) + tuple(w.shape)) for w in self._inner_params()]
+        create_graph = not self.first_order
+        for _ in range(self.inner_steps):
+            # sum over tasks of each task's mean loss (all tasks have n points): its gradient
+            # w.r.t. a task's weight copy is that task's own gradient
+            inner = self._loss_fn(sy, self._batched_forward(plan, fast, sx)) * float(b)
+            grads = _core.grad(inner, fast, create_graph=create_graph)
+            fast = self._inner_update(fast, grads)
+        out = self._batched_forward(plan, fast, qx)
+        meta_loss = self._loss_fn(qy, out)
+        if self.classification:
+            metric = float(np.mean(np.argmax(np.asarray(out), -1) == np.asarray(qy)))
+        else:
+            metric = float(meta_loss.item())
+        return meta_loss, metric
+
+    def _meta_loss(self, batch):
+        """Mean query loss of the adapted weights over a task batch (a Tensor with a graph
+        back to the meta-parameters), and the per-task post-adaptation metric."""
+        plan = self._vector_plan() if type(self)._inner_params is MAML._inner_params else None
+        if plan is not None:
+            return self._meta_loss_vectorised(plan, batch)
+        total, metrics = None, []
+        n = len(batch.support_x)
+        create_graph = not self.first_order
+        for i in range(n):
+            sx = self._support_input(batch.support_x[i])
+            qx = self._support_input(batch.query_x[i])
+            fast = self._inner_loop(sx, batch.support_y[i], self.inner_steps, create_graph)
+            out = self._forward(fast, qx)
+            lq = self._loss_fn(batch.query_y[i], out)
+            total = lq if total is None else total + lq
+            metrics.append(self._metric(out, batch.query_y[i], lq.item())
+                           if self.classification else lq.item())
+        return total * (1.0 / n), float(np.mean(metrics))
+
+    def meta_gradients(self, batch):
+        """The meta-gradient of the mean query loss for a Task batch, without applying it.
+
+        Returns:
+            ``(meta_loss, grads)``: the loss as a float and one Tensor per meta-parameter
+            (``model.trainable_weights``, plus the learned rates for Meta-SGD).
+        """
+        self._prepare(batch)
+        meta_loss, _ = self._meta_loss(batch)
+        params = self._meta_params()
+        return float(meta_loss.item()), _core.grad(meta_loss, params)
+
+    def _meta_step(self, batch):
+        meta_loss, metric = self._meta_loss(batch)
+        params = self._meta_params()
+        grads = _core.grad(meta_loss, params)
+        self.meta_optimizer.apply_gradients(zip(grads, params))
+        return float(meta_loss.item()), metric
+
+    # ------------------------------------------------------------ adaptation
+    def _steps(self, steps):
+        return self.inner_steps if steps is None else int(steps)
+
+    def adapted_weights(self, support_x, support_y, steps=None):
+        """The adapted weights (tensors, detached) for one task's support set, without
+        building a model; ``functional_call(maml.model, weights, x)`` runs them."""
+        self._prepare(Task(support_x, support_y, support_x, support_y))
+        return self._adapted_weights(support_x, support_y, steps)
+
+    def _adapted_weights(self, support_x, support_y, steps):
+        fast = self._inner_loop(self._support_input(support_x), support_y, self._steps(steps),
+                                create_graph=False, detach=True)
+        return self._full_weights(fast)
+
+    def _adaptation_curve(self, support_x, support_y, step_list):
+        record = set(self._steps(s) for s in step_list)
+        trail = dict(self._inner_loop(self._support_input(support_x), support_y, max(record),
+                                      create_graph=False, detach=True, record=record))
+        for s in step_list:
+            yield s, trail[self._steps(s)]
+
+    def __repr__(self):
+        return (f"<{type(self).__name__} inner_lr={self.inner_lr} inner_steps={self.inner_steps} "
+                f"first_order={self.first_order}>")
+
+
+class MetaSGD(MAML):
+    """Meta-SGD (Li, Zhou, Chen & Li 2017, "Meta-SGD: Learning to Learn Quickly for
+    Few-Shot Learning").
+
+    Like MAML, but the inner step size is a learned tensor ``alpha`` of the same shape as
+    each weight (a per-parameter learning rate *and* direction), meta-trained jointly
+    with the initialisation:
+
+        theta_i' = theta - alpha * grad_theta L_support(T_i; theta)      (elementwise)
+        (theta, alpha) = meta_optimizer step on grad_(theta, alpha) mean_i L_query(T_i; theta_i')
+
+    The paper uses one inner step; more are allowed. ``learning_rates`` holds the alphas
+    (Variables, initialised to `inner_lr`).
+
+    Args:
+        model, inner_steps, first_order, meta_optimizer, meta_lr, loss, vectorize: as for MAML.
+        inner_lr: initial value of every alpha (paper: drawn from [0.005, 0.1]).
+    """
+
+    def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, meta_optimizer="adam",
+                 meta_lr=0.001, loss=None, vectorize="auto"):
+        super().__init__(model, inner_lr=inner_lr, inner_steps=inner_steps, first_order=first_order,
+                         meta_optimizer=meta_optimizer, meta_lr=meta_lr, loss=loss, vectorize=vectorize)
+        self.learning_rates = None
+
+    def _prepare(self, task):
+        super()._prepare(task)
+        if self.learning_rates is None:
+            from metalearn.tape import Variable
+            self.learning_rates = [
+                Variable(np.full(tuple(w.shape), self.inner_lr, np.float32),
+                         name=f"meta_sgd_lr/{getattr(w, 'name', i)}")
+                for i, w in enumerate(self.model.trainable_weights)]
+
+    def _meta_params(self):
+        return list(self.model.trainable_weights) + list(self.learning_rates)
+
+    def _inner_update(self, fast, grads):
+        return [w - a * g for w, a, g in zip(fast, self.learning_rates, grads)]
+
+
+def _leaf_layers(layer, out):
+    subs = getattr(layer, "_sublayers", [])
+    if not subs:
+        out.append(layer)
+    for _, sub in subs:
+        _leaf_layers(sub, out)
+    return out
+
+
+class ANIL(MAML):
+    """Almost No Inner Loop (Raghu, Raghu, Bengio & Vinyals, ICLR 2020, "Rapid Learning or
+    Feature Reuse?").
+
+    MAML where the inner loop adapts only the head (the last layer's weights); the body
+    (feature extractor) is meta-learned in the outer loop only:
+
+        phi_i' = phi - inner_lr * grad_phi L_support(T_i; body_theta, phi)   (head phi only)
+        (theta, phi) = meta_optimizer step on grad mean_i L_query(T_i; body_theta, phi_i')
+
+    For a ``Sequential`` model the body runs once per task and only the head is re-run
+    in the inner loop, which is what makes ANIL fast.
+
+    Args: as for MAML.
+    """
+
+    def _prepare(self, task):
+        super()._prepare(task)
+        if getattr(self, "_head_layer", None) is None:
+            leaves = [l for l in _leaf_layers(self.model, []) if l.trainable_weights]
+            if not leaves:
+                raise ValueError("ANIL: the model has no trainable layer")
+            head = leaves[-1]
+            self._head_layer = head
+            head_ids = {id(w) for w in head.trainable_weights}
+            all_w = self.model.trainable_weights
+            self._head_index = [i for i, w in enumerate(all_w) if id(w) in head_ids]
+            from metalearn.keras.models import Sequential
+            self._split = isinstance(self.model, Sequential) and self.model.layers[-1] is head
+
+    def _inner_params(self):
+        all_w = self.model.trainable_weights
+        return [all_w[i] for i in self._head_index]
+
+    def _full_weights(self, fast):
+        full = list(self.model.trainable_weights)
+        for i, w in zip(self._head_index, fast):
+            full[i] = w
+        return full
+
+    def _support_input(self, x):
+        x = to_tensor(x)
+        if self._split:  # body once per task: features with a graph back to the body
+            for layer in self.model.layers[:-1]:
+                x = layer(x, training=True)
+        return x
+
+    def _forward(self, fast, x):
+        if self._split:
+            return functional_call(self._head_layer, fast, x, training=True)
+        return functional_call(self.model, self._full_weights(fast), x, training=True)
+
+    def _adapted_weights(self, support_x, support_y, steps):
+        fast = self._inner_loop(self._support_input(support_x), support_y, self._steps(steps),
+                                create_graph=False, detach=True)
+        return self._full_weights(fast)
+

@@ -1,0 +1,55 @@
+"""The task tuple shared by every sampler."""
+from collections import namedtuple
+
+import numpy as np
+
+__all__ = ["Task", "as_generator"]
+
+
+class Task(namedtuple("Task", ["support_x", "support_y", "query_x", "query_y"])):
+    """One task (or a batch of tasks): ``(support_x, support_y, query_x, query_y)``.
+
+    A single task has arrays ``support_x (n_support, ...)``, ``support_y (n_support, ...)``
+    and likewise for the query; a batch (``sample_batch``) adds a leading task axis
+    ``(meta_batch_size, n_support, ...)``. Unpacks like a tuple::
+
+        support_x, support_y, query_x, query_y = sampler.sample()
+
+    ``task.info`` holds what generated the task (a sinusoid's amplitude and phase, the
+    classes and rotations of an N-way task), for plots and checks.
+    """
+
+    def __new__(cls, support_x, support_y, query_x, query_y, info=None):
+        self = super().__new__(cls, support_x, support_y, query_x, query_y)
+        self.info = {} if info is None else info
+        return self
+
+    def __getnewargs__(self):
+        return tuple(self) + (self.info,)
+
+    @property
+    def is_batch(self):
+        """Whether the arrays carry a leading task axis (set by ``sample_batch``)."""
+        return bool(self.info.get("batched", False))
+
+    def task(self, i):
+        """Task `i` of a batch, as a single Task."""
+        if not self.is_batch:
+            raise ValueError("Task.task(i): this is a single task, not a batch")
+        info = {k: (v[i] if isinstance(v, np.ndarray) and v.ndim and k != "batched" else v)
+                for k, v in self.info.items() if k != "batched"}
+        return Task(self.support_x[i], self.support_y[i], self.query_x[i], self.query_y[i], info)
+
+    def tasks(self):
+        """The single tasks of a batch (or ``[self]`` for a single task)."""
+        if not self.is_batch:
+            return [self]
+        return [self.task(i) for i in range(len(self.support_x))]
+
+
+def as_generator(seed):
+    """A ``numpy.random.Generator`` from a seed, a Generator (used as is) or None."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(seed)
+

@@ -1,0 +1,123 @@
+"""N-way K-shot classification episodes over a labelled array dataset
+(Vinyals et al. 2016, "Matching Networks for One Shot Learning"; Santoro et al. 2016,
+"Meta-Learning with Memory-Augmented Neural Networks")."""
+import numpy as np
+
+from .base import Task, as_generator
+
+__all__ = ["NWayKShot"]
+
+
+class NWayKShot:
+    """Episodes of N-way K-shot classification drawn from a labelled dataset.
+
+    Each episode picks `n_way` distinct classes, then `k_shot` support and `q_queries`
+    query examples of each (all distinct). Labels are relabelled ``0..n_way-1`` per
+    episode in a random order, so a model cannot memorise class identities. With
+    ``augment_rotations`` every class also exists rotated by 90°, 180° and 270°, each a
+    class of its own (4x the classes), as in the Omniglot experiments of Santoro et al.
+    and Vinyals et al. (used by MAML and ProtoNets).
+
+    Args:
+        dataset: ``(x, y)``: ``x`` an array ``(N, H, W[, C])`` (or any ``(N, ...)`` when
+            rotations are off), ``y`` integer labels ``(N,)``. An object with ``x`` and
+            ``y`` attributes works too.
+        n_way: classes per episode (N).
+        k_shot: support examples per class (K).
+        q_queries: query examples per class.
+        augment_rotations: rotate by multiples of 90° to make new classes.
+        seed: int, None or ``numpy.random.Generator``; same seed, same episodes.
+
+    Shapes (single episode):
+        ``support_x (n_way*k_shot, *x.shape[1:])``, ``support_y (n_way*k_shot,)`` int64,
+        ``query_x (n_way*q_queries, ...)``, ``query_y (n_way*q_queries,)``; the support is
+        ordered class by class (label ``i // k_shot``). ``sample_batch(B)`` adds a leading
+        axis B. ``task.info`` holds ``classes`` (dataset labels) and ``rotations`` (0..3).
+
+    Raises:
+        ValueError: fewer than `n_way` classes, or a class with fewer than
+            ``k_shot + q_queries`` examples.
+    """
+
+    def __init__(self, dataset, n_way=5, k_shot=1, q_queries=15, augment_rotations=True, seed=None):
+        if isinstance(dataset, (tuple, list)) and len(dataset) >= 2:
+            x, y = dataset[0], dataset[1]
+        elif hasattr(dataset, "x") and hasattr(dataset, "y"):
+            x, y = dataset.x, dataset.y
+        else:
+            raise TypeError("NWayKShot: dataset must be a pair (x, y) of arrays")
+        x = np.asarray(x)
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != len(x):
+            raise ValueError(f"NWayKShot: labels must have shape ({len(x)},), got {y.shape}")
+        if not np.issubdtype(y.dtype, np.integer):
+            if not np.all(y == np.round(y)):
+                raise ValueError("NWayKShot: labels must be integers")
+            y = y.astype(np.int64)
+        self.n_way, self.k_shot, self.q_queries = int(n_way), int(k_shot), int(q_queries)
+        if self.n_way < 1 or self.k_shot < 1 or self.q_queries < 0:
+            raise ValueError(f"NWayKShot: need n_way >= 1, k_shot >= 1, q_queries >= 0; got "
+                             f"{n_way}, {k_shot}, {q_queries}")
+        self.augment_rotations = bool(augment_rotations)
+        if self.augment_rotations and (x.ndim < 3 or x.shape[1] != x.shape[2]):
+            raise ValueError(f"NWayKShot: rotations need square images (N, H, H[, C]), got {x.shape}")
+        self.x, self.y = x, y
+        self.classes, inverse = np.unique(y, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        counts = np.bincount(inverse, minlength=len(self.classes))
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self._members = [order[s:s + c] for s, c in zip(starts, counts)]
+        need = self.k_shot + self.q_queries
+        if counts.min() < need:
+            bad = int(self.classes[np.argmin(counts)])
+            raise ValueError(f"NWayKShot: class {bad} has {counts.min()} examples; k_shot + q_queries "
+                             f"= {need} are needed per class")
+        self.num_rotations = 4 if self.augment_rotations else 1
+        self.num_classes = len(self.classes) * self.num_rotations
+        if self.num_classes < self.n_way:
+            raise ValueError(f"NWayKShot: {self.num_classes} classes, fewer than n_way={self.n_way}")
+        self.seed = seed
+        self.rng = as_generator(seed)
+
+    def __repr__(self):
+        return (f"NWayKShot(n_way={self.n_way}, k_shot={self.k_shot}, q_queries={self.q_queries}, "
+                f"classes={self.num_classes}, augment_rotations={self.augment_rotations})")
+
+    def _episode(self):
+        r = self.rng
+        picks = r.choice(self.num_classes, self.n_way, replace=False)
+        base, rot = picks // self.num_rotations, picks % self.num_rotations
+        k, q = self.k_shot, self.q_queries
+        sx, qx = [], []
+        for c, rt in zip(base, rot):
+            members = self._members[c]
+            idx = members[r.choice(len(members), k + q, replace=False)]
+            imgs = self.x[idx]
+            if rt:
+                imgs = np.rot90(imgs, int(rt), axes=(1, 2))
+            sx.append(imgs[:k])
+            qx.append(imgs[k:])
+        labels = np.arange(self.n_way, dtype=np.int64)
+        support_x = np.ascontiguousarray(np.concatenate(sx))
+        query_x = np.ascontiguousarray(np.concatenate(qx))
+        return (support_x, np.repeat(labels, k), query_x, np.repeat(labels, q),
+                self.classes[base], rot.astype(np.int64))
+
+    def sample(self):
+        """One episode (see the class docstring for shapes)."""
+        sx, sy, qx, qy, cls, rot = self._episode()
+        return Task(sx, sy, qx, qy, {"classes": cls, "rotations": rot})
+
+    def sample_batch(self, meta_batch_size):
+        """`meta_batch_size` episodes stacked: ``support_x (B, n_way*k_shot, ...)`` etc."""
+        b = int(meta_batch_size)
+        if b < 1:
+            raise ValueError(f"sample_batch: meta_batch_size must be >= 1, got {meta_batch_size}")
+        eps = [self._episode() for _ in range(b)]
+        stack = lambda i: np.stack([e[i] for e in eps])
+        return Task(stack(0), stack(1), stack(2), stack(3),
+                    {"batched": True, "classes": stack(4), "rotations": stack(5)})
+
+    def __iter__(self):
+        while True:
+            yield self.sample()

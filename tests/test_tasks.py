@@ -1,0 +1,118 @@
+"""Task samplers: shapes, seeding, relabelling, rotation classes."""
+import math
+
+import numpy as np
+import pytest
+
+from metalearn.tasks import NWayKShot, Sinusoid, Task
+
+
+def _toy_dataset(n_classes=12, per_class=6, size=5):
+    rng = np.random.default_rng(0)
+    x = rng.random((n_classes * per_class, size, size, 1)).astype(np.float32)
+    y = np.repeat(np.arange(n_classes), per_class)
+    # make each image identify its class and sample: pixel (0,0) = class, (0,1) = sample
+    x[:, 0, 0, 0] = y
+    x[:, 0, 1, 0] = np.tile(np.arange(per_class), n_classes)
+    return x, y
+
+
+def test_sinusoid_shapes_and_ranges():
+    s = Sinusoid(k_shot=10, q_queries=7, seed=0)
+    t = s.sample()
+    assert isinstance(t, Task)
+    assert t.support_x.shape == (10, 1) and t.support_y.shape == (10, 1)
+    assert t.query_x.shape == (7, 1) and t.query_y.shape == (7, 1)
+    assert t.support_x.dtype == np.float32
+    b = s.sample_batch(25)
+    assert b.support_x.shape == (25, 10, 1) and b.query_y.shape == (25, 7, 1)
+    assert b.is_batch and len(b.tasks()) == 25
+    amp, ph = b.info["amplitude"], b.info["phase"]
+    assert amp.min() >= 0.1 and amp.max() <= 5.0 and ph.min() >= 0 and ph.max() <= math.pi
+    assert np.abs(b.support_x).max() <= 5.0
+    # targets really are A sin(x - phase) of the recorded parameters
+    want = amp[:, None, None] * np.sin(b.support_x - ph[:, None, None])
+    np.testing.assert_allclose(b.support_y, want, rtol=1e-5, atol=1e-5)
+    # different tasks in a batch
+    assert len(np.unique(np.round(amp, 6))) == 25
+
+
+def test_sinusoid_seeded_reproducible():
+    a, b, c = Sinusoid(seed=3), Sinusoid(seed=3), Sinusoid(seed=4)
+    ta, tb, tc = a.sample_batch(4), b.sample_batch(4), c.sample_batch(4)
+    for u, v in zip(ta, tb):
+        np.testing.assert_array_equal(u, v)
+    assert not np.array_equal(ta.support_x, tc.support_x)
+    # consecutive samples differ
+    assert not np.array_equal(a.sample_batch(4).support_x, ta.support_x)
+
+
+def test_sinusoid_custom_ranges_and_errors():
+    t = Sinusoid(k_shot=3, q_queries=2, amplitude=(1.0, 1.0), phase=(0.0, 0.0), seed=1).sample()
+    np.testing.assert_allclose(t.support_y, np.sin(t.support_x), atol=1e-6)
+    with pytest.raises(ValueError):
+        Sinusoid(k_shot=0)
+    with pytest.raises(ValueError):
+        Sinusoid(amplitude=(5.0, 0.1))
+
+
+def test_nway_shapes_and_relabelled_labels():
+    x, y = _toy_dataset()
+    s = NWayKShot((x, y + 100), n_way=4, k_shot=2, q_queries=3, augment_rotations=False, seed=0)
+    t = s.sample()
+    assert t.support_x.shape == (8, 5, 5, 1) and t.query_x.shape == (12, 5, 5, 1)
+    np.testing.assert_array_equal(t.support_y, np.repeat(np.arange(4), 2))
+    np.testing.assert_array_equal(t.query_y, np.repeat(np.arange(4), 3))
+    # the support and query of a class come from the same dataset class, all distinct
+    for c in range(4):
+        orig = t.info["classes"][c] - 100
+        assert np.all(t.support_x[t.support_y == c][:, 0, 0, 0] == orig)
+        assert np.all(t.query_x[t.query_y == c][:, 0, 0, 0] == orig)
+        samples = np.concatenate([t.support_x[t.support_y == c][:, 0, 1, 0],
+                                  t.query_x[t.query_y == c][:, 0, 1, 0]])
+        assert len(np.unique(samples)) == 5
+    assert len(set(t.info["classes"].tolist())) == 4
+    b = s.sample_batch(3)
+    assert b.support_x.shape == (3, 8, 5, 5, 1) and b.support_y.shape == (3, 8)
+    assert b.query_x.shape == (3, 12, 5, 5, 1)
+    # relabelling is random: label 0 is not always the smallest dataset class
+    firsts = [s.sample().info["classes"] for _ in range(20)]
+    assert any(f[0] != f.min() for f in firsts)
+
+
+def test_nway_seeded_reproducible():
+    x, y = _toy_dataset()
+    a = NWayKShot((x, y), 5, 1, 2, seed=7).sample_batch(3)
+    b = NWayKShot((x, y), 5, 1, 2, seed=7).sample_batch(3)
+    c = NWayKShot((x, y), 5, 1, 2, seed=8).sample_batch(3)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+    assert not np.array_equal(a.support_x, c.support_x)
+
+
+def test_rotations_make_new_classes():
+    x, y = _toy_dataset(n_classes=2, per_class=6)
+    s = NWayKShot((x, y), n_way=8, k_shot=1, q_queries=1, augment_rotations=True, seed=0)
+    assert s.num_classes == 8
+    t = s.sample()  # 2 classes x 4 rotations: every (class, rotation) once
+    pairs = set(zip(t.info["classes"].tolist(), t.info["rotations"].tolist()))
+    assert pairs == {(c, r) for c in range(2) for r in range(4)}
+    for i in range(8):
+        c, r = t.info["classes"][i], t.info["rotations"][i]
+        img = t.support_x[t.support_y == i][0]
+        src = x[(y == c)]
+        # the image is one of the class's images rotated by r * 90 degrees
+        assert any(np.array_equal(np.rot90(s_img, r, axes=(0, 1)), img) for s_img in src)
+    # without rotations only 2 classes exist
+    with pytest.raises(ValueError):
+        NWayKShot((x, y), n_way=3, k_shot=1, q_queries=1, augment_rotations=False)
+
+
+def test_nway_errors():
+    x, y = _toy_dataset(per_class=3)
+    with pytest.raises(ValueError, match="k_shot"):
+        NWayKShot((x, y), 2, 2, 2)
+    with pytest.raises(TypeError):
+        NWayKShot(x, 2, 1, 1)
+    with pytest.raises(ValueError):
+        NWayKShot((x, y[:-1]), 2, 1, 1)
