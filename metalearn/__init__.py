@@ -125,6 +125,7 @@ from .function import Function, function  # noqa: E402,F401
 from .tape import GradientTape, Variable  # noqa: E402
 from . import keras, networks, random  # noqa: E402
 from . import datasets, meta, tasks  # noqa: E402,F401
+from .memory import KnowledgeMemory, MemoryClassifier  # noqa: E402,F401
 from .functional import functional_call  # noqa: E402
 
 __version__ = "0.1.0"

@@ -200,6 +200,10 @@ ml_status ml_categorical_crossentropy(ml_tensor **out, ml_tensor *y_true, ml_ten
 ml_status ml_sparse_categorical_crossentropy(ml_tensor **out, int64_t n_labels,
                                              const int64_t *labels, ml_tensor *y_pred,
                                              int from_logits);
+/* The same with the labels in a tensor (integer values held as floats), read when the op
+ * runs: a trace replays it with each call's labels. */
+ml_status ml_sparse_categorical_crossentropy_t(ml_tensor **out, ml_tensor *labels,
+                                               ml_tensor *y_pred, int from_logits);
 ml_status ml_binary_crossentropy(ml_tensor **out, ml_tensor *y_true, ml_tensor *y_pred,
                                  int from_logits);
 

@@ -44,6 +44,7 @@ struct ml_memory {
 #define NORM_EPS 1e-12f /* |q| = sqrt(sum q^2 + eps): a zero query stays zero, finitely */
 #define MASKED (-1e30f) /* logit of a top-k position the memory could not fill */
 #define MAX_SIZE ((int64_t)1 << 40)
+#define UPDATE_CHUNK 32 /* queries searched together by an update */
 
 /* ------------------------------------------------------------------ rng */
 
@@ -226,26 +227,32 @@ static inline void topk_push(float *sim, int64_t *idx, int64_t *len, int64_t k, 
 /* Top-k over the occupied slots for n normalised queries qn (n x d): idx (n x k), sim
  * (n x k), padded with -1 / -inf when fewer than k slots are occupied. Caller holds the
  * lock. */
+static int64_t search_block(int64_t n, int64_t c) {
+    int64_t block = 262144 / (n > 0 ? n : 1);
+    if (block < 256) block = 256;
+    if (block > 8192) block = 8192;
+    return block > c ? c : block;
+}
+
+/* scratch: n * search_block(n, capacity) floats and n int64 (NULL: allocated here) */
 static ml_status search(const ml_memory *m, int64_t n, const float *qn, int64_t k,
-                        int64_t *idx, float *sim) {
+                        int64_t *idx, float *sim, float *scratch, int64_t *lens) {
     int64_t c = m->count, d = m->key_size;
     for (int64_t i = 0; i < n * k; i++) {
         idx[i] = -1;
         sim[i] = -INFINITY;
     }
     if (n == 0 || k == 0 || c == 0) return ML_OK;
-    int64_t block = 262144 / n;
-    if (block < 256) block = 256;
-    if (block > 8192) block = 8192;
-    if (block > c) block = c;
-    float *s = malloc((size_t)n * (size_t)block * sizeof(float));
-    int64_t *len = calloc((size_t)n, sizeof(int64_t));
+    int64_t block = search_block(n, c);
+    float *s = scratch ? scratch : malloc((size_t)n * (size_t)block * sizeof(float));
+    int64_t *len = lens ? lens : malloc((size_t)n * sizeof(int64_t));
     if (!s || !len) {
-        free(s);
-        free(len);
+        if (s != scratch) free(s);
+        if (len != lens) free(len);
         return ml_set_error(ML_ERR_OOM, "KnowledgeMemory: out of memory for a search of %lld "
                             "queries", (long long)n);
     }
+    memset(len, 0, (size_t)n * sizeof(int64_t));
     for (int64_t b0 = 0; b0 < c; b0 += block) {
         int64_t nb = c - b0 < block ? c - b0 : block;
         /* s (n x nb) = qn (n x d) @ keys[b0 : b0 + nb]ᵀ */
@@ -265,8 +272,8 @@ static ml_status search(const ml_memory *m, int64_t n, const float *qn, int64_t 
             len[i] = l;
         }
     }
-    free(s);
-    free(len);
+    if (s != scratch) free(s);
+    if (len != lens) free(len);
     return ML_OK;
 }
 
@@ -309,7 +316,7 @@ ml_status ml_memory_query(ml_memory *mem, int64_t n, const float *q, int64_t k,
         goto done;
     }
     pthread_rwlock_rdlock(&mem->lock);
-    st = search(mem, n, qn, k, idx, sim);
+    st = search(mem, n, qn, k, idx, sim, NULL, NULL);
     if (!st)
         for (int64_t i = 0; i < n * k; i++) {
             int64_t j = idx[i];
@@ -372,73 +379,88 @@ ml_status ml_memory_update(ml_memory *mem, int64_t n, const float *q, const int6
     int64_t *cidx = NULL, *touched = NULL;
     uint8_t *dirty = NULL;
     if ((st = normalized_copy(&qn, what, n, q, d))) return st;
-    pthread_rwlock_wrlock(&mem->lock);
-    /* Query j needs the best slot not modified by queries 0..j-1 (at most j of them), so
-     * the top-min(n, count) of the batch against the memory as it was is enough; the
-     * modified slots are scored again with their current keys. */
-    int64_t c0 = mem->count, kk = n < c0 ? n : c0;
-    cidx = malloc((size_t)(n * (kk ? kk : 1)) * sizeof(int64_t));
-    csim = malloc((size_t)(n * (kk ? kk : 1)) * sizeof(float));
-    touched = malloc((size_t)n * sizeof(int64_t));
+    /* The batch runs in chunks of UPDATE_CHUNK queries. Query j of a chunk needs the best
+     * slot not modified by the chunk's earlier queries (at most j of them), so the
+     * top-min(chunk, size) of the chunk against the memory as the chunk began is enough;
+     * the slots the chunk modified are scored again with their current keys. */
+    int64_t chunk = n < UPDATE_CHUNK ? n : UPDATE_CHUNK;
+    cidx = malloc((size_t)(chunk * chunk) * sizeof(int64_t));
+    csim = malloc((size_t)(chunk * chunk) * sizeof(float));
+    touched = malloc((size_t)chunk * sizeof(int64_t));
     dirty = calloc((size_t)mem->capacity, 1);
-    if (!cidx || !csim || !touched || !dirty) {
-        st = ml_set_error(ML_ERR_OOM, "%s: out of memory", what);
-        goto done;
+    float *scratch = malloc((size_t)(chunk * search_block(chunk, mem->capacity)) * sizeof(float));
+    int64_t *lens = malloc((size_t)chunk * sizeof(int64_t));
+    if (!cidx || !csim || !touched || !dirty || !scratch || !lens) {
+        free(scratch);
+        free(lens);
+        free(qn);
+        free(cidx);
+        free(csim);
+        free(touched);
+        free(dirty);
+        return ml_set_error(ML_ERR_OOM, "%s: out of memory", what);
     }
-    if (kk && (st = search(mem, n, qn, kk, cidx, csim))) goto done;
+    pthread_rwlock_wrlock(&mem->lock);
     /* one step: every occupied age grows by one, touched slots end at 0 */
     for (int64_t i = 0; i < mem->count; i++) mem->ages[i]++;
-    int64_t nt = 0;
-    for (int64_t j = 0; j < n; j++) {
-        const float *x = qn + j * d;
-        int64_t best = -1;
-        float bs = -INFINITY;
-        for (int64_t t = 0; t < kk; t++) {
-            int64_t s = cidx[j * kk + t];
-            if (s >= 0 && !dirty[s]) {
-                best = s;
-                bs = csim[j * kk + t];
-                break;
+    for (int64_t j0 = 0; j0 < n; j0 += chunk) {
+        int64_t nc = n - j0 < chunk ? n - j0 : chunk, c0 = mem->count;
+        int64_t kk = nc < c0 ? nc : c0, nt = 0;
+        if (kk) search(mem, nc, qn + j0 * d, kk, cidx, csim, scratch, lens); /* cannot fail */
+        for (int64_t j = 0; j < nc; j++) {
+            const float *x = qn + (j0 + j) * d;
+            int64_t y = labels[j0 + j], best = -1;
+            const float *pl = payloads && p ? payloads + (j0 + j) * p : NULL;
+            float bs = -INFINITY;
+            for (int64_t t = 0; t < kk; t++) {
+                int64_t s = cidx[j * kk + t];
+                if (s >= 0 && !dirty[s]) {
+                    best = s;
+                    bs = csim[j * kk + t];
+                    break;
+                }
+            }
+            for (int64_t t = 0; t < nt; t++) {
+                int64_t s = touched[t];
+                float v = dot(x, mem->keys + s * d, d);
+                if (v > bs || (v == bs && s < best)) {
+                    bs = v;
+                    best = s;
+                }
+            }
+            int64_t slot;
+            if (best >= 0 && mem->labels[best] == y) {
+                /* the memory already answers y: K[n1] <- normalize(q + K[n1]) */
+                slot = best;
+                float *key = mem->keys + slot * d;
+                for (int64_t i = 0; i < d; i++) key[i] += x[i];
+                normalize_row(key, key, d);
+                if (pl) {
+                    float *v = mem->payloads + slot * p;
+                    for (int64_t i = 0; i < p; i++) v[i] = 0.5f * (v[i] + pl[i]);
+                }
+            } else {
+                /* a new place: the oldest slot (empty ones first) */
+                slot = oldest_slot(mem);
+                memcpy(mem->keys + slot * d, x, (size_t)d * sizeof(float));
+                mem->labels[slot] = y;
+                if (p) {
+                    float *v = mem->payloads + slot * p;
+                    if (pl) memcpy(v, pl, (size_t)p * sizeof(float));
+                    else memset(v, 0, (size_t)p * sizeof(float));
+                }
+            }
+            mem->ages[slot] = 0;
+            if (!dirty[slot]) {
+                dirty[slot] = 1;
+                touched[nt++] = slot;
             }
         }
-        for (int64_t t = 0; t < nt; t++) {
-            int64_t s = touched[t];
-            float v = dot(x, mem->keys + s * d, d);
-            if (v > bs || (v == bs && s < best)) {
-                bs = v;
-                best = s;
-            }
-        }
-        int64_t slot;
-        if (best >= 0 && mem->labels[best] == labels[j]) {
-            /* the memory already answers y: K[n1] <- normalize(q + K[n1]) */
-            slot = best;
-            float *key = mem->keys + slot * d;
-            for (int64_t i = 0; i < d; i++) key[i] += x[i];
-            normalize_row(key, key, d);
-            if (payloads && p) {
-                float *v = mem->payloads + slot * p;
-                for (int64_t i = 0; i < p; i++) v[i] = 0.5f * (v[i] + payloads[j * p + i]);
-            }
-        } else {
-            /* a new place: the oldest slot (empty ones first) */
-            slot = oldest_slot(mem);
-            memcpy(mem->keys + slot * d, x, (size_t)d * sizeof(float));
-            mem->labels[slot] = labels[j];
-            if (p) {
-                float *v = mem->payloads + slot * p;
-                if (payloads) memcpy(v, payloads + j * p, (size_t)p * sizeof(float));
-                else memset(v, 0, (size_t)p * sizeof(float));
-            }
-        }
-        mem->ages[slot] = 0;
-        if (!dirty[slot]) {
-            dirty[slot] = 1;
-            touched[nt++] = slot;
-        }
+        for (int64_t t = 0; t < nt; t++) dirty[touched[t]] = 0;
     }
-done:
     pthread_rwlock_unlock(&mem->lock);
+    free(scratch);
+    free(lens);
     free(qn);
     free(cidx);
     free(csim);
@@ -466,7 +488,7 @@ static ml_status select_topk(ml_memory *m, const char *what, ml_tensor *q, int64
     int64_t *idx = malloc(nk * sizeof(int64_t));
     float *sim = malloc(nk * sizeof(float));
     if (!idx || !sim) st = ml_set_error(ML_ERR_OOM, "%s: out of memory", what);
-    else st = search(m, n, qn, k, idx, sim);
+    else st = search(m, n, qn, k, idx, sim, NULL, NULL);
     free(qn);
     if (st) {
         free(idx);

@@ -210,6 +210,45 @@ ml_status ml_sparse_categorical_crossentropy(ml_tensor **out, int64_t n, const i
     return ML_OK;
 }
 
+typedef struct { int from_logits; } scce_params;
+static ml_status replay_scce_t(ml_tensor **out, ml_tensor **in, const void *p) {
+    return ml_sparse_categorical_crossentropy_t(out, in[0], in[1],
+                                                ((const scce_params *)p)->from_logits);
+}
+
+ml_status ml_sparse_categorical_crossentropy_t(ml_tensor **out, ml_tensor *labels,
+                                               ml_tensor *y_pred, int from_logits) {
+    if (!labels || !y_pred)
+        return ml_set_error(ML_ERR_VALUE, "sparse_categorical_crossentropy: input tensor is NULL");
+    int64_t n = labels->numel;
+    int64_t *idx = malloc((size_t)(n ? n : 1) * sizeof *idx);
+    if (!idx) return ml_set_error(ML_ERR_OOM, "out of memory");
+    for (int64_t i = 0; i < n; i++) {
+        float v = labels->data[i];
+        /* range first: converting NaN or 1e30 to an integer is undefined behaviour */
+        if (!(v >= -1e9f && v <= 1e9f) || v != (float)(int64_t)v) {
+            free(idx);
+            return ml_set_error(ML_ERR_VALUE, "sparse_categorical_crossentropy: expected integer "
+                                "labels, got %g at position %lld",
+                                (double)v, (long long)i);
+        }
+        idx[i] = (int64_t)v;
+    }
+    /* one trace entry with the labels as an input, instead of the inner ops with the
+     * labels of this call baked in */
+    ml_trace *saved = ml__trace_active;
+    ml__trace_active = NULL;
+    ml_status st = ml_sparse_categorical_crossentropy(out, n, idx, y_pred, from_logits);
+    ml__trace_active = saved;
+    free(idx);
+    if (st == ML_OK) {
+        ml_tensor *ins[2] = {labels, y_pred};
+        scce_params sp = {from_logits};
+        ML_TRACE(replay_scce_t, 2, ins, *out, &sp);
+    }
+    return st;
+}
+
 ml_status ml_binary_crossentropy(ml_tensor **out, ml_tensor *y_true, ml_tensor *y_pred,
                                  int from_logits) {
     if (!y_true || !y_pred)

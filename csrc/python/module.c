@@ -1286,14 +1286,15 @@ static PyObject *mod_scce(PyObject *m, PyObject *args, PyObject *kwds) {
                                      &to, &po, &from_logits))
         return NULL;
     PyArrayObject *labels = NULL;
-    if (Tensor_Check(to)) {
-        PyObject *arr = Tensor_numpy((TensorObject *)to, NULL);
-        if (!arr) return NULL;
-        labels = to_index_array(arr, "sparse_categorical_crossentropy");
-        Py_DECREF(arr);
-    } else {
-        labels = to_index_array(to, "sparse_categorical_crossentropy");
+    if (Tensor_Check(to)) { /* labels read in C when the op runs (traces replay them) */
+        ml_tensor *p = as_ml(po, "sparse_categorical_crossentropy"), *out = NULL;
+        if (!p) return NULL;
+        ml_status st;
+        CALL(st, p->numel * 8, ml_sparse_categorical_crossentropy_t(&out, T(to), p, from_logits));
+        ml_release(p);
+        return wrap_status(st, &out);
     }
+    labels = to_index_array(to, "sparse_categorical_crossentropy");
     if (!labels) return NULL;
     ml_tensor *p = as_ml(po, "sparse_categorical_crossentropy"), *out = NULL;
     ml_status st = ML_OK;

@@ -20,7 +20,7 @@ from metalearn.tape import Variable
 from . import activations, initializers
 from . import backend as _backend
 
-__all__ = ["Layer", "Dense", "Flatten", "Activation", "Dropout", "InputLayer", "Input",
+__all__ = ["MemoryRecall", "Layer", "Dense", "Flatten", "Activation", "Dropout", "InputLayer", "Input",
            "Lambda", "Reshape", "serialize", "deserialize", "get"]
 
 _FUSED = {activations.linear: "linear", activations.relu: "relu",
@@ -696,3 +696,4 @@ def deserialize(config, custom_objects=None):
 get = deserialize
 
 from .conv_layers import *  # noqa: E402,F401,F403  (Conv2D, pooling, BatchNormalization)
+from .memory_layers import MemoryRecall  # noqa: E402,F401  (Kaiser et al. 2017 recall)

@@ -90,8 +90,15 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
     _check_axis(axis, "sparse_categorical_crossentropy")
     if ignore_class is not None:
         raise NotImplementedError("sparse_categorical_crossentropy: ignore_class is not supported")
-    labels = np.asarray(y_true)
     lead = tuple(y_pred.shape[:-1])
+    if isinstance(y_true, _core.Tensor):
+        # a tensor of labels stays a tensor: the C op reads it when it runs, so a traced
+        # step (metalearn.function) replays with each call's labels
+        if y_true.size != int(np.prod(lead)):
+            raise ValueError(f"sparse_categorical_crossentropy: labels of shape {tuple(y_true.shape)} "
+                             f"do not match predictions of shape {tuple(y_pred.shape)}")
+        return _core.sparse_categorical_crossentropy(y_true, y_pred, bool(from_logits))
+    labels = np.asarray(y_true)
     if labels.shape != lead:
         if labels.shape == lead + (1,) or labels.size == int(np.prod(lead)):
             labels = labels.reshape(lead)

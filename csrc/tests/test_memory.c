@@ -1,0 +1,307 @@
+/* test_memory.c — C unit tests of the knowledge memory (csrc/memory/memory.c): sizes
+ * refused, the update rule (merge, write, oldest slot, ages, tie-break reproducibility),
+ * exact top-k against brute force, the soft read and memory loss with their gradients
+ * (first and second order, central differences), save/load with corrupt files refused.
+ * Runs under ASan + UBSan in CI (`make -C csrc sanitize`). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/internal.h"
+#include "metalearn.h"
+
+static int n_pass, n_fail;
+
+#define CHECK(cond, ...)                                          \
+    do {                                                          \
+        if (cond) n_pass++;                                       \
+        else {                                                    \
+            n_fail++;                                             \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);           \
+            printf(__VA_ARGS__);                                  \
+            printf("\n");                                         \
+        }                                                         \
+    } while (0)
+
+#define OK(expr) CHECK((expr) == ML_OK, "%s -> %s", #expr, ml_last_error())
+
+static uint64_t lcg = 12345;
+static float frand(void) { /* uniform in [-1, 1) */
+    lcg = lcg * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float)((lcg >> 40) * 0x1.0p-24) * 2.0f - 1.0f;
+}
+
+static void test_sizes(void) {
+    ml_memory *m = NULL;
+    CHECK(ml_memory_new(&m, 0, 4, 0, 0) == ML_ERR_VALUE, "capacity 0 refused");
+    CHECK(ml_memory_new(&m, -3, 4, 0, 0) == ML_ERR_VALUE, "capacity < 0 refused");
+    CHECK(ml_memory_new(&m, 4, 0, 0, 0) == ML_ERR_VALUE, "key size 0 refused");
+    CHECK(ml_memory_new(&m, 4, 4, -1, 0) == ML_ERR_VALUE, "payload < 0 refused");
+    CHECK(ml_memory_new(&m, (int64_t)1 << 40, (int64_t)1 << 20, 0, 0) == ML_ERR_OOM, "huge refused");
+    CHECK(m == NULL, "nothing made");
+    OK(ml_memory_new(&m, 4, 3, 0, 0));
+    float q[3] = {1, 0, 0}, nanq[3] = {1, NAN, 0};
+    int64_t idx[5], lab = 1;
+    float sim[5];
+    CHECK(ml_memory_query(m, 1, q, 5, idx, sim, NULL, NULL) == ML_ERR_VALUE, "k > capacity");
+    CHECK(ml_memory_query(m, 1, q, 0, idx, sim, NULL, NULL) == ML_ERR_VALUE, "k = 0");
+    CHECK(ml_memory_query(m, 1, nanq, 1, idx, sim, NULL, NULL) == ML_ERR_VALUE, "NaN query");
+    CHECK(ml_memory_update(m, 1, nanq, &lab, NULL) == ML_ERR_VALUE, "NaN update");
+    CHECK(ml_memory_size(m) == 0, "nothing written");
+    CHECK(ml_memory_query(NULL, 1, q, 1, idx, sim, NULL, NULL) == ML_ERR_VALUE, "NULL memory");
+    OK(ml_memory_query(m, 1, q, 2, idx, sim, NULL, NULL));
+    CHECK(idx[0] == -1 && isinf(sim[0]) && sim[0] < 0, "empty memory pads");
+    ml_memory_free(m);
+    ml_memory_free(NULL);
+}
+
+static void test_update_rule(void) {
+    ml_memory *m = NULL;
+    OK(ml_memory_new(&m, 3, 3, 1, 0));
+    float e[9] = {1, 0, 0, 0, 1, 0, 0, 0, 1};
+    int64_t labels[3] = {0, 1, 2};
+    float pay[3] = {10, 20, 30};
+    for (int i = 0; i < 3; i++) OK(ml_memory_update(m, 1, e + 3 * i, labels + i, pay + i));
+    int64_t ages[3], lab[3];
+    float keys[9], p[3];
+    OK(ml_memory_get(m, keys, lab, ages, p));
+    CHECK(ages[0] == 2 && ages[1] == 1 && ages[2] == 0, "ages %lld %lld %lld", (long long)ages[0],
+          (long long)ages[1], (long long)ages[2]);
+    /* merge: near e0 with label 0 */
+    float q[3] = {1, 1, 0}, pq = 0;
+    int64_t y = 0;
+    OK(ml_memory_update(m, 1, q, &y, &pq));
+    OK(ml_memory_get(m, keys, lab, ages, p));
+    double a = 1 + 1 / sqrt(2.0), b = 1 / sqrt(2.0), n = sqrt(a * a + b * b);
+    CHECK(fabs(keys[0] - a / n) < 1e-6 && fabs(keys[1] - b / n) < 1e-6, "merged key");
+    CHECK(p[0] == 5.0f && ages[0] == 0 && ages[1] == 2 && ages[2] == 1, "payload mean, ages");
+    CHECK(ml_memory_size(m) == 3, "size 3");
+    /* a wrong label: the oldest slot (slot 1, age 3 after the step) */
+    y = 7;
+    OK(ml_memory_update(m, 1, q, &y, NULL));
+    OK(ml_memory_get(m, keys, lab, ages, p));
+    CHECK(lab[1] == 7 && ages[1] == 0 && p[1] == 0, "written into the oldest");
+    OK(ml_memory_clear(m));
+    CHECK(ml_memory_size(m) == 0 && ml_memory_occupancy(m) == 0.0, "cleared");
+    ml_memory_free(m);
+}
+
+/* Same seed, same tie-breaks; the first-index tie-break is not always taken. */
+static void test_tie_break(void) {
+    int seen[4] = {0};
+    for (uint64_t seed = 0; seed < 16; seed++) {
+        int64_t slot[2];
+        for (int rep = 0; rep < 2; rep++) {
+            ml_memory *m = NULL;
+            OK(ml_memory_new(&m, 4, 2, 0, seed));
+            float q[8] = {1, 0, 0, 1, -1, 0, 0, -1}, nq[2] = {1, 1};
+            int64_t y[4] = {0, 1, 2, 3}, ny = 9, lab[4];
+            OK(ml_memory_update(m, 4, q, y, NULL)); /* all age 0: a tie next time */
+            OK(ml_memory_update(m, 1, nq, &ny, NULL));
+            OK(ml_memory_get(m, NULL, lab, NULL, NULL));
+            slot[rep] = -1;
+            for (int i = 0; i < 4; i++)
+                if (lab[i] == 9) slot[rep] = i;
+            ml_memory_free(m);
+        }
+        CHECK(slot[0] == slot[1] && slot[0] >= 0, "reproducible tie-break");
+        if (slot[0] >= 0) seen[slot[0]]++;
+    }
+    CHECK((seen[0] > 0) + (seen[1] > 0) + (seen[2] > 0) + (seen[3] > 0) >= 2, "random tie-break");
+}
+
+static void test_query_brute_force(void) {
+    enum { M = 700, D = 9, N = 5, K = 4 };
+    ml_memory *m = NULL;
+    OK(ml_memory_new(&m, M, D, 0, 1));
+    static float keys[M * D], q[N * D], stored[M * D];
+    static int64_t y[M];
+    for (int i = 0; i < M * D; i++) keys[i] = frand();
+    for (int i = 0; i < M; i++) y[i] = i;
+    OK(ml_memory_update(m, M, keys, y, NULL));
+    CHECK(ml_memory_size(m) == M, "all written (distinct labels)");
+    OK(ml_memory_get(m, stored, NULL, NULL, NULL));
+    for (int i = 0; i < N * D; i++) q[i] = frand();
+    int64_t idx[N * K], lab[N * K];
+    float sim[N * K];
+    OK(ml_memory_query(m, N, q, K, idx, sim, lab, NULL));
+    for (int i = 0; i < N; i++) {
+        double nq = 0;
+        for (int j = 0; j < D; j++) nq += (double)q[i * D + j] * q[i * D + j];
+        nq = sqrt(nq);
+        double prev = INFINITY;
+        for (int t = 0; t < K; t++) {
+            double best = -INFINITY;
+            int64_t bi = -1;
+            for (int64_t s = 0; s < M; s++) {
+                double v = 0;
+                for (int j = 0; j < D; j++) v += (double)q[i * D + j] * stored[s * D + j];
+                v /= nq;
+                if (v < prev - 1e-12 && v > best) best = v, bi = s;
+            }
+            prev = best;
+            CHECK(idx[i * K + t] == bi && fabs(sim[i * K + t] - best) < 1e-5 && lab[i * K + t] == bi,
+                  "query %d rank %d: %lld vs %lld", i, t, (long long)idx[i * K + t], (long long)bi);
+        }
+    }
+    ml_memory_free(m);
+}
+
+/* d/dq of sum(R * f(q)) by central differences vs ml_grad; second order through
+ * create_graph on <grad, v>. kind 0: soft read; kind 1: memory loss. */
+static double objective(ml_memory *m, int kind, const float *qv, const float *R, int64_t n,
+                        int64_t d, const int64_t *y) {
+    ml_tensor *q = NULL, *o = NULL;
+    int64_t shape[2] = {n, d};
+    ml_tensor_from_data(&q, 2, shape, qv);
+    if (kind == 0) ml_memory_read(&o, NULL, m, q, 4, 0.5f);
+    else ml_memory_loss(&o, m, q, n, y, 6, 0.8f);
+    double s = 0;
+    for (int64_t i = 0; i < o->numel; i++) s += (double)R[i] * o->data[i];
+    ml_release(q);
+    ml_release(o);
+    return s;
+}
+
+static void test_gradients(int kind) {
+    enum { N = 2, D = 4, P = 3, MCAP = 6 };
+    ml_memory *m = NULL;
+    OK(ml_memory_new(&m, MCAP, D, P, 0));
+    float keys[MCAP * D], pay[MCAP * P], qv[N * D], R[N * P], v[N * D];
+    int64_t lab[MCAP] = {0, 1, 2, 0, 1, 2}, y[N] = {0, 1};
+    for (int i = 0; i < MCAP * D; i++) keys[i] = frand();
+    for (int i = 0; i < MCAP * P; i++) pay[i] = frand();
+    for (int i = 0; i < N * D; i++) qv[i] = frand(), v[i] = frand();
+    for (int i = 0; i < N * P; i++) R[i] = frand();
+    OK(ml_memory_update(m, MCAP, keys, lab, pay));
+    int64_t shape[2] = {N, D}, rshape[1] = {kind == 0 ? N * P : N};
+    ml_tensor *q = NULL, *o = NULL, *flat = NULL, *Rt = NULL, *prod = NULL, *L = NULL, *g = NULL;
+    OK(ml_tensor_from_data(&q, 2, shape, qv));
+    OK(ml_set_requires_grad(q, 1));
+    if (kind == 0) OK(ml_memory_read(&o, NULL, m, q, 4, 0.5f));
+    else OK(ml_memory_loss(&o, m, q, N, y, 6, 0.8f));
+    OK(ml_reshape(&flat, o, 1, rshape));
+    OK(ml_tensor_from_data(&Rt, 1, rshape, R));
+    OK(ml_mul(&prod, flat, Rt));
+    OK(ml_sum(&L, prod, 0, NULL, 0));
+    OK(ml_grad(&g, 1, &L, 1, &q, NULL, 1, 0));
+    const double h = 1e-2;
+    double max_err = 0, max_g = 0;
+    float qp[N * D];
+    for (int i = 0; i < N * D; i++) {
+        memcpy(qp, qv, sizeof qp);
+        qp[i] = qv[i] + (float)h;
+        double fp = objective(m, kind, qp, R, N, D, y);
+        qp[i] = qv[i] - (float)h;
+        double fm = objective(m, kind, qp, R, N, D, y);
+        double fd = (fp - fm) / (2 * h);
+        max_err = fmax(max_err, fabs(fd - g->data[i]));
+        max_g = fmax(max_g, fabs(g->data[i]));
+    }
+    CHECK(max_err < 2e-3 && max_g > 1e-2, "kind %d first order: err %g, |g| %g", kind, max_err, max_g);
+    /* second order: d/dq <g, v> vs central differences of <g(q), v> */
+    ml_tensor *vt = NULL, *gv = NULL, *S = NULL, *h2 = NULL;
+    OK(ml_tensor_from_data(&vt, 2, shape, v));
+    OK(ml_mul(&gv, g, vt));
+    OK(ml_sum(&S, gv, 0, NULL, 0));
+    OK(ml_grad(&h2, 1, &S, 1, &q, NULL, 0, 0));
+    max_err = 0;
+    max_g = 0;
+    for (int i = 0; i < N * D && h2; i++) {
+        double side[2];
+        for (int sgn = 0; sgn < 2; sgn++) {
+            float qq[N * D];
+            memcpy(qq, qv, sizeof qq);
+            qq[i] += sgn ? -(float)h : (float)h;
+            ml_tensor *q2 = NULL, *o2 = NULL, *f2 = NULL, *p2 = NULL, *L2 = NULL, *g2 = NULL;
+            ml_tensor_from_data(&q2, 2, shape, qq);
+            ml_set_requires_grad(q2, 1);
+            if (kind == 0) ml_memory_read(&o2, NULL, m, q2, 4, 0.5f);
+            else ml_memory_loss(&o2, m, q2, N, y, 6, 0.8f);
+            ml_reshape(&f2, o2, 1, rshape);
+            ml_mul(&p2, f2, Rt);
+            ml_sum(&L2, p2, 0, NULL, 0);
+            ml_grad(&g2, 1, &L2, 1, &q2, NULL, 0, 0);
+            double s = 0;
+            for (int j = 0; j < N * D; j++) s += (double)g2->data[j] * v[j];
+            side[sgn] = s;
+            ml_release(q2), ml_release(o2), ml_release(f2), ml_release(p2), ml_release(L2),
+                ml_release(g2);
+        }
+        double fd = (side[0] - side[1]) / (2 * h);
+        max_err = fmax(max_err, fabs(fd - h2->data[i]));
+        max_g = fmax(max_g, fabs(h2->data[i]));
+    }
+    CHECK(h2 && max_err < 1e-2 * (1 + max_g) && max_g > 1e-2, "kind %d second order: err %g, |h| %g",
+          kind, max_err, max_g);
+    ml_release(q), ml_release(o), ml_release(flat), ml_release(Rt), ml_release(prod);
+    ml_release(L), ml_release(g), ml_release(vt), ml_release(gv), ml_release(S), ml_release(h2);
+    ml_memory_free(m);
+}
+
+static void test_files(void) {
+    char path[64], bad[72];
+    snprintf(path, sizeof path, "/tmp/ml_test_memory_%ld.mlm", (long)getpid());
+    snprintf(bad, sizeof bad, "%s.bad", path);
+    ml_memory *a = NULL, *b = NULL, *c = NULL;
+    OK(ml_memory_new(&a, 8, 3, 2, 5));
+    OK(ml_memory_new(&b, 8, 3, 2, 6));
+    float q[15], pay[10];
+    int64_t y[5] = {1, 2, 3, 4, 5};
+    for (int i = 0; i < 15; i++) q[i] = frand();
+    for (int i = 0; i < 10; i++) pay[i] = frand();
+    OK(ml_memory_update(a, 5, q, y, pay));
+    OK(ml_memory_save(a, path));
+    OK(ml_memory_load(b, path));
+    OK(ml_memory_open(&c, path));
+    float ka[24], kb[24], kc[24];
+    int64_t la[8], lb[8], ga[8], gb[8];
+    OK(ml_memory_get(a, ka, la, ga, NULL));
+    OK(ml_memory_get(b, kb, lb, gb, NULL));
+    OK(ml_memory_get(c, kc, NULL, NULL, NULL));
+    CHECK(!memcmp(ka, kb, sizeof ka) && !memcmp(ka, kc, sizeof ka) && !memcmp(la, lb, sizeof la) &&
+              !memcmp(ga, gb, sizeof ga) && ml_memory_size(b) == 5,
+          "round trip");
+    /* corrupt copies */
+    FILE *f = fopen(path, "rb");
+    static uint8_t buf[4096];
+    size_t size = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    ml_memory *d = NULL;
+    OK(ml_memory_new(&d, 8, 3, 2, 0));
+    for (int kind = 0; kind < 4; kind++) {
+        uint8_t copy[4096];
+        memcpy(copy, buf, size);
+        size_t len = size;
+        if (kind == 0) copy[size / 2] ^= 1;  /* flipped bit */
+        if (kind == 1) len = size - 5;       /* truncated */
+        if (kind == 2) copy[0] = 'X';        /* bad magic */
+        if (kind == 3) len = 3;
+        f = fopen(bad, "wb");
+        fwrite(copy, 1, len, f);
+        fclose(f);
+        CHECK(ml_memory_load(d, bad) == ML_ERR_FORMAT, "corrupt file %d refused", kind);
+        CHECK(ml_memory_size(d) == 0, "memory unchanged");
+    }
+    ml_memory *e = NULL;
+    OK(ml_memory_new(&e, 9, 3, 2, 0));
+    CHECK(ml_memory_load(e, path) == ML_ERR_VALUE, "other capacity refused");
+    CHECK(ml_memory_load(e, "/nonexistent/x.mlm") == ML_ERR_IO, "missing file");
+    unlink(path);
+    unlink(bad);
+    ml_memory_free(a), ml_memory_free(b), ml_memory_free(c), ml_memory_free(d), ml_memory_free(e);
+}
+
+int main(void) {
+    test_sizes();
+    test_update_rule();
+    test_tie_break();
+    test_query_brute_force();
+    test_gradients(0);
+    test_gradients(1);
+    test_files();
+    printf("%d passed, %d failed\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}
