@@ -291,3 +291,13 @@ class LambdaCallback(Callback):
                 raise TypeError(f"LambdaCallback: unknown hook {name!r}")
             if fn is not None:
                 setattr(self, name, fn)
+
+
+def __getattr__(name):
+    # TerminateOnNaN lives in metalearn.debugging (beside check_numerics), which imports
+    # this module: resolved on first use to keep the import order free
+    if name == "TerminateOnNaN":
+        from metalearn.debugging import TerminateOnNaN
+
+        return TerminateOnNaN
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

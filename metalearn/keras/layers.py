@@ -313,6 +313,8 @@ class Layer:
     def __call__(self, inputs, *args, weights=None, **kwargs):
         if weights is not None:
             return _functional.functional_call(self, weights, inputs, *args, **kwargs)
+        if inputs is None:
+            raise TypeError(f"{self.name}: expected inputs (a tensor or an array), got None")
         inputs = _as_input(inputs)
         if not self.built:
             self._maybe_build(inputs)

@@ -68,8 +68,14 @@ class MAML(MetaLearner):
     """
 
     def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, meta_optimizer="adam",
-                 meta_lr=0.001, loss=None, vectorize="auto"):
+                 meta_lr=0.001, loss=None, vectorize="auto", trace=True):
         super().__init__(model, loss=loss, meta_optimizer=meta_optimizer, meta_lr=meta_lr)
+        # trace=True: the vectorised meta-step (inner loop, second-order meta-gradient and
+        # the meta-optimizer's update) is recorded once per batch shape by
+        # metalearn.function and replayed from C on later iterations
+        self.trace = bool(trace)
+        self._traced_step = None
+        self._traced_config = None
         if vectorize not in ("auto", True, False):
             raise ValueError(f"{type(self).__name__}: vectorize must be 'auto', True or False, "
                              f"got {vectorize!r}")
@@ -241,7 +247,51 @@ class MAML(MetaLearner):
         params = self._meta_params()
         return float(meta_loss.item()), _core.grad(meta_loss, params)
 
+    def _traceable(self, plan):
+        opt = self.meta_optimizer
+        return (self.trace and plan is not None and hasattr(opt, "_core_for")
+                and getattr(opt, "clipvalue", None) is None and getattr(opt, "clipnorm", None) is None
+                and getattr(opt, "global_clipnorm", None) is None)
+
+    def _traced_meta_step(self, plan, batch):
+        """The vectorised meta-step through a metalearn.function trace: the first batch of a
+        shape runs eagerly while recording; later batches replay the record from C."""
+        config = (self.inner_lr, self.inner_steps, self.first_order, id(self.meta_optimizer))
+        if self._traced_step is None or self._traced_config != config:
+            from metalearn.function import function
+
+            self._traced_config = config
+            params = self._meta_params()
+            core_opt = self.meta_optimizer._core_for(params)
+            create_graph = not self.first_order
+
+            def step(sx, sy, qx, qy):
+                b = sx.shape[0]
+                fast = [_core.broadcast_to(w, (b,) + tuple(w.shape)) for w in self._inner_params()]
+                for _ in range(self.inner_steps):
+                    inner = self._loss_fn(sy, self._batched_forward(plan, fast, sx)) * float(b)
+                    grads = _core.grad(inner, fast, create_graph=create_graph)
+                    fast = self._inner_update(fast, grads)
+                out = self._batched_forward(plan, fast, qx)
+                meta_loss = self._loss_fn(qy, out)
+                core_opt.step(params, _core.grad(meta_loss, params))
+                return meta_loss, out
+
+            self._traced_step = function(step)
+        labels = (lambda y: to_tensor(np.asarray(y, dtype=np.float32))) if self.classification else to_tensor
+        meta_loss, out = self._traced_step(to_tensor(batch.support_x), labels(batch.support_y),
+                                           to_tensor(batch.query_x), labels(batch.query_y))
+        self.meta_optimizer._iterations += 1  # the Python-side count is not part of the trace
+        if self.classification:
+            metric = float(np.mean(np.argmax(np.asarray(out), -1) == np.asarray(batch.query_y)))
+        else:
+            metric = float(meta_loss.item())
+        return float(meta_loss.item()), metric
+
     def _meta_step(self, batch):
+        plan = self._vector_plan() if type(self)._inner_params is MAML._inner_params else None
+        if self._traceable(plan):
+            return self._traced_meta_step(plan, batch)
         meta_loss, metric = self._meta_loss(batch)
         params = self._meta_params()
         grads = _core.grad(meta_loss, params)
