@@ -146,3 +146,45 @@ def test_maml_fit_traced_equals_eager():
         np.testing.assert_array_equal(a, b)
     assert final[False][1] == final[True][1]
     assert int(final[False][2]) == int(final[True][2]) == 40
+
+
+def test_model_fit_traced_equals_eager():
+    """Model.fit records its training step once per batch shape and replays it; the
+    losses and weights equal an eager run (compile(run_eagerly=True)) bit for bit."""
+    from metalearn.keras import layers, models
+
+    def run(run_eagerly):
+        ml.random.set_seed(0)
+        m = models.Sequential([layers.Flatten(input_shape=(6, 6)),
+                               layers.Dense(16, activation="relu"),
+                               layers.Dense(4, activation="softmax")])
+        m.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=run_eagerly)
+        rng = np.random.default_rng(0)
+        x = rng.random((100, 6, 6), dtype=np.float32)
+        y = rng.integers(0, 4, 100)
+        hist = m.fit(x, y, epochs=3, batch_size=16, verbose=0, shuffle=True)
+        return hist.history["loss"], m.get_weights(), m
+
+    eager_loss, eager_w, _ = run(True)
+    traced_loss, traced_w, model = run(None)
+    assert model._train_fn is not None and model._train_fn.n_traces == 2  # 16 and the last 4
+    assert traced_loss == eager_loss
+    for a, b in zip(eager_w, traced_w):
+        np.testing.assert_array_equal(a, b)
+    assert int(model.optimizer.iterations) == 3 * 7
+
+
+def test_untraceable_op_fails_loudly_instead_of_baking_values():
+    """An op that records nothing inside a traced function would make every replay reuse
+    the first call's value: the trace refuses instead."""
+    from metalearn.memory import KnowledgeMemory
+
+    memory = KnowledgeMemory(capacity=8, key_size=4, payload_size=2, seed=0)
+    rng = np.random.default_rng(0)
+    memory.update(rng.standard_normal((4, 4)).astype(np.float32), np.arange(4),
+                  rng.standard_normal((4, 2)).astype(np.float32))
+    # the memory's search picks keys by value inside C, outside any trace
+    f = ml.function(lambda q: ml.reduce_sum(memory.read(q, k=2)) * 2.0)
+    with pytest.raises(ValueError, match="cannot be traced"):
+        f(ml.tensor(rng.standard_normal((3, 4)).astype(np.float32)))
+    np.testing.assert_allclose(ml.function(lambda x: x * 2.0)(ml.tensor([1.0])).numpy(), [2.0])

@@ -34,6 +34,8 @@ struct ml_tensor {
     ml_storage *storage;
     float *data;        /* == storage->data */
     ml_node *node;      /* the op that made this tensor; NULL for a leaf */
+    uint64_t serial;    /* creation order (process-wide): tells a trace what it made */
+    int constant;       /* made from values (data, fill, one-hot), not computed from tensors */
     ml_tensor *next_dead; /* intrusive list used while releasing a graph without recursion */
 };
 
@@ -224,6 +226,13 @@ typedef ml_status (*ml_replay_fn)(ml_tensor **out, ml_tensor **in, const void *p
 extern _Thread_local ml_trace *ml__trace_active;
 void ml__trace_record(ml_replay_fn fn, int n_in, ml_tensor *const *in, ml_tensor *out,
                       const void *params, size_t params_size);
+/* Serial number the next tensor will get (traces compare against it). */
+uint64_t ml__next_serial(void);
+/* Marks t as a constant: made from values, so a trace may capture it by value. */
+static inline ml_tensor *ml__constant(ml_tensor *t) {
+    if (t) t->constant = 1;
+    return t;
+}
 /* Marks the active trace as failed (its end reports the status). */
 void ml__trace_fail(ml_status st);
 #define ML_TRACE(fn, n, ins, out, params)                                           \
@@ -233,5 +242,16 @@ void ml__trace_fail(ml_status st);
 
 /* Size above which an op is worth splitting over threads or releasing the GIL for. */
 #define ML_BIG_WORK 32768
+
+/* ---- threads (core/threads.c) ----
+ * ml__parallel_for runs fn(ctx, i) for i in [0, n_tasks) over at most max_threads threads
+ * (<= 0: ml_get_num_threads()) of a persistent pool; tasks must not depend on which thread
+ * runs them. Serial when one thread is asked for, inside a worker (no nesting) or while
+ * another caller holds the pool. ml__set_in_parallel(1) marks a thread that already runs
+ * in parallel with others (e.g. a task-parallel replay worker) so its ops stay serial. */
+typedef void (*ml__task_fn)(void *ctx, int64_t i);
+void ml__parallel_for(int64_t n_tasks, int max_threads, ml__task_fn fn, void *ctx);
+int ml__in_parallel(void);
+void ml__set_in_parallel(int on);
 
 #endif /* ML_INTERNAL_H */

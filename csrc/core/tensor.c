@@ -161,9 +161,15 @@ static void storage_release(ml_storage *s) {
     free(s);
 }
 
+static uint64_t serial_counter;
+
+uint64_t ml__next_serial(void) { return __atomic_load_n(&serial_counter, __ATOMIC_RELAXED) + 1; }
+
 static ml_tensor *tensor_alloc(int ndim, const int64_t *shape, int64_t numel) {
     ml_tensor *t = malloc(sizeof *t);
     if (!t) return NULL;
+    t->serial = __atomic_add_fetch(&serial_counter, 1, __ATOMIC_RELAXED);
+    t->constant = 0;
     t->refcount = 1;
     t->ndim = ndim;
     t->requires_grad = 0;
@@ -214,6 +220,7 @@ ml_status ml_tensor_zeros(ml_tensor **out, int ndim, const int64_t *shape) {
     ml_status st = ml__new(out, ndim, shape);
     if (st) return st;
     memset((*out)->data, 0, (size_t)(*out)->numel * sizeof(float));
+    ml__constant(*out);
     return ML_OK;
 }
 
@@ -222,6 +229,7 @@ ml_status ml_tensor_full(ml_tensor **out, int ndim, const int64_t *shape, float 
     if (st) return st;
     float *d = (*out)->data;
     for (int64_t i = 0; i < (*out)->numel; i++) d[i] = value;
+    ml__constant(*out);
     return ML_OK;
 }
 
@@ -238,6 +246,7 @@ ml_status ml_tensor_from_data(ml_tensor **out, int ndim, const int64_t *shape,
     ml_status st = ml__new(out, ndim, shape);
     if (st) return st;
     if ((*out)->numel) memcpy((*out)->data, data, (size_t)(*out)->numel * sizeof(float));
+    ml__constant(*out);
     return ML_OK;
 }
 
@@ -261,6 +270,7 @@ ml_status ml_tensor_wrap(ml_tensor **out, int ndim, const int64_t *shape, float 
     s->size_class = -1;
     t->storage = s;
     t->data = data;
+    t->constant = 1;
     *out = t;
     return ML_OK;
 }
@@ -341,7 +351,9 @@ ml_status ml_detach(ml_tensor **out, ml_tensor *t) {
 }
 
 ml_status ml_copy(ml_tensor **out, const ml_tensor *t) {
-    return ml_tensor_from_data(out, t->ndim, t->shape, t->data);
+    ml_status st = ml_tensor_from_data(out, t->ndim, t->shape, t->data);
+    if (st == ML_OK) (*out)->constant = t->constant; /* a copy of a computed value is computed */
+    return st;
 }
 
 ml_status ml_assign(ml_tensor *dst, const ml_tensor *src) {

@@ -42,6 +42,7 @@ struct ml_trace {
     int32_t *seen_vals;
     size_t seen_cap, n_seen;
     ml_status error;          /* first failure while recording */
+    uint64_t first_serial;    /* tensors from this serial on were made during the trace */
     int finished;
 };
 
@@ -144,6 +145,17 @@ void ml__trace_record(ml_replay_fn fn, int n_in, ml_tensor *const *in, ml_tensor
     e->params_size = params_size;
     for (int i = 0; i < n_in; i++) {
         int32_t s = in[i] ? seen_get(tr, in[i]) : -1;
+        if (in[i] && s < 0 && in[i]->serial >= tr->first_serial && !in[i]->constant) {
+            /* computed during the trace by something that recorded nothing: a replay
+             * would reuse this call's value, so the trace cannot be trusted */
+            free(e->in);
+            free(e->params);
+            return fail(tr, ml_set_error(ML_ERR_GRAPH,
+                                         "an op used inside this function cannot be traced "
+                                         "(a tensor of shape %s was computed by an op that "
+                                         "records nothing); run it eagerly",
+                                         ML_SHAPE_STR(in[i])));
+        }
         if (in[i] && s < 0) { /* not made inside the trace: a captured constant */
             s = new_slot(tr, in[i]);
             if (s < 0 || !seen_put(tr, in[i], s)) {
@@ -175,6 +187,7 @@ ml_status ml_trace_begin(ml_trace **out, int n_inputs, ml_tensor *const *inputs)
     ml_trace *tr = calloc(1, sizeof *tr);
     if (!tr) return ml_set_error(ML_ERR_OOM, "out of memory");
     tr->n_inputs = n_inputs;
+    tr->first_serial = ml__next_serial();
     tr->input_shapes = malloc((size_t)(n_inputs ? n_inputs : 1) * sizeof *tr->input_shapes);
     if (!tr->input_shapes) {
         free(tr);
@@ -211,6 +224,9 @@ ml_status ml_trace_end(ml_trace *tr, int n_outputs, ml_tensor *const *outputs) {
     tr->n_outputs = n_outputs;
     for (int o = 0; o < n_outputs; o++) {
         int32_t s = outputs[o] ? seen_get(tr, outputs[o]) : -1;
+        if (s < 0 && outputs[o] && outputs[o]->serial >= tr->first_serial && !outputs[o]->constant)
+            return ml_set_error(ML_ERR_GRAPH, "output %d of the traced function was computed by "
+                                "an op that cannot be traced; run it eagerly", o);
         if (s < 0 && outputs[o]) { /* an output no op made: a captured constant */
             s = new_slot(tr, outputs[o]);
             if (s < 0 || !seen_put(tr, outputs[o], s)) return ml_set_error(ML_ERR_OOM, "out of memory");

@@ -47,14 +47,6 @@ typedef struct { int unused; } no_params;
 static ml_status replay_softmax_ce(ml_tensor **out, ml_tensor **in, const void *p) {
     return softmax_ce(out, in[0], in[1]);
 }
-static ml_status sparse_softmax_ce(ml_tensor **out, int64_t n, const int64_t *labels,
-                                   ml_tensor *logits);
-typedef struct { int64_t n; int64_t labels[]; } labels_params;
-static ml_status replay_sparse_softmax_ce(ml_tensor **out, ml_tensor **in, const void *p) {
-    const labels_params *l = p;
-    return sparse_softmax_ce(out, l->n, l->labels, in[0]);
-}
-
 static ml_status softmax_ce(ml_tensor **out, ml_tensor *y_true, ml_tensor *logits) {
     if (!ml__same_shape(y_true, logits))
         return ml_set_error(ML_ERR_SHAPE, "categorical_crossentropy: y_true has shape %s but "
@@ -123,43 +115,74 @@ ml_status ml_categorical_crossentropy(ml_tensor **out, ml_tensor *y_true, ml_ten
     return ML_OK;
 }
 
-static ml_status sparse_softmax_ce(ml_tensor **out, int64_t n, const int64_t *labels,
-                                   ml_tensor *logits) {
-    int64_t c = logits->shape[logits->ndim - 1];
-    ml_tensor *o = NULL;
-    ml_status st = ml__new(&o, logits->ndim - 1, logits->shape);
+/* Labels arrive in a float tensor (integer values) that is an input of the op, read when
+ * it runs: a traced step replays with each call's labels, in the forward and in the
+ * backward (whose one-hot is made from the same tensor by a recorded op). */
+static ml_status read_labels(const ml_tensor *labels, int64_t c, int64_t **idx_out) {
+    int64_t n = labels->numel;
+    int64_t *idx = malloc((size_t)(n ? n : 1) * sizeof *idx);
+    if (!idx) return ml_set_error(ML_ERR_OOM, "out of memory");
+    for (int64_t i = 0; i < n; i++) {
+        float v = labels->data[i];
+        /* range first: converting NaN or 1e30 to an integer is undefined behaviour */
+        if (!(v >= 0 && v < (float)c) || v != (float)(int64_t)v) {
+            free(idx);
+            return ml_set_error(ML_ERR_VALUE, "sparse_categorical_crossentropy: label %g at "
+                                "position %lld is not an integer in [0, %lld)",
+                                (double)v, (long long)i, (long long)c);
+        }
+        idx[i] = (int64_t)v;
+    }
+    *idx_out = idx;
+    return ML_OK;
+}
+
+typedef struct { int64_t depth; } one_hot_params;
+static ml_status one_hot_t(ml_tensor **out, ml_tensor *labels, int64_t depth);
+static ml_status replay_one_hot_t(ml_tensor **out, ml_tensor **in, const void *p) {
+    return one_hot_t(out, in[0], ((const one_hot_params *)p)->depth);
+}
+
+/* one-hot rows (n, depth) of a label tensor; a constant (no gradient) */
+static ml_status one_hot_t(ml_tensor **out, ml_tensor *labels, int64_t depth) {
+    int64_t *idx = NULL;
+    ml_status st = read_labels(labels, depth, &idx);
     if (st) return st;
-    for (int64_t r = 0; r < n; r++) {
+    st = ml_one_hot(out, labels->numel, idx, depth);
+    free(idx);
+    one_hot_params op = {depth};
+    if (st == ML_OK) ML_TRACE(replay_one_hot_t, 1, &labels, *out, &op);
+    return st;
+}
+
+static ml_status sparse_softmax_ce(ml_tensor **out, ml_tensor *labels, ml_tensor *logits);
+static ml_status replay_sparse_softmax_ce(ml_tensor **out, ml_tensor **in, const void *p) {
+    return sparse_softmax_ce(out, in[1], in[0]);
+}
+
+static ml_status sparse_softmax_ce(ml_tensor **out, ml_tensor *labels, ml_tensor *logits) {
+    int64_t c = logits->shape[logits->ndim - 1];
+    int64_t *idx = NULL;
+    ml_status st = read_labels(labels, c, &idx);
+    if (st) return st;
+    ml_tensor *o = NULL;
+    if ((st = ml__new(&o, logits->ndim - 1, logits->shape))) {
+        free(idx);
+        return st;
+    }
+    for (int64_t r = 0; r < labels->numel; r++) {
         float lse;
         row_lse(logits->data + r * c, 1, c, &lse);
-        o->data[r] = lse - logits->data[r * c + labels[r]];
+        o->data[r] = lse - logits->data[r * c + idx[r]];
     }
-    ml_node *node = NULL;
-    if (ml__should_record(1, &logits)) {
-        if ((st = ml__record(o, OP_SPARSE_SOFTMAX_CE, 1, &logits, &node))) {
-            ml_release(o);
-            return st;
-        }
-        node->index = malloc((size_t)(n ? n : 1) * sizeof(int64_t));
-        if (!node->index) {
-            ml_release(o);
-            return ml_set_error(ML_ERR_OOM, "out of memory");
-        }
-        if (n) memcpy(node->index, labels, (size_t)n * sizeof(int64_t));
-        node->n_index = n;
+    free(idx);
+    ml_tensor *ins[2] = {logits, labels};
+    if (ml__should_record(2, ins) && (st = ml__record(o, OP_SPARSE_SOFTMAX_CE, 2, ins, NULL))) {
+        ml_release(o);
+        return st;
     }
-    if (ml__trace_active) {
-        size_t bytes = sizeof(labels_params) + (size_t)n * sizeof(int64_t);
-        labels_params *lp = malloc(bytes);
-        if (lp) {
-            lp->n = n;
-            if (n) memcpy(lp->labels, labels, (size_t)n * sizeof(int64_t));
-            ml__trace_record(replay_sparse_softmax_ce, 1, &logits, o, lp, bytes);
-            free(lp);
-        } else {
-            ml__trace_fail(ml_set_error(ML_ERR_OOM, "out of memory while tracing"));
-        }
-    }
+    no_params np = {0};
+    ML_TRACE(replay_sparse_softmax_ce, 2, ins, o, &np);
     *out = o;
     return ML_OK;
 }
@@ -168,15 +191,49 @@ static ml_status sparse_softmax_ce(ml_tensor **out, int64_t n, const int64_t *la
 ml_status ml__sparse_softmax_ce_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
     ml_scope s = {0};
     ml_tensor *x = IN(0), *oh = NULL;
+    if (!x->requires_grad) return ML_OK;
     int64_t c = x->shape[x->ndim - 1];
     int64_t col[ML_MAX_DIMS];
     memcpy(col, x->shape, sizeof col);
     col[x->ndim - 1] = 1;
-    ml_tensor *onehot = ml__push(&s, ml_one_hot(&oh, out->node->n_index, out->node->index, c), &oh);
+    ml_tensor *onehot = ml__push(&s, one_hot_t(&oh, IN(1), c), &oh);
     ml_tensor *diff = SUB(&s, SOFTMAX(&s, x, x->ndim - 1), RESHAPE_LIKE(&s, onehot, x));
     gin[0] = ml__keep(MUL(&s, RESHAPE(&s, g, x->ndim, col), diff));
     ml__scope_end(&s);
     return s.status;
+}
+
+ml_status ml_sparse_categorical_crossentropy_t(ml_tensor **out, ml_tensor *labels,
+                                               ml_tensor *y_pred, int from_logits) {
+    if (!labels || !y_pred)
+        return ml_set_error(ML_ERR_VALUE, "sparse_categorical_crossentropy: input tensor is NULL");
+    if (y_pred->ndim < 1)
+        return ml_set_error(ML_ERR_SHAPE, "sparse_categorical_crossentropy: y_pred needs a class "
+                            "axis, got a scalar");
+    int64_t c = y_pred->shape[y_pred->ndim - 1], rows = c ? y_pred->numel / c : 0;
+    if (labels->numel != rows)
+        return ml_set_error(ML_ERR_SHAPE, "sparse_categorical_crossentropy: %lld labels for "
+                            "predictions of shape %s (expected %lld)",
+                            (long long)labels->numel, ML_SHAPE_STR(y_pred), (long long)rows);
+    if (labels->requires_grad)
+        return ml_set_error(ML_ERR_VALUE, "sparse_categorical_crossentropy: labels cannot "
+                            "require grad");
+    int64_t *check = NULL;
+    ml_status st = read_labels(labels, c, &check); /* refuse bad labels before any op runs */
+    free(check);
+    if (st) return st;
+    if (from_logits) return sparse_softmax_ce(out, labels, y_pred);
+    /* Keras (TensorFlow backend): log of the clipped probabilities, then the sparse
+     * softmax cross-entropy of those, which renormalises them */
+    ml_scope s = {0};
+    ml_tensor *pc = NULL, *clipped = ml__push(&s, ml_clip(&pc, y_pred, ML_EPSILON, 1.0f - ML_EPSILON), &pc);
+    ml_tensor *logp = LOG(&s, clipped), *r = NULL, *res = NULL;
+    if (logp) res = ml__push(&s, sparse_softmax_ce(&r, labels, logp), &r);
+    res = ml__keep(res);
+    ml__scope_end(&s);
+    if (s.status) return s.status;
+    *out = res;
+    return ML_OK;
 }
 
 ml_status ml_sparse_categorical_crossentropy(ml_tensor **out, int64_t n, const int64_t *labels,
@@ -187,65 +244,23 @@ ml_status ml_sparse_categorical_crossentropy(ml_tensor **out, int64_t n, const i
         return ml_set_error(ML_ERR_SHAPE, "sparse_categorical_crossentropy: y_pred needs a class "
                             "axis, got a scalar");
     int64_t c = y_pred->shape[y_pred->ndim - 1], rows = c ? y_pred->numel / c : 0;
-    if (n != rows || (n > 0 && !labels))
+    if (n != rows || n < 0 || (n > 0 && !labels))
         return ml_set_error(ML_ERR_SHAPE, "sparse_categorical_crossentropy: %lld labels for "
                             "predictions of shape %s (expected %lld)",
                             (long long)n, ML_SHAPE_STR(y_pred), (long long)rows);
     for (int64_t i = 0; i < n; i++)
-        if (labels[i] < 0 || labels[i] >= c)
+        if (labels[i] < 0 || labels[i] >= c || labels[i] >= ((int64_t)1 << 24))
             return ml_set_error(ML_ERR_VALUE, "sparse_categorical_crossentropy: label %lld at "
                                 "position %lld is outside [0, %lld)",
                                 (long long)labels[i], (long long)i, (long long)c);
-    if (from_logits) return sparse_softmax_ce(out, n, labels, y_pred);
-    /* Keras (TensorFlow backend): log of the clipped probabilities, then the sparse
-     * softmax cross-entropy of those, which renormalises them */
-    ml_scope s = {0};
-    ml_tensor *pc = NULL, *clipped = ml__push(&s, ml_clip(&pc, y_pred, ML_EPSILON, 1.0f - ML_EPSILON), &pc);
-    ml_tensor *logp = LOG(&s, clipped), *r = NULL, *res = NULL;
-    if (logp) res = ml__push(&s, sparse_softmax_ce(&r, n, labels, logp), &r);
-    res = ml__keep(res);
-    ml__scope_end(&s);
-    if (s.status) return s.status;
-    *out = res;
-    return ML_OK;
-}
-
-typedef struct { int from_logits; } scce_params;
-static ml_status replay_scce_t(ml_tensor **out, ml_tensor **in, const void *p) {
-    return ml_sparse_categorical_crossentropy_t(out, in[0], in[1],
-                                                ((const scce_params *)p)->from_logits);
-}
-
-ml_status ml_sparse_categorical_crossentropy_t(ml_tensor **out, ml_tensor *labels,
-                                               ml_tensor *y_pred, int from_logits) {
-    if (!labels || !y_pred)
-        return ml_set_error(ML_ERR_VALUE, "sparse_categorical_crossentropy: input tensor is NULL");
-    int64_t n = labels->numel;
-    int64_t *idx = malloc((size_t)(n ? n : 1) * sizeof *idx);
-    if (!idx) return ml_set_error(ML_ERR_OOM, "out of memory");
-    for (int64_t i = 0; i < n; i++) {
-        float v = labels->data[i];
-        /* range first: converting NaN or 1e30 to an integer is undefined behaviour */
-        if (!(v >= -1e9f && v <= 1e9f) || v != (float)(int64_t)v) {
-            free(idx);
-            return ml_set_error(ML_ERR_VALUE, "sparse_categorical_crossentropy: expected integer "
-                                "labels, got %g at position %lld",
-                                (double)v, (long long)i);
-        }
-        idx[i] = (int64_t)v;
-    }
-    /* one trace entry with the labels as an input, instead of the inner ops with the
-     * labels of this call baked in */
-    ml_trace *saved = ml__trace_active;
-    ml__trace_active = NULL;
-    ml_status st = ml_sparse_categorical_crossentropy(out, n, idx, y_pred, from_logits);
-    ml__trace_active = saved;
-    free(idx);
-    if (st == ML_OK) {
-        ml_tensor *ins[2] = {labels, y_pred};
-        scce_params sp = {from_logits};
-        ML_TRACE(replay_scce_t, 2, ins, *out, &sp);
-    }
+    /* the labels become a constant tensor (exact in float32 below 2^24) */
+    int64_t shape[1] = {n};
+    ml_tensor *lt = NULL;
+    ml_status st = ml__new(&lt, 1, shape);
+    if (st) return st;
+    for (int64_t i = 0; i < n; i++) lt->data[i] = (float)labels[i];
+    st = ml_sparse_categorical_crossentropy_t(out, lt, y_pred, from_logits);
+    ml_release(lt);
     return st;
 }
 

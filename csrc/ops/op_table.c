@@ -61,7 +61,7 @@ const ml_op_def ml_op_table[] = {
     ROW(OP_SOFTMAX, softmax, 1),
     ROW(OP_LOG_SOFTMAX, log_softmax, 1),
     ROW(OP_SOFTMAX_CE, softmax_ce, 2),
-    ROW(OP_SPARSE_SOFTMAX_CE, sparse_softmax_ce, 1),
+    ROW(OP_SPARSE_SOFTMAX_CE, sparse_softmax_ce, 2),
     ROW(OP_CONV2D, conv2d, -1),
     ROW(OP_CONV2D_INPUT_GRAD, conv2d_input_grad, 2),
     ROW(OP_CONV2D_KERNEL_GRAD, conv2d_kernel_grad, 2),

@@ -416,6 +416,7 @@ ml_status ml_one_hot(ml_tensor **out, int64_t n, const int64_t *labels, int64_t 
     ml_status st = ml_tensor_zeros(out, 2, shape);
     if (st) return st;
     for (int64_t i = 0; i < n; i++) (*out)->data[i * depth + labels[i]] = 1.0f;
+    ml__constant(*out);
     return ML_OK;
 }
 

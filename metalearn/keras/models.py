@@ -238,6 +238,11 @@ class Model(_layers.Layer):
         self._metrics_resolved = False
         self._is_compiled = True
         self._fit_cache = None
+        # run_eagerly=None (default): fit's step is traced by metalearn.function when the
+        # model allows it; True: always eager; False: traced (errors if it cannot be)
+        self._run_eagerly = run_eagerly
+        self._train_fn = None
+        self._train_fn_config = None
 
     def _resolve_metrics(self, y, y_pred):
         if not self._metrics_resolved:
@@ -262,7 +267,58 @@ class Model(_layers.Layer):
             raise ValueError(f"{self.name}: the model has no trainable weights to train")
         return params
 
+    # Layers whose call is a pure function of tensors (no Python-side state, no in-place
+    # statistics): a step through them can be recorded once and replayed from C.
+    _TRACEABLE_LAYERS = ("Dense", "Flatten", "Activation", "Dropout", "InputLayer",
+                         "GlobalAveragePooling2D", "Sequential", "AdaptiveNeuralNetwork")
+
+    def _can_trace(self, sample_weight):
+        """Whether fit's step may run as a metalearn.function trace (compile(run_eagerly=False
+        or None) and a model made only of pure layers, no sample weights, no numerics checks)."""
+        if self._run_eagerly or sample_weight is not None or _debugging._numerics_checks:
+            return False
+        opt = self.optimizer
+        if not hasattr(opt, "_core_for") or any(getattr(opt, a, None) is not None
+                                                for a in ("clipvalue", "clipnorm", "global_clipnorm")):
+            return False
+        return self._pure(self)
+
+    @classmethod
+    def _pure(cls, layer):
+        return (type(layer).__name__ in cls._TRACEABLE_LAYERS
+                and all(cls._pure(sub) for sub in getattr(layer, "layers", [])))
+
+    def _traced_train_step(self, xb, yb, params):
+        """One training step replayed from a trace (recorded on the first batch of a shape).
+        Equal to the eager step; falls back to it for good if the step cannot be traced."""
+        from metalearn.function import function
+
+        config = (id(self.optimizer), id(self.compiled_loss), tuple(map(id, params)))
+        if self._train_fn is None or self._train_fn_config != config:
+            core_opt = self.optimizer._core_for(params)
+
+            def step(x, y):
+                y_pred = self(x, training=True)
+                loss = self.compiled_loss(y, y_pred, None)
+                core_opt.step(params, _core.grad(loss, params))
+                return loss, y_pred
+
+            self._train_fn, self._train_fn_config = function(step), config
+        y = _core.as_tensor(np.ascontiguousarray(yb, dtype=np.float32))
+        loss, y_pred = self._train_fn(_core.as_tensor(xb), y)
+        self.optimizer._iterations += 1  # the Python-side count is not part of the trace
+        return loss, y_pred
+
     def _train_step(self, xb, yb, params, sample_weight=None):
+        if getattr(self, "_run_eagerly", True) is False or (
+                getattr(self, "_run_eagerly", True) is None and self._can_trace(sample_weight)):
+            try:
+                return self._traced_train_step(xb, yb, params)
+            except (ValueError, TypeError):
+                if self._train_fn is not None and self._train_fn.n_traces:
+                    raise
+                self._run_eagerly = True  # not traceable (e.g. an unused weight): stay eager
+                self._train_fn = None
         y_pred = self(xb, training=True)
         loss = self.compiled_loss(yb, y_pred, sample_weight)
         grads = _core.grad(loss, params, None, False, True)
