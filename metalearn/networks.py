@@ -5,6 +5,8 @@ gradient steps; ``MetaLearningNetwork`` looks at a task (its features and, when 
 labels) and predicts one number about it, e.g. the learner's loss or accuracy on the task
 after adaptation, so tasks can be ranked or adaptation steps chosen.
 """
+from typing import Any, Optional
+
 import numpy as np
 
 from metalearn import _core
@@ -44,7 +46,8 @@ class MetaLearningNetwork(Model):
         ``(batch, output_units)``.
     """
 
-    def __init__(self, hidden_units=128, num_classes=None, output_units=1, name=None, **kwargs):
+    def __init__(self, hidden_units: int = 128, num_classes: Optional[int] = None,
+                 output_units: int = 1, name: Optional[str] = None, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         self.hidden_units = int(hidden_units)
         self.num_classes = None if num_classes is None else int(num_classes)
@@ -79,7 +82,21 @@ class MetaLearningNetwork(Model):
                              "pass num_classes=... or float labels")
         return np.ascontiguousarray(arr.reshape(batch, -1), dtype=np.float32)
 
-    def call(self, inputs, labels=None):
+    def call(self, inputs: Any, labels: Any = None) -> _core.Tensor:
+        """Predicts one row of `output_units` numbers per sample (or per task).
+
+        Args:
+            inputs: features ``(batch, ...)``, flattened to ``(batch, d)``.
+            labels: None, integer class ids ``(batch,)`` (one-hot encoded; needs
+                `num_classes`) or floats ``(batch, ...)`` (flattened and appended).
+
+        Returns:
+            Tensor ``(batch, output_units)``.
+
+        Raises:
+            ValueError: labels with another batch size than `inputs`, integer labels without
+                `num_classes`, or labels given (or not) unlike the first call.
+        """
         x = self.flatten(inputs)
         batch = x.shape[0]
         if labels is not None:
@@ -104,6 +121,7 @@ class MetaLearningNetwork(Model):
         return self.dense2(self.dense1(x))
 
     def get_config(self):
+        """The constructor arguments (``hidden_units``, ``num_classes``, ``output_units``, ``name``)."""
         config = super().get_config()
         config.update(hidden_units=self.hidden_units, num_classes=self.num_classes,
                       output_units=self.output_units)
@@ -130,8 +148,9 @@ class AdaptiveNeuralNetwork(Model):
         ``(batch, num_classes)``.
     """
 
-    def __init__(self, num_classes=10, hidden_units=128, output_activation="softmax", name=None,
-                 **kwargs):
+    def __init__(self, num_classes: int = 10, hidden_units: int = 128,
+                 output_activation: str = "softmax", name: Optional[str] = None,
+                 **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         self.num_classes = int(num_classes)
         self.hidden_units = int(hidden_units)
@@ -140,10 +159,20 @@ class AdaptiveNeuralNetwork(Model):
         self.dense1 = _layers.Dense(self.hidden_units, activation="relu")
         self.dense2 = _layers.Dense(self.num_classes, activation=output_activation)
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> _core.Tensor:
+        """Class scores for a batch.
+
+        Args:
+            inputs: ``(batch, d1, ..., dn)``, flattened to ``(batch, d1*...*dn)``.
+
+        Returns:
+            Tensor ``(batch, num_classes)``: probabilities with ``"softmax"``, logits with
+            ``"linear"``.
+        """
         return self.dense2(self.dense1(self.flatten(inputs)))
 
     def get_config(self):
+        """The constructor arguments (``num_classes``, ``hidden_units``, ``output_activation``, ``name``)."""
         config = super().get_config()
         config.update(num_classes=self.num_classes, hidden_units=self.hidden_units,
                       output_activation=self.output_activation)

@@ -30,6 +30,7 @@ import os
 import re
 import zipfile
 from pathlib import Path
+from typing import Any, Dict, List, Tuple, Union
 
 import numpy as np
 
@@ -57,7 +58,7 @@ def _default_dir():
     return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "omniglot"
 
 
-def omniglot_search_paths(path=None):
+def omniglot_search_paths(path: Union[str, os.PathLike, None] = None) -> List[Path]:
     """The folders searched for Omniglot, in order: `path`, ``$METALEARN_DATA``, the
     checkout's ``../shared/data/omniglot`` (each also with ``/omniglot`` appended)."""
     roots = []
@@ -102,7 +103,7 @@ def _find(which, resample, path):
         f"images_{which}.zip or an images_{which}/ folder in:\n{places}\n{_HOW_TO_GET}")
 
 
-def resize_area(images, size=28):
+def resize_area(images: np.ndarray, size: int = 28) -> np.ndarray:
     """Shrinks square images ``(N, S, S)`` to ``(N, size, size)`` with an area (box) filter:
     each output pixel is the mean of the input area it covers (fractional overlaps
     weighted). Returns float64."""
@@ -167,7 +168,8 @@ def _from_png_tree(kind, p, resample):
     return arr
 
 
-def load_omniglot_arrays(which="background", path=None, resample="lanczos"):
+def load_omniglot_arrays(which: str = "background", path: Union[str, os.PathLike, None] = None,
+                         resample: str = "lanczos") -> Dict[str, Any]:
     """The raw arrays of one Omniglot set, as in the packaged ``.npz`` files.
 
     Args:
@@ -220,7 +222,8 @@ def _split_file(name, folders):
                             + ", ".join(str(f) for f in folders))
 
 
-def omniglot(path=None, split="background", resample="lanczos", return_names=False):
+def omniglot(path: Union[str, os.PathLike, None] = None, split: str = "background",
+             resample: str = "lanczos", return_names: bool = False) -> Tuple[np.ndarray, ...]:
     """Loads Omniglot as float32 images in [0, 1] (ink = 1) and integer labels.
 
     Args:

@@ -54,7 +54,7 @@ def _unfilter(raw, height, stride, bpp):
     return out
 
 
-def decode_png(data):
+def decode_png(data: bytes) -> np.ndarray:
     """Decodes PNG bytes to a 2-D uint8 gray image ``(height, width)``.
 
     Raises:
@@ -119,7 +119,7 @@ def _chunk(ctype, body):
             + struct.pack(">I", zlib.crc32(ctype + body) & 0xFFFFFFFF))
 
 
-def encode_png(image, bit_depth=8):
+def encode_png(image: np.ndarray, bit_depth: int = 8) -> bytes:
     """Encodes a 2-D array (uint8 gray, or bool for ``bit_depth=1``: True = white) as PNG bytes."""
     img = np.asarray(image)
     if img.ndim != 2:

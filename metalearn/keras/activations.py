@@ -134,4 +134,9 @@ def serialize(fn):
 
 
 def deserialize(name):
+    """The activation function named `name` (as ``get``).
+
+    Raises:
+        ValueError: unknown name.
+    """
     return get(name)

@@ -25,6 +25,7 @@ def clear_session():
 
 
 def snake_case(name):
+    """``"CamelCase"`` → ``"camel_case"`` (how Keras names layers and metrics)."""
     s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
     return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", s).lower()
 
@@ -35,4 +36,5 @@ def learning_phase():
 
 
 def current_training():
+    """The ``training`` flag of the layer call in progress on this thread (None outside one)."""
     return getattr(_ctx, "training", None)

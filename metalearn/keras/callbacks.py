@@ -21,29 +21,61 @@ class Callback:
         self.params = {}
 
     def set_model(self, model):
+        """Gives the callback the model being trained (``self.model``)."""
         self.model = model
 
     def set_params(self, params):
+        """Gives the callback the run's parameters (``epochs``, ``steps``, ``verbose``)."""
         self.params = params
 
-    def on_train_begin(self, logs=None): pass
-    def on_train_end(self, logs=None): pass
-    def on_epoch_begin(self, epoch, logs=None): pass
-    def on_epoch_end(self, epoch, logs=None): pass
-    def on_train_batch_begin(self, batch, logs=None): pass
-    def on_train_batch_end(self, batch, logs=None): pass
-    def on_test_begin(self, logs=None): pass
-    def on_test_end(self, logs=None): pass
-    def on_test_batch_begin(self, batch, logs=None): pass
-    def on_test_batch_end(self, batch, logs=None): pass
-    def on_predict_begin(self, logs=None): pass
-    def on_predict_end(self, logs=None): pass
-    def on_predict_batch_begin(self, batch, logs=None): pass
-    def on_predict_batch_end(self, batch, logs=None): pass
+    def on_train_begin(self, logs=None):
+        """Called once at the start of ``fit``; `logs` is a dict (empty here)."""
+
+    def on_train_end(self, logs=None):
+        """Called once at the end of ``fit`` with the last epoch's logs."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        """Called at the start of epoch `epoch` (0-based)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Called at the end of epoch `epoch` with its logs (``loss``, metrics, ``val_*``)."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        """Called before training batch `batch` (0-based within the epoch)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        """Called after training batch `batch` with the running means so far."""
+
+    def on_test_begin(self, logs=None):
+        """Called at the start of ``evaluate`` (and of validation in ``fit``)."""
+
+    def on_test_end(self, logs=None):
+        """Called at the end of ``evaluate`` with its logs."""
+
+    def on_test_batch_begin(self, batch, logs=None):
+        """Called before evaluation batch `batch`."""
+
+    def on_test_batch_end(self, batch, logs=None):
+        """Called after evaluation batch `batch` with the running means."""
+
+    def on_predict_begin(self, logs=None):
+        """Called at the start of ``predict``."""
+
+    def on_predict_end(self, logs=None):
+        """Called at the end of ``predict``."""
+
+    def on_predict_batch_begin(self, batch, logs=None):
+        """Called before prediction batch `batch`."""
+
+    def on_predict_batch_end(self, batch, logs=None):
+        """Called after prediction batch `batch`; ``logs['outputs']`` holds its output."""
 
     # Keras 2 names
-    def on_batch_begin(self, batch, logs=None): pass
-    def on_batch_end(self, batch, logs=None): pass
+    def on_batch_begin(self, batch, logs=None):
+        """Keras 2 spelling of ``on_train_batch_begin``."""
+
+    def on_batch_end(self, batch, logs=None):
+        """Keras 2 spelling of ``on_train_batch_end``."""
 
 
 _HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
@@ -84,6 +116,7 @@ class CallbackList:
             fn(*args)
 
     def has(self, hook):
+        """Whether any callback of the list overrides hook `hook` (a method name)."""
         return bool(getattr(self, "_" + hook))
 
     def __getattr__(self, name):

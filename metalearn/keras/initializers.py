@@ -52,10 +52,12 @@ class Initializer:
         raise NotImplementedError(f"{type(self).__name__} must implement __call__")
 
     def get_config(self):
+        """The initializer's arguments as a dict (``{}`` for one without arguments)."""
         return {}
 
     @classmethod
     def from_config(cls, config):
+        """A new initializer from the dict that ``get_config`` returned."""
         return cls(**config)
 
 

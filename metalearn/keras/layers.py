@@ -191,6 +191,7 @@ class Layer:
 
     @property
     def trainable(self):
+        """Whether the layer's weights are trained (setting it applies to every sublayer)."""
         return self._trainable
 
     @trainable.setter
@@ -308,6 +309,15 @@ class Layer:
         self.built = True
 
     def call(self, inputs, *args, **kwargs):
+        """The layer's computation; subclasses override it.
+
+        Args:
+            inputs: a Tensor (or array) of shape ``(batch, ...)``.
+            *args, **kwargs: extra call arguments (e.g. ``training``).
+
+        Returns:
+            The output Tensor (the base class returns `inputs` unchanged).
+        """
         return inputs
 
     def __call__(self, inputs, *args, weights=None, **kwargs):
@@ -374,6 +384,11 @@ class Layer:
 
     @property
     def input_shape(self):
+        """The input shape the layer was built or declared with, batch dimension as None.
+
+        Raises:
+            AttributeError: the layer has never been called and declares no input shape.
+        """
         if self._batch_input_shape is not None:
             return self._batch_input_shape
         if self._build_input_shape is None:
@@ -383,6 +398,13 @@ class Layer:
 
     # ------------------------------------------------------------------ config
     def get_config(self):
+        """The layer's configuration: the constructor arguments as a JSON-able dict.
+
+        ``type(layer).from_config(layer.get_config())`` makes an equal (unbuilt) layer.
+
+        Returns:
+            dict of argument name to value.
+        """
         config = {"name": self.name, "trainable": self._trainable}
         if self._batch_input_shape is not None:
             config["batch_input_shape"] = self._batch_input_shape
@@ -390,6 +412,14 @@ class Layer:
 
     @classmethod
     def from_config(cls, config):
+        """A new layer from the dict that ``get_config`` returned.
+
+        Args:
+            config: the configuration dict.
+
+        Returns:
+            A new, unbuilt layer of this class.
+        """
         return cls(**config)
 
     def __repr__(self):

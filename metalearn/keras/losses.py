@@ -152,6 +152,15 @@ class Loss:
         self.reduction = "sum_over_batch_size" if reduction == "auto" else reduction
 
     def call(self, y_true, y_pred):
+        """Per-sample loss values; subclasses implement it.
+
+        Args:
+            y_true: targets ``(batch, ...)``.
+            y_pred: predictions ``(batch, ...)``.
+
+        Returns:
+            Tensor ``(batch, ...)`` (reduced over the last axis), before the reduction.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement call(y_true, y_pred)")
 
     def __call__(self, y_true, y_pred, sample_weight=None):
@@ -170,10 +179,12 @@ class Loss:
         return values
 
     def get_config(self):
+        """The loss's configuration (``name``, ``reduction`` and its own arguments)."""
         return {"name": self.name, "reduction": self.reduction}
 
     @classmethod
     def from_config(cls, config):
+        """A new loss from the dict that ``get_config`` returned."""
         return cls(**config)
 
 
@@ -191,6 +202,7 @@ class LossFunctionWrapper(Loss):
         self._fn_kwargs = kwargs
 
     def call(self, y_true, y_pred):
+        """The wrapped loss function applied to ``(y_true, y_pred)`` with the stored keyword arguments."""
         return self.fn(y_true, y_pred, **self._fn_kwargs)
 
     def get_config(self):
@@ -318,6 +330,9 @@ def get(identifier):
 
 
 def serialize(loss):
+    """A loss as a JSON-able value: ``{"class_name", "config"}`` for a ``Loss`` object,
+    the function's name for a loss function.
+    """
     if isinstance(loss, Loss):
         return {"class_name": type(loss).__name__, "config": loss.get_config()}
     return getattr(loss, "__name__", repr(loss))

@@ -70,12 +70,17 @@ class Metric:
         self.reset_state()
 
     def reset_state(self):
+        """Clears the accumulated state (called at the start of each epoch)."""
         raise NotImplementedError
 
     def update_state(self, *args, **kwargs):
+        """Accumulates the metric over a batch (subclasses define the arguments,
+        usually ``(y_true, y_pred, sample_weight=None)``).
+        """
         raise NotImplementedError
 
     def result(self):
+        """The metric's current value (a Python float)."""
         raise NotImplementedError
 
     reset_states = lambda self: self.reset_state()  # noqa: E731 (Keras 2 spelling)
@@ -85,6 +90,7 @@ class Metric:
         return self.result()
 
     def get_config(self):
+        """The metric's configuration (``{"name": ...}``)."""
         return {"name": self.name}
 
     def __repr__(self):
@@ -95,10 +101,17 @@ class Mean(Metric):
     """The (weighted) mean of the values given: ``sum(values * w) / sum(w)``."""
 
     def reset_state(self):
+        """Sets the running total and count to zero."""
         self.total = 0.0
         self.count = 0.0
 
     def update_state(self, values, sample_weight=None):
+        """Adds a batch of values to the (weighted) mean.
+
+        Args:
+            values: array-like of any shape.
+            sample_weight: optional weights broadcastable to `values`.
+        """
         values = np.asarray(values, dtype=np.float64)
         if sample_weight is None:
             self.total += float(values.sum())
@@ -111,6 +124,7 @@ class Mean(Metric):
             self.count += float(w.sum())
 
     def result(self):
+        """The weighted mean of every value seen since the last reset (0 when none)."""
         return self.total / self.count if self.count else 0.0
 
 
@@ -118,15 +132,23 @@ class Sum(Metric):
     """The sum of the values given."""
 
     def reset_state(self):
+        """Sets the running total to zero."""
         self.total = 0.0
 
     def update_state(self, values, sample_weight=None):
+        """Adds the (weighted) sum of a batch of values.
+
+        Args:
+            values: array-like of any shape.
+            sample_weight: optional weights broadcastable to `values`.
+        """
         values = np.asarray(values, dtype=np.float64)
         if sample_weight is not None:
             values = values * np.asarray(sample_weight, dtype=np.float64)
         self.total += float(values.sum())
 
     def result(self):
+        """The total since the last reset."""
         return self.total
 
 
@@ -139,6 +161,13 @@ class MeanMetricWrapper(Mean):
         super().__init__(name=name or getattr(fn, "__name__", "metric"))
 
     def update_state(self, y_true, y_pred, sample_weight=None):
+        """Evaluates the wrapped function on a batch and adds its per-sample values to the mean.
+
+        Args:
+            y_true: targets ``(batch, ...)``.
+            y_pred: predictions ``(batch, ...)``.
+            sample_weight: optional per-sample weights ``(batch,)``.
+        """
         super().update_state(self._fn(y_true, y_pred, **self._fn_kwargs), sample_weight)
 
 

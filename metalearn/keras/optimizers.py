@@ -67,6 +67,11 @@ class Optimizer:
 
     @property
     def learning_rate(self):
+        """The learning rate (a float; setting it applies to the next step, keeps the state).
+
+        Raises:
+            ValueError: on setting a negative or non-finite value.
+        """
         return self._learning_rate
 
     @learning_rate.setter
@@ -195,11 +200,13 @@ class Optimizer:
         self._iterations = 0
 
     def get_config(self):
+        """The optimizer's hyper-parameters as a dict (``name``, ``learning_rate`` …)."""
         return {"name": self.name, "learning_rate": self._learning_rate, "clipnorm": self.clipnorm,
                 "clipvalue": self.clipvalue, "global_clipnorm": self.global_clipnorm}
 
     @classmethod
     def from_config(cls, config):
+        """A new optimizer (fresh state) from the dict that ``get_config`` returned."""
         return cls(**config)
 
     def __repr__(self):
@@ -297,6 +304,7 @@ def get(identifier):
 
 
 def serialize(optimizer):
+    """An optimizer as ``{"class_name": ..., "config": optimizer.get_config()}``."""
     return {"class_name": type(optimizer).__name__, "config": optimizer.get_config()}
 
 

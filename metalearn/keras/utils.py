@@ -1,4 +1,6 @@
 """Helpers, as ``keras.utils``."""
+from typing import Any, Optional
+
 import numpy as np
 
 from metalearn import random as _random
@@ -6,8 +8,20 @@ from metalearn import random as _random
 __all__ = ["to_categorical", "set_random_seed"]
 
 
-def to_categorical(y, num_classes=None, dtype="float32"):
-    """One-hot encodes integer labels: ``(n,)`` → ``(n, num_classes)``."""
+def to_categorical(y: Any, num_classes: Optional[int] = None, dtype: Any = "float32") -> np.ndarray:
+    """One-hot encodes integer labels: ``(n,)`` → ``(n, num_classes)``.
+
+    Args:
+        y: integer labels of any shape (a trailing axis of size 1 is dropped).
+        num_classes: number of classes (default ``max(y) + 1``).
+        dtype: dtype of the result.
+
+    Returns:
+        Array ``y.shape + (num_classes,)``.
+
+    Raises:
+        ValueError: a label outside ``[0, num_classes)``.
+    """
     y = np.asarray(y, dtype=np.int64)
     if y.ndim > 1 and y.shape[-1] == 1:
         y = y.reshape(y.shape[:-1])
@@ -21,7 +35,7 @@ def to_categorical(y, num_classes=None, dtype="float32"):
     return out
 
 
-def set_random_seed(seed):
+def set_random_seed(seed: int) -> None:
     """Seeds the core's generator and NumPy's global generator."""
     _random.set_seed(seed)
     np.random.seed(int(seed) % (2 ** 32))

@@ -243,6 +243,7 @@ class MetaLearner:
 
     @property
     def metric_name(self):
+        """``"accuracy"`` for classification tasks, ``"mse"`` for regression (known after the first task)."""
         return "accuracy" if self.classification else "mse"
 
     # --------------------------------------------------------------- helpers

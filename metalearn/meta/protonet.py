@@ -65,6 +65,15 @@ class PrototypeClassifier(Model):
         self.n_way = int(self.prototypes.shape[0])
 
     def call(self, inputs, training=None):
+        """Logits of `inputs` against the stored prototypes.
+
+        Args:
+            inputs: ``(batch, ...)`` inputs of the encoder.
+
+        Returns:
+            Tensor ``(batch, n_way)``: negative squared euclidean distances (or cosine
+            similarities) to the prototypes.
+        """
         emb = _flat(self.encoder(inputs))
         y = np.arange(self.n_way)
         return prototype_logits(_core.as_tensor(self.prototypes), y, emb, self.n_way, self.distance)

@@ -1,5 +1,6 @@
 """The task tuple shared by every sampler."""
 from collections import namedtuple
+from typing import Any, List, Optional, Union
 
 import numpy as np
 
@@ -19,7 +20,8 @@ class Task(namedtuple("Task", ["support_x", "support_y", "query_x", "query_y"]))
     classes and rotations of an N-way task), for plots and checks.
     """
 
-    def __new__(cls, support_x, support_y, query_x, query_y, info=None):
+    def __new__(cls, support_x: Any, support_y: Any, query_x: Any, query_y: Any,
+                info: Optional[dict] = None) -> "Task":
         self = super().__new__(cls, support_x, support_y, query_x, query_y)
         self.info = {} if info is None else info
         return self
@@ -28,11 +30,11 @@ class Task(namedtuple("Task", ["support_x", "support_y", "query_x", "query_y"]))
         return tuple(self) + (self.info,)
 
     @property
-    def is_batch(self):
+    def is_batch(self) -> bool:
         """Whether the arrays carry a leading task axis (set by ``sample_batch``)."""
         return bool(self.info.get("batched", False))
 
-    def task(self, i):
+    def task(self, i: int) -> "Task":
         """Task `i` of a batch, as a single Task."""
         if not self.is_batch:
             raise ValueError("Task.task(i): this is a single task, not a batch")
@@ -40,14 +42,14 @@ class Task(namedtuple("Task", ["support_x", "support_y", "query_x", "query_y"]))
                 for k, v in self.info.items() if k != "batched"}
         return Task(self.support_x[i], self.support_y[i], self.query_x[i], self.query_y[i], info)
 
-    def tasks(self):
+    def tasks(self) -> List["Task"]:
         """The single tasks of a batch (or ``[self]`` for a single task)."""
         if not self.is_batch:
             return [self]
         return [self.task(i) for i in range(len(self.support_x))]
 
 
-def as_generator(seed):
+def as_generator(seed: Union[int, np.random.Generator, None]) -> np.random.Generator:
     """A ``numpy.random.Generator`` from a seed, a Generator (used as is) or None."""
     if isinstance(seed, np.random.Generator):
         return seed

@@ -1,6 +1,8 @@
 """N-way K-shot classification episodes over a labelled array dataset
 (Vinyals et al. 2016, "Matching Networks for One Shot Learning"; Santoro et al. 2016,
 "Meta-Learning with Memory-Augmented Neural Networks")."""
+from typing import Any, Iterator, Union
+
 import numpy as np
 
 from .base import Task, as_generator
@@ -39,7 +41,9 @@ class NWayKShot:
             ``k_shot + q_queries`` examples.
     """
 
-    def __init__(self, dataset, n_way=5, k_shot=1, q_queries=15, augment_rotations=True, seed=None):
+    def __init__(self, dataset: Any, n_way: int = 5, k_shot: int = 1, q_queries: int = 15,
+                 augment_rotations: bool = True,
+                 seed: Union[int, np.random.Generator, None] = None) -> None:
         if isinstance(dataset, (tuple, list)) and len(dataset) >= 2:
             x, y = dataset[0], dataset[1]
         elif hasattr(dataset, "x") and hasattr(dataset, "y"):
@@ -103,12 +107,12 @@ class NWayKShot:
         return (support_x, np.repeat(labels, k), query_x, np.repeat(labels, q),
                 self.classes[base], rot.astype(np.int64))
 
-    def sample(self):
+    def sample(self) -> Task:
         """One episode (see the class docstring for shapes)."""
         sx, sy, qx, qy, cls, rot = self._episode()
         return Task(sx, sy, qx, qy, {"classes": cls, "rotations": rot})
 
-    def sample_batch(self, meta_batch_size):
+    def sample_batch(self, meta_batch_size: int) -> Task:
         """`meta_batch_size` episodes stacked: ``support_x (B, n_way*k_shot, ...)`` etc."""
         b = int(meta_batch_size)
         if b < 1:
@@ -118,6 +122,6 @@ class NWayKShot:
         return Task(stack(0), stack(1), stack(2), stack(3),
                     {"batched": True, "classes": stack(4), "rotations": stack(5)})
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Task]:
         while True:
             yield self.sample()

@@ -1,6 +1,7 @@
 """Sinusoid regression tasks (Finn, Abbeel & Levine 2017, "Model-Agnostic
 Meta-Learning for Fast Adaptation of Deep Networks", §5.1)."""
 import math
+from typing import Any, Iterator, Tuple, Union
 
 import numpy as np
 
@@ -30,8 +31,11 @@ class Sinusoid:
         ``task.info`` holds ``amplitude`` and ``phase``.
     """
 
-    def __init__(self, k_shot=10, q_queries=10, amplitude=(0.1, 5.0), phase=(0.0, math.pi),
-                 x_range=(-5.0, 5.0), seed=None):
+    def __init__(self, k_shot: int = 10, q_queries: int = 10,
+                 amplitude: Tuple[float, float] = (0.1, 5.0),
+                 phase: Tuple[float, float] = (0.0, math.pi),
+                 x_range: Tuple[float, float] = (-5.0, 5.0),
+                 seed: Union[int, np.random.Generator, None] = None) -> None:
         k_shot, q_queries = int(k_shot), int(q_queries)
         if k_shot < 1 or q_queries < 0:
             raise ValueError(f"Sinusoid: k_shot must be >= 1 and q_queries >= 0, got "
@@ -51,11 +55,11 @@ class Sinusoid:
                 f"amplitude={self.amplitude}, phase={self.phase}, x_range={self.x_range})")
 
     @staticmethod
-    def function(x, amplitude, phase):
+    def function(x: Any, amplitude: Any, phase: Any) -> np.ndarray:
         """The task's function ``amplitude * sin(x - phase)`` (float32)."""
         return (np.asarray(amplitude) * np.sin(np.asarray(x) - np.asarray(phase))).astype(np.float32)
 
-    def sample_batch(self, meta_batch_size):
+    def sample_batch(self, meta_batch_size: int) -> Task:
         """`meta_batch_size` tasks: arrays of shape ``(B, k_shot, 1)`` and ``(B, q_queries, 1)``."""
         b = int(meta_batch_size)
         if b < 1:
@@ -73,10 +77,10 @@ class Sinusoid:
                     {"batched": True, "amplitude": amp.astype(np.float32),
                      "phase": ph.astype(np.float32)})
 
-    def sample(self):
+    def sample(self) -> Task:
         """One task: ``support_x, support_y (k_shot, 1)``, ``query_x, query_y (q_queries, 1)``."""
         return self.sample_batch(1).task(0)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Task]:
         while True:
             yield self.sample()
