@@ -596,3 +596,13 @@ def test_grad_mode_is_thread_local():
         th.start()
         th.join()
     assert seen == {"enabled": True, "requires_grad": True}
+
+
+def test_numpy_reductions_accept_a_tensor():
+    """np.mean / np.sum / np.max call the tensor's methods with dtype= and out=."""
+    t = ml.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert float(np.mean(t)) == 2.5
+    np.testing.assert_array_equal(np.asarray(np.sum(t, axis=0)), [3, 5, 7])
+    assert float(np.max(t)) == 5.0
+    with pytest.raises(TypeError, match="out=None"):
+        t.sum(out=np.zeros(3, np.float32))

@@ -578,15 +578,34 @@ static PyObject *reduce_common(ml_tensor *x, PyObject *axis, int keepdims, reduc
     return wrap_status(st, &out);
 }
 
+/* t.sum(axis=None, keepdims=False); NumPy's np.sum(t) calls t.sum(axis=, dtype=, out=,
+ * keepdims=): dtype float32/None and out=None are accepted, anything else refused */
 #define TENSOR_REDUCE(pyname, fn, label)                                                    \
     static PyObject *pyname(TensorObject *self, PyObject *args, PyObject *kwds) {           \
-        static char *kwlist[] = {"axis", "keepdims", NULL};                                 \
-        PyObject *axis = Py_None;                                                           \
+        static char *kwlist[] = {"axis", "keepdims", "dtype", "out", NULL};                 \
+        PyObject *axis = Py_None, *dtype = Py_None, *out = Py_None;                         \
         int keepdims = 0;                                                                   \
-        if (!PyArg_ParseTupleAndKeywords(args, kwds, "|Op:" label, kwlist, &axis, &keepdims)) \
+        if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$pOO:" label, kwlist, &axis,        \
+                                         &keepdims, &dtype, &out))                          \
             return NULL;                                                                    \
+        if (out != Py_None || (dtype != Py_None && !numpy_float32(dtype))) {                \
+            PyErr_SetString(PyExc_TypeError, label ": only dtype=float32 and out=None are " \
+                            "supported on a Tensor");                                       \
+            return NULL;                                                                    \
+        }                                                                                   \
         return reduce_common(self->t, axis, keepdims, fn, label);                           \
     }
+
+static int numpy_float32(PyObject *dtype) {
+    PyArray_Descr *d = NULL;
+    if (!PyArray_DescrConverter(dtype, &d)) {
+        PyErr_Clear();
+        return 0;
+    }
+    int ok = d->type_num == NPY_FLOAT32;
+    Py_DECREF(d);
+    return ok;
+}
 TENSOR_REDUCE(Tensor_sum, ml_sum, "sum")
 TENSOR_REDUCE(Tensor_mean, ml_mean, "mean")
 TENSOR_REDUCE(Tensor_max, ml_max, "max")
