@@ -126,6 +126,7 @@ from .tape import GradientTape, Variable  # noqa: E402
 from . import keras, networks, random  # noqa: E402
 from . import datasets, meta, tasks  # noqa: E402,F401
 from .memory import KnowledgeMemory, MemoryClassifier  # noqa: E402,F401
+from .meta.system import MetaLearner  # noqa: E402,F401
 from .functional import functional_call  # noqa: E402
 
 __version__ = "0.1.0"

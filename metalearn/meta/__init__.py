@@ -9,16 +9,21 @@
 ``ProtoNet``   Snell et al. 2017 — prototypical networks
 =============  ==============================================================
 
+``MetaLearner`` is the whole system of the source article: a learner meta-trained by one
+of these algorithms, a performance predictor (``MetaLearningNetwork``) and a knowledge
+memory that warm-starts adaptation on tasks like earlier ones.
+
 Each has ``fit(tasks, iterations, meta_batch_size)`` (progress bar, returns a history),
 ``adapt(support_x, support_y, steps=None)`` (a new adapted Keras model; the meta-model
 is unchanged), ``clone()`` and ``evaluate(tasks, episodes)`` (mean and 95 % confidence
 interval). ``metalearn.meta.models`` builds the papers' networks.
 """
 from . import models
-from ._base import MetaLearner, clone_model
+from ._base import BaseMetaLearner, clone_model
 from .maml import ANIL, MAML, MetaSGD
 from .protonet import ProtoNet, PrototypeClassifier, prototype_logits
 from .reptile import Reptile
+from .system import MetaLearner, rankdata, spearman
 
 
 def FOMAML(model, inner_lr=0.01, inner_steps=1, meta_optimizer="adam", meta_lr=0.001, loss=None):
@@ -27,5 +32,5 @@ def FOMAML(model, inner_lr=0.01, inner_steps=1, meta_optimizer="adam", meta_lr=0
                 meta_optimizer=meta_optimizer, meta_lr=meta_lr, loss=loss)
 
 
-__all__ = ["MetaLearner", "MAML", "FOMAML", "Reptile", "MetaSGD", "ANIL", "ProtoNet",
+__all__ = ["BaseMetaLearner", "MetaLearner", "spearman", "rankdata", "MAML", "FOMAML", "Reptile", "MetaSGD", "ANIL", "ProtoNet",
            "PrototypeClassifier", "prototype_logits", "clone_model", "models"]

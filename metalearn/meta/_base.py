@@ -10,7 +10,7 @@ from metalearn.functional import functional_call
 from metalearn.progress import Progbar, _format_time, _format_value
 from metalearn.tasks.base import Task
 
-__all__ = ["MetaLearner", "clone_model", "resolve_loss"]
+__all__ = ["BaseMetaLearner", "clone_model", "resolve_loss"]
 
 
 # ------------------------------------------------------------------ tensors
@@ -211,7 +211,7 @@ def _mean_ci(values):
 
 # ------------------------------------------------------------------ base class
 
-class MetaLearner:
+class BaseMetaLearner:
     """Base of the meta-learners: ``fit`` / ``adapt`` / ``clone`` / ``evaluate``.
 
     Subclasses implement ``_meta_step(batch) -> (loss, metric)`` (one meta-update on a

@@ -6,12 +6,12 @@ from metalearn.functional import functional_call
 
 from metalearn.tasks.base import Task
 
-from ._base import MetaLearner, _core_no_grad, to_tensor
+from ._base import BaseMetaLearner, _core_no_grad, to_tensor
 
 __all__ = ["MAML", "MetaSGD", "ANIL"]
 
 
-class MAML(MetaLearner):
+class MAML(BaseMetaLearner):
     """Model-Agnostic Meta-Learning (Finn, Abbeel & Levine, ICML 2017).
 
     MAML learns an initialisation ``theta`` of a model's weights from which a few

@@ -5,7 +5,7 @@ from metalearn import _core
 from metalearn.keras.models import Model
 from metalearn.tasks.base import Task
 
-from ._base import MetaLearner, _core_no_grad, accuracy, clone_model, to_tensor
+from ._base import BaseMetaLearner, _core_no_grad, accuracy, clone_model, to_tensor
 
 __all__ = ["ProtoNet", "PrototypeClassifier", "prototype_logits"]
 
@@ -79,7 +79,7 @@ class PrototypeClassifier(Model):
         return prototype_logits(_core.as_tensor(self.prototypes), y, emb, self.n_way, self.distance)
 
 
-class ProtoNet(MetaLearner):
+class ProtoNet(BaseMetaLearner):
     """Prototypical Networks (Snell, Swersky & Zemel 2017).
 
     An encoder ``f`` maps inputs to embeddings. In each episode the prototype of class c

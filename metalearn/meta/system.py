@@ -1,0 +1,819 @@
+"""The source article's whole system: a learner, a performance predictor and a memory.
+
+``MetaLearner`` ties together the article's three parts:
+
+* an **AdaptiveNeuralNetwork** (or any classifier ending in a Dense layer), meta-trained
+  with an algorithm of ``metalearn.meta`` (MAML by default) so that a few gradient steps
+  adapt it to a new N-way task;
+* a **MetaLearningNetwork**, trained with MSE to predict the accuracy the learner will
+  reach on a task after adaptation, from the task's support set and its labels;
+* a **KnowledgeMemory** (Kaiser et al. 2017) that keeps, for every task met while
+  meta-training, what was learnt on it, and hands it back when a similar task comes.
+
+What is stored, per training task (one memory slot; the slot's label is a running task id,
+so the update rule never merges two tasks and the memory is a FIFO of the last
+``memory_capacity`` tasks):
+
+* **key**: the *task embedding*, the mean of the penultimate-layer embeddings ("body"
+  features, the input of the final Dense layer, with the current meta-weights) of the
+  support set, L2-normalised. It is invariant to the order and the labelling of the
+  examples, and tasks made of the same characters land next to each other.
+* **payload** (one float vector): the head's *knowledge delta* ``W_adapted - W_meta`` and
+  ``b_adapted - b_meta`` of the final Dense layer after adapting the head alone to the
+  task (``knowledge_steps`` steps of gradient descent on the cross-entropy, on its support
+  and query sets: everything labelled that the task showed; the body stays at the
+  meta-weights, so that the stored head fits the body it will be combined with: a head
+  taken from a MAML adaptation of all layers does not, and warm-starting from it was
+  measured to hurt), the task's class prototypes (mean L2-normalised body embedding per class,
+  normalised) and the post-adaptation accuracy reached.
+
+Recall (``adapt``): the task embedding of the new support set queries the memory for its
+``recall_k`` nearest keys. Because a task's labels are an arbitrary numbering of its
+classes (episode samplers relabel every episode), the recalled head cannot be used column
+by column: each candidate's stored prototypes are matched to the new task's class
+prototypes (greedy assignment on cosine similarity), and the candidate with the highest
+mean matched similarity wins. When that *class similarity* reaches
+``warm_start_threshold`` the adapted head starts from the recalled knowledge: the column
+for new class ``c`` is ``W_meta[:, p(c)] + dW[:, p(c)]`` where ``p(c)`` is the stored class
+matched to ``c`` (the recalled adapted head, permuted to the new labelling, re-based on
+the current meta-head so that meta-training since the store does not make it stale);
+likewise the bias. The algorithm's own inner loop then runs from there. Otherwise
+adaptation starts from the meta-weights, exactly as the algorithm alone.
+
+The predictor's input (``task_features``): the cosine Gram matrix of the centred support
+embeddings ``(n_support, n_support)``, its diagonal replaced by each example's distance
+from the centre over the centre's norm, and, as its ``labels``, the one-hot support labels
+flattened; the network needs the labels to tell which entries of the Gram matrix are
+within a class and which between classes (how separable the classes are is what makes a
+task hard). While training it sees the same tasks with their examples and class numbers
+randomly permuted, so it learns that neither order matters.
+"""
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from metalearn import _core
+from metalearn.functional import functional_call
+from metalearn.memory import KnowledgeMemory
+from metalearn.networks import AdaptiveNeuralNetwork, MetaLearningNetwork
+from metalearn.tasks.base import Task
+
+from ._base import BaseMetaLearner as _Algorithm
+from ._base import _core_no_grad, _next_batch, _Progress, to_tensor
+from .maml import ANIL, MAML, MetaSGD, _leaf_layers
+from .reptile import Reptile
+
+__all__ = ["MetaLearner", "spearman", "rankdata"]
+
+_ALGORITHMS = ("maml", "fomaml", "reptile", "anil", "metasgd")
+
+
+# ------------------------------------------------------------------ statistics
+
+def rankdata(a):
+    """Ranks 1..n of a 1-d array, ties given their mean rank (as ``scipy.stats.rankdata``)."""
+    a = np.asarray(a, np.float64).reshape(-1)
+    order = np.argsort(a, kind="mergesort")
+    ranks = np.empty(len(a), np.float64)
+    ranks[order] = np.arange(1, len(a) + 1, dtype=np.float64)
+    sorted_a = a[order]
+    # average the ranks of each run of equal values
+    starts = np.flatnonzero(np.concatenate([[True], sorted_a[1:] != sorted_a[:-1]]))
+    ends = np.concatenate([starts[1:], [len(a)]])
+    for s, e in zip(starts, ends):
+        if e - s > 1:
+            ranks[order[s:e]] = (s + 1 + e) / 2.0
+    return ranks
+
+
+def spearman(x, y):
+    """Spearman's rank correlation: the Pearson correlation of the ranks (ties averaged).
+
+    NaN when either input is constant or has fewer than two values.
+    """
+    x, y = np.asarray(x, np.float64).reshape(-1), np.asarray(y, np.float64).reshape(-1)
+    if len(x) != len(y):
+        raise ValueError(f"spearman: inputs have {len(x)} and {len(y)} values")
+    if len(x) < 2:
+        return float("nan")
+    rx, ry = rankdata(x) - (len(x) + 1) / 2.0, rankdata(y) - (len(y) + 1) / 2.0
+    den = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return float((rx * ry).sum() / den) if den > 0 else float("nan")
+
+
+# ------------------------------------------------------------------ helpers
+
+def _normalize(a, axis=-1):
+    a = np.asarray(a, np.float64)
+    n = np.linalg.norm(a, axis=axis, keepdims=True)
+    return (a / np.maximum(n, 1e-12)).astype(np.float32)
+
+
+def _greedy_match(sim):
+    """perm with perm[c] = the stored class matched to new class c, by repeatedly taking
+    the most similar unmatched pair; returns (perm, mean matched similarity)."""
+    sim = np.array(sim, np.float64, copy=True)
+    n = sim.shape[0]
+    perm = np.full(n, -1, np.int64)
+    total = 0.0
+    for _ in range(n):
+        i, j = np.unravel_index(np.argmax(sim), sim.shape)
+        perm[i] = j
+        total += sim[i, j]
+        sim[i, :] = -np.inf
+        sim[:, j] = -np.inf
+    return perm, total / n
+
+
+def _accuracy(out, y):
+    return float(np.mean(np.argmax(np.asarray(out), -1) == np.asarray(y)))
+
+
+class MetaLearner:
+    """The article's system: a meta-trained learner, a performance predictor and a memory.
+
+    Args:
+        n_way: classes per task (N). Default: the model's output width.
+        model: the learner, a Keras classifier whose last layer is a Dense head (default:
+            ``AdaptiveNeuralNetwork(n_way, hidden_units, output_activation="linear")``).
+            Its layers must run as a chain (a ``Sequential``, an AdaptiveNeuralNetwork, or
+            any model whose ``call`` applies its layers in order); the input of the last
+            Dense is the embedding. A softmax output is trained with cross-entropy on
+            probabilities, a linear one with cross-entropy from logits.
+        algorithm: ``"maml"`` (default, second order), ``"fomaml"``, ``"reptile"``,
+            ``"anil"``, ``"metasgd"``, or an instance of one of them (then its model is
+            the learner and ``model`` must be None or the same).
+        hidden_units: width of the default model's hidden layer (128, the article's).
+        inner_lr: inner step size (None: 0.4 for the MAML family, the paper's Omniglot
+            value; Reptile's own default).
+        inner_steps: inner steps while meta-training and the default for ``adapt``.
+        meta_lr: the algorithm's outer learning rate (None: the algorithm's default).
+        memory_capacity: memory slots (tasks remembered; the oldest is overwritten).
+        recall_k: nearest stored tasks compared class by class on recall.
+        warm_start_threshold: the class similarity (mean cosine of matched prototypes)
+            from which a recalled task warm-starts adaptation.
+        knowledge_steps: gradient steps of the head-only adaptation whose result is
+            stored (None: ``max(inner_steps, 10)``), run on the task's support and query
+            examples with the body at the meta-weights.
+        predictor: a ``MetaLearningNetwork`` (default: ``MetaLearningNetwork(128)``).
+        predictor_lr: Adam learning rate of the predictor.
+        predictor_buffer: (features, accuracy) pairs kept to train the predictor on.
+        predictor_batch: predictor minibatch per meta-iteration.
+        encoder: optional Keras model giving the embeddings of the task keys, the
+            prototypes and the predictor's features instead of the learner's body (e.g. a
+            conv encoder trained with ProtoNet or a MemoryClassifier); it is not trained
+            here.
+        seed: seeds the memory's tie-breaks and the predictor's sampling.
+
+    Example::
+
+        x, y = metalearn.datasets.omniglot(split="vinyals_trainval")
+        tasks = metalearn.tasks.NWayKShot((x, y), n_way=5, k_shot=1, q_queries=5)
+        system = metalearn.MetaLearner(n_way=5)
+        system.fit(tasks, iterations=500, meta_batch_size=8)
+        model, expected = system.adapt(support_x, support_y)   # recalls, adapts
+        system.last_recall                                    # what was recalled
+        system.predict_performance(support_x, support_y)      # expected accuracy
+        system.save("system/"); system = metalearn.MetaLearner.load("system/")
+    """
+
+    def __init__(self, n_way=None, model=None, algorithm="maml", hidden_units=128, inner_lr=None,
+                 inner_steps=1, meta_lr=None, memory_capacity=1000, recall_k=8,
+                 warm_start_threshold=0.8, knowledge_steps=None, predictor=None,
+                 predictor_lr=1e-3, predictor_buffer=2048, predictor_batch=64, encoder=None,
+                 seed=0):
+        if isinstance(algorithm, _Algorithm):
+            if model is not None and model is not algorithm.model:
+                raise ValueError("MetaLearner: model and algorithm.model differ; pass one of them")
+            model = algorithm.model
+            self.algorithm_name = type(algorithm).__name__.lower()
+            if self.algorithm_name == "maml" and getattr(algorithm, "first_order", False):
+                self.algorithm_name = "fomaml"
+        elif isinstance(algorithm, str):
+            if algorithm.lower() not in _ALGORITHMS:
+                raise ValueError(f"MetaLearner: algorithm must be one of {_ALGORITHMS} or an "
+                                 f"instance of metalearn.meta, got {algorithm!r}")
+            self.algorithm_name = algorithm.lower()
+        else:
+            raise TypeError(f"MetaLearner: algorithm must be a name or a metalearn.meta algorithm, "
+                            f"got {type(algorithm).__name__}")
+        if model is None:
+            if n_way is None:
+                raise ValueError("MetaLearner: give n_way (or a model)")
+            model = AdaptiveNeuralNetwork(int(n_way), hidden_units=hidden_units,
+                                          output_activation="linear")
+        self.model = model
+        if n_way is None and getattr(model, "num_classes", None) is not None:
+            n_way = model.num_classes
+        self.n_way = None if n_way is None else int(n_way)
+        self.hidden_units = int(hidden_units)
+        self.inner_steps = int(inner_steps)
+        self.inner_lr = inner_lr
+        self.meta_lr = meta_lr
+        if isinstance(algorithm, _Algorithm):
+            self.algorithm = algorithm
+        else:
+            self.algorithm = self._make_algorithm(self.algorithm_name, model)
+        self.memory_capacity = int(memory_capacity)
+        self.recall_k = int(recall_k)
+        self.warm_start_threshold = float(warm_start_threshold)
+        self.knowledge_steps = (max(self.inner_steps, 10) if knowledge_steps is None
+                                else int(knowledge_steps))
+        self.predictor = predictor if predictor is not None else MetaLearningNetwork(128)
+        self.predictor_lr = float(predictor_lr)
+        from metalearn.keras import optimizers
+        self.predictor_optimizer = optimizers.Adam(self.predictor_lr)
+        self.predictor_buffer = int(predictor_buffer)
+        self.predictor_batch = int(predictor_batch)
+        self.seed = int(seed)
+        self._rng = np.random.default_rng(seed)
+        self.encoder = encoder
+        self.task_info = {}
+        self.memory = None
+        self.center = None
+        self.center_momentum = 0.9
+        self._center_count = 0
+        self.support_size = None
+        self.input_shape = None
+        self.tasks_stored = 0
+        self._buffer_x, self._buffer_l, self._buffer_t = [], [], []
+        self._chain = None
+        self.last_recall = None
+        self.history = None
+
+    # --------------------------------------------------------------- pieces
+    def _make_algorithm(self, name, model):
+        kw = {"inner_steps": self.inner_steps}
+        if self.meta_lr is not None:
+            kw["meta_lr"] = float(self.meta_lr)
+        loss = self._loss_for(model)
+        if name == "reptile":
+            if self.inner_lr is not None:
+                kw["inner_lr"] = float(self.inner_lr)
+            return Reptile(model, loss=loss, **kw)
+        kw["inner_lr"] = 0.4 if self.inner_lr is None else float(self.inner_lr)
+        if name in ("maml", "fomaml"):
+            return MAML(model, first_order=(name == "fomaml"), loss=loss, **kw)
+        if name == "anil":
+            return ANIL(model, loss=loss, **kw)
+        return MetaSGD(model, loss=loss, **kw)
+
+    @staticmethod
+    def _loss_for(model):
+        act = getattr(model, "output_activation", None)
+        if act == "softmax":
+            return "sparse_categorical_crossentropy_from_probs"
+        return None
+
+    def _setup(self, task):
+        """Builds the model, finds the body and head, makes the memory (first task)."""
+        single = task.task(0) if getattr(task, "is_batch", False) else task
+        self.algorithm._prepare(single)
+        if self._chain is not None:
+            return
+        sx = np.ascontiguousarray(np.asarray(single.support_x, np.float32))
+        leaves = [l for l in _leaf_layers(self.model, []) if l is not self.model]
+        leaves = [l for l in leaves if type(l).__name__ != "InputLayer"]
+        head = leaves[-1] if leaves else None
+        if head is None or not hasattr(head, "kernel") or len(head.trainable_weights) not in (1, 2):
+            raise TypeError(f"MetaLearner: the model's last layer must be a Dense head, got "
+                            f"{type(head).__name__ if head is not None else 'nothing'}")
+        with _core_no_grad():
+            ref = np.asarray(self.model(sx[:4], training=False))
+            out = to_tensor(sx[:4])
+            for layer in leaves:
+                out = layer(out, training=False)
+        if np.asarray(out).shape != ref.shape or not np.allclose(np.asarray(out), ref, atol=1e-5):
+            raise TypeError("MetaLearner: the model's layers do not run as a chain (model(x) is "
+                            "not its layers applied in order); use a Sequential or a model whose "
+                            "call applies its layers in order")
+        weights = self.model.trainable_weights
+        ids = [id(w) for w in weights]
+        self._head = head
+        self._head_index = [ids.index(id(w)) for w in head.trainable_weights]
+        self._chain = leaves[:-1]
+        kernel = np.asarray(head.kernel)
+        self.head_inputs = int(kernel.shape[0])
+        if self.encoder is not None:
+            with _core_no_grad():
+                self.embedding_size = int(np.asarray(self.encoder(sx[:1], training=False)).size)
+        else:
+            self.embedding_size = self.head_inputs
+        out_units = int(kernel.shape[1])
+        if self.n_way is None:
+            self.n_way = out_units
+        elif self.n_way != out_units:
+            raise ValueError(f"MetaLearner: n_way={self.n_way} but the model has {out_units} outputs")
+        self.support_size = int(len(single.support_y))
+        self.input_shape = tuple(int(d) for d in sx.shape[1:])
+        if self.center is None:
+            self.center = np.zeros(self.embedding_size, np.float32)
+        if self.memory is None:
+            self.memory = KnowledgeMemory(self.memory_capacity, self.embedding_size,
+                                          self.payload_size, seed=self.seed)
+
+    @property
+    def payload_size(self):
+        """Floats per stored task: head delta (kernel and bias), prototypes, accuracy."""
+        h, e, n = self.head_inputs, self.embedding_size, self.n_way
+        return h * n + n + n * e + 1
+
+    def _check_support(self, support_x, support_y):
+        sx = np.ascontiguousarray(np.asarray(support_x, np.float32))
+        sy = np.asarray(support_y).reshape(-1)
+        if len(sx) != len(sy):
+            raise ValueError(f"MetaLearner: {len(sx)} support inputs but {len(sy)} labels")
+        if not np.issubdtype(sy.dtype, np.integer):
+            if not np.all(sy == np.round(sy)):
+                raise ValueError("MetaLearner: support labels must be class ids")
+        sy = sy.astype(np.int64)
+        if self.n_way is not None and (sy.min() < 0 or sy.max() >= self.n_way):
+            raise ValueError(f"MetaLearner: labels must be in 0..{self.n_way - 1}, got "
+                             f"{sy.min()}..{sy.max()}")
+        return sx, sy
+
+    def embed(self, x):
+        """Penultimate-layer embeddings ``(n, embedding_size)`` with the meta-weights (or
+        the ``encoder``'s embeddings when one was given)."""
+        if self._chain is None:
+            raise ValueError("MetaLearner: not built yet; call fit (or adapt) first")
+        with _core_no_grad():
+            out = to_tensor(np.ascontiguousarray(np.asarray(x, np.float32)))
+            if self.encoder is not None:
+                out = self.encoder(out, training=False)
+            else:
+                for layer in self._chain:
+                    out = layer(out, training=False)
+            out = np.asarray(out)
+        return out.reshape(len(out), -1)
+
+    def _summaries(self, emb, sy):
+        """(task key (h,), prototypes (n_way, h), Gram matrix) of support embeddings."""
+        emb = emb - self.center
+        key = _normalize(emb.mean(0))
+        unit = _normalize(emb)
+        protos = np.zeros((self.n_way, emb.shape[1]), np.float32)
+        for c in range(self.n_way):
+            m = sy == c
+            if m.any():
+                protos[c] = unit[m].mean(0)
+        gram = unit @ unit.T
+        # the diagonal (always 1 for cosines) carries each example's distance from the
+        # centre instead, relative to the centre's norm: how atypical the example is
+        scale = max(float(np.linalg.norm(self.center)), 1e-6)
+        np.fill_diagonal(gram, np.linalg.norm(emb, axis=1) / scale)
+        return key, _normalize(protos), gram.astype(np.float32)
+
+    def task_embedding(self, support_x, support_y=None):
+        """The memory key of a task: its mean centred support embedding, L2-normalised."""
+        return _normalize((self.embed(support_x) - self.center).mean(0))
+
+    def _update_center(self, emb_means):
+        """Moves the centre (a running mean of the embeddings) towards a batch's mean."""
+        m = np.mean(emb_means, 0).astype(np.float32)
+        if self._center_count == 0:
+            self.center = m
+        else:
+            self.center = (self.center_momentum * self.center
+                           + (1 - self.center_momentum) * m).astype(np.float32)
+        self._center_count += 1
+
+    # ------------------------------------------------------------ predictor
+    def task_features(self, support_x, support_y):
+        """The predictor's input for one task: ``(gram (1, n, n), one-hot labels (1, n*N))``."""
+        sx, sy = self._check_support(support_x, support_y)
+        _, _, gram = self._summaries(self.embed(sx), sy)
+        return gram[None].astype(np.float32), self._one_hot(sy)[None]
+
+    def _one_hot(self, sy):
+        oh = np.zeros((len(sy), self.n_way), np.float32)
+        oh[np.arange(len(sy)), sy] = 1.0
+        return oh.reshape(-1)
+
+    def _predict_raw(self, gram, labels):
+        with _core_no_grad():
+            return np.asarray(self.predictor(gram, labels=labels)).reshape(-1)
+
+    def predict_performance(self, support_x, support_y):
+        """The accuracy the learner is expected to reach on this task after adapting
+        (``inner_steps`` steps from the meta-weights), clipped to [0, 1]."""
+        self._require_built(support_x, support_y)
+        sx, sy = self._check_support(support_x, support_y)
+        if len(sy) != self.support_size:
+            raise ValueError(f"predict_performance: the predictor was trained on support sets of "
+                             f"{self.support_size} examples, got {len(sy)}")
+        gram, labels = self.task_features(sx, sy)
+        return float(np.clip(self._predict_raw(gram, labels)[0], 0.0, 1.0))
+
+    def _augment(self, gram, labels):
+        """Randomly reorders the examples and renumbers the classes of feature pairs."""
+        b, n = gram.shape[0], gram.shape[1]
+        g = np.empty_like(gram)
+        lab = labels.reshape(b, n, self.n_way)
+        out = np.empty_like(lab)
+        for i in range(b):
+            p = self._rng.permutation(n)
+            c = self._rng.permutation(self.n_way)
+            g[i] = gram[i][np.ix_(p, p)]
+            out[i] = lab[i][p][:, c]
+        return g, out.reshape(b, -1)
+
+    def _predictor_step(self, gram, labels, target):
+        from metalearn.tape import GradientTape
+        gram, labels = self._augment(gram, labels)
+        t = np.asarray(target, np.float32).reshape(-1, 1)
+        with GradientTape() as tape:
+            pred = self.predictor(gram, labels=labels)
+            loss = _core.reduce_mean(_core.square(pred - to_tensor(t)))
+        variables = self.predictor.trainable_weights
+        grads = tape.gradient(loss, variables)
+        self.predictor_optimizer.apply_gradients(zip(grads, variables))
+        return float(loss.item())
+
+    def train_predictor(self, steps=100, batch_size=None):
+        """Extra predictor steps on the stored (features, achieved accuracy) buffer;
+        returns the losses."""
+        if not self._buffer_t:
+            raise ValueError("train_predictor: no tasks seen yet; call fit first")
+        batch_size = self.predictor_batch if batch_size is None else int(batch_size)
+        gx, lx, tx = (np.stack(self._buffer_x), np.stack(self._buffer_l),
+                      np.asarray(self._buffer_t, np.float32))
+        losses = []
+        for _ in range(int(steps)):
+            i = self._rng.integers(0, len(tx), min(batch_size, len(tx)))
+            losses.append(self._predictor_step(gx[i], lx[i], tx[i]))
+        return losses
+
+    # --------------------------------------------------------------- memory
+    def _head_values(self):
+        return [np.array(self.model.trainable_weights[i], np.float32, copy=True)
+                for i in self._head_index]
+
+    def _pack(self, delta, protos, acc):
+        h, n = self.head_inputs, self.n_way
+        dk = np.asarray(delta[0], np.float32).reshape(h, n)
+        db = (np.asarray(delta[1], np.float32).reshape(n) if len(delta) > 1
+              else np.zeros(n, np.float32))
+        return np.concatenate([dk.reshape(-1), db, protos.reshape(-1), [np.float32(acc)]]
+                              ).astype(np.float32)
+
+    def _unpack(self, payload):
+        h, e, n = self.head_inputs, self.embedding_size, self.n_way
+        p = np.asarray(payload, np.float32)
+        dk = p[:h * n].reshape(h, n)
+        db = p[h * n:h * n + n]
+        protos = p[h * n + n:h * n + n + n * e].reshape(n, e)
+        return dk, db, protos, float(p[-1])
+
+    def remember(self, support_x, support_y, query_x=None, query_y=None, accuracy=None,
+                 info=None):
+        """Stores one task's knowledge in the memory (what ``fit`` does for every task).
+
+        The head alone is adapted (gradient descent on the cross-entropy of its logits,
+        ``knowledge_steps`` steps of ``inner_lr``, the body kept at the meta-weights) on the
+        support (and query, when given) examples; its delta, the class prototypes and the
+        accuracy (``accuracy`` or, when None and a query set is given, the query accuracy
+        after ``inner_steps`` steps on the support) go under the task embedding.
+
+        Returns:
+            ``{"task_id", "index", "accuracy"}``: the task's id (its memory label) and slot.
+        """
+        self._require_built(support_x, support_y)
+        sx, sy = self._check_support(support_x, support_y)
+        emb = self.embed(sx)
+        key, protos, _ = self._summaries(emb, sy)
+        if accuracy is None and query_x is not None:
+            fast = self.algorithm.adapted_weights(sx, sy, self.inner_steps)
+            with _core_no_grad():
+                accuracy = _accuracy(self._run(fast, query_x), query_y)
+        if query_x is not None:
+            kx = np.concatenate([sx, np.asarray(query_x, np.float32)])
+            ky = np.concatenate([sy, np.asarray(query_y).astype(np.int64)])
+        else:
+            kx, ky = sx, sy
+        delta = self._head_knowledge(kx, ky)
+        task_id = self.tasks_stored
+        self.memory.update(key[None], [task_id], self._pack(delta, protos,
+                                                            np.nan if accuracy is None else accuracy)[None])
+        self.tasks_stored += 1
+        if info:
+            self.task_info[task_id] = dict(info)
+            old = task_id - self.memory_capacity
+            self.task_info.pop(old, None)
+        index = int(self.memory.query(key[None], 1)[0][0, 0])
+        return {"task_id": task_id, "index": index,
+                "accuracy": None if accuracy is None else float(accuracy)}
+
+    def _run(self, weights, x):
+        """The learner's output with `weights` (all trainable weights) on x."""
+        return functional_call(self.model, weights, to_tensor(np.asarray(x, np.float32)),
+                               training=True)
+
+    def _body_features(self, x):
+        """The head's input for x, with the meta-weights (the learner's body)."""
+        with _core_no_grad():
+            out = to_tensor(np.ascontiguousarray(np.asarray(x, np.float32)))
+            for layer in self._chain:
+                out = layer(out, training=False)
+            out = np.asarray(out, np.float64)
+        return out.reshape(len(out), -1)
+
+    def _head_knowledge(self, x, y):
+        """(dW, db): the change of the head after ``knowledge_steps`` steps of gradient
+        descent (step ``inner_lr``, cross-entropy) on x, y with the body kept at the
+        meta-weights, so that the stored head fits the body it will be used with."""
+        feats = self._body_features(x)
+        w0 = [np.asarray(v, np.float64) for v in self._head_values()]
+        kernel = w0[0].copy()
+        bias = w0[1].copy() if len(w0) > 1 else np.zeros(kernel.shape[1])
+        lr = float(getattr(self.algorithm, "inner_lr", 0.4))
+        onehot = np.eye(self.n_way)[np.asarray(y, np.int64)]
+        n = len(feats)
+        for _ in range(self.knowledge_steps):
+            logits = feats @ kernel + bias
+            p = np.exp(logits - logits.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            g = (p - onehot) / n
+            kernel -= lr * feats.T @ g
+            bias -= lr * g.sum(0)
+        out = [kernel - w0[0]]
+        if len(w0) > 1:
+            out.append(bias - w0[1])
+        return [d.astype(np.float32) for d in out]
+
+    def recall(self, support_x, support_y):
+        """The stored task most like this one.
+
+        Returns:
+            None when the memory is empty, else a dict: ``index`` (slot), ``task_id``,
+            ``similarity`` (cosine of the task embeddings), ``class_similarity`` (mean
+            cosine of matched class prototypes), ``permutation`` (stored class matched to
+            each new class), ``accuracy`` (reached on the stored task), ``warm_start``
+            (class_similarity >= warm_start_threshold) and the recalled head
+            ``kernel_delta`` / ``bias_delta`` (stored class order).
+        """
+        self._require_built(support_x, support_y)
+        sx, sy = self._check_support(support_x, support_y)
+        if self.memory.size == 0:
+            return None
+        key, protos, _ = self._summaries(self.embed(sx), sy)
+        k = max(1, min(self.recall_k, self.memory.size))
+        idx, sim, lab, pay = self.memory.query(key[None], k)
+        best = None
+        present = np.bincount(sy, minlength=self.n_way) > 0
+        for j in range(k):
+            if idx[0, j] < 0:
+                continue
+            dk, db, sp, acc = self._unpack(pay[0, j])
+            m = protos @ sp.T
+            m[~present] = 0.0  # absent classes match anything, count for nothing
+            perm, score = _greedy_match(m)
+            score = score * self.n_way / max(1, present.sum())
+            if best is None or score > best["class_similarity"]:
+                best = {"index": int(idx[0, j]), "task_id": int(lab[0, j]),
+                        "similarity": float(sim[0, j]), "class_similarity": float(score),
+                        "permutation": perm, "accuracy": acc, "kernel_delta": dk,
+                        "bias_delta": db}
+        best["warm_start"] = best["class_similarity"] >= self.warm_start_threshold
+        return best
+
+    # ---------------------------------------------------------------- adapt
+    def _require_built(self, support_x, support_y):
+        if self._chain is None:
+            sx, sy = np.asarray(support_x), np.asarray(support_y)
+            self._setup(Task(sx, sy, sx, sy))
+
+    def _warm_head(self, rec):
+        """Head weights from a recall: column c is the recalled adapted column p(c)."""
+        perm = rec["permutation"]
+        base = self._head_values()
+        kernel = base[0][:, perm] + rec["kernel_delta"][:, perm]
+        out = [kernel]
+        if len(base) > 1:
+            out.append(base[1][perm] + rec["bias_delta"][perm])
+        return out
+
+    def adapt(self, support_x, support_y, steps=None, warm_start=True):
+        """Recalls, warm-starts, adapts; the meta-model is not changed.
+
+        Args:
+            support_x, support_y: one task's support set (labels ``0..n_way-1``).
+            steps: inner steps (default ``inner_steps``; 0: the warm-started head alone).
+            warm_start: False ignores the memory (the algorithm's plain adaptation).
+
+        Returns:
+            ``(adapted_model, predicted_performance)``: a new Keras model holding the
+            adapted weights, and the predictor's expected accuracy for this task.
+            ``self.last_recall`` tells what was recalled and whether it was used.
+        """
+        self._require_built(support_x, support_y)
+        sx, sy = self._check_support(support_x, support_y)
+        rec = self.recall(sx, sy) if warm_start else None
+        self.last_recall = rec
+        steps = self.inner_steps if steps is None else int(steps)
+        weights = self.model.trainable_weights
+        saved = None
+        if rec is not None and rec["warm_start"]:
+            saved = self._head_values()
+            for i, w in zip(self._head_index, self._warm_head(rec)):
+                _core.assign(weights[i], np.ascontiguousarray(w, np.float32))
+        try:
+            model = self.algorithm.adapt(sx, sy, steps=steps)
+        finally:
+            if saved is not None:
+                for i, w in zip(self._head_index, saved):
+                    _core.assign(weights[i], w)
+        try:
+            predicted = self.predict_performance(sx, sy)
+        except ValueError:
+            predicted = float("nan")
+        return model, predicted
+
+    def evaluate_task(self, task, steps=None, warm_start=True):
+        """Query accuracy of ``adapt`` on one task (a Task with a query set)."""
+        model, _ = self.adapt(task.support_x, task.support_y, steps=steps, warm_start=warm_start)
+        with _core_no_grad():
+            out = model(np.ascontiguousarray(np.asarray(task.query_x, np.float32)), training=True)
+        return _accuracy(out, task.query_y)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, tasks, iterations=1000, meta_batch_size=25, verbose=1, remember=True):
+        """Meta-trains the learner, fills the memory and trains the predictor.
+
+        Each iteration: one meta-update of the algorithm on a batch of tasks; then, for
+        every task of the batch, the accuracy reached after ``inner_steps`` adaptation
+        steps is measured on its query set, the task's knowledge is stored (``remember``)
+        and (task features, accuracy) join the predictor's buffer; one predictor step
+        (MSE, Adam) on the current batch plus a sample of the buffer.
+
+        Args:
+            tasks: an N-way task sampler (``metalearn.tasks.NWayKShot``), a callable
+                ``n -> Task batch`` or a Task batch (integer labels, fixed support size).
+            iterations, meta_batch_size, verbose: as for the algorithms' ``fit``.
+            remember: store the tasks' knowledge in the memory.
+
+        Returns:
+            A history dict of per-iteration lists: ``loss``, ``accuracy`` (the algorithm's
+            meta-step), ``task_accuracy`` (measured after adaptation), ``predictor_loss``,
+            ``memory_size``.
+        """
+        iterations, meta_batch_size = int(iterations), int(meta_batch_size)
+        if iterations < 0 or meta_batch_size < 1:
+            raise ValueError("fit: iterations must be >= 0 and meta_batch_size >= 1")
+        history = {"loss": [], "accuracy": [], "task_accuracy": [], "predictor_loss": [],
+                   "memory_size": []}
+        progress = _Progress(iterations, verbose)
+        alg = self.algorithm
+        for it in range(iterations):
+            batch = _next_batch(tasks, meta_batch_size)
+            if not batch.is_batch:
+                batch = Task(*(np.asarray(a)[None] for a in batch), info={"batched": True})
+            self._setup(batch)
+            alg._prepare(batch)
+            loss, metric = alg._meta_step(batch)
+            alg.iterations += 1
+            grams, labs, accs = [], [], []
+            singles = batch.tasks()
+            self._update_center([self.embed(t.support_x).mean(0) for t in singles])
+            for t in singles:
+                sx, sy = self._check_support(t.support_x, t.support_y)
+                if len(sy) != self.support_size:
+                    raise ValueError(f"fit: support sets must all have {self.support_size} "
+                                     f"examples, got {len(sy)}")
+                fast = alg.adapted_weights(sx, sy, self.inner_steps)
+                with _core_no_grad():
+                    acc = _accuracy(self._run(fast, t.query_x), t.query_y)
+                g, l = self.task_features(sx, sy)
+                grams.append(g[0])
+                labs.append(l[0])
+                accs.append(acc)
+                if remember:
+                    self.remember(sx, sy, t.query_x, t.query_y, accuracy=acc, info=t.info)
+            self._buffer_x.extend(grams)
+            self._buffer_l.extend(labs)
+            self._buffer_t.extend(accs)
+            over = len(self._buffer_t) - self.predictor_buffer
+            if over > 0:
+                del self._buffer_x[:over], self._buffer_l[:over], self._buffer_t[:over]
+            extra = max(0, self.predictor_batch - len(accs))
+            if extra and len(self._buffer_t) > len(accs):
+                i = self._rng.integers(0, len(self._buffer_t) - len(accs), extra)
+                gx = np.concatenate([np.stack(grams), np.stack(self._buffer_x)[i]])
+                lx = np.concatenate([np.stack(labs), np.stack(self._buffer_l)[i]])
+                tx = np.concatenate([accs, np.asarray(self._buffer_t)[i]])
+            else:
+                gx, lx, tx = np.stack(grams), np.stack(labs), np.asarray(accs)
+            ploss = self._predictor_step(gx, lx, tx)
+            history["loss"].append(float(loss))
+            history["accuracy"].append(float(metric))
+            history["task_accuracy"].append(float(np.mean(accs)))
+            history["predictor_loss"].append(ploss)
+            history["memory_size"].append(int(self.memory.size))
+            progress.update(it + 1, {"loss": loss, "accuracy": float(np.mean(accs)),
+                                     "predictor_loss": ploss})
+        self.history = history
+        return history
+
+    # ------------------------------------------------------------ save/load
+    def get_config(self):
+        return {"n_way": self.n_way, "algorithm": self.algorithm_name,
+                "hidden_units": self.hidden_units, "inner_lr": getattr(self.algorithm, "inner_lr",
+                                                                       self.inner_lr),
+                "inner_steps": self.inner_steps, "meta_lr": self.meta_lr,
+                "memory_capacity": self.memory_capacity, "recall_k": self.recall_k,
+                "warm_start_threshold": self.warm_start_threshold,
+                "knowledge_steps": self.knowledge_steps,
+                "predictor_hidden_units": getattr(self.predictor, "hidden_units", 128),
+                "predictor_lr": self.predictor_lr, "predictor_buffer": self.predictor_buffer,
+                "predictor_batch": self.predictor_batch, "seed": self.seed}
+
+    def save(self, directory):
+        """Saves the system into `directory`: ``config.json``, ``model.weights`` (the
+        learner), ``predictor.weights``, ``memory.mlmem``, and for Meta-SGD
+        ``learning_rates.weights``. Weight and memory files are metalearn's checked
+        formats (each written atomically)."""
+        if self._chain is None:
+            raise ValueError("MetaLearner.save: nothing to save before fit (or adapt)")
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        state = {"config": self.get_config(), "support_size": self.support_size,
+                 "input_shape": list(self.input_shape), "tasks_stored": self.tasks_stored,
+                 "custom_model": not isinstance(self.model, AdaptiveNeuralNetwork),
+                 "model_output_activation": getattr(self.model, "output_activation", None),
+                 "center": [float(v) for v in self.center], "center_updates": self._center_count,
+                 "encoder": self.encoder is not None,
+                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.model.save_weights(str(d / "model.weights"))
+        self._build_predictor()
+        self.predictor.save_weights(str(d / "predictor.weights"))
+        self.memory.save(str(d / "memory.mlmem"))
+        if self.encoder is not None:
+            self.encoder.save_weights(str(d / "encoder.weights"))
+        lrs = getattr(self.algorithm, "learning_rates", None)
+        if lrs:
+            _core.save_tensors(str(d / "learning_rates.weights"),
+                               [f"alpha/{i}" for i in range(len(lrs))],
+                               [to_tensor(np.asarray(a)) for a in lrs])
+        tmp = d / "config.json.tmp"
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, d / "config.json")
+
+    def _build_predictor(self):
+        n = self.support_size
+        gram = np.zeros((1, n, n), np.float32)
+        labels = np.zeros((1, n * self.n_way), np.float32)
+        with _core_no_grad():
+            self.predictor(gram, labels=labels)
+
+    @classmethod
+    def load(cls, directory, model=None, encoder=None):
+        """A system saved by ``save``. A custom learner (not the default
+        AdaptiveNeuralNetwork) must be passed as `model`, and a system saved with an
+        ``encoder`` needs one of the same architecture as `encoder` (its weights are
+        loaded from the directory)."""
+        d = Path(directory)
+        try:
+            state = json.loads((d / "config.json").read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"MetaLearner.load: {d / 'config.json'} not found") from None
+        cfg = dict(state["config"])
+        hidden = cfg.pop("predictor_hidden_units", 128)
+        if model is None:
+            if state.get("custom_model"):
+                raise ValueError("MetaLearner.load: the system was saved with a custom model; pass "
+                                 "model=... (same architecture)")
+            model = AdaptiveNeuralNetwork(cfg["n_way"], hidden_units=cfg["hidden_units"],
+                                          output_activation=state.get("model_output_activation")
+                                          or "linear")
+        if state.get("encoder") and encoder is None:
+            raise ValueError("MetaLearner.load: the system was saved with an encoder; pass "
+                             "encoder=... (same architecture)")
+        system = cls(model=model, predictor=MetaLearningNetwork(hidden), encoder=encoder, **cfg)
+        shape = (state["support_size"],) + tuple(state["input_shape"])
+        sx = np.zeros(shape, np.float32)
+        sy = np.arange(state["support_size"]) % cfg["n_way"]
+        if encoder is not None:
+            with _core_no_grad():
+                encoder(sx[:1], training=False)
+            encoder.load_weights(str(d / "encoder.weights"))
+        system._setup(Task(sx, sy, sx, sy))
+        system.center = np.asarray(state["center"], np.float32)
+        system._center_count = int(state.get("center_updates", 1))
+        system.model.load_weights(str(d / "model.weights"))
+        system._build_predictor()
+        system.predictor.load_weights(str(d / "predictor.weights"))
+        system.memory.load(str(d / "memory.mlmem"))
+        if getattr(system.algorithm, "learning_rates", None):
+            arrs = [a for _, a in _core.load_tensors(str(d / "learning_rates.weights"))]
+            for v, a in zip(system.algorithm.learning_rates, arrs):
+                _core.assign(v, np.ascontiguousarray(a, np.float32))
+        system.tasks_stored = int(state.get("tasks_stored", system.memory.size))
+        return system
+
+    def __repr__(self):
+        return (f"<MetaLearner algorithm={self.algorithm_name} n_way={self.n_way} "
+                f"memory={self.memory.size if self.memory is not None else 0}/"
+                f"{self.memory_capacity}>")
