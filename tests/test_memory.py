@@ -583,3 +583,21 @@ def test_memory_recall_layer_trains_the_encoder():
         MemoryRecall(KnowledgeMemory(4, 4), output="payload")
     with pytest.raises(ValueError):
         MemoryRecall(mem)(x)  # wrong key size
+
+
+def test_memory_file_asking_for_gigabytes_is_refused(tmp_path):
+    """A file with a valid checksum that declares a huge capacity and holds nothing is
+    refused before anything is allocated (found by fuzzing)."""
+    import struct
+    import zlib
+
+    mem = KnowledgeMemory(capacity=4, key_size=3, seed=0)
+    good = tmp_path / "good.mlm"
+    mem.save(str(good))
+    raw = bytearray(good.read_bytes())
+    head = bytes(raw[:12])  # magic and version, as the real format writes them
+    data = head + struct.pack("<QQQQ", 1028, 2360064, 0, 0) + struct.pack("<Q4Q", 0, 1, 2, 3, 4)
+    bad = tmp_path / "huge.mlm"
+    bad.write_bytes(data + struct.pack("<I", zlib.crc32(data)))
+    with pytest.raises(ValueError, match="GiB"):
+        KnowledgeMemory.open(str(bad))

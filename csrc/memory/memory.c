@@ -31,6 +31,8 @@
 
 #include "../core/internal.h"
 
+#define ML_MEMORY_LOAD_MAX_BYTES (4.0 * 1073741824.0)
+
 struct ml_memory {
     int64_t capacity, key_size, payload_size, count;
     float *keys;      /* capacity * key_size, rows L2-normalised (zero rows stay zero) */
@@ -783,6 +785,14 @@ static ml_status read_file(loaded *f, const char *path) {
         CORRUPT("'%s' is corrupt: bad sizes (capacity %llu, key size %llu, payload size %llu, "
                 "count %llu)", path, (unsigned long long)cap, (unsigned long long)d,
                 (unsigned long long)p, (unsigned long long)c);
+    /* A file states the capacity it needs; a corrupt one with a valid CRC could ask for
+     * gigabytes while holding nothing. Loading refuses slabs above ML_MEMORY_LOAD_MAX_BYTES
+     * (4 GiB, ~8 million keys of 128 floats) before allocating; build a bigger memory with
+     * ml_memory_new and fill it instead. */
+    if ((double)cap * (double)(d + p) * 4.0 + (double)cap * 16.0 > ML_MEMORY_LOAD_MAX_BYTES)
+        CORRUPT("'%s' declares a memory of %llu slots of %llu + %llu floats, more than the %.0f "
+                "GiB a file may ask for", path, (unsigned long long)cap, (unsigned long long)d,
+                (unsigned long long)p, ML_MEMORY_LOAD_MAX_BYTES / 1073741824.0);
     if (size - HEADER_BYTES - 4 != body_bytes((int64_t)c, (int64_t)d, (int64_t)p))
         CORRUPT("'%s' is corrupt: %zu bytes of slots, expected %zu", path,
                 size - HEADER_BYTES - 4, body_bytes((int64_t)c, (int64_t)d, (int64_t)p));
