@@ -369,6 +369,9 @@ typedef struct {
 
 static void *replay_worker(void *arg) {
     replay_job *job = arg;
+    /* the calls already run in parallel: the ops inside them stay serial */
+    int was_parallel = ml__in_parallel();
+    if (job->n_threads > 1) ml__set_in_parallel(1);
     for (int c = job->first; c < job->n_calls && job->status == ML_OK; c += job->n_threads) {
         ml_status st = replay_one(job->tr, job->inputs + (size_t)c * job->tr->n_inputs,
                                   job->outputs + (size_t)c * job->tr->n_outputs);
@@ -377,6 +380,7 @@ static void *replay_worker(void *arg) {
             snprintf(job->error, sizeof job->error, "%s", ml_last_error());
         }
     }
+    ml__set_in_parallel(was_parallel);
     return NULL;
 }
 

@@ -329,6 +329,11 @@ void ml_sgemm(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
 /* "avx2" or "portable": the kernel chosen at run time (ML_KERNEL=portable forces it). */
 const char *ml_kernel_name(void);
 
+/* Threads used inside one large op (GEMM, convolution): n <= 0 restores the default
+ * (METALEARN_NUM_THREADS, else the online CPUs). Results do not depend on it. */
+void ml_set_num_threads(int n);
+int ml_get_num_threads(void);
+
 /* ---------------------------------------------------------- knowledge memory */
 
 /* The key-value memory of Kaiser, Nachum, Roy & Bengio 2017, "Learning to Remember Rare

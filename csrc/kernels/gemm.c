@@ -29,6 +29,7 @@
 
 #include "metalearn.h"
 #include "gemm.h"
+#include "../core/internal.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -606,9 +607,86 @@ static void sgemm(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t k,
                     buf + a_floats);
 }
 
+/* ------------------------------------------------------------- threading */
+
+/* A large product is split over the pool into blocks of rows of C (multiples of MR) or,
+ * when C has few rows, blocks of columns (multiples of NR). Every element of C is
+ * computed by the same micro-kernel with the same k blocking (kc depends on k alone) and
+ * the parts are never tiny, so the result is bit-identical to one thread's. */
+#define PAR_MIN_MACS (1 << 22) /* ~40 us of one core: below, waking a worker costs more */
+
+typedef struct gemm_job {
+    int use_avx2, ta, tb;
+    int64_t m, n, k;
+    float alpha, beta;
+    const float *a, *b;
+    float *c;
+    int64_t lda, ldb, ldc;
+    int split_rows;
+    int64_t step; /* rows or columns per part */
+} gemm_job;
+
+static void gemm_part(void *ctx, int64_t i)
+{
+    const gemm_job *j = ctx;
+    const int64_t lo = i * j->step;
+    if (j->split_rows) {
+        const int64_t rows = min64(j->step, j->m - lo);
+        const float *a = j->ta ? j->a + lo : j->a + lo * j->lda;
+        sgemm(j->use_avx2, j->ta, j->tb, rows, j->n, j->k, j->alpha, a, j->lda, j->b, j->ldb,
+              j->beta, j->c + lo * j->ldc, j->ldc);
+    } else {
+        const int64_t cols = min64(j->step, j->n - lo);
+        const float *b = j->tb ? j->b + lo * j->ldb : j->b + lo;
+        sgemm(j->use_avx2, j->ta, j->tb, j->m, cols, j->k, j->alpha, j->a, j->lda, b, j->ldb,
+              j->beta, j->c + lo, j->ldc);
+    }
+}
+
+static void sgemm_threaded(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                           float alpha, const float *a, int64_t lda, const float *b,
+                           int64_t ldb, float beta, float *c, int64_t ldc)
+{
+    const double macs = (double)m * (double)n * (double)k;
+    int t = ml__in_parallel() ? 1 : ml_get_num_threads();
+    if (t > 1 && macs >= PAR_MIN_MACS && k > 0 && alpha != 0.0f) {
+        gemm_job j = {use_avx2, ta, tb, m, n, k, alpha, beta, a, b, c, lda, ldb, ldc, 0, 0};
+        /* parts: enough for the threads, each at least PAR_MIN_MACS / 2 */
+        int64_t parts = (int64_t)(macs / (PAR_MIN_MACS / 2));
+        if (parts > t) parts = t;
+        /* Each part reads all of the operand that is not split: split the larger one
+         * (rows of A when m >= n, else columns of B), if it has enough tiles. */
+        const int rows_ok = m >= parts * 4 * MR, cols_ok = n >= parts * 2 * NR;
+        if (rows_ok && (m >= n || !cols_ok)) {
+            j.split_rows = 1;
+            j.step = round_up(ceil_div(m, parts), MR);
+            parts = ceil_div(m, j.step);
+        } else if (cols_ok) {
+            j.step = round_up(ceil_div(n, parts), NR);
+            parts = ceil_div(n, j.step);
+        } else {
+            parts = 1;
+        }
+        if (parts > 1) {
+            ml__parallel_for(parts, t, gemm_part, &j);
+            return;
+        }
+    }
+    sgemm(use_avx2, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
 void ml_sgemm(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k, float alpha,
               const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
               int64_t ldc)
+{
+    sgemm_threaded(kernel_kind() == KIND_AVX2, transpose_a != 0, transpose_b != 0, m, n, k,
+                   alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+/* One thread whatever ml_set_num_threads says (for callers that split work themselves). */
+void ml__sgemm_serial(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
+                      float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+                      float beta, float *c, int64_t ldc)
 {
     sgemm(kernel_kind() == KIND_AVX2, transpose_a != 0, transpose_b != 0, m, n, k, alpha, a,
           lda, b, ldb, beta, c, ldc);

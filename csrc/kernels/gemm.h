@@ -12,4 +12,9 @@ void ml_sgemm_portable(int transpose_a, int transpose_b, int64_t m, int64_t n, i
                        float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
                        float beta, float *c, int64_t ldc);
 
+/* ml_sgemm on the calling thread only (never split over the pool). */
+void ml__sgemm_serial(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
+                      float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+                      float beta, float *c, int64_t ldc);
+
 #endif /* ML_KERNELS_GEMM_H */

@@ -21,6 +21,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "../core/internal.h"
 
@@ -72,11 +73,17 @@ static float *cols_buffer(size_t floats) {
 
 /* Column matrices up to this size (floats) per chunk of images: 2 MiB, about an L2/L3 share. */
 #define COLS_TARGET (512 * 1024)
+/* At least this many chunks when there are enough images, so that the chunks spread over
+ * the threads. The chunking depends on the geometry only, never on the thread count, so
+ * results are the same for any number of threads. */
+#define MIN_CHUNKS 4
 
 static int64_t chunk_images(const ml_win2d *g) {
     int64_t per = g->oh * g->ow * g->kh * g->kw * g->c;
     if (per <= 0) return g->n > 0 ? g->n : 1;
     int64_t n = COLS_TARGET / per;
+    int64_t spread = (g->n + MIN_CHUNKS - 1) / MIN_CHUNKS;
+    if (n > spread) n = spread;
     if (n < 1) n = 1;
     if (n > g->n) n = g->n;
     return n > 0 ? n : 1;
@@ -153,50 +160,138 @@ static void col2im(const ml_win2d *g, const float *cols, int64_t n0, int64_t nn,
 
 /* ------------------------------------------------------------------ kernels */
 
+/* One task per chunk of images; each worker uses its own column buffer. */
+typedef struct conv_job {
+    const ml_win2d *g;
+    int64_t F, KK, P, step;
+    const float *x, *k, *b, *gy;
+    float *y, *dx, *dk, *parts;
+    atomic_int failed;
+} conv_job;
+
+static void forward_chunk(void *ctx, int64_t ci) {
+    conv_job *j = ctx;
+    const ml_win2d *g = j->g;
+    const int64_t n0 = ci * j->step, nn = g->n - n0 < j->step ? g->n - n0 : j->step;
+    const int64_t P = j->P, KK = j->KK, F = j->F;
+    float *y = j->y + n0 * P * F;
+    if (is_pointwise(g)) {
+        ml_sgemm(0, 0, nn * P, F, KK, 1.0f, j->x + n0 * P * KK, KK, j->k, F, 0.0f, y, F);
+    } else {
+        float *cols = cols_buffer((size_t)(nn * P * KK));
+        if (!cols) {
+            atomic_store(&j->failed, 1);
+            return;
+        }
+        im2col(g, j->x, n0, nn, cols);
+        ml_sgemm(0, 0, nn * P, F, KK, 1.0f, cols, KK, j->k, F, 0.0f, y, F);
+    }
+    if (j->b) {
+        const float *restrict b = j->b;
+        for (int64_t r = 0, rows = nn * P; r < rows; r++) {
+            float *restrict row = y + r * F;
+            for (int64_t f = 0; f < F; f++) row[f] += b[f];
+        }
+    }
+}
+
+static void input_grad_chunk(void *ctx, int64_t ci) {
+    conv_job *j = ctx;
+    const ml_win2d *g = j->g;
+    const int64_t n0 = ci * j->step, nn = g->n - n0 < j->step ? g->n - n0 : j->step;
+    const int64_t P = j->P, KK = j->KK, F = j->F;
+    const float *gy = j->gy + n0 * P * F;
+    if (is_pointwise(g)) {
+        ml_sgemm(0, 1, nn * P, KK, F, 1.0f, gy, F, j->k, F, 0.0f, j->dx + n0 * P * KK, KK);
+        return;
+    }
+    const int64_t img = g->h * g->w * g->c;
+    memset(j->dx + n0 * img, 0, (size_t)(nn * img) * sizeof(float));
+    float *cols = cols_buffer((size_t)(nn * P * KK));
+    if (!cols) {
+        atomic_store(&j->failed, 1);
+        return;
+    }
+    ml_sgemm(0, 1, nn * P, KK, F, 1.0f, gy, F, j->k, F, 0.0f, cols, KK);
+    col2im(g, cols, n0, nn, j->dx);
+}
+
+/* Chunk ci's share of dk (chunk 0 into dk itself, the others into their own slices of
+ * parts); summed in chunk order afterwards. */
+static void kernel_grad_chunk(void *ctx, int64_t ci) {
+    conv_job *j = ctx;
+    const ml_win2d *g = j->g;
+    const int64_t n0 = ci * j->step, nn = g->n - n0 < j->step ? g->n - n0 : j->step;
+    const int64_t P = j->P, KK = j->KK, F = j->F;
+    float *dst = ci == 0 ? j->dk : j->parts + (ci - 1) * KK * F;
+    const float *gy = j->gy + n0 * P * F;
+    if (is_pointwise(g)) {
+        ml_sgemm(1, 0, KK, F, nn * P, 1.0f, j->x + n0 * P * KK, KK, gy, F, 0.0f, dst, F);
+        return;
+    }
+    float *cols = cols_buffer((size_t)(nn * P * KK));
+    if (!cols) {
+        atomic_store(&j->failed, 1);
+        return;
+    }
+    im2col(g, j->x, n0, nn, cols);
+    ml_sgemm(1, 0, KK, F, nn * P, 1.0f, cols, KK, gy, F, 0.0f, dst, F);
+}
+
+static ml_status oom(void) {
+    return ml_set_error(ML_ERR_OOM, "conv2d: out of memory for the column buffer");
+}
+
 static ml_status conv_forward_kernel(const ml_win2d *g, int64_t F, const float *x,
                                      const float *k, const float *b, float *y) {
     const int64_t KK = g->kh * g->kw * g->c, P = g->oh * g->ow;
     if (g->n == 0 || P == 0 || F == 0) return ML_OK;
-    if (is_pointwise(g)) {
-        ml_sgemm(0, 0, g->n * P, F, KK, 1.0f, x, KK, k, F, 0.0f, y, F);
-    } else {
-        int64_t step = chunk_images(g);
-        float *cols = cols_buffer((size_t)(step * P * KK));
-        if (!cols) return ml_set_error(ML_ERR_OOM, "conv2d: out of memory for the column buffer");
-        for (int64_t n0 = 0; n0 < g->n; n0 += step) {
-            int64_t nn = g->n - n0 < step ? g->n - n0 : step;
-            im2col(g, x, n0, nn, cols);
-            ml_sgemm(0, 0, nn * P, F, KK, 1.0f, cols, KK, k, F, 0.0f, y + n0 * P * F, F);
-        }
-    }
-    if (b) {
-        for (int64_t r = 0, rows = g->n * P; r < rows; r++) {
-            float *row = y + r * F;
-            for (int64_t f = 0; f < F; f++) row[f] += b[f];
-        }
-    }
-    return ML_OK;
+    conv_job j = {.g = g, .F = F, .KK = KK, .P = P, .x = x, .k = k, .b = b, .y = y};
+    j.step = is_pointwise(g) ? (g->n + MIN_CHUNKS - 1) / MIN_CHUNKS : chunk_images(g);
+    atomic_init(&j.failed, 0);
+    ml__parallel_for((g->n + j.step - 1) / j.step, 0, forward_chunk, &j);
+    return atomic_load(&j.failed) ? oom() : ML_OK;
 }
 
 static ml_status conv_input_grad_kernel(const ml_win2d *g, int64_t F, const float *gy,
                                         const float *k, float *dx) {
     const int64_t KK = g->kh * g->kw * g->c, P = g->oh * g->ow;
     const int64_t xn = g->n * g->h * g->w * g->c;
-    if (is_pointwise(g)) {
-        if (xn) ml_sgemm(0, 1, g->n * P, KK, F, 1.0f, gy, F, k, F, 0.0f, dx, KK);
+    if (xn == 0) return ML_OK;
+    if (P == 0 || KK == 0) {
+        memset(dx, 0, (size_t)xn * sizeof(float));
         return ML_OK;
     }
-    memset(dx, 0, (size_t)xn * sizeof(float));
-    if (g->n == 0 || P == 0 || KK == 0) return ML_OK;
-    int64_t step = chunk_images(g);
-    float *cols = cols_buffer((size_t)(step * P * KK));
-    if (!cols) return ml_set_error(ML_ERR_OOM, "conv2d: out of memory for the column buffer");
-    for (int64_t n0 = 0; n0 < g->n; n0 += step) {
-        int64_t nn = g->n - n0 < step ? g->n - n0 : step;
-        ml_sgemm(0, 1, nn * P, KK, F, 1.0f, gy + n0 * P * F, F, k, F, 0.0f, cols, KK);
-        col2im(g, cols, n0, nn, dx);
-    }
-    return ML_OK;
+    conv_job j = {.g = g, .F = F, .KK = KK, .P = P, .k = k, .gy = gy, .dx = dx};
+    j.step = is_pointwise(g) ? (g->n + MIN_CHUNKS - 1) / MIN_CHUNKS : chunk_images(g);
+    atomic_init(&j.failed, 0);
+    ml__parallel_for((g->n + j.step - 1) / j.step, 0, input_grad_chunk, &j);
+    return atomic_load(&j.failed) ? oom() : ML_OK;
+}
+
+/* Per-chunk partial kernel gradients, kept by the calling thread between calls. */
+static _Thread_local float *tl_parts;
+static _Thread_local size_t tl_parts_cap;
+static pthread_key_t parts_key;
+static pthread_once_t parts_once = PTHREAD_ONCE_INIT;
+static int parts_key_ok;
+static void parts_free(void *p) {
+    free(p);
+    tl_parts = NULL;
+    tl_parts_cap = 0;
+}
+static void parts_key_init(void) { parts_key_ok = pthread_key_create(&parts_key, parts_free) == 0; }
+static float *parts_buffer(size_t floats) {
+    if (floats <= tl_parts_cap) return tl_parts;
+    size_t bytes = (floats * sizeof(float) + 63) & ~(size_t)63;
+    float *p = aligned_alloc(64, bytes);
+    if (!p) return NULL;
+    free(tl_parts);
+    tl_parts = p;
+    tl_parts_cap = bytes / sizeof(float);
+    pthread_once(&parts_once, parts_key_init);
+    if (parts_key_ok) pthread_setspecific(parts_key, p);
+    return p;
 }
 
 static ml_status conv_kernel_grad_kernel(const ml_win2d *g, int64_t F, const float *x,
@@ -207,17 +302,20 @@ static ml_status conv_kernel_grad_kernel(const ml_win2d *g, int64_t F, const flo
         memset(dk, 0, (size_t)(KK * F) * sizeof(float));
         return ML_OK;
     }
-    if (is_pointwise(g)) {
-        ml_sgemm(1, 0, KK, F, g->n * P, 1.0f, x, KK, gy, F, 0.0f, dk, F);
-        return ML_OK;
+    conv_job j = {.g = g, .F = F, .KK = KK, .P = P, .x = x, .gy = gy, .dk = dk};
+    j.step = is_pointwise(g) ? (g->n + MIN_CHUNKS - 1) / MIN_CHUNKS : chunk_images(g);
+    const int64_t chunks = (g->n + j.step - 1) / j.step;
+    if (chunks > 1) {
+        j.parts = parts_buffer((size_t)((chunks - 1) * KK * F));
+        if (!j.parts) return oom();
     }
-    int64_t step = chunk_images(g);
-    float *cols = cols_buffer((size_t)(step * P * KK));
-    if (!cols) return ml_set_error(ML_ERR_OOM, "conv2d: out of memory for the column buffer");
-    for (int64_t n0 = 0; n0 < g->n; n0 += step) {
-        int64_t nn = g->n - n0 < step ? g->n - n0 : step;
-        im2col(g, x, n0, nn, cols);
-        ml_sgemm(1, 0, KK, F, nn * P, 1.0f, cols, KK, gy + n0 * P * F, F, n0 ? 1.0f : 0.0f, dk, F);
+    atomic_init(&j.failed, 0);
+    ml__parallel_for(chunks, 0, kernel_grad_chunk, &j);
+    if (atomic_load(&j.failed)) return oom();
+    for (int64_t c = 1; c < chunks; c++) { /* fixed order: independent of the threads */
+        const float *restrict src = j.parts + (c - 1) * KK * F;
+        float *restrict d = dk;
+        for (int64_t t = 0, e = KK * F; t < e; t++) d[t] += src[t];
     }
     return ML_OK;
 }

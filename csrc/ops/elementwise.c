@@ -4,6 +4,7 @@
 #include <math.h>
 
 #include "../core/internal.h"
+#include "../kernels/vmath.h"
 
 #define NULL_CHECK1(name, x) \
     if (!(x)) return ml_set_error(ML_ERR_VALUE, "%s: input tensor is NULL", name)
@@ -228,31 +229,24 @@ enum {
 };
 
 __attribute__((target_clones("avx2", "default"))) static void
-un_apply(int k, int64_t n, const float *restrict x, float *restrict o, float p, float q) {
+un_kernel(int k, int64_t n, const float *restrict x, float *restrict o, float p, float q) {
     switch (k) {
     case UN_NEG: for (int64_t i = 0; i < n; i++) o[i] = -x[i]; break;
     case UN_SQUARE: for (int64_t i = 0; i < n; i++) o[i] = x[i] * x[i]; break;
     case UN_SQRT: for (int64_t i = 0; i < n; i++) o[i] = sqrtf(x[i]); break;
-    case UN_EXP: for (int64_t i = 0; i < n; i++) o[i] = expf(x[i]); break;
-    case UN_LOG: for (int64_t i = 0; i < n; i++) o[i] = logf(x[i]); break;
+    case UN_EXP: ml__vexp(n, x, o); break;
+    case UN_LOG: ml__vlog(n, x, o); break;
     case UN_ABS: for (int64_t i = 0; i < n; i++) o[i] = fabsf(x[i]); break;
     case UN_SIGN:
         for (int64_t i = 0; i < n; i++) o[i] = (float)((x[i] > 0) - (x[i] < 0));
         break;
     case UN_RELU: for (int64_t i = 0; i < n; i++) o[i] = x[i] > 0 ? x[i] : 0.0f; break;
-    case UN_SIGMOID:
-        /* split by sign so exp never overflows */
-        for (int64_t i = 0; i < n; i++) {
-            float v = x[i];
-            if (v >= 0) o[i] = 1.0f / (1.0f + expf(-v));
-            else { float e = expf(v); o[i] = e / (1.0f + e); }
-        }
-        break;
-    case UN_TANH: for (int64_t i = 0; i < n; i++) o[i] = tanhf(x[i]); break;
-    case UN_ERF: for (int64_t i = 0; i < n; i++) o[i] = erff(x[i]); break;
-    case UN_GELU:
-        for (int64_t i = 0; i < n; i++) o[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
-        break;
+    /* exp, log, sigmoid (split by sign so exp never overflows), tanh, erf, gelu:
+     * vectorised polynomial kernels (kernels/vmath.c), libm for special lanes */
+    case UN_SIGMOID: ml__vsigmoid(n, x, o); break;
+    case UN_TANH: ml__vtanh(n, x, o); break;
+    case UN_ERF: ml__verf(n, x, o); break;
+    case UN_GELU: ml__vgelu(n, x, o); break;
     case UN_POW:
         if (p == 2.0f) for (int64_t i = 0; i < n; i++) o[i] = x[i] * x[i];
         else if (p == 1.0f) for (int64_t i = 0; i < n; i++) o[i] = x[i];
@@ -274,6 +268,26 @@ un_apply(int k, int64_t n, const float *restrict x, float *restrict o, float p, 
         for (int64_t i = 0; i < n; i++) o[i] = (x[i] >= p && x[i] <= q) ? 1.0f : 0.0f;
         break;
     }
+}
+
+/* Large arrays are split over the thread pool in blocks whose starts are multiples of 64
+ * elements: every element is computed by the same code (vector lanes stay aligned with an
+ * unsplit run's), so the result does not depend on the thread count. */
+#define UN_PAR_MIN (1 << 16)
+typedef struct { int k; int64_t n, step; const float *x; float *o; float p, q; } un_job;
+static void un_part(void *ctx, int64_t i) {
+    const un_job *j = ctx;
+    int64_t lo = i * j->step, len = j->n - lo < j->step ? j->n - lo : j->step;
+    un_kernel(j->k, len, j->x + lo, j->o + lo, j->p, j->q);
+}
+static void un_apply(int k, int64_t n, const float *x, float *o, float p, float q) {
+    if (n >= UN_PAR_MIN && !ml__in_parallel() && ml_get_num_threads() > 1) {
+        int64_t parts = ml_get_num_threads();
+        un_job j = {k, n, ((n + parts - 1) / parts + 63) / 64 * 64, x, o, p, q};
+        ml__parallel_for((n + j.step - 1) / j.step, 0, un_part, &j);
+        return;
+    }
+    un_kernel(k, n, x, o, p, q);
 }
 
 typedef struct { int kernel; ml_op_id op; const char *name; float p, q; } unary_params;

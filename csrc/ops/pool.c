@@ -40,9 +40,10 @@ static inline void win_range(int64_t o, int64_t stride, int64_t pad, int64_t k, 
  * finds the first position holding it (first maximum wins, as PyTorch; a NaN is the max
  * once met, and the first NaN is its position). */
 __attribute__((target_clones("avx2", "default"))) static void
-maxpool_kernel(const ml_win2d *g, const float *x, float *y, int64_t *arg, int32_t *pos) {
+maxpool_kernel(const ml_win2d *g, const float *x, float *y, int64_t *arg, int32_t *pos,
+               int64_t n_lo, int64_t n_hi) {
     const int64_t C = g->c;
-    for (int64_t n = 0; n < g->n; n++) {
+    for (int64_t n = n_lo; n < n_hi; n++) {
         const float *img = x + n * g->h * g->w * C;
         int64_t base = n * g->h * g->w * C;
         for (int64_t oh = 0; oh < g->oh; oh++) {
@@ -81,6 +82,44 @@ maxpool_kernel(const ml_win2d *g, const float *x, float *y, int64_t *arg, int32_
     }
 }
 
+/* Images are split over the thread pool (in a fixed number of chunks; every output and
+ * every scattered gradient belongs to one image, so results do not depend on threads). */
+#define POOL_CHUNKS 8
+#define PAR_MIN_ELEMS (1 << 16)
+typedef struct pool_job {
+    const ml_win2d *g;
+    const float *x;
+    float *y;
+    int64_t *arg;
+    int32_t *pos;
+    int64_t step;             /* images per chunk */
+    const int64_t *idx;       /* scatter / gather */
+    const float *gin;
+    float *o;
+    int scatter;
+} pool_job;
+
+static void maxpool_part(void *ctx, int64_t i) {
+    const pool_job *j = ctx;
+    int64_t lo = i * j->step, hi = lo + j->step < j->g->n ? lo + j->step : j->g->n;
+    maxpool_kernel(j->g, j->x, j->y, j->arg, j->pos + i * (j->g->c ? j->g->c : 1), lo, hi);
+}
+
+static void index_part(void *ctx, int64_t i) {
+    const pool_job *j = ctx;
+    const ml_win2d *g = j->g;
+    int64_t lo = i * j->step, hi = lo + j->step < g->n ? lo + j->step : g->n;
+    const int64_t per_y = g->oh * g->ow * g->c, per_x = g->h * g->w * g->c;
+    const int64_t *idx = j->idx;
+    if (j->scatter) {
+        float *o = j->o;
+        memset(o + lo * per_x, 0, (size_t)((hi - lo) * per_x) * sizeof(float));
+        for (int64_t t = lo * per_y; t < hi * per_y; t++) o[idx[t]] += j->gin[t];
+    } else {
+        for (int64_t t = lo * per_y; t < hi * per_y; t++) j->o[t] = j->gin[idx[t]];
+    }
+}
+
 ml_status ml_max_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, int stride_h,
                         int stride_w, ml_padding padding) {
     ml_status st;
@@ -96,7 +135,8 @@ ml_status ml_max_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, i
         ml_release(o);
         return ml_set_error(ML_ERR_OOM, "max_pool2d: out of memory");
     }
-    int32_t *pos = malloc((size_t)(g.c ? g.c : 1) * sizeof(int32_t));
+    const int64_t chunks = g.n < POOL_CHUNKS ? (g.n ? g.n : 1) : POOL_CHUNKS;
+    int32_t *pos = malloc((size_t)chunks * (size_t)(g.c ? g.c : 1) * sizeof(int32_t));
     if (!pos) {
         free(arg);
         ml_release(o);
@@ -109,7 +149,9 @@ ml_status ml_max_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, i
         return ml_set_error(ML_ERR_VALUE, "max_pool2d: an image of shape %s is too large",
                             ML_SHAPE_STR(x));
     }
-    maxpool_kernel(&g, x->data, o->data, arg, pos);
+    pool_job pj = {&g, x->data, o->data, arg, pos, (g.n + chunks - 1) / chunks, NULL, NULL, NULL, 0};
+    if (o->numel >= PAR_MIN_ELEMS) ml__parallel_for((g.n + pj.step - 1) / pj.step, 0, maxpool_part, &pj);
+    else maxpool_kernel(&g, x->data, o->data, arg, pos, 0, g.n);
     free(pos);
     ml_node *node = NULL;
     if (ml__should_record(1, &x)) {
@@ -144,7 +186,14 @@ static ml_status index_op(ml_tensor **out, ml_tensor *gin, const ml_node *src, i
     ml_tensor *o = NULL;
     ml_status st = ml__new(&o, 4, scatter ? xshape : yshape);
     if (st) return st;
-    if (scatter) {
+    if (n_idx == g.n * g.oh * g.ow * g.c && g.n > 0) {
+        const int64_t chunks = g.n < POOL_CHUNKS ? g.n : POOL_CHUNKS;
+        pool_job pj = {&g, NULL, NULL, NULL, NULL, (g.n + chunks - 1) / chunks, idx, gin->data,
+                       o->data, scatter};
+        const int64_t parts = (g.n + pj.step - 1) / pj.step;
+        if (o->numel + gin->numel >= PAR_MIN_ELEMS) ml__parallel_for(parts, 0, index_part, &pj);
+        else for (int64_t i = 0; i < parts; i++) index_part(&pj, i);
+    } else if (scatter) {
         memset(o->data, 0, (size_t)o->numel * sizeof(float));
         for (int64_t i = 0; i < n_idx; i++) o->data[idx[i]] += gin->data[i];
     } else {

@@ -1927,16 +1927,9 @@ static PyObject *mod_trace_replay(PyObject *m, PyObject *args) {
     return r;
 }
 
-static int ml_num_threads_value = 0; /* 0: not set yet */
-
-static int num_threads(void) {
-    if (ml_num_threads_value > 0) return ml_num_threads_value;
-    const char *env = getenv("METALEARN_NUM_THREADS");
-    long v = env ? strtol(env, NULL, 10) : 0;
-    if (v <= 0) v = sysconf(_SC_NPROCESSORS_ONLN);
-    ml_num_threads_value = v > 0 ? (int)(v > 64 ? 64 : v) : 1;
-    return ml_num_threads_value;
-}
+/* one thread count for the whole core: large ops and task-parallel replays
+ * (ml_set_num_threads; METALEARN_NUM_THREADS or the number of cores by default) */
+static int num_threads(void) { return ml_get_num_threads(); }
 
 /* trace_replay_many(trace, [inputs per call], n_threads=None) -> [[outputs] per call] */
 static PyObject *mod_trace_replay_many(PyObject *m, PyObject *args) {
@@ -2019,7 +2012,7 @@ static PyObject *mod_set_num_threads(PyObject *m, PyObject *arg) {
         PyErr_Format(PyExc_ValueError, "set_num_threads: n must be in [1, 64], got %ld", n);
         return NULL;
     }
-    ml_num_threads_value = (int)n;
+    ml_set_num_threads((int)n);
     Py_RETURN_NONE;
 }
 

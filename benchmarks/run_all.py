@@ -1,0 +1,490 @@
+"""Every benchmark row of issue 6 in one command, metalearn side by side with PyTorch.
+
+    python benchmarks/run_all.py                  # full run, 1 and 2 threads
+    python benchmarks/run_all.py --quick          # CI-sized (each row a fraction of a second)
+    python benchmarks/run_all.py --rows sgemm protonet --threads 1
+    python benchmarks/run_all.py --callgrind      # instructions per MAML sinusoid meta-iteration
+
+Rows (issue 6):
+  sgemm 2048^3 and the few-shot shapes 250x40x40, 5x784x256, 75x784x256 (m x k x n), in
+      GFLOP/s, against the measured FMA peak of one core (a C loop of independent FMAs,
+      compiled here when a C compiler is present) and torch.matmul;
+  dense b32 / b256: AdaptiveNeuralNetwork 784-128-10, Adam, cross-entropy, a training step,
+      against PyTorch eager;
+  maml-sin 2nd / 1st: MAML sinusoid (1-40-40-1, K=10, meta-batch 25), MAML.fit, against a
+      plain PyTorch loop over tasks and PyTorch vectorised over tasks (bmm and vmap;
+      functions of benchmarks/maml_sinusoid.py);
+  maml-omniglot: MAML, Omniglot MLP (256-128-64-64 + BN), 5-way 1-shot, 15 queries per
+      class, one inner step (lr 0.4), second order, meta-batch 32, against a PyTorch loop;
+  protonet: conv4 (64 filters, BN) on 28x28x1, 20-way 5-shot, 5 queries per class (200
+      images per episode), forward + backward + Adam, against PyTorch;
+  add: per-op overhead from Python, a 4-element add, against PyTorch.
+
+Images are random (speed does not depend on pixel values; no dataset is needed).
+
+Timing on a shared machine is noisy: every row interleaves the two libraries (a chunk of
+metalearn, a chunk of each peer, repeated) and reports medians of the chunks, and ratios
+from the same run. `ratio` is how many times metalearn is faster (peer time / metalearn
+time, or metalearn GFLOP/s / peer GFLOP/s); `target` is issue 6's.
+
+Works without PyTorch (prints metalearn only).
+"""
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
+
+try:
+    import torch
+except ImportError:  # metalearn only
+    torch = None
+
+import metalearn as ml  # noqa: E402
+from metalearn import _core  # noqa: E402
+
+
+def set_threads(n):
+    setter = getattr(ml, "set_num_threads", None) or getattr(_core, "set_num_threads", None)
+    if setter:
+        setter(n)
+    # the core's own count (ml_set_num_threads: threads inside one GEMM / convolution),
+    # in case the binding's setter does not forward to it
+    try:
+        import ctypes
+        fn = ctypes.CDLL(_core.__file__).ml_set_num_threads
+        fn.argtypes = [ctypes.c_int]
+        fn(n)
+    except (OSError, AttributeError):
+        pass
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------ timing
+
+def interleaved(fns, budget, repeats, warmup=1):
+    """fns: {name: callable}. Runs `warmup` calls of each, sizes each one's chunk to about
+    `budget` seconds, then runs `repeats` rounds in which each callable runs its chunk
+    (names interleaved). Returns the median seconds per call of each."""
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    number = {k: calibrate(f, budget) for k, f in fns.items()}
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(number[k]):
+                f()
+            times[k].append((time.perf_counter() - t0) / number[k])
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def calibrate(f, budget):
+    """Calls per chunk so that a chunk takes about `budget` seconds."""
+    f()
+    t0 = time.perf_counter()
+    f()
+    dt = max(time.perf_counter() - t0, 1e-7)
+    return max(1, int(budget / dt))
+
+
+# ------------------------------------------------------------------ FMA peak
+
+FMA_C = r"""
+#include <immintrin.h>
+#include <stdio.h>
+#include <time.h>
+/* 10 independent accumulator chains (FMA latency 4-5 cycles x 2 ports), 8 floats each. */
+__attribute__((target("avx2,fma"))) static double run(long iters) {
+    __m256 a0 = _mm256_set1_ps(1.0f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
+           a7 = a0, a8 = a0, a9 = a0;
+    const __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+    for (long i = 0; i < iters; i++) {
+        a0 = _mm256_fmadd_ps(a0, m, c); a1 = _mm256_fmadd_ps(a1, m, c);
+        a2 = _mm256_fmadd_ps(a2, m, c); a3 = _mm256_fmadd_ps(a3, m, c);
+        a4 = _mm256_fmadd_ps(a4, m, c); a5 = _mm256_fmadd_ps(a5, m, c);
+        a6 = _mm256_fmadd_ps(a6, m, c); a7 = _mm256_fmadd_ps(a7, m, c);
+        a8 = _mm256_fmadd_ps(a8, m, c); a9 = _mm256_fmadd_ps(a9, m, c);
+        __asm__ volatile("" : "+x"(a0), "+x"(a1), "+x"(a2), "+x"(a3), "+x"(a4), "+x"(a5),
+                         "+x"(a6), "+x"(a7), "+x"(a8), "+x"(a9));
+    }
+    float out[8];
+    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a8, a9)));
+    return out[0];
+}
+int main(void) {
+    long iters = 20000000;
+    double best = 0;
+    for (int r = 0; r < 7; r++) {
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        volatile double sink = run(iters);
+        (void)sink;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double s = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+        double gf = iters * 10.0 * 16.0 / s / 1e9;
+        if (gf > best) best = gf;
+    }
+    printf("%.2f\n", best);
+    return 0;
+}
+"""
+
+_PEAK = {}
+
+
+def fma_peak():
+    """GFLOP/s of one core running only FMAs (best of 7), or None without a C compiler."""
+    if "v" in _PEAK:
+        return _PEAK["v"]
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+    val = None
+    if cc:
+        d = tempfile.mkdtemp(prefix="ml_fma_")
+        try:
+            src, exe = os.path.join(d, "fma.c"), os.path.join(d, "fma")
+            with open(src, "w") as f:
+                f.write(FMA_C)
+            subprocess.run([cc, "-O2", src, "-o", exe], check=True, capture_output=True)
+            val = float(subprocess.run([exe], check=True, capture_output=True, text=True).stdout)
+        except (subprocess.CalledProcessError, ValueError, OSError):
+            val = None
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+    _PEAK["v"] = val
+    return val
+
+
+# ------------------------------------------------------------------ rows
+# Each row function returns a list of result dicts:
+#   {row, unit, ml, peers: {name: value}, higher_is_better, targets: {name: target text}}
+
+def row_sgemm(threads, quick):
+    out = []
+    shapes = [(2048, 2048, 2048), (250, 40, 40), (5, 784, 256), (75, 784, 256)]
+    if quick:
+        shapes[0] = (512, 512, 512)
+    rng = np.random.default_rng(0)
+    for m, k, n in shapes:
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        ma, mb = _core.as_tensor(a), _core.as_tensor(b)
+        fns = {"ml": lambda: _core.matmul(ma, mb)}
+        if torch is not None:
+            ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+            fns["torch.matmul"] = lambda: torch.matmul(ta, tb)
+        reps = 3 if quick else (5 if m >= 1024 else 9)
+        t = interleaved(fns, 0.02 if quick else 0.15, reps)
+        gf = {kk: 2.0 * m * n * k / v / 1e9 for kk, v in t.items()}
+        peers = {kk: v for kk, v in gf.items() if kk != "ml"}
+        targets = {"torch.matmul": ">= 1.0x"}
+        if m == 2048 or (quick and m == 512):
+            pk = fma_peak()
+            if pk:
+                peers["FMA peak x%d" % threads] = pk * threads
+                targets["FMA peak x%d" % threads] = ">= 0.85 (1 thread)" if threads == 1 else "-"
+        out.append(dict(row=f"sgemm {m}x{k}x{n}", unit="GFLOP/s", ml=gf["ml"], peers=peers,
+                        higher=True, targets=targets))
+    return out
+
+
+def row_dense(threads, quick):
+    import dense_step
+    out = []
+    for batch, target in ((32, ">= 3x"), (256, ">= 1.2x")):
+        fns = {"ml": dense_step.metalearn_step(batch)}
+        if torch is not None:
+            fns["torch eager"] = dense_step.torch_step(batch)
+        t = interleaved(fns, 0.02 if quick else 0.2, 3 if quick else 7, warmup=5)
+        out.append(dict(row=f"dense b{batch}", unit="steps/s", ml=1 / t["ml"],
+                        peers={k: 1 / v for k, v in t.items() if k != "ml"}, higher=True,
+                        targets={"torch eager": target}))
+    return out
+
+
+def row_maml_sin(threads, quick):
+    import maml_sinusoid as ms
+    out = []
+    for order, fo, tl, tv in (("2nd", False, ">= 50x", ">= 10x"), ("1st", True, ">= 30x", ">= 5x")):
+        fns = {"ml": ms.metalearn_step(fo)}
+        if torch is not None:
+            fns["torch loop"] = ms.torch_loop_step(fo)
+            fns["torch bmm"] = ms.torch_bmm_step(fo)
+            try:
+                f = ms.torch_vmap_step(fo)
+                f()
+                fns["torch vmap"] = f
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                print(f"  (torch vmap peer failed: {exc})", file=sys.stderr)
+        t = interleaved(fns, 0.03 if quick else 0.2, 3 if quick else 7, warmup=3)
+        out.append(dict(row=f"maml-sin {order}", unit="iter/s", ml=1 / t["ml"],
+                        peers={k: 1 / v for k, v in t.items() if k != "ml"}, higher=True,
+                        targets={"torch loop": tl, "torch bmm": tv, "torch vmap": tv}))
+    return out
+
+
+def _omniglot_like(n_classes=40, per_class=20, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, size=(n_classes * per_class, 28, 28, 1)).astype(np.float32)
+    y = np.repeat(np.arange(n_classes), per_class)
+    return x, y
+
+
+def row_maml_omniglot(threads, quick):
+    from metalearn.meta import MAML, models
+    from metalearn.tasks import NWayKShot
+    N, KS, Q, MB, LR = 5, 1, 15, 32, 0.4
+    data = _omniglot_like()
+    ml.random.set_seed(0)
+    maml = MAML(models.omniglot_mlp(N), inner_lr=LR, inner_steps=1, meta_lr=1e-3)
+    tasks = NWayKShot(data, N, KS, Q, augment_rotations=False, seed=0)
+    fns = {"ml": lambda: maml.fit(tasks, iterations=1, meta_batch_size=MB, verbose=0)}
+    if torch is not None:
+        import torch.nn.functional as F
+        g = torch.Generator().manual_seed(0)
+        sizes = [784, 256, 128, 64, 64]
+        params = []
+        for i in range(4):
+            params.append((torch.randn(sizes[i + 1], sizes[i], generator=g) * 0.05).requires_grad_())
+            params.append(torch.zeros(sizes[i + 1], requires_grad=True))
+            params.append(torch.ones(sizes[i + 1], requires_grad=True))   # BN gamma
+            params.append(torch.zeros(sizes[i + 1], requires_grad=True))  # BN beta
+        params.append((torch.randn(N, 64, generator=g) * 0.05).requires_grad_())
+        params.append(torch.zeros(N, requires_grad=True))
+        opt = torch.optim.Adam(params, lr=1e-3)
+        ttasks = NWayKShot(data, N, KS, Q, augment_rotations=False, seed=0)
+
+        def fwd(p, x):
+            h = x.reshape(x.shape[0], -1)
+            for i in range(4):
+                w, b, ga, be = p[4 * i: 4 * i + 4]
+                h = F.relu(F.batch_norm(F.linear(h, w, b), None, None, ga, be, training=True,
+                                        eps=1e-3))
+            return F.linear(h, p[16], p[17])
+
+        def tstep():
+            bt = ttasks.sample_batch(MB)
+            sx, sy, qx, qy = (torch.from_numpy(np.asarray(a)) for a in bt)
+            total = 0.0
+            for i in range(MB):
+                loss = F.cross_entropy(fwd(params, sx[i]), sy[i])
+                grads = torch.autograd.grad(loss, params, create_graph=True)
+                fast = [w - LR * gr for w, gr in zip(params, grads)]
+                total = total + F.cross_entropy(fwd(fast, qx[i]), qy[i])
+            opt.zero_grad()
+            (total / MB).backward()
+            opt.step()
+        fns["torch loop"] = tstep
+    t = interleaved(fns, 0.05 if quick else 0.4, 3 if quick else 5, warmup=1)
+    return [dict(row="maml-omniglot 5w1s", unit="iter/s", ml=1 / t["ml"],
+                 peers={k: 1 / v for k, v in t.items() if k != "ml"}, higher=True,
+                 targets={"torch loop": ">= 5x"})]
+
+
+def protonet_steps(n_way=20, k_shot=5, q=5, seed=0):
+    """(metalearn step, torch step or None) for one ProtoNet conv4 episode."""
+    from metalearn.meta import ProtoNet, models
+    from metalearn.tasks import Task
+    rng = np.random.default_rng(seed)
+    sx = rng.uniform(0, 1, size=(1, n_way * k_shot, 28, 28, 1)).astype(np.float32)
+    qx = rng.uniform(0, 1, size=(1, n_way * q, 28, 28, 1)).astype(np.float32)
+    sy = np.repeat(np.arange(n_way), k_shot)[None]
+    qy = np.repeat(np.arange(n_way), q)[None]
+    batch = Task(sx, sy, qx, qy, info={"batched": True})
+    ml.random.set_seed(0)
+    pn = ProtoNet(models.conv4())
+    pn._prepare(batch)
+    ml_step = lambda: pn._meta_step(batch)  # noqa: E731
+    if torch is None:
+        return ml_step, None
+    nn = torch.nn
+    torch.manual_seed(0)
+    layers = []
+    cin = 1
+    for _ in range(4):
+        layers += [nn.Conv2d(cin, 64, 3, padding=1), nn.BatchNorm2d(64, eps=1e-3, momentum=0.01),
+                   nn.ReLU(), nn.MaxPool2d(2)]
+        cin = 64
+    enc = nn.Sequential(*layers, nn.Flatten())
+    opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
+    x = torch.from_numpy(np.concatenate([sx[0], qx[0]]).transpose(0, 3, 1, 2).copy())
+    tqy = torch.from_numpy(qy[0])
+    ns = n_way * k_shot
+
+    def torch_step():
+        emb = enc(x)
+        s, qe = emb[:ns], emb[ns:]
+        protos = s.reshape(n_way, k_shot, -1).mean(1)
+        logits = -torch.cdist(qe, protos).pow(2)
+        loss = torch.nn.functional.cross_entropy(logits, tqy)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return ml_step, torch_step
+
+
+def row_protonet(threads, quick):
+    ml_step, t_step = protonet_steps()
+    fns = {"ml": ml_step}
+    if t_step:
+        fns["torch"] = t_step
+    t = interleaved(fns, 0.05 if quick else 0.3, 3 if quick else 7, warmup=1)
+    return [dict(row="protonet conv4 20w5s", unit="episodes/s", ml=1 / t["ml"],
+                 peers={k: 1 / v for k, v in t.items() if k != "ml"}, higher=True,
+                 targets={"torch": ">= 1.0x"})]
+
+
+def row_add(threads, quick):
+    a = ml.tensor(np.ones(4, np.float32))
+    b = ml.tensor(np.ones(4, np.float32))
+    fns = {"ml": lambda: a + b}
+    if torch is not None:
+        ta, tb = torch.ones(4), torch.ones(4)
+        fns["torch"] = lambda: ta + tb
+    t = interleaved(fns, 0.005 if quick else 0.05, 3 if quick else 7, warmup=100)
+    return [dict(row="add 4 (per-op)", unit="us/op", ml=t["ml"] * 1e6,
+                 peers={k: v * 1e6 for k, v in t.items() if k != "ml"}, higher=False,
+                 targets={"torch": ">= 3x"})]
+
+
+ROWS = [("sgemm", row_sgemm), ("dense", row_dense), ("maml-sin", row_maml_sin),
+        ("maml-omniglot", row_maml_omniglot), ("protonet", row_protonet), ("add", row_add)]
+
+
+def fmt(v):
+    if v is None:
+        return "-"
+    if v >= 1000:
+        return f"{v:,.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.3g}"
+
+
+def print_table(results, threads):
+    print(f"\n== {threads} thread(s); metalearn kernel {_core.kernel_name()}; "
+          f"torch {torch.__version__ if torch else 'not installed'}")
+    head = f"{'row':<22}{'unit':<11}{'metalearn':>11}  {'peer':<16}{'peer value':>11} {'ratio':>9}  target"
+    print(head)
+    print("-" * (len(head) + 12))
+    for r in results:
+        first = True
+        peers = r["peers"] or {"-": None}
+        for name, v in peers.items():
+            if v is None:
+                ratio = "-"
+            else:
+                x = r["ml"] / v if r["higher"] else v / r["ml"]
+                ratio = f"{x:.2f}x" if not name.startswith("FMA") else f"{x:.0%}"
+            lead = f"{r['row']:<22}{r['unit']:<11}{fmt(r['ml']):>11}" if first else " " * 44
+            print(f"{lead}  {name:<16}{fmt(v):>11} {ratio:>9}  {r['targets'].get(name, '-')}")
+            first = False
+    sys.stdout.flush()
+
+
+# ------------------------------------------------------------------ callgrind
+
+CALLGRIND_SCRIPT = r"""
+import sys
+sys.path.insert(0, {root!r})
+import metalearn as ml
+from metalearn.meta import MAML, models
+from metalearn.tasks import Sinusoid
+ml.set_num_threads(1)
+ml.random.set_seed(0)
+maml = MAML(models.sinusoid_mlp(), inner_lr=0.01, inner_steps=1, first_order={fo}, meta_lr=1e-3)
+tasks = Sinusoid(k_shot=10, q_queries=10, seed=0)
+maml.fit(tasks, iterations=3, meta_batch_size=25, verbose=0)   # warm up (trace, pools)
+import gc
+gc.collect()
+gc.disable()  # a collection landing in one run and not the other would skew the difference
+maml.fit(tasks, iterations=int(sys.argv[1]), meta_batch_size=25, verbose=0)
+"""
+
+
+def callgrind(first_order=False, few=2, many=12):
+    """Instructions per meta-iteration: total Ir of `many` minus `few` iterations, divided
+    by the difference (start-up and warm-up cancel)."""
+    vg = shutil.which("valgrind")
+    if not vg:
+        print("valgrind not found")
+        return None
+    d = tempfile.mkdtemp(prefix="ml_cg_")
+    try:
+        script = os.path.join(d, "maml_cg.py")
+        with open(script, "w") as f:
+            f.write(CALLGRIND_SCRIPT.format(root=os.path.join(HERE, ".."), fo=first_order))
+        totals = []
+        for iters in (few, many):
+            outf = os.path.join(d, f"cg.{iters}")
+            env = dict(os.environ, OMP_NUM_THREADS="1", METALEARN_NUM_THREADS="1",
+                       PYTHONMALLOC="malloc", PYTHONHASHSEED="0")
+            cmd = [vg, "--tool=callgrind", f"--callgrind-out-file={outf}", sys.executable,
+                   script, str(iters)]
+            setarch = shutil.which("setarch")
+            if setarch:  # no address randomisation: id()-keyed dicts and sets iterate alike
+                cmd = [setarch, os.uname().machine, "-R"] + cmd
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            m = re.search(r"Collected\s*:\s*(\d+)", p.stderr)
+            if p.returncode != 0 or not m:
+                print(p.stderr[-2000:])
+                return None
+            totals.append(int(m.group(1)))
+        per = (totals[1] - totals[0]) / (many - few)
+        order = "1st" if first_order else "2nd"
+        print(f"callgrind: MAML sinusoid {order} order, meta-batch 25, K=10: "
+              f"{per:,.0f} instructions per meta-iteration "
+              f"(total Ir {totals[0]:,} for {few}, {totals[1]:,} for {many} iterations)")
+        return per
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="CI-sized runs")
+    p.add_argument("--rows", nargs="+", default=None,
+                   help="run only rows whose name contains one of these (" +
+                        ", ".join(n for n, _ in ROWS) + ")")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--callgrind", action="store_true",
+                   help="only: instructions per MAML sinusoid meta-iteration under callgrind")
+    args = p.parse_args(argv)
+    if args.callgrind:
+        callgrind(False)
+        callgrind(True)
+        return
+    selected = [(n, f) for n, f in ROWS if not args.rows or any(s in n for s in args.rows)]
+    if not selected:
+        p.error(f"--rows matched nothing; rows are {[n for n, _ in ROWS]}")
+    all_results = {}
+    for threads in args.threads:
+        set_threads(threads)
+        results = []
+        for name, f in selected:
+            t0 = time.perf_counter()
+            try:
+                results += f(threads, args.quick)
+            except Exception as exc:  # noqa: BLE001 - one failed row does not stop the rest
+                print(f"row {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            if not args.quick:
+                print(f"  [{name}: {time.perf_counter() - t0:.1f} s]", file=sys.stderr)
+        print_table(results, threads)
+        all_results[threads] = results
+    return all_results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+/* threads.c — the core's thread count and a small persistent pthread pool for splitting
+ * one large op (a GEMM, a convolution) over the cores.
+ *
+ * Determinism: callers split work into tasks whose results do not depend on which thread
+ * runs them or on how many threads there are (disjoint output rows / images; partial sums
+ * reduced afterwards in a fixed order), so a result is the same for every thread count.
+ *
+ * The pool starts lazily (first parallel call with n > 1), keeps its workers parked on a
+ * condition variable between calls (no thread creation per op, and the workers' per-thread
+ * GEMM / column buffers survive between ops), and is used by one caller at a time: a second
+ * thread arriving while it is busy, or a call made from inside a worker (nesting), runs its
+ * tasks serially on the calling thread. After fork() the child starts with no pool.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define ML_MAX_THREADS 64
+/* Polling before blocking, in rounds of a pause instruction (some 10-50 us in all). */
+#define SPIN_ROUNDS 1000
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+static inline void cpu_relax(void) { _mm_pause(); }
+#else
+static inline void cpu_relax(void) {}
+#endif
+
+static atomic_int g_threads; /* 0: not set yet */
+
+static int default_threads(void) {
+    const char *env = getenv("METALEARN_NUM_THREADS");
+    long v = env ? strtol(env, NULL, 10) : 0;
+    if (v <= 0) v = sysconf(_SC_NPROCESSORS_ONLN);
+    if (v < 1) v = 1;
+    return v > ML_MAX_THREADS ? ML_MAX_THREADS : (int)v;
+}
+
+void ml_set_num_threads(int n) {
+    if (n <= 0) n = default_threads();
+    if (n > ML_MAX_THREADS) n = ML_MAX_THREADS;
+    atomic_store(&g_threads, n);
+}
+
+int ml_get_num_threads(void) {
+    int n = atomic_load(&g_threads);
+    if (n > 0) return n;
+    n = default_threads();
+    int expected = 0;
+    atomic_compare_exchange_strong(&g_threads, &expected, n);
+    return atomic_load(&g_threads);
+}
+
+/* ------------------------------------------------------------------ the pool */
+
+static _Thread_local int tl_in_parallel; /* inside a pool worker or a running region */
+
+int ml__in_parallel(void) { return tl_in_parallel; }
+void ml__set_in_parallel(int on) { tl_in_parallel = on; }
+
+typedef struct pool_job {
+    ml__task_fn fn;
+    void *ctx;
+    int64_t n_tasks;
+    atomic_llong next;      /* next task index to take */
+} pool_job;
+
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;   /* guards the fields below */
+static pthread_cond_t pool_work = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t pool_done = PTHREAD_COND_INITIALIZER;
+static pthread_mutex_t pool_owner = PTHREAD_MUTEX_INITIALIZER; /* one caller at a time */
+static int pool_workers;        /* started workers */
+static uint64_t pool_gen;       /* bumped per job */
+static atomic_ullong pool_gen_a;  /* its copy, read without the lock while spinning */
+static atomic_int pool_running_a; /* copy of pool_running, likewise */
+static int pool_wanted;         /* workers asked to join the current job */
+static int pool_running;        /* workers still inside the current job */
+static pool_job *pool_cur;
+static uint64_t start_gen[ML_MAX_THREADS]; /* pool_gen when each worker was created */
+
+static void run_tasks(pool_job *job) {
+    for (;;) {
+        int64_t i = atomic_fetch_add(&job->next, 1);
+        if (i >= job->n_tasks) break;
+        job->fn(job->ctx, i);
+    }
+}
+
+static void *worker_main(void *arg) {
+    int id = (int)(intptr_t)arg;
+    tl_in_parallel = 1;
+    pthread_mutex_lock(&pool_mu);
+    uint64_t seen = start_gen[id];
+    for (;;) {
+        if (pool_gen == seen) {
+            /* A parked worker is woken by the kernel (tens of microseconds); jobs often come
+             * in bursts (the ops of one step), so poll a little before sleeping. */
+            pthread_mutex_unlock(&pool_mu);
+            for (int s = 0; s < SPIN_ROUNDS && atomic_load_explicit(&pool_gen_a, memory_order_acquire) == seen; s++)
+                cpu_relax();
+            pthread_mutex_lock(&pool_mu);
+        }
+        while (pool_gen == seen) pthread_cond_wait(&pool_work, &pool_mu);
+        seen = pool_gen;
+        if (id >= pool_wanted) continue; /* not needed for this job */
+        pool_job *job = pool_cur;
+        pthread_mutex_unlock(&pool_mu);
+        run_tasks(job);
+        pthread_mutex_lock(&pool_mu);
+        atomic_store_explicit(&pool_running_a, pool_running - 1, memory_order_release);
+        if (--pool_running == 0) pthread_cond_signal(&pool_done);
+    }
+    return NULL;
+}
+
+static void atfork_child(void) {
+    /* The workers did not survive the fork: start over with no pool. */
+    pthread_mutex_init(&pool_mu, NULL);
+    pthread_mutex_init(&pool_owner, NULL);
+    pthread_cond_init(&pool_work, NULL);
+    pthread_cond_init(&pool_done, NULL);
+    pool_workers = 0;
+    pool_running = 0;
+    atomic_store(&pool_running_a, 0);
+    pool_wanted = 0;
+    pool_cur = NULL;
+}
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void atfork_init(void) { pthread_atfork(NULL, NULL, atfork_child); }
+
+/* Starts workers up to `want` (called with pool_mu held); returns how many exist. */
+static int ensure_workers(int want) {
+    while (pool_workers < want) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        start_gen[pool_workers] = pool_gen;
+        int rc = pthread_create(&t, &attr, worker_main, (void *)(intptr_t)pool_workers);
+        pthread_attr_destroy(&attr);
+        if (rc != 0) break;
+        pool_workers++;
+    }
+    return pool_workers;
+}
+
+void ml__parallel_for(int64_t n_tasks, int max_threads, ml__task_fn fn, void *ctx) {
+    if (n_tasks <= 0) return;
+    int t = ml_get_num_threads();
+    if (max_threads > 0 && t > max_threads) t = max_threads;
+    if (t > n_tasks) t = (int)n_tasks;
+    if (t <= 1 || tl_in_parallel || pthread_mutex_trylock(&pool_owner) != 0) {
+        for (int64_t i = 0; i < n_tasks; i++) fn(ctx, i);
+        return;
+    }
+    pthread_once(&atfork_once, atfork_init);
+    pool_job job = {fn, ctx, n_tasks, 0};
+    pthread_mutex_lock(&pool_mu);
+    int helpers = ensure_workers(t - 1);
+    if (helpers > t - 1) helpers = t - 1;
+    pool_cur = &job;
+    pool_wanted = helpers;
+    pool_running = helpers;
+    atomic_store_explicit(&pool_running_a, helpers, memory_order_release);
+    pool_gen++;
+    atomic_store_explicit(&pool_gen_a, pool_gen, memory_order_release);
+    pthread_cond_broadcast(&pool_work);
+    pthread_mutex_unlock(&pool_mu);
+
+    tl_in_parallel = 1;
+    run_tasks(&job);
+    tl_in_parallel = 0;
+
+    for (int s = 0; s < SPIN_ROUNDS && atomic_load_explicit(&pool_running_a, memory_order_acquire) > 0; s++)
+        cpu_relax();
+    pthread_mutex_lock(&pool_mu);
+    while (pool_running > 0) pthread_cond_wait(&pool_done, &pool_mu);
+    pool_cur = NULL;
+    pthread_mutex_unlock(&pool_mu);
+    pthread_mutex_unlock(&pool_owner);
+}

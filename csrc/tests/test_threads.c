@@ -1,0 +1,143 @@
+/* test_threads.c — ops split over threads give the same bits for every thread count:
+ * GEMM (row and column splits, all transposes), conv2d and its two gradients. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "metalearn.h"
+
+static int passed, failed;
+#define CHECK(cond, ...)                                                  \
+    do {                                                                  \
+        if (cond) passed++;                                               \
+        else { failed++; printf("FAIL %s:%d: ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } \
+    } while (0)
+
+static uint64_t rs = 88172645463325252ull;
+static float frand(void) {
+    rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17;
+    return (float)((rs >> 40) & 0xffffff) / 16777216.0f - 0.5f;
+}
+
+static void gemm_case(int ta, int tb, int64_t m, int64_t n, int64_t k, float beta) {
+    float *a = malloc(sizeof(float) * m * k), *b = malloc(sizeof(float) * k * n);
+    float *c0 = malloc(sizeof(float) * m * n), *c1 = malloc(sizeof(float) * m * n);
+    for (int64_t i = 0; i < m * k; i++) a[i] = frand();
+    for (int64_t i = 0; i < k * n; i++) b[i] = frand();
+    for (int64_t i = 0; i < m * n; i++) c0[i] = c1[i] = frand();
+    const int64_t lda = ta ? m : k, ldb = tb ? k : n;
+    int same = 1;
+    float *init = malloc(sizeof(float) * m * n);
+    for (int64_t i = 0; i < m * n; i++) init[i] = (float)(i % 7) - 3.0f;
+    memcpy(c0, init, sizeof(float) * m * n);
+    ml_set_num_threads(1);
+    ml_sgemm(ta, tb, m, n, k, 0.5f, a, lda, b, ldb, beta, c0, n);
+    for (int t = 2; t <= 3; t++) {
+        memcpy(c1, init, sizeof(float) * m * n);
+        ml_set_num_threads(t);
+        ml_sgemm(ta, tb, m, n, k, 0.5f, a, lda, b, ldb, beta, c1, n);
+        if (memcmp(c0, c1, sizeof(float) * m * n) != 0) same = 0;
+    }
+    CHECK(same, "sgemm ta=%d tb=%d %lldx%lldx%lld: threads change the result", ta, tb,
+          (long long)m, (long long)n, (long long)k);
+    free(init); free(a); free(b); free(c0); free(c1);
+}
+
+static ml_tensor *randt(int nd, const int64_t *shape) {
+    ml_tensor *t = NULL;
+    if (ml_tensor_zeros(&t, nd, shape)) return NULL;
+    for (int64_t i = 0; i < ml_numel(t); i++) ml_data(t)[i] = frand();
+    return t;
+}
+
+/* conv2d forward, dx, dk, db for one thread count; results into fresh buffers */
+static void conv_run(int threads, ml_tensor *x, ml_tensor *k, ml_tensor *b, ml_tensor *gy,
+                     float **outs, int64_t *sizes) {
+    ml_set_num_threads(threads);
+    ml_tensor *y = NULL, *g[3] = {0};
+    ml_status st = ml_conv2d(&y, x, k, b, 1, 1, ML_PAD_SAME);
+    CHECK(st == ML_OK, "conv2d failed");
+    ml_tensor *ins[3] = {x, k, b};
+    st = ml_grad(g, 1, &y, 3, ins, &gy, 0, 0);
+    CHECK(st == ML_OK, "conv2d grad failed");
+    ml_tensor *all[4] = {y, g[0], g[1], g[2]};
+    for (int i = 0; i < 4; i++) {
+        sizes[i] = ml_numel(all[i]);
+        outs[i] = malloc(sizeof(float) * sizes[i]);
+        memcpy(outs[i], ml_data(all[i]), sizeof(float) * sizes[i]);
+        ml_release(all[i]);
+    }
+}
+
+static void conv_case(int64_t n, int64_t h, int64_t c, int64_t f) {
+    int64_t xs[4] = {n, h, h, c}, ks[4] = {3, 3, c, f}, bs[1] = {f}, gs[4] = {n, h, h, f};
+    ml_tensor *x = randt(4, xs), *k = randt(4, ks), *b = randt(1, bs), *gy = randt(4, gs);
+    ml_set_requires_grad(x, 1);
+    ml_set_requires_grad(k, 1);
+    ml_set_requires_grad(b, 1);
+    float *r1[4], *r2[4];
+    int64_t s1[4], s2[4];
+    conv_run(1, x, k, b, gy, r1, s1);
+    conv_run(2, x, k, b, gy, r2, s2);
+    const char *names[4] = {"y", "dx", "dk", "db"};
+    for (int i = 0; i < 4; i++) {
+        CHECK(s1[i] == s2[i] && memcmp(r1[i], r2[i], sizeof(float) * s1[i]) == 0,
+              "conv2d n=%lld h=%lld c=%lld f=%lld: %s differs between 1 and 2 threads",
+              (long long)n, (long long)h, (long long)c, (long long)f, names[i]);
+        free(r1[i]);
+        free(r2[i]);
+    }
+    ml_release(x); ml_release(k); ml_release(b); ml_release(gy);
+}
+
+
+/* max pool (forward, scatter, gather through a second-order graph) and big unary ops */
+static void pool_unary_case(void) {
+    int64_t xs[4] = {16, 28, 28, 64};
+    ml_tensor *x = randt(4, xs);
+    ml_set_requires_grad(x, 1);
+    float *res[2][4];
+    int64_t sz[4];
+    for (int r = 0; r < 2; r++) {
+        ml_set_num_threads(r + 1);
+        ml_tensor *t = NULL, *y = NULL, *e = NULL, *s = NULL, *g = NULL;
+        CHECK(ml_tanh(&t, x) == ML_OK, "tanh");
+        CHECK(ml_max_pool2d(&y, t, 2, 2, 2, 2, ML_PAD_VALID) == ML_OK, "max_pool2d");
+        CHECK(ml_exp(&e, y) == ML_OK, "exp");
+        CHECK(ml_sum(&s, e, 0, NULL, 0) == ML_OK, "sum");
+        CHECK(ml_grad(&g, 1, &s, 1, &x, NULL, 0, 0) == ML_OK, "grad");
+        ml_tensor *all[4] = {t, y, e, g};
+        for (int i = 0; i < 4; i++) {
+            sz[i] = ml_numel(all[i]);
+            res[r][i] = malloc(sizeof(float) * sz[i]);
+            memcpy(res[r][i], ml_data(all[i]), sizeof(float) * sz[i]);
+        }
+        ml_release(t); ml_release(y); ml_release(e); ml_release(s); ml_release(g);
+    }
+    const char *names[4] = {"tanh", "max_pool2d", "exp", "grad"};
+    for (int i = 0; i < 4; i++) {
+        CHECK(memcmp(res[0][i], res[1][i], sizeof(float) * sz[i]) == 0,
+              "%s differs between 1 and 2 threads", names[i]);
+        free(res[0][i]);
+        free(res[1][i]);
+    }
+    ml_release(x);
+}
+
+int main(void) {
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            gemm_case(ta, tb, 300, 200, 150, 0.0f);  /* row split */
+            gemm_case(ta, tb, 30, 700, 300, 1.0f);   /* column split */
+            gemm_case(ta, tb, 257, 129, 513, 0.5f);  /* ragged edges, beta */
+        }
+    conv_case(9, 14, 8, 16);
+    conv_case(20, 7, 64, 64);
+    conv_case(3, 28, 1, 64);
+    pool_unary_case();
+    ml_set_num_threads(0);
+    CHECK(ml_get_num_threads() >= 1, "default thread count");
+    printf("test_threads: %d passed, %d failed\n", passed, failed);
+    return failed != 0;
+}
