@@ -11,6 +11,9 @@ ordinary differentiable function of the given tensors, second order included:
     >>> query_loss = loss_fn(y_q, ml.functional_call(model, fast, x_q))
     >>> meta_grads = ml.grad(query_loss, weights)                # through the inner step
 """
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import threading
 
 import numpy as np
@@ -22,7 +25,7 @@ __all__ = ["functional_call", "substitution"]
 _state = threading.local()  # .subst: None or {id(variable): tensor}
 
 
-def substitution():
+def substitution() -> Optional[Dict[int, _core.Tensor]]:
     """The active map ``{id(variable): tensor}`` of this thread, or None."""
     return getattr(_state, "subst", None)
 
@@ -42,7 +45,7 @@ def _model_paths(model):
     return paths() if paths is not None else [(v.name, v) for v in model.weights]
 
 
-def resolve_weights(model, weights):
+def resolve_weights(model: Any, weights: Any) -> Dict[int, _core.Tensor]:
     """Maps `weights` (list or dict) onto `model`'s Variables: ``{id(var): tensor}``."""
     if not getattr(model, "built", True) or not model.weights:
         raise ValueError(f"functional_call: {getattr(model, 'name', type(model).__name__)!r} has no "
@@ -74,7 +77,7 @@ def resolve_weights(model, weights):
     return mapping
 
 
-def functional_call(model, weights, *args, **kwargs):
+def functional_call(model: Any, weights: Any, *args: Any, **kwargs: Any) -> Any:
     """Runs ``model(*args, **kwargs)`` with `weights` in place of the model's own.
 
     Args:

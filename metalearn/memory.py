@@ -24,6 +24,14 @@ floats) and an age. Everything lives in C (``csrc/memory/memory.c``):
 ``MemoryClassifier`` puts an encoder in front of a memory and trains it end to end as in
 the paper, for one-shot classification with no gradient step at test time.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
+
+if TYPE_CHECKING:  # pragma: no cover
+    import os
+
+from metalearn._typing import ArrayLike
 import numpy as np
 
 from . import _core
@@ -67,10 +75,10 @@ class KnowledgeMemory(_core.KnowledgeMemory):
         idx, sim, lab, _ = mem.query(new, k=1)   # recall: lab[:, 0] is the prediction
     """
 
-    def __init__(self, capacity, key_size, payload_size=0, seed=0):
+    def __init__(self, capacity: int, key_size: int, payload_size: int = 0, seed: int = 0) -> None:
         super().__init__(int(capacity), int(key_size), int(payload_size), int(seed))
 
-    def query(self, q, k=1):
+    def query(self, q: ArrayLike, k: int = 1) -> Any:
         """Exact k-nearest search by cosine similarity.
 
         Args:
@@ -85,7 +93,7 @@ class KnowledgeMemory(_core.KnowledgeMemory):
         """
         return super().query(_queries(q), int(k))
 
-    def update(self, q, labels, payloads=None):
+    def update(self, q: ArrayLike, labels: ArrayLike, payloads: Optional[ArrayLike] = None) -> None:
         """Writes a batch with the update rule of Kaiser et al. 2017 §3 (see the module).
 
         Queries are applied in order, each seeing the writes of those before it; a matched
@@ -99,7 +107,7 @@ class KnowledgeMemory(_core.KnowledgeMemory):
                 payloads = payloads.reshape(1, -1)
         super().update(q, _labels(labels), payloads)
 
-    def read(self, q, k=8, temperature=1.0, return_weights=False):
+    def read(self, q: ArrayLike, k: int = 8, temperature: float = 1.0, return_weights: bool = False) -> Any:
         """Differentiable soft read.
 
         ``w = softmax(cos(q, K_top) / temperature)`` over the top-k keys and the result is
@@ -119,7 +127,8 @@ class KnowledgeMemory(_core.KnowledgeMemory):
             return w
         return (out, w) if return_weights else out
 
-    def loss(self, q, labels, k=256, margin=0.1, reduction="mean"):
+    def loss(self, q: ArrayLike, labels: ArrayLike, k: int = 256, margin: float = 0.1,
+             reduction: str = "mean") -> _core.Tensor:
         """The memory loss of Kaiser et al. 2017 §3, differentiable in ``q``.
 
         Per query: ``relu(q·k_neg - q·k_pos + margin)`` with ``q`` normalised, ``k_pos`` the
@@ -145,15 +154,15 @@ class KnowledgeMemory(_core.KnowledgeMemory):
         raise ValueError(f"KnowledgeMemory.loss: reduction must be 'mean', 'sum' or 'none', "
                          f"got {reduction!r}")
 
-    def predict(self, q):
+    def predict(self, q: ArrayLike) -> np.ndarray:
         """The label of the nearest key for each query (int64, -1 when empty)."""
         return self.query(q, 1)[2][:, 0]
 
-    def save(self, path):
+    def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Saves to ``path`` (magic ``MLMEMORY``, version, sizes, CRC-32), atomically."""
         super().save(path)
 
-    def load(self, path):
+    def load(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Loads ``path`` into this memory after checking all of it; a corrupt, truncated or
         differently sized file raises (ValueError/OSError) and changes nothing."""
         super().load(path)
@@ -180,7 +189,8 @@ class MemoryClassifier:
         margin: alpha of the loss.
     """
 
-    def __init__(self, encoder, memory, optimizer=None, k=256, margin=0.1):
+    def __init__(self, encoder: Any, memory: KnowledgeMemory, optimizer: Any = None, k: int = 256,
+                 margin: float = 0.1) -> None:
         from .keras import optimizers
 
         self.encoder = encoder
@@ -189,10 +199,10 @@ class MemoryClassifier:
         self.k = int(k)
         self.margin = float(margin)
 
-    def embed(self, x, training=False):
+    def embed(self, x: ArrayLike, training: bool = False) -> _core.Tensor:
         return self.encoder(np.asarray(x, dtype=np.float32), training=training)
 
-    def train_step(self, x, y):
+    def train_step(self, x: ArrayLike, y: ArrayLike) -> float:
         """One step: memory loss -> gradient to the encoder -> optimizer -> memory update.
         Returns the loss (float)."""
         from .tape import GradientTape
@@ -209,7 +219,7 @@ class MemoryClassifier:
         self.memory.update(emb.numpy(), y)
         return float(loss.numpy())
 
-    def fit(self, x, y, steps=100, batch_size=32, seed=0):
+    def fit(self, x: ArrayLike, y: ArrayLike, steps: int = 100, batch_size: int = 32, seed: int = 0) -> List[float]:
         """Trains on random batches of (x, y); returns the list of losses."""
         rng = np.random.default_rng(seed)
         x = np.asarray(x, dtype=np.float32)
@@ -220,8 +230,8 @@ class MemoryClassifier:
             losses.append(self.train_step(x[i], y[i]))
         return losses
 
-    def fit_episodes(self, x, y, episodes=100, n_way=5, k_shot=1, n_query=1, seed=0,
-                     clear_memory=False):
+    def fit_episodes(self, x: ArrayLike, y: ArrayLike, episodes: int = 100, n_way: int = 5, k_shot: int = 1,
+                     n_query: int = 1, seed: int = 0, clear_memory: bool = False) -> Any:
         """Episodic training as the paper's one-shot setup: each episode draws ``n_way``
         classes, and their ``k_shot + n_query`` examples are shown in rounds of one example
         per class; each round is a ``train_step`` (loss against what the memory holds,
@@ -245,7 +255,7 @@ class MemoryClassifier:
             history.append(float(np.mean(losses)))
         return history
 
-    def memorize(self, x, y):
+    def memorize(self, x: ArrayLike, y: ArrayLike) -> None:
         """Writes examples into the memory (no gradient)."""
         from .tape import no_grad
 
@@ -253,7 +263,7 @@ class MemoryClassifier:
             emb = self.embed(x)
         self.memory.update(emb.numpy(), _labels(y))
 
-    def predict(self, x):
+    def predict(self, x: ArrayLike) -> np.ndarray:
         """The label of the nearest key for each example (no gradient step)."""
         from .tape import no_grad
 

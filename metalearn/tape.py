@@ -11,6 +11,11 @@ gradients of gradients work). ``GradientTape`` gives that machinery TensorFlow's
     ...     dy_dx = inner.gradient(y, x)      # 27, recorded on the outer tape
     >>> d2y_dx2 = outer.gradient(dy_dx, x)    # 18
 """
+from __future__ import annotations
+
+from typing import Any, Callable, ContextManager, Literal, Optional, Sequence, Tuple, Union
+
+from metalearn._typing import ArrayLike, Shape
 import itertools
 import threading
 import warnings
@@ -42,7 +47,7 @@ class _GradMode:
         return False
 
 
-def no_grad():
+def no_grad() -> ContextManager[Any]:
     """Context manager: nothing inside is recorded."""
     return _GradMode(False)
 
@@ -97,37 +102,38 @@ class Variable(_core.Tensor):
         self = _core.Tensor.__new__(cls, value, requires_grad=bool(trainable))
         return self
 
-    def __init__(self, initial_value=None, trainable=True, name=None, dtype=None, shape=None):
+    def __init__(self, initial_value: Any = None, trainable: bool = True, name: Optional[str] = None,
+                 dtype: Any = None, shape: Optional[Shape] = None) -> None:
         self._trainable = bool(trainable)
         self._name = str(name) if name is not None else f"Variable_{next(_variable_uid)}"
 
     @property
-    def name(self):
+    def name(self) -> str:
         """The variable's name (``"<layer>/<weight>"`` for layer weights)."""
         return self._name
 
     @property
-    def path(self):
+    def path(self) -> str:
         """Alias of `name` (Keras 3 spelling)."""
         return self._name
 
     @property
-    def trainable(self):
+    def trainable(self) -> bool:
         """Whether optimizers and tapes see it; setting it switches ``requires_grad``."""
         return self._trainable
 
     @trainable.setter
-    def trainable(self, value):
+    def trainable(self, value: bool) -> None:
         value = bool(value)
         self.requires_grad = value
         self._trainable = value
 
     @property
-    def value(self):
+    def value(self) -> _core.Tensor:
         """A tensor sharing the variable's memory, cut from any graph."""
         return self.detach()
 
-    def read_value(self):
+    def read_value(self) -> _core.Tensor:
         return self.detach()
 
     def _coerce(self, value):
@@ -144,18 +150,18 @@ class Variable(_core.Tensor):
                                  f"{arr.shape} to a variable of shape {tuple(self.shape)}") from None
         return np.ascontiguousarray(arr)
 
-    def assign(self, value, read_value=True):
+    def assign(self, value: ArrayLike, read_value: bool = True) -> Optional[Variable]:
         """Writes `value` (broadcast to the variable's shape) in place; records nothing."""
         _core.assign(self, self._coerce(value))
         return self if read_value else None
 
-    def assign_add(self, delta, read_value=True):
+    def assign_add(self, delta: ArrayLike, read_value: bool = True) -> Optional[Variable]:
         """``self += delta`` in place; records nothing."""
         with no_grad():
             _core.assign(self, _core.add(self, self._coerce(delta)))
         return self if read_value else None
 
-    def assign_sub(self, delta, read_value=True):
+    def assign_sub(self, delta: ArrayLike, read_value: bool = True) -> Optional[Variable]:
         """``self -= delta`` in place; records nothing."""
         with no_grad():
             _core.assign(self, _core.sub(self, self._coerce(delta)))
@@ -221,7 +227,7 @@ class GradientTape:
             what ``watch`` was given gets a gradient (others get None).
     """
 
-    def __init__(self, persistent=False, watch_accessed_variables=True):
+    def __init__(self, persistent: bool = False, watch_accessed_variables: bool = True) -> None:
         self._persistent = bool(persistent)
         self._watch_accessed = bool(watch_accessed_variables)
         self._watched = {}  # id -> tensor (kept alive)
@@ -230,7 +236,7 @@ class GradientTape:
         self._prev_grad_mode = None
 
     # -- context
-    def __enter__(self):
+    def __enter__(self) -> GradientTape:
         if self._recording:
             raise ValueError("GradientTape: this tape is already recording")
         self._prev_grad_mode = _core.is_grad_enabled()
@@ -239,7 +245,7 @@ class GradientTape:
         self._recording = True
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         stack = _tapes()
         if stack and stack[-1] is self:
             stack.pop()
@@ -249,7 +255,7 @@ class GradientTape:
         _core.set_grad_enabled(self._prev_grad_mode)
         return False
 
-    def stop_recording(self):
+    def stop_recording(self) -> ContextManager[Any]:
         """Context manager: operations inside it are not recorded (grad mode off)."""
         tape = self
 
@@ -269,12 +275,12 @@ class GradientTape:
 
         return _Stop()
 
-    def reset(self):
+    def reset(self) -> None:
         """Forgets what was watched (a fresh start inside the same ``with`` block)."""
         self._watched.clear()
         self._used = False
 
-    def watch(self, tensor):
+    def watch(self, tensor: Any) -> None:
         """Makes the tape track `tensor` (a Tensor, or a nested structure of them).
 
         A leaf tensor that does not require grad is switched to require it (the tensor
@@ -294,7 +300,7 @@ class GradientTape:
                 t.requires_grad = True
             self._watched[id(t)] = t
 
-    def watched_variables(self):
+    def watched_variables(self) -> Tuple[Variable, ...]:
         """The Variables watched explicitly (trainable Variables are watched implicitly)."""
         return tuple(t for t in self._watched.values() if isinstance(t, Variable))
 
@@ -304,7 +310,8 @@ class GradientTape:
                 return True
         return False
 
-    def gradient(self, target, sources, output_gradients=None, unconnected_gradients="none"):
+    def gradient(self, target: Any, sources: Any, output_gradients: Any = None,
+                 unconnected_gradients: str = "none") -> Any:
         """Gradients of `target` with respect to `sources`.
 
         Args:
@@ -384,7 +391,7 @@ class GradientTape:
             return _pack(sources, iter(results))
         return results[0]
 
-    def jacobian(self, target, sources, unconnected_gradients="none"):
+    def jacobian(self, target: Any, sources: Any, unconnected_gradients: str = "none") -> Any:
         """Jacobian of `target` with respect to `sources`: shape target.shape + source.shape.
 
         Computed one row at a time (a vector-Jacobian product per target element); meant

@@ -3,6 +3,11 @@
 Each takes a tensor (or array-like) and returns a tensor; all are differentiable to any
 order through the core's autograd.
 """
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+from metalearn._typing import ArrayLike
 import math
 
 from metalearn import _core
@@ -12,7 +17,8 @@ __all__ = ["relu", "sigmoid", "tanh", "softmax", "log_softmax", "linear", "elu",
            "serialize", "deserialize"]
 
 
-def relu(x, negative_slope=0.0, max_value=None, threshold=0.0):
+def relu(x: ArrayLike, negative_slope: float = 0.0, max_value: Optional[float] = None,
+         threshold: float = 0.0) -> _core.Tensor:
     """Rectified linear unit: ``max(x, 0)``.
 
     With the optional arguments: ``x`` for ``x >= threshold`` (capped at `max_value`),
@@ -31,42 +37,42 @@ def relu(x, negative_slope=0.0, max_value=None, threshold=0.0):
     return y
 
 
-def leaky_relu(x, negative_slope=0.2):
+def leaky_relu(x: ArrayLike, negative_slope: float = 0.2) -> _core.Tensor:
     """``x`` if ``x > 0`` else ``negative_slope * x`` (Keras 3 default slope 0.2)."""
     return _core.leaky_relu(x, float(negative_slope))
 
 
-def sigmoid(x):
+def sigmoid(x: ArrayLike) -> _core.Tensor:
     """``1 / (1 + exp(-x))``."""
     return _core.sigmoid(x)
 
 
-def tanh(x):
+def tanh(x: ArrayLike) -> _core.Tensor:
     """Hyperbolic tangent."""
     return _core.tanh(x)
 
 
-def softmax(x, axis=-1):
+def softmax(x: ArrayLike, axis: int = -1) -> _core.Tensor:
     """``exp(x) / sum(exp(x), axis)``, computed stably."""
     return _core.softmax(x, int(axis))
 
 
-def log_softmax(x, axis=-1):
+def log_softmax(x: ArrayLike, axis: int = -1) -> _core.Tensor:
     """``x - log(sum(exp(x), axis))``, computed stably."""
     return _core.log_softmax(x, int(axis))
 
 
-def linear(x):
+def linear(x: Any) -> Any:
     """The identity."""
     return x
 
 
-def elu(x, alpha=1.0):
+def elu(x: ArrayLike, alpha: float = 1.0) -> _core.Tensor:
     """``x`` if ``x > 0`` else ``alpha * (exp(x) - 1)``."""
     return _core.elu(x, float(alpha))
 
 
-def gelu(x, approximate=False):
+def gelu(x: ArrayLike, approximate: bool = False) -> _core.Tensor:
     """Gaussian error linear unit: ``x * Phi(x)`` (exact erf form).
 
     With ``approximate=True``:
@@ -78,17 +84,17 @@ def gelu(x, approximate=False):
     return _core.mul(_core.mul(x, 0.5), _core.add(_core.tanh(inner), 1.0))
 
 
-def softplus(x):
+def softplus(x: ArrayLike) -> _core.Tensor:
     """``log(1 + exp(x))``, computed as ``relu(x) + log(1 + exp(-|x|))``."""
     return _core.add(_core.relu(x), _core.log(_core.add(_core.exp(_core.neg(_core.abs(x))), 1.0)))
 
 
-def softsign(x):
+def softsign(x: ArrayLike) -> _core.Tensor:
     """``x / (1 + |x|)``."""
     return _core.div(x, _core.add(_core.abs(x), 1.0))
 
 
-def silu(x):
+def silu(x: ArrayLike) -> _core.Tensor:
     """``x * sigmoid(x)`` (also called swish)."""
     return _core.mul(x, _core.sigmoid(x))
 
@@ -96,7 +102,7 @@ def silu(x):
 swish = silu
 
 
-def exponential(x):
+def exponential(x: ArrayLike) -> _core.Tensor:
     """``exp(x)``."""
     return _core.exp(x)
 
@@ -109,7 +115,7 @@ _BY_NAME = {
 }
 
 
-def get(identifier):
+def get(identifier: Any) -> Callable[..., Any]:
     """An activation function from a name, a function, or None (→ linear)."""
     if identifier is None:
         return linear
@@ -125,7 +131,7 @@ def get(identifier):
     raise TypeError(f"Could not interpret activation identifier: {identifier!r}")
 
 
-def serialize(fn):
+def serialize(fn: Callable[..., Any]) -> str:
     """The name of an activation function (its ``__name__`` for a custom one)."""
     for name, f in _BY_NAME.items():
         if f is fn and name != "swish":
@@ -133,7 +139,7 @@ def serialize(fn):
     return getattr(fn, "__name__", repr(fn))
 
 
-def deserialize(name):
+def deserialize(name: Any) -> Callable[..., Any]:
     """The activation function named `name` (as ``get``).
 
     Raises:

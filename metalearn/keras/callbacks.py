@@ -1,4 +1,9 @@
 """Callbacks, as ``keras.callbacks``: hooks called by ``fit``/``evaluate``/``predict``."""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterable, Optional, Union
+
+from metalearn._typing import Logs
 import os
 import warnings
 
@@ -16,65 +21,65 @@ class Callback:
         params: ``{"epochs", "steps", "verbose"}`` of the run.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.model = None
         self.params = {}
 
-    def set_model(self, model):
+    def set_model(self, model: Any) -> None:
         """Gives the callback the model being trained (``self.model``)."""
         self.model = model
 
-    def set_params(self, params):
+    def set_params(self, params: Dict[str, Any]) -> None:
         """Gives the callback the run's parameters (``epochs``, ``steps``, ``verbose``)."""
         self.params = params
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: Optional[Logs] = None) -> None:
         """Called once at the start of ``fit``; `logs` is a dict (empty here)."""
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: Optional[Logs] = None) -> None:
         """Called once at the end of ``fit`` with the last epoch's logs."""
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: Optional[Logs] = None) -> None:
         """Called at the start of epoch `epoch` (0-based)."""
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
         """Called at the end of epoch `epoch` with its logs (``loss``, metrics, ``val_*``)."""
 
-    def on_train_batch_begin(self, batch, logs=None):
+    def on_train_batch_begin(self, batch: int, logs: Optional[Logs] = None) -> None:
         """Called before training batch `batch` (0-based within the epoch)."""
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: Optional[Logs] = None) -> None:
         """Called after training batch `batch` with the running means so far."""
 
-    def on_test_begin(self, logs=None):
+    def on_test_begin(self, logs: Optional[Logs] = None) -> None:
         """Called at the start of ``evaluate`` (and of validation in ``fit``)."""
 
-    def on_test_end(self, logs=None):
+    def on_test_end(self, logs: Optional[Logs] = None) -> None:
         """Called at the end of ``evaluate`` with its logs."""
 
-    def on_test_batch_begin(self, batch, logs=None):
+    def on_test_batch_begin(self, batch: int, logs: Optional[Logs] = None) -> None:
         """Called before evaluation batch `batch`."""
 
-    def on_test_batch_end(self, batch, logs=None):
+    def on_test_batch_end(self, batch: int, logs: Optional[Logs] = None) -> None:
         """Called after evaluation batch `batch` with the running means."""
 
-    def on_predict_begin(self, logs=None):
+    def on_predict_begin(self, logs: Optional[Logs] = None) -> None:
         """Called at the start of ``predict``."""
 
-    def on_predict_end(self, logs=None):
+    def on_predict_end(self, logs: Optional[Logs] = None) -> None:
         """Called at the end of ``predict``."""
 
-    def on_predict_batch_begin(self, batch, logs=None):
+    def on_predict_batch_begin(self, batch: int, logs: Optional[Logs] = None) -> None:
         """Called before prediction batch `batch`."""
 
-    def on_predict_batch_end(self, batch, logs=None):
+    def on_predict_batch_end(self, batch: int, logs: Optional[Logs] = None) -> None:
         """Called after prediction batch `batch`; ``logs['outputs']`` holds its output."""
 
     # Keras 2 names
-    def on_batch_begin(self, batch, logs=None):
+    def on_batch_begin(self, batch: int, logs: Optional[Logs] = None) -> None:
         """Keras 2 spelling of ``on_train_batch_begin``."""
 
-    def on_batch_end(self, batch, logs=None):
+    def on_batch_end(self, batch: int, logs: Optional[Logs] = None) -> None:
         """Keras 2 spelling of ``on_train_batch_end``."""
 
 
@@ -91,7 +96,8 @@ _ARITY = {h: 1 if h.endswith(("train_begin", "train_end", "test_begin", "test_en
 class CallbackList:
     """Calls a hook on every callback; skips callbacks that do not override it."""
 
-    def __init__(self, callbacks=None, model=None, params=None):
+    def __init__(self, callbacks: Optional[Iterable[Callback]] = None, model: Any = None,
+                 params: Optional[Dict[str, Any]] = None) -> None:
         self.callbacks = list(callbacks or [])
         for cb in self.callbacks:
             if model is not None:
@@ -115,7 +121,7 @@ class CallbackList:
         for fn in getattr(self, "_" + hook):
             fn(*args)
 
-    def has(self, hook):
+    def has(self, hook: str) -> bool:
         """Whether any callback of the list overrides hook `hook` (a method name)."""
         return bool(getattr(self, "_" + hook))
 
@@ -131,16 +137,16 @@ class History(Callback):
     ``fit`` adds one and returns it.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.history = {}
         self.epoch = []
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: Optional[Logs] = None) -> None:
         self.epoch = []
         self.history = {}
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
         self.epoch.append(epoch)
         for k, v in (logs or {}).items():
             self.history.setdefault(k, []).append(v)
@@ -176,8 +182,9 @@ class EarlyStopping(Callback):
         start_from_epoch: epochs to wait before monitoring.
     """
 
-    def __init__(self, monitor="val_loss", min_delta=0, patience=0, verbose=0, mode="auto",
-                 baseline=None, restore_best_weights=False, start_from_epoch=0):
+    def __init__(self, monitor: str = "val_loss", min_delta: float = 0, patience: int = 0, verbose: int = 0,
+                 mode: str = "auto", baseline: Optional[float] = None, restore_best_weights: bool = False,
+                 start_from_epoch: int = 0) -> None:
         super().__init__()
         self.monitor = monitor
         self.min_delta = abs(float(min_delta))
@@ -198,14 +205,14 @@ class EarlyStopping(Callback):
             return current < reference - self.min_delta
         return current > reference + self.min_delta
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: Optional[Logs] = None) -> None:
         self.wait = 0
         self.stopped_epoch = 0
         self.best = None
         self.best_weights = None
         self.best_epoch = 0
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
         logs = logs or {}
         current = logs.get(self.monitor)
         if current is None:
@@ -235,7 +242,7 @@ class EarlyStopping(Callback):
                     print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
                 self.model.set_weights(self.best_weights)
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: Optional[Logs] = None) -> None:
         if self.stopped_epoch > 0 and self.verbose > 0:
             print(f"Epoch {self.stopped_epoch + 1}: early stopping")
 
@@ -255,9 +262,10 @@ class ModelCheckpoint(Callback):
         initial_value_threshold: the value to beat before the first save.
     """
 
-    def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
-                 save_weights_only=True, mode="auto", save_freq="epoch",
-                 initial_value_threshold=None):
+    def __init__(self, filepath: Union[str, "os.PathLike[str]"], monitor: str = "val_loss", verbose: int = 0,
+                 save_best_only: bool = False, save_weights_only: bool = True, mode: str = "auto",
+                 save_freq: Union[str, int] = "epoch",
+                 initial_value_threshold: Optional[float] = None) -> None:
         super().__init__()
         if not save_weights_only:
             raise ValueError("ModelCheckpoint: metalearn saves weights only; use "
@@ -277,7 +285,7 @@ class ModelCheckpoint(Callback):
             return True
         return current < self.best if self.mode == "min" else current > self.best
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
         logs = logs or {}
         path = self.filepath.format(epoch=epoch + 1, **logs)
         if self.save_best_only:
@@ -312,8 +320,12 @@ class LambdaCallback(Callback):
         on_train_begin, on_train_end: ``f(logs)``.
     """
 
-    def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_batch_begin=None,
-                 on_batch_end=None, on_train_begin=None, on_train_end=None, **kwargs):
+    def __init__(self, on_epoch_begin: Optional[Callable[..., Any]] = None,
+                 on_epoch_end: Optional[Callable[..., Any]] = None,
+                 on_batch_begin: Optional[Callable[..., Any]] = None,
+                 on_batch_end: Optional[Callable[..., Any]] = None,
+                 on_train_begin: Optional[Callable[..., Any]] = None,
+                 on_train_end: Optional[Callable[..., Any]] = None, **kwargs: Any) -> None:
         super().__init__()
         fns = dict(on_epoch_begin=on_epoch_begin, on_epoch_end=on_epoch_end,
                    on_train_batch_begin=on_batch_begin, on_train_batch_end=on_batch_end,

@@ -7,6 +7,11 @@ every call, without disturbing the global stream's repeatability.
 Fans follow Keras: for a kernel of shape ``(fan_in, fan_out)``, or
 ``(*receptive_field, in, out)`` with both fans multiplied by the receptive field size.
 """
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple
+
+from metalearn._typing import Config, Shape
 import math
 
 import numpy as np
@@ -32,7 +37,7 @@ def _shape(shape):
     return tuple(int(d) for d in shape)
 
 
-def compute_fans(shape):
+def compute_fans(shape: Sequence[int]) -> Tuple[int, int]:
     """``(fan_in, fan_out)`` of a weight shape, as Keras computes them."""
     shape = _shape(shape)
     if len(shape) == 0:
@@ -48,15 +53,15 @@ def compute_fans(shape):
 class Initializer:
     """Base class: ``initializer(shape, dtype=None)`` returns a Tensor of that shape."""
 
-    def __call__(self, shape, dtype=None):
+    def __call__(self, shape: Shape, dtype: Any = None) -> _core.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement __call__")
 
-    def get_config(self):
+    def get_config(self) -> Config:
         """The initializer's arguments as a dict (``{}`` for one without arguments)."""
         return {}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Config) -> Initializer:
         """A new initializer from the dict that ``get_config`` returned."""
         return cls(**config)
 
@@ -64,27 +69,27 @@ class Initializer:
 class Zeros(Initializer):
     """All zeros."""
 
-    def __call__(self, shape, dtype=None):
+    def __call__(self, shape: Shape, dtype: Any = None) -> _core.Tensor:
         return _core.zeros(_shape(shape))
 
 
 class Ones(Initializer):
     """All ones."""
 
-    def __call__(self, shape, dtype=None):
+    def __call__(self, shape: Shape, dtype: Any = None) -> _core.Tensor:
         return _core.ones(_shape(shape))
 
 
 class Constant(Initializer):
     """Every element equal to `value` (a scalar)."""
 
-    def __init__(self, value=0.0):
+    def __init__(self, value: float = 0.0) -> None:
         self.value = float(value)
 
-    def __call__(self, shape, dtype=None):
+    def __call__(self, shape: Shape, dtype: Any = None) -> _core.Tensor:
         return _core.full(_shape(shape), self.value)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"value": self.value}
 
 
@@ -97,39 +102,39 @@ class RandomNormal(Initializer):
         seed: optional integer making the draw repeatable.
     """
 
-    def __init__(self, mean=0.0, stddev=0.05, seed=None):
+    def __init__(self, mean: float = 0.0, stddev: float = 0.05, seed: Optional[int] = None) -> None:
         self.mean, self.stddev, self.seed = float(mean), float(stddev), seed
 
-    def __call__(self, shape, dtype=None):
+    def __call__(self, shape: Shape, dtype: Any = None) -> _core.Tensor:
         return _random.normal(_shape(shape), self.mean, self.stddev, seed=self.seed)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"mean": self.mean, "stddev": self.stddev, "seed": self.seed}
 
 
 class RandomUniform(Initializer):
     """Draws uniformly from ``[minval, maxval)``."""
 
-    def __init__(self, minval=-0.05, maxval=0.05, seed=None):
+    def __init__(self, minval: float = -0.05, maxval: float = 0.05, seed: Optional[int] = None) -> None:
         self.minval, self.maxval, self.seed = float(minval), float(maxval), seed
 
-    def __call__(self, shape, dtype=None):
+    def __call__(self, shape: Shape, dtype: Any = None) -> _core.Tensor:
         return _random.uniform(_shape(shape), self.minval, self.maxval, seed=self.seed)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"minval": self.minval, "maxval": self.maxval, "seed": self.seed}
 
 
 class TruncatedNormal(Initializer):
     """Draws from N(mean, stddev²), redrawing values beyond two standard deviations."""
 
-    def __init__(self, mean=0.0, stddev=0.05, seed=None):
+    def __init__(self, mean: float = 0.0, stddev: float = 0.05, seed: Optional[int] = None) -> None:
         self.mean, self.stddev, self.seed = float(mean), float(stddev), seed
 
-    def __call__(self, shape, dtype=None):
+    def __call__(self, shape: Shape, dtype: Any = None) -> _core.Tensor:
         return _random.truncated_normal(_shape(shape), self.mean, self.stddev, seed=self.seed)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"mean": self.mean, "stddev": self.stddev, "seed": self.seed}
 
 
@@ -141,7 +146,8 @@ class VarianceScaling(Initializer):
     - ``"uniform"``: within ``[-limit, limit]``, ``limit = sqrt(3 * scale / n)``.
     """
 
-    def __init__(self, scale=1.0, mode="fan_in", distribution="truncated_normal", seed=None):
+    def __init__(self, scale: float = 1.0, mode: str = "fan_in", distribution: str = "truncated_normal",
+                 seed: Optional[int] = None) -> None:
         if scale <= 0:
             raise ValueError(f"VarianceScaling: scale must be positive, got {scale}")
         if mode not in ("fan_in", "fan_out", "fan_avg"):
@@ -152,7 +158,7 @@ class VarianceScaling(Initializer):
             raise ValueError(f"VarianceScaling: unknown distribution {distribution!r}")
         self.scale, self.mode, self.distribution, self.seed = float(scale), mode, distribution, seed
 
-    def __call__(self, shape, dtype=None):
+    def __call__(self, shape: Shape, dtype: Any = None) -> _core.Tensor:
         shape = _shape(shape)
         fan_in, fan_out = compute_fans(shape)
         n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2.0}[self.mode]
@@ -164,7 +170,7 @@ class VarianceScaling(Initializer):
         limit = math.sqrt(3.0 * scale)
         return _random.uniform(shape, -limit, limit, seed=self.seed)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"scale": self.scale, "mode": self.mode, "distribution": self.distribution,
                 "seed": self.seed}
 
@@ -175,76 +181,76 @@ class GlorotUniform(VarianceScaling):
     The default kernel initializer of Dense (Glorot & Bengio 2010).
     """
 
-    def __init__(self, seed=None):
+    def __init__(self, seed: Optional[int] = None) -> None:
         super().__init__(1.0, "fan_avg", "uniform", seed)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"seed": self.seed}
 
 
 class GlorotNormal(VarianceScaling):
     """Glorot normal: truncated normal, stddev ``sqrt(2 / (fan_in + fan_out))``."""
 
-    def __init__(self, seed=None):
+    def __init__(self, seed: Optional[int] = None) -> None:
         super().__init__(1.0, "fan_avg", "truncated_normal", seed)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"seed": self.seed}
 
 
 class HeNormal(VarianceScaling):
     """He normal: truncated normal, stddev ``sqrt(2 / fan_in)`` (He et al. 2015)."""
 
-    def __init__(self, seed=None):
+    def __init__(self, seed: Optional[int] = None) -> None:
         super().__init__(2.0, "fan_in", "truncated_normal", seed)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"seed": self.seed}
 
 
 class HeUniform(VarianceScaling):
     """He uniform: ``U(-limit, limit)``, ``limit = sqrt(6 / fan_in)``."""
 
-    def __init__(self, seed=None):
+    def __init__(self, seed: Optional[int] = None) -> None:
         super().__init__(2.0, "fan_in", "uniform", seed)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"seed": self.seed}
 
 
 class LecunNormal(VarianceScaling):
     """LeCun normal: truncated normal, stddev ``sqrt(1 / fan_in)``."""
 
-    def __init__(self, seed=None):
+    def __init__(self, seed: Optional[int] = None) -> None:
         super().__init__(1.0, "fan_in", "truncated_normal", seed)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"seed": self.seed}
 
 
 class LecunUniform(VarianceScaling):
     """LeCun uniform: ``U(-limit, limit)``, ``limit = sqrt(3 / fan_in)``."""
 
-    def __init__(self, seed=None):
+    def __init__(self, seed: Optional[int] = None) -> None:
         super().__init__(1.0, "fan_in", "uniform", seed)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"seed": self.seed}
 
 
 class Identity(Initializer):
     """``gain`` times the identity matrix (2-D shapes only)."""
 
-    def __init__(self, gain=1.0):
+    def __init__(self, gain: float = 1.0) -> None:
         self.gain = float(gain)
 
-    def __call__(self, shape, dtype=None):
+    def __call__(self, shape: Shape, dtype: Any = None) -> _core.Tensor:
         shape = _shape(shape)
         if len(shape) != 2:
             raise ValueError(f"Identity initializer needs a 2-D shape, got {shape}")
         return _core.tensor(np.eye(*shape, dtype=np.float32) * self.gain)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"gain": self.gain}
 
 
@@ -263,12 +269,12 @@ _BY_NAME = {
 _BY_CLASS = {cls.__name__: cls for cls in _BY_NAME.values()}
 
 
-def serialize(initializer):
+def serialize(initializer: Initializer) -> Config:
     """``{"class_name": ..., "config": ...}`` of an initializer."""
     return {"class_name": type(initializer).__name__, "config": initializer.get_config()}
 
 
-def get(identifier):
+def get(identifier: Any) -> Optional[Initializer]:
     """An initializer from a name (``"glorot_uniform"``, ``"GlorotUniform"``), a config
     dict, an Initializer, a callable ``f(shape)``, or None."""
     if identifier is None:

@@ -7,6 +7,11 @@ input shape is known), and computes in ``call``. Weights a layer keeps as attrib
 substitution map, so ``functional_call(model, other_weights, x)`` works for any layer
 written this way.
 """
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from metalearn._typing import ArrayLike, Config, Shape
 import inspect
 import math
 
@@ -62,8 +67,10 @@ class Layer:
         input_dim: for 2-D inputs, the same as ``input_shape=(input_dim,)``.
     """
 
-    def __init__(self, trainable=True, name=None, dtype=None, input_shape=None,
-                 batch_input_shape=None, input_dim=None, **kwargs):
+    def __init__(self, trainable: bool = True, name: Optional[str] = None, dtype: Any = None,
+                 input_shape: Optional[Shape] = None,
+                 batch_input_shape: Optional[Shape] = None, input_dim: Optional[int] = None,
+                 **kwargs: Any) -> None:
         if kwargs:
             raise TypeError(f"{type(self).__name__}: unexpected keyword argument(s) "
                             f"{sorted(kwargs)}")
@@ -163,8 +170,9 @@ class Layer:
         self._sublayers.append((key, layer))
 
     # ----------------------------------------------------------------- weights
-    def add_weight(self, name=None, shape=None, initializer=None, dtype=None, trainable=True,
-                   regularizer=None, constraint=None):
+    def add_weight(self, name: Optional[str] = None, shape: Optional[Shape] = None,
+                   initializer: Any = None, dtype: Any = None, trainable: bool = True,
+                   regularizer: Any = None, constraint: Any = None) -> Variable:
         """Creates a Variable owned by this layer.
 
         Args:
@@ -190,12 +198,12 @@ class Layer:
         return var
 
     @property
-    def trainable(self):
+    def trainable(self) -> bool:
         """Whether the layer's weights are trained (setting it applies to every sublayer)."""
         return self._trainable
 
     @trainable.setter
-    def trainable(self, value):
+    def trainable(self, value: bool) -> None:
         value = bool(value)
         self._trainable = value
         for _, layer in self._sublayers:
@@ -216,7 +224,7 @@ class Layer:
             layer._collect(out, seen)
 
     @property
-    def trainable_weights(self):
+    def trainable_weights(self) -> List[Variable]:
         """Variables trained by ``fit``/optimizers: trainable ones of trainable layers."""
         if not self._trainable:
             return []
@@ -235,13 +243,13 @@ class Layer:
             layer._collect_trainable(out, seen)
 
     @property
-    def non_trainable_weights(self):
+    def non_trainable_weights(self) -> List[Variable]:
         """The other Variables (non-trainable ones, and all weights of frozen layers)."""
         trainable = {id(v) for v in self.trainable_weights}
         return [v for v in self._all_weights() if id(v) not in trainable]
 
     @property
-    def weights(self):
+    def weights(self) -> List[Variable]:
         """``trainable_weights + non_trainable_weights`` (Keras order)."""
         return self.trainable_weights + self.non_trainable_weights
 
@@ -270,15 +278,15 @@ class Layer:
         for key, layer in self._sublayers:
             layer._walk_paths(f"{prefix}{key}/", paths, seen, used)
 
-    def count_params(self):
+    def count_params(self) -> int:
         """Number of scalars in all weights."""
         return int(sum(int(np.prod(v.shape)) for v in self.weights))
 
-    def get_weights(self):
+    def get_weights(self) -> List[np.ndarray]:
         """The weights as a list of NumPy arrays (copies), in ``weights`` order."""
         return [np.array(v.numpy(), copy=True) for v in self.weights]
 
-    def set_weights(self, weights):
+    def set_weights(self, weights: Sequence[ArrayLike]) -> None:
         """Sets the weights from NumPy arrays in ``weights`` order.
 
         Every shape is checked before anything is written: on a mismatch ValueError is
@@ -303,12 +311,12 @@ class Layer:
             _core.assign(v, a)
 
     # -------------------------------------------------------------------- call
-    def build(self, input_shape):
+    def build(self, input_shape: Any) -> None:
         """Creates the weights for inputs of `input_shape` (batch dim included)."""
         self._build_input_shape = input_shape
         self.built = True
 
-    def call(self, inputs, *args, **kwargs):
+    def call(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         """The layer's computation; subclasses override it.
 
         Args:
@@ -320,7 +328,7 @@ class Layer:
         """
         return inputs
 
-    def __call__(self, inputs, *args, weights=None, **kwargs):
+    def __call__(self, inputs: Any, *args: Any, weights: Any = None, **kwargs: Any) -> Any:
         if weights is not None:
             return _functional.functional_call(self, weights, inputs, *args, **kwargs)
         if inputs is None:
@@ -364,7 +372,7 @@ class Layer:
         self._build_input_shape = input_shape
         self.built = True
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Any) -> Any:
         """Output shape for `input_shape` (runs the layer on zeros when not overridden)."""
         shape = tuple(1 if d is None else int(d) for d in input_shape)
         with _no_grad():
@@ -372,7 +380,7 @@ class Layer:
         return (input_shape[0],) + tuple(out.shape[1:])
 
     @property
-    def output_shape(self):
+    def output_shape(self) -> Any:
         """The output shape seen on the first call, with the batch dim as None."""
         if self._output_shape is None:
             raise AttributeError(f"The layer {self.name!r} has never been called and thus has no "
@@ -383,7 +391,7 @@ class Layer:
         return (None,) + tuple(s[1:]) if len(s) else s
 
     @property
-    def input_shape(self):
+    def input_shape(self) -> Any:
         """The input shape the layer was built or declared with, batch dimension as None.
 
         Raises:
@@ -397,7 +405,7 @@ class Layer:
         return (None,) + tuple(s[1:]) if isinstance(s, tuple) and len(s) else s
 
     # ------------------------------------------------------------------ config
-    def get_config(self):
+    def get_config(self) -> Config:
         """The layer's configuration: the constructor arguments as a JSON-able dict.
 
         ``type(layer).from_config(layer.get_config())`` makes an equal (unbuilt) layer.
@@ -411,7 +419,7 @@ class Layer:
         return config
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Config) -> Layer:
         """A new layer from the dict that ``get_config`` returned.
 
         Args:
@@ -447,8 +455,9 @@ class Dense(Layer):
         N-D tensor ``(batch_size, ..., units)``.
     """
 
-    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", **kwargs):
+    def __init__(self, units: int, activation: Union[str, Callable[..., Any], None] = None,
+                 use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
+                 bias_initializer: Any = "zeros", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         units = int(units) if isinstance(units, (int, np.integer, float)) and units == int(units) else units
         if not isinstance(units, int) or units <= 0:
@@ -461,7 +470,7 @@ class Dense(Layer):
         self.bias_initializer = initializers.get(bias_initializer)
         self._input_dim = None
 
-    def build(self, input_shape):
+    def build(self, input_shape: Any) -> None:
         if not isinstance(input_shape, tuple) or len(input_shape) < 1 or input_shape[-1] is None:
             raise ValueError(f"{self.name}: Dense needs inputs with a known last dimension, got "
                              f"{input_shape}")
@@ -473,7 +482,7 @@ class Dense(Layer):
             self.bias = None
         self.built = True
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         shape = inputs.shape
         if len(shape) < 1 or shape[-1] != self._input_dim:
             raise ValueError(f"{self.name}: expected input with last dimension {self._input_dim}, "
@@ -482,7 +491,7 @@ class Dense(Layer):
             return _core.linear(inputs, self.kernel, self.bias, self._fused)
         return self.activation(_core.linear(inputs, self.kernel, self.bias))
 
-    def get_config(self):
+    def get_config(self) -> Config:
         config = super().get_config()
         config.update(units=self.units, activation=activations.serialize(self.activation),
                       use_bias=self.use_bias,
@@ -503,13 +512,13 @@ class Flatten(Layer):
         ``(batch_size, d1 * ... * dn)``; a 1-D input becomes ``(batch_size, 1)``.
     """
 
-    def __init__(self, data_format=None, **kwargs):
+    def __init__(self, data_format: Optional[str] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if data_format not in (None, "channels_last"):
             raise ValueError("Flatten: only data_format='channels_last' is supported")
         self.data_format = data_format
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         shape = inputs.shape
         n = shape[0] if len(shape) else 1
         flat = int(math.prod(shape[1:])) if len(shape) > 1 else 1
@@ -519,7 +528,7 @@ class Flatten(Layer):
             return inputs.reshape(n, flat)
         return _core.reshape(inputs, (n, flat))
 
-    def get_config(self):
+    def get_config(self) -> Config:
         config = super().get_config()
         config["data_format"] = self.data_format
         return config
@@ -535,13 +544,13 @@ class Reshape(Layer):
         ``(batch_size,) + target_shape``.
     """
 
-    def __init__(self, target_shape, **kwargs):
+    def __init__(self, target_shape: Sequence[int], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.target_shape = tuple(int(d) for d in target_shape)
         if sum(d == -1 for d in self.target_shape) > 1:
             raise ValueError("Reshape: at most one dimension may be -1")
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         shape = inputs.shape
         n, size = shape[0], int(math.prod(shape[1:]))
         target = list(self.target_shape)
@@ -554,7 +563,7 @@ class Reshape(Layer):
             raise ValueError(f"{self.name}: cannot reshape {tuple(shape[1:])} to {self.target_shape}")
         return _core.reshape(inputs, (n, *target))
 
-    def get_config(self):
+    def get_config(self) -> Config:
         config = super().get_config()
         config["target_shape"] = self.target_shape
         return config
@@ -573,14 +582,14 @@ class Activation(Layer):
         Same as the input.
     """
 
-    def __init__(self, activation, **kwargs):
+    def __init__(self, activation: Union[str, Callable[..., Any], None], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.activation = activations.get(activation)
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         return self.activation(inputs)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         config = super().get_config()
         config["activation"] = activations.serialize(self.activation)
         return config
@@ -602,7 +611,8 @@ class Dropout(Layer):
             ``fit``, False otherwise).
     """
 
-    def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
+    def __init__(self, rate: float, noise_shape: Optional[Sequence[int]] = None, seed: Optional[int] = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not 0.0 <= float(rate) < 1.0:
             raise ValueError(f"Dropout: rate must be in [0, 1), got {rate}")
@@ -610,7 +620,7 @@ class Dropout(Layer):
         self.noise_shape = None if noise_shape is None else tuple(noise_shape)
         self.seed = seed
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
         if not training or self.rate == 0.0:
             return inputs
         shape = tuple(inputs.shape)
@@ -621,7 +631,7 @@ class Dropout(Layer):
         mask = (u >= self.rate).astype(np.float32) * np.float32(1.0 / (1.0 - self.rate))
         return _core.mul(inputs, mask)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         config = super().get_config()
         config.update(rate=self.rate, noise_shape=self.noise_shape, seed=self.seed)
         return config
@@ -640,7 +650,8 @@ class InputLayer(Layer):
         ``(batch_size,) + shape``; the layer passes its input through.
     """
 
-    def __init__(self, shape=None, batch_size=None, name=None, input_shape=None, **kwargs):
+    def __init__(self, shape: Optional[Shape] = None, batch_size: Optional[int] = None,
+                 name: Optional[str] = None, input_shape: Optional[Shape] = None, **kwargs: Any) -> None:
         if shape is None:
             shape = input_shape
         if shape is None and kwargs.get("batch_input_shape") is not None:
@@ -651,14 +662,15 @@ class InputLayer(Layer):
         super().__init__(name=name, batch_input_shape=(batch_size,) + shape, **kwargs)
         self.batch_size = batch_size
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         return inputs
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": self.name, "batch_input_shape": self._batch_input_shape}
 
 
-def Input(shape=None, batch_size=None, name=None, **kwargs):
+def Input(shape: Optional[Shape] = None, batch_size: Optional[int] = None, name: Optional[str] = None,
+          **kwargs: Any) -> InputLayer:
     """An ``InputLayer`` declaring the sample shape (for ``Sequential``).
 
     metalearn has no symbolic tensors: ``Input`` is used as the first entry of a
@@ -684,7 +696,8 @@ class Lambda(Layer):
         Whatever `function` takes and returns.
     """
 
-    def __init__(self, function, output_shape=None, arguments=None, **kwargs):
+    def __init__(self, function: Callable[..., Any], output_shape: Any = None,
+                 arguments: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not callable(function):
             raise TypeError(f"Lambda: function must be callable, got {type(function).__name__}")
@@ -692,28 +705,28 @@ class Lambda(Layer):
         self._lambda_output_shape = output_shape
         self.arguments = dict(arguments or {})
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         return self.function(inputs, **self.arguments)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Any) -> Any:
         if self._lambda_output_shape is None:
             return super().compute_output_shape(input_shape)
         shape = self._lambda_output_shape
         return (input_shape[0],) + tuple(shape(input_shape)[1:] if callable(shape) else shape)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         config = super().get_config()
         config.update(function=self.function, output_shape=self._lambda_output_shape,
                       arguments=self.arguments)
         return config
 
 
-def serialize(layer):
+def serialize(layer: Layer) -> Config:
     """``{"class_name": ..., "config": ...}`` of a layer."""
     return {"class_name": type(layer).__name__, "config": layer.get_config()}
 
 
-def deserialize(config, custom_objects=None):
+def deserialize(config: Config, custom_objects: Optional[Dict[str, Any]] = None) -> Layer:
     """A layer from ``serialize``'s output (custom classes via `custom_objects`)."""
     registry = {c.__name__: c for c in (Dense, Flatten, Activation, Dropout, InputLayer, Lambda, Reshape)}
     from . import models

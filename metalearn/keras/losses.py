@@ -10,6 +10,11 @@ over the class axis and clipped to ``[1e-7, 1 - 1e-7]`` before the log.
     binary_crossentropy(y, p)           = -mean(y log(clip p) + (1 - y) log(1 - clip p))
     mean_squared_error(y, p)            = mean((y - p)^2)
 """
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Union
+
+from metalearn._typing import Array, ArrayLike, Config
 import numpy as np
 
 from metalearn import _core
@@ -35,7 +40,7 @@ def _check_axis(axis, name):
         raise ValueError(f"{name}: only axis=-1 is supported, got axis={axis}")
 
 
-def mean_squared_error(y_true, y_pred):
+def mean_squared_error(y_true: ArrayLike, y_pred: Array) -> _core.Tensor:
     """Mean squared error per sample: ``mean(square(y_true - y_pred), axis=-1)``.
 
     Args:
@@ -48,12 +53,13 @@ def mean_squared_error(y_true, y_pred):
     return _core.mean_squared_error(_float_target(y_true), y_pred)
 
 
-def mean_absolute_error(y_true, y_pred):
+def mean_absolute_error(y_true: ArrayLike, y_pred: Array) -> _core.Tensor:
     """Mean absolute error per sample: ``mean(abs(y_true - y_pred), axis=-1)``."""
     return _core.reduce_mean(_core.abs(_core.sub(y_pred, _float_target(y_true))), -1)
 
 
-def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1):
+def categorical_crossentropy(y_true: ArrayLike, y_pred: Array, from_logits: bool = False,
+                             label_smoothing: float = 0.0, axis: int = -1) -> _core.Tensor:
     """Categorical cross-entropy per sample between one-hot (or soft) targets and
     predicted class probabilities.
 
@@ -76,7 +82,8 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
     return _core.categorical_crossentropy(y_true, y_pred, bool(from_logits))
 
 
-def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_class=None, axis=-1):
+def sparse_categorical_crossentropy(y_true: ArrayLike, y_pred: Array, from_logits: bool = False,
+                                    ignore_class: Optional[int] = None, axis: int = -1) -> _core.Tensor:
     """Categorical cross-entropy per sample with integer class targets.
 
     Args:
@@ -108,7 +115,8 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
     return _core.sparse_categorical_crossentropy(labels, y_pred, bool(from_logits))
 
 
-def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1):
+def binary_crossentropy(y_true: ArrayLike, y_pred: Array, from_logits: bool = False,
+                        label_smoothing: float = 0.0, axis: int = -1) -> _core.Tensor:
     """Binary cross-entropy per sample, averaged over the last axis.
 
     Args:
@@ -144,14 +152,14 @@ class Loss:
         name: the loss's name.
     """
 
-    def __init__(self, name=None, reduction="sum_over_batch_size"):
+    def __init__(self, name: Optional[str] = None, reduction: str = "sum_over_batch_size") -> None:
         if reduction not in _REDUCTIONS:
             raise ValueError(f"Invalid reduction {reduction!r}; expected one of "
                              "'sum_over_batch_size', 'sum', 'none'")
         self.name = name or _snake(type(self).__name__)
         self.reduction = "sum_over_batch_size" if reduction == "auto" else reduction
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: ArrayLike, y_pred: Array) -> _core.Tensor:
         """Per-sample loss values; subclasses implement it.
 
         Args:
@@ -163,7 +171,8 @@ class Loss:
         """
         raise NotImplementedError(f"{type(self).__name__} must implement call(y_true, y_pred)")
 
-    def __call__(self, y_true, y_pred, sample_weight=None):
+    def __call__(self, y_true: ArrayLike, y_pred: Array,
+                 sample_weight: Optional[ArrayLike] = None) -> _core.Tensor:
         values = self.call(y_true, y_pred)
         if sample_weight is not None:
             sw = np.asarray(sample_weight, dtype=np.float32)
@@ -178,12 +187,12 @@ class Loss:
             return _core.reduce_sum(values)
         return values
 
-    def get_config(self):
+    def get_config(self) -> Config:
         """The loss's configuration (``name``, ``reduction`` and its own arguments)."""
         return {"name": self.name, "reduction": self.reduction}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Config) -> Loss:
         """A new loss from the dict that ``get_config`` returned."""
         return cls(**config)
 
@@ -196,16 +205,17 @@ def _snake(name):
 class LossFunctionWrapper(Loss):
     """Wraps a per-sample loss function ``fn(y_true, y_pred, **kwargs)`` as a Loss."""
 
-    def __init__(self, fn, reduction="sum_over_batch_size", name=None, **kwargs):
+    def __init__(self, fn: Callable[..., Any], reduction: str = "sum_over_batch_size",
+                 name: Optional[str] = None, **kwargs: Any) -> None:
         super().__init__(name=name or getattr(fn, "__name__", "loss"), reduction=reduction)
         self.fn = fn
         self._fn_kwargs = kwargs
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: ArrayLike, y_pred: Array) -> _core.Tensor:
         """The wrapped loss function applied to ``(y_true, y_pred)`` with the stored keyword arguments."""
         return self.fn(y_true, y_pred, **self._fn_kwargs)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         config = super().get_config()
         config.update(self._fn_kwargs)
         return config
@@ -219,20 +229,20 @@ class MeanSquaredError(LossFunctionWrapper):
         name: default ``"mean_squared_error"``.
     """
 
-    def __init__(self, reduction="sum_over_batch_size", name="mean_squared_error"):
+    def __init__(self, reduction: str = "sum_over_batch_size", name: str = "mean_squared_error") -> None:
         super().__init__(mean_squared_error, reduction=reduction, name=name)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return Loss.get_config(self)
 
 
 class MeanAbsoluteError(LossFunctionWrapper):
     """Mean of absolute errors: ``loss = mean(abs(y_true - y_pred))``."""
 
-    def __init__(self, reduction="sum_over_batch_size", name="mean_absolute_error"):
+    def __init__(self, reduction: str = "sum_over_batch_size", name: str = "mean_absolute_error") -> None:
         super().__init__(mean_absolute_error, reduction=reduction, name=name)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return Loss.get_config(self)
 
 
@@ -249,8 +259,8 @@ class CategoricalCrossentropy(LossFunctionWrapper):
         name: default ``"categorical_crossentropy"``.
     """
 
-    def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1,
-                 reduction="sum_over_batch_size", name="categorical_crossentropy"):
+    def __init__(self, from_logits: bool = False, label_smoothing: float = 0.0, axis: int = -1,
+                 reduction: str = "sum_over_batch_size", name: str = "categorical_crossentropy") -> None:
         super().__init__(categorical_crossentropy, reduction=reduction, name=name,
                          from_logits=from_logits, label_smoothing=label_smoothing, axis=axis)
         self.from_logits = from_logits
@@ -267,8 +277,9 @@ class SparseCategoricalCrossentropy(LossFunctionWrapper):
         name: default ``"sparse_categorical_crossentropy"``.
     """
 
-    def __init__(self, from_logits=False, ignore_class=None, reduction="sum_over_batch_size",
-                 name="sparse_categorical_crossentropy"):
+    def __init__(self, from_logits: bool = False, ignore_class: Optional[int] = None,
+                 reduction: str = "sum_over_batch_size",
+                 name: str = "sparse_categorical_crossentropy") -> None:
         super().__init__(sparse_categorical_crossentropy, reduction=reduction, name=name,
                          from_logits=from_logits, ignore_class=ignore_class)
         self.from_logits = from_logits
@@ -286,8 +297,8 @@ class BinaryCrossentropy(LossFunctionWrapper):
         name: default ``"binary_crossentropy"``.
     """
 
-    def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1,
-                 reduction="sum_over_batch_size", name="binary_crossentropy"):
+    def __init__(self, from_logits: bool = False, label_smoothing: float = 0.0, axis: int = -1,
+                 reduction: str = "sum_over_batch_size", name: str = "binary_crossentropy") -> None:
         super().__init__(binary_crossentropy, reduction=reduction, name=name,
                          from_logits=from_logits, label_smoothing=label_smoothing, axis=axis)
         self.from_logits = from_logits
@@ -304,7 +315,7 @@ _CLASSES = {c.__name__: c for c in (MeanSquaredError, MeanAbsoluteError, Categor
                                     SparseCategoricalCrossentropy, BinaryCrossentropy)}
 
 
-def get(identifier):
+def get(identifier: Any) -> Optional[Callable[..., Any]]:
     """A loss from a name (function or class name), a config dict, a Loss or a callable.
 
     ``get("mse")`` returns the function ``mean_squared_error``; ``get("MeanSquaredError")``
@@ -329,7 +340,7 @@ def get(identifier):
     raise TypeError(f"Could not interpret loss identifier: {identifier!r}")
 
 
-def serialize(loss):
+def serialize(loss: Any) -> Any:
     """A loss as a JSON-able value: ``{"class_name", "config"}`` for a ``Loss`` object,
     the function's name for a loss function.
     """

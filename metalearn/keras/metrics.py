@@ -4,6 +4,11 @@ A metric accumulates with ``update_state(y_true, y_pred, sample_weight=None)``, 
 with ``result()`` and restarts with ``reset_state()``. The per-batch work is vectorised
 NumPy on the prediction array (no Python loop over samples).
 """
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+from metalearn._typing import Array, ArrayLike, Config
 import numpy as np
 
 from .backend import snake_case
@@ -18,7 +23,7 @@ def _np(x):
     return np.asarray(x)
 
 
-def accuracy(y_true, y_pred):
+def accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray:
     """Per-sample ``mean(y_true == y_pred)`` over the last axis (exact equality)."""
     y_true, y_pred = _np(y_true), _np(y_pred)
     if y_true.shape != y_pred.shape and y_true.size == y_pred.size:
@@ -27,7 +32,7 @@ def accuracy(y_true, y_pred):
     return eq.mean(axis=-1) if eq.ndim > 1 else eq
 
 
-def binary_accuracy(y_true, y_pred, threshold=0.5):
+def binary_accuracy(y_true: ArrayLike, y_pred: ArrayLike, threshold: float = 0.5) -> np.ndarray:
     """Per-sample fraction of ``(y_pred > threshold) == y_true`` over the last axis."""
     y_true, y_pred = _np(y_true), _np(y_pred)
     if y_true.shape != y_pred.shape and y_true.size == y_pred.size:
@@ -36,12 +41,12 @@ def binary_accuracy(y_true, y_pred, threshold=0.5):
     return eq.mean(axis=-1) if eq.ndim > 1 else eq
 
 
-def categorical_accuracy(y_true, y_pred):
+def categorical_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray:
     """Per-sample ``argmax(y_true) == argmax(y_pred)``."""
     return (np.argmax(_np(y_true), axis=-1) == np.argmax(_np(y_pred), axis=-1)).astype(np.float32)
 
 
-def sparse_categorical_accuracy(y_true, y_pred):
+def sparse_categorical_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray:
     """Per-sample ``y_true == argmax(y_pred)`` for integer labels."""
     y_pred = _np(y_pred)
     y_true = _np(y_true).reshape(y_pred.shape[:-1])
@@ -65,31 +70,31 @@ class Metric:
         name: the metric's name (the key in ``fit``'s logs).
     """
 
-    def __init__(self, name=None, dtype=None):
+    def __init__(self, name: Optional[str] = None, dtype: Any = None) -> None:
         self.name = name or snake_case(type(self).__name__)
         self.reset_state()
 
-    def reset_state(self):
+    def reset_state(self) -> None:
         """Clears the accumulated state (called at the start of each epoch)."""
         raise NotImplementedError
 
-    def update_state(self, *args, **kwargs):
+    def update_state(self, *args: Any, **kwargs: Any) -> None:
         """Accumulates the metric over a batch (subclasses define the arguments,
         usually ``(y_true, y_pred, sample_weight=None)``).
         """
         raise NotImplementedError
 
-    def result(self):
+    def result(self) -> Any:
         """The metric's current value (a Python float)."""
         raise NotImplementedError
 
     reset_states = lambda self: self.reset_state()  # noqa: E731 (Keras 2 spelling)
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.update_state(*args, **kwargs)
         return self.result()
 
-    def get_config(self):
+    def get_config(self) -> Config:
         """The metric's configuration (``{"name": ...}``)."""
         return {"name": self.name}
 
@@ -100,12 +105,12 @@ class Metric:
 class Mean(Metric):
     """The (weighted) mean of the values given: ``sum(values * w) / sum(w)``."""
 
-    def reset_state(self):
+    def reset_state(self) -> None:
         """Sets the running total and count to zero."""
         self.total = 0.0
         self.count = 0.0
 
-    def update_state(self, values, sample_weight=None):
+    def update_state(self, values: ArrayLike, sample_weight: Optional[ArrayLike] = None) -> None:
         """Adds a batch of values to the (weighted) mean.
 
         Args:
@@ -123,7 +128,7 @@ class Mean(Metric):
             self.total += float((values * w).sum())
             self.count += float(w.sum())
 
-    def result(self):
+    def result(self) -> Any:
         """The weighted mean of every value seen since the last reset (0 when none)."""
         return self.total / self.count if self.count else 0.0
 
@@ -131,11 +136,11 @@ class Mean(Metric):
 class Sum(Metric):
     """The sum of the values given."""
 
-    def reset_state(self):
+    def reset_state(self) -> None:
         """Sets the running total to zero."""
         self.total = 0.0
 
-    def update_state(self, values, sample_weight=None):
+    def update_state(self, values: ArrayLike, sample_weight: Optional[ArrayLike] = None) -> None:
         """Adds the (weighted) sum of a batch of values.
 
         Args:
@@ -147,7 +152,7 @@ class Sum(Metric):
             values = values * np.asarray(sample_weight, dtype=np.float64)
         self.total += float(values.sum())
 
-    def result(self):
+    def result(self) -> Any:
         """The total since the last reset."""
         return self.total
 
@@ -155,12 +160,14 @@ class Sum(Metric):
 class MeanMetricWrapper(Mean):
     """The mean over samples of ``fn(y_true, y_pred, **kwargs)``."""
 
-    def __init__(self, fn, name=None, dtype=None, **kwargs):
+    def __init__(self, fn: Callable[..., Any], name: Optional[str] = None, dtype: Any = None,
+                 **kwargs: Any) -> None:
         self._fn = fn
         self._fn_kwargs = kwargs
         super().__init__(name=name or getattr(fn, "__name__", "metric"))
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
+    def update_state(self, y_true: ArrayLike, y_pred: ArrayLike,  # type: ignore[override]
+                     sample_weight: Optional[ArrayLike] = None) -> None:
         """Evaluates the wrapped function on a batch and adds its per-sample values to the mean.
 
         Args:
@@ -174,7 +181,7 @@ class MeanMetricWrapper(Mean):
 class Accuracy(MeanMetricWrapper):
     """How often predictions equal labels exactly: ``mean(y_true == y_pred)``."""
 
-    def __init__(self, name="accuracy", dtype=None):
+    def __init__(self, name: str = "accuracy", dtype: Any = None) -> None:
         super().__init__(accuracy, name=name)
 
 
@@ -185,35 +192,35 @@ class BinaryAccuracy(MeanMetricWrapper):
         threshold: the decision threshold (0.5).
     """
 
-    def __init__(self, name="binary_accuracy", dtype=None, threshold=0.5):
+    def __init__(self, name: str = "binary_accuracy", dtype: Any = None, threshold: float = 0.5) -> None:
         super().__init__(binary_accuracy, name=name, threshold=threshold)
 
 
 class CategoricalAccuracy(MeanMetricWrapper):
     """How often ``argmax(y_pred)`` equals ``argmax(y_true)`` (one-hot labels)."""
 
-    def __init__(self, name="categorical_accuracy", dtype=None):
+    def __init__(self, name: str = "categorical_accuracy", dtype: Any = None) -> None:
         super().__init__(categorical_accuracy, name=name)
 
 
 class SparseCategoricalAccuracy(MeanMetricWrapper):
     """How often ``argmax(y_pred)`` equals integer labels."""
 
-    def __init__(self, name="sparse_categorical_accuracy", dtype=None):
+    def __init__(self, name: str = "sparse_categorical_accuracy", dtype: Any = None) -> None:
         super().__init__(sparse_categorical_accuracy, name=name)
 
 
 class MeanSquaredError(MeanMetricWrapper):
     """Mean of ``mean(square(y_true - y_pred), axis=-1)`` over samples."""
 
-    def __init__(self, name="mean_squared_error", dtype=None):
+    def __init__(self, name: str = "mean_squared_error", dtype: Any = None) -> None:
         super().__init__(_squared_error, name=name)
 
 
 class MeanAbsoluteError(MeanMetricWrapper):
     """Mean of ``mean(abs(y_true - y_pred), axis=-1)`` over samples."""
 
-    def __init__(self, name="mean_absolute_error", dtype=None):
+    def __init__(self, name: str = "mean_absolute_error", dtype: Any = None) -> None:
         super().__init__(_absolute_error, name=name)
 
 
@@ -228,7 +235,7 @@ _BY_CLASS = {c.__name__: c for c in (Accuracy, BinaryAccuracy, CategoricalAccura
                                      MeanAbsoluteError, Mean, Sum)}
 
 
-def get(identifier):
+def get(identifier: Any) -> Metric:
     """A Metric instance from a name, class name, Metric or function ``f(y_true, y_pred)``.
 
     ``"accuracy"``/``"acc"`` need the loss and shapes to be resolved: see ``resolve``.
@@ -250,7 +257,7 @@ def get(identifier):
     raise TypeError(f"Could not interpret metric identifier: {identifier!r}")
 
 
-def resolve(identifier, loss, y_true, y_pred):
+def resolve(identifier: Any, loss: Any, y_true: ArrayLike, y_pred: Array) -> Metric:
     """Keras's resolution of ``"accuracy"``/``"acc"`` from the loss and the shapes.
 
     Binary when the loss is binary cross-entropy or the prediction has one unit;

@@ -8,6 +8,11 @@ The training step is lean: the forward pass, the compiled loss, one ``_core.grad
 the trainable variables and one C optimizer step for all of them; metrics are NumPy on the
 prediction.
 """
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+from metalearn._typing import ArrayLike, Config, Shape
 import math
 import os
 import sys
@@ -89,7 +94,7 @@ class Model(_layers.Layer):
         trainable: whether its weights are trained.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         if args or "inputs" in kwargs or "outputs" in kwargs:
             raise TypeError("metalearn.keras.Model: the functional API (Model(inputs, outputs)) is "
                             "not supported; subclass Model and define call(), or use Sequential")
@@ -105,7 +110,7 @@ class Model(_layers.Layer):
         self._fit_cache = None
 
     # --------------------------------------------------------------- structure
-    def build(self, input_shape=None):
+    def build(self, input_shape: Optional[Shape] = None) -> None:
         """Builds the model by running it once on zeros of `input_shape` (batch dim may be
         None)."""
         if input_shape is None:
@@ -124,15 +129,15 @@ class Model(_layers.Layer):
         self._build_input_shape = _layers._shape_of(inputs)
         self.built = True
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement call(inputs)")
 
     @property
-    def layers(self):
+    def layers(self) -> List[_layers.Layer]:
         """The layers assigned to the model, in assignment order."""
         return [layer for _, layer in self._sublayers]
 
-    def get_layer(self, name=None, index=None):
+    def get_layer(self, name: Optional[str] = None, index: Optional[int] = None) -> _layers.Layer:
         """A layer by name or by index in ``layers``."""
         if index is not None:
             return self.layers[index]
@@ -142,15 +147,16 @@ class Model(_layers.Layer):
         raise ValueError(f"No such layer: {name}. Existing layers are: {[l.name for l in self.layers]}")
 
     @property
-    def metrics_names(self):
+    def metrics_names(self) -> List[str]:
         return ["loss"] + [m.name for m in self._compiled_metrics]
 
     @property
-    def metrics(self):
+    def metrics(self) -> List[Any]:
         return list(self._compiled_metrics)
 
     # ----------------------------------------------------------------- summary
-    def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False):
+    def summary(self, line_length: Optional[int] = None, positions: Optional[Sequence[float]] = None,
+                print_fn: Optional[Callable[..., Any]] = None, expand_nested: bool = False) -> None:
         """Prints a table of the layers: name (type), output shape, parameter count.
 
         Args:
@@ -207,8 +213,8 @@ class Model(_layers.Layer):
         print_fn("_" * line_length)
 
     # ----------------------------------------------------------------- compile
-    def compile(self, optimizer="adam", loss=None, metrics=None, loss_weights=None,
-                weighted_metrics=None, run_eagerly=None, **kwargs):
+    def compile(self, optimizer: Any = "adam", loss: Any = None, metrics: Any = None, loss_weights: Any = None,
+                weighted_metrics: Any = None, run_eagerly: Optional[bool] = None, **kwargs: Any) -> None:
         """Configures the model for training.
 
         Args:
@@ -256,7 +262,8 @@ class Model(_layers.Layer):
         if self.compiled_loss is None:
             raise ValueError(f"{what}: the model was compiled without a loss")
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None):
+    def compute_loss(self, x: Any = None, y: Any = None, y_pred: Any = None,
+                     sample_weight: Optional[ArrayLike] = None) -> _core.Tensor:
         """The compiled loss of `y_pred` against `y` (a scalar tensor)."""
         return self.compiled_loss(y, y_pred, sample_weight)
 
@@ -352,8 +359,9 @@ class Model(_layers.Layer):
             with _no_grad():
                 self(x_sample)
 
-    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, reset_metrics=True,
-                       return_dict=False):
+    def train_on_batch(self, x: Any, y: Any = None, sample_weight: Optional[ArrayLike] = None,
+                       class_weight: Optional[Dict[int, float]] = None, reset_metrics: bool = True,
+                       return_dict: bool = False) -> Any:
         """Runs one gradient step on one batch.
 
         Returns:
@@ -377,7 +385,8 @@ class Model(_layers.Layer):
         self._update_metrics(y, y_pred, sample_weight)
         return self._format_result(self._logs(loss.item()), return_dict)
 
-    def test_on_batch(self, x, y=None, sample_weight=None, reset_metrics=True, return_dict=False):
+    def test_on_batch(self, x: Any, y: Any = None, sample_weight: Optional[ArrayLike] = None,
+                      reset_metrics: bool = True, return_dict: bool = False) -> Any:
         """The loss (and metrics) on one batch, without training."""
         self._check_compiled("evaluating")
         x = _as_float_input(x)
@@ -390,7 +399,7 @@ class Model(_layers.Layer):
         self._update_metrics(y, y_pred, sample_weight)
         return self._format_result(self._logs(loss.item()), return_dict)
 
-    def predict_on_batch(self, x):
+    def predict_on_batch(self, x: Any) -> np.ndarray:
         """The model's output on one batch, as a NumPy array."""
         with _no_grad():
             return np.array(self(_as_float_input(x), training=False), copy=True)
@@ -402,9 +411,11 @@ class Model(_layers.Layer):
         return values[0] if len(values) == 1 else values
 
     # --------------------------------------------------------------------- fit
-    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
-            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0,
-            sample_weight=None, validation_batch_size=None, validation_freq=1):
+    def fit(self, x: Any = None, y: Any = None, batch_size: Optional[int] = None, epochs: int = 1,
+            verbose: Union[str, int] = "auto", callbacks: Optional[Sequence[Any]] = None,
+            validation_split: float = 0.0, validation_data: Any = None, shuffle: bool = True,
+            initial_epoch: int = 0, sample_weight: Optional[ArrayLike] = None,
+            validation_batch_size: Optional[int] = None, validation_freq: int = 1) -> _callbacks.History:
         """Trains the model for a fixed number of epochs.
 
         Args:
@@ -562,8 +573,9 @@ class Model(_layers.Layer):
             m.__dict__.update(state)
         return logs
 
-    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
-                 callbacks=None, return_dict=False):
+    def evaluate(self, x: Any = None, y: Any = None, batch_size: Optional[int] = None,
+                 verbose: Union[str, int] = "auto", sample_weight: Optional[ArrayLike] = None,
+                 callbacks: Optional[Sequence[Any]] = None, return_dict: bool = False) -> Any:
         """The loss and metrics of the model on (x, y), batch by batch.
 
         Returns:
@@ -603,7 +615,8 @@ class Model(_layers.Layer):
             self._resolve_metrics(y[:1], y_pred)
 
     # ----------------------------------------------------------------- predict
-    def predict(self, x, batch_size=None, verbose="auto", callbacks=None):
+    def predict(self, x: Any, batch_size: Optional[int] = None, verbose: Union[str, int] = "auto",
+                callbacks: Optional[Sequence[Any]] = None) -> np.ndarray:
         """The model's outputs for `x`, computed batch by batch, as one NumPy array."""
         x = _as_float_input(x)
         batch_size = 32 if batch_size is None else int(batch_size)
@@ -633,7 +646,7 @@ class Model(_layers.Layer):
         return np.concatenate(outs, axis=0)
 
     # ----------------------------------------------------------------- weights
-    def save_weights(self, filepath, overwrite=True):
+    def save_weights(self, filepath: Union[str, "os.PathLike[str]"], overwrite: bool = True) -> None:
         """Saves all weights to `filepath` in metalearn's checked binary format.
 
         The file holds, for each weight, its path in the model (``"dense1/kernel"``,
@@ -649,7 +662,7 @@ class Model(_layers.Layer):
             raise ValueError(f"save_weights: {self.name} has no weights yet; build it first")
         _core.save_tensors(filepath, [p for p, _ in paths], [v for _, v in paths])
 
-    def load_weights(self, filepath, skip_mismatch=False):
+    def load_weights(self, filepath: Union[str, "os.PathLike[str]"], skip_mismatch: bool = False) -> None:
         """Loads weights saved by ``save_weights``.
 
         The whole file is read and checked (magic, version, sizes, checksum), then every
@@ -687,7 +700,7 @@ class Model(_layers.Layer):
             _core.assign(v, np.ascontiguousarray(loaded[p], dtype=np.float32))
         return None
 
-    def get_config(self):
+    def get_config(self) -> Config:
         config = super().get_config()
         return config
 
@@ -704,7 +717,8 @@ class Sequential(Model):
         name: the model's name.
     """
 
-    def __init__(self, layers=None, name=None, trainable=True):
+    def __init__(self, layers: Optional[Sequence[_layers.Layer]] = None, name: Optional[str] = None,
+                 trainable: bool = True) -> None:
         super().__init__(name=name, trainable=trainable)
         self._layers_list = []
         self._input_layer = None
@@ -712,11 +726,11 @@ class Sequential(Model):
             self.add(layer)
 
     @property
-    def layers(self):
+    def layers(self) -> List[_layers.Layer]:
         """The layers in order (the InputLayer, if any, is not listed, as in Keras)."""
         return list(self._layers_list)
 
-    def add(self, layer):
+    def add(self, layer: _layers.Layer) -> None:
         """Appends a layer (an ``Input``/``InputLayer`` sets the input shape)."""
         if not isinstance(layer, _layers.Layer):
             raise TypeError(f"Sequential.add: expected a Layer, got {type(layer).__name__}")
@@ -739,7 +753,7 @@ class Sequential(Model):
         else:
             self.built = False
 
-    def pop(self):
+    def pop(self) -> _layers.Layer:
         """Removes the last layer and returns it."""
         if not self._layers_list:
             raise TypeError("There are no layers in the model.")
@@ -754,7 +768,7 @@ class Sequential(Model):
         if self._layers_list:
             self.build(self._batch_input_shape)
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: Optional[Shape] = None) -> None:
         if input_shape is None:
             input_shape = self._batch_input_shape
         if input_shape is None:
@@ -764,13 +778,13 @@ class Sequential(Model):
             self._batch_input_shape = (None,) + input_shape[1:]
         super().build(input_shape)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
         x = inputs
         for layer in self._layers_list:
             x = layer(x)
         return x
 
-    def get_config(self):
+    def get_config(self) -> Config:
         layer_configs = []
         if self._input_layer is not None:
             layer_configs.append(_layers.serialize(self._input_layer))
@@ -778,7 +792,7 @@ class Sequential(Model):
         return {"name": self.name, "layers": layer_configs}
 
     @classmethod
-    def from_config(cls, config, custom_objects=None):
+    def from_config(cls, config: Config, custom_objects: Optional[Dict[str, Any]] = None) -> Sequential:
         model = cls(name=config.get("name"))
         for lc in config.get("layers", []):
             lc = {"class_name": lc["class_name"], "config": dict(lc["config"])}
@@ -787,6 +801,6 @@ class Sequential(Model):
         return model
 
 
-def load_weights_file(filepath):
+def load_weights_file(filepath: Union[str, "os.PathLike[str]"]) -> List[_core.Tensor]:
     """The entries of a weights file: ``[(name, ndarray)]`` (checked; for inspection)."""
     return list(_core.load_tensors(os.fspath(filepath)))

@@ -6,6 +6,11 @@ variables, so the wrapper keeps one C optimizer per distinct variable list it is
 (almost always exactly one), while ``iterations`` counts every ``apply_gradients`` call as
 Keras does.
 """
+from __future__ import annotations
+
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+
+from metalearn._typing import ArrayLike, Config
 import warnings
 
 import numpy as np
@@ -41,7 +46,8 @@ class Optimizer:
         name: the optimizer's name.
     """
 
-    def __init__(self, learning_rate, name, clipnorm=None, clipvalue=None, global_clipnorm=None):
+    def __init__(self, learning_rate: float, name: str, clipnorm: Optional[float] = None,
+                 clipvalue: Optional[float] = None, global_clipnorm: Optional[float] = None) -> None:
         if clipnorm is not None and global_clipnorm is not None:
             raise ValueError("Only one of clipnorm and global_clipnorm can be set")
         self.name = name
@@ -66,7 +72,7 @@ class Optimizer:
         raise NotImplementedError
 
     @property
-    def learning_rate(self):
+    def learning_rate(self) -> float:
         """The learning rate (a float; setting it applies to the next step, keeps the state).
 
         Raises:
@@ -75,7 +81,7 @@ class Optimizer:
         return self._learning_rate
 
     @learning_rate.setter
-    def learning_rate(self, value):
+    def learning_rate(self, value: float) -> None:
         value = self._check_lr(value)
         for opt, _ in self._cores.values():
             opt.learning_rate = value
@@ -84,7 +90,7 @@ class Optimizer:
     lr = learning_rate
 
     @property
-    def iterations(self):
+    def iterations(self) -> int:
         """Number of ``apply_gradients`` calls made (an int with ``.numpy()``)."""
         return _Iterations(self._iterations)
 
@@ -121,7 +127,8 @@ class Optimizer:
         self._core_for(variables).step(variables, grads)
         self._iterations += 1
 
-    def apply_gradients(self, grads_and_vars, name=None, skip_gradients_aggregation=False):
+    def apply_gradients(self, grads_and_vars: Iterable[Tuple[Any, Any]], name: Optional[str] = None,
+                        skip_gradients_aggregation: bool = False) -> int:
         """Applies gradients to variables: one optimizer step.
 
         Args:
@@ -159,7 +166,7 @@ class Optimizer:
         self._apply(variables, grads)
         return self.iterations
 
-    def minimize(self, loss, var_list, tape=None):
+    def minimize(self, loss: Any, var_list: Sequence[Any], tape: Optional[GradientTape] = None) -> int:
         """Minimizes `loss` over `var_list`: computes gradients, then applies them.
 
         Args:
@@ -184,7 +191,7 @@ class Optimizer:
             grads = [next(it) if v.requires_grad else None for v in var_list]
         return self.apply_gradients(zip(grads, var_list))
 
-    def variables(self):
+    def variables(self) -> List[Any]:
         """The state tensors (copies) of the C optimizers, per variable list."""
         out = []
         for opt, _ in self._cores.values():
@@ -192,20 +199,20 @@ class Optimizer:
                 out.extend(slots)
         return out
 
-    def reset(self):
+    def reset(self) -> None:
         """Forgets all state (moments, iterations)."""
         for opt, _ in self._cores.values():
             opt.reset()
         self._cores.clear()
         self._iterations = 0
 
-    def get_config(self):
+    def get_config(self) -> Config:
         """The optimizer's hyper-parameters as a dict (``name``, ``learning_rate`` …)."""
         return {"name": self.name, "learning_rate": self._learning_rate, "clipnorm": self.clipnorm,
                 "clipvalue": self.clipvalue, "global_clipnorm": self.global_clipnorm}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Config) -> Optimizer:
         """A new optimizer (fresh state) from the dict that ``get_config`` returned."""
         return cls(**config)
 
@@ -228,7 +235,8 @@ class SGD(Optimizer):
         nesterov: whether to use Nesterov momentum.
     """
 
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, name="SGD", **kwargs):
+    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 name: str = "SGD", **kwargs: Any) -> None:
         momentum = float(momentum)
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"SGD: momentum must be in [0, 1], got {momentum}")
@@ -239,7 +247,7 @@ class SGD(Optimizer):
     def _make_core(self):
         return _core.SGD(learning_rate=self._learning_rate, momentum=self.momentum, nesterov=self.nesterov)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         config = super().get_config()
         config.update(momentum=self.momentum, nesterov=self.nesterov)
         return config
@@ -264,8 +272,8 @@ class Adam(Optimizer):
         amsgrad: whether to use AMSGrad.
     """
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False,
-                 name="adam", **kwargs):
+    def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-7, amsgrad: bool = False, name: str = "adam", **kwargs: Any) -> None:
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
         self.amsgrad = bool(amsgrad)
         for n, b in (("beta_1", self.beta_1), ("beta_2", self.beta_2)):
@@ -277,7 +285,7 @@ class Adam(Optimizer):
         return _core.Adam(learning_rate=self._learning_rate, beta_1=self.beta_1, beta_2=self.beta_2,
                           epsilon=self.epsilon, amsgrad=self.amsgrad)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         config = super().get_config()
         config.update(beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon, amsgrad=self.amsgrad)
         return config
@@ -286,7 +294,7 @@ class Adam(Optimizer):
 _BY_NAME = {"sgd": SGD, "adam": Adam}
 
 
-def get(identifier):
+def get(identifier: Any) -> Optimizer:
     """An optimizer from a name (``"adam"``, ``"sgd"``), config dict or instance."""
     if isinstance(identifier, Optimizer):
         return identifier
@@ -303,7 +311,7 @@ def get(identifier):
     raise TypeError(f"Could not interpret optimizer identifier: {identifier!r}")
 
 
-def serialize(optimizer):
+def serialize(optimizer: Optimizer) -> Config:
     """An optimizer as ``{"class_name": ..., "config": optimizer.get_config()}``."""
     return {"class_name": type(optimizer).__name__, "config": optimizer.get_config()}
 

@@ -1,4 +1,9 @@
 """What every meta-learner shares: losses, cloning, the fit/evaluate loops, progress."""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from metalearn._typing import ArrayLike
 import math
 import sys
 import time
@@ -15,7 +20,7 @@ __all__ = ["BaseMetaLearner", "clone_model", "resolve_loss"]
 
 # ------------------------------------------------------------------ tensors
 
-def to_tensor(a):
+def to_tensor(a: ArrayLike) -> _core.Tensor:
     """A float32 tensor for an array (shares memory when already float32 C-contiguous)."""
     if isinstance(a, _core.Tensor):
         return a
@@ -39,7 +44,7 @@ _LOSSES = {"mse": _mse, "mean_squared_error": _mse,
            "sparse_categorical_crossentropy_from_probs": _scce_probs}
 
 
-def resolve_loss(loss, task):
+def resolve_loss(loss: Any, task: Any) -> Tuple[Callable[..., Any], bool]:
     """(loss_fn(y_true, y_pred) -> scalar Tensor, is_classification) for `loss` and a task.
 
     ``None`` picks MSE for float targets and sparse categorical cross-entropy from logits
@@ -61,7 +66,7 @@ def resolve_loss(loss, task):
     return wrapped, classification
 
 
-def accuracy(logits, labels):
+def accuracy(logits: ArrayLike, labels: ArrayLike) -> float:
     """Fraction of rows whose argmax equals the label."""
     return float(np.mean(np.argmax(np.asarray(logits), axis=-1) == np.asarray(labels)))
 
@@ -77,7 +82,7 @@ def _input_shape_of(model):
     return tuple(1 if d is None else int(d) for d in shape)
 
 
-def clone_model(model, weights=None):
+def clone_model(model: Any, weights: Optional[Sequence[ArrayLike]] = None) -> Any:
     """A new model of the same architecture with copies of `model`'s weights.
 
     ``Sequential`` models are rebuilt from ``get_config``; subclassed models from
@@ -219,7 +224,8 @@ class BaseMetaLearner:
     one task), and may override ``_query_logits`` for models that are not plain learners.
     """
 
-    def __init__(self, model, loss=None, meta_optimizer="adam", meta_lr=0.001):
+    def __init__(self, model: Any, loss: Any = None, meta_optimizer: Any = "adam",
+                 meta_lr: float = 0.001) -> None:
         self.model = model
         self.loss = loss
         self._loss_fn = None
@@ -242,7 +248,7 @@ class BaseMetaLearner:
         return opt
 
     @property
-    def metric_name(self):
+    def metric_name(self) -> str:
         """``"accuracy"`` for classification tasks, ``"mse"`` for regression (known after the first task)."""
         return "accuracy" if self.classification else "mse"
 
@@ -269,7 +275,8 @@ class BaseMetaLearner:
         self._prepare(batch)
 
     # ------------------------------------------------------------------- fit
-    def fit(self, tasks, iterations=1000, meta_batch_size=25, verbose=1, callbacks=None):
+    def fit(self, tasks: Any, iterations: int = 1000, meta_batch_size: int = 25, verbose: int = 1,
+            callbacks: Optional[Sequence[Any]] = None) -> Any:
         """Meta-trains on batches of tasks.
 
         Args:
@@ -329,12 +336,12 @@ class BaseMetaLearner:
         return history
 
     # ----------------------------------------------------------------- adapt
-    def clone(self):
+    def clone(self) -> Any:
         """A copy of the meta-model (architecture and current weights), sharing nothing
         with it (learn2learn's ``clone``)."""
         return clone_model(self.model)
 
-    def adapt(self, support_x, support_y, steps=None):
+    def adapt(self, support_x: ArrayLike, support_y: ArrayLike, steps: Optional[int] = None) -> Any:
         """Adapts to one task's support set; returns a new Keras model.
 
         The meta-model is not changed: the adapted weights live in a clone.
@@ -356,7 +363,7 @@ class BaseMetaLearner:
     def _query_output(self, fast, query_x):
         return functional_call(self.model, fast, to_tensor(query_x), training=True)
 
-    def evaluate(self, tasks, episodes=None, steps=None, verbose=0):
+    def evaluate(self, tasks: Any, episodes: Optional[int] = None, steps: Any = None, verbose: int = 0) -> Any:
         """Adapts to `episodes` held-out tasks and measures the query sets.
 
         Args:

@@ -1,4 +1,9 @@
 """Gradient-based meta-learning: MAML and first-order MAML, Meta-SGD, ANIL."""
+from __future__ import annotations
+
+from typing import Any, List, Optional, Tuple, Union
+
+from metalearn._typing import ArrayLike
 import numpy as np
 
 from metalearn import _core
@@ -67,8 +72,9 @@ class MAML(BaseMetaLearner):
         maml.evaluate(metalearn.tasks.Sinusoid(seed=1), episodes=600)  # {'mse', 'ci95', ...}
     """
 
-    def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, meta_optimizer="adam",
-                 meta_lr=0.001, loss=None, vectorize="auto", trace=True):
+    def __init__(self, model: Any, inner_lr: float = 0.01, inner_steps: int = 1, first_order: bool = False,
+                 meta_optimizer: Any = "adam", meta_lr: float = 0.001, loss: Any = None,
+                 vectorize: Union[str, bool] = "auto", trace: bool = True) -> None:
         super().__init__(model, loss=loss, meta_optimizer=meta_optimizer, meta_lr=meta_lr)
         # trace=True: the vectorised meta-step (inner loop, second-order meta-gradient and
         # the meta-optimizer's update) is recorded once per batch shape by
@@ -235,7 +241,7 @@ class MAML(BaseMetaLearner):
                            if self.classification else lq.item())
         return total * (1.0 / n), float(np.mean(metrics))
 
-    def meta_gradients(self, batch):
+    def meta_gradients(self, batch: Task) -> Tuple[float, Any]:
         """The meta-gradient of the mean query loss for a Task batch, without applying it.
 
         Returns:
@@ -302,7 +308,7 @@ class MAML(BaseMetaLearner):
     def _steps(self, steps):
         return self.inner_steps if steps is None else int(steps)
 
-    def adapted_weights(self, support_x, support_y, steps=None):
+    def adapted_weights(self, support_x: ArrayLike, support_y: ArrayLike, steps: Optional[int] = None) -> Any:
         """The adapted weights (tensors, detached) for one task's support set, without
         building a model; ``functional_call(maml.model, weights, x)`` runs them."""
         self._prepare(Task(support_x, support_y, support_x, support_y))
@@ -344,8 +350,9 @@ class MetaSGD(MAML):
         inner_lr: initial value of every alpha (paper: drawn from [0.005, 0.1]).
     """
 
-    def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, meta_optimizer="adam",
-                 meta_lr=0.001, loss=None, vectorize="auto"):
+    def __init__(self, model: Any, inner_lr: float = 0.01, inner_steps: int = 1, first_order: bool = False,
+                 meta_optimizer: Any = "adam", meta_lr: float = 0.001, loss: Any = None,
+                 vectorize: Union[str, bool] = "auto") -> None:
         super().__init__(model, inner_lr=inner_lr, inner_steps=inner_steps, first_order=first_order,
                          meta_optimizer=meta_optimizer, meta_lr=meta_lr, loss=loss, vectorize=vectorize)
         self.learning_rates = None

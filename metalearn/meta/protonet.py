@@ -1,4 +1,9 @@
 """Prototypical Networks (Snell, Swersky & Zemel, NeurIPS 2017)."""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+from metalearn._typing import Array, ArrayLike
 import numpy as np
 
 from metalearn import _core
@@ -10,7 +15,8 @@ from ._base import BaseMetaLearner, _core_no_grad, accuracy, clone_model, to_ten
 __all__ = ["ProtoNet", "PrototypeClassifier", "prototype_logits"]
 
 
-def prototype_logits(support_emb, support_y, query_emb, n_way, distance="euclidean"):
+def prototype_logits(support_emb: ArrayLike, support_y: ArrayLike, query_emb: ArrayLike, n_way: int,
+                     distance: str = "euclidean") -> _core.Tensor:
     """Logits of queries against class prototypes (a differentiable core-op graph).
 
     ``prototype_c = mean of the support embeddings of class c``;
@@ -57,14 +63,15 @@ class PrototypeClassifier(Model):
     ``call(x)`` returns logits ``(batch, n_way)`` against the stored prototypes.
     """
 
-    def __init__(self, encoder, prototypes, distance="euclidean", name=None):
+    def __init__(self, encoder: Any, prototypes: ArrayLike, distance: str = "euclidean",
+                 name: Optional[str] = None) -> None:
         super().__init__(name=name)
         self.encoder = encoder
         self.prototypes = np.ascontiguousarray(prototypes, dtype=np.float32)
         self.distance = distance
         self.n_way = int(self.prototypes.shape[0])
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
         """Logits of `inputs` against the stored prototypes.
 
         Args:
@@ -99,7 +106,8 @@ class ProtoNet(BaseMetaLearner):
         meta_optimizer, meta_lr: the optimizer of the encoder's weights.
     """
 
-    def __init__(self, encoder, distance="euclidean", meta_optimizer="adam", meta_lr=0.001):
+    def __init__(self, encoder: Any, distance: str = "euclidean", meta_optimizer: Any = "adam",
+                 meta_lr: float = 0.001) -> None:
         if distance not in ("euclidean", "cosine"):
             raise ValueError(f"ProtoNet: distance must be 'euclidean' or 'cosine', got {distance!r}")
         super().__init__(encoder, loss="sparse_categorical_crossentropy",
@@ -112,7 +120,8 @@ class ProtoNet(BaseMetaLearner):
         super()._prepare(task)
         self.classification = True
 
-    def episode_logits(self, support_x, support_y, query_x, training=True):
+    def episode_logits(self, support_x: Array, support_y: ArrayLike, query_x: Array,
+                       training: bool = True) -> _core.Tensor:
         """Query logits ``(n_query, n_way)`` for one episode (differentiable w.r.t. the
         encoder's weights). Support and query go through the encoder in one batch."""
         n_s = len(support_x)
@@ -123,7 +132,8 @@ class ProtoNet(BaseMetaLearner):
         q_emb = _core.narrow(emb, 0, n_s, int(emb.shape[0]) - n_s)
         return prototype_logits(s_emb, support_y, q_emb, n_way, self.distance)
 
-    def episode_loss(self, support_x, support_y, query_x, query_y):
+    def episode_loss(self, support_x: Array, support_y: ArrayLike, query_x: Array,
+                     query_y: ArrayLike) -> Tuple[_core.Tensor, _core.Tensor]:
         """Mean query cross-entropy of one episode (a scalar Tensor) and its logits."""
         logits = self.episode_logits(support_x, support_y, query_x)
         loss = _core.reduce_mean(_core.sparse_categorical_crossentropy(
@@ -144,7 +154,8 @@ class ProtoNet(BaseMetaLearner):
         self.meta_optimizer.apply_gradients(zip(grads, params))
         return float(total.item()), float(np.mean(metrics))
 
-    def adapt(self, support_x, support_y, steps=None):
+    def adapt(self, support_x: Array, support_y: ArrayLike,
+              steps: Optional[int] = None) -> PrototypeClassifier:
         """A ``PrototypeClassifier`` (a copy of the encoder plus this task's prototypes);
         `steps` is ignored (prototypes need no gradient steps). The encoder is unchanged."""
         self._prepare(Task(support_x, support_y, support_x, support_y))

@@ -1,4 +1,7 @@
 """Reptile (Nichol, Achiam & Schulman 2018, "On First-Order Meta-Learning Algorithms")."""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
 import numpy as np
 
 from metalearn import _core
@@ -35,15 +38,15 @@ class Reptile(MAML):
         loss: as for MAML.
     """
 
-    def __init__(self, model, inner_lr=0.02, inner_steps=5, meta_lr=1.0, meta_optimizer="sgd",
-                 loss=None, epsilon=None):
+    def __init__(self, model: Any, inner_lr: float = 0.02, inner_steps: int = 5, meta_lr: float = 1.0,
+                 meta_optimizer: Any = "sgd", loss: Any = None, epsilon: Optional[float] = None) -> None:
         if epsilon is not None:
             meta_lr = epsilon
         super().__init__(model, inner_lr=inner_lr, inner_steps=inner_steps, first_order=True,
                          meta_optimizer=meta_optimizer, meta_lr=meta_lr, loss=loss)
         self.epsilon = self.meta_lr
 
-    def meta_gradients(self, batch):
+    def meta_gradients(self, batch: Any) -> Tuple[float, Any]:
         """Reptile's update direction for a Task batch, without applying it.
 
         Returns:
