@@ -235,7 +235,8 @@ ml_status ml_global_avg_pool2d(ml_tensor **out, ml_tensor *x, int keepdims);
  * the end; Keras' default is -1). gamma, beta, moving_mean, moving_var have shape (C);
  * gamma and beta may be NULL (scale=False / center=False).
  *  training: y = (x - mean) / sqrt(var + epsilon) * gamma + beta with the batch's mean and
- *    biased variance, composed of differentiable ops (gradients of any order); then, with no
+ *    biased variance, one fused op whose backward is written with differentiable ops
+ *    (gradients of any order; a fused C backward when nothing is recorded); then, with no
  *    gradient, moving = moving * momentum + batch_stat * (1 - momentum) in place (skipped
  *    when a moving tensor is NULL).
  *  inference: the moving statistics replace the batch's; nothing is updated.

@@ -76,30 +76,40 @@ bin_row(int op, int64_t n, const float *restrict a, int sa, const float *restric
     }
 }
 
-static void binary_apply(int op, const ml_tensor *a, const ml_tensor *b, ml_tensor *out) {
+/* Output elements [p0, p1) of a broadcast binary op. The start is found once (row and
+ * multi-index), then rows are walked as in an unsplit run. */
+static void binary_range(int op, const ml_tensor *a, const ml_tensor *b, ml_tensor *out,
+                         const int64_t *sa, const int64_t *sb, int64_t p0, int64_t p1) {
+    int nd = out->ndim;
     int64_t n = out->numel;
-    if (n == 0) return;
     if (a->numel == n && b->numel == n) {
-        bin_row(op, n, a->data, 1, b->data, 1, out->data);
+        bin_row(op, p1 - p0, a->data + p0, 1, b->data + p0, 1, out->data + p0);
         return;
     }
     if (a->numel == n && b->numel == 1) {
-        bin_row(op, n, a->data, 1, b->data, 0, out->data);
+        bin_row(op, p1 - p0, a->data + p0, 1, b->data, 0, out->data + p0);
         return;
     }
     if (a->numel == 1 && b->numel == n) {
-        bin_row(op, n, a->data, 0, b->data, 1, out->data);
+        bin_row(op, p1 - p0, a->data, 0, b->data + p0, 1, out->data + p0);
         return;
     }
-    int nd = out->ndim;
-    int64_t sa[ML_MAX_DIMS], sb[ML_MAX_DIMS], idx[ML_MAX_DIMS] = {0};
-    broadcast_strides(a, nd, out->shape, sa);
-    broadcast_strides(b, nd, out->shape, sb);
+    int64_t idx[ML_MAX_DIMS] = {0};
     int64_t inner = out->shape[nd - 1];
     int ia = sa[nd - 1] != 0, ib = sb[nd - 1] != 0;
-    int64_t oa = 0, ob = 0;
-    for (int64_t row = 0, rows = n / inner; row < rows; row++) {
-        bin_row(op, inner, a->data + oa, ia, b->data + ob, ib, out->data + row * inner);
+    int64_t row = p0 / inner, col = p0 % inner, oa = 0, ob = 0;
+    for (int d = nd - 2; d >= 0; d--) {
+        idx[d] = row % out->shape[d];
+        row /= out->shape[d];
+        oa += idx[d] * sa[d];
+        ob += idx[d] * sb[d];
+    }
+    for (int64_t p = p0; p < p1;) {
+        int64_t len = inner - col < p1 - p ? inner - col : p1 - p;
+        bin_row(op, len, a->data + oa + (ia ? col : 0), ia, b->data + ob + (ib ? col : 0), ib,
+                out->data + p);
+        p += len;
+        col = 0;
         /* advance the multi-index over the outer dims */
         for (int d = nd - 2; d >= 0; d--) {
             idx[d]++;
@@ -111,6 +121,39 @@ static void binary_apply(int op, const ml_tensor *a, const ml_tensor *b, ml_tens
             idx[d] = 0;
         }
     }
+}
+
+/* Large outputs are split over the thread pool in blocks whose starts are multiples of 64
+ * output elements; each element is computed by the same exact IEEE operation whichever
+ * block it falls in, so the result does not depend on the thread count. */
+#define BIN_PAR_MIN (1 << 16)
+typedef struct {
+    int op;
+    const ml_tensor *a, *b;
+    ml_tensor *out;
+    const int64_t *sa, *sb;
+    int64_t step;
+} bin_job;
+static void bin_part(void *ctx, int64_t i) {
+    const bin_job *j = ctx;
+    int64_t lo = i * j->step, hi = lo + j->step < j->out->numel ? lo + j->step : j->out->numel;
+    binary_range(j->op, j->a, j->b, j->out, j->sa, j->sb, lo, hi);
+}
+
+static void binary_apply(int op, const ml_tensor *a, const ml_tensor *b, ml_tensor *out) {
+    int64_t n = out->numel;
+    if (n == 0) return;
+    int nd = out->ndim;
+    int64_t sa[ML_MAX_DIMS], sb[ML_MAX_DIMS];
+    broadcast_strides(a, nd, out->shape, sa);
+    broadcast_strides(b, nd, out->shape, sb);
+    if (n >= BIN_PAR_MIN && !ml__in_parallel() && ml_get_num_threads() > 1) {
+        int64_t parts = ml_get_num_threads();
+        bin_job j = {op, a, b, out, sa, sb, ((n + parts - 1) / parts + 63) / 64 * 64};
+        ml__parallel_for((n + j.step - 1) / j.step, 0, bin_part, &j);
+        return;
+    }
+    binary_range(op, a, b, out, sa, sb, 0, n);
 }
 
 typedef struct { int kernel; ml_op_id op; const char *name; } binary_params;

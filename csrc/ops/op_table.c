@@ -15,6 +15,7 @@ BACKWARD(sparse_softmax_ce)
 BACKWARD(conv2d) BACKWARD(conv2d_input_grad) BACKWARD(conv2d_kernel_grad)
 BACKWARD(max_pool2d) BACKWARD(max_pool2d_scatter) BACKWARD(max_pool2d_gather)
 BACKWARD(avg_pool2d) BACKWARD(avg_pool2d_grad)
+BACKWARD(batch_norm)
 #undef BACKWARD
 
 #define ROW(id, name, n) [id] = {#name, n, ml__##name##_backward}
@@ -70,6 +71,7 @@ const ml_op_def ml_op_table[] = {
     ROW(OP_MAX_POOL2D_GATHER, max_pool2d_gather, 1),
     ROW(OP_AVG_POOL2D, avg_pool2d, 1),
     ROW(OP_AVG_POOL2D_GRAD, avg_pool2d_grad, 1),
+    ROW(OP_BATCH_NORM, batch_norm, -1),
 };
 
 _Static_assert(sizeof ml_op_table / sizeof ml_op_table[0] == OP_COUNT,

@@ -8,6 +8,60 @@ enum { RED_SUM, RED_MAX };
 /* max that keeps a NaN once seen, as NumPy's max does */
 static inline float max_nan(float m, float v) { return (m != m || v > m || v != v) ? (m != m ? m : v) : m; }
 
+/* The contiguous case: x seen as (outer, red, inner); outputs [o0, o1) x [i0, i1). */
+typedef struct {
+    int kind;
+    const float *xd;
+    float *out;
+    int64_t outer, red, inner, o_step, i_step;
+} red_job;
+
+static void red_block(const red_job *j, int64_t o0, int64_t o1, int64_t i0, int64_t i1) {
+    const int kind = j->kind;
+    const int64_t red = j->red, inner = j->inner;
+    for (int64_t o = o0; o < o1; o++) {
+        float *dst = j->out + o * inner;
+        const float *src = j->xd + o * red * inner;
+        if (inner == 1) {
+            if (kind == RED_SUM) {
+                /* four partial sums: vectorisable and more accurate than one chain */
+                float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+                int64_t r = 0;
+                for (; r + 4 <= red; r += 4) {
+                    s0 += src[r]; s1 += src[r + 1]; s2 += src[r + 2]; s3 += src[r + 3];
+                }
+                for (; r < red; r++) s0 += src[r];
+                dst[0] = (s0 + s1) + (s2 + s3);
+            } else {
+                float m = -INFINITY;
+                for (int64_t r = 0; r < red; r++) m = max_nan(m, src[r]);
+                dst[0] = m;
+            }
+        } else {
+            for (int64_t r = 0; r < red; r++) {
+                const float *row = src + r * inner;
+                if (kind == RED_SUM)
+                    for (int64_t i = i0; i < i1; i++) dst[i] += row[i];
+                else
+                    for (int64_t i = i0; i < i1; i++) dst[i] = max_nan(dst[i], row[i]);
+            }
+        }
+    }
+}
+
+/* Reductions of >= RED_PAR_MIN inputs are split over the pool by output rows or columns. */
+#define RED_PAR_MIN (1 << 16)
+static void red_part(void *ctx, int64_t t) {
+    const red_job *j = ctx;
+    if (j->o_step < j->outer) {
+        int64_t o0 = t * j->o_step, o1 = o0 + j->o_step < j->outer ? o0 + j->o_step : j->outer;
+        red_block(j, o0, o1, 0, j->inner);
+    } else {
+        int64_t i0 = t * j->i_step, i1 = i0 + j->i_step < j->inner ? i0 + j->i_step : j->inner;
+        red_block(j, 0, j->outer, i0, i1);
+    }
+}
+
 /* Reduces x over the axes flagged in `reduced` into out (numel = product of kept dims).
  * When the reduced axes form one contiguous block, x is seen as (outer, red, inner) and
  * the loops stay unit-stride; otherwise a multi-index walk handles any axis set. */
@@ -38,34 +92,23 @@ static void reduce_into(int kind, const ml_tensor *x, const int *reduced, float 
         for (int d = 0; d < first; d++) outer *= x->shape[d];
         for (int d = first; d <= last; d++) red *= x->shape[d];
         for (int d = last + 1; d < nd; d++) inner *= x->shape[d];
-        for (int64_t o = 0; o < outer; o++) {
-            float *dst = out + o * inner;
-            const float *src = xd + o * red * inner;
-            if (inner == 1) {
-                if (kind == RED_SUM) {
-                    /* four partial sums: vectorisable and more accurate than one chain */
-                    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-                    int64_t r = 0;
-                    for (; r + 4 <= red; r += 4) {
-                        s0 += src[r]; s1 += src[r + 1]; s2 += src[r + 2]; s3 += src[r + 3];
-                    }
-                    for (; r < red; r++) s0 += src[r];
-                    dst[0] = (s0 + s1) + (s2 + s3);
-                } else {
-                    float m = -INFINITY;
-                    for (int64_t r = 0; r < red; r++) m = max_nan(m, src[r]);
-                    dst[0] = m;
-                }
-            } else {
-                for (int64_t r = 0; r < red; r++) {
-                    const float *row = src + r * inner;
-                    if (kind == RED_SUM)
-                        for (int64_t i = 0; i < inner; i++) dst[i] += row[i];
-                    else
-                        for (int64_t i = 0; i < inner; i++) dst[i] = max_nan(dst[i], row[i]);
-                }
+        red_job j = {kind, xd, out, outer, red, inner, outer, inner};
+        int threads = ml_get_num_threads();
+        if (x->numel >= RED_PAR_MIN && threads > 1 && !ml__in_parallel()) {
+            /* independent outputs only: whole rows (outer) or column blocks (inner); every
+             * output's own sum runs in one task in the same order as unsplit */
+            if (outer >= 2) {
+                j.o_step = (outer + threads - 1) / threads;
+                ml__parallel_for((outer + j.o_step - 1) / j.o_step, 0, red_part, &j);
+                return;
+            }
+            if (inner >= 32) {
+                j.i_step = ((inner + threads - 1) / threads + 15) / 16 * 16;
+                ml__parallel_for((inner + j.i_step - 1) / j.i_step, 0, red_part, &j);
+                return;
             }
         }
+        red_block(&j, 0, outer, 0, inner);
         return;
     }
     /* general: out offset strides with 0 on reduced axes */

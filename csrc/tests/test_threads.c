@@ -125,6 +125,56 @@ static void pool_unary_case(void) {
     ml_release(x);
 }
 
+/* Broadcast binary ops and reductions (split by output blocks / independent output rows
+ * or columns) give the same bits on 1, 2 and 3 threads. */
+#define BR_N 12
+static int br_run(int threads, float **res, int64_t *sz) {
+    ml_set_num_threads(threads);
+    int64_t xs[4] = {16, 28, 28, 64}, cs[1] = {64}, ks[4] = {16, 1, 1, 64}, hs[4] = {1, 28, 1, 1};
+    int64_t rs2[2] = {7, 10001}, cols[2] = {7, 1}, tall[2] = {3, 30001};
+    rs = 12345;
+    ml_tensor *x = randt(4, xs), *y = randt(4, xs), *c = randt(1, cs), *k = randt(4, ks),
+              *h = randt(4, hs), *r = randt(2, rs2), *rc = randt(2, cols), *t = randt(2, tall);
+    ml_tensor *o[BR_N] = {0};
+    int ax012[3] = {0, 1, 2}, ax3[1] = {3}, ax12[2] = {1, 2}, ax0[1] = {0}, ax1[1] = {1};
+    int ok = 1;
+    ok &= ml_mul(&o[0], x, y) == ML_OK;
+    ok &= ml_add(&o[1], x, c) == ML_OK;
+    ok &= ml_div(&o[2], x, k) == ML_OK;
+    ok &= ml_maximum(&o[3], h, x) == ML_OK;
+    ok &= ml_sub(&o[4], r, rc) == ML_OK;       /* blocks cut rows of 10001 */
+    ok &= ml_sum(&o[5], x, 3, ax012, 1) == ML_OK; /* one row: column blocks */
+    ok &= ml_sum(&o[6], x, 1, ax3, 0) == ML_OK;   /* many rows, inner 1 */
+    ok &= ml_mean(&o[7], x, 2, ax12, 1) == ML_OK; /* 16 rows x 64 columns */
+    ok &= ml_max(&o[8], x, 1, ax0, 0) == ML_OK;
+    ok &= ml_sum(&o[9], t, 1, ax1, 0) == ML_OK;   /* 3 rows on 2 threads */
+    ok &= ml_sum(&o[10], x, 0, NULL, 0) == ML_OK; /* a single sum: never split */
+    ok &= ml_sum(&o[11], r, 1, ax0, 1) == ML_OK;  /* one row, 10001 columns */
+    for (int i = 0; i < BR_N; i++) {
+        if (!o[i]) { ok = 0; continue; }
+        sz[i] = ml_numel(o[i]);
+        res[i] = malloc(sizeof(float) * sz[i]);
+        memcpy(res[i], ml_data(o[i]), sizeof(float) * sz[i]);
+        ml_release(o[i]);
+    }
+    ml_release(x); ml_release(y); ml_release(c); ml_release(k); ml_release(h);
+    ml_release(r); ml_release(rc); ml_release(t);
+    return ok;
+}
+
+static void binary_reduce_case(void) {
+    float *res[3][BR_N] = {{0}};
+    int64_t sz[3][BR_N] = {{0}};
+    for (int t = 0; t < 3; t++) CHECK(br_run(t + 1, res[t], sz[t]), "binary/reduce ops ran on %d threads", t + 1);
+    for (int i = 0; i < BR_N; i++) {
+        for (int t = 1; t < 3; t++)
+            CHECK(res[0][i] && res[t][i] && sz[0][i] == sz[t][i] &&
+                      memcmp(res[0][i], res[t][i], sizeof(float) * sz[0][i]) == 0,
+                  "binary/reduce case %d differs between 1 and %d threads", i, t + 1);
+        for (int t = 0; t < 3; t++) free(res[t][i]);
+    }
+}
+
 int main(void) {
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++) {
@@ -136,6 +186,7 @@ int main(void) {
     conv_case(20, 7, 64, 64);
     conv_case(3, 28, 1, 64);
     pool_unary_case();
+    binary_reduce_case();
     ml_set_num_threads(0);
     CHECK(ml_get_num_threads() >= 1, "default thread count");
     printf("test_threads: %d passed, %d failed\n", passed, failed);
