@@ -18,7 +18,10 @@ b. Warm start from the memory on recurring tasks: the system (AdaptiveNeuralNetw
 c. The performance predictor: MetaLearningNetwork's predicted accuracy against the accuracy
    reached after adaptation on held-out tasks whose difficulty varies (classes from one
    alphabet or from several, and 0-50 % of the pixels replaced by noise); Spearman's rank
-   correlation (target >= 0.5).
+   correlation (target >= 0.5). The predictor's input: the support set's Gram matrix and
+   labels and the task statistics of MetaLearner.task_statistics (the learner's support
+   loss before and after adaptation, prototype separation); no query set, no test task,
+   is seen before the predictions are made.
 
     python benchmarks/memory_results.py            # full settings (about 9 min on 2 cores)
     python benchmarks/memory_results.py --quick    # seconds, for CI
@@ -263,7 +266,8 @@ def predictor(args, encoder=None):
         fit_time = time.perf_counter() - start
         h = system.history["predictor_loss"]
         k = max(1, len(h) // 10)
-        print(f"c. predictor features from the {vname}: MAML + predictor on varied tasks, "
+        print(f"c. predictor features (Gram matrix, labels, {len(system.STATISTICS)} task statistics) "
+              f"from the {vname}: MAML + predictor on varied tasks, "
               f"{args.c_iterations} iterations x {args.meta_batch} tasks (+{args.predictor_steps} "
               f"predictor steps on the last {len(system._buffer_t)} tasks) in {fit_time:.0f} s; "
               f"predictor MSE {np.mean(h[:k]):.4f} (first 10 %) -> "
