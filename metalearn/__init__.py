@@ -12,7 +12,6 @@ adds the Keras-style layers and models (``metalearn.keras``), ``GradientTape`` a
     >>> (df,) = ml.grad(f, x, create_graph=True)   # 4x = 12
     >>> (d2f,) = ml.grad(df, x)                    # 4
 """
-from contextlib import contextmanager as _contextmanager
 
 from . import _core
 from ._core import (  # noqa: F401  (the public core API)
@@ -85,44 +84,9 @@ def set_grad_enabled(enabled):
     return _core.set_grad_enabled(bool(enabled))
 
 
-class _GradMode:
-    """Context manager (and decorator) that sets grad mode and restores it on exit."""
-
-    def __init__(self, enabled):
-        self._enabled = enabled
-
-    def __enter__(self):
-        self._prev = _core.set_grad_enabled(self._enabled)
-        return self
-
-    def __exit__(self, *exc):
-        _core.set_grad_enabled(self._prev)
-        return False
-
-    def __call__(self, fn):
-        import functools
-
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            with _GradMode(self._enabled):
-                return fn(*args, **kwargs)
-
-        return wrapper
-
-
-def no_grad():
-    """Context manager: ops inside record nothing (inference, weight updates)."""
-    return _GradMode(False)
-
-
-def enable_grad():
-    """Context manager: ops inside are recorded even within ``no_grad``."""
-    return _GradMode(True)
-
-
 from ._core import get_num_threads, set_num_threads  # noqa: E402,F401
 from .function import Function, function  # noqa: E402,F401
-from .tape import GradientTape, Variable  # noqa: E402
+from .tape import GradientTape, Variable, enable_grad, no_grad  # noqa: E402,F401
 from . import keras, networks, random  # noqa: E402
 from . import datasets, meta, tasks  # noqa: E402,F401
 from .memory import KnowledgeMemory, MemoryClassifier  # noqa: E402,F401

@@ -46,10 +46,26 @@ class _GradMode:
         _core.set_grad_enabled(self._prev)
         return False
 
+    def __call__(self, fn):
+        """Also a decorator: ``@metalearn.no_grad()``."""
+        import functools
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with _GradMode(self._enabled):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
 
 def no_grad() -> ContextManager[Any]:
-    """Context manager: nothing inside is recorded."""
+    """Context manager (and decorator): ops inside record nothing (inference, updates)."""
     return _GradMode(False)
+
+
+def enable_grad() -> ContextManager[Any]:
+    """Context manager (and decorator): ops inside are recorded even within ``no_grad``."""
+    return _GradMode(True)
 
 
 def _tapes():

@@ -241,6 +241,9 @@ void ml__trace_fail(ml_status st);
         if (ml__trace_active) ml__trace_record((fn), (n), (ins), (out), (params), sizeof *(params)); \
     } while (0)
 
+/* io/weights.c: tmp file + fsync + rename (weights and memory files). */
+ml_status ml__write_atomic(const char *path, const void *buf, size_t size);
+
 /* Size above which an op is worth splitting over threads or releasing the GIL for. */
 #define ML_BIG_WORK 32768
 

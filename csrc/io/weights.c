@@ -50,6 +50,39 @@ static uint64_t get_u64(const uint8_t *p) {
     return v;
 }
 
+/* Writes `size` bytes to `path.tmp<pid>`, fsyncs, renames over `path`: readers see the old
+ * file or the new one, never half of one, even if the process dies in between. */
+ml_status ml__write_atomic(const char *path, const void *buf, size_t size) {
+    size_t plen = strlen(path);
+    char *tmp = malloc(plen + 32);
+    if (!tmp) return ml_set_error(ML_ERR_OOM, "cannot write '%s': out of memory", path);
+    snprintf(tmp, plen + 32, "%s.tmp%ld", path, (long)getpid());
+    ml_status st = ML_OK;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+        st = ml_set_error(ML_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
+    } else {
+        size_t done = 0;
+        errno = 0;
+        while (done < size) {
+            ssize_t w = write(fd, (const char *)buf + done, size - done);
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) break;
+            done += (size_t)w;
+        }
+        int err = done < size ? (errno ? errno : EIO) : 0;
+        if (!err && fsync(fd) != 0) err = errno;
+        if (close(fd) != 0 && !err) err = errno;
+        if (!err && rename(tmp, path) != 0) err = errno;
+        if (err) {
+            st = ml_set_error(ML_ERR_IO, "cannot write '%s': %s", path, strerror(err));
+            unlink(tmp);
+        }
+    }
+    free(tmp);
+    return st;
+}
+
 ml_status ml_save_tensors(const char *path, int n, const char *const *names,
                           ml_tensor *const *tensors) {
     if (!path || n < 0 || (n > 0 && (!names || !tensors)))
@@ -84,36 +117,7 @@ ml_status ml_save_tensors(const char *path, int n, const char *const *names,
     put_u32(p, ml_crc32(0, buf, (size_t)(p - buf))), p += 4;
     ML_ASSERT((size_t)(p - buf) == size);
 
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 32);
-    if (!tmp) {
-        free(buf);
-        return ml_set_error(ML_ERR_OOM, "save: out of memory");
-    }
-    snprintf(tmp, plen + 32, "%s.tmp%ld", path, (long)getpid());
-    ml_status st = ML_OK;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-        st = ml_set_error(ML_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
-    } else {
-        size_t done = 0;
-        while (done < size) {
-            ssize_t w = write(fd, buf + done, size - done);
-            if (w < 0 && errno == EINTR) continue;
-            if (w <= 0) break;
-            done += (size_t)w;
-        }
-        int err = done < size ? errno : 0;
-        if (!err && fsync(fd) != 0) err = errno;
-        if (close(fd) != 0 && !err) err = errno;
-        if (!err && rename(tmp, path) != 0) err = errno;
-        if (err || done < size) {
-            st = ml_set_error(ML_ERR_IO, "cannot write '%s': %s", path,
-                              strerror(err ? err : EIO));
-            unlink(tmp);
-        }
-    }
-    free(tmp);
+    ml_status st = ml__write_atomic(path, buf, size);
     free(buf);
     return st;
 }

@@ -704,35 +704,7 @@ ml_status ml_memory_save(ml_memory *mem, const char *path) {
     put_u32(w, ml_crc32(0, buf, (size_t)(w - buf))), w += 4;
     ML_ASSERT((size_t)(w - buf) == size);
 
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 32);
-    if (!tmp) {
-        free(buf);
-        return ml_set_error(ML_ERR_OOM, "KnowledgeMemory.save: out of memory");
-    }
-    snprintf(tmp, plen + 32, "%s.tmp%ld", path, (long)getpid());
-    ml_status st = ML_OK;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-        st = ml_set_error(ML_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
-    } else {
-        size_t done = 0;
-        while (done < size) {
-            ssize_t n = write(fd, buf + done, size - done);
-            if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) break;
-            done += (size_t)n;
-        }
-        int err = done < size ? (errno ? errno : EIO) : 0;
-        if (!err && fsync(fd) != 0) err = errno;
-        if (close(fd) != 0 && !err) err = errno;
-        if (!err && rename(tmp, path) != 0) err = errno;
-        if (err) {
-            st = ml_set_error(ML_ERR_IO, "cannot write '%s': %s", path, strerror(err));
-            unlink(tmp);
-        }
-    }
-    free(tmp);
+    ml_status st = ml__write_atomic(path, buf, size);
     free(buf);
     return st;
 }
