@@ -59,6 +59,10 @@ fi
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:strict_string_checks=1:detect_stack_use_after_return=0:allocator_may_return_null=1${ASAN_EXTRA:+:$ASAN_EXTRA}"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 export PYTHONMALLOC=malloc
+# the copy has no ../shared beside it: point the Omniglot loader at the real tree's data
+if [ -z "${METALEARN_DATA:-}" ] && [ -d "$ROOT/../shared/data/omniglot" ]; then
+    export METALEARN_DATA="$ROOT/../shared/data/omniglot"
+fi
 export METALEARN_SANITIZED=1   # tests whose bounds (time, RSS) do not hold under ASan read it
 
 # The copy must be what Python imports (not the editable install of the real tree).

@@ -1,4 +1,5 @@
 """Reptile, Meta-SGD, ANIL, FOMAML and ProtoNet: each learns; their update rules check out."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,8 @@ from metalearn import keras
 from metalearn.meta import ANIL, FOMAML, MAML, MetaSGD, ProtoNet, Reptile, models, prototype_logits
 from metalearn.tasks import NWayKShot, Sinusoid
 
-DATA = Path(ml.__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+DATA = Path(os.environ.get("METALEARN_DATA")
+            or Path(ml.__file__).resolve().parents[2] / "shared" / "data" / "omniglot")
 
 
 def _model(seed=0):

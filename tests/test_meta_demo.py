@@ -3,6 +3,7 @@ import json
 import re
 import subprocess
 import sys
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ import metalearn as ml
 from metalearn.__main__ import main
 from metalearn.meta import models
 
-DATA = Path(ml.__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+DATA = Path(os.environ.get("METALEARN_DATA")
+            or Path(ml.__file__).resolve().parents[2] / "shared" / "data" / "omniglot")
 
 
 def test_help_lists_the_options():

@@ -3,6 +3,7 @@ import shutil
 import struct
 import zipfile
 import zlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ from metalearn.datasets._omniglot import resize_area, _CACHE
 from metalearn.datasets.png import decode_png, encode_png
 import metalearn.datasets._omniglot as om
 
-DATA = Path(metalearn.__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+DATA = Path(os.environ.get("METALEARN_DATA")
+            or Path(metalearn.__file__).resolve().parents[2] / "shared" / "data" / "omniglot")
 needs_data = pytest.mark.skipif(not (DATA / "omniglot_background.npz").is_file(),
                                 reason="shared Omniglot data not present")
 
