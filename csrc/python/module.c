@@ -1340,7 +1340,7 @@ static ml_tensor **tensor_list(PyObject *obj, Py_ssize_t *n, const char *what, i
         seq = PySequence_Fast(obj, "expected a tensor or a list of tensors");
         if (!seq) {
             PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "grad: %s must be a Tensor or a list of Tensors, got %.100s",
+            PyErr_Format(PyExc_TypeError, "%s must be a Tensor or a list of Tensors, got %.100s",
                          what, type_name(obj));
             return NULL;
         }
@@ -1357,7 +1357,7 @@ static ml_tensor **tensor_list(PyObject *obj, Py_ssize_t *n, const char *what, i
         PyObject *it = PySequence_Fast_GET_ITEM(seq, i);
         if (allow_none && it == Py_None) continue;
         if (!Tensor_Check(it)) {
-            PyErr_Format(PyExc_TypeError, "grad: %s[%zd] must be a Tensor, got %.100s", what, i,
+            PyErr_Format(PyExc_TypeError, "%s[%zd] must be a Tensor, got %.100s", what, i,
                          type_name(it));
             PyMem_Free(ts);
             Py_DECREF(seq);
@@ -1380,8 +1380,8 @@ static PyObject *mod_grad(PyObject *m, PyObject *args, PyObject *kwds) {
     ml_tensor **outs = NULL, **ins = NULL, **gouts = NULL, **grads = NULL;
     ml_tensor **owned_g = NULL; /* grad_outputs converted from arrays */
     PyObject *result = NULL;
-    if (!(outs = tensor_list(oo, &no, "outputs", 0))) goto done;
-    if (!(ins = tensor_list(io, &ni, "inputs", 0))) goto done;
+    if (!(outs = tensor_list(oo, &no, "grad: outputs", 0))) goto done;
+    if (!(ins = tensor_list(io, &ni, "grad: inputs", 0))) goto done;
     if (no < 1 || ni < 1 || no > INT32_MAX || ni > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "grad: needs at least one output and one input");
         goto done;
@@ -1806,30 +1806,9 @@ static void Trace_dealloc(TraceObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* the tensors of a trace call (None allowed for an absent output) */
 static ml_tensor **tensor_seq(PyObject *obj, Py_ssize_t *n, const char *what) {
-    PyObject *seq = PySequence_Fast(obj, what);
-    if (!seq) return NULL;
-    *n = PySequence_Fast_GET_SIZE(seq);
-    ml_tensor **ts = PyMem_Calloc((size_t)(*n ? *n : 1), sizeof *ts);
-    if (!ts) {
-        Py_DECREF(seq);
-        PyErr_NoMemory();
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < *n; i++) {
-        PyObject *it = PySequence_Fast_GET_ITEM(seq, i);
-        if (it == Py_None) continue;
-        if (!Tensor_Check(it)) {
-            PyErr_Format(PyExc_TypeError, "%s: item %zd must be a Tensor, got %.100s", what, i,
-                         type_name(it));
-            PyMem_Free(ts);
-            Py_DECREF(seq);
-            return NULL;
-        }
-        ts[i] = T(it);
-    }
-    Py_DECREF(seq);
-    return ts;
+    return tensor_list(obj, n, what, 1);
 }
 
 static PyObject *mod_trace_begin(PyObject *m, PyObject *inputs) {
