@@ -32,23 +32,6 @@ uint32_t ml_crc32(uint32_t crc, const void *data, size_t len) {
     return ~crc;
 }
 
-/* little-endian encoding, whatever the host */
-static void put_u32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static void put_u64(uint8_t *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint32_t get_u32(const uint8_t *p) {
-    uint32_t v = 0;
-    for (int i = 0; i < 4; i++) v |= (uint32_t)p[i] << (8 * i);
-    return v;
-}
-static uint64_t get_u64(const uint8_t *p) {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
 
 /* Writes `size` bytes to `path.tmp<pid>`, fsyncs, renames over `path`: readers see the old
  * file or the new one, never half of one, even if the process dies in between. */
@@ -99,22 +82,22 @@ ml_status ml_save_tensors(const char *path, int n, const char *const *names,
     uint8_t *buf = malloc(size), *p = buf;
     if (!buf) return ml_set_error(ML_ERR_OOM, "save: out of memory (%zu bytes)", size);
     memcpy(p, MAGIC, 8), p += 8;
-    put_u32(p, FORMAT_VERSION), p += 4;
-    put_u32(p, (uint32_t)n), p += 4;
+    ml__put_u32(p, FORMAT_VERSION), p += 4;
+    ml__put_u32(p, (uint32_t)n), p += 4;
     for (int i = 0; i < n; i++) {
         const ml_tensor *t = tensors[i];
         uint32_t len = (uint32_t)strlen(names[i]);
-        put_u32(p, len), p += 4;
+        ml__put_u32(p, len), p += 4;
         memcpy(p, names[i], len), p += len;
-        put_u32(p, (uint32_t)t->ndim), p += 4;
-        for (int d = 0; d < t->ndim; d++) put_u64(p, (uint64_t)t->shape[d]), p += 8;
+        ml__put_u32(p, (uint32_t)t->ndim), p += 4;
+        for (int d = 0; d < t->ndim; d++) ml__put_u64(p, (uint64_t)t->shape[d]), p += 8;
         for (int64_t j = 0; j < t->numel; j++) {
             uint32_t bits;
             memcpy(&bits, &t->data[j], 4);
-            put_u32(p, bits), p += 4;
+            ml__put_u32(p, bits), p += 4;
         }
     }
-    put_u32(p, ml_crc32(0, buf, (size_t)(p - buf))), p += 4;
+    ml__put_u32(p, ml_crc32(0, buf, (size_t)(p - buf))), p += 4;
     ML_ASSERT((size_t)(p - buf) == size);
 
     ml_status st = ml__write_atomic(path, buf, size);
@@ -160,16 +143,16 @@ ml_status ml_load_tensors(const char *path, int *n_out, char ***names_out,
     if (got != size) CORRUPT("cannot read '%s': short read", path);
     if (size < 20 || memcmp(buf, MAGIC, 8) != 0)
         CORRUPT("'%s' is not a metalearn weights file (bad magic)", path);
-    if (ml_crc32(0, buf, size - 4) != get_u32(buf + size - 4))
+    if (ml_crc32(0, buf, size - 4) != ml__get_u32(buf + size - 4))
         CORRUPT("'%s' is corrupt or truncated (checksum mismatch)", path);
-    uint32_t version = get_u32(buf + 8);
+    uint32_t version = ml__get_u32(buf + 8);
     if (version != FORMAT_VERSION)
         CORRUPT("'%s' has format version %u; this metalearn reads version %u", path, version,
                 FORMAT_VERSION);
     const uint8_t *p = buf + 16, *end = buf + size - 4;
-    if (get_u32(buf + 12) > (uint32_t)(end - p) / 8)
-        CORRUPT("'%s' is corrupt: %u entries cannot fit", path, get_u32(buf + 12));
-    n = get_u32(buf + 12);
+    if (ml__get_u32(buf + 12) > (uint32_t)(end - p) / 8)
+        CORRUPT("'%s' is corrupt: %u entries cannot fit", path, ml__get_u32(buf + 12));
+    n = ml__get_u32(buf + 12);
     names = calloc(n ? n : 1, sizeof *names);
     tensors = calloc(n ? n : 1, sizeof *tensors);
     if (!names || !tensors) {
@@ -178,7 +161,7 @@ ml_status ml_load_tensors(const char *path, int *n_out, char ***names_out,
     }
     for (uint32_t i = 0; i < n; i++) {
         if (end - p < 4) CORRUPT("'%s' is truncated in entry %u", path, i);
-        uint32_t len = get_u32(p);
+        uint32_t len = ml__get_u32(p);
         p += 4;
         if (len > MAX_NAME || (size_t)(end - p) < len) CORRUPT("'%s' is corrupt: bad name in entry %u", path, i);
         names[i] = malloc(len + 1);
@@ -190,18 +173,18 @@ ml_status ml_load_tensors(const char *path, int *n_out, char ***names_out,
         names[i][len] = 0;
         p += len;
         if (end - p < 4) CORRUPT("'%s' is truncated in entry %u", path, i);
-        uint32_t ndim = get_u32(p);
+        uint32_t ndim = ml__get_u32(p);
         p += 4;
         if (ndim > ML_MAX_DIMS || (size_t)(end - p) < 8u * ndim)
             CORRUPT("'%s' is corrupt: bad rank %u in entry '%s'", path, ndim, names[i]);
         int64_t shape[ML_MAX_DIMS];
-        for (uint32_t d = 0; d < ndim; d++, p += 8) shape[d] = (int64_t)get_u64(p);
+        for (uint32_t d = 0; d < ndim; d++, p += 8) shape[d] = (int64_t)ml__get_u64(p);
         int64_t numel;
         if (ml__check_shape((int)ndim, shape, &numel) != ML_OK || (uint64_t)(end - p) / 4 < (uint64_t)numel)
             CORRUPT("'%s' is corrupt: bad shape in entry '%s'", path, names[i]);
         if ((st = ml__new(&tensors[i], (int)ndim, shape))) goto fail;
         for (int64_t j = 0; j < numel; j++, p += 4) {
-            uint32_t bits = get_u32(p);
+            uint32_t bits = ml__get_u32(p);
             memcpy(&tensors[i]->data[j], &bits, 4);
         }
     }

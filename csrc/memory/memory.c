@@ -643,32 +643,16 @@ static const char MAGIC[8] = {'M', 'L', 'M', 'E', 'M', 'O', 'R', 'Y'};
 #define FORMAT_VERSION 1u
 #define HEADER_BYTES (8 + 4 + 8 * 4 + 8 + 8 * 4)
 
-static void put_u32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static void put_u64(uint8_t *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint32_t get_u32(const uint8_t *p) {
-    uint32_t v = 0;
-    for (int i = 0; i < 4; i++) v |= (uint32_t)p[i] << (8 * i);
-    return v;
-}
-static uint64_t get_u64(const uint8_t *p) {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
 static void put_floats(uint8_t **p, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++, *p += 4) {
         uint32_t bits;
         memcpy(&bits, &x[i], 4);
-        put_u32(*p, bits);
+        ml__put_u32(*p, bits);
     }
 }
 static void get_floats(float *x, const uint8_t **p, int64_t n) {
     for (int64_t i = 0; i < n; i++, *p += 4) {
-        uint32_t bits = get_u32(*p);
+        uint32_t bits = ml__get_u32(*p);
         memcpy(&x[i], &bits, 4);
     }
 }
@@ -689,19 +673,19 @@ ml_status ml_memory_save(ml_memory *mem, const char *path) {
         return ml_set_error(ML_ERR_OOM, "KnowledgeMemory.save: out of memory (%zu bytes)", size);
     }
     memcpy(w, MAGIC, 8), w += 8;
-    put_u32(w, FORMAT_VERSION), w += 4;
-    put_u64(w, (uint64_t)mem->capacity), w += 8;
-    put_u64(w, (uint64_t)d), w += 8;
-    put_u64(w, (uint64_t)p), w += 8;
-    put_u64(w, (uint64_t)c), w += 8;
-    put_u64(w, mem->seed), w += 8;
-    for (int i = 0; i < 4; i++) put_u64(w, mem->rng[i]), w += 8;
+    ml__put_u32(w, FORMAT_VERSION), w += 4;
+    ml__put_u64(w, (uint64_t)mem->capacity), w += 8;
+    ml__put_u64(w, (uint64_t)d), w += 8;
+    ml__put_u64(w, (uint64_t)p), w += 8;
+    ml__put_u64(w, (uint64_t)c), w += 8;
+    ml__put_u64(w, mem->seed), w += 8;
+    for (int i = 0; i < 4; i++) ml__put_u64(w, mem->rng[i]), w += 8;
     put_floats(&w, mem->keys, c * d);
-    for (int64_t i = 0; i < c; i++, w += 8) put_u64(w, (uint64_t)mem->labels[i]);
-    for (int64_t i = 0; i < c; i++, w += 8) put_u64(w, (uint64_t)mem->ages[i]);
+    for (int64_t i = 0; i < c; i++, w += 8) ml__put_u64(w, (uint64_t)mem->labels[i]);
+    for (int64_t i = 0; i < c; i++, w += 8) ml__put_u64(w, (uint64_t)mem->ages[i]);
     if (p) put_floats(&w, mem->payloads, c * p);
     pthread_rwlock_unlock(&mem->lock);
-    put_u32(w, ml_crc32(0, buf, (size_t)(w - buf))), w += 4;
+    ml__put_u32(w, ml_crc32(0, buf, (size_t)(w - buf))), w += 4;
     ML_ASSERT((size_t)(w - buf) == size);
 
     ml_status st = ml__write_atomic(path, buf, size);
@@ -742,14 +726,14 @@ static ml_status read_file(loaded *f, const char *path) {
     if (size < 8 || memcmp(buf, MAGIC, 8) != 0)
         CORRUPT("'%s' is not a metalearn memory file (bad magic)", path);
     if (size < HEADER_BYTES + 4) CORRUPT("'%s' is truncated (%zu bytes)", path, size);
-    if (ml_crc32(0, buf, size - 4) != get_u32(buf + size - 4))
+    if (ml_crc32(0, buf, size - 4) != ml__get_u32(buf + size - 4))
         CORRUPT("'%s' is corrupt or truncated (checksum mismatch)", path);
-    uint32_t version = get_u32(buf + 8);
+    uint32_t version = ml__get_u32(buf + 8);
     if (version != FORMAT_VERSION)
         CORRUPT("'%s' has memory format version %u; this metalearn reads version %u", path,
                 version, FORMAT_VERSION);
     const uint8_t *r = buf + 12;
-    uint64_t cap = get_u64(r), d = get_u64(r + 8), p = get_u64(r + 16), c = get_u64(r + 24);
+    uint64_t cap = ml__get_u64(r), d = ml__get_u64(r + 8), p = ml__get_u64(r + 16), c = ml__get_u64(r + 24);
     r += 32;
     if (cap == 0 || d == 0 || cap > (uint64_t)MAX_SIZE || d > (uint64_t)MAX_SIZE ||
         p > (uint64_t)MAX_SIZE || c > cap || cap > (uint64_t)MAX_SIZE / d ||
@@ -772,14 +756,14 @@ static ml_status read_file(loaded *f, const char *path) {
     f->d = (int64_t)d;
     f->p = (int64_t)p;
     f->count = (int64_t)c;
-    f->seed = get_u64(r), r += 8;
-    for (int i = 0; i < 4; i++) f->rng[i] = get_u64(r), r += 8;
+    f->seed = ml__get_u64(r), r += 8;
+    for (int i = 0; i < 4; i++) f->rng[i] = ml__get_u64(r), r += 8;
     /* the ages must be non-negative and the keys finite */
     const uint8_t *ages = r + c * d * 4 + c * 8;
     for (uint64_t i = 0; i < c; i++)
-        if ((int64_t)get_u64(ages + 8 * i) < 0) CORRUPT("'%s' is corrupt: negative age", path);
+        if ((int64_t)ml__get_u64(ages + 8 * i) < 0) CORRUPT("'%s' is corrupt: negative age", path);
     for (uint64_t i = 0; i < c * d; i++) {
-        uint32_t bits = get_u32(r + 4 * i);
+        uint32_t bits = ml__get_u32(r + 4 * i);
         float v;
         memcpy(&v, &bits, 4);
         if (!isfinite(v)) CORRUPT("'%s' is corrupt: non-finite key", path);
@@ -798,8 +782,8 @@ static void install(ml_memory *m, const loaded *f) {
     const uint8_t *r = f->body;
     int64_t c = f->count, d = f->d, p = f->p;
     get_floats(m->keys, &r, c * d);
-    for (int64_t i = 0; i < c; i++, r += 8) m->labels[i] = (int64_t)get_u64(r);
-    for (int64_t i = 0; i < c; i++, r += 8) m->ages[i] = (int64_t)get_u64(r);
+    for (int64_t i = 0; i < c; i++, r += 8) m->labels[i] = (int64_t)ml__get_u64(r);
+    for (int64_t i = 0; i < c; i++, r += 8) m->ages[i] = (int64_t)ml__get_u64(r);
     if (p) get_floats(m->payloads, &r, c * p);
     m->count = c;
     m->seed = f->seed;
