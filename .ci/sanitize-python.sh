@@ -32,7 +32,9 @@ if [ ! -e "$ASAN_RT" ]; then
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/metalearn-san.XXXXXX")
-if [ -z "${KEEP:-}" ]; then trap 'rm -rf "$WORK"' EXIT; fi
+# the log lives outside the copy: tests check that nothing writes into the tree they run in
+LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/metalearn-san-log.XXXXXX")
+if [ -z "${KEEP:-}" ]; then trap 'rm -rf "$WORK" "$LOGDIR"' EXIT; fi
 
 # A copy of the tracked and untracked (not ignored) files: the tree as it is now.
 git ls-files -co --exclude-standard -z | grep -zv '\.so$' | xargs -0 cp --parents -t "$WORK" 2>/dev/null || true
@@ -72,7 +74,7 @@ assert c.__file__.startswith('$WORK'), c.__file__
 print('   testing', c.__file__)
 "
 
-LOG="$WORK/pytest.log"
+LOG="$LOGDIR/pytest.log"
 set +e
 LD_PRELOAD="$ASAN_RT $UBSAN_RT" "$PY" -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$LOG"
 rc=${PIPESTATUS[0]}
