@@ -6,6 +6,7 @@
 #   FUZZ_SECONDS=3600 .ci/fuzz.sh     # by hand: an hour
 #   FUZZ_ONLY=weights .ci/fuzz.sh     # one harness
 #   FUZZ_NATIVE=0 .ci/fuzz.sh         # skip the clang build (Python-level coverage only)
+#   FUZZ_SEED=1 .ci/fuzz.sh           # libFuzzer's -seed (CI fixes it so a red run replays)
 #
 # With clang on the PATH (apt-get install clang), metalearn._core is rebuilt in a
 # throw-away copy of the tree with -fsanitize=fuzzer-no-link,address,undefined, and the
@@ -73,7 +74,8 @@ for h in "${HARNESSES[@]}"; do
     set +e
     PYTHONPATH="$PYPATH" LD_PRELOAD="$PRELOAD" "$PY" "fuzz/fuzz_$h.py" \
         "$WORK/corpus-$h" "fuzz/corpus/$h" -max_total_time="$PER" -print_final_stats=1 \
-        -rss_limit_mb=4096 -timeout=20 -artifact_prefix="$WORK/art-$h/" >"$log" 2>&1
+        -rss_limit_mb=4096 -timeout=20 -artifact_prefix="$WORK/art-$h/" \
+        ${FUZZ_SEED:+-seed="$FUZZ_SEED"} >"$log" 2>&1
     rc=$?
     set -e
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1 || true)

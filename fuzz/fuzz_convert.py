@@ -105,7 +105,8 @@ def TestOneInput(data):
     if a is not None and arr.dtype.kind != "O":
         _same(a, arr)
     if before is not None:
-        assert np.array_equal(arr, before, equal_nan=arr.dtype.kind in "fc"), "input was written"
+        # Bytes, not values: NaT (datetime) and NaN are unequal to themselves.
+        assert arr.tobytes() == before.tobytes(), "input was written"
     if t is None:
         return
 
