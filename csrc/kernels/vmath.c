@@ -41,6 +41,22 @@ static void p_sigmoid(int64_t n, const float *x, float *o) { for (int64_t i = 0;
 static void p_erf(int64_t n, const float *x, float *o) { for (int64_t i = 0; i < n; i++) o[i] = erff(x[i]); }
 static void p_gelu(int64_t n, const float *x, float *o) { for (int64_t i = 0; i < n; i++) o[i] = s_gelu(x[i]); }
 
+static void p_adam(int64_t n, float *restrict p, const float *restrict g, float *restrict m,
+                   float *restrict v, float *restrict vhat, float lr_t, float b1, float b2,
+                   float eps) {
+    const float c1 = 1.0f - b1, c2 = 1.0f - b2;
+    for (int64_t j = 0; j < n; j++) {
+        m[j] += (g[j] - m[j]) * c1;
+        v[j] += (g[j] * g[j] - v[j]) * c2;
+        float vv = v[j];
+        if (vhat) { /* AMSGrad (Reddi et al. 2018): the max of all past v */
+            vhat[j] = vhat[j] > vv ? vhat[j] : vv;
+            vv = vhat[j];
+        }
+        p[j] -= lr_t * m[j] / (sqrtf(vv) + eps);
+    }
+}
+
 #if ML_HAVE_AVX2
 /* ------------------------------------------------------------ AVX2 cores */
 
@@ -178,6 +194,33 @@ ML_VLOOP(a_erf, erf_core, erff, -INFINITY, INFINITY)
 ML_VLOOP(a_gelu, gelu_core, s_gelu, -1e30f, 1e30f)
 #endif
 
+#if ML_HAVE_AVX2
+/* 8 lanes of exact vsqrtps/vdivps: 65 -> 40 us for the 101k parameters of the 784-128-10
+ * network (the SSE loop GCC makes of p_adam). Software prefetching on the four streams
+ * was tried and measured no better than the hardware prefetcher. */
+ML_TARGET_AVX2 static void a_adam(int64_t n, float *restrict p, const float *restrict g,
+                                  float *restrict m, float *restrict v, float *restrict vhat,
+                                  float lr_t, float b1, float b2, float eps) {
+    const __m256 c1 = SET1(1.0f - b1), c2 = SET1(1.0f - b2), lr = SET1(lr_t), ep = SET1(eps);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 gj = _mm256_loadu_ps(g + j);
+        __m256 mj = _mm256_loadu_ps(m + j), vj = _mm256_loadu_ps(v + j);
+        mj = _mm256_fmadd_ps(_mm256_sub_ps(gj, mj), c1, mj);
+        vj = _mm256_fmadd_ps(_mm256_fmsub_ps(gj, gj, vj), c2, vj);
+        _mm256_storeu_ps(m + j, mj);
+        _mm256_storeu_ps(v + j, vj);
+        if (vhat) {
+            vj = _mm256_max_ps(_mm256_loadu_ps(vhat + j), vj);
+            _mm256_storeu_ps(vhat + j, vj);
+        }
+        __m256 step = _mm256_div_ps(_mm256_mul_ps(lr, mj), _mm256_add_ps(_mm256_sqrt_ps(vj), ep));
+        _mm256_storeu_ps(p + j, _mm256_sub_ps(_mm256_loadu_ps(p + j), step));
+    }
+    if (j < n) p_adam(n - j, p + j, g + j, m + j, v + j, vhat ? vhat + j : NULL, lr_t, b1, b2, eps);
+}
+#endif
+
 /* --------------------------------------------------------------- dispatch */
 
 static atomic_int g_avx2 = -1;
@@ -216,3 +259,18 @@ void ml__vtanh_portable(int64_t n, const float *x, float *o) { p_tanh(n, x, o); 
 void ml__vsigmoid_portable(int64_t n, const float *x, float *o) { p_sigmoid(n, x, o); }
 void ml__verf_portable(int64_t n, const float *x, float *o) { p_erf(n, x, o); }
 void ml__vgelu_portable(int64_t n, const float *x, float *o) { p_gelu(n, x, o); }
+
+void ml__vadam(int64_t n, float *p, const float *g, float *m, float *v, float *vhat, float lr_t,
+               float b1, float b2, float eps) {
+#if ML_HAVE_AVX2
+    if (use_avx2()) {
+        a_adam(n, p, g, m, v, vhat, lr_t, b1, b2, eps);
+        return;
+    }
+#endif
+    p_adam(n, p, g, m, v, vhat, lr_t, b1, b2, eps);
+}
+void ml__vadam_portable(int64_t n, float *p, const float *g, float *m, float *v, float *vhat,
+                        float lr_t, float b1, float b2, float eps) {
+    p_adam(n, p, g, m, v, vhat, lr_t, b1, b2, eps);
+}

@@ -3,6 +3,7 @@
 #include <math.h>
 
 #include "../core/internal.h"
+#include "../kernels/vmath.h"
 
 typedef enum { OPT_SGD, OPT_ADAM } opt_kind;
 
@@ -202,17 +203,9 @@ ml_status ml_optimizer_step(ml_optimizer *opt, int n, ml_tensor *const *params,
             float *m = opt->slab + opt->offset[i];
             float *v = opt->slab + opt->total + opt->offset[i];
             float *vhat = opt->amsgrad ? opt->slab + 2 * opt->total + opt->offset[i] : NULL;
-            int64_t len = opt->numel[i];
-            for (int64_t j = 0; j < len; j++) {
-                m[j] += (g[j] - m[j]) * (1.0f - b1);
-                v[j] += (g[j] * g[j] - v[j]) * (1.0f - b2);
-                float vv = v[j];
-                if (vhat) { /* AMSGrad (Reddi et al. 2018): the max of all past v */
-                    vhat[j] = vhat[j] > vv ? vhat[j] : vv;
-                    vv = vhat[j];
-                }
-                p[j] -= lrt * m[j] / (sqrtf(vv) + eps);
-            }
+            /* element-wise: each j reads g[j], m[j], v[j] before it writes p[j], so even a
+             * gradient that shares its parameter's memory gets the scalar loop's result */
+            ml__vadam(opt->numel[i], p, g, m, v, vhat, lrt, b1, b2, eps);
             params[i]->storage->version++;
         }
     }
