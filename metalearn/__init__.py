@@ -19,6 +19,7 @@ from ._core import (  # noqa: F401  (the public core API)
     abs,
     avg_pool2d,
     batch_norm,
+    batch_norm_grouped,
     conv2d,
     global_avg_pool2d,
     max_pool2d,

@@ -282,6 +282,61 @@ def test_batch_norm_gradcheck(order, xs):
               order=order, eps=1e-3)
 
 
+def _bn_grouped_np(x, gamma, beta, eps=1e-3):
+    """Each x[g] normalised over every axis but the first and the last (float64)."""
+    x64 = x.astype(np.float64)
+    axes = tuple(range(1, x.ndim - 1))
+    m = x64.mean(axes, keepdims=True)
+    v = ((x64 - m) ** 2).mean(axes, keepdims=True)
+    shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
+    return (x64 - m) / np.sqrt(v + eps) * gamma.reshape(shape) + beta.reshape(shape)
+
+
+@pytest.mark.parametrize("xs", [(3, 5, 4), (2, 3, 2, 2, 3)])
+def test_batch_norm_grouped_forward(xs):
+    rng = _rng(16)
+    x = N(rng, *xs) * 2 + 1
+    g, c = xs[0], xs[-1]
+    gamma, beta = N(rng, g, c) + 1, N(rng, g, c)
+    y = _core.batch_norm_grouped(x, gamma, beta)
+    np.testing.assert_allclose(np.asarray(y), _bn_grouped_np(x, gamma, beta), rtol=1e-4, atol=1e-5)
+    y = _core.batch_norm_grouped(x, None, None, epsilon=0.1)
+    np.testing.assert_allclose(np.asarray(y), _bn_grouped_np(x, np.ones((g, c)), np.zeros((g, c)), 0.1),
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_batch_norm_grouped_gradcheck(order):
+    rng = _rng(17)
+    x = N(rng, 2, 4, 3) * 1.5 + 0.5
+    gamma, beta = N(rng, 2, 3) + 1.0, N(rng, 2, 3)
+    gradcheck(lambda x, g, b: _core.batch_norm_grouped(x, g, b), [x, gamma, beta], order=order,
+              eps=1e-3)
+
+
+def test_batch_norm_grouped_first_order_fast_path_and_bad_input():
+    """The fused C backward (grad mode off) agrees with the differentiable one; bad shapes
+    raise ValueError naming them."""
+    rng = _rng(18)
+    x = ml.tensor(N(rng, 3, 4, 2), requires_grad=True)
+    g = ml.tensor(N(rng, 3, 2) + 1, requires_grad=True)
+    b = ml.tensor(N(rng, 3, 2), requires_grad=True)
+    w = ml.tensor(N(rng, 3, 4, 2))
+    loss = ml.reduce_sum(_core.batch_norm_grouped(x, g, b) * w)
+    slow = ml.grad(loss, [x, g, b], create_graph=True)
+    fast = ml.grad(loss, [x, g, b])
+    for s_, f_ in zip(slow, fast):
+        np.testing.assert_allclose(np.asarray(f_), np.asarray(s_), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"gamma must have shape \(3, 2\)"):
+        _core.batch_norm_grouped(x, N(rng, 2))
+    with pytest.raises(ValueError, match="at least 3 dimensions"):
+        _core.batch_norm_grouped(N(rng, 4, 2))
+    with pytest.raises(ValueError, match="group axis"):
+        _core.batch_norm_grouped(x, axis=0)
+    with pytest.raises(ValueError, match="empty"):
+        _core.batch_norm_grouped(np.zeros((2, 0, 3), np.float32))
+
+
 def test_conv_net_second_order():
     """conv -> bn -> relu -> maxpool -> conv -> global avg: a MAML-like inner loop graph."""
     rng = _rng(15)

@@ -244,6 +244,13 @@ ml_status ml_global_avg_pool2d(ml_tensor **out, ml_tensor *x, int keepdims);
 ml_status ml_batch_norm(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,
                         ml_tensor *moving_mean, ml_tensor *moving_var, int training,
                         float momentum, float epsilon, int axis);
+/* Training-mode batch normalisation of G independent groups at once: x is (G, ..., C, ...)
+ * (channel axis `axis` >= 1), group g is normalised with its own batch statistics and
+ * its own gamma[g], beta[g] (shape (G, C); either may be NULL). The same as calling
+ * ml_batch_norm on each x[g] with no moving statistics; what vectorised MAML runs for the
+ * tasks of a meta-batch, each with its own copy of the weights. Gradients of any order. */
+ml_status ml_batch_norm_grouped(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,
+                                float epsilon, int axis);
 
 /* --------------------------------------------------------------- optimizers */
 

@@ -10,6 +10,9 @@
  * work (MAML through batch statistics). With grad mode off (a first-order backward, where
  * nothing would be recorded anyway) the same formula runs as two fused C passes.
  * Inference mode is composed of elementwise ops with the moving statistics.
+ * Grouped (ml_batch_norm_grouped): the input's first axis indexes independent groups (the
+ * tasks of a vectorised MAML meta-batch), each normalised with its own statistics and its
+ * own gamma/beta rows (shape (G, C)): the same kernels run once per group slice.
  * The moving statistics are updated in place with no gradient, only after the output has
  * been computed (a failure leaves them as they were).
  */
@@ -28,15 +31,18 @@ static ml_status check_vec(const char *what, const ml_tensor *t, int64_t c, cons
 
 
 /* x seen as (outer, c, inner) around the channel axis ax */
+/* x seen as (groups, outer, c, inner): groups is 1, or x's first axis when grouped */
 typedef struct bn_geom {
-    int64_t outer, c, inner, count;
+    int64_t groups, outer, c, inner, count, slice;
+    int grouped;
 } bn_geom;
 
-static bn_geom bn_geom_of(const ml_tensor *x, int ax) {
-    bn_geom g = {1, x->shape[ax], 1, 0};
-    for (int d = 0; d < ax; d++) g.outer *= x->shape[d];
+static bn_geom bn_geom_of(const ml_tensor *x, int ax, int grouped) {
+    bn_geom g = {grouped ? x->shape[0] : 1, 1, x->shape[ax], 1, 0, 0, grouped};
+    for (int d = grouped ? 1 : 0; d < ax; d++) g.outer *= x->shape[d];
     for (int d = ax + 1; d < x->ndim; d++) g.inner *= x->shape[d];
     g.count = g.outer * g.inner;
+    g.slice = g.count * g.c;
     return g;
 }
 
@@ -86,19 +92,19 @@ static void bn_stats(const bn_geom *g, const float *x, float eps, double *acc, f
 }
 
 typedef struct bn_params {
-    int ax, has_gamma, has_beta;
+    int ax, has_gamma, has_beta, grouped;
     float eps;
 } bn_params;
 
 static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,
-                          int ax, float eps, float *mean_out, float *var_out);
+                          int ax, int grouped, float eps, float *mean_out, float *var_out);
 
 static ml_status replay_bn(ml_tensor **out, ml_tensor **in, const void *params) {
     const bn_params *p = params;
     int k = 1;
     ml_tensor *gamma = p->has_gamma ? in[k++] : NULL;
     ml_tensor *beta = p->has_beta ? in[k++] : NULL;
-    return bn_train(out, in[0], gamma, beta, p->ax, p->eps, NULL, NULL);
+    return bn_train(out, in[0], gamma, beta, p->ax, p->grouped, p->eps, NULL, NULL);
 }
 
 /* The fused training-mode forward. mean_out/var_out (c floats each, may be NULL) receive
@@ -107,8 +113,8 @@ static ml_status replay_bn(ml_tensor **out, ml_tensor **in, const void *params) 
  * ml_batch_norm outside it and is NOT replayed (a replay sees the statistics' values of
  * its own inputs only through y). */
 static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,
-                          int ax, float eps, float *mean_out, float *var_out) {
-    bn_geom g = bn_geom_of(x, ax);
+                          int ax, int grouped, float eps, float *mean_out, float *var_out) {
+    bn_geom g = bn_geom_of(x, ax, grouped);
     const int64_t C = g.c, inner = g.inner;
     if (g.count == 0)
         return ml_set_error(ML_ERR_SHAPE, "batch_norm: cannot take batch statistics of an "
@@ -120,34 +126,40 @@ static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_te
         free(f);
         return ml_set_error(ML_ERR_OOM, "batch_norm: out of memory");
     }
-    float *mean = f, *var = f + C, *inv = f + 2 * C, *scale = f + 3 * C, *shift = f + 4 * C;
-    bn_stats(&g, x->data, eps, acc, mean, var, inv);
-    free(acc);
-    for (int64_t c = 0; c < C; c++) {
-        scale[c] = gamma ? inv[c] * gamma->data[c] : inv[c];
-        shift[c] = beta ? beta->data[c] : 0.0f;
-    }
     ml_tensor *o = NULL;
     ml_status st = ml__new(&o, x->ndim, x->shape);
     if (st) {
+        free(acc);
         free(f);
         return st;
     }
-    const float *xd = x->data;
-    float *od = o->data;
-    for (int64_t r = 0; r < g.outer; r++) {
-        const float *xr = xd + r * C * inner;
-        float *yr = od + r * C * inner;
-        if (inner == 1) {
-            for (int64_t c = 0; c < C; c++) yr[c] = (xr[c] - mean[c]) * scale[c] + shift[c];
-        } else {
-            for (int64_t c = 0; c < C; c++) {
-                const float m = mean[c], sc = scale[c], sh = shift[c];
-                for (int64_t i = 0; i < inner; i++)
-                    yr[c * inner + i] = (xr[c * inner + i] - m) * sc + sh;
+    float *mean = f, *var = f + C, *inv = f + 2 * C, *scale = f + 3 * C, *shift = f + 4 * C;
+    for (int64_t gi = 0; gi < g.groups; gi++) {
+        const float *xd = x->data + gi * g.slice;
+        float *od = o->data + gi * g.slice;
+        const float *gd = gamma ? gamma->data + gi * C : NULL;
+        const float *bd = beta ? beta->data + gi * C : NULL;
+        bn_stats(&g, xd, eps, acc, mean, var, inv);
+        for (int64_t c = 0; c < C; c++) {
+            scale[c] = gd ? inv[c] * gd[c] : inv[c];
+            shift[c] = bd ? bd[c] : 0.0f;
+        }
+        for (int64_t r = 0; r < g.outer; r++) {
+            const float *xr = xd + r * C * inner;
+            float *yr = od + r * C * inner;
+            if (inner == 1) {
+                for (int64_t c = 0; c < C; c++) yr[c] = (xr[c] - mean[c]) * scale[c] + shift[c];
+            } else {
+                for (int64_t c = 0; c < C; c++) {
+                    const float m = mean[c], sc = scale[c], sh = shift[c];
+                    for (int64_t i = 0; i < inner; i++)
+                        yr[c * inner + i] = (xr[c * inner + i] - m) * sc + sh;
+                }
             }
         }
     }
+    free(acc);
+    /* statistics for the moving averages (ungrouped only: one group) */
     if (mean_out) memcpy(mean_out, mean, (size_t)C * sizeof(float));
     if (var_out) memcpy(var_out, var, (size_t)C * sizeof(float));
     free(f);
@@ -165,19 +177,24 @@ static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_te
         node->iparams[0] = ax;
         node->iparams[1] = gamma != NULL;
         node->iparams[2] = beta != NULL;
+        node->iparams[3] = grouped;
         node->fparams[0] = eps;
     }
-    bn_params bp = {ax, gamma != NULL, beta != NULL, eps};
+    bn_params bp = {ax, gamma != NULL, beta != NULL, grouped, eps};
     ML_TRACE(replay_bn, n, ins, o, &bp);
     *out = o;
     return ML_OK;
 }
 
-/* First-order backward with grad mode off: two fused passes (statistics are recomputed). */
+/* First-order backward with grad mode off: two fused passes (statistics are recomputed),
+ * once per group. */
 static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gamma, float eps,
                                   ml_tensor *gy, ml_tensor **dx, ml_tensor **dgamma,
                                   ml_tensor **dbeta) {
-    const int64_t C = g->c, inner = g->inner;
+    const int64_t C = g->c, inner = g->inner, G = g->groups;
+    if (dx) *dx = NULL;
+    if (dgamma) *dgamma = NULL;
+    if (dbeta) *dbeta = NULL;
     double *acc = malloc((size_t)C * 4 * sizeof(double));
     float *f = malloc((size_t)C * 6 * sizeof(float));
     ml_status st = ML_OK;
@@ -185,51 +202,54 @@ static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gam
         st = ml_set_error(ML_ERR_OOM, "batch_norm backward: out of memory");
         goto done;
     }
+    /* dgamma and dbeta have gamma's and beta's shape: (C), or (G, C) when grouped */
+    const int64_t pshape[2] = {G, C};
+    const int pnd = g->grouped ? 2 : 1;
+    const int64_t *ps = g->grouped ? pshape : pshape + 1;
+    if ((dgamma && (st = ml__new(dgamma, pnd, ps))) || (dbeta && (st = ml__new(dbeta, pnd, ps))) ||
+        (dx && (st = ml__new(dx, x->ndim, x->shape))))
+        goto done;
     float *mean = f, *var = f + C, *inv = f + 2 * C, *a = f + 3 * C, *b = f + 4 * C,
           *k = f + 5 * C;
-    bn_stats(g, x->data, eps, acc, mean, var, inv);
     double *sg = acc + 2 * C, *sgx = acc + 3 * C;
-    for (int64_t c = 0; c < C; c++) sg[c] = sgx[c] = 0.0;
-    const float *xd = x->data, *gd = gy->data;
-    for (int64_t r = 0; r < g->outer; r++) {
-        const float *xr = xd + r * C * inner, *gr = gd + r * C * inner;
-        if (inner == 1) {
-            for (int64_t c = 0; c < C; c++) {
-                sg[c] += gr[c];
-                sgx[c] += (double)gr[c] * (double)((xr[c] - mean[c]) * inv[c]);
-            }
-        } else {
-            for (int64_t c = 0; c < C; c++) {
-                double t = 0.0, u = 0.0;
-                const float m = mean[c], iv = inv[c];
-                for (int64_t i = 0; i < inner; i++) {
-                    float gv = gr[c * inner + i];
-                    t += gv;
-                    u += (double)gv * (double)((xr[c * inner + i] - m) * iv);
+    for (int64_t gi = 0; gi < G; gi++) {
+        const float *xd = x->data + gi * g->slice, *gd = gy->data + gi * g->slice;
+        const float *gam = gamma ? gamma->data + gi * C : NULL;
+        bn_stats(g, xd, eps, acc, mean, var, inv);
+        for (int64_t c = 0; c < C; c++) sg[c] = sgx[c] = 0.0;
+        for (int64_t r = 0; r < g->outer; r++) {
+            const float *xr = xd + r * C * inner, *gr = gd + r * C * inner;
+            if (inner == 1) {
+                for (int64_t c = 0; c < C; c++) {
+                    sg[c] += gr[c];
+                    sgx[c] += (double)gr[c] * (double)((xr[c] - mean[c]) * inv[c]);
                 }
-                sg[c] += t;
-                sgx[c] += u;
+            } else {
+                for (int64_t c = 0; c < C; c++) {
+                    double t = 0.0, u = 0.0;
+                    const float m = mean[c], iv = inv[c];
+                    for (int64_t i = 0; i < inner; i++) {
+                        float gv = gr[c * inner + i];
+                        t += gv;
+                        u += (double)gv * (double)((xr[c * inner + i] - m) * iv);
+                    }
+                    sg[c] += t;
+                    sgx[c] += u;
+                }
             }
         }
-    }
-    int64_t shape1[1] = {C};
-    if (dgamma) {
-        if ((st = ml__new(dgamma, 1, shape1))) goto done;
-        for (int64_t c = 0; c < C; c++) (*dgamma)->data[c] = (float)sgx[c];
-    }
-    if (dbeta) {
-        if ((st = ml__new(dbeta, 1, shape1))) goto done;
-        for (int64_t c = 0; c < C; c++) (*dbeta)->data[c] = (float)sg[c];
-    }
-    if (dx) {
+        if (dgamma)
+            for (int64_t c = 0; c < C; c++) (*dgamma)->data[gi * C + c] = (float)sgx[c];
+        if (dbeta)
+            for (int64_t c = 0; c < C; c++) (*dbeta)->data[gi * C + c] = (float)sg[c];
+        if (!dx) continue;
         /* dx = k * (g - mg - (x - mean) * inv * mgx) = k*g - k*mg - (x - mean) * b */
         for (int64_t c = 0; c < C; c++) {
-            k[c] = gamma ? gamma->data[c] * inv[c] : inv[c];
+            k[c] = gam ? gam[c] * inv[c] : inv[c];
             a[c] = (float)(sg[c] / (double)g->count);                    /* mean(g) */
             b[c] = (float)(sgx[c] / (double)g->count) * inv[c];          /* mean(g xhat) inv */
         }
-        if ((st = ml__new(dx, x->ndim, x->shape))) goto done;
-        float *od = (*dx)->data;
+        float *od = (*dx)->data + gi * g->slice;
         for (int64_t r = 0; r < g->outer; r++) {
             const float *xr = xd + r * C * inner, *gr = gd + r * C * inner;
             float *dr = od + r * C * inner;
@@ -247,6 +267,11 @@ static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gam
         }
     }
 done:
+    if (st) { /* nothing half-made is returned */
+        if (dx) ml_release(*dx), *dx = NULL;
+        if (dgamma) ml_release(*dgamma), *dgamma = NULL;
+        if (dbeta) ml_release(*dbeta), *dbeta = NULL;
+    }
     free(acc);
     free(f);
     return st;
@@ -255,14 +280,14 @@ done:
 /* Replay of one output of the fast backward (0: dx, 1: dgamma, 2: dbeta) from (x, gy,
  * gamma?): the same loops, so a replay gives the eager run's bits. */
 typedef struct bn_grad_params {
-    int ax, which, has_gamma;
+    int ax, which, has_gamma, grouped;
     float eps;
 } bn_grad_params;
 
 static ml_status replay_bn_grad(ml_tensor **out, ml_tensor **in, const void *params) {
     const bn_grad_params *p = params;
     ml_tensor *x = in[0], *gy = in[1], *gamma = p->has_gamma ? in[2] : NULL;
-    bn_geom geo = bn_geom_of(x, p->ax);
+    bn_geom geo = bn_geom_of(x, p->ax, p->grouped);
     *out = NULL;
     return bn_backward_fast(&geo, x, gamma, p->eps, gy, p->which == 0 ? out : NULL,
                             p->which == 1 ? out : NULL, p->which == 2 ? out : NULL);
@@ -274,6 +299,7 @@ ml_status ml__batch_norm_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin
     const ml_node *node = out->node;
     const int ax = (int)node->iparams[0];
     const int has_gamma = (int)node->iparams[1], has_beta = (int)node->iparams[2];
+    const int grouped = (int)node->iparams[3];
     const float eps = node->fparams[0];
     ml_tensor *x = IN(0);
     ml_tensor *gamma = has_gamma ? IN(1) : NULL;
@@ -281,7 +307,7 @@ ml_status ml__batch_norm_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin
     const int ig = has_gamma ? 1 : -1, ib = has_beta ? 1 + has_gamma : -1;
     const int need_x = x->requires_grad, need_g = gamma && gamma->requires_grad,
               need_b = beta && beta->requires_grad;
-    bn_geom geo = bn_geom_of(x, ax);
+    bn_geom geo = bn_geom_of(x, ax, grouped);
     if (!ml_grad_enabled()) {
         ml_status st = bn_backward_fast(&geo, x, gamma, eps, gy, need_x ? &gin[0] : NULL,
                                         need_g ? &gin[ig] : NULL, need_b ? &gin[ib] : NULL);
@@ -297,23 +323,29 @@ ml_status ml__batch_norm_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin
             const int idx[3] = {0, ig, ib};
             for (int w = 0; w < 3; w++) {
                 if (idx[w] < 0 || !gin[idx[w]]) continue;
-                bn_grad_params gp = {ax, w, has_gamma, eps};
+                bn_grad_params gp = {ax, w, has_gamma, grouped, eps};
                 ML_TRACE(replay_bn_grad, gamma ? 3 : 2, ins, gin[idx[w]], &gp);
             }
         }
         return st;
     }
     const int nd = x->ndim;
-    int64_t bshape[ML_MAX_DIMS], cshape[1] = {geo.c};
+    /* statistics reduce every axis but the channel's (and the group's when grouped);
+     * bshape broadcasts gamma (C) or (G, C) against x */
+    int64_t bshape[ML_MAX_DIMS], cshape[2] = {geo.groups, geo.c};
     int axes[ML_MAX_DIMS], n_axes = 0;
     for (int d = 0; d < nd; d++) {
-        bshape[d] = d == ax ? geo.c : 1;
-        if (d != ax) axes[n_axes++] = d;
+        const int kept = d == ax || (grouped && d == 0);
+        bshape[d] = kept ? x->shape[d] : 1;
+        if (!kept) axes[n_axes++] = d;
     }
+    const int pnd = grouped ? 2 : 1;
+    const int64_t *pshape = grouped ? cshape : cshape + 1;
     const float inv_n = 1.0f / (float)geo.count;
     ml_scope s = {0};
     /* xhat by the fused op itself (differentiable: its node is this op with no affine) */
-    ml_tensor *xhat = ML_SX(&s, x, bn_train(&o_, a_, NULL, NULL, ax, eps, NULL, NULL));
+    ml_tensor *xhat =
+        ML_SX(&s, x, bn_train(&o_, a_, NULL, NULL, ax, grouped, eps, NULL, NULL));
     ml_tensor *sg = (need_x || need_b) ? SUM_AXES(&s, gy, n_axes, axes, 1) : NULL;
     ml_tensor *sgx = (need_x || need_g) ? SUM_AXES(&s, MUL(&s, gy, xhat), n_axes, axes, 1) : NULL;
     ml_tensor *dx = NULL, *dg = NULL, *db = NULL;
@@ -326,8 +358,8 @@ ml_status ml__batch_norm_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin
         t = SUB(&s, t, MUL(&s, xhat, MULS(&s, sgx, inv_n)));
         dx = MUL(&s, t, k);
     }
-    if (need_g) dg = RESHAPE(&s, sgx, 1, cshape);
-    if (need_b) db = RESHAPE(&s, sg, 1, cshape);
+    if (need_g) dg = RESHAPE(&s, sgx, pnd, pshape);
+    if (need_b) db = RESHAPE(&s, sg, pnd, pshape);
     if (ML_S_OK(&s)) {
         gin[0] = ml__keep(dx);
         if (ig > 0) gin[ig] = ml__keep(dg);
@@ -381,7 +413,7 @@ ml_status ml_batch_norm(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tens
     if (training) {
         stats = malloc((size_t)(c ? c : 1) * 2 * sizeof(float));
         if (!stats) return ml_set_error(ML_ERR_OOM, "batch_norm: out of memory");
-        s.status = bn_train(&result, x, gamma, beta, ax, epsilon, stats, stats + c);
+        s.status = bn_train(&result, x, gamma, beta, ax, 0, epsilon, stats, stats + c);
     } else {
         ml_tensor *mean = RESHAPE(&s, moving_mean, nd, bshape);
         ml_tensor *var = RESHAPE(&s, moving_var, nd, bshape);
@@ -413,4 +445,33 @@ ml_status ml_batch_norm(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tens
     }
     *out = result;
     return ML_OK;
+}
+
+ml_status ml_batch_norm_grouped(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,
+                                float epsilon, int axis) {
+    if (!out || !x) return ml_set_error(ML_ERR_VALUE, "batch_norm_grouped: input tensor is NULL");
+    if (x->ndim < 3)
+        return ml_set_error(ML_ERR_SHAPE, "batch_norm_grouped: expected an input with at least "
+                            "3 dimensions (groups, batch, ..., channels), got shape %s",
+                            ML_SHAPE_STR(x));
+    int ax = ml__axis(axis, x->ndim);
+    if (ax < 1)
+        return ml_set_error(ML_ERR_VALUE, "batch_norm_grouped: axis %d is out of range or the "
+                            "group axis for an input of shape %s", axis, ML_SHAPE_STR(x));
+    if (!(epsilon >= 0.0f) || !isfinite(epsilon))
+        return ml_set_error(ML_ERR_VALUE, "batch_norm_grouped: epsilon must be a non-negative "
+                            "number, got %g", (double)epsilon);
+    const int64_t G = x->shape[0], C = x->shape[ax];
+    const ml_tensor *vecs[2] = {gamma, beta};
+    const char *names[2] = {"gamma", "beta"};
+    for (int i = 0; i < 2; i++)
+        if (vecs[i] && (vecs[i]->ndim != 2 || vecs[i]->shape[0] != G || vecs[i]->shape[1] != C))
+            return ml_set_error(ML_ERR_SHAPE, "batch_norm_grouped: %s must have shape (%lld, %lld) "
+                                "(groups, channels) for an input of shape %s, got %s", names[i],
+                                (long long)G, (long long)C, ML_SHAPE_STR(x),
+                                ML_SHAPE_STR(vecs[i]));
+    if (x->numel == 0)
+        return ml_set_error(ML_ERR_SHAPE, "batch_norm_grouped: cannot take batch statistics of "
+                            "an empty input of shape %s", ML_SHAPE_STR(x));
+    return bn_train(out, x, gamma, beta, ax, 1, epsilon, NULL, NULL);
 }

@@ -175,6 +175,32 @@ static PyObject *nn_batch_norm(PyObject *m, PyObject *args, PyObject *kwds) {
     return wrap_status(st, &out);
 }
 
+static PyObject *nn_batch_norm_grouped(PyObject *m, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"x", "gamma", "beta", "epsilon", "axis", NULL};
+    PyObject *xo, *go = Py_None, *bo = Py_None;
+    int axis = -1;
+    double epsilon = 1e-3;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOdi:batch_norm_grouped", kwlist, &xo, &go,
+                                     &bo, &epsilon, &axis))
+        return NULL;
+    int err = 0;
+    ml_tensor *x = optional(xo, "batch_norm_grouped", &err);
+    if (!x && !err) {
+        PyErr_SetString(PyExc_TypeError, "batch_norm_grouped: expected a tensor or an array, got None");
+        return NULL;
+    }
+    ml_tensor *g = err ? NULL : optional(go, "batch_norm_grouped", &err);
+    ml_tensor *b = err ? NULL : optional(bo, "batch_norm_grouped", &err);
+    ml_tensor *out = NULL;
+    ml_status st = ML_OK;
+    if (!err) CALL(st, x->numel * 4, ml_batch_norm_grouped(&out, x, g, b, (float)epsilon, axis));
+    ml_release(x);
+    ml_release(g);
+    ml_release(b);
+    if (err) return NULL;
+    return wrap_status(st, &out);
+}
+
 PyMethodDef ml_nn_methods[] = {
     {"conv2d", (PyCFunction)(void (*)(void))nn_conv2d, METH_VARARGS | METH_KEYWORDS,
      "conv2d(x, kernel, bias=None, strides=(1, 1), padding='valid')\n--\n\n"
@@ -193,5 +219,12 @@ PyMethodDef ml_nn_methods[] = {
      "epsilon=1e-3, axis=-1)\n--\n\n"
      "Batch normalisation as Keras. training=True uses the batch's mean and biased variance "
      "and updates the moving statistics in place (no gradient through that update)."},
+    {"batch_norm_grouped", (PyCFunction)(void (*)(void))nn_batch_norm_grouped,
+     METH_VARARGS | METH_KEYWORDS,
+     "batch_norm_grouped(x, gamma=None, beta=None, epsilon=1e-3, axis=-1)\n--\n\n"
+     "Training-mode batch normalisation of independent groups: x's first axis indexes the "
+     "groups (e.g. the tasks of a meta-batch), each normalised with its own batch statistics "
+     "and its own gamma[g], beta[g] (shape (groups, channels)). Equals batch_norm on each "
+     "x[g] with no moving statistics."},
     {NULL},
 };

@@ -331,6 +331,47 @@ static void test_batch_norm(void) {
     ml_release(gbad); ml_release(x); ml_release(mm); ml_release(mv);
 }
 
+/* grouped: each group equals ml_batch_norm of its slice with that group's gamma/beta rows;
+ * its first-order gradients (fused C pass and differentiable form) agree */
+static void test_batch_norm_grouped(void) {
+    int64_t xs[3] = {3, 5, 2}, gs[2] = {3, 2}, ss[2] = {5, 2}, cs[1] = {2};
+    ml_tensor *x = randt(3, xs), *g = randt(2, gs), *b = randt(2, gs), *y = NULL;
+    ml_set_requires_grad(x, 1);
+    ml_set_requires_grad(g, 1);
+    ml_status st = ml_batch_norm_grouped(&y, x, g, b, 1e-3f, -1);
+    CHECK(st == ML_OK, "batch_norm_grouped: %s", ml_last_error());
+    for (int k = 0; k < 3 && st == ML_OK; k++) {
+        ml_tensor *xk = NULL, *gk = NULL, *bk = NULL, *yk = NULL;
+        ml_tensor_from_data(&xk, 2, ss, ml_data(x) + k * 10);
+        ml_tensor_from_data(&gk, 1, cs, ml_data(g) + k * 2);
+        ml_tensor_from_data(&bk, 1, cs, ml_data(b) + k * 2);
+        CHECK(ml_batch_norm(&yk, xk, gk, bk, NULL, NULL, 1, 0.99f, 1e-3f, -1) == ML_OK, "bn slice");
+        double e = 0;
+        for (int i = 0; yk && i < 10; i++) e = fmax(e, fabs(ml_data(yk)[i] - ml_data(y)[k * 10 + i]));
+        CHECK(e == 0.0, "grouped slice %d differs by %g", k, e);
+        ml_release(xk); ml_release(gk); ml_release(bk); ml_release(yk);
+    }
+    ml_tensor *l = NULL, *slow[2] = {NULL, NULL}, *fast[2] = {NULL, NULL}, *in[2] = {x, g};
+    ml_tensor *w = randt(3, xs), *yw = NULL;
+    ml_mul(&yw, y, w);
+    ml_sum(&l, yw, 0, NULL, 0);
+    CHECK(ml_grad(slow, 1, &l, 2, in, NULL, 1, 0) == ML_OK, "grouped grad: %s", ml_last_error());
+    CHECK(ml_grad(fast, 1, &l, 2, in, NULL, 0, 0) == ML_OK, "grouped grad: %s", ml_last_error());
+    for (int j = 0; j < 2 && slow[j] && fast[j]; j++) {
+        double e = 0;
+        for (int64_t i = 0; i < ml_numel(slow[j]); i++)
+            e = fmax(e, fabs(ml_data(slow[j])[i] - ml_data(fast[j])[i]));
+        CHECK(e < 1e-5, "grouped gradient %d: fused and differentiable differ by %g", j, e);
+    }
+    for (int j = 0; j < 2; j++) ml_release(slow[j]), ml_release(fast[j]);
+    ml_release(l); ml_release(yw); ml_release(w);
+    ml_tensor *y2 = NULL;
+    CHECK(ml_batch_norm_grouped(&y2, x, b, g, 1e-3f, 0) == ML_ERR_VALUE && !y2, "group axis");
+    ml_tensor *g1 = randt(1, cs);
+    CHECK(ml_batch_norm_grouped(&y2, x, g1, NULL, 1e-3f, -1) == ML_ERR_SHAPE && !y2, "gamma (C)");
+    ml_release(g1); ml_release(y); ml_release(x); ml_release(g); ml_release(b);
+}
+
 static void test_errors(void) {
     int64_t xs[4] = {2, 28, 28, 3}, ks[4] = {3, 3, 1, 64};
     ml_tensor *x = NULL, *k = NULL, *y = NULL;
@@ -367,6 +408,7 @@ int main(void) {
     test_gradients(2, ML_PAD_VALID);
     test_pool_grads();
     test_batch_norm();
+    test_batch_norm_grouped();
     test_errors();
     printf("test_conv: %d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
