@@ -7,7 +7,7 @@ import pytest
 import metalearn as ml
 from metalearn import keras
 from metalearn.functional import functional_call
-from metalearn.meta import MAML, FOMAML, clone_model, models
+from metalearn.meta import MAML, MetaSGD, FOMAML, clone_model, models
 from metalearn.tasks import Sinusoid, Task
 
 REF = np.load(Path(__file__).parent / "reference" / "mlp.npz")
@@ -75,12 +75,66 @@ def test_vectorised_meta_batch_equals_the_loop_over_tasks(first_order):
     assert abs(la - lb) < 1e-5
     for a, b in zip(ga, gb):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
-    # a layer the batched path does not know (BatchNormalization) falls back to the loop
-    bn = keras.Sequential([keras.layers.Dense(4, input_shape=(2,)),
-                           keras.layers.BatchNormalization(), keras.layers.Dense(1)])
-    assert MAML(bn)._vector_plan() is None
+    # a layer the batched path does not know (Dropout) falls back to the loop
+    other = keras.Sequential([keras.layers.Dense(4, input_shape=(2,)),
+                              keras.layers.Dropout(0.5), keras.layers.Dense(1)])
+    assert MAML(other)._vector_plan() is None
     with pytest.raises(ValueError, match="vectorize"):
-        MAML(bn, vectorize=True)._vector_plan()
+        MAML(other, vectorize=True)._vector_plan()
+
+
+def _meta_grads_both_ways(model, batch, **kw):
+    results = []
+    for vec in (True, False):
+        maml = MAML(model, vectorize=vec, **kw)
+        results.append(maml.meta_gradients(batch))
+        assert (maml._plan != []) == vec
+    (la, ga), (lb, gb) = results
+    assert abs(la - lb) < 1e-5 * max(1.0, abs(lb))
+    scale = max(float(np.abs(np.asarray(g)).max()) for g in gb)
+    assert scale > 1e-3
+    for a, b in zip(ga, gb):
+        # biases before a BatchNormalization have a zero gradient: compare on the overall scale
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5 * scale)
+    return maml
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("steps", [1, 2])
+def test_vectorised_batch_norm_equals_the_loop(first_order, steps):
+    """BatchNormalization in the batched path: each task normalised with its own statistics
+    (batch_norm_grouped), as the per-task functional call does."""
+    rng = np.random.default_rng(1)
+    ml.random.set_seed(1)
+    model = keras.Sequential([keras.layers.Flatten(input_shape=(2, 3, 1)), keras.layers.Dense(5),
+                              keras.layers.BatchNormalization(), keras.layers.Activation("relu"),
+                              keras.layers.Dense(3)])
+    batch = Task(rng.random((3, 6, 2, 3, 1)).astype(np.float32), rng.integers(0, 3, (3, 6)),
+                 rng.random((3, 4, 2, 3, 1)).astype(np.float32), rng.integers(0, 3, (3, 4)),
+                 {"batched": True})
+    _meta_grads_both_ways(model, batch, inner_lr=0.3, inner_steps=steps, first_order=first_order)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("steps", [1, 2])
+def test_low_rank_fast_weights_equal_the_loop(first_order, steps):
+    """Wide dense kernels with few support rows are carried as W + low-rank updates
+    (MAML._low_rank_kernels): the meta-gradient must equal the per-task loop's."""
+    rng = np.random.default_rng(2)
+    ml.random.set_seed(2)
+    model = keras.Sequential([keras.layers.Flatten(input_shape=(8, 8, 1)), keras.layers.Dense(48),
+                              keras.layers.BatchNormalization(), keras.layers.Activation("relu"),
+                              keras.layers.Dense(40, activation="tanh"), keras.layers.Dense(2)])
+    batch = Task(rng.random((3, 2, 8, 8, 1)).astype(np.float32), rng.integers(0, 2, (3, 2)),
+                 rng.random((3, 5, 8, 8, 1)).astype(np.float32), rng.integers(0, 2, (3, 5)),
+                 {"batched": True})
+    maml = _meta_grads_both_ways(model, batch, inner_lr=0.5, inner_steps=steps,
+                                 first_order=first_order)
+    vec = MAML(model, inner_lr=0.5, inner_steps=steps)
+    assert vec._low_rank_kernels(vec._vector_plan(), 2) == {0, 4}  # both wide kernels
+    # Meta-SGD's per-weight rates make the update full rank: never low-rank
+    assert MetaSGD(model, inner_lr=0.5)._low_rank_kernels(vec._vector_plan(), 2) == set()
+    assert maml is not None
 
 
 def test_two_inner_steps_match_torch():

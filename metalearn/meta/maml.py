@@ -156,7 +156,7 @@ class MAML(BaseMetaLearner):
         """The layer plan for running a meta-batch at once, or None when not possible."""
         if self._plan is not None:
             return self._plan or None
-        from metalearn.keras import activations, layers
+        from metalearn.keras import activations, conv_layers, layers
         from metalearn.keras.models import Sequential
         plan = []
         ok = (self.vectorize is not False and isinstance(self.model, Sequential)
@@ -171,50 +171,123 @@ class MAML(BaseMetaLearner):
                 plan.append(("act", layer.activation))
             elif type(layer) is layers.Flatten:
                 plan.append(("flatten",))
+            elif (type(layer) is conv_layers.BatchNormalization and layer.axis == -1
+                  and all(w is None or id(w) in index for w in (layer.gamma, layer.beta))):
+                # batch statistics per task, as the per-task path's functional call uses
+                # (and, like it, the moving statistics are left alone)
+                gamma = index[id(layer.gamma)] if layer.gamma is not None else None
+                beta = index[id(layer.beta)] if layer.beta is not None else None
+                plan.append(("bn", gamma, beta, layer.epsilon))
             else:
                 ok = False
                 break
         if ok:
-            used = sorted(i for p in plan if p[0] == "dense" for i in (p[1], p[2]) if i is not None)
+            used = sorted(i for p in plan if p[0] in ("dense", "bn") for i in (p[1], p[2])
+                          if i is not None)
             ok = used == list(range(len(index)))
         if self.vectorize is True and not ok:
             raise ValueError(f"{type(self).__name__}: vectorize=True needs a Sequential of Dense/"
-                             "Activation/Flatten layers and a built-in loss")
+                             "Activation/Flatten/BatchNormalization layers and a built-in loss")
         self._plan = plan if ok else []
         return self._plan or None
 
     @staticmethod
-    def _batched_forward(plan, weights, x):
-        """Runs a batch of tasks: x (B, n, ...), weights with a leading task axis."""
+    def _batched_forward(plan, weights, x, factors=None, record=None):
+        """Runs a batch of tasks: x (B, n, ...), weights with a leading task axis.
+
+        ``factors`` maps a dense kernel's index to its low-rank form: ``weights[k]`` is then
+        the shared (K, N) kernel and the task's kernel is ``W + sum(c * A_b^T @ D_b)`` over
+        the ``(c, A, D)`` in ``factors[k]`` (A (B, r, K), D (B, r, N)). ``record``, a dict,
+        receives ``k -> (layer input, pre-activation output)`` of those layers.
+        """
         b, n = int(x.shape[0]), int(x.shape[1])
         for step in plan:
             if step[0] == "dense":
                 _, k, bias, act = step
-                x = _core.matmul(x, weights[k])                              # (B, n, units)
+                x_in = x
+                if factors is not None and k in factors:
+                    w = weights[k]
+                    # one GEMM with the shared kernel for all B*n rows, then each task's
+                    # rank-r correction (x A^T) D: never a (B, K, N) copy of the kernel
+                    x = _core.reshape(_core.matmul(_core.reshape(x_in, (b * n, int(w.shape[0]))), w),
+                                      (b, n, int(w.shape[1])))
+                    for c, a_, d_ in factors[k]:
+                        x = x + _core.matmul(_core.matmul(x_in, a_, transpose_b=True), d_) * c
+                else:
+                    x = _core.matmul(x_in, weights[k])                       # (B, n, units)
                 if bias is not None:
                     x = x + _core.reshape(weights[bias], (b, 1, int(weights[bias].shape[-1])))
+                if record is not None and k in factors:
+                    record[k] = (x_in, x)
                 if act is not None:
                     x = act(x)
             elif step[0] == "act":
                 x = step[1](x)
+            elif step[0] == "bn":
+                _, gamma, beta, eps = step
+                x = _core.batch_norm_grouped(x, None if gamma is None else weights[gamma],
+                                             None if beta is None else weights[beta], eps)
             else:
                 x = _core.reshape(x, (b, n, int(np.prod(x.shape[2:]))))
         return x
 
-    def _meta_loss_vectorised(self, plan, batch):
-        b = len(batch.support_x)
-        sx, qx = to_tensor(batch.support_x), to_tensor(batch.query_x)
-        sy, qy = batch.support_y, batch.query_y
-        fast = [_core.broadcast_to(w, (b,) + tuple(w.shape)) for w in self._inner_params()]
+    def _low_rank_kernels(self, plan, n_support):
+        """Dense kernels whose per-task adapted copies are kept as shared kernel + low-rank
+        updates. One inner SGD step changes a dense kernel by -lr * X^T dZ (X the layer's
+        input, dZ the loss's gradient at its output, n_support rows each), so after s steps
+        a task's kernel is W plus a rank-(s * n_support) term. Carrying the factors instead
+        of (B, K, N) copies saves memory traffic and runs the shared part as one large
+        GEMM, when s * n * (K + N) is well below K * N (the 784x256 first layer of MAML's
+        Omniglot MLP at 5-way 1-shot: rank 5). Only with MAML's scalar inner step size."""
+        if type(self)._inner_update is not MAML._inner_update:
+            return set()
+        weights = self._inner_params()
+        rank = max(1, self.inner_steps) * n_support
+        out = set()
+        for step in plan:
+            if step[0] == "dense":
+                kk, nn = (int(d) for d in weights[step[1]].shape)
+                if 4 * rank * (kk + nn) <= kk * nn:
+                    out.add(step[1])
+        return out
+
+    def _vectorised_loss(self, plan, sx, sy, qx, qy):
+        """The meta-batch's mean query loss after the inner loop (a graph back to the
+        meta-parameters) and the query output; sx/qx (B, n, ...) tensors."""
+        b, n_support = int(sx.shape[0]), int(sx.shape[1])
+        low_rank = self._low_rank_kernels(plan, n_support)
+        params = self._inner_params()
+        fast = [w if i in low_rank else _core.broadcast_to(w, (b,) + tuple(w.shape))
+                for i, w in enumerate(params)]
+        factors = {k: [] for k in low_rank}
+        dense = [i for i in range(len(params)) if i not in low_rank]
+        lr = self.inner_lr
         create_graph = not self.first_order
         for _ in range(self.inner_steps):
+            record = {}
             # sum over tasks of each task's mean loss (all tasks have n points): its gradient
-            # w.r.t. a task's weight copy is that task's own gradient
-            inner = self._loss_fn(sy, self._batched_forward(plan, fast, sx)) * float(b)
-            grads = _core.grad(inner, fast, create_graph=create_graph)
-            fast = self._inner_update(fast, grads)
-        out = self._batched_forward(plan, fast, qx)
-        meta_loss = self._loss_fn(qy, out)
+            # w.r.t. a task's weight copy (or a task's layer output) is that task's own
+            inner = self._loss_fn(sy, self._batched_forward(plan, fast, sx, factors, record)) * float(b)
+            ks = sorted(low_rank)
+            grads = _core.grad(inner, [fast[i] for i in dense] + [record[k][1] for k in ks],
+                               create_graph=create_graph)
+            if not low_rank:  # (Meta-SGD's learned per-weight rates come in here)
+                fast = self._inner_update(fast, grads)
+                continue
+            for i, g in zip(dense, grads):
+                fast[i] = fast[i] - lr * g
+            for k, dz in zip(ks, grads[len(dense):]):
+                x_in = record[k][0]
+                if not create_graph:  # first order: the update is a constant, as g is
+                    x_in = x_in.detach()
+                factors[k].append((-lr, x_in, dz))   # W_b -= lr X_b^T dZ_b
+        out = self._batched_forward(plan, fast, qx, factors)
+        return self._loss_fn(qy, out), out
+
+    def _meta_loss_vectorised(self, plan, batch):
+        sx, qx = to_tensor(batch.support_x), to_tensor(batch.query_x)
+        qy = batch.query_y
+        meta_loss, out = self._vectorised_loss(plan, sx, batch.support_y, qx, qy)
         if self.classification:
             metric = float(np.mean(np.argmax(np.asarray(out), -1) == np.asarray(qy)))
         else:
@@ -269,17 +342,9 @@ class MAML(BaseMetaLearner):
             self._traced_config = config
             params = self._meta_params()
             core_opt = self.meta_optimizer._core_for(params)
-            create_graph = not self.first_order
 
             def step(sx, sy, qx, qy):
-                b = sx.shape[0]
-                fast = [_core.broadcast_to(w, (b,) + tuple(w.shape)) for w in self._inner_params()]
-                for _ in range(self.inner_steps):
-                    inner = self._loss_fn(sy, self._batched_forward(plan, fast, sx)) * float(b)
-                    grads = _core.grad(inner, fast, create_graph=create_graph)
-                    fast = self._inner_update(fast, grads)
-                out = self._batched_forward(plan, fast, qx)
-                meta_loss = self._loss_fn(qy, out)
+                meta_loss, out = self._vectorised_loss(plan, sx, sy, qx, qy)
                 core_opt.step(params, _core.grad(meta_loss, params))
                 return meta_loss, out
 
