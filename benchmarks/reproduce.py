@@ -18,6 +18,9 @@ Runs (the papers' numbers are printed beside ours):
   maml_conv4      MAML, conv4, Omniglot 5-way 1-shot, inner lr 0.4, 1 step (3 at test),
                   meta-batch 32, within a wall-clock budget (default 1 hour), and the same
                   budget for a PyTorch peer (torch.func.functional_call): paper 98.7 +- 0.4 %.
+                  --peer metalearn / --peer torch run one side only, e.g. both at once:
+                    python benchmarks/reproduce.py --only maml_conv4 --threads 1 --peer metalearn &
+                    python benchmarks/reproduce.py --only maml_conv4 --threads 1 --peer torch
 
 Accuracies are means over test episodes with 95 % confidence intervals.
 """
@@ -175,6 +178,8 @@ def maml_conv4(args):
     from metalearn.tasks import NWayKShot
     (x, y), (xt, yt) = _data()
     budget = args.budget or (5.0 if args.quick else 3600.0)
+    if args.peer == "torch":
+        return _maml_conv4_torch_report(x, y, xt, yt, budget, args)
     ml.random.set_seed(args.seed)
     maml = MAML(models.conv4(5), inner_lr=0.4, inner_steps=1, meta_lr=0.001)
     tasks = NWayKShot((x, y), 5, 1, 15, seed=args.seed)
@@ -189,9 +194,15 @@ def maml_conv4(args):
                         episodes=args.episodes or (5 if args.quick else 600), steps=3)
     report("maml_conv4", f"5-way 1-shot, {it} it in {budget:.0f} s", pct(res),
            PAPER[("maml_conv4", 5, 1)], time.perf_counter() - t0, "metalearn")
+    if args.peer == "both":
+        _maml_conv4_torch_report(x, y, xt, yt, budget, args)
+
+
+def _maml_conv4_torch_report(x, y, xt, yt, budget, args):
     try:
         import torch  # noqa: F401
     except ImportError:
+        print("maml_conv4: PyTorch peer skipped (torch is not installed)")
         return
     t1 = time.perf_counter()
     it_t, res_t = _torch_maml_conv4(x, y, xt, yt, budget, args)
@@ -210,6 +221,9 @@ def main(argv=None):
     p.add_argument("--iterations", type=int, default=None, help="override meta-iterations")
     p.add_argument("--episodes", type=int, default=None, help="override test episodes")
     p.add_argument("--budget", type=float, default=None, help="seconds for maml_conv4 (each peer)")
+    p.add_argument("--peer", choices=("both", "metalearn", "torch"), default="both",
+                   help="maml_conv4: run metalearn, the PyTorch peer, or both one after the "
+                        "other (two processes with --threads 1 run the two side by side)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=None)
