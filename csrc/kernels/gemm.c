@@ -69,6 +69,14 @@
 
 /* Below this many multiply-adds the packed path's fixed costs dominate. */
 #define TINY_FLOPS 4096
+/* Up to this many multiply-adds (and k <= SMALL_MAX_K) the AVX2 path uses the unpacked
+ * register-blocked kernel (small_avx2): MAML's per-task products (10x40x40, 40x40x10, ...)
+ * are a few thousand to tens of thousands of multiply-adds each, where packing and the
+ * blocked driver cost as much as the arithmetic. */
+#define SMALL_MACS 65536
+#define SMALL_MAX_K 512
+
+static float *get_buffer(size_t floats);
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -500,6 +508,149 @@ ML_DEFINE_DRIVER(driver_portable, ukr_portable, pack_b, )
 #if ML_HAVE_AVX2
 ML_DEFINE_DRIVER(driver_avx2, ukr_avx2, pack_b_avx2, ML_TARGET_AVX2)
 
+/* One MR_S x 16 tile of C (mr rows, nr <= 16 columns, both at least 1): op(B) is read in
+ * place row by row (row-major with stride ldb, already un-transposed by the caller), A
+ * element by element (broadcast), the tile lives in registers for the whole k loop and is
+ * stored once. Partial columns use masked loads and stores. mr is a constant after
+ * inlining, so the row loops unroll and the accumulators stay in registers. */
+#define MR_S 4
+ML_TARGET_AVX2 ML_INLINE void small_tile(const int mr, int ta, int64_t k, float alpha,
+                                         const float *a, int64_t lda, const float *b,
+                                         int64_t ldb, float beta, float *c, int64_t ldc, int nr)
+{
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), lane);
+    const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr - 8), lane);
+    __m256 acc0[MR_S], acc1[MR_S];
+    for (int r = 0; r < mr; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
+    const int64_t as_p = ta ? lda : 1, as_i = ta ? 1 : lda; /* op(A)[i][p] */
+    if (nr == 16) {
+        for (int64_t p = 0; p < k; ++p) {
+            const __m256 b0 = _mm256_loadu_ps(b + p * ldb), b1 = _mm256_loadu_ps(b + p * ldb + 8);
+            for (int r = 0; r < mr; ++r) {
+                const __m256 av = _mm256_broadcast_ss(a + r * as_i + p * as_p);
+                acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
+                acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
+            }
+        }
+    } else if (nr > 8) {
+        for (int64_t p = 0; p < k; ++p) {
+            const __m256 b0 = _mm256_loadu_ps(b + p * ldb);
+            const __m256 b1 = _mm256_maskload_ps(b + p * ldb + 8, m1);
+            for (int r = 0; r < mr; ++r) {
+                const __m256 av = _mm256_broadcast_ss(a + r * as_i + p * as_p);
+                acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
+                acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
+            }
+        }
+    } else {
+        for (int64_t p = 0; p < k; ++p) {
+            const __m256 b0 = _mm256_maskload_ps(b + p * ldb, m0);
+            for (int r = 0; r < mr; ++r)
+                acc0[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + r * as_i + p * as_p), b0, acc0[r]);
+        }
+    }
+    const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    for (int r = 0; r < mr; ++r) {
+        float *cr = c + r * ldc;
+        __m256 o0 = _mm256_mul_ps(va, acc0[r]), o1 = _mm256_mul_ps(va, acc1[r]);
+        if (nr == 16) {
+            if (beta != 0.0f) { /* C is not read when beta == 0: it may hold NaN */
+                o0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr), o0);
+                o1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr + 8), o1);
+            }
+            _mm256_storeu_ps(cr, o0);
+            _mm256_storeu_ps(cr + 8, o1);
+        } else {
+            if (beta != 0.0f) {
+                o0 = _mm256_fmadd_ps(vb, _mm256_maskload_ps(cr, m0), o0);
+                o1 = _mm256_fmadd_ps(vb, _mm256_maskload_ps(cr + 8, m1), o1);
+            }
+            _mm256_maskstore_ps(cr, m0, o0);
+            _mm256_maskstore_ps(cr + 8, m1, o1);
+        }
+    }
+}
+
+/* dst (cols x rows, leading dimension ldd) = src^T for src (rows x cols, ld lds): 8x8
+ * blocks through registers (a scalar gather reads a column at a time and cost as much as
+ * the small products it feeds), scalar edges. */
+ML_TARGET_AVX2 static void transpose_avx2(int64_t rows, int64_t cols, const float *src,
+                                          int64_t lds, float *dst, int64_t ldd)
+{
+    const int64_t r8 = rows / 8 * 8, c8 = cols / 8 * 8;
+    for (int64_t i = 0; i < r8; i += 8) {
+        for (int64_t j = 0; j < c8; j += 8) {
+            const float *s0 = src + i * lds + j;
+            const __m256 r0 = _mm256_loadu_ps(s0 + 0 * lds), r1 = _mm256_loadu_ps(s0 + 1 * lds);
+            const __m256 r2 = _mm256_loadu_ps(s0 + 2 * lds), r3 = _mm256_loadu_ps(s0 + 3 * lds);
+            const __m256 r4 = _mm256_loadu_ps(s0 + 4 * lds), r5 = _mm256_loadu_ps(s0 + 5 * lds);
+            const __m256 r6 = _mm256_loadu_ps(s0 + 6 * lds), r7 = _mm256_loadu_ps(s0 + 7 * lds);
+            const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+            const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+            const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+            const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+            const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+            const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+            const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+            const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+            const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+            const __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+            const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+            const __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+            float *d0 = dst + j * ldd + i;
+            _mm256_storeu_ps(d0 + 0 * ldd, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_storeu_ps(d0 + 1 * ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_storeu_ps(d0 + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_storeu_ps(d0 + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_storeu_ps(d0 + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_storeu_ps(d0 + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_storeu_ps(d0 + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_storeu_ps(d0 + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+        }
+        for (int64_t j = c8; j < cols; ++j)
+            for (int64_t ii = i; ii < i + 8; ++ii) dst[j * ldd + ii] = src[ii * lds + j];
+    }
+    for (int64_t i = r8; i < rows; ++i)
+        for (int64_t j = 0; j < cols; ++j) dst[j * ldd + i] = src[i * lds + j];
+}
+
+/* C = alpha op(A) op(B) + beta C for small products, no packing. A transposed B is first
+ * copied to row-major (k x n floats, cheap next to the m k n multiply-adds); a product
+ * with one column (matrix-vector) is computed as its transpose, one row times op(A)^T, so
+ * the vector lanes run along m. Returns 0 when it does not apply. */
+ML_TARGET_AVX2 static int small_avx2(int ta, int tb, int64_t m, int64_t n, int64_t k,
+                                     float alpha, const float *a, int64_t lda, const float *b,
+                                     int64_t ldb, float beta, float *c, int64_t ldc)
+{
+    if (n == 1 && m > 1 && ldc == 1) /* C^T (1 x m) = op(B)^T (1 x k) op(A)^T (k x m) */
+        return small_avx2(!tb, !ta, 1, m, k, alpha, b, ldb, a, lda, beta, c, m);
+    if (n < 8 && m > 1) return 0; /* lanes along n would be mostly empty */
+    if (tb) {
+        float *bt = get_buffer((size_t)(k * n));
+        if (!bt) return 0;
+        transpose_avx2(n, k, b, ldb, bt, n);
+        b = bt;
+        ldb = n;
+    }
+    const int64_t as_i = ta ? 1 : lda;
+    for (int64_t i0 = 0; i0 < m; i0 += MR_S) {
+        const int mr = (int)min64(MR_S, m - i0);
+        const float *ai = a + i0 * as_i;
+        for (int64_t j0 = 0; j0 < n; j0 += 16) {
+            const int nr = (int)min64(16, n - j0);
+            float *cij = c + i0 * ldc + j0;
+            switch (mr) {
+            case 4: small_tile(4, ta, k, alpha, ai, lda, b + j0, ldb, beta, cij, ldc, nr); break;
+            case 3: small_tile(3, ta, k, alpha, ai, lda, b + j0, ldb, beta, cij, ldc, nr); break;
+            case 2: small_tile(2, ta, k, alpha, ai, lda, b + j0, ldb, beta, cij, ldc, nr); break;
+            default: small_tile(1, ta, k, alpha, ai, lda, b + j0, ldb, beta, cij, ldc, nr); break;
+            }
+        }
+    }
+    return 1;
+}
+
 ML_TARGET_AVX2 static void direct_avx2(int ta, int tb, int64_t m, int64_t n, int64_t k,
                                        float alpha, const float *a, int64_t lda,
                                        const float *b, int64_t ldb, float beta, float *c,
@@ -578,6 +729,11 @@ static void sgemm(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t k,
     }
 #if !ML_HAVE_AVX2
     (void)use_avx2;
+#endif
+#if ML_HAVE_AVX2
+    if (use_avx2 && (double)m * (double)n * (double)k <= SMALL_MACS && k <= SMALL_MAX_K &&
+        small_avx2(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc))
+        return;
 #endif
     if ((double)m * (double)n * (double)k <= TINY_FLOPS) {
 #if ML_HAVE_AVX2
