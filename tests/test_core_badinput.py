@@ -152,6 +152,21 @@ bad("random_uniform_negative", lambda: _core.random_uniform((-3,), 0.0, 1.0), Va
     r"negative|-3|size|shape|dim")
 bad("permutation_negative", lambda: _core.permutation(-1), ValueError, r"negative|-1|size|\bn\b")
 
+# batch_norm_grouped (vectorised MAML's per-task batch norm)
+bad("bn_grouped_rank2", lambda: ml.batch_norm_grouped(T((4, 3))), ValueError, shape_re((4, 3)))
+bad("bn_grouped_gamma_shape", lambda: ml.batch_norm_grouped(T((2, 4, 3)), T((3,))), ValueError,
+    shape_re((2, 3), (3,)))
+bad("bn_grouped_beta_groups", lambda: ml.batch_norm_grouped(T((2, 4, 3)), None, T((3, 3))), ValueError,
+    shape_re((2, 3), (3, 3)))
+bad("bn_grouped_group_axis", lambda: ml.batch_norm_grouped(T((2, 4, 3)), axis=0), ValueError, AXIS_RE)
+bad("bn_grouped_axis_range", lambda: ml.batch_norm_grouped(T((2, 4, 3)), axis=5), ValueError, AXIS_RE)
+bad("bn_grouped_negative_eps", lambda: ml.batch_norm_grouped(T((2, 4, 3)), epsilon=-1.0), ValueError,
+    r"epsilon")
+bad("bn_grouped_empty", lambda: ml.batch_norm_grouped(T((2, 0, 3))), ValueError, r"empty|" + shape_re((2, 0, 3)))
+bad("bn_grouped_none", lambda: ml.batch_norm_grouped(None), TypeError, NONE_RE)
+bad("bn_grouped_object", lambda: ml.batch_norm_grouped(np.array([[[None]]], dtype=object)), TypeError,
+    DTYPE_RE)
+
 # huge shapes whose product overflows: ValueError / MemoryError, never a crash
 HUGE = [(2 ** 40, 2 ** 40), (2 ** 32, 2 ** 32), (2 ** 62,), (2 ** 31, 2 ** 31, 2 ** 2), (2 ** 63 - 1,),
         (2 ** 21,) * 3 + (2 ** 3,), (3, 0, 2 ** 62, 2 ** 62)]

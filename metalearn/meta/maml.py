@@ -57,8 +57,12 @@ class MAML(BaseMetaLearner):
             callable ``loss(y_true, y_pred)`` returning a Tensor.
         vectorize: ``"auto"`` runs the tasks of a meta-batch together (batched matrix
             products over per-task weight copies, one graph for the whole batch) when the
-            model is a ``Sequential`` of Dense/Activation/Flatten layers and the loss is a
-            built-in one; the result equals the loop over tasks. False always loops.
+            model is a ``Sequential`` of Dense/Activation/Flatten/BatchNormalization
+            layers and the loss is a built-in one; the result equals the loop over tasks
+            (batch statistics per task, ``metalearn.batch_norm_grouped``). A wide Dense
+            kernel adapted from a few support rows is carried as the shared kernel plus
+            each task's low-rank update ``-inner_lr * X^T dZ`` instead of a copy per task
+            (the same numbers, far less memory traffic). False always loops.
 
     Example::
 
