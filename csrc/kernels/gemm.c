@@ -514,7 +514,7 @@ ML_DEFINE_DRIVER(driver_avx2, ukr_avx2, pack_b_avx2, ML_TARGET_AVX2)
  * element by element (broadcast), the tile lives in registers for the whole k loop and is
  * stored once. Partial columns use masked loads and stores. mr is a constant after
  * inlining, so the row loops unroll and the accumulators stay in registers. */
-#define MR_S 4
+#define MR_S 6 /* 12 accumulators + 2 rows of B + 1 broadcast: 15 of the 16 ymm registers */
 ML_TARGET_AVX2 ML_INLINE void small_tile(const int mr, int ta, int64_t k, float alpha,
                                          const float *a, int64_t lda, const float *b,
                                          int64_t ldb, float beta, float *c, int64_t ldc, int nr)
@@ -526,6 +526,7 @@ ML_TARGET_AVX2 ML_INLINE void small_tile(const int mr, int ta, int64_t k, float 
     for (int r = 0; r < mr; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
     const int64_t as_p = ta ? lda : 1, as_i = ta ? 1 : lda; /* op(A)[i][p] */
     if (nr == 16) {
+#pragma GCC unroll 4
         for (int64_t p = 0; p < k; ++p) {
             const __m256 b0 = _mm256_loadu_ps(b + p * ldb), b1 = _mm256_loadu_ps(b + p * ldb + 8);
             for (int r = 0; r < mr; ++r) {
@@ -535,6 +536,7 @@ ML_TARGET_AVX2 ML_INLINE void small_tile(const int mr, int ta, int64_t k, float 
             }
         }
     } else if (nr > 8) {
+#pragma GCC unroll 4
         for (int64_t p = 0; p < k; ++p) {
             const __m256 b0 = _mm256_loadu_ps(b + p * ldb);
             const __m256 b1 = _mm256_maskload_ps(b + p * ldb + 8, m1);
@@ -545,6 +547,7 @@ ML_TARGET_AVX2 ML_INLINE void small_tile(const int mr, int ta, int64_t k, float 
             }
         }
     } else {
+#pragma GCC unroll 4
         for (int64_t p = 0; p < k; ++p) {
             const __m256 b0 = _mm256_maskload_ps(b + p * ldb, m0);
             for (int r = 0; r < mr; ++r)
@@ -617,6 +620,8 @@ ML_TARGET_AVX2 static int small_avx2(int ta, int tb, int64_t m, int64_t n, int64
             const int nr = (int)min64(16, n - j0);
             float *cij = c + i0 * ldc + j0;
             switch (mr) {
+            case 6: small_tile(6, ta, k, alpha, ai, lda, b + j0, ldb, beta, cij, ldc, nr); break;
+            case 5: small_tile(5, ta, k, alpha, ai, lda, b + j0, ldb, beta, cij, ldc, nr); break;
             case 4: small_tile(4, ta, k, alpha, ai, lda, b + j0, ldb, beta, cij, ldc, nr); break;
             case 3: small_tile(3, ta, k, alpha, ai, lda, b + j0, ldb, beta, cij, ldc, nr); break;
             case 2: small_tile(2, ta, k, alpha, ai, lda, b + j0, ldb, beta, cij, ldc, nr); break;

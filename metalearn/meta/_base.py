@@ -313,8 +313,8 @@ class BaseMetaLearner:
                 cb.on_train_begin({})
         for it in range(iterations):
             batch = _next_batch(tasks, meta_batch_size)
-            self._prepare(batch)
-            if self.metric_name not in history:
+            if it == 0:  # the loss and the model's build follow from the first batch
+                self._prepare(batch)
                 history[self.metric_name] = []
             loss, metric = self._meta_step(batch)
             self.iterations += 1
