@@ -144,3 +144,28 @@ def test_minimize_with_callable_loss():
     for _ in range(30):
         opt.minimize(lambda: ml.reduce_sum((var - 1.0) * (var - 1.0)), [var])
     assert float(var.numpy()[0]) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_adam_over_two_threads_equals_one_thread_bit_for_bit(amsgrad):
+    """Above ~65k parameters the Adam update is split over the thread pool (element-wise
+    chunks across parameter boundaries): the result must not depend on the thread count."""
+    rng = np.random.default_rng(0)
+    shapes = [(301, 257), (257,), (257, 11), (11,)]   # 77,357 + 257 + 2,827 + 11 floats
+    init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3)]
+    prev = ml.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            ml.set_num_threads(threads)
+            params = [ml.Variable(a.copy()) for a in init]
+            opt = optimizers.Adam(learning_rate=0.01, amsgrad=amsgrad)
+            for g in grads:
+                opt.apply_gradients(zip([ml.tensor(x) for x in g], params))
+            results.append([np.asarray(p).copy() for p in params])
+    finally:
+        ml.set_num_threads(prev)
+    for a, b, x0 in zip(results[0], results[1], init):
+        assert not np.array_equal(a, x0)  # the update happened
+        np.testing.assert_array_equal(a, b)

@@ -143,6 +143,33 @@ static ml_status build_state(ml_optimizer *opt, int n, ml_tensor *const *params)
     return ML_OK;
 }
 
+/* Adam over [i*chunk, (i+1)*chunk) of the parameters laid end to end (the slab's order). */
+typedef struct adam_job {
+    ml_optimizer *opt;
+    ml_tensor *const *params, *const *grads;
+    float lrt, b1, b2, eps;
+    int64_t chunk;
+} adam_job;
+#define ADAM_PAR_MIN (1 << 16) /* ~25 us of one core: below, a second thread does not pay */
+
+static void adam_part(void *ctx, int64_t part) {
+    const adam_job *j = ctx;
+    const ml_optimizer *opt = j->opt;
+    const int64_t lo = part * j->chunk, hi = lo + j->chunk;
+    for (int i = 0; i < opt->n_params; i++) {
+        const int64_t start = opt->offset[i], len = opt->numel[i];
+        const int64_t a = lo > start ? lo : start, b = hi < start + len ? hi : start + len;
+        if (a >= b) continue;
+        const int64_t off = a - start;
+        float *m = opt->slab + a, *v = opt->slab + opt->total + a;
+        float *vhat = opt->amsgrad ? opt->slab + 2 * opt->total + a : NULL;
+        /* element-wise: each j reads g[j], m[j], v[j] before it writes p[j], so even a
+         * gradient that shares its parameter's memory gets the scalar loop's result */
+        ml__vadam(b - a, j->params[i]->data + off, j->grads[i]->data + off, m, v, vhat, j->lrt,
+                  j->b1, j->b2, j->eps);
+    }
+}
+
 typedef struct { ml_optimizer *opt; int n; } step_params;
 static ml_status replay_step(ml_tensor **out, ml_tensor **in, const void *p) {
     const step_params *s = p;
@@ -197,17 +224,17 @@ ml_status ml_optimizer_step(ml_optimizer *opt, int n, ml_tensor *const *params,
         float b1 = opt->beta_1, b2 = opt->beta_2;
         double lr_t = lr * sqrt(1.0 - pow(b2, (double)t)) / (1.0 - pow(b1, (double)t));
         float lrt = (float)lr_t, eps = opt->epsilon;
-        for (int i = 0; i < n; i++) {
-            float *p = params[i]->data;
-            const float *g = grads[i]->data;
-            float *m = opt->slab + opt->offset[i];
-            float *v = opt->slab + opt->total + opt->offset[i];
-            float *vhat = opt->amsgrad ? opt->slab + 2 * opt->total + opt->offset[i] : NULL;
-            /* element-wise: each j reads g[j], m[j], v[j] before it writes p[j], so even a
-             * gradient that shares its parameter's memory gets the scalar loop's result */
-            ml__vadam(opt->numel[i], p, g, m, v, vhat, lrt, b1, b2, eps);
-            params[i]->storage->version++;
+        adam_job job = {opt, params, grads, lrt, b1, b2, eps};
+        const int64_t total = opt->total;
+        if (total >= ADAM_PAR_MIN && !ml__in_parallel() && ml_get_num_threads() > 1) {
+            /* element-wise: the threads' chunks give the one-thread result bit for bit */
+            job.chunk = (total + ml_get_num_threads() - 1) / ml_get_num_threads();
+            ml__parallel_for(ml_get_num_threads(), 0, adam_part, &job);
+        } else {
+            job.chunk = total;
+            adam_part(&job, 0);
         }
+        for (int i = 0; i < n; i++) params[i]->storage->version++;
     }
     opt->iterations = t;
     return ML_OK;
