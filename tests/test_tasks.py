@@ -116,3 +116,37 @@ def test_nway_errors():
         NWayKShot(x, 2, 1, 1)
     with pytest.raises(ValueError):
         NWayKShot((x, y[:-1]), 2, 1, 1)
+
+
+@pytest.mark.parametrize("rotations", [False, True])
+@pytest.mark.parametrize("equal_sizes", [True, False])
+def test_sample_batch_contents(rotations, equal_sizes):
+    """sample_batch (one gather for the whole meta-batch when every class has the same
+    number of examples, an episode loop otherwise): each task's images are distinct members
+    of the class its label stands for, turned by the recorded rotation."""
+    rng = np.random.default_rng(3)
+    n_classes, per = 6, 7
+    x = rng.random((n_classes * per + (0 if equal_sizes else 2), 4, 4, 1)).astype(np.float32)
+    y = np.concatenate([np.repeat(np.arange(n_classes), per), [] if equal_sizes else [0, 1]])
+    s = NWayKShot((x, y.astype(int)), n_way=3, k_shot=2, q_queries=3, augment_rotations=rotations,
+                  seed=1)
+    assert (s._member_table is not None) == equal_sizes
+    b = s.sample_batch(8)
+    assert b.support_x.shape == (8, 6, 4, 4, 1) and b.query_x.shape == (8, 9, 4, 4, 1)
+    seen_rot = set()
+    for t in range(8):
+        np.testing.assert_array_equal(b.support_y[t], np.repeat(np.arange(3), 2))
+        np.testing.assert_array_equal(b.query_y[t], np.repeat(np.arange(3), 3))
+        for c in range(3):
+            cls, rt = int(b.info["classes"][t][c]), int(b.info["rotations"][t][c])
+            seen_rot.add(rt)
+            imgs = list(b.support_x[t][b.support_y[t] == c]) + list(b.query_x[t][b.query_y[t] == c])
+            found = []
+            for im in imgs:
+                back = np.rot90(im, -rt, axes=(0, 1))
+                hit = [i for i in np.flatnonzero(y == cls) if np.array_equal(x[i], back)]
+                assert len(hit) == 1
+                found.append(hit[0])
+            assert len(set(found)) == 5  # k + q distinct examples
+        assert len(set(b.info["classes"][t].tolist())) == 3 or rotations
+    assert (max(seen_rot) > 0) == rotations

@@ -71,6 +71,9 @@ class NWayKShot:
         counts = np.bincount(inverse, minlength=len(self.classes))
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         self._members = [order[s:s + c] for s, c in zip(starts, counts)]
+        # every class the same size (Omniglot: 20 drawers): a (classes, count) table lets
+        # sample_batch draw a whole meta-batch with one gather
+        self._member_table = (np.stack(self._members) if counts.min() == counts.max() else None)
         need = self.k_shot + self.q_queries
         if counts.min() < need:
             bad = int(self.classes[np.argmin(counts)])
@@ -117,10 +120,33 @@ class NWayKShot:
         b = int(meta_batch_size)
         if b < 1:
             raise ValueError(f"sample_batch: meta_batch_size must be >= 1, got {meta_batch_size}")
-        eps = [self._episode() for _ in range(b)]
-        stack = lambda i: np.stack([e[i] for e in eps])
-        return Task(stack(0), stack(1), stack(2), stack(3),
-                    {"batched": True, "classes": stack(4), "rotations": stack(5)})
+        if self._member_table is None:
+            eps = [self._episode() for _ in range(b)]
+            stack = lambda i: np.stack([e[i] for e in eps])  # noqa: E731
+            return Task(stack(0), stack(1), stack(2), stack(3),
+                        {"batched": True, "classes": stack(4), "rotations": stack(5)})
+        r = self.rng
+        n, k, q = self.n_way, self.k_shot, self.q_queries
+        picks = np.stack([r.choice(self.num_classes, n, replace=False) for _ in range(b)])
+        base, rot = picks // self.num_rotations, picks % self.num_rotations
+        members = self._member_table[base]                                # (b, n, count)
+        # k + q distinct members per class: the first of a random permutation of each row
+        order = np.argsort(r.random(members.shape), axis=-1)[..., :k + q]
+        idx = np.take_along_axis(members, order, axis=-1)                # (b, n, k+q)
+        tail = self.x.shape[1:]
+        # gathered straight into the final layout: (b, n*k) support, (b, n*q) queries
+        support_x = self.x[idx[:, :, :k].reshape(b, n * k)]
+        query_x = self.x[idx[:, :, k:].reshape(b, n * q)]
+        for rt in range(1, self.num_rotations):
+            sel = rot == rt
+            if sel.any():
+                for arr, m in ((support_x, k), (query_x, q)):
+                    view = arr.reshape((b, n, m) + tail)   # a view: arr is contiguous
+                    view[sel] = np.rot90(view[sel], rt, axes=(2, 3))
+        labels = np.arange(n, dtype=np.int64)
+        return Task(support_x, np.broadcast_to(np.repeat(labels, k), (b, n * k)).copy(),
+                    query_x, np.broadcast_to(np.repeat(labels, q), (b, n * q)).copy(),
+                    {"batched": True, "classes": self.classes[base], "rotations": rot.astype(np.int64)})
 
     def __iter__(self) -> Iterator[Task]:
         while True:
