@@ -79,7 +79,7 @@ def maml_mlp(args):
     from metalearn.meta import MAML, models
     from metalearn.tasks import NWayKShot
     (x, y), (xt, yt) = _data()
-    for shots in (1, 5):
+    for shots in args.shots:
         iters = args.iterations or (5 if args.quick else 60000)
         ml.random.set_seed(args.seed)
         t0 = time.perf_counter()
@@ -221,6 +221,8 @@ def main(argv=None):
     p.add_argument("--iterations", type=int, default=None, help="override meta-iterations")
     p.add_argument("--episodes", type=int, default=None, help="override test episodes")
     p.add_argument("--budget", type=float, default=None, help="seconds for maml_conv4 (each peer)")
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 5],
+                   help="maml_mlp: the K-shot settings to run (default: 1 5)")
     p.add_argument("--peer", choices=("both", "metalearn", "torch"), default="both",
                    help="maml_conv4: run metalearn, the PyTorch peer, or both one after the "
                         "other (two processes with --threads 1 run the two side by side)")
