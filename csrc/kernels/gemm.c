@@ -750,7 +750,8 @@ static void sgemm(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t k,
  * when C has few rows, blocks of columns (multiples of NR). Every element of C is
  * computed by the same micro-kernel with the same k blocking (kc depends on k alone) and
  * the parts are never tiny, so the result is bit-identical to one thread's. */
-#define PAR_MIN_MACS (1 << 22) /* ~40 us of one core: below, waking a worker costs more */
+#define PAR_MIN_MACS (1 << 21) /* ~20 us of one core: below, waking a worker costs more
+                                (1 << 22 left the 784-128 dense layer at batch 32 on one core) */
 
 typedef struct gemm_job {
     int use_avx2, ta, tb;
