@@ -33,6 +33,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -594,6 +595,59 @@ ML_TARGET_AVX2 static void transpose_avx2(int64_t rows, int64_t cols, const floa
         for (int64_t j = 0; j < cols; ++j) dst[j * ldd + i] = src[i * lds + j];
 }
 
+/* k == 1: C = alpha a b^T + beta C, an outer product (a 1-unit layer: x (n x 1) times a
+ * (1 x N) kernel, or dZ (n x 1) times a (N x 1) kernel transposed). As a tile it would
+ * transpose or mask its way through one multiply per element; here each row of C is a
+ * scaled copy of b. Same rounding as small_tile: alpha (a_i b_j), then beta C. */
+ML_TARGET_AVX2 static void outer_avx2(int ta, int tb, int64_t m, int64_t n, float alpha,
+                                      const float *a, int64_t lda, const float *b, int64_t ldb,
+                                      float beta, float *c, int64_t ldc)
+{
+    const int64_t sa = ta ? 1 : lda, sb = tb ? ldb : 1; /* op(A)[i][0], op(B)[0][j] */
+    const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    const int64_t n8 = sb == 1 ? n / 8 * 8 : 0;
+    for (int64_t i = 0; i < m; ++i) {
+        const float ai = a[i * sa];
+        const __m256 vai = _mm256_set1_ps(ai);
+        float *ci = c + i * ldc;
+        for (int64_t j = 0; j < n8; j += 8) {
+            __m256 o = _mm256_mul_ps(va, _mm256_mul_ps(vai, _mm256_loadu_ps(b + j)));
+            if (beta != 0.0f) o = _mm256_fmadd_ps(vb, _mm256_loadu_ps(ci + j), o);
+            _mm256_storeu_ps(ci + j, o);
+        }
+        for (int64_t j = n8; j < n; ++j) {
+            const float o = alpha * (ai * b[j * sb]);
+            ci[j] = beta != 0.0f ? fmaf(beta, ci[j], o) : o;
+        }
+    }
+}
+
+/* n == 1 with A not transposed: each element of C is a dot product of a row of A (contiguous)
+ * with the vector op(B) (contiguous: the caller checks), eight lanes then a horizontal sum.
+ * (The transposed form small_avx2 otherwise uses would first copy A to column order.) */
+ML_TARGET_AVX2 static void dots_avx2(int64_t m, int64_t k, float alpha, const float *a,
+                                     int64_t lda, const float *x, float beta, float *c,
+                                     int64_t ldc)
+{
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const int64_t k8 = k / 8 * 8;
+    const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(k - k8)), lane);
+    for (int64_t i = 0; i < m; ++i) {
+        const float *ai = a + i * lda;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t p = 0; p < k8; p += 8)
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(ai + p), _mm256_loadu_ps(x + p), acc);
+        if (k8 < k)
+            acc = _mm256_fmadd_ps(_mm256_maskload_ps(ai + k8, tail),
+                                  _mm256_maskload_ps(x + k8, tail), acc);
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        const float o = alpha * _mm_cvtss_f32(s);
+        c[i * ldc] = beta != 0.0f ? fmaf(beta, c[i * ldc], o) : o;
+    }
+}
+
 /* C = alpha op(A) op(B) + beta C for small products, no packing. A transposed B is first
  * copied to row-major (k x n floats, cheap next to the m k n multiply-adds); a product
  * with one column (matrix-vector) is computed as its transpose, one row times op(A)^T, so
@@ -602,6 +656,14 @@ ML_TARGET_AVX2 static int small_avx2(int ta, int tb, int64_t m, int64_t n, int64
                                      float alpha, const float *a, int64_t lda, const float *b,
                                      int64_t ldb, float beta, float *c, int64_t ldc)
 {
+    if (k == 1) {
+        outer_avx2(ta, tb, m, n, alpha, a, lda, b, ldb, beta, c, ldc);
+        return 1;
+    }
+    if (n == 1 && !ta && (tb || ldb == 1)) { /* op(B) is a contiguous vector */
+        dots_avx2(m, k, alpha, a, lda, b, beta, c, ldc);
+        return 1;
+    }
     if (n == 1 && m > 1 && ldc == 1) /* C^T (1 x m) = op(B)^T (1 x k) op(A)^T (k x m) */
         return small_avx2(!tb, !ta, 1, m, k, alpha, b, ldb, a, lda, beta, c, m);
     if (n < 8 && m > 1) return 0; /* lanes along n would be mostly empty */

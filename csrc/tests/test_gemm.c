@@ -153,6 +153,9 @@ int main(void)
         /* MAML sinusoid's per-task products (the unpacked small kernel), and its edges */
         {10, 40, 40},  {40, 40, 10},   {40, 1, 10},   {1, 40, 10},    {10, 40, 1},
         {3, 9, 512},   {4, 16, 513},   {64, 64, 16},  {9, 1, 3},
+        /* outer products (k == 1) and row dot products (n == 1), with 8-lane tails */
+        {7, 33, 1},    {33, 7, 1},     {1, 8, 1},     {13, 1, 1},     {33, 1, 9},
+        {5, 1, 8},     {3, 1, 17},     {1, 1, 40},    {250, 1, 40},
     };
     const int n_shapes = (int)(sizeof shapes / sizeof shapes[0]);
 
