@@ -137,6 +137,20 @@ def test_low_rank_fast_weights_equal_the_loop(first_order, steps):
     assert maml is not None
 
 
+@pytest.mark.parametrize("first_order", [False, True])
+def test_sinusoid_hidden_kernel_low_rank_equals_the_loop(first_order):
+    """The sinusoid MLP (1-40-40-1) at K=10: the 40x40 kernel is carried as W + rank-10
+    update (10 * (40 + 40) < 40 * 40 multiply-adds per row), its 1x40 and 40x1 ends as
+    per-task copies; with 5 inner steps (rank 50) the 40x40 kernel is copied too."""
+    ml.random.set_seed(3)
+    model = models.sinusoid_mlp()
+    maml = MAML(model, inner_lr=0.05)
+    assert maml._low_rank_kernels(maml._vector_plan(), 10) == {2}
+    assert MAML(model, inner_steps=5)._low_rank_kernels(maml._vector_plan(), 10) == set()
+    batch = Sinusoid(k_shot=10, q_queries=7, seed=3).sample_batch(4)
+    _meta_grads_both_ways(model, batch, inner_lr=0.05, first_order=first_order)
+
+
 def test_two_inner_steps_match_torch():
     torch = pytest.importorskip("torch")
     model = _fixture_model()
