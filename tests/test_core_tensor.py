@@ -381,6 +381,18 @@ def test_grad_of_broadcast_inputs_reduced_to_input_shape(sa, sb):
     np.testing.assert_allclose(arr(gb), exp_b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("src,dst", [
+    ((), ()), ((), (3, 2)), ((1,), (5,)), ((40, 1), (25, 40, 1)), ((40,), (25, 1, 40)),
+    ((25, 1, 40), (25, 10, 40)), ((25, 1), (25, 40)), ((1, 40), (10, 40)), ((1, 1), (1, 1)),
+    ((3, 1, 2, 1), (2, 3, 4, 2, 5)), ((2, 1, 3), (4, 2, 5, 3)), ((2, 3), (0, 2, 3))])
+def test_broadcast_to_matches_numpy(src, dst):
+    """Contiguous trailing blocks are copied whole, broadcast trailing dims element-wise."""
+    x = np.random.default_rng(2).uniform(-1, 1, src).astype(F32)
+    got = ml.broadcast_to(ml.tensor(x), dst)
+    assert got.shape == dst
+    np.testing.assert_array_equal(arr(got), np.broadcast_to(x, dst))
+
+
 # ------------------------------------------------------------------ autograd basics
 
 

@@ -296,13 +296,20 @@ ml_status ml_broadcast_to(ml_tensor **out, ml_tensor *x, int ndim, const int64_t
             str[i] = d == 1 ? 0 : s;
             s *= d;
         }
-        int64_t inner = ndim ? shape[ndim - 1] : 1, is = ndim ? str[ndim - 1] : 0, off = 0;
+        /* the trailing dims x does not broadcast are one contiguous block of x: copy it
+         * whole (a (40, 1) kernel to (25, 40, 1) is 25 copies of 40, not 1000 of 1) */
+        int d0 = ndim;
+        while (d0 > 0 && (str[d0 - 1] != 0 || shape[d0 - 1] == 1)) d0--;
+        const int block = d0 < ndim || ndim == 0; /* else the last dim itself is broadcast */
+        const int last = block ? d0 : ndim - 1;
+        int64_t inner = 1, off = 0;
+        for (int d = last; d < ndim; d++) inner *= shape[d];
         for (int64_t r = 0; r < numel / inner; r++) {
             float *dst = o->data + r * inner;
             const float *src = x->data + off;
-            if (is) memcpy(dst, src, (size_t)inner * sizeof(float));
+            if (block) memcpy(dst, src, (size_t)inner * sizeof(float));
             else for (int64_t i = 0; i < inner; i++) dst[i] = src[0];
-            for (int d = ndim - 2; d >= 0; d--) {
+            for (int d = last - 1; d >= 0; d--) {
                 idx[d]++;
                 off += str[d];
                 if (idx[d] < shape[d]) break;
