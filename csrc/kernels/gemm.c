@@ -415,6 +415,71 @@ ML_TARGET_AVX2 ML_INLINE void transpose8x8(const float *s, int64_t lds, float *d
     _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
 }
 
+/* A block packed as pack_a does, with the not-transposed full panels (six rows of A read
+ * along k) moved through registers: 8 k steps of the 6 rows are loaded as 8-float rows and
+ * transposed, and each k step's 6 floats are stored as 8 (the next store overwrites the 2
+ * extra; the last of a run is stored as 4 + 2 so nothing past the panel is written). The
+ * scalar gather it replaces was a fifth of the time of MAML Omniglot's 2400x784x256
+ * products. */
+ML_TARGET_AVX2 ML_INLINE void pack_a_avx2(int ta, int64_t mc, int64_t kc, const float *a,
+                                          int64_t lda, int64_t ic, int64_t pc,
+                                          float *restrict dst)
+{
+    const int64_t full = mc / MR * MR, k8 = kc / 8 * 8;
+    if (ta && full) { /* each k step's 6 floats are contiguous: move them as 4 + 2 */
+        for (int64_t i0 = 0; i0 < full; i0 += MR) {
+            const float *s = a + pc * lda + ic + i0;
+            for (int64_t p = 0; p < kc; ++p) {
+                _mm_storeu_ps(dst + p * MR, _mm_loadu_ps(s + p * lda));
+                _mm_storel_pi((__m64 *)(dst + p * MR + 4),
+                              _mm_loadl_pi(_mm_setzero_ps(), (const __m64 *)(s + p * lda + 4)));
+            }
+            dst += MR * kc;
+        }
+        if (full < mc) pack_a(1, mc - full, kc, a, lda, ic + full, pc, dst);
+        return;
+    }
+    if (ta || !full || kc < 8) {
+        pack_a(ta, mc, kc, a, lda, ic, pc, dst);
+        return;
+    }
+    for (int64_t i0 = 0; i0 < full; i0 += MR) {
+        const float *s = a + (ic + i0) * lda + pc;
+        for (int64_t p = 0; p < k8; p += 8) {
+            const __m256 r0 = _mm256_loadu_ps(s + 0 * lda + p), r1 = _mm256_loadu_ps(s + 1 * lda + p);
+            const __m256 r2 = _mm256_loadu_ps(s + 2 * lda + p), r3 = _mm256_loadu_ps(s + 3 * lda + p);
+            const __m256 r4 = _mm256_loadu_ps(s + 4 * lda + p), r5 = _mm256_loadu_ps(s + 5 * lda + p);
+            const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+            const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+            const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+            const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+            const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+            const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+            const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+            /* rows 4, 5 of k step q sit in lanes (q & 3) * 2 of t4 / t5's 128-bit half q >> 2 */
+            const __m256 w0 = _mm256_shuffle_ps(t4, t4, _MM_SHUFFLE(1, 0, 1, 0));
+            const __m256 w1 = _mm256_shuffle_ps(t4, t4, _MM_SHUFFLE(3, 2, 3, 2));
+            const __m256 w2 = _mm256_shuffle_ps(t5, t5, _MM_SHUFFLE(1, 0, 1, 0));
+            const __m256 w3 = _mm256_shuffle_ps(t5, t5, _MM_SHUFFLE(3, 2, 3, 2));
+            float *d = dst + p * MR;
+            _mm256_storeu_ps(d + 0 * MR, _mm256_permute2f128_ps(u0, w0, 0x20));
+            _mm256_storeu_ps(d + 1 * MR, _mm256_permute2f128_ps(u1, w1, 0x20));
+            _mm256_storeu_ps(d + 2 * MR, _mm256_permute2f128_ps(u2, w2, 0x20));
+            _mm256_storeu_ps(d + 3 * MR, _mm256_permute2f128_ps(u3, w3, 0x20));
+            _mm256_storeu_ps(d + 4 * MR, _mm256_permute2f128_ps(u0, w0, 0x31));
+            _mm256_storeu_ps(d + 5 * MR, _mm256_permute2f128_ps(u1, w1, 0x31));
+            _mm256_storeu_ps(d + 6 * MR, _mm256_permute2f128_ps(u2, w2, 0x31));
+            const __m256 last = _mm256_permute2f128_ps(u3, w3, 0x31);
+            _mm_storeu_ps(d + 7 * MR, _mm256_castps256_ps128(last));
+            _mm_storel_pi((__m64 *)(d + 7 * MR + 4), _mm256_extractf128_ps(last, 1));
+        }
+        for (int64_t p = k8; p < kc; ++p)
+            for (int ii = 0; ii < MR; ++ii) dst[p * MR + ii] = s[ii * lda + p];
+        dst += MR * kc;
+    }
+    if (full < mc) pack_a(0, mc - full, kc, a, lda, ic + full, pc, dst);
+}
+
 /* op(B) = B^T packed with 8x8 register transposes: the scalar gather of pack_b reads 16
  * strided streams one float at a time and costs as much as the multiply for m ~ 5. */
 ML_TARGET_AVX2 ML_INLINE void pack_b_avx2(int tb, int64_t kc, int64_t nc, const float *b,
@@ -466,7 +531,7 @@ static blocking plan(int tb, int64_t m, int64_t n, int64_t k)
 
 /* The five loops around the micro-kernel; instantiated once per kernel so the compiler
  * inlines the micro-kernel and vectorizes the packing for the kernel's ISA. */
-#define ML_DEFINE_DRIVER(NAME, UKR, PACK_B, ATTR)                                                      \
+#define ML_DEFINE_DRIVER(NAME, UKR, PACK_A, PACK_B, ATTR)                                                    \
     ATTR static void NAME(const blocking *bl, int ta, int tb, int64_t m, int64_t n, int64_t k, \
                           float alpha, const float *a, int64_t lda, const float *b,           \
                           int64_t ldb, float beta, float *c, int64_t ldc, float *abuf,        \
@@ -480,7 +545,7 @@ static blocking plan(int tb, int64_t m, int64_t n, int64_t k)
                 if (!bl->direct_b) PACK_B(tb, kc, nc, b, ldb, pc, jc, bbuf);                  \
                 for (int64_t ic = 0; ic < m; ic += bl->mc) {                                  \
                     const int64_t mc = min64(bl->mc, m - ic);                                 \
-                    pack_a(ta, mc, kc, a, lda, ic, pc, abuf);                                 \
+                    PACK_A(ta, mc, kc, a, lda, ic, pc, abuf);                                 \
                     for (int64_t jr = 0; jr < nc; jr += NR) {                                 \
                         const int nr = (int)min64(NR, nc - jr);                               \
                         const float *bp = bbuf + jr * kc;                                     \
@@ -506,9 +571,9 @@ static blocking plan(int tb, int64_t m, int64_t n, int64_t k)
         }                                                                                     \
     }
 
-ML_DEFINE_DRIVER(driver_portable, ukr_portable, pack_b, )
+ML_DEFINE_DRIVER(driver_portable, ukr_portable, pack_a, pack_b, )
 #if ML_HAVE_AVX2
-ML_DEFINE_DRIVER(driver_avx2, ukr_avx2, pack_b_avx2, ML_TARGET_AVX2)
+ML_DEFINE_DRIVER(driver_avx2, ukr_avx2, pack_a_avx2, pack_b_avx2, ML_TARGET_AVX2)
 
 /* One MR_S x 16 tile of C (mr rows, nr <= 16 columns, both at least 1): op(B) is read in
  * place row by row (row-major with stride ldb, already un-transposed by the caller), A
