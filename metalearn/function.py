@@ -57,6 +57,30 @@ def _unflatten(spec, leaves):
     return None
 
 
+def _visit(a, tensors, key):
+    """One argument of a traced call: tensors (arrays made tensors) go to `tensors`, the
+    signature to `key`. A module-level function on purpose: a recursive closure would be a
+    reference cycle holding every argument until the garbage collector ran (a meta-batch of
+    images kept alive per step, and fresh pages for the next one)."""
+    if isinstance(a, np.ndarray):
+        a = _core.tensor(a)
+    if isinstance(a, _Tensor):
+        tensors.append(a)
+        key.append(("T", a.shape))
+        return a
+    if isinstance(a, (list, tuple)):
+        key.append(("seq", type(a).__name__, len(a)))
+        items = [_visit(x, tensors, key) for x in a]
+        return items if isinstance(a, list) else tuple(items)
+    try:
+        hash(a)
+    except TypeError:
+        raise TypeError(f"metalearn.function: argument of type {type(a).__name__} is "
+                        "neither a tensor nor hashable") from None
+    key.append(("V", a))
+    return a
+
+
 class Function:
     """A traced function; see the module docstring. Made by :func:`function`."""
 
@@ -71,31 +95,11 @@ class Function:
         """(tensor arguments, hashable key) for a call; arrays become tensors."""
         tensors: List[_Tensor] = []
         key: List[Any] = []
-
-        def visit(a):
-            if isinstance(a, np.ndarray):
-                a = _core.tensor(a)
-            if isinstance(a, _Tensor):
-                tensors.append(a)
-                key.append(("T", a.shape))
-                return a
-            if isinstance(a, (list, tuple)):
-                key.append(("seq", type(a).__name__, len(a)))
-                items = [visit(x) for x in a]
-                return items if isinstance(a, list) else tuple(items)
-            try:
-                hash(a)
-            except TypeError:
-                raise TypeError(f"metalearn.function: argument of type {type(a).__name__} is "
-                                "neither a tensor nor hashable") from None
-            key.append(("V", a))
-            return a
-
-        new_args = tuple(visit(a) for a in args)
+        new_args = tuple(_visit(a, tensors, key) for a in args)
         new_kwargs = {}
         for k in sorted(kwargs):
             key.append(("K", k))
-            new_kwargs[k] = visit(kwargs[k])
+            new_kwargs[k] = _visit(kwargs[k], tensors, key)
         return new_args, new_kwargs, tensors, tuple(key)
 
     @property
