@@ -118,6 +118,26 @@ def test_nway_errors():
         NWayKShot((x, y[:-1]), 2, 1, 1)
 
 
+def test_sample_batch_gathered_by_the_core_matches_numpy():
+    """float32 images are gathered by the core into pooled memory (a NumPy view of it);
+    other dtypes by NumPy: same draws, same images, and batches alive together never share
+    memory (a pooled block is reused only once its batch is gone)."""
+    rng = np.random.default_rng(4)
+    x = rng.random((5 * 6, 3, 3, 1)).astype(np.float32)
+    y = np.repeat(np.arange(5), 6)
+    fast = NWayKShot((x, y), n_way=3, k_shot=2, q_queries=2, seed=7)
+    slow = NWayKShot((x.astype(np.float64), y), n_way=3, k_shot=2, q_queries=2, seed=7)
+    a, b = fast.sample_batch(4), slow.sample_batch(4)
+    assert a.support_x.dtype == np.float32 and b.support_x.dtype == np.float64
+    np.testing.assert_array_equal(a.support_x, b.support_x.astype(np.float32))
+    np.testing.assert_array_equal(a.query_x, b.query_x.astype(np.float32))
+    a2 = fast.sample_batch(4)
+    assert not np.shares_memory(a.query_x, a2.query_x)
+    assert not np.shares_memory(a.query_x, x)
+    a.query_x[:] = -1.0  # writable, and writing it leaves the dataset alone
+    assert x.min() >= 0.0 and a2.query_x.min() >= 0.0
+
+
 @pytest.mark.parametrize("rotations", [False, True])
 @pytest.mark.parametrize("equal_sizes", [True, False])
 def test_sample_batch_contents(rotations, equal_sizes):

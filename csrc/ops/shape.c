@@ -352,7 +352,9 @@ static ml_status gather_like(ml_tensor **out, ml_tensor *x, int n, const int64_t
     memcpy(shape, x->shape, sizeof shape);
     shape[a] = scatter ? size : n;
     ml_tensor *o = NULL;
-    if ((st = ml_tensor_zeros(&o, x->ndim, shape))) return st;
+    /* a gather writes every element: no need to clear it first */
+    if ((st = scatter ? ml_tensor_zeros(&o, x->ndim, shape) : ml__new(&o, x->ndim, shape)))
+        return st;
     int64_t outer, inner;
     outer_inner(x, a, &outer, &inner);
     int64_t xrow = x->shape[a] * inner, orow = shape[a] * inner;

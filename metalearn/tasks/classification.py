@@ -66,6 +66,7 @@ class NWayKShot:
         if self.augment_rotations and (x.ndim < 3 or x.shape[1] != x.shape[2]):
             raise ValueError(f"NWayKShot: rotations need square images (N, H, H[, C]), got {x.shape}")
         self.x, self.y = x, y
+        self._x_tensor = None  # x as a core tensor (shared memory), made on first use
         self.classes, inverse = np.unique(y, return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         counts = np.bincount(inverse, minlength=len(self.classes))
@@ -115,6 +116,22 @@ class NWayKShot:
         sx, sy, qx, qy, cls, rot = self._episode()
         return Task(sx, sy, qx, qy, {"classes": cls, "rotations": rot})
 
+    def _gather(self, idx):
+        """self.x[idx] for a 2-D index array. Float32 images are gathered by the core into
+        its pooled storage and returned as a NumPy view of it: a meta-batch of queries is
+        megabytes, and a fresh NumPy array each step meant fresh pages from the kernel
+        (zeroed on first touch) every step; pooled blocks are reused instead."""
+        x = self.x
+        if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous
+                and x.ndim <= 4 and idx.size):
+            return x[idx]
+        if self._x_tensor is None:
+            from .. import _core
+            self._x_tensor = _core.as_tensor(x)  # shares x's memory
+        from .. import _core
+        out = np.asarray(_core.gather(self._x_tensor, idx.reshape(-1)))
+        return out.reshape(idx.shape + x.shape[1:])
+
     def sample_batch(self, meta_batch_size: int) -> Task:
         """`meta_batch_size` episodes stacked: ``support_x (B, n_way*k_shot, ...)`` etc."""
         b = int(meta_batch_size)
@@ -135,8 +152,8 @@ class NWayKShot:
         idx = np.take_along_axis(members, order, axis=-1)                # (b, n, k+q)
         tail = self.x.shape[1:]
         # gathered straight into the final layout: (b, n*k) support, (b, n*q) queries
-        support_x = self.x[idx[:, :, :k].reshape(b, n * k)]
-        query_x = self.x[idx[:, :, k:].reshape(b, n * q)]
+        support_x = self._gather(idx[:, :, :k].reshape(b, n * k))
+        query_x = self._gather(idx[:, :, k:].reshape(b, n * q))
         for rt in range(1, self.num_rotations):
             sel = rot == rt
             if sel.any():
