@@ -12,10 +12,13 @@ static _Thread_local char ml_error_buf[512];
 const char *ml_last_error(void) { return ml_error_buf; }
 
 ml_status ml_set_error(ml_status status, const char *fmt, ...) {
+    /* formatted aside first: an argument may be ml_last_error() itself */
+    char buf[sizeof ml_error_buf];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(ml_error_buf, sizeof ml_error_buf, fmt, ap);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
+    memcpy(ml_error_buf, buf, sizeof buf);
     return status;
 }
 

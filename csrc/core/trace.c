@@ -42,6 +42,7 @@ struct ml_trace {
     int32_t *seen_vals;
     size_t seen_cap, n_seen;
     ml_status error;          /* first failure while recording */
+    char error_msg[256];      /* and its message (later calls may overwrite the last error) */
     uint64_t first_serial;    /* tensors from this serial on were made during the trace */
     int finished;
 };
@@ -112,7 +113,10 @@ static int32_t new_slot(ml_trace *tr, ml_tensor *captured) {
 }
 
 static void fail(ml_trace *tr, ml_status st) {
-    if (tr->error == ML_OK) tr->error = st;
+    if (tr->error == ML_OK) {
+        tr->error = st;
+        snprintf(tr->error_msg, sizeof tr->error_msg, "%s", ml_last_error());
+    }
 }
 
 void ml__trace_fail(ml_status st) {
@@ -218,7 +222,7 @@ ml_status ml_trace_begin(ml_trace **out, int n_inputs, ml_tensor *const *inputs)
 ml_status ml_trace_end(ml_trace *tr, int n_outputs, ml_tensor *const *outputs) {
     if (ml__trace_active == tr) ml__trace_active = NULL;
     ml_status st = tr->error;
-    if (st) return ml_set_error(st, "tracing failed: %s", ml_last_error());
+    if (st) return ml_set_error(st, "tracing failed: %s", tr->error_msg);
     tr->output_slots = malloc((size_t)(n_outputs ? n_outputs : 1) * sizeof *tr->output_slots);
     if (!tr->output_slots) return ml_set_error(ML_ERR_OOM, "out of memory");
     tr->n_outputs = n_outputs;
