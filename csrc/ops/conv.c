@@ -349,8 +349,25 @@ static ml_status check_geom_g(const char *name, const ml_tensor *gy, const ml_wi
     return ML_OK;
 }
 
+/* A trace replays the three convolution ops with the geometry they were recorded with (a
+ * replay's inputs have the recorded shapes, so the geometry is the same). */
+typedef struct {
+    ml_win2d g;
+    ml_op_id op;
+} conv_params;
+
+static ml_status replay_conv(ml_tensor **out, ml_tensor **in, const void *params) {
+    const conv_params *p = params;
+    if (p->op == OP_CONV2D) return ml__conv2d_geom(out, in[0], in[1], in[2], &p->g);
+    if (p->op == OP_CONV2D_INPUT_GRAD) return ml__conv2d_input_grad(out, in[0], in[1], &p->g);
+    return ml__conv2d_kernel_grad(out, in[0], in[1], &p->g);
+}
+
 static ml_status finish(ml_tensor **out, ml_tensor *o, ml_op_id op, int n, ml_tensor **ins,
                         const ml_win2d *g) {
+    const conv_params cp = {*g, op};
+    /* conv2d always as (x, kernel, bias or NULL) */
+    ML_TRACE(replay_conv, op == OP_CONV2D ? 3 : n, ins, o, &cp);
     ml_node *node = NULL;
     if (ml__should_record(n, ins)) {
         ml_status st = ml__record(o, op, n, ins, &node);

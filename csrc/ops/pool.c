@@ -120,6 +120,52 @@ static void index_part(void *ctx, int64_t i) {
     }
 }
 
+/* y = max pool of x with geometry g, and the argmax of every output (a new array the
+ * caller frees) when arg_out is not NULL. */
+static ml_status maxpool_geom(ml_tensor **out, int64_t **arg_out, ml_tensor *x, const ml_win2d *gp) {
+    const ml_win2d g = *gp;
+    if (x->ndim != 4 || x->shape[0] != g.n || x->shape[1] != g.h || x->shape[2] != g.w ||
+        x->shape[3] != g.c)
+        return ml_set_error(ML_ERR_SHAPE, "max_pool2d: expected an input of shape (%lld, %lld, "
+                            "%lld, %lld), got %s", (long long)g.n, (long long)g.h,
+                            (long long)g.w, (long long)g.c, ML_SHAPE_STR(x));
+    if (g.h * g.w * g.c > INT32_MAX)
+        return ml_set_error(ML_ERR_VALUE, "max_pool2d: an image of shape %s is too large",
+                            ML_SHAPE_STR(x));
+    int64_t shape[4] = {g.n, g.oh, g.ow, g.c};
+    ml_tensor *o = NULL;
+    ml_status st = ml__new(&o, 4, shape);
+    if (st) return st;
+    int64_t *arg = malloc((size_t)(o->numel ? o->numel : 1) * sizeof(int64_t));
+    const int64_t chunks = g.n < POOL_CHUNKS ? (g.n ? g.n : 1) : POOL_CHUNKS;
+    int32_t *pos = malloc((size_t)chunks * (size_t)(g.c ? g.c : 1) * sizeof(int32_t));
+    if (!arg || !pos) {
+        free(pos);
+        free(arg);
+        ml_release(o);
+        return ml_set_error(ML_ERR_OOM, "max_pool2d: out of memory");
+    }
+    pool_job pj = {&g, x->data, o->data, arg, pos, (g.n + chunks - 1) / chunks, NULL, NULL, NULL, 0};
+    if (o->numel >= PAR_MIN_ELEMS) ml__parallel_for((g.n + pj.step - 1) / pj.step, 0, maxpool_part, &pj);
+    else maxpool_kernel(&g, x->data, o->data, arg, pos, 0, g.n);
+    free(pos);
+    if (arg_out) *arg_out = arg;
+    else free(arg);
+    *out = o;
+    return ML_OK;
+}
+
+/* In a trace the argmax is not a tensor: the backward ops (scatter, gather) take the
+ * pool's input x and recompute it from the replay's own x. */
+typedef struct {
+    ml_win2d g;
+    int scatter;
+} pool_params;
+
+static ml_status replay_max_pool(ml_tensor **out, ml_tensor **in, const void *params) {
+    return maxpool_geom(out, NULL, in[0], &((const pool_params *)params)->g);
+}
+
 ml_status ml_max_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, int stride_h,
                         int stride_w, ml_padding padding) {
     ml_status st;
@@ -127,32 +173,11 @@ ml_status ml_max_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, i
     ml_win2d g;
     if ((st = ml__win2d_plan("max_pool2d", x, pool_h, pool_w, stride_h, stride_w, padding, &g)))
         return st;
-    int64_t shape[4] = {g.n, g.oh, g.ow, g.c};
     ml_tensor *o = NULL;
-    if ((st = ml__new(&o, 4, shape))) return st;
-    int64_t *arg = malloc((size_t)(o->numel ? o->numel : 1) * sizeof(int64_t));
-    if (!arg) {
-        ml_release(o);
-        return ml_set_error(ML_ERR_OOM, "max_pool2d: out of memory");
-    }
-    const int64_t chunks = g.n < POOL_CHUNKS ? (g.n ? g.n : 1) : POOL_CHUNKS;
-    int32_t *pos = malloc((size_t)chunks * (size_t)(g.c ? g.c : 1) * sizeof(int32_t));
-    if (!pos) {
-        free(arg);
-        ml_release(o);
-        return ml_set_error(ML_ERR_OOM, "max_pool2d: out of memory");
-    }
-    if (g.h * g.w * g.c > INT32_MAX) {
-        free(pos);
-        free(arg);
-        ml_release(o);
-        return ml_set_error(ML_ERR_VALUE, "max_pool2d: an image of shape %s is too large",
-                            ML_SHAPE_STR(x));
-    }
-    pool_job pj = {&g, x->data, o->data, arg, pos, (g.n + chunks - 1) / chunks, NULL, NULL, NULL, 0};
-    if (o->numel >= PAR_MIN_ELEMS) ml__parallel_for((g.n + pj.step - 1) / pj.step, 0, maxpool_part, &pj);
-    else maxpool_kernel(&g, x->data, o->data, arg, pos, 0, g.n);
-    free(pos);
+    int64_t *arg = NULL;
+    if ((st = maxpool_geom(&o, &arg, x, &g))) return st;
+    const pool_params pp = {g, 0};
+    ML_TRACE(replay_max_pool, 1, &x, o, &pp);
     ml_node *node = NULL;
     if (ml__should_record(1, &x)) {
         if ((st = ml__record(o, OP_MAX_POOL2D, 1, &x, &node))) {
@@ -170,22 +195,11 @@ ml_status ml_max_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, i
     return ML_OK;
 }
 
-/* Records a scatter or gather op that shares (copies) the argmax of `src_node`. */
-static ml_status index_op(ml_tensor **out, ml_tensor *gin, const ml_node *src, int scatter) {
-    ml_win2d g;
-    ml__win2d_load(&g, src->iparams);
-    int64_t xshape[4] = {g.n, g.h, g.w, g.c}, yshape[4] = {g.n, g.oh, g.ow, g.c};
-    const int64_t *want = scatter ? yshape : xshape;
-    const char *name = scatter ? "max_pool2d_scatter" : "max_pool2d_gather";
-    if (gin->ndim != 4 || gin->shape[0] != want[0] || gin->shape[1] != want[1] ||
-        gin->shape[2] != want[2] || gin->shape[3] != want[3])
-        return ml_set_error(ML_ERR_SHAPE, "%s: expected a gradient of shape %s, got %s", name,
-                            ml__shape_str((char[160]){0}, 160, 4, want), ML_SHAPE_STR(gin));
-    const int64_t n_idx = src->n_index;
-    const int64_t *idx = src->index;
-    ml_tensor *o = NULL;
-    ml_status st = ml__new(&o, 4, scatter ? xshape : yshape);
-    if (st) return st;
+/* The scatter (max pool's backward) or gather (the scatter's backward) of gin through the
+ * argmax idx (n_idx entries) into a new tensor o. */
+static void apply_index(const ml_win2d *gp, const int64_t *idx, int64_t n_idx,
+                        const ml_tensor *gin, ml_tensor *o, int scatter) {
+    const ml_win2d g = *gp;
     if (n_idx == g.n * g.oh * g.ow * g.c && g.n > 0) {
         const int64_t chunks = g.n < POOL_CHUNKS ? g.n : POOL_CHUNKS;
         pool_job pj = {&g, NULL, NULL, NULL, NULL, (g.n + chunks - 1) / chunks, idx, gin->data,
@@ -199,9 +213,60 @@ static ml_status index_op(ml_tensor **out, ml_tensor *gin, const ml_node *src, i
     } else {
         for (int64_t i = 0; i < n_idx; i++) o->data[i] = gin->data[idx[i]];
     }
+}
+
+static ml_status check_index_grad(const ml_win2d *g, const ml_tensor *gin, int scatter) {
+    int64_t xshape[4] = {g->n, g->h, g->w, g->c}, yshape[4] = {g->n, g->oh, g->ow, g->c};
+    const int64_t *want = scatter ? yshape : xshape;
+    if (gin->ndim != 4 || gin->shape[0] != want[0] || gin->shape[1] != want[1] ||
+        gin->shape[2] != want[2] || gin->shape[3] != want[3])
+        return ml_set_error(ML_ERR_SHAPE, "%s: expected a gradient of shape %s, got %s",
+                            scatter ? "max_pool2d_scatter" : "max_pool2d_gather",
+                            ml__shape_str((char[160]){0}, 160, 4, want), ML_SHAPE_STR(gin));
+    return ML_OK;
+}
+
+static ml_status replay_pool_index(ml_tensor **out, ml_tensor **in, const void *params) {
+    const pool_params *p = params;
+    ml_status st = check_index_grad(&p->g, in[0], p->scatter);
+    if (st) return st;
+    ml_tensor *y = NULL, *o = NULL;
+    int64_t *arg = NULL;
+    if ((st = maxpool_geom(&y, &arg, in[1], &p->g))) return st;
+    ml_release(y);
+    int64_t xshape[4] = {p->g.n, p->g.h, p->g.w, p->g.c}, yshape[4] = {p->g.n, p->g.oh, p->g.ow, p->g.c};
+    if ((st = ml__new(&o, 4, p->scatter ? xshape : yshape))) {
+        free(arg);
+        return st;
+    }
+    apply_index(&p->g, arg, p->g.n * p->g.oh * p->g.ow * p->g.c, in[0], o, p->scatter);
+    free(arg);
+    *out = o;
+    return ML_OK;
+}
+
+/* Records a scatter or gather op that shares (copies) the argmax of `src_node`; x is the
+ * max pool's input, kept as the op's second input (no gradient flows to it: the argmax is
+ * piecewise constant) so that a trace can recompute the argmax. */
+static ml_status index_op(ml_tensor **out, ml_tensor *gin, const ml_node *src, ml_tensor *x,
+                          int scatter) {
+    ml_win2d g;
+    ml__win2d_load(&g, src->iparams);
+    int64_t xshape[4] = {g.n, g.h, g.w, g.c}, yshape[4] = {g.n, g.oh, g.ow, g.c};
+    const char *name = scatter ? "max_pool2d_scatter" : "max_pool2d_gather";
+    ml_status st = check_index_grad(&g, gin, scatter);
+    if (st) return st;
+    const int64_t n_idx = src->n_index;
+    const int64_t *idx = src->index;
+    ml_tensor *o = NULL;
+    if ((st = ml__new(&o, 4, scatter ? xshape : yshape))) return st;
+    apply_index(&g, idx, n_idx, gin, o, scatter);
+    ml_tensor *ins[2] = {gin, x};
+    const pool_params pp = {g, scatter};
+    ML_TRACE(replay_pool_index, 2, ins, o, &pp);
     ml_node *node = NULL;
     if (ml__should_record(1, &gin)) {
-        if ((st = ml__record(o, scatter ? OP_MAX_POOL2D_SCATTER : OP_MAX_POOL2D_GATHER, 1, &gin,
+        if ((st = ml__record(o, scatter ? OP_MAX_POOL2D_SCATTER : OP_MAX_POOL2D_GATHER, 2, ins,
                              &node))) {
             ml_release(o);
             return st;
@@ -219,14 +284,15 @@ static ml_status index_op(ml_tensor **out, ml_tensor *gin, const ml_node *src, i
     return ML_OK;
 }
 
+/* x, the max pool's input: the forward's only input, the second of a scatter or gather */
 ml_status ml__max_pool2d_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
-    return index_op(&gin[0], g, out->node, 1);
+    return index_op(&gin[0], g, out->node, IN(0), 1);
 }
 ml_status ml__max_pool2d_scatter_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
-    return index_op(&gin[0], g, out->node, 0);
+    return index_op(&gin[0], g, out->node, IN(1), 0);
 }
 ml_status ml__max_pool2d_gather_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
-    return index_op(&gin[0], g, out->node, 1);
+    return index_op(&gin[0], g, out->node, IN(1), 1);
 }
 
 /* --------------------------------------------------------------- avg pool */
@@ -265,12 +331,22 @@ static void avgpool_kernel(const ml_win2d *g, float *x, float *y, int grad) {
     }
 }
 
+static ml_status avg_geom(ml_tensor **out, ml_tensor *x, const ml_win2d *g);
+static ml_status avg_grad_geom(ml_tensor **out, ml_tensor *gy, const ml_win2d *g);
+
+static ml_status replay_avg_pool(ml_tensor **out, ml_tensor **in, const void *params) {
+    const pool_params *p = params; /* scatter: the gradient op */
+    return p->scatter ? avg_grad_geom(out, in[0], &p->g) : avg_geom(out, in[0], &p->g);
+}
+
 static ml_status avg_geom(ml_tensor **out, ml_tensor *x, const ml_win2d *g) {
     int64_t shape[4] = {g->n, g->oh, g->ow, g->c};
     ml_tensor *o = NULL;
     ml_status st = ml__new(&o, 4, shape);
     if (st) return st;
     avgpool_kernel(g, x->data, o->data, 0);
+    const pool_params pp = {*g, 0};
+    ML_TRACE(replay_avg_pool, 1, &x, o, &pp);
     ml_node *node = NULL;
     if (ml__should_record(1, &x)) {
         if ((st = ml__record(o, OP_AVG_POOL2D, 1, &x, &node))) {
@@ -295,6 +371,8 @@ static ml_status avg_grad_geom(ml_tensor **out, ml_tensor *gy, const ml_win2d *g
     if (st) return st;
     memset(o->data, 0, (size_t)o->numel * sizeof(float));
     avgpool_kernel(g, o->data, gy->data, 1);
+    const pool_params pp = {*g, 1};
+    ML_TRACE(replay_avg_pool, 1, &gy, o, &pp);
     ml_node *node = NULL;
     if (ml__should_record(1, &gy)) {
         if ((st = ml__record(o, OP_AVG_POOL2D_GRAD, 1, &gy, &node))) {

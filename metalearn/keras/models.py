@@ -277,7 +277,8 @@ class Model(_layers.Layer):
     # Layers whose call is a pure function of tensors (no Python-side state, no in-place
     # statistics): a step through them can be recorded once and replayed from C.
     _TRACEABLE_LAYERS = ("Dense", "Flatten", "Activation", "Dropout", "InputLayer",
-                         "GlobalAveragePooling2D", "Sequential", "AdaptiveNeuralNetwork")
+                         "Conv2D", "MaxPool2D", "AveragePooling2D", "GlobalAveragePooling2D",
+                         "Sequential", "AdaptiveNeuralNetwork")
 
     def _can_trace(self, sample_weight):
         """Whether fit's step may run as a metalearn.function trace (compile(run_eagerly=False
