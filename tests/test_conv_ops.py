@@ -337,6 +337,35 @@ def test_batch_norm_grouped_first_order_fast_path_and_bad_input():
         _core.batch_norm_grouped(np.zeros((2, 0, 3), np.float32))
 
 
+def test_batch_norm_grouped_over_threads_equals_one_thread_and_numpy():
+    """A large grouped batch norm (a meta-batch of 7 tasks, 70k floats) runs its groups over
+    the thread pool: forward and fused backward equal the one-thread run bit for bit, and
+    the float64 NumPy reference."""
+    rng = _rng(19)
+    x = N(rng, 7, 75, 134) * 2 + 1
+    gamma, beta = N(rng, 7, 134) + 1, N(rng, 7, 134)
+    w = N(rng, 7, 75, 134)
+    prev = ml.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2, 3):
+            ml.set_num_threads(threads)
+            xt, gt, bt = (ml.tensor(a, requires_grad=True) for a in (x, gamma, beta))
+            y = _core.batch_norm_grouped(xt, gt, bt)
+            grads = ml.grad(ml.reduce_sum(y * w), [xt, gt, bt])   # the fused C backward
+            runs.append([np.asarray(y).copy()] + [np.asarray(g).copy() for g in grads])
+    finally:
+        ml.set_num_threads(prev)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(runs[0][0], _bn_grouped_np(x, gamma, beta), rtol=1e-4, atol=1e-4)
+    # dbeta is the per-group sum of w; dgamma the per-group sum of w * xhat
+    np.testing.assert_allclose(runs[0][3], w.astype(np.float64).sum(1), rtol=1e-4, atol=1e-3)
+    xhat = _bn_grouped_np(x, np.ones_like(gamma), np.zeros_like(beta))
+    np.testing.assert_allclose(runs[0][2], (w * xhat).sum(1), rtol=1e-4, atol=1e-3)
+
+
 def test_conv_net_second_order():
     """conv -> bn -> relu -> maxpool -> conv -> global avg: a MAML-like inner loop graph."""
     rng = _rng(15)

@@ -114,9 +114,8 @@ typedef struct bn_params {
     float eps;
 } bn_params;
 
-ML_BN_CLONES static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma,
-                                       ml_tensor *beta, int ax, int grouped, float eps,
-                                       float *mean_out, float *var_out);
+static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,
+                          int ax, int grouped, float eps, float *mean_out, float *var_out);
 
 static ml_status replay_bn(ml_tensor **out, ml_tensor **in, const void *params) {
     const bn_params *p = params;
@@ -131,40 +130,53 @@ static ml_status replay_bn(ml_tensor **out, ml_tensor **in, const void *params) 
  * with its inputs (x, gamma?, beta?) and params; the moving-statistics update is done by
  * ml_batch_norm outside it and is NOT replayed (a replay sees the statistics' values of
  * its own inputs only through y). */
-ML_BN_CLONES static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma,
-                                       ml_tensor *beta, int ax, int grouped, float eps,
-                                       float *mean_out, float *var_out) {
-    bn_geom g = bn_geom_of(x, ax, grouped);
-    const int64_t C = g.c, inner = g.inner;
-    if (g.count == 0)
-        return ml_set_error(ML_ERR_SHAPE, "batch_norm: cannot take batch statistics of an "
-                            "empty input of shape %s", ML_SHAPE_STR(x));
+/* Groups are independent (each its own statistics, each computed in one task in the same
+ * order): a grouped batch norm of a large meta-batch runs its groups over the thread pool,
+ * with the same result for any thread count. */
+#define BN_PAR_MIN (1 << 16)
+
+typedef struct {
+    const bn_geom *g;
+    const float *x, *gamma, *beta, *gy;
+    float *o, *dx, *dgamma, *dbeta;
+    float eps;
+    float *mean_out, *var_out;
+    int64_t step; /* groups per task */
+    int failed;
+} bn_job;
+
+static int bn_parts(const bn_geom *g, int64_t *step) {
+    int t = ml__in_parallel() ? 1 : ml_get_num_threads();
+    int64_t parts = 1;
+    if (t > 1 && g->groups > 1 && g->groups * g->slice >= BN_PAR_MIN)
+        parts = g->groups < t ? g->groups : t;
+    *step = (g->groups + parts - 1) / parts;
+    return (int)((g->groups + *step - 1) / *step);
+}
+
+ML_BN_CLONES static void bn_train_range(bn_job *j, int64_t g0, int64_t g1) {
+    const bn_geom *g = j->g;
+    const int64_t C = g->c, inner = g->inner;
     double *acc = malloc((size_t)C * 2 * sizeof(double));
     float *f = malloc((size_t)C * 5 * sizeof(float));
     if (!acc || !f) {
         free(acc);
         free(f);
-        return ml_set_error(ML_ERR_OOM, "batch_norm: out of memory");
-    }
-    ml_tensor *o = NULL;
-    ml_status st = ml__new(&o, x->ndim, x->shape);
-    if (st) {
-        free(acc);
-        free(f);
-        return st;
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
     }
     float *mean = f, *var = f + C, *inv = f + 2 * C, *scale = f + 3 * C, *shift = f + 4 * C;
-    for (int64_t gi = 0; gi < g.groups; gi++) {
-        const float *xd = x->data + gi * g.slice;
-        float *od = o->data + gi * g.slice;
-        const float *gd = gamma ? gamma->data + gi * C : NULL;
-        const float *bd = beta ? beta->data + gi * C : NULL;
-        bn_stats(&g, xd, eps, acc, mean, var, inv);
+    for (int64_t gi = g0; gi < g1; gi++) {
+        const float *xd = j->x + gi * g->slice;
+        float *od = j->o + gi * g->slice;
+        const float *gd = j->gamma ? j->gamma + gi * C : NULL;
+        const float *bd = j->beta ? j->beta + gi * C : NULL;
+        bn_stats(g, xd, j->eps, acc, mean, var, inv);
         for (int64_t c = 0; c < C; c++) {
             scale[c] = gd ? inv[c] * gd[c] : inv[c];
             shift[c] = bd ? bd[c] : 0.0f;
         }
-        for (int64_t r = 0; r < g.outer; r++) {
+        for (int64_t r = 0; r < g->outer; r++) {
             const float *xr = xd + r * C * inner;
             float *yr = od + r * C * inner;
             if (inner == 1) {
@@ -178,11 +190,37 @@ ML_BN_CLONES static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor 
             }
         }
     }
+    /* statistics for the moving averages (ungrouped only: one group, one task) */
+    if (j->mean_out) memcpy(j->mean_out, mean, (size_t)C * sizeof(float));
+    if (j->var_out) memcpy(j->var_out, var, (size_t)C * sizeof(float));
     free(acc);
-    /* statistics for the moving averages (ungrouped only: one group) */
-    if (mean_out) memcpy(mean_out, mean, (size_t)C * sizeof(float));
-    if (var_out) memcpy(var_out, var, (size_t)C * sizeof(float));
     free(f);
+}
+
+static void bn_train_part(void *ctx, int64_t i) {
+    bn_job *j = ctx;
+    int64_t g0 = i * j->step, g1 = g0 + j->step < j->g->groups ? g0 + j->step : j->g->groups;
+    bn_train_range(j, g0, g1);
+}
+
+static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,
+                          int ax, int grouped, float eps, float *mean_out, float *var_out) {
+    bn_geom g = bn_geom_of(x, ax, grouped);
+    if (g.count == 0)
+        return ml_set_error(ML_ERR_SHAPE, "batch_norm: cannot take batch statistics of an "
+                            "empty input of shape %s", ML_SHAPE_STR(x));
+    ml_tensor *o = NULL;
+    ml_status st = ml__new(&o, x->ndim, x->shape);
+    if (st) return st;
+    bn_job j = {&g, x->data, gamma ? gamma->data : NULL, beta ? beta->data : NULL, NULL,
+                o->data, NULL, NULL, NULL, eps, mean_out, var_out, 0, 0};
+    const int parts = bn_parts(&g, &j.step);
+    if (parts > 1) ml__parallel_for(parts, 0, bn_train_part, &j);
+    else bn_train_range(&j, 0, g.groups);
+    if (j.failed) {
+        ml_release(o);
+        return ml_set_error(ML_ERR_OOM, "batch_norm: out of memory");
+    }
     ml_tensor *ins[3];
     int n = 0;
     ins[n++] = x;
@@ -207,35 +245,25 @@ ML_BN_CLONES static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor 
 }
 
 /* First-order backward with grad mode off: two fused passes (statistics are recomputed),
- * once per group. */
-ML_BN_CLONES static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gamma, float eps,
-                                  ml_tensor *gy, ml_tensor **dx, ml_tensor **dgamma,
-                                  ml_tensor **dbeta) {
-    const int64_t C = g->c, inner = g->inner, G = g->groups;
-    if (dx) *dx = NULL;
-    if (dgamma) *dgamma = NULL;
-    if (dbeta) *dbeta = NULL;
+ * once per group (groups over the pool, as in the forward). */
+ML_BN_CLONES static void bn_backward_range(bn_job *j, int64_t g0, int64_t g1) {
+    const bn_geom *g = j->g;
+    const int64_t C = g->c, inner = g->inner;
     double *acc = malloc((size_t)C * 4 * sizeof(double));
     float *f = malloc((size_t)C * 6 * sizeof(float));
-    ml_status st = ML_OK;
     if (!acc || !f) {
-        st = ml_set_error(ML_ERR_OOM, "batch_norm backward: out of memory");
-        goto done;
+        free(acc);
+        free(f);
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
     }
-    /* dgamma and dbeta have gamma's and beta's shape: (C), or (G, C) when grouped */
-    const int64_t pshape[2] = {G, C};
-    const int pnd = g->grouped ? 2 : 1;
-    const int64_t *ps = g->grouped ? pshape : pshape + 1;
-    if ((dgamma && (st = ml__new(dgamma, pnd, ps))) || (dbeta && (st = ml__new(dbeta, pnd, ps))) ||
-        (dx && (st = ml__new(dx, x->ndim, x->shape))))
-        goto done;
     float *mean = f, *var = f + C, *inv = f + 2 * C, *a = f + 3 * C, *b = f + 4 * C,
           *k = f + 5 * C;
     double *sg = acc + 2 * C, *sgx = acc + 3 * C;
-    for (int64_t gi = 0; gi < G; gi++) {
-        const float *xd = x->data + gi * g->slice, *gd = gy->data + gi * g->slice;
-        const float *gam = gamma ? gamma->data + gi * C : NULL;
-        bn_stats(g, xd, eps, acc, mean, var, inv);
+    for (int64_t gi = g0; gi < g1; gi++) {
+        const float *xd = j->x + gi * g->slice, *gd = j->gy + gi * g->slice;
+        const float *gam = j->gamma ? j->gamma + gi * C : NULL;
+        bn_stats(g, xd, j->eps, acc, mean, var, inv);
         for (int64_t c = 0; c < C; c++) sg[c] = sgx[c] = 0.0;
         for (int64_t r = 0; r < g->outer; r++) {
             const float *xr = xd + r * C * inner, *gr = gd + r * C * inner;
@@ -258,18 +286,18 @@ ML_BN_CLONES static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, m
                 }
             }
         }
-        if (dgamma)
-            for (int64_t c = 0; c < C; c++) (*dgamma)->data[gi * C + c] = (float)sgx[c];
-        if (dbeta)
-            for (int64_t c = 0; c < C; c++) (*dbeta)->data[gi * C + c] = (float)sg[c];
-        if (!dx) continue;
+        if (j->dgamma)
+            for (int64_t c = 0; c < C; c++) j->dgamma[gi * C + c] = (float)sgx[c];
+        if (j->dbeta)
+            for (int64_t c = 0; c < C; c++) j->dbeta[gi * C + c] = (float)sg[c];
+        if (!j->dx) continue;
         /* dx = k * (g - mg - (x - mean) * inv * mgx) = k*g - k*mg - (x - mean) * b */
         for (int64_t c = 0; c < C; c++) {
             k[c] = gam ? gam[c] * inv[c] : inv[c];
             a[c] = (float)(sg[c] / (double)g->count);                    /* mean(g) */
             b[c] = (float)(sgx[c] / (double)g->count) * inv[c];          /* mean(g xhat) inv */
         }
-        float *od = (*dx)->data + gi * g->slice;
+        float *od = j->dx + gi * g->slice;
         for (int64_t r = 0; r < g->outer; r++) {
             const float *xr = xd + r * C * inner, *gr = gd + r * C * inner;
             float *dr = od + r * C * inner;
@@ -286,14 +314,44 @@ ML_BN_CLONES static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, m
             }
         }
     }
+    free(acc);
+    free(f);
+}
+
+static void bn_backward_part(void *ctx, int64_t i) {
+    bn_job *j = ctx;
+    int64_t g0 = i * j->step, g1 = g0 + j->step < j->g->groups ? g0 + j->step : j->g->groups;
+    bn_backward_range(j, g0, g1);
+}
+
+static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gamma, float eps,
+                                  ml_tensor *gy, ml_tensor **dx, ml_tensor **dgamma,
+                                  ml_tensor **dbeta) {
+    const int64_t C = g->c, G = g->groups;
+    if (dx) *dx = NULL;
+    if (dgamma) *dgamma = NULL;
+    if (dbeta) *dbeta = NULL;
+    ml_status st = ML_OK;
+    /* dgamma and dbeta have gamma's and beta's shape: (C), or (G, C) when grouped */
+    const int64_t pshape[2] = {G, C};
+    const int pnd = g->grouped ? 2 : 1;
+    const int64_t *ps = g->grouped ? pshape : pshape + 1;
+    if ((dgamma && (st = ml__new(dgamma, pnd, ps))) || (dbeta && (st = ml__new(dbeta, pnd, ps))) ||
+        (dx && (st = ml__new(dx, x->ndim, x->shape))))
+        goto done;
+    bn_job j = {g, x->data, gamma ? gamma->data : NULL, NULL, gy->data, NULL,
+                dx ? (*dx)->data : NULL, dgamma ? (*dgamma)->data : NULL,
+                dbeta ? (*dbeta)->data : NULL, eps, NULL, NULL, 0, 0};
+    const int parts = bn_parts(g, &j.step);
+    if (parts > 1) ml__parallel_for(parts, 0, bn_backward_part, &j);
+    else bn_backward_range(&j, 0, G);
+    if (j.failed) st = ml_set_error(ML_ERR_OOM, "batch_norm backward: out of memory");
 done:
     if (st) { /* nothing half-made is returned */
         if (dx) ml_release(*dx), *dx = NULL;
         if (dgamma) ml_release(*dgamma), *dgamma = NULL;
         if (dbeta) ml_release(*dbeta), *dbeta = NULL;
     }
-    free(acc);
-    free(f);
     return st;
 }
 
