@@ -64,18 +64,30 @@ static bn_geom bn_geom_of(const ml_tensor *x, int ax, int grouped) {
     return g;
 }
 
-/* Per-channel mean, biased variance and 1/sqrt(var + eps) (two passes, double sums).
- * acc: 2*c doubles of scratch. */
-ML_BN_CLONES static void bn_stats(const bn_geom *g, const float *x, float eps, double *acc, float *mean,
-                     float *var, float *inv) {
+/* Per-channel mean, biased variance and 1/sqrt(var + eps) (two passes). Sums are double;
+ * channels-last rows are first summed in float over blocks of BN_BLOCK rows (8-lane float
+ * adds; the conversion to double once per block, not once per element: it was a third of
+ * the statistics pass). A block's float error is ~BN_BLOCK ulp of its terms, far inside
+ * float32 batch norm's tolerance. acc: 2*c doubles of scratch, tmp: c floats. */
+#define BN_BLOCK 16
+ML_BN_CLONES static void bn_stats(const bn_geom *g, const float *x, float eps, double *acc,
+                                  float *tmp, float *mean, float *var, float *inv) {
     const int64_t C = g->c, inner = g->inner;
     double *s = acc, *q = acc + C;
     for (int64_t c = 0; c < C; c++) s[c] = q[c] = 0.0;
-    for (int64_t o = 0; o < g->outer; o++) {
-        const float *row = x + o * C * inner;
-        if (inner == 1) {
-            for (int64_t c = 0; c < C; c++) s[c] += row[c];
-        } else {
+    if (inner == 1) {
+        for (int64_t o0 = 0; o0 < g->outer; o0 += BN_BLOCK) {
+            const int64_t o1 = o0 + BN_BLOCK < g->outer ? o0 + BN_BLOCK : g->outer;
+            for (int64_t c = 0; c < C; c++) tmp[c] = 0.0f;
+            for (int64_t o = o0; o < o1; o++) {
+                const float *row = x + o * C;
+                for (int64_t c = 0; c < C; c++) tmp[c] += row[c];
+            }
+            for (int64_t c = 0; c < C; c++) s[c] += tmp[c];
+        }
+    } else {
+        for (int64_t o = 0; o < g->outer; o++) {
+            const float *row = x + o * C * inner;
             for (int64_t c = 0; c < C; c++) {
                 double t = 0.0;
                 for (int64_t i = 0; i < inner; i++) t += row[c * inner + i];
@@ -84,14 +96,22 @@ ML_BN_CLONES static void bn_stats(const bn_geom *g, const float *x, float eps, d
         }
     }
     for (int64_t c = 0; c < C; c++) mean[c] = (float)(s[c] / (double)g->count);
-    for (int64_t o = 0; o < g->outer; o++) {
-        const float *row = x + o * C * inner;
-        if (inner == 1) {
-            for (int64_t c = 0; c < C; c++) {
-                double d = (double)row[c] - (double)mean[c];
-                q[c] += d * d;
+    if (inner == 1) {
+        for (int64_t o0 = 0; o0 < g->outer; o0 += BN_BLOCK) {
+            const int64_t o1 = o0 + BN_BLOCK < g->outer ? o0 + BN_BLOCK : g->outer;
+            for (int64_t c = 0; c < C; c++) tmp[c] = 0.0f;
+            for (int64_t o = o0; o < o1; o++) {
+                const float *row = x + o * C;
+                for (int64_t c = 0; c < C; c++) {
+                    const float d = row[c] - mean[c];
+                    tmp[c] += d * d;
+                }
             }
-        } else {
+            for (int64_t c = 0; c < C; c++) q[c] += tmp[c];
+        }
+    } else {
+        for (int64_t o = 0; o < g->outer; o++) {
+            const float *row = x + o * C * inner;
             for (int64_t c = 0; c < C; c++) {
                 double t = 0.0, m = mean[c];
                 for (int64_t i = 0; i < inner; i++) {
@@ -158,20 +178,21 @@ ML_BN_CLONES static void bn_train_range(bn_job *j, int64_t g0, int64_t g1) {
     const bn_geom *g = j->g;
     const int64_t C = g->c, inner = g->inner;
     double *acc = malloc((size_t)C * 2 * sizeof(double));
-    float *f = malloc((size_t)C * 5 * sizeof(float));
+    float *f = malloc((size_t)C * 6 * sizeof(float));
     if (!acc || !f) {
         free(acc);
         free(f);
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
         return;
     }
-    float *mean = f, *var = f + C, *inv = f + 2 * C, *scale = f + 3 * C, *shift = f + 4 * C;
+    float *mean = f, *var = f + C, *inv = f + 2 * C, *scale = f + 3 * C, *shift = f + 4 * C,
+          *tmp = f + 5 * C;
     for (int64_t gi = g0; gi < g1; gi++) {
         const float *xd = j->x + gi * g->slice;
         float *od = j->o + gi * g->slice;
         const float *gd = j->gamma ? j->gamma + gi * C : NULL;
         const float *bd = j->beta ? j->beta + gi * C : NULL;
-        bn_stats(g, xd, j->eps, acc, mean, var, inv);
+        bn_stats(g, xd, j->eps, acc, tmp, mean, var, inv);
         for (int64_t c = 0; c < C; c++) {
             scale[c] = gd ? inv[c] * gd[c] : inv[c];
             shift[c] = bd ? bd[c] : 0.0f;
@@ -250,7 +271,7 @@ ML_BN_CLONES static void bn_backward_range(bn_job *j, int64_t g0, int64_t g1) {
     const bn_geom *g = j->g;
     const int64_t C = g->c, inner = g->inner;
     double *acc = malloc((size_t)C * 4 * sizeof(double));
-    float *f = malloc((size_t)C * 6 * sizeof(float));
+    float *f = malloc((size_t)C * 7 * sizeof(float));
     if (!acc || !f) {
         free(acc);
         free(f);
@@ -258,21 +279,33 @@ ML_BN_CLONES static void bn_backward_range(bn_job *j, int64_t g0, int64_t g1) {
         return;
     }
     float *mean = f, *var = f + C, *inv = f + 2 * C, *a = f + 3 * C, *b = f + 4 * C,
-          *k = f + 5 * C;
+          *k = f + 5 * C, *tmp = f + 6 * C;
     double *sg = acc + 2 * C, *sgx = acc + 3 * C;
     for (int64_t gi = g0; gi < g1; gi++) {
         const float *xd = j->x + gi * g->slice, *gd = j->gy + gi * g->slice;
         const float *gam = j->gamma ? j->gamma + gi * C : NULL;
-        bn_stats(g, xd, j->eps, acc, mean, var, inv);
+        bn_stats(g, xd, j->eps, acc, tmp, mean, var, inv);
         for (int64_t c = 0; c < C; c++) sg[c] = sgx[c] = 0.0;
-        for (int64_t r = 0; r < g->outer; r++) {
-            const float *xr = xd + r * C * inner, *gr = gd + r * C * inner;
-            if (inner == 1) {
-                for (int64_t c = 0; c < C; c++) {
-                    sg[c] += gr[c];
-                    sgx[c] += (double)gr[c] * (double)((xr[c] - mean[c]) * inv[c]);
+        if (inner == 1) { /* float sums over blocks of rows, as in bn_stats */
+            float *t1 = a, *t2 = b; /* free until dx's coefficients below */
+            for (int64_t r0 = 0; r0 < g->outer; r0 += BN_BLOCK) {
+                const int64_t r1 = r0 + BN_BLOCK < g->outer ? r0 + BN_BLOCK : g->outer;
+                for (int64_t c = 0; c < C; c++) t1[c] = t2[c] = 0.0f;
+                for (int64_t r = r0; r < r1; r++) {
+                    const float *xr = xd + r * C, *gr = gd + r * C;
+                    for (int64_t c = 0; c < C; c++) {
+                        t1[c] += gr[c];
+                        t2[c] += gr[c] * ((xr[c] - mean[c]) * inv[c]);
+                    }
                 }
-            } else {
+                for (int64_t c = 0; c < C; c++) {
+                    sg[c] += t1[c];
+                    sgx[c] += t2[c];
+                }
+            }
+        } else {
+            for (int64_t r = 0; r < g->outer; r++) {
+                const float *xr = xd + r * C * inner, *gr = gd + r * C * inner;
                 for (int64_t c = 0; c < C; c++) {
                     double t = 0.0, u = 0.0;
                     const float m = mean[c], iv = inv[c];
