@@ -618,3 +618,19 @@ def test_numpy_reductions_accept_a_tensor():
     assert float(np.max(t)) == 5.0
     with pytest.raises(TypeError, match="out=None"):
         t.sum(out=np.zeros(3, np.float32))
+
+
+def test_large_gather_over_threads_matches_numpy():
+    """A gather of many rows (a meta-batch of images) is split over the thread pool: the
+    same rows as NumPy's take, negative indices included, for 1 and 2 threads."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((500, 28, 28)).astype(F32)
+    idx = rng.integers(-500, 500, 600)
+    prev = ml.get_num_threads()
+    try:
+        for threads in (1, 2):
+            ml.set_num_threads(threads)
+            got = ml.gather(ml.tensor(x), idx)
+            np.testing.assert_array_equal(arr(got), np.take(x, idx, axis=0))
+    finally:
+        ml.set_num_threads(prev)

@@ -334,6 +334,23 @@ static ml_status check_indices(const char *name, int n, const int64_t *idx, int6
     return ML_OK;
 }
 
+#define GATHER_PAR_MIN (1 << 18) /* floats: below, a copy is quicker than a handoff */
+typedef struct {
+    const float *x;
+    float *o;
+    const int64_t *idx;
+    int64_t dim, inner, step, n;
+} gather_job;
+
+static void gather_part(void *ctx, int64_t t) {
+    const gather_job *j = ctx;
+    const int64_t i1 = (t + 1) * j->step < j->n ? (t + 1) * j->step : j->n;
+    for (int64_t i = t * j->step; i < i1; i++) {
+        const int64_t k = j->idx[i] < 0 ? j->idx[i] + j->dim : j->idx[i];
+        memcpy(j->o + i * j->inner, j->x + k * j->inner, (size_t)j->inner * sizeof(float));
+    }
+}
+
 static ml_status gather_like(ml_tensor **out, ml_tensor *x, int n, const int64_t *idx, int axis,
                              int64_t size, int scatter) {
     const char *name = scatter ? "scatter_add" : "gather";
@@ -358,6 +375,14 @@ static ml_status gather_like(ml_tensor **out, ml_tensor *x, int n, const int64_t
     int64_t outer, inner;
     outer_inner(x, a, &outer, &inner);
     int64_t xrow = x->shape[a] * inner, orow = shape[a] * inner;
+    if (!scatter && outer == 1 && o->numel >= GATHER_PAR_MIN && ml_get_num_threads() > 1 &&
+        !ml__in_parallel()) {
+        /* a large gather of rows (a meta-batch of images): index ranges over the pool */
+        gather_job j = {x->data, o->data, idx, dim, inner, (n + ml_get_num_threads() - 1) /
+                                                            ml_get_num_threads(), n};
+        ml__parallel_for((n + j.step - 1) / j.step, 0, gather_part, &j);
+        outer = 0; /* done */
+    }
     for (int64_t r = 0; r < outer; r++) {
         for (int i = 0; i < n; i++) {
             int64_t k = idx[i] < 0 ? idx[i] + dim : idx[i];
