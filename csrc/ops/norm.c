@@ -155,7 +155,8 @@ static ml_status replay_bn(ml_tensor **out, ml_tensor **in, const void *params) 
  * with the same result for any thread count. */
 #define BN_PAR_MIN (1 << 16)
 
-typedef struct {
+typedef struct bn_job bn_job;
+struct bn_job {
     const bn_geom *g;
     const float *x, *gamma, *beta, *gy;
     float *o, *dx, *dgamma, *dbeta;
@@ -163,7 +164,8 @@ typedef struct {
     float *mean_out, *var_out;
     int64_t step; /* groups per task */
     int failed;
-} bn_job;
+    void (*range)(bn_job *j, int64_t g0, int64_t g1); /* forward or backward */
+};
 
 static int bn_parts(const bn_geom *g, int64_t *step) {
     int t = ml__in_parallel() ? 1 : ml_get_num_threads();
@@ -218,10 +220,11 @@ ML_BN_CLONES static void bn_train_range(bn_job *j, int64_t g0, int64_t g1) {
     free(f);
 }
 
-static void bn_train_part(void *ctx, int64_t i) {
+/* Task i of a pool run: groups [i * step, (i + 1) * step) through j->range. */
+static void bn_part(void *ctx, int64_t i) {
     bn_job *j = ctx;
     int64_t g0 = i * j->step, g1 = g0 + j->step < j->g->groups ? g0 + j->step : j->g->groups;
-    bn_train_range(j, g0, g1);
+    j->range(j, g0, g1);
 }
 
 static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,
@@ -234,9 +237,9 @@ static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_te
     ml_status st = ml__new(&o, x->ndim, x->shape);
     if (st) return st;
     bn_job j = {&g, x->data, gamma ? gamma->data : NULL, beta ? beta->data : NULL, NULL,
-                o->data, NULL, NULL, NULL, eps, mean_out, var_out, 0, 0};
+                o->data, NULL, NULL, NULL, eps, mean_out, var_out, 0, 0, bn_train_range};
     const int parts = bn_parts(&g, &j.step);
-    if (parts > 1) ml__parallel_for(parts, 0, bn_train_part, &j);
+    if (parts > 1) ml__parallel_for(parts, 0, bn_part, &j);
     else bn_train_range(&j, 0, g.groups);
     if (j.failed) {
         ml_release(o);
@@ -351,12 +354,6 @@ ML_BN_CLONES static void bn_backward_range(bn_job *j, int64_t g0, int64_t g1) {
     free(f);
 }
 
-static void bn_backward_part(void *ctx, int64_t i) {
-    bn_job *j = ctx;
-    int64_t g0 = i * j->step, g1 = g0 + j->step < j->g->groups ? g0 + j->step : j->g->groups;
-    bn_backward_range(j, g0, g1);
-}
-
 static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gamma, float eps,
                                   ml_tensor *gy, ml_tensor **dx, ml_tensor **dgamma,
                                   ml_tensor **dbeta) {
@@ -374,9 +371,9 @@ static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gam
         goto done;
     bn_job j = {g, x->data, gamma ? gamma->data : NULL, NULL, gy->data, NULL,
                 dx ? (*dx)->data : NULL, dgamma ? (*dgamma)->data : NULL,
-                dbeta ? (*dbeta)->data : NULL, eps, NULL, NULL, 0, 0};
+                dbeta ? (*dbeta)->data : NULL, eps, NULL, NULL, 0, 0, bn_backward_range};
     const int parts = bn_parts(g, &j.step);
-    if (parts > 1) ml__parallel_for(parts, 0, bn_backward_part, &j);
+    if (parts > 1) ml__parallel_for(parts, 0, bn_part, &j);
     else bn_backward_range(&j, 0, G);
     if (j.failed) st = ml_set_error(ML_ERR_OOM, "batch_norm backward: out of memory");
 done:
