@@ -19,11 +19,13 @@
 #define IN(k) (out->node->inputs[k])
 
 
-static ml_status check_pool_args(const char *name, ml_tensor **out, ml_tensor *x, int ph, int pw) {
+/* Checks a pool's arguments and plans its geometry (Keras' 'same'/'valid' rules). */
+static ml_status pool_plan(const char *name, ml_tensor **out, ml_tensor *x, int ph, int pw,
+                           int sh, int sw, ml_padding padding, ml_win2d *g) {
     if (!out || !x) return ml_set_error(ML_ERR_VALUE, "%s: input tensor is NULL", name);
     if (ph <= 0 || pw <= 0)
         return ml_set_error(ML_ERR_VALUE, "%s: pool size must be positive, got (%d, %d)", name, ph, pw);
-    return ML_OK;
+    return ml__win2d_plan(name, x, ph, pw, sh, sw, padding, g);
 }
 
 /* Valid window range [i0, i1) of output row o along one dim. */
@@ -168,11 +170,9 @@ static ml_status replay_max_pool(ml_tensor **out, ml_tensor **in, const void *pa
 
 ml_status ml_max_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, int stride_h,
                         int stride_w, ml_padding padding) {
-    ml_status st;
-    if ((st = check_pool_args("max_pool2d", out, x, pool_h, pool_w))) return st;
     ml_win2d g;
-    if ((st = ml__win2d_plan("max_pool2d", x, pool_h, pool_w, stride_h, stride_w, padding, &g)))
-        return st;
+    ml_status st = pool_plan("max_pool2d", out, x, pool_h, pool_w, stride_h, stride_w, padding, &g);
+    if (st) return st;
     ml_tensor *o = NULL;
     int64_t *arg = NULL;
     if ((st = maxpool_geom(&o, &arg, x, &g))) return st;
@@ -387,12 +387,9 @@ static ml_status avg_grad_geom(ml_tensor **out, ml_tensor *gy, const ml_win2d *g
 
 ml_status ml_avg_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, int stride_h,
                         int stride_w, ml_padding padding) {
-    ml_status st;
-    if ((st = check_pool_args("avg_pool2d", out, x, pool_h, pool_w))) return st;
     ml_win2d g;
-    if ((st = ml__win2d_plan("avg_pool2d", x, pool_h, pool_w, stride_h, stride_w, padding, &g)))
-        return st;
-    return avg_geom(out, x, &g);
+    ml_status st = pool_plan("avg_pool2d", out, x, pool_h, pool_w, stride_h, stride_w, padding, &g);
+    return st ? st : avg_geom(out, x, &g);
 }
 
 ml_status ml__avg_pool2d_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin) {
