@@ -634,3 +634,24 @@ def test_large_gather_over_threads_matches_numpy():
             np.testing.assert_array_equal(arr(got), np.take(x, idx, axis=0))
     finally:
         ml.set_num_threads(prev)
+
+
+@pytest.mark.parametrize("ta,tb", [(False, True), (True, False), (False, False)])
+def test_batched_matmul_over_threads_matches_one_thread_and_numpy(ta, tb):
+    """Many small products (MAML's per-task corrections) run as batch ranges over the
+    thread pool: bit-identical to one thread, equal to NumPy, broadcast batch dims too."""
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((4, 8, 784, 75) if ta else (4, 8, 75, 784)).astype(F32)
+    b = rng.standard_normal((8, 5, 784) if tb else (8, 784, 5)).astype(F32)
+    prev = ml.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            ml.set_num_threads(threads)
+            outs.append(arr(ml.matmul(ml.tensor(a), ml.tensor(b), transpose_a=ta, transpose_b=tb)).copy())
+    finally:
+        ml.set_num_threads(prev)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    an = np.swapaxes(a, -1, -2) if ta else a
+    bn = np.swapaxes(b, -1, -2) if tb else b
+    np.testing.assert_allclose(outs[0], np.matmul(an.astype(np.float64), bn), rtol=1e-4, atol=1e-3)

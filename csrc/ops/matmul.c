@@ -7,6 +7,39 @@
 
 /* ------------------------------------------------------------------- matmul */
 
+/* A batched matmul of many small products (MAML's per-task corrections: 32 tasks of
+ * 75x784x5) is too small per product for a GEMM to split, but the batch can be: ranges of
+ * batch entries run over the thread pool, each product computed exactly as on one thread.
+ * From BATCH_PAR_MIN multiply-adds in all (a handoff to a sleeping worker costs ~10 us). */
+#define BATCH_PAR_MIN (1 << 22)
+void ml__sgemm_serial(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
+                      float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+                      float beta, float *c, int64_t ldc);
+
+typedef struct {
+    int ta, tb, nbatch;
+    int64_t m, n, k, lda, ldb, step, batches;
+    const int64_t *shape, *sa, *sb; /* batch dims and element strides (0: broadcast) */
+    const float *a, *b;
+    float *c;
+} batch_job;
+
+static void batch_part(void *ctx, int64_t part) {
+    const batch_job *j = ctx;
+    const int64_t t1 = (part + 1) * j->step < j->batches ? (part + 1) * j->step : j->batches;
+    for (int64_t t = part * j->step; t < t1; t++) {
+        int64_t oa = 0, ob = 0, rest = t;
+        for (int d = j->nbatch - 1; d >= 0; d--) {
+            const int64_t i = rest % j->shape[d];
+            rest /= j->shape[d];
+            oa += i * j->sa[d];
+            ob += i * j->sb[d];
+        }
+        ml__sgemm_serial(j->ta, j->tb, j->m, j->n, j->k, 1.0f, j->a + oa, j->lda, j->b + ob,
+                         j->ldb, 0.0f, j->c + t * j->m * j->n, j->n);
+    }
+}
+
 typedef struct { int ta, tb; } matmul_params;
 static ml_status replay_matmul(ml_tensor **out, ml_tensor **in, const void *params) {
     const matmul_params *p = params;
@@ -66,6 +99,15 @@ ml_status ml_matmul(ml_tensor **out, ml_tensor *a, ml_tensor *b, int ta, int tb)
             sb[i] = db == 1 ? 0 : s_b;
             s_a *= da;
             s_b *= db;
+        }
+        const int threads = ml__in_parallel() ? 1 : ml_get_num_threads();
+        /* (a product a GEMM would split itself, from 2 M multiply-adds, stays whole) */
+        if (threads > 1 && batches > 1 && (double)batches * m * n * ka >= BATCH_PAR_MIN &&
+            (double)m * n * ka < (1 << 21)) {
+            batch_job j = {ta, tb, nbatch, m, n, ka, lda, ldb, (batches + threads - 1) / threads,
+                           batches, shape, sa, sb, a->data, b->data, o->data};
+            ml__parallel_for((batches + j.step - 1) / j.step, 0, batch_part, &j);
+            batches = 0; /* done */
         }
         int64_t oa = 0, ob = 0;
         for (int64_t t = 0; t < batches; t++) {
