@@ -126,7 +126,7 @@ static void binary_range(int op, const ml_tensor *a, const ml_tensor *b, ml_tens
 /* Large outputs are split over the thread pool in blocks whose starts are multiples of 64
  * output elements; each element is computed by the same exact IEEE operation whichever
  * block it falls in, so the result does not depend on the thread count. */
-#define BIN_PAR_MIN (1 << 16)
+#define BIN_PAR_MIN (1 << 14) /* 16 k: MAML Omniglot's support-side tensors (32 x 5 x 256) too */
 typedef struct {
     int op;
     const ml_tensor *a, *b;
@@ -316,7 +316,7 @@ un_kernel(int k, int64_t n, const float *restrict x, float *restrict o, float p,
 /* Large arrays are split over the thread pool in blocks whose starts are multiples of 64
  * elements: every element is computed by the same code (vector lanes stay aligned with an
  * unsplit run's), so the result does not depend on the thread count. */
-#define UN_PAR_MIN (1 << 16)
+#define UN_PAR_MIN (1 << 14)
 typedef struct { int k; int64_t n, step; const float *x; float *o; float p, q; } un_job;
 static void un_part(void *ctx, int64_t i) {
     const un_job *j = ctx;

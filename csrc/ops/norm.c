@@ -153,7 +153,7 @@ static ml_status replay_bn(ml_tensor **out, ml_tensor **in, const void *params) 
 /* Groups are independent (each its own statistics, each computed in one task in the same
  * order): a grouped batch norm of a large meta-batch runs its groups over the thread pool,
  * with the same result for any thread count. */
-#define BN_PAR_MIN (1 << 16)
+#define BN_PAR_MIN (1 << 14)
 
 typedef struct bn_job bn_job;
 struct bn_job {
