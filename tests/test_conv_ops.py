@@ -366,6 +366,31 @@ def test_batch_norm_grouped_over_threads_equals_one_thread_and_numpy():
     np.testing.assert_allclose(runs[0][2], (w * xhat).sum(1), rtol=1e-4, atol=1e-3)
 
 
+def test_batch_norm_statistics_survive_values_near_the_float_range():
+    """The statistics sum blocks of rows in float first; a block that leaves the float range
+    (an outlier of 2e19 squares past it, values of 3e37 sum past it) is summed in double:
+    the result matches NumPy's float64 instead of collapsing to beta or NaN."""
+    c = 2
+    outlier = np.zeros((100, c), np.float32)
+    outlier[0] = 2e19
+    big = np.full((32, c), 3e37, np.float32)
+    big[::2] = 2.9e37
+    for x in (outlier, big):
+        y = _core.batch_norm(ml.tensor(x), None, None, None, None, True, epsilon=1e-3)
+        x64 = x.astype(np.float64)
+        ref = (x64 - x64.mean(0)) / np.sqrt(x64.var(0) + 1e-3)
+        np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-4, atol=1e-4)
+        yg = _core.batch_norm_grouped(ml.tensor(x[None]), None, None)
+        np.testing.assert_allclose(np.asarray(yg)[0], ref, rtol=1e-4, atol=1e-4)
+    # the fused backward with gradients near the float range: dbeta is their sum
+    xt = ml.tensor(N(_rng(20), 1, 40, c), requires_grad=True)
+    b = ml.tensor(np.zeros((1, c), np.float32), requires_grad=True)
+    w = np.full((1, 40, c), 3e37, np.float32)
+    w[:, ::2] = -2.9e37
+    (db,) = ml.grad(ml.reduce_sum(_core.batch_norm_grouped(xt, None, b) * w), [b])
+    np.testing.assert_allclose(np.asarray(db), w.astype(np.float64).sum(1), rtol=1e-5)
+
+
 def test_conv_net_second_order():
     """conv -> bn -> relu -> maxpool -> conv -> global avg: a MAML-like inner loop graph."""
     rng = _rng(15)

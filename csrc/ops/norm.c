@@ -68,7 +68,9 @@ static bn_geom bn_geom_of(const ml_tensor *x, int ax, int grouped) {
  * channels-last rows are first summed in float over blocks of BN_BLOCK rows (8-lane float
  * adds; the conversion to double once per block, not once per element: it was a third of
  * the statistics pass). A block's float error is ~BN_BLOCK ulp of its terms, far inside
- * float32 batch norm's tolerance. acc: 2*c doubles of scratch, tmp: c floats. */
+ * float32 batch norm's tolerance; a block whose float sum leaves the float range (values
+ * near 1e37, deviations beyond 1e19) is summed again in double, as before. acc: 2*c
+ * doubles of scratch, tmp: c floats. */
 #define BN_BLOCK 16
 ML_BN_CLONES static void bn_stats(const bn_geom *g, const float *x, float eps, double *acc,
                                   float *tmp, float *mean, float *var, float *inv) {
@@ -83,7 +85,15 @@ ML_BN_CLONES static void bn_stats(const bn_geom *g, const float *x, float eps, d
                 const float *row = x + o * C;
                 for (int64_t c = 0; c < C; c++) tmp[c] += row[c];
             }
-            for (int64_t c = 0; c < C; c++) s[c] += tmp[c];
+            for (int64_t c = 0; c < C; c++) {
+                if (isfinite(tmp[c])) {
+                    s[c] += tmp[c];
+                } else { /* float range exceeded (|x| ~ 1e37): this block in double */
+                    double t = 0.0;
+                    for (int64_t o = o0; o < o1; o++) t += x[o * C + c];
+                    s[c] += t;
+                }
+            }
         }
     } else {
         for (int64_t o = 0; o < g->outer; o++) {
@@ -107,7 +117,18 @@ ML_BN_CLONES static void bn_stats(const bn_geom *g, const float *x, float eps, d
                     tmp[c] += d * d;
                 }
             }
-            for (int64_t c = 0; c < C; c++) q[c] += tmp[c];
+            for (int64_t c = 0; c < C; c++) {
+                if (isfinite(tmp[c])) {
+                    q[c] += tmp[c];
+                } else { /* a deviation beyond ~1.8e19 squares past float: in double */
+                    double t = 0.0;
+                    for (int64_t o = o0; o < o1; o++) {
+                        const double d = (double)x[o * C + c] - (double)mean[c];
+                        t += d * d;
+                    }
+                    q[c] += t;
+                }
+            }
         }
     } else {
         for (int64_t o = 0; o < g->outer; o++) {
@@ -302,8 +323,19 @@ ML_BN_CLONES static void bn_backward_range(bn_job *j, int64_t g0, int64_t g1) {
                     }
                 }
                 for (int64_t c = 0; c < C; c++) {
-                    sg[c] += t1[c];
-                    sgx[c] += t2[c];
+                    if (isfinite(t1[c]) && isfinite(t2[c])) {
+                        sg[c] += t1[c];
+                        sgx[c] += t2[c];
+                        continue;
+                    }
+                    double u1 = 0.0, u2 = 0.0; /* float range exceeded: this block in double */
+                    for (int64_t r = r0; r < r1; r++) {
+                        const float gv = gd[r * C + c];
+                        u1 += gv;
+                        u2 += (double)gv * (double)((xd[r * C + c] - mean[c]) * inv[c]);
+                    }
+                    sg[c] += u1;
+                    sgx[c] += u2;
                 }
             }
         } else {

@@ -335,8 +335,16 @@ static ml_status avg_geom(ml_tensor **out, ml_tensor *x, const ml_win2d *g);
 static ml_status avg_grad_geom(ml_tensor **out, ml_tensor *gy, const ml_win2d *g);
 
 static ml_status replay_avg_pool(ml_tensor **out, ml_tensor **in, const void *params) {
-    const pool_params *p = params; /* scatter: the gradient op */
-    return p->scatter ? avg_grad_geom(out, in[0], &p->g) : avg_geom(out, in[0], &p->g);
+    const pool_params *p = params; /* scatter: the gradient op (which checks its input) */
+    if (p->scatter) return avg_grad_geom(out, in[0], &p->g);
+    const ml_tensor *x = in[0];
+    if (x->ndim != 4 || x->shape[0] != p->g.n || x->shape[1] != p->g.h ||
+        x->shape[2] != p->g.w || x->shape[3] != p->g.c)
+        return ml_set_error(ML_ERR_SHAPE, "avg_pool2d: replay input of shape %s does not match "
+                            "the recorded (%lld, %lld, %lld, %lld)", ML_SHAPE_STR(x),
+                            (long long)p->g.n, (long long)p->g.h, (long long)p->g.w,
+                            (long long)p->g.c);
+    return avg_geom(out, in[0], &p->g);
 }
 
 static ml_status avg_geom(ml_tensor **out, ml_tensor *x, const ml_win2d *g) {
