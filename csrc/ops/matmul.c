@@ -7,15 +7,14 @@
 
 /* ------------------------------------------------------------------- matmul */
 
-/* A batched matmul of many small products (MAML's per-task corrections: 32 tasks of
- * 75x784x5) is too small per product for a GEMM to split, but the batch can be: ranges of
- * batch entries run over the thread pool, each product computed exactly as on one thread.
- * From BATCH_PAR_MIN multiply-adds in all, as a single GEMM splits (MAML Omniglot at 2
- * threads: ~24 ms a step from 4 M, ~23 ms from 2 M, no better from 1 M). */
+/* The products of a batched matmul run in ranges of batch entries (one range unless noted
+ * below); entry t's operands sit at the offsets its batch index gives. A batch of many
+ * small products (MAML's per-task corrections: 32 tasks of 75x784x5) is too small per
+ * product for a GEMM to split, but the batch can be: its ranges run over the thread pool,
+ * each product computed exactly as on one thread (ml_sgemm does not split inside a pool
+ * task). From BATCH_PAR_MIN multiply-adds in all, as a single GEMM splits (MAML Omniglot
+ * at 2 threads: ~24 ms a step from 4 M, ~23 ms from 2 M, no better from 1 M). */
 #define BATCH_PAR_MIN (1 << 21)
-void ml__sgemm_serial(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
-                      float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
-                      float beta, float *c, int64_t ldc);
 
 typedef struct {
     int ta, tb, nbatch;
@@ -36,8 +35,8 @@ static void batch_part(void *ctx, int64_t part) {
             oa += i * j->sa[d];
             ob += i * j->sb[d];
         }
-        ml__sgemm_serial(j->ta, j->tb, j->m, j->n, j->k, 1.0f, j->a + oa, j->lda, j->b + ob,
-                         j->ldb, 0.0f, j->c + t * j->m * j->n, j->n);
+        ml_sgemm(j->ta, j->tb, j->m, j->n, j->k, 1.0f, j->a + oa, j->lda, j->b + ob, j->ldb,
+                 0.0f, j->c + t * j->m * j->n, j->n);
     }
 }
 
@@ -91,7 +90,7 @@ ml_status ml_matmul(ml_tensor **out, ml_tensor *a, ml_tensor *b, int ta, int tb)
         ml_sgemm(0, tb, m * batches, n, ka, 1.0f, a->data, lda, b->data, ldb, 0.0f, o->data, n);
     } else {
         /* element strides of each batch index in a and b (0 where broadcast) */
-        int64_t sa[ML_MAX_DIMS], sb[ML_MAX_DIMS], idx[ML_MAX_DIMS] = {0};
+        int64_t sa[ML_MAX_DIMS], sb[ML_MAX_DIMS];
         int64_t s_a = asz, s_b = bsz;
         for (int i = nbatch - 1; i >= 0; i--) {
             int ia = na - 2 - nbatch + i, ib = nb - 2 - nbatch + i;
@@ -102,28 +101,14 @@ ml_status ml_matmul(ml_tensor **out, ml_tensor *a, ml_tensor *b, int ta, int tb)
             s_b *= db;
         }
         const int threads = ml__in_parallel() ? 1 : ml_get_num_threads();
-        /* (a product a GEMM would split itself, from 2 M multiply-adds, stays whole) */
+        int64_t parts = 1; /* (a product a GEMM would split itself stays in one range) */
         if (threads > 1 && batches > 1 && (double)batches * m * n * ka >= BATCH_PAR_MIN &&
-            (double)m * n * ka < (1 << 21)) {
-            batch_job j = {ta, tb, nbatch, m, n, ka, lda, ldb, (batches + threads - 1) / threads,
-                           batches, shape, sa, sb, a->data, b->data, o->data};
-            ml__parallel_for((batches + j.step - 1) / j.step, 0, batch_part, &j);
-            batches = 0; /* done */
-        }
-        int64_t oa = 0, ob = 0;
-        for (int64_t t = 0; t < batches; t++) {
-            ml_sgemm(ta, tb, m, n, ka, 1.0f, a->data + oa, lda, b->data + ob, ldb, 0.0f,
-                     o->data + t * m * n, n);
-            for (int d = nbatch - 1; d >= 0; d--) {
-                idx[d]++;
-                oa += sa[d];
-                ob += sb[d];
-                if (idx[d] < shape[d]) break;
-                oa -= sa[d] * idx[d];
-                ob -= sb[d] * idx[d];
-                idx[d] = 0;
-            }
-        }
+            (double)m * n * ka < (1 << 21))
+            parts = threads;
+        const int64_t step = batches > parts ? (batches + parts - 1) / parts : 1;
+        batch_job j = {ta, tb, nbatch, m, n, ka, lda, ldb, step, batches, shape, sa, sb,
+                       a->data, b->data, o->data};
+        ml__parallel_for((batches + step - 1) / step, 0, batch_part, &j);
     }
     ml_tensor *ins[2] = {a, b};
     ml_node *node = NULL;
