@@ -334,21 +334,25 @@ static ml_status check_indices(const char *name, int n, const int64_t *idx, int6
     return ML_OK;
 }
 
+/* A gather copies, for each outer row, the picked slices of x; ranges of indices run over
+ * the pool when the output is large (a meta-batch of images), one range otherwise. */
 #define GATHER_PAR_MIN (1 << 18) /* floats: below, a copy is quicker than a handoff */
 typedef struct {
     const float *x;
     float *o;
     const int64_t *idx;
-    int64_t dim, inner, step, n;
+    int64_t dim, inner, outer, xrow, orow, step, n;
 } gather_job;
 
 static void gather_part(void *ctx, int64_t t) {
     const gather_job *j = ctx;
     const int64_t i1 = (t + 1) * j->step < j->n ? (t + 1) * j->step : j->n;
-    for (int64_t i = t * j->step; i < i1; i++) {
-        const int64_t k = j->idx[i] < 0 ? j->idx[i] + j->dim : j->idx[i];
-        memcpy(j->o + i * j->inner, j->x + k * j->inner, (size_t)j->inner * sizeof(float));
-    }
+    for (int64_t r = 0; r < j->outer; r++)
+        for (int64_t i = t * j->step; i < i1; i++) {
+            const int64_t k = j->idx[i] < 0 ? j->idx[i] + j->dim : j->idx[i];
+            memcpy(j->o + r * j->orow + i * j->inner, j->x + r * j->xrow + k * j->inner,
+                   (size_t)j->inner * sizeof(float));
+        }
 }
 
 static ml_status gather_like(ml_tensor **out, ml_tensor *x, int n, const int64_t *idx, int axis,
@@ -375,26 +379,20 @@ static ml_status gather_like(ml_tensor **out, ml_tensor *x, int n, const int64_t
     int64_t outer, inner;
     outer_inner(x, a, &outer, &inner);
     int64_t xrow = x->shape[a] * inner, orow = shape[a] * inner;
-    if (!scatter && outer == 1 && o->numel >= GATHER_PAR_MIN && ml_get_num_threads() > 1 &&
-        !ml__in_parallel()) {
-        /* a large gather of rows (a meta-batch of images): index ranges over the pool */
-        gather_job j = {x->data, o->data, idx, dim, inner, (n + ml_get_num_threads() - 1) /
-                                                            ml_get_num_threads(), n};
-        ml__parallel_for((n + j.step - 1) / j.step, 0, gather_part, &j);
-        outer = 0; /* done */
-    }
-    for (int64_t r = 0; r < outer; r++) {
-        for (int i = 0; i < n; i++) {
-            int64_t k = idx[i] < 0 ? idx[i] + dim : idx[i];
-            if (scatter) {
+    if (scatter) {
+        for (int64_t r = 0; r < outer; r++) {
+            for (int i = 0; i < n; i++) {
+                int64_t k = idx[i] < 0 ? idx[i] + dim : idx[i];
                 float *dst = o->data + r * orow + k * inner;
                 const float *src = x->data + r * xrow + (int64_t)i * inner;
                 for (int64_t j = 0; j < inner; j++) dst[j] += src[j];
-            } else {
-                memcpy(o->data + r * orow + (int64_t)i * inner, x->data + r * xrow + k * inner,
-                       (size_t)inner * sizeof(float));
             }
         }
+    } else {
+        const int64_t parts = o->numel >= GATHER_PAR_MIN ? ml_get_num_threads() : 1;
+        gather_job j = {x->data, o->data, idx, dim, inner, outer, xrow, orow,
+                        n > parts ? (n + parts - 1) / parts : 1, n};
+        ml__parallel_for((n + j.step - 1) / j.step, 0, gather_part, &j);
     }
     ml_node *node = NULL;
     if (ml__should_record(1, &x)) {
