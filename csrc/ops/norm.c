@@ -64,37 +64,56 @@ static bn_geom bn_geom_of(const ml_tensor *x, int ax, int grouped) {
     return g;
 }
 
-/* Per-channel mean, biased variance and 1/sqrt(var + eps) (two passes). Sums are double;
- * channels-last rows are first summed in float over blocks of BN_BLOCK rows (8-lane float
- * adds; the conversion to double once per block, not once per element: it was a third of
- * the statistics pass). A block's float error is ~BN_BLOCK ulp of its terms, far inside
- * float32 batch norm's tolerance; a block whose float sum leaves the float range (values
- * near 1e37, deviations beyond 1e19) is summed again in double, as before. acc: 2*c
- * doubles of scratch, tmp: c floats. */
 #define BN_BLOCK 16
+
+/* out[c] += the sum over rows of x[row][c] (mean NULL) or of (x[row][c] - mean[c])^2, for
+ * channels-last x (rows x C): float over blocks of BN_BLOCK rows, then double; a block
+ * whose float sum leaves the float range (values near 1e37, deviations beyond 1e19) is
+ * summed again in double. tmp: C floats. */
+ML_BN_CLONES static void bn_block_sums(const float *x, int64_t rows, int64_t C,
+                                       const float *mean, float *tmp, double *out) {
+    for (int64_t o0 = 0; o0 < rows; o0 += BN_BLOCK) {
+        const int64_t o1 = o0 + BN_BLOCK < rows ? o0 + BN_BLOCK : rows;
+        for (int64_t c = 0; c < C; c++) tmp[c] = 0.0f;
+        for (int64_t o = o0; o < o1; o++) {
+            const float *row = x + o * C;
+            if (mean) {
+                for (int64_t c = 0; c < C; c++) {
+                    const float d = row[c] - mean[c];
+                    tmp[c] += d * d;
+                }
+            } else {
+                for (int64_t c = 0; c < C; c++) tmp[c] += row[c];
+            }
+        }
+        for (int64_t c = 0; c < C; c++) {
+            if (isfinite(tmp[c])) {
+                out[c] += tmp[c];
+                continue;
+            }
+            double t = 0.0;
+            for (int64_t o = o0; o < o1; o++) {
+                const double d = (double)x[o * C + c] - (mean ? (double)mean[c] : 0.0);
+                t += mean ? d * d : d;
+            }
+            out[c] += t;
+        }
+    }
+}
+
+/* Per-channel mean, biased variance and 1/sqrt(var + eps) (two passes). Sums are double;
+ * channels-last rows are first summed in float over blocks of BN_BLOCK rows
+ * (bn_block_sums: 8-lane float adds, the conversion to double once per block, not once per
+ * element: it was a third of the statistics pass). A block's float error is ~BN_BLOCK ulp
+ * of its terms, far inside float32 batch norm's tolerance. acc: 2*c doubles of scratch,
+ * tmp: c floats. */
 ML_BN_CLONES static void bn_stats(const bn_geom *g, const float *x, float eps, double *acc,
                                   float *tmp, float *mean, float *var, float *inv) {
     const int64_t C = g->c, inner = g->inner;
     double *s = acc, *q = acc + C;
     for (int64_t c = 0; c < C; c++) s[c] = q[c] = 0.0;
     if (inner == 1) {
-        for (int64_t o0 = 0; o0 < g->outer; o0 += BN_BLOCK) {
-            const int64_t o1 = o0 + BN_BLOCK < g->outer ? o0 + BN_BLOCK : g->outer;
-            for (int64_t c = 0; c < C; c++) tmp[c] = 0.0f;
-            for (int64_t o = o0; o < o1; o++) {
-                const float *row = x + o * C;
-                for (int64_t c = 0; c < C; c++) tmp[c] += row[c];
-            }
-            for (int64_t c = 0; c < C; c++) {
-                if (isfinite(tmp[c])) {
-                    s[c] += tmp[c];
-                } else { /* float range exceeded (|x| ~ 1e37): this block in double */
-                    double t = 0.0;
-                    for (int64_t o = o0; o < o1; o++) t += x[o * C + c];
-                    s[c] += t;
-                }
-            }
-        }
+        bn_block_sums(x, g->outer, C, NULL, tmp, s);
     } else {
         for (int64_t o = 0; o < g->outer; o++) {
             const float *row = x + o * C * inner;
@@ -107,29 +126,7 @@ ML_BN_CLONES static void bn_stats(const bn_geom *g, const float *x, float eps, d
     }
     for (int64_t c = 0; c < C; c++) mean[c] = (float)(s[c] / (double)g->count);
     if (inner == 1) {
-        for (int64_t o0 = 0; o0 < g->outer; o0 += BN_BLOCK) {
-            const int64_t o1 = o0 + BN_BLOCK < g->outer ? o0 + BN_BLOCK : g->outer;
-            for (int64_t c = 0; c < C; c++) tmp[c] = 0.0f;
-            for (int64_t o = o0; o < o1; o++) {
-                const float *row = x + o * C;
-                for (int64_t c = 0; c < C; c++) {
-                    const float d = row[c] - mean[c];
-                    tmp[c] += d * d;
-                }
-            }
-            for (int64_t c = 0; c < C; c++) {
-                if (isfinite(tmp[c])) {
-                    q[c] += tmp[c];
-                } else { /* a deviation beyond ~1.8e19 squares past float: in double */
-                    double t = 0.0;
-                    for (int64_t o = o0; o < o1; o++) {
-                        const double d = (double)x[o * C + c] - (double)mean[c];
-                        t += d * d;
-                    }
-                    q[c] += t;
-                }
-            }
-        }
+        bn_block_sums(x, g->outer, C, mean, tmp, q);
     } else {
         for (int64_t o = 0; o < g->outer; o++) {
             const float *row = x + o * C * inner;
@@ -188,14 +185,6 @@ struct bn_job {
     void (*range)(bn_job *j, int64_t g0, int64_t g1); /* forward or backward */
 };
 
-static int bn_parts(const bn_geom *g, int64_t *step) {
-    int t = ml__in_parallel() ? 1 : ml_get_num_threads();
-    int64_t parts = 1;
-    if (t > 1 && g->groups > 1 && g->groups * g->slice >= BN_PAR_MIN)
-        parts = g->groups < t ? g->groups : t;
-    *step = (g->groups + parts - 1) / parts;
-    return (int)((g->groups + *step - 1) / *step);
-}
 
 ML_BN_CLONES static void bn_train_range(bn_job *j, int64_t g0, int64_t g1) {
     const bn_geom *g = j->g;
@@ -248,6 +237,17 @@ static void bn_part(void *ctx, int64_t i) {
     j->range(j, g0, g1);
 }
 
+/* Runs j->range over all groups: in one range, or in ranges over the pool for a large
+ * grouped input. Returns whether a range ran out of memory. */
+static int bn_run(bn_job *j) {
+    const int64_t G = j->g->groups;
+    const int t = ml__in_parallel() ? 1 : ml_get_num_threads();
+    const int64_t parts = t > 1 && G > 1 && G * j->g->slice >= BN_PAR_MIN ? (G < t ? G : t) : 1;
+    j->step = G > 1 ? (G + parts - 1) / parts : 1;
+    ml__parallel_for((G + j->step - 1) / j->step, 0, bn_part, j);
+    return j->failed;
+}
+
 static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,
                           int ax, int grouped, float eps, float *mean_out, float *var_out) {
     bn_geom g = bn_geom_of(x, ax, grouped);
@@ -259,10 +259,7 @@ static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_te
     if (st) return st;
     bn_job j = {&g, x->data, gamma ? gamma->data : NULL, beta ? beta->data : NULL, NULL,
                 o->data, NULL, NULL, NULL, eps, mean_out, var_out, 0, 0, bn_train_range};
-    const int parts = bn_parts(&g, &j.step);
-    if (parts > 1) ml__parallel_for(parts, 0, bn_part, &j);
-    else bn_train_range(&j, 0, g.groups);
-    if (j.failed) {
+    if (bn_run(&j)) {
         ml_release(o);
         return ml_set_error(ML_ERR_OOM, "batch_norm: out of memory");
     }
@@ -404,10 +401,7 @@ static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gam
     bn_job j = {g, x->data, gamma ? gamma->data : NULL, NULL, gy->data, NULL,
                 dx ? (*dx)->data : NULL, dgamma ? (*dgamma)->data : NULL,
                 dbeta ? (*dbeta)->data : NULL, eps, NULL, NULL, 0, 0, bn_backward_range};
-    const int parts = bn_parts(g, &j.step);
-    if (parts > 1) ml__parallel_for(parts, 0, bn_part, &j);
-    else bn_backward_range(&j, 0, G);
-    if (j.failed) st = ml_set_error(ML_ERR_OOM, "batch_norm backward: out of memory");
+    if (bn_run(&j)) st = ml_set_error(ML_ERR_OOM, "batch_norm backward: out of memory");
 done:
     if (st) { /* nothing half-made is returned */
         if (dx) ml_release(*dx), *dx = NULL;
