@@ -212,6 +212,8 @@ void ml__win2d_load(ml_win2d *g, const int64_t *iparams);
 /* Validates x (4-D), window, strides and padding and fills g (Keras/TF 'same'/'valid'). */
 ml_status ml__win2d_plan(const char *name, const ml_tensor *x, int64_t kh, int64_t kw,
                          int sh, int sw, ml_padding padding, ml_win2d *g);
+/* Whether x has the (n, h, w, c) input shape of g (a replay's input, a gradient's source). */
+ml_status ml__win2d_check_x(const char *name, const ml_tensor *x, const ml_win2d *g);
 /* conv2d with explicit geometry; x (N,H,W,C), k (KH,KW,C,F), b (F) or NULL */
 ml_status ml__conv2d_geom(ml_tensor **out, ml_tensor *x, ml_tensor *k, ml_tensor *b,
                           const ml_win2d *g);

@@ -322,7 +322,8 @@ static ml_status conv_kernel_grad_kernel(const ml_win2d *g, int64_t F, const flo
 
 /* ------------------------------------------------------------- shape checks */
 
-static ml_status check_geom_x(const char *name, const ml_tensor *x, const ml_win2d *g) {
+/* Shared with the pools (declared in internal.h): x has the geometry's input shape. */
+ml_status ml__win2d_check_x(const char *name, const ml_tensor *x, const ml_win2d *g) {
     if (x->ndim != 4 || x->shape[0] != g->n || x->shape[1] != g->h || x->shape[2] != g->w ||
         x->shape[3] != g->c)
         return ml_set_error(ML_ERR_SHAPE, "%s: expected input of shape (%lld, %lld, %lld, %lld), "
@@ -386,7 +387,7 @@ static ml_status finish(ml_tensor **out, ml_tensor *o, ml_op_id op, int n, ml_te
 ml_status ml__conv2d_geom(ml_tensor **out, ml_tensor *x, ml_tensor *k, ml_tensor *b,
                           const ml_win2d *g) {
     ml_status st;
-    if ((st = check_geom_x("conv2d", x, g)) || (st = check_geom_k("conv2d", k, g))) return st;
+    if ((st = ml__win2d_check_x("conv2d", x, g)) || (st = check_geom_k("conv2d", k, g))) return st;
     int64_t F = k->shape[3];
     if (b && (b->ndim != 1 || b->shape[0] != F))
         return ml_set_error(ML_ERR_SHAPE, "conv2d: bias must have shape (%lld,), got %s",
@@ -516,7 +517,7 @@ ml_status ml__conv2d_input_grad_backward(ml_tensor *out, ml_tensor *G, ml_tensor
 ml_status ml__conv2d_kernel_grad(ml_tensor **out, ml_tensor *x, ml_tensor *gy,
                                  const ml_win2d *g) {
     ml_status st;
-    if ((st = check_geom_x("conv2d_kernel_grad", x, g)) ||
+    if ((st = ml__win2d_check_x("conv2d_kernel_grad", x, g)) ||
         (st = check_geom_g("conv2d_kernel_grad", gy, g, -1)))
         return st;
     int64_t F = gy->shape[3];

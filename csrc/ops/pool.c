@@ -126,18 +126,14 @@ static void index_part(void *ctx, int64_t i) {
  * caller frees) when arg_out is not NULL. */
 static ml_status maxpool_geom(ml_tensor **out, int64_t **arg_out, ml_tensor *x, const ml_win2d *gp) {
     const ml_win2d g = *gp;
-    if (x->ndim != 4 || x->shape[0] != g.n || x->shape[1] != g.h || x->shape[2] != g.w ||
-        x->shape[3] != g.c)
-        return ml_set_error(ML_ERR_SHAPE, "max_pool2d: expected an input of shape (%lld, %lld, "
-                            "%lld, %lld), got %s", (long long)g.n, (long long)g.h,
-                            (long long)g.w, (long long)g.c, ML_SHAPE_STR(x));
+    ml_status st = ml__win2d_check_x("max_pool2d", x, &g);
+    if (st) return st;
     if (g.h * g.w * g.c > INT32_MAX)
         return ml_set_error(ML_ERR_VALUE, "max_pool2d: an image of shape %s is too large",
                             ML_SHAPE_STR(x));
     int64_t shape[4] = {g.n, g.oh, g.ow, g.c};
     ml_tensor *o = NULL;
-    ml_status st = ml__new(&o, 4, shape);
-    if (st) return st;
+    if ((st = ml__new(&o, 4, shape))) return st;
     int64_t *arg = malloc((size_t)(o->numel ? o->numel : 1) * sizeof(int64_t));
     const int64_t chunks = g.n < POOL_CHUNKS ? (g.n ? g.n : 1) : POOL_CHUNKS;
     int32_t *pos = malloc((size_t)chunks * (size_t)(g.c ? g.c : 1) * sizeof(int32_t));
@@ -337,14 +333,8 @@ static ml_status avg_grad_geom(ml_tensor **out, ml_tensor *gy, const ml_win2d *g
 static ml_status replay_avg_pool(ml_tensor **out, ml_tensor **in, const void *params) {
     const pool_params *p = params; /* scatter: the gradient op (which checks its input) */
     if (p->scatter) return avg_grad_geom(out, in[0], &p->g);
-    const ml_tensor *x = in[0];
-    if (x->ndim != 4 || x->shape[0] != p->g.n || x->shape[1] != p->g.h ||
-        x->shape[2] != p->g.w || x->shape[3] != p->g.c)
-        return ml_set_error(ML_ERR_SHAPE, "avg_pool2d: replay input of shape %s does not match "
-                            "the recorded (%lld, %lld, %lld, %lld)", ML_SHAPE_STR(x),
-                            (long long)p->g.n, (long long)p->g.h, (long long)p->g.w,
-                            (long long)p->g.c);
-    return avg_geom(out, in[0], &p->g);
+    ml_status st = ml__win2d_check_x("avg_pool2d", in[0], &p->g);
+    return st ? st : avg_geom(out, in[0], &p->g);
 }
 
 static ml_status avg_geom(ml_tensor **out, ml_tensor *x, const ml_win2d *g) {
