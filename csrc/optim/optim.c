@@ -224,16 +224,12 @@ ml_status ml_optimizer_step(ml_optimizer *opt, int n, ml_tensor *const *params,
         float b1 = opt->beta_1, b2 = opt->beta_2;
         double lr_t = lr * sqrt(1.0 - pow(b2, (double)t)) / (1.0 - pow(b1, (double)t));
         float lrt = (float)lr_t, eps = opt->epsilon;
-        adam_job job = {opt, params, grads, lrt, b1, b2, eps};
-        const int64_t total = opt->total;
-        if (total >= ADAM_PAR_MIN && !ml__in_parallel() && ml_get_num_threads() > 1) {
-            /* element-wise: the threads' chunks give the one-thread result bit for bit */
-            job.chunk = (total + ml_get_num_threads() - 1) / ml_get_num_threads();
-            ml__parallel_for(ml_get_num_threads(), 0, adam_part, &job);
-        } else {
-            job.chunk = total;
-            adam_part(&job, 0);
-        }
+        /* one chunk, or one per thread for many parameters; element-wise, so the threads'
+         * chunks give the one-thread result bit for bit */
+        const int threads = ml__in_parallel() ? 1 : ml_get_num_threads();
+        const int parts = opt->total >= ADAM_PAR_MIN && threads > 1 ? threads : 1;
+        adam_job job = {opt, params, grads, lrt, b1, b2, eps, (opt->total + parts - 1) / parts};
+        ml__parallel_for(parts, 0, adam_part, &job);
         for (int i = 0; i < n; i++) params[i]->storage->version++;
     }
     opt->iterations = t;
