@@ -125,10 +125,9 @@ class NWayKShot:
         if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous
                 and x.ndim <= 4 and idx.size):
             return x[idx]
-        if self._x_tensor is None:
-            from .. import _core
-            self._x_tensor = _core.as_tensor(x)  # shares x's memory
         from .. import _core
+        if self._x_tensor is None:
+            self._x_tensor = _core.as_tensor(x)  # shares x's memory
         out = np.asarray(_core.gather(self._x_tensor, idx.reshape(-1)))
         return out.reshape(idx.shape + x.shape[1:])
 
