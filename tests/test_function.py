@@ -148,29 +148,40 @@ def test_maml_fit_traced_equals_eager():
     assert int(final[False][2]) == int(final[True][2]) == 40
 
 
-def test_model_fit_traced_equals_eager():
-    """Model.fit records its training step once per batch shape and replays it; the
-    losses and weights equal an eager run (compile(run_eagerly=True)) bit for bit."""
-    from metalearn.keras import layers, models
+def _fit_traced_and_eager(make_layers, x_shape, n_classes, epochs):
+    """Model.fit of the same network, data and seed, eagerly (compile(run_eagerly=True)) and
+    traced by default: the losses and weights must agree bit for bit. Returns the traced
+    model (batch size 16)."""
+    from metalearn.keras import models
 
     def run(run_eagerly):
         ml.random.set_seed(0)
-        m = models.Sequential([layers.Flatten(input_shape=(6, 6)),
-                               layers.Dense(16, activation="relu"),
-                               layers.Dense(4, activation="softmax")])
+        m = models.Sequential(make_layers())
         m.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=run_eagerly)
         rng = np.random.default_rng(0)
-        x = rng.random((100, 6, 6), dtype=np.float32)
-        y = rng.integers(0, 4, 100)
-        hist = m.fit(x, y, epochs=3, batch_size=16, verbose=0, shuffle=True)
+        x = rng.random(x_shape, dtype=np.float32)
+        y = rng.integers(0, n_classes, x_shape[0])
+        hist = m.fit(x, y, epochs=epochs, batch_size=16, verbose=0, shuffle=True)
         return hist.history["loss"], m.get_weights(), m
 
     eager_loss, eager_w, _ = run(True)
     traced_loss, traced_w, model = run(None)
-    assert model._train_fn is not None and model._train_fn.n_traces == 2  # 16 and the last 4
     assert traced_loss == eager_loss
     for a, b in zip(eager_w, traced_w):
         np.testing.assert_array_equal(a, b)
+    return model
+
+
+def test_model_fit_traced_equals_eager():
+    """Model.fit records its training step once per batch shape and replays it; the
+    losses and weights equal an eager run (compile(run_eagerly=True)) bit for bit."""
+    from metalearn.keras import layers
+
+    model = _fit_traced_and_eager(lambda: [layers.Flatten(input_shape=(6, 6)),
+                                           layers.Dense(16, activation="relu"),
+                                           layers.Dense(4, activation="softmax")],
+                                  (100, 6, 6), 4, epochs=3)
+    assert model._train_fn is not None and model._train_fn.n_traces == 2  # 16 and the last 4
     assert int(model.optimizer.iterations) == 3 * 7
 
 
@@ -258,23 +269,11 @@ def test_conv_and_pool_second_order_step_replays_exactly():
 
 
 def test_model_fit_on_a_cnn_traced_equals_eager():
-    from metalearn.keras import layers, models
+    from metalearn.keras import layers
 
-    def run(run_eagerly):
-        ml.random.set_seed(0)
-        m = models.Sequential([layers.Conv2D(4, 3, activation="relu", input_shape=(8, 8, 1)),
-                               layers.MaxPooling2D(), layers.AveragePooling2D(),
-                               layers.Flatten(), layers.Dense(3, activation="softmax")])
-        m.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=run_eagerly)
-        rng = np.random.default_rng(0)
-        x = rng.random((40, 8, 8, 1), dtype=np.float32)
-        y = rng.integers(0, 3, 40)
-        hist = m.fit(x, y, epochs=2, batch_size=16, verbose=0, shuffle=True)
-        return hist.history["loss"], m.get_weights(), m
-
-    eager_loss, eager_w, _ = run(True)
-    traced_loss, traced_w, model = run(None)
+    model = _fit_traced_and_eager(
+        lambda: [layers.Conv2D(4, 3, activation="relu", input_shape=(8, 8, 1)),
+                 layers.MaxPooling2D(), layers.AveragePooling2D(),
+                 layers.Flatten(), layers.Dense(3, activation="softmax")],
+        (40, 8, 8, 1), 3, epochs=2)
     assert model._train_fn is not None and model._train_fn.n_traces == 2  # 16 and the last 8
-    assert traced_loss == eager_loss
-    for a, b in zip(eager_w, traced_w):
-        np.testing.assert_array_equal(a, b)
