@@ -70,12 +70,19 @@
 
 /* Below this many multiply-adds the packed path's fixed costs dominate. */
 #define TINY_FLOPS 4096
-/* Up to this many multiply-adds (and k <= SMALL_MAX_K) the AVX2 path uses the unpacked
- * register-blocked kernel (small_avx2): MAML's per-task products (10x40x40, 40x40x10, ...)
- * are a few thousand to tens of thousands of multiply-adds each, where packing and the
- * blocked driver cost as much as the arithmetic. */
+/* Where the AVX2 path uses the unpacked register-blocked kernel (small_avx2) instead of
+ * packing: MAML's per-task products (10x40x40, 40x40x10, ...) are a few thousand to tens
+ * of thousands of multiply-adds, where packing costs as much as the arithmetic; and with
+ * k cut into SMALL_KC slices it also beats the packed driver on the skinny shapes of
+ * few-shot learning up to k = SMALL_MAX_K (measured, benchmarks/run_all.py and a C sweep:
+ * 250x40x40 83 -> 102 GFLOP/s, 40x40x250 (A^T) 74 -> 100, 5x784x256 69 -> 94, 75x784x256
+ * 92 -> 104; large square products the same). Not when B's slice would outgrow L2
+ * (n > SMALL_MAX_N: every row tile re-reads it), nor for A^T with many rows and a long k,
+ * where packing A measured faster (784x128x256 A^T: 99 vs 91). */
 #define SMALL_MACS 65536
 #define SMALL_MAX_K 512
+#define SMALL_MAX_N 2048
+#define SMALL_KC 64
 
 static float *get_buffer(size_t floats);
 
@@ -612,6 +619,32 @@ ML_TARGET_AVX2 ML_INLINE void small_tile(const int mr, int ta, int64_t k, float 
                 acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
             }
         }
+    } else if (nr == 8) {
+        /* n = 40 is 16 + 16 + 8. Even and odd p go to two sets of accumulators: 12 FMA
+         * chains, where 6 would leave the pipes waiting on the FMA latency. */
+        int64_t p = 0;
+#pragma GCC unroll 2
+        for (; p + 2 <= k; p += 2) {
+            const __m256 b0 = _mm256_loadu_ps(b + p * ldb), b1 = _mm256_loadu_ps(b + (p + 1) * ldb);
+            for (int r = 0; r < mr; ++r) {
+                acc0[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + r * as_i + p * as_p), b0, acc0[r]);
+                acc1[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + r * as_i + (p + 1) * as_p), b1,
+                                          acc1[r]);
+            }
+        }
+        if (p < k) {
+            const __m256 b0 = _mm256_loadu_ps(b + p * ldb);
+            for (int r = 0; r < mr; ++r)
+                acc0[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + r * as_i + p * as_p), b0, acc0[r]);
+        }
+        const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+        for (int r = 0; r < mr; ++r) {
+            float *cr = c + r * ldc;
+            __m256 o = _mm256_mul_ps(va, _mm256_add_ps(acc0[r], acc1[r]));
+            if (beta != 0.0f) o = _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr), o);
+            _mm256_storeu_ps(cr, o);
+        }
+        return;
     } else {
 #pragma GCC unroll 4
         for (int64_t p = 0; p < k; ++p) {
@@ -731,7 +764,6 @@ ML_TARGET_AVX2 static int small_avx2(int ta, int tb, int64_t m, int64_t n, int64
     }
     if (n == 1 && m > 1 && ldc == 1) /* C^T (1 x m) = op(B)^T (1 x k) op(A)^T (k x m) */
         return small_avx2(!tb, !ta, 1, m, k, alpha, b, ldb, a, lda, beta, c, m);
-    if (n < 8 && m > 1) return 0; /* lanes along n would be mostly empty */
     if (tb) {
         float *bt = get_buffer((size_t)(k * n));
         if (!bt) return 0;
@@ -740,6 +772,15 @@ ML_TARGET_AVX2 static int small_avx2(int ta, int tb, int64_t m, int64_t n, int64
         ldb = n;
     }
     const int64_t as_i = ta ? 1 : lda;
+    if (k > SMALL_KC) {
+        const int64_t as_p = ta ? lda : 1;
+        for (int64_t p0 = 0; p0 < k; p0 += SMALL_KC) {
+            const int64_t kc = min64(SMALL_KC, k - p0);
+            small_avx2(ta, 0, m, n, kc, alpha, a + p0 * as_p, lda, b + p0 * ldb, ldb,
+                       p0 ? 1.0f : beta, c, ldc);
+        }
+        return 1;
+    }
     for (int64_t i0 = 0; i0 < m; i0 += MR_S) {
         const int mr = (int)min64(MR_S, m - i0);
         const float *ai = a + i0 * as_i;
@@ -826,7 +867,22 @@ static int kernel_kind(void)
 
 const char *ml_kernel_name(void) { return kernel_kind() == KIND_AVX2 ? "avx2" : "portable"; }
 
-static void sgemm(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
+/* Which kernel computes a product, chosen once from its whole shape: the parts of a
+ * threaded product use the same one (a part's smaller shape could otherwise pick another
+ * kernel, with another rounding, and the result would depend on the thread count). */
+enum { PATH_PORTABLE = 0, PATH_PACKED = 1, PATH_SMALL = 2 };
+
+static int gemm_path(int use_avx2, int ta, int64_t m, int64_t n, int64_t k)
+{
+    if (!use_avx2) return PATH_PORTABLE;
+    if (k > SMALL_MAX_K || k <= 0) return PATH_PACKED;
+    if (k == 1 || n == 1) return PATH_SMALL; /* outer product, dot products */
+    if (n < 8 && m > 1) return PATH_PACKED;  /* lanes along n would be mostly empty */
+    if ((double)m * (double)n * (double)k <= SMALL_MACS) return PATH_SMALL;
+    return n <= SMALL_MAX_N && (!ta || m <= 64 || k <= SMALL_KC) ? PATH_SMALL : PATH_PACKED;
+}
+
+static void sgemm(int path, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
                   const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
                   float *c, int64_t ldc)
 {
@@ -835,13 +891,13 @@ static void sgemm(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t k,
         scale_c(m, n, beta, c, ldc);
         return;
     }
+#if ML_HAVE_AVX2
+    if (path == PATH_SMALL && small_avx2(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc))
+        return;
+#endif
+    const int use_avx2 = path != PATH_PORTABLE;
 #if !ML_HAVE_AVX2
     (void)use_avx2;
-#endif
-#if ML_HAVE_AVX2
-    if (use_avx2 && (double)m * (double)n * (double)k <= SMALL_MACS && k <= SMALL_MAX_K &&
-        small_avx2(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc))
-        return;
 #endif
     if ((double)m * (double)n * (double)k <= TINY_FLOPS) {
 #if ML_HAVE_AVX2
@@ -881,7 +937,7 @@ static void sgemm(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t k,
                                 (1 << 22 left the 784-128 dense layer at batch 32 on one core) */
 
 typedef struct gemm_job {
-    int use_avx2, ta, tb;
+    int path, ta, tb;
     int64_t m, n, k;
     float alpha, beta;
     const float *a, *b;
@@ -898,12 +954,12 @@ static void gemm_part(void *ctx, int64_t i)
     if (j->split_rows) {
         const int64_t rows = min64(j->step, j->m - lo);
         const float *a = j->ta ? j->a + lo : j->a + lo * j->lda;
-        sgemm(j->use_avx2, j->ta, j->tb, rows, j->n, j->k, j->alpha, a, j->lda, j->b, j->ldb,
+        sgemm(j->path, j->ta, j->tb, rows, j->n, j->k, j->alpha, a, j->lda, j->b, j->ldb,
               j->beta, j->c + lo * j->ldc, j->ldc);
     } else {
         const int64_t cols = min64(j->step, j->n - lo);
         const float *b = j->tb ? j->b + lo * j->ldb : j->b + lo;
-        sgemm(j->use_avx2, j->ta, j->tb, j->m, cols, j->k, j->alpha, j->a, j->lda, b, j->ldb,
+        sgemm(j->path, j->ta, j->tb, j->m, cols, j->k, j->alpha, j->a, j->lda, b, j->ldb,
               j->beta, j->c + lo, j->ldc);
     }
 }
@@ -913,9 +969,10 @@ static void sgemm_threaded(int use_avx2, int ta, int tb, int64_t m, int64_t n, i
                            int64_t ldb, float beta, float *c, int64_t ldc)
 {
     const double macs = (double)m * (double)n * (double)k;
+    const int path = gemm_path(use_avx2, ta, m, n, k);
     int t = ml__in_parallel() ? 1 : ml_get_num_threads();
     if (t > 1 && macs >= PAR_MIN_MACS && k > 0 && alpha != 0.0f) {
-        gemm_job j = {use_avx2, ta, tb, m, n, k, alpha, beta, a, b, c, lda, ldb, ldc, 0, 0};
+        gemm_job j = {path, ta, tb, m, n, k, alpha, beta, a, b, c, lda, ldb, ldc, 0, 0};
         /* parts: enough for the threads, each at least PAR_MIN_MACS / 2 */
         int64_t parts = (int64_t)(macs / (PAR_MIN_MACS / 2));
         if (parts > t) parts = t;
@@ -937,7 +994,7 @@ static void sgemm_threaded(int use_avx2, int ta, int tb, int64_t m, int64_t n, i
             return;
         }
     }
-    sgemm(use_avx2, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    sgemm(path, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 void ml_sgemm(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k, float alpha,
@@ -953,13 +1010,14 @@ void ml__sgemm_serial(int transpose_a, int transpose_b, int64_t m, int64_t n, in
                       float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
                       float beta, float *c, int64_t ldc)
 {
-    sgemm(kernel_kind() == KIND_AVX2, transpose_a != 0, transpose_b != 0, m, n, k, alpha, a,
-          lda, b, ldb, beta, c, ldc);
+    sgemm(gemm_path(kernel_kind() == KIND_AVX2, transpose_a != 0, m, n, k), transpose_a != 0,
+          transpose_b != 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 void ml_sgemm_portable(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
                        float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
                        float beta, float *c, int64_t ldc)
 {
-    sgemm(0, transpose_a != 0, transpose_b != 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    sgemm(PATH_PORTABLE, transpose_a != 0, transpose_b != 0, m, n, k, alpha, a, lda, b, ldb,
+          beta, c, ldc);
 }

@@ -156,6 +156,10 @@ int main(void)
         /* outer products (k == 1) and row dot products (n == 1), with 8-lane tails */
         {7, 33, 1},    {33, 7, 1},     {1, 8, 1},     {13, 1, 1},     {33, 1, 9},
         {5, 1, 8},     {3, 1, 17},     {1, 1, 40},    {250, 1, 40},
+        /* the unpacked kernel on larger products: k in 64-long slices (and a 1-long last
+         * slice), 8-column edges (even/odd accumulators), A^T up to 64 rows and past */
+        {40, 40, 250}, {100, 24, 130}, {7, 8, 65},    {64, 40, 300},  {65, 40, 300},
+        {20, 56, 129}, {9, 8, 3},
     };
     const int n_shapes = (int)(sizeof shapes / sizeof shapes[0]);
 

@@ -181,6 +181,11 @@ int main(void) {
             gemm_case(ta, tb, 300, 200, 150, 0.0f);  /* row split */
             gemm_case(ta, tb, 30, 700, 300, 1.0f);   /* column split */
             gemm_case(ta, tb, 257, 129, 513, 0.5f);  /* ragged edges, beta */
+            /* the kernel is chosen from the whole product: a 64-row part of this one
+             * would pick the unpacked kernel for A^T, the whole picks the packed one */
+            gemm_case(ta, tb, 130, 120, 256, 0.0f);
+            /* unpacked kernel, columns split 48 + 48 + 4 at three threads */
+            gemm_case(ta, tb, 62, 100, 512, 1.0f);
         }
     conv_case(9, 14, 8, 16);
     conv_case(20, 7, 64, 64);
