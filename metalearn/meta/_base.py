@@ -258,12 +258,17 @@ class BaseMetaLearner:
         if self._loss_fn is None:
             self._loss_fn, self.classification = resolve_loss(self.loss, task)
         model = self.model
+        # model.weights walks every layer (~8 us): check it once per model, not every fit
+        if getattr(self, "_prepared_model", None) is model:
+            return
         if not model.built or not model.weights:
             sx = np.asarray(task.support_x)
             if getattr(task, "is_batch", False):
                 sx = sx[0]
             with _core_no_grad():
                 model(np.ascontiguousarray(sx[:1], dtype=np.float32))
+        if model.built and model.weights:
+            self._prepared_model = model
 
     def _metric(self, y_pred, y_true, loss_value):
         if self.classification:
