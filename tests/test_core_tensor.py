@@ -494,6 +494,23 @@ def test_create_graph_gradient_is_differentiable():
     np.testing.assert_allclose(arr(h), 6 * arr(x), rtol=1e-6)
 
 
+def test_relu_gradient_is_differentiable_in_the_upstream_gradient():
+    # relu's backward is one op, g where x > 0 (PyTorch's threshold_backward); its own
+    # derivative in g is the same mask (what second-order MAML differentiates), in x zero
+    x = ml.tensor([0.7, -0.3, 2.0, -1.5, 0.0], requires_grad=True)
+    w = ml.tensor([1.0, 2.0, -3.0, 4.0, 5.0], requires_grad=True)
+    v = np.array([0.5, -1.0, 2.0, 3.0, -2.0], F32)
+    (g,) = ml.grad(ml.reduce_sum(ml.relu(x) * w), x, create_graph=True)
+    mask = (arr(x) > 0).astype(F32)
+    np.testing.assert_array_equal(arr(g), arr(w) * mask)
+    hw, hx = ml.grad(ml.reduce_sum(g * ml.tensor(v)), [w, x], allow_unused=True)
+    np.testing.assert_array_equal(arr(hw), v * mask)
+    assert hx is None or not np.any(arr(hx))
+    # an infinite upstream gradient where relu is flat gives 0 there, not inf * 0 = NaN
+    (g_inf,) = ml.grad(ml.reduce_sum(ml.relu(x) * ml.tensor([1.0, np.inf, 1.0, np.inf, np.inf])), x)
+    np.testing.assert_array_equal(arr(g_inf), [1.0, 0.0, 1.0, 0.0, 0.0])
+
+
 # ------------------------------------------------------------------ reference counting and memory
 
 

@@ -49,7 +49,7 @@ typedef enum ml_op_id {
     OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_MAXIMUM, OP_MINIMUM,
     OP_NEG, OP_SQUARE, OP_SQRT, OP_EXP, OP_LOG, OP_ABS, OP_RELU, OP_SIGMOID, OP_TANH,
     OP_ERF, OP_GELU, OP_POW_SCALAR, OP_ADD_SCALAR, OP_MUL_SCALAR, OP_LEAKY_RELU, OP_ELU,
-    OP_CLIP,
+    OP_CLIP, OP_RELU_GRAD,
     OP_MATMUL, OP_LINEAR,
     OP_RESHAPE, OP_PERMUTE, OP_BROADCAST_TO, OP_SUM_TO, OP_CONCAT, OP_NARROW, OP_PAD_AXIS,
     OP_GATHER, OP_SCATTER_ADD, OP_PICK,
@@ -190,9 +190,11 @@ static inline void ml__scope_end(ml_scope *s) {
 #define SUM_TO(s, a, like) ML_SX(s, a, ml_sum_to(&o_, a_, (like)->ndim, (like)->shape))
 #define SUM_AXES(s, a, n, axes, keep) ML_SX(s, a, ml_sum(&o_, a_, (n), (axes), (keep)))
 #define EQUAL(s, a, b) ML_S2(ml__equal, s, a, b)
+#define RELU_GRAD(s, g, x) ML_S2(ml__relu_grad, s, g, x)
 
 /* 1 where a == b (broadcast), zero gradient. Used by max's backward. */
 ml_status ml__equal(ml_tensor **out, ml_tensor *a, ml_tensor *b);
+ml_status ml__relu_grad(ml_tensor **out, ml_tensor *g, ml_tensor *x);
 /* A constant (no-grad) tensor of ones shaped like x. */
 ml_status ml__ones_like(ml_tensor **out, const ml_tensor *x);
 

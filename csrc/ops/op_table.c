@@ -7,7 +7,7 @@ BACKWARD(add) BACKWARD(sub) BACKWARD(mul) BACKWARD(div) BACKWARD(maximum) BACKWA
 BACKWARD(neg) BACKWARD(square) BACKWARD(sqrt) BACKWARD(exp) BACKWARD(log) BACKWARD(abs)
 BACKWARD(relu) BACKWARD(sigmoid) BACKWARD(tanh) BACKWARD(erf) BACKWARD(gelu)
 BACKWARD(pow_scalar) BACKWARD(add_scalar) BACKWARD(mul_scalar) BACKWARD(leaky_relu)
-BACKWARD(elu) BACKWARD(clip) BACKWARD(matmul) BACKWARD(linear) BACKWARD(reshape)
+BACKWARD(elu) BACKWARD(clip) BACKWARD(relu_grad) BACKWARD(matmul) BACKWARD(linear) BACKWARD(reshape)
 BACKWARD(permute) BACKWARD(broadcast_to) BACKWARD(sum_to) BACKWARD(concat) BACKWARD(narrow)
 BACKWARD(pad_axis) BACKWARD(gather) BACKWARD(scatter_add) BACKWARD(pick) BACKWARD(sum)
 BACKWARD(mean) BACKWARD(max) BACKWARD(softmax) BACKWARD(log_softmax) BACKWARD(softmax_ce)
@@ -44,6 +44,7 @@ const ml_op_def ml_op_table[] = {
     ROW(OP_LEAKY_RELU, leaky_relu, 1),
     ROW(OP_ELU, elu, 1),
     ROW(OP_CLIP, clip, 1),
+    ROW(OP_RELU_GRAD, relu_grad, 2),
     ROW(OP_MATMUL, matmul, 2),
     ROW(OP_LINEAR, linear, -1),
     ROW(OP_RESHAPE, reshape, 1),

@@ -16,12 +16,15 @@ typedef struct {
     int64_t outer, red, inner, o_step, i_step;
 } red_job;
 
-static void red_block(const red_job *j, int64_t o0, int64_t o1, int64_t i0, int64_t i1) {
+/* Cloned for AVX2 (the library is built for baseline x86-64): summing a middle axis,
+ * (25, 10, 40) -> (25, 1, 40) in vectorised MAML's backward, ran at SSE width. */
+__attribute__((target_clones("avx2", "default"))) static void
+red_block(const red_job *j, int64_t o0, int64_t o1, int64_t i0, int64_t i1) {
     const int kind = j->kind;
     const int64_t red = j->red, inner = j->inner;
     for (int64_t o = o0; o < o1; o++) {
-        float *dst = j->out + o * inner;
-        const float *src = j->xd + o * red * inner;
+        float *restrict dst = j->out + o * inner; /* the output never overlaps x */
+        const float *restrict src = j->xd + o * red * inner;
         if (inner == 1) {
             if (kind == RED_SUM) {
                 /* four partial sums: vectorisable and more accurate than one chain */
@@ -38,12 +41,23 @@ static void red_block(const red_job *j, int64_t o0, int64_t o1, int64_t i0, int6
                 dst[0] = m;
             }
         } else {
-            for (int64_t r = 0; r < red; r++) {
-                const float *row = src + r * inner;
-                if (kind == RED_SUM)
-                    for (int64_t i = i0; i < i1; i++) dst[i] += row[i];
-                else
-                    for (int64_t i = i0; i < i1; i++) dst[i] = max_nan(dst[i], row[i]);
+            if (kind == RED_SUM) {
+                /* 8 columns at a time summed down the rows in registers (same order as
+                 * row after row into dst: the same result, without storing dst per row) */
+                int64_t i = i0;
+                for (; i + 8 <= i1; i += 8) {
+                    float acc[8] = {0};
+                    for (int64_t r = 0; r < red; r++)
+                        for (int q = 0; q < 8; q++) acc[q] += src[r * inner + i + q];
+                    for (int q = 0; q < 8; q++) dst[i + q] += acc[q];
+                }
+                for (int64_t r = 0; r < red; r++)
+                    for (int64_t c = i; c < i1; c++) dst[c] += src[r * inner + c];
+            } else {
+                for (int64_t r = 0; r < red; r++) {
+                    const float *row = src + r * inner;
+                    for (int64_t c = i0; c < i1; c++) dst[c] = max_nan(dst[c], row[c]);
+                }
             }
         }
     }
