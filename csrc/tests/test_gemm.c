@@ -160,6 +160,9 @@ int main(void)
          * slice), 8-column edges (even/odd accumulators), A^T up to 64 rows and past */
         {40, 40, 250}, {100, 24, 130}, {7, 8, 65},    {64, 40, 300},  {65, 40, 300},
         {20, 56, 129}, {9, 8, 3},
+        /* A B^T with under 16 columns as dot products: 3 x 4 blocks, ragged rows and
+         * columns, k with and without an 8-lane tail */
+        {10, 10, 40},  {100, 4, 40},   {4, 5, 8},     {8, 15, 9},     {2, 3, 512},
     };
     const int n_shapes = (int)(sizeof shapes / sizeof shapes[0]);
 
