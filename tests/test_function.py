@@ -277,3 +277,30 @@ def test_model_fit_on_a_cnn_traced_equals_eager():
                  layers.Flatten(), layers.Dense(3, activation="softmax")],
         (40, 8, 8, 1), 3, epochs=2)
     assert model._train_fn is not None and model._train_fn.n_traces == 2  # 16 and the last 8
+
+
+def test_gradient_skips_inputs_that_were_not_asked_for():
+    # w requires grad (a meta-parameter) but only d/dx is asked for: the matmuls' backward
+    # computes dx alone, so the trace records as many ops as with a w that needs no grad
+    rng = np.random.default_rng(0)
+    w_np = rng.standard_normal((8, 4)).astype(np.float32)
+    w, w_const = ml.tensor(w_np, requires_grad=True), ml.tensor(w_np)
+    x0 = rng.standard_normal((5, 8)).astype(np.float32)
+
+    def grads_of_x(weight):
+        def fn(x):
+            x.requires_grad = True
+            return ml.grad(ml.reduce_sum(ml.matmul(x, weight) * ml.matmul(x, weight)), [x])
+        return fn
+
+    skipping, minimal = ml.function(grads_of_x(w)), ml.function(grads_of_x(w_const))
+    gx = skipping(ml.tensor(x0))[0]
+    minimal(ml.tensor(x0))
+    assert skipping.n_ops()[0] == minimal.n_ops()[0]
+    np.testing.assert_allclose(np.asarray(gx), 2.0 * (x0 @ w_np) @ w_np.T, rtol=1e-5, atol=1e-5)
+    # asked for both, both come (the mask is per call, not per tensor)
+    xt = ml.tensor(x0, requires_grad=True)
+    y = ml.matmul(xt, w)
+    gx2, gw = ml.grad(ml.reduce_sum(y * y), [xt, w])
+    np.testing.assert_allclose(np.asarray(gx2), np.asarray(gx), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(gw), 2.0 * x0.T @ (x0 @ w_np), rtol=1e-5, atol=1e-5)

@@ -2,6 +2,7 @@
 #include "internal.h"
 
 static _Thread_local int ml_grad_disabled; /* 0: grad mode on (the default) */
+_Thread_local const unsigned char *ml__grad_wanted;
 
 int ml_grad_enabled(void) { return !ml_grad_disabled; }
 
@@ -304,7 +305,22 @@ ml_status ml_grad(ml_tensor **grads, int n_outputs, ml_tensor *const *outputs, i
             st = ml_set_error(ML_ERR_OOM, "out of memory in ml_grad");
             break;
         }
+        unsigned char want_inline[8];
+        unsigned char *want = node->n_inputs <= 8 ? want_inline : malloc((size_t)node->n_inputs);
+        if (!want) {
+            if (gin != gin_inline) free(gin);
+            st = ml_set_error(ML_ERR_OOM, "out of memory in ml_grad");
+            break;
+        }
+        for (int i = 0; i < node->n_inputs; i++) {
+            int32_t p = ptrmap_get(&g.map, node->inputs[i]);
+            want[i] = p >= 0 && g.slots[p].needed;
+        }
+        const unsigned char *prev_want = ml__grad_wanted;
+        ml__grad_wanted = want;
         st = ml_op_table[node->op].backward(slot->t, slot->grad, gin);
+        ml__grad_wanted = prev_want;
+        if (want != want_inline) free(want);
         for (int i = 0; i < node->n_inputs; i++) {
             if (st == ML_OK && gin[i]) {
                 int32_t p = ptrmap_get(&g.map, node->inputs[i]);

@@ -229,6 +229,15 @@ ml_status ml__conv2d_kernel_grad(ml_tensor **out, ml_tensor *x, ml_tensor *g, co
  * function that recomputes it from the same parameters (copied) and new inputs. */
 typedef ml_status (*ml_replay_fn)(ml_tensor **out, ml_tensor **in, const void *params);
 extern _Thread_local ml_trace *ml__trace_active;
+
+/* While ml_grad runs a node's backward: per input of that node, whether its gradient is
+ * used (the input leads to a requested one); NULL elsewhere. A backward skips the others:
+ * a meta-parameter requires grad, but the inner step of MAML asks only for the fast
+ * weights, so the shared kernel's gradient there (a full GEMM) would be thrown away. */
+extern _Thread_local const unsigned char *ml__grad_wanted;
+static inline int ml__wants(int i, const ml_tensor *t) {
+    return t && t->requires_grad && (!ml__grad_wanted || ml__grad_wanted[i]);
+}
 void ml__trace_record(ml_replay_fn fn, int n_in, ml_tensor *const *in, ml_tensor *out,
                       const void *params, size_t params_size);
 /* Serial number the next tensor will get (traces compare against it). */

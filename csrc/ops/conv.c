@@ -474,9 +474,9 @@ ml_status ml__conv2d_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin) {
     ml__win2d_load(&g, out->node->iparams);
     ml_tensor *x = IN(0), *k = IN(1), *b = out->node->n_inputs > 2 ? IN(2) : NULL;
     ml_status st = ML_OK;
-    if (x->requires_grad && (st = ml__conv2d_input_grad(&gin[0], gy, k, &g))) return st;
-    if (k->requires_grad && (st = ml__conv2d_kernel_grad(&gin[1], x, gy, &g))) return st;
-    if (b && b->requires_grad) {
+    if (ml__wants(0, x) && (st = ml__conv2d_input_grad(&gin[0], gy, k, &g))) return st;
+    if (ml__wants(1, k) && (st = ml__conv2d_kernel_grad(&gin[1], x, gy, &g))) return st;
+    if (ml__wants(2, b)) {
         int axes[3] = {0, 1, 2};
         st = ml_sum(&gin[2], gy, 3, axes, 0);
     }
@@ -507,8 +507,8 @@ ml_status ml__conv2d_input_grad_backward(ml_tensor *out, ml_tensor *G, ml_tensor
     ml__win2d_load(&g, out->node->iparams);
     ml_tensor *gy = IN(0), *k = IN(1);
     ml_status st = ML_OK;
-    if (gy->requires_grad && (st = ml__conv2d_geom(&gin[0], G, k, NULL, &g))) return st;
-    if (k->requires_grad) st = ml__conv2d_kernel_grad(&gin[1], G, gy, &g);
+    if (ml__wants(0, gy) && (st = ml__conv2d_geom(&gin[0], G, k, NULL, &g))) return st;
+    if (ml__wants(1, k)) st = ml__conv2d_kernel_grad(&gin[1], G, gy, &g);
     return st;
 }
 
@@ -537,7 +537,7 @@ ml_status ml__conv2d_kernel_grad_backward(ml_tensor *out, ml_tensor *G, ml_tenso
     ml__win2d_load(&g, out->node->iparams);
     ml_tensor *x = IN(0), *gy = IN(1);
     ml_status st = ML_OK;
-    if (x->requires_grad && (st = ml__conv2d_input_grad(&gin[0], gy, G, &g))) return st;
-    if (gy->requires_grad) st = ml__conv2d_geom(&gin[1], x, G, NULL, &g);
+    if (ml__wants(0, x) && (st = ml__conv2d_input_grad(&gin[0], gy, G, &g))) return st;
+    if (ml__wants(1, gy)) st = ml__conv2d_geom(&gin[1], x, G, NULL, &g);
     return st;
 }

@@ -219,7 +219,7 @@ ml_status ml__equal(ml_tensor **out, ml_tensor *a, ml_tensor *b) {
 }
 
 #define IN(k) (out->node->inputs[k])
-#define NEEDS(k) (IN(k)->requires_grad)
+#define NEEDS(k) ml__wants(k, IN(k))
 
 ml_status ml__add_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
     ml_scope s = {0};

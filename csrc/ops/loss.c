@@ -84,11 +84,11 @@ ml_status ml__softmax_ce_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin)
     col[x->ndim - 1] = 1;
     ml_tensor *gc = RESHAPE(&s, g, x->ndim, col);
     int axis = x->ndim - 1;
-    if (x->requires_grad) {
+    if (ml__wants(1, x)) {
         ml_tensor *ysum = SUM_AXES(&s, y, 1, &axis, 1);
         gin[1] = ml__keep(MUL(&s, gc, SUB(&s, MUL(&s, SOFTMAX(&s, x, axis), ysum), y)));
     }
-    if (y->requires_grad) gin[0] = ml__keep(MUL(&s, gc, NEG(&s, LOG_SOFTMAX(&s, x, axis))));
+    if (ml__wants(0, y)) gin[0] = ml__keep(MUL(&s, gc, NEG(&s, LOG_SOFTMAX(&s, x, axis))));
     ml__scope_end(&s);
     return s.status;
 }
@@ -191,7 +191,7 @@ static ml_status sparse_softmax_ce(ml_tensor **out, ml_tensor *labels, ml_tensor
 ml_status ml__sparse_softmax_ce_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
     ml_scope s = {0};
     ml_tensor *x = IN(0), *oh = NULL;
-    if (!x->requires_grad) return ML_OK;
+    if (!ml__wants(0, x)) return ML_OK;
     int64_t c = x->shape[x->ndim - 1];
     int64_t col[ML_MAX_DIMS];
     memcpy(col, x->shape, sizeof col);

@@ -134,11 +134,11 @@ ml_status ml__matmul_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
     ml_scope s = {0};
     ml_tensor *a = IN(0), *b = IN(1);
     int ta = (int)out->node->iparams[0], tb = (int)out->node->iparams[1];
-    if (a->requires_grad) {
+    if (ml__wants(0, a)) {
         ml_tensor *ga = !ta ? MATMUL(&s, g, b, 0, !tb) : MATMUL(&s, b, g, tb, 1);
         gin[0] = ml__keep(SUM_TO(&s, ga, a));
     }
-    if (b->requires_grad) {
+    if (ml__wants(1, b)) {
         ml_tensor *gb;
         if (b->ndim == 2 && a->ndim > 2 && !ta) {
             /* b shared by every batch: fold the batches into rows, one GEMM, no sum */
@@ -225,7 +225,7 @@ ml_status ml__linear_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
     ml_tensor *x = IN(0), *w = IN(1), *b = out->node->n_inputs > 2 ? IN(2) : NULL;
     ml_tensor *gz = g;
     switch ((ml_activation)out->node->iparams[0]) {
-    case ML_ACT_RELU: gz = MUL(&s, g, STEP(&s, out, 0.0f)); break;
+    case ML_ACT_RELU: gz = RELU_GRAD(&s, g, out); break; /* out > 0 where z > 0 */
     case ML_ACT_SIGMOID: gz = MUL(&s, g, MUL(&s, out, ADDS(&s, NEG(&s, out), 1.0f))); break;
     case ML_ACT_TANH: gz = MUL(&s, g, ADDS(&s, NEG(&s, SQUARE(&s, out)), 1.0f)); break;
     default: break;
@@ -234,9 +234,9 @@ ml_status ml__linear_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
     int64_t rows = k ? x->numel / k : out->numel / (n ? n : 1);
     int64_t x2[2] = {rows, k}, g2[2] = {rows, n};
     ml_tensor *gz2 = RESHAPE(&s, gz, 2, g2);
-    if (x->requires_grad) gin[0] = ml__keep(RESHAPE_LIKE(&s, MATMUL(&s, gz2, w, 0, 1), x));
-    if (w->requires_grad) gin[1] = ml__keep(MATMUL(&s, RESHAPE(&s, x, 2, x2), gz2, 1, 0));
-    if (b && b->requires_grad) {
+    if (ml__wants(0, x)) gin[0] = ml__keep(RESHAPE_LIKE(&s, MATMUL(&s, gz2, w, 0, 1), x));
+    if (ml__wants(1, w)) gin[1] = ml__keep(MATMUL(&s, RESHAPE(&s, x, 2, x2), gz2, 1, 0));
+    if (ml__wants(2, b)) {
         int axis0 = 0;
         gin[2] = ml__keep(SUM_AXES(&s, gz2, 1, &axis0, 0));
     }

@@ -225,7 +225,7 @@ ml_status ml__concat_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
     ml_status st = ML_OK;
     for (int i = 0; i < out->node->n_inputs && st == ML_OK; i++) {
         ml_tensor *x = IN(i);
-        if (x->requires_grad) st = ml_narrow(&gin[i], g, axis, start, x->shape[axis]);
+        if (ml__wants(i, x)) st = ml_narrow(&gin[i], g, axis, start, x->shape[axis]);
         start += x->shape[axis];
     }
     return st;
