@@ -163,6 +163,7 @@ int main(void)
         /* A B^T with under 16 columns as dot products: 3 x 4 blocks, ragged rows and
          * columns, k with and without an 8-lane tail */
         {10, 10, 40},  {100, 4, 40},   {4, 5, 8},     {8, 15, 9},     {2, 3, 512},
+        {6, 5, 784},   {4, 3, 1030},
     };
     const int n_shapes = (int)(sizeof shapes / sizeof shapes[0]);
 

@@ -186,6 +186,8 @@ int main(void) {
             gemm_case(ta, tb, 130, 120, 256, 0.0f);
             /* unpacked kernel, columns split 48 + 48 + 4 at three threads */
             gemm_case(ta, tb, 62, 100, 512, 1.0f);
+            /* few columns, long k (A B^T as dot products), rows split */
+            gemm_case(ta, tb, 300, 10, 1000, 0.5f);
         }
     conv_case(9, 14, 8, 16);
     conv_case(20, 7, 64, 64);
