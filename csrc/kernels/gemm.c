@@ -81,6 +81,7 @@
  * where packing A measured faster (784x128x256 A^T: 99 vs 91). */
 #define SMALL_MACS 65536
 #define SMALL_MAX_K 512
+#define SMALL_LONG_K_MAX_M 256
 #define SMALL_MAX_N 2048
 #define SMALL_KC 64
 #define DOTS_NT_MAX_N 16 /* below this many columns, A B^T as dot products (dots_nt_avx2) */
@@ -830,12 +831,19 @@ ML_TARGET_AVX2 static int small_avx2(int ta, int tb, int64_t m, int64_t n, int64
         outer_avx2(ta, tb, m, n, alpha, a, lda, b, ldb, beta, c, ldc);
         return 1;
     }
-    if (n == 1 && !ta && (tb || ldb == 1)) { /* op(B) is a contiguous vector */
-        dots_avx2(m, k, alpha, a, lda, b, beta, c, ldc);
+    if (n == 1 && !ta) { /* rows of A times the vector op(B) */
+        const float *x = b;
+        if (!tb && ldb != 1) { /* a strided column: k floats gathered, not A transposed */
+            float *xb = get_buffer((size_t)k);
+            if (!xb) return 0;
+            for (int64_t p = 0; p < k; ++p) xb[p] = b[p * ldb];
+            x = xb;
+        }
+        dots_avx2(m, k, alpha, a, lda, x, beta, c, ldc);
         return 1;
     }
-    if (n == 1 && m > 1 && ldc == 1) /* C^T (1 x m) = op(B)^T (1 x k) op(A)^T (k x m) */
-        return small_avx2(!tb, !ta, 1, m, k, alpha, b, ldb, a, lda, beta, c, m);
+    if (n == 1 && m > 1 && ldc == 1) /* C^T (1 x m) = op(B)^T (1 x k) A (k x m): A^T read in place */
+        return small_avx2(!tb, 0, 1, m, k, alpha, b, ldb, a, lda, beta, c, m);
     if (tb) {
         float *bt = get_buffer((size_t)(k * n));
         if (!bt) return 0;
@@ -951,9 +959,13 @@ static int gemm_path(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t
     /* any k: B's few rows stay in L1 while rows of A stream past (MAML Omniglot's low-rank
      * x A^T, 75x5x784 per task, ran at 15 % of the FMA peak through the packed driver) */
     if (!ta && tb && n < DOTS_NT_MAX_N && k >= 8) return PATH_DOTS_NT;
-    if (k > SMALL_MAX_K) return PATH_PACKED;
     if (k == 1 || n == 1) return PATH_SMALL; /* outer product, dot products */
     if (n < 8 && m > 1) return PATH_PACKED;  /* lanes along n would be mostly empty */
+    /* past SMALL_MAX_K only for a few rows: the dense layer at batch 32 (32x128x784: 86 ->
+     * 94 GFLOP/s), not MAML Omniglot's 2400x256x784 (96 packed, 91 unpacked) */
+    if (k > SMALL_MAX_K && m > SMALL_LONG_K_MAX_M) return PATH_PACKED;
+    /* the unpacked kernel reads op(B) row-major: B^T is first copied, k x n floats */
+    if (tb && (double)k * (double)n > (double)SMALL_MAX_K * SMALL_MAX_N) return PATH_PACKED;
     if ((double)m * (double)n * (double)k <= SMALL_MACS) return PATH_SMALL;
     return n <= SMALL_MAX_N && (!ta || m <= 64 || k <= SMALL_KC) ? PATH_SMALL : PATH_PACKED;
 }

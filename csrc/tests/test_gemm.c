@@ -164,6 +164,9 @@ int main(void)
          * columns, k with and without an 8-lane tail */
         {10, 10, 40},  {100, 4, 40},   {4, 5, 8},     {8, 15, 9},     {2, 3, 512},
         {6, 5, 784},   {4, 3, 1030},
+        /* the unpacked kernel past k = 512 for a few rows; a matrix-vector product with a
+         * strided B column (the padded cases) and with a long k */
+        {20, 24, 700}, {3, 17, 1030},  {200, 1, 700}, {7, 1, 3},
     };
     const int n_shapes = (int)(sizeof shapes / sizeof shapes[0]);
 
