@@ -1107,6 +1107,21 @@ void ml__sgemm_serial(int transpose_a, int transpose_b, int64_t m, int64_t n, in
           b, ldb, beta, c, ldc);
 }
 
+/* `count` products of one shape at fixed strides, on the calling thread, the kernel chosen
+ * once: MAML's per-task products (25 tasks of 10x40 outer products, ...) cost less than
+ * their dispatch through ml_sgemm one by one. Each equals ml_sgemm of the same shape. */
+void ml__sgemm_batch(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
+                     float alpha, const float *a, int64_t lda, int64_t stride_a, const float *b,
+                     int64_t ldb, int64_t stride_b, float beta, float *c, int64_t ldc,
+                     int64_t stride_c, int64_t count)
+{
+    const int ta = transpose_a != 0, tb = transpose_b != 0;
+    const int path = gemm_path(kernel_kind() == KIND_AVX2, ta, tb, m, n, k);
+    for (int64_t t = 0; t < count; ++t)
+        sgemm(path, ta, tb, m, n, k, alpha, a + t * stride_a, lda, b + t * stride_b, ldb, beta,
+              c + t * stride_c, ldc);
+}
+
 void ml_sgemm_portable(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
                        float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
                        float beta, float *c, int64_t ldc)

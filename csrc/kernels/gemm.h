@@ -17,4 +17,11 @@ void ml__sgemm_serial(int transpose_a, int transpose_b, int64_t m, int64_t n, in
                       float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
                       float beta, float *c, int64_t ldc);
 
+/* count products C_t = alpha op(A_t) op(B_t) + beta C_t with A_t = a + t * stride_a (and
+ * likewise B_t, C_t), on the calling thread; each equals ml_sgemm of the same shape. */
+void ml__sgemm_batch(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
+                     float alpha, const float *a, int64_t lda, int64_t stride_a, const float *b,
+                     int64_t ldb, int64_t stride_b, float beta, float *c, int64_t ldc,
+                     int64_t stride_c, int64_t count);
+
 #endif /* ML_KERNELS_GEMM_H */

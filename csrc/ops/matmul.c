@@ -2,6 +2,7 @@
 #include <math.h>
 
 #include "../core/internal.h"
+#include "../kernels/gemm.h"
 
 #define IN(k) (out->node->inputs[k])
 
@@ -15,6 +16,7 @@
  * task). From BATCH_PAR_MIN multiply-adds in all, as a single GEMM splits (MAML Omniglot
  * at 2 threads: ~24 ms a step from 4 M, ~23 ms from 2 M, no better from 1 M). */
 #define BATCH_PAR_MIN (1 << 21)
+#define SPLIT_MACS (1 << 21) /* ml_sgemm's own threshold for splitting one product */
 
 typedef struct {
     int ta, tb, nbatch;
@@ -26,8 +28,17 @@ typedef struct {
 
 static void batch_part(void *ctx, int64_t part) {
     const batch_job *j = ctx;
+    const int64_t t0 = part * j->step;
     const int64_t t1 = (part + 1) * j->step < j->batches ? (part + 1) * j->step : j->batches;
-    for (int64_t t = part * j->step; t < t1; t++) {
+    /* one batch axis, products too small for ml_sgemm to split over threads: fixed
+     * strides, one dispatch for the range (the results are the same bits either way) */
+    if (j->nbatch == 1 && (double)j->m * j->n * j->k < SPLIT_MACS) {
+        ml__sgemm_batch(j->ta, j->tb, j->m, j->n, j->k, 1.0f, j->a + t0 * j->sa[0], j->lda,
+                        j->sa[0], j->b + t0 * j->sb[0], j->ldb, j->sb[0], 0.0f,
+                        j->c + t0 * j->m * j->n, j->n, j->m * j->n, t1 - t0);
+        return;
+    }
+    for (int64_t t = t0; t < t1; t++) {
         int64_t oa = 0, ob = 0, rest = t;
         for (int d = j->nbatch - 1; d >= 0; d--) {
             const int64_t i = rest % j->shape[d];
@@ -103,7 +114,7 @@ ml_status ml_matmul(ml_tensor **out, ml_tensor *a, ml_tensor *b, int ta, int tb)
         const int threads = ml__in_parallel() ? 1 : ml_get_num_threads();
         int64_t parts = 1; /* (a product a GEMM would split itself stays in one range) */
         if (threads > 1 && batches > 1 && (double)batches * m * n * ka >= BATCH_PAR_MIN &&
-            (double)m * n * ka < (1 << 21))
+            (double)m * n * ka < SPLIT_MACS)
             parts = threads;
         const int64_t step = batches > parts ? (batches + parts - 1) / parts : 1;
         batch_job j = {ta, tb, nbatch, m, n, ka, lda, ldb, step, batches, shape, sa, sb,

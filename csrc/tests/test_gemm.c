@@ -192,6 +192,38 @@ int main(void)
         }
     }
 
+    /* ml__sgemm_batch: each product the same bits as ml_sgemm of that shape */
+    {
+        static const int64_t bs[][3] = {{10, 40, 1}, {10, 1, 40}, {10, 10, 40}, {10, 40, 10},
+                                        {75, 5, 784}, {3, 7, 5}};
+        for (int s = 0; s < (int)(sizeof bs / sizeof bs[0]); ++s)
+            for (int t = 0; t < 4; ++t) {
+                const int ta = t >> 1, tb = t & 1;
+                const int64_t m = bs[s][0], n = bs[s][1], k = bs[s][2], count = 5;
+                const int64_t lda = ta ? m : k, ldb = tb ? k : n;
+                const int64_t sa = m * k + 3, sb = k * n + 1, sc = m * n + 2;
+                float *a = malloc(sizeof(float) * (size_t)(sa * count));
+                float *b = malloc(sizeof(float) * (size_t)(sb * count));
+                float *c1 = malloc(sizeof(float) * (size_t)(sc * count));
+                float *c2 = malloc(sizeof(float) * (size_t)(sc * count));
+                for (int64_t i = 0; i < sa * count; ++i) a[i] = uniform(&g_rng);
+                for (int64_t i = 0; i < sb * count; ++i) b[i] = uniform(&g_rng);
+                for (int64_t i = 0; i < sc * count; ++i) c1[i] = c2[i] = uniform(&g_rng);
+                ml__sgemm_batch(ta, tb, m, n, k, 0.5f, a, lda, sa, b, ldb, sb, 0.25f, c1, n, sc,
+                                count);
+                for (int64_t i = 0; i < count; ++i)
+                    ml_sgemm(ta, tb, m, n, k, 0.5f, a + i * sa, lda, b + i * sb, ldb, 0.25f,
+                             c2 + i * sc, n);
+                ++g_checks;
+                if (memcmp(c1, c2, sizeof(float) * (size_t)(sc * count)) != 0) {
+                    fprintf(stderr, "FAIL ml__sgemm_batch ta=%d tb=%d %lldx%lldx%lld differs from "
+                            "ml_sgemm\n", ta, tb, (long long)m, (long long)n, (long long)k);
+                    ++g_failures;
+                }
+                free(a), free(b), free(c1), free(c2);
+            }
+    }
+
     enum { N_THREADS = 4 };
     pthread_t th[N_THREADS];
     for (intptr_t t = 0; t < N_THREADS; ++t)
