@@ -81,7 +81,7 @@
  * where packing A measured faster (784x128x256 A^T: 99 vs 91). */
 #define SMALL_MACS 65536
 #define SMALL_MAX_K 512
-#define SMALL_LONG_K_MAX_M 256
+#define SMALL_LONG_K_MAX_M 16
 #define SMALL_MAX_N 2048
 #define SMALL_KC 64
 #define DOTS_NT_MAX_N 16 /* below this many columns, A B^T as dot products (dots_nt_avx2) */
@@ -961,8 +961,9 @@ static int gemm_path(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t
     if (!ta && tb && n < DOTS_NT_MAX_N && k >= 8) return PATH_DOTS_NT;
     if (k == 1 || n == 1) return PATH_SMALL; /* outer product, dot products */
     if (n < 8 && m > 1) return PATH_PACKED;  /* lanes along n would be mostly empty */
-    /* past SMALL_MAX_K only for a few rows: the dense layer at batch 32 (32x128x784: 86 ->
-     * 94 GFLOP/s), not MAML Omniglot's 2400x256x784 (96 packed, 91 unpacked) */
+    /* past SMALL_MAX_K only for a handful of rows (5x256x784: 74 -> 87 GFLOP/s). Not for
+     * MAML Omniglot's 2400x256x784 (96 packed, 91 unpacked), nor the dense layer at batch
+     * 32: 32x128x784 gains 8 % on one thread, but split over two its step was 5 % slower */
     if (k > SMALL_MAX_K && m > SMALL_LONG_K_MAX_M) return PATH_PACKED;
     /* the unpacked kernel reads op(B) row-major: B^T is first copied, k x n floats */
     if (tb && (double)k * (double)n > (double)SMALL_MAX_K * SMALL_MAX_N) return PATH_PACKED;
