@@ -748,6 +748,50 @@ ML_TARGET_AVX2 static void dots_avx2(int64_t m, int64_t k, float alpha, const fl
     }
 }
 
+/* n == 1 with A transposed (stored k x m): C = alpha A^T x + beta C, eight rows of C per
+ * vector lane group, each element summed over k in order in its own lane, so the result
+ * does not depend on how the rows are blocked or split over threads. (Computed before as
+ * the 1 x m transposed product in 16-wide tiles, whose 8-wide edge rounds differently:
+ * a row split moved that edge and the result changed with the thread count.) */
+ML_TARGET_AVX2 static void gemv_t_avx2(int64_t m, int64_t k, float alpha, const float *a,
+                                       int64_t lda, const float *x, int64_t incx, float beta,
+                                       float *c, int64_t ldc)
+{
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t i0 = 0; i0 < m; i0 += 32) {
+        const int w = (int)min64(32, m - i0);
+        __m256i mk[4];
+        for (int v = 0; v < 4; ++v) mk[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(w - 8 * v), lane);
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+        const float *ap = a + i0;
+        if (w == 32) {
+            for (int64_t p = 0; p < k; ++p, ap += lda) {
+                const __m256 xp = _mm256_broadcast_ss(x + p * incx);
+                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(ap), xp, acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(ap + 8), xp, acc1);
+                acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(ap + 16), xp, acc2);
+                acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(ap + 24), xp, acc3);
+            }
+        } else { /* masked lanes read nothing */
+            for (int64_t p = 0; p < k; ++p, ap += lda) {
+                const __m256 xp = _mm256_broadcast_ss(x + p * incx);
+                acc0 = _mm256_fmadd_ps(_mm256_maskload_ps(ap, mk[0]), xp, acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_maskload_ps(ap + 8, mk[1]), xp, acc1);
+                acc2 = _mm256_fmadd_ps(_mm256_maskload_ps(ap + 16, mk[2]), xp, acc2);
+                acc3 = _mm256_fmadd_ps(_mm256_maskload_ps(ap + 24, mk[3]), xp, acc3);
+            }
+        }
+        float t[32];
+        _mm256_storeu_ps(t, acc0), _mm256_storeu_ps(t + 8, acc1);
+        _mm256_storeu_ps(t + 16, acc2), _mm256_storeu_ps(t + 24, acc3);
+        for (int j = 0; j < w; ++j) { /* as small_tile: alpha acc, then beta C (not read at 0) */
+            float *cj = c + (i0 + j) * ldc;
+            const float o = alpha * t[j];
+            *cj = beta != 0.0f ? fmaf(beta, *cj, o) : o;
+        }
+    }
+}
+
 /* C = alpha A B^T + beta C with few columns: rows of A and rows of B are both contiguous
  * along k, so each element is a dot product; 3 rows x 4 columns of C are 12 vector
  * accumulators, summed across lanes four at a time at the end. The small kernel would
@@ -827,23 +871,6 @@ ML_TARGET_AVX2 static int small_avx2(int ta, int tb, int64_t m, int64_t n, int64
                                      float alpha, const float *a, int64_t lda, const float *b,
                                      int64_t ldb, float beta, float *c, int64_t ldc)
 {
-    if (k == 1) {
-        outer_avx2(ta, tb, m, n, alpha, a, lda, b, ldb, beta, c, ldc);
-        return 1;
-    }
-    if (n == 1 && !ta) { /* rows of A times the vector op(B) */
-        const float *x = b;
-        if (!tb && ldb != 1) { /* a strided column: k floats gathered, not A transposed */
-            float *xb = get_buffer((size_t)k);
-            if (!xb) return 0;
-            for (int64_t p = 0; p < k; ++p) xb[p] = b[p * ldb];
-            x = xb;
-        }
-        dots_avx2(m, k, alpha, a, lda, x, beta, c, ldc);
-        return 1;
-    }
-    if (n == 1 && m > 1 && ldc == 1) /* C^T (1 x m) = op(B)^T (1 x k) A (k x m): A^T read in place */
-        return small_avx2(!tb, 0, 1, m, k, alpha, b, ldb, a, lda, beta, c, m);
     if (tb) {
         float *bt = get_buffer((size_t)(k * n));
         if (!bt) return 0;
@@ -950,7 +977,14 @@ const char *ml_kernel_name(void) { return kernel_kind() == KIND_AVX2 ? "avx2" : 
 /* Which kernel computes a product, chosen once from its whole shape: the parts of a
  * threaded product use the same one (a part's smaller shape could otherwise pick another
  * kernel, with another rounding, and the result would depend on the thread count). */
-enum { PATH_PORTABLE = 0, PATH_PACKED = 1, PATH_SMALL = 2, PATH_DOTS_NT = 3 };
+enum {
+    PATH_PORTABLE, PATH_PACKED,
+    PATH_SMALL,   /* small_avx2: register tiles, B^T copied, k in slices */
+    PATH_DOTS_NT, /* dots_nt_avx2: A B^T, few columns */
+    PATH_OUTER,   /* outer_avx2: k == 1 */
+    PATH_DOTS,    /* dots_avx2: n == 1, rows of A */
+    PATH_GEMV_T,  /* gemv_t_avx2: n == 1, A transposed */
+};
 
 static int gemm_path(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t k)
 {
@@ -959,7 +993,8 @@ static int gemm_path(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t
     /* any k: B's few rows stay in L1 while rows of A stream past (MAML Omniglot's low-rank
      * x A^T, 75x5x784 per task, ran at 15 % of the FMA peak through the packed driver) */
     if (!ta && tb && n < DOTS_NT_MAX_N && k >= 8) return PATH_DOTS_NT;
-    if (k == 1 || n == 1) return PATH_SMALL; /* outer product, dot products */
+    if (k == 1) return PATH_OUTER;
+    if (n == 1) return ta ? PATH_GEMV_T : PATH_DOTS;
     if (n < 8 && m > 1) return PATH_PACKED;  /* lanes along n would be mostly empty */
     /* past SMALL_MAX_K only for a handful of rows (5x256x784: 74 -> 87 GFLOP/s). Not for
      * MAML Omniglot's 2400x256x784 (96 packed, 91 unpacked), nor the dense layer at batch
@@ -985,6 +1020,30 @@ static void sgemm(int path, int ta, int tb, int64_t m, int64_t n, int64_t k, flo
         return;
     if (path == PATH_DOTS_NT) {
         dots_nt_avx2(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    if (path == PATH_OUTER) {
+        outer_avx2(ta, tb, m, n, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    /* op(B) is one column: contiguous when B is transposed (1 x k), else stride ldb */
+    const int64_t incx = tb ? 1 : ldb;
+    if (path == PATH_GEMV_T) {
+        gemv_t_avx2(m, k, alpha, a, lda, b, incx, beta, c, ldc);
+        return;
+    }
+    if (path == PATH_DOTS) {
+        const float *x = b;
+        float *xb = incx != 1 ? get_buffer((size_t)k) : NULL;
+        if (xb) { /* a strided column: k floats gathered */
+            for (int64_t p = 0; p < k; ++p) xb[p] = b[p * incx];
+            x = xb;
+        }
+        if (x == b && incx != 1) { /* no buffer: the portable loops */
+            direct_portable(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+            return;
+        }
+        dots_avx2(m, k, alpha, a, lda, x, beta, c, ldc);
         return;
     }
 #endif

@@ -166,7 +166,8 @@ int main(void)
         {6, 5, 784},   {4, 3, 1030},
         /* the unpacked kernel past k = 512 for a few rows; a matrix-vector product with a
          * strided B column (the padded cases) and with a long k */
-        {12, 24, 700}, {3, 17, 1030},  {200, 1, 700}, {7, 1, 3},
+        {12, 24, 700}, {3, 17, 1030},  {200, 1, 700}, {7, 1, 3},     {33, 1, 5},
+        {70, 1, 9},
     };
     const int n_shapes = (int)(sizeof shapes / sizeof shapes[0]);
 

@@ -190,6 +190,11 @@ int main(void) {
             gemm_case(ta, tb, 300, 10, 1000, 0.5f);
             /* a long k with few rows (the unpacked kernel), columns split */
             gemm_case(ta, tb, 12, 300, 800, 0.0f);
+            /* 3 threads split 97 columns 48 + 48 + 1: the 1-column part must not take the
+             * matrix-vector kernel the whole product does not use */
+            gemm_case(ta, tb, 64, 97, 512, 0.0f);
+            /* one column, rows split (A^T x: 1032 + 1032 rows at 2 threads) */
+            gemm_case(ta, tb, 2064, 1, 1024, 0.5f);
         }
     conv_case(9, 14, 8, 16);
     conv_case(20, 7, 64, 64);
