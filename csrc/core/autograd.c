@@ -21,7 +21,7 @@ int ml__should_record(int n, ml_tensor *const *inputs) {
 
 ml_status ml__record(ml_tensor *out, ml_op_id op, int n, ml_tensor *const *inputs,
                      ml_node **node_out) {
-    ml_node *node = calloc(1, sizeof *node);
+    ml_node *node = ml__node_alloc(); /* zeroed */
     if (!node) return ml_set_error(ML_ERR_OOM, "out of memory recording '%s'", ml_op_table[op].name);
     if (n <= 3) {
         node->inputs = node->inputs_inline;
@@ -32,7 +32,7 @@ ml_status ml__record(ml_tensor *out, ml_op_id op, int n, ml_tensor *const *input
         if (!node->inputs || !node->input_versions) {
             free(node->inputs);
             free(node->input_versions);
-            free(node);
+            ml__node_free(node);
             return ml_set_error(ML_ERR_OOM, "out of memory recording '%s'", ml_op_table[op].name);
         }
     }

@@ -195,6 +195,9 @@ static inline void ml__scope_end(ml_scope *s) {
 /* 1 where a == b (broadcast), zero gradient. Used by max's backward. */
 ml_status ml__equal(ml_tensor **out, ml_tensor *a, ml_tensor *b);
 ml_status ml__relu_grad(ml_tensor **out, ml_tensor *g, ml_tensor *x);
+/* Zeroed node structs from a per-thread cache (tensor.c), and their return. */
+ml_node *ml__node_alloc(void);
+void ml__node_free(ml_node *n);
 /* A constant (no-grad) tensor of ones shaped like x. */
 ml_status ml__ones_like(ml_tensor **out, const ml_tensor *x);
 

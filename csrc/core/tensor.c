@@ -92,10 +92,16 @@ int ml__same_shape(const ml_tensor *a, const ml_tensor *b) {
 #define POOL_PER_CLASS 16
 #define POOL_MAX_BYTES ((size_t)1 << 30)
 
+/* Tensor and node structs are cached per thread too (a replayed MAML sinusoid step made
+ * ~180 malloc/free pairs for them, one per op). */
+#define POOL_STRUCTS 512
+
 typedef struct {
     void *blocks[POOL_CLASSES][POOL_PER_CLASS];
     int count[POOL_CLASSES];
     size_t bytes;
+    void *tensors[POOL_STRUCTS], *nodes[POOL_STRUCTS];
+    int n_tensors, n_nodes;
 } block_pool;
 
 static _Thread_local block_pool *tls_pool;
@@ -106,6 +112,8 @@ static void pool_destroy(void *p) {
     block_pool *pool = p;
     for (int c = 0; c < POOL_CLASSES; c++)
         for (int i = 0; i < pool->count[c]; i++) free(pool->blocks[c][i]);
+    for (int i = 0; i < pool->n_tensors; i++) free(pool->tensors[i]);
+    for (int i = 0; i < pool->n_nodes; i++) free(pool->nodes[i]);
     free(pool);
 }
 
@@ -180,7 +188,8 @@ static uint64_t serial_counter;
 uint64_t ml__next_serial(void) { return __atomic_load_n(&serial_counter, __ATOMIC_RELAXED) + 1; }
 
 static ml_tensor *tensor_alloc(int ndim, const int64_t *shape, int64_t numel) {
-    ml_tensor *t = malloc(sizeof *t);
+    block_pool *pool = get_pool();
+    ml_tensor *t = pool && pool->n_tensors ? pool->tensors[--pool->n_tensors] : malloc(sizeof *t);
     if (!t) return NULL;
     t->serial = __atomic_add_fetch(&serial_counter, 1, __ATOMIC_RELAXED);
     t->constant = 0;
@@ -197,6 +206,29 @@ static ml_tensor *tensor_alloc(int ndim, const int64_t *shape, int64_t numel) {
     return t;
 }
 
+static void tensor_free(ml_tensor *t) {
+    block_pool *pool = get_pool();
+    if (pool && pool->n_tensors < POOL_STRUCTS)
+        pool->tensors[pool->n_tensors++] = t;
+    else
+        free(t);
+}
+
+ml_node *ml__node_alloc(void) {
+    block_pool *pool = get_pool();
+    ml_node *n = pool && pool->n_nodes ? pool->nodes[--pool->n_nodes] : malloc(sizeof *n);
+    if (n) memset(n, 0, sizeof *n);
+    return n;
+}
+
+void ml__node_free(ml_node *n) {
+    block_pool *pool = get_pool();
+    if (pool && pool->n_nodes < POOL_STRUCTS)
+        pool->nodes[pool->n_nodes++] = n;
+    else
+        free(n);
+}
+
 ml_status ml__new(ml_tensor **out, int ndim, const int64_t *shape) {
     int64_t numel;
     ml_status st = ml__check_shape(ndim, shape, &numel);
@@ -204,7 +236,7 @@ ml_status ml__new(ml_tensor **out, int ndim, const int64_t *shape) {
     ml_tensor *t = tensor_alloc(ndim, shape, numel);
     ml_storage *s = t ? storage_new(numel) : NULL;
     if (!s) {
-        free(t);
+        if (t) tensor_free(t);
         return ml_set_error(ML_ERR_OOM, "out of memory allocating a tensor of shape %s",
                             ml__shape_str((char[160]){0}, 160, ndim, shape));
     }
@@ -273,7 +305,7 @@ ml_status ml_tensor_wrap(ml_tensor **out, int ndim, const int64_t *shape, float 
     ml_tensor *t = tensor_alloc(ndim, shape, numel);
     ml_storage *s = t ? malloc(sizeof *s) : NULL;
     if (!s) {
-        free(t);
+        if (t) tensor_free(t);
         return ml_set_error(ML_ERR_OOM, "out of memory");
     }
     s->refcount = 1;
@@ -297,7 +329,7 @@ static void node_free_shallow(ml_node *n) {
     if (n->inputs != n->inputs_inline) free(n->inputs);
     if (n->input_versions != n->versions_inline) free(n->input_versions);
     free(n->index);
-    free(n);
+    ml__node_free(n);
 }
 
 /* Releasing the last output of a long graph (10^5 chained ops) must not recurse once per
@@ -322,7 +354,7 @@ void ml_release(ml_tensor *t) {
             node_free_shallow(n);
         }
         if (cur->storage) storage_release(cur->storage);
-        free(cur);
+        tensor_free(cur);
     }
 }
 

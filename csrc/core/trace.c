@@ -299,8 +299,12 @@ static ml_status check_inputs(const ml_trace *tr, ml_tensor *const *inputs) {
 
 /* One replay on this thread; outputs get new references. */
 static ml_status replay_one(const ml_trace *tr, ml_tensor *const *inputs, ml_tensor **outputs) {
-    ml_tensor **slot = calloc((size_t)(tr->n_slots ? tr->n_slots : 1), sizeof *slot);
+    /* slots on the stack for traces of up to 512 tensors: no allocation per replay */
+    ml_tensor *slot_inline[512];
+    ml_tensor **slot = tr->n_slots <= 512 ? slot_inline
+                                          : calloc((size_t)tr->n_slots, sizeof *slot);
     if (!slot) return ml_set_error(ML_ERR_OOM, "out of memory in replay");
+    if (slot == slot_inline) memset(slot_inline, 0, (size_t)tr->n_slots * sizeof *slot);
     int prev = ml_set_grad_enabled(0);
     ml_status st = ML_OK;
     for (int i = 0; i < tr->n_inputs; i++) {
@@ -312,10 +316,10 @@ static ml_status replay_one(const ml_trace *tr, ml_tensor *const *inputs, ml_ten
             slot[s] = tr->captured[s];
             ml_retain(slot[s]);
         }
-    ml_tensor *ins_inline[8];
+    ml_tensor *ins_inline[32];
     for (int32_t k = 0; k < tr->n_entries && st == ML_OK; k++) {
         const trace_entry *e = &tr->entries[k];
-        ml_tensor **ins = e->n_in <= 8 ? ins_inline : malloc((size_t)e->n_in * sizeof *ins);
+        ml_tensor **ins = e->n_in <= 32 ? ins_inline : malloc((size_t)e->n_in * sizeof *ins);
         if (!ins) {
             st = ml_set_error(ML_ERR_OOM, "out of memory in replay");
             break;
@@ -348,7 +352,7 @@ static ml_status replay_one(const ml_trace *tr, ml_tensor *const *inputs, ml_ten
         }
     }
     for (int32_t s = 0; s < tr->n_slots; s++) ml_release(slot[s]);
-    free(slot);
+    if (slot != slot_inline) free(slot);
     ml_set_grad_enabled(prev);
     return st;
 }
