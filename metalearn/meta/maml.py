@@ -361,11 +361,12 @@ class MAML(BaseMetaLearner):
         meta_loss, out = self._traced_step(to_tensor(batch.support_x), labels(batch.support_y),
                                            to_tensor(batch.query_x), labels(batch.query_y))
         self.meta_optimizer._iterations += 1  # the Python-side count is not part of the trace
+        loss = float(meta_loss.item())
         if self.classification:
             metric = float(np.mean(np.argmax(np.asarray(out), -1) == np.asarray(batch.query_y)))
         else:
-            metric = float(meta_loss.item())
-        return float(meta_loss.item()), metric
+            metric = loss
+        return loss, metric
 
     def _meta_step(self, batch):
         plan = self._vector_plan() if type(self)._inner_params is MAML._inner_params else None
