@@ -19,7 +19,12 @@
  *  - when B is not transposed and op(A) fits one MC block, each B panel is used by a
  *    single sweep of the ir loop, so the micro-kernel reads B in place (row stride ldb)
  *    instead of copying it first; only a ragged last panel is packed (for padding);
- *  - block sizes are balanced (k = 300 runs as 2 x 150, not 256 + 44).
+ *  - block sizes are balanced (k = 300 runs as 2 x 150, not 256 + 44);
+ *  - with AVX2, skinny products (250x40x40, 5x784x256, ...) skip packing altogether: an
+ *    unpacked register-tiled kernel with k in 64-long slices, and their own kernels for
+ *    outer products, matrix-vector products and A B^T with few columns. gemm_path picks
+ *    one per product from its whole shape, and the threaded parts of a product all run
+ *    that one, so a product rounds the same on any number of threads.
  *
  * Two micro-kernels share the driver: AVX2+FMA (6x16: 12 ymm accumulators, 2 for B,
  * 1 broadcast of A = 15 of the 16 ymm registers, the BLIS Haswell/Zen shape), compiled
