@@ -198,6 +198,9 @@ ml_status ml__relu_grad(ml_tensor **out, ml_tensor *g, ml_tensor *x);
 /* Zeroed node structs from a per-thread cache (tensor.c), and their return. */
 ml_node *ml__node_alloc(void);
 void ml__node_free(ml_node *n);
+/* This thread's buffer pool, without making one; NULL once it was destroyed at thread
+ * exit (tests). */
+void *ml__thread_pool(void);
 /* A constant (no-grad) tensor of ones shaped like x. */
 ml_status ml__ones_like(ml_tensor **out, const ml_tensor *x);
 

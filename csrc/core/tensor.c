@@ -105,6 +105,9 @@ typedef struct {
 } block_pool;
 
 static _Thread_local block_pool *tls_pool;
+/* Set when the thread's pool was destroyed at its exit: tensors released later on that
+ * thread (by another pthread key's destructor) go straight to free(). */
+static _Thread_local int tls_pool_gone;
 static pthread_key_t pool_key;
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 
@@ -115,12 +118,14 @@ static void pool_destroy(void *p) {
     for (int i = 0; i < pool->n_tensors; i++) free(pool->tensors[i]);
     for (int i = 0; i < pool->n_nodes; i++) free(pool->nodes[i]);
     free(pool);
+    tls_pool = NULL; /* destructors run on the exiting thread itself */
+    tls_pool_gone = 1;
 }
 
 static void pool_key_init(void) { (void)pthread_key_create(&pool_key, pool_destroy); }
 
 static block_pool *get_pool(void) {
-    if (!ML_POOL) return NULL;
+    if (!ML_POOL || tls_pool_gone) return NULL;
     if (!tls_pool) {
         pthread_once(&pool_once, pool_key_init);
         tls_pool = calloc(1, sizeof *tls_pool);
@@ -128,6 +133,8 @@ static block_pool *get_pool(void) {
     }
     return tls_pool;
 }
+
+void *ml__thread_pool(void) { return tls_pool_gone ? NULL : tls_pool; }
 
 static size_t class_bytes(int c) { return ((size_t)(4 + (c & 3)) << (c >> 2)) >> 2; }
 

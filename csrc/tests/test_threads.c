@@ -1,6 +1,7 @@
 /* test_threads.c — ops split over threads give the same bits for every thread count:
  * GEMM (row and column splits, all transposes), conv2d and its two gradients. */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,7 +176,40 @@ static void binary_reduce_case(void) {
     }
 }
 
+/* A tensor released at thread exit by another pthread key's destructor that runs after
+ * the library's pool was destroyed: the pool must be gone for that thread (not a freed
+ * block the release would write into). */
+void *ml__thread_pool(void); /* internal (csrc/core/tensor.c) */
+static pthread_key_t late_key;
+static int late_saw_dead_pool = -1;
+static void late_release(void *t) {
+    late_saw_dead_pool = ml__thread_pool() == NULL;
+    ml_release(t); /* must go to free(), not into the destroyed pool */
+}
+static void *late_thread(void *arg) {
+    (void)arg;
+    int64_t sh[1] = {4};
+    ml_tensor *t = NULL, *u = NULL;
+    ml_tensor_full(&t, 1, sh, 1.0f); /* this thread's pool now exists */
+    ml_tensor_full(&u, 1, sh, 2.0f);
+    ml_release(u);                   /* a struct and a block cached in it */
+    pthread_setspecific(late_key, t);
+    return NULL;
+}
+
 int main(void) {
+    {
+        int64_t sh[1] = {1};
+        ml_tensor *t = NULL;
+        ml_tensor_full(&t, 1, sh, 0.0f); /* the pool's key exists before late_key */
+        ml_release(t);
+        pthread_key_create(&late_key, late_release);
+        pthread_t th;
+        pthread_create(&th, NULL, late_thread, NULL);
+        pthread_join(th, NULL);
+        CHECK(late_saw_dead_pool == 1, "a release after the thread's pool was destroyed still "
+              "saw the pool (%d)", late_saw_dead_pool);
+    }
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++) {
             gemm_case(ta, tb, 300, 200, 150, 0.0f);  /* row split */
