@@ -644,14 +644,7 @@ ML_TARGET_AVX2 ML_INLINE void small_tile(const int mr, int ta, int64_t k, float 
             for (int r = 0; r < mr; ++r)
                 acc0[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + r * as_i + p * as_p), b0, acc0[r]);
         }
-        const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
-        for (int r = 0; r < mr; ++r) {
-            float *cr = c + r * ldc;
-            __m256 o = _mm256_mul_ps(va, _mm256_add_ps(acc0[r], acc1[r]));
-            if (beta != 0.0f) o = _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr), o);
-            _mm256_storeu_ps(cr, o);
-        }
-        return;
+        for (int r = 0; r < mr; ++r) acc0[r] = _mm256_add_ps(acc0[r], acc1[r]);
     } else {
 #pragma GCC unroll 4
         for (int64_t p = 0; p < k; ++p) {
@@ -671,6 +664,9 @@ ML_TARGET_AVX2 ML_INLINE void small_tile(const int mr, int ta, int64_t k, float 
             }
             _mm256_storeu_ps(cr, o0);
             _mm256_storeu_ps(cr + 8, o1);
+        } else if (nr == 8) { /* a full half: no masks */
+            if (beta != 0.0f) o0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr), o0);
+            _mm256_storeu_ps(cr, o0);
         } else {
             if (beta != 0.0f) {
                 o0 = _mm256_fmadd_ps(vb, _mm256_maskload_ps(cr, m0), o0);
@@ -868,10 +864,10 @@ ML_TARGET_AVX2 static void dots_nt_avx2(int64_t m, int64_t n, int64_t k, float a
     }
 }
 
-/* C = alpha op(A) op(B) + beta C for small products, no packing. A transposed B is first
- * copied to row-major (k x n floats, cheap next to the m k n multiply-adds); a product
- * with one column (matrix-vector) is computed as its transpose, one row times op(A)^T, so
- * the vector lanes run along m. Returns 0 when it does not apply. */
+/* C = alpha op(A) op(B) + beta C in register tiles, no packing (PATH_SMALL). A transposed
+ * B is first copied to row-major (k x n floats, cheap next to the m k n multiply-adds); k
+ * runs in SMALL_KC slices, the later ones accumulating into C. Returns 0 when the copy's
+ * buffer cannot be had. */
 ML_TARGET_AVX2 static int small_avx2(int ta, int tb, int64_t m, int64_t n, int64_t k,
                                      float alpha, const float *a, int64_t lda, const float *b,
                                      int64_t ldb, float beta, float *c, int64_t ldc)
@@ -1039,14 +1035,14 @@ static void sgemm(int path, int ta, int tb, int64_t m, int64_t n, int64_t k, flo
     }
     if (path == PATH_DOTS) {
         const float *x = b;
-        float *xb = incx != 1 ? get_buffer((size_t)k) : NULL;
-        if (xb) { /* a strided column: k floats gathered */
+        if (incx != 1) { /* a strided column: k floats gathered */
+            float *xb = get_buffer((size_t)k);
+            if (!xb) { /* no buffer: the portable loops */
+                direct_portable(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+                return;
+            }
             for (int64_t p = 0; p < k; ++p) xb[p] = b[p * incx];
             x = xb;
-        }
-        if (x == b && incx != 1) { /* no buffer: the portable loops */
-            direct_portable(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-            return;
         }
         dots_avx2(m, k, alpha, a, lda, x, beta, c, ldc);
         return;
@@ -1160,16 +1156,6 @@ void ml_sgemm(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
 {
     sgemm_threaded(kernel_kind() == KIND_AVX2, transpose_a != 0, transpose_b != 0, m, n, k,
                    alpha, a, lda, b, ldb, beta, c, ldc);
-}
-
-/* One thread whatever ml_set_num_threads says (for callers that split work themselves). */
-void ml__sgemm_serial(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
-                      float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
-                      float beta, float *c, int64_t ldc)
-{
-    const int ta = transpose_a != 0, tb = transpose_b != 0;
-    sgemm(gemm_path(kernel_kind() == KIND_AVX2, ta, tb, m, n, k), ta, tb, m, n, k, alpha, a, lda,
-          b, ldb, beta, c, ldc);
 }
 
 /* `count` products of one shape at fixed strides, on the calling thread, the kernel chosen

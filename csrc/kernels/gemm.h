@@ -12,11 +12,6 @@ void ml_sgemm_portable(int transpose_a, int transpose_b, int64_t m, int64_t n, i
                        float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
                        float beta, float *c, int64_t ldc);
 
-/* ml_sgemm on the calling thread only (never split over the pool). */
-void ml__sgemm_serial(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
-                      float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
-                      float beta, float *c, int64_t ldc);
-
 /* count products C_t = alpha op(A_t) op(B_t) + beta C_t with A_t = a + t * stride_a (and
  * likewise B_t, C_t), on the calling thread; each equals ml_sgemm of the same shape. */
 void ml__sgemm_batch(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
