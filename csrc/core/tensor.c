@@ -93,15 +93,19 @@ int ml__same_shape(const ml_tensor *a, const ml_tensor *b) {
 #define POOL_MAX_BYTES ((size_t)1 << 30)
 
 /* Tensor and node structs are cached per thread too (a replayed MAML sinusoid step made
- * ~180 malloc/free pairs for them, one per op). */
+ * ~180 malloc/free pairs for them, one per op): a bounded free list of each. */
 #define POOL_STRUCTS 512
+enum { STRUCT_TENSOR, STRUCT_NODE, STRUCT_KINDS };
+typedef struct {
+    void *items[POOL_STRUCTS];
+    int n;
+} struct_list;
 
 typedef struct {
     void *blocks[POOL_CLASSES][POOL_PER_CLASS];
     int count[POOL_CLASSES];
     size_t bytes;
-    void *tensors[POOL_STRUCTS], *nodes[POOL_STRUCTS];
-    int n_tensors, n_nodes;
+    struct_list structs[STRUCT_KINDS];
 } block_pool;
 
 static _Thread_local block_pool *tls_pool;
@@ -115,8 +119,8 @@ static void pool_destroy(void *p) {
     block_pool *pool = p;
     for (int c = 0; c < POOL_CLASSES; c++)
         for (int i = 0; i < pool->count[c]; i++) free(pool->blocks[c][i]);
-    for (int i = 0; i < pool->n_tensors; i++) free(pool->tensors[i]);
-    for (int i = 0; i < pool->n_nodes; i++) free(pool->nodes[i]);
+    for (int kind = 0; kind < STRUCT_KINDS; kind++)
+        for (int i = 0; i < pool->structs[kind].n; i++) free(pool->structs[kind].items[i]);
     free(pool);
     tls_pool = NULL; /* destructors run on the exiting thread itself */
     tls_pool_gone = 1;
@@ -194,9 +198,24 @@ static uint64_t serial_counter;
 
 uint64_t ml__next_serial(void) { return __atomic_load_n(&serial_counter, __ATOMIC_RELAXED) + 1; }
 
-static ml_tensor *tensor_alloc(int ndim, const int64_t *shape, int64_t numel) {
+/* A struct of `kind` from this thread's free list, else from malloc; and its return. */
+static void *struct_get(int kind, size_t size) {
     block_pool *pool = get_pool();
-    ml_tensor *t = pool && pool->n_tensors ? pool->tensors[--pool->n_tensors] : malloc(sizeof *t);
+    struct_list *l = pool ? &pool->structs[kind] : NULL;
+    return l && l->n ? l->items[--l->n] : malloc(size);
+}
+
+static void struct_put(int kind, void *p) {
+    block_pool *pool = get_pool();
+    struct_list *l = pool ? &pool->structs[kind] : NULL;
+    if (l && l->n < POOL_STRUCTS)
+        l->items[l->n++] = p;
+    else
+        free(p);
+}
+
+static ml_tensor *tensor_alloc(int ndim, const int64_t *shape, int64_t numel) {
+    ml_tensor *t = struct_get(STRUCT_TENSOR, sizeof *t);
     if (!t) return NULL;
     t->serial = __atomic_add_fetch(&serial_counter, 1, __ATOMIC_RELAXED);
     t->constant = 0;
@@ -213,28 +232,15 @@ static ml_tensor *tensor_alloc(int ndim, const int64_t *shape, int64_t numel) {
     return t;
 }
 
-static void tensor_free(ml_tensor *t) {
-    block_pool *pool = get_pool();
-    if (pool && pool->n_tensors < POOL_STRUCTS)
-        pool->tensors[pool->n_tensors++] = t;
-    else
-        free(t);
-}
+static void tensor_free(ml_tensor *t) { struct_put(STRUCT_TENSOR, t); }
 
 ml_node *ml__node_alloc(void) {
-    block_pool *pool = get_pool();
-    ml_node *n = pool && pool->n_nodes ? pool->nodes[--pool->n_nodes] : malloc(sizeof *n);
+    ml_node *n = struct_get(STRUCT_NODE, sizeof *n);
     if (n) memset(n, 0, sizeof *n);
     return n;
 }
 
-void ml__node_free(ml_node *n) {
-    block_pool *pool = get_pool();
-    if (pool && pool->n_nodes < POOL_STRUCTS)
-        pool->nodes[pool->n_nodes++] = n;
-    else
-        free(n);
-}
+void ml__node_free(ml_node *n) { struct_put(STRUCT_NODE, n); }
 
 ml_status ml__new(ml_tensor **out, int ndim, const int64_t *shape) {
     int64_t numel;
