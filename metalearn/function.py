@@ -57,6 +57,11 @@ def _unflatten(spec, leaves):
     return None
 
 
+def _tensor_key(t):
+    """A tensor argument's part of a call's signature (its shape)."""
+    return ("T", t.shape)
+
+
 def _visit(a, tensors, key):
     """One argument of a traced call: tensors (arrays made tensors) go to `tensors`, the
     signature to `key`. A module-level function on purpose: a recursive closure would be a
@@ -66,7 +71,7 @@ def _visit(a, tensors, key):
         a = _core.tensor(a)
     if isinstance(a, _Tensor):
         tensors.append(a)
-        key.append(("T", a.shape))
+        key.append(_tensor_key(a))
         return a
     if isinstance(a, (list, tuple)):
         key.append(("seq", type(a).__name__, len(a)))
@@ -115,7 +120,7 @@ class Function:
     def __call__(self, *args, **kwargs):
         if not kwargs and all(type(a) is _Tensor for a in args):
             # the common replay (tensors only): the key _split would make, without its walk
-            entry = self._traces.get(tuple(("T", a.shape) for a in args))
+            entry = self._traces.get(tuple(_tensor_key(a) for a in args))
             if entry is not None:
                 return _unflatten(entry[1], _core.trace_replay(entry[0], list(args)))
         args, kwargs, tensors, key = self._split(args, kwargs)
