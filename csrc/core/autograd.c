@@ -320,14 +320,12 @@ ml_status ml_grad(ml_tensor **grads, int n_outputs, ml_tensor *const *outputs, i
         ml__grad_wanted = want;
         st = ml_op_table[node->op].backward(slot->t, slot->grad, gin);
         ml__grad_wanted = prev_want;
-        if (want != want_inline) free(want);
         for (int i = 0; i < node->n_inputs; i++) {
-            if (st == ML_OK && gin[i]) {
-                int32_t p = ptrmap_get(&g.map, node->inputs[i]);
-                if (p >= 0 && g.slots[p].needed) st = accumulate(&g.slots[p], gin[i]);
-            }
+            if (st == ML_OK && gin[i] && want[i]) /* the input has a needed slot */
+                st = accumulate(&g.slots[ptrmap_get(&g.map, node->inputs[i])], gin[i]);
             ml_release(gin[i]);
         }
+        if (want != want_inline) free(want);
         if (gin != gin_inline) free(gin);
         /* An intermediate gradient is no longer needed once its node has run. */
         int is_input = 0;
