@@ -169,3 +169,30 @@ def test_adam_over_two_threads_equals_one_thread_bit_for_bit(amsgrad):
     for a, b, x0 in zip(results[0], results[1], init):
         assert not np.array_equal(a, x0)  # the update happened
         np.testing.assert_array_equal(a, b)
+
+
+def test_adam_flushes_denormal_state_and_leaves_the_callers_fp_mode_alone():
+    """A unit whose gradient stops (a dead ReLU) decays its m by beta_1 a step into the
+    denormal range; Adam flushes it to 0 (as TensorFlow's CPU kernels do: the divider is
+    ~2x slower on denormals), which must not leak into the caller's floating-point mode.
+    Reference: Keras's Adam update in float64 with m below FLT_MIN set to 0."""
+    tiny = np.finfo(np.float32).tiny
+    var = ml.Variable([0.25, -0.5])
+    opt = optimizers.Adam(learning_rate=1e-3)
+    m, v, p = np.zeros(2), np.zeros(2), np.array([0.25, -0.5])
+    for t in range(1, 851):
+        g = np.array([1.0, -2.0]) if t == 1 else np.zeros(2)
+        opt.apply_gradients([(np.asarray(g, np.float32), var)])
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        m[np.abs(m) < tiny] = 0.0
+        lr_t = 1e-3 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
+        p = p - lr_t * m / (np.sqrt(v) + 1e-7)
+    np.testing.assert_allclose(np.asarray(var), p, rtol=1e-5, atol=0)
+    m_state, v_state = (np.asarray(s) for s in opt.variables())
+    # gradual underflow would have left 0.1 * 0.9 ** 849 = 1.3e-40 (and twice that) in m
+    assert 0.1 * 0.9 ** 849 > np.finfo(np.float32).smallest_subnormal
+    np.testing.assert_array_equal(m_state, [0.0, 0.0])
+    np.testing.assert_allclose(v_state, v, rtol=1e-4)  # v decays slower: still normal
+    # the caller's mode is IEEE again: numpy still underflows gradually
+    assert np.float32(1e-39) * np.float32(0.5) > 0

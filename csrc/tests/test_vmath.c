@@ -1,6 +1,9 @@
 /* test_vmath.c — the vectorised transcendentals (kernels/vmath.c) against double-precision
  * references over dense sweeps of float32 bit patterns, and special values against libm. */
 #include <math.h>
+#if defined(__x86_64__) || defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -117,9 +120,45 @@ static void adam_check(int amsgrad) {
     }
 }
 
+/* Adam flushes denormals (see ml__vadam): a decayed m below FLT_MIN becomes 0, a step
+ * that would be denormal is 0, the caller's MXCSR is put back. Under IEEE gradual
+ * underflow m would stay 0.9e-39 and p = 0 would become about -1e-41. */
+typedef void (*adam_fn)(int64_t, float *, const float *, float *, float *, float *, float,
+                        float, float, float);
+static void adam_denormal_check(const char *name, adam_fn f) {
+    enum { N = 19 }; /* two vectors and a tail */
+    float p[N], g[N], m[N], v[N];
+    for (int i = 0; i < N; i++) {
+        g[i] = 0.0f;
+        p[i] = (i % 2) ? 0.5f : 0.0f;
+        m[i] = (i % 3) ? 1e-39f : 1e-36f; /* denormal, or normal with a denormal step */
+        v[i] = (i % 3) ? 1e-30f : 1e4f;
+    }
+#if defined(__x86_64__) || defined(__SSE__)
+    const unsigned int csr = _mm_getcsr();
+#endif
+    f(N, p, g, m, v, NULL, 1e-3f, 0.9f, 0.999f, 1e-7f);
+#if defined(__x86_64__) || defined(__SSE__)
+    if (_mm_getcsr() != csr) { printf("test_vmath: %s left MXCSR changed FAIL\n", name); failures++; }
+    volatile float tiny = 1e-39f; /* gradual underflow is back for the caller */
+    if (!(tiny * 0.5f > 0.0f)) { printf("test_vmath: %s left denormals flushed FAIL\n", name); failures++; }
+    for (int i = 0; i < N; i++) {
+        const float want_m = (i % 3) ? 0.0f : 0.9f * 1e-36f, want_p = (i % 2) ? 0.5f : 0.0f;
+        if (m[i] != want_m || p[i] != want_p) {
+            printf("test_vmath: %s denormal flush FAIL at %d: m %g p %g\n", name, i, (double)m[i], (double)p[i]);
+            failures++;
+        }
+    }
+#else
+    (void)name;
+#endif
+}
+
 int main(void) {
     adam_check(0);
     adam_check(1);
+    adam_denormal_check("adam", ml__vadam);
+    adam_denormal_check("adam/portable", ml__vadam_portable);
     const int64_t N = 1 << 21;
     sweep("exp", ml__vexp, exp, 0.0f, 88.7f, N, 2.0, 0);
     sweep("exp-", ml__vexp, exp, -103.0f, 0.0f, N, 2.0, 0);
