@@ -7,6 +7,9 @@
 #include <string.h>
 
 #include "metalearn.h"
+#include "core/internal.h"
+#include <stdatomic.h>
+#include <unistd.h>
 
 static int passed, failed;
 #define CHECK(cond, ...)                                                  \
@@ -197,6 +200,42 @@ static void *late_thread(void *arg) {
     return NULL;
 }
 
+/* ml__parallel_for runs every task exactly once: up to 64 tasks by home blocks with
+ * stealing (a bit per task), past 64 from a shared counter; with workers spinning, with
+ * workers asleep (a pause before the job), and with slow tasks that leave a worker's
+ * block to the caller or the caller's to a worker. */
+static atomic_int task_runs[200];
+static void count_task(void *ctx, int64_t i) {
+    const int slow = *(const int *)ctx;
+    if (slow && (i % 3 == 0)) usleep(200);
+    atomic_fetch_add(&task_runs[i], 1);
+}
+static void parallel_for_cases(void) {
+    const int64_t sizes[] = {1, 2, 3, 5, 63, 64, 65, 130, 200};
+    int bad = 0, jobs = 0;
+    for (int threads = 1; threads <= 4; threads++) {
+        ml_set_num_threads(threads);
+        for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++)
+            for (int slow = 0; slow < 2; slow++)
+                for (int asleep = 0; asleep < 2; asleep++) {
+                    const int64_t n = sizes[si];
+                    for (int64_t i = 0; i < n; i++) atomic_store(&task_runs[i], 0);
+                    if (asleep) usleep(3000); /* past the workers' spin: they block */
+                    ml__parallel_for(n, 0, count_task, &slow);
+                    jobs++;
+                    for (int64_t i = 0; i < n; i++)
+                        if (atomic_load(&task_runs[i]) != 1) {
+                            if (bad++ < 5)
+                                printf("parallel_for: %lld tasks, %d threads, slow %d, asleep %d: "
+                                       "task %lld ran %d times\n", (long long)n, threads, slow,
+                                       asleep, (long long)i, atomic_load(&task_runs[i]));
+                        }
+                }
+    }
+    CHECK(bad == 0, "%d tasks did not run exactly once over %d jobs", bad, jobs);
+    ml_set_num_threads(1);
+}
+
 int main(void) {
     {
         int64_t sh[1] = {1};
@@ -210,6 +249,7 @@ int main(void) {
         CHECK(late_saw_dead_pool == 1, "a release after the thread's pool was destroyed still "
               "saw the pool (%d)", late_saw_dead_pool);
     }
+    parallel_for_cases();
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++) {
             gemm_case(ta, tb, 300, 200, 150, 0.0f);  /* row split */
