@@ -64,7 +64,8 @@ class Progbar:
         self._stream = stream
         self.unit_name = unit_name
         out = self.stream
-        self._dynamic = bool(getattr(out, "isatty", lambda: False)()) and verbose == 1
+        # isatty is a system call: not made when nothing is drawn (fit(iterations=1) in a loop)
+        self._dynamic = verbose == 1 and bool(getattr(out, "isatty", lambda: False)())
         self._start = time.perf_counter()
         self._last_update = 0.0
         self._prev_len = 0

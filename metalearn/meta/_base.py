@@ -311,7 +311,7 @@ class BaseMetaLearner:
                 cb.set_model(self.model)
         history = {"loss": []}
         progress = _Progress(iterations, verbose)
-        if hasattr(self.model, "stop_training"):
+        if getattr(self.model, "stop_training", False):  # (a layer's __setattr__ is not free)
             self.model.stop_training = False
         for cb in cbs:
             if hasattr(cb, "on_train_begin"):
