@@ -304,3 +304,51 @@ def test_gradient_skips_inputs_that_were_not_asked_for():
     gx2, gw = ml.grad(ml.reduce_sum(y * y), [xt, w])
     np.testing.assert_allclose(np.asarray(gx2), np.asarray(gx), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(np.asarray(gw), 2.0 * x0.T @ (x0 @ w_np), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_add_relu_and_gradient_sum_replay_the_eager_bits():
+    """A traced add read only by a relu, and a gradient sum read only by relu's backward,
+    each replay as one pass: the same bits as the eager ops (NaN, -0, inf included), and
+    one trace entry fewer each than when the add is a subtraction (never fused) or the
+    sum is also returned (read twice)."""
+    rng = np.random.default_rng(3)
+    bias = rng.standard_normal((1, 16)).astype(np.float32)
+
+    def make(add=True, return_dy=False):
+        def fn(x, a1, a2):
+            x.requires_grad = True
+            z = x + ml.tensor(bias) if add else x - ml.tensor(-bias)  # same values, broadcast
+            y = ml.relu(z)
+            # dL/dy = a1 + a2 (two contributions summed), then relu's backward
+            loss = ml.reduce_sum(y * a1) + ml.reduce_sum(y * a2)
+            return [y] + ml.grad(loss, [x, y] if return_dy else [x])
+        return fn
+
+    def inputs(seed):
+        r = np.random.default_rng(seed)
+        x = r.standard_normal((6, 16)).astype(np.float32)
+        x[0, :4] = [np.nan, -0.0, np.inf, -np.inf]
+        x[1, :2] = -bias[0, :2]  # z == 0 exactly
+        a1 = r.standard_normal((6, 16)).astype(np.float32)
+        a1[2, :3] = [np.inf, np.nan, -0.0]
+        return x, a1, r.standard_normal((6, 16)).astype(np.float32)
+
+    n_ops = {}
+    for key in ((True, False), (False, False), (True, True)):
+        f = ml.function(make(*key))
+        f(*(ml.tensor(a) for a in inputs(0)))
+        n_ops[key] = f.n_ops()[0]
+    assert n_ops[True, False] == n_ops[False, False] - 1 == n_ops[True, True] - 1
+    fused = ml.function(make())
+    fused(*(ml.tensor(a) for a in inputs(0)))
+    for seed in (1, 2):
+        x, a1, a2 = inputs(seed)
+        got = fused(ml.tensor(x), ml.tensor(a1), ml.tensor(a2))
+        want = make()(ml.tensor(x), ml.tensor(a1), ml.tensor(a2))  # eager
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(np.asarray(g).view(np.uint32), np.asarray(w).view(np.uint32))
+        # and against NumPy: relu(x + b), (a1 + a2) where x + b > 0
+        z = x + bias
+        with np.errstate(invalid="ignore"):
+            np.testing.assert_array_equal(np.asarray(got[0]), np.where(z > 0, z, 0.0).astype(np.float32))
+            np.testing.assert_array_equal(np.asarray(got[1]), np.where(z > 0, a1 + a2, 0.0).astype(np.float32))

@@ -219,6 +219,63 @@ ml_status ml_trace_begin(ml_trace **out, int n_inputs, ml_tensor *const *inputs)
     return ML_OK;
 }
 
+/* Each slot's last reader (entry index; n_entries for the trace's outputs). */
+static void compute_last_use(ml_trace *tr) {
+    for (int32_t s = 0; s < tr->n_slots; s++) tr->last_use[s] = -1;
+    for (int32_t k = 0; k < tr->n_entries; k++)
+        for (int i = 0; i < tr->entries[k].n_in; i++)
+            if (tr->entries[k].in[i] >= 0) tr->last_use[tr->entries[k].in[i]] = k;
+    for (int o = 0; o < tr->n_outputs; o++)
+        if (tr->output_slots[o] >= 0) tr->last_use[tr->output_slots[o]] = tr->n_entries;
+}
+
+/* Pairs of consecutive entries where the second is the only reader of the first's output
+ * become one entry when the ops have a fused form (ml__fuse_elementwise: the same bits,
+ * one pass instead of two, the intermediate never written). A failed allocation leaves
+ * the pair as it was. */
+static void fuse_pairs(ml_trace *tr) {
+    int32_t w = 0, fused = 0;
+    for (int32_t k = 0; k < tr->n_entries; k++) {
+        trace_entry *e = &tr->entries[k];
+        if (k + 1 < tr->n_entries && e->out >= 0 && tr->last_use[e->out] == k + 1) {
+            trace_entry *f = &tr->entries[k + 1];
+            int t_index = -1, reads = 0;
+            for (int i = 0; i < f->n_in; i++)
+                if (f->in[i] == e->out) t_index = i, reads++;
+            unsigned char params[64];
+            size_t params_size = 0;
+            ml_replay_fn fn = reads == 1 && f->out >= 0
+                                  ? ml__fuse_elementwise(e->fn, e->params, f->fn, f->params,
+                                                         t_index, params, &params_size)
+                                  : NULL;
+            const int n_in = e->n_in + f->n_in - 1;
+            int32_t *in = fn ? malloc((size_t)n_in * sizeof *in) : NULL;
+            void *p = fn ? malloc(params_size ? params_size : 1) : NULL;
+            if (fn && in && p) {
+                int j = 0;
+                for (int i = 0; i < e->n_in; i++) in[j++] = e->in[i];
+                for (int i = 0; i < f->n_in; i++)
+                    if (i != t_index) in[j++] = f->in[i];
+                if (params_size) memcpy(p, params, params_size);
+                const int32_t out = f->out;
+                free(e->in);
+                free(e->params);
+                free(f->in);
+                free(f->params);
+                tr->entries[w++] = (trace_entry){fn, n_in, in, out, p, params_size};
+                k++;
+                fused++;
+                continue;
+            }
+            free(in);
+            free(p);
+        }
+        tr->entries[w++] = *e;
+    }
+    tr->n_entries = w;
+    if (fused) compute_last_use(tr);
+}
+
 ml_status ml_trace_end(ml_trace *tr, int n_outputs, ml_tensor *const *outputs) {
     if (ml__trace_active == tr) ml__trace_active = NULL;
     ml_status st = tr->error;
@@ -239,12 +296,8 @@ ml_status ml_trace_end(ml_trace *tr, int n_outputs, ml_tensor *const *outputs) {
     }
     tr->last_use = malloc((size_t)(tr->n_slots ? tr->n_slots : 1) * sizeof *tr->last_use);
     if (!tr->last_use) return ml_set_error(ML_ERR_OOM, "out of memory");
-    for (int32_t s = 0; s < tr->n_slots; s++) tr->last_use[s] = -1;
-    for (int32_t k = 0; k < tr->n_entries; k++)
-        for (int i = 0; i < tr->entries[k].n_in; i++)
-            if (tr->entries[k].in[i] >= 0) tr->last_use[tr->entries[k].in[i]] = k;
-    for (int o = 0; o < n_outputs; o++)
-        if (tr->output_slots[o] >= 0) tr->last_use[tr->output_slots[o]] = tr->n_entries;
+    compute_last_use(tr);
+    fuse_pairs(tr);
     /* the address map is only needed while recording */
     for (size_t i = 0; i < tr->seen_cap; i++) ml_release(tr->seen_keys[i]);
     free(tr->seen_keys);

@@ -261,6 +261,45 @@ static void test_long_chain(void) {
     ml_release(x);
 }
 
+/* A traced add whose only reader is relu_grad replays as one entry; when the add
+ * broadcasts, the fused entry falls back to the pair: the same bits as the eager ops
+ * either way (the same-shape pass is checked from Python, tests/test_function.py). */
+static void test_fused_trace_pairs(void) {
+    for (int bcast = 0; bcast < 2; bcast++) {
+        const int64_t sa[2] = {2, 3}, sb[2] = {bcast ? 1 : 2, 3};
+        ml_tensor *a = NULL, *b = NULL, *m = NULL;
+        OK(ml_tensor_full(&a, 2, sa, 0.0f));
+        OK(ml_tensor_full(&b, 2, sb, 0.0f));
+        OK(ml_tensor_full(&m, 2, sa, 0.0f));
+        ml_trace *tr = NULL;
+        ml_tensor *ins[3] = {a, b, m}, *t = NULL, *u = NULL;
+        OK(ml_trace_begin(&tr, 3, ins));
+        OK(ml_add(&t, a, b));
+        OK(ml__relu_grad(&u, t, m));
+        OK(ml_trace_end(tr, 1, &u));
+        CHECK(ml_trace_n_ops(tr) == 1, "add + relu_grad: %d trace entries", ml_trace_n_ops(tr));
+        ml_release(t);
+        ml_release(u);
+        /* new values: signs, zeros, NaN, inf */
+        const float av[6] = {1.5f, -2.0f, INFINITY, 0.25f, NAN, -0.0f};
+        const float bv[6] = {0.5f, 3.0f, -1.0f, -0.25f, 1.0f, 0.0f};
+        const float mv[6] = {1.0f, -1.0f, 2.0f, 0.0f, 3.0f, NAN};
+        ml_tensor *a2 = NULL, *b2 = NULL, *m2 = NULL, *want_t = NULL, *want = NULL, *got = NULL;
+        OK(ml_tensor_from_data(&a2, 2, sa, av));
+        OK(ml_tensor_from_data(&b2, 2, sb, bv));
+        OK(ml_tensor_from_data(&m2, 2, sa, mv));
+        ml_tensor *rin[3] = {a2, b2, m2};
+        OK(ml_trace_replay(tr, rin, &got));
+        OK(ml_add(&want_t, a2, b2));
+        OK(ml__relu_grad(&want, want_t, m2));
+        CHECK(got && want && memcmp(ml_data(got), ml_data(want), 6 * sizeof(float)) == 0,
+              "fused replay (broadcast %d) differs from the eager pair", bcast);
+        ml_tensor *all[] = {a, b, m, a2, b2, m2, want_t, want, got};
+        for (size_t i = 0; i < sizeof all / sizeof *all; i++) ml_release(all[i]);
+        ml_trace_free(tr);
+    }
+}
+
 int main(void) {
     test_tutorial();
     test_third_order();
@@ -272,6 +311,7 @@ int main(void) {
     test_rng();
     test_weight_file();
     test_long_chain();
+    test_fused_trace_pairs();
     printf("test_core: %d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
