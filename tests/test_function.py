@@ -331,7 +331,12 @@ def test_fused_add_relu_and_gradient_sum_replay_the_eager_bits():
         x[1, :2] = -bias[0, :2]  # z == 0 exactly
         a1 = r.standard_normal((6, 16)).astype(np.float32)
         a1[2, :3] = [np.inf, np.nan, -0.0]
-        return x, a1, r.standard_normal((6, 16)).astype(np.float32)
+        a2 = r.standard_normal((6, 16)).astype(np.float32)
+        # NaN + NaN keeps one operand's sign and payload: the fused sum must pick the same
+        x[3, :2] = 10.0
+        pos, neg = np.array([0x7fc00000, 0xffc00001], np.uint32).view(np.float32)
+        a1[3, :2], a2[3, :2] = [pos, neg], [neg, pos]
+        return x, a1, a2
 
     n_ops = {}
     for key in ((True, False), (False, False), (True, True)):

@@ -226,21 +226,29 @@ ml_status ml__relu_grad(ml_tensor **out, ml_tensor *g, ml_tensor *x) {
  * are the bias add before each relu and the gradient sum before each relu_grad: ~9 passes
  * over (25, 10, 40) activations, each costing as much as the arithmetic. */
 
-/* relu_grad(a + b, m) = (m > 0 ? a + b : 0), a, b and m of one shape */
-__attribute__((target_clones("avx2", "default"))) static void add_relu_grad_range(
-    const float *restrict a, const float *restrict b, const float *restrict m,
-    float *restrict o, int64_t p0, int64_t p1) {
-    /* as bits: with the select on floats GCC moves the add under a branch (it may not
-     * compute a sum the scalar code skips) and the loop stays scalar and mispredicted */
-    for (int64_t i = p0; i < p1; i++) {
-        const float t = a[i] + b[i];
+/* relu_grad(a + b, m) = (m > 0 ? a + b : 0), a, b and m of one shape. The sum is made by
+ * the add's own kernel (binary_range, chunk by chunk into o): a separately compiled a + b
+ * may take its operands in the other order, and when both are NaN x86 returns the first
+ * one's payload and sign, so only the add's own code gives its bits. Then the mask, in
+ * place, on the chunk still in L1. */
+__attribute__((target_clones("avx2", "default"))) static void relu_grad_mask_inplace(
+    const float *restrict m, float *restrict o, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
         uint32_t bits;
-        memcpy(&bits, &t, sizeof bits);
+        memcpy(&bits, &o[i], sizeof bits);
         bits &= 0u - (uint32_t)(m[i] > 0); /* +0.0f where m <= 0 or NaN */
         memcpy(&o[i], &bits, sizeof bits);
     }
 }
-typedef struct { const float *a, *b, *m; float *o; int64_t n, step; } arg_job;
+static void add_relu_grad_range(const ml_tensor *a, const ml_tensor *b, const ml_tensor *m,
+                                ml_tensor *o, int64_t p0, int64_t p1) {
+    for (int64_t c = p0; c < p1; c += 2048) {
+        const int64_t e = c + 2048 < p1 ? c + 2048 : p1;
+        binary_range(BIN_ADD, a, b, o, NULL, NULL, c, e); /* same shapes: no strides read */
+        relu_grad_mask_inplace(m->data + c, o->data + c, e - c);
+    }
+}
+typedef struct { const ml_tensor *a, *b, *m; ml_tensor *o; int64_t n, step; } arg_job;
 static void arg_part(void *ctx, int64_t i) {
     const arg_job *j = ctx;
     const int64_t lo = i * j->step, hi = lo + j->step < j->n ? lo + j->step : j->n;
@@ -264,10 +272,10 @@ static ml_status replay_add_relu_grad(ml_tensor **out, ml_tensor **in, const voi
     const int64_t n = o->numel;
     if (n >= BIN_PAR_MIN && !ml__in_parallel() && ml_get_num_threads() > 1) {
         const int64_t parts = ml_get_num_threads();
-        arg_job j = {a->data, b->data, m->data, o->data, n, ((n + parts - 1) / parts + 63) / 64 * 64};
+        arg_job j = {a, b, m, o, n, ((n + parts - 1) / parts + 63) / 64 * 64};
         ml__parallel_for((n + j.step - 1) / j.step, 0, arg_part, &j);
     } else {
-        add_relu_grad_range(a->data, b->data, m->data, o->data, 0, n);
+        add_relu_grad_range(a, b, m, o, 0, n);
     }
     *out = o;
     return ML_OK;
