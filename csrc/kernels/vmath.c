@@ -274,7 +274,8 @@ void ml__vgelu_portable(int64_t n, const float *x, float *o) { p_gelu(n, x, o); 
 #define FTZ_DAZ_BEGIN                                                                         \
     const unsigned int csr_saved = _mm_getcsr();                                              \
     _mm_setcsr(csr_saved | 0x8040u); /* FTZ (bit 15) | DAZ (bit 6) */
-#define FTZ_DAZ_END _mm_setcsr(csr_saved);
+/* the caller's modes back; exception flags the loop raised stay raised */
+#define FTZ_DAZ_END _mm_setcsr((_mm_getcsr() & ~0x8040u) | (csr_saved & 0x8040u));
 #else
 #define FTZ_DAZ_BEGIN
 #define FTZ_DAZ_END
