@@ -2,8 +2,12 @@
 cross-entropy): metalearn vs PyTorch eager, same machine, same thread count, one run.
 
     python benchmarks/dense_step.py [--threads 1] [--repeats 7] [--steps 200]
+    python benchmarks/dense_step.py --drift 8000      # time per step over a long run
 
 Prints the median steps/s of each at batch 32 and 256 and the ratio metalearn / PyTorch.
+With --drift N, trains N steps at batch 32 and prints the time per step of each block of
+1000: a step must not slow down as training goes on (it did, by 20 %, while Adam's
+moments of dead units decayed into denormals, before Adam flushed them).
 Runs without PyTorch too (metalearn only).
 """
 import argparse
@@ -92,6 +96,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 256])
+    parser.add_argument("--drift", type=int, default=0, metavar="N",
+                        help="train N steps at batch 32, print us/step per 1000-step block")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.setdefault("METALEARN_NUM_THREADS", str(args.threads))
@@ -104,6 +110,22 @@ def main():
         torch_version = None
     import metalearn  # noqa: F401
 
+    if args.drift:
+        steps = {"metalearn": metalearn_step(32)}
+        if torch is not None:
+            steps["torch"] = torch_step(32)
+        print(f"AdaptiveNeuralNetwork 784-128-10, Adam, batch 32; threads={args.threads}; "
+              "us/step per block of 1000 steps")
+        print(f"{'steps':>13} " + " ".join(f"{name:>10}" for name in steps))
+        for start in range(0, args.drift, 1000):
+            times = []
+            for step in steps.values():  # each library its own block, alternating
+                t0 = time.perf_counter()
+                for _ in range(1000):
+                    step()
+                times.append((time.perf_counter() - t0) / 1000 * 1e6)
+            print(f"{start:>6}-{start + 999:<6} " + " ".join(f"{t:>10.1f}" for t in times))
+        return
     print(f"AdaptiveNeuralNetwork 784-128-10, Adam, categorical cross-entropy; threads={args.threads}; "
           f"median of {args.repeats} x {args.steps} steps")
     print(f"torch: {torch_version or 'not installed'}")
