@@ -268,7 +268,9 @@ void ml__vgelu_portable(int64_t n, const float *x, float *o) { p_gelu(n, x, o); 
  * Adam went from 29 to 50-80 us a step once enough units had died. What a flush drops is
  * tiny: a flushed m is below 1.2e-38, so its step is below lr 1.2e-38 / eps (1.2e-34 for
  * lr = 1e-3 and Keras's eps = 1e-7), which leaves any |p| above ~1e-27 unchanged. Both
- * kernels flush, so they agree; off x86 (no MXCSR) the loops run IEEE. */
+ * kernels flush; off x86 (no MXCSR) the loops run IEEE. (Where m - (1 - b1) m is not one
+ * fused multiply-add, as in the scalar loop built without FMA, the product flushes first
+ * and m stays near 1e-37 instead of reaching 0: no denormal either way.) */
 #if defined(__x86_64__) || defined(__SSE__)
 #include <xmmintrin.h>
 #define FTZ_DAZ_BEGIN                                                                         \
