@@ -133,7 +133,14 @@ __attribute__((target_clones("avx2", "default"))) static void binary_range(int o
 
 /* Large outputs are split over the thread pool in blocks whose starts are multiples of 64
  * output elements; each element is computed by the same exact IEEE operation whichever
- * block it falls in, so the result does not depend on the thread count. */
+ * block it falls in, so the result does not depend on the thread count. split_step: the
+ * block length, one block per thread, or 0 to run on this thread (fewer than min
+ * elements, one thread, or already inside the pool). */
+static int64_t split_step(int64_t n, int64_t min) {
+    if (n < min || ml__in_parallel()) return 0;
+    const int64_t parts = ml_get_num_threads();
+    return parts > 1 ? ((n + parts - 1) / parts + 63) / 64 * 64 : 0;
+}
 #define BIN_PAR_MIN (1 << 14) /* 16 k: MAML Omniglot's support-side tensors (32 x 5 x 256) too */
 typedef struct {
     int op;
@@ -155,10 +162,10 @@ static void binary_apply(int op, const ml_tensor *a, const ml_tensor *b, ml_tens
     int64_t sa[ML_MAX_DIMS], sb[ML_MAX_DIMS];
     broadcast_strides(a, nd, out->shape, sa);
     broadcast_strides(b, nd, out->shape, sb);
-    if (n >= BIN_PAR_MIN && !ml__in_parallel() && ml_get_num_threads() > 1) {
-        int64_t parts = ml_get_num_threads();
-        bin_job j = {op, a, b, out, sa, sb, ((n + parts - 1) / parts + 63) / 64 * 64};
-        ml__parallel_for((n + j.step - 1) / j.step, 0, bin_part, &j);
+    const int64_t step = split_step(n, BIN_PAR_MIN);
+    if (step) {
+        bin_job j = {op, a, b, out, sa, sb, step};
+        ml__parallel_for((n + step - 1) / step, 0, bin_part, &j);
         return;
     }
     binary_range(op, a, b, out, sa, sb, 0, n);
@@ -269,11 +276,10 @@ static ml_status replay_add_relu_grad(ml_tensor **out, ml_tensor **in, const voi
     ml_tensor *o = NULL;
     ml_status st = ml__new(&o, a->ndim, a->shape);
     if (st) return st;
-    const int64_t n = o->numel;
-    if (n >= BIN_PAR_MIN && !ml__in_parallel() && ml_get_num_threads() > 1) {
-        const int64_t parts = ml_get_num_threads();
-        arg_job j = {a, b, m, o, n, ((n + parts - 1) / parts + 63) / 64 * 64};
-        ml__parallel_for((n + j.step - 1) / j.step, 0, arg_part, &j);
+    const int64_t n = o->numel, step = split_step(n, BIN_PAR_MIN);
+    if (step) {
+        arg_job j = {a, b, m, o, n, step};
+        ml__parallel_for((n + step - 1) / step, 0, arg_part, &j);
     } else {
         add_relu_grad_range(a, b, m, o, 0, n);
     }
@@ -411,10 +417,10 @@ static void un_part(void *ctx, int64_t i) {
     un_kernel(j->k, len, j->x + lo, j->o + lo, j->p, j->q);
 }
 static void un_apply(int k, int64_t n, const float *x, float *o, float p, float q) {
-    if (n >= UN_PAR_MIN && !ml__in_parallel() && ml_get_num_threads() > 1) {
-        int64_t parts = ml_get_num_threads();
-        un_job j = {k, n, ((n + parts - 1) / parts + 63) / 64 * 64, x, o, p, q};
-        ml__parallel_for((n + j.step - 1) / j.step, 0, un_part, &j);
+    const int64_t step = split_step(n, UN_PAR_MIN);
+    if (step) {
+        un_job j = {k, n, step, x, o, p, q};
+        ml__parallel_for((n + step - 1) / step, 0, un_part, &j);
         return;
     }
     un_kernel(k, n, x, o, p, q);
