@@ -384,9 +384,13 @@ def test_grad_of_broadcast_inputs_reduced_to_input_shape(sa, sb):
 @pytest.mark.parametrize("src,dst", [
     ((), ()), ((), (3, 2)), ((1,), (5,)), ((40, 1), (25, 40, 1)), ((40,), (25, 1, 40)),
     ((25, 1, 40), (25, 10, 40)), ((25, 1), (25, 40)), ((1, 40), (10, 40)), ((1, 1), (1, 1)),
-    ((3, 1, 2, 1), (2, 3, 4, 2, 5)), ((2, 1, 3), (4, 2, 5, 3)), ((2, 3), (0, 2, 3))])
+    ((3, 1, 2, 1), (2, 3, 4, 2, 5)), ((2, 1, 3), (4, 2, 5, 3)), ((2, 3), (0, 2, 3)),
+    ((25, 1, 1), (25, 10, 1)), ((2, 1, 1, 3), (2, 4, 5, 3)), ((3, 1, 1), (3, 4, 6)),
+    ((1, 2, 1), (3, 2, 5)), ((2, 1, 1100), (2, 3, 1100)), ((1, 1), (7, 1)), ((5,), (0, 5))])
 def test_broadcast_to_matches_numpy(src, dst):
-    """Contiguous trailing blocks are copied whole, broadcast trailing dims element-wise."""
+    """Contiguous trailing blocks are copied whole, broadcast trailing dims element-wise;
+    a broadcast dim just outside the block repeats it (single floats, short blocks and
+    blocks past the memcpy size too)."""
     x = np.random.default_rng(2).uniform(-1, 1, src).astype(F32)
     got = ml.broadcast_to(ml.tensor(x), dst)
     assert got.shape == dst

@@ -318,12 +318,32 @@ ml_status ml_broadcast_to(ml_tensor **out, ml_tensor *x, int ndim, const int64_t
         const int last = block ? d0 : ndim - 1;
         int64_t inner = 1, off = 0;
         for (int d = last; d < ndim; d++) inner *= shape[d];
-        for (int64_t r = 0; r < numel / inner; r++) {
-            float *dst = o->data + r * inner;
-            const float *src = x->data + off;
-            if (block) memcpy(dst, src, (size_t)inner * sizeof(float));
-            else for (int64_t i = 0; i < inner; i++) dst[i] = src[0];
-            for (int d = last - 1; d >= 0; d--) {
+        /* a broadcast dim just outside the block repeats the same source block: copy it
+         * `rep` times in a loop of its own ((25, 1, 1) to (25, 10, 1) was 250 memcpy calls
+         * of 4 bytes, 1.1 us; (25, 1, 40) to (25, 10, 40) 250 of 160 bytes, 1.9 us) */
+        int outer_dims = last;
+        int64_t rep = 1;
+        if (outer_dims > 0 && str[outer_dims - 1] == 0) rep = shape[--outer_dims];
+        float *dst = o->data;
+        for (int64_t r = 0; r < numel / (inner * rep); r++) {
+            const float *restrict src = x->data + off;
+            if (!block) {
+                for (int64_t j = 0; j < rep; j++, dst += inner)
+                    for (int64_t i = 0; i < inner; i++) dst[i] = src[0];
+            } else if (inner == 1) {
+                const float v = src[0];
+                for (int64_t j = 0; j < rep; j++) dst[j] = v;
+                dst += rep;
+            } else if (inner < 1024) {
+                for (int64_t j = 0; j < rep; j++, dst += inner) {
+                    float *restrict d = dst;
+                    for (int64_t i = 0; i < inner; i++) d[i] = src[i];
+                }
+            } else {
+                for (int64_t j = 0; j < rep; j++, dst += inner)
+                    memcpy(dst, src, (size_t)inner * sizeof(float));
+            }
+            for (int d = outer_dims - 1; d >= 0; d--) {
                 idx[d]++;
                 off += str[d];
                 if (idx[d] < shape[d]) break;
