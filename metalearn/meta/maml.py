@@ -212,11 +212,13 @@ class MAML(BaseMetaLearner):
                 if factors is not None and k in factors:
                     w = weights[k]
                     # one GEMM with the shared kernel for all B*n rows, then each task's
-                    # rank-r correction (x A^T) D: never a (B, K, N) copy of the kernel
+                    # rank-r correction (c x A^T) D: never a (B, K, N) copy of the kernel.
+                    # c scales the (B, n, r) product, not the (B, n, N) one (r < N), here
+                    # and in the backward pass
                     x = _core.reshape(_core.matmul(_core.reshape(x_in, (b * n, int(w.shape[0]))), w),
                                       (b, n, int(w.shape[1])))
                     for c, a_, d_ in factors[k]:
-                        x = x + _core.matmul(_core.matmul(x_in, a_, transpose_b=True), d_) * c
+                        x = x + _core.matmul(_core.matmul(x_in, a_, transpose_b=True) * c, d_)
                 else:
                     x = _core.matmul(x_in, weights[k])                       # (B, n, units)
                 if bias is not None:
