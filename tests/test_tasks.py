@@ -56,6 +56,78 @@ def test_sinusoid_custom_ranges_and_errors():
         Sinusoid(amplitude=(5.0, 0.1))
 
 
+def _ulps32(a, b):
+    """Distance in float32 ulps (same-sign finite values)."""
+    ia = np.asarray(a, np.float32).view(np.int32).astype(np.int64)
+    ib = np.asarray(b, np.float32).view(np.int32).astype(np.int64)
+    return np.abs(ia - ib)
+
+
+@pytest.mark.parametrize("bits", [np.random.PCG64, np.random.Philox, np.random.MT19937])
+def test_sinusoid_batch_draws_what_generator_uniform_draws(bits):
+    """The C sampler takes b amplitudes, b phases, then b rows of k + q inputs, each as
+    Generator.uniform(low, high) would, and leaves the Generator where those three calls
+    leave it; targets are the float32 formula with a correctly rounded sine."""
+    b, k, q = 7, 5, 4
+    got = Sinusoid(k_shot=k, q_queries=q, seed=np.random.Generator(bits(11))).sample_batch(b)
+    r = np.random.Generator(bits(11))
+    amp = r.uniform(0.1, 5.0, b).astype(np.float32)
+    ph = r.uniform(0.0, math.pi, b).astype(np.float32)
+    x = r.uniform(-5.0, 5.0, (b, k + q)).astype(np.float32)
+    np.testing.assert_array_equal(got.info["amplitude"], amp)
+    np.testing.assert_array_equal(got.info["phase"], ph)
+    np.testing.assert_array_equal(got.support_x[..., 0], x[:, :k])
+    np.testing.assert_array_equal(got.query_x[..., 0], x[:, k:])
+    arg = (x - ph[:, None]).astype(np.float32)            # float32 subtraction, as before
+    y = amp[:, None] * np.sin(arg.astype(np.float64)).astype(np.float32)
+    y_got = np.concatenate([got.support_y[..., 0], got.query_y[..., 0]], axis=1)
+    assert _ulps32(y_got, y).max() <= 1
+    # the stream goes on where NumPy's would
+    s = Sinusoid(k_shot=k, q_queries=q, seed=np.random.Generator(bits(11)))
+    s.sample_batch(b)
+    assert s.rng.random() == r.random()
+
+
+def test_sinusoid_sine_over_a_wide_range():
+    """Reduction by pi/2 in three parts up to 2^19, the C library's sine past it (and for
+    inf): within an ulp of float64 sin rounded to float32 everywhere."""
+    for lo, hi in ((-7.0, 7.0), (-600.0, 600.0), (-5.0e5, 5.0e5), (5.0e5, 6.0e5), (1e9, 1e12)):
+        t = Sinusoid(k_shot=4000, q_queries=0, amplitude=(1.0, 1.0), phase=(0.0, 0.0),
+                     x_range=(lo, hi), seed=2).sample_batch(3)
+        x = t.support_x[..., 0]
+        want = np.sin(x.astype(np.float64)).astype(np.float32)
+        d = _ulps32(t.support_y[..., 0], want)
+        # both are float32 roundings of nearly the same double: equal or one ulp apart,
+        # and only rarely one apart
+        assert d.max() <= 1 and (d > 0).mean() < 0.01, (lo, hi, d.max(), (d > 0).mean())
+    # points at multiples of pi/2, where the reduction cancels most (x_range (v, v): x is v)
+    from metalearn import _core
+    r = np.random.default_rng(0)
+    for v in np.float32(np.arange(-300000, 300000, 49850) * (math.pi / 2)):
+        with r.bit_generator.lock:
+            out = _core.sinusoid_batch(r.bit_generator.capsule, 1, 1, 0, 1.0, 1.0, 0.0, 0.0,
+                                       float(v), float(v))
+        assert out[0][0, 0, 0] == v
+        assert _ulps32(out[1][0, 0, 0], np.float32(np.sin(np.float64(v)))) <= 1
+
+
+def test_sinusoid_batch_rejects_bad_input():
+    from metalearn import _core
+    cap = np.random.default_rng(0).bit_generator.capsule
+    with pytest.raises(ValueError, match="b=0"):
+        _core.sinusoid_batch(cap, 0, 10, 10, 0.1, 5.0, 0.0, 1.0, -5.0, 5.0)
+    with pytest.raises(ValueError, match="k=0"):
+        _core.sinusoid_batch(cap, 2, 0, 10, 0.1, 5.0, 0.0, 1.0, -5.0, 5.0)
+    with pytest.raises(OverflowError, match="not finite"):
+        _core.sinusoid_batch(cap, 2, 3, 1, 0.1, 5.0, 0.0, 1.0, -math.inf, 5.0)
+    with pytest.raises(ValueError):
+        _core.sinusoid_batch(object(), 2, 3, 1, 0.1, 5.0, 0.0, 1.0, -5.0, 5.0)
+    # an infinite range through the sampler: NumPy's own error
+    s = Sinusoid(x_range=(-math.inf, 0.0), seed=0)
+    with pytest.raises(OverflowError):
+        s.sample_batch(2)
+
+
 def test_nway_shapes_and_relabelled_labels():
     x, y = _toy_dataset()
     s = NWayKShot((x, y + 100), n_way=4, k_shot=2, q_queries=3, augment_rotations=False, seed=0)

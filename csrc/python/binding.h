@@ -57,6 +57,7 @@ int parse_axes(PyObject *obj, int *n, int *axes, const char *what);
 /* Method tables of the other binding files, registered by module.c. */
 extern PyMethodDef ml_nn_methods[];
 extern PyMethodDef ml_memory_methods[];
+extern PyMethodDef ml_tasks_methods[];
 /* Adds the memory binding's types to the module; 0 on success, -1 with an exception. */
 int ml_memory_init(PyObject *module);
 

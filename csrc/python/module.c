@@ -2090,7 +2090,8 @@ PyMODINIT_FUNC PyInit__core(void) {
     PyObject *m = PyModule_Create(&core_module);
     if (!m) return NULL;
     if (PyModule_AddFunctions(m, ml_nn_methods) < 0 ||
-        PyModule_AddFunctions(m, ml_memory_methods) < 0 || ml_memory_init(m) < 0 ||
+        PyModule_AddFunctions(m, ml_memory_methods) < 0 ||
+        PyModule_AddFunctions(m, ml_tasks_methods) < 0 || ml_memory_init(m) < 0 ||
         PyModule_AddObjectRef(m, "Tensor", (PyObject *)&TensorType) < 0 ||
         PyModule_AddObjectRef(m, "Optimizer", (PyObject *)&OptimizerType) < 0 ||
         PyModule_AddIntConstant(m, "MAX_DIMS", ML_MAX_DIMS) < 0) {
