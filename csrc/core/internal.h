@@ -255,13 +255,17 @@ static inline int ml__wants(int i, const ml_tensor *t) {
 }
 void ml__trace_record(ml_replay_fn fn, int n_in, ml_tensor *const *in, ml_tensor *out,
                       const void *params, size_t params_size);
-/* The replay function (and its parameters, at most 64 bytes) of one pass that computes
- * entry f2 (fn f2, parameters p2) from the inputs of entry f1 and f2's other inputs, where
- * f2 reads f1's output at its input t_index and nothing else does; NULL when the pair has
- * no fused form. Same bits as the pair. (ops/elementwise.c) */
+/* The replay function (and its parameters, at most ML_FUSED_PARAMS bytes) of one pass
+ * that computes entry f2 (fn f2, parameters p2 of p2_size bytes) from the inputs of entry
+ * f1 and f2's other inputs (n_in2 inputs in all), where f2 reads f1's output at its input
+ * t_index and nothing else does; NULL when the pair has no fused form. Same bits as the
+ * pair. (ops/elementwise.c) */
+#define ML_FUSED_PARAMS 256
 ml_replay_fn ml__fuse_elementwise(ml_replay_fn f1, const void *p1, ml_replay_fn f2,
-                                  const void *p2, int t_index, void *params,
-                                  size_t *params_size);
+                                  const void *p2, size_t p2_size, int n_in2, int t_index,
+                                  void *params, size_t *params_size);
+/* 1 and the target shape when fn is broadcast_to's replay, else 0. (ops/reduce.c) */
+int ml__broadcast_replay_shape(ml_replay_fn fn, const void *params, int *ndim, int64_t *shape);
 /* Serial number the next tensor will get (traces compare against it). */
 uint64_t ml__next_serial(void);
 /* Marks t as a constant: made from values, so a trace may capture it by value. */

@@ -229,51 +229,90 @@ static void compute_last_use(ml_trace *tr) {
         if (tr->output_slots[o] >= 0) tr->last_use[tr->output_slots[o]] = tr->n_entries;
 }
 
-/* Pairs of consecutive entries where the second is the only reader of the first's output
- * become one entry when the ops have a fused form (ml__fuse_elementwise: the same bits,
- * one pass instead of two, the intermediate never written). A failed allocation leaves
- * the pair as it was. */
-static void fuse_pairs(ml_trace *tr) {
-    int32_t w = 0, fused = 0;
-    for (int32_t k = 0; k < tr->n_entries; k++) {
+/* Pairs of entries where the second is the only reader of the first's output become one
+ * entry, in the second's place, when the ops have a fused form (ml__fuse_elementwise: the
+ * same bits, one pass instead of two, the intermediate never written). The first may be
+ * any number of entries earlier, provided that no entry in between works in place (an
+ * optimizer step: its out is -1), so the first's inputs hold the same values at the
+ * second; slots are otherwise written once. Broadcasts go in a second pass, after the
+ * add + relu / add + relu_grad pairs have formed (a broadcast fused into the add first
+ * would leave the add no fused form with its relu_grad). A failed allocation leaves the
+ * pair as it was. */
+static int fuse_into_readers(ml_trace *tr, int broadcasts) {
+    const int32_t n = tr->n_entries;
+    int32_t *reads = calloc((size_t)(tr->n_slots ? tr->n_slots : 1), sizeof *reads);
+    int32_t *barrier = malloc((size_t)(n + 1) * sizeof *barrier); /* in-place entries before k */
+    unsigned char *gone = calloc((size_t)(n ? n : 1), 1);
+    int fused = 0;
+    if (!reads || !barrier || !gone) goto done;
+    barrier[0] = 0;
+    for (int32_t k = 0; k < n; k++) {
+        const trace_entry *e = &tr->entries[k];
+        for (int i = 0; i < e->n_in; i++)
+            if (e->in[i] >= 0) reads[e->in[i]]++;
+        barrier[k + 1] = barrier[k] + (e->out < 0);
+    }
+    for (int32_t k = 0; k < n; k++) {
         trace_entry *e = &tr->entries[k];
-        if (k + 1 < tr->n_entries && e->out >= 0 && tr->last_use[e->out] == k + 1) {
-            trace_entry *f = &tr->entries[k + 1];
-            int t_index = -1, reads = 0;
-            for (int i = 0; i < f->n_in; i++)
-                if (f->in[i] == e->out) t_index = i, reads++;
-            unsigned char params[64];
-            size_t params_size = 0;
-            ml_replay_fn fn = reads == 1 && f->out >= 0
-                                  ? ml__fuse_elementwise(e->fn, e->params, f->fn, f->params,
-                                                         t_index, params, &params_size)
-                                  : NULL;
-            const int n_in = e->n_in + f->n_in - 1;
-            int32_t *in = fn ? malloc((size_t)n_in * sizeof *in) : NULL;
-            void *p = fn ? malloc(params_size ? params_size : 1) : NULL;
-            if (fn && in && p) {
-                int j = 0;
-                for (int i = 0; i < e->n_in; i++) in[j++] = e->in[i];
-                for (int i = 0; i < f->n_in; i++)
-                    if (i != t_index) in[j++] = f->in[i];
-                if (params_size) memcpy(p, params, params_size);
-                const int32_t out = f->out;
-                free(e->in);
-                free(e->params);
-                free(f->in);
-                free(f->params);
-                tr->entries[w++] = (trace_entry){fn, n_in, in, out, p, params_size};
-                k++;
-                fused++;
-                continue;
-            }
+        int bshape_nd;
+        int64_t bshape[ML_MAX_DIMS];
+        if (e->out < 0 || reads[e->out] != 1 ||
+            ml__broadcast_replay_shape(e->fn, e->params, &bshape_nd, bshape) != broadcasts)
+            continue;
+        const int32_t j = tr->last_use[e->out]; /* its only reader (n_entries: an output) */
+        if (j <= k || j >= n || barrier[j] != barrier[k + 1]) continue;
+        trace_entry *f = &tr->entries[j];
+        int t_index = -1;
+        for (int i = 0; i < f->n_in; i++)
+            if (f->in[i] == e->out) t_index = i;
+        unsigned char params[ML_FUSED_PARAMS];
+        size_t params_size = 0;
+        ml_replay_fn fn = f->out >= 0 ? ml__fuse_elementwise(e->fn, e->params, f->fn, f->params,
+                                                             f->params_size, f->n_in, t_index,
+                                                             params, &params_size)
+                                      : NULL;
+        if (!fn) continue;
+        const int n_in = e->n_in + f->n_in - 1;
+        int32_t *in = malloc((size_t)n_in * sizeof *in);
+        void *p = malloc(params_size ? params_size : 1);
+        if (!in || !p) {
             free(in);
             free(p);
+            continue;
         }
-        tr->entries[w++] = *e;
+        int w = 0;
+        for (int i = 0; i < e->n_in; i++) in[w++] = e->in[i];
+        for (int i = 0; i < f->n_in; i++)
+            if (i != t_index) in[w++] = f->in[i];
+        if (params_size) memcpy(p, params, params_size);
+        free(f->in);
+        free(f->params);
+        *f = (trace_entry){fn, n_in, in, f->out, p, params_size};
+        /* e's inputs are now read at j: extend their last use (slot freeing at replay) */
+        for (int i = 0; i < e->n_in; i++)
+            if (e->in[i] >= 0 && tr->last_use[e->in[i]] < j) tr->last_use[e->in[i]] = j;
+        free(e->in);
+        free(e->params);
+        gone[k] = 1;
+        fused++;
     }
-    tr->n_entries = w;
-    if (fused) compute_last_use(tr);
+    if (fused) {
+        int32_t w = 0;
+        for (int32_t k = 0; k < n; k++)
+            if (!gone[k]) tr->entries[w++] = tr->entries[k];
+        tr->n_entries = w;
+        compute_last_use(tr);
+    }
+done:
+    free(reads);
+    free(barrier);
+    free(gone);
+    return fused;
+}
+
+static void fuse_pairs(ml_trace *tr) {
+    fuse_into_readers(tr, 0);
+    fuse_into_readers(tr, 1);
 }
 
 ml_status ml_trace_end(ml_trace *tr, int n_outputs, ml_tensor *const *outputs) {

@@ -41,6 +41,20 @@ static void broadcast_strides(const ml_tensor *x, int ndim, const int64_t *shape
     }
 }
 
+/* The broadcast shape of a and b (NumPy's rule) into nd / shape; 0 when they do not
+ * broadcast. Sets no error (callers fall back to the op that reports it). */
+static int broadcast_shape_of(const ml_tensor *a, const ml_tensor *b, int *nd, int64_t *shape) {
+    const int n = a->ndim > b->ndim ? a->ndim : b->ndim;
+    for (int i = 0; i < n; i++) {
+        const int ia = a->ndim - n + i, ib = b->ndim - n + i;
+        const int64_t da = ia >= 0 ? a->shape[ia] : 1, db = ib >= 0 ? b->shape[ib] : 1;
+        if (da != db && da != 1 && db != 1) return 0;
+        shape[i] = da == 1 ? db : da;
+    }
+    *nd = n;
+    return 1;
+}
+
 /* ------------------------------------------------------------ binary kernels */
 
 enum { BIN_ADD, BIN_SUB, BIN_MUL, BIN_DIV, BIN_MAX, BIN_MIN, BIN_EQ, BIN_RELU_GRAD,
@@ -248,24 +262,36 @@ __attribute__((target_clones("avx2", "default"))) static void relu_grad_mask_inp
     }
 }
 static void add_relu_grad_range(const ml_tensor *a, const ml_tensor *b, const ml_tensor *m,
-                                ml_tensor *o, int64_t p0, int64_t p1) {
+                                ml_tensor *o, const int64_t *sa, const int64_t *sb,
+                                int64_t p0, int64_t p1) {
     for (int64_t c = p0; c < p1; c += 2048) {
         const int64_t e = c + 2048 < p1 ? c + 2048 : p1;
-        binary_range(BIN_ADD, a, b, o, NULL, NULL, c, e); /* same shapes: no strides read */
+        binary_range(BIN_ADD, a, b, o, sa, sb, c, e);
         relu_grad_mask_inplace(m->data + c, o->data + c, e - c);
     }
 }
-typedef struct { const ml_tensor *a, *b, *m; ml_tensor *o; int64_t n, step; } arg_job;
+typedef struct {
+    const ml_tensor *a, *b, *m;
+    ml_tensor *o;
+    const int64_t *sa, *sb;
+    int64_t n, step;
+} arg_job;
 static void arg_part(void *ctx, int64_t i) {
     const arg_job *j = ctx;
     const int64_t lo = i * j->step, hi = lo + j->step < j->n ? lo + j->step : j->n;
-    add_relu_grad_range(j->a, j->b, j->m, j->o, lo, hi);
+    add_relu_grad_range(j->a, j->b, j->m, j->o, j->sa, j->sb, lo, hi);
 }
 static ml_status replay_add_relu_grad(ml_tensor **out, ml_tensor **in, const void *params) {
     (void)params;
     ml_tensor *a = in[0], *b = in[1], *m = in[2];
-    if (!a || !b || !m || !ml__same_shape(a, b) || !ml__same_shape(a, m)) {
-        /* broadcast somewhere: the pair as recorded */
+    /* a + b may broadcast (one addend's broadcast_to fused in, see replay_broadcast_into),
+     * as long as the sum has m's shape; else the pair as recorded */
+    int nd = 0;
+    int64_t shape[ML_MAX_DIMS];
+    const int fits = a && b && m && a->ndim <= m->ndim && b->ndim <= m->ndim &&
+                     broadcast_shape_of(a, b, &nd, shape) && nd == m->ndim &&
+                     !memcmp(shape, m->shape, (size_t)nd * sizeof *shape);
+    if (!fits) {
         ml_tensor *t = NULL;
         ml_status st = ml_add(&t, a, b);
         if (st) return st;
@@ -273,15 +299,18 @@ static ml_status replay_add_relu_grad(ml_tensor **out, ml_tensor **in, const voi
         ml_release(t);
         return st;
     }
+    int64_t sa[ML_MAX_DIMS], sb[ML_MAX_DIMS];
+    broadcast_strides(a, nd, shape, sa);
+    broadcast_strides(b, nd, shape, sb);
     ml_tensor *o = NULL;
-    ml_status st = ml__new(&o, a->ndim, a->shape);
+    ml_status st = ml__new(&o, nd, shape);
     if (st) return st;
     const int64_t n = o->numel, step = split_step(n, BIN_PAR_MIN);
     if (step) {
-        arg_job j = {a, b, m, o, n, step};
+        arg_job j = {a, b, m, o, sa, sb, n, step};
         ml__parallel_for((n + step - 1) / step, 0, arg_part, &j);
-    } else {
-        add_relu_grad_range(a, b, m, o, 0, n);
+    } else if (n > 0) {
+        add_relu_grad_range(a, b, m, o, sa, sb, 0, n);
     }
     *out = o;
     return ML_OK;
@@ -564,15 +593,75 @@ ml_status ml__clip_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
     return s.status;
 }
 
-/* (declared in internal.h; comment at replay_add_relu_grad) */
+/* broadcast_to(x) read only by an element-wise op that broadcasts its operands itself (a
+ * binary op, or the fused add + relu_grad): the op reads x directly. Each output element
+ * is the same operation on the same values, so the bits are the pair's; the (25, 10, 40)
+ * copy of a (25, 1, 40) gradient in second-order MAML is never written. in[0] is x, the
+ * op's other inputs follow in order; when x would change the op's output shape (it was
+ * broadcast past the other operands' shape), x is broadcast first, as recorded. */
+typedef struct {
+    ml_replay_fn f2;
+    int t_index, n_in2, ndim;
+    int64_t shape[ML_MAX_DIMS];
+    size_t p2_size;
+    unsigned char p2[64];
+} broadcast_into_params;
+_Static_assert(sizeof(broadcast_into_params) <= ML_FUSED_PARAMS, "fused parameters too large");
+
+static ml_status replay_broadcast_into(ml_tensor **out, ml_tensor **in, const void *params) {
+    const broadcast_into_params *p = params;
+    ml_tensor *args[3];
+    for (int i = 0, j = 1; i < p->n_in2; i++) args[i] = i == p->t_index ? in[0] : in[j++];
+    /* the op's output shape with x and with its broadcast: the broadcast of all inputs */
+    int direct = in[0] != NULL && in[0]->ndim <= p->ndim;
+    int nd = p->ndim;
+    int64_t with_b[ML_MAX_DIMS], with_x[ML_MAX_DIMS];
+    for (int i = 0; i < nd; i++) with_b[i] = with_x[i] = 1;
+    for (int i = 0; direct && i < p->n_in2; i++) {
+        const ml_tensor *t = args[i];
+        if (!t || t->ndim > nd) { direct = 0; break; }
+        for (int d = 0; d < nd; d++) {
+            const int it = t->ndim - nd + d;
+            const int64_t dt = i == p->t_index ? p->shape[d] : it >= 0 ? t->shape[it] : 1;
+            const int64_t dx = it >= 0 ? t->shape[it] : 1; /* (x itself at t_index) */
+            if (dt != 1) with_b[d] = dt;
+            if (dx != 1) with_x[d] = dx;
+        }
+    }
+    if (direct && !memcmp(with_b, with_x, (size_t)nd * sizeof *with_b))
+        return p->f2(out, args, p->p2);
+    ml_tensor *t = NULL;
+    ml_status st = ml_broadcast_to(&t, in[0], p->ndim, p->shape);
+    if (st) return st;
+    args[p->t_index] = t;
+    st = p->f2(out, args, p->p2);
+    ml_release(t);
+    return st;
+}
+
+/* (declared in internal.h; comments at replay_add_relu_grad and replay_broadcast_into) */
 ml_replay_fn ml__fuse_elementwise(ml_replay_fn f1, const void *p1, ml_replay_fn f2,
-                                  const void *p2, int t_index, void *params,
-                                  size_t *params_size) {
-    if (f1 != replay_binary || ((const binary_params *)p1)->kernel != BIN_ADD) return NULL;
-    if (f2 == replay_unary && ((const int *)p2)[0] == UN_RELU) {
-        const binary_params bp = {BIN_ADD_RELU, OP_ADD, "add_relu"};
+                                  const void *p2, size_t p2_size, int n_in2, int t_index,
+                                  void *params, size_t *params_size) {
+    broadcast_into_params bp = {0};
+    if (ml__broadcast_replay_shape(f1, p1, &bp.ndim, bp.shape)) {
+        if ((f2 != replay_binary && (f2 != replay_add_relu_grad || t_index == 2)) ||
+            n_in2 > 3 || p2_size > sizeof bp.p2)
+            return NULL;
+        bp.f2 = f2;
+        bp.t_index = t_index;
+        bp.n_in2 = n_in2;
+        bp.p2_size = p2_size;
+        memcpy(bp.p2, p2, p2_size);
         memcpy(params, &bp, sizeof bp);
         *params_size = sizeof bp;
+        return replay_broadcast_into;
+    }
+    if (f1 != replay_binary || ((const binary_params *)p1)->kernel != BIN_ADD) return NULL;
+    if (f2 == replay_unary && ((const int *)p2)[0] == UN_RELU) {
+        const binary_params bq = {BIN_ADD_RELU, OP_ADD, "add_relu"};
+        memcpy(params, &bq, sizeof bq);
+        *params_size = sizeof bq;
         return replay_binary;
     }
     if (f2 == replay_binary && ((const binary_params *)p2)->kernel == BIN_RELU_GRAD &&

@@ -276,6 +276,14 @@ static ml_status replay_broadcast_to(ml_tensor **out, ml_tensor **in, const void
     const shape_params *s = params;
     return ml_broadcast_to(out, in[0], s->ndim, s->shape);
 }
+/* (declared in internal.h: the trace's fusion pass asks for a broadcast's target shape) */
+int ml__broadcast_replay_shape(ml_replay_fn fn, const void *params, int *ndim, int64_t *shape) {
+    if (fn != replay_broadcast_to) return 0;
+    const shape_params *s = params;
+    *ndim = s->ndim;
+    for (int i = 0; i < s->ndim; i++) shape[i] = s->shape[i];
+    return 1;
+}
 static ml_status replay_sum_to(ml_tensor **out, ml_tensor **in, const void *params) {
     const shape_params *s = params;
     return ml_sum_to(out, in[0], s->ndim, s->shape);

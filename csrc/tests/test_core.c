@@ -300,6 +300,76 @@ static void test_fused_trace_pairs(void) {
     }
 }
 
+/* A broadcast_to read only by an element-wise op that broadcasts by itself is fused into
+ * it, entries apart, with the eager bits; not when it is read twice, nor across an
+ * in-place entry (which could change its input in between). */
+static void test_fused_broadcasts(void) {
+    for (int kind = 0; kind < 5; kind++) {
+        /* 0: into an add, an unrelated op in between; 1: the broadcast also an output;
+         * 2: ml_assign of its input in between; 3: the broadcast grows the add's shape (the
+         * fused entry broadcasts at replay); 4: into a fused add + relu_grad */
+        const int64_t sx[3] = {2, 1, 3}, sz[3] = {2, 4, 3}, sg[2] = {1, 3};
+        const int64_t sb[2] = {4, 3};
+        const int grow = kind == 3;
+        ml_tensor *x = NULL, *z = NULL, *m = NULL, *c = NULL;
+        OK(ml_tensor_full(&x, grow ? 2 : 3, grow ? sg : sx, 0.0f));
+        OK(ml_tensor_full(&z, grow ? 2 : 3, grow ? sg : sz, 0.0f));
+        OK(ml_tensor_full(&m, 3, sz, 0.0f));
+        OK(ml_tensor_full(&c, grow ? 2 : 3, grow ? sg : sx, 0.0f));
+        ml_tensor *ins[4] = {x, z, m, c}, *bx = NULL, *other = NULL, *sum = NULL, *res = NULL;
+        ml_trace *tr = NULL;
+        OK(ml_trace_begin(&tr, 4, ins));
+        OK(ml_broadcast_to(&bx, x, grow ? 2 : 3, grow ? sb : sz));
+        OK(ml_mul_scalar(&other, z, 2.0f));
+        if (kind == 2) OK(ml_assign(x, c));
+        if (kind == 4) {
+            OK(ml_add(&sum, z, bx));
+            OK(ml__relu_grad(&res, sum, m));
+        } else {
+            OK(ml_add(&res, z, bx));
+        }
+        ml_tensor *outs[3] = {res, other, bx};
+        OK(ml_trace_end(tr, kind == 1 ? 3 : 2, outs));
+        const int want_ops[5] = {2, 3, 4, 2, 2};
+        CHECK(ml_trace_n_ops(tr) == want_ops[kind], "fused broadcast, case %d: %d entries", kind,
+              ml_trace_n_ops(tr));
+        ml_release(bx), ml_release(other), ml_release(sum), ml_release(res);
+        /* new values: NaNs of both signs and payloads, zeros, inf */
+        const float xv[6] = {1.5f, -2.0f, INFINITY, 0.25f, NAN, -0.0f};
+        const float zv[24] = {0.5f, 3.0f, -1.0f, -0.25f, -NAN, 0.0f, 1, 2, 3, -4, -5, 6,
+                              7, -8, 9, 10, -0.0f, 12, 13, 14, -15, 16, -INFINITY, 18};
+        float mv[24];
+        for (int i = 0; i < 24; i++) mv[i] = (float)((i * 7) % 5) - 2.0f;
+        mv[5] = NAN;
+        const float cv[6] = {9, 8, 7, 6, 5, 4};
+        ml_tensor *x2 = NULL, *z2 = NULL, *m2 = NULL, *c2 = NULL, *got[3] = {NULL, NULL, NULL};
+        OK(ml_tensor_from_data(&x2, grow ? 2 : 3, grow ? sg : sx, xv));
+        OK(ml_tensor_from_data(&z2, grow ? 2 : 3, grow ? sg : sz, zv));
+        OK(ml_tensor_from_data(&m2, 3, sz, mv));
+        OK(ml_tensor_from_data(&c2, grow ? 2 : 3, grow ? sg : sx, cv));
+        ml_tensor *rin[4] = {x2, z2, m2, c2};
+        OK(ml_trace_replay(tr, rin, got));
+        /* eager, on fresh copies (kind 2 assigns into x) */
+        ml_tensor *x3 = NULL, *w_b = NULL, *w_sum = NULL, *want = NULL;
+        OK(ml_tensor_from_data(&x3, grow ? 2 : 3, grow ? sg : sx, xv));
+        OK(ml_broadcast_to(&w_b, x3, grow ? 2 : 3, grow ? sb : sz));
+        if (kind == 4) {
+            OK(ml_add(&w_sum, z2, w_b));
+            OK(ml__relu_grad(&want, w_sum, m2));
+        } else {
+            OK(ml_add(&want, z2, w_b));
+        }
+        const int64_t n = grow ? 12 : 24;
+        CHECK(got[0] && ml_numel(got[0]) == n && !memcmp(ml_data(got[0]), ml_data(want), (size_t)n * sizeof(float)),
+              "fused broadcast, case %d: replay differs from eager", kind);
+        if (kind == 2) /* the input was assigned after the broadcast read it */
+            CHECK(!memcmp(ml_data(x2), cv, sizeof cv), "assign replayed");
+        ml_tensor *all[] = {x, z, m, c, x2, z2, m2, c2, x3, w_b, w_sum, want, got[0], got[1], got[2]};
+        for (size_t i = 0; i < sizeof all / sizeof *all; i++) ml_release(all[i]);
+        ml_trace_free(tr);
+    }
+}
+
 int main(void) {
     test_tutorial();
     test_third_order();
@@ -312,6 +382,7 @@ int main(void) {
     test_weight_file();
     test_long_chain();
     test_fused_trace_pairs();
+    test_fused_broadcasts();
     printf("test_core: %d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
