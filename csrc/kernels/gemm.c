@@ -707,6 +707,19 @@ ML_TARGET_AVX2 static void outer_avx2(int ta, int tb, int64_t m, int64_t n, floa
     const int64_t sa = ta ? 1 : lda, sb = tb ? ldb : 1; /* op(A)[i][0], op(B)[0][j] */
     const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
     const int64_t n8 = sb == 1 ? n / 8 * 8 : 0;
+    if (alpha == 1.0f && beta == 0.0f && sb == 1 && n == n8 && n <= 64) {
+        /* the common case (a layer's product, C written, not accumulated): 1 * x is x, so
+         * the same bits with one multiply and b held in registers (was ~100 cycles for a
+         * 10 x 40 task, twice its stores) */
+        __m256 bv[8];
+        for (int64_t j = 0; j < n8; j += 8) bv[j / 8] = _mm256_loadu_ps(b + j);
+        for (int64_t i = 0; i < m; ++i) {
+            const __m256 vai = _mm256_set1_ps(a[i * sa]);
+            float *ci = c + i * ldc;
+            for (int64_t j = 0; j < n8; j += 8) _mm256_storeu_ps(ci + j, _mm256_mul_ps(vai, bv[j / 8]));
+        }
+        return;
+    }
     for (int64_t i = 0; i < m; ++i) {
         const float ai = a[i * sa];
         const __m256 vai = _mm256_set1_ps(ai);
@@ -733,64 +746,142 @@ ML_TARGET_AVX2 static void dots_avx2(int64_t m, int64_t k, float alpha, const fl
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const int64_t k8 = k / 8 * 8;
     const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(k - k8)), lane);
-    for (int64_t i = 0; i < m; ++i) {
+    const __m128 va = _mm_set1_ps(alpha);
+    /* four rows at a time: four accumulators, summed across lanes together (two hadd
+     * levels and a half add give the four sums in one vector; a row alone took as long in
+     * its horizontal sum as in its five FMAs at k = 40). Every row's sum is formed the same
+     * way whichever group it falls in: lanes (0+1)+(2+3) and (4+5)+(6+7), then the halves. */
+    int64_t i = 0;
+    for (; i + 4 <= m; i += 4) {
+        const float *a0 = a + i * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        for (int64_t p = 0; p < k8; p += 8) {
+            const __m256 xv = _mm256_loadu_ps(x + p);
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a0 + p), xv, s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a1 + p), xv, s1);
+            s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a2 + p), xv, s2);
+            s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a3 + p), xv, s3);
+        }
+        if (k8 < k) {
+            const __m256 xv = _mm256_maskload_ps(x + k8, tail);
+            s0 = _mm256_fmadd_ps(_mm256_maskload_ps(a0 + k8, tail), xv, s0);
+            s1 = _mm256_fmadd_ps(_mm256_maskload_ps(a1 + k8, tail), xv, s1);
+            s2 = _mm256_fmadd_ps(_mm256_maskload_ps(a2 + k8, tail), xv, s2);
+            s3 = _mm256_fmadd_ps(_mm256_maskload_ps(a3 + k8, tail), xv, s3);
+        }
+        const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+        __m128 o = _mm_mul_ps(va, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+        float t[4];
+        _mm_storeu_ps(t, o);
+        for (int r = 0; r < 4; ++r) {
+            float *cr = c + (i + r) * ldc;
+            *cr = beta != 0.0f ? fmaf(beta, *cr, t[r]) : t[r];
+        }
+    }
+    for (; i < m; ++i) { /* the last rows: the same sums, one row in the group */
         const float *ai = a + i * lda;
-        __m256 acc = _mm256_setzero_ps();
+        __m256 s0 = _mm256_setzero_ps();
         for (int64_t p = 0; p < k8; p += 8)
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(ai + p), _mm256_loadu_ps(x + p), acc);
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(ai + p), _mm256_loadu_ps(x + p), s0);
         if (k8 < k)
-            acc = _mm256_fmadd_ps(_mm256_maskload_ps(ai + k8, tail),
-                                  _mm256_maskload_ps(x + k8, tail), acc);
-        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        const float o = alpha * _mm_cvtss_f32(s);
+            s0 = _mm256_fmadd_ps(_mm256_maskload_ps(ai + k8, tail),
+                                 _mm256_maskload_ps(x + k8, tail), s0);
+        const __m256 z = _mm256_setzero_ps();
+        const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(s0, z), z);
+        const float o = alpha * _mm_cvtss_f32(_mm_add_ps(_mm256_castps256_ps128(h),
+                                                         _mm256_extractf128_ps(h, 1)));
         c[i * ldc] = beta != 0.0f ? fmaf(beta, c[i * ldc], o) : o;
     }
 }
 
-/* n == 1 with A transposed (stored k x m): C = alpha A^T x + beta C, eight rows of C per
- * vector lane group, each element summed over k in order in its own lane, so the result
- * does not depend on how the rows are blocked or split over threads. (Computed before as
- * the 1 x m transposed product in 16-wide tiles, whose 8-wide edge rounds differently:
- * a row split moved that edge and the result changed with the thread count.) */
+/* Up to 40 contiguous output floats, o[j] = alpha * sum_p w(p) * v_p[j] (+ beta o[j]),
+ * v_p = base + p * ld: five vectors of lanes, with even and odd p in two accumulator sets
+ * (ten FMA chains: a single chain per vector waited on the FMA latency, ~4 cycles a step,
+ * for a k of 10), added at the end. Each output's sum is formed the same way wherever its
+ * block starts, so a split over threads changes nothing. w(p) = wv[p * wstride]. */
+ML_TARGET_AVX2 ML_INLINE void lanes40(int w, int64_t k, const float *wv, int64_t wstride,
+                                      const float *base, int64_t ld, float alpha, float beta,
+                                      float *o, int64_t ldo)
+{
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i mk[5];
+    __m256 e[5], d[5];
+#pragma GCC unroll 5
+    for (int v = 0; v < 5; ++v) {
+        mk[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(w - 8 * v), lane);
+        e[v] = d[v] = _mm256_setzero_ps();
+    }
+    const int nv = (w + 7) / 8;
+    int64_t p = 0;
+    /* five vectors always (masked ones read nothing): a constant count keeps the ten
+     * accumulators in registers (a loop to nv spilled them to the stack every step) */
+#define ML_LANES_STEP(ACC, P, LOAD)                                                        \
+    do {                                                                                   \
+        const __m256 xp = _mm256_broadcast_ss(wv + (P) * wstride);                         \
+        const float *row = base + (P) * ld;                                                \
+        _Pragma("GCC unroll 5") for (int v = 0; v < 5; ++v)                                \
+            ACC[v] = _mm256_fmadd_ps(LOAD, xp, ACC[v]);                                    \
+    } while (0)
+    if (w == 40) {
+        for (; p + 2 <= k; p += 2) {
+            ML_LANES_STEP(e, p, _mm256_loadu_ps(row + 8 * v));
+            ML_LANES_STEP(d, p + 1, _mm256_loadu_ps(row + 8 * v));
+        }
+        if (p < k) ML_LANES_STEP(e, p, _mm256_loadu_ps(row + 8 * v));
+    } else { /* masked lanes read nothing */
+        for (; p + 2 <= k; p += 2) {
+            ML_LANES_STEP(e, p, _mm256_maskload_ps(row + 8 * v, mk[v]));
+            ML_LANES_STEP(d, p + 1, _mm256_maskload_ps(row + 8 * v, mk[v]));
+        }
+        if (p < k) ML_LANES_STEP(e, p, _mm256_maskload_ps(row + 8 * v, mk[v]));
+    }
+#undef ML_LANES_STEP
+    const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+#pragma GCC unroll 5
+    for (int v = 0; v < 5; ++v) { /* as small_tile: alpha acc, then beta C (not read at 0) */
+        if (v >= nv) break;
+        __m256 r = _mm256_mul_ps(va, _mm256_add_ps(e[v], d[v]));
+        if (ldo == 1) {
+            float *ov = o + 8 * v;
+            if (8 * v + 8 <= w) {
+                if (beta != 0.0f) r = _mm256_fmadd_ps(vb, _mm256_loadu_ps(ov), r);
+                _mm256_storeu_ps(ov, r);
+            } else {
+                if (beta != 0.0f) r = _mm256_fmadd_ps(vb, _mm256_maskload_ps(ov, mk[v]), r);
+                _mm256_maskstore_ps(ov, mk[v], r);
+            }
+        } else {
+            float t[8];
+            _mm256_storeu_ps(t, r);
+            for (int j = 0; j < 8 && 8 * v + j < w; ++j) {
+                float *oj = o + (8 * v + j) * ldo;
+                *oj = beta != 0.0f ? fmaf(beta, *oj, t[j]) : t[j];
+            }
+        }
+    }
+}
+
+/* n == 1 with A transposed (stored k x m): C = alpha A^T x + beta C, 40 rows of C at a
+ * time, each a lane summed over k (lanes40). (Computed before as the 1 x m transposed
+ * product in 16-wide tiles, whose 8-wide edge rounds differently: a row split moved that
+ * edge and the result changed with the thread count.) */
 ML_TARGET_AVX2 static void gemv_t_avx2(int64_t m, int64_t k, float alpha, const float *a,
                                        int64_t lda, const float *x, int64_t incx, float beta,
                                        float *c, int64_t ldc)
 {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int64_t i0 = 0; i0 < m; i0 += 32) {
-        const int w = (int)min64(32, m - i0);
-        __m256i mk[4];
-        for (int v = 0; v < 4; ++v) mk[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(w - 8 * v), lane);
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-        const float *ap = a + i0;
-        if (w == 32) {
-            for (int64_t p = 0; p < k; ++p, ap += lda) {
-                const __m256 xp = _mm256_broadcast_ss(x + p * incx);
-                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(ap), xp, acc0);
-                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(ap + 8), xp, acc1);
-                acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(ap + 16), xp, acc2);
-                acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(ap + 24), xp, acc3);
-            }
-        } else { /* masked lanes read nothing */
-            for (int64_t p = 0; p < k; ++p, ap += lda) {
-                const __m256 xp = _mm256_broadcast_ss(x + p * incx);
-                acc0 = _mm256_fmadd_ps(_mm256_maskload_ps(ap, mk[0]), xp, acc0);
-                acc1 = _mm256_fmadd_ps(_mm256_maskload_ps(ap + 8, mk[1]), xp, acc1);
-                acc2 = _mm256_fmadd_ps(_mm256_maskload_ps(ap + 16, mk[2]), xp, acc2);
-                acc3 = _mm256_fmadd_ps(_mm256_maskload_ps(ap + 24, mk[3]), xp, acc3);
-            }
-        }
-        float t[32];
-        _mm256_storeu_ps(t, acc0), _mm256_storeu_ps(t + 8, acc1);
-        _mm256_storeu_ps(t + 16, acc2), _mm256_storeu_ps(t + 24, acc3);
-        for (int j = 0; j < w; ++j) { /* as small_tile: alpha acc, then beta C (not read at 0) */
-            float *cj = c + (i0 + j) * ldc;
-            const float o = alpha * t[j];
-            *cj = beta != 0.0f ? fmaf(beta, *cj, o) : o;
-        }
-    }
+    for (int64_t i0 = 0; i0 < m; i0 += 40)
+        lanes40((int)min64(40, m - i0), k, x, incx, a + i0, lda, alpha, beta, c + i0 * ldc, ldc);
+}
+
+/* m == 1, B not transposed: the row vector op(A) times B, 40 columns of C at a time
+ * (lanes40). Through the register tiles it was three 16-wide tiles, each waiting on one
+ * FMA chain per vector: ~100 cycles for 1 x 40 x 10 (MAML's x^T dZ for a 1-input layer). */
+ML_TARGET_AVX2 static void row_avx2(int ta, int64_t n, int64_t k, float alpha, const float *a,
+                                    int64_t lda, const float *b, int64_t ldb, float beta,
+                                    float *c)
+{
+    for (int64_t j0 = 0; j0 < n; j0 += 40)
+        lanes40((int)min64(40, n - j0), k, a, ta ? lda : 1, b + j0, ldb, alpha, beta, c + j0, 1);
 }
 
 /* C = alpha A B^T + beta C with few columns: rows of A and rows of B are both contiguous
@@ -985,6 +1076,7 @@ enum {
     PATH_OUTER,   /* outer_avx2: k == 1 */
     PATH_DOTS,    /* dots_avx2: n == 1, rows of A */
     PATH_GEMV_T,  /* gemv_t_avx2: n == 1, A transposed */
+    PATH_ROW,     /* row_avx2: m == 1, B not transposed */
 };
 
 static int gemm_path(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t k)
@@ -996,6 +1088,7 @@ static int gemm_path(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t
     if (!ta && tb && n < DOTS_NT_MAX_N && k >= 8) return PATH_DOTS_NT;
     if (k == 1) return PATH_OUTER;
     if (n == 1) return ta ? PATH_GEMV_T : PATH_DOTS;
+    if (m == 1 && !tb && k <= SMALL_MAX_K) return PATH_ROW;
     if (n < 8 && m > 1) return PATH_PACKED;  /* lanes along n would be mostly empty */
     /* past SMALL_MAX_K only for a handful of rows (5x256x784: 74 -> 87 GFLOP/s). Not for
      * MAML Omniglot's 2400x256x784 (96 packed, 91 unpacked), nor the dense layer at batch
@@ -1031,6 +1124,10 @@ static void sgemm(int path, int ta, int tb, int64_t m, int64_t n, int64_t k, flo
     const int64_t incx = tb ? 1 : ldb;
     if (path == PATH_GEMV_T) {
         gemv_t_avx2(m, k, alpha, a, lda, b, incx, beta, c, ldc);
+        return;
+    }
+    if (path == PATH_ROW) {
+        row_avx2(ta, n, k, alpha, a, lda, b, ldb, beta, c);
         return;
     }
     if (path == PATH_DOTS) {
