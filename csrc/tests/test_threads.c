@@ -269,6 +269,12 @@ int main(void) {
             gemm_case(ta, tb, 64, 97, 512, 0.0f);
             /* one column, rows split (A^T x: 1032 + 1032 rows at 2 threads) */
             gemm_case(ta, tb, 2064, 1, 1024, 0.5f);
+            /* 4 x 24 / 4 x 16 tiles (n % 16 == 8): columns split 224 + 200 and 144 + 144
+             * + 136, each part tiled from its own start; rows split for n = 40 */
+            gemm_case(ta, tb, 20, 424, 500, 0.5f);
+            gemm_case(ta, tb, 250, 40, 400, 0.0f);
+            /* ... and 48 + 48 + 8 at three threads: an 8-wide part still one chain a column */
+            gemm_case(ta, tb, 60, 104, 512, 0.0f);
         }
     conv_case(9, 14, 8, 16);
     conv_case(20, 7, 64, 64);
