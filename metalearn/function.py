@@ -47,6 +47,8 @@ def _flatten(obj, leaves):
 
 def _unflatten(spec, leaves):
     kind = spec[0]
+    if kind == "flat":  # a tuple or list of tensors, in order (the common case, no recursion)
+        return tuple(leaves) if spec[1] == "tuple" else list(leaves)
     if kind == "T":
         return leaves[spec[1]]
     if kind in ("list", "tuple"):
@@ -55,6 +57,13 @@ def _unflatten(spec, leaves):
     if kind == "dict":
         return {k: _unflatten(s, leaves) for k, s in spec[1]}
     return None
+
+
+def _flat_spec(spec):
+    """("flat", "tuple"|"list") for a tuple or list of tensors in leaf order, else spec."""
+    if spec[0] in ("tuple", "list") and all(s[0] == "T" and s[1] == i for i, s in enumerate(spec[1])):
+        return ("flat", spec[0])
+    return spec
 
 
 def _tensor_key(t):
@@ -118,11 +127,17 @@ class Function:
 
     # -- calls -----------------------------------------------------------------
     def __call__(self, *args, **kwargs):
-        if not kwargs and all(type(a) is _Tensor for a in args):
+        if not kwargs:
             # the common replay (tensors only): the key _split would make, without its walk
-            entry = self._traces.get(tuple(_tensor_key(a) for a in args))
-            if entry is not None:
-                return _unflatten(entry[1], _core.trace_replay(entry[0], list(args)))
+            key = []
+            for a in args:
+                if type(a) is not _Tensor:
+                    break
+                key.append(_tensor_key(a))
+            else:
+                entry = self._traces.get(tuple(key))
+                if entry is not None:
+                    return _unflatten(entry[1], _core.trace_replay(entry[0], list(args)))
         args, kwargs, tensors, key = self._split(args, kwargs)
         entry = self._traces.get(key)
         if entry is not None:
@@ -139,7 +154,7 @@ class Function:
             _core.trace_abort(trace)
             raise
         _core.trace_end(trace, leaves)
-        self._traces[key] = (trace, spec)
+        self._traces[key] = (trace, _flat_spec(spec))
         return out
 
     def map(self, calls: Sequence[Sequence[Any]], n_threads: Optional[int] = None) -> list:

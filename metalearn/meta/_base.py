@@ -24,7 +24,7 @@ def to_tensor(a: ArrayLike) -> _core.Tensor:
     """A float32 tensor for an array (shares memory when already float32 C-contiguous)."""
     if isinstance(a, _core.Tensor):
         return a
-    return _core.as_tensor(np.ascontiguousarray(a, dtype=np.float32))
+    return _core.as_tensor(a)  # (it shares or converts as np.ascontiguousarray(a, float32) would)
 
 
 def _mse(y_true, y_pred):
