@@ -381,6 +381,27 @@ def test_grad_of_broadcast_inputs_reduced_to_input_shape(sa, sb):
     np.testing.assert_allclose(arr(gb), exp_b, rtol=1e-5, atol=1e-5)
 
 
+def test_broadcast_binary_ops_match_numpy_over_random_shapes():
+    """Broadcasting walks the output with size-1 dims dropped and contiguous dims merged
+    ((25, 10, 1) + (25, 1, 1) as 25 rows of 10): exact NumPy results over random shapes
+    of up to 4 dims, each dim broadcast or not on either side, ranks differing."""
+    r = np.random.default_rng(11)
+    ops = [(ml.add, np.add), (ml.subtract, np.subtract), (ml.multiply, np.multiply),
+           (ml.maximum, np.maximum)]
+    for _ in range(600):
+        nd = int(r.integers(0, 5))
+        out = tuple(int(v) for v in r.integers(1, 5, nd))
+        sa = tuple(1 if r.random() < 0.4 else d for d in out)[int(r.integers(0, nd + 1)):]
+        sb = tuple(1 if r.random() < 0.4 else d for d in out)[int(r.integers(0, nd + 1)):]
+        a = r.standard_normal(sa).astype(F32)
+        b = r.standard_normal(sb).astype(F32)
+        f, g = ops[int(r.integers(0, len(ops)))]
+        got = arr(f(ml.tensor(a), ml.tensor(b)))
+        want = g(a, b)
+        assert got.shape == want.shape, (sa, sb)
+        np.testing.assert_array_equal(got, want, err_msg=f"{g.__name__} {sa} {sb}")
+
+
 @pytest.mark.parametrize("src,dst", [
     ((), ()), ((), (3, 2)), ((1,), (5,)), ((40, 1), (25, 40, 1)), ((40,), (25, 1, 40)),
     ((25, 1, 40), (25, 10, 40)), ((25, 1), (25, 40)), ((1, 40), (10, 40)), ((1, 1), (1, 1)),

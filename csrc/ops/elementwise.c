@@ -41,6 +41,41 @@ static void broadcast_strides(const ml_tensor *x, int ndim, const int64_t *shape
     }
 }
 
+/* How a broadcast binary op walks its output: the output's dims with a's and b's strides
+ * (0 where broadcast), dims of size 1 dropped and neighbours merged where both operands are
+ * contiguous across them. A (25, 10, 1) + (25, 1, 1) bias add walks 25 rows of 10, not 250
+ * rows of 1 (~12 cycles of loop overhead each, 3 us of a MAML sinusoid replay). */
+typedef struct {
+    int nd;
+    int64_t shape[ML_MAX_DIMS], sa[ML_MAX_DIMS], sb[ML_MAX_DIMS];
+} walk_plan;
+static void make_walk(const ml_tensor *a, const ml_tensor *b, int nd, const int64_t *shape,
+                      walk_plan *w) {
+    int64_t sa[ML_MAX_DIMS], sb[ML_MAX_DIMS];
+    broadcast_strides(a, nd, shape, sa);
+    broadcast_strides(b, nd, shape, sb);
+    w->nd = 0;
+    for (int d = 0; d < nd; d++) {
+        if (shape[d] == 1) continue;
+        const int t = w->nd - 1;
+        if (t >= 0 && w->sa[t] == sa[d] * shape[d] && w->sb[t] == sb[d] * shape[d]) {
+            w->shape[t] *= shape[d]; /* dims t and d walk as one */
+            w->sa[t] = sa[d];
+            w->sb[t] = sb[d];
+            continue;
+        }
+        w->shape[w->nd] = shape[d];
+        w->sa[w->nd] = sa[d];
+        w->sb[w->nd] = sb[d];
+        w->nd++;
+    }
+    if (w->nd == 0) { /* a single element */
+        w->nd = 1;
+        w->shape[0] = 1;
+        w->sa[0] = w->sb[0] = 0;
+    }
+}
+
 /* The broadcast shape of a and b (NumPy's rule) into nd / shape; 0 when they do not
  * broadcast. Sets no error (callers fall back to the op that reports it). */
 static int broadcast_shape_of(const ml_tensor *a, const ml_tensor *b, int *nd, int64_t *shape) {
@@ -101,8 +136,7 @@ bin_row(int op, int64_t n, const float *restrict a, int sa, const float *restric
  * vectorised MAML) is hundreds of 40-element rows, where a dispatched call per row cost
  * as much as the row. */
 __attribute__((target_clones("avx2", "default"))) static void binary_range(int op, const ml_tensor *a, const ml_tensor *b, ml_tensor *out,
-                         const int64_t *sa, const int64_t *sb, int64_t p0, int64_t p1) {
-    int nd = out->ndim;
+                         const walk_plan *w, int64_t p0, int64_t p1) {
     int64_t n = out->numel;
     if (a->numel == n && b->numel == n) {
         bin_row(op, p1 - p0, a->data + p0, 1, b->data + p0, 1, out->data + p0);
@@ -116,13 +150,15 @@ __attribute__((target_clones("avx2", "default"))) static void binary_range(int o
         bin_row(op, p1 - p0, a->data, 0, b->data + p0, 1, out->data + p0);
         return;
     }
+    const int nd = w->nd;
+    const int64_t *shape = w->shape, *sa = w->sa, *sb = w->sb;
     int64_t idx[ML_MAX_DIMS] = {0};
-    int64_t inner = out->shape[nd - 1];
+    int64_t inner = shape[nd - 1];
     int ia = sa[nd - 1] != 0, ib = sb[nd - 1] != 0;
     int64_t row = p0 / inner, col = p0 % inner, oa = 0, ob = 0;
     for (int d = nd - 2; d >= 0; d--) {
-        idx[d] = row % out->shape[d];
-        row /= out->shape[d];
+        idx[d] = row % shape[d];
+        row /= shape[d];
         oa += idx[d] * sa[d];
         ob += idx[d] * sb[d];
     }
@@ -137,7 +173,7 @@ __attribute__((target_clones("avx2", "default"))) static void binary_range(int o
             idx[d]++;
             oa += sa[d];
             ob += sb[d];
-            if (idx[d] < out->shape[d]) break;
+            if (idx[d] < shape[d]) break;
             oa -= sa[d] * idx[d];
             ob -= sb[d] * idx[d];
             idx[d] = 0;
@@ -160,29 +196,27 @@ typedef struct {
     int op;
     const ml_tensor *a, *b;
     ml_tensor *out;
-    const int64_t *sa, *sb;
+    const walk_plan *w;
     int64_t step;
 } bin_job;
 static void bin_part(void *ctx, int64_t i) {
     const bin_job *j = ctx;
     int64_t lo = i * j->step, hi = lo + j->step < j->out->numel ? lo + j->step : j->out->numel;
-    binary_range(j->op, j->a, j->b, j->out, j->sa, j->sb, lo, hi);
+    binary_range(j->op, j->a, j->b, j->out, j->w, lo, hi);
 }
 
 static void binary_apply(int op, const ml_tensor *a, const ml_tensor *b, ml_tensor *out) {
     int64_t n = out->numel;
     if (n == 0) return;
-    int nd = out->ndim;
-    int64_t sa[ML_MAX_DIMS], sb[ML_MAX_DIMS];
-    broadcast_strides(a, nd, out->shape, sa);
-    broadcast_strides(b, nd, out->shape, sb);
+    walk_plan w;
+    make_walk(a, b, out->ndim, out->shape, &w);
     const int64_t step = split_step(n, BIN_PAR_MIN);
     if (step) {
-        bin_job j = {op, a, b, out, sa, sb, step};
+        bin_job j = {op, a, b, out, &w, step};
         ml__parallel_for((n + step - 1) / step, 0, bin_part, &j);
         return;
     }
-    binary_range(op, a, b, out, sa, sb, 0, n);
+    binary_range(op, a, b, out, &w, 0, n);
 }
 
 typedef struct { int kernel; ml_op_id op; const char *name; } binary_params;
@@ -262,24 +296,23 @@ __attribute__((target_clones("avx2", "default"))) static void relu_grad_mask_inp
     }
 }
 static void add_relu_grad_range(const ml_tensor *a, const ml_tensor *b, const ml_tensor *m,
-                                ml_tensor *o, const int64_t *sa, const int64_t *sb,
-                                int64_t p0, int64_t p1) {
+                                ml_tensor *o, const walk_plan *w, int64_t p0, int64_t p1) {
     for (int64_t c = p0; c < p1; c += 2048) {
         const int64_t e = c + 2048 < p1 ? c + 2048 : p1;
-        binary_range(BIN_ADD, a, b, o, sa, sb, c, e);
+        binary_range(BIN_ADD, a, b, o, w, c, e);
         relu_grad_mask_inplace(m->data + c, o->data + c, e - c);
     }
 }
 typedef struct {
     const ml_tensor *a, *b, *m;
     ml_tensor *o;
-    const int64_t *sa, *sb;
+    const walk_plan *w;
     int64_t n, step;
 } arg_job;
 static void arg_part(void *ctx, int64_t i) {
     const arg_job *j = ctx;
     const int64_t lo = i * j->step, hi = lo + j->step < j->n ? lo + j->step : j->n;
-    add_relu_grad_range(j->a, j->b, j->m, j->o, j->sa, j->sb, lo, hi);
+    add_relu_grad_range(j->a, j->b, j->m, j->o, j->w, lo, hi);
 }
 static ml_status replay_add_relu_grad(ml_tensor **out, ml_tensor **in, const void *params) {
     (void)params;
@@ -299,18 +332,17 @@ static ml_status replay_add_relu_grad(ml_tensor **out, ml_tensor **in, const voi
         ml_release(t);
         return st;
     }
-    int64_t sa[ML_MAX_DIMS], sb[ML_MAX_DIMS];
-    broadcast_strides(a, nd, shape, sa);
-    broadcast_strides(b, nd, shape, sb);
+    walk_plan w;
+    make_walk(a, b, nd, shape, &w);
     ml_tensor *o = NULL;
     ml_status st = ml__new(&o, nd, shape);
     if (st) return st;
     const int64_t n = o->numel, step = split_step(n, BIN_PAR_MIN);
     if (step) {
-        arg_job j = {a, b, m, o, sa, sb, n, step};
+        arg_job j = {a, b, m, o, &w, n, step};
         ml__parallel_for((n + step - 1) / step, 0, arg_part, &j);
     } else if (n > 0) {
-        add_relu_grad_range(a, b, m, o, sa, sb, 0, n);
+        add_relu_grad_range(a, b, m, o, &w, 0, n);
     }
     *out = o;
     return ML_OK;
