@@ -190,6 +190,9 @@ class _Progress:
 
     def __init__(self, target, verbose, unit="iteration", lines=10):
         self.target, self.verbose = target, int(verbose)
+        if self.verbose == 0:  # silent: no bar at all (fit(iterations=1) in a loop)
+            self.bar = None
+            return
         self.bar = Progbar(target, verbose=self.verbose, unit_name=unit)
         self.plain = self.verbose == 1 and not self.bar._dynamic
         self.every = max(1, target // lines) if target else 1
@@ -197,6 +200,8 @@ class _Progress:
         self.unit = unit
 
     def update(self, current, values):
+        if self.bar is None:
+            return
         if self.plain and current < self.target and current % self.every == 0:
             elapsed = time.perf_counter() - self.start
             eta = elapsed / current * (self.target - current)
