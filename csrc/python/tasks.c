@@ -13,8 +13,9 @@
  * half an ulp of the float32 formula's exact sine, where NumPy's float32 sine may be an
  * ulp off): argument reduction by pi/2 in three parts (Cody & Waite), then the kernel
  * polynomials of fdlibm's __kernel_sin / __kernel_cos (|error| < 2^-58 on [-pi/4, pi/4]).
- * Arguments from 2^19 on (and inf, NaN) go to the C library's sin. Built with the portable flags, the
- * arithmetic has no fused multiply-adds, so the bits are the same on every x86-64.
+ * Arguments from 2^19 on (and inf, NaN) go to the C library's sin. Neither the baseline
+ * build nor the AVX2 clone of the loop fuses multiply-adds, so the bits are the same on
+ * every x86-64.
  */
 #include "binding.h"
 
