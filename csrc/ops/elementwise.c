@@ -660,7 +660,11 @@ static ml_status replay_broadcast_into(ml_tensor **out, ml_tensor **in, const vo
             if (dx != 1) with_x[d] = dx;
         }
     }
-    if (direct && !memcmp(with_b, with_x, (size_t)nd * sizeof *with_b))
+    /* the rank too: a broadcast that only prepends 1s changes the op's output rank */
+    int rank_x = 0;
+    for (int i = 0; direct && i < p->n_in2; i++)
+        if (args[i] && args[i]->ndim > rank_x) rank_x = args[i]->ndim;
+    if (direct && rank_x == nd && !memcmp(with_b, with_x, (size_t)nd * sizeof *with_b))
         return p->f2(out, args, p->p2);
     ml_tensor *t = NULL;
     ml_status st = ml_broadcast_to(&t, in[0], p->ndim, p->shape);

@@ -304,6 +304,28 @@ static void test_fused_trace_pairs(void) {
  * it, entries apart, with the eager bits; not when it is read twice, nor across an
  * in-place entry (which could change its input in between). */
 static void test_fused_broadcasts(void) {
+    {
+        /* (3,) -> (1, 3), then + (3,): the broadcast only adds a leading dim, which the add
+         * alone would not: the replay keeps the (1, 3) shape */
+        const int64_t s1[1] = {3}, s13[2] = {1, 3};
+        const float xv[3] = {1, 2, 3}, zv[3] = {10, 20, 30};
+        ml_tensor *x = NULL, *z = NULL, *bx = NULL, *y = NULL, *got = NULL;
+        OK(ml_tensor_from_data(&x, 1, s1, xv));
+        OK(ml_tensor_from_data(&z, 1, s1, zv));
+        ml_trace *tr = NULL;
+        ml_tensor *ins[2] = {x, z};
+        OK(ml_trace_begin(&tr, 2, ins));
+        OK(ml_broadcast_to(&bx, x, 2, s13));
+        OK(ml_add(&y, bx, z));
+        OK(ml_trace_end(tr, 1, &y));
+        OK(ml_trace_replay(tr, ins, &got));
+        CHECK(got && ml_ndim(got) == 2 && ml_shape(got)[0] == 1 && ml_shape(got)[1] == 3 &&
+                  !memcmp(ml_data(got), ml_data(y), sizeof xv),
+              "fused rank-only broadcast: replay shape or values differ from eager");
+        ml_tensor *all[] = {x, z, bx, y, got};
+        for (size_t i = 0; i < sizeof all / sizeof *all; i++) ml_release(all[i]);
+        ml_trace_free(tr);
+    }
     for (int kind = 0; kind < 5; kind++) {
         /* 0: into an add, an unrelated op in between; 1: the broadcast also an output;
          * 2: ml_assign of its input in between; 3: the broadcast grows the add's shape (the
