@@ -1,8 +1,8 @@
 /* autograd.c — grad mode, recording nodes, and ml_grad (reverse mode, any order). */
 #include "internal.h"
 
-static _Thread_local int ml_grad_disabled ML_TLS_FAST; /* 0: grad mode on (the default) */
-_Thread_local const unsigned char *ml__grad_wanted ML_TLS_FAST;
+static _Thread_local int ml_grad_disabled; /* 0: grad mode on (the default) */
+_Thread_local const unsigned char *ml__grad_wanted;
 
 int ml_grad_enabled(void) { return !ml_grad_disabled; }
 

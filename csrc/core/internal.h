@@ -234,22 +234,13 @@ ml_status ml__conv2d_kernel_grad(ml_tensor **out, ml_tensor *x, ml_tensor *g, co
  * An op that makes a tensor from data calls ML_TRACE after success, with a replay
  * function that recomputes it from the same parameters (copied) and new inputs. */
 typedef ml_status (*ml_replay_fn)(ml_tensor **out, ml_tensor **in, const void *params);
-/* Thread-locals read by every op (a few words in all): the initial-exec TLS model reads
- * them at a fixed offset from the thread pointer. In a shared object the default model
- * calls __tls_get_addr for each access (~1 % of a MAML sinusoid replay). The big or
- * rarely used ones (the error message) keep the default model. */
-#if defined(__GNUC__) && defined(__ELF__)
-#define ML_TLS_FAST __attribute__((tls_model("initial-exec")))
-#else
-#define ML_TLS_FAST
-#endif
-extern _Thread_local ml_trace *ml__trace_active ML_TLS_FAST;
+extern _Thread_local ml_trace *ml__trace_active;
 
 /* While ml_grad runs a node's backward: per input of that node, whether its gradient is
  * used (the input leads to a requested one); NULL elsewhere. A backward skips the others:
  * a meta-parameter requires grad, but the inner step of MAML asks only for the fast
  * weights, so the shared kernel's gradient there (a full GEMM) would be thrown away. */
-extern _Thread_local const unsigned char *ml__grad_wanted ML_TLS_FAST;
+extern _Thread_local const unsigned char *ml__grad_wanted;
 static inline int ml__wants(int i, const ml_tensor *t) {
     return t && t->requires_grad && (!ml__grad_wanted || ml__grad_wanted[i]);
 }

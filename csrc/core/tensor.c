@@ -108,10 +108,10 @@ typedef struct {
     struct_list structs[STRUCT_KINDS];
 } block_pool;
 
-static _Thread_local block_pool *tls_pool ML_TLS_FAST;
+static _Thread_local block_pool *tls_pool;
 /* Set when the thread's pool was destroyed at its exit: tensors released later on that
  * thread (by another pthread key's destructor) go straight to free(). */
-static _Thread_local int tls_pool_gone ML_TLS_FAST;
+static _Thread_local int tls_pool_gone;
 static pthread_key_t pool_key;
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 

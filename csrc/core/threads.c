@@ -64,7 +64,7 @@ int ml_get_num_threads(void) {
 
 /* ------------------------------------------------------------------ the pool */
 
-static _Thread_local int tl_in_parallel ML_TLS_FAST; /* inside a pool worker or a running region */
+static _Thread_local int tl_in_parallel; /* inside a pool worker or a running region */
 
 int ml__in_parallel(void) { return tl_in_parallel; }
 void ml__set_in_parallel(int on) { tl_in_parallel = on; }

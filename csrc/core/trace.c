@@ -47,7 +47,7 @@ struct ml_trace {
     int finished;
 };
 
-_Thread_local ml_trace *ml__trace_active ML_TLS_FAST;
+_Thread_local ml_trace *ml__trace_active;
 
 static size_t hash_ptr(const void *p, size_t cap) {
     uint64_t x = (uint64_t)(uintptr_t)p;

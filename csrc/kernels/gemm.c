@@ -1107,8 +1107,8 @@ ML_TARGET_AVX2 static void direct_avx2(int ta, int tb, int64_t m, int64_t n, int
 
 /* One 64-byte aligned buffer per thread, grown on demand and kept: no allocation per call,
  * no sharing between threads. A pthread key frees it when its thread exits. */
-static _Thread_local float *tl_buf ML_TLS_FAST;
-static _Thread_local size_t tl_cap ML_TLS_FAST; /* floats */
+static _Thread_local float *tl_buf;
+static _Thread_local size_t tl_cap; /* floats */
 static pthread_key_t tl_key;
 static pthread_once_t tl_once = PTHREAD_ONCE_INIT;
 static int tl_key_ok;
