@@ -289,3 +289,18 @@ def test_memory_results_quick(data):
     for needle in ("5-way 1-shot by memory lookup", "20-way 1-shot", "with memory warm start",
                    "Spearman"):
         assert needle in out.stdout
+
+
+def test_to_tensor_shares_float32_arrays_and_converts_the_rest_as_numpy_does():
+    """The fast path (a float32 array handed to the core as is) covers float32 arrays of
+    rank >= 1 only; everything else converts as np.ascontiguousarray(a, float32) does
+    (0-d values become shape (1,), object arrays of numbers convert)."""
+    from metalearn.meta._base import to_tensor
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    assert np.shares_memory(np.asarray(to_tensor(a)), a)
+    np.testing.assert_array_equal(np.asarray(to_tensor(a.T)), a.T)
+    assert to_tensor(np.float32(2.0)).shape == (1,)
+    assert to_tensor(np.zeros((), np.float32)).shape == (1,)
+    assert to_tensor(1.5).shape == (1,)
+    np.testing.assert_array_equal(np.asarray(to_tensor(np.array([1, 2], dtype=object))), [1.0, 2.0])
+    np.testing.assert_array_equal(np.asarray(to_tensor(np.arange(3))), [0.0, 1.0, 2.0])

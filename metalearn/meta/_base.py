@@ -24,7 +24,9 @@ def to_tensor(a: ArrayLike) -> _core.Tensor:
     """A float32 tensor for an array (shares memory when already float32 C-contiguous)."""
     if isinstance(a, _core.Tensor):
         return a
-    return _core.as_tensor(a)  # (it shares or converts as np.ascontiguousarray(a, float32) would)
+    if type(a) is np.ndarray and a.dtype == np.float32 and a.ndim:
+        return _core.as_tensor(a)  # the common case: shared, or copied when not C-contiguous
+    return _core.as_tensor(np.ascontiguousarray(a, dtype=np.float32))
 
 
 def _mse(y_true, y_pred):
