@@ -105,7 +105,7 @@ def test_sinusoid_sine_over_a_wide_range():
     r = np.random.default_rng(0)
     for v in np.float32(np.arange(-300000, 300000, 49850) * (math.pi / 2)):
         with r.bit_generator.lock:
-            out = _core.sinusoid_batch(r.bit_generator.capsule, 1, 1, 0, 1.0, 1.0, 0.0, 0.0,
+            out = _core.sinusoid_batch(r.bit_generator, 1, 1, 0, 1.0, 1.0, 0.0, 0.0,
                                        float(v), float(v))
         assert out[0][0, 0, 0] == v
         assert _ulps32(out[1][0, 0, 0], np.float32(np.sin(np.float64(v)))) <= 1
@@ -113,15 +113,20 @@ def test_sinusoid_sine_over_a_wide_range():
 
 def test_sinusoid_batch_rejects_bad_input():
     from metalearn import _core
-    cap = np.random.default_rng(0).bit_generator.capsule
+    bits = np.random.default_rng(0).bit_generator
     with pytest.raises(ValueError, match="b=0"):
-        _core.sinusoid_batch(cap, 0, 10, 10, 0.1, 5.0, 0.0, 1.0, -5.0, 5.0)
+        _core.sinusoid_batch(bits, 0, 10, 10, 0.1, 5.0, 0.0, 1.0, -5.0, 5.0)
     with pytest.raises(ValueError, match="k=0"):
-        _core.sinusoid_batch(cap, 2, 0, 10, 0.1, 5.0, 0.0, 1.0, -5.0, 5.0)
+        _core.sinusoid_batch(bits, 2, 0, 10, 0.1, 5.0, 0.0, 1.0, -5.0, 5.0)
+    with pytest.raises(ValueError, match="q=4611686018427387904"):
+        _core.sinusoid_batch(bits, 2, 3, 2 ** 62, 0.1, 5.0, 0.0, 1.0, -5.0, 5.0)
     with pytest.raises(OverflowError, match="not finite"):
-        _core.sinusoid_batch(cap, 2, 3, 1, 0.1, 5.0, 0.0, 1.0, -math.inf, 5.0)
-    with pytest.raises(ValueError):
+        _core.sinusoid_batch(bits, 2, 3, 1, 0.1, 5.0, 0.0, 1.0, -math.inf, 5.0)
+    with pytest.raises(AttributeError):  # not a bit generator
         _core.sinusoid_batch(object(), 2, 3, 1, 0.1, 5.0, 0.0, 1.0, -5.0, 5.0)
+    with pytest.raises(ValueError):  # a capsule of another kind
+        _core.sinusoid_batch(type("Fake", (), {"capsule": None})(), 2, 3, 1,
+                             0.1, 5.0, 0.0, 1.0, -5.0, 5.0)
     # an infinite range through the sampler: NumPy's own error
     s = Sinusoid(x_range=(-math.inf, 0.0), seed=0)
     with pytest.raises(OverflowError):

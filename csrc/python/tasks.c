@@ -13,11 +13,19 @@
  * half an ulp of the float32 formula's exact sine, where NumPy's float32 sine may be an
  * ulp off): argument reduction by pi/2 in three parts (Cody & Waite), then the kernel
  * polynomials of fdlibm's __kernel_sin / __kernel_cos (|error| < 2^-58 on [-pi/4, pi/4]).
- * Arguments from 2^19 on (and inf, NaN) go to the C library's sin. Neither the baseline
- * build nor the AVX2 clone of the loop fuses multiply-adds, so the bits are the same on
- * every x86-64.
+ * Arguments from 2^19 on (and inf, NaN) go to the C library's sin. Nothing here fuses
+ * multiply-adds (the pragma below; the AVX2 clone of the loop has no FMA either), so the
+ * bits are the same on every x86-64 build.
  */
 #include "binding.h"
+
+/* No fused multiply-adds in this file, whatever METALEARN_CFLAGS enables (-march=native
+ * turns on FMA, and GCC then contracts lo + r * u, which Generator.uniform rounds twice) */
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 
 #include <math.h>
 #include <stdint.h>
@@ -81,22 +89,27 @@ static PyObject *new_f32(int nd, npy_intp d0, npy_intp d1, npy_intp d2) {
     return PyArray_SimpleNew(nd, dims, NPY_FLOAT32);
 }
 
-/* sinusoid_batch(capsule, b, k, q, amp_lo, amp_hi, ph_lo, ph_hi, x_lo, x_hi) ->
- * (support_x, support_y, query_x, query_y, amplitude, phase) */
+/* sinusoid_batch(bit_generator, b, k, q, amp_lo, amp_hi, ph_lo, ph_hi, x_lo, x_hi) ->
+ * (support_x, support_y, query_x, query_y, amplitude, phase). The bit generator object
+ * itself, not its capsule: the argument keeps the state the capsule points to alive. */
 static PyObject *tasks_sinusoid_batch(PyObject *self, PyObject *args) {
-    PyObject *capsule;
+    PyObject *bit_generator;
     Py_ssize_t b, k, q;
     double a_lo, a_hi, p_lo, p_hi, x_lo, x_hi;
-    if (!PyArg_ParseTuple(args, "Onnndddddd:sinusoid_batch", &capsule, &b, &k, &q, &a_lo, &a_hi,
-                          &p_lo, &p_hi, &x_lo, &x_hi))
+    if (!PyArg_ParseTuple(args, "Onnndddddd:sinusoid_batch", &bit_generator, &b, &k, &q, &a_lo,
+                          &a_hi, &p_lo, &p_hi, &x_lo, &x_hi))
         return NULL;
-    bitgen_t *bg = PyCapsule_GetPointer(capsule, "BitGenerator");
-    if (!bg) return NULL;
-    if (b < 1 || k < 1 || q < 0 || b > (Py_ssize_t)1 << 40 || k + q > ((Py_ssize_t)1 << 40) / b) {
+    const Py_ssize_t big = (Py_ssize_t)1 << 40;
+    if (b < 1 || k < 1 || q < 0 || b > big || k > big || q > big || k + q > big / b) {
         PyErr_Format(PyExc_ValueError, "sinusoid_batch: need b >= 1, k >= 1, q >= 0 (and a "
                      "batch that fits in memory), got b=%zd, k=%zd, q=%zd", b, k, q);
         return NULL;
     }
+    PyObject *capsule = PyObject_GetAttrString(bit_generator, "capsule");
+    if (!capsule) return NULL;
+    bitgen_t *bg = PyCapsule_GetPointer(capsule, "BitGenerator");
+    Py_DECREF(capsule); /* (the bit generator owns the capsule and the state) */
+    if (!bg) return NULL;
     const double a_r = a_hi - a_lo, p_r = p_hi - p_lo, x_r = x_hi - x_lo;
     if (!isfinite(a_r) || !isfinite(p_r) || !isfinite(x_r) || !isfinite(a_lo) ||
         !isfinite(p_lo) || !isfinite(x_lo)) {
@@ -132,7 +145,7 @@ static PyObject *tasks_sinusoid_batch(PyObject *self, PyObject *args) {
 
 PyMethodDef ml_tasks_methods[] = {
     {"sinusoid_batch", tasks_sinusoid_batch, METH_VARARGS,
-     "sinusoid_batch(bit_generator_capsule, b, k, q, amp_lo, amp_hi, phase_lo, phase_hi, "
+     "sinusoid_batch(bit_generator, b, k, q, amp_lo, amp_hi, phase_lo, phase_hi, "
      "x_lo, x_hi)\n--\n\n"
      "b sinusoid tasks y = amplitude * sin(x - phase), drawn as Generator.uniform would "
      "(amplitudes, phases, then b rows of k + q inputs). Returns float32 arrays "
