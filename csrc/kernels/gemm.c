@@ -961,7 +961,8 @@ ML_TARGET_AVX2 static void dots_nt_avx2(int64_t m, int64_t n, int64_t k, float a
  * bits do not depend on which tile (or thread) holds a column. 4 x 24 has the 12
  * accumulators of 6 x 16 with 3 loads of B and 4 broadcasts a step (7 loads for 12 FMAs,
  * against 8), and n = 40 splits as 24 + 16 with no 8-wide edge: 250 x 40 x 40 went from
- * 104 to 113 GFLOP/s in isolation. */
+ * 101 to 108 GFLOP/s (a standalone prototype with k fixed and no alpha reached 113; the
+ * register allocation of this tile is fragile: small edits here measured 41-63). */
 ML_TARGET_AVX2 ML_INLINE void small_tile_w(const int mr, const int nv, int ta, int64_t k,
                                            float alpha, const float *a, int64_t lda,
                                            const float *b, int64_t ldb, float beta, float *c,

@@ -644,14 +644,16 @@ static ml_status replay_broadcast_into(ml_tensor **out, ml_tensor **in, const vo
     const broadcast_into_params *p = params;
     ml_tensor *args[3];
     for (int i = 0, j = 1; i < p->n_in2; i++) args[i] = i == p->t_index ? in[0] : in[j++];
-    /* the op's output shape with x and with its broadcast: the broadcast of all inputs */
-    int direct = in[0] != NULL && in[0]->ndim <= p->ndim;
-    int nd = p->ndim;
+    /* the op's output shape with x and with its broadcast (the broadcast of all inputs),
+     * its rank included: a broadcast that only prepends 1s changes the output's rank */
+    const int nd = p->ndim;
+    int direct = 1, rank_x = 0;
     int64_t with_b[ML_MAX_DIMS], with_x[ML_MAX_DIMS];
     for (int i = 0; i < nd; i++) with_b[i] = with_x[i] = 1;
-    for (int i = 0; direct && i < p->n_in2; i++) {
+    for (int i = 0; i < p->n_in2; i++) {
         const ml_tensor *t = args[i];
         if (!t || t->ndim > nd) { direct = 0; break; }
+        if (t->ndim > rank_x) rank_x = t->ndim;
         for (int d = 0; d < nd; d++) {
             const int it = t->ndim - nd + d;
             const int64_t dt = i == p->t_index ? p->shape[d] : it >= 0 ? t->shape[it] : 1;
@@ -660,10 +662,6 @@ static ml_status replay_broadcast_into(ml_tensor **out, ml_tensor **in, const vo
             if (dx != 1) with_x[d] = dx;
         }
     }
-    /* the rank too: a broadcast that only prepends 1s changes the op's output rank */
-    int rank_x = 0;
-    for (int i = 0; direct && i < p->n_in2; i++)
-        if (args[i] && args[i]->ndim > rank_x) rank_x = args[i]->ndim;
     if (direct && rank_x == nd && !memcmp(with_b, with_x, (size_t)nd * sizeof *with_b))
         return p->f2(out, args, p->p2);
     ml_tensor *t = NULL;
