@@ -113,7 +113,10 @@ static PyObject *tasks_sinusoid_batch(PyObject *self, PyObject *args) {
     const double a_r = a_hi - a_lo, p_r = p_hi - p_lo, x_r = x_hi - x_lo;
     if (!isfinite(a_r) || !isfinite(p_r) || !isfinite(x_r) || !isfinite(a_lo) ||
         !isfinite(p_lo) || !isfinite(x_lo)) {
-        PyErr_SetString(PyExc_OverflowError, "sinusoid_batch: a range is not finite");
+        char msg[200]; /* (PyErr_Format has no %g) */
+        snprintf(msg, sizeof msg, "sinusoid_batch: a range is not finite: amplitude (%g, %g), "
+                 "phase (%g, %g), x (%g, %g)", a_lo, a_hi, p_lo, p_hi, x_lo, x_hi);
+        PyErr_SetString(PyExc_OverflowError, msg);
         return NULL;
     }
     PyObject *out[6] = {new_f32(3, b, k, 1), new_f32(3, b, k, 1), new_f32(3, b, q, 1),
@@ -129,7 +132,8 @@ static PyObject *tasks_sinusoid_batch(PyObject *self, PyObject *args) {
     for (Py_ssize_t t = 0; t < b; t++) amp[t] = (float)(a_lo + a_r * bg->next_double(bg->state));
     for (Py_ssize_t t = 0; t < b; t++) ph[t] = (float)(p_lo + p_r * bg->next_double(bg->state));
     /* the draws first (calls through a pointer), then the sines in a loop of their own,
-     * whose iterations overlap (26 ns a point when interleaved, 13 us for 25 tasks) */
+     * whose iterations overlap (for 25 tasks: 12.9 us interleaved, 9.6 us apart, with the
+     * branchy quadrant select of the time) */
     for (Py_ssize_t t = 0; t < b; t++) {
         float *xs = d[0] + t * k, *xq = d[2] + t * q;
         for (Py_ssize_t i = 0; i < k; i++) xs[i] = (float)(x_lo + x_r * bg->next_double(bg->state));

@@ -66,16 +66,18 @@ class Sinusoid:
         if b < 1:
             raise ValueError(f"sample_batch: meta_batch_size must be >= 1, got {meta_batch_size}")
         r = self.rng
-        n, k = self.k_shot + self.q_queries, self.k_shot
         bits = getattr(r, "bit_generator", None)
-        if (getattr(bits, "capsule", None) is not None
-                and all(map(math.isfinite, self.amplitude + self.phase + self.x_range))):
+        if getattr(bits, "capsule", None) is not None:
             # one C pass (metalearn._core.sinusoid_batch): the same draws as the NumPy
-            # formula below, from the same Generator, in ~1/3 of its time
+            # formula below, from the same Generator, in ~1/3 of its time (a range that is
+            # not finite raises OverflowError there, before any draw)
             with bits.lock:
                 sx, sy, qx, qy, amp32, ph32 = _core.sinusoid_batch(
-                    bits, b, k, self.q_queries, *self.amplitude, *self.phase, *self.x_range)
+                    bits, b, self.k_shot, self.q_queries, *self.amplitude, *self.phase,
+                    *self.x_range)
             return Task(sx, sy, qx, qy, {"batched": True, "amplitude": amp32, "phase": ph32})
+        # a bit generator without NumPy's C interface: the same formula in NumPy
+        n, k = self.k_shot + self.q_queries, self.k_shot
         amp = r.uniform(self.amplitude[0], self.amplitude[1], b)
         ph = r.uniform(self.phase[0], self.phase[1], b)
         # float32 arithmetic on (b, n) arrays: y is within ~1e-6 of the float64 formula
