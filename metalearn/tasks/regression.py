@@ -65,28 +65,16 @@ class Sinusoid:
         b = int(meta_batch_size)
         if b < 1:
             raise ValueError(f"sample_batch: meta_batch_size must be >= 1, got {meta_batch_size}")
-        r = self.rng
-        bits = getattr(r, "bit_generator", None)
-        if getattr(bits, "capsule", None) is not None:
-            # one C pass (metalearn._core.sinusoid_batch): the same draws as the NumPy
-            # formula below, from the same Generator, in ~1/3 of its time (a range that is
-            # not finite raises OverflowError there, before any draw)
-            with bits.lock:
-                sx, sy, qx, qy, amp32, ph32 = _core.sinusoid_batch(
-                    bits, b, self.k_shot, self.q_queries, *self.amplitude, *self.phase,
-                    *self.x_range)
-            return Task(sx, sy, qx, qy, {"batched": True, "amplitude": amp32, "phase": ph32})
-        # a bit generator without NumPy's C interface: the same formula in NumPy
-        n, k = self.k_shot + self.q_queries, self.k_shot
-        amp = r.uniform(self.amplitude[0], self.amplitude[1], b)
-        ph = r.uniform(self.phase[0], self.phase[1], b)
-        # float32 arithmetic on (b, n) arrays: y is within ~1e-6 of the float64 formula
-        amp32, ph32 = amp.astype(np.float32), ph.astype(np.float32)
-        x = r.uniform(self.x_range[0], self.x_range[1], (b, n)).astype(np.float32)
-        y = np.sin(x - ph32[:, None])
-        y *= amp32[:, None]
-        return Task(x[:, :k, None].copy(), y[:, :k, None].copy(), x[:, k:, None].copy(),
-                    y[:, k:, None].copy(), {"batched": True, "amplitude": amp32, "phase": ph32})
+        # one C pass (metalearn._core.sinusoid_batch) through the Generator's bit generator:
+        # the draws and the float32 formula of Generator.uniform(amplitude, b),
+        # uniform(phase, b), uniform(x_range, (b, k_shot + q_queries)), in ~1/3 of NumPy's
+        # time (every NumPy bit generator has the C interface it uses); a range that is not
+        # finite raises OverflowError there, before any draw
+        bits = self.rng.bit_generator
+        with bits.lock:
+            sx, sy, qx, qy, amp32, ph32 = _core.sinusoid_batch(
+                bits, b, self.k_shot, self.q_queries, *self.amplitude, *self.phase, *self.x_range)
+        return Task(sx, sy, qx, qy, {"batched": True, "amplitude": amp32, "phase": ph32})
 
     def sample(self) -> Task:
         """One task: ``support_x, support_y (k_shot, 1)``, ``query_x, query_y (q_queries, 1)``."""
