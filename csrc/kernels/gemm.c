@@ -701,6 +701,22 @@ ML_TARGET_AVX2 static void transpose_avx2(int64_t rows, int64_t cols, const floa
  * (1 x N) kernel, or dZ (n x 1) times a (N x 1) kernel transposed). As a tile it would
  * transpose or mask its way through one multiply per element; here each row of C is a
  * scaled copy of b. Same rounding as small_tile: alpha (a_i b_j), then beta C. */
+/* c[i][0 : 8 nv] = a[i sa] * b[0 : 8 nv] for m rows (outer_avx2's common case) */
+ML_TARGET_AVX2 static inline __attribute__((always_inline)) void
+outer_rows_avx2(const int nv, int64_t m, const float *a, int64_t sa, const float *b, float *c,
+                int64_t ldc)
+{
+    __m256 bv[8];
+#pragma GCC unroll 8
+    for (int v = 0; v < nv; ++v) bv[v] = _mm256_loadu_ps(b + 8 * v);
+    for (int64_t i = 0; i < m; ++i) {
+        const __m256 vai = _mm256_set1_ps(a[i * sa]);
+        float *ci = c + i * ldc;
+#pragma GCC unroll 8
+        for (int v = 0; v < nv; ++v) _mm256_storeu_ps(ci + 8 * v, _mm256_mul_ps(vai, bv[v]));
+    }
+}
+
 ML_TARGET_AVX2 static void outer_avx2(int ta, int tb, int64_t m, int64_t n, float alpha,
                                       const float *a, int64_t lda, const float *b, int64_t ldb,
                                       float beta, float *c, int64_t ldc)
@@ -712,14 +728,17 @@ ML_TARGET_AVX2 static void outer_avx2(int ta, int tb, int64_t m, int64_t n, floa
         /* the common case (a layer's product, C written, not accumulated): 1 * x is x, so
          * the same bits with one multiply and b held in registers (was ~100 cycles for a
          * 10 x 40 task, twice its stores) */
-        __m256 bv[8];
-        for (int64_t j = 0; j < n8; j += 8) bv[j / 8] = _mm256_loadu_ps(b + j);
-        for (int64_t i = 0; i < m; ++i) {
-            const __m256 vai = _mm256_set1_ps(a[i * sa]);
-            float *ci = c + i * ldc;
-            for (int64_t j = 0; j < n8; j += 8) _mm256_storeu_ps(ci + j, _mm256_mul_ps(vai, bv[j / 8]));
+        switch (n8 / 8) { /* constant trip counts: b stays in registers (an array indexed
+                              by a variable is kept on the stack and reloaded per store) */
+        case 1: outer_rows_avx2(1, m, a, sa, b, c, ldc); return;
+        case 2: outer_rows_avx2(2, m, a, sa, b, c, ldc); return;
+        case 3: outer_rows_avx2(3, m, a, sa, b, c, ldc); return;
+        case 4: outer_rows_avx2(4, m, a, sa, b, c, ldc); return;
+        case 5: outer_rows_avx2(5, m, a, sa, b, c, ldc); return;
+        case 6: outer_rows_avx2(6, m, a, sa, b, c, ldc); return;
+        case 7: outer_rows_avx2(7, m, a, sa, b, c, ldc); return;
+        case 8: outer_rows_avx2(8, m, a, sa, b, c, ldc); return;
         }
-        return;
     }
     for (int64_t i = 0; i < m; ++i) {
         const float ai = a[i * sa];
