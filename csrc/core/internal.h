@@ -257,6 +257,12 @@ ml_replay_fn ml__fuse_elementwise(ml_replay_fn f1, const void *p1, ml_replay_fn 
                                   void *params, size_t *params_size);
 /* 1 and the target shape when fn is broadcast_to's replay, else 0. (ops/reduce.c) */
 int ml__broadcast_replay_shape(ml_replay_fn fn, const void *params, int *ndim, int64_t *shape);
+/* 1 and the transposes when fn is matmul's replay of a product that had k == 1 when traced
+ * (an outer product), else 0. (ops/matmul.c) */
+int ml__outer_replay_params(ml_replay_fn fn, const void *params, int *ta, int *tb);
+/* Which pass of a trace's fusion may fuse an entry into its reader: 0 element-wise pairs,
+ * 1 an outer product, 2 a broadcast_to (ops/elementwise.c; see fuse_pairs in trace.c). */
+int ml__fuse_stage(ml_replay_fn fn, const void *params);
 /* Serial number the next tensor will get (traces compare against it). */
 uint64_t ml__next_serial(void);
 /* Marks t as a constant: made from values, so a trace may capture it by value. */

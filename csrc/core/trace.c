@@ -234,11 +234,11 @@ static void compute_last_use(ml_trace *tr) {
  * same bits, one pass instead of two, the intermediate never written). The first may be
  * any number of entries earlier, provided that no entry in between works in place (an
  * optimizer step: its out is -1), so the first's inputs hold the same values at the
- * second; slots are otherwise written once. Broadcasts go in a second pass, after the
- * add + relu / add + relu_grad pairs have formed (a broadcast fused into the add first
- * would leave the add no fused form with its relu_grad). A failed allocation leaves the
- * pair as it was. */
-static int fuse_into_readers(ml_trace *tr, int broadcasts) {
+ * second; slots are otherwise written once. Stage by stage (ml__fuse_stage): outer
+ * products and then broadcasts go after the add + relu / add + relu_grad pairs have formed
+ * (either fused into the add first would leave the add no fused form with its relu or
+ * relu_grad). A failed allocation leaves the pair as it was. */
+static int fuse_into_readers(ml_trace *tr, int stage) {
     const int32_t n = tr->n_entries;
     int32_t *reads = calloc((size_t)(tr->n_slots ? tr->n_slots : 1), sizeof *reads);
     int32_t *barrier = malloc((size_t)(n + 1) * sizeof *barrier); /* in-place entries before k */
@@ -254,10 +254,7 @@ static int fuse_into_readers(ml_trace *tr, int broadcasts) {
     }
     for (int32_t k = 0; k < n; k++) {
         trace_entry *e = &tr->entries[k];
-        int bshape_nd;
-        int64_t bshape[ML_MAX_DIMS];
-        if (e->out < 0 || reads[e->out] != 1 ||
-            ml__broadcast_replay_shape(e->fn, e->params, &bshape_nd, bshape) != broadcasts)
+        if (e->out < 0 || reads[e->out] != 1 || ml__fuse_stage(e->fn, e->params) != stage)
             continue;
         const int32_t j = tr->last_use[e->out]; /* its only reader (n_entries: an output) */
         if (j <= k || j >= n || barrier[j] != barrier[k + 1]) continue;
@@ -311,8 +308,7 @@ done:
 }
 
 static void fuse_pairs(ml_trace *tr) {
-    fuse_into_readers(tr, 0);
-    fuse_into_readers(tr, 1);
+    for (int stage = 0; stage < 3; stage++) fuse_into_readers(tr, stage);
 }
 
 ml_status ml_trace_end(ml_trace *tr, int n_outputs, ml_tensor *const *outputs) {

@@ -1391,6 +1391,23 @@ void ml__sgemm_batch(int transpose_a, int transpose_b, int64_t m, int64_t n, int
               c + t * stride_c, ldc);
 }
 
+/* (gemm.h) On the AVX2 kernel every k == 1 product with alpha 1 and beta 0 is outer_avx2,
+ * one multiply per element (alpha 1 multiplies exactly where it is applied), whatever the
+ * transposes, strides, split or rows of C a call covers; that is what makes a fused
+ * reader's rows the same bits. The portable kernel sums (0 + a b: -0 would become +0), so
+ * there the caller computes the product itself. */
+int ml__sgemm_outer_rows(int64_t rows, int64_t n, const float *a, const float *b, float *c)
+{
+#if ML_HAVE_AVX2
+    if (kernel_kind() != KIND_AVX2) return 0;
+    if (rows > 0 && n > 0) outer_avx2(0, 0, rows, n, 1.0f, a, 1, b, n, 0.0f, c, n);
+    return 1;
+#else
+    (void)rows, (void)n, (void)a, (void)b, (void)c;
+    return 0;
+#endif
+}
+
 void ml_sgemm_portable(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
                        float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
                        float beta, float *c, int64_t ldc)

@@ -19,4 +19,11 @@ void ml__sgemm_batch(int transpose_a, int transpose_b, int64_t m, int64_t n, int
                      int64_t ldb, int64_t stride_b, float beta, float *c, int64_t ldc,
                      int64_t stride_c, int64_t count);
 
+/* c[r][j] = a[r] * b[j], rows x n with row stride n: the bits ml_sgemm gives for any
+ * k == 1 product with alpha 1 and beta 0 (a[r] = op(A)[r][0], b[j] = op(B)[0][j]), for any
+ * subset of its rows. 1 when done (rows may be 0: the question alone); 0, computing
+ * nothing, where the kernel in use would not give one rounded multiply per element (the
+ * portable kernel). */
+int ml__sgemm_outer_rows(int64_t rows, int64_t n, const float *a, const float *b, float *c);
+
 #endif /* ML_KERNELS_GEMM_H */

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "../core/internal.h"
+#include "../kernels/gemm.h"
 #include "../kernels/vmath.h"
 
 #define NULL_CHECK1(name, x) \
@@ -134,20 +135,22 @@ bin_row(int op, int64_t n, const float *restrict a, int sa, const float *restric
  * multi-index), then rows are walked as in an unsplit run. Cloned for AVX2 as a whole, with
  * the row kernel inlined: a broadcast over a middle axis ((25, 10, 40) * (25, 1, 40) in
  * vectorised MAML) is hundreds of 40-element rows, where a dispatched call per row cost
- * as much as the row. */
-__attribute__((target_clones("avx2", "default"))) static void binary_range(int op, const ml_tensor *a, const ml_tensor *b, ml_tensor *out,
-                         const walk_plan *w, int64_t p0, int64_t p1) {
+ * as much as the row. a and b give the shapes; their element e is read at ad[e - ash] and
+ * bd[e - bsh] (a->data and 0 but for an operand made chunk by chunk, replay_outer_into). */
+__attribute__((target_clones("avx2", "default"))) static void binary_range_at(
+    int op, const ml_tensor *a, const float *ad, int64_t ash, const ml_tensor *b,
+    const float *bd, int64_t bsh, ml_tensor *out, const walk_plan *w, int64_t p0, int64_t p1) {
     int64_t n = out->numel;
     if (a->numel == n && b->numel == n) {
-        bin_row(op, p1 - p0, a->data + p0, 1, b->data + p0, 1, out->data + p0);
+        bin_row(op, p1 - p0, ad + (p0 - ash), 1, bd + (p0 - bsh), 1, out->data + p0);
         return;
     }
     if (a->numel == n && b->numel == 1) {
-        bin_row(op, p1 - p0, a->data + p0, 1, b->data, 0, out->data + p0);
+        bin_row(op, p1 - p0, ad + (p0 - ash), 1, bd - bsh, 0, out->data + p0);
         return;
     }
     if (a->numel == 1 && b->numel == n) {
-        bin_row(op, p1 - p0, a->data, 0, b->data + p0, 1, out->data + p0);
+        bin_row(op, p1 - p0, ad - ash, 0, bd + (p0 - bsh), 1, out->data + p0);
         return;
     }
     const int nd = w->nd;
@@ -155,7 +158,7 @@ __attribute__((target_clones("avx2", "default"))) static void binary_range(int o
     int64_t idx[ML_MAX_DIMS] = {0};
     int64_t inner = shape[nd - 1];
     int ia = sa[nd - 1] != 0, ib = sb[nd - 1] != 0;
-    int64_t row = p0 / inner, col = p0 % inner, oa = 0, ob = 0;
+    int64_t row = p0 / inner, col = p0 % inner, oa = -ash, ob = -bsh;
     for (int d = nd - 2; d >= 0; d--) {
         idx[d] = row % shape[d];
         row /= shape[d];
@@ -164,7 +167,7 @@ __attribute__((target_clones("avx2", "default"))) static void binary_range(int o
     }
     for (int64_t p = p0; p < p1;) {
         int64_t len = inner - col < p1 - p ? inner - col : p1 - p;
-        bin_row(op, len, a->data + oa + (ia ? col : 0), ia, b->data + ob + (ib ? col : 0), ib,
+        bin_row(op, len, ad + (oa + (ia ? col : 0)), ia, bd + (ob + (ib ? col : 0)), ib,
                 out->data + p);
         p += len;
         col = 0;
@@ -179,6 +182,10 @@ __attribute__((target_clones("avx2", "default"))) static void binary_range(int o
             idx[d] = 0;
         }
     }
+}
+static void binary_range(int op, const ml_tensor *a, const ml_tensor *b, ml_tensor *out,
+                         const walk_plan *w, int64_t p0, int64_t p1) {
+    binary_range_at(op, a, a->data, 0, b, b->data, 0, out, w, p0, p1);
 }
 
 /* Large outputs are split over the thread pool in blocks whose starts are multiples of 64
@@ -673,6 +680,141 @@ static ml_status replay_broadcast_into(ml_tensor **out, ml_tensor **in, const vo
     return st;
 }
 
+/* An outer product (a matmul with k == 1: T[t][i][j] = a[t][i] b[t][j] for each batch
+ * entry t) read only by an element-wise op: a binary op, or the fused add + relu_grad with
+ * T as an addend. The op reads T's rows from a small buffer that ml__sgemm_outer_rows
+ * refills as the op goes, so T, as large as the op's output, is never written nor read
+ * back (in second-order MAML on sinusoids: x w1 in each forward and dL/dy w3^T in each
+ * backward of the 1-input, 1-output network, six (25, 10, 40) tensors a step; the replay
+ * went from ~144 to ~141 us, with outer_avx2 keeping b in registers). Each element
+ * is T's bits (the matmul kernel's multiply) then the op's, so the pair's. in[0], in[1] are
+ * the matmul's operands, the op's other inputs follow in order. Where the kernel or the
+ * shapes do not allow it, the pair runs as recorded. */
+typedef struct {
+    ml_replay_fn f2;
+    int t_index, n_in2, ta, tb;
+    size_t p2_size;
+    unsigned char p2[64];
+} outer_into_params;
+_Static_assert(sizeof(outer_into_params) <= ML_FUSED_PARAMS, "fused parameters too large");
+
+#define OUTER_CHUNK 2048 /* floats of T per refill: 8 kB, in L1 with the op's other rows */
+
+typedef struct {
+    int op, t_index;
+    const ml_tensor *x, *y, *m; /* the op's operands (T's is a header: shape, no data) */
+    const float *a, *b;
+    int64_t m_rows, n, chunk_rows, rows, part_rows;
+    ml_tensor *o;
+    const walk_plan *w;
+} outer_job;
+
+static void outer_part(void *ctx, int64_t part) {
+    const outer_job *j = ctx;
+    float buf[OUTER_CHUNK];
+    const int64_t r0 = part * j->part_rows;
+    const int64_t r1 = r0 + j->part_rows < j->rows ? r0 + j->part_rows : j->rows;
+    for (int64_t c = r0; c < r1; c += j->chunk_rows) {
+        const int64_t ce = c + j->chunk_rows < r1 ? c + j->chunk_rows : r1;
+        for (int64_t r = c; r < ce;) { /* T's rows of one batch entry at a time */
+            const int64_t t = r / j->m_rows;
+            const int64_t end = (t + 1) * j->m_rows < ce ? (t + 1) * j->m_rows : ce;
+            ml__sgemm_outer_rows(end - r, j->n, j->a + r, j->b + t * j->n, buf + (r - c) * j->n);
+            r = end;
+        }
+        const int64_t p0 = c * j->n, p1 = ce * j->n;
+        binary_range_at(j->op, j->x, j->t_index == 0 ? buf : j->x->data, j->t_index == 0 ? p0 : 0,
+                        j->y, j->t_index == 1 ? buf : j->y->data, j->t_index == 1 ? p0 : 0,
+                        j->o, j->w, p0, p1);
+        if (j->m) relu_grad_mask_inplace(j->m->data + p0, j->o->data + p0, p1 - p0);
+    }
+}
+
+static ml_status replay_outer_into(ml_tensor **out, ml_tensor **in, const void *params) {
+    const outer_into_params *p = params;
+    ml_tensor *a = in[0], *b = in[1];
+    ml_tensor *args[3] = {NULL, NULL, NULL};
+    for (int i = 0, k = 2; i < p->n_in2; i++) args[i] = i == p->t_index ? NULL : in[k++];
+    /* T: a and b with the same batch dims and k == 1, on a kernel whose product is one
+     * multiply (ml__sgemm_outer_rows) */
+    ml_tensor t = {0};
+    int fits = a && b && a->ndim == b->ndim && a->ndim >= 2 &&
+               ml__sgemm_outer_rows(0, 0, NULL, NULL, NULL);
+    int64_t m = 0, n = 0;
+    if (fits) {
+        const int nd = a->ndim;
+        m = p->ta ? a->shape[nd - 1] : a->shape[nd - 2];
+        n = p->tb ? b->shape[nd - 2] : b->shape[nd - 1];
+        const int64_t ka = p->ta ? a->shape[nd - 2] : a->shape[nd - 1];
+        const int64_t kb = p->tb ? b->shape[nd - 1] : b->shape[nd - 2];
+        fits = ka == 1 && kb == 1 && m >= 1 && n >= 1 && n <= OUTER_CHUNK &&
+               !memcmp(a->shape, b->shape, (size_t)(nd - 2) * sizeof *a->shape);
+        t.ndim = nd;
+        t.numel = m * n;
+        for (int d = 0; d < nd - 2; d++) {
+            t.shape[d] = a->shape[d];
+            t.numel *= a->shape[d];
+        }
+        t.shape[nd - 2] = m;
+        t.shape[nd - 1] = n;
+        fits = fits && t.numel > 0;
+    }
+    const int arg = p->f2 == replay_add_relu_grad;
+    const ml_tensor *x = p->t_index == 0 ? &t : args[0], *y = p->t_index == 1 ? &t : args[1];
+    const ml_tensor *mask = arg ? args[2] : NULL;
+    int nd = 0;
+    int64_t shape[ML_MAX_DIMS];
+    /* the op's output is T's shape (the other operands broadcast into it) */
+    fits = fits && x && y && (!arg || mask) && broadcast_shape_of(x, y, &nd, shape) &&
+           nd == t.ndim && !memcmp(shape, t.shape, (size_t)nd * sizeof *shape) &&
+           (!mask || (mask->ndim == nd && !memcmp(mask->shape, shape, (size_t)nd * sizeof *shape)));
+    if (!fits) {
+        ml_tensor *tt = NULL;
+        ml_status st = ml_matmul(&tt, a, b, p->ta, p->tb);
+        if (st) return st;
+        args[p->t_index] = tt;
+        st = p->f2(out, args, p->p2);
+        ml_release(tt);
+        return st;
+    }
+    ml_tensor *o = NULL;
+    ml_status st = ml__new(&o, nd, shape);
+    if (st) return st;
+    walk_plan w;
+    make_walk(x, y, nd, shape, &w);
+    /* chunks of whole rows of T starting at multiples of 64 elements where that fits (the
+     * starts of the thread parts of an unfused op) */
+    int64_t chunk_rows = OUTER_CHUNK / n, g = 64;
+    for (int64_t r = n % 64; r;) { /* g = gcd(n, 64) */
+        const int64_t tmp = g % r;
+        g = r;
+        r = tmp;
+    }
+    if (chunk_rows >= 64 / g) chunk_rows -= chunk_rows % (64 / g);
+    outer_job j = {arg ? BIN_ADD : ((const binary_params *)p->p2)->kernel, p->t_index, x, y, mask,
+                   a->data, b->data, m, n, chunk_rows, t.numel / n, t.numel / n, o, &w};
+    int64_t parts = 1;
+    if (split_step(t.numel, BIN_PAR_MIN)) {
+        const int64_t threads = ml_get_num_threads();
+        j.part_rows = (j.rows + threads - 1) / threads;
+        j.part_rows = (j.part_rows + chunk_rows - 1) / chunk_rows * chunk_rows;
+        parts = (j.rows + j.part_rows - 1) / j.part_rows;
+    }
+    if (parts > 1)
+        ml__parallel_for(parts, 0, outer_part, &j);
+    else
+        outer_part(&j, 0);
+    *out = o;
+    return ML_OK;
+}
+
+int ml__fuse_stage(ml_replay_fn fn, const void *params) {
+    int nd, ta, tb;
+    int64_t shape[ML_MAX_DIMS];
+    if (ml__broadcast_replay_shape(fn, params, &nd, shape)) return 2;
+    return ml__outer_replay_params(fn, params, &ta, &tb) ? 1 : 0;
+}
+
 /* (declared in internal.h; comments at replay_add_relu_grad and replay_broadcast_into) */
 ml_replay_fn ml__fuse_elementwise(ml_replay_fn f1, const void *p1, ml_replay_fn f2,
                                   const void *p2, size_t p2_size, int n_in2, int t_index,
@@ -690,6 +832,20 @@ ml_replay_fn ml__fuse_elementwise(ml_replay_fn f1, const void *p1, ml_replay_fn 
         memcpy(params, &bp, sizeof bp);
         *params_size = sizeof bp;
         return replay_broadcast_into;
+    }
+    outer_into_params op = {0};
+    if (ml__outer_replay_params(f1, p1, &op.ta, &op.tb)) {
+        if ((f2 != replay_binary && f2 != replay_add_relu_grad) || t_index > 1 || n_in2 > 3 ||
+            p2_size > sizeof op.p2)
+            return NULL;
+        op.f2 = f2;
+        op.t_index = t_index;
+        op.n_in2 = n_in2;
+        op.p2_size = p2_size;
+        memcpy(op.p2, p2, p2_size);
+        memcpy(params, &op, sizeof op);
+        *params_size = sizeof op;
+        return replay_outer_into;
     }
     if (f1 != replay_binary || ((const binary_params *)p1)->kernel != BIN_ADD) return NULL;
     if (f2 == replay_unary && ((const int *)p2)[0] == UN_RELU) {

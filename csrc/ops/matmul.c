@@ -53,10 +53,19 @@ static void batch_part(void *ctx, int64_t part) {
     }
 }
 
-typedef struct { int ta, tb; } matmul_params;
+/* outer: the product had k == 1 when traced (an outer product per batch entry), which a
+ * trace may compute inside the element-wise op that reads it (ml__fuse_elementwise) */
+typedef struct { int ta, tb, outer; } matmul_params;
 static ml_status replay_matmul(ml_tensor **out, ml_tensor **in, const void *params) {
     const matmul_params *p = params;
     return ml_matmul(out, in[0], in[1], p->ta, p->tb);
+}
+int ml__outer_replay_params(ml_replay_fn fn, const void *params, int *ta, int *tb) {
+    const matmul_params *p = params;
+    if (fn != replay_matmul || !p->outer) return 0;
+    *ta = p->ta;
+    *tb = p->tb;
+    return 1;
 }
 typedef struct { ml_activation act; } linear_params;
 static ml_status replay_linear(ml_tensor **out, ml_tensor **in, const void *params) {
@@ -133,7 +142,7 @@ ml_status ml_matmul(ml_tensor **out, ml_tensor *a, ml_tensor *b, int ta, int tb)
         node->iparams[0] = ta;
         node->iparams[1] = tb;
     }
-    matmul_params mp = {ta, tb};
+    matmul_params mp = {ta, tb, ka == 1};
     ML_TRACE(replay_matmul, 2, ins, o, &mp);
     *out = o;
     return ML_OK;

@@ -392,6 +392,95 @@ static void test_fused_broadcasts(void) {
     }
 }
 
+/* An outer product (matmul with k == 1) read only by an element-wise op is computed inside
+ * it at replay (replay_outer_into): same bits as eager, every transpose, both addends of
+ * add + relu_grad, a row length off the 8-lane width, a split over threads, and the cases
+ * that must not fuse (T read twice) or must fall back at replay (batch dims broadcast). */
+static void outer_program(int kind, ml_tensor *const *in, ml_tensor **res, ml_tensor **t) {
+    /* in: x, y (the product's operands), z (other addend / bias), m (mask) */
+    const int ta = kind == 2, tb = kind == 1;
+    ml_tensor *sum = NULL;
+    OK(ml_matmul(t, in[0], in[1], ta, tb));
+    switch (kind) {
+    case 0: /* bias add + relu, as a layer's forward */
+    case 5:
+    case 6:
+        OK(ml_add(&sum, *t, in[2]));
+        OK(ml_relu(res, sum));
+        break;
+    case 1: OK(ml__relu_grad(res, *t, in[3])); break;
+    case 2: /* T the second addend */
+        OK(ml_add(&sum, in[2], *t));
+        OK(ml__relu_grad(res, sum, in[3]));
+        break;
+    case 3: /* T the first addend */
+        OK(ml_add(&sum, *t, in[2]));
+        OK(ml__relu_grad(res, sum, in[3]));
+        break;
+    case 4: OK(ml_mul(res, *t, in[3])); break; /* T is also an output: not fused */
+    }
+    ml_release(sum);
+}
+
+static void fill_values(ml_tensor *t, unsigned seed) {
+    float *d = ml_data(t);
+    const int64_t n = ml_numel(t);
+    for (int64_t i = 0; i < n; i++) {
+        seed = seed * 1103515245u + 12345u;
+        d[i] = (float)((seed >> 8) % 2001) / 1000.0f - 1.0f;
+    }
+    /* NaNs of both signs and two payloads, a signed zero and infinities */
+    const float special[6] = {NAN, -NAN, -0.0f, INFINITY, -INFINITY, 0.0f};
+    for (int i = 0; i < 6 && i * 7 < n; i++) d[i * 7] = special[i];
+    if (n > 11) {
+        uint32_t bits = 0x7fc01234u; /* a NaN payload */
+        memcpy(&d[11], &bits, sizeof bits);
+    }
+}
+
+static void test_fused_outer(void) {
+    for (int kind = 0; kind < 7; kind++) {
+        const int64_t B = kind == 6 ? 40 : 3, M = kind == 6 ? 16 : 5;
+        const int64_t N = kind == 6 ? 33 : kind == 2 || kind == 3 ? 12 : kind == 4 ? 8 : 16;
+        const int ta = kind == 2, tb = kind == 1;
+        const int64_t sx[3] = {B, ta ? 1 : M, ta ? M : 1}, sx2[2] = {M, 1};
+        const int64_t sy[3] = {B, tb ? N : 1, tb ? 1 : N}, so[3] = {B, M, N}, sbias[3] = {B, 1, N};
+        const int bias = kind == 0 || kind == 5 || kind == 6;
+        ml_tensor *x = NULL, *y = NULL, *z = NULL, *m = NULL;
+        if (kind == 5) /* 2-D x against a batch of y: the batch dims broadcast */
+            OK(ml_tensor_zeros(&x, 2, sx2));
+        else
+            OK(ml_tensor_zeros(&x, 3, sx));
+        OK(ml_tensor_zeros(&y, 3, sy));
+        OK(ml_tensor_zeros(&z, 3, bias ? sbias : so));
+        OK(ml_tensor_zeros(&m, 3, so));
+        ml_tensor *ins[4] = {x, y, z, m}, *res = NULL, *t = NULL;
+        ml_trace *tr = NULL;
+        OK(ml_trace_begin(&tr, 4, ins));
+        outer_program(kind, ins, &res, &t);
+        ml_tensor *outs[2] = {res, t};
+        OK(ml_trace_end(tr, kind == 4 ? 2 : 1, outs));
+        CHECK(ml_trace_n_ops(tr) == (kind == 4 ? 2 : 1), "fused outer, case %d: %d entries", kind,
+              ml_trace_n_ops(tr));
+        ml_release(res), ml_release(t);
+        for (int i = 0; i < 4; i++) fill_values(ins[i], 17u * (unsigned)kind + (unsigned)i);
+        ml_tensor *got[2] = {NULL, NULL}, *want = NULL, *want_t = NULL;
+        if (kind == 6) ml_set_num_threads(2); /* 21 120 elements: the op splits */
+        OK(ml_trace_replay(tr, ins, got));
+        ml_set_num_threads(1);
+        outer_program(kind, ins, &want, &want_t);
+        CHECK(got[0] && ml_ndim(got[0]) == 3 && !memcmp(ml_shape(got[0]), so, sizeof so) &&
+                  !memcmp(ml_data(got[0]), ml_data(want), (size_t)ml_numel(want) * sizeof(float)),
+              "fused outer, case %d: replay differs from eager", kind);
+        if (kind == 4)
+            CHECK(got[1] && !memcmp(ml_data(got[1]), ml_data(want_t), (size_t)ml_numel(want_t) * sizeof(float)),
+                  "fused outer, case 4: the product itself differs");
+        ml_tensor *all[] = {x, y, z, m, got[0], got[1], want, want_t};
+        for (size_t i = 0; i < sizeof all / sizeof *all; i++) ml_release(all[i]);
+        ml_trace_free(tr);
+    }
+}
+
 int main(void) {
     test_tutorial();
     test_third_order();
@@ -405,6 +494,7 @@ int main(void) {
     test_long_chain();
     test_fused_trace_pairs();
     test_fused_broadcasts();
+    test_fused_outer();
     printf("test_core: %d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
