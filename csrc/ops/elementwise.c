@@ -638,44 +638,58 @@ ml_status ml__clip_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
  * copy of a (25, 1, 40) gradient in second-order MAML is never written. in[0] is x, the
  * op's other inputs follow in order; when x would change the op's output shape (it was
  * broadcast past the other operands' shape), x is broadcast first, as recorded. */
+/* The op an entry is fused into: its replay and parameters, its input count, and which of
+ * its inputs the entry's output was */
 typedef struct {
     ml_replay_fn f2;
-    int t_index, n_in2, ndim;
-    int64_t shape[ML_MAX_DIMS];
+    int t_index, n_in2;
     size_t p2_size;
     unsigned char p2[64];
+} fused_reader;
+static int set_reader(fused_reader *r, ml_replay_fn f2, const void *p2, size_t p2_size,
+                      int n_in2, int t_index) {
+    if (n_in2 > 3 || p2_size > sizeof r->p2) return 0;
+    *r = (fused_reader){f2, t_index, n_in2, p2_size, {0}};
+    memcpy(r->p2, p2, p2_size);
+    return 1;
+}
+
+typedef struct {
+    fused_reader r;
+    int ndim;
+    int64_t shape[ML_MAX_DIMS];
 } broadcast_into_params;
 _Static_assert(sizeof(broadcast_into_params) <= ML_FUSED_PARAMS, "fused parameters too large");
 
 static ml_status replay_broadcast_into(ml_tensor **out, ml_tensor **in, const void *params) {
     const broadcast_into_params *p = params;
     ml_tensor *args[3];
-    for (int i = 0, j = 1; i < p->n_in2; i++) args[i] = i == p->t_index ? in[0] : in[j++];
+    for (int i = 0, j = 1; i < p->r.n_in2; i++) args[i] = i == p->r.t_index ? in[0] : in[j++];
     /* the op's output shape with x and with its broadcast (the broadcast of all inputs),
      * its rank included: a broadcast that only prepends 1s changes the output's rank */
     const int nd = p->ndim;
     int direct = 1, rank_x = 0;
     int64_t with_b[ML_MAX_DIMS], with_x[ML_MAX_DIMS];
     for (int i = 0; i < nd; i++) with_b[i] = with_x[i] = 1;
-    for (int i = 0; i < p->n_in2; i++) {
+    for (int i = 0; i < p->r.n_in2; i++) {
         const ml_tensor *t = args[i];
         if (!t || t->ndim > nd) { direct = 0; break; }
         if (t->ndim > rank_x) rank_x = t->ndim;
         for (int d = 0; d < nd; d++) {
             const int it = t->ndim - nd + d;
-            const int64_t dt = i == p->t_index ? p->shape[d] : it >= 0 ? t->shape[it] : 1;
+            const int64_t dt = i == p->r.t_index ? p->shape[d] : it >= 0 ? t->shape[it] : 1;
             const int64_t dx = it >= 0 ? t->shape[it] : 1; /* (x itself at t_index) */
             if (dt != 1) with_b[d] = dt;
             if (dx != 1) with_x[d] = dx;
         }
     }
     if (direct && rank_x == nd && !memcmp(with_b, with_x, (size_t)nd * sizeof *with_b))
-        return p->f2(out, args, p->p2);
+        return p->r.f2(out, args, p->r.p2);
     ml_tensor *t = NULL;
     ml_status st = ml_broadcast_to(&t, in[0], p->ndim, p->shape);
     if (st) return st;
-    args[p->t_index] = t;
-    st = p->f2(out, args, p->p2);
+    args[p->r.t_index] = t;
+    st = p->r.f2(out, args, p->r.p2);
     ml_release(t);
     return st;
 }
@@ -691,10 +705,8 @@ static ml_status replay_broadcast_into(ml_tensor **out, ml_tensor **in, const vo
  * the matmul's operands, the op's other inputs follow in order. Where the kernel or the
  * shapes do not allow it, the pair runs as recorded. */
 typedef struct {
-    ml_replay_fn f2;
-    int t_index, n_in2, ta, tb;
-    size_t p2_size;
-    unsigned char p2[64];
+    fused_reader r;
+    int ta, tb;
 } outer_into_params;
 _Static_assert(sizeof(outer_into_params) <= ML_FUSED_PARAMS, "fused parameters too large");
 
@@ -734,7 +746,7 @@ static ml_status replay_outer_into(ml_tensor **out, ml_tensor **in, const void *
     const outer_into_params *p = params;
     ml_tensor *a = in[0], *b = in[1];
     ml_tensor *args[3] = {NULL, NULL, NULL};
-    for (int i = 0, k = 2; i < p->n_in2; i++) args[i] = i == p->t_index ? NULL : in[k++];
+    for (int i = 0, k = 2; i < p->r.n_in2; i++) args[i] = i == p->r.t_index ? NULL : in[k++];
     /* T: a and b with the same batch dims and k == 1, on a kernel whose product is one
      * multiply (ml__sgemm_outer_rows) */
     ml_tensor t = {0};
@@ -759,8 +771,8 @@ static ml_status replay_outer_into(ml_tensor **out, ml_tensor **in, const void *
         t.shape[nd - 1] = n;
         fits = fits && t.numel > 0;
     }
-    const int arg = p->f2 == replay_add_relu_grad;
-    const ml_tensor *x = p->t_index == 0 ? &t : args[0], *y = p->t_index == 1 ? &t : args[1];
+    const int arg = p->r.f2 == replay_add_relu_grad;
+    const ml_tensor *x = p->r.t_index == 0 ? &t : args[0], *y = p->r.t_index == 1 ? &t : args[1];
     const ml_tensor *mask = arg ? args[2] : NULL;
     int nd = 0;
     int64_t shape[ML_MAX_DIMS];
@@ -772,8 +784,8 @@ static ml_status replay_outer_into(ml_tensor **out, ml_tensor **in, const void *
         ml_tensor *tt = NULL;
         ml_status st = ml_matmul(&tt, a, b, p->ta, p->tb);
         if (st) return st;
-        args[p->t_index] = tt;
-        st = p->f2(out, args, p->p2);
+        args[p->r.t_index] = tt;
+        st = p->r.f2(out, args, p->r.p2);
         ml_release(tt);
         return st;
     }
@@ -791,7 +803,7 @@ static ml_status replay_outer_into(ml_tensor **out, ml_tensor **in, const void *
         r = tmp;
     }
     if (chunk_rows >= 64 / g) chunk_rows -= chunk_rows % (64 / g);
-    outer_job j = {arg ? BIN_ADD : ((const binary_params *)p->p2)->kernel, p->t_index, x, y, mask,
+    outer_job j = {arg ? BIN_ADD : ((const binary_params *)p->r.p2)->kernel, p->r.t_index, x, y, mask,
                    a->data, b->data, m, n, chunk_rows, t.numel / n, t.numel / n, o, &w};
     int64_t parts = 1;
     if (split_step(t.numel, BIN_PAR_MIN)) {
@@ -822,27 +834,17 @@ ml_replay_fn ml__fuse_elementwise(ml_replay_fn f1, const void *p1, ml_replay_fn 
     broadcast_into_params bp = {0};
     if (ml__broadcast_replay_shape(f1, p1, &bp.ndim, bp.shape)) {
         if ((f2 != replay_binary && (f2 != replay_add_relu_grad || t_index == 2)) ||
-            n_in2 > 3 || p2_size > sizeof bp.p2)
+            !set_reader(&bp.r, f2, p2, p2_size, n_in2, t_index))
             return NULL;
-        bp.f2 = f2;
-        bp.t_index = t_index;
-        bp.n_in2 = n_in2;
-        bp.p2_size = p2_size;
-        memcpy(bp.p2, p2, p2_size);
         memcpy(params, &bp, sizeof bp);
         *params_size = sizeof bp;
         return replay_broadcast_into;
     }
     outer_into_params op = {0};
     if (ml__outer_replay_params(f1, p1, &op.ta, &op.tb)) {
-        if ((f2 != replay_binary && f2 != replay_add_relu_grad) || t_index > 1 || n_in2 > 3 ||
-            p2_size > sizeof op.p2)
+        if ((f2 != replay_binary && f2 != replay_add_relu_grad) || t_index > 1 ||
+            !set_reader(&op.r, f2, p2, p2_size, n_in2, t_index))
             return NULL;
-        op.f2 = f2;
-        op.t_index = t_index;
-        op.n_in2 = n_in2;
-        op.p2_size = p2_size;
-        memcpy(op.p2, p2, p2_size);
         memcpy(params, &op, sizeof op);
         *params_size = sizeof op;
         return replay_outer_into;
