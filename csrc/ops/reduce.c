@@ -335,13 +335,10 @@ ml_status ml_broadcast_to(ml_tensor **out, ml_tensor *x, int ndim, const int64_t
         float *dst = o->data;
         for (int64_t r = 0; r < numel / (inner * rep); r++) {
             const float *restrict src = x->data + off;
-            if (!block) {
-                for (int64_t j = 0; j < rep; j++, dst += inner)
-                    for (int64_t i = 0; i < inner; i++) dst[i] = src[0];
-            } else if (inner == 1) {
+            if (!block || inner == 1) { /* one source value, rep * inner times */
                 const float v = src[0];
-                for (int64_t j = 0; j < rep; j++) dst[j] = v;
-                dst += rep;
+                for (int64_t j = 0; j < rep * inner; j++) dst[j] = v;
+                dst += rep * inner;
             } else if (inner < 1024) {
                 for (int64_t j = 0; j < rep; j++, dst += inner) {
                     float *restrict d = dst;
