@@ -15,18 +15,26 @@
 
 /* ------------------------------------------------------------ broadcasting */
 
-ml_status ml__broadcast_shape(const ml_tensor *a, const ml_tensor *b, int *ndim,
-                              int64_t *shape, const char *opname) {
-    int nd = a->ndim > b->ndim ? a->ndim : b->ndim;
-    for (int i = 0; i < nd; i++) {
-        int ia = a->ndim - nd + i, ib = b->ndim - nd + i;
-        int64_t da = ia >= 0 ? a->shape[ia] : 1, db = ib >= 0 ? b->shape[ib] : 1;
-        if (da != db && da != 1 && db != 1)
-            return ml_set_error(ML_ERR_SHAPE, "%s: shapes %s and %s cannot be broadcast together",
-                                opname, ML_SHAPE_STR(a), ML_SHAPE_STR(b));
+/* The broadcast shape of a and b (NumPy's rule) into nd / shape; 0 when they do not
+ * broadcast. Sets no error: ml__broadcast_shape reports one, and the fused replays fall
+ * back to the ops as recorded. */
+static int broadcast_shape_of(const ml_tensor *a, const ml_tensor *b, int *nd, int64_t *shape) {
+    const int n = a->ndim > b->ndim ? a->ndim : b->ndim;
+    for (int i = 0; i < n; i++) {
+        const int ia = a->ndim - n + i, ib = b->ndim - n + i;
+        const int64_t da = ia >= 0 ? a->shape[ia] : 1, db = ib >= 0 ? b->shape[ib] : 1;
+        if (da != db && da != 1 && db != 1) return 0;
         shape[i] = da == 1 ? db : da;
     }
-    *ndim = nd;
+    *nd = n;
+    return 1;
+}
+
+ml_status ml__broadcast_shape(const ml_tensor *a, const ml_tensor *b, int *ndim,
+                              int64_t *shape, const char *opname) {
+    if (!broadcast_shape_of(a, b, ndim, shape))
+        return ml_set_error(ML_ERR_SHAPE, "%s: shapes %s and %s cannot be broadcast together",
+                            opname, ML_SHAPE_STR(a), ML_SHAPE_STR(b));
     return ML_OK;
 }
 
@@ -75,20 +83,6 @@ static void make_walk(const ml_tensor *a, const ml_tensor *b, int nd, const int6
         w->shape[0] = 1;
         w->sa[0] = w->sb[0] = 0;
     }
-}
-
-/* The broadcast shape of a and b (NumPy's rule) into nd / shape; 0 when they do not
- * broadcast. Sets no error (callers fall back to the op that reports it). */
-static int broadcast_shape_of(const ml_tensor *a, const ml_tensor *b, int *nd, int64_t *shape) {
-    const int n = a->ndim > b->ndim ? a->ndim : b->ndim;
-    for (int i = 0; i < n; i++) {
-        const int ia = a->ndim - n + i, ib = b->ndim - n + i;
-        const int64_t da = ia >= 0 ? a->shape[ia] : 1, db = ib >= 0 ? b->shape[ib] : 1;
-        if (da != db && da != 1 && db != 1) return 0;
-        shape[i] = da == 1 ? db : da;
-    }
-    *nd = n;
-    return 1;
 }
 
 /* ------------------------------------------------------------ binary kernels */
@@ -632,12 +626,6 @@ ml_status ml__clip_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
     return s.status;
 }
 
-/* broadcast_to(x) read only by an element-wise op that broadcasts its operands itself (a
- * binary op, or the fused add + relu_grad): the op reads x directly. Each output element
- * is the same operation on the same values, so the bits are the pair's; the (25, 10, 40)
- * copy of a (25, 1, 40) gradient in second-order MAML is never written. in[0] is x, the
- * op's other inputs follow in order; when x would change the op's output shape (it was
- * broadcast past the other operands' shape), x is broadcast first, as recorded. */
 /* The op an entry is fused into: its replay and parameters, its input count, and which of
  * its inputs the entry's output was */
 typedef struct {
@@ -654,6 +642,12 @@ static int set_reader(fused_reader *r, ml_replay_fn f2, const void *p2, size_t p
     return 1;
 }
 
+/* broadcast_to(x) read only by an element-wise op that broadcasts its operands itself (a
+ * binary op, or the fused add + relu_grad): the op reads x directly. Each output element
+ * is the same operation on the same values, so the bits are the pair's; the (25, 10, 40)
+ * copy of a (25, 1, 40) gradient in second-order MAML is never written. in[0] is x, the
+ * op's other inputs follow in order; when x would change the op's output shape (it was
+ * broadcast past the other operands' shape), x is broadcast first, as recorded. */
 typedef struct {
     fused_reader r;
     int ndim;
@@ -796,13 +790,9 @@ static ml_status replay_outer_into(ml_tensor **out, ml_tensor **in, const void *
     make_walk(x, y, nd, shape, &w);
     /* chunks of whole rows of T starting at multiples of 64 elements where that fits (the
      * starts of the thread parts of an unfused op) */
-    int64_t chunk_rows = OUTER_CHUNK / n, g = 64;
-    for (int64_t r = n % 64; r;) { /* g = gcd(n, 64) */
-        const int64_t tmp = g % r;
-        g = r;
-        r = tmp;
-    }
-    if (chunk_rows >= 64 / g) chunk_rows -= chunk_rows % (64 / g);
+    const int64_t low = n & -n, q = 64 / (low < 64 ? low : 64); /* rows: a multiple of 64 */
+    int64_t chunk_rows = OUTER_CHUNK / n;
+    if (chunk_rows >= q) chunk_rows -= chunk_rows % q;
     outer_job j = {arg ? BIN_ADD : ((const binary_params *)p->r.p2)->kernel, p->r.t_index, x, y, mask,
                    a->data, b->data, m, n, chunk_rows, t.numel / n, t.numel / n, o, &w};
     int64_t parts = 1;
