@@ -697,10 +697,6 @@ ML_TARGET_AVX2 static void transpose_avx2(int64_t rows, int64_t cols, const floa
         for (int64_t j = 0; j < cols; ++j) dst[j * ldd + i] = src[i * lds + j];
 }
 
-/* k == 1: C = alpha a b^T + beta C, an outer product (a 1-unit layer: x (n x 1) times a
- * (1 x N) kernel, or dZ (n x 1) times a (N x 1) kernel transposed). As a tile it would
- * transpose or mask its way through one multiply per element; here each row of C is a
- * scaled copy of b. Same rounding as small_tile: alpha (a_i b_j), then beta C. */
 /* c[i][0 : 8 nv] = a[i sa] * b[0 : 8 nv] for m rows (outer_avx2's common case) */
 ML_TARGET_AVX2 static inline __attribute__((always_inline)) void
 outer_rows_avx2(const int nv, int64_t m, const float *a, int64_t sa, const float *b, float *c,
@@ -717,6 +713,10 @@ outer_rows_avx2(const int nv, int64_t m, const float *a, int64_t sa, const float
     }
 }
 
+/* k == 1: C = alpha a b^T + beta C, an outer product (a 1-unit layer: x (n x 1) times a
+ * (1 x N) kernel, or dZ (n x 1) times a (N x 1) kernel transposed). As a tile it would
+ * transpose or mask its way through one multiply per element; here each row of C is a
+ * scaled copy of b. Same rounding as small_tile: alpha (a_i b_j), then beta C. */
 ML_TARGET_AVX2 static void outer_avx2(int ta, int tb, int64_t m, int64_t n, float alpha,
                                       const float *a, int64_t lda, const float *b, int64_t ldb,
                                       float beta, float *c, int64_t ldc)
