@@ -45,6 +45,8 @@
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define ML_HAVE_AVX2 1
 #include <immintrin.h>
+/* y is used from a register: GCC otherwise folds one load into every FMA that reads it */
+#define ML_IN_REGISTER(y) __asm__("" : "+x"(y))
 #else
 #define ML_HAVE_AVX2 0
 #endif
@@ -904,73 +906,122 @@ ML_TARGET_AVX2 static void row_avx2(int ta, int64_t n, int64_t k, float alpha, c
         lanes40((int)min64(40, n - j0), k, a, ta ? lda : 1, b + j0, ldb, alpha, beta, c + j0, 1);
 }
 
-/* C = alpha A B^T + beta C with few columns: rows of A and rows of B are both contiguous
- * along k, so each element is a dot product; 3 rows x 4 columns of C are 12 vector
- * accumulators, summed across lanes four at a time at the end. The small kernel would
- * first transpose B and then fill 16-lane tiles with 10 columns (the 10x10x40 products of
- * MAML's low-rank fast weights ran at a third of the FMA peak that way). */
+/* Lane sums without vhaddps (4 uops, one every 2 cycles on Zen 4): of x0..x3, lanes 0..3
+ * of each 128-bit half become (l0 + l2) + (l1 + l3) of that half. 10 x 10 x 40 products
+ * spent ~20 cycles a 2 x 5 tile summing with hadd, ~16 this way. */
+ML_TARGET_AVX2 ML_INLINE __m256 fold4(__m256 x0, __m256 x1, __m256 x2, __m256 x3)
+{
+    const __m256 a = _mm256_add_ps(_mm256_unpacklo_ps(x0, x1), _mm256_unpackhi_ps(x0, x1));
+    const __m256 b = _mm256_add_ps(_mm256_unpacklo_ps(x2, x3), _mm256_unpackhi_ps(x2, x3));
+    return _mm256_add_ps(_mm256_shuffle_ps(a, b, 0x44), _mm256_shuffle_ps(a, b, 0xEE));
+}
+
+/* The sums of four (hsum4) or eight (hsum8) vectors' lanes, each by the same tree
+ * ((l0 + l2) + (l1 + l3)) + ((l4 + l6) + (l5 + l7)): every element of a dots_nt product
+ * is summed this way, wherever its tile lies, so a thread split does not change its bits. */
+ML_TARGET_AVX2 ML_INLINE __m128 hsum4(__m256 x0, __m256 x1, __m256 x2, __m256 x3)
+{
+    const __m256 f = fold4(x0, x1, x2, x3);
+    return _mm_add_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
+}
+
+ML_TARGET_AVX2 ML_INLINE __m256 hsum8(const __m256 x[4], const __m256 y[4])
+{
+    const __m256 f = fold4(x[0], x[1], x[2], x[3]), g = fold4(y[0], y[1], y[2], y[3]);
+    return _mm256_add_ps(_mm256_permute2f128_ps(f, g, 0x20), _mm256_permute2f128_ps(f, g, 0x31));
+}
+
+/* One dots_nt tile: mr (1, 2) rows of A times nr (1..5) rows of B, mr * nr vector
+ * accumulators, each one lane-wise FMA chain over k. Constants after inlining, so the
+ * accumulators stay in registers. 2 x 5 needs 7 loads for 10 FMAs, and 10 x 10 splits into
+ * 2 x 5 tiles with no lane wasted (3 x 4 tiles computed 144 dot products for its 100). */
+ML_TARGET_AVX2 ML_INLINE void dots_nt_tile(const int mr, const int nr, int64_t k,
+                                           __m256i tail, float alpha, const float *a,
+                                           int64_t lda, const float *b, int64_t ldb,
+                                           float beta, float *c, int64_t ldc)
+{
+    __m256 acc[2][5];
+    for (int r = 0; r < mr; ++r)
+        for (int j = 0; j < nr; ++j) acc[r][j] = _mm256_setzero_ps();
+    const int64_t k8 = k / 8 * 8;
+#define ML_DOT_STEP(LOAD, p)                                                                  \
+    do {                                                                                      \
+        __m256 x[2];                                                                          \
+        for (int r = 0; r < mr; ++r) x[r] = LOAD(a + r * lda + (p));                          \
+        for (int j = 0; j < nr; ++j) {                                                        \
+            __m256 y = LOAD(b + j * ldb + (p));                                               \
+            ML_IN_REGISTER(y);                                                                \
+            for (int r = 0; r < mr; ++r) acc[r][j] = _mm256_fmadd_ps(x[r], y, acc[r][j]);    \
+        }                                                                                     \
+    } while (0)
+#define ML_LOADU(ptr) _mm256_loadu_ps(ptr)
+#define ML_LOADT(ptr) _mm256_maskload_ps(ptr, tail)
+    for (int64_t p = 0; p < k8; p += 8) ML_DOT_STEP(ML_LOADU, p);
+    if (k8 < k) ML_DOT_STEP(ML_LOADT, k8);
+#undef ML_LOADU
+#undef ML_LOADT
+#undef ML_DOT_STEP
+    const __m128 va = _mm_set1_ps(alpha), vb = _mm_set1_ps(beta);
+    const int n4 = nr < 4 ? nr : 4;
+    const __m128i keep = _mm_cmpgt_epi32(_mm_set1_epi32(n4), _mm_setr_epi32(0, 1, 2, 3));
+    if (mr == 2 && n4 == 4) { /* columns 0..3 of both rows: one vector of 8 sums */
+        __m256 o = _mm256_mul_ps(_mm256_set1_ps(alpha), hsum8(acc[0], acc[1]));
+        if (beta != 0.0f)
+            o = _mm256_fmadd_ps(_mm256_set1_ps(beta),
+                                _mm256_set_m128(_mm_loadu_ps(c + ldc), _mm_loadu_ps(c)), o);
+        _mm_storeu_ps(c, _mm256_castps256_ps128(o));
+        _mm_storeu_ps(c + ldc, _mm256_extractf128_ps(o, 1));
+    } else {
+        for (int r = 0; r < mr; ++r) { /* missing columns repeat column 0, not stored */
+            const __m256 *q = acc[r];
+            __m128 o = _mm_mul_ps(va, hsum4(q[0], q[n4 > 1], q[n4 > 2 ? 2 : 0], q[n4 > 3 ? 3 : 0]));
+            float *cr = c + r * ldc;
+            if (beta != 0.0f) o = _mm_fmadd_ps(vb, _mm_maskload_ps(cr, keep), o);
+            if (n4 == 4)
+                _mm_storeu_ps(cr, o);
+            else
+                _mm_maskstore_ps(cr, keep, o);
+        }
+    }
+    if (nr == 5) { /* column 4 of both rows in one sum: lanes r0, r1, r0, r1 */
+        float s[4];
+        _mm_storeu_ps(s, hsum4(acc[0][4], acc[mr - 1][4], acc[0][4], acc[mr - 1][4]));
+        for (int r = 0; r < mr; ++r) {
+            float *o = c + r * ldc + 4;
+            *o = beta != 0.0f ? fmaf(beta, *o, alpha * s[r]) : alpha * s[r];
+        }
+    }
+}
+
+/* C = alpha A B^T + beta C with few columns (n < DOTS_NT_MAX_N): rows of A and rows of B
+ * are both contiguous along k, so each element is a dot product. Tiles of 2 rows and n
+ * split evenly into parts of at most 5 columns. The small kernel would first transpose B
+ * and then fill 16-lane tiles with 10 columns (the 10 x 10 x 40 products of MAML's
+ * low-rank fast weights ran at a third of the FMA peak that way). */
 ML_TARGET_AVX2 static void dots_nt_avx2(int64_t m, int64_t n, int64_t k, float alpha,
                                         const float *a, int64_t lda, const float *b,
                                         int64_t ldb, float beta, float *c, int64_t ldc)
 {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const int64_t k8 = k / 8 * 8;
-    const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(k - k8)), lane);
-    const __m128i lane4 = _mm_setr_epi32(0, 1, 2, 3);
-    for (int64_t i0 = 0; i0 < m; i0 += 3) {
-        const int mr = (int)min64(3, m - i0);
-        /* rows past the edge re-read the tile's first row; their sums are not stored */
-        const float *a0 = a + i0 * lda, *a1 = mr > 1 ? a0 + lda : a0, *a2 = mr > 2 ? a0 + 2 * lda : a0;
-        for (int64_t j0 = 0; j0 < n; j0 += 4) {
-            const int nr = (int)min64(4, n - j0);
-            const float *b0 = b + j0 * ldb, *b1 = nr > 1 ? b0 + ldb : b0;
-            const float *b2 = nr > 2 ? b0 + 2 * ldb : b0, *b3 = nr > 3 ? b0 + 3 * ldb : b0;
-            __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c03 = c00;
-            __m256 c10 = c00, c11 = c00, c12 = c00, c13 = c00;
-            __m256 c20 = c00, c21 = c00, c22 = c00, c23 = c00;
-#define ML_DOT_STEP(LOAD, p)                                                                  \
-    do {                                                                                      \
-        const __m256 x0 = LOAD(a0 + (p)), x1 = LOAD(a1 + (p)), x2 = LOAD(a2 + (p));           \
-        __m256 y = LOAD(b0 + (p));                                                            \
-        c00 = _mm256_fmadd_ps(x0, y, c00), c10 = _mm256_fmadd_ps(x1, y, c10);                 \
-        c20 = _mm256_fmadd_ps(x2, y, c20);                                                    \
-        y = LOAD(b1 + (p));                                                                   \
-        c01 = _mm256_fmadd_ps(x0, y, c01), c11 = _mm256_fmadd_ps(x1, y, c11);                 \
-        c21 = _mm256_fmadd_ps(x2, y, c21);                                                    \
-        y = LOAD(b2 + (p));                                                                   \
-        c02 = _mm256_fmadd_ps(x0, y, c02), c12 = _mm256_fmadd_ps(x1, y, c12);                 \
-        c22 = _mm256_fmadd_ps(x2, y, c22);                                                    \
-        y = LOAD(b3 + (p));                                                                   \
-        c03 = _mm256_fmadd_ps(x0, y, c03), c13 = _mm256_fmadd_ps(x1, y, c13);                 \
-        c23 = _mm256_fmadd_ps(x2, y, c23);                                                    \
-    } while (0)
-#define ML_LOADU(ptr) _mm256_loadu_ps(ptr)
-#define ML_LOADT(ptr) _mm256_maskload_ps(ptr, tail)
-            for (int64_t p = 0; p < k8; p += 8) ML_DOT_STEP(ML_LOADU, p);
-            if (k8 < k) ML_DOT_STEP(ML_LOADT, k8);
-#undef ML_LOADU
-#undef ML_LOADT
-#undef ML_DOT_STEP
-            /* lanes summed: row r's four dot products in one 4-float vector */
-            __m128 row[3];
-            const __m256 h0[3][2] = {{_mm256_hadd_ps(c00, c01), _mm256_hadd_ps(c02, c03)},
-                                     {_mm256_hadd_ps(c10, c11), _mm256_hadd_ps(c12, c13)},
-                                     {_mm256_hadd_ps(c20, c21), _mm256_hadd_ps(c22, c23)}};
-            for (int r = 0; r < 3; ++r) {
-                const __m256 h = _mm256_hadd_ps(h0[r][0], h0[r][1]);
-                row[r] = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(k % 8)),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const int parts = (int)((n + 4) / 5), base = (int)n / parts, extra = (int)n % parts;
+    for (int64_t i0 = 0; i0 < m; i0 += 2) {
+        const int mr = (int)min64(2, m - i0);
+        const float *ai = a + i0 * lda;
+        float *ci = c + i0 * ldc;
+        int64_t j0 = 0;
+        for (int t = 0; t < parts; ++t) {
+            const int nr = base + (t < extra);
+            const float *bj = b + j0 * ldb;
+            float *cij = ci + j0;
+            switch (mr * 8 + nr) { /* constant shapes: accumulators in registers */
+#define ML_TILE(R, N)                                                                         \
+    case R * 8 + N: dots_nt_tile(R, N, k, tail, alpha, ai, lda, bj, ldb, beta, cij, ldc); break
+            ML_TILE(1, 1); ML_TILE(1, 2); ML_TILE(1, 3); ML_TILE(1, 4); ML_TILE(1, 5);
+            ML_TILE(2, 1); ML_TILE(2, 2); ML_TILE(2, 3); ML_TILE(2, 4); ML_TILE(2, 5);
+#undef ML_TILE
             }
-            const __m128i keep = _mm_cmpgt_epi32(_mm_set1_epi32(nr), lane4);
-            const __m128 va = _mm_set1_ps(alpha), vb = _mm_set1_ps(beta);
-            for (int r = 0; r < mr; ++r) {
-                float *cr = c + (i0 + r) * ldc + j0;
-                __m128 o = _mm_mul_ps(va, row[r]);
-                if (beta != 0.0f) o = _mm_fmadd_ps(vb, _mm_maskload_ps(cr, keep), o);
-                if (nr == 4)
-                    _mm_storeu_ps(cr, o);
-                else
-                    _mm_maskstore_ps(cr, keep, o);
-            }
+            j0 += nr;
         }
     }
 }

@@ -160,10 +160,12 @@ int main(void)
          * slice), 8-column edges (even/odd accumulators), A^T up to 64 rows and past */
         {40, 40, 250}, {100, 24, 130}, {7, 8, 65},    {64, 40, 300},  {65, 40, 300},
         {20, 56, 129}, {9, 8, 3},
-        /* A B^T with under 16 columns as dot products: 3 x 4 blocks, ragged rows and
-         * columns, k with and without an 8-lane tail */
+        /* A B^T with under 16 columns as dot products: 2-row tiles (a 1-row last one
+         * for odd m), columns in parts of at most 5 (13 = 5 + 4 + 4, 11 = 4 + 4 + 3),
+         * k with and without an 8-lane tail */
         {10, 10, 40},  {100, 4, 40},   {4, 5, 8},     {8, 15, 9},     {2, 3, 512},
-        {6, 5, 784},   {4, 3, 1030},
+        {6, 5, 784},   {4, 3, 1030},   {11, 13, 37},  {9, 7, 16},     {1, 5, 64},
+        {3, 11, 8},    {5, 2, 23},     {7, 14, 41},   {75, 5, 784},
         /* the unpacked kernel past k = 512 for a few rows; a matrix-vector product with a
          * strided B column (the padded cases) and with a long k */
         {12, 24, 700}, {3, 17, 1030},  {200, 1, 700}, {7, 1, 3},     {33, 1, 5},
