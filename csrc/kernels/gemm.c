@@ -1485,6 +1485,35 @@ void ml_sgemm(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
                    alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
+#if ML_HAVE_AVX2
+/* A batch of PATH_ROW or PATH_GEMV_T products (sums of k rows of 40 weighted by a vector:
+ * MAML's x^T dZ and dZ^T w per task), lanes40 inlined into the loop over products: the
+ * same calls row_avx2 and gemv_t_avx2 make, without sgemm's dispatch per product. */
+ML_TARGET_AVX2 static void lanes40_batch(int row, int ta, int tb, int64_t m, int64_t n,
+                                         int64_t k, float alpha, const float *a, int64_t lda,
+                                         int64_t sa, const float *b, int64_t ldb, int64_t sb,
+                                         float beta, float *c, int64_t ldc, int64_t sc,
+                                         int64_t count)
+{
+    const int64_t incx = tb ? 1 : ldb; /* GEMV_T: op(B) is one column */
+    for (int64_t t = 0; t < count; ++t) {
+        const float *at = a + t * sa, *bt = b + t * sb;
+        float *ct = c + t * sc;
+        if (row)
+            for (int64_t j0 = 0; j0 < n; j0 += 40)
+                lanes40((int)min64(40, n - j0), k, at, ta ? lda : 1, bt + j0, ldb, alpha, beta,
+                        ct + j0, 1);
+        else if (ldc == 1) /* C one column, contiguous: the store loop without a stride */
+            for (int64_t i0 = 0; i0 < m; i0 += 40)
+                lanes40((int)min64(40, m - i0), k, bt, incx, at + i0, lda, alpha, beta, ct + i0, 1);
+        else
+            for (int64_t i0 = 0; i0 < m; i0 += 40)
+                lanes40((int)min64(40, m - i0), k, bt, incx, at + i0, lda, alpha, beta,
+                        ct + i0 * ldc, ldc);
+    }
+}
+#endif
+
 /* `count` products of one shape at fixed strides, on the calling thread, the kernel chosen
  * once: MAML's per-task products (25 tasks of 10x40 outer products, ...) cost less than
  * their dispatch through ml_sgemm one by one. Each equals ml_sgemm of the same shape. */
@@ -1495,6 +1524,19 @@ void ml__sgemm_batch(int transpose_a, int transpose_b, int64_t m, int64_t n, int
 {
     const int ta = transpose_a != 0, tb = transpose_b != 0;
     const int path = gemm_path(kernel_kind() == KIND_AVX2, ta, tb, m, n, k);
+#if ML_HAVE_AVX2
+    if (path == PATH_DOTS && (tb || ldb == 1) && alpha != 0.0f && k > 0 && m > 0) {
+        for (int64_t t = 0; t < count; ++t) /* op(B) contiguous: no gather, no dispatch */
+            dots_avx2(m, k, alpha, a + t * stride_a, lda, b + t * stride_b, beta,
+                      c + t * stride_c, ldc);
+        return;
+    }
+    if ((path == PATH_ROW || path == PATH_GEMV_T) && alpha != 0.0f && k > 0 && m > 0 && n > 0) {
+        lanes40_batch(path == PATH_ROW, ta, tb, m, n, k, alpha, a, lda, stride_a, b, ldb,
+                      stride_b, beta, c, ldc, stride_c, count);
+        return;
+    }
+#endif
     for (int64_t t = 0; t < count; ++t)
         sgemm(path, ta, tb, m, n, k, alpha, a + t * stride_a, lda, b + t * stride_b, ldb, beta,
               c + t * stride_c, ldc);

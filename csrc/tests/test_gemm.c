@@ -197,8 +197,10 @@ int main(void)
 
     /* ml__sgemm_batch: each product the same bits as ml_sgemm of that shape */
     {
+        /* with m == 1 or n == 1 (and 45 > 40 lanes) the batch runs its own loop */
         static const int64_t bs[][3] = {{10, 40, 1}, {10, 1, 40}, {10, 10, 40}, {10, 40, 10},
-                                        {75, 5, 784}, {3, 7, 5}};
+                                        {75, 5, 784}, {3, 7, 5}, {1, 40, 10}, {40, 1, 10},
+                                        {1, 45, 10}, {45, 1, 7}, {13, 1, 41}};
         for (int s = 0; s < (int)(sizeof bs / sizeof bs[0]); ++s)
             for (int t = 0; t < 4; ++t) {
                 const int ta = t >> 1, tb = t & 1;
