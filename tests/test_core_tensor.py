@@ -418,6 +418,34 @@ def test_broadcast_to_matches_numpy(src, dst):
     np.testing.assert_array_equal(arr(got), np.broadcast_to(x, dst))
 
 
+@pytest.mark.parametrize("inner", [1, 3, 8, 37, 40, 45, 64, 77, 104, 256])
+@pytest.mark.parametrize("red", [1, 2, 10, 75])
+def test_sum_over_a_middle_axis_adds_row_after_row(red, inner):
+    """sum_to / reduce_sum over axis 1 of (outer, red, inner): every column is the float32
+    sum of its rows in order (column blocks of 64, 40, 32 and 8 and a scalar tail are summed
+    in registers), so it equals NumPy adding the rows one after another, bit for bit, and
+    float64 within rounding; a single column is four partial sums. Negative zeros and a NaN
+    go through as NumPy's do."""
+    x = np.random.default_rng(red * 1000 + inner).uniform(-1, 1, (3, red, inner)).astype(F32)
+    x[0, 0, 0] = -0.0
+    x[1, red - 1, inner - 1] = np.nan
+    if inner > 1:
+        want = np.zeros((3, inner), F32)
+        for r in range(red):
+            want = want + x[:, r, :]
+    else:  # one column: four partial sums over rows r % 4, the rest into the first
+        s = [np.zeros((3, 1), F32) for _ in range(4)]
+        for r in range(red):
+            q = r % 4 if r < red // 4 * 4 else 0
+            s[q] = s[q] + x[:, r, :]
+        want = (s[0] + s[1]) + (s[2] + s[3])
+    got = arr(ml.sum_to(ml.tensor(x), (3, 1, inner)))
+    np.testing.assert_array_equal(got[:, 0, :], want)
+    np.testing.assert_array_equal(arr(ml.reduce_sum(ml.tensor(x), axis=1)), want)
+    np.testing.assert_allclose(got[:, 0, :], x.astype(np.float64).sum(axis=1), rtol=1e-5,
+                               atol=1e-5)
+
+
 # ------------------------------------------------------------------ autograd basics
 
 
