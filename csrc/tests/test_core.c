@@ -405,6 +405,8 @@ static void outer_program(int kind, ml_tensor *const *in, ml_tensor **res, ml_te
     case 0: /* bias add + relu, as a layer's forward */
     case 5:
     case 6:
+    case 7: /* ... with z broadcast over one of two batch dims: the general walk */
+    case 8: /* ... z one value per row (B, M, 1) */
         OK(ml_add(&sum, *t, in[2]));
         OK(ml_relu(res, sum));
         break;
@@ -418,6 +420,7 @@ static void outer_program(int kind, ml_tensor *const *in, ml_tensor **res, ml_te
         OK(ml__relu_grad(res, sum, in[3]));
         break;
     case 4: OK(ml_mul(res, *t, in[3])); break; /* T is also an output: not fused */
+    case 9: OK(ml_sub(res, in[2], *t)); break;  /* z (N,) minus T: no batch dims in z */
     }
     ml_release(sum);
 }
@@ -439,21 +442,31 @@ static void fill_values(ml_tensor *t, unsigned seed) {
 }
 
 static void test_fused_outer(void) {
-    for (int kind = 0; kind < 7; kind++) {
+    for (int kind = 0; kind < 10; kind++) {
         const int64_t B = kind == 6 ? 40 : 3, M = kind == 6 ? 16 : 5;
         const int64_t N = kind == 6 ? 33 : kind == 2 || kind == 3 ? 12 : kind == 4 ? 8 : 16;
         const int ta = kind == 2, tb = kind == 1;
-        const int64_t sx[3] = {B, ta ? 1 : M, ta ? M : 1}, sx2[2] = {M, 1};
-        const int64_t sy[3] = {B, tb ? N : 1, tb ? 1 : N}, so[3] = {B, M, N}, sbias[3] = {B, 1, N};
-        const int bias = kind == 0 || kind == 5 || kind == 6;
+        /* 4-D for kind 7: batch dims (2, B) */
+        const int nd = kind == 7 ? 4 : 3, lead = nd - 3;
+        int64_t sx[4] = {2}, sy[4] = {2}, so[4] = {2}, sz[4] = {2};
+        const int64_t sx3[3] = {B, ta ? 1 : M, ta ? M : 1}, sy3[3] = {B, tb ? N : 1, tb ? 1 : N};
+        const int64_t so3[3] = {B, M, N};
+        const int bias = kind == 0 || kind == 5 || kind == 6 || kind == 7;
+        const int64_t sz3[3] = {kind == 7 ? 1 : B, bias ? 1 : M, kind == 8 ? 1 : N};
+        memcpy(sx + lead, sx3, sizeof sx3), memcpy(sy + lead, sy3, sizeof sy3);
+        memcpy(so + lead, so3, sizeof so3), memcpy(sz + lead, sz3, sizeof sz3);
+        const int64_t sx2[2] = {M, 1}, sz1[1] = {N};
         ml_tensor *x = NULL, *y = NULL, *z = NULL, *m = NULL;
         if (kind == 5) /* 2-D x against a batch of y: the batch dims broadcast */
             OK(ml_tensor_zeros(&x, 2, sx2));
         else
-            OK(ml_tensor_zeros(&x, 3, sx));
-        OK(ml_tensor_zeros(&y, 3, sy));
-        OK(ml_tensor_zeros(&z, 3, bias ? sbias : so));
-        OK(ml_tensor_zeros(&m, 3, so));
+            OK(ml_tensor_zeros(&x, nd, sx));
+        OK(ml_tensor_zeros(&y, nd, sy));
+        if (kind == 9)
+            OK(ml_tensor_zeros(&z, 1, sz1));
+        else
+            OK(ml_tensor_zeros(&z, nd, sz));
+        OK(ml_tensor_zeros(&m, nd, so));
         ml_tensor *ins[4] = {x, y, z, m}, *res = NULL, *t = NULL;
         ml_trace *tr = NULL;
         OK(ml_trace_begin(&tr, 4, ins));
@@ -469,7 +482,7 @@ static void test_fused_outer(void) {
         OK(ml_trace_replay(tr, ins, got));
         ml_set_num_threads(1);
         outer_program(kind, ins, &want, &want_t);
-        CHECK(got[0] && ml_ndim(got[0]) == 3 && !memcmp(ml_shape(got[0]), so, sizeof so) &&
+        CHECK(got[0] && ml_ndim(got[0]) == nd && !memcmp(ml_shape(got[0]), so, (size_t)nd * sizeof *so) &&
                   !memcmp(ml_data(got[0]), ml_data(want), (size_t)ml_numel(want) * sizeof(float)),
               "fused outer, case %d: replay differs from eager", kind);
         if (kind == 4)
