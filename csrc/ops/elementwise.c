@@ -741,39 +741,41 @@ static int direct_layout(const ml_tensor *u, int nd, const int64_t *shape, int64
     return 1;
 }
 
-/* Rows [r0, r1) of T and of the op's output when the op's other operand has one simple
+/* Rows [r0, r1) of T and of the op's output when the op's other operand u has one simple
  * layout: its batch index t adds o_task floats (0: one for all), its row index o_row (0:
  * one row per batch entry, as a bias or a per-task weight row) and its column o_col (0:
- * one value per row). Each row of T (a[r] b[t][j], the one multiply the kernel makes) is
- * made in a row buffer and read at once, with no broadcast walk: that walk cost ~11
- * cycles a row of its own, as much as the op on a 40-float row (the fused bias add + relu
- * of MAML's sinusoid forward, ~5.8k TSC ticks for (25, 10, 40), ~2k of them the walk).
- * The mask, when given, zeroes what relu_grad_mask_inplace does: the same bits. */
+ * one value per row). T's rows of a batch entry are made by the matmul's kernel
+ * (ml__sgemm_outer_rows: its multiply, so its bits, NaNs' signs included) into buf, and
+ * the op reads them row by row with u's row, without the broadcast walk: that walk cost
+ * ~11 cycles a row of its own, as much as the op on a 40-float row (the fused bias add +
+ * relu of MAML's sinusoid forward). The mask, when given, zeroes what
+ * relu_grad_mask_inplace does: the same bits. */
 __attribute__((target_clones("avx2", "default"))) static void outer_rows_direct(
     int op, int t_index, const float *a, const float *b, int64_t m_rows, int64_t n,
     const float *od, int64_t o_task, int64_t o_row, int o_col, const float *mask,
-    float *out, int64_t r0, int64_t r1) {
-    float buf[OUTER_CHUNK];
-    int64_t t = r0 / m_rows, i = r0 % m_rows;
-    for (int64_t r = r0; r < r1; r++) {
-        const float ar = a[r], *restrict bt = b + t * n;
-        for (int64_t j = 0; j < n; j++) buf[j] = ar * bt[j];
-        const float *orow = od + t * o_task + i * o_row;
-        float *dst = out + r * n;
-        if (t_index == 0)
-            bin_row(op, n, buf, 1, orow, o_col, dst);
-        else
-            bin_row(op, n, orow, o_col, buf, 1, dst);
-        if (mask) {
-            const float *restrict mr = mask + r * n;
-            for (int64_t j = 0; j < n; j++) {
-                uint32_t bits;
-                memcpy(&bits, &dst[j], sizeof bits);
-                bits &= 0u - (uint32_t)(mr[j] > 0);
-                memcpy(&dst[j], &bits, sizeof bits);
+    float *out, int64_t r0, int64_t r1, float *buf) {
+    for (int64_t r = r0; r < r1;) { /* the rows of one batch entry t at a time */
+        const int64_t t = r / m_rows, i0 = r % m_rows;
+        int64_t end = (t + 1) * m_rows < r1 ? (t + 1) * m_rows : r1;
+        if (end - r > OUTER_CHUNK / n) end = r + OUTER_CHUNK / n; /* what buf holds */
+        ml__sgemm_outer_rows(end - r, n, a + r, b + t * n, buf);
+        for (int64_t i = i0; r < end; i++, r++) {
+            const float *trow = buf + (i - i0) * n, *urow = od + t * o_task + i * o_row;
+            float *dst = out + r * n;
+            if (t_index == 0)
+                bin_row(op, n, trow, 1, urow, o_col, dst);
+            else
+                bin_row(op, n, urow, o_col, trow, 1, dst);
+            if (mask) {
+                const float *restrict mr = mask + r * n;
+                for (int64_t j = 0; j < n; j++) {
+                    uint32_t bits;
+                    memcpy(&bits, &dst[j], sizeof bits);
+                    bits &= 0u - (uint32_t)(mr[j] > 0);
+                    memcpy(&dst[j], &bits, sizeof bits);
+                }
             }
         }
-        if (++i == m_rows) i = 0, t++;
     }
 }
 
@@ -781,14 +783,14 @@ static void outer_part(void *ctx, int64_t part) {
     const outer_job *j = ctx;
     const int64_t r0 = part * j->part_rows;
     const int64_t r1 = r0 + j->part_rows < j->rows ? r0 + j->part_rows : j->rows;
+    float buf[OUTER_CHUNK];
     if (j->direct) {
         const ml_tensor *other = j->t_index == 0 ? j->y : j->x;
         outer_rows_direct(j->op, j->t_index, j->a, j->b, j->m_rows, j->n, other->data,
                           j->o_task, j->o_row, j->o_col, j->m ? j->m->data : NULL, j->o->data,
-                          r0, r1);
+                          r0, r1, buf);
         return;
     }
-    float buf[OUTER_CHUNK];
     for (int64_t c = r0; c < r1; c += j->chunk_rows) {
         const int64_t ce = c + j->chunk_rows < r1 ? c + j->chunk_rows : r1;
         for (int64_t r = c; r < ce;) { /* T's rows of one batch entry at a time */
@@ -865,7 +867,9 @@ static ml_status replay_outer_into(ml_tensor **out, ml_tensor **in, const void *
     outer_job j = {arg ? BIN_ADD : ((const binary_params *)p->r.p2)->kernel, p->r.t_index, x, y, mask,
                    a->data, b->data, m, n, chunk_rows, t.numel / n, t.numel / n, o, &w,
                    0, 0, 0, 0};
-    j.direct = direct_layout(p->r.t_index == 0 ? y : x, nd, shape, &j.o_task, &j.o_row, &j.o_col);
+    /* (an operand of T's own shape: the chunks below, one op call a chunk) */
+    j.direct = direct_layout(p->r.t_index == 0 ? y : x, nd, shape, &j.o_task, &j.o_row, &j.o_col) &&
+               (j.o_col == 0 || j.o_row == 0 || j.o_task == 0);
     int64_t parts = 1;
     if (split_step(t.numel, BIN_PAR_MIN)) {
         const int64_t threads = ml_get_num_threads();

@@ -406,6 +406,7 @@ static void outer_program(int kind, ml_tensor *const *in, ml_tensor **res, ml_te
     case 5:
     case 6:
     case 7: /* ... with z broadcast over one of two batch dims: the general walk */
+    case 11:
     case 8: /* ... z one value per row (B, M, 1) */
         OK(ml_add(&sum, *t, in[2]));
         OK(ml_relu(res, sum));
@@ -421,6 +422,7 @@ static void outer_program(int kind, ml_tensor *const *in, ml_tensor **res, ml_te
         break;
     case 4: OK(ml_mul(res, *t, in[3])); break; /* T is also an output: not fused */
     case 9: OK(ml_sub(res, in[2], *t)); break;  /* z (N,) minus T: no batch dims in z */
+    case 10: OK(ml_div(res, *t, in[2])); break; /* T / z, z a row per batch entry */
     }
     ml_release(sum);
 }
@@ -442,16 +444,17 @@ static void fill_values(ml_tensor *t, unsigned seed) {
 }
 
 static void test_fused_outer(void) {
-    for (int kind = 0; kind < 10; kind++) {
-        const int64_t B = kind == 6 ? 40 : 3, M = kind == 6 ? 16 : 5;
-        const int64_t N = kind == 6 ? 33 : kind == 2 || kind == 3 ? 12 : kind == 4 ? 8 : 16;
+    for (int kind = 0; kind < 12; kind++) {
+        /* kind 11: a batch entry's rows of T (100 x 40) past the 2048-float row buffer */
+        const int64_t B = kind == 6 ? 40 : 3, M = kind == 6 ? 16 : kind == 11 ? 100 : 5;
+        const int64_t N = kind == 6 ? 33 : kind == 2 || kind == 3 ? 12 : kind == 4 ? 8 : kind == 11 ? 40 : 16;
         const int ta = kind == 2, tb = kind == 1;
         /* 4-D for kind 7: batch dims (2, B) */
         const int nd = kind == 7 ? 4 : 3, lead = nd - 3;
         int64_t sx[4] = {2}, sy[4] = {2}, so[4] = {2}, sz[4] = {2};
         const int64_t sx3[3] = {B, ta ? 1 : M, ta ? M : 1}, sy3[3] = {B, tb ? N : 1, tb ? 1 : N};
         const int64_t so3[3] = {B, M, N};
-        const int bias = kind == 0 || kind == 5 || kind == 6 || kind == 7;
+        const int bias = kind == 0 || kind == 5 || kind == 6 || kind == 7 || kind == 10 || kind == 11;
         const int64_t sz3[3] = {kind == 7 ? 1 : B, bias ? 1 : M, kind == 8 ? 1 : N};
         memcpy(sx + lead, sx3, sizeof sx3), memcpy(sy + lead, sy3, sizeof sy3);
         memcpy(so + lead, so3, sizeof so3), memcpy(sz + lead, sz3, sizeof sz3);
