@@ -260,8 +260,16 @@ int ml__broadcast_replay_shape(ml_replay_fn fn, const void *params, int *ndim, i
 /* 1 and the transposes when fn is matmul's replay of a product that had k == 1 when traced
  * (an outer product), else 0. (ops/matmul.c) */
 int ml__outer_replay_params(ml_replay_fn fn, const void *params, int *ta, int *tb);
+/* Likewise for a product that had k > 1 and was one GEMM over a's rows (b 2-D, a not
+ * transposed). (ops/matmul.c) */
+int ml__matmul_replay_params(ml_replay_fn fn, const void *params, int *ta, int *tb);
+/* 1 and the shape when fn is reshape's replay, else 0. (ops/shape.c) */
+int ml__reshape_replay_shape(ml_replay_fn fn, const void *params, int *ndim, int64_t *shape);
 /* Which pass of a trace's fusion may fuse an entry into its reader: 0 element-wise pairs,
- * 1 an outer product, 2 a broadcast_to (ops/elementwise.c; see fuse_pairs in trace.c). */
+ * 1 an outer product, 2 a broadcast_to, 3 a product (into a reshape or an element-wise
+ * op), 4 a product and its reshape (into an element-wise op) (ops/elementwise.c; see
+ * fuse_pairs in trace.c). */
+#define ML_FUSE_STAGES 5
 int ml__fuse_stage(ml_replay_fn fn, const void *params);
 /* Serial number the next tensor will get (traces compare against it). */
 uint64_t ml__next_serial(void);

@@ -235,9 +235,10 @@ static void compute_last_use(ml_trace *tr) {
  * any number of entries earlier, provided that no entry in between works in place (an
  * optimizer step: its out is -1), so the first's inputs hold the same values at the
  * second; slots are otherwise written once. Stage by stage (ml__fuse_stage): outer
- * products and then broadcasts go after the add + relu / add + relu_grad pairs have formed
- * (either fused into the add first would leave the add no fused form with its relu or
- * relu_grad). A failed allocation leaves the pair as it was. */
+ * products, broadcasts and then other products go after the add + relu / add + relu_grad
+ * pairs have formed (any of them fused into the add first would leave the add no fused
+ * form with its relu or relu_grad); a product first takes in its reshape, then its
+ * reader. A failed allocation leaves the pair as it was. */
 static int fuse_into_readers(ml_trace *tr, int stage) {
     const int32_t n = tr->n_entries;
     int32_t *reads = calloc((size_t)(tr->n_slots ? tr->n_slots : 1), sizeof *reads);
@@ -308,7 +309,7 @@ done:
 }
 
 static void fuse_pairs(ml_trace *tr) {
-    for (int stage = 0; stage < 3; stage++) fuse_into_readers(tr, stage);
+    for (int stage = 0; stage < ML_FUSE_STAGES; stage++) fuse_into_readers(tr, stage);
 }
 
 ml_status ml_trace_end(ml_trace *tr, int n_outputs, ml_tensor *const *outputs) {

@@ -1100,12 +1100,12 @@ ML_TARGET_AVX2 ML_INLINE void small_tile_w(const int mr, const int nv, int ta, i
  * element, alpha and beta as small_tile_w, so either tile gives the same bits. 2 x 40 has
  * 10 accumulators for 5 loads of B and 2 broadcasts a step; 10 rows were 4 + 4 + 2 rows of
  * 24 + 16 tiles, the 2-row ones waiting on their FMA chains. */
-ML_TARGET_AVX2 ML_INLINE void small_tile_2x40(const int mr, int ta, int64_t k, float alpha,
-                                              const float *a, int64_t lda, const float *b,
-                                              int64_t ldb, float beta, float *c, int64_t ldc)
+/* The 2 x 40 tile's products: c0 (row 0) and c1 (row 1, when mr is 2), each element one
+ * FMA chain over k in order */
+ML_TARGET_AVX2 ML_INLINE void tile_2x40_acc(const int mr, int ta, int64_t k, const float *a,
+                                            int64_t lda, const float *b, int64_t ldb,
+                                            __m256 c0[5], __m256 c1[5])
 {
-    /* two 1-D arrays: a 2-D one was kept in memory beside its registers */
-    __m256 c0[5], c1[5];
 #pragma GCC unroll 5
     for (int v = 0; v < 5; ++v) c0[v] = c1[v] = _mm256_setzero_ps();
     const int64_t as_p = ta ? lda : 1, as_i = ta ? 1 : lda; /* op(A)[i][p] */
@@ -1120,6 +1120,15 @@ ML_TARGET_AVX2 ML_INLINE void small_tile_2x40(const int mr, int ta, int64_t k, f
             if (mr > 1) c1[v] = _mm256_fmadd_ps(a1, y, c1[v]);
         }
     }
+}
+
+ML_TARGET_AVX2 ML_INLINE void small_tile_2x40(const int mr, int ta, int64_t k, float alpha,
+                                              const float *a, int64_t lda, const float *b,
+                                              int64_t ldb, float beta, float *c, int64_t ldc)
+{
+    /* two 1-D arrays: a 2-D one was kept in memory beside its registers */
+    __m256 c0[5], c1[5];
+    tile_2x40_acc(mr, ta, k, a, lda, b, ldb, c0, c1);
     const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
 #pragma GCC unroll 5
     for (int v = 0; v < 5; ++v)
@@ -1128,6 +1137,39 @@ ML_TARGET_AVX2 ML_INLINE void small_tile_2x40(const int mr, int ta, int64_t k, f
             __m256 x = _mm256_mul_ps(va, r ? c1[v] : c0[v]);
             if (beta != 0.0f) x = _mm256_fmadd_ps(vb, _mm256_loadu_ps(o), x);
             _mm256_storeu_ps(o, x);
+        }
+}
+
+/* small_tile_2x40 with alpha 1, beta 0 and an element-wise op applied to each element
+ * before it is stored (ml__sgemm_into): x the product's element, u[r] row r's operand,
+ * m[r] its mask. Each is the unfused op's formula on the same values (see ML_EPI_*). */
+ML_TARGET_AVX2 ML_INLINE void small_tile_2x40_epi(const int mr, const int epi, int64_t k,
+                                                  const float *a, int64_t lda, const float *b,
+                                                  int64_t ldb, float *c,
+                                                  const float *const u[2],
+                                                  const float *const m[2])
+{
+    __m256 c0[5], c1[5];
+    tile_2x40_acc(mr, 0, k, a, lda, b, ldb, c0, c1);
+    const __m256 zero = _mm256_setzero_ps();
+#pragma GCC unroll 5
+    for (int v = 0; v < 5; ++v)
+        for (int r = 0; r < mr; ++r) {
+            __m256 x = r ? c1[v] : c0[v]; /* alpha 1: the product's bits */
+            const __m256 ur = _mm256_loadu_ps(u[r] + 8 * v);
+            switch (epi) {
+            case ML_EPI_ADD: x = _mm256_add_ps(x, ur); break;
+            case ML_EPI_ADD_RELU: /* x + u > 0 ? x + u : +0 (NaN: +0) */
+                x = _mm256_add_ps(x, ur);
+                x = _mm256_and_ps(x, _mm256_cmp_ps(x, zero, _CMP_GT_OQ));
+                break;
+            case ML_EPI_RELU_GRAD: x = _mm256_and_ps(x, _mm256_cmp_ps(ur, zero, _CMP_GT_OQ)); break;
+            case ML_EPI_ADD_MASK: /* (u + x), +0 where the mask is not > 0 */
+                x = _mm256_add_ps(ur, x);
+                x = _mm256_and_ps(x, _mm256_cmp_ps(_mm256_loadu_ps(m[r] + 8 * v), zero, _CMP_GT_OQ));
+                break;
+            }
+            _mm256_storeu_ps(c + r * 40 + 8 * v, x);
         }
 }
 
@@ -1555,6 +1597,68 @@ int ml__sgemm_outer_rows(int64_t rows, int64_t n, const float *a, const float *b
     return 1;
 #else
     (void)rows, (void)n, (void)a, (void)b, (void)c;
+    return 0;
+#endif
+}
+
+#if ML_HAVE_AVX2
+/* the epilogue tiles as functions of their own, one per op and row count (as
+ * small_tile_2x40_2: inlined into the loop over tiles, GCC spilled) */
+#define ML_EPI_TILE(NAME, MR, EPI)                                                          \
+    ML_TARGET_AVX2 __attribute__((noinline)) static void NAME(                              \
+        int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb, float *c,      \
+        const float *const u[2], const float *const m[2])                                   \
+    {                                                                                       \
+        small_tile_2x40_epi(MR, EPI, k, a, lda, b, ldb, c, u, m);                           \
+    }
+ML_EPI_TILE(epi_add_2, 2, ML_EPI_ADD)
+ML_EPI_TILE(epi_add_1, 1, ML_EPI_ADD)
+ML_EPI_TILE(epi_add_relu_2, 2, ML_EPI_ADD_RELU)
+ML_EPI_TILE(epi_add_relu_1, 1, ML_EPI_ADD_RELU)
+ML_EPI_TILE(epi_relu_grad_2, 2, ML_EPI_RELU_GRAD)
+ML_EPI_TILE(epi_relu_grad_1, 1, ML_EPI_RELU_GRAD)
+ML_EPI_TILE(epi_add_mask_2, 2, ML_EPI_ADD_MASK)
+ML_EPI_TILE(epi_add_mask_1, 1, ML_EPI_ADD_MASK)
+#undef ML_EPI_TILE
+typedef void (*epi_tile_fn)(int64_t, const float *, int64_t, const float *, int64_t, float *,
+                            const float *const[2], const float *const[2]);
+#endif
+
+int ml__sgemm_into(int transpose_b, int64_t m, int64_t n, int64_t k, const float *a,
+                   const float *b, int epi, const float *u, int64_t u_div, const float *mask,
+                   float *out)
+{
+#if ML_HAVE_AVX2
+    const int tb = transpose_b != 0;
+    /* PATH_SMALL_W at n = 40 with k in one slice: small_avx2's 2 x 40 tiles */
+    if (kernel_kind() != KIND_AVX2 || n != 40 || k <= 0 || k > SMALL_KC || m <= 0 ||
+        epi < ML_EPI_ADD || epi > ML_EPI_ADD_MASK || u_div < 1 ||
+        (double)m * (double)n * (double)k >= PAR_MIN_MACS ||
+        gemm_path(1, 0, tb, m, n, k) != PATH_SMALL_W)
+        return 0;
+    if (!a) return 1; /* the question alone */
+    const int64_t ldb = tb ? k : n;
+    if (tb) { /* as small_avx2: B^T copied to row-major first */
+        float *bt = get_buffer((size_t)(k * n));
+        if (!bt) return 0;
+        transpose_avx2(n, k, b, ldb, bt, n);
+        b = bt;
+    }
+    static const epi_tile_fn tiles[4][2] = {{epi_add_1, epi_add_2},
+                                            {epi_add_relu_1, epi_add_relu_2},
+                                            {epi_relu_grad_1, epi_relu_grad_2},
+                                            {epi_add_mask_1, epi_add_mask_2}};
+    for (int64_t i0 = 0; i0 < m; i0 += 2) {
+        const int two = m - i0 >= 2;
+        const int64_t i1 = two ? i0 + 1 : i0;
+        const float *const ur[2] = {u + i0 / u_div * n, u + i1 / u_div * n};
+        const float *const mr[2] = {mask ? mask + i0 * n : NULL, mask ? mask + i1 * n : NULL};
+        tiles[epi - ML_EPI_ADD][two](k, a + i0 * k, k, b, n, out + i0 * n, ur, mr);
+    }
+    return 1;
+#else
+    (void)transpose_b, (void)m, (void)n, (void)k, (void)a, (void)b, (void)epi, (void)u;
+    (void)u_div, (void)mask, (void)out;
     return 0;
 #endif
 }

@@ -26,4 +26,20 @@ void ml__sgemm_batch(int transpose_a, int transpose_b, int64_t m, int64_t n, int
  * portable kernel). */
 int ml__sgemm_outer_rows(int64_t rows, int64_t n, const float *a, const float *b, float *c);
 
+/* The element-wise ops ml__sgemm_into applies to a product's element x as it is stored,
+ * with u the op's other operand and m a mask; each the unfused op's formula (elementwise.c):
+ * ADD x + u; ADD_RELU x + u if > 0, else +0; RELU_GRAD x where u > 0, else +0; ADD_MASK
+ * u + x where m > 0, else +0 (add + relu_grad). */
+enum { ML_EPI_ADD = 1, ML_EPI_ADD_RELU, ML_EPI_RELU_GRAD, ML_EPI_ADD_MASK };
+
+/* out = epi(A op(B), u, mask) for A m x k (not transposed, row stride k) and B (k x n, or
+ * n x k when transposed; row stride its last dim), out, u and mask m x n row-major, but
+ * that row r of u is row r / u_div (u_div > 1: one row per group of rows, a bias per
+ * task). The product's bits are ml_sgemm's, the op's the unfused op's. 1 when done (m 0:
+ * the question alone); 0, computing nothing, where this is not the kernel ml_sgemm would
+ * use for the product (only its 2 x 40 tiles have the epilogue) or it would be threaded. */
+int ml__sgemm_into(int transpose_b, int64_t m, int64_t n, int64_t k, const float *a,
+                   const float *b, int epi, const float *u, int64_t u_div, const float *mask,
+                   float *out);
+
 #endif /* ML_KERNELS_GEMM_H */

@@ -885,10 +885,102 @@ static ml_status replay_outer_into(ml_tensor **out, ml_tensor **in, const void *
     return ML_OK;
 }
 
+/* A product (k > 1 when traced) and the reshape that is its only reader: the product with
+ * the reshape's shape (a reshape of a new tensor is its data under a new shape). An entry
+ * of its own so that the product can then take in the element-wise op reading the
+ * reshape (replay_matmul_into): in MAML's vectorised steps, the (250, 40) products of 25
+ * tasks' stacked rows are reshaped to (25, 10, 40) to meet per-task operands. */
+typedef struct {
+    int ta, tb, ndim;
+    int64_t shape[ML_MAX_DIMS];
+} matmul_view_params;
+
+static ml_status replay_matmul_view(ml_tensor **out, ml_tensor **in, const void *params) {
+    const matmul_view_params *p = params;
+    ml_tensor *t = NULL;
+    ml_status st = ml_matmul(&t, in[0], in[1], p->ta, p->tb);
+    if (st) return st;
+    st = ml_reshape(out, t, p->ndim, p->shape);
+    ml_release(t);
+    return st;
+}
+
+/* A product T = A op(B) (A not transposed, B 2-D: one GEMM over A's rows, as ml_matmul
+ * runs it), perhaps reshaped (v.ndim > 0), read only by an element-wise op the GEMM can
+ * apply as it stores T's elements (ml__sgemm_into): x + u, relu(x + u) with u of T's shape
+ * or one row per batch entry (a bias), relu_grad(x, u), or add + relu_grad with T as an
+ * addend. T is never written nor read back: in MAML sinusoid's second-order step, six of
+ * the nine 250 x 40 x 40 products are read by such an op. Each element is the product's
+ * bits and then the op's formula, so the unfused pair's (of a sum of two NaNs, either
+ * NaN: which one x86 keeps depends on the instruction's operand order, free to the
+ * compiler in the unfused op too). in[0], in[1] are the product's operands, the op's other
+ * inputs follow; where the kernel or the layouts do not allow it, the product (its reshape)
+ * and the op run as recorded. Chunks of T made by the GEMM and read by the op were tried
+ * first (as replay_outer_into): the GEMM split into calls lost what the op gained. */
+typedef struct {
+    fused_reader r;
+    matmul_view_params v;
+} matmul_into_params;
+_Static_assert(sizeof(matmul_into_params) <= ML_FUSED_PARAMS, "fused parameters too large");
+
+static ml_status replay_matmul_into(ml_tensor **out, ml_tensor **in, const void *params) {
+    const matmul_into_params *p = params;
+    ml_tensor *a = in[0], *b = in[1];
+    ml_tensor *args[3] = {NULL, NULL, NULL};
+    for (int i = 0, k = 2; i < p->r.n_in2; i++) args[i] = i == p->r.t_index ? NULL : in[k++];
+    const int arg = p->r.f2 == replay_add_relu_grad;
+    const int kernel = arg ? -1 : ((const binary_params *)p->r.p2)->kernel;
+    const int epi = arg ? ML_EPI_ADD_MASK
+                  : kernel == BIN_ADD ? ML_EPI_ADD
+                  : kernel == BIN_ADD_RELU ? ML_EPI_ADD_RELU
+                  : kernel == BIN_RELU_GRAD && p->r.t_index == 0 ? ML_EPI_RELU_GRAD : 0;
+    const ml_tensor *u = args[p->r.t_index == 0 ? 1 : 0], *mask = arg ? args[2] : NULL;
+    int64_t rows = 0, n = 0, k = 0, u_div = 1, tshape[ML_MAX_DIMS];
+    int nd = 0;
+    int fits = epi && a && b && u && (!arg || mask) && !p->v.ta && a->ndim >= 2 && b->ndim == 2;
+    if (fits) {
+        k = a->shape[a->ndim - 1];
+        n = p->v.tb ? b->shape[0] : b->shape[1];
+        rows = k > 0 ? a->numel / k : 0;
+        fits = (p->v.tb ? b->shape[1] : b->shape[0]) == k && rows > 0 &&
+               ml__sgemm_into(p->v.tb, rows, n, k, NULL, NULL, epi, NULL, 1, NULL, NULL);
+    }
+    if (fits) { /* T's shape: the reshape's, or the product's; u of T's shape or one row a
+                   batch entry (dim -2 of 1), the mask of T's shape */
+        nd = p->v.ndim ? p->v.ndim : a->ndim;
+        memcpy(tshape, p->v.ndim ? p->v.shape : a->shape, (size_t)nd * sizeof *tshape);
+        if (!p->v.ndim) tshape[nd - 1] = n;
+        fits = u->ndim == nd && tshape[nd - 1] == n && (!mask || (mask->ndim == nd &&
+               !memcmp(mask->shape, tshape, (size_t)nd * sizeof *tshape)));
+        for (int d = 0; fits && d < nd; d++)
+            fits = u->shape[d] == tshape[d] || (d == nd - 2 && u->shape[d] == 1);
+        if (fits && u->shape[nd - 2] == 1) u_div = tshape[nd - 2];
+    }
+    if (!fits) { /* the pair (or the three) as recorded */
+        ml_tensor *tt = NULL;
+        ml_status st = p->v.ndim ? replay_matmul_view(&tt, in, &p->v)
+                                 : ml_matmul(&tt, a, b, p->v.ta, p->v.tb);
+        if (st) return st;
+        args[p->r.t_index] = tt;
+        st = p->r.f2(out, args, p->r.p2);
+        ml_release(tt);
+        return st;
+    }
+    ml_tensor *o = NULL;
+    ml_status st = ml__new(&o, nd, tshape);
+    if (st) return st;
+    ml__sgemm_into(p->v.tb, rows, n, k, a->data, b->data, epi, u->data, u_div,
+                   mask ? mask->data : NULL, o->data);
+    *out = o;
+    return ML_OK;
+}
+
 int ml__fuse_stage(ml_replay_fn fn, const void *params) {
     int nd, ta, tb;
     int64_t shape[ML_MAX_DIMS];
     if (ml__broadcast_replay_shape(fn, params, &nd, shape)) return 2;
+    if (ml__matmul_replay_params(fn, params, &ta, &tb)) return 3;
+    if (fn == replay_matmul_view) return 4;
     return ml__outer_replay_params(fn, params, &ta, &tb) ? 1 : 0;
 }
 
@@ -904,6 +996,22 @@ ml_replay_fn ml__fuse_elementwise(ml_replay_fn f1, const void *p1, ml_replay_fn 
         memcpy(params, &bp, sizeof bp);
         *params_size = sizeof bp;
         return replay_broadcast_into;
+    }
+    matmul_into_params mp = {0};
+    const int product = ml__matmul_replay_params(f1, p1, &mp.v.ta, &mp.v.tb);
+    if (product && ml__reshape_replay_shape(f2, p2, &mp.v.ndim, mp.v.shape)) {
+        memcpy(params, &mp.v, sizeof mp.v);
+        *params_size = sizeof mp.v;
+        return replay_matmul_view;
+    }
+    if (product || f1 == replay_matmul_view) {
+        if (f1 == replay_matmul_view) mp.v = *(const matmul_view_params *)p1;
+        if ((f2 != replay_binary && f2 != replay_add_relu_grad) || t_index > 1 ||
+            !set_reader(&mp.r, f2, p2, p2_size, n_in2, t_index))
+            return NULL;
+        memcpy(params, &mp, sizeof mp);
+        *params_size = sizeof mp;
+        return replay_matmul_into;
     }
     outer_into_params op = {0};
     if (ml__outer_replay_params(f1, p1, &op.ta, &op.tb)) {

@@ -54,8 +54,10 @@ static void batch_part(void *ctx, int64_t part) {
 }
 
 /* outer: the product had k == 1 when traced (an outer product per batch entry), which a
- * trace may compute inside the element-wise op that reads it (ml__fuse_elementwise) */
-typedef struct { int ta, tb, outer; } matmul_params;
+ * trace may compute inside the element-wise op that reads it (ml__fuse_elementwise);
+ * gemm: it was one GEMM over a's rows (b 2-D, a not transposed), which may likewise apply
+ * an element-wise op as it stores its elements */
+typedef struct { int ta, tb, outer, gemm; } matmul_params;
 static ml_status replay_matmul(ml_tensor **out, ml_tensor **in, const void *params) {
     const matmul_params *p = params;
     return ml_matmul(out, in[0], in[1], p->ta, p->tb);
@@ -63,6 +65,13 @@ static ml_status replay_matmul(ml_tensor **out, ml_tensor **in, const void *para
 int ml__outer_replay_params(ml_replay_fn fn, const void *params, int *ta, int *tb) {
     const matmul_params *p = params;
     if (fn != replay_matmul || !p->outer) return 0;
+    *ta = p->ta;
+    *tb = p->tb;
+    return 1;
+}
+int ml__matmul_replay_params(ml_replay_fn fn, const void *params, int *ta, int *tb) {
+    const matmul_params *p = params;
+    if (fn != replay_matmul || p->outer || !p->gemm) return 0;
     *ta = p->ta;
     *tb = p->tb;
     return 1;
@@ -142,7 +151,7 @@ ml_status ml_matmul(ml_tensor **out, ml_tensor *a, ml_tensor *b, int ta, int tb)
         node->iparams[0] = ta;
         node->iparams[1] = tb;
     }
-    matmul_params mp = {ta, tb, ka == 1};
+    matmul_params mp = {ta, tb, ka == 1, nb == 2 && !ta};
     ML_TRACE(replay_matmul, 2, ins, o, &mp);
     *out = o;
     return ML_OK;

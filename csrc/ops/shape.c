@@ -9,6 +9,13 @@ typedef struct { int ndim; int64_t shape[ML_MAX_DIMS]; } reshape_params;
 static ml_status replay_reshape(ml_tensor **out, ml_tensor **in, const void *p) {
     return ml_reshape(out, in[0], ((const reshape_params *)p)->ndim, ((const reshape_params *)p)->shape);
 }
+int ml__reshape_replay_shape(ml_replay_fn fn, const void *params, int *ndim, int64_t *shape) {
+    if (fn != replay_reshape) return 0;
+    const reshape_params *r = params;
+    *ndim = r->ndim;
+    for (int i = 0; i < r->ndim; i++) shape[i] = r->shape[i];
+    return 1;
+}
 typedef struct { int perm[ML_MAX_DIMS]; } permute_params;
 static ml_status replay_permute(ml_tensor **out, ml_tensor **in, const void *p) {
     return ml_permute(out, in[0], ((const permute_params *)p)->perm);

@@ -497,6 +497,86 @@ static void test_fused_outer(void) {
     }
 }
 
+/* A product A op(B) (B 2-D) reshaped or not and read by an element-wise op the GEMM applies
+ * as it stores (replay_matmul_into): replay bits against eager bits. Cases: 0 bias add +
+ * relu after a reshape to (3, 10, 40) (a bias row per batch entry); 1 relu_grad(T, u),
+ * B transposed; 2 add + relu_grad with T the second addend; 3 ... the first, 2-D; 4 T + u,
+ * 31 rows (a last 1-row tile); 5 relu_grad(u, T): T the condition, no epilogue (the three
+ * run as recorded); 6 n = 24 and 7 k = 100: not the 2 x 40 tiles' kernel (as recorded);
+ * 8 T also an output (not fused); 9 3-D A, bias add + relu without a reshape. */
+static void matmul_program(int kind, ml_tensor *const *in, ml_tensor **res, ml_tensor **t) {
+    /* in: a, b, u (other operand), m (mask) */
+    const int64_t sh3[3] = {3, 10, kind == 6 ? 24 : 40};
+    ml_tensor *p = NULL, *v = NULL, *sum = NULL;
+    OK(ml_matmul(&p, in[0], in[1], 0, kind == 1));
+    const int view = kind <= 2 || kind == 5 || kind == 6 || kind == 7 || kind == 8;
+    if (view)
+        OK(ml_reshape(&v, p, 3, sh3));
+    else
+        v = p, ml_retain(v);
+    switch (kind) {
+    case 0: case 6: case 7: case 8: case 9:
+        OK(ml_add(&sum, v, in[2]));
+        OK(ml_relu(res, sum));
+        break;
+    case 1: OK(ml__relu_grad(res, v, in[2])); break;
+    case 2: OK(ml_add(&sum, in[2], v)); OK(ml__relu_grad(res, sum, in[3])); break;
+    case 3: OK(ml_add(&sum, v, in[2])); OK(ml__relu_grad(res, sum, in[3])); break;
+    case 4: OK(ml_add(res, v, in[2])); break;
+    case 5: OK(ml__relu_grad(res, in[2], v)); break;
+    }
+    if (kind == 8) *t = v, ml_retain(v);
+    ml_release(p), ml_release(v), ml_release(sum);
+}
+
+static void test_fused_matmul(void) {
+    for (int kind = 0; kind < 10; kind++) {
+        const int64_t M = kind == 4 ? 31 : 30, N = kind == 6 ? 24 : 40, K = kind == 7 ? 100 : 40;
+        const int bias = kind == 0 || kind >= 6;
+        const int two_d = kind == 3 || kind == 4;
+        const int64_t sa2[2] = {M, K}, sa3[3] = {3, 10, K};
+        const int64_t sb[2] = {kind == 1 ? N : K, kind == 1 ? K : N};
+        const int64_t so2[2] = {M, N}, so3[3] = {3, 10, N}, sbias[3] = {3, 1, N};
+        ml_tensor *a = NULL, *b = NULL, *u = NULL, *m = NULL;
+        if (kind == 9)
+            OK(ml_tensor_zeros(&a, 3, sa3));
+        else
+            OK(ml_tensor_zeros(&a, 2, sa2));
+        OK(ml_tensor_zeros(&b, 2, sb));
+        OK(ml_tensor_zeros(&u, two_d ? 2 : 3, two_d ? so2 : bias ? sbias : so3));
+        OK(ml_tensor_zeros(&m, two_d ? 2 : 3, two_d ? so2 : so3));
+        ml_tensor *ins[4] = {a, b, u, m}, *res = NULL, *t = NULL;
+        ml_trace *tr = NULL;
+        OK(ml_trace_begin(&tr, 4, ins));
+        matmul_program(kind, ins, &res, &t);
+        ml_tensor *outs[2] = {res, t};
+        OK(ml_trace_end(tr, kind == 8 ? 2 : 1, outs));
+        const int want_ops = kind == 8 ? 2 : 1; /* 8: product with its reshape, bias add + relu */
+        CHECK(ml_trace_n_ops(tr) == want_ops, "fused matmul, case %d: %d entries", kind,
+              ml_trace_n_ops(tr));
+        ml_release(res), ml_release(t);
+        for (int i = 0; i < 4; i++) fill_values(ins[i], 31u * (unsigned)kind + (unsigned)i);
+        if (kind >= 2 && kind <= 4) { /* sums: no NaN in u to meet a NaN of T (either NaN) */
+            float *d = ml_data(u);
+            for (int64_t i = 0; i < ml_numel(u); i++)
+                if (d[i] != d[i]) d[i] = 0.5f;
+        }
+        ml_tensor *got[2] = {NULL, NULL}, *want = NULL, *want_t = NULL;
+        OK(ml_trace_replay(tr, ins, got));
+        matmul_program(kind, ins, &want, &want_t);
+        CHECK(got[0] && ml_numel(got[0]) == ml_numel(want) &&
+                  !memcmp(ml_shape(got[0]), ml_shape(want), (size_t)ml_ndim(want) * sizeof(int64_t)) &&
+                  !memcmp(ml_data(got[0]), ml_data(want), (size_t)ml_numel(want) * sizeof(float)),
+              "fused matmul, case %d: replay differs from eager", kind);
+        if (kind == 8)
+            CHECK(got[1] && !memcmp(ml_data(got[1]), ml_data(want_t), (size_t)ml_numel(want_t) * sizeof(float)),
+                  "fused matmul, case 8: the product itself differs");
+        ml_tensor *all[] = {a, b, u, m, got[0], got[1], want, want_t};
+        for (size_t i = 0; i < sizeof all / sizeof *all; i++) ml_release(all[i]);
+        ml_trace_free(tr);
+    }
+}
+
 int main(void) {
     test_tutorial();
     test_third_order();
@@ -511,6 +591,7 @@ int main(void) {
     test_fused_trace_pairs();
     test_fused_broadcasts();
     test_fused_outer();
+    test_fused_matmul();
     printf("test_core: %d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
