@@ -642,6 +642,16 @@ static int set_reader(fused_reader *r, ml_replay_fn f2, const void *p2, size_t p
     return 1;
 }
 
+/* The fused reader r run as recorded on t, its fused input (released), with its other
+ * inputs args: the fallback of a fused replay */
+static ml_status read_recorded(const fused_reader *r, ml_tensor **args, ml_tensor *t,
+                               ml_tensor **out) {
+    args[r->t_index] = t;
+    ml_status st = r->f2(out, args, r->p2);
+    ml_release(t);
+    return st;
+}
+
 /* broadcast_to(x) read only by an element-wise op that broadcasts its operands itself (a
  * binary op, or the fused add + relu_grad): the op reads x directly. Each output element
  * is the same operation on the same values, so the bits are the pair's; the (25, 10, 40)
@@ -681,11 +691,7 @@ static ml_status replay_broadcast_into(ml_tensor **out, ml_tensor **in, const vo
         return p->r.f2(out, args, p->r.p2);
     ml_tensor *t = NULL;
     ml_status st = ml_broadcast_to(&t, in[0], p->ndim, p->shape);
-    if (st) return st;
-    args[p->r.t_index] = t;
-    st = p->r.f2(out, args, p->r.p2);
-    ml_release(t);
-    return st;
+    return st ? st : read_recorded(&p->r, args, t, out);
 }
 
 /* An outer product (a matmul with k == 1: T[t][i][j] = a[t][i] b[t][j] for each batch
@@ -848,11 +854,7 @@ static ml_status replay_outer_into(ml_tensor **out, ml_tensor **in, const void *
     if (!fits) {
         ml_tensor *tt = NULL;
         ml_status st = ml_matmul(&tt, a, b, p->ta, p->tb);
-        if (st) return st;
-        args[p->r.t_index] = tt;
-        st = p->r.f2(out, args, p->r.p2);
-        ml_release(tt);
-        return st;
+        return st ? st : read_recorded(&p->r, args, tt, out);
     }
     ml_tensor *o = NULL;
     ml_status st = ml__new(&o, nd, shape);
@@ -960,11 +962,7 @@ static ml_status replay_matmul_into(ml_tensor **out, ml_tensor **in, const void 
         ml_tensor *tt = NULL;
         ml_status st = p->v.ndim ? replay_matmul_view(&tt, in, &p->v)
                                  : ml_matmul(&tt, a, b, p->v.ta, p->v.tb);
-        if (st) return st;
-        args[p->r.t_index] = tt;
-        st = p->r.f2(out, args, p->r.p2);
-        ml_release(tt);
-        return st;
+        return st ? st : read_recorded(&p->r, args, tt, out);
     }
     ml_tensor *o = NULL;
     ml_status st = ml__new(&o, nd, tshape);

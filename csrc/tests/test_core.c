@@ -443,6 +443,32 @@ static void fill_values(ml_tensor *t, unsigned seed) {
     }
 }
 
+/* A trace of program(kind, ins) over the four inputs ins, with its result and, when n_out
+ * is 2, the product it made as outputs */
+static ml_trace *record_program(void (*program)(int, ml_tensor *const *, ml_tensor **, ml_tensor **),
+                                int kind, ml_tensor **ins, int n_out) {
+    ml_tensor *res = NULL, *t = NULL;
+    ml_trace *tr = NULL;
+    OK(ml_trace_begin(&tr, 4, ins));
+    program(kind, ins, &res, &t);
+    ml_tensor *outs[2] = {res, t};
+    OK(ml_trace_end(tr, n_out, outs));
+    ml_release(res), ml_release(t);
+    return tr;
+}
+
+/* A replay's outputs got (and got[1] with_t) against eager's want (want_t): the same bits */
+static void check_replay(const char *what, int kind, int with_t, ml_tensor *const got[2],
+                         ml_tensor *want, ml_tensor *want_t) {
+    CHECK(got[0] && ml_numel(got[0]) == ml_numel(want) &&
+              !memcmp(ml_data(got[0]), ml_data(want), (size_t)ml_numel(want) * sizeof(float)),
+          "%s, case %d: replay differs from eager", what, kind);
+    if (with_t)
+        CHECK(got[1] && ml_numel(got[1]) == ml_numel(want_t) &&
+                  !memcmp(ml_data(got[1]), ml_data(want_t), (size_t)ml_numel(want_t) * sizeof(float)),
+              "%s, case %d: the product itself differs", what, kind);
+}
+
 static void test_fused_outer(void) {
     for (int kind = 0; kind < 12; kind++) {
         /* kind 11: a batch entry's rows of T (100 x 40) past the 2048-float row buffer */
@@ -470,27 +496,19 @@ static void test_fused_outer(void) {
         else
             OK(ml_tensor_zeros(&z, nd, sz));
         OK(ml_tensor_zeros(&m, nd, so));
-        ml_tensor *ins[4] = {x, y, z, m}, *res = NULL, *t = NULL;
-        ml_trace *tr = NULL;
-        OK(ml_trace_begin(&tr, 4, ins));
-        outer_program(kind, ins, &res, &t);
-        ml_tensor *outs[2] = {res, t};
-        OK(ml_trace_end(tr, kind == 4 ? 2 : 1, outs));
+        ml_tensor *ins[4] = {x, y, z, m};
+        ml_trace *tr = record_program(outer_program, kind, ins, kind == 4 ? 2 : 1);
         CHECK(ml_trace_n_ops(tr) == (kind == 4 ? 2 : 1), "fused outer, case %d: %d entries", kind,
               ml_trace_n_ops(tr));
-        ml_release(res), ml_release(t);
         for (int i = 0; i < 4; i++) fill_values(ins[i], 17u * (unsigned)kind + (unsigned)i);
         ml_tensor *got[2] = {NULL, NULL}, *want = NULL, *want_t = NULL;
         if (kind == 6) ml_set_num_threads(2); /* 21 120 elements: the op splits */
         OK(ml_trace_replay(tr, ins, got));
         ml_set_num_threads(1);
         outer_program(kind, ins, &want, &want_t);
-        CHECK(got[0] && ml_ndim(got[0]) == nd && !memcmp(ml_shape(got[0]), so, (size_t)nd * sizeof *so) &&
-                  !memcmp(ml_data(got[0]), ml_data(want), (size_t)ml_numel(want) * sizeof(float)),
-              "fused outer, case %d: replay differs from eager", kind);
-        if (kind == 4)
-            CHECK(got[1] && !memcmp(ml_data(got[1]), ml_data(want_t), (size_t)ml_numel(want_t) * sizeof(float)),
-                  "fused outer, case 4: the product itself differs");
+        CHECK(got[0] && ml_ndim(got[0]) == nd && !memcmp(ml_shape(got[0]), so, (size_t)nd * sizeof *so),
+              "fused outer, case %d: replay's shape", kind);
+        check_replay("fused outer", kind, kind == 4, got, want, want_t);
         ml_tensor *all[] = {x, y, z, m, got[0], got[1], want, want_t};
         for (size_t i = 0; i < sizeof all / sizeof *all; i++) ml_release(all[i]);
         ml_trace_free(tr);
@@ -545,16 +563,11 @@ static void test_fused_matmul(void) {
         OK(ml_tensor_zeros(&b, 2, sb));
         OK(ml_tensor_zeros(&u, two_d ? 2 : 3, two_d ? so2 : bias ? sbias : so3));
         OK(ml_tensor_zeros(&m, two_d ? 2 : 3, two_d ? so2 : so3));
-        ml_tensor *ins[4] = {a, b, u, m}, *res = NULL, *t = NULL;
-        ml_trace *tr = NULL;
-        OK(ml_trace_begin(&tr, 4, ins));
-        matmul_program(kind, ins, &res, &t);
-        ml_tensor *outs[2] = {res, t};
-        OK(ml_trace_end(tr, kind == 8 ? 2 : 1, outs));
+        ml_tensor *ins[4] = {a, b, u, m};
+        ml_trace *tr = record_program(matmul_program, kind, ins, kind == 8 ? 2 : 1);
         const int want_ops = kind == 8 ? 2 : 1; /* 8: product with its reshape, bias add + relu */
         CHECK(ml_trace_n_ops(tr) == want_ops, "fused matmul, case %d: %d entries", kind,
               ml_trace_n_ops(tr));
-        ml_release(res), ml_release(t);
         for (int i = 0; i < 4; i++) fill_values(ins[i], 31u * (unsigned)kind + (unsigned)i);
         if (kind >= 2 && kind <= 4) { /* sums: no NaN in u to meet a NaN of T (either NaN) */
             float *d = ml_data(u);
@@ -564,13 +577,10 @@ static void test_fused_matmul(void) {
         ml_tensor *got[2] = {NULL, NULL}, *want = NULL, *want_t = NULL;
         OK(ml_trace_replay(tr, ins, got));
         matmul_program(kind, ins, &want, &want_t);
-        CHECK(got[0] && ml_numel(got[0]) == ml_numel(want) &&
-                  !memcmp(ml_shape(got[0]), ml_shape(want), (size_t)ml_ndim(want) * sizeof(int64_t)) &&
-                  !memcmp(ml_data(got[0]), ml_data(want), (size_t)ml_numel(want) * sizeof(float)),
-              "fused matmul, case %d: replay differs from eager", kind);
-        if (kind == 8)
-            CHECK(got[1] && !memcmp(ml_data(got[1]), ml_data(want_t), (size_t)ml_numel(want_t) * sizeof(float)),
-                  "fused matmul, case 8: the product itself differs");
+        CHECK(got[0] && ml_ndim(got[0]) == ml_ndim(want) &&
+                  !memcmp(ml_shape(got[0]), ml_shape(want), (size_t)ml_ndim(want) * sizeof(int64_t)),
+              "fused matmul, case %d: replay's shape", kind);
+        check_replay("fused matmul", kind, kind == 8, got, want, want_t);
         ml_tensor *all[] = {a, b, u, m, got[0], got[1], want, want_t};
         for (size_t i = 0; i < sizeof all / sizeof *all; i++) ml_release(all[i]);
         ml_trace_free(tr);
