@@ -1096,10 +1096,6 @@ ML_TARGET_AVX2 ML_INLINE void small_tile_w(const int mr, const int nv, int ta, i
     }
 }
 
-/* One tile of up to 2 rows x 40 columns for PATH_SMALL_W at n = 40: the same FMA chain an
- * element, alpha and beta as small_tile_w, so either tile gives the same bits. 2 x 40 has
- * 10 accumulators for 5 loads of B and 2 broadcasts a step; 10 rows were 4 + 4 + 2 rows of
- * 24 + 16 tiles, the 2-row ones waiting on their FMA chains. */
 /* The 2 x 40 tile's products: c0 (row 0) and c1 (row 1, when mr is 2), each element one
  * FMA chain over k in order */
 ML_TARGET_AVX2 ML_INLINE void tile_2x40_acc(const int mr, int ta, int64_t k, const float *a,
@@ -1122,6 +1118,10 @@ ML_TARGET_AVX2 ML_INLINE void tile_2x40_acc(const int mr, int ta, int64_t k, con
     }
 }
 
+/* One tile of up to 2 rows x 40 columns for PATH_SMALL_W at n = 40: the same FMA chain an
+ * element, alpha and beta as small_tile_w, so either tile gives the same bits. 2 x 40 has
+ * 10 accumulators for 5 loads of B and 2 broadcasts a step; 10 rows were 4 + 4 + 2 rows of
+ * 24 + 16 tiles, the 2-row ones waiting on their FMA chains. */
 ML_TARGET_AVX2 ML_INLINE void small_tile_2x40(const int mr, int ta, int64_t k, float alpha,
                                               const float *a, int64_t lda, const float *b,
                                               int64_t ldb, float beta, float *c, int64_t ldc)

@@ -35,9 +35,10 @@ enum { ML_EPI_ADD = 1, ML_EPI_ADD_RELU, ML_EPI_RELU_GRAD, ML_EPI_ADD_MASK };
 /* out = epi(A op(B), u, mask) for A m x k (not transposed, row stride k) and B (k x n, or
  * n x k when transposed; row stride its last dim), out, u and mask m x n row-major, but
  * that row r of u is row r / u_div (u_div > 1: one row per group of rows, a bias per
- * task). The product's bits are ml_sgemm's, the op's the unfused op's. 1 when done (m 0:
- * the question alone); 0, computing nothing, where this is not the kernel ml_sgemm would
- * use for the product (only its 2 x 40 tiles have the epilogue) or it would be threaded. */
+ * task). The product's bits are ml_sgemm's, the op's the unfused op's. 1 when done (a
+ * NULL: the question alone); 0, computing nothing, where this is not the kernel ml_sgemm
+ * would use for the product (only its 2 x 40 tiles have the epilogue), it would be
+ * threaded, or (a given) B^T's buffer cannot be had. */
 int ml__sgemm_into(int transpose_b, int64_t m, int64_t n, int64_t k, const float *a,
                    const float *b, int epi, const float *u, int64_t u_div, const float *mask,
                    float *out);

@@ -958,19 +958,21 @@ static ml_status replay_matmul_into(ml_tensor **out, ml_tensor **in, const void 
             fits = u->shape[d] == tshape[d] || (d == nd - 2 && u->shape[d] == 1);
         if (fits && u->shape[nd - 2] == 1) u_div = tshape[nd - 2];
     }
-    if (!fits) { /* the pair (or the three) as recorded */
-        ml_tensor *tt = NULL;
-        ml_status st = p->v.ndim ? replay_matmul_view(&tt, in, &p->v)
-                                 : ml_matmul(&tt, a, b, p->v.ta, p->v.tb);
-        return st ? st : read_recorded(&p->r, args, tt, out);
+    if (fits) {
+        ml_tensor *o = NULL;
+        ml_status st = ml__new(&o, nd, tshape);
+        if (st) return st;
+        if (ml__sgemm_into(p->v.tb, rows, n, k, a->data, b->data, epi, u->data, u_div,
+                           mask ? mask->data : NULL, o->data)) {
+            *out = o;
+            return ML_OK;
+        }
+        ml_release(o); /* no buffer for B^T: as recorded, as the kernel itself falls back */
     }
-    ml_tensor *o = NULL;
-    ml_status st = ml__new(&o, nd, tshape);
-    if (st) return st;
-    ml__sgemm_into(p->v.tb, rows, n, k, a->data, b->data, epi, u->data, u_div,
-                   mask ? mask->data : NULL, o->data);
-    *out = o;
-    return ML_OK;
+    ml_tensor *tt = NULL; /* the pair (or the three) as recorded */
+    ml_status st = p->v.ndim ? replay_matmul_view(&tt, in, &p->v)
+                             : ml_matmul(&tt, a, b, p->v.ta, p->v.tb);
+    return st ? st : read_recorded(&p->r, args, tt, out);
 }
 
 int ml__fuse_stage(ml_replay_fn fn, const void *params) {

@@ -423,6 +423,10 @@ static void outer_program(int kind, ml_tensor *const *in, ml_tensor **res, ml_te
     case 4: OK(ml_mul(res, *t, in[3])); break; /* T is also an output: not fused */
     case 9: OK(ml_sub(res, in[2], *t)); break;  /* z (N,) minus T: no batch dims in z */
     case 10: OK(ml_div(res, *t, in[2])); break; /* T / z, z a row per batch entry */
+    case 12: /* T + z, z a row per batch entry, then relu_grad: the row path with a mask */
+        OK(ml_add(&sum, *t, in[2]));
+        OK(ml__relu_grad(res, sum, in[3]));
+        break;
     }
     ml_release(sum);
 }
@@ -470,7 +474,7 @@ static void check_replay(const char *what, int kind, int with_t, ml_tensor *cons
 }
 
 static void test_fused_outer(void) {
-    for (int kind = 0; kind < 12; kind++) {
+    for (int kind = 0; kind < 13; kind++) {
         /* kind 11: a batch entry's rows of T (100 x 40) past the 2048-float row buffer */
         const int64_t B = kind == 6 ? 40 : 3, M = kind == 6 ? 16 : kind == 11 ? 100 : 5;
         const int64_t N = kind == 6 ? 33 : kind == 2 || kind == 3 ? 12 : kind == 4 ? 8 : kind == 11 ? 40 : 16;
@@ -480,7 +484,8 @@ static void test_fused_outer(void) {
         int64_t sx[4] = {2}, sy[4] = {2}, so[4] = {2}, sz[4] = {2};
         const int64_t sx3[3] = {B, ta ? 1 : M, ta ? M : 1}, sy3[3] = {B, tb ? N : 1, tb ? 1 : N};
         const int64_t so3[3] = {B, M, N};
-        const int bias = kind == 0 || kind == 5 || kind == 6 || kind == 7 || kind == 10 || kind == 11;
+        const int bias = kind == 0 || kind == 5 || kind == 6 || kind == 7 || kind == 10 ||
+                         kind == 11 || kind == 12;
         const int64_t sz3[3] = {kind == 7 ? 1 : B, bias ? 1 : M, kind == 8 ? 1 : N};
         memcpy(sx + lead, sx3, sizeof sx3), memcpy(sy + lead, sy3, sizeof sy3);
         memcpy(so + lead, so3, sizeof so3), memcpy(sz + lead, sz3, sizeof sz3);
