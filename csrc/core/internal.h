@@ -257,12 +257,12 @@ ml_replay_fn ml__fuse_elementwise(ml_replay_fn f1, const void *p1, ml_replay_fn 
                                   void *params, size_t *params_size);
 /* 1 and the target shape when fn is broadcast_to's replay, else 0. (ops/reduce.c) */
 int ml__broadcast_replay_shape(ml_replay_fn fn, const void *params, int *ndim, int64_t *shape);
-/* 1 and the transposes when fn is matmul's replay of a product that had k == 1 when traced
- * (an outer product), else 0. (ops/matmul.c) */
-int ml__outer_replay_params(ml_replay_fn fn, const void *params, int *ta, int *tb);
-/* Likewise for a product that had k > 1 and was one GEMM over a's rows (b 2-D, a not
- * transposed). (ops/matmul.c) */
-int ml__matmul_replay_params(ml_replay_fn fn, const void *params, int *ta, int *tb);
+/* When fn is matmul's replay of a product a fused form can take (else 0), what it was when
+ * traced, and its transposes: ML_PRODUCT_OUTER, k == 1 (an outer product per batch
+ * entry); ML_PRODUCT_GEMM, k > 1 and one GEMM over a's rows (b 2-D, a not transposed).
+ * (ops/matmul.c) */
+enum { ML_PRODUCT_OUTER = 1, ML_PRODUCT_GEMM };
+int ml__matmul_replay_kind(ml_replay_fn fn, const void *params, int *ta, int *tb);
 /* 1 and the shape when fn is reshape's replay, else 0. (ops/shape.c) */
 int ml__reshape_replay_shape(ml_replay_fn fn, const void *params, int *ndim, int64_t *shape);
 /* Which pass of a trace's fusion may fuse an entry into its reader: 0 element-wise pairs,

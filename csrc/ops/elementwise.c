@@ -979,9 +979,9 @@ int ml__fuse_stage(ml_replay_fn fn, const void *params) {
     int nd, ta, tb;
     int64_t shape[ML_MAX_DIMS];
     if (ml__broadcast_replay_shape(fn, params, &nd, shape)) return 2;
-    if (ml__matmul_replay_params(fn, params, &ta, &tb)) return 3;
     if (fn == replay_matmul_view) return 4;
-    return ml__outer_replay_params(fn, params, &ta, &tb) ? 1 : 0;
+    const int product = ml__matmul_replay_kind(fn, params, &ta, &tb);
+    return product == ML_PRODUCT_OUTER ? 1 : product == ML_PRODUCT_GEMM ? 3 : 0;
 }
 
 /* (declared in internal.h; comments at replay_add_relu_grad and replay_broadcast_into) */
@@ -997,30 +997,28 @@ ml_replay_fn ml__fuse_elementwise(ml_replay_fn f1, const void *p1, ml_replay_fn 
         *params_size = sizeof bp;
         return replay_broadcast_into;
     }
-    matmul_into_params mp = {0};
-    const int product = ml__matmul_replay_params(f1, p1, &mp.v.ta, &mp.v.tb);
-    if (product && ml__reshape_replay_shape(f2, p2, &mp.v.ndim, mp.v.shape)) {
+    int ta = 0, tb = 0;
+    const int product = ml__matmul_replay_kind(f1, p1, &ta, &tb);
+    matmul_into_params mp = {.v = {ta, tb, 0, {0}}};
+    if (product == ML_PRODUCT_GEMM && ml__reshape_replay_shape(f2, p2, &mp.v.ndim, mp.v.shape)) {
         memcpy(params, &mp.v, sizeof mp.v);
         *params_size = sizeof mp.v;
         return replay_matmul_view;
     }
-    if (product || f1 == replay_matmul_view) {
+    if (product || f1 == replay_matmul_view) { /* into a binary op or add + relu_grad */
+        if ((f2 != replay_binary && f2 != replay_add_relu_grad) || t_index > 1) return NULL;
+        if (product == ML_PRODUCT_OUTER) {
+            outer_into_params op = {.ta = ta, .tb = tb};
+            if (!set_reader(&op.r, f2, p2, p2_size, n_in2, t_index)) return NULL;
+            memcpy(params, &op, sizeof op);
+            *params_size = sizeof op;
+            return replay_outer_into;
+        }
         if (f1 == replay_matmul_view) mp.v = *(const matmul_view_params *)p1;
-        if ((f2 != replay_binary && f2 != replay_add_relu_grad) || t_index > 1 ||
-            !set_reader(&mp.r, f2, p2, p2_size, n_in2, t_index))
-            return NULL;
+        if (!set_reader(&mp.r, f2, p2, p2_size, n_in2, t_index)) return NULL;
         memcpy(params, &mp, sizeof mp);
         *params_size = sizeof mp;
         return replay_matmul_into;
-    }
-    outer_into_params op = {0};
-    if (ml__outer_replay_params(f1, p1, &op.ta, &op.tb)) {
-        if ((f2 != replay_binary && f2 != replay_add_relu_grad) || t_index > 1 ||
-            !set_reader(&op.r, f2, p2, p2_size, n_in2, t_index))
-            return NULL;
-        memcpy(params, &op, sizeof op);
-        *params_size = sizeof op;
-        return replay_outer_into;
     }
     if (f1 != replay_binary || ((const binary_params *)p1)->kernel != BIN_ADD) return NULL;
     if (f2 == replay_unary && ((const int *)p2)[0] == UN_RELU) {

@@ -62,19 +62,12 @@ static ml_status replay_matmul(ml_tensor **out, ml_tensor **in, const void *para
     const matmul_params *p = params;
     return ml_matmul(out, in[0], in[1], p->ta, p->tb);
 }
-int ml__outer_replay_params(ml_replay_fn fn, const void *params, int *ta, int *tb) {
+int ml__matmul_replay_kind(ml_replay_fn fn, const void *params, int *ta, int *tb) {
     const matmul_params *p = params;
-    if (fn != replay_matmul || !p->outer) return 0;
+    if (fn != replay_matmul || !(p->outer || p->gemm)) return 0;
     *ta = p->ta;
     *tb = p->tb;
-    return 1;
-}
-int ml__matmul_replay_params(ml_replay_fn fn, const void *params, int *ta, int *tb) {
-    const matmul_params *p = params;
-    if (fn != replay_matmul || p->outer || !p->gemm) return 0;
-    *ta = p->ta;
-    *tb = p->tb;
-    return 1;
+    return p->outer ? ML_PRODUCT_OUTER : ML_PRODUCT_GEMM;
 }
 typedef struct { ml_activation act; } linear_params;
 static ml_status replay_linear(ml_tensor **out, ml_tensor **in, const void *params) {
