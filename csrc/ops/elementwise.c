@@ -287,14 +287,18 @@ ml_status ml__relu_grad(ml_tensor **out, ml_tensor *g, ml_tensor *x) {
  * may take its operands in the other order, and when both are NaN x86 returns the first
  * one's payload and sign, so only the add's own code gives its bits. Then the mask, in
  * place, on the chunk still in L1. */
-__attribute__((target_clones("avx2", "default"))) static void relu_grad_mask_inplace(
-    const float *restrict m, float *restrict o, int64_t n) {
+static inline __attribute__((always_inline)) void relu_grad_mask(const float *restrict m,
+                                                                 float *restrict o, int64_t n) {
     for (int64_t i = 0; i < n; i++) {
         uint32_t bits;
         memcpy(&bits, &o[i], sizeof bits);
         bits &= 0u - (uint32_t)(m[i] > 0); /* +0.0f where m <= 0 or NaN */
         memcpy(&o[i], &bits, sizeof bits);
     }
+}
+__attribute__((target_clones("avx2", "default"))) static void relu_grad_mask_inplace(
+    const float *restrict m, float *restrict o, int64_t n) {
+    relu_grad_mask(m, o, n);
 }
 static void add_relu_grad_range(const ml_tensor *a, const ml_tensor *b, const ml_tensor *m,
                                 ml_tensor *o, const walk_plan *w, int64_t p0, int64_t p1) {
@@ -754,8 +758,8 @@ static int direct_layout(const ml_tensor *u, int nd, const int64_t *shape, int64
  * (ml__sgemm_outer_rows: its multiply, so its bits, NaNs' signs included) into buf, and
  * the op reads them row by row with u's row, without the broadcast walk: that walk cost
  * ~11 cycles a row of its own, as much as the op on a 40-float row (the fused bias add +
- * relu of MAML's sinusoid forward). The mask, when given, zeroes what
- * relu_grad_mask_inplace does: the same bits. */
+ * relu of MAML's sinusoid forward). The mask, when given, is relu_grad's (relu_grad_mask),
+ * row by row. */
 __attribute__((target_clones("avx2", "default"))) static void outer_rows_direct(
     int op, int t_index, const float *a, const float *b, int64_t m_rows, int64_t n,
     const float *od, int64_t o_task, int64_t o_row, int o_col, const float *mask,
@@ -772,15 +776,7 @@ __attribute__((target_clones("avx2", "default"))) static void outer_rows_direct(
                 bin_row(op, n, trow, 1, urow, o_col, dst);
             else
                 bin_row(op, n, urow, o_col, trow, 1, dst);
-            if (mask) {
-                const float *restrict mr = mask + r * n;
-                for (int64_t j = 0; j < n; j++) {
-                    uint32_t bits;
-                    memcpy(&bits, &dst[j], sizeof bits);
-                    bits &= 0u - (uint32_t)(mr[j] > 0);
-                    memcpy(&dst[j], &bits, sizeof bits);
-                }
-            }
+            if (mask) relu_grad_mask(mask + r * n, dst, n);
         }
     }
 }
