@@ -246,6 +246,11 @@ static inline int ml__wants(int i, const ml_tensor *t) {
 }
 void ml__trace_record(ml_replay_fn fn, int n_in, ml_tensor *const *in, ml_tensor *out,
                       const void *params, size_t params_size);
+/* An entry with up to ML_TRACE_MAX_OUT outputs: its replay function writes out[0..n_out-1]
+ * (one pass that makes several tensors, e.g. a batch norm's three gradients). */
+#define ML_TRACE_MAX_OUT 3
+void ml__trace_record_n(ml_replay_fn fn, int n_in, ml_tensor *const *in, int n_out,
+                        ml_tensor *const *out, const void *params, size_t params_size);
 /* The replay function (and its parameters, at most ML_FUSED_PARAMS bytes) of one pass
  * that computes entry f2 (fn f2, parameters p2 of p2_size bytes) from the inputs of entry
  * f1 and f2's other inputs (n_in2 inputs in all), where f2 reads f1's output at its input

@@ -24,6 +24,8 @@ typedef struct trace_entry {
     int32_t out;      /* slot, or -1 for in-place entries */
     void *params;     /* owned copy */
     size_t params_size;
+    int n_extra;      /* outputs after the first (ml__trace_record_n) */
+    int32_t extra[ML_TRACE_MAX_OUT - 1]; /* their slots */
 } trace_entry;
 
 struct ml_trace {
@@ -125,6 +127,11 @@ void ml__trace_fail(ml_status st) {
 
 void ml__trace_record(ml_replay_fn fn, int n_in, ml_tensor *const *in, ml_tensor *out,
                       const void *params, size_t params_size) {
+    ml__trace_record_n(fn, n_in, in, out ? 1 : 0, &out, params, params_size);
+}
+
+void ml__trace_record_n(ml_replay_fn fn, int n_in, ml_tensor *const *in, int n_out,
+                        ml_tensor *const *out, const void *params, size_t params_size) {
     ml_trace *tr = ml__trace_active;
     if (!tr || tr->error) return;
     if (tr->n_entries == tr->cap_entries) {
@@ -171,14 +178,17 @@ void ml__trace_record(ml_replay_fn fn, int n_in, ml_tensor *const *in, ml_tensor
         e->in[i] = s; /* -1: an optional input given as NULL (a linear without bias) */
     }
     e->out = -1;
-    if (out) {
+    for (int o = 0; o < n_out && o < ML_TRACE_MAX_OUT; o++) {
         int32_t s = new_slot(tr, NULL);
-        if (s < 0 || !seen_put(tr, out, s)) {
+        if (s < 0 || !seen_put(tr, out[o], s)) {
             free(e->in);
             free(e->params);
             return fail(tr, ml_set_error(ML_ERR_OOM, "out of memory while tracing"));
         }
-        e->out = s;
+        if (o == 0)
+            e->out = s;
+        else
+            e->extra[e->n_extra++] = s;
     }
     tr->n_entries++;
 }
@@ -255,7 +265,8 @@ static int fuse_into_readers(ml_trace *tr, int stage) {
     }
     for (int32_t k = 0; k < n; k++) {
         trace_entry *e = &tr->entries[k];
-        if (e->out < 0 || reads[e->out] != 1 || ml__fuse_stage(e->fn, e->params) != stage)
+        if (e->out < 0 || e->n_extra || reads[e->out] != 1 ||
+            ml__fuse_stage(e->fn, e->params) != stage)
             continue;
         const int32_t j = tr->last_use[e->out]; /* its only reader (n_entries: an output) */
         if (j <= k || j >= n || barrier[j] != barrier[k + 1]) continue;
@@ -265,7 +276,7 @@ static int fuse_into_readers(ml_trace *tr, int stage) {
             if (f->in[i] == e->out) t_index = i;
         unsigned char params[ML_FUSED_PARAMS];
         size_t params_size = 0;
-        ml_replay_fn fn = f->out >= 0 ? ml__fuse_elementwise(e->fn, e->params, f->fn, f->params,
+        ml_replay_fn fn = f->out >= 0 && !f->n_extra ? ml__fuse_elementwise(e->fn, e->params, f->fn, f->params,
                                                              f->params_size, f->n_in, t_index,
                                                              params, &params_size)
                                       : NULL;
@@ -414,15 +425,19 @@ static ml_status replay_one(const ml_trace *tr, ml_tensor *const *inputs, ml_ten
             break;
         }
         for (int i = 0; i < e->n_in; i++) ins[i] = e->in[i] >= 0 ? slot[e->in[i]] : NULL;
-        ml_tensor *o = NULL;
-        st = e->fn(&o, ins, e->params);
+        ml_tensor *o[ML_TRACE_MAX_OUT] = {NULL};
+        st = e->fn(o, ins, e->params);
         if (ins != ins_inline) free(ins);
         if (st) break;
         if (e->out >= 0) {
             ml_release(slot[e->out]);
-            slot[e->out] = o;
+            slot[e->out] = o[0];
         } else {
-            ml_release(o);
+            ml_release(o[0]);
+        }
+        for (int x = 0; x < e->n_extra; x++) {
+            ml_release(slot[e->extra[x]]);
+            slot[e->extra[x]] = o[1 + x];
         }
         /* free what no later entry and no output reads */
         for (int i = 0; i < e->n_in; i++) {
