@@ -296,7 +296,7 @@ static int fuse_into_readers(ml_trace *tr, int stage) {
         if (params_size) memcpy(p, params, params_size);
         free(f->in);
         free(f->params);
-        *f = (trace_entry){fn, n_in, in, f->out, p, params_size};
+        *f = (trace_entry){fn, n_in, in, f->out, p, params_size, 0, {0}};
         /* e's inputs are now read at j: extend their last use (slot freeing at replay) */
         for (int i = 0; i < e->n_in; i++)
             if (e->in[i] >= 0 && tr->last_use[e->in[i]] < j) tr->last_use[e->in[i]] = j;

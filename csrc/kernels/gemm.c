@@ -524,6 +524,75 @@ ML_TARGET_AVX2 ML_INLINE void pack_b_avx2(int tb, int64_t kc, int64_t nc, const 
 }
 #endif
 
+/* ------------------------------------------------------------- epilogue */
+
+/* An element-wise op applied to C's elements once they hold the product (ml__sgemm_into on
+ * the packed path): after a tile's last k block, on the tile while it is in L1. row0 and
+ * col0 place this call's C in the whole product, whose rows u and mask follow (row r of
+ * u is row r / u_div; both ldu = the whole product's n). */
+typedef struct gemm_epi {
+    int op; /* ML_EPI_* */
+    const float *u, *mask;
+    int64_t u_div, ldu, row0, col0;
+} gemm_epi;
+
+/* One element: the formulas of small_tile_2x40_epi, lane by lane. */
+static inline float epi_one(int op, float x, float u, float m)
+{
+    switch (op) {
+    case ML_EPI_ADD: return x + u;
+    case ML_EPI_ADD_RELU: x = x + u; return x > 0.0f ? x : 0.0f;
+    case ML_EPI_RELU_GRAD: return u > 0.0f ? x : 0.0f;
+    default: x = u + x; return m > 0.0f ? x : 0.0f; /* ML_EPI_ADD_MASK */
+    }
+}
+
+/* rows x cols of C at (i0, j0) of this call's C */
+static void epi_tile_scalar(const gemm_epi *e, float *c, int64_t ldc, int64_t i0, int64_t j0,
+                            int rows, int cols)
+{
+    for (int r = 0; r < rows; ++r) {
+        const int64_t row = e->row0 + i0 + r, col = e->col0 + j0;
+        const float *u = e->u + row / e->u_div * e->ldu + col;
+        const float *m = e->mask ? e->mask + row * e->ldu + col : NULL;
+        for (int j = 0; j < cols; ++j)
+            c[r * ldc + j] = epi_one(e->op, c[r * ldc + j], u[j], m ? m[j] : 0.0f);
+    }
+}
+
+#if ML_HAVE_AVX2
+ML_TARGET_AVX2 static void epi_tile_avx2(const gemm_epi *e, float *c, int64_t ldc, int64_t i0,
+                                         int64_t j0, int rows, int cols)
+{
+    const __m256 zero = _mm256_setzero_ps();
+    const int vec = cols & ~7;
+    for (int r = 0; r < rows; ++r) {
+        const int64_t row = e->row0 + i0 + r, col = e->col0 + j0;
+        const float *u = e->u + row / e->u_div * e->ldu + col;
+        const float *m = e->mask ? e->mask + row * e->ldu + col : NULL;
+        float *cr = c + r * ldc;
+        for (int j = 0; j < vec; j += 8) {
+            __m256 x = _mm256_loadu_ps(cr + j);
+            const __m256 ur = _mm256_loadu_ps(u + j);
+            switch (e->op) {
+            case ML_EPI_ADD: x = _mm256_add_ps(x, ur); break;
+            case ML_EPI_ADD_RELU:
+                x = _mm256_add_ps(x, ur);
+                x = _mm256_and_ps(x, _mm256_cmp_ps(x, zero, _CMP_GT_OQ));
+                break;
+            case ML_EPI_RELU_GRAD: x = _mm256_and_ps(x, _mm256_cmp_ps(ur, zero, _CMP_GT_OQ)); break;
+            default:
+                x = _mm256_add_ps(ur, x);
+                x = _mm256_and_ps(x, _mm256_cmp_ps(_mm256_loadu_ps(m + j), zero, _CMP_GT_OQ));
+                break;
+            }
+            _mm256_storeu_ps(cr + j, x);
+        }
+        for (int j = vec; j < cols; ++j) cr[j] = epi_one(e->op, cr[j], u[j], m ? m[j] : 0.0f);
+    }
+}
+#endif
+
 /* ------------------------------------------------------------------ driver */
 
 typedef struct blocking {
@@ -548,11 +617,11 @@ static blocking plan(int tb, int64_t m, int64_t n, int64_t k)
 
 /* The five loops around the micro-kernel; instantiated once per kernel so the compiler
  * inlines the micro-kernel and vectorizes the packing for the kernel's ISA. */
-#define ML_DEFINE_DRIVER(NAME, UKR, PACK_A, PACK_B, ATTR)                                                    \
+#define ML_DEFINE_DRIVER(NAME, UKR, PACK_A, PACK_B, EPI_TILE, ATTR)                                                    \
     ATTR static void NAME(const blocking *bl, int ta, int tb, int64_t m, int64_t n, int64_t k, \
                           float alpha, const float *a, int64_t lda, const float *b,           \
                           int64_t ldb, float beta, float *c, int64_t ldc, float *abuf,        \
-                          float *bbuf)                                                        \
+                          float *bbuf, const gemm_epi *epi)                                   \
     {                                                                                         \
         for (int64_t jc = 0; jc < n; jc += bl->nc) {                                          \
             const int64_t nc = min64(bl->nc, n - jc);                                         \
@@ -581,6 +650,8 @@ static blocking plan(int tb, int64_t m, int64_t n, int64_t k)
                             const int mr = (int)min64(MR, mc - ir);                           \
                             UKR(kc, abuf + ir * kc, bp, bs, cj + ir * ldc, ldc, alpha,        \
                                 beta_eff, mr, nr);                                            \
+                            if (epi && pc + kc >= k) /* the tile is final, and in L1 */       \
+                                EPI_TILE(epi, cj + ir * ldc, ldc, ic + ir, jc + jr, mr, nr);  \
                         }                                                                     \
                     }                                                                         \
                 }                                                                             \
@@ -588,9 +659,9 @@ static blocking plan(int tb, int64_t m, int64_t n, int64_t k)
         }                                                                                     \
     }
 
-ML_DEFINE_DRIVER(driver_portable, ukr_portable, pack_a, pack_b, )
+ML_DEFINE_DRIVER(driver_portable, ukr_portable, pack_a, pack_b, epi_tile_scalar, )
 #if ML_HAVE_AVX2
-ML_DEFINE_DRIVER(driver_avx2, ukr_avx2, pack_a_avx2, pack_b_avx2, ML_TARGET_AVX2)
+ML_DEFINE_DRIVER(driver_avx2, ukr_avx2, pack_a_avx2, pack_b_avx2, epi_tile_avx2, ML_TARGET_AVX2)
 
 /* One MR_S x 16 tile of C (mr rows, nr <= 16 columns, both at least 1): op(B) is read in
  * place row by row (row-major with stride ldb, already un-transposed by the caller), A
@@ -1203,7 +1274,8 @@ small_tile_2x40_1(int ta, int64_t k, float alpha, const float *a, int64_t lda, c
  * buffer cannot be had. */
 ML_TARGET_AVX2 static int small_avx2(int wide, int ta, int tb, int64_t m, int64_t n, int64_t k,
                                      float alpha, const float *a, int64_t lda, const float *b,
-                                     int64_t ldb, float beta, float *c, int64_t ldc)
+                                     int64_t ldb, float beta, float *c, int64_t ldc,
+                                     const gemm_epi *epi)
 {
     if (tb) {
         float *bt = get_buffer((size_t)(k * n));
@@ -1218,14 +1290,16 @@ ML_TARGET_AVX2 static int small_avx2(int wide, int ta, int tb, int64_t m, int64_
         for (int64_t p0 = 0; p0 < k; p0 += SMALL_KC) {
             const int64_t kc = min64(SMALL_KC, k - p0);
             small_avx2(wide, ta, 0, m, n, kc, alpha, a + p0 * as_p, lda, b + p0 * ldb, ldb,
-                       p0 ? 1.0f : beta, c, ldc);
+                       p0 ? 1.0f : beta, c, ldc, p0 + kc >= k ? epi : NULL);
         }
         return 1;
     }
     if (wide && n == 40) { /* 2 x 40 tiles (10 x 40 x 10 x 25 tasks: 2.61 -> 2.33 us) */
-        for (int64_t i0 = 0; i0 < m; i0 += 2)
+        for (int64_t i0 = 0; i0 < m; i0 += 2) {
             (m - i0 >= 2 ? small_tile_2x40_2 : small_tile_2x40_1)(ta, k, alpha, a + i0 * as_i, lda,
                                                                   b, ldb, beta, c + i0 * ldc, ldc);
+            if (epi) epi_tile_avx2(epi, c + i0 * ldc, ldc, i0, 0, (int)min64(2, m - i0), 40);
+        }
         return 1;
     }
     if (wide) { /* PATH_SMALL_W: 4-row tiles, 24 columns first where n % 16 == 8, then 16s */
@@ -1248,6 +1322,7 @@ ML_TARGET_AVX2 static int small_avx2(int wide, int ta, int tb, int64_t m, int64_
                 default: ML_W_TILE(1); break;
                 }
 #undef ML_W_TILE
+                if (epi) epi_tile_avx2(epi, cij, ldc, i0, j0, mr, nr);
                 j0 += nr;
             }
         }
@@ -1267,6 +1342,7 @@ ML_TARGET_AVX2 static int small_avx2(int wide, int ta, int tb, int64_t m, int64_
             case 2: small_tile(2, ta, k, alpha, ai, lda, b + j0, ldb, beta, cij, ldc, nr); break;
             default: small_tile(1, ta, k, alpha, ai, lda, b + j0, ldb, beta, cij, ldc, nr); break;
             }
+            if (epi) epi_tile_avx2(epi, cij, ldc, i0, j0, mr, nr);
         }
     }
     return 1;
@@ -1389,7 +1465,8 @@ static void sgemm(int path, int ta, int tb, int64_t m, int64_t n, int64_t k, flo
     }
 #if ML_HAVE_AVX2
     if ((path == PATH_SMALL || path == PATH_SMALL_W) &&
-        small_avx2(path == PATH_SMALL_W, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc))
+        small_avx2(path == PATH_SMALL_W, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                   NULL))
         return;
     if (path == PATH_DOTS_NT) {
         dots_nt_avx2(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
@@ -1448,12 +1525,40 @@ static void sgemm(int path, int ta, int tb, int64_t m, int64_t n, int64_t k, flo
 #if ML_HAVE_AVX2
     if (use_avx2) {
         driver_avx2(&bl, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buf,
-                    buf + a_floats);
+                    buf + a_floats, NULL);
         return;
     }
 #endif
     driver_portable(&bl, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buf,
-                    buf + a_floats);
+                    buf + a_floats, NULL);
+}
+
+/* sgemm, then epi on C's elements (NULL: none): on the packed path, on each tile as the
+ * driver finishes it; elsewhere (no buffer) over C after the product. */
+static void sgemm_ex(int path, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
+                     const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                     float *c, int64_t ldc, const gemm_epi *epi)
+{
+#if ML_HAVE_AVX2
+    if (epi && (path == PATH_SMALL || path == PATH_SMALL_W) && m > 0 && n > 0 && k > 0 &&
+        alpha != 0.0f &&
+        small_avx2(path == PATH_SMALL_W, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, epi))
+        return;
+    if (epi && path == PATH_PACKED && m > 0 && n > 0 && k > 0 && alpha != 0.0f &&
+        (double)m * (double)n * (double)k > TINY_FLOPS) {
+        const blocking bl = plan(tb, m, n, k);
+        const size_t a_floats = (bl.a_floats + 15) & ~(size_t)15;
+        float *buf = get_buffer(a_floats + bl.b_floats);
+        if (buf) {
+            driver_avx2(&bl, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buf,
+                        buf + a_floats, epi);
+            return;
+        }
+    }
+#endif
+    sgemm(path, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    if (epi)
+        for (int64_t i = 0; i < m; ++i) epi_tile_scalar(epi, c + i * ldc, ldc, i, 0, 1, (int)n);
 }
 
 /* ------------------------------------------------------------- threading */
@@ -1474,34 +1579,43 @@ typedef struct gemm_job {
     int64_t lda, ldb, ldc;
     int split_rows;
     int64_t step; /* rows or columns per part */
+    const gemm_epi *epi; /* or NULL */
 } gemm_job;
 
 static void gemm_part(void *ctx, int64_t i)
 {
     const gemm_job *j = ctx;
     const int64_t lo = i * j->step;
+    gemm_epi e; /* this part's place in the whole product */
+    if (j->epi) {
+        e = *j->epi;
+        if (j->split_rows)
+            e.row0 += lo;
+        else
+            e.col0 += lo;
+    }
     if (j->split_rows) {
         const int64_t rows = min64(j->step, j->m - lo);
         const float *a = j->ta ? j->a + lo : j->a + lo * j->lda;
-        sgemm(j->path, j->ta, j->tb, rows, j->n, j->k, j->alpha, a, j->lda, j->b, j->ldb,
-              j->beta, j->c + lo * j->ldc, j->ldc);
+        sgemm_ex(j->path, j->ta, j->tb, rows, j->n, j->k, j->alpha, a, j->lda, j->b, j->ldb,
+                 j->beta, j->c + lo * j->ldc, j->ldc, j->epi ? &e : NULL);
     } else {
         const int64_t cols = min64(j->step, j->n - lo);
         const float *b = j->tb ? j->b + lo * j->ldb : j->b + lo;
-        sgemm(j->path, j->ta, j->tb, j->m, cols, j->k, j->alpha, j->a, j->lda, b, j->ldb,
-              j->beta, j->c + lo, j->ldc);
+        sgemm_ex(j->path, j->ta, j->tb, j->m, cols, j->k, j->alpha, j->a, j->lda, b, j->ldb,
+                 j->beta, j->c + lo, j->ldc, j->epi ? &e : NULL);
     }
 }
 
 static void sgemm_threaded(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t k,
                            float alpha, const float *a, int64_t lda, const float *b,
-                           int64_t ldb, float beta, float *c, int64_t ldc)
+                           int64_t ldb, float beta, float *c, int64_t ldc, const gemm_epi *epi)
 {
     const double macs = (double)m * (double)n * (double)k;
     const int path = gemm_path(use_avx2, ta, tb, m, n, k);
     int t = ml__in_parallel() ? 1 : ml_get_num_threads();
     if (t > 1 && macs >= PAR_MIN_MACS && k > 0 && alpha != 0.0f) {
-        gemm_job j = {path, ta, tb, m, n, k, alpha, beta, a, b, c, lda, ldb, ldc, 0, 0};
+        gemm_job j = {path, ta, tb, m, n, k, alpha, beta, a, b, c, lda, ldb, ldc, 0, 0, epi};
         /* parts: enough for the threads, each at least PAR_MIN_MACS / 2 */
         int64_t parts = (int64_t)(macs / (PAR_MIN_MACS / 2));
         if (parts > t) parts = t;
@@ -1523,7 +1637,7 @@ static void sgemm_threaded(int use_avx2, int ta, int tb, int64_t m, int64_t n, i
             return;
         }
     }
-    sgemm(path, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    sgemm_ex(path, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, epi);
 }
 
 void ml_sgemm(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k, float alpha,
@@ -1531,7 +1645,7 @@ void ml_sgemm(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
               int64_t ldc)
 {
     sgemm_threaded(kernel_kind() == KIND_AVX2, transpose_a != 0, transpose_b != 0, m, n, k,
-                   alpha, a, lda, b, ldb, beta, c, ldc);
+                   alpha, a, lda, b, ldb, beta, c, ldc, NULL);
 }
 
 #if ML_HAVE_AVX2
@@ -1637,12 +1751,21 @@ int ml__sgemm_into(int transpose_b, int64_t m, int64_t n, int64_t k, const float
 {
 #if ML_HAVE_AVX2
     const int tb = transpose_b != 0;
-    /* PATH_SMALL_W at n = 40 with k in one slice: small_avx2's 2 x 40 tiles */
-    if (kernel_kind() != KIND_AVX2 || n != 40 || k <= 0 || k > SMALL_KC || m <= 0 ||
-        epi < ML_EPI_ADD || epi > ML_EPI_ADD_MASK || u_div < 1 ||
-        (double)m * (double)n * (double)k >= PAR_MIN_MACS ||
-        gemm_path(1, 0, tb, m, n, k) != PATH_SMALL_W)
+    if (kernel_kind() != KIND_AVX2 || k <= 0 || m <= 0 || n <= 0 || epi < ML_EPI_ADD ||
+        epi > ML_EPI_ADD_MASK || u_div < 1)
         return 0;
+    const int path = gemm_path(1, 0, tb, m, n, k);
+    /* PATH_SMALL_W at n = 40 with k in one slice, one thread: the op in the 2 x 40 tiles'
+     * registers. Else the packed or unpacked tiles, threaded as ml_sgemm, each applying
+     * the op to its tile once it is final, from L1. */
+    if (n != 40 || k > SMALL_KC || (double)m * (double)n * (double)k >= PAR_MIN_MACS ||
+        path != PATH_SMALL_W) {
+        if (path != PATH_PACKED && path != PATH_SMALL && path != PATH_SMALL_W) return 0;
+        if (!a) return 1;
+        const gemm_epi e = {epi, u, mask, u_div, n, 0, 0};
+        sgemm_threaded(1, 0, tb, m, n, k, 1.0f, a, k, b, tb ? k : n, 0.0f, out, n, &e);
+        return 1;
+    }
     if (!a) return 1; /* the question alone */
     const int64_t ldb = tb ? k : n;
     if (tb) { /* as small_avx2: B^T copied to row-major first */

@@ -37,8 +37,8 @@ enum { ML_EPI_ADD = 1, ML_EPI_ADD_RELU, ML_EPI_RELU_GRAD, ML_EPI_ADD_MASK };
  * that row r of u is row r / u_div (u_div > 1: one row per group of rows, a bias per
  * task). The product's bits are ml_sgemm's, the op's the unfused op's. 1 when done (a
  * NULL: the question alone); 0, computing nothing, where this is not the kernel ml_sgemm
- * would use for the product (only its 2 x 40 tiles have the epilogue), it would be
- * threaded, or (a given) B^T's buffer cannot be had. */
+ * would use for the product (the epilogue is in the packed driver, threaded as ml_sgemm,
+ * and in the one-thread 2 x 40 tiles of n = 40), or (a given) B^T's buffer cannot be had. */
 int ml__sgemm_into(int transpose_b, int64_t m, int64_t n, int64_t k, const float *a,
                    const float *b, int epi, const float *u, int64_t u_div, const float *mask,
                    float *out);

@@ -592,6 +592,77 @@ static void test_fused_matmul(void) {
     }
 }
 
+/* Products the packed driver or the unpacked tiles compute, their op applied to each tile
+ * once it is final (ml__sgemm_into's epilogue on those paths): the replay gives eager's
+ * bits for every op, on one thread and split over two (by rows or by columns: the op's
+ * operands are found by the part's place in the whole product), and the same at both. */
+static struct { int64_t rows, k, n; int tb; } fm_shape;
+
+static void matmul_path_program(int kind, ml_tensor *const *in, ml_tensor **res, ml_tensor **t) {
+    ml_tensor *p = NULL, *v = NULL, *sum = NULL;
+    const int64_t sh3[3] = {3, fm_shape.rows / 3, fm_shape.n};
+    (void)t;
+    OK(ml_matmul(&p, in[0], in[1], 0, fm_shape.tb));
+    OK(ml_reshape(&v, p, 3, sh3));
+    switch (kind) {
+    case 0: OK(ml_add(&sum, v, in[2])); OK(ml_relu(res, sum)); break; /* bias row per entry */
+    case 1: OK(ml__relu_grad(res, v, in[2])); break;
+    case 2: OK(ml_add(&sum, in[2], v)); OK(ml__relu_grad(res, sum, in[3])); break;
+    default: OK(ml_add(res, v, in[2])); break;
+    }
+    ml_release(p), ml_release(v), ml_release(sum);
+}
+
+static void test_fused_matmul_paths(void) {
+    /* packed (k > 512) split by rows at two threads; packed split by columns; the 6 x 16
+     * tiles split by rows; 4-row tiles with B transposed; n = 40 past one k slice */
+    const struct { int64_t rows, k, n; int tb; } shapes[5] = {
+        {120, 520, 48, 0}, {18, 520, 256, 0}, {300, 72, 128, 0}, {120, 72, 56, 1}, {120, 100, 40, 0}};
+    const int threads_before = ml_get_num_threads();
+    for (int sh = 0; sh < 5; sh++)
+        for (int kind = 0; kind < 4; kind++) {
+            const int c = sh * 4 + kind;
+            fm_shape.rows = shapes[sh].rows, fm_shape.k = shapes[sh].k;
+            fm_shape.n = shapes[sh].n, fm_shape.tb = shapes[sh].tb;
+            const int64_t sa[2] = {fm_shape.rows, fm_shape.k};
+            const int64_t sb[2] = {fm_shape.tb ? fm_shape.n : fm_shape.k,
+                                   fm_shape.tb ? fm_shape.k : fm_shape.n};
+            const int64_t so[3] = {3, fm_shape.rows / 3, fm_shape.n}, sbias[3] = {3, 1, fm_shape.n};
+            ml_tensor *a = NULL, *b = NULL, *u = NULL, *m = NULL;
+            OK(ml_tensor_zeros(&a, 2, sa));
+            OK(ml_tensor_zeros(&b, 2, sb));
+            OK(ml_tensor_zeros(&u, 3, kind == 0 ? sbias : so));
+            OK(ml_tensor_zeros(&m, 3, so));
+            ml_tensor *ins[4] = {a, b, u, m};
+            ml_set_num_threads(1);
+            ml_trace *tr = record_program(matmul_path_program, kind, ins, 1);
+            CHECK(ml_trace_n_ops(tr) == 1, "fused matmul paths, case %d: %d entries", c,
+                  ml_trace_n_ops(tr));
+            for (int i = 0; i < 4; i++) fill_values(ins[i], 17u * (unsigned)c + (unsigned)i);
+            if (kind >= 2) { /* sums: no NaN in u to meet a NaN of T (either NaN) */
+                float *d = ml_data(u);
+                for (int64_t i = 0; i < ml_numel(u); i++)
+                    if (d[i] != d[i]) d[i] = 0.5f;
+            }
+            ml_tensor *want = NULL;
+            matmul_path_program(kind, ins, &want, NULL);
+            for (int th = 1; th <= 2; th++) {
+                ml_set_num_threads(th);
+                ml_tensor *got[2] = {NULL, NULL}, *eager = NULL;
+                OK(ml_trace_replay(tr, ins, got));
+                matmul_path_program(kind, ins, &eager, NULL);
+                check_replay("fused matmul paths", c, 0, got, eager, NULL);
+                CHECK(!memcmp(ml_data(eager), ml_data(want), (size_t)ml_numel(want) * sizeof(float)),
+                      "fused matmul paths, case %d: %d threads differ from one", c, th);
+                ml_release(got[0]), ml_release(eager);
+            }
+            ml_tensor *all[] = {a, b, u, m, want};
+            for (size_t i = 0; i < sizeof all / sizeof *all; i++) ml_release(all[i]);
+            ml_trace_free(tr);
+        }
+    ml_set_num_threads(threads_before);
+}
+
 int main(void) {
     test_tutorial();
     test_third_order();
@@ -607,6 +678,7 @@ int main(void) {
     test_fused_broadcasts();
     test_fused_outer();
     test_fused_matmul();
+    test_fused_matmul_paths();
     printf("test_core: %d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
