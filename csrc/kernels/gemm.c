@@ -526,10 +526,11 @@ ML_TARGET_AVX2 ML_INLINE void pack_b_avx2(int tb, int64_t kc, int64_t nc, const 
 
 /* ------------------------------------------------------------- epilogue */
 
-/* An element-wise op applied to C's elements once they hold the product (ml__sgemm_into on
- * the packed path): after a tile's last k block, on the tile while it is in L1. row0 and
- * col0 place this call's C in the whole product, whose rows u and mask follow (row r of
- * u is row r / u_div; both ldu = the whole product's n). */
+/* An element-wise op applied to C's elements once they hold the product (ml__sgemm_into
+ * outside the 2 x 40 tiles): by the packed driver and the unpacked tiles after a tile's
+ * last k block, on the tile while it is in L1, so the product is never written out and
+ * read back. row0 and col0 place this call's C in the whole product, whose rows u and
+ * mask follow (row r of u is row r / u_div; both ldu = the whole product's n). */
 typedef struct gemm_epi {
     int op; /* ML_EPI_* */
     const float *u, *mask;
