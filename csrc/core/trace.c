@@ -134,6 +134,9 @@ void ml__trace_record_n(ml_replay_fn fn, int n_in, ml_tensor *const *in, int n_o
                         ml_tensor *const *out, const void *params, size_t params_size) {
     ml_trace *tr = ml__trace_active;
     if (!tr || tr->error) return;
+    if (n_out < 0 || n_out > ML_TRACE_MAX_OUT)
+        return fail(tr, ml_set_error(ML_ERR_VALUE, "trace: an entry of %d outputs (at most %d)",
+                                     n_out, ML_TRACE_MAX_OUT));
     if (tr->n_entries == tr->cap_entries) {
         int32_t cap = tr->cap_entries ? tr->cap_entries * 2 : 128;
         trace_entry *e = realloc(tr->entries, (size_t)cap * sizeof *e);
@@ -178,7 +181,7 @@ void ml__trace_record_n(ml_replay_fn fn, int n_in, ml_tensor *const *in, int n_o
         e->in[i] = s; /* -1: an optional input given as NULL (a linear without bias) */
     }
     e->out = -1;
-    for (int o = 0; o < n_out && o < ML_TRACE_MAX_OUT; o++) {
+    for (int o = 0; o < n_out; o++) {
         int32_t s = new_slot(tr, NULL);
         if (s < 0 || !seen_put(tr, out[o], s)) {
             free(e->in);
@@ -276,10 +279,11 @@ static int fuse_into_readers(ml_trace *tr, int stage) {
             if (f->in[i] == e->out) t_index = i;
         unsigned char params[ML_FUSED_PARAMS];
         size_t params_size = 0;
-        ml_replay_fn fn = f->out >= 0 && !f->n_extra ? ml__fuse_elementwise(e->fn, e->params, f->fn, f->params,
-                                                             f->params_size, f->n_in, t_index,
-                                                             params, &params_size)
-                                      : NULL;
+        ml_replay_fn fn = f->out >= 0 && !f->n_extra
+                              ? ml__fuse_elementwise(e->fn, e->params, f->fn, f->params,
+                                                     f->params_size, f->n_in, t_index, params,
+                                                     &params_size)
+                              : NULL;
         if (!fn) continue;
         const int n_in = e->n_in + f->n_in - 1;
         int32_t *in = malloc((size_t)n_in * sizeof *in);
