@@ -537,7 +537,7 @@ typedef struct gemm_epi {
     int64_t u_div, ldu, row0, col0;
 } gemm_epi;
 
-/* One element: the formulas of small_tile_2x40_epi, lane by lane. */
+/* One element: epi_vec's formulas, lane by lane. */
 static inline float epi_one(int op, float x, float u, float m)
 {
     switch (op) {
@@ -562,33 +562,35 @@ static void epi_tile_scalar(const gemm_epi *e, float *c, int64_t ldc, int64_t i0
 }
 
 #if ML_HAVE_AVX2
+/* Eight elements: x the product's, u the op's operand, m where the mask is read (ADD_MASK).
+ * A constant op once inlined (the 2 x 40 tiles' epilogue). */
+ML_TARGET_AVX2 ML_INLINE __m256 epi_vec(const int op, __m256 x, __m256 u, const float *m)
+{
+    const __m256 zero = _mm256_setzero_ps();
+    switch (op) {
+    case ML_EPI_ADD: return _mm256_add_ps(x, u);
+    case ML_EPI_ADD_RELU: /* x + u > 0 ? x + u : +0 (NaN: +0) */
+        x = _mm256_add_ps(x, u);
+        return _mm256_and_ps(x, _mm256_cmp_ps(x, zero, _CMP_GT_OQ));
+    case ML_EPI_RELU_GRAD: return _mm256_and_ps(x, _mm256_cmp_ps(u, zero, _CMP_GT_OQ));
+    default: /* ML_EPI_ADD_MASK: (u + x), +0 where the mask is not > 0 */
+        x = _mm256_add_ps(u, x);
+        return _mm256_and_ps(x, _mm256_cmp_ps(_mm256_loadu_ps(m), zero, _CMP_GT_OQ));
+    }
+}
+
 ML_TARGET_AVX2 static void epi_tile_avx2(const gemm_epi *e, float *c, int64_t ldc, int64_t i0,
                                          int64_t j0, int rows, int cols)
 {
-    const __m256 zero = _mm256_setzero_ps();
     const int vec = cols & ~7;
     for (int r = 0; r < rows; ++r) {
         const int64_t row = e->row0 + i0 + r, col = e->col0 + j0;
         const float *u = e->u + row / e->u_div * e->ldu + col;
         const float *m = e->mask ? e->mask + row * e->ldu + col : NULL;
         float *cr = c + r * ldc;
-        for (int j = 0; j < vec; j += 8) {
-            __m256 x = _mm256_loadu_ps(cr + j);
-            const __m256 ur = _mm256_loadu_ps(u + j);
-            switch (e->op) {
-            case ML_EPI_ADD: x = _mm256_add_ps(x, ur); break;
-            case ML_EPI_ADD_RELU:
-                x = _mm256_add_ps(x, ur);
-                x = _mm256_and_ps(x, _mm256_cmp_ps(x, zero, _CMP_GT_OQ));
-                break;
-            case ML_EPI_RELU_GRAD: x = _mm256_and_ps(x, _mm256_cmp_ps(ur, zero, _CMP_GT_OQ)); break;
-            default:
-                x = _mm256_add_ps(ur, x);
-                x = _mm256_and_ps(x, _mm256_cmp_ps(_mm256_loadu_ps(m + j), zero, _CMP_GT_OQ));
-                break;
-            }
-            _mm256_storeu_ps(cr + j, x);
-        }
+        for (int j = 0; j < vec; j += 8)
+            _mm256_storeu_ps(cr + j, epi_vec(e->op, _mm256_loadu_ps(cr + j),
+                                             _mm256_loadu_ps(u + j), m ? m + j : NULL));
         for (int j = vec; j < cols; ++j) cr[j] = epi_one(e->op, cr[j], u[j], m ? m[j] : 0.0f);
     }
 }
@@ -1230,26 +1232,12 @@ ML_TARGET_AVX2 ML_INLINE void small_tile_2x40_epi(const int mr, const int epi, i
 {
     __m256 c0[5], c1[5];
     tile_2x40_acc(mr, 0, k, a, lda, b, ldb, c0, c1);
-    const __m256 zero = _mm256_setzero_ps();
 #pragma GCC unroll 5
     for (int v = 0; v < 5; ++v)
-        for (int r = 0; r < mr; ++r) {
-            __m256 x = r ? c1[v] : c0[v]; /* alpha 1: the product's bits */
-            const __m256 ur = _mm256_loadu_ps(u[r] + 8 * v);
-            switch (epi) {
-            case ML_EPI_ADD: x = _mm256_add_ps(x, ur); break;
-            case ML_EPI_ADD_RELU: /* x + u > 0 ? x + u : +0 (NaN: +0) */
-                x = _mm256_add_ps(x, ur);
-                x = _mm256_and_ps(x, _mm256_cmp_ps(x, zero, _CMP_GT_OQ));
-                break;
-            case ML_EPI_RELU_GRAD: x = _mm256_and_ps(x, _mm256_cmp_ps(ur, zero, _CMP_GT_OQ)); break;
-            case ML_EPI_ADD_MASK: /* (u + x), +0 where the mask is not > 0 */
-                x = _mm256_add_ps(ur, x);
-                x = _mm256_and_ps(x, _mm256_cmp_ps(_mm256_loadu_ps(m[r] + 8 * v), zero, _CMP_GT_OQ));
-                break;
-            }
-            _mm256_storeu_ps(c + r * 40 + 8 * v, x);
-        }
+        for (int r = 0; r < mr; ++r) /* alpha 1: the product's bits */
+            _mm256_storeu_ps(c + r * 40 + 8 * v,
+                             epi_vec(epi, r ? c1[v] : c0[v], _mm256_loadu_ps(u[r] + 8 * v),
+                                     m[r] ? m[r] + 8 * v : NULL));
 }
 
 /* The 2- and 1-row tiles as functions of their own: inlined into a loop over tiles, GCC
@@ -1455,37 +1443,38 @@ static int gemm_path(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t
     return n % 16 == 8 && n >= 24 && m >= 2 * MR_W ? PATH_SMALL_W : PATH_SMALL;
 }
 
-static void sgemm(int path, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
-                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
-                  float *c, int64_t ldc)
+/* The product by path, and epi on its tiles where the kernel applies it (the unpacked
+ * tiles, the packed drivers): 1 when it did, 0 when C still needs it. */
+static int sgemm_run(int path, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
+                     const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                     float *c, int64_t ldc, const gemm_epi *epi)
 {
-    if (m <= 0 || n <= 0) return;
     if (k <= 0 || alpha == 0.0f) { /* BLAS: op(A)@op(B) is not computed at all */
         scale_c(m, n, beta, c, ldc);
-        return;
+        return 0;
     }
 #if ML_HAVE_AVX2
     if ((path == PATH_SMALL || path == PATH_SMALL_W) &&
         small_avx2(path == PATH_SMALL_W, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                   NULL))
-        return;
+                   epi))
+        return 1;
     if (path == PATH_DOTS_NT) {
         dots_nt_avx2(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-        return;
+        return 0;
     }
     if (path == PATH_OUTER) {
         outer_avx2(ta, tb, m, n, alpha, a, lda, b, ldb, beta, c, ldc);
-        return;
+        return 0;
     }
     /* op(B) is one column: contiguous when B is transposed (1 x k), else stride ldb */
     const int64_t incx = tb ? 1 : ldb;
     if (path == PATH_GEMV_T) {
         gemv_t_avx2(m, k, alpha, a, lda, b, incx, beta, c, ldc);
-        return;
+        return 0;
     }
     if (path == PATH_ROW) {
         row_avx2(ta, n, k, alpha, a, lda, b, ldb, beta, c);
-        return;
+        return 0;
     }
     if (path == PATH_DOTS) {
         const float *x = b;
@@ -1493,13 +1482,13 @@ static void sgemm(int path, int ta, int tb, int64_t m, int64_t n, int64_t k, flo
             float *xb = get_buffer((size_t)k);
             if (!xb) { /* no buffer: the portable loops */
                 direct_portable(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-                return;
+                return 0;
             }
             for (int64_t p = 0; p < k; ++p) xb[p] = b[p * incx];
             x = xb;
         }
         dots_avx2(m, k, alpha, a, lda, x, beta, c, ldc);
-        return;
+        return 0;
     }
 #endif
     const int use_avx2 = path != PATH_PORTABLE;
@@ -1510,55 +1499,39 @@ static void sgemm(int path, int ta, int tb, int64_t m, int64_t n, int64_t k, flo
 #if ML_HAVE_AVX2
         if (use_avx2) {
             direct_avx2(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-            return;
+            return 0;
         }
 #endif
         direct_portable(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-        return;
+        return 0;
     }
     const blocking bl = plan(tb, m, n, k);
     const size_t a_floats = (bl.a_floats + 15) & ~(size_t)15; /* keep B 64-byte aligned */
     float *buf = get_buffer(a_floats + bl.b_floats);
     if (!buf) {
         direct_portable(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-        return;
+        return 0;
     }
 #if ML_HAVE_AVX2
     if (use_avx2) {
         driver_avx2(&bl, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buf,
-                    buf + a_floats, NULL);
-        return;
+                    buf + a_floats, epi);
+        return 1;
     }
 #endif
     driver_portable(&bl, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buf,
-                    buf + a_floats, NULL);
+                    buf + a_floats, epi);
+    return 1;
 }
 
-/* sgemm, then epi on C's elements (NULL: none): on the packed path, on each tile as the
- * driver finishes it; elsewhere (no buffer) over C after the product. */
-static void sgemm_ex(int path, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
-                     const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
-                     float *c, int64_t ldc, const gemm_epi *epi)
+/* C = alpha op(A) op(B) + beta C by path, then epi on C's elements (NULL: none): on each
+ * tile as it is final where the kernel has tiles, else in a pass over C after it. */
+static void sgemm(int path, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
+                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                  float *c, int64_t ldc, const gemm_epi *epi)
 {
-#if ML_HAVE_AVX2
-    if (epi && (path == PATH_SMALL || path == PATH_SMALL_W) && m > 0 && n > 0 && k > 0 &&
-        alpha != 0.0f &&
-        small_avx2(path == PATH_SMALL_W, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, epi))
-        return;
-    if (epi && path == PATH_PACKED && m > 0 && n > 0 && k > 0 && alpha != 0.0f &&
-        (double)m * (double)n * (double)k > TINY_FLOPS) {
-        const blocking bl = plan(tb, m, n, k);
-        const size_t a_floats = (bl.a_floats + 15) & ~(size_t)15;
-        float *buf = get_buffer(a_floats + bl.b_floats);
-        if (buf) {
-            driver_avx2(&bl, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buf,
-                        buf + a_floats, epi);
-            return;
-        }
-    }
-#endif
-    sgemm(path, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    if (epi)
+    if (m <= 0 || n <= 0) return;
+    if (!sgemm_run(path, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, epi) && epi)
         for (int64_t i = 0; i < m; ++i) epi_tile_scalar(epi, c + i * ldc, ldc, i, 0, 1, (int)n);
 }
 
@@ -1598,13 +1571,13 @@ static void gemm_part(void *ctx, int64_t i)
     if (j->split_rows) {
         const int64_t rows = min64(j->step, j->m - lo);
         const float *a = j->ta ? j->a + lo : j->a + lo * j->lda;
-        sgemm_ex(j->path, j->ta, j->tb, rows, j->n, j->k, j->alpha, a, j->lda, j->b, j->ldb,
-                 j->beta, j->c + lo * j->ldc, j->ldc, j->epi ? &e : NULL);
+        sgemm(j->path, j->ta, j->tb, rows, j->n, j->k, j->alpha, a, j->lda, j->b, j->ldb,
+              j->beta, j->c + lo * j->ldc, j->ldc, j->epi ? &e : NULL);
     } else {
         const int64_t cols = min64(j->step, j->n - lo);
         const float *b = j->tb ? j->b + lo * j->ldb : j->b + lo;
-        sgemm_ex(j->path, j->ta, j->tb, j->m, cols, j->k, j->alpha, j->a, j->lda, b, j->ldb,
-                 j->beta, j->c + lo, j->ldc, j->epi ? &e : NULL);
+        sgemm(j->path, j->ta, j->tb, j->m, cols, j->k, j->alpha, j->a, j->lda, b, j->ldb,
+              j->beta, j->c + lo, j->ldc, j->epi ? &e : NULL);
     }
 }
 
@@ -1638,7 +1611,7 @@ static void sgemm_threaded(int use_avx2, int ta, int tb, int64_t m, int64_t n, i
             return;
         }
     }
-    sgemm_ex(path, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, epi);
+    sgemm(path, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, epi);
 }
 
 void ml_sgemm(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k, float alpha,
@@ -1703,7 +1676,7 @@ void ml__sgemm_batch(int transpose_a, int transpose_b, int64_t m, int64_t n, int
 #endif
     for (int64_t t = 0; t < count; ++t)
         sgemm(path, ta, tb, m, n, k, alpha, a + t * stride_a, lda, b + t * stride_b, ldb, beta,
-              c + t * stride_c, ldc);
+              c + t * stride_c, ldc, NULL);
 }
 
 /* (gemm.h) On the AVX2 kernel every k == 1 product with alpha 1 and beta 0 is outer_avx2,
@@ -1799,5 +1772,5 @@ void ml_sgemm_portable(int transpose_a, int transpose_b, int64_t m, int64_t n, i
                        float beta, float *c, int64_t ldc)
 {
     sgemm(PATH_PORTABLE, transpose_a != 0, transpose_b != 0, m, n, k, alpha, a, lda, b, ldb,
-          beta, c, ldc);
+          beta, c, ldc, NULL);
 }
