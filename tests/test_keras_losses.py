@@ -72,14 +72,48 @@ def test_sparse_categorical_crossentropy():
 def test_binary_crossentropy_with_clipping_and_logits():
     y = np.array([[1, 0, 1], [0, 1, 1]], np.float32)
     p = np.array([[1.0, 0.0, 0.3], [0.6, 0.2, 0.0]], np.float32)
-    # Keras: clip to [eps, 1 - eps], then log(p + eps) and log(1 - p + eps)
-    pc = np.clip(p.astype(np.float64), EPS, float(np.float32(1 - EPS)))
-    ref = -np.mean(y * np.log(pc + EPS) + (1 - y) * np.log(1 - pc + EPS), axis=-1)
-    np.testing.assert_allclose(np.asarray(losses.binary_crossentropy(y, p)), ref, rtol=1e-4)
+    # Keras 3: clip to [eps, 1 - eps] (in float32), then log(p) and log(1 - p); no eps
+    # inside the logs (that was tf.keras 2)
+    pc = np.clip(p, np.float32(EPS), np.float32(1 - EPS)).astype(np.float64)
+    ref = -np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc), axis=-1)
+    np.testing.assert_allclose(np.asarray(losses.binary_crossentropy(y, p)), ref, rtol=1e-5)
     z = np.array([[3.0, -2.0, 0.5], [-0.1, 8.0, -30.0]], np.float32)
     ref_logits = np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))), axis=-1)
     np.testing.assert_allclose(np.asarray(losses.binary_crossentropy(y, z, from_logits=True)), ref_logits,
                                rtol=1e-5)
+
+
+def test_binary_crossentropy_clipped_as_keras_3():
+    """keras losses_test.py BinaryCrossentropyTest.test_unweighted / test_scalar_weighted /
+    test_sample_weighted: predictions of exactly 0 and 1 (tf.keras 2's formula gave 3.8123)."""
+    y_true = np.array([1, 0, 1, 0]).reshape([2, 2])
+    y_pred = np.array([1, 1, 1, 0], dtype=np.float32).reshape([2, 2])
+    bce = losses.BinaryCrossentropy()
+    assert float(bce(y_true, y_pred).item()) == pytest.approx(3.98559, abs=1e-5)
+    assert float(bce(y_true, y_pred, sample_weight=2.3).item()) == pytest.approx(9.1668, abs=1e-4)
+    sw = np.array([1.2, 3.4]).reshape((2, 1))
+    assert float(bce(y_true, y_pred, sample_weight=sw).item()) == pytest.approx(4.7827, abs=1e-4)
+    # the core op is the same formula
+    np.testing.assert_allclose(np.asarray(ml.binary_crossentropy(y_true.astype(np.float32), y_pred)),
+                               [7.971192, 0.0], atol=1e-5)  # 2 * 3.98559 and 0
+
+
+def test_binary_crossentropy_gradient_is_the_clipped_formula_to_second_order():
+    """Inside the clip range d/dp = (p - y) / (p (1 - p)) / d and d2/dp2 = (y / p^2 +
+    (1 - y) / (1 - p)^2) / d; outside it both are 0 (the clip's gradient, as TensorFlow and
+    PyTorch). p = 1e-6 is where tf.keras 2's log(p + eps) was 10 % off."""
+    y = np.array([[1, 0, 1, 0, 1, 0]], np.float32)
+    pv = np.array([[1e-6, 1e-6, 1 - 1e-6, 1 - 1e-6, 0.0, 1.0]], np.float32)
+    p = ml.tensor(pv, requires_grad=True)
+    loss = ml.reduce_sum(losses.binary_crossentropy(y, p))
+    (g,) = ml.grad(loss, [p], create_graph=True)
+    (h,) = ml.grad(ml.reduce_sum(g), [p])
+    inside = np.array([[1, 1, 1, 1, 0, 0]], bool)
+    q, t, d = np.where(inside, pv, 0.5).astype(np.float64), y.astype(np.float64), pv.shape[-1]
+    g_ref = np.where(inside, (q - t) / (q * (1 - q)) / d, 0.0)
+    h_ref = np.where(inside, (t / q ** 2 + (1 - t) / (1 - q) ** 2) / d, 0.0)
+    np.testing.assert_allclose(np.asarray(g), g_ref, rtol=2e-3)
+    np.testing.assert_allclose(np.asarray(h), h_ref, rtol=2e-3)
 
 
 def test_mean_squared_error_and_broadcasting_like_the_article():
@@ -112,3 +146,191 @@ def test_get_by_string():
     assert losses.get("sparse_categorical_crossentropy") is losses.sparse_categorical_crossentropy
     with pytest.raises(ValueError):
         losses.get("no_such_loss")
+
+
+# ---------------------------------------------------------------- rank matching (issue 18)
+
+def test_squeeze_or_expand_to_same_rank_as_keras():
+    """keras loss_test.py LossTest.test_squeeze_or_expand (shapes), on arrays and tensors."""
+    f = losses.squeeze_or_expand_to_same_rank
+    for make in (np.ones, lambda s: ml.tensor(np.ones(s, np.float32))):
+        for a, b, want in [((3,), (3, 1), ((3, 1), (3, 1))), ((3, 2), (3, 2, 1), ((3, 2), (3, 2))),
+                           ((3, 1), (3,), ((3, 1), (3, 1))), ((3, 2, 1), (3, 2), ((3, 2), (3, 2))),
+                           ((3,), (3, 4), ((3,), (3, 4))), ((2, 3), (2, 3), ((2, 3), (2, 3)))]:
+            x1, x2 = f(make(a), make(b))
+            assert (tuple(x1.shape), tuple(x2.shape)) == want
+
+
+def test_rank1_targets_pair_with_rank2_predictions():
+    """Targets (N,) against predictions (N, 1) pair element by element; before, they
+    broadcast to an (N, N) loss ([35.67, 74.67, 59.67] and 0.9035). Values: Keras 3.15.1
+    (the shape (3,) is keras MeanSquaredErrorTest.test_base_function_reduction)."""
+    y_true = np.array([4, 8, 12])
+    y_pred = np.array([[3], [0], [1]])
+    np.testing.assert_allclose(np.asarray(losses.mean_squared_error(y_true, y_pred)), [1, 64, 121])
+    np.testing.assert_allclose(np.asarray(losses.mean_absolute_error(y_true, y_pred)), [1, 8, 11])
+    np.testing.assert_allclose(np.asarray(losses.mean_squared_error(y_pred, y_true)), [1, 64, 121])
+    assert float(losses.MeanSquaredError()(y_true, y_pred).item()) == pytest.approx(62.0)
+    assert float(losses.MeanAbsoluteError()(y_true, y_pred).item()) == pytest.approx(20 / 3)
+    # the core op (metalearn.mean_squared_error) matches ranks the same way
+    np.testing.assert_allclose(np.asarray(ml.mean_squared_error(y_true.astype(np.float32),
+                                                                y_pred.astype(np.float32))), [1, 64, 121])
+    yb = np.array([1, 0, 1, 0])
+    pb = np.array([[.9], [.2], [.6], [.3]])
+    assert float(losses.BinaryCrossentropy()(yb, pb).item()) == pytest.approx(0.2990012, abs=1e-6)
+    np.testing.assert_allclose(np.asarray(losses.binary_crossentropy(yb, pb)),
+                               -np.log([.9, .8, .6, .7]), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(ml.binary_crossentropy(yb.astype(np.float32), pb.astype(np.float32))),
+                               -np.log([.9, .8, .6, .7]), rtol=1e-5)
+    # (N, T) against (N, T, 1): the trailing 1 is squeezed
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = (a + np.array([1, 2, 3], np.float32)).reshape(2, 3, 1)
+    np.testing.assert_allclose(np.asarray(losses.mean_squared_error(a, b)), [14 / 3, 14 / 3], rtol=1e-6)
+
+
+def test_rank_matching_keeps_gradients_and_traces():
+    """The reshape of a rank-1 target tensor is recorded: gradients reach it, and a traced
+    function replays with each call's targets."""
+    y = ml.tensor(np.array([4.0, 8.0, 12.0], np.float32), requires_grad=True)
+    p = ml.tensor(np.array([[3.0], [0.0], [1.0]], np.float32), requires_grad=True)
+    gy, gp = ml.grad(ml.reduce_sum(losses.mean_squared_error(y, p)), [y, p])
+    np.testing.assert_allclose(np.asarray(gy), [2.0, 16.0, 22.0])
+    np.testing.assert_allclose(np.asarray(gp), [[-2.0], [-16.0], [-22.0]])
+
+    f = ml.function(lambda t, q: ml.reduce_mean(losses.BinaryCrossentropy()(t, q)))
+    pred = ml.tensor(np.array([[.9], [.2], [.6], [.3]], np.float32))
+    for labels in ([1, 0, 1, 0], [0, 1, 1, 1], [1, 1, 0, 0]):
+        t = ml.tensor(np.array(labels, np.float32))
+        pv = np.array([.9, .2, .6, .3])
+        ref = -np.mean(np.where(np.array(labels) == 1, np.log(pv), np.log(1 - pv)))
+        assert float(f(t, pred).item()) == pytest.approx(ref, rel=1e-5)
+    assert f.n_traces == 1
+
+
+@pytest.mark.parametrize("fn, y_true, y_pred", [
+    # keras losses_test.py BinaryCrossentropyTest.test_shape_mismatch
+    (losses.BinaryCrossentropy(), np.array([[0], [1], [2]]), np.full((3, 3), 0.5)),
+    (losses.binary_crossentropy, np.ones((3, 1)), np.full((3, 3), 0.5)),
+    (ml.binary_crossentropy, np.ones((3, 1), np.float32), np.full((3, 3), 0.5, np.float32)),
+    (losses.CategoricalCrossentropy(), np.ones((4,)), np.full((4, 3), 0.3)),
+    (losses.CategoricalCrossentropy(), np.ones((4, 1)), np.full((4, 3), 0.3)),
+    (losses.SparseCategoricalCrossentropy(), np.zeros((1, 4), np.int64), np.full((4, 3), 0.3)),
+    (losses.SparseCategoricalCrossentropy(), np.zeros((4, 2), np.int64), np.full((4, 3), 0.3)),
+    (losses.MeanSquaredError(), np.ones((2, 4)), np.ones((3,))),
+    (losses.mean_absolute_error, np.ones((4, 2)), np.ones((4, 3))),
+])
+def test_shapes_that_cannot_be_matched_raise_naming_both(fn, y_true, y_pred):
+    with pytest.raises(ValueError) as e:
+        fn(y_true, y_pred)
+    msg = str(e.value)
+    assert str(tuple(y_true.shape)) in msg and str(tuple(y_pred.shape)) in msg
+
+
+def test_sparse_categorical_crossentropy_as_keras_3():
+    """keras losses_test.py SparseCategoricalCrossentropyTest.test_unweighted and
+    test_sample_weighted; labels (N,) and (N, 1) alike; and a row that does not sum to 1 is
+    rescaled before the clip (Keras 3.15.1, PyTorch/JAX/NumPy backends: -log(5/6) = 0.18232;
+    the old clip-first formula gave log 2)."""
+    y_pred = np.array([[0.9, 0.05, 0.05], [0.5, 0.89, 0.6], [0.05, 0.01, 0.94]], np.float32)
+    scce = losses.SparseCategoricalCrossentropy()
+    assert float(scce(np.array([0, 1, 2]), y_pred).item()) == pytest.approx(0.3239, abs=1e-3)
+    assert float(scce(np.array([[0], [1], [2]]), y_pred).item()) == pytest.approx(0.3239, abs=1e-3)
+    sw = np.array([[1.2], [3.4], [5.6]])
+    assert float(scce(np.array([[0], [1], [2]]), y_pred, sample_weight=sw).item()) == pytest.approx(1.0696, abs=1e-3)
+    logits = np.array([[8.0, 1.0, 1.0], [0.0, 9.0, 1.0], [2.0, 3.0, 5.0]], np.float32)
+    assert float(losses.SparseCategoricalCrossentropy(from_logits=True)(
+        np.array([[0], [1], [2]]), logits, sample_weight=sw).item()) == pytest.approx(0.31829, abs=1e-3)
+    p = np.array([[0.5, 0.5, 5.0]], np.float32)
+    assert float(losses.sparse_categorical_crossentropy(np.array([2]), p)[0].item()) == pytest.approx(
+        -np.log(5 / 6), rel=1e-5)
+    # (N,) labels against (N, 1) predictions (one class) pair up too
+    assert np.asarray(losses.SparseCategoricalCrossentropy(reduction="none")(
+        np.zeros(3), np.ones((3, 1), np.float32))).shape == (3,)
+
+
+def test_sparse_categorical_probabilities_gradient_and_trace():
+    """d/dp of -log(clip(p_k / sum p)) = 1 / sum(p) - [j == k] / p_k where nothing is clipped
+    (so 1/6 - 1/5 for the 5 of [0.5, 0.5, 5], that the old clip-first formula clipped to
+    zero gradient); a traced call replays with each call's labels."""
+    pv = np.array([[0.5, 0.5, 5.0], [0.2, 0.3, 0.5]], np.float32)
+    p = ml.tensor(pv, requires_grad=True)
+    labels = np.array([2, 0])
+    (g,) = ml.grad(ml.reduce_sum(losses.sparse_categorical_crossentropy(labels, p)), [p])
+    ref = 1 / pv.sum(1, keepdims=True) - np.eye(3)[labels] / pv
+    np.testing.assert_allclose(np.asarray(g), ref, rtol=1e-5)
+
+    f = ml.function(lambda t, q: losses.sparse_categorical_crossentropy(t, q))
+    for lab in ([2, 0], [1, 1], [0, 2]):
+        out = f(ml.tensor(np.array(lab, np.float32)), ml.tensor(pv))
+        np.testing.assert_allclose(np.asarray(out), -np.log(pv[[0, 1], lab] / pv.sum(1)), rtol=1e-5)
+    assert f.n_traces == 1
+
+
+# ---------------------------------------------------------------- sample weights, reductions
+
+def test_sample_weight_shapes_and_reductions_as_keras_3():
+    """keras losses_test.py MeanSquaredErrorTest: test_sample_weighted, test_timestep_weighted,
+    test_no_reduction, test_sum_reduction, test_mean_with_sample_weight_reduction."""
+    y_true = np.array([[1, 9, 2], [-5, -2, 6]])
+    y_pred = np.array([[4, 8, 12], [8, 1, 3]], dtype="float32")
+    mse = losses.MeanSquaredError()
+    assert float(mse(y_true, y_pred, sample_weight=np.array([[1.2], [3.4]])).item()) == pytest.approx(767.8 / 6, rel=1e-6)
+    assert float(mse(y_true, y_pred, sample_weight=np.array([1.2, 3.4])).item()) == pytest.approx(767.8 / 6, rel=1e-6)
+    yt = np.asarray([1, 9, 2, -5, -2, 6]).reshape(2, 3, 1)
+    yp = np.asarray([4, 8, 12, 8, 1, 3]).reshape(2, 3, 1)
+    sw = np.array([3, 6, 5, 0, 4, 2]).reshape((2, 3))
+    assert float(mse(yt, yp, sample_weight=sw).item()) == pytest.approx(97.833336, rel=1e-6)
+    np.testing.assert_allclose(np.asarray(losses.MeanSquaredError(reduction=None)(y_true, y_pred, sample_weight=2.3)),
+                               [84.3333, 143.3666], rtol=1e-5)
+    assert float(losses.MeanSquaredError(reduction="sum")(y_true, y_pred, sample_weight=2.3).item()) == \
+        pytest.approx(227.69998, rel=1e-6)
+    mws = losses.MeanSquaredError(reduction="mean_with_sample_weight")
+    assert float(mws(y_true, y_pred, sample_weight=np.array([[1.2], [3.4]])).item()) == pytest.approx(
+        (110 / 3 * 1.2 + 187 / 3 * 3.4) / (1.2 + 3.4), rel=1e-6)
+    assert float(losses.MeanSquaredError(reduction="mean")(y_true, y_pred).item()) == pytest.approx(49.5)
+    # weights (N, 1) with reduction "none": Keras 3.15.1 returns the values as (N, 1)
+    none = losses.MeanSquaredError(reduction="none")(np.ones((3, 2)), np.zeros((3, 2)),
+                                                     sample_weight=np.array([[1.0], [0.0], [2.0]]))
+    np.testing.assert_allclose(np.asarray(none), [[1.0], [0.0], [2.0]])
+
+
+def test_sample_weight_per_sample_on_temporal_losses_and_bad_shapes():
+    """(N,) weights on (N, T) per-sample losses weight each sample (Keras 3 raises there, as
+    its broadcast aligns the weights with T); weights that cannot be matched, or would
+    broadcast the losses to a bigger shape, raise naming both shapes."""
+    rng = np.random.default_rng(3)
+    yt, yp = rng.normal(size=(4, 2, 3)).astype(np.float32), rng.normal(size=(4, 2, 3)).astype(np.float32)
+    w = np.array([1.0, 0.0, 2.0, 0.5], np.float32)
+    per = np.mean((yt - yp) ** 2, -1)
+    got = float(losses.MeanSquaredError()(yt, yp, sample_weight=w).item())
+    assert got == pytest.approx(np.mean(per * w[:, None]), rel=1e-5)
+    for bad in (np.ones(5), np.ones((4, 3)), np.ones((4, 4))):
+        with pytest.raises(ValueError) as e:
+            losses.MeanSquaredError()(yt[:, 0], yp[:, 0], sample_weight=bad)
+        assert str(bad.shape) in str(e.value) and "(4,)" in str(e.value)
+
+
+# ---------------------------------------------------------------- compile("mse") and fit
+
+@pytest.mark.parametrize("run_eagerly", [None, True])
+def test_dense1_fit_with_rank1_targets_learns_the_function(run_eagerly):
+    """Dense(1) + compile(loss="mse") + fit(x, y) with y of shape (N,): the string "mse"
+    resolves to losses.mean_squared_error, wrapped in LossFunctionWrapper, which matches the
+    ranks; before, the (N, N) loss fitted only the mean of y (MSE ~4 here)."""
+    from metalearn.keras import layers, models, optimizers
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(70, 3)).astype(np.float32)
+    coef = np.array([1.0, -2.0, 0.5], np.float32)
+    y = x @ coef + 0.3
+    ml.random.set_seed(0)
+    model = models.Sequential([layers.Dense(1)])
+    model.compile(optimizer=optimizers.SGD(0.1), loss="mse", run_eagerly=run_eagerly)
+    hist = model.fit(x, y, epochs=40, batch_size=16, verbose=0)  # last batch of 6
+    pred = np.asarray(model.predict(x, verbose=0))
+    assert pred.shape == (70, 1)
+    assert np.mean((pred[:, 0] - y) ** 2) < 1e-6
+    assert hist.history["loss"][-1] < 1e-6
+    np.testing.assert_allclose(np.asarray(model.layers[0].kernel)[:, 0], coef, atol=1e-3)
+    # evaluate and a sample-weighted step take the same (N,) targets
+    assert model.evaluate(x, y, verbose=0) < 1e-6
+    assert model.train_on_batch(x[:8], y[:8], sample_weight=np.ones(8, np.float32)) < 1e-6

@@ -16,6 +16,23 @@ static ml_status ml_mean_lastaxis__(ml_tensor **out, ml_tensor *x, int unused) {
     return ml_mean(out, x, 1, &axis, 0);
 }
 
+/* Keras' squeeze_or_expand_to_same_rank: when the ranks differ by one and the longer ends
+ * in 1, a rank-1 shorter one gains a trailing 1, otherwise the longer one loses it. So
+ * targets (N,) against predictions (N, 1) pair element by element instead of broadcasting
+ * to (N, N). A scalar is left to broadcast. The reshapes are views and record as ops, so
+ * gradients and traces see them. */
+static void match_rank(ml_scope *s, ml_tensor **a, ml_tensor **b) {
+    ml_tensor **lo = (*a)->ndim < (*b)->ndim ? a : b, **hi = lo == a ? b : a;
+    int nd = (*lo)->ndim;
+    if (nd < 1 || (*hi)->ndim != nd + 1 || (*hi)->shape[nd] != 1) return;
+    if (nd == 1) {
+        int64_t col[2] = {(*lo)->shape[0], 1};
+        *lo = RESHAPE(s, *lo, 2, col);
+    } else {
+        *hi = RESHAPE(s, *hi, nd, (*hi)->shape);
+    }
+}
+
 ml_status ml_mean_squared_error(ml_tensor **out, ml_tensor *y_true, ml_tensor *y_pred) {
     if (!y_true || !y_pred)
         return ml_set_error(ML_ERR_VALUE, "mean_squared_error: input tensor is NULL");
@@ -23,6 +40,7 @@ ml_status ml_mean_squared_error(ml_tensor **out, ml_tensor *y_true, ml_tensor *y
         return ml_set_error(ML_ERR_SHAPE, "mean_squared_error: y_pred must have at least 1 "
                             "dimension, got a scalar");
     ml_scope s = {0};
+    match_rank(&s, &y_true, &y_pred);
     ml_tensor *r = ml__keep(ML_S1F(ml_mean_lastaxis__, &s, SQUARE(&s, SUB(&s, y_pred, y_true)), 0));
     ml__scope_end(&s);
     if (s.status) return s.status;
@@ -223,13 +241,18 @@ ml_status ml_sparse_categorical_crossentropy_t(ml_tensor **out, ml_tensor *label
     free(check);
     if (st) return st;
     if (from_logits) return sparse_softmax_ce(out, labels, y_pred);
-    /* Keras (TensorFlow backend): log of the clipped probabilities, then the sparse
-     * softmax cross-entropy of those, which renormalises them */
+    /* Keras 3 (JAX, PyTorch and NumPy backends), as categorical_crossentropy: rescale to
+     * sum 1, clip, log, then pick each row's label (a one-hot made from the label tensor
+     * when the op runs, so a trace replays with each call's labels). Clipping before the
+     * rescale (the TensorFlow backend) differs for rows that do not sum to 1. */
     ml_scope s = {0};
-    ml_tensor *pc = NULL, *clipped = ml__push(&s, ml_clip(&pc, y_pred, ML_EPSILON, 1.0f - ML_EPSILON), &pc);
-    ml_tensor *logp = LOG(&s, clipped), *r = NULL, *res = NULL;
-    if (logp) res = ml__push(&s, sparse_softmax_ce(&r, labels, logp), &r);
-    res = ml__keep(res);
+    int axis = y_pred->ndim - 1;
+    ml_tensor *p = DIV(&s, y_pred, SUM_AXES(&s, y_pred, 1, &axis, 1));
+    ml_tensor *pc = NULL, *clipped = NULL, *oh = NULL, *onehot = NULL;
+    if (p) clipped = ml__push(&s, ml_clip(&pc, p, ML_EPSILON, 1.0f - ML_EPSILON), &pc);
+    if (clipped) onehot = ml__push(&s, one_hot_t(&oh, labels, c), &oh);
+    ml_tensor *picked = MUL(&s, RESHAPE_LIKE(&s, onehot, y_pred), LOG(&s, clipped));
+    ml_tensor *res = ml__keep(NEG(&s, SUM_AXES(&s, picked, 1, &axis, 0)));
     ml__scope_end(&s);
     if (s.status) return s.status;
     *out = res;
@@ -271,24 +294,31 @@ ml_status ml_binary_crossentropy(ml_tensor **out, ml_tensor *y_true, ml_tensor *
     if (y_pred->ndim < 1)
         return ml_set_error(ML_ERR_SHAPE, "binary_crossentropy: y_pred must have at least 1 "
                             "dimension, got a scalar");
-    int nd;
-    int64_t shape[ML_MAX_DIMS];
-    ml_status st = ml__broadcast_shape(y_true, y_pred, &nd, shape, "binary_crossentropy");
-    if (st) return st;
     ml_scope s = {0};
+    ml_tensor *t = y_true, *x = y_pred;
+    match_rank(&s, &t, &x);
+    /* Keras refuses any other mismatch: (N, 1) targets broadcast against (N, C)
+     * predictions would be a number, and a wrong one */
+    if (s.status == ML_OK && !ml__same_shape(t, x))
+        s.status = ml_set_error(ML_ERR_SHAPE, "binary_crossentropy: y_true has shape %s but "
+                                "y_pred has shape %s; they must match (up to a trailing "
+                                "axis of 1)", ML_SHAPE_STR(y_true), ML_SHAPE_STR(y_pred));
     ml_tensor *per_elem;
     if (from_logits) {
         /* max(x, 0) - x y + log(1 + exp(-|x|)): never overflows (TensorFlow's
          * sigmoid_cross_entropy_with_logits) */
-        ml_tensor *x = y_pred;
-        per_elem = ADD(&s, SUB(&s, RELU(&s, x), MUL(&s, x, y_true)),
+        per_elem = ADD(&s, SUB(&s, RELU(&s, x), MUL(&s, x, t)),
                        LOG(&s, ADDS(&s, EXP(&s, NEG(&s, ABS(&s, x))), 1.0f)));
     } else {
-        /* Keras: p = clip(p, eps, 1-eps); -(y log(p + eps) + (1 - y) log(1 - p + eps)) */
-        ml_tensor *pc = NULL, *p = ml__push(&s, ml_clip(&pc, y_pred, ML_EPSILON, 1.0f - ML_EPSILON), &pc);
-        ml_tensor *pos = MUL(&s, y_true, LOG(&s, ADDS(&s, p, ML_EPSILON)));
-        ml_tensor *one_minus_y = ADDS(&s, NEG(&s, y_true), 1.0f);
-        ml_tensor *neg = MUL(&s, one_minus_y, LOG(&s, ADDS(&s, NEG(&s, p), 1.0f + ML_EPSILON)));
+        /* Keras 3: p = clip(p, eps, 1 - eps); -(y log(p) + (1 - y) log(1 - p)). The clip's
+         * gradient is zero outside the range, and both logs stay finite: 1 - p >= 1.19e-7
+         * in float32. (tf.keras 2 added eps inside the logs as well.) */
+        ml_tensor *pc = NULL, *p = NULL;
+        if (s.status == ML_OK)
+            p = ml__push(&s, ml_clip(&pc, x, ML_EPSILON, 1.0f - ML_EPSILON), &pc);
+        ml_tensor *pos = MUL(&s, t, LOG(&s, p));
+        ml_tensor *one_minus_y = ADDS(&s, NEG(&s, t), 1.0f);
+        ml_tensor *neg = MUL(&s, one_minus_y, LOG(&s, ADDS(&s, NEG(&s, p), 1.0f)));
         per_elem = NEG(&s, ADD(&s, pos, neg));
     }
     ml_tensor *r = ml__keep(ML_S1F(ml_mean_lastaxis__, &s, per_elem, 0));

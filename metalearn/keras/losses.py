@@ -9,6 +9,13 @@ over the class axis and clipped to ``[1e-7, 1 - 1e-7]`` before the log.
     sparse_categorical_crossentropy(k, p) = -log(clip(p_k / sum(p)))
     binary_crossentropy(y, p)           = -mean(y log(clip p) + (1 - y) log(1 - clip p))
     mean_squared_error(y, p)            = mean((y - p)^2)
+
+Shapes follow Keras 3's ``squeeze_or_expand_to_same_rank``: when the ranks of ``y_true``
+and ``y_pred`` differ by one and the longer ends in 1, targets ``(N,)`` against
+predictions ``(N, 1)`` pair element by element (they never broadcast to ``(N, N)``).
+After that, the mean errors broadcast as NumPy does; the cross-entropies need equal
+shapes (sparse: labels shaped as ``y_pred`` without its class axis, or with a trailing 1)
+and raise a ValueError naming both shapes otherwise.
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ __all__ = ["Loss", "MeanSquaredError", "MeanAbsoluteError", "CategoricalCrossent
            "SparseCategoricalCrossentropy", "BinaryCrossentropy", "LossFunctionWrapper",
            "mean_squared_error", "mse", "MSE", "mean_absolute_error", "mae", "MAE",
            "categorical_crossentropy", "sparse_categorical_crossentropy",
-           "binary_crossentropy", "get", "serialize"]
+           "binary_crossentropy", "squeeze_or_expand_to_same_rank", "get", "serialize"]
 
 
 def _float_target(y):
@@ -40,22 +47,80 @@ def _check_axis(axis, name):
         raise ValueError(f"{name}: only axis=-1 is supported, got axis={axis}")
 
 
+def _reshape(x, shape):
+    if isinstance(x, _core.Tensor):
+        return _core.reshape(x, shape)  # a view, recorded: gradients and traces see it
+    return np.reshape(x, shape)
+
+
+def squeeze_or_expand_to_same_rank(x1: Any, x2: Any, expand_rank_1: bool = True) -> Any:
+    """Keras 3's rank matching of two arrays or tensors (``keras.src.losses.loss``).
+
+    When the ranks differ by exactly one and the longer one's last axis is 1: a rank-1
+    shorter one gains a trailing axis (with `expand_rank_1`), otherwise the longer one
+    loses its last axis. So ``(N,)`` against ``(N, 1)`` pairs element by element. Other
+    shapes are returned as they are.
+
+    Returns:
+        The pair ``(x1, x2)``, reshaped (views; tensors through a recorded reshape).
+    """
+    r1, r2 = len(x1.shape), len(x2.shape)
+    if r1 == r2 + 1 and x1.shape[-1] == 1:
+        if r2 == 1 and expand_rank_1:
+            x2 = _reshape(x2, tuple(x2.shape) + (1,))
+        else:
+            x1 = _reshape(x1, tuple(x1.shape)[:-1])
+    elif r2 == r1 + 1 and x2.shape[-1] == 1:
+        if r1 == 1 and expand_rank_1:
+            x1 = _reshape(x1, tuple(x1.shape) + (1,))
+        else:
+            x2 = _reshape(x2, tuple(x2.shape)[:-1])
+    return x1, x2
+
+
+def _matched(y_true, y_pred, name, equal_shapes):
+    """(y_true, y_pred) as float32 arrays or tensors, rank-matched as Keras; with
+    `equal_shapes` (the cross-entropies) any other shape mismatch is a ValueError."""
+    y_true, y_pred = _float_target(y_true), _float_target(y_pred)
+    if y_true.shape == y_pred.shape:  # the common case: nothing to match
+        return y_true, y_pred
+    t, p = y_true, y_pred
+    if y_true.ndim and y_pred.ndim:  # a scalar broadcasts (and y_pred keeps its last axis)
+        t, p = squeeze_or_expand_to_same_rank(y_true, y_pred)
+    ts, ps = tuple(t.shape), tuple(p.shape)
+    if ts != ps:
+        if equal_shapes:
+            raise ValueError(f"{name}: y_true has shape {tuple(y_true.shape)} but y_pred has shape "
+                             f"{tuple(y_pred.shape)}; they must match (up to a trailing axis of 1)")
+        try:
+            np.broadcast_shapes(ts, ps)
+        except ValueError:
+            raise ValueError(f"{name}: y_true of shape {tuple(y_true.shape)} and y_pred of shape "
+                             f"{tuple(y_pred.shape)} cannot be broadcast together") from None
+    return t, p
+
+
 def mean_squared_error(y_true: ArrayLike, y_pred: Array) -> _core.Tensor:
     """Mean squared error per sample: ``mean(square(y_true - y_pred), axis=-1)``.
 
     Args:
-        y_true: targets, shape ``(batch, ..., d)`` (broadcast against `y_pred`).
+        y_true: targets, shape ``(batch, ..., d)``; ``(batch,)`` against ``(batch, 1)``
+            predictions pairs element by element (Keras' rank matching), other shapes
+            broadcast against `y_pred`.
         y_pred: predictions, shape ``(batch, ..., d)``.
 
     Returns:
         Tensor of shape ``(batch, ...)``.
     """
-    return _core.mean_squared_error(_float_target(y_true), y_pred)
+    y_true, y_pred = _matched(y_true, y_pred, "mean_squared_error", False)
+    return _core.mean_squared_error(y_true, y_pred)
 
 
 def mean_absolute_error(y_true: ArrayLike, y_pred: Array) -> _core.Tensor:
-    """Mean absolute error per sample: ``mean(abs(y_true - y_pred), axis=-1)``."""
-    return _core.reduce_mean(_core.abs(_core.sub(y_pred, _float_target(y_true))), -1)
+    """Mean absolute error per sample: ``mean(abs(y_true - y_pred), axis=-1)`` (shapes
+    matched as in ``mean_squared_error``)."""
+    y_true, y_pred = _matched(y_true, y_pred, "mean_absolute_error", False)
+    return _core.reduce_mean(_core.abs(_core.sub(y_pred, y_true)), -1)
 
 
 def categorical_crossentropy(y_true: ArrayLike, y_pred: Array, from_logits: bool = False,
@@ -74,7 +139,7 @@ def categorical_crossentropy(y_true: ArrayLike, y_pred: Array, from_logits: bool
         Keras's rescaling and clipping (eps = 1e-7) when `from_logits` is False.
     """
     _check_axis(axis, "categorical_crossentropy")
-    y_true = _float_target(y_true)
+    y_true, y_pred = _matched(y_true, y_pred, "categorical_crossentropy", True)
     if label_smoothing:
         classes = y_true.shape[-1]
         y_true = _core.add(_core.mul(y_true, 1.0 - float(label_smoothing)),
@@ -87,31 +152,28 @@ def sparse_categorical_crossentropy(y_true: ArrayLike, y_pred: Array, from_logit
     """Categorical cross-entropy per sample with integer class targets.
 
     Args:
-        y_true: class indices, shape ``(batch, ...)`` or ``(batch, ..., 1)``.
+        y_true: class indices, shape ``(batch, ...)`` or ``(batch, ..., 1)``: `y_pred`'s
+            shape without its class axis, or with a last axis of 1 in its place.
         y_pred: probabilities (or logits), shape ``(batch, ..., classes)``.
         from_logits: whether `y_pred` are logits.
 
     Returns:
-        Tensor of shape ``(batch, ...)``: ``-log(y_pred[y_true])`` (clipped as Keras).
+        Tensor of shape ``(batch, ...)``: ``-log(y_pred[y_true])`` (rescaled and clipped
+        as Keras 3 when `from_logits` is False).
     """
     _check_axis(axis, "sparse_categorical_crossentropy")
     if ignore_class is not None:
         raise NotImplementedError("sparse_categorical_crossentropy: ignore_class is not supported")
-    lead = tuple(y_pred.shape[:-1])
-    if isinstance(y_true, _core.Tensor):
-        # a tensor of labels stays a tensor: the C op reads it when it runs, so a traced
-        # step (metalearn.function) replays with each call's labels
-        if y_true.size != int(np.prod(lead)):
-            raise ValueError(f"sparse_categorical_crossentropy: labels of shape {tuple(y_true.shape)} "
-                             f"do not match predictions of shape {tuple(y_pred.shape)}")
-        return _core.sparse_categorical_crossentropy(y_true, y_pred, bool(from_logits))
-    labels = np.asarray(y_true)
-    if labels.shape != lead:
-        if labels.shape == lead + (1,) or labels.size == int(np.prod(lead)):
-            labels = labels.reshape(lead)
-        else:
-            raise ValueError(f"sparse_categorical_crossentropy: labels of shape {labels.shape} do not "
-                             f"match predictions of shape {tuple(y_pred.shape)}")
+    y_pred = _float_target(y_pred)
+    pred_shape = tuple(y_pred.shape)
+    labels = y_true if isinstance(y_true, _core.Tensor) else np.asarray(y_true)
+    shape = tuple(labels.shape)
+    if not pred_shape or (shape != pred_shape[:-1] and shape != pred_shape[:-1] + (1,)):
+        raise ValueError(f"sparse_categorical_crossentropy: y_true has shape {shape} but y_pred has "
+                         f"shape {pred_shape}; the labels must have y_pred's shape without its "
+                         f"class axis, {pred_shape[:-1]}, or with a last axis of 1")
+    # a tensor of labels stays a tensor: the C op reads it when it runs, so a traced step
+    # (metalearn.function) replays with each call's labels
     return _core.sparse_categorical_crossentropy(labels, y_pred, bool(from_logits))
 
 
@@ -120,25 +182,36 @@ def binary_crossentropy(y_true: ArrayLike, y_pred: Array, from_logits: bool = Fa
     """Binary cross-entropy per sample, averaged over the last axis.
 
     Args:
-        y_true: targets in [0, 1], shape ``(batch, ..., d)``.
+        y_true: targets in [0, 1], shape ``(batch, ..., d)``, or ``(batch,)`` against
+            ``(batch, 1)`` predictions.
         y_pred: probabilities (or logits with ``from_logits=True``), same shape.
         label_smoothing: targets become ``y * (1 - s) + 0.5 * s``.
 
     Returns:
         Tensor of shape ``(batch, ...)``:
-        ``-mean(y log p + (1 - y) log(1 - p), axis=-1)``, p clipped to [1e-7, 1 - 1e-7].
+        ``-mean(y log p + (1 - y) log(1 - p), axis=-1)``, p clipped to [1e-7, 1 - 1e-7]
+        (Keras 3; no epsilon is added inside the logs).
+
+    Raises:
+        ValueError: shapes that differ other than by a trailing axis of 1.
     """
     _check_axis(axis, "binary_crossentropy")
-    y_true = _float_target(y_true)
+    y_true, y_pred = _matched(y_true, y_pred, "binary_crossentropy", True)
     if label_smoothing:
         y_true = _core.add(_core.mul(y_true, 1.0 - float(label_smoothing)), 0.5 * float(label_smoothing))
     return _core.binary_crossentropy(y_true, y_pred, bool(from_logits))
 
 
+_SELF_MATCHING = (mean_squared_error, mean_absolute_error, categorical_crossentropy,
+                  sparse_categorical_crossentropy, binary_crossentropy)
 mse = MSE = mean_squared_error
 mae = MAE = mean_absolute_error
 
-_REDUCTIONS = ("sum_over_batch_size", "sum", "none", None, "auto")
+_REDUCTIONS = ("sum_over_batch_size", "sum", "none", None, "mean", "mean_with_sample_weight", "auto")
+
+
+def _as_array(x):
+    return x if isinstance(x, _core.Tensor) else np.asarray(x)
 
 
 class Loss:
@@ -147,15 +220,21 @@ class Loss:
     Subclasses implement ``call(y_true, y_pred)`` returning per-sample values.
 
     Args:
-        reduction: ``"sum_over_batch_size"`` (mean over samples; the default), ``"sum"``,
-            or ``"none"`` (per-sample values).
+        reduction: ``"sum_over_batch_size"`` or ``"mean"`` (the sum of the weighted values
+            over their count; the default), ``"mean_with_sample_weight"`` (the sum over the
+            sum of the weights), ``"sum"``, or ``"none"`` (per-sample values).
         name: the loss's name.
+
+    ``sample_weight`` is matched to the per-sample values as Keras 3 does (rank matching,
+    then broadcasting: a scalar, ``(batch,)``, ``(batch, 1)``, or the values' own shape);
+    weights ``(batch,)`` for values ``(batch, T)`` weight each sample (Keras 3 raises
+    there). Weights that would change the values' shape raise a ValueError.
     """
 
     def __init__(self, name: Optional[str] = None, reduction: str = "sum_over_batch_size") -> None:
         if reduction not in _REDUCTIONS:
             raise ValueError(f"Invalid reduction {reduction!r}; expected one of "
-                             "'sum_over_batch_size', 'sum', 'none'")
+                             "'sum_over_batch_size', 'sum', 'none', 'mean', 'mean_with_sample_weight'")
         self.name = name or _snake(type(self).__name__)
         self.reduction = "sum_over_batch_size" if reduction == "auto" else reduction
 
@@ -174,18 +253,46 @@ class Loss:
     def __call__(self, y_true: ArrayLike, y_pred: Array,
                  sample_weight: Optional[ArrayLike] = None) -> _core.Tensor:
         values = self.call(y_true, y_pred)
+        sw = None
         if sample_weight is not None:
-            sw = np.asarray(sample_weight, dtype=np.float32)
-            if sw.ndim and sw.ndim < values.ndim:
-                sw = sw.reshape(sw.shape + (1,) * (values.ndim - sw.ndim))
-            elif sw.ndim > values.ndim:
-                sw = sw.reshape(tuple(values.shape))
-            values = _core.mul(values, sw)
-        if self.reduction == "sum_over_batch_size":
-            return _core.reduce_mean(values)
-        if self.reduction == "sum":
+            values, sw = self._weigh(values, sample_weight)
+        reduction = self.reduction
+        if reduction == "sum_over_batch_size" or reduction == "mean" or (
+                reduction == "mean_with_sample_weight" and sw is None):
+            # an empty batch gives 0, as Keras' divide_no_nan
+            return _core.reduce_mean(values) if values.size else _core.reduce_sum(values)
+        if reduction == "sum":
             return _core.reduce_sum(values)
-        return values
+        if reduction == "mean_with_sample_weight":  # the sum over the sum of the weights
+            total = _core.reduce_sum(values)
+            if isinstance(sw, _core.Tensor):
+                return _core.div(total, _core.reduce_sum(sw))
+            count = float(np.sum(sw))
+            return _core.mul(total, 1.0 / count if count else 0.0)
+        return values  # "none"
+
+    def _weigh(self, values, sample_weight):
+        """values * sample_weight (Keras 3's reduce_weighted_values), and the weights."""
+        sw = sample_weight if isinstance(sample_weight, _core.Tensor) else np.asarray(
+            sample_weight, dtype=np.float32)
+        if sw.ndim == 0:
+            return _core.mul(values, sw if isinstance(sw, _core.Tensor) else float(sw)), sw
+        v, w = squeeze_or_expand_to_same_rank(values, sw)
+        vshape, wshape = tuple(v.shape), tuple(w.shape)
+        try:
+            fits = np.broadcast_shapes(vshape, wshape) == vshape
+        except ValueError:
+            fits = False
+        if not fits and len(wshape) < len(vshape) and vshape[:len(wshape)] == wshape:
+            # (batch,) weights for (batch, T) values: one weight per sample
+            w = _reshape(w, wshape + (1,) * (len(vshape) - len(wshape)))
+            fits = True
+        if not fits:
+            raise ValueError(f"{self.name}: sample_weight has shape {tuple(sw.shape)} but the "
+                             f"per-sample losses have shape {tuple(values.shape)} (y_pred's "
+                             "shape without its last axis); expected a scalar, that shape, "
+                             "or a shape that broadcasts to it")
+        return _core.mul(v, w), w
 
     def get_config(self) -> Config:
         """The loss's configuration (``name``, ``reduction`` and its own arguments)."""
@@ -210,9 +317,17 @@ class LossFunctionWrapper(Loss):
         super().__init__(name=name or getattr(fn, "__name__", "loss"), reduction=reduction)
         self.fn = fn
         self._fn_kwargs = kwargs
+        # the functions here match shapes themselves: no second pass in call()
+        self._matches_itself = any(fn is f for f in _SELF_MATCHING)
 
     def call(self, y_true: ArrayLike, y_pred: Array) -> _core.Tensor:
-        """The wrapped loss function applied to ``(y_true, y_pred)`` with the stored keyword arguments."""
+        """The wrapped loss function applied to ``(y_true, y_pred)`` with the stored keyword
+        arguments, after Keras' rank matching (``squeeze_or_expand_to_same_rank``)."""
+        if self._matches_itself:
+            return self.fn(y_true, y_pred, **self._fn_kwargs)
+        y_true, y_pred = _as_array(y_true), _as_array(y_pred)
+        if y_true.shape != y_pred.shape and y_true.ndim and y_pred.ndim:  # a scalar broadcasts
+            y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
         return self.fn(y_true, y_pred, **self._fn_kwargs)
 
     def get_config(self) -> Config:

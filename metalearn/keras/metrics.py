@@ -12,55 +12,118 @@ from metalearn._typing import Array, ArrayLike, Config
 import numpy as np
 
 from .backend import snake_case
+from .losses import squeeze_or_expand_to_same_rank
 
 __all__ = ["Metric", "Mean", "Sum", "MeanMetricWrapper", "Accuracy", "BinaryAccuracy",
            "CategoricalAccuracy", "SparseCategoricalAccuracy", "MeanSquaredError",
            "MeanAbsoluteError", "accuracy", "binary_accuracy", "categorical_accuracy",
-           "sparse_categorical_accuracy", "get", "resolve"]
+           "sparse_categorical_accuracy", "mean_squared_error", "mean_absolute_error",
+           "get", "resolve"]
 
 
 def _np(x):
     return np.asarray(x)
 
 
+def _broadcast(name, a, b):
+    """Raises a ValueError naming both shapes when `a` and `b` cannot broadcast."""
+    try:
+        np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(f"{name}: y_true of shape {a.shape} and y_pred of shape {b.shape} "
+                         "cannot be matched") from None
+
+
 def accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray:
-    """Per-sample ``mean(y_true == y_pred)`` over the last axis (exact equality)."""
-    y_true, y_pred = _np(y_true), _np(y_pred)
-    if y_true.shape != y_pred.shape and y_true.size == y_pred.size:
-        y_true = y_true.reshape(y_pred.shape)
-    eq = (y_true == y_pred).astype(np.float32)
-    return eq.mean(axis=-1) if eq.ndim > 1 else eq
+    """Element-wise ``y_true == y_pred`` as 0/1 floats (Keras 3), after Keras' rank
+    matching (``(N,)`` against ``(N, 1)`` pairs element by element)."""
+    y_pred = _np(y_pred)
+    y_true = _np(y_true).astype(y_pred.dtype, copy=False)
+    y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
+    _broadcast("accuracy", y_true, y_pred)
+    return np.equal(y_true, y_pred).astype(np.float32)
 
 
 def binary_accuracy(y_true: ArrayLike, y_pred: ArrayLike, threshold: float = 0.5) -> np.ndarray:
-    """Per-sample fraction of ``(y_pred > threshold) == y_true`` over the last axis."""
-    y_true, y_pred = _np(y_true), _np(y_pred)
-    if y_true.shape != y_pred.shape and y_true.size == y_pred.size:
-        y_true = y_true.reshape(y_pred.shape)
-    eq = ((y_pred > threshold) == (y_true > 0.5)).astype(np.float32)
-    return eq.mean(axis=-1) if eq.ndim > 1 else eq
+    """Element-wise ``y_true == (y_pred > threshold)`` as 0/1 floats (Keras 3), after
+    Keras' rank matching."""
+    y_true, y_pred = squeeze_or_expand_to_same_rank(_np(y_true), _np(y_pred))
+    _broadcast("binary_accuracy", y_true, y_pred)
+    return np.equal(y_true, (y_pred > threshold).astype(y_true.dtype)).astype(np.float32)
 
 
 def categorical_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray:
-    """Per-sample ``argmax(y_true) == argmax(y_pred)``."""
-    return (np.argmax(_np(y_true), axis=-1) == np.argmax(_np(y_pred), axis=-1)).astype(np.float32)
+    """Per-sample ``argmax(y_true) == argmax(y_pred)`` (one-hot labels)."""
+    y_pred = _np(y_pred)
+    y_true = np.argmax(_np(y_true), axis=-1)
+    shape = y_true.shape
+    squeezed = y_true.ndim == y_pred.ndim  # as Keras: labels with one more axis than y_pred
+    if squeezed:
+        y_true = np.squeeze(y_true, -1)
+    y_pred = np.argmax(y_pred, axis=-1)
+    _broadcast("categorical_accuracy", y_true, y_pred)
+    matches = np.equal(y_true, y_pred).astype(np.float32)
+    return matches.reshape(shape) if squeezed else matches
 
 
 def sparse_categorical_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray:
-    """Per-sample ``y_true == argmax(y_pred)`` for integer labels."""
+    """Per-sample ``y_true == argmax(y_pred)`` for integer labels, shaped ``(N,)`` or
+    ``(N, 1)``."""
     y_pred = _np(y_pred)
-    y_true = _np(y_true).reshape(y_pred.shape[:-1])
-    return (y_true.astype(np.int64) == np.argmax(y_pred, axis=-1)).astype(np.float32)
+    y_true = _np(y_true)
+    shape = y_true.shape
+    squeezed = y_true.ndim == y_pred.ndim and y_true.ndim > 0 and shape[-1] == 1
+    if squeezed:
+        y_true = np.squeeze(y_true, -1)
+    y_pred = np.argmax(y_pred, axis=-1)
+    _broadcast("sparse_categorical_accuracy", y_true, y_pred)
+    matches = np.equal(y_true, y_pred).astype(np.float32)
+    if squeezed:
+        matches = matches.reshape(shape)
+    if matches.ndim > 1 and matches.shape[-1] == 1:
+        matches = np.squeeze(matches, -1)
+    return matches
 
 
-def _squared_error(y_true, y_pred):
-    d = _np(y_pred).astype(np.float64) - _np(y_true).astype(np.float64)
+def _errors(name, y_true, y_pred):
+    y_true, y_pred = squeeze_or_expand_to_same_rank(_np(y_true).astype(np.float64),
+                                                    _np(y_pred).astype(np.float64))
+    _broadcast(name, y_true, y_pred)
+    return y_pred - y_true
+
+
+def mean_squared_error(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray:
+    """Per-sample ``mean(square(y_true - y_pred), axis=-1)``, shapes matched as the loss."""
+    d = _errors("mean_squared_error", y_true, y_pred)
     return np.mean(d * d, axis=-1)
 
 
-def _absolute_error(y_true, y_pred):
-    d = _np(y_pred).astype(np.float64) - _np(y_true).astype(np.float64)
-    return np.mean(np.abs(d), axis=-1)
+def mean_absolute_error(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray:
+    """Per-sample ``mean(abs(y_true - y_pred), axis=-1)``, shapes matched as the loss."""
+    return np.mean(np.abs(_errors("mean_absolute_error", y_true, y_pred)), axis=-1)
+
+
+def _samplewise(name, values, sample_weight, reduce_fn):
+    """Keras 3's reduce_to_samplewise_values: the values, weighted and reduced to one per
+    sample, and the weights reduced to one per sample (None when not given)."""
+    values = np.asarray(values, dtype=np.float64)
+    sw = None
+    if sample_weight is not None:
+        sw = np.asarray(sample_weight, dtype=np.float64)
+        values, sw = squeeze_or_expand_to_same_rank(values, sw)
+        if values.ndim > sw.ndim:
+            values = reduce_fn(values, axis=tuple(range(sw.ndim, values.ndim)))
+        try:
+            sw = np.broadcast_to(sw, values.shape)
+        except ValueError:
+            raise ValueError(f"{name}: sample_weight of shape {np.shape(sample_weight)} does not "
+                             f"match values of shape {values.shape}") from None
+        values = values * sw
+        if sw.ndim > 1:
+            sw = reduce_fn(sw, axis=tuple(range(1, sw.ndim)))
+    if values.ndim > 1:
+        values = reduce_fn(values, axis=tuple(range(1, values.ndim)))
+    return values, sw
 
 
 class Metric:
@@ -111,22 +174,20 @@ class Mean(Metric):
         self.count = 0.0
 
     def update_state(self, values: ArrayLike, sample_weight: Optional[ArrayLike] = None) -> None:
-        """Adds a batch of values to the (weighted) mean.
+        """Adds a batch of values to the (weighted) mean, as Keras 3: values are reduced to
+        one per sample (the mean over the axes the weights do not cover), each sample
+        counts its weight (the mean of its element-wise weights).
 
         Args:
             values: array-like of any shape.
-            sample_weight: optional weights broadcastable to `values`.
+            sample_weight: optional weights: a scalar, ``(batch,)``, ``(batch, 1)``, or
+                broadcastable to `values` (element-wise).
         """
-        values = np.asarray(values, dtype=np.float64)
-        if sample_weight is None:
-            self.total += float(values.sum())
-            self.count += float(values.size)
-        else:
-            w = np.broadcast_to(np.asarray(sample_weight, dtype=np.float64).reshape(
-                np.shape(sample_weight) + (1,) * max(values.ndim - np.ndim(sample_weight), 0)),
-                values.shape)
-            self.total += float((values * w).sum())
-            self.count += float(w.sum())
+        values, sw = _samplewise(self.name, values, sample_weight, np.mean)
+        total = float(values.sum())
+        count = float(sw.sum()) if sw is not None else float(values.shape[0] if values.ndim else 1)
+        self.total += total
+        self.count += count
 
     def result(self) -> Any:
         """The weighted mean of every value seen since the last reset (0 when none)."""
@@ -145,11 +206,9 @@ class Sum(Metric):
 
         Args:
             values: array-like of any shape.
-            sample_weight: optional weights broadcastable to `values`.
+            sample_weight: optional weights, matched to `values` as in ``Mean``.
         """
-        values = np.asarray(values, dtype=np.float64)
-        if sample_weight is not None:
-            values = values * np.asarray(sample_weight, dtype=np.float64)
+        values, _ = _samplewise(self.name, values, sample_weight, np.sum)
         self.total += float(values.sum())
 
     def result(self) -> Any:
@@ -173,7 +232,7 @@ class MeanMetricWrapper(Mean):
         Args:
             y_true: targets ``(batch, ...)``.
             y_pred: predictions ``(batch, ...)``.
-            sample_weight: optional per-sample weights ``(batch,)``.
+            sample_weight: optional weights, per sample ``(batch,)`` or element-wise.
         """
         super().update_state(self._fn(y_true, y_pred, **self._fn_kwargs), sample_weight)
 
@@ -214,14 +273,14 @@ class MeanSquaredError(MeanMetricWrapper):
     """Mean of ``mean(square(y_true - y_pred), axis=-1)`` over samples."""
 
     def __init__(self, name: str = "mean_squared_error", dtype: Any = None) -> None:
-        super().__init__(_squared_error, name=name)
+        super().__init__(mean_squared_error, name=name)
 
 
 class MeanAbsoluteError(MeanMetricWrapper):
     """Mean of ``mean(abs(y_true - y_pred), axis=-1)`` over samples."""
 
     def __init__(self, name: str = "mean_absolute_error", dtype: Any = None) -> None:
-        super().__init__(_absolute_error, name=name)
+        super().__init__(mean_absolute_error, name=name)
 
 
 _BY_NAME = {
@@ -258,19 +317,19 @@ def get(identifier: Any) -> Metric:
 
 
 def resolve(identifier: Any, loss: Any, y_true: ArrayLike, y_pred: Array) -> Metric:
-    """Keras's resolution of ``"accuracy"``/``"acc"`` from the loss and the shapes.
+    """Keras 3's resolution of ``"accuracy"``/``"acc"`` from the shapes alone
+    (``keras.src.trainers.compile_utils.get_metric``; the loss is not consulted).
 
-    Binary when the loss is binary cross-entropy or the prediction has one unit;
-    sparse categorical when the labels have one dim fewer than the predictions (or a last
-    dim of 1 against several classes); categorical otherwise. The name stays as given.
+    Binary when the prediction has one unit; sparse categorical when the labels have
+    fewer dims than the predictions (or a last dim of 1 against several classes);
+    categorical otherwise. The name stays as given.
     """
     if not (isinstance(identifier, str) and identifier in ("accuracy", "acc")):
         return get(identifier)
-    loss_name = getattr(loss, "name", None) or getattr(loss, "__name__", "") or ""
     y_true_shape, y_pred_shape = np.shape(y_true), tuple(y_pred.shape)
-    if "binary" in loss_name or (y_pred_shape and y_pred_shape[-1] == 1):
+    if y_pred_shape and y_pred_shape[-1] == 1:
         return BinaryAccuracy(name=identifier)
-    if "sparse" in loss_name or len(y_true_shape) < len(y_pred_shape) or (
+    if len(y_true_shape) < len(y_pred_shape) or (
             y_true_shape and y_true_shape[-1] == 1 and y_pred_shape[-1] > 1):
         return SparseCategoricalAccuracy(name=identifier)
     return CategoricalAccuracy(name=identifier)
