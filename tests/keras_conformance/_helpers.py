@@ -1,7 +1,9 @@
 """Assertions shared by the conformance tests (Keras' tolerances and config round trips)."""
 import json
+import os
 
 import numpy as np
+import pytest
 
 
 def almost_equal(actual, desired, decimal=3):
@@ -32,3 +34,27 @@ def assert_config_round_trip(instance, serialize=None, deserialize=None):
         revived = deserialize(json.loads(json.dumps(serialize(instance))))
         assert type(revived) is type(instance)
         assert _json(revived.get_config()) == _json(config)
+
+
+def require_keras():
+    """Keras 3 on the PyTorch backend, or a module-level skip that says what is missing.
+
+    With METALEARN_REQUIRE_KERAS=1 (CI's extras step) a missing keras or torch is an
+    error instead: that run exists to execute these tests.
+    """
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    try:
+        import torch  # noqa: F401
+        import keras
+    except ImportError as e:
+        if os.environ.get("METALEARN_REQUIRE_KERAS"):
+            raise
+        pytest.skip(f"live Keras comparison needs keras and torch ({e}); "
+                    "pip install torch==2.13.0 keras==3.15.1", allow_module_level=True)
+    if keras.backend.backend() != "torch":
+        reason = (f"live Keras comparison runs on the torch backend; KERAS_BACKEND is "
+                  f"{keras.backend.backend()!r}")
+        if os.environ.get("METALEARN_REQUIRE_KERAS"):
+            raise RuntimeError(reason)
+        pytest.skip(reason, allow_module_level=True)
+    return keras

@@ -394,19 +394,36 @@ class TestLossBase:
             losses.get("typo")
 
     @pytest.mark.parametrize("fn", [losses.mean_squared_error, losses.mean_absolute_error,
-                                    losses.binary_crossentropy])
+                                    losses.MeanSquaredError(reduction=None),
+                                    losses.MeanAbsoluteError(reduction=None),
+                                    losses.BinaryCrossentropy(reduction=None)],
+                             ids=["mean_squared_error", "mean_absolute_error", "MeanSquaredError",
+                                  "MeanAbsoluteError", "BinaryCrossentropy"])
     def test_squeeze_or_expand(self, fn):
         # loss_test.py::LossTest::test_squeeze_or_expand: (3,) against (3, 1) both become
-        # (3, 1); (3, 2) against (3, 2, 1) both become (3, 2). A per-sample loss is then
-        # (3,) in both cases, in either argument order, and equals the same-shape loss.
+        # (3, 1); (3, 2) against (3, 2, 1) both become (3, 2). Keras applies it in every
+        # Loss class (losses.py::LossFunctionWrapper.call) and in the MSE / MAE functions,
+        # so a per-sample loss is (3,) in either argument order and equals the same-shape
+        # loss.
         rng = np.random.default_rng(0)
         a = rng.uniform(0.1, 0.9, (3,)).astype("float32")
         b = rng.uniform(0.1, 0.9, (3, 1)).astype("float32")
-        same = value(fn(a[:, None], b))
         assert tuple(fn(a, b).shape) == (3,)
-        all_close(value(fn(a, b)), same, atol=1e-6)
-        all_close(value(fn(b[:, 0], a[:, None])), value(fn(b, a[:, None])), atol=1e-6)
+        all_close(value(fn(a, b)), value(fn(a[:, None], b)), atol=1e-6)
+        all_close(value(fn(b, a)), value(fn(b, a[:, None])), atol=1e-6)
         c = rng.uniform(0.1, 0.9, (3, 2)).astype("float32")
         d = rng.uniform(0.1, 0.9, (3, 2, 1)).astype("float32")
-        all_close(value(fn(c, d)), value(fn(c, d[..., 0])), atol=1e-6)
         assert tuple(fn(c, d).shape) == (3,)
+        all_close(value(fn(c, d)), value(fn(c, d[..., 0])), atol=1e-6)
+
+    @pytest.mark.parametrize("fn", [losses.binary_crossentropy, losses.categorical_crossentropy])
+    @pytest.mark.parametrize("shapes", [((3,), (3, 1)), ((3, 1), (3,)), ((3, 2), (3, 2, 1))])
+    def test_crossentropy_functions_refuse_other_shapes(self, fn, shapes):
+        # The cross-entropy functions do not match ranks in Keras 3: ops.binary_crossentropy
+        # and ops.categorical_crossentropy raise ValueError "Arguments `target` and `output`
+        # must have the same shape" (the test_shape_mismatch tests above, for the classes
+        # whose shapes cannot be matched either)
+        rng = np.random.default_rng(0)
+        with pytest.raises(ValueError):
+            fn(rng.uniform(0.1, 0.9, shapes[0]).astype("float32"),
+               rng.uniform(0.1, 0.9, shapes[1]).astype("float32"))
