@@ -498,12 +498,16 @@ class TestSequential:
 
     def test_layers_setter(self):
         # sequential_test.py::SequentialTest::test_layers_setter: assigning .layers is an
-        # AttributeError, and (metalearn's rule) the failed assignment changes nothing
+        # AttributeError ("Use `add()` and `pop()`"). metalearn's rule on top: the failed
+        # assignment changes nothing, so a layer named in it never becomes part of the
+        # model, even once that layer is built elsewhere
         model = models.Sequential()
+        stray = layers.Dense(5)
         with pytest.raises(AttributeError):
-            model.layers = [layers.Dense(4)]
+            model.layers = [layers.Dense(4), stray]
         assert model.layers == [] and model.weights == []
         model.add(layers.Dense(3, input_shape=(2,)))
+        stray(np.zeros((1, 3), np.float32))
         assert len(model.weights) == 2
 
     def test_bad_layer(self):

@@ -73,6 +73,11 @@ class TestBinaryAccuracy:
         config = m.get_config()
         assert config["name"] == "binary_accuracy"
         assert metrics.BinaryAccuracy.from_config(config).name == "binary_accuracy"
+        # the threshold is part of the config (BinaryAccuracy.get_config); revived with
+        # threshold 0.3, test_threshold's data gives 1.0 (0.75 at the default 0.5)
+        revived = metrics.BinaryAccuracy.from_config(
+            metrics.BinaryAccuracy(threshold=0.3).get_config())
+        all_close(result_of(revived, BA_TRUE, np.array([[0.98], [0.5], [0.1], [0.2]])), 1.0)
 
     def test_unweighted(self):
         # accuracy_metrics_test.py::BinaryAccuracyTest::test_unweighted (and its

@@ -103,17 +103,19 @@ class TestAdam:
             step(opt, np.arange(0.1, 1.1, 0.1)[:10], x)
 
     @pytest.mark.parametrize("amsgrad", [False, True])
-    def test_update_rule(self, amsgrad):
+    @pytest.mark.parametrize("beta_2", [0.999, 0.5])
+    def test_update_rule(self, amsgrad, beta_2):
         # adam.py::Adam.update_step: t = iterations + 1,
         # alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t), m += (g - m)(1 - beta_1),
         # v += (g^2 - v)(1 - beta_2), (AMSGrad: v = max(v_hat, v)),
-        # w -= alpha * m / (sqrt(v) + epsilon); six steps, gradients changing scale
+        # w -= alpha * m / (sqrt(v) + epsilon); six steps, gradients changing scale (with
+        # beta_2 = 0.5, v follows the latest gradients and AMSGrad's max differs widely)
         rng = np.random.default_rng(1)
         w0 = rng.standard_normal(5)
         grads = rng.standard_normal((6, 5)) * np.array([1, 3, 0.1, 2, 0.5, 4])[:, None]
-        lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-7
+        lr, b1, b2, eps = 0.01, 0.9, beta_2, 1e-7
         w, m, v, v_hat = w0.copy(), np.zeros(5), np.zeros(5), np.zeros(5)
-        opt = optimizers.Adam(learning_rate=lr, amsgrad=amsgrad)
+        opt = optimizers.Adam(learning_rate=lr, beta_2=b2, amsgrad=amsgrad)
         var = variable(w0)
         for t, g in enumerate(grads, start=1):
             alpha = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)

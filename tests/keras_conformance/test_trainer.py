@@ -64,6 +64,7 @@ class TestFit:
             per_epoch.append(np.mean(seen))
         all_close(history["mean_squared_error"], per_epoch, rtol=1e-5)
         all_close(history["loss"], per_epoch, rtol=1e-5)
+        assert int(model.optimizer.iterations) == 15  # one step per batch, 5 batches x 3
 
     def test_fit_with_val_split(self):
         # trainer_test.py::TestTrainer::test_fit_with_val_split
