@@ -1,0 +1,235 @@
+"""Optimizers against the expected values of Keras 3's tests.
+
+Sources: ``keras/src/optimizers/sgd_test.py``, ``adam_test.py`` and ``optimizer_test.py``;
+the multi-step momentum / Nesterov / Adam checks use the update rules of
+``keras/src/optimizers/sgd.py`` and ``adam.py`` (``update_step``), written out in NumPy
+(float64) here. Inputs and numbers are Keras'; the test code is ours.
+"""
+import warnings
+
+import numpy as np
+import pytest
+
+import metalearn as ml
+from metalearn.keras import optimizers
+
+from ._helpers import all_close, assert_config_round_trip
+
+
+def variable(values):
+    return ml.Variable(np.asarray(values, dtype=np.float32))
+
+
+def step(opt, grads, var):
+    opt.apply_gradients([(ml.tensor(np.asarray(grads, np.float32)), var)])
+
+
+# -------------------------------------------------------------------------- SGD
+class TestSGD:
+    def test_config(self):
+        # sgd_test.py::SGDTest::test_config (its weight_decay left out: metalearn's SGD has
+        # no weight decay, see test_weight_decay_is_refused)
+        assert_config_round_trip(optimizers.SGD(learning_rate=0.5, momentum=0.06, nesterov=True),
+                                 optimizers.serialize, optimizers.deserialize)
+
+    def test_single_step(self):
+        # sgd_test.py::SGDTest::test_single_step
+        v = variable([1.0, 2.0, 3.0, 4.0])
+        step(optimizers.SGD(learning_rate=0.5), [1.0, 6.0, 7.0, 2.0], v)
+        all_close(v.numpy(), [0.5, -1.0, -0.5, 3.0], rtol=1e-4, atol=1e-4)
+
+    def test_invalid_momentum(self):
+        # sgd_test.py::SGDTest::test_invalid_momentum
+        for momentum in (-1.0, 2.0):
+            with pytest.raises(ValueError, match="momentum"):
+                optimizers.SGD(momentum=momentum)
+
+    def test_correctness_with_golden(self):
+        # sgd_test.py::SGDTest::test_correctness_with_golden (nesterov=True with Keras'
+        # default momentum 0.0)
+        golden = np.array([
+            [0.9999] * 10,
+            [0.9989, 0.9979, 0.9969, 0.9959, 0.9949, 0.9939, 0.9929, 0.9919, 0.9909, 0.9899],
+            [0.9979, 0.9959, 0.9939, 0.9919, 0.9899, 0.9879, 0.9859, 0.9839, 0.9819, 0.9799],
+            [0.9969, 0.9939, 0.9909, 0.9879, 0.9849, 0.9819, 0.9789, 0.9759, 0.9729, 0.9699],
+            [0.9959, 0.9919, 0.9879, 0.9839, 0.9799, 0.9759, 0.9719, 0.9679, 0.9639, 0.9599]])
+        opt = optimizers.SGD(nesterov=True)
+        x = variable(np.ones(10))
+        step(opt, np.full(10, 0.01), x)
+        for i in range(5):
+            all_close(x.numpy(), golden[i], rtol=5e-4, atol=5e-4)
+            step(opt, np.arange(0.1, 1.1, 0.1)[:10], x)
+
+    @pytest.mark.parametrize("nesterov", [False, True])
+    def test_momentum_update_rule(self, nesterov):
+        # sgd.py::SGD.update_step: m = momentum * m - lr * g; w += m (plain) or
+        # w += momentum * m - lr * g (Nesterov); five steps of changing gradients
+        rng = np.random.default_rng(0)
+        w0 = rng.standard_normal(6)
+        grads = rng.standard_normal((5, 6))
+        lr, momentum = 0.1, 0.9
+        w, m = w0.copy(), np.zeros(6)
+        opt = optimizers.SGD(learning_rate=lr, momentum=momentum, nesterov=nesterov)
+        v = variable(w0)
+        for g in grads:
+            m = momentum * m - lr * g
+            w = w + (momentum * m - lr * g if nesterov else m)
+            step(opt, g, v)
+            all_close(v.numpy(), w, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------- Adam
+class TestAdam:
+    def test_config(self):
+        # adam_test.py::AdamTest::test_config
+        assert_config_round_trip(optimizers.Adam(learning_rate=0.5, beta_1=0.5, beta_2=0.67,
+                                                 epsilon=1e-5, amsgrad=True),
+                                 optimizers.serialize, optimizers.deserialize)
+
+    def test_single_step(self):
+        # adam_test.py::AdamTest::test_single_step
+        v = variable([1.0, 2.0, 3.0, 4.0])
+        step(optimizers.Adam(learning_rate=0.5), [1.0, 6.0, 7.0, 2.0], v)
+        all_close(v.numpy(), [0.5, 1.5, 2.5, 3.5], rtol=1e-4, atol=1e-4)
+
+    def test_correctness_with_golden(self):
+        # adam_test.py::AdamTest::test_correctness_with_golden (amsgrad=True)
+        golden = np.tile([[0.999], [0.9982], [0.9974], [0.9965], [0.9955]], (1, 10))
+        opt = optimizers.Adam(amsgrad=True)
+        x = variable(np.ones(10))
+        step(opt, np.full(10, 0.01), x)
+        for i in range(5):
+            all_close(x.numpy(), golden[i], rtol=5e-4, atol=5e-4)
+            step(opt, np.arange(0.1, 1.1, 0.1)[:10], x)
+
+    @pytest.mark.parametrize("amsgrad", [False, True])
+    @pytest.mark.parametrize("beta_2", [0.999, 0.5])
+    def test_update_rule(self, amsgrad, beta_2):
+        # adam.py::Adam.update_step: t = iterations + 1,
+        # alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t), m += (g - m)(1 - beta_1),
+        # v += (g^2 - v)(1 - beta_2), (AMSGrad: v = max(v_hat, v)),
+        # w -= alpha * m / (sqrt(v) + epsilon); six steps, gradients changing scale (with
+        # beta_2 = 0.5, v follows the latest gradients and AMSGrad's max differs widely)
+        rng = np.random.default_rng(1)
+        w0 = rng.standard_normal(5)
+        grads = rng.standard_normal((6, 5)) * np.array([1, 3, 0.1, 2, 0.5, 4])[:, None]
+        lr, b1, b2, eps = 0.01, 0.9, beta_2, 1e-7
+        w, m, v, v_hat = w0.copy(), np.zeros(5), np.zeros(5), np.zeros(5)
+        opt = optimizers.Adam(learning_rate=lr, beta_2=b2, amsgrad=amsgrad)
+        var = variable(w0)
+        for t, g in enumerate(grads, start=1):
+            alpha = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+            m += (g - m) * (1 - b1)
+            v += (g * g - v) * (1 - b2)
+            v_hat = np.maximum(v_hat, v)
+            w -= alpha * m / (np.sqrt(v_hat if amsgrad else v) + eps)
+            step(opt, g, var)
+            all_close(var.numpy(), w, atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- the base class
+class TestOptimizerBase:
+    def test_iterations_counter(self):
+        # optimizer_test.py::OptimizerTest::test_iterations_counter
+        v = variable([[1.0, 2.0], [3.0, 4.0]])
+        opt = optimizers.Adam(learning_rate=1.0)
+        assert int(opt.iterations) == 0
+        step(opt, [[1.0, 1.0], [1.0, 1.0]], v)
+        assert int(opt.iterations) == 1
+        step(opt, [[1.0, 1.0], [1.0, 1.0]], v)
+        assert int(opt.iterations) == 2
+
+    def test_empty_gradients(self):
+        # optimizer_test.py::OptimizerTest::test_empty_gradients: no gradient at all is a
+        # ValueError "No gradients provided for any variable"; a None among others is
+        # skipped with a warning and the others are applied
+        v = variable([[3.0, 4.0], [5.0, 6.0]])
+        opt = optimizers.SGD(learning_rate=1.0)
+        with pytest.raises(ValueError, match="No gradients provided"):
+            opt.apply_gradients([(None, v)])
+        assert int(opt.iterations) == 0
+        v2 = variable([[3.0, 4.0], [5.0, 6.0]])
+        opt = optimizers.SGD(learning_rate=1.0)
+        with pytest.warns(Warning):
+            opt.apply_gradients([(None, v), (ml.tensor(np.ones((2, 2), np.float32)), v2)])
+        all_close(v.numpy(), [[3.0, 4.0], [5.0, 6.0]])
+        all_close(v2.numpy(), [[2.0, 3.0], [4.0, 5.0]])
+
+    def test_clip_args(self):
+        # optimizer_test.py::OptimizerTest::test_clip_args: each alone is kept; any two
+        # together are refused ("Only one of `clipnorm`, `clipvalue` and
+        # `global_clipnorm` can be set")
+        assert optimizers.SGD(learning_rate=1.0, clipnorm=0.1).clipnorm == 0.1
+        assert optimizers.SGD(learning_rate=1.0, clipvalue=0.1).clipvalue == 0.1
+        assert optimizers.SGD(learning_rate=1.0, global_clipnorm=0.1).global_clipnorm == 0.1
+        with pytest.raises(ValueError, match="Only one of"):
+            optimizers.SGD(learning_rate=1.0, clipnorm=0.1, clipvalue=0.1)
+        with pytest.raises(ValueError, match="Only one of"):
+            optimizers.SGD(learning_rate=1.0, clipnorm=0.1, global_clipnorm=0.1)
+
+    @pytest.mark.parametrize("cls", [optimizers.SGD, optimizers.Adam])
+    def test_clip_norm(self, cls):
+        # optimizer_test.py::OptimizerTest::test_clip_norm (and sgd_test / adam_test):
+        # [100, 100] clipped to norm 1 is [sqrt(2)/2, sqrt(2)/2]. Seen through one SGD step
+        # of rate 1 from zero (the variable becomes minus the clipped gradient); for Adam
+        # one step with the clipped gradient equals an unclipped step on [sqrt(2)/2] * 2
+        # (epsilon=1 makes Adam's step depend on the gradient's scale, so the check bites).
+        clipped = np.array([2 ** 0.5 / 2, 2 ** 0.5 / 2])
+        if cls is optimizers.SGD:
+            v = variable([0.0, 0.0])
+            step(cls(learning_rate=1.0, clipnorm=1), [100.0, 100.0], v)
+            all_close(v.numpy(), -clipped)
+        else:
+            a, b = variable([0.0, 0.0]), variable([0.0, 0.0])
+            step(cls(learning_rate=0.1, epsilon=1.0, clipnorm=1), [100.0, 100.0], a)
+            step(cls(learning_rate=0.1, epsilon=1.0), clipped, b)
+            all_close(a.numpy(), b.numpy())
+
+    def test_clip_value(self):
+        # optimizer_test.py::OptimizerTest::test_clip_value
+        v = variable([0.0, 0.0])
+        step(optimizers.SGD(learning_rate=1.0, clipvalue=1), [100.0, 100.0], v)
+        all_close(v.numpy(), [-1.0, -1.0])
+
+    def test_global_clip_norm(self):
+        # optimizer_test.py::OptimizerTest::test_global_clip_norm
+        grad = np.array([50.0, 100.0], dtype="float32")
+        v = variable([0.0, 0.0])
+        step(optimizers.SGD(learning_rate=1.0, global_clipnorm=1), grad, v)
+        all_close(v.numpy(), -grad / np.linalg.norm(grad))
+
+    def test_get_method(self):
+        # optimizer_test.py::OptimizerTest::test_get_method
+        assert isinstance(optimizers.get("sgd"), optimizers.SGD)
+        assert optimizers.get(None) is None
+        with pytest.raises(ValueError):
+            optimizers.get("typo")
+
+    def test_optimizer_auto_naming(self):
+        # optimizer_test.py::OptimizerTest::test_optimizer_auto_naming: "adam", "adam_1",
+        # "sgd", "sgd_1"; an explicit name is kept, also through serialize/deserialize
+        names = [optimizers.Adam().name, optimizers.Adam().name, optimizers.SGD().name,
+                 optimizers.SGD().name]
+        assert names[0].startswith("adam") and names[2].startswith("sgd"), names
+        assert names[0] != names[1] and names[2] != names[3], names
+        assert optimizers.Adam(name="my_adam").name == "my_adam"
+        second = optimizers.Adam()
+        assert optimizers.deserialize(optimizers.serialize(second)).name == second.name
+
+    def test_callable_learning_rate_is_refused(self):
+        # DELIBERATE DIFFERENCE (optimizer_test.py::OptimizerTest::
+        # test_callable_learning_rate steps with learning_rate=lambda: 0.1): metalearn's
+        # step is one C call per step with a float rate, so schedules are refused with a
+        # TypeError that says to set optimizer.learning_rate between steps.
+        with pytest.raises(TypeError, match="learning_rate"):
+            optimizers.SGD(learning_rate=lambda: 0.1)
+
+    def test_weight_decay_is_refused(self):
+        # DELIBERATE DIFFERENCE (sgd_test.py / adam_test.py::test_weight_decay): metalearn's
+        # SGD and Adam have no weight_decay; the argument is refused, not ignored.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pytest.raises(TypeError):
+                optimizers.SGD(learning_rate=1.0, weight_decay=0.004)
+            with pytest.raises(TypeError):
+                optimizers.Adam(learning_rate=1.0, weight_decay=0.004)
