@@ -13,9 +13,10 @@ over the class axis and clipped to ``[1e-7, 1 - 1e-7]`` before the log.
 Shapes follow Keras 3's ``squeeze_or_expand_to_same_rank``: when the ranks of ``y_true``
 and ``y_pred`` differ by one and the longer ends in 1, targets ``(N,)`` against
 predictions ``(N, 1)`` pair element by element (they never broadcast to ``(N, N)``).
-After that, the mean errors broadcast as NumPy does; the cross-entropies need equal
-shapes (sparse: labels shaped as ``y_pred`` without its class axis, or with a trailing 1)
-and raise a ValueError naming both shapes otherwise.
+After that, the mean errors broadcast as NumPy does. The cross-entropy *functions* need
+equal shapes, as Keras 3's (sparse: labels shaped as ``y_pred`` without its class axis, or
+with a trailing 1); their classes, and ``compile``, match ranks first. Other mismatches
+raise a ValueError naming both shapes.
 """
 from __future__ import annotations
 
@@ -84,14 +85,15 @@ def _matched(y_true, y_pred, name, equal_shapes):
     y_true, y_pred = _float_target(y_true), _float_target(y_pred)
     if y_true.shape == y_pred.shape:  # the common case: nothing to match
         return y_true, y_pred
+    if equal_shapes:  # as Keras 3's functions; the Loss classes match ranks before calling
+        raise ValueError(f"{name}: y_true has shape {tuple(y_true.shape)} but y_pred has shape "
+                         f"{tuple(y_pred.shape)}; they must be equal (the {name} loss class, "
+                         f"and compile, first pair (N,) with (N, 1))")
     t, p = y_true, y_pred
     if y_true.ndim and y_pred.ndim:  # a scalar broadcasts (and y_pred keeps its last axis)
         t, p = squeeze_or_expand_to_same_rank(y_true, y_pred)
     ts, ps = tuple(t.shape), tuple(p.shape)
     if ts != ps:
-        if equal_shapes:
-            raise ValueError(f"{name}: y_true has shape {tuple(y_true.shape)} but y_pred has shape "
-                             f"{tuple(y_pred.shape)}; they must match (up to a trailing axis of 1)")
         try:
             np.broadcast_shapes(ts, ps)
         except ValueError:
@@ -182,8 +184,7 @@ def binary_crossentropy(y_true: ArrayLike, y_pred: Array, from_logits: bool = Fa
     """Binary cross-entropy per sample, averaged over the last axis.
 
     Args:
-        y_true: targets in [0, 1], shape ``(batch, ..., d)``, or ``(batch,)`` against
-            ``(batch, 1)`` predictions.
+        y_true: targets in [0, 1], shape ``(batch, ..., d)``.
         y_pred: probabilities (or logits with ``from_logits=True``), same shape.
         label_smoothing: targets become ``y * (1 - s) + 0.5 * s``.
 
@@ -193,7 +194,8 @@ def binary_crossentropy(y_true: ArrayLike, y_pred: Array, from_logits: bool = Fa
         (Keras 3; no epsilon is added inside the logs).
 
     Raises:
-        ValueError: shapes that differ other than by a trailing axis of 1.
+        ValueError: shapes that differ (as Keras 3's function; ``BinaryCrossentropy``
+            pairs ``(batch,)`` targets with ``(batch, 1)`` predictions first).
     """
     _check_axis(axis, "binary_crossentropy")
     y_true, y_pred = _matched(y_true, y_pred, "binary_crossentropy", True)
@@ -202,8 +204,9 @@ def binary_crossentropy(y_true: ArrayLike, y_pred: Array, from_logits: bool = Fa
     return _core.binary_crossentropy(y_true, y_pred, bool(from_logits))
 
 
-_SELF_MATCHING = (mean_squared_error, mean_absolute_error, categorical_crossentropy,
-                  sparse_categorical_crossentropy, binary_crossentropy)
+# functions that match shapes themselves (the cross-entropies refuse unequal shapes, as
+# Keras 3's: their classes match ranks in LossFunctionWrapper.call first)
+_SELF_MATCHING = (mean_squared_error, mean_absolute_error, sparse_categorical_crossentropy)
 mse = MSE = mean_squared_error
 mae = MAE = mean_absolute_error
 
