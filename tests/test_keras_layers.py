@@ -153,8 +153,11 @@ def test_dropout_training_flag_rate_and_scaling():
     np.testing.assert_allclose(y[kept], 1 / 0.7, rtol=1e-6)
     ml.random.set_seed(11)
     np.testing.assert_array_equal(np.asarray(drop(x, training=True)), y)
-    with pytest.raises(ValueError):
-        layers.Dropout(1.0)
+    # Keras 3 takes rate in [0, 1]: rate=1 drops everything (checked against Keras 3.15)
+    np.testing.assert_array_equal(np.asarray(layers.Dropout(1.0)(x, training=True)), 0 * x)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="rate"):
+            layers.Dropout(bad)
 
 
 def test_custom_layer_add_weight_and_tracking():
@@ -272,3 +275,36 @@ def test_maml_with_a_frozen_batch_norm_uses_its_moving_statistics(vectorize, aff
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
     for a, b in zip(bn.get_weights(), moving):
         np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------- Dropout noise_shape
+def test_dropout_noise_shape_shares_the_mask_along_axes_of_size_one():
+    """Keras 3 (backend random.dropout): a mask of noise_shape (None entries: the input's
+    size) broadcast over the input; one entry per input axis."""
+    x = np.ones((64, 5, 6), np.float32)
+    ml.random.set_seed(3)
+    y = np.asarray(layers.Dropout(0.5, noise_shape=(None, 1, 6))(x, training=True))
+    assert set(np.unique(y)) == {0.0, 2.0}
+    np.testing.assert_array_equal(y, np.broadcast_to(y[:, :1, :], y.shape))  # same on axis 1
+    assert 0.4 < (y[:, 0, :] != 0).mean() < 0.6
+    y = np.asarray(layers.Dropout(0.5, noise_shape=(1, 1, 1))(x, training=True))
+    assert len(np.unique(y)) == 1  # one draw for everything
+    # the gradient is the mask, scaled
+    t = ml.Variable(x[:4])
+    with ml.GradientTape() as tape:
+        out = layers.Dropout(0.25, noise_shape=(4, 5, 1))(t, training=True)
+        loss = ml.reduce_sum(out)
+    g = np.asarray(tape.gradient(loss, t))
+    np.testing.assert_allclose(g, np.asarray(out) / x[:4], rtol=1e-6)
+
+
+@pytest.mark.parametrize("noise_shape", [(2, 3), (2, 3, 4, 1), (3, 1, 4), (None, 2, 4)])
+def test_dropout_noise_shape_that_does_not_fit_the_input_is_refused(noise_shape):
+    """Keras raises on these too (torch: "the number of sizes provided ... must be greater
+    or equal", "The expanded size of the tensor ... must match"); before, (2, 3, 4, 1) was
+    cut to its first three entries silently."""
+    with pytest.raises(ValueError, match=r"noise_shape"):
+        layers.Dropout(0.5, noise_shape=noise_shape)(np.ones((2, 3, 4), np.float32), training=True)
+    for bad in ((0, 1), (-1,), ("a",)):
+        with pytest.raises(ValueError, match="noise_shape entries"):
+            layers.Dropout(0.5, noise_shape=bad)

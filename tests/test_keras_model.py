@@ -254,3 +254,26 @@ def test_get_set_weights_validate_all_shapes_first():
     model.set_weights(good)
     for w, g in zip(model.get_weights(), good):
         np.testing.assert_array_equal(w, g)
+
+
+def test_traced_fit_with_dropout_draws_a_new_mask_every_step():
+    """fit's step is traced (metalearn.function) by default; Dropout's mask must be drawn in
+    the trace, not baked into it, so the traced run equals the eager one step by step."""
+    x = np.ones((4, 4), np.float32)
+    y = np.zeros((4, 1), np.float32)
+    runs = {}
+    for run_eagerly in (None, True):
+        ml.random.set_seed(0)
+        model = keras.Sequential([layers.Dropout(0.5, input_shape=(4,)),
+                                  layers.Dense(1, kernel_initializer="ones")])
+        model.compile(keras.optimizers.SGD(0.01), "mse", run_eagerly=run_eagerly)
+        seen = []
+        cb = keras.callbacks.LambdaCallback(on_batch_end=lambda b, logs: seen.append(logs["loss"]))
+        model.fit(x, y, batch_size=4, epochs=8, shuffle=False, verbose=0, callbacks=[cb])
+        runs[run_eagerly] = (seen, model.get_weights())
+        if run_eagerly is None:
+            assert model._train_fn is not None and model._train_fn.n_traces == 1
+    assert runs[None][0] == pytest.approx(runs[True][0], rel=1e-6)
+    assert len(set(np.round(runs[True][0], 4))) > 1  # the masks differ from step to step
+    for a, b in zip(*(runs[k][1] for k in runs)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
