@@ -275,4 +275,9 @@ class BatchNormalization(Layer):
         config = super().get_config()
         config.update(axis=self.axis, momentum=self.momentum, epsilon=self.epsilon,
                       center=self.center, scale=self.scale)
+        for key in ("beta_initializer", "gamma_initializer", "moving_mean_initializer",
+                    "moving_variance_initializer"):
+            init = getattr(self, key)
+            config[key] = (initializers.serialize(init)
+                           if isinstance(init, initializers.Initializer) else None)
         return config

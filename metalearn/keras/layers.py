@@ -766,16 +766,49 @@ def serialize(layer: Layer) -> Config:
     return {"class_name": type(layer).__name__, "config": layer.get_config()}
 
 
+_SHIPPED_MODULES = ("metalearn.keras.layers", "metalearn.keras.conv_layers",
+                    "metalearn.keras.memory_layers", "metalearn.keras.models", "metalearn.networks")
+
+
+def _shipped_layers():
+    """Every public Layer class metalearn ships, by class name (and alias): what
+    ``deserialize`` finds without ``custom_objects``, as Keras' registry of built-ins."""
+    from . import models  # noqa: F401  (Model, Sequential)
+    from metalearn import networks  # noqa: F401  (the article's models)
+    from . import conv_layers
+    out, stack = {}, [Layer]
+    while stack:
+        for cls in stack.pop().__subclasses__():
+            stack.append(cls)
+            if cls.__module__ in _SHIPPED_MODULES and not cls.__name__.startswith("_"):
+                out.setdefault(cls.__name__, cls)
+    for alias in conv_layers.__all__:  # MaxPooling2D, AvgPool2D, GlobalAvgPool2D
+        out.setdefault(alias, getattr(conv_layers, alias))
+    return out
+
+
 def deserialize(config: Config, custom_objects: Optional[Dict[str, Any]] = None) -> Layer:
-    """A layer from ``serialize``'s output (custom classes via `custom_objects`)."""
-    registry = {c.__name__: c for c in (Dense, Flatten, Activation, Dropout, InputLayer, Lambda, Reshape)}
-    from . import models
-    registry.update(Sequential=models.Sequential)
+    """A layer from ``serialize``'s output.
+
+    Every layer metalearn ships (core, convolution, pooling, normalisation, memory layers,
+    ``Sequential`` and the article's models) is found by its class name; classes of your
+    own go in `custom_objects` (``{"MyLayer": MyLayer}``), which takes precedence.
+
+    Raises:
+        ValueError: the class name is unknown.
+    """
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ValueError(f"deserialize: expected a dict with 'class_name' and 'config' (what "
+                         f"serialize returns), got {config!r}")
+    registry = _shipped_layers()
     registry.update(custom_objects or {})
     cls = registry.get(config["class_name"])
     if cls is None:
         raise ValueError(f"Unknown layer class {config['class_name']!r}; pass it in custom_objects")
-    return cls.from_config(dict(config.get("config", {})))
+    inner = dict(config.get("config", {}))
+    if custom_objects and "custom_objects" in inspect.signature(cls.from_config).parameters:
+        return cls.from_config(inner, custom_objects=custom_objects)
+    return cls.from_config(inner)
 
 
 get = deserialize

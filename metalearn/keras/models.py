@@ -790,15 +790,18 @@ class Sequential(Model):
         if self._input_layer is not None:
             layer_configs.append(_layers.serialize(self._input_layer))
         layer_configs += [_layers.serialize(l) for l in self._layers_list]
-        return {"name": self.name, "layers": layer_configs}
+        return {"name": self.name, "trainable": self.trainable, "layers": layer_configs}
 
     @classmethod
     def from_config(cls, config: Config, custom_objects: Optional[Dict[str, Any]] = None) -> Sequential:
+        """A new Sequential from ``get_config``'s dict: its layers rebuilt by class name
+        (every shipped layer; your own classes via `custom_objects`), names kept as Keras
+        does; built at once when the configuration declares an input shape."""
         model = cls(name=config.get("name"))
         for lc in config.get("layers", []):
-            lc = {"class_name": lc["class_name"], "config": dict(lc["config"])}
-            lc["config"].pop("name", None)
             model.add(_layers.deserialize(lc, custom_objects))
+        if "trainable" in config:
+            model.trainable = config["trainable"]
         return model
 
 
