@@ -181,3 +181,43 @@ def test_model_checkpoint_saves_when_the_monitored_value_is_missing(tmp_path):
     fresh.load_weights(tmp_path / "ck-2.weights")
     for a, b in zip(fresh.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_validation_inside_fit_calls_the_test_hooks():
+    """Keras 3's fit runs validation through evaluate with fit's callbacks: on_test_begin,
+    on_test_batch_begin/end per validation batch, on_test_end with the (unprefixed) logs."""
+    class Recorder(callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.events = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.events.append(("epoch_end", epoch, logs.get("val_loss")))
+
+        def on_test_begin(self, logs=None):
+            self.events.append(("test_begin",))
+
+        def on_test_batch_begin(self, batch, logs=None):
+            self.events.append(("test_batch_begin", batch))
+
+        def on_test_batch_end(self, batch, logs=None):
+            self.events.append(("test_batch_end", batch))
+
+        def on_test_end(self, logs=None):
+            self.events.append(("test_end", logs["loss"]))
+
+    x, y = _data()
+    model = _model()
+    rec = Recorder()
+    hist = model.fit(x[:30], y[:30], validation_data=(x[30:], y[30:]), validation_batch_size=4,
+                     epochs=2, verbose=0, callbacks=[rec])
+    val = hist.history["val_loss"]
+    per_epoch = lambda e: ([("test_begin",)] + [(k, b) for b in range(3)
+                                                for k in ("test_batch_begin", "test_batch_end")]
+                           + [("test_end", val[e]), ("epoch_end", e, val[e])])
+    assert rec.events == per_epoch(0) + per_epoch(1)
+    # validation_freq=2: the hooks run only with the validation
+    rec = Recorder()
+    model.fit(x[:30], y[:30], validation_data=(x[30:], y[30:]), validation_freq=2, epochs=2,
+              verbose=0, callbacks=[rec])
+    assert [e[0] for e in rec.events].count("test_begin") == 1

@@ -256,6 +256,46 @@ def test_get_set_weights_validate_all_shapes_first():
         np.testing.assert_array_equal(w, g)
 
 
+# ------------------------------------------------------------- Keras behaviours (issue 18)
+def _frozen_bn_model():
+    model = keras.Sequential([layers.Dense(2, input_shape=(3,)), layers.BatchNormalization()])
+    model.layers[0].set_weights([np.array([[1.0, -1.0], [0.5, 2.0], [0.0, 1.0]], np.float32),
+                                 np.array([0.1, -0.3], np.float32)])
+    model.layers[1].set_weights([np.array([1.5, 0.5], np.float32), np.array([0.2, -0.1], np.float32),
+                                 np.array([0.3, -0.4], np.float32), np.array([2.0, 0.5], np.float32)])
+    model.trainable = False
+    return model
+
+
+def _frozen_bn_reference(model, x):
+    k, b = model.layers[0].get_weights()
+    gamma, beta, mean, var = model.layers[1].get_weights()
+    return ((x @ k + b) - mean) / np.sqrt(var + 1e-3) * gamma + beta
+
+
+def test_fit_with_no_trainable_weights_runs_and_trains_nothing():
+    """Keras 3 (torch trainer's train_step): a model with no trainable weights warns "The
+    model does not have any trainable weights.", runs the loss and updates nothing; its
+    frozen BatchNormalization runs in inference mode. Keras 3.15 gives the same: equal
+    losses every epoch, iterations 0, every weight unchanged."""
+    x = np.random.default_rng(3).standard_normal((6, 3)).astype(np.float32)
+    y = np.random.default_rng(4).standard_normal((6, 2)).astype(np.float32)
+    model = _frozen_bn_model()
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    before = model.get_weights()
+    expected = float(np.mean((_frozen_bn_reference(model, x.astype(np.float64)) - y) ** 2))
+    for run_eagerly in (None, True):
+        model.compile(keras.optimizers.SGD(0.1), "mse", run_eagerly=run_eagerly)
+        with pytest.warns(UserWarning, match="The model does not have any trainable weights"):
+            hist = model.fit(x, y, epochs=2, batch_size=6, verbose=0)
+        assert hist.history["loss"] == pytest.approx([expected] * 2, rel=1e-5)
+        with pytest.warns(UserWarning, match="does not have any trainable weights"):
+            assert model.train_on_batch(x, y) == pytest.approx(expected, rel=1e-5)
+        assert int(model.optimizer.iterations) == 0
+        for a, b in zip(model.get_weights(), before):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_traced_fit_with_dropout_draws_a_new_mask_every_step():
     """fit's step is traced (metalearn.function) by default; Dropout's mask must be drawn in
     the trace, not baked into it, so the traced run equals the eager one step by step."""

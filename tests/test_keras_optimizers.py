@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import metalearn as ml
+from metalearn import keras
 from metalearn.keras import losses, optimizers
 from metalearn.networks import AdaptiveNeuralNetwork
 
@@ -238,3 +239,8 @@ def test_get_none_is_none_and_other_objects_are_refused_as_keras():
     assert optimizers.get(None) is None
     with pytest.raises(ValueError, match="Could not interpret optimizer identifier"):
         optimizers.get(3.0)
+    # a model compiled without an optimizer says so when asked to train
+    model = keras.Sequential([keras.layers.Dense(1, input_shape=(2,))])
+    model.compile(optimizer=None, loss="mse")
+    with pytest.raises(ValueError, match="without an optimizer"):
+        model.fit(np.ones((2, 2), np.float32), np.ones((2, 1), np.float32), verbose=0)
