@@ -317,3 +317,20 @@ def test_traced_fit_with_dropout_draws_a_new_mask_every_step():
     assert len(set(np.round(runs[True][0], 4))) > 1  # the masks differ from step to step
     for a, b in zip(*(runs[k][1] for k in runs)):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_fit_with_a_seeded_dropout_stays_eager_and_repeats_its_mask():
+    """A seeded Dropout draws the same mask on every call (it reseeds from Python, which a
+    replayed trace would not redo): fit keeps such a model eager, so the default run equals
+    run_eagerly=True."""
+    x = np.ones((4, 4), np.float32)
+    y = np.zeros((4, 1), np.float32)
+    runs = {}
+    for run_eagerly in (None, True):
+        ml.random.set_seed(0)
+        model = keras.Sequential([layers.Dropout(0.5, seed=7, input_shape=(4,)),
+                                  layers.Dense(1, kernel_initializer="ones")])
+        model.compile(keras.optimizers.SGD(0.01), "mse", run_eagerly=run_eagerly)
+        runs[run_eagerly] = model.fit(x, y, batch_size=4, epochs=4, shuffle=False, verbose=0)
+        assert model._train_fn is None
+    assert runs[None].history["loss"] == pytest.approx(runs[True].history["loss"], rel=1e-6)
