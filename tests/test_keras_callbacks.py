@@ -100,3 +100,124 @@ def test_custom_callback_subclass_sees_model_and_params():
     probe = Probe()
     model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[probe])
     assert probe.info == (model, 2, 5)
+
+
+class _EpochWeights:
+    """A stand-in model whose 'weights' are the epoch number, as in Keras 3's
+    early_stopping_test (test_early_stopping_final_weights_when_restoring_model_weights)."""
+
+    def __init__(self):
+        self.stop_training = False
+        self.weights = -1
+
+    def get_weights(self):
+        return self.weights
+
+    def set_weights(self, weights):
+        self.weights = weights
+
+
+def _run_early_stopping(stop, losses, stop_at=None):
+    stop.set_model(_EpochWeights())
+    stop.on_train_begin()
+    trained = 0
+    for epoch, loss in enumerate(losses):
+        trained += 1
+        stop.model.weights = epoch
+        stop.on_epoch_end(epoch, {"val_loss": loss})
+        if epoch == stop_at:
+            stop.model.stop_training = True  # another callback asks to stop
+        if stop.model.stop_training:
+            break
+    stop.on_train_end()
+    return trained, stop.model.get_weights()
+
+
+def test_early_stopping_restores_at_the_end_of_training_as_keras_3():
+    """The three cases of Keras 3's test, with its numbers: stopped by patience, no epoch
+    beating the baseline, stopped by another callback: the best epoch's weights (2) every
+    time. Before, only the first case restored."""
+    es = lambda **kw: callbacks.EarlyStopping(monitor="val_loss", restore_best_weights=True, **kw)
+    assert _run_early_stopping(es(patience=2), [0.2, 0.15, 0.1, 0.11, 0.12]) == (5, 2)
+    assert _run_early_stopping(es(patience=5, baseline=0.5),
+                               [0.9, 0.8, 0.7, 0.71, 0.72, 0.73]) == (5, 2)
+    assert _run_early_stopping(es(patience=5, baseline=0.5),
+                               [0.9, 0.8, 0.7, 0.71, 0.72, 0.73], stop_at=3) == (4, 2)
+    # ran out of epochs without stopping: still the best epoch's
+    assert _run_early_stopping(es(patience=10), [0.5, 0.2, 0.3, 0.4]) == (4, 1)
+    # nothing monitored before start_from_epoch: no best weights, nothing restored
+    assert _run_early_stopping(es(patience=10, start_from_epoch=9), [0.5, 0.2, 0.3]) == (3, 2)
+
+
+def test_early_stopping_in_fit_restores_the_best_epoch_when_epochs_run_out():
+    x, y = _data()
+    model = _model()
+    scores = [0.3, 0.1, 0.2, 0.25]
+    seen = {}
+
+    def inject(epoch, logs):
+        logs["val_score"] = scores[epoch]
+        seen[epoch] = model.get_weights()
+
+    stop = callbacks.EarlyStopping(monitor="val_score", mode="min", patience=5, restore_best_weights=True)
+    hist = model.fit(x, y, epochs=4, verbose=0, callbacks=[callbacks.LambdaCallback(on_epoch_end=inject), stop])
+    assert len(hist.epoch) == 4 and stop.stopped_epoch == 0 and stop.best_epoch == 1
+    for a, b in zip(model.get_weights(), seen[1]):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(seen[1][0], seen[3][0])
+
+
+def test_model_checkpoint_saves_when_the_monitored_value_is_missing(tmp_path):
+    """Keras 3 (ModelCheckpoint._should_save_model): with save_best_only and no monitored
+    value in the logs, it warns and saves."""
+    x, y = _data()
+    model = _model()
+    ckpt = callbacks.ModelCheckpoint(str(tmp_path / "ck-{epoch}.weights"), monitor="val_missing",
+                                     save_best_only=True)
+    with pytest.warns(UserWarning, match="Can save best model only with val_missing available"):
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[ckpt])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck-1.weights", "ck-2.weights"]
+    fresh = _model()
+    fresh.load_weights(tmp_path / "ck-2.weights")
+    for a, b in zip(fresh.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_validation_inside_fit_calls_the_test_hooks():
+    """Keras 3's fit runs validation through evaluate with fit's callbacks: on_test_begin,
+    on_test_batch_begin/end per validation batch, on_test_end with the (unprefixed) logs."""
+    class Recorder(callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.events = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.events.append(("epoch_end", epoch, logs.get("val_loss")))
+
+        def on_test_begin(self, logs=None):
+            self.events.append(("test_begin",))
+
+        def on_test_batch_begin(self, batch, logs=None):
+            self.events.append(("test_batch_begin", batch))
+
+        def on_test_batch_end(self, batch, logs=None):
+            self.events.append(("test_batch_end", batch))
+
+        def on_test_end(self, logs=None):
+            self.events.append(("test_end", logs["loss"]))
+
+    x, y = _data()
+    model = _model()
+    rec = Recorder()
+    hist = model.fit(x[:30], y[:30], validation_data=(x[30:], y[30:]), validation_batch_size=4,
+                     epochs=2, verbose=0, callbacks=[rec])
+    val = hist.history["val_loss"]
+    per_epoch = lambda e: ([("test_begin",)] + [(k, b) for b in range(3)
+                                                for k in ("test_batch_begin", "test_batch_end")]
+                           + [("test_end", val[e]), ("epoch_end", e, val[e])])
+    assert rec.events == per_epoch(0) + per_epoch(1)
+    # validation_freq=2: the hooks run only with the validation
+    rec = Recorder()
+    model.fit(x[:30], y[:30], validation_data=(x[30:], y[30:]), validation_freq=2, epochs=2,
+              verbose=0, callbacks=[rec])
+    assert [e[0] for e in rec.events].count("test_begin") == 1

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import metalearn as ml
+from metalearn import keras
 from metalearn.keras import activations, initializers, layers
 
 
@@ -152,8 +153,11 @@ def test_dropout_training_flag_rate_and_scaling():
     np.testing.assert_allclose(y[kept], 1 / 0.7, rtol=1e-6)
     ml.random.set_seed(11)
     np.testing.assert_array_equal(np.asarray(drop(x, training=True)), y)
-    with pytest.raises(ValueError):
-        layers.Dropout(1.0)
+    # Keras 3 takes rate in [0, 1]: rate=1 drops everything (checked against Keras 3.15)
+    np.testing.assert_array_equal(np.asarray(layers.Dropout(1.0)(x, training=True)), 0 * x)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="rate"):
+            layers.Dropout(bad)
 
 
 def test_custom_layer_add_weight_and_tracking():
@@ -195,3 +199,112 @@ def test_set_weights_validates_before_writing():
         dense.set_weights([np.ones((3, 2)), np.ones((5,))])
     for a, b in zip(before, dense.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- frozen BatchNormalization
+_BN_WEIGHTS = [np.array([1.5, 0.5, 2.0], np.float32), np.array([0.1, -0.2, 0.3], np.float32),
+               np.array([0.5, 1.0, -1.0], np.float32), np.array([2.0, 0.5, 1.5], np.float32)]
+
+
+def _bn_inference(x, gamma, beta, mean, var, eps=1e-3):
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+def test_frozen_batch_norm_runs_in_inference_mode_when_training():
+    """Keras 3 (BatchNormalization.call: ``if training and self.trainable``): a frozen layer
+    normalises with its moving statistics and leaves them alone, even with training=True.
+    Checked against Keras 3.15 on these weights (max difference 9e-8)."""
+    x = (np.random.default_rng(0).standard_normal((6, 3)) * 2 + 1).astype(np.float32)
+    bn = layers.BatchNormalization()
+    bn(x[:1])
+    bn.set_weights(_BN_WEIGHTS)
+    bn.trainable = False
+    out = np.asarray(bn(x, training=True))
+    np.testing.assert_allclose(out, _bn_inference(x, *_BN_WEIGHTS), rtol=1e-5, atol=1e-6)
+    for a, b in zip(bn.get_weights(), _BN_WEIGHTS):
+        np.testing.assert_array_equal(a, b)
+    # left trainable, the same call uses the batch's statistics and moves the moving ones
+    bn.trainable = True
+    out = np.asarray(bn(x, training=True))
+    np.testing.assert_allclose(out, _bn_inference(x, _BN_WEIGHTS[0], _BN_WEIGHTS[1], x.mean(0), x.var(0)),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn.get_weights()[2], 0.99 * _BN_WEIGHTS[2] + 0.01 * x.mean(0), rtol=1e-5)
+
+
+def test_batch_norm_in_a_frozen_model_runs_in_inference_mode():
+    """model.trainable = False freezes every layer inside (Keras), BN included."""
+    x = (np.random.default_rng(1).standard_normal((5, 3)) * 3).astype(np.float32)
+    model = keras.Sequential([layers.Dense(3, input_shape=(3,), kernel_initializer="identity"),
+                              layers.BatchNormalization()])
+    model.layers[1].set_weights(_BN_WEIGHTS)
+    model.trainable = False
+    out = np.asarray(model(x, training=True))
+    np.testing.assert_allclose(out, _bn_inference(x, *_BN_WEIGHTS), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(model.layers[1].get_weights()[2], _BN_WEIGHTS[2])
+
+
+@pytest.mark.parametrize("vectorize", ["auto", False])
+@pytest.mark.parametrize("affine", [True, False])
+def test_maml_with_a_frozen_batch_norm_uses_its_moving_statistics(vectorize, affine):
+    """MAML's inner loop (per-task functional call, or the batched plan) through a frozen
+    BatchNormalization: the moving statistics, as in Keras, not the task's batch statistics.
+    With moving mean 0 and variance 1 - eps (and gamma 1, beta 0) the frozen layer is the
+    identity, so the meta-loss and meta-gradients equal those of the model without it."""
+    from metalearn.meta import MAML
+    from metalearn.tasks import Task
+
+    rng = np.random.default_rng(2)
+    dense = [layers.Dense(5, input_shape=(4,)), layers.Activation("relu"), layers.Dense(3)]
+    plain = keras.Sequential(dense)
+    bn = layers.BatchNormalization(center=affine, scale=affine)
+    frozen = keras.Sequential([layers.Dense(5, input_shape=(4,)), bn, layers.Activation("relu"),
+                               layers.Dense(3)])
+    frozen.layers[0].set_weights(plain.layers[0].get_weights())
+    frozen.layers[3].set_weights(plain.layers[2].get_weights())
+    bn.set_weights(([np.ones(5), np.zeros(5)] if affine else []) + [np.zeros(5), np.full(5, 1 - 1e-3)])
+    bn.trainable = False
+    batch = Task(rng.standard_normal((3, 6, 4)).astype(np.float32), rng.integers(0, 3, (3, 6)),
+                 rng.standard_normal((3, 5, 4)).astype(np.float32), rng.integers(0, 3, (3, 5)),
+                 {"batched": True})
+    moving = [w.copy() for w in bn.get_weights()]
+    ref_loss, ref_grads = MAML(plain, inner_lr=0.4, inner_steps=2, vectorize=False).meta_gradients(batch)
+    loss, grads = MAML(frozen, inner_lr=0.4, inner_steps=2, vectorize=vectorize).meta_gradients(batch)
+    assert abs(loss - ref_loss) < 1e-5
+    assert len(grads) == len(ref_grads) == 4
+    for a, b in zip(grads, ref_grads):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    for a, b in zip(bn.get_weights(), moving):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------- Dropout noise_shape
+def test_dropout_noise_shape_shares_the_mask_along_axes_of_size_one():
+    """Keras 3 (backend random.dropout): a mask of noise_shape (None entries: the input's
+    size) broadcast over the input; one entry per input axis."""
+    x = np.ones((64, 5, 6), np.float32)
+    ml.random.set_seed(3)
+    y = np.asarray(layers.Dropout(0.5, noise_shape=(None, 1, 6))(x, training=True))
+    assert set(np.unique(y)) == {0.0, 2.0}
+    np.testing.assert_array_equal(y, np.broadcast_to(y[:, :1, :], y.shape))  # same on axis 1
+    assert 0.4 < (y[:, 0, :] != 0).mean() < 0.6
+    y = np.asarray(layers.Dropout(0.5, noise_shape=(1, 1, 1))(x, training=True))
+    assert len(np.unique(y)) == 1  # one draw for everything
+    # the gradient is the mask, scaled
+    t = ml.Variable(x[:4])
+    with ml.GradientTape() as tape:
+        out = layers.Dropout(0.25, noise_shape=(4, 5, 1))(t, training=True)
+        loss = ml.reduce_sum(out)
+    g = np.asarray(tape.gradient(loss, t))
+    np.testing.assert_allclose(g, np.asarray(out) / x[:4], rtol=1e-6)
+
+
+@pytest.mark.parametrize("noise_shape", [(2, 3), (2, 3, 4, 1), (3, 1, 4), (None, 2, 4)])
+def test_dropout_noise_shape_that_does_not_fit_the_input_is_refused(noise_shape):
+    """Keras raises on these too (torch: "the number of sizes provided ... must be greater
+    or equal", "The expanded size of the tensor ... must match"); before, (2, 3, 4, 1) was
+    cut to its first three entries silently."""
+    with pytest.raises(ValueError, match=r"noise_shape"):
+        layers.Dropout(0.5, noise_shape=noise_shape)(np.ones((2, 3, 4), np.float32), training=True)
+    for bad in ((0, 1), (-1,), ("a",)):
+        with pytest.raises(ValueError, match="noise_shape entries"):
+            layers.Dropout(0.5, noise_shape=bad)

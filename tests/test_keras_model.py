@@ -254,3 +254,83 @@ def test_get_set_weights_validate_all_shapes_first():
     model.set_weights(good)
     for w, g in zip(model.get_weights(), good):
         np.testing.assert_array_equal(w, g)
+
+
+# ------------------------------------------------------------- Keras behaviours (issue 18)
+def _frozen_bn_model():
+    model = keras.Sequential([layers.Dense(2, input_shape=(3,)), layers.BatchNormalization()])
+    model.layers[0].set_weights([np.array([[1.0, -1.0], [0.5, 2.0], [0.0, 1.0]], np.float32),
+                                 np.array([0.1, -0.3], np.float32)])
+    model.layers[1].set_weights([np.array([1.5, 0.5], np.float32), np.array([0.2, -0.1], np.float32),
+                                 np.array([0.3, -0.4], np.float32), np.array([2.0, 0.5], np.float32)])
+    model.trainable = False
+    return model
+
+
+def _frozen_bn_reference(model, x):
+    k, b = model.layers[0].get_weights()
+    gamma, beta, mean, var = model.layers[1].get_weights()
+    return ((x @ k + b) - mean) / np.sqrt(var + 1e-3) * gamma + beta
+
+
+def test_fit_with_no_trainable_weights_runs_and_trains_nothing():
+    """Keras 3 (torch trainer's train_step): a model with no trainable weights warns "The
+    model does not have any trainable weights.", runs the loss and updates nothing; its
+    frozen BatchNormalization runs in inference mode. Keras 3.15 gives the same: equal
+    losses every epoch, iterations 0, every weight unchanged."""
+    x = np.random.default_rng(3).standard_normal((6, 3)).astype(np.float32)
+    y = np.random.default_rng(4).standard_normal((6, 2)).astype(np.float32)
+    model = _frozen_bn_model()
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    before = model.get_weights()
+    expected = float(np.mean((_frozen_bn_reference(model, x.astype(np.float64)) - y) ** 2))
+    for run_eagerly in (None, True):
+        model.compile(keras.optimizers.SGD(0.1), "mse", run_eagerly=run_eagerly)
+        with pytest.warns(UserWarning, match="The model does not have any trainable weights"):
+            hist = model.fit(x, y, epochs=2, batch_size=6, verbose=0)
+        assert hist.history["loss"] == pytest.approx([expected] * 2, rel=1e-5)
+        with pytest.warns(UserWarning, match="does not have any trainable weights"):
+            assert model.train_on_batch(x, y) == pytest.approx(expected, rel=1e-5)
+        assert int(model.optimizer.iterations) == 0
+        for a, b in zip(model.get_weights(), before):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_traced_fit_with_dropout_draws_a_new_mask_every_step():
+    """fit's step is traced (metalearn.function) by default; Dropout's mask must be drawn in
+    the trace, not baked into it, so the traced run equals the eager one step by step."""
+    x = np.ones((4, 4), np.float32)
+    y = np.zeros((4, 1), np.float32)
+    runs = {}
+    for run_eagerly in (None, True):
+        ml.random.set_seed(0)
+        model = keras.Sequential([layers.Dropout(0.5, input_shape=(4,)),
+                                  layers.Dense(1, kernel_initializer="ones")])
+        model.compile(keras.optimizers.SGD(0.01), "mse", run_eagerly=run_eagerly)
+        seen = []
+        cb = keras.callbacks.LambdaCallback(on_batch_end=lambda b, logs: seen.append(logs["loss"]))
+        model.fit(x, y, batch_size=4, epochs=8, shuffle=False, verbose=0, callbacks=[cb])
+        runs[run_eagerly] = (seen, model.get_weights())
+        if run_eagerly is None:
+            assert model._train_fn is not None and model._train_fn.n_traces == 1
+    assert runs[None][0] == pytest.approx(runs[True][0], rel=1e-6)
+    assert len(set(np.round(runs[True][0], 4))) > 1  # the masks differ from step to step
+    for a, b in zip(*(runs[k][1] for k in runs)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_fit_with_a_seeded_dropout_stays_eager_and_repeats_its_mask():
+    """A seeded Dropout draws the same mask on every call (it reseeds from Python, which a
+    replayed trace would not redo): fit keeps such a model eager, so the default run equals
+    run_eagerly=True."""
+    x = np.ones((4, 4), np.float32)
+    y = np.zeros((4, 1), np.float32)
+    runs = {}
+    for run_eagerly in (None, True):
+        ml.random.set_seed(0)
+        model = keras.Sequential([layers.Dropout(0.5, seed=7, input_shape=(4,)),
+                                  layers.Dense(1, kernel_initializer="ones")])
+        model.compile(keras.optimizers.SGD(0.01), "mse", run_eagerly=run_eagerly)
+        runs[run_eagerly] = model.fit(x, y, batch_size=4, epochs=4, shuffle=False, verbose=0)
+        assert model._train_fn is None
+    assert runs[None].history["loss"] == pytest.approx(runs[True].history["loss"], rel=1e-6)

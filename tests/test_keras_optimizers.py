@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import metalearn as ml
+from metalearn import keras
 from metalearn.keras import losses, optimizers
 from metalearn.networks import AdaptiveNeuralNetwork
 
@@ -200,3 +201,46 @@ def test_adam_flushes_denormal_state_and_leaves_the_callers_fp_mode_alone():
     np.testing.assert_allclose(v_state, v, rtol=1e-4)  # v decays slower: still normal
     # the caller's mode is IEEE again: numpy still underflows gradually
     assert np.float32(1e-39) * np.float32(0.5) > 0
+
+
+@pytest.mark.parametrize("kwargs", [dict(clipnorm=1.0, clipvalue=1.0), dict(clipvalue=0.5, global_clipnorm=2.0),
+                                    dict(clipnorm=1.0, global_clipnorm=1.0)])
+@pytest.mark.parametrize("cls", [optimizers.SGD, optimizers.Adam])
+def test_only_one_clipping_argument_is_accepted(cls, kwargs):
+    """Keras 3 (BaseOptimizer.__init__), word for word."""
+    expected = ("Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. Received: "
+                f"clipnorm={kwargs.get('clipnorm')}, clipvalue={kwargs.get('clipvalue')}, "
+                f"global_clipnorm={kwargs.get('global_clipnorm')}")
+    with pytest.raises(ValueError) as info:
+        cls(**kwargs)
+    assert str(info.value) == expected
+    with pytest.raises(ValueError, match="clipvalue"):
+        cls(clipvalue=-1.0)
+
+
+def test_apply_gradients_with_no_gradient_at_all_is_refused():
+    """Keras 3: "No gradients provided for any variable." (a ValueError), and no step is
+    counted; before, it warned and returned."""
+    a, b = ml.Variable([1.0, 2.0]), ml.Variable([3.0])
+    opt = optimizers.Adam(learning_rate=0.1)
+    opt.apply_gradients([(np.ones(2, np.float32), a)])
+    before = (a.numpy().copy(), [np.asarray(v).copy() for v in opt.variables()])
+    with pytest.raises(ValueError, match=r"^No gradients provided for any variable\.$"):
+        opt.apply_gradients([(None, a), (None, b)])
+    assert opt.iterations == 1
+    np.testing.assert_array_equal(a.numpy(), before[0])
+    for u, v in zip(opt.variables(), before[1]):
+        np.testing.assert_array_equal(np.asarray(u), v)
+
+
+def test_get_none_is_none_and_other_objects_are_refused_as_keras():
+    """Keras 3's optimizers.get: None -> None; something else -> ValueError "Could not
+    interpret optimizer identifier"."""
+    assert optimizers.get(None) is None
+    with pytest.raises(ValueError, match="Could not interpret optimizer identifier"):
+        optimizers.get(3.0)
+    # a model compiled without an optimizer says so when asked to train
+    model = keras.Sequential([keras.layers.Dense(1, input_shape=(2,))])
+    model.compile(optimizer=None, loss="mse")
+    with pytest.raises(ValueError, match="without an optimizer"):
+        model.fit(np.ones((2, 2), np.float32), np.ones((2, 1), np.float32), verbose=0)

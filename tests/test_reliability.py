@@ -130,7 +130,7 @@ KERAS_BAD = [
     ("evaluate-x-y-lengths", lambda m, t: m.evaluate(X, Y[:7], verbose=0), ValueError,
      r"x has 10 samples but y has 7"),
     ("train_on_batch-x-y-lengths", lambda m, t: m.train_on_batch(X, Y[:9]), ValueError,
-     r"\(10, 3\).*\(9, 3\)|\(9, 3\).*\(10, 3\)"),
+     r"x has 10 samples but y has 9"),
     ("fit-y-wrong-width", lambda m, t: m.fit(X, np.zeros((10, 2), F32), verbose=0), ValueError,
      r"\(10, 3\).*\(10, 2\)|\(10, 2\).*\(10, 3\)"),
     ("fit-x-none", lambda m, t: m.fit(None, Y, verbose=0), ValueError, r"x is required"),

@@ -178,7 +178,8 @@ class EarlyStopping(Callback):
         verbose: 1 prints a message when stopping.
         mode: ``"min"``, ``"max"`` or ``"auto"`` (max for accuracies, min otherwise).
         baseline: a value the quantity must beat.
-        restore_best_weights: when stopping, restore the weights of the best epoch.
+        restore_best_weights: at the end of training (stopped early or not), restore the
+            weights of the best epoch seen from `start_from_epoch` on.
         start_from_epoch: epochs to wait before monitoring.
     """
 
@@ -237,14 +238,16 @@ class EarlyStopping(Callback):
         if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
             self.model.stop_training = True
-            if self.restore_best_weights and self.best_weights is not None:
-                if self.verbose > 0:
-                    print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
-                self.model.set_weights(self.best_weights)
 
     def on_train_end(self, logs: Optional[Logs] = None) -> None:
         if self.stopped_epoch > 0 and self.verbose > 0:
             print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        # Keras 3 restores here, however training ended (stopped by this callback, by
+        # another one, or out of epochs); nothing was recorded before start_from_epoch
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose > 0:
+                print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+            self.model.set_weights(self.best_weights)
 
 
 class ModelCheckpoint(Callback):
@@ -253,7 +256,8 @@ class ModelCheckpoint(Callback):
     Args:
         filepath: path, may contain format fields from the epoch and logs, e.g.
             ``"ckpt-{epoch:02d}-{val_loss:.3f}.weights"`` (epoch counts from 1).
-        monitor: quantity compared when `save_best_only`.
+        monitor: quantity compared when `save_best_only` (when it is missing from the
+            logs, a warning is given and the weights are saved, as Keras 3 does).
         verbose: 1 prints a message on each save.
         save_best_only: save only when the monitored quantity improves.
         save_weights_only: must be True: metalearn saves weights, not whole models.
@@ -288,11 +292,11 @@ class ModelCheckpoint(Callback):
     def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
         logs = logs or {}
         path = self.filepath.format(epoch=epoch + 1, **logs)
-        if self.save_best_only:
-            current = logs.get(self.monitor)
-            if current is None:
-                warnings.warn(f"Can save best model only with {self.monitor} available, skipping.")
-                return
+        current = logs.get(self.monitor) if self.save_best_only else None
+        if self.save_best_only and current is None:
+            # Keras 3 warns and saves: a checkpoint every epoch beats none at all
+            warnings.warn(f"Can save best model only with {self.monitor} available.", stacklevel=2)
+        if current is not None:
             current = float(current)
             if not self._better(current):
                 if self.verbose > 0:

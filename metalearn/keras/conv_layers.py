@@ -209,6 +209,10 @@ class BatchNormalization(Layer):
     statistics replace the batch's. Gradients (of any order) flow through the batch
     statistics.
 
+    A frozen layer (``trainable=False``, set on it or on an enclosing model) always runs
+    in inference mode, also when called with ``training=True`` (Keras 3's rule): its
+    moving statistics neither change nor give way to the batch's.
+
     Inside ``functional_call`` with substituted weights (the MAML inner loop, adapted
     evaluation) the layer uses the batch statistics in training mode but does not write
     its moving statistics: a functional call never changes the model, as in the MAML
@@ -256,7 +260,9 @@ class BatchNormalization(Layer):
         self.built = True
 
     def call(self, inputs, training=None):
-        training = bool(training)
+        # a frozen layer (trainable=False) runs in inference mode even in training, as
+        # Keras 3 does: fine-tuning on top of it neither moves nor uses batch statistics
+        training = bool(training) and self._trainable
         mm, mv = self.moving_mean, self.moving_variance
         if training:
             subst = _functional.substitution()
@@ -269,4 +275,9 @@ class BatchNormalization(Layer):
         config = super().get_config()
         config.update(axis=self.axis, momentum=self.momentum, epsilon=self.epsilon,
                       center=self.center, scale=self.scale)
+        for key in ("beta_initializer", "gamma_initializer", "moving_mean_initializer",
+                    "moving_variance_initializer"):
+            init = getattr(self, key)
+            config[key] = (initializers.serialize(init)
+                           if isinstance(init, initializers.Initializer) else None)
         return config

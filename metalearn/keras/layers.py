@@ -67,6 +67,11 @@ class Layer:
         input_dim: for 2-D inputs, the same as ``input_shape=(input_dim,)``.
     """
 
+    # whether a training step through this layer may be recorded once and replayed
+    # (Model._pure also asks for a known layer type); a class attribute, so that asking
+    # costs no AttributeError on every step
+    _traceable = True
+
     def __init__(self, trainable: bool = True, name: Optional[str] = None, dtype: Any = None,
                  input_shape: Optional[Shape] = None,
                  batch_input_shape: Optional[Shape] = None, input_dim: Optional[int] = None,
@@ -599,37 +604,72 @@ class Dropout(Layer):
     """Sets input units to 0 with frequency `rate` during training, scaling the others.
 
     In training ``output = input * mask / (1 - rate)`` with ``mask ~ Bernoulli(1 - rate)``
-    drawn from the core's seeded generator; at inference the input passes unchanged.
+    drawn from the core's seeded generator (``rate=1`` gives zeros); at inference the
+    input passes unchanged. The draw is a core op, so a traced training step
+    (``metalearn.function``, ``fit``) draws a new mask on every replay, as the eager step.
 
     Args:
-        rate: float in [0, 1), the fraction of units to drop.
-        noise_shape: shape of the mask, broadcast over the input (e.g. ``(batch, 1, d)``).
-        seed: optional integer for a repeatable mask.
+        rate: float in [0, 1], the fraction of units to drop.
+        noise_shape: shape of the mask, one entry per input axis, broadcast over the input:
+            each entry is None (the input's size), 1 (one draw shared along the axis) or
+            the input's size; ``(batch, 1, features)`` drops the same features at every
+            timestep, as Keras.
+        seed: optional integer: every call draws the same mask.
 
     Call arguments:
         training: whether to drop (defaults to the flag of the enclosing call: True inside
             ``fit``, False otherwise).
     """
 
-    def __init__(self, rate: float, noise_shape: Optional[Sequence[int]] = None, seed: Optional[int] = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, rate: float, noise_shape: Optional[Sequence[Optional[int]]] = None,
+                 seed: Optional[int] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not 0.0 <= float(rate) < 1.0:
-            raise ValueError(f"Dropout: rate must be in [0, 1), got {rate}")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)) \
+                or not 0.0 <= float(rate) <= 1.0:
+            raise ValueError("Invalid value received for argument `rate`. Expected a float value "
+                             f"between 0 and 1. Received: rate={rate!r}")
         self.rate = float(rate)
-        self.noise_shape = None if noise_shape is None else tuple(noise_shape)
+        if noise_shape is not None:
+            if isinstance(noise_shape, (int, np.integer)) or not isinstance(noise_shape, (list, tuple)):
+                raise TypeError(f"Dropout: noise_shape must be a tuple of ints or None, got "
+                                f"{noise_shape!r}")
+            for d in noise_shape:
+                if d is not None and (isinstance(d, bool) or not isinstance(d, (int, np.integer))
+                                      or d < 1):
+                    raise ValueError(f"Dropout: noise_shape entries must be positive ints or None, "
+                                     f"got noise_shape={tuple(noise_shape)!r}")
+            noise_shape = tuple(None if d is None else int(d) for d in noise_shape)
+        self.noise_shape = noise_shape
         self.seed = seed
+
+    @property
+    def _traceable(self):
+        # a seeded draw reseeds the generator from Python, which a replay would not redo
+        return self.seed is None
+
+    def _mask_shape(self, shape):
+        if self.noise_shape is None:
+            return shape
+        if len(self.noise_shape) != len(shape):
+            raise ValueError(f"{self.name}: noise_shape {self.noise_shape} has {len(self.noise_shape)} "
+                             f"entries but the inputs of shape {shape} have {len(shape)} axes")
+        mask = tuple(s if d is None else d for s, d in zip(shape, self.noise_shape))
+        if any(d != 1 and d != s for s, d in zip(shape, mask)):
+            raise ValueError(f"{self.name}: noise_shape {self.noise_shape} cannot be broadcast to "
+                             f"inputs of shape {shape}: each entry must be None, 1 or the input's size")
+        return mask
 
     def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
         if not training or self.rate == 0.0:
             return inputs
-        shape = tuple(inputs.shape)
-        if self.noise_shape is not None:
-            shape = tuple(s if d is None else int(d) for s, d in zip(shape, self.noise_shape))
+        shape = self._mask_shape(tuple(int(d) for d in inputs.shape))
+        if self.rate == 1.0:
+            return _core.mul(inputs, np.zeros(shape, np.float32))
         from metalearn import random as _random
-        u = np.asarray(_random.uniform(shape, 0.0, 1.0, seed=self.seed))
-        mask = (u >= self.rate).astype(np.float32) * np.float32(1.0 / (1.0 - self.rate))
-        return _core.mul(inputs, mask)
+        u = _random.uniform(shape, 0.0, 1.0, seed=self.seed)
+        # keep where u >= rate: sign(u - rate) + 1 is 0 below, 1 at, 2 above the rate
+        keep = _core.clip(_core.add(_core.sign(_core.sub(u, self.rate)), 1.0), 0.0, 1.0)
+        return _core.mul(inputs, _core.mul(keep, 1.0 / (1.0 - self.rate)))
 
     def get_config(self) -> Config:
         config = super().get_config()
@@ -726,16 +766,49 @@ def serialize(layer: Layer) -> Config:
     return {"class_name": type(layer).__name__, "config": layer.get_config()}
 
 
+_SHIPPED_MODULES = ("metalearn.keras.layers", "metalearn.keras.conv_layers",
+                    "metalearn.keras.memory_layers", "metalearn.keras.models", "metalearn.networks")
+
+
+def _shipped_layers():
+    """Every public Layer class metalearn ships, by class name (and alias): what
+    ``deserialize`` finds without ``custom_objects``, as Keras' registry of built-ins."""
+    from . import models  # noqa: F401  (Model, Sequential)
+    from metalearn import networks  # noqa: F401  (the article's models)
+    from . import conv_layers
+    out, stack = {}, [Layer]
+    while stack:
+        for cls in stack.pop().__subclasses__():
+            stack.append(cls)
+            if cls.__module__ in _SHIPPED_MODULES and not cls.__name__.startswith("_"):
+                out.setdefault(cls.__name__, cls)
+    for alias in conv_layers.__all__:  # MaxPooling2D, AvgPool2D, GlobalAvgPool2D
+        out.setdefault(alias, getattr(conv_layers, alias))
+    return out
+
+
 def deserialize(config: Config, custom_objects: Optional[Dict[str, Any]] = None) -> Layer:
-    """A layer from ``serialize``'s output (custom classes via `custom_objects`)."""
-    registry = {c.__name__: c for c in (Dense, Flatten, Activation, Dropout, InputLayer, Lambda, Reshape)}
-    from . import models
-    registry.update(Sequential=models.Sequential)
+    """A layer from ``serialize``'s output.
+
+    Every layer metalearn ships (core, convolution, pooling, normalisation, memory layers,
+    ``Sequential`` and the article's models) is found by its class name; classes of your
+    own go in `custom_objects` (``{"MyLayer": MyLayer}``), which takes precedence.
+
+    Raises:
+        ValueError: the class name is unknown.
+    """
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ValueError(f"deserialize: expected a dict with 'class_name' and 'config' (what "
+                         f"serialize returns), got {config!r}")
+    registry = _shipped_layers()
     registry.update(custom_objects or {})
     cls = registry.get(config["class_name"])
     if cls is None:
         raise ValueError(f"Unknown layer class {config['class_name']!r}; pass it in custom_objects")
-    return cls.from_config(dict(config.get("config", {})))
+    inner = dict(config.get("config", {}))
+    if custom_objects and "custom_objects" in inspect.signature(cls.from_config).parameters:
+        return cls.from_config(inner, custom_objects=custom_objects)
+    return cls.from_config(inner)
 
 
 get = deserialize

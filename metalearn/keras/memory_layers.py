@@ -20,7 +20,9 @@ class MemoryRecall(Layer):
 
     Args:
         memory: a ``metalearn.KnowledgeMemory`` (not a weight of the layer: it is not saved
-            with the model's weights; save it with ``memory.save``).
+            with the model's weights; save it with ``memory.save``), or the dict that
+            ``get_config`` gives for one (``{"capacity", "key_size", "payload_size"}``),
+            which makes a new, empty memory of that size.
         k: number of neighbours read.
         temperature: softmax temperature of the soft read.
         output: ``"payload"`` (default when the memory has payloads): the attention-weighted
@@ -33,6 +35,19 @@ class MemoryRecall(Layer):
 
     def __init__(self, memory, k=8, temperature=1.0, output=None, update=False, **kwargs):
         super().__init__(**kwargs)
+        if isinstance(memory, dict):
+            # from_config: the memory's contents are state, like weights; the config holds
+            # its size only, and the rebuilt layer reads a new, empty memory of that size
+            from metalearn.memory import KnowledgeMemory
+            cfg = dict(memory.get("config", memory))
+            unknown = set(cfg) - {"capacity", "key_size", "payload_size"}
+            if unknown or not {"capacity", "key_size"} <= set(cfg):
+                raise ValueError(f"MemoryRecall: memory config needs capacity and key_size "
+                                 f"(and optionally payload_size), got {sorted(cfg)}")
+            memory = KnowledgeMemory(**cfg)
+        elif not all(hasattr(memory, a) for a in ("capacity", "key_size", "payload_size", "read")):
+            raise TypeError(f"MemoryRecall: memory must be a metalearn.KnowledgeMemory, got "
+                            f"{type(memory).__name__}")
         if output is None:
             output = "payload" if memory.payload_size > 0 else "weights"
         if output not in ("payload", "weights", "labels"):
@@ -85,6 +100,10 @@ class MemoryRecall(Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(k=self.k, temperature=self.temperature, output=self.output,
+        mem = self._memory
+        config.update(memory={"class_name": "KnowledgeMemory",
+                              "config": {"capacity": int(mem.capacity), "key_size": int(mem.key_size),
+                                         "payload_size": int(mem.payload_size)}},
+                      k=self.k, temperature=self.temperature, output=self.output,
                       update=self.update)
         return config

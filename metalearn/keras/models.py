@@ -16,6 +16,7 @@ from metalearn._typing import ArrayLike, Config, Shape
 import math
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -68,7 +69,27 @@ def _as_target(y):
 def _verbose(verbose):
     if verbose == "auto":
         return 1
+    if isinstance(verbose, bool) or not isinstance(verbose, (int, np.integer)) or verbose < 0:
+        raise ValueError(f"verbose should be 'auto', 0, 1 or 2, got verbose={verbose!r}")
     return int(verbose)
+
+
+def _count(where, name, value, default=None, minimum=1):
+    """An integer argument (batch_size, epochs, ...), checked before any work is done.
+
+    None gives `default` (when there is one). A bool, a float (2.5, and 2.0 too, as Keras'
+    "batch_size should be a positive integer value") or a value below `minimum` is refused
+    with a ValueError that names the argument.
+    """
+    if value is None and default is not None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        kind = "a positive integer" if minimum == 1 else "a non-negative integer"
+        raise ValueError(f"{where}: {name} must be {kind}, got {name}={value!r}")
+    if value < minimum:
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{where}: {name} must be {kind}, got {int(value)}")
+    return int(value)
 
 
 class Model(_layers.Layer):
@@ -108,6 +129,7 @@ class Model(_layers.Layer):
         self.history = None
         self._is_compiled = False
         self._fit_cache = None
+        self._checked = {}  # data signature -> output shape, see _dry_run
 
     # --------------------------------------------------------------- structure
     def build(self, input_shape: Optional[Shape] = None) -> None:
@@ -244,6 +266,7 @@ class Model(_layers.Layer):
         self._metrics_resolved = False
         self._is_compiled = True
         self._fit_cache = None
+        self._checked = {}
         # run_eagerly=None (default): fit's step is traced by metalearn.function when the
         # model allows it; True: always eager; False: traced (errors if it cannot be)
         self._run_eagerly = run_eagerly
@@ -261,6 +284,87 @@ class Model(_layers.Layer):
             raise RuntimeError(f"You must compile your model before {what}. Use `model.compile(optimizer, loss)`.")
         if self.compiled_loss is None:
             raise ValueError(f"{what}: the model was compiled without a loss")
+        if what == "training" and self.optimizer is None:
+            raise ValueError("training: the model was compiled without an optimizer "
+                             "(optimizer=None); compile it with one")
+
+    # ------------------------------------------------------ argument checks
+    # Everything a call is given is checked before the first step, so that a refused
+    # call changes nothing: no weight, no optimizer step, no moving statistic, no metric.
+    def _check_data(self, where, x, y, sample_weight, need_y=True):
+        """x, y and sample_weight as arrays, with one entry per sample each, x not empty."""
+        if x is None:
+            raise ValueError(f"{where}: x is required")
+        x = _as_float_input(x)
+        if x.ndim == 0:
+            raise ValueError(f"{where}: x must have a batch axis, got a scalar")
+        n = len(x)
+        if n == 0:
+            raise ValueError(f"{where}: x is empty: no {'training ' if where == 'fit' else ''}samples")
+        y = _as_target(y)
+        if y is None:
+            if need_y:
+                raise ValueError(f"{where}: y is required (metalearn has no unsupervised training)")
+        elif y.ndim == 0 or len(y) != n:
+            raise ValueError(f"{where}: x has {n} samples but y has "
+                             f"{'a scalar' if y.ndim == 0 else len(y)}; they need one target per sample")
+        sw = None
+        if sample_weight is not None:
+            sw = _as_array(sample_weight, "sample_weight").astype(np.float32, copy=False)
+            if sw.ndim != 1 or len(sw) != n:
+                raise ValueError(f"{where}: sample_weight has shape {sw.shape} but x has {n} samples; "
+                                 "it needs one weight per sample")
+        return x, y, sw
+
+    def _dry_run(self, where, x, y, sw):
+        """Refuses, before any step, inputs the model cannot take and targets the loss
+        cannot match: runs the model and the loss on the first two samples in inference
+        mode without gradients (nothing changes), once per data signature (shapes, dtype
+        kind) per compile. Sparse labels are checked against the model's classes over all
+        of y on every call (a NumPy min/max)."""
+        key = (x.shape[1:], None if y is None else (y.shape[1:], y.dtype.kind), sw is None)
+        out_shape = self._checked.get(key)
+        if out_shape is not None:
+            if y is not None:
+                self._check_labels(where, y, out_shape)
+            return
+        # the messages name the shapes the caller passed, not those of the two samples
+        with _no_grad():
+            try:
+                y_pred = self(x[:2], training=False)
+            except ValueError as e:
+                raise ValueError(f"{where}: x of shape {tuple(x.shape)} does not fit the model: "
+                                 f"{e}") from e
+            out_shape = _layers._shape_of(y_pred)
+            if y is not None:
+                self._check_labels(where, y, out_shape)
+                try:
+                    self.compiled_loss(y[:2], y_pred, None if sw is None else sw[:2])
+                except ValueError as e:
+                    full = ((len(x),) + tuple(out_shape[1:]) if isinstance(out_shape, tuple)
+                            else out_shape)
+                    raise ValueError(f"{where}: y of shape {tuple(y.shape)} does not match the "
+                                     f"model's output of shape {full} for the loss "
+                                     f"{getattr(self.compiled_loss, 'name', '')!r}: {e}") from e
+        self._checked[key] = out_shape
+
+    def _check_labels(self, where, y, out_shape):
+        """Every sparse label a class index of the model's output, checked over all of y:
+        the loss checks each batch, but only when it comes."""
+        if getattr(self.compiled_loss, "fn", None) is not _losses.sparse_categorical_crossentropy \
+                or not isinstance(out_shape, tuple) or not out_shape:
+            return
+        classes = out_shape[-1]
+        if y.dtype.kind == "f":
+            bad = ~np.isfinite(y) | (y != np.floor(y))
+            if bad.any():
+                raise ValueError(f"{where}: y holds {y[bad].flat[0]:g}, which is not a class index; "
+                                 "sparse_categorical_crossentropy needs integer labels")
+        lo, hi = y.min(), y.max()
+        if lo < 0 or hi >= classes:
+            at = int(np.argmin(y) if lo < 0 else np.argmax(y))
+            raise ValueError(f"{where}: y holds label {y.flat[at]:g} at position {at}, outside "
+                             f"[0, {classes}): the model has {classes} outputs")
 
     def compute_loss(self, x: Any = None, y: Any = None, y_pred: Any = None,
                      sample_weight: Optional[ArrayLike] = None) -> _core.Tensor:
@@ -268,10 +372,10 @@ class Model(_layers.Layer):
         return self.compiled_loss(y, y_pred, sample_weight)
 
     # -------------------------------------------------------------- one batch
-    def _train_params(self):
+    def _train_params(self, stacklevel=3):
         params = self.trainable_weights
-        if not params:
-            raise ValueError(f"{self.name}: the model has no trainable weights to train")
+        if not params:  # Keras trains nothing (the forward pass and the loss still run)
+            warnings.warn("The model does not have any trainable weights.", stacklevel=stacklevel)
         return params
 
     # Layers whose call is a pure function of tensors (no Python-side state, no in-place
@@ -294,6 +398,7 @@ class Model(_layers.Layer):
     @classmethod
     def _pure(cls, layer):
         return (type(layer).__name__ in cls._TRACEABLE_LAYERS
+                and layer._traceable  # e.g. a seeded Dropout is not
                 and all(cls._pure(sub) for sub in getattr(layer, "layers", [])))
 
     def _traced_train_step(self, xb, yb, params):
@@ -338,6 +443,11 @@ class Model(_layers.Layer):
             self.optimizer._apply(params, grads)
         return loss, y_pred
 
+    def _forward_step(self, xb, yb, params, sample_weight=None):
+        """fit's step for a model with no trainable weights: the loss, no update (Keras)."""
+        y_pred = self(xb, training=True)
+        return self.compiled_loss(yb, y_pred, sample_weight), y_pred
+
     def _update_metrics(self, yb, y_pred, sample_weight=None):
         if self._metric_specs:
             self._resolve_metrics(yb, y_pred)
@@ -355,15 +465,14 @@ class Model(_layers.Layer):
             logs[m.name] = m.result()
         return logs
 
-    def _ensure_built(self, x_sample):
-        if not self.built or not self.trainable_weights and not self._all_weights():
-            with _no_grad():
-                self(x_sample)
-
     def train_on_batch(self, x: Any, y: Any = None, sample_weight: Optional[ArrayLike] = None,
                        class_weight: Optional[Dict[int, float]] = None, reset_metrics: bool = True,
                        return_dict: bool = False) -> Any:
         """Runs one gradient step on one batch.
+
+        The batch is checked as in ``fit`` before anything runs (an empty batch, lengths,
+        sparse labels; the model and loss on two samples once per data signature): a
+        refused batch changes no weight, no moving statistic, no optimizer step.
 
         Returns:
             The loss (a float), or ``[loss, *metrics]`` when metrics are compiled, or a dict
@@ -372,38 +481,40 @@ class Model(_layers.Layer):
         self._check_compiled("training")
         if class_weight is not None:
             raise NotImplementedError("train_on_batch: class_weight is not supported")
-        x = _as_float_input(x)
-        y = _as_target(y)
-        self._ensure_built(x[:1])
+        x, y, sw = self._check_data("train_on_batch", x, y, sample_weight)
+        self._dry_run("train_on_batch", x, y, sw)
+        params = self._train_params()
         if reset_metrics:
             self._reset_metrics()
         prev = _core.is_grad_enabled()
         _core.set_grad_enabled(True)
         try:
-            loss, y_pred = self._train_step(x, y, self._train_params(), sample_weight)
+            step = self._train_step if params else self._forward_step
+            loss, y_pred = step(x, y, params, sw)
         finally:
             _core.set_grad_enabled(prev)
-        self._update_metrics(y, y_pred, sample_weight)
+        self._update_metrics(y, y_pred, sw)
         return self._format_result(self._logs(loss.item()), return_dict)
 
     def test_on_batch(self, x: Any, y: Any = None, sample_weight: Optional[ArrayLike] = None,
                       reset_metrics: bool = True, return_dict: bool = False) -> Any:
         """The loss (and metrics) on one batch, without training."""
         self._check_compiled("evaluating")
-        x = _as_float_input(x)
-        y = _as_target(y)
+        x, y, sw = self._check_data("test_on_batch", x, y, sample_weight)
+        self._dry_run("test_on_batch", x, y, sw)
         if reset_metrics:
             self._reset_metrics()
         with _no_grad():
             y_pred = self(x, training=False)
-            loss = self.compiled_loss(y, y_pred, sample_weight)
-        self._update_metrics(y, y_pred, sample_weight)
+            loss = self.compiled_loss(y, y_pred, sw)
+        self._update_metrics(y, y_pred, sw)
         return self._format_result(self._logs(loss.item()), return_dict)
 
     def predict_on_batch(self, x: Any) -> np.ndarray:
         """The model's output on one batch, as a NumPy array."""
+        x, _, _ = self._check_data("predict_on_batch", x, None, None, need_y=False)
         with _no_grad():
-            return np.array(self(_as_float_input(x), training=False), copy=True)
+            return np.array(self(x, training=False), copy=True)
 
     def _format_result(self, logs, return_dict):
         if return_dict:
@@ -428,7 +539,7 @@ class Model(_layers.Layer):
                 terminal), 2 one line per epoch; "auto" is 1.
             callbacks: list of ``Callback``.
             validation_split: fraction in [0, 1) of the data, taken from the end before
-                shuffling, held out for validation.
+                shuffling, held out for validation (sample weights are split alike).
             validation_data: ``(x_val, y_val)`` evaluated at the end of each epoch
                 (overrides `validation_split`).
             shuffle: reshuffle the training samples each epoch (core generator, seeded by
@@ -437,57 +548,60 @@ class Model(_layers.Layer):
             sample_weight: optional per-sample weights.
             validation_freq: run validation every this many epochs.
 
+        Every argument is checked before the first step (counts, lengths, the model and the
+        loss run once on two samples, sparse labels against the model's classes, the same
+        for `validation_data`): a refused call changes nothing. A model with no trainable
+        weights runs the loss and trains nothing, with Keras' warning. The validation pass
+        calls the callbacks' ``on_test_*`` hooks, as Keras' evaluate does.
+
         Returns:
             A ``History``: ``history.history["loss"]`` etc., one value per epoch.
+
+        Raises:
+            ValueError: an argument that does not fit (named in the message).
         """
         self._check_compiled("training")
-        if x is None:
-            raise ValueError("fit: x is required")
-        x = _as_float_input(x)
-        y = _as_target(y)
-        if y is None:
-            raise ValueError("fit: y is required (metalearn has no unsupervised fit)")
-        if len(x) != len(y):
-            raise ValueError(f"fit: x has {len(x)} samples but y has {len(y)}")
-        sw = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float32)
-        if sw is not None and (sw.ndim != 1 or len(sw) != len(x)):
-            raise ValueError(f"fit: sample_weight has shape {sw.shape} but x has {len(x)} samples; "
-                             "it needs one weight per sample")
+        batch_size = _count("fit", "batch_size", batch_size, 32)
+        epochs = _count("fit", "epochs", epochs, minimum=0)
+        initial_epoch = _count("fit", "initial_epoch", initial_epoch, minimum=0)
+        validation_freq = _count("fit", "validation_freq", validation_freq)
+        validation_batch_size = _count("fit", "validation_batch_size", validation_batch_size,
+                                       batch_size)
+        verbose = _verbose(verbose)
+        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float, np.number)) \
+                or not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
+        x, y, sw = self._check_data("fit", x, y, sample_weight)
         if validation_data is not None:
-            if len(validation_data) == 3:
-                x_val, y_val, sw_val = validation_data
-            else:
-                (x_val, y_val), sw_val = validation_data, None
-            x_val, y_val = _as_float_input(x_val), _as_target(y_val)
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("fit: validation_data must be a tuple (x_val, y_val) or "
+                                 f"(x_val, y_val, sample_weight_val), got {type(validation_data).__name__}"
+                                 + (f" of length {len(validation_data)}"
+                                    if isinstance(validation_data, (tuple, list)) else ""))
+            x_val, y_val, sw_val = self._check_data("fit: validation_data", *validation_data,
+                                                    *([None] * (3 - len(validation_data))))
         elif validation_split:
-            if not 0.0 < validation_split < 1.0:
-                raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split}")
             n_val = int(len(x) * validation_split)
             if n_val == 0:
                 raise ValueError("fit: validation_split leaves no validation samples")
             split = len(x) - n_val
             x, x_val, y, y_val = x[:split], x[split:], y[:split], y[split:]
-            if sw is not None:
-                sw = sw[:split]
-            sw_val = None
+            sw, sw_val = (None, None) if sw is None else (sw[:split], sw[split:])
         else:
             x_val = y_val = sw_val = None
         n = len(x)
-        if n == 0:
-            raise ValueError("fit: no training samples")
-        batch_size = 32 if batch_size is None else int(batch_size)
-        if batch_size <= 0:
-            raise ValueError(f"fit: batch_size must be positive, got {batch_size}")
         steps = math.ceil(n / batch_size)
-        verbose = _verbose(verbose)
-
-        self._ensure_built(x[:1])
+        self._dry_run("fit", x, y, sw)
+        if x_val is not None:
+            self._dry_run("fit: validation_data", x_val, y_val, sw_val)
         params = self._train_params()
+        step_fn = self._train_step if params else self._forward_step
         history = _callbacks.History()
         cbs = _callbacks.CallbackList(list(callbacks or []) + [history], model=self,
                                       params={"epochs": epochs, "steps": steps, "verbose": verbose})
         has_batch_begin = cbs.has("on_train_batch_begin")
         has_batch_end = cbs.has("on_train_batch_end")
+        test_cbs = cbs if cbs.has("on_test_batch_begin") or cbs.has("on_test_batch_end") else None
         self.stop_training = False
         self.history = history
         prev_grad = _core.is_grad_enabled()
@@ -513,7 +627,7 @@ class Model(_layers.Layer):
                         swb = None if sw is None else sw[idx]
                     if has_batch_begin:
                         cbs.on_train_batch_begin(step)
-                    loss, y_pred = self._train_step(xb, yb, params, swb)
+                    loss, y_pred = step_fn(xb, yb, params, swb)
                     loss_total += loss.item() * (hi - lo)
                     seen += hi - lo
                     self._update_metrics(yb, y_pred, swb)
@@ -527,12 +641,15 @@ class Model(_layers.Layer):
                         break
                 logs = self._logs(loss_total / max(seen, 1))
                 if x_val is not None and (epoch + 1 - initial_epoch) % validation_freq == 0:
+                    # the validation pass is an evaluate: Keras calls the test hooks
+                    cbs.on_test_begin()
                     _core.set_grad_enabled(False)
                     try:
-                        val = self._evaluate_arrays(x_val, y_val, sw_val,
-                                                    validation_batch_size or batch_size)
+                        val = self._evaluate_arrays(x_val, y_val, sw_val, validation_batch_size,
+                                                    cbs=test_cbs)
                     finally:
                         _core.set_grad_enabled(True)
+                    cbs.on_test_end(val)
                     logs.update({"val_" + k: v for k, v in val.items()})
                 if verbose:
                     bar.update(steps, logs, finalize=True)
@@ -584,24 +701,17 @@ class Model(_layers.Layer):
             with ``return_dict=True``.
         """
         self._check_compiled("evaluating")
-        x = _as_float_input(x)
-        y = _as_target(y)
-        if len(x) != len(y):
-            raise ValueError(f"evaluate: x has {len(x)} samples but y has {len(y)}")
-        batch_size = 32 if batch_size is None else int(batch_size)
+        batch_size = _count("evaluate", "batch_size", batch_size, 32)
         verbose = _verbose(verbose)
+        x, y, sw = self._check_data("evaluate", x, y, sample_weight)
+        self._dry_run("evaluate", x, y, sw)
         steps = math.ceil(len(x) / batch_size)
         bar = Progbar(steps, verbose=verbose) if verbose else None
         cbs = _callbacks.CallbackList(callbacks, model=self,
                                       params={"steps": steps, "verbose": verbose}) if callbacks else None
-        sw = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float32)
-        if sw is not None and (sw.ndim != 1 or len(sw) != len(x)):
-            raise ValueError(f"fit: sample_weight has shape {sw.shape} but x has {len(x)} samples; "
-                             "it needs one weight per sample")
         if cbs:
             cbs.on_test_begin()
         with _no_grad():
-            self._ensure_built(x[:1])
             self._resolve_metrics_once(x, y)
             logs = self._evaluate_arrays(x, y, sw, batch_size, bar, cbs)
         if bar is not None:
@@ -619,9 +729,12 @@ class Model(_layers.Layer):
     def predict(self, x: Any, batch_size: Optional[int] = None, verbose: Union[str, int] = "auto",
                 callbacks: Optional[Sequence[Any]] = None) -> np.ndarray:
         """The model's outputs for `x`, computed batch by batch, as one NumPy array."""
-        x = _as_float_input(x)
-        batch_size = 32 if batch_size is None else int(batch_size)
+        batch_size = _count("predict", "batch_size", batch_size, 32)
         verbose = _verbose(verbose)
+        x = _as_float_input(x)
+        if x.ndim == 0 or len(x) == 0:
+            raise ValueError("predict: x is empty: no samples" if x.ndim else
+                             "predict: x must have a batch axis, got a scalar")
         n = len(x)
         steps = math.ceil(n / batch_size)
         bar = Progbar(steps, verbose=verbose) if verbose else None
@@ -642,8 +755,6 @@ class Model(_layers.Layer):
                     cbs.on_predict_batch_end(step, {"outputs": outs[-1]})
         if cbs:
             cbs.on_predict_end()
-        if not outs:
-            raise ValueError("predict: x is empty")
         return np.concatenate(outs, axis=0)
 
     # ----------------------------------------------------------------- weights
@@ -744,8 +855,16 @@ class Sequential(Model):
             return
         if any(l is layer for l in self._layers_list):
             raise ValueError(f"Sequential.add: layer {layer.name!r} is already in the model")
+        names = [l.name for l in self._layers_list]
+        if self._input_layer is not None:
+            names.append(self._input_layer.name)
+        if layer.name in names:
+            raise ValueError("All layers added to a Sequential model should have unique names. "
+                             f"Name {layer.name!r} is already the name of a layer in this model. "
+                             "Update the `name` argument to pass a unique name.")
         self._layers_list.append(layer)
         self._track_layer(f"layers/{len(self._layers_list) - 1}", layer)
+        self._checked = {}  # another model now: its data checks run again
         if len(self._layers_list) == 1 and self._input_layer is None and layer._batch_input_shape is not None:
             self._batch_input_shape = layer._batch_input_shape
         self._output_shape = None
@@ -759,6 +878,7 @@ class Sequential(Model):
         if not self._layers_list:
             raise TypeError("There are no layers in the model.")
         layer = self._layers_list.pop()
+        self._checked = {}
         self._sublayers = [(k, l) for k, l in self._sublayers if l is not layer]
         self._output_shape = None
         if self._batch_input_shape is not None and self._layers_list:
@@ -770,6 +890,9 @@ class Sequential(Model):
             self.build(self._batch_input_shape)
 
     def build(self, input_shape: Optional[Shape] = None) -> None:
+        if not self._layers_list:
+            raise ValueError(f"Sequential model {self.name} cannot be built because it has no "
+                             "layers. Call `model.add(layer)`.")
         if input_shape is None:
             input_shape = self._batch_input_shape
         if input_shape is None:
@@ -780,6 +903,9 @@ class Sequential(Model):
         super().build(input_shape)
 
     def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
+        if not self._layers_list:
+            raise ValueError(f"Sequential model {self.name} cannot be built because it has no "
+                             "layers. Call `model.add(layer)`.")
         x = inputs
         for layer in self._layers_list:
             x = layer(x)
@@ -790,15 +916,18 @@ class Sequential(Model):
         if self._input_layer is not None:
             layer_configs.append(_layers.serialize(self._input_layer))
         layer_configs += [_layers.serialize(l) for l in self._layers_list]
-        return {"name": self.name, "layers": layer_configs}
+        return {"name": self.name, "trainable": self.trainable, "layers": layer_configs}
 
     @classmethod
     def from_config(cls, config: Config, custom_objects: Optional[Dict[str, Any]] = None) -> Sequential:
+        """A new Sequential from ``get_config``'s dict: its layers rebuilt by class name
+        (every shipped layer; your own classes via `custom_objects`), names kept as Keras
+        does; built at once when the configuration declares an input shape."""
         model = cls(name=config.get("name"))
         for lc in config.get("layers", []):
-            lc = {"class_name": lc["class_name"], "config": dict(lc["config"])}
-            lc["config"].pop("name", None)
             model.add(_layers.deserialize(lc, custom_objects))
+        if "trainable" in config:
+            model.trainable = config["trainable"]
         return model
 
 

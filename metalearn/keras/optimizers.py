@@ -42,14 +42,23 @@ class Optimizer:
         learning_rate: a float (settable later: ``opt.learning_rate = 1e-4``).
         clipnorm: clip each gradient to this L2 norm.
         clipvalue: clip each gradient element to ``[-clipvalue, clipvalue]``.
-        global_clipnorm: clip all gradients together to this global L2 norm.
+        global_clipnorm: clip all gradients together to this global L2 norm. At most one of
+            the three may be set (ValueError otherwise, as Keras).
         name: the optimizer's name.
     """
 
     def __init__(self, learning_rate: float, name: str, clipnorm: Optional[float] = None,
                  clipvalue: Optional[float] = None, global_clipnorm: Optional[float] = None) -> None:
-        if clipnorm is not None and global_clipnorm is not None:
-            raise ValueError("Only one of clipnorm and global_clipnorm can be set")
+        if sum(c is not None for c in (clipnorm, clipvalue, global_clipnorm)) > 1:
+            raise ValueError("Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
+                             f"Received: clipnorm={clipnorm}, clipvalue={clipvalue}, "
+                             f"global_clipnorm={global_clipnorm}")
+        for what, c in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
+                        ("global_clipnorm", global_clipnorm)):
+            if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float, np.number))
+                                  or not np.isfinite(c) or c < 0):
+                raise ValueError(f"`{what}` must be a finite non-negative number. Received: "
+                                 f"{what}={c!r}")
         self.name = name
         self.clipnorm = clipnorm
         self.clipvalue = clipvalue
@@ -139,7 +148,8 @@ class Optimizer:
             The new ``iterations`` value.
 
         Raises:
-            ValueError: a gradient's shape differs from its variable's (nothing changes).
+            ValueError: every gradient is None ("No gradients provided for any variable."),
+                or a gradient's shape differs from its variable's; nothing changes.
         """
         pairs = list(grads_and_vars)
         grads, variables, missing = [], [], []
@@ -151,14 +161,14 @@ class Optimizer:
                 continue
             grads.append(_to_grad(g))
             variables.append(v)
+        if not variables:
+            if pairs:  # Keras 3 refuses a step that would update nothing
+                raise ValueError("No gradients provided for any variable.")
+            raise ValueError("apply_gradients: no (gradient, variable) pairs were given")
         if missing:
             warnings.warn(f"Gradients do not exist for variables {missing} when minimizing the loss. "
                           "If you're using `model.compile()`, did you forget to provide a `loss` "
                           "argument?", UserWarning, stacklevel=2)
-        if not variables:
-            if pairs:
-                return self.iterations
-            raise ValueError("apply_gradients: no (gradient, variable) pairs were given")
         for g, v in zip(grads, variables):
             if tuple(g.shape) != tuple(v.shape):
                 raise ValueError(f"apply_gradients: gradient of shape {tuple(g.shape)} for variable "
@@ -297,8 +307,15 @@ class Adam(Optimizer):
 _BY_NAME = {"sgd": SGD, "adam": Adam}
 
 
-def get(identifier: Any) -> Optimizer:
-    """An optimizer from a name (``"adam"``, ``"sgd"``), config dict or instance."""
+def get(identifier: Any) -> Optional[Optimizer]:
+    """An optimizer from a name (``"adam"``, ``"sgd"``), config dict or instance; None
+    gives None, as Keras 3.
+
+    Raises:
+        ValueError: an unknown name or config, or anything else (Keras 3's type).
+    """
+    if identifier is None:
+        return None
     if isinstance(identifier, Optimizer):
         return identifier
     if isinstance(identifier, str):
@@ -311,7 +328,7 @@ def get(identifier: Any) -> Optimizer:
         if cls is None:
             raise ValueError(f"Unknown optimizer config: {identifier!r}")
         return cls.from_config(identifier.get("config", {}))
-    raise TypeError(f"Could not interpret optimizer identifier: {identifier!r}")
+    raise ValueError(f"Could not interpret optimizer identifier: {identifier!r}")
 
 
 def serialize(optimizer: Optimizer) -> Config:

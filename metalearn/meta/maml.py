@@ -176,6 +176,7 @@ class MAML(BaseMetaLearner):
             elif type(layer) is layers.Flatten:
                 plan.append(("flatten",))
             elif (type(layer) is conv_layers.BatchNormalization and layer.axis == -1
+                  and layer.trainable  # a frozen one normalises with its moving statistics
                   and all(w is None or id(w) in index for w in (layer.gamma, layer.beta))):
                 # batch statistics per task, as the per-task path's functional call uses
                 # (and, like it, the moving statistics are left alone)
