@@ -308,7 +308,8 @@ static inline uint64_t ml__get_u64(const uint8_t *p) {
     return v;
 }
 
-/* io/weights.c: tmp file + fsync + rename (weights and memory files). */
+/* io/weights.c: unique temporary file next to the (link-resolved) target + fsync +
+ * rename + fsync of the directory (weights and memory files); special files refused. */
 ml_status ml__write_atomic(const char *path, const void *buf, size_t size);
 
 /* Size above which an op is worth splitting over threads or releasing the GIL for. */
