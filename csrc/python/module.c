@@ -1545,8 +1545,17 @@ static PyObject *mod_save_tensors(PyObject *m, PyObject *args) {
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *nm = PySequence_Fast_GET_ITEM(names, i);
-        if (!PyUnicode_Check(nm) || !(cnames[i] = PyUnicode_AsUTF8(nm))) {
-            PyErr_Format(PyExc_TypeError, "save_tensors: name %zd must be a str", i);
+        if (!PyUnicode_Check(nm)) {
+            PyErr_Format(PyExc_TypeError, "save_tensors: name %zd must be a str, got %.100s", i,
+                         type_name(nm));
+            goto done;
+        }
+        Py_ssize_t len;
+        if (!(cnames[i] = PyUnicode_AsUTF8AndSize(nm, &len))) goto done;
+        /* the file stores C strings: a NUL would cut the name short without a word */
+        if (strlen(cnames[i]) != (size_t)len) {
+            PyErr_Format(PyExc_ValueError, "save_tensors: tensor name %R (entry %zd) contains a "
+                         "NUL character", nm, i);
             goto done;
         }
         if (!(ts[i] = as_ml(PySequence_Fast_GET_ITEM(tens, i), "save_tensors"))) goto done;
@@ -1602,6 +1611,24 @@ static PyObject *mod_load_tensors(PyObject *m, PyObject *path_obj) {
     }
     ml_free_loaded(n, names, ts);
     return list;
+}
+
+/* write_file(path, data): bytes written as weight files are (a unique temporary file,
+ * fsync, rename; links followed, special files refused), for the Python side's own files
+ * (MetaLearner's config.json) */
+static PyObject *mod_write_file(PyObject *m, PyObject *args) {
+    PyObject *path_bytes = NULL;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "O&y*:write_file", PyUnicode_FSConverter, &path_bytes, &data))
+        return NULL;
+    ml_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = ml__write_atomic(PyBytes_AS_STRING(path_bytes), data.buf, (size_t)data.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    Py_DECREF(path_bytes);
+    if (st) return raise_status(st);
+    Py_RETURN_NONE;
 }
 
 static PyObject *mod_kernel_name(PyObject *m, PyObject *unused) {
@@ -2056,6 +2083,8 @@ static PyMethodDef module_methods[] = {
     {"permutation", F(mod_permutation), METH_O, "permutation(n) -> int64 ndarray"},
     {"save_tensors", F(mod_save_tensors), METH_VARARGS, "save_tensors(path, names, tensors)"},
     {"load_tensors", F(mod_load_tensors), METH_O, "load_tensors(path) -> [(name, ndarray)]"},
+    {"write_file", F(mod_write_file), METH_VARARGS,
+     "write_file(path, data): bytes written atomically, as weight files are"},
     {"kernel_name", F(mod_kernel_name), METH_NOARGS, "'avx2' or 'portable'"},
     {"trace_begin", F(mod_trace_begin), METH_O, "trace_begin(inputs) -> Trace (records this thread's ops)"},
     {"trace_end", F(mod_trace_end), METH_VARARGS, "trace_end(trace, outputs)"},
