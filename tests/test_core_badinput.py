@@ -859,3 +859,59 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path):
     assert "refused:" in r.stdout and "w.mlw" in r.stdout and "unchanged" in r.stdout, r.stdout
     assert p.read_bytes() == good and p.stat().st_ino == ino
     assert os.listdir(tmp_path) == ["w.mlw"]
+
+
+# ------------------------------------------------------------------ messages
+
+_RANK2 = (2, 3)
+AXIS_CASES = {
+    "reduce_sum_100": (lambda t: ml.reduce_sum(t, axis=100), "reduce_sum", "100"),
+    "reduce_sum_-100": (lambda t: ml.reduce_sum(t, axis=-100), "reduce_sum", "-100"),
+    "reduce_mean_tuple": (lambda t: ml.reduce_mean(t, axis=(0, 100)), "reduce_mean", "100"),
+    "reduce_max_12": (lambda t: ml.reduce_max(t, axis=12), "reduce_max", "12"),
+    "tensor_sum_100": (lambda t: t.sum(axis=100), "reduce_sum", "100"),
+    "softmax_100": (lambda t: ml.softmax(t, axis=100), "softmax", "100"),
+    "log_softmax_-9": (lambda t: ml.log_softmax(t, axis=-9), "log_softmax", "-9"),
+    "concat_100": (lambda t: ml.concat([t, t], axis=100), "concat", "100"),
+    "narrow_-100": (lambda t: ml.narrow(t, -100, 0, 1), "narrow", "-100"),
+    "gather_np_int_50": (lambda t: ml.gather(t, [0], axis=np.int64(50)), "gather", "50"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AXIS_CASES))
+def test_axis_out_of_range_names_the_given_axis_and_the_rank(case):
+    """reduce_sum(axis=100) on a rank-2 tensor said "axis 9" (the binding clamped the value
+    before the core checked it): the message names the axis as given and the rank."""
+    fn, op, axis = AXIS_CASES[case]
+    with pytest.raises(ValueError) as e:
+        fn(T(_RANK2))
+    msg = str(e.value)
+    assert re.search(rf"\b{re.escape(op)}: axis {re.escape(axis)} is out of range for a tensor "
+                     r"of rank 2\b", msg), msg
+
+
+@pytest.mark.parametrize("value", [2 ** 40, -(2 ** 40), 10 ** 30])
+def test_axis_beyond_int_names_the_value(value):
+    for fn in (lambda t: ml.reduce_sum(t, axis=value), lambda t: ml.softmax(t, axis=value),
+               lambda t: ml.concat([t], axis=value), lambda t: ml.transpose(t, (0, value))):
+        with raises(ValueError, match=rf"axis {value} is out of range"):
+            fn(T(_RANK2))
+
+
+def test_transpose_message_names_the_perm():
+    with raises(ValueError, match=r"perm \(0, 100\).*axis 100 is out of range"):
+        ml.transpose(T(_RANK2), (0, 100))
+    with raises(ValueError, match=r"perm \(1, -1\).*axis -1 is repeated"):
+        ml.transpose(T(_RANK2), (1, -1))
+
+
+@pytest.mark.parametrize("start,length", [(2 ** 62, 2 ** 62), (1, 2 ** 63 - 1), (2 ** 63 - 1, 2 ** 63 - 1),
+                                          (-5, 2 ** 63 - 1)])
+def test_narrow_huge_range_message_prints_the_given_values(start, length):
+    """start + length overflowed in the message ("[4611686018427387904,
+    -9223372036854775808)"): it prints start and length as given, and the size."""
+    with pytest.raises(ValueError) as e:
+        ml.narrow(T(_RANK2), 1, start, length)
+    msg = str(e.value)
+    assert f"start {start}" in msg and f"length {length}" in msg and "size 3" in msg, msg
+    assert "-9223372036854775808" not in msg

@@ -99,6 +99,9 @@ const char *ml__shape_str(char *buf, size_t size, int ndim, const int64_t *shape
 #define ML_SHAPE_STR(t) ml__shape_str((char[160]){0}, 160, (t)->ndim, (t)->shape)
 /* Normalises a possibly negative axis; returns -1 when out of range. */
 int ml__axis(int axis, int ndim);
+/* The one message for an axis out of range (ops/shape.c): names the op, the axis as the
+ * caller gave it (not normalised) and the tensor's rank and shape; ML_ERR_VALUE. */
+ml_status ml__axis_error(const char *op, int axis, const ml_tensor *x);
 
 /* ---- autograd (autograd.c) ---- */
 /* Whether an op with these inputs records a node. */
