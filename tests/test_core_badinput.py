@@ -915,3 +915,57 @@ def test_narrow_huge_range_message_prints_the_given_values(start, length):
     msg = str(e.value)
     assert f"start {start}" in msg and f"length {length}" in msg and "size 3" in msg, msg
     assert "-9223372036854775808" not in msg
+
+
+_THREADS = ("import warnings, os\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    import metalearn as ml\n"
+            "print(ml.get_num_threads())\n"
+            "print([str(x.message) for x in w if issubclass(x.category, RuntimeWarning)])\n")
+
+
+def _threads_run(value, code=_THREADS):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("METALEARN_NUM_THREADS", None)
+    if value is not None:
+        env["METALEARN_NUM_THREADS"] = value
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines(), r.stderr
+
+
+CPUS = min(max(os.sysconf("SC_NPROCESSORS_ONLN"), 1), 64)
+
+
+@pytest.mark.parametrize("value,used", [("abc", CPUS), ("-3", CPUS), ("2x", CPUS), ("0", CPUS),
+                                        ("1.5", CPUS), ("1000", 64),
+                                        ("99999999999999999999999", 64)])
+def test_bad_num_threads_env_warns_once_and_says_what_was_used(value, used):
+    """METALEARN_NUM_THREADS=abc / -3 / 2x / 0 / huge were taken silently: a RuntimeWarning
+    at import says what was refused and what is used."""
+    out, err = _threads_run(value)
+    assert int(out[0]) == used
+    warned = eval(out[1])
+    assert len(warned) == 1, warned
+    assert f"METALEARN_NUM_THREADS='{value}'" in warned[0] and f"using {used}" in warned[0], warned
+    assert "METALEARN_NUM_THREADS" not in err   # reported once: not again on stderr
+
+
+@pytest.mark.parametrize("value,used", [("3", 3), (" 2 ", 2), ("", CPUS), (None, CPUS)])
+def test_good_num_threads_env_is_used_without_a_warning(value, used):
+    out, err = _threads_run(value)
+    assert int(out[0]) == used and eval(out[1]) == [], out
+    assert "METALEARN_NUM_THREADS" not in err
+
+
+def test_num_threads_env_set_after_import_warns_once_on_stderr():
+    code = ("import os\nimport metalearn as ml\n"
+            "os.environ['METALEARN_NUM_THREADS'] = '7x'\n"
+            "print(ml.get_num_threads())\nprint(ml.get_num_threads())\n"
+            "x = ml.ones((300, 300)); ml.matmul(x, x)\n")
+    out, err = _threads_run(None, code)
+    assert int(out[0]) == CPUS
+    assert err.count("METALEARN_NUM_THREADS='7x' is not a whole number") == 1, err
+    assert f"using {CPUS}" in err

@@ -328,5 +328,9 @@ typedef void (*ml__task_fn)(void *ctx, int64_t i);
 void ml__parallel_for(int64_t n_tasks, int max_threads, ml__task_fn fn, void *ctx);
 int ml__in_parallel(void);
 void ml__set_in_parallel(int on);
+/* When METALEARN_NUM_THREADS holds a value the core refuses and no one has reported it yet:
+ * fills `why` (what was refused, what is used), marks it reported, returns 1 (the binding
+ * turns it into a Python warning at import; otherwise the core prints it on first use). */
+int ml__num_threads_env_warning(char *why, size_t cap);
 
 #endif /* ML_INTERNAL_H */

@@ -2150,5 +2150,14 @@ PyMODINIT_FUNC PyInit__core(void) {
         Py_DECREF(m);
         return NULL;
     }
+    /* a refused METALEARN_NUM_THREADS: a Python warning (filterable by module "metalearn"),
+     * not the core's line on stderr; named after the module, as no Python frame runs it */
+    char why[200];
+    if (ml__num_threads_env_warning(why, sizeof why) &&
+        PyErr_WarnExplicit(PyExc_RuntimeWarning, why, "metalearn._core", 0, "metalearn._core",
+                           NULL)) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }
