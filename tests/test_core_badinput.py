@@ -5,7 +5,10 @@ are accepted."""
 
 import os
 import re
+import stat
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -681,6 +684,8 @@ CRAFTED = {
     "name_len_past_end": [(b"abc", 200, 1, [1], struct.pack("<f", 1.0))],
     "data_short": [(b"a", 1, 1, [3], struct.pack("<2f", 1.0, 2.0))],
     "data_long": [(b"a", 1, 1, [1], struct.pack("<2f", 1.0, 2.0))],
+    # no saver writes a NUL inside a name; loading it would cut the name short
+    "name_with_nul": [(b"a\x00b", 3, 1, [1], struct.pack("<f", 1.0))],
 }
 
 
@@ -735,3 +740,232 @@ def test_failed_save_keeps_old_file(tmp_path, case):
         _core.save_tensors(str(p), args[0], args[1])
     assert p.read_bytes() == good
     assert sorted(os.listdir(tmp_path)) == ["w.mlw"]
+
+
+def test_nul_in_tensor_name_refused(tmp_path):
+    """A NUL inside a name was cut off in the file ("a\\0b" saved as "a"): refused, naming
+    the tensor, and the old file stays as it was."""
+    p = tmp_path / "w.mlw"
+    good = _write_good(p)
+    with raises(ValueError, match=r"'a\\x00b'.*NUL"):
+        _core.save_tensors(str(p), ["ok", "a\x00b"], [ml.ones((2,)), ml.ones((1,))])
+    assert p.read_bytes() == good
+    assert sorted(os.listdir(tmp_path)) == ["w.mlw"]
+
+
+def _save_one(path, value=1.0):
+    _core.save_tensors(str(path), ["a"], [ml.full((3,), value)])
+
+
+def _loaded_value(path):
+    (name, arr), = _core.load_tensors(str(path))
+    assert name == "a"
+    return float(arr[0])
+
+
+def test_save_through_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
+    target = tmp_path / "target.mlw"
+    _save_one(target, 1.0)
+    link = tmp_path / "link.mlw"
+    link.symlink_to("target.mlw")
+    _save_one(link, 2.0)
+    assert link.is_symlink() and os.readlink(link) == "target.mlw"
+    assert _loaded_value(target) == 2.0
+    # a dangling link: the file it names is created (as `echo > link` does), the link kept
+    (tmp_path / "sub").mkdir()
+    dangling = tmp_path / "dangling.mlw"
+    dangling.symlink_to("sub/made.mlw")
+    _save_one(dangling, 3.0)
+    assert dangling.is_symlink() and _loaded_value(tmp_path / "sub" / "made.mlw") == 3.0
+    assert sorted(os.listdir(tmp_path)) == ["dangling.mlw", "link.mlw", "sub", "target.mlw"]
+    assert os.listdir(tmp_path / "sub") == ["made.mlw"]
+
+
+@pytest.mark.parametrize("length", [250, 255])
+def test_long_file_names_save(tmp_path, length):
+    """`<name>.tmp<pid>` made a 250-byte name too long for the file system (255 bytes)."""
+    p = tmp_path / ("w" * length)
+    _save_one(p, 1.0)
+    _save_one(p, 2.0)
+    assert _loaded_value(p) == 2.0
+    assert os.listdir(tmp_path) == [p.name]
+
+
+def char_device(tmp_path):
+    """A character device to save over. Run as root, a regression would replace /dev/null
+    itself, for every process on the machine: root gets its own node of /dev/null's device
+    (1, 3) in tmp_path instead. Others use /dev/null (they cannot rename over it)."""
+    if os.geteuid() != 0:
+        return "/dev/null"
+    p = tmp_path / "null"
+    os.mknod(p, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    return str(p)
+
+
+def test_save_over_special_files_refused(tmp_path):
+    """/dev/null, a FIFO and a directory are refused and stay what they were (a rename
+    would have replaced them with a regular file)."""
+    dev = char_device(tmp_path)
+    before = os.stat(dev)
+    with raises(OSError, match=rf"{re.escape(dev)}.*character device"):
+        _save_one(dev)
+    after = os.stat(dev)
+    assert stat.S_ISCHR(after.st_mode) and after.st_rdev == before.st_rdev
+    assert after.st_ino == before.st_ino
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with raises(OSError, match=r"fifo.*FIFO"):
+        _save_one(fifo)
+    assert fifo.is_fifo()
+    with raises(OSError, match="fifo|regular"):   # nor does loading wait for a writer
+        _core.load_tensors(str(fifo))
+    d = tmp_path / "adir"
+    d.mkdir()
+    with raises(OSError, match=r"adir.*directory"):
+        _save_one(d)
+    assert d.is_dir() and os.listdir(d) == []
+    link = tmp_path / "to_null"   # a link to the real /dev/null: a regression replaces the link
+    link.symlink_to("/dev/null")
+    with raises(OSError, match="to_null.*character device"):
+        _save_one(link)
+    assert link.is_symlink() and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert sorted(set(os.listdir(tmp_path)) - {"null"}) == ["adir", "fifo", "to_null"]
+
+
+_FULL_DISK = """
+import os, resource, signal, sys
+import numpy as np
+import metalearn as ml
+from metalearn import _core
+path = sys.argv[1]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # write() fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+try:
+    _core.save_tensors(path, ["big"], [ml.ones((100000,))])   # 400 KB
+except OSError as e:
+    print("refused:", e)
+"""
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path):
+    """A write that fails part-way (a file-size limit: the disk is full as the process sees
+    it) raises, and the old file and the directory are as they were."""
+    p = tmp_path / "w.mlw"
+    good = _write_good(p)
+    ino = p.stat().st_ino
+    r = subprocess.run([sys.executable, "-c", _FULL_DISK, str(p)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "refused:" in r.stdout and "w.mlw" in r.stdout and "unchanged" in r.stdout, r.stdout
+    assert p.read_bytes() == good and p.stat().st_ino == ino
+    assert os.listdir(tmp_path) == ["w.mlw"]
+
+
+# ------------------------------------------------------------------ messages
+
+_RANK2 = (2, 3)
+AXIS_CASES = {
+    "reduce_sum_100": (lambda t: ml.reduce_sum(t, axis=100), "reduce_sum", "100"),
+    "reduce_sum_-100": (lambda t: ml.reduce_sum(t, axis=-100), "reduce_sum", "-100"),
+    "reduce_mean_tuple": (lambda t: ml.reduce_mean(t, axis=(0, 100)), "reduce_mean", "100"),
+    "reduce_max_12": (lambda t: ml.reduce_max(t, axis=12), "reduce_max", "12"),
+    "tensor_sum_100": (lambda t: t.sum(axis=100), "reduce_sum", "100"),
+    "softmax_100": (lambda t: ml.softmax(t, axis=100), "softmax", "100"),
+    "log_softmax_-9": (lambda t: ml.log_softmax(t, axis=-9), "log_softmax", "-9"),
+    "concat_100": (lambda t: ml.concat([t, t], axis=100), "concat", "100"),
+    "narrow_-100": (lambda t: ml.narrow(t, -100, 0, 1), "narrow", "-100"),
+    "gather_np_int_50": (lambda t: ml.gather(t, [0], axis=np.int64(50)), "gather", "50"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AXIS_CASES))
+def test_axis_out_of_range_names_the_given_axis_and_the_rank(case):
+    """reduce_sum(axis=100) on a rank-2 tensor said "axis 9" (the binding clamped the value
+    before the core checked it): the message names the axis as given and the rank."""
+    fn, op, axis = AXIS_CASES[case]
+    with pytest.raises(ValueError) as e:
+        fn(T(_RANK2))
+    msg = str(e.value)
+    assert re.search(rf"\b{re.escape(op)}: axis {re.escape(axis)} is out of range for a tensor "
+                     r"of rank 2\b", msg), msg
+
+
+@pytest.mark.parametrize("value", [2 ** 40, -(2 ** 40), 10 ** 30])
+def test_axis_beyond_int_names_the_value(value):
+    for fn in (lambda t: ml.reduce_sum(t, axis=value), lambda t: ml.softmax(t, axis=value),
+               lambda t: ml.concat([t], axis=value), lambda t: ml.transpose(t, (0, value))):
+        with raises(ValueError, match=rf"axis {value} is out of range"):
+            fn(T(_RANK2))
+
+
+def test_transpose_message_names_the_perm():
+    with raises(ValueError, match=r"perm \(0, 100\).*axis 100 is out of range"):
+        ml.transpose(T(_RANK2), (0, 100))
+    with raises(ValueError, match=r"perm \(1, -1\).*axis -1 is repeated"):
+        ml.transpose(T(_RANK2), (1, -1))
+
+
+@pytest.mark.parametrize("start,length", [(2 ** 62, 2 ** 62), (1, 2 ** 63 - 1), (2 ** 63 - 1, 2 ** 63 - 1),
+                                          (-5, 2 ** 63 - 1)])
+def test_narrow_huge_range_message_prints_the_given_values(start, length):
+    """start + length overflowed in the message ("[4611686018427387904,
+    -9223372036854775808)"): it prints start and length as given, and the size."""
+    with pytest.raises(ValueError) as e:
+        ml.narrow(T(_RANK2), 1, start, length)
+    msg = str(e.value)
+    assert f"start {start}" in msg and f"length {length}" in msg and "size 3" in msg, msg
+    assert "-9223372036854775808" not in msg
+
+
+_THREADS = ("import warnings, os\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    import metalearn as ml\n"
+            "print(ml.get_num_threads())\n"
+            "print([str(x.message) for x in w if issubclass(x.category, RuntimeWarning)])\n")
+
+
+def _threads_run(value, code=_THREADS):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("METALEARN_NUM_THREADS", None)
+    if value is not None:
+        env["METALEARN_NUM_THREADS"] = value
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines(), r.stderr
+
+
+CPUS = min(max(os.sysconf("SC_NPROCESSORS_ONLN"), 1), 64)
+
+
+@pytest.mark.parametrize("value,used", [("abc", CPUS), ("-3", CPUS), ("2x", CPUS), ("0", CPUS),
+                                        ("1.5", CPUS), ("1000", 64),
+                                        ("99999999999999999999999", 64)])
+def test_bad_num_threads_env_warns_once_and_says_what_was_used(value, used):
+    """METALEARN_NUM_THREADS=abc / -3 / 2x / 0 / huge were taken silently: a RuntimeWarning
+    at import says what was refused and what is used."""
+    out, err = _threads_run(value)
+    assert int(out[0]) == used
+    warned = eval(out[1])
+    assert len(warned) == 1, warned
+    assert f"METALEARN_NUM_THREADS='{value}'" in warned[0] and f"using {used}" in warned[0], warned
+    assert "METALEARN_NUM_THREADS" not in err   # reported once: not again on stderr
+
+
+@pytest.mark.parametrize("value,used", [("3", 3), (" 2 ", 2), ("", CPUS), (None, CPUS)])
+def test_good_num_threads_env_is_used_without_a_warning(value, used):
+    out, err = _threads_run(value)
+    assert int(out[0]) == used and eval(out[1]) == [], out
+    assert "METALEARN_NUM_THREADS" not in err
+
+
+def test_num_threads_env_set_after_import_warns_once_on_stderr():
+    code = ("import os\nimport metalearn as ml\n"
+            "os.environ['METALEARN_NUM_THREADS'] = '7x'\n"
+            "print(ml.get_num_threads())\nprint(ml.get_num_threads())\n"
+            "x = ml.ones((300, 300)); ml.matmul(x, x)\n")
+    out, err = _threads_run(None, code)
+    assert int(out[0]) == CPUS
+    assert err.count("METALEARN_NUM_THREADS='7x' is not a whole number") == 1, err
+    assert f"using {CPUS}" in err

@@ -16,6 +16,7 @@ import gc
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -29,6 +30,8 @@ import pytest
 import metalearn as ml
 from metalearn import _core, debugging
 from metalearn.keras import callbacks, layers, losses, models, optimizers
+
+from test_core_badinput import char_device
 
 SANITIZED = bool(os.environ.get("METALEARN_SANITIZED"))
 LONG = bool(os.environ.get("METALEARN_LONG"))
@@ -661,6 +664,173 @@ def test_threads_share_weight_files_safely(tmp_path):
     for t in ts:
         t.join()
     assert not errors, errors
+
+
+def _weights_value(path):
+    """The one value every weight of a file saved by _filled_model holds."""
+    m = _model()
+    m.load_weights(path)   # complete and checksummed, or it raises
+    ws = m.get_weights()
+    value = float(ws[0].flat[0])
+    assert all((w == value).all() for w in ws), "a mix of two saves"
+    return value
+
+
+def _filled_model(value):
+    m = _model()
+    m.set_weights([np.full(w.shape, value, F32) for w in m.get_weights()])
+    return m
+
+
+def test_two_threads_saving_to_one_path_all_succeed(tmp_path):
+    """Two threads saving to one path shared the temporary name `path.tmp<pid>`: one's
+    rename took the other's file and about half the saves failed. Every save succeeds and
+    the file is one of the saved versions, with no temporary file left."""
+    p = tmp_path / "w.mlw"
+    models_ = [_filled_model(1.0), _filled_model(2.0)]
+    errors = []
+    n = 30 if not SANITIZED else 10
+
+    def saver(m):
+        for _ in range(n):
+            try:
+                m.save_weights(p)
+            except Exception as e:
+                errors.append(e)
+
+    ts = [threading.Thread(target=saver, args=(m,)) for m in models_]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, f"{len(errors)} of {2 * n} saves failed: {errors[0]}"
+    assert _weights_value(p) in (1.0, 2.0)
+    assert os.listdir(tmp_path) == ["w.mlw"]
+
+
+_PROC_SAVER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import metalearn as ml
+    from metalearn.keras import layers, models
+    path, value, n = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+    m = models.Sequential([layers.Dense(8, activation="relu", input_shape=(4,)), layers.Dense(3)])
+    m.set_weights([np.full(w.shape, value, np.float32) for w in m.get_weights()])
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for _ in range(n):
+        m.save_weights(path)
+""")
+
+
+def test_two_processes_saving_to_one_path_all_succeed(tmp_path):
+    p = tmp_path / "w.mlw"
+    script = tmp_path.parent / f"{tmp_path.name}_saver.py"
+    script.write_text(_PROC_SAVER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    n = 50 if not SANITIZED else 10
+    procs = [subprocess.Popen([sys.executable, str(script), str(p), str(v), str(n)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=env) for v in (3.0, 4.0)]
+    try:
+        for pr in procs:
+            assert pr.stdout.readline().strip() == b"ready"
+        for pr in procs:   # start both loops together
+            pr.stdin.write(b"go\n")
+            pr.stdin.flush()
+        for pr in procs:
+            _, err = pr.communicate(timeout=300)
+            assert pr.returncode == 0, err.decode()
+    finally:
+        for pr in procs:
+            if pr.poll() is None:
+                pr.kill()
+                pr.wait()
+        script.unlink()
+    assert _weights_value(p) in (3.0, 4.0)
+    assert os.listdir(tmp_path) == ["w.mlw"]
+
+
+def test_saves_follow_symlinks_and_refuse_special_files(tmp_path):
+    """Model.save_weights and KnowledgeMemory.save write a link's target (the link is
+    kept); /dev/null, a FIFO and a directory are refused, never replaced by a file."""
+    from metalearn.memory import KnowledgeMemory
+    (tmp_path / "real").mkdir()
+    wlink, mlink = tmp_path / "w.mlw", tmp_path / "m.mlmem"
+    wlink.symlink_to("real/w.mlw")          # dangling until the first save
+    mlink.symlink_to(tmp_path / "real" / "m.mlmem")
+    _filled_model(5.0).save_weights(wlink)
+    _filled_model(6.0).save_weights(wlink)
+    mem = KnowledgeMemory(8, 4, seed=1)
+    mem.update(np.eye(4, dtype=F32), np.arange(4))
+    mem.save(str(mlink))
+    mem.save(str(mlink))
+    assert wlink.is_symlink() and mlink.is_symlink()
+    assert _weights_value(tmp_path / "real" / "w.mlw") == 6.0
+    other = KnowledgeMemory.open(str(tmp_path / "real" / "m.mlmem"))
+    for a, b in zip(mem.state(), other.state()):
+        np.testing.assert_array_equal(a, b)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    adir = tmp_path / "adir"
+    adir.mkdir()
+    null_link = tmp_path / "null_link"   # a link to the real /dev/null, and a device
+    null_link.symlink_to("/dev/null")
+    m = _filled_model(7.0)
+    for target in (char_device(tmp_path), null_link, fifo, adir):
+        with pytest.raises(OSError, match="regular file"):
+            m.save_weights(target)
+        with pytest.raises(OSError, match="regular file"):
+            mem.save(str(target))
+    assert fifo.is_fifo() and adir.is_dir() and os.listdir(adir) == [] and null_link.is_symlink()
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert sorted(set(os.listdir(tmp_path)) - {"null"}) == ["adir", "fifo", "m.mlmem", "null_link",
+                                                          "real", "w.mlw"]
+    assert sorted(os.listdir(tmp_path / "real")) == ["m.mlmem", "w.mlw"]
+
+
+def test_long_file_name_saves(tmp_path):
+    """A 250-character file name failed: `<name>.tmp<pid>` is over the 255 bytes a file
+    name may have. (A NUL inside a tensor name: tests/test_core_badinput.py.)"""
+    p = tmp_path / ("w" * 250)
+    _filled_model(1.0).save_weights(p)
+    _filled_model(2.0).save_weights(p)
+    assert _weights_value(p) == 2.0
+    assert os.listdir(tmp_path) == [p.name]
+
+
+def test_metalearner_saves_into_one_directory_from_two_threads(tmp_path):
+    """MetaLearner.save wrote config.json through the fixed name `config.json.tmp`: two
+    saves into one directory at once failed (FileNotFoundError on the rename)."""
+    from metalearn.meta.system import MetaLearner
+    from metalearn.tasks import NWayKShot
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(100, 16)).astype(F32), np.arange(100) % 10
+    system = MetaLearner(n_way=5, hidden_units=8, memory_capacity=20, seed=0)
+    system.fit(NWayKShot((x, y), n_way=5, k_shot=1, q_queries=2, augment_rotations=False, seed=0),
+               iterations=2, meta_batch_size=2, verbose=0)
+    d = tmp_path / "sys"
+    system.save(d)
+    errors = []
+
+    def saver():
+        for _ in range(40 if not SANITIZED else 10):
+            try:
+                system.save(d)
+            except Exception as e:
+                errors.append(e)
+
+    ts = [threading.Thread(target=saver) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, f"{len(errors)} saves failed: {errors[0]!r}"
+    assert sorted(os.listdir(d)) == ["config.json", "memory.mlmem", "model.weights",
+                                     "predictor.weights"]
+    loaded = MetaLearner.load(d)
+    for a, b in zip(system.model.get_weights(), loaded.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 # ------------------------------------------------------------ numerical safety

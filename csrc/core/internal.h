@@ -99,6 +99,9 @@ const char *ml__shape_str(char *buf, size_t size, int ndim, const int64_t *shape
 #define ML_SHAPE_STR(t) ml__shape_str((char[160]){0}, 160, (t)->ndim, (t)->shape)
 /* Normalises a possibly negative axis; returns -1 when out of range. */
 int ml__axis(int axis, int ndim);
+/* The one message for an axis out of range (ops/shape.c): names the op, the axis as the
+ * caller gave it (not normalised) and the tensor's rank and shape; ML_ERR_VALUE. */
+ml_status ml__axis_error(const char *op, int axis, const ml_tensor *x);
 
 /* ---- autograd (autograd.c) ---- */
 /* Whether an op with these inputs records a node. */
@@ -308,7 +311,8 @@ static inline uint64_t ml__get_u64(const uint8_t *p) {
     return v;
 }
 
-/* io/weights.c: tmp file + fsync + rename (weights and memory files). */
+/* io/weights.c: unique temporary file next to the (link-resolved) target + fsync +
+ * rename + fsync of the directory (weights and memory files); special files refused. */
 ml_status ml__write_atomic(const char *path, const void *buf, size_t size);
 
 /* Size above which an op is worth splitting over threads or releasing the GIL for. */
@@ -324,5 +328,9 @@ typedef void (*ml__task_fn)(void *ctx, int64_t i);
 void ml__parallel_for(int64_t n_tasks, int max_threads, ml__task_fn fn, void *ctx);
 int ml__in_parallel(void);
 void ml__set_in_parallel(int on);
+/* When METALEARN_NUM_THREADS holds a value the core refuses and no one has reported it yet:
+ * fills `why` (what was refused, what is used), marks it reported, returns 1 (the binding
+ * turns it into a Python warning at import; otherwise the core prints it on first use). */
+int ml__num_threads_env_warning(char *why, size_t cap);
 
 #endif /* ML_INTERNAL_H */

@@ -20,9 +20,12 @@
  * threads: its element-wise ops summed to 3.3 ms against 2.1 ms on one thread).
  */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -39,12 +42,48 @@ static inline void cpu_relax(void) {}
 
 static atomic_int g_threads; /* 0: not set yet */
 
-static int default_threads(void) {
+static atomic_int g_env_warned; /* a refused METALEARN_NUM_THREADS was reported */
+
+/* METALEARN_NUM_THREADS when it is a whole number in [1, ML_MAX_THREADS] (blanks around
+ * it allowed; unset or empty: the online CPUs). Anything else is refused and `why` (when
+ * not NULL) says what was refused and what is used instead: a larger number gives
+ * ML_MAX_THREADS, anything else ("abc", "2x", "-3", "0") the online CPUs. */
+static int env_threads(char *why, size_t cap) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int fallback = cpus < 1 ? 1 : cpus > ML_MAX_THREADS ? ML_MAX_THREADS : (int)cpus;
+    if (why && cap) why[0] = 0;
     const char *env = getenv("METALEARN_NUM_THREADS");
-    long v = env ? strtol(env, NULL, 10) : 0;
-    if (v <= 0) v = sysconf(_SC_NPROCESSORS_ONLN);
-    if (v < 1) v = 1;
-    return v > ML_MAX_THREADS ? ML_MAX_THREADS : (int)v;
+    const char *s = env;
+    while (s && (*s == ' ' || *s == '\t')) s++;
+    if (!s || !*s) return fallback;
+    char *end;
+    long long v = strtoll(s, &end, 10); /* out of range: LLONG_MIN/MAX, refused below */
+    while (end != s && (*end == ' ' || *end == '\t' || *end == '\n')) end++;
+    int whole = end != s && *end == 0;
+    if (whole && v >= 1 && v <= ML_MAX_THREADS) return (int)v;
+    int used = whole && v > ML_MAX_THREADS ? ML_MAX_THREADS : fallback;
+    const char *more = strlen(env) > 40 ? "..." : "";
+    if (why && cap && used == ML_MAX_THREADS && whole && v > ML_MAX_THREADS)
+        snprintf(why, cap, "METALEARN_NUM_THREADS='%.40s%s' is more than %d threads; using %d",
+                 env, more, ML_MAX_THREADS, used);
+    else if (why && cap)
+        snprintf(why, cap, "METALEARN_NUM_THREADS='%.40s%s' is not a whole number from 1 to %d; "
+                 "using %d (the online CPUs)", env, more, ML_MAX_THREADS, used);
+    return used;
+}
+
+int ml__num_threads_env_warning(char *why, size_t cap) {
+    env_threads(why, cap);
+    return why[0] && !atomic_exchange(&g_env_warned, 1);
+}
+
+/* A refused value is reported once per process: as a Python warning when the binding
+ * claimed it at import, else here on stderr (a C program sees it on first use). */
+static int default_threads(void) {
+    char why[200];
+    int n = env_threads(why, sizeof why);
+    if (why[0] && !atomic_exchange(&g_env_warned, 1)) fprintf(stderr, "metalearn: %s\n", why);
+    return n;
 }
 
 void ml_set_num_threads(int n) {

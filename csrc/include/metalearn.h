@@ -296,7 +296,12 @@ uint64_t ml_rng_next_u64(void);
 /* File layout (little-endian): "MLWEIGHT" | u32 version=1 | u32 count |
  *   count * { u32 name_len | name bytes | u32 ndim | ndim * i64 shape | float32 data } |
  *   u32 crc32 of everything before it.
- * Written to `path.tmp`, fsync'ed, then renamed over `path`: a crash keeps the old file. */
+ * Written to a new temporary file `.mlw.XXXXXXXXXX` in the target's directory (unique per
+ * call: threads and processes saving to one path do not collide), fsync'ed, renamed over
+ * `path`, and the directory fsync'ed: a crash keeps the old file. A symbolic link is
+ * followed (its target is replaced, the link kept); an existing `path` that is not a
+ * regular file (directory, device, FIFO) is refused (ML_ERR_IO) and left as it is. A
+ * failed save removes its temporary file and leaves `path` unchanged. */
 ml_status ml_save_tensors(const char *path, int n, const char *const *names,
                           ml_tensor *const *tensors);
 /* Reads and checks the whole file before returning anything. On success *n_out tensors
@@ -404,7 +409,8 @@ ml_status ml_memory_loss(ml_tensor **out, ml_memory *mem, ml_tensor *q, int64_t 
 /* File layout (little-endian): "MLMEMORY" | u32 version=1 | u64 capacity | u64 key_size |
  *   u64 payload_size | u64 size | u64 seed | 4 * u64 stream state | size*key_size f32 keys |
  *   size i64 labels | size i64 ages | size*payload_size f32 payloads | u32 crc32.
- * Saved through `path.tmp<pid>`, fsync'ed and renamed over `path`. */
+ * Saved as weight files are (see ml_save_tensors): a unique temporary file in the target's
+ * directory, fsync'ed and renamed over `path`; links followed, special files refused. */
 ml_status ml_memory_save(ml_memory *mem, const char *path);
 /* Checks the whole file (magic, version, sizes, checksum, finite keys) before touching the
  * memory; a file of another capacity/key size/payload size is refused (ML_ERR_VALUE). On

@@ -1,11 +1,14 @@
 /* weights.c — checked weight files: magic, version, names, shapes, float32 data, CRC-32.
- * Saving writes a temporary file, fsyncs it and renames it over the target, so a crash
- * mid-save leaves the previous file intact. Loading checks everything before it returns. */
+ * Saving writes a new temporary file next to the target, fsyncs it and renames it over the
+ * target (ml__write_atomic, also used for memory files), so a crash mid-save leaves the
+ * previous file intact. Loading checks everything before it returns. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../core/internal.h"
@@ -33,36 +36,182 @@ uint32_t ml_crc32(uint32_t crc, const void *data, size_t len) {
 }
 
 
-/* Writes `size` bytes to `path.tmp<pid>`, fsyncs, renames over `path`: readers see the old
- * file or the new one, never half of one, even if the process dies in between. */
+/* ---------------------------------------------------------------- safe file writing
+ *
+ * ml__write_atomic writes `size` bytes so that readers of `path` see the old file or the
+ * new one, never half of one, even if the process dies in between:
+ *   1. `path` is resolved through symbolic links (a dangling link: the file it names is
+ *      created, as `echo > link` does), so the link is kept and its target replaced;
+ *   2. an existing target that is not a regular file (a directory, /dev/null, a FIFO, a
+ *      socket) is refused: it is never replaced;
+ *   3. the bytes go to a new temporary file in the target's directory, `.mlw.XXXXXXXXXX`:
+ *      a short name (a 255-byte file name still fits) that no other writer shares
+ *      (O_EXCL, pid + counter + clock, so two threads or processes saving to one path do
+ *      not collide), created with the target's permission bits when it exists;
+ *   4. fsync, rename over the target, fsync the directory (the rename itself survives a
+ *      power cut).
+ * On any failure the temporary file is removed and the target is as it was. A process
+ * killed between 3 and 4 leaves its `.mlw.*` file behind; the target is intact. */
+
+#define TMP_PREFIX ".mlw."
+#define MAX_LINKS 40 /* Linux's limit on the links one lookup follows */
+
+/* The last component of `p` starts at the returned offset (after its last '/'). */
+static size_t base_offset(const char *p) {
+    const char *s = strrchr(p, '/');
+    return s ? (size_t)(s - p) + 1 : 0;
+}
+
+/* Follows symbolic links from `path`; *out (malloc'ed) names the file to replace (it may
+ * not exist yet) and *st_out its lstat (*exists 0 when there is none). errno on failure. */
+static int resolve_target(const char *path, char **out, struct stat *st_out, int *exists) {
+    char *cur = strdup(path);
+    if (!cur) return ENOMEM;
+    for (int hops = 0;; hops++) {
+        if (lstat(cur, st_out) != 0) {
+            int e = errno;
+            if (e != ENOENT) {
+                free(cur);
+                return e;
+            }
+            *exists = 0;
+            break;
+        }
+        if (!S_ISLNK(st_out->st_mode)) {
+            *exists = 1;
+            break;
+        }
+        if (hops == MAX_LINKS) {
+            free(cur);
+            return ELOOP;
+        }
+        size_t cap = (size_t)st_out->st_size + 1 < 256 ? 256 : (size_t)st_out->st_size + 1;
+        char *link = malloc(cap);
+        ssize_t n = link ? readlink(cur, link, cap - 1) : -1;
+        if (n < 0) {
+            int e = link ? errno : ENOMEM;
+            free(link);
+            free(cur);
+            return e;
+        }
+        link[n] = 0;
+        char *next;
+        if (link[0] == '/') {
+            next = link;
+        } else { /* relative to the link's own directory */
+            size_t dl = base_offset(cur);
+            next = malloc(dl + (size_t)n + 1);
+            if (next) {
+                memcpy(next, cur, dl);
+                memcpy(next + dl, link, (size_t)n + 1);
+            }
+            free(link);
+        }
+        free(cur);
+        if (!(cur = next)) return ENOMEM;
+    }
+    *out = cur;
+    return 0;
+}
+
+static const char *file_kind(mode_t m) {
+    return S_ISDIR(m) ? "a directory" : S_ISCHR(m) ? "a character device"
+         : S_ISBLK(m) ? "a block device" : S_ISFIFO(m) ? "a FIFO" : S_ISSOCK(m) ? "a socket"
+         : "not a regular file";
+}
+
+/* A name for the temporary file: unique per call in this process (counter), across
+ * processes (pid) and across pid reuse (clock); O_EXCL catches the rest. */
+static void tmp_suffix(char out[11]) {
+    static atomic_ullong counter;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t x = ((uint64_t)getpid() << 40) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^
+                 (atomic_fetch_add(&counter, 1) * 0x9E3779B97F4A7C15ull);
+    x ^= x >> 31, x *= 0xBF58476D1CE4E5B9ull, x ^= x >> 27, x *= 0x94D049BB133111EBull, x ^= x >> 33;
+    static const char abc[] = "abcdefghijklmnopqrstuvwxyz012345";
+    for (int i = 0; i < 10; i++, x >>= 5) out[i] = abc[x & 31];
+    out[10] = 0;
+}
+
+static int write_all(int fd, const void *buf, size_t size) {
+    size_t done = 0;
+    while (done < size) {
+        ssize_t w = write(fd, (const char *)buf + done, size - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) return errno;
+        if (w == 0) return EIO;
+        done += (size_t)w;
+    }
+    return 0;
+}
+
 ml_status ml__write_atomic(const char *path, const void *buf, size_t size) {
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 32);
-    if (!tmp) return ml_set_error(ML_ERR_OOM, "cannot write '%s': out of memory", path);
-    snprintf(tmp, plen + 32, "%s.tmp%ld", path, (long)getpid());
+    char *target = NULL, *tmp = NULL, *dir = NULL;
+    struct stat sb;
+    int exists = 0, err = resolve_target(path, &target, &sb, &exists);
+    if (err) return ml_set_error(ML_ERR_IO, "cannot write '%s': %s", path, strerror(err));
     ml_status st = ML_OK;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    size_t boff = base_offset(target), tlen = strlen(target);
+    if (exists && !S_ISREG(sb.st_mode)) {
+        st = ml_set_error(ML_ERR_IO, "cannot write '%s': it is %s, not a regular file; it was "
+                          "left as it is", path, file_kind(sb.st_mode));
+        goto done;
+    }
+    if (boff == tlen) { /* "dir/": no file name to write */
+        st = ml_set_error(ML_ERR_IO, "cannot write '%s': %s", path, strerror(EISDIR));
+        goto done;
+    }
+    tmp = malloc(boff + sizeof TMP_PREFIX + 10);
+    dir = malloc(boff + 2);
+    if (!tmp || !dir) {
+        st = ml_set_error(ML_ERR_OOM, "cannot write '%s': out of memory", path);
+        goto done;
+    }
+    if (boff) { /* "/name" -> "/", "a/b/name" -> "a/b" */
+        memcpy(dir, target, boff > 1 ? boff - 1 : 1);
+        dir[boff > 1 ? boff - 1 : 1] = 0;
+    } else {
+        strcpy(dir, ".");
+    }
+    int fd = -1;
+    for (int attempt = 0; fd < 0 && attempt < 100; attempt++) {
+        char sfx[11];
+        tmp_suffix(sfx);
+        memcpy(tmp, target, boff);
+        memcpy(tmp + boff, TMP_PREFIX, sizeof TMP_PREFIX - 1);
+        memcpy(tmp + boff + sizeof TMP_PREFIX - 1, sfx, 11);
+        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd < 0 && errno != EEXIST) break;
+    }
     if (fd < 0) {
         st = ml_set_error(ML_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
-    } else {
-        size_t done = 0;
-        errno = 0;
-        while (done < size) {
-            ssize_t w = write(fd, (const char *)buf + done, size - done);
-            if (w < 0 && errno == EINTR) continue;
-            if (w <= 0) break;
-            done += (size_t)w;
-        }
-        int err = done < size ? (errno ? errno : EIO) : 0;
-        if (!err && fsync(fd) != 0) err = errno;
-        if (close(fd) != 0 && !err) err = errno;
-        if (!err && rename(tmp, path) != 0) err = errno;
-        if (err) {
-            st = ml_set_error(ML_ERR_IO, "cannot write '%s': %s", path, strerror(err));
-            unlink(tmp);
-        }
+        goto done;
     }
+    /* Replacing a file keeps its permission bits (a private 0600 file stays private). */
+    if (exists && fchmod(fd, sb.st_mode & 07777) != 0) err = errno;
+    if (!err) err = write_all(fd, buf, size);
+    if (!err && fsync(fd) != 0) err = errno;
+    if (close(fd) != 0 && !err) err = errno;
+    if (!err && rename(tmp, target) != 0) err = errno;
+    if (err) {
+        unlink(tmp);
+        st = ml_set_error(ML_ERR_IO, "cannot write '%s': %s (the file on disk is unchanged)",
+                          path, strerror(err));
+        goto done;
+    }
+    /* The rename is in the directory: fsync it so a power cut cannot undo the save. A
+     * failure here is not reported: the new file is already in place and complete, and
+     * some file systems refuse fsync on a directory (EINVAL). */
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        (void)fsync(dfd);
+        close(dfd);
+    }
+done:
     free(tmp);
+    free(dir);
+    free(target);
     return st;
 }
 
@@ -125,12 +274,18 @@ ml_status ml_load_tensors(const char *path, int *n_out, char ***names_out,
     char **names = NULL;
     ml_tensor **tensors = NULL;
     uint32_t n = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return ml_set_error(ML_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return ml_set_error(ML_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
     struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        fclose(f);
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
         return ml_set_error(ML_ERR_IO, "cannot read '%s': not a regular file", path);
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return ml_set_error(ML_ERR_OOM, "load: out of memory reading '%s'", path);
     }
     size_t size = (size_t)sb.st_size;
     buf = malloc(size ? size : 1);
@@ -163,7 +318,9 @@ ml_status ml_load_tensors(const char *path, int *n_out, char ***names_out,
         if (end - p < 4) CORRUPT("'%s' is truncated in entry %u", path, i);
         uint32_t len = ml__get_u32(p);
         p += 4;
-        if (len > MAX_NAME || (size_t)(end - p) < len) CORRUPT("'%s' is corrupt: bad name in entry %u", path, i);
+        /* a name with a NUL byte would come back cut short: no saver writes one */
+        if (len > MAX_NAME || (size_t)(end - p) < len || memchr(p, 0, len))
+            CORRUPT("'%s' is corrupt: bad name in entry %u", path, i);
         names[i] = malloc(len + 1);
         if (!names[i]) {
             st = ml_set_error(ML_ERR_OOM, "load: out of memory");

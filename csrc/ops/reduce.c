@@ -172,8 +172,7 @@ static ml_status parse_axes(const ml_tensor *x, int n_axes, const int *axes, int
     for (int i = 0; i < n_axes; i++) {
         int a = ml__axis(axes[i], x->ndim);
         if (a < 0)
-            return ml_set_error(ML_ERR_VALUE, "%s: axis %d is out of range for a tensor of shape %s",
-                                name, axes[i], ML_SHAPE_STR(x));
+            return ml__axis_error(name, axes[i], x);
         if (reduced[a])
             return ml_set_error(ML_ERR_VALUE, "%s: axis %d is repeated", name, axes[i]);
         reduced[a] = 1;
@@ -482,8 +481,7 @@ static ml_status softmax_op(ml_tensor **out, ml_tensor *x, int axis, int log) {
     if (!x) return ml_set_error(ML_ERR_VALUE, "%s: input tensor is NULL", name);
     int a = ml__axis(axis, x->ndim);
     if (a < 0)
-        return ml_set_error(ML_ERR_VALUE, "%s: axis %d is out of range for a tensor of shape %s",
-                            name, axis, ML_SHAPE_STR(x));
+        return ml__axis_error(name, axis, x);
     ml_tensor *o = NULL;
     ml_status st = ml__new(&o, x->ndim, x->shape);
     if (st) return st;

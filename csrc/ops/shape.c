@@ -1,5 +1,7 @@
 /* shape.c — reshape, permute, concat, narrow/pad_axis, gather/scatter_add, pick, one_hot.
  * Each pair is the other's backward, so gradients of any order stay inside this set. */
+#include <stdio.h>
+
 #include "../core/internal.h"
 
 #define IN(k) (out->node->inputs[k])
@@ -126,16 +128,26 @@ static void permute_kernel(const ml_tensor *x, const int *perm, ml_tensor *o) {
     }
 }
 
+ml_status ml__axis_error(const char *op, int axis, const ml_tensor *x) {
+    return ml_set_error(ML_ERR_VALUE, "%s: axis %d is out of range for a tensor of rank %d "
+                        "(shape %s)", op, axis, x->ndim, ML_SHAPE_STR(x));
+}
+
 ml_status ml_permute(ml_tensor **out, ml_tensor *x, const int *perm) {
     if (!x) return ml_set_error(ML_ERR_VALUE, "transpose: input tensor is NULL");
     int nd = x->ndim, p[ML_MAX_DIMS], seen[ML_MAX_DIMS] = {0};
     for (int d = 0; d < nd; d++) {
         p[d] = perm ? perm[d] : nd - 1 - d;
         int a = ml__axis(p[d], nd);
-        if (a < 0 || seen[a])
-            return ml_set_error(ML_ERR_VALUE, "transpose: perm is not a permutation of the %d "
-                                "axes of a tensor of shape %s",
-                                nd, ML_SHAPE_STR(x));
+        if (a < 0 || seen[a]) {
+            char given[16 * ML_MAX_DIMS] = "", *w = given;
+            for (int e = 0; e < nd; e++)
+                w += snprintf(w, (size_t)(given + sizeof given - w), "%s%d", e ? ", " : "",
+                              perm ? perm[e] : nd - 1 - e);
+            return ml_set_error(ML_ERR_VALUE, "transpose: perm (%s) is not a permutation of the "
+                                "%d axes of a tensor of shape %s (axis %d %s)", given, nd,
+                                ML_SHAPE_STR(x), p[d], a < 0 ? "is out of range" : "is repeated");
+        }
         seen[a] = 1;
         p[d] = a;
     }
@@ -186,8 +198,7 @@ ml_status ml_concat(ml_tensor **out, int n, ml_tensor *const *xs, int axis) {
     const ml_tensor *x0 = xs[0];
     int a = ml__axis(axis, x0->ndim);
     if (a < 0)
-        return ml_set_error(ML_ERR_VALUE, "concat: axis %d is out of range for shape %s", axis,
-                            ML_SHAPE_STR(x0));
+        return ml__axis_error("concat", axis, x0);
     int64_t shape[ML_MAX_DIMS];
     for (int d = 0; d < x0->ndim; d++) shape[d] = x0->shape[d];
     shape[a] = 0;
@@ -253,11 +264,12 @@ ml_status ml_narrow(ml_tensor **out, ml_tensor *x, int axis, int64_t start, int6
     if (!x) return ml_set_error(ML_ERR_VALUE, "narrow: input tensor is NULL");
     int a = ml__axis(axis, x->ndim);
     if (a < 0)
-        return ml_set_error(ML_ERR_VALUE, "narrow: axis %d is out of range for shape %s", axis,
-                            ML_SHAPE_STR(x));
+        return ml__axis_error("narrow", axis, x);
+    /* both bounds against the size, never start + length: that can overflow */
     if (start < 0 || length < 0 || start > x->shape[a] || length > x->shape[a] - start)
-        return ml_set_error(ML_ERR_VALUE, "narrow: [%lld, %lld) is outside axis %d of shape %s",
-                            (long long)start, (long long)(start + length), a, ML_SHAPE_STR(x));
+        return ml_set_error(ML_ERR_VALUE, "narrow: start %lld and length %lld do not fit in "
+                            "axis %d (size %lld) of a tensor of shape %s", (long long)start,
+                            (long long)length, axis, (long long)x->shape[a], ML_SHAPE_STR(x));
     int64_t shape[ML_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[a] = length;
@@ -289,11 +301,10 @@ ml_status ml_pad_axis(ml_tensor **out, ml_tensor *x, int axis, int64_t start, in
     if (!x) return ml_set_error(ML_ERR_VALUE, "pad_axis: input tensor is NULL");
     int a = ml__axis(axis, x->ndim);
     if (a < 0)
-        return ml_set_error(ML_ERR_VALUE, "pad_axis: axis %d is out of range for shape %s", axis,
-                            ML_SHAPE_STR(x));
+        return ml__axis_error("pad_axis", axis, x);
     if (start < 0 || size < 0 || start > size || x->shape[a] > size - start)
-        return ml_set_error(ML_ERR_VALUE, "pad_axis: %lld rows at %lld do not fit in %lld",
-                            (long long)x->shape[a], (long long)start, (long long)size);
+        return ml_set_error(ML_ERR_VALUE, "pad_axis: %lld rows at start %lld do not fit in size "
+                            "%lld", (long long)x->shape[a], (long long)start, (long long)size);
     int64_t shape[ML_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[a] = size;
@@ -368,8 +379,7 @@ static ml_status gather_like(ml_tensor **out, ml_tensor *x, int n, const int64_t
     if (!x) return ml_set_error(ML_ERR_VALUE, "%s: input tensor is NULL", name);
     int a = ml__axis(axis, x->ndim);
     if (a < 0)
-        return ml_set_error(ML_ERR_VALUE, "%s: axis %d is out of range for shape %s", name, axis,
-                            ML_SHAPE_STR(x));
+        return ml__axis_error(name, axis, x);
     int64_t dim = scatter ? size : x->shape[a];
     if (scatter && (size < 0 || x->shape[a] != n))
         return ml_set_error(ML_ERR_SHAPE, "scatter_add: %d indices for axis %d of shape %s", n, a,

@@ -230,15 +230,38 @@ int parse_shape(PyObject *obj, int *ndim, int64_t *shape, int64_t numel,
     return 0;
 }
 
+/* An axis argument (an int or anything with __index__) as the core's int. The core
+ * reports an axis out of range, as the caller gave it, with the tensor's rank
+ * (ml__axis_error); a value no int holds is refused here, also as given: clamping it
+ * first made reduce_sum(axis=100) report "axis 9". NULL (argument left out): `dflt`. */
+static int axis_arg(PyObject *obj, int dflt, int *axis, const char *what) {
+    *axis = dflt;
+    if (!obj) return 0;
+    PyObject *idx = PyNumber_Index(obj);
+    if (!idx) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s: axis must be an int, got %.100s", what, type_name(obj));
+        return -1;
+    }
+    int overflow;
+    long long a = PyLong_AsLongLongAndOverflow(idx, &overflow);
+    if (!overflow && a >= INT_MIN && a <= INT_MAX) {
+        Py_DECREF(idx);
+        *axis = (int)a;
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError, "%s: axis %S is out of range (a tensor has at most %d axes)",
+                 what, idx, ML_MAX_DIMS);
+    Py_DECREF(idx);
+    return -1;
+}
+
 /* axis=None | int | tuple/list of ints -> n_axes (0: all) and axes */
 int parse_axes(PyObject *obj, int *n, int *axes, const char *what) {
     *n = 0;
     if (!obj || obj == Py_None) return 0;
     if (PyLong_Check(obj)) {
-        long a = PyLong_AsLong(obj);
-        if (a == -1 && PyErr_Occurred()) return -1;
-        if (a < -ML_MAX_DIMS - 1 || a > ML_MAX_DIMS + 1) a = ML_MAX_DIMS + 1; /* reported below */
-        axes[0] = (int)a;
+        if (axis_arg(obj, 0, &axes[0], what) < 0) return -1;
         *n = 1;
         return 0;
     }
@@ -256,15 +279,10 @@ int parse_axes(PyObject *obj, int *n, int *axes, const char *what) {
         return -1;
     }
     for (Py_ssize_t i = 0; i < len; i++) {
-        long a = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
-        if (a == -1 && PyErr_Occurred()) {
+        if (axis_arg(PySequence_Fast_GET_ITEM(seq, i), 0, &axes[i], what) < 0) {
             Py_DECREF(seq);
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "%s: axis entries must be ints", what);
             return -1;
         }
-        if (a < -ML_MAX_DIMS - 1 || a > ML_MAX_DIMS + 1) a = ML_MAX_DIMS + 1;
-        axes[i] = (int)a;
     }
     *n = (int)len;
     Py_DECREF(seq);
@@ -536,12 +554,10 @@ static int parse_perm(PyObject *obj, const ml_tensor *t, int *perm, int *have) {
         return -1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
-        if (v == -1 && PyErr_Occurred()) {
+        if (axis_arg(PySequence_Fast_GET_ITEM(seq, i), 0, &perm[i], "transpose") < 0) {
             Py_DECREF(seq);
             return -1;
         }
-        perm[i] = (int)(v > 1000 ? 1000 : (v < -1000 ? -1000 : v));
     }
     Py_DECREF(seq);
     *have = 1;
@@ -1030,10 +1046,11 @@ static PyObject *mod_clip(PyObject *m, PyObject *args, PyObject *kwds) {
 
 static PyObject *mod_softmax_like(PyObject *args, PyObject *kwds, int log) {
     static char *kwlist[] = {"x", "axis", NULL};
-    PyObject *x;
-    int axis = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, log ? "O|i:log_softmax" : "O|i:softmax", kwlist,
-                                     &x, &axis))
+    PyObject *x, *axis_o = NULL;
+    int axis;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, log ? "O|O:log_softmax" : "O|O:softmax", kwlist,
+                                     &x, &axis_o) ||
+        axis_arg(axis_o, -1, &axis, log ? "log_softmax" : "softmax") < 0)
         return NULL;
     ml_tensor *t = as_ml(x, log ? "log_softmax" : "softmax");
     if (!t) return NULL;
@@ -1168,9 +1185,11 @@ static PyObject *mod_sum_to(PyObject *m, PyObject *a, PyObject *k) {
 
 static PyObject *mod_concat(PyObject *m, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"values", "axis", NULL};
-    PyObject *vo;
-    int axis = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|i:concat", kwlist, &vo, &axis)) return NULL;
+    PyObject *vo, *axis_o = NULL;
+    int axis;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:concat", kwlist, &vo, &axis_o) ||
+        axis_arg(axis_o, 0, &axis, "concat") < 0)
+        return NULL;
     PyObject *seq = PySequence_Fast(vo, "concat: expected a list of tensors");
     if (!seq) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
@@ -1195,10 +1214,12 @@ static PyObject *mod_concat(PyObject *m, PyObject *args, PyObject *kwds) {
 
 static PyObject *mod_narrow(PyObject *m, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"x", "axis", "start", "length", NULL};
-    PyObject *xo;
+    PyObject *xo, *axis_o;
     int axis;
     long long start, length;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiLL:narrow", kwlist, &xo, &axis, &start, &length))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOLL:narrow", kwlist, &xo, &axis_o, &start,
+                                     &length) ||
+        axis_arg(axis_o, 0, &axis, "narrow") < 0)
         return NULL;
     ml_tensor *x = as_ml(xo, "narrow");
     if (!x) return NULL;
@@ -1210,9 +1231,11 @@ static PyObject *mod_narrow(PyObject *m, PyObject *args, PyObject *kwds) {
 
 static PyObject *mod_gather(PyObject *m, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"x", "indices", "axis", NULL};
-    PyObject *xo, *io;
-    int axis = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|i:gather", kwlist, &xo, &io, &axis)) return NULL;
+    PyObject *xo, *io, *axis_o = NULL;
+    int axis;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|O:gather", kwlist, &xo, &io, &axis_o) ||
+        axis_arg(axis_o, 0, &axis, "gather") < 0)
+        return NULL;
     PyArrayObject *idx = to_index_array(io, "gather");
     if (!idx) return NULL;
     if (PyArray_NDIM(idx) > 1 || PyArray_SIZE(idx) > INT32_MAX) {
@@ -1545,8 +1568,17 @@ static PyObject *mod_save_tensors(PyObject *m, PyObject *args) {
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *nm = PySequence_Fast_GET_ITEM(names, i);
-        if (!PyUnicode_Check(nm) || !(cnames[i] = PyUnicode_AsUTF8(nm))) {
-            PyErr_Format(PyExc_TypeError, "save_tensors: name %zd must be a str", i);
+        if (!PyUnicode_Check(nm)) {
+            PyErr_Format(PyExc_TypeError, "save_tensors: name %zd must be a str, got %.100s", i,
+                         type_name(nm));
+            goto done;
+        }
+        Py_ssize_t len;
+        if (!(cnames[i] = PyUnicode_AsUTF8AndSize(nm, &len))) goto done;
+        /* the file stores C strings: a NUL would cut the name short without a word */
+        if (strlen(cnames[i]) != (size_t)len) {
+            PyErr_Format(PyExc_ValueError, "save_tensors: tensor name %R (entry %zd) contains a "
+                         "NUL character", nm, i);
             goto done;
         }
         if (!(ts[i] = as_ml(PySequence_Fast_GET_ITEM(tens, i), "save_tensors"))) goto done;
@@ -1602,6 +1634,24 @@ static PyObject *mod_load_tensors(PyObject *m, PyObject *path_obj) {
     }
     ml_free_loaded(n, names, ts);
     return list;
+}
+
+/* write_file(path, data): bytes written as weight files are (a unique temporary file,
+ * fsync, rename; links followed, special files refused), for the Python side's own files
+ * (MetaLearner's config.json) */
+static PyObject *mod_write_file(PyObject *m, PyObject *args) {
+    PyObject *path_bytes = NULL;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "O&y*:write_file", PyUnicode_FSConverter, &path_bytes, &data))
+        return NULL;
+    ml_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = ml__write_atomic(PyBytes_AS_STRING(path_bytes), data.buf, (size_t)data.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    Py_DECREF(path_bytes);
+    if (st) return raise_status(st);
+    Py_RETURN_NONE;
 }
 
 static PyObject *mod_kernel_name(PyObject *m, PyObject *unused) {
@@ -2056,6 +2106,8 @@ static PyMethodDef module_methods[] = {
     {"permutation", F(mod_permutation), METH_O, "permutation(n) -> int64 ndarray"},
     {"save_tensors", F(mod_save_tensors), METH_VARARGS, "save_tensors(path, names, tensors)"},
     {"load_tensors", F(mod_load_tensors), METH_O, "load_tensors(path) -> [(name, ndarray)]"},
+    {"write_file", F(mod_write_file), METH_VARARGS,
+     "write_file(path, data): bytes written atomically, as weight files are"},
     {"kernel_name", F(mod_kernel_name), METH_NOARGS, "'avx2' or 'portable'"},
     {"trace_begin", F(mod_trace_begin), METH_O, "trace_begin(inputs) -> Trace (records this thread's ops)"},
     {"trace_end", F(mod_trace_end), METH_VARARGS, "trace_end(trace, outputs)"},
@@ -2095,6 +2147,15 @@ PyMODINIT_FUNC PyInit__core(void) {
         PyModule_AddObjectRef(m, "Tensor", (PyObject *)&TensorType) < 0 ||
         PyModule_AddObjectRef(m, "Optimizer", (PyObject *)&OptimizerType) < 0 ||
         PyModule_AddIntConstant(m, "MAX_DIMS", ML_MAX_DIMS) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    /* a refused METALEARN_NUM_THREADS: a Python warning (filterable by module "metalearn"),
+     * not the core's line on stderr; named after the module, as no Python frame runs it */
+    char why[200];
+    if (ml__num_threads_env_warning(why, sizeof why) &&
+        PyErr_WarnExplicit(PyExc_RuntimeWarning, why, "metalearn._core", 0, "metalearn._core",
+                           NULL)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -55,7 +55,6 @@ achieved accuracy on held-out Omniglot tasks of varied difficulty from 0.48 (Gra
 and labels alone) to 0.54 (``benchmarks/memory_results.py --only c``).
 """
 import json
-import os
 import time
 from pathlib import Path
 
@@ -852,9 +851,9 @@ class MetaLearner:
             _core.save_tensors(str(d / "learning_rates.weights"),
                                [f"alpha/{i}" for i in range(len(lrs))],
                                [to_tensor(np.asarray(a)) for a in lrs])
-        tmp = d / "config.json.tmp"
-        tmp.write_text(json.dumps(state, indent=1))
-        os.replace(tmp, d / "config.json")
+        # written as the weight files are: a unique temporary file, fsync, rename (two
+        # saves into one directory at once do not share a temporary name)
+        _core.write_file(str(d / "config.json"), json.dumps(state, indent=1).encode())
 
     def _build_predictor(self):
         n = self.support_size
