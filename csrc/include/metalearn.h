@@ -362,7 +362,8 @@ int ml_get_num_threads(void);
  *    filled in index order, so a search costs in proportion to what is stored.
  *  - Queries must be finite (NaN/Inf refused with ML_ERR_VALUE, nothing changes).
  *  - Thread safe: queries, reads and saves share a read lock; updates, clears and loads
- *    take it exclusively. `seed` seeds the memory's own xoshiro256** stream (tie-breaks);
+ *    take it exclusively. ml_memory_free must wait until no call on the memory runs (the
+ *    Python binding refuses to re-initialise a memory in use). `seed` seeds the memory's own xoshiro256** stream (tie-breaks);
  *    clear() reseeds it, save/load carry it, so a run replays bit for bit. */
 typedef struct ml_memory ml_memory;
 
@@ -395,7 +396,8 @@ ml_status ml_memory_query(ml_memory *mem, int64_t n, const float *q, int64_t k,
  *   otherwise:      (normalize(q), y, payload or zeros) goes to the oldest slot: the next
  *                   empty one, else the largest age, ties broken at random by the stream.
  * Ages: one call is one step of the paper: every occupied age grows by 1 and every slot the
- * call wrote or merged ends at age 0. payloads (n x payload_size) may be NULL. */
+ * call wrote or merged ends at age 0. payloads (n x payload_size) may be NULL. A label of
+ * -1 (what query returns for an empty slot) is refused (ML_ERR_VALUE), nothing changed. */
 ml_status ml_memory_update(ml_memory *mem, int64_t n, const float *q, const int64_t *labels,
                            const float *payloads);
 /* Differentiable soft read, q (n x key_size) a tensor: with s_j the cosine similarities of
