@@ -17,6 +17,22 @@ What a trace sees, like ``tf.function``:
 Task parallelism: ``f.map(calls)`` replays one trace for many argument tuples (the tasks
 of a meta-batch) over ``metalearn.get_num_threads()`` threads. Each call's outputs are its
 own, so summing them in call order gives the same result for any thread count.
+
+When a call runs eagerly instead of replaying (same values; Python runs ``fn`` again):
+
+* under a recording ``GradientTape`` (with grad mode on), or with a tensor argument that
+  requires grad while grad mode is on: a replay records no graph, so its outputs would
+  have no gradient; the eager call gives every call the gradient of the first;
+* inside another traced function (nested or recursive calls): the inner function's ops
+  are recorded into the outer trace as they run.
+
+Outside a tape, a replay's outputs carry no graph to the weights the function captured:
+take gradients of them inside a ``GradientTape`` (or pass the weights as arguments).
+
+Threads: a Function may be called from several threads at once. A trace is recorded on
+the thread that makes the first call of its signature; once recorded, any thread replays
+it, several at once (a trace is read-only; what they share is what the function itself
+shares, e.g. the weights an optimizer step inside it writes).
 """
 import functools
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -137,14 +153,24 @@ class Function:
             else:
                 entry = self._traces.get(tuple(key))
                 if entry is not None:
-                    return _unflatten(entry[1], _core.trace_replay(entry[0], list(args)))
+                    out = _core.trace_try_replay(entry[0], list(args))
+                    if out is not None:
+                        return _unflatten(entry[1], out)
+                    # under a recording tape, inside an outer trace, or an input requires
+                    # grad: a replay would differ (the check is flags, in C)
+                    return self._fn(*args)
         args, kwargs, tensors, key = self._split(args, kwargs)
         entry = self._traces.get(key)
         if entry is not None:
             trace, spec = entry
-            return _unflatten(spec, _core.trace_replay(trace, tensors))
-        if len({id(t) for t in tensors}) != len(tensors):
-            return self._fn(*args, **kwargs)  # the same tensor twice: not traceable, run eagerly
+            out = _core.trace_try_replay(trace, tensors)
+            if out is not None:
+                return _unflatten(spec, out)
+            return self._fn(*args, **kwargs)
+        if len({id(t) for t in tensors}) != len(tensors) or _core.is_tracing():
+            # the same tensor twice is not traceable; inside an outer trace the ops run (and
+            # are recorded there): both run eagerly
+            return self._fn(*args, **kwargs)
         trace = _core.trace_begin(tensors)
         try:
             out = self._fn(*args, **kwargs)
@@ -154,7 +180,8 @@ class Function:
             _core.trace_abort(trace)
             raise
         _core.trace_end(trace, leaves)
-        self._traces[key] = (trace, _flat_spec(spec))
+        # two threads may have traced the same signature at once: the first one stays
+        self._traces.setdefault(key, (trace, _flat_spec(spec)))
         return out
 
     def map(self, calls: Sequence[Sequence[Any]], n_threads: Optional[int] = None) -> list:
@@ -162,7 +189,9 @@ class Function:
 
         All calls must share one signature. The first call traces if needed (eagerly, on
         this thread), then every call is replayed from C over `n_threads` threads
-        (default: the function's, else ``metalearn.get_num_threads()``).
+        (default: the function's, else ``metalearn.get_num_threads()``). Where a call
+        would run eagerly (see the module: a recording tape, an input that requires grad,
+        inside an outer trace) every call runs eagerly, in order, on this thread.
 
         Returns:
             A list with one output structure per call, in call order.
@@ -176,6 +205,8 @@ class Function:
             raise ValueError("Function.map: every call must have the same signature "
                              "(tensor shapes and other argument values)")
         key = prepared[0][3]
+        if _core.must_run_eagerly([t for p in prepared for t in p[2]]):
+            return [self._fn(*p[0]) for p in prepared]
         if key not in self._traces:
             self(*prepared[0][0])
         trace, spec = self._traces[key]

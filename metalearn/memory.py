@@ -55,6 +55,12 @@ def _labels(labels):
     return np.asarray(labels).reshape(-1)
 
 
+def _k(k, default, capacity):
+    """k as an int; None is `default` capped at the capacity (an explicit k is checked by
+    the core: 1 <= k <= capacity, the same rule and message as ``query``)."""
+    return min(default, capacity) if k is None else int(k)
+
+
 class KnowledgeMemory(_core.KnowledgeMemory):
     """A key-value memory of ``capacity`` slots (Kaiser et al. 2017).
 
@@ -67,6 +73,11 @@ class KnowledgeMemory(_core.KnowledgeMemory):
 
     ``len(memory)`` and ``memory.size`` are the number of occupied slots,
     ``memory.occupancy`` that number over ``capacity``.
+
+    Threads: one memory may be shared. Queries, reads and saves run together; updates,
+    clears and loads wait for them (a reader/writer lock in C; long calls release the
+    GIL). Calling ``__init__`` again on a memory that another thread is querying, updating,
+    saving or loading raises RuntimeError (it would free the slots under that call).
 
     Example::
 
@@ -99,15 +110,23 @@ class KnowledgeMemory(_core.KnowledgeMemory):
         Queries are applied in order, each seeing the writes of those before it; a matched
         slot's payload becomes the mean of the stored and the new one (kept when
         ``payloads`` is None); a new slot gets the payload (zeros when None).
+
+        ``labels`` holds one integer per query (1-D; a scalar for one query). Label -1 is
+        what ``query`` returns for an empty slot and cannot be stored. A refused call
+        (ValueError) changes nothing.
         """
         q = _queries(q)
+        labels = np.asarray(labels)
+        if labels.ndim == 0:
+            labels = labels.reshape(1)
         if payloads is not None:
             payloads = np.asarray(payloads, dtype=np.float32)
             if payloads.ndim == 1:
                 payloads = payloads.reshape(1, -1)
-        super().update(q, _labels(labels), payloads)
+        super().update(q, labels, payloads)
 
-    def read(self, q: ArrayLike, k: int = 8, temperature: float = 1.0, return_weights: bool = False) -> Any:
+    def read(self, q: ArrayLike, k: Optional[int] = None, temperature: float = 1.0,
+             return_weights: bool = False) -> Any:
         """Differentiable soft read.
 
         ``w = softmax(cos(q, K_top) / temperature)`` over the top-k keys and the result is
@@ -117,17 +136,18 @@ class KnowledgeMemory(_core.KnowledgeMemory):
 
         Args:
             q: queries ``(n, key_size)``, a Tensor (possibly recorded) or array-like.
-            k: number of neighbours read (``<= capacity``).
+            k: number of neighbours read, ``1 <= k <= capacity`` (ValueError otherwise, as
+                ``query``); None: 8, or the capacity when smaller.
             temperature: softmax temperature (> 0).
             return_weights: also return the attention weights ``(n, k)``.
         """
-        k = min(int(k), self.capacity)
+        k = _k(k, 8, self.capacity)
         out, w = super().read(_queries(q), k, float(temperature))
         if out is None:
             return w
         return (out, w) if return_weights else out
 
-    def loss(self, q: ArrayLike, labels: ArrayLike, k: int = 256, margin: float = 0.1,
+    def loss(self, q: ArrayLike, labels: ArrayLike, k: Optional[int] = None, margin: float = 0.1,
              reduction: str = "mean") -> _core.Tensor:
         """The memory loss of Kaiser et al. 2017 §3, differentiable in ``q``.
 
@@ -138,12 +158,13 @@ class KnowledgeMemory(_core.KnowledgeMemory):
         Args:
             q: queries ``(n, key_size)``.
             labels: ``n`` integer labels.
-            k: size of the neighbourhood searched for k_pos / k_neg (capped at capacity;
-                the paper uses 256).
+            k: size of the neighbourhood searched for k_pos / k_neg, ``1 <= k <=
+                capacity`` (ValueError otherwise, as ``query``); None: the paper's 256, or
+                the capacity when smaller.
             margin: alpha, 0.1 in the paper.
             reduction: ``"mean"`` (a scalar, as the paper), ``"sum"`` or ``"none"`` (n,).
         """
-        k = min(int(k), self.capacity)
+        k = _k(k, 256, self.capacity)
         per = super().loss(_queries(q), _labels(labels), k, float(margin))
         if reduction == "none":
             return per
@@ -185,18 +206,22 @@ class MemoryClassifier:
         encoder: a Layer/Model mapping inputs to embeddings of size ``memory.key_size``.
         memory: a KnowledgeMemory.
         optimizer: a metalearn.keras optimizer (default Adam(1e-3)).
-        k: neighbourhood of the loss (see ``KnowledgeMemory.loss``).
+        k: neighbourhood of the loss (see ``KnowledgeMemory.loss``; None: 256, or the
+            memory's capacity when smaller).
         margin: alpha of the loss.
     """
 
-    def __init__(self, encoder: Any, memory: KnowledgeMemory, optimizer: Any = None, k: int = 256,
-                 margin: float = 0.1) -> None:
+    def __init__(self, encoder: Any, memory: KnowledgeMemory, optimizer: Any = None,
+                 k: Optional[int] = None, margin: float = 0.1) -> None:
         from .keras import optimizers
 
         self.encoder = encoder
         self.memory = memory
         self.optimizer = optimizer if optimizer is not None else optimizers.Adam(1e-3)
-        self.k = int(k)
+        self.k = None if k is None else int(k)
+        if self.k is not None and not 1 <= self.k <= memory.capacity:
+            raise ValueError(f"MemoryClassifier: k must be in [1, capacity={memory.capacity}], "
+                             f"got {self.k}")
         self.margin = float(margin)
 
     def embed(self, x: ArrayLike, training: bool = False) -> _core.Tensor:

@@ -258,6 +258,7 @@ class GradientTape:
         self._prev_grad_mode = _core.is_grad_enabled()
         _core.set_grad_enabled(True)
         _tapes().append(self)
+        _core._set_tapes_recording(len(_tapes()))  # read by metalearn.function's replays
         self._recording = True
         return self
 
@@ -267,6 +268,7 @@ class GradientTape:
             stack.pop()
         elif self in stack:
             stack.remove(self)
+        _core._set_tapes_recording(len(stack))
         self._recording = False
         _core.set_grad_enabled(self._prev_grad_mode)
         return False

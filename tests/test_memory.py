@@ -501,6 +501,55 @@ def test_bad_sizes_and_inputs_refused():
     assert len(mem) == 4
 
 
+def test_read_and_loss_refuse_k_above_capacity_as_query_does():
+    """read and loss took any k (silently capped at the capacity) where query refused it:
+    an explicit k outside [1, capacity] is now refused by all three, with the same
+    message; the defaults (8 for read, the paper's 256 for loss) are capped."""
+    mem = KnowledgeMemory(4, 3, 2)
+    mem.update(np.eye(3), [0, 1, 2])
+    before = [a.copy() for a in mem.state()]
+    q = np.ones((1, 3), np.float32)
+    for name, call in [("query", lambda k: mem.query(q, k=k)),
+                       ("read", lambda k: mem.read(q, k=k)),
+                       ("loss", lambda k: mem.loss(q, [1], k=k))]:
+        for k in (5, 0, -1):
+            with pytest.raises(ValueError) as e:
+                call(k)
+            assert str(e.value) == (f"KnowledgeMemory.{name}: k must be in [1, capacity=4], "
+                                    f"got {k}")
+    for a, b in zip(before, mem.state()):
+        np.testing.assert_array_equal(a, b)
+    # the defaults fit any capacity: k = min(8, 4) and min(256, 4)
+    assert tuple(mem.read(q, return_weights=True)[1].shape) == (1, 4)
+    np.testing.assert_allclose(mem.loss(q, [1]).numpy(), mem.loss(q, [1], k=4).numpy())
+    with pytest.raises(ValueError, match=r"MemoryClassifier: k must be in \[1, capacity=4\], got 5"):
+        MemoryClassifier(ml.keras.layers.Dense(3), mem, k=5)
+
+
+def test_update_refuses_the_empty_slot_label_and_2d_labels():
+    """Label -1 is what query returns for an empty slot (storing it made a written slot
+    read as empty); 2-D labels were flattened silently. Both raise ValueError naming the
+    problem, and nothing in the memory changes (no age moves either)."""
+    mem = KnowledgeMemory(6, 3, 2, seed=3)
+    mem.update(np.eye(3), [0, 1, 2], np.ones((3, 2)))
+    before = [a.copy() for a in mem.state()]
+    q = np.array([[1.0, 2.0, 0.0], [0.0, 1.0, 5.0]], np.float32)
+    with pytest.raises(ValueError, match=r"label -1 \(at position 1\) is the marker of an empty slot"):
+        mem.update(q, [4, -1])
+    with pytest.raises(ValueError, match=r"label -1 \(at position 0\)"):
+        mem.update(q[:1], -1)
+    with pytest.raises(ValueError, match=r"labels must be 1-D .* got an array of shape \(2, 1\)"):
+        mem.update(q, [[4], [5]])
+    with pytest.raises(ValueError, match=r"labels must be 1-D .* shape \(1, 2\)"):
+        mem.update(q, np.array([[4, 5]]))
+    for a, b in zip(before, mem.state()):
+        np.testing.assert_array_equal(a, b)
+    assert len(mem) == 3
+    mem.update(q, [4, -7])    # other negative integers are ordinary labels
+    mem.update(q[0], 9)       # one query, one scalar label
+    assert set(mem.state()[1][:len(mem)]) >= {4, -7}
+
+
 # --------------------------------------------------------------- learning
 
 

@@ -11,7 +11,17 @@
  * Replays run with grad mode off (nothing is recorded) and free each intermediate after
  * its last use. ml_trace_replay_many runs independent calls (the tasks of a meta-batch)
  * on several threads; each call's results are its own, so any reduction over calls the
- * caller does in call order is independent of the thread count. */
+ * caller does in call order is independent of the thread count.
+ *
+ * Threads: recording belongs to the thread that began it. Ending or aborting a trace from
+ * another thread is refused (the recorder would otherwise go on recording into a trace
+ * someone else finished); freeing it from another thread while it records is deferred to
+ * the recorder's end or abort (its per-thread pointer would otherwise dangle). A finished
+ * trace is read-only: any number of threads may replay it at once, each replay's
+ * intermediates are its own (on its stack or heap). What the replays share is what the
+ * trace captured by reference: in-place entries (optimizer steps, batch-norm statistics)
+ * write into those tensors and optimizers, so concurrent replays of a training step race
+ * on the model exactly as two eager steps would. */
 #include <pthread.h>
 #include <stdio.h>
 
@@ -46,8 +56,16 @@ struct ml_trace {
     ml_status error;          /* first failure while recording */
     char error_msg[256];      /* and its message (later calls may overwrite the last error) */
     uint64_t first_serial;    /* tensors from this serial on were made during the trace */
-    int finished;
+    int state;                /* trace_state, read and written atomically */
+    pthread_t owner;          /* the thread recording it (while RECORDING / FREE_PENDING) */
 };
+
+/* RECORDING -> FINISHED (ended) or STOPPED (aborted, or its end failed); RECORDING ->
+ * FREE_PENDING when another thread frees it while it records: the recorder's end or abort
+ * then frees it. */
+enum trace_state { TR_RECORDING = 1, TR_FREE_PENDING, TR_STOPPED, TR_FINISHED };
+
+static int state_of(const ml_trace *tr) { return __atomic_load_n(&tr->state, __ATOMIC_ACQUIRE); }
 
 _Thread_local ml_trace *ml__trace_active;
 
@@ -227,8 +245,36 @@ ml_status ml_trace_begin(ml_trace **out, int n_inputs, ml_tensor *const *inputs)
             return ml_set_error(ML_ERR_OOM, "out of memory");
         }
     }
+    tr->owner = pthread_self();
+    __atomic_store_n(&tr->state, TR_RECORDING, __ATOMIC_RELEASE);
     ml__trace_active = tr;
     *out = tr;
+    return ML_OK;
+}
+
+static void trace_destroy(ml_trace *tr);
+
+/* Ends recording on this thread, which must be the recorder: ML_OK, or an error (and
+ * nothing changed) for a trace that is finished, stopped or recorded by another thread.
+ * *freed is set when another thread freed the trace meanwhile: it is gone on return. */
+static ml_status stop_recording(ml_trace *tr, const char *what, int next_state, int *freed) {
+    *freed = 0;
+    int st = state_of(tr);
+    if (st == TR_FINISHED)
+        return ml_set_error(ML_ERR_GRAPH, "%s: the trace is already finished", what);
+    if (st == TR_STOPPED)
+        return ml_set_error(ML_ERR_GRAPH, "%s: the trace was aborted (or its end failed); it "
+                            "can only be freed", what);
+    if (!pthread_equal(tr->owner, pthread_self()))
+        return ml_set_error(ML_ERR_GRAPH, "%s: the trace is being recorded on another thread; "
+                            "only the thread that began it can end or abort it", what);
+    if (ml__trace_active == tr) ml__trace_active = NULL;
+    if (__atomic_exchange_n(&tr->state, next_state, __ATOMIC_ACQ_REL) == TR_FREE_PENDING) {
+        trace_destroy(tr);
+        *freed = 1;
+        return ml_set_error(ML_ERR_GRAPH, "%s: the trace was freed by another thread while it "
+                            "was recording", what);
+    }
     return ML_OK;
 }
 
@@ -328,8 +374,14 @@ static void fuse_pairs(ml_trace *tr) {
 }
 
 ml_status ml_trace_end(ml_trace *tr, int n_outputs, ml_tensor *const *outputs) {
-    if (ml__trace_active == tr) ml__trace_active = NULL;
-    ml_status st = tr->error;
+    if (!tr) return ml_set_error(ML_ERR_VALUE, "trace_end: the trace is NULL");
+    if (n_outputs < 0 || (n_outputs && !outputs))
+        return ml_set_error(ML_ERR_VALUE, "trace_end: bad outputs");
+    int freed;
+    /* STOPPED until it has succeeded: a failed end leaves a trace that can only be freed */
+    ml_status st = stop_recording(tr, "trace_end", TR_STOPPED, &freed);
+    if (st) return st;
+    st = tr->error;
     if (st) return ml_set_error(st, "tracing failed: %s", tr->error_msg);
     tr->output_slots = malloc((size_t)(n_outputs ? n_outputs : 1) * sizeof *tr->output_slots);
     if (!tr->output_slots) return ml_set_error(ML_ERR_OOM, "out of memory");
@@ -356,17 +408,35 @@ ml_status ml_trace_end(ml_trace *tr, int n_outputs, ml_tensor *const *outputs) {
     tr->seen_keys = NULL;
     tr->seen_vals = NULL;
     tr->seen_cap = tr->n_seen = 0;
-    tr->finished = 1;
+    __atomic_store_n(&tr->state, TR_FINISHED, __ATOMIC_RELEASE);
     return ML_OK;
 }
 
-void ml_trace_abort(ml_trace *tr) {
-    if (tr && ml__trace_active == tr) ml__trace_active = NULL;
+ml_status ml_trace_abort(ml_trace *tr) {
+    if (!tr) return ML_OK;
+    int st = state_of(tr);
+    if (st != TR_RECORDING && st != TR_FREE_PENDING) return ML_OK; /* not recording: nothing to stop */
+    int freed;
+    ml_status s = stop_recording(tr, "trace_abort", TR_STOPPED, &freed);
+    return freed ? ML_OK : s;
 }
+
+int ml_trace_is_recording(void) { return ml__trace_active != NULL; }
 
 void ml_trace_free(ml_trace *tr) {
     if (!tr) return;
-    if (ml__trace_active == tr) ml__trace_active = NULL;
+    if (ml__trace_active == tr) {
+        ml__trace_active = NULL; /* this thread records it: it stops */
+    } else if (!pthread_equal(tr->owner, pthread_self())) {
+        int expected = TR_RECORDING;
+        if (__atomic_compare_exchange_n(&tr->state, &expected, TR_FREE_PENDING, 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            return; /* another thread records it: freed when that thread ends or aborts it */
+    }
+    trace_destroy(tr);
+}
+
+static void trace_destroy(ml_trace *tr) {
     for (int32_t k = 0; k < tr->n_entries; k++) {
         free(tr->entries[k].in);
         free(tr->entries[k].params);
@@ -466,7 +536,7 @@ static ml_status replay_one(const ml_trace *tr, ml_tensor *const *inputs, ml_ten
 }
 
 ml_status ml_trace_replay(ml_trace *tr, ml_tensor *const *inputs, ml_tensor **outputs) {
-    if (!tr || !tr->finished) return ml_set_error(ML_ERR_VALUE, "replay: the trace is not finished");
+    if (!tr || state_of(tr) != TR_FINISHED) return ml_set_error(ML_ERR_VALUE, "replay: the trace is not finished");
     if (ml__trace_active)
         return ml_set_error(ML_ERR_GRAPH, "replay: cannot replay while recording a trace");
     ml_status st = check_inputs(tr, inputs);
@@ -502,7 +572,9 @@ static void *replay_worker(void *arg) {
 
 ml_status ml_trace_replay_many(ml_trace *tr, int n_calls, ml_tensor *const *inputs,
                                ml_tensor **outputs, int n_threads) {
-    if (!tr || !tr->finished) return ml_set_error(ML_ERR_VALUE, "replay: the trace is not finished");
+    if (!tr || state_of(tr) != TR_FINISHED) return ml_set_error(ML_ERR_VALUE, "replay: the trace is not finished");
+    if (ml__trace_active) /* this thread's share would run its ops into the trace it records */
+        return ml_set_error(ML_ERR_GRAPH, "replay: cannot replay while recording a trace");
     if (n_calls < 0) return ml_set_error(ML_ERR_VALUE, "replay: negative call count");
     for (int c = 0; c < n_calls; c++) {
         ml_status st = check_inputs(tr, inputs + (size_t)c * tr->n_inputs);

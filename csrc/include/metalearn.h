@@ -316,14 +316,24 @@ uint32_t ml_crc32(uint32_t crc, const void *data, size_t len);
 /* Record what a computation does once, replay it from C with new inputs: no Python, no
  * graph building per op. Between begin and end, every op run on this thread is recorded
  * (ml_grad's backward ops too). Tensors that no recorded op made and that are not inputs
- * are captured by reference: a replay reads their current values. Replays record nothing. */
+ * are captured by reference: a replay reads their current values. Replays record nothing.
+ *
+ * Threads: recording belongs to the thread that called ml_trace_begin; ml_trace_end and
+ * ml_trace_abort from any other thread fail (ML_ERR_GRAPH) and change nothing. Freeing a
+ * trace that another thread is recording is deferred until that thread ends or aborts it.
+ * A finished trace is read-only: any thread may replay it, several at once. */
 typedef struct ml_trace ml_trace;
 ml_status ml_trace_begin(ml_trace **out, int n_inputs, ml_tensor *const *inputs);
+/* Ends recording (on the thread that began it); on failure the trace can only be freed. */
 ml_status ml_trace_end(ml_trace *trace, int n_outputs, ml_tensor *const *outputs);
-/* Stops recording on this thread (after a failure); the trace can only be freed. */
-void ml_trace_abort(ml_trace *trace);
+/* Stops recording (after a failure; on the thread that began it); the trace can only be
+ * freed. A trace that is not recording: nothing to do, ML_OK. */
+ml_status ml_trace_abort(ml_trace *trace);
 void ml_trace_free(ml_trace *trace);
-/* Inputs must have the recorded shapes; outputs get new references. */
+/* 1 while this thread records a trace (ops run now are recorded), else 0. */
+int ml_trace_is_recording(void);
+/* Inputs must have the recorded shapes; outputs get new references. Not while this thread
+ * records a trace. */
 ml_status ml_trace_replay(ml_trace *trace, ml_tensor *const *inputs, ml_tensor **outputs);
 /* n_calls independent replays (inputs n_calls x n_inputs, outputs n_calls x n_outputs,
  * row-major) over n_threads threads; the results do not depend on n_threads. */
@@ -357,7 +367,8 @@ int ml_get_num_threads(void);
  *    filled in index order, so a search costs in proportion to what is stored.
  *  - Queries must be finite (NaN/Inf refused with ML_ERR_VALUE, nothing changes).
  *  - Thread safe: queries, reads and saves share a read lock; updates, clears and loads
- *    take it exclusively. `seed` seeds the memory's own xoshiro256** stream (tie-breaks);
+ *    take it exclusively. ml_memory_free must wait until no call on the memory runs (the
+ *    Python binding refuses to re-initialise a memory in use). `seed` seeds the memory's own xoshiro256** stream (tie-breaks);
  *    clear() reseeds it, save/load carry it, so a run replays bit for bit. */
 typedef struct ml_memory ml_memory;
 
@@ -390,7 +401,8 @@ ml_status ml_memory_query(ml_memory *mem, int64_t n, const float *q, int64_t k,
  *   otherwise:      (normalize(q), y, payload or zeros) goes to the oldest slot: the next
  *                   empty one, else the largest age, ties broken at random by the stream.
  * Ages: one call is one step of the paper: every occupied age grows by 1 and every slot the
- * call wrote or merged ends at age 0. payloads (n x payload_size) may be NULL. */
+ * call wrote or merged ends at age 0. payloads (n x payload_size) may be NULL. A label of
+ * -1 (what query returns for an empty slot) is refused (ML_ERR_VALUE), nothing changed. */
 ml_status ml_memory_update(ml_memory *mem, int64_t n, const float *q, const int64_t *labels,
                            const float *payloads);
 /* Differentiable soft read, q (n x key_size) a tensor: with s_j the cosine similarities of

@@ -371,6 +371,12 @@ ml_status ml_memory_update(ml_memory *mem, int64_t n, const float *q, const int6
     int64_t d = mem->key_size, p = mem->payload_size;
     ml_status st = check_queries(what, n, q, d);
     if (st) return st;
+    /* -1 is what query returns for an empty slot: a stored -1 would read as "nothing here" */
+    for (int64_t i = 0; i < n; i++)
+        if (labels[i] == -1)
+            return ml_set_error(ML_ERR_VALUE, "%s: label -1 (at position %lld) is the marker of "
+                                "an empty slot and cannot be stored; use another integer",
+                                what, (long long)i);
     if (payloads && p)
         for (int64_t i = 0; i < n * p; i++)
             if (!isfinite(payloads[i]))

@@ -1,15 +1,40 @@
 /* memory.c — binding of the knowledge memory (csrc/memory/): _core.KnowledgeMemory.
  * Queries and updates take array-likes (or Tensors) of shape (n, key_size) and return NumPy
  * arrays; read and loss take Tensors and return recorded Tensors. The GIL is released while
- * a large search or update runs (the C memory has its own lock). */
+ * a large search or update runs (the C memory has its own lock).
+ *
+ * Threads: the C memory's rwlock lets queries (and saves) run together while updates,
+ * clears and loads wait for them. What the lock cannot cover is the memory itself being
+ * replaced: `__init__` on a live object frees the old C memory. So every call that may
+ * release the GIL counts itself in `busy` (changed with the GIL held) for its duration,
+ * and `__init__` refuses while the count is not zero; nothing else frees the C memory
+ * while a method runs (the call holds a reference to the object). */
 #include "binding.h"
+
+#include <time.h>
 
 typedef struct {
     PyObject_HEAD
     ml_memory *mem;
+    Py_ssize_t busy; /* calls running on this memory that may have released the GIL */
 } MemoryObject;
 
 static PyTypeObject MemoryType;
+
+/* Test hook (_core._debug_memory_pause): calls that release the GIL sleep this long (ns)
+ * once the GIL is released, so a test can act while one is in flight. 0 (off) outside the
+ * thread tests; reading it costs one load per call. */
+static long long debug_pause_ns;
+static int debug_paused; /* calls sleeping in the hook now */
+
+static void debug_pause(void) {
+    long long ns = __atomic_load_n(&debug_pause_ns, __ATOMIC_RELAXED);
+    if (!ns) return;
+    __atomic_add_fetch(&debug_paused, 1, __ATOMIC_RELAXED);
+    struct timespec ts = {(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
+    nanosleep(&ts, NULL);
+    __atomic_sub_fetch(&debug_paused, 1, __ATOMIC_RELAXED);
+}
 
 static int Memory_init(MemoryObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"capacity", "key_size", "payload_size", "seed", NULL};
@@ -18,6 +43,13 @@ static int Memory_init(MemoryObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "LL|LK:KnowledgeMemory", kwlist, &capacity,
                                      &key_size, &payload_size, &seed))
         return -1;
+    if (self->busy) {
+        PyErr_Format(PyExc_RuntimeError, "KnowledgeMemory.__init__: the memory is in use by "
+                     "another thread (%zd call(s) running: query, update, save or load); "
+                     "re-initialise it after they return, or make a new KnowledgeMemory",
+                     self->busy);
+        return -1;
+    }
     ml_memory *m = NULL;
     ml_status st = ml_memory_new(&m, capacity, key_size, payload_size, seed);
     if (st) {
@@ -58,7 +90,16 @@ static ml_tensor *as_queries(MemoryObject *self, PyObject *q, const char *what) 
 static PyArrayObject *as_labels(PyObject *labels, int64_t n, const char *what) {
     PyArrayObject *a = to_index_array(labels, what);
     if (!a) return NULL;
-    if (PyArray_SIZE(a) != n || PyArray_NDIM(a) > 1) {
+    if (PyArray_NDIM(a) > 1) {
+        PyObject *shape = PyObject_GetAttrString((PyObject *)a, "shape");
+        if (shape)
+            PyErr_Format(PyExc_ValueError, "%s: labels must be 1-D (one integer per query), got "
+                         "an array of shape %R", what, shape);
+        Py_XDECREF(shape);
+        Py_DECREF(a);
+        return NULL;
+    }
+    if (PyArray_SIZE(a) != n) {
         PyErr_Format(PyExc_ValueError, "%s: expected %lld labels (one per query), got an array of "
                      "%zd", what, (long long)n, (Py_ssize_t)PyArray_SIZE(a));
         Py_DECREF(a);
@@ -91,11 +132,14 @@ static PyObject *Memory_query(MemoryObject *self, PyObject *args, PyObject *kw) 
     if (idx && sim && lab && pay) {
         ml_status st;
         ml_memory *m = self->mem;
+        self->busy++;
         CALL(st, n * ml_memory_size(m) * ml_memory_key_size(m),
-             ml_memory_query(m, n, q->data, k, PyArray_DATA((PyArrayObject *)idx),
-                             PyArray_DATA((PyArrayObject *)sim),
-                             PyArray_DATA((PyArrayObject *)lab),
-                             p ? PyArray_DATA((PyArrayObject *)pay) : NULL));
+             (debug_pause(),
+              ml_memory_query(m, n, q->data, k, PyArray_DATA((PyArrayObject *)idx),
+                              PyArray_DATA((PyArrayObject *)sim),
+                              PyArray_DATA((PyArrayObject *)lab),
+                              p ? PyArray_DATA((PyArrayObject *)pay) : NULL)));
+        self->busy--;
         if (st) raise_status(st);
         else result = PyTuple_Pack(4, idx, sim, lab, pay);
     }
@@ -135,8 +179,10 @@ static PyObject *Memory_update(MemoryObject *self, PyObject *args, PyObject *kw)
     }
     ml_status st;
     ml_memory *m = self->mem;
+    self->busy++;
     CALL(st, n * ml_memory_size(m) * ml_memory_key_size(m),
-         ml_memory_update(m, n, q->data, PyArray_DATA(labels), pay ? pay->data : NULL));
+         (debug_pause(), ml_memory_update(m, n, q->data, PyArray_DATA(labels), pay ? pay->data : NULL)));
+    self->busy--;
     ml_release(q);
     ml_release(pay);
     Py_DECREF(labels);
@@ -209,8 +255,11 @@ static PyObject *Memory_save(MemoryObject *self, PyObject *arg) {
     ml_status st;
     ml_memory *m = self->mem;
     const char *path = PyBytes_AS_STRING(bytes);
-    Py_BEGIN_ALLOW_THREADS st = ml_memory_save(m, path);
+    self->busy++;
+    Py_BEGIN_ALLOW_THREADS debug_pause();
+    st = ml_memory_save(m, path);
     Py_END_ALLOW_THREADS
+    self->busy--;
     Py_DECREF(bytes);
     if (st) return raise_status(st);
     Py_RETURN_NONE;
@@ -222,8 +271,11 @@ static PyObject *Memory_load(MemoryObject *self, PyObject *arg) {
     ml_status st;
     ml_memory *m = self->mem;
     const char *path = PyBytes_AS_STRING(bytes);
-    Py_BEGIN_ALLOW_THREADS st = ml_memory_load(m, path);
+    self->busy++;
+    Py_BEGIN_ALLOW_THREADS debug_pause();
+    st = ml_memory_load(m, path);
     Py_END_ALLOW_THREADS
+    self->busy--;
     Py_DECREF(bytes);
     if (st) return raise_status(st);
     Py_RETURN_NONE;
@@ -345,7 +397,27 @@ static PyTypeObject MemoryType = {
     .tp_new = PyType_GenericNew,
 };
 
+static PyObject *mod_debug_memory_pause(PyObject *m, PyObject *arg) {
+    double s = PyFloat_AsDouble(arg);
+    if (s == -1.0 && PyErr_Occurred()) return NULL;
+    if (!(s >= 0 && s <= 10)) {
+        PyErr_SetString(PyExc_ValueError, "_debug_memory_pause: seconds must be in [0, 10]");
+        return NULL;
+    }
+    __atomic_store_n(&debug_pause_ns, (long long)(s * 1e9), __ATOMIC_RELAXED);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_debug_memory_paused(PyObject *m, PyObject *unused) {
+    return PyLong_FromLong(__atomic_load_n(&debug_paused, __ATOMIC_RELAXED));
+}
+
 PyMethodDef ml_memory_methods[] = {
+    {"_debug_memory_pause", (PyCFunction)mod_debug_memory_pause, METH_O,
+     "_debug_memory_pause(seconds): tests only. KnowledgeMemory calls that release the GIL "
+     "sleep this long without it (0: off)."},
+    {"_debug_memory_paused", (PyCFunction)mod_debug_memory_paused, METH_NOARGS,
+     "_debug_memory_paused() -> calls sleeping in the test hook now."},
     {NULL},
 };
 

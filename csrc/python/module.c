@@ -11,8 +11,12 @@
 #include <math.h>
 #include <unistd.h>
 
-/* a list while a trace records (GIL-protected): optimizers stepped inside are kept alive */
-static PyObject *tracing_keepalive;
+/* The trace this thread records (borrowed: the thread's state dict holds it until the
+ * recording ends, so another thread cannot free it meanwhile); optimizers stepped while it
+ * records go into its keep-alive list. Per thread: two threads may record at once. */
+typedef struct TraceObject TraceObject;
+static _Thread_local TraceObject *recording_trace;
+static int keep_alive_in_trace(PyObject *obj);
 
 /* ------------------------------------------------------------------ errors */
 
@@ -1355,6 +1359,13 @@ static PyObject *mod_scce(PyObject *m, PyObject *args, PyObject *kwds) {
 /* ---- autograd ---- */
 
 /* A Tensor or a sequence of Tensors -> new array of borrowed ml_tensor pointers */
+/* Releases ts[0..n) (NULL entries allowed) and frees the array. */
+static void release_tensors(ml_tensor **ts, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; ts && i < n; i++) ml_release(ts[i]);
+    PyMem_Free(ts);
+}
+
+/* The tensors of a Tensor or a sequence of them: new references (release_tensors). */
 static ml_tensor **tensor_list(PyObject *obj, Py_ssize_t *n, const char *what, int allow_none) {
     PyObject *seq;
     if (Tensor_Check(obj)) {
@@ -1382,11 +1393,14 @@ static ml_tensor **tensor_list(PyObject *obj, Py_ssize_t *n, const char *what, i
         if (!Tensor_Check(it)) {
             PyErr_Format(PyExc_TypeError, "%s[%zd] must be a Tensor, got %.100s", what, i,
                          type_name(it));
-            PyMem_Free(ts);
+            release_tensors(ts, i);
             Py_DECREF(seq);
             return NULL;
         }
-        ts[i] = T(it); /* borrowed: seq and the caller's objects keep them alive */
+        /* a reference of our own: the call may release the GIL, and another thread may
+         * then empty the caller's list (the list's items were the only owners) */
+        ts[i] = T(it);
+        ml_retain(ts[i]);
     }
     Py_DECREF(seq);
     return ts;
@@ -1464,8 +1478,8 @@ static PyObject *mod_grad(PyObject *m, PyObject *args, PyObject *kwds) {
 done:
     for (Py_ssize_t i = 0; owned_g && i < ng; i++) ml_release(owned_g[i]);
     for (Py_ssize_t j = 0; grads && j < ni; j++) ml_release(grads[j]);
-    PyMem_Free(outs);
-    PyMem_Free(ins);
+    release_tensors(outs, no);
+    release_tensors(ins, ni);
     PyMem_Free(gouts);
     PyMem_Free(owned_g);
     PyMem_Free(grads);
@@ -1747,7 +1761,7 @@ static PyObject *Optimizer_step(OptimizerObject *self, PyObject *args) {
         raise_status(st);
         goto done;
     }
-    if (tracing_keepalive && PyList_Append(tracing_keepalive, (PyObject *)self) < 0) goto done;
+    if (keep_alive_in_trace((PyObject *)self) < 0) goto done; /* a replay steps it again */
     result = Py_None;
     Py_INCREF(result);
 done:
@@ -1841,45 +1855,84 @@ static PyTypeObject OptimizerType = {
 /* ------------------------------------------------------------------- traces */
 
 /* A recorded computation (metalearn.function builds on it). Optimizers stepped while
- * recording are kept alive by the trace, since replays step them again. */
-typedef struct {
+ * recording are kept alive by the trace, since replays step them again.
+ *
+ * Threads: recording belongs to the thread that began it (the C core refuses trace_end and
+ * trace_abort from others). While it records, that thread's state dict holds the trace, so
+ * dropping the last other reference (on any thread) cannot free it under the recorder; the
+ * dict lets go at trace_end/trace_abort, or when the thread ends. A finished trace replays
+ * on any thread, several at once (the C trace is read-only then). */
+struct TraceObject {
     PyObject_HEAD
     ml_trace *trace;
     PyObject *keepalive; /* list */
-} TraceObject;
+};
 
 static PyTypeObject TraceType;
 
+/* the thread state dict's key for the trace this thread records */
+#define RECORDING_KEY "metalearn._core.recording_trace"
+
 static void Trace_dealloc(TraceObject *self) {
+    /* only the recorder's state dict can drop the last reference of a recording trace: this
+     * runs on the recording thread (at its end), where the C trace stops recording */
+    if (recording_trace == self) recording_trace = NULL;
     ml_trace_free(self->trace);
     Py_XDECREF(self->keepalive);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* the tensors of a trace call (None allowed for an absent output) */
+static int keep_alive_in_trace(PyObject *obj) {
+    return recording_trace ? PyList_Append(recording_trace->keepalive, obj) : 0;
+}
+
+/* This thread no longer records tr: forget it (its state dict lets go of it). */
+static void forget_recording(TraceObject *tr) {
+    if (recording_trace != tr) return;
+    recording_trace = NULL;
+    PyObject *d = PyThreadState_GetDict();
+    if (d && PyDict_GetItemString(d, RECORDING_KEY) == (PyObject *)tr) {
+        PyObject *et, *ev, *tb; /* keep an exception being raised (a failed trace_end) */
+        PyErr_Fetch(&et, &ev, &tb);
+        if (PyDict_DelItemString(d, RECORDING_KEY) < 0) PyErr_Clear();
+        PyErr_Restore(et, ev, tb);
+    }
+}
+
+/* the tensors of a trace call (None allowed for an absent output): new references */
 static ml_tensor **tensor_seq(PyObject *obj, Py_ssize_t *n, const char *what) {
     return tensor_list(obj, n, what, 1);
 }
 
 static PyObject *mod_trace_begin(PyObject *m, PyObject *inputs) {
     Py_ssize_t n;
+    PyObject *d = PyThreadState_GetDict();
+    if (!d) {
+        PyErr_SetString(PyExc_RuntimeError, "trace_begin: no thread state dict");
+        return NULL;
+    }
     ml_tensor **ts = tensor_seq(inputs, &n, "trace_begin");
     if (!ts) return NULL;
     TraceObject *tr = PyObject_New(TraceObject, &TraceType);
     if (!tr) {
-        PyMem_Free(ts);
+        release_tensors(ts, n);
         return NULL;
     }
     tr->trace = NULL;
     tr->keepalive = PyList_New(0);
     ml_status st = tr->keepalive ? ml_trace_begin(&tr->trace, (int)n, ts) : ML_ERR_OOM;
-    PyMem_Free(ts);
+    release_tensors(ts, n); /* the C trace holds its own references */
     if (st) {
+        int set = tr->keepalive == NULL; /* PyList_New set the exception */
         Py_DECREF(tr);
-        return raise_status(st);
+        return set ? NULL : raise_status(st);
     }
-    Py_XSETREF(tracing_keepalive, tr->keepalive);
-    Py_INCREF(tracing_keepalive);
+    if (PyDict_SetItemString(d, RECORDING_KEY, (PyObject *)tr) < 0) {
+        ml_trace_abort(tr->trace);
+        Py_DECREF(tr);
+        return NULL;
+    }
+    recording_trace = tr;
     return (PyObject *)tr;
 }
 
@@ -1887,15 +1940,20 @@ static PyObject *mod_trace_end(PyObject *m, PyObject *args) {
     TraceObject *tr;
     PyObject *outputs;
     if (!PyArg_ParseTuple(args, "O!O:trace_end", &TraceType, &tr, &outputs)) return NULL;
-    Py_CLEAR(tracing_keepalive);
     Py_ssize_t n;
     ml_tensor **ts = tensor_seq(outputs, &n, "trace_end");
     if (!ts) {
-        ml_trace_abort(tr->trace);
+        if (recording_trace == tr) { /* bad outputs: the recording stops (it failed) */
+            ml_trace_abort(tr->trace);
+            forget_recording(tr);
+        }
         return NULL;
     }
+    /* on the recording thread the C trace stops recording whatever the outcome; on another
+     * thread it refuses and changes nothing */
     ml_status st = ml_trace_end(tr->trace, (int)n, ts);
-    PyMem_Free(ts);
+    release_tensors(ts, n);
+    forget_recording(tr);
     if (st) return raise_status(st);
     Py_RETURN_NONE;
 }
@@ -1905,9 +1963,15 @@ static PyObject *mod_trace_abort(PyObject *m, PyObject *arg) {
         PyErr_SetString(PyExc_TypeError, "trace_abort expects a trace");
         return NULL;
     }
-    Py_CLEAR(tracing_keepalive);
-    ml_trace_abort(((TraceObject *)arg)->trace);
+    TraceObject *tr = (TraceObject *)arg;
+    ml_status st = ml_trace_abort(tr->trace);
+    if (st) return raise_status(st); /* recorded by another thread: nothing changed */
+    forget_recording(tr);
     Py_RETURN_NONE;
+}
+
+static PyObject *mod_is_tracing(PyObject *m, PyObject *unused) {
+    return PyBool_FromLong(ml_trace_is_recording());
 }
 
 static PyObject *outputs_list(ml_tensor **outs, int n) {
@@ -1926,16 +1990,56 @@ static PyObject *outputs_list(ml_tensor **outs, int n) {
     return list;
 }
 
-/* trace_replay(trace, inputs) -> list of output Tensors */
-static PyObject *mod_trace_replay(PyObject *m, PyObject *args) {
+/* GradientTapes recording on this thread (metalearn.tape keeps it equal to the length of
+ * its per-thread tape stack): the replay path reads it here, a C thread-local, instead of
+ * a Python thread-local lookup per call. */
+static _Thread_local Py_ssize_t tapes_recording;
+
+static PyObject *mod_set_tapes_recording(PyObject *m, PyObject *arg) {
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    tapes_recording = n > 0 ? n : 0;
+    Py_RETURN_NONE;
+}
+
+/* Whether a replay of these inputs would differ from running the function: this thread
+ * records a trace (the ops must run, to be recorded), or grad mode is on and a tape
+ * records or an input requires grad (an eager call's outputs would carry a graph; a
+ * replay records nothing). Flags and one test per input: nothing worth the name on the
+ * replay path. */
+static int must_run_eagerly(ml_tensor *const *ts, Py_ssize_t n) {
+    if (ml_trace_is_recording()) return 1;
+    if (!ml_grad_enabled()) return 0;
+    if (tapes_recording) return 1;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (ts[i] && ts[i]->requires_grad) return 1;
+    return 0;
+}
+
+static PyObject *mod_must_run_eagerly(PyObject *m, PyObject *inputs) {
+    Py_ssize_t n;
+    ml_tensor **ts = tensor_seq(inputs, &n, "must_run_eagerly");
+    if (!ts) return NULL;
+    int r = must_run_eagerly(ts, n);
+    release_tensors(ts, n);
+    return PyBool_FromLong(r);
+}
+
+/* trace_replay(trace, inputs) -> list of output Tensors; try_replay: None instead when the
+ * call must run eagerly (must_run_eagerly) */
+static PyObject *trace_replay_impl(PyObject *args, int try_only) {
     TraceObject *tr;
     PyObject *inputs;
     if (!PyArg_ParseTuple(args, "O!O:trace_replay", &TraceType, &tr, &inputs)) return NULL;
     Py_ssize_t n;
     ml_tensor **ts = tensor_seq(inputs, &n, "trace_replay");
     if (!ts) return NULL;
+    if (try_only && must_run_eagerly(ts, n)) {
+        release_tensors(ts, n);
+        Py_RETURN_NONE;
+    }
     if (n != ml_trace_n_inputs(tr->trace)) {
-        PyMem_Free(ts);
+        release_tensors(ts, n);
         PyErr_Format(PyExc_ValueError, "replay: %zd inputs for a trace of %d", n,
                      ml_trace_n_inputs(tr->trace));
         return NULL;
@@ -1943,18 +2047,22 @@ static PyObject *mod_trace_replay(PyObject *m, PyObject *args) {
     int n_out = ml_trace_n_outputs(tr->trace);
     ml_tensor **outs = PyMem_Calloc((size_t)(n_out ? n_out : 1), sizeof *outs);
     if (!outs) {
-        PyMem_Free(ts);
+        release_tensors(ts, n);
         return PyErr_NoMemory();
     }
     ml_status st;
+    /* tr stays alive: the caller's argument tuple holds it */
     Py_BEGIN_ALLOW_THREADS
     st = ml_trace_replay(tr->trace, ts, outs);
     Py_END_ALLOW_THREADS
-    PyMem_Free(ts);
+    release_tensors(ts, n);
     PyObject *r = st ? raise_status(st) : outputs_list(outs, n_out);
     PyMem_Free(outs);
     return r;
 }
+
+static PyObject *mod_trace_replay(PyObject *m, PyObject *args) { return trace_replay_impl(args, 0); }
+static PyObject *mod_trace_try_replay(PyObject *m, PyObject *args) { return trace_replay_impl(args, 1); }
 
 /* one thread count for the whole core: large ops and task-parallel replays
  * (ml_set_num_threads; METALEARN_NUM_THREADS or the number of cores by default) */
@@ -1974,6 +2082,7 @@ static PyObject *mod_trace_replay_many(PyObject *m, PyObject *args) {
     int n_in = ml_trace_n_inputs(tr->trace), n_out = ml_trace_n_outputs(tr->trace);
     ml_tensor **ins = PyMem_Calloc((size_t)(n_calls * n_in + 1), sizeof *ins);
     ml_tensor **outs = PyMem_Calloc((size_t)(n_calls * n_out + 1), sizeof *outs);
+    Py_ssize_t n_held = 0; /* ins[0..n_held) are references of ours */
     PyObject *result = NULL;
     if (!ins || !outs) {
         PyErr_NoMemory();
@@ -1984,13 +2093,14 @@ static PyObject *mod_trace_replay_many(PyObject *m, PyObject *args) {
         ml_tensor **ts = tensor_seq(PySequence_Fast_GET_ITEM(seq, c), &n, "trace_replay_many");
         if (!ts) goto done;
         if (n != n_in) {
-            PyMem_Free(ts);
+            release_tensors(ts, n);
             PyErr_Format(PyExc_ValueError, "replay: call %zd has %zd inputs, the trace takes %d", c,
                          n, n_in);
             goto done;
         }
         memcpy(ins + c * n_in, ts, (size_t)n_in * sizeof *ts);
-        PyMem_Free(ts);
+        n_held += n_in;
+        PyMem_Free(ts); /* the references moved into ins */
     }
     ml_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -2011,6 +2121,7 @@ static PyObject *mod_trace_replay_many(PyObject *m, PyObject *args) {
     }
     for (Py_ssize_t i = 0; i < n_calls * n_out; i++) ml_release(outs[i]), outs[i] = NULL;
 done:
+    for (Py_ssize_t i = 0; ins && i < n_held; i++) ml_release(ins[i]);
     PyMem_Free(ins);
     PyMem_Free(outs);
     Py_DECREF(seq);
@@ -2113,6 +2224,14 @@ static PyMethodDef module_methods[] = {
     {"trace_end", F(mod_trace_end), METH_VARARGS, "trace_end(trace, outputs)"},
     {"trace_abort", F(mod_trace_abort), METH_O, "trace_abort(trace): stop recording"},
     {"trace_replay", F(mod_trace_replay), METH_VARARGS, "trace_replay(trace, inputs) -> outputs"},
+    {"trace_try_replay", F(mod_trace_try_replay), METH_VARARGS,
+     "trace_try_replay(trace, inputs) -> outputs, or None when the call must run eagerly (this "
+     "thread records a trace, or grad mode is on and a tape records or an input requires grad)"},
+    {"must_run_eagerly", F(mod_must_run_eagerly), METH_O,
+     "must_run_eagerly(inputs) -> whether trace_try_replay would refuse these inputs now"},
+    {"_set_tapes_recording", F(mod_set_tapes_recording), METH_O,
+     "_set_tapes_recording(n): GradientTapes recording on this thread (metalearn.tape)"},
+    {"is_tracing", F(mod_is_tracing), METH_NOARGS, "Whether this thread records a trace."},
     {"trace_replay_many", F(mod_trace_replay_many), METH_VARARGS,
      "trace_replay_many(trace, calls, n_threads=0) -> outputs per call, over threads"},
     {"trace_n_ops", F(mod_trace_n_ops), METH_O, "number of recorded ops"},

@@ -294,6 +294,29 @@ static void test_files(void) {
     ml_memory_free(a), ml_memory_free(b), ml_memory_free(c), ml_memory_free(d), ml_memory_free(e);
 }
 
+/* Label -1 is what a query returns for an empty slot: an update holding it is refused
+ * before anything changes, even when the -1 comes after good labels. */
+static void test_empty_label_refused(void) {
+    ml_memory *m = NULL;
+    OK(ml_memory_new(&m, 4, 2, 0, 7));
+    const float q[6] = {1, 0, 0, 1, 1, 1};
+    const int64_t good[1] = {5}, bad[3] = {1, 2, -1};
+    OK(ml_memory_update(m, 1, q, good, NULL));
+    float keys0[8], keys1[8];
+    int64_t lab0[4], lab1[4], age0[4], age1[4];
+    OK(ml_memory_get(m, keys0, lab0, age0, NULL));
+    CHECK(ml_memory_update(m, 3, q, bad, NULL) == ML_ERR_VALUE, "label -1 was stored");
+    CHECK(strstr(ml_last_error(), "label -1") && strstr(ml_last_error(), "position 2"),
+          "message: %s", ml_last_error());
+    OK(ml_memory_get(m, keys1, lab1, age1, NULL));
+    CHECK(ml_memory_size(m) == 1 && !memcmp(keys0, keys1, sizeof keys0) &&
+              !memcmp(lab0, lab1, sizeof lab0) && !memcmp(age0, age1, sizeof age0),
+          "a refused update changed the memory");
+    const int64_t other[1] = {-2}; /* other negative labels are ordinary classes */
+    OK(ml_memory_update(m, 1, q + 2, other, NULL));
+    ml_memory_free(m);
+}
+
 int main(void) {
     test_sizes();
     test_update_rule();
@@ -302,6 +325,7 @@ int main(void) {
     test_gradients(0);
     test_gradients(1);
     test_files();
+    test_empty_label_refused();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }

@@ -1,5 +1,6 @@
 /* test_threads.c — ops split over threads give the same bits for every thread count:
- * GEMM (row and column splits, all transposes), conv2d and its two gradients. */
+ * GEMM (row and column splits, all transposes), conv2d and its two gradients; traces
+ * recorded, ended, freed and replayed from several threads. */
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -236,6 +237,223 @@ static void parallel_for_cases(void) {
     ml_set_num_threads(1);
 }
 
+
+/* ------------------------------------------------------------------ traces and threads */
+
+#define OK(expr) CHECK((expr) == ML_OK, "%s -> %s", #expr, ml_last_error())
+
+/* A step barrier for two threads: each phase is entered by one side only. */
+static pthread_mutex_t ph_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t ph_cv = PTHREAD_COND_INITIALIZER;
+static int phase;
+static void wait_phase(int p) {
+    pthread_mutex_lock(&ph_mu);
+    while (phase < p) pthread_cond_wait(&ph_cv, &ph_mu);
+    pthread_mutex_unlock(&ph_mu);
+}
+static void set_phase(int p) {
+    pthread_mutex_lock(&ph_mu);
+    phase = p;
+    pthread_cond_broadcast(&ph_cv);
+    pthread_mutex_unlock(&ph_mu);
+}
+
+static ml_tensor *vec(float v) {
+    int64_t sh[1] = {4};
+    ml_tensor *t = NULL;
+    ml_tensor_full(&t, 1, sh, v);
+    return t;
+}
+
+/* Two threads record at the same time, interleaved op by op: each trace holds its own
+ * thread's ops (and its own optimizer's step) only. */
+typedef struct {
+    int id;
+    ml_tensor *x, *w;
+    ml_optimizer *opt;
+    ml_trace *tr;
+    ml_status st;
+} rec_job;
+
+static void *record_interleaved(void *arg) {
+    rec_job *j = arg;
+    ml_tensor *y = NULL, *z = NULL;
+    wait_phase(j->id == 0 ? 0 : 1);
+    j->st = ml_trace_begin(&j->tr, 1, &j->x);
+    set_phase(j->id == 0 ? 1 : 2); /* A began, then B began */
+    wait_phase(j->id == 0 ? 2 : 3);
+    /* A: y = x * 3, SGD step on w with y; B (after A): y = x + 1 */
+    if (!j->st) j->st = j->id == 0 ? ml_mul_scalar(&y, j->x, 3.0f) : ml_add_scalar(&y, j->x, 1.0f);
+    if (!j->st && j->id == 0) j->st = ml_optimizer_step(j->opt, 1, &j->w, &y);
+    if (!j->st) j->st = ml_mul_scalar(&z, y, 2.0f);
+    set_phase(j->id == 0 ? 3 : 4);
+    wait_phase(j->id == 0 ? 4 : 3);
+    if (!j->st) j->st = ml_trace_end(j->tr, 1, &z);
+    ml_release(y);
+    ml_release(z);
+    return NULL;
+}
+
+static void trace_two_recorders(void) {
+    phase = 0;
+    rec_job jobs[2] = {{0}, {0}};
+    for (int i = 0; i < 2; i++) {
+        jobs[i].id = i;
+        jobs[i].x = vec(1.0f);
+        jobs[i].w = vec(10.0f);
+    }
+    OK(ml_sgd_new(&jobs[0].opt, 0.5f, 0.0f, 0));
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) pthread_create(&th[i], NULL, record_interleaved, &jobs[i]);
+    for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 2; i++) CHECK(jobs[i].st == ML_OK, "recorder %d: %s", i, ml_last_error());
+    if (jobs[0].st || jobs[1].st) return;
+    CHECK(ml_trace_n_ops(jobs[0].tr) == 3, "A's trace holds %d entries, expected mul, step, mul",
+          ml_trace_n_ops(jobs[0].tr));
+    CHECK(ml_trace_n_ops(jobs[1].tr) == 2, "B's trace holds %d entries, expected add, mul",
+          ml_trace_n_ops(jobs[1].tr));
+    /* replays: A gives 2 * 3x and steps w by -0.5 * 3x; B gives 2 * (x + 1) */
+    ml_tensor *x2 = vec(2.0f), *out[2] = {NULL, NULL};
+    OK(ml_trace_replay(jobs[0].tr, &x2, &out[0]));
+    OK(ml_trace_replay(jobs[1].tr, &x2, &out[1]));
+    CHECK(out[0] && ml_data(out[0])[0] == 12.0f, "A's replay gave %g, expected 12",
+          out[0] ? (double)ml_data(out[0])[0] : -1.0);
+    CHECK(out[1] && ml_data(out[1])[0] == 6.0f, "B's replay gave %g, expected 6",
+          out[1] ? (double)ml_data(out[1])[0] : -1.0);
+    /* w: 10 - 0.5*3 (recording) - 0.5*6 (replay) */
+    CHECK(ml_data(jobs[0].w)[0] == 5.5f, "w after A's step and replay: %g, expected 5.5",
+          (double)ml_data(jobs[0].w)[0]);
+    CHECK(ml_data(jobs[1].w)[0] == 10.0f, "B's w was stepped: %g", (double)ml_data(jobs[1].w)[0]);
+    ml_release(x2);
+    ml_release(out[0]);
+    ml_release(out[1]);
+    for (int i = 0; i < 2; i++) {
+        ml_trace_free(jobs[i].tr);
+        ml_release(jobs[i].x);
+        ml_release(jobs[i].w);
+    }
+    ml_optimizer_free(jobs[0].opt);
+}
+
+/* Recording belongs to its thread: another thread's end and abort are refused and change
+ * nothing; its free is deferred to the recorder's end, which reports it. */
+typedef struct {
+    ml_tensor *x;
+    ml_trace *tr;
+    int mode; /* 0: end/abort from another thread; 1: freed by another thread */
+    ml_status end_st, later_begin_st;
+    float value;
+} owner_job;
+
+static void *own_recorder(void *arg) {
+    owner_job *j = arg;
+    ml_tensor *y = NULL, *z = NULL;
+    j->end_st = ml_trace_begin(&j->tr, 1, &j->x);
+    if (!j->end_st) j->end_st = ml_mul_scalar(&y, j->x, 2.0f);
+    set_phase(1);
+    wait_phase(2); /* the main thread tries to end, abort or free the trace */
+    if (!j->end_st) j->end_st = ml_add_scalar(&z, y, 1.0f); /* still recorded, into live memory */
+    if (!j->end_st) {
+        j->value = ml_data(z)[0];
+        j->end_st = ml_trace_end(j->tr, 1, &z);
+    }
+    ml_trace *again = NULL;
+    j->later_begin_st = ml_trace_begin(&again, 1, &j->x); /* not stuck recording */
+    if (!j->later_begin_st) ml_trace_free(again);
+    ml_release(y);
+    ml_release(z);
+    return NULL;
+}
+
+static void trace_owner_cases(void) {
+    for (int mode = 0; mode < 2; mode++) {
+        phase = 0;
+        owner_job j = {vec(1.0f), NULL, mode, ML_OK, ML_OK, 0.0f};
+        pthread_t th;
+        pthread_create(&th, NULL, own_recorder, &j);
+        wait_phase(1);
+        if (mode == 0) {
+            ml_tensor *none = NULL;
+            CHECK(ml_trace_end(j.tr, 1, &none) == ML_ERR_GRAPH,
+                  "trace_end from another thread was not refused");
+            CHECK(strstr(ml_last_error(), "another thread") != NULL, "message: %s", ml_last_error());
+            CHECK(ml_trace_abort(j.tr) == ML_ERR_GRAPH, "trace_abort from another thread was not refused");
+            CHECK(ml_trace_is_recording() == 0, "the main thread reads as recording");
+        } else {
+            ml_trace_free(j.tr); /* deferred: the recorder is still using it */
+        }
+        set_phase(2);
+        pthread_join(th, NULL);
+        CHECK(j.value == 3.0f, "the recorder's ops after the interference: %g", (double)j.value);
+        if (mode == 0) {
+            CHECK(j.end_st == ML_OK, "the recorder could not end its trace: %s", ml_last_error());
+            ml_tensor *out = NULL, *x2 = vec(5.0f);
+            OK(ml_trace_replay(j.tr, &x2, &out));
+            CHECK(out && ml_data(out)[0] == 11.0f, "replay on another thread: %g",
+                  out ? (double)ml_data(out)[0] : -1.0);
+            ml_tensor *z = NULL;
+            CHECK(ml_trace_end(j.tr, 1, &z) == ML_ERR_GRAPH, "a second trace_end was not refused");
+            ml_release(out);
+            ml_release(x2);
+            ml_trace_free(j.tr);
+        } else {
+            CHECK(j.end_st == ML_ERR_GRAPH, "the end of a trace freed meanwhile returned %d", j.end_st);
+        }
+        CHECK(j.later_begin_st == ML_OK, "the recorder stayed stuck recording (mode %d)", mode);
+        ml_release(j.x);
+    }
+}
+
+/* A finished trace replays on several threads at once with the one-thread results; a
+ * replay is refused while this thread records. */
+typedef struct {
+    ml_trace *tr;
+    int bad;
+} replay_job2;
+
+static void *replay_many_times(void *arg) {
+    replay_job2 *j = arg;
+    for (int i = 0; i < 200; i++) {
+        ml_tensor *x = vec((float)i), *y = NULL;
+        if (ml_trace_replay(j->tr, &x, &y) || ml_data(y)[3] != (float)i * 3.0f + 1.0f) j->bad++;
+        ml_release(x);
+        ml_release(y);
+    }
+    return NULL;
+}
+
+static void trace_concurrent_replays(void) {
+    ml_tensor *x = vec(0.0f), *a = NULL, *b = NULL;
+    ml_trace *tr = NULL;
+    OK(ml_trace_begin(&tr, 1, &x));
+    OK(ml_mul_scalar(&a, x, 3.0f));
+    OK(ml_add_scalar(&b, a, 1.0f));
+    CHECK(ml_trace_is_recording() == 1, "the recording thread reads as not recording");
+    OK(ml_trace_end(tr, 1, &b));
+    CHECK(ml_trace_is_recording() == 0, "still recording after the end");
+    {
+        ml_trace *outer = NULL;
+        ml_tensor *got = NULL;
+        OK(ml_trace_begin(&outer, 1, &x));
+        CHECK(ml_trace_replay(tr, &x, &got) == ML_ERR_GRAPH, "a replay while recording was not refused");
+        CHECK(ml_trace_replay_many(tr, 1, &x, &got, 2) == ML_ERR_GRAPH,
+              "replay_many while recording was not refused");
+        OK(ml_trace_abort(outer));
+        CHECK(ml_trace_is_recording() == 0, "still recording after the abort");
+        OK(ml_trace_abort(outer)); /* not recording: nothing to do */
+        ml_trace_free(outer);
+    }
+    replay_job2 jobs[4] = {{tr, 0}, {tr, 0}, {tr, 0}, {tr, 0}};
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) pthread_create(&th[i], NULL, replay_many_times, &jobs[i]);
+    for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 4; i++) CHECK(jobs[i].bad == 0, "thread %d: %d wrong replays", i, jobs[i].bad);
+    ml_release(x);
+    ml_release(a);
+    ml_release(b);
+    ml_trace_free(tr);
+}
+
 int main(void) {
     {
         int64_t sh[1] = {1};
@@ -250,6 +468,9 @@ int main(void) {
               "saw the pool (%d)", late_saw_dead_pool);
     }
     parallel_for_cases();
+    trace_two_recorders();
+    trace_owner_cases();
+    trace_concurrent_replays();
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++) {
             gemm_case(ta, tb, 300, 200, 150, 0.0f);  /* row split */
