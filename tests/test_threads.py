@@ -111,6 +111,31 @@ def test_tensors_of_a_list_emptied_by_another_thread_stay_alive_during_grad():
     np.testing.assert_array_equal(result[0], want)
 
 
+def test_names_of_a_list_emptied_by_another_thread_stay_alive_during_save(tmp_path):
+    """save_tensors reads its names from a tuple of its own while it writes without the
+    GIL: another thread emptying the caller's list (the names' only owner) frees nothing
+    under it (a heap-use-after-free under ASan before). The file holds every name."""
+    n = 3000
+    names = [f"tensor/{i:05d}/" + "x" * 40 for i in range(n)]
+    tensors = [ml.tensor(np.full(64, i, F32)) for i in range(n)]
+    path = tmp_path / "names.mlw"
+    started = threading.Event()
+
+    def save():
+        started.set()
+        _core.save_tensors(str(path), names, tensors)
+
+    def clear():
+        started.wait()
+        time.sleep(0.001)  # the save is writing without the GIL
+        names.clear()
+        gc.collect()
+
+    _run_threads(save, clear)
+    loaded = _core.load_tensors(str(path))
+    assert [k for k, _ in loaded] == [f"tensor/{i:05d}/" + "x" * 40 for i in range(n)]
+
+
 def test_tensors_of_replay_lists_emptied_by_another_thread_stay_alive():
     """The same for trace_replay_many: each call's inputs are held for the whole replay."""
     rng = np.random.default_rng(1)

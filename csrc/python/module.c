@@ -1561,7 +1561,11 @@ static PyObject *mod_save_tensors(PyObject *m, PyObject *args) {
     PyObject *path_obj, *names_obj, *tensors_obj, *path_bytes = NULL;
     if (!PyArg_ParseTuple(args, "OOO:save_tensors", &path_obj, &names_obj, &tensors_obj)) return NULL;
     if (!PyUnicode_FSConverter(path_obj, &path_bytes)) return NULL;
-    PyObject *names = PySequence_Fast(names_obj, "save_tensors: names must be a list of str");
+    /* a tuple, not PySequence_Fast's list: the C strings below are read with the GIL
+     * released, and another thread could clear a list (freeing the names) meanwhile */
+    PyObject *names = PySequence_Check(names_obj) ? PySequence_Tuple(names_obj) : NULL;
+    if (!names && !PyErr_Occurred())
+        PyErr_SetString(PyExc_TypeError, "save_tensors: names must be a list of str");
     PyObject *tens = names ? PySequence_Fast(tensors_obj, "save_tensors: tensors must be a list") : NULL;
     Py_ssize_t n = 0;
     const char **cnames = NULL;
