@@ -233,6 +233,37 @@ def test_one_model_predicts_from_many_threads():
 
 # ---------------------------------------------------------------- optimizers
 
+def test_two_first_steps_of_one_optimizer_are_serialised():
+    """Two threads make the first step of one optimizer at once, with parameter lists of
+    different shapes, large enough that the step runs without the GIL: the steps are
+    serialised, so exactly one builds the optimizer's state and the other is refused
+    (its shapes do not match that state). Before, both could build it (a leak, and a
+    state sized for one list updating the other)."""
+    n = 1 << 17  # well above the ~32k elements after which a step releases the GIL
+    for attempt in range(20):
+        opt = _core.Adam(0.01)
+        lists = [([ml.tensor(np.zeros(n, F32))], [ml.tensor(np.ones(n, F32))]),
+                 ([ml.tensor(np.zeros((2, n), F32))], [ml.tensor(np.ones((2, n), F32))])]
+        go = threading.Barrier(2)
+        outcome = []
+
+        def step(params, grads):
+            def run():
+                go.wait()
+                try:
+                    opt.step(params, grads)
+                    outcome.append("stepped")
+                except ValueError:
+                    outcome.append("refused")
+            return run
+
+        _run_threads(*[step(p, g) for p, g in lists])
+        assert sorted(outcome) == ["refused", "stepped"], (attempt, outcome)
+        assert opt.iterations == 1 and opt.n_params == 1
+        moved = [p[0].numpy() for p, _ in lists if not np.all(p[0].numpy() == 0)]
+        assert len(moved) == 1  # only the list that built the state was updated
+
+
 def test_optimizer_kept_alive_per_trace_when_two_threads_trace_at_once():
     """Two threads record at once; the optimizer stepped in A's trace belongs to A's trace
     (one module-wide keep-alive list put it into B's). After the optimizer and B's trace

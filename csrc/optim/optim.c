@@ -1,6 +1,7 @@
 /* optim.c — SGD (momentum, Nesterov) and Adam (AMSGrad), with Keras' update rules.
  * State lives in one slab per optimizer, so an update over every parameter is one pass. */
 #include <math.h>
+#include <pthread.h>
 
 #include "../core/internal.h"
 #include "../kernels/vmath.h"
@@ -22,6 +23,9 @@ struct ml_optimizer {
     int64_t total;
     float *slab;         /* n_slots regions of `total` floats */
     int64_t (*dims)[ML_MAX_DIMS + 1]; /* per parameter: ndim then shape */
+    /* steps are serialised: two threads stepping one optimizer (the binding releases the
+     * GIL) must not both build the state on the first step, nor interleave an update */
+    pthread_mutex_t lock;
 };
 
 static ml_status check_lr(float lr) {
@@ -33,7 +37,13 @@ static ml_status check_lr(float lr) {
 
 static ml_status opt_alloc(ml_optimizer **out) {
     *out = calloc(1, sizeof **out);
-    return *out ? ML_OK : ml_set_error(ML_ERR_OOM, "out of memory");
+    if (!*out) return ml_set_error(ML_ERR_OOM, "out of memory");
+    if (pthread_mutex_init(&(*out)->lock, NULL)) {
+        free(*out);
+        *out = NULL;
+        return ml_set_error(ML_ERR_OOM, "optimizer: no lock could be made");
+    }
+    return ML_OK;
 }
 
 ml_status ml_sgd_new(ml_optimizer **out, float learning_rate, float momentum, int nesterov) {
@@ -76,6 +86,7 @@ void ml_optimizer_free(ml_optimizer *opt) {
     free(opt->offset);
     free(opt->dims);
     free(opt->slab);
+    pthread_mutex_destroy(&opt->lock);
     free(opt);
 }
 
@@ -177,6 +188,9 @@ static ml_status replay_step(ml_tensor **out, ml_tensor **in, const void *p) {
     return ml_optimizer_step(s->opt, s->n, in, in + s->n);
 }
 
+static ml_status step_locked(ml_optimizer *opt, int n, ml_tensor *const *params,
+                             ml_tensor *const *grads);
+
 ml_status ml_optimizer_step(ml_optimizer *opt, int n, ml_tensor *const *params,
                             ml_tensor *const *grads) {
     if (!opt) return ml_set_error(ML_ERR_VALUE, "optimizer is NULL");
@@ -196,6 +210,14 @@ ml_status ml_optimizer_step(ml_optimizer *opt, int n, ml_tensor *const *params,
         free(both);
         return st;
     }
+    pthread_mutex_lock(&opt->lock);
+    ml_status st = step_locked(opt, n, params, grads);
+    pthread_mutex_unlock(&opt->lock);
+    return st;
+}
+
+static ml_status step_locked(ml_optimizer *opt, int n, ml_tensor *const *params,
+                             ml_tensor *const *grads) {
     ml_status st = check_step(opt, n, params, grads);
     if (st) return st;
     if (!opt->n_params && (st = build_state(opt, n, params))) return st;
