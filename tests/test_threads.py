@@ -475,6 +475,34 @@ def test_one_trace_replays_on_many_threads_at_once():
         assert all(g.tobytes() == want[i].tobytes() for g in got[i])
 
 
+def test_random_draws_of_replays_on_two_threads_are_whole_blocks_of_the_stream():
+    """Replays run without the GIL, and a traced function that draws random numbers may be
+    replayed on two threads at once. Each draw takes a lock for the whole array, so every
+    array drawn is a contiguous block of the seeded stream: the two threads' arrays are
+    those of one thread drawing as many in a row, in some order. (Unlocked, the two
+    threads tore the generator's state: arrays outside the stream, or repeated.)"""
+    n, calls = 1 << 16, 40
+    zero = ml.tensor(np.zeros(n, F32))
+    f = ml.function(lambda x: x + ml.random.uniform((n,)))
+    f(zero)  # traced (one draw), then replays only
+
+    ml.random.set_seed(7)
+    want = sorted(f(zero).numpy().tobytes() for _ in range(2 * calls))
+    ml.random.set_seed(7)
+    got = [[], []]
+    go = threading.Barrier(2)
+
+    def replayer(i):
+        def run():
+            go.wait()
+            for _ in range(calls):
+                got[i].append(f(zero).numpy().tobytes())
+        return run
+
+    _run_threads(replayer(0), replayer(1))
+    assert sorted(got[0] + got[1]) == want
+
+
 def test_function_replays_on_one_thread_while_another_uses_a_tape():
     """The eager fallback under a tape is per thread: thread A's tape makes A's calls
     differentiable, thread B keeps replaying."""

@@ -1,11 +1,16 @@
 /* rng.c — the seeded generator: xoshiro256** (Blackman & Vigna 2018) seeded through
- * splitmix64. One stream per process, so the same seed gives the same numbers bit for bit. */
+ * splitmix64. One stream per process, so the same seed gives the same numbers bit for bit.
+ * A lock makes each seed and each whole draw (an array, a permutation) one step of that
+ * stream, so threads drawing at once (replays run without the GIL) never tear its state:
+ * each gets a contiguous block of the stream, in an order set by timing. */
 #include <math.h>
+#include <pthread.h>
 
 #include "internal.h"
 
 static uint64_t rng_state[4];
 static int rng_seeded;
+static pthread_mutex_t rng_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static uint64_t splitmix64(uint64_t *x) {
     uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
@@ -14,16 +19,23 @@ static uint64_t splitmix64(uint64_t *x) {
     return z ^ (z >> 31);
 }
 
-void ml_rng_seed(uint64_t seed) {
+static void seed_locked(uint64_t seed) {
     uint64_t x = seed;
     for (int i = 0; i < 4; i++) rng_state[i] = splitmix64(&x);
     rng_seeded = 1;
 }
 
+void ml_rng_seed(uint64_t seed) {
+    pthread_mutex_lock(&rng_lock);
+    seed_locked(seed);
+    pthread_mutex_unlock(&rng_lock);
+}
+
 static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
-uint64_t ml_rng_next_u64(void) {
-    if (!rng_seeded) ml_rng_seed(0);
+/* the next number of the stream; the caller holds rng_lock */
+static uint64_t next_u64(void) {
+    if (!rng_seeded) seed_locked(0);
     uint64_t *s = rng_state;
     uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
     s[2] ^= s[0];
@@ -35,13 +47,20 @@ uint64_t ml_rng_next_u64(void) {
     return result;
 }
 
+uint64_t ml_rng_next_u64(void) {
+    pthread_mutex_lock(&rng_lock);
+    uint64_t r = next_u64();
+    pthread_mutex_unlock(&rng_lock);
+    return r;
+}
+
 /* uniform in [0, 1) with 24 random bits: every value is exact in float32 */
-static inline float next_unit(void) { return (float)(ml_rng_next_u64() >> 40) * 0x1.0p-24f; }
+static inline float next_unit(void) { return (float)(next_u64() >> 40) * 0x1.0p-24f; }
 
 /* standard normal by Box-Muller, in double so the tails are right */
 static double next_normal(void) {
-    double u1 = ((double)(ml_rng_next_u64() >> 11) + 1.0) * 0x1.0p-53; /* (0, 1] */
-    double u2 = (double)(ml_rng_next_u64() >> 11) * 0x1.0p-53;
+    double u1 = ((double)(next_u64() >> 11) + 1.0) * 0x1.0p-53; /* (0, 1] */
+    double u2 = (double)(next_u64() >> 11) * 0x1.0p-53;
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
@@ -66,7 +85,9 @@ ml_status ml_rng_uniform(ml_tensor **out, int ndim, const int64_t *shape, float 
     ml_status st = ml__new(out, ndim, shape);
     if (st) return st;
     float *d = (*out)->data;
+    pthread_mutex_lock(&rng_lock);
     for (int64_t i = 0; i < (*out)->numel; i++) d[i] = lo + (hi - lo) * next_unit();
+    pthread_mutex_unlock(&rng_lock);
     trace_rng(0, *out, lo, hi);
     return ML_OK;
 }
@@ -79,7 +100,9 @@ ml_status ml_rng_normal(ml_tensor **out, int ndim, const int64_t *shape, float m
     ml_status st = ml__new(out, ndim, shape);
     if (st) return st;
     float *d = (*out)->data;
+    pthread_mutex_lock(&rng_lock);
     for (int64_t i = 0; i < (*out)->numel; i++) d[i] = mean + stddev * (float)next_normal();
+    pthread_mutex_unlock(&rng_lock);
     trace_rng(1, *out, mean, stddev);
     return ML_OK;
 }
@@ -92,11 +115,13 @@ ml_status ml_rng_truncated_normal(ml_tensor **out, int ndim, const int64_t *shap
     ml_status st = ml__new(out, ndim, shape);
     if (st) return st;
     float *d = (*out)->data;
+    pthread_mutex_lock(&rng_lock);
     for (int64_t i = 0; i < (*out)->numel; i++) {
         double z;
         do z = next_normal(); while (z < -2.0 || z > 2.0); /* 95% accepted */
         d[i] = mean + stddev * (float)z;
     }
+    pthread_mutex_unlock(&rng_lock);
     trace_rng(2, *out, mean, stddev);
     return ML_OK;
 }
@@ -104,12 +129,12 @@ ml_status ml_rng_truncated_normal(ml_tensor **out, int ndim, const int64_t *shap
 /* uniform in [0, n) without modulo bias (Lemire 2019, "Fast random integer generation
  * in an interval") */
 static uint64_t next_below(uint64_t n) {
-    __uint128_t m = (__uint128_t)ml_rng_next_u64() * n;
+    __uint128_t m = (__uint128_t)next_u64() * n;
     uint64_t low = (uint64_t)m;
     if (low < n) {
         uint64_t threshold = -n % n;
         while (low < threshold) {
-            m = (__uint128_t)ml_rng_next_u64() * n;
+            m = (__uint128_t)next_u64() * n;
             low = (uint64_t)m;
         }
     }
@@ -119,11 +144,13 @@ static uint64_t next_below(uint64_t n) {
 ml_status ml_rng_permutation(int64_t *out, int64_t n) {
     if (n < 0) return ml_set_error(ML_ERR_VALUE, "permutation: n must be >= 0, got %lld", (long long)n);
     for (int64_t i = 0; i < n; i++) out[i] = i;
+    pthread_mutex_lock(&rng_lock);
     for (int64_t i = n - 1; i > 0; i--) { /* Fisher-Yates */
         int64_t j = (int64_t)next_below((uint64_t)i + 1);
         int64_t t = out[i];
         out[i] = out[j];
         out[j] = t;
     }
+    pthread_mutex_unlock(&rng_lock);
     return ML_OK;
 }
