@@ -150,3 +150,35 @@ def test_rebuilt_layers_initialise_as_the_original():
         rebuilt(IMG)
         for a, b in zip(rebuilt.get_weights(), layer.get_weights()):
             np.testing.assert_array_equal(a, b)
+
+
+def test_demo_history_is_written_by_the_safe_writer(tmp_path, monkeypatch):
+    """``python -m metalearn --output DIR`` writes history.json as the weight files are
+    written (``_core.write_file``: a unique temporary file, fsync, rename), never with a
+    plain ``Path.write_text`` that leaves half a file when interrupted."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    from metalearn import _core
+    from metalearn import __main__ as demo
+
+    calls = []
+    real = _core.write_file
+
+    def recording(path, data):
+        calls.append(path)
+        return real(path, data)
+
+    def refused(self, *args, **kwargs):
+        raise AssertionError(f"plain write_text({self})")
+
+    monkeypatch.setattr(_core, "write_file", recording)
+    monkeypatch.setattr(Path, "write_text", refused)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # no plot: only the two files
+    model = keras.Sequential([layers.Dense(1, input_shape=(1,))])
+    args = argparse.Namespace(output=str(tmp_path), task="sinusoid", algorithm="maml")
+    demo._save(args, None, model, {"loss": [0.5, 0.25]}, {1: 0.9}, {1: 0.1}, None, None)
+    assert str(tmp_path / "history.json") in calls
+    saved = json.loads((tmp_path / "history.json").read_text(encoding="utf-8"))
+    assert saved["history"] == {"loss": [0.5, 0.25]} and saved["after"] == {"1": 0.1}
