@@ -128,6 +128,9 @@ class Layer:
             var_attrs[name] = value
             self._track_weight(value, name)
             return
+        # set first, track after: an assignment that raises (a read-only property such as
+        # Sequential.layers) leaves the layer as it was, nothing tracked
+        object.__setattr__(self, name, value)
         if name in var_attrs:
             del var_attrs[name]
         if isinstance(value, Layer) and not name.startswith("_"):
@@ -136,7 +139,6 @@ class Layer:
               and all(isinstance(v, Layer) for v in value)):
             for i, v in enumerate(value):
                 self._track_layer(f"{name}/{i}", v)
-        object.__setattr__(self, name, value)
 
     def __getattr__(self, name):
         # Only reached when normal lookup fails: Variables live in _var_attrs so that every
@@ -551,9 +553,17 @@ class Reshape(Layer):
 
     def __init__(self, target_shape: Sequence[int], **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        target_shape = tuple(target_shape)
+        # Keras 3's validate_reshape_shape: non-negative integers and at most one -1
+        for d in target_shape:
+            if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < -1:
+                raise ValueError("Each dimension in `target_shape` must be a non-negative "
+                                 "integer, or `-1` for a single unknown dimension. Received: "
+                                 f"target_shape={target_shape}.")
+        if sum(d == -1 for d in target_shape) > 1:
+            raise ValueError("There must be at most one unknown dimension (-1) in "
+                             f"`target_shape`. Received: target_shape={target_shape}.")
         self.target_shape = tuple(int(d) for d in target_shape)
-        if sum(d == -1 for d in self.target_shape) > 1:
-            raise ValueError("Reshape: at most one dimension may be -1")
 
     def call(self, inputs: Any) -> Any:
         shape = inputs.shape
@@ -630,9 +640,17 @@ class Dropout(Layer):
                              f"between 0 and 1. Received: rate={rate!r}")
         self.rate = float(rate)
         if noise_shape is not None:
-            if isinstance(noise_shape, (int, np.integer)) or not isinstance(noise_shape, (list, tuple)):
-                raise TypeError(f"Dropout: noise_shape must be a tuple of ints or None, got "
-                                f"{noise_shape!r}")
+            # Keras 3 (Dropout._validate_noise_shape): a ValueError for a string or a
+            # non-iterable as for a bad entry
+            given = noise_shape
+            try:
+                if isinstance(noise_shape, (str, bytes)):
+                    raise TypeError
+                noise_shape = tuple(noise_shape)
+            except TypeError:
+                raise ValueError("Dropout: invalid value received for argument `noise_shape`: "
+                                 f"expected a tuple or list of integers, got noise_shape={given!r}"
+                                 ) from None
             for d in noise_shape:
                 if d is not None and (isinstance(d, bool) or not isinstance(d, (int, np.integer))
                                       or d < 1):
@@ -685,28 +703,57 @@ class InputLayer(Layer):
     Args:
         shape: shape of one sample, without the batch dim (``input_shape`` is accepted).
         batch_size: optional fixed batch size.
+        batch_shape: the whole shape, batch dim first (instead of `shape` and
+            `batch_size`; ``batch_input_shape`` is accepted).
+        name: the layer's name.
 
     Input/Output shape:
         ``(batch_size,) + shape``; the layer passes its input through.
+
+    Its configuration is Keras 3's: ``{"batch_shape", "dtype", "sparse", "ragged", "name",
+    "optional"}``, so the batch size survives ``from_config``.
     """
 
     def __init__(self, shape: Optional[Shape] = None, batch_size: Optional[int] = None,
-                 name: Optional[str] = None, input_shape: Optional[Shape] = None, **kwargs: Any) -> None:
+                 dtype: Any = None, sparse: Optional[bool] = None, ragged: Optional[bool] = None,
+                 batch_shape: Optional[Shape] = None, name: Optional[str] = None,
+                 optional: bool = False, input_shape: Optional[Shape] = None,
+                 batch_input_shape: Optional[Shape] = None) -> None:
         if shape is None:
             shape = input_shape
-        if shape is None and kwargs.get("batch_input_shape") is not None:
-            shape = tuple(kwargs.pop("batch_input_shape"))[1:]
-        if shape is None:
-            raise ValueError("InputLayer: a shape is required")
-        shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(shape)
-        super().__init__(name=name, batch_input_shape=(batch_size,) + shape, **kwargs)
-        self.batch_size = batch_size
+        if batch_shape is None:
+            batch_shape = batch_input_shape
+        # Keras 3's checks (input_layer.py), in its words
+        if shape is not None and batch_shape is not None:
+            raise ValueError("You cannot pass both `shape` and `batch_shape` at the same time.")
+        if batch_size is not None and batch_shape is not None:
+            raise ValueError("You cannot pass both `batch_size` and `batch_shape` at the same time.")
+        if shape is None and batch_shape is None:
+            raise ValueError("You must pass a `shape` argument.")
+        if sparse or ragged or optional:
+            raise NotImplementedError("InputLayer: sparse, ragged and optional inputs are not "
+                                      "supported")
+        if batch_shape is not None:
+            batch_shape = tuple(batch_shape)
+            if not batch_shape:
+                raise ValueError("InputLayer: batch_shape needs a batch dimension, got ()")
+        else:
+            shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(shape)
+            batch_shape = (batch_size,) + shape
+        super().__init__(name=name, dtype=dtype, batch_input_shape=batch_shape)
+        self.batch_size = batch_shape[0]
+
+    @property
+    def batch_shape(self) -> Shape:
+        """``(batch_size,) + shape`` (the batch dim None when not fixed)."""
+        return self._batch_input_shape
 
     def call(self, inputs: Any) -> Any:
         return inputs
 
     def get_config(self) -> Config:
-        return {"name": self.name, "batch_input_shape": self._batch_input_shape}
+        return {"batch_shape": self._batch_input_shape, "dtype": "float32", "sparse": False,
+                "ragged": False, "name": self.name, "optional": False}
 
 
 def Input(shape: Optional[Shape] = None, batch_size: Optional[int] = None, name: Optional[str] = None,

@@ -159,6 +159,11 @@ class Model(_layers.Layer):
         """The layers assigned to the model, in assignment order."""
         return [layer for _, layer in self._sublayers]
 
+    @layers.setter
+    def layers(self, _):
+        raise AttributeError("`Model.layers` attribute is reserved and should not be used. "
+                             "Please use another name.")
+
     def get_layer(self, name: Optional[str] = None, index: Optional[int] = None) -> _layers.Layer:
         """A layer by name or by index in ``layers``."""
         if index is not None:
@@ -842,6 +847,12 @@ class Sequential(Model):
         """The layers in order (the InputLayer, if any, is not listed, as in Keras)."""
         return list(self._layers_list)
 
+    @layers.setter
+    def layers(self, _):
+        # Keras 3's refusal; raised before anything is tracked (Layer.__setattr__ sets first)
+        raise AttributeError("`Sequential.layers` attribute is reserved and should not be used. "
+                             "Use `add()` and `pop()` to change the layers in this model.")
+
     def add(self, layer: _layers.Layer) -> None:
         """Appends a layer (an ``Input``/``InputLayer`` sets the input shape)."""
         if not isinstance(layer, _layers.Layer):
@@ -862,10 +873,15 @@ class Sequential(Model):
             raise ValueError("All layers added to a Sequential model should have unique names. "
                              f"Name {layer.name!r} is already the name of a layer in this model. "
                              "Update the `name` argument to pass a unique name.")
+        first = not self._layers_list and self._input_layer is None
+        if not first and layer._batch_input_shape is not None:
+            # Keras reads input_shape/input_dim on the first layer only and ignores it on
+            # the others: the layer takes whatever the previous one gives it
+            layer._batch_input_shape = None
         self._layers_list.append(layer)
         self._track_layer(f"layers/{len(self._layers_list) - 1}", layer)
         self._checked = {}  # another model now: its data checks run again
-        if len(self._layers_list) == 1 and self._input_layer is None and layer._batch_input_shape is not None:
+        if first and layer._batch_input_shape is not None:
             self._batch_input_shape = layer._batch_input_shape
         self._output_shape = None
         if self._batch_input_shape is not None:
