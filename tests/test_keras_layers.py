@@ -356,3 +356,24 @@ def test_input_layer_batch_shape_and_keras_config():
         layers.InputLayer(batch_size=3, batch_shape=(None, 2))
     with pytest.raises(ValueError, match="must pass a `shape`"):
         layers.InputLayer()
+
+
+@pytest.mark.parametrize("kwargs,expected", [
+    # keras.activations.relu on the torch backend, Keras 3.15.1
+    (dict(negative_slope=0.1, max_value=3.0, threshold=-1.0),
+     [-0.3, -0.05, 0.0, 0.0, 0.0, 0.5, 2.0, 3.0]),
+    (dict(threshold=-1.0), [0.0, 0.0, 0.0, -0.5, 0.0, 0.5, 2.0, 5.0]),
+    (dict(negative_slope=0.2, threshold=-1.0), [-0.6, -0.1, 0.0, -0.5, 0.0, 0.5, 2.0, 5.0]),
+    (dict(max_value=3.0, threshold=1.0, negative_slope=0.5),
+     [-2.5, -1.25, -1.0, -0.75, -0.5, -0.25, 2.0, 3.0]),
+])
+def test_relu_with_a_threshold_follows_keras_3(kwargs, expected):
+    """Keras 3's relu keeps x where x > threshold (0 elsewhere), clips to [0, max_value],
+    then subtracts negative_slope * relu(threshold - x): with a negative threshold the
+    inputs in (threshold, 0] stay x, or become 0 once clipped by max_value. (Before,
+    max_value clipped from above only and (threshold, 0] gave x + threshold.)"""
+    from metalearn.keras import activations
+
+    x = np.array([-4.0, -1.5, -1.0, -0.5, 0.0, 0.5, 2.0, 5.0], np.float32)
+    np.testing.assert_allclose(np.asarray(activations.relu(x, **kwargs)), expected, rtol=1e-6,
+                               atol=1e-7)
