@@ -319,21 +319,97 @@ def test_traced_fit_with_dropout_draws_a_new_mask_every_step():
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
-def test_fit_with_a_seeded_dropout_stays_eager_and_repeats_its_mask():
-    """A seeded Dropout draws the same mask on every call (it reseeds from Python, which a
-    replayed trace would not redo): fit keeps such a model eager, so the default run equals
-    run_eagerly=True."""
-    x = np.ones((4, 4), np.float32)
-    y = np.zeros((4, 1), np.float32)
+def test_seeded_dropout_draws_a_new_reproducible_mask_every_call():
+    """Keras 3's Dropout(seed=s) advances its SeedGenerator: every call draws a new mask,
+    and a layer made with the same seed draws the same sequence, whatever the global
+    generator does (before, every call repeated one mask)."""
+    x = np.ones((6, 50), np.float32)
+    first, second = layers.Dropout(0.5, seed=7), layers.Dropout(0.5, seed=7)
+    masks = [np.asarray(first(x, training=True)) for _ in range(3)]
+    assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[1], masks[2])
+    ml.random.set_seed(123)  # the global stream plays no part
+    again = [np.asarray(second(x, training=True)) for _ in range(3)]
+    for a, b in zip(masks, again):
+        np.testing.assert_array_equal(a, b)
+    assert set(np.unique(masks[0])) <= {0.0, 2.0} and 0.4 < (masks[0] != 0).mean() < 0.6
+    other = np.asarray(layers.Dropout(0.5, seed=8)(x, training=True))
+    assert not np.array_equal(other, masks[0])
+    # the global generator is not touched by a seeded draw
+    ml.random.set_seed(5)
+    ref = np.asarray(ml.random.uniform((4,)))
+    ml.random.set_seed(5)
+    layers.Dropout(0.5, seed=1)(x, training=True)
+    np.testing.assert_array_equal(np.asarray(ml.random.uniform((4,))), ref)
+    with pytest.raises(ValueError, match="seed"):
+        layers.Dropout(0.5, seed=1.5)
+
+
+def test_traced_fit_with_seeded_dropouts_equals_eager_step_by_step():
+    """fit's traced step takes each seeded Dropout's draw as an input, drawn from the
+    layer's stream before the replay: the masks change every step, the run is traced (one
+    trace per batch shape) and equals run_eagerly=True step by step, also next to an
+    unseeded Dropout drawing from the global generator inside the trace."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 6)).astype(np.float32)
+    y = rng.standard_normal((8, 1)).astype(np.float32)
     runs = {}
     for run_eagerly in (None, True):
         ml.random.set_seed(0)
-        model = keras.Sequential([layers.Dropout(0.5, seed=7, input_shape=(4,)),
-                                  layers.Dense(1, kernel_initializer="ones")])
+        model = keras.Sequential([layers.Dropout(0.5, seed=7, input_shape=(6,)), layers.Dense(4),
+                                  layers.Dropout(0.3),
+                                  layers.Dropout(0.4, seed=9, noise_shape=(None, 1)),
+                                  layers.Dense(1)])
         model.compile(keras.optimizers.SGD(0.01), "mse", run_eagerly=run_eagerly)
-        runs[run_eagerly] = model.fit(x, y, batch_size=4, epochs=4, shuffle=False, verbose=0)
-        assert model._train_fn is None
-    assert runs[None].history["loss"] == pytest.approx(runs[True].history["loss"], rel=1e-6)
+        seen = []
+        cb = keras.callbacks.LambdaCallback(on_batch_end=lambda b, logs: seen.append(logs["loss"]))
+        model.fit(x, y, batch_size=3, epochs=4, verbose=0, callbacks=[cb])
+        runs[run_eagerly] = (seen, model.get_weights(), model.layers[0]._seed_calls)
+        if run_eagerly is None:
+            assert model._train_fn is not None and model._train_fn.n_traces == 2  # 3 and 2
+    assert runs[None][0] == pytest.approx(runs[True][0], rel=1e-6)
+    assert runs[None][2] == runs[True][2] == 12  # one draw per step: 3 steps x 4 epochs
+    for a, b in zip(runs[None][1], runs[True][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    # the same seeds give the same run again
+    ml.random.set_seed(0)
+    model = keras.Sequential([layers.Dropout(0.5, seed=7, input_shape=(6,)), layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    first = model.fit(x, y, batch_size=4, epochs=2, verbose=0).history["loss"]
+    ml.random.set_seed(0)
+    model = keras.Sequential([layers.Dropout(0.5, seed=7, input_shape=(6,)), layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    assert model.fit(x, y, batch_size=4, epochs=2, verbose=0).history["loss"] == first
+
+
+def test_traced_fit_falls_back_when_a_seeded_dropout_is_called_twice(monkeypatch):
+    """One seeded Dropout used twice in a step cannot take one draw per step as a trace
+    input: the recording refuses it before the optimizer step, and fit runs that model
+    eagerly (same numbers as run_eagerly=True, the stream rewound), each call drawing its
+    own mask. (The model is declared traceable here to reach the check.)"""
+    monkeypatch.setattr(keras.Model, "_TRACEABLE_LAYERS",
+                        keras.Model._TRACEABLE_LAYERS + ("Twice",))
+
+    class Twice(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.drop = layers.Dropout(0.5, seed=3)
+            self.dense = layers.Dense(1)
+
+        def call(self, x, training=None):
+            return self.dense(self.drop(self.drop(x)))
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    y = rng.standard_normal((4, 1)).astype(np.float32)
+    runs = {}
+    for run_eagerly in (None, True):
+        ml.random.set_seed(0)
+        model = Twice()
+        model.compile(keras.optimizers.SGD(0.01), "mse", run_eagerly=run_eagerly)
+        runs[run_eagerly] = (model.fit(x, y, batch_size=4, epochs=3, verbose=0).history["loss"],
+                             model.drop._seed_calls)
+        assert model._run_eagerly is True and model._train_fn is None  # fell back for good
+    assert runs[None] == runs[True] and runs[None][1] == 6
 
 
 # ---------------------------------------------------------------- compile's metrics

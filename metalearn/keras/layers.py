@@ -614,9 +614,17 @@ class Dropout(Layer):
     """Sets input units to 0 with frequency `rate` during training, scaling the others.
 
     In training ``output = input * mask / (1 - rate)`` with ``mask ~ Bernoulli(1 - rate)``
-    drawn from the core's seeded generator (``rate=1`` gives zeros); at inference the
-    input passes unchanged. The draw is a core op, so a traced training step
-    (``metalearn.function``, ``fit``) draws a new mask on every replay, as the eager step.
+    (``rate=1`` gives zeros); at inference the input passes unchanged.
+
+    Without a seed the mask is drawn from the core's global generator (``set_seed``) by a
+    core op, so a traced training step (``metalearn.function``, ``fit``) draws a new mask
+    on every replay, as the eager step. With a seed the layer has its own stream, as Keras
+    3's SeedGenerator: call ``i`` draws from child ``i`` of ``SeedSequence(seed)`` (NumPy's
+    PCG64), a new mask on every call, the same sequence for every layer made with that
+    seed, and the global generator untouched. ``fit``'s traced step draws that mask before
+    each replay and passes it in, so it equals the eager step step by step; inside a
+    ``metalearn.function`` of your own the seeded mask is a Python value and is recorded
+    as drawn.
 
     Args:
         rate: float in [0, 1], the fraction of units to drop.
@@ -624,7 +632,7 @@ class Dropout(Layer):
             each entry is None (the input's size), 1 (one draw shared along the axis) or
             the input's size; ``(batch, 1, features)`` drops the same features at every
             timestep, as Keras.
-        seed: optional integer: every call draws the same mask.
+        seed: optional integer: the layer's own reproducible stream of masks.
 
     Call arguments:
         training: whether to drop (defaults to the flag of the enclosing call: True inside
@@ -658,12 +666,21 @@ class Dropout(Layer):
                                      f"got noise_shape={tuple(noise_shape)!r}")
             noise_shape = tuple(None if d is None else int(d) for d in noise_shape)
         self.noise_shape = noise_shape
-        self.seed = seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise ValueError(f"Argument `seed` must be an integer. Received: seed={seed!r}")
+        self.seed = None if seed is None else int(seed)
+        self._seed_calls = 0  # draws made from (seed, i): the state of the layer's stream
+        self._given_noise = None  # fit's traced step passes the seeded draw in (a trace input)
+        self._draws_given = False
+        self._last_input_shape = None
 
-    @property
-    def _traceable(self):
-        # a seeded draw reseeds the generator from Python, which a replay would not redo
-        return self.seed is None
+    def _seeded_uniform(self, shape):
+        """The next uniform [0, 1) draw of the layer's own stream (advances it)."""
+        # the i-th child of the seed's SeedSequence (what SeedSequence.spawn gives):
+        # independent streams, one per call
+        seq = np.random.SeedSequence(self.seed % (1 << 64), spawn_key=(self._seed_calls,))
+        self._seed_calls += 1
+        return np.random.Generator(np.random.PCG64(seq)).random(shape, dtype=np.float32)
 
     def _mask_shape(self, shape):
         if self.noise_shape is None:
@@ -678,13 +695,24 @@ class Dropout(Layer):
         return mask
 
     def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
+        self._last_input_shape = tuple(int(d) for d in inputs.shape)  # for fit's traced step
         if not training or self.rate == 0.0:
             return inputs
-        shape = self._mask_shape(tuple(int(d) for d in inputs.shape))
+        shape = self._mask_shape(self._last_input_shape)
         if self.rate == 1.0:
             return _core.mul(inputs, np.zeros(shape, np.float32))
-        from metalearn import random as _random
-        u = _random.uniform(shape, 0.0, 1.0, seed=self.seed)
+        if self.seed is None:
+            u = _core.random_uniform(shape, 0.0, 1.0)
+        elif self._given_noise is not None:
+            u, self._given_noise = self._given_noise, None
+            if tuple(u.shape) != shape:
+                raise ValueError(f"{self.name}: the seeded draw given has shape {tuple(u.shape)}, "
+                                 f"the mask needs {shape}")
+        elif getattr(self, "_draws_given", False):
+            # inside fit's traced step a draw made here would be recorded as a constant
+            raise ValueError(f"{self.name}: called again inside one traced step")
+        else:
+            u = _core.tensor(self._seeded_uniform(shape))
         # keep where u >= rate: sign(u - rate) + 1 is 0 below, 1 at, 2 above the rate
         keep = _core.clip(_core.add(_core.sign(_core.sub(u, self.rate)), 1.0), 0.0, 1.0)
         return _core.mul(inputs, _core.mul(keep, 1.0 / (1.0 - self.rate)))

@@ -474,8 +474,41 @@ class Model(_layers.Layer):
     @classmethod
     def _pure(cls, layer):
         return (type(layer).__name__ in cls._TRACEABLE_LAYERS
-                and layer._traceable  # e.g. a seeded Dropout is not
+                and layer._traceable  # a layer may declare itself not traceable
                 and all(cls._pure(sub) for sub in getattr(layer, "layers", [])))
+
+    def _seeded_dropouts(self):
+        """The seeded Dropout layers that draw a mask in training, each once, in model order:
+        their draws come from their own streams in Python, so fit's traced step takes them
+        as inputs (a replay then sees a new mask, the one the eager step would draw)."""
+        out, seen, stack = [], set(), [self]
+        while stack:
+            layer = stack.pop()
+            if id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            if isinstance(layer, _layers.Dropout) and layer.seed is not None \
+                    and 0.0 < layer.rate < 1.0:
+                out.append(layer)
+            stack.extend(sub for _, sub in reversed(layer._sublayers))
+        return out
+
+    def _seeded_draws(self, xb, seeded):
+        """The next mask draw of each seeded Dropout for batch `xb` (advances their streams).
+        The per-sample input shape of each is found once per input shape by running the
+        model on one sample in inference mode (no draw, nothing changes)."""
+        key = tuple(xb.shape[1:])
+        shapes = self._dropout_input_shapes.get(key)
+        if shapes is None:
+            with _no_grad():
+                self(xb[:1], training=False)
+            if any(layer._last_input_shape is None for layer in seeded):
+                raise ValueError("fit: a seeded Dropout is not called by the model")
+            shapes = [layer._last_input_shape[1:] for layer in seeded]
+            self._dropout_input_shapes[key] = shapes
+        n = len(xb)
+        return [_core.tensor(layer._seeded_uniform(layer._mask_shape((n,) + tuple(shape))))
+                for layer, shape in zip(seeded, shapes)]
 
     def _traced_train_step(self, xb, yb, params):
         """One training step replayed from a trace (recorded on the first batch of a shape).
@@ -485,16 +518,38 @@ class Model(_layers.Layer):
         config = (id(self.optimizer), id(self.compiled_loss), tuple(map(id, params)))
         if self._train_fn is None or self._train_fn_config != config:
             core_opt = self.optimizer._core_for(params)
+            seeded = self._seeded_dropouts()
 
-            def step(x, y):
-                y_pred = self(x, training=True)
+            def step(x, y, *draws):
+                # Python runs only while recording: each seeded Dropout takes its draw as
+                # a trace input, and must take it exactly once
+                for layer, u in zip(seeded, draws):
+                    layer._given_noise, layer._draws_given = u, True
+                try:
+                    y_pred = self(x, training=True)
+                    unused = [layer.name for layer in seeded if layer._given_noise is not None]
+                finally:
+                    for layer in seeded:
+                        layer._given_noise, layer._draws_given = None, False
+                if unused:
+                    raise ValueError(f"fit: seeded Dropout {unused} not called in training")
                 loss = self.compiled_loss(y, y_pred, None)
                 core_opt.step(params, _core.grad(loss, params))
                 return loss, y_pred
 
             self._train_fn, self._train_fn_config = function(step), config
+            self._train_seeded = seeded
+            self._dropout_input_shapes = {}
+        seeded = self._train_seeded
+        calls = [layer._seed_calls for layer in seeded]
         y = _core.as_tensor(np.ascontiguousarray(yb, dtype=np.float32))
-        loss, y_pred = self._train_fn(_core.as_tensor(xb), y)
+        try:
+            draws = self._seeded_draws(xb, seeded) if seeded else ()
+            loss, y_pred = self._train_fn(_core.as_tensor(xb), y, *draws)
+        except BaseException:
+            for layer, c in zip(seeded, calls):  # the eager step that follows draws them
+                layer._seed_calls = c
+            raise
         self.optimizer._iterations += 1  # the Python-side count is not part of the trace
         return loss, y_pred
 
