@@ -9,6 +9,7 @@ import pytest
 import metalearn as ml
 from metalearn import keras
 from metalearn.keras import layers
+from metalearn.meta.protonet import PrototypeClassifier
 from metalearn.networks import AdaptiveNeuralNetwork, MetaLearningNetwork
 
 RNG = np.random.default_rng(0)
@@ -50,6 +51,10 @@ CASES = {
     "AdaptiveNeuralNetwork": (lambda: AdaptiveNeuralNetwork(num_classes=3, hidden_units=5,
                                                             output_activation="linear"), IMG),
     "MetaLearningNetwork": (lambda: MetaLearningNetwork(hidden_units=5, output_units=2), VEC),
+    # ProtoNet.adapt's classifier: an encoder and this task's prototypes
+    "PrototypeClassifier": (lambda: PrototypeClassifier(
+        keras.Sequential([layers.Dense(3, activation="relu", input_shape=(4,))], name="enc"),
+        RNG.standard_normal((2, 3)).astype(np.float32), distance="cosine", name="clf"), VEC),
 }
 
 

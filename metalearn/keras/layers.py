@@ -842,7 +842,8 @@ def serialize(layer: Layer) -> Config:
 
 
 _SHIPPED_MODULES = ("metalearn.keras.layers", "metalearn.keras.conv_layers",
-                    "metalearn.keras.memory_layers", "metalearn.keras.models", "metalearn.networks")
+                    "metalearn.keras.memory_layers", "metalearn.keras.models", "metalearn.networks",
+                    "metalearn.meta.protonet")
 
 
 def _shipped_layers():
@@ -850,6 +851,7 @@ def _shipped_layers():
     ``deserialize`` finds without ``custom_objects``, as Keras' registry of built-ins."""
     from . import models  # noqa: F401  (Model, Sequential)
     from metalearn import networks  # noqa: F401  (the article's models)
+    from metalearn.meta import protonet  # noqa: F401  (ProtoNet.adapt's PrototypeClassifier)
     from . import conv_layers
     out, stack = {}, [Layer]
     while stack:
@@ -866,7 +868,8 @@ def deserialize(config: Config, custom_objects: Optional[Dict[str, Any]] = None)
     """A layer from ``serialize``'s output.
 
     Every layer metalearn ships (core, convolution, pooling, normalisation, memory layers,
-    ``Sequential`` and the article's models) is found by its class name; classes of your
+    ``Sequential``, the article's models and ProtoNet's ``PrototypeClassifier``) is found
+    by its class name; classes of your
     own go in `custom_objects` (``{"MyLayer": MyLayer}``), which takes precedence.
 
     Raises:
