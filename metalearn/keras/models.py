@@ -541,15 +541,18 @@ class Model(_layers.Layer):
             self._train_seeded = seeded
             self._dropout_input_shapes = {}
         seeded = self._train_seeded
-        calls = [layer._seed_calls for layer in seeded]
         y = _core.as_tensor(np.ascontiguousarray(yb, dtype=np.float32))
-        try:
-            draws = self._seeded_draws(xb, seeded) if seeded else ()
-            loss, y_pred = self._train_fn(_core.as_tensor(xb), y, *draws)
-        except BaseException:
-            for layer, c in zip(seeded, calls):  # the eager step that follows draws them
-                layer._seed_calls = c
-            raise
+        if not seeded:  # the common step: nothing drawn in Python
+            loss, y_pred = self._train_fn(_core.as_tensor(xb), y)
+        else:
+            calls = [layer._seed_calls for layer in seeded]
+            try:
+                loss, y_pred = self._train_fn(_core.as_tensor(xb), y,
+                                              *self._seeded_draws(xb, seeded))
+            except BaseException:
+                for layer, c in zip(seeded, calls):  # the eager step that follows draws them
+                    layer._seed_calls = c
+                raise
         self.optimizer._iterations += 1  # the Python-side count is not part of the trace
         return loss, y_pred
 
