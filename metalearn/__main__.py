@@ -168,10 +168,13 @@ def _save(args, learner, model, history, before, after, steps, test):
     out.mkdir(parents=True, exist_ok=True)
     weights = out / "meta_model.weights"
     model.save_weights(weights)
-    (out / "history.json").write_text(json.dumps({
+    # the safe writer of the weight files (a unique temporary file, fsync, rename), as
+    # MetaLearner.save writes its config: an interrupted run never leaves half a history
+    from metalearn import _core
+    _core.write_file(str(out / "history.json"), json.dumps({
         "args": vars(args), "history": history,
         "before": {str(k): v for k, v in before.items()},
-        "after": {str(k): v for k, v in after.items()}}, indent=1))
+        "after": {str(k): v for k, v in after.items()}}, indent=1).encode())
     print(f"Saved {weights} and {out / 'history.json'}")
     try:
         import matplotlib

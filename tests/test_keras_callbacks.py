@@ -1,4 +1,6 @@
 """Callbacks: History, EarlyStopping, ModelCheckpoint, LambdaCallback."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -65,8 +67,9 @@ def test_model_checkpoint_saves_only_improvements(tmp_path):
         logs["val_fake"] = [3.0, 1.0, 2.0, 0.5][epoch]
         losses_seen[epoch] = model.get_weights()
 
+    # mode given: in "auto" Keras 3 cannot place a quantity no metric declares
     ckpt = callbacks.ModelCheckpoint(str(tmp_path / "ck-{epoch:02d}.weights"), monitor="val_fake",
-                                     save_best_only=True)
+                                     save_best_only=True, mode="min")
     model.fit(x, y, epochs=4, verbose=0, callbacks=[callbacks.LambdaCallback(on_epoch_end=record), ckpt])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck-01.weights", "ck-02.weights", "ck-04.weights"]
     fresh = _model()
@@ -169,12 +172,12 @@ def test_early_stopping_in_fit_restores_the_best_epoch_when_epochs_run_out():
 
 def test_model_checkpoint_saves_when_the_monitored_value_is_missing(tmp_path):
     """Keras 3 (ModelCheckpoint._should_save_model): with save_best_only and no monitored
-    value in the logs, it warns and saves."""
+    value in the logs (val_loss without validation data), it warns and saves."""
     x, y = _data()
     model = _model()
-    ckpt = callbacks.ModelCheckpoint(str(tmp_path / "ck-{epoch}.weights"), monitor="val_missing",
+    ckpt = callbacks.ModelCheckpoint(str(tmp_path / "ck-{epoch}.weights"), monitor="val_loss",
                                      save_best_only=True)
-    with pytest.warns(UserWarning, match="Can save best model only with val_missing available"):
+    with pytest.warns(UserWarning, match="Can save best model only with val_loss available"):
         model.fit(x, y, epochs=2, verbose=0, callbacks=[ckpt])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck-1.weights", "ck-2.weights"]
     fresh = _model()
@@ -221,3 +224,77 @@ def test_validation_inside_fit_calls_the_test_hooks():
     model.fit(x[:30], y[:30], validation_data=(x[30:], y[30:]), validation_freq=2, epochs=2,
               verbose=0, callbacks=[rec])
     assert [e[0] for e in rec.events].count("test_begin") == 1
+
+
+def _metric_model(metrics):
+    ml.random.set_seed(0)
+    model = keras.Sequential([layers.Dense(1, input_shape=(3,))])
+    model.compile(keras.optimizers.SGD(0.05), "mae", metrics=metrics)
+    return model
+
+
+def _my_error(y_true, y_pred):
+    return np.abs(np.asarray(y_true) - np.asarray(y_pred)).mean(axis=-1)
+
+
+@pytest.mark.parametrize("cls", ["EarlyStopping", "ModelCheckpoint"])
+@pytest.mark.parametrize("monitor,metrics", [
+    ("unknown", ["mse"]), ("my_error", [_my_error]),
+    # the metric is named mean_squared_error: Keras 3 matches the metric's name
+    ("mse", [keras.metrics.MeanSquaredError()])])
+def test_auto_mode_refuses_a_monitor_it_cannot_place_before_the_first_step(
+        cls, monitor, metrics, tmp_path):
+    """Keras 3 (monitor_callback.py::_set_monitor_op): in mode "auto" the direction comes
+    from the model's metric of the monitored name; a name no metric with a direction has
+    is a ValueError (Keras 3.15.1 raises for each case here). metalearn refuses it before
+    the first step, so nothing trains; before, a name heuristic chose "min"."""
+    x, y = _data()
+    model = _metric_model(metrics)
+    before = model.get_weights() if model.built else None
+    cb = (callbacks.EarlyStopping(monitor=monitor) if cls == "EarlyStopping"
+          else callbacks.ModelCheckpoint(str(tmp_path / "ck.weights"), monitor=monitor))
+    with pytest.raises(ValueError, match=f"monitor={monitor}, but it is not possible to"):
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[cb])
+    assert int(model.optimizer.iterations) == 0 and not list(tmp_path.iterdir())
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    # a direction given explicitly is always accepted
+    cb = (callbacks.EarlyStopping(monitor=monitor, mode="min") if cls == "EarlyStopping"
+          else callbacks.ModelCheckpoint(str(tmp_path / "ck.weights"), monitor=monitor, mode="max"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # EarlyStopping: "unknown" is not in the logs
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[cb])
+    assert int(model.optimizer.iterations) > 0
+
+
+@pytest.mark.parametrize("monitor,metrics,op", [
+    ("loss", [], np.less), ("val_loss", [], np.less), ("val_mse", ["mse"], np.less),
+    ("mean_absolute_error", [keras.metrics.MeanAbsoluteError()], np.less),
+    ("acc", ["acc"], np.greater), ("val_accuracy", ["accuracy"], np.greater)])
+def test_auto_mode_takes_the_direction_from_the_metric(monitor, metrics, op):
+    """The cases of early_stopping_test.py::test_early_stopping metalearn has metrics for:
+    loss is minimised, errors ("down") too, accuracies ("up") maximised."""
+    x, y = _data()
+    model = _metric_model(metrics)
+    stop = callbacks.EarlyStopping(monitor=monitor, patience=5)
+    model.fit(x, (y > 0).astype(np.float32) if "acc" in monitor else y, epochs=1, verbose=0,
+              validation_data=(x, y), callbacks=[stop])
+    assert stop.monitor_op is op
+
+
+def test_auto_mode_without_model_metrics_raises_at_the_epoch_end_as_keras():
+    """Driven by hand with a model that has no metrics, the direction is set at the first
+    on_epoch_end (Keras 3): "loss" is known, "acc" is a ValueError there."""
+    class Bare:
+        stop_training = False
+
+    stop = callbacks.EarlyStopping(monitor="val_loss")
+    stop.set_model(Bare())
+    stop.on_train_begin({})
+    stop.on_epoch_end(0, {"val_loss": 1.0})
+    assert stop.monitor_op is np.less
+    stop = callbacks.EarlyStopping(monitor="acc")
+    stop.set_model(Bare())
+    stop.on_train_begin({})
+    with pytest.raises(ValueError, match="monitor=acc"):
+        stop.on_epoch_end(0, {"acc": 1.0})

@@ -308,3 +308,72 @@ def test_dropout_noise_shape_that_does_not_fit_the_input_is_refused(noise_shape)
     for bad in ((0, 1), (-1,), ("a",)):
         with pytest.raises(ValueError, match="noise_shape entries"):
             layers.Dropout(0.5, noise_shape=bad)
+
+
+def test_an_assignment_that_raises_tracks_nothing():
+    """Layer.__setattr__ sets before it tracks: assigning a read-only property (Model.layers,
+    Keras 3's "`Model.layers` attribute is reserved") raises and leaves the model as it
+    was; before, the layers named in it became the model's sublayers (and weights)."""
+    from metalearn import keras
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+        @property
+        def head(self):
+            return None
+
+    net = Net()
+    net(np.ones((1, 3), np.float32))
+    stray = layers.Dense(4)
+    stray(np.ones((1, 3), np.float32))
+    with pytest.raises(AttributeError, match="`Model.layers` attribute is reserved"):
+        net.layers = [stray]
+    with pytest.raises(AttributeError):
+        net.head = stray  # a property without a setter
+    assert net.layers == [net.dense] and len(net.weights) == 2
+    assert [p for p, _ in net._weight_paths()] == ["dense/kernel", "dense/bias"]
+
+
+def test_input_layer_batch_shape_and_keras_config():
+    """Keras 3's InputLayer: batch_shape (or shape + batch_size), the two forms refused
+    together, and a config of batch_shape, so from_config keeps the batch size."""
+    layer = layers.InputLayer(shape=(2, 3), batch_size=4, name="inp")
+    assert layer.batch_shape == (4, 2, 3) and layer.batch_size == 4
+    config = layer.get_config()
+    assert config["batch_shape"] == (4, 2, 3) and config["name"] == "inp"
+    assert layers.InputLayer.from_config(config).batch_shape == (4, 2, 3)
+    assert layers.InputLayer(batch_shape=(None, 5)).batch_shape == (None, 5)
+    assert layers.InputLayer(batch_input_shape=(2, 5)).batch_shape == (2, 5)  # legacy name
+    with pytest.raises(ValueError, match="both `shape` and `batch_shape`"):
+        layers.InputLayer(shape=(2,), batch_shape=(None, 2))
+    with pytest.raises(ValueError, match="both `batch_size` and `batch_shape`"):
+        layers.InputLayer(batch_size=3, batch_shape=(None, 2))
+    with pytest.raises(ValueError, match="must pass a `shape`"):
+        layers.InputLayer()
+
+
+@pytest.mark.parametrize("kwargs,expected", [
+    # keras.activations.relu on the torch backend, Keras 3.15.1
+    (dict(negative_slope=0.1, max_value=3.0, threshold=-1.0),
+     [-0.3, -0.05, 0.0, 0.0, 0.0, 0.5, 2.0, 3.0]),
+    (dict(threshold=-1.0), [0.0, 0.0, 0.0, -0.5, 0.0, 0.5, 2.0, 5.0]),
+    (dict(negative_slope=0.2, threshold=-1.0), [-0.6, -0.1, 0.0, -0.5, 0.0, 0.5, 2.0, 5.0]),
+    (dict(max_value=3.0, threshold=1.0, negative_slope=0.5),
+     [-2.5, -1.25, -1.0, -0.75, -0.5, -0.25, 2.0, 3.0]),
+])
+def test_relu_with_a_threshold_follows_keras_3(kwargs, expected):
+    """Keras 3's relu keeps x where x > threshold (0 elsewhere), clips to [0, max_value],
+    then subtracts negative_slope * relu(threshold - x): with a negative threshold the
+    inputs in (threshold, 0] stay x, or become 0 once clipped by max_value. (Before,
+    max_value clipped from above only and (threshold, 0] gave x + threshold.)"""
+    from metalearn.keras import activations
+
+    x = np.array([-4.0, -1.5, -1.0, -0.5, 0.0, 0.5, 2.0, 5.0], np.float32)
+    np.testing.assert_allclose(np.asarray(activations.relu(x, **kwargs)), expected, rtol=1e-6,
+                               atol=1e-7)

@@ -319,18 +319,224 @@ def test_traced_fit_with_dropout_draws_a_new_mask_every_step():
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
-def test_fit_with_a_seeded_dropout_stays_eager_and_repeats_its_mask():
-    """A seeded Dropout draws the same mask on every call (it reseeds from Python, which a
-    replayed trace would not redo): fit keeps such a model eager, so the default run equals
-    run_eagerly=True."""
-    x = np.ones((4, 4), np.float32)
-    y = np.zeros((4, 1), np.float32)
+def test_seeded_dropout_draws_a_new_reproducible_mask_every_call():
+    """Keras 3's Dropout(seed=s) advances its SeedGenerator: every call draws a new mask,
+    and a layer made with the same seed draws the same sequence, whatever the global
+    generator does (before, every call repeated one mask)."""
+    x = np.ones((6, 50), np.float32)
+    first, second = layers.Dropout(0.5, seed=7), layers.Dropout(0.5, seed=7)
+    masks = [np.asarray(first(x, training=True)) for _ in range(3)]
+    assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[1], masks[2])
+    ml.random.set_seed(123)  # the global stream plays no part
+    again = [np.asarray(second(x, training=True)) for _ in range(3)]
+    for a, b in zip(masks, again):
+        np.testing.assert_array_equal(a, b)
+    assert set(np.unique(masks[0])) <= {0.0, 2.0} and 0.4 < (masks[0] != 0).mean() < 0.6
+    other = np.asarray(layers.Dropout(0.5, seed=8)(x, training=True))
+    assert not np.array_equal(other, masks[0])
+    # the global generator is not touched by a seeded draw
+    ml.random.set_seed(5)
+    ref = np.asarray(ml.random.uniform((4,)))
+    ml.random.set_seed(5)
+    layers.Dropout(0.5, seed=1)(x, training=True)
+    np.testing.assert_array_equal(np.asarray(ml.random.uniform((4,))), ref)
+    with pytest.raises(ValueError, match="seed"):
+        layers.Dropout(0.5, seed=1.5)
+
+
+def test_traced_fit_with_seeded_dropouts_equals_eager_step_by_step():
+    """fit's traced step takes each seeded Dropout's draw as an input, drawn from the
+    layer's stream before the replay: the masks change every step, the run is traced (one
+    trace per batch shape) and equals run_eagerly=True step by step, also next to an
+    unseeded Dropout drawing from the global generator inside the trace."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 6)).astype(np.float32)
+    y = rng.standard_normal((8, 1)).astype(np.float32)
     runs = {}
     for run_eagerly in (None, True):
         ml.random.set_seed(0)
-        model = keras.Sequential([layers.Dropout(0.5, seed=7, input_shape=(4,)),
-                                  layers.Dense(1, kernel_initializer="ones")])
+        model = keras.Sequential([layers.Dropout(0.5, seed=7, input_shape=(6,)), layers.Dense(4),
+                                  layers.Dropout(0.3),
+                                  layers.Dropout(0.4, seed=9, noise_shape=(None, 1)),
+                                  layers.Dense(1)])
         model.compile(keras.optimizers.SGD(0.01), "mse", run_eagerly=run_eagerly)
-        runs[run_eagerly] = model.fit(x, y, batch_size=4, epochs=4, shuffle=False, verbose=0)
-        assert model._train_fn is None
-    assert runs[None].history["loss"] == pytest.approx(runs[True].history["loss"], rel=1e-6)
+        seen = []
+        cb = keras.callbacks.LambdaCallback(on_batch_end=lambda b, logs: seen.append(logs["loss"]))
+        model.fit(x, y, batch_size=3, epochs=4, verbose=0, callbacks=[cb])
+        runs[run_eagerly] = (seen, model.get_weights(), model.layers[0]._seed_calls)
+        if run_eagerly is None:
+            assert model._train_fn is not None and model._train_fn.n_traces == 2  # 3 and 2
+    assert runs[None][0] == pytest.approx(runs[True][0], rel=1e-6)
+    assert runs[None][2] == runs[True][2] == 12  # one draw per step: 3 steps x 4 epochs
+    for a, b in zip(runs[None][1], runs[True][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    # the same seeds give the same run again
+    ml.random.set_seed(0)
+    model = keras.Sequential([layers.Dropout(0.5, seed=7, input_shape=(6,)), layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    first = model.fit(x, y, batch_size=4, epochs=2, verbose=0).history["loss"]
+    ml.random.set_seed(0)
+    model = keras.Sequential([layers.Dropout(0.5, seed=7, input_shape=(6,)), layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    assert model.fit(x, y, batch_size=4, epochs=2, verbose=0).history["loss"] == first
+
+
+def test_traced_fit_falls_back_when_a_seeded_dropout_is_called_twice(monkeypatch):
+    """One seeded Dropout used twice in a step cannot take one draw per step as a trace
+    input: the recording refuses it before the optimizer step, and fit runs that model
+    eagerly (same numbers as run_eagerly=True, the stream rewound), each call drawing its
+    own mask. (The model is declared traceable here to reach the check.)"""
+    monkeypatch.setattr(keras.Model, "_TRACEABLE_LAYERS",
+                        keras.Model._TRACEABLE_LAYERS + ("Twice",))
+
+    class Twice(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.drop = layers.Dropout(0.5, seed=3)
+            self.dense = layers.Dense(1)
+
+        def call(self, x, training=None):
+            return self.dense(self.drop(self.drop(x)))
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    y = rng.standard_normal((4, 1)).astype(np.float32)
+    runs = {}
+    for run_eagerly in (None, True):
+        ml.random.set_seed(0)
+        model = Twice()
+        model.compile(keras.optimizers.SGD(0.01), "mse", run_eagerly=run_eagerly)
+        runs[run_eagerly] = (model.fit(x, y, batch_size=4, epochs=3, verbose=0).history["loss"],
+                             model.drop._seed_calls)
+        assert model._run_eagerly is True and model._train_fn is None  # fell back for good
+    assert runs[None] == runs[True] and runs[None][1] == 6
+
+
+# ---------------------------------------------------------------- compile's metrics
+CM_TRUE = np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]], dtype="float32")
+CM_PRED = np.array([[0.4, 0.1], [0.2, 0.6], [0.6, 0.1], [0.3, 0.2], [0.1, 0.4], [0.2, 0.3]],
+                   dtype="float32")
+CM_SW = np.array([1, 0.0, 1, 1, 0.0, 1], dtype="float32")
+
+
+def _identity_model():
+    """Outputs its input: evaluate(x=y_pred, y=y_true) evaluates on the given predictions."""
+    return keras.Sequential([layers.Dense(2, use_bias=False, kernel_initializer="identity",
+                                          input_shape=(2,))])
+
+
+def test_weighted_metrics_take_sample_weight_and_metrics_do_not():
+    """Keras 3 (compile_utils.CompileMetrics): sample_weight goes to weighted_metrics only,
+    and their keys are those of CompileMetrics.result: a repeated metric gets _1, a
+    weighted one whose name is taken gets weighted_ in front. Expected values: Keras
+    3.15.1 (torch backend) on these inputs, two batches of three."""
+    model = _identity_model()
+    model.compile(loss="mse", metrics=["mse", "mae", "mse"],
+                  weighted_metrics=["mse", "mae", "mse", "accuracy"])
+    logs = model.evaluate(CM_PRED, np.concatenate([CM_TRUE, CM_TRUE]), sample_weight=CM_SW,
+                          batch_size=3, return_dict=True, verbose=0)
+    expected = {"loss": 0.048333332, "mse": 0.055833336, "mae": 0.19166668,
+                "mse_1": 0.055833336, "weighted_mse": 0.0725, "weighted_mae": 0.225,
+                "weighted_mse_1": 0.0725, "accuracy": 0.25}
+    assert list(logs) == list(expected)
+    assert model.metrics_names == list(expected)
+    for k, v in expected.items():
+        assert logs[k] == pytest.approx(v, rel=1e-5), k
+    # without sample weights a weighted metric is the plain one
+    model.compile(loss="mse", weighted_metrics=["mse"])
+    out = model.evaluate(CM_PRED, np.concatenate([CM_TRUE, CM_TRUE]), batch_size=3,
+                         return_dict=True, verbose=0)
+    assert out["mse"] == pytest.approx(0.055833336, rel=1e-5)
+
+
+def test_fit_with_weighted_metrics_traced_equals_eager():
+    """fit's traced step (no sample weights) and the eager one give the same metrics,
+    weighted_metrics included; with sample weights fit runs eagerly and only the
+    weighted metrics are weighted (the loss is)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((24, 3)).astype(np.float32)
+    y = rng.standard_normal((24, 2)).astype(np.float32)
+    sw = rng.uniform(0.1, 2.0, 24).astype(np.float32)
+    runs = {}
+    for run_eagerly in (None, True):
+        ml.random.set_seed(0)
+        model = keras.Sequential([layers.Dense(2, input_shape=(3,))])
+        model.compile(keras.optimizers.SGD(0.05), "mse", metrics=["mae"],
+                      weighted_metrics=["mae"], run_eagerly=run_eagerly)
+        runs[run_eagerly] = model.fit(x, y, batch_size=8, epochs=3, shuffle=False,
+                                      verbose=0).history
+        if run_eagerly is None:
+            assert model._train_fn is not None and model._train_fn.n_traces == 1
+    for key in ("loss", "mae", "weighted_mae"):
+        np.testing.assert_allclose(runs[None][key], runs[True][key], rtol=1e-6)
+    np.testing.assert_allclose(runs[None]["mae"], runs[None]["weighted_mae"], rtol=1e-12)
+    ml.random.set_seed(0)
+    model = keras.Sequential([layers.Dense(2, input_shape=(3,))])
+    model.compile(keras.optimizers.SGD(0.0), "mse", metrics=["mae"], weighted_metrics=["mae"])
+    h = model.fit(x, y, sample_weight=sw, batch_size=24, epochs=1, shuffle=False,
+                  verbose=0).history
+    err = np.abs(np.asarray(model.predict(x, verbose=0)) - y).mean(axis=1)
+    assert h["mae"][0] == pytest.approx(err.mean(), rel=1e-5)
+    assert h["weighted_mae"][0] == pytest.approx((err * sw).sum() / sw.sum(), rel=1e-5)
+
+
+def test_compile_refuses_metrics_that_are_not_a_list_and_changes_nothing():
+    """Keras 3: "Expected `metrics` argument to be a list, tuple, or dict" (a ValueError),
+    for weighted_metrics alike; the model keeps its previous compile."""
+    model = _identity_model()
+    model.compile(loss="mse", metrics=["mae"])
+    for kwargs in (dict(metrics="mse"), dict(weighted_metrics="mse"),
+                   dict(metrics=keras.metrics.Mean())):
+        with pytest.raises(ValueError, match="to be a list, tuple, or dict"):
+            model.compile(loss="mae", **kwargs)
+    with pytest.raises(ValueError, match="Expected metric, received `None`"):
+        model.compile(loss="mae", metrics=[None])
+    logs = model.evaluate(CM_PRED[:3], CM_TRUE, return_dict=True, verbose=0)
+    assert list(logs) == ["loss", "mae"]
+    assert logs["loss"] == pytest.approx(0.068333, rel=1e-4)  # still the MSE
+
+
+@pytest.mark.parametrize("name", ["crossentropy", "ce", "CrossEntropy"])
+def test_crossentropy_loss_name_is_picked_from_the_shapes(name):
+    """compile_utils.get_loss: binary when the prediction has one unit, sparse categorical
+    when the labels have lower rank or one column against several classes, categorical
+    otherwise; the loss keeps the name given."""
+    from metalearn.keras import losses
+
+    rng = np.random.default_rng(4)
+    probs = rng.dirichlet(np.ones(3), 6).astype(np.float32)
+    onehot = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 6)]
+    labels = rng.integers(0, 3, 6)
+    p1 = rng.uniform(0.05, 0.95, (6, 1)).astype(np.float32)
+    b1 = (rng.random((6, 1)) > 0.5).astype(np.float32)
+    cases = [(probs, onehot, losses.categorical_crossentropy),
+             (probs, labels, losses.sparse_categorical_crossentropy),
+             (probs, labels[:, None], losses.sparse_categorical_crossentropy),
+             (p1, b1, losses.binary_crossentropy), (p1, b1[:, 0], losses.binary_crossentropy)]
+    for pred, y, fn in cases:
+        model = keras.Sequential([layers.Dense(pred.shape[1], use_bias=False,
+                                               kernel_initializer="identity",
+                                               input_shape=(pred.shape[1],))])
+        model.compile(loss=name)
+        got = model.evaluate(pred, y, verbose=0)
+        ref = float(np.mean(np.asarray(fn(y.reshape(len(y), -1) if fn is losses.binary_crossentropy
+                                          else y, pred))))
+        assert got == pytest.approx(ref, rel=1e-5), fn.__name__
+        assert model.compiled_loss.fn is fn and model.compiled_loss.name == name
+
+
+def test_stop_predicting_returns_the_batches_run_so_far():
+    """trainer.py (torch) predict: a callback setting model.stop_predicting ends the loop,
+    and predict returns the outputs of the batches it ran."""
+    model = _identity_model()
+    x = np.arange(40, dtype=np.float32).reshape(20, 2)
+
+    class Stop(keras.callbacks.Callback):
+        def on_predict_batch_end(self, batch, logs=None):
+            if batch == 2:
+                self.model.stop_predicting = True
+
+    out = model.predict(x, batch_size=4, callbacks=[Stop()], verbose=0)
+    np.testing.assert_array_equal(out, x[:12])
+    # the flag is cleared at the start of the next call
+    np.testing.assert_array_equal(model.predict(x, batch_size=4, verbose=0), x)

@@ -244,3 +244,22 @@ def test_get_none_is_none_and_other_objects_are_refused_as_keras():
     model.compile(optimizer=None, loss="mse")
     with pytest.raises(ValueError, match="without an optimizer"):
         model.fit(np.ones((2, 2), np.float32), np.ones((2, 1), np.float32), verbose=0)
+
+
+def test_optimizer_names_are_unique_as_keras_names_them():
+    """Keras 3 (naming.auto_name): the class name in snake case, made unique by the counter
+    the layers share: 'sgd', 'sgd_1', ...; 'SGD' was every SGD's name before, 'adam' every
+    Adam's. An explicit name is kept, also through serialize/deserialize."""
+    from metalearn.keras import backend
+
+    backend.clear_session()
+    names = [optimizers.Adam().name, optimizers.Adam().name, optimizers.SGD().name,
+             optimizers.SGD().name, optimizers.get("sgd").name]
+    assert names == ["adam", "adam_1", "sgd", "sgd_1", "sgd_2"]
+    with pytest.raises(ValueError):
+        optimizers.SGD(learning_rate=-1.0)  # a refused optimizer takes no name
+    assert optimizers.SGD().name == "sgd_3"
+    opt = optimizers.SGD(name="mine")
+    assert optimizers.deserialize(optimizers.serialize(opt)).name == "mine"
+    backend.clear_session()
+    assert optimizers.SGD().name == "sgd"

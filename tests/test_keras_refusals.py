@@ -199,3 +199,20 @@ def test_an_empty_sequential_cannot_be_called_or_built():
         model(np.ones((1, 3), np.float32))
     with pytest.raises(ValueError, match=message):
         model.predict(np.ones((1, 3), np.float32), verbose=0)
+
+
+@pytest.mark.parametrize("op", ["batch_norm", "batch_norm_grouped"])
+@pytest.mark.parametrize("axis", [2 ** 40, -(2 ** 40), 2 ** 31])
+def test_batch_norm_axis_out_of_the_int_range_is_a_value_error(op, axis):
+    """batch_norm's axis is read as every other op reads one (reduce_sum, softmax, concat):
+    a value outside the C int range is the ValueError naming the axis, not the
+    OverflowError of a C-int conversion; a non-integer stays a TypeError."""
+    x = RNG.standard_normal((2, 3, 4)).astype(np.float32)
+    fn = getattr(ml._core, op)
+    with pytest.raises(ValueError, match=rf"{op}: axis {axis} is out of range"):
+        fn(x, axis=axis)
+    with pytest.raises(TypeError, match="axis must be an int"):
+        fn(x, axis=1.0)
+    # an in-range axis that does not fit the input keeps the shape message
+    with pytest.raises(ValueError, match="out of range"):
+        fn(x, axis=7)

@@ -9,6 +9,7 @@ import pytest
 import metalearn as ml
 from metalearn import keras
 from metalearn.keras import layers
+from metalearn.meta.protonet import PrototypeClassifier
 from metalearn.networks import AdaptiveNeuralNetwork, MetaLearningNetwork
 
 RNG = np.random.default_rng(0)
@@ -50,6 +51,10 @@ CASES = {
     "AdaptiveNeuralNetwork": (lambda: AdaptiveNeuralNetwork(num_classes=3, hidden_units=5,
                                                             output_activation="linear"), IMG),
     "MetaLearningNetwork": (lambda: MetaLearningNetwork(hidden_units=5, output_units=2), VEC),
+    # ProtoNet.adapt's classifier: an encoder and this task's prototypes
+    "PrototypeClassifier": (lambda: PrototypeClassifier(
+        keras.Sequential([layers.Dense(3, activation="relu", input_shape=(4,))], name="enc"),
+        RNG.standard_normal((2, 3)).astype(np.float32), distance="cosine", name="clf"), VEC),
 }
 
 
@@ -150,3 +155,35 @@ def test_rebuilt_layers_initialise_as_the_original():
         rebuilt(IMG)
         for a, b in zip(rebuilt.get_weights(), layer.get_weights()):
             np.testing.assert_array_equal(a, b)
+
+
+def test_demo_history_is_written_by_the_safe_writer(tmp_path, monkeypatch):
+    """``python -m metalearn --output DIR`` writes history.json as the weight files are
+    written (``_core.write_file``: a unique temporary file, fsync, rename), never with a
+    plain ``Path.write_text`` that leaves half a file when interrupted."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    from metalearn import _core
+    from metalearn import __main__ as demo
+
+    calls = []
+    real = _core.write_file
+
+    def recording(path, data):
+        calls.append(path)
+        return real(path, data)
+
+    def refused(self, *args, **kwargs):
+        raise AssertionError(f"plain write_text({self})")
+
+    monkeypatch.setattr(_core, "write_file", recording)
+    monkeypatch.setattr(Path, "write_text", refused)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # no plot: only the two files
+    model = keras.Sequential([layers.Dense(1, input_shape=(1,))])
+    args = argparse.Namespace(output=str(tmp_path), task="sinusoid", algorithm="maml")
+    demo._save(args, None, model, {"loss": [0.5, 0.25]}, {1: 0.9}, {1: 0.1}, None, None)
+    assert str(tmp_path / "history.json") in calls
+    saved = json.loads((tmp_path / "history.json").read_text(encoding="utf-8"))
+    assert saved["history"] == {"loss": [0.5, 0.25]} and saved["after"] == {"1": 0.1}

@@ -155,6 +155,7 @@ def test_sinusoid_hidden_kernel_low_rank_equals_the_loop(first_order):
     _meta_grads_both_ways(model, batch, inner_lr=0.05, first_order=first_order)
 
 
+@pytest.mark.torch
 def test_two_inner_steps_match_torch():
     torch = pytest.importorskip("torch")
     model = _fixture_model()

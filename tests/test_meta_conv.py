@@ -79,6 +79,7 @@ def test_conv4_builds_and_clones():
     assert all(a is not b for a, b in zip(c.weights, clf.weights))
 
 
+@pytest.mark.torch
 def test_second_order_maml_through_conv_matches_torch():
     torch = pytest.importorskip("torch")
     ml.random.set_seed(0)

@@ -51,6 +51,9 @@ ml_tensor *as_ml(PyObject *o, const char *what);
 PyArrayObject *to_index_array(PyObject *obj, const char *what);
 /* Tuple/list of ints (one -1 inferred from numel when numel >= 0). */
 int parse_shape(PyObject *obj, int *ndim, int64_t *shape, int64_t numel, const char *what);
+/* One axis argument (an int or an object with __index__; NULL gives dflt): a TypeError
+ * for other types, a ValueError for a value outside the C int range. 0 or -1. */
+int axis_arg(PyObject *obj, int dflt, int *axis, const char *what);
 /* axis=None | int | sequence -> n (0: all; -1: the empty tuple) and axes. */
 int parse_axes(PyObject *obj, int *n, int *axes, const char *what);
 

@@ -238,7 +238,7 @@ int parse_shape(PyObject *obj, int *ndim, int64_t *shape, int64_t numel,
  * reports an axis out of range, as the caller gave it, with the tensor's rank
  * (ml__axis_error); a value no int holds is refused here, also as given: clamping it
  * first made reduce_sum(axis=100) report "axis 9". NULL (argument left out): `dflt`. */
-static int axis_arg(PyObject *obj, int dflt, int *axis, const char *what) {
+int axis_arg(PyObject *obj, int dflt, int *axis, const char *what) {
     *axis = dflt;
     if (!obj) return 0;
     PyObject *idx = PyNumber_Index(obj);

@@ -137,11 +137,13 @@ static ml_tensor *optional(PyObject *o, const char *what, int *err) {
 static PyObject *nn_batch_norm(PyObject *m, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"x", "gamma", "beta", "moving_mean", "moving_variance", "training",
                              "momentum", "epsilon", "axis", NULL};
-    PyObject *xo, *go = Py_None, *bo = Py_None, *mmo = Py_None, *mvo = Py_None;
+    PyObject *xo, *go = Py_None, *bo = Py_None, *mmo = Py_None, *mvo = Py_None, *axis_o = NULL;
     int training = 0, axis = -1;
     double momentum = 0.99, epsilon = 1e-3;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOOOpddi:batch_norm", kwlist, &xo, &go, &bo,
-                                     &mmo, &mvo, &training, &momentum, &epsilon, &axis))
+    /* the axis as every other op reads it: a huge value is a ValueError, not an OverflowError */
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOOOpddO:batch_norm", kwlist, &xo, &go, &bo,
+                                     &mmo, &mvo, &training, &momentum, &epsilon, &axis_o) ||
+        axis_arg(axis_o, -1, &axis, "batch_norm") < 0)
         return NULL;
     if (training) {
         /* the moving statistics are updated in place: a converted copy would lose it */
@@ -177,11 +179,12 @@ static PyObject *nn_batch_norm(PyObject *m, PyObject *args, PyObject *kwds) {
 
 static PyObject *nn_batch_norm_grouped(PyObject *m, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"x", "gamma", "beta", "epsilon", "axis", NULL};
-    PyObject *xo, *go = Py_None, *bo = Py_None;
+    PyObject *xo, *go = Py_None, *bo = Py_None, *axis_o = NULL;
     int axis = -1;
     double epsilon = 1e-3;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOdi:batch_norm_grouped", kwlist, &xo, &go,
-                                     &bo, &epsilon, &axis))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOdO:batch_norm_grouped", kwlist, &xo, &go,
+                                     &bo, &epsilon, &axis_o) ||
+        axis_arg(axis_o, -1, &axis, "batch_norm_grouped") < 0)
         return NULL;
     int err = 0;
     ml_tensor *x = optional(xo, "batch_norm_grouped", &err);

@@ -21,19 +21,30 @@ def relu(x: ArrayLike, negative_slope: float = 0.0, max_value: Optional[float] =
          threshold: float = 0.0) -> _core.Tensor:
     """Rectified linear unit: ``max(x, 0)``.
 
-    With the optional arguments: ``x`` for ``x >= threshold`` (capped at `max_value`),
-    ``negative_slope * (x - threshold)`` below it.
+    With the optional arguments, Keras 3's formula (``activations.ReLU.static_call``)::
+
+        y = x if x > threshold else 0          # relu(x) when threshold == 0
+        y = clip(y, 0, max_value)              # when max_value is given
+        y = y - negative_slope * relu(threshold - x)
+
+    So ``negative_slope * (x - threshold)`` below the threshold, ``x`` above it capped at
+    `max_value`; with a negative threshold the inputs in ``(threshold, 0]`` stay ``x``,
+    or give 0 once clipped by `max_value`. A NaN input gives NaN.
     """
+    slope = float(negative_slope)
+    threshold = float(threshold)
+    if slope != 0.0 and max_value is None and threshold == 0.0:
+        return _core.leaky_relu(x, slope)
     if threshold != 0.0:
-        x = _core.sub(x, threshold)
-    if negative_slope != 0.0:
-        y = _core.leaky_relu(x, float(negative_slope))
+        # x where x > threshold, else 0: the 0/1 mask is a step of x - threshold
+        y = _core.mul(x, _core.clip(_core.sign(_core.sub(x, threshold)), 0.0, 1.0))
     else:
         y = _core.relu(x)
-    if threshold != 0.0:
-        y = _core.add(y, _core.mul(_core.sign(_core.relu(x)), threshold))
     if max_value is not None:
-        y = _core.minimum(y, float(max_value))
+        y = _core.clip(y, 0.0, float(max_value))
+    if slope != 0.0:
+        below = _core.relu(_core.sub(threshold, x) if threshold != 0.0 else _core.neg(x))
+        y = _core.sub(y, _core.mul(below, slope))
     return y
 
 

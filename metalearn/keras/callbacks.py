@@ -9,8 +9,8 @@ import warnings
 
 import numpy as np
 
-__all__ = ["Callback", "CallbackList", "History", "EarlyStopping", "ModelCheckpoint",
-           "LambdaCallback"]
+__all__ = ["Callback", "CallbackList", "History", "MonitorCallback", "EarlyStopping",
+           "ModelCheckpoint", "LambdaCallback"]
 
 
 class Callback:
@@ -154,21 +154,86 @@ class History(Callback):
             self.model.history = self
 
 
-def _mode_op(mode, monitor):
-    if mode not in ("auto", "min", "max"):
-        warnings.warn(f"mode {mode!r} is unknown, falling back to 'auto'")
-        mode = "auto"
-    if mode == "auto":
-        m = monitor.lower()
-        mode = "max" if ("acc" in m or "auc" in m or m.endswith("precision") or m.endswith("recall")) else "min"
-    return mode
+def _metrics_resolved(model):
+    """Whether `model` is a metalearn Model whose ``metrics`` already hold every compiled
+    metric (fit resolves them from the shapes before the first step; a model compiled
+    without metrics has none to wait for). Other models are asked at the first epoch's
+    end, as Keras 3 does."""
+    if not hasattr(model, "_metric_specs"):
+        return False
+    return bool(getattr(model, "_metrics_resolved", False)
+                or not (model._metric_specs or getattr(model, "_weighted_metric_specs", None)))
 
 
-class EarlyStopping(Callback):
+class MonitorCallback(Callback):
+    """Base of the callbacks that watch a quantity in the logs (Keras 3's MonitorCallback).
+
+    In mode ``"auto"`` the direction comes from the quantity's name, as Keras 3 infers it:
+    ``loss``/``val_loss`` is minimised; otherwise the compiled metric of that name (without
+    ``val_``) says whether it is better high or low (``Metric._direction``: accuracies up,
+    errors down). A quantity Keras cannot place (``"unknown"``, a metric from your own
+    function) is a ValueError in mode "auto": pass ``mode="min"`` or ``"max"``. ``fit``
+    checks it before the first step (Keras at the end of the first epoch).
+
+    Args:
+        monitor: the quantity in the logs.
+        mode: ``"auto"``, ``"min"`` or ``"max"`` (another value warns and means "auto").
+        baseline: the initial best value (None: the first value seen).
+        min_delta: the least change that counts as an improvement.
+    """
+
+    def __init__(self, monitor: str = "val_loss", mode: str = "auto", baseline: Optional[float] = None,
+                 min_delta: float = 0) -> None:
+        super().__init__()
+        if mode not in ("auto", "min", "max"):
+            warnings.warn(f"{type(self).__name__} mode '{mode}' is unknown, fallback to auto mode.",
+                          stacklevel=3)
+            mode = "auto"
+        self.monitor = monitor
+        self.mode = mode
+        self.best = baseline
+        self.min_delta = abs(float(min_delta))
+        self.monitor_op = None  # np.less or np.greater, set once the metrics are known
+
+    def _set_monitor_op(self):
+        if self.mode == "min":
+            self.monitor_op = np.less
+            return
+        if self.mode == "max":
+            self.monitor_op = np.greater
+            return
+        name = self.monitor[4:] if self.monitor.startswith("val_") else self.monitor
+        op = np.less if name == "loss" else None
+        for m in getattr(self.model, "metrics", None) or []:
+            direction = getattr(m, "_direction", None)
+            if getattr(m, "name", None) == name and direction is not None:
+                op = np.greater if direction == "up" else np.less
+        if op is None:
+            raise ValueError(f"{type(self).__name__} callback received monitor={self.monitor}, but "
+                             "it is not possible to automatically determine whether that metric "
+                             "should be maximized or minimized. Pass `mode='max'` in order to "
+                             "monitor based on the highest metric value, or pass `mode='min'` in "
+                             "order to use the lowest value.")
+        self.monitor_op = op
+
+    def _check_monitor(self):
+        """Sets the direction at the start of training when the model's metrics are known,
+        so that a monitor "auto" cannot place is refused before the first step."""
+        if self.monitor_op is None and self.model is not None and _metrics_resolved(self.model):
+            self._set_monitor_op()
+
+    def _is_improvement(self, current, reference):
+        if reference is None:
+            return True
+        delta = -self.min_delta if self.monitor_op is np.less else self.min_delta
+        return bool(self.monitor_op(current - delta, reference))
+
+
+class EarlyStopping(MonitorCallback):
     """Stops training when a monitored quantity has stopped improving.
 
     An epoch improves when ``current`` beats the best by more than `min_delta`
-    (``current < best - min_delta`` in "min" mode). After `patience` epochs without
+    (``current < best - min_delta`` when minimising). After `patience` epochs without
     improvement ``model.stop_training`` is set.
 
     Args:
@@ -176,44 +241,44 @@ class EarlyStopping(Callback):
         min_delta: minimum change counted as an improvement.
         patience: epochs without improvement before stopping.
         verbose: 1 prints a message when stopping.
-        mode: ``"min"``, ``"max"`` or ``"auto"`` (max for accuracies, min otherwise).
+        mode: ``"min"``, ``"max"`` or ``"auto"`` (the direction from the monitored
+            metric, as Keras 3: see ``MonitorCallback``).
         baseline: a value the quantity must beat.
         restore_best_weights: at the end of training (stopped early or not), restore the
             weights of the best epoch seen from `start_from_epoch` on.
         start_from_epoch: epochs to wait before monitoring.
+
+    Raises:
+        ValueError: in mode "auto", a monitor whose direction cannot be inferred (raised
+            by ``fit`` before the first step).
     """
 
     def __init__(self, monitor: str = "val_loss", min_delta: float = 0, patience: int = 0, verbose: int = 0,
                  mode: str = "auto", baseline: Optional[float] = None, restore_best_weights: bool = False,
                  start_from_epoch: int = 0) -> None:
-        super().__init__()
-        self.monitor = monitor
-        self.min_delta = abs(float(min_delta))
+        super().__init__(monitor, mode, min_delta=min_delta)
         self.patience = int(patience)
         self.verbose = verbose
-        self.mode = _mode_op(mode, monitor)
         self.baseline = baseline
         self.restore_best_weights = restore_best_weights
         self.start_from_epoch = int(start_from_epoch)
+        self.wait = 0
         self.stopped_epoch = 0
         self.best_weights = None
         self.best_epoch = 0
 
-    def _improved(self, current, reference):
-        if reference is None:
-            return True
-        if self.mode == "min":
-            return current < reference - self.min_delta
-        return current > reference + self.min_delta
-
     def on_train_begin(self, logs: Optional[Logs] = None) -> None:
+        # reusable across fit calls, as Keras 3's
         self.wait = 0
         self.stopped_epoch = 0
         self.best = None
         self.best_weights = None
         self.best_epoch = 0
+        self._check_monitor()
 
     def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
+        if self.monitor_op is None:
+            self._set_monitor_op()  # the model's metrics are all built by now
         logs = logs or {}
         current = logs.get(self.monitor)
         if current is None:
@@ -227,12 +292,12 @@ class EarlyStopping(Callback):
             self.best_weights = self.model.get_weights()
             self.best_epoch = epoch
         self.wait += 1
-        if self._improved(current, self.best):
+        if self._is_improvement(current, self.best):
             self.best = current
             self.best_epoch = epoch
             if self.restore_best_weights:
                 self.best_weights = self.model.get_weights()
-            if self.baseline is None or self._improved(current, float(self.baseline)):
+            if self.baseline is None or self._is_improvement(current, float(self.baseline)):
                 self.wait = 0
             return
         if self.wait >= self.patience and epoch > 0:
@@ -250,7 +315,7 @@ class EarlyStopping(Callback):
             self.model.set_weights(self.best_weights)
 
 
-class ModelCheckpoint(Callback):
+class ModelCheckpoint(MonitorCallback):
     """Saves the model's weights after epochs (``save_weights`` format).
 
     Args:
@@ -261,7 +326,8 @@ class ModelCheckpoint(Callback):
         verbose: 1 prints a message on each save.
         save_best_only: save only when the monitored quantity improves.
         save_weights_only: must be True: metalearn saves weights, not whole models.
-        mode: ``"min"``, ``"max"`` or ``"auto"``.
+        mode: ``"min"``, ``"max"`` or ``"auto"`` (as ``EarlyStopping``'s: in "auto" a
+            monitor whose direction cannot be inferred is a ValueError, as Keras 3).
         save_freq: ``"epoch"`` (only).
         initial_value_threshold: the value to beat before the first save.
     """
@@ -270,26 +336,23 @@ class ModelCheckpoint(Callback):
                  save_best_only: bool = False, save_weights_only: bool = True, mode: str = "auto",
                  save_freq: Union[str, int] = "epoch",
                  initial_value_threshold: Optional[float] = None) -> None:
-        super().__init__()
+        super().__init__(monitor, mode, initial_value_threshold)
         if not save_weights_only:
             raise ValueError("ModelCheckpoint: metalearn saves weights only; use "
                              "save_weights_only=True and rebuild the model in code")
         if save_freq != "epoch":
             raise ValueError("ModelCheckpoint: only save_freq='epoch' is supported")
         self.filepath = os.fspath(filepath)
-        self.monitor = monitor
         self.verbose = verbose
         self.save_best_only = save_best_only
         self.save_weights_only = True
-        self.mode = _mode_op(mode, monitor)
-        self.best = initial_value_threshold
 
-    def _better(self, current):
-        if self.best is None:
-            return True
-        return current < self.best if self.mode == "min" else current > self.best
+    def on_train_begin(self, logs: Optional[Logs] = None) -> None:
+        self._check_monitor()
 
     def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
+        if self.monitor_op is None:
+            self._set_monitor_op()
         logs = logs or {}
         path = self.filepath.format(epoch=epoch + 1, **logs)
         current = logs.get(self.monitor) if self.save_best_only else None
@@ -298,12 +361,12 @@ class ModelCheckpoint(Callback):
             warnings.warn(f"Can save best model only with {self.monitor} available.", stacklevel=2)
         if current is not None:
             current = float(current)
-            if not self._better(current):
+            prev = "None" if self.best is None else f"{self.best:.5f}"
+            if not self._is_improvement(current, self.best):
                 if self.verbose > 0:
-                    print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+                    print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {prev}")
                 return
             if self.verbose > 0:
-                prev = "inf" if self.best is None else f"{self.best:.5f}"
                 print(f"\nEpoch {epoch + 1}: {self.monitor} improved from {prev} to {current:.5f}, "
                       f"saving model to {path}")
             self.best = current

@@ -128,6 +128,9 @@ class Layer:
             var_attrs[name] = value
             self._track_weight(value, name)
             return
+        # set first, track after: an assignment that raises (a read-only property such as
+        # Sequential.layers) leaves the layer as it was, nothing tracked
+        object.__setattr__(self, name, value)
         if name in var_attrs:
             del var_attrs[name]
         if isinstance(value, Layer) and not name.startswith("_"):
@@ -136,7 +139,6 @@ class Layer:
               and all(isinstance(v, Layer) for v in value)):
             for i, v in enumerate(value):
                 self._track_layer(f"{name}/{i}", v)
-        object.__setattr__(self, name, value)
 
     def __getattr__(self, name):
         # Only reached when normal lookup fails: Variables live in _var_attrs so that every
@@ -551,9 +553,17 @@ class Reshape(Layer):
 
     def __init__(self, target_shape: Sequence[int], **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        target_shape = tuple(target_shape)
+        # Keras 3's validate_reshape_shape: non-negative integers and at most one -1
+        for d in target_shape:
+            if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < -1:
+                raise ValueError("Each dimension in `target_shape` must be a non-negative "
+                                 "integer, or `-1` for a single unknown dimension. Received: "
+                                 f"target_shape={target_shape}.")
+        if sum(d == -1 for d in target_shape) > 1:
+            raise ValueError("There must be at most one unknown dimension (-1) in "
+                             f"`target_shape`. Received: target_shape={target_shape}.")
         self.target_shape = tuple(int(d) for d in target_shape)
-        if sum(d == -1 for d in self.target_shape) > 1:
-            raise ValueError("Reshape: at most one dimension may be -1")
 
     def call(self, inputs: Any) -> Any:
         shape = inputs.shape
@@ -604,9 +614,17 @@ class Dropout(Layer):
     """Sets input units to 0 with frequency `rate` during training, scaling the others.
 
     In training ``output = input * mask / (1 - rate)`` with ``mask ~ Bernoulli(1 - rate)``
-    drawn from the core's seeded generator (``rate=1`` gives zeros); at inference the
-    input passes unchanged. The draw is a core op, so a traced training step
-    (``metalearn.function``, ``fit``) draws a new mask on every replay, as the eager step.
+    (``rate=1`` gives zeros); at inference the input passes unchanged.
+
+    Without a seed the mask is drawn from the core's global generator (``set_seed``) by a
+    core op, so a traced training step (``metalearn.function``, ``fit``) draws a new mask
+    on every replay, as the eager step. With a seed the layer has its own stream, as Keras
+    3's SeedGenerator: call ``i`` draws from child ``i`` of ``SeedSequence(seed)`` (NumPy's
+    PCG64), a new mask on every call, the same sequence for every layer made with that
+    seed, and the global generator untouched. ``fit``'s traced step draws that mask before
+    each replay and passes it in, so it equals the eager step step by step; inside a
+    ``metalearn.function`` of your own the seeded mask is a Python value and is recorded
+    as drawn.
 
     Args:
         rate: float in [0, 1], the fraction of units to drop.
@@ -614,7 +632,7 @@ class Dropout(Layer):
             each entry is None (the input's size), 1 (one draw shared along the axis) or
             the input's size; ``(batch, 1, features)`` drops the same features at every
             timestep, as Keras.
-        seed: optional integer: every call draws the same mask.
+        seed: optional integer: the layer's own reproducible stream of masks.
 
     Call arguments:
         training: whether to drop (defaults to the flag of the enclosing call: True inside
@@ -630,9 +648,17 @@ class Dropout(Layer):
                              f"between 0 and 1. Received: rate={rate!r}")
         self.rate = float(rate)
         if noise_shape is not None:
-            if isinstance(noise_shape, (int, np.integer)) or not isinstance(noise_shape, (list, tuple)):
-                raise TypeError(f"Dropout: noise_shape must be a tuple of ints or None, got "
-                                f"{noise_shape!r}")
+            # Keras 3 (Dropout._validate_noise_shape): a ValueError for a string or a
+            # non-iterable as for a bad entry
+            given = noise_shape
+            try:
+                if isinstance(noise_shape, (str, bytes)):
+                    raise TypeError
+                noise_shape = tuple(noise_shape)
+            except TypeError:
+                raise ValueError("Dropout: invalid value received for argument `noise_shape`: "
+                                 f"expected a tuple or list of integers, got noise_shape={given!r}"
+                                 ) from None
             for d in noise_shape:
                 if d is not None and (isinstance(d, bool) or not isinstance(d, (int, np.integer))
                                       or d < 1):
@@ -640,12 +666,21 @@ class Dropout(Layer):
                                      f"got noise_shape={tuple(noise_shape)!r}")
             noise_shape = tuple(None if d is None else int(d) for d in noise_shape)
         self.noise_shape = noise_shape
-        self.seed = seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise ValueError(f"Argument `seed` must be an integer. Received: seed={seed!r}")
+        self.seed = None if seed is None else int(seed)
+        self._seed_calls = 0  # draws made from (seed, i): the state of the layer's stream
+        self._given_noise = None  # fit's traced step passes the seeded draw in (a trace input)
+        self._draws_given = False
+        self._last_input_shape = None
 
-    @property
-    def _traceable(self):
-        # a seeded draw reseeds the generator from Python, which a replay would not redo
-        return self.seed is None
+    def _seeded_uniform(self, shape):
+        """The next uniform [0, 1) draw of the layer's own stream (advances it)."""
+        # the i-th child of the seed's SeedSequence (what SeedSequence.spawn gives):
+        # independent streams, one per call
+        seq = np.random.SeedSequence(self.seed % (1 << 64), spawn_key=(self._seed_calls,))
+        self._seed_calls += 1
+        return np.random.Generator(np.random.PCG64(seq)).random(shape, dtype=np.float32)
 
     def _mask_shape(self, shape):
         if self.noise_shape is None:
@@ -660,13 +695,24 @@ class Dropout(Layer):
         return mask
 
     def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
+        self._last_input_shape = tuple(int(d) for d in inputs.shape)  # for fit's traced step
         if not training or self.rate == 0.0:
             return inputs
-        shape = self._mask_shape(tuple(int(d) for d in inputs.shape))
+        shape = self._mask_shape(self._last_input_shape)
         if self.rate == 1.0:
             return _core.mul(inputs, np.zeros(shape, np.float32))
-        from metalearn import random as _random
-        u = _random.uniform(shape, 0.0, 1.0, seed=self.seed)
+        if self.seed is None:
+            u = _core.random_uniform(shape, 0.0, 1.0)
+        elif self._given_noise is not None:
+            u, self._given_noise = self._given_noise, None
+            if tuple(u.shape) != shape:
+                raise ValueError(f"{self.name}: the seeded draw given has shape {tuple(u.shape)}, "
+                                 f"the mask needs {shape}")
+        elif getattr(self, "_draws_given", False):
+            # inside fit's traced step a draw made here would be recorded as a constant
+            raise ValueError(f"{self.name}: called again inside one traced step")
+        else:
+            u = _core.tensor(self._seeded_uniform(shape))
         # keep where u >= rate: sign(u - rate) + 1 is 0 below, 1 at, 2 above the rate
         keep = _core.clip(_core.add(_core.sign(_core.sub(u, self.rate)), 1.0), 0.0, 1.0)
         return _core.mul(inputs, _core.mul(keep, 1.0 / (1.0 - self.rate)))
@@ -685,28 +731,57 @@ class InputLayer(Layer):
     Args:
         shape: shape of one sample, without the batch dim (``input_shape`` is accepted).
         batch_size: optional fixed batch size.
+        batch_shape: the whole shape, batch dim first (instead of `shape` and
+            `batch_size`; ``batch_input_shape`` is accepted).
+        name: the layer's name.
 
     Input/Output shape:
         ``(batch_size,) + shape``; the layer passes its input through.
+
+    Its configuration is Keras 3's: ``{"batch_shape", "dtype", "sparse", "ragged", "name",
+    "optional"}``, so the batch size survives ``from_config``.
     """
 
     def __init__(self, shape: Optional[Shape] = None, batch_size: Optional[int] = None,
-                 name: Optional[str] = None, input_shape: Optional[Shape] = None, **kwargs: Any) -> None:
+                 dtype: Any = None, sparse: Optional[bool] = None, ragged: Optional[bool] = None,
+                 batch_shape: Optional[Shape] = None, name: Optional[str] = None,
+                 optional: bool = False, input_shape: Optional[Shape] = None,
+                 batch_input_shape: Optional[Shape] = None) -> None:
         if shape is None:
             shape = input_shape
-        if shape is None and kwargs.get("batch_input_shape") is not None:
-            shape = tuple(kwargs.pop("batch_input_shape"))[1:]
-        if shape is None:
-            raise ValueError("InputLayer: a shape is required")
-        shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(shape)
-        super().__init__(name=name, batch_input_shape=(batch_size,) + shape, **kwargs)
-        self.batch_size = batch_size
+        if batch_shape is None:
+            batch_shape = batch_input_shape
+        # Keras 3's checks (input_layer.py), in its words
+        if shape is not None and batch_shape is not None:
+            raise ValueError("You cannot pass both `shape` and `batch_shape` at the same time.")
+        if batch_size is not None and batch_shape is not None:
+            raise ValueError("You cannot pass both `batch_size` and `batch_shape` at the same time.")
+        if shape is None and batch_shape is None:
+            raise ValueError("You must pass a `shape` argument.")
+        if sparse or ragged or optional:
+            raise NotImplementedError("InputLayer: sparse, ragged and optional inputs are not "
+                                      "supported")
+        if batch_shape is not None:
+            batch_shape = tuple(batch_shape)
+            if not batch_shape:
+                raise ValueError("InputLayer: batch_shape needs a batch dimension, got ()")
+        else:
+            shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(shape)
+            batch_shape = (batch_size,) + shape
+        super().__init__(name=name, dtype=dtype, batch_input_shape=batch_shape)
+        self.batch_size = batch_shape[0]
+
+    @property
+    def batch_shape(self) -> Shape:
+        """``(batch_size,) + shape`` (the batch dim None when not fixed)."""
+        return self._batch_input_shape
 
     def call(self, inputs: Any) -> Any:
         return inputs
 
     def get_config(self) -> Config:
-        return {"name": self.name, "batch_input_shape": self._batch_input_shape}
+        return {"batch_shape": self._batch_input_shape, "dtype": "float32", "sparse": False,
+                "ragged": False, "name": self.name, "optional": False}
 
 
 def Input(shape: Optional[Shape] = None, batch_size: Optional[int] = None, name: Optional[str] = None,
@@ -767,7 +842,8 @@ def serialize(layer: Layer) -> Config:
 
 
 _SHIPPED_MODULES = ("metalearn.keras.layers", "metalearn.keras.conv_layers",
-                    "metalearn.keras.memory_layers", "metalearn.keras.models", "metalearn.networks")
+                    "metalearn.keras.memory_layers", "metalearn.keras.models", "metalearn.networks",
+                    "metalearn.meta.protonet")
 
 
 def _shipped_layers():
@@ -775,6 +851,7 @@ def _shipped_layers():
     ``deserialize`` finds without ``custom_objects``, as Keras' registry of built-ins."""
     from . import models  # noqa: F401  (Model, Sequential)
     from metalearn import networks  # noqa: F401  (the article's models)
+    from metalearn.meta import protonet  # noqa: F401  (ProtoNet.adapt's PrototypeClassifier)
     from . import conv_layers
     out, stack = {}, [Layer]
     while stack:
@@ -791,7 +868,8 @@ def deserialize(config: Config, custom_objects: Optional[Dict[str, Any]] = None)
     """A layer from ``serialize``'s output.
 
     Every layer metalearn ships (core, convolution, pooling, normalisation, memory layers,
-    ``Sequential`` and the article's models) is found by its class name; classes of your
+    ``Sequential``, the article's models and ProtoNet's ``PrototypeClassifier``) is found
+    by its class name; classes of your
     own go in `custom_objects` (``{"MyLayer": MyLayer}``), which takes precedence.
 
     Raises:

@@ -6,7 +6,7 @@ NumPy on the prediction array (no Python loop over samples).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 from metalearn._typing import Array, ArrayLike, Config
 import numpy as np
@@ -18,7 +18,7 @@ __all__ = ["Metric", "Mean", "Sum", "MeanMetricWrapper", "Accuracy", "BinaryAccu
            "CategoricalAccuracy", "SparseCategoricalAccuracy", "MeanSquaredError",
            "MeanAbsoluteError", "accuracy", "binary_accuracy", "categorical_accuracy",
            "sparse_categorical_accuracy", "mean_squared_error", "mean_absolute_error",
-           "get", "resolve"]
+           "get", "resolve", "serialize", "deserialize"]
 
 
 def _np(x):
@@ -131,9 +131,17 @@ class Metric:
 
     Args:
         name: the metric's name (the key in ``fit``'s logs).
+        dtype: only float32 (results are Python floats).
+
+    ``type(m).from_config(m.get_config())`` makes an equal metric with a fresh state, as
+    ``deserialize(serialize(m))`` does. A metric that knows whether it is better high or
+    low says so in ``_direction`` (``"up"``/``"down"``, as Keras 3): callbacks in mode
+    ``"auto"`` read it.
     """
 
     def __init__(self, name: Optional[str] = None, dtype: Any = None) -> None:
+        if dtype is not None and np.dtype(dtype) != np.float32:
+            raise TypeError(f"{type(self).__name__}: only float32 is supported, got dtype={dtype!r}")
         self.name = name or snake_case(type(self).__name__)
         self.reset_state()
 
@@ -158,8 +166,14 @@ class Metric:
         return self.result()
 
     def get_config(self) -> Config:
-        """The metric's configuration (``{"name": ...}``)."""
-        return {"name": self.name}
+        """The metric's configuration (``{"name": ..., "dtype": "float32"}`` and its own
+        arguments), as Keras 3's."""
+        return {"name": self.name, "dtype": "float32"}
+
+    @classmethod
+    def from_config(cls, config: Config) -> Metric:
+        """A new metric (fresh state) from the dict that ``get_config`` returned."""
+        return cls(**config)
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name} result={self.result():.4f}>"
@@ -221,9 +235,24 @@ class MeanMetricWrapper(Mean):
 
     def __init__(self, fn: Callable[..., Any], name: Optional[str] = None, dtype: Any = None,
                  **kwargs: Any) -> None:
+        if isinstance(fn, str):  # a shipped function by name (what get_config writes)
+            fn = _function(fn)
+        if not callable(fn):
+            raise TypeError(f"MeanMetricWrapper: fn must be callable, got {type(fn).__name__}")
         self._fn = fn
         self._fn_kwargs = kwargs
-        super().__init__(name=name or getattr(fn, "__name__", "metric"))
+        super().__init__(name=name or getattr(fn, "__name__", "metric"), dtype=dtype)
+        if _is_loss_function(fn):  # Keras 3: a wrapped loss is to be minimised
+            self._direction = "down"
+
+    def get_config(self) -> Config:
+        """``name``, ``dtype`` and ``fn``: a shipped function by name (JSON), your own
+        function as it is (not JSON, as Keras' needs ``safe_mode=False``)."""
+        config = super().get_config()
+        name = getattr(self._fn, "__name__", None)
+        config["fn"] = name if name is not None and _FUNCTIONS.get(name) is self._fn else self._fn
+        config.update(self._fn_kwargs)
+        return config
 
     def update_state(self, y_true: ArrayLike, y_pred: ArrayLike,  # type: ignore[override]
                      sample_weight: Optional[ArrayLike] = None) -> None:
@@ -237,14 +266,23 @@ class MeanMetricWrapper(Mean):
         super().update_state(self._fn(y_true, y_pred, **self._fn_kwargs), sample_weight)
 
 
-class Accuracy(MeanMetricWrapper):
+class _BuiltinWrapper(MeanMetricWrapper):
+    """A shipped wrapper: its function is fixed by the class, so its config is
+    ``{"name", "dtype"}`` (and its own arguments), as Keras 3's."""
+
+    def get_config(self) -> Config:
+        return Metric.get_config(self)
+
+
+class Accuracy(_BuiltinWrapper):
     """How often predictions equal labels exactly: ``mean(y_true == y_pred)``."""
 
     def __init__(self, name: str = "accuracy", dtype: Any = None) -> None:
-        super().__init__(accuracy, name=name)
+        super().__init__(accuracy, name=name, dtype=dtype)
+        self._direction = "up"
 
 
-class BinaryAccuracy(MeanMetricWrapper):
+class BinaryAccuracy(_BuiltinWrapper):
     """How often ``(y_pred > threshold)`` matches binary labels.
 
     Args:
@@ -252,35 +290,72 @@ class BinaryAccuracy(MeanMetricWrapper):
     """
 
     def __init__(self, name: str = "binary_accuracy", dtype: Any = None, threshold: float = 0.5) -> None:
-        super().__init__(binary_accuracy, name=name, threshold=threshold)
+        super().__init__(binary_accuracy, name=name, dtype=dtype, threshold=threshold)
+        self.threshold = threshold
+        self._direction = "up"
+
+    def get_config(self) -> Config:
+        config = super().get_config()
+        config["threshold"] = self.threshold
+        return config
 
 
-class CategoricalAccuracy(MeanMetricWrapper):
+class CategoricalAccuracy(_BuiltinWrapper):
     """How often ``argmax(y_pred)`` equals ``argmax(y_true)`` (one-hot labels)."""
 
     def __init__(self, name: str = "categorical_accuracy", dtype: Any = None) -> None:
-        super().__init__(categorical_accuracy, name=name)
+        super().__init__(categorical_accuracy, name=name, dtype=dtype)
+        self._direction = "up"
 
 
-class SparseCategoricalAccuracy(MeanMetricWrapper):
+class SparseCategoricalAccuracy(_BuiltinWrapper):
     """How often ``argmax(y_pred)`` equals integer labels."""
 
     def __init__(self, name: str = "sparse_categorical_accuracy", dtype: Any = None) -> None:
-        super().__init__(sparse_categorical_accuracy, name=name)
+        super().__init__(sparse_categorical_accuracy, name=name, dtype=dtype)
+        self._direction = "up"
 
 
-class MeanSquaredError(MeanMetricWrapper):
+class MeanSquaredError(_BuiltinWrapper):
     """Mean of ``mean(square(y_true - y_pred), axis=-1)`` over samples."""
 
     def __init__(self, name: str = "mean_squared_error", dtype: Any = None) -> None:
-        super().__init__(mean_squared_error, name=name)
+        super().__init__(mean_squared_error, name=name, dtype=dtype)
+        self._direction = "down"
 
 
-class MeanAbsoluteError(MeanMetricWrapper):
+class MeanAbsoluteError(_BuiltinWrapper):
     """Mean of ``mean(abs(y_true - y_pred), axis=-1)`` over samples."""
 
     def __init__(self, name: str = "mean_absolute_error", dtype: Any = None) -> None:
-        super().__init__(mean_absolute_error, name=name)
+        super().__init__(mean_absolute_error, name=name, dtype=dtype)
+        self._direction = "down"
+
+
+# the shipped metric functions by name (MeanMetricWrapper's config names them)
+_FUNCTIONS = {f.__name__: f for f in (accuracy, binary_accuracy, categorical_accuracy,
+                                      sparse_categorical_accuracy, mean_squared_error,
+                                      mean_absolute_error)}
+
+
+def _function(name):
+    fn = _FUNCTIONS.get(name)
+    if fn is None:
+        from . import losses as _losses
+        fn = getattr(_losses, name, None) if name in getattr(_losses, "__all__", ()) else None
+    if not callable(fn):
+        raise ValueError(f"Unknown metric function: {name!r}; known: {sorted(_FUNCTIONS)}")
+    return fn
+
+
+def _is_loss_function(fn):
+    """Whether fn is one of the shipped losses (a function or a Loss object) or the
+    metrics' own mean squared / absolute error."""
+    from . import losses as _losses
+    if fn is mean_squared_error or fn is mean_absolute_error:
+        return True
+    return (getattr(fn, "__module__", None) == _losses.__name__
+            or isinstance(fn, _losses.Loss))
 
 
 _BY_NAME = {
@@ -294,13 +369,49 @@ _BY_CLASS = {c.__name__: c for c in (Accuracy, BinaryAccuracy, CategoricalAccura
                                      MeanAbsoluteError, Mean, Sum)}
 
 
-def get(identifier: Any) -> Metric:
-    """A Metric instance from a name, class name, Metric or function ``f(y_true, y_pred)``.
+def serialize(metric: Metric) -> Config:
+    """A metric as ``{"class_name": ..., "config": metric.get_config()}``."""
+    if not isinstance(metric, Metric):
+        raise TypeError(f"serialize: expected a Metric, got {type(metric).__name__}")
+    return {"class_name": type(metric).__name__, "config": metric.get_config()}
+
+
+def deserialize(config: Any, custom_objects: Optional[Dict[str, Any]] = None) -> Metric:
+    """A metric from ``serialize``'s output (or a name, as ``get``); classes of your own go
+    in `custom_objects` (``{"MyMetric": MyMetric}``).
+
+    Raises:
+        ValueError: an unknown class name.
+    """
+    if isinstance(config, str):
+        return get(config)
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ValueError(f"deserialize: expected a dict with 'class_name' and 'config' (what "
+                         f"serialize returns), got {config!r}")
+    registry = dict(_BY_CLASS, MeanMetricWrapper=MeanMetricWrapper)
+    registry.update(custom_objects or {})
+    cls = registry.get(config["class_name"])
+    if cls is None:
+        raise ValueError(f"Unknown metric class {config['class_name']!r}; pass it in "
+                         "custom_objects")
+    return cls.from_config(dict(config.get("config", {})))
+
+
+def get(identifier: Any) -> Optional[Metric]:
+    """A Metric instance from a name, class name, config dict, Metric or function
+    ``f(y_true, y_pred)``; None gives None, as Keras 3.
 
     ``"accuracy"``/``"acc"`` need the loss and shapes to be resolved: see ``resolve``.
+
+    Raises:
+        ValueError: an unknown name, or anything else (Keras 3's type).
     """
+    if identifier is None:
+        return None
     if isinstance(identifier, Metric):
         return identifier
+    if isinstance(identifier, dict):
+        return deserialize(identifier)
     if isinstance(identifier, str):
         if identifier in ("accuracy", "acc"):
             return Accuracy(name=identifier)
@@ -313,7 +424,7 @@ def get(identifier: Any) -> Metric:
         return identifier()
     if callable(identifier):
         return MeanMetricWrapper(identifier)
-    raise TypeError(f"Could not interpret metric identifier: {identifier!r}")
+    raise ValueError(f"Could not interpret metric identifier: {identifier!r}")
 
 
 def resolve(identifier: Any, loss: Any, y_true: ArrayLike, y_pred: Array) -> Metric:

@@ -123,8 +123,14 @@ class Model(_layers.Layer):
         self.optimizer = None
         self.loss = None
         self.compiled_loss = None
+        self._pending_loss = None  # compile(loss="crossentropy"): resolved from the shapes
         self._compiled_metrics = []
+        self._metric_entries = []
         self._metric_specs = []
+        self._weighted_metric_specs = []
+        self._metrics_resolved = False
+        self.stop_evaluating = False
+        self.stop_predicting = False
         self.stop_training = False
         self.history = None
         self._is_compiled = False
@@ -159,6 +165,11 @@ class Model(_layers.Layer):
         """The layers assigned to the model, in assignment order."""
         return [layer for _, layer in self._sublayers]
 
+    @layers.setter
+    def layers(self, _):
+        raise AttributeError("`Model.layers` attribute is reserved and should not be used. "
+                             "Please use another name.")
+
     def get_layer(self, name: Optional[str] = None, index: Optional[int] = None) -> _layers.Layer:
         """A layer by name or by index in ``layers``."""
         if index is not None:
@@ -170,7 +181,9 @@ class Model(_layers.Layer):
 
     @property
     def metrics_names(self) -> List[str]:
-        return ["loss"] + [m.name for m in self._compiled_metrics]
+        """``"loss"``, then the compiled metrics' keys in the logs (``metrics`` first, then
+        ``weighted_metrics``), once the metrics are resolved by a first batch."""
+        return ["loss"] + [key for key, _, _ in self._metric_entries]
 
     @property
     def metrics(self) -> List[Any]:
@@ -242,27 +255,52 @@ class Model(_layers.Layer):
         Args:
             optimizer: name (``"adam"``, ``"sgd"``) or optimizer instance. (Keras's
                 default is ``"rmsprop"``, which metalearn does not have; ours is Adam.)
-            loss: name, Loss instance or function ``f(y_true, y_pred)`` of per-sample values.
-            metrics: list of names (``"accuracy"`` is resolved from the loss and shapes as
-                Keras does), Metric instances or functions.
+            loss: name, Loss instance or function ``f(y_true, y_pred)`` of per-sample values;
+                ``"crossentropy"``/``"ce"`` pick the binary, sparse categorical or
+                categorical cross-entropy from the shapes of the first batch, as Keras 3.
+            metrics: list of names (``"accuracy"`` is resolved from the shapes as Keras
+                does), Metric instances or functions; they ignore ``sample_weight``.
+            weighted_metrics: the same, weighted by ``sample_weight`` (Keras 3's split);
+                in the logs a name already taken gets ``weighted_`` in front.
+            run_eagerly: None (default) traces fit's step when the model allows it, True
+                keeps it eager, False requires the trace.
+
+        Raises:
+            ValueError: `metrics`/`weighted_metrics` not a list or tuple, an unknown name;
+                the previous compile then stays in place.
         """
         if kwargs:
             raise TypeError(f"compile: unexpected keyword argument(s) {sorted(kwargs)}")
-        if loss_weights is not None or weighted_metrics is not None:
-            raise NotImplementedError("compile: loss_weights/weighted_metrics need multi-output models, "
-                                      "which metalearn does not support")
-        self.optimizer = _optimizers.get(optimizer)
+        if loss_weights is not None:
+            raise NotImplementedError("compile: loss_weights need multi-output models, which "
+                                      "metalearn does not support")
+        # everything is checked and resolved before the model changes: a refused compile
+        # leaves the previous one in place
+        for what, value in (("metrics", metrics), ("weighted_metrics", weighted_metrics)):
+            if value and not isinstance(value, (list, tuple)):  # Keras 3's CompileMetrics check
+                raise ValueError(f"Expected `{what}` argument to be a list, tuple, or dict. "
+                                 f"Received instead: {what}={value!r} of type {type(value)}")
+        specs = [list(metrics or []), list(weighted_metrics or [])]
+        for spec in specs[0] + specs[1]:
+            if spec is None:
+                raise ValueError("Expected metric, received `None`")
+        optimizer = _optimizers.get(optimizer)
+        pending = None
+        if isinstance(loss, str) and loss.lower() in ("crossentropy", "ce"):
+            # Keras 3 (compile_utils.get_loss) picks the cross-entropy from the shapes of
+            # the first batch: resolved by _resolve_loss before the loss first runs
+            resolved, pending = None, loss
+        else:
+            resolved = _losses.get(loss) if loss is not None else None
+            if resolved is not None and not isinstance(resolved, _losses.Loss):
+                resolved = _losses.LossFunctionWrapper(resolved)
+        self.optimizer = optimizer
         self.loss = loss
-        resolved = _losses.get(loss) if loss is not None else None
-        if resolved is not None and not isinstance(resolved, _losses.Loss):
-            resolved = _losses.LossFunctionWrapper(resolved)
         self.compiled_loss = resolved
-        if metrics is None:
-            metrics = []
-        elif isinstance(metrics, (str, _metrics.Metric)) or callable(metrics) and not isinstance(metrics, (list, tuple)):
-            metrics = [metrics]
-        self._metric_specs = list(metrics)
+        self._pending_loss = pending
+        self._metric_specs, self._weighted_metric_specs = specs
         self._compiled_metrics = []
+        self._metric_entries = []  # (log key, metric, weighted) once resolved
         self._metrics_resolved = False
         self._is_compiled = True
         self._fit_cache = None
@@ -273,16 +311,49 @@ class Model(_layers.Layer):
         self._train_fn = None
         self._train_fn_config = None
 
+    def _resolve_loss(self, y, y_pred):
+        """compile(loss="crossentropy"/"ce"): binary when the prediction has one unit, sparse
+        categorical when the labels have lower rank (or one column against several classes),
+        categorical otherwise (Keras 3's is_binary_or_sparse_categorical)."""
+        if self._pending_loss is None or self.compiled_loss is not None:
+            return
+        y_shape, p_shape = np.shape(y), tuple(y_pred.shape)
+        if p_shape and p_shape[-1] == 1:
+            fn = _losses.binary_crossentropy
+        elif len(y_shape) < len(p_shape) or (y_shape and y_shape[-1] == 1 and p_shape[-1] > 1):
+            fn = _losses.sparse_categorical_crossentropy
+        else:
+            fn = _losses.categorical_crossentropy
+        self.compiled_loss = _losses.LossFunctionWrapper(fn, name=self._pending_loss)
+
     def _resolve_metrics(self, y, y_pred):
-        if not self._metrics_resolved:
-            self._compiled_metrics = [_metrics.resolve(spec, self.compiled_loss, y, y_pred)
-                                      for spec in self._metric_specs]
-            self._metrics_resolved = True
+        """The compiled metrics from the first batch's shapes ("accuracy" is resolved as
+        Keras 3 does), and their keys in the logs as Keras 3's CompileMetrics.result names
+        them: a repeated name gets _1, _2; a weighted metric whose name is taken gets
+        weighted_ in front."""
+        if self._metrics_resolved:
+            return
+        entries, taken = [], {}
+        for weighted, specs in ((False, self._metric_specs), (True, self._weighted_metric_specs)):
+            for spec in specs:
+                m = _metrics.resolve(spec, self.compiled_loss, y, y_pred)
+                key = m.name
+                if key in taken:
+                    if weighted:
+                        key = f"weighted_{m.name}"
+                    if key in taken:
+                        taken[key] += 1
+                        key = f"{key}_{taken[key] - 1}"
+                taken.setdefault(key, 1)
+                entries.append((key, m, weighted))
+        self._metric_entries = entries
+        self._compiled_metrics = [m for _, m, _ in entries]
+        self._metrics_resolved = True
 
     def _check_compiled(self, what):
         if not self._is_compiled:
             raise RuntimeError(f"You must compile your model before {what}. Use `model.compile(optimizer, loss)`.")
-        if self.compiled_loss is None:
+        if self.compiled_loss is None and self._pending_loss is None:
             raise ValueError(f"{what}: the model was compiled without a loss")
         if what == "training" and self.optimizer is None:
             raise ValueError("training: the model was compiled without an optimizer "
@@ -337,6 +408,10 @@ class Model(_layers.Layer):
                                  f"{e}") from e
             out_shape = _layers._shape_of(y_pred)
             if y is not None:
+                # resolved from the shapes here, before any step: compile's "crossentropy"
+                # and "accuracy" (so callbacks see the metrics from on_train_begin on)
+                self._resolve_loss(y, y_pred)
+                self._resolve_metrics(y[:2], y_pred)
                 self._check_labels(where, y, out_shape)
                 try:
                     self.compiled_loss(y[:2], y_pred, None if sw is None else sw[:2])
@@ -369,6 +444,7 @@ class Model(_layers.Layer):
     def compute_loss(self, x: Any = None, y: Any = None, y_pred: Any = None,
                      sample_weight: Optional[ArrayLike] = None) -> _core.Tensor:
         """The compiled loss of `y_pred` against `y` (a scalar tensor)."""
+        self._resolve_loss(y, y_pred)
         return self.compiled_loss(y, y_pred, sample_weight)
 
     # -------------------------------------------------------------- one batch
@@ -398,8 +474,41 @@ class Model(_layers.Layer):
     @classmethod
     def _pure(cls, layer):
         return (type(layer).__name__ in cls._TRACEABLE_LAYERS
-                and layer._traceable  # e.g. a seeded Dropout is not
+                and layer._traceable  # a layer may declare itself not traceable
                 and all(cls._pure(sub) for sub in getattr(layer, "layers", [])))
+
+    def _seeded_dropouts(self):
+        """The seeded Dropout layers that draw a mask in training, each once, in model order:
+        their draws come from their own streams in Python, so fit's traced step takes them
+        as inputs (a replay then sees a new mask, the one the eager step would draw)."""
+        out, seen, stack = [], set(), [self]
+        while stack:
+            layer = stack.pop()
+            if id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            if isinstance(layer, _layers.Dropout) and layer.seed is not None \
+                    and 0.0 < layer.rate < 1.0:
+                out.append(layer)
+            stack.extend(sub for _, sub in reversed(layer._sublayers))
+        return out
+
+    def _seeded_draws(self, xb, seeded):
+        """The next mask draw of each seeded Dropout for batch `xb` (advances their streams).
+        The per-sample input shape of each is found once per input shape by running the
+        model on one sample in inference mode (no draw, nothing changes)."""
+        key = tuple(xb.shape[1:])
+        shapes = self._dropout_input_shapes.get(key)
+        if shapes is None:
+            with _no_grad():
+                self(xb[:1], training=False)
+            if any(layer._last_input_shape is None for layer in seeded):
+                raise ValueError("fit: a seeded Dropout is not called by the model")
+            shapes = [layer._last_input_shape[1:] for layer in seeded]
+            self._dropout_input_shapes[key] = shapes
+        n = len(xb)
+        return [_core.tensor(layer._seeded_uniform(layer._mask_shape((n,) + tuple(shape))))
+                for layer, shape in zip(seeded, shapes)]
 
     def _traced_train_step(self, xb, yb, params):
         """One training step replayed from a trace (recorded on the first batch of a shape).
@@ -409,16 +518,41 @@ class Model(_layers.Layer):
         config = (id(self.optimizer), id(self.compiled_loss), tuple(map(id, params)))
         if self._train_fn is None or self._train_fn_config != config:
             core_opt = self.optimizer._core_for(params)
+            seeded = self._seeded_dropouts()
 
-            def step(x, y):
-                y_pred = self(x, training=True)
+            def step(x, y, *draws):
+                # Python runs only while recording: each seeded Dropout takes its draw as
+                # a trace input, and must take it exactly once
+                for layer, u in zip(seeded, draws):
+                    layer._given_noise, layer._draws_given = u, True
+                try:
+                    y_pred = self(x, training=True)
+                    unused = [layer.name for layer in seeded if layer._given_noise is not None]
+                finally:
+                    for layer in seeded:
+                        layer._given_noise, layer._draws_given = None, False
+                if unused:
+                    raise ValueError(f"fit: seeded Dropout {unused} not called in training")
                 loss = self.compiled_loss(y, y_pred, None)
                 core_opt.step(params, _core.grad(loss, params))
                 return loss, y_pred
 
             self._train_fn, self._train_fn_config = function(step), config
+            self._train_seeded = seeded
+            self._dropout_input_shapes = {}
+        seeded = self._train_seeded
         y = _core.as_tensor(np.ascontiguousarray(yb, dtype=np.float32))
-        loss, y_pred = self._train_fn(_core.as_tensor(xb), y)
+        if not seeded:  # the common step: nothing drawn in Python
+            loss, y_pred = self._train_fn(_core.as_tensor(xb), y)
+        else:
+            calls = [layer._seed_calls for layer in seeded]
+            try:
+                loss, y_pred = self._train_fn(_core.as_tensor(xb), y,
+                                              *self._seeded_draws(xb, seeded))
+            except BaseException:
+                for layer, c in zip(seeded, calls):  # the eager step that follows draws them
+                    layer._seed_calls = c
+                raise
         self.optimizer._iterations += 1  # the Python-side count is not part of the trace
         return loss, y_pred
 
@@ -449,11 +583,12 @@ class Model(_layers.Layer):
         return self.compiled_loss(yb, y_pred, sample_weight), y_pred
 
     def _update_metrics(self, yb, y_pred, sample_weight=None):
-        if self._metric_specs:
+        # Keras 3 (CompileMetrics.update_state): sample weights go to weighted_metrics only
+        if self._metric_specs or self._weighted_metric_specs:
             self._resolve_metrics(yb, y_pred)
             pred = np.asarray(y_pred)
-            for m in self._compiled_metrics:
-                m.update_state(yb, pred, sample_weight)
+            for _, m, weighted in self._metric_entries:
+                m.update_state(yb, pred, sample_weight if weighted else None)
 
     def _reset_metrics(self):
         for m in self._compiled_metrics:
@@ -461,8 +596,8 @@ class Model(_layers.Layer):
 
     def _logs(self, loss_mean):
         logs = {"loss": loss_mean}
-        for m in self._compiled_metrics:
-            logs[m.name] = m.result()
+        for key, m, _ in self._metric_entries:
+            logs[key] = m.result()
         return logs
 
     def train_on_batch(self, x: Any, y: Any = None, sample_weight: Optional[ArrayLike] = None,
@@ -669,6 +804,7 @@ class Model(_layers.Layer):
         n = len(x)
         total, seen = 0.0, 0
         steps = math.ceil(n / batch_size)
+        self.stop_evaluating = False  # a callback may set it to end the loop (Keras 3)
         for step in range(steps):
             lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
             if cbs is not None:
@@ -686,6 +822,8 @@ class Model(_layers.Layer):
                     bar.update(step + 1, logs, finalize=False)
                 if cbs is not None:
                     cbs.on_test_batch_end(step, logs)
+            if self.stop_evaluating:
+                break
         logs = self._logs(total / max(seen, 1))
         for m, state in saved:
             m.__dict__.update(state)
@@ -721,7 +859,7 @@ class Model(_layers.Layer):
         return self._format_result(logs, return_dict)
 
     def _resolve_metrics_once(self, x, y):
-        if self._metric_specs and not self._metrics_resolved:
+        if (self._metric_specs or self._weighted_metric_specs) and not self._metrics_resolved:
             y_pred = self(x[:1], training=False)
             self._resolve_metrics(y[:1], y_pred)
 
@@ -741,6 +879,7 @@ class Model(_layers.Layer):
         cbs = _callbacks.CallbackList(callbacks, model=self,
                                       params={"steps": steps, "verbose": verbose}) if callbacks else None
         outs = []
+        self.stop_predicting = False  # a callback may set it to end the loop (Keras 3)
         if cbs:
             cbs.on_predict_begin()
         with _no_grad():
@@ -753,6 +892,8 @@ class Model(_layers.Layer):
                     bar.update(step + 1)
                 if cbs:
                     cbs.on_predict_batch_end(step, {"outputs": outs[-1]})
+                if self.stop_predicting:  # the outputs of the batches run so far
+                    break
         if cbs:
             cbs.on_predict_end()
         return np.concatenate(outs, axis=0)
@@ -842,6 +983,12 @@ class Sequential(Model):
         """The layers in order (the InputLayer, if any, is not listed, as in Keras)."""
         return list(self._layers_list)
 
+    @layers.setter
+    def layers(self, _):
+        # Keras 3's refusal; raised before anything is tracked (Layer.__setattr__ sets first)
+        raise AttributeError("`Sequential.layers` attribute is reserved and should not be used. "
+                             "Use `add()` and `pop()` to change the layers in this model.")
+
     def add(self, layer: _layers.Layer) -> None:
         """Appends a layer (an ``Input``/``InputLayer`` sets the input shape)."""
         if not isinstance(layer, _layers.Layer):
@@ -862,10 +1009,15 @@ class Sequential(Model):
             raise ValueError("All layers added to a Sequential model should have unique names. "
                              f"Name {layer.name!r} is already the name of a layer in this model. "
                              "Update the `name` argument to pass a unique name.")
+        first = not self._layers_list and self._input_layer is None
+        if not first and layer._batch_input_shape is not None:
+            # Keras reads input_shape/input_dim on the first layer only and ignores it on
+            # the others: the layer takes whatever the previous one gives it
+            layer._batch_input_shape = None
         self._layers_list.append(layer)
         self._track_layer(f"layers/{len(self._layers_list) - 1}", layer)
         self._checked = {}  # another model now: its data checks run again
-        if len(self._layers_list) == 1 and self._input_layer is None and layer._batch_input_shape is not None:
+        if first and layer._batch_input_shape is not None:
             self._batch_input_shape = layer._batch_input_shape
         self._output_shape = None
         if self._batch_input_shape is not None:

@@ -19,6 +19,8 @@ from metalearn import _core
 from metalearn.tape import no_grad as _no_grad
 from metalearn.tape import GradientTape
 
+from . import backend as _backend
+
 __all__ = ["Optimizer", "SGD", "Adam", "get", "serialize", "deserialize"]
 
 
@@ -44,10 +46,12 @@ class Optimizer:
         clipvalue: clip each gradient element to ``[-clipvalue, clipvalue]``.
         global_clipnorm: clip all gradients together to this global L2 norm. At most one of
             the three may be set (ValueError otherwise, as Keras).
-        name: the optimizer's name.
+        name: the optimizer's name; by default the class name in snake case made unique
+            as Keras 3 names objects (``"adam"``, ``"adam_1"``, ``"sgd"``, ...; the counters
+            are the layers' and ``clear_session`` resets them).
     """
 
-    def __init__(self, learning_rate: float, name: str, clipnorm: Optional[float] = None,
+    def __init__(self, learning_rate: float, name: Optional[str] = None, clipnorm: Optional[float] = None,
                  clipvalue: Optional[float] = None, global_clipnorm: Optional[float] = None) -> None:
         if sum(c is not None for c in (clipnorm, clipvalue, global_clipnorm)) > 1:
             raise ValueError("Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
@@ -59,11 +63,14 @@ class Optimizer:
                                   or not np.isfinite(c) or c < 0):
                 raise ValueError(f"`{what}` must be a finite non-negative number. Received: "
                                  f"{what}={c!r}")
+        learning_rate = self._check_lr(learning_rate)
+        if name is None:  # named last: a refused optimizer takes no name
+            name = _backend.unique_name(_backend.snake_case(type(self).__name__))
         self.name = name
         self.clipnorm = clipnorm
         self.clipvalue = clipvalue
         self.global_clipnorm = global_clipnorm
-        self._learning_rate = self._check_lr(learning_rate)
+        self._learning_rate = learning_rate
         self._cores = {}  # tuple of variable ids -> (C optimizer, variables kept alive)
         self._iterations = 0
 
@@ -246,7 +253,7 @@ class SGD(Optimizer):
     """
 
     def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
-                 name: str = "SGD", **kwargs: Any) -> None:
+                 name: Optional[str] = None, **kwargs: Any) -> None:
         momentum = float(momentum)
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"SGD: momentum must be in [0, 1], got {momentum}")
@@ -286,7 +293,8 @@ class Adam(Optimizer):
     """
 
     def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
-                 epsilon: float = 1e-7, amsgrad: bool = False, name: str = "adam", **kwargs: Any) -> None:
+                 epsilon: float = 1e-7, amsgrad: bool = False, name: Optional[str] = None,
+                 **kwargs: Any) -> None:
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
         self.amsgrad = bool(amsgrad)
         for n, b in (("beta_1", self.beta_1), ("beta_2", self.beta_2)):

@@ -1,7 +1,7 @@
 """Prototypical Networks (Snell, Swersky & Zemel, NeurIPS 2017)."""
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from metalearn._typing import Array, ArrayLike
 import numpy as np
@@ -70,6 +70,29 @@ class PrototypeClassifier(Model):
         self.prototypes = np.ascontiguousarray(prototypes, dtype=np.float32)
         self.distance = distance
         self.n_way = int(self.prototypes.shape[0])
+
+    def get_config(self) -> Dict[str, Any]:
+        """``name``, the encoder (``layers.serialize``), the prototypes (a nested list) and
+        the distance: JSON-able, so the classifier round-trips through
+        ``layers.serialize``/``deserialize`` like every layer metalearn ships. The weights
+        travel apart (``get_weights``/``save_weights``)."""
+        from metalearn.keras import layers as _layers
+
+        return {"name": self.name, "encoder": _layers.serialize(self.encoder),
+                "prototypes": self.prototypes.tolist(), "distance": self.distance}
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any],
+                    custom_objects: Optional[Dict[str, Any]] = None) -> "PrototypeClassifier":
+        """A new classifier (unbuilt encoder) from ``get_config``'s dict; your own encoder
+        classes go in `custom_objects`."""
+        from metalearn.keras import layers as _layers
+
+        config = dict(config)
+        encoder = config.pop("encoder")
+        if isinstance(encoder, dict):
+            encoder = _layers.deserialize(encoder, custom_objects)
+        return cls(encoder, **config)
 
     def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
         """Logits of `inputs` against the stored prototypes.

@@ -11,17 +11,23 @@ import warnings
 import numpy as np
 import pytest
 
-from metalearn.keras import callbacks, layers, models, utils
+from metalearn.keras import callbacks, layers, metrics, models, utils
 
 from ._helpers import all_close
 
 
 class EpochModel:
-    """early_stopping_test.py's DummyModel: its "weights" are the epoch number."""
+    """early_stopping_test.py's DummyModel: its "weights" are the epoch number. Its metrics
+    are those of the model Keras' test_early_stopping compiles (metrics=["mse", "acc",
+    "accuracy"]): in mode "auto" Keras 3 takes the direction from the model's metric of
+    the monitored name (monitor_callback.py::_set_monitor_op) and raises ValueError for a
+    name no metric declares, so a model without them cannot monitor "mse" or "acc"."""
 
     def __init__(self):
         self.stop_training = False
         self.weights = -1
+        self.metrics = [metrics.MeanSquaredError(name="mse"), metrics.BinaryAccuracy(name="acc"),
+                        metrics.BinaryAccuracy(name="accuracy")]
 
     def get_weights(self):
         return self.weights
