@@ -1,0 +1,206 @@
+"""Tensor semantics against NumPy and PyTorch (issue 18): NaN through relu and its fused
+forms.
+
+Reference values come from NumPy formulas, or from PyTorch 2.13 (CPU) where NumPy has no
+gradient; each PyTorch number below was printed by torch and is cited as such.
+"""
+import math
+import operator
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import metalearn as ml
+
+F32 = np.float32
+NAN, INF = float("nan"), float("inf")
+SPECIAL = np.array([NAN, INF, -INF, 0.0, -0.0, 1.0, -1.0, 1e-4, -1e-4], F32)
+
+
+def _bits_or_nan_equal(a, b):
+    """Equal values, NaN where NaN (any NaN), signed zeros told apart."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape
+    both_nan = np.isnan(a) & np.isnan(b)
+    same = (a.view(np.uint32) == b.view(np.uint32)) | both_nan
+    assert same.all(), (a[~same], b[~same])
+
+
+def _grad_of_sum(fn, x):
+    xt = ml.tensor(x, requires_grad=True)
+    (g,) = ml.grad(ml.reduce_sum(fn(xt)), xt)
+    return np.asarray(g)
+
+
+# ---------------------------------------------------------------- 1. NaN through relu
+
+def test_relu_propagates_nan_like_numpy_maximum():
+    """relu(NaN) was 0: a NaN input gave a finite loss while backprop wrote NaN into the
+    weights. relu(x) is NumPy's maximum(0, x): NaN passes, -inf gives 0, and -0.0 stays
+    -0.0 as in PyTorch (torch.relu(-0.0) is -0.0; NumPy's maximum keeps its second operand
+    of two zeros, so maximum(x, 0) would give +0.0)."""
+    _bits_or_nan_equal(ml.relu(SPECIAL), np.maximum(F32(0), SPECIAL))
+    # a long array: the vectorised lanes and the scalar tail
+    x = np.tile(SPECIAL, 37)
+    _bits_or_nan_equal(ml.relu(x), np.maximum(F32(0), x))
+
+
+def test_relu_gradient_at_nan_follows_pytorch():
+    """PyTorch's threshold_backward passes g where relu's output is not <= 0, so at NaN
+    too: torch.autograd.grad(relu(x).sum(), x) at [nan, inf, -inf, 0, -0, 1, -1] is
+    [1, 1, 0, 0, 0, 1, 0] (PyTorch 2.13)."""
+    got = _grad_of_sum(ml.relu, SPECIAL[:7])
+    np.testing.assert_array_equal(got, [1, 1, 0, 0, 0, 1, 0])
+    # an infinite or NaN upstream gradient below zero stays 0 (not inf * 0)
+    x = ml.tensor([NAN, 1.0, -1.0, 0.0], requires_grad=True)
+    (g,) = ml.grad(ml.relu(x), x, grad_outputs=ml.tensor([INF, NAN, NAN, INF]))
+    np.testing.assert_array_equal(np.asarray(g), [INF, NAN, 0.0, 0.0])  # PyTorch 2.13
+
+
+ACTIVATIONS = {
+    # name: (metalearn, NumPy formula in float64)
+    "leaky_relu": (lambda t: ml.leaky_relu(t, 0.2), lambda x: np.where(x > 0, x, 0.2 * x)),
+    "elu": (ml.elu, lambda x: np.where(x > 0, x, np.expm1(x))),
+    "sigmoid": (ml.sigmoid, lambda x: 1.0 / (1.0 + np.exp(-x))),
+    "tanh": (ml.tanh, np.tanh),
+    "erf": (ml.erf, np.vectorize(math.erf)),
+    "gelu": (ml.gelu, lambda x: x * 0.5 * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))),
+    "clip": (lambda t: ml.clip(t, -0.5, 0.5), lambda x: np.clip(x, -0.5, 0.5)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activations_at_nan_and_infinities_match_numpy(name):
+    fn, ref = ACTIVATIONS[name]
+    with np.errstate(all="ignore"):
+        want = ref(SPECIAL.astype(np.float64))
+    got = np.asarray(fn(SPECIAL), np.float64)
+    assert np.array_equal(np.isnan(got), np.isnan(want)), (got, want)
+    ok = ~np.isnan(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=2e-6, atol=1e-12)
+
+
+def test_elu_is_accurate_near_zero():
+    """elu(x) = expm1(x) below 0: exp(x) - 1 in float32 lost ~4 digits at 1e-4."""
+    x = np.array([-1e-4, -3e-6, -1e-7, -0.5], F32)
+    np.testing.assert_allclose(np.asarray(ml.elu(x)), np.expm1(x.astype(np.float64)), rtol=1e-6)
+
+
+def test_activation_gradients_at_nan_and_infinities_follow_pytorch():
+    """Gradients of sum(act(x)) at [nan, inf, -inf, 0, -0, 1, -1], printed by PyTorch 2.13:
+    elu's was NaN at +inf and at NaN (0 * (out + alpha)); PyTorch's elu_backward takes the
+    x > 0 branch there."""
+    x = SPECIAL[:7]
+    e = math.exp(-1.0)
+    np.testing.assert_allclose(_grad_of_sum(ml.elu, x), [1, 1, 0, 1, 1, 1, e], rtol=1e-6)
+    np.testing.assert_allclose(_grad_of_sum(lambda t: ml.leaky_relu(t, 0.2), x),
+                               [0.2, 1, 0.2, 0.2, 0.2, 1, 0.2], rtol=1e-6)
+    np.testing.assert_array_equal(_grad_of_sum(lambda t: ml.clip(t, -0.5, 0.5), x),
+                                  [0, 0, 0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(_grad_of_sum(ml.abs, x), [0, 1, -1, 0, 0, 1, -1])
+
+
+def test_fused_linear_relu_propagates_nan():
+    """linear(x, w, b, 'relu') applies relu in the GEMM's store: NaN rows of x and NaN
+    bias entries stay NaN, as relu(x @ w + b) in NumPy."""
+    rng = np.random.default_rng(0)
+    for rows, k, n in [(5, 3, 4), (64, 40, 40), (33, 100, 13), (130, 520, 48)]:
+        x = rng.standard_normal((rows, k)).astype(F32)
+        w = rng.standard_normal((k, n)).astype(F32)
+        b = rng.standard_normal(n).astype(F32)
+        x[0, 0] = NAN
+        x[1, 0] = INF
+        b[1] = NAN
+        got = np.asarray(ml.linear(x, w, b, "relu"))
+        with np.errstate(invalid="ignore", over="ignore"):
+            want = np.maximum(x.astype(np.float64) @ w + b, 0.0)
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        ok = ~np.isnan(want)
+        np.testing.assert_allclose(got[ok], want[ok], rtol=1e-4, atol=1e-4)
+        assert np.isnan(got[0]).all() and np.isnan(got[:, 1]).all()
+
+
+def _dense_step_fns():
+    """A Dense(relu) network's training step (forward, loss, gradients) written two ways:
+    Keras layers (linear with a fused relu) and matmul + bias row + relu, which a trace
+    fuses as vectorised MAML's steps: the 40 x 40 products stored through add + relu
+    (forward) and relu_grad (backward) by the GEMM's epilogue, the outer products of the
+    1-wide input and output computed inside the op that reads them, and the gradient sum
+    before a relu_grad (an activity penalty on the last hidden layer) in one pass."""
+    from metalearn.keras import layers, models
+
+    ml.random.set_seed(0)
+    model = models.Sequential([layers.Dense(40, activation="relu", input_shape=(1,)),
+                               layers.Dense(40, activation="relu"), layers.Dense(1)])
+    model(np.zeros((2, 1), F32))
+    params = model.trainable_variables
+
+    def keras_step(x, y):
+        loss = ml.reduce_mean(ml.mean_squared_error(y, model(x)))
+        return [loss] + ml.grad(loss, params)
+
+    def matmul_step(x, y):
+        h = x
+        for i in range(0, len(params) - 2, 2):
+            bias_row = ml.reshape(params[i + 1], (1, -1))
+            h = ml.relu(ml.matmul(h, params[i]) + bias_row)
+        out = ml.matmul(h, params[-2]) + params[-1]
+        loss = ml.reduce_mean(ml.mean_squared_error(y, out)) + 1e-3 * ml.reduce_mean(h * h)
+        return [loss] + ml.grad(loss, params)
+
+    return keras_step, matmul_step
+
+
+def _dense_batch(seed, nan):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-5, 5, (50, 1)).astype(F32)
+    y = np.sin(x).astype(F32)
+    if nan:
+        x[3, 0] = NAN
+    return ml.tensor(x), ml.tensor(y)
+
+
+def check_traced_dense_relu_network_propagates_nan():
+    """One NaN input row: the loss is NaN and so is every weight gradient that the row
+    reaches (relu used to stop it in the forward only), in the eager step and in the
+    traced replays, which equal the eager results (NaN for NaN)."""
+    for step in _dense_step_fns():
+        traced = ml.function(step)
+        traced(*_dense_batch(0, nan=False))  # traces
+        for seed, nan in ((1, True), (2, False), (3, True)):
+            batch = _dense_batch(seed, nan)
+            got, want = traced(*batch), step(*batch)
+            assert traced.n_traces == 1
+            for g, w in zip(got, want):
+                _bits_or_nan_equal(g, w)
+            assert np.isnan(np.asarray(want[0])) == nan  # the loss
+            for g in want[1:]:  # every kernel and bias sees the NaN row
+                assert np.isnan(np.asarray(g)).any() == nan
+
+
+def test_traced_dense_relu_network_propagates_nan():
+    check_traced_dense_relu_network_propagates_nan()
+
+
+@pytest.mark.parametrize("kernel", ["portable", "avx2"])
+def test_nan_through_relu_on_each_kernel(kernel):
+    """The same checks in a process whose GEMM and vector math run the portable C kernels
+    (ML_KERNEL=portable) or the default (AVX2 where the CPU has it)."""
+    env = dict(os.environ)
+    env.pop("ML_KERNEL", None)
+    if kernel == "portable":
+        env["ML_KERNEL"] = "portable"
+    script = ("import sys; sys.path.insert(0, %r)\n"
+              "import test_tensor_semantics as t, metalearn as ml\n"
+              "t.check_traced_dense_relu_network_propagates_nan()\n"
+              "t.test_fused_linear_relu_propagates_nan()\n"
+              "t.test_relu_propagates_nan_like_numpy_maximum()\n"
+              "print(ml._core.kernel_name())\n" % os.path.dirname(__file__))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    if kernel == "portable":
+        assert r.stdout.split()[-1] == "portable"
