@@ -1,5 +1,5 @@
 """Tensor semantics against NumPy and PyTorch (issue 18): NaN through relu and its fused
-forms.
+forms, and zero gradients through piecewise-constant ops.
 
 Reference values come from NumPy formulas, or from PyTorch 2.13 (CPU) where NumPy has no
 gradient; each PyTorch number below was printed by torch and is cited as such.
@@ -204,3 +204,59 @@ def test_nan_through_relu_on_each_kernel(kernel):
     assert r.returncode == 0, r.stderr[-3000:]
     if kernel == "portable":
         assert r.stdout.split()[-1] == "portable"
+
+
+# ------------------------------------------- 2. zero gradients through step-like ops
+
+STEP_LIKE = {
+    "sign": ml.sign,
+    "abs": ml.abs,
+    "relu": ml.relu,
+    "clip": lambda t: ml.clip(t, -0.5, 0.5),
+    "leaky_relu": lambda t: ml.leaky_relu(t, 0.2),
+    "maximum": lambda t: ml.maximum(t, 0.0),
+    "reduce_max": ml.reduce_max,
+}
+
+
+def test_sign_gradient_is_zeros_not_unused():
+    """TensorFlow and PyTorch give sign a zero gradient (torch.autograd.grad(sign(x).sum(),
+    x) is zeros); metalearn said "not used" (None under allow_unused)."""
+    x = ml.tensor([-1.0, 0.0, 2.0, NAN], requires_grad=True)
+    (g,) = ml.grad(ml.reduce_sum(ml.sign(x)), x)
+    np.testing.assert_array_equal(np.asarray(g), np.zeros(4))
+    (g,) = ml.grad(ml.reduce_sum(ml.sign(x)), x, allow_unused=True)
+    np.testing.assert_array_equal(np.asarray(g), np.zeros(4))
+    with ml.GradientTape() as tape:
+        v = ml.Variable(np.array([3.0, -2.0], F32))
+        y = ml.reduce_sum(ml.sign(v) * 5.0)
+    np.testing.assert_array_equal(np.asarray(tape.gradient(y, v)), [0.0, 0.0])
+    # an input that the outputs do not depend on is still "not used"
+    z = ml.tensor([1.0], requires_grad=True)
+    with pytest.raises(ValueError, match="not used"):
+        ml.grad(ml.reduce_sum(ml.sign(x)), [x, z])
+
+
+@pytest.mark.parametrize("name", sorted(STEP_LIKE))
+def test_second_order_through_step_like_ops_is_zeros(name):
+    """d2/dx2 of a piecewise-linear function is zeros (PyTorch 2.13 gives zeros for abs
+    and relu; for sign, clip and the rest it refuses, having no graph to differentiate):
+    metalearn gave None ("not used")."""
+    fn = STEP_LIKE[name]
+    x = ml.tensor([-1.0, 0.25, 2.0], requires_grad=True)
+    (g1,) = ml.grad(ml.reduce_sum(fn(x)), x, create_graph=True)
+    assert g1.requires_grad
+    (g2,) = ml.grad(ml.reduce_sum(g1), x, create_graph=True)
+    np.testing.assert_array_equal(np.asarray(g2), np.zeros(3))
+    (g3,) = ml.grad(ml.reduce_sum(g2), x)
+    np.testing.assert_array_equal(np.asarray(g3), np.zeros(3))
+
+
+def test_zero_gradient_next_to_a_real_one():
+    """sign(x) * x: d/dx = sign(x) (the product rule's sign'(x) x term is zero), and the
+    second derivative is 0 (PyTorch 2.13: [-1, 0, 1] and zeros)."""
+    x = ml.tensor([-2.0, 0.0, 3.0], requires_grad=True)
+    (g,) = ml.grad(ml.reduce_sum(ml.sign(x) * x), x, create_graph=True)
+    np.testing.assert_array_equal(np.asarray(g), [-1.0, 0.0, 1.0])
+    (h,) = ml.grad(ml.reduce_sum(g), x)
+    np.testing.assert_array_equal(np.asarray(h), np.zeros(3))

@@ -356,9 +356,14 @@ static ml_status replay_add_relu_grad(ml_tensor **out, ml_tensor **in, const voi
     return ML_OK;
 }
 
-/* A comparison has a zero gradient: it records nothing. */
+/* A comparison has a zero gradient: recorded as a flat op (ml__flat_backward). */
 ml_status ml__equal(ml_tensor **out, ml_tensor *a, ml_tensor *b) {
-    return binary_op(out, a, b, BIN_EQ, (ml_op_id)-1, "equal");
+    return binary_op(out, a, b, BIN_EQ, OP_EQUAL, "equal");
+}
+
+ml_status ml__flat_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    (void)out, (void)g, (void)gin; /* gin stays NULL: zero */
+    return ML_OK;
 }
 
 #define IN(k) (out->node->inputs[k])
@@ -536,7 +541,7 @@ UNARY(ml_sqrt, UN_SQRT, OP_SQRT, "sqrt")
 UNARY(ml_exp, UN_EXP, OP_EXP, "exp")
 UNARY(ml_log, UN_LOG, OP_LOG, "log")
 UNARY(ml_abs, UN_ABS, OP_ABS, "abs")
-UNARY(ml_sign, UN_SIGN, (ml_op_id)-1, "sign")
+UNARY(ml_sign, UN_SIGN, OP_SIGN, "sign")
 UNARY(ml_relu, UN_RELU, OP_RELU, "relu")
 UNARY(ml_sigmoid, UN_SIGMOID, OP_SIGMOID, "sigmoid")
 UNARY(ml_tanh, UN_TANH, OP_TANH, "tanh")
@@ -566,10 +571,10 @@ ml_status ml_clip(ml_tensor **out, ml_tensor *x, float lo, float hi) {
     return unary_op(out, x, UN_CLIP, OP_CLIP, "clip", lo, hi);
 }
 ml_status ml_step(ml_tensor **out, ml_tensor *x, float threshold) {
-    return unary_op(out, x, UN_STEP, (ml_op_id)-1, "step", threshold, 0);
+    return unary_op(out, x, UN_STEP, OP_STEP, "step", threshold, 0);
 }
 static ml_status range_mask(ml_tensor **out, ml_tensor *x, float lo, float hi) {
-    return unary_op(out, x, UN_RANGE, (ml_op_id)-1, "range_mask", lo, hi);
+    return unary_op(out, x, UN_RANGE, OP_RANGE_MASK, "range_mask", lo, hi);
 }
 
 #define X IN(0)

@@ -765,6 +765,42 @@ static void test_relu_nan(void) {
         CHECK(fused >= 12, "the AVX2 kernel fused %d of the epilogues", fused);
 }
 
+/* Piecewise-constant ops (sign, step, clip's mask, relu's mask) give a zero gradient, as
+ * TensorFlow and PyTorch: an input reached only through them gets zeros, not "not used",
+ * and under create_graph those zeros differentiate to zeros again. */
+static void test_zero_gradients(void) {
+    const float v[4] = {-1.5f, 0.0f, 2.0f, NAN};
+    ml_tensor *x = vec(4, v), *s = NULL, *sum = NULL, *g = NULL, *gsum = NULL, *h = NULL;
+    ml_set_requires_grad(x, 1);
+    OK(ml_sign(&s, x));
+    CHECK(ml_requires_grad(s), "sign records");
+    OK(ml_sum(&sum, s, 0, NULL, 0));
+    OK(ml_grad(&g, 1, &sum, 1, &x, NULL, 1, 0));
+    const float zeros[4] = {0, 0, 0, 0};
+    CHECK(g && !memcmp(ml_data(g), zeros, sizeof zeros), "d sum(sign(x)) / dx = 0");
+    OK(ml_sum(&gsum, g, 0, NULL, 0));
+    OK(ml_grad(&h, 1, &gsum, 1, &x, NULL, 0, 0));
+    CHECK(h && !memcmp(ml_data(h), zeros, sizeof zeros), "second order: 0");
+    ml_release(s), ml_release(sum), ml_release(g), ml_release(gsum), ml_release(h);
+    /* abs: g sign(x), then 0 */
+    ml_tensor *a = NULL;
+    s = sum = g = gsum = h = NULL;
+    OK(ml_abs(&a, x));
+    OK(ml_sum(&sum, a, 0, NULL, 0));
+    OK(ml_grad(&g, 1, &sum, 1, &x, NULL, 1, 0));
+    const float sg[3] = {-1, 0, 1};
+    CHECK(g && !memcmp(ml_data(g), sg, sizeof sg), "abs' = sign");
+    OK(ml_sum(&gsum, g, 0, NULL, 0));
+    OK(ml_grad(&h, 1, &gsum, 1, &x, NULL, 0, 0));
+    CHECK(h && !memcmp(ml_data(h), zeros, sizeof zeros), "abs'' = 0");
+    /* an input the output does not depend on is still refused */
+    ml_tensor *z = vec(1, v), *both[2] = {x, z}, *gz[2] = {NULL, NULL};
+    ml_set_requires_grad(z, 1);
+    CHECK(ml_grad(gz, 1, &sum, 2, both, NULL, 0, 0) == ML_ERR_GRAPH, "unused input refused");
+    ml_release(a), ml_release(sum), ml_release(g), ml_release(gsum), ml_release(h);
+    ml_release(z), ml_release(x);
+}
+
 int main(void) {
     test_tutorial();
     test_third_order();
@@ -782,6 +818,7 @@ int main(void) {
     test_fused_matmul();
     test_fused_matmul_paths();
     test_relu_nan();
+    test_zero_gradients();
     printf("test_core: %d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
