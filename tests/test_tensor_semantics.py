@@ -1,5 +1,5 @@
 """Tensor semantics against NumPy and PyTorch (issue 18): NaN through relu and its fused
-forms, and zero gradients through piecewise-constant ops.
+forms, zero gradients through piecewise-constant ops, and Python number conversions.
 
 Reference values come from NumPy formulas, or from PyTorch 2.13 (CPU) where NumPy has no
 gradient; each PyTorch number below was printed by torch and is cited as such.
@@ -260,3 +260,58 @@ def test_zero_gradient_next_to_a_real_one():
     np.testing.assert_array_equal(np.asarray(g), [-1.0, 0.0, 1.0])
     (h,) = ml.grad(ml.reduce_sum(g), x)
     np.testing.assert_array_equal(np.asarray(h), np.zeros(3))
+
+
+# ------------------------------------------------------- 3. Python number conversions
+
+def test_int_of_a_tensor_like_int_of_its_float():
+    """int(ml.tensor(2.0)) raised; it truncates toward zero as int(np.float32(2.7)) does,
+    NaN and infinities raise as int(float) does."""
+    for v in (2.0, 2.7, -2.7, 0.0, 3e9, -1e-30):
+        assert int(ml.tensor(v)) == int(np.float32(v))
+        assert int(ml.tensor([[v]])) == int(np.float32(v))  # one element, as float() takes
+        assert float(ml.tensor(v)) == float(np.float32(v))
+    assert isinstance(int(ml.tensor(2.0)), int)
+    with pytest.raises(ValueError):
+        int(ml.tensor(NAN))
+    with pytest.raises(OverflowError):
+        int(ml.tensor(INF))
+    with pytest.raises(TypeError, match="one element"):
+        int(ml.tensor([1.0, 2.0]))
+    with pytest.raises(TypeError, match="one element"):
+        int(ml.tensor(np.zeros((0,), F32)))
+
+
+def test_index_takes_integral_0d_tensors_only():
+    """operator.index: NumPy's 0-d integer arrays are indices, np.array([2]) is not; a
+    float32 tensor counts as an integer when its value is integral (2.5 is a TypeError,
+    never a truncation)."""
+    assert operator.index(ml.tensor(3.0)) == operator.index(np.array(3)) == 3
+    assert operator.index(ml.tensor(-2.0)) == -2
+    assert ["a", "b", "c", "d"][ml.tensor(3.0)] == "d"
+    assert list(range(ml.tensor(4.0))) == [0, 1, 2, 3]
+    assert np.zeros(ml.tensor(2.0)).shape == (2,)
+    for bad in (2.5, NAN, INF, -0.5):
+        with pytest.raises(TypeError, match="integral"):
+            operator.index(ml.tensor(bad))
+    with pytest.raises(TypeError, match="0-d"):  # as operator.index(np.array([2]))
+        operator.index(ml.tensor([2.0]))
+    # a 0-d tensor indexes a tensor as an int does (NumPy's a[np.array(1)]); 1-D gathers
+    t = ml.tensor(np.arange(6, dtype=F32).reshape(3, 2))
+    a = np.arange(6, dtype=F32).reshape(3, 2)
+    np.testing.assert_array_equal(np.asarray(t[ml.tensor(1.0)]), a[np.array(1)])
+    np.testing.assert_array_equal(np.asarray(t[ml.tensor([1.0, 0.0])]), a[[1, 0]])
+    with pytest.raises(TypeError, match="integral"):
+        t[ml.tensor(1.5)]
+
+
+def test_bool_as_numpy():
+    """One element: its truth value (NaN is true, as in NumPy); none or several: NumPy's
+    ValueError."""
+    for v in (0.0, -0.0, 1.0, -3.5, NAN, INF):
+        assert bool(ml.tensor(v)) == bool(np.array(v, F32))
+        assert bool(ml.tensor([[v]])) == bool(np.array([[v]], F32))
+    with pytest.raises(ValueError, match="more than one element is ambiguous"):
+        bool(ml.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="empty"):
+        bool(ml.tensor(np.zeros((2, 0), F32)))

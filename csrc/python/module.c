@@ -402,23 +402,75 @@ static PyObject *nb_pow(PyObject *a, PyObject *b, PyObject *mod) {
     return wrap_status(ml_pow_scalar(&out, T(a), (float)e), &out);
 }
 
+/* NumPy's rule: one element (of any ndim) is its truth value, NaN true; none or several
+ * are ambiguous (ValueError, with NumPy's words) */
 static int nb_bool(PyObject *a) {
-    if (T(a)->numel != 1) {
-        PyErr_Format(PyExc_ValueError, "the truth value of a tensor of shape %s is ambiguous",
-                     ML_SHAPE_STR(T(a)));
+    const ml_tensor *t = T(a);
+    if (t->numel == 0) {
+        PyErr_Format(PyExc_ValueError, "The truth value of an empty tensor is ambiguous "
+                     "(shape %s); use t.size > 0 to check that it is not empty",
+                     ML_SHAPE_STR(t));
         return -1;
     }
-    return T(a)->data[0] != 0.0f;
+    if (t->numel != 1) {
+        PyErr_Format(PyExc_ValueError, "The truth value of a tensor with more than one element "
+                     "is ambiguous (shape %s); use np.any(t) or np.all(t)", ML_SHAPE_STR(t));
+        return -1;
+    }
+    return t->data[0] != 0.0f;
+}
+
+/* float(t) and int(t): a one-element tensor of any ndim, as float() always took here, as
+ * PyTorch and t.item() do. NumPy 2.4 refuses ndim > 0 ("only 0-dimensional arrays can be
+ * converted to Python scalars"; 1.25 to 2.3, which metalearn supports, warn): refusing it
+ * here would break float() for callers that had it, and int() must not differ from float().
+ * int() truncates toward zero as int(float) and NumPy's int(np.float32(2.5)) do; NaN and
+ * infinities raise ValueError and OverflowError as int(float('nan')) does. */
+static int one_value(PyObject *a, const char *type, double *v) {
+    const ml_tensor *t = T(a);
+    if (t->numel != 1) {
+        PyErr_Format(PyExc_TypeError, "only a tensor with one element can be converted to a "
+                     "Python %s, got shape %s", type, ML_SHAPE_STR(t));
+        return -1;
+    }
+    *v = t->data[0];
+    return 0;
 }
 
 static PyObject *nb_float(PyObject *a) {
-    if (T(a)->numel != 1) {
-        PyErr_Format(PyExc_TypeError, "only a tensor with one element can be converted to a "
-                     "Python float, got shape %s",
-                     ML_SHAPE_STR(T(a)));
+    double v;
+    return one_value(a, "float", &v) < 0 ? NULL : PyFloat_FromDouble(v);
+}
+
+static PyObject *nb_int(PyObject *a) {
+    double v;
+    return one_value(a, "int", &v) < 0 ? NULL : PyLong_FromDouble(v);
+}
+
+/* operator.index(t) (list[t], range(t), a NumPy index): a 0-d tensor holding an integral
+ * value, and nothing else. NumPy takes only 0-d arrays of an integer dtype and refuses float
+ * arrays whatever they hold (operator.index(np.float32(2.0)) is a TypeError); a metalearn
+ * tensor is always float32, so its integer tensors are the ones whose value is integral
+ * (labels, class ids). 2.5 or NaN is a TypeError, never a truncation; a one-element tensor
+ * of ndim > 0 is refused as NumPy refuses np.array([2]) ("only integer scalar arrays"). */
+static PyObject *nb_index(PyObject *a) {
+    const ml_tensor *t = T(a);
+    if (t->ndim != 0) {
+        PyErr_Format(PyExc_TypeError, "only a 0-d tensor with an integral value can be used as "
+                     "an integer index, got shape %s", ML_SHAPE_STR(t));
         return NULL;
     }
-    return PyFloat_FromDouble(T(a)->data[0]);
+    const double v = t->data[0];
+    if (!(fabs(v) < 9.3e18) || floor(v) != v) { /* range first: NaN, inf */
+        PyObject *f = PyFloat_FromDouble(v);
+        if (f) {
+            PyErr_Format(PyExc_TypeError, "only a tensor with an integral value can be used as "
+                         "an integer index, got %R", f);
+            Py_DECREF(f);
+        }
+        return NULL;
+    }
+    return PyLong_FromDouble(v);
 }
 
 static PyNumberMethods tensor_as_number = {
@@ -430,7 +482,9 @@ static PyNumberMethods tensor_as_number = {
     .nb_positive = nb_pos,
     .nb_power = nb_pow,
     .nb_bool = nb_bool,
+    .nb_int = nb_int,
     .nb_float = nb_float,
+    .nb_index = nb_index,
     .nb_matrix_multiply = nb_matmul,
 };
 
@@ -656,7 +710,8 @@ static PyObject *Tensor_getitem(TensorObject *self, PyObject *key) {
             continue;
         }
         int64_t dim = cur->shape[axis];
-        if (PyIndex_Check(k) && !PyArray_Check(k)) {
+        /* (a 0-d tensor is an integer index, as NumPy's 0-d integer arrays; others gather) */
+        if (PyIndex_Check(k) && !PyArray_Check(k) && (!Tensor_Check(k) || T(k)->ndim == 0)) {
             Py_ssize_t v = PyNumber_AsSsize_t(k, PyExc_IndexError);
             if (v == -1 && PyErr_Occurred()) goto fail;
             if (v < -dim || v >= dim) {
