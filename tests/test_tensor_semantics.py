@@ -1,5 +1,6 @@
 """Tensor semantics against NumPy and PyTorch (issue 18): NaN through relu and its fused
-forms, zero gradients through piecewise-constant ops, and Python number conversions.
+forms, zero gradients through piecewise-constant ops, Python number conversions, and
+boolean and mixed indexing.
 
 Reference values come from NumPy formulas, or from PyTorch 2.13 (CPU) where NumPy has no
 gradient; each PyTorch number below was printed by torch and is cited as such.
@@ -315,3 +316,101 @@ def test_bool_as_numpy():
         bool(ml.tensor([1.0, 2.0]))
     with pytest.raises(ValueError, match="empty"):
         bool(ml.tensor(np.zeros((2, 0), F32)))
+
+
+# -------------------------------------------------------------- 4. boolean indexing
+
+A = np.arange(24, dtype=F32).reshape(4, 3, 2)
+
+BOOL_KEYS = [
+    np.array([True, False, True, False]),
+    [True, False, True, True],  # a list of bools is a mask (NumPy), not ints 1, 0, 1, 1
+    np.zeros(4, bool),
+    np.array([[True, False, True], [False, False, True], [True, True, True], [False] * 3]),
+    (slice(None), np.array([False, True, True])),
+    (Ellipsis, np.array([True, False])),
+    (1, slice(None), [False, True]),
+    (None, np.array([True, True, False, True])),
+    (np.array([True, False, True, False]), 1),
+    True,
+    False,
+    np.True_,
+    np.array(False),
+    [True, 1, 0, 2],  # mixed: NumPy makes these ints
+]
+
+
+@pytest.mark.parametrize("key", BOOL_KEYS, ids=lambda k: repr(k).replace("\n", "")[:60])
+def test_boolean_indexing_as_numpy(key):
+    """t[mask] read a boolean array as integer indices (rows 1, 0, 1 for [True, False,
+    True]): now NumPy's answer, shape and values."""
+    got = ml.tensor(A)[key]
+    want = A[key]
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+B = np.arange(120, dtype=F32).reshape(2, 3, 4, 5)
+S = slice(None)
+MIXED_KEYS = [
+    (1, S, [1, 0]),  # an int and an array apart: NumPy puts the array's dim first
+    (1, S, 2, [0, 3]),
+    (S, 1, S, [0, 1]),
+    (1, Ellipsis, [0, 1]),
+    (1, None, [0, 1]),
+    (np.array(1), S, [0, 1]),  # a 0-d integer array is an int
+    (1, S, np.array([True, False, True, False])),
+    (1, [0, 2], S, 2),  # adjacent: the array's dim stays in place
+    (S, [0, 1], 0),
+    (Ellipsis, 1, [0, 1]),
+]
+
+
+@pytest.mark.parametrize("key", MIXED_KEYS, ids=lambda k: repr(k).replace("\n", "")[:60])
+def test_array_index_with_ints_placed_as_numpy(key):
+    """t[1, :, [1, 0]] had the array's dim where the array stood, (3, 2) for NumPy's
+    (2, 3): NumPy moves the dims of advanced indices (ints and an array) first when a
+    slice, None or Ellipsis stands between them."""
+    got = ml.tensor(B)[key]
+    want = B[key]
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_several_array_indices_are_refused():
+    """t[[0, 1], [0, 1]] was an outer product, (2, 2, 4, 5) for NumPy's paired (2, 4, 5)."""
+    t = ml.tensor(B)
+    for key in (([0, 1], [0, 1]), ([0, 1], S, [1, 0]), (np.array([True, False]), [0, 1])):
+        with pytest.raises(IndexError, match="one integer or boolean array"):
+            t[key]
+
+
+def test_boolean_mask_gradient_scatters_back():
+    """Differentiable like gather: the selected entries get the upstream gradient, the
+    others zero (NumPy's a[mask] with np.add.at as the reference)."""
+    mask = np.array([[True, False, True], [False, False, True], [True, True, True], [False] * 3])
+    x = ml.tensor(A, requires_grad=True)
+    y = x[mask]
+    w = np.arange(1, 1 + mask.sum() * 2, dtype=F32).reshape(-1, 2)
+    (g,) = ml.grad(ml.reduce_sum(y * ml.tensor(w)), x)
+    want = np.zeros_like(A)
+    want[mask] = w
+    np.testing.assert_array_equal(np.asarray(g), want)
+    (g,) = ml.grad(ml.reduce_sum(x[np.array([False, True, False, True])]), x)
+    np.testing.assert_array_equal(np.asarray(g), np.repeat([0, 1, 0, 1], 6).reshape(4, 3, 2))
+
+
+def test_boolean_index_errors():
+    t = ml.tensor(A)
+    with pytest.raises(IndexError, match="boolean index did not match"):
+        t[np.array([True, False])]
+    with pytest.raises(IndexError, match="boolean index did not match"):
+        t[:, [True, False]]
+    with pytest.raises(IndexError, match="too many indices"):
+        t[np.ones((4, 3, 2, 1), bool)]
+    # a bool scalar inside a tuple was read as the int 1 / 0: refused (NumPy's answer there
+    # follows its advanced-indexing rules; use None or a boolean array)
+    with pytest.raises(TypeError, match="boolean scalar"):
+        t[0, True]
+    with pytest.raises(TypeError, match="boolean scalar"):
+        t[False, :]
