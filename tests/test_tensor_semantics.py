@@ -1,6 +1,6 @@
 """Tensor semantics against NumPy and PyTorch (issue 18): NaN through relu and its fused
-forms, zero gradients through piecewise-constant ops, Python number conversions, and
-boolean and mixed indexing.
+forms, zero gradients through piecewise-constant ops, Python number conversions, boolean
+and mixed indexing, and writes through a NumPy view of a recorded tensor.
 
 Reference values come from NumPy formulas, or from PyTorch 2.13 (CPU) where NumPy has no
 gradient; each PyTorch number below was printed by torch and is cited as such.
@@ -414,3 +414,33 @@ def test_boolean_index_errors():
         t[0, True]
     with pytest.raises(TypeError, match="boolean scalar"):
         t[False, :]
+
+
+# ------------------------------------------ 5. writes through a NumPy view (documented)
+
+def test_numpy_view_writes_are_documented_as_unchecked():
+    """Exporting a tensor to NumPy does not count as an in-place write (reading the loss
+    or a weight through NumPy before the gradient is common and must keep working); a write
+    through the view is therefore not detected, which the Tensor docstring says, naming
+    Variable.assign as the checked way to write."""
+    doc = " ".join(ml.Tensor.__doc__.split())
+    assert "not seen by that check" in doc and "Variable.assign" in doc
+    assert "in-place check" in ml.Tensor.numpy.__doc__
+    # reading through views between the forward and the gradient is fine
+    w = ml.tensor([1.0, 2.0], requires_grad=True)
+    x = ml.tensor([3.0, 4.0])
+    loss = ml.reduce_sum(w * x)
+    assert float(np.asarray(loss)) == 11.0 and np.asarray(w).sum() == 3.0
+    memoryview(x)
+    (g,) = ml.grad(loss, w)
+    np.testing.assert_array_equal(np.asarray(g), [3.0, 4.0])
+    # a checked write (assign) is refused at the gradient
+    loss = ml.reduce_sum(w * x)
+    ml._core.assign(x, np.array([5.0, 6.0], F32))
+    with pytest.raises(ValueError, match="modified in place"):
+        ml.grad(loss, w)
+    # a write through a NumPy view is not seen: the gradient reads the new values
+    loss = ml.reduce_sum(w * x)
+    np.asarray(x)[:] = [7.0, 8.0]
+    (g,) = ml.grad(loss, w)
+    np.testing.assert_array_equal(np.asarray(g), [7.0, 8.0])

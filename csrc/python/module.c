@@ -488,7 +488,13 @@ static PyNumberMethods tensor_as_number = {
     .nb_matrix_multiply = nb_matmul,
 };
 
-/* ---- buffer protocol: np.asarray(t) shares memory ---- */
+/* ---- buffer protocol: np.asarray(t) shares memory ----
+ * An export does not bump the storage's version (the in-place check): an export is not a
+ * write, and most exports only read (a loss logged through NumPy before its gradient,
+ * metrics, tests comparing values). Bumping on every writable export was tried: np.asarray
+ * cost the same (224 ns), but 675 of 2004 tests failed with "modified in place", library
+ * paths among them (MetaLearner.fit), so a write through a view goes undetected and the
+ * Tensor docstring says so. */
 
 static int Tensor_getbuffer(TensorObject *self, Py_buffer *view, int flags) {
     ml_tensor *t = self->t;
@@ -1055,7 +1061,8 @@ static PyGetSetDef Tensor_getset[] = {
 
 static PyMethodDef Tensor_methods[] = {
     {"numpy", (PyCFunction)Tensor_numpy, METH_NOARGS,
-     "numpy() -> ndarray sharing this tensor's memory."},
+     "numpy() -> ndarray sharing this tensor's memory.\n\n"
+     "Writes through it are not seen by autograd's in-place check (see Tensor)."},
     {"__array__", (PyCFunction)(void (*)(void))Tensor_array, METH_VARARGS | METH_KEYWORDS, NULL},
     {"item", (PyCFunction)Tensor_item, METH_NOARGS, "The value of a one-element tensor."},
     {"tolist", (PyCFunction)Tensor_tolist, METH_NOARGS, "Nested lists of Python floats."},
@@ -1086,7 +1093,12 @@ PyTypeObject TensorType = {
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "Tensor(data, requires_grad=False)\n\n"
               "A float32, C-contiguous, refcounted array of up to 8 dimensions. Ops on tensors\n"
-              "that require grad are recorded for metalearn.grad. np.asarray(t) shares memory.",
+              "that require grad are recorded for metalearn.grad. np.asarray(t) shares memory.\n\n"
+              "In-place writes: Variable.assign, metalearn._core.assign and optimizer steps\n"
+              "bump the tensor's version, and a later gradient through a graph that used the\n"
+              "old values raises. Writes through a NumPy view (np.asarray(t), t.numpy(),\n"
+              "memoryview) are not seen by that check: a gradient computed afterwards uses the\n"
+              "new values. Reading through a view is always safe; write with Variable.assign.",
     .tp_weaklistoffset = offsetof(TensorObject, weakreflist),
     .tp_methods = Tensor_methods,
     .tp_getset = Tensor_getset,
