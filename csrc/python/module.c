@@ -680,6 +680,7 @@ static Py_ssize_t Tensor_len(TensorObject *self) {
 
 /* A boolean scalar index: Python's bool, NumPy's bool_, a 0-d bool array */
 static int is_bool_scalar(PyObject *k) {
+    if (PyLong_CheckExact(k) || PySlice_Check(k)) return 0; /* t[0], t[1:3]: no type walk */
     return PyBool_Check(k) || PyArray_IsScalar(k, Bool) ||
            (PyArray_Check(k) && PyArray_NDIM((PyArrayObject *)k) == 0 &&
             PyArray_ISBOOL((PyArrayObject *)k));
@@ -762,8 +763,10 @@ static PyObject *Tensor_getitem(TensorObject *self, PyObject *key) {
     ml_tensor *cur = self->t;
     ml_retain(cur);
     Py_ssize_t nk = PyTuple_GET_SIZE(items);
-    /* array-likes as NumPy arrays, once: a boolean mask covers as many dims as it has */
-    PyObject **arrs = PyMem_Calloc((size_t)(nk ? nk : 1), sizeof *arrs);
+    /* array-likes as NumPy arrays, once: a boolean mask covers as many dims as it has (on
+     * the stack for the usual keys: a PyMem_Calloc cost t[0] a sixth of its time) */
+    PyObject *arrs_inline[8] = {NULL};
+    PyObject **arrs = nk <= 8 ? arrs_inline : PyMem_Calloc((size_t)nk, sizeof *arrs);
     int n_real = 0, has_ellipsis = 0;
     const int ndim0 = cur->ndim;
     /* the array index's place in the key and in the result; the ints' first and last place */
@@ -780,7 +783,13 @@ static PyObject *Tensor_getitem(TensorObject *self, PyObject *key) {
     }
     for (Py_ssize_t i = 0; i < nk; i++) {
         PyObject *k = PyTuple_GET_ITEM(items, i);
-        if (k == Py_Ellipsis) {
+        if (PyLong_CheckExact(k) || PySlice_Check(k)) { /* the common keys, first */
+            n_real++;
+            if (PySlice_Check(k)) continue;
+            if (int_lo < 0) int_lo = i;
+            int_hi = i;
+            n_int++;
+        } else if (k == Py_Ellipsis) {
             has_ellipsis++;
         } else if (is_bool_scalar(k)) {
             if (nk != 1) {
@@ -832,7 +841,7 @@ static PyObject *Tensor_getitem(TensorObject *self, PyObject *key) {
             out = one;
         }
         ml_release(cur);
-        PyMem_Free(arrs);
+        if (arrs != arrs_inline) PyMem_Free(arrs);
         Py_DECREF(items);
         return wrap_status(st, &out);
     }
@@ -851,7 +860,8 @@ static PyObject *Tensor_getitem(TensorObject *self, PyObject *key) {
             continue;
         }
         int64_t dim = cur->shape[axis];
-        if (arrs[i] && PyArray_ISBOOL((PyArrayObject *)arrs[i])) {
+        if (!PyLong_CheckExact(k) && !PySlice_Check(k) && arrs[i] &&
+            PyArray_ISBOOL((PyArrayObject *)arrs[i])) {
             PyArrayObject *mask = (PyArrayObject *)arrs[i];
             int64_t count = 0;
             if (mask_select(&next, cur, axis, mask, &count)) goto fail;
@@ -863,7 +873,7 @@ static PyObject *Tensor_getitem(TensorObject *self, PyObject *key) {
             axis++;
             continue;
         }
-        if (is_int_index(k)) {
+        if (PyLong_CheckExact(k) || (!PySlice_Check(k) && is_int_index(k))) {
             Py_ssize_t v = PyNumber_AsSsize_t(k, PyExc_IndexError);
             if (v == -1 && PyErr_Occurred()) goto fail;
             if (v < -dim || v >= dim) {
@@ -929,7 +939,7 @@ static PyObject *Tensor_getitem(TensorObject *self, PyObject *key) {
         final_shape[final_nd++] = cur->shape[j];
     }
     for (Py_ssize_t i = 0; i < nk; i++) Py_XDECREF(arrs[i]);
-    PyMem_Free(arrs);
+    if (arrs != arrs_inline) PyMem_Free(arrs);
     Py_DECREF(items);
     {
         ml_tensor *out = NULL;
@@ -960,7 +970,7 @@ fail:
     Py_XDECREF(idx);
     if (arrs)
         for (Py_ssize_t i = 0; i < nk; i++) Py_XDECREF(arrs[i]);
-    PyMem_Free(arrs);
+    if (arrs != arrs_inline) PyMem_Free(arrs);
     Py_DECREF(items);
     ml_release(cur);
     return NULL;
