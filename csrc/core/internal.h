@@ -200,6 +200,8 @@ static inline void ml__scope_end(ml_scope *s) {
 ml_status ml__flat_backward(ml_tensor *out, ml_tensor *gout, ml_tensor **gin);
 /* 1 where a == b (broadcast), zero gradient. Used by max's backward. */
 ml_status ml__equal(ml_tensor **out, ml_tensor *a, ml_tensor *b);
+/* g where x != 0, else +0: relu's backward, x a relu's output (>= 0, -0.0 or NaN: so 0
+ * exactly where the input was <= 0, as PyTorch's threshold_backward) or a 0/1 mask */
 ml_status ml__relu_grad(ml_tensor **out, ml_tensor *g, ml_tensor *x);
 /* Zeroed node structs from a per-thread cache (tensor.c), and their return. */
 ml_node *ml__node_alloc(void);

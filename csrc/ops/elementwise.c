@@ -120,8 +120,10 @@ bin_row(int op, int64_t n, const float *restrict a, int sa, const float *restric
     case BIN_MAX: ROW(x != x || x > y ? x : y); break;
     case BIN_MIN: ROW(x != x || x < y ? x : y); break;
     case BIN_EQ: ROW(x == y ? 1.0f : 0.0f); break;
-    /* relu's formulas (UN_RELU): NaN passes, as in NumPy and PyTorch */
-    case BIN_RELU_GRAD: ROW(y <= 0 ? 0.0f : x); break;
+    /* relu's formulas (UN_RELU): NaN passes, as in NumPy and PyTorch; y is a relu's output
+     * (ml__relu_grad), so y != 0 is y <= 0's complement, and compiles as x > 0 did (the
+     * compare reads y from memory: one instruction fewer than y <= 0 a vector) */
+    case BIN_RELU_GRAD: ROW(y != 0 ? x : 0.0f); break;
     case BIN_ADD_RELU: ROW(x + y < 0 ? 0.0f : x + y); break;
     }
 }
@@ -268,11 +270,11 @@ ml_status ml_maximum(ml_tensor **out, ml_tensor *a, ml_tensor *b) {
 ml_status ml_minimum(ml_tensor **out, ml_tensor *a, ml_tensor *b) {
     return binary_op(out, a, b, BIN_MIN, OP_MINIMUM, "minimum");
 }
-/* relu's backward in one pass, 0 where x <= 0 and g elsewhere, NaN included (PyTorch's
- * threshold_backward: an infinite g below zero gives 0, not inf * 0; a NaN activation passes
- * g on, so the NaN reaches the weights' gradients as it reached the loss): was g * step(x),
- * two passes over the activations and a mask tensor, twice per hidden layer in second-order
- * MAML. */
+/* relu's backward in one pass, 0 where the relu's output y is 0 (+0 or -0: y <= 0, as
+ * y is never below 0) and g elsewhere, NaN included (PyTorch's threshold_backward: an
+ * infinite g below zero gives 0, not inf * 0; a NaN activation passes g on, so the NaN
+ * reaches the weights' gradients as it reached the loss): was g * step(x), two passes over
+ * the activations and a mask tensor, twice per hidden layer in second-order MAML. */
 ml_status ml__relu_grad(ml_tensor **out, ml_tensor *g, ml_tensor *x) {
     return binary_op(out, g, x, BIN_RELU_GRAD, OP_RELU_GRAD, "relu_grad");
 }
@@ -285,7 +287,7 @@ ml_status ml__relu_grad(ml_tensor **out, ml_tensor *g, ml_tensor *x) {
  * are the bias add before each relu and the gradient sum before each relu_grad: ~9 passes
  * over (25, 10, 40) activations, each costing as much as the arithmetic. */
 
-/* relu_grad(a + b, m) = (m <= 0 ? 0 : a + b), a, b and m of one shape. The sum is made by
+/* relu_grad(a + b, m) = (m != 0 ? a + b : 0), a, b and m of one shape. The sum is made by
  * the add's own kernel (binary_range, chunk by chunk into o): a separately compiled a + b
  * may take its operands in the other order, and when both are NaN x86 returns the first
  * one's payload and sign, so only the add's own code gives its bits. Then the mask, in
@@ -295,7 +297,7 @@ static inline __attribute__((always_inline)) void relu_grad_mask(const float *re
     for (int64_t i = 0; i < n; i++) {
         uint32_t bits;
         memcpy(&bits, &o[i], sizeof bits);
-        bits &= 0u - (uint32_t)!(m[i] <= 0); /* +0.0f where m <= 0; NaN m keeps o */
+        bits &= 0u - (uint32_t)(m[i] != 0); /* +0.0f where m is +-0; NaN m keeps o */
         memcpy(&o[i], &bits, sizeof bits);
     }
 }
@@ -595,7 +597,7 @@ UNARY_BACKWARD(ml__sqrt_backward, DIV(&s, MULS(&s, g, 0.5f), out))
 UNARY_BACKWARD(ml__exp_backward, MUL(&s, g, out))
 UNARY_BACKWARD(ml__log_backward, DIV(&s, g, X))
 UNARY_BACKWARD(ml__abs_backward, MUL(&s, g, SIGN(&s, X)))
-/* the mask from relu's output (y <= 0 exactly where x <= 0; a NaN passes both): the
+/* the mask from relu's output (y == 0 exactly where x <= 0; a NaN passes both): the
  * pre-activation need not stay alive for the backward, and in a trace the add that made
  * it can be fused with the relu (ml__fuse_elementwise) */
 UNARY_BACKWARD(ml__relu_backward, RELU_GRAD(&s, g, out))

@@ -749,8 +749,8 @@ static void test_relu_nan(void) {
                 switch (epi) {
                 case ML_EPI_ADD: want = s; break;
                 case ML_EPI_ADD_RELU: want = s < 0.0f ? 0.0f : s; break;
-                case ML_EPI_RELU_GRAD: want = u[i] <= 0.0f ? 0.0f : x; break;
-                default: want = mk[i] <= 0.0f ? 0.0f : s; break;
+                case ML_EPI_RELU_GRAD: want = u[i] != 0.0f ? x : 0.0f; break;
+                default: want = mk[i] != 0.0f ? s : 0.0f; break;
                 }
                 bad = is_nan(want) ? !is_nan(out[i]) : out[i] != want;
                 if (bad)
