@@ -352,11 +352,12 @@ def test_fused_add_relu_and_gradient_sum_replay_the_eager_bits():
         want = make()(ml.tensor(x), ml.tensor(a1), ml.tensor(a2))  # eager
         for g, w in zip(got, want):
             np.testing.assert_array_equal(np.asarray(g).view(np.uint32), np.asarray(w).view(np.uint32))
-        # and against NumPy: relu(x + b), (a1 + a2) where x + b > 0
+        # and against NumPy: relu(x + b) = maximum(x + b, 0) (NaN passes), and PyTorch's
+        # threshold_backward: 0 where relu's output is <= 0, else a1 + a2 (NaN included)
         z = x + bias
         with np.errstate(invalid="ignore"):
-            np.testing.assert_array_equal(np.asarray(got[0]), np.where(z > 0, z, 0.0).astype(np.float32))
-            np.testing.assert_array_equal(np.asarray(got[1]), np.where(z > 0, a1 + a2, 0.0).astype(np.float32))
+            np.testing.assert_array_equal(np.asarray(got[0]), np.maximum(z, 0.0).astype(np.float32))
+            np.testing.assert_array_equal(np.asarray(got[1]), np.where(z <= 0, 0.0, a1 + a2).astype(np.float32))
 
 
 @pytest.mark.parametrize("grouped", [False, True])

@@ -618,13 +618,18 @@ def test_sign_has_zero_gradient(opname):
     if opname == "sign":
         np.testing.assert_array_equal(np.asarray(ml.sign(x)), np.sign(np.asarray(x)))
         y = ml.reduce_sum(ml.sign(x) * 3.0)
-        gs = ml.grad(y, x, allow_unused=True)
-        assert gs[0] is None or np.all(np.asarray(gs[0]) == 0)
+        # zeros, as TensorFlow and PyTorch (not None: the output depends on x)
+        (g,) = ml.grad(y, x, create_graph=True)
+        np.testing.assert_array_equal(np.asarray(g), np.zeros((2, 2)))
+        (h,) = ml.grad(ml.reduce_sum(g), x)
+        np.testing.assert_array_equal(np.asarray(h), np.zeros((2, 2)))
     else:
-        # d/dx sum(sign(x) * x) = sign(x) (sign contributes nothing)
+        # d/dx sum(sign(x) * x) = sign(x) (sign contributes nothing); d2 = 0
         y = ml.reduce_sum(ml.sign(x) * x)
-        (g,) = ml.grad(y, x)
+        (g,) = ml.grad(y, x, create_graph=True)
         np.testing.assert_array_equal(np.asarray(g), np.sign(np.asarray(x)))
+        (h,) = ml.grad(ml.reduce_sum(g * g), x)
+        np.testing.assert_array_equal(np.asarray(h), np.zeros((2, 2)))
 
 
 def test_reduce_max_ties_split_gradient():

@@ -1,4 +1,6 @@
 /* autograd.c — grad mode, recording nodes, and ml_grad (reverse mode, any order). */
+#include <math.h>
+
 #include "internal.h"
 
 static _Thread_local int ml_grad_disabled; /* 0: grad mode on (the default) */
@@ -336,6 +338,17 @@ ml_status ml_grad(ml_tensor **grads, int n_outputs, ml_tensor *const *outputs, i
         }
     }
 
+    /* An input the outputs depend on only through piecewise-constant ops (sign, step, a
+     * relu's mask) got no gradient term: its gradient is zeros, as in TensorFlow and
+     * PyTorch, not "unused". Under create_graph the zeros are step(x > +inf) recorded on x
+     * (a flat op), so that differentiating them again gives zeros too. */
+    for (int j = 0; j < n_inputs && st == ML_OK; j++) {
+        int32_t k = ptrmap_get(&g.map, inputs[j]);
+        if (k < 0 || g.slots[k].grad) continue;
+        const ml_tensor *x = inputs[j];
+        st = create_graph ? ml_step(&g.slots[k].grad, inputs[j], INFINITY)
+                          : ml_tensor_full(&g.slots[k].grad, x->ndim, x->shape, 0.0f);
+    }
     if (st == ML_OK) {
         for (int j = 0; j < n_inputs; j++) {
             int32_t k = ptrmap_get(&g.map, inputs[j]);

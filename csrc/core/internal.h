@@ -60,6 +60,9 @@ typedef enum ml_op_id {
     OP_MAX_POOL2D, OP_MAX_POOL2D_SCATTER, OP_MAX_POOL2D_GATHER,
     OP_AVG_POOL2D, OP_AVG_POOL2D_GRAD,
     OP_BATCH_NORM,
+    /* piecewise-constant ops (elementwise.c): recorded so that a gradient through them is
+     * zeros, not "not used" (as TensorFlow and PyTorch), with no backward work */
+    OP_SIGN, OP_STEP, OP_RANGE_MASK, OP_EQUAL,
     OP_COUNT
 } ml_op_id;
 
@@ -195,8 +198,13 @@ static inline void ml__scope_end(ml_scope *s) {
 #define EQUAL(s, a, b) ML_S2(ml__equal, s, a, b)
 #define RELU_GRAD(s, g, x) ML_S2(ml__relu_grad, s, g, x)
 
+/* The backward of the piecewise-constant ops: no input gets a gradient (ml_grad gives a
+ * connected input that gets none zeros). */
+ml_status ml__flat_backward(ml_tensor *out, ml_tensor *gout, ml_tensor **gin);
 /* 1 where a == b (broadcast), zero gradient. Used by max's backward. */
 ml_status ml__equal(ml_tensor **out, ml_tensor *a, ml_tensor *b);
+/* g where x != 0, else +0: relu's backward, x a relu's output (>= 0, -0.0 or NaN: so 0
+ * exactly where the input was <= 0, as PyTorch's threshold_backward) or a 0/1 mask */
 ml_status ml__relu_grad(ml_tensor **out, ml_tensor *g, ml_tensor *x);
 /* Zeroed node structs from a per-thread cache (tensor.c), and their return. */
 ml_node *ml__node_alloc(void);

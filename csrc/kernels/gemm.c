@@ -542,9 +542,9 @@ static inline float epi_one(int op, float x, float u, float m)
 {
     switch (op) {
     case ML_EPI_ADD: return x + u;
-    case ML_EPI_ADD_RELU: x = x + u; return x > 0.0f ? x : 0.0f;
-    case ML_EPI_RELU_GRAD: return u > 0.0f ? x : 0.0f;
-    default: x = u + x; return m > 0.0f ? x : 0.0f; /* ML_EPI_ADD_MASK */
+    case ML_EPI_ADD_RELU: x = x + u; return 0.0f > x ? 0.0f : x;
+    case ML_EPI_RELU_GRAD: return u != 0.0f ? x : 0.0f;
+    default: x = u + x; return m != 0.0f ? x : 0.0f; /* ML_EPI_ADD_MASK */
     }
 }
 
@@ -569,13 +569,14 @@ ML_TARGET_AVX2 ML_INLINE __m256 epi_vec(const int op, __m256 x, __m256 u, const 
     const __m256 zero = _mm256_setzero_ps();
     switch (op) {
     case ML_EPI_ADD: return _mm256_add_ps(x, u);
-    case ML_EPI_ADD_RELU: /* x + u > 0 ? x + u : +0 (NaN: +0) */
-        x = _mm256_add_ps(x, u);
-        return _mm256_and_ps(x, _mm256_cmp_ps(x, zero, _CMP_GT_OQ));
-    case ML_EPI_RELU_GRAD: return _mm256_and_ps(x, _mm256_cmp_ps(u, zero, _CMP_GT_OQ));
-    default: /* ML_EPI_ADD_MASK: (u + x), +0 where the mask is not > 0 */
+    case ML_EPI_ADD_RELU: /* 0 > x + u ? 0 : x + u: MAXPS returns its second operand when
+                             either is NaN (or both are zeros), so NaN and -0.0 pass */
+        return _mm256_max_ps(zero, _mm256_add_ps(x, u));
+    case ML_EPI_RELU_GRAD: /* +0 where u is +-0 (u a relu's output; a NaN u keeps x) */
+        return _mm256_and_ps(x, _mm256_cmp_ps(u, zero, _CMP_NEQ_UQ));
+    default: /* ML_EPI_ADD_MASK: (u + x), +0 where the mask is +-0 */
         x = _mm256_add_ps(u, x);
-        return _mm256_and_ps(x, _mm256_cmp_ps(_mm256_loadu_ps(m), zero, _CMP_GT_OQ));
+        return _mm256_and_ps(x, _mm256_cmp_ps(_mm256_loadu_ps(m), zero, _CMP_NEQ_UQ));
     }
 }
 

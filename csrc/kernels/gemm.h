@@ -28,8 +28,9 @@ int ml__sgemm_outer_rows(int64_t rows, int64_t n, const float *a, const float *b
 
 /* The element-wise ops ml__sgemm_into applies to a product's element x as it is stored,
  * with u the op's other operand and m a mask; each the unfused op's formula (elementwise.c):
- * ADD x + u; ADD_RELU x + u if > 0, else +0; RELU_GRAD x where u > 0, else +0; ADD_MASK
- * u + x where m > 0, else +0 (add + relu_grad). */
+ * ADD x + u; ADD_RELU x + u unless it is < 0 (then +0; NaN passes); RELU_GRAD +0 where
+ * u is +-0, else x (u a relu's output: a NaN u passes x); ADD_MASK +0 where m is +-0, else
+ * u + x (add + relu_grad). */
 enum { ML_EPI_ADD = 1, ML_EPI_ADD_RELU, ML_EPI_RELU_GRAD, ML_EPI_ADD_MASK };
 
 /* out = epi(A op(B), u, mask) for A m x k (not transposed, row stride k) and B (k x n, or

@@ -120,8 +120,11 @@ bin_row(int op, int64_t n, const float *restrict a, int sa, const float *restric
     case BIN_MAX: ROW(x != x || x > y ? x : y); break;
     case BIN_MIN: ROW(x != x || x < y ? x : y); break;
     case BIN_EQ: ROW(x == y ? 1.0f : 0.0f); break;
-    case BIN_RELU_GRAD: ROW(y > 0 ? x : 0.0f); break;
-    case BIN_ADD_RELU: ROW(x + y > 0 ? x + y : 0.0f); break;
+    /* relu's formulas (UN_RELU): NaN passes, as in NumPy and PyTorch; y is a relu's output
+     * (ml__relu_grad), so y != 0 is y <= 0's complement, and compiles as x > 0 did (the
+     * compare reads y from memory: one instruction fewer than y <= 0 a vector) */
+    case BIN_RELU_GRAD: ROW(y != 0 ? x : 0.0f); break;
+    case BIN_ADD_RELU: ROW(x + y < 0 ? 0.0f : x + y); break;
     }
 }
 
@@ -267,9 +270,11 @@ ml_status ml_maximum(ml_tensor **out, ml_tensor *a, ml_tensor *b) {
 ml_status ml_minimum(ml_tensor **out, ml_tensor *a, ml_tensor *b) {
     return binary_op(out, a, b, BIN_MIN, OP_MINIMUM, "minimum");
 }
-/* relu's backward in one pass, g where x > 0 and 0 elsewhere (PyTorch's threshold_backward:
- * an infinite g below zero gives 0, not inf * 0): was g * step(x), two passes over the
- * activations and a mask tensor, twice per hidden layer in second-order MAML. */
+/* relu's backward in one pass, 0 where the relu's output y is 0 (+0 or -0: y <= 0, as
+ * y is never below 0) and g elsewhere, NaN included (PyTorch's threshold_backward: an
+ * infinite g below zero gives 0, not inf * 0; a NaN activation passes g on, so the NaN
+ * reaches the weights' gradients as it reached the loss): was g * step(x), two passes over
+ * the activations and a mask tensor, twice per hidden layer in second-order MAML. */
 ml_status ml__relu_grad(ml_tensor **out, ml_tensor *g, ml_tensor *x) {
     return binary_op(out, g, x, BIN_RELU_GRAD, OP_RELU_GRAD, "relu_grad");
 }
@@ -282,7 +287,7 @@ ml_status ml__relu_grad(ml_tensor **out, ml_tensor *g, ml_tensor *x) {
  * are the bias add before each relu and the gradient sum before each relu_grad: ~9 passes
  * over (25, 10, 40) activations, each costing as much as the arithmetic. */
 
-/* relu_grad(a + b, m) = (m > 0 ? a + b : 0), a, b and m of one shape. The sum is made by
+/* relu_grad(a + b, m) = (m != 0 ? a + b : 0), a, b and m of one shape. The sum is made by
  * the add's own kernel (binary_range, chunk by chunk into o): a separately compiled a + b
  * may take its operands in the other order, and when both are NaN x86 returns the first
  * one's payload and sign, so only the add's own code gives its bits. Then the mask, in
@@ -292,7 +297,7 @@ static inline __attribute__((always_inline)) void relu_grad_mask(const float *re
     for (int64_t i = 0; i < n; i++) {
         uint32_t bits;
         memcpy(&bits, &o[i], sizeof bits);
-        bits &= 0u - (uint32_t)(m[i] > 0); /* +0.0f where m <= 0 or NaN */
+        bits &= 0u - (uint32_t)(m[i] != 0); /* +0.0f where m is +-0; NaN m keeps o */
         memcpy(&o[i], &bits, sizeof bits);
     }
 }
@@ -353,9 +358,14 @@ static ml_status replay_add_relu_grad(ml_tensor **out, ml_tensor **in, const voi
     return ML_OK;
 }
 
-/* A comparison has a zero gradient: it records nothing. */
+/* A comparison has a zero gradient: recorded as a flat op (ml__flat_backward). */
 ml_status ml__equal(ml_tensor **out, ml_tensor *a, ml_tensor *b) {
-    return binary_op(out, a, b, BIN_EQ, (ml_op_id)-1, "equal");
+    return binary_op(out, a, b, BIN_EQ, OP_EQUAL, "equal");
+}
+
+ml_status ml__flat_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+    (void)out, (void)g, (void)gin; /* gin stays NULL: zero */
+    return ML_OK;
 }
 
 #define IN(k) (out->node->inputs[k])
@@ -442,7 +452,10 @@ un_kernel(int k, int64_t n, const float *restrict x, float *restrict o, float p,
     case UN_SIGN:
         for (int64_t i = 0; i < n; i++) o[i] = (float)((x[i] > 0) - (x[i] < 0));
         break;
-    case UN_RELU: for (int64_t i = 0; i < n; i++) o[i] = x[i] > 0 ? x[i] : 0.0f; break;
+    /* 0 > x ? 0 : x, MAXPS(0, x): NaN and -0.0 pass as in NumPy's maximum(x, 0) and
+     * PyTorch's relu (x > 0 ? x : 0, as this was, made relu(NaN) 0: a finite loss while
+     * the backward wrote NaN into the weights) */
+    case UN_RELU: for (int64_t i = 0; i < n; i++) o[i] = 0.0f > x[i] ? 0.0f : x[i]; break;
     /* exp, log, sigmoid (split by sign so exp never overflows), tanh, erf, gelu:
      * vectorised polynomial kernels (kernels/vmath.c), libm for special lanes */
     case UN_SIGMOID: ml__vsigmoid(n, x, o); break;
@@ -458,8 +471,8 @@ un_kernel(int k, int64_t n, const float *restrict x, float *restrict o, float p,
     case UN_ADDS: for (int64_t i = 0; i < n; i++) o[i] = x[i] + p; break;
     case UN_MULS: for (int64_t i = 0; i < n; i++) o[i] = x[i] * p; break;
     case UN_LEAKY: for (int64_t i = 0; i < n; i++) o[i] = x[i] > 0 ? x[i] : p * x[i]; break;
-    case UN_ELU:
-        for (int64_t i = 0; i < n; i++) o[i] = x[i] > 0 ? x[i] : p * (expf(x[i]) - 1.0f);
+    case UN_ELU: /* expm1: expf(x) - 1 lost ~4 digits near 0 (elu(-1e-4) off by 6e-4) */
+        for (int64_t i = 0; i < n; i++) o[i] = x[i] > 0 ? x[i] : p * expm1f(x[i]);
         break;
     case UN_CLIP:
         /* NaN stays NaN, as in NumPy's clip */
@@ -530,7 +543,7 @@ UNARY(ml_sqrt, UN_SQRT, OP_SQRT, "sqrt")
 UNARY(ml_exp, UN_EXP, OP_EXP, "exp")
 UNARY(ml_log, UN_LOG, OP_LOG, "log")
 UNARY(ml_abs, UN_ABS, OP_ABS, "abs")
-UNARY(ml_sign, UN_SIGN, (ml_op_id)-1, "sign")
+UNARY(ml_sign, UN_SIGN, OP_SIGN, "sign")
 UNARY(ml_relu, UN_RELU, OP_RELU, "relu")
 UNARY(ml_sigmoid, UN_SIGMOID, OP_SIGMOID, "sigmoid")
 UNARY(ml_tanh, UN_TANH, OP_TANH, "tanh")
@@ -560,10 +573,10 @@ ml_status ml_clip(ml_tensor **out, ml_tensor *x, float lo, float hi) {
     return unary_op(out, x, UN_CLIP, OP_CLIP, "clip", lo, hi);
 }
 ml_status ml_step(ml_tensor **out, ml_tensor *x, float threshold) {
-    return unary_op(out, x, UN_STEP, (ml_op_id)-1, "step", threshold, 0);
+    return unary_op(out, x, UN_STEP, OP_STEP, "step", threshold, 0);
 }
 static ml_status range_mask(ml_tensor **out, ml_tensor *x, float lo, float hi) {
-    return unary_op(out, x, UN_RANGE, (ml_op_id)-1, "range_mask", lo, hi);
+    return unary_op(out, x, UN_RANGE, OP_RANGE_MASK, "range_mask", lo, hi);
 }
 
 #define X IN(0)
@@ -584,7 +597,7 @@ UNARY_BACKWARD(ml__sqrt_backward, DIV(&s, MULS(&s, g, 0.5f), out))
 UNARY_BACKWARD(ml__exp_backward, MUL(&s, g, out))
 UNARY_BACKWARD(ml__log_backward, DIV(&s, g, X))
 UNARY_BACKWARD(ml__abs_backward, MUL(&s, g, SIGN(&s, X)))
-/* the mask from relu's output (y > 0 exactly where x > 0, and for NaN neither): the
+/* the mask from relu's output (y == 0 exactly where x <= 0; a NaN passes both): the
  * pre-activation need not stay alive for the backward, and in a trace the add that made
  * it can be fused with the relu (ml__fuse_elementwise) */
 UNARY_BACKWARD(ml__relu_backward, RELU_GRAD(&s, g, out))
@@ -610,12 +623,15 @@ UNARY_BACKWARD(ml__mul_scalar_backward, MULS(&s, g, P))
 /* slope 1 above zero, P below */
 UNARY_BACKWARD(ml__leaky_relu_backward,
                MUL(&s, g, ADDS(&s, MULS(&s, STEP(&s, X, 0.0f), 1.0f - P), P)))
-/* elu' = 1 above zero, else alpha e^x = out + alpha (differentiable through out) */
+/* elu' = alpha e^x = out + alpha where x <= 0 (differentiable through out), else 1: +inf
+ * and NaN take 1, as in PyTorch's elu_backward (x <= 0 ? ... : g). The branch is selected by
+ * relu_grad, not multiplied by a 0/1 mask: 0 * (out + alpha) was NaN at +inf and NaN. */
 ml_status ml__elu_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
     ml_scope s = {0};
-    ml_tensor *above = STEP(&s, X, 0.0f);
-    ml_tensor *below = ADDS(&s, NEG(&s, above), 1.0f);
-    ml_tensor *d = ADD(&s, above, MUL(&s, below, ADDS(&s, out, P)));
+    ml_tensor *mask = NULL;
+    ml_tensor *below = ml__push(&s, range_mask(&mask, X, -INFINITY, 0.0f), &mask);
+    ml_tensor *above = ADDS(&s, NEG(&s, below), 1.0f);
+    ml_tensor *d = ADD(&s, above, RELU_GRAD(&s, ADDS(&s, out, P), below));
     gin[0] = ml__keep(MUL(&s, g, d));
     ml__scope_end(&s);
     return s.status;

@@ -213,7 +213,8 @@ ml_status ml_linear(ml_tensor **out, ml_tensor *x, ml_tensor *w, ml_tensor *b,
             for (int64_t j = 0; j < n; j++) row[j] += bd[j];
         switch (act) {
         case ML_ACT_RELU:
-            for (int64_t j = 0; j < n; j++) row[j] = row[j] > 0 ? row[j] : 0.0f;
+            /* relu's formula (elementwise.c): NaN passes, as in ml_relu */
+            for (int64_t j = 0; j < n; j++) row[j] = 0.0f > row[j] ? 0.0f : row[j];
             break;
         case ML_ACT_SIGMOID:
             for (int64_t j = 0; j < n; j++) {
@@ -249,7 +250,7 @@ ml_status ml__linear_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
     ml_tensor *x = IN(0), *w = IN(1), *b = out->node->n_inputs > 2 ? IN(2) : NULL;
     ml_tensor *gz = g;
     switch ((ml_activation)out->node->iparams[0]) {
-    case ML_ACT_RELU: gz = RELU_GRAD(&s, g, out); break; /* out > 0 where z > 0 */
+    case ML_ACT_RELU: gz = RELU_GRAD(&s, g, out); break; /* out <= 0 where z <= 0 */
     case ML_ACT_SIGMOID: gz = MUL(&s, g, MUL(&s, out, ADDS(&s, NEG(&s, out), 1.0f))); break;
     case ML_ACT_TANH: gz = MUL(&s, g, ADDS(&s, NEG(&s, SQUARE(&s, out)), 1.0f)); break;
     default: break;

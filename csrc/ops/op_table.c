@@ -1,4 +1,5 @@
-/* op_table.c — one row per op: name, number of inputs (-1: any), backward.
+/* op_table.c — one row per op: name, number of inputs (-1: any), backward (FLAT: none, the
+ * piecewise-constant ops).
  * The static_assert keeps the table and enum ml_op_id in step (as ggml's op tables). */
 #include "../core/internal.h"
 
@@ -19,6 +20,7 @@ BACKWARD(batch_norm)
 #undef BACKWARD
 
 #define ROW(id, name, n) [id] = {#name, n, ml__##name##_backward}
+#define FLAT(id, name, n) [id] = {#name, n, ml__flat_backward}
 
 const ml_op_def ml_op_table[] = {
     ROW(OP_ADD, add, 2),
@@ -73,6 +75,10 @@ const ml_op_def ml_op_table[] = {
     ROW(OP_AVG_POOL2D, avg_pool2d, 1),
     ROW(OP_AVG_POOL2D_GRAD, avg_pool2d_grad, 1),
     ROW(OP_BATCH_NORM, batch_norm, -1),
+    FLAT(OP_SIGN, sign, 1),
+    FLAT(OP_STEP, step, 1),
+    FLAT(OP_RANGE_MASK, range_mask, 1),
+    FLAT(OP_EQUAL, equal, 2),
 };
 
 _Static_assert(sizeof ml_op_table / sizeof ml_op_table[0] == OP_COUNT,

@@ -424,23 +424,75 @@ static PyObject *nb_pow(PyObject *a, PyObject *b, PyObject *mod) {
     return wrap_status(ml_pow_scalar(&out, T(a), (float)e), &out);
 }
 
+/* NumPy's rule: one element (of any ndim) is its truth value, NaN true; none or several
+ * are ambiguous (ValueError, with NumPy's words) */
 static int nb_bool(PyObject *a) {
-    if (T(a)->numel != 1) {
-        PyErr_Format(PyExc_ValueError, "the truth value of a tensor of shape %s is ambiguous",
-                     ML_SHAPE_STR(T(a)));
+    const ml_tensor *t = T(a);
+    if (t->numel == 0) {
+        PyErr_Format(PyExc_ValueError, "The truth value of an empty tensor is ambiguous "
+                     "(shape %s); use t.size > 0 to check that it is not empty",
+                     ML_SHAPE_STR(t));
         return -1;
     }
-    return T(a)->data[0] != 0.0f;
+    if (t->numel != 1) {
+        PyErr_Format(PyExc_ValueError, "The truth value of a tensor with more than one element "
+                     "is ambiguous (shape %s); use np.any(t) or np.all(t)", ML_SHAPE_STR(t));
+        return -1;
+    }
+    return t->data[0] != 0.0f;
+}
+
+/* float(t) and int(t): a one-element tensor of any ndim, as float() always took here, as
+ * PyTorch and t.item() do. NumPy 2.4 refuses ndim > 0 ("only 0-dimensional arrays can be
+ * converted to Python scalars"; 1.25 to 2.3, which metalearn supports, warn): refusing it
+ * here would break float() for callers that had it, and int() must not differ from float().
+ * int() truncates toward zero as int(float) and NumPy's int(np.float32(2.5)) do; NaN and
+ * infinities raise ValueError and OverflowError as int(float('nan')) does. */
+static int one_value(PyObject *a, const char *type, double *v) {
+    const ml_tensor *t = T(a);
+    if (t->numel != 1) {
+        PyErr_Format(PyExc_TypeError, "only a tensor with one element can be converted to a "
+                     "Python %s, got shape %s", type, ML_SHAPE_STR(t));
+        return -1;
+    }
+    *v = t->data[0];
+    return 0;
 }
 
 static PyObject *nb_float(PyObject *a) {
-    if (T(a)->numel != 1) {
-        PyErr_Format(PyExc_TypeError, "only a tensor with one element can be converted to a "
-                     "Python float, got shape %s",
-                     ML_SHAPE_STR(T(a)));
+    double v;
+    return one_value(a, "float", &v) < 0 ? NULL : PyFloat_FromDouble(v);
+}
+
+static PyObject *nb_int(PyObject *a) {
+    double v;
+    return one_value(a, "int", &v) < 0 ? NULL : PyLong_FromDouble(v);
+}
+
+/* operator.index(t) (list[t], range(t), a NumPy index): a 0-d tensor holding an integral
+ * value, and nothing else. NumPy takes only 0-d arrays of an integer dtype and refuses float
+ * arrays whatever they hold (operator.index(np.float32(2.0)) is a TypeError); a metalearn
+ * tensor is always float32, so its integer tensors are the ones whose value is integral
+ * (labels, class ids). 2.5 or NaN is a TypeError, never a truncation; a one-element tensor
+ * of ndim > 0 is refused as NumPy refuses np.array([2]) ("only integer scalar arrays"). */
+static PyObject *nb_index(PyObject *a) {
+    const ml_tensor *t = T(a);
+    if (t->ndim != 0) {
+        PyErr_Format(PyExc_TypeError, "only a 0-d tensor with an integral value can be used as "
+                     "an integer index, got shape %s", ML_SHAPE_STR(t));
         return NULL;
     }
-    return PyFloat_FromDouble(T(a)->data[0]);
+    const double v = t->data[0];
+    if (!(fabs(v) < 9.3e18) || floor(v) != v) { /* range first: NaN, inf */
+        PyObject *f = PyFloat_FromDouble(v);
+        if (f) {
+            PyErr_Format(PyExc_TypeError, "only a tensor with an integral value can be used as "
+                         "an integer index, got %R", f);
+            Py_DECREF(f);
+        }
+        return NULL;
+    }
+    return PyLong_FromDouble(v);
 }
 
 static PyNumberMethods tensor_as_number = {
@@ -452,11 +504,19 @@ static PyNumberMethods tensor_as_number = {
     .nb_positive = nb_pos,
     .nb_power = nb_pow,
     .nb_bool = nb_bool,
+    .nb_int = nb_int,
     .nb_float = nb_float,
+    .nb_index = nb_index,
     .nb_matrix_multiply = nb_matmul,
 };
 
-/* ---- buffer protocol: np.asarray(t) shares memory ---- */
+/* ---- buffer protocol: np.asarray(t) shares memory ----
+ * An export does not bump the storage's version (the in-place check): an export is not a
+ * write, and most exports only read (a loss logged through NumPy before its gradient,
+ * metrics, tests comparing values). Bumping on every writable export was tried: np.asarray
+ * cost the same (224 ns), but 675 of 2004 tests failed with "modified in place", library
+ * paths among them (MetaLearner.fit), so a write through a view goes undetected and the
+ * Tensor docstring says so. */
 
 static int Tensor_getbuffer(TensorObject *self, Py_buffer *view, int flags) {
     ml_tensor *t = self->t;
@@ -638,28 +698,172 @@ static Py_ssize_t Tensor_len(TensorObject *self) {
     return (Py_ssize_t)self->t->shape[0];
 }
 
-/* Indexing: ints, slices (any step), None, Ellipsis, and one integer array (gather). */
+/* A boolean scalar index: Python's bool, NumPy's bool_, a 0-d bool array */
+static int is_bool_scalar(PyObject *k) {
+    if (PyLong_CheckExact(k) || PySlice_Check(k)) return 0; /* t[0], t[1:3]: no type walk */
+    return PyBool_Check(k) || PyArray_IsScalar(k, Bool) ||
+           (PyArray_Check(k) && PyArray_NDIM((PyArrayObject *)k) == 0 &&
+            PyArray_ISBOOL((PyArrayObject *)k));
+}
+
+/* t[mask] along axis, NumPy's boolean indexing: mask (bool, ndim md >= 1) has the shape of
+ * cur's dims axis .. axis + md - 1, which become one dim of the selected positions (C order),
+ * taken with gather (so differentiable: the gradient scatters back, zeros elsewhere). */
+static ml_status mask_select(ml_tensor **out, ml_tensor *cur, int axis, PyArrayObject *mask,
+                             int64_t *count) {
+    const int md = PyArray_NDIM(mask);
+    for (int d = 0; d < md; d++)
+        if (cur->shape[axis + d] != (int64_t)PyArray_DIM(mask, d)) {
+            PyErr_Format(PyExc_IndexError, "boolean index did not match indexed tensor along "
+                         "axis %d; size of axis is %lld but size of corresponding boolean axis "
+                         "is %lld", axis + d, (long long)cur->shape[axis + d],
+                         (long long)PyArray_DIM(mask, d));
+            return ML_ERR_VALUE;
+        }
+    PyArrayObject *flat = (PyArrayObject *)PyArray_FromAny(
+        (PyObject *)mask, PyArray_DescrFromType(NPY_BOOL), 0, 0,
+        NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, NULL);
+    if (!flat) return ML_ERR_VALUE;
+    const npy_bool *m = PyArray_DATA(flat);
+    const npy_intp n = PyArray_SIZE(flat);
+    npy_intp k = 0;
+    for (npy_intp i = 0; i < n; i++) k += m[i] != 0;
+    if (k > INT_MAX) {
+        Py_DECREF(flat);
+        PyErr_SetString(PyExc_IndexError, "a boolean index selects more than 2^31 - 1 entries");
+        return ML_ERR_VALUE;
+    }
+    int64_t *pos = PyMem_Malloc((size_t)(k ? k : 1) * sizeof *pos);
+    if (!pos) {
+        Py_DECREF(flat);
+        PyErr_NoMemory();
+        return ML_ERR_OOM;
+    }
+    for (npy_intp i = 0, j = 0; i < n; i++)
+        if (m[i]) pos[j++] = i;
+    Py_DECREF(flat);
+    /* the mask's dims as one (a view of the same data), then the gather */
+    int64_t shape[ML_MAX_DIMS];
+    int nd = 0;
+    for (int d = 0; d < cur->ndim; d++) {
+        if (d > axis && d < axis + md) shape[nd - 1] *= cur->shape[d];
+        else shape[nd++] = cur->shape[d];
+    }
+    ml_tensor *merged = NULL;
+    ml_status st = ml_reshape(&merged, cur, nd, shape);
+    if (!st) st = ml_gather(out, merged, (int)k, pos, axis);
+    ml_release(merged);
+    PyMem_Free(pos);
+    *count = k;
+    if (st) raise_status(st);
+    return st;
+}
+
+/* An integer index: a Python or NumPy int, a 0-d integer array or a 0-d tensor (NumPy's
+ * a[np.array(1)] is a[1]); not a bool (is_bool_scalar is asked first) */
+static int is_int_index(PyObject *k) {
+    if (PyArray_Check(k))
+        return PyArray_NDIM((PyArrayObject *)k) == 0 &&
+               PyArray_ISINTEGER((PyArrayObject *)k);
+    if (Tensor_Check(k)) return T(k)->ndim == 0;
+    return PyIndex_Check(k);
+}
+
+/* Indexing: ints, slices (any step), None, Ellipsis, one integer array (gather), or one
+ * boolean mask (NumPy's rule: the dims it covers become one, of the selected entries), and
+ * a boolean scalar on its own (t[True]: a new axis of 1, t[False]: of 0, as NumPy). Python's
+ * bools are ints: unless caught first, t[True] and t[[True, False, True]] read rows 1 and
+ * 1, 0, 1. Where the array and an int are apart (t[0, :, idx]) NumPy puts the array's
+ * dim first, and so does this. Several arrays (NumPy pairs them up) are refused, as they
+ * were read as an outer product. Every error is an exception; no index is read as another
+ * kind. */
 static PyObject *Tensor_getitem(TensorObject *self, PyObject *key) {
     PyObject *items = PyTuple_Check(key) ? (Py_INCREF(key), key) : PyTuple_Pack(1, key);
     if (!items) return NULL;
     ml_tensor *cur = self->t;
     ml_retain(cur);
     Py_ssize_t nk = PyTuple_GET_SIZE(items);
+    /* array-likes as NumPy arrays, once: a boolean mask covers as many dims as it has (on
+     * the stack for the usual keys: a PyMem_Calloc cost t[0] a sixth of its time) */
+    PyObject *arrs_inline[8] = {NULL};
+    PyObject **arrs = nk <= 8 ? arrs_inline : PyMem_Calloc((size_t)nk, sizeof *arrs);
     int n_real = 0, has_ellipsis = 0;
-    for (Py_ssize_t i = 0; i < nk; i++) {
-        PyObject *k = PyTuple_GET_ITEM(items, i);
-        if (k == Py_Ellipsis) has_ellipsis++;
-        else if (k != Py_None) n_real++;
-    }
+    const int ndim0 = cur->ndim;
+    /* the array index's place in the key and in the result; the ints' first and last place */
+    Py_ssize_t array_at = -1, int_lo = -1, int_hi = -1, n_int = 0;
+    int array_dim = -1;
     /* final shape: built as we go; ints drop a dim, None adds one */
     int64_t final_shape[ML_MAX_DIMS * 2];
     int final_nd = 0, axis = 0;
     ml_status st = ML_OK;
     PyArrayObject *idx = NULL;
-    if (has_ellipsis > 1 || n_real > cur->ndim) {
+    if (!arrs) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < nk; i++) {
+        PyObject *k = PyTuple_GET_ITEM(items, i);
+        if (PyLong_CheckExact(k) || PySlice_Check(k)) { /* the common keys, first */
+            n_real++;
+            if (PySlice_Check(k)) continue;
+            if (int_lo < 0) int_lo = i;
+            int_hi = i;
+            n_int++;
+        } else if (k == Py_Ellipsis) {
+            has_ellipsis++;
+        } else if (is_bool_scalar(k)) {
+            if (nk != 1) {
+                PyErr_SetString(PyExc_TypeError, "a boolean scalar index is supported only on "
+                                "its own (t[True] adds an axis of 1, t[False] of 0); use None "
+                                "or a boolean array");
+                goto fail;
+            }
+        } else if (k != Py_None) {
+            if ((PyArray_Check(k) || PyList_Check(k)) && !(arrs[i] = PyArray_FROM_O(k)))
+                goto fail;
+            const int bool_mask = arrs[i] && PyArray_ISBOOL((PyArrayObject *)arrs[i]);
+            n_real += bool_mask ? PyArray_NDIM((PyArrayObject *)arrs[i]) : 1;
+            if (is_int_index(k)) {
+                if (int_lo < 0) int_lo = i;
+                int_hi = i;
+                n_int++;
+            } else if (arrs[i] || Tensor_Check(k)) {
+                if (array_at >= 0) {
+                    PyErr_SetString(PyExc_IndexError, "only one integer or boolean array per "
+                                    "index is supported (NumPy pairs several up); index in "
+                                    "steps");
+                    goto fail;
+                }
+                array_at = i;
+            }
+        }
+    }
+    if (has_ellipsis > 1 || n_real > ndim0) {
         PyErr_Format(PyExc_IndexError, "too many indices for a tensor of shape %s",
                      ML_SHAPE_STR(cur));
         goto fail;
+    }
+    if (nk == 1 && is_bool_scalar(PyTuple_GET_ITEM(items, 0))) {
+        /* a new leading axis of 1; of 0 (a gather of no rows) for False */
+        const int keep = PyObject_IsTrue(PyTuple_GET_ITEM(items, 0));
+        if (keep < 0) goto fail;
+        int64_t shape[ML_MAX_DIMS];
+        if (ndim0 >= ML_MAX_DIMS) goto too_many;
+        shape[0] = 1;
+        memcpy(shape + 1, cur->shape, (size_t)ndim0 * sizeof *shape);
+        ml_tensor *one = NULL, *out = NULL;
+        st = ml_reshape(&one, cur, ndim0 + 1, shape);
+        if (!st && !keep) {
+            const int64_t none = 0;
+            st = ml_gather(&out, one, 0, &none, 0);
+            ml_release(one);
+        } else {
+            out = one;
+        }
+        ml_release(cur);
+        if (arrs != arrs_inline) PyMem_Free(arrs);
+        Py_DECREF(items);
+        return wrap_status(st, &out);
     }
     for (Py_ssize_t i = 0; i < nk; i++) {
         PyObject *k = PyTuple_GET_ITEM(items, i);
@@ -670,13 +874,26 @@ static PyObject *Tensor_getitem(TensorObject *self, PyObject *key) {
             continue;
         }
         if (k == Py_Ellipsis) {
-            int span = cur->ndim - n_real;
+            int span = ndim0 - n_real;
             for (int j = 0; j < span; j++) final_shape[final_nd++] = cur->shape[axis + j];
             axis += span;
             continue;
         }
         int64_t dim = cur->shape[axis];
-        if (PyIndex_Check(k) && !PyArray_Check(k)) {
+        if (!PyLong_CheckExact(k) && !PySlice_Check(k) && arrs[i] &&
+            PyArray_ISBOOL((PyArrayObject *)arrs[i])) {
+            PyArrayObject *mask = (PyArrayObject *)arrs[i];
+            int64_t count = 0;
+            if (mask_select(&next, cur, axis, mask, &count)) goto fail;
+            ml_release(cur);
+            cur = next;
+            if (final_nd >= ML_MAX_DIMS) goto too_many;
+            array_dim = final_nd;
+            final_shape[final_nd++] = count;
+            axis++;
+            continue;
+        }
+        if (PyLong_CheckExact(k) || (!PySlice_Check(k) && is_int_index(k))) {
             Py_ssize_t v = PyNumber_AsSsize_t(k, PyExc_IndexError);
             if (v == -1 && PyErr_Occurred()) goto fail;
             if (v < -dim || v >= dim) {
@@ -711,12 +928,13 @@ static PyObject *Tensor_getitem(TensorObject *self, PyObject *key) {
             if (st) goto status_fail;
             ml_release(cur);
             cur = next;
+            if (final_nd >= ML_MAX_DIMS) goto too_many;
             final_shape[final_nd++] = len;
             axis++;
             continue;
         }
-        if (PyArray_Check(k) || PyList_Check(k) || Tensor_Check(k)) {
-            idx = to_index_array(k, "index");
+        if (arrs[i] || Tensor_Check(k)) {
+            idx = to_index_array(arrs[i] ? arrs[i] : k, "index");
             if (!idx) goto fail;
             if (PyArray_NDIM(idx) != 1) {
                 PyErr_SetString(PyExc_IndexError, "only 1-D integer index arrays are supported");
@@ -727,6 +945,8 @@ static PyObject *Tensor_getitem(TensorObject *self, PyObject *key) {
             if (st) goto status_fail;
             ml_release(cur);
             cur = next;
+            if (final_nd >= ML_MAX_DIMS) goto too_many;
+            array_dim = final_nd;
             final_shape[final_nd++] = cur->shape[axis];
             axis++;
             continue;
@@ -738,11 +958,27 @@ static PyObject *Tensor_getitem(TensorObject *self, PyObject *key) {
         if (final_nd >= ML_MAX_DIMS) goto too_many;
         final_shape[final_nd++] = cur->shape[j];
     }
+    for (Py_ssize_t i = 0; i < nk; i++) Py_XDECREF(arrs[i]);
+    if (arrs != arrs_inline) PyMem_Free(arrs);
     Py_DECREF(items);
     {
         ml_tensor *out = NULL;
         st = ml_reshape(&out, cur, final_nd, final_shape);
         ml_release(cur);
+        /* the array and the ints are NumPy's advanced indices: apart in the key (a slice,
+         * None or Ellipsis between), their dim goes first */
+        const Py_ssize_t lo = int_lo < 0 || array_at < int_lo ? array_at : int_lo;
+        const Py_ssize_t hi = int_hi > array_at ? int_hi : array_at;
+        if (!st && array_at >= 0 && n_int > 0 && array_dim > 0 && hi - lo + 1 > n_int + 1) {
+            int perm[ML_MAX_DIMS];
+            perm[0] = array_dim;
+            for (int d = 0, j = 1; d < final_nd; d++)
+                if (d != array_dim) perm[j++] = d;
+            ml_tensor *moved = NULL;
+            st = ml_permute(&moved, out, perm);
+            ml_release(out);
+            out = moved;
+        }
         return wrap_status(st, &out);
     }
 too_many:
@@ -752,6 +988,9 @@ status_fail:
     raise_status(st);
 fail:
     Py_XDECREF(idx);
+    if (arrs)
+        for (Py_ssize_t i = 0; i < nk; i++) Py_XDECREF(arrs[i]);
+    if (arrs != arrs_inline) PyMem_Free(arrs);
     Py_DECREF(items);
     ml_release(cur);
     return NULL;
@@ -852,7 +1091,8 @@ static PyGetSetDef Tensor_getset[] = {
 
 static PyMethodDef Tensor_methods[] = {
     {"numpy", (PyCFunction)Tensor_numpy, METH_NOARGS,
-     "numpy() -> ndarray sharing this tensor's memory."},
+     "numpy() -> ndarray sharing this tensor's memory.\n\n"
+     "Writes through it are not seen by autograd's in-place check (see Tensor)."},
     {"__array__", (PyCFunction)(void (*)(void))Tensor_array, METH_VARARGS | METH_KEYWORDS, NULL},
     {"item", (PyCFunction)Tensor_item, METH_NOARGS, "The value of a one-element tensor."},
     {"tolist", (PyCFunction)Tensor_tolist, METH_NOARGS, "Nested lists of Python floats."},
@@ -883,7 +1123,12 @@ PyTypeObject TensorType = {
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "Tensor(data, requires_grad=False)\n\n"
               "A float32, C-contiguous, refcounted array of up to 8 dimensions. Ops on tensors\n"
-              "that require grad are recorded for metalearn.grad. np.asarray(t) shares memory.",
+              "that require grad are recorded for metalearn.grad. np.asarray(t) shares memory.\n\n"
+              "In-place writes: Variable.assign, metalearn._core.assign and optimizer steps\n"
+              "bump the tensor's version, and a later gradient through a graph that used the\n"
+              "old values raises. Writes through a NumPy view (np.asarray(t), t.numpy(),\n"
+              "memoryview) are not seen by that check: a gradient computed afterwards uses the\n"
+              "new values. Reading through a view is always safe; write with Variable.assign.",
     .tp_weaklistoffset = offsetof(TensorObject, weakreflist),
     .tp_methods = Tensor_methods,
     .tp_getset = Tensor_getset,

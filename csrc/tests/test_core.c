@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "core/internal.h"
+#include "kernels/gemm.h"
 #include "metalearn.h"
 
 static int n_pass, n_fail;
@@ -469,16 +470,31 @@ static ml_trace *record_program(void (*program)(int, ml_tensor *const *, ml_tens
     return tr;
 }
 
+/* The same bits, but that where both are NaN either NaN will do (any_nan): a sum of two
+ * NaNs is the NaN of the operand x86 takes first, an order the compiler picks for the
+ * unfused add; relu now passes that NaN on (it made it 0 before) */
+static int same_values(const ml_tensor *a, const ml_tensor *b, int any_nan) {
+    if (!a || !b || ml_numel(a) != ml_numel(b)) return 0;
+    const float *x = ml_data((ml_tensor *)a), *y = ml_data((ml_tensor *)b);
+    for (int64_t i = 0; i < ml_numel(a); i++)
+        if (memcmp(&x[i], &y[i], sizeof *x) && !(any_nan && x[i] != x[i] && y[i] != y[i]))
+            return 0;
+    return 1;
+}
+
 /* A replay's outputs got (and got[1] with_t) against eager's want (want_t): the same bits */
-static void check_replay(const char *what, int kind, int with_t, ml_tensor *const got[2],
-                         ml_tensor *want, ml_tensor *want_t) {
-    CHECK(got[0] && ml_numel(got[0]) == ml_numel(want) &&
-              !memcmp(ml_data(got[0]), ml_data(want), (size_t)ml_numel(want) * sizeof(float)),
-          "%s, case %d: replay differs from eager", what, kind);
+static void check_replay_nan(const char *what, int kind, int with_t, ml_tensor *const got[2],
+                             ml_tensor *want, ml_tensor *want_t, int any_nan) {
+    CHECK(same_values(got[0], want, any_nan), "%s, case %d: replay differs from eager", what,
+          kind);
     if (with_t)
         CHECK(got[1] && ml_numel(got[1]) == ml_numel(want_t) &&
                   !memcmp(ml_data(got[1]), ml_data(want_t), (size_t)ml_numel(want_t) * sizeof(float)),
               "%s, case %d: the product itself differs", what, kind);
+}
+static void check_replay(const char *what, int kind, int with_t, ml_tensor *const got[2],
+                         ml_tensor *want, ml_tensor *want_t) {
+    check_replay_nan(what, kind, with_t, got, want, want_t, 0);
 }
 
 static void test_fused_outer(void) {
@@ -589,7 +605,8 @@ static void test_fused_matmul(void) {
         CHECK(got[0] && ml_ndim(got[0]) == ml_ndim(want) &&
                   !memcmp(ml_shape(got[0]), ml_shape(want), (size_t)ml_ndim(want) * sizeof(int64_t)),
               "fused matmul, case %d: replay's shape", kind);
-        check_replay("fused matmul", kind, kind == 8, got, want, want_t);
+        /* bias add + relu (kinds 0, 6-9): a NaN of u meets NaNs of T */
+        check_replay_nan("fused matmul", kind, kind == 8, got, want, want_t, bias);
         ml_tensor *all[] = {a, b, u, m, got[0], got[1], want, want_t};
         for (size_t i = 0; i < sizeof all / sizeof *all; i++) ml_release(all[i]);
         ml_trace_free(tr);
@@ -651,7 +668,7 @@ static void test_fused_matmul_paths(void) {
                 ml_tensor *got[2] = {NULL, NULL}, *eager = NULL;
                 OK(ml_trace_replay(tr, ins, got));
                 matmul_path_program(kind, ins, &eager, NULL);
-                check_replay("fused matmul paths", c, 0, got, eager, NULL);
+                check_replay_nan("fused matmul paths", c, 0, got, eager, NULL, kind == 0);
                 CHECK(!memcmp(ml_data(eager), ml_data(want), (size_t)ml_numel(want) * sizeof(float)),
                       "fused matmul paths, case %d: %d threads differ from one", c, th);
                 ml_release(got[0]), ml_release(eager);
@@ -661,6 +678,127 @@ static void test_fused_matmul_paths(void) {
             ml_trace_free(tr);
         }
     ml_set_num_threads(threads_before);
+}
+
+/* NaN through relu (issue 18): relu(NaN) is NaN (NumPy's maximum(x, 0), PyTorch's relu),
+ * -inf gives 0, -0.0 stays -0.0; the backward passes g at NaN (PyTorch's threshold_backward:
+ * 0 where the output is <= 0); the fused linear(..., relu) and every GEMM epilogue
+ * (ml__sgemm_into: the 2 x 40 tiles, the unpacked tiles, the packed driver, scalar tails)
+ * do the same. */
+static int is_nan(float v) { return v != v; }
+
+static void test_relu_nan(void) {
+    const float v[6] = {NAN, INFINITY, -INFINITY, -0.0f, 2.0f, -3.0f};
+    ml_tensor *x = vec(6, v), *y = NULL, *g = NULL;
+    ml_set_requires_grad(x, 1);
+    OK(ml_relu(&y, x));
+    const float *o = ml_data(y);
+    CHECK(is_nan(o[0]) && o[1] == INFINITY && o[2] == 0.0f && o[4] == 2.0f && o[5] == 0.0f,
+          "relu: %g %g %g %g %g", o[0], o[1], o[2], o[4], o[5]);
+    CHECK(o[3] == 0.0f && signbit(o[3]), "relu(-0.0) = -0.0 (NumPy, PyTorch)");
+    ml_tensor *sum = NULL;
+    OK(ml_sum(&sum, y, 0, NULL, 0));
+    OK(ml_grad(&g, 1, &sum, 1, &x, NULL, 0, 0));
+    const float want_g[6] = {1, 1, 0, 0, 1, 0}; /* PyTorch 2.13 */
+    CHECK(g && !memcmp(ml_data(g), want_g, sizeof want_g), "relu grad at NaN, inf, -inf, -0, 2, -3: "
+          "%g %g %g %g %g %g", ml_data(g)[0], ml_data(g)[1], ml_data(g)[2], ml_data(g)[3],
+          ml_data(g)[4], ml_data(g)[5]);
+    ml_release(g), ml_release(sum), ml_release(y);
+
+    /* linear(x, w, b, relu): a NaN input row is NaN, a NaN bias column is NaN */
+    const int64_t sx[2] = {2, 3}, sw[2] = {3, 4}, sb[1] = {4};
+    const float xv[6] = {NAN, 1, 1, 1, 1, 1}, wv[12] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    const float bv[4] = {0, NAN, -10, 1};
+    ml_tensor *lx = NULL, *lw = NULL, *lb = NULL, *ly = NULL;
+    OK(ml_tensor_from_data(&lx, 2, sx, xv));
+    OK(ml_tensor_from_data(&lw, 2, sw, wv));
+    OK(ml_tensor_from_data(&lb, 1, sb, bv));
+    OK(ml_linear(&ly, lx, lw, lb, ML_ACT_RELU));
+    const float *l = ml_data(ly);
+    CHECK(is_nan(l[0]) && is_nan(l[1]) && is_nan(l[2]) && is_nan(l[3]), "linear relu: NaN row");
+    CHECK(l[4] == 3.0f && is_nan(l[5]) && l[6] == 0.0f && l[7] == 4.0f,
+          "linear relu row 1: %g %g %g %g", l[4], l[5], l[6], l[7]);
+    ml_release(lx), ml_release(lw), ml_release(lb), ml_release(ly), ml_release(x);
+
+    /* the epilogues: each element against its formula, NaN for NaN */
+    const struct { int64_t m, k, n; } shapes[4] = {{30, 40, 40}, {120, 520, 48}, {300, 72, 128},
+                                                   {7, 100, 13}};
+    int fused = 0;
+    for (int sh = 0; sh < 4; sh++) {
+        const int64_t m = shapes[sh].m, k = shapes[sh].k, n = shapes[sh].n;
+        float *a = malloc((size_t)(m * k) * sizeof *a), *b = malloc((size_t)(k * n) * sizeof *b);
+        float *u = malloc((size_t)(m * n) * sizeof *u), *mk = malloc((size_t)(m * n) * sizeof *mk);
+        float *t = malloc((size_t)(m * n) * sizeof *t), *out = malloc((size_t)(m * n) * sizeof *out);
+        if (!a || !b || !u || !mk || !t || !out) abort(); /* test setup only */
+        for (int64_t i = 0; i < m * k; i++) a[i] = (float)((i * 7) % 11) / 11.0f - 0.5f;
+        for (int64_t i = 0; i < k * n; i++) b[i] = (float)((i * 5) % 13) / 13.0f - 0.5f;
+        for (int64_t i = 0; i < m * n; i++) {
+            u[i] = i % 5 == 1 ? NAN : (float)((i * 3) % 7) - 3.0f;
+            mk[i] = i % 6 == 2 ? NAN : (float)((i * 5) % 9) - 4.0f;
+        }
+        a[0] = NAN; /* row 0 of the product: NaN */
+        a[k + 1] = -INFINITY; /* row 1: infinities, NaN where they meet 0 */
+        ml_sgemm(0, 0, m, n, k, 1.0f, a, k, b, n, 0.0f, t, n);
+        for (int epi = ML_EPI_ADD; epi <= ML_EPI_ADD_MASK; epi++) {
+            if (!ml__sgemm_into(0, m, n, k, a, b, epi, u, 1, mk, out)) continue;
+            fused++;
+            int bad = 0;
+            for (int64_t i = 0; i < m * n && !bad; i++) {
+                const float x = t[i], s = x + u[i];
+                float want;
+                switch (epi) {
+                case ML_EPI_ADD: want = s; break;
+                case ML_EPI_ADD_RELU: want = s < 0.0f ? 0.0f : s; break;
+                case ML_EPI_RELU_GRAD: want = u[i] != 0.0f ? x : 0.0f; break;
+                default: want = mk[i] != 0.0f ? s : 0.0f; break;
+                }
+                bad = is_nan(want) ? !is_nan(out[i]) : out[i] != want;
+                if (bad)
+                    CHECK(0, "epilogue %d, %lld x %lld x %lld, element %lld: %g, want %g", epi,
+                          (long long)m, (long long)k, (long long)n, (long long)i, out[i], want);
+            }
+            CHECK(!bad, "epilogue %d, shape %d", epi, sh);
+        }
+        free(a), free(b), free(u), free(mk), free(t), free(out);
+    }
+    if (strcmp(ml_kernel_name(), "avx2") == 0)
+        CHECK(fused >= 12, "the AVX2 kernel fused %d of the epilogues", fused);
+}
+
+/* Piecewise-constant ops (sign, step, clip's mask, relu's mask) give a zero gradient, as
+ * TensorFlow and PyTorch: an input reached only through them gets zeros, not "not used",
+ * and under create_graph those zeros differentiate to zeros again. */
+static void test_zero_gradients(void) {
+    const float v[4] = {-1.5f, 0.0f, 2.0f, NAN};
+    ml_tensor *x = vec(4, v), *s = NULL, *sum = NULL, *g = NULL, *gsum = NULL, *h = NULL;
+    ml_set_requires_grad(x, 1);
+    OK(ml_sign(&s, x));
+    CHECK(ml_requires_grad(s), "sign records");
+    OK(ml_sum(&sum, s, 0, NULL, 0));
+    OK(ml_grad(&g, 1, &sum, 1, &x, NULL, 1, 0));
+    const float zeros[4] = {0, 0, 0, 0};
+    CHECK(g && !memcmp(ml_data(g), zeros, sizeof zeros), "d sum(sign(x)) / dx = 0");
+    OK(ml_sum(&gsum, g, 0, NULL, 0));
+    OK(ml_grad(&h, 1, &gsum, 1, &x, NULL, 0, 0));
+    CHECK(h && !memcmp(ml_data(h), zeros, sizeof zeros), "second order: 0");
+    ml_release(s), ml_release(sum), ml_release(g), ml_release(gsum), ml_release(h);
+    /* abs: g sign(x), then 0 */
+    ml_tensor *a = NULL;
+    s = sum = g = gsum = h = NULL;
+    OK(ml_abs(&a, x));
+    OK(ml_sum(&sum, a, 0, NULL, 0));
+    OK(ml_grad(&g, 1, &sum, 1, &x, NULL, 1, 0));
+    const float sg[3] = {-1, 0, 1};
+    CHECK(g && !memcmp(ml_data(g), sg, sizeof sg), "abs' = sign");
+    OK(ml_sum(&gsum, g, 0, NULL, 0));
+    OK(ml_grad(&h, 1, &gsum, 1, &x, NULL, 0, 0));
+    CHECK(h && !memcmp(ml_data(h), zeros, sizeof zeros), "abs'' = 0");
+    /* an input the output does not depend on is still refused */
+    ml_tensor *z = vec(1, v), *both[2] = {x, z}, *gz[2] = {NULL, NULL};
+    ml_set_requires_grad(z, 1);
+    CHECK(ml_grad(gz, 1, &sum, 2, both, NULL, 0, 0) == ML_ERR_GRAPH, "unused input refused");
+    ml_release(a), ml_release(sum), ml_release(g), ml_release(gsum), ml_release(h);
+    ml_release(z), ml_release(x);
 }
 
 int main(void) {
@@ -679,6 +817,8 @@ int main(void) {
     test_fused_outer();
     test_fused_matmul();
     test_fused_matmul_paths();
+    test_relu_nan();
+    test_zero_gradients();
     printf("test_core: %d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
