@@ -377,3 +377,17 @@ def test_relu_with_a_threshold_follows_keras_3(kwargs, expected):
     x = np.array([-4.0, -1.5, -1.0, -0.5, 0.0, 0.5, 2.0, 5.0], np.float32)
     np.testing.assert_allclose(np.asarray(activations.relu(x, **kwargs)), expected, rtol=1e-6,
                                atol=1e-7)
+
+
+def test_softplus_gradient_is_the_sigmoid_including_at_zero():
+    """softplus'(x) = sigmoid(x) (PyTorch's softplus backward); at x = 0 it is 1/2. Written
+    as relu(x) + log(1 + exp(-|x|)) it was 0 there (relu'(0) = abs'(0) = 0)."""
+    import metalearn as ml
+    from metalearn.keras import activations
+    xs = np.array([-30.0, -3.0, -1e-3, 0.0, 1e-3, 2.0, 30.0], np.float32)
+    x = ml.tensor(xs, requires_grad=True)
+    (g,) = ml.grad(ml.reduce_sum(activations.softplus(x)), x)
+    np.testing.assert_allclose(g.numpy(), 1 / (1 + np.exp(-xs.astype(np.float64))), rtol=1e-6, atol=1e-12)
+    # (log(1 + u) for u below float32's epsilon is 0: an absolute error under 1e-7)
+    np.testing.assert_allclose(activations.softplus(x).numpy(), np.logaddexp(0, xs.astype(np.float64)),
+                               rtol=1e-6, atol=1e-7)

@@ -96,8 +96,12 @@ def gelu(x: ArrayLike, approximate: bool = False) -> _core.Tensor:
 
 
 def softplus(x: ArrayLike) -> _core.Tensor:
-    """``log(1 + exp(x))``, computed as ``relu(x) + log(1 + exp(-|x|))``."""
-    return _core.add(_core.relu(x), _core.log(_core.add(_core.exp(_core.neg(_core.abs(x))), 1.0)))
+    """``log(1 + exp(x))``, computed stably as ``(x + |x|) / 2 + log(1 + exp(-|x|))``.
+
+    ``(x + |x|) / 2`` is relu(x), written so that its gradient at 0 is 1/2 (abs'(0) = 0):
+    with ``relu`` the gradient at 0 was 0 where softplus'(0) = sigmoid(0) = 1/2."""
+    pos = _core.mul(_core.add(x, _core.abs(x)), 0.5)
+    return _core.add(pos, _core.log(_core.add(_core.exp(_core.neg(_core.abs(x))), 1.0)))
 
 
 def softsign(x: ArrayLike) -> _core.Tensor:
