@@ -100,6 +100,9 @@ ml_status ml_copy(ml_tensor **out, const ml_tensor *t);
 ml_status ml_assign(ml_tensor *dst, const ml_tensor *src);
 /* Bumped by every in-place write; a graph that saved the tensor checks it in backward. */
 uint64_t ml_version(const ml_tensor *t);
+/* Writes a shape as the error messages do, "(3, 4)" ("(3,)" for one dim, "()" for none),
+ * into buf (size bytes, NUL-terminated) and returns buf. */
+const char *ml_shape_str(char *buf, size_t size, int ndim, const int64_t *shape);
 
 /* ---------------------------------------------------------------- grad mode */
 
@@ -309,6 +312,10 @@ ml_status ml_save_tensors(const char *path, int n, const char *const *names,
 ml_status ml_load_tensors(const char *path, int *n_out, char ***names_out,
                           ml_tensor ***tensors_out);
 void ml_free_loaded(int n, char **names, ml_tensor **tensors);
+/* Writes `size` bytes to `path` as weight files are written (a unique temporary file,
+ * fsync'ed, renamed over `path`; links followed, special files refused): readers of `path`
+ * see the old contents or the new, never a part. */
+ml_status ml_write_file(const char *path, const void *data, size_t size);
 uint32_t ml_crc32(uint32_t crc, const void *data, size_t len);
 
 /* -------------------------------------------------------------------- traces */
@@ -356,6 +363,11 @@ const char *ml_kernel_name(void);
  * (METALEARN_NUM_THREADS, else the online CPUs). Results do not depend on it. */
 void ml_set_num_threads(int n);
 int ml_get_num_threads(void);
+/* When METALEARN_NUM_THREADS holds a value the core refuses and no one has reported it yet:
+ * writes what was refused and what is used instead into `why` (cap bytes), marks it
+ * reported and returns 1 (an embedding program reports it its own way: the Python binding
+ * as a warning at import); else 0. Unclaimed, the core prints it on stderr at first use. */
+int ml_num_threads_env_warning(char *why, size_t cap);
 
 /* ---------------------------------------------------------- knowledge memory */
 

@@ -28,7 +28,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "../core/internal.h"
+#include "metalearn.h"
 
 /* ------------------------------------------------------------ Tensor (tensor.c) */
 
@@ -61,10 +61,14 @@ PyObject *mlpy_tensor_getitem(mlpy_TensorObject *self, PyObject *key);
 
 /* ------------------------------------------------------ conversions (convert.c) */
 
+/* Elements an op touches from which the binding releases the GIL around it; a smaller op
+ * returns before another thread would gain anything from the GIL. */
+#define MLPY_BIG_WORK 32768
+
 /* Runs a C call, releasing the GIL when `work` (elements touched) is large. */
 #define MLPY_CALL(st, work, expr)                 \
     do {                                          \
-        if ((work) >= ML_BIG_WORK) {              \
+        if ((work) >= MLPY_BIG_WORK) {            \
             Py_BEGIN_ALLOW_THREADS(st) = (expr);  \
             Py_END_ALLOW_THREADS                  \
         } else {                                  \
@@ -73,7 +77,7 @@ PyObject *mlpy_tensor_getitem(mlpy_TensorObject *self, PyObject *key);
     } while (0)
 
 /* t's shape as "(3, 4)", in a buffer that lives to the end of the enclosing block. */
-#define MLPY_SHAPE_STR(t) ML_SHAPE_STR(t)
+#define MLPY_SHAPE_STR(t) ml_shape_str((char[160]){0}, 160, ml_ndim(t), ml_shape(t))
 
 /* Sets the Python exception for a failed status (message from ml_last_error) -> NULL. */
 PyObject *mlpy_raise_status(ml_status st);

@@ -73,7 +73,8 @@ static PyArrayObject *to_float_array(PyObject *obj, const char *what) {
     }
     PyArrayObject *f = (PyArrayObject *)PyArray_FromAny(
         (PyObject *)arr, PyArray_DescrFromType(NPY_FLOAT32), 0, 0,
-        NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_NOTSWAPPED | NPY_ARRAY_FORCECAST, NULL);
+        NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_NOTSWAPPED | NPY_ARRAY_FORCECAST,
+        NULL);
     Py_DECREF(arr);
     return f;
 }
@@ -125,8 +126,9 @@ PyArrayObject *mlpy_to_index_array(PyObject *obj, const char *what) {
             /* range first: converting NaN or 1e300 to int64 is undefined behaviour */
             if (!(fabs(d[i]) < 9.0e18) || floor(d[i]) != d[i]) {
                 char *txt = PyOS_double_to_string(d[i], 'r', 0, 0, NULL);
-                PyErr_Format(PyExc_ValueError, "%s: expected integer labels, got %s at position %zd",
-                             what, txt ? txt : "?", (Py_ssize_t)i);
+                PyErr_Format(PyExc_ValueError,
+                             "%s: expected integer labels, got %s at position %zd", what,
+                             txt ? txt : "?", (Py_ssize_t)i);
                 PyMem_Free(txt);
                 Py_DECREF(as64);
                 return NULL;
@@ -145,7 +147,8 @@ PyArrayObject *mlpy_to_index_array(PyObject *obj, const char *what) {
     }
     PyArrayObject *r = (PyArrayObject *)PyArray_FromAny(
         (PyObject *)arr, PyArray_DescrFromType(NPY_INT64), 0, 0,
-        NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_NOTSWAPPED | NPY_ARRAY_FORCECAST, NULL);
+        NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_NOTSWAPPED | NPY_ARRAY_FORCECAST,
+        NULL);
     Py_DECREF(arr);
     return r;
 }
@@ -206,7 +209,8 @@ int mlpy_parse_shape(PyObject *obj, int *ndim, int64_t *shape, int64_t numel, co
             }
             infer = i;
         } else if (shape[i] < 0) {
-            PyErr_Format(PyExc_ValueError, "%s: negative dimension %lld", what, (long long)shape[i]);
+            PyErr_Format(PyExc_ValueError, "%s: negative dimension %lld", what,
+                         (long long)shape[i]);
             return -1;
         } else if (shape[i] && known > INT64_MAX / shape[i]) {
             known = INT64_MAX; /* the core reports the overflow */
@@ -265,8 +269,9 @@ int mlpy_parse_axes(PyObject *obj, int *n, int *axes, const char *what) {
     PyObject *seq = PySequence_Fast(obj, "axis");
     if (!seq) {
         PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "%s: axis must be None, an int or a tuple of ints, got %.100s",
-                     what, mlpy_type_name(obj));
+        PyErr_Format(PyExc_TypeError,
+                     "%s: axis must be None, an int or a tuple of ints, got %.100s", what,
+                     mlpy_type_name(obj));
         return -1;
     }
     Py_ssize_t len = PySequence_Fast_GET_SIZE(seq);
@@ -295,7 +300,7 @@ int mlpy_parse_perm(PyObject *obj, const ml_tensor *t, int *perm, int *have) {
     PyObject *seq = PySequence_Fast(obj, "perm must be a sequence of ints");
     if (!seq) return -1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n != t->ndim) {
+    if (n != ml_ndim(t)) {
         Py_DECREF(seq);
         PyErr_Format(PyExc_ValueError, "transpose: perm has %zd entries for a tensor of shape %s",
                      n, MLPY_SHAPE_STR(t));
@@ -330,10 +335,10 @@ ml_tensor **mlpy_tensor_array(PyObject *obj, Py_ssize_t *n, const char *fn, cons
         seq = PySequence_Fast(obj, "expected a list of tensors");
         if (!seq) {
             PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, (how & MLPY_LIST_ONE)
-                                              ? "%s: %s must be a Tensor or a list of Tensors, got %.100s"
-                                              : "%s: %s must be a list of tensors, got %.100s",
-                         fn, arg, mlpy_type_name(obj));
+            const char *fmt = (how & MLPY_LIST_ONE)
+                                  ? "%s: %s must be a Tensor or a list of Tensors, got %.100s"
+                                  : "%s: %s must be a list of tensors, got %.100s";
+            PyErr_Format(PyExc_TypeError, fmt, fn, arg, mlpy_type_name(obj));
             return NULL;
         }
     }

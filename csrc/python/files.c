@@ -5,7 +5,8 @@
 
 static PyObject *mod_save_tensors(PyObject *m, PyObject *args) {
     PyObject *path_obj, *names_obj, *tensors_obj, *path_bytes = NULL;
-    if (!PyArg_ParseTuple(args, "OOO:save_tensors", &path_obj, &names_obj, &tensors_obj)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOO:save_tensors", &path_obj, &names_obj, &tensors_obj))
+        return NULL;
     if (!PyUnicode_FSConverter(path_obj, &path_bytes)) return NULL;
     /* a tuple, not PySequence_Fast's list: the C strings below are read with the GIL
      * released, and another thread could clear a list (freeing the names) meanwhile */
@@ -79,11 +80,12 @@ static PyObject *mod_load_tensors(PyObject *m, PyObject *path_obj) {
     for (int i = 0; list && i < n; i++) {
         ml_tensor *t = ts[i];
         npy_intp dims[ML_MAX_DIMS];
-        for (int d = 0; d < t->ndim; d++) dims[d] = (npy_intp)t->shape[d];
-        PyObject *arr = PyArray_SimpleNew(t->ndim, dims, NPY_FLOAT32);
+        for (int d = 0; d < ml_ndim(t); d++) dims[d] = (npy_intp)ml_shape(t)[d];
+        PyObject *arr = PyArray_SimpleNew(ml_ndim(t), dims, NPY_FLOAT32);
         PyObject *name = PyUnicode_DecodeUTF8(names[i], (Py_ssize_t)strlen(names[i]), "replace");
         PyObject *pair = arr && name ? PyTuple_Pack(2, name, arr) : NULL;
-        if (arr && t->numel) memcpy(PyArray_DATA((PyArrayObject *)arr), t->data, (size_t)t->numel * 4);
+        if (arr && ml_numel(t))
+            memcpy(PyArray_DATA((PyArrayObject *)arr), ml_data(t), (size_t)ml_numel(t) * 4);
         Py_XDECREF(arr);
         Py_XDECREF(name);
         if (!pair) {
@@ -106,7 +108,7 @@ static PyObject *mod_write_file(PyObject *m, PyObject *args) {
         return NULL;
     ml_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = ml__write_atomic(PyBytes_AS_STRING(path_bytes), data.buf, (size_t)data.len);
+    st = ml_write_file(PyBytes_AS_STRING(path_bytes), data.buf, (size_t)data.len);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&data);
     Py_DECREF(path_bytes);

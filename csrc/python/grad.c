@@ -6,7 +6,8 @@
  * a list with a gradient (or None, allow_unused) per input. The flags are keywords or
  * positions; the core takes them as one bit set. */
 static PyObject *mod_grad(PyObject *m, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"outputs", "inputs", "grad_outputs", "create_graph", "allow_unused", NULL};
+    static char *kwlist[] = {"outputs",      "inputs",       "grad_outputs",
+                             "create_graph", "allow_unused", NULL};
     PyObject *oo, *io, *go = Py_None;
     int create_graph = 0, allow_unused = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|Opp:grad", kwlist, &oo, &io, &go,
@@ -85,7 +86,8 @@ PyMethodDef mlpy_grad_methods[] = {
     {"is_grad_enabled", MLPY_FN(mod_is_grad_enabled), METH_NOARGS,
      MLPY_SIG("is_grad_enabled", "/") "Whether grad mode is on (this thread)."},
     {"set_grad_enabled", MLPY_FN(mod_set_grad_enabled), METH_O,
-     MLPY_SIG("set_grad_enabled", "enabled, /") "Sets grad mode (this thread); returns the previous mode."},
+     MLPY_SIG("set_grad_enabled", "enabled, /")
+     "Sets grad mode (this thread); returns the previous mode."},
     {"assign", MLPY_FN(mod_assign), METH_VARARGS,
      MLPY_SIG("assign", "dst, src, /")
      "Copies src's values into the Tensor dst in place (bumps its version)."},

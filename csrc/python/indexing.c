@@ -20,10 +20,10 @@ static ml_status mask_select(ml_tensor **out, ml_tensor *cur, int axis, PyArrayO
                              int64_t *count) {
     const int md = PyArray_NDIM(mask);
     for (int d = 0; d < md; d++)
-        if (cur->shape[axis + d] != (int64_t)PyArray_DIM(mask, d)) {
+        if (ml_shape(cur)[axis + d] != (int64_t)PyArray_DIM(mask, d)) {
             PyErr_Format(PyExc_IndexError, "boolean index did not match indexed tensor along "
                          "axis %d; size of axis is %lld but size of corresponding boolean axis "
-                         "is %lld", axis + d, (long long)cur->shape[axis + d],
+                         "is %lld", axis + d, (long long)ml_shape(cur)[axis + d],
                          (long long)PyArray_DIM(mask, d));
             return ML_ERR_VALUE;
         }
@@ -52,9 +52,9 @@ static ml_status mask_select(ml_tensor **out, ml_tensor *cur, int axis, PyArrayO
     /* the mask's dims as one (a view of the same data), then the gather */
     int64_t shape[ML_MAX_DIMS];
     int nd = 0;
-    for (int d = 0; d < cur->ndim; d++) {
-        if (d > axis && d < axis + md) shape[nd - 1] *= cur->shape[d];
-        else shape[nd++] = cur->shape[d];
+    for (int d = 0; d < ml_ndim(cur); d++) {
+        if (d > axis && d < axis + md) shape[nd - 1] *= ml_shape(cur)[d];
+        else shape[nd++] = ml_shape(cur)[d];
     }
     ml_tensor *merged = NULL;
     ml_status st = ml_reshape(&merged, cur, nd, shape);
@@ -72,7 +72,7 @@ static int is_int_index(PyObject *k) {
     if (PyArray_Check(k))
         return PyArray_NDIM((PyArrayObject *)k) == 0 &&
                PyArray_ISINTEGER((PyArrayObject *)k);
-    if (mlpy_Tensor_Check(k)) return MLPY_T(k)->ndim == 0;
+    if (mlpy_Tensor_Check(k)) return ml_ndim(MLPY_T(k)) == 0;
     return PyIndex_Check(k);
 }
 
@@ -93,8 +93,8 @@ typedef struct {
     PyObject *items;    /* the key as a tuple */
     Py_ssize_t nk;      /* its length */
     PyObject **arrs;    /* entry i as an ndarray (lists and arrays), else NULL */
-    PyObject *arrs_inline[8]; /* arrs for the usual keys: a PyMem_Calloc per t[0] is
-                               * a sixth of its time */
+    PyObject *arrs_inline[8]; /* arrs for the usual keys, on the stack: t[0] pays for no
+                               * allocation */
     int ndim0;          /* the indexed tensor's rank */
     int n_real;         /* dims of the tensor the entries cover (a mask covers its ndim) */
     int has_ellipsis;
@@ -158,14 +158,14 @@ static int scan_key(index_plan *p) {
 static PyObject *bool_scalar_index(ml_tensor *cur, PyObject *k) {
     const int keep = PyObject_IsTrue(k);
     if (keep < 0) return NULL;
-    const int ndim0 = cur->ndim;
+    const int ndim0 = ml_ndim(cur);
     if (ndim0 >= ML_MAX_DIMS) {
         too_many_dims();
         return NULL;
     }
     int64_t shape[ML_MAX_DIMS];
     shape[0] = 1;
-    memcpy(shape + 1, cur->shape, (size_t)ndim0 * sizeof *shape);
+    memcpy(shape + 1, ml_shape(cur), (size_t)ndim0 * sizeof *shape);
     ml_tensor *one = NULL, *out = NULL;
     ml_status st = ml_reshape(&one, cur, ndim0 + 1, shape);
     if (!st && !keep) {
@@ -180,7 +180,7 @@ static PyObject *bool_scalar_index(ml_tensor *cur, PyObject *k) {
 
 /* t[..., i, ...]: the dim narrowed to row i, dropped from the result's shape by finish. */
 static ml_status int_entry(index_plan *p, PyObject *k, ml_tensor *cur, ml_tensor **next) {
-    const int64_t dim = cur->shape[p->axis];
+    const int64_t dim = ml_shape(cur)[p->axis];
     Py_ssize_t v = PyNumber_AsSsize_t(k, PyExc_IndexError);
     if (v == -1 && PyErr_Occurred()) return ML_ERR_VALUE;
     if (v < -dim || v >= dim) {
@@ -199,7 +199,7 @@ static ml_status slice_entry(index_plan *p, PyObject *k, ml_tensor *cur, ml_tens
                              int64_t *len_out) {
     Py_ssize_t start, stop, step;
     if (PySlice_Unpack(k, &start, &stop, &step) < 0) return ML_ERR_VALUE;
-    Py_ssize_t len = PySlice_AdjustIndices((Py_ssize_t)cur->shape[p->axis], &start, &stop, step);
+    Py_ssize_t len = PySlice_AdjustIndices((Py_ssize_t)ml_shape(cur)[p->axis], &start, &stop, step);
     ml_status st;
     if (step == 1) {
         st = ml_narrow(next, cur, p->axis, start, len);
@@ -246,7 +246,8 @@ static int apply_entry(index_plan *p, Py_ssize_t i, ml_tensor **cur) {
     }
     if (k == Py_Ellipsis) {
         int span = p->ndim0 - p->n_real;
-        for (int j = 0; j < span; j++) p->final_shape[p->final_nd++] = (*cur)->shape[p->axis + j];
+        const int64_t *shape = ml_shape(*cur);
+        for (int j = 0; j < span; j++) p->final_shape[p->final_nd++] = shape[p->axis + j];
         p->axis += span;
         return 0;
     }
@@ -260,7 +261,7 @@ static int apply_entry(index_plan *p, Py_ssize_t i, ml_tensor **cur) {
         if (slice_entry(p, k, *cur, &next, &kept)) return -1;
     } else if (p->arrs[i] || mlpy_Tensor_Check(k)) {
         if (array_entry(p, p->arrs[i] ? p->arrs[i] : k, *cur, &next)) return -1;
-        kept = next->shape[p->axis];
+        kept = ml_shape(next)[p->axis];
         p->array_dim = p->final_nd;
     } else {
         PyErr_Format(PyExc_IndexError, "unsupported index of type %.100s", mlpy_type_name(k));
@@ -279,12 +280,12 @@ static int apply_entry(index_plan *p, Py_ssize_t i, ml_tensor **cur) {
 /* The indexed tensor reshaped to the result's shape; the array's dim moved first when the
  * array and the ints are apart in the key (NumPy's rule for advanced indices). */
 static PyObject *finish(index_plan *p, ml_tensor *cur) {
-    for (int j = p->axis; j < cur->ndim; j++) {
+    for (int j = p->axis; j < ml_ndim(cur); j++) {
         if (p->final_nd >= ML_MAX_DIMS) {
             too_many_dims();
             return NULL;
         }
-        p->final_shape[p->final_nd++] = cur->shape[j];
+        p->final_shape[p->final_nd++] = ml_shape(cur)[j];
     }
     ml_tensor *out = NULL;
     ml_status st = ml_reshape(&out, cur, p->final_nd, p->final_shape);
@@ -311,7 +312,7 @@ PyObject *mlpy_tensor_getitem(mlpy_TensorObject *self, PyObject *key) {
     ml_tensor *cur = self->t;
     ml_retain(cur);
     p.nk = PyTuple_GET_SIZE(p.items);
-    p.ndim0 = cur->ndim;
+    p.ndim0 = ml_ndim(cur);
     p.arrs = p.nk <= 8 ? p.arrs_inline : PyMem_Calloc((size_t)p.nk, sizeof *p.arrs);
     PyObject *result = NULL;
     if (!p.arrs) {

@@ -77,7 +77,7 @@ static ml_tensor *as_queries(MemoryObject *self, PyObject *q, const char *what) 
     ml_tensor *t = mlpy_as_ml(q, what);
     if (!t) return NULL;
     int64_t d = ml_memory_key_size(self->mem);
-    if (t->ndim != 2 || t->shape[1] != d) {
+    if (ml_ndim(t) != 2 || ml_shape(t)[1] != d) {
         PyErr_Format(PyExc_ValueError, "%s: expected queries of shape (n, %lld), got %s", what,
                      (long long)d, MLPY_SHAPE_STR(t));
         ml_release(t);
@@ -116,7 +116,7 @@ static PyObject *Memory_query(MemoryObject *self, PyObject *args, PyObject *kw) 
         return NULL;
     ml_tensor *q = as_queries(self, qo, "KnowledgeMemory.query");
     if (!q) return NULL;
-    int64_t n = q->shape[0], p = ml_memory_payload_size(self->mem);
+    int64_t n = ml_shape(q)[0], p = ml_memory_payload_size(self->mem);
     int64_t cap = ml_memory_capacity(self->mem);
     if (k < 1 || k > cap) {
         ml_release(q);
@@ -135,7 +135,7 @@ static PyObject *Memory_query(MemoryObject *self, PyObject *args, PyObject *kw) 
         self->busy++;
         MLPY_CALL(st, n * ml_memory_size(m) * ml_memory_key_size(m),
              (debug_pause(),
-              ml_memory_query(m, n, q->data, k, PyArray_DATA((PyArrayObject *)idx),
+              ml_memory_query(m, n, ml_data(q), k, PyArray_DATA((PyArrayObject *)idx),
                               PyArray_DATA((PyArrayObject *)sim),
                               PyArray_DATA((PyArrayObject *)lab),
                               p ? PyArray_DATA((PyArrayObject *)pay) : NULL)));
@@ -160,7 +160,7 @@ static PyObject *Memory_update(MemoryObject *self, PyObject *args, PyObject *kw)
     const char *what = "KnowledgeMemory.update";
     ml_tensor *q = as_queries(self, qo, what), *pay = NULL;
     if (!q) return NULL;
-    int64_t n = q->shape[0], p = ml_memory_payload_size(self->mem);
+    int64_t n = ml_shape(q)[0], p = ml_memory_payload_size(self->mem);
     PyArrayObject *labels = as_labels(lo, n, what);
     if (!labels) goto fail;
     if (po != Py_None) {
@@ -170,8 +170,8 @@ static PyObject *Memory_update(MemoryObject *self, PyObject *args, PyObject *kw)
             goto fail;
         }
         if (!(pay = mlpy_as_ml(po, what))) goto fail;
-        if (pay->numel != n * p || (pay->ndim != 2 && !(pay->ndim == 1 && n == 1)) ||
-            (pay->ndim == 2 && pay->shape[0] != n)) {
+        if (ml_numel(pay) != n * p || (ml_ndim(pay) != 2 && !(ml_ndim(pay) == 1 && n == 1)) ||
+            (ml_ndim(pay) == 2 && ml_shape(pay)[0] != n)) {
             PyErr_Format(PyExc_ValueError, "%s: expected payloads of shape (%lld, %lld), got %s",
                          what, (long long)n, (long long)p, MLPY_SHAPE_STR(pay));
             goto fail;
@@ -181,7 +181,8 @@ static PyObject *Memory_update(MemoryObject *self, PyObject *args, PyObject *kw)
     ml_memory *m = self->mem;
     self->busy++;
     MLPY_CALL(st, n * ml_memory_size(m) * ml_memory_key_size(m),
-         (debug_pause(), ml_memory_update(m, n, q->data, PyArray_DATA(labels), pay ? pay->data : NULL)));
+              (debug_pause(), ml_memory_update(m, n, ml_data(q), PyArray_DATA(labels),
+                                               pay ? ml_data(pay) : NULL)));
     self->busy--;
     ml_release(q);
     ml_release(pay);
@@ -236,7 +237,7 @@ static PyObject *Memory_loss(MemoryObject *self, PyObject *args, PyObject *kw) {
     const char *what = "KnowledgeMemory.loss";
     ml_tensor *q = as_queries(self, qo, what);
     if (!q) return NULL;
-    int64_t n = q->shape[0];
+    int64_t n = ml_shape(q)[0];
     PyArrayObject *labels = as_labels(lo, n, what);
     if (!labels) {
         ml_release(q);

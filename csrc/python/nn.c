@@ -39,7 +39,8 @@ static int parse_pair(PyObject *obj, int *a, int *b, const char *fn, const char 
         return 0;
     }
 bad:
-    PyErr_Format(PyExc_ValueError, "%s: %s must be an int or a pair of ints, got %R", fn, what, obj);
+    PyErr_Format(PyExc_ValueError, "%s: %s must be an int or a pair of ints, got %R", fn, what,
+                 obj);
     return -1;
 }
 
@@ -49,7 +50,8 @@ static int parse_padding(PyObject *obj, ml_padding *p, const char *fn) {
     else if (s && !strcasecmp(s, "same")) *p = ML_PAD_SAME;
     else {
         if (!PyErr_Occurred())
-            PyErr_Format(PyExc_ValueError, "%s: padding must be 'valid' or 'same', got %R", fn, obj);
+            PyErr_Format(PyExc_ValueError, "%s: padding must be 'valid' or 'same', got %R", fn,
+                         obj);
         return -1;
     }
     return 0;
@@ -73,7 +75,8 @@ static PyObject *nn_conv2d(PyObject *m, PyObject *args, PyObject *kwds) {
     }
     ml_tensor *out = NULL;
     ml_status st;
-    int64_t work = x->numel * (k->ndim == 4 ? k->shape[0] * k->shape[1] * k->shape[3] : 1);
+    const int64_t *ks = ml_shape(k);
+    int64_t work = ml_numel(x) * (ml_ndim(k) == 4 ? ks[0] * ks[1] * ks[3] : 1);
     MLPY_CALL(st, work, ml_conv2d(&out, x, k, b, sh, sw, pad));
     ml_release(x);
     ml_release(k);
@@ -99,7 +102,7 @@ static PyObject *pool(PyObject *args, PyObject *kwds, pool_fn fn, const char *na
     if (!x) return NULL;
     ml_tensor *out = NULL;
     ml_status st;
-    MLPY_CALL(st, x->numel * 2, fn(&out, x, ph, pw, sh, sw, pad));
+    MLPY_CALL(st, ml_numel(x) * 2, fn(&out, x, ph, pw, sh, sw, pad));
     ml_release(x);
     return mlpy_wrap_status(st, &out);
 }
@@ -121,7 +124,7 @@ static PyObject *nn_global_avg_pool2d(PyObject *m, PyObject *args, PyObject *kwd
     if (!x) return NULL;
     ml_tensor *out = NULL;
     ml_status st;
-    MLPY_CALL(st, x->numel, ml_global_avg_pool2d(&out, x, keep));
+    MLPY_CALL(st, ml_numel(x), ml_global_avg_pool2d(&out, x, keep));
     ml_release(x);
     return mlpy_wrap_status(st, &out);
 }
@@ -147,7 +150,8 @@ static PyObject *nn_batch_norm(PyObject *m, PyObject *args, PyObject *kwds) {
         return NULL;
     if (training) {
         /* the moving statistics are updated in place: a converted copy would lose it */
-        if ((mmo != Py_None && !mlpy_Tensor_Check(mmo)) || (mvo != Py_None && !mlpy_Tensor_Check(mvo))) {
+        if ((mmo != Py_None && !mlpy_Tensor_Check(mmo)) ||
+            (mvo != Py_None && !mlpy_Tensor_Check(mvo))) {
             PyErr_SetString(PyExc_TypeError, "batch_norm: in training mode moving_mean and "
                             "moving_variance must be Tensors (they are updated in place) or None");
             return NULL;
@@ -166,8 +170,9 @@ static PyObject *nn_batch_norm(PyObject *m, PyObject *args, PyObject *kwds) {
     ml_tensor *out = NULL;
     ml_status st = ML_OK;
     if (!err)
-        MLPY_CALL(st, x->numel * 4, ml_batch_norm(&out, x, g, b, mm, mv, training, (float)momentum,
-                                             (float)epsilon, axis));
+        MLPY_CALL(st, ml_numel(x) * 4,
+                  ml_batch_norm(&out, x, g, b, mm, mv, training, (float)momentum,
+                                (float)epsilon, axis));
     ml_release(x);
     ml_release(g);
     ml_release(b);
@@ -189,14 +194,17 @@ static PyObject *nn_batch_norm_grouped(PyObject *m, PyObject *args, PyObject *kw
     int err = 0;
     ml_tensor *x = optional(xo, "batch_norm_grouped", &err);
     if (!x && !err) {
-        PyErr_SetString(PyExc_TypeError, "batch_norm_grouped: expected a tensor or an array, got None");
+        PyErr_SetString(PyExc_TypeError,
+                        "batch_norm_grouped: expected a tensor or an array, got None");
         return NULL;
     }
     ml_tensor *g = err ? NULL : optional(go, "batch_norm_grouped", &err);
     ml_tensor *b = err ? NULL : optional(bo, "batch_norm_grouped", &err);
     ml_tensor *out = NULL;
     ml_status st = ML_OK;
-    if (!err) MLPY_CALL(st, x->numel * 4, ml_batch_norm_grouped(&out, x, g, b, (float)epsilon, axis));
+    if (!err)
+        MLPY_CALL(st, ml_numel(x) * 4,
+                  ml_batch_norm_grouped(&out, x, g, b, (float)epsilon, axis));
     ml_release(x);
     ml_release(g);
     ml_release(b);
@@ -215,7 +223,8 @@ PyMethodDef mlpy_nn_methods[] = {
      MLPY_SIG("avg_pool2d", "/, x, pool_size=(2, 2), strides=None, padding='valid'")
      "Average pooling, channels-last; with 'same' only elements inside the input count."},
     {"global_avg_pool2d", MLPY_FN(nn_global_avg_pool2d), MLPY_KW,
-     MLPY_SIG("global_avg_pool2d", "/, x, keepdims=False") "Mean over height and width of (N, H, W, C)."},
+     MLPY_SIG("global_avg_pool2d", "/, x, keepdims=False")
+     "Mean over height and width of (N, H, W, C)."},
     {"batch_norm", MLPY_FN(nn_batch_norm), MLPY_KW,
      MLPY_SIG("batch_norm", "/, x, gamma=None, beta=None, moving_mean=None, moving_variance=None, "
                             "training=False, momentum=0.99, epsilon=0.001, axis=-1")

@@ -27,7 +27,8 @@ static PyObject *mod_as_tensor(PyObject *m, PyObject *obj) {
     if (PyArray_Check(obj)) {
         PyArrayObject *a = (PyArrayObject *)obj;
         if (PyArray_TYPE(a) == NPY_FLOAT32 && PyArray_IS_C_CONTIGUOUS(a) &&
-            PyArray_ISALIGNED(a) && PyArray_ISNOTSWAPPED(a) && PyArray_ISWRITEABLE(a) && PyArray_NDIM(a) <= ML_MAX_DIMS) {
+            PyArray_ISALIGNED(a) && PyArray_ISNOTSWAPPED(a) && PyArray_ISWRITEABLE(a) &&
+            PyArray_NDIM(a) <= ML_MAX_DIMS) {
             int64_t shape[ML_MAX_DIMS];
             for (int i = 0; i < PyArray_NDIM(a); i++) shape[i] = PyArray_DIM(a, i);
             ml_tensor *t = NULL;
@@ -59,9 +60,15 @@ static PyObject *filled(PyObject *args, PyObject *kwds, float value, int has_val
     ml_tensor *out = NULL;
     return mlpy_wrap_status(ml_tensor_full(&out, nd, shape, (float)v), &out);
 }
-static PyObject *mod_zeros(PyObject *m, PyObject *a, PyObject *k) { return filled(a, k, 0, 0, "zeros"); }
-static PyObject *mod_ones(PyObject *m, PyObject *a, PyObject *k) { return filled(a, k, 1, 0, "ones"); }
-static PyObject *mod_full(PyObject *m, PyObject *a, PyObject *k) { return filled(a, k, 0, 1, "full"); }
+static PyObject *mod_zeros(PyObject *m, PyObject *a, PyObject *k) {
+    return filled(a, k, 0, 0, "zeros");
+}
+static PyObject *mod_ones(PyObject *m, PyObject *a, PyObject *k) {
+    return filled(a, k, 1, 0, "ones");
+}
+static PyObject *mod_full(PyObject *m, PyObject *a, PyObject *k) {
+    return filled(a, k, 0, 1, "full");
+}
 
 /* ---- unary and binary ops, driven by tables ---- */
 
@@ -72,7 +79,7 @@ static PyObject *unary(PyObject *x, unary_fn fn, const char *name) {
     if (!t) return NULL;
     ml_tensor *out = NULL;
     ml_status st;
-    MLPY_CALL(st, t->numel * 8, fn(&out, t));
+    MLPY_CALL(st, ml_numel(t) * 8, fn(&out, t));
     ml_release(t);
     return mlpy_wrap_status(st, &out);
 }
@@ -127,7 +134,7 @@ static PyObject *unary_f(PyObject *args, PyObject *kwds, unary_f_fn fn, const ch
     if (!t) return NULL;
     ml_tensor *out = NULL;
     ml_status st;
-    MLPY_CALL(st, t->numel * 8, fn(&out, t, (float)p));
+    MLPY_CALL(st, ml_numel(t) * 8, fn(&out, t, (float)p));
     ml_release(t);
     return mlpy_wrap_status(st, &out);
 }
@@ -170,12 +177,16 @@ static PyObject *mod_softmax_like(PyObject *args, PyObject *kwds, int log) {
     if (!t) return NULL;
     ml_tensor *out = NULL;
     ml_status st;
-    MLPY_CALL(st, t->numel * 8, (log ? ml_log_softmax : ml_softmax)(&out, t, axis));
+    MLPY_CALL(st, ml_numel(t) * 8, (log ? ml_log_softmax : ml_softmax)(&out, t, axis));
     ml_release(t);
     return mlpy_wrap_status(st, &out);
 }
-static PyObject *mod_softmax(PyObject *m, PyObject *a, PyObject *k) { return mod_softmax_like(a, k, 0); }
-static PyObject *mod_log_softmax(PyObject *m, PyObject *a, PyObject *k) { return mod_softmax_like(a, k, 1); }
+static PyObject *mod_softmax(PyObject *m, PyObject *a, PyObject *k) {
+    return mod_softmax_like(a, k, 0);
+}
+static PyObject *mod_log_softmax(PyObject *m, PyObject *a, PyObject *k) {
+    return mod_softmax_like(a, k, 1);
+}
 
 static PyObject *mod_matmul(PyObject *m, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"a", "b", "transpose_a", "transpose_b", NULL};
@@ -190,8 +201,9 @@ static PyObject *mod_matmul(PyObject *m, PyObject *args, PyObject *kwds) {
     }
     ml_tensor *out = NULL;
     ml_status st;
-    int64_t k = ta ? (x->ndim ? x->shape[0] : 0) : (x->ndim ? x->shape[x->ndim - 1] : 0);
-    MLPY_CALL(st, (x->numel + y->numel) * (k > 0 ? k : 1) / 4, ml_matmul(&out, x, y, ta, tb));
+    const int xd = ml_ndim(x);
+    const int64_t k = xd ? ml_shape(x)[ta ? 0 : xd - 1] : 0;
+    MLPY_CALL(st, (ml_numel(x) + ml_numel(y)) * (k > 0 ? k : 1) / 4, ml_matmul(&out, x, y, ta, tb));
     ml_release(x);
     ml_release(y);
     return mlpy_wrap_status(st, &out);
@@ -231,7 +243,8 @@ static PyObject *mod_linear(PyObject *m, PyObject *args, PyObject *kwds) {
     }
     ml_tensor *out = NULL;
     ml_status st;
-    MLPY_CALL(st, x->numel * (w->ndim == 2 ? w->shape[1] : 1) / 4, ml_linear(&out, x, w, b, act));
+    MLPY_CALL(st, ml_numel(x) * (ml_ndim(w) == 2 ? ml_shape(w)[1] : 1) / 4,
+              ml_linear(&out, x, w, b, act));
     ml_release(x);
     ml_release(w);
     ml_release(b);
@@ -248,7 +261,7 @@ static PyObject *mod_reshape(PyObject *m, PyObject *args, PyObject *kwds) {
     int64_t shape[ML_MAX_DIMS];
     ml_tensor *out = NULL;
     ml_status st = ML_OK;
-    if (mlpy_parse_shape(so, &nd, shape, x->numel, "reshape") < 0) {
+    if (mlpy_parse_shape(so, &nd, shape, ml_numel(x), "reshape") < 0) {
         ml_release(x);
         return NULL;
     }
@@ -370,18 +383,19 @@ static PyObject *mod_one_hot(PyObject *m, PyObject *args, PyObject *kwds) {
     return mlpy_wrap_status(st, &out);
 }
 
-#define MOD_REDUCE(pyname, fn, label)                                                               \
-    static PyObject *pyname(PyObject *m, PyObject *args, PyObject *kwds) {                          \
-        static char *kwlist[] = {"x", "axis", "keepdims", NULL};                                    \
-        PyObject *xo, *axis = Py_None;                                                              \
-        int keepdims = 0;                                                                           \
-        if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|Op:" label, kwlist, &xo, &axis, &keepdims)) \
-            return NULL;                                                                            \
-        ml_tensor *x = mlpy_as_ml(xo, label);                                                       \
-        if (!x) return NULL;                                                                        \
-        PyObject *r = mlpy_reduce(x, axis, keepdims, fn, label);                                    \
-        ml_release(x);                                                                              \
-        return r;                                                                                   \
+#define MOD_REDUCE(pyname, fn, label)                                                   \
+    static PyObject *pyname(PyObject *m, PyObject *args, PyObject *kwds) {              \
+        static char *kwlist[] = {"x", "axis", "keepdims", NULL};                        \
+        PyObject *xo, *axis = Py_None;                                                  \
+        int keepdims = 0;                                                               \
+        if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|Op:" label, kwlist, &xo, &axis, \
+                                         &keepdims))                                    \
+            return NULL;                                                                \
+        ml_tensor *x = mlpy_as_ml(xo, label);                                           \
+        if (!x) return NULL;                                                            \
+        PyObject *r = mlpy_reduce(x, axis, keepdims, fn, label);                        \
+        ml_release(x);                                                                  \
+        return r;                                                                       \
     }
 MOD_REDUCE(mod_reduce_sum, ml_sum, "reduce_sum")
 MOD_REDUCE(mod_reduce_mean, ml_mean, "reduce_mean")
@@ -411,7 +425,7 @@ static PyObject *loss_common(PyObject *args, PyObject *kwds, loss_fn fn, const c
     }
     ml_tensor *out = NULL;
     ml_status st;
-    MLPY_CALL(st, p->numel * 8, fn(&out, t, p, from_logits));
+    MLPY_CALL(st, ml_numel(p) * 8, fn(&out, t, p, from_logits));
     ml_release(t);
     ml_release(p);
     return mlpy_wrap_status(st, &out);
@@ -438,7 +452,8 @@ static PyObject *mod_scce(PyObject *m, PyObject *args, PyObject *kwds) {
         ml_tensor *p = mlpy_as_ml(po, "sparse_categorical_crossentropy"), *out = NULL;
         if (!p) return NULL;
         ml_status st;
-        MLPY_CALL(st, p->numel * 8, ml_sparse_categorical_crossentropy_t(&out, MLPY_T(to), p, from_logits));
+        MLPY_CALL(st, ml_numel(p) * 8,
+                  ml_sparse_categorical_crossentropy_t(&out, MLPY_T(to), p, from_logits));
         ml_release(p);
         return mlpy_wrap_status(st, &out);
     }
@@ -448,7 +463,7 @@ static PyObject *mod_scce(PyObject *m, PyObject *args, PyObject *kwds) {
     ml_status st = ML_OK;
     if (p) {
         /* Keras accepts labels shaped (N,) or (N, 1) */
-        MLPY_CALL(st, p->numel * 8,
+        MLPY_CALL(st, ml_numel(p) * 8,
              ml_sparse_categorical_crossentropy(&out, PyArray_SIZE(labels), PyArray_DATA(labels),
                                                 p, from_logits));
     }
@@ -555,7 +570,8 @@ PyMethodDef mlpy_ops_methods[] = {
     {"concat", MLPY_FN(mod_concat), MLPY_KW,
      MLPY_SIG("concat", "/, values, axis=0") "The tensors of values joined along axis."},
     {"narrow", MLPY_FN(mod_narrow), MLPY_KW,
-     MLPY_SIG("narrow", "/, x, axis, start, length") "x[..., start:start + length, ...] along axis."},
+     MLPY_SIG("narrow", "/, x, axis, start, length")
+     "x[..., start:start + length, ...] along axis."},
     {"gather", MLPY_FN(mod_gather), MLPY_KW,
      MLPY_SIG("gather", "/, x, indices, axis=0") "The rows of x along axis picked by indices."},
     {"one_hot", MLPY_FN(mod_one_hot), MLPY_KW,

@@ -41,7 +41,8 @@ static PyObject *mod_Adam(PyObject *m, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"learning_rate", "beta_1", "beta_2", "epsilon", "amsgrad", NULL};
     double lr = 0.001, b1 = 0.9, b2 = 0.999, eps = 1e-7;
     int amsgrad = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|ddddp:Adam", kwlist, &lr, &b1, &b2, &eps, &amsgrad))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|ddddp:Adam", kwlist, &lr, &b1, &b2, &eps,
+                                     &amsgrad))
         return NULL;
     ml_optimizer *opt = NULL;
     ml_status st = ml_adam_new(&opt, (float)lr, (float)b1, (float)b2, (float)eps, amsgrad);
@@ -66,7 +67,7 @@ static PyObject *Optimizer_step(OptimizerObject *self, PyObject *args) {
     }
     ml_status st;
     int64_t work = 0;
-    for (Py_ssize_t i = 0; i < n; i++) work += params[i]->numel;
+    for (Py_ssize_t i = 0; i < n; i++) work += ml_numel(params[i]);
     MLPY_CALL(st, work, ml_optimizer_step(self->opt, (int)n, params, grads));
     if (st) {
         mlpy_raise_status(st);
@@ -132,9 +133,11 @@ static PyObject *Optimizer_get_n_params(OptimizerObject *self, void *c) {
 }
 
 static PyGetSetDef Optimizer_getset[] = {
-    {"learning_rate", (getter)Optimizer_get_lr, (setter)Optimizer_set_lr, "The learning rate.", NULL},
+    {"learning_rate", (getter)Optimizer_get_lr, (setter)Optimizer_set_lr, "The learning rate.",
+     NULL},
     {"iterations", (getter)Optimizer_get_iterations, NULL, "Steps taken.", NULL},
-    {"n_params", (getter)Optimizer_get_n_params, NULL, "Parameters (0 before the first step).", NULL},
+    {"n_params", (getter)Optimizer_get_n_params, NULL, "Parameters (0 before the first step).",
+     NULL},
     {NULL},
 };
 

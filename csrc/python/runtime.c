@@ -25,7 +25,7 @@ static PyObject *mod_get_num_threads(PyObject *m, PyObject *unused) {
  * not the core's line on stderr; named after the module, as no Python frame runs it. */
 int mlpy_runtime_init(PyObject *module) {
     char why[200];
-    if (ml__num_threads_env_warning(why, sizeof why) &&
+    if (ml_num_threads_env_warning(why, sizeof why) &&
         PyErr_WarnExplicit(PyExc_RuntimeWarning, why, "metalearn._core", 0, "metalearn._core",
                            NULL))
         return -1;

@@ -7,10 +7,12 @@
 #include <math.h>
 
 static PyObject *shape_tuple(const ml_tensor *t) {
-    PyObject *tup = PyTuple_New(t->ndim);
+    const int nd = ml_ndim(t);
+    const int64_t *shape = ml_shape(t);
+    PyObject *tup = PyTuple_New(nd);
     if (!tup) return NULL;
-    for (int i = 0; i < t->ndim; i++) {
-        PyObject *v = PyLong_FromLongLong(t->shape[i]);
+    for (int i = 0; i < nd; i++) {
+        PyObject *v = PyLong_FromLongLong(shape[i]);
         if (!v) {
             Py_DECREF(tup);
             return NULL;
@@ -36,7 +38,7 @@ PyObject *mlpy_tensor_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     } else if (!(t = mlpy_as_ml(data, "Tensor"))) {
         return NULL;
     }
-    t->requires_grad = requires_grad;
+    ml_set_requires_grad(t, requires_grad); /* a new leaf: cannot fail */
     mlpy_TensorObject *o = (mlpy_TensorObject *)type->tp_alloc(type, 0);
     if (!o) {
         ml_release(t);
@@ -68,8 +70,8 @@ PyObject *mlpy_binary(PyObject *a, PyObject *b, mlpy_binary_fn fn, const char *n
     }
     ml_tensor *out = NULL;
     ml_status st;
-    int64_t work = ta->numel > tb->numel ? ta->numel : tb->numel;
-    MLPY_CALL(st, work, fn(&out, ta, tb));
+    const int64_t na = ml_numel(ta), nb = ml_numel(tb);
+    MLPY_CALL(st, na > nb ? na : nb, fn(&out, ta, tb));
     ml_release(ta);
     ml_release(tb);
     return mlpy_wrap_status(st, &out);
@@ -135,19 +137,19 @@ static PyObject *nb_pow(PyObject *a, PyObject *b, PyObject *mod) {
 /* NumPy's rule: one element (of any ndim) is its truth value, NaN true; none or several
  * are ambiguous (ValueError, with NumPy's words) */
 static int nb_bool(PyObject *a) {
-    const ml_tensor *t = MLPY_T(a);
-    if (t->numel == 0) {
+    ml_tensor *t = MLPY_T(a);
+    if (ml_numel(t) == 0) {
         PyErr_Format(PyExc_ValueError, "The truth value of an empty tensor is ambiguous "
                      "(shape %s); use t.size > 0 to check that it is not empty",
                      MLPY_SHAPE_STR(t));
         return -1;
     }
-    if (t->numel != 1) {
+    if (ml_numel(t) != 1) {
         PyErr_Format(PyExc_ValueError, "The truth value of a tensor with more than one element "
                      "is ambiguous (shape %s); use np.any(t) or np.all(t)", MLPY_SHAPE_STR(t));
         return -1;
     }
-    return t->data[0] != 0.0f;
+    return ml_data(t)[0] != 0.0f;
 }
 
 /* float(t) and int(t): a one-element tensor of any ndim, as float() always took here, as
@@ -157,13 +159,13 @@ static int nb_bool(PyObject *a) {
  * int() truncates toward zero as int(float) and NumPy's int(np.float32(2.5)) do; NaN and
  * infinities raise ValueError and OverflowError as int(float('nan')) does. */
 static int one_value(PyObject *a, const char *type, double *v) {
-    const ml_tensor *t = MLPY_T(a);
-    if (t->numel != 1) {
+    ml_tensor *t = MLPY_T(a);
+    if (ml_numel(t) != 1) {
         PyErr_Format(PyExc_TypeError, "only a tensor with one element can be converted to a "
                      "Python %s, got shape %s", type, MLPY_SHAPE_STR(t));
         return -1;
     }
-    *v = t->data[0];
+    *v = ml_data(t)[0];
     return 0;
 }
 
@@ -184,13 +186,13 @@ static PyObject *nb_int(PyObject *a) {
  * (labels, class ids). 2.5 or NaN is a TypeError, never a truncation; a one-element tensor
  * of ndim > 0 is refused as NumPy refuses np.array([2]) ("only integer scalar arrays"). */
 static PyObject *nb_index(PyObject *a) {
-    const ml_tensor *t = MLPY_T(a);
-    if (t->ndim != 0) {
+    ml_tensor *t = MLPY_T(a);
+    if (ml_ndim(t) != 0) {
         PyErr_Format(PyExc_TypeError, "only a 0-d tensor with an integral value can be used as "
                      "an integer index, got shape %s", MLPY_SHAPE_STR(t));
         return NULL;
     }
-    const double v = t->data[0];
+    const double v = ml_data(t)[0];
     if (!(fabs(v) < 9.3e18) || floor(v) != v) { /* range first: NaN, inf */
         PyObject *f = PyFloat_FromDouble(v);
         if (f) {
@@ -221,27 +223,28 @@ static PyNumberMethods tensor_as_number = {
 /* ---- buffer protocol: np.asarray(t) shares memory ----
  * An export does not bump the storage's version (the in-place check): an export is not a
  * write, and most exports only read (a loss logged through NumPy before its gradient,
- * metrics, tests comparing values). Bumping on every writable export was tried: np.asarray
- * cost the same (224 ns), but 675 of 2004 tests failed with "modified in place", library
- * paths among them (MetaLearner.fit), so a write through a view goes undetected and the
- * Tensor docstring says so. */
+ * metrics, tests comparing values); bumping on every writable export would make library
+ * paths that read through NumPy (MetaLearner.fit) fail the check. So a write through a
+ * view goes undetected, and the Tensor docstring says so. */
 
 static int Tensor_getbuffer(mlpy_TensorObject *self, Py_buffer *view, int flags) {
     ml_tensor *t = self->t;
+    const int nd = ml_ndim(t);
+    const int64_t *shape = ml_shape(t);
     Py_ssize_t stride = sizeof(float);
-    for (int i = t->ndim - 1; i >= 0; i--) {
-        self->bshape[i] = (Py_ssize_t)t->shape[i];
+    for (int i = nd - 1; i >= 0; i--) {
+        self->bshape[i] = (Py_ssize_t)shape[i];
         self->bstrides[i] = stride;
-        stride *= (Py_ssize_t)t->shape[i];
+        stride *= (Py_ssize_t)shape[i];
     }
-    view->buf = t->data;
+    view->buf = ml_data(t);
     view->obj = (PyObject *)self;
     Py_INCREF(self);
-    view->len = (Py_ssize_t)(t->numel * (int64_t)sizeof(float));
+    view->len = (Py_ssize_t)(ml_numel(t) * (int64_t)sizeof(float));
     view->readonly = 0;
     view->itemsize = sizeof(float);
     view->format = (flags & PyBUF_FORMAT) ? "f" : NULL;
-    view->ndim = t->ndim;
+    view->ndim = nd;
     view->shape = (flags & PyBUF_ND) ? self->bshape : NULL;
     view->strides = (flags & PyBUF_STRIDES) == PyBUF_STRIDES ? self->bstrides : NULL;
     view->suboffsets = NULL;
@@ -255,9 +258,11 @@ static PyBufferProcs tensor_as_buffer = {(getbufferproc)Tensor_getbuffer, NULL};
 
 static PyObject *Tensor_numpy(mlpy_TensorObject *self, PyObject *unused) {
     /* an ndarray over the tensor's memory; it keeps the tensor alive through its base */
+    const int nd = ml_ndim(self->t);
+    const int64_t *shape = ml_shape(self->t);
     npy_intp dims[ML_MAX_DIMS];
-    for (int i = 0; i < self->t->ndim; i++) dims[i] = (npy_intp)self->t->shape[i];
-    PyObject *arr = PyArray_SimpleNewFromData(self->t->ndim, dims, NPY_FLOAT32, self->t->data);
+    for (int i = 0; i < nd; i++) dims[i] = (npy_intp)shape[i];
+    PyObject *arr = PyArray_SimpleNewFromData(nd, dims, NPY_FLOAT32, ml_data(self->t));
     if (!arr) return NULL;
     Py_INCREF(self);
     if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)self) < 0) {
@@ -289,7 +294,9 @@ static PyObject *Tensor_array(mlpy_TensorObject *self, PyObject *args, PyObject 
     return arr;
 }
 
-static PyObject *Tensor_item(mlpy_TensorObject *self, PyObject *unused) { return nb_float((PyObject *)self); }
+static PyObject *Tensor_item(mlpy_TensorObject *self, PyObject *unused) {
+    return nb_float((PyObject *)self);
+}
 
 static PyObject *Tensor_tolist(mlpy_TensorObject *self, PyObject *unused) {
     PyObject *arr = Tensor_numpy(self, NULL);
@@ -308,7 +315,7 @@ static PyObject *Tensor_reshape(mlpy_TensorObject *self, PyObject *args) {
     PyObject *shape_obj = PyTuple_GET_SIZE(args) == 1 ? PyTuple_GET_ITEM(args, 0) : args;
     int nd;
     int64_t shape[ML_MAX_DIMS];
-    if (mlpy_parse_shape(shape_obj, &nd, shape, self->t->numel, "reshape") < 0) return NULL;
+    if (mlpy_parse_shape(shape_obj, &nd, shape, ml_numel(self->t), "reshape") < 0) return NULL;
     ml_tensor *out = NULL;
     return mlpy_wrap_status(ml_reshape(&out, self->t, nd, shape), &out);
 }
@@ -337,7 +344,7 @@ PyObject *mlpy_reduce(ml_tensor *x, PyObject *axis, int keepdims, mlpy_reduce_fn
         return mlpy_wrap(x);
     }
     ml_status st;
-    MLPY_CALL(st, x->numel, fn(&out, x, n, axes, keepdims));
+    MLPY_CALL(st, ml_numel(x), fn(&out, x, n, axes, keepdims));
     return mlpy_wrap_status(st, &out);
 }
 
@@ -374,19 +381,19 @@ TENSOR_REDUCE(Tensor_mean, ml_mean, "mean")
 TENSOR_REDUCE(Tensor_max, ml_max, "max")
 
 static Py_ssize_t Tensor_len(mlpy_TensorObject *self) {
-    if (self->t->ndim == 0) {
+    if (ml_ndim(self->t) == 0) {
         PyErr_SetString(PyExc_TypeError, "len() of a 0-d tensor");
         return -1;
     }
-    return (Py_ssize_t)self->t->shape[0];
+    return (Py_ssize_t)ml_shape(self->t)[0];
 }
 
 static PyObject *Tensor_item_at(mlpy_TensorObject *self, Py_ssize_t i) {
-    if (self->t->ndim == 0) {
+    if (ml_ndim(self->t) == 0) {
         PyErr_SetString(PyExc_TypeError, "iteration over a 0-d tensor");
         return NULL;
     }
-    if (i < 0 || i >= (Py_ssize_t)self->t->shape[0]) {
+    if (i < 0 || i >= (Py_ssize_t)ml_shape(self->t)[0]) {
         PyErr_SetString(PyExc_IndexError, "tensor index out of range");
         return NULL;
     }
@@ -400,7 +407,8 @@ static PyObject *Tensor_item_at(mlpy_TensorObject *self, Py_ssize_t i) {
 static PySequenceMethods tensor_as_sequence = {.sq_length = (lenfunc)Tensor_len,
                                                .sq_item = (ssizeargfunc)Tensor_item_at};
 
-static PyMappingMethods tensor_as_mapping = {(lenfunc)Tensor_len, (binaryfunc)mlpy_tensor_getitem, NULL};
+static PyMappingMethods tensor_as_mapping = {(lenfunc)Tensor_len,
+                                             (binaryfunc)mlpy_tensor_getitem, NULL};
 
 static PyObject *Tensor_repr(mlpy_TensorObject *self) {
     PyObject *arr = Tensor_numpy(self, NULL);
@@ -412,8 +420,9 @@ static PyObject *Tensor_repr(mlpy_TensorObject *self) {
     PyObject *r;
     if (*op)
         r = PyUnicode_FromFormat("<Tensor shape=%s op=%s\n%U>", MLPY_SHAPE_STR(self->t), op, s);
-    else if (self->t->requires_grad)
-        r = PyUnicode_FromFormat("<Tensor shape=%s requires_grad=True\n%U>", MLPY_SHAPE_STR(self->t), s);
+    else if (ml_requires_grad(self->t))
+        r = PyUnicode_FromFormat("<Tensor shape=%s requires_grad=True\n%U>",
+                                 MLPY_SHAPE_STR(self->t), s);
     else
         r = PyUnicode_FromFormat("<Tensor shape=%s\n%U>", MLPY_SHAPE_STR(self->t), s);
     Py_DECREF(s);
@@ -421,15 +430,17 @@ static PyObject *Tensor_repr(mlpy_TensorObject *self) {
 }
 
 static PyObject *Tensor_get_shape(mlpy_TensorObject *self, void *c) { return shape_tuple(self->t); }
-static PyObject *Tensor_get_ndim(mlpy_TensorObject *self, void *c) { return PyLong_FromLong(self->t->ndim); }
+static PyObject *Tensor_get_ndim(mlpy_TensorObject *self, void *c) {
+    return PyLong_FromLong(ml_ndim(self->t));
+}
 static PyObject *Tensor_get_size(mlpy_TensorObject *self, void *c) {
-    return PyLong_FromLongLong(self->t->numel);
+    return PyLong_FromLongLong(ml_numel(self->t));
 }
 static PyObject *Tensor_get_dtype(mlpy_TensorObject *self, void *c) {
     return (PyObject *)PyArray_DescrFromType(NPY_FLOAT32);
 }
 static PyObject *Tensor_get_requires_grad(mlpy_TensorObject *self, void *c) {
-    return PyBool_FromLong(self->t->requires_grad);
+    return PyBool_FromLong(ml_requires_grad(self->t));
 }
 static int Tensor_set_requires_grad(mlpy_TensorObject *self, PyObject *v, void *c) {
     if (!v) {
@@ -466,8 +477,10 @@ static PyGetSetDef Tensor_getset[] = {
     {"dtype", (getter)Tensor_get_dtype, NULL, "Always numpy.float32.", NULL},
     {"requires_grad", (getter)Tensor_get_requires_grad, (setter)Tensor_set_requires_grad,
      "Whether ops on this tensor are recorded for autograd (settable on leaves).", NULL},
-    {"is_leaf", (getter)Tensor_get_is_leaf, NULL, "True when no recorded op made this tensor.", NULL},
-    {"op", (getter)Tensor_get_op, NULL, "Name of the op that made this tensor ('' for a leaf).", NULL},
+    {"is_leaf", (getter)Tensor_get_is_leaf, NULL, "True when no recorded op made this tensor.",
+     NULL},
+    {"op", (getter)Tensor_get_op, NULL, "Name of the op that made this tensor ('' for a leaf).",
+     NULL},
     {"T", (getter)Tensor_get_T, NULL, "The tensor with its dimensions reversed.", NULL},
     {"_version", (getter)Tensor_get_version, NULL, "In-place write counter.", NULL},
     {NULL},

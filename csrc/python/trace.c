@@ -148,7 +148,7 @@ static int must_run_eagerly(ml_tensor *const *ts, Py_ssize_t n) {
     if (!ml_grad_enabled()) return 0;
     if (tapes_recording) return 1;
     for (Py_ssize_t i = 0; i < n; i++)
-        if (ts[i] && ts[i]->requires_grad) return 1;
+        if (ts[i] && ml_requires_grad(ts[i])) return 1;
     return 0;
 }
 
@@ -197,8 +197,12 @@ static PyObject *trace_replay_impl(PyObject *args, int try_only) {
     return r;
 }
 
-static PyObject *mod_trace_replay(PyObject *m, PyObject *args) { return trace_replay_impl(args, 0); }
-static PyObject *mod_trace_try_replay(PyObject *m, PyObject *args) { return trace_replay_impl(args, 1); }
+static PyObject *mod_trace_replay(PyObject *m, PyObject *args) {
+    return trace_replay_impl(args, 0);
+}
+static PyObject *mod_trace_try_replay(PyObject *m, PyObject *args) {
+    return trace_replay_impl(args, 1);
+}
 
 /* trace_replay_many(trace, [inputs per call], n_threads=None) -> [[outputs] per call] */
 static PyObject *mod_trace_replay_many(PyObject *m, PyObject *args) {
@@ -223,7 +227,8 @@ static PyObject *mod_trace_replay_many(PyObject *m, PyObject *args) {
     }
     for (Py_ssize_t c = 0; c < n_calls; c++) {
         Py_ssize_t n;
-        ml_tensor **ts = tensor_seq(PySequence_Fast_GET_ITEM(seq, c), &n, "trace_replay_many", "inputs");
+        ml_tensor **ts =
+            tensor_seq(PySequence_Fast_GET_ITEM(seq, c), &n, "trace_replay_many", "inputs");
         if (!ts) goto done;
         if (n != n_in) {
             mlpy_release_tensors(ts, n);
@@ -293,7 +298,8 @@ PyMethodDef mlpy_trace_methods[] = {
     {"trace_begin", MLPY_FN(mod_trace_begin), METH_O,
      MLPY_SIG("trace_begin", "inputs, /") "Starts recording this thread's ops -> a Trace."},
     {"trace_end", MLPY_FN(mod_trace_end), METH_VARARGS,
-     MLPY_SIG("trace_end", "trace, outputs, /") "Ends the recording (on the thread that began it)."},
+     MLPY_SIG("trace_end", "trace, outputs, /")
+     "Ends the recording (on the thread that began it)."},
     {"trace_abort", MLPY_FN(mod_trace_abort), METH_O,
      MLPY_SIG("trace_abort", "trace, /") "Stops a recording after a failure."},
     {"trace_replay", MLPY_FN(mod_trace_replay), METH_VARARGS,
