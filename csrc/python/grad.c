@@ -37,9 +37,11 @@ static PyObject *mod_grad(PyObject *m, PyObject *args, PyObject *kwds) {
         PyErr_NoMemory();
         goto done;
     }
+    const unsigned flags = (create_graph ? ML_GRAD_CREATE_GRAPH : 0u) |
+                           (allow_unused ? ML_GRAD_ALLOW_UNUSED : 0u);
     ml_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = ml_grad(grads, (int)no, outs, (int)ni, ins, gouts, create_graph, allow_unused);
+    st = ml_grad(grads, (int)no, outs, (int)ni, ins, gouts, flags);
     Py_END_ALLOW_THREADS
     if (st) {
         mlpy_raise_status(st);
