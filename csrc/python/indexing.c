@@ -19,11 +19,12 @@ static int is_bool_scalar(PyObject *k) {
 static ml_status mask_select(ml_tensor **out, ml_tensor *cur, int axis, PyArrayObject *mask,
                              int64_t *count) {
     const int md = PyArray_NDIM(mask);
+    const int64_t *cur_shape = ml_shape(cur);
     for (int d = 0; d < md; d++)
-        if (ml_shape(cur)[axis + d] != (int64_t)PyArray_DIM(mask, d)) {
+        if (cur_shape[axis + d] != (int64_t)PyArray_DIM(mask, d)) {
             PyErr_Format(PyExc_IndexError, "boolean index did not match indexed tensor along "
                          "axis %d; size of axis is %lld but size of corresponding boolean axis "
-                         "is %lld", axis + d, (long long)ml_shape(cur)[axis + d],
+                         "is %lld", axis + d, (long long)cur_shape[axis + d],
                          (long long)PyArray_DIM(mask, d));
             return ML_ERR_VALUE;
         }
@@ -52,9 +53,9 @@ static ml_status mask_select(ml_tensor **out, ml_tensor *cur, int axis, PyArrayO
     /* the mask's dims as one (a view of the same data), then the gather */
     int64_t shape[ML_MAX_DIMS];
     int nd = 0;
-    for (int d = 0; d < ml_ndim(cur); d++) {
-        if (d > axis && d < axis + md) shape[nd - 1] *= ml_shape(cur)[d];
-        else shape[nd++] = ml_shape(cur)[d];
+    for (int d = 0, cur_nd = ml_ndim(cur); d < cur_nd; d++) {
+        if (d > axis && d < axis + md) shape[nd - 1] *= cur_shape[d];
+        else shape[nd++] = cur_shape[d];
     }
     ml_tensor *merged = NULL;
     ml_status st = ml_reshape(&merged, cur, nd, shape);
@@ -280,12 +281,14 @@ static int apply_entry(index_plan *p, Py_ssize_t i, ml_tensor **cur) {
 /* The indexed tensor reshaped to the result's shape; the array's dim moved first when the
  * array and the ints are apart in the key (NumPy's rule for advanced indices). */
 static PyObject *finish(index_plan *p, ml_tensor *cur) {
-    for (int j = p->axis; j < ml_ndim(cur); j++) {
+    const int nd = ml_ndim(cur);
+    const int64_t *shape = ml_shape(cur);
+    for (int j = p->axis; j < nd; j++) {
         if (p->final_nd >= ML_MAX_DIMS) {
             too_many_dims();
             return NULL;
         }
-        p->final_shape[p->final_nd++] = ml_shape(cur)[j];
+        p->final_shape[p->final_nd++] = shape[j];
     }
     ml_tensor *out = NULL;
     ml_status st = ml_reshape(&out, cur, p->final_nd, p->final_shape);
@@ -306,7 +309,14 @@ static PyObject *finish(index_plan *p, ml_tensor *cur) {
 }
 
 PyObject *mlpy_tensor_getitem(mlpy_TensorObject *self, PyObject *key) {
-    index_plan p = {.array_at = -1, .int_lo = -1, .int_hi = -1, .array_dim = -1};
+    /* field by field: final_shape is written before it is read, and zeroing the whole
+     * struct would be a sizeable part of t[0] */
+    index_plan p;
+    p.n_real = p.has_ellipsis = p.final_nd = p.axis = 0;
+    p.array_at = p.int_lo = p.int_hi = -1;
+    p.n_int = 0;
+    p.array_dim = -1;
+    memset(p.arrs_inline, 0, sizeof p.arrs_inline);
     p.items = PyTuple_Check(key) ? (Py_INCREF(key), key) : PyTuple_Pack(1, key);
     if (!p.items) return NULL;
     ml_tensor *cur = self->t;

@@ -134,11 +134,11 @@ static PyObject *Memory_query(MemoryObject *self, PyObject *args, PyObject *kw) 
         ml_memory *m = self->mem;
         self->busy++;
         MLPY_CALL(st, n * ml_memory_size(m) * ml_memory_key_size(m),
-             (debug_pause(),
-              ml_memory_query(m, n, ml_data(q), k, PyArray_DATA((PyArrayObject *)idx),
-                              PyArray_DATA((PyArrayObject *)sim),
-                              PyArray_DATA((PyArrayObject *)lab),
-                              p ? PyArray_DATA((PyArrayObject *)pay) : NULL)));
+                  (debug_pause(),
+                   ml_memory_query(m, n, ml_data(q), k, PyArray_DATA((PyArrayObject *)idx),
+                                   PyArray_DATA((PyArrayObject *)sim),
+                                   PyArray_DATA((PyArrayObject *)lab),
+                                   p ? PyArray_DATA((PyArrayObject *)pay) : NULL)));
         self->busy--;
         if (st) mlpy_raise_status(st);
         else result = PyTuple_Pack(4, idx, sim, lab, pay);

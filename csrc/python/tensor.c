@@ -240,7 +240,7 @@ static int Tensor_getbuffer(mlpy_TensorObject *self, Py_buffer *view, int flags)
     view->buf = ml_data(t);
     view->obj = (PyObject *)self;
     Py_INCREF(self);
-    view->len = (Py_ssize_t)(ml_numel(t) * (int64_t)sizeof(float));
+    view->len = stride; /* the product of the shape, in bytes */
     view->readonly = 0;
     view->itemsize = sizeof(float);
     view->format = (flags & PyBUF_FORMAT) ? "f" : NULL;
