@@ -499,6 +499,29 @@ def test_grad_allow_unused():
         ml.grad(ml.reduce_sum(x * 3.0), [x, z])
 
 
+def test_core_grad_takes_its_flags_by_keyword_or_by_position():
+    # _core.grad(outputs, inputs, grad_outputs=None, create_graph=False, allow_unused=False):
+    # the core takes the flags as one bit set (ML_GRAD_CREATE_GRAPH | ML_GRAD_ALLOW_UNUSED)
+    from metalearn import _core
+
+    x = ml.tensor([1.0, 2.0], requires_grad=True)
+    z = ml.tensor([3.0], requires_grad=True)
+    y = ml.reduce_sum(x * x)
+    by_name = _core.grad(outputs=y, inputs=[x, z], grad_outputs=None, create_graph=True,
+                         allow_unused=True)
+    by_position = _core.grad(y, [x, z], None, True, True)
+    for gx, gz in (by_name, by_position):
+        assert gz is None  # allow_unused
+        np.testing.assert_array_equal(arr(gx), [2.0, 4.0])  # d sum(x^2) / dx = 2x
+        assert gx.requires_grad  # create_graph: differentiable again
+    (h,) = _core.grad(ml.reduce_sum(by_name[0]), x)
+    np.testing.assert_array_equal(arr(h), [2.0, 2.0])  # d sum(2x) / dx
+    (gx,) = _core.grad(y, x, create_graph=False)
+    assert not gx.requires_grad
+    with pytest.raises(ValueError, match="not used"):
+        _core.grad(y, [x, z], allow_unused=False)
+
+
 def test_grad_accepts_single_tensor_and_lists():
     x = ml.tensor(2.0, requires_grad=True)
     y = x * x

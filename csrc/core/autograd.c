@@ -225,8 +225,14 @@ static ml_status accumulate(gslot *slot, ml_tensor *g) {
 }
 
 ml_status ml_grad(ml_tensor **grads, int n_outputs, ml_tensor *const *outputs, int n_inputs,
-                  ml_tensor *const *inputs, ml_tensor *const *grad_outputs, int create_graph,
-                  int allow_unused) {
+                  ml_tensor *const *inputs, ml_tensor *const *grad_outputs, unsigned flags) {
+    const unsigned known = ML_GRAD_CREATE_GRAPH | ML_GRAD_ALLOW_UNUSED;
+    if (flags & ~known)
+        return ml_set_error(ML_ERR_VALUE, "grad: unknown flags 0x%x (known: ML_GRAD_CREATE_GRAPH "
+                            "0x%x, ML_GRAD_ALLOW_UNUSED 0x%x)", flags & ~known,
+                            (unsigned)ML_GRAD_CREATE_GRAPH, (unsigned)ML_GRAD_ALLOW_UNUSED);
+    const int create_graph = (flags & ML_GRAD_CREATE_GRAPH) != 0;
+    const int allow_unused = (flags & ML_GRAD_ALLOW_UNUSED) != 0;
     if (n_outputs < 1 || n_inputs < 1)
         return ml_set_error(ML_ERR_VALUE, "grad needs at least one output and one input");
     for (int j = 0; j < n_inputs; j++) {

@@ -323,9 +323,6 @@ static inline uint64_t ml__get_u64(const uint8_t *p) {
  * rename + fsync of the directory (weights and memory files); special files refused. */
 ml_status ml__write_atomic(const char *path, const void *buf, size_t size);
 
-/* Size above which an op is worth splitting over threads or releasing the GIL for. */
-#define ML_BIG_WORK 32768
-
 /* ---- threads (core/threads.c) ----
  * ml__parallel_for runs fn(ctx, i) for i in [0, n_tasks) over at most max_threads threads
  * (<= 0: ml_get_num_threads()) of a persistent pool; tasks must not depend on which thread
@@ -336,9 +333,5 @@ typedef void (*ml__task_fn)(void *ctx, int64_t i);
 void ml__parallel_for(int64_t n_tasks, int max_threads, ml__task_fn fn, void *ctx);
 int ml__in_parallel(void);
 void ml__set_in_parallel(int on);
-/* When METALEARN_NUM_THREADS holds a value the core refuses and no one has reported it yet:
- * fills `why` (what was refused, what is used), marks it reported, returns 1 (the binding
- * turns it into a Python warning at import; otherwise the core prints it on first use). */
-int ml__num_threads_env_warning(char *why, size_t cap);
 
 #endif /* ML_INTERNAL_H */

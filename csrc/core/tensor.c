@@ -35,6 +35,10 @@ const char *ml__shape_str(char *buf, size_t size, int ndim, const int64_t *shape
     return buf;
 }
 
+const char *ml_shape_str(char *buf, size_t size, int ndim, const int64_t *shape) {
+    return ml__shape_str(buf, size, ndim, shape);
+}
+
 int ml__axis(int axis, int ndim) {
     if (axis < 0) axis += ndim;
     return (axis < 0 || axis >= ndim) ? -1 : axis;

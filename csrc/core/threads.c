@@ -72,7 +72,7 @@ static int env_threads(char *why, size_t cap) {
     return used;
 }
 
-int ml__num_threads_env_warning(char *why, size_t cap) {
+int ml_num_threads_env_warning(char *why, size_t cap) {
     env_threads(why, cap);
     return why[0] && !atomic_exchange(&g_env_warned, 1);
 }

@@ -12,8 +12,8 @@
  *     ml_square(&x2, x);                    // records a graph: x is a leaf that needs grad
  *     ml_mul(&ax2, a, x2);
  *     ml_add(&f, ax2, b);                   // f = 19
- *     ml_grad(&df, 1, &f, 1, &x, NULL, 1, 0);   // create_graph=1: df = 2ax = 12, itself a graph
- *     ml_grad(&d2f, 1, &df, 1, &x, NULL, 0, 0); // d2f = 2a = 4
+ *     ml_grad(&df, 1, &f, 1, &x, NULL, ML_GRAD_CREATE_GRAPH); // df = 2ax = 12, itself a graph
+ *     ml_grad(&d2f, 1, &df, 1, &x, NULL, 0);                  // d2f = 2a = 4
  *
  *     ml_optimizer *opt;
  *     ml_adam_new(&opt, 0.001f, 0.9f, 0.999f, 1e-7f, 0);   // Keras defaults
@@ -30,8 +30,10 @@
  *    is summed back to the input's shape.
  *  - Recording follows grad mode (thread-local, on by default): an op records a node when
  *    grad mode is on and one of its inputs requires grad. Every op's backward is written
- *    with the same differentiable ops, so ml_grad(..., create_graph=1) returns gradients
- *    that can be differentiated again: second-order MAML needs no special case.
+ *    with the same differentiable ops, so ml_grad(..., ML_GRAD_CREATE_GRAPH) returns
+ *    gradients that can be differentiated again: second-order MAML needs no special case.
+ *  - Options are named bit sets (ML_GRAD_CREATE_GRAPH | ML_GRAD_ALLOW_UNUSED), 0 for none;
+ *    an unknown bit is refused (ML_ERR_VALUE).
  */
 #ifndef METALEARN_H
 #define METALEARN_H
@@ -100,6 +102,9 @@ ml_status ml_copy(ml_tensor **out, const ml_tensor *t);
 ml_status ml_assign(ml_tensor *dst, const ml_tensor *src);
 /* Bumped by every in-place write; a graph that saved the tensor checks it in backward. */
 uint64_t ml_version(const ml_tensor *t);
+/* Writes a shape as the error messages do, "(3, 4)" ("(3,)" for one dim, "()" for none),
+ * into buf (size bytes, NUL-terminated) and returns buf. */
+const char *ml_shape_str(char *buf, size_t size, int ndim, const int64_t *shape);
 
 /* ---------------------------------------------------------------- grad mode */
 
@@ -107,12 +112,17 @@ int ml_grad_enabled(void);
 /* Sets grad mode for this thread and returns the previous mode. */
 int ml_set_grad_enabled(int enabled);
 
+/* ml_grad's flags (or them together; 0: neither). */
+typedef enum ml_grad_flags {
+    ML_GRAD_CREATE_GRAPH = 1u << 0, /* record the gradient's computation: differentiable again */
+    ML_GRAD_ALLOW_UNUSED = 1u << 1, /* an input no output reaches gets NULL, not ML_ERR_GRAPH */
+} ml_grad_flags;
+
 /* Gradients of sum_i <grad_outputs[i], outputs[i]> with respect to each input, as
  * torch.autograd.grad. grad_outputs may be NULL when every output is a scalar.
- * grads[j] is NULL (allow_unused) when inputs[j] does not reach any output. */
+ * grads[j] is NULL (ML_GRAD_ALLOW_UNUSED) when inputs[j] does not reach any output. */
 ml_status ml_grad(ml_tensor **grads, int n_outputs, ml_tensor *const *outputs, int n_inputs,
-                  ml_tensor *const *inputs, ml_tensor *const *grad_outputs, int create_graph,
-                  int allow_unused);
+                  ml_tensor *const *inputs, ml_tensor *const *grad_outputs, unsigned flags);
 
 /* ----------------------------------------------------------------------- ops */
 
@@ -309,6 +319,10 @@ ml_status ml_save_tensors(const char *path, int n, const char *const *names,
 ml_status ml_load_tensors(const char *path, int *n_out, char ***names_out,
                           ml_tensor ***tensors_out);
 void ml_free_loaded(int n, char **names, ml_tensor **tensors);
+/* Writes `size` bytes to `path` as weight files are written (a unique temporary file,
+ * fsync'ed, renamed over `path`; links followed, special files refused): readers of `path`
+ * see the old contents or the new, never a part. */
+ml_status ml_write_file(const char *path, const void *data, size_t size);
 uint32_t ml_crc32(uint32_t crc, const void *data, size_t len);
 
 /* -------------------------------------------------------------------- traces */
@@ -356,6 +370,11 @@ const char *ml_kernel_name(void);
  * (METALEARN_NUM_THREADS, else the online CPUs). Results do not depend on it. */
 void ml_set_num_threads(int n);
 int ml_get_num_threads(void);
+/* When METALEARN_NUM_THREADS holds a value the core refuses and no one has reported it yet:
+ * writes what was refused and what is used instead into `why` (cap bytes), marks it
+ * reported and returns 1 (an embedding program reports it its own way: the Python binding
+ * as a warning at import); else 0. Unclaimed, the core prints it on stderr at first use. */
+int ml_num_threads_env_warning(char *why, size_t cap);
 
 /* ---------------------------------------------------------- knowledge memory */
 

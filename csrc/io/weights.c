@@ -215,6 +215,10 @@ done:
     return st;
 }
 
+ml_status ml_write_file(const char *path, const void *data, size_t size) {
+    return ml__write_atomic(path, data, size);
+}
+
 ml_status ml_save_tensors(const char *path, int n, const char *const *names,
                           ml_tensor *const *tensors) {
     if (!path || n < 0 || (n > 0 && (!names || !tensors)))

@@ -53,7 +53,7 @@ static int Memory_init(MemoryObject *self, PyObject *args, PyObject *kw) {
     ml_memory *m = NULL;
     ml_status st = ml_memory_new(&m, capacity, key_size, payload_size, seed);
     if (st) {
-        raise_status(st);
+        mlpy_raise_status(st);
         return -1;
     }
     ml_memory_free(self->mem);
@@ -74,12 +74,12 @@ static int ready(MemoryObject *self) {
 
 /* Queries as an (n, key_size) float32 tensor (a new reference). */
 static ml_tensor *as_queries(MemoryObject *self, PyObject *q, const char *what) {
-    ml_tensor *t = as_ml(q, what);
+    ml_tensor *t = mlpy_as_ml(q, what);
     if (!t) return NULL;
     int64_t d = ml_memory_key_size(self->mem);
-    if (t->ndim != 2 || t->shape[1] != d) {
+    if (ml_ndim(t) != 2 || ml_shape(t)[1] != d) {
         PyErr_Format(PyExc_ValueError, "%s: expected queries of shape (n, %lld), got %s", what,
-                     (long long)d, ML_SHAPE_STR(t));
+                     (long long)d, MLPY_SHAPE_STR(t));
         ml_release(t);
         return NULL;
     }
@@ -88,7 +88,7 @@ static ml_tensor *as_queries(MemoryObject *self, PyObject *q, const char *what) 
 
 /* Labels as int64, one per query. */
 static PyArrayObject *as_labels(PyObject *labels, int64_t n, const char *what) {
-    PyArrayObject *a = to_index_array(labels, what);
+    PyArrayObject *a = mlpy_to_index_array(labels, what);
     if (!a) return NULL;
     if (PyArray_NDIM(a) > 1) {
         PyObject *shape = PyObject_GetAttrString((PyObject *)a, "shape");
@@ -116,7 +116,7 @@ static PyObject *Memory_query(MemoryObject *self, PyObject *args, PyObject *kw) 
         return NULL;
     ml_tensor *q = as_queries(self, qo, "KnowledgeMemory.query");
     if (!q) return NULL;
-    int64_t n = q->shape[0], p = ml_memory_payload_size(self->mem);
+    int64_t n = ml_shape(q)[0], p = ml_memory_payload_size(self->mem);
     int64_t cap = ml_memory_capacity(self->mem);
     if (k < 1 || k > cap) {
         ml_release(q);
@@ -133,14 +133,14 @@ static PyObject *Memory_query(MemoryObject *self, PyObject *args, PyObject *kw) 
         ml_status st;
         ml_memory *m = self->mem;
         self->busy++;
-        CALL(st, n * ml_memory_size(m) * ml_memory_key_size(m),
-             (debug_pause(),
-              ml_memory_query(m, n, q->data, k, PyArray_DATA((PyArrayObject *)idx),
-                              PyArray_DATA((PyArrayObject *)sim),
-                              PyArray_DATA((PyArrayObject *)lab),
-                              p ? PyArray_DATA((PyArrayObject *)pay) : NULL)));
+        MLPY_CALL(st, n * ml_memory_size(m) * ml_memory_key_size(m),
+                  (debug_pause(),
+                   ml_memory_query(m, n, ml_data(q), k, PyArray_DATA((PyArrayObject *)idx),
+                                   PyArray_DATA((PyArrayObject *)sim),
+                                   PyArray_DATA((PyArrayObject *)lab),
+                                   p ? PyArray_DATA((PyArrayObject *)pay) : NULL)));
         self->busy--;
-        if (st) raise_status(st);
+        if (st) mlpy_raise_status(st);
         else result = PyTuple_Pack(4, idx, sim, lab, pay);
     }
     Py_XDECREF(idx);
@@ -160,7 +160,7 @@ static PyObject *Memory_update(MemoryObject *self, PyObject *args, PyObject *kw)
     const char *what = "KnowledgeMemory.update";
     ml_tensor *q = as_queries(self, qo, what), *pay = NULL;
     if (!q) return NULL;
-    int64_t n = q->shape[0], p = ml_memory_payload_size(self->mem);
+    int64_t n = ml_shape(q)[0], p = ml_memory_payload_size(self->mem);
     PyArrayObject *labels = as_labels(lo, n, what);
     if (!labels) goto fail;
     if (po != Py_None) {
@@ -169,24 +169,25 @@ static PyObject *Memory_update(MemoryObject *self, PyObject *args, PyObject *kw)
                          "None", what);
             goto fail;
         }
-        if (!(pay = as_ml(po, what))) goto fail;
-        if (pay->numel != n * p || (pay->ndim != 2 && !(pay->ndim == 1 && n == 1)) ||
-            (pay->ndim == 2 && pay->shape[0] != n)) {
+        if (!(pay = mlpy_as_ml(po, what))) goto fail;
+        if (ml_numel(pay) != n * p || (ml_ndim(pay) != 2 && !(ml_ndim(pay) == 1 && n == 1)) ||
+            (ml_ndim(pay) == 2 && ml_shape(pay)[0] != n)) {
             PyErr_Format(PyExc_ValueError, "%s: expected payloads of shape (%lld, %lld), got %s",
-                         what, (long long)n, (long long)p, ML_SHAPE_STR(pay));
+                         what, (long long)n, (long long)p, MLPY_SHAPE_STR(pay));
             goto fail;
         }
     }
     ml_status st;
     ml_memory *m = self->mem;
     self->busy++;
-    CALL(st, n * ml_memory_size(m) * ml_memory_key_size(m),
-         (debug_pause(), ml_memory_update(m, n, q->data, PyArray_DATA(labels), pay ? pay->data : NULL)));
+    MLPY_CALL(st, n * ml_memory_size(m) * ml_memory_key_size(m),
+              (debug_pause(), ml_memory_update(m, n, ml_data(q), PyArray_DATA(labels),
+                                               pay ? ml_data(pay) : NULL)));
     self->busy--;
     ml_release(q);
     ml_release(pay);
     Py_DECREF(labels);
-    if (st) return raise_status(st);
+    if (st) return mlpy_raise_status(st);
     Py_RETURN_NONE;
 fail:
     ml_release(q);
@@ -210,14 +211,14 @@ static PyObject *Memory_read(MemoryObject *self, PyObject *args, PyObject *kw) {
     int payload = want_payload && ml_memory_payload_size(self->mem) > 0;
     ml_status st = ml_memory_read(payload ? &out : NULL, &w, self->mem, q, k, temperature);
     ml_release(q);
-    if (st) return raise_status(st);
-    PyObject *wo = wrap(w);
+    if (st) return mlpy_raise_status(st);
+    PyObject *wo = mlpy_wrap(w);
     if (!wo) {
         ml_release(out);
         return NULL;
     }
     if (!payload) return Py_BuildValue("(ON)", Py_None, wo);
-    PyObject *oo = wrap(out);
+    PyObject *oo = mlpy_wrap(out);
     if (!oo) {
         Py_DECREF(wo);
         return NULL;
@@ -236,7 +237,7 @@ static PyObject *Memory_loss(MemoryObject *self, PyObject *args, PyObject *kw) {
     const char *what = "KnowledgeMemory.loss";
     ml_tensor *q = as_queries(self, qo, what);
     if (!q) return NULL;
-    int64_t n = q->shape[0];
+    int64_t n = ml_shape(q)[0];
     PyArrayObject *labels = as_labels(lo, n, what);
     if (!labels) {
         ml_release(q);
@@ -246,7 +247,7 @@ static PyObject *Memory_loss(MemoryObject *self, PyObject *args, PyObject *kw) {
     ml_status st = ml_memory_loss(&out, self->mem, q, n, PyArray_DATA(labels), k, margin);
     ml_release(q);
     Py_DECREF(labels);
-    return wrap_status(st, &out);
+    return mlpy_wrap_status(st, &out);
 }
 
 static PyObject *Memory_save(MemoryObject *self, PyObject *arg) {
@@ -261,7 +262,7 @@ static PyObject *Memory_save(MemoryObject *self, PyObject *arg) {
     Py_END_ALLOW_THREADS
     self->busy--;
     Py_DECREF(bytes);
-    if (st) return raise_status(st);
+    if (st) return mlpy_raise_status(st);
     Py_RETURN_NONE;
 }
 
@@ -277,7 +278,7 @@ static PyObject *Memory_load(MemoryObject *self, PyObject *arg) {
     Py_END_ALLOW_THREADS
     self->busy--;
     Py_DECREF(bytes);
-    if (st) return raise_status(st);
+    if (st) return mlpy_raise_status(st);
     Py_RETURN_NONE;
 }
 
@@ -290,7 +291,7 @@ static PyObject *Memory_open(PyObject *cls, PyObject *arg) {
     Py_BEGIN_ALLOW_THREADS st = ml_memory_open(&m, path);
     Py_END_ALLOW_THREADS
     Py_DECREF(bytes);
-    if (st) return raise_status(st);
+    if (st) return mlpy_raise_status(st);
     MemoryObject *o = (MemoryObject *)((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, 0);
     if (!o) {
         ml_memory_free(m);
@@ -303,7 +304,7 @@ static PyObject *Memory_open(PyObject *cls, PyObject *arg) {
 static PyObject *Memory_clear(MemoryObject *self, PyObject *unused) {
     if (!ready(self)) return NULL;
     ml_status st = ml_memory_clear(self->mem);
-    if (st) return raise_status(st);
+    if (st) return mlpy_raise_status(st);
     Py_RETURN_NONE;
 }
 
@@ -324,7 +325,7 @@ static PyObject *Memory_state(MemoryObject *self, PyObject *unused) {
                                      PyArray_DATA((PyArrayObject *)labels),
                                      PyArray_DATA((PyArrayObject *)ages),
                                      dp[1] ? PyArray_DATA((PyArrayObject *)pay) : NULL);
-        if (st) raise_status(st);
+        if (st) mlpy_raise_status(st);
         else result = PyTuple_Pack(4, keys, labels, ages, pay);
     }
     Py_XDECREF(keys);
@@ -361,20 +362,27 @@ static PyGetSetDef Memory_getset[] = {
 };
 
 static PyMethodDef Memory_methods[] = {
-    {"query", (PyCFunction)(void (*)(void))Memory_query, METH_VARARGS | METH_KEYWORDS,
-     "query(q, k=1) -> (indices, similarities, labels, payloads): exact top-k cosine search"},
-    {"update", (PyCFunction)(void (*)(void))Memory_update, METH_VARARGS | METH_KEYWORDS,
-     "update(q, labels, payloads=None): the update rule of Kaiser et al. 2017"},
-    {"read", (PyCFunction)(void (*)(void))Memory_read, METH_VARARGS | METH_KEYWORDS,
-     "read(q, k=1, temperature=1.0, payload=True) -> (payload read or None, weights)"},
-    {"loss", (PyCFunction)(void (*)(void))Memory_loss, METH_VARARGS | METH_KEYWORDS,
-     "loss(q, labels, k=1, margin=0.1) -> per-query memory loss (recorded)"},
-    {"save", (PyCFunction)Memory_save, METH_O, "save(path): checked, atomic"},
-    {"load", (PyCFunction)Memory_load, METH_O, "load(path): checked; unchanged on failure"},
-    {"open", (PyCFunction)Memory_open, METH_O | METH_CLASS, "open(path) -> a new memory"},
-    {"clear", (PyCFunction)Memory_clear, METH_NOARGS, "empties every slot, reseeds"},
-    {"state", (PyCFunction)Memory_state, METH_NOARGS,
-     "state() -> (keys, labels, ages, payloads): copies of every slot"},
+    {"query", MLPY_FN(Memory_query), MLPY_KW,
+     "query($self, /, q, k=1)\n--\n\n"
+     "-> (indices, similarities, labels, payloads): exact top-k cosine search."},
+    {"update", MLPY_FN(Memory_update), MLPY_KW,
+     "update($self, /, q, labels, payloads=None)\n--\n\n"
+     "The update rule of Kaiser et al. 2017, query by query."},
+    {"read", MLPY_FN(Memory_read), MLPY_KW,
+     "read($self, /, q, k=1, temperature=1.0, payload=True)\n--\n\n"
+     "-> (payload read or None, weights): the differentiable soft read (recorded)."},
+    {"loss", MLPY_FN(Memory_loss), MLPY_KW,
+     "loss($self, /, q, labels, k=1, margin=0.1)\n--\n\n"
+     "-> the per-query memory loss (recorded)."},
+    {"save", MLPY_FN(Memory_save), METH_O, "save($self, path, /)\n--\n\nChecked, atomic."},
+    {"load", MLPY_FN(Memory_load), METH_O,
+     "load($self, path, /)\n--\n\nChecked; the memory is unchanged on failure."},
+    {"open", MLPY_FN(Memory_open), METH_O | METH_CLASS,
+     "open($type, path, /)\n--\n\nA new memory with the sizes, contents and stream of a file."},
+    {"clear", MLPY_FN(Memory_clear), METH_NOARGS,
+     "clear($self, /)\n--\n\nEmpties every slot and reseeds the stream."},
+    {"state", MLPY_FN(Memory_state), METH_NOARGS,
+     "state($self, /)\n--\n\n-> (keys, labels, ages, payloads): copies of every slot."},
     {NULL},
 };
 
@@ -388,8 +396,8 @@ static PyTypeObject MemoryType = {
     .tp_basicsize = sizeof(MemoryObject),
     .tp_dealloc = (destructor)Memory_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "KnowledgeMemory(capacity, key_size, payload_size=0, seed=0): the key-value "
-              "memory of Kaiser et al. 2017 (C core)",
+    .tp_doc = "KnowledgeMemory(capacity, key_size, payload_size=0, seed=0)\n--\n\n"
+              "The key-value memory of Kaiser et al. 2017 (C core).",
     .tp_methods = Memory_methods,
     .tp_getset = Memory_getset,
     .tp_as_sequence = &Memory_as_sequence,
@@ -412,16 +420,17 @@ static PyObject *mod_debug_memory_paused(PyObject *m, PyObject *unused) {
     return PyLong_FromLong(__atomic_load_n(&debug_paused, __ATOMIC_RELAXED));
 }
 
-PyMethodDef ml_memory_methods[] = {
-    {"_debug_memory_pause", (PyCFunction)mod_debug_memory_pause, METH_O,
-     "_debug_memory_pause(seconds): tests only. KnowledgeMemory calls that release the GIL "
-     "sleep this long without it (0: off)."},
-    {"_debug_memory_paused", (PyCFunction)mod_debug_memory_paused, METH_NOARGS,
-     "_debug_memory_paused() -> calls sleeping in the test hook now."},
+PyMethodDef mlpy_memory_methods[] = {
+    {"_debug_memory_pause", MLPY_FN(mod_debug_memory_pause), METH_O,
+     MLPY_SIG("_debug_memory_pause", "seconds, /")
+     "Tests only. KnowledgeMemory calls that release the GIL sleep this long without it "
+     "(0: off)."},
+    {"_debug_memory_paused", MLPY_FN(mod_debug_memory_paused), METH_NOARGS,
+     MLPY_SIG("_debug_memory_paused", "/") "Calls sleeping in the test hook now."},
     {NULL},
 };
 
-int ml_memory_init(PyObject *module) {
+int mlpy_memory_init(PyObject *module) {
     if (PyType_Ready(&MemoryType) < 0) return -1;
     return PyModule_AddObjectRef(module, "KnowledgeMemory", (PyObject *)&MemoryType);
 }

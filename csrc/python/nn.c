@@ -39,7 +39,8 @@ static int parse_pair(PyObject *obj, int *a, int *b, const char *fn, const char 
         return 0;
     }
 bad:
-    PyErr_Format(PyExc_ValueError, "%s: %s must be an int or a pair of ints, got %R", fn, what, obj);
+    PyErr_Format(PyExc_ValueError, "%s: %s must be an int or a pair of ints, got %R", fn, what,
+                 obj);
     return -1;
 }
 
@@ -49,7 +50,8 @@ static int parse_padding(PyObject *obj, ml_padding *p, const char *fn) {
     else if (s && !strcasecmp(s, "same")) *p = ML_PAD_SAME;
     else {
         if (!PyErr_Occurred())
-            PyErr_Format(PyExc_ValueError, "%s: padding must be 'valid' or 'same', got %R", fn, obj);
+            PyErr_Format(PyExc_ValueError, "%s: padding must be 'valid' or 'same', got %R", fn,
+                         obj);
         return -1;
     }
     return 0;
@@ -64,8 +66,8 @@ static PyObject *nn_conv2d(PyObject *m, PyObject *args, PyObject *kwds) {
     ml_padding pad = ML_PAD_VALID;
     if (so && so != Py_None && parse_pair(so, &sh, &sw, "conv2d", "strides") < 0) return NULL;
     if (po && parse_padding(po, &pad, "conv2d") < 0) return NULL;
-    ml_tensor *x = as_ml(xo, "conv2d"), *k = x ? as_ml(ko, "conv2d") : NULL, *b = NULL;
-    if (k && bo != Py_None) b = as_ml(bo, "conv2d");
+    ml_tensor *x = mlpy_as_ml(xo, "conv2d"), *k = x ? mlpy_as_ml(ko, "conv2d") : NULL, *b = NULL;
+    if (k && bo != Py_None) b = mlpy_as_ml(bo, "conv2d");
     if (!k || (bo != Py_None && !b)) {
         ml_release(x);
         ml_release(k);
@@ -73,12 +75,13 @@ static PyObject *nn_conv2d(PyObject *m, PyObject *args, PyObject *kwds) {
     }
     ml_tensor *out = NULL;
     ml_status st;
-    int64_t work = x->numel * (k->ndim == 4 ? k->shape[0] * k->shape[1] * k->shape[3] : 1);
-    CALL(st, work, ml_conv2d(&out, x, k, b, sh, sw, pad));
+    const int64_t *ks = ml_shape(k);
+    int64_t work = ml_numel(x) * (ml_ndim(k) == 4 ? ks[0] * ks[1] * ks[3] : 1);
+    MLPY_CALL(st, work, ml_conv2d(&out, x, k, b, sh, sw, pad));
     ml_release(x);
     ml_release(k);
     ml_release(b);
-    return wrap_status(st, &out);
+    return mlpy_wrap_status(st, &out);
 }
 
 typedef ml_status (*pool_fn)(ml_tensor **, ml_tensor *, int, int, int, int, ml_padding);
@@ -95,13 +98,13 @@ static PyObject *pool(PyObject *args, PyObject *kwds, pool_fn fn, const char *na
     sw = pw;
     if (so && so != Py_None && parse_pair(so, &sh, &sw, name, "strides") < 0) return NULL;
     if (po && parse_padding(po, &pad, name) < 0) return NULL;
-    ml_tensor *x = as_ml(xo, name);
+    ml_tensor *x = mlpy_as_ml(xo, name);
     if (!x) return NULL;
     ml_tensor *out = NULL;
     ml_status st;
-    CALL(st, x->numel * 2, fn(&out, x, ph, pw, sh, sw, pad));
+    MLPY_CALL(st, ml_numel(x) * 2, fn(&out, x, ph, pw, sh, sw, pad));
     ml_release(x);
-    return wrap_status(st, &out);
+    return mlpy_wrap_status(st, &out);
 }
 
 static PyObject *nn_max_pool2d(PyObject *m, PyObject *args, PyObject *kwds) {
@@ -117,19 +120,19 @@ static PyObject *nn_global_avg_pool2d(PyObject *m, PyObject *args, PyObject *kwd
     int keep = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p:global_avg_pool2d", kwlist, &xo, &keep))
         return NULL;
-    ml_tensor *x = as_ml(xo, "global_avg_pool2d");
+    ml_tensor *x = mlpy_as_ml(xo, "global_avg_pool2d");
     if (!x) return NULL;
     ml_tensor *out = NULL;
     ml_status st;
-    CALL(st, x->numel, ml_global_avg_pool2d(&out, x, keep));
+    MLPY_CALL(st, ml_numel(x), ml_global_avg_pool2d(&out, x, keep));
     ml_release(x);
-    return wrap_status(st, &out);
+    return mlpy_wrap_status(st, &out);
 }
 
 /* None -> NULL; a Tensor or array-like -> a new reference; *err set on failure. */
 static ml_tensor *optional(PyObject *o, const char *what, int *err) {
     if (!o || o == Py_None) return NULL;
-    ml_tensor *t = as_ml(o, what);
+    ml_tensor *t = mlpy_as_ml(o, what);
     if (!t) *err = 1;
     return t;
 }
@@ -143,11 +146,12 @@ static PyObject *nn_batch_norm(PyObject *m, PyObject *args, PyObject *kwds) {
     /* the axis as every other op reads it: a huge value is a ValueError, not an OverflowError */
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOOOpddO:batch_norm", kwlist, &xo, &go, &bo,
                                      &mmo, &mvo, &training, &momentum, &epsilon, &axis_o) ||
-        axis_arg(axis_o, -1, &axis, "batch_norm") < 0)
+        mlpy_axis_arg(axis_o, -1, &axis, "batch_norm") < 0)
         return NULL;
     if (training) {
         /* the moving statistics are updated in place: a converted copy would lose it */
-        if ((mmo != Py_None && !Tensor_Check(mmo)) || (mvo != Py_None && !Tensor_Check(mvo))) {
+        if ((mmo != Py_None && !mlpy_Tensor_Check(mmo)) ||
+            (mvo != Py_None && !mlpy_Tensor_Check(mvo))) {
             PyErr_SetString(PyExc_TypeError, "batch_norm: in training mode moving_mean and "
                             "moving_variance must be Tensors (they are updated in place) or None");
             return NULL;
@@ -166,15 +170,16 @@ static PyObject *nn_batch_norm(PyObject *m, PyObject *args, PyObject *kwds) {
     ml_tensor *out = NULL;
     ml_status st = ML_OK;
     if (!err)
-        CALL(st, x->numel * 4, ml_batch_norm(&out, x, g, b, mm, mv, training, (float)momentum,
-                                             (float)epsilon, axis));
+        MLPY_CALL(st, ml_numel(x) * 4,
+                  ml_batch_norm(&out, x, g, b, mm, mv, training, (float)momentum,
+                                (float)epsilon, axis));
     ml_release(x);
     ml_release(g);
     ml_release(b);
     ml_release(mm);
     ml_release(mv);
     if (err) return NULL;
-    return wrap_status(st, &out);
+    return mlpy_wrap_status(st, &out);
 }
 
 static PyObject *nn_batch_norm_grouped(PyObject *m, PyObject *args, PyObject *kwds) {
@@ -184,47 +189,49 @@ static PyObject *nn_batch_norm_grouped(PyObject *m, PyObject *args, PyObject *kw
     double epsilon = 1e-3;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOdO:batch_norm_grouped", kwlist, &xo, &go,
                                      &bo, &epsilon, &axis_o) ||
-        axis_arg(axis_o, -1, &axis, "batch_norm_grouped") < 0)
+        mlpy_axis_arg(axis_o, -1, &axis, "batch_norm_grouped") < 0)
         return NULL;
     int err = 0;
     ml_tensor *x = optional(xo, "batch_norm_grouped", &err);
     if (!x && !err) {
-        PyErr_SetString(PyExc_TypeError, "batch_norm_grouped: expected a tensor or an array, got None");
+        PyErr_SetString(PyExc_TypeError,
+                        "batch_norm_grouped: expected a tensor or an array, got None");
         return NULL;
     }
     ml_tensor *g = err ? NULL : optional(go, "batch_norm_grouped", &err);
     ml_tensor *b = err ? NULL : optional(bo, "batch_norm_grouped", &err);
     ml_tensor *out = NULL;
     ml_status st = ML_OK;
-    if (!err) CALL(st, x->numel * 4, ml_batch_norm_grouped(&out, x, g, b, (float)epsilon, axis));
+    if (!err)
+        MLPY_CALL(st, ml_numel(x) * 4,
+                  ml_batch_norm_grouped(&out, x, g, b, (float)epsilon, axis));
     ml_release(x);
     ml_release(g);
     ml_release(b);
     if (err) return NULL;
-    return wrap_status(st, &out);
+    return mlpy_wrap_status(st, &out);
 }
 
-PyMethodDef ml_nn_methods[] = {
-    {"conv2d", (PyCFunction)(void (*)(void))nn_conv2d, METH_VARARGS | METH_KEYWORDS,
-     "conv2d(x, kernel, bias=None, strides=(1, 1), padding='valid')\n--\n\n"
+PyMethodDef mlpy_nn_methods[] = {
+    {"conv2d", MLPY_FN(nn_conv2d), MLPY_KW,
+     MLPY_SIG("conv2d", "/, x, kernel, bias=None, strides=(1, 1), padding='valid'")
      "2-D convolution, channels-last: x (N, H, W, C), kernel (KH, KW, C, F), bias (F,)."},
-    {"max_pool2d", (PyCFunction)(void (*)(void))nn_max_pool2d, METH_VARARGS | METH_KEYWORDS,
-     "max_pool2d(x, pool_size=(2, 2), strides=None, padding='valid')\n--\n\n"
+    {"max_pool2d", MLPY_FN(nn_max_pool2d), MLPY_KW,
+     MLPY_SIG("max_pool2d", "/, x, pool_size=(2, 2), strides=None, padding='valid'")
      "Max pooling, channels-last; strides default to pool_size."},
-    {"avg_pool2d", (PyCFunction)(void (*)(void))nn_avg_pool2d, METH_VARARGS | METH_KEYWORDS,
-     "avg_pool2d(x, pool_size=(2, 2), strides=None, padding='valid')\n--\n\n"
+    {"avg_pool2d", MLPY_FN(nn_avg_pool2d), MLPY_KW,
+     MLPY_SIG("avg_pool2d", "/, x, pool_size=(2, 2), strides=None, padding='valid'")
      "Average pooling, channels-last; with 'same' only elements inside the input count."},
-    {"global_avg_pool2d", (PyCFunction)(void (*)(void))nn_global_avg_pool2d,
-     METH_VARARGS | METH_KEYWORDS,
-     "global_avg_pool2d(x, keepdims=False)\n--\n\nMean over height and width of (N, H, W, C)."},
-    {"batch_norm", (PyCFunction)(void (*)(void))nn_batch_norm, METH_VARARGS | METH_KEYWORDS,
-     "batch_norm(x, gamma, beta, moving_mean, moving_variance, training, momentum=0.99, "
-     "epsilon=1e-3, axis=-1)\n--\n\n"
+    {"global_avg_pool2d", MLPY_FN(nn_global_avg_pool2d), MLPY_KW,
+     MLPY_SIG("global_avg_pool2d", "/, x, keepdims=False")
+     "Mean over height and width of (N, H, W, C)."},
+    {"batch_norm", MLPY_FN(nn_batch_norm), MLPY_KW,
+     MLPY_SIG("batch_norm", "/, x, gamma=None, beta=None, moving_mean=None, moving_variance=None, "
+                            "training=False, momentum=0.99, epsilon=0.001, axis=-1")
      "Batch normalisation as Keras. training=True uses the batch's mean and biased variance "
      "and updates the moving statistics in place (no gradient through that update)."},
-    {"batch_norm_grouped", (PyCFunction)(void (*)(void))nn_batch_norm_grouped,
-     METH_VARARGS | METH_KEYWORDS,
-     "batch_norm_grouped(x, gamma=None, beta=None, epsilon=1e-3, axis=-1)\n--\n\n"
+    {"batch_norm_grouped", MLPY_FN(nn_batch_norm_grouped), MLPY_KW,
+     MLPY_SIG("batch_norm_grouped", "/, x, gamma=None, beta=None, epsilon=0.001, axis=-1")
      "Training-mode batch normalisation of independent groups: x's first axis indexes the "
      "groups (e.g. the tasks of a meta-batch), each normalised with its own batch statistics "
      "and its own gamma[g], beta[g] (shape (groups, channels)). Equals batch_norm on each "

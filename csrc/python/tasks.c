@@ -147,10 +147,10 @@ static PyObject *tasks_sinusoid_batch(PyObject *self, PyObject *args) {
     return Py_BuildValue("(NNNNNN)", out[0], out[1], out[2], out[3], out[4], out[5]);
 }
 
-PyMethodDef ml_tasks_methods[] = {
+PyMethodDef mlpy_tasks_methods[] = {
     {"sinusoid_batch", tasks_sinusoid_batch, METH_VARARGS,
-     "sinusoid_batch(bit_generator, b, k, q, amp_lo, amp_hi, phase_lo, phase_hi, "
-     "x_lo, x_hi)\n--\n\n"
+     MLPY_SIG("sinusoid_batch", "bit_generator, b, k, q, amp_lo, amp_hi, phase_lo, phase_hi, "
+                                "x_lo, x_hi, /")
      "b sinusoid tasks y = amplitude * sin(x - phase), drawn as Generator.uniform would "
      "(amplitudes, phases, then b rows of k + q inputs). Returns float32 arrays "
      "(support_x, support_y (b, k, 1), query_x, query_y (b, q, 1), amplitude, phase (b,)). "

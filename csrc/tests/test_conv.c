@@ -193,7 +193,7 @@ static void test_gradients(int s, ml_padding p) {
 
     ml_tensor *L = loss_graph(x, k, w, s, p);
     ml_tensor *ins[2] = {x, k}, *g[2] = {NULL, NULL};
-    ml_status st = ml_grad(g, 1, &L, 2, ins, NULL, 1, 0);
+    ml_status st = ml_grad(g, 1, &L, 2, ins, NULL, ML_GRAD_CREATE_GRAPH);
     CHECK(st == ML_OK, "grad: %s", ml_last_error());
     if (st) return;
     /* first order against central differences, every element */
@@ -227,7 +227,7 @@ static void test_gradients(int s, ml_padding p) {
     ml_sum(&s1, t1, 0, NULL, 0);
     ml_add(&S, s0, s1);
     ml_tensor *h[2] = {NULL, NULL};
-    st = ml_grad(h, 1, &S, 2, ins, NULL, 0, 0);
+    st = ml_grad(h, 1, &S, 2, ins, NULL, 0);
     CHECK(st == ML_OK, "second-order grad: %s", ml_last_error());
     if (st == ML_OK) {
         worst = 0;
@@ -240,7 +240,7 @@ static void test_gradients(int s, ml_padding p) {
                 for (int sign = 0; sign < 2; sign++) {
                     d[i] = old + (sign ? -eps : eps);
                     ml_tensor *Lp = loss_graph(x, k, w, s, p), *gp[2] = {NULL, NULL};
-                    ml_grad(gp, 1, &Lp, 2, ins, NULL, 0, 0);
+                    ml_grad(gp, 1, &Lp, 2, ins, NULL, 0);
                     double acc = 0;
                     for (int64_t j = 0; j < ml_numel(gp[0]); j++)
                         acc += (double)ml_data(gp[0])[j] * ml_data(vx)[j];
@@ -275,7 +275,7 @@ static void test_pool_grads(void) {
     ml_tensor *y = NULL, *l = NULL, *g = NULL;
     ml_max_pool2d(&y, x, 2, 2, 2, 2, ML_PAD_VALID);
     ml_sum(&l, y, 0, NULL, 0);
-    CHECK(ml_grad(&g, 1, &l, 1, &x, NULL, 0, 0) == ML_OK, "maxpool grad: %s", ml_last_error());
+    CHECK(ml_grad(&g, 1, &l, 1, &x, NULL, 0) == ML_OK, "maxpool grad: %s", ml_last_error());
     CHECK(g && ml_data(g)[0] == 1.0f && ml_data(g)[1] == 0.0f && ml_data(g)[3] == 0.0f,
           "maxpool tie goes to the first max");
     ml_release(y); ml_release(l); ml_release(g); ml_release(x);
@@ -290,7 +290,7 @@ static void test_pool_grads(void) {
     l = NULL;
     ml_sum(&l, wy, 0, NULL, 0);
     g = NULL;
-    ml_grad(&g, 1, &l, 1, &x, NULL, 0, 0);
+    ml_grad(&g, 1, &l, 1, &x, NULL, 0);
     ml_tensor *gx = NULL;
     ml_mul(&gx, g, x);
     double lhs = sum_all(l), rhs = sum_all(gx);
@@ -355,8 +355,8 @@ static void test_batch_norm_grouped(void) {
     ml_tensor *w = randt(3, xs), *yw = NULL;
     ml_mul(&yw, y, w);
     ml_sum(&l, yw, 0, NULL, 0);
-    CHECK(ml_grad(slow, 1, &l, 2, in, NULL, 1, 0) == ML_OK, "grouped grad: %s", ml_last_error());
-    CHECK(ml_grad(fast, 1, &l, 2, in, NULL, 0, 0) == ML_OK, "grouped grad: %s", ml_last_error());
+    CHECK(ml_grad(slow, 1, &l, 2, in, NULL, ML_GRAD_CREATE_GRAPH) == ML_OK, "grouped grad: %s", ml_last_error());
+    CHECK(ml_grad(fast, 1, &l, 2, in, NULL, 0) == ML_OK, "grouped grad: %s", ml_last_error());
     for (int j = 0; j < 2 && slow[j] && fast[j]; j++) {
         double e = 0;
         for (int64_t i = 0; i < ml_numel(slow[j]); i++)

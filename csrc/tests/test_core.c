@@ -49,10 +49,10 @@ static void test_tutorial(void) {
     OK(ml_mul(&ax2, a, x2));
     OK(ml_add(&f, ax2, b));
     CHECK(ml_data(f)[0] == 19.0f, "f = %g", ml_data(f)[0]);
-    OK(ml_grad(&df, 1, &f, 1, &x, NULL, 1, 0));
+    OK(ml_grad(&df, 1, &f, 1, &x, NULL, ML_GRAD_CREATE_GRAPH));
     CHECK(df && ml_data(df)[0] == 12.0f, "df = %g", df ? ml_data(df)[0] : -1);
     CHECK(df && !ml_is_leaf(df), "df under create_graph records a graph");
-    OK(ml_grad(&d2f, 1, &df, 1, &x, NULL, 0, 0));
+    OK(ml_grad(&d2f, 1, &df, 1, &x, NULL, 0));
     CHECK(d2f && ml_data(d2f)[0] == 4.0f, "d2f = %g", d2f ? ml_data(d2f)[0] : -1);
 
     /* one Adam step with Keras' defaults: the first step moves by lr * sign(g) */
@@ -65,7 +65,7 @@ static void test_tutorial(void) {
     CHECK(ml_optimizer_iterations(opt) == 1, "iterations");
     /* x changed in place: a graph that saved it must refuse to backprop */
     ml_tensor *again = NULL;
-    CHECK(ml_grad(&again, 1, &f, 1, &x, NULL, 0, 0) == ML_ERR_GRAPH, "stale graph refused");
+    CHECK(ml_grad(&again, 1, &f, 1, &x, NULL, 0) == ML_ERR_GRAPH, "stale graph refused");
     CHECK(strstr(ml_last_error(), "modified in place") != NULL, "message: %s", ml_last_error());
     ml_optimizer_free(opt);
     ml_release(g);
@@ -79,9 +79,9 @@ static void test_third_order(void) {
     ml_tensor *x = vec(1, &v), *y, *d1 = NULL, *d2 = NULL, *d3 = NULL;
     ml_set_requires_grad(x, 1);
     OK(ml_tanh(&y, x));
-    OK(ml_grad(&d1, 1, &y, 1, &x, NULL, 1, 0));
-    OK(ml_grad(&d2, 1, &d1, 1, &x, NULL, 1, 0));
-    OK(ml_grad(&d3, 1, &d2, 1, &x, NULL, 0, 0));
+    OK(ml_grad(&d1, 1, &y, 1, &x, NULL, ML_GRAD_CREATE_GRAPH));
+    OK(ml_grad(&d2, 1, &d1, 1, &x, NULL, ML_GRAD_CREATE_GRAPH));
+    OK(ml_grad(&d3, 1, &d2, 1, &x, NULL, 0));
     double t = tanh(0.7);
     CHECK(close_to(ml_data(d1)[0], 1 - t * t, 1e-5), "tanh' %g", ml_data(d1)[0]);
     CHECK(close_to(ml_data(d2)[0], -2 * t * (1 - t * t), 1e-5), "tanh'' %g", ml_data(d2)[0]);
@@ -116,7 +116,7 @@ static void test_central_difference(void) {
     OK(ml_matmul(&h, X, W, 0, 0));
     OK(ml_tanh(&a, h));
     OK(ml_sum(&l, a, 0, NULL, 0));
-    OK(ml_grad(&g, 1, &l, 1, &W, NULL, 0, 0));
+    OK(ml_grad(&g, 1, &l, 1, &W, NULL, 0));
     double max_abs = 0;
     for (int i = 0; i < 8; i++) {
         float wp[8], wm[8], eps = 1e-2f;
@@ -140,7 +140,7 @@ static void test_broadcast_grad(void) {
     ml_set_requires_grad(b, 1);
     OK(ml_mul(&y, a, b));
     OK(ml_sum(&l, y, 0, NULL, 0));
-    OK(ml_grad(&gb, 1, &l, 1, &b, NULL, 0, 0));
+    OK(ml_grad(&gb, 1, &l, 1, &b, NULL, 0));
     CHECK(ml_ndim(gb) == 1 && ml_shape(gb)[0] == 3, "grad reduced to the input's shape");
     CHECK(ml_data(gb)[0] == 5 && ml_data(gb)[1] == 7 && ml_data(gb)[2] == 9, "column sums");
     ml_release(a), ml_release(b), ml_release(y), ml_release(l), ml_release(gb);
@@ -168,9 +168,9 @@ static void test_errors(void) {
     CHECK(ml_sum(&out, a, 1, &axis, 0) == ML_ERR_VALUE, "axis out of range");
     int64_t bad_idx[1] = {7};
     CHECK(ml_gather(&out, a, 1, bad_idx, 0) == ML_ERR_VALUE, "index out of range");
-    CHECK(ml_grad(&out, 1, &a, 1, &a, NULL, 0, 0) == ML_ERR_GRAPH, "input without grad");
+    CHECK(ml_grad(&out, 1, &a, 1, &a, NULL, 0) == ML_ERR_GRAPH, "input without grad");
     ml_set_requires_grad(a, 1);
-    CHECK(ml_grad(&out, 1, &a, 1, &a, NULL, 0, 0) == ML_ERR_SHAPE, "non-scalar output");
+    CHECK(ml_grad(&out, 1, &a, 1, &a, NULL, 0) == ML_ERR_SHAPE, "non-scalar output");
     CHECK(out == NULL, "outputs untouched on failure");
     ml_release(a), ml_release(b);
 }
@@ -255,7 +255,7 @@ static void test_long_chain(void) {
         y = next;
     }
     CHECK(ml_data(y)[0] == 100000.0f, "chain value %g", ml_data(y)[0]);
-    OK(ml_grad(&g, 1, &y, 1, &x, NULL, 0, 0));
+    OK(ml_grad(&g, 1, &y, 1, &x, NULL, 0));
     CHECK(g && ml_data(g)[0] == 1.0f, "chain gradient");
     ml_release(g);
     ml_release(y);
@@ -698,7 +698,7 @@ static void test_relu_nan(void) {
     CHECK(o[3] == 0.0f && signbit(o[3]), "relu(-0.0) = -0.0 (NumPy, PyTorch)");
     ml_tensor *sum = NULL;
     OK(ml_sum(&sum, y, 0, NULL, 0));
-    OK(ml_grad(&g, 1, &sum, 1, &x, NULL, 0, 0));
+    OK(ml_grad(&g, 1, &sum, 1, &x, NULL, 0));
     const float want_g[6] = {1, 1, 0, 0, 1, 0}; /* PyTorch 2.13 */
     CHECK(g && !memcmp(ml_data(g), want_g, sizeof want_g), "relu grad at NaN, inf, -inf, -0, 2, -3: "
           "%g %g %g %g %g %g", ml_data(g)[0], ml_data(g)[1], ml_data(g)[2], ml_data(g)[3],
@@ -775,11 +775,11 @@ static void test_zero_gradients(void) {
     OK(ml_sign(&s, x));
     CHECK(ml_requires_grad(s), "sign records");
     OK(ml_sum(&sum, s, 0, NULL, 0));
-    OK(ml_grad(&g, 1, &sum, 1, &x, NULL, 1, 0));
+    OK(ml_grad(&g, 1, &sum, 1, &x, NULL, ML_GRAD_CREATE_GRAPH));
     const float zeros[4] = {0, 0, 0, 0};
     CHECK(g && !memcmp(ml_data(g), zeros, sizeof zeros), "d sum(sign(x)) / dx = 0");
     OK(ml_sum(&gsum, g, 0, NULL, 0));
-    OK(ml_grad(&h, 1, &gsum, 1, &x, NULL, 0, 0));
+    OK(ml_grad(&h, 1, &gsum, 1, &x, NULL, 0));
     CHECK(h && !memcmp(ml_data(h), zeros, sizeof zeros), "second order: 0");
     ml_release(s), ml_release(sum), ml_release(g), ml_release(gsum), ml_release(h);
     /* abs: g sign(x), then 0 */
@@ -787,18 +787,45 @@ static void test_zero_gradients(void) {
     s = sum = g = gsum = h = NULL;
     OK(ml_abs(&a, x));
     OK(ml_sum(&sum, a, 0, NULL, 0));
-    OK(ml_grad(&g, 1, &sum, 1, &x, NULL, 1, 0));
+    OK(ml_grad(&g, 1, &sum, 1, &x, NULL, ML_GRAD_CREATE_GRAPH));
     const float sg[3] = {-1, 0, 1};
     CHECK(g && !memcmp(ml_data(g), sg, sizeof sg), "abs' = sign");
     OK(ml_sum(&gsum, g, 0, NULL, 0));
-    OK(ml_grad(&h, 1, &gsum, 1, &x, NULL, 0, 0));
+    OK(ml_grad(&h, 1, &gsum, 1, &x, NULL, 0));
     CHECK(h && !memcmp(ml_data(h), zeros, sizeof zeros), "abs'' = 0");
     /* an input the output does not depend on is still refused */
     ml_tensor *z = vec(1, v), *both[2] = {x, z}, *gz[2] = {NULL, NULL};
     ml_set_requires_grad(z, 1);
-    CHECK(ml_grad(gz, 1, &sum, 2, both, NULL, 0, 0) == ML_ERR_GRAPH, "unused input refused");
+    CHECK(ml_grad(gz, 1, &sum, 2, both, NULL, 0) == ML_ERR_GRAPH, "unused input refused");
     ml_release(a), ml_release(sum), ml_release(g), ml_release(gsum), ml_release(h);
     ml_release(z), ml_release(x);
+}
+
+/* ml_grad's flags are a bit set: ML_GRAD_ALLOW_UNUSED gives NULL for an input no output
+ * reaches, both flags combine, and an unknown bit is refused with nothing written. */
+static void test_grad_flags(void) {
+    const float v[2] = {1.0f, 2.0f};
+    ml_tensor *x = vec(2, v), *z = vec(1, v), *y = NULL, *sum = NULL;
+    ml_set_requires_grad(x, 1);
+    ml_set_requires_grad(z, 1);
+    OK(ml_mul(&y, x, x));
+    OK(ml_sum(&sum, y, 0, NULL, 0));
+    ml_tensor *both[2] = {x, z}, *g[2] = {NULL, NULL};
+    CHECK(ml_grad(g, 1, &sum, 2, both, NULL, 0) == ML_ERR_GRAPH, "unused input refused");
+    OK(ml_grad(g, 1, &sum, 2, both, NULL, ML_GRAD_ALLOW_UNUSED));
+    CHECK(g[0] && ml_data(g[0])[0] == 2.0f && ml_data(g[0])[1] == 4.0f && !g[1],
+          "allow_unused: d/dx = 2x, NULL for the unused input");
+    CHECK(g[0] && ml_is_leaf(g[0]), "no graph without ML_GRAD_CREATE_GRAPH");
+    ml_release(g[0]);
+    g[0] = NULL;
+    OK(ml_grad(g, 1, &sum, 2, both, NULL, ML_GRAD_CREATE_GRAPH | ML_GRAD_ALLOW_UNUSED));
+    CHECK(g[0] && !ml_is_leaf(g[0]) && !g[1], "both flags: a recorded gradient, NULL unused");
+    ml_release(g[0]);
+    g[0] = NULL;
+    CHECK(ml_grad(g, 1, &sum, 1, &x, NULL, 1u << 5) == ML_ERR_VALUE && !g[0],
+          "an unknown flag is refused, nothing written");
+    CHECK(strstr(ml_last_error(), "unknown flags 0x20") != NULL, "message: %s", ml_last_error());
+    ml_release(y), ml_release(sum), ml_release(x), ml_release(z);
 }
 
 int main(void) {
@@ -819,6 +846,7 @@ int main(void) {
     test_fused_matmul_paths();
     test_relu_nan();
     test_zero_gradients();
+    test_grad_flags();
     printf("test_core: %d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }

@@ -186,7 +186,7 @@ static void test_gradients(int kind) {
     OK(ml_tensor_from_data(&Rt, 1, rshape, R));
     OK(ml_mul(&prod, flat, Rt));
     OK(ml_sum(&L, prod, 0, NULL, 0));
-    OK(ml_grad(&g, 1, &L, 1, &q, NULL, 1, 0));
+    OK(ml_grad(&g, 1, &L, 1, &q, NULL, ML_GRAD_CREATE_GRAPH));
     const double h = 1e-2;
     double max_err = 0, max_g = 0;
     float qp[N * D];
@@ -206,7 +206,7 @@ static void test_gradients(int kind) {
     OK(ml_tensor_from_data(&vt, 2, shape, v));
     OK(ml_mul(&gv, g, vt));
     OK(ml_sum(&S, gv, 0, NULL, 0));
-    OK(ml_grad(&h2, 1, &S, 1, &q, NULL, 0, 0));
+    OK(ml_grad(&h2, 1, &S, 1, &q, NULL, 0));
     max_err = 0;
     max_g = 0;
     for (int i = 0; i < N * D && h2; i++) {
@@ -223,7 +223,7 @@ static void test_gradients(int kind) {
             ml_reshape(&f2, o2, 1, rshape);
             ml_mul(&p2, f2, Rt);
             ml_sum(&L2, p2, 0, NULL, 0);
-            ml_grad(&g2, 1, &L2, 1, &q2, NULL, 0, 0);
+            ml_grad(&g2, 1, &L2, 1, &q2, NULL, 0);
             double s = 0;
             for (int j = 0; j < N * D; j++) s += (double)g2->data[j] * v[j];
             side[sgn] = s;

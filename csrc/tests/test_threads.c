@@ -64,7 +64,7 @@ static void conv_run(int threads, ml_tensor *x, ml_tensor *k, ml_tensor *b, ml_t
     ml_status st = ml_conv2d(&y, x, k, b, 1, 1, ML_PAD_SAME);
     CHECK(st == ML_OK, "conv2d failed");
     ml_tensor *ins[3] = {x, k, b};
-    st = ml_grad(g, 1, &y, 3, ins, &gy, 0, 0);
+    st = ml_grad(g, 1, &y, 3, ins, &gy, 0);
     CHECK(st == ML_OK, "conv2d grad failed");
     ml_tensor *all[4] = {y, g[0], g[1], g[2]};
     for (int i = 0; i < 4; i++) {
@@ -111,7 +111,7 @@ static void pool_unary_case(void) {
         CHECK(ml_max_pool2d(&y, t, 2, 2, 2, 2, ML_PAD_VALID) == ML_OK, "max_pool2d");
         CHECK(ml_exp(&e, y) == ML_OK, "exp");
         CHECK(ml_sum(&s, e, 0, NULL, 0) == ML_OK, "sum");
-        CHECK(ml_grad(&g, 1, &s, 1, &x, NULL, 0, 0) == ML_OK, "grad");
+        CHECK(ml_grad(&g, 1, &s, 1, &x, NULL, 0) == ML_OK, "grad");
         ml_tensor *all[4] = {t, y, e, g};
         for (int i = 0; i < 4; i++) {
             sz[i] = ml_numel(all[i]);

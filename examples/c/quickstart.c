@@ -36,10 +36,10 @@ static int derivatives(void) {
     CHECK(ml_square(&x2, x));                 /* each op records a node of the graph */
     CHECK(ml_mul(&ax2, a, x2));
     CHECK(ml_add(&f, ax2, b));
-    /* create_graph = 1: the gradient is itself a recorded graph, so it can be
+    /* ML_GRAD_CREATE_GRAPH: the gradient is itself a recorded graph, so it can be
      * differentiated again (what second-order MAML needs) */
-    CHECK(ml_grad(&df, 1, &f, 1, &x, NULL, 1, 0));
-    CHECK(ml_grad(&d2f, 1, &df, 1, &x, NULL, 0, 0));
+    CHECK(ml_grad(&df, 1, &f, 1, &x, NULL, ML_GRAD_CREATE_GRAPH));
+    CHECK(ml_grad(&d2f, 1, &df, 1, &x, NULL, 0));
     printf("a = %g, b = %g, x = %g\n", a_val, b_val, x_val);
     printf("f(x) = %g\n", ml_data(f)[0]);     /* a x^2 + b = 19 */
     printf("f'(x) = %g\n", ml_data(df)[0]);   /* 2 a x = 12 */
@@ -83,7 +83,7 @@ static int regression(void) {
         CHECK(ml_linear(&pred, x, w, c, ML_ACT_NONE));          /* x @ w + c */
         CHECK(ml_mean_squared_error(&per_sample, y, pred));     /* (N,) */
         CHECK(ml_mean(&loss, per_sample, 0, NULL, 0));          /* scalar */
-        CHECK(ml_grad(grads, 1, &loss, 2, params, NULL, 0, 0));
+        CHECK(ml_grad(grads, 1, &loss, 2, params, NULL, 0));
         if (epoch == 1 || epoch % 20 == 0)
             printf("epoch %3d loss %.4e\n", epoch, ml_data(loss)[0]);
         CHECK(ml_optimizer_step(opt, 2, params, grads));
