@@ -39,30 +39,19 @@ struct ml_tensor {
     ml_tensor *next_dead; /* intrusive list used while releasing a graph without recursion */
 };
 
-/* One entry per op: its name, its number of tensor inputs (-1: variable), its backward.
+/* One entry per op: its name, its number of tensor inputs (-1: variable), its backward
+ * (NULL for the ops only traces record: ops.def's REPLAY rows).
  * backward(out, gout, gin): gin[i] gets d<gout,out>/d input_i as a new reference, or NULL
  * when input i needs no gradient. It is written with public differentiable ops, so under
  * create_graph the gradient is recorded like any forward computation. */
 typedef ml_status (*ml_backward_fn)(ml_tensor *out, ml_tensor *gout, ml_tensor **gin);
 
+/* Every op a tape node or a trace entry names, in the order of ops/ops.def (its rows
+ * say what each is). The list is the core's vocabulary: a declaration, no code. */
 typedef enum ml_op_id {
-    OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_MAXIMUM, OP_MINIMUM,
-    OP_NEG, OP_SQUARE, OP_SQRT, OP_EXP, OP_LOG, OP_ABS, OP_RELU, OP_SIGMOID, OP_TANH,
-    OP_ERF, OP_GELU, OP_POW_SCALAR, OP_ADD_SCALAR, OP_MUL_SCALAR, OP_LEAKY_RELU, OP_ELU,
-    OP_CLIP, OP_RELU_GRAD,
-    OP_MATMUL, OP_LINEAR,
-    OP_RESHAPE, OP_PERMUTE, OP_BROADCAST_TO, OP_SUM_TO, OP_CONCAT, OP_NARROW, OP_PAD_AXIS,
-    OP_GATHER, OP_SCATTER_ADD, OP_PICK,
-    OP_SUM, OP_MEAN, OP_MAX, OP_SOFTMAX, OP_LOG_SOFTMAX,
-    OP_SOFTMAX_CE, OP_SPARSE_SOFTMAX_CE,
-    /* layer ops (conv.c, pool.c) */
-    OP_CONV2D, OP_CONV2D_INPUT_GRAD, OP_CONV2D_KERNEL_GRAD,
-    OP_MAX_POOL2D, OP_MAX_POOL2D_SCATTER, OP_MAX_POOL2D_GATHER,
-    OP_AVG_POOL2D, OP_AVG_POOL2D_GRAD,
-    OP_BATCH_NORM,
-    /* piecewise-constant ops (elementwise.c): recorded so that a gradient through them is
-     * zeros, not "not used" (as TensorFlow and PyTorch), with no backward work */
-    OP_SIGN, OP_STEP, OP_RANGE_MASK, OP_EQUAL,
+#define ML_OP(ID, name, inputs, grad, form, py, label) OP_##ID,
+#include "../ops/ops.def"
+#undef ML_OP
     OP_COUNT
 } ml_op_id;
 

@@ -146,9 +146,27 @@ static void test_broadcast_grad(void) {
     ml_release(a), ml_release(b), ml_release(y), ml_release(l), ml_release(gb);
 }
 
+/* Every op of ops.def has a row; an op a tape can hold (grad BACKWARD or FLAT) has a
+ * backward, an op only traces record has none; names are unique (traces print them). */
 static void test_op_table(void) {
-    for (int i = 0; i < OP_COUNT; i++)
-        CHECK(ml_op_table[i].name && ml_op_table[i].backward, "op %d has a row", i);
+#define TAPE_BACKWARD 1
+#define TAPE_FLAT 1
+#define TAPE_REPLAY 0
+    static const int on_tape[OP_COUNT] = {
+#define ML_OP(ID, name, inputs, grad, form, py, label) [OP_##ID] = TAPE_##grad,
+#include "../ops/ops.def"
+#undef ML_OP
+    };
+    for (int i = 0; i < OP_COUNT; i++) {
+        CHECK(ml_op_table[i].name && (ml_op_table[i].backward != NULL) == on_tape[i],
+              "op %d has a row", i);
+        int same = 0;
+        for (int j = 0; j < i && ml_op_table[i].name; j++)
+            same += ml_op_table[j].name && !strcmp(ml_op_table[i].name, ml_op_table[j].name);
+        CHECK(!same, "op %d's name is an earlier op's", i);
+    }
+    CHECK(!strcmp(ml_op_table[OP_ADD].name, "add") && ml_op_table[OP_ADD].n_inputs == 2 &&
+          ml_op_table[OP_MATMUL_INTO].backward == NULL, "rows follow ops.def");
 }
 
 /* Bad input: a status and a message, nothing crashes, outputs untouched. */
