@@ -10,7 +10,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def sources():
     found = []
-    for folder in ("core", "ops", "kernels", "optim", "io", "memory", "python"):
+    for folder in ("core", "ops", "trace", "kernels", "optim", "io", "memory", "python"):
         found += sorted(glob.glob(os.path.join("csrc", folder, "*.c")))
     return found
 
