@@ -162,8 +162,8 @@ ml_status ml_minimum(ml_tensor **out, ml_tensor *a, ml_tensor *b) {
 /* relu's backward in one pass, 0 where the relu's output y is 0 (+0 or -0: y <= 0, as
  * y is never below 0) and g elsewhere, NaN included (PyTorch's threshold_backward: an
  * infinite g below zero gives 0, not inf * 0; a NaN activation passes g on, so the NaN
- * reaches the weights' gradients as it reached the loss): was g * step(x), two passes over
- * the activations and a mask tensor, twice per hidden layer in second-order MAML. */
+ * reaches the weights' gradients as it reached the loss). One pass where g * step(x)
+ * would take two and a mask tensor, twice per hidden layer in second-order MAML. */
 ml_status ml__relu_grad(ml_tensor **out, ml_tensor *g, ml_tensor *x) {
     return binary_op(out, g, x, BIN_RELU_GRAD, OP_RELU_GRAD, "relu_grad");
 }
@@ -301,7 +301,7 @@ un_kernel(int k, int64_t n, const float *restrict x, float *restrict o, float p,
     case UN_ADDS: for (int64_t i = 0; i < n; i++) o[i] = x[i] + p; break;
     case UN_MULS: for (int64_t i = 0; i < n; i++) o[i] = x[i] * p; break;
     case UN_LEAKY: for (int64_t i = 0; i < n; i++) o[i] = x[i] > 0 ? x[i] : p * x[i]; break;
-    case UN_ELU: /* expm1: expf(x) - 1 lost ~4 digits near 0 (elu(-1e-4) off by 6e-4) */
+    case UN_ELU: /* expm1: expf(x) - 1 loses ~4 digits near 0 (elu(-1e-4) off by 6e-4) */
         for (int64_t i = 0; i < n; i++) o[i] = x[i] > 0 ? x[i] : p * expm1f(x[i]);
         break;
     case UN_CLIP:
@@ -429,7 +429,7 @@ UNARY_BACKWARD(ml__log_backward, DIV(&s, g, X))
 UNARY_BACKWARD(ml__abs_backward, MUL(&s, g, SIGN(&s, X)))
 /* the mask from relu's output (y == 0 exactly where x <= 0; a NaN passes both): the
  * pre-activation need not stay alive for the backward, and in a trace the add that made
- * it can be fused with the relu (ml__fuse_elementwise) */
+ * it can be fused with the relu (trace/fuse.c) */
 UNARY_BACKWARD(ml__relu_backward, RELU_GRAD(&s, g, out))
 /* sigmoid' = s (1 - s) */
 UNARY_BACKWARD(ml__sigmoid_backward, MUL(&s, g, MUL(&s, out, ADDS(&s, NEG(&s, out), 1.0f))))
@@ -455,7 +455,7 @@ UNARY_BACKWARD(ml__leaky_relu_backward,
                MUL(&s, g, ADDS(&s, MULS(&s, STEP(&s, X, 0.0f), 1.0f - P), P)))
 /* elu' = alpha e^x = out + alpha where x <= 0 (differentiable through out), else 1: +inf
  * and NaN take 1, as in PyTorch's elu_backward (x <= 0 ? ... : g). The branch is selected by
- * relu_grad, not multiplied by a 0/1 mask: 0 * (out + alpha) was NaN at +inf and NaN. */
+ * relu_grad, not multiplied by a 0/1 mask: 0 * (out + alpha) is NaN at +inf and NaN. */
 ml_status ml__elu_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
     ml_scope s = {0};
     ml_tensor *mask = NULL;

@@ -126,6 +126,7 @@ static const fuse_rule rules[] = {
      ml__replay_matmul_into, matmul_into},
 };
 #define N_RULES ((int)(sizeof rules / sizeof rules[0]))
+_Static_assert(OP_COUNT <= 256, "a fused entry keeps its parts' op ids in bytes");
 #define N_PASSES 5
 
 static int form_of(const trace_entry *e) {

@@ -19,10 +19,10 @@ ml_status ml__replay_add_relu(ml_tensor **out, ml_tensor **in, const void *param
 }
 
 /* relu_grad(a + b, m) = (m != 0 ? a + b : 0), a, b and m of one shape. The sum is made by
- * the add's own kernel (binary_range, chunk by chunk into o): a separately compiled a + b
- * may take its operands in the other order, and when both are NaN x86 returns the first
- * one's payload and sign, so only the add's own code gives its bits. Then the mask, in
- * place, on the chunk still in L1. */
+ * the add's own kernel (ml__binary_range_at, chunk by chunk into o): a separately compiled
+ * a + b may take its operands in the other order, and when both are NaN x86 returns the
+ * first one's payload and sign, so only the add's own code gives its bits. Then the mask,
+ * in place, on the chunk still in L1. */
 static inline __attribute__((always_inline)) void relu_grad_mask(const float *restrict m,
                                                                  float *restrict o, int64_t n) {
     for (int64_t i = 0; i < n; i++) {
@@ -89,7 +89,6 @@ ml_status ml__replay_add_relu_grad(ml_tensor **out, ml_tensor **in, const void *
     return ML_OK;
 }
 
-
 /* The fused reader r run as recorded on t, its fused input (released), with its other
  * inputs args: the fallback of a fused replay */
 static ml_status read_recorded(const ml_fused_reader *r, ml_tensor **args, ml_tensor *t,
@@ -106,7 +105,6 @@ static ml_status read_recorded(const ml_fused_reader *r, ml_tensor **args, ml_te
  * copy of a (25, 1, 40) gradient in second-order MAML is never written. in[0] is x, the
  * op's other inputs follow in order; when x would change the op's output shape (it was
  * broadcast past the other operands' shape), x is broadcast first, as recorded. */
-
 ml_status ml__replay_broadcast_into(ml_tensor **out, ml_tensor **in, const void *params) {
     const ml_broadcast_into_params *p = params;
     ml_tensor *args[3];
@@ -188,10 +186,10 @@ static int direct_layout(const ml_tensor *u, int nd, const int64_t *shape, int64
  * one row per batch entry, as a bias or a per-task weight row) and its column o_col (0:
  * one value per row). T's rows of a batch entry are made by the matmul's kernel
  * (ml__sgemm_outer_rows: its multiply, so its bits, NaNs' signs included) into buf, and
- * the op reads them row by row with u's row, without the broadcast walk: that walk cost
+ * the op reads them row by row with u's row, without the broadcast walk: that walk costs
  * ~11 cycles a row of its own, as much as the op on a 40-float row (the fused bias add +
- * relu of MAML's sinusoid forward). The mask, when given, is relu_grad's (relu_grad_mask),
- * row by row. */
+ * relu of MAML's sinusoid forward, benchmarks/run_all.py maml-sin). The mask, when given,
+ * is relu_grad's (relu_grad_mask), row by row. */
 __attribute__((target_clones("avx2", "default"))) static void outer_rows_direct(
     int op, int t_index, const float *a, const float *b, int64_t m_rows, int64_t n,
     const float *od, int64_t o_task, int64_t o_row, int o_col, const float *mask,
@@ -234,9 +232,9 @@ static void outer_part(void *ctx, int64_t part) {
             r = end;
         }
         const int64_t p0 = c * j->n, p1 = ce * j->n;
-        ml__binary_range_at(j->op, j->x, j->t_index == 0 ? buf : j->x->data, j->t_index == 0 ? p0 : 0,
-                        j->y, j->t_index == 1 ? buf : j->y->data, j->t_index == 1 ? p0 : 0,
-                        j->o, j->w, p0, p1);
+        ml__binary_range_at(j->op, j->x, j->t_index == 0 ? buf : j->x->data,
+                            j->t_index == 0 ? p0 : 0, j->y, j->t_index == 1 ? buf : j->y->data,
+                            j->t_index == 1 ? p0 : 0, j->o, j->w, p0, p1);
         if (j->m) relu_grad_mask_inplace(j->m->data + p0, j->o->data + p0, p1 - p0);
     }
 }

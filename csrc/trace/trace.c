@@ -4,11 +4,11 @@
  * entry {op id, replay function, input slots, output slot, parameters} (the recorder,
  * core/record.c). Backward passes are made of the same public ops, so a traced function
  * that calls ml_grad (even with create_graph, as second-order MAML does) is recorded as
- * the flat list of forward, backward and double-backward ops. Tensors used by an entry that no entry made and that are not
- * declared inputs are captured by reference (weights, constants): a replay reads their
- * current values, so in-place weight updates between replays are seen. When recording
- * ends, the fuser (trace/fuse.c) merges pairs of entries into one pass where a rule of its
- * table applies.
+ * the flat list of forward, backward and double-backward ops. Tensors used by an entry
+ * that no entry made and that are not declared inputs are captured by reference
+ * (weights, constants): a replay reads their current values, so in-place weight updates
+ * between replays are seen. When recording ends, the fuser (fuse.c) merges pairs of
+ * entries into one pass where a rule of its table applies.
  *
  * Replays run with grad mode off (nothing is recorded) and free each intermediate after
  * its last use. ml_trace_replay_many runs independent calls (the tasks of a meta-batch)
