@@ -8,7 +8,9 @@ import pytest
 
 from metalearn import _core
 
-OPS_DEF = pathlib.Path(__file__).resolve().parents[1] / "csrc" / "ops" / "ops.def"
+CSRC = pathlib.Path(__file__).resolve().parents[1] / "csrc"
+OPS_DEF = CSRC / "ops" / "ops.def"
+HEADER = (CSRC / "include" / "metalearn.h").read_text()
 
 
 def _rows():
@@ -40,10 +42,12 @@ def test_python_name_is_a_core_function(row):
 @pytest.mark.parametrize("row", [r for r in ROWS if r[4] in ("UNARY", "BINARY")],
                          ids=lambda r: r[1])
 def test_unary_and_binary_rows_run_their_op(row):
-    """What the binding's UNARY_OPS / BINARY_OPS lists hold: _core.<py> makes a tensor
-    recorded as the row's op (Tensor.op is the table's name), and its messages say the
-    row's label."""
+    """What the binding's UNARY_OPS / BINARY_OPS lists hold: ml_<name> in the public
+    header, _core.<py> making a tensor recorded as the row's op (Tensor.op is the table's
+    name), its messages saying the row's label."""
     _, name, _, _, form, py, label = row
+    args = "ml_tensor *x" if form == "UNARY" else "ml_tensor *a, ml_tensor *b"
+    assert f"ml_status ml_{name}(ml_tensor **out, {args});" in HEADER
     fn = getattr(_core, py)
     x = _core.tensor(np.array([[0.5, 2.0]], np.float32), requires_grad=True)
     y = fn(x) if form == "UNARY" else fn(x, x)
