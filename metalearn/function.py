@@ -14,6 +14,9 @@ What a trace sees, like ``tf.function``:
   captured by reference, so in-place updates (an optimizer step) are seen by every replay;
 * Python side effects (appending to a list, printing) happen only while tracing.
 
+``f.describe()`` shows what each signature replays: the trace's entries by op name with
+their shapes, including the pairs of ops the trace fused into one pass.
+
 Task parallelism: ``f.map(calls)`` replays one trace for many argument tuples (the tasks
 of a meta-batch) over ``metalearn.get_num_threads()`` threads. Each call's outputs are its
 own, so summing them in call order gives the same result for any thread count.
