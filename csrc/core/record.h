@@ -12,19 +12,20 @@
  * relu_grad: trace/fuse.c's rules chain at most four). */
 #define ML_TRACE_MAX_PARTS 6
 
-/* One recorded op: inputs and outputs are slots (below). */
+/* One recorded op: inputs and outputs are slots (below). The fields a replay reads come
+ * first, and an entry is one 64-byte cache line on a 64-bit host (a replay walks them). */
 typedef struct trace_entry {
-    ml_op_id op;      /* what it computes (ops.def): the fuser and ml_trace_print read it */
     ml_replay_fn fn;
-    int n_in;
     int32_t *in;      /* slots */
-    int32_t out;      /* slot, or -1 for in-place entries */
     void *params;     /* owned copy */
     size_t params_size;
+    int n_in;
+    int32_t out;      /* slot, or -1 for in-place entries */
     int n_extra;      /* outputs after the first (ml__trace_record_n) */
     int32_t extra[ML_TRACE_MAX_OUT - 1]; /* their slots */
+    ml_op_id op;      /* what it computes (ops.def): the fuser and ml_trace_print read it */
     /* a fused entry (n_parts > 1): the recorded ops it computes, in order */
-    int n_parts;
+    unsigned char n_parts;
     unsigned char parts[ML_TRACE_MAX_PARTS];
 } trace_entry;
 

@@ -196,8 +196,9 @@ static int fuse_entry(ml_trace *tr, trace_entry *e, trace_entry *f, int t_index,
     const int32_t j = (int32_t)(f - tr->entries);
     free(f->in);
     free(f->params);
-    *f = (trace_entry){rule->fused, rule->replay, n_in, in, f->out, p, params_size, 0, {0},
-                       n_parts, {0}};
+    *f = (trace_entry){.fn = rule->replay, .in = in, .params = p, .params_size = params_size,
+                       .n_in = n_in, .out = f->out, .op = rule->fused,
+                       .n_parts = (unsigned char)n_parts};
     memcpy(f->parts, parts, (size_t)n_parts);
     /* e's inputs are now read at j: extend their last use (slot freeing at replay) */
     for (int i = 0; i < e->n_in; i++)
