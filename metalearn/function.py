@@ -14,6 +14,9 @@ What a trace sees, like ``tf.function``:
   captured by reference, so in-place updates (an optimizer step) are seen by every replay;
 * Python side effects (appending to a list, printing) happen only while tracing.
 
+``f.describe()`` shows what each signature replays: the trace's entries by op name with
+their shapes, including the pairs of ops the trace fused into one pass.
+
 Task parallelism: ``f.map(calls)`` replays one trace for many argument tuples (the tasks
 of a meta-batch) over ``metalearn.get_num_threads()`` threads. Each call's outputs are its
 own, so summing them in call order gives the same result for any thread count.
@@ -87,6 +90,24 @@ def _tensor_key(t):
     return ("T", t.shape)
 
 
+def _signature_text(key):
+    """A call signature (the key _split makes) for people: tensor(8, 4), 0.5, lr=0.1."""
+    parts, keyword = [], ""
+    for item in key:
+        if item[0] == "K":
+            keyword = f"{item[1]}="
+            continue
+        if item[0] == "T":
+            text = "tensor(" + ", ".join(str(d) for d in item[1]) + ")"
+        elif item[0] == "seq":
+            text = f"{item[1]} of {item[2]}:"
+        else:
+            text = repr(item[1])
+        parts.append(keyword + text)
+        keyword = ""
+    return " ".join(p if p.endswith(":") else p + "," for p in parts).rstrip(",")
+
+
 def _visit(a, tensors, key):
     """One argument of a traced call: tensors (arrays made tensors) go to `tensors`, the
     signature to `key`. A module-level function on purpose: a recursive closure would be a
@@ -140,6 +161,17 @@ class Function:
     def n_ops(self) -> List[int]:
         """Ops recorded per traced signature."""
         return [_core.trace_n_ops(tr) for tr, _ in self._traces.values()]
+
+    def describe(self) -> str:
+        """What each traced signature replays, as text: a header naming the signature, then
+        its trace's entries in replay order, one a line, by op name with the shapes of
+        their outputs and inputs (``x``: the tensor arguments, ``c``: tensors the function
+        captured, such as weights, ``t``: tensors the trace computes). An entry that runs
+        several recorded ops in one pass says which: ``[fused: matmul + add + relu]``.
+        An entry without ``=`` writes in place (an optimizer step). "" before any call."""
+        n = len(self._traces)
+        return "\n".join(f"signature {i + 1} of {n}: {_signature_text(key)}\n{trace.describe()}"
+                         for i, (key, (trace, _)) in enumerate(self._traces.items()))
 
     # -- calls -----------------------------------------------------------------
     def __call__(self, *args, **kwargs):

@@ -1,4 +1,6 @@
 """metalearn.function: a traced replay equals the eager run, op for op."""
+import re
+
 import numpy as np
 import pytest
 
@@ -398,3 +400,54 @@ def test_batch_norm_gradients_replay_as_one_entry(grouped, wanted):
     traced_x(fresh(0))
     traced(fresh(0))
     assert traced.n_ops()[0] == traced_x.n_ops()[0]
+
+
+def test_describe_lists_a_dense_step_by_op_name_with_shapes_and_fusions():
+    """Function.describe(): per traced signature, its entries in replay order, by op name
+    with their shapes; an entry fused from several recorded ops names them."""
+    rng = np.random.default_rng(11)
+    w = [ml.tensor(rng.standard_normal(s).astype(np.float32), requires_grad=True)
+         for s in ((4, 16), (16,), (16, 3), (3,))]
+    opt = _core.SGD(learning_rate=0.1)
+
+    def step(x, y, lr_scale=1.0):
+        h = ml.relu(ml.matmul(x, w[0]) + w[1])
+        p = ml.matmul(h, w[2]) + w[3]
+        loss = ml.reduce_mean(ml.square(p - y))
+        opt.step(w, ml.grad(loss, w))
+        return loss
+
+    f = ml.function(step)
+    assert f.describe() == ""
+    x = ml.tensor(rng.standard_normal((8, 4)).astype(np.float32))
+    y = ml.tensor(rng.standard_normal((8, 3)).astype(np.float32))
+    f(x, y)
+    lines = f.describe().splitlines()
+    n = f.n_ops()[0]
+    assert lines[:3] == ["signature 1 of 1: tensor(8, 4), tensor(8, 3)",
+                         f"trace: 2 inputs, 1 output, {n} entries",
+                         "inputs: x0 (8, 4), x1 (8, 3)"]
+    entries, last = lines[3:-1], lines[-1]
+    assert len(entries) == n and re.fullmatch(r"outputs: t\d+ \(\)", last)
+    assert [int(e.split()[0]) for e in entries] == list(range(n))
+    ops = [re.search(r"(\w+)\(", e).group(1) for e in entries]
+    # the forward as the step runs it: each product with the bias add (and relu) that
+    # reads it as one entry, then p - y, its square and their mean
+    assert ops[:5] == ["matmul_into", "matmul_into", "sub", "square", "mean"]
+    assert re.fullmatch(r" +0  t\d+ \(8, 16\) = matmul_into\(x0 \(8, 4\), c\d+ \(4, 16\), "
+                        r"c\d+ \(16,\)\)  \[fused: matmul \+ add \+ relu\]", entries[0])
+    assert re.fullmatch(r" +1  t\d+ \(8, 3\) = matmul_into\(t\d+ \(8, 16\), c\d+ \(16, 3\), "
+                        r"c\d+ \(3,\)\)  \[fused: matmul \+ add\]", entries[1])
+    assert re.fullmatch(r" +4  t\d+ \(\) = mean\(t\d+ \(8, 3\)\)", entries[4])
+    # relu's backward reads dL/dh = dL/dp w2^T only: one pass with the product
+    assert sum("[fused: matmul + relu_grad]" in e for e in entries) == 1
+    # the step writes the four weights in place (no output), last
+    assert ops[-1] == "optimizer_step" and " = " not in entries[-1]
+    assert re.search(r"optimizer_step\(c\d+ \(4, 16\), c\d+ \(16,\), c\d+ \(16, 3\), "
+                     r"c\d+ \(3,\), t\d+ \(4, 16\), t\d+ \(16,\), t\d+ \(16, 3\), "
+                     r"t\d+ \(3,\)\)$", entries[-1])
+    # a second signature, by a keyword argument: a block of its own
+    f(x, y, lr_scale=2.0)
+    blocks = f.describe().split("\n\n")
+    assert len(blocks) == 2 and blocks[1].startswith(
+        "signature 2 of 2: tensor(8, 4), tensor(8, 3), lr_scale=2.0\ntrace: 2 inputs")

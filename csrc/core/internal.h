@@ -39,30 +39,19 @@ struct ml_tensor {
     ml_tensor *next_dead; /* intrusive list used while releasing a graph without recursion */
 };
 
-/* One entry per op: its name, its number of tensor inputs (-1: variable), its backward.
+/* One entry per op: its name, its number of tensor inputs (-1: variable), its backward
+ * (NULL for the ops only traces record: ops.def's REPLAY rows).
  * backward(out, gout, gin): gin[i] gets d<gout,out>/d input_i as a new reference, or NULL
  * when input i needs no gradient. It is written with public differentiable ops, so under
  * create_graph the gradient is recorded like any forward computation. */
 typedef ml_status (*ml_backward_fn)(ml_tensor *out, ml_tensor *gout, ml_tensor **gin);
 
+/* Every op a tape node or a trace entry names, in the order of ops/ops.def (its rows
+ * say what each is). The list is the core's vocabulary: a declaration, no code. */
 typedef enum ml_op_id {
-    OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_MAXIMUM, OP_MINIMUM,
-    OP_NEG, OP_SQUARE, OP_SQRT, OP_EXP, OP_LOG, OP_ABS, OP_RELU, OP_SIGMOID, OP_TANH,
-    OP_ERF, OP_GELU, OP_POW_SCALAR, OP_ADD_SCALAR, OP_MUL_SCALAR, OP_LEAKY_RELU, OP_ELU,
-    OP_CLIP, OP_RELU_GRAD,
-    OP_MATMUL, OP_LINEAR,
-    OP_RESHAPE, OP_PERMUTE, OP_BROADCAST_TO, OP_SUM_TO, OP_CONCAT, OP_NARROW, OP_PAD_AXIS,
-    OP_GATHER, OP_SCATTER_ADD, OP_PICK,
-    OP_SUM, OP_MEAN, OP_MAX, OP_SOFTMAX, OP_LOG_SOFTMAX,
-    OP_SOFTMAX_CE, OP_SPARSE_SOFTMAX_CE,
-    /* layer ops (conv.c, pool.c) */
-    OP_CONV2D, OP_CONV2D_INPUT_GRAD, OP_CONV2D_KERNEL_GRAD,
-    OP_MAX_POOL2D, OP_MAX_POOL2D_SCATTER, OP_MAX_POOL2D_GATHER,
-    OP_AVG_POOL2D, OP_AVG_POOL2D_GRAD,
-    OP_BATCH_NORM,
-    /* piecewise-constant ops (elementwise.c): recorded so that a gradient through them is
-     * zeros, not "not used" (as TensorFlow and PyTorch), with no backward work */
-    OP_SIGN, OP_STEP, OP_RANGE_MASK, OP_EQUAL,
+#define ML_OP(ID, name, inputs, grad, form, py, label) OP_##ID,
+#include "../ops/ops.def"
+#undef ML_OP
     OP_COUNT
 } ml_op_id;
 
@@ -241,9 +230,10 @@ ml_status ml__conv2d_input_grad(ml_tensor **out, ml_tensor *g, ml_tensor *k, con
 /* d<g, conv2d(x, k)>/dk: x (N,H,W,C), g (N,OH,OW,F) -> (KH,KW,C,F) */
 ml_status ml__conv2d_kernel_grad(ml_tensor **out, ml_tensor *x, ml_tensor *g, const ml_win2d *geo);
 
-/* ---- tracing (core/trace.c) ----
- * An op that makes a tensor from data calls ML_TRACE after success, with a replay
- * function that recomputes it from the same parameters (copied) and new inputs. */
+/* ---- tracing (the recorder: core/record.c; the trace: trace/) ----
+ * An op that makes a tensor from data calls ML_TRACE after success, with its op id (the
+ * entry's name in ops.def: what the fuser and ml_trace_print read) and a replay function
+ * that recomputes it from the same parameters (copied) and new inputs. */
 typedef ml_status (*ml_replay_fn)(ml_tensor **out, ml_tensor **in, const void *params);
 extern _Thread_local ml_trace *ml__trace_active;
 
@@ -255,38 +245,14 @@ extern _Thread_local const unsigned char *ml__grad_wanted;
 static inline int ml__wants(int i, const ml_tensor *t) {
     return t && t->requires_grad && (!ml__grad_wanted || ml__grad_wanted[i]);
 }
-void ml__trace_record(ml_replay_fn fn, int n_in, ml_tensor *const *in, ml_tensor *out,
-                      const void *params, size_t params_size);
+void ml__trace_record(ml_op_id op, ml_replay_fn fn, int n_in, ml_tensor *const *in,
+                      ml_tensor *out, const void *params, size_t params_size);
 /* An entry with up to ML_TRACE_MAX_OUT outputs: its replay function writes out[0..n_out-1]
  * (one pass that makes several tensors, e.g. a batch norm's three gradients). */
 #define ML_TRACE_MAX_OUT 3
-void ml__trace_record_n(ml_replay_fn fn, int n_in, ml_tensor *const *in, int n_out,
-                        ml_tensor *const *out, const void *params, size_t params_size);
-/* The replay function (and its parameters, at most ML_FUSED_PARAMS bytes) of one pass
- * that computes entry f2 (fn f2, parameters p2 of p2_size bytes) from the inputs of entry
- * f1 and f2's other inputs (n_in2 inputs in all), where f2 reads f1's output at its input
- * t_index and nothing else does; NULL when the pair has no fused form. Same bits as the
- * pair. (ops/elementwise.c) */
-#define ML_FUSED_PARAMS 256
-ml_replay_fn ml__fuse_elementwise(ml_replay_fn f1, const void *p1, ml_replay_fn f2,
-                                  const void *p2, size_t p2_size, int n_in2, int t_index,
-                                  void *params, size_t *params_size);
-/* 1 and the target shape when fn is broadcast_to's replay, else 0. (ops/reduce.c) */
-int ml__broadcast_replay_shape(ml_replay_fn fn, const void *params, int *ndim, int64_t *shape);
-/* When fn is matmul's replay of a product a fused form can take (else 0), what it was when
- * traced, and its transposes: ML_PRODUCT_OUTER, k == 1 (an outer product per batch
- * entry); ML_PRODUCT_GEMM, k > 1 and one GEMM over a's rows (b 2-D, a not transposed).
- * (ops/matmul.c) */
-enum { ML_PRODUCT_OUTER = 1, ML_PRODUCT_GEMM };
-int ml__matmul_replay_kind(ml_replay_fn fn, const void *params, int *ta, int *tb);
-/* 1 and the shape when fn is reshape's replay, else 0. (ops/shape.c) */
-int ml__reshape_replay_shape(ml_replay_fn fn, const void *params, int *ndim, int64_t *shape);
-/* Which pass of a trace's fusion may fuse an entry into its reader: 0 element-wise pairs,
- * 1 an outer product, 2 a broadcast_to, 3 a product (into a reshape or an element-wise
- * op), 4 a product and its reshape (into an element-wise op) (ops/elementwise.c; see
- * fuse_pairs in trace.c). */
-#define ML_FUSE_STAGES 5
-int ml__fuse_stage(ml_replay_fn fn, const void *params);
+void ml__trace_record_n(ml_op_id op, ml_replay_fn fn, int n_in, ml_tensor *const *in,
+                        int n_out, ml_tensor *const *out, const void *params,
+                        size_t params_size);
 /* Serial number the next tensor will get (traces compare against it). */
 uint64_t ml__next_serial(void);
 /* Marks t as a constant: made from values, so a trace may capture it by value. */
@@ -296,9 +262,10 @@ static inline ml_tensor *ml__constant(ml_tensor *t) {
 }
 /* Marks the active trace as failed (its end reports the status). */
 void ml__trace_fail(ml_status st);
-#define ML_TRACE(fn, n, ins, out, params)                                           \
+#define ML_TRACE(op, fn, n, ins, out, params)                                       \
     do {                                                                            \
-        if (ml__trace_active) ml__trace_record((fn), (n), (ins), (out), (params), sizeof *(params)); \
+        if (ml__trace_active)                                                       \
+            ml__trace_record((op), (fn), (n), (ins), (out), (params), sizeof *(params)); \
     } while (0)
 
 /* Little-endian encoding of the file formats (weights, memory), whatever the host. */

@@ -73,9 +73,10 @@ static ml_status replay_rng(ml_tensor **out, ml_tensor **in, const void *p) {
     return ml_rng_truncated_normal(out, r->ndim, r->shape, r->a, r->b);
 }
 static void trace_rng(int kind, ml_tensor *o, float a, float b) {
+    static const ml_op_id rng_ops[3] = {OP_RANDOM_UNIFORM, OP_RANDOM_NORMAL, OP_TRUNCATED_NORMAL};
     rng_params r = {kind, o->ndim, {0}, a, b};
     for (int i = 0; i < o->ndim; i++) r.shape[i] = o->shape[i];
-    ML_TRACE(replay_rng, 0, NULL, o, &r);
+    ML_TRACE(rng_ops[kind], replay_rng, 0, NULL, o, &r);
 }
 
 ml_status ml_rng_uniform(ml_tensor **out, int ndim, const int64_t *shape, float lo, float hi) {

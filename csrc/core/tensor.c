@@ -409,7 +409,7 @@ static ml_status replay_assign(ml_tensor **out, ml_tensor **in, const void *p) {
 ml_status ml_detach(ml_tensor **out, ml_tensor *t) {
     ml_status st = ml__view(out, t, t->ndim, t->shape);
     no_params np = {0};
-    if (st == ML_OK) ML_TRACE(replay_detach, 1, &t, *out, &np);
+    if (st == ML_OK) ML_TRACE(OP_DETACH, replay_detach, 1, &t, *out, &np);
     return st;
 }
 
@@ -428,6 +428,6 @@ ml_status ml_assign(ml_tensor *dst, const ml_tensor *src) {
     dst->storage->version++;
     ml_tensor *ins[2] = {dst, (ml_tensor *)src};
     no_params np = {0};
-    ML_TRACE(replay_assign, 2, ins, NULL, &np);
+    ML_TRACE(OP_ASSIGN, replay_assign, 2, ins, NULL, &np);
     return ML_OK;
 }

@@ -40,6 +40,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -356,6 +357,15 @@ ml_status ml_trace_replay_many(ml_trace *trace, int n_calls, ml_tensor *const *i
 int ml_trace_n_ops(const ml_trace *trace);
 int ml_trace_n_inputs(const ml_trace *trace);
 int ml_trace_n_outputs(const ml_trace *trace);
+/* A finished trace as text, one line per entry in replay order: the op's name, its outputs
+ * and inputs with their shapes (x: the trace's inputs, c: tensors it captured, t: tensors
+ * entries compute), and for an entry fused from several recorded ops, those ops:
+ *    0  t6 (8, 16) = matmul_into(x0 (8, 4), c2 (4, 16), c4 (16,))  [fused: matmul + add + relu]
+ * ml_trace_format writes at most size bytes of it, NUL-terminated, into buf and returns
+ * the text's length, as snprintf does (size 0: only the length); a trace that is not
+ * finished gives "" and 0. ml_trace_print writes it to f. */
+size_t ml_trace_format(const ml_trace *trace, char *buf, size_t size);
+ml_status ml_trace_print(const ml_trace *trace, FILE *f);
 
 /* ------------------------------------------------------------------- kernels */
 

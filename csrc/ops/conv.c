@@ -368,7 +368,7 @@ static ml_status finish(ml_tensor **out, ml_tensor *o, ml_op_id op, int n, ml_te
                         const ml_win2d *g) {
     const conv_params cp = {*g, op};
     /* conv2d always as (x, kernel, bias or NULL) */
-    ML_TRACE(replay_conv, op == OP_CONV2D ? 3 : n, ins, o, &cp);
+    ML_TRACE(op, replay_conv, op == OP_CONV2D ? 3 : n, ins, o, &cp);
     ml_node *node = NULL;
     if (ml__should_record(n, ins)) {
         ml_status st = ml__record(o, op, n, ins, &node);

@@ -88,7 +88,7 @@ static ml_status softmax_ce(ml_tensor **out, ml_tensor *y_true, ml_tensor *logit
         return st;
     }
     no_params np = {0};
-    ML_TRACE(replay_softmax_ce, 2, ins, o, &np);
+    ML_TRACE(OP_SOFTMAX_CE, replay_softmax_ce, 2, ins, o, &np);
     *out = o;
     return ML_OK;
 }
@@ -169,7 +169,7 @@ static ml_status one_hot_t(ml_tensor **out, ml_tensor *labels, int64_t depth) {
     st = ml_one_hot(out, labels->numel, idx, depth);
     free(idx);
     one_hot_params op = {depth};
-    if (st == ML_OK) ML_TRACE(replay_one_hot_t, 1, &labels, *out, &op);
+    if (st == ML_OK) ML_TRACE(OP_ONE_HOT, replay_one_hot_t, 1, &labels, *out, &op);
     return st;
 }
 
@@ -200,7 +200,7 @@ static ml_status sparse_softmax_ce(ml_tensor **out, ml_tensor *labels, ml_tensor
         return st;
     }
     no_params np = {0};
-    ML_TRACE(replay_sparse_softmax_ce, 2, ins, o, &np);
+    ML_TRACE(OP_SPARSE_SOFTMAX_CE, replay_sparse_softmax_ce, 2, ins, o, &np);
     *out = o;
     return ML_OK;
 }

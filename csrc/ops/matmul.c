@@ -3,6 +3,7 @@
 
 #include "../core/internal.h"
 #include "../kernels/gemm.h"
+#include "fusion.h"
 
 #define IN(k) (out->node->inputs[k])
 
@@ -54,20 +55,20 @@ static void batch_part(void *ctx, int64_t part) {
 }
 
 /* outer: the product had k == 1 when traced (an outer product per batch entry), which a
- * trace may compute inside the element-wise op that reads it (ml__fuse_elementwise);
- * gemm: it was one GEMM over a's rows (b 2-D, a not transposed), which may likewise apply
- * an element-wise op as it stores its elements */
+ * trace may compute inside the element-wise op that reads it (trace/fuse.c); gemm: it was
+ * one GEMM over a's rows (b 2-D, a not transposed), which may likewise apply an
+ * element-wise op as it stores its elements */
 typedef struct { int ta, tb, outer, gemm; } matmul_params;
 static ml_status replay_matmul(ml_tensor **out, ml_tensor **in, const void *params) {
     const matmul_params *p = params;
     return ml_matmul(out, in[0], in[1], p->ta, p->tb);
 }
-int ml__matmul_replay_kind(ml_replay_fn fn, const void *params, int *ta, int *tb) {
+/* (fusion.h: the fuser asks an OP_MATMUL entry's parameters) */
+int ml__matmul_traced_form(const void *params, int *ta, int *tb) {
     const matmul_params *p = params;
-    if (fn != replay_matmul || !(p->outer || p->gemm)) return 0;
     *ta = p->ta;
     *tb = p->tb;
-    return p->outer ? ML_PRODUCT_OUTER : ML_PRODUCT_GEMM;
+    return p->outer ? ML_PRODUCT_OUTER : p->gemm ? ML_PRODUCT_GEMM : 0;
 }
 typedef struct { ml_activation act; } linear_params;
 static ml_status replay_linear(ml_tensor **out, ml_tensor **in, const void *params) {
@@ -145,7 +146,7 @@ ml_status ml_matmul(ml_tensor **out, ml_tensor *a, ml_tensor *b, int ta, int tb)
         node->iparams[1] = tb;
     }
     matmul_params mp = {ta, tb, ka == 1, nb == 2 && !ta};
-    ML_TRACE(replay_matmul, 2, ins, o, &mp);
+    ML_TRACE(OP_MATMUL, replay_matmul, 2, ins, o, &mp);
     *out = o;
     return ML_OK;
 }
@@ -240,7 +241,7 @@ ml_status ml_linear(ml_tensor **out, ml_tensor *x, ml_tensor *w, ml_tensor *b,
         node->iparams[0] = act;
     }
     linear_params lp = {act};
-    ML_TRACE(replay_linear, 3, ins, o, &lp);
+    ML_TRACE(OP_LINEAR, replay_linear, 3, ins, o, &lp);
     *out = o;
     return ML_OK;
 }

@@ -281,7 +281,7 @@ static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_te
         node->fparams[0] = eps;
     }
     bn_params bp = {ax, gamma != NULL, beta != NULL, grouped, eps};
-    ML_TRACE(replay_bn, n, ins, o, &bp);
+    ML_TRACE(OP_BATCH_NORM, replay_bn, n, ins, o, &bp);
     *out = o;
     return ML_OK;
 }
@@ -466,7 +466,8 @@ ml_status ml__batch_norm_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin
                 outs[n_out++] = gin[idx[w]];
             }
             if (n_out)
-                ml__trace_record_n(replay_bn_grad, gamma ? 3 : 2, ins, n_out, outs, &gp, sizeof gp);
+                ml__trace_record_n(OP_BATCH_NORM_GRAD, replay_bn_grad, gamma ? 3 : 2, ins, n_out,
+                                   outs, &gp, sizeof gp);
         }
         return st;
     }

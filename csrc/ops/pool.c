@@ -173,7 +173,7 @@ ml_status ml_max_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, i
     int64_t *arg = NULL;
     if ((st = maxpool_geom(&o, &arg, x, &g))) return st;
     const pool_params pp = {g, 0};
-    ML_TRACE(replay_max_pool, 1, &x, o, &pp);
+    ML_TRACE(OP_MAX_POOL2D, replay_max_pool, 1, &x, o, &pp);
     ml_node *node = NULL;
     if (ml__should_record(1, &x)) {
         if ((st = ml__record(o, OP_MAX_POOL2D, 1, &x, &node))) {
@@ -259,7 +259,8 @@ static ml_status index_op(ml_tensor **out, ml_tensor *gin, const ml_node *src, m
     apply_index(&g, idx, n_idx, gin, o, scatter);
     ml_tensor *ins[2] = {gin, x};
     const pool_params pp = {g, scatter};
-    ML_TRACE(replay_pool_index, 2, ins, o, &pp);
+    ML_TRACE(scatter ? OP_MAX_POOL2D_SCATTER : OP_MAX_POOL2D_GATHER, replay_pool_index, 2, ins,
+             o, &pp);
     ml_node *node = NULL;
     if (ml__should_record(1, &gin)) {
         if ((st = ml__record(o, scatter ? OP_MAX_POOL2D_SCATTER : OP_MAX_POOL2D_GATHER, 2, ins,
@@ -344,7 +345,7 @@ static ml_status avg_geom(ml_tensor **out, ml_tensor *x, const ml_win2d *g) {
     if (st) return st;
     avgpool_kernel(g, x->data, o->data, 0);
     const pool_params pp = {*g, 0};
-    ML_TRACE(replay_avg_pool, 1, &x, o, &pp);
+    ML_TRACE(OP_AVG_POOL2D, replay_avg_pool, 1, &x, o, &pp);
     ml_node *node = NULL;
     if (ml__should_record(1, &x)) {
         if ((st = ml__record(o, OP_AVG_POOL2D, 1, &x, &node))) {
@@ -370,7 +371,7 @@ static ml_status avg_grad_geom(ml_tensor **out, ml_tensor *gy, const ml_win2d *g
     memset(o->data, 0, (size_t)o->numel * sizeof(float));
     avgpool_kernel(g, o->data, gy->data, 1);
     const pool_params pp = {*g, 1};
-    ML_TRACE(replay_avg_pool, 1, &gy, o, &pp);
+    ML_TRACE(OP_AVG_POOL2D_GRAD, replay_avg_pool, 1, &gy, o, &pp);
     ml_node *node = NULL;
     if (ml__should_record(1, &gy)) {
         if ((st = ml__record(o, OP_AVG_POOL2D_GRAD, 1, &gy, &node))) {

@@ -232,7 +232,7 @@ static ml_status reduce_op(ml_tensor **out, ml_tensor *x, int n_axes, const int 
     }
     reduce_params rp = {n_axes, {0}, keepdims, kind, op, name};
     for (int i = 0; i < n_axes; i++) rp.axes[i] = axes[i];
-    ML_TRACE(replay_reduce, 1, &x, o, &rp);
+    ML_TRACE(op, replay_reduce, 1, &x, o, &rp);
     *out = o;
     return ML_OK;
 }
@@ -293,14 +293,6 @@ typedef struct { int ndim; int64_t shape[ML_MAX_DIMS]; } shape_params;
 static ml_status replay_broadcast_to(ml_tensor **out, ml_tensor **in, const void *params) {
     const shape_params *s = params;
     return ml_broadcast_to(out, in[0], s->ndim, s->shape);
-}
-/* (declared in internal.h: the trace's fusion pass asks for a broadcast's target shape) */
-int ml__broadcast_replay_shape(ml_replay_fn fn, const void *params, int *ndim, int64_t *shape) {
-    if (fn != replay_broadcast_to) return 0;
-    const shape_params *s = params;
-    *ndim = s->ndim;
-    for (int i = 0; i < s->ndim; i++) shape[i] = s->shape[i];
-    return 1;
 }
 static ml_status replay_sum_to(ml_tensor **out, ml_tensor **in, const void *params) {
     const shape_params *s = params;
@@ -380,7 +372,7 @@ ml_status ml_broadcast_to(ml_tensor **out, ml_tensor *x, int ndim, const int64_t
         return st;
     }
     shape_params sp = make_shape_params(ndim, shape);
-    ML_TRACE(replay_broadcast_to, 1, &x, o, &sp);
+    ML_TRACE(OP_BROADCAST_TO, replay_broadcast_to, 1, &x, o, &sp);
     *out = o;
     return ML_OK;
 }
@@ -426,7 +418,7 @@ ml_status ml_sum_to(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shap
         return st;
     }
     shape_params sp = make_shape_params(ndim, shape);
-    ML_TRACE(replay_sum_to, 1, &x, o, &sp);
+    ML_TRACE(OP_SUM_TO, replay_sum_to, 1, &x, o, &sp);
     *out = o;
     return ML_OK;
 }
@@ -495,7 +487,7 @@ static ml_status softmax_op(ml_tensor **out, ml_tensor *x, int axis, int log) {
         node->iparams[0] = a;
     }
     softmax_params smp = {a, log};
-    ML_TRACE(replay_softmax, 1, &x, o, &smp);
+    ML_TRACE(log ? OP_LOG_SOFTMAX : OP_SOFTMAX, replay_softmax, 1, &x, o, &smp);
     *out = o;
     return ML_OK;
 }

@@ -11,13 +11,6 @@ typedef struct { int ndim; int64_t shape[ML_MAX_DIMS]; } reshape_params;
 static ml_status replay_reshape(ml_tensor **out, ml_tensor **in, const void *p) {
     return ml_reshape(out, in[0], ((const reshape_params *)p)->ndim, ((const reshape_params *)p)->shape);
 }
-int ml__reshape_replay_shape(ml_replay_fn fn, const void *params, int *ndim, int64_t *shape) {
-    if (fn != replay_reshape) return 0;
-    const reshape_params *r = params;
-    *ndim = r->ndim;
-    for (int i = 0; i < r->ndim; i++) shape[i] = r->shape[i];
-    return 1;
-}
 typedef struct { int perm[ML_MAX_DIMS]; } permute_params;
 static ml_status replay_permute(ml_tensor **out, ml_tensor **in, const void *p) {
     return ml_permute(out, in[0], ((const permute_params *)p)->perm);
@@ -48,7 +41,7 @@ static ml_status replay_pick(ml_tensor **out, ml_tensor **in, const void *p) {
     return ml_pick(out, in[0], g->n, g->idx);
 }
 /* records an op whose parameters end in an index list */
-static void trace_indexed(ml_replay_fn fn, ml_tensor *x, ml_tensor *o, int axis, int scatter,
+static void trace_indexed(ml_op_id op, ml_replay_fn fn, ml_tensor *x, ml_tensor *o, int axis, int scatter,
                           int n, int64_t size, const int64_t *idx) {
     if (!ml__trace_active) return;
     size_t bytes = sizeof(index_params) + (size_t)n * sizeof(int64_t);
@@ -62,7 +55,7 @@ static void trace_indexed(ml_replay_fn fn, ml_tensor *x, ml_tensor *o, int axis,
     p->n = n;
     p->size = size;
     if (n) memcpy(p->idx, idx, (size_t)n * sizeof(int64_t));
-    ml__trace_record(fn, 1, &x, o, p, bytes);
+    ml__trace_record(op, fn, 1, &x, o, p, bytes);
     free(p);
 }
 
@@ -86,7 +79,7 @@ ml_status ml_reshape(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *sha
     }
     reshape_params rp = {ndim, {0}};
     for (int i = 0; i < ndim; i++) rp.shape[i] = shape[i];
-    ML_TRACE(replay_reshape, 1, &x, o, &rp);
+    ML_TRACE(OP_RESHAPE, replay_reshape, 1, &x, o, &rp);
     *out = o;
     return ML_OK;
 }
@@ -167,7 +160,7 @@ ml_status ml_permute(ml_tensor **out, ml_tensor *x, const int *perm) {
     }
     permute_params pp;
     for (int d = 0; d < nd; d++) pp.perm[d] = p[d];
-    ML_TRACE(replay_permute, 1, &x, o, &pp);
+    ML_TRACE(OP_PERMUTE, replay_permute, 1, &x, o, &pp);
     *out = o;
     return ML_OK;
 }
@@ -232,7 +225,7 @@ ml_status ml_concat(ml_tensor **out, int n, ml_tensor *const *xs, int axis) {
         node->iparams[0] = a;
     }
     concat_params cp = {n, a};
-    ML_TRACE(replay_concat, n, xs, o, &cp);
+    ML_TRACE(OP_CONCAT, replay_concat, n, xs, o, &cp);
     *out = o;
     return ML_OK;
 }
@@ -287,7 +280,7 @@ ml_status ml_narrow(ml_tensor **out, ml_tensor *x, int axis, int64_t start, int6
         node->iparams[1] = start;
     }
     range_params rp = {a, start, length};
-    ML_TRACE(replay_narrow, 1, &x, o, &rp);
+    ML_TRACE(OP_NARROW, replay_narrow, 1, &x, o, &rp);
     *out = o;
     return ML_OK;
 }
@@ -322,7 +315,7 @@ ml_status ml_pad_axis(ml_tensor **out, ml_tensor *x, int axis, int64_t start, in
         node->iparams[1] = start;
     }
     range_params rp = {a, start, size};
-    ML_TRACE(replay_pad_axis, 1, &x, o, &rp);
+    ML_TRACE(OP_PAD_AXIS, replay_pad_axis, 1, &x, o, &rp);
     *out = o;
     return ML_OK;
 }
@@ -420,7 +413,7 @@ static ml_status gather_like(ml_tensor **out, ml_tensor *x, int n, const int64_t
         }
         node->iparams[0] = a;
     }
-    trace_indexed(replay_gather, x, o, a, scatter, n, size, idx);
+    trace_indexed(scatter ? OP_SCATTER_ADD : OP_GATHER, replay_gather, x, o, a, scatter, n, size, idx);
     *out = o;
     return ML_OK;
 }
@@ -488,7 +481,7 @@ ml_status ml_pick(ml_tensor **out, ml_tensor *x, int64_t n, const int64_t *label
             return st;
         }
     }
-    trace_indexed(replay_pick, x, o, 0, 0, (int)n, 0, labels);
+    trace_indexed(OP_PICK, replay_pick, x, o, 0, 0, (int)n, 0, labels);
     *out = o;
     return ML_OK;
 }

@@ -206,7 +206,7 @@ ml_status ml_optimizer_step(ml_optimizer *opt, int n, ml_tensor *const *params,
         ml_status st = ml_optimizer_step(opt, n, params, grads);
         ml__trace_active = saved;
         step_params sp = {opt, n};
-        if (st == ML_OK) ML_TRACE(replay_step, 2 * n, both, NULL, &sp);
+        if (st == ML_OK) ML_TRACE(OP_OPTIMIZER_STEP, replay_step, 2 * n, both, NULL, &sp);
         free(both);
         return st;
     }

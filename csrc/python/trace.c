@@ -274,7 +274,20 @@ static PyObject *mod_trace_n_ops(PyObject *m, PyObject *arg) {
     return PyLong_FromLong(ml_trace_n_ops(((TraceObject *)arg)->trace));
 }
 
+/* describe() -> the trace as text (ml_trace_format); "" while it records */
+static PyObject *Trace_describe(TraceObject *self, PyObject *unused) {
+    const size_t n = ml_trace_format(self->trace, NULL, 0);
+    char *buf = PyMem_Malloc(n + 1);
+    if (!buf) return PyErr_NoMemory();
+    ml_trace_format(self->trace, buf, n + 1);
+    PyObject *text = PyUnicode_FromStringAndSize(buf, (Py_ssize_t)n);
+    PyMem_Free(buf);
+    return text;
+}
+
 static PyMethodDef Trace_methods[] = {
+    {"describe", (PyCFunction)Trace_describe, METH_NOARGS,
+     "describe($self, /)\n--\n\nThe entries by op name with shapes, fused ones marked."},
     {NULL},
 };
 

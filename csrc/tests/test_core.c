@@ -146,9 +146,27 @@ static void test_broadcast_grad(void) {
     ml_release(a), ml_release(b), ml_release(y), ml_release(l), ml_release(gb);
 }
 
+/* Every op of ops.def has a row; an op a tape can hold (grad BACKWARD or FLAT) has a
+ * backward, an op only traces record has none; names are unique (traces print them). */
 static void test_op_table(void) {
-    for (int i = 0; i < OP_COUNT; i++)
-        CHECK(ml_op_table[i].name && ml_op_table[i].backward, "op %d has a row", i);
+#define TAPE_BACKWARD 1
+#define TAPE_FLAT 1
+#define TAPE_REPLAY 0
+    static const int on_tape[OP_COUNT] = {
+#define ML_OP(ID, name, inputs, grad, form, py, label) [OP_##ID] = TAPE_##grad,
+#include "../ops/ops.def"
+#undef ML_OP
+    };
+    for (int i = 0; i < OP_COUNT; i++) {
+        CHECK(ml_op_table[i].name && (ml_op_table[i].backward != NULL) == on_tape[i],
+              "op %d has a row", i);
+        int same = 0;
+        for (int j = 0; j < i && ml_op_table[i].name; j++)
+            same += ml_op_table[j].name && !strcmp(ml_op_table[i].name, ml_op_table[j].name);
+        CHECK(!same, "op %d's name is an earlier op's", i);
+    }
+    CHECK(!strcmp(ml_op_table[OP_ADD].name, "add") && ml_op_table[OP_ADD].n_inputs == 2 &&
+          ml_op_table[OP_MATMUL_INTO].backward == NULL, "rows follow ops.def");
 }
 
 /* Bad input: a status and a message, nothing crashes, outputs untouched. */
@@ -828,6 +846,56 @@ static void test_grad_flags(void) {
     ml_release(y), ml_release(sum), ml_release(x), ml_release(z);
 }
 
+/* ml_trace_format / ml_trace_print: the entries by op name in replay order, with shapes;
+ * a fused entry names the recorded ops it computes; snprintf's contract for the buffer. */
+static void test_trace_print(void) {
+    float xv[12] = {0}, wv[15] = {0}, bv[5] = {0};
+    int64_t xs[2] = {4, 3}, ws[2] = {3, 5};
+    ml_tensor *x, *w, *b = vec(5, bv);
+    ml_tensor_from_data(&x, 2, xs, xv);
+    ml_tensor_from_data(&w, 2, ws, wv);
+    ml_trace *tr = NULL;
+    char small[8], text[2048];
+    CHECK(ml_trace_format(NULL, text, sizeof text) == 0 && !text[0], "no trace: empty text");
+    OK(ml_trace_begin(&tr, 1, &x));
+    CHECK(ml_trace_format(tr, text, sizeof text) == 0 && !text[0], "a recording trace: empty text");
+    ml_tensor *t = NULL, *z = NULL, *y = NULL, *e = NULL, *l = NULL;
+    OK(ml_matmul(&t, x, w, 0, 0));
+    OK(ml_add(&z, t, b));
+    OK(ml_relu(&y, z));
+    OK(ml_exp(&e, y));
+    OK(ml_sum(&l, e, 0, NULL, 0));
+    OK(ml_trace_end(tr, 1, &l));
+    const size_t n = ml_trace_format(tr, text, sizeof text);
+    CHECK(n == strlen(text) && n < sizeof text, "length %zu of %zu", n, strlen(text));
+    CHECK(ml_trace_format(tr, small, sizeof small) == n && strlen(small) == sizeof small - 1 &&
+          !strncmp(small, text, sizeof small - 1), "a small buffer: truncated, full length");
+    CHECK(ml_trace_format(tr, NULL, 0) == n, "size 0: the length");
+    const char *want[] = {
+        "trace: 1 input, 1 output, 3 entries\n",
+        "inputs: x0 (4, 3)\n",
+        "= matmul_into(x0 (4, 3), c", " (3, 5), c", " (5,))  [fused: matmul + add + relu]\n",
+        "(4, 5) = exp(t", " (4, 5))\n",
+        "() = sum(t", "outputs: t",
+    };
+    const char *at = text;
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const char *hit = strstr(at, want[i]);
+        CHECK(hit != NULL, "the text has '%s' after offset %d:\n%s", want[i], (int)(at - text), text);
+        if (hit) at = hit + strlen(want[i]);
+    }
+    FILE *f = tmpfile();
+    CHECK(f != NULL, "tmpfile");
+    if (f) {
+        OK(ml_trace_print(tr, f));
+        CHECK(ftell(f) == (long)n, "print writes the text (%ld of %zu bytes)", ftell(f), n);
+        fclose(f);
+    }
+    ml_trace_free(tr);
+    ml_release(x), ml_release(w), ml_release(b), ml_release(t), ml_release(z), ml_release(y);
+    ml_release(e), ml_release(l);
+}
+
 int main(void) {
     test_tutorial();
     test_third_order();
@@ -844,6 +912,7 @@ int main(void) {
     test_fused_outer();
     test_fused_matmul();
     test_fused_matmul_paths();
+    test_trace_print();
     test_relu_nan();
     test_zero_gradients();
     test_grad_flags();

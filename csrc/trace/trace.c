@@ -1,12 +1,14 @@
 /* trace.c — record a computation once, replay it from C with new inputs.
  *
  * While a trace is active on a thread, every op that makes a tensor from data appends an
- * entry {replay function, input slots, output slot, parameters}. Backward passes are made
- * of the same public ops, so a traced function that calls ml_grad (even with create_graph,
- * as second-order MAML does) is recorded as the flat list of forward, backward and
- * double-backward ops. Tensors used by an entry that no entry made and that are not
- * declared inputs are captured by reference (weights, constants): a replay reads their
- * current values, so in-place weight updates between replays are seen.
+ * entry {op id, replay function, input slots, output slot, parameters} (the recorder,
+ * core/record.c). Backward passes are made of the same public ops, so a traced function
+ * that calls ml_grad (even with create_graph, as second-order MAML does) is recorded as
+ * the flat list of forward, backward and double-backward ops. Tensors used by an entry
+ * that no entry made and that are not declared inputs are captured by reference
+ * (weights, constants): a replay reads their current values, so in-place weight updates
+ * between replays are seen. When recording ends, the fuser (fuse.c) merges pairs of
+ * entries into one pass where a rule of its table applies.
  *
  * Replays run with grad mode off (nothing is recorded) and free each intermediate after
  * its last use. ml_trace_replay_many runs independent calls (the tasks of a meta-batch)
@@ -25,194 +27,10 @@
 #include <pthread.h>
 #include <stdio.h>
 
-#include "internal.h"
-
-typedef struct trace_entry {
-    ml_replay_fn fn;
-    int n_in;
-    int32_t *in;      /* slots */
-    int32_t out;      /* slot, or -1 for in-place entries */
-    void *params;     /* owned copy */
-    size_t params_size;
-    int n_extra;      /* outputs after the first (ml__trace_record_n) */
-    int32_t extra[ML_TRACE_MAX_OUT - 1]; /* their slots */
-} trace_entry;
-
-struct ml_trace {
-    int n_inputs, n_outputs;
-    int64_t (*input_shapes)[ML_MAX_DIMS + 1];
-    int32_t *output_slots;
-    /* slots: 0..n_inputs-1 are inputs, then constants and entry outputs, in order */
-    int32_t n_slots, cap_slots;
-    ml_tensor **captured;     /* per slot: the constant (retained) or NULL */
-    int32_t *last_use;        /* per slot: last entry reading it (or n_entries for outputs) */
-    trace_entry *entries;
-    int32_t n_entries, cap_entries;
-    /* while recording: tensor pointer -> slot (every seen tensor is retained so an address
-     * cannot be reused by another tensor during the trace) */
-    ml_tensor **seen_keys;
-    int32_t *seen_vals;
-    size_t seen_cap, n_seen;
-    ml_status error;          /* first failure while recording */
-    char error_msg[256];      /* and its message (later calls may overwrite the last error) */
-    uint64_t first_serial;    /* tensors from this serial on were made during the trace */
-    int state;                /* trace_state, read and written atomically */
-    pthread_t owner;          /* the thread recording it (while RECORDING / FREE_PENDING) */
-};
-
-/* RECORDING -> FINISHED (ended) or STOPPED (aborted, or its end failed); RECORDING ->
- * FREE_PENDING when another thread frees it while it records: the recorder's end or abort
- * then frees it. */
-enum trace_state { TR_RECORDING = 1, TR_FREE_PENDING, TR_STOPPED, TR_FINISHED };
+#include "../core/record.h"
+#include "fuse.h"
 
 static int state_of(const ml_trace *tr) { return __atomic_load_n(&tr->state, __ATOMIC_ACQUIRE); }
-
-_Thread_local ml_trace *ml__trace_active;
-
-static size_t hash_ptr(const void *p, size_t cap) {
-    uint64_t x = (uint64_t)(uintptr_t)p;
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    return (size_t)x & (cap - 1);
-}
-
-static int32_t seen_get(const ml_trace *tr, const ml_tensor *t) {
-    if (!tr->seen_cap) return -1;
-    for (size_t i = hash_ptr(t, tr->seen_cap);; i = (i + 1) & (tr->seen_cap - 1)) {
-        if (tr->seen_keys[i] == t) return tr->seen_vals[i];
-        if (!tr->seen_keys[i]) return -1;
-    }
-}
-
-static int seen_put(ml_trace *tr, ml_tensor *t, int32_t slot) {
-    if ((tr->n_seen + 1) * 2 > tr->seen_cap) {
-        size_t cap = tr->seen_cap ? tr->seen_cap * 2 : 256;
-        ml_tensor **keys = calloc(cap, sizeof *keys);
-        int32_t *vals = malloc(cap * sizeof *vals);
-        if (!keys || !vals) {
-            free(keys);
-            free(vals);
-            return 0;
-        }
-        for (size_t i = 0; i < tr->seen_cap; i++) {
-            if (!tr->seen_keys[i]) continue;
-            size_t j = hash_ptr(tr->seen_keys[i], cap);
-            while (keys[j]) j = (j + 1) & (cap - 1);
-            keys[j] = tr->seen_keys[i];
-            vals[j] = tr->seen_vals[i];
-        }
-        free(tr->seen_keys);
-        free(tr->seen_vals);
-        tr->seen_keys = keys;
-        tr->seen_vals = vals;
-        tr->seen_cap = cap;
-    }
-    size_t i = hash_ptr(t, tr->seen_cap);
-    while (tr->seen_keys[i] && tr->seen_keys[i] != t) i = (i + 1) & (tr->seen_cap - 1);
-    if (!tr->seen_keys[i]) {
-        tr->n_seen++;
-        ml_retain(t);
-    }
-    tr->seen_keys[i] = t;
-    tr->seen_vals[i] = slot;
-    return 1;
-}
-
-static int32_t new_slot(ml_trace *tr, ml_tensor *captured) {
-    if (tr->n_slots == tr->cap_slots) {
-        int32_t cap = tr->cap_slots ? tr->cap_slots * 2 : 64;
-        ml_tensor **c = realloc(tr->captured, (size_t)cap * sizeof *c);
-        if (!c) return -1;
-        tr->captured = c;
-        tr->cap_slots = cap;
-    }
-    tr->captured[tr->n_slots] = captured;
-    if (captured) ml_retain(captured);
-    return tr->n_slots++;
-}
-
-static void fail(ml_trace *tr, ml_status st) {
-    if (tr->error == ML_OK) {
-        tr->error = st;
-        snprintf(tr->error_msg, sizeof tr->error_msg, "%s", ml_last_error());
-    }
-}
-
-void ml__trace_fail(ml_status st) {
-    if (ml__trace_active) fail(ml__trace_active, st);
-}
-
-void ml__trace_record(ml_replay_fn fn, int n_in, ml_tensor *const *in, ml_tensor *out,
-                      const void *params, size_t params_size) {
-    ml__trace_record_n(fn, n_in, in, out ? 1 : 0, &out, params, params_size);
-}
-
-void ml__trace_record_n(ml_replay_fn fn, int n_in, ml_tensor *const *in, int n_out,
-                        ml_tensor *const *out, const void *params, size_t params_size) {
-    ml_trace *tr = ml__trace_active;
-    if (!tr || tr->error) return;
-    if (n_out < 0 || n_out > ML_TRACE_MAX_OUT)
-        return fail(tr, ml_set_error(ML_ERR_VALUE, "trace: an entry of %d outputs (at most %d)",
-                                     n_out, ML_TRACE_MAX_OUT));
-    if (tr->n_entries == tr->cap_entries) {
-        int32_t cap = tr->cap_entries ? tr->cap_entries * 2 : 128;
-        trace_entry *e = realloc(tr->entries, (size_t)cap * sizeof *e);
-        if (!e) return fail(tr, ml_set_error(ML_ERR_OOM, "out of memory while tracing"));
-        tr->entries = e;
-        tr->cap_entries = cap;
-    }
-    trace_entry *e = &tr->entries[tr->n_entries];
-    memset(e, 0, sizeof *e);
-    e->fn = fn;
-    e->n_in = n_in;
-    e->in = malloc((size_t)(n_in ? n_in : 1) * sizeof *e->in);
-    e->params = malloc(params_size ? params_size : 1);
-    if (!e->in || !e->params) {
-        free(e->in);
-        free(e->params);
-        return fail(tr, ml_set_error(ML_ERR_OOM, "out of memory while tracing"));
-    }
-    if (params_size) memcpy(e->params, params, params_size);
-    e->params_size = params_size;
-    for (int i = 0; i < n_in; i++) {
-        int32_t s = in[i] ? seen_get(tr, in[i]) : -1;
-        if (in[i] && s < 0 && in[i]->serial >= tr->first_serial && !in[i]->constant) {
-            /* computed during the trace by something that recorded nothing: a replay
-             * would reuse this call's value, so the trace cannot be trusted */
-            free(e->in);
-            free(e->params);
-            return fail(tr, ml_set_error(ML_ERR_GRAPH,
-                                         "an op used inside this function cannot be traced "
-                                         "(a tensor of shape %s was computed by an op that "
-                                         "records nothing); run it eagerly",
-                                         ML_SHAPE_STR(in[i])));
-        }
-        if (in[i] && s < 0) { /* not made inside the trace: a captured constant */
-            s = new_slot(tr, in[i]);
-            if (s < 0 || !seen_put(tr, in[i], s)) {
-                free(e->in);
-                free(e->params);
-                return fail(tr, ml_set_error(ML_ERR_OOM, "out of memory while tracing"));
-            }
-        }
-        e->in[i] = s; /* -1: an optional input given as NULL (a linear without bias) */
-    }
-    e->out = -1;
-    for (int o = 0; o < n_out; o++) {
-        int32_t s = new_slot(tr, NULL);
-        if (s < 0 || !seen_put(tr, out[o], s)) {
-            free(e->in);
-            free(e->params);
-            return fail(tr, ml_set_error(ML_ERR_OOM, "out of memory while tracing"));
-        }
-        if (o == 0)
-            e->out = s;
-        else
-            e->extra[e->n_extra++] = s;
-    }
-    tr->n_entries++;
-}
 
 ml_status ml_trace_begin(ml_trace **out, int n_inputs, ml_tensor *const *inputs) {
     if (ml__trace_active)
@@ -233,14 +51,13 @@ ml_status ml_trace_begin(ml_trace **out, int n_inputs, ml_tensor *const *inputs)
             ml_trace_free(tr);
             return ml_set_error(ML_ERR_VALUE, "trace: input %d is NULL", i);
         }
-        if (seen_get(tr, inputs[i]) >= 0) {
+        if (ml__trace_slot_of(tr, inputs[i]) >= 0) {
             ml_trace_free(tr);
             return ml_set_error(ML_ERR_VALUE, "trace: input %d is the same tensor as an earlier input", i);
         }
         tr->input_shapes[i][0] = inputs[i]->ndim;
         memcpy(&tr->input_shapes[i][1], inputs[i]->shape, sizeof inputs[i]->shape[0] * ML_MAX_DIMS);
-        int32_t s = new_slot(tr, NULL);
-        if (s < 0 || !seen_put(tr, inputs[i], s)) {
+        if (ml__trace_add_slot(tr, inputs[i], 0) < 0) {
             ml_trace_free(tr);
             return ml_set_error(ML_ERR_OOM, "out of memory");
         }
@@ -278,99 +95,13 @@ static ml_status stop_recording(ml_trace *tr, const char *what, int next_state, 
     return ML_OK;
 }
 
-/* Each slot's last reader (entry index; n_entries for the trace's outputs). */
-static void compute_last_use(ml_trace *tr) {
+void ml__trace_last_use(ml_trace *tr) {
     for (int32_t s = 0; s < tr->n_slots; s++) tr->last_use[s] = -1;
     for (int32_t k = 0; k < tr->n_entries; k++)
         for (int i = 0; i < tr->entries[k].n_in; i++)
             if (tr->entries[k].in[i] >= 0) tr->last_use[tr->entries[k].in[i]] = k;
     for (int o = 0; o < tr->n_outputs; o++)
         if (tr->output_slots[o] >= 0) tr->last_use[tr->output_slots[o]] = tr->n_entries;
-}
-
-/* Pairs of entries where the second is the only reader of the first's output become one
- * entry, in the second's place, when the ops have a fused form (ml__fuse_elementwise: the
- * same bits, one pass instead of two, the intermediate never written). The first may be
- * any number of entries earlier, provided that no entry in between works in place (an
- * optimizer step: its out is -1), so the first's inputs hold the same values at the
- * second; slots are otherwise written once. Stage by stage (ml__fuse_stage): outer
- * products, broadcasts and then other products go after the add + relu / add + relu_grad
- * pairs have formed (any of them fused into the add first would leave the add no fused
- * form with its relu or relu_grad); a product first takes in its reshape, then its
- * reader. A failed allocation leaves the pair as it was. */
-static int fuse_into_readers(ml_trace *tr, int stage) {
-    const int32_t n = tr->n_entries;
-    int32_t *reads = calloc((size_t)(tr->n_slots ? tr->n_slots : 1), sizeof *reads);
-    int32_t *barrier = malloc((size_t)(n + 1) * sizeof *barrier); /* in-place entries before k */
-    unsigned char *gone = calloc((size_t)(n ? n : 1), 1);
-    int fused = 0;
-    if (!reads || !barrier || !gone) goto done;
-    barrier[0] = 0;
-    for (int32_t k = 0; k < n; k++) {
-        const trace_entry *e = &tr->entries[k];
-        for (int i = 0; i < e->n_in; i++)
-            if (e->in[i] >= 0) reads[e->in[i]]++;
-        barrier[k + 1] = barrier[k] + (e->out < 0);
-    }
-    for (int32_t k = 0; k < n; k++) {
-        trace_entry *e = &tr->entries[k];
-        if (e->out < 0 || e->n_extra || reads[e->out] != 1 ||
-            ml__fuse_stage(e->fn, e->params) != stage)
-            continue;
-        const int32_t j = tr->last_use[e->out]; /* its only reader (n_entries: an output) */
-        if (j <= k || j >= n || barrier[j] != barrier[k + 1]) continue;
-        trace_entry *f = &tr->entries[j];
-        int t_index = -1;
-        for (int i = 0; i < f->n_in; i++)
-            if (f->in[i] == e->out) t_index = i;
-        unsigned char params[ML_FUSED_PARAMS];
-        size_t params_size = 0;
-        ml_replay_fn fn = f->out >= 0 && !f->n_extra
-                              ? ml__fuse_elementwise(e->fn, e->params, f->fn, f->params,
-                                                     f->params_size, f->n_in, t_index, params,
-                                                     &params_size)
-                              : NULL;
-        if (!fn) continue;
-        const int n_in = e->n_in + f->n_in - 1;
-        int32_t *in = malloc((size_t)n_in * sizeof *in);
-        void *p = malloc(params_size ? params_size : 1);
-        if (!in || !p) {
-            free(in);
-            free(p);
-            continue;
-        }
-        int w = 0;
-        for (int i = 0; i < e->n_in; i++) in[w++] = e->in[i];
-        for (int i = 0; i < f->n_in; i++)
-            if (i != t_index) in[w++] = f->in[i];
-        if (params_size) memcpy(p, params, params_size);
-        free(f->in);
-        free(f->params);
-        *f = (trace_entry){fn, n_in, in, f->out, p, params_size, 0, {0}};
-        /* e's inputs are now read at j: extend their last use (slot freeing at replay) */
-        for (int i = 0; i < e->n_in; i++)
-            if (e->in[i] >= 0 && tr->last_use[e->in[i]] < j) tr->last_use[e->in[i]] = j;
-        free(e->in);
-        free(e->params);
-        gone[k] = 1;
-        fused++;
-    }
-    if (fused) {
-        int32_t w = 0;
-        for (int32_t k = 0; k < n; k++)
-            if (!gone[k]) tr->entries[w++] = tr->entries[k];
-        tr->n_entries = w;
-        compute_last_use(tr);
-    }
-done:
-    free(reads);
-    free(barrier);
-    free(gone);
-    return fused;
-}
-
-static void fuse_pairs(ml_trace *tr) {
-    for (int stage = 0; stage < ML_FUSE_STAGES; stage++) fuse_into_readers(tr, stage);
 }
 
 ml_status ml_trace_end(ml_trace *tr, int n_outputs, ml_tensor *const *outputs) {
@@ -387,27 +118,21 @@ ml_status ml_trace_end(ml_trace *tr, int n_outputs, ml_tensor *const *outputs) {
     if (!tr->output_slots) return ml_set_error(ML_ERR_OOM, "out of memory");
     tr->n_outputs = n_outputs;
     for (int o = 0; o < n_outputs; o++) {
-        int32_t s = outputs[o] ? seen_get(tr, outputs[o]) : -1;
+        int32_t s = outputs[o] ? ml__trace_slot_of(tr, outputs[o]) : -1;
         if (s < 0 && outputs[o] && outputs[o]->serial >= tr->first_serial && !outputs[o]->constant)
             return ml_set_error(ML_ERR_GRAPH, "output %d of the traced function was computed by "
                                 "an op that cannot be traced; run it eagerly", o);
         if (s < 0 && outputs[o]) { /* an output no op made: a captured constant */
-            s = new_slot(tr, outputs[o]);
-            if (s < 0 || !seen_put(tr, outputs[o], s)) return ml_set_error(ML_ERR_OOM, "out of memory");
+            s = ml__trace_add_slot(tr, outputs[o], 1);
+            if (s < 0) return ml_set_error(ML_ERR_OOM, "out of memory");
         }
         tr->output_slots[o] = s;
     }
     tr->last_use = malloc((size_t)(tr->n_slots ? tr->n_slots : 1) * sizeof *tr->last_use);
     if (!tr->last_use) return ml_set_error(ML_ERR_OOM, "out of memory");
-    compute_last_use(tr);
-    fuse_pairs(tr);
-    /* the address map is only needed while recording */
-    for (size_t i = 0; i < tr->seen_cap; i++) ml_release(tr->seen_keys[i]);
-    free(tr->seen_keys);
-    free(tr->seen_vals);
-    tr->seen_keys = NULL;
-    tr->seen_vals = NULL;
-    tr->seen_cap = tr->n_seen = 0;
+    ml__trace_last_use(tr);
+    ml__trace_fuse(tr);
+    ml__trace_drop_map(tr); /* the address map is only needed while recording */
     __atomic_store_n(&tr->state, TR_FINISHED, __ATOMIC_RELEASE);
     return ML_OK;
 }
@@ -444,9 +169,8 @@ static void trace_destroy(ml_trace *tr) {
     free(tr->entries);
     for (int32_t s = 0; s < tr->n_slots; s++) ml_release(tr->captured[s]);
     free(tr->captured);
-    for (size_t i = 0; i < tr->seen_cap; i++) ml_release(tr->seen_keys[i]);
-    free(tr->seen_keys);
-    free(tr->seen_vals);
+    free(tr->slot_shapes);
+    ml__trace_drop_map(tr);
     free(tr->last_use);
     free(tr->output_slots);
     free(tr->input_shapes);
