@@ -34,29 +34,18 @@
 
 #include "metalearn.h"
 #include "gemm.h"
+#include "cpu.h"
 #include "../core/internal.h"
 
 #include <pthread.h>
-#include <stdatomic.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define ML_HAVE_AVX2 1
+#if ML_HAVE_AVX2
 #include <immintrin.h>
 /* y is used from a register: GCC otherwise folds one load into every FMA that reads it */
 #define ML_IN_REGISTER(y) __asm__("" : "+x"(y))
-#else
-#define ML_HAVE_AVX2 0
-#endif
-
-#if defined(__GNUC__) || defined(__clang__)
-#define ML_INLINE static inline __attribute__((always_inline))
-#define ML_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define ML_INLINE static inline
-#define ML_TARGET_AVX2
 #endif
 
 /* Register tile. */
@@ -1383,27 +1372,8 @@ static float *get_buffer(size_t floats)
 
 /* ---------------------------------------------------------------- dispatch */
 
-enum { KIND_UNKNOWN = 0, KIND_PORTABLE = 1, KIND_AVX2 = 2 };
-static atomic_int g_kind = KIND_UNKNOWN;
-
-static int kernel_kind(void)
-{
-    int kind = atomic_load_explicit(&g_kind, memory_order_relaxed);
-    if (kind != KIND_UNKNOWN) return kind;
-    kind = KIND_PORTABLE;
-#if ML_HAVE_AVX2
-    const char *env = getenv("ML_KERNEL");
-    const int forced = env && strcmp(env, "portable") == 0;
-    __builtin_cpu_init();
-    if (!forced && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        kind = KIND_AVX2;
-#endif
-    /* Racing first callers compute the same answer; any of their stores will do. */
-    atomic_store_explicit(&g_kind, kind, memory_order_relaxed);
-    return kind;
-}
-
-const char *ml_kernel_name(void) { return kernel_kind() == KIND_AVX2 ? "avx2" : "portable"; }
+/* the GEMM's kernels (gemm_path) follow the one instruction-set choice */
+ML_KERNEL_SITE(gemm, "gemm", ML_HAVE_AVX2)
 
 /* Which kernel computes a product, chosen once from its whole shape: the parts of a
  * threaded product use the same one (a part's smaller shape could otherwise pick another
@@ -1619,7 +1589,7 @@ void ml_sgemm(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
               const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
               int64_t ldc)
 {
-    sgemm_threaded(kernel_kind() == KIND_AVX2, transpose_a != 0, transpose_b != 0, m, n, k,
+    sgemm_threaded(ml__cpu_avx2(), transpose_a != 0, transpose_b != 0, m, n, k,
                    alpha, a, lda, b, ldb, beta, c, ldc, NULL);
 }
 
@@ -1661,7 +1631,7 @@ void ml__sgemm_batch(int transpose_a, int transpose_b, int64_t m, int64_t n, int
                      int64_t stride_c, int64_t count)
 {
     const int ta = transpose_a != 0, tb = transpose_b != 0;
-    const int path = gemm_path(kernel_kind() == KIND_AVX2, ta, tb, m, n, k);
+    const int path = gemm_path(ml__cpu_avx2(), ta, tb, m, n, k);
 #if ML_HAVE_AVX2
     if (path == PATH_DOTS && (tb || ldb == 1) && alpha != 0.0f && k > 0 && m > 0) {
         for (int64_t t = 0; t < count; ++t) /* op(B) contiguous: no gather, no dispatch */
@@ -1688,7 +1658,7 @@ void ml__sgemm_batch(int transpose_a, int transpose_b, int64_t m, int64_t n, int
 int ml__sgemm_outer_rows(int64_t rows, int64_t n, const float *a, const float *b, float *c)
 {
 #if ML_HAVE_AVX2
-    if (kernel_kind() != KIND_AVX2) return 0;
+    if (!ml__cpu_avx2()) return 0;
     if (rows > 0 && n > 0) outer_avx2(0, 0, rows, n, 1.0f, a, 1, b, n, 0.0f, c, n);
     return 1;
 #else
@@ -1726,7 +1696,7 @@ int ml__sgemm_into(int transpose_b, int64_t m, int64_t n, int64_t k, const float
 {
 #if ML_HAVE_AVX2
     const int tb = transpose_b != 0;
-    if (kernel_kind() != KIND_AVX2 || k <= 0 || m <= 0 || n <= 0 || epi < ML_EPI_ADD ||
+    if (!ml__cpu_avx2() || k <= 0 || m <= 0 || n <= 0 || epi < ML_EPI_ADD ||
         epi > ML_EPI_ADD_MASK || u_div < 1)
         return 0;
     const int path = gemm_path(1, 0, tb, m, n, k);

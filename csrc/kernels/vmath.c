@@ -1,7 +1,7 @@
 /* vmath.c — vectorised float32 transcendental kernels for the one-input element-wise ops:
  * exp, log, tanh, sigmoid, erf, gelu over arrays.
  *
- * AVX2+FMA versions (chosen at run time, like the GEMM; ML_KERNEL=portable forces the C
+ * AVX2+FMA versions (chosen at run time by kernels/cpu.c; ML_KERNEL=portable forces the C
  * loops) use Cephes-style range reduction and polynomials (S. L. Moshier, Cephes Math
  * Library: expf, logf, tanhf) and, for erf, the rational approximation on [-4, 4] used by
  * Eigen / XLA. Accuracy against libm over dense sweeps is checked by tests/test_vmath.c
@@ -10,19 +10,14 @@
  * computed lane by lane with libm, so special values behave exactly as the C library's.
  */
 #include <math.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "vmath.h"
+#include "cpu.h"
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define ML_HAVE_AVX2 1
+#if ML_HAVE_AVX2
 #include <immintrin.h>
-#define ML_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define ML_HAVE_AVX2 0
 #endif
 
 /* ------------------------------------------------------------ scalar forms */
@@ -223,25 +218,12 @@ ML_TARGET_AVX2 static void a_adam(int64_t n, float *restrict p, const float *res
 
 /* --------------------------------------------------------------- dispatch */
 
-static atomic_int g_avx2 = -1;
-
-static int use_avx2(void) {
-    int v = atomic_load_explicit(&g_avx2, memory_order_relaxed);
-    if (v >= 0) return v;
-    v = 0;
-#if ML_HAVE_AVX2
-    const char *env = getenv("ML_KERNEL");
-    __builtin_cpu_init();
-    v = !(env && strcmp(env, "portable") == 0) && __builtin_cpu_supports("avx2") &&
-        __builtin_cpu_supports("fma");
-#endif
-    atomic_store_explicit(&g_avx2, v, memory_order_relaxed);
-    return v;
-}
+/* the vector math follows the one instruction-set choice */
+ML_KERNEL_SITE(vmath, "vmath", ML_HAVE_AVX2)
 
 #if ML_HAVE_AVX2
 #define ML_DISPATCH(NAME, A, P)                                                               \
-    void NAME(int64_t n, const float *x, float *o) { (use_avx2() ? A : P)(n, x, o); }
+    void NAME(int64_t n, const float *x, float *o) { (ml__cpu_avx2() ? A : P)(n, x, o); }
 #else
 #define ML_DISPATCH(NAME, A, P)                                                               \
     void NAME(int64_t n, const float *x, float *o) { P(n, x, o); }
@@ -287,7 +269,7 @@ void ml__vadam(int64_t n, float *p, const float *g, float *m, float *v, float *v
                float b1, float b2, float eps) {
     FTZ_DAZ_BEGIN
 #if ML_HAVE_AVX2
-    if (use_avx2())
+    if (ml__cpu_avx2())
         a_adam(n, p, g, m, v, vhat, lr_t, b1, b2, eps);
     else
 #endif

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "../core/internal.h"
+#include "../kernels/cpu.h"
 #include "../kernels/gemm.h"
 #include "../kernels/vmath.h"
 
@@ -91,7 +92,8 @@ enum { BIN_ADD, BIN_SUB, BIN_MUL, BIN_DIV, BIN_MAX, BIN_MIN, BIN_EQ, BIN_RELU_GR
        BIN_ADD_RELU /* relu(x + y): a traced add whose only reader is a relu (see
                        ml__fuse_elementwise), with the two ops' exact roundings */ };
 
-/* One row of a binary op; sa/sb are 0 (broadcast) or 1. Cloned for AVX2 at run time. */
+/* One row of a binary op; sa/sb are 0 (broadcast) or 1. Compiled into both variants of
+ * its callers (ML_CPU_CLONES). */
 #define ROW(EXPR)                                                                 \
     do {                                                                          \
         if (sa && sb) {                                                           \
@@ -129,12 +131,12 @@ bin_row(int op, int64_t n, const float *restrict a, int sa, const float *restric
 }
 
 /* Output elements [p0, p1) of a broadcast binary op. The start is found once (row and
- * multi-index), then rows are walked as in an unsplit run. Cloned for AVX2 as a whole, with
- * the row kernel inlined: a broadcast over a middle axis ((25, 10, 40) * (25, 1, 40) in
+ * multi-index), then rows are walked as in an unsplit run. Compiled twice (ML_CPU_CLONES:
+ * AVX2 and baseline) as a whole, with the row kernel inlined: a broadcast over a middle axis ((25, 10, 40) * (25, 1, 40) in
  * vectorised MAML) is hundreds of 40-element rows, where a dispatched call per row cost
  * as much as the row. a and b give the shapes; their element e is read at ad[e - ash] and
  * bd[e - bsh] (a->data and 0 but for an operand made chunk by chunk, replay_outer_into). */
-__attribute__((target_clones("avx2", "default"))) static void binary_range_at(
+ML_INLINE void binary_range_at_body(
     int op, const ml_tensor *a, const float *ad, int64_t ash, const ml_tensor *b,
     const float *bd, int64_t bsh, ml_tensor *out, const walk_plan *w, int64_t p0, int64_t p1) {
     int64_t n = out->numel;
@@ -180,6 +182,11 @@ __attribute__((target_clones("avx2", "default"))) static void binary_range_at(
         }
     }
 }
+ML_CPU_CLONES(binary_range_at,
+              (int op, const ml_tensor *a, const float *ad, int64_t ash, const ml_tensor *b,
+               const float *bd, int64_t bsh, ml_tensor *out, const walk_plan *w, int64_t p0,
+               int64_t p1),
+              (op, a, ad, ash, b, bd, bsh, out, w, p0, p1))
 static void binary_range(int op, const ml_tensor *a, const ml_tensor *b, ml_tensor *out,
                          const walk_plan *w, int64_t p0, int64_t p1) {
     binary_range_at(op, a, a->data, 0, b, b->data, 0, out, w, p0, p1);
@@ -301,10 +308,12 @@ static inline __attribute__((always_inline)) void relu_grad_mask(const float *re
         memcpy(&o[i], &bits, sizeof bits);
     }
 }
-__attribute__((target_clones("avx2", "default"))) static void relu_grad_mask_inplace(
-    const float *restrict m, float *restrict o, int64_t n) {
+ML_INLINE void relu_grad_mask_inplace_body(const float *restrict m, float *restrict o,
+                                           int64_t n) {
     relu_grad_mask(m, o, n);
 }
+ML_CPU_CLONES(relu_grad_mask_inplace, (const float *restrict m, float *restrict o, int64_t n),
+              (m, o, n))
 static void add_relu_grad_range(const ml_tensor *a, const ml_tensor *b, const ml_tensor *m,
                                 ml_tensor *o, const walk_plan *w, int64_t p0, int64_t p1) {
     for (int64_t c = p0; c < p1; c += 2048) {
@@ -440,8 +449,8 @@ enum {
     UN_ERF, UN_GELU, UN_POW, UN_ADDS, UN_MULS, UN_LEAKY, UN_ELU, UN_CLIP, UN_STEP, UN_RANGE
 };
 
-__attribute__((target_clones("avx2", "default"))) static void
-un_kernel(int k, int64_t n, const float *restrict x, float *restrict o, float p, float q) {
+ML_INLINE void un_kernel_body(int k, int64_t n, const float *restrict x, float *restrict o,
+                              float p, float q) {
     switch (k) {
     case UN_NEG: for (int64_t i = 0; i < n; i++) o[i] = -x[i]; break;
     case UN_SQUARE: for (int64_t i = 0; i < n; i++) o[i] = x[i] * x[i]; break;
@@ -484,6 +493,9 @@ un_kernel(int k, int64_t n, const float *restrict x, float *restrict o, float p,
         break;
     }
 }
+ML_CPU_CLONES(un_kernel,
+              (int k, int64_t n, const float *restrict x, float *restrict o, float p, float q),
+              (k, n, x, o, p, q))
 
 /* Large arrays are split over the thread pool in blocks whose starts are multiples of 64
  * elements: every element is computed by the same code (vector lanes stay aligned with an
@@ -776,7 +788,7 @@ static int direct_layout(const ml_tensor *u, int nd, const int64_t *shape, int64
  * ~11 cycles a row of its own, as much as the op on a 40-float row (the fused bias add +
  * relu of MAML's sinusoid forward). The mask, when given, is relu_grad's (relu_grad_mask),
  * row by row. */
-__attribute__((target_clones("avx2", "default"))) static void outer_rows_direct(
+ML_INLINE void outer_rows_direct_body(
     int op, int t_index, const float *a, const float *b, int64_t m_rows, int64_t n,
     const float *od, int64_t o_task, int64_t o_row, int o_col, const float *mask,
     float *out, int64_t r0, int64_t r1, float *buf) {
@@ -796,6 +808,11 @@ __attribute__((target_clones("avx2", "default"))) static void outer_rows_direct(
         }
     }
 }
+ML_CPU_CLONES(outer_rows_direct,
+              (int op, int t_index, const float *a, const float *b, int64_t m_rows, int64_t n,
+               const float *od, int64_t o_task, int64_t o_row, int o_col, const float *mask,
+               float *out, int64_t r0, int64_t r1, float *buf),
+              (op, t_index, a, b, m_rows, n, od, o_task, o_row, o_col, mask, out, r0, r1, buf))
 
 static void outer_part(void *ctx, int64_t part) {
     const outer_job *j = ctx;
