@@ -35,6 +35,7 @@
 #include "metalearn.h"
 #include "gemm.h"
 #include "cpu.h"
+#include "scratch.h"
 #include "../core/internal.h"
 
 #include <pthread.h>
@@ -82,8 +83,6 @@
 #define SMALL_MAX_N 2048
 #define SMALL_KC 64
 #define DOTS_NT_MAX_N 16 /* below this many columns, A B^T as dot products (dots_nt_avx2) */
-
-static float *get_buffer(size_t floats);
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -1257,7 +1256,7 @@ ML_TARGET_AVX2 static int small_avx2(int wide, int ta, int tb, int64_t m, int64_
                                      const gemm_epi *epi)
 {
     if (tb) {
-        float *bt = get_buffer((size_t)(k * n));
+        float *bt = ml__scratch(ML_SCRATCH_GEMM, (size_t)(k * n));
         if (!bt) return 0;
         transpose_avx2(n, k, b, ldb, bt, n);
         b = bt;
@@ -1335,40 +1334,6 @@ ML_TARGET_AVX2 static void direct_avx2(int ta, int tb, int64_t m, int64_t n, int
     direct_body(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 #endif
-
-/* ------------------------------------------------------ per-thread buffer */
-
-/* One 64-byte aligned buffer per thread, grown on demand and kept: no allocation per call,
- * no sharing between threads. A pthread key frees it when its thread exits. */
-static _Thread_local float *tl_buf;
-static _Thread_local size_t tl_cap; /* floats */
-static pthread_key_t tl_key;
-static pthread_once_t tl_once = PTHREAD_ONCE_INIT;
-static int tl_key_ok;
-
-static void tl_free(void *p)
-{
-    free(p);
-    tl_buf = NULL; /* destructors run on the exiting thread itself */
-    tl_cap = 0;
-}
-
-static void tl_key_init(void) { tl_key_ok = pthread_key_create(&tl_key, tl_free) == 0; }
-
-static float *get_buffer(size_t floats)
-{
-    if (floats <= tl_cap) return tl_buf;
-    if (floats > (SIZE_MAX - 64) / sizeof(float)) return NULL;
-    const size_t bytes = (floats * sizeof(float) + 63) & ~(size_t)63;
-    float *p = aligned_alloc(64, bytes);
-    if (!p) return NULL;
-    free(tl_buf);
-    tl_buf = p;
-    tl_cap = bytes / sizeof(float);
-    pthread_once(&tl_once, tl_key_init);
-    if (tl_key_ok) pthread_setspecific(tl_key, p);
-    return p;
-}
 
 /* ---------------------------------------------------------------- dispatch */
 
@@ -1450,7 +1415,7 @@ static int sgemm_run(int path, int ta, int tb, int64_t m, int64_t n, int64_t k, 
     if (path == PATH_DOTS) {
         const float *x = b;
         if (incx != 1) { /* a strided column: k floats gathered */
-            float *xb = get_buffer((size_t)k);
+            float *xb = ml__scratch(ML_SCRATCH_GEMM, (size_t)k);
             if (!xb) { /* no buffer: the portable loops */
                 direct_portable(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
                 return 0;
@@ -1478,7 +1443,7 @@ static int sgemm_run(int path, int ta, int tb, int64_t m, int64_t n, int64_t k, 
     }
     const blocking bl = plan(tb, m, n, k);
     const size_t a_floats = (bl.a_floats + 15) & ~(size_t)15; /* keep B 64-byte aligned */
-    float *buf = get_buffer(a_floats + bl.b_floats);
+    float *buf = ml__scratch(ML_SCRATCH_GEMM, a_floats + bl.b_floats);
     if (!buf) {
         direct_portable(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return 0;
@@ -1714,7 +1679,7 @@ int ml__sgemm_into(int transpose_b, int64_t m, int64_t n, int64_t k, const float
     if (!a) return 1; /* the question alone */
     const int64_t ldb = tb ? k : n;
     if (tb) { /* as small_avx2: B^T copied to row-major first */
-        float *bt = get_buffer((size_t)(k * n));
+        float *bt = ml__scratch(ML_SCRATCH_GEMM, (size_t)(k * n));
         if (!bt) return 0;
         transpose_avx2(n, k, b, ldb, bt, n);
         b = bt;

@@ -1,4 +1,6 @@
-/* test_dispatch.c — the one run-time choice of instruction set (kernels/cpu.h): every
+/* test_kernels.c — the kernels' shared infrastructure.
+ *
+ * The one run-time choice of instruction set (kernels/cpu.h): every
  * dispatch site of the core is listed with the variant it runs, ML_KERNEL=portable makes
  * them all portable, and every op built on them gives the same results on the portable
  * and the AVX2 variants: the same bits where both variants do the same float operations
@@ -6,15 +8,23 @@
  * without FMA), float32 rounding apart where the AVX2 kernels fuse multiply-adds or use
  * their own polynomials (GEMM, exp/tanh/sigmoid/gelu, the fused replays' products).
  * The variant is switched in-process through the decision itself (ml__cpu_isa).
+ *
+ * The per-thread scratch buffers (kernels/scratch.h): sizes that overflow are refused
+ * and leave the buffer as it was, slots are distinct, aligned and reused, and a thread's
+ * buffers are freed when it exits (the sanitizer build's leak check sees them otherwise).
+ *
  * Standalone: prints "N passed, M failed" and exits nonzero on failure. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/internal.h"
 #include "kernels/cpu.h"
+#include "kernels/scratch.h"
 #include "kernels/sinusoid.h"
 #include "metalearn.h"
 
@@ -318,10 +328,55 @@ static void test_ml_kernel(void)
     set_isa(ML_CPU_UNDECIDED);
 }
 
+/* ------------------------------------------------------------- scratch */
+
+static int aligned64(const void *p) { return ((uintptr_t)p & 63) == 0; }
+
+/* every slot grown, written end to end, and left to the thread's exit */
+static void *grow_all_slots(void *unused)
+{
+    (void)unused;
+    for (int s = 0; s < ML_SCRATCH_SLOTS; s++) {
+        float *p = ml__scratch(s, 1000 + 100 * (size_t)s);
+        if (!p) return NULL;
+        for (int i = 0; i < 1000 + 100 * s; i++) p[i] = (float)i;
+    }
+    return (void *)1;
+}
+
+static void test_scratch(void)
+{
+    float *gemm = ml__scratch(ML_SCRATCH_GEMM, 100);
+    float *cols = ml__scratch(ML_SCRATCH_CONV_COLS, 100);
+    CHECK(gemm && cols && gemm != cols, "two slots share a buffer");
+    CHECK(aligned64(gemm) && aligned64(cols), "buffers not 64-byte aligned");
+    gemm[99] = 7.0f;
+    CHECK(ml__scratch(ML_SCRATCH_GEMM, 50) == gemm, "a smaller request moved the buffer");
+    CHECK(gemm[99] == 7.0f, "a smaller request changed the buffer");
+
+    /* sizes whose byte count overflows (it wrapped to a few bytes, a buffer far too small) */
+    const size_t huge[3] = {SIZE_MAX, SIZE_MAX / sizeof(float) + 1, SIZE_MAX / sizeof(float) - 3};
+    for (int i = 0; i < 3; i++)
+        for (int s = 0; s < ML_SCRATCH_SLOTS; s++)
+            CHECK(ml__scratch(s, huge[i]) == NULL, "slot %d: %zu floats not refused", s, huge[i]);
+    CHECK(ml__scratch(ML_SCRATCH_GEMM, 100) == gemm && gemm[99] == 7.0f,
+          "a refused size changed the buffer");
+
+    float *big = ml__scratch(ML_SCRATCH_GEMM, 1 << 20);
+    CHECK(big && aligned64(big), "growing the buffer failed");
+    if (big) big[(1 << 20) - 1] = 1.0f; /* the whole length is there (ASan) */
+
+    pthread_t th;
+    void *ok = NULL;
+    CHECK(pthread_create(&th, NULL, grow_all_slots, NULL) == 0 && pthread_join(th, &ok) == 0 &&
+              ok, "a thread's scratch buffers");
+}
+
 int main(void)
 {
     test_ml_kernel();
     test_results_agree();
-    printf("test_dispatch: %d passed, %d failed\n", n_pass, n_fail);
+    test_scratch();
+    printf("test_kernels: %d passed, %d failed\n", n_pass, n_fail);
     return n_fail != 0;
 }
