@@ -1,4 +1,4 @@
-/* test_kernels.c — the kernels' shared infrastructure.
+/* test_shared.c — the infrastructure the core's layers share (issue 19's "once" list).
  *
  * The one run-time choice of instruction set (kernels/cpu.h): every
  * dispatch site of the core is listed with the variant it runs, ML_KERNEL=portable makes
@@ -13,6 +13,10 @@
  * and leave the buffer as it was, slots are distinct, aligned and reused, and a thread's
  * buffers are freed when it exits (the sanitizer build's leak check sees them otherwise).
  *
+ * The seeded streams' generator (core/xoshiro.h) against the published algorithms'
+ * outputs, and the global stream of rng.c built on it; the pointer map (core/ptrmap.h)
+ * through growth, replacement and absent keys.
+ *
  * Standalone: prints "N passed, M failed" and exits nonzero on failure. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -23,6 +27,8 @@
 #include <string.h>
 
 #include "core/internal.h"
+#include "core/ptrmap.h"
+#include "core/xoshiro.h"
 #include "kernels/cpu.h"
 #include "kernels/scratch.h"
 #include "kernels/sinusoid.h"
@@ -372,11 +378,76 @@ static void test_scratch(void)
               ok, "a thread's scratch buffers");
 }
 
+/* ------------------------------------------------------------- xoshiro */
+
+/* splitmix64 from 0: the outputs of Vigna's reference splitmix64.c; xoshiro256** from the
+ * states seeded with 0 and 42: the reference xoshiro256starstar.c's next() (computed by
+ * an independent transcription of both in Python) */
+static void test_xoshiro(void)
+{
+    static const uint64_t split0[4] = {0xe220a8397b1dcdafull, 0x6e789e6aa1b965f4ull,
+                                       0x06c45d188009454full, 0xf88bb8a8724c81ecull};
+    static const uint64_t next[2][4] = {
+        {0x99ec5f36cb75f2b4ull, 0xbf6e1f784956452aull, 0x1a5f849d4933e6e0ull, 0x6aa594f1262d2d2cull},
+        {0x15780b2e0c2ec716ull, 0x6104d9866d113a7eull, 0xae17533239e499a1ull, 0xecb8ad4703b360a1ull}};
+    uint64_t x = 0, s[4];
+    for (int i = 0; i < 4; i++) {
+        const uint64_t z = ml__splitmix64(&x);
+        CHECK(z == split0[i], "splitmix64 output %d: %016llx", i, (unsigned long long)z);
+    }
+    for (int k = 0; k < 2; k++) {
+        ml__xoshiro_seed(s, k ? 42 : 0);
+        for (int i = 0; i < 4; i++) {
+            const uint64_t r = ml__xoshiro_next(s);
+            CHECK(r == next[k][i], "xoshiro256** seed %d, output %d: %016llx", k ? 42 : 0, i,
+                  (unsigned long long)r);
+        }
+    }
+    /* the global stream: uniform = lo + (hi - lo) * (24 top bits / 2^24) of each output */
+    const float want[3] = {0.4011528491973877f, -0.4424976110458374f, 0.6792548894882202f};
+    const int64_t shape[1] = {3};
+    ml_tensor *u = NULL;
+    ml_rng_seed(7);
+    OK(ml_rng_uniform(&u, 1, shape, -1.0f, 1.0f));
+    for (int i = 0; u && i < 3; i++)
+        CHECK(ml_data(u)[i] == want[i], "seed 7, uniform %d: %.9g, want %.9g", i,
+              (double)ml_data(u)[i], (double)want[i]);
+    ml_release(u);
+}
+
+/* ------------------------------------------------------------- pointer map */
+
+static void test_ptrmap(void)
+{
+    enum { N = 5000 };
+    static char objects[N], others[N]; /* distinct addresses: keys, and keys never put */
+    ml_ptrmap m = {0};
+    CHECK(ml__ptrmap_get(&m, &objects[0]) == -1, "an empty map holds a key");
+    int added = 0;
+    for (int i = 0; i < N; i++) added += ml__ptrmap_put(&m, &objects[i], i) == 1;
+    CHECK(added == N && m.n == N, "%d of %d keys added, %zu held", added, N, m.n);
+    CHECK(m.cap >= 2 * (size_t)N && (m.cap & (m.cap - 1)) == 0, "table of %zu slots", m.cap);
+    int right = 0;
+    for (int i = 0; i < N; i++) right += ml__ptrmap_get(&m, &objects[i]) == i;
+    CHECK(right == N, "%d of %d keys have their value after growing", right, N);
+    CHECK(ml__ptrmap_put(&m, &objects[17], 99) == 0 && ml__ptrmap_get(&m, &objects[17]) == 99 &&
+              m.n == N, "a key put again: its value replaced, no new key");
+    int absent = 0;
+    for (int i = 0; i < N; i++) absent += ml__ptrmap_get(&m, &others[i]) == -1;
+    CHECK(absent == N, "%d of %d absent keys found absent", absent, N);
+    ml__ptrmap_free(&m);
+    CHECK(m.cap == 0 && m.n == 0 && ml__ptrmap_get(&m, &objects[1]) == -1, "a freed map is empty");
+    CHECK(ml__ptrmap_reserve(&m, 1000) && m.cap >= 2000 && m.n == 0, "reserve");
+    ml__ptrmap_free(&m);
+}
+
 int main(void)
 {
     test_ml_kernel();
     test_results_agree();
     test_scratch();
-    printf("test_kernels: %d passed, %d failed\n", n_pass, n_fail);
+    test_xoshiro();
+    test_ptrmap();
+    printf("test_shared: %d passed, %d failed\n", n_pass, n_fail);
     return n_fail != 0;
 }
