@@ -76,7 +76,8 @@ ML_INLINE void sinusoid_row_body(const float *restrict x, float ph, float amp, f
             if (!(fabsf(v) < 524288.0f)) y[i] = amp * (float)sin((double)v);
         }
 }
-ML_CPU_CLONES(sinusoid_row, (const float *restrict x, float ph, float amp, float *restrict y, int64_t m),
+ML_CPU_CLONES(sinusoid_row,
+              (const float *restrict x, float ph, float amp, float *restrict y, int64_t m),
               (x, ph, amp, y, m))
 
 void ml__sinusoid(const float *x, float phase, float amplitude, float *y, int64_t m) {

@@ -4,8 +4,7 @@
  * four transpose cases, alpha/beta cases (beta = 0 over a NaN-filled C), padded leading
  * dimensions, untouched padding, and concurrent callers.
  *
- *   gcc -std=c11 -O2 -Wall -Wextra -Icsrc/include -Icsrc csrc/kernels/gemm.c \
- *       csrc/tests/test_gemm.c -o /tmp/test_gemm -lm && /tmp/test_gemm
+ *   make -C csrc build/tests/test_gemm && csrc/build/tests/test_gemm
  */
 #define _POSIX_C_SOURCE 200809L
 

@@ -388,8 +388,10 @@ static void test_xoshiro(void)
     static const uint64_t split0[4] = {0xe220a8397b1dcdafull, 0x6e789e6aa1b965f4ull,
                                        0x06c45d188009454full, 0xf88bb8a8724c81ecull};
     static const uint64_t next[2][4] = {
-        {0x99ec5f36cb75f2b4ull, 0xbf6e1f784956452aull, 0x1a5f849d4933e6e0ull, 0x6aa594f1262d2d2cull},
-        {0x15780b2e0c2ec716ull, 0x6104d9866d113a7eull, 0xae17533239e499a1ull, 0xecb8ad4703b360a1ull}};
+        {0x99ec5f36cb75f2b4ull, 0xbf6e1f784956452aull, 0x1a5f849d4933e6e0ull,
+         0x6aa594f1262d2d2cull},
+        {0x15780b2e0c2ec716ull, 0x6104d9866d113a7eull, 0xae17533239e499a1ull,
+         0xecb8ad4703b360a1ull}};
     uint64_t x = 0, s[4];
     for (int i = 0; i < 4; i++) {
         const uint64_t z = ml__splitmix64(&x);
