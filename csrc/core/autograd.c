@@ -2,6 +2,7 @@
 #include <math.h>
 
 #include "internal.h"
+#include "ptrmap.h"
 
 static _Thread_local int ml_grad_disabled; /* 0: grad mode on (the default) */
 _Thread_local const unsigned char *ml__grad_wanted;
@@ -68,69 +69,6 @@ ml_status ml__check_versions(const ml_tensor *out) {
     return ML_OK;
 }
 
-/* ------------------------------------------------------- pointer -> index map */
-
-typedef struct {
-    ml_tensor **keys;
-    int32_t *vals;
-    size_t cap; /* power of two */
-} ptrmap;
-
-static size_t ptr_hash(const void *p, size_t cap) {
-    uint64_t x = (uint64_t)(uintptr_t)p;
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    return (size_t)x & (cap - 1);
-}
-
-static int ptrmap_init(ptrmap *m, size_t min_cap) {
-    size_t cap = 64;
-    while (cap < 2 * min_cap) cap *= 2;
-    m->keys = calloc(cap, sizeof *m->keys);
-    m->vals = malloc(cap * sizeof *m->vals);
-    m->cap = cap;
-    return m->keys && m->vals;
-}
-
-static void ptrmap_free(ptrmap *m) {
-    free(m->keys);
-    free(m->vals);
-}
-
-static int32_t ptrmap_get(const ptrmap *m, const ml_tensor *k) {
-    for (size_t i = ptr_hash(k, m->cap);; i = (i + 1) & (m->cap - 1)) {
-        if (m->keys[i] == k) return m->vals[i];
-        if (!m->keys[i]) return -1;
-    }
-}
-
-static int ptrmap_grow(ptrmap *m) {
-    ptrmap bigger;
-    if (!ptrmap_init(&bigger, m->cap)) {
-        ptrmap_free(&bigger);
-        return 0;
-    }
-    for (size_t i = 0; i < m->cap; i++) {
-        if (!m->keys[i]) continue;
-        size_t j = ptr_hash(m->keys[i], bigger.cap);
-        while (bigger.keys[j]) j = (j + 1) & (bigger.cap - 1);
-        bigger.keys[j] = m->keys[i];
-        bigger.vals[j] = m->vals[i];
-    }
-    ptrmap_free(m);
-    *m = bigger;
-    return 1;
-}
-
-/* Inserts k -> v; the caller keeps the count below cap/2. */
-static void ptrmap_put(ptrmap *m, ml_tensor *k, int32_t v) {
-    size_t i = ptr_hash(k, m->cap);
-    while (m->keys[i] && m->keys[i] != k) i = (i + 1) & (m->cap - 1);
-    m->keys[i] = k;
-    m->vals[i] = v;
-}
-
 /* ------------------------------------------------------------------ ml_grad */
 
 /* Per tensor in the sub-graph: its gradient so far and whether it leads to an input. */
@@ -143,7 +81,7 @@ typedef struct {
 typedef struct {
     gslot *slots;
     int32_t n, cap;
-    ptrmap map;
+    ml_ptrmap map; /* tensor -> its slot */
 } graph;
 
 static int graph_add(graph *g, ml_tensor *t) {
@@ -154,9 +92,8 @@ static int graph_add(graph *g, ml_tensor *t) {
         g->slots = s;
         g->cap = cap;
     }
-    if ((size_t)(g->n + 1) * 2 > g->map.cap && !ptrmap_grow(&g->map)) return -1;
+    if (ml__ptrmap_put(&g->map, t, g->n) < 0) return -1;
     g->slots[g->n] = (gslot){t, NULL, 0};
-    ptrmap_put(&g->map, t, g->n);
     return g->n++;
 }
 
@@ -166,28 +103,24 @@ static ml_status build_topo(graph *g, int n_outputs, ml_tensor *const *outputs) 
     typedef struct { ml_tensor *t; int next; } frame;
     int32_t cap = 256, top = 0;
     frame *stack = malloc((size_t)cap * sizeof *stack);
-    ptrmap seen;
-    if (!stack || !ptrmap_init(&seen, 64)) {
+    ml_ptrmap seen = {0};
+    if (!stack || !ml__ptrmap_reserve(&seen, 64)) {
         free(stack);
         return ml_set_error(ML_ERR_OOM, "out of memory in ml_grad");
     }
-    size_t n_seen = 0;
     ml_status st = ML_OK;
     for (int o = 0; o < n_outputs && st == ML_OK; o++) {
         ml_tensor *root = outputs[o];
-        if (ptrmap_get(&seen, root) >= 0 || !root->requires_grad) continue;
-        ptrmap_put(&seen, root, 1);
-        n_seen++;
+        if (ml__ptrmap_get(&seen, root) >= 0 || !root->requires_grad) continue;
+        if (ml__ptrmap_put(&seen, root, 1) < 0) goto oom;
         stack[top++] = (frame){root, 0};
         while (top > 0) {
             frame *f = &stack[top - 1];
             ml_node *node = f->t->node;
             if (node && f->next < node->n_inputs) {
                 ml_tensor *in = node->inputs[f->next++];
-                if (!in->requires_grad || ptrmap_get(&seen, in) >= 0) continue;
-                if ((n_seen + 1) * 2 > seen.cap && !ptrmap_grow(&seen)) goto oom;
-                ptrmap_put(&seen, in, 1);
-                n_seen++;
+                if (!in->requires_grad || ml__ptrmap_get(&seen, in) >= 0) continue;
+                if (ml__ptrmap_put(&seen, in, 1) < 0) goto oom;
                 if (top == cap) {
                     frame *s = realloc(stack, (size_t)cap * 2 * sizeof *s);
                     if (!s) goto oom;
@@ -202,11 +135,11 @@ static ml_status build_topo(graph *g, int n_outputs, ml_tensor *const *outputs) 
         }
     }
     free(stack);
-    ptrmap_free(&seen);
+    ml__ptrmap_free(&seen);
     return st;
 oom:
     free(stack);
-    ptrmap_free(&seen);
+    ml__ptrmap_free(&seen);
     return ml_set_error(ML_ERR_OOM, "out of memory in ml_grad");
 }
 
@@ -260,24 +193,22 @@ ml_status ml_grad(ml_tensor **grads, int n_outputs, ml_tensor *const *outputs, i
 
     graph g = {0};
     ml_status st = ML_OK;
-    if (!ptrmap_init(&g.map, 64)) {
-        ptrmap_free(&g.map);
+    if (!ml__ptrmap_reserve(&g.map, 64))
         return ml_set_error(ML_ERR_OOM, "out of memory in ml_grad");
-    }
     st = build_topo(&g, n_outputs, outputs);
     int prev_mode = ml_set_grad_enabled(create_graph);
     if (st) goto done;
 
     /* Mark the tensors that lead to an input: only their backward needs to run. */
     for (int j = 0; j < n_inputs; j++) {
-        int32_t k = ptrmap_get(&g.map, inputs[j]);
+        int32_t k = ml__ptrmap_get(&g.map, inputs[j]);
         if (k >= 0) g.slots[k].needed = 1;
     }
     for (int32_t k = 0; k < g.n; k++) {
         ml_node *node = g.slots[k].t->node;
         if (!node || g.slots[k].needed) continue;
         for (int i = 0; i < node->n_inputs; i++) {
-            int32_t p = ptrmap_get(&g.map, node->inputs[i]);
+            int32_t p = ml__ptrmap_get(&g.map, node->inputs[i]);
             if (p >= 0 && g.slots[p].needed) {
                 g.slots[k].needed = 1;
                 break;
@@ -287,7 +218,7 @@ ml_status ml_grad(ml_tensor **grads, int n_outputs, ml_tensor *const *outputs, i
 
     /* Seed the outputs. */
     for (int o = 0; o < n_outputs && st == ML_OK; o++) {
-        int32_t k = ptrmap_get(&g.map, outputs[o]);
+        int32_t k = ml__ptrmap_get(&g.map, outputs[o]);
         if (k < 0) continue; /* does not require grad: contributes nothing */
         ml_tensor *seed = NULL;
         if (grad_outputs && grad_outputs[o]) {
@@ -321,7 +252,7 @@ ml_status ml_grad(ml_tensor **grads, int n_outputs, ml_tensor *const *outputs, i
             break;
         }
         for (int i = 0; i < node->n_inputs; i++) {
-            int32_t p = ptrmap_get(&g.map, node->inputs[i]);
+            int32_t p = ml__ptrmap_get(&g.map, node->inputs[i]);
             want[i] = p >= 0 && g.slots[p].needed;
         }
         const unsigned char *prev_want = ml__grad_wanted;
@@ -330,7 +261,7 @@ ml_status ml_grad(ml_tensor **grads, int n_outputs, ml_tensor *const *outputs, i
         ml__grad_wanted = prev_want;
         for (int i = 0; i < node->n_inputs; i++) {
             if (st == ML_OK && gin[i] && want[i]) /* the input has a needed slot */
-                st = accumulate(&g.slots[ptrmap_get(&g.map, node->inputs[i])], gin[i]);
+                st = accumulate(&g.slots[ml__ptrmap_get(&g.map, node->inputs[i])], gin[i]);
             ml_release(gin[i]);
         }
         if (want != want_inline) free(want);
@@ -349,7 +280,7 @@ ml_status ml_grad(ml_tensor **grads, int n_outputs, ml_tensor *const *outputs, i
      * PyTorch, not "unused". Under create_graph the zeros are step(x > +inf) recorded on x
      * (a flat op), so that differentiating them again gives zeros too. */
     for (int j = 0; j < n_inputs && st == ML_OK; j++) {
-        int32_t k = ptrmap_get(&g.map, inputs[j]);
+        int32_t k = ml__ptrmap_get(&g.map, inputs[j]);
         if (k < 0 || g.slots[k].grad) continue;
         const ml_tensor *x = inputs[j];
         st = create_graph ? ml_step(&g.slots[k].grad, inputs[j], INFINITY)
@@ -357,7 +288,7 @@ ml_status ml_grad(ml_tensor **grads, int n_outputs, ml_tensor *const *outputs, i
     }
     if (st == ML_OK) {
         for (int j = 0; j < n_inputs; j++) {
-            int32_t k = ptrmap_get(&g.map, inputs[j]);
+            int32_t k = ml__ptrmap_get(&g.map, inputs[j]);
             ml_tensor *gj = k >= 0 ? g.slots[k].grad : NULL;
             if (!gj && !allow_unused) {
                 st = ml_set_error(ML_ERR_GRAPH,
@@ -371,7 +302,7 @@ ml_status ml_grad(ml_tensor **grads, int n_outputs, ml_tensor *const *outputs, i
     for (int j = 0; j < n_inputs; j++) grads[j] = NULL;
     if (st == ML_OK) {
         for (int j = 0; j < n_inputs; j++) {
-            int32_t k = ptrmap_get(&g.map, inputs[j]);
+            int32_t k = ml__ptrmap_get(&g.map, inputs[j]);
             grads[j] = k >= 0 ? g.slots[k].grad : NULL;
             if (grads[j] && !create_graph && grads[j]->node) {
                 /* Without create_graph nothing was recorded; a grad_output passed in may
@@ -393,6 +324,6 @@ done:
     ml_set_grad_enabled(prev_mode);
     for (int32_t k = 0; k < g.n; k++) ml_release(g.slots[k].grad);
     free(g.slots);
-    ptrmap_free(&g.map);
+    ml__ptrmap_free(&g.map);
     return st;
 }

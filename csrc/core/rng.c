@@ -1,5 +1,5 @@
-/* rng.c — the seeded generator: xoshiro256** (Blackman & Vigna 2018) seeded through
- * splitmix64. One stream per process, so the same seed gives the same numbers bit for bit.
+/* rng.c — the seeded generator: xoshiro256** seeded through splitmix64 (xoshiro.h). One
+ * stream per process, so the same seed gives the same numbers bit for bit.
  * A lock makes each seed and each whole draw (an array, a permutation) one step of that
  * stream, so threads drawing at once (replays run without the GIL) never tear its state:
  * each gets a contiguous block of the stream, in an order set by timing. */
@@ -7,21 +7,14 @@
 #include <pthread.h>
 
 #include "internal.h"
+#include "xoshiro.h"
 
 static uint64_t rng_state[4];
 static int rng_seeded;
 static pthread_mutex_t rng_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
 static void seed_locked(uint64_t seed) {
-    uint64_t x = seed;
-    for (int i = 0; i < 4; i++) rng_state[i] = splitmix64(&x);
+    ml__xoshiro_seed(rng_state, seed);
     rng_seeded = 1;
 }
 
@@ -31,20 +24,10 @@ void ml_rng_seed(uint64_t seed) {
     pthread_mutex_unlock(&rng_lock);
 }
 
-static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
 /* the next number of the stream; the caller holds rng_lock */
 static uint64_t next_u64(void) {
     if (!rng_seeded) seed_locked(0);
-    uint64_t *s = rng_state;
-    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return result;
+    return ml__xoshiro_next(rng_state);
 }
 
 uint64_t ml_rng_next_u64(void) {

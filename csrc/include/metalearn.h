@@ -375,6 +375,13 @@ void ml_sgemm(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
               int64_t ldc);
 /* "avx2" or "portable": the kernel chosen at run time (ML_KERNEL=portable forces it). */
 const char *ml_kernel_name(void);
+/* Every run-time dispatch site of the library and the variant it runs ("avx2" or
+ * "portable"): fills up to cap entries of names and variants (strings that live as long as
+ * the process), returns how many sites there are. */
+int ml_kernel_variants(const char **names, const char **variants, int cap);
+/* y[i] = amplitude * sin(x[i] - phase) for i < m, float32 with the sine rounded once from
+ * double: the same bits on every x86-64 build and kernel variant (sinusoid tasks). */
+void ml_sinusoid(const float *x, float phase, float amplitude, float *y, int64_t m);
 
 /* Threads used inside one large op (GEMM, convolution): n <= 0 restores the default
  * (METALEARN_NUM_THREADS, else the online CPUs). Results do not depend on it. */

@@ -1,28 +1,24 @@
 /* vmath.c — vectorised float32 transcendental kernels for the one-input element-wise ops:
  * exp, log, tanh, sigmoid, erf, gelu over arrays.
  *
- * AVX2+FMA versions (chosen at run time, like the GEMM; ML_KERNEL=portable forces the C
+ * AVX2+FMA versions (chosen at run time by kernels/cpu.c; ML_KERNEL=portable forces the C
  * loops) use Cephes-style range reduction and polynomials (S. L. Moshier, Cephes Math
  * Library: expf, logf, tanhf) and, for erf, the rational approximation on [-4, 4] used by
  * Eigen / XLA. Accuracy against libm over dense sweeps is checked by tests/test_vmath.c
- * (exp, log, tanh, sigmoid within 3 ulp; erf within 3e-7 absolute, ~5 ulp near |erf| = 1). A vector of 8 holding any lane outside the
- * polynomial's range (overflow, underflow into denormals, NaN, log of x <= 0, ...) is
- * computed lane by lane with libm, so special values behave exactly as the C library's.
+ * (exp, log, tanh, sigmoid within 3 ulp; erf within 3e-7 absolute, ~5 ulp near |erf| = 1).
+ * A vector of 8 holding any lane outside the polynomial's range (overflow, underflow into
+ * denormals, NaN, log of x <= 0, ...) is computed lane by lane with libm, so special values
+ * behave exactly as the C library's.
  */
 #include <math.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "vmath.h"
+#include "cpu.h"
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define ML_HAVE_AVX2 1
+#if ML_HAVE_AVX2
 #include <immintrin.h>
-#define ML_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define ML_HAVE_AVX2 0
 #endif
 
 /* ------------------------------------------------------------ scalar forms */
@@ -195,9 +191,10 @@ ML_VLOOP(a_gelu, gelu_core, s_gelu, -1e30f, 1e30f)
 #endif
 
 #if ML_HAVE_AVX2
-/* 8 lanes of exact vsqrtps/vdivps: 65 -> 40 us for the 101k parameters of the 784-128-10
- * network (the SSE loop GCC makes of p_adam). Software prefetching on the four streams
- * was tried and measured no better than the hardware prefetcher. */
+/* 8 lanes of exact vsqrtps/vdivps, where the SSE loop GCC makes of p_adam runs 4
+ * (run_all.py dense b32 / b256: Adam over the 784-128-10 network's 101k parameters is a
+ * large part of its step). Software prefetching on the four streams is no better than the
+ * hardware prefetcher. */
 ML_TARGET_AVX2 static void a_adam(int64_t n, float *restrict p, const float *restrict g,
                                   float *restrict m, float *restrict v, float *restrict vhat,
                                   float lr_t, float b1, float b2, float eps) {
@@ -223,25 +220,12 @@ ML_TARGET_AVX2 static void a_adam(int64_t n, float *restrict p, const float *res
 
 /* --------------------------------------------------------------- dispatch */
 
-static atomic_int g_avx2 = -1;
-
-static int use_avx2(void) {
-    int v = atomic_load_explicit(&g_avx2, memory_order_relaxed);
-    if (v >= 0) return v;
-    v = 0;
-#if ML_HAVE_AVX2
-    const char *env = getenv("ML_KERNEL");
-    __builtin_cpu_init();
-    v = !(env && strcmp(env, "portable") == 0) && __builtin_cpu_supports("avx2") &&
-        __builtin_cpu_supports("fma");
-#endif
-    atomic_store_explicit(&g_avx2, v, memory_order_relaxed);
-    return v;
-}
+/* the vector math follows the one instruction-set choice */
+ML_KERNEL_SITE(vmath, "vmath", ML_HAVE_AVX2)
 
 #if ML_HAVE_AVX2
 #define ML_DISPATCH(NAME, A, P)                                                               \
-    void NAME(int64_t n, const float *x, float *o) { (use_avx2() ? A : P)(n, x, o); }
+    void NAME(int64_t n, const float *x, float *o) { (ml__cpu_avx2() ? A : P)(n, x, o); }
 #else
 #define ML_DISPATCH(NAME, A, P)                                                               \
     void NAME(int64_t n, const float *x, float *o) { P(n, x, o); }
@@ -264,8 +248,9 @@ void ml__vgelu_portable(int64_t n, const float *x, float *o) { p_gelu(n, x, o); 
  * back after it, on this thread only), as TensorFlow's CPU kernels run. A unit that stops
  * receiving gradient (a dead ReLU) has its m decay by b1 per step into the denormal range
  * within a few hundred steps, and its step lr m / (sqrt(v) + eps) sooner; the divider
- * takes a microcode assist on every denormal operand or result: the 784-128-10 network's
- * Adam went from 29 to 50-80 us a step once enough units had died. What a flush drops is
+ * takes a microcode assist on every denormal operand or result, which makes the 784-128-10
+ * network's Adam twice as slow once enough units have died (benchmarks/dense_step.py
+ * --drift: the time per step must not grow over a long run). What a flush drops is
  * tiny: a flushed m is below 1.2e-38, so its step is below lr 1.2e-38 / eps (1.2e-34 for
  * lr = 1e-3 and Keras's eps = 1e-7), which leaves any |p| above ~1e-27 unchanged. Both
  * kernels flush; off x86 (no MXCSR) the loops run IEEE. (Where m - (1 - b1) m is not one
@@ -287,7 +272,7 @@ void ml__vadam(int64_t n, float *p, const float *g, float *m, float *v, float *v
                float b1, float b2, float eps) {
     FTZ_DAZ_BEGIN
 #if ML_HAVE_AVX2
-    if (use_avx2())
+    if (ml__cpu_avx2())
         a_adam(n, p, g, m, v, vhat, lr_t, b1, b2, eps);
     else
 #endif

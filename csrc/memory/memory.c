@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "../core/internal.h"
+#include "../core/xoshiro.h"
 
 #define ML_MEMORY_LOAD_MAX_BYTES (4.0 * 1073741824.0)
 
@@ -50,35 +51,11 @@ struct ml_memory {
 
 /* ------------------------------------------------------------------ rng */
 
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static void rng_seed(uint64_t *s, uint64_t seed) {
-    uint64_t x = seed;
-    for (int i = 0; i < 4; i++) s[i] = splitmix64(&x);
-}
-
-static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-static uint64_t rng_next(uint64_t *s) { /* xoshiro256** */
-    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return result;
-}
-
-/* uniform in [0, n) without modulo bias (rejection) */
+/* the memory's own stream (seeded with its seed: core/xoshiro.h); uniform in [0, n) without
+ * modulo bias (rejection) */
 static uint64_t rng_below(uint64_t *s, uint64_t n) {
     uint64_t limit = UINT64_MAX - UINT64_MAX % n, r;
-    do r = rng_next(s);
+    do r = ml__xoshiro_next(s);
     while (r >= limit);
     return r % n;
 }
@@ -124,7 +101,7 @@ ml_status ml_memory_new(ml_memory **out, int64_t capacity, int64_t key_size,
     m->key_size = key_size;
     m->payload_size = payload_size;
     m->seed = seed;
-    rng_seed(m->rng, seed);
+    ml__xoshiro_seed(m->rng, seed);
     ml_status st = alloc_slabs(m);
     if (!st && pthread_rwlock_init(&m->lock, NULL) != 0)
         st = ml_set_error(ML_ERR_OOM, "KnowledgeMemory: cannot create its lock");
@@ -167,7 +144,7 @@ static void clear_locked(ml_memory *m) {
     memset(m->ages, 0, cap * sizeof(int64_t));
     if (m->payloads) memset(m->payloads, 0, cap * (size_t)m->payload_size * sizeof(float));
     m->count = 0;
-    rng_seed(m->rng, m->seed);
+    ml__xoshiro_seed(m->rng, m->seed);
 }
 
 ml_status ml_memory_clear(ml_memory *mem) {

@@ -16,14 +16,14 @@
  * Kernels: im2col + the blocked GEMM (ml_sgemm). A row of the column matrix is one output
  * pixel's receptive field in (kh, kw, c) order, which is the kernel's own memory order, so
  * the kernel is used in place as a (KH*KW*C, F) matrix. Images are processed in chunks whose
- * column matrix fits a per-thread buffer that is kept between calls (no malloc per call).
+ * column matrix fits a per-thread buffer that is kept between calls (no malloc per call:
+ * kernels/scratch.h).
  * A 1x1 kernel with stride 1 and no padding skips im2col (the input is the column matrix).
  */
-#define _POSIX_C_SOURCE 200809L
-#include <pthread.h>
 #include <stdatomic.h>
 
 #include "../core/internal.h"
+#include "../kernels/scratch.h"
 
 #define IN(k) (out->node->inputs[k])
 
@@ -42,34 +42,6 @@ void ml__win2d_load(ml_win2d *g, const int64_t *p) {
 }
 
 _Static_assert(ML_WIN2D_NPARAMS + 1 <= ML_NODE_MAX_IPARAMS, "iparams too small for ml_win2d");
-
-/* ------------------------------------------------------- per-thread buffer */
-
-static _Thread_local float *tl_cols;
-static _Thread_local size_t tl_cap;
-static pthread_key_t cols_key;
-static pthread_once_t cols_once = PTHREAD_ONCE_INIT;
-static int cols_key_ok;
-
-static void cols_free(void *p) {
-    free(p);
-    tl_cols = NULL;
-    tl_cap = 0;
-}
-static void cols_key_init(void) { cols_key_ok = pthread_key_create(&cols_key, cols_free) == 0; }
-
-static float *cols_buffer(size_t floats) {
-    if (floats <= tl_cap) return tl_cols;
-    size_t bytes = (floats * sizeof(float) + 63) & ~(size_t)63;
-    float *p = aligned_alloc(64, bytes);
-    if (!p) return NULL;
-    free(tl_cols);
-    tl_cols = p;
-    tl_cap = bytes / sizeof(float);
-    pthread_once(&cols_once, cols_key_init);
-    if (cols_key_ok) pthread_setspecific(cols_key, p);
-    return p;
-}
 
 /* Column matrices up to this size (floats) per chunk of images: 2 MiB, about an L2/L3 share. */
 #define COLS_TARGET (512 * 1024)
@@ -178,7 +150,7 @@ static void forward_chunk(void *ctx, int64_t ci) {
     if (is_pointwise(g)) {
         ml_sgemm(0, 0, nn * P, F, KK, 1.0f, j->x + n0 * P * KK, KK, j->k, F, 0.0f, y, F);
     } else {
-        float *cols = cols_buffer((size_t)(nn * P * KK));
+        float *cols = ml__scratch(ML_SCRATCH_CONV_COLS, (size_t)(nn * P * KK));
         if (!cols) {
             atomic_store(&j->failed, 1);
             return;
@@ -207,7 +179,7 @@ static void input_grad_chunk(void *ctx, int64_t ci) {
     }
     const int64_t img = g->h * g->w * g->c;
     memset(j->dx + n0 * img, 0, (size_t)(nn * img) * sizeof(float));
-    float *cols = cols_buffer((size_t)(nn * P * KK));
+    float *cols = ml__scratch(ML_SCRATCH_CONV_COLS, (size_t)(nn * P * KK));
     if (!cols) {
         atomic_store(&j->failed, 1);
         return;
@@ -229,7 +201,7 @@ static void kernel_grad_chunk(void *ctx, int64_t ci) {
         ml_sgemm(1, 0, KK, F, nn * P, 1.0f, j->x + n0 * P * KK, KK, gy, F, 0.0f, dst, F);
         return;
     }
-    float *cols = cols_buffer((size_t)(nn * P * KK));
+    float *cols = ml__scratch(ML_SCRATCH_CONV_COLS, (size_t)(nn * P * KK));
     if (!cols) {
         atomic_store(&j->failed, 1);
         return;
@@ -269,31 +241,6 @@ static ml_status conv_input_grad_kernel(const ml_win2d *g, int64_t F, const floa
     return atomic_load(&j.failed) ? oom() : ML_OK;
 }
 
-/* Per-chunk partial kernel gradients, kept by the calling thread between calls. */
-static _Thread_local float *tl_parts;
-static _Thread_local size_t tl_parts_cap;
-static pthread_key_t parts_key;
-static pthread_once_t parts_once = PTHREAD_ONCE_INIT;
-static int parts_key_ok;
-static void parts_free(void *p) {
-    free(p);
-    tl_parts = NULL;
-    tl_parts_cap = 0;
-}
-static void parts_key_init(void) { parts_key_ok = pthread_key_create(&parts_key, parts_free) == 0; }
-static float *parts_buffer(size_t floats) {
-    if (floats <= tl_parts_cap) return tl_parts;
-    size_t bytes = (floats * sizeof(float) + 63) & ~(size_t)63;
-    float *p = aligned_alloc(64, bytes);
-    if (!p) return NULL;
-    free(tl_parts);
-    tl_parts = p;
-    tl_parts_cap = bytes / sizeof(float);
-    pthread_once(&parts_once, parts_key_init);
-    if (parts_key_ok) pthread_setspecific(parts_key, p);
-    return p;
-}
-
 static ml_status conv_kernel_grad_kernel(const ml_win2d *g, int64_t F, const float *x,
                                          const float *gy, float *dk) {
     const int64_t KK = g->kh * g->kw * g->c, P = g->oh * g->ow;
@@ -306,7 +253,8 @@ static ml_status conv_kernel_grad_kernel(const ml_win2d *g, int64_t F, const flo
     j.step = is_pointwise(g) ? (g->n + MIN_CHUNKS - 1) / MIN_CHUNKS : chunk_images(g);
     const int64_t chunks = (g->n + j.step - 1) / j.step;
     if (chunks > 1) {
-        j.parts = parts_buffer((size_t)((chunks - 1) * KK * F));
+        /* partial kernel gradients: the calling thread's buffer, kept between calls */
+        j.parts = ml__scratch(ML_SCRATCH_CONV_PARTS, (size_t)((chunks - 1) * KK * F));
         if (!j.parts) return oom();
     }
     atomic_init(&j.failed, 0);

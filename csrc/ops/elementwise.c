@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "../core/internal.h"
+#include "../kernels/cpu.h"
 #include "../kernels/vmath.h"
 #include "fusion.h"
 
@@ -27,11 +28,12 @@ ml_status ml__broadcast_shape(const ml_tensor *a, const ml_tensor *b, int *ndim,
 
 /* ------------------------------------------------------------ binary kernels */
 
-/* (declared in fusion.h) The start is found once (row and multi-index), then rows are
- * walked as in an unsplit run. Cloned for AVX2 as a whole, with the row kernel inlined: a
- * broadcast over a middle axis ((25, 10, 40) * (25, 1, 40) in vectorised MAML) is hundreds
- * of 40-element rows, where a dispatched call per row would cost as much as the row. */
-__attribute__((target_clones("avx2", "default"))) void ml__binary_range_at(
+/* The start is found once (row and multi-index), then rows are walked as in an unsplit
+ * run. Compiled twice (ML_CPU_CLONES: AVX2 and baseline) as a whole, with the row kernel
+ * inlined: a broadcast over a middle axis ((25, 10, 40) * (25, 1, 40) in vectorised MAML)
+ * is hundreds of 40-element rows, where a dispatched call per row would cost as much as
+ * the row. */
+ML_INLINE void binary_range_at_body(
     int op, const ml_tensor *a, const float *ad, int64_t ash, const ml_tensor *b,
     const float *bd, int64_t bsh, ml_tensor *out, const ml_walk_plan *w, int64_t p0,
     int64_t p1) {
@@ -78,9 +80,21 @@ __attribute__((target_clones("avx2", "default"))) void ml__binary_range_at(
         }
     }
 }
+ML_CPU_CLONES(binary_range_at,
+              (int op, const ml_tensor *a, const float *ad, int64_t ash, const ml_tensor *b,
+               const float *bd, int64_t bsh, ml_tensor *out, const ml_walk_plan *w, int64_t p0,
+               int64_t p1),
+              (op, a, ad, ash, b, bd, bsh, out, w, p0, p1))
+
+/* (declared in fusion.h: the fused forms of a trace walk their operands with it too) */
+void ml__binary_range_at(int op, const ml_tensor *a, const float *ad, int64_t ash, const ml_tensor *b,
+                         const float *bd, int64_t bsh, ml_tensor *out, const ml_walk_plan *w, int64_t p0,
+                         int64_t p1) {
+    binary_range_at(op, a, ad, ash, b, bd, bsh, out, w, p0, p1);
+}
 static void binary_range(int op, const ml_tensor *a, const ml_tensor *b, ml_tensor *out,
                          const ml_walk_plan *w, int64_t p0, int64_t p1) {
-    ml__binary_range_at(op, a, a->data, 0, b, b->data, 0, out, w, p0, p1);
+    binary_range_at(op, a, a->data, 0, b, b->data, 0, out, w, p0, p1);
 }
 
 /* Large outputs split over the thread pool as ml__split_step says (fusion.h): the same
@@ -270,8 +284,8 @@ enum {
     UN_ERF, UN_GELU, UN_POW, UN_ADDS, UN_MULS, UN_LEAKY, UN_ELU, UN_CLIP, UN_STEP, UN_RANGE
 };
 
-__attribute__((target_clones("avx2", "default"))) static void
-un_kernel(int k, int64_t n, const float *restrict x, float *restrict o, float p, float q) {
+ML_INLINE void un_kernel_body(int k, int64_t n, const float *restrict x, float *restrict o,
+                             float p, float q) {
     switch (k) {
     case UN_NEG: for (int64_t i = 0; i < n; i++) o[i] = -x[i]; break;
     case UN_SQUARE: for (int64_t i = 0; i < n; i++) o[i] = x[i] * x[i]; break;
@@ -314,6 +328,9 @@ un_kernel(int k, int64_t n, const float *restrict x, float *restrict o, float p,
         break;
     }
 }
+ML_CPU_CLONES(un_kernel,
+              (int k, int64_t n, const float *restrict x, float *restrict o, float p, float q),
+              (k, n, x, o, p, q))
 
 /* Large arrays are split over the thread pool in blocks whose starts are multiples of 64
  * elements: every element is computed by the same code (vector lanes stay aligned with an

@@ -19,24 +19,12 @@
 #include <math.h>
 
 #include "../core/internal.h"
+#include "../kernels/cpu.h"
 
-/* The statistics and normalisation loops are plain C the compiler vectorises; an AVX2
- * clone chosen at load time (GCC/clang target_clones, x86-64 only) runs them on 4 doubles
- * / 8 floats at a time. The portable build stays the default clone. */
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define ML_BN_NO_CLONES 1 /* ifunc resolvers run before the sanitizer runtime is up */
-#endif
-#endif
-#if defined(__x86_64__) && defined(__has_attribute) && !defined(__SANITIZE_ADDRESS__) && \
-    !defined(ML_BN_NO_CLONES)
-#if __has_attribute(target_clones)
-#define ML_BN_CLONES __attribute__((target_clones("avx2", "default")))
-#endif
-#endif
-#ifndef ML_BN_CLONES
-#define ML_BN_CLONES
-#endif
+/* The statistics and normalisation loops are plain C the compiler vectorises; the two
+ * range functions (forward, backward) are compiled for AVX2 as well as for the baseline
+ * (ML_CPU_CLONES), with the statistics inlined, so they run on 4 doubles / 8 floats at a
+ * time where the CPU can. */
 
 static ml_status check_vec(const char *what, const ml_tensor *t, int64_t c, const ml_tensor *x,
                            int axis) {
@@ -70,8 +58,8 @@ static bn_geom bn_geom_of(const ml_tensor *x, int ax, int grouped) {
  * channels-last x (rows x C): float over blocks of BN_BLOCK rows, then double; a block
  * whose float sum leaves the float range (values near 1e37, deviations beyond 1e19) is
  * summed again in double. tmp: C floats. */
-ML_BN_CLONES static void bn_block_sums(const float *x, int64_t rows, int64_t C,
-                                       const float *mean, float *tmp, double *out) {
+ML_INLINE void bn_block_sums(const float *x, int64_t rows, int64_t C, const float *mean,
+                             float *tmp, double *out) {
     for (int64_t o0 = 0; o0 < rows; o0 += BN_BLOCK) {
         const int64_t o1 = o0 + BN_BLOCK < rows ? o0 + BN_BLOCK : rows;
         for (int64_t c = 0; c < C; c++) tmp[c] = 0.0f;
@@ -107,8 +95,8 @@ ML_BN_CLONES static void bn_block_sums(const float *x, int64_t rows, int64_t C,
  * element: it was a third of the statistics pass). A block's float error is ~BN_BLOCK ulp
  * of its terms, far inside float32 batch norm's tolerance. acc: 2*c doubles of scratch,
  * tmp: c floats. */
-ML_BN_CLONES static void bn_stats(const bn_geom *g, const float *x, float eps, double *acc,
-                                  float *tmp, float *mean, float *var, float *inv) {
+ML_INLINE void bn_stats(const bn_geom *g, const float *x, float eps, double *acc, float *tmp,
+                        float *mean, float *var, float *inv) {
     const int64_t C = g->c, inner = g->inner;
     double *s = acc, *q = acc + C;
     for (int64_t c = 0; c < C; c++) s[c] = q[c] = 0.0;
@@ -186,7 +174,7 @@ struct bn_job {
 };
 
 
-ML_BN_CLONES static void bn_train_range(bn_job *j, int64_t g0, int64_t g1) {
+ML_INLINE void bn_train_range_body(bn_job *j, int64_t g0, int64_t g1) {
     const bn_geom *g = j->g;
     const int64_t C = g->c, inner = g->inner;
     double *acc = malloc((size_t)C * 2 * sizeof(double));
@@ -229,6 +217,7 @@ ML_BN_CLONES static void bn_train_range(bn_job *j, int64_t g0, int64_t g1) {
     free(acc);
     free(f);
 }
+ML_CPU_CLONES(bn_train_range, (bn_job *j, int64_t g0, int64_t g1), (j, g0, g1))
 
 /* Task i of a pool run: groups [i * step, (i + 1) * step) through j->range. */
 static void bn_part(void *ctx, int64_t i) {
@@ -288,7 +277,7 @@ static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_te
 
 /* First-order backward with grad mode off: two fused passes (statistics are recomputed),
  * once per group (groups over the pool, as in the forward). */
-ML_BN_CLONES static void bn_backward_range(bn_job *j, int64_t g0, int64_t g1) {
+ML_INLINE void bn_backward_range_body(bn_job *j, int64_t g0, int64_t g1) {
     const bn_geom *g = j->g;
     const int64_t C = g->c, inner = g->inner;
     double *acc = malloc((size_t)C * 4 * sizeof(double));
@@ -382,6 +371,7 @@ ML_BN_CLONES static void bn_backward_range(bn_job *j, int64_t g0, int64_t g1) {
     free(acc);
     free(f);
 }
+ML_CPU_CLONES(bn_backward_range, (bn_job *j, int64_t g0, int64_t g1), (j, g0, g1))
 
 static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gamma, float eps,
                                   ml_tensor *gy, ml_tensor **dx, ml_tensor **dgamma,

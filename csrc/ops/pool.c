@@ -15,6 +15,7 @@
 #include <math.h>
 
 #include "../core/internal.h"
+#include "../kernels/cpu.h"
 
 #define IN(k) (out->node->inputs[k])
 
@@ -41,9 +42,8 @@ static inline void win_range(int64_t o, int64_t stride, int64_t pad, int64_t k, 
 /* Per output pixel: pass 1 takes the max over the window (vectorised over channels), pass 2
  * finds the first position holding it (first maximum wins, as PyTorch; a NaN is the max
  * once met, and the first NaN is its position). */
-__attribute__((target_clones("avx2", "default"))) static void
-maxpool_kernel(const ml_win2d *g, const float *x, float *y, int64_t *arg, int32_t *pos,
-               int64_t n_lo, int64_t n_hi) {
+ML_INLINE void maxpool_kernel_body(const ml_win2d *g, const float *x, float *y, int64_t *arg,
+                                  int32_t *pos, int64_t n_lo, int64_t n_hi) {
     const int64_t C = g->c;
     for (int64_t n = n_lo; n < n_hi; n++) {
         const float *img = x + n * g->h * g->w * C;
@@ -83,6 +83,11 @@ maxpool_kernel(const ml_win2d *g, const float *x, float *y, int64_t *arg, int32_
         }
     }
 }
+/* compiled for AVX2 and for the baseline (the channel loops vectorise at either width) */
+ML_CPU_CLONES(maxpool_kernel,
+              (const ml_win2d *g, const float *x, float *y, int64_t *arg, int32_t *pos,
+               int64_t n_lo, int64_t n_hi),
+              (g, x, y, arg, pos, n_lo, n_hi))
 
 /* Images are split over the thread pool (in a fixed number of chunks; every output and
  * every scattered gradient belongs to one image, so results do not depend on threads). */

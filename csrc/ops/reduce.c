@@ -2,6 +2,7 @@
 #include <math.h>
 
 #include "../core/internal.h"
+#include "../kernels/cpu.h"
 
 enum { RED_SUM, RED_MAX };
 
@@ -17,8 +18,8 @@ typedef struct {
 } red_job;
 
 /* dst[q] += the sum over rows r of src[r * inner + q], q < 8 nv, row after row: nv
- * vectors of 8 floats (GCC's vector type: one ymm register in the AVX2 clone, two xmm in
- * the default one), nv a constant once inlined so the accumulators stay in registers (a
+ * vectors of 8 floats (GCC's vector type: one ymm register in the AVX2 variant, two xmm
+ * in the baseline one), nv a constant once inlined so the accumulators stay in registers (a
  * float array of them was partly kept on the stack) */
 typedef float ml_v8 __attribute__((vector_size(32), aligned(4), may_alias));
 static inline __attribute__((always_inline)) void col_sums(const float *restrict src,
@@ -34,10 +35,11 @@ static inline __attribute__((always_inline)) void col_sums(const float *restrict
     for (int v = 0; v < nv; v++) *(ml_v8 *)(dst + 8 * v) += acc[v];
 }
 
-/* Cloned for AVX2 (the library is built for baseline x86-64): summing a middle axis,
- * (25, 10, 40) -> (25, 1, 40) in vectorised MAML's backward, ran at SSE width. */
-__attribute__((target_clones("avx2", "default"))) static void
-red_block(const red_job *j, int64_t o0, int64_t o1, int64_t i0, int64_t i1) {
+/* Compiled for AVX2 and for the baseline (ML_CPU_CLONES; the library is built for baseline
+ * x86-64): at SSE width alone, summing a middle axis ((25, 10, 40) -> (25, 1, 40) in
+ * vectorised MAML's backward) runs at half speed. */
+ML_INLINE void red_block_body(const red_job *j, int64_t o0, int64_t o1, int64_t i0,
+                              int64_t i1) {
     const int kind = j->kind;
     const int64_t red = j->red, inner = j->inner;
     for (int64_t o = o0; o < o1; o++) {
@@ -81,6 +83,8 @@ red_block(const red_job *j, int64_t o0, int64_t o1, int64_t i0, int64_t i1) {
         }
     }
 }
+ML_CPU_CLONES(red_block, (const red_job *j, int64_t o0, int64_t o1, int64_t i0, int64_t i1),
+              (j, o0, o1, i0, i1))
 
 /* Reductions of >= RED_PAR_MIN inputs are split over the pool by output rows or columns. */
 #define RED_PAR_MIN (1 << 16)

@@ -6,16 +6,8 @@
  * (lower + (upper - lower) * next_double): b amplitudes, b phases, then b rows of
  * k + q inputs. So the tasks are the numpy sampler's, and the Generator is left where
  * three uniform() calls would leave it. In NumPy the batch took three uniform() calls,
- * a sine and four copies, 13 us for 25 tasks of 20 points (about 7 % of a MAML sinusoid
- * meta-step); here it is one pass.
- *
- * The sine is computed in double precision and rounded to float32 once (y is within
- * half an ulp of the float32 formula's exact sine, where NumPy's float32 sine may be an
- * ulp off): argument reduction by pi/2 in three parts (Cody & Waite), then the kernel
- * polynomials of fdlibm's __kernel_sin / __kernel_cos (|error| < 2^-58 on [-pi/4, pi/4]).
- * Arguments from 2^19 on (and inf, NaN) go to the C library's sin. Nothing here fuses
- * multiply-adds (the pragma below; the AVX2 clone of the loop has no FMA either), so the
- * bits are the same on every x86-64 build.
+ * a sine and four copies; here it is one pass. The sine is the kernel ml_sinusoid
+ * (kernels/sinusoid.c: the same bits on every x86-64 build).
  */
 #include "binding.h"
 
@@ -31,58 +23,6 @@
 #include <stdint.h>
 #include <string.h>
 #include <numpy/random/bitgen.h>
-
-/* sin(v) for |v| < 2^19 (the caller sends the others to the C library). Branch-free, so
- * that a loop over it vectorises. */
-static inline double sin_f64(double v) {
-    /* pi/2 = P1 + P2 + P3, P1 and P2 with 33 significant bits: q * P1 and q * P2 are
-     * exact for |q| < 2^20 (fdlibm's pio2_1, pio2_2, pio2_3) */
-    static const double P1 = 1.57079632673412561417e+00, P2 = 6.07710050630396597660e-11,
-                        P3 = 2.02226624871116645580e-21;
-    /* round(v 2/pi): adding 1.5 2^52 leaves the integer in the low bits of the sum */
-    const double shifted = v * 6.36619772367581382433e-01 + 0x1.8p52;
-    const double q = shifted - 0x1.8p52;
-    uint64_t n;
-    memcpy(&n, &shifted, sizeof n);
-    const double r = ((v - q * P1) - q * P2) - q * P3;
-    const double z = r * r, z2 = z * z;
-    /* the polynomials in Estrin's form: shorter dependency chains than Horner's */
-    const double s = r + r * z * ((-1.66666666666666324348e-01 + z * 8.33333333332248946124e-03) +
-                     z2 * ((-1.98412698298579493134e-04 + z * 2.75573137070700676789e-06) +
-                     z2 * (-2.50507602534068634195e-08 + z * 1.58969099521155010221e-10)));
-    const double c = (1.0 - 0.5 * z) + z2 * ((4.16666666666666019037e-02 +
-                     z * -1.38888888888741095749e-03) + z2 * ((2.48015872894767294178e-05 +
-                     z * -2.75573143513906633035e-07) + z2 * (2.08757232129817482790e-09 +
-                     z * -1.13596475577881948265e-11)));
-    /* quadrant n mod 4: sin, cos, -sin, -cos; picked with bit masks, not branches (a
-     * branch on the quadrant is mispredicted half the time: 31 cycles a point) */
-    uint64_t sb, cb;
-    memcpy(&sb, &s, sizeof sb);
-    memcpy(&cb, &c, sizeof cb);
-    const uint64_t odd = (uint64_t)0 - (n & 1);
-    const uint64_t yb = ((sb & ~odd) | (cb & odd)) ^ ((n & 2) << 62);
-    double y;
-    memcpy(&y, &yb, sizeof y);
-    return y;
-}
-
-/* y[i] = amp * sin(x[i] - ph), the float32 formula: (x - phase) rounded to float32, its
- * sine, times the float32 amplitude. Cloned for AVX2 (no FMA: the same operations as the
- * baseline build, so the same bits), where the loop runs four doubles at a time. */
-__attribute__((target_clones("avx2", "default"))) static void
-sines(const float *restrict x, float ph, float amp, float *restrict y, Py_ssize_t m) {
-    int large = 0;
-    for (Py_ssize_t i = 0; i < m; i++) {
-        const float v = x[i] - ph;
-        large |= !(fabsf(v) < 524288.0f);
-        y[i] = amp * (float)sin_f64((double)v);
-    }
-    if (large) /* large, inf or NaN: the C library's sin */
-        for (Py_ssize_t i = 0; i < m; i++) {
-            const float v = x[i] - ph;
-            if (!(fabsf(v) < 524288.0f)) y[i] = amp * (float)sin((double)v);
-        }
-}
 
 static PyObject *new_f32(int nd, npy_intp d0, npy_intp d1, npy_intp d2) {
     npy_intp dims[3] = {d0, d1, d2};
@@ -132,8 +72,7 @@ static PyObject *tasks_sinusoid_batch(PyObject *self, PyObject *args) {
     for (Py_ssize_t t = 0; t < b; t++) amp[t] = (float)(a_lo + a_r * bg->next_double(bg->state));
     for (Py_ssize_t t = 0; t < b; t++) ph[t] = (float)(p_lo + p_r * bg->next_double(bg->state));
     /* the draws first (calls through a pointer), then the sines in a loop of their own,
-     * whose iterations overlap (for 25 tasks: 12.9 us interleaved, 9.6 us apart, with the
-     * branchy quadrant select of the time) */
+     * whose iterations overlap (interleaved, each sine waited on its draw) */
     for (Py_ssize_t t = 0; t < b; t++) {
         float *xs = d[0] + t * k, *xq = d[2] + t * q;
         for (Py_ssize_t i = 0; i < k; i++) xs[i] = (float)(x_lo + x_r * bg->next_double(bg->state));
@@ -142,12 +81,35 @@ static PyObject *tasks_sinusoid_batch(PyObject *self, PyObject *args) {
     for (int set = 0; set < 2; set++) {
         const Py_ssize_t m = set ? q : k;
         for (Py_ssize_t t = 0; t < b; t++)
-            sines(d[2 * set] + t * m, ph[t], amp[t], d[2 * set + 1] + t * m, m);
+            ml_sinusoid(d[2 * set] + t * m, ph[t], amp[t], d[2 * set + 1] + t * m, m);
     }
     return Py_BuildValue("(NNNNNN)", out[0], out[1], out[2], out[3], out[4], out[5]);
 }
 
+/* _kernel_variants() -> {site: "avx2" or "portable"}: each run-time dispatch site of the
+ * core and the variant it runs (kernels/cpu.h). Private: for the tests of ML_KERNEL. (Here
+ * beside the binding's one direct kernel call rather than in a file of its own.) */
+static PyObject *tasks_kernel_variants(PyObject *self, PyObject *unused) {
+    const char *names[64], *variants[64];
+    const int n = ml_kernel_variants(names, variants, 64);
+    PyObject *d = PyDict_New();
+    for (int i = 0; d && i < n && i < 64; i++) {
+        PyObject *v = PyUnicode_FromString(variants[i]);
+        if (!v || PyDict_SetItemString(d, names[i], v) < 0) {
+            Py_XDECREF(v);
+            Py_CLEAR(d);
+            break;
+        }
+        Py_DECREF(v);
+    }
+    return d;
+}
+
 PyMethodDef mlpy_tasks_methods[] = {
+    {"_kernel_variants", tasks_kernel_variants, METH_NOARGS,
+     MLPY_SIG("_kernel_variants", "/")
+     "{site: 'avx2' or 'portable'}: every run-time kernel dispatch of the C core and the "
+     "variant it runs (ML_KERNEL=portable makes them all 'portable'). For tests."},
     {"sinusoid_batch", tasks_sinusoid_batch, METH_VARARGS,
      MLPY_SIG("sinusoid_batch", "bit_generator, b, k, q, amp_lo, amp_hi, phase_lo, phase_hi, "
                                 "x_lo, x_hi, /")

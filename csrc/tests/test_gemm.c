@@ -2,14 +2,16 @@
  * test_gemm.c — checks ml_sgemm (run-time chosen kernel) and ml_sgemm_portable against a
  * double-precision reference: many shapes (empty, tiny, primes, few-shot, blocked), all
  * four transpose cases, alpha/beta cases (beta = 0 over a NaN-filled C), padded leading
- * dimensions, untouched padding, and concurrent callers.
+ * dimensions, untouched padding, and concurrent callers. And the determinism contract
+ * (kernels/gemm_path.c): a product split over 2 or 3 threads has the bits of one thread's,
+ * NaNs' signs included, on every path and both instruction sets.
  *
- *   gcc -std=c11 -O2 -Wall -Wextra -Icsrc/include -Icsrc csrc/kernels/gemm.c \
- *       csrc/tests/test_gemm.c -o /tmp/test_gemm -lm && /tmp/test_gemm
+ *   make -C csrc build/tests/test_gemm && csrc/build/tests/test_gemm
  */
 #define _POSIX_C_SOURCE 200809L
 
 #include "metalearn.h"
+#include "../kernels/cpu.h"
 #include "../kernels/gemm.h"
 
 #include <math.h>
@@ -140,6 +142,74 @@ static void *thread_main(void *arg)
     return (void *)(intptr_t)bad;
 }
 
+/* ---------------------------------------------------- the determinism contract */
+
+/* Products large enough to be split (at least PAR_MIN_MACS multiply-adds), one for each
+ * path the table picks, split by rows and by columns: m, n, k, ta, tb */
+static const int64_t SPLIT[][5] = {
+    {120, 48, 520, 0, 0},  /* packed, split by rows */    {18, 256, 520, 0, 0}, /* ... columns */
+    {200, 150, 300, 1, 1}, /* packed, both transposed */  {300, 128, 72, 0, 0}, /* small */
+    {120, 56, 72, 0, 1},   /* small, 4 x 24 tiles, B^T */ {120, 40, 100, 0, 0}, /* n = 40 */
+    {6000, 56, 16, 0, 0},  /* 4 x 24 tiles, 2 slices */  {2400, 5, 784, 0, 1}, /* A B^T, dots */
+    {4096, 600, 1, 1, 0},  /* outer product */           {4096, 1, 600, 0, 0}, /* A x */
+    {4096, 1, 600, 1, 0},  /* A^T x */                    {1, 4200, 512, 0, 0}, /* row . B */
+    {30, 4000, 40, 0, 0},  /* small, split by columns */ {2030, 56, 40, 0, 0}, /* 4-row tiles */
+    {2030, 40, 40, 0, 0},  /* 2 x 40 tiles, odd parts */  {2029, 1, 600, 0, 0}, /* 4-row groups */
+};
+
+/* inputs of a split case: random, with NaNs of both signs, infinities and zeros that meet
+ * in the same sums (which NaN a sum returns depends on its operands' order) */
+static void fill_special(float *x, size_t n, uint64_t *rng)
+{
+    for (size_t i = 0; i < n; ++i) x[i] = uniform(rng);
+    const float special[6] = {NAN, -NAN, INFINITY, -INFINITY, 0.0f, -0.0f};
+    for (size_t i = 0; i < n; i += 97) x[i] = special[(i / 97) % 6];
+}
+
+static void check_split(int64_t m, int64_t n, int64_t k, int ta, int tb, const char *isa)
+{
+    const size_t a_len = (size_t)(m * k), b_len = (size_t)(k * n), c_len = (size_t)(m * n);
+    float *a = malloc(a_len * sizeof *a), *b = malloc(b_len * sizeof *b);
+    float *one = malloc(c_len * sizeof *one), *many = malloc(c_len * sizeof *many);
+    if (!a || !b || !one || !many) {
+        fprintf(stderr, "test_gemm: out of memory\n");
+        exit(2);
+    }
+    uint64_t rng = 0xC0FFEEull + (uint64_t)(m * 31 + n * 7 + k);
+    fill_special(a, a_len, &rng);
+    fill_special(b, b_len, &rng);
+    const int64_t lda = ta ? m : k, ldb = tb ? k : n;
+    ml_set_num_threads(1);
+    ml_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, one, n);
+    for (int threads = 2; threads <= 3; ++threads) {
+        ml_set_num_threads(threads);
+        ml_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, many, n);
+        ++g_checks;
+        if (memcmp(one, many, c_len * sizeof *one) != 0) {
+            fprintf(stderr, "FAIL %s: %lldx%lldx%lld ta=%d tb=%d on %d threads differs from one "
+                    "thread\n", isa, (long long)m, (long long)n, (long long)k, ta, tb, threads);
+            ++g_failures;
+        }
+    }
+    free(a), free(b), free(one), free(many);
+}
+
+/* Each split case on the portable and (where the CPU has it) the AVX2 kernels: the choice
+ * is switched through the one decision, kernels/cpu.h. */
+static void test_thread_counts(void)
+{
+    const int threads_before = ml_get_num_threads();
+    for (int portable = 1; portable >= 0; --portable) {
+        atomic_store(&ml__cpu_isa, portable ? ML_CPU_PORTABLE : ML_CPU_UNDECIDED);
+        if (!portable && !ml__cpu_avx2()) break; /* (decided from the CPU again) */
+        for (size_t i = 0; i < sizeof SPLIT / sizeof SPLIT[0]; ++i)
+            check_split(SPLIT[i][0], SPLIT[i][1], SPLIT[i][2], (int)SPLIT[i][3],
+                        (int)SPLIT[i][4], portable ? "portable" : "avx2");
+    }
+    atomic_store(&ml__cpu_isa, ML_CPU_UNDECIDED);
+    ml_set_num_threads(threads_before);
+}
+
 int main(void)
 {
     static const int64_t shapes[][3] = {
@@ -228,6 +298,8 @@ int main(void)
                 free(a), free(b), free(c1), free(c2);
             }
     }
+
+    test_thread_counts();
 
     enum { N_THREADS = 4 };
     pthread_t th[N_THREADS];

@@ -8,6 +8,7 @@
  * them: passes over (25, 10, 40) activations, each costing as much as the arithmetic. */
 #include <string.h>
 
+#include "../kernels/cpu.h"
 #include "../kernels/gemm.h"
 #include "../ops/fusion.h"
 #include "fuse.h"
@@ -32,10 +33,12 @@ static inline __attribute__((always_inline)) void relu_grad_mask(const float *re
         memcpy(&o[i], &bits, sizeof bits);
     }
 }
-__attribute__((target_clones("avx2", "default"))) static void relu_grad_mask_inplace(
-    const float *restrict m, float *restrict o, int64_t n) {
+ML_INLINE void relu_grad_mask_inplace_body(const float *restrict m, float *restrict o,
+                                           int64_t n) {
     relu_grad_mask(m, o, n);
 }
+ML_CPU_CLONES(relu_grad_mask_inplace, (const float *restrict m, float *restrict o, int64_t n),
+              (m, o, n))
 static void add_relu_grad_range(const ml_tensor *a, const ml_tensor *b, const ml_tensor *m,
                                 ml_tensor *o, const ml_walk_plan *w, int64_t p0, int64_t p1) {
     for (int64_t c = p0; c < p1; c += 2048) {
@@ -190,7 +193,7 @@ static int direct_layout(const ml_tensor *u, int nd, const int64_t *shape, int64
  * ~11 cycles a row of its own, as much as the op on a 40-float row (the fused bias add +
  * relu of MAML's sinusoid forward, benchmarks/run_all.py maml-sin). The mask, when given,
  * is relu_grad's (relu_grad_mask), row by row. */
-__attribute__((target_clones("avx2", "default"))) static void outer_rows_direct(
+ML_INLINE void outer_rows_direct_body(
     int op, int t_index, const float *a, const float *b, int64_t m_rows, int64_t n,
     const float *od, int64_t o_task, int64_t o_row, int o_col, const float *mask,
     float *out, int64_t r0, int64_t r1, float *buf) {
@@ -210,6 +213,11 @@ __attribute__((target_clones("avx2", "default"))) static void outer_rows_direct(
         }
     }
 }
+ML_CPU_CLONES(outer_rows_direct,
+              (int op, int t_index, const float *a, const float *b, int64_t m_rows, int64_t n,
+               const float *od, int64_t o_task, int64_t o_row, int o_col, const float *mask,
+               float *out, int64_t r0, int64_t r1, float *buf),
+              (op, t_index, a, b, m_rows, n, od, o_task, o_row, o_col, mask, out, r0, r1, buf))
 
 static void outer_part(void *ctx, int64_t part) {
     const outer_job *j = ctx;
