@@ -13,57 +13,18 @@
 
 _Thread_local ml_trace *ml__trace_active;
 
-static size_t hash_ptr(const void *p, size_t cap) {
-    uint64_t x = (uint64_t)(uintptr_t)p;
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    return (size_t)x & (cap - 1);
-}
-
-static int32_t seen_get(const ml_trace *tr, const ml_tensor *t) {
-    if (!tr->seen_cap) return -1;
-    for (size_t i = hash_ptr(t, tr->seen_cap);; i = (i + 1) & (tr->seen_cap - 1)) {
-        if (tr->seen_keys[i] == t) return tr->seen_vals[i];
-        if (!tr->seen_keys[i]) return -1;
-    }
-}
-
+/* The first table holds 128 tensors (a small step's), doubling after that. */
 static int seen_put(ml_trace *tr, ml_tensor *t, int32_t slot) {
-    if ((tr->n_seen + 1) * 2 > tr->seen_cap) {
-        size_t cap = tr->seen_cap ? tr->seen_cap * 2 : 256;
-        ml_tensor **keys = calloc(cap, sizeof *keys);
-        int32_t *vals = malloc(cap * sizeof *vals);
-        if (!keys || !vals) {
-            free(keys);
-            free(vals);
-            return 0;
-        }
-        for (size_t i = 0; i < tr->seen_cap; i++) {
-            if (!tr->seen_keys[i]) continue;
-            size_t j = hash_ptr(tr->seen_keys[i], cap);
-            while (keys[j]) j = (j + 1) & (cap - 1);
-            keys[j] = tr->seen_keys[i];
-            vals[j] = tr->seen_vals[i];
-        }
-        free(tr->seen_keys);
-        free(tr->seen_vals);
-        tr->seen_keys = keys;
-        tr->seen_vals = vals;
-        tr->seen_cap = cap;
-    }
-    size_t i = hash_ptr(t, tr->seen_cap);
-    while (tr->seen_keys[i] && tr->seen_keys[i] != t) i = (i + 1) & (tr->seen_cap - 1);
-    if (!tr->seen_keys[i]) {
-        tr->n_seen++;
-        ml_retain(t);
-    }
-    tr->seen_keys[i] = t;
-    tr->seen_vals[i] = slot;
+    if (!tr->seen.cap && !ml__ptrmap_reserve(&tr->seen, 128)) return 0;
+    const int added = ml__ptrmap_put(&tr->seen, t, slot);
+    if (added < 0) return 0;
+    if (added) ml_retain(t);
     return 1;
 }
 
-int32_t ml__trace_slot_of(const ml_trace *tr, const ml_tensor *t) { return seen_get(tr, t); }
+int32_t ml__trace_slot_of(const ml_trace *tr, const ml_tensor *t) {
+    return ml__ptrmap_get(&tr->seen, t);
+}
 
 int32_t ml__trace_add_slot(ml_trace *tr, ml_tensor *t, int capture) {
     if (tr->n_slots == tr->cap_slots) {
@@ -86,12 +47,8 @@ int32_t ml__trace_add_slot(ml_trace *tr, ml_tensor *t, int capture) {
 }
 
 void ml__trace_drop_map(ml_trace *tr) {
-    for (size_t i = 0; i < tr->seen_cap; i++) ml_release(tr->seen_keys[i]);
-    free(tr->seen_keys);
-    free(tr->seen_vals);
-    tr->seen_keys = NULL;
-    tr->seen_vals = NULL;
-    tr->seen_cap = tr->n_seen = 0;
+    for (size_t i = 0; i < tr->seen.cap; i++) ml_release((ml_tensor *)tr->seen.keys[i]);
+    ml__ptrmap_free(&tr->seen);
 }
 
 static void fail(ml_trace *tr, ml_status st) {
@@ -140,7 +97,7 @@ void ml__trace_record_n(ml_op_id op, ml_replay_fn fn, int n_in, ml_tensor *const
     if (params_size) memcpy(e->params, params, params_size);
     e->params_size = params_size;
     for (int i = 0; i < n_in; i++) {
-        int32_t s = in[i] ? seen_get(tr, in[i]) : -1;
+        int32_t s = in[i] ? ml__ptrmap_get(&tr->seen, in[i]) : -1;
         if (in[i] && s < 0 && in[i]->serial >= tr->first_serial && !in[i]->constant) {
             /* computed during the trace by something that recorded nothing: a replay
              * would reuse this call's value, so the trace cannot be trusted */

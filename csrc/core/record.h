@@ -7,6 +7,7 @@
 #include <pthread.h>
 
 #include "internal.h"
+#include "ptrmap.h"
 
 /* The most recorded ops one fused entry computes (a product, its reshape, an add and a
  * relu_grad: trace/fuse.c's rules chain at most four). */
@@ -42,9 +43,7 @@ struct ml_trace {
     int32_t n_entries, cap_entries;
     /* while recording: tensor pointer -> slot (every seen tensor is retained so an address
      * cannot be reused by another tensor during the trace) */
-    ml_tensor **seen_keys;
-    int32_t *seen_vals;
-    size_t seen_cap, n_seen;
+    ml_ptrmap seen;
     ml_status error;          /* first failure while recording */
     char error_msg[256];      /* and its message (later calls may overwrite the last error) */
     uint64_t first_serial;    /* tensors from this serial on were made during the trace */
