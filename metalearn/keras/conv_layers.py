@@ -64,6 +64,8 @@ class Conv2D(Layer):
         ``(batch, new_height, new_width, filters)``.
     """
 
+    _traceable = True
+
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None,
                  activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", **kwargs):
@@ -146,6 +148,8 @@ class MaxPool2D(_Pool2D):
         ``(batch, pooled_height, pooled_width, channels)``: ``floor((in - pool) / stride) + 1``
         for ``"valid"``, ``ceil(in / stride)`` for ``"same"``.
     """
+
+    _traceable = True
     _op = "max_pool2d"
     _label = "MaxPool2D"
 
@@ -160,6 +164,8 @@ class AveragePooling2D(_Pool2D):
     Output shape:
         ``(batch, pooled_height, pooled_width, channels)``.
     """
+
+    _traceable = True
     _op = "avg_pool2d"
     _label = "AveragePooling2D"
 
@@ -180,6 +186,8 @@ class GlobalAveragePooling2D(Layer):
     Output shape:
         ``(batch, channels)``, or ``(batch, 1, 1, channels)`` with keepdims.
     """
+
+    _traceable = True
 
     def __init__(self, data_format=None, keepdims=False, **kwargs):
         super().__init__(**kwargs)

@@ -67,10 +67,22 @@ class Layer:
         input_dim: for 2-D inputs, the same as ``input_shape=(input_dim,)``.
     """
 
-    # whether a training step through this layer may be recorded once and replayed
-    # (Model._pure also asks for a known layer type); a class attribute, so that asking
-    # costs no AttributeError on every step
-    _traceable = True
+    # What a layer can do, declared by each class in its own body; a subclass that does
+    # not declare it again cannot (its call may differ from its parent's: see
+    # __init_subclass__), so a layer of yours is never traced by mistake.
+    # _traceable: its call is a pure function of tensors (no Python-side state, no
+    # in-place statistics), so a training step through it may be recorded once by
+    # metalearn.function and replayed from C.
+    _traceable = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "_traceable" not in cls.__dict__:
+            cls._traceable = False
+
+    def _is_traceable(self):
+        """Whether this layer and every layer in it declare themselves traceable."""
+        return self._traceable and all(sub._is_traceable() for _, sub in self._sublayers)
 
     def __init__(self, trainable: bool = True, name: Optional[str] = None, dtype: Any = None,
                  input_shape: Optional[Shape] = None,
@@ -462,6 +474,8 @@ class Dense(Layer):
         N-D tensor ``(batch_size, ..., units)``.
     """
 
+    _traceable = True
+
     def __init__(self, units: int, activation: Union[str, Callable[..., Any], None] = None,
                  use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
                  bias_initializer: Any = "zeros", **kwargs: Any) -> None:
@@ -518,6 +532,8 @@ class Flatten(Layer):
     Output shape:
         ``(batch_size, d1 * ... * dn)``; a 1-D input becomes ``(batch_size, 1)``.
     """
+
+    _traceable = True
 
     def __init__(self, data_format: Optional[str] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -597,6 +613,8 @@ class Activation(Layer):
         Same as the input.
     """
 
+    _traceable = True
+
     def __init__(self, activation: Union[str, Callable[..., Any], None], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.activation = activations.get(activation)
@@ -638,6 +656,8 @@ class Dropout(Layer):
         training: whether to drop (defaults to the flag of the enclosing call: True inside
             ``fit``, False otherwise).
     """
+
+    _traceable = True
 
     def __init__(self, rate: float, noise_shape: Optional[Sequence[Optional[int]]] = None,
                  seed: Optional[int] = None, **kwargs: Any) -> None:
@@ -741,6 +761,8 @@ class InputLayer(Layer):
     Its configuration is Keras 3's: ``{"batch_shape", "dtype", "sparse", "ragged", "name",
     "optional"}``, so the batch size survives ``from_config``.
     """
+
+    _traceable = True
 
     def __init__(self, shape: Optional[Shape] = None, batch_size: Optional[int] = None,
                  dtype: Any = None, sparse: Optional[bool] = None, ragged: Optional[bool] = None,

@@ -25,7 +25,7 @@ from metalearn.tape import no_grad as _no_grad
 from metalearn.progress import Progbar
 
 from . import callbacks as _callbacks
-from .. import debugging as _debugging  # enable_check_numerics() hook in _train_step
+from .. import debugging as _debugging  # enable_check_numerics() hook in _eager_train_step
 from . import layers as _layers
 from . import losses as _losses
 from . import metrics as _metrics
@@ -454,28 +454,26 @@ class Model(_layers.Layer):
             warnings.warn("The model does not have any trainable weights.", stacklevel=stacklevel)
         return params
 
-    # Layers whose call is a pure function of tensors (no Python-side state, no in-place
-    # statistics): a step through them can be recorded once and replayed from C.
-    _TRACEABLE_LAYERS = ("Dense", "Flatten", "Activation", "Dropout", "InputLayer",
-                         "Conv2D", "MaxPool2D", "AveragePooling2D", "GlobalAveragePooling2D",
-                         "Sequential", "AdaptiveNeuralNetwork")
+    def _make_train_step(self, params, sample_weight):
+        """The training step for a call of fit or train_on_batch, chosen once before its
+        first step (as Keras 3's make_train_function): ``step(xb, yb, params, swb) ->
+        (loss, y_pred)``. Traced (recorded once per batch shape, replayed from C) when
+        compile's run_eagerly allows it and the model can be recorded; eager otherwise;
+        the loss alone when the model has no trainable weights."""
+        if not params:
+            return self._forward_step
+        if self._run_eagerly is False or (self._run_eagerly is None
+                                          and self._can_trace(params, sample_weight)):
+            return self._traced_train_step
+        return self._eager_train_step
 
-    def _can_trace(self, sample_weight):
-        """Whether fit's step may run as a metalearn.function trace (compile(run_eagerly=False
-        or None) and a model made only of pure layers, no sample weights, no numerics checks)."""
-        if self._run_eagerly or sample_weight is not None or _debugging._numerics_checks:
+    def _can_trace(self, params, sample_weight):
+        """Whether the training step can be recorded: every layer declares itself
+        traceable (Layer._traceable), the optimizer's update has a traced form, no sample
+        weights, no numerics checks. Asking changes nothing."""
+        if sample_weight is not None or _debugging._numerics_checks:
             return False
-        opt = self.optimizer
-        if not hasattr(opt, "_core_for") or any(getattr(opt, a, None) is not None
-                                                for a in ("clipvalue", "clipnorm", "global_clipnorm")):
-            return False
-        return self._pure(self)
-
-    @classmethod
-    def _pure(cls, layer):
-        return (type(layer).__name__ in cls._TRACEABLE_LAYERS
-                and layer._traceable  # a layer may declare itself not traceable
-                and all(cls._pure(sub) for sub in getattr(layer, "layers", [])))
+        return self.optimizer._traced_update(params) is not None and self._is_traceable()
 
     def _seeded_dropouts(self):
         """The seeded Dropout layers that draw a mask in training, each once, in model order:
@@ -510,14 +508,33 @@ class Model(_layers.Layer):
         return [_core.tensor(layer._seeded_uniform(layer._mask_shape((n,) + tuple(shape))))
                 for layer, shape in zip(seeded, shapes)]
 
-    def _traced_train_step(self, xb, yb, params):
-        """One training step replayed from a trace (recorded on the first batch of a shape).
-        Equal to the eager step; falls back to it for good if the step cannot be traced."""
+    def _traced_train_step(self, xb, yb, params, sample_weight=None):
+        """One training step replayed from a trace (recorded on the first batch of a
+        shape), equal to the eager step. The eager step instead while numerics checks are
+        on, and for good once a step cannot be recorded (e.g. a weight the loss does not
+        use)."""
+        if self._run_eagerly or (self._run_eagerly is None and _debugging._numerics_checks):
+            return self._eager_train_step(xb, yb, params, sample_weight)
+        try:
+            return self._replay_train_step(xb, yb, params, sample_weight)
+        except (ValueError, TypeError):
+            if self._train_fn is not None and self._train_fn.n_traces:
+                raise
+            self._run_eagerly = True
+            self._train_fn = None
+        return self._eager_train_step(xb, yb, params, sample_weight)
+
+    def _replay_train_step(self, xb, yb, params, sample_weight):
         from metalearn.function import function
 
+        if sample_weight is not None:  # (compile(run_eagerly=False) comes here with them)
+            raise ValueError("a training step with sample weights cannot be traced")
         config = (id(self.optimizer), id(self.compiled_loss), tuple(map(id, params)))
         if self._train_fn is None or self._train_fn_config != config:
-            core_opt = self.optimizer._core_for(params)
+            update = self.optimizer._traced_update(params)
+            if update is None:
+                raise ValueError("the optimizer's update cannot be traced: gradient clipping "
+                                 "runs in NumPy")
             seeded = self._seeded_dropouts()
 
             def step(x, y, *draws):
@@ -534,7 +551,7 @@ class Model(_layers.Layer):
                 if unused:
                     raise ValueError(f"fit: seeded Dropout {unused} not called in training")
                 loss = self.compiled_loss(y, y_pred, None)
-                core_opt.step(params, _core.grad(loss, params))
+                update(_core.grad(loss, params))
                 return loss, y_pred
 
             self._train_fn, self._train_fn_config = function(step), config
@@ -553,22 +570,13 @@ class Model(_layers.Layer):
                 for layer, c in zip(seeded, calls):  # the eager step that follows draws them
                     layer._seed_calls = c
                 raise
-        self.optimizer._iterations += 1  # the Python-side count is not part of the trace
+        self.optimizer._count_step()
         return loss, y_pred
 
-    def _train_step(self, xb, yb, params, sample_weight=None):
-        if getattr(self, "_run_eagerly", True) is False or (
-                getattr(self, "_run_eagerly", True) is None and self._can_trace(sample_weight)):
-            try:
-                return self._traced_train_step(xb, yb, params)
-            except (ValueError, TypeError):
-                if self._train_fn is not None and self._train_fn.n_traces:
-                    raise
-                self._run_eagerly = True  # not traceable (e.g. an unused weight): stay eager
-                self._train_fn = None
+    def _eager_train_step(self, xb, yb, params, sample_weight=None):
         y_pred = self(xb, training=True)
         loss = self.compiled_loss(yb, y_pred, sample_weight)
-        grads = _core.grad(loss, params, None, False, True)
+        grads = _core.grad(loss, params, create_graph=False, allow_unused=True)
         if _debugging._numerics_checks:  # metalearn.debugging.enable_check_numerics()
             _debugging._check_step(self, loss, grads, params, xb, yb)
         if any(g is None for g in grads):
@@ -624,8 +632,7 @@ class Model(_layers.Layer):
         prev = _core.is_grad_enabled()
         _core.set_grad_enabled(True)
         try:
-            step = self._train_step if params else self._forward_step
-            loss, y_pred = step(x, y, params, sw)
+            loss, y_pred = self._make_train_step(params, sw)(x, y, params, sw)
         finally:
             _core.set_grad_enabled(prev)
         self._update_metrics(y, y_pred, sw)
@@ -730,7 +737,7 @@ class Model(_layers.Layer):
         if x_val is not None:
             self._dry_run("fit: validation_data", x_val, y_val, sw_val)
         params = self._train_params()
-        step_fn = self._train_step if params else self._forward_step
+        step_fn = self._make_train_step(params, sw)
         history = _callbacks.History()
         cbs = _callbacks.CallbackList(list(callbacks or []) + [history], model=self,
                                       params={"epochs": epochs, "steps": steps, "verbose": verbose})
@@ -969,6 +976,8 @@ class Sequential(Model):
         layers: optional list of layers.
         name: the model's name.
     """
+
+    _traceable = True
 
     def __init__(self, layers: Optional[Sequence[_layers.Layer]] = None, name: Optional[str] = None,
                  trainable: bool = True) -> None:
