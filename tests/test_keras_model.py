@@ -474,6 +474,40 @@ def test_run_eagerly_false_runs_eagerly_what_a_trace_cannot_hold(case):
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
+
+def test_epoch_iterator_batches_shuffles_and_splits_as_fit_does():
+    """fit's data side (metalearn.keras.epoch_iterator): batches of batch_size in order, the
+    last one the rest; with shuffle a new order each epoch, the core generator's
+    permutation drawn when the epoch starts, x, y and sample weights kept together; the
+    validation split the last int(n * split) samples, before shuffling."""
+    from metalearn.keras.epoch_iterator import EpochIterator, train_validation_split
+
+    x = np.arange(20, dtype=np.float32).reshape(10, 2)
+    y, sw = np.arange(10) * 3, np.linspace(0.5, 5.0, 10).astype(np.float32)
+    data = EpochIterator(x, y, sw, batch_size=4)
+    batches = list(data.enumerate_epoch())
+    assert data.num_batches == 3 and [step for step, _ in batches] == [0, 1, 2]
+    assert [len(b[0]) for _, b in batches] == [4, 4, 2]
+    np.testing.assert_array_equal(np.concatenate([b[0] for _, b in batches]), x)
+    assert [b[1] for _, b in EpochIterator(x, batch_size=8).enumerate_epoch()] == [None, None]
+    ml.random.set_seed(11)
+    orders = [np.asarray(ml._core.permutation(10)) for _ in range(2)]
+    ml.random.set_seed(11)
+    shuffled = EpochIterator(x, y, sw, batch_size=4, shuffle=True)
+    for order in orders:
+        epoch = [b for _, b in shuffled.enumerate_epoch()]
+        for i, whole in enumerate((x, y, sw)):
+            np.testing.assert_array_equal(np.concatenate([b[i] for b in epoch]), whole[order])
+    assert not np.array_equal(orders[0], orders[1])
+    (xt, yt, swt), (xv, yv, swv) = train_validation_split(x, y, sw, 0.25)
+    np.testing.assert_array_equal(xv, x[8:])
+    np.testing.assert_array_equal(xt, x[:8])
+    np.testing.assert_array_equal(yv, y[8:])
+    np.testing.assert_array_equal(swt, sw[:8])
+    assert train_validation_split(x, y, None, 0.5)[1][2] is None
+    with pytest.raises(ValueError, match="no validation samples"):
+        train_validation_split(x, y, sw, 0.05)
+
 # ---------------------------------------------------------------- compile's metrics
 CM_TRUE = np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]], dtype="float32")
 CM_PRED = np.array([[0.4, 0.1], [0.2, 0.6], [0.6, 0.1], [0.3, 0.2], [0.1, 0.4], [0.2, 0.3]],

@@ -30,6 +30,7 @@ from . import layers as _layers
 from . import losses as _losses
 from . import metrics as _metrics
 from . import optimizers as _optimizers
+from .epoch_iterator import EpochIterator, train_validation_split
 
 __all__ = ["Model", "Sequential", "load_weights_file"]
 
@@ -710,118 +711,116 @@ class Model(_layers.Layer):
         validation_batch_size = _count("fit", "validation_batch_size", validation_batch_size,
                                        batch_size)
         verbose = _verbose(verbose)
-        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float, np.number)) \
-                or not 0.0 <= validation_split < 1.0:
-            raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
-        x, y, sw = self._check_data("fit", x, y, sample_weight)
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-                raise ValueError("fit: validation_data must be a tuple (x_val, y_val) or "
-                                 f"(x_val, y_val, sample_weight_val), got {type(validation_data).__name__}"
-                                 + (f" of length {len(validation_data)}"
-                                    if isinstance(validation_data, (tuple, list)) else ""))
-            x_val, y_val, sw_val = self._check_data("fit: validation_data", *validation_data,
-                                                    *([None] * (3 - len(validation_data))))
-        elif validation_split:
-            n_val = int(len(x) * validation_split)
-            if n_val == 0:
-                raise ValueError("fit: validation_split leaves no validation samples")
-            split = len(x) - n_val
-            x, x_val, y, y_val = x[:split], x[split:], y[:split], y[split:]
-            sw, sw_val = (None, None) if sw is None else (sw[:split], sw[split:])
-        else:
-            x_val = y_val = sw_val = None
-        n = len(x)
-        steps = math.ceil(n / batch_size)
-        self._dry_run("fit", x, y, sw)
-        if x_val is not None:
-            self._dry_run("fit: validation_data", x_val, y_val, sw_val)
+        (x, y, sw), validation = self._check_fit_data(x, y, sample_weight, validation_split,
+                                                      validation_data)
+        data = EpochIterator(x, y, sw, batch_size, shuffle)
         params = self._train_params()
         step_fn = self._make_train_step(params, sw)
         history = _callbacks.History()
         cbs = _callbacks.CallbackList(list(callbacks or []) + [history], model=self,
-                                      params={"epochs": epochs, "steps": steps, "verbose": verbose})
-        has_batch_begin = cbs.has("on_train_batch_begin")
-        has_batch_end = cbs.has("on_train_batch_end")
-        test_cbs = cbs if cbs.has("on_test_batch_begin") or cbs.has("on_test_batch_end") else None
+                                      params={"epochs": epochs, "steps": data.num_batches,
+                                              "verbose": verbose})
         self.stop_training = False
         self.history = history
         prev_grad = _core.is_grad_enabled()
         _core.set_grad_enabled(True)
         try:
             cbs.on_train_begin()
+            logs = None
             for epoch in range(initial_epoch, epochs):
                 self._reset_metrics()
                 cbs.on_epoch_begin(epoch)
                 if verbose:
                     print(f"Epoch {epoch + 1}/{epochs}")
-                bar = Progbar(steps, verbose=verbose)
-                order = np.asarray(_core.permutation(n), dtype=np.int64) if shuffle else None
-                loss_total, seen = 0.0, 0
-                for step in range(steps):
-                    lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
-                    if order is None:
-                        xb, yb = x[lo:hi], y[lo:hi]
-                        swb = None if sw is None else sw[lo:hi]
-                    else:
-                        idx = order[lo:hi]
-                        xb, yb = x[idx], y[idx]
-                        swb = None if sw is None else sw[idx]
-                    if has_batch_begin:
-                        cbs.on_train_batch_begin(step)
-                    loss, y_pred = step_fn(xb, yb, params, swb)
-                    loss_total += loss.item() * (hi - lo)
-                    seen += hi - lo
-                    self._update_metrics(yb, y_pred, swb)
-                    if verbose or has_batch_end:
-                        logs = self._logs(loss_total / seen)
-                        if verbose:
-                            bar.update(step + 1, logs, finalize=False)
-                        if has_batch_end:
-                            cbs.on_train_batch_end(step, logs)
-                    if self.stop_training:
-                        break
-                logs = self._logs(loss_total / max(seen, 1))
-                if x_val is not None and (epoch + 1 - initial_epoch) % validation_freq == 0:
-                    # the validation pass is an evaluate: Keras calls the test hooks
-                    cbs.on_test_begin()
-                    _core.set_grad_enabled(False)
-                    try:
-                        val = self._evaluate_arrays(x_val, y_val, sw_val, validation_batch_size,
-                                                    cbs=test_cbs)
-                    finally:
-                        _core.set_grad_enabled(True)
-                    cbs.on_test_end(val)
-                    logs.update({"val_" + k: v for k, v in val.items()})
+                bar = Progbar(data.num_batches, verbose=verbose)
+                logs = self._train_epoch(data, step_fn, params, cbs, bar if verbose else None)
+                if validation is not None and (epoch + 1 - initial_epoch) % validation_freq == 0:
+                    logs.update(self._validation_logs(validation, validation_batch_size, cbs))
                 if verbose:
-                    bar.update(steps, logs, finalize=True)
+                    bar.update(data.num_batches, logs, finalize=True)
                 cbs.on_epoch_end(epoch, logs)
                 if self.stop_training:
                     break
-            cbs.on_train_end(logs if epochs > initial_epoch else None)
+            cbs.on_train_end(logs)
         finally:
             _core.set_grad_enabled(prev_grad)
         return history
+
+    def _check_fit_data(self, x, y, sample_weight, validation_split, validation_data):
+        """fit's data and validation data checked (as _check_data and _dry_run), the
+        validation split taken: ``(x, y, sample_weight), (x_val, y_val, sw_val) or None``."""
+        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float, np.number)) \
+                or not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
+        x, y, sw = self._check_data("fit", x, y, sample_weight)
+        validation = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("fit: validation_data must be a tuple (x_val, y_val) or "
+                                 f"(x_val, y_val, sample_weight_val), got {type(validation_data).__name__}"
+                                 + (f" of length {len(validation_data)}"
+                                    if isinstance(validation_data, (tuple, list)) else ""))
+            validation = self._check_data("fit: validation_data", *validation_data,
+                                          *([None] * (3 - len(validation_data))))
+        elif validation_split:
+            (x, y, sw), validation = train_validation_split(x, y, sw, validation_split)
+        self._dry_run("fit", x, y, sw)
+        if validation is not None:
+            self._dry_run("fit: validation_data", *validation)
+        return (x, y, sw), validation
+
+    def _train_epoch(self, data, step_fn, params, cbs, bar):
+        """One pass of training over `data`: a step per batch, the metrics, the batch
+        callbacks and the progress bar; the epoch's logs (mean loss, metrics)."""
+        has_batch_begin = cbs.has("on_train_batch_begin")
+        has_batch_end = cbs.has("on_train_batch_end")
+        loss_total, seen = 0.0, 0
+        for step, (xb, yb, swb) in data.enumerate_epoch():
+            if has_batch_begin:
+                cbs.on_train_batch_begin(step)
+            loss, y_pred = step_fn(xb, yb, params, swb)
+            size = xb.shape[0]
+            loss_total += loss.item() * size
+            seen += size
+            self._update_metrics(yb, y_pred, swb)
+            if bar is not None or has_batch_end:
+                logs = self._logs(loss_total / seen)
+                if bar is not None:
+                    bar.update(step + 1, logs, finalize=False)
+                if has_batch_end:
+                    cbs.on_train_batch_end(step, logs)
+            if self.stop_training:
+                break
+        return self._logs(loss_total / max(seen, 1))
+
+    def _validation_logs(self, validation, batch_size, cbs):
+        """fit's validation pass, an evaluate with the test hooks (as Keras 3's): the
+        ``val_`` logs."""
+        cbs.on_test_begin()
+        test_cbs = cbs if cbs.has("on_test_batch_begin") or cbs.has("on_test_batch_end") else None
+        _core.set_grad_enabled(False)
+        try:
+            val = self._evaluate_arrays(*validation, batch_size, cbs=test_cbs)
+        finally:
+            _core.set_grad_enabled(True)
+        cbs.on_test_end(val)
+        return {"val_" + k: v for k, v in val.items()}
 
     # ---------------------------------------------------------------- evaluate
     def _evaluate_arrays(self, x, y, sw, batch_size, bar=None, cbs=None):
         """Loss and metrics over all of x (grad mode must be off)."""
         saved = [(m, m.__dict__.copy()) for m in self._compiled_metrics]
         self._reset_metrics()
-        n = len(x)
         total, seen = 0.0, 0
-        steps = math.ceil(n / batch_size)
         self.stop_evaluating = False  # a callback may set it to end the loop (Keras 3)
-        for step in range(steps):
-            lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
+        for step, (xb, yb, swb) in EpochIterator(x, y, sw, batch_size).enumerate_epoch():
             if cbs is not None:
                 cbs.on_test_batch_begin(step)
-            xb, yb = x[lo:hi], y[lo:hi]
-            swb = None if sw is None else sw[lo:hi]
             y_pred = self(xb, training=False)
             loss = self.compiled_loss(yb, y_pred, swb)
-            total += loss.item() * (hi - lo)
-            seen += hi - lo
+            size = xb.shape[0]
+            total += loss.item() * size
+            seen += size
             self._update_metrics(yb, y_pred, swb)
             if bar is not None or cbs is not None:
                 logs = self._logs(total / seen)
@@ -880,8 +879,8 @@ class Model(_layers.Layer):
         if x.ndim == 0 or len(x) == 0:
             raise ValueError("predict: x is empty: no samples" if x.ndim else
                              "predict: x must have a batch axis, got a scalar")
-        n = len(x)
-        steps = math.ceil(n / batch_size)
+        data = EpochIterator(x, batch_size=batch_size)
+        steps = data.num_batches
         bar = Progbar(steps, verbose=verbose) if verbose else None
         cbs = _callbacks.CallbackList(callbacks, model=self,
                                       params={"steps": steps, "verbose": verbose}) if callbacks else None
@@ -890,10 +889,10 @@ class Model(_layers.Layer):
         if cbs:
             cbs.on_predict_begin()
         with _no_grad():
-            for step in range(steps):
+            for step, (xb, _, _) in data.enumerate_epoch():
                 if cbs:
                     cbs.on_predict_batch_begin(step)
-                out = self(x[step * batch_size:(step + 1) * batch_size], training=False)
+                out = self(xb, training=False)
                 outs.append(np.array(out, copy=True))
                 if bar is not None:
                     bar.update(step + 1)
