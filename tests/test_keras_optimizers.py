@@ -273,14 +273,14 @@ def test_traced_update_is_the_core_step_and_asking_changes_nothing():
     w0 = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
     g = np.array([[0.3, -0.1], [2.0, 0.7]], np.float32)
     v = ml.Variable(w0.copy())
-    assert optimizers.SGD(0.1, clipnorm=1.0)._traced_update([v]) is None
-    assert optimizers.Adam(0.1, global_clipnorm=1.0)._traced_update([v]) is None
+    assert optimizers.SGD(0.1, clipnorm=1.0)._traced_update() is None
+    assert optimizers.Adam(0.1, global_clipnorm=1.0)._traced_update() is None
     opt = optimizers.Adam(0.1)
-    update = opt._traced_update([v])
+    update = opt._traced_update()
     assert update is not None and opt.variables() == [] and int(opt.iterations) == 0
     twin, u = optimizers.Adam(0.1), ml.Variable(w0.copy())
     for _ in range(2):
-        update([ml.tensor(g)])
+        update([v], [ml.tensor(g)])
         opt._count_step()
         twin.apply_gradients([(ml.tensor(g), u)])
     np.testing.assert_array_equal(np.asarray(v), np.asarray(u))

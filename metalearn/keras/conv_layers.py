@@ -10,6 +10,7 @@ from metalearn import _core
 from metalearn import functional as _functional
 
 from . import activations, initializers
+from . import batched as _batched
 from .layers import Layer
 
 __all__ = ["Conv2D", "MaxPool2D", "MaxPooling2D", "AveragePooling2D", "AvgPool2D",
@@ -266,6 +267,17 @@ class BatchNormalization(Layer):
         self.moving_variance = self.add_weight("moving_variance", shape,
                                                self.moving_variance_initializer, trainable=False)
         self.built = True
+
+    def _batched_form(self, index):
+        # batch statistics per task, as a per-task functional call uses them; a frozen
+        # layer normalises with its moving statistics instead: no batched form
+        if self.axis != -1 or not self.trainable:
+            return None
+        gamma = None if self.gamma is None else index.get(id(self.gamma))
+        beta = None if self.beta is None else index.get(id(self.beta))
+        if (self.gamma is not None and gamma is None) or (self.beta is not None and beta is None):
+            return None
+        return _batched.BatchNormalization(gamma, beta, self.epsilon)
 
     def call(self, inputs, training=None):
         # a frozen layer (trainable=False) runs in inference mode even in training, as

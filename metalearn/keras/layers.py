@@ -24,6 +24,7 @@ from metalearn.tape import Variable
 
 from . import activations, initializers
 from . import backend as _backend
+from . import batched as _batched
 
 __all__ = ["MemoryRecall", "Layer", "Dense", "Flatten", "Activation", "Dropout", "InputLayer", "Input",
            "Lambda", "Reshape", "serialize", "deserialize", "get"]
@@ -69,20 +70,34 @@ class Layer:
 
     # What a layer can do, declared by each class in its own body; a subclass that does
     # not declare it again cannot (its call may differ from its parent's: see
-    # __init_subclass__), so a layer of yours is never traced by mistake.
+    # __init_subclass__), so a layer of yours is never traced or batched by mistake.
     # _traceable: its call is a pure function of tensors (no Python-side state, no
     # in-place statistics), so a training step through it may be recorded once by
-    # metalearn.function and replayed from C.
+    # metalearn.function and replayed from C. _batched_form: its forward on a meta-batch
+    # of tasks, for MAML's vectorised path.
     _traceable = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "_traceable" not in cls.__dict__:
             cls._traceable = False
+        if "_batched_form" not in cls.__dict__:
+            cls._batched_form = Layer._batched_form
 
     def _is_traceable(self):
         """Whether this layer and every layer in it declare themselves traceable."""
         return self._traceable and all(sub._is_traceable() for _, sub in self._sublayers)
+
+    def _batched_form(self, index):
+        """This layer's forward on a meta-batch of tasks (a ``metalearn.keras.batched``
+        form), or None when it has none.
+
+        Args:
+            index: ``{id(weight): position}`` of the weights the meta-batch gives per task
+                (with a leading task axis); the form reads them by position. A weight of
+                the layer that is not indexed means no form (it would be left out).
+        """
+        return None
 
     def __init__(self, trainable: bool = True, name: Optional[str] = None, dtype: Any = None,
                  input_shape: Optional[Shape] = None,
@@ -503,6 +518,14 @@ class Dense(Layer):
             self.bias = None
         self.built = True
 
+    def _batched_form(self, index):
+        kernel = index.get(id(self.kernel))
+        bias = None if self.bias is None else index.get(id(self.bias))
+        if kernel is None or (self.bias is not None and bias is None):
+            return None
+        act = None if self.activation is activations.linear else self.activation
+        return _batched.Dense(kernel, bias, act)
+
     def call(self, inputs: Any) -> Any:
         shape = inputs.shape
         if len(shape) < 1 or shape[-1] != self._input_dim:
@@ -540,6 +563,9 @@ class Flatten(Layer):
         if data_format not in (None, "channels_last"):
             raise ValueError("Flatten: only data_format='channels_last' is supported")
         self.data_format = data_format
+
+    def _batched_form(self, index):
+        return _batched.Flatten()
 
     def call(self, inputs: Any) -> Any:
         shape = inputs.shape
@@ -618,6 +644,9 @@ class Activation(Layer):
     def __init__(self, activation: Union[str, Callable[..., Any], None], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.activation = activations.get(activation)
+
+    def _batched_form(self, index):
+        return _batched.Activation(self.activation)
 
     def call(self, inputs: Any) -> Any:
         return self.activation(inputs)

@@ -24,6 +24,7 @@ from metalearn import _core
 from metalearn.tape import no_grad as _no_grad
 from metalearn.progress import Progbar
 
+from . import batched as _batched
 from . import callbacks as _callbacks
 from .. import debugging as _debugging  # enable_check_numerics() hook in _eager_train_step
 from . import layers as _layers
@@ -464,17 +465,17 @@ class Model(_layers.Layer):
         if not params:
             return self._forward_step
         if self._run_eagerly is False or (self._run_eagerly is None
-                                          and self._can_trace(params, sample_weight)):
+                                          and self._can_trace(sample_weight)):
             return self._traced_train_step
         return self._eager_train_step
 
-    def _can_trace(self, params, sample_weight):
+    def _can_trace(self, sample_weight):
         """Whether the training step can be recorded: every layer declares itself
         traceable (Layer._traceable), the optimizer's update has a traced form, no sample
         weights, no numerics checks. Asking changes nothing."""
         if sample_weight is not None or _debugging._numerics_checks:
             return False
-        return self.optimizer._traced_update(params) is not None and self._is_traceable()
+        return self.optimizer._traced_update() is not None and self._is_traceable()
 
     def _seeded_dropouts(self):
         """The seeded Dropout layers that draw a mask in training, each once, in model order:
@@ -532,7 +533,7 @@ class Model(_layers.Layer):
             raise ValueError("a training step with sample weights cannot be traced")
         config = (id(self.optimizer), id(self.compiled_loss), tuple(map(id, params)))
         if self._train_fn is None or self._train_fn_config != config:
-            update = self.optimizer._traced_update(params)
+            update = self.optimizer._traced_update()
             if update is None:
                 raise ValueError("the optimizer's update cannot be traced: gradient clipping "
                                  "runs in NumPy")
@@ -552,7 +553,7 @@ class Model(_layers.Layer):
                 if unused:
                     raise ValueError(f"fit: seeded Dropout {unused} not called in training")
                 loss = self.compiled_loss(y, y_pred, None)
-                update(_core.grad(loss, params))
+                update(params, _core.grad(loss, params))
                 return loss, y_pred
 
             self._train_fn, self._train_fn_config = function(step), config
@@ -1070,6 +1071,13 @@ class Sequential(Model):
         for layer in self._layers_list:
             x = layer(x)
         return x
+
+    def _batched_form(self, index):
+        """Its layers' batched forms, one after the other (None if one has none)."""
+        forms = [layer._batched_form(index) for layer in self._layers_list]
+        if not forms or any(f is None for f in forms):
+            return None
+        return _batched.Chain(forms)
 
     def get_config(self) -> Config:
         layer_configs = []

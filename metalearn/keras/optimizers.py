@@ -119,19 +119,19 @@ class Optimizer:
         return entry[0]
 
     # ------------------------------------------------------------ traced form
-    def _traced_update(self, variables):
-        """The update of `variables` as core ops, for a training step that
-        ``metalearn.function`` records once and replays from C: a function
-        ``update(grads)`` to call while recording (one C optimizer step, which the trace
-        holds). None when the update cannot be recorded: gradient clipping measures norms
-        in NumPy, outside any trace. Asking changes nothing; after each replay the caller
-        counts the step with ``_count_step``."""
+    def _traced_update(self):
+        """The update as core ops, for a training step that ``metalearn.function`` records
+        once and replays from C: a function ``update(variables, grads)`` to call while
+        recording (one C optimizer step, which the trace holds). None when the update
+        cannot be recorded: gradient clipping measures norms in NumPy, outside any trace.
+        Asking changes nothing; after each replay the caller counts the step with
+        ``_count_step``."""
         if self.clipvalue is not None or self.clipnorm is not None or self.global_clipnorm is not None:
             return None
+        return self._core_step
 
-        def update(grads):
-            self._core_for(variables).step(variables, grads)
-        return update
+    def _core_step(self, variables, grads):
+        self._core_for(variables).step(variables, grads)
 
     def _count_step(self):
         """One more step in ``iterations`` (a replayed trace updates the variables from C;
