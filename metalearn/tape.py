@@ -398,7 +398,8 @@ class GradientTape:
                             for t, g in zip(live_targets, live_out)]
             else:
                 live_out = None
-            grads = _core.grad(live_targets, inputs, live_out, create_graph, True)
+            grads = _core.grad(live_targets, inputs, grad_outputs=live_out,
+                               create_graph=create_graph, allow_unused=True)
             for i, g in zip(idx, grads):
                 results[i] = g
 

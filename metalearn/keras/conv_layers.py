@@ -198,7 +198,7 @@ class GlobalAveragePooling2D(Layer):
 
     def call(self, inputs):
         _check_4d(self, inputs)
-        return _core.global_avg_pool2d(_as_core(inputs), self.keepdims)
+        return _core.global_avg_pool2d(_as_core(inputs), keepdims=self.keepdims)
 
     def get_config(self):
         config = super().get_config()
@@ -288,8 +288,8 @@ class BatchNormalization(Layer):
             subst = _functional.substitution()
             if subst and any(id(v) in subst for v in self._own_weights):
                 mm = mv = None  # functional call: batch statistics, state untouched
-        return _core.batch_norm(_as_core(inputs), self.gamma, self.beta, mm, mv, training,
-                                self.momentum, self.epsilon)
+        return _core.batch_norm(_as_core(inputs), self.gamma, self.beta, mm, mv, training=training,
+                                momentum=self.momentum, epsilon=self.epsilon)
 
     def get_config(self):
         config = super().get_config()

@@ -223,7 +223,7 @@ class Optimizer:
             grads = tape.gradient(loss, var_list)
         else:
             live = [v for v in var_list if v.requires_grad]
-            gl = _core.grad(loss, live, None, False, True) if live else []
+            gl = _core.grad(loss, live, allow_unused=True) if live else []
             it = iter(gl)
             grads = [next(it) if v.requires_grad else None for v in var_list]
         return self.apply_gradients(zip(grads, var_list))
