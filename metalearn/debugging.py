@@ -24,7 +24,7 @@ from metalearn import _core
 __all__ = ["NonFiniteError", "check_numerics", "enable_check_numerics",
            "disable_check_numerics", "is_check_numerics_enabled", "TerminateOnNaN"]
 
-# Read by metalearn.keras.models.Model._train_step (one attribute test per step).
+# Read by metalearn.keras.models.Model._make_train_step and its steps (one attribute test per step).
 _numerics_checks = False
 
 
@@ -135,7 +135,7 @@ def _first_bad_layer(model, xb):
 
 
 def _check_step(model, loss, grads, params, xb=None, yb=None):
-    """Called by Model._train_step between the gradient and the optimizer step when the
+    """Called by Model._eager_train_step between the gradient and the optimizer step when the
     checks are on. Raises NonFiniteError; changes nothing."""
     value = float(np.asarray(loss).reshape(-1)[0]) if np.asarray(loss).size == 1 else None
     if value is not None and not math.isfinite(value):

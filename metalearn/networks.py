@@ -148,6 +148,8 @@ class AdaptiveNeuralNetwork(Model):
         ``(batch, num_classes)``.
     """
 
+    _traceable = True
+
     def __init__(self, num_classes: int = 10, hidden_units: int = 128,
                  output_activation: str = "softmax", name: Optional[str] = None,
                  **kwargs: Any) -> None:

@@ -226,6 +226,22 @@ def _pack(structure, flat_iter):
 # ---------------------------------------------------------------- GradientTape
 
 
+def _live_targets(targets, out_grads):
+    """The targets that depend on a variable, each with its output gradient (None for a
+    scalar target without one: d target = 1; ones for a non-scalar one: its sum)."""
+    live_targets, live_out = [], []
+    for t, g in zip(targets, out_grads):
+        if not isinstance(t, _core.Tensor):
+            raise TypeError(f"GradientTape.gradient: target must be a Tensor, got {type(t).__name__}")
+        if not t.requires_grad:
+            continue  # a constant: contributes nothing
+        if g is None:
+            g = None if t.ndim == 0 else _core.ones(t.shape)
+        live_targets.append(t)
+        live_out.append(g)
+    return live_targets, live_out
+
+
 class GradientTape:
     """Records operations for automatic differentiation, as ``tf.GradientTape``.
 
@@ -370,17 +386,7 @@ class GradientTape:
                 raise TypeError(f"GradientTape.gradient: sources must be Tensors or Variables, got "
                                 f"{type(s).__name__}")
 
-        live_targets, live_out = [], []
-        for t, g in zip(targets, out_grads):
-            if not isinstance(t, _core.Tensor):
-                raise TypeError(f"GradientTape.gradient: target must be a Tensor, got {type(t).__name__}")
-            if not t.requires_grad:
-                continue  # a constant: contributes nothing
-            if g is None:
-                g = None if t.ndim == 0 else _core.ones(t.shape)
-            live_targets.append(t)
-            live_out.append(g)
-
+        live_targets, live_out = _live_targets(targets, out_grads)
         results = [None] * len(flat_sources)
         idx, inputs = [], []
         for i, s in enumerate(flat_sources):
@@ -398,7 +404,8 @@ class GradientTape:
                             for t, g in zip(live_targets, live_out)]
             else:
                 live_out = None
-            grads = _core.grad(live_targets, inputs, live_out, create_graph, True)
+            grads = _core.grad(live_targets, inputs, grad_outputs=live_out,
+                               create_graph=create_graph, allow_unused=True)
             for i, g in zip(idx, grads):
                 results[i] = g
 

@@ -381,15 +381,15 @@ def test_traced_fit_with_seeded_dropouts_equals_eager_step_by_step():
     assert model.fit(x, y, batch_size=4, epochs=2, verbose=0).history["loss"] == first
 
 
-def test_traced_fit_falls_back_when_a_seeded_dropout_is_called_twice(monkeypatch):
+def test_traced_fit_falls_back_when_a_seeded_dropout_is_called_twice():
     """One seeded Dropout used twice in a step cannot take one draw per step as a trace
     input: the recording refuses it before the optimizer step, and fit runs that model
     eagerly (same numbers as run_eagerly=True, the stream rewound), each call drawing its
     own mask. (The model is declared traceable here to reach the check.)"""
-    monkeypatch.setattr(keras.Model, "_TRACEABLE_LAYERS",
-                        keras.Model._TRACEABLE_LAYERS + ("Twice",))
 
     class Twice(keras.Model):
+        _traceable = True
+
         def __init__(self):
             super().__init__()
             self.drop = layers.Dropout(0.5, seed=3)
@@ -411,6 +411,102 @@ def test_traced_fit_falls_back_when_a_seeded_dropout_is_called_twice(monkeypatch
         assert model._run_eagerly is True and model._train_fn is None  # fell back for good
     assert runs[None] == runs[True] and runs[None][1] == 6
 
+
+def test_fit_traces_a_layer_when_its_class_declares_it():
+    """fit records its step only through layers whose class declares ``_traceable`` in its
+    own body: a layer of yours that declares it is traced (the same numbers as eager); a
+    subclass of a shipped layer that does not declare it again runs eagerly, since its
+    call may keep Python-side state (here a count that must move on every step)."""
+
+    class Scale(layers.Layer):
+        _traceable = True
+
+        def call(self, x):
+            return x * 2.0
+
+    class CountingDense(layers.Dense):
+        def call(self, x):
+            self.count = getattr(self, "count", 0) + 1
+            return super().call(x)
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((16, 3)).astype(np.float32)
+    y = rng.standard_normal((16, 1)).astype(np.float32)
+    runs = {}
+    for run_eagerly in (None, True):
+        ml.random.set_seed(0)
+        model = keras.Sequential([Scale(input_shape=(3,)), layers.Dense(1)])
+        model.compile(keras.optimizers.SGD(0.05), "mse", run_eagerly=run_eagerly)
+        runs[run_eagerly] = model.fit(x, y, batch_size=8, epochs=3, shuffle=False,
+                                      verbose=0).history["loss"]
+        if run_eagerly is None:
+            assert model._train_fn is not None and model._train_fn.n_traces == 1
+    np.testing.assert_allclose(runs[None], runs[True], rtol=1e-6)
+    counting = CountingDense(1, input_shape=(3,))
+    model = keras.Sequential([counting])
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    before = counting.count  # the build and fit's dry run
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0)
+    assert model._train_fn is None and counting.count - before == 6 + 1
+
+
+@pytest.mark.parametrize("case", ["clipvalue", "sample_weight"])
+def test_run_eagerly_false_runs_eagerly_what_a_trace_cannot_hold(case):
+    """compile(run_eagerly=False) asks for the traced step; a step the trace cannot hold
+    (gradient clipping measures norms in NumPy; sample weights) runs eagerly instead of
+    being recorded without them: the same numbers as run_eagerly=True."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((16, 3)).astype(np.float32)
+    y = 3.0 * rng.standard_normal((16, 1)).astype(np.float32)
+    sw = rng.uniform(0.0, 3.0, 16).astype(np.float32) if case == "sample_weight" else None
+    runs = {}
+    for run_eagerly in (False, True):
+        ml.random.set_seed(0)
+        model = keras.Sequential([layers.Dense(1, input_shape=(3,))])
+        opt = keras.optimizers.SGD(0.1, clipvalue=0.01 if case == "clipvalue" else None)
+        model.compile(opt, "mse", run_eagerly=run_eagerly)
+        loss = model.fit(x, y, sample_weight=sw, batch_size=8, epochs=2, shuffle=False,
+                         verbose=0).history["loss"]
+        runs[run_eagerly] = (loss, model.get_weights())
+        assert int(opt.iterations) == 4
+    np.testing.assert_allclose(runs[False][0], runs[True][0], rtol=1e-6)
+    for a, b in zip(runs[False][1], runs[True][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+
+def test_epoch_iterator_batches_shuffles_and_splits_as_fit_does():
+    """fit's data side (metalearn.keras.epoch_iterator): batches of batch_size in order, the
+    last one the rest; with shuffle a new order each epoch, the core generator's
+    permutation drawn when the epoch starts, x, y and sample weights kept together; the
+    validation split the last int(n * split) samples, before shuffling."""
+    from metalearn.keras.epoch_iterator import EpochIterator, train_validation_split
+
+    x = np.arange(20, dtype=np.float32).reshape(10, 2)
+    y, sw = np.arange(10) * 3, np.linspace(0.5, 5.0, 10).astype(np.float32)
+    data = EpochIterator(x, y, sw, batch_size=4)
+    batches = list(data.enumerate_epoch())
+    assert data.num_batches == 3 and [step for step, _ in batches] == [0, 1, 2]
+    assert [len(b[0]) for _, b in batches] == [4, 4, 2]
+    np.testing.assert_array_equal(np.concatenate([b[0] for _, b in batches]), x)
+    assert [b[1] for _, b in EpochIterator(x, batch_size=8).enumerate_epoch()] == [None, None]
+    ml.random.set_seed(11)
+    orders = [np.asarray(ml._core.permutation(10)) for _ in range(2)]
+    ml.random.set_seed(11)
+    shuffled = EpochIterator(x, y, sw, batch_size=4, shuffle=True)
+    for order in orders:
+        epoch = [b for _, b in shuffled.enumerate_epoch()]
+        for i, whole in enumerate((x, y, sw)):
+            np.testing.assert_array_equal(np.concatenate([b[i] for b in epoch]), whole[order])
+    assert not np.array_equal(orders[0], orders[1])
+    (xt, yt, swt), (xv, yv, swv) = train_validation_split(x, y, sw, 0.25)
+    np.testing.assert_array_equal(xv, x[8:])
+    np.testing.assert_array_equal(xt, x[:8])
+    np.testing.assert_array_equal(yv, y[8:])
+    np.testing.assert_array_equal(swt, sw[:8])
+    assert train_validation_split(x, y, None, 0.5)[1][2] is None
+    with pytest.raises(ValueError, match="no validation samples"):
+        train_validation_split(x, y, sw, 0.05)
 
 # ---------------------------------------------------------------- compile's metrics
 CM_TRUE = np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]], dtype="float32")

@@ -180,7 +180,7 @@ def test_functional_call_second_order_maml_step():
 
     def meta_loss(weights, create_graph):
         support = ml.reduce_mean(ml.keras.losses.mean_squared_error(ys, ml.functional_call(model, weights, xs)))
-        grads = ml.grad(support, weights, None, create_graph)
+        grads = ml.grad(support, weights, create_graph=create_graph)
         fast = [w - inner_lr * g for w, g in zip(weights, grads)]
         return ml.reduce_mean(ml.keras.losses.mean_squared_error(yq, ml.functional_call(model, fast, xq)))
 

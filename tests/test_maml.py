@@ -7,7 +7,7 @@ import pytest
 import metalearn as ml
 from metalearn import keras
 from metalearn.functional import functional_call
-from metalearn.meta import MAML, MetaSGD, FOMAML, clone_model, models
+from metalearn.meta import ANIL, MAML, MetaSGD, FOMAML, clone_model, models
 from metalearn.tasks import Sinusoid, Task
 
 REF = np.load(Path(__file__).parent / "reference" / "mlp.npz")
@@ -70,7 +70,7 @@ def test_vectorised_meta_batch_equals_the_loop_over_tasks(first_order):
     for vec in (True, False):
         maml = MAML(model, inner_lr=0.3, inner_steps=2, first_order=first_order, vectorize=vec)
         results.append(maml.meta_gradients(batch))
-        assert (maml._plan != []) == vec
+        assert (maml._vector_plan() is not None) == vec
     (la, ga), (lb, gb) = results
     assert abs(la - lb) < 1e-5
     for a, b in zip(ga, gb):
@@ -88,7 +88,7 @@ def _meta_grads_both_ways(model, batch, **kw):
     for vec in (True, False):
         maml = MAML(model, vectorize=vec, **kw)
         results.append(maml.meta_gradients(batch))
-        assert (maml._plan != []) == vec
+        assert (maml._vector_plan() is not None) == vec
     (la, ga), (lb, gb) = results
     assert abs(la - lb) < 1e-5 * max(1.0, abs(lb))
     scale = max(float(np.abs(np.asarray(g)).max()) for g in gb)
@@ -154,6 +154,51 @@ def test_sinusoid_hidden_kernel_low_rank_equals_the_loop(first_order):
     batch = Sinusoid(k_shot=10, q_queries=7, seed=3).sample_batch(4)
     _meta_grads_both_ways(model, batch, inner_lr=0.05, first_order=first_order)
 
+
+
+def test_vectorised_plan_is_the_models_batched_form():
+    """MAML's vectorised path runs the model's batched form (Layer._batched_form, composed
+    by Sequential): a nested Sequential is batched too and equals the loop; a Dense whose
+    bias is frozen has no batched form (the adapted weights would leave it out), so the
+    meta-batch runs task by task, with the bias; a Dense subclass that does not declare a
+    form of its own has none (its call may differ)."""
+    rng = np.random.default_rng(6)
+    ml.random.set_seed(6)
+    batch = Task(rng.random((3, 5, 4)).astype(np.float32), rng.random((3, 5, 2)).astype(np.float32),
+                 rng.random((3, 7, 4)).astype(np.float32), rng.random((3, 7, 2)).astype(np.float32),
+                 {"batched": True})
+    inner = keras.Sequential([keras.layers.Dense(6, activation="tanh"), keras.layers.Dense(5)])
+    nested = keras.Sequential([keras.layers.Dense(8, activation="relu", input_shape=(4,)), inner,
+                               keras.layers.Activation("relu"), keras.layers.Dense(2)])
+    _meta_grads_both_ways(nested, batch, inner_lr=0.2, inner_steps=2)
+    model = keras.Sequential([keras.layers.Dense(6, activation="tanh", input_shape=(4,)),
+                              keras.layers.Dense(2)])
+    w = model.get_weights()
+    w[1] = rng.standard_normal(6).astype(np.float32)  # a bias that matters
+    model.set_weights(w)
+    model.layers[0].bias.trainable = False
+    assert MAML(model)._vector_plan() is None
+    loop = MAML(model, inner_lr=0.2, vectorize=False).meta_gradients(batch)
+    np.testing.assert_allclose(MAML(model, inner_lr=0.2).meta_gradients(batch)[0], loop[0], rtol=1e-6)
+
+    class MyDense(keras.layers.Dense):
+        pass
+
+    mine = keras.Sequential([MyDense(3, input_shape=(4,)), keras.layers.Dense(2)])
+    assert MAML(mine)._vector_plan() is None
+
+
+def test_subclasses_declare_what_their_inner_loop_changes():
+    """ANIL's inner loop re-runs only the head (_batched_inner_loop False: never batched,
+    even with vectorize=True); Meta-SGD's per-weight rates run batched but make every
+    kernel update full rank (_low_rank_inner_step False)."""
+    ml.random.set_seed(7)
+    model = models.sinusoid_mlp()
+    assert ANIL(model, vectorize=True)._vector_plan() is None
+    sgd = MetaSGD(model)
+    plan = sgd._vector_plan()
+    assert plan is not None and sgd._low_rank_kernels(plan, 10) == set()
+    assert MAML(model)._low_rank_kernels(plan, 10) == {2}
 
 @pytest.mark.torch
 def test_two_inner_steps_match_torch():

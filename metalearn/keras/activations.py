@@ -98,8 +98,8 @@ def gelu(x: ArrayLike, approximate: bool = False) -> _core.Tensor:
 def softplus(x: ArrayLike) -> _core.Tensor:
     """``log(1 + exp(x))``, computed stably as ``(x + |x|) / 2 + log(1 + exp(-|x|))``.
 
-    ``(x + |x|) / 2`` is relu(x), written so that its gradient at 0 is 1/2 (abs'(0) = 0):
-    with ``relu`` the gradient at 0 was 0 where softplus'(0) = sigmoid(0) = 1/2."""
+    ``(x + |x|) / 2`` is relu(x), written so that its gradient at 0 is 1/2 (abs'(0) = 0),
+    as softplus'(0) = sigmoid(0) = 1/2 asks (``relu``'s own gradient at 0 is 0)."""
     pos = _core.mul(_core.add(x, _core.abs(x)), 0.5)
     return _core.add(pos, _core.log(_core.add(_core.exp(_core.neg(_core.abs(x))), 1.0)))
 

@@ -10,6 +10,7 @@ from metalearn import _core
 from metalearn import functional as _functional
 
 from . import activations, initializers
+from . import batched as _batched
 from .layers import Layer
 
 __all__ = ["Conv2D", "MaxPool2D", "MaxPooling2D", "AveragePooling2D", "AvgPool2D",
@@ -63,6 +64,8 @@ class Conv2D(Layer):
     Output shape:
         ``(batch, new_height, new_width, filters)``.
     """
+
+    _traceable = True
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None,
                  activation=None, use_bias=True, kernel_initializer="glorot_uniform",
@@ -146,6 +149,8 @@ class MaxPool2D(_Pool2D):
         ``(batch, pooled_height, pooled_width, channels)``: ``floor((in - pool) / stride) + 1``
         for ``"valid"``, ``ceil(in / stride)`` for ``"same"``.
     """
+
+    _traceable = True
     _op = "max_pool2d"
     _label = "MaxPool2D"
 
@@ -160,6 +165,8 @@ class AveragePooling2D(_Pool2D):
     Output shape:
         ``(batch, pooled_height, pooled_width, channels)``.
     """
+
+    _traceable = True
     _op = "avg_pool2d"
     _label = "AveragePooling2D"
 
@@ -181,6 +188,8 @@ class GlobalAveragePooling2D(Layer):
         ``(batch, channels)``, or ``(batch, 1, 1, channels)`` with keepdims.
     """
 
+    _traceable = True
+
     def __init__(self, data_format=None, keepdims=False, **kwargs):
         super().__init__(**kwargs)
         if data_format not in (None, "channels_last"):
@@ -189,7 +198,7 @@ class GlobalAveragePooling2D(Layer):
 
     def call(self, inputs):
         _check_4d(self, inputs)
-        return _core.global_avg_pool2d(_as_core(inputs), self.keepdims)
+        return _core.global_avg_pool2d(_as_core(inputs), keepdims=self.keepdims)
 
     def get_config(self):
         config = super().get_config()
@@ -259,6 +268,17 @@ class BatchNormalization(Layer):
                                                self.moving_variance_initializer, trainable=False)
         self.built = True
 
+    def _batched_form(self, index):
+        # batch statistics per task, as a per-task functional call uses them; a frozen
+        # layer normalises with its moving statistics instead: no batched form
+        if self.axis != -1 or not self.trainable:
+            return None
+        gamma = None if self.gamma is None else index.get(id(self.gamma))
+        beta = None if self.beta is None else index.get(id(self.beta))
+        if (self.gamma is not None and gamma is None) or (self.beta is not None and beta is None):
+            return None
+        return _batched.BatchNormalization(gamma, beta, self.epsilon)
+
     def call(self, inputs, training=None):
         # a frozen layer (trainable=False) runs in inference mode even in training, as
         # Keras 3 does: fine-tuning on top of it neither moves nor uses batch statistics
@@ -268,8 +288,8 @@ class BatchNormalization(Layer):
             subst = _functional.substitution()
             if subst and any(id(v) in subst for v in self._own_weights):
                 mm = mv = None  # functional call: batch statistics, state untouched
-        return _core.batch_norm(_as_core(inputs), self.gamma, self.beta, mm, mv, training,
-                                self.momentum, self.epsilon)
+        return _core.batch_norm(_as_core(inputs), self.gamma, self.beta, mm, mv, training=training,
+                                momentum=self.momentum, epsilon=self.epsilon)
 
     def get_config(self):
         config = super().get_config()

@@ -24,6 +24,7 @@ from metalearn.tape import Variable
 
 from . import activations, initializers
 from . import backend as _backend
+from . import batched as _batched
 
 __all__ = ["MemoryRecall", "Layer", "Dense", "Flatten", "Activation", "Dropout", "InputLayer", "Input",
            "Lambda", "Reshape", "serialize", "deserialize", "get"]
@@ -67,10 +68,36 @@ class Layer:
         input_dim: for 2-D inputs, the same as ``input_shape=(input_dim,)``.
     """
 
-    # whether a training step through this layer may be recorded once and replayed
-    # (Model._pure also asks for a known layer type); a class attribute, so that asking
-    # costs no AttributeError on every step
-    _traceable = True
+    # What a layer can do, declared by each class in its own body; a subclass that does
+    # not declare it again cannot (its call may differ from its parent's: see
+    # __init_subclass__), so a layer of yours is never traced or batched by mistake.
+    # _traceable: its call is a pure function of tensors (no Python-side state, no
+    # in-place statistics), so a training step through it may be recorded once by
+    # metalearn.function and replayed from C. _batched_form: its forward on a meta-batch
+    # of tasks, for MAML's vectorised path.
+    _traceable = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "_traceable" not in cls.__dict__:
+            cls._traceable = False
+        if "_batched_form" not in cls.__dict__:
+            cls._batched_form = Layer._batched_form
+
+    def _is_traceable(self):
+        """Whether this layer and every layer in it declare themselves traceable."""
+        return self._traceable and all(sub._is_traceable() for _, sub in self._sublayers)
+
+    def _batched_form(self, index):
+        """This layer's forward on a meta-batch of tasks (a ``metalearn.keras.batched``
+        form), or None when it has none.
+
+        Args:
+            index: ``{id(weight): position}`` of the weights the meta-batch gives per task
+                (with a leading task axis); the form reads them by position. A weight of
+                the layer that is not indexed means no form (it would be left out).
+        """
+        return None
 
     def __init__(self, trainable: bool = True, name: Optional[str] = None, dtype: Any = None,
                  input_shape: Optional[Shape] = None,
@@ -462,6 +489,8 @@ class Dense(Layer):
         N-D tensor ``(batch_size, ..., units)``.
     """
 
+    _traceable = True
+
     def __init__(self, units: int, activation: Union[str, Callable[..., Any], None] = None,
                  use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
                  bias_initializer: Any = "zeros", **kwargs: Any) -> None:
@@ -488,6 +517,14 @@ class Dense(Layer):
         else:
             self.bias = None
         self.built = True
+
+    def _batched_form(self, index):
+        kernel = index.get(id(self.kernel))
+        bias = None if self.bias is None else index.get(id(self.bias))
+        if kernel is None or (self.bias is not None and bias is None):
+            return None
+        act = None if self.activation is activations.linear else self.activation
+        return _batched.Dense(kernel, bias, act)
 
     def call(self, inputs: Any) -> Any:
         shape = inputs.shape
@@ -519,11 +556,16 @@ class Flatten(Layer):
         ``(batch_size, d1 * ... * dn)``; a 1-D input becomes ``(batch_size, 1)``.
     """
 
+    _traceable = True
+
     def __init__(self, data_format: Optional[str] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if data_format not in (None, "channels_last"):
             raise ValueError("Flatten: only data_format='channels_last' is supported")
         self.data_format = data_format
+
+    def _batched_form(self, index):
+        return _batched.Flatten()
 
     def call(self, inputs: Any) -> Any:
         shape = inputs.shape
@@ -597,9 +639,14 @@ class Activation(Layer):
         Same as the input.
     """
 
+    _traceable = True
+
     def __init__(self, activation: Union[str, Callable[..., Any], None], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.activation = activations.get(activation)
+
+    def _batched_form(self, index):
+        return _batched.Activation(self.activation)
 
     def call(self, inputs: Any) -> Any:
         return self.activation(inputs)
@@ -638,6 +685,8 @@ class Dropout(Layer):
         training: whether to drop (defaults to the flag of the enclosing call: True inside
             ``fit``, False otherwise).
     """
+
+    _traceable = True
 
     def __init__(self, rate: float, noise_shape: Optional[Sequence[Optional[int]]] = None,
                  seed: Optional[int] = None, **kwargs: Any) -> None:
@@ -741,6 +790,8 @@ class InputLayer(Layer):
     Its configuration is Keras 3's: ``{"batch_shape", "dtype", "sparse", "ragged", "name",
     "optional"}``, so the batch size survives ``from_config``.
     """
+
+    _traceable = True
 
     def __init__(self, shape: Optional[Shape] = None, batch_size: Optional[int] = None,
                  dtype: Any = None, sparse: Optional[bool] = None, ragged: Optional[bool] = None,

@@ -146,7 +146,7 @@ def categorical_crossentropy(y_true: ArrayLike, y_pred: Array, from_logits: bool
         classes = y_true.shape[-1]
         y_true = _core.add(_core.mul(y_true, 1.0 - float(label_smoothing)),
                            float(label_smoothing) / classes)
-    return _core.categorical_crossentropy(y_true, y_pred, bool(from_logits))
+    return _core.categorical_crossentropy(y_true, y_pred, from_logits=bool(from_logits))
 
 
 def sparse_categorical_crossentropy(y_true: ArrayLike, y_pred: Array, from_logits: bool = False,
@@ -176,7 +176,7 @@ def sparse_categorical_crossentropy(y_true: ArrayLike, y_pred: Array, from_logit
                          f"class axis, {pred_shape[:-1]}, or with a last axis of 1")
     # a tensor of labels stays a tensor: the C op reads it when it runs, so a traced step
     # (metalearn.function) replays with each call's labels
-    return _core.sparse_categorical_crossentropy(labels, y_pred, bool(from_logits))
+    return _core.sparse_categorical_crossentropy(labels, y_pred, from_logits=bool(from_logits))
 
 
 def binary_crossentropy(y_true: ArrayLike, y_pred: Array, from_logits: bool = False,
@@ -201,7 +201,7 @@ def binary_crossentropy(y_true: ArrayLike, y_pred: Array, from_logits: bool = Fa
     y_true, y_pred = _matched(y_true, y_pred, "binary_crossentropy", True)
     if label_smoothing:
         y_true = _core.add(_core.mul(y_true, 1.0 - float(label_smoothing)), 0.5 * float(label_smoothing))
-    return _core.binary_crossentropy(y_true, y_pred, bool(from_logits))
+    return _core.binary_crossentropy(y_true, y_pred, from_logits=bool(from_logits))
 
 
 # functions that match shapes themselves (the cross-entropies refuse unequal shapes, as

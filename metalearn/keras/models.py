@@ -24,12 +24,14 @@ from metalearn import _core
 from metalearn.tape import no_grad as _no_grad
 from metalearn.progress import Progbar
 
+from . import batched as _batched
 from . import callbacks as _callbacks
-from .. import debugging as _debugging  # enable_check_numerics() hook in _train_step
+from .. import debugging as _debugging  # enable_check_numerics() hook in _eager_train_step
 from . import layers as _layers
 from . import losses as _losses
 from . import metrics as _metrics
 from . import optimizers as _optimizers
+from .epoch_iterator import EpochIterator, train_validation_split
 
 __all__ = ["Model", "Sequential", "load_weights_file"]
 
@@ -454,28 +456,26 @@ class Model(_layers.Layer):
             warnings.warn("The model does not have any trainable weights.", stacklevel=stacklevel)
         return params
 
-    # Layers whose call is a pure function of tensors (no Python-side state, no in-place
-    # statistics): a step through them can be recorded once and replayed from C.
-    _TRACEABLE_LAYERS = ("Dense", "Flatten", "Activation", "Dropout", "InputLayer",
-                         "Conv2D", "MaxPool2D", "AveragePooling2D", "GlobalAveragePooling2D",
-                         "Sequential", "AdaptiveNeuralNetwork")
+    def _make_train_step(self, params, sample_weight):
+        """The training step for a call of fit or train_on_batch, chosen once before its
+        first step (as Keras 3's make_train_function): ``step(xb, yb, params, swb) ->
+        (loss, y_pred)``. Traced (recorded once per batch shape, replayed from C) when
+        compile's run_eagerly allows it and the model can be recorded; eager otherwise;
+        the loss alone when the model has no trainable weights."""
+        if not params:
+            return self._forward_step
+        if self._run_eagerly is False or (self._run_eagerly is None
+                                          and self._can_trace(sample_weight)):
+            return self._traced_train_step
+        return self._eager_train_step
 
     def _can_trace(self, sample_weight):
-        """Whether fit's step may run as a metalearn.function trace (compile(run_eagerly=False
-        or None) and a model made only of pure layers, no sample weights, no numerics checks)."""
-        if self._run_eagerly or sample_weight is not None or _debugging._numerics_checks:
+        """Whether the training step can be recorded: every layer declares itself
+        traceable (Layer._traceable), the optimizer's update has a traced form, no sample
+        weights, no numerics checks. Asking changes nothing."""
+        if sample_weight is not None or _debugging._numerics_checks:
             return False
-        opt = self.optimizer
-        if not hasattr(opt, "_core_for") or any(getattr(opt, a, None) is not None
-                                                for a in ("clipvalue", "clipnorm", "global_clipnorm")):
-            return False
-        return self._pure(self)
-
-    @classmethod
-    def _pure(cls, layer):
-        return (type(layer).__name__ in cls._TRACEABLE_LAYERS
-                and layer._traceable  # a layer may declare itself not traceable
-                and all(cls._pure(sub) for sub in getattr(layer, "layers", [])))
+        return self.optimizer._traced_update() is not None and self._is_traceable()
 
     def _seeded_dropouts(self):
         """The seeded Dropout layers that draw a mask in training, each once, in model order:
@@ -510,14 +510,33 @@ class Model(_layers.Layer):
         return [_core.tensor(layer._seeded_uniform(layer._mask_shape((n,) + tuple(shape))))
                 for layer, shape in zip(seeded, shapes)]
 
-    def _traced_train_step(self, xb, yb, params):
-        """One training step replayed from a trace (recorded on the first batch of a shape).
-        Equal to the eager step; falls back to it for good if the step cannot be traced."""
+    def _traced_train_step(self, xb, yb, params, sample_weight=None):
+        """One training step replayed from a trace (recorded on the first batch of a
+        shape), equal to the eager step. The eager step instead while numerics checks are
+        on, and for good once a step cannot be recorded (e.g. a weight the loss does not
+        use)."""
+        if self._run_eagerly or (self._run_eagerly is None and _debugging._numerics_checks):
+            return self._eager_train_step(xb, yb, params, sample_weight)
+        try:
+            return self._replay_train_step(xb, yb, params, sample_weight)
+        except (ValueError, TypeError):
+            if self._train_fn is not None and self._train_fn.n_traces:
+                raise
+            self._run_eagerly = True
+            self._train_fn = None
+        return self._eager_train_step(xb, yb, params, sample_weight)
+
+    def _replay_train_step(self, xb, yb, params, sample_weight):
         from metalearn.function import function
 
+        if sample_weight is not None:  # (compile(run_eagerly=False) comes here with them)
+            raise ValueError("a training step with sample weights cannot be traced")
         config = (id(self.optimizer), id(self.compiled_loss), tuple(map(id, params)))
         if self._train_fn is None or self._train_fn_config != config:
-            core_opt = self.optimizer._core_for(params)
+            update = self.optimizer._traced_update()
+            if update is None:
+                raise ValueError("the optimizer's update cannot be traced: gradient clipping "
+                                 "runs in NumPy")
             seeded = self._seeded_dropouts()
 
             def step(x, y, *draws):
@@ -534,7 +553,7 @@ class Model(_layers.Layer):
                 if unused:
                     raise ValueError(f"fit: seeded Dropout {unused} not called in training")
                 loss = self.compiled_loss(y, y_pred, None)
-                core_opt.step(params, _core.grad(loss, params))
+                update(params, _core.grad(loss, params))
                 return loss, y_pred
 
             self._train_fn, self._train_fn_config = function(step), config
@@ -553,22 +572,13 @@ class Model(_layers.Layer):
                 for layer, c in zip(seeded, calls):  # the eager step that follows draws them
                     layer._seed_calls = c
                 raise
-        self.optimizer._iterations += 1  # the Python-side count is not part of the trace
+        self.optimizer._count_step()
         return loss, y_pred
 
-    def _train_step(self, xb, yb, params, sample_weight=None):
-        if getattr(self, "_run_eagerly", True) is False or (
-                getattr(self, "_run_eagerly", True) is None and self._can_trace(sample_weight)):
-            try:
-                return self._traced_train_step(xb, yb, params)
-            except (ValueError, TypeError):
-                if self._train_fn is not None and self._train_fn.n_traces:
-                    raise
-                self._run_eagerly = True  # not traceable (e.g. an unused weight): stay eager
-                self._train_fn = None
+    def _eager_train_step(self, xb, yb, params, sample_weight=None):
         y_pred = self(xb, training=True)
         loss = self.compiled_loss(yb, y_pred, sample_weight)
-        grads = _core.grad(loss, params, None, False, True)
+        grads = _core.grad(loss, params, create_graph=False, allow_unused=True)
         if _debugging._numerics_checks:  # metalearn.debugging.enable_check_numerics()
             _debugging._check_step(self, loss, grads, params, xb, yb)
         if any(g is None for g in grads):
@@ -624,8 +634,7 @@ class Model(_layers.Layer):
         prev = _core.is_grad_enabled()
         _core.set_grad_enabled(True)
         try:
-            step = self._train_step if params else self._forward_step
-            loss, y_pred = step(x, y, params, sw)
+            loss, y_pred = self._make_train_step(params, sw)(x, y, params, sw)
         finally:
             _core.set_grad_enabled(prev)
         self._update_metrics(y, y_pred, sw)
@@ -703,118 +712,116 @@ class Model(_layers.Layer):
         validation_batch_size = _count("fit", "validation_batch_size", validation_batch_size,
                                        batch_size)
         verbose = _verbose(verbose)
-        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float, np.number)) \
-                or not 0.0 <= validation_split < 1.0:
-            raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
-        x, y, sw = self._check_data("fit", x, y, sample_weight)
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-                raise ValueError("fit: validation_data must be a tuple (x_val, y_val) or "
-                                 f"(x_val, y_val, sample_weight_val), got {type(validation_data).__name__}"
-                                 + (f" of length {len(validation_data)}"
-                                    if isinstance(validation_data, (tuple, list)) else ""))
-            x_val, y_val, sw_val = self._check_data("fit: validation_data", *validation_data,
-                                                    *([None] * (3 - len(validation_data))))
-        elif validation_split:
-            n_val = int(len(x) * validation_split)
-            if n_val == 0:
-                raise ValueError("fit: validation_split leaves no validation samples")
-            split = len(x) - n_val
-            x, x_val, y, y_val = x[:split], x[split:], y[:split], y[split:]
-            sw, sw_val = (None, None) if sw is None else (sw[:split], sw[split:])
-        else:
-            x_val = y_val = sw_val = None
-        n = len(x)
-        steps = math.ceil(n / batch_size)
-        self._dry_run("fit", x, y, sw)
-        if x_val is not None:
-            self._dry_run("fit: validation_data", x_val, y_val, sw_val)
+        (x, y, sw), validation = self._check_fit_data(x, y, sample_weight, validation_split,
+                                                      validation_data)
+        data = EpochIterator(x, y, sw, batch_size, shuffle)
         params = self._train_params()
-        step_fn = self._train_step if params else self._forward_step
+        step_fn = self._make_train_step(params, sw)
         history = _callbacks.History()
         cbs = _callbacks.CallbackList(list(callbacks or []) + [history], model=self,
-                                      params={"epochs": epochs, "steps": steps, "verbose": verbose})
-        has_batch_begin = cbs.has("on_train_batch_begin")
-        has_batch_end = cbs.has("on_train_batch_end")
-        test_cbs = cbs if cbs.has("on_test_batch_begin") or cbs.has("on_test_batch_end") else None
+                                      params={"epochs": epochs, "steps": data.num_batches,
+                                              "verbose": verbose})
         self.stop_training = False
         self.history = history
         prev_grad = _core.is_grad_enabled()
         _core.set_grad_enabled(True)
         try:
             cbs.on_train_begin()
+            logs = None
             for epoch in range(initial_epoch, epochs):
                 self._reset_metrics()
                 cbs.on_epoch_begin(epoch)
                 if verbose:
                     print(f"Epoch {epoch + 1}/{epochs}")
-                bar = Progbar(steps, verbose=verbose)
-                order = np.asarray(_core.permutation(n), dtype=np.int64) if shuffle else None
-                loss_total, seen = 0.0, 0
-                for step in range(steps):
-                    lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
-                    if order is None:
-                        xb, yb = x[lo:hi], y[lo:hi]
-                        swb = None if sw is None else sw[lo:hi]
-                    else:
-                        idx = order[lo:hi]
-                        xb, yb = x[idx], y[idx]
-                        swb = None if sw is None else sw[idx]
-                    if has_batch_begin:
-                        cbs.on_train_batch_begin(step)
-                    loss, y_pred = step_fn(xb, yb, params, swb)
-                    loss_total += loss.item() * (hi - lo)
-                    seen += hi - lo
-                    self._update_metrics(yb, y_pred, swb)
-                    if verbose or has_batch_end:
-                        logs = self._logs(loss_total / seen)
-                        if verbose:
-                            bar.update(step + 1, logs, finalize=False)
-                        if has_batch_end:
-                            cbs.on_train_batch_end(step, logs)
-                    if self.stop_training:
-                        break
-                logs = self._logs(loss_total / max(seen, 1))
-                if x_val is not None and (epoch + 1 - initial_epoch) % validation_freq == 0:
-                    # the validation pass is an evaluate: Keras calls the test hooks
-                    cbs.on_test_begin()
-                    _core.set_grad_enabled(False)
-                    try:
-                        val = self._evaluate_arrays(x_val, y_val, sw_val, validation_batch_size,
-                                                    cbs=test_cbs)
-                    finally:
-                        _core.set_grad_enabled(True)
-                    cbs.on_test_end(val)
-                    logs.update({"val_" + k: v for k, v in val.items()})
+                bar = Progbar(data.num_batches, verbose=verbose)
+                logs = self._train_epoch(data, step_fn, params, cbs, bar if verbose else None)
+                if validation is not None and (epoch + 1 - initial_epoch) % validation_freq == 0:
+                    logs.update(self._validation_logs(validation, validation_batch_size, cbs))
                 if verbose:
-                    bar.update(steps, logs, finalize=True)
+                    bar.update(data.num_batches, logs, finalize=True)
                 cbs.on_epoch_end(epoch, logs)
                 if self.stop_training:
                     break
-            cbs.on_train_end(logs if epochs > initial_epoch else None)
+            cbs.on_train_end(logs)
         finally:
             _core.set_grad_enabled(prev_grad)
         return history
+
+    def _check_fit_data(self, x, y, sample_weight, validation_split, validation_data):
+        """fit's data and validation data checked (as _check_data and _dry_run), the
+        validation split taken: ``(x, y, sample_weight), (x_val, y_val, sw_val) or None``."""
+        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float, np.number)) \
+                or not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
+        x, y, sw = self._check_data("fit", x, y, sample_weight)
+        validation = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("fit: validation_data must be a tuple (x_val, y_val) or "
+                                 f"(x_val, y_val, sample_weight_val), got {type(validation_data).__name__}"
+                                 + (f" of length {len(validation_data)}"
+                                    if isinstance(validation_data, (tuple, list)) else ""))
+            validation = self._check_data("fit: validation_data", *validation_data,
+                                          *([None] * (3 - len(validation_data))))
+        elif validation_split:
+            (x, y, sw), validation = train_validation_split(x, y, sw, validation_split)
+        self._dry_run("fit", x, y, sw)
+        if validation is not None:
+            self._dry_run("fit: validation_data", *validation)
+        return (x, y, sw), validation
+
+    def _train_epoch(self, data, step_fn, params, cbs, bar):
+        """One pass of training over `data`: a step per batch, the metrics, the batch
+        callbacks and the progress bar; the epoch's logs (mean loss, metrics)."""
+        has_batch_begin = cbs.has("on_train_batch_begin")
+        has_batch_end = cbs.has("on_train_batch_end")
+        loss_total, seen = 0.0, 0
+        for step, (xb, yb, swb) in data.enumerate_epoch():
+            if has_batch_begin:
+                cbs.on_train_batch_begin(step)
+            loss, y_pred = step_fn(xb, yb, params, swb)
+            size = xb.shape[0]
+            loss_total += loss.item() * size
+            seen += size
+            self._update_metrics(yb, y_pred, swb)
+            if bar is not None or has_batch_end:
+                logs = self._logs(loss_total / seen)
+                if bar is not None:
+                    bar.update(step + 1, logs, finalize=False)
+                if has_batch_end:
+                    cbs.on_train_batch_end(step, logs)
+            if self.stop_training:
+                break
+        return self._logs(loss_total / max(seen, 1))
+
+    def _validation_logs(self, validation, batch_size, cbs):
+        """fit's validation pass, an evaluate with the test hooks (as Keras 3's): the
+        ``val_`` logs."""
+        cbs.on_test_begin()
+        test_cbs = cbs if cbs.has("on_test_batch_begin") or cbs.has("on_test_batch_end") else None
+        _core.set_grad_enabled(False)
+        try:
+            val = self._evaluate_arrays(*validation, batch_size, cbs=test_cbs)
+        finally:
+            _core.set_grad_enabled(True)
+        cbs.on_test_end(val)
+        return {"val_" + k: v for k, v in val.items()}
 
     # ---------------------------------------------------------------- evaluate
     def _evaluate_arrays(self, x, y, sw, batch_size, bar=None, cbs=None):
         """Loss and metrics over all of x (grad mode must be off)."""
         saved = [(m, m.__dict__.copy()) for m in self._compiled_metrics]
         self._reset_metrics()
-        n = len(x)
         total, seen = 0.0, 0
-        steps = math.ceil(n / batch_size)
         self.stop_evaluating = False  # a callback may set it to end the loop (Keras 3)
-        for step in range(steps):
-            lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
+        for step, (xb, yb, swb) in EpochIterator(x, y, sw, batch_size).enumerate_epoch():
             if cbs is not None:
                 cbs.on_test_batch_begin(step)
-            xb, yb = x[lo:hi], y[lo:hi]
-            swb = None if sw is None else sw[lo:hi]
             y_pred = self(xb, training=False)
             loss = self.compiled_loss(yb, y_pred, swb)
-            total += loss.item() * (hi - lo)
-            seen += hi - lo
+            size = xb.shape[0]
+            total += loss.item() * size
+            seen += size
             self._update_metrics(yb, y_pred, swb)
             if bar is not None or cbs is not None:
                 logs = self._logs(total / seen)
@@ -873,8 +880,8 @@ class Model(_layers.Layer):
         if x.ndim == 0 or len(x) == 0:
             raise ValueError("predict: x is empty: no samples" if x.ndim else
                              "predict: x must have a batch axis, got a scalar")
-        n = len(x)
-        steps = math.ceil(n / batch_size)
+        data = EpochIterator(x, batch_size=batch_size)
+        steps = data.num_batches
         bar = Progbar(steps, verbose=verbose) if verbose else None
         cbs = _callbacks.CallbackList(callbacks, model=self,
                                       params={"steps": steps, "verbose": verbose}) if callbacks else None
@@ -883,10 +890,10 @@ class Model(_layers.Layer):
         if cbs:
             cbs.on_predict_begin()
         with _no_grad():
-            for step in range(steps):
+            for step, (xb, _, _) in data.enumerate_epoch():
                 if cbs:
                     cbs.on_predict_batch_begin(step)
-                out = self(x[step * batch_size:(step + 1) * batch_size], training=False)
+                out = self(xb, training=False)
                 outs.append(np.array(out, copy=True))
                 if bar is not None:
                     bar.update(step + 1)
@@ -969,6 +976,8 @@ class Sequential(Model):
         layers: optional list of layers.
         name: the model's name.
     """
+
+    _traceable = True
 
     def __init__(self, layers: Optional[Sequence[_layers.Layer]] = None, name: Optional[str] = None,
                  trainable: bool = True) -> None:
@@ -1062,6 +1071,13 @@ class Sequential(Model):
         for layer in self._layers_list:
             x = layer(x)
         return x
+
+    def _batched_form(self, index):
+        """Its layers' batched forms, one after the other (None if one has none)."""
+        forms = [layer._batched_form(index) for layer in self._layers_list]
+        if not forms or any(f is None for f in forms):
+            return None
+        return _batched.Chain(forms)
 
     def get_config(self) -> Config:
         layer_configs = []

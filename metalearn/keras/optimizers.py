@@ -118,6 +118,26 @@ class Optimizer:
             self._cores[key] = entry
         return entry[0]
 
+    # ------------------------------------------------------------ traced form
+    def _traced_update(self):
+        """The update as core ops, for a training step that ``metalearn.function`` records
+        once and replays from C: a function ``update(variables, grads)`` to call while
+        recording (one C optimizer step, which the trace holds). None when the update
+        cannot be recorded: gradient clipping measures norms in NumPy, outside any trace.
+        Asking changes nothing; after each replay the caller counts the step with
+        ``_count_step``."""
+        if self.clipvalue is not None or self.clipnorm is not None or self.global_clipnorm is not None:
+            return None
+        return self._core_step
+
+    def _core_step(self, variables, grads):
+        self._core_for(variables).step(variables, grads)
+
+    def _count_step(self):
+        """One more step in ``iterations`` (a replayed trace updates the variables from C;
+        the count lives here, in Python)."""
+        self._iterations += 1
+
     def _clip(self, grads):
         if self.clipvalue is not None:
             c = float(self.clipvalue)
@@ -141,7 +161,7 @@ class Optimizer:
             with _no_grad():
                 grads = self._clip(grads)
         self._core_for(variables).step(variables, grads)
-        self._iterations += 1
+        self._iterations += 1  # _count_step's count, without a call on the eager step
 
     def apply_gradients(self, grads_and_vars: Iterable[Tuple[Any, Any]], name: Optional[str] = None,
                         skip_gradients_aggregation: bool = False) -> int:
@@ -203,7 +223,7 @@ class Optimizer:
             grads = tape.gradient(loss, var_list)
         else:
             live = [v for v in var_list if v.requires_grad]
-            gl = _core.grad(loss, live, None, False, True) if live else []
+            gl = _core.grad(loss, live, allow_unused=True) if live else []
             it = iter(gl)
             grads = [next(it) if v.requires_grad else None for v in var_list]
         return self.apply_gradients(zip(grads, var_list))

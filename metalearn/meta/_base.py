@@ -265,7 +265,7 @@ class BaseMetaLearner:
         if self._loss_fn is None:
             self._loss_fn, self.classification = resolve_loss(self.loss, task)
         model = self.model
-        # model.weights walks every layer (~8 us): check it once per model, not every fit
+        # model.weights walks every layer: checked once per model, not on every fit
         if getattr(self, "_prepared_model", None) is model:
             return
         if not model.built or not model.weights:

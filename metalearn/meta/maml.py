@@ -8,6 +8,7 @@ import numpy as np
 
 from metalearn import _core
 from metalearn.functional import functional_call
+from metalearn.keras.batched import batched_plan
 
 from metalearn.tasks.base import Task
 
@@ -56,9 +57,10 @@ class MAML(BaseMetaLearner):
             for integer labels), ``"mse"``, ``"sparse_categorical_crossentropy"``, or a
             callable ``loss(y_true, y_pred)`` returning a Tensor.
         vectorize: ``"auto"`` runs the tasks of a meta-batch together (batched matrix
-            products over per-task weight copies, one graph for the whole batch) when the
-            model is a ``Sequential`` of Dense/Activation/Flatten/BatchNormalization
-            layers and the loss is a built-in one; the result equals the loop over tasks
+            products over per-task weight copies, one graph for the whole batch) when
+            every layer of the model has a batched form (``Sequential`` models of Dense,
+            Activation, Flatten, BatchNormalization and Sequential layers) and the loss is
+            a built-in one; the result equals the loop over tasks
             (batch statistics per task, ``metalearn.batch_norm_grouped``). A wide Dense
             kernel adapted from a few support rows is carried as the shared kernel plus
             each task's low-rank update ``-inner_lr * X^T dZ`` instead of a copy per task
@@ -75,6 +77,15 @@ class MAML(BaseMetaLearner):
         adapted = maml.adapt(support_x, support_y, steps=10)   # a new Keras model
         maml.evaluate(metalearn.tasks.Sinusoid(seed=1), episodes=600)  # {'mse', 'ci95', ...}
     """
+
+    # What the inner loop is, for the vectorised meta-batch; a subclass that changes it
+    # says so here. _batched_inner_loop: the inner loop adapts _inner_params() through the
+    # model's own forward with _inner_update, so a meta-batch may run as the model's
+    # batched form (ANIL: no, it re-runs only the head on features computed once).
+    # _low_rank_inner_step: an inner step is w - inner_lr * g with one scalar rate, so it
+    # changes a dense kernel by a low-rank term (Meta-SGD: no, its rates are per weight).
+    _batched_inner_loop = True
+    _low_rank_inner_step = True
 
     def __init__(self, model: Any, inner_lr: float = 0.01, inner_steps: int = 1, first_order: bool = False,
                  meta_optimizer: Any = "adam", meta_lr: float = 0.001, loss: Any = None,
@@ -157,86 +168,20 @@ class MAML(BaseMetaLearner):
 
     # ------------------------------------------------------ vectorised path
     def _vector_plan(self):
-        """The layer plan for running a meta-batch at once, or None when not possible."""
+        """The model's batched form (``metalearn.keras.batched``) for running a meta-batch
+        at once, or None when the tasks run one by one."""
         if self._plan is not None:
             return self._plan or None
-        from metalearn.keras import activations, conv_layers, layers
-        from metalearn.keras.models import Sequential
-        plan = []
-        ok = (self.vectorize is not False and isinstance(self.model, Sequential)
-              and (self.loss is None or isinstance(self.loss, str)))
-        index = {id(w): i for i, w in enumerate(self.model.trainable_weights)}
-        for layer in (self.model.layers if ok else []):
-            if type(layer) is layers.Dense and id(layer.kernel) in index:
-                bias = index.get(id(layer.bias)) if layer.bias is not None else None
-                act = layer.activation if layer.activation is not activations.linear else None
-                plan.append(("dense", index[id(layer.kernel)], bias, act))
-            elif type(layer) is layers.Activation:
-                plan.append(("act", layer.activation))
-            elif type(layer) is layers.Flatten:
-                plan.append(("flatten",))
-            elif (type(layer) is conv_layers.BatchNormalization and layer.axis == -1
-                  and layer.trainable  # a frozen one normalises with its moving statistics
-                  and all(w is None or id(w) in index for w in (layer.gamma, layer.beta))):
-                # batch statistics per task, as the per-task path's functional call uses
-                # (and, like it, the moving statistics are left alone)
-                gamma = index[id(layer.gamma)] if layer.gamma is not None else None
-                beta = index[id(layer.beta)] if layer.beta is not None else None
-                plan.append(("bn", gamma, beta, layer.epsilon))
-            else:
-                ok = False
-                break
-        if ok:
-            used = sorted(i for p in plan if p[0] in ("dense", "bn") for i in (p[1], p[2])
-                          if i is not None)
-            ok = used == list(range(len(index)))
-        if self.vectorize is True and not ok:
-            raise ValueError(f"{type(self).__name__}: vectorize=True needs a Sequential of Dense/"
-                             "Activation/Flatten/BatchNormalization layers and a built-in loss")
-        self._plan = plan if ok else []
-        return self._plan or None
-
-    @staticmethod
-    def _batched_forward(plan, weights, x, factors=None, record=None):
-        """Runs a batch of tasks: x (B, n, ...), weights with a leading task axis.
-
-        ``factors`` maps a dense kernel's index to its low-rank form: ``weights[k]`` is then
-        the shared (K, N) kernel and the task's kernel is ``W + sum(c * A_b^T @ D_b)`` over
-        the ``(c, A, D)`` in ``factors[k]`` (A (B, r, K), D (B, r, N)). ``record``, a dict,
-        receives ``k -> (layer input, pre-activation output)`` of those layers.
-        """
-        b, n = int(x.shape[0]), int(x.shape[1])
-        for step in plan:
-            if step[0] == "dense":
-                _, k, bias, act = step
-                x_in = x
-                if factors is not None and k in factors:
-                    w = weights[k]
-                    # one GEMM with the shared kernel for all B*n rows, then each task's
-                    # rank-r correction (c x A^T) D: never a (B, K, N) copy of the kernel.
-                    # c scales the (B, n, r) product, not the (B, n, N) one (r < N), here
-                    # and in the backward pass
-                    x = _core.reshape(_core.matmul(_core.reshape(x_in, (b * n, int(w.shape[0]))), w),
-                                      (b, n, int(w.shape[1])))
-                    for c, a_, d_ in factors[k]:
-                        x = x + _core.matmul(_core.matmul(x_in, a_, transpose_b=True) * c, d_)
-                else:
-                    x = _core.matmul(x_in, weights[k])                       # (B, n, units)
-                if bias is not None:
-                    x = x + _core.reshape(weights[bias], (b, 1, int(weights[bias].shape[-1])))
-                if record is not None and k in factors:
-                    record[k] = (x_in, x)
-                if act is not None:
-                    x = act(x)
-            elif step[0] == "act":
-                x = step[1](x)
-            elif step[0] == "bn":
-                _, gamma, beta, eps = step
-                x = _core.batch_norm_grouped(x, None if gamma is None else weights[gamma],
-                                             None if beta is None else weights[beta], eps)
-            else:
-                x = _core.reshape(x, (b, n, int(np.prod(x.shape[2:]))))
-        return x
+        plan = None
+        if (self._batched_inner_loop and self.vectorize is not False
+                and (self.loss is None or isinstance(self.loss, str))):
+            plan = batched_plan(self.model, self._inner_params())
+            if plan is None and self.vectorize is True:
+                raise ValueError(f"{type(self).__name__}: vectorize=True needs a model whose "
+                                 "layers all have a batched form (a Sequential of Dense/"
+                                 "Activation/Flatten/BatchNormalization) and a built-in loss")
+        self._plan = plan if plan is not None else False
+        return plan
 
     def _low_rank_kernels(self, plan, n_support):
         """Dense kernels whose per-task adapted copies are kept as shared kernel + low-rank
@@ -249,17 +194,16 @@ class MAML(BaseMetaLearner):
         to build (K * N * n per step): the factors win when r * (K + N) < K * N (the
         784x256 first layer of MAML's Omniglot MLP at 5-way 1-shot: rank 5; the 40x40
         hidden layer of the sinusoid MLP at K = 10: rank 10; not its 1x40 and 40x1 ends).
-        Only with MAML's scalar inner step size."""
-        if type(self)._inner_update is not MAML._inner_update:
+        Only with a scalar inner step size (_low_rank_inner_step)."""
+        if not self._low_rank_inner_step:
             return set()
         weights = self._inner_params()
         rank = max(1, self.inner_steps) * n_support
         out = set()
-        for step in plan:
-            if step[0] == "dense":
-                kk, nn = (int(d) for d in weights[step[1]].shape)
-                if rank * (kk + nn) < kk * nn:
-                    out.add(step[1])
+        for k in plan.kernels:
+            kk, nn = (int(d) for d in weights[k].shape)
+            if rank * (kk + nn) < kk * nn:
+                out.add(k)
         return out
 
     def _vectorised_loss(self, plan, sx, sy, qx, qy):
@@ -278,7 +222,7 @@ class MAML(BaseMetaLearner):
             record = {}
             # sum over tasks of each task's mean loss (all tasks have n points): its gradient
             # w.r.t. a task's weight copy (or a task's layer output) is that task's own
-            inner = self._loss_fn(sy, self._batched_forward(plan, fast, sx, factors, record)) * float(b)
+            inner = self._loss_fn(sy, plan(fast, sx, factors, record)) * float(b)
             ks = sorted(low_rank)
             grads = _core.grad(inner, [fast[i] for i in dense] + [record[k][1] for k in ks],
                                create_graph=create_graph)
@@ -292,7 +236,7 @@ class MAML(BaseMetaLearner):
                 if not create_graph:  # first order: the update is a constant, as g is
                     x_in = x_in.detach()
                 factors[k].append((-lr, x_in, dz))   # W_b -= lr X_b^T dZ_b
-        out = self._batched_forward(plan, fast, qx, factors)
+        out = plan(fast, qx, factors)
         return self._loss_fn(qy, out), out
 
     def _meta_loss_vectorised(self, plan, batch):
@@ -308,7 +252,7 @@ class MAML(BaseMetaLearner):
     def _meta_loss(self, batch):
         """Mean query loss of the adapted weights over a task batch (a Tensor with a graph
         back to the meta-parameters), and the per-task post-adaptation metric."""
-        plan = self._vector_plan() if type(self)._inner_params is MAML._inner_params else None
+        plan = self._vector_plan()
         if plan is not None:
             return self._meta_loss_vectorised(plan, batch)
         total, metrics = None, []
@@ -337,13 +281,15 @@ class MAML(BaseMetaLearner):
         params = self._meta_params()
         return float(meta_loss.item()), _core.grad(meta_loss, params)
 
-    def _traceable(self, plan):
-        opt = self.meta_optimizer
-        return (self.trace and plan is not None and hasattr(opt, "_core_for")
-                and getattr(opt, "clipvalue", None) is None and getattr(opt, "clipnorm", None) is None
-                and getattr(opt, "global_clipnorm", None) is None)
+    def _traced_update(self, plan):
+        """The meta-optimizer's update as core ops (Optimizer._traced_update) when the
+        vectorised meta-step may be traced, else None."""
+        traced_update = getattr(self.meta_optimizer, "_traced_update", None)
+        if not self.trace or plan is None or traced_update is None:
+            return None
+        return traced_update()
 
-    def _traced_meta_step(self, plan, batch):
+    def _traced_meta_step(self, plan, update, batch):
         """The vectorised meta-step through a metalearn.function trace: the first batch of a
         shape runs eagerly while recording; later batches replay the record from C."""
         config = (self.inner_lr, self.inner_steps, self.first_order, id(self.meta_optimizer))
@@ -352,18 +298,17 @@ class MAML(BaseMetaLearner):
 
             self._traced_config = config
             params = self._meta_params()
-            core_opt = self.meta_optimizer._core_for(params)
 
             def step(sx, sy, qx, qy):
                 meta_loss, out = self._vectorised_loss(plan, sx, sy, qx, qy)
-                core_opt.step(params, _core.grad(meta_loss, params))
+                update(params, _core.grad(meta_loss, params))
                 return meta_loss, out
 
             self._traced_step = function(step)
         labels = (lambda y: to_tensor(np.asarray(y, dtype=np.float32))) if self.classification else to_tensor
         meta_loss, out = self._traced_step(to_tensor(batch.support_x), labels(batch.support_y),
                                            to_tensor(batch.query_x), labels(batch.query_y))
-        self.meta_optimizer._iterations += 1  # the Python-side count is not part of the trace
+        self.meta_optimizer._count_step()
         loss = float(meta_loss.item())
         if self.classification:
             metric = float(np.mean(np.argmax(np.asarray(out), -1) == np.asarray(batch.query_y)))
@@ -372,9 +317,10 @@ class MAML(BaseMetaLearner):
         return loss, metric
 
     def _meta_step(self, batch):
-        plan = self._vector_plan() if type(self)._inner_params is MAML._inner_params else None
-        if self._traceable(plan):
-            return self._traced_meta_step(plan, batch)
+        plan = self._vector_plan()
+        update = self._traced_update(plan)
+        if update is not None:
+            return self._traced_meta_step(plan, update, batch)
         meta_loss, metric = self._meta_loss(batch)
         params = self._meta_params()
         grads = _core.grad(meta_loss, params)
@@ -446,6 +392,8 @@ class MetaSGD(MAML):
     def _meta_params(self):
         return list(self.model.trainable_weights) + list(self.learning_rates)
 
+    _low_rank_inner_step = False  # a learned rate per weight: full-rank kernel updates
+
     def _inner_update(self, fast, grads):
         return [w - a * g for w, a, g in zip(fast, self.learning_rates, grads)]
 
@@ -474,6 +422,8 @@ class ANIL(MAML):
 
     Args: as for MAML.
     """
+
+    _batched_inner_loop = False  # the head re-run on features computed once per task
 
     def _prepare(self, task):
         super()._prepare(task)

@@ -65,11 +65,12 @@ class Sinusoid:
         b = int(meta_batch_size)
         if b < 1:
             raise ValueError(f"sample_batch: meta_batch_size must be >= 1, got {meta_batch_size}")
-        # one C pass (metalearn._core.sinusoid_batch) through the Generator's bit generator:
-        # the draws and the float32 formula of Generator.uniform(amplitude, b),
-        # uniform(phase, b), uniform(x_range, (b, k_shot + q_queries)), in ~1/3 of NumPy's
-        # time (every NumPy bit generator has the C interface it uses); a range that is not
-        # finite raises OverflowError there, before any draw
+        # one C pass (metalearn._core.sinusoid_batch) through the Generator's bit generator,
+        # instead of NumPy's pass per array (the sampler runs every meta-iteration): the
+        # draws and the float32 formula of Generator.uniform(amplitude, b),
+        # uniform(phase, b), uniform(x_range, (b, k_shot + q_queries)) (every NumPy bit
+        # generator has the C interface it uses); a range that is not finite raises
+        # OverflowError there, before any draw
         bits = self.rng.bit_generator
         with bits.lock:
             sx, sy, qx, qy, amp32, ph32 = _core.sinusoid_batch(
