@@ -479,7 +479,8 @@ def test_epoch_iterator_batches_shuffles_and_splits_as_fit_does():
     """fit's data side (metalearn.keras.epoch_iterator): batches of batch_size in order, the
     last one the rest; with shuffle a new order each epoch, the core generator's
     permutation drawn when the epoch starts, x, y and sample weights kept together; the
-    validation split the last int(n * split) samples, before shuffling."""
+    validation split as Keras 3's (the first floor(n * (1 - split)) samples train: 7 of 10
+    at 0.25, where holding out int(n * split) kept 8), before shuffling."""
     from metalearn.keras.epoch_iterator import EpochIterator, train_validation_split
 
     x = np.arange(20, dtype=np.float32).reshape(10, 2)
@@ -500,13 +501,18 @@ def test_epoch_iterator_batches_shuffles_and_splits_as_fit_does():
             np.testing.assert_array_equal(np.concatenate([b[i] for b in epoch]), whole[order])
     assert not np.array_equal(orders[0], orders[1])
     (xt, yt, swt), (xv, yv, swv) = train_validation_split(x, y, sw, 0.25)
-    np.testing.assert_array_equal(xv, x[8:])
-    np.testing.assert_array_equal(xt, x[:8])
-    np.testing.assert_array_equal(yv, y[8:])
-    np.testing.assert_array_equal(swt, sw[:8])
+    np.testing.assert_array_equal(xv, x[7:])
+    np.testing.assert_array_equal(xt, x[:7])
+    np.testing.assert_array_equal(yv, y[7:])
+    np.testing.assert_array_equal(swt, sw[:7])
     assert train_validation_split(x, y, None, 0.5)[1][2] is None
+    # Keras 3 holds out 1 of 10 at 0.05 (floor(9.5) = 9 train); a split too small to move
+    # 1 - split leaves no validation sample, one sample leaves no training sample
+    assert len(train_validation_split(x, y, sw, 0.05)[1][0]) == 1
     with pytest.raises(ValueError, match="no validation samples"):
-        train_validation_split(x, y, sw, 0.05)
+        train_validation_split(x, y, sw, 1e-20)
+    with pytest.raises(ValueError, match="no training samples"):
+        train_validation_split(x[:1], y[:1], sw[:1], 0.5)
 
 # ---------------------------------------------------------------- compile's metrics
 CM_TRUE = np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]], dtype="float32")

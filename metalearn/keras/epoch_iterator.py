@@ -7,6 +7,7 @@ per sample each, x not empty.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
@@ -18,18 +19,19 @@ __all__ = ["EpochIterator", "train_validation_split"]
 
 def train_validation_split(x: np.ndarray, y: np.ndarray, sample_weight: Optional[np.ndarray],
                            validation_split: float):
-    """``(x, y, sample_weight), (x_val, y_val, sample_weight_val)``: the last
-    ``int(len(x) * validation_split)`` samples held out, taken before any shuffling,
-    sample weights split alike. (Keras 3 keeps ``floor(len(x) * (1 - validation_split))``
-    for training, which can hold out one sample more.)
+    """``(x, y, sample_weight), (x_val, y_val, sample_weight_val)``: the first
+    ``floor(len(x) * (1 - validation_split))`` samples for training and the rest held out,
+    as Keras 3's ``train_validation_split``, taken before any shuffling, sample weights
+    split alike.
 
     Raises:
-        ValueError: the split leaves no validation samples.
+        ValueError: the split leaves no training or no validation samples.
     """
-    n_val = int(len(x) * validation_split)
-    if n_val == 0:
+    split = int(math.floor(len(x) * (1.0 - validation_split)))
+    if split == len(x):
         raise ValueError("fit: validation_split leaves no validation samples")
-    split = len(x) - n_val
+    if split == 0:
+        raise ValueError("fit: validation_split leaves no training samples")
     sw, sw_val = (None, None) if sample_weight is None else (sample_weight[:split],
                                                              sample_weight[split:])
     return (x[:split], y[:split], sw), (x[split:], y[split:], sw_val)
