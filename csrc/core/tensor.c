@@ -384,7 +384,7 @@ int ml_is_leaf(const ml_tensor *t) { return t->node == NULL; }
 uint64_t ml_version(const ml_tensor *t) { return t->storage->version; }
 
 const char *ml_op_name(const ml_tensor *t) {
-    return t->node ? ml_op_table[t->node->op].name : "";
+    return t->node ? t->node->op->name : "";
 }
 
 ml_status ml_set_requires_grad(ml_tensor *t, int requires_grad) {
@@ -392,42 +392,13 @@ ml_status ml_set_requires_grad(ml_tensor *t, int requires_grad) {
         return ml_set_error(ML_ERR_GRAPH,
                             "requires_grad can only be changed on a leaf tensor; this one was "
                             "made by '%s' (use detach() first)",
-                            ml_op_table[t->node->op].name);
+                            t->node->op->name);
     t->requires_grad = requires_grad ? 1 : 0;
     return ML_OK;
-}
-
-typedef struct { int unused; } no_params;
-static ml_status replay_detach(ml_tensor **out, ml_tensor **in, const void *p) {
-    return ml_detach(out, in[0]);
-}
-static ml_status replay_assign(ml_tensor **out, ml_tensor **in, const void *p) {
-    *out = NULL;
-    return ml_assign(in[0], in[1]);
-}
-
-ml_status ml_detach(ml_tensor **out, ml_tensor *t) {
-    ml_status st = ml__view(out, t, t->ndim, t->shape);
-    no_params np = {0};
-    if (st == ML_OK) ML_TRACE(OP_DETACH, replay_detach, 1, &t, *out, &np);
-    return st;
 }
 
 ml_status ml_copy(ml_tensor **out, const ml_tensor *t) {
     ml_status st = ml_tensor_from_data(out, t->ndim, t->shape, t->data);
     if (st == ML_OK) (*out)->constant = t->constant; /* a copy of a computed value is computed */
     return st;
-}
-
-ml_status ml_assign(ml_tensor *dst, const ml_tensor *src) {
-    if (dst->numel != src->numel)
-        return ml_set_error(ML_ERR_SHAPE, "cannot assign a value of shape %s to a tensor of shape %s",
-                            ML_SHAPE_STR(src), ML_SHAPE_STR(dst));
-    if (dst->data != src->data)
-        memmove(dst->data, src->data, (size_t)dst->numel * sizeof(float));
-    dst->storage->version++;
-    ml_tensor *ins[2] = {dst, (ml_tensor *)src};
-    no_params np = {0};
-    ML_TRACE(OP_ASSIGN, replay_assign, 2, ins, NULL, &np);
-    return ML_OK;
 }

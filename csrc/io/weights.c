@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "../core/internal.h"
+#include "io.h"
 
 static const char MAGIC[8] = {'M', 'L', 'W', 'E', 'I', 'G', 'H', 'T'};
 #define FORMAT_VERSION 1u

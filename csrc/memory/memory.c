@@ -29,8 +29,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../core/internal.h"
 #include "../core/xoshiro.h"
+#include "../io/io.h"
+#include "../ops/ops.h" /* the scoped composition its differentiable read and loss use */
 
 #define ML_MEMORY_LOAD_MAX_BYTES (4.0 * 1073741824.0)
 

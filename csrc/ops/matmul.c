@@ -1,7 +1,7 @@
 /* matmul.c — batched matmul with transposes, and the fused linear layer act(x @ w + b). */
 #include <math.h>
 
-#include "../core/internal.h"
+#include "ops.h"
 #include "../kernels/gemm.h"
 #include "fusion.h"
 

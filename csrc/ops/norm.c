@@ -18,7 +18,7 @@
  */
 #include <math.h>
 
-#include "../core/internal.h"
+#include "ops.h"
 #include "../kernels/cpu.h"
 
 /* The statistics and normalisation loops are plain C the compiler vectorises; the two

@@ -1,7 +1,7 @@
 /* reduce.c — sum, mean, max over axes; sum_to/broadcast_to; softmax and log_softmax. */
 #include <math.h>
 
-#include "../core/internal.h"
+#include "ops.h"
 #include "../kernels/cpu.h"
 
 enum { RED_SUM, RED_MAX };

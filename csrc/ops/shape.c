@@ -2,7 +2,7 @@
  * Each pair is the other's backward, so gradients of any order stay inside this set. */
 #include <stdio.h>
 
-#include "../core/internal.h"
+#include "ops.h"
 
 #define IN(k) (out->node->inputs[k])
 

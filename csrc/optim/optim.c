@@ -3,8 +3,8 @@
 #include <math.h>
 #include <pthread.h>
 
-#include "../core/internal.h"
 #include "../kernels/vmath.h"
+#include "../ops/ops.h" /* OP_OPTIMIZER_STEP: a trace records the step as an entry */
 
 typedef enum { OPT_SGD, OPT_ADAM } opt_kind;
 

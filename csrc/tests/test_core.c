@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/internal.h"
+#include "ops/ops.h"
 #include "kernels/gemm.h"
 #include "metalearn.h"
 

@@ -26,7 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/internal.h"
+#include "ops/ops.h"
 #include "core/ptrmap.h"
 #include "core/xoshiro.h"
 #include "kernels/cpu.h"
