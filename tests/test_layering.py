@@ -11,7 +11,8 @@ Checked three ways:
   * includes: no file includes a header of its own rank or above (another folder);
   * the two rules a rank cannot say: the kernels know nothing of tensors (of the core
     they include only its thread pool, core/threads.h), and the binding (csrc/python/)
-    includes only the public header; the C core references no Python symbol.
+    includes only the public header (and the op list, ops.def); the C core references no
+    Python symbol.
 """
 import os
 import re
@@ -156,8 +157,10 @@ def test_the_kernels_know_nothing_of_tensors():
 
 
 def test_the_binding_includes_only_the_public_header():
+    # and the op list, a table of names with no declaration in it: the binding's element-wise
+    # functions expand its rows
     wrong = [f"{src} includes {target}" for src, target in _includes("python")
-             if target.parts[0] not in ("python", PUBLIC)]
+             if target.parts[0] not in ("python", PUBLIC) and target.as_posix() != "ops/ops.def"]
     assert not wrong, "\n".join(wrong)
 
 

@@ -1,5 +1,6 @@
 """csrc/ops/ops.def, the one list of ops the C enum, the op table and the backward
 declarations expand: its Python columns agree with metalearn._core."""
+import inspect
 import pathlib
 import re
 
@@ -54,3 +55,35 @@ def test_unary_and_binary_rows_run_their_op(row):
     assert y.shape == (1, 2) and y.op == name
     with pytest.raises(TypeError, match="^" + label.strip('"') + ":"):
         fn("abc") if form == "UNARY" else fn("abc", x)
+
+
+def _elementwise_functions(kind):
+    """The _core functions whose docstring says they are the binding's element-wise
+    UNARY ("(x), element-wise.") or BINARY ("(a, b), broadcasting.") functions."""
+    tail = "(x), element-wise." if kind == "UNARY" else "(a, b), broadcasting."
+    fns = {name: getattr(_core, name) for name in dir(_core)}
+    return {name for name, fn in fns.items()
+            if callable(fn) and (fn.__doc__ or "").endswith(tail)}
+
+
+@pytest.mark.parametrize("form", ["UNARY", "BINARY"])
+def test_the_binding_expands_exactly_the_rows_of_its_form(form):
+    """The binding's element-wise functions are ops.def's rows of that form, no more, no
+    less (a row added there is a _core function with nothing written in csrc/python/), each
+    with its text signature."""
+    rows = {r[5] for r in ROWS if r[4] == form}
+    assert _elementwise_functions(form) == rows
+    params = ["x"] if form == "UNARY" else ["a", "b"]
+    for py in rows:
+        sig = inspect.signature(getattr(_core, py))
+        assert list(sig.parameters) == params, py
+        assert all(p.kind is p.POSITIONAL_ONLY for p in sig.parameters.values()), py
+
+
+def test_the_binding_writes_no_list_of_its_own():
+    """csrc/python/ holds no op list of its own: the element-wise functions are ops.def's
+    rows (the old hand-written UNARY_OPS / BINARY_OPS lists drifted from the table)."""
+    for src in (CSRC / "python").glob("*.c"):
+        text = src.read_text()
+        assert not re.search(r"#define\s+(UNARY|BINARY)_OPS\b", text), src.name
+    assert '#include "../ops/ops.def"' in (CSRC / "python" / "ops.c").read_text()

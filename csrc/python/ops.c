@@ -1,5 +1,5 @@
-/* ops.c — the module's op functions: tensors from data, element-wise ops (driven by the
- * X-macro lists below), matmul and linear, shape ops, reductions, losses and random
+/* ops.c — the module's op functions: tensors from data, element-wise ops (expanded from
+ * ops/ops.def's rows), matmul and linear, shape ops, reductions, losses and random
  * tensors. Each converts its arguments (mlpy_as_ml), calls the core, and wraps the result;
  * the GIL is released when the work is large (MLPY_CALL). */
 #include "binding.h"
@@ -70,7 +70,7 @@ static PyObject *mod_full(PyObject *m, PyObject *a, PyObject *k) {
     return filled(a, k, 0, 1, "full");
 }
 
-/* ---- unary and binary ops, driven by tables ---- */
+/* ---- unary and binary ops: the rows of ops.def ---- */
 
 typedef ml_status (*unary_fn)(ml_tensor **, ml_tensor *);
 
@@ -84,34 +84,19 @@ static PyObject *unary(PyObject *x, unary_fn fn, const char *name) {
     return mlpy_wrap_status(st, &out);
 }
 
-#define UNARY_OPS(X)                  \
-    X(neg, ml_neg, "negative")        \
-    X(square, ml_square, "square")    \
-    X(sqrt, ml_sqrt, "sqrt")          \
-    X(exp, ml_exp, "exp")             \
-    X(log, ml_log, "log")             \
-    X(abs, ml_abs, "abs")             \
-    X(sign, ml_sign, "sign")          \
-    X(relu, ml_relu, "relu")          \
-    X(sigmoid, ml_sigmoid, "sigmoid") \
-    X(tanh, ml_tanh, "tanh")          \
-    X(erf, ml_erf, "erf")             \
-    X(gelu, ml_gelu, "gelu")
+/* The binding's element-wise functions are ops.def's UNARY and BINARY rows: each row
+ * expands to MLPY_UNARY(py, ml_<name>, label) or MLPY_BINARY(...), defined before each
+ * inclusion (here the functions, below their method table entries). A new row of either
+ * form needs nothing here. */
+#define ML_PY_UNARY(py, name, label) MLPY_UNARY(py, ml_##name, label)
+#define ML_PY_BINARY(py, name, label) MLPY_BINARY(py, ml_##name, label)
+#define ML_PY_CALL(py, name, label)
+#define ML_PY_NONE(py, name, label)
+#define ML_OP(ID, name, inputs, grad, form, py, label) ML_PY_##form(py, name, label)
 
-#define DEF_UNARY(py, fn, label) \
+#define MLPY_UNARY(py, fn, label) \
     static PyObject *mod_##py(PyObject *m, PyObject *x) { return unary(x, fn, label); }
-UNARY_OPS(DEF_UNARY)
-#undef DEF_UNARY
-
-#define BINARY_OPS(X)                  \
-    X(add, ml_add, "add")              \
-    X(sub, ml_sub, "subtract")         \
-    X(mul, ml_mul, "multiply")         \
-    X(div, ml_div, "divide")           \
-    X(maximum, ml_maximum, "maximum")  \
-    X(minimum, ml_minimum, "minimum")
-
-#define DEF_BINARY(py, fn, label)                                                           \
+#define MLPY_BINARY(py, fn, label)                                                          \
     static PyObject *mod_##py(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {       \
         if (nargs != 2) {                                                                   \
             PyErr_Format(PyExc_TypeError, label "() takes 2 arguments (%zd given)", nargs); \
@@ -119,8 +104,9 @@ UNARY_OPS(DEF_UNARY)
         }                                                                                   \
         return mlpy_binary(args[0], args[1], fn, label);                                    \
     }
-BINARY_OPS(DEF_BINARY)
-#undef DEF_BINARY
+#include "../ops/ops.def"
+#undef MLPY_UNARY
+#undef MLPY_BINARY
 
 /* ops with one tensor and one float parameter */
 typedef ml_status (*unary_f_fn)(ml_tensor **, ml_tensor *, float);
@@ -533,14 +519,14 @@ PyMethodDef mlpy_ops_methods[] = {
     {"ones", MLPY_FN(mod_ones), MLPY_KW, MLPY_SIG("ones", "/, shape") "A tensor of ones."},
     {"full", MLPY_FN(mod_full), MLPY_KW,
      MLPY_SIG("full", "/, shape, value") "A tensor filled with value."},
-#define REG_UNARY(py, fn, label) \
+#define MLPY_UNARY(py, fn, label) \
     {#py, MLPY_FN(mod_##py), METH_O, MLPY_SIG(#py, "x, /") label "(x), element-wise."},
-    UNARY_OPS(REG_UNARY)
-#undef REG_UNARY
-#define REG_BINARY(py, fn, label) \
+#define MLPY_BINARY(py, fn, label) \
     {#py, MLPY_FN(mod_##py), METH_FASTCALL, MLPY_SIG(#py, "a, b, /") label "(a, b), broadcasting."},
-    BINARY_OPS(REG_BINARY)
-#undef REG_BINARY
+#include "../ops/ops.def"
+#undef MLPY_UNARY
+#undef MLPY_BINARY
+#undef ML_OP
     {"pow", MLPY_FN(mod_pow), MLPY_KW,
      MLPY_SIG("pow", "/, x, exponent") "x ** exponent for a number exponent."},
     {"leaky_relu", MLPY_FN(mod_leaky_relu), MLPY_KW,
