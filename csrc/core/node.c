@@ -6,7 +6,7 @@
 static _Thread_local int ml_grad_disabled; /* 0: grad mode on (the default) */
 _Thread_local const unsigned char *ml__grad_wanted;
 
-int ml_grad_enabled(void) { return !ml_grad_disabled; }
+int ml_is_grad_enabled(void) { return !ml_grad_disabled; }
 
 int ml_set_grad_enabled(int enabled) {
     int prev = !ml_grad_disabled;

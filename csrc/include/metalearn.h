@@ -109,7 +109,7 @@ const char *ml_shape_str(char *buf, size_t size, int ndim, const int64_t *shape)
 
 /* ---------------------------------------------------------------- grad mode */
 
-int ml_grad_enabled(void);
+int ml_is_grad_enabled(void);
 /* Sets grad mode for this thread and returns the previous mode. */
 int ml_set_grad_enabled(int enabled);
 
@@ -159,8 +159,9 @@ ml_status ml_add_scalar(ml_tensor **out, ml_tensor *x, float value);
 ml_status ml_mul_scalar(ml_tensor **out, ml_tensor *x, float value);
 ml_status ml_leaky_relu(ml_tensor **out, ml_tensor *x, float negative_slope);
 ml_status ml_elu(ml_tensor **out, ml_tensor *x, float alpha);
-/* min(max(x, lo), hi); the gradient passes where lo <= x <= hi. */
-ml_status ml_clip(ml_tensor **out, ml_tensor *x, float lo, float hi);
+/* min(max(x, clip_value_min), clip_value_max); the gradient passes where
+ * clip_value_min <= x <= clip_value_max. */
+ml_status ml_clip(ml_tensor **out, ml_tensor *x, float clip_value_min, float clip_value_max);
 /* 1 where x > threshold, else 0; zero gradient. */
 ml_status ml_step(ml_tensor **out, ml_tensor *x, float threshold);
 
@@ -168,14 +169,14 @@ ml_status ml_step(ml_tensor **out, ml_tensor *x, float threshold);
  * Leading (batch) dims broadcast as NumPy does; both inputs need at least 2 dims. */
 ml_status ml_matmul(ml_tensor **out, ml_tensor *a, ml_tensor *b, int transpose_a,
                     int transpose_b);
-/* act(x @ w + b): x (..., k), w (k, n), b (n) or NULL. */
-ml_status ml_linear(ml_tensor **out, ml_tensor *x, ml_tensor *w, ml_tensor *b,
+/* activation(x @ kernel + bias): x (..., k), kernel (k, n), bias (n) or NULL. */
+ml_status ml_linear(ml_tensor **out, ml_tensor *x, ml_tensor *kernel, ml_tensor *bias,
                     ml_activation activation);
 
 /* shape */
 ml_status ml_reshape(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shape);
 /* perm NULL reverses the dims. */
-ml_status ml_permute(ml_tensor **out, ml_tensor *x, const int *perm);
+ml_status ml_transpose(ml_tensor **out, ml_tensor *x, const int *perm);
 ml_status ml_broadcast_to(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shape);
 /* Sums x down to `shape` (the reverse of broadcasting). */
 ml_status ml_sum_to(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shape);
@@ -280,8 +281,8 @@ void ml_optimizer_free(ml_optimizer *opt);
  * The first call fixes the parameter list's shapes; later calls must match it. */
 ml_status ml_optimizer_step(ml_optimizer *opt, int n, ml_tensor *const *params,
                             ml_tensor *const *grads);
-ml_status ml_optimizer_set_lr(ml_optimizer *opt, float learning_rate);
-float ml_optimizer_get_lr(const ml_optimizer *opt);
+ml_status ml_optimizer_set_learning_rate(ml_optimizer *opt, float learning_rate);
+float ml_optimizer_learning_rate(const ml_optimizer *opt);
 int64_t ml_optimizer_iterations(const ml_optimizer *opt);
 /* The optimizer's state slots (momentum, m, v, vhat) per parameter, for checkpoints. */
 int ml_optimizer_n_slots(const ml_optimizer *opt);
@@ -293,12 +294,14 @@ int ml_optimizer_n_params(const ml_optimizer *opt);
 
 /* The global generator (one per process; seeded from 0 by default). */
 void ml_rng_seed(uint64_t seed);
-ml_status ml_rng_uniform(ml_tensor **out, int ndim, const int64_t *shape, float lo, float hi);
-ml_status ml_rng_normal(ml_tensor **out, int ndim, const int64_t *shape, float mean,
-                        float stddev);
+/* Uniform in [minval, maxval). */
+ml_status ml_random_uniform(ml_tensor **out, int ndim, const int64_t *shape, float minval,
+                            float maxval);
+ml_status ml_random_normal(ml_tensor **out, int ndim, const int64_t *shape, float mean,
+                           float stddev);
 /* Normal values redrawn until they lie within two standard deviations (as Keras). */
-ml_status ml_rng_truncated_normal(ml_tensor **out, int ndim, const int64_t *shape, float mean,
-                                  float stddev);
+ml_status ml_truncated_normal(ml_tensor **out, int ndim, const int64_t *shape, float mean,
+                              float stddev);
 ml_status ml_rng_permutation(int64_t *out, int64_t n);
 uint64_t ml_rng_next_u64(void);
 
@@ -346,7 +349,7 @@ ml_status ml_trace_end(ml_trace *trace, int n_outputs, ml_tensor *const *outputs
 ml_status ml_trace_abort(ml_trace *trace);
 void ml_trace_free(ml_trace *trace);
 /* 1 while this thread records a trace (ops run now are recorded), else 0. */
-int ml_trace_is_recording(void);
+int ml_is_tracing(void);
 /* Inputs must have the recorded shapes; outputs get new references. Not while this thread
  * records a trace. */
 ml_status ml_trace_replay(ml_trace *trace, ml_tensor *const *inputs, ml_tensor **outputs);
@@ -420,7 +423,7 @@ double ml_memory_occupancy(ml_memory *mem);
 /* Empties every slot and reseeds the stream with the creation seed. */
 ml_status ml_memory_clear(ml_memory *mem);
 /* Copies of the whole slabs (capacity rows each; any pointer may be NULL). */
-ml_status ml_memory_get(ml_memory *mem, float *keys, int64_t *labels, int64_t *ages,
+ml_status ml_memory_state(ml_memory *mem, float *keys, int64_t *labels, int64_t *ages,
                         float *payloads);
 /* Exact k-nearest search by cosine similarity over every occupied slot: q (n x key_size),
  * 1 <= k <= capacity. Outputs (n x k, any may be NULL), best first, equal similarities in

@@ -156,7 +156,7 @@ ml_status ml_memory_clear(ml_memory *mem) {
     return ML_OK;
 }
 
-ml_status ml_memory_get(ml_memory *mem, float *keys, int64_t *labels, int64_t *ages,
+ml_status ml_memory_state(ml_memory *mem, float *keys, int64_t *labels, int64_t *ages,
                         float *payloads) {
     if (!mem) return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory: memory is NULL");
     pthread_rwlock_rdlock(&mem->lock);

@@ -435,7 +435,7 @@ ml_status ml__batch_norm_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin
     const int ig = has_gamma ? 1 : -1, ib = has_beta ? 1 + has_gamma : -1;
     const int need_x = ml__wants(0, x), need_g = ml__wants(ig, gamma), need_b = ml__wants(ib, beta);
     bn_geom geo = bn_geom_of(x, ax, grouped);
-    if (!ml_grad_enabled()) {
+    if (!ml_is_grad_enabled()) {
         ml_status st = bn_backward_fast(&geo, x, gamma, eps, gy, need_x ? &gin[0] : NULL,
                                         need_g ? &gin[ig] : NULL, need_b ? &gin[ib] : NULL);
         if (st) {

@@ -258,14 +258,14 @@ static ml_status step_locked(ml_optimizer *opt, int n, ml_tensor *const *params,
     return ML_OK;
 }
 
-ml_status ml_optimizer_set_lr(ml_optimizer *opt, float learning_rate) {
+ml_status ml_optimizer_set_learning_rate(ml_optimizer *opt, float learning_rate) {
     ml_status st = check_lr(learning_rate);
     if (st) return st;
     opt->learning_rate = learning_rate;
     return ML_OK;
 }
 
-float ml_optimizer_get_lr(const ml_optimizer *opt) { return opt->learning_rate; }
+float ml_optimizer_learning_rate(const ml_optimizer *opt) { return opt->learning_rate; }
 int64_t ml_optimizer_iterations(const ml_optimizer *opt) { return opt->iterations; }
 int ml_optimizer_n_slots(const ml_optimizer *opt) { return opt->n_slots; }
 int ml_optimizer_n_params(const ml_optimizer *opt) { return opt->n_params; }

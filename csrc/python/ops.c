@@ -268,7 +268,7 @@ static PyObject *mod_transpose(PyObject *m, PyObject *args, PyObject *kwds) {
         ml_release(x);
         return NULL;
     }
-    ml_status st = ml_permute(&out, x, have ? perm : NULL);
+    ml_status st = ml_transpose(&out, x, have ? perm : NULL);
     ml_release(x);
     return mlpy_wrap_status(st, &out);
 }
@@ -482,15 +482,15 @@ static PyObject *rng_common(PyObject *args, PyObject *kwds, rng_fn fn, char **kw
 }
 static PyObject *mod_random_uniform(PyObject *m, PyObject *a, PyObject *k) {
     static char *kw[] = {"shape", "minval", "maxval", NULL};
-    return rng_common(a, k, ml_rng_uniform, kw, "O|dd:random_uniform", 0.0, 1.0);
+    return rng_common(a, k, ml_random_uniform, kw, "O|dd:random_uniform", 0.0, 1.0);
 }
 static PyObject *mod_random_normal(PyObject *m, PyObject *a, PyObject *k) {
     static char *kw[] = {"shape", "mean", "stddev", NULL};
-    return rng_common(a, k, ml_rng_normal, kw, "O|dd:random_normal", 0.0, 1.0);
+    return rng_common(a, k, ml_random_normal, kw, "O|dd:random_normal", 0.0, 1.0);
 }
 static PyObject *mod_truncated_normal(PyObject *m, PyObject *a, PyObject *k) {
     static char *kw[] = {"shape", "mean", "stddev", NULL};
-    return rng_common(a, k, ml_rng_truncated_normal, kw, "O|dd:truncated_normal", 0.0, 1.0);
+    return rng_common(a, k, ml_truncated_normal, kw, "O|dd:truncated_normal", 0.0, 1.0);
 }
 
 static PyObject *mod_permutation(PyObject *m, PyObject *arg) {

@@ -215,11 +215,11 @@ static void test_rng(void) {
     int64_t shape[1] = {1000};
     ml_tensor *u1, *u2, *n;
     ml_rng_seed(42);
-    OK(ml_rng_uniform(&u1, 1, shape, -1, 1));
+    OK(ml_random_uniform(&u1, 1, shape, -1, 1));
     ml_rng_seed(42);
-    OK(ml_rng_uniform(&u2, 1, shape, -1, 1));
+    OK(ml_random_uniform(&u2, 1, shape, -1, 1));
     CHECK(memcmp(ml_data(u1), ml_data(u2), 1000 * sizeof(float)) == 0, "same seed, same bits");
-    OK(ml_rng_normal(&n, 1, shape, 0, 1));
+    OK(ml_random_normal(&n, 1, shape, 0, 1));
     double mean = 0, var = 0;
     for (int i = 0; i < 1000; i++) mean += ml_data(n)[i] / 1000.0;
     for (int i = 0; i < 1000; i++) var += pow(ml_data(n)[i] - mean, 2) / 1000.0;
