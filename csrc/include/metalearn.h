@@ -34,6 +34,78 @@
  *    gradients that can be differentiated again: second-order MAML needs no special case.
  *  - Options are named bit sets (ML_GRAD_CREATE_GRAPH | ML_GRAD_ALLOW_UNUSED), 0 for none;
  *    an unknown bit is refused (ML_ERR_VALUE).
+ *
+ * Names in C and Python (metalearn._core, re-exported by metalearn): a function is ml_ and
+ * its Python name, parameters included (ml_conv2d(out, x, kernel, bias, ...) is conv2d); a
+ * type's function is ml_<type>_<name> for the Python type's method or property <name>
+ * (ml_optimizer_step: Optimizer.step, ml_memory_query: KnowledgeMemory.query), a tensor's
+ * is ml_<name>(t) (ml_ndim: Tensor.ndim, ml_detach: Tensor.detach()); a setter adds set_.
+ * Where Python takes a tuple, a list, a string or keyword flags, C takes ints, a count and
+ * an array, an enum or a bit set: shape=(2, 3) is ndim, shape; strides=(2, 1) is stride_h,
+ * stride_w; padding="same" is ML_PAD_SAME; create_graph=True is ML_GRAD_CREATE_GRAPH; and
+ * what Python returns, C writes through its first pointers. The rest differ, each for its
+ * reason below (tests/test_op_list.py reads this table):
+ *
+ *   C                                     Python                             why
+ *   ml_sum                                reduce_sum                         [R]
+ *   ml_mean                               reduce_mean                        [R]
+ *   ml_max                                reduce_max                         [R]
+ *   ml_pow_scalar                         pow                                [S]
+ *   ml_sparse_categorical_crossentropy_t  sparse_categorical_crossentropy    [O]
+ *   ml_tensor_zeros                       zeros                              [T]
+ *   ml_tensor_full                        full                               [T]
+ *   ml_tensor_from_data                   tensor                             [T]
+ *   ml_tensor_scalar                      tensor                             [T]
+ *   ml_tensor_wrap                        as_tensor                          [T]
+ *   ml_copy                               tensor                             [T]
+ *   ml_sgd_new                            SGD                                [T]
+ *   ml_adam_new                           Adam                               [T]
+ *   ml_memory_new                         KnowledgeMemory                    [T]
+ *   ml_numel                              Tensor.size                        [N]
+ *   ml_data                               Tensor.numpy()                     [N]
+ *   ml_op_name                            Tensor.op                          [N]
+ *   ml_version                            Tensor._version                    [N]
+ *   ml_optimizer_n_slots                  Optimizer.slots()                  [O]
+ *   ml_optimizer_slot                     Optimizer.slots()                  [O]
+ *   ml_trace_format                       Trace.describe()                   [O]
+ *   ml_trace_print                        Trace.describe()                   [O]
+ *   ml_rng_seed                           random.set_seed                    [G]
+ *   ml_rng_permutation                    random.permutation                 [G]
+ *   ml_sgemm                              matmul                             [K]
+ *   ml_sinusoid                           tasks.Sinusoid                     [K]
+ *   ml_kernel_variants                    _kernel_variants                   [K]
+ *   ml_last_error                         -                                  [C]
+ *   ml_set_error                          -                                  [C]
+ *   ml_retain                             -                                  [C]
+ *   ml_release                            -                                  [C]
+ *   ml_optimizer_free                     -                                  [C]
+ *   ml_trace_free                         -                                  [C]
+ *   ml_memory_free                        -                                  [C]
+ *   ml_free_loaded                        -                                  [C]
+ *   ml_shape_str                          -                                  [C]
+ *   ml_crc32                              -                                  [C]
+ *   ml_rng_next_u64                       -                                  [C]
+ *   ml_trace_n_inputs                     -                                  [C]
+ *   ml_trace_n_outputs                    -                                  [C]
+ *   ml_num_threads_env_warning            -                                  [C]
+ *
+ *   [R] C and the op table name the op as NumPy and keras.ops do (Tensor.op, traces, and
+ *       the methods Tensor.sum / mean / max say "sum"); Python's module functions keep
+ *       TensorFlow's reduce_ names, which its callers use.
+ *   [S] An op of a tensor and a number: C's _scalar ops (add_scalar, mul_scalar,
+ *       pow_scalar); Python's pow is the builtin's name.
+ *   [O] One Python function or method where C, without overloading or lists, has several:
+ *       the labels as a tensor, a slot at a time, a trace as text into a buffer or a file.
+ *   [T] A constructor: in C the type's prefix and a verb (ml_tensor_zeros, ml_adam_new);
+ *       in Python the function NumPy names or the type itself.
+ *   [N] NumPy's name for a tensor's attribute (size, numpy()), or Python's for a private
+ *       one (_version); C names what it returns.
+ *   [G] The global generator's own functions carry rng_ in C; in Python they are
+ *       metalearn.random's (the random tensors are ops, named alike: ml_random_normal).
+ *   [K] A kernel on float arrays: Python reaches it through an op (matmul), the task
+ *       sampler (tasks.Sinusoid, through _core.sinusoid_batch) or a private test hook.
+ *   [C] C only: references, memory, errors and buffers that Python manages itself; the
+ *       environment warning is a RuntimeWarning at import.
  */
 #ifndef METALEARN_H
 #define METALEARN_H
@@ -180,7 +252,7 @@ ml_status ml_transpose(ml_tensor **out, ml_tensor *x, const int *perm);
 ml_status ml_broadcast_to(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shape);
 /* Sums x down to `shape` (the reverse of broadcasting). */
 ml_status ml_sum_to(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shape);
-ml_status ml_concat(ml_tensor **out, int n, ml_tensor *const *xs, int axis);
+ml_status ml_concat(ml_tensor **out, int n, ml_tensor *const *values, int axis);
 /* x[..., start:start+length, ...] along axis. */
 ml_status ml_narrow(ml_tensor **out, ml_tensor *x, int axis, int64_t start, int64_t length);
 /* Zero tensor with dim `axis` of size `size` holding x at [start, start + x.shape[axis]). */
@@ -209,12 +281,13 @@ ml_status ml_mean_squared_error(ml_tensor **out, ml_tensor *y_true, ml_tensor *y
 /* Keras: probabilities are rescaled to sum 1 and clipped to [1e-7, 1 - 1e-7]. */
 ml_status ml_categorical_crossentropy(ml_tensor **out, ml_tensor *y_true, ml_tensor *y_pred,
                                       int from_logits);
+/* y_true: n_labels integer class labels, one per row of y_pred (..., c). */
 ml_status ml_sparse_categorical_crossentropy(ml_tensor **out, int64_t n_labels,
-                                             const int64_t *labels, ml_tensor *y_pred,
+                                             const int64_t *y_true, ml_tensor *y_pred,
                                              int from_logits);
 /* The same with the labels in a tensor (integer values held as floats), read when the op
  * runs: a trace replays it with each call's labels. */
-ml_status ml_sparse_categorical_crossentropy_t(ml_tensor **out, ml_tensor *labels,
+ml_status ml_sparse_categorical_crossentropy_t(ml_tensor **out, ml_tensor *y_true,
                                                ml_tensor *y_pred, int from_logits);
 ml_status ml_binary_crossentropy(ml_tensor **out, ml_tensor *y_true, ml_tensor *y_pred,
                                  int from_logits);
@@ -244,7 +317,7 @@ ml_status ml_avg_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, i
 /* Mean over H and W: (N, H, W, C) -> (N, C) (keepdims: (N, 1, 1, C)). */
 ml_status ml_global_avg_pool2d(ml_tensor **out, ml_tensor *x, int keepdims);
 /* Batch normalisation over every axis but `axis` (the channel axis, negative counts from
- * the end; Keras' default is -1). gamma, beta, moving_mean, moving_var have shape (C);
+ * the end; Keras' default is -1). gamma, beta, moving_mean, moving_variance have shape (C);
  * gamma and beta may be NULL (scale=False / center=False).
  *  training: y = (x - mean) / sqrt(var + epsilon) * gamma + beta with the batch's mean and
  *    biased variance, one fused op whose backward is written with differentiable ops
@@ -254,7 +327,7 @@ ml_status ml_global_avg_pool2d(ml_tensor **out, ml_tensor *x, int keepdims);
  *  inference: the moving statistics replace the batch's; nothing is updated.
  * Keras defaults: momentum 0.99, epsilon 1e-3. */
 ml_status ml_batch_norm(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,
-                        ml_tensor *moving_mean, ml_tensor *moving_var, int training,
+                        ml_tensor *moving_mean, ml_tensor *moving_variance, int training,
                         float momentum, float epsilon, int axis);
 /* Training-mode batch normalisation of G independent groups at once: x is (G, ..., C, ...)
  * (channel axis `axis` >= 1), group g is normalised with its own batch statistics and
