@@ -75,10 +75,11 @@ int ml__same_shape(const ml_tensor *a, const ml_tensor *b) {
 
 /* ---------------------------------------------------------- buffer pool
  * A training step makes and frees the same tensor sizes again and again. Large blocks
- * from malloc are fresh mmaps whose every page faults and is zeroed (measured: conv4 ran
- * at half PyTorch's speed because of it), so freed storage goes to a per-thread cache of
- * power-of-two blocks and the next tensor of that class reuses it. Bounded per thread;
- * off in sanitizer builds so ASan still sees every use after free. */
+ * from malloc are fresh mmaps whose every page faults and is zeroed on first touch, a cost
+ * the conv4 step pays per tensor (the maml-omniglot row of benchmarks/run_all.py), so
+ * freed storage goes to a per-thread cache of power-of-two blocks and the next tensor of
+ * that class reuses it. Bounded per thread; off in sanitizer builds so ASan still sees
+ * every use after free. */
 #if defined(__SANITIZE_ADDRESS__)
 #define ML_POOL 0
 #elif defined(__has_feature)
@@ -147,7 +148,7 @@ void *ml__thread_pool(void) { return tls_pool_gone ? NULL : tls_pool; }
 static size_t class_bytes(int c) { return ((size_t)(4 + (c & 3)) << (c >> 2)) >> 2; }
 
 /* The smallest class holding `bytes` (64 bytes at least), in closed form: the search up
- * from 64 bytes it replaces took ~40 steps for a 40 kB tensor, on every op. */
+ * from 64 bytes would take ~40 steps for a 40 kB tensor, on every op. */
 static int size_class(size_t bytes) {
     if (bytes <= 64) return 6 * 4;
     const int e = 63 - __builtin_clzll((unsigned long long)bytes); /* 2^e <= bytes < 2^(e+1) */

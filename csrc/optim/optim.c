@@ -161,7 +161,9 @@ typedef struct adam_job {
     float lrt, b1, b2, eps;
     int64_t chunk;
 } adam_job;
-#define ADAM_PAR_MIN (1 << 16) /* ~25 us of one core: below, a second thread does not pay */
+/* about 25 us of one core: below, a second thread's handoff costs more than it saves (the
+ * dense rows of benchmarks/run_all.py at 2 threads) */
+#define ADAM_PAR_MIN (1 << 16)
 
 static void adam_part(void *ctx, int64_t part) {
     const adam_job *j = ctx;
