@@ -1,6 +1,7 @@
 /* internal.h — the core's private structures: tensors and their storage, graph nodes, grad
- * mode, the trace recorder. Every layer above the core includes it (ops, optim, io, memory,
- * trace, autograd); the core includes nothing above itself (tests/test_layering.py). */
+ * mode, the generator, the trace recorder. The layers above the core that handle tensors
+ * include it (io, ops, optim, autograd, trace, memory; the kernels see only threads.h); the
+ * core includes nothing above itself (tests/test_layering.py). */
 #ifndef ML_INTERNAL_H
 #define ML_INTERNAL_H
 
