@@ -87,6 +87,7 @@ BY_NAME = {
     "axis": lambda p: 0,
     "start": lambda p: 0,
     "length": lambda p: 1,
+    "size": lambda p: 4,
     "indices": lambda p: [1, 0],
     "labels": lambda p: [0, 1],
     "depth": lambda p: 3,

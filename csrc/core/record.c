@@ -2,8 +2,8 @@
  * thread. Each call appends an entry {op id, replay function, input slots, output slots,
  * parameters} to the trace this thread records. Beginning, ending, fusing and replaying a
  * trace is the trace layer's (trace/), above the ops; the recorder sits in the core, below
- * them, as the tape does (autograd.c), so that ops and core files (random draws, detach,
- * assign) record without calling up a layer.
+ * them, as the graph's nodes do (node.c), so that every op records without calling up a
+ * layer. It stores the op id an entry is given and reads nothing of it.
  *
  * A tensor an entry reads that no entry made and that is not a declared input is captured
  * by reference (weights, constants): a replay reads its current values. */
@@ -62,12 +62,12 @@ void ml__trace_fail(ml_status st) {
     if (ml__trace_active) fail(ml__trace_active, st);
 }
 
-void ml__trace_record(ml_op_id op, ml_replay_fn fn, int n_in, ml_tensor *const *in,
+void ml__trace_record(unsigned op, ml_replay_fn fn, int n_in, ml_tensor *const *in,
                       ml_tensor *out, const void *params, size_t params_size) {
     ml__trace_record_n(op, fn, n_in, in, out ? 1 : 0, &out, params, params_size);
 }
 
-void ml__trace_record_n(ml_op_id op, ml_replay_fn fn, int n_in, ml_tensor *const *in,
+void ml__trace_record_n(unsigned op, ml_replay_fn fn, int n_in, ml_tensor *const *in,
                         int n_out, ml_tensor *const *out, const void *params,
                         size_t params_size) {
     ml_trace *tr = ml__trace_active;

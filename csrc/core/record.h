@@ -24,7 +24,8 @@ typedef struct trace_entry {
     int32_t out;      /* slot, or -1 for in-place entries */
     int n_extra;      /* outputs after the first (ml__trace_record_n) */
     int32_t extra[ML_TRACE_MAX_OUT - 1]; /* their slots */
-    ml_op_id op;      /* what it computes (ops.def): the fuser and ml_trace_print read it */
+    unsigned op;      /* what it computes: its ml_op_id (ops/ops.h), which the fuser and
+                       * ml_trace_print read */
     /* a fused entry (n_parts > 1): the recorded ops it computes, in order */
     unsigned char n_parts;
     unsigned char parts[ML_TRACE_MAX_PARTS];

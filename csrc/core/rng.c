@@ -1,5 +1,6 @@
 /* rng.c — the seeded generator: xoshiro256** seeded through splitmix64 (xoshiro.h). One
- * stream per process, so the same seed gives the same numbers bit for bit.
+ * stream per process, so the same seed gives the same numbers bit for bit. The random ops
+ * that make tensors from it are ops/random.c's.
  * A lock makes each seed and each whole draw (an array, a permutation) one step of that
  * stream, so threads drawing at once (replays run without the GIL) never tear its state:
  * each gets a contiguous block of the stream, in an order set by timing. */
@@ -47,67 +48,28 @@ static double next_normal(void) {
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
-/* a replay draws new numbers: random ops are recorded like any other op */
-typedef struct { int kind, ndim; int64_t shape[ML_MAX_DIMS]; float a, b; } rng_params;
-static ml_status replay_rng(ml_tensor **out, ml_tensor **in, const void *p) {
-    const rng_params *r = p;
-    if (r->kind == 0) return ml_rng_uniform(out, r->ndim, r->shape, r->a, r->b);
-    if (r->kind == 1) return ml_rng_normal(out, r->ndim, r->shape, r->a, r->b);
-    return ml_rng_truncated_normal(out, r->ndim, r->shape, r->a, r->b);
-}
-static void trace_rng(int kind, ml_tensor *o, float a, float b) {
-    static const ml_op_id rng_ops[3] = {OP_RANDOM_UNIFORM, OP_RANDOM_NORMAL, OP_TRUNCATED_NORMAL};
-    rng_params r = {kind, o->ndim, {0}, a, b};
-    for (int i = 0; i < o->ndim; i++) r.shape[i] = o->shape[i];
-    ML_TRACE(rng_ops[kind], replay_rng, 0, NULL, o, &r);
-}
-
-ml_status ml_rng_uniform(ml_tensor **out, int ndim, const int64_t *shape, float lo, float hi) {
-    if (!(lo <= hi) || !isfinite(lo) || !isfinite(hi))
-        return ml_set_error(ML_ERR_VALUE, "random_uniform: need finite minval <= maxval, got %g and %g",
-                            (double)lo, (double)hi);
-    ml_status st = ml__new(out, ndim, shape);
-    if (st) return st;
-    float *d = (*out)->data;
+/* The draws of the random ops (ops/random.c): d[0..n) from the stream, each call one
+ * contiguous block of it. */
+void ml__rng_fill_uniform(float *d, int64_t n, float lo, float hi) {
     pthread_mutex_lock(&rng_lock);
-    for (int64_t i = 0; i < (*out)->numel; i++) d[i] = lo + (hi - lo) * next_unit();
+    for (int64_t i = 0; i < n; i++) d[i] = lo + (hi - lo) * next_unit();
     pthread_mutex_unlock(&rng_lock);
-    trace_rng(0, *out, lo, hi);
-    return ML_OK;
 }
 
-ml_status ml_rng_normal(ml_tensor **out, int ndim, const int64_t *shape, float mean,
-                        float stddev) {
-    if (!(stddev >= 0) || !isfinite(stddev) || !isfinite(mean))
-        return ml_set_error(ML_ERR_VALUE, "random_normal: need a finite mean and stddev >= 0, got %g and %g",
-                            (double)mean, (double)stddev);
-    ml_status st = ml__new(out, ndim, shape);
-    if (st) return st;
-    float *d = (*out)->data;
+void ml__rng_fill_normal(float *d, int64_t n, float mean, float stddev) {
     pthread_mutex_lock(&rng_lock);
-    for (int64_t i = 0; i < (*out)->numel; i++) d[i] = mean + stddev * (float)next_normal();
+    for (int64_t i = 0; i < n; i++) d[i] = mean + stddev * (float)next_normal();
     pthread_mutex_unlock(&rng_lock);
-    trace_rng(1, *out, mean, stddev);
-    return ML_OK;
 }
 
-ml_status ml_rng_truncated_normal(ml_tensor **out, int ndim, const int64_t *shape, float mean,
-                                  float stddev) {
-    if (!(stddev >= 0) || !isfinite(stddev) || !isfinite(mean))
-        return ml_set_error(ML_ERR_VALUE, "truncated_normal: need a finite mean and stddev >= 0, got %g and %g",
-                            (double)mean, (double)stddev);
-    ml_status st = ml__new(out, ndim, shape);
-    if (st) return st;
-    float *d = (*out)->data;
+void ml__rng_fill_truncated_normal(float *d, int64_t n, float mean, float stddev) {
     pthread_mutex_lock(&rng_lock);
-    for (int64_t i = 0; i < (*out)->numel; i++) {
+    for (int64_t i = 0; i < n; i++) {
         double z;
         do z = next_normal(); while (z < -2.0 || z > 2.0); /* 95% accepted */
         d[i] = mean + stddev * (float)z;
     }
     pthread_mutex_unlock(&rng_lock);
-    trace_rng(2, *out, mean, stddev);
-    return ML_OK;
 }
 
 /* uniform in [0, n) without modulo bias (Lemire 2019, "Fast random integer generation

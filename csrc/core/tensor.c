@@ -75,10 +75,11 @@ int ml__same_shape(const ml_tensor *a, const ml_tensor *b) {
 
 /* ---------------------------------------------------------- buffer pool
  * A training step makes and frees the same tensor sizes again and again. Large blocks
- * from malloc are fresh mmaps whose every page faults and is zeroed (measured: conv4 ran
- * at half PyTorch's speed because of it), so freed storage goes to a per-thread cache of
- * power-of-two blocks and the next tensor of that class reuses it. Bounded per thread;
- * off in sanitizer builds so ASan still sees every use after free. */
+ * from malloc are fresh mmaps whose every page faults and is zeroed on first touch, a cost
+ * the conv4 step pays per tensor (the maml-omniglot row of benchmarks/run_all.py), so
+ * freed storage goes to a per-thread cache of power-of-two blocks and the next tensor of
+ * that class reuses it. Bounded per thread; off in sanitizer builds so ASan still sees
+ * every use after free. */
 #if defined(__SANITIZE_ADDRESS__)
 #define ML_POOL 0
 #elif defined(__has_feature)
@@ -147,7 +148,7 @@ void *ml__thread_pool(void) { return tls_pool_gone ? NULL : tls_pool; }
 static size_t class_bytes(int c) { return ((size_t)(4 + (c & 3)) << (c >> 2)) >> 2; }
 
 /* The smallest class holding `bytes` (64 bytes at least), in closed form: the search up
- * from 64 bytes it replaces took ~40 steps for a 40 kB tensor, on every op. */
+ * from 64 bytes would take ~40 steps for a 40 kB tensor, on every op. */
 static int size_class(size_t bytes) {
     if (bytes <= 64) return 6 * 4;
     const int e = 63 - __builtin_clzll((unsigned long long)bytes); /* 2^e <= bytes < 2^(e+1) */
@@ -384,7 +385,7 @@ int ml_is_leaf(const ml_tensor *t) { return t->node == NULL; }
 uint64_t ml_version(const ml_tensor *t) { return t->storage->version; }
 
 const char *ml_op_name(const ml_tensor *t) {
-    return t->node ? ml_op_table[t->node->op].name : "";
+    return t->node ? t->node->op->name : "";
 }
 
 ml_status ml_set_requires_grad(ml_tensor *t, int requires_grad) {
@@ -392,42 +393,13 @@ ml_status ml_set_requires_grad(ml_tensor *t, int requires_grad) {
         return ml_set_error(ML_ERR_GRAPH,
                             "requires_grad can only be changed on a leaf tensor; this one was "
                             "made by '%s' (use detach() first)",
-                            ml_op_table[t->node->op].name);
+                            t->node->op->name);
     t->requires_grad = requires_grad ? 1 : 0;
     return ML_OK;
-}
-
-typedef struct { int unused; } no_params;
-static ml_status replay_detach(ml_tensor **out, ml_tensor **in, const void *p) {
-    return ml_detach(out, in[0]);
-}
-static ml_status replay_assign(ml_tensor **out, ml_tensor **in, const void *p) {
-    *out = NULL;
-    return ml_assign(in[0], in[1]);
-}
-
-ml_status ml_detach(ml_tensor **out, ml_tensor *t) {
-    ml_status st = ml__view(out, t, t->ndim, t->shape);
-    no_params np = {0};
-    if (st == ML_OK) ML_TRACE(OP_DETACH, replay_detach, 1, &t, *out, &np);
-    return st;
 }
 
 ml_status ml_copy(ml_tensor **out, const ml_tensor *t) {
     ml_status st = ml_tensor_from_data(out, t->ndim, t->shape, t->data);
     if (st == ML_OK) (*out)->constant = t->constant; /* a copy of a computed value is computed */
     return st;
-}
-
-ml_status ml_assign(ml_tensor *dst, const ml_tensor *src) {
-    if (dst->numel != src->numel)
-        return ml_set_error(ML_ERR_SHAPE, "cannot assign a value of shape %s to a tensor of shape %s",
-                            ML_SHAPE_STR(src), ML_SHAPE_STR(dst));
-    if (dst->data != src->data)
-        memmove(dst->data, src->data, (size_t)dst->numel * sizeof(float));
-    dst->storage->version++;
-    ml_tensor *ins[2] = {dst, (ml_tensor *)src};
-    no_params np = {0};
-    ML_TRACE(OP_ASSIGN, replay_assign, 2, ins, NULL, &np);
-    return ML_OK;
 }

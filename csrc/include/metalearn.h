@@ -34,6 +34,78 @@
  *    gradients that can be differentiated again: second-order MAML needs no special case.
  *  - Options are named bit sets (ML_GRAD_CREATE_GRAPH | ML_GRAD_ALLOW_UNUSED), 0 for none;
  *    an unknown bit is refused (ML_ERR_VALUE).
+ *
+ * Names in C and Python (metalearn._core, re-exported by metalearn): a function is ml_ and
+ * its Python name, parameters included (ml_conv2d(out, x, kernel, bias, ...) is conv2d); a
+ * type's function is ml_<type>_<name> for the Python type's method or property <name>
+ * (ml_optimizer_step: Optimizer.step, ml_memory_query: KnowledgeMemory.query), a tensor's
+ * is ml_<name>(t) (ml_ndim: Tensor.ndim, ml_detach: Tensor.detach()); a setter adds set_.
+ * Where Python takes a tuple, a list, a string or keyword flags, C takes ints, a count and
+ * an array, an enum or a bit set: shape=(2, 3) is ndim, shape; strides=(2, 1) is stride_h,
+ * stride_w; padding="same" is ML_PAD_SAME; create_graph=True is ML_GRAD_CREATE_GRAPH; and
+ * what Python returns, C writes through its first pointers. The rest differ, each for its
+ * reason below (tests/test_op_list.py reads this table):
+ *
+ *   C                                     Python                             why
+ *   ml_sum                                reduce_sum                         [R]
+ *   ml_mean                               reduce_mean                        [R]
+ *   ml_max                                reduce_max                         [R]
+ *   ml_pow_scalar                         pow                                [S]
+ *   ml_sparse_categorical_crossentropy_t  sparse_categorical_crossentropy    [O]
+ *   ml_tensor_zeros                       zeros                              [T]
+ *   ml_tensor_full                        full                               [T]
+ *   ml_tensor_from_data                   tensor                             [T]
+ *   ml_tensor_scalar                      tensor                             [T]
+ *   ml_tensor_wrap                        as_tensor                          [T]
+ *   ml_copy                               tensor                             [T]
+ *   ml_sgd_new                            SGD                                [T]
+ *   ml_adam_new                           Adam                               [T]
+ *   ml_memory_new                         KnowledgeMemory                    [T]
+ *   ml_numel                              Tensor.size                        [N]
+ *   ml_data                               Tensor.numpy()                     [N]
+ *   ml_op_name                            Tensor.op                          [N]
+ *   ml_version                            Tensor._version                    [N]
+ *   ml_optimizer_n_slots                  Optimizer.slots()                  [O]
+ *   ml_optimizer_slot                     Optimizer.slots()                  [O]
+ *   ml_trace_format                       Trace.describe()                   [O]
+ *   ml_trace_print                        Trace.describe()                   [O]
+ *   ml_rng_seed                           random.set_seed                    [G]
+ *   ml_rng_permutation                    random.permutation                 [G]
+ *   ml_sgemm                              matmul                             [K]
+ *   ml_sinusoid                           tasks.Sinusoid                     [K]
+ *   ml_kernel_variants                    _kernel_variants                   [K]
+ *   ml_last_error                         -                                  [C]
+ *   ml_set_error                          -                                  [C]
+ *   ml_retain                             -                                  [C]
+ *   ml_release                            -                                  [C]
+ *   ml_optimizer_free                     -                                  [C]
+ *   ml_trace_free                         -                                  [C]
+ *   ml_memory_free                        -                                  [C]
+ *   ml_free_loaded                        -                                  [C]
+ *   ml_shape_str                          -                                  [C]
+ *   ml_crc32                              -                                  [C]
+ *   ml_rng_next_u64                       -                                  [C]
+ *   ml_trace_n_inputs                     -                                  [C]
+ *   ml_trace_n_outputs                    -                                  [C]
+ *   ml_num_threads_env_warning            -                                  [C]
+ *
+ *   [R] C and the op table name the op as NumPy and keras.ops do (Tensor.op, traces, and
+ *       the methods Tensor.sum / mean / max say "sum"); Python's module functions keep
+ *       TensorFlow's reduce_ names, which its callers use.
+ *   [S] An op of a tensor and a number: C's _scalar ops (add_scalar, mul_scalar,
+ *       pow_scalar); Python's pow is the builtin's name.
+ *   [O] One Python function or method where C, without overloading or lists, has several:
+ *       the labels as a tensor, a slot at a time, a trace as text into a buffer or a file.
+ *   [T] A constructor: in C the type's prefix and a verb (ml_tensor_zeros, ml_adam_new);
+ *       in Python the function NumPy names or the type itself.
+ *   [N] NumPy's name for a tensor's attribute (size, numpy()), or Python's for a private
+ *       one (_version); C names what it returns.
+ *   [G] The global generator's own functions carry rng_ in C; in Python they are
+ *       metalearn.random's (the random tensors are ops, named alike: ml_random_normal).
+ *   [K] A kernel on float arrays: Python reaches it through an op (matmul), the task
+ *       sampler (tasks.Sinusoid, through _core.sinusoid_batch) or a private test hook.
+ *   [C] C only: references, memory, errors and buffers that Python manages itself; the
+ *       environment warning is a RuntimeWarning at import.
  */
 #ifndef METALEARN_H
 #define METALEARN_H
@@ -109,7 +181,7 @@ const char *ml_shape_str(char *buf, size_t size, int ndim, const int64_t *shape)
 
 /* ---------------------------------------------------------------- grad mode */
 
-int ml_grad_enabled(void);
+int ml_is_grad_enabled(void);
 /* Sets grad mode for this thread and returns the previous mode. */
 int ml_set_grad_enabled(int enabled);
 
@@ -159,8 +231,9 @@ ml_status ml_add_scalar(ml_tensor **out, ml_tensor *x, float value);
 ml_status ml_mul_scalar(ml_tensor **out, ml_tensor *x, float value);
 ml_status ml_leaky_relu(ml_tensor **out, ml_tensor *x, float negative_slope);
 ml_status ml_elu(ml_tensor **out, ml_tensor *x, float alpha);
-/* min(max(x, lo), hi); the gradient passes where lo <= x <= hi. */
-ml_status ml_clip(ml_tensor **out, ml_tensor *x, float lo, float hi);
+/* min(max(x, clip_value_min), clip_value_max); the gradient passes where
+ * clip_value_min <= x <= clip_value_max. */
+ml_status ml_clip(ml_tensor **out, ml_tensor *x, float clip_value_min, float clip_value_max);
 /* 1 where x > threshold, else 0; zero gradient. */
 ml_status ml_step(ml_tensor **out, ml_tensor *x, float threshold);
 
@@ -168,18 +241,18 @@ ml_status ml_step(ml_tensor **out, ml_tensor *x, float threshold);
  * Leading (batch) dims broadcast as NumPy does; both inputs need at least 2 dims. */
 ml_status ml_matmul(ml_tensor **out, ml_tensor *a, ml_tensor *b, int transpose_a,
                     int transpose_b);
-/* act(x @ w + b): x (..., k), w (k, n), b (n) or NULL. */
-ml_status ml_linear(ml_tensor **out, ml_tensor *x, ml_tensor *w, ml_tensor *b,
+/* activation(x @ kernel + bias): x (..., k), kernel (k, n), bias (n) or NULL. */
+ml_status ml_linear(ml_tensor **out, ml_tensor *x, ml_tensor *kernel, ml_tensor *bias,
                     ml_activation activation);
 
 /* shape */
 ml_status ml_reshape(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shape);
 /* perm NULL reverses the dims. */
-ml_status ml_permute(ml_tensor **out, ml_tensor *x, const int *perm);
+ml_status ml_transpose(ml_tensor **out, ml_tensor *x, const int *perm);
 ml_status ml_broadcast_to(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shape);
 /* Sums x down to `shape` (the reverse of broadcasting). */
 ml_status ml_sum_to(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shape);
-ml_status ml_concat(ml_tensor **out, int n, ml_tensor *const *xs, int axis);
+ml_status ml_concat(ml_tensor **out, int n, ml_tensor *const *values, int axis);
 /* x[..., start:start+length, ...] along axis. */
 ml_status ml_narrow(ml_tensor **out, ml_tensor *x, int axis, int64_t start, int64_t length);
 /* Zero tensor with dim `axis` of size `size` holding x at [start, start + x.shape[axis]). */
@@ -208,12 +281,13 @@ ml_status ml_mean_squared_error(ml_tensor **out, ml_tensor *y_true, ml_tensor *y
 /* Keras: probabilities are rescaled to sum 1 and clipped to [1e-7, 1 - 1e-7]. */
 ml_status ml_categorical_crossentropy(ml_tensor **out, ml_tensor *y_true, ml_tensor *y_pred,
                                       int from_logits);
+/* y_true: n_labels integer class labels, one per row of y_pred (..., c). */
 ml_status ml_sparse_categorical_crossentropy(ml_tensor **out, int64_t n_labels,
-                                             const int64_t *labels, ml_tensor *y_pred,
+                                             const int64_t *y_true, ml_tensor *y_pred,
                                              int from_logits);
 /* The same with the labels in a tensor (integer values held as floats), read when the op
  * runs: a trace replays it with each call's labels. */
-ml_status ml_sparse_categorical_crossentropy_t(ml_tensor **out, ml_tensor *labels,
+ml_status ml_sparse_categorical_crossentropy_t(ml_tensor **out, ml_tensor *y_true,
                                                ml_tensor *y_pred, int from_logits);
 ml_status ml_binary_crossentropy(ml_tensor **out, ml_tensor *y_true, ml_tensor *y_pred,
                                  int from_logits);
@@ -243,7 +317,7 @@ ml_status ml_avg_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, i
 /* Mean over H and W: (N, H, W, C) -> (N, C) (keepdims: (N, 1, 1, C)). */
 ml_status ml_global_avg_pool2d(ml_tensor **out, ml_tensor *x, int keepdims);
 /* Batch normalisation over every axis but `axis` (the channel axis, negative counts from
- * the end; Keras' default is -1). gamma, beta, moving_mean, moving_var have shape (C);
+ * the end; Keras' default is -1). gamma, beta, moving_mean, moving_variance have shape (C);
  * gamma and beta may be NULL (scale=False / center=False).
  *  training: y = (x - mean) / sqrt(var + epsilon) * gamma + beta with the batch's mean and
  *    biased variance, one fused op whose backward is written with differentiable ops
@@ -253,7 +327,7 @@ ml_status ml_global_avg_pool2d(ml_tensor **out, ml_tensor *x, int keepdims);
  *  inference: the moving statistics replace the batch's; nothing is updated.
  * Keras defaults: momentum 0.99, epsilon 1e-3. */
 ml_status ml_batch_norm(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,
-                        ml_tensor *moving_mean, ml_tensor *moving_var, int training,
+                        ml_tensor *moving_mean, ml_tensor *moving_variance, int training,
                         float momentum, float epsilon, int axis);
 /* Training-mode batch normalisation of G independent groups at once: x is (G, ..., C, ...)
  * (channel axis `axis` >= 1), group g is normalised with its own batch statistics and
@@ -280,8 +354,8 @@ void ml_optimizer_free(ml_optimizer *opt);
  * The first call fixes the parameter list's shapes; later calls must match it. */
 ml_status ml_optimizer_step(ml_optimizer *opt, int n, ml_tensor *const *params,
                             ml_tensor *const *grads);
-ml_status ml_optimizer_set_lr(ml_optimizer *opt, float learning_rate);
-float ml_optimizer_get_lr(const ml_optimizer *opt);
+ml_status ml_optimizer_set_learning_rate(ml_optimizer *opt, float learning_rate);
+float ml_optimizer_learning_rate(const ml_optimizer *opt);
 int64_t ml_optimizer_iterations(const ml_optimizer *opt);
 /* The optimizer's state slots (momentum, m, v, vhat) per parameter, for checkpoints. */
 int ml_optimizer_n_slots(const ml_optimizer *opt);
@@ -293,12 +367,14 @@ int ml_optimizer_n_params(const ml_optimizer *opt);
 
 /* The global generator (one per process; seeded from 0 by default). */
 void ml_rng_seed(uint64_t seed);
-ml_status ml_rng_uniform(ml_tensor **out, int ndim, const int64_t *shape, float lo, float hi);
-ml_status ml_rng_normal(ml_tensor **out, int ndim, const int64_t *shape, float mean,
-                        float stddev);
+/* Uniform in [minval, maxval). */
+ml_status ml_random_uniform(ml_tensor **out, int ndim, const int64_t *shape, float minval,
+                            float maxval);
+ml_status ml_random_normal(ml_tensor **out, int ndim, const int64_t *shape, float mean,
+                           float stddev);
 /* Normal values redrawn until they lie within two standard deviations (as Keras). */
-ml_status ml_rng_truncated_normal(ml_tensor **out, int ndim, const int64_t *shape, float mean,
-                                  float stddev);
+ml_status ml_truncated_normal(ml_tensor **out, int ndim, const int64_t *shape, float mean,
+                              float stddev);
 ml_status ml_rng_permutation(int64_t *out, int64_t n);
 uint64_t ml_rng_next_u64(void);
 
@@ -346,7 +422,7 @@ ml_status ml_trace_end(ml_trace *trace, int n_outputs, ml_tensor *const *outputs
 ml_status ml_trace_abort(ml_trace *trace);
 void ml_trace_free(ml_trace *trace);
 /* 1 while this thread records a trace (ops run now are recorded), else 0. */
-int ml_trace_is_recording(void);
+int ml_is_tracing(void);
 /* Inputs must have the recorded shapes; outputs get new references. Not while this thread
  * records a trace. */
 ml_status ml_trace_replay(ml_trace *trace, ml_tensor *const *inputs, ml_tensor **outputs);
@@ -420,7 +496,7 @@ double ml_memory_occupancy(ml_memory *mem);
 /* Empties every slot and reseeds the stream with the creation seed. */
 ml_status ml_memory_clear(ml_memory *mem);
 /* Copies of the whole slabs (capacity rows each; any pointer may be NULL). */
-ml_status ml_memory_get(ml_memory *mem, float *keys, int64_t *labels, int64_t *ages,
+ml_status ml_memory_state(ml_memory *mem, float *keys, int64_t *labels, int64_t *ages,
                         float *payloads);
 /* Exact k-nearest search by cosine similarity over every occupied slot: q (n x key_size),
  * 1 <= k <= capacity. Outputs (n x k, any may be NULL), best first, equal similarities in

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "../core/internal.h"
+#include "io.h"
 
 static const char MAGIC[8] = {'M', 'L', 'W', 'E', 'I', 'G', 'H', 'T'};
 #define FORMAT_VERSION 1u
@@ -267,17 +268,11 @@ void ml_free_loaded(int n, char **names, ml_tensor **tensors) {
     free(tensors);
 }
 
-#define CORRUPT(...) \
-    do { st = ml_set_error(ML_ERR_FORMAT, __VA_ARGS__); goto fail; } while (0)
+#define CORRUPT(...) return ml_set_error(ML_ERR_FORMAT, __VA_ARGS__)
 
-ml_status ml_load_tensors(const char *path, int *n_out, char ***names_out,
-                          ml_tensor ***tensors_out) {
-    if (!path) return ml_set_error(ML_ERR_VALUE, "load: path is NULL");
-    ml_status st = ML_OK;
-    uint8_t *buf = NULL;
-    char **names = NULL;
-    ml_tensor **tensors = NULL;
-    uint32_t n = 0;
+/* The whole of a regular file at path in a new buffer (*size_out bytes); anything else (a
+ * directory, a FIFO, a device) is refused. */
+static ml_status read_regular_file(const char *path, uint8_t **buf_out, size_t *size_out) {
     /* O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below */
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) return ml_set_error(ML_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
@@ -292,14 +287,64 @@ ml_status ml_load_tensors(const char *path, int *n_out, char ***names_out,
         return ml_set_error(ML_ERR_OOM, "load: out of memory reading '%s'", path);
     }
     size_t size = (size_t)sb.st_size;
-    buf = malloc(size ? size : 1);
+    uint8_t *buf = malloc(size ? size : 1);
     if (!buf) {
         fclose(f);
         return ml_set_error(ML_ERR_OOM, "load: out of memory reading '%s'", path);
     }
     size_t got = fread(buf, 1, size, f);
     fclose(f);
-    if (got != size) CORRUPT("cannot read '%s': short read", path);
+    if (got != size) {
+        free(buf);
+        CORRUPT("cannot read '%s': short read", path);
+    }
+    *buf_out = buf;
+    *size_out = size;
+    return ML_OK;
+}
+
+/* Entry i at *pp (name, rank, shape, data; end: where the entries stop) into *name and
+ * *tensor, each set as soon as it exists (the caller frees them on failure); *pp moves
+ * past the entry. */
+static ml_status read_entry(const char *path, uint32_t i, const uint8_t **pp,
+                            const uint8_t *end, char **name, ml_tensor **tensor) {
+    const uint8_t *p = *pp;
+    if (end - p < 4) CORRUPT("'%s' is truncated in entry %u", path, i);
+    uint32_t len = ml__get_u32(p);
+    p += 4;
+    /* a name with a NUL byte would come back cut short: no saver writes one */
+    if (len > MAX_NAME || (size_t)(end - p) < len || memchr(p, 0, len))
+        CORRUPT("'%s' is corrupt: bad name in entry %u", path, i);
+    *name = malloc(len + 1);
+    if (!*name) return ml_set_error(ML_ERR_OOM, "load: out of memory");
+    memcpy(*name, p, len);
+    (*name)[len] = 0;
+    p += len;
+    if (end - p < 4) CORRUPT("'%s' is truncated in entry %u", path, i);
+    uint32_t ndim = ml__get_u32(p);
+    p += 4;
+    if (ndim > ML_MAX_DIMS || (size_t)(end - p) < 8u * ndim)
+        CORRUPT("'%s' is corrupt: bad rank %u in entry '%s'", path, ndim, *name);
+    int64_t shape[ML_MAX_DIMS];
+    for (uint32_t d = 0; d < ndim; d++, p += 8) shape[d] = (int64_t)ml__get_u64(p);
+    int64_t numel;
+    if (ml__check_shape((int)ndim, shape, &numel) != ML_OK ||
+        (uint64_t)(end - p) / 4 < (uint64_t)numel)
+        CORRUPT("'%s' is corrupt: bad shape in entry '%s'", path, *name);
+    ml_status st = ml__new(tensor, (int)ndim, shape);
+    if (st) return st;
+    for (int64_t j = 0; j < numel; j++, p += 4) {
+        uint32_t bits = ml__get_u32(p);
+        memcpy(&(*tensor)->data[j], &bits, 4);
+    }
+    *pp = p;
+    return ML_OK;
+}
+
+/* The header (magic, checksum, version, count) of a file of size bytes in buf: the count
+ * into *n, the first entry's place into *p. */
+static ml_status read_header(const char *path, const uint8_t *buf, size_t size, uint32_t *n,
+                             const uint8_t **p) {
     if (size < 20 || memcmp(buf, MAGIC, 8) != 0)
         CORRUPT("'%s' is not a metalearn weights file (bad magic)", path);
     if (ml_crc32(0, buf, size - 4) != ml__get_u32(buf + size - 4))
@@ -308,48 +353,40 @@ ml_status ml_load_tensors(const char *path, int *n_out, char ***names_out,
     if (version != FORMAT_VERSION)
         CORRUPT("'%s' has format version %u; this metalearn reads version %u", path, version,
                 FORMAT_VERSION);
-    const uint8_t *p = buf + 16, *end = buf + size - 4;
-    if (ml__get_u32(buf + 12) > (uint32_t)(end - p) / 8)
+    const uint8_t *end = buf + size - 4;
+    *p = buf + 16;
+    if (ml__get_u32(buf + 12) > (uint32_t)(end - *p) / 8)
         CORRUPT("'%s' is corrupt: %u entries cannot fit", path, ml__get_u32(buf + 12));
-    n = ml__get_u32(buf + 12);
+    *n = ml__get_u32(buf + 12);
+    return ML_OK;
+}
+
+ml_status ml_load_tensors(const char *path, int *n_out, char ***names_out,
+                          ml_tensor ***tensors_out) {
+    if (!path) return ml_set_error(ML_ERR_VALUE, "load: path is NULL");
+    uint8_t *buf = NULL;
+    size_t size = 0;
+    ml_status st = read_regular_file(path, &buf, &size);
+    if (st) return st;
+    char **names = NULL;
+    ml_tensor **tensors = NULL;
+    uint32_t n = 0;
+    const uint8_t *p = NULL;
+    if ((st = read_header(path, buf, size, &n, &p))) goto fail;
+    const uint8_t *end = buf + size - 4; /* size >= 20 now */
     names = calloc(n ? n : 1, sizeof *names);
     tensors = calloc(n ? n : 1, sizeof *tensors);
     if (!names || !tensors) {
         st = ml_set_error(ML_ERR_OOM, "load: out of memory");
         goto fail;
     }
-    for (uint32_t i = 0; i < n; i++) {
-        if (end - p < 4) CORRUPT("'%s' is truncated in entry %u", path, i);
-        uint32_t len = ml__get_u32(p);
-        p += 4;
-        /* a name with a NUL byte would come back cut short: no saver writes one */
-        if (len > MAX_NAME || (size_t)(end - p) < len || memchr(p, 0, len))
-            CORRUPT("'%s' is corrupt: bad name in entry %u", path, i);
-        names[i] = malloc(len + 1);
-        if (!names[i]) {
-            st = ml_set_error(ML_ERR_OOM, "load: out of memory");
-            goto fail;
-        }
-        memcpy(names[i], p, len);
-        names[i][len] = 0;
-        p += len;
-        if (end - p < 4) CORRUPT("'%s' is truncated in entry %u", path, i);
-        uint32_t ndim = ml__get_u32(p);
-        p += 4;
-        if (ndim > ML_MAX_DIMS || (size_t)(end - p) < 8u * ndim)
-            CORRUPT("'%s' is corrupt: bad rank %u in entry '%s'", path, ndim, names[i]);
-        int64_t shape[ML_MAX_DIMS];
-        for (uint32_t d = 0; d < ndim; d++, p += 8) shape[d] = (int64_t)ml__get_u64(p);
-        int64_t numel;
-        if (ml__check_shape((int)ndim, shape, &numel) != ML_OK || (uint64_t)(end - p) / 4 < (uint64_t)numel)
-            CORRUPT("'%s' is corrupt: bad shape in entry '%s'", path, names[i]);
-        if ((st = ml__new(&tensors[i], (int)ndim, shape))) goto fail;
-        for (int64_t j = 0; j < numel; j++, p += 4) {
-            uint32_t bits = ml__get_u32(p);
-            memcpy(&tensors[i]->data[j], &bits, 4);
-        }
+    for (uint32_t i = 0; i < n; i++)
+        if ((st = read_entry(path, i, &p, end, &names[i], &tensors[i]))) goto fail;
+    if (p != end) {
+        st = ml_set_error(ML_ERR_FORMAT, "'%s' is corrupt: %zu unexpected bytes at the end",
+                          path, (size_t)(end - p));
+        goto fail;
     }
-    if (p != end) CORRUPT("'%s' is corrupt: %zu unexpected bytes at the end", path, (size_t)(end - p));
     free(buf);
     *n_out = (int)n;
     *names_out = names;

@@ -11,7 +11,8 @@
  * depends on the thread count; what each element is does not.
  */
 #include "gemm_internal.h"
-#include "../core/internal.h"
+#include "metalearn.h"
+#include "../core/threads.h"
 
 /* Where a split may cut, per path: rows and columns of C in multiples of these (0: never
  * that way). A multiple of the kernel's tile keeps every element in the tile it has on

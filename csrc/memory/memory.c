@@ -29,8 +29,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../core/internal.h"
 #include "../core/xoshiro.h"
+#include "../io/io.h"
+#include "../ops/ops.h" /* the scoped composition its differentiable read and loss use */
 
 #define ML_MEMORY_LOAD_MAX_BYTES (4.0 * 1073741824.0)
 
@@ -155,7 +156,7 @@ ml_status ml_memory_clear(ml_memory *mem) {
     return ML_OK;
 }
 
-ml_status ml_memory_get(ml_memory *mem, float *keys, int64_t *labels, int64_t *ages,
+ml_status ml_memory_state(ml_memory *mem, float *keys, int64_t *labels, int64_t *ages,
                         float *payloads) {
     if (!mem) return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory: memory is NULL");
     pthread_rwlock_rdlock(&mem->lock);
@@ -339,14 +340,14 @@ static float dot(const float *a, const float *b, int64_t d) {
     return s;
 }
 
-ml_status ml_memory_update(ml_memory *mem, int64_t n, const float *q, const int64_t *labels,
-                           const float *payloads) {
-    const char *what = "KnowledgeMemory.update";
+/* The arguments of an update, checked before anything changes. */
+static ml_status check_update(const ml_memory *mem, int64_t n, const float *q,
+                              const int64_t *labels, const float *payloads, const char *what) {
     if (!mem) return ml_set_error(ML_ERR_VALUE, "%s: memory is NULL", what);
     if (n < 0 || (n > 0 && (!q || !labels)))
         return ml_set_error(ML_ERR_VALUE, "%s: bad batch (n=%lld)", what, (long long)n);
-    int64_t d = mem->key_size, p = mem->payload_size;
-    ml_status st = check_queries(what, n, q, d);
+    int64_t p = mem->payload_size;
+    ml_status st = check_queries(what, n, q, mem->key_size);
     if (st) return st;
     /* -1 is what query returns for an empty slot: a stored -1 would read as "nothing here" */
     for (int64_t i = 0; i < n; i++)
@@ -359,98 +360,139 @@ ml_status ml_memory_update(ml_memory *mem, int64_t n, const float *q, const int6
             if (!isfinite(payloads[i]))
                 return ml_set_error(ML_ERR_VALUE, "%s: payload %lld holds a non-finite value",
                                     what, (long long)(i / p));
-    if (n == 0) return ML_OK;
-    float *qn = NULL, *csim = NULL;
-    int64_t *cidx = NULL, *touched = NULL;
-    uint8_t *dirty = NULL;
+    return ML_OK;
+}
+
+/* The batch runs in chunks of UPDATE_CHUNK queries. Query j of a chunk needs the best slot
+ * not modified by the chunk's earlier queries (at most j of them), so the top-min(chunk,
+ * size) of the chunk against the memory as the chunk began is enough; the slots the chunk
+ * modified are scored again with their current keys. What one update works in: */
+typedef struct {
+    int64_t chunk;
+    int64_t *cidx;  /* chunk x kk: each query's candidates, best first */
+    float *csim;    /* and their similarities */
+    int64_t *touched; /* the slots the chunk modified, nt of them */
+    uint8_t *dirty; /* per slot: modified by the chunk */
+    float *scratch;
+    int64_t *lens;
+} update_work;
+
+static void update_work_free(update_work *w) {
+    free(w->cidx);
+    free(w->csim);
+    free(w->touched);
+    free(w->dirty);
+    free(w->scratch);
+    free(w->lens);
+}
+
+/* 0 when out of memory (update_work_free still frees what was made). */
+static int update_work_alloc(update_work *w, const ml_memory *mem, int64_t n) {
+    const int64_t chunk = n < UPDATE_CHUNK ? n : UPDATE_CHUNK;
+    *w = (update_work){.chunk = chunk};
+    w->cidx = malloc((size_t)(chunk * chunk) * sizeof(int64_t));
+    w->csim = malloc((size_t)(chunk * chunk) * sizeof(float));
+    w->touched = malloc((size_t)chunk * sizeof(int64_t));
+    w->dirty = calloc((size_t)mem->capacity, 1);
+    w->scratch = malloc((size_t)(chunk * search_block(chunk, mem->capacity)) * sizeof(float));
+    w->lens = malloc((size_t)chunk * sizeof(int64_t));
+    return w->cidx && w->csim && w->touched && w->dirty && w->scratch && w->lens;
+}
+
+/* The slot query j of the chunk (normalised x) is nearest to: its best candidate (kk of
+ * them) that the chunk has not modified, or a modified slot scored with its current key
+ * when that is better (ties: the lower index); -1 when there is none. */
+static int64_t nearest_slot(const ml_memory *mem, const update_work *w, int64_t j, int64_t kk,
+                            int64_t nt, const float *x) {
+    int64_t best = -1;
+    float bs = -INFINITY;
+    for (int64_t t = 0; t < kk; t++) {
+        int64_t s = w->cidx[j * kk + t];
+        if (s >= 0 && !w->dirty[s]) {
+            best = s;
+            bs = w->csim[j * kk + t];
+            break;
+        }
+    }
+    for (int64_t t = 0; t < nt; t++) {
+        int64_t s = w->touched[t];
+        float v = dot(x, mem->keys + s * mem->key_size, mem->key_size);
+        if (v > bs || (v == bs && s < best)) {
+            bs = v;
+            best = s;
+        }
+    }
+    return best;
+}
+
+/* The paper's rule for one query (normalised x, label y, payload pl or NULL) whose nearest
+ * slot is best: returns the slot it wrote. */
+static int64_t write_query(ml_memory *mem, int64_t best, const float *x, int64_t y,
+                           const float *pl) {
+    const int64_t d = mem->key_size, p = mem->payload_size;
+    int64_t slot;
+    if (best >= 0 && mem->labels[best] == y) {
+        /* the memory already answers y: K[n1] <- normalize(q + K[n1]) */
+        slot = best;
+        float *key = mem->keys + slot * d;
+        for (int64_t i = 0; i < d; i++) key[i] += x[i];
+        normalize_row(key, key, d);
+        if (pl) {
+            float *v = mem->payloads + slot * p;
+            for (int64_t i = 0; i < p; i++) v[i] = 0.5f * (v[i] + pl[i]);
+        }
+    } else {
+        /* a new place: the oldest slot (empty ones first) */
+        slot = oldest_slot(mem);
+        memcpy(mem->keys + slot * d, x, (size_t)d * sizeof(float));
+        mem->labels[slot] = y;
+        if (p) {
+            float *v = mem->payloads + slot * p;
+            if (pl) memcpy(v, pl, (size_t)p * sizeof(float));
+            else memset(v, 0, (size_t)p * sizeof(float));
+        }
+    }
+    return slot;
+}
+
+ml_status ml_memory_update(ml_memory *mem, int64_t n, const float *q, const int64_t *labels,
+                           const float *payloads) {
+    const char *what = "KnowledgeMemory.update";
+    ml_status st = check_update(mem, n, q, labels, payloads, what);
+    if (st || n == 0) return st;
+    const int64_t d = mem->key_size, p = mem->payload_size;
+    float *qn = NULL;
     if ((st = normalized_copy(&qn, what, n, q, d))) return st;
-    /* The batch runs in chunks of UPDATE_CHUNK queries. Query j of a chunk needs the best
-     * slot not modified by the chunk's earlier queries (at most j of them), so the
-     * top-min(chunk, size) of the chunk against the memory as the chunk began is enough;
-     * the slots the chunk modified are scored again with their current keys. */
-    int64_t chunk = n < UPDATE_CHUNK ? n : UPDATE_CHUNK;
-    cidx = malloc((size_t)(chunk * chunk) * sizeof(int64_t));
-    csim = malloc((size_t)(chunk * chunk) * sizeof(float));
-    touched = malloc((size_t)chunk * sizeof(int64_t));
-    dirty = calloc((size_t)mem->capacity, 1);
-    float *scratch = malloc((size_t)(chunk * search_block(chunk, mem->capacity)) * sizeof(float));
-    int64_t *lens = malloc((size_t)chunk * sizeof(int64_t));
-    if (!cidx || !csim || !touched || !dirty || !scratch || !lens) {
-        free(scratch);
-        free(lens);
+    update_work w;
+    if (!update_work_alloc(&w, mem, n)) {
+        update_work_free(&w);
         free(qn);
-        free(cidx);
-        free(csim);
-        free(touched);
-        free(dirty);
         return ml_set_error(ML_ERR_OOM, "%s: out of memory", what);
     }
     pthread_rwlock_wrlock(&mem->lock);
     /* one step: every occupied age grows by one, touched slots end at 0 */
     for (int64_t i = 0; i < mem->count; i++) mem->ages[i]++;
-    for (int64_t j0 = 0; j0 < n; j0 += chunk) {
-        int64_t nc = n - j0 < chunk ? n - j0 : chunk, c0 = mem->count;
+    for (int64_t j0 = 0; j0 < n; j0 += w.chunk) {
+        int64_t nc = n - j0 < w.chunk ? n - j0 : w.chunk, c0 = mem->count;
         int64_t kk = nc < c0 ? nc : c0, nt = 0;
-        if (kk) search(mem, nc, qn + j0 * d, kk, cidx, csim, scratch, lens); /* cannot fail */
+        if (kk) /* cannot fail */
+            search(mem, nc, qn + j0 * d, kk, w.cidx, w.csim, w.scratch, w.lens);
         for (int64_t j = 0; j < nc; j++) {
             const float *x = qn + (j0 + j) * d;
-            int64_t y = labels[j0 + j], best = -1;
             const float *pl = payloads && p ? payloads + (j0 + j) * p : NULL;
-            float bs = -INFINITY;
-            for (int64_t t = 0; t < kk; t++) {
-                int64_t s = cidx[j * kk + t];
-                if (s >= 0 && !dirty[s]) {
-                    best = s;
-                    bs = csim[j * kk + t];
-                    break;
-                }
-            }
-            for (int64_t t = 0; t < nt; t++) {
-                int64_t s = touched[t];
-                float v = dot(x, mem->keys + s * d, d);
-                if (v > bs || (v == bs && s < best)) {
-                    bs = v;
-                    best = s;
-                }
-            }
-            int64_t slot;
-            if (best >= 0 && mem->labels[best] == y) {
-                /* the memory already answers y: K[n1] <- normalize(q + K[n1]) */
-                slot = best;
-                float *key = mem->keys + slot * d;
-                for (int64_t i = 0; i < d; i++) key[i] += x[i];
-                normalize_row(key, key, d);
-                if (pl) {
-                    float *v = mem->payloads + slot * p;
-                    for (int64_t i = 0; i < p; i++) v[i] = 0.5f * (v[i] + pl[i]);
-                }
-            } else {
-                /* a new place: the oldest slot (empty ones first) */
-                slot = oldest_slot(mem);
-                memcpy(mem->keys + slot * d, x, (size_t)d * sizeof(float));
-                mem->labels[slot] = y;
-                if (p) {
-                    float *v = mem->payloads + slot * p;
-                    if (pl) memcpy(v, pl, (size_t)p * sizeof(float));
-                    else memset(v, 0, (size_t)p * sizeof(float));
-                }
-            }
+            int64_t slot = write_query(mem, nearest_slot(mem, &w, j, kk, nt, x), x,
+                                       labels[j0 + j], pl);
             mem->ages[slot] = 0;
-            if (!dirty[slot]) {
-                dirty[slot] = 1;
-                touched[nt++] = slot;
+            if (!w.dirty[slot]) {
+                w.dirty[slot] = 1;
+                w.touched[nt++] = slot;
             }
         }
-        for (int64_t t = 0; t < nt; t++) dirty[touched[t]] = 0;
+        for (int64_t t = 0; t < nt; t++) w.dirty[w.touched[t]] = 0;
     }
     pthread_rwlock_unlock(&mem->lock);
-    free(scratch);
-    free(lens);
+    update_work_free(&w);
     free(qn);
-    free(cidx);
-    free(csim);
-    free(touched);
-    free(dirty);
     return st;
 }
 

@@ -22,7 +22,7 @@
  */
 #include <stdatomic.h>
 
-#include "../core/internal.h"
+#include "ops.h"
 #include "../kernels/scratch.h"
 
 #define IN(k) (out->node->inputs[k])

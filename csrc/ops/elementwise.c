@@ -4,7 +4,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "../core/internal.h"
+#include "ops.h"
 #include "../kernels/cpu.h"
 #include "../kernels/vmath.h"
 #include "fusion.h"

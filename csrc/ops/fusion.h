@@ -5,7 +5,7 @@
 #ifndef ML_OPS_FUSION_H
 #define ML_OPS_FUSION_H
 
-#include "../core/internal.h"
+#include "ops.h"
 
 /* ---- the broadcast binary kernel (ops/elementwise.c) ---- */
 

@@ -4,7 +4,7 @@
  * the ops Keras uses, clipping included, so gradients match Keras exactly. */
 #include <math.h>
 
-#include "../core/internal.h"
+#include "ops.h"
 
 #define IN(k) (out->node->inputs[k])
 #define ML_EPSILON 1e-7f /* keras.config.epsilon() */

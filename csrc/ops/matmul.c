@@ -1,7 +1,7 @@
 /* matmul.c — batched matmul with transposes, and the fused linear layer act(x @ w + b). */
 #include <math.h>
 
-#include "../core/internal.h"
+#include "ops.h"
 #include "../kernels/gemm.h"
 #include "fusion.h"
 
@@ -14,10 +14,10 @@
  * small products (MAML's per-task corrections: 32 tasks of 75x784x5) is too small per
  * product for a GEMM to split, but the batch can be: its ranges run over the thread pool,
  * each product computed exactly as on one thread (ml_sgemm does not split inside a pool
- * task). From BATCH_PAR_MIN multiply-adds in all (MAML Omniglot at 2 threads: ~24 ms a
- * step from 4 M, ~23 ms from 2 M, no better from 1 M while a pool job's tasks went to
- * whichever thread came first; since each thread runs its own block first, 512 k gains
- * ~2 %: the 32 x 75 x 128 corrections split like the element-wise op that reads them). */
+ * task). The batch splits from BATCH_PAR_MIN multiply-adds in all: small enough that
+ * MAML Omniglot's 32 x 75 x 128 corrections split as the element-wise op that reads them
+ * does (each thread then runs its own block first), large enough that a split pays for its
+ * handoff (the maml-omniglot row of benchmarks/run_all.py at 2 threads set it). */
 #define BATCH_PAR_MIN (1 << 19)
 #define SPLIT_MACS (1 << 21) /* ml_sgemm's own threshold for splitting one product */
 

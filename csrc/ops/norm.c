@@ -18,7 +18,7 @@
  */
 #include <math.h>
 
-#include "../core/internal.h"
+#include "ops.h"
 #include "../kernels/cpu.h"
 
 /* The statistics and normalisation loops are plain C the compiler vectorises; the two
@@ -275,11 +275,89 @@ static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_te
     return ML_OK;
 }
 
+/* One group's sums for the backward, channels last (inner == 1): sg[c] += sum of g and
+ * sgx[c] += sum of g * xhat, in float over blocks of rows as bn_stats sums (t1, t2: C
+ * floats of scratch), a block in double where float's range is exceeded. */
+ML_INLINE void bn_grad_sums_last(const bn_geom *g, const float *xd, const float *gd,
+                                 const float *mean, const float *inv, float *t1, float *t2,
+                                 double *sg, double *sgx) {
+    const int64_t C = g->c;
+    for (int64_t r0 = 0; r0 < g->outer; r0 += BN_BLOCK) {
+        const int64_t r1 = r0 + BN_BLOCK < g->outer ? r0 + BN_BLOCK : g->outer;
+        for (int64_t c = 0; c < C; c++) t1[c] = t2[c] = 0.0f;
+        for (int64_t r = r0; r < r1; r++) {
+            const float *xr = xd + r * C, *gr = gd + r * C;
+            for (int64_t c = 0; c < C; c++) {
+                t1[c] += gr[c];
+                t2[c] += gr[c] * ((xr[c] - mean[c]) * inv[c]);
+            }
+        }
+        for (int64_t c = 0; c < C; c++) {
+            if (isfinite(t1[c]) && isfinite(t2[c])) {
+                sg[c] += t1[c];
+                sgx[c] += t2[c];
+                continue;
+            }
+            double u1 = 0.0, u2 = 0.0; /* float range exceeded: this block in double */
+            for (int64_t r = r0; r < r1; r++) {
+                const float gv = gd[r * C + c];
+                u1 += gv;
+                u2 += (double)gv * (double)((xd[r * C + c] - mean[c]) * inv[c]);
+            }
+            sg[c] += u1;
+            sgx[c] += u2;
+        }
+    }
+}
+
+/* The same sums with axes after the channel (inner > 1): in double, row by row. */
+ML_INLINE void bn_grad_sums_inner(const bn_geom *g, const float *xd, const float *gd,
+                                  const float *mean, const float *inv, double *sg,
+                                  double *sgx) {
+    const int64_t C = g->c, inner = g->inner;
+    for (int64_t r = 0; r < g->outer; r++) {
+        const float *xr = xd + r * C * inner, *gr = gd + r * C * inner;
+        for (int64_t c = 0; c < C; c++) {
+            double t = 0.0, u = 0.0;
+            const float m = mean[c], iv = inv[c];
+            for (int64_t i = 0; i < inner; i++) {
+                float gv = gr[c * inner + i];
+                t += gv;
+                u += (double)gv * (double)((xr[c * inner + i] - m) * iv);
+            }
+            sg[c] += t;
+            sgx[c] += u;
+        }
+    }
+}
+
+/* One group's dx = k * (g - a - (x - mean) * b), with k = gamma * inv, a = mean(g) and
+ * b = mean(g xhat) * inv per channel. */
+ML_INLINE void bn_grad_dx(const bn_geom *g, const float *xd, const float *gd, const float *k,
+                          const float *a, const float *b, const float *mean, float *od) {
+    const int64_t C = g->c, inner = g->inner;
+    for (int64_t r = 0; r < g->outer; r++) {
+        const float *xr = xd + r * C * inner, *gr = gd + r * C * inner;
+        float *dr = od + r * C * inner;
+        if (inner == 1) {
+            for (int64_t c = 0; c < C; c++)
+                dr[c] = k[c] * (gr[c] - a[c] - (xr[c] - mean[c]) * b[c]);
+        } else {
+            for (int64_t c = 0; c < C; c++) {
+                const float kc = k[c], ac = a[c], bc = b[c], m = mean[c];
+                for (int64_t i = 0; i < inner; i++)
+                    dr[c * inner + i] =
+                        kc * (gr[c * inner + i] - ac - (xr[c * inner + i] - m) * bc);
+            }
+        }
+    }
+}
+
 /* First-order backward with grad mode off: two fused passes (statistics are recomputed),
  * once per group (groups over the pool, as in the forward). */
 ML_INLINE void bn_backward_range_body(bn_job *j, int64_t g0, int64_t g1) {
     const bn_geom *g = j->g;
-    const int64_t C = g->c, inner = g->inner;
+    const int64_t C = g->c;
     double *acc = malloc((size_t)C * 4 * sizeof(double));
     float *f = malloc((size_t)C * 7 * sizeof(float));
     if (!acc || !f) {
@@ -296,77 +374,21 @@ ML_INLINE void bn_backward_range_body(bn_job *j, int64_t g0, int64_t g1) {
         const float *gam = j->gamma ? j->gamma + gi * C : NULL;
         bn_stats(g, xd, j->eps, acc, tmp, mean, var, inv);
         for (int64_t c = 0; c < C; c++) sg[c] = sgx[c] = 0.0;
-        if (inner == 1) { /* float sums over blocks of rows, as in bn_stats */
-            float *t1 = a, *t2 = b; /* free until dx's coefficients below */
-            for (int64_t r0 = 0; r0 < g->outer; r0 += BN_BLOCK) {
-                const int64_t r1 = r0 + BN_BLOCK < g->outer ? r0 + BN_BLOCK : g->outer;
-                for (int64_t c = 0; c < C; c++) t1[c] = t2[c] = 0.0f;
-                for (int64_t r = r0; r < r1; r++) {
-                    const float *xr = xd + r * C, *gr = gd + r * C;
-                    for (int64_t c = 0; c < C; c++) {
-                        t1[c] += gr[c];
-                        t2[c] += gr[c] * ((xr[c] - mean[c]) * inv[c]);
-                    }
-                }
-                for (int64_t c = 0; c < C; c++) {
-                    if (isfinite(t1[c]) && isfinite(t2[c])) {
-                        sg[c] += t1[c];
-                        sgx[c] += t2[c];
-                        continue;
-                    }
-                    double u1 = 0.0, u2 = 0.0; /* float range exceeded: this block in double */
-                    for (int64_t r = r0; r < r1; r++) {
-                        const float gv = gd[r * C + c];
-                        u1 += gv;
-                        u2 += (double)gv * (double)((xd[r * C + c] - mean[c]) * inv[c]);
-                    }
-                    sg[c] += u1;
-                    sgx[c] += u2;
-                }
-            }
-        } else {
-            for (int64_t r = 0; r < g->outer; r++) {
-                const float *xr = xd + r * C * inner, *gr = gd + r * C * inner;
-                for (int64_t c = 0; c < C; c++) {
-                    double t = 0.0, u = 0.0;
-                    const float m = mean[c], iv = inv[c];
-                    for (int64_t i = 0; i < inner; i++) {
-                        float gv = gr[c * inner + i];
-                        t += gv;
-                        u += (double)gv * (double)((xr[c * inner + i] - m) * iv);
-                    }
-                    sg[c] += t;
-                    sgx[c] += u;
-                }
-            }
-        }
+        if (g->inner == 1) /* a and b: free scratch until dx's coefficients below */
+            bn_grad_sums_last(g, xd, gd, mean, inv, a, b, sg, sgx);
+        else
+            bn_grad_sums_inner(g, xd, gd, mean, inv, sg, sgx);
         if (j->dgamma)
             for (int64_t c = 0; c < C; c++) j->dgamma[gi * C + c] = (float)sgx[c];
         if (j->dbeta)
             for (int64_t c = 0; c < C; c++) j->dbeta[gi * C + c] = (float)sg[c];
         if (!j->dx) continue;
-        /* dx = k * (g - mg - (x - mean) * inv * mgx) = k*g - k*mg - (x - mean) * b */
         for (int64_t c = 0; c < C; c++) {
             k[c] = gam ? gam[c] * inv[c] : inv[c];
             a[c] = (float)(sg[c] / (double)g->count);                    /* mean(g) */
             b[c] = (float)(sgx[c] / (double)g->count) * inv[c];          /* mean(g xhat) inv */
         }
-        float *od = j->dx + gi * g->slice;
-        for (int64_t r = 0; r < g->outer; r++) {
-            const float *xr = xd + r * C * inner, *gr = gd + r * C * inner;
-            float *dr = od + r * C * inner;
-            if (inner == 1) {
-                for (int64_t c = 0; c < C; c++)
-                    dr[c] = k[c] * (gr[c] - a[c] - (xr[c] - mean[c]) * b[c]);
-            } else {
-                for (int64_t c = 0; c < C; c++) {
-                    const float kc = k[c], ac = a[c], bc = b[c], m = mean[c];
-                    for (int64_t i = 0; i < inner; i++)
-                        dr[c * inner + i] =
-                            kc * (gr[c * inner + i] - ac - (xr[c * inner + i] - m) * bc);
-                }
-            }
-        }
+        bn_grad_dx(g, xd, gd, k, a, b, mean, j->dx + gi * g->slice);
     }
     free(acc);
     free(f);
@@ -435,7 +457,7 @@ ml_status ml__batch_norm_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin
     const int ig = has_gamma ? 1 : -1, ib = has_beta ? 1 + has_gamma : -1;
     const int need_x = ml__wants(0, x), need_g = ml__wants(ig, gamma), need_b = ml__wants(ib, beta);
     bn_geom geo = bn_geom_of(x, ax, grouped);
-    if (!ml_grad_enabled()) {
+    if (!ml_is_grad_enabled()) {
         ml_status st = bn_backward_fast(&geo, x, gamma, eps, gy, need_x ? &gin[0] : NULL,
                                         need_g ? &gin[ig] : NULL, need_b ? &gin[ib] : NULL);
         if (st) {

@@ -2,7 +2,7 @@
  * (ml__<name>_backward; ml__flat_backward for the piecewise-constant ops; NULL for the
  * ops only traces record). The rows, the enum ml_op_id and the backward declarations all
  * expand ops.def, so they cannot drift apart. */
-#include "../core/internal.h"
+#include "ops.h"
 
 #define DECLARE_BACKWARD(name) \
     ml_status ml__##name##_backward(ml_tensor *, ml_tensor *, ml_tensor **);

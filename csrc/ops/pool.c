@@ -14,7 +14,7 @@
  */
 #include <math.h>
 
-#include "../core/internal.h"
+#include "ops.h"
 #include "../kernels/cpu.h"
 
 #define IN(k) (out->node->inputs[k])

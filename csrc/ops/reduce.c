@@ -1,7 +1,7 @@
 /* reduce.c — sum, mean, max over axes; sum_to/broadcast_to; softmax and log_softmax. */
 #include <math.h>
 
-#include "../core/internal.h"
+#include "ops.h"
 #include "../kernels/cpu.h"
 
 enum { RED_SUM, RED_MAX };
@@ -64,9 +64,10 @@ ML_INLINE void red_block_body(const red_job *j, int64_t o0, int64_t o1, int64_t 
             if (kind == RED_SUM) {
                 /* blocks of columns summed down the rows in registers (same order as row
                  * after row into dst: the same result, without storing dst per row). A
-                 * block of 8 nv columns is nv independent add chains: 8 columns at a time,
-                 * the chains ran one after another (Omniglot's (32, 75, 256) -> (32, 1,
-                 * 256): 91 -> 37 us; (250, 40) -> (40,): 0.9 -> 0.3 us) */
+                 * block of 8 nv columns is nv independent add chains, which the CPU runs
+                 * at once; 8 columns at a time would run them one after another (the
+                 * middle-axis sums of MAML Omniglot's and the sinusoid's backward,
+                 * benchmarks/run_all.py's maml rows) */
                 int64_t i = i0;
                 for (; i + 64 <= i1; i += 64) col_sums(src + i, dst + i, red, inner, 8);
                 if (i + 40 <= i1) col_sums(src + i, dst + i, red, inner, 5), i += 40;
@@ -341,8 +342,9 @@ ml_status ml_broadcast_to(ml_tensor **out, ml_tensor *x, int ndim, const int64_t
         int64_t inner = 1, off = 0;
         for (int d = last; d < ndim; d++) inner *= shape[d];
         /* a broadcast dim just outside the block repeats the same source block: copy it
-         * `rep` times in a loop of its own ((25, 1, 1) to (25, 10, 1) was 250 memcpy calls
-         * of 4 bytes, 1.1 us; (25, 1, 40) to (25, 10, 40) 250 of 160 bytes, 1.9 us) */
+         * `rep` times in a loop of its own, not one memcpy call per row ((25, 1, 1) to
+         * (25, 10, 1) would be 250 calls of 4 bytes: the sinusoid MAML's per-task biases,
+         * benchmarks/run_all.py's maml-sin rows) */
         int outer_dims = last;
         int64_t rep = 1;
         if (outer_dims > 0 && str[outer_dims - 1] == 0) rep = shape[--outer_dims];

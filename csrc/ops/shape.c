@@ -1,8 +1,8 @@
-/* shape.c — reshape, permute, concat, narrow/pad_axis, gather/scatter_add, pick, one_hot.
+/* shape.c — reshape, transpose, concat, narrow/pad_axis, gather/scatter_add, pick, one_hot.
  * Each pair is the other's backward, so gradients of any order stay inside this set. */
 #include <stdio.h>
 
-#include "../core/internal.h"
+#include "ops.h"
 
 #define IN(k) (out->node->inputs[k])
 
@@ -11,9 +11,9 @@ typedef struct { int ndim; int64_t shape[ML_MAX_DIMS]; } reshape_params;
 static ml_status replay_reshape(ml_tensor **out, ml_tensor **in, const void *p) {
     return ml_reshape(out, in[0], ((const reshape_params *)p)->ndim, ((const reshape_params *)p)->shape);
 }
-typedef struct { int perm[ML_MAX_DIMS]; } permute_params;
-static ml_status replay_permute(ml_tensor **out, ml_tensor **in, const void *p) {
-    return ml_permute(out, in[0], ((const permute_params *)p)->perm);
+typedef struct { int perm[ML_MAX_DIMS]; } transpose_params;
+static ml_status replay_transpose(ml_tensor **out, ml_tensor **in, const void *p) {
+    return ml_transpose(out, in[0], ((const transpose_params *)p)->perm);
 }
 typedef struct { int n, axis; } concat_params;
 static ml_status replay_concat(ml_tensor **out, ml_tensor **in, const void *p) {
@@ -91,7 +91,7 @@ ml_status ml__reshape_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
     return s.status;
 }
 
-/* ------------------------------------------------------------------ permute */
+/* ---------------------------------------------------------------- transpose */
 
 static void permute_kernel(const ml_tensor *x, const int *perm, ml_tensor *o) {
     int nd = x->ndim;
@@ -126,7 +126,7 @@ ml_status ml__axis_error(const char *op, int axis, const ml_tensor *x) {
                         "(shape %s)", op, axis, x->ndim, ML_SHAPE_STR(x));
 }
 
-ml_status ml_permute(ml_tensor **out, ml_tensor *x, const int *perm) {
+ml_status ml_transpose(ml_tensor **out, ml_tensor *x, const int *perm) {
     if (!x) return ml_set_error(ML_ERR_VALUE, "transpose: input tensor is NULL");
     int nd = x->ndim, p[ML_MAX_DIMS], seen[ML_MAX_DIMS] = {0};
     for (int d = 0; d < nd; d++) {
@@ -152,25 +152,25 @@ ml_status ml_permute(ml_tensor **out, ml_tensor *x, const int *perm) {
     permute_kernel(x, p, o);
     ml_node *node = NULL;
     if (ml__should_record(1, &x)) {
-        if ((st = ml__record(o, OP_PERMUTE, 1, &x, &node))) {
+        if ((st = ml__record(o, OP_TRANSPOSE, 1, &x, &node))) {
             ml_release(o);
             return st;
         }
         for (int d = 0; d < nd; d++) node->iparams[d] = p[d];
     }
-    permute_params pp;
+    transpose_params pp;
     for (int d = 0; d < nd; d++) pp.perm[d] = p[d];
-    ML_TRACE(OP_PERMUTE, replay_permute, 1, &x, o, &pp);
+    ML_TRACE(OP_TRANSPOSE, replay_transpose, 1, &x, o, &pp);
     *out = o;
     return ML_OK;
 }
 
-ml_status ml__permute_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
+ml_status ml__transpose_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
     ml_scope s = {0};
     int inv[ML_MAX_DIMS];
     for (int d = 0; d < out->ndim; d++) inv[out->node->iparams[d]] = d;
     ml_tensor *r = NULL;
-    gin[0] = ml__keep(ml__push(&s, ml_permute(&r, g, inv), &r));
+    gin[0] = ml__keep(ml__push(&s, ml_transpose(&r, g, inv), &r));
     ml__scope_end(&s);
     return s.status;
 }

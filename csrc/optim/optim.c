@@ -3,8 +3,8 @@
 #include <math.h>
 #include <pthread.h>
 
-#include "../core/internal.h"
 #include "../kernels/vmath.h"
+#include "../ops/ops.h" /* OP_OPTIMIZER_STEP: a trace records the step as an entry */
 
 typedef enum { OPT_SGD, OPT_ADAM } opt_kind;
 
@@ -161,7 +161,9 @@ typedef struct adam_job {
     float lrt, b1, b2, eps;
     int64_t chunk;
 } adam_job;
-#define ADAM_PAR_MIN (1 << 16) /* ~25 us of one core: below, a second thread does not pay */
+/* about 25 us of one core: below, a second thread's handoff costs more than it saves (the
+ * dense rows of benchmarks/run_all.py at 2 threads) */
+#define ADAM_PAR_MIN (1 << 16)
 
 static void adam_part(void *ctx, int64_t part) {
     const adam_job *j = ctx;
@@ -258,14 +260,14 @@ static ml_status step_locked(ml_optimizer *opt, int n, ml_tensor *const *params,
     return ML_OK;
 }
 
-ml_status ml_optimizer_set_lr(ml_optimizer *opt, float learning_rate) {
+ml_status ml_optimizer_set_learning_rate(ml_optimizer *opt, float learning_rate) {
     ml_status st = check_lr(learning_rate);
     if (st) return st;
     opt->learning_rate = learning_rate;
     return ML_OK;
 }
 
-float ml_optimizer_get_lr(const ml_optimizer *opt) { return opt->learning_rate; }
+float ml_optimizer_learning_rate(const ml_optimizer *opt) { return opt->learning_rate; }
 int64_t ml_optimizer_iterations(const ml_optimizer *opt) { return opt->iterations; }
 int ml_optimizer_n_slots(const ml_optimizer *opt) { return opt->n_slots; }
 int ml_optimizer_n_params(const ml_optimizer *opt) { return opt->n_params; }

@@ -57,7 +57,7 @@ done:
 }
 
 static PyObject *mod_is_grad_enabled(PyObject *m, PyObject *unused) {
-    return PyBool_FromLong(ml_grad_enabled());
+    return PyBool_FromLong(ml_is_grad_enabled());
 }
 
 static PyObject *mod_set_grad_enabled(PyObject *m, PyObject *v) {

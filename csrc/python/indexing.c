@@ -301,7 +301,7 @@ static PyObject *finish(index_plan *p, ml_tensor *cur) {
         for (int d = 0, j = 1; d < p->final_nd; d++)
             if (d != p->array_dim) perm[j++] = d;
         ml_tensor *moved = NULL;
-        st = ml_permute(&moved, out, perm);
+        st = ml_transpose(&moved, out, perm);
         ml_release(out);
         out = moved;
     }

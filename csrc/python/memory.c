@@ -321,7 +321,7 @@ static PyObject *Memory_state(MemoryObject *self, PyObject *unused) {
     PyObject *pay = PyArray_ZEROS(2, dp, NPY_FLOAT32, 0);
     PyObject *result = NULL;
     if (keys && labels && ages && pay) {
-        ml_status st = ml_memory_get(m, PyArray_DATA((PyArrayObject *)keys),
+        ml_status st = ml_memory_state(m, PyArray_DATA((PyArrayObject *)keys),
                                      PyArray_DATA((PyArrayObject *)labels),
                                      PyArray_DATA((PyArrayObject *)ages),
                                      dp[1] ? PyArray_DATA((PyArrayObject *)pay) : NULL);

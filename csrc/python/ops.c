@@ -1,5 +1,5 @@
-/* ops.c — the module's op functions: tensors from data, element-wise ops (driven by the
- * X-macro lists below), matmul and linear, shape ops, reductions, losses and random
+/* ops.c — the module's op functions: tensors from data, element-wise ops (expanded from
+ * ops/ops.def's rows), matmul and linear, shape ops, reductions, losses and random
  * tensors. Each converts its arguments (mlpy_as_ml), calls the core, and wraps the result;
  * the GIL is released when the work is large (MLPY_CALL). */
 #include "binding.h"
@@ -70,7 +70,7 @@ static PyObject *mod_full(PyObject *m, PyObject *a, PyObject *k) {
     return filled(a, k, 0, 1, "full");
 }
 
-/* ---- unary and binary ops, driven by tables ---- */
+/* ---- unary and binary ops: the rows of ops.def ---- */
 
 typedef ml_status (*unary_fn)(ml_tensor **, ml_tensor *);
 
@@ -84,34 +84,19 @@ static PyObject *unary(PyObject *x, unary_fn fn, const char *name) {
     return mlpy_wrap_status(st, &out);
 }
 
-#define UNARY_OPS(X)                  \
-    X(neg, ml_neg, "negative")        \
-    X(square, ml_square, "square")    \
-    X(sqrt, ml_sqrt, "sqrt")          \
-    X(exp, ml_exp, "exp")             \
-    X(log, ml_log, "log")             \
-    X(abs, ml_abs, "abs")             \
-    X(sign, ml_sign, "sign")          \
-    X(relu, ml_relu, "relu")          \
-    X(sigmoid, ml_sigmoid, "sigmoid") \
-    X(tanh, ml_tanh, "tanh")          \
-    X(erf, ml_erf, "erf")             \
-    X(gelu, ml_gelu, "gelu")
+/* The binding's element-wise functions are ops.def's UNARY and BINARY rows: each row
+ * expands to MLPY_UNARY(py, ml_<name>, label) or MLPY_BINARY(...), defined before each
+ * inclusion (here the functions, below their method table entries). A new row of either
+ * form needs nothing here. */
+#define ML_PY_UNARY(py, name, label) MLPY_UNARY(py, ml_##name, label)
+#define ML_PY_BINARY(py, name, label) MLPY_BINARY(py, ml_##name, label)
+#define ML_PY_CALL(py, name, label)
+#define ML_PY_NONE(py, name, label)
+#define ML_OP(ID, name, inputs, grad, form, py, label) ML_PY_##form(py, name, label)
 
-#define DEF_UNARY(py, fn, label) \
+#define MLPY_UNARY(py, fn, label) \
     static PyObject *mod_##py(PyObject *m, PyObject *x) { return unary(x, fn, label); }
-UNARY_OPS(DEF_UNARY)
-#undef DEF_UNARY
-
-#define BINARY_OPS(X)                  \
-    X(add, ml_add, "add")              \
-    X(sub, ml_sub, "subtract")         \
-    X(mul, ml_mul, "multiply")         \
-    X(div, ml_div, "divide")           \
-    X(maximum, ml_maximum, "maximum")  \
-    X(minimum, ml_minimum, "minimum")
-
-#define DEF_BINARY(py, fn, label)                                                           \
+#define MLPY_BINARY(py, fn, label)                                                          \
     static PyObject *mod_##py(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {       \
         if (nargs != 2) {                                                                   \
             PyErr_Format(PyExc_TypeError, label "() takes 2 arguments (%zd given)", nargs); \
@@ -119,8 +104,9 @@ UNARY_OPS(DEF_UNARY)
         }                                                                                   \
         return mlpy_binary(args[0], args[1], fn, label);                                    \
     }
-BINARY_OPS(DEF_BINARY)
-#undef DEF_BINARY
+#include "../ops/ops.def"
+#undef MLPY_UNARY
+#undef MLPY_BINARY
 
 /* ops with one tensor and one float parameter */
 typedef ml_status (*unary_f_fn)(ml_tensor **, ml_tensor *, float);
@@ -130,7 +116,7 @@ static PyObject *unary_f(PyObject *args, PyObject *kwds, unary_f_fn fn, const ch
     PyObject *x;
     double p = dflt;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, fmt, kwlist, &x, &p)) return NULL;
-    ml_tensor *t = mlpy_as_ml(x, kwlist[0]);
+    ml_tensor *t = mlpy_as_ml(x, strchr(fmt, ':') + 1); /* messages name the op: fmt's tail */
     if (!t) return NULL;
     ml_tensor *out = NULL;
     ml_status st;
@@ -150,6 +136,18 @@ static PyObject *mod_leaky_relu(PyObject *m, PyObject *args, PyObject *kwds) {
 static PyObject *mod_elu(PyObject *m, PyObject *args, PyObject *kwds) {
     static char *kw[] = {"x", "alpha", NULL};
     return unary_f(args, kwds, ml_elu, "O|d:elu", kw, 1.0);
+}
+static PyObject *mod_step(PyObject *m, PyObject *args, PyObject *kwds) {
+    static char *kw[] = {"x", "threshold", NULL};
+    return unary_f(args, kwds, ml_step, "O|d:step", kw, 0.0);
+}
+static PyObject *mod_add_scalar(PyObject *m, PyObject *args, PyObject *kwds) {
+    static char *kw[] = {"x", "value", NULL};
+    return unary_f(args, kwds, ml_add_scalar, "Od:add_scalar", kw, 0.0);
+}
+static PyObject *mod_mul_scalar(PyObject *m, PyObject *args, PyObject *kwds) {
+    static char *kw[] = {"x", "value", NULL};
+    return unary_f(args, kwds, ml_mul_scalar, "Od:mul_scalar", kw, 1.0);
 }
 
 static PyObject *mod_clip(PyObject *m, PyObject *args, PyObject *kwds) {
@@ -282,7 +280,7 @@ static PyObject *mod_transpose(PyObject *m, PyObject *args, PyObject *kwds) {
         ml_release(x);
         return NULL;
     }
-    ml_status st = ml_permute(&out, x, have ? perm : NULL);
+    ml_status st = ml_transpose(&out, x, have ? perm : NULL);
     ml_release(x);
     return mlpy_wrap_status(st, &out);
 }
@@ -345,6 +343,91 @@ static PyObject *mod_narrow(PyObject *m, PyObject *args, PyObject *kwds) {
     ml_tensor *out = NULL;
     ml_status st = ml_narrow(&out, x, axis, start, length);
     ml_release(x);
+    return mlpy_wrap_status(st, &out);
+}
+
+static PyObject *mod_pad_axis(PyObject *m, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"x", "axis", "start", "size", NULL};
+    PyObject *xo, *axis_o;
+    int axis;
+    long long start, size;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOLL:pad_axis", kwlist, &xo, &axis_o, &start,
+                                     &size) ||
+        mlpy_axis_arg(axis_o, 0, &axis, "pad_axis") < 0)
+        return NULL;
+    ml_tensor *x = mlpy_as_ml(xo, "pad_axis");
+    if (!x) return NULL;
+    ml_tensor *out = NULL;
+    ml_status st = ml_pad_axis(&out, x, axis, start, size);
+    ml_release(x);
+    return mlpy_wrap_status(st, &out);
+}
+
+/* indices as gather and scatter_add take them: a 1-D integer array-like of at most
+ * INT32_MAX entries (new reference), NULL with an exception */
+static PyArrayObject *index_list(PyObject *obj, const char *what) {
+    PyArrayObject *idx = mlpy_to_index_array(obj, what);
+    if (idx && (PyArray_NDIM(idx) > 1 || PyArray_SIZE(idx) > INT32_MAX)) {
+        Py_DECREF(idx);
+        PyErr_Format(PyExc_ValueError, "%s: indices must be a 1-D integer array", what);
+        return NULL;
+    }
+    return idx;
+}
+
+static PyObject *mod_scatter_add(PyObject *m, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"x", "indices", "axis", "size", NULL};
+    PyObject *xo, *io, *axis_o;
+    int axis;
+    long long size;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOL:scatter_add", kwlist, &xo, &io, &axis_o,
+                                     &size) ||
+        mlpy_axis_arg(axis_o, 0, &axis, "scatter_add") < 0)
+        return NULL;
+    PyArrayObject *idx = index_list(io, "scatter_add");
+    if (!idx) return NULL;
+    ml_tensor *x = mlpy_as_ml(xo, "scatter_add"), *out = NULL;
+    ml_status st = x ? ml_scatter_add(&out, x, (int)PyArray_SIZE(idx), PyArray_DATA(idx), axis,
+                                      size)
+                     : ML_OK;
+    ml_release(x);
+    Py_DECREF(idx);
+    if (!x) return NULL;
+    return mlpy_wrap_status(st, &out);
+}
+
+static PyObject *mod_pick(PyObject *m, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"x", "labels", NULL};
+    PyObject *xo, *lo;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO:pick", kwlist, &xo, &lo)) return NULL;
+    ml_tensor *x = mlpy_as_ml(xo, "pick");
+    if (!x) return NULL;
+    PyArrayObject *labels = mlpy_to_index_array(lo, "pick");
+    if (!labels) {
+        ml_release(x);
+        return NULL;
+    }
+    /* labels index every row of x: its shape is x's without the class axis */
+    int same = ml_ndim(x) >= 1 && PyArray_NDIM(labels) == ml_ndim(x) - 1;
+    for (int i = 0; same && i < PyArray_NDIM(labels); i++)
+        same = PyArray_DIM(labels, i) == ml_shape(x)[i];
+    ml_tensor *out = NULL;
+    ml_status st = ML_OK;
+    /* with the GIL held: ml_pick checks the labels, then reads them again */
+    if (same) {
+        st = ml_pick(&out, x, PyArray_SIZE(labels), PyArray_DATA(labels));
+    } else {
+        PyObject *dims = PyObject_GetAttrString((PyObject *)labels, "shape");
+        PyObject *text = dims ? PyObject_Str(dims) : NULL;
+        if (text)
+            PyErr_Format(PyExc_ValueError, "pick: labels of shape %U for x of shape %s: labels "
+                         "need x's shape without its last axis", text, MLPY_SHAPE_STR(x));
+        Py_XDECREF(text);
+        Py_XDECREF(dims);
+    }
+    ml_release(x);
+    Py_DECREF(labels);
+    if (!same) return NULL;
     return mlpy_wrap_status(st, &out);
 }
 
@@ -496,15 +579,15 @@ static PyObject *rng_common(PyObject *args, PyObject *kwds, rng_fn fn, char **kw
 }
 static PyObject *mod_random_uniform(PyObject *m, PyObject *a, PyObject *k) {
     static char *kw[] = {"shape", "minval", "maxval", NULL};
-    return rng_common(a, k, ml_rng_uniform, kw, "O|dd:random_uniform", 0.0, 1.0);
+    return rng_common(a, k, ml_random_uniform, kw, "O|dd:random_uniform", 0.0, 1.0);
 }
 static PyObject *mod_random_normal(PyObject *m, PyObject *a, PyObject *k) {
     static char *kw[] = {"shape", "mean", "stddev", NULL};
-    return rng_common(a, k, ml_rng_normal, kw, "O|dd:random_normal", 0.0, 1.0);
+    return rng_common(a, k, ml_random_normal, kw, "O|dd:random_normal", 0.0, 1.0);
 }
 static PyObject *mod_truncated_normal(PyObject *m, PyObject *a, PyObject *k) {
     static char *kw[] = {"shape", "mean", "stddev", NULL};
-    return rng_common(a, k, ml_rng_truncated_normal, kw, "O|dd:truncated_normal", 0.0, 1.0);
+    return rng_common(a, k, ml_truncated_normal, kw, "O|dd:truncated_normal", 0.0, 1.0);
 }
 
 static PyObject *mod_permutation(PyObject *m, PyObject *arg) {
@@ -533,20 +616,27 @@ PyMethodDef mlpy_ops_methods[] = {
     {"ones", MLPY_FN(mod_ones), MLPY_KW, MLPY_SIG("ones", "/, shape") "A tensor of ones."},
     {"full", MLPY_FN(mod_full), MLPY_KW,
      MLPY_SIG("full", "/, shape, value") "A tensor filled with value."},
-#define REG_UNARY(py, fn, label) \
+#define MLPY_UNARY(py, fn, label) \
     {#py, MLPY_FN(mod_##py), METH_O, MLPY_SIG(#py, "x, /") label "(x), element-wise."},
-    UNARY_OPS(REG_UNARY)
-#undef REG_UNARY
-#define REG_BINARY(py, fn, label) \
+#define MLPY_BINARY(py, fn, label) \
     {#py, MLPY_FN(mod_##py), METH_FASTCALL, MLPY_SIG(#py, "a, b, /") label "(a, b), broadcasting."},
-    BINARY_OPS(REG_BINARY)
-#undef REG_BINARY
+#include "../ops/ops.def"
+#undef MLPY_UNARY
+#undef MLPY_BINARY
+#undef ML_OP
     {"pow", MLPY_FN(mod_pow), MLPY_KW,
      MLPY_SIG("pow", "/, x, exponent") "x ** exponent for a number exponent."},
     {"leaky_relu", MLPY_FN(mod_leaky_relu), MLPY_KW,
      MLPY_SIG("leaky_relu", "/, x, negative_slope=0.2") "x where x > 0, else negative_slope * x."},
     {"elu", MLPY_FN(mod_elu), MLPY_KW,
      MLPY_SIG("elu", "/, x, alpha=1.0") "x where x > 0, else alpha * (exp(x) - 1)."},
+    {"step", MLPY_FN(mod_step), MLPY_KW,
+     MLPY_SIG("step", "/, x, threshold=0.0")
+     "1 where x > threshold, else 0; a zero gradient."},
+    {"add_scalar", MLPY_FN(mod_add_scalar), MLPY_KW,
+     MLPY_SIG("add_scalar", "/, x, value") "x + value for a number value."},
+    {"mul_scalar", MLPY_FN(mod_mul_scalar), MLPY_KW,
+     MLPY_SIG("mul_scalar", "/, x, value") "x * value for a number value."},
     {"clip", MLPY_FN(mod_clip), MLPY_KW,
      MLPY_SIG("clip", "/, x, clip_value_min, clip_value_max")
      "min(max(x, clip_value_min), clip_value_max)."},
@@ -572,6 +662,16 @@ PyMethodDef mlpy_ops_methods[] = {
     {"narrow", MLPY_FN(mod_narrow), MLPY_KW,
      MLPY_SIG("narrow", "/, x, axis, start, length")
      "x[..., start:start + length, ...] along axis."},
+    {"pad_axis", MLPY_FN(mod_pad_axis), MLPY_KW,
+     MLPY_SIG("pad_axis", "/, x, axis, start, size")
+     "Zeros with dim axis of size rows, x at rows [start, start + x.shape[axis]) (narrow's "
+     "transpose)."},
+    {"scatter_add", MLPY_FN(mod_scatter_add), MLPY_KW,
+     MLPY_SIG("scatter_add", "/, x, indices, axis, size")
+     "Zeros with dim axis of size rows, x's slices added at rows indices (gather's transpose)."},
+    {"pick", MLPY_FN(mod_pick), MLPY_KW,
+     MLPY_SIG("pick", "/, x, labels")
+     "x[..., labels[...]] along the last axis: x (..., c), integer labels (...) -> (...)."},
     {"gather", MLPY_FN(mod_gather), MLPY_KW,
      MLPY_SIG("gather", "/, x, indices, axis=0") "The rows of x along axis picked by indices."},
     {"one_hot", MLPY_FN(mod_one_hot), MLPY_KW,

@@ -113,12 +113,12 @@ static PyObject *Optimizer_reset(OptimizerObject *self, PyObject *unused) {
 }
 
 static PyObject *Optimizer_get_lr(OptimizerObject *self, void *c) {
-    return PyFloat_FromDouble(ml_optimizer_get_lr(self->opt));
+    return PyFloat_FromDouble(ml_optimizer_learning_rate(self->opt));
 }
 static int Optimizer_set_lr(OptimizerObject *self, PyObject *v, void *c) {
     double lr = v ? PyFloat_AsDouble(v) : -1;
     if (lr == -1.0 && PyErr_Occurred()) return -1;
-    ml_status st = ml_optimizer_set_lr(self->opt, (float)lr);
+    ml_status st = ml_optimizer_set_learning_rate(self->opt, (float)lr);
     if (st) {
         mlpy_raise_status(st);
         return -1;

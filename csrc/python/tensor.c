@@ -331,7 +331,7 @@ static PyObject *Tensor_transpose(mlpy_TensorObject *self, PyObject *args, PyObj
     int perm[ML_MAX_DIMS], have;
     if (mlpy_parse_perm(perm_obj, self->t, perm, &have) < 0) return NULL;
     ml_tensor *out = NULL;
-    return mlpy_wrap_status(ml_permute(&out, self->t, have ? perm : NULL), &out);
+    return mlpy_wrap_status(ml_transpose(&out, self->t, have ? perm : NULL), &out);
 }
 
 PyObject *mlpy_reduce(ml_tensor *x, PyObject *axis, int keepdims, mlpy_reduce_fn fn,
@@ -464,7 +464,7 @@ static PyObject *Tensor_get_op(mlpy_TensorObject *self, void *c) {
 }
 static PyObject *Tensor_get_T(mlpy_TensorObject *self, void *c) {
     ml_tensor *out = NULL;
-    return mlpy_wrap_status(ml_permute(&out, self->t, NULL), &out);
+    return mlpy_wrap_status(ml_transpose(&out, self->t, NULL), &out);
 }
 static PyObject *Tensor_get_version(mlpy_TensorObject *self, void *c) {
     return PyLong_FromUnsignedLongLong(ml_version(self->t));

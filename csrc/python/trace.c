@@ -123,7 +123,7 @@ static PyObject *mod_trace_abort(PyObject *m, PyObject *arg) {
 }
 
 static PyObject *mod_is_tracing(PyObject *m, PyObject *unused) {
-    return PyBool_FromLong(ml_trace_is_recording());
+    return PyBool_FromLong(ml_is_tracing());
 }
 
 /* GradientTapes recording on this thread (metalearn.tape keeps it equal to the length of
@@ -144,8 +144,8 @@ static PyObject *mod_set_tapes_recording(PyObject *m, PyObject *arg) {
  * replay records nothing). Flags and one test per input: nothing worth the name on the
  * replay path. */
 static int must_run_eagerly(ml_tensor *const *ts, Py_ssize_t n) {
-    if (ml_trace_is_recording()) return 1;
-    if (!ml_grad_enabled()) return 0;
+    if (ml_is_tracing()) return 1;
+    if (!ml_is_grad_enabled()) return 0;
     if (tapes_recording) return 1;
     for (Py_ssize_t i = 0; i < n; i++)
         if (ts[i] && ml_requires_grad(ts[i])) return 1;

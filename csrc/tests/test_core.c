@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/internal.h"
+#include "ops/ops.h"
 #include "kernels/gemm.h"
 #include "metalearn.h"
 
@@ -215,11 +215,11 @@ static void test_rng(void) {
     int64_t shape[1] = {1000};
     ml_tensor *u1, *u2, *n;
     ml_rng_seed(42);
-    OK(ml_rng_uniform(&u1, 1, shape, -1, 1));
+    OK(ml_random_uniform(&u1, 1, shape, -1, 1));
     ml_rng_seed(42);
-    OK(ml_rng_uniform(&u2, 1, shape, -1, 1));
+    OK(ml_random_uniform(&u2, 1, shape, -1, 1));
     CHECK(memcmp(ml_data(u1), ml_data(u2), 1000 * sizeof(float)) == 0, "same seed, same bits");
-    OK(ml_rng_normal(&n, 1, shape, 0, 1));
+    OK(ml_random_normal(&n, 1, shape, 0, 1));
     double mean = 0, var = 0;
     for (int i = 0; i < 1000; i++) mean += ml_data(n)[i] / 1000.0;
     for (int i = 0; i < 1000; i++) var += pow(ml_data(n)[i] - mean, 2) / 1000.0;
@@ -321,7 +321,8 @@ static void test_fused_trace_pairs(void) {
 
 /* A broadcast_to read only by an element-wise op that broadcasts by itself is fused into
  * it, entries apart, with the eager bits; not when it is read twice, nor across an
- * in-place entry (which could change its input in between). */
+ * in-place entry (which could change its input in between). Long: one block per case,
+ * each with its own shapes, trace and eager reference. */
 static void test_fused_broadcasts(void) {
     {
         /* (3,) -> (1, 3), then + (3,): the broadcast only adds a leading dim, which the add
@@ -490,7 +491,7 @@ static ml_trace *record_program(void (*program)(int, ml_tensor *const *, ml_tens
 
 /* The same bits, but that where both are NaN either NaN will do (any_nan): a sum of two
  * NaNs is the NaN of the operand x86 takes first, an order the compiler picks for the
- * unfused add; relu now passes that NaN on (it made it 0 before) */
+ * unfused add, and relu passes a NaN on */
 static int same_values(const ml_tensor *a, const ml_tensor *b, int any_nan) {
     if (!a || !b || ml_numel(a) != ml_numel(b)) return 0;
     const float *x = ml_data((ml_tensor *)a), *y = ml_data((ml_tensor *)b);

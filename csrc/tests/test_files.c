@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "core/internal.h"
+#include "io/io.h"
 #include "metalearn.h"
 
 static int n_pass, n_fail;

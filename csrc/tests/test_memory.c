@@ -66,14 +66,14 @@ static void test_update_rule(void) {
     for (int i = 0; i < 3; i++) OK(ml_memory_update(m, 1, e + 3 * i, labels + i, pay + i));
     int64_t ages[3], lab[3];
     float keys[9], p[3];
-    OK(ml_memory_get(m, keys, lab, ages, p));
+    OK(ml_memory_state(m, keys, lab, ages, p));
     CHECK(ages[0] == 2 && ages[1] == 1 && ages[2] == 0, "ages %lld %lld %lld", (long long)ages[0],
           (long long)ages[1], (long long)ages[2]);
     /* merge: near e0 with label 0 */
     float q[3] = {1, 1, 0}, pq = 0;
     int64_t y = 0;
     OK(ml_memory_update(m, 1, q, &y, &pq));
-    OK(ml_memory_get(m, keys, lab, ages, p));
+    OK(ml_memory_state(m, keys, lab, ages, p));
     double a = 1 + 1 / sqrt(2.0), b = 1 / sqrt(2.0), n = sqrt(a * a + b * b);
     CHECK(fabs(keys[0] - a / n) < 1e-6 && fabs(keys[1] - b / n) < 1e-6, "merged key");
     CHECK(p[0] == 5.0f && ages[0] == 0 && ages[1] == 2 && ages[2] == 1, "payload mean, ages");
@@ -81,7 +81,7 @@ static void test_update_rule(void) {
     /* a wrong label: the oldest slot (slot 1, age 3 after the step) */
     y = 7;
     OK(ml_memory_update(m, 1, q, &y, NULL));
-    OK(ml_memory_get(m, keys, lab, ages, p));
+    OK(ml_memory_state(m, keys, lab, ages, p));
     CHECK(lab[1] == 7 && ages[1] == 0 && p[1] == 0, "written into the oldest");
     OK(ml_memory_clear(m));
     CHECK(ml_memory_size(m) == 0 && ml_memory_occupancy(m) == 0.0, "cleared");
@@ -100,7 +100,7 @@ static void test_tie_break(void) {
             int64_t y[4] = {0, 1, 2, 3}, ny = 9, lab[4];
             OK(ml_memory_update(m, 4, q, y, NULL)); /* all age 0: a tie next time */
             OK(ml_memory_update(m, 1, nq, &ny, NULL));
-            OK(ml_memory_get(m, NULL, lab, NULL, NULL));
+            OK(ml_memory_state(m, NULL, lab, NULL, NULL));
             slot[rep] = -1;
             for (int i = 0; i < 4; i++)
                 if (lab[i] == 9) slot[rep] = i;
@@ -122,7 +122,7 @@ static void test_query_brute_force(void) {
     for (int i = 0; i < M; i++) y[i] = i;
     OK(ml_memory_update(m, M, keys, y, NULL));
     CHECK(ml_memory_size(m) == M, "all written (distinct labels)");
-    OK(ml_memory_get(m, stored, NULL, NULL, NULL));
+    OK(ml_memory_state(m, stored, NULL, NULL, NULL));
     for (int i = 0; i < N * D; i++) q[i] = frand();
     int64_t idx[N * K], lab[N * K];
     float sim[N * K];
@@ -258,9 +258,9 @@ static void test_files(void) {
     OK(ml_memory_open(&c, path));
     float ka[24], kb[24], kc[24];
     int64_t la[8], lb[8], ga[8], gb[8];
-    OK(ml_memory_get(a, ka, la, ga, NULL));
-    OK(ml_memory_get(b, kb, lb, gb, NULL));
-    OK(ml_memory_get(c, kc, NULL, NULL, NULL));
+    OK(ml_memory_state(a, ka, la, ga, NULL));
+    OK(ml_memory_state(b, kb, lb, gb, NULL));
+    OK(ml_memory_state(c, kc, NULL, NULL, NULL));
     CHECK(!memcmp(ka, kb, sizeof ka) && !memcmp(ka, kc, sizeof ka) && !memcmp(la, lb, sizeof la) &&
               !memcmp(ga, gb, sizeof ga) && ml_memory_size(b) == 5,
           "round trip");
@@ -304,11 +304,11 @@ static void test_empty_label_refused(void) {
     OK(ml_memory_update(m, 1, q, good, NULL));
     float keys0[8], keys1[8];
     int64_t lab0[4], lab1[4], age0[4], age1[4];
-    OK(ml_memory_get(m, keys0, lab0, age0, NULL));
+    OK(ml_memory_state(m, keys0, lab0, age0, NULL));
     CHECK(ml_memory_update(m, 3, q, bad, NULL) == ML_ERR_VALUE, "label -1 was stored");
     CHECK(strstr(ml_last_error(), "label -1") && strstr(ml_last_error(), "position 2"),
           "message: %s", ml_last_error());
-    OK(ml_memory_get(m, keys1, lab1, age1, NULL));
+    OK(ml_memory_state(m, keys1, lab1, age1, NULL));
     CHECK(ml_memory_size(m) == 1 && !memcmp(keys0, keys1, sizeof keys0) &&
               !memcmp(lab0, lab1, sizeof lab0) && !memcmp(age0, age1, sizeof age0),
           "a refused update changed the memory");

@@ -378,7 +378,7 @@ static void trace_owner_cases(void) {
                   "trace_end from another thread was not refused");
             CHECK(strstr(ml_last_error(), "another thread") != NULL, "message: %s", ml_last_error());
             CHECK(ml_trace_abort(j.tr) == ML_ERR_GRAPH, "trace_abort from another thread was not refused");
-            CHECK(ml_trace_is_recording() == 0, "the main thread reads as recording");
+            CHECK(ml_is_tracing() == 0, "the main thread reads as recording");
         } else {
             ml_trace_free(j.tr); /* deferred: the recorder is still using it */
         }
@@ -428,9 +428,9 @@ static void trace_concurrent_replays(void) {
     OK(ml_trace_begin(&tr, 1, &x));
     OK(ml_mul_scalar(&a, x, 3.0f));
     OK(ml_add_scalar(&b, a, 1.0f));
-    CHECK(ml_trace_is_recording() == 1, "the recording thread reads as not recording");
+    CHECK(ml_is_tracing() == 1, "the recording thread reads as not recording");
     OK(ml_trace_end(tr, 1, &b));
-    CHECK(ml_trace_is_recording() == 0, "still recording after the end");
+    CHECK(ml_is_tracing() == 0, "still recording after the end");
     {
         ml_trace *outer = NULL;
         ml_tensor *got = NULL;
@@ -439,7 +439,7 @@ static void trace_concurrent_replays(void) {
         CHECK(ml_trace_replay_many(tr, 1, &x, &got, 2) == ML_ERR_GRAPH,
               "replay_many while recording was not refused");
         OK(ml_trace_abort(outer));
-        CHECK(ml_trace_is_recording() == 0, "still recording after the abort");
+        CHECK(ml_is_tracing() == 0, "still recording after the abort");
         OK(ml_trace_abort(outer)); /* not recording: nothing to do */
         ml_trace_free(outer);
     }

@@ -4,6 +4,7 @@
 #define ML_TRACE_FUSE_H
 
 #include "../core/record.h"
+#include "../ops/ops.h"
 
 /* Each slot's last reader (entry index; n_entries for the trace's outputs). (trace.c) */
 void ml__trace_last_use(ml_trace *tr);

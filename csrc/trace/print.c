@@ -17,6 +17,7 @@
 #include <stdio.h>
 
 #include "../core/record.h"
+#include "../ops/ops.h"
 
 /* snprintf into a buffer that may be too small (or absent): len counts the whole text */
 typedef struct {

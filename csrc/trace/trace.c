@@ -146,7 +146,7 @@ ml_status ml_trace_abort(ml_trace *tr) {
     return freed ? ML_OK : s;
 }
 
-int ml_trace_is_recording(void) { return ml__trace_active != NULL; }
+int ml_is_tracing(void) { return ml__trace_active != NULL; }
 
 void ml_trace_free(ml_trace *tr) {
     if (!tr) return;

@@ -57,7 +57,7 @@ static int regression(void) {
     /* data: x ~ U[-1, 1], y = x @ true_w + true_c */
     ml_tensor *x, *y;
     const int64_t xshape[2] = {N, D}, yshape[2] = {N, 1};
-    CHECK(ml_rng_uniform(&x, 2, xshape, -1.0f, 1.0f));
+    CHECK(ml_random_uniform(&x, 2, xshape, -1.0f, 1.0f));
     CHECK(ml_tensor_zeros(&y, 2, yshape));
     for (int i = 0; i < N; i++) {
         float s = true_c;

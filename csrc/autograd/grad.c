@@ -1,0 +1,330 @@
+/* grad.c — ml_grad: reverse mode over the recorded graph, to any order.
+ *
+ * The layer above the ops: it runs each node's backward formula (the op's row,
+ * ops/ops.h), and the formulas are written with the same differentiable ops, so under
+ * ML_GRAD_CREATE_GRAPH the gradient is itself recorded. The steps, in order:
+ *   1. check the arguments (check_args);
+ *   2. the sub-graph that requires grad, in topological order (build_topo), and which of
+ *      its tensors lead to an input (mark_needed): only their backward runs;
+ *   3. seed the outputs (seed_outputs) and walk the slots in reverse (run_node), summing
+ *      each input's gradient terms in that order;
+ *   4. zeros for an input reached only through piecewise-constant ops (fill_flat_zeros),
+ *      then, when every input has one (check_used), hand the gradients out (hand_out). */
+#include <math.h>
+
+#include "../core/ptrmap.h"
+#include "../ops/ops.h"
+
+/* Per tensor in the sub-graph: its gradient so far and whether it leads to an input. */
+typedef struct {
+    ml_tensor *t;
+    ml_tensor *grad;
+    int needed;
+} gslot;
+
+typedef struct {
+    gslot *slots;
+    int32_t n, cap;
+    ml_ptrmap map; /* tensor -> its slot */
+} graph;
+
+/* Checks that inputs were not modified in place since they were recorded. */
+static ml_status check_versions(const ml_tensor *out) {
+    const ml_node *n = out->node;
+    for (int i = 0; i < n->n_inputs; i++) {
+        if (n->inputs[i]->storage->version != n->input_versions[i])
+            return ml_set_error(ML_ERR_GRAPH,
+                                "input %d of '%s' (shape %s) was modified in place after it was "
+                                "used; its gradient would be wrong",
+                                i, n->op->name, ML_SHAPE_STR(n->inputs[i]));
+    }
+    if (out->storage->version != n->out_version)
+        return ml_set_error(ML_ERR_GRAPH,
+                            "the output of '%s' was modified in place after it was computed",
+                            n->op->name);
+    return ML_OK;
+}
+
+static int graph_add(graph *g, ml_tensor *t) {
+    if (g->n == g->cap) {
+        int32_t cap = g->cap ? 2 * g->cap : 64;
+        gslot *s = realloc(g->slots, (size_t)cap * sizeof *s);
+        if (!s) return -1;
+        g->slots = s;
+        g->cap = cap;
+    }
+    if (ml__ptrmap_put(&g->map, t, g->n) < 0) return -1;
+    g->slots[g->n] = (gslot){t, NULL, 0};
+    return g->n++;
+}
+
+/* Post-order DFS from the outputs without recursion: slots end up in topological order
+ * (every tensor after all of its inputs). */
+static ml_status build_topo(graph *g, int n_outputs, ml_tensor *const *outputs) {
+    typedef struct { ml_tensor *t; int next; } frame;
+    int32_t cap = 256, top = 0;
+    frame *stack = malloc((size_t)cap * sizeof *stack);
+    ml_ptrmap seen = {0};
+    if (!stack || !ml__ptrmap_reserve(&seen, 64)) {
+        free(stack);
+        return ml_set_error(ML_ERR_OOM, "out of memory in ml_grad");
+    }
+    ml_status st = ML_OK;
+    for (int o = 0; o < n_outputs && st == ML_OK; o++) {
+        ml_tensor *root = outputs[o];
+        if (ml__ptrmap_get(&seen, root) >= 0 || !root->requires_grad) continue;
+        if (ml__ptrmap_put(&seen, root, 1) < 0) goto oom;
+        stack[top++] = (frame){root, 0};
+        while (top > 0) {
+            frame *f = &stack[top - 1];
+            ml_node *node = f->t->node;
+            if (node && f->next < node->n_inputs) {
+                ml_tensor *in = node->inputs[f->next++];
+                if (!in->requires_grad || ml__ptrmap_get(&seen, in) >= 0) continue;
+                if (ml__ptrmap_put(&seen, in, 1) < 0) goto oom;
+                if (top == cap) {
+                    frame *s = realloc(stack, (size_t)cap * 2 * sizeof *s);
+                    if (!s) goto oom;
+                    stack = s;
+                    cap *= 2;
+                }
+                stack[top++] = (frame){in, 0};
+                continue;
+            }
+            if (graph_add(g, f->t) < 0) goto oom;
+            top--;
+        }
+    }
+    free(stack);
+    ml__ptrmap_free(&seen);
+    return st;
+oom:
+    free(stack);
+    ml__ptrmap_free(&seen);
+    return ml_set_error(ML_ERR_OOM, "out of memory in ml_grad");
+}
+
+/* Marks the tensors that lead to an input: only their backward needs to run. The slots
+ * are in topological order, so one forward pass sees every input's mark first. */
+static void mark_needed(graph *g, int n_inputs, ml_tensor *const *inputs) {
+    for (int j = 0; j < n_inputs; j++) {
+        int32_t k = ml__ptrmap_get(&g->map, inputs[j]);
+        if (k >= 0) g->slots[k].needed = 1;
+    }
+    for (int32_t k = 0; k < g->n; k++) {
+        ml_node *node = g->slots[k].t->node;
+        if (!node || g->slots[k].needed) continue;
+        for (int i = 0; i < node->n_inputs; i++) {
+            int32_t p = ml__ptrmap_get(&g->map, node->inputs[i]);
+            if (p >= 0 && g->slots[p].needed) {
+                g->slots[k].needed = 1;
+                break;
+            }
+        }
+    }
+}
+
+static ml_status accumulate(gslot *slot, ml_tensor *g) {
+    if (!slot->grad) {
+        ml_retain(g);
+        slot->grad = g;
+        return ML_OK;
+    }
+    ml_tensor *sum = NULL;
+    ml_status st = ml_add(&sum, slot->grad, g);
+    if (st) return st;
+    ml_release(slot->grad);
+    slot->grad = sum;
+    return ML_OK;
+}
+
+/* Each output that requires grad starts with grad_outputs[o], or ones. */
+static ml_status seed_outputs(graph *g, int n_outputs, ml_tensor *const *outputs,
+                              ml_tensor *const *grad_outputs) {
+    ml_status st = ML_OK;
+    for (int o = 0; o < n_outputs && st == ML_OK; o++) {
+        int32_t k = ml__ptrmap_get(&g->map, outputs[o]);
+        if (k < 0) continue; /* does not require grad: contributes nothing */
+        ml_tensor *seed = NULL;
+        if (grad_outputs && grad_outputs[o]) {
+            seed = grad_outputs[o];
+            ml_retain(seed);
+        } else if ((st = ml_tensor_full(&seed, outputs[o]->ndim, outputs[o]->shape, 1.0f))) {
+            break;
+        }
+        st = accumulate(&g->slots[k], seed);
+        ml_release(seed);
+    }
+    return st;
+}
+
+/* Runs the backward of slot's node (slot has a gradient and leads to an input) and adds
+ * each wanted input's term to that input's slot, in input order. */
+static ml_status run_node(graph *g, gslot *slot) {
+    ml_node *node = slot->t->node;
+    ml_status st = check_versions(slot->t);
+    if (st) return st;
+    ml_tensor *gin_inline[3] = {0};
+    ml_tensor **gin = node->n_inputs <= 3 ? gin_inline
+                                          : calloc((size_t)node->n_inputs, sizeof *gin);
+    if (!gin) return ml_set_error(ML_ERR_OOM, "out of memory in ml_grad");
+    unsigned char want_inline[8];
+    unsigned char *want = node->n_inputs <= 8 ? want_inline : malloc((size_t)node->n_inputs);
+    if (!want) {
+        if (gin != gin_inline) free(gin);
+        return ml_set_error(ML_ERR_OOM, "out of memory in ml_grad");
+    }
+    for (int i = 0; i < node->n_inputs; i++) {
+        int32_t p = ml__ptrmap_get(&g->map, node->inputs[i]);
+        want[i] = p >= 0 && g->slots[p].needed;
+    }
+    const unsigned char *prev_want = ml__grad_wanted;
+    ml__grad_wanted = want;
+    st = node->op->backward(slot->t, slot->grad, gin);
+    ml__grad_wanted = prev_want;
+    for (int i = 0; i < node->n_inputs; i++) {
+        if (st == ML_OK && gin[i] && want[i]) /* the input has a needed slot */
+            st = accumulate(&g->slots[ml__ptrmap_get(&g->map, node->inputs[i])], gin[i]);
+        ml_release(gin[i]);
+    }
+    if (want != want_inline) free(want);
+    if (gin != gin_inline) free(gin);
+    return st;
+}
+
+/* The reverse topological sweep. An intermediate gradient is released once its node has
+ * run; an input's is kept for the caller. */
+static ml_status sweep(graph *g, int n_inputs, ml_tensor *const *inputs) {
+    ml_status st = ML_OK;
+    for (int32_t k = g->n - 1; k >= 0 && st == ML_OK; k--) {
+        gslot *slot = &g->slots[k];
+        if (!slot->t->node || !slot->needed || !slot->grad) continue;
+        if ((st = run_node(g, slot))) break;
+        int is_input = 0;
+        for (int j = 0; j < n_inputs; j++) is_input |= inputs[j] == slot->t;
+        if (!is_input) {
+            ml_release(slot->grad);
+            slot->grad = NULL;
+        }
+    }
+    return st;
+}
+
+/* An input the outputs depend on only through piecewise-constant ops (sign, step, a
+ * relu's mask) got no gradient term: its gradient is zeros, as in TensorFlow and
+ * PyTorch, not "unused". Under create_graph the zeros are step(x > +inf) recorded on x
+ * (a flat op), so that differentiating them again gives zeros too. */
+static ml_status fill_flat_zeros(graph *g, int n_inputs, ml_tensor *const *inputs,
+                                 int create_graph) {
+    ml_status st = ML_OK;
+    for (int j = 0; j < n_inputs && st == ML_OK; j++) {
+        int32_t k = ml__ptrmap_get(&g->map, inputs[j]);
+        if (k < 0 || g->slots[k].grad) continue;
+        const ml_tensor *x = inputs[j];
+        st = create_graph ? ml_step(&g->slots[k].grad, inputs[j], INFINITY)
+                          : ml_tensor_full(&g->slots[k].grad, x->ndim, x->shape, 0.0f);
+    }
+    return st;
+}
+
+/* Every input has a gradient, unless ML_GRAD_ALLOW_UNUSED lets it have none. */
+static ml_status check_used(graph *g, int n_inputs, ml_tensor *const *inputs, int allow_unused) {
+    for (int j = 0; j < n_inputs; j++) {
+        int32_t k = ml__ptrmap_get(&g->map, inputs[j]);
+        if (!(k >= 0 ? g->slots[k].grad : NULL) && !allow_unused)
+            return ml_set_error(ML_ERR_GRAPH,
+                                "grad: input %d (shape %s) is not used to compute the outputs "
+                                "(pass allow_unused=True to get None)",
+                                j, ML_SHAPE_STR(inputs[j]));
+    }
+    return ML_OK;
+}
+
+/* grads[j] (NULL on entry): input j's gradient as a new reference, NULL when unused; all
+ * NULL again on failure. */
+static ml_status hand_out(graph *g, ml_tensor **grads, int n_inputs, ml_tensor *const *inputs,
+                          int create_graph) {
+    ml_status st = ML_OK;
+    for (int j = 0; j < n_inputs; j++) {
+        int32_t k = ml__ptrmap_get(&g->map, inputs[j]);
+        grads[j] = k >= 0 ? g->slots[k].grad : NULL;
+        if (grads[j] && !create_graph && grads[j]->node) {
+            /* Without create_graph nothing was recorded; a grad_output passed in may still
+             * carry a graph: hand back a leaf. */
+            ml_tensor *leaf = NULL;
+            st = ml_detach(&leaf, grads[j]);
+            if (st) break;
+            grads[j] = leaf;
+            continue;
+        }
+        ml_retain(grads[j]);
+    }
+    if (st) {
+        for (int j = 0; j < n_inputs; j++) ml_release(grads[j]), grads[j] = NULL;
+    }
+    return st;
+}
+
+static ml_status check_args(int n_outputs, ml_tensor *const *outputs, int n_inputs,
+                            ml_tensor *const *inputs, ml_tensor *const *grad_outputs,
+                            unsigned flags) {
+    const unsigned known = ML_GRAD_CREATE_GRAPH | ML_GRAD_ALLOW_UNUSED;
+    if (flags & ~known)
+        return ml_set_error(ML_ERR_VALUE, "grad: unknown flags 0x%x (known: ML_GRAD_CREATE_GRAPH "
+                            "0x%x, ML_GRAD_ALLOW_UNUSED 0x%x)", flags & ~known,
+                            (unsigned)ML_GRAD_CREATE_GRAPH, (unsigned)ML_GRAD_ALLOW_UNUSED);
+    if (n_outputs < 1 || n_inputs < 1)
+        return ml_set_error(ML_ERR_VALUE, "grad needs at least one output and one input");
+    for (int j = 0; j < n_inputs; j++) {
+        if (!inputs[j]) return ml_set_error(ML_ERR_VALUE, "grad: input %d is NULL", j);
+        if (!inputs[j]->requires_grad)
+            return ml_set_error(ML_ERR_GRAPH,
+                                "grad: input %d (shape %s) does not require grad; set "
+                                "requires_grad=True on it before computing the outputs",
+                                j, ML_SHAPE_STR(inputs[j]));
+    }
+    for (int o = 0; o < n_outputs; o++) {
+        if (!outputs[o]) return ml_set_error(ML_ERR_VALUE, "grad: output %d is NULL", o);
+        if (grad_outputs && grad_outputs[o]) {
+            if (!ml__same_shape(grad_outputs[o], outputs[o]))
+                return ml_set_error(ML_ERR_SHAPE,
+                                    "grad: grad_outputs[%d] has shape %s but output %d has shape %s",
+                                    o, ML_SHAPE_STR(grad_outputs[o]), o, ML_SHAPE_STR(outputs[o]));
+        } else if (outputs[o]->numel != 1) {
+            return ml_set_error(ML_ERR_SHAPE,
+                                "grad: output %d has shape %s; a non-scalar output needs "
+                                "grad_outputs",
+                                o, ML_SHAPE_STR(outputs[o]));
+        }
+    }
+    return ML_OK;
+}
+
+ml_status ml_grad(ml_tensor **grads, int n_outputs, ml_tensor *const *outputs, int n_inputs,
+                  ml_tensor *const *inputs, ml_tensor *const *grad_outputs, unsigned flags) {
+    ml_status st = check_args(n_outputs, outputs, n_inputs, inputs, grad_outputs, flags);
+    if (st) return st;
+    const int create_graph = (flags & ML_GRAD_CREATE_GRAPH) != 0;
+    const int allow_unused = (flags & ML_GRAD_ALLOW_UNUSED) != 0;
+
+    graph g = {0};
+    if (!ml__ptrmap_reserve(&g.map, 64))
+        return ml_set_error(ML_ERR_OOM, "out of memory in ml_grad");
+    st = build_topo(&g, n_outputs, outputs);
+    /* the backward formulas record only under create_graph */
+    int prev_mode = ml_set_grad_enabled(create_graph);
+    if (st == ML_OK) {
+        mark_needed(&g, n_inputs, inputs);
+        st = seed_outputs(&g, n_outputs, outputs, grad_outputs);
+        if (st == ML_OK) st = sweep(&g, n_inputs, inputs);
+        if (st == ML_OK) st = fill_flat_zeros(&g, n_inputs, inputs, create_graph);
+        if (st == ML_OK) st = check_used(&g, n_inputs, inputs, allow_unused);
+        for (int j = 0; j < n_inputs; j++) grads[j] = NULL;
+        if (st == ML_OK) st = hand_out(&g, grads, n_inputs, inputs, create_graph);
+    }
+    ml_set_grad_enabled(prev_mode);
+    for (int32_t k = 0; k < g.n; k++) ml_release(g.slots[k].grad);
+    free(g.slots);
+    ml__ptrmap_free(&g.map);
+    return st;
+}
