@@ -9,6 +9,7 @@ from metalearn.meta.system import MetaLearner, rankdata, spearman
 from metalearn.networks import AdaptiveNeuralNetwork
 from metalearn.tasks import NWayKShot
 from metalearn.tasks.base import Task
+from tests.helpers import REPO
 
 
 @pytest.fixture(scope="module")
@@ -279,10 +280,9 @@ def test_algorithm_instance_and_softmax_model(data):
 
 def test_memory_results_quick(data):
     """benchmarks/memory_results.py --quick runs (the README's numbers come from its full run)."""
-    import os
     import subprocess
     import sys
-    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "memory_results.py")
+    script = str(REPO / "benchmarks" / "memory_results.py")
     out = subprocess.run([sys.executable, script, "--quick"], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

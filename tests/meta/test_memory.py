@@ -20,6 +20,7 @@ import pytest
 
 import metalearn as ml
 from metalearn.memory import KnowledgeMemory, MemoryClassifier
+from tests.helpers import omniglot_file
 
 EPS = 1e-12
 M64 = (1 << 64) - 1
@@ -554,10 +555,7 @@ def test_update_refuses_the_empty_slot_label_and_2d_labels():
 
 
 def _omniglot():
-    path = "/work/shared/data/omniglot/omniglot_background.npz"
-    if not os.path.exists(path):
-        pytest.skip("Omniglot not available")
-    d = np.load(path)
+    d = np.load(omniglot_file())
     return d["images"], d["labels"]
 
 

@@ -8,16 +8,16 @@ non-interactive inline backend; nothing is displayed.
 """
 import os
 import re
-from pathlib import Path
 
 import pytest
+
+from tests.helpers import REPO as ROOT
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 pytest.importorskip("matplotlib")
 
-ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 TIMEOUT_PER_CELL = 240
 

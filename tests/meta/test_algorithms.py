@@ -1,7 +1,4 @@
 """Reptile, Meta-SGD, ANIL, FOMAML and ProtoNet: each learns; their update rules check out."""
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -9,14 +6,8 @@ import metalearn as ml
 from metalearn import keras
 from metalearn.meta import ANIL, FOMAML, MAML, MetaSGD, ProtoNet, Reptile, models, prototype_logits
 from metalearn.tasks import NWayKShot, Sinusoid
-
-DATA = Path(os.environ.get("METALEARN_DATA")
-            or Path(ml.__file__).resolve().parents[2] / "shared" / "data" / "omniglot")
-
-
-def _model(seed=0):
-    ml.random.set_seed(seed)
-    return models.sinusoid_mlp()
+from tests.helpers import needs_omniglot
+from tests.helpers import sinusoid_model as _model
 
 
 @pytest.mark.parametrize("name", ["fomaml", "reptile", "metasgd", "anil"])
@@ -142,7 +133,7 @@ def _omniglot_subset():
     return (x[y < 300], y[y < 300]), (xt[yt < 100], yt[yt < 100])
 
 
-@pytest.mark.skipif(not (DATA / "omniglot_background.npz").is_file(), reason="no Omniglot data")
+@needs_omniglot
 def test_protonet_on_omniglot_subset_beats_chance():
     train, test = _omniglot_subset()
     ml.random.set_seed(0)
@@ -169,7 +160,7 @@ def test_protonet_on_omniglot_subset_beats_chance():
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.skipif(not (DATA / "omniglot_background.npz").is_file(), reason="no Omniglot data")
+@needs_omniglot
 def test_maml_mlp_on_omniglot_subset_learns():
     train, test = _omniglot_subset()
     model = models.omniglot_mlp(5, hidden=(64, 64), batch_norm=False)

@@ -3,18 +3,14 @@ import json
 import re
 import subprocess
 import sys
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-import metalearn as ml
 from metalearn.__main__ import main
 from metalearn.meta import models
-
-DATA = Path(os.environ.get("METALEARN_DATA")
-            or Path(ml.__file__).resolve().parents[2] / "shared" / "data" / "omniglot")
+from tests.helpers import REPO as ROOT
+from tests.helpers import needs_omniglot
 
 
 def test_help_lists_the_options():
@@ -43,7 +39,7 @@ def test_sinusoid_demo_prints_before_and_after(capsys, tmp_path):
     assert np.isfinite(model.get_weights()[0]).all()
 
 
-@pytest.mark.skipif(not (DATA / "omniglot_background.npz").is_file(), reason="no Omniglot data")
+@needs_omniglot
 def test_omniglot_protonet_demo(capsys):
     assert main(["--task", "omniglot", "--algorithm", "protonet", "--iterations", "30",
                  "--episodes", "20", "--verbose", "0"]) == 0
@@ -54,9 +50,6 @@ def test_omniglot_protonet_demo(capsys):
 def test_protonet_needs_classification():
     with pytest.raises(SystemExit):
         main(["--algorithm", "protonet", "--verbose", "0"])
-
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_reproduce_quick_runs():

@@ -10,6 +10,7 @@ import pytest
 
 import metalearn as ml
 from metalearn.progress import Progbar, _format_time, _format_value, _per_step
+from tests.helpers import dense_model
 
 
 class FakeStream(io.StringIO):
@@ -109,11 +110,7 @@ def test_formats():
 # ------------------------------------------------------------------ the long calls
 
 def _model():
-    from metalearn.keras import layers, models
-    ml.random.set_seed(0)
-    model = models.Sequential([layers.Dense(4, activation="relu", input_shape=(3,)), layers.Dense(1)])
-    model.compile(optimizer="adam", loss="mse")
-    return model
+    return dense_model(3, 4, 1)
 
 
 def _xy():

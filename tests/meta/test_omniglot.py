@@ -3,22 +3,16 @@ import shutil
 import struct
 import zipfile
 import zlib
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-import metalearn
 from metalearn.datasets import load_omniglot_arrays, omniglot, omniglot_search_paths
 from metalearn.datasets._omniglot import resize_area, _CACHE
 from metalearn.datasets.png import decode_png, encode_png
 import metalearn.datasets._omniglot as om
-
-DATA = Path(os.environ.get("METALEARN_DATA")
-            or Path(metalearn.__file__).resolve().parents[2] / "shared" / "data" / "omniglot")
-needs_data = pytest.mark.skipif(not (DATA / "omniglot_background.npz").is_file(),
-                                reason="shared Omniglot data not present")
+from tests.helpers import OMNIGLOT as DATA
+from tests.helpers import needs_omniglot as needs_data
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import numpy as np
 import metalearn as ml
 from metalearn import _core
 
-F32 = np.float32
+from tests.helpers import F32
 W0 = np.array([[1.0, 2.0], [3.0, 4.0]], F32)
 X0 = np.array([[1.0, 1.0], [2.0, -1.0]], F32)
 

@@ -4,11 +4,10 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO as ROOT
+
 EXAMPLE = ROOT / "examples" / "c" / "quickstart.c"
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("make") is None,

@@ -21,7 +21,7 @@ import metalearn as ml
 from metalearn import _core
 from metalearn.memory import KnowledgeMemory
 
-F32 = np.float32
+from tests.helpers import F32, dense_model
 SANITIZED = bool(os.environ.get("METALEARN_SANITIZED"))
 
 
@@ -193,11 +193,7 @@ def test_grad_mode_and_tapes_are_per_thread():
 # -------------------------------------------------------------------- models
 
 def _dense_model(seed):
-    ml.random.set_seed(seed)
-    m = ml.keras.Sequential([ml.keras.layers.Dense(64, activation="tanh", input_shape=(32,)),
-                             ml.keras.layers.Dense(4)])
-    m.compile(optimizer=ml.keras.optimizers.Adam(1e-3), loss="mse")
-    return m
+    return dense_model(32, 64, 4, "tanh", ml.keras.optimizers.Adam(1e-3), seed=seed)
 
 
 def test_two_models_on_two_threads_equal_sequential_training():

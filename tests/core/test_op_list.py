@@ -1,14 +1,14 @@
 """csrc/ops/ops.def, the one list of ops the C enum, the op table and the backward
 declarations expand: its Python columns agree with metalearn._core."""
-import pathlib
 import re
 
 import numpy as np
 import pytest
 
 from metalearn import _core
+from tests.helpers import REPO
 
-CSRC = pathlib.Path(__file__).resolve().parents[1] / "csrc"
+CSRC = REPO / "csrc"
 OPS_DEF = CSRC / "ops" / "ops.def"
 HEADER = (CSRC / "include" / "metalearn.h").read_text()
 

@@ -3,8 +3,8 @@ nothing, a killed save loses nothing, nothing leaks or grows, threads are safe, 
 NaN can be caught where it appears.
 
 The core's own bad-input matrix (every op, weight-file parser, optimizer steps) is in
-tests/test_core_badinput.py; this file drives the *Keras face* through a table of bad
-calls, then checks files, memory growth, reference counts and threads.
+tests/reliability/test_core_badinput.py; this file drives the *Keras face* through a table
+of bad calls, then checks files, memory growth, reference counts and threads.
 
 Environment:
     METALEARN_SANITIZED=1   set by .ci/sanitize-python.sh: RSS bounds are skipped (ASan
@@ -30,21 +30,15 @@ import pytest
 import metalearn as ml
 from metalearn import _core, debugging
 from metalearn.keras import callbacks, layers, losses, models, optimizers
-
-from test_core_badinput import char_device
+from tests.helpers import F32, dense_model
 
 SANITIZED = bool(os.environ.get("METALEARN_SANITIZED"))
 LONG = bool(os.environ.get("METALEARN_LONG"))
-F32 = np.float32
 
 
 # --------------------------------------------------------------------------- helpers
 def _model(optimizer="adam", loss="mse", seed=0, width=8, inp=4, out=3):
-    ml.random.set_seed(seed)
-    m = models.Sequential([layers.Dense(width, activation="relu", input_shape=(inp,)),
-                           layers.Dense(out)])
-    m.compile(optimizer=optimizer, loss=loss)
-    return m
+    return dense_model(inp, width, out, optimizer=optimizer, loss=loss, seed=seed)
 
 
 def _data(n=10, inp=4, out=3, seed=0):
@@ -558,11 +552,7 @@ def test_refcounts_of_loaded_arrays_and_model_weights(tmp_path):
 
 # ------------------------------------------------------------ threads
 def _thread_model(seed):
-    ml.random.set_seed(seed)
-    m = models.Sequential([layers.Dense(128, activation="tanh", input_shape=(64,)),
-                           layers.Dense(10)])
-    m.compile(optimizer=optimizers.Adam(1e-3), loss="mse")
-    return m
+    return dense_model(64, 128, 10, "tanh", optimizers.Adam(1e-3), seed=seed)
 
 
 def _train_fixed(m, x, y, steps):
@@ -751,7 +741,7 @@ def test_two_processes_saving_to_one_path_all_succeed(tmp_path):
     assert os.listdir(tmp_path) == ["w.mlw"]
 
 
-def test_saves_follow_symlinks_and_refuse_special_files(tmp_path):
+def test_saves_follow_symlinks_and_refuse_special_files(tmp_path, char_device):
     """Model.save_weights and KnowledgeMemory.save write a link's target (the link is
     kept); /dev/null, a FIFO and a directory are refused, never replaced by a file."""
     from metalearn.memory import KnowledgeMemory
@@ -777,7 +767,7 @@ def test_saves_follow_symlinks_and_refuse_special_files(tmp_path):
     null_link = tmp_path / "null_link"   # a link to the real /dev/null, and a device
     null_link.symlink_to("/dev/null")
     m = _filled_model(7.0)
-    for target in (char_device(tmp_path), null_link, fifo, adir):
+    for target in (char_device, null_link, fifo, adir):
         with pytest.raises(OSError, match="regular file"):
             m.save_weights(target)
         with pytest.raises(OSError, match="regular file"):
@@ -791,7 +781,7 @@ def test_saves_follow_symlinks_and_refuse_special_files(tmp_path):
 
 def test_long_file_name_saves(tmp_path):
     """A 250-character file name failed: `<name>.tmp<pid>` is over the 255 bytes a file
-    name may have. (A NUL inside a tensor name: tests/test_core_badinput.py.)"""
+    name may have. (A NUL inside a tensor name: tests/reliability/test_core_badinput.py.)"""
     p = tmp_path / ("w" * 250)
     _filled_model(1.0).save_weights(p)
     _filled_model(2.0).save_weights(p)

@@ -5,7 +5,6 @@ polynomials: GEMM, exp/tanh/sigmoid/gelu; the same bits where both do the same f
 operations: the loops compiled twice)."""
 import json
 import os
-import pathlib
 import re
 import subprocess
 import sys
@@ -14,8 +13,7 @@ import numpy as np
 import pytest
 
 from metalearn import _core
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.helpers import REPO as ROOT
 
 # every dispatch site the core registers (a new one must be added here, so its
 # ML_KERNEL=portable path is tested)

@@ -1,6 +1,4 @@
 """MAML: meta-gradients against the PyTorch fixture, learning, adapt/clone/evaluate."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -9,8 +7,10 @@ from metalearn import keras
 from metalearn.functional import functional_call
 from metalearn.meta import ANIL, MAML, MetaSGD, FOMAML, clone_model, models
 from metalearn.tasks import Sinusoid, Task
+from tests.helpers import REFERENCE
+from tests.helpers import sinusoid_model as _sinusoid_model
 
-REF = np.load(Path(__file__).parent / "reference" / "mlp.npz")
+REF = np.load(REFERENCE / "mlp.npz")
 NAMES = ["W1", "b1", "W2", "b2"]
 
 
@@ -235,11 +235,6 @@ def test_fit_history_and_fixed_task_batch_updates_weights():
     assert all(0.0 <= a <= 1.0 for a in h["accuracy"])
     assert maml.iterations == 20
     assert not np.array_equal(model.get_weights()[0], REF["mlp/W1"])
-
-
-def _sinusoid_model(seed=0):
-    ml.random.set_seed(seed)
-    return models.sinusoid_mlp()
 
 
 def test_maml_sinusoid_learns():

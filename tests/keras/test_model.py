@@ -1,9 +1,7 @@
 """Model/Sequential: structure, summary, training on real problems, weight files."""
 import io
-import os
 import time
 from contextlib import redirect_stdout
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,17 +10,7 @@ import metalearn as ml
 from metalearn import keras
 from metalearn.keras import layers
 from metalearn.networks import AdaptiveNeuralNetwork
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _omniglot_path():
-    base = os.environ.get("METALEARN_DATA")
-    root = Path(base) if base else REPO.parent / "shared" / "data"
-    for candidate in (root / "omniglot" / "omniglot_background.npz", root / "omniglot_background.npz"):
-        if candidate.exists():
-            return candidate
-    return None
+from tests.helpers import omniglot_file
 
 
 def two_spirals(n_per_class=200, noise=0.2, seed=0):
@@ -113,10 +101,7 @@ def test_fit_learns_two_spirals():
 
 
 def test_fit_learns_an_omniglot_10_class_subset():
-    path = _omniglot_path()
-    if path is None:
-        pytest.skip("Omniglot data not found (set METALEARN_DATA)")
-    data = np.load(path)
+    data = np.load(omniglot_file())
     images, labels = data["images"], data["labels"]
     chars = np.arange(0, 200, 20)[:10]  # 10 characters from different alphabets
     mask = np.isin(labels, chars)

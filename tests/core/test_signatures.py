@@ -15,7 +15,7 @@ import pytest
 
 from metalearn import _core
 
-F32 = np.float32
+from tests.helpers import F32
 
 
 def t(*shape, requires_grad=False):

@@ -313,12 +313,11 @@ def test_live(op, seed):
         _close(_np(gi, ti), ti, 2e-4, what)
 
 
-def test_fixtures_match_generator(tmp_path):
+def test_fixtures_match_generator(tmp_path, reference_dir):
     """tests/reference/*.npz are what generate.py produces (they are not stale)."""
     import importlib.util
-    from pathlib import Path
 
-    ref = Path(__file__).resolve().parent / "reference"
+    ref = reference_dir
     spec = importlib.util.spec_from_file_location("_ml_reference_generate", ref / "generate.py")
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)

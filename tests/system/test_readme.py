@@ -2,11 +2,12 @@
 lines hold the two set-up commands."""
 import os
 import re
-from pathlib import Path
 
 import numpy as np
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from tests.helpers import REPO
+
+README = REPO / "README.md"
 
 
 def _blocks():

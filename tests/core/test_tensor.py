@@ -11,7 +11,7 @@ import pytest
 
 import metalearn as ml
 
-F32 = np.float32
+from tests.helpers import F32
 
 
 def arr(t):

@@ -18,15 +18,13 @@ Second-order values go through two float32 backward passes (and, for the losses,
 divisions by probabilities down to ~1e-2), so they get rtol 2e-4.
 """
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import metalearn as ml
 from metalearn import _core
-
-REF = Path(__file__).resolve().parent / "reference"
+from tests.helpers import REFERENCE as REF
 OP_FILES = ["ops_elementwise.npz", "ops_nn.npz", "ops_shape.npz", "ops_reduce.npz",
             "ops_losses.npz"]
 

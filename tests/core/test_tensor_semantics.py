@@ -16,7 +16,7 @@ import pytest
 
 import metalearn as ml
 
-F32 = np.float32
+from tests.helpers import F32, REPO
 NAN, INF = float("nan"), float("inf")
 SPECIAL = np.array([NAN, INF, -INF, 0.0, -0.0, 1.0, -1.0, 1e-4, -1e-4], F32)
 
@@ -195,11 +195,11 @@ def test_nan_through_relu_on_each_kernel(kernel):
     if kernel == "portable":
         env["ML_KERNEL"] = "portable"
     script = ("import sys; sys.path.insert(0, %r)\n"
-              "import test_tensor_semantics as t, metalearn as ml\n"
+              "import tests.core.test_tensor_semantics as t, metalearn as ml\n"
               "t.check_traced_dense_relu_network_propagates_nan()\n"
               "t.test_fused_linear_relu_propagates_nan()\n"
               "t.test_relu_propagates_nan_like_numpy_maximum()\n"
-              "print(ml._core.kernel_name())\n" % os.path.dirname(__file__))
+              "print(ml._core.kernel_name())\n" % str(REPO))
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -9,17 +9,14 @@
 * errors name the shapes and change nothing.
 """
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import metalearn as ml
 from metalearn import _core
-from test_gradcheck import gradcheck, distinct
-
-F32 = np.float32
-REF = Path(__file__).resolve().parent / "reference"
+from tests.core.test_gradcheck import distinct, gradcheck
+from tests.helpers import F32, REFERENCE as REF
 
 
 # ------------------------------------------------------------ NumPy references

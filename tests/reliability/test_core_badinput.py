@@ -17,7 +17,7 @@ import pytest
 import metalearn as ml
 from metalearn import _core
 
-F32 = np.float32
+from tests.helpers import F32
 
 
 def raises(exc, match=None):
@@ -791,21 +791,10 @@ def test_long_file_names_save(tmp_path, length):
     assert os.listdir(tmp_path) == [p.name]
 
 
-def char_device(tmp_path):
-    """A character device to save over. Run as root, a regression would replace /dev/null
-    itself, for every process on the machine: root gets its own node of /dev/null's device
-    (1, 3) in tmp_path instead. Others use /dev/null (they cannot rename over it)."""
-    if os.geteuid() != 0:
-        return "/dev/null"
-    p = tmp_path / "null"
-    os.mknod(p, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-    return str(p)
-
-
-def test_save_over_special_files_refused(tmp_path):
+def test_save_over_special_files_refused(tmp_path, char_device):
     """/dev/null, a FIFO and a directory are refused and stay what they were (a rename
     would have replaced them with a regular file)."""
-    dev = char_device(tmp_path)
+    dev = char_device
     before = os.stat(dev)
     with raises(OSError, match=rf"{re.escape(dev)}.*character device"):
         _save_one(dev)

@@ -9,7 +9,7 @@ from hypothesis.extra import numpy as hnp
 
 import metalearn as ml
 
-F32 = np.float32
+from tests.helpers import F32
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
