@@ -1,4 +1,5 @@
 """Fixtures shared by the test folders (constants and builders: tests/helpers.py)."""
+
 import os
 import stat
 

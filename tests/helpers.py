@@ -3,6 +3,7 @@
 Fixtures are in tests/conftest.py; what a test needs at import time (a dtype, a path, a
 skip mark, a model builder called from module-level helpers) is here.
 """
+
 import os
 from pathlib import Path
 
@@ -29,8 +30,10 @@ def _omniglot_dir():
 
 
 OMNIGLOT = _omniglot_dir()
-needs_omniglot = pytest.mark.skipif(not (OMNIGLOT / "omniglot_background.npz").is_file(),
-                                    reason="no Omniglot data (set METALEARN_DATA)")
+needs_omniglot = pytest.mark.skipif(
+    not (OMNIGLOT / "omniglot_background.npz").is_file(),
+    reason="no Omniglot data (set METALEARN_DATA)",
+)
 
 
 def omniglot_file(name="omniglot_background.npz"):
@@ -48,8 +51,9 @@ def dense_model(inp=4, width=8, out=3, activation="relu", optimizer="adam", loss
     from metalearn.keras import layers, models
 
     ml.random.set_seed(seed)
-    model = models.Sequential([layers.Dense(width, activation=activation, input_shape=(inp,)),
-                               layers.Dense(out)])
+    model = models.Sequential(
+        [layers.Dense(width, activation=activation, input_shape=(inp,)), layers.Dense(out)]
+    )
     model.compile(optimizer=optimizer, loss=loss)
     return model
 
