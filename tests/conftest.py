@@ -3,16 +3,9 @@
 import os
 import stat
 
-import numpy as np
 import pytest
 
 from tests.helpers import REFERENCE
-
-
-@pytest.fixture
-def rng():
-    """A NumPy generator seeded the same for every test."""
-    return np.random.default_rng(0)
 
 
 @pytest.fixture
