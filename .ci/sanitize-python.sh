@@ -6,16 +6,16 @@
 # metalearn/ itself, so the normal build is untouched), and the chosen tests run from that
 # copy with the ASan runtime preloaded into the (uninstrumented) Python interpreter.
 #
-#   .ci/sanitize-python.sh                    # the default subset (a few minutes)
-#   .ci/sanitize-python.sh tests/test_x.py    # other test files / pytest arguments
-#   KEEP=1 .ci/sanitize-python.sh             # keep the copy (path printed) to rerun by hand
+#   .ci/sanitize-python.sh                       # the default subset (a few minutes)
+#   .ci/sanitize-python.sh tests/core/test_x.py  # other test files / pytest arguments
+#   KEEP=1 .ci/sanitize-python.sh                # keep the copy (path printed) to rerun by hand
 #
 # Options of the run:
 #   ASAN_OPTIONS  detect_leaks=0: CPython keeps interned strings, module state and arenas
 #                 alive until exit by design, so LeakSanitizer reports thousands of
 #                 "leaks" at exit that are not ours. Leaks of metalearn's own code are
 #                 checked by .ci/valgrind.sh (definite leaks) and the growth tests in
-#                 tests/test_reliability.py instead.
+#                 tests/reliability/test_reliability.py instead.
 #   UBSAN_OPTIONS halt_on_error=1: the first undefined behaviour ends the run.
 #   PYTHONMALLOC=malloc so that ASan sees (and guards) Python objects too: a binding that
 #                 touches a freed PyObject or overruns a NumPy buffer is caught.
@@ -23,8 +23,8 @@
 #                 stderr, and an aborting report would otherwise be lost with the capture,
 #                 leaving only "Fatal Python error: Aborted".
 #
-# The default selection includes tests/test_threads.py, the thread-safety table of
-# RELIABILITY.md row by row (races forced with events and the _core._debug_memory_pause
+# The default selection includes tests/reliability/test_threads.py, the thread-safety table
+# of RELIABILITY.md row by row (races forced with events and the _core._debug_memory_pause
 # hook; each was a heap-use-after-free here before it was fixed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,9 +60,10 @@ if [ $# -eq 0 ]; then
     # The whole suite but the live PyTorch comparisons and the long learning runs; and
     # minus RSS-bound tests: ASan's quarantine keeps up to 256 MB of freed memory
     # resident on purpose (to catch use-after-free), so an RSS bound cannot hold here.
-    # (tests/test_reliability.py skips its own RSS bounds when METALEARN_SANITIZED is set.)
+    # (tests/reliability/test_reliability.py skips its own RSS bounds when
+    # METALEARN_SANITIZED is set.)
     set -- tests -m "not slow and not torch" -p no:randomly \
-        --deselect tests/test_core_tensor.py::test_many_ops_do_not_leak_memory
+        --deselect tests/core/test_tensor.py::test_many_ops_do_not_leak_memory
 fi
 
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:strict_string_checks=1:detect_stack_use_after_return=0:allocator_may_return_null=1:log_path=$LOGDIR/asan${ASAN_EXTRA:+:$ASAN_EXTRA}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Generate the PyTorch reference fixtures used by tests/test_reference_ops.py.
+"""Generate the PyTorch reference fixtures used by tests/core/test_reference_ops.py.
 
 Run by hand (needs torch; the test suite itself does not):
 

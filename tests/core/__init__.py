@@ -1,0 +1,1 @@
+"""The C core through metalearn._core: tensors, ops and their gradients, traces, kernels."""

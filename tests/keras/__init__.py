@@ -1,0 +1,1 @@
+"""The Keras face (metalearn.keras): layers, losses, metrics, optimizers, models, GradientTape."""

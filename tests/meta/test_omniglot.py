@@ -1,0 +1,228 @@
+"""Omniglot loader: real data, splits, search order, the official PNG/zip layout."""
+import shutil
+import struct
+import zipfile
+import zlib
+
+import numpy as np
+import pytest
+
+from metalearn.datasets import load_omniglot_arrays, omniglot, omniglot_search_paths
+from metalearn.datasets._omniglot import resize_area, _CACHE
+from metalearn.datasets.png import decode_png, encode_png
+import metalearn.datasets._omniglot as om
+from tests.helpers import OMNIGLOT as DATA
+from tests.helpers import needs_omniglot as needs_data
+
+
+@pytest.fixture
+def no_default(monkeypatch, tmp_path):
+    """No METALEARN_DATA and a default folder that does not exist."""
+    monkeypatch.delenv("METALEARN_DATA", raising=False)
+    monkeypatch.setattr(om, "_default_dir", lambda: tmp_path / "no_default_here")
+    _CACHE.clear()
+    yield
+    _CACHE.clear()
+
+
+@needs_data
+def test_real_sets_sizes_and_values():
+    x, y = omniglot(split="background")
+    assert x.shape == (19280, 28, 28, 1) and x.dtype == np.float32
+    assert y.shape == (19280,) and np.issubdtype(y.dtype, np.integer)
+    assert len(np.unique(y)) == 964 and np.all(np.bincount(y) == 20)
+    assert x.min() == 0.0 and x.max() == 1.0
+    # ink-positive: most pixels are background (0)
+    assert 0.02 < x.mean() < 0.3
+    xe, ye = omniglot(split="evaluation")
+    assert xe.shape == (13180, 28, 28, 1) and len(np.unique(ye)) == 659
+
+
+@needs_data
+@pytest.mark.parametrize("split,chars", [("vinyals_trainval", 1200), ("vinyals_test", 423),
+                                         ("vinyals_train", 1028), ("vinyals_val", 172)])
+def test_vinyals_splits(split, chars):
+    x, y, names = omniglot(split=split, return_names=True)
+    assert len(names) == chars and len(np.unique(y)) == chars and len(x) == 20 * chars
+    np.testing.assert_array_equal(np.unique(y), np.arange(chars))
+    wanted = [ln.strip() for ln in (DATA / "splits" / f"{split}.txt").read_text().splitlines()
+              if ln.strip()]
+    assert list(names) == wanted
+    # label 0's images are the 20 drawings of the first listed character, from the right set
+    first = wanted[0]
+    for which in ("background", "evaluation"):
+        a = load_omniglot_arrays(which)
+        hit = np.nonzero(a["char_names"] == first)[0]
+        if len(hit):
+            ref = a["images"][a["labels"] == hit[0]].astype(np.float32) / 255
+            np.testing.assert_array_equal(x[y == 0][..., 0], ref)
+            break
+    else:
+        pytest.fail(f"{first} in neither set")
+
+
+@needs_data
+def test_trainval_and_test_partition_all_characters():
+    _, _, a = omniglot(split="vinyals_trainval", return_names=True)
+    _, _, b = omniglot(split="vinyals_test", return_names=True)
+    assert not set(a) & set(b) and len(set(a) | set(b)) == 1623
+
+
+@needs_data
+def test_nearest_is_binary_and_lanczos_is_not():
+    xn, yn = omniglot(split="evaluation", resample="nearest")
+    xl, yl = omniglot(split="evaluation")
+    assert set(np.unique(xn)) == {0.0, 1.0}
+    assert len(np.unique(xl)) > 10
+    np.testing.assert_array_equal(yn, yl)
+
+
+def test_missing_data_error_lists_every_place(no_default, tmp_path, monkeypatch):
+    env = tmp_path / "env_dir"
+    env.mkdir()
+    monkeypatch.setenv("METALEARN_DATA", str(env))
+    given = tmp_path / "given"
+    with pytest.raises(FileNotFoundError) as info:
+        omniglot(path=given)
+    msg = str(info.value)
+    for p in (given, given / "omniglot", env, env / "omniglot", tmp_path / "no_default_here"):
+        assert str(p) in msg
+    assert "images_background.zip" in msg and "METALEARN_DATA" in msg
+    # the search order is: path, METALEARN_DATA, default
+    order = omniglot_search_paths(given)
+    assert order[0] == given and order[2] == env and order[-1] == tmp_path / "no_default_here" / "omniglot"
+    with pytest.raises(ValueError):
+        omniglot(split="training")
+
+
+# ------------------------------------------------------------- PNG and zip layout
+
+def _glyph(seed):
+    """A 105x105 bool image (True = white paper) with a black block and a stroke."""
+    rng = np.random.default_rng(seed)
+    img = np.ones((105, 105), bool)
+    r, c = rng.integers(5, 60, 2)
+    img[r:r + 30, c:c + 20] = False
+    img[50, :] = False
+    return img
+
+
+def _write_zip(path, top="images_background", layout=None):
+    layout = layout or {"Alpha": 2, "Beta_(x)": 1}
+    truth = {}
+    with zipfile.ZipFile(path, "w") as z:
+        char_id = 1
+        for alphabet, n_chars in layout.items():
+            for c in range(1, n_chars + 1):
+                name = f"{alphabet}/character{c:02d}"
+                imgs = []
+                for s in (2, 1):  # written out of order on purpose
+                    img = _glyph(char_id * 10 + s)
+                    z.writestr(f"{top}/{name}/{char_id:04d}_{s:02d}.png", encode_png(img, bit_depth=1))
+                    imgs.append((s, img))
+                truth[name] = [img for _, img in sorted(imgs, key=lambda t: t[0])]
+                char_id += 1
+    return truth
+
+
+def test_zip_layout_is_read(no_default, tmp_path):
+    truth = _write_zip(tmp_path / "images_background.zip")
+    x, y, names = omniglot(path=tmp_path, split="background", return_names=True)
+    assert list(names) == ["Alpha/character01", "Alpha/character02", "Beta_(x)/character01"]
+    assert x.shape == (6, 28, 28, 1) and x.dtype == np.float32
+    np.testing.assert_array_equal(y, [0, 0, 1, 1, 2, 2])
+    for i, name in enumerate(names):
+        for s in range(2):
+            ink = (~truth[name][s]).astype(np.float64) * 255
+            want = np.rint(resize_area(ink[None])[0]) / 255
+            np.testing.assert_allclose(x[2 * i + s, :, :, 0], want, atol=1e-6)
+    xn, _ = omniglot(path=tmp_path, split="background", resample="nearest")
+    idx = np.floor((np.arange(28) + 0.5) * 105 / 28).astype(int)
+    np.testing.assert_array_equal(xn[0, :, :, 0], (~truth[names[0]][0])[np.ix_(idx, idx)])
+    arr = load_omniglot_arrays("background", path=tmp_path)
+    assert arr["source"] == str(tmp_path / "images_background.zip")
+    # the evaluation set is absent from this folder and from everywhere else
+    with pytest.raises(FileNotFoundError, match="evaluation"):
+        omniglot(path=tmp_path, split="evaluation")
+
+
+def test_extracted_folder_layout_and_env_var(no_default, tmp_path, monkeypatch):
+    _write_zip(tmp_path / "z.zip", top="images_evaluation")
+    root = tmp_path / "data" / "omniglot"
+    root.mkdir(parents=True)
+    with zipfile.ZipFile(tmp_path / "z.zip") as z:
+        z.extractall(root)
+    monkeypatch.setenv("METALEARN_DATA", str(tmp_path / "data"))  # finds data/omniglot
+    x, y = omniglot(split="evaluation")
+    assert x.shape == (6, 28, 28, 1) and y.max() == 2
+    assert load_omniglot_arrays("evaluation")["source"] == str(root / "images_evaluation")
+
+
+@needs_data
+def test_official_pngs_match_the_packaged_arrays(no_default, tmp_path):
+    # the official images_background_small1.zip (PNG folders) read as a background set
+    src = DATA / "raw" / "brendenlake" / "images_background_small1.zip"
+    if not src.is_file():
+        pytest.skip("official small zip not shipped")
+    shutil.copy(src, tmp_path / "images_background.zip")
+    xs, ys, names = omniglot(path=tmp_path, split="background", resample="nearest",
+                             return_names=True)
+    assert len(names) > 100 and len(xs) == 20 * len(names)
+    _CACHE.clear()
+    ref = np.load(DATA / "omniglot_background_nearest.npz")
+    index = {n: i for i, n in enumerate(ref["char_names"].tolist())}
+    for lab in (0, len(names) // 2, len(names) - 1):
+        c = index[names[lab]]
+        want = ref["images"][ref["labels"] == c].astype(np.float32) / 255
+        np.testing.assert_array_equal(xs[ys == lab][..., 0], want)
+
+
+def _png_with_filters(img):
+    """8-bit gray PNG whose rows cycle through the five filter types."""
+    h, w = img.shape
+    prev = np.zeros(w, np.int32)
+    raw = b""
+    for r in range(h):
+        cur = img[r].astype(np.int32)
+        f = r % 5
+        left = np.concatenate([[0], cur[:-1]])
+        upleft = np.concatenate([[0], prev[:-1]])
+        if f == 0:
+            pred = np.zeros(w, np.int32)
+        elif f == 1:
+            pred = left
+        elif f == 2:
+            pred = prev
+        elif f == 3:
+            pred = (left + prev) >> 1
+        else:
+            p = left + prev - upleft
+            pa, pb, pc = np.abs(p - left), np.abs(p - prev), np.abs(p - upleft)
+            pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prev, upleft))
+        raw += bytes([f]) + ((cur - pred) & 255).astype(np.uint8).tobytes()
+        prev = cur
+
+    def chunk(t, b):
+        return struct.pack(">I", len(b)) + t + b + struct.pack(">I", zlib.crc32(t + b) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_png_decoder_all_filters_and_bit_depths():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (11, 13)).astype(np.uint8)
+    np.testing.assert_array_equal(decode_png(_png_with_filters(img)), img)
+    np.testing.assert_array_equal(decode_png(encode_png(img)), img)
+    b = rng.random((7, 19)) < 0.5
+    np.testing.assert_array_equal(decode_png(encode_png(b, bit_depth=1)), b.astype(np.uint8) * 255)
+    with pytest.raises(ValueError, match="PNG"):
+        decode_png(b"not a png at all")
+
+
+def test_resize_area_preserves_mean():
+    rng = np.random.default_rng(1)
+    img = rng.random((2, 105, 105))
+    small = resize_area(img, 28)
+    assert small.shape == (2, 28, 28)
+    np.testing.assert_allclose(small.mean(axis=(1, 2)), img.mean(axis=(1, 2)), rtol=1e-10)
+    np.testing.assert_allclose(resize_area(np.ones((1, 105, 105))), 1.0)

@@ -1,0 +1,1 @@
+"""Bad input and refused calls, files, threads, leaks and allocation."""
