@@ -165,17 +165,29 @@ typedef struct adam_job {
  * dense rows of benchmarks/run_all.py at 2 threads) */
 #define ADAM_PAR_MIN (1 << 16)
 
+/* x rounded up to a multiple of 64, at most len */
+static inline int64_t snap64(int64_t x, int64_t len) {
+    const int64_t r = (x + 63) & ~(int64_t)63;
+    return r < len ? r : len;
+}
+
 static void adam_part(void *ctx, int64_t part) {
     const adam_job *j = ctx;
     const ml_optimizer *opt = j->opt;
     const int64_t lo = part * j->chunk, hi = lo + j->chunk;
     for (int i = 0; i < opt->n_params; i++) {
         const int64_t start = opt->offset[i], len = opt->numel[i];
-        const int64_t a = lo > start ? lo : start, b = hi < start + len ? hi : start + len;
+        /* A part's ends snap to 64 elements from the parameter's start, the same rounding
+         * for both parts that share an end: each element is then updated by the code an
+         * unsplit run gives it (a vector lane, or the tail after the last full vector),
+         * so any number of parts gives the one-thread bits under any compiler's
+         * contraction of the scalar tail. */
+        const int64_t a = lo > start ? snap64(lo - start, len) : 0;
+        const int64_t b = hi < start + len ? snap64(hi - start, len) : len;
         if (a >= b) continue;
-        const int64_t off = a - start;
-        float *m = opt->slab + a, *v = opt->slab + opt->total + a;
-        float *vhat = opt->amsgrad ? opt->slab + 2 * opt->total + a : NULL;
+        const int64_t off = a, at = start + a;
+        float *m = opt->slab + at, *v = opt->slab + opt->total + at;
+        float *vhat = opt->amsgrad ? opt->slab + 2 * opt->total + at : NULL;
         /* element-wise: each j reads g[j], m[j], v[j] before it writes p[j], so even a
          * gradient that shares its parameter's memory gets the scalar loop's result */
         ml__vadam(b - a, j->params[i]->data + off, j->grads[i]->data + off, m, v, vhat, j->lrt,

@@ -32,20 +32,6 @@ from tests.helpers import F32, REPO, sinusoid_model
 THREADS = (1, 2, 3)
 
 # A known bug, seen only in the -O1 build of .ci/sanitize-python.sh (which sets this): an
-# Adam update split over threads (csrc/optim/optim.c, chunks of total / threads) can end a
-# chunk inside a vector of 8, and the AVX2 kernel's scalar tail (p_adam in
-# csrc/kernels/vmath.c) rounds like its vector loop only where the compiler inlines it and
-# contracts it into fused multiply-adds (-O3 does; -O1 does not), so there the weights
-# differ in the last bit with the thread count. Strict: it fails once fixed, to be removed.
-SANITIZED = bool(os.environ.get("METALEARN_SANITIZED"))
-ADAM_TAIL = pytest.mark.xfail(
-    SANITIZED,
-    strict=True,
-    reason="Adam's scalar tail rounds without FMA where not contracted (-O1): "
-    "csrc/kernels/vmath.c a_adam should end with explicit fmaf, as its vector lanes",
-)
-
-
 def _rng(seed):
     return np.random.default_rng(seed)
 
@@ -344,7 +330,7 @@ def _with_threads(n, fn, *args):
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=ADAM_TAIL) if n == "dense_fit" else n for n in PROGRAMS]
+    "name", PROGRAMS
 )
 def test_same_bits_at_1_2_3_threads(name):
     runs = [_with_threads(n, PROGRAMS[name]) for n in THREADS]
@@ -401,8 +387,6 @@ def test_same_bits_in_processes_with_1_2_3_threads(kernel, tmp_path):
     runs = [_in_process(kernel, n, tmp_path / f"{n}.npz") for n in THREADS]
     (variant, first), names = runs[0], sorted(runs[0][1])
     assert {key.split("/")[0] for key in names} == set(PROGRAMS)
-    if SANITIZED:  # the known bug above: test_same_bits_at_1_2_3_threads[dense_fit] holds it
-        names = [key for key in names if not key.startswith("dense_fit/")]
     for n, (v, run) in zip(THREADS[1:], runs[1:]):
         assert v == variant and sorted(run) == sorted(first)
         for key in names:
