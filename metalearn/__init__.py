@@ -66,6 +66,7 @@ from ._core import (  # noqa: F401  (the public core API)
     sigmoid,
     sign,
     softmax,
+    softplus,
     sparse_categorical_crossentropy,
     sqrt,
     square,

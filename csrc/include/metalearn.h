@@ -226,6 +226,7 @@ ml_status ml_sigmoid(ml_tensor **out, ml_tensor *x);
 ml_status ml_tanh(ml_tensor **out, ml_tensor *x);
 ml_status ml_erf(ml_tensor **out, ml_tensor *x);
 ml_status ml_gelu(ml_tensor **out, ml_tensor *x); /* exact: x * Phi(x) */
+ml_status ml_softplus(ml_tensor **out, ml_tensor *x); /* log(1 + exp(x)), stable */
 ml_status ml_pow_scalar(ml_tensor **out, ml_tensor *x, float exponent);
 ml_status ml_add_scalar(ml_tensor **out, ml_tensor *x, float value);
 ml_status ml_mul_scalar(ml_tensor **out, ml_tensor *x, float value);

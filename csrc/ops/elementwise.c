@@ -281,7 +281,7 @@ ml_status ml__minimum_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
 
 enum {
     UN_NEG, UN_SQUARE, UN_SQRT, UN_EXP, UN_LOG, UN_ABS, UN_SIGN, UN_RELU, UN_SIGMOID, UN_TANH,
-    UN_ERF, UN_GELU, UN_POW, UN_ADDS, UN_MULS, UN_LEAKY, UN_ELU, UN_CLIP, UN_STEP, UN_RANGE
+    UN_ERF, UN_GELU, UN_POW, UN_ADDS, UN_MULS, UN_LEAKY, UN_ELU, UN_CLIP, UN_STEP, UN_RANGE, UN_SOFTPLUS
 };
 
 ML_INLINE void un_kernel_body(int k, int64_t n, const float *restrict x, float *restrict o,
@@ -323,6 +323,10 @@ ML_INLINE void un_kernel_body(int k, int64_t n, const float *restrict x, float *
         for (int64_t i = 0; i < n; i++) o[i] = x[i] < p ? p : (x[i] > q ? q : x[i]);
         break;
     case UN_STEP: for (int64_t i = 0; i < n; i++) o[i] = x[i] > p ? 1.0f : 0.0f; break;
+    case UN_SOFTPLUS: /* max(x, 0) + log1p(exp(-|x|)): exp never overflows; NaN stays NaN */
+        for (int64_t i = 0; i < n; i++)
+            o[i] = (x[i] > 0.0f ? x[i] : 0.0f) + log1pf(expf(-fabsf(x[i])));
+        break;
     case UN_RANGE:
         for (int64_t i = 0; i < n; i++) o[i] = (x[i] >= p && x[i] <= q) ? 1.0f : 0.0f;
         break;
@@ -396,6 +400,7 @@ UNARY(ml_sigmoid, UN_SIGMOID, OP_SIGMOID, "sigmoid")
 UNARY(ml_tanh, UN_TANH, OP_TANH, "tanh")
 UNARY(ml_erf, UN_ERF, OP_ERF, "erf")
 UNARY(ml_gelu, UN_GELU, OP_GELU, "gelu")
+UNARY(ml_softplus, UN_SOFTPLUS, OP_SOFTPLUS, "softplus")
 #undef UNARY
 
 ml_status ml_pow_scalar(ml_tensor **out, ml_tensor *x, float exponent) {
@@ -462,6 +467,8 @@ UNARY_BACKWARD(ml__gelu_backward,
                    ADD(&s, MULS(&s, ADDS(&s, ERF(&s, MULS(&s, X, 0.70710678118654752f)), 1.0f), 0.5f),
                        MUL(&s, X, MULS(&s, EXP(&s, MULS(&s, SQUARE(&s, X), -0.5f)),
                                        0.3989422804014327f)))))
+/* softplus'(x) = sigmoid(x) (1/2 at 0, as Keras and PyTorch) */
+UNARY_BACKWARD(ml__softplus_backward, MUL(&s, g, SIGMOID(&s, X)))
 /* d x^p = p x^(p-1) */
 UNARY_BACKWARD(ml__pow_scalar_backward,
                P == 0.0f ? MULS(&s, g, 0.0f) : MUL(&s, g, MULS(&s, POWS(&s, X, P - 1.0f), P)))

@@ -87,6 +87,7 @@ static inline void ml__scope_end(ml_scope *s) {
 #define NEG(s, a) ML_S1(ml_neg, s, a)
 #define SQUARE(s, a) ML_S1(ml_square, s, a)
 #define EXP(s, a) ML_S1(ml_exp, s, a)
+#define SIGMOID(s, a) ML_S1(ml_sigmoid, s, a)
 #define LOG(s, a) ML_S1(ml_log, s, a)
 #define SIGN(s, a) ML_S1(ml_sign, s, a)
 #define ERF(s, a) ML_S1(ml_erf, s, a)

@@ -96,12 +96,9 @@ def gelu(x: ArrayLike, approximate: bool = False) -> _core.Tensor:
 
 
 def softplus(x: ArrayLike) -> _core.Tensor:
-    """``log(1 + exp(x))``, computed stably as ``(x + |x|) / 2 + log(1 + exp(-|x|))``.
-
-    ``(x + |x|) / 2`` is relu(x), written so that its gradient at 0 is 1/2 (abs'(0) = 0),
-    as softplus'(0) = sigmoid(0) = 1/2 asks (``relu``'s own gradient at 0 is 0)."""
-    pos = _core.mul(_core.add(x, _core.abs(x)), 0.5)
-    return _core.add(pos, _core.log(_core.add(_core.exp(_core.neg(_core.abs(x))), 1.0)))
+    """``log(1 + exp(x))``, one op in the core (``metalearn.softplus``), computed stably as
+    ``max(x, 0) + log1p(exp(-|x|))``; its gradient is ``sigmoid(x)``, to any order."""
+    return _core.softplus(x)
 
 
 def softsign(x: ArrayLike) -> _core.Tensor:

@@ -307,6 +307,8 @@ case("elu_default", lambda r: [away(r, (3, 4))], lambda a: ml.elu(a),
 case("elu_alpha_0_5", lambda r: [away(r, (3, 4))], lambda a: ml.elu(a, alpha=0.5),
      lambda a: np.where(a > 0, a, 0.5 * np.expm1(a)))
 case("gelu", lambda r: [U(r, (3, 4), -2.0, 2.0)], lambda a: ml.gelu(a), gelu_np)
+case("softplus", lambda r: [U(r, (3, 4), -3.0, 3.0)], lambda a: ml.softplus(a),
+     lambda a: np.logaddexp(0, a))
 case("erf", lambda r: [U(r, (3, 4), -1.5, 1.5)], lambda a: ml.erf(a), _erf)
 case("sigmoid", lambda r: [U(r, (3, 4), -3.0, 3.0)], lambda a: ml.sigmoid(a), sigmoid_np)
 case("tanh", lambda r: [U(r, (3, 4), -1.5, 1.5)], lambda a: ml.tanh(a), np.tanh)

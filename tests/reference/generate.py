@@ -151,6 +151,7 @@ TORCH_OPS = {
     "leaky_relu": lambda x, negative_slope=0.2: F.leaky_relu(x, negative_slope),
     "elu": lambda x, alpha=1.0: F.elu(x, alpha),
     "gelu": lambda x: F.gelu(x, approximate="none"),
+    "softplus": F.softplus,
     "erf": torch.erf,
     "sigmoid": torch.sigmoid,
     "tanh": torch.tanh,
@@ -335,6 +336,7 @@ def elementwise(outdir):
     f.case("erf", "erf", [f.normal(4, 5)])
     f.case("sigmoid", "sigmoid", [f.normal(4, 5, scale=2.0)])
     f.case("tanh", "tanh", [f.normal(4, 5)])
+    f.case("softplus", "softplus", [f.normal(4, 5, scale=3.0)])
     f.save()
 
 
