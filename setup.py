@@ -1,4 +1,5 @@
 """Builds metalearn._core from csrc/: the C core and its CPython/NumPy binding (csrc/python/)."""
+
 import glob
 import os
 import sys
@@ -11,15 +12,24 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def sources():
     """Every C file of csrc/'s folders but the C unit tests: a new folder needs no entry here."""
-    return sorted(path for path in glob.glob(os.path.join("csrc", "*", "*.c"))
-                  if os.path.basename(os.path.dirname(path)) != "tests")
+    return sorted(
+        path
+        for path in glob.glob(os.path.join("csrc", "*", "*.c"))
+        if os.path.basename(os.path.dirname(path)) != "tests"
+    )
 
 
 # Portable flags only: the AVX2/FMA kernels are chosen at run time through function
 # attributes, so a wheel built here runs on any x86-64. METALEARN_CFLAGS adds flags
 # (the sanitizer build of CI uses it).
-extra = ["-std=gnu11", "-O3", "-fno-math-errno", "-Wall", "-Wno-unused-parameter",
-         "-Wno-missing-field-initializers"]
+extra = [
+    "-std=gnu11",
+    "-O3",
+    "-fno-math-errno",
+    "-Wall",
+    "-Wno-unused-parameter",
+    "-Wno-missing-field-initializers",
+]
 extra += os.environ.get("METALEARN_CFLAGS", "").split()
 link = os.environ.get("METALEARN_LDFLAGS", "").split()
 # The binding calls the core only through its public functions (accessors included), and

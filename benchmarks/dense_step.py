@@ -10,6 +10,7 @@ With --drift N, trains N steps at batch 32 and prints the time per step of each 
 moments of dead units decayed into denormals, before Adam flushed them).
 Runs without PyTorch too (metalearn only).
 """
+
 import argparse
 import os
 import statistics
@@ -76,8 +77,9 @@ def torch_step(batch):
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.uniform(0, 1, size=(batch, 28, 28)).astype(np.float32))
     y = torch.from_numpy(rng.integers(0, 10, batch))
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 128), torch.nn.ReLU(),
-                                torch.nn.Linear(128, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(784, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
     loss_fn = torch.nn.CrossEntropyLoss()  # softmax + categorical cross-entropy, fused
 
@@ -96,13 +98,19 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 256])
-    parser.add_argument("--drift", type=int, default=0, metavar="N",
-                        help="train N steps at batch 32, print us/step per 1000-step block")
+    parser.add_argument(
+        "--drift",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train N steps at batch 32, print us/step per 1000-step block",
+    )
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.setdefault("METALEARN_NUM_THREADS", str(args.threads))
     try:
         import torch
+
         torch.set_num_threads(args.threads)
         torch_version = torch.__version__
     except ImportError:
@@ -114,8 +122,10 @@ def main():
         steps = {"metalearn": metalearn_step(32)}
         if torch is not None:
             steps["torch"] = torch_step(32)
-        print(f"AdaptiveNeuralNetwork 784-128-10, Adam, batch 32; threads={args.threads}; "
-              "us/step per block of 1000 steps")
+        print(
+            f"AdaptiveNeuralNetwork 784-128-10, Adam, batch 32; threads={args.threads}; "
+            "us/step per block of 1000 steps"
+        )
         print(f"{'steps':>13} " + " ".join(f"{name:>10}" for name in steps))
         for start in range(0, args.drift, 1000):
             times = []
@@ -126,8 +136,10 @@ def main():
                 times.append((time.perf_counter() - t0) / 1000 * 1e6)
             print(f"{start:>6}-{start + 999:<6} " + " ".join(f"{t:>10.1f}" for t in times))
         return
-    print(f"AdaptiveNeuralNetwork 784-128-10, Adam, categorical cross-entropy; threads={args.threads}; "
-          f"median of {args.repeats} x {args.steps} steps")
+    print(
+        f"AdaptiveNeuralNetwork 784-128-10, Adam, categorical cross-entropy; threads={args.threads}; "
+        f"median of {args.repeats} x {args.steps} steps"
+    )
     print(f"torch: {torch_version or 'not installed'}")
     header = f"{'batch':>6} {'metalearn steps/s':>18} {'train_on_batch':>15} {'torch steps/s':>14} {'ratio':>7}"
     print(header)
@@ -137,7 +149,9 @@ def main():
         fit_rate = bench(metalearn_fit_step(batch), args.steps, args.repeats)
         if torch is not None:
             t_rate = bench(torch_step(batch), args.steps, args.repeats)
-            print(f"{batch:>6} {ml_rate:>18.0f} {fit_rate:>15.0f} {t_rate:>14.0f} {ml_rate / t_rate:>6.2f}x")
+            print(
+                f"{batch:>6} {ml_rate:>18.0f} {fit_rate:>15.0f} {t_rate:>14.0f} {ml_rate / t_rate:>6.2f}x"
+            )
         else:
             print(f"{batch:>6} {ml_rate:>18.0f} {fit_rate:>15.0f} {'-':>14} {'-':>7}")
     sys.stdout.flush()

@@ -12,6 +12,7 @@ there). Shapes are m x k x n, as run_all.py writes them; "A^T" / "B^T": that ope
 stored transposed (ml.matmul's transpose_a / transpose_b). Timing interleaves nothing:
 run the before and after builds one after the other, twice, on a quiet machine.
 """
+
 import argparse
 import os
 import re
@@ -28,19 +29,30 @@ from metalearn import _core  # noqa: E402
 # (m, k, n, transpose_a, transpose_b): what each bounds (gemm_config.h)
 SHAPES = [
     # TINY_FLOPS: plain loops below, packing above
-    (3, 5, 7, 0, 0), (8, 8, 8, 0, 0), (16, 16, 16, 0, 0),
+    (3, 5, 7, 0, 0),
+    (8, 8, 8, 0, 0),
+    (16, 16, 16, 0, 0),
     # DOTS_NT_MAX_N: A B^T with few columns as dot products
-    (75, 784, 5, 0, 1), (10, 40, 10, 0, 1),
+    (75, 784, 5, 0, 1),
+    (10, 40, 10, 0, 1),
     # SMALL_MACS, SMALL_MAX_K, SMALL_KC: the unpacked kernel on MAML's per-task products
     # and few-shot shapes (the run_all.py sgemm rows 250x40x40, 5x784x256, 75x784x256)
-    (10, 40, 40, 0, 0), (10, 10, 40, 0, 0), (40, 10, 40, 0, 0), (40, 250, 40, 1, 0),
-    (250, 40, 40, 0, 0), (5, 784, 256, 0, 0), (75, 784, 256, 0, 0),
+    (10, 40, 40, 0, 0),
+    (10, 10, 40, 0, 0),
+    (40, 10, 40, 0, 0),
+    (40, 250, 40, 1, 0),
+    (250, 40, 40, 0, 0),
+    (5, 784, 256, 0, 0),
+    (75, 784, 256, 0, 0),
     # SMALL_LONG_K_MAX_M: past SMALL_MAX_K, few rows unpacked, many rows packed
-    (16, 784, 256, 0, 0), (2400, 784, 256, 0, 0),
+    (16, 784, 256, 0, 0),
+    (2400, 784, 256, 0, 0),
     # SMALL_AT_MAX_M: A^T with many rows packed
-    (64, 256, 256, 1, 0), (784, 128, 256, 1, 0),
+    (64, 256, 256, 1, 0),
+    (784, 128, 256, 1, 0),
     # SMALL_W_MIN_M: 4 x 24 tiles for n % 16 == 8 from this many rows
-    (5, 256, 56, 0, 0), (8, 256, 56, 0, 0),
+    (5, 256, 56, 0, 0),
+    (8, 256, 56, 0, 0),
     # the packed driver
     (512, 512, 512, 0, 0),
 ]

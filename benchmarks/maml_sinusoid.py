@@ -18,6 +18,7 @@ count:
 Prints meta-iterations/s and the ratio metalearn / peer (> 1: metalearn is faster).
 Runs without PyTorch too (metalearn only).
 """
+
 import argparse
 import os
 import statistics
@@ -43,23 +44,31 @@ def bench(step, iterations, repeats, warmup=10):
 
 def sampler(seed=0):
     from metalearn.tasks import Sinusoid
+
     return Sinusoid(k_shot=K, q_queries=Q, seed=seed)
 
 
 # ----------------------------------------------------------------- metalearn
+
 
 def metalearn_step(first_order):
     import metalearn as ml
     from metalearn.meta import MAML, models
 
     ml.random.set_seed(0)
-    maml = MAML(models.sinusoid_mlp(), inner_lr=INNER_LR, inner_steps=1, first_order=first_order,
-                meta_lr=META_LR)
+    maml = MAML(
+        models.sinusoid_mlp(),
+        inner_lr=INNER_LR,
+        inner_steps=1,
+        first_order=first_order,
+        meta_lr=META_LR,
+    )
     tasks = sampler()
     return lambda: maml.fit(tasks, iterations=1, meta_batch_size=META_BATCH, verbose=0)
 
 
 # ------------------------------------------------------------------- PyTorch
+
 
 def _torch_params(torch):
     g = torch.Generator().manual_seed(0)
@@ -74,6 +83,7 @@ def _torch_params(torch):
 
 def torch_loop_step(first_order):
     import torch
+
     params = _torch_params(torch)
     opt = torch.optim.Adam(params, lr=META_LR)
     tasks = sampler()
@@ -96,11 +106,13 @@ def torch_loop_step(first_order):
         opt.zero_grad()
         meta.backward()
         opt.step()
+
     return step
 
 
 def torch_bmm_step(first_order):
     import torch
+
     params = _torch_params(torch)
     opt = torch.optim.Adam(params, lr=META_LR)
     tasks = sampler()
@@ -123,12 +135,14 @@ def torch_bmm_step(first_order):
         opt.zero_grad()
         meta.backward()
         opt.step()
+
     return step
 
 
 def torch_vmap_step(first_order):
     import torch
     from torch.func import grad, vmap
+
     params = _torch_params(torch)
     opt = torch.optim.Adam(params, lr=META_LR)
     tasks = sampler()
@@ -157,14 +171,15 @@ def torch_vmap_step(first_order):
         opt.zero_grad()
         meta.backward()
         opt.step()
+
     return step
 
 
 def check_same_meta_gradient():
     """The metalearn and PyTorch-loop meta-gradients agree on one batch (a sanity check)."""
     import torch
-    import metalearn as ml
     from metalearn.meta import MAML, models
+
     model = models.sinusoid_mlp()
     params = _torch_params(torch)
     model.set_weights([p.detach().numpy() for p in params])
@@ -175,10 +190,13 @@ def check_same_meta_gradient():
         h = torch.relu(x @ p[0] + p[1])
         h = torch.relu(h @ p[2] + p[3])
         return h @ p[4] + p[5]
+
     sx, sy, qx, qy = (torch.from_numpy(a) for a in batch)
     total = 0
     for i in range(4):
-        g = torch.autograd.grad(((forward(params, sx[i]) - sy[i]) ** 2).mean(), params, create_graph=True)
+        g = torch.autograd.grad(
+            ((forward(params, sx[i]) - sy[i]) ** 2).mean(), params, create_graph=True
+        )
         fast = [p - INNER_LR * gi for p, gi in zip(params, g)]
         total = total + ((forward(fast, qx[i]) - qy[i]) ** 2).mean()
     g_t = torch.autograd.grad(total / 4, params)
@@ -194,18 +212,22 @@ def main(argv=None):
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import metalearn as ml
+
     setter = getattr(ml, "set_num_threads", None) or getattr(ml._core, "set_num_threads", None)
     if setter:
         setter(args.threads)
     try:
         import torch
+
         torch.set_num_threads(args.threads)
         tv = torch.__version__
     except ImportError:
         torch = None
         tv = None
-    print(f"MAML sinusoid, 1-40-40-1 ReLU, K={K}, {Q} queries, meta-batch {META_BATCH}, 1 inner step; "
-          f"threads={args.threads}; torch {tv or 'not installed'}")
+    print(
+        f"MAML sinusoid, 1-40-40-1 ReLU, K={K}, {Q} queries, meta-batch {META_BATCH}, 1 inner step; "
+        f"threads={args.threads}; torch {tv or 'not installed'}"
+    )
     if torch is not None:
         print(f"meta-gradient check, max |metalearn - torch| = {check_same_meta_gradient():.2e}")
     rows = []
@@ -213,16 +235,23 @@ def main(argv=None):
         r_ml = bench(metalearn_step(fo), args.iterations, args.repeats, args.warmup)
         peers = {}
         if torch is not None:
-            peers["torch loop"] = bench(torch_loop_step(fo), args.iterations, args.repeats, args.warmup)
-            peers["torch bmm"] = bench(torch_bmm_step(fo), args.iterations, args.repeats, args.warmup)
+            peers["torch loop"] = bench(
+                torch_loop_step(fo), args.iterations, args.repeats, args.warmup
+            )
+            peers["torch bmm"] = bench(
+                torch_bmm_step(fo), args.iterations, args.repeats, args.warmup
+            )
             try:
-                peers["torch vmap"] = bench(torch_vmap_step(fo), args.iterations, args.repeats, args.warmup)
+                peers["torch vmap"] = bench(
+                    torch_vmap_step(fo), args.iterations, args.repeats, args.warmup
+                )
             except Exception as exc:  # noqa: BLE001 - report and go on
                 print(f"torch.func.vmap peer failed: {exc}", file=sys.stderr)
         rows.append((order, r_ml, peers))
     names = ["torch loop", "torch bmm", "torch vmap"]
-    head = f"{'':10s}{'metalearn':>12s}" + "".join(f"{n:>12s}{'ratio':>8s}" for n in names if
-                                                     any(n in r[2] for r in rows))
+    head = f"{'':10s}{'metalearn':>12s}" + "".join(
+        f"{n:>12s}{'ratio':>8s}" for n in names if any(n in r[2] for r in rows)
+    )
     print("\nmeta-iterations/s (median of repeats); ratio = metalearn / peer")
     print(head)
     for order, r_ml, peers in rows:

@@ -5,6 +5,7 @@ installed, on the same normalised keys, same machine, same thread count.
 
     python benchmarks/memory_query.py [--entries 100000] [--dim 128] [--k 8]
 """
+
 import argparse
 import os
 import time
@@ -44,18 +45,22 @@ def main():
     mem = KnowledgeMemory(m, d, seed=0)
     # distinct labels: every update writes a new slot, so the memory holds exactly `keys`
     for s in range(0, m, 4096):
-        mem.update(keys[s:s + 4096], np.arange(s, min(s + 4096, m)))
+        mem.update(keys[s : s + 4096], np.arange(s, min(s + 4096, m)))
     K = mem.state()[0]  # the stored (normalised) keys, for the baselines
     assert len(mem) == m
 
     try:
         import torch
+
         torch.set_num_threads(os.cpu_count() or 1)
         Kt = torch.from_numpy(K)
     except ImportError:
         torch = None
-    print(f"memory: {m} entries, d={d}, k={k}; kernel {_core.kernel_name() if hasattr(_core, 'kernel_name') else '?'}; "
-          f"{os.cpu_count()} CPUs" + (f", torch {torch.__version__} threads={torch.get_num_threads()}" if torch else ""))
+    print(
+        f"memory: {m} entries, d={d}, k={k}; kernel {_core.kernel_name() if hasattr(_core, 'kernel_name') else '?'}; "
+        f"{os.cpu_count()} CPUs"
+        + (f", torch {torch.__version__} threads={torch.get_num_threads()}" if torch else "")
+    )
     for n in args.batches:
         q = rng.standard_normal((n, d)).astype(np.float32)
         qn = q / np.linalg.norm(q, axis=1, keepdims=True)
@@ -75,8 +80,10 @@ def main():
         assert np.allclose(sim, rsim, atol=1e-4), "top-k similarities differ from NumPy"
         t_ours = best_time(ours, args.repeat)
         t_np = best_time(numpy_ref, args.repeat)
-        line = (f"batch {n:4d}: metalearn {n / t_ours:10.0f} q/s ({t_ours * 1e3:7.2f} ms)  "
-                f"numpy {n / t_np:10.0f} q/s  ratio numpy/metalearn time {t_np / t_ours:5.2f}x")
+        line = (
+            f"batch {n:4d}: metalearn {n / t_ours:10.0f} q/s ({t_ours * 1e3:7.2f} ms)  "
+            f"numpy {n / t_np:10.0f} q/s  ratio numpy/metalearn time {t_np / t_ours:5.2f}x"
+        )
         if torch is not None:
             qt = torch.from_numpy(qn)
 

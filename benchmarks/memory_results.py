@@ -27,6 +27,7 @@ c. The performance predictor: MetaLearningNetwork's predicted accuracy against t
     python benchmarks/memory_results.py --quick    # seconds, for CI
     python benchmarks/memory_results.py --only a   # one experiment
 """
+
 import argparse
 import math
 import os
@@ -67,6 +68,7 @@ class _no_grad:
 
 # ------------------------------------------------------------------ a. memory one-shot
 
+
 def memory_one_shot(args):
     t0 = time.perf_counter()
     xtr, ytr = omniglot(split="vinyals_trainval")
@@ -76,22 +78,28 @@ def memory_one_shot(args):
         return None
     enc = models.conv4(filters=args.filters)
     proto = ProtoNet(enc, meta_lr=1e-3)
-    train = NWayKShot((xtr, ytr), n_way=args.train_way, k_shot=1, q_queries=args.train_queries,
-                      seed=1)
+    train = NWayKShot(
+        (xtr, ytr), n_way=args.train_way, k_shot=1, q_queries=args.train_queries, seed=1
+    )
     episodes, start = 0, time.perf_counter()
     while time.perf_counter() - start < args.train_seconds and episodes < args.max_episodes:
         proto.fit(train, iterations=10, meta_batch_size=1, verbose=0)
         episodes += 10
     train_time = time.perf_counter() - start
-    print(f"a. conv4({args.filters}) encoder: {episodes} ProtoNet episodes "
-          f"({args.train_way}-way 1-shot, {args.train_queries} queries/class) in {train_time:.0f} s; "
-          f"last train accuracy {np.mean(proto.history['accuracy']):.3f}")
+    print(
+        f"a. conv4({args.filters}) encoder: {episodes} ProtoNet episodes "
+        f"({args.train_way}-way 1-shot, {args.train_queries} queries/class) in {train_time:.0f} s; "
+        f"last train accuracy {np.mean(proto.history['accuracy']):.3f}"
+    )
     results = {}
     for n_way, paper in ((5, 98.4), (20, 95.0)):
         t1 = time.perf_counter()
-        test = NWayKShot((xte, yte), n_way=n_way, k_shot=1, q_queries=args.test_queries, seed=100 + n_way)
-        memory = KnowledgeMemory(256, int(np.prod(enc.output_shape[1:]))
-                                 if getattr(enc, "output_shape", None) else 64)
+        test = NWayKShot(
+            (xte, yte), n_way=n_way, k_shot=1, q_queries=args.test_queries, seed=100 + n_way
+        )
+        memory = KnowledgeMemory(
+            256, int(np.prod(enc.output_shape[1:])) if getattr(enc, "output_shape", None) else 64
+        )
         accs = []
         for _ in range(args.episodes):
             t = test.sample()
@@ -99,24 +107,28 @@ def memory_one_shot(args):
             with _no_grad():
                 s = np.asarray(enc(t.support_x, training=False))
                 q = np.asarray(enc(t.query_x, training=False))
-            memory.update(s.reshape(len(s), -1), t.support_y)      # write the support set
-            pred = memory.predict(q.reshape(len(q), -1))           # nearest key's label
+            memory.update(s.reshape(len(s), -1), t.support_y)  # write the support set
+            pred = memory.predict(q.reshape(len(q), -1))  # nearest key's label
             accs.append(float(np.mean(pred == t.query_y)))
         results[n_way] = accs
-        print(f"   {n_way:2d}-way 1-shot by memory lookup: {pct(accs)} over {len(accs)} episodes "
-              f"(paper {paper} %)  [{time.perf_counter() - t1:.1f} s]")
+        print(
+            f"   {n_way:2d}-way 1-shot by memory lookup: {pct(accs)} over {len(accs)} episodes "
+            f"(paper {paper} %)  [{time.perf_counter() - t1:.1f} s]"
+        )
     print(f"   wall time a: {time.perf_counter() - t0:.0f} s")
     return enc
 
 
 # ------------------------------------------------------------------ b. warm start
 
+
 class RecurringTasks:
     """N-way tasks from a fixed pool of class sets (each recurs, relabelled each time),
     mixed with fresh random class sets; drawings restricted to `drawings` per character."""
 
-    def __init__(self, x, y, pool, n_way=5, k_shot=1, q_queries=5, drawings=slice(0, 15),
-                 p_recur=0.5, seed=0):
+    def __init__(
+        self, x, y, pool, n_way=5, k_shot=1, q_queries=5, drawings=slice(0, 15), p_recur=0.5, seed=0
+    ):
         self.x, self.n_way, self.k, self.q = x, n_way, k_shot, q_queries
         self.members = [np.flatnonzero(y == c)[drawings] for c in range(int(y.max()) + 1)]
         self.pool, self.p_recur = pool, p_recur
@@ -131,21 +143,28 @@ class RecurringTasks:
         recur = classes is not None
         if classes is None:
             classes, recur = self._classes()
-        classes = np.asarray(classes)[self.rng.permutation(self.n_way)]   # renumber
+        classes = np.asarray(classes)[self.rng.permutation(self.n_way)]  # renumber
         sx, qx = [], []
         for c in classes:
             m = self.members[c]
             idx = m[self.rng.choice(len(m), self.k + self.q, replace=False)]
-            sx.append(self.x[idx[:self.k]])
-            qx.append(self.x[idx[self.k:]])
+            sx.append(self.x[idx[: self.k]])
+            qx.append(self.x[idx[self.k :]])
         lab = np.arange(self.n_way)
-        return Task(np.concatenate(sx), np.repeat(lab, self.k), np.concatenate(qx),
-                    np.repeat(lab, self.q), {"classes": classes, "recurring": recur})
+        return Task(
+            np.concatenate(sx),
+            np.repeat(lab, self.k),
+            np.concatenate(qx),
+            np.repeat(lab, self.q),
+            {"classes": classes, "recurring": recur},
+        )
 
     def sample_batch(self, b):
         ts = [self.sample() for _ in range(b)]
-        return Task(*(np.stack([t[i] for t in ts]) for i in range(4)),
-                    info={"batched": True, "classes": np.stack([t.info["classes"] for t in ts])})
+        return Task(
+            *(np.stack([t[i] for t in ts]) for i in range(4)),
+            info={"batched": True, "classes": np.stack([t.info["classes"] for t in ts])},
+        )
 
 
 def warm_start(args, encoder=None):
@@ -155,33 +174,51 @@ def warm_start(args, encoder=None):
     rng = np.random.default_rng(7)
     pool = [rng.choice(int(y.max()) + 1, 5, replace=False) for _ in range(args.pool)]
     train = RecurringTasks(x, y, pool, q_queries=5, drawings=slice(0, 15), seed=1)
-    variants = [("learner's body", None)] + ([("conv encoder of a", encoder)] if encoder is not None else [])
+    variants = [("learner's body", None)] + (
+        [("conv encoder of a", encoder)] if encoder is not None else []
+    )
     for vname, enc in variants:
-        system = MetaLearner(n_way=5, algorithm="maml", inner_steps=1, inner_lr=0.4,
-                             memory_capacity=args.iterations * args.meta_batch + 16, encoder=enc,
-                             seed=0)
+        system = MetaLearner(
+            n_way=5,
+            algorithm="maml",
+            inner_steps=1,
+            inner_lr=0.4,
+            memory_capacity=args.iterations * args.meta_batch + 16,
+            encoder=enc,
+            seed=0,
+        )
         train.rng = np.random.default_rng(1)
         start = time.perf_counter()
         system.fit(train, iterations=args.iterations, meta_batch_size=args.meta_batch, verbose=0)
         fit_time = time.perf_counter() - start
-        print(f"b. keys from the {vname}: MAML (1 inner step, lr 0.4) on AdaptiveNeuralNetwork(5, 128), "
-              f"{args.iterations} iterations x {args.meta_batch} tasks in {fit_time:.0f} s; memory "
-              f"{system.memory.size} tasks; pool of {len(pool)} recurring 5-class sets")
+        print(
+            f"b. keys from the {vname}: MAML (1 inner step, lr 0.4) on AdaptiveNeuralNetwork(5, 128), "
+            f"{args.iterations} iterations x {args.meta_batch} tasks in {fit_time:.0f} s; memory "
+            f"{system.memory.size} tasks; pool of {len(pool)} recurring 5-class sets"
+        )
         # the warm-start threshold, set on training data only: midway between the median class
         # similarity of recalls for recurring training tasks and for fresh training tasks
         calib = RecurringTasks(x, y, pool, q_queries=1, drawings=slice(0, 15), seed=9)
-        rec_sim = [system.recall(*calib.sample(pool[i % len(pool)])[:2])["class_similarity"]
-                   for i in range(50)]
+        rec_sim = [
+            system.recall(*calib.sample(pool[i % len(pool)])[:2])["class_similarity"]
+            for i in range(50)
+        ]
         calib.p_recur = 0.0
         new_sim = [system.recall(*calib.sample()[:2])["class_similarity"] for _ in range(50)]
         system.warm_start_threshold = float((np.median(rec_sim) + np.median(new_sim)) / 2)
-        print(f"   class similarity of recalls on training tasks: recurring median "
-              f"{np.median(rec_sim):.3f}, fresh median {np.median(new_sim):.3f} -> threshold "
-              f"{system.warm_start_threshold:.3f}")
+        print(
+            f"   class similarity of recalls on training tasks: recurring median "
+            f"{np.median(rec_sim):.3f}, fresh median {np.median(new_sim):.3f} -> threshold "
+            f"{system.warm_start_threshold:.3f}"
+        )
         held = RecurringTasks(x, y, pool, q_queries=4, drawings=slice(15, 20), seed=2)
-        novel = NWayKShot((xte, yte), n_way=5, k_shot=1, q_queries=4, augment_rotations=False, seed=3)
-        for name, sampler in (("recurring", lambda: held.sample(pool[held.rng.integers(len(pool))])),
-                              ("novel", novel.sample)):
+        novel = NWayKShot(
+            (xte, yte), n_way=5, k_shot=1, q_queries=4, augment_rotations=False, seed=3
+        )
+        for name, sampler in (
+            ("recurring", lambda: held.sample(pool[held.rng.integers(len(pool))])),
+            ("novel", novel.sample),
+        ):
             t1 = time.perf_counter()
             with_m, without, used, hit, zero = [], [], [], [], []
             for _ in range(args.episodes):
@@ -191,22 +228,29 @@ def warm_start(args, encoder=None):
                 used.append(bool(rec and rec["warm_start"]))
                 if name == "recurring" and rec is not None:
                     stored = system.task_info.get(rec["task_id"], {}).get("classes")
-                    hit.append(stored is not None and
-                               set(np.asarray(stored).tolist()) == set(t.info["classes"].tolist()))
+                    hit.append(
+                        stored is not None
+                        and set(np.asarray(stored).tolist()) == set(t.info["classes"].tolist())
+                    )
                 without.append(system.evaluate_task(t, steps=1, warm_start=False))
                 if name == "recurring" and len(zero) < 100:
                     zero.append(system.evaluate_task(t, steps=0, warm_start=True))
             diff = np.asarray(with_m) - np.asarray(without)
-            print(f"   {name:9s} tasks, accuracy after 1 step: with memory warm start {pct(with_m)}, "
-                  f"without {pct(without)}; difference {pct(diff)}; warm start used on "
-                  f"{100 * np.mean(used):.0f} % of {len(with_m)} tasks  [{time.perf_counter() - t1:.1f} s]")
+            print(
+                f"   {name:9s} tasks, accuracy after 1 step: with memory warm start {pct(with_m)}, "
+                f"without {pct(without)}; difference {pct(diff)}; warm start used on "
+                f"{100 * np.mean(used):.0f} % of {len(with_m)} tasks  [{time.perf_counter() - t1:.1f} s]"
+            )
             if hit:
-                print(f"   {'':9s} (recalled task has the same classes: {100 * np.mean(hit):.0f} %; "
-                      f"recalled head alone, 0 steps: {pct(zero)})")
+                print(
+                    f"   {'':9s} (recalled task has the same classes: {100 * np.mean(hit):.0f} %; "
+                    f"recalled head alone, 0 steps: {pct(zero)})"
+                )
     print(f"   wall time b: {time.perf_counter() - t0:.0f} s")
 
 
 # ------------------------------------------------------------------ c. predictor
+
 
 class VariedTasks:
     """5-way 1-shot tasks of varied difficulty: classes from one alphabet (hard) or from
@@ -233,16 +277,22 @@ class VariedTasks:
         sx, qx = [], []
         for c in classes:
             idx = self.members[c][r.choice(len(self.members[c]), self.k + self.q, replace=False)]
-            sx.append(self.x[idx[:self.k]])
-            qx.append(self.x[idx[self.k:]])
+            sx.append(self.x[idx[: self.k]])
+            qx.append(self.x[idx[self.k :]])
         sx, qx = np.concatenate(sx), np.concatenate(qx)
 
         def corrupt(a):
             mask = r.random(a.shape) < noise
             return np.where(mask, r.random(a.shape).astype(np.float32), a).astype(np.float32)
+
         lab = np.arange(self.n_way)
-        return Task(corrupt(sx), np.repeat(lab, self.k), corrupt(qx), np.repeat(lab, self.q),
-                    {"noise": noise})
+        return Task(
+            corrupt(sx),
+            np.repeat(lab, self.k),
+            corrupt(qx),
+            np.repeat(lab, self.q),
+            {"noise": noise},
+        )
 
     def sample_batch(self, b):
         ts = [self.sample() for _ in range(b)]
@@ -253,25 +303,41 @@ def predictor(args, encoder=None):
     t0 = time.perf_counter()
     x, y, names = omniglot(split="vinyals_trainval", return_names=True)
     xte, yte, nte = omniglot(split="vinyals_test", return_names=True)
-    variants = [("learner's body", None)] + ([("conv encoder of a", encoder)] if encoder is not None else [])
+    variants = [("learner's body", None)] + (
+        [("conv encoder of a", encoder)] if encoder is not None else []
+    )
     rho = None
     for vname, enc in variants:
         train = VariedTasks(x, y, names, q_queries=5, seed=1)
-        system = MetaLearner(n_way=5, algorithm="maml", inner_steps=1, inner_lr=0.4,
-                             memory_capacity=1000, encoder=enc, seed=0)
+        system = MetaLearner(
+            n_way=5,
+            algorithm="maml",
+            inner_steps=1,
+            inner_lr=0.4,
+            memory_capacity=1000,
+            encoder=enc,
+            seed=0,
+        )
         start = time.perf_counter()
-        system.fit(train, iterations=args.c_iterations, meta_batch_size=args.meta_batch, verbose=0,
-                   remember=False)
+        system.fit(
+            train,
+            iterations=args.c_iterations,
+            meta_batch_size=args.meta_batch,
+            verbose=0,
+            remember=False,
+        )
         extra = system.train_predictor(args.predictor_steps)
         fit_time = time.perf_counter() - start
         h = system.history["predictor_loss"]
         k = max(1, len(h) // 10)
-        print(f"c. predictor features (Gram matrix, labels, {len(system.STATISTICS)} task statistics) "
-              f"from the {vname}: MAML + predictor on varied tasks, "
-              f"{args.c_iterations} iterations x {args.meta_batch} tasks (+{args.predictor_steps} "
-              f"predictor steps on the last {len(system._buffer_t)} tasks) in {fit_time:.0f} s; "
-              f"predictor MSE {np.mean(h[:k]):.4f} (first 10 %) -> "
-              f"{np.mean(extra[-k:]) if extra else np.mean(h[-k:]):.4f} (last)")
+        print(
+            f"c. predictor features (Gram matrix, labels, {len(system.STATISTICS)} task statistics) "
+            f"from the {vname}: MAML + predictor on varied tasks, "
+            f"{args.c_iterations} iterations x {args.meta_batch} tasks (+{args.predictor_steps} "
+            f"predictor steps on the last {len(system._buffer_t)} tasks) in {fit_time:.0f} s; "
+            f"predictor MSE {np.mean(h[:k]):.4f} (first 10 %) -> "
+            f"{np.mean(extra[-k:]) if extra else np.mean(h[-k:]):.4f} (last)"
+        )
         test = VariedTasks(xte, yte, nte, q_queries=15, seed=5)
         t1 = time.perf_counter()
         pred, achieved = [], []
@@ -281,10 +347,12 @@ def predictor(args, encoder=None):
             achieved.append(system.evaluate_task(t, warm_start=False))
         rho = spearman(pred, achieved)
         mae = float(np.mean(np.abs(np.asarray(pred) - np.asarray(achieved))))
-        print(f"   held-out tasks (test characters): Spearman {rho:.3f} between predicted and "
-              f"achieved accuracy over {len(pred)} tasks (achieved {pct(achieved)}, range "
-              f"{min(achieved):.2f}-{max(achieved):.2f}; mean |error| {mae:.3f})  "
-              f"[{time.perf_counter() - t1:.1f} s]")
+        print(
+            f"   held-out tasks (test characters): Spearman {rho:.3f} between predicted and "
+            f"achieved accuracy over {len(pred)} tasks (achieved {pct(achieved)}, range "
+            f"{min(achieved):.2f}-{max(achieved):.2f}; mean |error| {mae:.3f})  "
+            f"[{time.perf_counter() - t1:.1f} s]"
+        )
     print(f"   wall time c: {time.perf_counter() - t0:.0f} s")
     return rho
 
@@ -294,27 +362,56 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny settings (CI)")
     ap.add_argument("--only", choices=["a", "b", "c"], action="append")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--train-seconds", type=float, default=None,
-                    help="CPU budget for the conv encoder of a (default 240 s; quick 3 s)")
+    ap.add_argument(
+        "--train-seconds",
+        type=float,
+        default=None,
+        help="CPU budget for the conv encoder of a (default 240 s; quick 3 s)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
-        cfg = dict(filters=16, train_way=5, train_queries=2, train_seconds=3, max_episodes=20,
-                   test_queries=1, episodes=20, pool=10, iterations=20, c_iterations=20,
-                   meta_batch=4, predictor_steps=20)
+        cfg = dict(
+            filters=16,
+            train_way=5,
+            train_queries=2,
+            train_seconds=3,
+            max_episodes=20,
+            test_queries=1,
+            episodes=20,
+            pool=10,
+            iterations=20,
+            c_iterations=20,
+            meta_batch=4,
+            predictor_steps=20,
+        )
     else:
-        cfg = dict(filters=64, train_way=20, train_queries=5, train_seconds=240, max_episodes=10 ** 6,
-                   test_queries=5, episodes=400, pool=100, iterations=600, c_iterations=2000,
-                   meta_batch=16, predictor_steps=2000)
+        cfg = dict(
+            filters=64,
+            train_way=20,
+            train_queries=5,
+            train_seconds=240,
+            max_episodes=10**6,
+            test_queries=5,
+            episodes=400,
+            pool=100,
+            iterations=600,
+            c_iterations=2000,
+            meta_batch=16,
+            predictor_steps=2000,
+        )
     if args.train_seconds is not None:
         cfg["train_seconds"] = args.train_seconds
     for k, v in cfg.items():
         setattr(args, k, v)
-    metalearn.random.set_seed(args.seed) if hasattr(metalearn, "random") and \
-        hasattr(metalearn.random, "set_seed") else None
+    metalearn.random.set_seed(args.seed) if hasattr(metalearn, "random") and hasattr(
+        metalearn.random, "set_seed"
+    ) else None
     only = args.only or ["a", "b", "c"]
     t0 = time.perf_counter()
-    print(f"metalearn memory results ({'quick' if args.quick else 'full'} settings, "
-          f"{os.cpu_count()} CPUs)")
+    print(
+        f"metalearn memory results ({'quick' if args.quick else 'full'} settings, "
+        f"{os.cpu_count()} CPUs)"
+    )
     encoder = None
     if "a" in only:
         encoder = memory_one_shot(args)

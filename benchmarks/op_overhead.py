@@ -8,6 +8,7 @@ Both libraries run with the same number of threads (--threads, default 1).
 
 Target (issue 2): metalearn's tiny-op time at most a third of PyTorch's (ratio <= 0.33).
 """
+
 import argparse
 import os
 import statistics
@@ -30,8 +31,10 @@ def metalearn_cases():
     a = ml.tensor(np.ones(4, np.float32))
     b = ml.tensor(np.ones(4, np.float32))
     m = ml.tensor(np.random.default_rng(0).standard_normal((40, 40)).astype(np.float32))
-    w = ml.tensor(np.random.default_rng(1).standard_normal((40, 40)).astype(np.float32) * 0.1,
-                  requires_grad=True)
+    w = ml.tensor(
+        np.random.default_rng(1).standard_normal((40, 40)).astype(np.float32) * 0.1,
+        requires_grad=True,
+    )
 
     def graph():
         loss = ml.reduce_sum(ml.tanh(ml.matmul(m, w)))
@@ -46,7 +49,9 @@ def torch_cases(threads):
     torch.set_num_threads(threads)
     a, b = torch.ones(4), torch.ones(4)
     m = torch.from_numpy(np.random.default_rng(0).standard_normal((40, 40)).astype(np.float32))
-    w = torch.from_numpy(np.random.default_rng(1).standard_normal((40, 40)).astype(np.float32) * 0.1)
+    w = torch.from_numpy(
+        np.random.default_rng(1).standard_normal((40, 40)).astype(np.float32) * 0.1
+    )
     w.requires_grad_(True)
 
     def graph():
@@ -65,7 +70,10 @@ def main():
     numbers = {"add 4": 100000, "matmul 40x40": 20000, "graph+grad 40x40": 5000}
     ours = {k: median_time(f, numbers[k], args.repeats) for k, f in metalearn_cases().items()}
     try:
-        peer = {k: median_time(f, numbers[k], args.repeats) for k, f in torch_cases(args.threads).items()}
+        peer = {
+            k: median_time(f, numbers[k], args.repeats)
+            for k, f in torch_cases(args.threads).items()
+        }
         import torch
 
         peer_name = f"torch {torch.__version__}"

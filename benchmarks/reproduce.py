@@ -24,6 +24,7 @@ Runs (the papers' numbers are printed beside ours):
 
 Accuracies are means over test episodes with 95 % confidence intervals.
 """
+
 import argparse
 import os
 import sys
@@ -32,9 +33,12 @@ import time
 import numpy as np
 
 PAPER = {
-    ("maml_mlp", 5, 1): "89.7 +- 1.1", ("maml_mlp", 5, 5): "97.5 +- 0.6",
-    ("protonet_conv4", 5, 1): "98.8", ("protonet_conv4", 5, 5): "99.7",
-    ("protonet_conv4", 20, 1): "96.0", ("protonet_conv4", 20, 5): "98.9",
+    ("maml_mlp", 5, 1): "89.7 +- 1.1",
+    ("maml_mlp", 5, 5): "97.5 +- 0.6",
+    ("protonet_conv4", 5, 1): "98.8",
+    ("protonet_conv4", 5, 5): "99.7",
+    ("protonet_conv4", 20, 1): "96.0",
+    ("protonet_conv4", 20, 5): "98.9",
     ("maml_conv4", 5, 1): "98.7 +- 0.4",
 }
 RESULTS = []
@@ -42,7 +46,9 @@ RESULTS = []
 
 def report(name, setting, ours, paper, seconds, note=""):
     RESULTS.append((name, setting, ours, paper, seconds, note))
-    print(f"  -> {name} {setting}: {ours}   (paper: {paper})   [{seconds:.1f} s] {note}", flush=True)
+    print(
+        f"  -> {name} {setting}: {ours}   (paper: {paper})   [{seconds:.1f} s] {note}", flush=True
+    )
 
 
 def pct(res):
@@ -51,51 +57,77 @@ def pct(res):
 
 def _data():
     from metalearn.datasets import omniglot
+
     return omniglot(split="vinyals_trainval"), omniglot(split="vinyals_test")
 
 
 # ------------------------------------------------------------------------- runs
 
+
 def maml_sinusoid(args):
     import metalearn as ml
     from metalearn.meta import MAML, models
     from metalearn.tasks import Sinusoid
+
     iters = args.iterations or (20 if args.quick else 70000)
     ml.random.set_seed(args.seed)
     t0 = time.perf_counter()
     maml = MAML(models.sinusoid_mlp(), inner_lr=0.01, inner_steps=1, meta_lr=0.001)
-    maml.fit(Sinusoid(k_shot=10, q_queries=10, seed=args.seed), iterations=iters,
-             meta_batch_size=25, verbose=args.verbose)
+    maml.fit(
+        Sinusoid(k_shot=10, q_queries=10, seed=args.seed),
+        iterations=iters,
+        meta_batch_size=25,
+        verbose=args.verbose,
+    )
     test = Sinusoid(k_shot=10, q_queries=100, seed=args.seed + 1).sample_batch(600)
     res = maml.evaluate(test, steps=[0, 1, 10])
     dt = time.perf_counter() - t0
     for s in (0, 1, 10):
-        report("maml_sinusoid", f"K=10, {iters} it, {s} steps",
-               f"MSE {res[s]['mse']:.3f} +- {res[s]['ci95']:.3f}", "Fig. 3 curve", dt)
+        report(
+            "maml_sinusoid",
+            f"K=10, {iters} it, {s} steps",
+            f"MSE {res[s]['mse']:.3f} +- {res[s]['ci95']:.3f}",
+            "Fig. 3 curve",
+            dt,
+        )
 
 
 def maml_mlp(args):
     import metalearn as ml
     from metalearn.meta import MAML, models
     from metalearn.tasks import NWayKShot
+
     (x, y), (xt, yt) = _data()
     for shots in args.shots:
         iters = args.iterations or (5 if args.quick else 60000)
         ml.random.set_seed(args.seed)
         t0 = time.perf_counter()
         maml = MAML(models.omniglot_mlp(5), inner_lr=0.4, inner_steps=1, meta_lr=0.001)
-        maml.fit(NWayKShot((x, y), 5, shots, 15, seed=args.seed), iterations=iters,
-                 meta_batch_size=4 if args.quick else 32, verbose=args.verbose)
-        res = maml.evaluate(NWayKShot((xt, yt), 5, shots, 15, seed=args.seed + 1),
-                            episodes=args.episodes or (20 if args.quick else 600), steps=3)
-        report("maml_mlp", f"5-way {shots}-shot, {iters} it", pct(res),
-               PAPER[("maml_mlp", 5, shots)], time.perf_counter() - t0)
+        maml.fit(
+            NWayKShot((x, y), 5, shots, 15, seed=args.seed),
+            iterations=iters,
+            meta_batch_size=4 if args.quick else 32,
+            verbose=args.verbose,
+        )
+        res = maml.evaluate(
+            NWayKShot((xt, yt), 5, shots, 15, seed=args.seed + 1),
+            episodes=args.episodes or (20 if args.quick else 600),
+            steps=3,
+        )
+        report(
+            "maml_mlp",
+            f"5-way {shots}-shot, {iters} it",
+            pct(res),
+            PAPER[("maml_mlp", 5, shots)],
+            time.perf_counter() - t0,
+        )
 
 
 def protonet_conv4(args):
     import metalearn as ml
     from metalearn.meta import ProtoNet, models
     from metalearn.tasks import NWayKShot
+
     (x, y), (xt, yt) = _data()
     for shots in (1, 5):
         iters = args.iterations or (3 if args.quick else 20000)
@@ -107,16 +139,28 @@ def protonet_conv4(args):
         def halve(i, logs, opt=pn.meta_optimizer):  # the paper: halve every 2000 episodes
             if (i + 1) % 2000 == 0:
                 opt.learning_rate = opt.learning_rate * 0.5
-        pn.fit(NWayKShot((x, y), train_way, shots, 5, seed=args.seed), iterations=iters,
-               meta_batch_size=1, verbose=args.verbose, callbacks=[halve])
+
+        pn.fit(
+            NWayKShot((x, y), train_way, shots, 5, seed=args.seed),
+            iterations=iters,
+            meta_batch_size=1,
+            verbose=args.verbose,
+            callbacks=[halve],
+        )
         train_time = time.perf_counter() - t0
         for ways in (5, 20):
             t1 = time.perf_counter()
-            res = pn.evaluate(NWayKShot((xt, yt), ways, shots, 15 if not args.quick else 5,
-                                        seed=args.seed + 1),
-                              episodes=args.episodes or (5 if args.quick else 1000))
-            report("protonet_conv4", f"{ways}-way {shots}-shot, {iters} episodes", pct(res),
-                   PAPER[("protonet_conv4", ways, shots)], train_time + time.perf_counter() - t1)
+            res = pn.evaluate(
+                NWayKShot((xt, yt), ways, shots, 15 if not args.quick else 5, seed=args.seed + 1),
+                episodes=args.episodes or (5 if args.quick else 1000),
+            )
+            report(
+                "protonet_conv4",
+                f"{ways}-way {shots}-shot, {iters} episodes",
+                pct(res),
+                PAPER[("protonet_conv4", ways, shots)],
+                train_time + time.perf_counter() - t1,
+            )
 
 
 def _torch_maml_conv4(x, y, xt, yt, budget, args):
@@ -125,12 +169,17 @@ def _torch_maml_conv4(x, y, xt, yt, budget, args):
     from torch import nn
     from torch.func import functional_call
     from metalearn.tasks import NWayKShot
+
     torch.manual_seed(args.seed)
     layers = []
     c = 1
     for _ in range(4):
-        layers += [nn.Conv2d(c, 64, 3, padding=1), nn.BatchNorm2d(64, track_running_stats=False),
-                   nn.ReLU(), nn.MaxPool2d(2)]
+        layers += [
+            nn.Conv2d(c, 64, 3, padding=1),
+            nn.BatchNorm2d(64, track_running_stats=False),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
         c = 64
     net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(64, 5))
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -154,7 +203,8 @@ def _torch_maml_conv4(x, y, xt, yt, budget, args):
             params = dict(zip(names, net.parameters()))
             fast = adapt(params, nchw(b.support_x[i]), torch.from_numpy(b.support_y[i]), 1, True)
             total = total + nn.functional.cross_entropy(
-                functional_call(net, fast, (nchw(b.query_x[i]),)), torch.from_numpy(b.query_y[i]))
+                functional_call(net, fast, (nchw(b.query_x[i]),)), torch.from_numpy(b.query_y[i])
+            )
         opt.zero_grad()
         (total / mb).backward()
         opt.step()
@@ -176,6 +226,7 @@ def maml_conv4(args):
     import metalearn as ml
     from metalearn.meta import MAML, models
     from metalearn.tasks import NWayKShot
+
     (x, y), (xt, yt) = _data()
     budget = args.budget or (5.0 if args.quick else 3600.0)
     if args.peer == "torch":
@@ -188,12 +239,24 @@ def maml_conv4(args):
         maml.fit(tasks, iterations=1, meta_batch_size=4 if args.quick else 32, verbose=0)
         it += 1
         if args.verbose and it % 10 == 0:
-            print(f"  maml_conv4: {it} iterations, {time.perf_counter() - t0:.0f} s, "
-                  f"loss {maml.history['loss'][-1]:.3f}", flush=True)
-    res = maml.evaluate(NWayKShot((xt, yt), 5, 1, 15, seed=args.seed + 1),
-                        episodes=args.episodes or (5 if args.quick else 600), steps=3)
-    report("maml_conv4", f"5-way 1-shot, {it} it in {budget:.0f} s", pct(res),
-           PAPER[("maml_conv4", 5, 1)], time.perf_counter() - t0, "metalearn")
+            print(
+                f"  maml_conv4: {it} iterations, {time.perf_counter() - t0:.0f} s, "
+                f"loss {maml.history['loss'][-1]:.3f}",
+                flush=True,
+            )
+    res = maml.evaluate(
+        NWayKShot((xt, yt), 5, 1, 15, seed=args.seed + 1),
+        episodes=args.episodes or (5 if args.quick else 600),
+        steps=3,
+    )
+    report(
+        "maml_conv4",
+        f"5-way 1-shot, {it} it in {budget:.0f} s",
+        pct(res),
+        PAPER[("maml_conv4", 5, 1)],
+        time.perf_counter() - t0,
+        "metalearn",
+    )
     if args.peer == "both":
         _maml_conv4_torch_report(x, y, xt, yt, budget, args)
 
@@ -206,12 +269,22 @@ def _maml_conv4_torch_report(x, y, xt, yt, budget, args):
         return
     t1 = time.perf_counter()
     it_t, res_t = _torch_maml_conv4(x, y, xt, yt, budget, args)
-    report("maml_conv4", f"5-way 1-shot, {it_t} it in {budget:.0f} s", pct(res_t),
-           PAPER[("maml_conv4", 5, 1)], time.perf_counter() - t1, "PyTorch peer")
+    report(
+        "maml_conv4",
+        f"5-way 1-shot, {it_t} it in {budget:.0f} s",
+        pct(res_t),
+        PAPER[("maml_conv4", 5, 1)],
+        time.perf_counter() - t1,
+        "PyTorch peer",
+    )
 
 
-RUNS = {"maml_sinusoid": maml_sinusoid, "maml_mlp": maml_mlp,
-        "protonet_conv4": protonet_conv4, "maml_conv4": maml_conv4}
+RUNS = {
+    "maml_sinusoid": maml_sinusoid,
+    "maml_mlp": maml_mlp,
+    "protonet_conv4": protonet_conv4,
+    "maml_conv4": maml_conv4,
+}
 
 
 def main(argv=None):
@@ -221,11 +294,20 @@ def main(argv=None):
     p.add_argument("--iterations", type=int, default=None, help="override meta-iterations")
     p.add_argument("--episodes", type=int, default=None, help="override test episodes")
     p.add_argument("--budget", type=float, default=None, help="seconds for maml_conv4 (each peer)")
-    p.add_argument("--shots", type=int, nargs="+", default=[1, 5],
-                   help="maml_mlp: the K-shot settings to run (default: 1 5)")
-    p.add_argument("--peer", choices=("both", "metalearn", "torch"), default="both",
-                   help="maml_conv4: run metalearn, the PyTorch peer, or both one after the "
-                        "other (two processes with --threads 1 run the two side by side)")
+    p.add_argument(
+        "--shots",
+        type=int,
+        nargs="+",
+        default=[1, 5],
+        help="maml_mlp: the K-shot settings to run (default: 1 5)",
+    )
+    p.add_argument(
+        "--peer",
+        choices=("both", "metalearn", "torch"),
+        default="both",
+        help="maml_conv4: run metalearn, the PyTorch peer, or both one after the "
+        "other (two processes with --threads 1 run the two side by side)",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=None)
@@ -235,15 +317,18 @@ def main(argv=None):
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
         import metalearn as ml
+
         setter = getattr(ml, "set_num_threads", None) or getattr(ml._core, "set_num_threads", None)
         if setter:
             setter(args.threads)
         try:
             import torch
+
             torch.set_num_threads(args.threads)
         except ImportError:
             pass
     from metalearn.meta.models import has_conv
+
     t0 = time.perf_counter()
     for name in args.only or list(RUNS):
         if "conv4" in name and not has_conv():
@@ -251,8 +336,10 @@ def main(argv=None):
             continue
         print(f"== {name}", flush=True)
         RUNS[name](args)
-    print("\nrun             setting                              ours                    paper"
-          "          wall")
+    print(
+        "\nrun             setting                              ours                    paper"
+        "          wall"
+    )
     for name, setting, ours, paper, seconds, note in RESULTS:
         print(f"{name:15s} {setting:36s} {ours:23s} {paper:14s} {seconds:7.1f} s {note}")
     print(f"total {time.perf_counter() - t0:.1f} s")

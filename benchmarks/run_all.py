@@ -29,6 +29,7 @@ time, or metalearn GFLOP/s / peer GFLOP/s); `target` is issue 6's.
 
 Works without PyTorch (prints metalearn only).
 """
+
 import argparse
 import os
 import re
@@ -62,6 +63,7 @@ def set_threads(n):
     # in case the binding's setter does not forward to it
     try:
         import ctypes
+
         fn = ctypes.CDLL(_core.__file__).ml_set_num_threads
         fn.argtypes = [ctypes.c_int]
         fn(n)
@@ -72,6 +74,7 @@ def set_threads(n):
 
 
 # ------------------------------------------------------------------ timing
+
 
 def interleaved(fns, budget, repeats, warmup=1):
     """fns: {name: callable}. Runs `warmup` calls of each, sizes each one's chunk to about
@@ -171,6 +174,7 @@ def fma_peak():
 # Each row function returns a list of result dicts:
 #   {row, unit, ml, peers: {name: value}, higher_is_better, targets: {name: target text}}
 
+
 def row_sgemm(threads, quick):
     out = []
     shapes = [(2048, 2048, 2048), (250, 40, 40), (5, 784, 256), (75, 784, 256)]
@@ -195,27 +199,44 @@ def row_sgemm(threads, quick):
             if pk:
                 peers["FMA peak x%d" % threads] = pk * threads
                 targets["FMA peak x%d" % threads] = ">= 0.85 (1 thread)" if threads == 1 else "-"
-        out.append(dict(row=f"sgemm {m}x{k}x{n}", unit="GFLOP/s", ml=gf["ml"], peers=peers,
-                        higher=True, targets=targets))
+        out.append(
+            dict(
+                row=f"sgemm {m}x{k}x{n}",
+                unit="GFLOP/s",
+                ml=gf["ml"],
+                peers=peers,
+                higher=True,
+                targets=targets,
+            )
+        )
     return out
 
 
 def row_dense(threads, quick):
     import dense_step
+
     out = []
     for batch, target in ((32, ">= 3x"), (256, ">= 1.2x")):
         fns = {"ml": dense_step.metalearn_step(batch)}
         if torch is not None:
             fns["torch eager"] = dense_step.torch_step(batch)
         t = interleaved(fns, 0.02 if quick else 0.2, 3 if quick else 7, warmup=5)
-        out.append(dict(row=f"dense b{batch}", unit="steps/s", ml=1 / t["ml"],
-                        peers={k: 1 / v for k, v in t.items() if k != "ml"}, higher=True,
-                        targets={"torch eager": target}))
+        out.append(
+            dict(
+                row=f"dense b{batch}",
+                unit="steps/s",
+                ml=1 / t["ml"],
+                peers={k: 1 / v for k, v in t.items() if k != "ml"},
+                higher=True,
+                targets={"torch eager": target},
+            )
+        )
     return out
 
 
 def row_maml_sin(threads, quick):
     import maml_sinusoid as ms
+
     out = []
     for order, fo, tl, tv in (("2nd", False, ">= 50x", ">= 10x"), ("1st", True, ">= 30x", ">= 5x")):
         fns = {"ml": ms.metalearn_step(fo)}
@@ -229,9 +250,16 @@ def row_maml_sin(threads, quick):
             except Exception as exc:  # noqa: BLE001 - report and go on
                 print(f"  (torch vmap peer failed: {exc})", file=sys.stderr)
         t = interleaved(fns, 0.03 if quick else 0.2, 3 if quick else 7, warmup=3)
-        out.append(dict(row=f"maml-sin {order}", unit="iter/s", ml=1 / t["ml"],
-                        peers={k: 1 / v for k, v in t.items() if k != "ml"}, higher=True,
-                        targets={"torch loop": tl, "torch bmm": tv, "torch vmap": tv}))
+        out.append(
+            dict(
+                row=f"maml-sin {order}",
+                unit="iter/s",
+                ml=1 / t["ml"],
+                peers={k: 1 / v for k, v in t.items() if k != "ml"},
+                higher=True,
+                targets={"torch loop": tl, "torch bmm": tv, "torch vmap": tv},
+            )
+        )
     return out
 
 
@@ -245,6 +273,7 @@ def _omniglot_like(n_classes=40, per_class=20, seed=0):
 def row_maml_omniglot(threads, quick):
     from metalearn.meta import MAML, models
     from metalearn.tasks import NWayKShot
+
     N, KS, Q, MB, LR = 5, 1, 15, 32, 0.4
     data = _omniglot_like()
     ml.random.set_seed(0)
@@ -253,13 +282,16 @@ def row_maml_omniglot(threads, quick):
     fns = {"ml": lambda: maml.fit(tasks, iterations=1, meta_batch_size=MB, verbose=0)}
     if torch is not None:
         import torch.nn.functional as F
+
         g = torch.Generator().manual_seed(0)
         sizes = [784, 256, 128, 64, 64]
         params = []
         for i in range(4):
-            params.append((torch.randn(sizes[i + 1], sizes[i], generator=g) * 0.05).requires_grad_())
+            params.append(
+                (torch.randn(sizes[i + 1], sizes[i], generator=g) * 0.05).requires_grad_()
+            )
             params.append(torch.zeros(sizes[i + 1], requires_grad=True))
-            params.append(torch.ones(sizes[i + 1], requires_grad=True))   # BN gamma
+            params.append(torch.ones(sizes[i + 1], requires_grad=True))  # BN gamma
             params.append(torch.zeros(sizes[i + 1], requires_grad=True))  # BN beta
         params.append((torch.randn(N, 64, generator=g) * 0.05).requires_grad_())
         params.append(torch.zeros(N, requires_grad=True))
@@ -269,9 +301,10 @@ def row_maml_omniglot(threads, quick):
         def fwd(p, x):
             h = x.reshape(x.shape[0], -1)
             for i in range(4):
-                w, b, ga, be = p[4 * i: 4 * i + 4]
-                h = F.relu(F.batch_norm(F.linear(h, w, b), None, None, ga, be, training=True,
-                                        eps=1e-3))
+                w, b, ga, be = p[4 * i : 4 * i + 4]
+                h = F.relu(
+                    F.batch_norm(F.linear(h, w, b), None, None, ga, be, training=True, eps=1e-3)
+                )
             return F.linear(h, p[16], p[17])
 
         def tstep():
@@ -286,17 +319,26 @@ def row_maml_omniglot(threads, quick):
             opt.zero_grad()
             (total / MB).backward()
             opt.step()
+
         fns["torch loop"] = tstep
     t = interleaved(fns, 0.05 if quick else 0.4, 3 if quick else 5, warmup=1)
-    return [dict(row="maml-omniglot 5w1s", unit="iter/s", ml=1 / t["ml"],
-                 peers={k: 1 / v for k, v in t.items() if k != "ml"}, higher=True,
-                 targets={"torch loop": ">= 5x"})]
+    return [
+        dict(
+            row="maml-omniglot 5w1s",
+            unit="iter/s",
+            ml=1 / t["ml"],
+            peers={k: 1 / v for k, v in t.items() if k != "ml"},
+            higher=True,
+            targets={"torch loop": ">= 5x"},
+        )
+    ]
 
 
 def protonet_steps(n_way=20, k_shot=5, q=5, seed=0):
     """(metalearn step, torch step or None) for one ProtoNet conv4 episode."""
     from metalearn.meta import ProtoNet, models
     from metalearn.tasks import Task
+
     rng = np.random.default_rng(seed)
     sx = rng.uniform(0, 1, size=(1, n_way * k_shot, 28, 28, 1)).astype(np.float32)
     qx = rng.uniform(0, 1, size=(1, n_way * q, 28, 28, 1)).astype(np.float32)
@@ -314,8 +356,12 @@ def protonet_steps(n_way=20, k_shot=5, q=5, seed=0):
     layers = []
     cin = 1
     for _ in range(4):
-        layers += [nn.Conv2d(cin, 64, 3, padding=1), nn.BatchNorm2d(64, eps=1e-3, momentum=0.01),
-                   nn.ReLU(), nn.MaxPool2d(2)]
+        layers += [
+            nn.Conv2d(cin, 64, 3, padding=1),
+            nn.BatchNorm2d(64, eps=1e-3, momentum=0.01),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
         cin = 64
     enc = nn.Sequential(*layers, nn.Flatten())
     opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
@@ -332,6 +378,7 @@ def protonet_steps(n_way=20, k_shot=5, q=5, seed=0):
         opt.zero_grad()
         loss.backward()
         opt.step()
+
     return ml_step, torch_step
 
 
@@ -341,9 +388,16 @@ def row_protonet(threads, quick):
     if t_step:
         fns["torch"] = t_step
     t = interleaved(fns, 0.05 if quick else 0.3, 3 if quick else 7, warmup=1)
-    return [dict(row="protonet conv4 20w5s", unit="episodes/s", ml=1 / t["ml"],
-                 peers={k: 1 / v for k, v in t.items() if k != "ml"}, higher=True,
-                 targets={"torch": ">= 1.0x"})]
+    return [
+        dict(
+            row="protonet conv4 20w5s",
+            unit="episodes/s",
+            ml=1 / t["ml"],
+            peers={k: 1 / v for k, v in t.items() if k != "ml"},
+            higher=True,
+            targets={"torch": ">= 1.0x"},
+        )
+    ]
 
 
 def row_add(threads, quick):
@@ -354,13 +408,26 @@ def row_add(threads, quick):
         ta, tb = torch.ones(4), torch.ones(4)
         fns["torch"] = lambda: ta + tb
     t = interleaved(fns, 0.005 if quick else 0.05, 3 if quick else 7, warmup=100)
-    return [dict(row="add 4 (per-op)", unit="us/op", ml=t["ml"] * 1e6,
-                 peers={k: v * 1e6 for k, v in t.items() if k != "ml"}, higher=False,
-                 targets={"torch": ">= 3x"})]
+    return [
+        dict(
+            row="add 4 (per-op)",
+            unit="us/op",
+            ml=t["ml"] * 1e6,
+            peers={k: v * 1e6 for k, v in t.items() if k != "ml"},
+            higher=False,
+            targets={"torch": ">= 3x"},
+        )
+    ]
 
 
-ROWS = [("sgemm", row_sgemm), ("dense", row_dense), ("maml-sin", row_maml_sin),
-        ("maml-omniglot", row_maml_omniglot), ("protonet", row_protonet), ("add", row_add)]
+ROWS = [
+    ("sgemm", row_sgemm),
+    ("dense", row_dense),
+    ("maml-sin", row_maml_sin),
+    ("maml-omniglot", row_maml_omniglot),
+    ("protonet", row_protonet),
+    ("add", row_add),
+]
 
 
 def fmt(v):
@@ -374,8 +441,10 @@ def fmt(v):
 
 
 def print_table(results, threads):
-    print(f"\n== {threads} thread(s); metalearn kernel {_core.kernel_name()}; "
-          f"torch {torch.__version__ if torch else 'not installed'}")
+    print(
+        f"\n== {threads} thread(s); metalearn kernel {_core.kernel_name()}; "
+        f"torch {torch.__version__ if torch else 'not installed'}"
+    )
     head = f"{'row':<22}{'unit':<11}{'metalearn':>11}  {'peer':<16}{'peer value':>11} {'ratio':>9}  target"
     print(head)
     print("-" * (len(head) + 12))
@@ -429,10 +498,21 @@ def callgrind(first_order=False, few=2, many=12):
         totals = []
         for iters in (few, many):
             outf = os.path.join(d, f"cg.{iters}")
-            env = dict(os.environ, OMP_NUM_THREADS="1", METALEARN_NUM_THREADS="1",
-                       PYTHONMALLOC="malloc", PYTHONHASHSEED="0")
-            cmd = [vg, "--tool=callgrind", f"--callgrind-out-file={outf}", sys.executable,
-                   script, str(iters)]
+            env = dict(
+                os.environ,
+                OMP_NUM_THREADS="1",
+                METALEARN_NUM_THREADS="1",
+                PYTHONMALLOC="malloc",
+                PYTHONHASHSEED="0",
+            )
+            cmd = [
+                vg,
+                "--tool=callgrind",
+                f"--callgrind-out-file={outf}",
+                sys.executable,
+                script,
+                str(iters),
+            ]
             setarch = shutil.which("setarch")
             if setarch:  # no address randomisation: id()-keyed dicts and sets iterate alike
                 cmd = [setarch, os.uname().machine, "-R"] + cmd
@@ -444,9 +524,11 @@ def callgrind(first_order=False, few=2, many=12):
             totals.append(int(m.group(1)))
         per = (totals[1] - totals[0]) / (many - few)
         order = "1st" if first_order else "2nd"
-        print(f"callgrind: MAML sinusoid {order} order, meta-batch 25, K=10: "
-              f"{per:,.0f} instructions per meta-iteration "
-              f"(total Ir {totals[0]:,} for {few}, {totals[1]:,} for {many} iterations)")
+        print(
+            f"callgrind: MAML sinusoid {order} order, meta-batch 25, K=10: "
+            f"{per:,.0f} instructions per meta-iteration "
+            f"(total Ir {totals[0]:,} for {few}, {totals[1]:,} for {many} iterations)"
+        )
         return per
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -455,12 +537,20 @@ def callgrind(first_order=False, few=2, many=12):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="CI-sized runs")
-    p.add_argument("--rows", nargs="+", default=None,
-                   help="run only rows whose name contains one of these (" +
-                        ", ".join(n for n, _ in ROWS) + ")")
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        default=None,
+        help="run only rows whose name contains one of these ("
+        + ", ".join(n for n, _ in ROWS)
+        + ")",
+    )
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--callgrind", action="store_true",
-                   help="only: instructions per MAML sinusoid meta-iteration under callgrind")
+    p.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="only: instructions per MAML sinusoid meta-iteration under callgrind",
+    )
     args = p.parse_args(argv)
     if args.callgrind:
         callgrind(False)

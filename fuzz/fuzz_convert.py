@@ -14,6 +14,7 @@ never written. Anything else (a crash, a sanitizer report, SystemError) is a fin
 
     python fuzz/fuzz_convert.py fuzz/corpus/convert -max_total_time=60
 """
+
 import sys
 import warnings
 
@@ -27,8 +28,29 @@ with atheris.instrument_imports(include=["metalearn"]):
 warnings.simplefilter("ignore")
 np.seterr(all="ignore")
 
-DTYPES = ["<f4", ">f4", "<f8", ">f8", "<f2", "i1", "<i2", "<i4", "<i8", ">i8", "u1", "<u2", "<u4",
-          "<u8", "?", "<c8", "<c16", "O", "U3", "V4", "<M8[s]"]
+DTYPES = [
+    "<f4",
+    ">f4",
+    "<f8",
+    ">f8",
+    "<f2",
+    "i1",
+    "<i2",
+    "<i4",
+    "<i8",
+    ">i8",
+    "u1",
+    "<u2",
+    "<u4",
+    "<u8",
+    "?",
+    "<c8",
+    "<c16",
+    "O",
+    "U3",
+    "V4",
+    "<M8[s]",
+]
 ALLOWED = (TypeError, ValueError, MemoryError, OverflowError)
 REAL = set("fiub")
 
@@ -48,7 +70,7 @@ def _make_array(fdp):
     else:
         raw = fdp.ConsumeBytes(n * dtype.itemsize)
         raw = raw + bytes(n * dtype.itemsize - len(raw))
-        if dtype.kind == "b":   # canonical bools (NumPy itself misbehaves on other bytes)
+        if dtype.kind == "b":  # canonical bools (NumPy itself misbehaves on other bytes)
             arr = (np.frombuffer(raw, np.uint8, count=n) & 1).astype(bool).reshape(shape)
         else:
             arr = np.frombuffer(raw, dtype=dtype, count=n).reshape(shape).copy()
@@ -60,7 +82,7 @@ def _make_array(fdp):
     elif view == 3 and ndim >= 2:
         arr = np.swapaxes(arr, 0, -1)
     elif view == 4 and ndim and dtype.kind != "O":
-        arr = np.broadcast_to(arr[..., :1], arr.shape)   # stride 0, read-only
+        arr = np.broadcast_to(arr[..., :1], arr.shape)  # stride 0, read-only
     elif view == 5:
         arr.flags.writeable = False
     elif view == 6 and dtype.kind != "O" and n:
@@ -96,7 +118,9 @@ def TestOneInput(data):
 
     t = _expect_ok_or(ALLOWED, lambda: ml.tensor(arr))
     if real and t is None and arr.size < 10**6:
-        raise AssertionError(f"ml.tensor refused a real array of dtype {arr.dtype} shape {arr.shape}")
+        raise AssertionError(
+            f"ml.tensor refused a real array of dtype {arr.dtype} shape {arr.shape}"
+        )
     if not real and t is not None and arr.dtype.kind not in "O":
         raise AssertionError(f"ml.tensor accepted dtype {arr.dtype}")
     if t is not None and arr.dtype.kind != "O":

@@ -10,6 +10,7 @@ whether the trailing CRC-32 is recomputed, so mutations reach the parser behind 
     python fuzz/fuzz_memory.py fuzz/corpus/memory -max_total_time=60
     python fuzz/fuzz_memory.py --make-corpus fuzz/corpus/memory
 """
+
 import os
 import struct
 import sys
@@ -55,10 +56,11 @@ def TestOneInput(data):
         _TARGET.load(_PATH)
     except (OSError, ValueError):
         assert _same(_TARGET.state(), _TARGET_STATE), "a refused load changed the memory"
-    else:   # it was valid: put the reference state back for the next input
+    else:  # it was valid: put the reference state back for the next input
         _TARGET.clear()
-        _TARGET.update(np.eye(3, dtype=np.float32)[:2], np.array([1, 2]),
-                       np.ones((2, 2), np.float32))
+        _TARGET.update(
+            np.eye(3, dtype=np.float32)[:2], np.array([1, 2]), np.ones((2, 2), np.float32)
+        )
     try:
         m = core.KnowledgeMemory.open(_PATH)
     except (OSError, ValueError, MemoryError):
@@ -78,8 +80,12 @@ def TestOneInput(data):
 def make_corpus(folder):
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(0)
-    configs = {"empty": (4, 3, 0, 0), "one": (2, 2, 0, 1), "payload": (8, 4, 2, 5),
-               "full": (4, 5, 3, 4)}
+    configs = {
+        "empty": (4, 3, 0, 0),
+        "one": (2, 2, 0, 1),
+        "payload": (8, 4, 2, 5),
+        "full": (4, 5, 3, 4),
+    }
     for name, (cap, ks, ps, n) in configs.items():
         m = core.KnowledgeMemory(capacity=cap, key_size=ks, payload_size=ps, seed=1)
         if n:

@@ -12,6 +12,7 @@ behind the checksum: counts, name lengths, ranks, shapes, sizes.
     python fuzz/fuzz_weights.py fuzz/corpus/weights -max_total_time=60
     python fuzz/fuzz_weights.py --make-corpus fuzz/corpus/weights   # (re)write the seeds
 """
+
 import os
 import struct
 import sys
@@ -66,16 +67,28 @@ def make_corpus(folder):
         "empty": [],
         "scalar": [("s", np.float32(3.5).reshape(()))],
         "dense": [("layers/0/kernel", rng.normal(size=(4, 3))), ("layers/0/bias", np.zeros(3))],
-        "mlp": [("d1/kernel", rng.normal(size=(6, 5))), ("d1/bias", rng.normal(size=5)),
-                ("d2/kernel", rng.normal(size=(5, 2))), ("d2/bias", rng.normal(size=2))],
-        "ranks": [("r0", np.ones(())), ("r1", np.ones(2)), ("r4", np.ones((1, 2, 1, 2))),
-                  ("r8", np.ones((1,) * 8)), ("zero", np.ones((0, 3)))],
+        "mlp": [
+            ("d1/kernel", rng.normal(size=(6, 5))),
+            ("d1/bias", rng.normal(size=5)),
+            ("d2/kernel", rng.normal(size=(5, 2))),
+            ("d2/bias", rng.normal(size=2)),
+        ],
+        "ranks": [
+            ("r0", np.ones(())),
+            ("r1", np.ones(2)),
+            ("r4", np.ones((1, 2, 1, 2))),
+            ("r8", np.ones((1,) * 8)),
+            ("zero", np.ones((0, 3))),
+        ],
         "specials": [("nan_inf", np.array([np.nan, np.inf, -np.inf, -0.0, 1e-45]))],
         "unicode": [("Gewichte/ß/κ", np.ones(2))],
     }
     for name, entries in layouts.items():
-        core.save_tensors(_PATH, [n for n, _ in entries],
-                          [core.tensor(np.asarray(a, np.float32)) for _, a in entries])
+        core.save_tensors(
+            _PATH,
+            [n for n, _ in entries],
+            [core.tensor(np.asarray(a, np.float32)) for _, a in entries],
+        )
         raw = open(_PATH, "rb").read()
         for flag in (0, 1):
             with open(os.path.join(folder, f"{name}-{flag}"), "wb") as f:

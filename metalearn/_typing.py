@@ -3,6 +3,7 @@
 Only used in annotations (every annotated module has ``from __future__ import annotations``),
 so importing this module costs nothing at run time beyond the import itself.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Sequence, Tuple, Union

@@ -15,14 +15,21 @@ not errors). These tools stop a run at the first non-finite value and say where 
 * ``TerminateOnNaN`` — the Keras callback: stops ``fit`` (after the step) when the loss
   becomes NaN or inf.
 """
+
 import math
 
 import numpy as np
 
 from metalearn import _core
 
-__all__ = ["NonFiniteError", "check_numerics", "enable_check_numerics",
-           "disable_check_numerics", "is_check_numerics_enabled", "TerminateOnNaN"]
+__all__ = [
+    "NonFiniteError",
+    "check_numerics",
+    "enable_check_numerics",
+    "disable_check_numerics",
+    "is_check_numerics_enabled",
+    "TerminateOnNaN",
+]
 
 # Read by metalearn.keras.models.Model._make_train_step and its steps (one attribute test per step).
 _numerics_checks = False
@@ -45,8 +52,10 @@ def _as_float_array(tensor):
         return np.asarray(tensor)
     arr = np.asarray(tensor)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise TypeError(f"check_numerics: expected a tensor or an array of numbers, got "
-                        f"{type(tensor).__name__}" + (f" of dtype {arr.dtype}" if hasattr(arr, "dtype") else ""))
+        raise TypeError(
+            f"check_numerics: expected a tensor or an array of numbers, got "
+            f"{type(tensor).__name__}" + (f" of dtype {arr.dtype}" if hasattr(arr, "dtype") else "")
+        )
     return arr
 
 
@@ -125,8 +134,10 @@ def _first_bad_layer(model, xb):
             out = np.asarray(x)
             if not np.isfinite(out).all():
                 nan, inf = _counts(out)
-                return (f"layer {layer.name!r} ({type(layer).__name__}) is the first whose "
-                        f"output is non-finite: {_describe(nan, inf, out.shape)}")
+                return (
+                    f"layer {layer.name!r} ({type(layer).__name__}) is the first whose "
+                    f"output is non-finite: {_describe(nan, inf, out.shape)}"
+                )
     except Exception:  # a diagnostic only: never mask the real error with another
         return None
     finally:
@@ -140,15 +151,20 @@ def _check_step(model, loss, grads, params, xb=None, yb=None):
     value = float(np.asarray(loss).reshape(-1)[0]) if np.asarray(loss).size == 1 else None
     if value is not None and not math.isfinite(value):
         where = None
-        if yb is not None and np.issubdtype(np.asarray(yb).dtype, np.inexact) \
-                and not np.isfinite(np.asarray(yb)).all():
+        if (
+            yb is not None
+            and np.issubdtype(np.asarray(yb).dtype, np.inexact)
+            and not np.isfinite(np.asarray(yb)).all()
+        ):
             nan, inf = _counts(np.asarray(yb))
             where = f"the targets hold {_describe(nan, inf, np.asarray(yb).shape)}"
         if where is None and xb is not None:
             where = _first_bad_layer(model, xb)
-        raise NonFiniteError(f"{model.name}: the loss is {value} at this training step"
-                             + (f"; {where}" if where else "")
-                             + " (the optimizer step was not applied)")
+        raise NonFiniteError(
+            f"{model.name}: the loss is {value} at this training step"
+            + (f"; {where}" if where else "")
+            + " (the optimizer step was not applied)"
+        )
     for g, v in zip(grads, params):
         if g is None:
             continue
@@ -157,10 +173,13 @@ def _check_step(model, loss, grads, params, xb=None, yb=None):
             layer, wname = _layer_of(v)
             nan, inf = _counts(arr)
             where = _first_bad_layer(model, xb) if xb is not None else None
-            raise NonFiniteError(f"{model.name}: the gradient of weight {wname!r} (layer "
-                                 f"{layer!r}) has {_describe(nan, inf, arr.shape)}; the loss is "
-                                 f"{value}" + (f"; {where}" if where else "")
-                                 + " (the optimizer step was not applied)")
+            raise NonFiniteError(
+                f"{model.name}: the gradient of weight {wname!r} (layer "
+                f"{layer!r}) has {_describe(nan, inf, arr.shape)}; the loss is "
+                f"{value}"
+                + (f"; {where}" if where else "")
+                + " (the optimizer step was not applied)"
+            )
 
 
 try:  # the Keras callback (exported by metalearn.keras.callbacks when wired there)

@@ -37,6 +37,7 @@ the thread that makes the first call of its signature; once recorded, any thread
 it, several at once (a trace is read-only; what they share is what the function itself
 shares, e.g. the weights an optimizer step inside it writes).
 """
+
 import functools
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -60,8 +61,10 @@ def _flatten(obj, leaves):
         return ("dict", tuple((k, _flatten(v, leaves)) for k, v in obj.items()))
     if obj is None:
         return ("None",)
-    raise TypeError(f"metalearn.function: outputs must be tensors (or lists, tuples and dicts of "
-                    f"them), got {type(obj).__name__}; a Python value would be stale on replay")
+    raise TypeError(
+        f"metalearn.function: outputs must be tensors (or lists, tuples and dicts of "
+        f"them), got {type(obj).__name__}; a Python value would be stale on replay"
+    )
 
 
 def _unflatten(spec, leaves):
@@ -80,7 +83,9 @@ def _unflatten(spec, leaves):
 
 def _flat_spec(spec):
     """("flat", "tuple"|"list") for a tuple or list of tensors in leaf order, else spec."""
-    if spec[0] in ("tuple", "list") and all(s[0] == "T" and s[1] == i for i, s in enumerate(spec[1])):
+    if spec[0] in ("tuple", "list") and all(
+        s[0] == "T" and s[1] == i for i, s in enumerate(spec[1])
+    ):
         return ("flat", spec[0])
     return spec
 
@@ -126,8 +131,10 @@ def _visit(a, tensors, key):
     try:
         hash(a)
     except TypeError:
-        raise TypeError(f"metalearn.function: argument of type {type(a).__name__} is "
-                        "neither a tensor nor hashable") from None
+        raise TypeError(
+            f"metalearn.function: argument of type {type(a).__name__} is "
+            "neither a tensor nor hashable"
+        ) from None
     key.append(("V", a))
     return a
 
@@ -170,8 +177,10 @@ class Function:
         several recorded ops in one pass says which: ``[fused: matmul + add + relu]``.
         An entry without ``=`` writes in place (an optimizer step). "" before any call."""
         n = len(self._traces)
-        return "\n".join(f"signature {i + 1} of {n}: {_signature_text(key)}\n{trace.describe()}"
-                         for i, (key, (trace, _)) in enumerate(self._traces.items()))
+        return "\n".join(
+            f"signature {i + 1} of {n}: {_signature_text(key)}\n{trace.describe()}"
+            for i, (key, (trace, _)) in enumerate(self._traces.items())
+        )
 
     # -- calls -----------------------------------------------------------------
     def __call__(self, *args, **kwargs):
@@ -234,8 +243,10 @@ class Function:
         prepared = [self._split(c, {}) for c in calls]
         keys = {p[3] for p in prepared}
         if len(keys) != 1:
-            raise ValueError("Function.map: every call must have the same signature "
-                             "(tensor shapes and other argument values)")
+            raise ValueError(
+                "Function.map: every call must have the same signature "
+                "(tensor shapes and other argument values)"
+            )
         key = prepared[0][3]
         if _core.must_run_eagerly([t for p in prepared for t in p[2]]):
             return [self._fn(*p[0]) for p in prepared]

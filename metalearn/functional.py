@@ -11,9 +11,10 @@ ordinary differentiable function of the given tensors, second order included:
     >>> query_loss = loss_fn(y_q, ml.functional_call(model, fast, x_q))
     >>> meta_grads = ml.grad(query_loss, weights)                # through the inner step
 """
+
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Optional
 import threading
 
 import numpy as np
@@ -35,8 +36,10 @@ def _as_tensor(value, variable):
         arr = np.asarray(value, dtype=np.float32)
         value = _core.tensor(arr)
     if tuple(value.shape) != tuple(variable.shape):
-        raise ValueError(f"functional_call: weight for {variable.name!r} has shape "
-                         f"{tuple(value.shape)}, the variable has shape {tuple(variable.shape)}")
+        raise ValueError(
+            f"functional_call: weight for {variable.name!r} has shape "
+            f"{tuple(value.shape)}, the variable has shape {tuple(variable.shape)}"
+        )
     return value
 
 
@@ -48,8 +51,10 @@ def _model_paths(model):
 def resolve_weights(model: Any, weights: Any) -> Dict[int, _core.Tensor]:
     """Maps `weights` (list or dict) onto `model`'s Variables: ``{id(var): tensor}``."""
     if not getattr(model, "built", True) or not model.weights:
-        raise ValueError(f"functional_call: {getattr(model, 'name', type(model).__name__)!r} has no "
-                         "weights yet; call it once on a batch (or build it) first")
+        raise ValueError(
+            f"functional_call: {getattr(model, 'name', type(model).__name__)!r} has no "
+            "weights yet; call it once on a batch (or build it) first"
+        )
     mapping = {}
     if isinstance(weights, dict):
         by_key = {}
@@ -59,8 +64,10 @@ def resolve_weights(model: Any, weights: Any) -> Dict[int, _core.Tensor]:
         for key, value in weights.items():
             v = by_key.get(key)
             if v is None:
-                raise KeyError(f"functional_call: the model has no variable named {key!r}; "
-                               f"its names are {sorted(by_key)}")
+                raise KeyError(
+                    f"functional_call: the model has no variable named {key!r}; "
+                    f"its names are {sorted(by_key)}"
+                )
             mapping[id(v)] = _as_tensor(value, v)
         return mapping
     weights = list(weights)
@@ -70,8 +77,10 @@ def resolve_weights(model: Any, weights: Any) -> Dict[int, _core.Tensor]:
     elif len(weights) == len(model.weights):
         targets = model.weights
     else:
-        raise ValueError(f"functional_call: got {len(weights)} weights; the model has "
-                         f"{len(trainable)} trainable and {len(model.weights)} weights in all")
+        raise ValueError(
+            f"functional_call: got {len(weights)} weights; the model has "
+            f"{len(trainable)} trainable and {len(model.weights)} weights in all"
+        )
     for v, value in zip(targets, weights):
         mapping[id(v)] = _as_tensor(value, v)
     return mapping

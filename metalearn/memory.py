@@ -24,9 +24,10 @@ floats) and an age. Everything lives in C (``csrc/memory/memory.c``):
 ``MemoryClassifier`` puts an encoder in front of a memory and trains it end to end as in
 the paper, for one-shot classification with no gradient step at test time.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Union
 
 if TYPE_CHECKING:  # pragma: no cover
     import os
@@ -125,8 +126,13 @@ class KnowledgeMemory(_core.KnowledgeMemory):
                 payloads = payloads.reshape(1, -1)
         super().update(q, labels, payloads)
 
-    def read(self, q: ArrayLike, k: Optional[int] = None, temperature: float = 1.0,
-             return_weights: bool = False) -> Any:
+    def read(
+        self,
+        q: ArrayLike,
+        k: Optional[int] = None,
+        temperature: float = 1.0,
+        return_weights: bool = False,
+    ) -> Any:
         """Differentiable soft read.
 
         ``w = softmax(cos(q, K_top) / temperature)`` over the top-k keys and the result is
@@ -147,8 +153,14 @@ class KnowledgeMemory(_core.KnowledgeMemory):
             return w
         return (out, w) if return_weights else out
 
-    def loss(self, q: ArrayLike, labels: ArrayLike, k: Optional[int] = None, margin: float = 0.1,
-             reduction: str = "mean") -> _core.Tensor:
+    def loss(
+        self,
+        q: ArrayLike,
+        labels: ArrayLike,
+        k: Optional[int] = None,
+        margin: float = 0.1,
+        reduction: str = "mean",
+    ) -> _core.Tensor:
         """The memory loss of Kaiser et al. 2017 §3, differentiable in ``q``.
 
         Per query: ``relu(q·k_neg - q·k_pos + margin)`` with ``q`` normalised, ``k_pos`` the
@@ -172,8 +184,9 @@ class KnowledgeMemory(_core.KnowledgeMemory):
             return _core.reduce_mean(per)
         if reduction == "sum":
             return _core.reduce_sum(per)
-        raise ValueError(f"KnowledgeMemory.loss: reduction must be 'mean', 'sum' or 'none', "
-                         f"got {reduction!r}")
+        raise ValueError(
+            f"KnowledgeMemory.loss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}"
+        )
 
     def predict(self, q: ArrayLike) -> np.ndarray:
         """The label of the nearest key for each query (int64, -1 when empty)."""
@@ -189,8 +202,10 @@ class KnowledgeMemory(_core.KnowledgeMemory):
         super().load(path)
 
     def __repr__(self):
-        return (f"KnowledgeMemory(capacity={self.capacity}, key_size={self.key_size}, "
-                f"payload_size={self.payload_size}, size={self.size})")
+        return (
+            f"KnowledgeMemory(capacity={self.capacity}, key_size={self.key_size}, "
+            f"payload_size={self.payload_size}, size={self.size})"
+        )
 
 
 class MemoryClassifier:
@@ -211,8 +226,14 @@ class MemoryClassifier:
         margin: alpha of the loss.
     """
 
-    def __init__(self, encoder: Any, memory: KnowledgeMemory, optimizer: Any = None,
-                 k: Optional[int] = None, margin: float = 0.1) -> None:
+    def __init__(
+        self,
+        encoder: Any,
+        memory: KnowledgeMemory,
+        optimizer: Any = None,
+        k: Optional[int] = None,
+        margin: float = 0.1,
+    ) -> None:
         from .keras import optimizers
 
         self.encoder = encoder
@@ -220,8 +241,9 @@ class MemoryClassifier:
         self.optimizer = optimizer if optimizer is not None else optimizers.Adam(1e-3)
         self.k = None if k is None else int(k)
         if self.k is not None and not 1 <= self.k <= memory.capacity:
-            raise ValueError(f"MemoryClassifier: k must be in [1, capacity={memory.capacity}], "
-                             f"got {self.k}")
+            raise ValueError(
+                f"MemoryClassifier: k must be in [1, capacity={memory.capacity}], got {self.k}"
+            )
         self.margin = float(margin)
 
     def embed(self, x: ArrayLike, training: bool = False) -> _core.Tensor:
@@ -244,7 +266,9 @@ class MemoryClassifier:
         self.memory.update(emb.numpy(), y)
         return float(loss.numpy())
 
-    def fit(self, x: ArrayLike, y: ArrayLike, steps: int = 100, batch_size: int = 32, seed: int = 0) -> List[float]:
+    def fit(
+        self, x: ArrayLike, y: ArrayLike, steps: int = 100, batch_size: int = 32, seed: int = 0
+    ) -> List[float]:
         """Trains on random batches of (x, y); returns the list of losses."""
         rng = np.random.default_rng(seed)
         x = np.asarray(x, dtype=np.float32)
@@ -255,8 +279,17 @@ class MemoryClassifier:
             losses.append(self.train_step(x[i], y[i]))
         return losses
 
-    def fit_episodes(self, x: ArrayLike, y: ArrayLike, episodes: int = 100, n_way: int = 5, k_shot: int = 1,
-                     n_query: int = 1, seed: int = 0, clear_memory: bool = False) -> Any:
+    def fit_episodes(
+        self,
+        x: ArrayLike,
+        y: ArrayLike,
+        episodes: int = 100,
+        n_way: int = 5,
+        k_shot: int = 1,
+        n_query: int = 1,
+        seed: int = 0,
+        clear_memory: bool = False,
+    ) -> Any:
         """Episodic training as the paper's one-shot setup: each episode draws ``n_way``
         classes, and their ``k_shot + n_query`` examples are shown in rounds of one example
         per class; each round is a ``train_step`` (loss against what the memory holds,
@@ -271,8 +304,12 @@ class MemoryClassifier:
             if clear_memory:
                 self.memory.clear()
             chosen = rng.choice(classes, int(n_way), replace=False)
-            picks = [rng.choice(by_class[c], k_shot + n_query, replace=len(by_class[c]) < k_shot + n_query)
-                     for c in chosen]
+            picks = [
+                rng.choice(
+                    by_class[c], k_shot + n_query, replace=len(by_class[c]) < k_shot + n_query
+                )
+                for c in chosen
+            ]
             losses = []
             for r in range(k_shot + n_query):
                 idx = np.array([p[r] for p in picks])

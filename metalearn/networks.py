@@ -5,6 +5,7 @@ gradient steps; ``MetaLearningNetwork`` looks at a task (its features and, when 
 labels) and predicts one number about it, e.g. the learner's loss or accuracy on the task
 after adaptation, so tasks can be ranked or adaptation steps chosen.
 """
+
 from typing import Any, Optional
 
 import numpy as np
@@ -46,8 +47,14 @@ class MetaLearningNetwork(Model):
         ``(batch, output_units)``.
     """
 
-    def __init__(self, hidden_units: int = 128, num_classes: Optional[int] = None,
-                 output_units: int = 1, name: Optional[str] = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        hidden_units: int = 128,
+        num_classes: Optional[int] = None,
+        output_units: int = 1,
+        name: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name=name, **kwargs)
         self.hidden_units = int(hidden_units)
         self.num_classes = None if num_classes is None else int(num_classes)
@@ -60,8 +67,10 @@ class MetaLearningNetwork(Model):
     def _encode_labels(self, labels, batch):
         if isinstance(labels, _core.Tensor):
             if tuple(labels.shape[:1]) != (batch,):
-                raise ValueError(f"{self.name}: labels have shape {tuple(labels.shape)}, expected "
-                                 f"{batch} samples")
+                raise ValueError(
+                    f"{self.name}: labels have shape {tuple(labels.shape)}, expected "
+                    f"{batch} samples"
+                )
             if labels.ndim == 1 and self.num_classes is not None:
                 labels = np.asarray(labels)  # class ids, one-hot encoded below
             elif labels.ndim == 2:
@@ -70,7 +79,9 @@ class MetaLearningNetwork(Model):
                 return _core.reshape(labels, (batch, int(labels.size) // batch))
         arr = np.asarray(labels)
         if arr.shape[:1] != (batch,):
-            raise ValueError(f"{self.name}: labels have shape {arr.shape}, expected {batch} samples")
+            raise ValueError(
+                f"{self.name}: labels have shape {arr.shape}, expected {batch} samples"
+            )
         if arr.ndim == 1 and self.num_classes is not None:
             if np.issubdtype(arr.dtype, np.floating):
                 if not np.all(arr == np.round(arr)):
@@ -78,8 +89,10 @@ class MetaLearningNetwork(Model):
             ids = arr.astype(np.int64)
             return _core.one_hot(ids, self.num_classes)
         if np.issubdtype(arr.dtype, np.integer) and arr.ndim == 1:
-            raise ValueError(f"{self.name}: integer labels need num_classes to be one-hot encoded; "
-                             "pass num_classes=... or float labels")
+            raise ValueError(
+                f"{self.name}: integer labels need num_classes to be one-hot encoded; "
+                "pass num_classes=... or float labels"
+            )
         return np.ascontiguousarray(arr.reshape(batch, -1), dtype=np.float32)
 
     def call(self, inputs: Any, labels: Any = None) -> _core.Tensor:
@@ -103,8 +116,11 @@ class MetaLearningNetwork(Model):
             y = self._encode_labels(labels, batch)
             columns = int(y.shape[1])
             if not isinstance(x, _core.Tensor):
-                x = _core.tensor(np.ascontiguousarray(x, dtype=np.float32)) if x.dtype != np.float32 \
+                x = (
+                    _core.tensor(np.ascontiguousarray(x, dtype=np.float32))
+                    if x.dtype != np.float32
                     else _core.as_tensor(np.ascontiguousarray(x))
+                )
             if not isinstance(y, _core.Tensor):
                 y = _core.as_tensor(y)
             x = _core.concat([x, y], axis=1)
@@ -114,17 +130,24 @@ class MetaLearningNetwork(Model):
             self._label_columns = columns
         elif columns != self._label_columns:
             if self._label_columns == 0:
-                raise ValueError(f"{self.name} was built without labels; call it without labels "
-                                 f"(got {columns} label columns)")
-            raise ValueError(f"{self.name} was built with {self._label_columns} label columns; got "
-                             f"{'no labels' if columns == 0 else columns}")
+                raise ValueError(
+                    f"{self.name} was built without labels; call it without labels "
+                    f"(got {columns} label columns)"
+                )
+            raise ValueError(
+                f"{self.name} was built with {self._label_columns} label columns; got "
+                f"{'no labels' if columns == 0 else columns}"
+            )
         return self.dense2(self.dense1(x))
 
     def get_config(self):
         """The constructor arguments (``hidden_units``, ``num_classes``, ``output_units``, ``name``)."""
         config = super().get_config()
-        config.update(hidden_units=self.hidden_units, num_classes=self.num_classes,
-                      output_units=self.output_units)
+        config.update(
+            hidden_units=self.hidden_units,
+            num_classes=self.num_classes,
+            output_units=self.output_units,
+        )
         return config
 
 
@@ -150,9 +173,14 @@ class AdaptiveNeuralNetwork(Model):
 
     _traceable = True
 
-    def __init__(self, num_classes: int = 10, hidden_units: int = 128,
-                 output_activation: str = "softmax", name: Optional[str] = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        hidden_units: int = 128,
+        output_activation: str = "softmax",
+        name: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name=name, **kwargs)
         self.num_classes = int(num_classes)
         self.hidden_units = int(hidden_units)
@@ -176,6 +204,9 @@ class AdaptiveNeuralNetwork(Model):
     def get_config(self):
         """The constructor arguments (``num_classes``, ``hidden_units``, ``output_activation``, ``name``)."""
         config = super().get_config()
-        config.update(num_classes=self.num_classes, hidden_units=self.hidden_units,
-                      output_activation=self.output_activation)
+        config.update(
+            num_classes=self.num_classes,
+            hidden_units=self.hidden_units,
+            output_activation=self.output_activation,
+        )
         return config

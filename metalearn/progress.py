@@ -10,6 +10,7 @@ When output is not a terminal (a log file, CI) it prints one line when the epoch
 
 ``verbose=0`` prints nothing.
 """
+
 from __future__ import annotations
 
 from typing import IO, Any, Dict, Optional, Sequence, Tuple, Union
@@ -55,8 +56,15 @@ class Progbar:
         unit_name: the name of a step (``"step"``, ``"sample"``).
     """
 
-    def __init__(self, target: Optional[int], width: int = 30, verbose: int = 1, interval: float = 0.05,
-                 stream: Optional[IO[str]] = None, unit_name: str = "step") -> None:
+    def __init__(
+        self,
+        target: Optional[int],
+        width: int = 30,
+        verbose: int = 1,
+        interval: float = 0.05,
+        stream: Optional[IO[str]] = None,
+        unit_name: str = "step",
+    ) -> None:
         self.target = target
         self.width = width
         self.verbose = verbose
@@ -80,8 +88,12 @@ class Progbar:
     def _metrics_text(self):
         return "".join(f" - {k}: {_format_value(v)}" for k, v in self._values.items())
 
-    def update(self, current: int, values: Union[Dict[str, Any], Sequence[Tuple[str, Any]], None] = None,
-               finalize: Optional[bool] = None) -> None:
+    def update(
+        self,
+        current: int,
+        values: Union[Dict[str, Any], Sequence[Tuple[str, Any]], None] = None,
+        finalize: Optional[bool] = None,
+    ) -> None:
         """Moves to step `current` and shows `values` (pairs or dict of name → number)."""
         if values:
             items = values.items() if isinstance(values, dict) else values
@@ -137,5 +149,7 @@ class Progbar:
         self.stream.write("\r" + line + " " * pad + ("\n" if finalize else ""))
         self.stream.flush()
 
-    def add(self, n: int, values: Union[Dict[str, Any], Sequence[Tuple[str, Any]], None] = None) -> None:
+    def add(
+        self, n: int, values: Union[Dict[str, Any], Sequence[Tuple[str, Any]], None] = None
+    ) -> None:
         self.update(self._seen + n, values)

@@ -9,6 +9,7 @@ from one generator in the C core, so a single ``set_seed`` makes a whole run rep
     >>> ml.random.set_seed(42)
     >>> b = ml.random.uniform((2, 3))      # the same values as a
 """
+
 import contextlib
 
 import numpy as np

@@ -11,14 +11,14 @@ gradients of gradients work). ``GradientTape`` gives that machinery TensorFlow's
     ...     dy_dx = inner.gradient(y, x)      # 27, recorded on the outer tape
     >>> d2y_dx2 = outer.gradient(dy_dx, x)    # 18
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, ContextManager, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, ContextManager, Literal, Optional, Tuple
 
 from metalearn._typing import ArrayLike, Shape
 import itertools
 import threading
-import warnings
 
 import numpy as np
 
@@ -85,8 +85,10 @@ def _initial_array(initial_value, shape):
         return np.array(initial_value, dtype=np.float32, copy=True)
     arr = np.asarray(initial_value)
     if arr.dtype == object or np.iscomplexobj(arr):
-        raise TypeError(f"Variable: cannot make a float32 variable from {type(initial_value).__name__} "
-                        f"of dtype {arr.dtype}")
+        raise TypeError(
+            f"Variable: cannot make a float32 variable from {type(initial_value).__name__} "
+            f"of dtype {arr.dtype}"
+        )
     arr = np.array(arr, dtype=np.float32, order="C", copy=True)
     if shape is not None and tuple(arr.shape) != tuple(shape):
         arr = np.broadcast_to(arr, tuple(shape)).copy()
@@ -118,8 +120,14 @@ class Variable(_core.Tensor):
         self = _core.Tensor.__new__(cls, value, requires_grad=bool(trainable))
         return self
 
-    def __init__(self, initial_value: Any = None, trainable: bool = True, name: Optional[str] = None,
-                 dtype: Any = None, shape: Optional[Shape] = None) -> None:
+    def __init__(
+        self,
+        initial_value: Any = None,
+        trainable: bool = True,
+        name: Optional[str] = None,
+        dtype: Any = None,
+        shape: Optional[Shape] = None,
+    ) -> None:
         self._trainable = bool(trainable)
         self._name = str(name) if name is not None else f"Variable_{next(_variable_uid)}"
 
@@ -162,8 +170,10 @@ class Variable(_core.Tensor):
             try:
                 arr = np.broadcast_to(arr, tuple(self.shape))
             except ValueError:
-                raise ValueError(f"Variable {self._name!r}: cannot assign a value of shape "
-                                 f"{arr.shape} to a variable of shape {tuple(self.shape)}") from None
+                raise ValueError(
+                    f"Variable {self._name!r}: cannot assign a value of shape "
+                    f"{arr.shape} to a variable of shape {tuple(self.shape)}"
+                ) from None
         return np.ascontiguousarray(arr)
 
     def assign(self, value: ArrayLike, read_value: bool = True) -> Optional[Variable]:
@@ -184,8 +194,10 @@ class Variable(_core.Tensor):
         return self if read_value else None
 
     def __repr__(self):
-        return (f"<metalearn.Variable '{self._name}' shape={tuple(self.shape)} dtype=float32, "
-                f"numpy=\n{np.array2string(np.asarray(self), precision=4)}>")
+        return (
+            f"<metalearn.Variable '{self._name}' shape={tuple(self.shape)} dtype=float32, "
+            f"numpy=\n{np.array2string(np.asarray(self), precision=4)}>"
+        )
 
     def __hash__(self):
         return id(self)
@@ -232,7 +244,9 @@ def _live_targets(targets, out_grads):
     live_targets, live_out = [], []
     for t, g in zip(targets, out_grads):
         if not isinstance(t, _core.Tensor):
-            raise TypeError(f"GradientTape.gradient: target must be a Tensor, got {type(t).__name__}")
+            raise TypeError(
+                f"GradientTape.gradient: target must be a Tensor, got {type(t).__name__}"
+            )
         if not t.requires_grad:
             continue  # a constant: contributes nothing
         if g is None:
@@ -323,14 +337,17 @@ class GradientTape:
         """
         for t in _flatten(tensor):
             if not isinstance(t, _core.Tensor):
-                raise TypeError(f"GradientTape.watch: expected a Tensor or Variable, got "
-                                f"{type(t).__name__}; convert it with metalearn.tensor(...) first")
+                raise TypeError(
+                    f"GradientTape.watch: expected a Tensor or Variable, got "
+                    f"{type(t).__name__}; convert it with metalearn.tensor(...) first"
+                )
             if not t.requires_grad:
                 if not t.is_leaf:
                     raise ValueError(
                         "GradientTape.watch: this tensor was computed without recording "
                         f"(op '{t.op}') and cannot be watched after the fact; watch its inputs "
-                        "before computing it")
+                        "before computing it"
+                    )
                 t.requires_grad = True
             self._watched[id(t)] = t
 
@@ -344,8 +361,13 @@ class GradientTape:
                 return True
         return False
 
-    def gradient(self, target: Any, sources: Any, output_gradients: Any = None,
-                 unconnected_gradients: str = "none") -> Any:
+    def gradient(
+        self,
+        target: Any,
+        sources: Any,
+        output_gradients: Any = None,
+        unconnected_gradients: str = "none",
+    ) -> Any:
         """Gradients of `target` with respect to `sources`.
 
         Args:
@@ -365,11 +387,14 @@ class GradientTape:
             RuntimeError: on a second call to a non-persistent tape.
         """
         if self._used and not self._persistent:
-            raise RuntimeError("A non-persistent GradientTape can only be used to compute one set "
-                               "of gradients (or jacobians); use GradientTape(persistent=True)")
+            raise RuntimeError(
+                "A non-persistent GradientTape can only be used to compute one set "
+                "of gradients (or jacobians); use GradientTape(persistent=True)"
+            )
         if unconnected_gradients not in ("none", "zero"):
-            raise ValueError(f"unconnected_gradients must be 'none' or 'zero', got "
-                             f"{unconnected_gradients!r}")
+            raise ValueError(
+                f"unconnected_gradients must be 'none' or 'zero', got {unconnected_gradients!r}"
+            )
         self._used = True
 
         flat_sources = _flatten(sources)
@@ -379,12 +404,16 @@ class GradientTape:
         else:
             out_grads = _flatten(output_gradients)
             if len(out_grads) != len(targets):
-                raise ValueError(f"GradientTape.gradient: {len(targets)} targets but "
-                                 f"{len(out_grads)} output_gradients")
+                raise ValueError(
+                    f"GradientTape.gradient: {len(targets)} targets but "
+                    f"{len(out_grads)} output_gradients"
+                )
         for s in flat_sources:
             if not isinstance(s, _core.Tensor):
-                raise TypeError(f"GradientTape.gradient: sources must be Tensors or Variables, got "
-                                f"{type(s).__name__}")
+                raise TypeError(
+                    f"GradientTape.gradient: sources must be Tensors or Variables, got "
+                    f"{type(s).__name__}"
+                )
 
         live_targets, live_out = _live_targets(targets, out_grads)
         results = [None] * len(flat_sources)
@@ -400,18 +429,26 @@ class GradientTape:
         if live_targets and inputs:
             create_graph = self._outer_recording() and _core.is_grad_enabled()
             if any(g is not None for g in live_out):
-                live_out = [g if g is not None else _core.ones(t.shape)
-                            for t, g in zip(live_targets, live_out)]
+                live_out = [
+                    g if g is not None else _core.ones(t.shape)
+                    for t, g in zip(live_targets, live_out)
+                ]
             else:
                 live_out = None
-            grads = _core.grad(live_targets, inputs, grad_outputs=live_out,
-                               create_graph=create_graph, allow_unused=True)
+            grads = _core.grad(
+                live_targets,
+                inputs,
+                grad_outputs=live_out,
+                create_graph=create_graph,
+                allow_unused=True,
+            )
             for i, g in zip(idx, grads):
                 results[i] = g
 
         if unconnected_gradients == "zero":
-            results = [r if r is not None else _core.zeros(s.shape)
-                       for r, s in zip(results, flat_sources)]
+            results = [
+                r if r is not None else _core.zeros(s.shape) for r, s in zip(results, flat_sources)
+            ]
         if isinstance(sources, (list, tuple, dict)):
             return _pack(sources, iter(results))
         return results[0]
@@ -423,8 +460,10 @@ class GradientTape:
         for small targets. Needs ``persistent=True`` only if called more than once.
         """
         if self._used and not self._persistent:
-            raise RuntimeError("A non-persistent GradientTape can only be used to compute one set "
-                               "of gradients (or jacobians); use GradientTape(persistent=True)")
+            raise RuntimeError(
+                "A non-persistent GradientTape can only be used to compute one set "
+                "of gradients (or jacobians); use GradientTape(persistent=True)"
+            )
         flat_sources = _flatten(sources)
         n = int(target.size)
         rows = [[] for _ in flat_sources]
@@ -433,16 +472,21 @@ class GradientTape:
             for k in range(n):
                 onehot = np.zeros(n, np.float32)
                 onehot[k] = 1.0
-                g = self.gradient(target, flat_sources,
-                                  output_gradients=[_core.tensor(onehot.reshape(target.shape))],
-                                  unconnected_gradients="zero")
+                g = self.gradient(
+                    target,
+                    flat_sources,
+                    output_gradients=[_core.tensor(onehot.reshape(target.shape))],
+                    unconnected_gradients="zero",
+                )
                 for j, gj in enumerate(g):
                     rows[j].append(np.asarray(gj))
         finally:
             self._persistent = persistent
             self._used = True
-        out = [_core.tensor(np.stack(r).reshape(tuple(target.shape) + tuple(s.shape)))
-               for r, s in zip(rows, flat_sources)]
+        out = [
+            _core.tensor(np.stack(r).reshape(tuple(target.shape) + tuple(s.shape)))
+            for r, s in zip(rows, flat_sources)
+        ]
         if isinstance(sources, (list, tuple, dict)):
             return _pack(sources, iter(out))
         return out[0]

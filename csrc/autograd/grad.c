@@ -61,7 +61,10 @@ static int graph_add(graph *g, ml_tensor *t) {
 /* Post-order DFS from the outputs without recursion: slots end up in topological order
  * (every tensor after all of its inputs). */
 static ml_status build_topo(graph *g, int n_outputs, ml_tensor *const *outputs) {
-    typedef struct { ml_tensor *t; int next; } frame;
+    typedef struct {
+        ml_tensor *t;
+        int next;
+    } frame;
     int32_t cap = 256, top = 0;
     frame *stack = malloc((size_t)cap * sizeof *stack);
     ml_ptrmap seen = {0};
@@ -270,9 +273,11 @@ static ml_status check_args(int n_outputs, ml_tensor *const *outputs, int n_inpu
                             unsigned flags) {
     const unsigned known = ML_GRAD_CREATE_GRAPH | ML_GRAD_ALLOW_UNUSED;
     if (flags & ~known)
-        return ml_set_error(ML_ERR_VALUE, "grad: unknown flags 0x%x (known: ML_GRAD_CREATE_GRAPH "
-                            "0x%x, ML_GRAD_ALLOW_UNUSED 0x%x)", flags & ~known,
-                            (unsigned)ML_GRAD_CREATE_GRAPH, (unsigned)ML_GRAD_ALLOW_UNUSED);
+        return ml_set_error(ML_ERR_VALUE,
+                            "grad: unknown flags 0x%x (known: ML_GRAD_CREATE_GRAPH "
+                            "0x%x, ML_GRAD_ALLOW_UNUSED 0x%x)",
+                            flags & ~known, (unsigned)ML_GRAD_CREATE_GRAPH,
+                            (unsigned)ML_GRAD_ALLOW_UNUSED);
     if (n_outputs < 1 || n_inputs < 1)
         return ml_set_error(ML_ERR_VALUE, "grad needs at least one output and one input");
     for (int j = 0; j < n_inputs; j++) {
@@ -287,9 +292,9 @@ static ml_status check_args(int n_outputs, ml_tensor *const *outputs, int n_inpu
         if (!outputs[o]) return ml_set_error(ML_ERR_VALUE, "grad: output %d is NULL", o);
         if (grad_outputs && grad_outputs[o]) {
             if (!ml__same_shape(grad_outputs[o], outputs[o]))
-                return ml_set_error(ML_ERR_SHAPE,
-                                    "grad: grad_outputs[%d] has shape %s but output %d has shape %s",
-                                    o, ML_SHAPE_STR(grad_outputs[o]), o, ML_SHAPE_STR(outputs[o]));
+                return ml_set_error(
+                    ML_ERR_SHAPE, "grad: grad_outputs[%d] has shape %s but output %d has shape %s",
+                    o, ML_SHAPE_STR(grad_outputs[o]), o, ML_SHAPE_STR(outputs[o]));
         } else if (outputs[o]->numel != 1) {
             return ml_set_error(ML_ERR_SHAPE,
                                 "grad: output %d has shape %s; a non-scalar output needs "

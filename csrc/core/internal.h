@@ -129,14 +129,13 @@ void ml__rng_fill_truncated_normal(float *d, int64_t n, float mean, float stddev
 typedef ml_status (*ml_replay_fn)(ml_tensor **out, ml_tensor **in, const void *params);
 extern _Thread_local ml_trace *ml__trace_active;
 
-void ml__trace_record(unsigned op, ml_replay_fn fn, int n_in, ml_tensor *const *in,
-                      ml_tensor *out, const void *params, size_t params_size);
+void ml__trace_record(unsigned op, ml_replay_fn fn, int n_in, ml_tensor *const *in, ml_tensor *out,
+                      const void *params, size_t params_size);
 /* An entry with up to ML_TRACE_MAX_OUT outputs: its replay function writes out[0..n_out-1]
  * (one pass that makes several tensors, e.g. a batch norm's three gradients). */
 #define ML_TRACE_MAX_OUT 3
-void ml__trace_record_n(unsigned op, ml_replay_fn fn, int n_in, ml_tensor *const *in,
-                        int n_out, ml_tensor *const *out, const void *params,
-                        size_t params_size);
+void ml__trace_record_n(unsigned op, ml_replay_fn fn, int n_in, ml_tensor *const *in, int n_out,
+                        ml_tensor *const *out, const void *params, size_t params_size);
 /* Serial number the next tensor will get (traces compare against it). */
 uint64_t ml__next_serial(void);
 /* Marks t as a constant: made from values, so a trace may capture it by value. */

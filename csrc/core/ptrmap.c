@@ -3,8 +3,7 @@
 
 #include <stdlib.h>
 
-int ml__ptrmap_reserve(ml_ptrmap *m, size_t n)
-{
+int ml__ptrmap_reserve(ml_ptrmap *m, size_t n) {
     size_t cap = m->cap ? m->cap : 64;
     while (cap < 2 * n) {
         if (cap > SIZE_MAX / 4 / sizeof *m->keys) return 0;
@@ -33,8 +32,7 @@ int ml__ptrmap_reserve(ml_ptrmap *m, size_t n)
     return 1;
 }
 
-void ml__ptrmap_free(ml_ptrmap *m)
-{
+void ml__ptrmap_free(ml_ptrmap *m) {
     free(m->keys);
     free(m->vals);
     m->keys = NULL;

@@ -23,8 +23,7 @@ void ml__ptrmap_free(ml_ptrmap *m);
 
 /* k's first slot: the address bits mixed (half of MurmurHash3's 64-bit finaliser), since
  * heap pointers differ mostly in their middle bits */
-static inline size_t ml__ptrmap_slot(const void *p, size_t cap)
-{
+static inline size_t ml__ptrmap_slot(const void *p, size_t cap) {
     uint64_t x = (uint64_t)(uintptr_t)p;
     x ^= x >> 33;
     x *= 0xff51afd7ed558ccdULL;
@@ -33,8 +32,7 @@ static inline size_t ml__ptrmap_slot(const void *p, size_t cap)
 }
 
 /* k's value, or -1 when k is not in the map */
-static inline int32_t ml__ptrmap_get(const ml_ptrmap *m, const void *k)
-{
+static inline int32_t ml__ptrmap_get(const ml_ptrmap *m, const void *k) {
     if (!m->cap) return -1;
     for (size_t i = ml__ptrmap_slot(k, m->cap);; i = (i + 1) & (m->cap - 1)) {
         if (m->keys[i] == k) return m->vals[i];
@@ -44,8 +42,7 @@ static inline int32_t ml__ptrmap_get(const ml_ptrmap *m, const void *k)
 
 /* Sets k's value to v, growing the table when needed: 1 when k was added, 0 when it was
  * there (its value replaced), -1 when out of memory (the map is unchanged). */
-static inline int ml__ptrmap_put(ml_ptrmap *m, const void *k, int32_t v)
-{
+static inline int ml__ptrmap_put(ml_ptrmap *m, const void *k, int32_t v) {
     if ((m->n + 1) * 2 > m->cap && !ml__ptrmap_reserve(m, m->n + 1)) return -1;
     size_t i = ml__ptrmap_slot(k, m->cap);
     while (m->keys[i] && m->keys[i] != k) i = (i + 1) & (m->cap - 1);

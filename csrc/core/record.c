@@ -32,7 +32,7 @@ int32_t ml__trace_add_slot(ml_trace *tr, ml_tensor *t, int capture) {
         ml_tensor **c = realloc(tr->captured, (size_t)cap * sizeof *c);
         if (!c) return -1;
         tr->captured = c;
-        int64_t(*shapes)[ML_MAX_DIMS + 1] = realloc(tr->slot_shapes, (size_t)cap * sizeof *shapes);
+        int64_t (*shapes)[ML_MAX_DIMS + 1] = realloc(tr->slot_shapes, (size_t)cap * sizeof *shapes);
         if (!shapes) return -1;
         tr->slot_shapes = shapes;
         tr->cap_slots = cap;
@@ -62,14 +62,13 @@ void ml__trace_fail(ml_status st) {
     if (ml__trace_active) fail(ml__trace_active, st);
 }
 
-void ml__trace_record(unsigned op, ml_replay_fn fn, int n_in, ml_tensor *const *in,
-                      ml_tensor *out, const void *params, size_t params_size) {
+void ml__trace_record(unsigned op, ml_replay_fn fn, int n_in, ml_tensor *const *in, ml_tensor *out,
+                      const void *params, size_t params_size) {
     ml__trace_record_n(op, fn, n_in, in, out ? 1 : 0, &out, params, params_size);
 }
 
-void ml__trace_record_n(unsigned op, ml_replay_fn fn, int n_in, ml_tensor *const *in,
-                        int n_out, ml_tensor *const *out, const void *params,
-                        size_t params_size) {
+void ml__trace_record_n(unsigned op, ml_replay_fn fn, int n_in, ml_tensor *const *in, int n_out,
+                        ml_tensor *const *out, const void *params, size_t params_size) {
     ml_trace *tr = ml__trace_active;
     if (!tr || tr->error) return;
     if (n_out < 0 || n_out > ML_TRACE_MAX_OUT)

@@ -66,7 +66,8 @@ void ml__rng_fill_truncated_normal(float *d, int64_t n, float mean, float stddev
     pthread_mutex_lock(&rng_lock);
     for (int64_t i = 0; i < n; i++) {
         double z;
-        do z = next_normal(); while (z < -2.0 || z > 2.0); /* 95% accepted */
+        do z = next_normal();
+        while (z < -2.0 || z > 2.0); /* 95% accepted */
         d[i] = mean + stddev * (float)z;
     }
     pthread_mutex_unlock(&rng_lock);
@@ -88,7 +89,8 @@ static uint64_t next_below(uint64_t n) {
 }
 
 ml_status ml_rng_permutation(int64_t *out, int64_t n) {
-    if (n < 0) return ml_set_error(ML_ERR_VALUE, "permutation: n must be >= 0, got %lld", (long long)n);
+    if (n < 0)
+        return ml_set_error(ML_ERR_VALUE, "permutation: n must be >= 0, got %lld", (long long)n);
     for (int64_t i = 0; i < n; i++) out[i] = i;
     pthread_mutex_lock(&rng_lock);
     for (int64_t i = n - 1; i > 0; i--) { /* Fisher-Yates */

@@ -46,13 +46,14 @@ int ml__axis(int axis, int ndim) {
 
 ml_status ml__check_shape(int ndim, const int64_t *shape, int64_t *numel_out) {
     if (ndim < 0 || ndim > ML_MAX_DIMS)
-        return ml_set_error(ML_ERR_VALUE, "a tensor has 0 to %d dimensions, got %d",
-                            ML_MAX_DIMS, ndim);
+        return ml_set_error(ML_ERR_VALUE, "a tensor has 0 to %d dimensions, got %d", ML_MAX_DIMS,
+                            ndim);
     int64_t numel = 1;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 0)
             return ml_set_error(ML_ERR_VALUE, "negative dimension %lld in shape %s",
-                                (long long)shape[i], ml__shape_str((char[160]){0}, 160, ndim, shape));
+                                (long long)shape[i],
+                                ml__shape_str((char[160]){0}, 160, ndim, shape));
         /* Refuse products whose byte count overflows: 2^40 x 2^40 must not wrap. (An
          * overflow-checked multiply, not a division per dimension: this runs for every
          * tensor an op makes.) */
@@ -269,8 +270,8 @@ ml_status ml__view(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shape
     ml_status st = ml__check_shape(ndim, shape, &numel);
     if (st) return st;
     if (numel != x->numel)
-        return ml_set_error(ML_ERR_SHAPE, "cannot view a tensor of shape %s as %s",
-                            ML_SHAPE_STR(x), ml__shape_str((char[160]){0}, 160, ndim, shape));
+        return ml_set_error(ML_ERR_SHAPE, "cannot view a tensor of shape %s as %s", ML_SHAPE_STR(x),
+                            ml__shape_str((char[160]){0}, 160, ndim, shape));
     ml_tensor *t = tensor_alloc(ndim, shape, numel);
     if (!t) return ml_set_error(ML_ERR_OOM, "out of memory");
     __atomic_add_fetch(&x->storage->refcount, 1, __ATOMIC_RELAXED);
@@ -305,8 +306,7 @@ ml_status ml_tensor_scalar(ml_tensor **out, float value) {
     return ml_tensor_full(out, 0, NULL, value);
 }
 
-ml_status ml_tensor_from_data(ml_tensor **out, int ndim, const int64_t *shape,
-                              const float *data) {
+ml_status ml_tensor_from_data(ml_tensor **out, int ndim, const int64_t *shape, const float *data) {
     ml_status st = ml__new(out, ndim, shape);
     if (st) return st;
     if ((*out)->numel) memcpy((*out)->data, data, (size_t)(*out)->numel * sizeof(float));
@@ -384,9 +384,7 @@ int ml_requires_grad(const ml_tensor *t) { return t->requires_grad; }
 int ml_is_leaf(const ml_tensor *t) { return t->node == NULL; }
 uint64_t ml_version(const ml_tensor *t) { return t->storage->version; }
 
-const char *ml_op_name(const ml_tensor *t) {
-    return t->node ? t->node->op->name : "";
-}
+const char *ml_op_name(const ml_tensor *t) { return t->node ? t->node->op->name : ""; }
 
 ml_status ml_set_requires_grad(ml_tensor *t, int requires_grad) {
     if (t->node)

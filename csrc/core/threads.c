@@ -64,11 +64,13 @@ static int env_threads(char *why, size_t cap) {
     int used = whole && v > ML_MAX_THREADS ? ML_MAX_THREADS : fallback;
     const char *more = strlen(env) > 40 ? "..." : "";
     if (why && cap && used == ML_MAX_THREADS && whole && v > ML_MAX_THREADS)
-        snprintf(why, cap, "METALEARN_NUM_THREADS='%.40s%s' is more than %d threads; using %d",
-                 env, more, ML_MAX_THREADS, used);
+        snprintf(why, cap, "METALEARN_NUM_THREADS='%.40s%s' is more than %d threads; using %d", env,
+                 more, ML_MAX_THREADS, used);
     else if (why && cap)
-        snprintf(why, cap, "METALEARN_NUM_THREADS='%.40s%s' is not a whole number from 1 to %d; "
-                 "using %d (the online CPUs)", env, more, ML_MAX_THREADS, used);
+        snprintf(why, cap,
+                 "METALEARN_NUM_THREADS='%.40s%s' is not a whole number from 1 to %d; "
+                 "using %d (the online CPUs)",
+                 env, more, ML_MAX_THREADS, used);
     return used;
 }
 
@@ -169,7 +171,9 @@ static void *worker_main(void *arg) {
             /* A parked worker is woken by the kernel (tens of microseconds); jobs often come
              * in bursts (the ops of one step), so poll a little before sleeping. */
             pthread_mutex_unlock(&pool_mu);
-            for (int s = 0; s < SPIN_ROUNDS && atomic_load_explicit(&pool_gen_a, memory_order_acquire) == seen; s++)
+            for (int s = 0;
+                 s < SPIN_ROUNDS && atomic_load_explicit(&pool_gen_a, memory_order_acquire) == seen;
+                 s++)
                 cpu_relax();
             pthread_mutex_lock(&pool_mu);
         }
@@ -253,7 +257,9 @@ void ml__parallel_for(int64_t n_tasks, int max_threads, ml__task_fn fn, void *ct
     pool_closed = 1;
     if (pool_running > 0) {
         pthread_mutex_unlock(&pool_mu);
-        for (int s = 0; s < SPIN_ROUNDS && atomic_load_explicit(&pool_running_a, memory_order_acquire) > 0; s++)
+        for (int s = 0;
+             s < SPIN_ROUNDS && atomic_load_explicit(&pool_running_a, memory_order_acquire) > 0;
+             s++)
             cpu_relax();
         pthread_mutex_lock(&pool_mu);
     }

@@ -8,8 +8,7 @@
 
 #include <stdint.h>
 
-static inline uint64_t ml__splitmix64(uint64_t *x)
-{
+static inline uint64_t ml__splitmix64(uint64_t *x) {
     uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
@@ -17,8 +16,7 @@ static inline uint64_t ml__splitmix64(uint64_t *x)
 }
 
 /* the state for a seed: four splitmix64 outputs (never all zero) */
-static inline void ml__xoshiro_seed(uint64_t s[4], uint64_t seed)
-{
+static inline void ml__xoshiro_seed(uint64_t s[4], uint64_t seed) {
     uint64_t x = seed;
     for (int i = 0; i < 4; i++) s[i] = ml__splitmix64(&x);
 }
@@ -26,8 +24,7 @@ static inline void ml__xoshiro_seed(uint64_t s[4], uint64_t seed)
 static inline uint64_t ml__xoshiro_rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
 /* the next 64 bits of the stream, advancing s */
-static inline uint64_t ml__xoshiro_next(uint64_t s[4])
-{
+static inline uint64_t ml__xoshiro_next(uint64_t s[4]) {
     const uint64_t result = ml__xoshiro_rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
     s[2] ^= s[0];
     s[3] ^= s[1];

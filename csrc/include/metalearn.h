@@ -130,7 +130,7 @@ typedef enum ml_status {
     ML_ERR_OOM = 4,    /* an allocation failed or a size overflowed */
     ML_ERR_IO = 5,     /* a file could not be opened, read or written */
     ML_ERR_FORMAT = 6, /* a file is not a metalearn file, is truncated, or fails its checksum */
-    ML_ERR_GRAPH = 7,  /* autograd misuse: no path to an input, a non-scalar without grad_outputs */
+    ML_ERR_GRAPH = 7, /* autograd misuse: no path to an input, a non-scalar without grad_outputs */
 } ml_status;
 
 /* The message of the last failure on this thread ("" when none). */
@@ -240,8 +240,7 @@ ml_status ml_step(ml_tensor **out, ml_tensor *x, float threshold);
 
 /* matmul: a (..., m, k) @ b (..., k, n), transposes applied to the last two dims first.
  * Leading (batch) dims broadcast as NumPy does; both inputs need at least 2 dims. */
-ml_status ml_matmul(ml_tensor **out, ml_tensor *a, ml_tensor *b, int transpose_a,
-                    int transpose_b);
+ml_status ml_matmul(ml_tensor **out, ml_tensor *a, ml_tensor *b, int transpose_a, int transpose_b);
 /* activation(x @ kernel + bias): x (..., k), kernel (k, n), bias (n) or NULL. */
 ml_status ml_linear(ml_tensor **out, ml_tensor *x, ml_tensor *kernel, ml_tensor *bias,
                     ml_activation activation);
@@ -259,8 +258,7 @@ ml_status ml_narrow(ml_tensor **out, ml_tensor *x, int axis, int64_t start, int6
 /* Zero tensor with dim `axis` of size `size` holding x at [start, start + x.shape[axis]). */
 ml_status ml_pad_axis(ml_tensor **out, ml_tensor *x, int axis, int64_t start, int64_t size);
 /* Rows of x along axis picked by indices (negative indices count from the end). */
-ml_status ml_gather(ml_tensor **out, ml_tensor *x, int n_indices, const int64_t *indices,
-                    int axis);
+ml_status ml_gather(ml_tensor **out, ml_tensor *x, int n_indices, const int64_t *indices, int axis);
 /* Zero tensor with dim `axis` of size `size`, x's slices added at rows `indices`. */
 ml_status ml_scatter_add(ml_tensor **out, ml_tensor *x, int n_indices, const int64_t *indices,
                          int axis, int64_t size);
@@ -305,8 +303,8 @@ typedef enum ml_padding {
 
 /* x (N, H, W, C), kernel (KH, KW, C, F), bias (F) or NULL -> (N, OH, OW, F).
  * Gradients of any order (the backward ops are conv2d's transposes, themselves recorded). */
-ml_status ml_conv2d(ml_tensor **out, ml_tensor *x, ml_tensor *kernel, ml_tensor *bias,
-                    int stride_h, int stride_w, ml_padding padding);
+ml_status ml_conv2d(ml_tensor **out, ml_tensor *x, ml_tensor *kernel, ml_tensor *bias, int stride_h,
+                    int stride_w, ml_padding padding);
 /* Max over each window; the gradient goes to the first maximum of a window (row-major
  * order inside the window, as PyTorch). SAME padding never picks a padded position. */
 ml_status ml_max_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, int stride_h,
@@ -485,8 +483,8 @@ int ml_num_threads_env_warning(char *why, size_t cap);
  *    clear() reseeds it, save/load carry it, so a run replays bit for bit. */
 typedef struct ml_memory ml_memory;
 
-ml_status ml_memory_new(ml_memory **out, int64_t capacity, int64_t key_size,
-                        int64_t payload_size, uint64_t seed);
+ml_status ml_memory_new(ml_memory **out, int64_t capacity, int64_t key_size, int64_t payload_size,
+                        uint64_t seed);
 void ml_memory_free(ml_memory *mem); /* NULL is allowed */
 int64_t ml_memory_capacity(const ml_memory *mem);
 int64_t ml_memory_key_size(const ml_memory *mem);
@@ -498,15 +496,14 @@ double ml_memory_occupancy(ml_memory *mem);
 ml_status ml_memory_clear(ml_memory *mem);
 /* Copies of the whole slabs (capacity rows each; any pointer may be NULL). */
 ml_status ml_memory_state(ml_memory *mem, float *keys, int64_t *labels, int64_t *ages,
-                        float *payloads);
+                          float *payloads);
 /* Exact k-nearest search by cosine similarity over every occupied slot: q (n x key_size),
  * 1 <= k <= capacity. Outputs (n x k, any may be NULL), best first, equal similarities in
  * slot order: slot indices, cosine similarities, labels, payloads (n x k x payload_size).
  * When fewer than k slots are occupied the rest is index -1, similarity -inf, label -1,
  * zero payload. Scores come from the GEMM kernel over cache-sized blocks of keys. */
-ml_status ml_memory_query(ml_memory *mem, int64_t n, const float *q, int64_t k,
-                          int64_t *out_idx, float *out_sim, int64_t *out_labels,
-                          float *out_payloads);
+ml_status ml_memory_query(ml_memory *mem, int64_t n, const float *q, int64_t k, int64_t *out_idx,
+                          float *out_sim, int64_t *out_labels, float *out_payloads);
 /* The update rule of the paper, applied to the n queries in order (each sees the writes of
  * those before it). For query q with label y and n1 its nearest occupied slot:
  *   label[n1] == y: key[n1] <- normalize(normalize(q) + key[n1]);

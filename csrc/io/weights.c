@@ -116,9 +116,12 @@ static int resolve_target(const char *path, char **out, struct stat *st_out, int
 }
 
 static const char *file_kind(mode_t m) {
-    return S_ISDIR(m) ? "a directory" : S_ISCHR(m) ? "a character device"
-         : S_ISBLK(m) ? "a block device" : S_ISFIFO(m) ? "a FIFO" : S_ISSOCK(m) ? "a socket"
-         : "not a regular file";
+    return S_ISDIR(m)    ? "a directory"
+           : S_ISCHR(m)  ? "a character device"
+           : S_ISBLK(m)  ? "a block device"
+           : S_ISFIFO(m) ? "a FIFO"
+           : S_ISSOCK(m) ? "a socket"
+                         : "not a regular file";
 }
 
 /* A name for the temporary file: unique per call in this process (counter), across
@@ -129,7 +132,8 @@ static void tmp_suffix(char out[11]) {
     clock_gettime(CLOCK_REALTIME, &ts);
     uint64_t x = ((uint64_t)getpid() << 40) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^
                  (atomic_fetch_add(&counter, 1) * 0x9E3779B97F4A7C15ull);
-    x ^= x >> 31, x *= 0xBF58476D1CE4E5B9ull, x ^= x >> 27, x *= 0x94D049BB133111EBull, x ^= x >> 33;
+    x ^= x >> 31, x *= 0xBF58476D1CE4E5B9ull, x ^= x >> 27, x *= 0x94D049BB133111EBull,
+        x ^= x >> 33;
     static const char abc[] = "abcdefghijklmnopqrstuvwxyz012345";
     for (int i = 0; i < 10; i++, x >>= 5) out[i] = abc[x & 31];
     out[10] = 0;
@@ -155,8 +159,10 @@ ml_status ml__write_atomic(const char *path, const void *buf, size_t size) {
     ml_status st = ML_OK;
     size_t boff = base_offset(target), tlen = strlen(target);
     if (exists && !S_ISREG(sb.st_mode)) {
-        st = ml_set_error(ML_ERR_IO, "cannot write '%s': it is %s, not a regular file; it was "
-                          "left as it is", path, file_kind(sb.st_mode));
+        st = ml_set_error(ML_ERR_IO,
+                          "cannot write '%s': it is %s, not a regular file; it was "
+                          "left as it is",
+                          path, file_kind(sb.st_mode));
         goto done;
     }
     if (boff == tlen) { /* "dir/": no file name to write */
@@ -197,8 +203,8 @@ ml_status ml__write_atomic(const char *path, const void *buf, size_t size) {
     if (!err && rename(tmp, target) != 0) err = errno;
     if (err) {
         unlink(tmp);
-        st = ml_set_error(ML_ERR_IO, "cannot write '%s': %s (the file on disk is unchanged)",
-                          path, strerror(err));
+        st = ml_set_error(ML_ERR_IO, "cannot write '%s': %s (the file on disk is unchanged)", path,
+                          strerror(err));
         goto done;
     }
     /* The rename is in the directory: fsync it so a power cut cannot undo the save. A
@@ -306,8 +312,8 @@ static ml_status read_regular_file(const char *path, uint8_t **buf_out, size_t *
 /* Entry i at *pp (name, rank, shape, data; end: where the entries stop) into *name and
  * *tensor, each set as soon as it exists (the caller frees them on failure); *pp moves
  * past the entry. */
-static ml_status read_entry(const char *path, uint32_t i, const uint8_t **pp,
-                            const uint8_t *end, char **name, ml_tensor **tensor) {
+static ml_status read_entry(const char *path, uint32_t i, const uint8_t **pp, const uint8_t *end,
+                            char **name, ml_tensor **tensor) {
     const uint8_t *p = *pp;
     if (end - p < 4) CORRUPT("'%s' is truncated in entry %u", path, i);
     uint32_t len = ml__get_u32(p);
@@ -383,8 +389,8 @@ ml_status ml_load_tensors(const char *path, int *n_out, char ***names_out,
     for (uint32_t i = 0; i < n; i++)
         if ((st = read_entry(path, i, &p, end, &names[i], &tensors[i]))) goto fail;
     if (p != end) {
-        st = ml_set_error(ML_ERR_FORMAT, "'%s' is corrupt: %zu unexpected bytes at the end",
-                          path, (size_t)(end - p));
+        st = ml_set_error(ML_ERR_FORMAT, "'%s' is corrupt: %zu unexpected bytes at the end", path,
+                          (size_t)(end - p));
         goto fail;
     }
     free(buf);

@@ -11,8 +11,7 @@
 
 atomic_int ml__cpu_isa = ML_CPU_UNDECIDED;
 
-int ml__cpu_decide(void)
-{
+int ml__cpu_decide(void) {
     int v = 0;
 #if ML_HAVE_AVX2
     const char *env = getenv("ML_KERNEL");
@@ -35,15 +34,13 @@ static struct {
 } sites[MAX_SITES];
 static int n_sites;
 
-void ml__kernel_site(const char *name, int has_avx2)
-{
+void ml__kernel_site(const char *name, int has_avx2) {
     if (n_sites == MAX_SITES) return; /* (the tests list every site: they would see it) */
     sites[n_sites].name = name;
     sites[n_sites++].has_avx2 = has_avx2;
 }
 
-int ml_kernel_variants(const char **names, const char **variants, int cap)
-{
+int ml_kernel_variants(const char **names, const char **variants, int cap) {
     const int avx2 = ml__cpu_avx2();
     for (int i = 0; i < n_sites && i < cap; ++i) {
         names[i] = sites[i].name;

@@ -52,8 +52,7 @@ ML_HIDDEN int ml__cpu_decide(void);
 /* 1 where the AVX2 variants run, 0 where the portable ones do: the same answer for the
  * life of the process. Once decided, a relaxed load and one predicted compare on the AVX2
  * path (the cost of the PLT jump of an ifunc). */
-static inline int ml__cpu_avx2(void)
-{
+static inline int ml__cpu_avx2(void) {
     const int v = atomic_load_explicit(&ml__cpu_isa, memory_order_relaxed);
     if (v == ML_CPU_AVX2) return 1;
     if (v == ML_CPU_PORTABLE) return 0;

@@ -19,16 +19,15 @@ ML_KERNEL_SITE(gemm, "gemm", ML_HAVE_AVX2)
  * it (the unpacked tiles, the packed drivers): 1 when it did, 0 when C still needs it. */
 static int run_kernel(int path, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
                       const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
-                      float *c, int64_t ldc, const gemm_epi *epi)
-{
+                      float *c, int64_t ldc, const gemm_epi *epi) {
     if (k <= 0 || alpha == 0.0f) { /* BLAS: op(A)@op(B) is not computed at all */
         gemm_scale_c(m, n, beta, c, ldc);
         return 0;
     }
 #if ML_HAVE_AVX2
     if ((path == PATH_SMALL || path == PATH_SMALL_W) &&
-        ml__gemm_small_avx2(path == PATH_SMALL_W, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta,
-                            c, ldc, epi))
+        ml__gemm_small_avx2(path == PATH_SMALL_W, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                            ldc, epi))
         return 1;
     if (path == PATH_DOTS_NT) {
         ml__gemm_dots_nt_avx2(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
@@ -82,9 +81,8 @@ static int run_kernel(int path, int ta, int tb, int64_t m, int64_t n, int64_t k,
 
 /* (gemm_internal.h) */
 void ml__gemm_run(int path, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
-                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
-                  float *c, int64_t ldc, const gemm_epi *epi)
-{
+                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
+                  int64_t ldc, const gemm_epi *epi) {
     if (m <= 0 || n <= 0) return;
     if (!run_kernel(path, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, epi) && epi)
         for (int64_t i = 0; i < m; ++i)
@@ -93,20 +91,18 @@ void ml__gemm_run(int path, int ta, int tb, int64_t m, int64_t n, int64_t k, flo
 
 void ml_sgemm(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k, float alpha,
               const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
-              int64_t ldc)
-{
-    ml__gemm_threaded(ml__cpu_avx2(), transpose_a != 0, transpose_b != 0, m, n, k, alpha, a, lda,
-                      b, ldb, beta, c, ldc, NULL);
+              int64_t ldc) {
+    ml__gemm_threaded(ml__cpu_avx2(), transpose_a != 0, transpose_b != 0, m, n, k, alpha, a, lda, b,
+                      ldb, beta, c, ldc, NULL);
 }
 
 /* `count` products of one shape at fixed strides, on the calling thread, the kernel chosen
  * once: MAML's per-task products (25 tasks of 10x40 outer products, ...) cost less than
  * their dispatch through ml_sgemm one by one. Each equals ml_sgemm of the same shape. */
-void ml__sgemm_batch(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
-                     float alpha, const float *a, int64_t lda, int64_t stride_a, const float *b,
-                     int64_t ldb, int64_t stride_b, float beta, float *c, int64_t ldc,
-                     int64_t stride_c, int64_t count)
-{
+void ml__sgemm_batch(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k, float alpha,
+                     const float *a, int64_t lda, int64_t stride_a, const float *b, int64_t ldb,
+                     int64_t stride_b, float beta, float *c, int64_t ldc, int64_t stride_c,
+                     int64_t count) {
     const int ta = transpose_a != 0, tb = transpose_b != 0;
     const int path = ml__gemm_path(ml__cpu_avx2(), ta, tb, m, n, k);
 #if ML_HAVE_AVX2
@@ -117,8 +113,8 @@ void ml__sgemm_batch(int transpose_a, int transpose_b, int64_t m, int64_t n, int
         return;
     }
     if ((path == PATH_ROW || path == PATH_GEMV_T) && alpha != 0.0f && k > 0 && m > 0 && n > 0) {
-        ml__gemm_lanes40_batch(path == PATH_ROW, ta, tb, m, n, k, alpha, a, lda, stride_a, b,
-                               ldb, stride_b, beta, c, ldc, stride_c, count);
+        ml__gemm_lanes40_batch(path == PATH_ROW, ta, tb, m, n, k, alpha, a, lda, stride_a, b, ldb,
+                               stride_b, beta, c, ldc, stride_c, count);
         return;
     }
 #endif
@@ -133,8 +129,7 @@ void ml__sgemm_batch(int transpose_a, int transpose_b, int64_t m, int64_t n, int
  * transposes, strides, split or rows of C a call covers; that is what makes a fused
  * reader's rows the same bits. The portable kernel sums (0 + a b: -0 would become +0), so
  * there the caller computes the product itself. */
-int ml__sgemm_outer_rows(int64_t rows, int64_t n, const float *a, const float *b, float *c)
-{
+int ml__sgemm_outer_rows(int64_t rows, int64_t n, const float *a, const float *b, float *c) {
 #if ML_HAVE_AVX2
     if (!ml__cpu_avx2()) return 0;
     if (rows > 0 && n > 0) ml__gemm_outer_avx2(0, 0, rows, n, 1.0f, a, 1, b, n, 0.0f, c, n);
@@ -145,10 +140,8 @@ int ml__sgemm_outer_rows(int64_t rows, int64_t n, const float *a, const float *b
 #endif
 }
 
-int ml__sgemm_into(int transpose_b, int64_t m, int64_t n, int64_t k, const float *a,
-                   const float *b, int epi, const float *u, int64_t u_div, const float *mask,
-                   float *out)
-{
+int ml__sgemm_into(int transpose_b, int64_t m, int64_t n, int64_t k, const float *a, const float *b,
+                   int epi, const float *u, int64_t u_div, const float *mask, float *out) {
 #if ML_HAVE_AVX2
     const int tb = transpose_b != 0;
     if (!ml__cpu_avx2() || k <= 0 || m <= 0 || n <= 0 || epi < ML_EPI_ADD ||
@@ -177,8 +170,7 @@ int ml__sgemm_into(int transpose_b, int64_t m, int64_t n, int64_t k, const float
 
 void ml_sgemm_portable(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
                        float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
-                       float beta, float *c, int64_t ldc)
-{
+                       float beta, float *c, int64_t ldc) {
     ml__gemm_run(PATH_PORTABLE, transpose_a != 0, transpose_b != 0, m, n, k, alpha, a, lda, b, ldb,
                  beta, c, ldc, NULL);
 }

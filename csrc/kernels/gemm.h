@@ -14,10 +14,10 @@ void ml_sgemm_portable(int transpose_a, int transpose_b, int64_t m, int64_t n, i
 
 /* count products C_t = alpha op(A_t) op(B_t) + beta C_t with A_t = a + t * stride_a (and
  * likewise B_t, C_t), on the calling thread; each equals ml_sgemm of the same shape. */
-void ml__sgemm_batch(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k,
-                     float alpha, const float *a, int64_t lda, int64_t stride_a, const float *b,
-                     int64_t ldb, int64_t stride_b, float beta, float *c, int64_t ldc,
-                     int64_t stride_c, int64_t count);
+void ml__sgemm_batch(int transpose_a, int transpose_b, int64_t m, int64_t n, int64_t k, float alpha,
+                     const float *a, int64_t lda, int64_t stride_a, const float *b, int64_t ldb,
+                     int64_t stride_b, float beta, float *c, int64_t ldc, int64_t stride_c,
+                     int64_t count);
 
 /* c[r][j] = a[r] * b[j], rows x n with row stride n: the bits ml_sgemm gives for any
  * k == 1 product with alpha 1 and beta 0 (a[r] = op(A)[r][0], b[j] = op(B)[0][j]), for any
@@ -40,8 +40,7 @@ enum { ML_EPI_ADD = 1, ML_EPI_ADD_RELU, ML_EPI_RELU_GRAD, ML_EPI_ADD_MASK };
  * NULL: the question alone); 0, computing nothing, where this is not the kernel ml_sgemm
  * would use for the product (the epilogue is in the packed driver, threaded as ml_sgemm,
  * and in the one-thread 2 x 40 tiles of n = 40), or (a given) B^T's buffer cannot be had. */
-int ml__sgemm_into(int transpose_b, int64_t m, int64_t n, int64_t k, const float *a,
-                   const float *b, int epi, const float *u, int64_t u_div, const float *mask,
-                   float *out);
+int ml__sgemm_into(int transpose_b, int64_t m, int64_t n, int64_t k, const float *a, const float *b,
+                   int epi, const float *u, int64_t u_div, const float *mask, float *out);
 
 #endif /* ML_KERNELS_GEMM_H */

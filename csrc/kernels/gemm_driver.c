@@ -26,8 +26,7 @@
  * sums otherwise). */
 ML_INLINE void direct_body(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
                            const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
-                           float *c, int64_t ldc)
-{
+                           float *c, int64_t ldc) {
     gemm_scale_c(m, n, beta, c, ldc);
     /* axpy form streams rows of B; with very few columns (n = 1: a matrix-vector product)
      * its inner loop is too short, and the dot form is used as when B is transposed. */
@@ -59,18 +58,15 @@ ML_INLINE void direct_body(int ta, int tb, int64_t m, int64_t n, int64_t k, floa
 }
 
 void ml__gemm_direct_portable(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
-                              const float *a, int64_t lda, const float *b, int64_t ldb,
-                              float beta, float *c, int64_t ldc)
-{
+                              const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                              float *c, int64_t ldc) {
     direct_body(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 #if ML_HAVE_AVX2
 ML_TARGET_AVX2 void ml__gemm_direct_avx2(int ta, int tb, int64_t m, int64_t n, int64_t k,
-                                         float alpha, const float *a, int64_t lda,
-                                         const float *b, int64_t ldb, float beta, float *c,
-                                         int64_t ldc)
-{
+                                         float alpha, const float *a, int64_t lda, const float *b,
+                                         int64_t ldb, float beta, float *c, int64_t ldc) {
     direct_body(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 #endif
@@ -84,8 +80,7 @@ typedef struct blocking {
     size_t a_floats, b_floats;
 } blocking;
 
-static blocking plan(int tb, int64_t m, int64_t n, int64_t k)
-{
+static blocking plan(int tb, int64_t m, int64_t n, int64_t k) {
     blocking bl;
     bl.kc = ceil_div(k, ceil_div(k, KC));
     bl.mc = round_up(ceil_div(m, ceil_div(m, MC)), MR);
@@ -156,9 +151,8 @@ ML_DEFINE_DRIVER(driver_avx2, ml__gemm_ukr_avx2, ml__gemm_pack_a_avx2, ml__gemm_
 #endif
 
 int ml__gemm_packed(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
-                    const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
-                    float *c, int64_t ldc, const gemm_epi *epi)
-{
+                    const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
+                    int64_t ldc, const gemm_epi *epi) {
     const blocking bl = plan(tb, m, n, k);
     const size_t a_floats = (bl.a_floats + 15) & ~(size_t)15; /* keep B 64-byte aligned */
     float *buf = ml__scratch(ML_SCRATCH_GEMM, a_floats + bl.b_floats);
@@ -168,12 +162,12 @@ int ml__gemm_packed(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t 
     }
 #if ML_HAVE_AVX2
     if (use_avx2) {
-        driver_avx2(&bl, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buf,
-                    buf + a_floats, epi);
+        driver_avx2(&bl, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buf, buf + a_floats,
+                    epi);
         return 1;
     }
 #endif
-    driver_portable(&bl, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buf,
-                    buf + a_floats, epi);
+    driver_portable(&bl, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, buf, buf + a_floats,
+                    epi);
     return 1;
 }

@@ -29,8 +29,7 @@ typedef struct gemm_epi {
 } gemm_epi;
 
 /* One element: epi_vec's formulas, lane by lane. */
-static inline float epi_one(int op, float x, float u, float m)
-{
+static inline float epi_one(int op, float x, float u, float m) {
     switch (op) {
     case ML_EPI_ADD: return x + u;
     case ML_EPI_ADD_RELU: x = x + u; return 0.0f > x ? 0.0f : x;
@@ -42,8 +41,7 @@ static inline float epi_one(int op, float x, float u, float m)
 #if ML_HAVE_AVX2
 /* Eight elements: x the product's, u the op's operand, m where the mask is read (ADD_MASK).
  * A constant op once inlined (the 2 x 40 tiles' epilogue). */
-ML_TARGET_AVX2 ML_INLINE __m256 epi_vec(const int op, __m256 x, __m256 u, const float *m)
-{
+ML_TARGET_AVX2 ML_INLINE __m256 epi_vec(const int op, __m256 x, __m256 u, const float *m) {
     const __m256 zero = _mm256_setzero_ps();
     switch (op) {
     case ML_EPI_ADD: return _mm256_add_ps(x, u);

@@ -49,8 +49,7 @@ static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 /* C = beta C (beta == 0 writes zeros: C is not read, it may hold NaN) */
-static inline void gemm_scale_c(int64_t m, int64_t n, float beta, float *c, int64_t ldc)
-{
+static inline void gemm_scale_c(int64_t m, int64_t n, float beta, float *c, int64_t ldc) {
     for (int64_t i = 0; i < m; ++i) {
         float *ci = c + i * ldc;
         if (beta == 0.0f) {
@@ -83,38 +82,35 @@ ML_HIDDEN int ml__gemm_path(int use_avx2, int ta, int tb, int64_t m, int64_t n, 
 /* C = alpha op(A) op(B) + beta C on the kernel of path, then epi (NULL: none) on C's
  * elements: on each tile as it is final where the kernel has tiles, else in a pass over C
  * after it. On the calling thread. */
-ML_HIDDEN void ml__gemm_run(int path, int ta, int tb, int64_t m, int64_t n, int64_t k,
-                            float alpha, const float *a, int64_t lda, const float *b,
-                            int64_t ldb, float beta, float *c, int64_t ldc,
-                            const gemm_epi *epi);
+ML_HIDDEN void ml__gemm_run(int path, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
+                            const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                            float *c, int64_t ldc, const gemm_epi *epi);
 
 /* ------------------------------------------------------------ threading (gemm_thread.c) */
 
 /* The product on the path of its shape, split over the thread pool when it is large (the
  * calling thread alone inside a parallel region). */
-ML_HIDDEN void ml__gemm_threaded(int use_avx2, int ta, int tb, int64_t m, int64_t n,
-                                 int64_t k, float alpha, const float *a, int64_t lda,
-                                 const float *b, int64_t ldb, float beta, float *c,
-                                 int64_t ldc, const gemm_epi *epi);
+ML_HIDDEN void ml__gemm_threaded(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                                 float alpha, const float *a, int64_t lda, const float *b,
+                                 int64_t ldb, float beta, float *c, int64_t ldc,
+                                 const gemm_epi *epi);
 
 /* ------------------------------------------------------------ driver (gemm_driver.c) */
 
 /* Plain loops, no buffers: tiny products, and the fallback when a buffer cannot be had. */
 ML_HIDDEN void ml__gemm_direct_portable(int ta, int tb, int64_t m, int64_t n, int64_t k,
-                                        float alpha, const float *a, int64_t lda,
-                                        const float *b, int64_t ldb, float beta, float *c,
-                                        int64_t ldc);
-ML_HIDDEN void ml__gemm_direct_avx2(int ta, int tb, int64_t m, int64_t n, int64_t k,
-                                    float alpha, const float *a, int64_t lda, const float *b,
-                                    int64_t ldb, float beta, float *c, int64_t ldc);
+                                        float alpha, const float *a, int64_t lda, const float *b,
+                                        int64_t ldb, float beta, float *c, int64_t ldc);
+ML_HIDDEN void ml__gemm_direct_avx2(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
+                                    const float *a, int64_t lda, const float *b, int64_t ldb,
+                                    float beta, float *c, int64_t ldc);
 
 /* The packed path (k > 0, alpha != 0): the five loops around the AVX2 (use_avx2) or
  * portable micro-kernel, epi applied to each tile once it is final. 1 when done; 0 when
  * the packing buffer cannot be had (the plain loops computed C, without epi). */
 ML_HIDDEN int ml__gemm_packed(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t k,
-                              float alpha, const float *a, int64_t lda, const float *b,
-                              int64_t ldb, float beta, float *c, int64_t ldc,
-                              const gemm_epi *epi);
+                              float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+                              float beta, float *c, int64_t ldc, const gemm_epi *epi);
 
 /* ------------------------------------------------------------ packing (gemm_pack.c) */
 
@@ -127,25 +123,25 @@ ML_HIDDEN void ml__gemm_pack_a(int ta, int64_t mc, int64_t kc, const float *a, i
 ML_HIDDEN void ml__gemm_pack_b(int tb, int64_t kc, int64_t nc, const float *b, int64_t ldb,
                                int64_t pc, int64_t jc, float *restrict dst);
 /* the same two with AVX2 register transposes (the same values) */
-ML_HIDDEN void ml__gemm_pack_a_avx2(int ta, int64_t mc, int64_t kc, const float *a,
-                                    int64_t lda, int64_t ic, int64_t pc, float *restrict dst);
-ML_HIDDEN void ml__gemm_pack_b_avx2(int tb, int64_t kc, int64_t nc, const float *b,
-                                    int64_t ldb, int64_t pc, int64_t jc, float *restrict dst);
+ML_HIDDEN void ml__gemm_pack_a_avx2(int ta, int64_t mc, int64_t kc, const float *a, int64_t lda,
+                                    int64_t ic, int64_t pc, float *restrict dst);
+ML_HIDDEN void ml__gemm_pack_b_avx2(int tb, int64_t kc, int64_t nc, const float *b, int64_t ldb,
+                                    int64_t pc, int64_t jc, float *restrict dst);
 /* dst (cols x rows, leading dimension ldd) = src^T for src (rows x cols, ld lds) */
-ML_HIDDEN void ml__gemm_transpose_avx2(int64_t rows, int64_t cols, const float *src,
-                                       int64_t lds, float *dst, int64_t ldd);
+ML_HIDDEN void ml__gemm_transpose_avx2(int64_t rows, int64_t cols, const float *src, int64_t lds,
+                                       float *dst, int64_t ldd);
 
 /* ------------------------------------------------------------ micro-kernels (gemm_ukernel.c) */
 
 /* C (mr x nr of an MR x NR tile) = alpha a b + beta C, C not read when beta == 0. a: a
  * packed MR x kc panel; b: kc rows of NR floats, row stride bs (NR when packed, ldb when
  * B is read in place). */
-ML_HIDDEN void ml__gemm_ukr_portable(int64_t kc, const float *restrict a,
-                                     const float *restrict b, int64_t bs, float *c,
-                                     int64_t ldc, float alpha, float beta, int mr, int nr);
+ML_HIDDEN void ml__gemm_ukr_portable(int64_t kc, const float *restrict a, const float *restrict b,
+                                     int64_t bs, float *c, int64_t ldc, float alpha, float beta,
+                                     int mr, int nr);
 ML_HIDDEN void ml__gemm_ukr_avx2(int64_t kc, const float *restrict a, const float *restrict b,
-                                 int64_t bs, float *c, int64_t ldc, float alpha, float beta,
-                                 int mr, int nr);
+                                 int64_t bs, float *c, int64_t ldc, float alpha, float beta, int mr,
+                                 int nr);
 
 /* ------------------------------------------------------------ small shapes (gemm_small.c) */
 
@@ -168,23 +164,20 @@ ML_HIDDEN int ml__gemm_2x40_epi_avx2(int tb, int epi, int64_t m, int64_t k, cons
 ML_HIDDEN void ml__gemm_outer_avx2(int ta, int tb, int64_t m, int64_t n, float alpha,
                                    const float *a, int64_t lda, const float *b, int64_t ldb,
                                    float beta, float *c, int64_t ldc);
-ML_HIDDEN void ml__gemm_dots_avx2(int64_t m, int64_t k, float alpha, const float *a,
-                                  int64_t lda, const float *x, float beta, float *c,
-                                  int64_t ldc);
-ML_HIDDEN void ml__gemm_gemv_t_avx2(int64_t m, int64_t k, float alpha, const float *a,
-                                    int64_t lda, const float *x, int64_t incx, float beta,
-                                    float *c, int64_t ldc);
+ML_HIDDEN void ml__gemm_dots_avx2(int64_t m, int64_t k, float alpha, const float *a, int64_t lda,
+                                  const float *x, float beta, float *c, int64_t ldc);
+ML_HIDDEN void ml__gemm_gemv_t_avx2(int64_t m, int64_t k, float alpha, const float *a, int64_t lda,
+                                    const float *x, int64_t incx, float beta, float *c,
+                                    int64_t ldc);
 ML_HIDDEN void ml__gemm_row_avx2(int ta, int64_t n, int64_t k, float alpha, const float *a,
-                                 int64_t lda, const float *b, int64_t ldb, float beta,
-                                 float *c);
-ML_HIDDEN void ml__gemm_dots_nt_avx2(int64_t m, int64_t n, int64_t k, float alpha,
-                                     const float *a, int64_t lda, const float *b, int64_t ldb,
-                                     float beta, float *c, int64_t ldc);
+                                 int64_t lda, const float *b, int64_t ldb, float beta, float *c);
+ML_HIDDEN void ml__gemm_dots_nt_avx2(int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                                     int64_t lda, const float *b, int64_t ldb, float beta, float *c,
+                                     int64_t ldc);
 /* count PATH_ROW (row 1) or PATH_GEMV_T (row 0) products at fixed strides */
-ML_HIDDEN void ml__gemm_lanes40_batch(int row, int ta, int tb, int64_t m, int64_t n,
-                                      int64_t k, float alpha, const float *a, int64_t lda,
-                                      int64_t sa, const float *b, int64_t ldb, int64_t sb,
-                                      float beta, float *c, int64_t ldc, int64_t sc,
-                                      int64_t count);
+ML_HIDDEN void ml__gemm_lanes40_batch(int row, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                                      float alpha, const float *a, int64_t lda, int64_t sa,
+                                      const float *b, int64_t ldb, int64_t sb, float beta, float *c,
+                                      int64_t ldc, int64_t sc, int64_t count);
 
 #endif /* ML_KERNELS_GEMM_INTERNAL_H */

@@ -12,8 +12,7 @@
 
 /* (gemm_internal.h: ml__gemm_pack_a) inlined into both instruction sets' packers */
 ML_INLINE void pack_a(int ta, int64_t mc, int64_t kc, const float *a, int64_t lda, int64_t ic,
-                      int64_t pc, float *restrict dst)
-{
+                      int64_t pc, float *restrict dst) {
     for (int64_t i0 = 0; i0 < mc; i0 += MR) {
         const int mr = (int)min64(MR, mc - i0);
         if (!ta) {
@@ -44,8 +43,7 @@ ML_INLINE void pack_a(int ta, int64_t mc, int64_t kc, const float *a, int64_t ld
 
 /* (gemm_internal.h: ml__gemm_pack_b) inlined into both instruction sets' packers */
 ML_INLINE void pack_b(int tb, int64_t kc, int64_t nc, const float *b, int64_t ldb, int64_t pc,
-                      int64_t jc, float *restrict dst)
-{
+                      int64_t jc, float *restrict dst) {
     for (int64_t j0 = 0; j0 < nc; j0 += NR) {
         const int nr = (int)min64(NR, nc - j0);
         if (!tb) {
@@ -75,21 +73,18 @@ ML_INLINE void pack_b(int tb, int64_t kc, int64_t nc, const float *b, int64_t ld
 }
 
 void ml__gemm_pack_a(int ta, int64_t mc, int64_t kc, const float *a, int64_t lda, int64_t ic,
-                     int64_t pc, float *restrict dst)
-{
+                     int64_t pc, float *restrict dst) {
     pack_a(ta, mc, kc, a, lda, ic, pc, dst);
 }
 
 void ml__gemm_pack_b(int tb, int64_t kc, int64_t nc, const float *b, int64_t ldb, int64_t pc,
-                     int64_t jc, float *restrict dst)
-{
+                     int64_t jc, float *restrict dst) {
     pack_b(tb, kc, nc, b, ldb, pc, jc, dst);
 }
 
 #if ML_HAVE_AVX2
 /* d (8x8, leading dimension ldd) = s^T for s (8x8, ld lds), through registers. */
-ML_TARGET_AVX2 ML_INLINE void transpose8x8(const float *s, int64_t lds, float *d, int64_t ldd)
-{
+ML_TARGET_AVX2 ML_INLINE void transpose8x8(const float *s, int64_t lds, float *d, int64_t ldd) {
     const __m256 r0 = _mm256_loadu_ps(s + 0 * lds), r1 = _mm256_loadu_ps(s + 1 * lds);
     const __m256 r2 = _mm256_loadu_ps(s + 2 * lds), r3 = _mm256_loadu_ps(s + 3 * lds);
     const __m256 r4 = _mm256_loadu_ps(s + 4 * lds), r5 = _mm256_loadu_ps(s + 5 * lds);
@@ -123,9 +118,7 @@ ML_TARGET_AVX2 ML_INLINE void transpose8x8(const float *s, int64_t lds, float *d
  * scalar gather here is a fifth of the time of MAML Omniglot's 2400x784x256 products
  * (gemm_shapes.py 2400x784x256). */
 ML_TARGET_AVX2 void ml__gemm_pack_a_avx2(int ta, int64_t mc, int64_t kc, const float *a,
-                                         int64_t lda, int64_t ic, int64_t pc,
-                                         float *restrict dst)
-{
+                                         int64_t lda, int64_t ic, int64_t pc, float *restrict dst) {
     const int64_t full = mc / MR * MR, k8 = kc / 8 * 8;
     if (ta && full) { /* each k step's 6 floats are contiguous: move them as 4 + 2 */
         for (int64_t i0 = 0; i0 < full; i0 += MR) {
@@ -147,9 +140,12 @@ ML_TARGET_AVX2 void ml__gemm_pack_a_avx2(int ta, int64_t mc, int64_t kc, const f
     for (int64_t i0 = 0; i0 < full; i0 += MR) {
         const float *s = a + (ic + i0) * lda + pc;
         for (int64_t p = 0; p < k8; p += 8) {
-            const __m256 r0 = _mm256_loadu_ps(s + 0 * lda + p), r1 = _mm256_loadu_ps(s + 1 * lda + p);
-            const __m256 r2 = _mm256_loadu_ps(s + 2 * lda + p), r3 = _mm256_loadu_ps(s + 3 * lda + p);
-            const __m256 r4 = _mm256_loadu_ps(s + 4 * lda + p), r5 = _mm256_loadu_ps(s + 5 * lda + p);
+            const __m256 r0 = _mm256_loadu_ps(s + 0 * lda + p),
+                         r1 = _mm256_loadu_ps(s + 1 * lda + p);
+            const __m256 r2 = _mm256_loadu_ps(s + 2 * lda + p),
+                         r3 = _mm256_loadu_ps(s + 3 * lda + p);
+            const __m256 r4 = _mm256_loadu_ps(s + 4 * lda + p),
+                         r5 = _mm256_loadu_ps(s + 5 * lda + p);
             const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
             const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
             const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
@@ -184,9 +180,7 @@ ML_TARGET_AVX2 void ml__gemm_pack_a_avx2(int ta, int64_t mc, int64_t kc, const f
 /* op(B) = B^T packed with 8x8 register transposes: the scalar gather of pack_b reads 16
  * strided streams one float at a time and costs as much as the multiply for m ~ 5. */
 ML_TARGET_AVX2 void ml__gemm_pack_b_avx2(int tb, int64_t kc, int64_t nc, const float *b,
-                                         int64_t ldb, int64_t pc, int64_t jc,
-                                         float *restrict dst)
-{
+                                         int64_t ldb, int64_t pc, int64_t jc, float *restrict dst) {
     if (!tb) {
         pack_b(0, kc, nc, b, ldb, pc, jc, dst);
         return;
@@ -211,8 +205,7 @@ ML_TARGET_AVX2 void ml__gemm_pack_b_avx2(int tb, int64_t kc, int64_t nc, const f
  * through registers (a scalar gather reads a column at a time, as slow as the small
  * products it feeds), scalar edges. */
 ML_TARGET_AVX2 void ml__gemm_transpose_avx2(int64_t rows, int64_t cols, const float *src,
-                                            int64_t lds, float *dst, int64_t ldd)
-{
+                                            int64_t lds, float *dst, int64_t ldd) {
     const int64_t r8 = rows / 8 * 8, c8 = cols / 8 * 8;
     for (int64_t i = 0; i < r8; i += 8) {
         for (int64_t j = 0; j < c8; j += 8) {

@@ -31,8 +31,7 @@
  */
 #include "gemm_internal.h"
 
-int ml__gemm_path(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t k)
-{
+int ml__gemm_path(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t k) {
     if (!use_avx2) return PATH_PORTABLE;                                   /* 1 */
     if (k <= 0) return PATH_PACKED;                                        /* 2 */
     if (!ta && tb && n < DOTS_NT_MAX_N && k >= 8) return PATH_DOTS_NT;     /* 3 */

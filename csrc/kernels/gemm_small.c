@@ -26,9 +26,8 @@
  * inlining, so the row loops unroll and the accumulators stay in registers. (Long: one k
  * loop per kind of column count, each with its loads of B written out.) */
 ML_TARGET_AVX2 ML_INLINE void small_tile(const int mr, int ta, int64_t k, float alpha,
-                                         const float *a, int64_t lda, const float *b,
-                                         int64_t ldb, float beta, float *c, int64_t ldc, int nr)
-{
+                                         const float *a, int64_t lda, const float *b, int64_t ldb,
+                                         float beta, float *c, int64_t ldc, int nr) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), lane);
     const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr - 8), lane);
@@ -64,7 +63,8 @@ ML_TARGET_AVX2 ML_INLINE void small_tile(const int mr, int ta, int64_t k, float 
         for (; p + 2 <= k; p += 2) {
             const __m256 b0 = _mm256_loadu_ps(b + p * ldb), b1 = _mm256_loadu_ps(b + (p + 1) * ldb);
             for (int r = 0; r < mr; ++r) {
-                acc0[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + r * as_i + p * as_p), b0, acc0[r]);
+                acc0[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + r * as_i + p * as_p), b0,
+                                          acc0[r]);
                 acc1[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + r * as_i + (p + 1) * as_p), b1,
                                           acc1[r]);
             }
@@ -72,7 +72,8 @@ ML_TARGET_AVX2 ML_INLINE void small_tile(const int mr, int ta, int64_t k, float 
         if (p < k) {
             const __m256 b0 = _mm256_loadu_ps(b + p * ldb);
             for (int r = 0; r < mr; ++r)
-                acc0[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + r * as_i + p * as_p), b0, acc0[r]);
+                acc0[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + r * as_i + p * as_p), b0,
+                                          acc0[r]);
         }
         for (int r = 0; r < mr; ++r) acc0[r] = _mm256_add_ps(acc0[r], acc1[r]);
     } else {
@@ -80,7 +81,8 @@ ML_TARGET_AVX2 ML_INLINE void small_tile(const int mr, int ta, int64_t k, float 
         for (int64_t p = 0; p < k; ++p) {
             const __m256 b0 = _mm256_maskload_ps(b + p * ldb, m0);
             for (int r = 0; r < mr; ++r)
-                acc0[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + r * as_i + p * as_p), b0, acc0[r]);
+                acc0[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + r * as_i + p * as_p), b0,
+                                          acc0[r]);
         }
     }
     const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
@@ -116,10 +118,8 @@ ML_TARGET_AVX2 ML_INLINE void small_tile(const int mr, int ta, int64_t k, float 
  * 250x40x40). Its register allocation is fragile: after any edit here, measure that row
  * (small edits have cost it half its speed). */
 ML_TARGET_AVX2 ML_INLINE void small_tile_w(const int mr, const int nv, int ta, int64_t k,
-                                           float alpha, const float *a, int64_t lda,
-                                           const float *b, int64_t ldb, float beta, float *c,
-                                           int64_t ldc, int nr)
-{
+                                           float alpha, const float *a, int64_t lda, const float *b,
+                                           int64_t ldb, float beta, float *c, int64_t ldc, int nr) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i ml = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr - 8 * (nv - 1)), lane);
     const int full = nr == 8 * nv;
@@ -156,7 +156,8 @@ ML_TARGET_AVX2 ML_INLINE void small_tile_w(const int mr, const int nv, int ta, i
         for (int64_t p = 0; p < k; ++p) {
             const __m256 b0 = ML_LAST(p);
             for (int r = 0; r < mr; ++r)
-                acc0[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + r * as_i + p * as_p), b0, acc0[r]);
+                acc0[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + r * as_i + p * as_p), b0,
+                                          acc0[r]);
         }
     }
 #undef ML_LAST
@@ -181,9 +182,8 @@ ML_TARGET_AVX2 ML_INLINE void small_tile_w(const int mr, const int nv, int ta, i
 /* The 2 x 40 tile's products: c0 (row 0) and c1 (row 1, when mr is 2), each element one
  * FMA chain over k in order */
 ML_TARGET_AVX2 ML_INLINE void tile_2x40_acc(const int mr, int ta, int64_t k, const float *a,
-                                            int64_t lda, const float *b, int64_t ldb,
-                                            __m256 c0[5], __m256 c1[5])
-{
+                                            int64_t lda, const float *b, int64_t ldb, __m256 c0[5],
+                                            __m256 c1[5]) {
 #pragma GCC unroll 5
     for (int v = 0; v < 5; ++v) c0[v] = c1[v] = _mm256_setzero_ps();
     const int64_t as_p = ta ? lda : 1, as_i = ta ? 1 : lda; /* op(A)[i][p] */
@@ -206,8 +206,7 @@ ML_TARGET_AVX2 ML_INLINE void tile_2x40_acc(const int mr, int ta, int64_t k, con
  * 24 + 16 tiles, the 2-row ones waiting on their FMA chains. */
 ML_TARGET_AVX2 ML_INLINE void small_tile_2x40(const int mr, int ta, int64_t k, float alpha,
                                               const float *a, int64_t lda, const float *b,
-                                              int64_t ldb, float beta, float *c, int64_t ldc)
-{
+                                              int64_t ldb, float beta, float *c, int64_t ldc) {
     /* two 1-D arrays: a 2-D one was kept in memory beside its registers */
     __m256 c0[5], c1[5];
     tile_2x40_acc(mr, ta, k, a, lda, b, ldb, c0, c1);
@@ -227,10 +226,8 @@ ML_TARGET_AVX2 ML_INLINE void small_tile_2x40(const int mr, int ta, int64_t k, f
  * m[r] its mask. Each is the unfused op's formula on the same values (see ML_EPI_*). */
 ML_TARGET_AVX2 ML_INLINE void small_tile_2x40_epi(const int mr, const int epi, int64_t k,
                                                   const float *a, int64_t lda, const float *b,
-                                                  int64_t ldb, float *c,
-                                                  const float *const u[2],
-                                                  const float *const m[2])
-{
+                                                  int64_t ldb, float *c, const float *const u[2],
+                                                  const float *const m[2]) {
     __m256 c0[5], c1[5];
     tile_2x40_acc(mr, 0, k, a, lda, b, ldb, c0, c1);
 #pragma GCC unroll 5
@@ -246,26 +243,23 @@ ML_TARGET_AVX2 ML_INLINE void small_tile_2x40_epi(const int mr, const int epi, i
  * stack (a third slower: gemm_shapes.py 10x40x40). */
 ML_TARGET_AVX2 __attribute__((noinline)) static void
 small_tile_2x40_2(int ta, int64_t k, float alpha, const float *a, int64_t lda, const float *b,
-                  int64_t ldb, float beta, float *c, int64_t ldc)
-{
+                  int64_t ldb, float beta, float *c, int64_t ldc) {
     small_tile_2x40(2, ta, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 ML_TARGET_AVX2 __attribute__((noinline)) static void
 small_tile_2x40_1(int ta, int64_t k, float alpha, const float *a, int64_t lda, const float *b,
-                  int64_t ldb, float beta, float *c, int64_t ldc)
-{
+                  int64_t ldb, float beta, float *c, int64_t ldc) {
     small_tile_2x40(1, ta, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 /* (gemm_internal.h) A transposed B is first copied to row-major (k x n floats, cheap next
  * to the m k n multiply-adds); k runs in SMALL_KC slices, the later ones accumulating into
  * C. (Long: one loop over tiles per tile shape, each switching to constant tile sizes.) */
-ML_TARGET_AVX2 int ml__gemm_small_avx2(int wide, int ta, int tb, int64_t m, int64_t n,
-                                       int64_t k, float alpha, const float *a, int64_t lda,
-                                       const float *b, int64_t ldb, float beta, float *c,
-                                       int64_t ldc, const gemm_epi *epi)
-{
+ML_TARGET_AVX2 int ml__gemm_small_avx2(int wide, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                                       float alpha, const float *a, int64_t lda, const float *b,
+                                       int64_t ldb, float beta, float *c, int64_t ldc,
+                                       const gemm_epi *epi) {
     if (tb) {
         float *bt = ml__scratch(ML_SCRATCH_GEMM, (size_t)(k * n));
         if (!bt) return 0;
@@ -278,9 +272,8 @@ ML_TARGET_AVX2 int ml__gemm_small_avx2(int wide, int ta, int tb, int64_t m, int6
         const int64_t as_p = ta ? lda : 1;
         for (int64_t p0 = 0; p0 < k; p0 += SMALL_KC) {
             const int64_t kc = min64(SMALL_KC, k - p0);
-            ml__gemm_small_avx2(wide, ta, 0, m, n, kc, alpha, a + p0 * as_p, lda,
-                                b + p0 * ldb, ldb, p0 ? 1.0f : beta, c, ldc,
-                                p0 + kc >= k ? epi : NULL);
+            ml__gemm_small_avx2(wide, ta, 0, m, n, kc, alpha, a + p0 * as_p, lda, b + p0 * ldb, ldb,
+                                p0 ? 1.0f : beta, c, ldc, p0 + kc >= k ? epi : NULL);
         }
         return 1;
     }
@@ -306,12 +299,14 @@ ML_TARGET_AVX2 int ml__gemm_small_avx2(int wide, int ta, int tb, int64_t m, int6
     (nv == 3   ? small_tile_w(MR, 3, ta, k, alpha, ai, lda, b + j0, ldb, beta, cij, ldc, nr) \
      : nv == 2 ? small_tile_w(MR, 2, ta, k, alpha, ai, lda, b + j0, ldb, beta, cij, ldc, nr) \
                : small_tile_w(MR, 1, ta, k, alpha, ai, lda, b + j0, ldb, beta, cij, ldc, nr))
+                /* clang-format off: a table, one case a line */
                 switch (mr) {
                 case 4: ML_W_TILE(4); break;
                 case 3: ML_W_TILE(3); break;
                 case 2: ML_W_TILE(2); break;
                 default: ML_W_TILE(1); break;
                 }
+                /* clang-format on */
 #undef ML_W_TILE
                 if (epi) ml__gemm_epi_tile_avx2(epi, cij, ldc, i0, j0, mr, nr);
                 j0 += nr;
@@ -325,6 +320,7 @@ ML_TARGET_AVX2 int ml__gemm_small_avx2(int wide, int ta, int tb, int64_t m, int6
         for (int64_t j0 = 0; j0 < n; j0 += 16) {
             const int nr = (int)min64(16, n - j0);
             float *cij = c + i0 * ldc + j0;
+            /* clang-format off: a table, one case a line */
             switch (mr) {
             case 6: small_tile(6, ta, k, alpha, ai, lda, b + j0, ldb, beta, cij, ldc, nr); break;
             case 5: small_tile(5, ta, k, alpha, ai, lda, b + j0, ldb, beta, cij, ldc, nr); break;
@@ -333,6 +329,7 @@ ML_TARGET_AVX2 int ml__gemm_small_avx2(int wide, int ta, int tb, int64_t m, int6
             case 2: small_tile(2, ta, k, alpha, ai, lda, b + j0, ldb, beta, cij, ldc, nr); break;
             default: small_tile(1, ta, k, alpha, ai, lda, b + j0, ldb, beta, cij, ldc, nr); break;
             }
+            /* clang-format on */
             if (epi) ml__gemm_epi_tile_avx2(epi, cij, ldc, i0, j0, mr, nr);
         }
     }
@@ -364,8 +361,7 @@ typedef void (*epi_tile_fn)(int64_t, const float *, int64_t, const float *, int6
  * that copy's buffer cannot be had (nothing computed). */
 ML_TARGET_AVX2 int ml__gemm_2x40_epi_avx2(int tb, int epi, int64_t m, int64_t k, const float *a,
                                           const float *b, const float *u, int64_t u_div,
-                                          const float *mask, float *out)
-{
+                                          const float *mask, float *out) {
     const int64_t n = 40;
     if (tb) {
         float *bt = ml__scratch(ML_SCRATCH_GEMM, (size_t)(k * n));

@@ -19,8 +19,10 @@
  * one thread, computed by the same instructions: the same arithmetic is not enough, as
  * which of two NaNs an operation returns depends on the instruction form the compiler
  * chose, which can differ between the code for a full tile and an edge. */
-static const struct { int rows, cols; } SPLIT_UNIT[] = {
-    [PATH_PORTABLE] = {MR, NR},  [PATH_PACKED] = {MR, NR}, /* micro-kernel tiles */
+static const struct {
+    int rows, cols;
+} SPLIT_UNIT[] = {
+    [PATH_PORTABLE] = {MR, NR},     [PATH_PACKED] = {MR, NR}, /* micro-kernel tiles */
     [PATH_SMALL] = {MR_S, 16},                             /* MR_S x 16 tiles */
     [PATH_SMALL_W] = {3 * MR_W, 0},  /* 4-row and 2-row tiles; columns 24 + 16s from the left */
     [PATH_DOTS_NT] = {MR, 0},        /* 2-row tiles (n < 16: never by columns) */
@@ -42,8 +44,7 @@ typedef struct gemm_job {
     const gemm_epi *epi; /* or NULL */
 } gemm_job;
 
-static void gemm_part(void *ctx, int64_t i)
-{
+static void gemm_part(void *ctx, int64_t i) {
     const gemm_job *j = ctx;
     const int64_t lo = i * j->step;
     gemm_epi e; /* this part's place in the whole product */
@@ -57,20 +58,19 @@ static void gemm_part(void *ctx, int64_t i)
     if (j->split_rows) {
         const int64_t rows = min64(j->step, j->m - lo);
         const float *a = j->ta ? j->a + lo : j->a + lo * j->lda;
-        ml__gemm_run(j->path, j->ta, j->tb, rows, j->n, j->k, j->alpha, a, j->lda, j->b,
-                     j->ldb, j->beta, j->c + lo * j->ldc, j->ldc, j->epi ? &e : NULL);
+        ml__gemm_run(j->path, j->ta, j->tb, rows, j->n, j->k, j->alpha, a, j->lda, j->b, j->ldb,
+                     j->beta, j->c + lo * j->ldc, j->ldc, j->epi ? &e : NULL);
     } else {
         const int64_t cols = min64(j->step, j->n - lo);
         const float *b = j->tb ? j->b + lo * j->ldb : j->b + lo;
-        ml__gemm_run(j->path, j->ta, j->tb, j->m, cols, j->k, j->alpha, j->a, j->lda, b,
-                     j->ldb, j->beta, j->c + lo, j->ldc, j->epi ? &e : NULL);
+        ml__gemm_run(j->path, j->ta, j->tb, j->m, cols, j->k, j->alpha, j->a, j->lda, b, j->ldb,
+                     j->beta, j->c + lo, j->ldc, j->epi ? &e : NULL);
     }
 }
 
-void ml__gemm_threaded(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t k,
-                       float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
-                       float beta, float *c, int64_t ldc, const gemm_epi *epi)
-{
+void ml__gemm_threaded(int use_avx2, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
+                       const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                       float *c, int64_t ldc, const gemm_epi *epi) {
     const double macs = (double)m * (double)n * (double)k;
     const int path = ml__gemm_path(use_avx2, ta, tb, m, n, k);
     int t = ml__in_parallel() ? 1 : ml_get_num_threads();

@@ -15,8 +15,7 @@
 /* Stores an MR x NR accumulator tile, clipped to mr x nr: C = alpha*acc + beta*C, C not
  * read when beta == 0. */
 static void store_tile(const float acc[MR][NR], float *c, int64_t ldc, float alpha, float beta,
-                       int mr, int nr)
-{
+                       int mr, int nr) {
     for (int i = 0; i < mr; ++i) {
         float *ci = c + i * ldc;
         if (beta == 0.0f)
@@ -31,10 +30,9 @@ static void store_tile(const float acc[MR][NR], float *c, int64_t ldc, float alp
  * sum's operands differently, which is invisible but for which of two NaNs a sum returns
  * (x86 keeps the first operand's): a split over threads changed a NaN's sign. */
 __attribute__((noinline)) void ml__gemm_ukr_portable(int64_t kc, const float *restrict a,
-                                                     const float *restrict b, int64_t bs,
-                                                     float *c, int64_t ldc, float alpha,
-                                                     float beta, int mr, int nr)
-{
+                                                     const float *restrict b, int64_t bs, float *c,
+                                                     int64_t ldc, float alpha, float beta, int mr,
+                                                     int nr) {
     float acc[MR][NR];
     /* Two MR x 8 halves: 6x8 accumulators fit the 16 SSE registers of baseline x86-64 (or
      * NEON's 32) once vectorized, where one 6x16 tile would spill. */
@@ -53,19 +51,16 @@ __attribute__((noinline)) void ml__gemm_ukr_portable(int64_t kc, const float *re
         for (int i = 0; i < MR; ++i)
             for (int j = 0; j < 8; ++j) acc[i][h + j] = t[i][j];
     }
-    store_tile((const float(*)[NR])acc, c, ldc, alpha, beta, mr, nr);
+    store_tile((const float (*)[NR])acc, c, ldc, alpha, beta, mr, nr);
 }
 
 #if ML_HAVE_AVX2
 /* (gemm_internal.h) Long: the tile is written out register by register, as BLIS's
  * assembly kernels are, so that the 12 accumulators stay in registers. */
-ML_TARGET_AVX2 __attribute__((noinline)) void ml__gemm_ukr_avx2(int64_t kc,
-                                                                const float *restrict a,
-                                                                const float *restrict b,
-                                                                int64_t bs, float *c,
-                                                                int64_t ldc, float alpha,
-                                                                float beta, int mr, int nr)
-{
+ML_TARGET_AVX2 __attribute__((noinline)) void ml__gemm_ukr_avx2(int64_t kc, const float *restrict a,
+                                                                const float *restrict b, int64_t bs,
+                                                                float *c, int64_t ldc, float alpha,
+                                                                float beta, int mr, int nr) {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
     __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
     __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
@@ -189,7 +184,7 @@ ML_TARGET_AVX2 __attribute__((noinline)) void ml__gemm_ukr_avx2(int64_t kc,
         _mm256_storeu_ps(acc[3], c30), _mm256_storeu_ps(acc[3] + 8, c31);
         _mm256_storeu_ps(acc[4], c40), _mm256_storeu_ps(acc[4] + 8, c41);
         _mm256_storeu_ps(acc[5], c50), _mm256_storeu_ps(acc[5] + 8, c51);
-        store_tile((const float(*)[NR])acc, c, ldc, alpha, beta, mr, nr);
+        store_tile((const float (*)[NR])acc, c, ldc, alpha, beta, mr, nr);
     }
 }
 #endif

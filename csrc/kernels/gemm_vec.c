@@ -14,8 +14,7 @@
 /* c[i][0 : 8 nv] = a[i sa] * b[0 : 8 nv] for m rows (ml__gemm_outer_avx2's common case) */
 ML_TARGET_AVX2 static inline __attribute__((always_inline)) void
 outer_rows_avx2(const int nv, int64_t m, const float *a, int64_t sa, const float *b, float *c,
-                int64_t ldc)
-{
+                int64_t ldc) {
     __m256 bv[8];
 #pragma GCC unroll 8
     for (int v = 0; v < nv; ++v) bv[v] = _mm256_loadu_ps(b + 8 * v);
@@ -32,9 +31,8 @@ outer_rows_avx2(const int nv, int64_t m, const float *a, int64_t sa, const float
  * transpose or mask its way through one multiply per element; here each row of C is a
  * scaled copy of b. Same rounding as small_tile: alpha (a_i b_j), then beta C. */
 ML_TARGET_AVX2 void ml__gemm_outer_avx2(int ta, int tb, int64_t m, int64_t n, float alpha,
-                                        const float *a, int64_t lda, const float *b,
-                                        int64_t ldb, float beta, float *c, int64_t ldc)
-{
+                                        const float *a, int64_t lda, const float *b, int64_t ldb,
+                                        float beta, float *c, int64_t ldc) {
     const int64_t sa = ta ? 1 : lda, sb = tb ? ldb : 1; /* op(A)[i][0], op(B)[0][j] */
     const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
     const int64_t n8 = sb == 1 ? n / 8 * 8 : 0;
@@ -75,8 +73,7 @@ ML_TARGET_AVX2 void ml__gemm_outer_avx2(int ta, int tb, int64_t m, int64_t n, fl
  * horizontal sum. (The register tiles would first copy A to column order.) */
 ML_TARGET_AVX2 void ml__gemm_dots_avx2(int64_t m, int64_t k, float alpha, const float *a,
                                        int64_t lda, const float *x, float beta, float *c,
-                                       int64_t ldc)
-{
+                                       int64_t ldc) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const int64_t k8 = k / 8 * 8;
     const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(k - k8)), lane);
@@ -104,7 +101,8 @@ ML_TARGET_AVX2 void ml__gemm_dots_avx2(int64_t m, int64_t k, float alpha, const 
             s3 = _mm256_fmadd_ps(_mm256_maskload_ps(a3 + k8, tail), xv, s3);
         }
         const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
-        __m128 o = _mm_mul_ps(va, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+        __m128 o = _mm_mul_ps(va,
+                              _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
         float t[4];
         _mm_storeu_ps(t, o);
         for (int r = 0; r < 4; ++r) {
@@ -135,8 +133,7 @@ ML_TARGET_AVX2 void ml__gemm_dots_avx2(int64_t m, int64_t k, float alpha, const 
  * block starts, so a split over threads changes nothing. w(p) = wv[p * wstride]. */
 ML_TARGET_AVX2 ML_INLINE void lanes40(int w, int64_t k, const float *wv, int64_t wstride,
                                       const float *base, int64_t ld, float alpha, float beta,
-                                      float *o, int64_t ldo)
-{
+                                      float *o, int64_t ldo) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     __m256i mk[5];
     __m256 e[5], d[5];
@@ -201,8 +198,7 @@ ML_TARGET_AVX2 ML_INLINE void lanes40(int w, int64_t k, const float *wv, int64_t
  * the split and rounds differently). */
 ML_TARGET_AVX2 void ml__gemm_gemv_t_avx2(int64_t m, int64_t k, float alpha, const float *a,
                                          int64_t lda, const float *x, int64_t incx, float beta,
-                                         float *c, int64_t ldc)
-{
+                                         float *c, int64_t ldc) {
     for (int64_t i0 = 0; i0 < m; i0 += 40)
         lanes40((int)min64(40, m - i0), k, x, incx, a + i0, lda, alpha, beta, c + i0 * ldc, ldc);
 }
@@ -210,10 +206,9 @@ ML_TARGET_AVX2 void ml__gemm_gemv_t_avx2(int64_t m, int64_t k, float alpha, cons
 /* m == 1, B not transposed: the row vector op(A) times B, 40 columns of C at a time
  * (lanes40). The register tiles would be three 16-wide tiles of one row, each waiting on
  * one FMA chain per vector (1 x 40 x 10: MAML's x^T dZ for a 1-input layer). */
-ML_TARGET_AVX2 void ml__gemm_row_avx2(int ta, int64_t n, int64_t k, float alpha,
-                                      const float *a, int64_t lda, const float *b, int64_t ldb,
-                                      float beta, float *c)
-{
+ML_TARGET_AVX2 void ml__gemm_row_avx2(int ta, int64_t n, int64_t k, float alpha, const float *a,
+                                      int64_t lda, const float *b, int64_t ldb, float beta,
+                                      float *c) {
     for (int64_t j0 = 0; j0 < n; j0 += 40)
         lanes40((int)min64(40, n - j0), k, a, ta ? lda : 1, b + j0, ldb, alpha, beta, c + j0, 1);
 }
@@ -221,8 +216,7 @@ ML_TARGET_AVX2 void ml__gemm_row_avx2(int ta, int64_t n, int64_t k, float alpha,
 /* Lane sums without vhaddps (4 uops, one every 2 cycles on Zen 4): of x0..x3, lanes 0..3
  * of each 128-bit half become (l0 + l2) + (l1 + l3) of that half, in fewer cycles than
  * hadd (gemm_shapes.py 10x40x10 B^T). */
-ML_TARGET_AVX2 ML_INLINE __m256 fold4(__m256 x0, __m256 x1, __m256 x2, __m256 x3)
-{
+ML_TARGET_AVX2 ML_INLINE __m256 fold4(__m256 x0, __m256 x1, __m256 x2, __m256 x3) {
     const __m256 a = _mm256_add_ps(_mm256_unpacklo_ps(x0, x1), _mm256_unpackhi_ps(x0, x1));
     const __m256 b = _mm256_add_ps(_mm256_unpacklo_ps(x2, x3), _mm256_unpackhi_ps(x2, x3));
     return _mm256_add_ps(_mm256_shuffle_ps(a, b, 0x44), _mm256_shuffle_ps(a, b, 0xEE));
@@ -231,14 +225,12 @@ ML_TARGET_AVX2 ML_INLINE __m256 fold4(__m256 x0, __m256 x1, __m256 x2, __m256 x3
 /* The sums of four (hsum4) or eight (hsum8) vectors' lanes, each by the same tree
  * ((l0 + l2) + (l1 + l3)) + ((l4 + l6) + (l5 + l7)): every element of a dots_nt product
  * is summed this way, wherever its tile lies, so a thread split does not change its bits. */
-ML_TARGET_AVX2 ML_INLINE __m128 hsum4(__m256 x0, __m256 x1, __m256 x2, __m256 x3)
-{
+ML_TARGET_AVX2 ML_INLINE __m128 hsum4(__m256 x0, __m256 x1, __m256 x2, __m256 x3) {
     const __m256 f = fold4(x0, x1, x2, x3);
     return _mm_add_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
 }
 
-ML_TARGET_AVX2 ML_INLINE __m256 hsum8(const __m256 x[4], const __m256 y[4])
-{
+ML_TARGET_AVX2 ML_INLINE __m256 hsum8(const __m256 x[4], const __m256 y[4]) {
     const __m256 f = fold4(x[0], x[1], x[2], x[3]), g = fold4(y[0], y[1], y[2], y[3]);
     return _mm256_add_ps(_mm256_permute2f128_ps(f, g, 0x20), _mm256_permute2f128_ps(f, g, 0x31));
 }
@@ -247,11 +239,9 @@ ML_TARGET_AVX2 ML_INLINE __m256 hsum8(const __m256 x[4], const __m256 y[4])
  * accumulators, each one lane-wise FMA chain over k. Constants after inlining, so the
  * accumulators stay in registers. 2 x 5 needs 7 loads for 10 FMAs, and 10 x 10 splits into
  * 2 x 5 tiles with no lane wasted (3 x 4 tiles computed 144 dot products for its 100). */
-ML_TARGET_AVX2 ML_INLINE void dots_nt_tile(const int mr, const int nr, int64_t k,
-                                           __m256i tail, float alpha, const float *a,
-                                           int64_t lda, const float *b, int64_t ldb,
-                                           float beta, float *c, int64_t ldc)
-{
+ML_TARGET_AVX2 ML_INLINE void dots_nt_tile(const int mr, const int nr, int64_t k, __m256i tail,
+                                           float alpha, const float *a, int64_t lda, const float *b,
+                                           int64_t ldb, float beta, float *c, int64_t ldc) {
     __m256 acc[2][5];
     for (int r = 0; r < mr; ++r)
         for (int j = 0; j < nr; ++j) acc[r][j] = _mm256_setzero_ps();
@@ -311,9 +301,8 @@ ML_TARGET_AVX2 ML_INLINE void dots_nt_tile(const int mr, const int nr, int64_t k
  * B and then fill 16-lane tiles with 10 columns (the 10 x 40 x 10 products of MAML's
  * low-rank fast weights: a third of the FMA peak; gemm_shapes.py 10x40x10 B^T). */
 ML_TARGET_AVX2 void ml__gemm_dots_nt_avx2(int64_t m, int64_t n, int64_t k, float alpha,
-                                          const float *a, int64_t lda, const float *b,
-                                          int64_t ldb, float beta, float *c, int64_t ldc)
-{
+                                          const float *a, int64_t lda, const float *b, int64_t ldb,
+                                          float beta, float *c, int64_t ldc) {
     const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(k % 8)),
                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     const int parts = (int)((n + 4) / 5), base = (int)n / parts, extra = (int)n % parts;
@@ -336,8 +325,16 @@ ML_TARGET_AVX2 void ml__gemm_dots_nt_avx2(int64_t m, int64_t n, int64_t k, float
             switch (mr * 8 + nr) { /* constant shapes: accumulators in registers */
 #define ML_TILE(R, N)                                                                         \
     case R * 8 + N: dots_nt_tile(R, N, k, tail, alpha, ai, lda, bj, ldb, beta, cij, ldc); break
-            ML_TILE(1, 1); ML_TILE(1, 2); ML_TILE(1, 3); ML_TILE(1, 4); ML_TILE(1, 5);
-            ML_TILE(2, 1); ML_TILE(2, 2); ML_TILE(2, 3); ML_TILE(2, 4); ML_TILE(2, 5);
+                ML_TILE(1, 1);
+                ML_TILE(1, 2);
+                ML_TILE(1, 3);
+                ML_TILE(1, 4);
+                ML_TILE(1, 5);
+                ML_TILE(2, 1);
+                ML_TILE(2, 2);
+                ML_TILE(2, 3);
+                ML_TILE(2, 4);
+                ML_TILE(2, 5);
 #undef ML_TILE
             }
             j0 += nr;
@@ -349,12 +346,10 @@ ML_TARGET_AVX2 void ml__gemm_dots_nt_avx2(int64_t m, int64_t n, int64_t k, float
  * MAML's x^T dZ and dZ^T w per task), lanes40 inlined into the loop over products: the
  * same calls ml__gemm_row_avx2 and ml__gemm_gemv_t_avx2 make, without the dispatch of
  * each product by its path. */
-ML_TARGET_AVX2 void ml__gemm_lanes40_batch(int row, int ta, int tb, int64_t m, int64_t n,
-                                           int64_t k, float alpha, const float *a, int64_t lda,
-                                           int64_t sa, const float *b, int64_t ldb, int64_t sb,
-                                           float beta, float *c, int64_t ldc, int64_t sc,
-                                           int64_t count)
-{
+ML_TARGET_AVX2 void ml__gemm_lanes40_batch(int row, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                                           float alpha, const float *a, int64_t lda, int64_t sa,
+                                           const float *b, int64_t ldb, int64_t sb, float beta,
+                                           float *c, int64_t ldc, int64_t sc, int64_t count) {
     const int64_t incx = tb ? 1 : ldb; /* GEMV_T: op(B) is one column */
     for (int64_t t = 0; t < count; ++t) {
         const float *at = a + t * sa, *bt = b + t * sb;

@@ -17,8 +17,7 @@ static pthread_once_t key_once = PTHREAD_ONCE_INIT;
 static int key_ok;
 
 /* At thread exit (value: the thread's slots): destructors run on the exiting thread. */
-static void release(void *slots)
-{
+static void release(void *slots) {
     ml_scratch_buf *s = slots;
     for (int i = 0; i < ML_SCRATCH_SLOTS; ++i) {
         free(s[i].buf);
@@ -29,8 +28,7 @@ static void release(void *slots)
 
 static void key_init(void) { key_ok = pthread_key_create(&key, release) == 0; }
 
-float *ml__scratch_grow(int slot, size_t floats)
-{
+float *ml__scratch_grow(int slot, size_t floats) {
     if (floats > (SIZE_MAX - 63) / sizeof(float)) return NULL;
     const size_t bytes = (floats * sizeof(float) + 63) & ~(size_t)63;
     float *p = aligned_alloc(64, bytes);

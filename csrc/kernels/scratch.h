@@ -33,8 +33,7 @@ ML_HIDDEN float *ml__scratch_grow(int slot, size_t floats);
 /* This thread's buffer for slot, at least floats long and 64-byte aligned; NULL when the
  * size overflows or memory runs out. Its contents are undefined (a grown buffer is a new
  * one) and it stays valid until the next call for the same slot on this thread. */
-static inline float *ml__scratch(int slot, size_t floats)
-{
+static inline float *ml__scratch(int slot, size_t floats) {
     ml_scratch_buf *s = &ml__scratch_tl[slot];
     return floats <= s->cap ? s->buf : ml__scratch_grow(slot, floats);
 }

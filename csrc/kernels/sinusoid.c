@@ -40,13 +40,16 @@ static inline double sin_f64(double v) {
     const double r = ((v - q * P1) - q * P2) - q * P3;
     const double z = r * r, z2 = z * z;
     /* the polynomials in Estrin's form: shorter dependency chains than Horner's */
-    const double s = r + r * z * ((-1.66666666666666324348e-01 + z * 8.33333333332248946124e-03) +
-                     z2 * ((-1.98412698298579493134e-04 + z * 2.75573137070700676789e-06) +
-                     z2 * (-2.50507602534068634195e-08 + z * 1.58969099521155010221e-10)));
-    const double c = (1.0 - 0.5 * z) + z2 * ((4.16666666666666019037e-02 +
-                     z * -1.38888888888741095749e-03) + z2 * ((2.48015872894767294178e-05 +
-                     z * -2.75573143513906633035e-07) + z2 * (2.08757232129817482790e-09 +
-                     z * -1.13596475577881948265e-11)));
+    const double s = r + r * z *
+                             ((-1.66666666666666324348e-01 + z * 8.33333333332248946124e-03) +
+                              z2 * ((-1.98412698298579493134e-04 + z * 2.75573137070700676789e-06) +
+                                    z2 * (-2.50507602534068634195e-08 +
+                                          z * 1.58969099521155010221e-10)));
+    const double c = (1.0 - 0.5 * z) +
+                     z2 * ((4.16666666666666019037e-02 + z * -1.38888888888741095749e-03) +
+                           z2 * ((2.48015872894767294178e-05 + z * -2.75573143513906633035e-07) +
+                                 z2 * (2.08757232129817482790e-09 +
+                                       z * -1.13596475577881948265e-11)));
     /* quadrant n mod 4: sin, cos, -sin, -cos; picked with bit masks, not branches (a
      * branch on the quadrant is mispredicted half the time) */
     uint64_t sb, cb;
@@ -63,7 +66,7 @@ static inline double sin_f64(double v) {
  * amplitude. Compiled for AVX2 (without FMA: the same operations as the baseline, so the
  * same bits) and for the baseline; with AVX2 the loop runs four doubles at a time. */
 ML_INLINE void sinusoid_row_body(const float *restrict x, float ph, float amp, float *restrict y,
-                          int64_t m) {
+                                 int64_t m) {
     int large = 0;
     for (int64_t i = 0; i < m; i++) {
         const float v = x[i] - ph;

@@ -30,12 +30,24 @@ static inline float s_sigmoid(float v) {
 }
 static inline float s_gelu(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
 
-static void p_exp(int64_t n, const float *x, float *o) { for (int64_t i = 0; i < n; i++) o[i] = expf(x[i]); }
-static void p_log(int64_t n, const float *x, float *o) { for (int64_t i = 0; i < n; i++) o[i] = logf(x[i]); }
-static void p_tanh(int64_t n, const float *x, float *o) { for (int64_t i = 0; i < n; i++) o[i] = tanhf(x[i]); }
-static void p_sigmoid(int64_t n, const float *x, float *o) { for (int64_t i = 0; i < n; i++) o[i] = s_sigmoid(x[i]); }
-static void p_erf(int64_t n, const float *x, float *o) { for (int64_t i = 0; i < n; i++) o[i] = erff(x[i]); }
-static void p_gelu(int64_t n, const float *x, float *o) { for (int64_t i = 0; i < n; i++) o[i] = s_gelu(x[i]); }
+static void p_exp(int64_t n, const float *x, float *o) {
+    for (int64_t i = 0; i < n; i++) o[i] = expf(x[i]);
+}
+static void p_log(int64_t n, const float *x, float *o) {
+    for (int64_t i = 0; i < n; i++) o[i] = logf(x[i]);
+}
+static void p_tanh(int64_t n, const float *x, float *o) {
+    for (int64_t i = 0; i < n; i++) o[i] = tanhf(x[i]);
+}
+static void p_sigmoid(int64_t n, const float *x, float *o) {
+    for (int64_t i = 0; i < n; i++) o[i] = s_sigmoid(x[i]);
+}
+static void p_erf(int64_t n, const float *x, float *o) {
+    for (int64_t i = 0; i < n; i++) o[i] = erff(x[i]);
+}
+static void p_gelu(int64_t n, const float *x, float *o) {
+    for (int64_t i = 0; i < n; i++) o[i] = s_gelu(x[i]);
+}
 
 static void p_adam(int64_t n, float *restrict p, const float *restrict g, float *restrict m,
                    float *restrict v, float *restrict vhat, float lr_t, float b1, float b2,
@@ -75,7 +87,8 @@ ML_TARGET_AVX2 static inline __m256 exp_core(__m256 x) {
     p = _mm256_fmadd_ps(p, r, SET1(5.0000001201E-1f));
     __m256 r2 = _mm256_mul_ps(r, r);
     __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), SET1(1.0f));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+                                  23);
     return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
@@ -92,7 +105,8 @@ ML_TARGET_AVX2 static inline __m256 log_core(__m256 x) {
     __m256i xi = _mm256_castps_si256(x);
     __m256i ei = _mm256_sub_epi32(_mm256_srli_epi32(xi, 23), _mm256_set1_epi32(126));
     /* mantissa in [0.5, 1) */
-    __m256 m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(xi, _mm256_set1_epi32(0x007fffff)),
+    __m256 m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(xi,
+                                                                    _mm256_set1_epi32(0x007fffff)),
                                                    _mm256_set1_epi32(0x3f000000)));
     __m256 e = _mm256_cvtepi32_ps(ei);
     __m256 small = _mm256_cmp_ps(m, SET1(0.707106781186547524f), _CMP_LT_OQ);

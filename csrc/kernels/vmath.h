@@ -18,8 +18,8 @@ void ml__vgelu(int64_t n, const float *x, float *o);     /* x/2 (1 + erf(x / sqr
  *   m += (g - m)(1 - b1);  v += (g^2 - v)(1 - b2);  vhat = max(vhat, v) if vhat;
  *   p -= lr_t m / (sqrt(v or vhat) + eps).
  * Exact IEEE sqrt and division in both forms (no reciprocal approximations). */
-void ml__vadam(int64_t n, float *p, const float *g, float *m, float *v, float *vhat,
-               float lr_t, float b1, float b2, float eps);
+void ml__vadam(int64_t n, float *p, const float *g, float *m, float *v, float *vhat, float lr_t,
+               float b1, float b2, float eps);
 void ml__vadam_portable(int64_t n, float *p, const float *g, float *m, float *v, float *vhat,
                         float lr_t, float b1, float b2, float eps);
 

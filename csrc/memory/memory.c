@@ -70,7 +70,8 @@ static ml_status alloc_slabs(ml_memory *m) {
     m->ages = calloc(cap, sizeof(int64_t));
     m->payloads = m->payload_size ? calloc(cap * (size_t)m->payload_size, sizeof(float)) : NULL;
     if (!m->keys || !m->labels || !m->ages || (m->payload_size && !m->payloads))
-        return ml_set_error(ML_ERR_OOM, "KnowledgeMemory: out of memory for %lld slots of "
+        return ml_set_error(ML_ERR_OOM,
+                            "KnowledgeMemory: out of memory for %lld slots of "
                             "key size %lld and payload size %lld",
                             (long long)m->capacity, (long long)m->key_size,
                             (long long)m->payload_size);
@@ -84,16 +85,18 @@ static void free_slabs(ml_memory *m) {
     free(m->payloads);
 }
 
-ml_status ml_memory_new(ml_memory **out, int64_t capacity, int64_t key_size,
-                        int64_t payload_size, uint64_t seed) {
+ml_status ml_memory_new(ml_memory **out, int64_t capacity, int64_t key_size, int64_t payload_size,
+                        uint64_t seed) {
     if (!out) return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory: output pointer is NULL");
     if (capacity <= 0 || key_size <= 0 || payload_size < 0)
-        return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory: need capacity > 0, key_size > 0 and "
+        return ml_set_error(ML_ERR_VALUE,
+                            "KnowledgeMemory: need capacity > 0, key_size > 0 and "
                             "payload_size >= 0, got capacity=%lld, key_size=%lld, "
                             "payload_size=%lld",
                             (long long)capacity, (long long)key_size, (long long)payload_size);
     if (capacity > MAX_SIZE / key_size || (payload_size && capacity > MAX_SIZE / payload_size))
-        return ml_set_error(ML_ERR_OOM, "KnowledgeMemory: %lld slots of key size %lld and payload "
+        return ml_set_error(ML_ERR_OOM,
+                            "KnowledgeMemory: %lld slots of key size %lld and payload "
                             "size %lld are too large",
                             (long long)capacity, (long long)key_size, (long long)payload_size);
     ml_memory *m = calloc(1, sizeof *m);
@@ -157,7 +160,7 @@ ml_status ml_memory_clear(ml_memory *mem) {
 }
 
 ml_status ml_memory_state(ml_memory *mem, float *keys, int64_t *labels, int64_t *ages,
-                        float *payloads) {
+                          float *payloads) {
     if (!mem) return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory: memory is NULL");
     pthread_rwlock_rdlock(&mem->lock);
     size_t cap = (size_t)mem->capacity;
@@ -184,7 +187,8 @@ static ml_status check_queries(const char *what, int64_t n, const float *q, int6
     for (int64_t i = 0; i < n; i++)
         for (int64_t j = 0; j < d; j++)
             if (!isfinite(q[i * d + j]))
-                return ml_set_error(ML_ERR_VALUE, "%s: query %lld holds a non-finite value (%g "
+                return ml_set_error(ML_ERR_VALUE,
+                                    "%s: query %lld holds a non-finite value (%g "
                                     "at position %lld)",
                                     what, (long long)i, (double)q[i * d + j], (long long)j);
     return ML_OK;
@@ -215,8 +219,8 @@ static int64_t search_block(int64_t n, int64_t c) {
 }
 
 /* scratch: n * search_block(n, capacity) floats and n int64 (NULL: allocated here) */
-static ml_status search(const ml_memory *m, int64_t n, const float *qn, int64_t k,
-                        int64_t *idx, float *sim, float *scratch, int64_t *lens) {
+static ml_status search(const ml_memory *m, int64_t n, const float *qn, int64_t k, int64_t *idx,
+                        float *sim, float *scratch, int64_t *lens) {
     int64_t c = m->count, d = m->key_size;
     for (int64_t i = 0; i < n * k; i++) {
         idx[i] = -1;
@@ -229,8 +233,10 @@ static ml_status search(const ml_memory *m, int64_t n, const float *qn, int64_t 
     if (!s || !len) {
         if (s != scratch) free(s);
         if (len != lens) free(len);
-        return ml_set_error(ML_ERR_OOM, "KnowledgeMemory: out of memory for a search of %lld "
-                            "queries", (long long)n);
+        return ml_set_error(ML_ERR_OOM,
+                            "KnowledgeMemory: out of memory for a search of %lld "
+                            "queries",
+                            (long long)n);
     }
     memset(len, 0, (size_t)n * sizeof(int64_t));
     for (int64_t b0 = 0; b0 < c; b0 += block) {
@@ -261,7 +267,8 @@ static ml_status search(const ml_memory *m, int64_t n, const float *qn, int64_t 
 static ml_status normalized_copy(float **out, const char *what, int64_t n, const float *q,
                                  int64_t d) {
     float *qn = malloc((size_t)(n ? n : 1) * (size_t)d * sizeof(float));
-    if (!qn) return ml_set_error(ML_ERR_OOM, "%s: out of memory for %lld queries", what, (long long)n);
+    if (!qn)
+        return ml_set_error(ML_ERR_OOM, "%s: out of memory for %lld queries", what, (long long)n);
     for (int64_t i = 0; i < n; i++) normalize_row(qn + i * d, q + i * d, d);
     *out = qn;
     return ML_OK;
@@ -274,9 +281,8 @@ static ml_status check_k(const char *what, const ml_memory *m, int64_t k) {
     return ML_OK;
 }
 
-ml_status ml_memory_query(ml_memory *mem, int64_t n, const float *q, int64_t k,
-                          int64_t *out_idx, float *out_sim, int64_t *out_labels,
-                          float *out_payloads) {
+ml_status ml_memory_query(ml_memory *mem, int64_t n, const float *q, int64_t k, int64_t *out_idx,
+                          float *out_sim, int64_t *out_labels, float *out_payloads) {
     const char *what = "KnowledgeMemory.query";
     if (!mem) return ml_set_error(ML_ERR_VALUE, "%s: memory is NULL", what);
     if (n < 0 || (n > 0 && !q))
@@ -302,8 +308,10 @@ ml_status ml_memory_query(ml_memory *mem, int64_t n, const float *q, int64_t k,
             int64_t j = idx[i];
             if (out_labels) out_labels[i] = j >= 0 ? mem->labels[j] : -1;
             if (out_payloads && p) {
-                if (j >= 0) memcpy(out_payloads + i * p, mem->payloads + j * p, (size_t)p * sizeof(float));
-                else memset(out_payloads + i * p, 0, (size_t)p * sizeof(float));
+                if (j >= 0)
+                    memcpy(out_payloads + i * p, mem->payloads + j * p, (size_t)p * sizeof(float));
+                else
+                    memset(out_payloads + i * p, 0, (size_t)p * sizeof(float));
             }
         }
     pthread_rwlock_unlock(&mem->lock);
@@ -352,14 +360,15 @@ static ml_status check_update(const ml_memory *mem, int64_t n, const float *q,
     /* -1 is what query returns for an empty slot: a stored -1 would read as "nothing here" */
     for (int64_t i = 0; i < n; i++)
         if (labels[i] == -1)
-            return ml_set_error(ML_ERR_VALUE, "%s: label -1 (at position %lld) is the marker of "
+            return ml_set_error(ML_ERR_VALUE,
+                                "%s: label -1 (at position %lld) is the marker of "
                                 "an empty slot and cannot be stored; use another integer",
                                 what, (long long)i);
     if (payloads && p)
         for (int64_t i = 0; i < n * p; i++)
             if (!isfinite(payloads[i]))
-                return ml_set_error(ML_ERR_VALUE, "%s: payload %lld holds a non-finite value",
-                                    what, (long long)(i / p));
+                return ml_set_error(ML_ERR_VALUE, "%s: payload %lld holds a non-finite value", what,
+                                    (long long)(i / p));
     return ML_OK;
 }
 
@@ -448,8 +457,10 @@ static int64_t write_query(ml_memory *mem, int64_t best, const float *x, int64_t
         mem->labels[slot] = y;
         if (p) {
             float *v = mem->payloads + slot * p;
-            if (pl) memcpy(v, pl, (size_t)p * sizeof(float));
-            else memset(v, 0, (size_t)p * sizeof(float));
+            if (pl)
+                memcpy(v, pl, (size_t)p * sizeof(float));
+            else
+                memset(v, 0, (size_t)p * sizeof(float));
         }
     }
     return slot;
@@ -480,8 +491,8 @@ ml_status ml_memory_update(ml_memory *mem, int64_t n, const float *q, const int6
         for (int64_t j = 0; j < nc; j++) {
             const float *x = qn + (j0 + j) * d;
             const float *pl = payloads && p ? payloads + (j0 + j) * p : NULL;
-            int64_t slot = write_query(mem, nearest_slot(mem, &w, j, kk, nt, x), x,
-                                       labels[j0 + j], pl);
+            int64_t slot = write_query(mem, nearest_slot(mem, &w, j, kk, nt, x), x, labels[j0 + j],
+                                       pl);
             mem->ages[slot] = 0;
             if (!w.dirty[slot]) {
                 w.dirty[slot] = 1;
@@ -514,8 +525,10 @@ static ml_status select_topk(ml_memory *m, const char *what, ml_tensor *q, int64
     size_t nk = (size_t)(n > 0 ? n * k : 1);
     int64_t *idx = malloc(nk * sizeof(int64_t));
     float *sim = malloc(nk * sizeof(float));
-    if (!idx || !sim) st = ml_set_error(ML_ERR_OOM, "%s: out of memory", what);
-    else st = search(m, n, qn, k, idx, sim, NULL, NULL);
+    if (!idx || !sim)
+        st = ml_set_error(ML_ERR_OOM, "%s: out of memory", what);
+    else
+        st = search(m, n, qn, k, idx, sim, NULL, NULL);
     free(qn);
     if (st) {
         free(idx);
@@ -541,8 +554,10 @@ static ml_status gather_rows(ml_tensor **out, int ndim, const int64_t *shape, co
     if (st) return st;
     for (int64_t i = 0; i < n; i++) {
         float *dst = (*out)->data + i * width;
-        if (idx[i] >= 0) memcpy(dst, slab + idx[i] * width, (size_t)width * sizeof(float));
-        else memset(dst, 0, (size_t)width * sizeof(float));
+        if (idx[i] >= 0)
+            memcpy(dst, slab + idx[i] * width, (size_t)width * sizeof(float));
+        else
+            memset(dst, 0, (size_t)width * sizeof(float));
     }
     return ML_OK;
 }
@@ -553,11 +568,15 @@ ml_status ml_memory_read(ml_tensor **out, ml_tensor **out_weights, ml_memory *me
     if (!mem) return ml_set_error(ML_ERR_VALUE, "%s: memory is NULL", what);
     if (!out && !out_weights) return ml_set_error(ML_ERR_VALUE, "%s: no output requested", what);
     if (out && mem->payload_size == 0)
-        return ml_set_error(ML_ERR_VALUE, "%s: the memory has no payload (payload_size=0); ask "
-                            "for the attention weights only", what);
+        return ml_set_error(ML_ERR_VALUE,
+                            "%s: the memory has no payload (payload_size=0); ask "
+                            "for the attention weights only",
+                            what);
     if (!(temperature > 0) || !isfinite(temperature))
-        return ml_set_error(ML_ERR_VALUE, "%s: temperature must be a positive finite number, "
-                            "got %g", what, (double)temperature);
+        return ml_set_error(ML_ERR_VALUE,
+                            "%s: temperature must be a positive finite number, "
+                            "got %g",
+                            what, (double)temperature);
     int64_t *idx = NULL;
     float *sim = NULL;
     ml_tensor *keys = NULL, *vals = NULL, *mask = NULL;
@@ -583,7 +602,8 @@ ml_status ml_memory_read(ml_tensor **out, ml_tensor **out_weights, ml_memory *me
         ml_tensor *qn = RESHAPE(&s, normalize_rows(&s, q), 3, q3);
         ml_tensor *sims = RESHAPE(&s, MATMUL(&s, qn, keys, 0, 1), 2, mshape); /* (n, k) */
         ml_tensor *w = SOFTMAX(&s, ADD(&s, MULS(&s, sims, 1.0f / temperature), mask), -1);
-        ml_tensor *o = out ? RESHAPE(&s, MATMUL(&s, RESHAPE(&s, w, 3, w3), vals, 0, 0), 2, o2) : NULL;
+        ml_tensor *o = out ? RESHAPE(&s, MATMUL(&s, RESHAPE(&s, w, 3, w3), vals, 0, 0), 2, o2)
+                           : NULL;
         st = s.status;
         if (!st) {
             if (out) *out = ml__keep(o);
@@ -603,7 +623,8 @@ ml_status ml_memory_loss(ml_tensor **out, ml_memory *mem, ml_tensor *q, int64_t 
     const char *what = "KnowledgeMemory.loss";
     if (!mem || !out) return ml_set_error(ML_ERR_VALUE, "%s: memory or output is NULL", what);
     if (!isfinite(margin))
-        return ml_set_error(ML_ERR_VALUE, "%s: margin must be finite, got %g", what, (double)margin);
+        return ml_set_error(ML_ERR_VALUE, "%s: margin must be finite, got %g", what,
+                            (double)margin);
     if (q && q->ndim == 2 && (n_labels != q->shape[0] || (n_labels > 0 && !labels)))
         return ml_set_error(ML_ERR_SHAPE, "%s: %lld queries but %lld labels", what,
                             (long long)q->shape[0], (long long)n_labels);
@@ -755,28 +776,31 @@ static ml_status read_file(loaded *f, const char *path) {
         CORRUPT("'%s' is corrupt or truncated (checksum mismatch)", path);
     uint32_t version = ml__get_u32(buf + 8);
     if (version != FORMAT_VERSION)
-        CORRUPT("'%s' has memory format version %u; this metalearn reads version %u", path,
-                version, FORMAT_VERSION);
+        CORRUPT("'%s' has memory format version %u; this metalearn reads version %u", path, version,
+                FORMAT_VERSION);
     const uint8_t *r = buf + 12;
-    uint64_t cap = ml__get_u64(r), d = ml__get_u64(r + 8), p = ml__get_u64(r + 16), c = ml__get_u64(r + 24);
+    uint64_t cap = ml__get_u64(r), d = ml__get_u64(r + 8), p = ml__get_u64(r + 16),
+             c = ml__get_u64(r + 24);
     r += 32;
     if (cap == 0 || d == 0 || cap > (uint64_t)MAX_SIZE || d > (uint64_t)MAX_SIZE ||
         p > (uint64_t)MAX_SIZE || c > cap || cap > (uint64_t)MAX_SIZE / d ||
         (p && cap > (uint64_t)MAX_SIZE / p))
         CORRUPT("'%s' is corrupt: bad sizes (capacity %llu, key size %llu, payload size %llu, "
-                "count %llu)", path, (unsigned long long)cap, (unsigned long long)d,
-                (unsigned long long)p, (unsigned long long)c);
+                "count %llu)",
+                path, (unsigned long long)cap, (unsigned long long)d, (unsigned long long)p,
+                (unsigned long long)c);
     /* A file states the capacity it needs; a corrupt one with a valid CRC could ask for
      * gigabytes while holding nothing. Loading refuses slabs above ML_MEMORY_LOAD_MAX_BYTES
      * (4 GiB, ~8 million keys of 128 floats) before allocating; build a bigger memory with
      * ml_memory_new and fill it instead. */
     if ((double)cap * (double)(d + p) * 4.0 + (double)cap * 16.0 > ML_MEMORY_LOAD_MAX_BYTES)
         CORRUPT("'%s' declares a memory of %llu slots of %llu + %llu floats, more than the %.0f "
-                "GiB a file may ask for", path, (unsigned long long)cap, (unsigned long long)d,
-                (unsigned long long)p, ML_MEMORY_LOAD_MAX_BYTES / 1073741824.0);
+                "GiB a file may ask for",
+                path, (unsigned long long)cap, (unsigned long long)d, (unsigned long long)p,
+                ML_MEMORY_LOAD_MAX_BYTES / 1073741824.0);
     if (size - HEADER_BYTES - 4 != body_bytes((int64_t)c, (int64_t)d, (int64_t)p))
-        CORRUPT("'%s' is corrupt: %zu bytes of slots, expected %zu", path,
-                size - HEADER_BYTES - 4, body_bytes((int64_t)c, (int64_t)d, (int64_t)p));
+        CORRUPT("'%s' is corrupt: %zu bytes of slots, expected %zu", path, size - HEADER_BYTES - 4,
+                body_bytes((int64_t)c, (int64_t)d, (int64_t)p));
     f->capacity = (int64_t)cap;
     f->d = (int64_t)d;
     f->p = (int64_t)p;
@@ -821,7 +845,8 @@ ml_status ml_memory_load(ml_memory *mem, const char *path) {
     ml_status st = read_file(&f, path);
     if (st) return st;
     if (f.capacity != mem->capacity || f.d != mem->key_size || f.p != mem->payload_size) {
-        st = ml_set_error(ML_ERR_VALUE, "'%s' holds a memory of capacity %lld, key size %lld and "
+        st = ml_set_error(ML_ERR_VALUE,
+                          "'%s' holds a memory of capacity %lld, key size %lld and "
                           "payload size %lld; this memory has %lld, %lld and %lld",
                           path, (long long)f.capacity, (long long)f.d, (long long)f.p,
                           (long long)mem->capacity, (long long)mem->key_size,

@@ -30,15 +30,33 @@
 /* ------------------------------------------------------------------ geometry */
 
 void ml__win2d_store(const ml_win2d *g, int64_t *p) {
-    p[0] = g->n; p[1] = g->h; p[2] = g->w; p[3] = g->c;
-    p[4] = g->kh; p[5] = g->kw; p[6] = g->sh; p[7] = g->sw;
-    p[8] = g->pt; p[9] = g->pl; p[10] = g->oh; p[11] = g->ow;
+    p[0] = g->n;
+    p[1] = g->h;
+    p[2] = g->w;
+    p[3] = g->c;
+    p[4] = g->kh;
+    p[5] = g->kw;
+    p[6] = g->sh;
+    p[7] = g->sw;
+    p[8] = g->pt;
+    p[9] = g->pl;
+    p[10] = g->oh;
+    p[11] = g->ow;
 }
 
 void ml__win2d_load(ml_win2d *g, const int64_t *p) {
-    g->n = p[0]; g->h = p[1]; g->w = p[2]; g->c = p[3];
-    g->kh = p[4]; g->kw = p[5]; g->sh = p[6]; g->sw = p[7];
-    g->pt = p[8]; g->pl = p[9]; g->oh = p[10]; g->ow = p[11];
+    g->n = p[0];
+    g->h = p[1];
+    g->w = p[2];
+    g->c = p[3];
+    g->kh = p[4];
+    g->kw = p[5];
+    g->sh = p[6];
+    g->sw = p[7];
+    g->pt = p[8];
+    g->pl = p[9];
+    g->oh = p[10];
+    g->ow = p[11];
 }
 
 _Static_assert(ML_WIN2D_NPARAMS + 1 <= ML_NODE_MAX_IPARAMS, "iparams too small for ml_win2d");
@@ -89,8 +107,10 @@ static void im2col(const ml_win2d *g, const float *x, int64_t n0, int64_t nn, fl
                     }
                     for (int64_t j = 0; j < g->kw; j++) {
                         int64_t iw = iw0 + j;
-                        if (iw < 0 || iw >= g->w) memset(dst + j * C, 0, (size_t)C * sizeof(float));
-                        else memcpy(dst + j * C, src + iw * C, (size_t)C * sizeof(float));
+                        if (iw < 0 || iw >= g->w)
+                            memset(dst + j * C, 0, (size_t)C * sizeof(float));
+                        else
+                            memcpy(dst + j * C, src + iw * C, (size_t)C * sizeof(float));
                     }
                 }
             }
@@ -214,8 +234,8 @@ static ml_status oom(void) {
     return ml_set_error(ML_ERR_OOM, "conv2d: out of memory for the column buffer");
 }
 
-static ml_status conv_forward_kernel(const ml_win2d *g, int64_t F, const float *x,
-                                     const float *k, const float *b, float *y) {
+static ml_status conv_forward_kernel(const ml_win2d *g, int64_t F, const float *x, const float *k,
+                                     const float *b, float *y) {
     const int64_t KK = g->kh * g->kw * g->c, P = g->oh * g->ow;
     if (g->n == 0 || P == 0 || F == 0) return ML_OK;
     conv_job j = {.g = g, .F = F, .KK = KK, .P = P, .x = x, .k = k, .b = b, .y = y};
@@ -274,27 +294,32 @@ static ml_status conv_kernel_grad_kernel(const ml_win2d *g, int64_t F, const flo
 ml_status ml__win2d_check_x(const char *name, const ml_tensor *x, const ml_win2d *g) {
     if (x->ndim != 4 || x->shape[0] != g->n || x->shape[1] != g->h || x->shape[2] != g->w ||
         x->shape[3] != g->c)
-        return ml_set_error(ML_ERR_SHAPE, "%s: expected input of shape (%lld, %lld, %lld, %lld), "
-                            "got %s", name, (long long)g->n, (long long)g->h, (long long)g->w,
+        return ml_set_error(ML_ERR_SHAPE,
+                            "%s: expected input of shape (%lld, %lld, %lld, %lld), "
+                            "got %s",
+                            name, (long long)g->n, (long long)g->h, (long long)g->w,
                             (long long)g->c, ML_SHAPE_STR(x));
     return ML_OK;
 }
 
 static ml_status check_geom_k(const char *name, const ml_tensor *k, const ml_win2d *g) {
     if (k->ndim != 4 || k->shape[0] != g->kh || k->shape[1] != g->kw || k->shape[2] != g->c)
-        return ml_set_error(ML_ERR_SHAPE, "%s: expected kernel of shape (%lld, %lld, %lld, F), "
-                            "got %s", name, (long long)g->kh, (long long)g->kw, (long long)g->c,
+        return ml_set_error(ML_ERR_SHAPE,
+                            "%s: expected kernel of shape (%lld, %lld, %lld, F), "
+                            "got %s",
+                            name, (long long)g->kh, (long long)g->kw, (long long)g->c,
                             ML_SHAPE_STR(k));
     return ML_OK;
 }
 
-static ml_status check_geom_g(const char *name, const ml_tensor *gy, const ml_win2d *g,
-                              int64_t F) {
-    if (gy->ndim != 4 || gy->shape[0] != g->n || gy->shape[1] != g->oh ||
-        gy->shape[2] != g->ow || (F >= 0 && gy->shape[3] != F))
-        return ml_set_error(ML_ERR_SHAPE, "%s: expected gradient of shape (%lld, %lld, %lld, %lld), "
-                            "got %s", name, (long long)g->n, (long long)g->oh, (long long)g->ow,
-                            (long long)F, ML_SHAPE_STR(gy));
+static ml_status check_geom_g(const char *name, const ml_tensor *gy, const ml_win2d *g, int64_t F) {
+    if (gy->ndim != 4 || gy->shape[0] != g->n || gy->shape[1] != g->oh || gy->shape[2] != g->ow ||
+        (F >= 0 && gy->shape[3] != F))
+        return ml_set_error(ML_ERR_SHAPE,
+                            "%s: expected gradient of shape (%lld, %lld, %lld, %lld), "
+                            "got %s",
+                            name, (long long)g->n, (long long)g->oh, (long long)g->ow, (long long)F,
+                            ML_SHAPE_STR(gy));
     return ML_OK;
 }
 
@@ -367,49 +392,66 @@ static void same_or_valid(int64_t size, int64_t win, int64_t stride, ml_padding 
 }
 
 /* Shared by conv2d and the pools (declared in internal.h). */
-ml_status ml__win2d_plan(const char *name, const ml_tensor *x, int64_t kh, int64_t kw,
-                         int sh, int sw, ml_padding padding, ml_win2d *g) {
+ml_status ml__win2d_plan(const char *name, const ml_tensor *x, int64_t kh, int64_t kw, int sh,
+                         int sw, ml_padding padding, ml_win2d *g) {
     if (x->ndim != 4)
-        return ml_set_error(ML_ERR_SHAPE, "%s: expected a 4-D input (batch, height, width, "
-                            "channels), got shape %s", name, ML_SHAPE_STR(x));
+        return ml_set_error(ML_ERR_SHAPE,
+                            "%s: expected a 4-D input (batch, height, width, "
+                            "channels), got shape %s",
+                            name, ML_SHAPE_STR(x));
     if (sh <= 0 || sw <= 0)
-        return ml_set_error(ML_ERR_VALUE, "%s: strides must be positive, got (%d, %d)", name, sh, sw);
+        return ml_set_error(ML_ERR_VALUE, "%s: strides must be positive, got (%d, %d)", name, sh,
+                            sw);
     if (padding != ML_PAD_SAME && padding != ML_PAD_VALID)
         return ml_set_error(ML_ERR_VALUE, "%s: padding must be 'same' or 'valid'", name);
-    g->n = x->shape[0]; g->h = x->shape[1]; g->w = x->shape[2]; g->c = x->shape[3];
-    g->kh = kh; g->kw = kw; g->sh = sh; g->sw = sw;
+    g->n = x->shape[0];
+    g->h = x->shape[1];
+    g->w = x->shape[2];
+    g->c = x->shape[3];
+    g->kh = kh;
+    g->kw = kw;
+    g->sh = sh;
+    g->sw = sw;
     same_or_valid(g->h, kh, sh, padding, &g->oh, &g->pt);
     same_or_valid(g->w, kw, sw, padding, &g->ow, &g->pl);
     if (padding == ML_PAD_VALID && (kh > g->h || kw > g->w))
-        return ml_set_error(ML_ERR_SHAPE, "%s: window %lldx%lld is larger than the input %lldx%lld "
+        return ml_set_error(ML_ERR_SHAPE,
+                            "%s: window %lldx%lld is larger than the input %lldx%lld "
                             "(shape %s) with padding 'valid': the output would be empty",
                             name, (long long)kh, (long long)kw, (long long)g->h, (long long)g->w,
                             ML_SHAPE_STR(x));
     return ML_OK;
 }
 
-ml_status ml_conv2d(ml_tensor **out, ml_tensor *x, ml_tensor *kernel, ml_tensor *bias,
-                    int stride_h, int stride_w, ml_padding padding) {
+ml_status ml_conv2d(ml_tensor **out, ml_tensor *x, ml_tensor *kernel, ml_tensor *bias, int stride_h,
+                    int stride_w, ml_padding padding) {
     if (!out || !x || !kernel) return ml_set_error(ML_ERR_VALUE, "conv2d: input tensor is NULL");
     if (x->ndim != 4)
-        return ml_set_error(ML_ERR_SHAPE, "conv2d: expected a 4-D input (batch, height, width, "
-                            "channels), got shape %s", ML_SHAPE_STR(x));
+        return ml_set_error(ML_ERR_SHAPE,
+                            "conv2d: expected a 4-D input (batch, height, width, "
+                            "channels), got shape %s",
+                            ML_SHAPE_STR(x));
     if (kernel->ndim != 4)
-        return ml_set_error(ML_ERR_SHAPE, "conv2d: expected a 4-D kernel (height, width, "
-                            "in_channels, filters), got shape %s", ML_SHAPE_STR(kernel));
+        return ml_set_error(ML_ERR_SHAPE,
+                            "conv2d: expected a 4-D kernel (height, width, "
+                            "in_channels, filters), got shape %s",
+                            ML_SHAPE_STR(kernel));
     if (kernel->shape[2] != x->shape[3])
-        return ml_set_error(ML_ERR_SHAPE, "conv2d: input has %lld channels but kernel expects %lld, "
-                            "got shapes %s and %s", (long long)x->shape[3],
-                            (long long)kernel->shape[2], ML_SHAPE_STR(x), ML_SHAPE_STR(kernel));
+        return ml_set_error(ML_ERR_SHAPE,
+                            "conv2d: input has %lld channels but kernel expects %lld, "
+                            "got shapes %s and %s",
+                            (long long)x->shape[3], (long long)kernel->shape[2], ML_SHAPE_STR(x),
+                            ML_SHAPE_STR(kernel));
     if (kernel->shape[0] < 1 || kernel->shape[1] < 1 || kernel->shape[2] < 1 ||
         kernel->shape[3] < 1)
         return ml_set_error(ML_ERR_SHAPE, "conv2d: kernel dimensions must be positive, got %s",
                             ML_SHAPE_STR(kernel));
     int64_t F = kernel->shape[3];
     if (bias && (bias->ndim != 1 || bias->shape[0] != F))
-        return ml_set_error(ML_ERR_SHAPE, "conv2d: bias must have shape (%lld,) for a kernel of "
-                            "shape %s, got %s", (long long)F, ML_SHAPE_STR(kernel),
-                            ML_SHAPE_STR(bias));
+        return ml_set_error(ML_ERR_SHAPE,
+                            "conv2d: bias must have shape (%lld,) for a kernel of "
+                            "shape %s, got %s",
+                            (long long)F, ML_SHAPE_STR(kernel), ML_SHAPE_STR(bias));
     ml_win2d g;
     ml_status st = ml__win2d_plan("conv2d", x, kernel->shape[0], kernel->shape[1], stride_h,
                                   stride_w, padding, &g);
@@ -433,8 +475,7 @@ ml_status ml__conv2d_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin) {
 
 /* -------------------------------------------------------- conv2d_input_grad */
 
-ml_status ml__conv2d_input_grad(ml_tensor **out, ml_tensor *gy, ml_tensor *k,
-                                const ml_win2d *g) {
+ml_status ml__conv2d_input_grad(ml_tensor **out, ml_tensor *gy, ml_tensor *k, const ml_win2d *g) {
     ml_status st;
     if ((st = check_geom_k("conv2d_input_grad", k, g)) ||
         (st = check_geom_g("conv2d_input_grad", gy, g, k->shape[3])))
@@ -462,8 +503,7 @@ ml_status ml__conv2d_input_grad_backward(ml_tensor *out, ml_tensor *G, ml_tensor
 
 /* ------------------------------------------------------- conv2d_kernel_grad */
 
-ml_status ml__conv2d_kernel_grad(ml_tensor **out, ml_tensor *x, ml_tensor *gy,
-                                 const ml_win2d *g) {
+ml_status ml__conv2d_kernel_grad(ml_tensor **out, ml_tensor *x, ml_tensor *gy, const ml_win2d *g) {
     ml_status st;
     if ((st = ml__win2d_check_x("conv2d_kernel_grad", x, g)) ||
         (st = check_geom_g("conv2d_kernel_grad", gy, g, -1)))

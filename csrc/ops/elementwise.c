@@ -18,8 +18,8 @@
  * (the shape rule, the walk and the row kernel are ops/fusion.h's: the fused forms of a
  * trace run them too) */
 
-ml_status ml__broadcast_shape(const ml_tensor *a, const ml_tensor *b, int *ndim,
-                              int64_t *shape, const char *opname) {
+ml_status ml__broadcast_shape(const ml_tensor *a, const ml_tensor *b, int *ndim, int64_t *shape,
+                              const char *opname) {
     if (!ml__broadcast_shape_of(a, b, ndim, shape))
         return ml_set_error(ML_ERR_SHAPE, "%s: shapes %s and %s cannot be broadcast together",
                             opname, ML_SHAPE_STR(a), ML_SHAPE_STR(b));
@@ -33,10 +33,9 @@ ml_status ml__broadcast_shape(const ml_tensor *a, const ml_tensor *b, int *ndim,
  * inlined: a broadcast over a middle axis ((25, 10, 40) * (25, 1, 40) in vectorised MAML)
  * is hundreds of 40-element rows, where a dispatched call per row would cost as much as
  * the row. */
-ML_INLINE void binary_range_at_body(
-    int op, const ml_tensor *a, const float *ad, int64_t ash, const ml_tensor *b,
-    const float *bd, int64_t bsh, ml_tensor *out, const ml_walk_plan *w, int64_t p0,
-    int64_t p1) {
+ML_INLINE void binary_range_at_body(int op, const ml_tensor *a, const float *ad, int64_t ash,
+                                    const ml_tensor *b, const float *bd, int64_t bsh,
+                                    ml_tensor *out, const ml_walk_plan *w, int64_t p0, int64_t p1) {
     int64_t n = out->numel;
     if (a->numel == n && b->numel == n) {
         ml__bin_row(op, p1 - p0, ad + (p0 - ash), 1, bd + (p0 - bsh), 1, out->data + p0);
@@ -65,7 +64,7 @@ ML_INLINE void binary_range_at_body(
     for (int64_t p = p0; p < p1;) {
         int64_t len = inner - col < p1 - p ? inner - col : p1 - p;
         ml__bin_row(op, len, ad + (oa + (ia ? col : 0)), ia, bd + (ob + (ib ? col : 0)), ib,
-                out->data + p);
+                    out->data + p);
         p += len;
         col = 0;
         /* advance the multi-index over the outer dims */
@@ -87,9 +86,9 @@ ML_CPU_CLONES(binary_range_at,
               (op, a, ad, ash, b, bd, bsh, out, w, p0, p1))
 
 /* (declared in fusion.h: the fused forms of a trace walk their operands with it too) */
-void ml__binary_range_at(int op, const ml_tensor *a, const float *ad, int64_t ash, const ml_tensor *b,
-                         const float *bd, int64_t bsh, ml_tensor *out, const ml_walk_plan *w, int64_t p0,
-                         int64_t p1) {
+void ml__binary_range_at(int op, const ml_tensor *a, const float *ad, int64_t ash,
+                         const ml_tensor *b, const float *bd, int64_t bsh, ml_tensor *out,
+                         const ml_walk_plan *w, int64_t p0, int64_t p1) {
     binary_range_at(op, a, ad, ash, b, bd, bsh, out, w, p0, p1);
 }
 static void binary_range(int op, const ml_tensor *a, const ml_tensor *b, ml_tensor *out,
@@ -126,16 +125,20 @@ static void binary_apply(int op, const ml_tensor *a, const ml_tensor *b, ml_tens
     binary_range(op, a, b, out, &w, 0, n);
 }
 
-typedef struct { int kernel; ml_op_id op; const char *name; } binary_params;
-static ml_status binary_op(ml_tensor **out, ml_tensor *a, ml_tensor *b, int kernel,
-                           ml_op_id op, const char *name);
+typedef struct {
+    int kernel;
+    ml_op_id op;
+    const char *name;
+} binary_params;
+static ml_status binary_op(ml_tensor **out, ml_tensor *a, ml_tensor *b, int kernel, ml_op_id op,
+                           const char *name);
 static ml_status replay_binary(ml_tensor **out, ml_tensor **in, const void *params) {
     const binary_params *p = params;
     return binary_op(out, in[0], in[1], p->kernel, p->op, p->name);
 }
 
-static ml_status binary_op(ml_tensor **out, ml_tensor *a, ml_tensor *b, int kernel,
-                           ml_op_id op, const char *name) {
+static ml_status binary_op(ml_tensor **out, ml_tensor *a, ml_tensor *b, int kernel, ml_op_id op,
+                           const char *name) {
     NULL_CHECK2(name, a, b);
     int nd;
     int64_t shape[ML_MAX_DIMS];
@@ -265,8 +268,7 @@ static ml_status minmax_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin, 
     ml_tensor *diff = is_max ? SUB(&s, a, b) : SUB(&s, b, a);
     ml_tensor *wins_a = ADD(&s, STEP(&s, diff, 0.0f), MULS(&s, EQUAL(&s, a, b), 0.5f));
     if (NEEDS(0)) gin[0] = ml__keep(SUM_TO(&s, MUL(&s, g, wins_a), a));
-    if (NEEDS(1))
-        gin[1] = ml__keep(SUM_TO(&s, MUL(&s, g, ADDS(&s, NEG(&s, wins_a), 1.0f)), b));
+    if (NEEDS(1)) gin[1] = ml__keep(SUM_TO(&s, MUL(&s, g, ADDS(&s, NEG(&s, wins_a), 1.0f)), b));
     ml__scope_end(&s);
     return s.status;
 }
@@ -279,27 +281,59 @@ ml_status ml__minimum_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
 
 /* ------------------------------------------------------------- unary kernels */
 
+/* clang-format off: a table, one case a line */
 enum {
-    UN_NEG, UN_SQUARE, UN_SQRT, UN_EXP, UN_LOG, UN_ABS, UN_SIGN, UN_RELU, UN_SIGMOID, UN_TANH,
-    UN_ERF, UN_GELU, UN_POW, UN_ADDS, UN_MULS, UN_LEAKY, UN_ELU, UN_CLIP, UN_STEP, UN_RANGE, UN_SOFTPLUS
+    UN_NEG,
+    UN_SQUARE,
+    UN_SQRT,
+    UN_EXP,
+    UN_LOG,
+    UN_ABS,
+    UN_SIGN,
+    UN_RELU,
+    UN_SIGMOID,
+    UN_TANH,
+    UN_ERF,
+    UN_GELU,
+    UN_POW,
+    UN_ADDS,
+    UN_MULS,
+    UN_LEAKY,
+    UN_ELU,
+    UN_CLIP,
+    UN_STEP,
+    UN_RANGE,
+    UN_SOFTPLUS
 };
+/* clang-format on */
 
-ML_INLINE void un_kernel_body(int k, int64_t n, const float *restrict x, float *restrict o,
-                             float p, float q) {
+ML_INLINE void un_kernel_body(int k, int64_t n, const float *restrict x, float *restrict o, float p,
+                              float q) {
+    /* clang-format off: a table, one case a line */
     switch (k) {
-    case UN_NEG: for (int64_t i = 0; i < n; i++) o[i] = -x[i]; break;
-    case UN_SQUARE: for (int64_t i = 0; i < n; i++) o[i] = x[i] * x[i]; break;
-    case UN_SQRT: for (int64_t i = 0; i < n; i++) o[i] = sqrtf(x[i]); break;
+    case UN_NEG:
+        for (int64_t i = 0; i < n; i++) o[i] = -x[i];
+        break;
+    case UN_SQUARE:
+        for (int64_t i = 0; i < n; i++) o[i] = x[i] * x[i];
+        break;
+    case UN_SQRT:
+        for (int64_t i = 0; i < n; i++) o[i] = sqrtf(x[i]);
+        break;
     case UN_EXP: ml__vexp(n, x, o); break;
     case UN_LOG: ml__vlog(n, x, o); break;
-    case UN_ABS: for (int64_t i = 0; i < n; i++) o[i] = fabsf(x[i]); break;
+    case UN_ABS:
+        for (int64_t i = 0; i < n; i++) o[i] = fabsf(x[i]);
+        break;
     case UN_SIGN:
         for (int64_t i = 0; i < n; i++) o[i] = (float)((x[i] > 0) - (x[i] < 0));
         break;
     /* 0 > x ? 0 : x, MAXPS(0, x): NaN and -0.0 pass as in NumPy's maximum(x, 0) and
      * PyTorch's relu (x > 0 ? x : 0, as this was, made relu(NaN) 0: a finite loss while
      * the backward wrote NaN into the weights) */
-    case UN_RELU: for (int64_t i = 0; i < n; i++) o[i] = 0.0f > x[i] ? 0.0f : x[i]; break;
+    case UN_RELU:
+        for (int64_t i = 0; i < n; i++) o[i] = 0.0f > x[i] ? 0.0f : x[i];
+        break;
     /* exp, log, sigmoid (split by sign so exp never overflows), tanh, erf, gelu:
      * vectorised polynomial kernels (kernels/vmath.c), libm for special lanes */
     case UN_SIGMOID: ml__vsigmoid(n, x, o); break;
@@ -307,14 +341,24 @@ ML_INLINE void un_kernel_body(int k, int64_t n, const float *restrict x, float *
     case UN_ERF: ml__verf(n, x, o); break;
     case UN_GELU: ml__vgelu(n, x, o); break;
     case UN_POW:
-        if (p == 2.0f) for (int64_t i = 0; i < n; i++) o[i] = x[i] * x[i];
-        else if (p == 1.0f) for (int64_t i = 0; i < n; i++) o[i] = x[i];
-        else if (p == 0.0f) for (int64_t i = 0; i < n; i++) o[i] = 1.0f;
-        else for (int64_t i = 0; i < n; i++) o[i] = powf(x[i], p);
+        if (p == 2.0f)
+            for (int64_t i = 0; i < n; i++) o[i] = x[i] * x[i];
+        else if (p == 1.0f)
+            for (int64_t i = 0; i < n; i++) o[i] = x[i];
+        else if (p == 0.0f)
+            for (int64_t i = 0; i < n; i++) o[i] = 1.0f;
+        else
+            for (int64_t i = 0; i < n; i++) o[i] = powf(x[i], p);
         break;
-    case UN_ADDS: for (int64_t i = 0; i < n; i++) o[i] = x[i] + p; break;
-    case UN_MULS: for (int64_t i = 0; i < n; i++) o[i] = x[i] * p; break;
-    case UN_LEAKY: for (int64_t i = 0; i < n; i++) o[i] = x[i] > 0 ? x[i] : p * x[i]; break;
+    case UN_ADDS:
+        for (int64_t i = 0; i < n; i++) o[i] = x[i] + p;
+        break;
+    case UN_MULS:
+        for (int64_t i = 0; i < n; i++) o[i] = x[i] * p;
+        break;
+    case UN_LEAKY:
+        for (int64_t i = 0; i < n; i++) o[i] = x[i] > 0 ? x[i] : p * x[i];
+        break;
     case UN_ELU: /* expm1: expf(x) - 1 loses ~4 digits near 0 (elu(-1e-4) off by 6e-4) */
         for (int64_t i = 0; i < n; i++) o[i] = x[i] > 0 ? x[i] : p * expm1f(x[i]);
         break;
@@ -322,7 +366,9 @@ ML_INLINE void un_kernel_body(int k, int64_t n, const float *restrict x, float *
         /* NaN stays NaN, as in NumPy's clip */
         for (int64_t i = 0; i < n; i++) o[i] = x[i] < p ? p : (x[i] > q ? q : x[i]);
         break;
-    case UN_STEP: for (int64_t i = 0; i < n; i++) o[i] = x[i] > p ? 1.0f : 0.0f; break;
+    case UN_STEP:
+        for (int64_t i = 0; i < n; i++) o[i] = x[i] > p ? 1.0f : 0.0f;
+        break;
     case UN_SOFTPLUS: /* max(x, 0) + log1p(exp(-|x|)): exp never overflows; NaN stays NaN */
         for (int64_t i = 0; i < n; i++)
             o[i] = (x[i] > 0.0f ? x[i] : 0.0f) + log1pf(expf(-fabsf(x[i])));
@@ -331,6 +377,7 @@ ML_INLINE void un_kernel_body(int k, int64_t n, const float *restrict x, float *
         for (int64_t i = 0; i < n; i++) o[i] = (x[i] >= p && x[i] <= q) ? 1.0f : 0.0f;
         break;
     }
+    /* clang-format on */
 }
 ML_CPU_CLONES(un_kernel,
               (int k, int64_t n, const float *restrict x, float *restrict o, float p, float q),
@@ -340,7 +387,13 @@ ML_CPU_CLONES(un_kernel,
  * elements: every element is computed by the same code (vector lanes stay aligned with an
  * unsplit run's), so the result does not depend on the thread count. */
 #define UN_PAR_MIN (1 << 14)
-typedef struct { int k; int64_t n, step; const float *x; float *o; float p, q; } un_job;
+typedef struct {
+    int k;
+    int64_t n, step;
+    const float *x;
+    float *o;
+    float p, q;
+} un_job;
 static void un_part(void *ctx, int64_t i) {
     const un_job *j = ctx;
     int64_t lo = i * j->step, len = j->n - lo < j->step ? j->n - lo : j->step;
@@ -356,16 +409,21 @@ static void un_apply(int k, int64_t n, const float *x, float *o, float p, float 
     un_kernel(k, n, x, o, p, q);
 }
 
-typedef struct { int kernel; ml_op_id op; const char *name; float p, q; } unary_params;
-static ml_status unary_op(ml_tensor **out, ml_tensor *x, int kernel, ml_op_id op,
-                          const char *name, float p, float q);
+typedef struct {
+    int kernel;
+    ml_op_id op;
+    const char *name;
+    float p, q;
+} unary_params;
+static ml_status unary_op(ml_tensor **out, ml_tensor *x, int kernel, ml_op_id op, const char *name,
+                          float p, float q);
 static ml_status replay_unary(ml_tensor **out, ml_tensor **in, const void *params) {
     const unary_params *u = params;
     return unary_op(out, in[0], u->kernel, u->op, u->name, u->p, u->q);
 }
 
-static ml_status unary_op(ml_tensor **out, ml_tensor *x, int kernel, ml_op_id op,
-                          const char *name, float p, float q) {
+static ml_status unary_op(ml_tensor **out, ml_tensor *x, int kernel, ml_op_id op, const char *name,
+                          float p, float q) {
     NULL_CHECK1(name, x);
     ml_tensor *o = NULL;
     ml_status st = ml__new(&o, x->ndim, x->shape);
@@ -462,11 +520,11 @@ UNARY_BACKWARD(ml__erf_backward,
                MUL(&s, g, MULS(&s, EXP(&s, NEG(&s, SQUARE(&s, X))), 1.1283791670955126f)))
 /* gelu(x) = x Phi(x): gelu'(x) = Phi(x) + x phi(x), Phi(x) = (1 + erf(x/sqrt2))/2,
  * phi(x) = exp(-x^2/2)/sqrt(2 pi) */
-UNARY_BACKWARD(ml__gelu_backward,
-               MUL(&s, g,
-                   ADD(&s, MULS(&s, ADDS(&s, ERF(&s, MULS(&s, X, 0.70710678118654752f)), 1.0f), 0.5f),
-                       MUL(&s, X, MULS(&s, EXP(&s, MULS(&s, SQUARE(&s, X), -0.5f)),
-                                       0.3989422804014327f)))))
+UNARY_BACKWARD(
+    ml__gelu_backward,
+    MUL(&s, g,
+        ADD(&s, MULS(&s, ADDS(&s, ERF(&s, MULS(&s, X, 0.70710678118654752f)), 1.0f), 0.5f),
+            MUL(&s, X, MULS(&s, EXP(&s, MULS(&s, SQUARE(&s, X), -0.5f)), 0.3989422804014327f)))))
 /* softplus'(x) = sigmoid(x) (1/2 at 0, as Keras and PyTorch) */
 UNARY_BACKWARD(ml__softplus_backward, MUL(&s, g, SIGMOID(&s, X)))
 /* d x^p = p x^(p-1) */

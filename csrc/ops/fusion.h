@@ -10,8 +10,17 @@
 /* ---- the broadcast binary kernel (ops/elementwise.c) ---- */
 
 /* The formula of a binary op, one per kernel. */
-enum { BIN_ADD, BIN_SUB, BIN_MUL, BIN_DIV, BIN_MAX, BIN_MIN, BIN_EQ, BIN_RELU_GRAD,
-       BIN_ADD_RELU /* relu(x + y) in one pass with the two ops' roundings (OP_ADD_RELU) */ };
+enum {
+    BIN_ADD,
+    BIN_SUB,
+    BIN_MUL,
+    BIN_DIV,
+    BIN_MAX,
+    BIN_MIN,
+    BIN_EQ,
+    BIN_RELU_GRAD,
+    BIN_ADD_RELU /* relu(x + y) in one pass with the two ops' roundings (OP_ADD_RELU) */
+};
 
 /* The kernel that computes op (its BIN_ formula) when the op is a broadcast binary op,
  * else -1. */
@@ -39,9 +48,11 @@ ml_status ml__add_relu(ml_tensor **out, ml_tensor *a, ml_tensor *b);
         }                                                                         \
     } while (0)
 
-static inline __attribute__((always_inline)) void
-ml__bin_row(int op, int64_t n, const float *restrict a, int sa, const float *restrict b,
-            int sb, float *restrict o) {
+static inline
+    __attribute__((always_inline)) void ml__bin_row(int op, int64_t n, const float *restrict a,
+                                                    int sa, const float *restrict b, int sb,
+                                                    float *restrict o) {
+    /* clang-format off: a table, one case a line */
     switch (op) {
     case BIN_ADD: ML_BIN_ROW(x + y); break;
     case BIN_SUB: ML_BIN_ROW(x - y); break;
@@ -57,6 +68,7 @@ ml__bin_row(int op, int64_t n, const float *restrict a, int sa, const float *res
     case BIN_RELU_GRAD: ML_BIN_ROW(y != 0 ? x : 0.0f); break;
     case BIN_ADD_RELU: ML_BIN_ROW(x + y < 0 ? 0.0f : x + y); break;
     }
+    /* clang-format on */
 }
 
 /* The broadcast shape of a and b (NumPy's rule) into nd / shape; 0 when they do not

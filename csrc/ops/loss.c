@@ -38,7 +38,7 @@ ml_status ml_mean_squared_error(ml_tensor **out, ml_tensor *y_true, ml_tensor *y
         return ml_set_error(ML_ERR_VALUE, "mean_squared_error: input tensor is NULL");
     if (y_pred->ndim < 1)
         return ml_set_error(ML_ERR_SHAPE, "mean_squared_error: y_pred must have at least 1 "
-                            "dimension, got a scalar");
+                                          "dimension, got a scalar");
     ml_scope s = {0};
     match_rank(&s, &y_true, &y_pred);
     ml_tensor *r = ml__keep(ML_S1F(ml_mean_lastaxis__, &s, SQUARE(&s, SUB(&s, y_pred, y_true)), 0));
@@ -61,13 +61,16 @@ static void row_lse(const float *x, int64_t rows, int64_t c, float *lse) {
 }
 
 static ml_status softmax_ce(ml_tensor **out, ml_tensor *y_true, ml_tensor *logits);
-typedef struct { int unused; } no_params;
+typedef struct {
+    int unused;
+} no_params;
 static ml_status replay_softmax_ce(ml_tensor **out, ml_tensor **in, const void *p) {
     return softmax_ce(out, in[0], in[1]);
 }
 static ml_status softmax_ce(ml_tensor **out, ml_tensor *y_true, ml_tensor *logits) {
     if (!ml__same_shape(y_true, logits))
-        return ml_set_error(ML_ERR_SHAPE, "categorical_crossentropy: y_true has shape %s but "
+        return ml_set_error(ML_ERR_SHAPE,
+                            "categorical_crossentropy: y_true has shape %s but "
                             "y_pred has shape %s",
                             ML_SHAPE_STR(y_true), ML_SHAPE_STR(logits));
     ml_tensor *o = NULL;
@@ -116,7 +119,8 @@ ml_status ml_categorical_crossentropy(ml_tensor **out, ml_tensor *y_true, ml_ten
     if (!y_true || !y_pred)
         return ml_set_error(ML_ERR_VALUE, "categorical_crossentropy: input tensor is NULL");
     if (y_pred->ndim < 1 || !ml__same_shape(y_true, y_pred))
-        return ml_set_error(ML_ERR_SHAPE, "categorical_crossentropy: y_true has shape %s but "
+        return ml_set_error(ML_ERR_SHAPE,
+                            "categorical_crossentropy: y_true has shape %s but "
                             "y_pred has shape %s; they must match, with classes on the last axis",
                             ML_SHAPE_STR(y_true), ML_SHAPE_STR(y_pred));
     if (from_logits) return softmax_ce(out, y_true, y_pred);
@@ -145,7 +149,8 @@ static ml_status read_labels(const ml_tensor *labels, int64_t c, int64_t **idx_o
         /* range first: converting NaN or 1e30 to an integer is undefined behaviour */
         if (!(v >= 0 && v < (float)c) || v != (float)(int64_t)v) {
             free(idx);
-            return ml_set_error(ML_ERR_VALUE, "sparse_categorical_crossentropy: label %g at "
+            return ml_set_error(ML_ERR_VALUE,
+                                "sparse_categorical_crossentropy: label %g at "
                                 "position %lld is not an integer in [0, %lld)",
                                 (double)v, (long long)i, (long long)c);
         }
@@ -155,7 +160,9 @@ static ml_status read_labels(const ml_tensor *labels, int64_t c, int64_t **idx_o
     return ML_OK;
 }
 
-typedef struct { int64_t depth; } one_hot_params;
+typedef struct {
+    int64_t depth;
+} one_hot_params;
 static ml_status one_hot_t(ml_tensor **out, ml_tensor *labels, int64_t depth);
 static ml_status replay_one_hot_t(ml_tensor **out, ml_tensor **in, const void *p) {
     return one_hot_t(out, in[0], ((const one_hot_params *)p)->depth);
@@ -227,15 +234,16 @@ ml_status ml_sparse_categorical_crossentropy_t(ml_tensor **out, ml_tensor *label
         return ml_set_error(ML_ERR_VALUE, "sparse_categorical_crossentropy: input tensor is NULL");
     if (y_pred->ndim < 1)
         return ml_set_error(ML_ERR_SHAPE, "sparse_categorical_crossentropy: y_pred needs a class "
-                            "axis, got a scalar");
+                                          "axis, got a scalar");
     int64_t c = y_pred->shape[y_pred->ndim - 1], rows = c ? y_pred->numel / c : 0;
     if (labels->numel != rows)
-        return ml_set_error(ML_ERR_SHAPE, "sparse_categorical_crossentropy: %lld labels for "
+        return ml_set_error(ML_ERR_SHAPE,
+                            "sparse_categorical_crossentropy: %lld labels for "
                             "predictions of shape %s (expected %lld)",
                             (long long)labels->numel, ML_SHAPE_STR(y_pred), (long long)rows);
     if (labels->requires_grad)
         return ml_set_error(ML_ERR_VALUE, "sparse_categorical_crossentropy: labels cannot "
-                            "require grad");
+                                          "require grad");
     int64_t *check = NULL;
     ml_status st = read_labels(labels, c, &check); /* refuse bad labels before any op runs */
     free(check);
@@ -265,15 +273,17 @@ ml_status ml_sparse_categorical_crossentropy(ml_tensor **out, int64_t n, const i
         return ml_set_error(ML_ERR_VALUE, "sparse_categorical_crossentropy: y_pred is NULL");
     if (y_pred->ndim < 1)
         return ml_set_error(ML_ERR_SHAPE, "sparse_categorical_crossentropy: y_pred needs a class "
-                            "axis, got a scalar");
+                                          "axis, got a scalar");
     int64_t c = y_pred->shape[y_pred->ndim - 1], rows = c ? y_pred->numel / c : 0;
     if (n != rows || n < 0 || (n > 0 && !labels))
-        return ml_set_error(ML_ERR_SHAPE, "sparse_categorical_crossentropy: %lld labels for "
+        return ml_set_error(ML_ERR_SHAPE,
+                            "sparse_categorical_crossentropy: %lld labels for "
                             "predictions of shape %s (expected %lld)",
                             (long long)n, ML_SHAPE_STR(y_pred), (long long)rows);
     for (int64_t i = 0; i < n; i++)
         if (labels[i] < 0 || labels[i] >= c || labels[i] >= ((int64_t)1 << 24))
-            return ml_set_error(ML_ERR_VALUE, "sparse_categorical_crossentropy: label %lld at "
+            return ml_set_error(ML_ERR_VALUE,
+                                "sparse_categorical_crossentropy: label %lld at "
                                 "position %lld is outside [0, %lld)",
                                 (long long)labels[i], (long long)i, (long long)c);
     /* the labels become a constant tensor (exact in float32 below 2^24) */
@@ -293,16 +303,18 @@ ml_status ml_binary_crossentropy(ml_tensor **out, ml_tensor *y_true, ml_tensor *
         return ml_set_error(ML_ERR_VALUE, "binary_crossentropy: input tensor is NULL");
     if (y_pred->ndim < 1)
         return ml_set_error(ML_ERR_SHAPE, "binary_crossentropy: y_pred must have at least 1 "
-                            "dimension, got a scalar");
+                                          "dimension, got a scalar");
     ml_scope s = {0};
     ml_tensor *t = y_true, *x = y_pred;
     match_rank(&s, &t, &x);
     /* Keras refuses any other mismatch: (N, 1) targets broadcast against (N, C)
      * predictions would be a number, and a wrong one */
     if (s.status == ML_OK && !ml__same_shape(t, x))
-        s.status = ml_set_error(ML_ERR_SHAPE, "binary_crossentropy: y_true has shape %s but "
+        s.status = ml_set_error(ML_ERR_SHAPE,
+                                "binary_crossentropy: y_true has shape %s but "
                                 "y_pred has shape %s; they must match (up to a trailing "
-                                "axis of 1)", ML_SHAPE_STR(y_true), ML_SHAPE_STR(y_pred));
+                                "axis of 1)",
+                                ML_SHAPE_STR(y_true), ML_SHAPE_STR(y_pred));
     ml_tensor *per_elem;
     if (from_logits) {
         /* max(x, 0) - x y + log(1 + exp(-|x|)): never overflows (TensorFlow's

@@ -49,8 +49,8 @@ static void batch_part(void *ctx, int64_t part) {
             oa += i * j->sa[d];
             ob += i * j->sb[d];
         }
-        ml_sgemm(j->ta, j->tb, j->m, j->n, j->k, 1.0f, j->a + oa, j->lda, j->b + ob, j->ldb,
-                 0.0f, j->c + t * j->m * j->n, j->n);
+        ml_sgemm(j->ta, j->tb, j->m, j->n, j->k, 1.0f, j->a + oa, j->lda, j->b + ob, j->ldb, 0.0f,
+                 j->c + t * j->m * j->n, j->n);
     }
 }
 
@@ -58,7 +58,9 @@ static void batch_part(void *ctx, int64_t part) {
  * trace may compute inside the element-wise op that reads it (trace/fuse.c); gemm: it was
  * one GEMM over a's rows (b 2-D, a not transposed), which may likewise apply an
  * element-wise op as it stores its elements */
-typedef struct { int ta, tb, outer, gemm; } matmul_params;
+typedef struct {
+    int ta, tb, outer, gemm;
+} matmul_params;
 static ml_status replay_matmul(ml_tensor **out, ml_tensor **in, const void *params) {
     const matmul_params *p = params;
     return ml_matmul(out, in[0], in[1], p->ta, p->tb);
@@ -70,7 +72,9 @@ int ml__matmul_traced_form(const void *params, int *ta, int *tb) {
     *tb = p->tb;
     return p->outer ? ML_PRODUCT_OUTER : p->gemm ? ML_PRODUCT_GEMM : 0;
 }
-typedef struct { ml_activation act; } linear_params;
+typedef struct {
+    ml_activation act;
+} linear_params;
 static ml_status replay_linear(ml_tensor **out, ml_tensor **in, const void *params) {
     return ml_linear(out, in[0], in[1], in[2], ((const linear_params *)params)->act);
 }
@@ -78,7 +82,8 @@ static ml_status replay_linear(ml_tensor **out, ml_tensor **in, const void *para
 ml_status ml_matmul(ml_tensor **out, ml_tensor *a, ml_tensor *b, int ta, int tb) {
     if (!a || !b) return ml_set_error(ML_ERR_VALUE, "matmul: input tensor is NULL");
     if (a->ndim < 2 || b->ndim < 2)
-        return ml_set_error(ML_ERR_SHAPE, "matmul: both inputs need at least 2 dimensions, got "
+        return ml_set_error(ML_ERR_SHAPE,
+                            "matmul: both inputs need at least 2 dimensions, got "
                             "shapes %s and %s",
                             ML_SHAPE_STR(a), ML_SHAPE_STR(b));
     int na = a->ndim, nb = b->ndim;
@@ -97,7 +102,8 @@ ml_status ml_matmul(ml_tensor **out, ml_tensor *a, ml_tensor *b, int ta, int tb)
         int ia = na - 2 - nbatch + i, ib = nb - 2 - nbatch + i;
         int64_t da = ia >= 0 ? a->shape[ia] : 1, db = ib >= 0 ? b->shape[ib] : 1;
         if (da != db && da != 1 && db != 1)
-            return ml_set_error(ML_ERR_SHAPE, "matmul: batch dimensions of %s and %s cannot be "
+            return ml_set_error(ML_ERR_SHAPE,
+                                "matmul: batch dimensions of %s and %s cannot be "
                                 "broadcast together",
                                 ML_SHAPE_STR(a), ML_SHAPE_STR(b));
         shape[i] = da == 1 ? db : da;
@@ -131,8 +137,8 @@ ml_status ml_matmul(ml_tensor **out, ml_tensor *a, ml_tensor *b, int ta, int tb)
             (double)m * n * ka < SPLIT_MACS)
             parts = threads;
         const int64_t step = batches > parts ? (batches + parts - 1) / parts : 1;
-        batch_job j = {ta, tb, nbatch, m, n, ka, lda, ldb, step, batches, shape, sa, sb,
-                       a->data, b->data, o->data};
+        batch_job j = {ta,   tb,      nbatch, m,  n,  ka,      lda,     ldb,
+                       step, batches, shape,  sa, sb, a->data, b->data, o->data};
         ml__parallel_for((batches + step - 1) / step, 0, batch_part, &j);
     }
     ml_tensor *ins[2] = {a, b};
@@ -182,8 +188,7 @@ ml_status ml__matmul_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
 
 /* ------------------------------------------------------------------- linear */
 
-ml_status ml_linear(ml_tensor **out, ml_tensor *x, ml_tensor *w, ml_tensor *b,
-                    ml_activation act) {
+ml_status ml_linear(ml_tensor **out, ml_tensor *x, ml_tensor *w, ml_tensor *b, ml_activation act) {
     if (!x || !w) return ml_set_error(ML_ERR_VALUE, "linear: input tensor is NULL");
     if (act < ML_ACT_NONE || act > ML_ACT_TANH)
         return ml_set_error(ML_ERR_VALUE, "linear: unknown activation %d", (int)act);
@@ -220,8 +225,12 @@ ml_status ml_linear(ml_tensor **out, ml_tensor *x, ml_tensor *w, ml_tensor *b,
         case ML_ACT_SIGMOID:
             for (int64_t j = 0; j < n; j++) {
                 float v = row[j];
-                if (v >= 0) row[j] = 1.0f / (1.0f + expf(-v));
-                else { float e = expf(v); row[j] = e / (1.0f + e); }
+                if (v >= 0)
+                    row[j] = 1.0f / (1.0f + expf(-v));
+                else {
+                    float e = expf(v);
+                    row[j] = e / (1.0f + e);
+                }
             }
             break;
         case ML_ACT_TANH:
@@ -250,12 +259,14 @@ ml_status ml__linear_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
     ml_scope s = {0};
     ml_tensor *x = IN(0), *w = IN(1), *b = out->node->n_inputs > 2 ? IN(2) : NULL;
     ml_tensor *gz = g;
+    /* clang-format off: a table, one case a line */
     switch ((ml_activation)out->node->iparams[0]) {
     case ML_ACT_RELU: gz = RELU_GRAD(&s, g, out); break; /* out <= 0 where z <= 0 */
     case ML_ACT_SIGMOID: gz = MUL(&s, g, MUL(&s, out, ADDS(&s, NEG(&s, out), 1.0f))); break;
     case ML_ACT_TANH: gz = MUL(&s, g, ADDS(&s, NEG(&s, SQUARE(&s, out)), 1.0f)); break;
     default: break;
     }
+    /* clang-format on */
     int64_t k = w->shape[0], n = w->shape[1];
     int64_t rows = k ? x->numel / k : out->numel / (n ? n : 1);
     int64_t x2[2] = {rows, k}, g2[2] = {rows, n};

@@ -29,9 +29,10 @@
 static ml_status check_vec(const char *what, const ml_tensor *t, int64_t c, const ml_tensor *x,
                            int axis) {
     if (t && (t->ndim != 1 || t->shape[0] != c))
-        return ml_set_error(ML_ERR_SHAPE, "batch_norm: %s must have shape (%lld,) for an input of "
-                            "shape %s normalised along axis %d, got %s", what, (long long)c,
-                            ML_SHAPE_STR(x), axis, ML_SHAPE_STR(t));
+        return ml_set_error(ML_ERR_SHAPE,
+                            "batch_norm: %s must have shape (%lld,) for an input of "
+                            "shape %s normalised along axis %d, got %s",
+                            what, (long long)c, ML_SHAPE_STR(x), axis, ML_SHAPE_STR(t));
     return ML_OK;
 }
 
@@ -58,8 +59,8 @@ static bn_geom bn_geom_of(const ml_tensor *x, int ax, int grouped) {
  * channels-last x (rows x C): float over blocks of BN_BLOCK rows, then double; a block
  * whose float sum leaves the float range (values near 1e37, deviations beyond 1e19) is
  * summed again in double. tmp: C floats. */
-ML_INLINE void bn_block_sums(const float *x, int64_t rows, int64_t C, const float *mean,
-                             float *tmp, double *out) {
+ML_INLINE void bn_block_sums(const float *x, int64_t rows, int64_t C, const float *mean, float *tmp,
+                             double *out) {
     for (int64_t o0 = 0; o0 < rows; o0 += BN_BLOCK) {
         const int64_t o1 = o0 + BN_BLOCK < rows ? o0 + BN_BLOCK : rows;
         for (int64_t c = 0; c < C; c++) tmp[c] = 0.0f;
@@ -140,8 +141,8 @@ typedef struct bn_params {
     float eps;
 } bn_params;
 
-static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,
-                          int ax, int grouped, float eps, float *mean_out, float *var_out);
+static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta, int ax,
+                          int grouped, float eps, float *mean_out, float *var_out);
 
 static ml_status replay_bn(ml_tensor **out, ml_tensor **in, const void *params) {
     const bn_params *p = params;
@@ -217,7 +218,7 @@ ML_INLINE void bn_train_range_body(bn_job *j, int64_t g0, int64_t g1) {
     free(acc);
     free(f);
 }
-ML_CPU_CLONES(bn_train_range, (bn_job *j, int64_t g0, int64_t g1), (j, g0, g1))
+ML_CPU_CLONES(bn_train_range, (bn_job * j, int64_t g0, int64_t g1), (j, g0, g1))
 
 /* Task i of a pool run: groups [i * step, (i + 1) * step) through j->range. */
 static void bn_part(void *ctx, int64_t i) {
@@ -237,17 +238,32 @@ static int bn_run(bn_job *j) {
     return j->failed;
 }
 
-static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,
-                          int ax, int grouped, float eps, float *mean_out, float *var_out) {
+static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta, int ax,
+                          int grouped, float eps, float *mean_out, float *var_out) {
     bn_geom g = bn_geom_of(x, ax, grouped);
     if (g.count == 0)
-        return ml_set_error(ML_ERR_SHAPE, "batch_norm: cannot take batch statistics of an "
-                            "empty input of shape %s", ML_SHAPE_STR(x));
+        return ml_set_error(ML_ERR_SHAPE,
+                            "batch_norm: cannot take batch statistics of an "
+                            "empty input of shape %s",
+                            ML_SHAPE_STR(x));
     ml_tensor *o = NULL;
     ml_status st = ml__new(&o, x->ndim, x->shape);
     if (st) return st;
-    bn_job j = {&g, x->data, gamma ? gamma->data : NULL, beta ? beta->data : NULL, NULL,
-                o->data, NULL, NULL, NULL, eps, mean_out, var_out, 0, 0, bn_train_range};
+    bn_job j = {&g,
+                x->data,
+                gamma ? gamma->data : NULL,
+                beta ? beta->data : NULL,
+                NULL,
+                o->data,
+                NULL,
+                NULL,
+                NULL,
+                eps,
+                mean_out,
+                var_out,
+                0,
+                0,
+                bn_train_range};
     if (bn_run(&j)) {
         ml_release(o);
         return ml_set_error(ML_ERR_OOM, "batch_norm: out of memory");
@@ -312,8 +328,7 @@ ML_INLINE void bn_grad_sums_last(const bn_geom *g, const float *xd, const float 
 
 /* The same sums with axes after the channel (inner > 1): in double, row by row. */
 ML_INLINE void bn_grad_sums_inner(const bn_geom *g, const float *xd, const float *gd,
-                                  const float *mean, const float *inv, double *sg,
-                                  double *sgx) {
+                                  const float *mean, const float *inv, double *sg, double *sgx) {
     const int64_t C = g->c, inner = g->inner;
     for (int64_t r = 0; r < g->outer; r++) {
         const float *xr = xd + r * C * inner, *gr = gd + r * C * inner;
@@ -346,8 +361,8 @@ ML_INLINE void bn_grad_dx(const bn_geom *g, const float *xd, const float *gd, co
             for (int64_t c = 0; c < C; c++) {
                 const float kc = k[c], ac = a[c], bc = b[c], m = mean[c];
                 for (int64_t i = 0; i < inner; i++)
-                    dr[c * inner + i] =
-                        kc * (gr[c * inner + i] - ac - (xr[c * inner + i] - m) * bc);
+                    dr[c * inner + i] = kc *
+                                        (gr[c * inner + i] - ac - (xr[c * inner + i] - m) * bc);
             }
         }
     }
@@ -366,8 +381,8 @@ ML_INLINE void bn_backward_range_body(bn_job *j, int64_t g0, int64_t g1) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
         return;
     }
-    float *mean = f, *var = f + C, *inv = f + 2 * C, *a = f + 3 * C, *b = f + 4 * C,
-          *k = f + 5 * C, *tmp = f + 6 * C;
+    float *mean = f, *var = f + C, *inv = f + 2 * C, *a = f + 3 * C, *b = f + 4 * C, *k = f + 5 * C,
+          *tmp = f + 6 * C;
     double *sg = acc + 2 * C, *sgx = acc + 3 * C;
     for (int64_t gi = g0; gi < g1; gi++) {
         const float *xd = j->x + gi * g->slice, *gd = j->gy + gi * g->slice;
@@ -393,7 +408,7 @@ ML_INLINE void bn_backward_range_body(bn_job *j, int64_t g0, int64_t g1) {
     free(acc);
     free(f);
 }
-ML_CPU_CLONES(bn_backward_range, (bn_job *j, int64_t g0, int64_t g1), (j, g0, g1))
+ML_CPU_CLONES(bn_backward_range, (bn_job * j, int64_t g0, int64_t g1), (j, g0, g1))
 
 static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gamma, float eps,
                                   ml_tensor *gy, ml_tensor **dx, ml_tensor **dgamma,
@@ -410,9 +425,21 @@ static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gam
     if ((dgamma && (st = ml__new(dgamma, pnd, ps))) || (dbeta && (st = ml__new(dbeta, pnd, ps))) ||
         (dx && (st = ml__new(dx, x->ndim, x->shape))))
         goto done;
-    bn_job j = {g, x->data, gamma ? gamma->data : NULL, NULL, gy->data, NULL,
-                dx ? (*dx)->data : NULL, dgamma ? (*dgamma)->data : NULL,
-                dbeta ? (*dbeta)->data : NULL, eps, NULL, NULL, 0, 0, bn_backward_range};
+    bn_job j = {g,
+                x->data,
+                gamma ? gamma->data : NULL,
+                NULL,
+                gy->data,
+                NULL,
+                dx ? (*dx)->data : NULL,
+                dgamma ? (*dgamma)->data : NULL,
+                dbeta ? (*dbeta)->data : NULL,
+                eps,
+                NULL,
+                NULL,
+                0,
+                0,
+                bn_backward_range};
     if (bn_run(&j)) st = ml_set_error(ML_ERR_OOM, "batch_norm backward: out of memory");
 done:
     if (st) { /* nothing half-made is returned */
@@ -498,8 +525,7 @@ ml_status ml__batch_norm_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin
     const float inv_n = 1.0f / (float)geo.count;
     ml_scope s = {0};
     /* xhat by the fused op itself (differentiable: its node is this op with no affine) */
-    ml_tensor *xhat =
-        ML_SX(&s, x, bn_train(&o_, a_, NULL, NULL, ax, grouped, eps, NULL, NULL));
+    ml_tensor *xhat = ML_SX(&s, x, bn_train(&o_, a_, NULL, NULL, ax, grouped, eps, NULL, NULL));
     ml_tensor *sg = (need_x || need_b) ? SUM_AXES(&s, gy, n_axes, axes, 1) : NULL;
     ml_tensor *sgx = (need_x || need_g) ? SUM_AXES(&s, MUL(&s, gy, xhat), n_axes, axes, 1) : NULL;
     ml_tensor *dx = NULL, *dg = NULL, *db = NULL;
@@ -524,36 +550,45 @@ ml_status ml__batch_norm_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin
 }
 
 ml_status ml_batch_norm(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,
-                        ml_tensor *moving_mean, ml_tensor *moving_var, int training,
-                        float momentum, float epsilon, int axis) {
+                        ml_tensor *moving_mean, ml_tensor *moving_var, int training, float momentum,
+                        float epsilon, int axis) {
     if (!out || !x) return ml_set_error(ML_ERR_VALUE, "batch_norm: input tensor is NULL");
     if (x->ndim < 2)
-        return ml_set_error(ML_ERR_SHAPE, "batch_norm: expected an input with at least 2 "
-                            "dimensions (batch, ..., channels), got shape %s", ML_SHAPE_STR(x));
+        return ml_set_error(ML_ERR_SHAPE,
+                            "batch_norm: expected an input with at least 2 "
+                            "dimensions (batch, ..., channels), got shape %s",
+                            ML_SHAPE_STR(x));
     int ax = ml__axis(axis, x->ndim);
     if (ax < 0)
-        return ml_set_error(ML_ERR_VALUE, "batch_norm: axis %d is out of range for an input of "
-                            "shape %s", axis, ML_SHAPE_STR(x));
+        return ml_set_error(ML_ERR_VALUE,
+                            "batch_norm: axis %d is out of range for an input of "
+                            "shape %s",
+                            axis, ML_SHAPE_STR(x));
     if (!(epsilon >= 0.0f) || !isfinite(epsilon))
-        return ml_set_error(ML_ERR_VALUE, "batch_norm: epsilon must be a non-negative number, "
-                            "got %g", (double)epsilon);
+        return ml_set_error(ML_ERR_VALUE,
+                            "batch_norm: epsilon must be a non-negative number, "
+                            "got %g",
+                            (double)epsilon);
     if (!isfinite(momentum))
         return ml_set_error(ML_ERR_VALUE, "batch_norm: momentum must be finite, got %g",
                             (double)momentum);
     int64_t c = x->shape[ax];
     ml_status st;
-    if ((st = check_vec("gamma", gamma, c, x, axis)) || (st = check_vec("beta", beta, c, x, axis)) ||
+    if ((st = check_vec("gamma", gamma, c, x, axis)) ||
+        (st = check_vec("beta", beta, c, x, axis)) ||
         (st = check_vec("moving_mean", moving_mean, c, x, axis)) ||
         (st = check_vec("moving_variance", moving_var, c, x, axis)))
         return st;
     if (!training && (!moving_mean || !moving_var))
         return ml_set_error(ML_ERR_VALUE, "batch_norm: inference mode needs the moving mean and "
-                            "variance");
+                                          "variance");
     if (training) {
         int64_t count = c ? x->numel / c : 0;
         if (count == 0)
-            return ml_set_error(ML_ERR_SHAPE, "batch_norm: cannot take batch statistics of an "
-                                "empty input of shape %s", ML_SHAPE_STR(x));
+            return ml_set_error(ML_ERR_SHAPE,
+                                "batch_norm: cannot take batch statistics of an "
+                                "empty input of shape %s",
+                                ML_SHAPE_STR(x));
     }
 
     /* the statistics' broadcast shape: 1 everywhere but the channel axis */
@@ -605,27 +640,35 @@ ml_status ml_batch_norm_grouped(ml_tensor **out, ml_tensor *x, ml_tensor *gamma,
                                 float epsilon, int axis) {
     if (!out || !x) return ml_set_error(ML_ERR_VALUE, "batch_norm_grouped: input tensor is NULL");
     if (x->ndim < 3)
-        return ml_set_error(ML_ERR_SHAPE, "batch_norm_grouped: expected an input with at least "
+        return ml_set_error(ML_ERR_SHAPE,
+                            "batch_norm_grouped: expected an input with at least "
                             "3 dimensions (groups, batch, ..., channels), got shape %s",
                             ML_SHAPE_STR(x));
     int ax = ml__axis(axis, x->ndim);
     if (ax < 1)
-        return ml_set_error(ML_ERR_VALUE, "batch_norm_grouped: axis %d is out of range or the "
-                            "group axis for an input of shape %s", axis, ML_SHAPE_STR(x));
+        return ml_set_error(ML_ERR_VALUE,
+                            "batch_norm_grouped: axis %d is out of range or the "
+                            "group axis for an input of shape %s",
+                            axis, ML_SHAPE_STR(x));
     if (!(epsilon >= 0.0f) || !isfinite(epsilon))
-        return ml_set_error(ML_ERR_VALUE, "batch_norm_grouped: epsilon must be a non-negative "
-                            "number, got %g", (double)epsilon);
+        return ml_set_error(ML_ERR_VALUE,
+                            "batch_norm_grouped: epsilon must be a non-negative "
+                            "number, got %g",
+                            (double)epsilon);
     const int64_t G = x->shape[0], C = x->shape[ax];
     const ml_tensor *vecs[2] = {gamma, beta};
     const char *names[2] = {"gamma", "beta"};
     for (int i = 0; i < 2; i++)
         if (vecs[i] && (vecs[i]->ndim != 2 || vecs[i]->shape[0] != G || vecs[i]->shape[1] != C))
-            return ml_set_error(ML_ERR_SHAPE, "batch_norm_grouped: %s must have shape (%lld, %lld) "
-                                "(groups, channels) for an input of shape %s, got %s", names[i],
-                                (long long)G, (long long)C, ML_SHAPE_STR(x),
+            return ml_set_error(ML_ERR_SHAPE,
+                                "batch_norm_grouped: %s must have shape (%lld, %lld) "
+                                "(groups, channels) for an input of shape %s, got %s",
+                                names[i], (long long)G, (long long)C, ML_SHAPE_STR(x),
                                 ML_SHAPE_STR(vecs[i]));
     if (x->numel == 0)
-        return ml_set_error(ML_ERR_SHAPE, "batch_norm_grouped: cannot take batch statistics of "
-                            "an empty input of shape %s", ML_SHAPE_STR(x));
+        return ml_set_error(ML_ERR_SHAPE,
+                            "batch_norm_grouped: cannot take batch statistics of "
+                            "an empty input of shape %s",
+                            ML_SHAPE_STR(x));
     return bn_train(out, x, gamma, beta, ax, 1, epsilon, NULL, NULL);
 }

@@ -30,8 +30,8 @@ static inline ml_status ml__record(ml_tensor *out, ml_op_id op, int n, ml_tensor
 ml_status ml__axis_error(const char *op, int axis, const ml_tensor *x);
 
 /* ---- broadcasting helpers (ops/elementwise.c) ---- */
-ml_status ml__broadcast_shape(const ml_tensor *a, const ml_tensor *b, int *ndim,
-                              int64_t *shape, const char *opname);
+ml_status ml__broadcast_shape(const ml_tensor *a, const ml_tensor *b, int *ndim, int64_t *shape,
+                              const char *opname);
 
 /* ---- scoped composition for backward formulas ----
  * Ops used inside a backward pass return new references; a scope collects them and releases
@@ -136,8 +136,8 @@ typedef struct ml_win2d {
 void ml__win2d_store(const ml_win2d *g, int64_t *iparams);
 void ml__win2d_load(ml_win2d *g, const int64_t *iparams);
 /* Validates x (4-D), window, strides and padding and fills g (Keras/TF 'same'/'valid'). */
-ml_status ml__win2d_plan(const char *name, const ml_tensor *x, int64_t kh, int64_t kw,
-                         int sh, int sw, ml_padding padding, ml_win2d *g);
+ml_status ml__win2d_plan(const char *name, const ml_tensor *x, int64_t kh, int64_t kw, int sh,
+                         int sw, ml_padding padding, ml_win2d *g);
 /* Whether x has the (n, h, w, c) input shape of g (a replay's input, a gradient's source). */
 ml_status ml__win2d_check_x(const char *name, const ml_tensor *x, const ml_win2d *g);
 /* conv2d with explicit geometry; x (N,H,W,C), k (KH,KW,C,F), b (F) or NULL */

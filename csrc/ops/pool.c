@@ -21,11 +21,12 @@
 
 
 /* Checks a pool's arguments and plans its geometry (Keras' 'same'/'valid' rules). */
-static ml_status pool_plan(const char *name, ml_tensor **out, ml_tensor *x, int ph, int pw,
-                           int sh, int sw, ml_padding padding, ml_win2d *g) {
+static ml_status pool_plan(const char *name, ml_tensor **out, ml_tensor *x, int ph, int pw, int sh,
+                           int sw, ml_padding padding, ml_win2d *g) {
     if (!out || !x) return ml_set_error(ML_ERR_VALUE, "%s: input tensor is NULL", name);
     if (ph <= 0 || pw <= 0)
-        return ml_set_error(ML_ERR_VALUE, "%s: pool size must be positive, got (%d, %d)", name, ph, pw);
+        return ml_set_error(ML_ERR_VALUE, "%s: pool size must be positive, got (%d, %d)", name, ph,
+                            pw);
     return ml__win2d_plan(name, x, ph, pw, sh, sw, padding, g);
 }
 
@@ -43,7 +44,7 @@ static inline void win_range(int64_t o, int64_t stride, int64_t pad, int64_t k, 
  * finds the first position holding it (first maximum wins, as PyTorch; a NaN is the max
  * once met, and the first NaN is its position). */
 ML_INLINE void maxpool_kernel_body(const ml_win2d *g, const float *x, float *y, int64_t *arg,
-                                  int32_t *pos, int64_t n_lo, int64_t n_hi) {
+                                   int32_t *pos, int64_t n_lo, int64_t n_hi) {
     const int64_t C = g->c;
     for (int64_t n = n_lo; n < n_hi; n++) {
         const float *img = x + n * g->h * g->w * C;
@@ -129,7 +130,8 @@ static void index_part(void *ctx, int64_t i) {
 
 /* y = max pool of x with geometry g, and the argmax of every output (a new array the
  * caller frees) when arg_out is not NULL. */
-static ml_status maxpool_geom(ml_tensor **out, int64_t **arg_out, ml_tensor *x, const ml_win2d *gp) {
+static ml_status maxpool_geom(ml_tensor **out, int64_t **arg_out, ml_tensor *x,
+                              const ml_win2d *gp) {
     const ml_win2d g = *gp;
     ml_status st = ml__win2d_check_x("max_pool2d", x, &g);
     if (st) return st;
@@ -148,12 +150,17 @@ static ml_status maxpool_geom(ml_tensor **out, int64_t **arg_out, ml_tensor *x, 
         ml_release(o);
         return ml_set_error(ML_ERR_OOM, "max_pool2d: out of memory");
     }
-    pool_job pj = {&g, x->data, o->data, arg, pos, (g.n + chunks - 1) / chunks, NULL, NULL, NULL, 0};
-    if (o->numel >= PAR_MIN_ELEMS) ml__parallel_for((g.n + pj.step - 1) / pj.step, 0, maxpool_part, &pj);
-    else maxpool_kernel(&g, x->data, o->data, arg, pos, 0, g.n);
+    pool_job pj = {&g,   x->data, o->data, arg, pos, (g.n + chunks - 1) / chunks,
+                   NULL, NULL,    NULL,    0};
+    if (o->numel >= PAR_MIN_ELEMS)
+        ml__parallel_for((g.n + pj.step - 1) / pj.step, 0, maxpool_part, &pj);
+    else
+        maxpool_kernel(&g, x->data, o->data, arg, pos, 0, g.n);
     free(pos);
-    if (arg_out) *arg_out = arg;
-    else free(arg);
+    if (arg_out)
+        *arg_out = arg;
+    else
+        free(arg);
     *out = o;
     return ML_OK;
 }
@@ -198,16 +205,18 @@ ml_status ml_max_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, i
 
 /* The scatter (max pool's backward) or gather (the scatter's backward) of gin through the
  * argmax idx (n_idx entries) into a new tensor o. */
-static void apply_index(const ml_win2d *gp, const int64_t *idx, int64_t n_idx,
-                        const ml_tensor *gin, ml_tensor *o, int scatter) {
+static void apply_index(const ml_win2d *gp, const int64_t *idx, int64_t n_idx, const ml_tensor *gin,
+                        ml_tensor *o, int scatter) {
     const ml_win2d g = *gp;
     if (n_idx == g.n * g.oh * g.ow * g.c && g.n > 0) {
         const int64_t chunks = g.n < POOL_CHUNKS ? g.n : POOL_CHUNKS;
-        pool_job pj = {&g, NULL, NULL, NULL, NULL, (g.n + chunks - 1) / chunks, idx, gin->data,
-                       o->data, scatter};
+        pool_job pj = {&g,  NULL,      NULL,    NULL,   NULL, (g.n + chunks - 1) / chunks,
+                       idx, gin->data, o->data, scatter};
         const int64_t parts = (g.n + pj.step - 1) / pj.step;
-        if (o->numel + gin->numel >= PAR_MIN_ELEMS) ml__parallel_for(parts, 0, index_part, &pj);
-        else for (int64_t i = 0; i < parts; i++) index_part(&pj, i);
+        if (o->numel + gin->numel >= PAR_MIN_ELEMS)
+            ml__parallel_for(parts, 0, index_part, &pj);
+        else
+            for (int64_t i = 0; i < parts; i++) index_part(&pj, i);
     } else if (scatter) {
         memset(o->data, 0, (size_t)o->numel * sizeof(float));
         for (int64_t i = 0; i < n_idx; i++) o->data[idx[i]] += gin->data[i];
@@ -235,7 +244,8 @@ static ml_status replay_pool_index(ml_tensor **out, ml_tensor **in, const void *
     int64_t *arg = NULL;
     if ((st = maxpool_geom(&y, &arg, in[1], &p->g))) return st;
     ml_release(y);
-    int64_t xshape[4] = {p->g.n, p->g.h, p->g.w, p->g.c}, yshape[4] = {p->g.n, p->g.oh, p->g.ow, p->g.c};
+    int64_t xshape[4] = {p->g.n, p->g.h, p->g.w, p->g.c},
+            yshape[4] = {p->g.n, p->g.oh, p->g.ow, p->g.c};
     if ((st = ml__new(&o, 4, p->scatter ? xshape : yshape))) {
         free(arg);
         return st;
@@ -264,8 +274,8 @@ static ml_status index_op(ml_tensor **out, ml_tensor *gin, const ml_node *src, m
     apply_index(&g, idx, n_idx, gin, o, scatter);
     ml_tensor *ins[2] = {gin, x};
     const pool_params pp = {g, scatter};
-    ML_TRACE(scatter ? OP_MAX_POOL2D_SCATTER : OP_MAX_POOL2D_GATHER, replay_pool_index, 2, ins,
-             o, &pp);
+    ML_TRACE(scatter ? OP_MAX_POOL2D_SCATTER : OP_MAX_POOL2D_GATHER, replay_pool_index, 2, ins, o,
+             &pp);
     ml_node *node = NULL;
     if (ml__should_record(1, &gin)) {
         if ((st = ml__record(o, scatter ? OP_MAX_POOL2D_SCATTER : OP_MAX_POOL2D_GATHER, 2, ins,
@@ -364,11 +374,13 @@ static ml_status avg_geom(ml_tensor **out, ml_tensor *x, const ml_win2d *g) {
 }
 
 static ml_status avg_grad_geom(ml_tensor **out, ml_tensor *gy, const ml_win2d *g) {
-    if (gy->ndim != 4 || gy->shape[0] != g->n || gy->shape[1] != g->oh ||
-        gy->shape[2] != g->ow || gy->shape[3] != g->c)
-        return ml_set_error(ML_ERR_SHAPE, "avg_pool2d_grad: expected a gradient of shape "
-                            "(%lld, %lld, %lld, %lld), got %s", (long long)g->n, (long long)g->oh,
-                            (long long)g->ow, (long long)g->c, ML_SHAPE_STR(gy));
+    if (gy->ndim != 4 || gy->shape[0] != g->n || gy->shape[1] != g->oh || gy->shape[2] != g->ow ||
+        gy->shape[3] != g->c)
+        return ml_set_error(ML_ERR_SHAPE,
+                            "avg_pool2d_grad: expected a gradient of shape "
+                            "(%lld, %lld, %lld, %lld), got %s",
+                            (long long)g->n, (long long)g->oh, (long long)g->ow, (long long)g->c,
+                            ML_SHAPE_STR(gy));
     int64_t shape[4] = {g->n, g->h, g->w, g->c};
     ml_tensor *o = NULL;
     ml_status st = ml__new(&o, 4, shape);
@@ -407,8 +419,10 @@ ml_status ml__avg_pool2d_grad_backward(ml_tensor *out, ml_tensor *G, ml_tensor *
     ml__win2d_load(&g, out->node->iparams);
     if (G->ndim != 4 || G->shape[0] != g.n || G->shape[1] != g.h || G->shape[2] != g.w ||
         G->shape[3] != g.c)
-        return ml_set_error(ML_ERR_SHAPE, "avg_pool2d_grad: gradient of shape %s does not match "
-                            "its input", ML_SHAPE_STR(G));
+        return ml_set_error(ML_ERR_SHAPE,
+                            "avg_pool2d_grad: gradient of shape %s does not match "
+                            "its input",
+                            ML_SHAPE_STR(G));
     return avg_geom(&gin[0], G, &g);
 }
 
@@ -417,8 +431,10 @@ ml_status ml__avg_pool2d_grad_backward(ml_tensor *out, ml_tensor *G, ml_tensor *
 ml_status ml_global_avg_pool2d(ml_tensor **out, ml_tensor *x, int keepdims) {
     if (!out || !x) return ml_set_error(ML_ERR_VALUE, "global_avg_pool2d: input tensor is NULL");
     if (x->ndim != 4)
-        return ml_set_error(ML_ERR_SHAPE, "global_avg_pool2d: expected a 4-D input (batch, height, "
-                            "width, channels), got shape %s", ML_SHAPE_STR(x));
+        return ml_set_error(ML_ERR_SHAPE,
+                            "global_avg_pool2d: expected a 4-D input (batch, height, "
+                            "width, channels), got shape %s",
+                            ML_SHAPE_STR(x));
     int axes[2] = {1, 2};
     return ml_mean(out, x, 2, axes, keepdims);
 }

@@ -5,7 +5,11 @@
 #include "ops.h"
 
 /* a replay draws new numbers: random ops are recorded like any other op */
-typedef struct { int kind, ndim; int64_t shape[ML_MAX_DIMS]; float a, b; } rng_params;
+typedef struct {
+    int kind, ndim;
+    int64_t shape[ML_MAX_DIMS];
+    float a, b;
+} rng_params;
 static ml_status replay_rng(ml_tensor **out, ml_tensor **in, const void *p) {
     const rng_params *r = p;
     if (r->kind == 0) return ml_random_uniform(out, r->ndim, r->shape, r->a, r->b);

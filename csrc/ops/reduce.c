@@ -7,7 +7,9 @@
 enum { RED_SUM, RED_MAX };
 
 /* max that keeps a NaN once seen, as NumPy's max does */
-static inline float max_nan(float m, float v) { return (m != m || v > m || v != v) ? (m != m ? m : v) : m; }
+static inline float max_nan(float m, float v) {
+    return (m != m || v > m || v != v) ? (m != m ? m : v) : m;
+}
 
 /* The contiguous case: x seen as (outer, red, inner); outputs [o0, o1) x [i0, i1). */
 typedef struct {
@@ -22,9 +24,8 @@ typedef struct {
  * in the baseline one), nv a constant once inlined so the accumulators stay in registers (a
  * float array of them was partly kept on the stack) */
 typedef float ml_v8 __attribute__((vector_size(32), aligned(4), may_alias));
-static inline __attribute__((always_inline)) void col_sums(const float *restrict src,
-                                                           float *restrict dst, int64_t red,
-                                                           int64_t inner, const int nv) {
+static inline __attribute__((always_inline)) void
+col_sums(const float *restrict src, float *restrict dst, int64_t red, int64_t inner, const int nv) {
     ml_v8 acc[8];
 #pragma GCC unroll 8
     for (int v = 0; v < nv; v++) acc[v] = (ml_v8){0};
@@ -38,8 +39,7 @@ static inline __attribute__((always_inline)) void col_sums(const float *restrict
 /* Compiled for AVX2 and for the baseline (ML_CPU_CLONES; the library is built for baseline
  * x86-64): at SSE width alone, summing a middle axis ((25, 10, 40) -> (25, 1, 40) in
  * vectorised MAML's backward) runs at half speed. */
-ML_INLINE void red_block_body(const red_job *j, int64_t o0, int64_t o1, int64_t i0,
-                              int64_t i1) {
+ML_INLINE void red_block_body(const red_job *j, int64_t o0, int64_t o1, int64_t i0, int64_t i1) {
     const int kind = j->kind;
     const int64_t red = j->red, inner = j->inner;
     for (int64_t o = o0; o < o1; o++) {
@@ -51,7 +51,10 @@ ML_INLINE void red_block_body(const red_job *j, int64_t o0, int64_t o1, int64_t 
                 float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
                 int64_t r = 0;
                 for (; r + 4 <= red; r += 4) {
-                    s0 += src[r]; s1 += src[r + 1]; s2 += src[r + 2]; s3 += src[r + 3];
+                    s0 += src[r];
+                    s1 += src[r + 1];
+                    s2 += src[r + 2];
+                    s3 += src[r + 3];
                 }
                 for (; r < red; r++) s0 += src[r];
                 dst[0] = (s0 + s1) + (s2 + s3);
@@ -113,7 +116,8 @@ static void reduce_into(int kind, const ml_tensor *x, const int *reduced, float 
     int first = -1, last = -1, contiguous = 1;
     for (int d = 0; d < nd; d++) {
         if (!reduced[d] || x->shape[d] == 1) continue;
-        if (first < 0) first = d;
+        if (first < 0)
+            first = d;
         else if (last != d - 1) {
             /* a kept axis of size > 1 lies between reduced ones */
             for (int e = last + 1; e < d; e++)
@@ -152,14 +156,20 @@ static void reduce_into(int kind, const ml_tensor *x, const int *reduced, float 
     /* general: out offset strides with 0 on reduced axes */
     int64_t ostride[ML_MAX_DIMS], idx[ML_MAX_DIMS] = {0}, s = 1;
     for (int d = nd - 1; d >= 0; d--) {
-        if (reduced[d]) ostride[d] = 0;
-        else { ostride[d] = s; s *= x->shape[d]; }
+        if (reduced[d])
+            ostride[d] = 0;
+        else {
+            ostride[d] = s;
+            s *= x->shape[d];
+        }
     }
     int64_t off = 0;
     for (int64_t i = 0; i < x->numel; i++) {
         float v = xd[i];
-        if (kind == RED_SUM) out[off] += v;
-        else out[off] = max_nan(out[off], v);
+        if (kind == RED_SUM)
+            out[off] += v;
+        else
+            out[off] = max_nan(out[off], v);
         for (int d = nd - 1; d >= 0; d--) {
             idx[d]++;
             off += ostride[d];
@@ -176,16 +186,16 @@ static ml_status parse_axes(const ml_tensor *x, int n_axes, const int *axes, int
     for (int d = 0; d < x->ndim; d++) reduced[d] = n_axes == 0;
     for (int i = 0; i < n_axes; i++) {
         int a = ml__axis(axes[i], x->ndim);
-        if (a < 0)
-            return ml__axis_error(name, axes[i], x);
-        if (reduced[a])
-            return ml_set_error(ML_ERR_VALUE, "%s: axis %d is repeated", name, axes[i]);
+        if (a < 0) return ml__axis_error(name, axes[i], x);
+        if (reduced[a]) return ml_set_error(ML_ERR_VALUE, "%s: axis %d is repeated", name, axes[i]);
         reduced[a] = 1;
     }
     int nd = 0;
     for (int d = 0; d < x->ndim; d++) {
-        if (!reduced[d]) shape_out[nd++] = x->shape[d];
-        else if (keepdims) shape_out[nd++] = 1;
+        if (!reduced[d])
+            shape_out[nd++] = x->shape[d];
+        else if (keepdims)
+            shape_out[nd++] = 1;
     }
     *ndim_out = nd;
     return ML_OK;
@@ -196,15 +206,15 @@ typedef struct {
     ml_op_id op;
     const char *name;
 } reduce_params;
-static ml_status reduce_op(ml_tensor **out, ml_tensor *x, int n_axes, const int *axes,
-                           int keepdims, int kind, ml_op_id op, const char *name);
+static ml_status reduce_op(ml_tensor **out, ml_tensor *x, int n_axes, const int *axes, int keepdims,
+                           int kind, ml_op_id op, const char *name);
 static ml_status replay_reduce(ml_tensor **out, ml_tensor **in, const void *params) {
     const reduce_params *r = params;
     return reduce_op(out, in[0], r->n_axes, r->axes, r->keepdims, r->kind, r->op, r->name);
 }
 
-static ml_status reduce_op(ml_tensor **out, ml_tensor *x, int n_axes, const int *axes,
-                           int keepdims, int kind, ml_op_id op, const char *name) {
+static ml_status reduce_op(ml_tensor **out, ml_tensor *x, int n_axes, const int *axes, int keepdims,
+                           int kind, ml_op_id op, const char *name) {
     if (!x) return ml_set_error(ML_ERR_VALUE, "%s: input tensor is NULL", name);
     if (n_axes < 0 || (n_axes > 0 && !axes) || n_axes > x->ndim)
         return ml_set_error(ML_ERR_VALUE, "%s: %d axes given for a tensor of shape %s", name,
@@ -294,7 +304,10 @@ ml_status ml__max_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
 
 /* --------------------------------------------------- broadcast_to and sum_to */
 
-typedef struct { int ndim; int64_t shape[ML_MAX_DIMS]; } shape_params;
+typedef struct {
+    int ndim;
+    int64_t shape[ML_MAX_DIMS];
+} shape_params;
 static ml_status replay_broadcast_to(ml_tensor **out, ml_tensor **in, const void *params) {
     const shape_params *s = params;
     return ml_broadcast_to(out, in[0], s->ndim, s->shape);
@@ -401,8 +414,8 @@ ml_status ml_sum_to(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *shap
         ok = d == t || t == 1;
     }
     if (!ok)
-        return ml_set_error(ML_ERR_SHAPE, "sum_to: cannot sum shape %s down to %s",
-                            ML_SHAPE_STR(x), ml__shape_str((char[160]){0}, 160, ndim, shape));
+        return ml_set_error(ML_ERR_SHAPE, "sum_to: cannot sum shape %s down to %s", ML_SHAPE_STR(x),
+                            ml__shape_str((char[160]){0}, 160, ndim, shape));
     if (ndim == x->ndim) {
         int same = 1;
         for (int i = 0; i < ndim; i++) same &= x->shape[i] == shape[i];
@@ -468,7 +481,9 @@ static void softmax_kernel(const ml_tensor *x, int axis, float *o, int log) {
 }
 
 static ml_status softmax_op(ml_tensor **out, ml_tensor *x, int axis, int log);
-typedef struct { int axis, log; } softmax_params;
+typedef struct {
+    int axis, log;
+} softmax_params;
 static ml_status replay_softmax(ml_tensor **out, ml_tensor **in, const void *params) {
     const softmax_params *s = params;
     return softmax_op(out, in[0], s->axis, s->log);
@@ -478,8 +493,7 @@ static ml_status softmax_op(ml_tensor **out, ml_tensor *x, int axis, int log) {
     const char *name = log ? "log_softmax" : "softmax";
     if (!x) return ml_set_error(ML_ERR_VALUE, "%s: input tensor is NULL", name);
     int a = ml__axis(axis, x->ndim);
-    if (a < 0)
-        return ml__axis_error(name, axis, x);
+    if (a < 0) return ml__axis_error(name, axis, x);
     ml_tensor *o = NULL;
     ml_status st = ml__new(&o, x->ndim, x->shape);
     if (st) return st;
@@ -498,7 +512,9 @@ static ml_status softmax_op(ml_tensor **out, ml_tensor *x, int axis, int log) {
     return ML_OK;
 }
 
-ml_status ml_softmax(ml_tensor **out, ml_tensor *x, int axis) { return softmax_op(out, x, axis, 0); }
+ml_status ml_softmax(ml_tensor **out, ml_tensor *x, int axis) {
+    return softmax_op(out, x, axis, 0);
+}
 ml_status ml_log_softmax(ml_tensor **out, ml_tensor *x, int axis) {
     return softmax_op(out, x, axis, 1);
 }

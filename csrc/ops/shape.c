@@ -7,19 +7,30 @@
 #define IN(k) (out->node->inputs[k])
 
 /* replay functions for traces: the same op with the recorded parameters */
-typedef struct { int ndim; int64_t shape[ML_MAX_DIMS]; } reshape_params;
+typedef struct {
+    int ndim;
+    int64_t shape[ML_MAX_DIMS];
+} reshape_params;
 static ml_status replay_reshape(ml_tensor **out, ml_tensor **in, const void *p) {
-    return ml_reshape(out, in[0], ((const reshape_params *)p)->ndim, ((const reshape_params *)p)->shape);
+    return ml_reshape(out, in[0], ((const reshape_params *)p)->ndim,
+                      ((const reshape_params *)p)->shape);
 }
-typedef struct { int perm[ML_MAX_DIMS]; } transpose_params;
+typedef struct {
+    int perm[ML_MAX_DIMS];
+} transpose_params;
 static ml_status replay_transpose(ml_tensor **out, ml_tensor **in, const void *p) {
     return ml_transpose(out, in[0], ((const transpose_params *)p)->perm);
 }
-typedef struct { int n, axis; } concat_params;
+typedef struct {
+    int n, axis;
+} concat_params;
 static ml_status replay_concat(ml_tensor **out, ml_tensor **in, const void *p) {
     return ml_concat(out, ((const concat_params *)p)->n, in, ((const concat_params *)p)->axis);
 }
-typedef struct { int axis; int64_t start, len; } range_params;
+typedef struct {
+    int axis;
+    int64_t start, len;
+} range_params;
 static ml_status replay_narrow(ml_tensor **out, ml_tensor **in, const void *p) {
     const range_params *r = p;
     return ml_narrow(out, in[0], r->axis, r->start, r->len);
@@ -29,7 +40,11 @@ static ml_status replay_pad_axis(ml_tensor **out, ml_tensor **in, const void *p)
     return ml_pad_axis(out, in[0], r->axis, r->start, r->len);
 }
 /* variable length: the indices follow the header */
-typedef struct { int axis, scatter, n; int64_t size; int64_t idx[]; } index_params;
+typedef struct {
+    int axis, scatter, n;
+    int64_t size;
+    int64_t idx[];
+} index_params;
 static ml_status gather_like(ml_tensor **out, ml_tensor *x, int n, const int64_t *idx, int axis,
                              int64_t size, int scatter);
 static ml_status replay_gather(ml_tensor **out, ml_tensor **in, const void *p) {
@@ -41,8 +56,8 @@ static ml_status replay_pick(ml_tensor **out, ml_tensor **in, const void *p) {
     return ml_pick(out, in[0], g->n, g->idx);
 }
 /* records an op whose parameters end in an index list */
-static void trace_indexed(ml_op_id op, ml_replay_fn fn, ml_tensor *x, ml_tensor *o, int axis, int scatter,
-                          int n, int64_t size, const int64_t *idx) {
+static void trace_indexed(ml_op_id op, ml_replay_fn fn, ml_tensor *x, ml_tensor *o, int axis,
+                          int scatter, int n, int64_t size, const int64_t *idx) {
     if (!ml__trace_active) return;
     size_t bytes = sizeof(index_params) + (size_t)n * sizeof(int64_t);
     index_params *p = malloc(bytes);
@@ -67,7 +82,8 @@ ml_status ml_reshape(ml_tensor **out, ml_tensor *x, int ndim, const int64_t *sha
     ml_status st = ml__check_shape(ndim, shape, &numel);
     if (st) return st;
     if (numel != x->numel)
-        return ml_set_error(ML_ERR_SHAPE, "reshape: cannot reshape a tensor of shape %s (%lld "
+        return ml_set_error(ML_ERR_SHAPE,
+                            "reshape: cannot reshape a tensor of shape %s (%lld "
                             "elements) into shape %s",
                             ML_SHAPE_STR(x), (long long)x->numel,
                             ml__shape_str((char[160]){0}, 160, ndim, shape));
@@ -106,7 +122,10 @@ static void permute_kernel(const ml_tensor *x, const int *perm, ml_tensor *o) {
         return;
     }
     int64_t xstride[ML_MAX_DIMS], st[ML_MAX_DIMS], idx[ML_MAX_DIMS] = {0}, s = 1;
-    for (int d = nd - 1; d >= 0; d--) { xstride[d] = s; s *= x->shape[d]; }
+    for (int d = nd - 1; d >= 0; d--) {
+        xstride[d] = s;
+        s *= x->shape[d];
+    }
     for (int d = 0; d < nd; d++) st[d] = xstride[perm[d]]; /* stride in x of out's dim d */
     int64_t off = 0;
     for (int64_t i = 0; i < o->numel; i++) {
@@ -122,8 +141,10 @@ static void permute_kernel(const ml_tensor *x, const int *perm, ml_tensor *o) {
 }
 
 ml_status ml__axis_error(const char *op, int axis, const ml_tensor *x) {
-    return ml_set_error(ML_ERR_VALUE, "%s: axis %d is out of range for a tensor of rank %d "
-                        "(shape %s)", op, axis, x->ndim, ML_SHAPE_STR(x));
+    return ml_set_error(ML_ERR_VALUE,
+                        "%s: axis %d is out of range for a tensor of rank %d "
+                        "(shape %s)",
+                        op, axis, x->ndim, ML_SHAPE_STR(x));
 }
 
 ml_status ml_transpose(ml_tensor **out, ml_tensor *x, const int *perm) {
@@ -137,9 +158,11 @@ ml_status ml_transpose(ml_tensor **out, ml_tensor *x, const int *perm) {
             for (int e = 0; e < nd; e++)
                 w += snprintf(w, (size_t)(given + sizeof given - w), "%s%d", e ? ", " : "",
                               perm ? perm[e] : nd - 1 - e);
-            return ml_set_error(ML_ERR_VALUE, "transpose: perm (%s) is not a permutation of the "
-                                "%d axes of a tensor of shape %s (axis %d %s)", given, nd,
-                                ML_SHAPE_STR(x), p[d], a < 0 ? "is out of range" : "is repeated");
+            return ml_set_error(ML_ERR_VALUE,
+                                "transpose: perm (%s) is not a permutation of the "
+                                "%d axes of a tensor of shape %s (axis %d %s)",
+                                given, nd, ML_SHAPE_STR(x), p[d],
+                                a < 0 ? "is out of range" : "is repeated");
         }
         seen[a] = 1;
         p[d] = a;
@@ -190,8 +213,7 @@ ml_status ml_concat(ml_tensor **out, int n, ml_tensor *const *xs, int axis) {
         if (!xs[i]) return ml_set_error(ML_ERR_VALUE, "concat: tensor %d is NULL", i);
     const ml_tensor *x0 = xs[0];
     int a = ml__axis(axis, x0->ndim);
-    if (a < 0)
-        return ml__axis_error("concat", axis, x0);
+    if (a < 0) return ml__axis_error("concat", axis, x0);
     int64_t shape[ML_MAX_DIMS];
     for (int d = 0; d < x0->ndim; d++) shape[d] = x0->shape[d];
     shape[a] = 0;
@@ -199,7 +221,8 @@ ml_status ml_concat(ml_tensor **out, int n, ml_tensor *const *xs, int axis) {
         int ok = xs[i]->ndim == x0->ndim;
         for (int d = 0; ok && d < x0->ndim; d++) ok = d == a || xs[i]->shape[d] == x0->shape[d];
         if (!ok)
-            return ml_set_error(ML_ERR_SHAPE, "concat: tensor %d has shape %s, which does not "
+            return ml_set_error(ML_ERR_SHAPE,
+                                "concat: tensor %d has shape %s, which does not "
                                 "match shape %s outside axis %d",
                                 i, ML_SHAPE_STR(xs[i]), ML_SHAPE_STR(x0), a);
         shape[a] += xs[i]->shape[a];
@@ -213,7 +236,8 @@ ml_status ml_concat(ml_tensor **out, int n, ml_tensor *const *xs, int axis) {
     for (int i = 0; i < n; i++) {
         int64_t chunk = xs[i]->shape[a] * inner;
         for (int64_t r = 0; r < outer && chunk; r++)
-            memcpy(o->data + r * orow + off, xs[i]->data + r * chunk, (size_t)chunk * sizeof(float));
+            memcpy(o->data + r * orow + off, xs[i]->data + r * chunk,
+                   (size_t)chunk * sizeof(float));
         off += chunk;
     }
     ml_node *node = NULL;
@@ -256,13 +280,14 @@ static void copy_block(const ml_tensor *src, ml_tensor *dst, int axis, int64_t s
 ml_status ml_narrow(ml_tensor **out, ml_tensor *x, int axis, int64_t start, int64_t length) {
     if (!x) return ml_set_error(ML_ERR_VALUE, "narrow: input tensor is NULL");
     int a = ml__axis(axis, x->ndim);
-    if (a < 0)
-        return ml__axis_error("narrow", axis, x);
+    if (a < 0) return ml__axis_error("narrow", axis, x);
     /* both bounds against the size, never start + length: that can overflow */
     if (start < 0 || length < 0 || start > x->shape[a] || length > x->shape[a] - start)
-        return ml_set_error(ML_ERR_VALUE, "narrow: start %lld and length %lld do not fit in "
-                            "axis %d (size %lld) of a tensor of shape %s", (long long)start,
-                            (long long)length, axis, (long long)x->shape[a], ML_SHAPE_STR(x));
+        return ml_set_error(ML_ERR_VALUE,
+                            "narrow: start %lld and length %lld do not fit in "
+                            "axis %d (size %lld) of a tensor of shape %s",
+                            (long long)start, (long long)length, axis, (long long)x->shape[a],
+                            ML_SHAPE_STR(x));
     int64_t shape[ML_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[a] = length;
@@ -293,11 +318,12 @@ ml_status ml__narrow_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) {
 ml_status ml_pad_axis(ml_tensor **out, ml_tensor *x, int axis, int64_t start, int64_t size) {
     if (!x) return ml_set_error(ML_ERR_VALUE, "pad_axis: input tensor is NULL");
     int a = ml__axis(axis, x->ndim);
-    if (a < 0)
-        return ml__axis_error("pad_axis", axis, x);
+    if (a < 0) return ml__axis_error("pad_axis", axis, x);
     if (start < 0 || size < 0 || start > size || x->shape[a] > size - start)
-        return ml_set_error(ML_ERR_VALUE, "pad_axis: %lld rows at start %lld do not fit in size "
-                            "%lld", (long long)x->shape[a], (long long)start, (long long)size);
+        return ml_set_error(ML_ERR_VALUE,
+                            "pad_axis: %lld rows at start %lld do not fit in size "
+                            "%lld",
+                            (long long)x->shape[a], (long long)start, (long long)size);
     int64_t shape[ML_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[a] = size;
@@ -339,7 +365,8 @@ static ml_status check_indices(const char *name, int n, const int64_t *idx, int6
     if (n < 0 || (n > 0 && !idx)) return ml_set_error(ML_ERR_VALUE, "%s: bad index list", name);
     for (int i = 0; i < n; i++)
         if (idx[i] < -dim || idx[i] >= dim)
-            return ml_set_error(ML_ERR_VALUE, "%s: index %lld is out of range for an axis of "
+            return ml_set_error(ML_ERR_VALUE,
+                                "%s: index %lld is out of range for an axis of "
                                 "size %lld",
                                 name, (long long)idx[i], (long long)dim);
     return ML_OK;
@@ -371,8 +398,7 @@ static ml_status gather_like(ml_tensor **out, ml_tensor *x, int n, const int64_t
     const char *name = scatter ? "scatter_add" : "gather";
     if (!x) return ml_set_error(ML_ERR_VALUE, "%s: input tensor is NULL", name);
     int a = ml__axis(axis, x->ndim);
-    if (a < 0)
-        return ml__axis_error(name, axis, x);
+    if (a < 0) return ml__axis_error(name, axis, x);
     int64_t dim = scatter ? size : x->shape[a];
     if (scatter && (size < 0 || x->shape[a] != n))
         return ml_set_error(ML_ERR_SHAPE, "scatter_add: %d indices for axis %d of shape %s", n, a,
@@ -400,8 +426,10 @@ static ml_status gather_like(ml_tensor **out, ml_tensor *x, int n, const int64_t
         }
     } else {
         const int64_t parts = o->numel >= GATHER_PAR_MIN ? ml_get_num_threads() : 1;
-        gather_job j = {x->data, o->data, idx, dim, inner, outer, xrow, orow,
-                        n > parts ? (n + parts - 1) / parts : 1, n};
+        gather_job j = {x->data, o->data, idx,
+                        dim,     inner,   outer,
+                        xrow,    orow,    n > parts ? (n + parts - 1) / parts : 1,
+                        n};
         ml__parallel_for((n + j.step - 1) / j.step, 0, gather_part, &j);
     }
     ml_node *node = NULL;
@@ -413,7 +441,8 @@ static ml_status gather_like(ml_tensor **out, ml_tensor *x, int n, const int64_t
         }
         node->iparams[0] = a;
     }
-    trace_indexed(scatter ? OP_SCATTER_ADD : OP_GATHER, replay_gather, x, o, a, scatter, n, size, idx);
+    trace_indexed(scatter ? OP_SCATTER_ADD : OP_GATHER, replay_gather, x, o, a, scatter, n, size,
+                  idx);
     *out = o;
     return ML_OK;
 }
@@ -461,12 +490,14 @@ ml_status ml_pick(ml_tensor **out, ml_tensor *x, int64_t n, const int64_t *label
         return ml_set_error(ML_ERR_SHAPE, "pick: needs a tensor with a class axis, got a scalar");
     int64_t c = x->shape[x->ndim - 1], rows = c ? x->numel / c : 0;
     if (n != rows)
-        return ml_set_error(ML_ERR_SHAPE, "labels: %lld labels for predictions of shape %s "
+        return ml_set_error(ML_ERR_SHAPE,
+                            "labels: %lld labels for predictions of shape %s "
                             "(expected %lld)",
                             (long long)n, ML_SHAPE_STR(x), (long long)rows);
     for (int64_t i = 0; i < n; i++)
         if (labels[i] < 0 || labels[i] >= c)
-            return ml_set_error(ML_ERR_VALUE, "label %lld at position %lld is outside [0, %lld) "
+            return ml_set_error(ML_ERR_VALUE,
+                                "label %lld at position %lld is outside [0, %lld) "
                                 "for predictions of shape %s",
                                 (long long)labels[i], (long long)i, (long long)c, ML_SHAPE_STR(x));
     ml_tensor *o = NULL;

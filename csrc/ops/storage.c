@@ -3,7 +3,9 @@
  * its own tensor, and writes the weights it captured. */
 #include "ops.h"
 
-typedef struct { int unused; } no_params;
+typedef struct {
+    int unused;
+} no_params;
 static ml_status replay_detach(ml_tensor **out, ml_tensor **in, const void *p) {
     return ml_detach(out, in[0]);
 }
@@ -21,10 +23,10 @@ ml_status ml_detach(ml_tensor **out, ml_tensor *t) {
 
 ml_status ml_assign(ml_tensor *dst, const ml_tensor *src) {
     if (dst->numel != src->numel)
-        return ml_set_error(ML_ERR_SHAPE, "cannot assign a value of shape %s to a tensor of shape %s",
+        return ml_set_error(ML_ERR_SHAPE,
+                            "cannot assign a value of shape %s to a tensor of shape %s",
                             ML_SHAPE_STR(src), ML_SHAPE_STR(dst));
-    if (dst->data != src->data)
-        memmove(dst->data, src->data, (size_t)dst->numel * sizeof(float));
+    if (dst->data != src->data) memmove(dst->data, src->data, (size_t)dst->numel * sizeof(float));
     dst->storage->version++;
     ml_tensor *ins[2] = {dst, (ml_tensor *)src};
     no_params np = {0};

@@ -50,7 +50,8 @@ ml_status ml_sgd_new(ml_optimizer **out, float learning_rate, float momentum, in
     ml_status st = check_lr(learning_rate);
     if (st) return st;
     if (!(momentum >= 0 && momentum <= 1))
-        return ml_set_error(ML_ERR_VALUE, "SGD: momentum must be in [0, 1], got %g", (double)momentum);
+        return ml_set_error(ML_ERR_VALUE, "SGD: momentum must be in [0, 1], got %g",
+                            (double)momentum);
     if ((st = opt_alloc(out))) return st;
     (*out)->kind = OPT_SGD;
     (*out)->learning_rate = learning_rate;
@@ -65,7 +66,8 @@ ml_status ml_adam_new(ml_optimizer **out, float learning_rate, float beta_1, flo
     ml_status st = check_lr(learning_rate);
     if (st) return st;
     if (!(beta_1 >= 0 && beta_1 < 1) || !(beta_2 >= 0 && beta_2 < 1))
-        return ml_set_error(ML_ERR_VALUE, "Adam: beta_1 and beta_2 must be in [0, 1), got %g and %g",
+        return ml_set_error(ML_ERR_VALUE,
+                            "Adam: beta_1 and beta_2 must be in [0, 1), got %g and %g",
                             (double)beta_1, (double)beta_2);
     if (!(epsilon >= 0) || !isfinite(epsilon))
         return ml_set_error(ML_ERR_VALUE, "Adam: epsilon must be >= 0, got %g", (double)epsilon);
@@ -95,30 +97,35 @@ static ml_status check_step(const ml_optimizer *opt, int n, ml_tensor *const *pa
     if (n < 1 || !params || !grads)
         return ml_set_error(ML_ERR_VALUE, "optimizer step: no parameters given");
     if (opt->n_params && n != opt->n_params)
-        return ml_set_error(ML_ERR_VALUE, "optimizer step: got %d parameters, but this optimizer "
+        return ml_set_error(ML_ERR_VALUE,
+                            "optimizer step: got %d parameters, but this optimizer "
                             "was built for %d",
                             n, opt->n_params);
     for (int i = 0; i < n; i++) {
         if (!params[i] || !grads[i])
-            return ml_set_error(ML_ERR_VALUE, "optimizer step: parameter or gradient %d is NULL", i);
+            return ml_set_error(ML_ERR_VALUE, "optimizer step: parameter or gradient %d is NULL",
+                                i);
         if (!ml__same_shape(params[i], grads[i]))
-            return ml_set_error(ML_ERR_SHAPE, "optimizer step: gradient %d has shape %s but its "
+            return ml_set_error(ML_ERR_SHAPE,
+                                "optimizer step: gradient %d has shape %s but its "
                                 "parameter has shape %s",
                                 i, ML_SHAPE_STR(grads[i]), ML_SHAPE_STR(params[i]));
         if (opt->n_params) {
             const int64_t *d = opt->dims[i];
             int same = d[0] == params[i]->ndim;
-            for (int k = 0; same && k < params[i]->ndim; k++) same = d[1 + k] == params[i]->shape[k];
+            for (int k = 0; same && k < params[i]->ndim; k++)
+                same = d[1 + k] == params[i]->shape[k];
             if (!same)
-                return ml_set_error(ML_ERR_SHAPE, "optimizer step: parameter %d has shape %s, but "
+                return ml_set_error(ML_ERR_SHAPE,
+                                    "optimizer step: parameter %d has shape %s, but "
                                     "this optimizer was built for shape %s",
                                     i, ML_SHAPE_STR(params[i]),
                                     ml__shape_str((char[160]){0}, 160, (int)d[0], d + 1));
         }
         for (int j = 0; j < i; j++)
             if (params[j]->data == params[i]->data && params[i]->numel)
-                return ml_set_error(ML_ERR_VALUE, "optimizer step: parameters %d and %d share memory",
-                                    j, i);
+                return ml_set_error(ML_ERR_VALUE,
+                                    "optimizer step: parameters %d and %d share memory", j, i);
     }
     return ML_OK;
 }
@@ -137,7 +144,8 @@ static ml_status build_state(ml_optimizer *opt, int n, ml_tensor *const *params)
         for (int k = 0; k < params[i]->ndim; k++) dims[i][1 + k] = params[i]->shape[k];
     }
     float *slab = (numel && offset && dims)
-                      ? calloc((size_t)(total * opt->n_slots + 1), sizeof(float)) : NULL;
+                      ? calloc((size_t)(total * opt->n_slots + 1), sizeof(float))
+                      : NULL;
     if (!slab) {
         free(numel);
         free(offset);
@@ -195,7 +203,10 @@ static void adam_part(void *ctx, int64_t part) {
     }
 }
 
-typedef struct { ml_optimizer *opt; int n; } step_params;
+typedef struct {
+    ml_optimizer *opt;
+    int n;
+} step_params;
 static ml_status replay_step(ml_tensor **out, ml_tensor **in, const void *p) {
     const step_params *s = p;
     *out = NULL;
@@ -286,7 +297,8 @@ int ml_optimizer_n_params(const ml_optimizer *opt) { return opt->n_params; }
 
 ml_status ml_optimizer_slot(ml_tensor **out, ml_optimizer *opt, int param, int slot) {
     if (param < 0 || param >= opt->n_params || slot < 0 || slot >= opt->n_slots)
-        return ml_set_error(ML_ERR_VALUE, "optimizer slot (%d, %d) does not exist (%d parameters, "
+        return ml_set_error(ML_ERR_VALUE,
+                            "optimizer slot (%d, %d) does not exist (%d parameters, "
                             "%d slots)",
                             param, slot, opt->n_params, opt->n_slots);
     const int64_t *d = opt->dims[param];

@@ -33,8 +33,7 @@
 /* ------------------------------------------------------------ Tensor (tensor.c) */
 
 typedef struct {
-    PyObject_HEAD
-    ml_tensor *t;
+    PyObject_HEAD ml_tensor *t;
     PyObject *weakreflist;
     Py_ssize_t bshape[ML_MAX_DIMS]; /* buffer protocol shape/strides */
     Py_ssize_t bstrides[ML_MAX_DIMS];

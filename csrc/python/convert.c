@@ -9,12 +9,14 @@
 
 PyObject *mlpy_raise_status(ml_status st) {
     PyObject *exc = PyExc_ValueError;
+    /* clang-format off: a table, one case a line */
     switch (st) {
     case ML_ERR_TYPE: exc = PyExc_TypeError; break;
     case ML_ERR_OOM: exc = PyExc_MemoryError; break;
     case ML_ERR_IO: exc = PyExc_OSError; break;
     default: break;
     }
+    /* clang-format on */
     PyErr_SetString(exc, ml_last_error());
     return NULL;
 }
@@ -58,7 +60,8 @@ static PyArrayObject *to_float_array(PyObject *obj, const char *what) {
     char kind = PyArray_DESCR(arr)->kind;
     if (kind != 'b' && kind != 'i' && kind != 'u' && kind != 'f') {
         PyObject *dt = PyObject_Str((PyObject *)PyArray_DESCR(arr));
-        PyErr_Format(PyExc_TypeError, "%s: expected real numbers (bool, int or float), got an "
+        PyErr_Format(PyExc_TypeError,
+                     "%s: expected real numbers (bool, int or float), got an "
                      "array of dtype %s",
                      what, dt ? PyUnicode_AsUTF8(dt) : "?");
         Py_XDECREF(dt);
@@ -71,10 +74,12 @@ static PyArrayObject *to_float_array(PyObject *obj, const char *what) {
         Py_DECREF(arr);
         return NULL;
     }
-    PyArrayObject *f = (PyArrayObject *)PyArray_FromAny(
-        (PyObject *)arr, PyArray_DescrFromType(NPY_FLOAT32), 0, 0,
-        NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_NOTSWAPPED | NPY_ARRAY_FORCECAST,
-        NULL);
+    PyArrayObject *f = (PyArrayObject *)PyArray_FromAny((PyObject *)arr,
+                                                        PyArray_DescrFromType(NPY_FLOAT32), 0, 0,
+                                                        NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED |
+                                                            NPY_ARRAY_NOTSWAPPED |
+                                                            NPY_ARRAY_FORCECAST,
+                                                        NULL);
     Py_DECREF(arr);
     return f;
 }
@@ -145,10 +150,12 @@ PyArrayObject *mlpy_to_index_array(PyObject *obj, const char *what) {
         Py_DECREF(arr);
         return NULL;
     }
-    PyArrayObject *r = (PyArrayObject *)PyArray_FromAny(
-        (PyObject *)arr, PyArray_DescrFromType(NPY_INT64), 0, 0,
-        NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_NOTSWAPPED | NPY_ARRAY_FORCECAST,
-        NULL);
+    PyArrayObject *r = (PyArrayObject *)PyArray_FromAny((PyObject *)arr,
+                                                        PyArray_DescrFromType(NPY_INT64), 0, 0,
+                                                        NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED |
+                                                            NPY_ARRAY_NOTSWAPPED |
+                                                            NPY_ARRAY_FORCECAST,
+                                                        NULL);
     Py_DECREF(arr);
     return r;
 }
@@ -159,15 +166,14 @@ PyArrayObject *mlpy_to_index_array(PyObject *obj, const char *what) {
 static int shape_entries(PyObject *obj, int *ndim, int64_t *shape, const char *what) {
     PyObject *seq = PySequence_Fast(obj, "shape must be a tuple or list of ints");
     if (!seq) {
-        PyErr_Format(PyExc_TypeError, "%s: shape must be a tuple or list of ints, got %.100s",
-                     what, mlpy_type_name(obj));
+        PyErr_Format(PyExc_TypeError, "%s: shape must be a tuple or list of ints, got %.100s", what,
+                     mlpy_type_name(obj));
         return -1;
     }
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     if (n > ML_MAX_DIMS) {
         Py_DECREF(seq);
-        PyErr_Format(PyExc_ValueError, "%s: at most %d dimensions, got %zd", what,
-                     ML_MAX_DIMS, n);
+        PyErr_Format(PyExc_ValueError, "%s: at most %d dimensions, got %zd", what, ML_MAX_DIMS, n);
         return -1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -220,7 +226,8 @@ int mlpy_parse_shape(PyObject *obj, int *ndim, int64_t *shape, int64_t numel, co
     }
     if (infer >= 0) {
         if (known == 0 || numel % known) {
-            PyErr_Format(PyExc_ValueError, "%s: cannot reshape %lld elements with a -1 in the "
+            PyErr_Format(PyExc_ValueError,
+                         "%s: cannot reshape %lld elements with a -1 in the "
                          "shape",
                          what, (long long)numel);
             return -1;

@@ -41,16 +41,16 @@ static PyObject *mod_save_tensors(PyObject *m, PyObject *args) {
         if (!(cnames[i] = PyUnicode_AsUTF8AndSize(nm, &len))) goto done;
         /* the file stores C strings: a NUL would cut the name short without a word */
         if (strlen(cnames[i]) != (size_t)len) {
-            PyErr_Format(PyExc_ValueError, "save_tensors: tensor name %R (entry %zd) contains a "
-                         "NUL character", nm, i);
+            PyErr_Format(PyExc_ValueError,
+                         "save_tensors: tensor name %R (entry %zd) contains a "
+                         "NUL character",
+                         nm, i);
             goto done;
         }
     }
     ml_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = ml_save_tensors(PyBytes_AS_STRING(path_bytes), (int)n, cnames, ts);
-    Py_END_ALLOW_THREADS
-    if (st) {
+    Py_BEGIN_ALLOW_THREADS st = ml_save_tensors(PyBytes_AS_STRING(path_bytes), (int)n, cnames, ts);
+    Py_END_ALLOW_THREADS if (st) {
         mlpy_raise_status(st);
         goto done;
     }
@@ -71,10 +71,8 @@ static PyObject *mod_load_tensors(PyObject *m, PyObject *path_obj) {
     char **names = NULL;
     ml_tensor **ts = NULL;
     ml_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = ml_load_tensors(PyBytes_AS_STRING(path_bytes), &n, &names, &ts);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(path_bytes);
+    Py_BEGIN_ALLOW_THREADS st = ml_load_tensors(PyBytes_AS_STRING(path_bytes), &n, &names, &ts);
+    Py_END_ALLOW_THREADS Py_DECREF(path_bytes);
     if (st) return mlpy_raise_status(st);
     PyObject *list = PyList_New(n);
     for (int i = 0; list && i < n; i++) {
@@ -107,10 +105,9 @@ static PyObject *mod_write_file(PyObject *m, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O&y*:write_file", PyUnicode_FSConverter, &path_bytes, &data))
         return NULL;
     ml_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = ml_write_file(PyBytes_AS_STRING(path_bytes), data.buf, (size_t)data.len);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&data);
+    Py_BEGIN_ALLOW_THREADS st = ml_write_file(PyBytes_AS_STRING(path_bytes), data.buf,
+                                              (size_t)data.len);
+    Py_END_ALLOW_THREADS PyBuffer_Release(&data);
     Py_DECREF(path_bytes);
     if (st) return mlpy_raise_status(st);
     Py_RETURN_NONE;
@@ -119,11 +116,12 @@ static PyObject *mod_write_file(PyObject *m, PyObject *args) {
 
 PyMethodDef mlpy_files_methods[] = {
     {"save_tensors", MLPY_FN(mod_save_tensors), METH_VARARGS,
-     MLPY_SIG("save_tensors", "path, names, tensors, /")
-     "Writes a checked weight file (a temporary file, fsync'ed, renamed over path)."},
+     MLPY_SIG("save_tensors",
+              "path, names, tensors, /") "Writes a checked weight file (a temporary file, "
+                                         "fsync'ed, renamed over path)."},
     {"load_tensors", MLPY_FN(mod_load_tensors), METH_O,
-     MLPY_SIG("load_tensors", "path, /")
-     "Reads and checks a whole weight file -> [(name, ndarray)]."},
+     MLPY_SIG("load_tensors",
+              "path, /") "Reads and checks a whole weight file -> [(name, ndarray)]."},
     {"write_file", MLPY_FN(mod_write_file), METH_VARARGS,
      MLPY_SIG("write_file", "path, data, /") "Bytes written atomically, as weight files are."},
     {NULL},

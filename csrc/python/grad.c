@@ -40,10 +40,8 @@ static PyObject *mod_grad(PyObject *m, PyObject *args, PyObject *kwds) {
     const unsigned flags = (create_graph ? ML_GRAD_CREATE_GRAPH : 0u) |
                            (allow_unused ? ML_GRAD_ALLOW_UNUSED : 0u);
     ml_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = ml_grad(grads, (int)no, outs, (int)ni, ins, gouts, flags);
-    Py_END_ALLOW_THREADS
-    if (st) {
+    Py_BEGIN_ALLOW_THREADS st = ml_grad(grads, (int)no, outs, (int)ni, ins, gouts, flags);
+    Py_END_ALLOW_THREADS if (st) {
         mlpy_raise_status(st);
         goto done;
     }
@@ -81,17 +79,20 @@ static PyObject *mod_assign(PyObject *m, PyObject *args) {
 PyMethodDef mlpy_grad_methods[] = {
     {"grad", MLPY_FN(mod_grad), MLPY_KW,
      MLPY_SIG("grad", "/, outputs, inputs, grad_outputs=None, create_graph=False, "
-                 "allow_unused=False")
-     "Gradients of sum(<grad_outputs[i], outputs[i]>) with respect to each input, as "
-     "torch.autograd.grad: a list, None for an input no output uses (allow_unused). "
-     "create_graph=True records the gradients, so they can be differentiated again."},
+                      "allow_unused=False") "Gradients of sum(<grad_outputs[i], outputs[i]>) with "
+                                            "respect to each input, as "
+                                            "torch.autograd.grad: a list, None for an input no "
+                                            "output uses (allow_unused). "
+                                            "create_graph=True records the gradients, so they can "
+                                            "be differentiated again."},
     {"is_grad_enabled", MLPY_FN(mod_is_grad_enabled), METH_NOARGS,
      MLPY_SIG("is_grad_enabled", "/") "Whether grad mode is on (this thread)."},
     {"set_grad_enabled", MLPY_FN(mod_set_grad_enabled), METH_O,
-     MLPY_SIG("set_grad_enabled", "enabled, /")
-     "Sets grad mode (this thread); returns the previous mode."},
+     MLPY_SIG("set_grad_enabled",
+              "enabled, /") "Sets grad mode (this thread); returns the previous mode."},
     {"assign", MLPY_FN(mod_assign), METH_VARARGS,
-     MLPY_SIG("assign", "dst, src, /")
-     "Copies src's values into the Tensor dst in place (bumps its version)."},
+     MLPY_SIG(
+         "assign",
+         "dst, src, /") "Copies src's values into the Tensor dst in place (bumps its version)."},
     {NULL},
 };

@@ -22,15 +22,16 @@ static ml_status mask_select(ml_tensor **out, ml_tensor *cur, int axis, PyArrayO
     const int64_t *cur_shape = ml_shape(cur);
     for (int d = 0; d < md; d++)
         if (cur_shape[axis + d] != (int64_t)PyArray_DIM(mask, d)) {
-            PyErr_Format(PyExc_IndexError, "boolean index did not match indexed tensor along "
+            PyErr_Format(PyExc_IndexError,
+                         "boolean index did not match indexed tensor along "
                          "axis %d; size of axis is %lld but size of corresponding boolean axis "
-                         "is %lld", axis + d, (long long)cur_shape[axis + d],
-                         (long long)PyArray_DIM(mask, d));
+                         "is %lld",
+                         axis + d, (long long)cur_shape[axis + d], (long long)PyArray_DIM(mask, d));
             return ML_ERR_VALUE;
         }
-    PyArrayObject *flat = (PyArrayObject *)PyArray_FromAny(
-        (PyObject *)mask, PyArray_DescrFromType(NPY_BOOL), 0, 0,
-        NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, NULL);
+    PyArrayObject *flat = (PyArrayObject *)
+        PyArray_FromAny((PyObject *)mask, PyArray_DescrFromType(NPY_BOOL), 0, 0,
+                        NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, NULL);
     if (!flat) return ML_ERR_VALUE;
     const npy_bool *m = PyArray_DATA(flat);
     const npy_intp n = PyArray_SIZE(flat);
@@ -54,8 +55,10 @@ static ml_status mask_select(ml_tensor **out, ml_tensor *cur, int axis, PyArrayO
     int64_t shape[ML_MAX_DIMS];
     int nd = 0;
     for (int d = 0, cur_nd = ml_ndim(cur); d < cur_nd; d++) {
-        if (d > axis && d < axis + md) shape[nd - 1] *= cur_shape[d];
-        else shape[nd++] = cur_shape[d];
+        if (d > axis && d < axis + md)
+            shape[nd - 1] *= cur_shape[d];
+        else
+            shape[nd++] = cur_shape[d];
     }
     ml_tensor *merged = NULL;
     ml_status st = ml_reshape(&merged, cur, nd, shape);
@@ -71,8 +74,7 @@ static ml_status mask_select(ml_tensor **out, ml_tensor *cur, int axis, PyArrayO
  * a[np.array(1)] is a[1]); not a bool (is_bool_scalar is asked first) */
 static int is_int_index(PyObject *k) {
     if (PyArray_Check(k))
-        return PyArray_NDIM((PyArrayObject *)k) == 0 &&
-               PyArray_ISINTEGER((PyArrayObject *)k);
+        return PyArray_NDIM((PyArrayObject *)k) == 0 && PyArray_ISINTEGER((PyArrayObject *)k);
     if (mlpy_Tensor_Check(k)) return ml_ndim(MLPY_T(k)) == 0;
     return PyIndex_Check(k);
 }
@@ -127,7 +129,8 @@ static int scan_key(index_plan *p) {
             p->has_ellipsis++;
         } else if (is_bool_scalar(k)) {
             if (p->nk != 1) {
-                PyErr_SetString(PyExc_TypeError, "a boolean scalar index is supported only on "
+                PyErr_SetString(PyExc_TypeError,
+                                "a boolean scalar index is supported only on "
                                 "its own (t[True] adds an axis of 1, t[False] of 0); use None "
                                 "or a boolean array");
                 return -1;
@@ -143,7 +146,8 @@ static int scan_key(index_plan *p) {
                 p->n_int++;
             } else if (p->arrs[i] || mlpy_Tensor_Check(k)) {
                 if (p->array_at >= 0) {
-                    PyErr_SetString(PyExc_IndexError, "only one integer or boolean array per "
+                    PyErr_SetString(PyExc_IndexError,
+                                    "only one integer or boolean array per "
                                     "index is supported (NumPy pairs several up); index in "
                                     "steps");
                     return -1;
@@ -185,8 +189,8 @@ static ml_status int_entry(index_plan *p, PyObject *k, ml_tensor *cur, ml_tensor
     Py_ssize_t v = PyNumber_AsSsize_t(k, PyExc_IndexError);
     if (v == -1 && PyErr_Occurred()) return ML_ERR_VALUE;
     if (v < -dim || v >= dim) {
-        PyErr_Format(PyExc_IndexError, "index %zd is out of bounds for axis %d with size %lld",
-                     v, p->axis, (long long)dim);
+        PyErr_Format(PyExc_IndexError, "index %zd is out of bounds for axis %d with size %lld", v,
+                     p->axis, (long long)dim);
         return ML_ERR_VALUE;
     }
     if (v < 0) v += dim;
@@ -294,8 +298,7 @@ static PyObject *finish(index_plan *p, ml_tensor *cur) {
     ml_status st = ml_reshape(&out, cur, p->final_nd, p->final_shape);
     const Py_ssize_t lo = p->int_lo < 0 || p->array_at < p->int_lo ? p->array_at : p->int_lo;
     const Py_ssize_t hi = p->int_hi > p->array_at ? p->int_hi : p->array_at;
-    if (!st && p->array_at >= 0 && p->n_int > 0 && p->array_dim > 0 &&
-        hi - lo + 1 > p->n_int + 1) {
+    if (!st && p->array_at >= 0 && p->n_int > 0 && p->array_dim > 0 && hi - lo + 1 > p->n_int + 1) {
         int perm[ML_MAX_DIMS];
         perm[0] = p->array_dim;
         for (int d = 0, j = 1; d < p->final_nd; d++)

@@ -14,8 +14,7 @@
 #include <time.h>
 
 typedef struct {
-    PyObject_HEAD
-    ml_memory *mem;
+    PyObject_HEAD ml_memory *mem;
     Py_ssize_t busy; /* calls running on this memory that may have released the GIL */
 } MemoryObject;
 
@@ -44,7 +43,8 @@ static int Memory_init(MemoryObject *self, PyObject *args, PyObject *kw) {
                                      &key_size, &payload_size, &seed))
         return -1;
     if (self->busy) {
-        PyErr_Format(PyExc_RuntimeError, "KnowledgeMemory.__init__: the memory is in use by "
+        PyErr_Format(PyExc_RuntimeError,
+                     "KnowledgeMemory.__init__: the memory is in use by "
                      "another thread (%zd call(s) running: query, update, save or load); "
                      "re-initialise it after they return, or make a new KnowledgeMemory",
                      self->busy);
@@ -93,15 +93,19 @@ static PyArrayObject *as_labels(PyObject *labels, int64_t n, const char *what) {
     if (PyArray_NDIM(a) > 1) {
         PyObject *shape = PyObject_GetAttrString((PyObject *)a, "shape");
         if (shape)
-            PyErr_Format(PyExc_ValueError, "%s: labels must be 1-D (one integer per query), got "
-                         "an array of shape %R", what, shape);
+            PyErr_Format(PyExc_ValueError,
+                         "%s: labels must be 1-D (one integer per query), got "
+                         "an array of shape %R",
+                         what, shape);
         Py_XDECREF(shape);
         Py_DECREF(a);
         return NULL;
     }
     if (PyArray_SIZE(a) != n) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %lld labels (one per query), got an array of "
-                     "%zd", what, (long long)n, (Py_ssize_t)PyArray_SIZE(a));
+        PyErr_Format(PyExc_ValueError,
+                     "%s: expected %lld labels (one per query), got an array of "
+                     "%zd",
+                     what, (long long)n, (Py_ssize_t)PyArray_SIZE(a));
         Py_DECREF(a);
         return NULL;
     }
@@ -120,8 +124,10 @@ static PyObject *Memory_query(MemoryObject *self, PyObject *args, PyObject *kw) 
     int64_t cap = ml_memory_capacity(self->mem);
     if (k < 1 || k > cap) {
         ml_release(q);
-        return PyErr_Format(PyExc_ValueError, "KnowledgeMemory.query: k must be in [1, "
-                            "capacity=%lld], got %lld", (long long)cap, k);
+        return PyErr_Format(PyExc_ValueError,
+                            "KnowledgeMemory.query: k must be in [1, "
+                            "capacity=%lld], got %lld",
+                            (long long)cap, k);
     }
     npy_intp d2[2] = {(npy_intp)n, (npy_intp)k}, d3[3] = {(npy_intp)n, (npy_intp)k, (npy_intp)p};
     PyObject *idx = PyArray_SimpleNew(2, d2, NPY_INT64);
@@ -140,8 +146,10 @@ static PyObject *Memory_query(MemoryObject *self, PyObject *args, PyObject *kw) 
                                    PyArray_DATA((PyArrayObject *)lab),
                                    p ? PyArray_DATA((PyArrayObject *)pay) : NULL)));
         self->busy--;
-        if (st) mlpy_raise_status(st);
-        else result = PyTuple_Pack(4, idx, sim, lab, pay);
+        if (st)
+            mlpy_raise_status(st);
+        else
+            result = PyTuple_Pack(4, idx, sim, lab, pay);
     }
     Py_XDECREF(idx);
     Py_XDECREF(sim);
@@ -165,8 +173,10 @@ static PyObject *Memory_update(MemoryObject *self, PyObject *args, PyObject *kw)
     if (!labels) goto fail;
     if (po != Py_None) {
         if (p == 0) {
-            PyErr_Format(PyExc_ValueError, "%s: the memory has payload_size=0; payloads must be "
-                         "None", what);
+            PyErr_Format(PyExc_ValueError,
+                         "%s: the memory has payload_size=0; payloads must be "
+                         "None",
+                         what);
             goto fail;
         }
         if (!(pay = mlpy_as_ml(po, what))) goto fail;
@@ -259,8 +269,7 @@ static PyObject *Memory_save(MemoryObject *self, PyObject *arg) {
     self->busy++;
     Py_BEGIN_ALLOW_THREADS debug_pause();
     st = ml_memory_save(m, path);
-    Py_END_ALLOW_THREADS
-    self->busy--;
+    Py_END_ALLOW_THREADS self->busy--;
     Py_DECREF(bytes);
     if (st) return mlpy_raise_status(st);
     Py_RETURN_NONE;
@@ -275,8 +284,7 @@ static PyObject *Memory_load(MemoryObject *self, PyObject *arg) {
     self->busy++;
     Py_BEGIN_ALLOW_THREADS debug_pause();
     st = ml_memory_load(m, path);
-    Py_END_ALLOW_THREADS
-    self->busy--;
+    Py_END_ALLOW_THREADS self->busy--;
     Py_DECREF(bytes);
     if (st) return mlpy_raise_status(st);
     Py_RETURN_NONE;
@@ -289,8 +297,7 @@ static PyObject *Memory_open(PyObject *cls, PyObject *arg) {
     ml_status st;
     const char *path = PyBytes_AS_STRING(bytes);
     Py_BEGIN_ALLOW_THREADS st = ml_memory_open(&m, path);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(bytes);
+    Py_END_ALLOW_THREADS Py_DECREF(bytes);
     if (st) return mlpy_raise_status(st);
     MemoryObject *o = (MemoryObject *)((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, 0);
     if (!o) {
@@ -322,11 +329,13 @@ static PyObject *Memory_state(MemoryObject *self, PyObject *unused) {
     PyObject *result = NULL;
     if (keys && labels && ages && pay) {
         ml_status st = ml_memory_state(m, PyArray_DATA((PyArrayObject *)keys),
-                                     PyArray_DATA((PyArrayObject *)labels),
-                                     PyArray_DATA((PyArrayObject *)ages),
-                                     dp[1] ? PyArray_DATA((PyArrayObject *)pay) : NULL);
-        if (st) mlpy_raise_status(st);
-        else result = PyTuple_Pack(4, keys, labels, ages, pay);
+                                       PyArray_DATA((PyArrayObject *)labels),
+                                       PyArray_DATA((PyArrayObject *)ages),
+                                       dp[1] ? PyArray_DATA((PyArrayObject *)pay) : NULL);
+        if (st)
+            mlpy_raise_status(st);
+        else
+            result = PyTuple_Pack(4, keys, labels, ages, pay);
     }
     Py_XDECREF(keys);
     Py_XDECREF(labels);
@@ -391,8 +400,7 @@ static PySequenceMethods Memory_as_sequence = {
 };
 
 static PyTypeObject MemoryType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "metalearn._core.KnowledgeMemory",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "metalearn._core.KnowledgeMemory",
     .tp_basicsize = sizeof(MemoryObject),
     .tp_dealloc = (destructor)Memory_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
@@ -422,9 +430,9 @@ static PyObject *mod_debug_memory_paused(PyObject *m, PyObject *unused) {
 
 PyMethodDef mlpy_memory_methods[] = {
     {"_debug_memory_pause", MLPY_FN(mod_debug_memory_pause), METH_O,
-     MLPY_SIG("_debug_memory_pause", "seconds, /")
-     "Tests only. KnowledgeMemory calls that release the GIL sleep this long without it "
-     "(0: off)."},
+     MLPY_SIG("_debug_memory_pause", "seconds, /") "Tests only. KnowledgeMemory calls that release "
+                                                   "the GIL sleep this long without it "
+                                                   "(0: off)."},
     {"_debug_memory_paused", MLPY_FN(mod_debug_memory_paused), METH_NOARGS,
      MLPY_SIG("_debug_memory_paused", "/") "Calls sleeping in the test hook now."},
     {NULL},

@@ -6,15 +6,14 @@
 
 /* The parts' functions, in the module's namespace. */
 static PyMethodDef *const part_methods[] = {
-    mlpy_ops_methods,       mlpy_grad_methods, mlpy_files_methods,
-    mlpy_runtime_methods,   mlpy_optimizer_methods, mlpy_trace_methods,
-    mlpy_nn_methods,        mlpy_memory_methods, mlpy_tasks_methods,
+    mlpy_ops_methods,     mlpy_grad_methods,      mlpy_files_methods,
+    mlpy_runtime_methods, mlpy_optimizer_methods, mlpy_trace_methods,
+    mlpy_nn_methods,      mlpy_memory_methods,    mlpy_tasks_methods,
 };
 
 /* The parts' types (and the runtime's warning at import). */
 static int (*const part_inits[])(PyObject *) = {
-    mlpy_tensor_init, mlpy_optimizer_init, mlpy_trace_init, mlpy_memory_init,
-    mlpy_runtime_init,
+    mlpy_tensor_init, mlpy_optimizer_init, mlpy_trace_init, mlpy_memory_init, mlpy_runtime_init,
 };
 
 static int core_exec(PyObject *m) {

@@ -46,8 +46,10 @@ bad:
 
 static int parse_padding(PyObject *obj, ml_padding *p, const char *fn) {
     const char *s = PyUnicode_Check(obj) ? PyUnicode_AsUTF8(obj) : NULL;
-    if (s && !strcasecmp(s, "valid")) *p = ML_PAD_VALID;
-    else if (s && !strcasecmp(s, "same")) *p = ML_PAD_SAME;
+    if (s && !strcasecmp(s, "valid"))
+        *p = ML_PAD_VALID;
+    else if (s && !strcasecmp(s, "same"))
+        *p = ML_PAD_SAME;
     else {
         if (!PyErr_Occurred())
             PyErr_Format(PyExc_ValueError, "%s: padding must be 'valid' or 'same', got %R", fn,
@@ -138,8 +140,8 @@ static ml_tensor *optional(PyObject *o, const char *what, int *err) {
 }
 
 static PyObject *nn_batch_norm(PyObject *m, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"x", "gamma", "beta", "moving_mean", "moving_variance", "training",
-                             "momentum", "epsilon", "axis", NULL};
+    static char *kwlist[] = {"x",        "gamma",    "beta",    "moving_mean", "moving_variance",
+                             "training", "momentum", "epsilon", "axis",        NULL};
     PyObject *xo, *go = Py_None, *bo = Py_None, *mmo = Py_None, *mvo = Py_None, *axis_o = NULL;
     int training = 0, axis = -1;
     double momentum = 0.99, epsilon = 1e-3;
@@ -152,7 +154,8 @@ static PyObject *nn_batch_norm(PyObject *m, PyObject *args, PyObject *kwds) {
         /* the moving statistics are updated in place: a converted copy would lose it */
         if ((mmo != Py_None && !mlpy_Tensor_Check(mmo)) ||
             (mvo != Py_None && !mlpy_Tensor_Check(mvo))) {
-            PyErr_SetString(PyExc_TypeError, "batch_norm: in training mode moving_mean and "
+            PyErr_SetString(PyExc_TypeError,
+                            "batch_norm: in training mode moving_mean and "
                             "moving_variance must be Tensors (they are updated in place) or None");
             return NULL;
         }
@@ -171,8 +174,8 @@ static PyObject *nn_batch_norm(PyObject *m, PyObject *args, PyObject *kwds) {
     ml_status st = ML_OK;
     if (!err)
         MLPY_CALL(st, ml_numel(x) * 4,
-                  ml_batch_norm(&out, x, g, b, mm, mv, training, (float)momentum,
-                                (float)epsilon, axis));
+                  ml_batch_norm(&out, x, g, b, mm, mv, training, (float)momentum, (float)epsilon,
+                                axis));
     ml_release(x);
     ml_release(g);
     ml_release(b);
@@ -187,8 +190,8 @@ static PyObject *nn_batch_norm_grouped(PyObject *m, PyObject *args, PyObject *kw
     PyObject *xo, *go = Py_None, *bo = Py_None, *axis_o = NULL;
     int axis = -1;
     double epsilon = 1e-3;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOdO:batch_norm_grouped", kwlist, &xo, &go,
-                                     &bo, &epsilon, &axis_o) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOdO:batch_norm_grouped", kwlist, &xo, &go, &bo,
+                                     &epsilon, &axis_o) ||
         mlpy_axis_arg(axis_o, -1, &axis, "batch_norm_grouped") < 0)
         return NULL;
     int err = 0;
@@ -203,8 +206,7 @@ static PyObject *nn_batch_norm_grouped(PyObject *m, PyObject *args, PyObject *kw
     ml_tensor *out = NULL;
     ml_status st = ML_OK;
     if (!err)
-        MLPY_CALL(st, ml_numel(x) * 4,
-                  ml_batch_norm_grouped(&out, x, g, b, (float)epsilon, axis));
+        MLPY_CALL(st, ml_numel(x) * 4, ml_batch_norm_grouped(&out, x, g, b, (float)epsilon, axis));
     ml_release(x);
     ml_release(g);
     ml_release(b);
@@ -214,27 +216,47 @@ static PyObject *nn_batch_norm_grouped(PyObject *m, PyObject *args, PyObject *kw
 
 PyMethodDef mlpy_nn_methods[] = {
     {"conv2d", MLPY_FN(nn_conv2d), MLPY_KW,
-     MLPY_SIG("conv2d", "/, x, kernel, bias=None, strides=(1, 1), padding='valid'")
-     "2-D convolution, channels-last: x (N, H, W, C), kernel (KH, KW, C, F), bias (F,)."},
+     MLPY_SIG("conv2d",
+              "/, x, kernel, bias=None, strides=(1, 1), padding='valid'") "2-D convolution, "
+                                                                          "channels-last: x (N, H, "
+                                                                          "W, C), kernel (KH, KW, "
+                                                                          "C, F), bias (F,)."},
     {"max_pool2d", MLPY_FN(nn_max_pool2d), MLPY_KW,
-     MLPY_SIG("max_pool2d", "/, x, pool_size=(2, 2), strides=None, padding='valid'")
-     "Max pooling, channels-last; strides default to pool_size."},
+     MLPY_SIG(
+         "max_pool2d",
+         "/, x, pool_size=(2, 2), strides=None, padding='valid'") "Max pooling, channels-last; "
+                                                                  "strides default to pool_size."},
     {"avg_pool2d", MLPY_FN(nn_avg_pool2d), MLPY_KW,
-     MLPY_SIG("avg_pool2d", "/, x, pool_size=(2, 2), strides=None, padding='valid'")
-     "Average pooling, channels-last; with 'same' only elements inside the input count."},
+     MLPY_SIG(
+         "avg_pool2d",
+         "/, x, pool_size=(2, 2), strides=None, padding='valid'") "Average pooling, channels-last; "
+                                                                  "with 'same' only elements "
+                                                                  "inside the input count."},
     {"global_avg_pool2d", MLPY_FN(nn_global_avg_pool2d), MLPY_KW,
-     MLPY_SIG("global_avg_pool2d", "/, x, keepdims=False")
-     "Mean over height and width of (N, H, W, C)."},
+     MLPY_SIG("global_avg_pool2d",
+              "/, x, keepdims=False") "Mean over height and width of (N, H, W, C)."},
     {"batch_norm", MLPY_FN(nn_batch_norm), MLPY_KW,
-     MLPY_SIG("batch_norm", "/, x, gamma=None, beta=None, moving_mean=None, moving_variance=None, "
-                            "training=False, momentum=0.99, epsilon=0.001, axis=-1")
-     "Batch normalisation as Keras. training=True uses the batch's mean and biased variance "
-     "and updates the moving statistics in place (no gradient through that update)."},
+     MLPY_SIG(
+         "batch_norm",
+         "/, x, gamma=None, beta=None, moving_mean=None, moving_variance=None, "
+         "training=False, momentum=0.99, epsilon=0.001, axis=-1") "Batch normalisation as Keras. "
+                                                                  "training=True uses the batch's "
+                                                                  "mean and biased variance "
+                                                                  "and updates the moving "
+                                                                  "statistics in place (no "
+                                                                  "gradient through that update)."},
     {"batch_norm_grouped", MLPY_FN(nn_batch_norm_grouped), MLPY_KW,
-     MLPY_SIG("batch_norm_grouped", "/, x, gamma=None, beta=None, epsilon=0.001, axis=-1")
-     "Training-mode batch normalisation of independent groups: x's first axis indexes the "
-     "groups (e.g. the tasks of a meta-batch), each normalised with its own batch statistics "
-     "and its own gamma[g], beta[g] (shape (groups, channels)). Equals batch_norm on each "
-     "x[g] with no moving statistics."},
+     MLPY_SIG(
+         "batch_norm_grouped",
+         "/, x, gamma=None, beta=None, epsilon=0.001, axis=-1") "Training-mode batch normalisation "
+                                                                "of independent groups: x's first "
+                                                                "axis indexes the "
+                                                                "groups (e.g. the tasks of a "
+                                                                "meta-batch), each normalised with "
+                                                                "its own batch statistics "
+                                                                "and its own gamma[g], beta[g] "
+                                                                "(shape (groups, channels)). "
+                                                                "Equals batch_norm on each "
+                                                                "x[g] with no moving statistics."},
     {NULL},
 };

@@ -26,9 +26,8 @@ static PyObject *mod_as_tensor(PyObject *m, PyObject *obj) {
     }
     if (PyArray_Check(obj)) {
         PyArrayObject *a = (PyArrayObject *)obj;
-        if (PyArray_TYPE(a) == NPY_FLOAT32 && PyArray_IS_C_CONTIGUOUS(a) &&
-            PyArray_ISALIGNED(a) && PyArray_ISNOTSWAPPED(a) && PyArray_ISWRITEABLE(a) &&
-            PyArray_NDIM(a) <= ML_MAX_DIMS) {
+        if (PyArray_TYPE(a) == NPY_FLOAT32 && PyArray_IS_C_CONTIGUOUS(a) && PyArray_ISALIGNED(a) &&
+            PyArray_ISNOTSWAPPED(a) && PyArray_ISWRITEABLE(a) && PyArray_NDIM(a) <= ML_MAX_DIMS) {
             int64_t shape[ML_MAX_DIMS];
             for (int i = 0; i < PyArray_NDIM(a); i++) shape[i] = PyArray_DIM(a, i);
             ml_tensor *t = NULL;
@@ -213,13 +212,17 @@ static int parse_activation(PyObject *obj, ml_activation *act) {
         return 0;
     }
     const char *s = PyUnicode_Check(obj) ? PyUnicode_AsUTF8(obj) : NULL;
-    if (s && (!strcmp(s, "linear") || !strcmp(s, "none"))) *act = ML_ACT_NONE;
-    else if (s && !strcmp(s, "relu")) *act = ML_ACT_RELU;
-    else if (s && !strcmp(s, "sigmoid")) *act = ML_ACT_SIGMOID;
-    else if (s && !strcmp(s, "tanh")) *act = ML_ACT_TANH;
+    if (s && (!strcmp(s, "linear") || !strcmp(s, "none")))
+        *act = ML_ACT_NONE;
+    else if (s && !strcmp(s, "relu"))
+        *act = ML_ACT_RELU;
+    else if (s && !strcmp(s, "sigmoid"))
+        *act = ML_ACT_SIGMOID;
+    else if (s && !strcmp(s, "tanh"))
+        *act = ML_ACT_TANH;
     else {
         PyErr_SetString(PyExc_ValueError, "linear: activation must be None, 'linear', 'relu', "
-                        "'sigmoid' or 'tanh'");
+                                          "'sigmoid' or 'tanh'");
         return -1;
     }
     return 0;
@@ -420,8 +423,10 @@ static PyObject *mod_pick(PyObject *m, PyObject *args, PyObject *kwds) {
         PyObject *dims = PyObject_GetAttrString((PyObject *)labels, "shape");
         PyObject *text = dims ? PyObject_Str(dims) : NULL;
         if (text)
-            PyErr_Format(PyExc_ValueError, "pick: labels of shape %U for x of shape %s: labels "
-                         "need x's shape without its last axis", text, MLPY_SHAPE_STR(x));
+            PyErr_Format(PyExc_ValueError,
+                         "pick: labels of shape %U for x of shape %s: labels "
+                         "need x's shape without its last axis",
+                         text, MLPY_SHAPE_STR(x));
         Py_XDECREF(text);
         Py_XDECREF(dims);
     }
@@ -547,8 +552,8 @@ static PyObject *mod_scce(PyObject *m, PyObject *args, PyObject *kwds) {
     if (p) {
         /* Keras accepts labels shaped (N,) or (N, 1) */
         MLPY_CALL(st, ml_numel(p) * 8,
-             ml_sparse_categorical_crossentropy(&out, PyArray_SIZE(labels), PyArray_DATA(labels),
-                                                p, from_logits));
+                  ml_sparse_categorical_crossentropy(&out, PyArray_SIZE(labels),
+                                                     PyArray_DATA(labels), p, from_logits));
     }
     ml_release(p);
     Py_DECREF(labels);
@@ -605,13 +610,12 @@ static PyObject *mod_permutation(PyObject *m, PyObject *arg) {
 }
 
 
-
 PyMethodDef mlpy_ops_methods[] = {
     {"tensor", MLPY_FN(mod_tensor), MLPY_KW,
      MLPY_SIG("tensor", "/, data=0.0, requires_grad=False") "A float32 copy of data."},
     {"as_tensor", MLPY_FN(mod_as_tensor), METH_O,
-     MLPY_SIG("as_tensor", "array, /")
-     "Shares a float32 C-contiguous writable ndarray's memory, else copies."},
+     MLPY_SIG("as_tensor",
+              "array, /") "Shares a float32 C-contiguous writable ndarray's memory, else copies."},
     {"zeros", MLPY_FN(mod_zeros), MLPY_KW, MLPY_SIG("zeros", "/, shape") "A tensor of zeros."},
     {"ones", MLPY_FN(mod_ones), MLPY_KW, MLPY_SIG("ones", "/, shape") "A tensor of ones."},
     {"full", MLPY_FN(mod_full), MLPY_KW,
@@ -631,24 +635,27 @@ PyMethodDef mlpy_ops_methods[] = {
     {"elu", MLPY_FN(mod_elu), MLPY_KW,
      MLPY_SIG("elu", "/, x, alpha=1.0") "x where x > 0, else alpha * (exp(x) - 1)."},
     {"step", MLPY_FN(mod_step), MLPY_KW,
-     MLPY_SIG("step", "/, x, threshold=0.0")
-     "1 where x > threshold, else 0; a zero gradient."},
+     MLPY_SIG("step", "/, x, threshold=0.0") "1 where x > threshold, else 0; a zero gradient."},
     {"add_scalar", MLPY_FN(mod_add_scalar), MLPY_KW,
      MLPY_SIG("add_scalar", "/, x, value") "x + value for a number value."},
     {"mul_scalar", MLPY_FN(mod_mul_scalar), MLPY_KW,
      MLPY_SIG("mul_scalar", "/, x, value") "x * value for a number value."},
     {"clip", MLPY_FN(mod_clip), MLPY_KW,
-     MLPY_SIG("clip", "/, x, clip_value_min, clip_value_max")
-     "min(max(x, clip_value_min), clip_value_max)."},
+     MLPY_SIG(
+         "clip",
+         "/, x, clip_value_min, clip_value_max") "min(max(x, clip_value_min), clip_value_max)."},
     {"softmax", MLPY_FN(mod_softmax), MLPY_KW, MLPY_SIG("softmax", "/, x, axis=-1") "Softmax."},
     {"log_softmax", MLPY_FN(mod_log_softmax), MLPY_KW,
      MLPY_SIG("log_softmax", "/, x, axis=-1") "Log of the softmax, computed stably."},
     {"matmul", MLPY_FN(mod_matmul), MLPY_KW,
-     MLPY_SIG("matmul", "/, a, b, transpose_a=False, transpose_b=False")
-     "a @ b over the last two dims, leading dims broadcast."},
+     MLPY_SIG("matmul",
+              "/, a, b, transpose_a=False, transpose_b=False") "a @ b over the last two dims, "
+                                                               "leading dims broadcast."},
     {"linear", MLPY_FN(mod_linear), MLPY_KW,
-     MLPY_SIG("linear", "/, x, kernel, bias=None, activation=None")
-     "activation(x @ kernel + bias); activation None, 'linear', 'relu', 'sigmoid' or 'tanh'."},
+     MLPY_SIG("linear",
+              "/, x, kernel, bias=None, activation=None") "activation(x @ kernel + bias); "
+                                                          "activation None, 'linear', 'relu', "
+                                                          "'sigmoid' or 'tanh'."},
     {"reshape", MLPY_FN(mod_reshape), MLPY_KW,
      MLPY_SIG("reshape", "/, x, shape") "x with a new shape of as many elements (one -1 allowed)."},
     {"transpose", MLPY_FN(mod_transpose), MLPY_KW,
@@ -660,18 +667,19 @@ PyMethodDef mlpy_ops_methods[] = {
     {"concat", MLPY_FN(mod_concat), MLPY_KW,
      MLPY_SIG("concat", "/, values, axis=0") "The tensors of values joined along axis."},
     {"narrow", MLPY_FN(mod_narrow), MLPY_KW,
-     MLPY_SIG("narrow", "/, x, axis, start, length")
-     "x[..., start:start + length, ...] along axis."},
+     MLPY_SIG("narrow",
+              "/, x, axis, start, length") "x[..., start:start + length, ...] along axis."},
     {"pad_axis", MLPY_FN(mod_pad_axis), MLPY_KW,
-     MLPY_SIG("pad_axis", "/, x, axis, start, size")
-     "Zeros with dim axis of size rows, x at rows [start, start + x.shape[axis]) (narrow's "
-     "transpose)."},
+     MLPY_SIG("pad_axis", "/, x, axis, start, size") "Zeros with dim axis of size rows, x at rows "
+                                                     "[start, start + x.shape[axis]) (narrow's "
+                                                     "transpose)."},
     {"scatter_add", MLPY_FN(mod_scatter_add), MLPY_KW,
-     MLPY_SIG("scatter_add", "/, x, indices, axis, size")
-     "Zeros with dim axis of size rows, x's slices added at rows indices (gather's transpose)."},
+     MLPY_SIG("scatter_add",
+              "/, x, indices, axis, size") "Zeros with dim axis of size rows, x's slices added at "
+                                           "rows indices (gather's transpose)."},
     {"pick", MLPY_FN(mod_pick), MLPY_KW,
-     MLPY_SIG("pick", "/, x, labels")
-     "x[..., labels[...]] along the last axis: x (..., c), integer labels (...) -> (...)."},
+     MLPY_SIG("pick", "/, x, labels") "x[..., labels[...]] along the last axis: x (..., c), "
+                                      "integer labels (...) -> (...)."},
     {"gather", MLPY_FN(mod_gather), MLPY_KW,
      MLPY_SIG("gather", "/, x, indices, axis=0") "The rows of x along axis picked by indices."},
     {"one_hot", MLPY_FN(mod_one_hot), MLPY_KW,
@@ -681,27 +689,32 @@ PyMethodDef mlpy_ops_methods[] = {
     {"reduce_mean", MLPY_FN(mod_reduce_mean), MLPY_KW,
      MLPY_SIG("reduce_mean", "/, x, axis=None, keepdims=False") "Mean over axis (all by default)."},
     {"reduce_max", MLPY_FN(mod_reduce_max), MLPY_KW,
-     MLPY_SIG("reduce_max", "/, x, axis=None, keepdims=False")
-     "Maximum over axis (all by default); the gradient is split between tied maxima."},
+     MLPY_SIG("reduce_max",
+              "/, x, axis=None, keepdims=False") "Maximum over axis (all by default); the gradient "
+                                                 "is split between tied maxima."},
     {"mean_squared_error", MLPY_FN(mod_mse), MLPY_KW,
      MLPY_SIG("mean_squared_error", "/, y_true, y_pred") "Per sample, over the last axis."},
     {"categorical_crossentropy", MLPY_FN(mod_cce), MLPY_KW,
-     MLPY_SIG("categorical_crossentropy", "/, y_true, y_pred, from_logits=False")
-     "Per sample, over the last axis, as keras.losses."},
+     MLPY_SIG("categorical_crossentropy",
+              "/, y_true, y_pred, from_logits=False") "Per sample, over the last axis, as "
+                                                      "keras.losses."},
     {"sparse_categorical_crossentropy", MLPY_FN(mod_scce), MLPY_KW,
-     MLPY_SIG("sparse_categorical_crossentropy", "/, y_true, y_pred, from_logits=False")
-     "Per sample; y_true integer labels (a Tensor's are read when the op runs)."},
+     MLPY_SIG("sparse_categorical_crossentropy",
+              "/, y_true, y_pred, from_logits=False") "Per sample; y_true integer labels (a "
+                                                      "Tensor's are read when the op runs)."},
     {"binary_crossentropy", MLPY_FN(mod_bce), MLPY_KW,
-     MLPY_SIG("binary_crossentropy", "/, y_true, y_pred, from_logits=False")
-     "Per sample, over the last axis, as keras.losses."},
+     MLPY_SIG("binary_crossentropy",
+              "/, y_true, y_pred, from_logits=False") "Per sample, over the last axis, as "
+                                                      "keras.losses."},
     {"seed", MLPY_FN(mod_seed), METH_O, MLPY_SIG("seed", "n, /") "Reseeds the global generator."},
     {"random_uniform", MLPY_FN(mod_random_uniform), MLPY_KW,
      MLPY_SIG("random_uniform", "/, shape, minval=0.0, maxval=1.0") "Uniform in [minval, maxval)."},
     {"random_normal", MLPY_FN(mod_random_normal), MLPY_KW,
      MLPY_SIG("random_normal", "/, shape, mean=0.0, stddev=1.0") "Normal values."},
     {"truncated_normal", MLPY_FN(mod_truncated_normal), MLPY_KW,
-     MLPY_SIG("truncated_normal", "/, shape, mean=0.0, stddev=1.0")
-     "Normal values redrawn until within two standard deviations (as Keras)."},
+     MLPY_SIG("truncated_normal",
+              "/, shape, mean=0.0, stddev=1.0") "Normal values redrawn until within two standard "
+                                                "deviations (as Keras)."},
     {"permutation", MLPY_FN(mod_permutation), METH_O,
      MLPY_SIG("permutation", "n, /") "A random permutation of range(n), an int64 ndarray."},
     {NULL},

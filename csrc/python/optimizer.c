@@ -4,8 +4,7 @@
 #include "binding.h"
 
 typedef struct {
-    PyObject_HEAD
-    ml_optimizer *opt;
+    PyObject_HEAD ml_optimizer *opt;
 } OptimizerObject;
 
 static PyTypeObject OptimizerType;
@@ -153,8 +152,7 @@ static PyMethodDef Optimizer_methods[] = {
 };
 
 static PyTypeObject OptimizerType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "metalearn._core.Optimizer",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "metalearn._core.Optimizer",
     .tp_basicsize = sizeof(OptimizerObject),
     .tp_dealloc = (destructor)Optimizer_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,

@@ -37,9 +37,9 @@ PyMethodDef mlpy_runtime_methods[] = {
     {"kernel_name", MLPY_FN(mod_kernel_name), METH_NOARGS,
      MLPY_SIG("kernel_name", "/") "'avx2' or 'portable': the GEMM kernel chosen at run time."},
     {"set_num_threads", MLPY_FN(mod_set_num_threads), METH_O,
-     MLPY_SIG("set_num_threads", "n, /")
-     "Threads for large ops and task-parallel replays (default: METALEARN_NUM_THREADS, else "
-     "the online CPUs). Results do not depend on it."},
+     MLPY_SIG("set_num_threads", "n, /") "Threads for large ops and task-parallel replays "
+                                         "(default: METALEARN_NUM_THREADS, else "
+                                         "the online CPUs). Results do not depend on it."},
     {"get_num_threads", MLPY_FN(mod_get_num_threads), METH_NOARGS,
      MLPY_SIG("get_num_threads", "/") "Threads for large ops and task-parallel replays."},
     {NULL},

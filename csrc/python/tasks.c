@@ -41,8 +41,10 @@ static PyObject *tasks_sinusoid_batch(PyObject *self, PyObject *args) {
         return NULL;
     const Py_ssize_t big = (Py_ssize_t)1 << 40;
     if (b < 1 || k < 1 || q < 0 || b > big || k > big || q > big || k + q > big / b) {
-        PyErr_Format(PyExc_ValueError, "sinusoid_batch: need b >= 1, k >= 1, q >= 0 (and a "
-                     "batch that fits in memory), got b=%zd, k=%zd, q=%zd", b, k, q);
+        PyErr_Format(PyExc_ValueError,
+                     "sinusoid_batch: need b >= 1, k >= 1, q >= 0 (and a "
+                     "batch that fits in memory), got b=%zd, k=%zd, q=%zd",
+                     b, k, q);
         return NULL;
     }
     PyObject *capsule = PyObject_GetAttrString(bit_generator, "capsule");
@@ -51,11 +53,13 @@ static PyObject *tasks_sinusoid_batch(PyObject *self, PyObject *args) {
     Py_DECREF(capsule); /* (the bit generator owns the capsule and the state) */
     if (!bg) return NULL;
     const double a_r = a_hi - a_lo, p_r = p_hi - p_lo, x_r = x_hi - x_lo;
-    if (!isfinite(a_r) || !isfinite(p_r) || !isfinite(x_r) || !isfinite(a_lo) ||
-        !isfinite(p_lo) || !isfinite(x_lo)) {
+    if (!isfinite(a_r) || !isfinite(p_r) || !isfinite(x_r) || !isfinite(a_lo) || !isfinite(p_lo) ||
+        !isfinite(x_lo)) {
         char msg[200]; /* (PyErr_Format has no %g) */
-        snprintf(msg, sizeof msg, "sinusoid_batch: a range is not finite: amplitude (%g, %g), "
-                 "phase (%g, %g), x (%g, %g)", a_lo, a_hi, p_lo, p_hi, x_lo, x_hi);
+        snprintf(msg, sizeof msg,
+                 "sinusoid_batch: a range is not finite: amplitude (%g, %g), "
+                 "phase (%g, %g), x (%g, %g)",
+                 a_lo, a_hi, p_lo, p_hi, x_lo, x_hi);
         PyErr_SetString(PyExc_OverflowError, msg);
         return NULL;
     }
@@ -107,15 +111,18 @@ static PyObject *tasks_kernel_variants(PyObject *self, PyObject *unused) {
 
 PyMethodDef mlpy_tasks_methods[] = {
     {"_kernel_variants", tasks_kernel_variants, METH_NOARGS,
-     MLPY_SIG("_kernel_variants", "/")
-     "{site: 'avx2' or 'portable'}: every run-time kernel dispatch of the C core and the "
-     "variant it runs (ML_KERNEL=portable makes them all 'portable'). For tests."},
+     MLPY_SIG(
+         "_kernel_variants",
+         "/") "{site: 'avx2' or 'portable'}: every run-time kernel dispatch of the C core and the "
+              "variant it runs (ML_KERNEL=portable makes them all 'portable'). For tests."},
     {"sinusoid_batch", tasks_sinusoid_batch, METH_VARARGS,
      MLPY_SIG("sinusoid_batch", "bit_generator, b, k, q, amp_lo, amp_hi, phase_lo, phase_hi, "
-                                "x_lo, x_hi, /")
-     "b sinusoid tasks y = amplitude * sin(x - phase), drawn as Generator.uniform would "
-     "(amplitudes, phases, then b rows of k + q inputs). Returns float32 arrays "
-     "(support_x, support_y (b, k, 1), query_x, query_y (b, q, 1), amplitude, phase (b,)). "
-     "The caller holds the bit generator's lock."},
+                                "x_lo, x_hi, /") "b sinusoid tasks y = amplitude * sin(x - phase), "
+                                                 "drawn as Generator.uniform would "
+                                                 "(amplitudes, phases, then b rows of k + q "
+                                                 "inputs). Returns float32 arrays "
+                                                 "(support_x, support_y (b, k, 1), query_x, "
+                                                 "query_y (b, q, 1), amplitude, phase (b,)). "
+                                                 "The caller holds the bit generator's lock."},
     {NULL},
 };

@@ -139,14 +139,17 @@ static PyObject *nb_pow(PyObject *a, PyObject *b, PyObject *mod) {
 static int nb_bool(PyObject *a) {
     ml_tensor *t = MLPY_T(a);
     if (ml_numel(t) == 0) {
-        PyErr_Format(PyExc_ValueError, "The truth value of an empty tensor is ambiguous "
+        PyErr_Format(PyExc_ValueError,
+                     "The truth value of an empty tensor is ambiguous "
                      "(shape %s); use t.size > 0 to check that it is not empty",
                      MLPY_SHAPE_STR(t));
         return -1;
     }
     if (ml_numel(t) != 1) {
-        PyErr_Format(PyExc_ValueError, "The truth value of a tensor with more than one element "
-                     "is ambiguous (shape %s); use np.any(t) or np.all(t)", MLPY_SHAPE_STR(t));
+        PyErr_Format(PyExc_ValueError,
+                     "The truth value of a tensor with more than one element "
+                     "is ambiguous (shape %s); use np.any(t) or np.all(t)",
+                     MLPY_SHAPE_STR(t));
         return -1;
     }
     return ml_data(t)[0] != 0.0f;
@@ -161,8 +164,10 @@ static int nb_bool(PyObject *a) {
 static int one_value(PyObject *a, const char *type, double *v) {
     ml_tensor *t = MLPY_T(a);
     if (ml_numel(t) != 1) {
-        PyErr_Format(PyExc_TypeError, "only a tensor with one element can be converted to a "
-                     "Python %s, got shape %s", type, MLPY_SHAPE_STR(t));
+        PyErr_Format(PyExc_TypeError,
+                     "only a tensor with one element can be converted to a "
+                     "Python %s, got shape %s",
+                     type, MLPY_SHAPE_STR(t));
         return -1;
     }
     *v = ml_data(t)[0];
@@ -188,16 +193,20 @@ static PyObject *nb_int(PyObject *a) {
 static PyObject *nb_index(PyObject *a) {
     ml_tensor *t = MLPY_T(a);
     if (ml_ndim(t) != 0) {
-        PyErr_Format(PyExc_TypeError, "only a 0-d tensor with an integral value can be used as "
-                     "an integer index, got shape %s", MLPY_SHAPE_STR(t));
+        PyErr_Format(PyExc_TypeError,
+                     "only a 0-d tensor with an integral value can be used as "
+                     "an integer index, got shape %s",
+                     MLPY_SHAPE_STR(t));
         return NULL;
     }
     const double v = ml_data(t)[0];
     if (!(fabs(v) < 9.3e18) || floor(v) != v) { /* range first: NaN, inf */
         PyObject *f = PyFloat_FromDouble(v);
         if (f) {
-            PyErr_Format(PyExc_TypeError, "only a tensor with an integral value can be used as "
-                         "an integer index, got %R", f);
+            PyErr_Format(PyExc_TypeError,
+                         "only a tensor with an integral value can be used as "
+                         "an integer index, got %R",
+                         f);
             Py_DECREF(f);
         }
         return NULL;
@@ -407,8 +416,8 @@ static PyObject *Tensor_item_at(mlpy_TensorObject *self, Py_ssize_t i) {
 static PySequenceMethods tensor_as_sequence = {.sq_length = (lenfunc)Tensor_len,
                                                .sq_item = (ssizeargfunc)Tensor_item_at};
 
-static PyMappingMethods tensor_as_mapping = {(lenfunc)Tensor_len,
-                                             (binaryfunc)mlpy_tensor_getitem, NULL};
+static PyMappingMethods tensor_as_mapping = {(lenfunc)Tensor_len, (binaryfunc)mlpy_tensor_getitem,
+                                             NULL};
 
 static PyObject *Tensor_repr(mlpy_TensorObject *self) {
     PyObject *arr = Tensor_numpy(self, NULL);
@@ -519,8 +528,7 @@ static PyMethodDef Tensor_methods[] = {
 };
 
 PyTypeObject mlpy_TensorType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "metalearn.Tensor",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "metalearn.Tensor",
     .tp_basicsize = sizeof(mlpy_TensorObject),
     .tp_dealloc = (destructor)Tensor_dealloc,
     .tp_repr = (reprfunc)Tensor_repr,

@@ -10,8 +10,7 @@
 #include "binding.h"
 
 typedef struct TraceObject {
-    PyObject_HEAD
-    ml_trace *trace;
+    PyObject_HEAD ml_trace *trace;
     PyObject *keepalive; /* list */
 } TraceObject;
 
@@ -188,10 +187,8 @@ static PyObject *trace_replay_impl(PyObject *args, int try_only) {
     }
     ml_status st;
     /* tr stays alive: the caller's argument tuple holds it */
-    Py_BEGIN_ALLOW_THREADS
-    st = ml_trace_replay(tr->trace, ts, outs);
-    Py_END_ALLOW_THREADS
-    mlpy_release_tensors(ts, n);
+    Py_BEGIN_ALLOW_THREADS st = ml_trace_replay(tr->trace, ts, outs);
+    Py_END_ALLOW_THREADS mlpy_release_tensors(ts, n);
     PyObject *r = st ? mlpy_raise_status(st) : mlpy_tensor_list(outs, n_out);
     PyMem_Free(outs);
     return r;
@@ -227,8 +224,8 @@ static PyObject *mod_trace_replay_many(PyObject *m, PyObject *args) {
     }
     for (Py_ssize_t c = 0; c < n_calls; c++) {
         Py_ssize_t n;
-        ml_tensor **ts =
-            tensor_seq(PySequence_Fast_GET_ITEM(seq, c), &n, "trace_replay_many", "inputs");
+        ml_tensor **ts = tensor_seq(PySequence_Fast_GET_ITEM(seq, c), &n, "trace_replay_many",
+                                    "inputs");
         if (!ts) goto done;
         if (n != n_in) {
             mlpy_release_tensors(ts, n);
@@ -241,10 +238,8 @@ static PyObject *mod_trace_replay_many(PyObject *m, PyObject *args) {
         PyMem_Free(ts); /* the references moved into ins */
     }
     ml_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = ml_trace_replay_many(tr->trace, (int)n_calls, ins, outs, n_threads);
-    Py_END_ALLOW_THREADS
-    if (st) {
+    Py_BEGIN_ALLOW_THREADS st = ml_trace_replay_many(tr->trace, (int)n_calls, ins, outs, n_threads);
+    Py_END_ALLOW_THREADS if (st) {
         mlpy_raise_status(st);
         goto done;
     }
@@ -292,8 +287,7 @@ static PyMethodDef Trace_methods[] = {
 };
 
 static PyTypeObject TraceType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "metalearn._core.Trace",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "metalearn._core.Trace",
     .tp_basicsize = sizeof(TraceObject),
     .tp_dealloc = (destructor)Trace_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
@@ -311,28 +305,32 @@ PyMethodDef mlpy_trace_methods[] = {
     {"trace_begin", MLPY_FN(mod_trace_begin), METH_O,
      MLPY_SIG("trace_begin", "inputs, /") "Starts recording this thread's ops -> a Trace."},
     {"trace_end", MLPY_FN(mod_trace_end), METH_VARARGS,
-     MLPY_SIG("trace_end", "trace, outputs, /")
-     "Ends the recording (on the thread that began it)."},
+     MLPY_SIG("trace_end",
+              "trace, outputs, /") "Ends the recording (on the thread that began it)."},
     {"trace_abort", MLPY_FN(mod_trace_abort), METH_O,
      MLPY_SIG("trace_abort", "trace, /") "Stops a recording after a failure."},
     {"trace_replay", MLPY_FN(mod_trace_replay), METH_VARARGS,
      MLPY_SIG("trace_replay", "trace, inputs, /") "Replays the trace with new inputs -> outputs."},
     {"trace_try_replay", MLPY_FN(mod_trace_try_replay), METH_VARARGS,
-     MLPY_SIG("trace_try_replay", "trace, inputs, /")
-     "trace_replay's outputs, or None when the call must run eagerly (this thread records a "
-     "trace, or grad mode is on and a tape records or an input requires grad)."},
+     MLPY_SIG("trace_try_replay",
+              "trace, inputs, /") "trace_replay's outputs, or None when the call must run eagerly "
+                                  "(this thread records a "
+                                  "trace, or grad mode is on and a tape records or an input "
+                                  "requires grad)."},
     {"must_run_eagerly", MLPY_FN(mod_must_run_eagerly), METH_O,
-     MLPY_SIG("must_run_eagerly", "inputs, /")
-     "Whether trace_try_replay would refuse these inputs now."},
+     MLPY_SIG("must_run_eagerly",
+              "inputs, /") "Whether trace_try_replay would refuse these inputs now."},
     {"_set_tapes_recording", MLPY_FN(mod_set_tapes_recording), METH_O,
-     MLPY_SIG("_set_tapes_recording", "n, /")
-     "GradientTapes recording on this thread (kept by metalearn.tape)."},
+     MLPY_SIG("_set_tapes_recording",
+              "n, /") "GradientTapes recording on this thread (kept by metalearn.tape)."},
     {"is_tracing", MLPY_FN(mod_is_tracing), METH_NOARGS,
      MLPY_SIG("is_tracing", "/") "Whether this thread records a trace."},
     {"trace_replay_many", MLPY_FN(mod_trace_replay_many), METH_VARARGS,
-     MLPY_SIG("trace_replay_many", "trace, calls, n_threads=0, /")
-     "Independent replays (a list of inputs per call) over threads -> outputs per call; "
-     "the results do not depend on n_threads (0: get_num_threads())."},
+     MLPY_SIG("trace_replay_many",
+              "trace, calls, n_threads=0, /") "Independent replays (a list of inputs per call) "
+                                              "over threads -> outputs per call; "
+                                              "the results do not depend on n_threads (0: "
+                                              "get_num_threads())."},
     {"trace_n_ops", MLPY_FN(mod_trace_n_ops), METH_O,
      MLPY_SIG("trace_n_ops", "trace, /") "The number of recorded ops."},
     {NULL},

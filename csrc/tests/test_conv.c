@@ -98,8 +98,10 @@ static double max_pool_err(ml_tensor *x, int ph, int pw, int sh, int sw, int sam
                             int64_t ih = oh * sh + i - pt, iw = ow * sw + j - pl;
                             if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
                             double v = ml_data(x)[((n * H + ih) * W + iw) * C + c];
-                            if (is_max) acc = v > acc ? v : acc;
-                            else acc += v;
+                            if (is_max)
+                                acc = v > acc ? v : acc;
+                            else
+                                acc += v;
                             cnt++;
                         }
                     if (!is_max) acc /= cnt;
@@ -133,12 +135,18 @@ static ml_tensor *loss_graph(ml_tensor *x, ml_tensor *k, ml_tensor *w, int s, ml
     ml_mul(&wy, y2, w);
     ml_sum(&l, wy, 0, NULL, 0);
     ml_mul_scalar(&h, l, 0.5f);
-    ml_release(y); ml_release(y2); ml_release(wy); ml_release(l);
+    ml_release(y);
+    ml_release(y2);
+    ml_release(wy);
+    ml_release(l);
     return h;
 }
 
 static void test_forward(void) {
-    struct { int64_t xs[4], ks[4]; int s, same; } cases[] = {
+    struct {
+        int64_t xs[4], ks[4];
+        int s, same;
+    } cases[] = {
         {{2, 6, 5, 3}, {3, 3, 3, 4}, 1, 0}, {{2, 6, 5, 3}, {3, 3, 3, 4}, 1, 1},
         {{2, 7, 6, 2}, {3, 3, 2, 3}, 2, 1}, {{1, 5, 5, 2}, {4, 4, 2, 2}, 1, 1},
         {{3, 4, 4, 5}, {1, 1, 5, 2}, 1, 0}, {{40, 14, 14, 16}, {3, 3, 16, 8}, 1, 1},
@@ -156,18 +164,27 @@ static void test_forward(void) {
             CHECK(e < 1e-4 * (double)cases[t].ks[0] * cases[t].ks[1] * cases[t].ks[2],
                   "conv case %zu: max error %g", t, e);
         }
-        ml_release(x); ml_release(k); ml_release(b); ml_release(y);
+        ml_release(x);
+        ml_release(k);
+        ml_release(b);
+        ml_release(y);
     }
-    struct { int64_t xs[4]; int ph, pw, sh, sw, same; } pc[] = {
-        {{2, 6, 6, 3}, 2, 2, 2, 2, 0}, {{2, 5, 7, 2}, 3, 3, 2, 2, 1},
-        {{1, 6, 5, 2}, 3, 2, 1, 1, 0}, {{1, 4, 5, 2}, 2, 2, 1, 1, 1},
+    struct {
+        int64_t xs[4];
+        int ph, pw, sh, sw, same;
+    } pc[] = {
+        {{2, 6, 6, 3}, 2, 2, 2, 2, 0},
+        {{2, 5, 7, 2}, 3, 3, 2, 2, 1},
+        {{1, 6, 5, 2}, 3, 2, 1, 1, 0},
+        {{1, 4, 5, 2}, 2, 2, 1, 1, 1},
     };
     for (size_t t = 0; t < sizeof pc / sizeof pc[0]; t++) {
         ml_tensor *x = randt(4, pc[t].xs);
         for (int is_max = 0; is_max < 2; is_max++) {
             ml_tensor *y = NULL;
-            ml_status st = (is_max ? ml_max_pool2d : ml_avg_pool2d)(
-                &y, x, pc[t].ph, pc[t].pw, pc[t].sh, pc[t].sw, pc[t].same ? ML_PAD_SAME : ML_PAD_VALID);
+            ml_status st = (is_max ? ml_max_pool2d
+                                   : ml_avg_pool2d)(&y, x, pc[t].ph, pc[t].pw, pc[t].sh, pc[t].sw,
+                                                    pc[t].same ? ML_PAD_SAME : ML_PAD_VALID);
             CHECK(st == ML_OK, "pool case %zu: %s", t, ml_last_error());
             if (st == ML_OK) {
                 double e = max_pool_err(x, pc[t].ph, pc[t].pw, pc[t].sh, pc[t].sw, pc[t].same,
@@ -247,7 +264,9 @@ static void test_gradients(int s, ml_padding p) {
                     for (int64_t j = 0; j < ml_numel(gp[1]); j++)
                         acc += (double)ml_data(gp[1])[j] * ml_data(vk)[j];
                     sv[sign] = acc;
-                    ml_release(Lp); ml_release(gp[0]); ml_release(gp[1]);
+                    ml_release(Lp);
+                    ml_release(gp[0]);
+                    ml_release(gp[1]);
                 }
                 d[i] = old;
                 double num = (sv[0] - sv[1]) / (2 * eps), an = ml_data(h[a])[i];
@@ -259,11 +278,21 @@ static void test_gradients(int s, ml_padding p) {
         CHECK(scale > 1e-2, "second-order gradient is trivial (%g)", scale);
         CHECK(worst < 2e-2, "second-order gradient mismatch: rel err %g", worst);
     }
-    ml_release(h[0]); ml_release(h[1]);
-    ml_release(t0); ml_release(t1); ml_release(s0); ml_release(s1); ml_release(S);
-    ml_release(vx); ml_release(vk);
-    ml_release(g[0]); ml_release(g[1]); ml_release(L);
-    ml_release(x); ml_release(k); ml_release(w);
+    ml_release(h[0]);
+    ml_release(h[1]);
+    ml_release(t0);
+    ml_release(t1);
+    ml_release(s0);
+    ml_release(s1);
+    ml_release(S);
+    ml_release(vx);
+    ml_release(vk);
+    ml_release(g[0]);
+    ml_release(g[1]);
+    ml_release(L);
+    ml_release(x);
+    ml_release(k);
+    ml_release(w);
 }
 
 static void test_pool_grads(void) {
@@ -278,7 +307,10 @@ static void test_pool_grads(void) {
     CHECK(ml_grad(&g, 1, &l, 1, &x, NULL, 0) == ML_OK, "maxpool grad: %s", ml_last_error());
     CHECK(g && ml_data(g)[0] == 1.0f && ml_data(g)[1] == 0.0f && ml_data(g)[3] == 0.0f,
           "maxpool tie goes to the first max");
-    ml_release(y); ml_release(l); ml_release(g); ml_release(x);
+    ml_release(y);
+    ml_release(l);
+    ml_release(g);
+    ml_release(x);
 
     int64_t xs2[4] = {2, 5, 7, 3};
     x = randt(4, xs2);
@@ -295,7 +327,12 @@ static void test_pool_grads(void) {
     ml_mul(&gx, g, x);
     double lhs = sum_all(l), rhs = sum_all(gx);
     CHECK(fabs(lhs - rhs) < 1e-4 * (1 + fabs(lhs)), "avgpool adjoint: %g vs %g", lhs, rhs);
-    ml_release(y); ml_release(w); ml_release(wy); ml_release(l); ml_release(g); ml_release(gx);
+    ml_release(y);
+    ml_release(w);
+    ml_release(wy);
+    ml_release(l);
+    ml_release(g);
+    ml_release(gx);
     ml_release(x);
 }
 
@@ -315,7 +352,8 @@ static void test_batch_norm(void) {
             ym += ml_data(y)[n * 3 + c] / 6.0;
         }
         for (int n = 0; n < 6; n++) yv += pow(ml_data(y)[n * 3 + c] - ym, 2) / 6.0;
-        CHECK(fabs(ym) < 1e-5 && fabs(yv - v / (v + 1e-3)) < 1e-4, "bn channel %d: %g %g", c, ym, yv);
+        CHECK(fabs(ym) < 1e-5 && fabs(yv - v / (v + 1e-3)) < 1e-4, "bn channel %d: %g %g", c, ym,
+              yv);
         CHECK(fabs(ml_data(mm)[c] - 0.1 * m) < 1e-6, "moving mean %d", c);
         CHECK(fabs(ml_data(mv)[c] - (0.9 + 0.1 * v)) < 1e-6, "moving var %d", c);
     }
@@ -328,7 +366,10 @@ static void test_batch_norm(void) {
     y = NULL;
     st = ml_batch_norm(&y, x, gbad, NULL, mm, mv, 1, 0.9f, 1e-3f, -1);
     CHECK(st == ML_ERR_SHAPE && y == NULL && ml_data(mm)[0] == before, "bn bad gamma");
-    ml_release(gbad); ml_release(x); ml_release(mm); ml_release(mv);
+    ml_release(gbad);
+    ml_release(x);
+    ml_release(mm);
+    ml_release(mv);
 }
 
 /* grouped: each group equals ml_batch_norm of its slice with that group's gamma/beta rows;
@@ -347,15 +388,20 @@ static void test_batch_norm_grouped(void) {
         ml_tensor_from_data(&bk, 1, cs, ml_data(b) + k * 2);
         CHECK(ml_batch_norm(&yk, xk, gk, bk, NULL, NULL, 1, 0.99f, 1e-3f, -1) == ML_OK, "bn slice");
         double e = 0;
-        for (int i = 0; yk && i < 10; i++) e = fmax(e, fabs(ml_data(yk)[i] - ml_data(y)[k * 10 + i]));
+        for (int i = 0; yk && i < 10; i++)
+            e = fmax(e, fabs(ml_data(yk)[i] - ml_data(y)[k * 10 + i]));
         CHECK(e == 0.0, "grouped slice %d differs by %g", k, e);
-        ml_release(xk); ml_release(gk); ml_release(bk); ml_release(yk);
+        ml_release(xk);
+        ml_release(gk);
+        ml_release(bk);
+        ml_release(yk);
     }
     ml_tensor *l = NULL, *slow[2] = {NULL, NULL}, *fast[2] = {NULL, NULL}, *in[2] = {x, g};
     ml_tensor *w = randt(3, xs), *yw = NULL;
     ml_mul(&yw, y, w);
     ml_sum(&l, yw, 0, NULL, 0);
-    CHECK(ml_grad(slow, 1, &l, 2, in, NULL, ML_GRAD_CREATE_GRAPH) == ML_OK, "grouped grad: %s", ml_last_error());
+    CHECK(ml_grad(slow, 1, &l, 2, in, NULL, ML_GRAD_CREATE_GRAPH) == ML_OK, "grouped grad: %s",
+          ml_last_error());
     CHECK(ml_grad(fast, 1, &l, 2, in, NULL, 0) == ML_OK, "grouped grad: %s", ml_last_error());
     for (int j = 0; j < 2 && slow[j] && fast[j]; j++) {
         double e = 0;
@@ -364,12 +410,18 @@ static void test_batch_norm_grouped(void) {
         CHECK(e < 1e-5, "grouped gradient %d: fused and differentiable differ by %g", j, e);
     }
     for (int j = 0; j < 2; j++) ml_release(slow[j]), ml_release(fast[j]);
-    ml_release(l); ml_release(yw); ml_release(w);
+    ml_release(l);
+    ml_release(yw);
+    ml_release(w);
     ml_tensor *y2 = NULL;
     CHECK(ml_batch_norm_grouped(&y2, x, b, g, 1e-3f, 0) == ML_ERR_VALUE && !y2, "group axis");
     ml_tensor *g1 = randt(1, cs);
     CHECK(ml_batch_norm_grouped(&y2, x, g1, NULL, 1e-3f, -1) == ML_ERR_SHAPE && !y2, "gamma (C)");
-    ml_release(g1); ml_release(y); ml_release(x); ml_release(g); ml_release(b);
+    ml_release(g1);
+    ml_release(y);
+    ml_release(x);
+    ml_release(g);
+    ml_release(b);
 }
 
 static void test_errors(void) {
@@ -379,7 +431,8 @@ static void test_errors(void) {
     ml_tensor_zeros(&k, 4, ks);
     CHECK(ml_conv2d(&y, x, k, NULL, 1, 1, ML_PAD_VALID) == ML_ERR_SHAPE && !y, "channel mismatch");
     CHECK(strstr(ml_last_error(), "input has 3 channels but kernel expects 1, got shapes "
-                 "(2, 28, 28, 3) and (3, 3, 1, 64)") != NULL, "message: %s", ml_last_error());
+                                  "(2, 28, 28, 3) and (3, 3, 1, 64)") != NULL,
+          "message: %s", ml_last_error());
     ml_release(k);
     int64_t ks2[4] = {3, 3, 3, 4};
     ml_tensor_zeros(&k, 4, ks2);
@@ -397,7 +450,8 @@ static void test_errors(void) {
     CHECK(ml_conv2d(&y, x, k, NULL, 1, 1, ML_PAD_VALID) == ML_ERR_SHAPE, "kernel too big");
     CHECK(ml_conv2d(&y, x, k, NULL, 1, 1, ML_PAD_SAME) == ML_OK, "same ok: %s", ml_last_error());
     ml_release(y);
-    ml_release(x); ml_release(k);
+    ml_release(x);
+    ml_release(k);
 }
 
 int main(void) {

@@ -27,9 +27,7 @@ static int n_pass, n_fail;
 
 #define OK(expr) CHECK((expr) == ML_OK, "%s -> %s", #expr, ml_last_error())
 
-static int close_to(double a, double b, double tol) {
-    return fabs(a - b) <= tol * (1.0 + fabs(b));
-}
+static int close_to(double a, double b, double tol) { return fabs(a - b) <= tol * (1.0 + fabs(b)); }
 
 static ml_tensor *vec(int n, const float *v) {
     ml_tensor *t = NULL;
@@ -125,7 +123,8 @@ static void test_central_difference(void) {
         wp[i] += eps;
         wm[i] -= eps;
         double fd = (mlp_loss(xd, wp) - mlp_loss(xd, wm)) / (2.0 * eps);
-        CHECK(fabs(fd - ml_data(g)[i]) < 2e-3, "dW[%d]: autograd %g vs fd %g", i, ml_data(g)[i], fd);
+        CHECK(fabs(fd - ml_data(g)[i]) < 2e-3, "dW[%d]: autograd %g vs fd %g", i, ml_data(g)[i],
+              fd);
         max_abs = fmax(max_abs, fabs(fd));
     }
     CHECK(max_abs > 0.1, "the gradient checked is not trivial (%g)", max_abs);
@@ -166,7 +165,8 @@ static void test_op_table(void) {
         CHECK(!same, "op %d's name is an earlier op's", i);
     }
     CHECK(!strcmp(ml_op_table[OP_ADD].name, "add") && ml_op_table[OP_ADD].n_inputs == 2 &&
-          ml_op_table[OP_MATMUL_INTO].backward == NULL, "rows follow ops.def");
+              ml_op_table[OP_MATMUL_INTO].backward == NULL,
+          "rows follow ops.def");
 }
 
 /* Bad input: a status and a message, nothing crashes, outputs untouched. */
@@ -378,8 +378,9 @@ static void test_fused_broadcasts(void) {
         ml_release(bx), ml_release(other), ml_release(sum), ml_release(res);
         /* new values: NaNs of both signs and payloads, zeros, inf */
         const float xv[6] = {1.5f, -2.0f, INFINITY, 0.25f, NAN, -0.0f};
-        const float zv[24] = {0.5f, 3.0f, -1.0f, -0.25f, -NAN, 0.0f, 1, 2, 3, -4, -5, 6,
-                              7, -8, 9, 10, -0.0f, 12, 13, 14, -15, 16, -INFINITY, 18};
+        const float zv[24] = {0.5f,  3.0f, -1.0f, -0.25f, -NAN, 0.0f, 1,         2,
+                              3,     -4,   -5,    6,      7,    -8,   9,         10,
+                              -0.0f, 12,   13,    14,     -15,  16,   -INFINITY, 18};
         float mv[24];
         for (int i = 0; i < 24; i++) mv[i] = (float)((i * 7) % 5) - 2.0f;
         mv[5] = NAN;
@@ -402,11 +403,13 @@ static void test_fused_broadcasts(void) {
             OK(ml_add(&want, z2, w_b));
         }
         const int64_t n = grow ? 12 : 24;
-        CHECK(got[0] && ml_numel(got[0]) == n && !memcmp(ml_data(got[0]), ml_data(want), (size_t)n * sizeof(float)),
+        CHECK(got[0] && ml_numel(got[0]) == n &&
+                  !memcmp(ml_data(got[0]), ml_data(want), (size_t)n * sizeof(float)),
               "fused broadcast, case %d: replay differs from eager", kind);
         if (kind == 2) /* the input was assigned after the broadcast read it */
             CHECK(!memcmp(ml_data(x2), cv, sizeof cv), "assign replayed");
-        ml_tensor *all[] = {x, z, m, c, x2, z2, m2, c2, x3, w_b, w_sum, want, got[0], got[1], got[2]};
+        ml_tensor *all[] = {x,  z,   m,     c,    x2,     z2,     m2,    c2,
+                            x3, w_b, w_sum, want, got[0], got[1], got[2]};
         for (size_t i = 0; i < sizeof all / sizeof *all; i++) ml_release(all[i]);
         ml_trace_free(tr);
     }
@@ -421,6 +424,7 @@ static void outer_program(int kind, ml_tensor *const *in, ml_tensor **res, ml_te
     const int ta = kind == 2, tb = kind == 1;
     ml_tensor *sum = NULL;
     OK(ml_matmul(t, in[0], in[1], ta, tb));
+    /* clang-format off: a table, one case a line */
     switch (kind) {
     case 0: /* bias add + relu, as a layer's forward */
     case 5:
@@ -448,6 +452,7 @@ static void outer_program(int kind, ml_tensor *const *in, ml_tensor **res, ml_te
         OK(ml__relu_grad(res, sum, in[3]));
         break;
     }
+    /* clang-format on */
     ml_release(sum);
 }
 
@@ -477,7 +482,8 @@ static void no_nans(ml_tensor *u) {
 
 /* A trace of program(kind, ins) over the four inputs ins, with its result and, when n_out
  * is 2, the product it made as outputs */
-static ml_trace *record_program(void (*program)(int, ml_tensor *const *, ml_tensor **, ml_tensor **),
+static ml_trace *record_program(void (*program)(int, ml_tensor *const *, ml_tensor **,
+                                                ml_tensor **),
                                 int kind, ml_tensor **ins, int n_out) {
     ml_tensor *res = NULL, *t = NULL;
     ml_trace *tr = NULL;
@@ -496,19 +502,18 @@ static int same_values(const ml_tensor *a, const ml_tensor *b, int any_nan) {
     if (!a || !b || ml_numel(a) != ml_numel(b)) return 0;
     const float *x = ml_data((ml_tensor *)a), *y = ml_data((ml_tensor *)b);
     for (int64_t i = 0; i < ml_numel(a); i++)
-        if (memcmp(&x[i], &y[i], sizeof *x) && !(any_nan && x[i] != x[i] && y[i] != y[i]))
-            return 0;
+        if (memcmp(&x[i], &y[i], sizeof *x) && !(any_nan && x[i] != x[i] && y[i] != y[i])) return 0;
     return 1;
 }
 
 /* A replay's outputs got (and got[1] with_t) against eager's want (want_t): the same bits */
 static void check_replay_nan(const char *what, int kind, int with_t, ml_tensor *const got[2],
                              ml_tensor *want, ml_tensor *want_t, int any_nan) {
-    CHECK(same_values(got[0], want, any_nan), "%s, case %d: replay differs from eager", what,
-          kind);
+    CHECK(same_values(got[0], want, any_nan), "%s, case %d: replay differs from eager", what, kind);
     if (with_t)
         CHECK(got[1] && ml_numel(got[1]) == ml_numel(want_t) &&
-                  !memcmp(ml_data(got[1]), ml_data(want_t), (size_t)ml_numel(want_t) * sizeof(float)),
+                  !memcmp(ml_data(got[1]), ml_data(want_t),
+                          (size_t)ml_numel(want_t) * sizeof(float)),
               "%s, case %d: the product itself differs", what, kind);
 }
 static void check_replay(const char *what, int kind, int with_t, ml_tensor *const got[2],
@@ -520,7 +525,11 @@ static void test_fused_outer(void) {
     for (int kind = 0; kind < 13; kind++) {
         /* kind 11: a batch entry's rows of T (100 x 40) past the 2048-float row buffer */
         const int64_t B = kind == 6 ? 40 : 3, M = kind == 6 ? 16 : kind == 11 ? 100 : 5;
-        const int64_t N = kind == 6 ? 33 : kind == 2 || kind == 3 ? 12 : kind == 4 ? 8 : kind == 11 ? 40 : 16;
+        const int64_t N = kind == 6                ? 33
+                          : kind == 2 || kind == 3 ? 12
+                          : kind == 4              ? 8
+                          : kind == 11             ? 40
+                                                   : 16;
         const int ta = kind == 2, tb = kind == 1;
         /* 4-D for kind 7: batch dims (2, B) */
         const int nd = kind == 7 ? 4 : 3, lead = nd - 3;
@@ -554,7 +563,8 @@ static void test_fused_outer(void) {
         OK(ml_trace_replay(tr, ins, got));
         ml_set_num_threads(1);
         outer_program(kind, ins, &want, &want_t);
-        CHECK(got[0] && ml_ndim(got[0]) == nd && !memcmp(ml_shape(got[0]), so, (size_t)nd * sizeof *so),
+        CHECK(got[0] && ml_ndim(got[0]) == nd &&
+                  !memcmp(ml_shape(got[0]), so, (size_t)nd * sizeof *so),
               "fused outer, case %d: replay's shape", kind);
         check_replay("fused outer", kind, kind == 4, got, want, want_t);
         ml_tensor *all[] = {x, y, z, m, got[0], got[1], want, want_t};
@@ -580,17 +590,29 @@ static void matmul_program(int kind, ml_tensor *const *in, ml_tensor **res, ml_t
         OK(ml_reshape(&v, p, 3, sh3));
     else
         v = p, ml_retain(v);
+    /* clang-format off: a table, one case a line */
     switch (kind) {
-    case 0: case 6: case 7: case 8: case 9:
+    case 0:
+    case 6:
+    case 7:
+    case 8:
+    case 9:
         OK(ml_add(&sum, v, in[2]));
         OK(ml_relu(res, sum));
         break;
     case 1: OK(ml__relu_grad(res, v, in[2])); break;
-    case 2: OK(ml_add(&sum, in[2], v)); OK(ml__relu_grad(res, sum, in[3])); break;
-    case 3: OK(ml_add(&sum, v, in[2])); OK(ml__relu_grad(res, sum, in[3])); break;
+    case 2:
+        OK(ml_add(&sum, in[2], v));
+        OK(ml__relu_grad(res, sum, in[3]));
+        break;
+    case 3:
+        OK(ml_add(&sum, v, in[2]));
+        OK(ml__relu_grad(res, sum, in[3]));
+        break;
     case 4: OK(ml_add(res, v, in[2])); break;
     case 5: OK(ml__relu_grad(res, in[2], v)); break;
     }
+    /* clang-format on */
     if (kind == 8) *t = v, ml_retain(v);
     ml_release(p), ml_release(v), ml_release(sum);
 }
@@ -622,7 +644,8 @@ static void test_fused_matmul(void) {
         OK(ml_trace_replay(tr, ins, got));
         matmul_program(kind, ins, &want, &want_t);
         CHECK(got[0] && ml_ndim(got[0]) == ml_ndim(want) &&
-                  !memcmp(ml_shape(got[0]), ml_shape(want), (size_t)ml_ndim(want) * sizeof(int64_t)),
+                  !memcmp(ml_shape(got[0]), ml_shape(want),
+                          (size_t)ml_ndim(want) * sizeof(int64_t)),
               "fused matmul, case %d: replay's shape", kind);
         /* bias add + relu (kinds 0, 6-9): a NaN of u meets NaNs of T */
         check_replay_nan("fused matmul", kind, kind == 8, got, want, want_t, bias);
@@ -636,7 +659,10 @@ static void test_fused_matmul(void) {
  * once it is final (ml__sgemm_into's epilogue on those paths): the replay gives eager's
  * bits for every op, on one thread and split over two (by rows or by columns: the op's
  * operands are found by the part's place in the whole product), and the same at both. */
-static struct { int64_t rows, k, n; int tb; } fm_shape;
+static struct {
+    int64_t rows, k, n;
+    int tb;
+} fm_shape;
 
 static void matmul_path_program(int kind, ml_tensor *const *in, ml_tensor **res, ml_tensor **t) {
     ml_tensor *p = NULL, *v = NULL, *sum = NULL;
@@ -644,20 +670,34 @@ static void matmul_path_program(int kind, ml_tensor *const *in, ml_tensor **res,
     (void)t;
     OK(ml_matmul(&p, in[0], in[1], 0, fm_shape.tb));
     OK(ml_reshape(&v, p, 3, sh3));
+    /* clang-format off: a table, one case a line */
     switch (kind) {
-    case 0: OK(ml_add(&sum, v, in[2])); OK(ml_relu(res, sum)); break; /* bias row per entry */
+    case 0:
+        OK(ml_add(&sum, v, in[2]));
+        OK(ml_relu(res, sum));
+        break; /* bias row per entry */
     case 1: OK(ml__relu_grad(res, v, in[2])); break;
-    case 2: OK(ml_add(&sum, in[2], v)); OK(ml__relu_grad(res, sum, in[3])); break;
+    case 2:
+        OK(ml_add(&sum, in[2], v));
+        OK(ml__relu_grad(res, sum, in[3]));
+        break;
     default: OK(ml_add(res, v, in[2])); break;
     }
+    /* clang-format on */
     ml_release(p), ml_release(v), ml_release(sum);
 }
 
 static void test_fused_matmul_paths(void) {
     /* packed (k > 512) split by rows at two threads; packed split by columns; the 6 x 16
      * tiles split by rows; 4-row tiles with B transposed; n = 40 past one k slice */
-    const struct { int64_t rows, k, n; int tb; } shapes[5] = {
-        {120, 520, 48, 0}, {18, 520, 256, 0}, {300, 72, 128, 0}, {120, 72, 56, 1}, {120, 100, 40, 0}};
+    const struct {
+        int64_t rows, k, n;
+        int tb;
+    } shapes[5] = {{120, 520, 48, 0},
+                   {18, 520, 256, 0},
+                   {300, 72, 128, 0},
+                   {120, 72, 56, 1},
+                   {120, 100, 40, 0}};
     const int threads_before = ml_get_num_threads();
     for (int sh = 0; sh < 5; sh++)
         for (int kind = 0; kind < 4; kind++) {
@@ -688,7 +728,8 @@ static void test_fused_matmul_paths(void) {
                 OK(ml_trace_replay(tr, ins, got));
                 matmul_path_program(kind, ins, &eager, NULL);
                 check_replay_nan("fused matmul paths", c, 0, got, eager, NULL, kind == 0);
-                CHECK(!memcmp(ml_data(eager), ml_data(want), (size_t)ml_numel(want) * sizeof(float)),
+                CHECK(!memcmp(ml_data(eager), ml_data(want),
+                              (size_t)ml_numel(want) * sizeof(float)),
                       "fused matmul paths, case %d: %d threads differ from one", c, th);
                 ml_release(got[0]), ml_release(eager);
             }
@@ -719,9 +760,10 @@ static void test_relu_nan(void) {
     OK(ml_sum(&sum, y, 0, NULL, 0));
     OK(ml_grad(&g, 1, &sum, 1, &x, NULL, 0));
     const float want_g[6] = {1, 1, 0, 0, 1, 0}; /* PyTorch 2.13 */
-    CHECK(g && !memcmp(ml_data(g), want_g, sizeof want_g), "relu grad at NaN, inf, -inf, -0, 2, -3: "
-          "%g %g %g %g %g %g", ml_data(g)[0], ml_data(g)[1], ml_data(g)[2], ml_data(g)[3],
-          ml_data(g)[4], ml_data(g)[5]);
+    CHECK(g && !memcmp(ml_data(g), want_g, sizeof want_g),
+          "relu grad at NaN, inf, -inf, -0, 2, -3: "
+          "%g %g %g %g %g %g",
+          ml_data(g)[0], ml_data(g)[1], ml_data(g)[2], ml_data(g)[3], ml_data(g)[4], ml_data(g)[5]);
     ml_release(g), ml_release(sum), ml_release(y);
 
     /* linear(x, w, b, relu): a NaN input row is NaN, a NaN bias column is NaN */
@@ -740,14 +782,16 @@ static void test_relu_nan(void) {
     ml_release(lx), ml_release(lw), ml_release(lb), ml_release(ly), ml_release(x);
 
     /* the epilogues: each element against its formula, NaN for NaN */
-    const struct { int64_t m, k, n; } shapes[4] = {{30, 40, 40}, {120, 520, 48}, {300, 72, 128},
-                                                   {7, 100, 13}};
+    const struct {
+        int64_t m, k, n;
+    } shapes[4] = {{30, 40, 40}, {120, 520, 48}, {300, 72, 128}, {7, 100, 13}};
     int fused = 0;
     for (int sh = 0; sh < 4; sh++) {
         const int64_t m = shapes[sh].m, k = shapes[sh].k, n = shapes[sh].n;
         float *a = malloc((size_t)(m * k) * sizeof *a), *b = malloc((size_t)(k * n) * sizeof *b);
         float *u = malloc((size_t)(m * n) * sizeof *u), *mk = malloc((size_t)(m * n) * sizeof *mk);
-        float *t = malloc((size_t)(m * n) * sizeof *t), *out = malloc((size_t)(m * n) * sizeof *out);
+        float *t = malloc((size_t)(m * n) * sizeof *t),
+              *out = malloc((size_t)(m * n) * sizeof *out);
         if (!a || !b || !u || !mk || !t || !out) abort(); /* test setup only */
         for (int64_t i = 0; i < m * k; i++) a[i] = (float)((i * 7) % 11) / 11.0f - 0.5f;
         for (int64_t i = 0; i < k * n; i++) b[i] = (float)((i * 5) % 13) / 13.0f - 0.5f;
@@ -765,12 +809,14 @@ static void test_relu_nan(void) {
             for (int64_t i = 0; i < m * n && !bad; i++) {
                 const float x = t[i], s = x + u[i];
                 float want;
+                /* clang-format off: a table, one case a line */
                 switch (epi) {
                 case ML_EPI_ADD: want = s; break;
                 case ML_EPI_ADD_RELU: want = s < 0.0f ? 0.0f : s; break;
                 case ML_EPI_RELU_GRAD: want = u[i] != 0.0f ? x : 0.0f; break;
                 default: want = mk[i] != 0.0f ? s : 0.0f; break;
                 }
+                /* clang-format on */
                 bad = is_nan(want) ? !is_nan(out[i]) : out[i] != want;
                 if (bad)
                     CHECK(0, "epilogue %d, %lld x %lld x %lld, element %lld: %g, want %g", epi,
@@ -870,19 +916,25 @@ static void test_trace_print(void) {
     const size_t n = ml_trace_format(tr, text, sizeof text);
     CHECK(n == strlen(text) && n < sizeof text, "length %zu of %zu", n, strlen(text));
     CHECK(ml_trace_format(tr, small, sizeof small) == n && strlen(small) == sizeof small - 1 &&
-          !strncmp(small, text, sizeof small - 1), "a small buffer: truncated, full length");
+              !strncmp(small, text, sizeof small - 1),
+          "a small buffer: truncated, full length");
     CHECK(ml_trace_format(tr, NULL, 0) == n, "size 0: the length");
     const char *want[] = {
         "trace: 1 input, 1 output, 3 entries\n",
         "inputs: x0 (4, 3)\n",
-        "= matmul_into(x0 (4, 3), c", " (3, 5), c", " (5,))  [fused: matmul + add + relu]\n",
-        "(4, 5) = exp(t", " (4, 5))\n",
-        "() = sum(t", "outputs: t",
+        "= matmul_into(x0 (4, 3), c",
+        " (3, 5), c",
+        " (5,))  [fused: matmul + add + relu]\n",
+        "(4, 5) = exp(t",
+        " (4, 5))\n",
+        "() = sum(t",
+        "outputs: t",
     };
     const char *at = text;
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         const char *hit = strstr(at, want[i]);
-        CHECK(hit != NULL, "the text has '%s' after offset %d:\n%s", want[i], (int)(at - text), text);
+        CHECK(hit != NULL, "the text has '%s' after offset %d:\n%s", want[i], (int)(at - text),
+              text);
         if (hit) at = hit + strlen(want[i]);
     }
     FILE *f = tmpfile();

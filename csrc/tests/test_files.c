@@ -91,7 +91,11 @@ static float load_value(const char *path) {
 /* ------------------------------------------------------------- concurrent saves */
 
 #define SAVES 40
-typedef struct { const char *path; float value; int failed; } saver_arg;
+typedef struct {
+    const char *path;
+    float value;
+    int failed;
+} saver_arg;
 
 static void *saver(void *p) {
     saver_arg *a = p;
@@ -161,12 +165,12 @@ static void test_links(void) {
     CHECK(save_value(chain, 3, 3) == ML_OK, "save through two links: %s", ml_last_error());
     CHECK(load_value(target) == 3, "the end of the chain holds the save");
     CHECK(lstat(chain, &sb) == 0 && S_ISLNK(sb.st_mode) && lstat(inner, &sb) == 0 &&
-          S_ISLNK(sb.st_mode), "both links kept");
+              S_ISLNK(sb.st_mode),
+          "both links kept");
     /* a dangling link: the file it names is created, as shell redirection does */
     const char *dangling = at("dangling.mlw"), *made = at("sub/made.mlw");
     CHECK(symlink("sub/made.mlw", dangling) == 0, "symlink");
-    CHECK(save_value(dangling, 3, 4) == ML_OK, "save through a dangling link: %s",
-          ml_last_error());
+    CHECK(save_value(dangling, 3, 4) == ML_OK, "save through a dangling link: %s", ml_last_error());
     CHECK(lstat(dangling, &sb) == 0 && S_ISLNK(sb.st_mode) && load_value(made) == 4,
           "the named file was created and the link kept");
     /* a loop is an error, not a hang */
@@ -207,7 +211,8 @@ static void test_special_files(void) {
     CHECK(strstr(ml_last_error(), "character device") != NULL, "the message says why: %s",
           ml_last_error());
     CHECK(stat(dev, &after) == 0 && S_ISCHR(after.st_mode) && after.st_rdev == before.st_rdev &&
-          after.st_ino == before.st_ino, "the device is still there");
+              after.st_ino == before.st_ino,
+          "the device is still there");
     const char *fifo = at("fifo");
     CHECK(mkfifo(fifo, 0644) == 0, "mkfifo");
     CHECK(save_value(fifo, 3, 1) == ML_ERR_IO, "a FIFO refused");

@@ -28,24 +28,23 @@ static _Atomic long g_checks, g_failures; /* updated by the threads too */
 static const float SENTINEL = 12345.0f;
 
 static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
-static uint64_t next_u64(uint64_t *s)
-{
+static uint64_t next_u64(uint64_t *s) {
     uint64_t x = *s; /* xorshift64* */
     x ^= x >> 12, x ^= x << 25, x ^= x >> 27;
     *s = x;
     return x * 0x2545F4914F6CDD1Dull;
 }
-static float uniform(uint64_t *s) { return (float)((next_u64(s) >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f; }
-static int64_t rand_int(uint64_t *s, int64_t lo, int64_t hi)
-{
+static float uniform(uint64_t *s) {
+    return (float)((next_u64(s) >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
+}
+static int64_t rand_int(uint64_t *s, int64_t lo, int64_t hi) {
     return lo + (int64_t)(next_u64(s) % (uint64_t)(hi - lo + 1));
 }
 
 /* One case: op(A) m x k, op(B) k x n, leading dimensions padded by `pad`. Returns the
  * number of failed elements (and prints the first few). */
-static long run_case(gemm_fn fn, const char *path, int ta, int tb, int64_t m, int64_t n,
-                     int64_t k, float alpha, float beta, int64_t pad, uint64_t *rng)
-{
+static long run_case(gemm_fn fn, const char *path, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                     float alpha, float beta, int64_t pad, uint64_t *rng) {
     /* stored shapes */
     const int64_t a_rows = ta ? k : m, a_cols = ta ? m : k;
     const int64_t b_rows = tb ? n : k, b_cols = tb ? k : n;
@@ -97,9 +96,9 @@ static long run_case(gemm_fn fn, const char *path, int ta, int tb, int64_t m, in
                     fprintf(stderr,
                             "FAIL %s ta=%d tb=%d m=%lld n=%lld k=%lld alpha=%g beta=%g pad=%lld "
                             "C[%lld][%lld] = %.9g, want %.9g\n",
-                            path, ta, tb, (long long)m, (long long)n, (long long)k,
-                            (double)alpha, (double)beta, (long long)pad, (long long)i,
-                            (long long)j, (double)got, want);
+                            path, ta, tb, (long long)m, (long long)n, (long long)k, (double)alpha,
+                            (double)beta, (long long)pad, (long long)i, (long long)j, (double)got,
+                            want);
                 ++bad;
             }
         }
@@ -111,12 +110,13 @@ static long run_case(gemm_fn fn, const char *path, int ta, int tb, int64_t m, in
     return bad;
 }
 
-static const struct { float alpha, beta; } AB[] = {
+static const struct {
+    float alpha, beta;
+} AB[] = {
     {1.0f, 0.0f}, {1.0f, 1.0f}, {-0.5f, 2.0f}, {2.5f, -1.0f}, {0.0f, 0.5f}, {0.75f, 0.0f},
 };
 
-static void run_shape(int64_t m, int64_t n, int64_t k, int all_ab)
-{
+static void run_shape(int64_t m, int64_t n, int64_t k, int all_ab) {
     static const gemm_fn fns[2] = {ml_sgemm, ml_sgemm_portable};
     static const char *names[2] = {"ml_sgemm", "ml_sgemm_portable"};
     const int n_ab = all_ab ? (int)(sizeof AB / sizeof AB[0]) : 2;
@@ -130,8 +130,7 @@ static void run_shape(int64_t m, int64_t n, int64_t k, int all_ab)
 }
 
 /* Several threads at once, each with its own shapes (and thus buffer sizes). */
-static void *thread_main(void *arg)
-{
+static void *thread_main(void *arg) {
     uint64_t rng = 0x1234567ull + (uint64_t)(uintptr_t)arg * 7919u;
     long bad = 0;
     for (int it = 0; it < 6; ++it) {
@@ -147,27 +146,25 @@ static void *thread_main(void *arg)
 /* Products large enough to be split (at least PAR_MIN_MACS multiply-adds), one for each
  * path the table picks, split by rows and by columns: m, n, k, ta, tb */
 static const int64_t SPLIT[][5] = {
-    {120, 48, 520, 0, 0},  /* packed, split by rows */    {18, 256, 520, 0, 0}, /* ... columns */
-    {200, 150, 300, 1, 1}, /* packed, both transposed */  {300, 128, 72, 0, 0}, /* small */
+    {120, 48, 520, 0, 0},  /* packed, split by rows */ {18, 256, 520, 0, 0}, /* ... columns */
+    {200, 150, 300, 1, 1}, /* packed, both transposed */ {300, 128, 72, 0, 0}, /* small */
     {120, 56, 72, 0, 1},   /* small, 4 x 24 tiles, B^T */ {120, 40, 100, 0, 0}, /* n = 40 */
-    {6000, 56, 16, 0, 0},  /* 4 x 24 tiles, 2 slices */  {2400, 5, 784, 0, 1}, /* A B^T, dots */
-    {4096, 600, 1, 1, 0},  /* outer product */           {4096, 1, 600, 0, 0}, /* A x */
-    {4096, 1, 600, 1, 0},  /* A^T x */                    {1, 4200, 512, 0, 0}, /* row . B */
+    {6000, 56, 16, 0, 0},  /* 4 x 24 tiles, 2 slices */ {2400, 5, 784, 0, 1}, /* A B^T, dots */
+    {4096, 600, 1, 1, 0},  /* outer product */ {4096, 1, 600, 0, 0}, /* A x */
+    {4096, 1, 600, 1, 0},  /* A^T x */ {1, 4200, 512, 0, 0}, /* row . B */
     {30, 4000, 40, 0, 0},  /* small, split by columns */ {2030, 56, 40, 0, 0}, /* 4-row tiles */
-    {2030, 40, 40, 0, 0},  /* 2 x 40 tiles, odd parts */  {2029, 1, 600, 0, 0}, /* 4-row groups */
+    {2030, 40, 40, 0, 0},  /* 2 x 40 tiles, odd parts */ {2029, 1, 600, 0, 0}, /* 4-row groups */
 };
 
 /* inputs of a split case: random, with NaNs of both signs, infinities and zeros that meet
  * in the same sums (which NaN a sum returns depends on its operands' order) */
-static void fill_special(float *x, size_t n, uint64_t *rng)
-{
+static void fill_special(float *x, size_t n, uint64_t *rng) {
     for (size_t i = 0; i < n; ++i) x[i] = uniform(rng);
     const float special[6] = {NAN, -NAN, INFINITY, -INFINITY, 0.0f, -0.0f};
     for (size_t i = 0; i < n; i += 97) x[i] = special[(i / 97) % 6];
 }
 
-static void check_split(int64_t m, int64_t n, int64_t k, int ta, int tb, const char *isa)
-{
+static void check_split(int64_t m, int64_t n, int64_t k, int ta, int tb, const char *isa) {
     const size_t a_len = (size_t)(m * k), b_len = (size_t)(k * n), c_len = (size_t)(m * n);
     float *a = malloc(a_len * sizeof *a), *b = malloc(b_len * sizeof *b);
     float *one = malloc(c_len * sizeof *one), *many = malloc(c_len * sizeof *many);
@@ -186,8 +183,10 @@ static void check_split(int64_t m, int64_t n, int64_t k, int ta, int tb, const c
         ml_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, many, n);
         ++g_checks;
         if (memcmp(one, many, c_len * sizeof *one) != 0) {
-            fprintf(stderr, "FAIL %s: %lldx%lldx%lld ta=%d tb=%d on %d threads differs from one "
-                    "thread\n", isa, (long long)m, (long long)n, (long long)k, ta, tb, threads);
+            fprintf(stderr,
+                    "FAIL %s: %lldx%lldx%lld ta=%d tb=%d on %d threads differs from one "
+                    "thread\n",
+                    isa, (long long)m, (long long)n, (long long)k, ta, tb, threads);
             ++g_failures;
         }
     }
@@ -196,49 +195,103 @@ static void check_split(int64_t m, int64_t n, int64_t k, int ta, int tb, const c
 
 /* Each split case on the portable and (where the CPU has it) the AVX2 kernels: the choice
  * is switched through the one decision, kernels/cpu.h. */
-static void test_thread_counts(void)
-{
+static void test_thread_counts(void) {
     const int threads_before = ml_get_num_threads();
     for (int portable = 1; portable >= 0; --portable) {
         atomic_store(&ml__cpu_isa, portable ? ML_CPU_PORTABLE : ML_CPU_UNDECIDED);
         if (!portable && !ml__cpu_avx2()) break; /* (decided from the CPU again) */
         for (size_t i = 0; i < sizeof SPLIT / sizeof SPLIT[0]; ++i)
-            check_split(SPLIT[i][0], SPLIT[i][1], SPLIT[i][2], (int)SPLIT[i][3],
-                        (int)SPLIT[i][4], portable ? "portable" : "avx2");
+            check_split(SPLIT[i][0], SPLIT[i][1], SPLIT[i][2], (int)SPLIT[i][3], (int)SPLIT[i][4],
+                        portable ? "portable" : "avx2");
     }
     atomic_store(&ml__cpu_isa, ML_CPU_UNDECIDED);
     ml_set_num_threads(threads_before);
 }
 
-int main(void)
-{
+int main(void) {
     static const int64_t shapes[][3] = {
         /* m, n, k */
-        {1, 1, 1},     {0, 5, 7},      {5, 0, 7},     {5, 7, 0},      {0, 0, 0},
-        {1, 17, 1},    {2, 3, 4},      {7, 13, 29},   {13, 7, 29},    {29, 13, 7},
-        {6, 16, 8},    {12, 32, 64},   {5, 15, 17},   {7, 17, 5},     {31, 33, 37},
-        {1, 100, 50},  {100, 1, 50},   {64, 64, 1},   {10, 1, 40},    {250, 40, 40},
-        {5, 784, 256}, {75, 784, 256}, {32, 784, 128}, {144, 48, 256}, {145, 49, 257},
-        {257, 129, 65}, {300, 35, 513}, {61, 97, 600},
+        {1, 1, 1},
+        {0, 5, 7},
+        {5, 0, 7},
+        {5, 7, 0},
+        {0, 0, 0},
+        {1, 17, 1},
+        {2, 3, 4},
+        {7, 13, 29},
+        {13, 7, 29},
+        {29, 13, 7},
+        {6, 16, 8},
+        {12, 32, 64},
+        {5, 15, 17},
+        {7, 17, 5},
+        {31, 33, 37},
+        {1, 100, 50},
+        {100, 1, 50},
+        {64, 64, 1},
+        {10, 1, 40},
+        {250, 40, 40},
+        {5, 784, 256},
+        {75, 784, 256},
+        {32, 784, 128},
+        {144, 48, 256},
+        {145, 49, 257},
+        {257, 129, 65},
+        {300, 35, 513},
+        {61, 97, 600},
         /* MAML sinusoid's per-task products (the unpacked small kernel), and its edges */
-        {10, 40, 40},  {40, 40, 10},   {40, 1, 10},   {1, 40, 10},    {10, 40, 1},
-        {3, 9, 512},   {4, 16, 513},   {64, 64, 16},  {9, 1, 3},
+        {10, 40, 40},
+        {40, 40, 10},
+        {40, 1, 10},
+        {1, 40, 10},
+        {10, 40, 1},
+        {3, 9, 512},
+        {4, 16, 513},
+        {64, 64, 16},
+        {9, 1, 3},
         /* outer products (k == 1) and row dot products (n == 1), with 8-lane tails */
-        {7, 33, 1},    {33, 7, 1},     {1, 8, 1},     {13, 1, 1},     {33, 1, 9},
-        {5, 1, 8},     {3, 1, 17},     {1, 1, 40},    {250, 1, 40},
+        {7, 33, 1},
+        {33, 7, 1},
+        {1, 8, 1},
+        {13, 1, 1},
+        {33, 1, 9},
+        {5, 1, 8},
+        {3, 1, 17},
+        {1, 1, 40},
+        {250, 1, 40},
         /* the unpacked kernel on larger products: k in 64-long slices (and a 1-long last
          * slice), 8-column edges (even/odd accumulators), A^T up to 64 rows and past */
-        {40, 40, 250}, {100, 24, 130}, {7, 8, 65},    {64, 40, 300},  {65, 40, 300},
-        {20, 56, 129}, {9, 8, 3},
+        {40, 40, 250},
+        {100, 24, 130},
+        {7, 8, 65},
+        {64, 40, 300},
+        {65, 40, 300},
+        {20, 56, 129},
+        {9, 8, 3},
         /* A B^T with under 16 columns as dot products: 2-row tiles (a 1-row last one
          * for odd m), columns in parts of at most 5 (13 = 5 + 4 + 4, 11 = 4 + 4 + 3),
          * k with and without an 8-lane tail */
-        {10, 10, 40},  {100, 4, 40},   {4, 5, 8},     {8, 15, 9},     {2, 3, 512},
-        {6, 5, 784},   {4, 3, 1030},   {11, 13, 37},  {9, 7, 16},     {1, 5, 64},
-        {3, 11, 8},    {5, 2, 23},     {7, 14, 41},   {75, 5, 784},
+        {10, 10, 40},
+        {100, 4, 40},
+        {4, 5, 8},
+        {8, 15, 9},
+        {2, 3, 512},
+        {6, 5, 784},
+        {4, 3, 1030},
+        {11, 13, 37},
+        {9, 7, 16},
+        {1, 5, 64},
+        {3, 11, 8},
+        {5, 2, 23},
+        {7, 14, 41},
+        {75, 5, 784},
         /* the unpacked kernel past k = 512 for a few rows; a matrix-vector product with a
          * strided B column (the padded cases) and with a long k */
-        {12, 24, 700}, {3, 17, 1030},  {200, 1, 700}, {7, 1, 3},     {33, 1, 5},
+        {12, 24, 700},
+        {3, 17, 1030},
+        {200, 1, 700},
+        {7, 1, 3},
+        {33, 1, 5},
         {70, 1, 9},
     };
     const int n_shapes = (int)(sizeof shapes / sizeof shapes[0]);
@@ -268,9 +321,9 @@ int main(void)
     /* ml__sgemm_batch: each product the same bits as ml_sgemm of that shape */
     {
         /* with m == 1 or n == 1 (and 45 > 40 lanes) the batch runs its own loop */
-        static const int64_t bs[][3] = {{10, 40, 1}, {10, 1, 40}, {10, 10, 40}, {10, 40, 10},
-                                        {75, 5, 784}, {3, 7, 5}, {1, 40, 10}, {40, 1, 10},
-                                        {1, 45, 10}, {45, 1, 7}, {13, 1, 41}};
+        static const int64_t bs[][3] = {{10, 40, 1},  {10, 1, 40}, {10, 10, 40}, {10, 40, 10},
+                                        {75, 5, 784}, {3, 7, 5},   {1, 40, 10},  {40, 1, 10},
+                                        {1, 45, 10},  {45, 1, 7},  {13, 1, 41}};
         for (int s = 0; s < (int)(sizeof bs / sizeof bs[0]); ++s)
             for (int t = 0; t < 4; ++t) {
                 const int ta = t >> 1, tb = t & 1;
@@ -291,8 +344,10 @@ int main(void)
                              c2 + i * sc, n);
                 ++g_checks;
                 if (memcmp(c1, c2, sizeof(float) * (size_t)(sc * count)) != 0) {
-                    fprintf(stderr, "FAIL ml__sgemm_batch ta=%d tb=%d %lldx%lldx%lld differs from "
-                            "ml_sgemm\n", ta, tb, (long long)m, (long long)n, (long long)k);
+                    fprintf(stderr,
+                            "FAIL ml__sgemm_batch ta=%d tb=%d %lldx%lldx%lld differs from "
+                            "ml_sgemm\n",
+                            ta, tb, (long long)m, (long long)n, (long long)k);
                     ++g_failures;
                 }
                 free(a), free(b), free(c1), free(c2);

@@ -39,7 +39,8 @@ static void test_sizes(void) {
     CHECK(ml_memory_new(&m, -3, 4, 0, 0) == ML_ERR_VALUE, "capacity < 0 refused");
     CHECK(ml_memory_new(&m, 4, 0, 0, 0) == ML_ERR_VALUE, "key size 0 refused");
     CHECK(ml_memory_new(&m, 4, 4, -1, 0) == ML_ERR_VALUE, "payload < 0 refused");
-    CHECK(ml_memory_new(&m, (int64_t)1 << 40, (int64_t)1 << 20, 0, 0) == ML_ERR_OOM, "huge refused");
+    CHECK(ml_memory_new(&m, (int64_t)1 << 40, (int64_t)1 << 20, 0, 0) == ML_ERR_OOM,
+          "huge refused");
     CHECK(m == NULL, "nothing made");
     OK(ml_memory_new(&m, 4, 3, 0, 0));
     float q[3] = {1, 0, 0}, nanq[3] = {1, NAN, 0};
@@ -142,7 +143,8 @@ static void test_query_brute_force(void) {
                 if (v < prev - 1e-12 && v > best) best = v, bi = s;
             }
             prev = best;
-            CHECK(idx[i * K + t] == bi && fabs(sim[i * K + t] - best) < 1e-5 && lab[i * K + t] == bi,
+            CHECK(idx[i * K + t] == bi && fabs(sim[i * K + t] - best) < 1e-5 &&
+                      lab[i * K + t] == bi,
                   "query %d rank %d: %lld vs %lld", i, t, (long long)idx[i * K + t], (long long)bi);
         }
     }
@@ -156,8 +158,10 @@ static double objective(ml_memory *m, int kind, const float *qv, const float *R,
     ml_tensor *q = NULL, *o = NULL;
     int64_t shape[2] = {n, d};
     ml_tensor_from_data(&q, 2, shape, qv);
-    if (kind == 0) ml_memory_read(&o, NULL, m, q, 4, 0.5f);
-    else ml_memory_loss(&o, m, q, n, y, 6, 0.8f);
+    if (kind == 0)
+        ml_memory_read(&o, NULL, m, q, 4, 0.5f);
+    else
+        ml_memory_loss(&o, m, q, n, y, 6, 0.8f);
     double s = 0;
     for (int64_t i = 0; i < o->numel; i++) s += (double)R[i] * o->data[i];
     ml_release(q);
@@ -180,8 +184,10 @@ static void test_gradients(int kind) {
     ml_tensor *q = NULL, *o = NULL, *flat = NULL, *Rt = NULL, *prod = NULL, *L = NULL, *g = NULL;
     OK(ml_tensor_from_data(&q, 2, shape, qv));
     OK(ml_set_requires_grad(q, 1));
-    if (kind == 0) OK(ml_memory_read(&o, NULL, m, q, 4, 0.5f));
-    else OK(ml_memory_loss(&o, m, q, N, y, 6, 0.8f));
+    if (kind == 0)
+        OK(ml_memory_read(&o, NULL, m, q, 4, 0.5f));
+    else
+        OK(ml_memory_loss(&o, m, q, N, y, 6, 0.8f));
     OK(ml_reshape(&flat, o, 1, rshape));
     OK(ml_tensor_from_data(&Rt, 1, rshape, R));
     OK(ml_mul(&prod, flat, Rt));
@@ -200,7 +206,8 @@ static void test_gradients(int kind) {
         max_err = fmax(max_err, fabs(fd - g->data[i]));
         max_g = fmax(max_g, fabs(g->data[i]));
     }
-    CHECK(max_err < 2e-3 && max_g > 1e-2, "kind %d first order: err %g, |g| %g", kind, max_err, max_g);
+    CHECK(max_err < 2e-3 && max_g > 1e-2, "kind %d first order: err %g, |g| %g", kind, max_err,
+          max_g);
     /* second order: d/dq <g, v> vs central differences of <g(q), v> */
     ml_tensor *vt = NULL, *gv = NULL, *S = NULL, *h2 = NULL;
     OK(ml_tensor_from_data(&vt, 2, shape, v));
@@ -218,8 +225,10 @@ static void test_gradients(int kind) {
             ml_tensor *q2 = NULL, *o2 = NULL, *f2 = NULL, *p2 = NULL, *L2 = NULL, *g2 = NULL;
             ml_tensor_from_data(&q2, 2, shape, qq);
             ml_set_requires_grad(q2, 1);
-            if (kind == 0) ml_memory_read(&o2, NULL, m, q2, 4, 0.5f);
-            else ml_memory_loss(&o2, m, q2, N, y, 6, 0.8f);
+            if (kind == 0)
+                ml_memory_read(&o2, NULL, m, q2, 4, 0.5f);
+            else
+                ml_memory_loss(&o2, m, q2, N, y, 6, 0.8f);
             ml_reshape(&f2, o2, 1, rshape);
             ml_mul(&p2, f2, Rt);
             ml_sum(&L2, p2, 0, NULL, 0);
@@ -234,8 +243,8 @@ static void test_gradients(int kind) {
         max_err = fmax(max_err, fabs(fd - h2->data[i]));
         max_g = fmax(max_g, fabs(h2->data[i]));
     }
-    CHECK(h2 && max_err < 1e-2 * (1 + max_g) && max_g > 1e-2, "kind %d second order: err %g, |h| %g",
-          kind, max_err, max_g);
+    CHECK(h2 && max_err < 1e-2 * (1 + max_g) && max_g > 1e-2,
+          "kind %d second order: err %g, |h| %g", kind, max_err, max_g);
     ml_release(q), ml_release(o), ml_release(flat), ml_release(Rt), ml_release(prod);
     ml_release(L), ml_release(g), ml_release(vt), ml_release(gv), ml_release(S), ml_release(h2);
     ml_memory_free(m);

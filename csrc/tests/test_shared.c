@@ -51,17 +51,26 @@ static int n_pass, n_fail;
 
 /* every site the library registers (cpu.h): a site missing here is a dispatch the tests
  * would not see */
+/* clang-format off: a table, one case a line */
 static const char *const SITES[] = {
-    "gemm",           "vmath",          "sinusoid_row",         "binary_range_at",
-    "un_kernel",      "outer_rows_direct", "relu_grad_mask_inplace", "red_block",
-    "maxpool_kernel", "bn_train_range", "bn_backward_range",
+    "gemm",
+    "vmath",
+    "sinusoid_row",
+    "binary_range_at",
+    "un_kernel",
+    "outer_rows_direct",
+    "relu_grad_mask_inplace",
+    "red_block",
+    "maxpool_kernel",
+    "bn_train_range",
+    "bn_backward_range",
 };
+/* clang-format on */
 #define N_SITES ((int)(sizeof SITES / sizeof SITES[0]))
 
 static void set_isa(int isa) { atomic_store(&ml__cpu_isa, isa); }
 
-static int cpu_has_avx2(void)
-{
+static int cpu_has_avx2(void) {
 #if ML_HAVE_AVX2
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -71,8 +80,7 @@ static int cpu_has_avx2(void)
 }
 
 /* the variant ml_kernel_variants gives for a site (NULL: not listed) */
-static const char *variant_of(const char *site)
-{
+static const char *variant_of(const char *site) {
     const char *names[64], *variants[64];
     const int n = ml_kernel_variants(names, variants, 64);
     for (int i = 0; i < n && i < 64; i++)
@@ -80,8 +88,7 @@ static const char *variant_of(const char *site)
     return NULL;
 }
 
-static ml_tensor *filled(int ndim, const int64_t *shape, unsigned seed)
-{
+static ml_tensor *filled(int ndim, const int64_t *shape, unsigned seed) {
     ml_tensor *t = NULL;
     if (ml_tensor_zeros(&t, ndim, shape) != ML_OK) abort(); /* test setup only */
     float *d = ml_data(t);
@@ -98,18 +105,22 @@ static ml_tensor *filled(int ndim, const int64_t *shape, unsigned seed)
 typedef ml_tensor *(*program_fn)(int variant);
 
 /* GEMM shapes, one per kind of kernel the path table can pick (gemm_path.c) */
-static const struct { int64_t m, k, n; int ta, tb; } PRODUCTS[] = {
-    {250, 40, 40, 0, 0}, /* small, 24 + 16 tiles */  {10, 40, 40, 0, 0},  /* 2 x 40 tiles */
-    {10, 1, 40, 0, 0},   /* outer product */          {40, 10, 1, 0, 0},   /* rows of A . x */
-    {40, 10, 1, 1, 0},   /* A^T x */                  {1, 10, 40, 0, 0},   /* row . B */
-    {75, 784, 5, 0, 1},  /* A B^T, few columns */     {5, 784, 256, 0, 0}, /* long k, few rows */
-    {300, 200, 150, 0, 0}, /* packed */               {160, 90, 70, 1, 1}, /* packed, both T */
+/* clang-format off: a table, one case a line */
+static const struct {
+    int64_t m, k, n;
+    int ta, tb;
+} PRODUCTS[] = {
+    {250, 40, 40, 0, 0},   /* small, 24 + 16 tiles */ {10, 40, 40, 0, 0},  /* 2 x 40 tiles */
+    {10, 1, 40, 0, 0},     /* outer product */ {40, 10, 1, 0, 0},   /* rows of A . x */
+    {40, 10, 1, 1, 0},     /* A^T x */ {1, 10, 40, 0, 0},   /* row . B */
+    {75, 784, 5, 0, 1},    /* A B^T, few columns */ {5, 784, 256, 0, 0}, /* long k, few rows */
+    {300, 200, 150, 0, 0}, /* packed */ {160, 90, 70, 1, 1}, /* packed, both T */
     {3, 5, 7, 0, 0},     /* tiny */
 };
+/* clang-format on */
 #define N_PRODUCTS ((int)(sizeof PRODUCTS / sizeof PRODUCTS[0]))
 
-static ml_tensor *prog_matmul(int v)
-{
+static ml_tensor *prog_matmul(int v) {
     const int64_t m = PRODUCTS[v].m, k = PRODUCTS[v].k, n = PRODUCTS[v].n;
     const int64_t sa[2] = {PRODUCTS[v].ta ? k : m, PRODUCTS[v].ta ? m : k};
     const int64_t sb[2] = {PRODUCTS[v].tb ? n : k, PRODUCTS[v].tb ? k : n};
@@ -121,8 +132,7 @@ static ml_tensor *prog_matmul(int v)
 }
 
 /* a broadcast over a middle axis, as vectorised MAML's bias add (binary_range_at) */
-static ml_tensor *prog_broadcast_add(int v)
-{
+static ml_tensor *prog_broadcast_add(int v) {
     const int64_t sx[3] = {25, 10, 40}, sy[3] = {25, 1, 40};
     ml_tensor *x = filled(3, sx, 7), *y = filled(3, sy, 8), *o = NULL;
     OK(ml_add(&o, x, y));
@@ -131,10 +141,10 @@ static ml_tensor *prog_broadcast_add(int v)
 }
 
 /* unary kernels (un_kernel), with the vector math (vmath) for exp .. gelu */
-static ml_tensor *prog_unary(int v)
-{
+static ml_tensor *prog_unary(int v) {
     const int64_t s[1] = {1000};
     ml_tensor *x = filled(1, s, 11), *o = NULL;
+    /* clang-format off: a table, one case a line */
     switch (v) {
     case 0: OK(ml_relu(&o, x)); break;
     case 1: OK(ml_exp(&o, x)); break;
@@ -142,13 +152,13 @@ static ml_tensor *prog_unary(int v)
     case 3: OK(ml_sigmoid(&o, x)); break;
     default: OK(ml_gelu(&o, x)); break;
     }
+    /* clang-format on */
     ml_release(x);
     return o;
 }
 
 /* a sum over a middle axis (red_block) */
-static ml_tensor *prog_sum(int v)
-{
+static ml_tensor *prog_sum(int v) {
     const int64_t s[3] = {25, 10, 40};
     const int axis = 1;
     ml_tensor *x = filled(3, s, 13), *o = NULL;
@@ -157,8 +167,7 @@ static ml_tensor *prog_sum(int v)
     return o;
 }
 
-static ml_tensor *prog_max_pool(int v)
-{
+static ml_tensor *prog_max_pool(int v) {
     const int64_t s[4] = {2, 9, 9, 5};
     ml_tensor *x = filled(4, s, 17), *o = NULL;
     OK(ml_max_pool2d(&o, x, 3, 3, 2, 2, ML_PAD_SAME));
@@ -168,8 +177,7 @@ static ml_tensor *prog_max_pool(int v)
 
 /* batch norm in training mode (bn_train_range), and its first-order gradient with
  * respect to x (bn_backward_range: no graph is recorded) */
-static ml_tensor *prog_batch_norm(int v)
-{
+static ml_tensor *prog_batch_norm(int v) {
     const int64_t s[4] = {8, 4, 4, 6}, c[1] = {6};
     ml_tensor *x = filled(4, s, 19), *gamma = filled(1, c, 20), *beta = filled(1, c, 21);
     ml_tensor *y = NULL, *w = filled(4, s, 22), *yw = NULL, *loss = NULL, *dx = NULL;
@@ -187,8 +195,7 @@ static ml_tensor *prog_batch_norm(int v)
     return y;
 }
 
-static ml_tensor *prog_sinusoid(int v)
-{
+static ml_tensor *prog_sinusoid(int v) {
     const int64_t s[1] = {203};
     ml_tensor *x = filled(1, s, 23), *y = NULL;
     OK(ml_tensor_zeros(&y, 1, s));
@@ -202,8 +209,7 @@ static ml_tensor *prog_sinusoid(int v)
 /* Traced, then replayed: the fused entries of the replay. v = 0: a task-batched layer's
  * outer product + bias + relu (outer_rows_direct); v = 1: add + relu_grad of a backward
  * (relu_grad_mask_inplace). */
-static ml_tensor *prog_fused(int v)
-{
+static ml_tensor *prog_fused(int v) {
     const int64_t sx[3] = {25, 10, 1}, sw[3] = {25, 1, 40}, sb[3] = {25, 1, 40};
     const int64_t sg[3] = {25, 10, 40};
     ml_tensor *ins[4] = {filled(3, sx, 29), filled(3, sw, 30), filled(3, v ? sg : sb, 31),
@@ -249,8 +255,7 @@ static const struct {
 
 /* a and b agree: the same shape, and per element the same bits (exact), or both NaN or
  * within float32 rounding of a sum of products */
-static int agree(ml_tensor *a, ml_tensor *b, int exact, double *worst)
-{
+static int agree(ml_tensor *a, ml_tensor *b, int exact, double *worst) {
     *worst = 0;
     if (!a || !b || ml_ndim(a) != ml_ndim(b) ||
         memcmp(ml_shape(a), ml_shape(b), (size_t)ml_ndim(a) * sizeof(int64_t)))
@@ -272,8 +277,7 @@ static int agree(ml_tensor *a, ml_tensor *b, int exact, double *worst)
     return 1;
 }
 
-static void test_results_agree(void)
-{
+static void test_results_agree(void) {
     if (!cpu_has_avx2()) {
         printf("test_dispatch: this CPU has no AVX2+FMA: only the portable variants run\n");
         return;
@@ -288,7 +292,8 @@ static void test_results_agree(void)
             double worst = 0;
             CHECK(agree(avx2, portable, PROGRAMS[p].exact, &worst),
                   "%s (case %d): the AVX2 and portable variants disagree (worst relative "
-                  "difference %.3g)", PROGRAMS[p].name, v, worst);
+                  "difference %.3g)",
+                  PROGRAMS[p].name, v, worst);
             ml_release(portable), ml_release(avx2);
         }
     }
@@ -297,16 +302,14 @@ static void test_results_agree(void)
 
 /* ML_KERNEL=portable, read when the choice is made, makes every site portable; without it
  * the choice is the CPU's. Every site is listed. */
-static void test_ml_kernel(void)
-{
+static void test_ml_kernel(void) {
     const char *saved = getenv("ML_KERNEL");
     char *copy = saved ? strdup(saved) : NULL;
 
     setenv("ML_KERNEL", "portable", 1);
     set_isa(ML_CPU_UNDECIDED);
     CHECK(ml__cpu_avx2() == 0, "ML_KERNEL=portable: the AVX2 variants were chosen");
-    CHECK(!strcmp(ml_kernel_name(), "portable"), "ML_KERNEL=portable: kernel %s",
-          ml_kernel_name());
+    CHECK(!strcmp(ml_kernel_name(), "portable"), "ML_KERNEL=portable: kernel %s", ml_kernel_name());
     for (int i = 0; i < N_SITES; i++) {
         const char *v = variant_of(SITES[i]);
         CHECK(v && !strcmp(v, "portable"), "ML_KERNEL=portable: site %s runs %s", SITES[i],
@@ -339,8 +342,7 @@ static void test_ml_kernel(void)
 static int aligned64(const void *p) { return ((uintptr_t)p & 63) == 0; }
 
 /* every slot grown, written end to end, and left to the thread's exit */
-static void *grow_all_slots(void *unused)
-{
+static void *grow_all_slots(void *unused) {
     (void)unused;
     for (int s = 0; s < ML_SCRATCH_SLOTS; s++) {
         float *p = ml__scratch(s, 1000 + 100 * (size_t)s);
@@ -350,8 +352,7 @@ static void *grow_all_slots(void *unused)
     return (void *)1;
 }
 
-static void test_scratch(void)
-{
+static void test_scratch(void) {
     float *gemm = ml__scratch(ML_SCRATCH_GEMM, 100);
     float *cols = ml__scratch(ML_SCRATCH_CONV_COLS, 100);
     CHECK(gemm && cols && gemm != cols, "two slots share a buffer");
@@ -374,8 +375,8 @@ static void test_scratch(void)
 
     pthread_t th;
     void *ok = NULL;
-    CHECK(pthread_create(&th, NULL, grow_all_slots, NULL) == 0 && pthread_join(th, &ok) == 0 &&
-              ok, "a thread's scratch buffers");
+    CHECK(pthread_create(&th, NULL, grow_all_slots, NULL) == 0 && pthread_join(th, &ok) == 0 && ok,
+          "a thread's scratch buffers");
 }
 
 /* ------------------------------------------------------------- xoshiro */
@@ -383,15 +384,13 @@ static void test_scratch(void)
 /* splitmix64 from 0: the outputs of Vigna's reference splitmix64.c; xoshiro256** from the
  * states seeded with 0 and 42: the reference xoshiro256starstar.c's next() (computed by
  * an independent transcription of both in Python) */
-static void test_xoshiro(void)
-{
+static void test_xoshiro(void) {
     static const uint64_t split0[4] = {0xe220a8397b1dcdafull, 0x6e789e6aa1b965f4ull,
                                        0x06c45d188009454full, 0xf88bb8a8724c81ecull};
-    static const uint64_t next[2][4] = {
-        {0x99ec5f36cb75f2b4ull, 0xbf6e1f784956452aull, 0x1a5f849d4933e6e0ull,
-         0x6aa594f1262d2d2cull},
-        {0x15780b2e0c2ec716ull, 0x6104d9866d113a7eull, 0xae17533239e499a1ull,
-         0xecb8ad4703b360a1ull}};
+    static const uint64_t next[2][4] = {{0x99ec5f36cb75f2b4ull, 0xbf6e1f784956452aull,
+                                         0x1a5f849d4933e6e0ull, 0x6aa594f1262d2d2cull},
+                                        {0x15780b2e0c2ec716ull, 0x6104d9866d113a7eull,
+                                         0xae17533239e499a1ull, 0xecb8ad4703b360a1ull}};
     uint64_t x = 0, s[4];
     for (int i = 0; i < 4; i++) {
         const uint64_t z = ml__splitmix64(&x);
@@ -419,8 +418,7 @@ static void test_xoshiro(void)
 
 /* ------------------------------------------------------------- pointer map */
 
-static void test_ptrmap(void)
-{
+static void test_ptrmap(void) {
     enum { N = 5000 };
     static char objects[N], others[N]; /* distinct addresses: keys, and keys never put */
     ml_ptrmap m = {0};
@@ -433,7 +431,8 @@ static void test_ptrmap(void)
     for (int i = 0; i < N; i++) right += ml__ptrmap_get(&m, &objects[i]) == i;
     CHECK(right == N, "%d of %d keys have their value after growing", right, N);
     CHECK(ml__ptrmap_put(&m, &objects[17], 99) == 0 && ml__ptrmap_get(&m, &objects[17]) == 99 &&
-              m.n == N, "a key put again: its value replaced, no new key");
+              m.n == N,
+          "a key put again: its value replaced, no new key");
     int absent = 0;
     for (int i = 0; i < N; i++) absent += ml__ptrmap_get(&m, &others[i]) == -1;
     CHECK(absent == N, "%d of %d absent keys found absent", absent, N);
@@ -443,8 +442,7 @@ static void test_ptrmap(void)
     ml__ptrmap_free(&m);
 }
 
-int main(void)
-{
+int main(void) {
     test_ml_kernel();
     test_results_agree();
     test_scratch();

@@ -21,7 +21,9 @@ static int passed, failed;
 
 static uint64_t rs = 88172645463325252ull;
 static float frand(void) {
-    rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17;
+    rs ^= rs << 13;
+    rs ^= rs >> 7;
+    rs ^= rs << 17;
     return (float)((rs >> 40) & 0xffffff) / 16777216.0f - 0.5f;
 }
 
@@ -44,9 +46,13 @@ static void gemm_case(int ta, int tb, int64_t m, int64_t n, int64_t k, float bet
         ml_sgemm(ta, tb, m, n, k, 0.5f, a, lda, b, ldb, beta, c1, n);
         if (memcmp(c0, c1, sizeof(float) * m * n) != 0) same = 0;
     }
-    CHECK(same, "sgemm ta=%d tb=%d %lldx%lldx%lld: threads change the result", ta, tb,
-          (long long)m, (long long)n, (long long)k);
-    free(init); free(a); free(b); free(c0); free(c1);
+    CHECK(same, "sgemm ta=%d tb=%d %lldx%lldx%lld: threads change the result", ta, tb, (long long)m,
+          (long long)n, (long long)k);
+    free(init);
+    free(a);
+    free(b);
+    free(c0);
+    free(c1);
 }
 
 static ml_tensor *randt(int nd, const int64_t *shape) {
@@ -93,7 +99,10 @@ static void conv_case(int64_t n, int64_t h, int64_t c, int64_t f) {
         free(r1[i]);
         free(r2[i]);
     }
-    ml_release(x); ml_release(k); ml_release(b); ml_release(gy);
+    ml_release(x);
+    ml_release(k);
+    ml_release(b);
+    ml_release(gy);
 }
 
 
@@ -118,7 +127,11 @@ static void pool_unary_case(void) {
             res[r][i] = malloc(sizeof(float) * sz[i]);
             memcpy(res[r][i], ml_data(all[i]), sizeof(float) * sz[i]);
         }
-        ml_release(t); ml_release(y); ml_release(e); ml_release(s); ml_release(g);
+        ml_release(t);
+        ml_release(y);
+        ml_release(e);
+        ml_release(s);
+        ml_release(g);
     }
     const char *names[4] = {"tanh", "max_pool2d", "exp", "grad"};
     for (int i = 0; i < 4; i++) {
@@ -156,21 +169,31 @@ static int br_run(int threads, float **res, int64_t *sz) {
     ok &= ml_sum(&o[10], x, 0, NULL, 0) == ML_OK; /* a single sum: never split */
     ok &= ml_sum(&o[11], r, 1, ax0, 1) == ML_OK;  /* one row, 10001 columns */
     for (int i = 0; i < BR_N; i++) {
-        if (!o[i]) { ok = 0; continue; }
+        if (!o[i]) {
+            ok = 0;
+            continue;
+        }
         sz[i] = ml_numel(o[i]);
         res[i] = malloc(sizeof(float) * sz[i]);
         memcpy(res[i], ml_data(o[i]), sizeof(float) * sz[i]);
         ml_release(o[i]);
     }
-    ml_release(x); ml_release(y); ml_release(c); ml_release(k); ml_release(h);
-    ml_release(r); ml_release(rc); ml_release(t);
+    ml_release(x);
+    ml_release(y);
+    ml_release(c);
+    ml_release(k);
+    ml_release(h);
+    ml_release(r);
+    ml_release(rc);
+    ml_release(t);
     return ok;
 }
 
 static void binary_reduce_case(void) {
     float *res[3][BR_N] = {{0}};
     int64_t sz[3][BR_N] = {{0}};
-    for (int t = 0; t < 3; t++) CHECK(br_run(t + 1, res[t], sz[t]), "binary/reduce ops ran on %d threads", t + 1);
+    for (int t = 0; t < 3; t++)
+        CHECK(br_run(t + 1, res[t], sz[t]), "binary/reduce ops ran on %d threads", t + 1);
     for (int i = 0; i < BR_N; i++) {
         for (int t = 1; t < 3; t++)
             CHECK(res[0][i] && res[t][i] && sz[0][i] == sz[t][i] &&
@@ -228,8 +251,9 @@ static void parallel_for_cases(void) {
                         if (atomic_load(&task_runs[i]) != 1) {
                             if (bad++ < 5)
                                 printf("parallel_for: %lld tasks, %d threads, slow %d, asleep %d: "
-                                       "task %lld ran %d times\n", (long long)n, threads, slow,
-                                       asleep, (long long)i, atomic_load(&task_runs[i]));
+                                       "task %lld ran %d times\n",
+                                       (long long)n, threads, slow, asleep, (long long)i,
+                                       atomic_load(&task_runs[i]));
                         }
                 }
     }
@@ -376,8 +400,10 @@ static void trace_owner_cases(void) {
             ml_tensor *none = NULL;
             CHECK(ml_trace_end(j.tr, 1, &none) == ML_ERR_GRAPH,
                   "trace_end from another thread was not refused");
-            CHECK(strstr(ml_last_error(), "another thread") != NULL, "message: %s", ml_last_error());
-            CHECK(ml_trace_abort(j.tr) == ML_ERR_GRAPH, "trace_abort from another thread was not refused");
+            CHECK(strstr(ml_last_error(), "another thread") != NULL, "message: %s",
+                  ml_last_error());
+            CHECK(ml_trace_abort(j.tr) == ML_ERR_GRAPH,
+                  "trace_abort from another thread was not refused");
             CHECK(ml_is_tracing() == 0, "the main thread reads as recording");
         } else {
             ml_trace_free(j.tr); /* deferred: the recorder is still using it */
@@ -397,7 +423,8 @@ static void trace_owner_cases(void) {
             ml_release(x2);
             ml_trace_free(j.tr);
         } else {
-            CHECK(j.end_st == ML_ERR_GRAPH, "the end of a trace freed meanwhile returned %d", j.end_st);
+            CHECK(j.end_st == ML_ERR_GRAPH, "the end of a trace freed meanwhile returned %d",
+                  j.end_st);
         }
         CHECK(j.later_begin_st == ML_OK, "the recorder stayed stuck recording (mode %d)", mode);
         ml_release(j.x);
@@ -435,7 +462,8 @@ static void trace_concurrent_replays(void) {
         ml_trace *outer = NULL;
         ml_tensor *got = NULL;
         OK(ml_trace_begin(&outer, 1, &x));
-        CHECK(ml_trace_replay(tr, &x, &got) == ML_ERR_GRAPH, "a replay while recording was not refused");
+        CHECK(ml_trace_replay(tr, &x, &got) == ML_ERR_GRAPH,
+              "a replay while recording was not refused");
         CHECK(ml_trace_replay_many(tr, 1, &x, &got, 2) == ML_ERR_GRAPH,
               "replay_many while recording was not refused");
         OK(ml_trace_abort(outer));
@@ -447,7 +475,8 @@ static void trace_concurrent_replays(void) {
     pthread_t th[4];
     for (int i = 0; i < 4; i++) pthread_create(&th[i], NULL, replay_many_times, &jobs[i]);
     for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
-    for (int i = 0; i < 4; i++) CHECK(jobs[i].bad == 0, "thread %d: %d wrong replays", i, jobs[i].bad);
+    for (int i = 0; i < 4; i++)
+        CHECK(jobs[i].bad == 0, "thread %d: %d wrong replays", i, jobs[i].bad);
     ml_release(x);
     ml_release(a);
     ml_release(b);
@@ -464,8 +493,10 @@ int main(void) {
         pthread_t th;
         pthread_create(&th, NULL, late_thread, NULL);
         pthread_join(th, NULL);
-        CHECK(late_saw_dead_pool == 1, "a release after the thread's pool was destroyed still "
-              "saw the pool (%d)", late_saw_dead_pool);
+        CHECK(late_saw_dead_pool == 1,
+              "a release after the thread's pool was destroyed still "
+              "saw the pool (%d)",
+              late_saw_dead_pool);
     }
     parallel_for_cases();
     trace_two_recorders();

@@ -25,8 +25,8 @@ static double ref_gelu(double v) { return 0.5 * v * (1.0 + erf(v / sqrt(2.0))); 
 
 /* Sweeps floats from lo to hi (both signs handled by the caller's range) with about
  * `count` points; returns the max error in ulps of the reference (and absolute error). */
-static void sweep(const char *name, vfn f, double (*ref)(double), float lo, float hi,
-                  int64_t count, double max_ulp, double max_abs) {
+static void sweep(const char *name, vfn f, double (*ref)(double), float lo, float hi, int64_t count,
+                  double max_ulp, double max_abs) {
     float *x = malloc((size_t)count * sizeof(float)), *y = malloc((size_t)count * sizeof(float));
     int64_t n = 0;
     /* uniform in the bit pattern of |x| for each sign: covers every binade */
@@ -34,7 +34,10 @@ static void sweep(const char *name, vfn f, double (*ref)(double), float lo, floa
         float a = s ? -hi : lo, b = s ? -lo : hi;
         if (s == 0 && lo < 0) a = 0.0f;
         if (s == 1 && lo >= 0) continue;
-        if (s == 1) { a = 0.0f; b = -lo; }
+        if (s == 1) {
+            a = 0.0f;
+            b = -lo;
+        }
         float hi_abs = s ? b : b;
         uint32_t ua, ub;
         memcpy(&ua, &a, 4);
@@ -54,11 +57,18 @@ static void sweep(const char *name, vfn f, double (*ref)(double), float lo, floa
         double r = ref((double)x[i]);
         double e = fabs((double)y[i] - r);
         double u = e / ulp_of(r);
-        if (u > worst_ulp) { worst_ulp = u; at_ulp = x[i]; }
-        if (e > worst_abs) { worst_abs = e; at_abs = x[i]; }
+        if (u > worst_ulp) {
+            worst_ulp = u;
+            at_ulp = x[i];
+        }
+        if (e > worst_abs) {
+            worst_abs = e;
+            at_abs = x[i];
+        }
     }
     int ok = worst_ulp <= max_ulp || worst_abs <= max_abs;
-    printf("test_vmath: %-8s %9lld points in [%g, %g]: max %.2f ulp (at %g), max abs %.2e (at %g) %s\n",
+    printf("test_vmath: %-8s %9lld points in [%g, %g]: max %.2f ulp (at %g), max abs %.2e (at %g) "
+           "%s\n",
            name, (long long)n, (double)lo, (double)hi, worst_ulp, (double)at_ulp, worst_abs,
            (double)at_abs, ok ? "ok" : "FAIL");
     if (!ok) failures++;
@@ -68,9 +78,10 @@ static void sweep(const char *name, vfn f, double (*ref)(double), float lo, floa
 
 /* Special values: same as libm's (NaN as NaN). */
 static void specials(const char *name, vfn f, vfn portable) {
-    float xs[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, 1e-45f, -1e-45f, 1e-40f, 1.17549435e-38f,
-                  88.0f, 88.8f, 89.0f, -87.0f, -88.0f, -100.0f, -104.0f, 3.4e38f, -3.4e38f,
-                  1.0f, -1.0f, 0.5f, 9.0f, -9.5f, 20.0f, -20.0f};
+    float xs[] = {0.0f,    -0.0f,           INFINITY, -INFINITY, NAN,   1e-45f, -1e-45f,
+                  1e-40f,  1.17549435e-38f, 88.0f,    88.8f,     89.0f, -87.0f, -88.0f,
+                  -100.0f, -104.0f,         3.4e38f,  -3.4e38f,  1.0f,  -1.0f,  0.5f,
+                  9.0f,    -9.5f,           20.0f,    -20.0f};
     const int n = (int)(sizeof xs / sizeof xs[0]);
     float a[32], b[32];
     f(n, xs, a);
@@ -95,7 +106,8 @@ static void adam_check(int amsgrad) {
     const float b1 = 0.9f, b2 = 0.999f, eps = 1e-7f;
     for (int i = 0; i < N; i++) {
         p[i] = (float)(pd[i] = sin(i * 0.1));
-        m[i] = v[i] = vh[i] = 0; md[i] = vd[i] = vhd[i] = 0;
+        m[i] = v[i] = vh[i] = 0;
+        md[i] = vd[i] = vhd[i] = 0;
     }
     double worst = 0;
     for (int t = 1; t <= STEPS; t++) {
@@ -115,7 +127,8 @@ static void adam_check(int amsgrad) {
         if (e > worst) worst = e;
     }
     if (!(worst < 1e-5)) {
-        printf("test_vmath: adam%s FAIL: worst relative error %.3g\n", amsgrad ? " (amsgrad)" : "", worst);
+        printf("test_vmath: adam%s FAIL: worst relative error %.3g\n", amsgrad ? " (amsgrad)" : "",
+               worst);
         failures++;
     }
 }
@@ -123,8 +136,8 @@ static void adam_check(int amsgrad) {
 /* Adam flushes denormals (see ml__vadam): a decayed m below FLT_MIN becomes 0, a step
  * that would be denormal is 0, the caller's MXCSR is put back. Under IEEE gradual
  * underflow m would stay 0.9e-39 and p = 0 would become about -1e-41. */
-typedef void (*adam_fn)(int64_t, float *, const float *, float *, float *, float *, float,
-                        float, float, float);
+typedef void (*adam_fn)(int64_t, float *, const float *, float *, float *, float *, float, float,
+                        float, float);
 static void adam_denormal_check(const char *name, adam_fn f) {
     enum { N = 19 }; /* two vectors and a tail */
     float p[N], g[N], m[N], v[N];
@@ -140,21 +153,31 @@ static void adam_denormal_check(const char *name, adam_fn f) {
     f(N, p, g, m, v, NULL, 1e-3f, 0.9f, 0.999f, 1e-7f);
 #if defined(__x86_64__) || defined(__SSE__)
     /* the modes (all but the sticky exception flags, bits 0-5) are the caller's again */
-    if ((_mm_getcsr() & ~0x3fu) != (csr & ~0x3fu)) { printf("test_vmath: %s left MXCSR changed FAIL\n", name); failures++; }
+    if ((_mm_getcsr() & ~0x3fu) != (csr & ~0x3fu)) {
+        printf("test_vmath: %s left MXCSR changed FAIL\n", name);
+        failures++;
+    }
     { /* an invalid operation inside Adam (inf - inf) stays flagged for the caller */
         float pp[9], gg[9], mm[9], vv[9];
         for (int i = 0; i < 9; i++) pp[i] = 1.0f, gg[i] = INFINITY, mm[i] = -INFINITY, vv[i] = 1.0f;
         _mm_setcsr(_mm_getcsr() & ~0x3fu);
         f(9, pp, gg, mm, vv, NULL, 1e-3f, 0.9f, 0.999f, 1e-7f);
-        if (!(_mm_getcsr() & 0x1u)) { printf("test_vmath: %s cleared the invalid flag FAIL\n", name); failures++; }
+        if (!(_mm_getcsr() & 0x1u)) {
+            printf("test_vmath: %s cleared the invalid flag FAIL\n", name);
+            failures++;
+        }
         _mm_setcsr(csr);
     }
     volatile float tiny = 1e-39f; /* gradual underflow is back for the caller */
-    if (!(tiny * 0.5f > 0.0f)) { printf("test_vmath: %s left denormals flushed FAIL\n", name); failures++; }
+    if (!(tiny * 0.5f > 0.0f)) {
+        printf("test_vmath: %s left denormals flushed FAIL\n", name);
+        failures++;
+    }
     for (int i = 0; i < N; i++) {
         const float want_m = (i % 3) ? 0.0f : 0.9f * 1e-36f, want_p = (i % 2) ? 0.5f : 0.0f;
         if (m[i] != want_m || p[i] != want_p) {
-            printf("test_vmath: %s denormal flush FAIL at %d: m %g p %g\n", name, i, (double)m[i], (double)p[i]);
+            printf("test_vmath: %s denormal flush FAIL at %d: m %g p %g\n", name, i, (double)m[i],
+                   (double)p[i]);
             failures++;
         }
     }
@@ -191,7 +214,10 @@ int main(void) {
     ml__vexp_portable(13, ref, ref);
     ml__vexp(13, buf, buf);
     for (int i = 0; i < 13; i++)
-        if (fabsf(buf[i] - ref[i]) > 3e-7f * ref[i]) { printf("test_vmath: in-place exp FAIL\n"); failures++; }
+        if (fabsf(buf[i] - ref[i]) > 3e-7f * ref[i]) {
+            printf("test_vmath: in-place exp FAIL\n");
+            failures++;
+        }
     printf("test_vmath: %s\n", failures ? "FAILED" : "all passed");
     return failures != 0;
 }

@@ -45,8 +45,10 @@ typedef struct {
 static int set_reader(ml_fused_reader *r, const fuse_pair *p) {
     const trace_entry *f = p->f;
     if (f->n_in > 3 || f->params_size > sizeof r->p2) return 0;
-    *r = (ml_fused_reader){f->op, f->op == OP_ADD_RELU_GRAD ? -1 : ml__binary_kernel(f->op),
-                           f->fn, p->t_index, f->n_in, f->params_size, {0}};
+    *r = (ml_fused_reader){f->op,   f->op == OP_ADD_RELU_GRAD ? -1 : ml__binary_kernel(f->op),
+                           f->fn,   p->t_index,
+                           f->n_in, f->params_size,
+                           {0}};
     memcpy(r->p2, f->params, f->params_size);
     return 1;
 }
@@ -110,20 +112,18 @@ static int matmul_into(const fuse_pair *p, void *params, size_t *size) {
  * matmul_view, the reshape's reader (pass 4). */
 static const fuse_rule rules[] = {
     /* pass producer    form              reader             t  fused */
-    {0, OP_ADD,          0,                OP_RELU,           0, OP_ADD_RELU,
-     ml__replay_add_relu, no_params},
-    {0, OP_ADD,          0,                OP_RELU_GRAD,      0, OP_ADD_RELU_GRAD,
-     ml__replay_add_relu_grad, no_params},
-    {1, OP_MATMUL,       ML_PRODUCT_OUTER, READS_ELEMENTWISE, 1, OP_OUTER_INTO,
-     ml__replay_outer_into, outer_into},
-    {2, OP_BROADCAST_TO, 0,                READS_ELEMENTWISE, 1, OP_BROADCAST_INTO,
-     ml__replay_broadcast_into, broadcast_into},
-    {3, OP_MATMUL,       ML_PRODUCT_GEMM,  OP_RESHAPE,        0, OP_MATMUL_VIEW,
-     ml__replay_matmul_view, matmul_view},
-    {3, OP_MATMUL,       ML_PRODUCT_GEMM,  READS_ELEMENTWISE, 1, OP_MATMUL_INTO,
-     ml__replay_matmul_into, matmul_into},
-    {4, OP_MATMUL_VIEW,  0,                READS_ELEMENTWISE, 1, OP_MATMUL_INTO,
-     ml__replay_matmul_into, matmul_into},
+    {0, OP_ADD, 0, OP_RELU, 0, OP_ADD_RELU, ml__replay_add_relu, no_params},
+    {0, OP_ADD, 0, OP_RELU_GRAD, 0, OP_ADD_RELU_GRAD, ml__replay_add_relu_grad, no_params},
+    {1, OP_MATMUL, ML_PRODUCT_OUTER, READS_ELEMENTWISE, 1, OP_OUTER_INTO, ml__replay_outer_into,
+     outer_into},
+    {2, OP_BROADCAST_TO, 0, READS_ELEMENTWISE, 1, OP_BROADCAST_INTO, ml__replay_broadcast_into,
+     broadcast_into},
+    {3, OP_MATMUL, ML_PRODUCT_GEMM, OP_RESHAPE, 0, OP_MATMUL_VIEW, ml__replay_matmul_view,
+     matmul_view},
+    {3, OP_MATMUL, ML_PRODUCT_GEMM, READS_ELEMENTWISE, 1, OP_MATMUL_INTO, ml__replay_matmul_into,
+     matmul_into},
+    {4, OP_MATMUL_VIEW, 0, READS_ELEMENTWISE, 1, OP_MATMUL_INTO, ml__replay_matmul_into,
+     matmul_into},
 };
 #define N_RULES ((int)(sizeof rules / sizeof rules[0]))
 _Static_assert(OP_COUNT <= 256, "a fused entry keeps its parts' op ids in bytes");
@@ -196,8 +196,13 @@ static int fuse_entry(ml_trace *tr, trace_entry *e, trace_entry *f, int t_index,
     const int32_t j = (int32_t)(f - tr->entries);
     free(f->in);
     free(f->params);
-    *f = (trace_entry){.fn = rule->replay, .in = in, .params = p, .params_size = params_size,
-                       .n_in = n_in, .out = f->out, .op = rule->fused,
+    *f = (trace_entry){.fn = rule->replay,
+                       .in = in,
+                       .params = p,
+                       .params_size = params_size,
+                       .n_in = n_in,
+                       .out = f->out,
+                       .op = rule->fused,
                        .n_parts = (unsigned char)n_parts};
     memcpy(f->parts, parts, (size_t)n_parts);
     /* e's inputs are now read at j: extend their last use (slot freeing at replay) */
@@ -226,8 +231,7 @@ static int fuse_pass(ml_trace *tr, int pass) {
     }
     for (int32_t k = 0; k < n; k++) {
         trace_entry *e = &tr->entries[k];
-        if (e->out < 0 || e->n_extra || reads_of[e->out] != 1 || !is_producer(pass, e))
-            continue;
+        if (e->out < 0 || e->n_extra || reads_of[e->out] != 1 || !is_producer(pass, e)) continue;
         const int32_t j = tr->last_use[e->out]; /* its only reader (n_entries: an output) */
         if (j <= k || j >= n || barrier[j] != barrier[k + 1]) continue;
         trace_entry *f = &tr->entries[j];

@@ -33,8 +33,7 @@ static inline __attribute__((always_inline)) void relu_grad_mask(const float *re
         memcpy(&o[i], &bits, sizeof bits);
     }
 }
-ML_INLINE void relu_grad_mask_inplace_body(const float *restrict m, float *restrict o,
-                                           int64_t n) {
+ML_INLINE void relu_grad_mask_inplace_body(const float *restrict m, float *restrict o, int64_t n) {
     relu_grad_mask(m, o, n);
 }
 ML_CPU_CLONES(relu_grad_mask_inplace, (const float *restrict m, float *restrict o, int64_t n),
@@ -120,7 +119,10 @@ ml_status ml__replay_broadcast_into(ml_tensor **out, ml_tensor **in, const void 
     for (int i = 0; i < nd; i++) with_b[i] = with_x[i] = 1;
     for (int i = 0; i < p->r.n_in2; i++) {
         const ml_tensor *t = args[i];
-        if (!t || t->ndim > nd) { direct = 0; break; }
+        if (!t || t->ndim > nd) {
+            direct = 0;
+            break;
+        }
         if (t->ndim > rank_x) rank_x = t->ndim;
         for (int d = 0; d < nd; d++) {
             const int it = t->ndim - nd + d;
@@ -193,10 +195,10 @@ static int direct_layout(const ml_tensor *u, int nd, const int64_t *shape, int64
  * ~11 cycles a row of its own, as much as the op on a 40-float row (the fused bias add +
  * relu of MAML's sinusoid forward, benchmarks/run_all.py maml-sin). The mask, when given,
  * is relu_grad's (relu_grad_mask), row by row. */
-ML_INLINE void outer_rows_direct_body(
-    int op, int t_index, const float *a, const float *b, int64_t m_rows, int64_t n,
-    const float *od, int64_t o_task, int64_t o_row, int o_col, const float *mask,
-    float *out, int64_t r0, int64_t r1, float *buf) {
+ML_INLINE void outer_rows_direct_body(int op, int t_index, const float *a, const float *b,
+                                      int64_t m_rows, int64_t n, const float *od, int64_t o_task,
+                                      int64_t o_row, int o_col, const float *mask, float *out,
+                                      int64_t r0, int64_t r1, float *buf) {
     for (int64_t r = r0; r < r1;) { /* the rows of one batch entry t at a time */
         const int64_t t = r / m_rows, i0 = r % m_rows;
         int64_t end = (t + 1) * m_rows < r1 ? (t + 1) * m_rows : r1;
@@ -226,9 +228,8 @@ static void outer_part(void *ctx, int64_t part) {
     float buf[OUTER_CHUNK];
     if (j->direct) {
         const ml_tensor *other = j->t_index == 0 ? j->y : j->x;
-        outer_rows_direct(j->op, j->t_index, j->a, j->b, j->m_rows, j->n, other->data,
-                          j->o_task, j->o_row, j->o_col, j->m ? j->m->data : NULL, j->o->data,
-                          r0, r1, buf);
+        outer_rows_direct(j->op, j->t_index, j->a, j->b, j->m_rows, j->n, other->data, j->o_task,
+                          j->o_row, j->o_col, j->m ? j->m->data : NULL, j->o->data, r0, r1, buf);
         return;
     }
     for (int64_t c = r0; c < r1; c += j->chunk_rows) {
@@ -300,9 +301,24 @@ ml_status ml__replay_outer_into(ml_tensor **out, ml_tensor **in, const void *par
     const int64_t low = n & -n, q = 64 / (low < 64 ? low : 64); /* rows: a multiple of 64 */
     int64_t chunk_rows = OUTER_CHUNK / n;
     if (chunk_rows >= q) chunk_rows -= chunk_rows % q;
-    outer_job j = {arg ? BIN_ADD : p->r.kernel, p->r.t_index, x, y, mask,
-                   a->data, b->data, m, n, chunk_rows, t.numel / n, t.numel / n, o, &w,
-                   0, 0, 0, 0};
+    outer_job j = {arg ? BIN_ADD : p->r.kernel,
+                   p->r.t_index,
+                   x,
+                   y,
+                   mask,
+                   a->data,
+                   b->data,
+                   m,
+                   n,
+                   chunk_rows,
+                   t.numel / n,
+                   t.numel / n,
+                   o,
+                   &w,
+                   0,
+                   0,
+                   0,
+                   0};
     /* (an operand of T's own shape: the chunks below, one op call a chunk) */
     j.direct = direct_layout(p->r.t_index == 0 ? y : x, nd, shape, &j.o_task, &j.o_row, &j.o_col) &&
                (j.o_col == 0 || j.o_row == 0 || j.o_task == 0);
@@ -355,10 +371,11 @@ ml_status ml__replay_matmul_into(ml_tensor **out, ml_tensor **in, const void *pa
     for (int i = 0, k = 2; i < p->r.n_in2; i++) args[i] = i == p->r.t_index ? NULL : in[k++];
     const int arg = p->r.op == OP_ADD_RELU_GRAD;
     const int kernel = p->r.kernel; /* -1 for add + relu_grad */
-    const int epi = arg ? ML_EPI_ADD_MASK
-                  : kernel == BIN_ADD ? ML_EPI_ADD
-                  : kernel == BIN_ADD_RELU ? ML_EPI_ADD_RELU
-                  : kernel == BIN_RELU_GRAD && p->r.t_index == 0 ? ML_EPI_RELU_GRAD : 0;
+    const int epi = arg                                            ? ML_EPI_ADD_MASK
+                    : kernel == BIN_ADD                            ? ML_EPI_ADD
+                    : kernel == BIN_ADD_RELU                       ? ML_EPI_ADD_RELU
+                    : kernel == BIN_RELU_GRAD && p->r.t_index == 0 ? ML_EPI_RELU_GRAD
+                                                                   : 0;
     const ml_tensor *u = args[p->r.t_index == 0 ? 1 : 0], *mask = arg ? args[2] : NULL;
     int64_t rows = 0, n = 0, k = 0, u_div = 1, tshape[ML_MAX_DIMS];
     int nd = 0;
@@ -375,8 +392,9 @@ ml_status ml__replay_matmul_into(ml_tensor **out, ml_tensor **in, const void *pa
         nd = p->v.ndim ? p->v.ndim : a->ndim;
         memcpy(tshape, p->v.ndim ? p->v.shape : a->shape, (size_t)nd * sizeof *tshape);
         if (!p->v.ndim) tshape[nd - 1] = n;
-        fits = u->ndim == nd && tshape[nd - 1] == n && (!mask || (mask->ndim == nd &&
-               !memcmp(mask->shape, tshape, (size_t)nd * sizeof *tshape)));
+        fits = u->ndim == nd && tshape[nd - 1] == n &&
+               (!mask ||
+                (mask->ndim == nd && !memcmp(mask->shape, tshape, (size_t)nd * sizeof *tshape)));
         for (int d = 0; fits && d < nd; d++)
             fits = u->shape[d] == tshape[d] || (d == nd - 2 && u->shape[d] == 1);
         if (fits && u->shape[nd - 2] == 1) u_div = tshape[nd - 2];

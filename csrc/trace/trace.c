@@ -53,7 +53,8 @@ ml_status ml_trace_begin(ml_trace **out, int n_inputs, ml_tensor *const *inputs)
         }
         if (ml__trace_slot_of(tr, inputs[i]) >= 0) {
             ml_trace_free(tr);
-            return ml_set_error(ML_ERR_VALUE, "trace: input %d is the same tensor as an earlier input", i);
+            return ml_set_error(ML_ERR_VALUE,
+                                "trace: input %d is the same tensor as an earlier input", i);
         }
         tr->input_shapes[i][0] = inputs[i]->ndim;
         memcpy(&tr->input_shapes[i][1], inputs[i]->shape, sizeof inputs[i]->shape[0] * ML_MAX_DIMS);
@@ -80,17 +81,23 @@ static ml_status stop_recording(ml_trace *tr, const char *what, int next_state, 
     if (st == TR_FINISHED)
         return ml_set_error(ML_ERR_GRAPH, "%s: the trace is already finished", what);
     if (st == TR_STOPPED)
-        return ml_set_error(ML_ERR_GRAPH, "%s: the trace was aborted (or its end failed); it "
-                            "can only be freed", what);
+        return ml_set_error(ML_ERR_GRAPH,
+                            "%s: the trace was aborted (or its end failed); it "
+                            "can only be freed",
+                            what);
     if (!pthread_equal(tr->owner, pthread_self()))
-        return ml_set_error(ML_ERR_GRAPH, "%s: the trace is being recorded on another thread; "
-                            "only the thread that began it can end or abort it", what);
+        return ml_set_error(ML_ERR_GRAPH,
+                            "%s: the trace is being recorded on another thread; "
+                            "only the thread that began it can end or abort it",
+                            what);
     if (ml__trace_active == tr) ml__trace_active = NULL;
     if (__atomic_exchange_n(&tr->state, next_state, __ATOMIC_ACQ_REL) == TR_FREE_PENDING) {
         trace_destroy(tr);
         *freed = 1;
-        return ml_set_error(ML_ERR_GRAPH, "%s: the trace was freed by another thread while it "
-                            "was recording", what);
+        return ml_set_error(ML_ERR_GRAPH,
+                            "%s: the trace was freed by another thread while it "
+                            "was recording",
+                            what);
     }
     return ML_OK;
 }
@@ -120,8 +127,10 @@ ml_status ml_trace_end(ml_trace *tr, int n_outputs, ml_tensor *const *outputs) {
     for (int o = 0; o < n_outputs; o++) {
         int32_t s = outputs[o] ? ml__trace_slot_of(tr, outputs[o]) : -1;
         if (s < 0 && outputs[o] && outputs[o]->serial >= tr->first_serial && !outputs[o]->constant)
-            return ml_set_error(ML_ERR_GRAPH, "output %d of the traced function was computed by "
-                                "an op that cannot be traced; run it eagerly", o);
+            return ml_set_error(ML_ERR_GRAPH,
+                                "output %d of the traced function was computed by "
+                                "an op that cannot be traced; run it eagerly",
+                                o);
         if (s < 0 && outputs[o]) { /* an output no op made: a captured constant */
             s = ml__trace_add_slot(tr, outputs[o], 1);
             if (s < 0) return ml_set_error(ML_ERR_OOM, "out of memory");
@@ -140,7 +149,8 @@ ml_status ml_trace_end(ml_trace *tr, int n_outputs, ml_tensor *const *outputs) {
 ml_status ml_trace_abort(ml_trace *tr) {
     if (!tr) return ML_OK;
     int st = state_of(tr);
-    if (st != TR_RECORDING && st != TR_FREE_PENDING) return ML_OK; /* not recording: nothing to stop */
+    if (st != TR_RECORDING && st != TR_FREE_PENDING)
+        return ML_OK; /* not recording: nothing to stop */
     int freed;
     ml_status s = stop_recording(tr, "trace_abort", TR_STOPPED, &freed);
     return freed ? ML_OK : s;
@@ -154,8 +164,8 @@ void ml_trace_free(ml_trace *tr) {
         ml__trace_active = NULL; /* this thread records it: it stops */
     } else if (!pthread_equal(tr->owner, pthread_self())) {
         int expected = TR_RECORDING;
-        if (__atomic_compare_exchange_n(&tr->state, &expected, TR_FREE_PENDING, 0,
-                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        if (__atomic_compare_exchange_n(&tr->state, &expected, TR_FREE_PENDING, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
             return; /* another thread records it: freed when that thread ends or aborts it */
     }
     trace_destroy(tr);
@@ -187,7 +197,8 @@ static ml_status check_inputs(const ml_trace *tr, ml_tensor *const *inputs) {
         int ok = inputs[i] && inputs[i]->ndim == want[0];
         for (int d = 0; ok && d < want[0]; d++) ok = inputs[i]->shape[d] == want[1 + d];
         if (!ok)
-            return ml_set_error(ML_ERR_SHAPE, "replay: input %d has shape %s but the trace was "
+            return ml_set_error(ML_ERR_SHAPE,
+                                "replay: input %d has shape %s but the trace was "
                                 "recorded for shape %s",
                                 i, inputs[i] ? ML_SHAPE_STR(inputs[i]) : "NULL",
                                 ml__shape_str((char[160]){0}, 160, (int)want[0], want + 1));
@@ -199,8 +210,7 @@ static ml_status check_inputs(const ml_trace *tr, ml_tensor *const *inputs) {
 static ml_status replay_one(const ml_trace *tr, ml_tensor *const *inputs, ml_tensor **outputs) {
     /* slots on the stack for traces of up to 512 tensors: no allocation per replay */
     ml_tensor *slot_inline[512];
-    ml_tensor **slot = tr->n_slots <= 512 ? slot_inline
-                                          : calloc((size_t)tr->n_slots, sizeof *slot);
+    ml_tensor **slot = tr->n_slots <= 512 ? slot_inline : calloc((size_t)tr->n_slots, sizeof *slot);
     if (!slot) return ml_set_error(ML_ERR_OOM, "out of memory in replay");
     if (slot == slot_inline) memset(slot_inline, 0, (size_t)tr->n_slots * sizeof *slot);
     int prev = ml_set_grad_enabled(0);
@@ -260,7 +270,8 @@ static ml_status replay_one(const ml_trace *tr, ml_tensor *const *inputs, ml_ten
 }
 
 ml_status ml_trace_replay(ml_trace *tr, ml_tensor *const *inputs, ml_tensor **outputs) {
-    if (!tr || state_of(tr) != TR_FINISHED) return ml_set_error(ML_ERR_VALUE, "replay: the trace is not finished");
+    if (!tr || state_of(tr) != TR_FINISHED)
+        return ml_set_error(ML_ERR_VALUE, "replay: the trace is not finished");
     if (ml__trace_active)
         return ml_set_error(ML_ERR_GRAPH, "replay: cannot replay while recording a trace");
     ml_status st = check_inputs(tr, inputs);
@@ -296,7 +307,8 @@ static void *replay_worker(void *arg) {
 
 ml_status ml_trace_replay_many(ml_trace *tr, int n_calls, ml_tensor *const *inputs,
                                ml_tensor **outputs, int n_threads) {
-    if (!tr || state_of(tr) != TR_FINISHED) return ml_set_error(ML_ERR_VALUE, "replay: the trace is not finished");
+    if (!tr || state_of(tr) != TR_FINISHED)
+        return ml_set_error(ML_ERR_VALUE, "replay: the trace is not finished");
     if (ml__trace_active) /* this thread's share would run its ops into the trace it records */
         return ml_set_error(ML_ERR_GRAPH, "replay: cannot replay while recording a trace");
     if (n_calls < 0) return ml_set_error(ML_ERR_VALUE, "replay: negative call count");

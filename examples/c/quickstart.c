@@ -44,8 +44,14 @@ static int derivatives(void) {
     printf("f(x) = %g\n", ml_data(f)[0]);     /* a x^2 + b = 19 */
     printf("f'(x) = %g\n", ml_data(df)[0]);   /* 2 a x = 12 */
     printf("f''(x) = %g\n", ml_data(d2f)[0]); /* 2 a = 4 */
-    ml_release(x); ml_release(a); ml_release(b); ml_release(x2); ml_release(ax2);
-    ml_release(f); ml_release(df); ml_release(d2f);
+    ml_release(x);
+    ml_release(a);
+    ml_release(b);
+    ml_release(x2);
+    ml_release(ax2);
+    ml_release(f);
+    ml_release(df);
+    ml_release(d2f);
     return 0;
 }
 
@@ -84,18 +90,23 @@ static int regression(void) {
         CHECK(ml_mean_squared_error(&per_sample, y, pred));     /* (N,) */
         CHECK(ml_mean(&loss, per_sample, 0, NULL, 0));          /* scalar */
         CHECK(ml_grad(grads, 1, &loss, 2, params, NULL, 0));
-        if (epoch == 1 || epoch % 20 == 0)
-            printf("epoch %3d loss %.4e\n", epoch, ml_data(loss)[0]);
+        if (epoch == 1 || epoch % 20 == 0) printf("epoch %3d loss %.4e\n", epoch, ml_data(loss)[0]);
         CHECK(ml_optimizer_step(opt, 2, params, grads));
-        ml_release(pred); ml_release(per_sample); ml_release(loss);
-        ml_release(grads[0]); ml_release(grads[1]);
+        ml_release(pred);
+        ml_release(per_sample);
+        ml_release(loss);
+        ml_release(grads[0]);
+        ml_release(grads[1]);
     }
     printf("learned w = [%.3f, %.3f, %.3f], c = %.3f (true [%.1f, %.1f, %.1f], %.1f)\n",
-           ml_data(w)[0], ml_data(w)[1], ml_data(w)[2], ml_data(c)[0],
-           true_w[0], true_w[1], true_w[2], true_c);
+           ml_data(w)[0], ml_data(w)[1], ml_data(w)[2], ml_data(c)[0], true_w[0], true_w[1],
+           true_w[2], true_c);
     printf("adam iterations = %lld\n", (long long)ml_optimizer_iterations(opt));
     ml_optimizer_free(opt);
-    ml_release(x); ml_release(y); ml_release(w); ml_release(c);
+    ml_release(x);
+    ml_release(y);
+    ml_release(w);
+    ml_release(c);
     return 0;
 }
 

@@ -26,6 +26,7 @@ Splits:
   they are concatenated and the characters looked up by name in
   ``splits/vinyals_*.txt``.
 """
+
 import os
 import re
 import zipfile
@@ -51,7 +52,8 @@ _HOW_TO_GET = (
     "https://github.com/brendenlake/omniglot/tree/master/python, put in one folder, or\n"
     "  - metalearn's packaged arrays omniglot_background.npz / omniglot_evaluation.npz "
     "(see shared/data/omniglot/README.md),\n"
-    "then pass omniglot(path=FOLDER) or set METALEARN_DATA=FOLDER.")
+    "then pass omniglot(path=FOLDER) or set METALEARN_DATA=FOLDER."
+)
 
 
 def _default_dir():
@@ -79,9 +81,11 @@ def omniglot_search_paths(path: Union[str, os.PathLike, None] = None) -> List[Pa
 def _source_in(folder, which, resample):
     """How `which` set can be read from `folder`: ("npz"|"zip"|"dir", path) or None."""
     suffix = "_nearest" if resample == "nearest" else ""
-    candidates = [("npz", folder / f"omniglot_{which}{suffix}.npz"),
-                  ("zip", folder / f"images_{which}.zip"),
-                  ("dir", folder / f"images_{which}")]
+    candidates = [
+        ("npz", folder / f"omniglot_{which}{suffix}.npz"),
+        ("zip", folder / f"images_{which}.zip"),
+        ("dir", folder / f"images_{which}"),
+    ]
     if resample == "nearest":  # the antialiased arrays cannot give nearest; PNGs can
         pass
     for kind, p in candidates:
@@ -100,7 +104,8 @@ def _find(which, resample, path):
     places = "\n".join(f"  - {p}" for p in searched)
     raise FileNotFoundError(
         f"Omniglot ({which} set) not found. Looked for omniglot_{which}{suffix}.npz, "
-        f"images_{which}.zip or an images_{which}/ folder in:\n{places}\n{_HOW_TO_GET}")
+        f"images_{which}.zip or an images_{which}/ folder in:\n{places}\n{_HOW_TO_GET}"
+    )
 
 
 def resize_area(images: np.ndarray, size: int = 28) -> np.ndarray:
@@ -126,7 +131,13 @@ def _read_pngs(entries, read):
         m = _PNG_NAME.search(name.replace("\\", "/"))
         if m is None:
             continue
-        alphabet, char, nn, char_id, sample = m.group(1), m.group(2), int(m.group(3)), int(m.group(4)), int(m.group(5))
+        alphabet, char, nn, char_id, sample = (
+            m.group(1),
+            m.group(2),
+            int(m.group(3)),
+            int(m.group(4)),
+            int(m.group(5)),
+        )
         chars.setdefault((alphabet, nn, char), []).append((sample, char_id, name))
     if not chars:
         raise FileNotFoundError("Omniglot: no Alphabet/characterNN/XXXX_YY.png images found")
@@ -140,12 +151,15 @@ def _read_pngs(entries, read):
             samples.append(sample - 1)
         ids.append(chars[key][0][1])
     alphabets = sorted({k[0] for k in keys})
-    return {"images105": np.stack(images), "labels": np.asarray(labels, np.int32),
-            "samples": np.asarray(samples, np.uint8),
-            "char_names": np.array([f"{a}/{ch}" for a, _, ch in keys]),
-            "alphabets": np.array(alphabets),
-            "char_alphabet": np.array([alphabets.index(a) for a, _, _ in keys], np.int32),
-            "char_ids": np.asarray(ids, np.int32)}
+    return {
+        "images105": np.stack(images),
+        "labels": np.asarray(labels, np.int32),
+        "samples": np.asarray(samples, np.uint8),
+        "char_names": np.array([f"{a}/{ch}" for a, _, ch in keys]),
+        "alphabets": np.array(alphabets),
+        "char_alphabet": np.array([alphabets.index(a) for a, _, _ in keys], np.int32),
+        "char_ids": np.asarray(ids, np.int32),
+    }
 
 
 def _from_png_tree(kind, p, resample):
@@ -168,8 +182,9 @@ def _from_png_tree(kind, p, resample):
     return arr
 
 
-def load_omniglot_arrays(which: str = "background", path: Union[str, os.PathLike, None] = None,
-                         resample: str = "lanczos") -> Dict[str, Any]:
+def load_omniglot_arrays(
+    which: str = "background", path: Union[str, os.PathLike, None] = None, resample: str = "lanczos"
+) -> Dict[str, Any]:
     """The raw arrays of one Omniglot set, as in the packaged ``.npz`` files.
 
     Args:
@@ -203,8 +218,18 @@ def load_omniglot_arrays(which: str = "background", path: Union[str, os.PathLike
         return dict(hit[1])
     if kind == "npz":
         with np.load(p) as d:
-            arr = {k: d[k] for k in ("images", "labels", "char_names", "alphabets",
-                                     "char_alphabet", "char_ids") if k in d.files}
+            arr = {
+                k: d[k]
+                for k in (
+                    "images",
+                    "labels",
+                    "char_names",
+                    "alphabets",
+                    "char_alphabet",
+                    "char_ids",
+                )
+                if k in d.files
+            }
     else:
         arr = _from_png_tree(kind, p, resample)
     arr["source"] = str(p)
@@ -218,12 +243,17 @@ def _split_file(name, folders):
         f = Path(folder) / "splits" / f"{name}.txt"
         if f.is_file():
             return f
-    raise FileNotFoundError(f"Omniglot: split file splits/{name}.txt not found in "
-                            + ", ".join(str(f) for f in folders))
+    raise FileNotFoundError(
+        f"Omniglot: split file splits/{name}.txt not found in " + ", ".join(str(f) for f in folders)
+    )
 
 
-def omniglot(path: Union[str, os.PathLike, None] = None, split: str = "background",
-             resample: str = "lanczos", return_names: bool = False) -> Tuple[np.ndarray, ...]:
+def omniglot(
+    path: Union[str, os.PathLike, None] = None,
+    split: str = "background",
+    resample: str = "lanczos",
+    return_names: bool = False,
+) -> Tuple[np.ndarray, ...]:
     """Loads Omniglot as float32 images in [0, 1] (ink = 1) and integer labels.
 
     Args:
@@ -259,15 +289,20 @@ def omniglot(path: Union[str, os.PathLike, None] = None, split: str = "backgroun
         ev = load_omniglot_arrays("evaluation", path, resample)
         all_names = np.concatenate([bg["char_names"], ev["char_names"]])
         all_images = np.concatenate([bg["images"], ev["images"]])
-        all_labels = np.concatenate([bg["labels"].astype(np.int64),
-                                     ev["labels"].astype(np.int64) + len(bg["char_names"])])
+        all_labels = np.concatenate(
+            [bg["labels"].astype(np.int64), ev["labels"].astype(np.int64) + len(bg["char_names"])]
+        )
         folders = [bg["folder"]] + [str(p) for p in omniglot_search_paths(path)]
-        wanted = [ln.strip() for ln in _split_file(split, folders).read_text().splitlines() if ln.strip()]
+        wanted = [
+            ln.strip() for ln in _split_file(split, folders).read_text().splitlines() if ln.strip()
+        ]
         index = {n: i for i, n in enumerate(all_names.tolist())}
         missing = [n for n in wanted if n not in index]
         if missing:
-            raise ValueError(f"omniglot: {len(missing)} characters of {split} are not in the data, "
-                             f"e.g. {missing[:3]}")
+            raise ValueError(
+                f"omniglot: {len(missing)} characters of {split} are not in the data, "
+                f"e.g. {missing[:3]}"
+            )
         new_label = np.full(len(all_names), -1, np.int64)
         new_label[[index[n] for n in wanted]] = np.arange(len(wanted))
         mapped = new_label[all_labels]

@@ -5,6 +5,7 @@ Supports non-interlaced grayscale, gray+alpha, RGB, RGBA and palette images of b
 1, 2, 4, 8 (and 16 for gray/RGB), all five scanline filters. Output: a 2-D uint8 array
 of luminance (alpha and colour are reduced to gray).
 """
+
 import struct
 import zlib
 
@@ -64,8 +65,8 @@ def decode_png(data: bytes) -> np.ndarray:
         raise ValueError("PNG: bad signature (not a PNG file)")
     pos, idat, palette, header = 8, [], None, None
     while pos + 8 <= len(data):
-        length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
+        length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
         pos += 12 + length
         if ctype == b"IHDR":
             header = struct.unpack(">IIBBBBB", body)
@@ -89,7 +90,7 @@ def decode_png(data: bytes) -> np.ndarray:
     rows = _unfilter(raw, height, stride, max(1, bits // 8))
     if depth < 8:
         vals = np.unpackbits(rows, axis=1)
-        vals = vals.reshape(height, -1, depth)[:, :width * channels]
+        vals = vals.reshape(height, -1, depth)[:, : width * channels]
         weights = (1 << np.arange(depth - 1, -1, -1)).astype(np.uint16)
         samples = (vals * weights).sum(-1).astype(np.uint16)
         if color != 3:
@@ -115,8 +116,12 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 def _chunk(ctype, body):
-    return (struct.pack(">I", len(body)) + ctype + body
-            + struct.pack(">I", zlib.crc32(ctype + body) & 0xFFFFFFFF))
+    return (
+        struct.pack(">I", len(body))
+        + ctype
+        + body
+        + struct.pack(">I", zlib.crc32(ctype + body) & 0xFFFFFFFF)
+    )
 
 
 def encode_png(image: np.ndarray, bit_depth: int = 8) -> bytes:
@@ -133,4 +138,9 @@ def encode_png(image: np.ndarray, bit_depth: int = 8) -> bytes:
         raise ValueError("encode_png: bit_depth must be 1 or 8")
     raw = b"".join(b"\x00" + rows[i].tobytes() for i in range(h))
     header = struct.pack(">IIBBBBB", w, h, bit_depth, 0, 0, 0, 0)
-    return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
+    return (
+        _SIGNATURE
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(raw))
+        + _chunk(b"IEND", b"")
+    )

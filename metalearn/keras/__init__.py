@@ -9,10 +9,25 @@ Same names and defaults as tf.keras, over the C core::
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, epochs=5)
 """
+
 from . import activations, backend, callbacks, initializers, layers, losses, metrics, models
 from . import optimizers, utils
 from .layers import Input, Layer
 from .models import Model, Sequential
 
-__all__ = ["activations", "backend", "callbacks", "initializers", "layers", "losses", "metrics",
-           "models", "optimizers", "utils", "Input", "Layer", "Model", "Sequential"]
+__all__ = [
+    "activations",
+    "backend",
+    "callbacks",
+    "initializers",
+    "layers",
+    "losses",
+    "metrics",
+    "models",
+    "optimizers",
+    "utils",
+    "Input",
+    "Layer",
+    "Model",
+    "Sequential",
+]

@@ -3,22 +3,43 @@
 Each takes a tensor (or array-like) and returns a tensor; all are differentiable to any
 order through the core's autograd.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 from metalearn._typing import ArrayLike
 import math
 
 from metalearn import _core
 
-__all__ = ["relu", "sigmoid", "tanh", "softmax", "log_softmax", "linear", "elu", "gelu",
-           "leaky_relu", "softplus", "softsign", "swish", "silu", "exponential", "get",
-           "serialize", "deserialize"]
+__all__ = [
+    "relu",
+    "sigmoid",
+    "tanh",
+    "softmax",
+    "log_softmax",
+    "linear",
+    "elu",
+    "gelu",
+    "leaky_relu",
+    "softplus",
+    "softsign",
+    "swish",
+    "silu",
+    "exponential",
+    "get",
+    "serialize",
+    "deserialize",
+]
 
 
-def relu(x: ArrayLike, negative_slope: float = 0.0, max_value: Optional[float] = None,
-         threshold: float = 0.0) -> _core.Tensor:
+def relu(
+    x: ArrayLike,
+    negative_slope: float = 0.0,
+    max_value: Optional[float] = None,
+    threshold: float = 0.0,
+) -> _core.Tensor:
     """Rectified linear unit: ``max(x, 0)``.
 
     With the optional arguments, Keras 3's formula (``activations.ReLU.static_call``)::
@@ -91,7 +112,9 @@ def gelu(x: ArrayLike, approximate: bool = False) -> _core.Tensor:
     """
     if not approximate:
         return _core.gelu(x)
-    inner = _core.mul(_core.add(x, _core.mul(_core.pow(x, 3.0), 0.044715)), math.sqrt(2.0 / math.pi))
+    inner = _core.mul(
+        _core.add(x, _core.mul(_core.pow(x, 3.0), 0.044715)), math.sqrt(2.0 / math.pi)
+    )
     return _core.mul(_core.mul(x, 0.5), _core.add(_core.tanh(inner), 1.0))
 
 
@@ -120,10 +143,20 @@ def exponential(x: ArrayLike) -> _core.Tensor:
 
 
 _BY_NAME = {
-    "relu": relu, "sigmoid": sigmoid, "tanh": tanh, "softmax": softmax,
-    "log_softmax": log_softmax, "linear": linear, "elu": elu, "gelu": gelu,
-    "leaky_relu": leaky_relu, "softplus": softplus, "softsign": softsign,
-    "swish": silu, "silu": silu, "exponential": exponential,
+    "relu": relu,
+    "sigmoid": sigmoid,
+    "tanh": tanh,
+    "softmax": softmax,
+    "log_softmax": log_softmax,
+    "linear": linear,
+    "elu": elu,
+    "gelu": gelu,
+    "leaky_relu": leaky_relu,
+    "softplus": softplus,
+    "softsign": softsign,
+    "swish": silu,
+    "silu": silu,
+    "exponential": exponential,
 }
 
 
@@ -134,7 +167,9 @@ def get(identifier: Any) -> Callable[..., Any]:
     if isinstance(identifier, str):
         fn = _BY_NAME.get(identifier.lower())
         if fn is None:
-            raise ValueError(f"Unknown activation function: {identifier!r}; known: {sorted(_BY_NAME)}")
+            raise ValueError(
+                f"Unknown activation function: {identifier!r}; known: {sorted(_BY_NAME)}"
+            )
         return fn
     if isinstance(identifier, dict):
         return get(identifier.get("config", identifier).get("name", identifier.get("class_name")))

@@ -1,4 +1,5 @@
 """Small shared state of the Keras face: layer name counters and the training flag."""
+
 import collections
 import re
 import threading

@@ -14,6 +14,7 @@ shared ``(K, N)`` kernel. ``factors[k]`` lists the ``(c, A (B, r, K), D (B, r, N
 kernel at position k (its entry in `weights` is then W), and ``record``, a dict, receives
 ``k -> (layer input, pre-activation output)``: what the next step's factors are made of.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -22,8 +23,15 @@ import numpy as np
 
 from metalearn import _core
 
-__all__ = ["BatchedForm", "Dense", "Activation", "Flatten", "BatchNormalization", "Chain",
-           "batched_plan"]
+__all__ = [
+    "BatchedForm",
+    "Dense",
+    "Activation",
+    "Flatten",
+    "BatchNormalization",
+    "Chain",
+    "batched_plan",
+]
 
 
 class BatchedForm:
@@ -32,8 +40,13 @@ class BatchedForm:
     weights: Tuple[int, ...] = ()  # positions of the weights it reads
     kernels: Tuple[int, ...] = ()  # positions of the dense kernels that take a low-rank form
 
-    def __call__(self, weights: List[Any], x: Any, factors: Optional[Dict[int, list]] = None,
-                 record: Optional[Dict[int, tuple]] = None) -> Any:
+    def __call__(
+        self,
+        weights: List[Any],
+        x: Any,
+        factors: Optional[Dict[int, list]] = None,
+        record: Optional[Dict[int, tuple]] = None,
+    ) -> Any:
         raise NotImplementedError
 
 
@@ -57,12 +70,14 @@ class Dense(BatchedForm):
             # one GEMM with the shared kernel for all B*n rows, then each task's rank-r
             # correction (c x A^T) D: never a (B, K, N) copy of the kernel. c scales the
             # (B, n, r) product, not the (B, n, N) one (r < N), here and in the backward pass
-            x = _core.reshape(_core.matmul(_core.reshape(x_in, (b * n, int(w.shape[0]))), w),
-                              (b, n, int(w.shape[1])))
+            x = _core.reshape(
+                _core.matmul(_core.reshape(x_in, (b * n, int(w.shape[0]))), w),
+                (b, n, int(w.shape[1])),
+            )
             for c, a_, d_ in factors[k]:
                 x = x + _core.matmul(_core.matmul(x_in, a_, transpose_b=True) * c, d_)
         else:
-            x = _core.matmul(x_in, weights[k])                       # (B, n, units)
+            x = _core.matmul(x_in, weights[k])  # (B, n, units)
         if self.bias is not None:
             bias = weights[self.bias]
             x = x + _core.reshape(bias, (b, 1, int(bias.shape[-1])))
@@ -101,9 +116,12 @@ class BatchNormalization(BatchedForm):
         self.weights = tuple(i for i in (gamma, beta) if i is not None)
 
     def __call__(self, weights, x, factors=None, record=None):
-        return _core.batch_norm_grouped(x, None if self.gamma is None else weights[self.gamma],
-                                        None if self.beta is None else weights[self.beta],
-                                        self.epsilon)
+        return _core.batch_norm_grouped(
+            x,
+            None if self.gamma is None else weights[self.gamma],
+            None if self.beta is None else weights[self.beta],
+            self.epsilon,
+        )
 
 
 class Chain(BatchedForm):

@@ -1,4 +1,5 @@
 """Callbacks, as ``keras.callbacks``: hooks called by ``fit``/``evaluate``/``predict``."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterable, Optional, Union
@@ -9,8 +10,15 @@ import warnings
 
 import numpy as np
 
-__all__ = ["Callback", "CallbackList", "History", "MonitorCallback", "EarlyStopping",
-           "ModelCheckpoint", "LambdaCallback"]
+__all__ = [
+    "Callback",
+    "CallbackList",
+    "History",
+    "MonitorCallback",
+    "EarlyStopping",
+    "ModelCheckpoint",
+    "LambdaCallback",
+]
 
 
 class Callback:
@@ -83,21 +91,43 @@ class Callback:
         """Keras 2 spelling of ``on_train_batch_end``."""
 
 
-_HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
-          "on_train_batch_begin", "on_train_batch_end", "on_test_begin", "on_test_end",
-          "on_test_batch_begin", "on_test_batch_end", "on_predict_begin", "on_predict_end",
-          "on_predict_batch_begin", "on_predict_batch_end")
+_HOOKS = (
+    "on_train_begin",
+    "on_train_end",
+    "on_epoch_begin",
+    "on_epoch_end",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_test_begin",
+    "on_test_end",
+    "on_test_batch_begin",
+    "on_test_batch_end",
+    "on_predict_begin",
+    "on_predict_end",
+    "on_predict_batch_begin",
+    "on_predict_batch_end",
+)
 
 
-_ARITY = {h: 1 if h.endswith(("train_begin", "train_end", "test_begin", "test_end", "predict_begin",
-                                 "predict_end")) else 2 for h in _HOOKS}
+_ARITY = {
+    h: 1
+    if h.endswith(
+        ("train_begin", "train_end", "test_begin", "test_end", "predict_begin", "predict_end")
+    )
+    else 2
+    for h in _HOOKS
+}
 
 
 class CallbackList:
     """Calls a hook on every callback; skips callbacks that do not override it."""
 
-    def __init__(self, callbacks: Optional[Iterable[Callback]] = None, model: Any = None,
-                 params: Optional[Dict[str, Any]] = None) -> None:
+    def __init__(
+        self,
+        callbacks: Optional[Iterable[Callback]] = None,
+        model: Any = None,
+        params: Optional[Dict[str, Any]] = None,
+    ) -> None:
         self.callbacks = list(callbacks or [])
         for cb in self.callbacks:
             if model is not None:
@@ -105,13 +135,19 @@ class CallbackList:
             if params is not None:
                 cb.set_params(params)
         for hook in _HOOKS:
-            fns = [getattr(cb, hook) for cb in self.callbacks
-                   if getattr(type(cb), hook, None) is not getattr(Callback, hook)
-                   or hook in getattr(cb, "__dict__", {})]
+            fns = [
+                getattr(cb, hook)
+                for cb in self.callbacks
+                if getattr(type(cb), hook, None) is not getattr(Callback, hook)
+                or hook in getattr(cb, "__dict__", {})
+            ]
             if hook in ("on_train_batch_begin", "on_train_batch_end"):
                 legacy = "on_batch_begin" if hook.endswith("begin") else "on_batch_end"
-                fns += [getattr(cb, legacy) for cb in self.callbacks
-                        if getattr(type(cb), legacy, None) is not getattr(Callback, legacy)]
+                fns += [
+                    getattr(cb, legacy)
+                    for cb in self.callbacks
+                    if getattr(type(cb), legacy, None) is not getattr(Callback, legacy)
+                ]
             setattr(self, "_" + hook, fns)
 
     def _call(self, hook, *args):
@@ -161,8 +197,10 @@ def _metrics_resolved(model):
     end, as Keras 3 does."""
     if not hasattr(model, "_metric_specs"):
         return False
-    return bool(getattr(model, "_metrics_resolved", False)
-                or not (model._metric_specs or getattr(model, "_weighted_metric_specs", None)))
+    return bool(
+        getattr(model, "_metrics_resolved", False)
+        or not (model._metric_specs or getattr(model, "_weighted_metric_specs", None))
+    )
 
 
 class MonitorCallback(Callback):
@@ -182,12 +220,19 @@ class MonitorCallback(Callback):
         min_delta: the least change that counts as an improvement.
     """
 
-    def __init__(self, monitor: str = "val_loss", mode: str = "auto", baseline: Optional[float] = None,
-                 min_delta: float = 0) -> None:
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        baseline: Optional[float] = None,
+        min_delta: float = 0,
+    ) -> None:
         super().__init__()
         if mode not in ("auto", "min", "max"):
-            warnings.warn(f"{type(self).__name__} mode '{mode}' is unknown, fallback to auto mode.",
-                          stacklevel=3)
+            warnings.warn(
+                f"{type(self).__name__} mode '{mode}' is unknown, fallback to auto mode.",
+                stacklevel=3,
+            )
             mode = "auto"
         self.monitor = monitor
         self.mode = mode
@@ -209,11 +254,13 @@ class MonitorCallback(Callback):
             if getattr(m, "name", None) == name and direction is not None:
                 op = np.greater if direction == "up" else np.less
         if op is None:
-            raise ValueError(f"{type(self).__name__} callback received monitor={self.monitor}, but "
-                             "it is not possible to automatically determine whether that metric "
-                             "should be maximized or minimized. Pass `mode='max'` in order to "
-                             "monitor based on the highest metric value, or pass `mode='min'` in "
-                             "order to use the lowest value.")
+            raise ValueError(
+                f"{type(self).__name__} callback received monitor={self.monitor}, but "
+                "it is not possible to automatically determine whether that metric "
+                "should be maximized or minimized. Pass `mode='max'` in order to "
+                "monitor based on the highest metric value, or pass `mode='min'` in "
+                "order to use the lowest value."
+            )
         self.monitor_op = op
 
     def _check_monitor(self):
@@ -253,9 +300,17 @@ class EarlyStopping(MonitorCallback):
             by ``fit`` before the first step).
     """
 
-    def __init__(self, monitor: str = "val_loss", min_delta: float = 0, patience: int = 0, verbose: int = 0,
-                 mode: str = "auto", baseline: Optional[float] = None, restore_best_weights: bool = False,
-                 start_from_epoch: int = 0) -> None:
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        min_delta: float = 0,
+        patience: int = 0,
+        verbose: int = 0,
+        mode: str = "auto",
+        baseline: Optional[float] = None,
+        restore_best_weights: bool = False,
+        start_from_epoch: int = 0,
+    ) -> None:
         super().__init__(monitor, mode, min_delta=min_delta)
         self.patience = int(patience)
         self.verbose = verbose
@@ -282,8 +337,10 @@ class EarlyStopping(MonitorCallback):
         logs = logs or {}
         current = logs.get(self.monitor)
         if current is None:
-            warnings.warn(f"Early stopping conditioned on metric `{self.monitor}` which is not "
-                          f"available. Available metrics are: {','.join(logs)}")
+            warnings.warn(
+                f"Early stopping conditioned on metric `{self.monitor}` which is not "
+                f"available. Available metrics are: {','.join(logs)}"
+            )
             return
         if epoch < self.start_from_epoch:
             return
@@ -311,7 +368,9 @@ class EarlyStopping(MonitorCallback):
         # another one, or out of epochs); nothing was recorded before start_from_epoch
         if self.restore_best_weights and self.best_weights is not None:
             if self.verbose > 0:
-                print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+                print(
+                    f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}."
+                )
             self.model.set_weights(self.best_weights)
 
 
@@ -332,14 +391,23 @@ class ModelCheckpoint(MonitorCallback):
         initial_value_threshold: the value to beat before the first save.
     """
 
-    def __init__(self, filepath: Union[str, "os.PathLike[str]"], monitor: str = "val_loss", verbose: int = 0,
-                 save_best_only: bool = False, save_weights_only: bool = True, mode: str = "auto",
-                 save_freq: Union[str, int] = "epoch",
-                 initial_value_threshold: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        filepath: Union[str, "os.PathLike[str]"],
+        monitor: str = "val_loss",
+        verbose: int = 0,
+        save_best_only: bool = False,
+        save_weights_only: bool = True,
+        mode: str = "auto",
+        save_freq: Union[str, int] = "epoch",
+        initial_value_threshold: Optional[float] = None,
+    ) -> None:
         super().__init__(monitor, mode, initial_value_threshold)
         if not save_weights_only:
-            raise ValueError("ModelCheckpoint: metalearn saves weights only; use "
-                             "save_weights_only=True and rebuild the model in code")
+            raise ValueError(
+                "ModelCheckpoint: metalearn saves weights only; use "
+                "save_weights_only=True and rebuild the model in code"
+            )
         if save_freq != "epoch":
             raise ValueError("ModelCheckpoint: only save_freq='epoch' is supported")
         self.filepath = os.fspath(filepath)
@@ -367,8 +435,10 @@ class ModelCheckpoint(MonitorCallback):
                     print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {prev}")
                 return
             if self.verbose > 0:
-                print(f"\nEpoch {epoch + 1}: {self.monitor} improved from {prev} to {current:.5f}, "
-                      f"saving model to {path}")
+                print(
+                    f"\nEpoch {epoch + 1}: {self.monitor} improved from {prev} to {current:.5f}, "
+                    f"saving model to {path}"
+                )
             self.best = current
         elif self.verbose > 0:
             print(f"\nEpoch {epoch + 1}: saving model to {path}")
@@ -387,16 +457,25 @@ class LambdaCallback(Callback):
         on_train_begin, on_train_end: ``f(logs)``.
     """
 
-    def __init__(self, on_epoch_begin: Optional[Callable[..., Any]] = None,
-                 on_epoch_end: Optional[Callable[..., Any]] = None,
-                 on_batch_begin: Optional[Callable[..., Any]] = None,
-                 on_batch_end: Optional[Callable[..., Any]] = None,
-                 on_train_begin: Optional[Callable[..., Any]] = None,
-                 on_train_end: Optional[Callable[..., Any]] = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        on_epoch_begin: Optional[Callable[..., Any]] = None,
+        on_epoch_end: Optional[Callable[..., Any]] = None,
+        on_batch_begin: Optional[Callable[..., Any]] = None,
+        on_batch_end: Optional[Callable[..., Any]] = None,
+        on_train_begin: Optional[Callable[..., Any]] = None,
+        on_train_end: Optional[Callable[..., Any]] = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__()
-        fns = dict(on_epoch_begin=on_epoch_begin, on_epoch_end=on_epoch_end,
-                   on_train_batch_begin=on_batch_begin, on_train_batch_end=on_batch_end,
-                   on_train_begin=on_train_begin, on_train_end=on_train_end)
+        fns = dict(
+            on_epoch_begin=on_epoch_begin,
+            on_epoch_end=on_epoch_end,
+            on_train_batch_begin=on_batch_begin,
+            on_train_batch_end=on_batch_end,
+            on_train_begin=on_train_begin,
+            on_train_end=on_train_end,
+        )
         fns.update(kwargs)
         for name, fn in fns.items():
             if name not in _HOOKS:

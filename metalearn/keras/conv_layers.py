@@ -4,6 +4,7 @@ Every layer is a thin shell over one core op (``_core.conv2d``, ``max_pool2d``,
 ``avg_pool2d``, ``global_avg_pool2d``, ``batch_norm``), each with first- and
 higher-order gradients in C, so second-order MAML runs through a conv net.
 """
+
 import numpy as np
 
 from metalearn import _core
@@ -13,8 +14,16 @@ from . import activations, initializers
 from . import batched as _batched
 from .layers import Layer
 
-__all__ = ["Conv2D", "MaxPool2D", "MaxPooling2D", "AveragePooling2D", "AvgPool2D",
-           "GlobalAveragePooling2D", "GlobalAvgPool2D", "BatchNormalization"]
+__all__ = [
+    "Conv2D",
+    "MaxPool2D",
+    "MaxPooling2D",
+    "AveragePooling2D",
+    "AvgPool2D",
+    "GlobalAveragePooling2D",
+    "GlobalAvgPool2D",
+    "BatchNormalization",
+]
 
 
 def _pair(value, name, what):
@@ -35,8 +44,10 @@ def _padding(value, name):
 
 def _check_4d(layer, inputs):
     if len(inputs.shape) != 4:
-        raise ValueError(f"{layer.name}: expected inputs of shape (batch, height, width, channels), "
-                         f"got {tuple(inputs.shape)}")
+        raise ValueError(
+            f"{layer.name}: expected inputs of shape (batch, height, width, channels), "
+            f"got {tuple(inputs.shape)}"
+        )
 
 
 def _as_core(x):
@@ -67,9 +78,19 @@ class Conv2D(Layer):
 
     _traceable = True
 
-    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None,
-                 activation=None, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", **kwargs):
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="valid",
+        data_format=None,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if data_format not in (None, "channels_last"):
             raise ValueError("Conv2D: only data_format='channels_last' is supported")
@@ -87,19 +108,27 @@ class Conv2D(Layer):
 
     def build(self, input_shape):
         if len(input_shape) != 4 or input_shape[-1] is None:
-            raise ValueError(f"{self.name}: Conv2D needs inputs (batch, height, width, channels), got "
-                             f"{input_shape}")
+            raise ValueError(
+                f"{self.name}: Conv2D needs inputs (batch, height, width, channels), got "
+                f"{input_shape}"
+            )
         self._channels = int(input_shape[-1])
-        self.kernel = self.add_weight("kernel", self.kernel_size + (self._channels, self.filters),
-                                      self.kernel_initializer)
-        self.bias = self.add_weight("bias", (self.filters,), self.bias_initializer) if self.use_bias else None
+        self.kernel = self.add_weight(
+            "kernel", self.kernel_size + (self._channels, self.filters), self.kernel_initializer
+        )
+        self.bias = (
+            self.add_weight("bias", (self.filters,), self.bias_initializer)
+            if self.use_bias
+            else None
+        )
         self.built = True
 
     def call(self, inputs):
         _check_4d(self, inputs)
         if inputs.shape[-1] != self._channels:
-            raise ValueError(f"{self.name}: expected {self._channels} input channels, got "
-                             f"{tuple(inputs.shape)}")
+            raise ValueError(
+                f"{self.name}: expected {self._channels} input channels, got {tuple(inputs.shape)}"
+            )
         out = _core.conv2d(inputs, self.kernel, self.bias, self.strides, self.padding)
         if self.activation is not activations.linear:
             out = self.activation(out)
@@ -107,13 +136,20 @@ class Conv2D(Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
-                      padding=self.padding, activation=activations.serialize(self.activation),
-                      use_bias=self.use_bias,
-                      kernel_initializer=initializers.serialize(self.kernel_initializer)
-                      if isinstance(self.kernel_initializer, initializers.Initializer) else None,
-                      bias_initializer=initializers.serialize(self.bias_initializer)
-                      if isinstance(self.bias_initializer, initializers.Initializer) else None)
+        config.update(
+            filters=self.filters,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            activation=activations.serialize(self.activation),
+            use_bias=self.use_bias,
+            kernel_initializer=initializers.serialize(self.kernel_initializer)
+            if isinstance(self.kernel_initializer, initializers.Initializer)
+            else None,
+            bias_initializer=initializers.serialize(self.bias_initializer)
+            if isinstance(self.bias_initializer, initializers.Initializer)
+            else None,
+        )
         return config
 
 
@@ -131,7 +167,9 @@ class _Pool2D(Layer):
 
     def call(self, inputs):
         _check_4d(self, inputs)
-        return getattr(_core, self._op)(_as_core(inputs), self.pool_size, self.strides, self.padding)
+        return getattr(_core, self._op)(
+            _as_core(inputs), self.pool_size, self.strides, self.padding
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -193,7 +231,9 @@ class GlobalAveragePooling2D(Layer):
     def __init__(self, data_format=None, keepdims=False, **kwargs):
         super().__init__(**kwargs)
         if data_format not in (None, "channels_last"):
-            raise ValueError("GlobalAveragePooling2D: only data_format='channels_last' is supported")
+            raise ValueError(
+                "GlobalAveragePooling2D: only data_format='channels_last' is supported"
+            )
         self.keepdims = bool(keepdims)
 
     def call(self, inputs):
@@ -240,9 +280,19 @@ class BatchNormalization(Layer):
         Same as the input.
     """
 
-    def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
-                 beta_initializer="zeros", gamma_initializer="ones",
-                 moving_mean_initializer="zeros", moving_variance_initializer="ones", **kwargs):
+    def __init__(
+        self,
+        axis=-1,
+        momentum=0.99,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        moving_mean_initializer="zeros",
+        moving_variance_initializer="ones",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if axis not in (-1,):
             raise ValueError(f"BatchNormalization: only axis=-1 is supported, got {axis!r}")
@@ -262,10 +312,12 @@ class BatchNormalization(Layer):
         shape = (int(dim),)
         self.gamma = self.add_weight("gamma", shape, self.gamma_initializer) if self.scale else None
         self.beta = self.add_weight("beta", shape, self.beta_initializer) if self.center else None
-        self.moving_mean = self.add_weight("moving_mean", shape, self.moving_mean_initializer,
-                                           trainable=False)
-        self.moving_variance = self.add_weight("moving_variance", shape,
-                                               self.moving_variance_initializer, trainable=False)
+        self.moving_mean = self.add_weight(
+            "moving_mean", shape, self.moving_mean_initializer, trainable=False
+        )
+        self.moving_variance = self.add_weight(
+            "moving_variance", shape, self.moving_variance_initializer, trainable=False
+        )
         self.built = True
 
     def _batched_form(self, index):
@@ -288,16 +340,34 @@ class BatchNormalization(Layer):
             subst = _functional.substitution()
             if subst and any(id(v) in subst for v in self._own_weights):
                 mm = mv = None  # functional call: batch statistics, state untouched
-        return _core.batch_norm(_as_core(inputs), self.gamma, self.beta, mm, mv, training=training,
-                                momentum=self.momentum, epsilon=self.epsilon)
+        return _core.batch_norm(
+            _as_core(inputs),
+            self.gamma,
+            self.beta,
+            mm,
+            mv,
+            training=training,
+            momentum=self.momentum,
+            epsilon=self.epsilon,
+        )
 
     def get_config(self):
         config = super().get_config()
-        config.update(axis=self.axis, momentum=self.momentum, epsilon=self.epsilon,
-                      center=self.center, scale=self.scale)
-        for key in ("beta_initializer", "gamma_initializer", "moving_mean_initializer",
-                    "moving_variance_initializer"):
+        config.update(
+            axis=self.axis,
+            momentum=self.momentum,
+            epsilon=self.epsilon,
+            center=self.center,
+            scale=self.scale,
+        )
+        for key in (
+            "beta_initializer",
+            "gamma_initializer",
+            "moving_mean_initializer",
+            "moving_variance_initializer",
+        ):
             init = getattr(self, key)
-            config[key] = (initializers.serialize(init)
-                           if isinstance(init, initializers.Initializer) else None)
+            config[key] = (
+                initializers.serialize(init) if isinstance(init, initializers.Initializer) else None
+            )
         return config

@@ -7,6 +7,7 @@ every call, without disturbing the global stream's repeatability.
 Fans follow Keras: for a kernel of shape ``(fan_in, fan_out)``, or
 ``(*receptive_field, in, out)`` with both fans multiplied by the receptive field size.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence, Tuple
@@ -19,12 +20,37 @@ import numpy as np
 from metalearn import _core
 from metalearn import random as _random
 
-__all__ = ["Initializer", "Zeros", "Ones", "Constant", "RandomNormal", "RandomUniform",
-           "TruncatedNormal", "VarianceScaling", "GlorotUniform", "GlorotNormal", "HeNormal",
-           "HeUniform", "LecunNormal", "LecunUniform", "Identity", "get", "serialize",
-           "zeros", "ones", "constant", "random_normal", "random_uniform", "truncated_normal",
-           "glorot_uniform", "glorot_normal", "he_normal", "he_uniform", "lecun_normal",
-           "lecun_uniform"]
+__all__ = [
+    "Initializer",
+    "Zeros",
+    "Ones",
+    "Constant",
+    "RandomNormal",
+    "RandomUniform",
+    "TruncatedNormal",
+    "VarianceScaling",
+    "GlorotUniform",
+    "GlorotNormal",
+    "HeNormal",
+    "HeUniform",
+    "LecunNormal",
+    "LecunUniform",
+    "Identity",
+    "get",
+    "serialize",
+    "zeros",
+    "ones",
+    "constant",
+    "random_normal",
+    "random_uniform",
+    "truncated_normal",
+    "glorot_uniform",
+    "glorot_normal",
+    "he_normal",
+    "he_uniform",
+    "lecun_normal",
+    "lecun_uniform",
+]
 
 # stddev of a standard normal truncated to [-2, 2]: Keras divides by it so the truncated
 # draw keeps the intended variance.
@@ -115,7 +141,9 @@ class RandomNormal(Initializer):
 class RandomUniform(Initializer):
     """Draws uniformly from ``[minval, maxval)``."""
 
-    def __init__(self, minval: float = -0.05, maxval: float = 0.05, seed: Optional[int] = None) -> None:
+    def __init__(
+        self, minval: float = -0.05, maxval: float = 0.05, seed: Optional[int] = None
+    ) -> None:
         self.minval, self.maxval, self.seed = float(minval), float(maxval), seed
 
     def __call__(self, shape: Shape, dtype: Any = None) -> _core.Tensor:
@@ -146,12 +174,19 @@ class VarianceScaling(Initializer):
     - ``"uniform"``: within ``[-limit, limit]``, ``limit = sqrt(3 * scale / n)``.
     """
 
-    def __init__(self, scale: float = 1.0, mode: str = "fan_in", distribution: str = "truncated_normal",
-                 seed: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        scale: float = 1.0,
+        mode: str = "fan_in",
+        distribution: str = "truncated_normal",
+        seed: Optional[int] = None,
+    ) -> None:
         if scale <= 0:
             raise ValueError(f"VarianceScaling: scale must be positive, got {scale}")
         if mode not in ("fan_in", "fan_out", "fan_avg"):
-            raise ValueError(f"VarianceScaling: mode must be fan_in, fan_out or fan_avg, got {mode!r}")
+            raise ValueError(
+                f"VarianceScaling: mode must be fan_in, fan_out or fan_avg, got {mode!r}"
+            )
         if distribution == "normal":
             distribution = "truncated_normal"
         if distribution not in ("truncated_normal", "untruncated_normal", "uniform"):
@@ -164,15 +199,21 @@ class VarianceScaling(Initializer):
         n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2.0}[self.mode]
         scale = self.scale / max(1.0, n)
         if self.distribution == "truncated_normal":
-            return _random.truncated_normal(shape, 0.0, math.sqrt(scale) / _TRUNC_STD, seed=self.seed)
+            return _random.truncated_normal(
+                shape, 0.0, math.sqrt(scale) / _TRUNC_STD, seed=self.seed
+            )
         if self.distribution == "untruncated_normal":
             return _random.normal(shape, 0.0, math.sqrt(scale), seed=self.seed)
         limit = math.sqrt(3.0 * scale)
         return _random.uniform(shape, -limit, limit, seed=self.seed)
 
     def get_config(self) -> Config:
-        return {"scale": self.scale, "mode": self.mode, "distribution": self.distribution,
-                "seed": self.seed}
+        return {
+            "scale": self.scale,
+            "mode": self.mode,
+            "distribution": self.distribution,
+            "seed": self.seed,
+        }
 
 
 class GlorotUniform(VarianceScaling):
@@ -260,11 +301,20 @@ glorot_uniform, glorot_normal = GlorotUniform, GlorotNormal
 he_normal, he_uniform, lecun_normal, lecun_uniform = HeNormal, HeUniform, LecunNormal, LecunUniform
 
 _BY_NAME = {
-    "zeros": Zeros, "ones": Ones, "constant": Constant, "random_normal": RandomNormal,
-    "random_uniform": RandomUniform, "truncated_normal": TruncatedNormal,
-    "variance_scaling": VarianceScaling, "glorot_uniform": GlorotUniform,
-    "glorot_normal": GlorotNormal, "he_normal": HeNormal, "he_uniform": HeUniform,
-    "lecun_normal": LecunNormal, "lecun_uniform": LecunUniform, "identity": Identity,
+    "zeros": Zeros,
+    "ones": Ones,
+    "constant": Constant,
+    "random_normal": RandomNormal,
+    "random_uniform": RandomUniform,
+    "truncated_normal": TruncatedNormal,
+    "variance_scaling": VarianceScaling,
+    "glorot_uniform": GlorotUniform,
+    "glorot_normal": GlorotNormal,
+    "he_normal": HeNormal,
+    "he_uniform": HeUniform,
+    "lecun_normal": LecunNormal,
+    "lecun_uniform": LecunUniform,
+    "identity": Identity,
 }
 _BY_CLASS = {cls.__name__: cls for cls in _BY_NAME.values()}
 
@@ -287,7 +337,9 @@ def get(identifier: Any) -> Optional[Initializer]:
             raise ValueError(f"Unknown initializer: {identifier!r}; known: {sorted(_BY_NAME)}")
         return cls()
     if isinstance(identifier, dict):
-        cls = _BY_CLASS.get(identifier.get("class_name")) or _BY_NAME.get(str(identifier.get("class_name")).lower())
+        cls = _BY_CLASS.get(identifier.get("class_name")) or _BY_NAME.get(
+            str(identifier.get("class_name")).lower()
+        )
         if cls is None:
             raise ValueError(f"Unknown initializer config: {identifier!r}")
         return cls.from_config(identifier.get("config", {}))

@@ -7,9 +7,10 @@ input shape is known), and computes in ``call``. Weights a layer keeps as attrib
 substitution map, so ``functional_call(model, other_weights, x)`` works for any layer
 written this way.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from metalearn._typing import ArrayLike, Config, Shape
 import inspect
@@ -26,11 +27,28 @@ from . import activations, initializers
 from . import backend as _backend
 from . import batched as _batched
 
-__all__ = ["MemoryRecall", "Layer", "Dense", "Flatten", "Activation", "Dropout", "InputLayer", "Input",
-           "Lambda", "Reshape", "serialize", "deserialize", "get"]
+__all__ = [
+    "MemoryRecall",
+    "Layer",
+    "Dense",
+    "Flatten",
+    "Activation",
+    "Dropout",
+    "InputLayer",
+    "Input",
+    "Lambda",
+    "Reshape",
+    "serialize",
+    "deserialize",
+    "get",
+]
 
-_FUSED = {activations.linear: "linear", activations.relu: "relu",
-          activations.sigmoid: "sigmoid", activations.tanh: "tanh"}
+_FUSED = {
+    activations.linear: "linear",
+    activations.relu: "relu",
+    activations.sigmoid: "sigmoid",
+    activations.tanh: "tanh",
+}
 
 
 def _shape_of(x):
@@ -99,17 +117,30 @@ class Layer:
         """
         return None
 
-    def __init__(self, trainable: bool = True, name: Optional[str] = None, dtype: Any = None,
-                 input_shape: Optional[Shape] = None,
-                 batch_input_shape: Optional[Shape] = None, input_dim: Optional[int] = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        trainable: bool = True,
+        name: Optional[str] = None,
+        dtype: Any = None,
+        input_shape: Optional[Shape] = None,
+        batch_input_shape: Optional[Shape] = None,
+        input_dim: Optional[int] = None,
+        **kwargs: Any,
+    ) -> None:
         if kwargs:
-            raise TypeError(f"{type(self).__name__}: unexpected keyword argument(s) "
-                            f"{sorted(kwargs)}")
+            raise TypeError(
+                f"{type(self).__name__}: unexpected keyword argument(s) {sorted(kwargs)}"
+            )
         if dtype is not None and np.dtype(dtype) != np.float32:
-            raise TypeError(f"{type(self).__name__}: only float32 is supported, got dtype={dtype!r}")
+            raise TypeError(
+                f"{type(self).__name__}: only float32 is supported, got dtype={dtype!r}"
+            )
         self._init_tracking()
-        self.name = name if name is not None else _backend.unique_name(_backend.snake_case(type(self).__name__))
+        self.name = (
+            name
+            if name is not None
+            else _backend.unique_name(_backend.snake_case(type(self).__name__))
+        )
         self._trainable = bool(trainable)
         self.built = False
         self.supports_masking = False
@@ -130,10 +161,10 @@ class Layer:
         d = self.__dict__
         if "_var_attrs" in d:
             return
-        d["_var_attrs"] = {}          # attribute name -> Variable (read via __getattr__)
-        d["_own_weights"] = []        # Variables owned by this layer, in creation order
-        d["_own_weight_names"] = {}   # id(variable) -> short name
-        d["_sublayers"] = []          # (key, Layer) in assignment order
+        d["_var_attrs"] = {}  # attribute name -> Variable (read via __getattr__)
+        d["_own_weights"] = []  # Variables owned by this layer, in creation order
+        d["_own_weight_names"] = {}  # id(variable) -> short name
+        d["_sublayers"] = []  # (key, Layer) in assignment order
         cls = type(self)
         if "_call_takes_training" not in cls.__dict__:
             try:
@@ -162,8 +193,12 @@ class Layer:
             del var_attrs[name]
         if isinstance(value, Layer) and not name.startswith("_"):
             self._track_layer(name, value)
-        elif (isinstance(value, (list, tuple)) and not name.startswith("_") and value
-              and all(isinstance(v, Layer) for v in value)):
+        elif (
+            isinstance(value, (list, tuple))
+            and not name.startswith("_")
+            and value
+            and all(isinstance(v, Layer) for v in value)
+        ):
             for i, v in enumerate(value):
                 self._track_layer(f"{name}/{i}", v)
 
@@ -204,9 +239,16 @@ class Layer:
         self._sublayers.append((key, layer))
 
     # ----------------------------------------------------------------- weights
-    def add_weight(self, name: Optional[str] = None, shape: Optional[Shape] = None,
-                   initializer: Any = None, dtype: Any = None, trainable: bool = True,
-                   regularizer: Any = None, constraint: Any = None) -> Variable:
+    def add_weight(
+        self,
+        name: Optional[str] = None,
+        shape: Optional[Shape] = None,
+        initializer: Any = None,
+        dtype: Any = None,
+        trainable: bool = True,
+        regularizer: Any = None,
+        constraint: Any = None,
+    ) -> Variable:
         """Creates a Variable owned by this layer.
 
         Args:
@@ -225,8 +267,10 @@ class Layer:
         short = name or f"variable_{len(self._own_weights)}"
         value = init(shape)
         if tuple(value.shape) != shape:
-            raise ValueError(f"{self.name}: initializer {init!r} returned shape {tuple(value.shape)} "
-                             f"for weight {short!r} of shape {shape}")
+            raise ValueError(
+                f"{self.name}: initializer {init!r} returned shape {tuple(value.shape)} "
+                f"for weight {short!r} of shape {shape}"
+            )
         var = Variable(value, trainable=trainable, name=f"{self.name}/{short}")
         self._track_weight(var, short)
         return var
@@ -329,17 +373,22 @@ class Layer:
         variables = self.weights
         weights = list(weights)
         if len(weights) != len(variables):
-            raise ValueError(f"{self.name}.set_weights: expected {len(variables)} arrays, got {len(weights)}")
+            raise ValueError(
+                f"{self.name}.set_weights: expected {len(variables)} arrays, got {len(weights)}"
+            )
         arrays = []
         for i, (v, w) in enumerate(zip(variables, weights)):
             a = np.asarray(w)
             if a.dtype.kind not in "biuf":
-                raise TypeError(f"{self.name}.set_weights: array {i} has dtype {a.dtype}; "
-                                "expected real numbers")
+                raise TypeError(
+                    f"{self.name}.set_weights: array {i} has dtype {a.dtype}; expected real numbers"
+                )
             a = a.astype(np.float32, copy=False)
             if a.shape != tuple(v.shape):
-                raise ValueError(f"{self.name}.set_weights: array {i} has shape {a.shape}, "
-                                 f"weight {v.name!r} has shape {tuple(v.shape)}")
+                raise ValueError(
+                    f"{self.name}.set_weights: array {i} has shape {a.shape}, "
+                    f"weight {v.name!r} has shape {tuple(v.shape)}"
+                )
             arrays.append(np.ascontiguousarray(a))
         for v, a in zip(variables, arrays):
             _core.assign(v, a)
@@ -399,8 +448,10 @@ class Layer:
         if self._batch_input_shape is not None and isinstance(input_shape, tuple):
             expected = self._batch_input_shape[1:]
             if tuple(input_shape[1:]) != tuple(expected):
-                raise ValueError(f"{self.name}: expected inputs of shape (batch, "
-                                 f"{', '.join(map(str, expected))}), got {input_shape}")
+                raise ValueError(
+                    f"{self.name}: expected inputs of shape (batch, "
+                    f"{', '.join(map(str, expected))}), got {input_shape}"
+                )
         with _no_grad():
             self.build(input_shape)
         self._build_input_shape = input_shape
@@ -417,8 +468,10 @@ class Layer:
     def output_shape(self) -> Any:
         """The output shape seen on the first call, with the batch dim as None."""
         if self._output_shape is None:
-            raise AttributeError(f"The layer {self.name!r} has never been called and thus has no "
-                                 "defined output shape.")
+            raise AttributeError(
+                f"The layer {self.name!r} has never been called and thus has no "
+                "defined output shape."
+            )
         s = self._output_shape
         if isinstance(s, list):
             return [(None,) + tuple(x[1:]) for x in s]
@@ -491,11 +544,21 @@ class Dense(Layer):
 
     _traceable = True
 
-    def __init__(self, units: int, activation: Union[str, Callable[..., Any], None] = None,
-                 use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
-                 bias_initializer: Any = "zeros", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        units: int,
+        activation: Union[str, Callable[..., Any], None] = None,
+        use_bias: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
-        units = int(units) if isinstance(units, (int, np.integer, float)) and units == int(units) else units
+        units = (
+            int(units)
+            if isinstance(units, (int, np.integer, float)) and units == int(units)
+            else units
+        )
         if not isinstance(units, int) or units <= 0:
             raise ValueError(f"Dense: units must be a positive integer, got {units!r}")
         self.units = units
@@ -508,10 +571,13 @@ class Dense(Layer):
 
     def build(self, input_shape: Any) -> None:
         if not isinstance(input_shape, tuple) or len(input_shape) < 1 or input_shape[-1] is None:
-            raise ValueError(f"{self.name}: Dense needs inputs with a known last dimension, got "
-                             f"{input_shape}")
+            raise ValueError(
+                f"{self.name}: Dense needs inputs with a known last dimension, got {input_shape}"
+            )
         self._input_dim = int(input_shape[-1])
-        self.kernel = self.add_weight("kernel", (self._input_dim, self.units), self.kernel_initializer)
+        self.kernel = self.add_weight(
+            "kernel", (self._input_dim, self.units), self.kernel_initializer
+        )
         if self.use_bias:
             self.bias = self.add_weight("bias", (self.units,), self.bias_initializer)
         else:
@@ -529,20 +595,27 @@ class Dense(Layer):
     def call(self, inputs: Any) -> Any:
         shape = inputs.shape
         if len(shape) < 1 or shape[-1] != self._input_dim:
-            raise ValueError(f"{self.name}: expected input with last dimension {self._input_dim}, "
-                             f"got {tuple(shape)}")
+            raise ValueError(
+                f"{self.name}: expected input with last dimension {self._input_dim}, "
+                f"got {tuple(shape)}"
+            )
         if self._fused is not None:
             return _core.linear(inputs, self.kernel, self.bias, self._fused)
         return self.activation(_core.linear(inputs, self.kernel, self.bias))
 
     def get_config(self) -> Config:
         config = super().get_config()
-        config.update(units=self.units, activation=activations.serialize(self.activation),
-                      use_bias=self.use_bias,
-                      kernel_initializer=initializers.serialize(self.kernel_initializer)
-                      if isinstance(self.kernel_initializer, initializers.Initializer) else None,
-                      bias_initializer=initializers.serialize(self.bias_initializer)
-                      if isinstance(self.bias_initializer, initializers.Initializer) else None)
+        config.update(
+            units=self.units,
+            activation=activations.serialize(self.activation),
+            use_bias=self.use_bias,
+            kernel_initializer=initializers.serialize(self.kernel_initializer)
+            if isinstance(self.kernel_initializer, initializers.Initializer)
+            else None,
+            bias_initializer=initializers.serialize(self.bias_initializer)
+            if isinstance(self.bias_initializer, initializers.Initializer)
+            else None,
+        )
         return config
 
 
@@ -599,12 +672,16 @@ class Reshape(Layer):
         # Keras 3's validate_reshape_shape: non-negative integers and at most one -1
         for d in target_shape:
             if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < -1:
-                raise ValueError("Each dimension in `target_shape` must be a non-negative "
-                                 "integer, or `-1` for a single unknown dimension. Received: "
-                                 f"target_shape={target_shape}.")
+                raise ValueError(
+                    "Each dimension in `target_shape` must be a non-negative "
+                    "integer, or `-1` for a single unknown dimension. Received: "
+                    f"target_shape={target_shape}."
+                )
         if sum(d == -1 for d in target_shape) > 1:
-            raise ValueError("There must be at most one unknown dimension (-1) in "
-                             f"`target_shape`. Received: target_shape={target_shape}.")
+            raise ValueError(
+                "There must be at most one unknown dimension (-1) in "
+                f"`target_shape`. Received: target_shape={target_shape}."
+            )
         self.target_shape = tuple(int(d) for d in target_shape)
 
     def call(self, inputs: Any) -> Any:
@@ -614,10 +691,14 @@ class Reshape(Layer):
         if -1 in target:
             known = int(math.prod(d for d in target if d != -1))
             if known == 0 or size % known:
-                raise ValueError(f"{self.name}: cannot reshape {tuple(shape[1:])} to {self.target_shape}")
+                raise ValueError(
+                    f"{self.name}: cannot reshape {tuple(shape[1:])} to {self.target_shape}"
+                )
             target[target.index(-1)] = size // known
         if int(math.prod(target)) != size:
-            raise ValueError(f"{self.name}: cannot reshape {tuple(shape[1:])} to {self.target_shape}")
+            raise ValueError(
+                f"{self.name}: cannot reshape {tuple(shape[1:])} to {self.target_shape}"
+            )
         return _core.reshape(inputs, (n, *target))
 
     def get_config(self) -> Config:
@@ -688,13 +769,23 @@ class Dropout(Layer):
 
     _traceable = True
 
-    def __init__(self, rate: float, noise_shape: Optional[Sequence[Optional[int]]] = None,
-                 seed: Optional[int] = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        rate: float,
+        noise_shape: Optional[Sequence[Optional[int]]] = None,
+        seed: Optional[int] = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
-        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)) \
-                or not 0.0 <= float(rate) <= 1.0:
-            raise ValueError("Invalid value received for argument `rate`. Expected a float value "
-                             f"between 0 and 1. Received: rate={rate!r}")
+        if (
+            isinstance(rate, bool)
+            or not isinstance(rate, (int, float, np.integer, np.floating))
+            or not 0.0 <= float(rate) <= 1.0
+        ):
+            raise ValueError(
+                "Invalid value received for argument `rate`. Expected a float value "
+                f"between 0 and 1. Received: rate={rate!r}"
+            )
         self.rate = float(rate)
         if noise_shape is not None:
             # Keras 3 (Dropout._validate_noise_shape): a ValueError for a string or a
@@ -705,14 +796,18 @@ class Dropout(Layer):
                     raise TypeError
                 noise_shape = tuple(noise_shape)
             except TypeError:
-                raise ValueError("Dropout: invalid value received for argument `noise_shape`: "
-                                 f"expected a tuple or list of integers, got noise_shape={given!r}"
-                                 ) from None
+                raise ValueError(
+                    "Dropout: invalid value received for argument `noise_shape`: "
+                    f"expected a tuple or list of integers, got noise_shape={given!r}"
+                ) from None
             for d in noise_shape:
-                if d is not None and (isinstance(d, bool) or not isinstance(d, (int, np.integer))
-                                      or d < 1):
-                    raise ValueError(f"Dropout: noise_shape entries must be positive ints or None, "
-                                     f"got noise_shape={tuple(noise_shape)!r}")
+                if d is not None and (
+                    isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1
+                ):
+                    raise ValueError(
+                        f"Dropout: noise_shape entries must be positive ints or None, "
+                        f"got noise_shape={tuple(noise_shape)!r}"
+                    )
             noise_shape = tuple(None if d is None else int(d) for d in noise_shape)
         self.noise_shape = noise_shape
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
@@ -735,12 +830,16 @@ class Dropout(Layer):
         if self.noise_shape is None:
             return shape
         if len(self.noise_shape) != len(shape):
-            raise ValueError(f"{self.name}: noise_shape {self.noise_shape} has {len(self.noise_shape)} "
-                             f"entries but the inputs of shape {shape} have {len(shape)} axes")
+            raise ValueError(
+                f"{self.name}: noise_shape {self.noise_shape} has {len(self.noise_shape)} "
+                f"entries but the inputs of shape {shape} have {len(shape)} axes"
+            )
         mask = tuple(s if d is None else d for s, d in zip(shape, self.noise_shape))
         if any(d != 1 and d != s for s, d in zip(shape, mask)):
-            raise ValueError(f"{self.name}: noise_shape {self.noise_shape} cannot be broadcast to "
-                             f"inputs of shape {shape}: each entry must be None, 1 or the input's size")
+            raise ValueError(
+                f"{self.name}: noise_shape {self.noise_shape} cannot be broadcast to "
+                f"inputs of shape {shape}: each entry must be None, 1 or the input's size"
+            )
         return mask
 
     def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
@@ -755,8 +854,10 @@ class Dropout(Layer):
         elif self._given_noise is not None:
             u, self._given_noise = self._given_noise, None
             if tuple(u.shape) != shape:
-                raise ValueError(f"{self.name}: the seeded draw given has shape {tuple(u.shape)}, "
-                                 f"the mask needs {shape}")
+                raise ValueError(
+                    f"{self.name}: the seeded draw given has shape {tuple(u.shape)}, "
+                    f"the mask needs {shape}"
+                )
         elif getattr(self, "_draws_given", False):
             # inside fit's traced step a draw made here would be recorded as a constant
             raise ValueError(f"{self.name}: called again inside one traced step")
@@ -793,11 +894,19 @@ class InputLayer(Layer):
 
     _traceable = True
 
-    def __init__(self, shape: Optional[Shape] = None, batch_size: Optional[int] = None,
-                 dtype: Any = None, sparse: Optional[bool] = None, ragged: Optional[bool] = None,
-                 batch_shape: Optional[Shape] = None, name: Optional[str] = None,
-                 optional: bool = False, input_shape: Optional[Shape] = None,
-                 batch_input_shape: Optional[Shape] = None) -> None:
+    def __init__(
+        self,
+        shape: Optional[Shape] = None,
+        batch_size: Optional[int] = None,
+        dtype: Any = None,
+        sparse: Optional[bool] = None,
+        ragged: Optional[bool] = None,
+        batch_shape: Optional[Shape] = None,
+        name: Optional[str] = None,
+        optional: bool = False,
+        input_shape: Optional[Shape] = None,
+        batch_input_shape: Optional[Shape] = None,
+    ) -> None:
         if shape is None:
             shape = input_shape
         if batch_shape is None:
@@ -806,12 +915,15 @@ class InputLayer(Layer):
         if shape is not None and batch_shape is not None:
             raise ValueError("You cannot pass both `shape` and `batch_shape` at the same time.")
         if batch_size is not None and batch_shape is not None:
-            raise ValueError("You cannot pass both `batch_size` and `batch_shape` at the same time.")
+            raise ValueError(
+                "You cannot pass both `batch_size` and `batch_shape` at the same time."
+            )
         if shape is None and batch_shape is None:
             raise ValueError("You must pass a `shape` argument.")
         if sparse or ragged or optional:
-            raise NotImplementedError("InputLayer: sparse, ragged and optional inputs are not "
-                                      "supported")
+            raise NotImplementedError(
+                "InputLayer: sparse, ragged and optional inputs are not supported"
+            )
         if batch_shape is not None:
             batch_shape = tuple(batch_shape)
             if not batch_shape:
@@ -831,12 +943,22 @@ class InputLayer(Layer):
         return inputs
 
     def get_config(self) -> Config:
-        return {"batch_shape": self._batch_input_shape, "dtype": "float32", "sparse": False,
-                "ragged": False, "name": self.name, "optional": False}
+        return {
+            "batch_shape": self._batch_input_shape,
+            "dtype": "float32",
+            "sparse": False,
+            "ragged": False,
+            "name": self.name,
+            "optional": False,
+        }
 
 
-def Input(shape: Optional[Shape] = None, batch_size: Optional[int] = None, name: Optional[str] = None,
-          **kwargs: Any) -> InputLayer:
+def Input(
+    shape: Optional[Shape] = None,
+    batch_size: Optional[int] = None,
+    name: Optional[str] = None,
+    **kwargs: Any,
+) -> InputLayer:
     """An ``InputLayer`` declaring the sample shape (for ``Sequential``).
 
     metalearn has no symbolic tensors: ``Input`` is used as the first entry of a
@@ -862,8 +984,13 @@ class Lambda(Layer):
         Whatever `function` takes and returns.
     """
 
-    def __init__(self, function: Callable[..., Any], output_shape: Any = None,
-                 arguments: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        output_shape: Any = None,
+        arguments: Optional[Dict[str, Any]] = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if not callable(function):
             raise TypeError(f"Lambda: function must be callable, got {type(function).__name__}")
@@ -882,8 +1009,9 @@ class Lambda(Layer):
 
     def get_config(self) -> Config:
         config = super().get_config()
-        config.update(function=self.function, output_shape=self._lambda_output_shape,
-                      arguments=self.arguments)
+        config.update(
+            function=self.function, output_shape=self._lambda_output_shape, arguments=self.arguments
+        )
         return config
 
 
@@ -892,9 +1020,14 @@ def serialize(layer: Layer) -> Config:
     return {"class_name": type(layer).__name__, "config": layer.get_config()}
 
 
-_SHIPPED_MODULES = ("metalearn.keras.layers", "metalearn.keras.conv_layers",
-                    "metalearn.keras.memory_layers", "metalearn.keras.models", "metalearn.networks",
-                    "metalearn.meta.protonet")
+_SHIPPED_MODULES = (
+    "metalearn.keras.layers",
+    "metalearn.keras.conv_layers",
+    "metalearn.keras.memory_layers",
+    "metalearn.keras.models",
+    "metalearn.networks",
+    "metalearn.meta.protonet",
+)
 
 
 def _shipped_layers():
@@ -904,6 +1037,7 @@ def _shipped_layers():
     from metalearn import networks  # noqa: F401  (the article's models)
     from metalearn.meta import protonet  # noqa: F401  (ProtoNet.adapt's PrototypeClassifier)
     from . import conv_layers
+
     out, stack = {}, [Layer]
     while stack:
         for cls in stack.pop().__subclasses__():
@@ -927,8 +1061,10 @@ def deserialize(config: Config, custom_objects: Optional[Dict[str, Any]] = None)
         ValueError: the class name is unknown.
     """
     if not isinstance(config, dict) or "class_name" not in config:
-        raise ValueError(f"deserialize: expected a dict with 'class_name' and 'config' (what "
-                         f"serialize returns), got {config!r}")
+        raise ValueError(
+            f"deserialize: expected a dict with 'class_name' and 'config' (what "
+            f"serialize returns), got {config!r}"
+        )
     registry = _shipped_layers()
     registry.update(custom_objects or {})
     cls = registry.get(config["class_name"])

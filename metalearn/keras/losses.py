@@ -18,20 +18,37 @@ equal shapes, as Keras 3's (sparse: labels shaped as ``y_pred`` without its clas
 with a trailing 1); their classes, and ``compile``, match ranks first. Other mismatches
 raise a ValueError naming both shapes.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Optional
 
 from metalearn._typing import Array, ArrayLike, Config
 import numpy as np
 
 from metalearn import _core
 
-__all__ = ["Loss", "MeanSquaredError", "MeanAbsoluteError", "CategoricalCrossentropy",
-           "SparseCategoricalCrossentropy", "BinaryCrossentropy", "LossFunctionWrapper",
-           "mean_squared_error", "mse", "MSE", "mean_absolute_error", "mae", "MAE",
-           "categorical_crossentropy", "sparse_categorical_crossentropy",
-           "binary_crossentropy", "squeeze_or_expand_to_same_rank", "get", "serialize"]
+__all__ = [
+    "Loss",
+    "MeanSquaredError",
+    "MeanAbsoluteError",
+    "CategoricalCrossentropy",
+    "SparseCategoricalCrossentropy",
+    "BinaryCrossentropy",
+    "LossFunctionWrapper",
+    "mean_squared_error",
+    "mse",
+    "MSE",
+    "mean_absolute_error",
+    "mae",
+    "MAE",
+    "categorical_crossentropy",
+    "sparse_categorical_crossentropy",
+    "binary_crossentropy",
+    "squeeze_or_expand_to_same_rank",
+    "get",
+    "serialize",
+]
 
 
 def _float_target(y):
@@ -86,9 +103,11 @@ def _matched(y_true, y_pred, name, equal_shapes):
     if y_true.shape == y_pred.shape:  # the common case: nothing to match
         return y_true, y_pred
     if equal_shapes:  # as Keras 3's functions; the Loss classes match ranks before calling
-        raise ValueError(f"{name}: y_true has shape {tuple(y_true.shape)} but y_pred has shape "
-                         f"{tuple(y_pred.shape)}; they must be equal (the {name} loss class, "
-                         f"and compile, first pair (N,) with (N, 1))")
+        raise ValueError(
+            f"{name}: y_true has shape {tuple(y_true.shape)} but y_pred has shape "
+            f"{tuple(y_pred.shape)}; they must be equal (the {name} loss class, "
+            f"and compile, first pair (N,) with (N, 1))"
+        )
     t, p = y_true, y_pred
     if y_true.ndim and y_pred.ndim:  # a scalar broadcasts (and y_pred keeps its last axis)
         t, p = squeeze_or_expand_to_same_rank(y_true, y_pred)
@@ -97,8 +116,10 @@ def _matched(y_true, y_pred, name, equal_shapes):
         try:
             np.broadcast_shapes(ts, ps)
         except ValueError:
-            raise ValueError(f"{name}: y_true of shape {tuple(y_true.shape)} and y_pred of shape "
-                             f"{tuple(y_pred.shape)} cannot be broadcast together") from None
+            raise ValueError(
+                f"{name}: y_true of shape {tuple(y_true.shape)} and y_pred of shape "
+                f"{tuple(y_pred.shape)} cannot be broadcast together"
+            ) from None
     return t, p
 
 
@@ -125,8 +146,13 @@ def mean_absolute_error(y_true: ArrayLike, y_pred: Array) -> _core.Tensor:
     return _core.reduce_mean(_core.abs(_core.sub(y_pred, y_true)), -1)
 
 
-def categorical_crossentropy(y_true: ArrayLike, y_pred: Array, from_logits: bool = False,
-                             label_smoothing: float = 0.0, axis: int = -1) -> _core.Tensor:
+def categorical_crossentropy(
+    y_true: ArrayLike,
+    y_pred: Array,
+    from_logits: bool = False,
+    label_smoothing: float = 0.0,
+    axis: int = -1,
+) -> _core.Tensor:
     """Categorical cross-entropy per sample between one-hot (or soft) targets and
     predicted class probabilities.
 
@@ -144,13 +170,19 @@ def categorical_crossentropy(y_true: ArrayLike, y_pred: Array, from_logits: bool
     y_true, y_pred = _matched(y_true, y_pred, "categorical_crossentropy", True)
     if label_smoothing:
         classes = y_true.shape[-1]
-        y_true = _core.add(_core.mul(y_true, 1.0 - float(label_smoothing)),
-                           float(label_smoothing) / classes)
+        y_true = _core.add(
+            _core.mul(y_true, 1.0 - float(label_smoothing)), float(label_smoothing) / classes
+        )
     return _core.categorical_crossentropy(y_true, y_pred, from_logits=bool(from_logits))
 
 
-def sparse_categorical_crossentropy(y_true: ArrayLike, y_pred: Array, from_logits: bool = False,
-                                    ignore_class: Optional[int] = None, axis: int = -1) -> _core.Tensor:
+def sparse_categorical_crossentropy(
+    y_true: ArrayLike,
+    y_pred: Array,
+    from_logits: bool = False,
+    ignore_class: Optional[int] = None,
+    axis: int = -1,
+) -> _core.Tensor:
     """Categorical cross-entropy per sample with integer class targets.
 
     Args:
@@ -171,16 +203,23 @@ def sparse_categorical_crossentropy(y_true: ArrayLike, y_pred: Array, from_logit
     labels = y_true if isinstance(y_true, _core.Tensor) else np.asarray(y_true)
     shape = tuple(labels.shape)
     if not pred_shape or (shape != pred_shape[:-1] and shape != pred_shape[:-1] + (1,)):
-        raise ValueError(f"sparse_categorical_crossentropy: y_true has shape {shape} but y_pred has "
-                         f"shape {pred_shape}; the labels must have y_pred's shape without its "
-                         f"class axis, {pred_shape[:-1]}, or with a last axis of 1")
+        raise ValueError(
+            f"sparse_categorical_crossentropy: y_true has shape {shape} but y_pred has "
+            f"shape {pred_shape}; the labels must have y_pred's shape without its "
+            f"class axis, {pred_shape[:-1]}, or with a last axis of 1"
+        )
     # a tensor of labels stays a tensor: the C op reads it when it runs, so a traced step
     # (metalearn.function) replays with each call's labels
     return _core.sparse_categorical_crossentropy(labels, y_pred, from_logits=bool(from_logits))
 
 
-def binary_crossentropy(y_true: ArrayLike, y_pred: Array, from_logits: bool = False,
-                        label_smoothing: float = 0.0, axis: int = -1) -> _core.Tensor:
+def binary_crossentropy(
+    y_true: ArrayLike,
+    y_pred: Array,
+    from_logits: bool = False,
+    label_smoothing: float = 0.0,
+    axis: int = -1,
+) -> _core.Tensor:
     """Binary cross-entropy per sample, averaged over the last axis.
 
     Args:
@@ -200,7 +239,9 @@ def binary_crossentropy(y_true: ArrayLike, y_pred: Array, from_logits: bool = Fa
     _check_axis(axis, "binary_crossentropy")
     y_true, y_pred = _matched(y_true, y_pred, "binary_crossentropy", True)
     if label_smoothing:
-        y_true = _core.add(_core.mul(y_true, 1.0 - float(label_smoothing)), 0.5 * float(label_smoothing))
+        y_true = _core.add(
+            _core.mul(y_true, 1.0 - float(label_smoothing)), 0.5 * float(label_smoothing)
+        )
     return _core.binary_crossentropy(y_true, y_pred, from_logits=bool(from_logits))
 
 
@@ -210,7 +251,15 @@ _SELF_MATCHING = (mean_squared_error, mean_absolute_error, sparse_categorical_cr
 mse = MSE = mean_squared_error
 mae = MAE = mean_absolute_error
 
-_REDUCTIONS = ("sum_over_batch_size", "sum", "none", None, "mean", "mean_with_sample_weight", "auto")
+_REDUCTIONS = (
+    "sum_over_batch_size",
+    "sum",
+    "none",
+    None,
+    "mean",
+    "mean_with_sample_weight",
+    "auto",
+)
 
 
 def _as_array(x):
@@ -236,8 +285,10 @@ class Loss:
 
     def __init__(self, name: Optional[str] = None, reduction: str = "sum_over_batch_size") -> None:
         if reduction not in _REDUCTIONS:
-            raise ValueError(f"Invalid reduction {reduction!r}; expected one of "
-                             "'sum_over_batch_size', 'sum', 'none', 'mean', 'mean_with_sample_weight'")
+            raise ValueError(
+                f"Invalid reduction {reduction!r}; expected one of "
+                "'sum_over_batch_size', 'sum', 'none', 'mean', 'mean_with_sample_weight'"
+            )
         self.name = name or _snake(type(self).__name__)
         self.reduction = "sum_over_batch_size" if reduction == "auto" else reduction
 
@@ -253,15 +304,19 @@ class Loss:
         """
         raise NotImplementedError(f"{type(self).__name__} must implement call(y_true, y_pred)")
 
-    def __call__(self, y_true: ArrayLike, y_pred: Array,
-                 sample_weight: Optional[ArrayLike] = None) -> _core.Tensor:
+    def __call__(
+        self, y_true: ArrayLike, y_pred: Array, sample_weight: Optional[ArrayLike] = None
+    ) -> _core.Tensor:
         values = self.call(y_true, y_pred)
         sw = None
         if sample_weight is not None:
             values, sw = self._weigh(values, sample_weight)
         reduction = self.reduction
-        if reduction == "sum_over_batch_size" or reduction == "mean" or (
-                reduction == "mean_with_sample_weight" and sw is None):
+        if (
+            reduction == "sum_over_batch_size"
+            or reduction == "mean"
+            or (reduction == "mean_with_sample_weight" and sw is None)
+        ):
             # an empty batch gives 0, as Keras' divide_no_nan
             return _core.reduce_mean(values) if values.size else _core.reduce_sum(values)
         if reduction == "sum":
@@ -276,8 +331,11 @@ class Loss:
 
     def _weigh(self, values, sample_weight):
         """values * sample_weight (Keras 3's reduce_weighted_values), and the weights."""
-        sw = sample_weight if isinstance(sample_weight, _core.Tensor) else np.asarray(
-            sample_weight, dtype=np.float32)
+        sw = (
+            sample_weight
+            if isinstance(sample_weight, _core.Tensor)
+            else np.asarray(sample_weight, dtype=np.float32)
+        )
         if sw.ndim == 0:
             return _core.mul(values, sw if isinstance(sw, _core.Tensor) else float(sw)), sw
         v, w = squeeze_or_expand_to_same_rank(values, sw)
@@ -286,15 +344,17 @@ class Loss:
             fits = np.broadcast_shapes(vshape, wshape) == vshape
         except ValueError:
             fits = False
-        if not fits and len(wshape) < len(vshape) and vshape[:len(wshape)] == wshape:
+        if not fits and len(wshape) < len(vshape) and vshape[: len(wshape)] == wshape:
             # (batch,) weights for (batch, T) values: one weight per sample
             w = _reshape(w, wshape + (1,) * (len(vshape) - len(wshape)))
             fits = True
         if not fits:
-            raise ValueError(f"{self.name}: sample_weight has shape {tuple(sw.shape)} but the "
-                             f"per-sample losses have shape {tuple(values.shape)} (y_pred's "
-                             "shape without its last axis); expected a scalar, that shape, "
-                             "or a shape that broadcasts to it")
+            raise ValueError(
+                f"{self.name}: sample_weight has shape {tuple(sw.shape)} but the "
+                f"per-sample losses have shape {tuple(values.shape)} (y_pred's "
+                "shape without its last axis); expected a scalar, that shape, "
+                "or a shape that broadcasts to it"
+            )
         return _core.mul(v, w), w
 
     def get_config(self) -> Config:
@@ -309,14 +369,20 @@ class Loss:
 
 def _snake(name):
     from .backend import snake_case
+
     return snake_case(name)
 
 
 class LossFunctionWrapper(Loss):
     """Wraps a per-sample loss function ``fn(y_true, y_pred, **kwargs)`` as a Loss."""
 
-    def __init__(self, fn: Callable[..., Any], reduction: str = "sum_over_batch_size",
-                 name: Optional[str] = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        reduction: str = "sum_over_batch_size",
+        name: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name=name or getattr(fn, "__name__", "loss"), reduction=reduction)
         self.fn = fn
         self._fn_kwargs = kwargs
@@ -347,7 +413,9 @@ class MeanSquaredError(LossFunctionWrapper):
         name: default ``"mean_squared_error"``.
     """
 
-    def __init__(self, reduction: str = "sum_over_batch_size", name: str = "mean_squared_error") -> None:
+    def __init__(
+        self, reduction: str = "sum_over_batch_size", name: str = "mean_squared_error"
+    ) -> None:
         super().__init__(mean_squared_error, reduction=reduction, name=name)
 
     def get_config(self) -> Config:
@@ -357,7 +425,9 @@ class MeanSquaredError(LossFunctionWrapper):
 class MeanAbsoluteError(LossFunctionWrapper):
     """Mean of absolute errors: ``loss = mean(abs(y_true - y_pred))``."""
 
-    def __init__(self, reduction: str = "sum_over_batch_size", name: str = "mean_absolute_error") -> None:
+    def __init__(
+        self, reduction: str = "sum_over_batch_size", name: str = "mean_absolute_error"
+    ) -> None:
         super().__init__(mean_absolute_error, reduction=reduction, name=name)
 
     def get_config(self) -> Config:
@@ -377,10 +447,22 @@ class CategoricalCrossentropy(LossFunctionWrapper):
         name: default ``"categorical_crossentropy"``.
     """
 
-    def __init__(self, from_logits: bool = False, label_smoothing: float = 0.0, axis: int = -1,
-                 reduction: str = "sum_over_batch_size", name: str = "categorical_crossentropy") -> None:
-        super().__init__(categorical_crossentropy, reduction=reduction, name=name,
-                         from_logits=from_logits, label_smoothing=label_smoothing, axis=axis)
+    def __init__(
+        self,
+        from_logits: bool = False,
+        label_smoothing: float = 0.0,
+        axis: int = -1,
+        reduction: str = "sum_over_batch_size",
+        name: str = "categorical_crossentropy",
+    ) -> None:
+        super().__init__(
+            categorical_crossentropy,
+            reduction=reduction,
+            name=name,
+            from_logits=from_logits,
+            label_smoothing=label_smoothing,
+            axis=axis,
+        )
         self.from_logits = from_logits
 
 
@@ -395,11 +477,20 @@ class SparseCategoricalCrossentropy(LossFunctionWrapper):
         name: default ``"sparse_categorical_crossentropy"``.
     """
 
-    def __init__(self, from_logits: bool = False, ignore_class: Optional[int] = None,
-                 reduction: str = "sum_over_batch_size",
-                 name: str = "sparse_categorical_crossentropy") -> None:
-        super().__init__(sparse_categorical_crossentropy, reduction=reduction, name=name,
-                         from_logits=from_logits, ignore_class=ignore_class)
+    def __init__(
+        self,
+        from_logits: bool = False,
+        ignore_class: Optional[int] = None,
+        reduction: str = "sum_over_batch_size",
+        name: str = "sparse_categorical_crossentropy",
+    ) -> None:
+        super().__init__(
+            sparse_categorical_crossentropy,
+            reduction=reduction,
+            name=name,
+            from_logits=from_logits,
+            ignore_class=ignore_class,
+        )
         self.from_logits = from_logits
 
 
@@ -415,22 +506,46 @@ class BinaryCrossentropy(LossFunctionWrapper):
         name: default ``"binary_crossentropy"``.
     """
 
-    def __init__(self, from_logits: bool = False, label_smoothing: float = 0.0, axis: int = -1,
-                 reduction: str = "sum_over_batch_size", name: str = "binary_crossentropy") -> None:
-        super().__init__(binary_crossentropy, reduction=reduction, name=name,
-                         from_logits=from_logits, label_smoothing=label_smoothing, axis=axis)
+    def __init__(
+        self,
+        from_logits: bool = False,
+        label_smoothing: float = 0.0,
+        axis: int = -1,
+        reduction: str = "sum_over_batch_size",
+        name: str = "binary_crossentropy",
+    ) -> None:
+        super().__init__(
+            binary_crossentropy,
+            reduction=reduction,
+            name=name,
+            from_logits=from_logits,
+            label_smoothing=label_smoothing,
+            axis=axis,
+        )
         self.from_logits = from_logits
 
 
 _FUNCTIONS = {
-    "mean_squared_error": mean_squared_error, "mse": mean_squared_error, "MSE": mean_squared_error,
-    "mean_absolute_error": mean_absolute_error, "mae": mean_absolute_error, "MAE": mean_absolute_error,
+    "mean_squared_error": mean_squared_error,
+    "mse": mean_squared_error,
+    "MSE": mean_squared_error,
+    "mean_absolute_error": mean_absolute_error,
+    "mae": mean_absolute_error,
+    "MAE": mean_absolute_error,
     "categorical_crossentropy": categorical_crossentropy,
     "sparse_categorical_crossentropy": sparse_categorical_crossentropy,
     "binary_crossentropy": binary_crossentropy,
 }
-_CLASSES = {c.__name__: c for c in (MeanSquaredError, MeanAbsoluteError, CategoricalCrossentropy,
-                                    SparseCategoricalCrossentropy, BinaryCrossentropy)}
+_CLASSES = {
+    c.__name__: c
+    for c in (
+        MeanSquaredError,
+        MeanAbsoluteError,
+        CategoricalCrossentropy,
+        SparseCategoricalCrossentropy,
+        BinaryCrossentropy,
+    )
+}
 
 
 def get(identifier: Any) -> Optional[Callable[..., Any]]:
@@ -446,8 +561,10 @@ def get(identifier: Any) -> Optional[Callable[..., Any]]:
             return _FUNCTIONS[identifier]
         if identifier in _CLASSES:
             return _CLASSES[identifier]()
-        raise ValueError(f"Unknown loss function: {identifier!r}; known: "
-                         f"{sorted(set(_FUNCTIONS) | set(_CLASSES))}")
+        raise ValueError(
+            f"Unknown loss function: {identifier!r}; known: "
+            f"{sorted(set(_FUNCTIONS) | set(_CLASSES))}"
+        )
     if isinstance(identifier, dict):
         cls = _CLASSES.get(identifier.get("class_name"))
         if cls is None:

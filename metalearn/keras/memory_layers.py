@@ -6,6 +6,7 @@ reaches the input, so the encoder in front of it trains through the read), or, w
 ``output="labels"``, the label of the nearest key (no gradient; one-shot prediction with no
 gradient step at test time).
 """
+
 import numpy as np
 
 from metalearn import _core
@@ -39,20 +40,26 @@ class MemoryRecall(Layer):
             # from_config: the memory's contents are state, like weights; the config holds
             # its size only, and the rebuilt layer reads a new, empty memory of that size
             from metalearn.memory import KnowledgeMemory
+
             cfg = dict(memory.get("config", memory))
             unknown = set(cfg) - {"capacity", "key_size", "payload_size"}
             if unknown or not {"capacity", "key_size"} <= set(cfg):
-                raise ValueError(f"MemoryRecall: memory config needs capacity and key_size "
-                                 f"(and optionally payload_size), got {sorted(cfg)}")
+                raise ValueError(
+                    f"MemoryRecall: memory config needs capacity and key_size "
+                    f"(and optionally payload_size), got {sorted(cfg)}"
+                )
             memory = KnowledgeMemory(**cfg)
         elif not all(hasattr(memory, a) for a in ("capacity", "key_size", "payload_size", "read")):
-            raise TypeError(f"MemoryRecall: memory must be a metalearn.KnowledgeMemory, got "
-                            f"{type(memory).__name__}")
+            raise TypeError(
+                f"MemoryRecall: memory must be a metalearn.KnowledgeMemory, got "
+                f"{type(memory).__name__}"
+            )
         if output is None:
             output = "payload" if memory.payload_size > 0 else "weights"
         if output not in ("payload", "weights", "labels"):
-            raise ValueError(f"MemoryRecall: output must be 'payload', 'weights' or 'labels', "
-                             f"got {output!r}")
+            raise ValueError(
+                f"MemoryRecall: output must be 'payload', 'weights' or 'labels', got {output!r}"
+            )
         if output == "payload" and memory.payload_size == 0:
             raise ValueError("MemoryRecall: output='payload' needs a memory with payload_size > 0")
         if not 1 <= int(k) <= memory.capacity:
@@ -70,10 +77,15 @@ class MemoryRecall(Layer):
         return self._memory
 
     def build(self, input_shape):
-        if not isinstance(input_shape, tuple) or len(input_shape) != 2 or \
-                input_shape[-1] != self._memory.key_size:
-            raise ValueError(f"{self.name}: expected inputs of shape (batch, "
-                             f"{self._memory.key_size}), got {input_shape}")
+        if (
+            not isinstance(input_shape, tuple)
+            or len(input_shape) != 2
+            or input_shape[-1] != self._memory.key_size
+        ):
+            raise ValueError(
+                f"{self.name}: expected inputs of shape (batch, "
+                f"{self._memory.key_size}), got {input_shape}"
+            )
         self.built = True
 
     def call(self, inputs, labels=None, training=None):
@@ -101,9 +113,18 @@ class MemoryRecall(Layer):
     def get_config(self):
         config = super().get_config()
         mem = self._memory
-        config.update(memory={"class_name": "KnowledgeMemory",
-                              "config": {"capacity": int(mem.capacity), "key_size": int(mem.key_size),
-                                         "payload_size": int(mem.payload_size)}},
-                      k=self.k, temperature=self.temperature, output=self.output,
-                      update=self.update)
+        config.update(
+            memory={
+                "class_name": "KnowledgeMemory",
+                "config": {
+                    "capacity": int(mem.capacity),
+                    "key_size": int(mem.key_size),
+                    "payload_size": int(mem.payload_size),
+                },
+            },
+            k=self.k,
+            temperature=self.temperature,
+            output=self.output,
+            update=self.update,
+        )
         return config

@@ -4,9 +4,10 @@ A metric accumulates with ``update_state(y_true, y_pred, sample_weight=None)``, 
 with ``result()`` and restarts with ``reset_state()``. The per-batch work is vectorised
 NumPy on the prediction array (no Python loop over samples).
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional
 
 from metalearn._typing import Array, ArrayLike, Config
 import numpy as np
@@ -14,11 +15,28 @@ import numpy as np
 from .backend import snake_case
 from .losses import squeeze_or_expand_to_same_rank
 
-__all__ = ["Metric", "Mean", "Sum", "MeanMetricWrapper", "Accuracy", "BinaryAccuracy",
-           "CategoricalAccuracy", "SparseCategoricalAccuracy", "MeanSquaredError",
-           "MeanAbsoluteError", "accuracy", "binary_accuracy", "categorical_accuracy",
-           "sparse_categorical_accuracy", "mean_squared_error", "mean_absolute_error",
-           "get", "resolve", "serialize", "deserialize"]
+__all__ = [
+    "Metric",
+    "Mean",
+    "Sum",
+    "MeanMetricWrapper",
+    "Accuracy",
+    "BinaryAccuracy",
+    "CategoricalAccuracy",
+    "SparseCategoricalAccuracy",
+    "MeanSquaredError",
+    "MeanAbsoluteError",
+    "accuracy",
+    "binary_accuracy",
+    "categorical_accuracy",
+    "sparse_categorical_accuracy",
+    "mean_squared_error",
+    "mean_absolute_error",
+    "get",
+    "resolve",
+    "serialize",
+    "deserialize",
+]
 
 
 def _np(x):
@@ -30,8 +48,9 @@ def _broadcast(name, a, b):
     try:
         np.broadcast_shapes(a.shape, b.shape)
     except ValueError:
-        raise ValueError(f"{name}: y_true of shape {a.shape} and y_pred of shape {b.shape} "
-                         "cannot be matched") from None
+        raise ValueError(
+            f"{name}: y_true of shape {a.shape} and y_pred of shape {b.shape} cannot be matched"
+        ) from None
 
 
 def accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray:
@@ -86,8 +105,9 @@ def sparse_categorical_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndar
 
 
 def _errors(name, y_true, y_pred):
-    y_true, y_pred = squeeze_or_expand_to_same_rank(_np(y_true).astype(np.float64),
-                                                    _np(y_pred).astype(np.float64))
+    y_true, y_pred = squeeze_or_expand_to_same_rank(
+        _np(y_true).astype(np.float64), _np(y_pred).astype(np.float64)
+    )
     _broadcast(name, y_true, y_pred)
     return y_pred - y_true
 
@@ -116,8 +136,10 @@ def _samplewise(name, values, sample_weight, reduce_fn):
         try:
             sw = np.broadcast_to(sw, values.shape)
         except ValueError:
-            raise ValueError(f"{name}: sample_weight of shape {np.shape(sample_weight)} does not "
-                             f"match values of shape {values.shape}") from None
+            raise ValueError(
+                f"{name}: sample_weight of shape {np.shape(sample_weight)} does not "
+                f"match values of shape {values.shape}"
+            ) from None
         values = values * sw
         if sw.ndim > 1:
             sw = reduce_fn(sw, axis=tuple(range(1, sw.ndim)))
@@ -141,7 +163,9 @@ class Metric:
 
     def __init__(self, name: Optional[str] = None, dtype: Any = None) -> None:
         if dtype is not None and np.dtype(dtype) != np.float32:
-            raise TypeError(f"{type(self).__name__}: only float32 is supported, got dtype={dtype!r}")
+            raise TypeError(
+                f"{type(self).__name__}: only float32 is supported, got dtype={dtype!r}"
+            )
         self.name = name or snake_case(type(self).__name__)
         self.reset_state()
 
@@ -233,8 +257,9 @@ class Sum(Metric):
 class MeanMetricWrapper(Mean):
     """The mean over samples of ``fn(y_true, y_pred, **kwargs)``."""
 
-    def __init__(self, fn: Callable[..., Any], name: Optional[str] = None, dtype: Any = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], name: Optional[str] = None, dtype: Any = None, **kwargs: Any
+    ) -> None:
         if isinstance(fn, str):  # a shipped function by name (what get_config writes)
             fn = _function(fn)
         if not callable(fn):
@@ -254,8 +279,12 @@ class MeanMetricWrapper(Mean):
         config.update(self._fn_kwargs)
         return config
 
-    def update_state(self, y_true: ArrayLike, y_pred: ArrayLike,  # type: ignore[override]
-                     sample_weight: Optional[ArrayLike] = None) -> None:
+    def update_state(
+        self,
+        y_true: ArrayLike,
+        y_pred: ArrayLike,  # type: ignore[override]
+        sample_weight: Optional[ArrayLike] = None,
+    ) -> None:
         """Evaluates the wrapped function on a batch and adds its per-sample values to the mean.
 
         Args:
@@ -289,7 +318,9 @@ class BinaryAccuracy(_BuiltinWrapper):
         threshold: the decision threshold (0.5).
     """
 
-    def __init__(self, name: str = "binary_accuracy", dtype: Any = None, threshold: float = 0.5) -> None:
+    def __init__(
+        self, name: str = "binary_accuracy", dtype: Any = None, threshold: float = 0.5
+    ) -> None:
         super().__init__(binary_accuracy, name=name, dtype=dtype, threshold=threshold)
         self.threshold = threshold
         self._direction = "up"
@@ -333,15 +364,24 @@ class MeanAbsoluteError(_BuiltinWrapper):
 
 
 # the shipped metric functions by name (MeanMetricWrapper's config names them)
-_FUNCTIONS = {f.__name__: f for f in (accuracy, binary_accuracy, categorical_accuracy,
-                                      sparse_categorical_accuracy, mean_squared_error,
-                                      mean_absolute_error)}
+_FUNCTIONS = {
+    f.__name__: f
+    for f in (
+        accuracy,
+        binary_accuracy,
+        categorical_accuracy,
+        sparse_categorical_accuracy,
+        mean_squared_error,
+        mean_absolute_error,
+    )
+}
 
 
 def _function(name):
     fn = _FUNCTIONS.get(name)
     if fn is None:
         from . import losses as _losses
+
         fn = getattr(_losses, name, None) if name in getattr(_losses, "__all__", ()) else None
     if not callable(fn):
         raise ValueError(f"Unknown metric function: {name!r}; known: {sorted(_FUNCTIONS)}")
@@ -352,21 +392,34 @@ def _is_loss_function(fn):
     """Whether fn is one of the shipped losses (a function or a Loss object) or the
     metrics' own mean squared / absolute error."""
     from . import losses as _losses
+
     if fn is mean_squared_error or fn is mean_absolute_error:
         return True
-    return (getattr(fn, "__module__", None) == _losses.__name__
-            or isinstance(fn, _losses.Loss))
+    return getattr(fn, "__module__", None) == _losses.__name__ or isinstance(fn, _losses.Loss)
 
 
 _BY_NAME = {
-    "binary_accuracy": BinaryAccuracy, "categorical_accuracy": CategoricalAccuracy,
+    "binary_accuracy": BinaryAccuracy,
+    "categorical_accuracy": CategoricalAccuracy,
     "sparse_categorical_accuracy": SparseCategoricalAccuracy,
-    "mean_squared_error": MeanSquaredError, "mse": MeanSquaredError,
-    "mean_absolute_error": MeanAbsoluteError, "mae": MeanAbsoluteError,
+    "mean_squared_error": MeanSquaredError,
+    "mse": MeanSquaredError,
+    "mean_absolute_error": MeanAbsoluteError,
+    "mae": MeanAbsoluteError,
 }
-_BY_CLASS = {c.__name__: c for c in (Accuracy, BinaryAccuracy, CategoricalAccuracy,
-                                     SparseCategoricalAccuracy, MeanSquaredError,
-                                     MeanAbsoluteError, Mean, Sum)}
+_BY_CLASS = {
+    c.__name__: c
+    for c in (
+        Accuracy,
+        BinaryAccuracy,
+        CategoricalAccuracy,
+        SparseCategoricalAccuracy,
+        MeanSquaredError,
+        MeanAbsoluteError,
+        Mean,
+        Sum,
+    )
+}
 
 
 def serialize(metric: Metric) -> Config:
@@ -386,14 +439,17 @@ def deserialize(config: Any, custom_objects: Optional[Dict[str, Any]] = None) ->
     if isinstance(config, str):
         return get(config)
     if not isinstance(config, dict) or "class_name" not in config:
-        raise ValueError(f"deserialize: expected a dict with 'class_name' and 'config' (what "
-                         f"serialize returns), got {config!r}")
+        raise ValueError(
+            f"deserialize: expected a dict with 'class_name' and 'config' (what "
+            f"serialize returns), got {config!r}"
+        )
     registry = dict(_BY_CLASS, MeanMetricWrapper=MeanMetricWrapper)
     registry.update(custom_objects or {})
     cls = registry.get(config["class_name"])
     if cls is None:
-        raise ValueError(f"Unknown metric class {config['class_name']!r}; pass it in "
-                         "custom_objects")
+        raise ValueError(
+            f"Unknown metric class {config['class_name']!r}; pass it in custom_objects"
+        )
     return cls.from_config(dict(config.get("config", {})))
 
 
@@ -417,8 +473,10 @@ def get(identifier: Any) -> Optional[Metric]:
             return Accuracy(name=identifier)
         cls = _BY_NAME.get(identifier) or _BY_CLASS.get(identifier)
         if cls is None:
-            raise ValueError(f"Unknown metric: {identifier!r}; known: "
-                             f"{sorted(set(_BY_NAME) | set(_BY_CLASS) | {'accuracy', 'acc'})}")
+            raise ValueError(
+                f"Unknown metric: {identifier!r}; known: "
+                f"{sorted(set(_BY_NAME) | set(_BY_CLASS) | {'accuracy', 'acc'})}"
+            )
         return cls(name=identifier) if identifier in _BY_NAME else cls()
     if isinstance(identifier, type) and issubclass(identifier, Metric):
         return identifier()
@@ -441,6 +499,7 @@ def resolve(identifier: Any, loss: Any, y_true: ArrayLike, y_pred: Array) -> Met
     if y_pred_shape and y_pred_shape[-1] == 1:
         return BinaryAccuracy(name=identifier)
     if len(y_true_shape) < len(y_pred_shape) or (
-            y_true_shape and y_true_shape[-1] == 1 and y_pred_shape[-1] > 1):
+        y_true_shape and y_true_shape[-1] == 1 and y_pred_shape[-1] > 1
+    ):
         return SparseCategoricalAccuracy(name=identifier)
     return CategoricalAccuracy(name=identifier)

@@ -8,6 +8,7 @@ The training step is lean: the forward pass, the compiled loss, one ``_core.grad
 the trainable variables and one C optimizer step for all of them; metrics are NumPy on the
 prediction.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -15,7 +16,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 from metalearn._typing import ArrayLike, Config, Shape
 import math
 import os
-import sys
 import warnings
 
 import numpy as np
@@ -43,8 +43,9 @@ def _as_array(x, name):
         return np.asarray(x)
     arr = np.asarray(x)
     if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name}: expected real numbers (bool, int or float), got an array of "
-                        f"dtype {arr.dtype}")
+        raise TypeError(
+            f"{name}: expected real numbers (bool, int or float), got an array of dtype {arr.dtype}"
+        )
     return arr
 
 
@@ -119,8 +120,10 @@ class Model(_layers.Layer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if args or "inputs" in kwargs or "outputs" in kwargs:
-            raise TypeError("metalearn.keras.Model: the functional API (Model(inputs, outputs)) is "
-                            "not supported; subclass Model and define call(), or use Sequential")
+            raise TypeError(
+                "metalearn.keras.Model: the functional API (Model(inputs, outputs)) is "
+                "not supported; subclass Model and define call(), or use Sequential"
+            )
         super().__init__(**kwargs)
         self.optimizer = None
         self.loss = None
@@ -169,8 +172,9 @@ class Model(_layers.Layer):
 
     @layers.setter
     def layers(self, _):
-        raise AttributeError("`Model.layers` attribute is reserved and should not be used. "
-                             "Please use another name.")
+        raise AttributeError(
+            "`Model.layers` attribute is reserved and should not be used. Please use another name."
+        )
 
     def get_layer(self, name: Optional[str] = None, index: Optional[int] = None) -> _layers.Layer:
         """A layer by name or by index in ``layers``."""
@@ -179,7 +183,9 @@ class Model(_layers.Layer):
         for layer in self.layers:
             if layer.name == name:
                 return layer
-        raise ValueError(f"No such layer: {name}. Existing layers are: {[l.name for l in self.layers]}")
+        raise ValueError(
+            f"No such layer: {name}. Existing layers are: {[l.name for l in self.layers]}"
+        )
 
     @property
     def metrics_names(self) -> List[str]:
@@ -192,8 +198,13 @@ class Model(_layers.Layer):
         return list(self._compiled_metrics)
 
     # ----------------------------------------------------------------- summary
-    def summary(self, line_length: Optional[int] = None, positions: Optional[Sequence[float]] = None,
-                print_fn: Optional[Callable[..., Any]] = None, expand_nested: bool = False) -> None:
+    def summary(
+        self,
+        line_length: Optional[int] = None,
+        positions: Optional[Sequence[float]] = None,
+        print_fn: Optional[Callable[..., Any]] = None,
+        expand_nested: bool = False,
+    ) -> None:
         """Prints a table of the layers: name (type), output shape, parameter count.
 
         Args:
@@ -203,8 +214,10 @@ class Model(_layers.Layer):
             expand_nested: also list the layers inside nested models.
         """
         if not self.built:
-            raise ValueError(f"This model has not yet been built. Build the model first by calling "
-                             f"`build()` or by calling the model on a batch of data.")
+            raise ValueError(
+                "This model has not yet been built. Build the model first by calling "
+                "`build()` or by calling the model on a batch of data."
+            )
         print_fn = print_fn or print
         line_length = line_length or 65
         positions = positions or [0.45, 0.85, 1.0]
@@ -235,8 +248,15 @@ class Model(_layers.Layer):
 
         def rows(layer, indent):
             for i, sub in enumerate(layer.layers if isinstance(layer, Model) else []):
-                print_fn(row([" " + indent + f"{sub.name} ({type(sub).__name__})", shape_text(sub),
-                              str(sub.count_params())]))
+                print_fn(
+                    row(
+                        [
+                            " " + indent + f"{sub.name} ({type(sub).__name__})",
+                            shape_text(sub),
+                            str(sub.count_params()),
+                        ]
+                    )
+                )
                 if expand_nested and isinstance(sub, Model):
                     rows(sub, indent + "  ")
 
@@ -250,8 +270,16 @@ class Model(_layers.Layer):
         print_fn("_" * line_length)
 
     # ----------------------------------------------------------------- compile
-    def compile(self, optimizer: Any = "adam", loss: Any = None, metrics: Any = None, loss_weights: Any = None,
-                weighted_metrics: Any = None, run_eagerly: Optional[bool] = None, **kwargs: Any) -> None:
+    def compile(
+        self,
+        optimizer: Any = "adam",
+        loss: Any = None,
+        metrics: Any = None,
+        loss_weights: Any = None,
+        weighted_metrics: Any = None,
+        run_eagerly: Optional[bool] = None,
+        **kwargs: Any,
+    ) -> None:
         """Configures the model for training.
 
         Args:
@@ -274,14 +302,17 @@ class Model(_layers.Layer):
         if kwargs:
             raise TypeError(f"compile: unexpected keyword argument(s) {sorted(kwargs)}")
         if loss_weights is not None:
-            raise NotImplementedError("compile: loss_weights need multi-output models, which "
-                                      "metalearn does not support")
+            raise NotImplementedError(
+                "compile: loss_weights need multi-output models, which metalearn does not support"
+            )
         # everything is checked and resolved before the model changes: a refused compile
         # leaves the previous one in place
         for what, value in (("metrics", metrics), ("weighted_metrics", weighted_metrics)):
             if value and not isinstance(value, (list, tuple)):  # Keras 3's CompileMetrics check
-                raise ValueError(f"Expected `{what}` argument to be a list, tuple, or dict. "
-                                 f"Received instead: {what}={value!r} of type {type(value)}")
+                raise ValueError(
+                    f"Expected `{what}` argument to be a list, tuple, or dict. "
+                    f"Received instead: {what}={value!r} of type {type(value)}"
+                )
         specs = [list(metrics or []), list(weighted_metrics or [])]
         for spec in specs[0] + specs[1]:
             if spec is None:
@@ -354,12 +385,16 @@ class Model(_layers.Layer):
 
     def _check_compiled(self, what):
         if not self._is_compiled:
-            raise RuntimeError(f"You must compile your model before {what}. Use `model.compile(optimizer, loss)`.")
+            raise RuntimeError(
+                f"You must compile your model before {what}. Use `model.compile(optimizer, loss)`."
+            )
         if self.compiled_loss is None and self._pending_loss is None:
             raise ValueError(f"{what}: the model was compiled without a loss")
         if what == "training" and self.optimizer is None:
-            raise ValueError("training: the model was compiled without an optimizer "
-                             "(optimizer=None); compile it with one")
+            raise ValueError(
+                "training: the model was compiled without an optimizer "
+                "(optimizer=None); compile it with one"
+            )
 
     # ------------------------------------------------------ argument checks
     # Everything a call is given is checked before the first step, so that a refused
@@ -373,20 +408,26 @@ class Model(_layers.Layer):
             raise ValueError(f"{where}: x must have a batch axis, got a scalar")
         n = len(x)
         if n == 0:
-            raise ValueError(f"{where}: x is empty: no {'training ' if where == 'fit' else ''}samples")
+            raise ValueError(
+                f"{where}: x is empty: no {'training ' if where == 'fit' else ''}samples"
+            )
         y = _as_target(y)
         if y is None:
             if need_y:
                 raise ValueError(f"{where}: y is required (metalearn has no unsupervised training)")
         elif y.ndim == 0 or len(y) != n:
-            raise ValueError(f"{where}: x has {n} samples but y has "
-                             f"{'a scalar' if y.ndim == 0 else len(y)}; they need one target per sample")
+            raise ValueError(
+                f"{where}: x has {n} samples but y has "
+                f"{'a scalar' if y.ndim == 0 else len(y)}; they need one target per sample"
+            )
         sw = None
         if sample_weight is not None:
             sw = _as_array(sample_weight, "sample_weight").astype(np.float32, copy=False)
             if sw.ndim != 1 or len(sw) != n:
-                raise ValueError(f"{where}: sample_weight has shape {sw.shape} but x has {n} samples; "
-                                 "it needs one weight per sample")
+                raise ValueError(
+                    f"{where}: sample_weight has shape {sw.shape} but x has {n} samples; "
+                    "it needs one weight per sample"
+                )
         return x, y, sw
 
     def _dry_run(self, where, x, y, sw):
@@ -406,8 +447,9 @@ class Model(_layers.Layer):
             try:
                 y_pred = self(x[:2], training=False)
             except ValueError as e:
-                raise ValueError(f"{where}: x of shape {tuple(x.shape)} does not fit the model: "
-                                 f"{e}") from e
+                raise ValueError(
+                    f"{where}: x of shape {tuple(x.shape)} does not fit the model: {e}"
+                ) from e
             out_shape = _layers._shape_of(y_pred)
             if y is not None:
                 # resolved from the shapes here, before any step: compile's "crossentropy"
@@ -418,33 +460,50 @@ class Model(_layers.Layer):
                 try:
                     self.compiled_loss(y[:2], y_pred, None if sw is None else sw[:2])
                 except ValueError as e:
-                    full = ((len(x),) + tuple(out_shape[1:]) if isinstance(out_shape, tuple)
-                            else out_shape)
-                    raise ValueError(f"{where}: y of shape {tuple(y.shape)} does not match the "
-                                     f"model's output of shape {full} for the loss "
-                                     f"{getattr(self.compiled_loss, 'name', '')!r}: {e}") from e
+                    full = (
+                        (len(x),) + tuple(out_shape[1:])
+                        if isinstance(out_shape, tuple)
+                        else out_shape
+                    )
+                    raise ValueError(
+                        f"{where}: y of shape {tuple(y.shape)} does not match the "
+                        f"model's output of shape {full} for the loss "
+                        f"{getattr(self.compiled_loss, 'name', '')!r}: {e}"
+                    ) from e
         self._checked[key] = out_shape
 
     def _check_labels(self, where, y, out_shape):
         """Every sparse label a class index of the model's output, checked over all of y:
         the loss checks each batch, but only when it comes."""
-        if getattr(self.compiled_loss, "fn", None) is not _losses.sparse_categorical_crossentropy \
-                or not isinstance(out_shape, tuple) or not out_shape:
+        if (
+            getattr(self.compiled_loss, "fn", None) is not _losses.sparse_categorical_crossentropy
+            or not isinstance(out_shape, tuple)
+            or not out_shape
+        ):
             return
         classes = out_shape[-1]
         if y.dtype.kind == "f":
             bad = ~np.isfinite(y) | (y != np.floor(y))
             if bad.any():
-                raise ValueError(f"{where}: y holds {y[bad].flat[0]:g}, which is not a class index; "
-                                 "sparse_categorical_crossentropy needs integer labels")
+                raise ValueError(
+                    f"{where}: y holds {y[bad].flat[0]:g}, which is not a class index; "
+                    "sparse_categorical_crossentropy needs integer labels"
+                )
         lo, hi = y.min(), y.max()
         if lo < 0 or hi >= classes:
             at = int(np.argmin(y) if lo < 0 else np.argmax(y))
-            raise ValueError(f"{where}: y holds label {y.flat[at]:g} at position {at}, outside "
-                             f"[0, {classes}): the model has {classes} outputs")
+            raise ValueError(
+                f"{where}: y holds label {y.flat[at]:g} at position {at}, outside "
+                f"[0, {classes}): the model has {classes} outputs"
+            )
 
-    def compute_loss(self, x: Any = None, y: Any = None, y_pred: Any = None,
-                     sample_weight: Optional[ArrayLike] = None) -> _core.Tensor:
+    def compute_loss(
+        self,
+        x: Any = None,
+        y: Any = None,
+        y_pred: Any = None,
+        sample_weight: Optional[ArrayLike] = None,
+    ) -> _core.Tensor:
         """The compiled loss of `y_pred` against `y` (a scalar tensor)."""
         self._resolve_loss(y, y_pred)
         return self.compiled_loss(y, y_pred, sample_weight)
@@ -464,8 +523,9 @@ class Model(_layers.Layer):
         the loss alone when the model has no trainable weights."""
         if not params:
             return self._forward_step
-        if self._run_eagerly is False or (self._run_eagerly is None
-                                          and self._can_trace(sample_weight)):
+        if self._run_eagerly is False or (
+            self._run_eagerly is None and self._can_trace(sample_weight)
+        ):
             return self._traced_train_step
         return self._eager_train_step
 
@@ -487,8 +547,11 @@ class Model(_layers.Layer):
             if id(layer) in seen:
                 continue
             seen.add(id(layer))
-            if isinstance(layer, _layers.Dropout) and layer.seed is not None \
-                    and 0.0 < layer.rate < 1.0:
+            if (
+                isinstance(layer, _layers.Dropout)
+                and layer.seed is not None
+                and 0.0 < layer.rate < 1.0
+            ):
                 out.append(layer)
             stack.extend(sub for _, sub in reversed(layer._sublayers))
         return out
@@ -507,8 +570,10 @@ class Model(_layers.Layer):
             shapes = [layer._last_input_shape[1:] for layer in seeded]
             self._dropout_input_shapes[key] = shapes
         n = len(xb)
-        return [_core.tensor(layer._seeded_uniform(layer._mask_shape((n,) + tuple(shape))))
-                for layer, shape in zip(seeded, shapes)]
+        return [
+            _core.tensor(layer._seeded_uniform(layer._mask_shape((n,) + tuple(shape))))
+            for layer, shape in zip(seeded, shapes)
+        ]
 
     def _traced_train_step(self, xb, yb, params, sample_weight=None):
         """One training step replayed from a trace (recorded on the first batch of a
@@ -535,8 +600,9 @@ class Model(_layers.Layer):
         if self._train_fn is None or self._train_fn_config != config:
             update = self.optimizer._traced_update()
             if update is None:
-                raise ValueError("the optimizer's update cannot be traced: gradient clipping "
-                                 "runs in NumPy")
+                raise ValueError(
+                    "the optimizer's update cannot be traced: gradient clipping runs in NumPy"
+                )
             seeded = self._seeded_dropouts()
 
             def step(x, y, *draws):
@@ -566,8 +632,9 @@ class Model(_layers.Layer):
         else:
             calls = [layer._seed_calls for layer in seeded]
             try:
-                loss, y_pred = self._train_fn(_core.as_tensor(xb), y,
-                                              *self._seeded_draws(xb, seeded))
+                loss, y_pred = self._train_fn(
+                    _core.as_tensor(xb), y, *self._seeded_draws(xb, seeded)
+                )
             except BaseException:
                 for layer, c in zip(seeded, calls):  # the eager step that follows draws them
                     layer._seed_calls = c
@@ -610,9 +677,15 @@ class Model(_layers.Layer):
             logs[key] = m.result()
         return logs
 
-    def train_on_batch(self, x: Any, y: Any = None, sample_weight: Optional[ArrayLike] = None,
-                       class_weight: Optional[Dict[int, float]] = None, reset_metrics: bool = True,
-                       return_dict: bool = False) -> Any:
+    def train_on_batch(
+        self,
+        x: Any,
+        y: Any = None,
+        sample_weight: Optional[ArrayLike] = None,
+        class_weight: Optional[Dict[int, float]] = None,
+        reset_metrics: bool = True,
+        return_dict: bool = False,
+    ) -> Any:
         """Runs one gradient step on one batch.
 
         The batch is checked as in ``fit`` before anything runs (an empty batch, lengths,
@@ -640,8 +713,14 @@ class Model(_layers.Layer):
         self._update_metrics(y, y_pred, sw)
         return self._format_result(self._logs(loss.item()), return_dict)
 
-    def test_on_batch(self, x: Any, y: Any = None, sample_weight: Optional[ArrayLike] = None,
-                      reset_metrics: bool = True, return_dict: bool = False) -> Any:
+    def test_on_batch(
+        self,
+        x: Any,
+        y: Any = None,
+        sample_weight: Optional[ArrayLike] = None,
+        reset_metrics: bool = True,
+        return_dict: bool = False,
+    ) -> Any:
         """The loss (and metrics) on one batch, without training."""
         self._check_compiled("evaluating")
         x, y, sw = self._check_data("test_on_batch", x, y, sample_weight)
@@ -667,11 +746,22 @@ class Model(_layers.Layer):
         return values[0] if len(values) == 1 else values
 
     # --------------------------------------------------------------------- fit
-    def fit(self, x: Any = None, y: Any = None, batch_size: Optional[int] = None, epochs: int = 1,
-            verbose: Union[str, int] = "auto", callbacks: Optional[Sequence[Any]] = None,
-            validation_split: float = 0.0, validation_data: Any = None, shuffle: bool = True,
-            initial_epoch: int = 0, sample_weight: Optional[ArrayLike] = None,
-            validation_batch_size: Optional[int] = None, validation_freq: int = 1) -> _callbacks.History:
+    def fit(
+        self,
+        x: Any = None,
+        y: Any = None,
+        batch_size: Optional[int] = None,
+        epochs: int = 1,
+        verbose: Union[str, int] = "auto",
+        callbacks: Optional[Sequence[Any]] = None,
+        validation_split: float = 0.0,
+        validation_data: Any = None,
+        shuffle: bool = True,
+        initial_epoch: int = 0,
+        sample_weight: Optional[ArrayLike] = None,
+        validation_batch_size: Optional[int] = None,
+        validation_freq: int = 1,
+    ) -> _callbacks.History:
         """Trains the model for a fixed number of epochs.
 
         Args:
@@ -709,18 +799,22 @@ class Model(_layers.Layer):
         epochs = _count("fit", "epochs", epochs, minimum=0)
         initial_epoch = _count("fit", "initial_epoch", initial_epoch, minimum=0)
         validation_freq = _count("fit", "validation_freq", validation_freq)
-        validation_batch_size = _count("fit", "validation_batch_size", validation_batch_size,
-                                       batch_size)
+        validation_batch_size = _count(
+            "fit", "validation_batch_size", validation_batch_size, batch_size
+        )
         verbose = _verbose(verbose)
-        (x, y, sw), validation = self._check_fit_data(x, y, sample_weight, validation_split,
-                                                      validation_data)
+        (x, y, sw), validation = self._check_fit_data(
+            x, y, sample_weight, validation_split, validation_data
+        )
         data = EpochIterator(x, y, sw, batch_size, shuffle)
         params = self._train_params()
         step_fn = self._make_train_step(params, sw)
         history = _callbacks.History()
-        cbs = _callbacks.CallbackList(list(callbacks or []) + [history], model=self,
-                                      params={"epochs": epochs, "steps": data.num_batches,
-                                              "verbose": verbose})
+        cbs = _callbacks.CallbackList(
+            list(callbacks or []) + [history],
+            model=self,
+            params={"epochs": epochs, "steps": data.num_batches, "verbose": verbose},
+        )
         self.stop_training = False
         self.history = history
         prev_grad = _core.is_grad_enabled()
@@ -750,19 +844,28 @@ class Model(_layers.Layer):
     def _check_fit_data(self, x, y, sample_weight, validation_split, validation_data):
         """fit's data and validation data checked (as _check_data and _dry_run), the
         validation split taken: ``(x, y, sample_weight), (x_val, y_val, sw_val) or None``."""
-        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float, np.number)) \
-                or not 0.0 <= validation_split < 1.0:
+        if (
+            isinstance(validation_split, bool)
+            or not isinstance(validation_split, (int, float, np.number))
+            or not 0.0 <= validation_split < 1.0
+        ):
             raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
         x, y, sw = self._check_data("fit", x, y, sample_weight)
         validation = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-                raise ValueError("fit: validation_data must be a tuple (x_val, y_val) or "
-                                 f"(x_val, y_val, sample_weight_val), got {type(validation_data).__name__}"
-                                 + (f" of length {len(validation_data)}"
-                                    if isinstance(validation_data, (tuple, list)) else ""))
-            validation = self._check_data("fit: validation_data", *validation_data,
-                                          *([None] * (3 - len(validation_data))))
+                raise ValueError(
+                    "fit: validation_data must be a tuple (x_val, y_val) or "
+                    f"(x_val, y_val, sample_weight_val), got {type(validation_data).__name__}"
+                    + (
+                        f" of length {len(validation_data)}"
+                        if isinstance(validation_data, (tuple, list))
+                        else ""
+                    )
+                )
+            validation = self._check_data(
+                "fit: validation_data", *validation_data, *([None] * (3 - len(validation_data)))
+            )
         elif validation_split:
             (x, y, sw), validation = train_validation_split(x, y, sw, validation_split)
         self._dry_run("fit", x, y, sw)
@@ -836,9 +939,16 @@ class Model(_layers.Layer):
             m.__dict__.update(state)
         return logs
 
-    def evaluate(self, x: Any = None, y: Any = None, batch_size: Optional[int] = None,
-                 verbose: Union[str, int] = "auto", sample_weight: Optional[ArrayLike] = None,
-                 callbacks: Optional[Sequence[Any]] = None, return_dict: bool = False) -> Any:
+    def evaluate(
+        self,
+        x: Any = None,
+        y: Any = None,
+        batch_size: Optional[int] = None,
+        verbose: Union[str, int] = "auto",
+        sample_weight: Optional[ArrayLike] = None,
+        callbacks: Optional[Sequence[Any]] = None,
+        return_dict: bool = False,
+    ) -> Any:
         """The loss and metrics of the model on (x, y), batch by batch.
 
         Returns:
@@ -852,8 +962,13 @@ class Model(_layers.Layer):
         self._dry_run("evaluate", x, y, sw)
         steps = math.ceil(len(x) / batch_size)
         bar = Progbar(steps, verbose=verbose) if verbose else None
-        cbs = _callbacks.CallbackList(callbacks, model=self,
-                                      params={"steps": steps, "verbose": verbose}) if callbacks else None
+        cbs = (
+            _callbacks.CallbackList(
+                callbacks, model=self, params={"steps": steps, "verbose": verbose}
+            )
+            if callbacks
+            else None
+        )
         if cbs:
             cbs.on_test_begin()
         with _no_grad():
@@ -871,20 +986,33 @@ class Model(_layers.Layer):
             self._resolve_metrics(y[:1], y_pred)
 
     # ----------------------------------------------------------------- predict
-    def predict(self, x: Any, batch_size: Optional[int] = None, verbose: Union[str, int] = "auto",
-                callbacks: Optional[Sequence[Any]] = None) -> np.ndarray:
+    def predict(
+        self,
+        x: Any,
+        batch_size: Optional[int] = None,
+        verbose: Union[str, int] = "auto",
+        callbacks: Optional[Sequence[Any]] = None,
+    ) -> np.ndarray:
         """The model's outputs for `x`, computed batch by batch, as one NumPy array."""
         batch_size = _count("predict", "batch_size", batch_size, 32)
         verbose = _verbose(verbose)
         x = _as_float_input(x)
         if x.ndim == 0 or len(x) == 0:
-            raise ValueError("predict: x is empty: no samples" if x.ndim else
-                             "predict: x must have a batch axis, got a scalar")
+            raise ValueError(
+                "predict: x is empty: no samples"
+                if x.ndim
+                else "predict: x must have a batch axis, got a scalar"
+            )
         data = EpochIterator(x, batch_size=batch_size)
         steps = data.num_batches
         bar = Progbar(steps, verbose=verbose) if verbose else None
-        cbs = _callbacks.CallbackList(callbacks, model=self,
-                                      params={"steps": steps, "verbose": verbose}) if callbacks else None
+        cbs = (
+            _callbacks.CallbackList(
+                callbacks, model=self, params={"steps": steps, "verbose": verbose}
+            )
+            if callbacks
+            else None
+        )
         outs = []
         self.stop_predicting = False  # a callback may set it to end the loop (Keras 3)
         if cbs:
@@ -906,7 +1034,9 @@ class Model(_layers.Layer):
         return np.concatenate(outs, axis=0)
 
     # ----------------------------------------------------------------- weights
-    def save_weights(self, filepath: Union[str, "os.PathLike[str]"], overwrite: bool = True) -> None:
+    def save_weights(
+        self, filepath: Union[str, "os.PathLike[str]"], overwrite: bool = True
+    ) -> None:
         """Saves all weights to `filepath` in metalearn's checked binary format.
 
         The file holds, for each weight, its path in the model (``"dense1/kernel"``,
@@ -922,7 +1052,9 @@ class Model(_layers.Layer):
             raise ValueError(f"save_weights: {self.name} has no weights yet; build it first")
         _core.save_tensors(filepath, [p for p, _ in paths], [v for _, v in paths])
 
-    def load_weights(self, filepath: Union[str, "os.PathLike[str]"], skip_mismatch: bool = False) -> None:
+    def load_weights(
+        self, filepath: Union[str, "os.PathLike[str]"], skip_mismatch: bool = False
+    ) -> None:
         """Loads weights saved by ``save_weights``.
 
         The whole file is read and checked (magic, version, sizes, checksum), then every
@@ -938,8 +1070,10 @@ class Model(_layers.Layer):
             raise NotImplementedError("load_weights: skip_mismatch is not supported")
         paths = self._weight_paths()
         if not paths:
-            raise ValueError(f"load_weights: {self.name} has no weights yet; call it on a batch or "
-                             "build it before loading weights")
+            raise ValueError(
+                f"load_weights: {self.name} has no weights yet; call it on a batch or "
+                "build it before loading weights"
+            )
         entries = _core.load_tensors(filepath)
         expected = {p: v for p, v in paths}
         loaded = {}
@@ -950,12 +1084,16 @@ class Model(_layers.Layer):
         missing = [p for p in expected if p not in loaded]
         unexpected = [p for p in loaded if p not in expected]
         if missing or unexpected:
-            raise ValueError(f"load_weights: {filepath} does not match the model {self.name!r}: "
-                             f"missing {missing}, unexpected {unexpected}")
+            raise ValueError(
+                f"load_weights: {filepath} does not match the model {self.name!r}: "
+                f"missing {missing}, unexpected {unexpected}"
+            )
         for p, v in expected.items():
             if tuple(loaded[p].shape) != tuple(v.shape):
-                raise ValueError(f"load_weights: {filepath}: weight {p!r} has shape "
-                                 f"{tuple(loaded[p].shape)} in the file, {tuple(v.shape)} in the model")
+                raise ValueError(
+                    f"load_weights: {filepath}: weight {p!r} has shape "
+                    f"{tuple(loaded[p].shape)} in the file, {tuple(v.shape)} in the model"
+                )
         for p, v in expected.items():
             _core.assign(v, np.ascontiguousarray(loaded[p], dtype=np.float32))
         return None
@@ -979,8 +1117,12 @@ class Sequential(Model):
 
     _traceable = True
 
-    def __init__(self, layers: Optional[Sequence[_layers.Layer]] = None, name: Optional[str] = None,
-                 trainable: bool = True) -> None:
+    def __init__(
+        self,
+        layers: Optional[Sequence[_layers.Layer]] = None,
+        name: Optional[str] = None,
+        trainable: bool = True,
+    ) -> None:
         super().__init__(name=name, trainable=trainable)
         self._layers_list = []
         self._input_layer = None
@@ -995,8 +1137,10 @@ class Sequential(Model):
     @layers.setter
     def layers(self, _):
         # Keras 3's refusal; raised before anything is tracked (Layer.__setattr__ sets first)
-        raise AttributeError("`Sequential.layers` attribute is reserved and should not be used. "
-                             "Use `add()` and `pop()` to change the layers in this model.")
+        raise AttributeError(
+            "`Sequential.layers` attribute is reserved and should not be used. "
+            "Use `add()` and `pop()` to change the layers in this model."
+        )
 
     def add(self, layer: _layers.Layer) -> None:
         """Appends a layer (an ``Input``/``InputLayer`` sets the input shape)."""
@@ -1015,9 +1159,11 @@ class Sequential(Model):
         if self._input_layer is not None:
             names.append(self._input_layer.name)
         if layer.name in names:
-            raise ValueError("All layers added to a Sequential model should have unique names. "
-                             f"Name {layer.name!r} is already the name of a layer in this model. "
-                             "Update the `name` argument to pass a unique name.")
+            raise ValueError(
+                "All layers added to a Sequential model should have unique names. "
+                f"Name {layer.name!r} is already the name of a layer in this model. "
+                "Update the `name` argument to pass a unique name."
+            )
         first = not self._layers_list and self._input_layer is None
         if not first and layer._batch_input_shape is not None:
             # Keras reads input_shape/input_dim on the first layer only and ignores it on
@@ -1052,8 +1198,10 @@ class Sequential(Model):
 
     def build(self, input_shape: Optional[Shape] = None) -> None:
         if not self._layers_list:
-            raise ValueError(f"Sequential model {self.name} cannot be built because it has no "
-                             "layers. Call `model.add(layer)`.")
+            raise ValueError(
+                f"Sequential model {self.name} cannot be built because it has no "
+                "layers. Call `model.add(layer)`."
+            )
         if input_shape is None:
             input_shape = self._batch_input_shape
         if input_shape is None:
@@ -1065,8 +1213,10 @@ class Sequential(Model):
 
     def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
         if not self._layers_list:
-            raise ValueError(f"Sequential model {self.name} cannot be built because it has no "
-                             "layers. Call `model.add(layer)`.")
+            raise ValueError(
+                f"Sequential model {self.name} cannot be built because it has no "
+                "layers. Call `model.add(layer)`."
+            )
         x = inputs
         for layer in self._layers_list:
             x = layer(x)
@@ -1087,7 +1237,9 @@ class Sequential(Model):
         return {"name": self.name, "trainable": self.trainable, "layers": layer_configs}
 
     @classmethod
-    def from_config(cls, config: Config, custom_objects: Optional[Dict[str, Any]] = None) -> Sequential:
+    def from_config(
+        cls, config: Config, custom_objects: Optional[Dict[str, Any]] = None
+    ) -> Sequential:
         """A new Sequential from ``get_config``'s dict: its layers rebuilt by class name
         (every shipped layer; your own classes via `custom_objects`), names kept as Keras
         does; built at once when the configuration declares an input shape."""

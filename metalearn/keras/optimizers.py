@@ -6,11 +6,12 @@ variables, so the wrapper keeps one C optimizer per distinct variable list it is
 (almost always exactly one), while ``iterations`` counts every ``apply_gradients`` call as
 Keras does.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
-from metalearn._typing import ArrayLike, Config
+from metalearn._typing import Config
 import warnings
 
 import numpy as np
@@ -51,18 +52,34 @@ class Optimizer:
             are the layers' and ``clear_session`` resets them).
     """
 
-    def __init__(self, learning_rate: float, name: Optional[str] = None, clipnorm: Optional[float] = None,
-                 clipvalue: Optional[float] = None, global_clipnorm: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        learning_rate: float,
+        name: Optional[str] = None,
+        clipnorm: Optional[float] = None,
+        clipvalue: Optional[float] = None,
+        global_clipnorm: Optional[float] = None,
+    ) -> None:
         if sum(c is not None for c in (clipnorm, clipvalue, global_clipnorm)) > 1:
-            raise ValueError("Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
-                             f"Received: clipnorm={clipnorm}, clipvalue={clipvalue}, "
-                             f"global_clipnorm={global_clipnorm}")
-        for what, c in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
-                        ("global_clipnorm", global_clipnorm)):
-            if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float, np.number))
-                                  or not np.isfinite(c) or c < 0):
-                raise ValueError(f"`{what}` must be a finite non-negative number. Received: "
-                                 f"{what}={c!r}")
+            raise ValueError(
+                "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
+                f"Received: clipnorm={clipnorm}, clipvalue={clipvalue}, "
+                f"global_clipnorm={global_clipnorm}"
+            )
+        for what, c in (
+            ("clipnorm", clipnorm),
+            ("clipvalue", clipvalue),
+            ("global_clipnorm", global_clipnorm),
+        ):
+            if c is not None and (
+                isinstance(c, bool)
+                or not isinstance(c, (int, float, np.number))
+                or not np.isfinite(c)
+                or c < 0
+            ):
+                raise ValueError(
+                    f"`{what}` must be a finite non-negative number. Received: {what}={c!r}"
+                )
         learning_rate = self._check_lr(learning_rate)
         if name is None:  # named last: a refused optimizer takes no name
             name = _backend.unique_name(_backend.snake_case(type(self).__name__))
@@ -77,8 +94,10 @@ class Optimizer:
     @staticmethod
     def _check_lr(value):
         if callable(value):
-            raise TypeError("learning-rate schedules are not supported; set "
-                            "optimizer.learning_rate between steps instead")
+            raise TypeError(
+                "learning-rate schedules are not supported; set "
+                "optimizer.learning_rate between steps instead"
+            )
         value = float(value)
         if not np.isfinite(value) or value < 0:
             raise ValueError(f"learning_rate must be a finite non-negative number, got {value}")
@@ -126,7 +145,11 @@ class Optimizer:
         cannot be recorded: gradient clipping measures norms in NumPy, outside any trace.
         Asking changes nothing; after each replay the caller counts the step with
         ``_count_step``."""
-        if self.clipvalue is not None or self.clipnorm is not None or self.global_clipnorm is not None:
+        if (
+            self.clipvalue is not None
+            or self.clipnorm is not None
+            or self.global_clipnorm is not None
+        ):
             return None
         return self._core_step
 
@@ -157,14 +180,22 @@ class Optimizer:
 
     def _apply(self, variables, grads):
         """Fast path: every gradient present, lists aligned."""
-        if self.clipvalue is not None or self.clipnorm is not None or self.global_clipnorm is not None:
+        if (
+            self.clipvalue is not None
+            or self.clipnorm is not None
+            or self.global_clipnorm is not None
+        ):
             with _no_grad():
                 grads = self._clip(grads)
         self._core_for(variables).step(variables, grads)
         self._iterations += 1  # _count_step's count, without a call on the eager step
 
-    def apply_gradients(self, grads_and_vars: Iterable[Tuple[Any, Any]], name: Optional[str] = None,
-                        skip_gradients_aggregation: bool = False) -> int:
+    def apply_gradients(
+        self,
+        grads_and_vars: Iterable[Tuple[Any, Any]],
+        name: Optional[str] = None,
+        skip_gradients_aggregation: bool = False,
+    ) -> int:
         """Applies gradients to variables: one optimizer step.
 
         Args:
@@ -193,17 +224,25 @@ class Optimizer:
                 raise ValueError("No gradients provided for any variable.")
             raise ValueError("apply_gradients: no (gradient, variable) pairs were given")
         if missing:
-            warnings.warn(f"Gradients do not exist for variables {missing} when minimizing the loss. "
-                          "If you're using `model.compile()`, did you forget to provide a `loss` "
-                          "argument?", UserWarning, stacklevel=2)
+            warnings.warn(
+                f"Gradients do not exist for variables {missing} when minimizing the loss. "
+                "If you're using `model.compile()`, did you forget to provide a `loss` "
+                "argument?",
+                UserWarning,
+                stacklevel=2,
+            )
         for g, v in zip(grads, variables):
             if tuple(g.shape) != tuple(v.shape):
-                raise ValueError(f"apply_gradients: gradient of shape {tuple(g.shape)} for variable "
-                                 f"{getattr(v, 'name', '?')!r} of shape {tuple(v.shape)}")
+                raise ValueError(
+                    f"apply_gradients: gradient of shape {tuple(g.shape)} for variable "
+                    f"{getattr(v, 'name', '?')!r} of shape {tuple(v.shape)}"
+                )
         self._apply(variables, grads)
         return self.iterations
 
-    def minimize(self, loss: Any, var_list: Sequence[Any], tape: Optional[GradientTape] = None) -> int:
+    def minimize(
+        self, loss: Any, var_list: Sequence[Any], tape: Optional[GradientTape] = None
+    ) -> int:
         """Minimizes `loss` over `var_list`: computes gradients, then applies them.
 
         Args:
@@ -245,8 +284,13 @@ class Optimizer:
 
     def get_config(self) -> Config:
         """The optimizer's hyper-parameters as a dict (``name``, ``learning_rate`` …)."""
-        return {"name": self.name, "learning_rate": self._learning_rate, "clipnorm": self.clipnorm,
-                "clipvalue": self.clipvalue, "global_clipnorm": self.global_clipnorm}
+        return {
+            "name": self.name,
+            "learning_rate": self._learning_rate,
+            "clipnorm": self.clipnorm,
+            "clipvalue": self.clipvalue,
+            "global_clipnorm": self.global_clipnorm,
+        }
 
     @classmethod
     def from_config(cls, config: Config) -> Optimizer:
@@ -272,8 +316,14 @@ class SGD(Optimizer):
         nesterov: whether to use Nesterov momentum.
     """
 
-    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
-                 name: Optional[str] = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        learning_rate: float = 0.01,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        name: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
         momentum = float(momentum)
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"SGD: momentum must be in [0, 1], got {momentum}")
@@ -282,7 +332,9 @@ class SGD(Optimizer):
         super().__init__(learning_rate, name, **kwargs)
 
     def _make_core(self):
-        return _core.SGD(learning_rate=self._learning_rate, momentum=self.momentum, nesterov=self.nesterov)
+        return _core.SGD(
+            learning_rate=self._learning_rate, momentum=self.momentum, nesterov=self.nesterov
+        )
 
     def get_config(self) -> Config:
         config = super().get_config()
@@ -312,9 +364,16 @@ class Adam(Optimizer):
         amsgrad: whether to use AMSGrad.
     """
 
-    def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
-                 epsilon: float = 1e-7, amsgrad: bool = False, name: Optional[str] = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+        amsgrad: bool = False,
+        name: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
         self.amsgrad = bool(amsgrad)
         for n, b in (("beta_1", self.beta_1), ("beta_2", self.beta_2)):
@@ -323,12 +382,19 @@ class Adam(Optimizer):
         super().__init__(learning_rate, name, **kwargs)
 
     def _make_core(self):
-        return _core.Adam(learning_rate=self._learning_rate, beta_1=self.beta_1, beta_2=self.beta_2,
-                          epsilon=self.epsilon, amsgrad=self.amsgrad)
+        return _core.Adam(
+            learning_rate=self._learning_rate,
+            beta_1=self.beta_1,
+            beta_2=self.beta_2,
+            epsilon=self.epsilon,
+            amsgrad=self.amsgrad,
+        )
 
     def get_config(self) -> Config:
         config = super().get_config()
-        config.update(beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon, amsgrad=self.amsgrad)
+        config.update(
+            beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon, amsgrad=self.amsgrad
+        )
         return config
 
 

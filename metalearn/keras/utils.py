@@ -1,4 +1,5 @@
 """Helpers, as ``keras.utils``."""
+
 from typing import Any, Optional
 
 import numpy as np
@@ -28,8 +29,9 @@ def to_categorical(y: Any, num_classes: Optional[int] = None, dtype: Any = "floa
     if num_classes is None:
         num_classes = int(y.max()) + 1 if y.size else 0
     if y.size and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"to_categorical: labels must be in [0, {num_classes}), got "
-                         f"[{y.min()}, {y.max()}]")
+        raise ValueError(
+            f"to_categorical: labels must be in [0, {num_classes}), got [{y.min()}, {y.max()}]"
+        )
     out = np.zeros(y.shape + (num_classes,), dtype=dtype)
     np.put_along_axis(out, y[..., None], 1, axis=-1)
     return out
@@ -38,4 +40,4 @@ def to_categorical(y: Any, num_classes: Optional[int] = None, dtype: Any = "floa
 def set_random_seed(seed: int) -> None:
     """Seeds the core's generator and NumPy's global generator."""
     _random.set_seed(seed)
-    np.random.seed(int(seed) % (2 ** 32))
+    np.random.seed(int(seed) % (2**32))

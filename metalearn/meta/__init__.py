@@ -18,6 +18,7 @@ Each has ``fit(tasks, iterations, meta_batch_size)`` (progress bar, returns a hi
 is unchanged), ``clone()`` and ``evaluate(tasks, episodes)`` (mean and 95 % confidence
 interval). ``metalearn.meta.models`` builds the papers' networks.
 """
+
 from . import models
 from ._base import BaseMetaLearner, clone_model
 from .maml import ANIL, MAML, MetaSGD
@@ -28,9 +29,30 @@ from .system import MetaLearner, rankdata, spearman
 
 def FOMAML(model, inner_lr=0.01, inner_steps=1, meta_optimizer="adam", meta_lr=0.001, loss=None):
     """First-order MAML: ``MAML(..., first_order=True)`` (Finn et al. 2017, §5.2)."""
-    return MAML(model, inner_lr=inner_lr, inner_steps=inner_steps, first_order=True,
-                meta_optimizer=meta_optimizer, meta_lr=meta_lr, loss=loss)
+    return MAML(
+        model,
+        inner_lr=inner_lr,
+        inner_steps=inner_steps,
+        first_order=True,
+        meta_optimizer=meta_optimizer,
+        meta_lr=meta_lr,
+        loss=loss,
+    )
 
 
-__all__ = ["BaseMetaLearner", "MetaLearner", "spearman", "rankdata", "MAML", "FOMAML", "Reptile", "MetaSGD", "ANIL", "ProtoNet",
-           "PrototypeClassifier", "prototype_logits", "clone_model", "models"]
+__all__ = [
+    "BaseMetaLearner",
+    "MetaLearner",
+    "spearman",
+    "rankdata",
+    "MAML",
+    "FOMAML",
+    "Reptile",
+    "MetaSGD",
+    "ANIL",
+    "ProtoNet",
+    "PrototypeClassifier",
+    "prototype_logits",
+    "clone_model",
+    "models",
+]

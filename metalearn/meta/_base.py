@@ -1,7 +1,8 @@
 """What every meta-learner shares: losses, cloning, the fit/evaluate loops, progress."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 from metalearn._typing import ArrayLike
 import math
@@ -20,6 +21,7 @@ __all__ = ["BaseMetaLearner", "clone_model", "resolve_loss"]
 
 # ------------------------------------------------------------------ tensors
 
+
 def to_tensor(a: ArrayLike) -> _core.Tensor:
     """A float32 tensor for an array (shares memory when already float32 C-contiguous)."""
     if isinstance(a, _core.Tensor):
@@ -34,16 +36,22 @@ def _mse(y_true, y_pred):
 
 
 def _scce_logits(y_true, y_pred):
-    return _core.reduce_mean(_core.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True))
+    return _core.reduce_mean(
+        _core.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+    )
 
 
 def _scce_probs(y_true, y_pred):
     return _core.reduce_mean(_core.sparse_categorical_crossentropy(y_true, y_pred))
 
 
-_LOSSES = {"mse": _mse, "mean_squared_error": _mse,
-           "sparse_categorical_crossentropy": _scce_logits, "scce": _scce_logits,
-           "sparse_categorical_crossentropy_from_probs": _scce_probs}
+_LOSSES = {
+    "mse": _mse,
+    "mean_squared_error": _mse,
+    "sparse_categorical_crossentropy": _scce_logits,
+    "scce": _scce_logits,
+    "sparse_categorical_crossentropy_from_probs": _scce_probs,
+}
 
 
 def resolve_loss(loss: Any, task: Any) -> Tuple[Callable[..., Any], bool]:
@@ -65,6 +73,7 @@ def resolve_loss(loss: Any, task: Any) -> Tuple[Callable[..., Any], bool]:
     def wrapped(y_true, y_pred):
         out = loss(y_true, y_pred)
         return out if not out.shape else _core.reduce_mean(out)
+
     return wrapped, classification
 
 
@@ -75,12 +84,15 @@ def accuracy(logits: ArrayLike, labels: ArrayLike) -> float:
 
 # ------------------------------------------------------------------ cloning
 
+
 def _input_shape_of(model):
     shape = getattr(model, "_build_input_shape", None)
     if shape is None:
         shape = getattr(model, "_batch_input_shape", None)
     if not isinstance(shape, tuple) or not shape:
-        raise ValueError(f"clone_model: {model.name!r} has not been built; call it on a batch first")
+        raise ValueError(
+            f"clone_model: {model.name!r} has not been built; call it on a batch first"
+        )
     return tuple(1 if d is None else int(d) for d in shape)
 
 
@@ -108,23 +120,27 @@ def clone_model(model: Any, weights: Optional[Sequence[ArrayLike]] = None) -> An
             cfg.pop("name", None)
             clone = type(model).from_config(cfg)
     except Exception as exc:  # noqa: BLE001 - report what the user must provide
-        raise TypeError(f"clone_model: cannot rebuild {type(model).__name__} from its get_config() "
-                        f"({exc}); give the model a get_config returning its constructor arguments"
-                        ) from exc
+        raise TypeError(
+            f"clone_model: cannot rebuild {type(model).__name__} from its get_config() "
+            f"({exc}); give the model a get_config returning its constructor arguments"
+        ) from exc
     with _core_no_grad():
         clone(np.zeros(shape, np.float32))
     src = model.get_weights()
     dst = clone.weights
     if len(src) != len(dst) or any(tuple(a.shape) != tuple(v.shape) for a, v in zip(src, dst)):
-        raise TypeError(f"clone_model: the rebuilt {type(model).__name__} has other weights than "
-                        "the original; its get_config does not describe it")
+        raise TypeError(
+            f"clone_model: the rebuilt {type(model).__name__} has other weights than "
+            "the original; its get_config does not describe it"
+        )
     clone.set_weights(src)
     if weights is not None:
         trainable = clone.trainable_weights
         weights = list(weights)
         if len(weights) != len(trainable):
-            raise ValueError(f"clone_model: got {len(weights)} weights for {len(trainable)} "
-                             "trainable weights")
+            raise ValueError(
+                f"clone_model: got {len(weights)} weights for {len(trainable)} trainable weights"
+            )
         for v, w in zip(trainable, weights):
             _core.assign(v, np.ascontiguousarray(np.asarray(w), dtype=np.float32))
     return clone
@@ -133,6 +149,7 @@ def clone_model(model: Any, weights: Optional[Sequence[ArrayLike]] = None) -> An
 def _layer_classes():
     """Every Layer class of metalearn.keras.layers (conv layers included), by name."""
     from metalearn.keras import conv_layers, layers
+
     out = {}
     for mod in (layers, conv_layers):
         for name in dir(mod):
@@ -153,16 +170,22 @@ class _core_no_grad:
 
 # ------------------------------------------------------------------ sampling
 
+
 def _next_batch(tasks, meta_batch_size):
     if hasattr(tasks, "sample_batch"):
         return tasks.sample_batch(meta_batch_size)
     if callable(tasks):
         return tasks(meta_batch_size)
     if isinstance(tasks, Task):
-        return tasks if tasks.is_batch else Task(*(np.asarray(a)[None] for a in tasks),
-                                                 info={"batched": True})
-    raise TypeError("tasks must be a sampler with sample_batch(n) (metalearn.tasks), a callable "
-                    f"n -> Task batch, or a Task batch; got {type(tasks).__name__}")
+        return (
+            tasks
+            if tasks.is_batch
+            else Task(*(np.asarray(a)[None] for a in tasks), info={"batched": True})
+        )
+    raise TypeError(
+        "tasks must be a sampler with sample_batch(n) (metalearn.tasks), a callable "
+        f"n -> Task batch, or a Task batch; got {type(tasks).__name__}"
+    )
 
 
 def _episodes(tasks, episodes):
@@ -172,8 +195,9 @@ def _episodes(tasks, episodes):
         if episodes is None:
             episodes = len(singles)
         if episodes > len(singles):
-            raise ValueError(f"evaluate: asked for {episodes} episodes, the task batch holds "
-                             f"{len(singles)}")
+            raise ValueError(
+                f"evaluate: asked for {episodes} episodes, the task batch holds {len(singles)}"
+            )
         yield from singles[:episodes]
         return
     if episodes is None:
@@ -186,6 +210,7 @@ def _episodes(tasks, episodes):
 
 
 # ------------------------------------------------------------------ progress
+
 
 class _Progress:
     """Keras' Progbar on a terminal; on a pipe, one line every ~10 % with an ETA."""
@@ -208,8 +233,10 @@ class _Progress:
             elapsed = time.perf_counter() - self.start
             eta = elapsed / current * (self.target - current)
             text = "".join(f" - {k}: {_format_value(v)}" for k, v in values.items())
-            sys.stdout.write(f"{self.unit} {current}/{self.target} - {_format_time(elapsed)} - "
-                             f"ETA: {_format_time(eta)}{text}\n")
+            sys.stdout.write(
+                f"{self.unit} {current}/{self.target} - {_format_time(elapsed)} - "
+                f"ETA: {_format_time(eta)}{text}\n"
+            )
             sys.stdout.flush()
         self.bar.update(current, list(values.items()))
 
@@ -223,6 +250,7 @@ def _mean_ci(values):
 
 # ------------------------------------------------------------------ base class
 
+
 class BaseMetaLearner:
     """Base of the meta-learners: ``fit`` / ``adapt`` / ``clone`` / ``evaluate``.
 
@@ -231,8 +259,9 @@ class BaseMetaLearner:
     one task), and may override ``_query_logits`` for models that are not plain learners.
     """
 
-    def __init__(self, model: Any, loss: Any = None, meta_optimizer: Any = "adam",
-                 meta_lr: float = 0.001) -> None:
+    def __init__(
+        self, model: Any, loss: Any = None, meta_optimizer: Any = "adam", meta_lr: float = 0.001
+    ) -> None:
         self.model = model
         self.loss = loss
         self._loss_fn = None
@@ -245,6 +274,7 @@ class BaseMetaLearner:
     @staticmethod
     def _make_optimizer(opt, lr):
         from metalearn.keras import optimizers
+
         if isinstance(opt, str):
             name = opt.lower()
             if name == "adam":
@@ -287,8 +317,14 @@ class BaseMetaLearner:
         self._prepare(batch)
 
     # ------------------------------------------------------------------- fit
-    def fit(self, tasks: Any, iterations: int = 1000, meta_batch_size: int = 25, verbose: int = 1,
-            callbacks: Optional[Sequence[Any]] = None) -> Any:
+    def fit(
+        self,
+        tasks: Any,
+        iterations: int = 1000,
+        meta_batch_size: int = 25,
+        verbose: int = 1,
+        callbacks: Optional[Sequence[Any]] = None,
+    ) -> Any:
         """Meta-trains on batches of tasks.
 
         Args:
@@ -310,8 +346,10 @@ class BaseMetaLearner:
         """
         iterations, meta_batch_size = int(iterations), int(meta_batch_size)
         if iterations < 0 or meta_batch_size < 1:
-            raise ValueError(f"fit: iterations must be >= 0 and meta_batch_size >= 1, got "
-                             f"{iterations}, {meta_batch_size}")
+            raise ValueError(
+                f"fit: iterations must be >= 0 and meta_batch_size >= 1, got "
+                f"{iterations}, {meta_batch_size}"
+            )
         cbs = list(callbacks or [])
         for cb in cbs:
             if hasattr(cb, "set_model"):
@@ -375,7 +413,9 @@ class BaseMetaLearner:
     def _query_output(self, fast, query_x):
         return functional_call(self.model, fast, to_tensor(query_x), training=True)
 
-    def evaluate(self, tasks: Any, episodes: Optional[int] = None, steps: Any = None, verbose: int = 0) -> Any:
+    def evaluate(
+        self, tasks: Any, episodes: Optional[int] = None, steps: Any = None, verbose: int = 0
+    ) -> Any:
         """Adapts to `episodes` held-out tasks and measures the query sets.
 
         Args:
@@ -414,8 +454,12 @@ class BaseMetaLearner:
         out = {}
         for s in step_list:
             m, ci = _mean_ci(results[s]["metric"])
-            out[s] = {self.metric_name: m, "ci95": ci, "loss": float(np.mean(results[s]["loss"])),
-                      "episodes": len(results[s]["metric"])}
+            out[s] = {
+                self.metric_name: m,
+                "ci95": ci,
+                "loss": float(np.mean(results[s]["loss"])),
+                "episodes": len(results[s]["metric"]),
+            }
         return out if curve else out[step_list[0]]
 
     def _adaptation_curve(self, support_x, support_y, step_list):

@@ -1,7 +1,8 @@
 """Gradient-based meta-learning: MAML and first-order MAML, Meta-SGD, ANIL."""
+
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 from metalearn._typing import ArrayLike
 import numpy as np
@@ -87,9 +88,18 @@ class MAML(BaseMetaLearner):
     _batched_inner_loop = True
     _low_rank_inner_step = True
 
-    def __init__(self, model: Any, inner_lr: float = 0.01, inner_steps: int = 1, first_order: bool = False,
-                 meta_optimizer: Any = "adam", meta_lr: float = 0.001, loss: Any = None,
-                 vectorize: Union[str, bool] = "auto", trace: bool = True) -> None:
+    def __init__(
+        self,
+        model: Any,
+        inner_lr: float = 0.01,
+        inner_steps: int = 1,
+        first_order: bool = False,
+        meta_optimizer: Any = "adam",
+        meta_lr: float = 0.001,
+        loss: Any = None,
+        vectorize: Union[str, bool] = "auto",
+        trace: bool = True,
+    ) -> None:
         super().__init__(model, loss=loss, meta_optimizer=meta_optimizer, meta_lr=meta_lr)
         # trace=True: the vectorised meta-step (inner loop, second-order meta-gradient and
         # the meta-optimizer's update) is recorded once per batch shape by
@@ -98,8 +108,9 @@ class MAML(BaseMetaLearner):
         self._traced_step = None
         self._traced_config = None
         if vectorize not in ("auto", True, False):
-            raise ValueError(f"{type(self).__name__}: vectorize must be 'auto', True or False, "
-                             f"got {vectorize!r}")
+            raise ValueError(
+                f"{type(self).__name__}: vectorize must be 'auto', True or False, got {vectorize!r}"
+            )
         self.vectorize = vectorize
         self._plan = None
         self.inner_lr = float(inner_lr)
@@ -173,13 +184,18 @@ class MAML(BaseMetaLearner):
         if self._plan is not None:
             return self._plan or None
         plan = None
-        if (self._batched_inner_loop and self.vectorize is not False
-                and (self.loss is None or isinstance(self.loss, str))):
+        if (
+            self._batched_inner_loop
+            and self.vectorize is not False
+            and (self.loss is None or isinstance(self.loss, str))
+        ):
             plan = batched_plan(self.model, self._inner_params())
             if plan is None and self.vectorize is True:
-                raise ValueError(f"{type(self).__name__}: vectorize=True needs a model whose "
-                                 "layers all have a batched form (a Sequential of Dense/"
-                                 "Activation/Flatten/BatchNormalization) and a built-in loss")
+                raise ValueError(
+                    f"{type(self).__name__}: vectorize=True needs a model whose "
+                    "layers all have a batched form (a Sequential of Dense/"
+                    "Activation/Flatten/BatchNormalization) and a built-in loss"
+                )
         self._plan = plan if plan is not None else False
         return plan
 
@@ -212,8 +228,10 @@ class MAML(BaseMetaLearner):
         b, n_support = int(sx.shape[0]), int(sx.shape[1])
         low_rank = self._low_rank_kernels(plan, n_support)
         params = self._inner_params()
-        fast = [w if i in low_rank else _core.broadcast_to(w, (b,) + tuple(w.shape))
-                for i, w in enumerate(params)]
+        fast = [
+            w if i in low_rank else _core.broadcast_to(w, (b,) + tuple(w.shape))
+            for i, w in enumerate(params)
+        ]
         factors = {k: [] for k in low_rank}
         dense = [i for i in range(len(params)) if i not in low_rank]
         lr = self.inner_lr
@@ -224,18 +242,21 @@ class MAML(BaseMetaLearner):
             # w.r.t. a task's weight copy (or a task's layer output) is that task's own
             inner = self._loss_fn(sy, plan(fast, sx, factors, record)) * float(b)
             ks = sorted(low_rank)
-            grads = _core.grad(inner, [fast[i] for i in dense] + [record[k][1] for k in ks],
-                               create_graph=create_graph)
+            grads = _core.grad(
+                inner,
+                [fast[i] for i in dense] + [record[k][1] for k in ks],
+                create_graph=create_graph,
+            )
             if not low_rank:  # (Meta-SGD's learned per-weight rates come in here)
                 fast = self._inner_update(fast, grads)
                 continue
             for i, g in zip(dense, grads):
                 fast[i] = fast[i] - lr * g
-            for k, dz in zip(ks, grads[len(dense):]):
+            for k, dz in zip(ks, grads[len(dense) :]):
                 x_in = record[k][0]
                 if not create_graph:  # first order: the update is a constant, as g is
                     x_in = x_in.detach()
-                factors[k].append((-lr, x_in, dz))   # W_b -= lr X_b^T dZ_b
+                factors[k].append((-lr, x_in, dz))  # W_b -= lr X_b^T dZ_b
         out = plan(fast, qx, factors)
         return self._loss_fn(qy, out), out
 
@@ -265,8 +286,9 @@ class MAML(BaseMetaLearner):
             out = self._forward(fast, qx)
             lq = self._loss_fn(batch.query_y[i], out)
             total = lq if total is None else total + lq
-            metrics.append(self._metric(out, batch.query_y[i], lq.item())
-                           if self.classification else lq.item())
+            metrics.append(
+                self._metric(out, batch.query_y[i], lq.item()) if self.classification else lq.item()
+            )
         return total * (1.0 / n), float(np.mean(metrics))
 
     def meta_gradients(self, batch: Task) -> Tuple[float, Any]:
@@ -305,9 +327,17 @@ class MAML(BaseMetaLearner):
                 return meta_loss, out
 
             self._traced_step = function(step)
-        labels = (lambda y: to_tensor(np.asarray(y, dtype=np.float32))) if self.classification else to_tensor
-        meta_loss, out = self._traced_step(to_tensor(batch.support_x), labels(batch.support_y),
-                                           to_tensor(batch.query_x), labels(batch.query_y))
+        labels = (
+            (lambda y: to_tensor(np.asarray(y, dtype=np.float32)))
+            if self.classification
+            else to_tensor
+        )
+        meta_loss, out = self._traced_step(
+            to_tensor(batch.support_x),
+            labels(batch.support_y),
+            to_tensor(batch.query_x),
+            labels(batch.query_y),
+        )
         self.meta_optimizer._count_step()
         loss = float(meta_loss.item())
         if self.classification:
@@ -331,27 +361,44 @@ class MAML(BaseMetaLearner):
     def _steps(self, steps):
         return self.inner_steps if steps is None else int(steps)
 
-    def adapted_weights(self, support_x: ArrayLike, support_y: ArrayLike, steps: Optional[int] = None) -> Any:
+    def adapted_weights(
+        self, support_x: ArrayLike, support_y: ArrayLike, steps: Optional[int] = None
+    ) -> Any:
         """The adapted weights (tensors, detached) for one task's support set, without
         building a model; ``functional_call(maml.model, weights, x)`` runs them."""
         self._prepare(Task(support_x, support_y, support_x, support_y))
         return self._adapted_weights(support_x, support_y, steps)
 
     def _adapted_weights(self, support_x, support_y, steps):
-        fast = self._inner_loop(self._support_input(support_x), support_y, self._steps(steps),
-                                create_graph=False, detach=True)
+        fast = self._inner_loop(
+            self._support_input(support_x),
+            support_y,
+            self._steps(steps),
+            create_graph=False,
+            detach=True,
+        )
         return self._full_weights(fast)
 
     def _adaptation_curve(self, support_x, support_y, step_list):
         record = set(self._steps(s) for s in step_list)
-        trail = dict(self._inner_loop(self._support_input(support_x), support_y, max(record),
-                                      create_graph=False, detach=True, record=record))
+        trail = dict(
+            self._inner_loop(
+                self._support_input(support_x),
+                support_y,
+                max(record),
+                create_graph=False,
+                detach=True,
+                record=record,
+            )
+        )
         for s in step_list:
             yield s, trail[self._steps(s)]
 
     def __repr__(self):
-        return (f"<{type(self).__name__} inner_lr={self.inner_lr} inner_steps={self.inner_steps} "
-                f"first_order={self.first_order}>")
+        return (
+            f"<{type(self).__name__} inner_lr={self.inner_lr} inner_steps={self.inner_steps} "
+            f"first_order={self.first_order}>"
+        )
 
 
 class MetaSGD(MAML):
@@ -373,21 +420,41 @@ class MetaSGD(MAML):
         inner_lr: initial value of every alpha (paper: drawn from [0.005, 0.1]).
     """
 
-    def __init__(self, model: Any, inner_lr: float = 0.01, inner_steps: int = 1, first_order: bool = False,
-                 meta_optimizer: Any = "adam", meta_lr: float = 0.001, loss: Any = None,
-                 vectorize: Union[str, bool] = "auto") -> None:
-        super().__init__(model, inner_lr=inner_lr, inner_steps=inner_steps, first_order=first_order,
-                         meta_optimizer=meta_optimizer, meta_lr=meta_lr, loss=loss, vectorize=vectorize)
+    def __init__(
+        self,
+        model: Any,
+        inner_lr: float = 0.01,
+        inner_steps: int = 1,
+        first_order: bool = False,
+        meta_optimizer: Any = "adam",
+        meta_lr: float = 0.001,
+        loss: Any = None,
+        vectorize: Union[str, bool] = "auto",
+    ) -> None:
+        super().__init__(
+            model,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            first_order=first_order,
+            meta_optimizer=meta_optimizer,
+            meta_lr=meta_lr,
+            loss=loss,
+            vectorize=vectorize,
+        )
         self.learning_rates = None
 
     def _prepare(self, task):
         super()._prepare(task)
         if self.learning_rates is None:
             from metalearn.tape import Variable
+
             self.learning_rates = [
-                Variable(np.full(tuple(w.shape), self.inner_lr, np.float32),
-                         name=f"meta_sgd_lr/{getattr(w, 'name', i)}")
-                for i, w in enumerate(self.model.trainable_weights)]
+                Variable(
+                    np.full(tuple(w.shape), self.inner_lr, np.float32),
+                    name=f"meta_sgd_lr/{getattr(w, 'name', i)}",
+                )
+                for i, w in enumerate(self.model.trainable_weights)
+            ]
 
     def _meta_params(self):
         return list(self.model.trainable_weights) + list(self.learning_rates)
@@ -437,6 +504,7 @@ class ANIL(MAML):
             all_w = self.model.trainable_weights
             self._head_index = [i for i, w in enumerate(all_w) if id(w) in head_ids]
             from metalearn.keras.models import Sequential
+
             self._split = isinstance(self.model, Sequential) and self.model.layers[-1] is head
 
     def _inner_params(self):
@@ -462,7 +530,11 @@ class ANIL(MAML):
         return functional_call(self.model, self._full_weights(fast), x, training=True)
 
     def _adapted_weights(self, support_x, support_y, steps):
-        fast = self._inner_loop(self._support_input(support_x), support_y, self._steps(steps),
-                                create_graph=False, detach=True)
+        fast = self._inner_loop(
+            self._support_input(support_x),
+            support_y,
+            self._steps(steps),
+            create_graph=False,
+            detach=True,
+        )
         return self._full_weights(fast)
-

@@ -9,6 +9,7 @@
   it ends in a Dense classifier (MAML), without it in a Flatten (ProtoNet's encoder: a
   64-d embedding for 28x28 inputs).
 """
+
 from metalearn import _core
 from metalearn.keras import conv_layers, layers
 from metalearn.keras.models import Sequential
@@ -35,8 +36,9 @@ def sinusoid_mlp(hidden=(40, 40), activation="relu", name=None):
     return model
 
 
-def omniglot_mlp(n_way=5, hidden=(256, 128, 64, 64), batch_norm=None, input_shape=(28, 28, 1),
-                 name=None):
+def omniglot_mlp(
+    n_way=5, hidden=(256, 128, 64, 64), batch_norm=None, input_shape=(28, 28, 1), name=None
+):
     """MAML's fully-connected Omniglot classifier (outputs logits).
 
     Args:
@@ -78,8 +80,10 @@ def conv4(n_way=None, filters=64, input_shape=(28, 28, 1), batch_norm=True, name
         RuntimeError: the core was built without the conv ops.
     """
     if not has_conv():
-        raise RuntimeError("conv4: this build of metalearn has no Conv2D/MaxPool2D/"
-                           "BatchNormalization (metalearn._core lacks conv2d/max_pool2d/batch_norm)")
+        raise RuntimeError(
+            "conv4: this build of metalearn has no Conv2D/MaxPool2D/"
+            "BatchNormalization (metalearn._core lacks conv2d/max_pool2d/batch_norm)"
+        )
     model = Sequential(name=name)
     model.add(layers.InputLayer(input_shape=tuple(input_shape)))
     for _ in range(4):

@@ -1,4 +1,5 @@
 """Prototypical Networks (Snell, Swersky & Zemel, NeurIPS 2017)."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
@@ -15,8 +16,13 @@ from ._base import BaseMetaLearner, _core_no_grad, accuracy, clone_model, to_ten
 __all__ = ["ProtoNet", "PrototypeClassifier", "prototype_logits"]
 
 
-def prototype_logits(support_emb: ArrayLike, support_y: ArrayLike, query_emb: ArrayLike, n_way: int,
-                     distance: str = "euclidean") -> _core.Tensor:
+def prototype_logits(
+    support_emb: ArrayLike,
+    support_y: ArrayLike,
+    query_emb: ArrayLike,
+    n_way: int,
+    distance: str = "euclidean",
+) -> _core.Tensor:
     """Logits of queries against class prototypes (a differentiable core-op graph).
 
     ``prototype_c = mean of the support embeddings of class c``;
@@ -36,17 +42,21 @@ def prototype_logits(support_emb: ArrayLike, support_y: ArrayLike, query_emb: Ar
     # averaging matrix (n_way, n_support): prototypes = A @ support_emb
     avg = np.zeros((n_way, len(y)), np.float32)
     avg[y, np.arange(len(y))] = 1.0 / counts[y]
-    protos = _core.matmul(_core.as_tensor(avg), support_emb)                     # (n_way, d)
+    protos = _core.matmul(_core.as_tensor(avg), support_emb)  # (n_way, d)
     if distance == "euclidean":
         # -||q - p||^2 = 2 q.p - |q|^2 - |p|^2
-        qp = _core.matmul(query_emb, protos, transpose_b=True)                   # (q, n_way)
-        qq = _core.reduce_sum(_core.square(query_emb), axis=1, keepdims=True)    # (q, 1)
+        qp = _core.matmul(query_emb, protos, transpose_b=True)  # (q, n_way)
+        qq = _core.reduce_sum(_core.square(query_emb), axis=1, keepdims=True)  # (q, 1)
         pp = _core.reshape(_core.reduce_sum(_core.square(protos), axis=1), (1, n_way))
         return 2.0 * qp - qq - pp
     if distance == "cosine":
         eps = 1e-8
-        qn = query_emb / _core.sqrt(_core.reduce_sum(_core.square(query_emb), axis=1, keepdims=True) + eps)
-        pn = protos / _core.sqrt(_core.reduce_sum(_core.square(protos), axis=1, keepdims=True) + eps)
+        qn = query_emb / _core.sqrt(
+            _core.reduce_sum(_core.square(query_emb), axis=1, keepdims=True) + eps
+        )
+        pn = protos / _core.sqrt(
+            _core.reduce_sum(_core.square(protos), axis=1, keepdims=True) + eps
+        )
         return _core.matmul(qn, pn, transpose_b=True)
     raise ValueError(f"ProtoNet: distance must be 'euclidean' or 'cosine', got {distance!r}")
 
@@ -63,8 +73,13 @@ class PrototypeClassifier(Model):
     ``call(x)`` returns logits ``(batch, n_way)`` against the stored prototypes.
     """
 
-    def __init__(self, encoder: Any, prototypes: ArrayLike, distance: str = "euclidean",
-                 name: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        encoder: Any,
+        prototypes: ArrayLike,
+        distance: str = "euclidean",
+        name: Optional[str] = None,
+    ) -> None:
         super().__init__(name=name)
         self.encoder = encoder
         self.prototypes = np.ascontiguousarray(prototypes, dtype=np.float32)
@@ -78,12 +93,17 @@ class PrototypeClassifier(Model):
         travel apart (``get_weights``/``save_weights``)."""
         from metalearn.keras import layers as _layers
 
-        return {"name": self.name, "encoder": _layers.serialize(self.encoder),
-                "prototypes": self.prototypes.tolist(), "distance": self.distance}
+        return {
+            "name": self.name,
+            "encoder": _layers.serialize(self.encoder),
+            "prototypes": self.prototypes.tolist(),
+            "distance": self.distance,
+        }
 
     @classmethod
-    def from_config(cls, config: Dict[str, Any],
-                    custom_objects: Optional[Dict[str, Any]] = None) -> "PrototypeClassifier":
+    def from_config(
+        cls, config: Dict[str, Any], custom_objects: Optional[Dict[str, Any]] = None
+    ) -> "PrototypeClassifier":
         """A new classifier (unbuilt encoder) from ``get_config``'s dict; your own encoder
         classes go in `custom_objects`."""
         from metalearn.keras import layers as _layers
@@ -129,12 +149,23 @@ class ProtoNet(BaseMetaLearner):
         meta_optimizer, meta_lr: the optimizer of the encoder's weights.
     """
 
-    def __init__(self, encoder: Any, distance: str = "euclidean", meta_optimizer: Any = "adam",
-                 meta_lr: float = 0.001) -> None:
+    def __init__(
+        self,
+        encoder: Any,
+        distance: str = "euclidean",
+        meta_optimizer: Any = "adam",
+        meta_lr: float = 0.001,
+    ) -> None:
         if distance not in ("euclidean", "cosine"):
-            raise ValueError(f"ProtoNet: distance must be 'euclidean' or 'cosine', got {distance!r}")
-        super().__init__(encoder, loss="sparse_categorical_crossentropy",
-                         meta_optimizer=meta_optimizer, meta_lr=meta_lr)
+            raise ValueError(
+                f"ProtoNet: distance must be 'euclidean' or 'cosine', got {distance!r}"
+            )
+        super().__init__(
+            encoder,
+            loss="sparse_categorical_crossentropy",
+            meta_optimizer=meta_optimizer,
+            meta_lr=meta_lr,
+        )
         self.encoder = encoder
         self.distance = distance
         self.inner_steps = 0
@@ -143,8 +174,9 @@ class ProtoNet(BaseMetaLearner):
         super()._prepare(task)
         self.classification = True
 
-    def episode_logits(self, support_x: Array, support_y: ArrayLike, query_x: Array,
-                       training: bool = True) -> _core.Tensor:
+    def episode_logits(
+        self, support_x: Array, support_y: ArrayLike, query_x: Array, training: bool = True
+    ) -> _core.Tensor:
         """Query logits ``(n_query, n_way)`` for one episode (differentiable w.r.t. the
         encoder's weights). Support and query go through the encoder in one batch."""
         n_s = len(support_x)
@@ -155,20 +187,23 @@ class ProtoNet(BaseMetaLearner):
         q_emb = _core.narrow(emb, 0, n_s, int(emb.shape[0]) - n_s)
         return prototype_logits(s_emb, support_y, q_emb, n_way, self.distance)
 
-    def episode_loss(self, support_x: Array, support_y: ArrayLike, query_x: Array,
-                     query_y: ArrayLike) -> Tuple[_core.Tensor, _core.Tensor]:
+    def episode_loss(
+        self, support_x: Array, support_y: ArrayLike, query_x: Array, query_y: ArrayLike
+    ) -> Tuple[_core.Tensor, _core.Tensor]:
         """Mean query cross-entropy of one episode (a scalar Tensor) and its logits."""
         logits = self.episode_logits(support_x, support_y, query_x)
-        loss = _core.reduce_mean(_core.sparse_categorical_crossentropy(
-            np.asarray(query_y), logits, from_logits=True))
+        loss = _core.reduce_mean(
+            _core.sparse_categorical_crossentropy(np.asarray(query_y), logits, from_logits=True)
+        )
         return loss, logits
 
     def _meta_step(self, batch):
         n = len(batch.support_x)
         total, metrics = None, []
         for i in range(n):
-            loss, logits = self.episode_loss(batch.support_x[i], batch.support_y[i],
-                                             batch.query_x[i], batch.query_y[i])
+            loss, logits = self.episode_loss(
+                batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
+            )
             total = loss if total is None else total + loss
             metrics.append(accuracy(logits, batch.query_y[i]))
         total = total * (1.0 / n)
@@ -177,8 +212,9 @@ class ProtoNet(BaseMetaLearner):
         self.meta_optimizer.apply_gradients(zip(grads, params))
         return float(total.item()), float(np.mean(metrics))
 
-    def adapt(self, support_x: Array, support_y: ArrayLike,
-              steps: Optional[int] = None) -> PrototypeClassifier:
+    def adapt(
+        self, support_x: Array, support_y: ArrayLike, steps: Optional[int] = None
+    ) -> PrototypeClassifier:
         """A ``PrototypeClassifier`` (a copy of the encoder plus this task's prototypes);
         `steps` is ignored (prototypes need no gradient steps). The encoder is unchanged."""
         self._prepare(Task(support_x, support_y, support_x, support_y))

@@ -1,4 +1,5 @@
 """Reptile (Nichol, Achiam & Schulman 2018, "On First-Order Meta-Learning Algorithms")."""
+
 from __future__ import annotations
 
 from typing import Any, Optional, Tuple
@@ -38,12 +39,27 @@ class Reptile(MAML):
         loss: as for MAML.
     """
 
-    def __init__(self, model: Any, inner_lr: float = 0.02, inner_steps: int = 5, meta_lr: float = 1.0,
-                 meta_optimizer: Any = "sgd", loss: Any = None, epsilon: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        inner_lr: float = 0.02,
+        inner_steps: int = 5,
+        meta_lr: float = 1.0,
+        meta_optimizer: Any = "sgd",
+        loss: Any = None,
+        epsilon: Optional[float] = None,
+    ) -> None:
         if epsilon is not None:
             meta_lr = epsilon
-        super().__init__(model, inner_lr=inner_lr, inner_steps=inner_steps, first_order=True,
-                         meta_optimizer=meta_optimizer, meta_lr=meta_lr, loss=loss)
+        super().__init__(
+            model,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            first_order=True,
+            meta_optimizer=meta_optimizer,
+            meta_lr=meta_lr,
+            loss=loss,
+        )
         self.epsilon = self.meta_lr
 
     def meta_gradients(self, batch: Any) -> Tuple[float, Any]:
@@ -71,8 +87,9 @@ class Reptile(MAML):
         losses, metrics = [], []
         for i in range(n):
             sx = self._support_input(batch.support_x[i])
-            fast = self._inner_loop(sx, batch.support_y[i], self.inner_steps, create_graph=False,
-                                    detach=True)
+            fast = self._inner_loop(
+                sx, batch.support_y[i], self.inner_steps, create_graph=False, detach=True
+            )
             with _core_no_grad():
                 out = self._forward(fast, self._support_input(batch.query_x[i]))
                 lq = float(self._loss_fn(batch.query_y[i], out).item())

@@ -54,6 +54,7 @@ neither order matters. The statistics lifted the Spearman correlation of predict
 achieved accuracy on held-out Omniglot tasks of varied difficulty from 0.48 (Gram matrix
 and labels alone) to 0.54 (``benchmarks/memory_results.py --only c``).
 """
+
 import json
 import time
 from pathlib import Path
@@ -79,6 +80,7 @@ _PREDICTOR_FEATURES = "gram+statistics/1"
 
 
 # ------------------------------------------------------------------ statistics
+
 
 def rankdata(a):
     """Ranks 1..n of a 1-d array, ties given their mean rank (as ``scipy.stats.rankdata``)."""
@@ -112,6 +114,7 @@ def spearman(x, y):
 
 
 # ------------------------------------------------------------------ helpers
+
 
 def _normalize(a, axis=-1):
     a = np.asarray(a, np.float64)
@@ -187,11 +190,26 @@ class MetaLearner:
         system.save("system/"); system = metalearn.MetaLearner.load("system/")
     """
 
-    def __init__(self, n_way=None, model=None, algorithm="maml", hidden_units=128, inner_lr=None,
-                 inner_steps=1, meta_lr=None, memory_capacity=1000, recall_k=8,
-                 warm_start_threshold=0.8, knowledge_steps=None, predictor=None,
-                 predictor_lr=1e-3, predictor_buffer=2048, predictor_batch=64, encoder=None,
-                 seed=0):
+    def __init__(
+        self,
+        n_way=None,
+        model=None,
+        algorithm="maml",
+        hidden_units=128,
+        inner_lr=None,
+        inner_steps=1,
+        meta_lr=None,
+        memory_capacity=1000,
+        recall_k=8,
+        warm_start_threshold=0.8,
+        knowledge_steps=None,
+        predictor=None,
+        predictor_lr=1e-3,
+        predictor_buffer=2048,
+        predictor_batch=64,
+        encoder=None,
+        seed=0,
+    ):
         if isinstance(algorithm, _Algorithm):
             if model is not None and model is not algorithm.model:
                 raise ValueError("MetaLearner: model and algorithm.model differ; pass one of them")
@@ -201,17 +219,22 @@ class MetaLearner:
                 self.algorithm_name = "fomaml"
         elif isinstance(algorithm, str):
             if algorithm.lower() not in _ALGORITHMS:
-                raise ValueError(f"MetaLearner: algorithm must be one of {_ALGORITHMS} or an "
-                                 f"instance of metalearn.meta, got {algorithm!r}")
+                raise ValueError(
+                    f"MetaLearner: algorithm must be one of {_ALGORITHMS} or an "
+                    f"instance of metalearn.meta, got {algorithm!r}"
+                )
             self.algorithm_name = algorithm.lower()
         else:
-            raise TypeError(f"MetaLearner: algorithm must be a name or a metalearn.meta algorithm, "
-                            f"got {type(algorithm).__name__}")
+            raise TypeError(
+                f"MetaLearner: algorithm must be a name or a metalearn.meta algorithm, "
+                f"got {type(algorithm).__name__}"
+            )
         if model is None:
             if n_way is None:
                 raise ValueError("MetaLearner: give n_way (or a model)")
-            model = AdaptiveNeuralNetwork(int(n_way), hidden_units=hidden_units,
-                                          output_activation="linear")
+            model = AdaptiveNeuralNetwork(
+                int(n_way), hidden_units=hidden_units, output_activation="linear"
+            )
         self.model = model
         if n_way is None and getattr(model, "num_classes", None) is not None:
             n_way = model.num_classes
@@ -227,11 +250,13 @@ class MetaLearner:
         self.memory_capacity = int(memory_capacity)
         self.recall_k = int(recall_k)
         self.warm_start_threshold = float(warm_start_threshold)
-        self.knowledge_steps = (max(self.inner_steps, 10) if knowledge_steps is None
-                                else int(knowledge_steps))
+        self.knowledge_steps = (
+            max(self.inner_steps, 10) if knowledge_steps is None else int(knowledge_steps)
+        )
         self.predictor = predictor if predictor is not None else MetaLearningNetwork(128)
         self.predictor_lr = float(predictor_lr)
         from metalearn.keras import optimizers
+
         self.predictor_optimizer = optimizers.Adam(self.predictor_lr)
         self.predictor_buffer = int(predictor_buffer)
         self.predictor_batch = int(predictor_batch)
@@ -286,17 +311,21 @@ class MetaLearner:
         leaves = [l for l in leaves if type(l).__name__ != "InputLayer"]
         head = leaves[-1] if leaves else None
         if head is None or not hasattr(head, "kernel") or len(head.trainable_weights) not in (1, 2):
-            raise TypeError(f"MetaLearner: the model's last layer must be a Dense head, got "
-                            f"{type(head).__name__ if head is not None else 'nothing'}")
+            raise TypeError(
+                f"MetaLearner: the model's last layer must be a Dense head, got "
+                f"{type(head).__name__ if head is not None else 'nothing'}"
+            )
         with _core_no_grad():
             ref = np.asarray(self.model(sx[:4], training=False))
             out = to_tensor(sx[:4])
             for layer in leaves:
                 out = layer(out, training=False)
         if np.asarray(out).shape != ref.shape or not np.allclose(np.asarray(out), ref, atol=1e-5):
-            raise TypeError("MetaLearner: the model's layers do not run as a chain (model(x) is "
-                            "not its layers applied in order); use a Sequential or a model whose "
-                            "call applies its layers in order")
+            raise TypeError(
+                "MetaLearner: the model's layers do not run as a chain (model(x) is "
+                "not its layers applied in order); use a Sequential or a model whose "
+                "call applies its layers in order"
+            )
         weights = self.model.trainable_weights
         ids = [id(w) for w in weights]
         self._head = head
@@ -313,14 +342,17 @@ class MetaLearner:
         if self.n_way is None:
             self.n_way = out_units
         elif self.n_way != out_units:
-            raise ValueError(f"MetaLearner: n_way={self.n_way} but the model has {out_units} outputs")
+            raise ValueError(
+                f"MetaLearner: n_way={self.n_way} but the model has {out_units} outputs"
+            )
         self.support_size = int(len(single.support_y))
         self.input_shape = tuple(int(d) for d in sx.shape[1:])
         if self.center is None:
             self.center = np.zeros(self.embedding_size, np.float32)
         if self.memory is None:
-            self.memory = KnowledgeMemory(self.memory_capacity, self.embedding_size,
-                                          self.payload_size, seed=self.seed)
+            self.memory = KnowledgeMemory(
+                self.memory_capacity, self.embedding_size, self.payload_size, seed=self.seed
+            )
 
     @property
     def payload_size(self):
@@ -338,8 +370,9 @@ class MetaLearner:
                 raise ValueError("MetaLearner: support labels must be class ids")
         sy = sy.astype(np.int64)
         if self.n_way is not None and (sy.min() < 0 or sy.max() >= self.n_way):
-            raise ValueError(f"MetaLearner: labels must be in 0..{self.n_way - 1}, got "
-                             f"{sy.min()}..{sy.max()}")
+            raise ValueError(
+                f"MetaLearner: labels must be in 0..{self.n_way - 1}, got {sy.min()}..{sy.max()}"
+            )
         return sx, sy
 
     def embed(self, x):
@@ -384,18 +417,31 @@ class MetaLearner:
         if self._center_count == 0:
             self.center = m
         else:
-            self.center = (self.center_momentum * self.center
-                           + (1 - self.center_momentum) * m).astype(np.float32)
+            self.center = (
+                self.center_momentum * self.center + (1 - self.center_momentum) * m
+            ).astype(np.float32)
         self._center_count += 1
 
     # ------------------------------------------------------------ predictor
     #: names of the task statistics joined to the predictor's features, in order
-    STATISTICS = ("support_loss_before", "support_loss_after", "support_loss_drop",
-                  "support_accuracy_after", "support_margin_after", "support_entropy_after",
-                  "prototype_cosine_mean", "prototype_cosine_max", "prototype_cosine_min",
-                  "prototype_raw_cosine_mean", "prototype_raw_cosine_max",
-                  "prototype_raw_cosine_min", "prototype_distance_mean",
-                  "prototype_distance_min", "within_class_spread", "centred_norm")
+    STATISTICS = (
+        "support_loss_before",
+        "support_loss_after",
+        "support_loss_drop",
+        "support_accuracy_after",
+        "support_margin_after",
+        "support_entropy_after",
+        "prototype_cosine_mean",
+        "prototype_cosine_max",
+        "prototype_cosine_min",
+        "prototype_raw_cosine_mean",
+        "prototype_raw_cosine_max",
+        "prototype_raw_cosine_min",
+        "prototype_distance_mean",
+        "prototype_distance_min",
+        "within_class_spread",
+        "centred_norm",
+    )
 
     @property
     def feature_size(self):
@@ -440,6 +486,7 @@ class MetaLearner:
         def log_softmax(z):
             z = z - z.max(1, keepdims=True)
             return z - np.log(np.exp(z).sum(1, keepdims=True))
+
         lp0, lp1 = log_softmax(before), log_softmax(after)
         loss0, loss1 = float(-lp0[rows, sy].mean()), float(-lp1[rows, sy].mean())
         wrong = np.where(np.eye(after.shape[1], dtype=bool)[sy], -np.inf, after)
@@ -452,18 +499,36 @@ class MetaLearner:
         raw = np.stack([emb[sy == c].mean(0) for c in classes])
         centred = raw - self.center
         scale = max(float(np.linalg.norm(emb, axis=1).mean()), 1e-6)
-        spread = float(np.mean(np.linalg.norm(emb - raw[np.searchsorted(classes, sy)], axis=1))) / scale
+        spread = (
+            float(np.mean(np.linalg.norm(emb - raw[np.searchsorted(classes, sy)], axis=1))) / scale
+        )
 
         def off_diagonal(a):
             return a[~np.eye(len(a), dtype=bool)] if len(a) > 1 else np.zeros(1)
+
         cos_c = off_diagonal(_normalize(centred).astype(np.float64) @ _normalize(centred).T)
         cos_r = off_diagonal(_normalize(raw).astype(np.float64) @ _normalize(raw).T)
         dist = off_diagonal(np.linalg.norm(raw[:, None] - raw[None], axis=-1)) / scale
         centre_norm = max(float(np.linalg.norm(self.center)), 1e-6)
         cnorm = float(np.linalg.norm(emb - self.center, axis=1).mean()) / centre_norm
-        stats = [loss0, loss1, loss0 - loss1, acc, margin, entropy,
-                 cos_c.mean(), cos_c.max(), cos_c.min(), cos_r.mean(), cos_r.max(), cos_r.min(),
-                 dist.mean(), dist.min(), spread, cnorm]
+        stats = [
+            loss0,
+            loss1,
+            loss0 - loss1,
+            acc,
+            margin,
+            entropy,
+            cos_c.mean(),
+            cos_c.max(),
+            cos_c.min(),
+            cos_r.mean(),
+            cos_r.max(),
+            cos_r.min(),
+            dist.mean(),
+            dist.min(),
+            spread,
+            cnorm,
+        ]
         return np.clip(np.nan_to_num(np.asarray(stats, np.float64)), -10.0, 10.0).astype(np.float32)
 
     def task_features(self, support_x, support_y, fast=None):
@@ -493,8 +558,10 @@ class MetaLearner:
         self._require_built(support_x, support_y)
         sx, sy = self._check_support(support_x, support_y)
         if len(sy) != self.support_size:
-            raise ValueError(f"predict_performance: the predictor was trained on support sets of "
-                             f"{self.support_size} examples, got {len(sy)}")
+            raise ValueError(
+                f"predict_performance: the predictor was trained on support sets of "
+                f"{self.support_size} examples, got {len(sy)}"
+            )
         feats, labels = self.task_features(sx, sy)
         return float(np.clip(self._predict_raw(feats, labels)[0], 0.0, 1.0))
 
@@ -502,7 +569,7 @@ class MetaLearner:
         """Randomly reorders the examples and renumbers the classes of feature pairs (the
         Gram part of the features is permuted; the statistics are invariant)."""
         b, n = features.shape[0], self.support_size
-        gram = features[:, :n * n].reshape(b, n, n)
+        gram = features[:, : n * n].reshape(b, n, n)
         g = np.empty_like(gram)
         lab = labels.reshape(b, n, self.n_way)
         out = np.empty_like(lab)
@@ -511,11 +578,14 @@ class MetaLearner:
             c = self._rng.permutation(self.n_way)
             g[i] = gram[i][np.ix_(p, p)]
             out[i] = lab[i][p][:, c]
-        return (np.concatenate([g.reshape(b, -1), features[:, n * n:]], 1).astype(np.float32),
-                out.reshape(b, -1))
+        return (
+            np.concatenate([g.reshape(b, -1), features[:, n * n :]], 1).astype(np.float32),
+            out.reshape(b, -1),
+        )
 
     def _predictor_step(self, features, labels, target):
         from metalearn.tape import GradientTape
+
         features, labels = self._augment(features, labels)
         t = np.asarray(target, np.float32).reshape(-1, 1)
         with GradientTape() as tape:
@@ -532,8 +602,11 @@ class MetaLearner:
         if not self._buffer_t:
             raise ValueError("train_predictor: no tasks seen yet; call fit first")
         batch_size = self.predictor_batch if batch_size is None else int(batch_size)
-        gx, lx, tx = (np.stack(self._buffer_x), np.stack(self._buffer_l),
-                      np.asarray(self._buffer_t, np.float32))
+        gx, lx, tx = (
+            np.stack(self._buffer_x),
+            np.stack(self._buffer_l),
+            np.asarray(self._buffer_t, np.float32),
+        )
         losses = []
         for _ in range(int(steps)):
             i = self._rng.integers(0, len(tx), min(batch_size, len(tx)))
@@ -542,27 +615,32 @@ class MetaLearner:
 
     # --------------------------------------------------------------- memory
     def _head_values(self):
-        return [np.array(self.model.trainable_weights[i], np.float32, copy=True)
-                for i in self._head_index]
+        return [
+            np.array(self.model.trainable_weights[i], np.float32, copy=True)
+            for i in self._head_index
+        ]
 
     def _pack(self, delta, protos, acc):
         h, n = self.head_inputs, self.n_way
         dk = np.asarray(delta[0], np.float32).reshape(h, n)
-        db = (np.asarray(delta[1], np.float32).reshape(n) if len(delta) > 1
-              else np.zeros(n, np.float32))
-        return np.concatenate([dk.reshape(-1), db, protos.reshape(-1), [np.float32(acc)]]
-                              ).astype(np.float32)
+        db = (
+            np.asarray(delta[1], np.float32).reshape(n)
+            if len(delta) > 1
+            else np.zeros(n, np.float32)
+        )
+        return np.concatenate([dk.reshape(-1), db, protos.reshape(-1), [np.float32(acc)]]).astype(
+            np.float32
+        )
 
     def _unpack(self, payload):
         h, e, n = self.head_inputs, self.embedding_size, self.n_way
         p = np.asarray(payload, np.float32)
-        dk = p[:h * n].reshape(h, n)
-        db = p[h * n:h * n + n]
-        protos = p[h * n + n:h * n + n + n * e].reshape(n, e)
+        dk = p[: h * n].reshape(h, n)
+        db = p[h * n : h * n + n]
+        protos = p[h * n + n : h * n + n + n * e].reshape(n, e)
         return dk, db, protos, float(p[-1])
 
-    def remember(self, support_x, support_y, query_x=None, query_y=None, accuracy=None,
-                 info=None):
+    def remember(self, support_x, support_y, query_x=None, query_y=None, accuracy=None, info=None):
         """Stores one task's knowledge in the memory (what ``fit`` does for every task).
 
         The head alone is adapted (gradient descent on the cross-entropy of its logits,
@@ -589,21 +667,28 @@ class MetaLearner:
             kx, ky = sx, sy
         delta = self._head_knowledge(kx, ky)
         task_id = self.tasks_stored
-        self.memory.update(key[None], [task_id], self._pack(delta, protos,
-                                                            np.nan if accuracy is None else accuracy)[None])
+        self.memory.update(
+            key[None],
+            [task_id],
+            self._pack(delta, protos, np.nan if accuracy is None else accuracy)[None],
+        )
         self.tasks_stored += 1
         if info:
             self.task_info[task_id] = dict(info)
             old = task_id - self.memory_capacity
             self.task_info.pop(old, None)
         index = int(self.memory.query(key[None], 1)[0][0, 0])
-        return {"task_id": task_id, "index": index,
-                "accuracy": None if accuracy is None else float(accuracy)}
+        return {
+            "task_id": task_id,
+            "index": index,
+            "accuracy": None if accuracy is None else float(accuracy),
+        }
 
     def _run(self, weights, x):
         """The learner's output with `weights` (all trainable weights) on x."""
-        return functional_call(self.model, weights, to_tensor(np.asarray(x, np.float32)),
-                               training=True)
+        return functional_call(
+            self.model, weights, to_tensor(np.asarray(x, np.float32)), training=True
+        )
 
     def _body_features(self, x):
         """The head's input for x, with the meta-weights (the learner's body)."""
@@ -666,10 +751,16 @@ class MetaLearner:
             perm, score = _greedy_match(m)
             score = score * self.n_way / max(1, present.sum())
             if best is None or score > best["class_similarity"]:
-                best = {"index": int(idx[0, j]), "task_id": int(lab[0, j]),
-                        "similarity": float(sim[0, j]), "class_similarity": float(score),
-                        "permutation": perm, "accuracy": acc, "kernel_delta": dk,
-                        "bias_delta": db}
+                best = {
+                    "index": int(idx[0, j]),
+                    "task_id": int(lab[0, j]),
+                    "similarity": float(sim[0, j]),
+                    "class_similarity": float(score),
+                    "permutation": perm,
+                    "accuracy": acc,
+                    "kernel_delta": dk,
+                    "bias_delta": db,
+                }
         best["warm_start"] = best["class_similarity"] >= self.warm_start_threshold
         return best
 
@@ -756,8 +847,13 @@ class MetaLearner:
         iterations, meta_batch_size = int(iterations), int(meta_batch_size)
         if iterations < 0 or meta_batch_size < 1:
             raise ValueError("fit: iterations must be >= 0 and meta_batch_size >= 1")
-        history = {"loss": [], "accuracy": [], "task_accuracy": [], "predictor_loss": [],
-                   "memory_size": []}
+        history = {
+            "loss": [],
+            "accuracy": [],
+            "task_accuracy": [],
+            "predictor_loss": [],
+            "memory_size": [],
+        }
         progress = _Progress(iterations, verbose)
         alg = self.algorithm
         for it in range(iterations):
@@ -774,8 +870,10 @@ class MetaLearner:
             for t in singles:
                 sx, sy = self._check_support(t.support_x, t.support_y)
                 if len(sy) != self.support_size:
-                    raise ValueError(f"fit: support sets must all have {self.support_size} "
-                                     f"examples, got {len(sy)}")
+                    raise ValueError(
+                        f"fit: support sets must all have {self.support_size} "
+                        f"examples, got {len(sy)}"
+                    )
                 fast = alg.adapted_weights(sx, sy, self.inner_steps)
                 with _core_no_grad():
                     acc = _accuracy(self._run(fast, t.query_x), t.query_y)
@@ -805,23 +903,31 @@ class MetaLearner:
             history["task_accuracy"].append(float(np.mean(accs)))
             history["predictor_loss"].append(ploss)
             history["memory_size"].append(int(self.memory.size))
-            progress.update(it + 1, {"loss": loss, "accuracy": float(np.mean(accs)),
-                                     "predictor_loss": ploss})
+            progress.update(
+                it + 1, {"loss": loss, "accuracy": float(np.mean(accs)), "predictor_loss": ploss}
+            )
         self.history = history
         return history
 
     # ------------------------------------------------------------ save/load
     def get_config(self):
-        return {"n_way": self.n_way, "algorithm": self.algorithm_name,
-                "hidden_units": self.hidden_units, "inner_lr": getattr(self.algorithm, "inner_lr",
-                                                                       self.inner_lr),
-                "inner_steps": self.inner_steps, "meta_lr": self.meta_lr,
-                "memory_capacity": self.memory_capacity, "recall_k": self.recall_k,
-                "warm_start_threshold": self.warm_start_threshold,
-                "knowledge_steps": self.knowledge_steps,
-                "predictor_hidden_units": getattr(self.predictor, "hidden_units", 128),
-                "predictor_lr": self.predictor_lr, "predictor_buffer": self.predictor_buffer,
-                "predictor_batch": self.predictor_batch, "seed": self.seed}
+        return {
+            "n_way": self.n_way,
+            "algorithm": self.algorithm_name,
+            "hidden_units": self.hidden_units,
+            "inner_lr": getattr(self.algorithm, "inner_lr", self.inner_lr),
+            "inner_steps": self.inner_steps,
+            "meta_lr": self.meta_lr,
+            "memory_capacity": self.memory_capacity,
+            "recall_k": self.recall_k,
+            "warm_start_threshold": self.warm_start_threshold,
+            "knowledge_steps": self.knowledge_steps,
+            "predictor_hidden_units": getattr(self.predictor, "hidden_units", 128),
+            "predictor_lr": self.predictor_lr,
+            "predictor_buffer": self.predictor_buffer,
+            "predictor_batch": self.predictor_batch,
+            "seed": self.seed,
+        }
 
     def save(self, directory):
         """Saves the system into `directory`: ``config.json``, ``model.weights`` (the
@@ -832,14 +938,19 @@ class MetaLearner:
             raise ValueError("MetaLearner.save: nothing to save before fit (or adapt)")
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        state = {"config": self.get_config(), "support_size": self.support_size,
-                 "input_shape": list(self.input_shape), "tasks_stored": self.tasks_stored,
-                 "custom_model": not isinstance(self.model, AdaptiveNeuralNetwork),
-                 "model_output_activation": getattr(self.model, "output_activation", None),
-                 "center": [float(v) for v in self.center], "center_updates": self._center_count,
-                 "encoder": self.encoder is not None,
-                 "predictor_features": _PREDICTOR_FEATURES,
-                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        state = {
+            "config": self.get_config(),
+            "support_size": self.support_size,
+            "input_shape": list(self.input_shape),
+            "tasks_stored": self.tasks_stored,
+            "custom_model": not isinstance(self.model, AdaptiveNeuralNetwork),
+            "model_output_activation": getattr(self.model, "output_activation", None),
+            "center": [float(v) for v in self.center],
+            "center_updates": self._center_count,
+            "encoder": self.encoder is not None,
+            "predictor_features": _PREDICTOR_FEATURES,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         self.model.save_weights(str(d / "model.weights"))
         self._build_predictor()
         self.predictor.save_weights(str(d / "predictor.weights"))
@@ -848,9 +959,11 @@ class MetaLearner:
             self.encoder.save_weights(str(d / "encoder.weights"))
         lrs = getattr(self.algorithm, "learning_rates", None)
         if lrs:
-            _core.save_tensors(str(d / "learning_rates.weights"),
-                               [f"alpha/{i}" for i in range(len(lrs))],
-                               [to_tensor(np.asarray(a)) for a in lrs])
+            _core.save_tensors(
+                str(d / "learning_rates.weights"),
+                [f"alpha/{i}" for i in range(len(lrs))],
+                [to_tensor(np.asarray(a)) for a in lrs],
+            )
         # written as the weight files are: a unique temporary file, fsync, rename (two
         # saves into one directory at once do not share a temporary name)
         _core.write_file(str(d / "config.json"), json.dumps(state, indent=1).encode())
@@ -874,21 +987,29 @@ class MetaLearner:
         except FileNotFoundError:
             raise FileNotFoundError(f"MetaLearner.load: {d / 'config.json'} not found") from None
         if state.get("predictor_features") != _PREDICTOR_FEATURES:
-            raise ValueError(f"MetaLearner.load: {d} was saved by a version of metalearn whose "
-                             f"predictor takes other features ({state.get('predictor_features')!r}, "
-                             f"this one {_PREDICTOR_FEATURES!r})")
+            raise ValueError(
+                f"MetaLearner.load: {d} was saved by a version of metalearn whose "
+                f"predictor takes other features ({state.get('predictor_features')!r}, "
+                f"this one {_PREDICTOR_FEATURES!r})"
+            )
         cfg = dict(state["config"])
         hidden = cfg.pop("predictor_hidden_units", 128)
         if model is None:
             if state.get("custom_model"):
-                raise ValueError("MetaLearner.load: the system was saved with a custom model; pass "
-                                 "model=... (same architecture)")
-            model = AdaptiveNeuralNetwork(cfg["n_way"], hidden_units=cfg["hidden_units"],
-                                          output_activation=state.get("model_output_activation")
-                                          or "linear")
+                raise ValueError(
+                    "MetaLearner.load: the system was saved with a custom model; pass "
+                    "model=... (same architecture)"
+                )
+            model = AdaptiveNeuralNetwork(
+                cfg["n_way"],
+                hidden_units=cfg["hidden_units"],
+                output_activation=state.get("model_output_activation") or "linear",
+            )
         if state.get("encoder") and encoder is None:
-            raise ValueError("MetaLearner.load: the system was saved with an encoder; pass "
-                             "encoder=... (same architecture)")
+            raise ValueError(
+                "MetaLearner.load: the system was saved with an encoder; pass "
+                "encoder=... (same architecture)"
+            )
         system = cls(model=model, predictor=MetaLearningNetwork(hidden), encoder=encoder, **cfg)
         shape = (state["support_size"],) + tuple(state["input_shape"])
         sx = np.zeros(shape, np.float32)
@@ -912,6 +1033,8 @@ class MetaLearner:
         return system
 
     def __repr__(self):
-        return (f"<MetaLearner algorithm={self.algorithm_name} n_way={self.n_way} "
-                f"memory={self.memory.size if self.memory is not None else 0}/"
-                f"{self.memory_capacity}>")
+        return (
+            f"<MetaLearner algorithm={self.algorithm_name} n_way={self.n_way} "
+            f"memory={self.memory.size if self.memory is not None else 0}/"
+            f"{self.memory_capacity}>"
+        )

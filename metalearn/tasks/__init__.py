@@ -13,6 +13,7 @@ Both return :class:`Task` tuples (``support_x, support_y, query_x, query_y``);
 task axis. Sampling uses a ``numpy.random.Generator`` seeded by ``seed``: two samplers
 with the same seed give the same tasks.
 """
+
 from .base import Task
 from .classification import NWayKShot
 from .regression import Sinusoid

@@ -1,4 +1,5 @@
 """The task tuple shared by every sampler."""
+
 from collections import namedtuple
 from typing import Any, List, Optional, Union
 
@@ -20,8 +21,9 @@ class Task(namedtuple("Task", ["support_x", "support_y", "query_x", "query_y"]))
     classes and rotations of an N-way task), for plots and checks.
     """
 
-    def __new__(cls, support_x: Any, support_y: Any, query_x: Any, query_y: Any,
-                info: Optional[dict] = None) -> "Task":
+    def __new__(
+        cls, support_x: Any, support_y: Any, query_x: Any, query_y: Any, info: Optional[dict] = None
+    ) -> "Task":
         self = super().__new__(cls, support_x, support_y, query_x, query_y)
         self.info = {} if info is None else info
         return self
@@ -38,8 +40,11 @@ class Task(namedtuple("Task", ["support_x", "support_y", "query_x", "query_y"]))
         """Task `i` of a batch, as a single Task."""
         if not self.is_batch:
             raise ValueError("Task.task(i): this is a single task, not a batch")
-        info = {k: (v[i] if isinstance(v, np.ndarray) and v.ndim and k != "batched" else v)
-                for k, v in self.info.items() if k != "batched"}
+        info = {
+            k: (v[i] if isinstance(v, np.ndarray) and v.ndim and k != "batched" else v)
+            for k, v in self.info.items()
+            if k != "batched"
+        }
         return Task(self.support_x[i], self.support_y[i], self.query_x[i], self.query_y[i], info)
 
     def tasks(self) -> List["Task"]:
@@ -54,4 +59,3 @@ def as_generator(seed: Union[int, np.random.Generator, None]) -> np.random.Gener
     if isinstance(seed, np.random.Generator):
         return seed
     return np.random.default_rng(seed)
-

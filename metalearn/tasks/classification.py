@@ -1,6 +1,7 @@
 """N-way K-shot classification episodes over a labelled array dataset
 (Vinyals et al. 2016, "Matching Networks for One Shot Learning"; Santoro et al. 2016,
 "Meta-Learning with Memory-Augmented Neural Networks")."""
+
 from typing import Any, Iterator, Union
 
 import numpy as np
@@ -41,9 +42,15 @@ class NWayKShot:
             ``k_shot + q_queries`` examples.
     """
 
-    def __init__(self, dataset: Any, n_way: int = 5, k_shot: int = 1, q_queries: int = 15,
-                 augment_rotations: bool = True,
-                 seed: Union[int, np.random.Generator, None] = None) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        n_way: int = 5,
+        k_shot: int = 1,
+        q_queries: int = 15,
+        augment_rotations: bool = True,
+        seed: Union[int, np.random.Generator, None] = None,
+    ) -> None:
         if isinstance(dataset, (tuple, list)) and len(dataset) >= 2:
             x, y = dataset[0], dataset[1]
         elif hasattr(dataset, "x") and hasattr(dataset, "y"):
@@ -60,36 +67,46 @@ class NWayKShot:
             y = y.astype(np.int64)
         self.n_way, self.k_shot, self.q_queries = int(n_way), int(k_shot), int(q_queries)
         if self.n_way < 1 or self.k_shot < 1 or self.q_queries < 0:
-            raise ValueError(f"NWayKShot: need n_way >= 1, k_shot >= 1, q_queries >= 0; got "
-                             f"{n_way}, {k_shot}, {q_queries}")
+            raise ValueError(
+                f"NWayKShot: need n_way >= 1, k_shot >= 1, q_queries >= 0; got "
+                f"{n_way}, {k_shot}, {q_queries}"
+            )
         self.augment_rotations = bool(augment_rotations)
         if self.augment_rotations and (x.ndim < 3 or x.shape[1] != x.shape[2]):
-            raise ValueError(f"NWayKShot: rotations need square images (N, H, H[, C]), got {x.shape}")
+            raise ValueError(
+                f"NWayKShot: rotations need square images (N, H, H[, C]), got {x.shape}"
+            )
         self.x, self.y = x, y
         self._x_tensor = None  # x as a core tensor (shared memory), made on first use
         self.classes, inverse = np.unique(y, return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         counts = np.bincount(inverse, minlength=len(self.classes))
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        self._members = [order[s:s + c] for s, c in zip(starts, counts)]
+        self._members = [order[s : s + c] for s, c in zip(starts, counts)]
         # every class the same size (Omniglot: 20 drawers): a (classes, count) table lets
         # sample_batch draw a whole meta-batch with one gather
-        self._member_table = (np.stack(self._members) if counts.min() == counts.max() else None)
+        self._member_table = np.stack(self._members) if counts.min() == counts.max() else None
         need = self.k_shot + self.q_queries
         if counts.min() < need:
             bad = int(self.classes[np.argmin(counts)])
-            raise ValueError(f"NWayKShot: class {bad} has {counts.min()} examples; k_shot + q_queries "
-                             f"= {need} are needed per class")
+            raise ValueError(
+                f"NWayKShot: class {bad} has {counts.min()} examples; k_shot + q_queries "
+                f"= {need} are needed per class"
+            )
         self.num_rotations = 4 if self.augment_rotations else 1
         self.num_classes = len(self.classes) * self.num_rotations
         if self.num_classes < self.n_way:
-            raise ValueError(f"NWayKShot: {self.num_classes} classes, fewer than n_way={self.n_way}")
+            raise ValueError(
+                f"NWayKShot: {self.num_classes} classes, fewer than n_way={self.n_way}"
+            )
         self.seed = seed
         self.rng = as_generator(seed)
 
     def __repr__(self):
-        return (f"NWayKShot(n_way={self.n_way}, k_shot={self.k_shot}, q_queries={self.q_queries}, "
-                f"classes={self.num_classes}, augment_rotations={self.augment_rotations})")
+        return (
+            f"NWayKShot(n_way={self.n_way}, k_shot={self.k_shot}, q_queries={self.q_queries}, "
+            f"classes={self.num_classes}, augment_rotations={self.augment_rotations})"
+        )
 
     def _episode(self):
         r = self.rng
@@ -108,8 +125,14 @@ class NWayKShot:
         labels = np.arange(self.n_way, dtype=np.int64)
         support_x = np.ascontiguousarray(np.concatenate(sx))
         query_x = np.ascontiguousarray(np.concatenate(qx))
-        return (support_x, np.repeat(labels, k), query_x, np.repeat(labels, q),
-                self.classes[base], rot.astype(np.int64))
+        return (
+            support_x,
+            np.repeat(labels, k),
+            query_x,
+            np.repeat(labels, q),
+            self.classes[base],
+            rot.astype(np.int64),
+        )
 
     def sample(self) -> Task:
         """One episode (see the class docstring for shapes)."""
@@ -122,10 +145,16 @@ class NWayKShot:
         megabytes, and a fresh NumPy array each step meant fresh pages from the kernel
         (zeroed on first touch) every step; pooled blocks are reused instead."""
         x = self.x
-        if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous
-                and x.ndim <= 4 and idx.size):
+        if not (
+            isinstance(x, np.ndarray)
+            and x.dtype == np.float32
+            and x.flags.c_contiguous
+            and x.ndim <= 4
+            and idx.size
+        ):
             return x[idx]
         from .. import _core
+
         if self._x_tensor is None:
             self._x_tensor = _core.as_tensor(x)  # shares x's memory
         out = np.asarray(_core.gather(self._x_tensor, idx.reshape(-1)))
@@ -139,16 +168,21 @@ class NWayKShot:
         if self._member_table is None:
             eps = [self._episode() for _ in range(b)]
             stack = lambda i: np.stack([e[i] for e in eps])  # noqa: E731
-            return Task(stack(0), stack(1), stack(2), stack(3),
-                        {"batched": True, "classes": stack(4), "rotations": stack(5)})
+            return Task(
+                stack(0),
+                stack(1),
+                stack(2),
+                stack(3),
+                {"batched": True, "classes": stack(4), "rotations": stack(5)},
+            )
         r = self.rng
         n, k, q = self.n_way, self.k_shot, self.q_queries
         picks = np.stack([r.choice(self.num_classes, n, replace=False) for _ in range(b)])
         base, rot = picks // self.num_rotations, picks % self.num_rotations
-        members = self._member_table[base]                                # (b, n, count)
+        members = self._member_table[base]  # (b, n, count)
         # k + q distinct members per class: the first of a random permutation of each row
-        order = np.argsort(r.random(members.shape), axis=-1)[..., :k + q]
-        idx = np.take_along_axis(members, order, axis=-1)                # (b, n, k+q)
+        order = np.argsort(r.random(members.shape), axis=-1)[..., : k + q]
+        idx = np.take_along_axis(members, order, axis=-1)  # (b, n, k+q)
         tail = self.x.shape[1:]
         # gathered straight into the final layout: (b, n*k) support, (b, n*q) queries
         support_x = self._gather(idx[:, :, :k].reshape(b, n * k))
@@ -157,12 +191,16 @@ class NWayKShot:
             sel = rot == rt
             if sel.any():
                 for arr, m in ((support_x, k), (query_x, q)):
-                    view = arr.reshape((b, n, m) + tail)   # a view: arr is contiguous
+                    view = arr.reshape((b, n, m) + tail)  # a view: arr is contiguous
                     view[sel] = np.rot90(view[sel], rt, axes=(2, 3))
         labels = np.arange(n, dtype=np.int64)
-        return Task(support_x, np.broadcast_to(np.repeat(labels, k), (b, n * k)).copy(),
-                    query_x, np.broadcast_to(np.repeat(labels, q), (b, n * q)).copy(),
-                    {"batched": True, "classes": self.classes[base], "rotations": rot.astype(np.int64)})
+        return Task(
+            support_x,
+            np.broadcast_to(np.repeat(labels, k), (b, n * k)).copy(),
+            query_x,
+            np.broadcast_to(np.repeat(labels, q), (b, n * q)).copy(),
+            {"batched": True, "classes": self.classes[base], "rotations": rot.astype(np.int64)},
+        )
 
     def __iter__(self) -> Iterator[Task]:
         while True:

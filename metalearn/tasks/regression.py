@@ -1,5 +1,6 @@
 """Sinusoid regression tasks (Finn, Abbeel & Levine 2017, "Model-Agnostic
 Meta-Learning for Fast Adaptation of Deep Networks", §5.1)."""
+
 import math
 from typing import Any, Iterator, Tuple, Union
 
@@ -32,18 +33,26 @@ class Sinusoid:
         ``task.info`` holds ``amplitude`` and ``phase``.
     """
 
-    def __init__(self, k_shot: int = 10, q_queries: int = 10,
-                 amplitude: Tuple[float, float] = (0.1, 5.0),
-                 phase: Tuple[float, float] = (0.0, math.pi),
-                 x_range: Tuple[float, float] = (-5.0, 5.0),
-                 seed: Union[int, np.random.Generator, None] = None) -> None:
+    def __init__(
+        self,
+        k_shot: int = 10,
+        q_queries: int = 10,
+        amplitude: Tuple[float, float] = (0.1, 5.0),
+        phase: Tuple[float, float] = (0.0, math.pi),
+        x_range: Tuple[float, float] = (-5.0, 5.0),
+        seed: Union[int, np.random.Generator, None] = None,
+    ) -> None:
         k_shot, q_queries = int(k_shot), int(q_queries)
         if k_shot < 1 or q_queries < 0:
-            raise ValueError(f"Sinusoid: k_shot must be >= 1 and q_queries >= 0, got "
-                             f"k_shot={k_shot}, q_queries={q_queries}")
+            raise ValueError(
+                f"Sinusoid: k_shot must be >= 1 and q_queries >= 0, got "
+                f"k_shot={k_shot}, q_queries={q_queries}"
+            )
         for name, rng in (("amplitude", amplitude), ("phase", phase), ("x_range", x_range)):
             if len(rng) != 2 or rng[0] > rng[1]:
-                raise ValueError(f"Sinusoid: {name} must be (low, high) with low <= high, got {rng!r}")
+                raise ValueError(
+                    f"Sinusoid: {name} must be (low, high) with low <= high, got {rng!r}"
+                )
         self.k_shot, self.q_queries = k_shot, q_queries
         self.amplitude = tuple(float(a) for a in amplitude)
         self.phase = tuple(float(p) for p in phase)
@@ -52,13 +61,17 @@ class Sinusoid:
         self.rng = as_generator(seed)
 
     def __repr__(self):
-        return (f"Sinusoid(k_shot={self.k_shot}, q_queries={self.q_queries}, "
-                f"amplitude={self.amplitude}, phase={self.phase}, x_range={self.x_range})")
+        return (
+            f"Sinusoid(k_shot={self.k_shot}, q_queries={self.q_queries}, "
+            f"amplitude={self.amplitude}, phase={self.phase}, x_range={self.x_range})"
+        )
 
     @staticmethod
     def function(x: Any, amplitude: Any, phase: Any) -> np.ndarray:
         """The task's function ``amplitude * sin(x - phase)`` (float32)."""
-        return (np.asarray(amplitude) * np.sin(np.asarray(x) - np.asarray(phase))).astype(np.float32)
+        return (np.asarray(amplitude) * np.sin(np.asarray(x) - np.asarray(phase))).astype(
+            np.float32
+        )
 
     def sample_batch(self, meta_batch_size: int) -> Task:
         """`meta_batch_size` tasks: arrays of shape ``(B, k_shot, 1)`` and ``(B, q_queries, 1)``."""
@@ -74,7 +87,8 @@ class Sinusoid:
         bits = self.rng.bit_generator
         with bits.lock:
             sx, sy, qx, qy, amp32, ph32 = _core.sinusoid_batch(
-                bits, b, self.k_shot, self.q_queries, *self.amplitude, *self.phase, *self.x_range)
+                bits, b, self.k_shot, self.q_queries, *self.amplitude, *self.phase, *self.x_range
+            )
         return Task(sx, sy, qx, qy, {"batched": True, "amplitude": amp32, "phase": ph32})
 
     def sample(self) -> Task:

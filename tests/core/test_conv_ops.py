@@ -8,6 +8,7 @@
   gradient, grad-of-grad and the backward's own backward (jvp);
 * errors name the shapes and change nothing.
 """
+
 import json
 
 import numpy as np
@@ -43,11 +44,11 @@ def conv_np(x, k, b=None, strides=1, padding="valid"):
     OH, pt, pb = _pads(H, KH, sh, padding)
     OW, pl, pr = _pads(W, KW, sw, padding)
     xp = np.zeros((N, H + pt + pb, W + pl + pr, C))
-    xp[:, pt:pt + H, pl:pl + W] = x
+    xp[:, pt : pt + H, pl : pl + W] = x
     y = np.zeros((N, OH, OW, Fo))
     for i in range(OH):
         for j in range(OW):
-            win = xp[:, i * sh:i * sh + KH, j * sw:j * sw + KW, :]
+            win = xp[:, i * sh : i * sh + KH, j * sw : j * sw + KW, :]
             y[:, i, j, :] = np.tensordot(win, k, axes=([1, 2, 3], [0, 1, 2]))
     if b is not None:
         y += np.asarray(b, np.float64)
@@ -65,7 +66,7 @@ def pool_np(x, pool=2, strides=None, padding="valid", kind="max"):
     for i in range(OH):
         for j in range(OW):
             h0, w0 = i * sh - pt, j * sw - pl
-            win = x[:, max(h0, 0):min(h0 + ph, H), max(w0, 0):min(w0 + pw, W), :]
+            win = x[:, max(h0, 0) : min(h0 + ph, H), max(w0, 0) : min(w0 + pw, W), :]
             y[:, i, j, :] = win.max(axis=(1, 2)) if kind == "max" else win.mean(axis=(1, 2))
     return y
 
@@ -112,8 +113,12 @@ def test_conv2d_forward(xs, ks, s, pad):
     assert y.shape == ref.shape
     np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-4, atol=1e-4 * max(1, np.abs(ref).max()))
     y2 = _core.conv2d(x, k, strides=s, padding=pad)
-    np.testing.assert_allclose(np.asarray(y2), conv_np(x, k, None, s, pad), rtol=1e-4,
-                               atol=1e-4 * max(1, np.abs(ref).max()))
+    np.testing.assert_allclose(
+        np.asarray(y2),
+        conv_np(x, k, None, s, pad),
+        rtol=1e-4,
+        atol=1e-4 * max(1, np.abs(ref).max()),
+    )
 
 
 def test_conv2d_large_batch_chunks():
@@ -157,14 +162,15 @@ def test_pool_forward(kind, xs, p, s, pad):
 def test_pool_defaults():
     x = N(_rng(4), 1, 4, 4, 1)
     np.testing.assert_allclose(np.asarray(_core.max_pool2d(x)), pool_np(x, 2), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(_core.avg_pool2d(x)), pool_np(x, 2, kind="avg"),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(_core.avg_pool2d(x)), pool_np(x, 2, kind="avg"), rtol=1e-6
+    )
 
 
 def test_avg_pool_same_counts_only_valid():
     x = np.ones((1, 3, 3, 1), F32)
     y = np.asarray(_core.avg_pool2d(x, 2, 1, "same"))
-    np.testing.assert_array_equal(y, np.ones((1, 3, 3, 1)))   # no zeros averaged in
+    np.testing.assert_array_equal(y, np.ones((1, 3, 3, 1)))  # no zeros averaged in
 
 
 def test_max_pool_ties_first_max():
@@ -183,8 +189,9 @@ def test_global_avg_pool():
     x = N(_rng(5), 2, 4, 3, 5)
     np.testing.assert_allclose(np.asarray(_core.global_avg_pool2d(x)), x.mean((1, 2)), rtol=1e-5)
     assert _core.global_avg_pool2d(x, keepdims=True).shape == (2, 1, 1, 5)
-    np.testing.assert_allclose(np.asarray(ml.reduce_mean(ml.tensor(x), axis=(1, 2))),
-                               x.mean((1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(ml.reduce_mean(ml.tensor(x), axis=(1, 2))), x.mean((1, 2)), rtol=1e-5
+    )
 
 
 def test_batch_norm_training_forward_and_moving_update():
@@ -194,7 +201,7 @@ def test_batch_norm_training_forward_and_moving_update():
     mm0, mv0 = N(rng, 2), np.abs(N(rng, 2)) + 0.5
     mm, mv = ml.tensor(mm0), ml.tensor(mv0)
     v0 = mm._version
-    y = _core.batch_norm(x, gamma, beta, mm, mv, True)
+    y = _core.batch_norm(x, gamma, beta, mm, mv, training=True)
     ref, m, v = bn_np(x, gamma, beta)
     np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(mm), mm0 * 0.99 + m * 0.01, rtol=1e-5, atol=1e-6)
@@ -202,7 +209,7 @@ def test_batch_norm_training_forward_and_moving_update():
     assert mm._version > v0
     # momentum and epsilon
     mm2 = ml.tensor(mm0)
-    y = _core.batch_norm(x, gamma, beta, mm2, None, True, momentum=0.5, epsilon=0.1)
+    y = _core.batch_norm(x, gamma, beta, mm2, None, training=True, momentum=0.5, epsilon=0.1)
     np.testing.assert_allclose(np.asarray(y), bn_np(x, gamma, beta, 0.1)[0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(mm2), mm0 * 0.5 + m * 0.5, rtol=1e-5, atol=1e-6)
 
@@ -212,18 +219,18 @@ def test_batch_norm_inference_and_2d():
     x = N(rng, 5, 3)
     gamma, beta, mm, mv = N(rng, 3), N(rng, 3), N(rng, 3), np.abs(N(rng, 3)) + 0.5
     mmt, mvt = ml.tensor(mm), ml.tensor(mv)
-    y = _core.batch_norm(x, gamma, beta, mmt, mvt, False)
+    y = _core.batch_norm(x, gamma, beta, mmt, mvt, training=False)
     ref = (x - mm) / np.sqrt(mv.astype(np.float64) + 1e-3) * gamma + beta
     np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(mmt), mm)  # inference updates nothing
-    y = _core.batch_norm(x, gamma, beta, None, None, True)
+    y = _core.batch_norm(x, gamma, beta, None, None, training=True)
     np.testing.assert_allclose(np.asarray(y), bn_np(x, gamma, beta)[0], rtol=1e-4, atol=1e-5)
     # no gamma / beta (scale=False, center=False)
-    y = _core.batch_norm(x, None, None, None, None, True)
+    y = _core.batch_norm(x, None, None, None, None, training=True)
     np.testing.assert_allclose(np.asarray(y), bn_np(x, 1.0, 0.0)[0], rtol=1e-4, atol=1e-5)
     # channels-first axis
     x4 = N(rng, 2, 3, 4, 4)
-    y = _core.batch_norm(x4, N(rng, 3) * 0 + 1, None, None, None, True, axis=1)
+    y = _core.batch_norm(x4, N(rng, 3) * 0 + 1, None, None, None, training=True, axis=1)
     ref = bn_np(np.moveaxis(x4, 1, -1), 1.0, 0.0)[0]
     np.testing.assert_allclose(np.asarray(y), np.moveaxis(ref, -1, 1), rtol=1e-4, atol=1e-5)
 
@@ -243,8 +250,7 @@ GRAD_CONV = [
 def test_conv2d_gradcheck(order, xs, ks, s, pad):
     rng = _rng(10)
     x, k, b = N(rng, *xs), N(rng, *ks, scale=0.5), N(rng, ks[-1])
-    gradcheck(lambda x, k, b: _core.conv2d(x, k, b, strides=s, padding=pad), [x, k, b],
-              order=order)
+    gradcheck(lambda x, k, b: _core.conv2d(x, k, b, strides=s, padding=pad), [x, k, b], order=order)
 
 
 def test_conv2d_third_order():
@@ -275,8 +281,12 @@ def test_batch_norm_gradcheck(order, xs):
     x = N(rng, *xs) * 1.5 + 0.5
     c = xs[-1]
     gamma, beta = N(rng, c) + 1.0, N(rng, c)
-    gradcheck(lambda x, g, b: _core.batch_norm(x, g, b, None, None, True), [x, gamma, beta],
-              order=order, eps=1e-3)
+    gradcheck(
+        lambda x, g, b: _core.batch_norm(x, g, b, None, None, training=True),
+        [x, gamma, beta],
+        order=order,
+        eps=1e-3,
+    )
 
 
 def _bn_grouped_np(x, gamma, beta, eps=1e-3):
@@ -298,8 +308,12 @@ def test_batch_norm_grouped_forward(xs):
     y = _core.batch_norm_grouped(x, gamma, beta)
     np.testing.assert_allclose(np.asarray(y), _bn_grouped_np(x, gamma, beta), rtol=1e-4, atol=1e-5)
     y = _core.batch_norm_grouped(x, None, None, epsilon=0.1)
-    np.testing.assert_allclose(np.asarray(y), _bn_grouped_np(x, np.ones((g, c)), np.zeros((g, c)), 0.1),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(y),
+        _bn_grouped_np(x, np.ones((g, c)), np.zeros((g, c)), 0.1),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("order", [1, 2])
@@ -307,8 +321,9 @@ def test_batch_norm_grouped_gradcheck(order):
     rng = _rng(17)
     x = N(rng, 2, 4, 3) * 1.5 + 0.5
     gamma, beta = N(rng, 2, 3) + 1.0, N(rng, 2, 3)
-    gradcheck(lambda x, g, b: _core.batch_norm_grouped(x, g, b), [x, gamma, beta], order=order,
-              eps=1e-3)
+    gradcheck(
+        lambda x, g, b: _core.batch_norm_grouped(x, g, b), [x, gamma, beta], order=order, eps=1e-3
+    )
 
 
 def test_batch_norm_grouped_first_order_fast_path_and_bad_input():
@@ -349,7 +364,7 @@ def test_batch_norm_grouped_over_threads_equals_one_thread_and_numpy():
             ml.set_num_threads(threads)
             xt, gt, bt = (ml.tensor(a, requires_grad=True) for a in (x, gamma, beta))
             y = _core.batch_norm_grouped(xt, gt, bt)
-            grads = ml.grad(ml.reduce_sum(y * w), [xt, gt, bt])   # the fused C backward
+            grads = ml.grad(ml.reduce_sum(y * w), [xt, gt, bt])  # the fused C backward
             runs.append([np.asarray(y).copy()] + [np.asarray(g).copy() for g in grads])
     finally:
         ml.set_num_threads(prev)
@@ -373,7 +388,7 @@ def test_batch_norm_statistics_survive_values_near_the_float_range():
     big = np.full((32, c), 3e37, np.float32)
     big[::2] = 2.9e37
     for x in (outlier, big):
-        y = _core.batch_norm(ml.tensor(x), None, None, None, None, True, epsilon=1e-3)
+        y = _core.batch_norm(ml.tensor(x), None, None, None, None, training=True, epsilon=1e-3)
         x64 = x.astype(np.float64)
         ref = (x64 - x64.mean(0)) / np.sqrt(x64.var(0) + 1e-3)
         np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-4, atol=1e-4)
@@ -396,7 +411,7 @@ def test_conv_net_second_order():
 
     def net(k1, k2):
         h = _core.conv2d(x, k1, padding="same")
-        h = _core.batch_norm(h, None, None, None, None, True)
+        h = _core.batch_norm(h, None, None, None, None, training=True)
         h = ml.tanh(h)
         h = _core.max_pool2d(h, 2)
         h = _core.conv2d(h, k2, padding="same")
@@ -414,7 +429,7 @@ def _load_fixture_cases():
     cases = []
     for name in sorted({k.split("/")[0] for k in data}):
         pre = name + "/"
-        case = {k[len(pre):]: v for k, v in data.items() if k.startswith(pre)}
+        case = {k[len(pre) :]: v for k, v in data.items() if k.startswith(pre)}
         case["meta"] = json.loads(str(case["meta"]))
         case["id"] = name
         cases.append(case)
@@ -445,8 +460,9 @@ def _run(case):
             return tuple(spec)
         return spec
 
-    out = getattr(_core, meta["op"])(*[res(a) for a in meta["args"]],
-                                     **{k: res(v) for k, v in meta["kwargs"].items()})
+    out = getattr(_core, meta["op"])(
+        *[res(a) for a in meta["args"]], **{k: res(v) for k, v in meta["kwargs"].items()}
+    )
     return ts, out
 
 
@@ -482,8 +498,11 @@ def test_fixture_forward_grad_ggrad(case):
 
 def test_conv2d_errors():
     x = np.zeros((2, 28, 28, 3), F32)
-    with pytest.raises(ValueError, match=r"input has 3 channels but kernel expects 1, got shapes "
-                                         r"\(2, 28, 28, 3\) and \(3, 3, 1, 64\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"input has 3 channels but kernel expects 1, got shapes "
+        r"\(2, 28, 28, 3\) and \(3, 3, 1, 64\)",
+    ):
         _core.conv2d(x, np.zeros((3, 3, 1, 64), F32))
     with pytest.raises(ValueError, match="strides must be positive"):
         _core.conv2d(x, np.zeros((3, 3, 3, 4), F32), strides=0)
@@ -502,8 +521,9 @@ def test_conv2d_errors():
     with pytest.raises(ValueError, match="strides must be an int or a pair"):
         _core.conv2d(x, np.zeros((3, 3, 3, 4), F32), strides=(1, 2, 3))
     # 'same' never gives an empty output
-    assert _core.conv2d(np.zeros((1, 2, 2, 1), F32), np.zeros((5, 5, 1, 1), F32),
-                        padding="same").shape == (1, 2, 2, 1)
+    assert _core.conv2d(
+        np.zeros((1, 2, 2, 1), F32), np.zeros((5, 5, 1, 1), F32), padding="same"
+    ).shape == (1, 2, 2, 1)
 
 
 def test_pool_errors():
@@ -525,17 +545,17 @@ def test_batch_norm_errors_change_nothing():
     mm = ml.tensor(np.zeros(3, F32))
     mv = ml.tensor(np.ones(3, F32))
     with pytest.raises(ValueError, match=r"gamma must have shape \(3,\).*got \(4,\)"):
-        _core.batch_norm(x, np.ones(4, F32), None, mm, mv, True)
+        _core.batch_norm(x, np.ones(4, F32), None, mm, mv, training=True)
     with pytest.raises(ValueError, match=r"moving_variance must have shape \(3,\)"):
-        _core.batch_norm(x, None, None, mm, ml.tensor(np.ones(2, F32)), True)
+        _core.batch_norm(x, None, None, mm, ml.tensor(np.ones(2, F32)), training=True)
     with pytest.raises(ValueError, match="axis 3 is out of range"):
-        _core.batch_norm(x, None, None, mm, mv, True, axis=3)
+        _core.batch_norm(x, None, None, mm, mv, training=True, axis=3)
     with pytest.raises(ValueError, match="inference mode needs"):
-        _core.batch_norm(x, None, None, None, None, False)
+        _core.batch_norm(x, None, None, None, None, training=False)
     with pytest.raises(ValueError, match="at least 2 dimensions"):
-        _core.batch_norm(np.zeros(3, F32), None, None, None, None, True)
+        _core.batch_norm(np.zeros(3, F32), None, None, None, None, training=True)
     with pytest.raises(TypeError, match="updated in place"):
-        _core.batch_norm(x, None, None, np.zeros(3, F32), None, True)
+        _core.batch_norm(x, None, None, np.zeros(3, F32), None, training=True)
     np.testing.assert_array_equal(np.asarray(mm), 0)
     np.testing.assert_array_equal(np.asarray(mv), 1)
 
@@ -554,6 +574,10 @@ def test_max_pool_nan_propagates():
 def test_conv_strides_default_and_list():
     rng = _rng(20)
     x, k = N(rng, 1, 5, 5, 2), N(rng, 3, 3, 2, 2)
-    np.testing.assert_allclose(np.asarray(_core.conv2d(x, k, None, [2, 1], "SAME")),
-                               conv_np(x, k, None, (2, 1), "same"), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(_core.conv2d(x, k, None, [2, 1], "SAME")),
+        conv_np(x, k, None, (2, 1), "same"),
+        rtol=1e-4,
+        atol=1e-5,
+    )
     assert _core.conv2d(x, k, strides=None).shape == (1, 3, 3, 2)

@@ -31,6 +31,7 @@ from tests.helpers import F32, REPO, sinusoid_model
 
 THREADS = (1, 2, 3)
 
+
 # A known bug, seen only in the -O1 build of .ci/sanitize-python.sh (which sets this): an
 def _rng(seed):
     return np.random.default_rng(seed)
@@ -169,7 +170,7 @@ def batch_norm():
     x = ml.tensor(rng.standard_normal((64, 8, 8, 32)).astype(F32) * 2 + 1, requires_grad=True)
     gamma = ml.tensor(rng.standard_normal(32).astype(F32) + 1, requires_grad=True)
     beta = ml.tensor(rng.standard_normal(32).astype(F32), requires_grad=True)
-    y = ml.batch_norm(x, gamma, beta, None, None, True)
+    y = ml.batch_norm(x, gamma, beta, None, None, training=True)
     w = rng.standard_normal((64, 8, 8, 32)).astype(F32)
     out = [y] + _grads(ml.reduce_sum(y * w), [x, gamma, beta])
     # per-task statistics of a meta-batch (MAML's vectorised batch norm), split by groups
@@ -329,9 +330,7 @@ def _with_threads(n, fn, *args):
         ml.set_num_threads(prev)
 
 
-@pytest.mark.parametrize(
-    "name", PROGRAMS
-)
+@pytest.mark.parametrize("name", PROGRAMS)
 def test_same_bits_at_1_2_3_threads(name):
     runs = [_with_threads(n, PROGRAMS[name]) for n in THREADS]
     assert runs[0] and all(r.size for r in runs[0])

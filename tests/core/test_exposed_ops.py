@@ -1,6 +1,7 @@
 """The public C ops that Python could not reach before (ml_step, ml_add_scalar,
 ml_mul_scalar, ml_pad_axis, ml_scatter_add, ml_pick): values against NumPy, gradients
 against central differences, the op each records, and refusals of bad input."""
+
 import inspect
 
 import numpy as np
@@ -43,9 +44,14 @@ def _check_grad(op, x0):
 
 
 def test_each_is_exported_with_its_text_signature_and_a_docstring():
-    sigs = {"step": "(x, threshold=0.0)", "add_scalar": "(x, value)",
-            "mul_scalar": "(x, value)", "pad_axis": "(x, axis, start, size)",
-            "scatter_add": "(x, indices, axis, size)", "pick": "(x, labels)"}
+    sigs = {
+        "step": "(x, threshold=0.0)",
+        "add_scalar": "(x, value)",
+        "mul_scalar": "(x, value)",
+        "pad_axis": "(x, axis, start, size)",
+        "scatter_add": "(x, indices, axis, size)",
+        "pick": "(x, labels)",
+    }
     for name, sig in sigs.items():
         fn = getattr(ml, name)
         assert fn is getattr(_core, name)
@@ -54,6 +60,7 @@ def test_each_is_exported_with_its_text_signature_and_a_docstring():
 
 
 # ---------------------------------------------------------------------------- step
+
 
 def test_step_is_one_above_the_threshold_with_a_zero_gradient():
     x0 = np.array([[-1.0, 0.0, 0.5], [0.7, 2.0, np.nan]], F32)
@@ -69,6 +76,7 @@ def test_step_is_one_above_the_threshold_with_a_zero_gradient():
 
 
 # ------------------------------------------------------------- add_scalar, mul_scalar
+
 
 @pytest.mark.parametrize("value", [0.0, 1.5, -3.25])
 def test_add_and_mul_scalar_match_numpy_bit_for_bit(value):
@@ -91,6 +99,7 @@ def test_add_and_mul_scalar_gradients():
 
 # ---------------------------------------------------------------------------- pad_axis
 
+
 @pytest.mark.parametrize("axis,start,size", [(0, 1, 4), (1, 0, 3), (-1, 2, 6), (1, 3, 6)])
 def test_pad_axis_matches_numpy_pad(axis, start, size):
     x0 = RNG.standard_normal((2, 3)).astype(F32)
@@ -106,6 +115,7 @@ def test_pad_axis_gradient_is_the_narrowed_upstream():
 
 
 # ------------------------------------------------------------------------- scatter_add
+
 
 @pytest.mark.parametrize("axis", [0, 1, -1])
 def test_scatter_add_matches_numpy_add_at(axis):
@@ -139,6 +149,7 @@ def test_scatter_add_is_gathers_transpose():
 
 # -------------------------------------------------------------------------------- pick
 
+
 def test_pick_matches_take_along_axis():
     x0 = RNG.standard_normal((2, 3, 5)).astype(F32)
     labels = RNG.integers(0, 5, size=(2, 3))
@@ -156,21 +167,33 @@ def test_pick_gradient_reaches_the_picked_entries_only():
 
 # ------------------------------------------------------------------------ bad input
 
-@pytest.mark.parametrize("call,exc,match", [
-    (lambda x: ml.step(x, "high"), TypeError, "must be real number"),
-    (lambda x: ml.add_scalar(x), TypeError, "value"),
-    (lambda x: ml.mul_scalar("abc", 2.0), TypeError, "^mul_scalar"),
-    (lambda x: ml.pad_axis(x, 0, 2, 3), ValueError, "pad_axis: 2 rows at start 2 do not fit"),
-    (lambda x: ml.pad_axis(x, 2, 0, 3), ValueError, "pad_axis"),
-    (lambda x: ml.scatter_add(x, [0, 5], 0, 3), ValueError, "scatter_add: index 5 is out of range"),
-    (lambda x: ml.scatter_add(x, [0, 1, 2], 0, 3), ValueError, "scatter_add: 3 indices"),
-    (lambda x: ml.scatter_add(x, [[0, 1]], 0, 3), ValueError, "1-D"),
-    (lambda x: ml.scatter_add(x, [0.5, 1], 0, 3), ValueError, "integer"),
-    (lambda x: ml.pick(x, [0, 3]), ValueError, "label 3 at position 1 is outside"),
-    (lambda x: ml.pick(x, [[0, 1]]), ValueError, "pick: labels of shape \\(1, 2\\) for x of shape"),
-    (lambda x: ml.pick(x, [0]), ValueError, "pick: labels of shape \\(1,\\)"),
-    (lambda x: ml.pick(ml.tensor(1.0), []), ValueError, "pick"),
-])
+
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda x: ml.step(x, "high"), TypeError, "must be real number"),
+        (lambda x: ml.add_scalar(x), TypeError, "value"),
+        (lambda x: ml.mul_scalar("abc", 2.0), TypeError, "^mul_scalar"),
+        (lambda x: ml.pad_axis(x, 0, 2, 3), ValueError, "pad_axis: 2 rows at start 2 do not fit"),
+        (lambda x: ml.pad_axis(x, 2, 0, 3), ValueError, "pad_axis"),
+        (
+            lambda x: ml.scatter_add(x, [0, 5], 0, 3),
+            ValueError,
+            "scatter_add: index 5 is out of range",
+        ),
+        (lambda x: ml.scatter_add(x, [0, 1, 2], 0, 3), ValueError, "scatter_add: 3 indices"),
+        (lambda x: ml.scatter_add(x, [[0, 1]], 0, 3), ValueError, "1-D"),
+        (lambda x: ml.scatter_add(x, [0.5, 1], 0, 3), ValueError, "integer"),
+        (lambda x: ml.pick(x, [0, 3]), ValueError, "label 3 at position 1 is outside"),
+        (
+            lambda x: ml.pick(x, [[0, 1]]),
+            ValueError,
+            "pick: labels of shape \\(1, 2\\) for x of shape",
+        ),
+        (lambda x: ml.pick(x, [0]), ValueError, "pick: labels of shape \\(1,\\)"),
+        (lambda x: ml.pick(ml.tensor(1.0), []), ValueError, "pick"),
+    ],
+)
 def test_bad_input_is_refused_naming_the_op(call, exc, match):
     x = ml.tensor(np.arange(6, dtype=F32).reshape(2, 3))
     before = x.numpy().copy()

@@ -1,4 +1,5 @@
 """metalearn.function: a traced replay equals the eager run, op for op."""
+
 import re
 
 import numpy as np
@@ -10,10 +11,12 @@ from metalearn import _core
 
 def _mlp_weights(seed):
     rng = np.random.default_rng(seed)
-    return [ml.tensor(rng.standard_normal((1, 40)).astype(np.float32) * 0.5, requires_grad=True),
-            ml.tensor(np.zeros(40, np.float32), requires_grad=True),
-            ml.tensor(rng.standard_normal((40, 1)).astype(np.float32) * 0.2, requires_grad=True),
-            ml.tensor(np.zeros(1, np.float32), requires_grad=True)]
+    return [
+        ml.tensor(rng.standard_normal((1, 40)).astype(np.float32) * 0.5, requires_grad=True),
+        ml.tensor(np.zeros(40, np.float32), requires_grad=True),
+        ml.tensor(rng.standard_normal((40, 1)).astype(np.float32) * 0.2, requires_grad=True),
+        ml.tensor(np.zeros(1, np.float32), requires_grad=True),
+    ]
 
 
 def _forward(w, x):
@@ -140,8 +143,11 @@ def test_maml_fit_traced_equals_eager():
         model = models.sinusoid_mlp()
         maml = MAML(model, inner_lr=0.01, trace=trace)
         history = maml.fit(Sinusoid(k_shot=10, seed=3), iterations=40, meta_batch_size=5, verbose=0)
-        final[trace] = ([w.numpy().copy() for w in model.trainable_weights], history["loss"],
-                        maml.meta_optimizer.iterations)
+        final[trace] = (
+            [w.numpy().copy() for w in model.trainable_weights],
+            history["loss"],
+            maml.meta_optimizer.iterations,
+        )
         if trace:
             assert maml._traced_step is not None and maml._traced_step.n_traces == 1
     for a, b in zip(final[False][0], final[True][0]):
@@ -179,10 +185,16 @@ def test_model_fit_traced_equals_eager():
     losses and weights equal an eager run (compile(run_eagerly=True)) bit for bit."""
     from metalearn.keras import layers
 
-    model = _fit_traced_and_eager(lambda: [layers.Flatten(input_shape=(6, 6)),
-                                           layers.Dense(16, activation="relu"),
-                                           layers.Dense(4, activation="softmax")],
-                                  (100, 6, 6), 4, epochs=3)
+    model = _fit_traced_and_eager(
+        lambda: [
+            layers.Flatten(input_shape=(6, 6)),
+            layers.Dense(16, activation="relu"),
+            layers.Dense(4, activation="softmax"),
+        ],
+        (100, 6, 6),
+        4,
+        epochs=3,
+    )
     assert model._train_fn is not None and model._train_fn.n_traces == 2  # 16 and the last 4
     assert int(model.optimizer.iterations) == 3 * 7
 
@@ -194,8 +206,11 @@ def test_untraceable_op_fails_loudly_instead_of_baking_values():
 
     memory = KnowledgeMemory(capacity=8, key_size=4, payload_size=2, seed=0)
     rng = np.random.default_rng(0)
-    memory.update(rng.standard_normal((4, 4)).astype(np.float32), np.arange(4),
-                  rng.standard_normal((4, 2)).astype(np.float32))
+    memory.update(
+        rng.standard_normal((4, 4)).astype(np.float32),
+        np.arange(4),
+        rng.standard_normal((4, 2)).astype(np.float32),
+    )
     # the memory's search picks keys by value inside C, outside any trace
     f = ml.function(lambda q: ml.reduce_sum(memory.read(q, k=2)) * 2.0)
     with pytest.raises(ValueError, match="cannot be traced"):
@@ -208,12 +223,13 @@ def test_a_replay_keeps_no_reference_to_its_arguments():
     next garbage collection (a cycle there kept each step's meta-batch alive)."""
     import gc
     import sys
+
     f = ml.function(lambda a, b: ml.matmul(a, b) * 2.0)
     w = ml.tensor(np.ones((3, 2), np.float32))
-    f(ml.tensor(np.ones((4, 3), np.float32)), w)          # traces
+    f(ml.tensor(np.ones((4, 3), np.float32)), w)  # traces
     gc.disable()
     try:
-        for _ in range(2):                                  # replays
+        for _ in range(2):  # replays
             x = np.ones((4, 3), np.float32)
             before = sys.getrefcount(x)
             out = f(ml.as_tensor(x), w)
@@ -225,23 +241,25 @@ def test_a_replay_keeps_no_reference_to_its_arguments():
 
 def _conv_weights(seed):
     rng = np.random.default_rng(seed)
-    return [ml.tensor(rng.standard_normal((3, 3, 1, 4)).astype(np.float32) * 0.4, requires_grad=True),
-            ml.tensor(rng.standard_normal(4).astype(np.float32) * 0.1, requires_grad=True),
-            ml.tensor(rng.standard_normal((3, 3, 4, 3)).astype(np.float32) * 0.3, requires_grad=True),
-            ml.tensor(rng.standard_normal((3, 2)).astype(np.float32) * 0.5, requires_grad=True)]
+    return [
+        ml.tensor(rng.standard_normal((3, 3, 1, 4)).astype(np.float32) * 0.4, requires_grad=True),
+        ml.tensor(rng.standard_normal(4).astype(np.float32) * 0.1, requires_grad=True),
+        ml.tensor(rng.standard_normal((3, 3, 4, 3)).astype(np.float32) * 0.3, requires_grad=True),
+        ml.tensor(rng.standard_normal((3, 2)).astype(np.float32) * 0.5, requires_grad=True),
+    ]
 
 
 def _conv_forward(w, x):
     h = ml.relu(ml.conv2d(x, w[0], w[1], padding="same"))
-    h = ml.max_pool2d(h, 2)                                   # 8x8 -> 4x4: argmax per window
-    h = ml.conv2d(h, w[2], strides=(1, 1), padding="valid")    # 4x4 -> 2x2
-    h = ml.avg_pool2d(h, 2)                                   # -> 1x1
+    h = ml.max_pool2d(h, 2)  # 8x8 -> 4x4: argmax per window
+    h = ml.conv2d(h, w[2], strides=(1, 1), padding="valid")  # 4x4 -> 2x2
+    h = ml.avg_pool2d(h, 2)  # -> 1x1
     return ml.matmul(ml.reshape(h, (int(h.shape[0]), 3)), w[3])
 
 
 def _conv_maml_grads(w, sx, sy, qx, qy, inner_lr=0.1):
     loss = ml.reduce_mean(ml.mean_squared_error(sy, _conv_forward(w, sx)))
-    grads = ml.grad(loss, w, create_graph=True)   # double backward through conv and pools
+    grads = ml.grad(loss, w, create_graph=True)  # double backward through conv and pools
     fast = [p - inner_lr * g for p, g in zip(w, grads)]
     qloss = ml.reduce_mean(ml.mean_squared_error(qy, _conv_forward(fast, qx)))
     return [qloss] + ml.grad(qloss, w)
@@ -255,8 +273,10 @@ def test_conv_and_pool_second_order_step_replays_exactly():
 
     def task(seed):
         rng = np.random.default_rng(seed)
-        return [ml.tensor(rng.standard_normal(s).astype(np.float32))
-                for s in ((4, 8, 8, 1), (4, 2), (6, 8, 8, 1), (6, 2))]
+        return [
+            ml.tensor(rng.standard_normal(s).astype(np.float32))
+            for s in ((4, 8, 8, 1), (4, 2), (6, 8, 8, 1), (6, 2))
+        ]
 
     traced = ml.function(lambda *t: _conv_maml_grads(w, *t))
     first = traced(*task(1))
@@ -274,10 +294,17 @@ def test_model_fit_on_a_cnn_traced_equals_eager():
     from metalearn.keras import layers
 
     model = _fit_traced_and_eager(
-        lambda: [layers.Conv2D(4, 3, activation="relu", input_shape=(8, 8, 1)),
-                 layers.MaxPooling2D(), layers.AveragePooling2D(),
-                 layers.Flatten(), layers.Dense(3, activation="softmax")],
-        (40, 8, 8, 1), 3, epochs=2)
+        lambda: [
+            layers.Conv2D(4, 3, activation="relu", input_shape=(8, 8, 1)),
+            layers.MaxPooling2D(),
+            layers.AveragePooling2D(),
+            layers.Flatten(),
+            layers.Dense(3, activation="softmax"),
+        ],
+        (40, 8, 8, 1),
+        3,
+        epochs=2,
+    )
     assert model._train_fn is not None and model._train_fn.n_traces == 2  # 16 and the last 8
 
 
@@ -293,6 +320,7 @@ def test_gradient_skips_inputs_that_were_not_asked_for():
         def fn(x):
             x.requires_grad = True
             return ml.grad(ml.reduce_sum(ml.matmul(x, weight) * ml.matmul(x, weight)), [x])
+
         return fn
 
     skipping, minimal = ml.function(grads_of_x(w)), ml.function(grads_of_x(w_const))
@@ -324,6 +352,7 @@ def test_fused_add_relu_and_gradient_sum_replay_the_eager_bits():
             # dL/dy = a1 + a2 (two contributions summed), then relu's backward
             loss = ml.reduce_sum(y * a1) + ml.reduce_sum(y * a2)
             return [y] + ml.grad(loss, [x, y] if return_dy else [x])
+
         return fn
 
     def inputs(seed):
@@ -336,7 +365,7 @@ def test_fused_add_relu_and_gradient_sum_replay_the_eager_bits():
         a2 = r.standard_normal((6, 16)).astype(np.float32)
         # NaN + NaN keeps one operand's sign and payload: the fused sum must pick the same
         x[3, :2] = 10.0
-        pos, neg = np.array([0x7fc00000, 0xffc00001], np.uint32).view(np.float32)
+        pos, neg = np.array([0x7FC00000, 0xFFC00001], np.uint32).view(np.float32)
         a1[3, :2], a2[3, :2] = [pos, neg], [neg, pos]
         return x, a1, a2
 
@@ -353,13 +382,17 @@ def test_fused_add_relu_and_gradient_sum_replay_the_eager_bits():
         got = fused(ml.tensor(x), ml.tensor(a1), ml.tensor(a2))
         want = make()(ml.tensor(x), ml.tensor(a1), ml.tensor(a2))  # eager
         for g, w in zip(got, want):
-            np.testing.assert_array_equal(np.asarray(g).view(np.uint32), np.asarray(w).view(np.uint32))
+            np.testing.assert_array_equal(
+                np.asarray(g).view(np.uint32), np.asarray(w).view(np.uint32)
+            )
         # and against NumPy: relu(x + b) = maximum(x + b, 0) (NaN passes), and PyTorch's
         # threshold_backward: 0 where relu's output is <= 0, else a1 + a2 (NaN included)
         z = x + bias
         with np.errstate(invalid="ignore"):
             np.testing.assert_array_equal(np.asarray(got[0]), np.maximum(z, 0.0).astype(np.float32))
-            np.testing.assert_array_equal(np.asarray(got[1]), np.where(z <= 0, 0.0, a1 + a2).astype(np.float32))
+            np.testing.assert_array_equal(
+                np.asarray(got[1]), np.where(z <= 0, 0.0, a1 + a2).astype(np.float32)
+            )
 
 
 @pytest.mark.parametrize("grouped", [False, True])
@@ -375,16 +408,21 @@ def test_batch_norm_gradients_replay_as_one_entry(grouped, wanted):
     w = ml.tensor(rng.standard_normal(shape).astype(np.float32))
 
     def loss(x):
-        y = (ml.batch_norm_grouped(x, gamma, beta) if grouped else
-             ml.batch_norm(x, gamma, beta, None, None, True))
+        y = (
+            ml.batch_norm_grouped(x, gamma, beta)
+            if grouped
+            else ml.batch_norm(x, gamma, beta, None, None, training=True)
+        )
         return ml.reduce_sum(ml.tanh(y) * w)
 
     def grads(x):
         return ml.grad(loss(x), [[x, gamma, beta][i] for i in wanted])
 
     def fresh(seed):
-        return ml.tensor(np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * 3,
-                         requires_grad=True)
+        return ml.tensor(
+            np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * 3,
+            requires_grad=True,
+        )
 
     traced = ml.function(grads)
     traced(fresh(0))
@@ -406,8 +444,10 @@ def test_describe_lists_a_dense_step_by_op_name_with_shapes_and_fusions():
     """Function.describe(): per traced signature, its entries in replay order, by op name
     with their shapes; an entry fused from several recorded ops names them."""
     rng = np.random.default_rng(11)
-    w = [ml.tensor(rng.standard_normal(s).astype(np.float32), requires_grad=True)
-         for s in ((4, 16), (16,), (16, 3), (3,))]
+    w = [
+        ml.tensor(rng.standard_normal(s).astype(np.float32), requires_grad=True)
+        for s in ((4, 16), (16,), (16, 3), (3,))
+    ]
     opt = _core.SGD(learning_rate=0.1)
 
     def step(x, y, lr_scale=1.0):
@@ -424,9 +464,11 @@ def test_describe_lists_a_dense_step_by_op_name_with_shapes_and_fusions():
     f(x, y)
     lines = f.describe().splitlines()
     n = f.n_ops()[0]
-    assert lines[:3] == ["signature 1 of 1: tensor(8, 4), tensor(8, 3)",
-                         f"trace: 2 inputs, 1 output, {n} entries",
-                         "inputs: x0 (8, 4), x1 (8, 3)"]
+    assert lines[:3] == [
+        "signature 1 of 1: tensor(8, 4), tensor(8, 3)",
+        f"trace: 2 inputs, 1 output, {n} entries",
+        "inputs: x0 (8, 4), x1 (8, 3)",
+    ]
     entries, last = lines[3:-1], lines[-1]
     assert len(entries) == n and re.fullmatch(r"outputs: t\d+ \(\)", last)
     assert [int(e.split()[0]) for e in entries] == list(range(n))
@@ -434,20 +476,30 @@ def test_describe_lists_a_dense_step_by_op_name_with_shapes_and_fusions():
     # the forward as the step runs it: each product with the bias add (and relu) that
     # reads it as one entry, then p - y, its square and their mean
     assert ops[:5] == ["matmul_into", "matmul_into", "sub", "square", "mean"]
-    assert re.fullmatch(r" +0  t\d+ \(8, 16\) = matmul_into\(x0 \(8, 4\), c\d+ \(4, 16\), "
-                        r"c\d+ \(16,\)\)  \[fused: matmul \+ add \+ relu\]", entries[0])
-    assert re.fullmatch(r" +1  t\d+ \(8, 3\) = matmul_into\(t\d+ \(8, 16\), c\d+ \(16, 3\), "
-                        r"c\d+ \(3,\)\)  \[fused: matmul \+ add\]", entries[1])
+    assert re.fullmatch(
+        r" +0  t\d+ \(8, 16\) = matmul_into\(x0 \(8, 4\), c\d+ \(4, 16\), "
+        r"c\d+ \(16,\)\)  \[fused: matmul \+ add \+ relu\]",
+        entries[0],
+    )
+    assert re.fullmatch(
+        r" +1  t\d+ \(8, 3\) = matmul_into\(t\d+ \(8, 16\), c\d+ \(16, 3\), "
+        r"c\d+ \(3,\)\)  \[fused: matmul \+ add\]",
+        entries[1],
+    )
     assert re.fullmatch(r" +4  t\d+ \(\) = mean\(t\d+ \(8, 3\)\)", entries[4])
     # relu's backward reads dL/dh = dL/dp w2^T only: one pass with the product
     assert sum("[fused: matmul + relu_grad]" in e for e in entries) == 1
     # the step writes the four weights in place (no output), last
     assert ops[-1] == "optimizer_step" and " = " not in entries[-1]
-    assert re.search(r"optimizer_step\(c\d+ \(4, 16\), c\d+ \(16,\), c\d+ \(16, 3\), "
-                     r"c\d+ \(3,\), t\d+ \(4, 16\), t\d+ \(16,\), t\d+ \(16, 3\), "
-                     r"t\d+ \(3,\)\)$", entries[-1])
+    assert re.search(
+        r"optimizer_step\(c\d+ \(4, 16\), c\d+ \(16,\), c\d+ \(16, 3\), "
+        r"c\d+ \(3,\), t\d+ \(4, 16\), t\d+ \(16,\), t\d+ \(16, 3\), "
+        r"t\d+ \(3,\)\)$",
+        entries[-1],
+    )
     # a second signature, by a keyword argument: a block of its own
     f(x, y, lr_scale=2.0)
     blocks = f.describe().split("\n\n")
     assert len(blocks) == 2 and blocks[1].startswith(
-        "signature 2 of 2: tensor(8, 4), tensor(8, 3), lr_scale=2.0\ntrace: 2 inputs")
+        "signature 2 of 2: tensor(8, 4), tensor(8, 3), lr_scale=2.0\ntrace: 2 inputs"
+    )

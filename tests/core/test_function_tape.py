@@ -5,12 +5,14 @@ only the first (the traced one).
 Reference gradients are the closed forms of the functions (checked against the eager
 run too); the eager run is the function called without metalearn.function.
 """
+
 import numpy as np
 
 import metalearn as ml
 from metalearn import _core
 
 from tests.helpers import F32
+
 W0 = np.array([[1.0, 2.0], [3.0, 4.0]], F32)
 X0 = np.array([[1.0, 1.0], [2.0, -1.0]], F32)
 
@@ -114,11 +116,12 @@ def test_map_under_a_tape_gives_gradients():
 
 # ------------------------------------------------------------ nested / recursive
 
+
 def test_nested_traced_function_runs_inside_the_outer_trace():
     """An ml.function called inside another one (traced before, or not) runs eagerly
     inside the outer trace instead of raising; the outer one then replays both."""
     inner = ml.function(lambda x: x * 3.0 + 1.0)
-    inner(ml.tensor(np.zeros(2, F32)))                   # the inner one already traced
+    inner(ml.tensor(np.zeros(2, F32)))  # the inner one already traced
     outer = ml.function(lambda x: inner(x) * 2.0 + inner(x + 1.0))
     fresh_inner = ml.function(lambda x: ml.exp(x))
     outer2 = ml.function(lambda x: fresh_inner(x) - 1.0)  # the inner one never traced
@@ -128,12 +131,13 @@ def test_nested_traced_function_runs_inside_the_outer_trace():
         np.testing.assert_allclose(outer(x).numpy(), (xv * 3 + 1) * 2 + ((xv + 1) * 3 + 1))
         np.testing.assert_allclose(outer2(x).numpy(), np.exp(xv) - 1, rtol=1e-6)
     assert outer.n_traces == outer2.n_traces == 1
-    assert fresh_inner.n_traces == 0                     # it ran inside the trace only
+    assert fresh_inner.n_traces == 0  # it ran inside the trace only
     assert not _core.is_tracing()
 
 
 def test_recursive_traced_function():
     """A traced function that calls itself: the inner calls run inside the outer trace."""
+
     def power_of_two(x, n):
         return x if n == 0 else rec(x * 2.0, n - 1)
 

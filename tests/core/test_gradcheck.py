@@ -98,7 +98,9 @@ def gradcheck(fn, inputs, order=1, eps=3e-3, rtol=2e-2, atol_frac=1e-2, min_grad
             if g is None:
                 analytic.append(np.zeros(x.shape))
             else:
-                assert tuple(g.shape) == x.shape, f"gradient shape {g.shape} != input shape {x.shape}"
+                assert tuple(g.shape) == x.shape, (
+                    f"gradient shape {g.shape} != input shape {x.shape}"
+                )
                 analytic.append(_np(g))
 
     numeric = []
@@ -245,14 +247,41 @@ case("add_scalar_tensor", lambda r: [U(r, (3, 4)), U(r, ())], lambda a, b: ml.ad
 case("add_scalar_first", lambda r: [U(r, ()), U(r, (2, 3))], lambda a, b: ml.add(a, b), np.add)
 case("sub", lambda r: [U(r, (3, 4)), U(r, (3, 4))], lambda a, b: ml.sub(a, b), np.subtract)
 case("sub_bcast", lambda r: [U(r, (2, 3, 4)), U(r, (4,))], lambda a, b: ml.sub(a, b), np.subtract)
-case("sub_bcast_rev", lambda r: [U(r, (3, 1)), U(r, (2, 3, 4))], lambda a, b: ml.sub(a, b), np.subtract)
+case(
+    "sub_bcast_rev",
+    lambda r: [U(r, (3, 1)), U(r, (2, 3, 4))],
+    lambda a, b: ml.sub(a, b),
+    np.subtract,
+)
 case("mul", lambda r: [U(r, (3, 4)), U(r, (3, 4))], lambda a, b: ml.mul(a, b), np.multiply)
-case("mul_bcast_outer", lambda r: [U(r, (4, 1)), U(r, (1, 5))], lambda a, b: ml.mul(a, b), np.multiply)
+case(
+    "mul_bcast_outer",
+    lambda r: [U(r, (4, 1)), U(r, (1, 5))],
+    lambda a, b: ml.mul(a, b),
+    np.multiply,
+)
 case("mul_same_input", lambda r: [U(r, (3, 4))], lambda a: ml.mul(a, a), lambda a: a * a)
-case("div", lambda r: [U(r, (3, 4)), away(r, (3, 4), 0.5, 2.0)], lambda a, b: ml.div(a, b), np.divide)
-case("div_bcast", lambda r: [U(r, (3, 4)), away(r, (3, 1), 0.5, 2.0)], lambda a, b: ml.div(a, b), np.divide)
-case("divide_alias", lambda r: [U(r, (2, 3)), away(r, (3,), 0.5, 2.0)], lambda a, b: ml.divide(a, b), np.divide)
-case("div_bcast_num", lambda r: [U(r, (1, 4)), away(r, (3, 1), 0.5, 2.0)], lambda a, b: ml.div(a, b), np.divide)
+case(
+    "div", lambda r: [U(r, (3, 4)), away(r, (3, 4), 0.5, 2.0)], lambda a, b: ml.div(a, b), np.divide
+)
+case(
+    "div_bcast",
+    lambda r: [U(r, (3, 4)), away(r, (3, 1), 0.5, 2.0)],
+    lambda a, b: ml.div(a, b),
+    np.divide,
+)
+case(
+    "divide_alias",
+    lambda r: [U(r, (2, 3)), away(r, (3,), 0.5, 2.0)],
+    lambda a, b: ml.divide(a, b),
+    np.divide,
+)
+case(
+    "div_bcast_num",
+    lambda r: [U(r, (1, 4)), away(r, (3, 1), 0.5, 2.0)],
+    lambda a, b: ml.div(a, b),
+    np.divide,
+)
 
 
 def _mk_max(shape_a, shape_b):
@@ -276,12 +305,26 @@ case("op_add_number", lambda r: [U(r, (3, 4))], lambda a: a + 2.5, lambda a: a +
 case("op_radd_number", lambda r: [U(r, (3, 4))], lambda a: 2.5 + a, lambda a: 2.5 + a)
 case("op_rsub_number", lambda r: [U(r, (3, 4))], lambda a: 2.0 - a, lambda a: 2.0 - a)
 case("op_rmul_ndarray", lambda r: [U(r, (3, 4))], lambda a: a * _C, lambda a: a * _C)
-case("op_rtruediv_number", lambda r: [away(r, (3, 4), 0.5, 2.0)], lambda a: 1.5 / a, lambda a: 1.5 / a)
-case("op_truediv_tensor", lambda r: [U(r, (3, 4)), away(r, (4,), 0.5, 2.0)], lambda a, b: a / b, np.divide)
-case("op_sub_mul_chain", lambda r: [U(r, (3, 4)), U(r, (3, 4))], lambda a, b: (a - b) * (a + b) - a * 0.5,
-     lambda a, b: (a - b) * (a + b) - a * 0.5)
+case(
+    "op_rtruediv_number",
+    lambda r: [away(r, (3, 4), 0.5, 2.0)],
+    lambda a: 1.5 / a,
+    lambda a: 1.5 / a,
+)
+case(
+    "op_truediv_tensor",
+    lambda r: [U(r, (3, 4)), away(r, (4,), 0.5, 2.0)],
+    lambda a, b: a / b,
+    np.divide,
+)
+case(
+    "op_sub_mul_chain",
+    lambda r: [U(r, (3, 4)), U(r, (3, 4))],
+    lambda a, b: (a - b) * (a + b) - a * 0.5,
+    lambda a, b: (a - b) * (a + b) - a * 0.5,
+)
 case("op_neg", lambda r: [U(r, (3, 4))], lambda a: -a, np.negative)
-case("op_pow", lambda r: [pos(r, (3, 4))], lambda a: a ** 2.5, lambda a: a ** 2.5)
+case("op_pow", lambda r: [pos(r, (3, 4))], lambda a: a**2.5, lambda a: a**2.5)
 case("op_matmul", lambda r: [U(r, (3, 4)), U(r, (4, 2))], lambda a, b: a @ b, np.matmul)
 
 # element-wise unary
@@ -292,59 +335,151 @@ case("sqrt", lambda r: [pos(r, (3, 4))], lambda a: ml.sqrt(a), np.sqrt)
 case("exp", lambda r: [U(r, (3, 4), -1.5, 1.5)], lambda a: ml.exp(a), np.exp)
 case("log", lambda r: [pos(r, (3, 4))], lambda a: ml.log(a), np.log)
 case("abs", lambda r: [away(r, (3, 4))], lambda a: ml.abs(a), np.abs)
-case("pow_2_5", lambda r: [pos(r, (3, 4))], lambda a: ml.pow(a, 2.5), lambda a: a ** 2.5)
-case("pow_neg_1_5", lambda r: [pos(r, (3, 4))], lambda a: ml.pow(a, -1.5), lambda a: a ** -1.5)
-case("pow_0_5", lambda r: [pos(r, (3, 4))], lambda a: ml.pow(a, 0.5), lambda a: a ** 0.5)
-case("pow_3_negative_base", lambda r: [away(r, (3, 4), 0.3, 1.5)], lambda a: ml.pow(a, 3.0), lambda a: a ** 3.0)
-case("pow_2_negative_base", lambda r: [away(r, (3, 4), 0.3, 1.5)], lambda a: ml.pow(a, 2.0), lambda a: a ** 2.0)
+case("pow_2_5", lambda r: [pos(r, (3, 4))], lambda a: ml.pow(a, 2.5), lambda a: a**2.5)
+case("pow_neg_1_5", lambda r: [pos(r, (3, 4))], lambda a: ml.pow(a, -1.5), lambda a: a**-1.5)
+case("pow_0_5", lambda r: [pos(r, (3, 4))], lambda a: ml.pow(a, 0.5), lambda a: a**0.5)
+case(
+    "pow_3_negative_base",
+    lambda r: [away(r, (3, 4), 0.3, 1.5)],
+    lambda a: ml.pow(a, 3.0),
+    lambda a: a**3.0,
+)
+case(
+    "pow_2_negative_base",
+    lambda r: [away(r, (3, 4), 0.3, 1.5)],
+    lambda a: ml.pow(a, 2.0),
+    lambda a: a**2.0,
+)
 case("relu", lambda r: [away(r, (3, 4))], lambda a: ml.relu(a), lambda a: np.maximum(a, 0))
-case("leaky_relu_default", lambda r: [away(r, (3, 4))], lambda a: ml.leaky_relu(a),
-     lambda a: np.where(a > 0, a, 0.2 * a))
-case("leaky_relu_0_05", lambda r: [away(r, (3, 4))], lambda a: ml.leaky_relu(a, negative_slope=0.05),
-     lambda a: np.where(a > 0, a, 0.05 * a))
-case("elu_default", lambda r: [away(r, (3, 4))], lambda a: ml.elu(a),
-     lambda a: np.where(a > 0, a, np.expm1(a)))
-case("elu_alpha_0_5", lambda r: [away(r, (3, 4))], lambda a: ml.elu(a, alpha=0.5),
-     lambda a: np.where(a > 0, a, 0.5 * np.expm1(a)))
+case(
+    "leaky_relu_default",
+    lambda r: [away(r, (3, 4))],
+    lambda a: ml.leaky_relu(a),
+    lambda a: np.where(a > 0, a, 0.2 * a),
+)
+case(
+    "leaky_relu_0_05",
+    lambda r: [away(r, (3, 4))],
+    lambda a: ml.leaky_relu(a, negative_slope=0.05),
+    lambda a: np.where(a > 0, a, 0.05 * a),
+)
+case(
+    "elu_default",
+    lambda r: [away(r, (3, 4))],
+    lambda a: ml.elu(a),
+    lambda a: np.where(a > 0, a, np.expm1(a)),
+)
+case(
+    "elu_alpha_0_5",
+    lambda r: [away(r, (3, 4))],
+    lambda a: ml.elu(a, alpha=0.5),
+    lambda a: np.where(a > 0, a, 0.5 * np.expm1(a)),
+)
 case("gelu", lambda r: [U(r, (3, 4), -2.0, 2.0)], lambda a: ml.gelu(a), gelu_np)
-case("softplus", lambda r: [U(r, (3, 4), -3.0, 3.0)], lambda a: ml.softplus(a),
-     lambda a: np.logaddexp(0, a))
+case(
+    "softplus",
+    lambda r: [U(r, (3, 4), -3.0, 3.0)],
+    lambda a: ml.softplus(a),
+    lambda a: np.logaddexp(0, a),
+)
 case("erf", lambda r: [U(r, (3, 4), -1.5, 1.5)], lambda a: ml.erf(a), _erf)
 case("sigmoid", lambda r: [U(r, (3, 4), -3.0, 3.0)], lambda a: ml.sigmoid(a), sigmoid_np)
 case("tanh", lambda r: [U(r, (3, 4), -1.5, 1.5)], lambda a: ml.tanh(a), np.tanh)
-case("clip", lambda r: [clip_inputs(r, (3, 4))], lambda a: ml.clip(a, -0.5, 0.7), lambda a: np.clip(a, -0.5, 0.7))
-case("clip_by_value_alias", lambda r: [clip_inputs(r, (2, 4))], lambda a: ml.clip_by_value(a, -0.5, 0.7),
-     lambda a: np.clip(a, -0.5, 0.7))
+case(
+    "clip",
+    lambda r: [clip_inputs(r, (3, 4))],
+    lambda a: ml.clip(a, -0.5, 0.7),
+    lambda a: np.clip(a, -0.5, 0.7),
+)
+case(
+    "clip_by_value_alias",
+    lambda r: [clip_inputs(r, (2, 4))],
+    lambda a: ml.clip_by_value(a, -0.5, 0.7),
+    lambda a: np.clip(a, -0.5, 0.7),
+)
 case("softmax", lambda r: [U(r, (3, 5), -2, 2)], lambda a: ml.softmax(a), softmax_np)
-case("softmax_axis0", lambda r: [U(r, (4, 3), -2, 2)], lambda a: ml.softmax(a, axis=0),
-     lambda a: softmax_np(a, 0))
-case("softmax_3d_axis1", lambda r: [U(r, (2, 3, 4), -2, 2)], lambda a: ml.softmax(a, axis=1),
-     lambda a: softmax_np(a, 1))
+case(
+    "softmax_axis0",
+    lambda r: [U(r, (4, 3), -2, 2)],
+    lambda a: ml.softmax(a, axis=0),
+    lambda a: softmax_np(a, 0),
+)
+case(
+    "softmax_3d_axis1",
+    lambda r: [U(r, (2, 3, 4), -2, 2)],
+    lambda a: ml.softmax(a, axis=1),
+    lambda a: softmax_np(a, 1),
+)
 case("log_softmax", lambda r: [U(r, (3, 5), -2, 2)], lambda a: ml.log_softmax(a), log_softmax_np)
-case("log_softmax_3d_axis1", lambda r: [U(r, (2, 3, 4), -2, 2)], lambda a: ml.log_softmax(a, axis=1),
-     lambda a: log_softmax_np(a, 1))
-case("log_softmax_axis_neg2", lambda r: [U(r, (3, 4), -2, 2)], lambda a: ml.log_softmax(a, axis=-2),
-     lambda a: log_softmax_np(a, -2))
+case(
+    "log_softmax_3d_axis1",
+    lambda r: [U(r, (2, 3, 4), -2, 2)],
+    lambda a: ml.log_softmax(a, axis=1),
+    lambda a: log_softmax_np(a, 1),
+)
+case(
+    "log_softmax_axis_neg2",
+    lambda r: [U(r, (3, 4), -2, 2)],
+    lambda a: ml.log_softmax(a, axis=-2),
+    lambda a: log_softmax_np(a, -2),
+)
 
 # matmul: every transpose, batched, broadcast batch
 case("matmul", lambda r: [U(r, (3, 4)), U(r, (4, 5))], lambda a, b: ml.matmul(a, b), np.matmul)
-case("matmul_ta", lambda r: [U(r, (4, 3)), U(r, (4, 5))], lambda a, b: ml.matmul(a, b, transpose_a=True),
-     lambda a, b: a.T @ b)
-case("matmul_tb", lambda r: [U(r, (3, 4)), U(r, (5, 4))], lambda a, b: ml.matmul(a, b, transpose_b=True),
-     lambda a, b: a @ b.T)
-case("matmul_ta_tb", lambda r: [U(r, (4, 3)), U(r, (5, 4))],
-     lambda a, b: ml.matmul(a, b, transpose_a=True, transpose_b=True), lambda a, b: a.T @ b.T)
-case("matmul_batched", lambda r: [U(r, (2, 3, 4)), U(r, (2, 4, 3))], lambda a, b: ml.matmul(a, b), np.matmul)
-case("matmul_batched_ta_tb", lambda r: [U(r, (2, 4, 3)), U(r, (2, 2, 4))],
-     lambda a, b: ml.matmul(a, b, transpose_a=True, transpose_b=True),
-     lambda a, b: np.swapaxes(a, -1, -2) @ np.swapaxes(b, -1, -2))
-case("matmul_bcast_batch", lambda r: [U(r, (2, 1, 3, 4)), U(r, (3, 4, 2))], lambda a, b: ml.matmul(a, b),
-     np.matmul)
-case("matmul_batched_times_2d", lambda r: [U(r, (2, 3, 4)), U(r, (4, 2))], lambda a, b: ml.matmul(a, b),
-     np.matmul)
-case("matmul_2d_times_batched_tb", lambda r: [U(r, (3, 4)), U(r, (2, 2, 4))],
-     lambda a, b: ml.matmul(a, b, transpose_b=True), lambda a, b: a @ np.swapaxes(b, -1, -2))
-case("matmul_vector_like", lambda r: [U(r, (1, 4)), U(r, (4, 1))], lambda a, b: ml.matmul(a, b), np.matmul)
+case(
+    "matmul_ta",
+    lambda r: [U(r, (4, 3)), U(r, (4, 5))],
+    lambda a, b: ml.matmul(a, b, transpose_a=True),
+    lambda a, b: a.T @ b,
+)
+case(
+    "matmul_tb",
+    lambda r: [U(r, (3, 4)), U(r, (5, 4))],
+    lambda a, b: ml.matmul(a, b, transpose_b=True),
+    lambda a, b: a @ b.T,
+)
+case(
+    "matmul_ta_tb",
+    lambda r: [U(r, (4, 3)), U(r, (5, 4))],
+    lambda a, b: ml.matmul(a, b, transpose_a=True, transpose_b=True),
+    lambda a, b: a.T @ b.T,
+)
+case(
+    "matmul_batched",
+    lambda r: [U(r, (2, 3, 4)), U(r, (2, 4, 3))],
+    lambda a, b: ml.matmul(a, b),
+    np.matmul,
+)
+case(
+    "matmul_batched_ta_tb",
+    lambda r: [U(r, (2, 4, 3)), U(r, (2, 2, 4))],
+    lambda a, b: ml.matmul(a, b, transpose_a=True, transpose_b=True),
+    lambda a, b: np.swapaxes(a, -1, -2) @ np.swapaxes(b, -1, -2),
+)
+case(
+    "matmul_bcast_batch",
+    lambda r: [U(r, (2, 1, 3, 4)), U(r, (3, 4, 2))],
+    lambda a, b: ml.matmul(a, b),
+    np.matmul,
+)
+case(
+    "matmul_batched_times_2d",
+    lambda r: [U(r, (2, 3, 4)), U(r, (4, 2))],
+    lambda a, b: ml.matmul(a, b),
+    np.matmul,
+)
+case(
+    "matmul_2d_times_batched_tb",
+    lambda r: [U(r, (3, 4)), U(r, (2, 2, 4))],
+    lambda a, b: ml.matmul(a, b, transpose_b=True),
+    lambda a, b: a @ np.swapaxes(b, -1, -2),
+)
+case(
+    "matmul_vector_like",
+    lambda r: [U(r, (1, 4)), U(r, (4, 1))],
+    lambda a, b: ml.matmul(a, b),
+    np.matmul,
+)
 
 
 # linear with every activation
@@ -375,59 +510,153 @@ _linear_case("relu", xshape=(2, 3))
 _linear_case("sigmoid", xshape=(2, 3))
 
 # shape ops
-case("reshape", lambda r: [U(r, (3, 4))], lambda a: ml.reshape(a, (2, 6)), lambda a: a.reshape(2, 6))
-case("reshape_to_3d", lambda r: [U(r, (2, 6))], lambda a: ml.reshape(a, (3, 2, 2)), lambda a: a.reshape(3, 2, 2))
-case("reshape_method", lambda r: [U(r, (2, 3, 2))], lambda a: a.reshape(4, 3), lambda a: a.reshape(4, 3))
-case("reshape_to_scalar", lambda r: [U(r, (1, 1))], lambda a: ml.reshape(a, ()), lambda a: a.reshape(()))
+case(
+    "reshape", lambda r: [U(r, (3, 4))], lambda a: ml.reshape(a, (2, 6)), lambda a: a.reshape(2, 6)
+)
+case(
+    "reshape_to_3d",
+    lambda r: [U(r, (2, 6))],
+    lambda a: ml.reshape(a, (3, 2, 2)),
+    lambda a: a.reshape(3, 2, 2),
+)
+case(
+    "reshape_method",
+    lambda r: [U(r, (2, 3, 2))],
+    lambda a: a.reshape(4, 3),
+    lambda a: a.reshape(4, 3),
+)
+case(
+    "reshape_to_scalar",
+    lambda r: [U(r, (1, 1))],
+    lambda a: ml.reshape(a, ()),
+    lambda a: a.reshape(()),
+)
 case("transpose_default", lambda r: [U(r, (3, 4))], lambda a: ml.transpose(a), lambda a: a.T)
-case("transpose_perm", lambda r: [U(r, (2, 3, 4))], lambda a: ml.transpose(a, (1, 2, 0)),
-     lambda a: np.transpose(a, (1, 2, 0)))
+case(
+    "transpose_perm",
+    lambda r: [U(r, (2, 3, 4))],
+    lambda a: ml.transpose(a, (1, 2, 0)),
+    lambda a: np.transpose(a, (1, 2, 0)),
+)
 case("transpose_3d_default", lambda r: [U(r, (2, 3, 4))], lambda a: ml.transpose(a), lambda a: a.T)
 case("transpose_method_T", lambda r: [U(r, (3, 4))], lambda a: a.T, lambda a: a.T)
-case("transpose_method_perm", lambda r: [U(r, (2, 3, 4))], lambda a: a.transpose((2, 0, 1)),
-     lambda a: np.transpose(a, (2, 0, 1)))
-case("broadcast_to", lambda r: [U(r, (3, 1))], lambda a: ml.broadcast_to(a, (2, 3, 4)),
-     lambda a: np.broadcast_to(a, (2, 3, 4)))
-case("broadcast_to_vector", lambda r: [U(r, (4,))], lambda a: ml.broadcast_to(a, (3, 4)),
-     lambda a: np.broadcast_to(a, (3, 4)))
-case("broadcast_to_from_scalar", lambda r: [U(r, ())], lambda a: ml.broadcast_to(a, (2, 3)),
-     lambda a: np.broadcast_to(a, (2, 3)))
-case("sum_to", lambda r: [U(r, (2, 3, 4))], lambda a: ml.sum_to(a, (3, 1)),
-     lambda a: a.sum(axis=(0, 2)).reshape(3, 1))
-case("sum_to_vector", lambda r: [U(r, (2, 3, 4))], lambda a: ml.sum_to(a, (4,)), lambda a: a.sum(axis=(0, 1)))
+case(
+    "transpose_method_perm",
+    lambda r: [U(r, (2, 3, 4))],
+    lambda a: a.transpose((2, 0, 1)),
+    lambda a: np.transpose(a, (2, 0, 1)),
+)
+case(
+    "broadcast_to",
+    lambda r: [U(r, (3, 1))],
+    lambda a: ml.broadcast_to(a, (2, 3, 4)),
+    lambda a: np.broadcast_to(a, (2, 3, 4)),
+)
+case(
+    "broadcast_to_vector",
+    lambda r: [U(r, (4,))],
+    lambda a: ml.broadcast_to(a, (3, 4)),
+    lambda a: np.broadcast_to(a, (3, 4)),
+)
+case(
+    "broadcast_to_from_scalar",
+    lambda r: [U(r, ())],
+    lambda a: ml.broadcast_to(a, (2, 3)),
+    lambda a: np.broadcast_to(a, (2, 3)),
+)
+case(
+    "sum_to",
+    lambda r: [U(r, (2, 3, 4))],
+    lambda a: ml.sum_to(a, (3, 1)),
+    lambda a: a.sum(axis=(0, 2)).reshape(3, 1),
+)
+case(
+    "sum_to_vector",
+    lambda r: [U(r, (2, 3, 4))],
+    lambda a: ml.sum_to(a, (4,)),
+    lambda a: a.sum(axis=(0, 1)),
+)
 case("sum_to_scalar", lambda r: [U(r, (2, 3))], lambda a: ml.sum_to(a, ()), lambda a: a.sum())
 case("sum_to_same", lambda r: [U(r, (2, 3))], lambda a: ml.sum_to(a, (2, 3)), lambda a: a)
-case("concat_axis0", lambda r: [U(r, (2, 3)), U(r, (1, 3)), U(r, (3, 3))],
-     lambda a, b, c: ml.concat([a, b, c], axis=0), lambda a, b, c: np.concatenate([a, b, c], 0))
-case("concat_axis1", lambda r: [U(r, (2, 3)), U(r, (2, 1))], lambda a, b: ml.concat([a, b], axis=1),
-     lambda a, b: np.concatenate([a, b], 1))
-case("concat_axis_neg1_3d", lambda r: [U(r, (2, 2, 1)), U(r, (2, 2, 3))], lambda a, b: ml.concat([a, b], axis=-1),
-     lambda a, b: np.concatenate([a, b], -1))
-case("concat_same_tensor_twice", lambda r: [U(r, (2, 3))], lambda a: ml.concat([a, a], axis=0),
-     lambda a: np.concatenate([a, a], 0))
+case(
+    "concat_axis0",
+    lambda r: [U(r, (2, 3)), U(r, (1, 3)), U(r, (3, 3))],
+    lambda a, b, c: ml.concat([a, b, c], axis=0),
+    lambda a, b, c: np.concatenate([a, b, c], 0),
+)
+case(
+    "concat_axis1",
+    lambda r: [U(r, (2, 3)), U(r, (2, 1))],
+    lambda a, b: ml.concat([a, b], axis=1),
+    lambda a, b: np.concatenate([a, b], 1),
+)
+case(
+    "concat_axis_neg1_3d",
+    lambda r: [U(r, (2, 2, 1)), U(r, (2, 2, 3))],
+    lambda a, b: ml.concat([a, b], axis=-1),
+    lambda a, b: np.concatenate([a, b], -1),
+)
+case(
+    "concat_same_tensor_twice",
+    lambda r: [U(r, (2, 3))],
+    lambda a: ml.concat([a, a], axis=0),
+    lambda a: np.concatenate([a, a], 0),
+)
 case("narrow_axis1", lambda r: [U(r, (3, 5))], lambda a: ml.narrow(a, 1, 1, 3), lambda a: a[:, 1:4])
 case("narrow_axis0", lambda r: [U(r, (4, 3))], lambda a: ml.narrow(a, 0, 2, 2), lambda a: a[2:4])
-case("narrow_3d_axis_neg1", lambda r: [U(r, (2, 3, 4))], lambda a: ml.narrow(a, -1, 0, 2),
-     lambda a: a[..., 0:2])
+case(
+    "narrow_3d_axis_neg1",
+    lambda r: [U(r, (2, 3, 4))],
+    lambda a: ml.narrow(a, -1, 0, 2),
+    lambda a: a[..., 0:2],
+)
 _IDX = np.array([2, 0, 2, 1, 2], dtype=np.int64)
-case("gather_axis0_repeated", lambda r: [U(r, (3, 4))], lambda a: ml.gather(a, _IDX, axis=0),
-     lambda a: a[_IDX])
-case("gather_axis1_repeated", lambda r: [U(r, (2, 3))], lambda a: ml.gather(a, _IDX, axis=1),
-     lambda a: a[:, _IDX])
-case("gather_negative_indices", lambda r: [U(r, (4, 2))], lambda a: ml.gather(a, np.array([-1, 0, -1, 3]), axis=0),
-     lambda a: a[np.array([-1, 0, -1, 3])])
-case("gather_list_indices_axis_neg1", lambda r: [U(r, (2, 4))], lambda a: ml.gather(a, [3, 3, 0], axis=-1),
-     lambda a: a[:, [3, 3, 0]])
+case(
+    "gather_axis0_repeated",
+    lambda r: [U(r, (3, 4))],
+    lambda a: ml.gather(a, _IDX, axis=0),
+    lambda a: a[_IDX],
+)
+case(
+    "gather_axis1_repeated",
+    lambda r: [U(r, (2, 3))],
+    lambda a: ml.gather(a, _IDX, axis=1),
+    lambda a: a[:, _IDX],
+)
+case(
+    "gather_negative_indices",
+    lambda r: [U(r, (4, 2))],
+    lambda a: ml.gather(a, np.array([-1, 0, -1, 3]), axis=0),
+    lambda a: a[np.array([-1, 0, -1, 3])],
+)
+case(
+    "gather_list_indices_axis_neg1",
+    lambda r: [U(r, (2, 4))],
+    lambda a: ml.gather(a, [3, 3, 0], axis=-1),
+    lambda a: a[:, [3, 3, 0]],
+)
 case("getitem_int", lambda r: [U(r, (3, 4))], lambda a: a[1], lambda a: a[1])
 case("getitem_negative_int", lambda r: [U(r, (3, 4))], lambda a: a[-1], lambda a: a[-1])
 case("getitem_slice", lambda r: [U(r, (5, 3))], lambda a: a[1:4], lambda a: a[1:4])
 case("getitem_2d_slice", lambda r: [U(r, (3, 6))], lambda a: a[:, 2:5], lambda a: a[:, 2:5])
-case("getitem_index_array", lambda r: [U(r, (4, 3))], lambda a: a[np.array([3, 1, 3])],
-     lambda a: a[np.array([3, 1, 3])])
+case(
+    "getitem_index_array",
+    lambda r: [U(r, (4, 3))],
+    lambda a: a[np.array([3, 1, 3])],
+    lambda a: a[np.array([3, 1, 3])],
+)
 
 # reductions
-_RED_AXES = [(None, False), (None, True), (0, False), (-1, True), ((0, 2), False), ((0, 2), True), ([1], True),
-             ((-1, 0), False)]
+_RED_AXES = [
+    (None, False),
+    (None, True),
+    (0, False),
+    (-1, True),
+    ((0, 2), False),
+    ((0, 2), True),
+    ([1], True),
+    ((-1, 0), False),
+]
 
 
 def _red_ref(np_fn, axis, keepdims):
@@ -460,8 +689,12 @@ for _name, _np_fn, _maker in [
 
         case(f"{_name}_{_axis_id(_axis, _keep)}", _maker, _fn, _red_ref(_np_fn, _axis, _keep))
 
-case("reduce_max_2d_axis1", lambda r: [distinct(r, (3, 4))], lambda a: ml.reduce_max(a, axis=1),
-     lambda a: a.max(axis=1))
+case(
+    "reduce_max_2d_axis1",
+    lambda r: [distinct(r, (3, 4))],
+    lambda a: ml.reduce_max(a, axis=1),
+    lambda a: a.max(axis=1),
+)
 
 
 # losses, both from_logits modes
@@ -476,29 +709,59 @@ def _soft_labels(r, n, c):
 
 _LAB = np.array([2, 0, 3], dtype=np.int64)
 
-case("mean_squared_error", lambda r: [U(r, (3, 4)), U(r, (3, 4))],
-     lambda t, p: ml.mean_squared_error(t, p), lambda t, p: np.mean((t - p) ** 2, -1))
-case("mean_squared_error_3d", lambda r: [U(r, (2, 3, 4)), U(r, (2, 3, 4))],
-     lambda t, p: ml.mean_squared_error(t, p), lambda t, p: np.mean((t - p) ** 2, -1))
+case(
+    "mean_squared_error",
+    lambda r: [U(r, (3, 4)), U(r, (3, 4))],
+    lambda t, p: ml.mean_squared_error(t, p),
+    lambda t, p: np.mean((t - p) ** 2, -1),
+)
+case(
+    "mean_squared_error_3d",
+    lambda r: [U(r, (2, 3, 4)), U(r, (2, 3, 4))],
+    lambda t, p: ml.mean_squared_error(t, p),
+    lambda t, p: np.mean((t - p) ** 2, -1),
+)
 
 
 def _loss_case(name, make_true, make_pred, fn, ref):
     rng = np.random.default_rng(zlib.crc32(name.encode()) + 7)
     y_true = make_true(rng)
-    case(name, lambda r: [make_pred(r)], lambda p: fn(y_true, p), lambda p: ref(y_true.astype(np.float64), p))
+    case(
+        name,
+        lambda r: [make_pred(r)],
+        lambda p: fn(y_true, p),
+        lambda p: ref(y_true.astype(np.float64), p),
+    )
 
 
-_loss_case("categorical_crossentropy_probs", lambda r: _soft_labels(r, 3, 4), lambda r: pos(r, (3, 4), 0.2, 1.0),
-           lambda t, p: ml.categorical_crossentropy(t, p), cce_np)
-_loss_case("categorical_crossentropy_probs_onehot", lambda r: _onehot(r, 3, 4), lambda r: pos(r, (3, 4), 0.2, 1.0),
-           lambda t, p: ml.categorical_crossentropy(t, p, from_logits=False), cce_np)
-_loss_case("categorical_crossentropy_logits", lambda r: _soft_labels(r, 3, 4), lambda r: U(r, (3, 4), -2, 2),
-           lambda t, p: ml.categorical_crossentropy(t, p, from_logits=True),
-           lambda t, z: -np.sum(t * log_softmax_np(z), -1))
-_loss_case("categorical_crossentropy_logits_3d", lambda r: _soft_labels(r, 6, 3).reshape(2, 3, 3),
-           lambda r: U(r, (2, 3, 3), -2, 2),
-           lambda t, p: ml.categorical_crossentropy(t, p, from_logits=True),
-           lambda t, z: -np.sum(t * log_softmax_np(z), -1))
+_loss_case(
+    "categorical_crossentropy_probs",
+    lambda r: _soft_labels(r, 3, 4),
+    lambda r: pos(r, (3, 4), 0.2, 1.0),
+    lambda t, p: ml.categorical_crossentropy(t, p),
+    cce_np,
+)
+_loss_case(
+    "categorical_crossentropy_probs_onehot",
+    lambda r: _onehot(r, 3, 4),
+    lambda r: pos(r, (3, 4), 0.2, 1.0),
+    lambda t, p: ml.categorical_crossentropy(t, p, from_logits=False),
+    cce_np,
+)
+_loss_case(
+    "categorical_crossentropy_logits",
+    lambda r: _soft_labels(r, 3, 4),
+    lambda r: U(r, (3, 4), -2, 2),
+    lambda t, p: ml.categorical_crossentropy(t, p, from_logits=True),
+    lambda t, z: -np.sum(t * log_softmax_np(z), -1),
+)
+_loss_case(
+    "categorical_crossentropy_logits_3d",
+    lambda r: _soft_labels(r, 6, 3).reshape(2, 3, 3),
+    lambda r: U(r, (2, 3, 3), -2, 2),
+    lambda t, p: ml.categorical_crossentropy(t, p, from_logits=True),
+    lambda t, z: -np.sum(t * log_softmax_np(z), -1),
+)
 
 
 def _norm_probs(r, shape):
@@ -506,37 +769,80 @@ def _norm_probs(r, shape):
     return (p / p.sum(-1, keepdims=True)).astype(F32)
 
 
-case("sparse_categorical_crossentropy_probs", lambda r: [_norm_probs(r, (3, 4))],
-     lambda p: ml.sparse_categorical_crossentropy(_LAB, p),
-     lambda p: -np.log(p[np.arange(3), _LAB]))
-case("sparse_categorical_crossentropy_logits", lambda r: [U(r, (3, 4), -2, 2)],
-     lambda p: ml.sparse_categorical_crossentropy(_LAB, p, from_logits=True),
-     lambda z: -log_softmax_np(z)[np.arange(3), _LAB])
-case("sparse_categorical_crossentropy_logits_float_labels", lambda r: [U(r, (3, 4), -2, 2)],
-     lambda p: ml.sparse_categorical_crossentropy(_LAB.astype(F32), p, from_logits=True),
-     lambda z: -log_softmax_np(z)[np.arange(3), _LAB])
-case("sparse_categorical_crossentropy_logits_int32_col_labels", lambda r: [U(r, (3, 4), -2, 2)],
-     lambda p: ml.sparse_categorical_crossentropy(_LAB.astype(np.int32).reshape(3, 1), p, from_logits=True),
-     lambda z: -log_softmax_np(z)[np.arange(3), _LAB])
-_loss_case("binary_crossentropy_probs", lambda r: r.integers(0, 2, (3, 4)).astype(F32),
-           lambda r: pos(r, (3, 4), 0.1, 0.9), lambda t, p: ml.binary_crossentropy(t, p), bce_np)
-_loss_case("binary_crossentropy_probs_soft", lambda r: U(r, (3, 4), 0.0, 1.0),
-           lambda r: pos(r, (3, 4), 0.1, 0.9), lambda t, p: ml.binary_crossentropy(t, p, from_logits=False), bce_np)
-_loss_case("binary_crossentropy_logits", lambda r: r.integers(0, 2, (3, 4)).astype(F32),
-           lambda r: U(r, (3, 4), -3, 3), lambda t, p: ml.binary_crossentropy(t, p, from_logits=True),
-           bce_logits_np)
-_loss_case("binary_crossentropy_logits_soft_3d", lambda r: U(r, (2, 2, 3), 0.0, 1.0),
-           lambda r: U(r, (2, 2, 3), -3, 3), lambda t, p: ml.binary_crossentropy(t, p, from_logits=True),
-           bce_logits_np)
+case(
+    "sparse_categorical_crossentropy_probs",
+    lambda r: [_norm_probs(r, (3, 4))],
+    lambda p: ml.sparse_categorical_crossentropy(_LAB, p),
+    lambda p: -np.log(p[np.arange(3), _LAB]),
+)
+case(
+    "sparse_categorical_crossentropy_logits",
+    lambda r: [U(r, (3, 4), -2, 2)],
+    lambda p: ml.sparse_categorical_crossentropy(_LAB, p, from_logits=True),
+    lambda z: -log_softmax_np(z)[np.arange(3), _LAB],
+)
+case(
+    "sparse_categorical_crossentropy_logits_float_labels",
+    lambda r: [U(r, (3, 4), -2, 2)],
+    lambda p: ml.sparse_categorical_crossentropy(_LAB.astype(F32), p, from_logits=True),
+    lambda z: -log_softmax_np(z)[np.arange(3), _LAB],
+)
+case(
+    "sparse_categorical_crossentropy_logits_int32_col_labels",
+    lambda r: [U(r, (3, 4), -2, 2)],
+    lambda p: ml.sparse_categorical_crossentropy(
+        _LAB.astype(np.int32).reshape(3, 1), p, from_logits=True
+    ),
+    lambda z: -log_softmax_np(z)[np.arange(3), _LAB],
+)
+_loss_case(
+    "binary_crossentropy_probs",
+    lambda r: r.integers(0, 2, (3, 4)).astype(F32),
+    lambda r: pos(r, (3, 4), 0.1, 0.9),
+    lambda t, p: ml.binary_crossentropy(t, p),
+    bce_np,
+)
+_loss_case(
+    "binary_crossentropy_probs_soft",
+    lambda r: U(r, (3, 4), 0.0, 1.0),
+    lambda r: pos(r, (3, 4), 0.1, 0.9),
+    lambda t, p: ml.binary_crossentropy(t, p, from_logits=False),
+    bce_np,
+)
+_loss_case(
+    "binary_crossentropy_logits",
+    lambda r: r.integers(0, 2, (3, 4)).astype(F32),
+    lambda r: U(r, (3, 4), -3, 3),
+    lambda t, p: ml.binary_crossentropy(t, p, from_logits=True),
+    bce_logits_np,
+)
+_loss_case(
+    "binary_crossentropy_logits_soft_3d",
+    lambda r: U(r, (2, 2, 3), 0.0, 1.0),
+    lambda r: U(r, (2, 2, 3), -3, 3),
+    lambda t, p: ml.binary_crossentropy(t, p, from_logits=True),
+    bce_logits_np,
+)
 
 # compositions
-case("mlp_tanh_softmax_cce",
-     lambda r: [U(r, (3, 4)), U(r, (4, 5)), U(r, (5,), -0.3, 0.3), U(r, (5, 3))],
-     lambda x, w1, b1, w2: ml.categorical_crossentropy(
-         np.eye(3, dtype=F32)[[0, 2, 1]], ml.matmul(ml.linear(x, w1, b1, activation="tanh"), w2), from_logits=True),
-     lambda x, w1, b1, w2: -np.sum(np.eye(3)[[0, 2, 1]] * log_softmax_np(np.tanh(x @ w1 + b1) @ w2), -1))
-case("exp_mul", lambda r: [U(r, (2, 3)), U(r, (2, 3))], lambda a, b: ml.exp(ml.mul(a, b)),
-     lambda a, b: np.exp(a * b))
+case(
+    "mlp_tanh_softmax_cce",
+    lambda r: [U(r, (3, 4)), U(r, (4, 5)), U(r, (5,), -0.3, 0.3), U(r, (5, 3))],
+    lambda x, w1, b1, w2: ml.categorical_crossentropy(
+        np.eye(3, dtype=F32)[[0, 2, 1]],
+        ml.matmul(ml.linear(x, w1, b1, activation="tanh"), w2),
+        from_logits=True,
+    ),
+    lambda x, w1, b1, w2: (
+        -np.sum(np.eye(3)[[0, 2, 1]] * log_softmax_np(np.tanh(x @ w1 + b1) @ w2), -1)
+    ),
+)
+case(
+    "exp_mul",
+    lambda r: [U(r, (2, 3)), U(r, (2, 3))],
+    lambda a, b: ml.exp(ml.mul(a, b)),
+    lambda a, b: np.exp(a * b),
+)
 
 IDS = sorted(CASES)
 
@@ -558,7 +864,9 @@ def test_forward_matches_numpy(name):
     got = np.asarray(y)
     assert got.dtype == np.float32
     assert got.shape == expect.shape, f"shape {got.shape} != numpy {expect.shape}"
-    np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-5 * max(1.0, float(np.max(np.abs(expect)))))
+    np.testing.assert_allclose(
+        got, expect, rtol=1e-4, atol=1e-5 * max(1.0, float(np.max(np.abs(expect))))
+    )
 
 
 @pytest.mark.parametrize("name", IDS)

@@ -3,6 +3,7 @@ dispatch site of the C core, and the portable and AVX2 variants give the same re
 (within float32 rounding where the AVX2 kernels fuse multiply-adds or use their own
 polynomials: GEMM, exp/tanh/sigmoid/gelu; the same bits where both do the same float
 operations: the loops compiled twice)."""
+
 import json
 import os
 import re
@@ -10,16 +11,25 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from metalearn import _core
 from tests.helpers import REPO as ROOT
 
 # every dispatch site the core registers (a new one must be added here, so its
 # ML_KERNEL=portable path is tested)
-SITES = {"gemm", "vmath", "sinusoid_row", "binary_range_at", "un_kernel", "outer_rows_direct",
-         "relu_grad_mask_inplace", "red_block", "maxpool_kernel", "bn_train_range",
-         "bn_backward_range"}
+SITES = {
+    "gemm",
+    "vmath",
+    "sinusoid_row",
+    "binary_range_at",
+    "un_kernel",
+    "outer_rows_direct",
+    "relu_grad_mask_inplace",
+    "red_block",
+    "maxpool_kernel",
+    "bn_train_range",
+    "bn_backward_range",
+}
 
 # Computes results through every site and saves them; prints the kernel variants.
 SCRIPT = r"""
@@ -54,7 +64,7 @@ gamma = ml.Variable(rng.standard_normal(6).astype(F32))
 beta = ml.Variable(rng.standard_normal(6).astype(F32))
 w = rng.standard_normal((8, 4, 4, 6)).astype(F32)
 with ml.GradientTape() as tape:
-    y = ml.batch_norm(xb, gamma, beta, None, None, True)
+    y = ml.batch_norm(xb, gamma, beta, None, None, training=True)
     loss = ml.reduce_sum(ml.mul(y, w))
 out["batch norm"] = np.asarray(y)
 for name, g in zip(("dx", "dgamma", "dbeta"), tape.gradient(loss, [xb, gamma, beta])):
@@ -75,9 +85,18 @@ print(json.dumps({"variants": _core._kernel_variants(), "kernel": _core.kernel_n
 
 # the same bits on both variants: the same float operations, none fused (the loops compiled
 # twice are compiled without FMA)
-EXACT = {"broadcast add", "sum over a middle axis", "relu", "max pool", "sinusoid support_y",
-         "sinusoid query_y", "batch norm", "batch norm dx", "batch norm dgamma",
-         "batch norm dbeta"}
+EXACT = {
+    "broadcast add",
+    "sum over a middle axis",
+    "relu",
+    "max pool",
+    "sinusoid support_y",
+    "sinusoid query_y",
+    "batch norm",
+    "batch norm dx",
+    "batch norm dgamma",
+    "batch norm dbeta",
+}
 
 
 def run(tmp_path, kernel):
@@ -86,8 +105,13 @@ def run(tmp_path, kernel):
     if kernel == "portable":
         env["ML_KERNEL"] = "portable"
     path = tmp_path / f"{kernel}.npz"
-    r = subprocess.run([sys.executable, "-c", SCRIPT, str(ROOT), str(path)],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(ROOT), str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     info = json.loads(r.stdout.strip().splitlines()[-1])
     with np.load(path) as f:
@@ -121,6 +145,9 @@ def test_no_target_clones_in_the_core():
     """GCC's target_clones resolver picks a clone from the CPU alone, ignoring ML_KERNEL:
     every dispatch goes through kernels/cpu.h instead."""
     attribute = re.compile(r"target_clones\s*\(")
-    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.[ch]")
-                 if attribute.search(p.read_text())]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "csrc").rglob("*.[ch]")
+        if attribute.search(p.read_text())
+    ]
     assert offenders == []

@@ -14,12 +14,12 @@ Checked three ways:
     includes only the public header (and the op list, ops.def); the C core references no
     Python symbol.
 """
+
 import os
 import re
 import shutil
 import subprocess
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 
@@ -63,6 +63,7 @@ def test_every_folder_has_a_place_in_the_table():
 
 # ---------------------------------------------------------------------------- calls
 
+
 @pytest.fixture(scope="module")
 def objects():
     """{(folder, object name): (defined symbols, undefined symbols)} of make's build."""
@@ -70,8 +71,14 @@ def objects():
         pytest.skip("no C compiler (cc) or make: the objects cannot be built")
     if shutil.which("nm") is None:
         pytest.skip("no nm (binutils) to read the objects' symbols")
-    subprocess.run(["make", "-C", str(CSRC), "-s", "-j2", "all"], check=True,
-                   capture_output=True, text=True, timeout=900, env=ENV)
+    subprocess.run(
+        ["make", "-C", str(CSRC), "-s", "-j2", "all"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=ENV,
+    )
     out = {}
     for folder in _folders():
         for src in sorted((CSRC / folder).glob("*.c")):
@@ -79,8 +86,9 @@ def objects():
             if not obj.exists():
                 continue  # not built by make (the binding: setup.py builds it)
             defined, undefined = set(), set()
-            for line in subprocess.run(["nm", str(obj)], check=True, capture_output=True,
-                                       text=True, env=ENV).stdout.splitlines():
+            for line in subprocess.run(
+                ["nm", str(obj)], check=True, capture_output=True, text=True, env=ENV
+            ).stdout.splitlines():
                 parts = line.split()
                 if len(parts) == 3 and parts[1] in "TDBRCVWG":  # global, defined here
                     defined.add(parts[2])
@@ -106,13 +114,15 @@ def test_no_object_calls_its_own_rank_or_above(objects):
             if sym in where and where[sym][0] != folder and RANK[where[sym][0]] >= RANK[folder]:
                 wrong[f"{folder}/{name}"].add(f"{sym} ({'/'.join(where[sym])})")
     assert not wrong, "calls up or across the layers:\n" + "\n".join(
-        f"  {obj} -> {', '.join(sorted(syms))}" for obj, syms in sorted(wrong.items()))
+        f"  {obj} -> {', '.join(sorted(syms))}" for obj, syms in sorted(wrong.items())
+    )
 
 
 def test_the_c_core_references_no_python(objects):
-    python = {f"{folder}/{name}": sorted(s for s in undefined
-                                         if s.startswith(("Py", "_Py", "mlpy_")))
-              for (folder, name), (_, undefined) in objects.items()}
+    python = {
+        f"{folder}/{name}": sorted(s for s in undefined if s.startswith(("Py", "_Py", "mlpy_")))
+        for (folder, name), (_, undefined) in objects.items()
+    }
     assert not {k: v for k, v in python.items() if v}
 
 
@@ -133,7 +143,7 @@ def _resolve(src, name):
         path = (base / name).resolve()
         if path.exists():
             return path.relative_to(CSRC.resolve())
-    raise AssertionError(f"{src.relative_to(CSRC)}: #include \"{name}\" not found")
+    raise AssertionError(f'{src.relative_to(CSRC)}: #include "{name}" not found')
 
 
 def _includes(folder):
@@ -144,25 +154,36 @@ def _includes(folder):
 
 @pytest.mark.parametrize("folder", sorted(RANK))
 def test_no_file_includes_a_header_of_its_own_rank_or_above(folder):
-    wrong = [f"{src} includes {target}" for src, target in _includes(folder)
-             if target.parts[0] not in (folder, PUBLIC)
-             and RANK.get(target.parts[0], 99) >= RANK[folder]]
+    wrong = [
+        f"{src} includes {target}"
+        for src, target in _includes(folder)
+        if target.parts[0] not in (folder, PUBLIC) and RANK.get(target.parts[0], 99) >= RANK[folder]
+    ]
     assert not wrong, "\n".join(wrong)
 
 
 def test_the_kernels_know_nothing_of_tensors():
-    wrong = [f"{src} includes {target}" for src, target in _includes("kernels")
-             if target.parts[0] == "core" and target.as_posix() != "core/threads.h"]
-    wrong += [f"{src.relative_to(CSRC)} names ml_tensor" for src in _sources("kernels")
-              if re.search(r"\bml_tensor\b", _code(src))]
+    wrong = [
+        f"{src} includes {target}"
+        for src, target in _includes("kernels")
+        if target.parts[0] == "core" and target.as_posix() != "core/threads.h"
+    ]
+    wrong += [
+        f"{src.relative_to(CSRC)} names ml_tensor"
+        for src in _sources("kernels")
+        if re.search(r"\bml_tensor\b", _code(src))
+    ]
     assert not wrong, "\n".join(wrong)
 
 
 def test_the_binding_includes_only_the_public_header():
     # and the op list, a table of names with no declaration in it: the binding's element-wise
     # functions expand its rows
-    wrong = [f"{src} includes {target}" for src, target in _includes("python")
-             if target.parts[0] not in ("python", PUBLIC) and target.as_posix() != "ops/ops.def"]
+    wrong = [
+        f"{src} includes {target}"
+        for src, target in _includes("python")
+        if target.parts[0] not in ("python", PUBLIC) and target.as_posix() != "ops/ops.def"
+    ]
     assert not wrong, "\n".join(wrong)
 
 

@@ -1,7 +1,7 @@
 """csrc/ops/ops.def, the one list of ops the C enum, the op table and the backward
 declarations expand: its Python columns agree with metalearn._core."""
+
 import inspect
-import pathlib
 import re
 
 import numpy as np
@@ -17,8 +17,9 @@ HEADER = (CSRC / "include" / "metalearn.h").read_text()
 
 def _rows():
     text = re.sub(r"/\*.*?\*/", "", OPS_DEF.read_text(), flags=re.S)
-    return [tuple(a.strip() for a in row.split(","))
-            for row in re.findall(r"ML_OP\(([^)]*)\)", text)]
+    return [
+        tuple(a.strip() for a in row.split(",")) for row in re.findall(r"ML_OP\(([^)]*)\)", text)
+    ]
 
 
 ROWS = _rows()
@@ -41,8 +42,9 @@ def test_python_name_is_a_core_function(row):
     assert callable(getattr(_core, row[5], None)), f"ops.def: {row[1]} runs as _core.{row[5]}"
 
 
-@pytest.mark.parametrize("row", [r for r in ROWS if r[4] in ("UNARY", "BINARY")],
-                         ids=lambda r: r[1])
+@pytest.mark.parametrize(
+    "row", [r for r in ROWS if r[4] in ("UNARY", "BINARY")], ids=lambda r: r[1]
+)
 def test_unary_and_binary_rows_run_their_op(row):
     """What the binding's UNARY_OPS / BINARY_OPS lists hold: ml_<name> in the public
     header, _core.<py> making a tensor recorded as the row's op (Tensor.op is the table's
@@ -63,8 +65,7 @@ def _elementwise_functions(kind):
     UNARY ("(x), element-wise.") or BINARY ("(a, b), broadcasting.") functions."""
     tail = "(x), element-wise." if kind == "UNARY" else "(a, b), broadcasting."
     fns = {name: getattr(_core, name) for name in dir(_core)}
-    return {name for name, fn in fns.items()
-            if callable(fn) and (fn.__doc__ or "").endswith(tail)}
+    return {name for name, fn in fns.items() if callable(fn) and (fn.__doc__ or "").endswith(tail)}
 
 
 @pytest.mark.parametrize("form", ["UNARY", "BINARY"])
@@ -102,8 +103,12 @@ def _trace_type():
 
 
 # The C prefix of a type's functions -> the Python type (ml_optimizer_step: Optimizer.step).
-TYPES = {"tensor": _core.Tensor, "optimizer": _core.Optimizer,
-         "memory": _core.KnowledgeMemory, "trace": _trace_type()}
+TYPES = {
+    "tensor": _core.Tensor,
+    "optimizer": _core.Optimizer,
+    "memory": _core.KnowledgeMemory,
+    "trace": _trace_type(),
+}
 PY_TYPES = {tp.__name__: tp for tp in TYPES.values()}
 
 
@@ -121,19 +126,19 @@ REASONS = set(re.findall(r"^ \*   \[([A-Z])\] ", HEADER, re.M))
 def _by_rule(name, params):
     """The Python function, method or property the header's naming rule gives a C
     function, or None."""
-    n = name[len("ml_"):]
+    n = name[len("ml_") :]
     if hasattr(_core, n):  # ml_conv2d: conv2d
         return getattr(_core, n)
     for prefix, tp in TYPES.items():  # ml_optimizer_step: Optimizer.step
         if n.startswith(prefix + "_"):
-            attr = n[len(prefix) + 1:]
-            attr = attr[len("set_"):] if attr.startswith("set_") else attr
+            attr = n[len(prefix) + 1 :]
+            attr = attr[len("set_") :] if attr.startswith("set_") else attr
             if hasattr(tp, attr):
                 return getattr(tp, attr)
     # a tensor's: ml_ndim(t): Tensor.ndim, ml_detach(&out, t): Tensor.detach
     first = [p.strip() for p in params.split(",") if p.strip() != "ml_tensor **out"][:1]
     if first and re.fullmatch(r"(const )?ml_tensor \*t", first[0]):
-        attr = n[len("set_"):] if n.startswith("set_") else n
+        attr = n[len("set_") :] if n.startswith("set_") else n
         return getattr(_core.Tensor, attr, None)
     return None
 
@@ -159,8 +164,11 @@ def test_every_public_c_function_has_its_python_name_by_the_rule_or_the_table():
     (a function, a type's method or property), or a row of the header's table says what
     Python calls it and why. Every public C op is reachable from Python."""
     table = {c: py for c, py, _ in NAMES_TABLE}
-    missing = sorted(n for n, params in HEADER_FUNCTIONS.items()
-                     if _by_rule(n, params) is None and n not in table)
+    missing = sorted(
+        n
+        for n, params in HEADER_FUNCTIONS.items()
+        if _by_rule(n, params) is None and n not in table
+    )
     assert not missing, f"not reachable from Python under its own name, nor in the table: {missing}"
 
 
@@ -176,8 +184,12 @@ def test_the_names_table_holds_only_real_differences():
 
 
 # The ops metalearn does not re-export under their _core name, and where they are.
-ELSEWHERE = {"assign": "Variable.assign", "random_uniform": "random.uniform",
-             "random_normal": "random.normal", "truncated_normal": "random.truncated_normal"}
+ELSEWHERE = {
+    "assign": "Variable.assign",
+    "random_uniform": "random.uniform",
+    "random_normal": "random.normal",
+    "truncated_normal": "random.truncated_normal",
+}
 
 
 @pytest.mark.parametrize("row", [r for r in ROWS if r[4] != "NONE"], ids=lambda r: r[1])

@@ -10,16 +10,21 @@ from hypothesis.extra import numpy as hnp
 import metalearn as ml
 
 from tests.helpers import F32
+
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def finite_arrays(shape, lo=-4.0, hi=4.0):
-    return hnp.arrays(F32, shape, elements=st.floats(lo, hi, width=32, allow_nan=False, allow_infinity=False))
+    return hnp.arrays(
+        F32, shape, elements=st.floats(lo, hi, width=32, allow_nan=False, allow_infinity=False)
+    )
 
 
 def nonzero_arrays(shape):
     mag = st.floats(0.25, 4.0, width=32)
-    return hnp.arrays(F32, shape, elements=st.tuples(st.sampled_from([-1.0, 1.0]), mag).map(lambda t: t[0] * t[1]))
+    return hnp.arrays(
+        F32, shape, elements=st.tuples(st.sampled_from([-1.0, 1.0]), mag).map(lambda t: t[0] * t[1])
+    )
 
 
 BINARY = {
@@ -34,7 +39,11 @@ BINARY = {
 
 @st.composite
 def broadcast_pair(draw, nonzero_b=False):
-    shapes = draw(hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=4, min_side=1, max_side=4))
+    shapes = draw(
+        hnp.mutually_broadcastable_shapes(
+            num_shapes=2, min_dims=0, max_dims=4, min_side=1, max_side=4
+        )
+    )
     sa, sb = shapes.input_shapes
     a = draw(finite_arrays(sa))
     b = draw(nonzero_arrays(sb) if nonzero_b else finite_arrays(sb))
@@ -46,7 +55,9 @@ def test_binary_broadcasting_matches_numpy(op):
     ml_op, np_op = BINARY[op]
 
     @SETTINGS
-    @given(broadcast_pair(nonzero_b=(op == "div")), st.sampled_from(["func", "operator", "ndarray"]))
+    @given(
+        broadcast_pair(nonzero_b=(op == "div")), st.sampled_from(["func", "operator", "ndarray"])
+    )
     def check(pair, form):
         a, b = pair
         expect = np_op(a, b)
@@ -58,7 +69,9 @@ def test_binary_broadcasting_matches_numpy(op):
             if op in ("maximum", "minimum"):
                 got = ml_op(ml.tensor(a), b)
             else:
-                sym = {"add": "__add__", "sub": "__sub__", "mul": "__mul__", "div": "__truediv__"}[op]
+                sym = {"add": "__add__", "sub": "__sub__", "mul": "__mul__", "div": "__truediv__"}[
+                    op
+                ]
                 got = getattr(ml.tensor(a), sym)(ml.tensor(b))
         assert isinstance(got, ml.Tensor)
         assert got.shape == expect.shape
@@ -96,7 +109,11 @@ def test_reductions_match_numpy(name):
     def check(args):
         a, axis, keepdims = args
         f = getattr(ml, name)
-        got = f(ml.tensor(a), keepdims=keepdims) if axis is None else f(ml.tensor(a), axis=axis, keepdims=keepdims)
+        got = (
+            f(ml.tensor(a), keepdims=keepdims)
+            if axis is None
+            else f(ml.tensor(a), axis=axis, keepdims=keepdims)
+        )
         expect = np_fn(a.astype(np.float64), axis=axis, keepdims=keepdims)
         assert got.shape == np.shape(expect)
         tol = 1e-5 * max(1.0, float(np.max(np.abs(a))) * a.size)
@@ -119,7 +136,9 @@ SMOOTH_UNARY = {
     "neg": lambda t: -t,
     "log_sigmoid": lambda t: ml.log(ml.sigmoid(t)),
     "sqrt_shifted": lambda t: ml.sqrt(ml.square(t) + 1.0),
-    "elu": lambda t: ml.elu(t),  # C1 at 0; finite differences straddling 0 are still accurate to O(eps)
+    "elu": lambda t: ml.elu(
+        t
+    ),  # C1 at 0; finite differences straddling 0 are still accurate to O(eps)
     "transpose_back": lambda t: ml.transpose(ml.transpose(t)),
     "reshape_flat_back": lambda t: ml.reshape(ml.reshape(t, (t.size,)), t.shape),
 }
@@ -134,12 +153,23 @@ SMOOTH_BINARY = {
 
 @st.composite
 def composition(draw):
-    shapes = draw(hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=1, max_dims=3, min_side=1, max_side=3))
+    shapes = draw(
+        hnp.mutually_broadcastable_shapes(
+            num_shapes=2, min_dims=1, max_dims=3, min_side=1, max_side=3
+        )
+    )
     sa, sb = shapes.input_shapes
     a = draw(finite_arrays(sa, -1.5, 1.5))
     b = draw(finite_arrays(sb, -1.5, 1.5))
-    steps = draw(st.lists(st.tuples(st.sampled_from(sorted(SMOOTH_UNARY)), st.sampled_from(sorted(SMOOTH_BINARY))),
-                          min_size=1, max_size=3))
+    steps = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(sorted(SMOOTH_UNARY)), st.sampled_from(sorted(SMOOTH_BINARY))
+            ),
+            min_size=1,
+            max_size=3,
+        )
+    )
     final = draw(st.sampled_from(["sum", "mean", "sum_axis0", "mean_last_keep"]))
     return a, b, steps, final
 
@@ -179,7 +209,7 @@ def _numeric_grads(f, inputs, w, eps=3e-3):
 
 
 @SETTINGS
-@given(composition(), st.integers(0, 2 ** 31 - 1))
+@given(composition(), st.integers(0, 2**31 - 1))
 def test_gradients_of_random_compositions(comp, seed):
     a, b, steps, final = comp
     f = _compose(steps, final)
@@ -188,19 +218,27 @@ def test_gradients_of_random_compositions(comp, seed):
     w = np.random.default_rng(seed).uniform(0.5, 1.5, y.shape).astype(F32)
     assert np.all(np.isfinite(np.asarray(y)))
     gs = ml.grad(y, [ta, tb], grad_outputs=ml.tensor(w), allow_unused=True)
-    analytic = [np.zeros(x.shape) if g is None else np.asarray(g, dtype=np.float64) for g, x in zip(gs, (a, b))]
+    analytic = [
+        np.zeros(x.shape) if g is None else np.asarray(g, dtype=np.float64)
+        for g, x in zip(gs, (a, b))
+    ]
     for g, x in zip(analytic, (a, b)):
         assert g.shape == x.shape
     numeric = _numeric_grads(f, [a, b], w.astype(np.float64))
     scale = max(float(np.max(np.abs(n))) for n in numeric)
     assume(scale > 1e-3)  # e.g. softmax followed by a sum has an exactly zero gradient
     for g, n in zip(analytic, numeric):
-        np.testing.assert_allclose(g, n, rtol=2e-2, atol=2e-3 + 1e-2 * scale,
-                                   err_msg=f"steps={steps} final={final} shapes={a.shape},{b.shape}")
+        np.testing.assert_allclose(
+            g,
+            n,
+            rtol=2e-2,
+            atol=2e-3 + 1e-2 * scale,
+            err_msg=f"steps={steps} final={final} shapes={a.shape},{b.shape}",
+        )
 
 
 @SETTINGS
-@given(composition(), st.integers(0, 2 ** 31 - 1))
+@given(composition(), st.integers(0, 2**31 - 1))
 def test_second_order_of_random_compositions(comp, seed):
     """Hessian-vector products: d/dx <grad f(x), v> against central differences of grad f."""
     a, b, steps, final = comp
@@ -216,21 +254,32 @@ def test_second_order_of_random_compositions(comp, seed):
     def first(xs, create_graph):
         x1, x2 = ml.tensor(xs[0], requires_grad=True), ml.tensor(xs[1], requires_grad=True)
         y = f(x1, x2)
-        gs = ml.grad(y, [x1, x2], grad_outputs=ml.tensor(w), create_graph=create_graph, allow_unused=True)
+        gs = ml.grad(
+            y, [x1, x2], grad_outputs=ml.tensor(w), create_graph=create_graph, allow_unused=True
+        )
         return (x1, x2), gs
 
     (x1, x2), gs = first([a, b], True)
-    terms = [ml.reduce_sum(g * v) for g, v in zip(gs, (va, vb)) if g is not None and g.requires_grad]
+    terms = [
+        ml.reduce_sum(g * v) for g, v in zip(gs, (va, vb)) if g is not None and g.requires_grad
+    ]
     assume(terms)
     s = terms[0]
     for t in terms[1:]:
         s = s + t
     hs = ml.grad(s, [x1, x2], allow_unused=True)
-    analytic = [np.zeros(x.shape) if h is None else np.asarray(h, dtype=np.float64) for h, x in zip(hs, (a, b))]
+    analytic = [
+        np.zeros(x.shape) if h is None else np.asarray(h, dtype=np.float64)
+        for h, x in zip(hs, (a, b))
+    ]
 
     def value(xs):
         _, g2 = first(xs, False)
-        return sum(float(np.sum(np.asarray(g, dtype=np.float64) * v)) for g, v in zip(g2, (va, vb)) if g is not None)
+        return sum(
+            float(np.sum(np.asarray(g, dtype=np.float64) * v))
+            for g, v in zip(g2, (va, vb))
+            if g is not None
+        )
 
     eps = 3e-3
     numeric = []
@@ -245,13 +294,20 @@ def test_second_order_of_random_compositions(comp, seed):
     scale = max(float(np.max(np.abs(n))) for n in numeric)
     assume(scale > 1e-3)
     for h, n in zip(analytic, numeric):
-        np.testing.assert_allclose(h, n, rtol=3e-2, atol=3e-3 + 2e-2 * scale,
-                                   err_msg=f"steps={steps} final={final} shapes={a.shape},{b.shape}")
+        np.testing.assert_allclose(
+            h,
+            n,
+            rtol=3e-2,
+            atol=3e-3 + 2e-2 * scale,
+            err_msg=f"steps={steps} final={final} shapes={a.shape},{b.shape}",
+        )
 
 
 @SETTINGS
-@given(hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=4, min_side=1, max_side=4),
-       st.sampled_from(["add", "sub", "mul"]))
+@given(
+    hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=4, min_side=1, max_side=4),
+    st.sampled_from(["add", "sub", "mul"]),
+)
 def test_broadcast_gradient_is_sum_to_input_shape(shapes, op):
     sa, sb = shapes.input_shapes
     out = shapes.result_shape
@@ -265,8 +321,9 @@ def test_broadcast_gradient_is_sum_to_input_shape(shapes, op):
     assert ga.shape == sa and gb.shape == sb
     da = {"add": np.ones(out), "sub": np.ones(out), "mul": np.broadcast_to(b, out)}[op] * w
     db = {"add": np.ones(out), "sub": -np.ones(out), "mul": np.broadcast_to(a, out)}[op] * w
-    np.testing.assert_allclose(np.asarray(ga), np.asarray(ml.sum_to(ml.tensor(da.astype(F32)), sa)), rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(ga), np.asarray(ml.sum_to(ml.tensor(da.astype(F32)), sa)), rtol=1e-5, atol=1e-5
+    )
     np.testing.assert_allclose(np.asarray(ga), _np_sum_to(da, sa), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(gb), _np_sum_to(db, sb), rtol=1e-5, atol=1e-5)
 
@@ -287,7 +344,7 @@ def matmul_case(draw):
     batch = draw(st.sampled_from([(), (2,), (2, 1)]))
     bbatch = draw(st.sampled_from([(), batch, (1,) * len(batch)])) if batch else ()
     ta, tb = draw(st.booleans()), draw(st.booleans())
-    seed = draw(st.integers(0, 2 ** 31 - 1))
+    seed = draw(st.integers(0, 2**31 - 1))
     return m, k, n, batch, bbatch, ta, tb, seed
 
 
@@ -332,7 +389,13 @@ def test_matmul_each_kernel(kernel):
         env["ML_KERNEL"] = "portable"
     else:
         env.pop("ML_KERNEL", None)
-    r = subprocess.run([sys.executable, "-c", PORTABLE_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", PORTABLE_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     if kernel == "portable":
         assert "portable" in r.stdout or "?" in r.stdout

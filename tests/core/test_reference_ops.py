@@ -17,6 +17,7 @@ the terms that produced it, not to the (possibly cancelled, near-zero) result.
 Second-order values go through two float32 backward passes (and, for the losses,
 divisions by probabilities down to ~1e-2), so they get rtol 2e-4.
 """
+
 import json
 
 import numpy as np
@@ -25,8 +26,14 @@ import pytest
 import metalearn as ml
 from metalearn import _core
 from tests.helpers import REFERENCE as REF
-OP_FILES = ["ops_elementwise.npz", "ops_nn.npz", "ops_shape.npz", "ops_reduce.npz",
-            "ops_losses.npz"]
+
+OP_FILES = [
+    "ops_elementwise.npz",
+    "ops_nn.npz",
+    "ops_shape.npz",
+    "ops_reduce.npz",
+    "ops_losses.npz",
+]
 
 RTOL = 1e-4
 RTOL2 = 2e-4
@@ -42,11 +49,11 @@ def _load_cases():
     cases = []
     for fn in OP_FILES:
         data = _load(fn)
-        family = fn[len("ops_"):-len(".npz")]
+        family = fn[len("ops_") : -len(".npz")]
         names = sorted({k.split("/")[0] for k in data})
         for name in names:
             pre = name + "/"
-            case = {k[len(pre):]: v for k, v in data.items() if k.startswith(pre)}
+            case = {k[len(pre) :]: v for k, v in data.items() if k.startswith(pre)}
             case["meta"] = json.loads(str(case["meta"]))
             case["id"] = "%s:%s" % (family, name)
             cases.append(case)
@@ -61,15 +68,20 @@ DIFF_IDS = [c["id"] for c in DIFF_CASES]
 
 # ------------------------------------------------------------------ helpers
 
+
 def assert_close(actual, expected, rtol=RTOL, what=""):
     actual = np.asarray(actual)
     expected = np.asarray(expected)
     assert actual.shape == expected.shape, "%s: shape %s, expected %s" % (
-        what, actual.shape, expected.shape)
+        what,
+        actual.shape,
+        expected.shape,
+    )
     assert np.all(np.isfinite(actual)), "%s: non-finite values %s" % (what, actual)
     atol = ATOL * max(1.0, float(np.abs(expected).max(initial=0.0)))
-    np.testing.assert_allclose(actual.astype(np.float64), expected, rtol=rtol, atol=atol,
-                               err_msg=what)
+    np.testing.assert_allclose(
+        actual.astype(np.float64), expected, rtol=rtol, atol=atol, err_msg=what
+    )
     if np.any(expected != 0):
         # a test that can fail: a gradient that is all zeros never passes for a
         # reference that is not
@@ -118,6 +130,7 @@ def _forward(case, tensors):
 
 # ---------------------------------------------------------------- op tests
 
+
 def test_fixtures_present():
     assert len(CASES) >= 100
     total = sum((REF / f).stat().st_size for f in OP_FILES + ["mlp.npz", "optim.npz"])
@@ -153,8 +166,11 @@ def test_grad(case):
     if out.requires_grad:
         grads = ml.grad([out], dx, grad_outputs=[w], allow_unused=True)
         for i, g, x in zip(diff, grads, dx):
-            assert_close(_as_np(g, x), case["grad%d" % i],
-                         what="%s grad%d via grad_outputs" % (case["id"], i))
+            assert_close(
+                _as_np(g, x),
+                case["grad%d" % i],
+                what="%s grad%d via grad_outputs" % (case["id"], i),
+            )
 
 
 def _second_order(case):
@@ -166,8 +182,9 @@ def _second_order(case):
     loss = ml.reduce_sum(ml.mul(out, w))
     grads = _grads(loss, dx, create_graph=True)
     for i, g, x in zip(diff, grads, dx):  # create_graph must not change the values
-        assert_close(_as_np(g, x), case["grad%d" % i],
-                     what="%s grad%d (create_graph)" % (case["id"], i))
+        assert_close(
+            _as_np(g, x), case["grad%d" % i], what="%s grad%d (create_graph)" % (case["id"], i)
+        )
     s2 = None
     for i, g in zip(diff, grads):
         if g is None:
@@ -183,15 +200,17 @@ def test_grad_of_grad(case):
     diff = case["meta"]["diff"]
     dx, _, second = _second_order(case)
     for i, g, x in zip(diff, second, dx):
-        assert_close(_as_np(g, x), case["ggrad%d" % i], rtol=RTOL2,
-                     what="%s ggrad%d" % (case["id"], i))
+        assert_close(
+            _as_np(g, x), case["ggrad%d" % i], rtol=RTOL2, what="%s ggrad%d" % (case["id"], i)
+        )
 
 
 @pytest.mark.parametrize("case", DIFF_CASES, ids=DIFF_IDS)
 def test_jvp_double_backward(case):
     _, w, second = _second_order(case)
-    assert_close(_as_np(second[-1], case["w"]), case["jvp"], rtol=RTOL2,
-                 what="%s jvp (d/dw)" % case["id"])
+    assert_close(
+        _as_np(second[-1], case["w"]), case["jvp"], rtol=RTOL2, what="%s jvp (d/dw)" % case["id"]
+    )
 
 
 # ---------------------------------------------------------------------- MLP
@@ -212,8 +231,9 @@ def _mlp_params():
 def test_mlp_loss_grad_and_grad_of_grad():
     P = _mlp_params()
     logits = _mlp_logits(P, ml.Tensor(MLP["mlp/x"]))
-    loss = ml.reduce_mean(ml.categorical_crossentropy(ml.Tensor(MLP["mlp/y"]), logits,
-                                                      from_logits=True))
+    loss = ml.reduce_mean(
+        ml.categorical_crossentropy(ml.Tensor(MLP["mlp/y"]), logits, from_logits=True)
+    )
     assert loss.shape == ()
     assert_close(loss.numpy(), MLP["mlp/loss"], what="mlp loss")
     grads = ml.grad(loss, P, create_graph=True)
@@ -248,8 +268,12 @@ def _maml_meta_grad(second_order):
 def test_maml_meta_gradient(order):
     meta = _maml_meta_grad(second_order=(order == 2))
     for k, g in zip(PNAMES, meta):
-        assert_close(g.numpy(), MLP["maml/grad%d/%s" % (order, k)], rtol=RTOL2,
-                     what="maml order %d meta-gradient %s" % (order, k))
+        assert_close(
+            g.numpy(),
+            MLP["maml/grad%d/%s" % (order, k)],
+            rtol=RTOL2,
+            what="maml order %d meta-gradient %s" % (order, k),
+        )
     if order == 2:  # the second-order term is not negligible here
         for k, g in zip(PNAMES, meta):
             fo = MLP["maml/grad1/" + k]
@@ -275,15 +299,21 @@ def test_optimizer_given_gradients(name):
     opt, steps = _make_opt(name)
     params = [ml.Tensor(OPT["optim/p%d_init" % k]) for k in range(N_PARAMS)]
     for t in range(steps):
-        grads = [ml.Tensor(OPT["%s/g%d" % (name, k)][t].astype(np.float32))
-                 for k in range(N_PARAMS)]
+        grads = [
+            ml.Tensor(OPT["%s/g%d" % (name, k)][t].astype(np.float32)) for k in range(N_PARAMS)
+        ]
         opt.step(params, grads)
         for k in range(N_PARAMS):
             ref = OPT["%s/p%d" % (name, k)]
             got = params[k].numpy()
             # float32 state over <= 20 steps: ~1e-7 per step, relative to |p| <= 3
-            np.testing.assert_allclose(got, ref[t + 1], rtol=1e-5, atol=1e-5,
-                                       err_msg="%s step %d param %d" % (name, t + 1, k))
+            np.testing.assert_allclose(
+                got,
+                ref[t + 1],
+                rtol=1e-5,
+                atol=1e-5,
+                err_msg="%s step %d param %d" % (name, t + 1, k),
+            )
             assert np.any(got != ref[t].astype(np.float32)), "parameter did not move"
     assert opt.iterations == steps
 
@@ -301,7 +331,8 @@ def test_optimizer_trajectory_on_quadratic(name):
     for k in range(N_PARAMS):
         ref = OPT["%s/p%d" % (name, k)][steps]
         start = OPT["%s/p%d" % (name, k)][0]
-        np.testing.assert_allclose(params[k].numpy(), ref, rtol=1e-4, atol=1e-4,
-                                   err_msg="%s final param %d" % (name, k))
+        np.testing.assert_allclose(
+            params[k].numpy(), ref, rtol=1e-4, atol=1e-4, err_msg="%s final param %d" % (name, k)
+        )
         assert np.abs(ref - start).min() > 1e-3  # every entry really moved
     assert opt.iterations == steps

@@ -135,9 +135,18 @@ BY_CALLABLE = {
     "global_avg_pool2d": {"x": lambda p: t(1, 4, 4, 2)},
     "batch_norm": {"axis": lambda p: -1, "training": lambda p: True},
     "batch_norm_grouped": {"x": lambda p: t(2, 4, 3), "axis": lambda p: -1},
-    "sinusoid_batch": lambda p: dict(bit_generator=np.random.PCG64(0), b=2, k=3, q=4,
-                                     amp_lo=0.1, amp_hi=5.0, phase_lo=0.0, phase_hi=np.pi,
-                                     x_lo=-5.0, x_hi=5.0),
+    "sinusoid_batch": lambda p: dict(
+        bit_generator=np.random.PCG64(0),
+        b=2,
+        k=3,
+        q=4,
+        amp_lo=0.1,
+        amp_hi=5.0,
+        phase_lo=0.0,
+        phase_hi=np.pi,
+        x_lo=-5.0,
+        x_hi=5.0,
+    ),
     "Tensor.reshape": {"shape": lambda p: (3, 2)},
     "Tensor.transpose": {"perm": lambda p: (1, 0)},
     "KnowledgeMemory.load": {"path": lambda p: saved_memory(p / "m.bin")},
@@ -168,8 +177,12 @@ def callables():
     """(qualified name, how to get the callable) for every function of the module, every
     method of its types, and the types one constructs."""
     found = []
-    types = {"Tensor": _core.Tensor, "Optimizer": _core.Optimizer,
-             "KnowledgeMemory": _core.KnowledgeMemory, "Trace": trace_type()}
+    types = {
+        "Tensor": _core.Tensor,
+        "Optimizer": _core.Optimizer,
+        "KnowledgeMemory": _core.KnowledgeMemory,
+        "Trace": trace_type(),
+    }
     for name in sorted(dir(_core)):
         obj = getattr(_core, name)
         if name.startswith("__") or isinstance(obj, type) or not callable(obj):
@@ -186,7 +199,9 @@ def callables():
                 found.append((f"{tname}.{mname}", lambda tp=tp, mname=mname: getattr(tp, mname)))
             else:
                 make = SELF.get(f"{tname}.{mname}", SELF[tname])
-                found.append((f"{tname}.{mname}", lambda make=make, mname=mname: getattr(make(), mname)))
+                found.append(
+                    (f"{tname}.{mname}", lambda make=make, mname=mname: getattr(make(), mname))
+                )
     return found
 
 
@@ -197,8 +212,17 @@ IDS = [name for name, _ in CALLABLES]
 def test_enumeration_sees_the_whole_binding():
     # not vacuous: the module's functions and the types' methods are all enumerated
     assert len(CALLABLES) > 100
-    for name in ("matmul", "grad", "trace_replay", "conv2d", "KnowledgeMemory.query",
-                 "Tensor.sum", "Optimizer.step", "KnowledgeMemory.open", "Tensor"):
+    for name in (
+        "matmul",
+        "grad",
+        "trace_replay",
+        "conv2d",
+        "KnowledgeMemory.query",
+        "Tensor.sum",
+        "Optimizer.step",
+        "KnowledgeMemory.open",
+        "Tensor",
+    ):
         assert name in IDS
 
 
@@ -222,8 +246,10 @@ def split_arguments(sig, values, tmp_path):
         elif p.default is not p.empty:
             v = p.default
         else:
-            pytest.fail(f"no sample value for the parameter {p.name!r}: add one to BY_NAME or "
-                        f"BY_CALLABLE in {__file__}")
+            pytest.fail(
+                f"no sample value for the parameter {p.name!r}: add one to BY_NAME or "
+                f"BY_CALLABLE in {__file__}"
+            )
         if p.kind is p.VAR_POSITIONAL:
             args.extend(v)
         elif p.kind is p.POSITIONAL_ONLY:

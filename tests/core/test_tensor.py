@@ -69,12 +69,16 @@ def test_as_tensor_keeps_array_alive():
     np.testing.assert_array_equal(np.asarray(t), np.arange(1000, dtype=F32))
 
 
-@pytest.mark.parametrize("make", [
-    lambda: np.arange(6, dtype=np.float64).reshape(2, 3),
-    lambda: np.arange(12, dtype=F32).reshape(3, 4)[:, ::2],
-    lambda: np.arange(6, dtype=F32).reshape(2, 3).T,
-    lambda: np.arange(6, dtype=np.int64),
-], ids=["float64", "strided", "transposed", "int64"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: np.arange(6, dtype=np.float64).reshape(2, 3),
+        lambda: np.arange(12, dtype=F32).reshape(3, 4)[:, ::2],
+        lambda: np.arange(6, dtype=F32).reshape(2, 3).T,
+        lambda: np.arange(6, dtype=np.int64),
+    ],
+    ids=["float64", "strided", "transposed", "int64"],
+)
 def test_as_tensor_copies_otherwise(make):
     src = make()
     t = ml.as_tensor(src)
@@ -86,8 +90,20 @@ def test_as_tensor_copies_otherwise(make):
 # ------------------------------------------------------------------ dtype conversion
 
 
-@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float64, np.bool_, np.uint8, np.float16, np.int8,
-                                   np.uint16, np.float32])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        np.int32,
+        np.int64,
+        np.float64,
+        np.bool_,
+        np.uint8,
+        np.float16,
+        np.int8,
+        np.uint16,
+        np.float32,
+    ],
+)
 def test_dtypes_converted_to_float32(dtype):
     src = (np.arange(6) % 3).astype(dtype).reshape(2, 3)
     for make in (ml.tensor, ml.Tensor, ml.as_tensor):
@@ -115,13 +131,17 @@ def test_float64_rounding():
     np.testing.assert_array_equal(arr(t), expect)
 
 
-@pytest.mark.parametrize("bad", [
-    np.array([1, "a"], dtype=object),
-    np.array([1.0, 2.0], dtype=object),
-    np.array([1 + 2j]),
-    np.array([1 + 0j], dtype=np.complex64),
-    1 + 2j,
-], ids=["object_mixed", "object_numbers", "complex128", "complex64", "python_complex"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.array([1, "a"], dtype=object),
+        np.array([1.0, 2.0], dtype=object),
+        np.array([1 + 2j]),
+        np.array([1 + 0j], dtype=np.complex64),
+        1 + 2j,
+    ],
+    ids=["object_mixed", "object_numbers", "complex128", "complex64", "python_complex"],
+)
 def test_object_and_complex_refused(bad):
     for make in (ml.tensor, ml.Tensor, ml.as_tensor):
         with pytest.raises(TypeError):
@@ -131,8 +151,10 @@ def test_object_and_complex_refused(bad):
 # ------------------------------------------------------------------ shapes and attributes
 
 
-@pytest.mark.parametrize("shape", [(), (1,), (5,), (2, 3), (2, 3, 4), (2, 1, 3, 2), (1, 2, 1, 3, 2),
-                                   (2, 1, 2, 1, 2, 1, 2, 1)])
+@pytest.mark.parametrize(
+    "shape",
+    [(), (1,), (5,), (2, 3), (2, 3, 4), (2, 1, 3, 2), (1, 2, 1, 3, 2), (2, 1, 2, 1, 2, 1, 2, 1)],
+)
 def test_shapes(shape):
     src = np.arange(int(np.prod(shape)), dtype=F32).reshape(shape)
     t = ml.tensor(src)
@@ -237,10 +259,23 @@ def test_subclassable():
 SRC = np.arange(24, dtype=F32).reshape(4, 6)
 
 
-@pytest.mark.parametrize("key", [
-    1, -1, 0, slice(1, 3), slice(0, 4), slice(None, 2), slice(2, None), slice(-3, -1),
-    (slice(None), slice(2, 5)), np.array([3, 0, 3]), np.array([-1, 1]),
-], ids=lambda k: repr(k).replace(" ", ""))
+@pytest.mark.parametrize(
+    "key",
+    [
+        1,
+        -1,
+        0,
+        slice(1, 3),
+        slice(0, 4),
+        slice(None, 2),
+        slice(2, None),
+        slice(-3, -1),
+        (slice(None), slice(2, 5)),
+        np.array([3, 0, 3]),
+        np.array([-1, 1]),
+    ],
+    ids=lambda k: repr(k).replace(" ", ""),
+)
 def test_indexing_matches_numpy(key):
     t = ml.tensor(SRC)
     got = t[key]
@@ -287,8 +322,17 @@ BINOPS = {
 
 
 @pytest.mark.parametrize("op", sorted(BINOPS))
-@pytest.mark.parametrize("kind", ["tensor_tensor", "tensor_number", "number_tensor", "tensor_ndarray",
-                                  "ndarray_tensor", "tensor_npscalar"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "tensor_tensor",
+        "tensor_number",
+        "number_tensor",
+        "tensor_ndarray",
+        "ndarray_tensor",
+        "tensor_npscalar",
+    ],
+)
 def test_operators_both_sides(op, kind):
     f = BINOPS[op]
     ta, tb = ml.tensor(A), ml.tensor(B)
@@ -319,8 +363,8 @@ def test_ndarray_on_left_keeps_graph():
 def test_unary_pow_matmul_operators():
     ta = ml.tensor(A)
     np.testing.assert_array_equal(arr(-ta), -A)
-    np.testing.assert_allclose(arr(ta ** 2), A ** 2, rtol=1e-6)
-    np.testing.assert_allclose(arr(ta ** 2.0), A ** 2, rtol=1e-6)
+    np.testing.assert_allclose(arr(ta**2), A**2, rtol=1e-6)
+    np.testing.assert_allclose(arr(ta**2.0), A**2, rtol=1e-6)
     np.testing.assert_allclose(arr(ml.tensor(np.abs(B)) ** 0.5), np.abs(B) ** 0.5, rtol=1e-6)
     m = np.arange(6, dtype=F32).reshape(3, 2)
     np.testing.assert_allclose(arr(ta @ ml.tensor(m)), A @ m, rtol=1e-6)
@@ -337,20 +381,38 @@ def test_operator_results_are_float32():
 
 
 BCAST_SHAPES = [
-    ((3, 4), (3, 4)), ((3, 4), (4,)), ((4,), (3, 4)), ((3, 1), (1, 4)), ((2, 3, 4), (3, 1)),
-    ((2, 1, 4), (1, 3, 1)), ((), (2, 3)), ((2, 3), ()), ((1,), (5,)), ((5, 1, 1, 2), (3, 1)),
-    ((1, 1), (1, 1, 1)), ((0, 3), (1, 3)), ((2, 0), (2, 1)),
+    ((3, 4), (3, 4)),
+    ((3, 4), (4,)),
+    ((4,), (3, 4)),
+    ((3, 1), (1, 4)),
+    ((2, 3, 4), (3, 1)),
+    ((2, 1, 4), (1, 3, 1)),
+    ((), (2, 3)),
+    ((2, 3), ()),
+    ((1,), (5,)),
+    ((5, 1, 1, 2), (3, 1)),
+    ((1, 1), (1, 1, 1)),
+    ((0, 3), (1, 3)),
+    ((2, 0), (2, 1)),
 ]
 
 
-@pytest.mark.parametrize("sa,sb", BCAST_SHAPES, ids=[f"{a}-{b}".replace(" ", "") for a, b in BCAST_SHAPES])
+@pytest.mark.parametrize(
+    "sa,sb", BCAST_SHAPES, ids=[f"{a}-{b}".replace(" ", "") for a, b in BCAST_SHAPES]
+)
 @pytest.mark.parametrize("op", ["add", "sub", "mul", "div", "maximum", "minimum"])
 def test_broadcasting_agrees_with_numpy(sa, sb, op):
     rng = np.random.default_rng(0)
     a = rng.uniform(-2, 2, sa).astype(F32)
     b = (rng.choice([-1, 1], sb) * rng.uniform(0.5, 2, sb)).astype(F32)
-    np_op = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
-             "maximum": np.maximum, "minimum": np.minimum}[op]
+    np_op = {
+        "add": np.add,
+        "sub": np.subtract,
+        "mul": np.multiply,
+        "div": np.divide,
+        "maximum": np.maximum,
+        "minimum": np.minimum,
+    }[op]
     got = getattr(ml, op)(ml.tensor(a), ml.tensor(b))
     expect = np_op(a, b)
     assert got.shape == expect.shape
@@ -359,8 +421,11 @@ def test_broadcasting_agrees_with_numpy(sa, sb, op):
     np.testing.assert_allclose(arr(getattr(ml, op)(a, b)), expect, rtol=1e-6)
 
 
-@pytest.mark.parametrize("sa,sb", [s for s in BCAST_SHAPES if 0 not in s[0] + s[1]],
-                         ids=[f"{a}-{b}".replace(" ", "") for a, b in BCAST_SHAPES if 0 not in a + b])
+@pytest.mark.parametrize(
+    "sa,sb",
+    [s for s in BCAST_SHAPES if 0 not in s[0] + s[1]],
+    ids=[f"{a}-{b}".replace(" ", "") for a, b in BCAST_SHAPES if 0 not in a + b],
+)
 def test_grad_of_broadcast_inputs_reduced_to_input_shape(sa, sb):
     rng = np.random.default_rng(1)
     a = rng.uniform(-2, 2, sa).astype(F32)
@@ -373,8 +438,16 @@ def test_grad_of_broadcast_inputs_reduced_to_input_shape(sa, sb):
     assert ga.shape == sa and gb.shape == sb
     bb = np.broadcast_to(b, out_shape).astype(np.float64)
     ab = np.broadcast_to(a, out_shape).astype(np.float64)
-    exp_a = (w * bb).sum(axis=tuple(range(len(out_shape) - len(sa)))) if len(out_shape) > len(sa) else w * bb
-    exp_b = (w * ab).sum(axis=tuple(range(len(out_shape) - len(sb)))) if len(out_shape) > len(sb) else w * ab
+    exp_a = (
+        (w * bb).sum(axis=tuple(range(len(out_shape) - len(sa))))
+        if len(out_shape) > len(sa)
+        else w * bb
+    )
+    exp_b = (
+        (w * ab).sum(axis=tuple(range(len(out_shape) - len(sb))))
+        if len(out_shape) > len(sb)
+        else w * ab
+    )
     exp_a = exp_a.sum(axis=tuple(i for i, d in enumerate(sa) if d == 1), keepdims=True).reshape(sa)
     exp_b = exp_b.sum(axis=tuple(i for i, d in enumerate(sb) if d == 1), keepdims=True).reshape(sb)
     np.testing.assert_allclose(arr(ga), exp_a, rtol=1e-5, atol=1e-5)
@@ -386,13 +459,17 @@ def test_broadcast_binary_ops_match_numpy_over_random_shapes():
     ((25, 10, 1) + (25, 1, 1) as 25 rows of 10): exact NumPy results over random shapes
     of up to 4 dims, each dim broadcast or not on either side, ranks differing."""
     r = np.random.default_rng(11)
-    ops = [(ml.add, np.add), (ml.subtract, np.subtract), (ml.multiply, np.multiply),
-           (ml.maximum, np.maximum)]
+    ops = [
+        (ml.add, np.add),
+        (ml.subtract, np.subtract),
+        (ml.multiply, np.multiply),
+        (ml.maximum, np.maximum),
+    ]
     for _ in range(600):
         nd = int(r.integers(0, 5))
         out = tuple(int(v) for v in r.integers(1, 5, nd))
-        sa = tuple(1 if r.random() < 0.4 else d for d in out)[int(r.integers(0, nd + 1)):]
-        sb = tuple(1 if r.random() < 0.4 else d for d in out)[int(r.integers(0, nd + 1)):]
+        sa = tuple(1 if r.random() < 0.4 else d for d in out)[int(r.integers(0, nd + 1)) :]
+        sb = tuple(1 if r.random() < 0.4 else d for d in out)[int(r.integers(0, nd + 1)) :]
         a = r.standard_normal(sa).astype(F32)
         b = r.standard_normal(sb).astype(F32)
         f, g = ops[int(r.integers(0, len(ops)))]
@@ -402,12 +479,30 @@ def test_broadcast_binary_ops_match_numpy_over_random_shapes():
         np.testing.assert_array_equal(got, want, err_msg=f"{g.__name__} {sa} {sb}")
 
 
-@pytest.mark.parametrize("src,dst", [
-    ((), ()), ((), (3, 2)), ((1,), (5,)), ((40, 1), (25, 40, 1)), ((40,), (25, 1, 40)),
-    ((25, 1, 40), (25, 10, 40)), ((25, 1), (25, 40)), ((1, 40), (10, 40)), ((1, 1), (1, 1)),
-    ((3, 1, 2, 1), (2, 3, 4, 2, 5)), ((2, 1, 3), (4, 2, 5, 3)), ((2, 3), (0, 2, 3)),
-    ((25, 1, 1), (25, 10, 1)), ((2, 1, 1, 3), (2, 4, 5, 3)), ((3, 1, 1), (3, 4, 6)),
-    ((1, 2, 1), (3, 2, 5)), ((2, 1, 1100), (2, 3, 1100)), ((1, 1), (7, 1)), ((5,), (0, 5))])
+@pytest.mark.parametrize(
+    "src,dst",
+    [
+        ((), ()),
+        ((), (3, 2)),
+        ((1,), (5,)),
+        ((40, 1), (25, 40, 1)),
+        ((40,), (25, 1, 40)),
+        ((25, 1, 40), (25, 10, 40)),
+        ((25, 1), (25, 40)),
+        ((1, 40), (10, 40)),
+        ((1, 1), (1, 1)),
+        ((3, 1, 2, 1), (2, 3, 4, 2, 5)),
+        ((2, 1, 3), (4, 2, 5, 3)),
+        ((2, 3), (0, 2, 3)),
+        ((25, 1, 1), (25, 10, 1)),
+        ((2, 1, 1, 3), (2, 4, 5, 3)),
+        ((3, 1, 1), (3, 4, 6)),
+        ((1, 2, 1), (3, 2, 5)),
+        ((2, 1, 1100), (2, 3, 1100)),
+        ((1, 1), (7, 1)),
+        ((5,), (0, 5)),
+    ],
+)
 def test_broadcast_to_matches_numpy(src, dst):
     """Contiguous trailing blocks are copied whole, broadcast trailing dims element-wise;
     a broadcast dim just outside the block repeats it (single floats, short blocks and
@@ -442,8 +537,7 @@ def test_sum_over_a_middle_axis_adds_row_after_row(red, inner):
     got = arr(ml.sum_to(ml.tensor(x), (3, 1, inner)))
     np.testing.assert_array_equal(got[:, 0, :], want)
     np.testing.assert_array_equal(arr(ml.reduce_sum(ml.tensor(x), axis=1)), want)
-    np.testing.assert_allclose(got[:, 0, :], x.astype(np.float64).sum(axis=1), rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(got[:, 0, :], x.astype(np.float64).sum(axis=1), rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------ autograd basics
@@ -507,8 +601,9 @@ def test_core_grad_takes_its_flags_by_keyword_or_by_position():
     x = ml.tensor([1.0, 2.0], requires_grad=True)
     z = ml.tensor([3.0], requires_grad=True)
     y = ml.reduce_sum(x * x)
-    by_name = _core.grad(outputs=y, inputs=[x, z], grad_outputs=None, create_graph=True,
-                         allow_unused=True)
+    by_name = _core.grad(
+        outputs=y, inputs=[x, z], grad_outputs=None, create_graph=True, allow_unused=True
+    )
     by_position = _core.grad(y, [x, z], None, True, True)
     for gx, gz in (by_name, by_position):
         assert gz is None  # allow_unused
@@ -681,8 +776,12 @@ DEEP_SCRIPT = textwrap.dedent("""
 
 def test_deep_chain_grad_and_release_do_not_overflow_stack():
     # run in a child process: a C stack overflow would kill the whole test session
-    r = subprocess.run([sys.executable, "-c", DEEP_SCRIPT], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"child died with {r.returncode}\nstdout:{r.stdout}\nstderr:{r.stderr[-3000:]}"
+    r = subprocess.run(
+        [sys.executable, "-c", DEEP_SCRIPT], capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 0, (
+        f"child died with {r.returncode}\nstdout:{r.stdout}\nstderr:{r.stderr[-3000:]}"
+    )
     assert r.stdout.strip().endswith("ok")
 
 
@@ -741,7 +840,9 @@ def test_batched_matmul_over_threads_matches_one_thread_and_numpy(ta, tb):
     try:
         for threads in (1, 2):
             ml.set_num_threads(threads)
-            outs.append(arr(ml.matmul(ml.tensor(a), ml.tensor(b), transpose_a=ta, transpose_b=tb)).copy())
+            outs.append(
+                arr(ml.matmul(ml.tensor(a), ml.tensor(b), transpose_a=ta, transpose_b=tb)).copy()
+            )
     finally:
         ml.set_num_threads(prev)
     np.testing.assert_array_equal(outs[0], outs[1])

@@ -5,6 +5,7 @@ and mixed indexing, and writes through a NumPy view of a recorded tensor.
 Reference values come from NumPy formulas, or from PyTorch 2.13 (CPU) where NumPy has no
 gradient; each PyTorch number below was printed by torch and is cited as such.
 """
+
 import math
 import operator
 import os
@@ -17,6 +18,7 @@ import pytest
 import metalearn as ml
 
 from tests.helpers import F32, REPO
+
 NAN, INF = float("nan"), float("inf")
 SPECIAL = np.array([NAN, INF, -INF, 0.0, -0.0, 1.0, -1.0, 1e-4, -1e-4], F32)
 
@@ -37,6 +39,7 @@ def _grad_of_sum(fn, x):
 
 
 # ---------------------------------------------------------------- 1. NaN through relu
+
 
 def test_relu_propagates_nan_like_numpy_maximum():
     """relu(NaN) was 0: a NaN input gave a finite loss while backprop wrote NaN into the
@@ -97,10 +100,12 @@ def test_activation_gradients_at_nan_and_infinities_follow_pytorch():
     x = SPECIAL[:7]
     e = math.exp(-1.0)
     np.testing.assert_allclose(_grad_of_sum(ml.elu, x), [1, 1, 0, 1, 1, 1, e], rtol=1e-6)
-    np.testing.assert_allclose(_grad_of_sum(lambda t: ml.leaky_relu(t, 0.2), x),
-                               [0.2, 1, 0.2, 0.2, 0.2, 1, 0.2], rtol=1e-6)
-    np.testing.assert_array_equal(_grad_of_sum(lambda t: ml.clip(t, -0.5, 0.5), x),
-                                  [0, 0, 0, 1, 1, 0, 0])
+    np.testing.assert_allclose(
+        _grad_of_sum(lambda t: ml.leaky_relu(t, 0.2), x), [0.2, 1, 0.2, 0.2, 0.2, 1, 0.2], rtol=1e-6
+    )
+    np.testing.assert_array_equal(
+        _grad_of_sum(lambda t: ml.clip(t, -0.5, 0.5), x), [0, 0, 0, 1, 1, 0, 0]
+    )
     np.testing.assert_array_equal(_grad_of_sum(ml.abs, x), [0, 1, -1, 0, 0, 1, -1])
 
 
@@ -134,8 +139,13 @@ def _dense_step_fns():
     from metalearn.keras import layers, models
 
     ml.random.set_seed(0)
-    model = models.Sequential([layers.Dense(40, activation="relu", input_shape=(1,)),
-                               layers.Dense(40, activation="relu"), layers.Dense(1)])
+    model = models.Sequential(
+        [
+            layers.Dense(40, activation="relu", input_shape=(1,)),
+            layers.Dense(40, activation="relu"),
+            layers.Dense(1),
+        ]
+    )
     model(np.zeros((2, 1), F32))
     params = model.trainable_variables
 
@@ -194,14 +204,17 @@ def test_nan_through_relu_on_each_kernel(kernel):
     env.pop("ML_KERNEL", None)
     if kernel == "portable":
         env["ML_KERNEL"] = "portable"
-    script = ("import sys; sys.path.insert(0, %r)\n"
-              "import tests.core.test_tensor_semantics as t, metalearn as ml\n"
-              "t.check_traced_dense_relu_network_propagates_nan()\n"
-              "t.test_fused_linear_relu_propagates_nan()\n"
-              "t.test_relu_propagates_nan_like_numpy_maximum()\n"
-              "print(ml._core.kernel_name())\n" % str(REPO))
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                       timeout=300)
+    script = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "import tests.core.test_tensor_semantics as t, metalearn as ml\n"
+        "t.check_traced_dense_relu_network_propagates_nan()\n"
+        "t.test_fused_linear_relu_propagates_nan()\n"
+        "t.test_relu_propagates_nan_like_numpy_maximum()\n"
+        "print(ml._core.kernel_name())\n" % str(REPO)
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     if kernel == "portable":
         assert r.stdout.split()[-1] == "portable"
@@ -264,6 +277,7 @@ def test_zero_gradient_next_to_a_real_one():
 
 
 # ------------------------------------------------------- 3. Python number conversions
+
 
 def test_int_of_a_tensor_like_int_of_its_float():
     """int(ml.tensor(2.0)) raised; it truncates toward zero as int(np.float32(2.7)) does,
@@ -417,6 +431,7 @@ def test_boolean_index_errors():
 
 
 # ------------------------------------------ 5. writes through a NumPy view (documented)
+
 
 def test_numpy_view_writes_are_documented_as_unchecked():
     """Exporting a tensor to NumPy does not count as an in-place write (reading the loss

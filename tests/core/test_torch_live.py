@@ -7,6 +7,7 @@ double-backward d/dw of the same (= J v).  Torch computes in float64 from the
 same float32 inputs; tolerances as in test_reference_ops.py (rtol 1e-4 / 2e-4,
 atol 1e-5 scaled by the largest reference magnitude: metalearn is float32).
 """
+
 import os
 
 import numpy as np
@@ -26,8 +27,11 @@ ATOL = 1e-5
 
 def _close(actual, expected, rtol, what):
     actual = np.asarray(actual, dtype=np.float64)
-    assert actual.shape == expected.shape, "%s: shape %s vs %s" % (what, actual.shape,
-                                                                    expected.shape)
+    assert actual.shape == expected.shape, "%s: shape %s vs %s" % (
+        what,
+        actual.shape,
+        expected.shape,
+    )
     atol = ATOL * max(1.0, float(np.abs(expected).max(initial=0.0)))
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
     if np.any(expected != 0):
@@ -51,6 +55,7 @@ def _axes(x, axis):
 # Each builder takes a numpy Generator and returns (inputs, ml_fn, torch_fn):
 # float32 input arrays, and two functions of the list of input tensors.
 
+
 def b_mul_bcast(rng):
     m, n = rng.integers(1, 6, 2)
     sb = [(n,), (m, 1), (1, n), (), (2, m, n)][rng.integers(5)]
@@ -67,11 +72,18 @@ def b_div_bcast(rng):
 
 def b_unary(name):
     ml_fn = getattr(ml, name)
-    t_fn = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "exp": torch.exp, "erf": torch.erf,
-            "gelu": lambda x: F.gelu(x, approximate="none"), "square": torch.square}[name]
+    t_fn = {
+        "tanh": torch.tanh,
+        "sigmoid": torch.sigmoid,
+        "exp": torch.exp,
+        "erf": torch.erf,
+        "gelu": lambda x: F.gelu(x, approximate="none"),
+        "square": torch.square,
+    }[name]
 
     def build(rng):
         return [_f32(rng, _shape(rng))], lambda t: ml_fn(t[0]), lambda t: t_fn(t[0])
+
     return build
 
 
@@ -86,10 +98,17 @@ def b_softmax(log):
         shape = _shape(rng, 1, 3, 2, 5)
         axis = int(rng.integers(-len(shape), len(shape)))
         if log:
-            return ([_f32(rng, shape, 2.0)], lambda t: ml.log_softmax(t[0], axis=axis),
-                    lambda t: torch.log_softmax(t[0], dim=axis))
-        return ([_f32(rng, shape, 2.0)], lambda t: ml.softmax(t[0], axis=axis),
-                lambda t: torch.softmax(t[0], dim=axis))
+            return (
+                [_f32(rng, shape, 2.0)],
+                lambda t: ml.log_softmax(t[0], axis=axis),
+                lambda t: torch.log_softmax(t[0], dim=axis),
+            )
+        return (
+            [_f32(rng, shape, 2.0)],
+            lambda t: ml.softmax(t[0], axis=axis),
+            lambda t: torch.softmax(t[0], dim=axis),
+        )
+
     return build
 
 
@@ -108,6 +127,7 @@ def b_matmul(rng):
         if tb:
             y = y.transpose(-1, -2)
         return x @ y
+
     return ([a, b], lambda t: ml.matmul(t[0], t[1], transpose_a=ta, transpose_b=tb), t_fn)
 
 
@@ -117,8 +137,11 @@ def b_linear(rng):
     act = [None, "sigmoid", "tanh"][rng.integers(3)]
     xs = [_f32(rng, lead + (k,)), _f32(rng, (k, n), 0.7), _f32(rng, (n,), 0.3)]
     t_act = {None: lambda y: y, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[act]
-    return (xs, lambda t: ml.linear(t[0], t[1], t[2], activation=act),
-            lambda t: t_act(t[0] @ t[1] + t[2]))
+    return (
+        xs,
+        lambda t: ml.linear(t[0], t[1], t[2], activation=act),
+        lambda t: t_act(t[0] @ t[1] + t[2]),
+    )
 
 
 def b_reduce(name):
@@ -131,12 +154,13 @@ def b_reduce(name):
         elif choice == 1:
             axis = int(rng.integers(-nd, nd))
         else:
-            axis = tuple(sorted(int(a) for a in rng.choice(nd, rng.integers(1, nd + 1),
-                                                            replace=False)))
+            axis = tuple(
+                sorted(int(a) for a in rng.choice(nd, rng.integers(1, nd + 1), replace=False))
+            )
         kd = bool(rng.integers(2))
         if name == "reduce_max":  # no ties
             size = int(np.prod(shape))
-            x = (rng.permutation(size) * 0.1 + rng.uniform(-0.02, 0.02, size) - size * 0.05)
+            x = rng.permutation(size) * 0.1 + rng.uniform(-0.02, 0.02, size) - size * 0.05
             x = x.reshape(shape).astype(np.float32)
             t_fn = lambda t: torch.amax(t[0], dim=_axes(t[0], axis), keepdim=kd)
         else:
@@ -144,6 +168,7 @@ def b_reduce(name):
             tf = torch.sum if name == "reduce_sum" else torch.mean
             t_fn = lambda t: tf(t[0], dim=_axes(t[0], axis), keepdim=kd)
         return [x], lambda t: getattr(ml, name)(t[0], axis=axis, keepdims=kd), t_fn
+
     return build
 
 
@@ -151,9 +176,11 @@ def b_cce_logits(rng):
     n, c = (int(s) for s in rng.integers(1, 6, 2))
     c += 1
     y = torch.softmax(torch.as_tensor(rng.standard_normal((n, c))), -1).numpy().astype(np.float32)
-    return ([y, _f32(rng, (n, c), 2.0)],
-            lambda t: ml.categorical_crossentropy(t[0], t[1], from_logits=True),
-            lambda t: -(t[0] * torch.log_softmax(t[1], -1)).sum(-1))
+    return (
+        [y, _f32(rng, (n, c), 2.0)],
+        lambda t: ml.categorical_crossentropy(t[0], t[1], from_logits=True),
+        lambda t: -(t[0] * torch.log_softmax(t[1], -1)).sum(-1),
+    )
 
 
 def b_bce_logits(rng):
@@ -161,17 +188,20 @@ def b_bce_logits(rng):
     y = rng.uniform(0, 1, shape).astype(np.float32)
     x = _f32(rng, shape, 2.0)
     x[np.abs(x) < 0.05] = 0.5
-    return ([y, x], lambda t: ml.binary_crossentropy(t[0], t[1], from_logits=True),
-            lambda t: (torch.relu(t[1]) - t[1] * t[0]
-                       + torch.log1p(torch.exp(-torch.abs(t[1])))).mean(-1))
+    return (
+        [y, x],
+        lambda t: ml.binary_crossentropy(t[0], t[1], from_logits=True),
+        lambda t: (torch.relu(t[1]) - t[1] * t[0] + torch.log1p(torch.exp(-torch.abs(t[1])))).mean(
+            -1
+        ),
+    )
 
 
 def b_mlp(rng):
     """A composite: tanh MLP with a softmax cross-entropy, per-sample losses."""
     n, d, h, c = 5, 3, 6, 4
     y = np.eye(c, dtype=np.float32)[rng.integers(0, c, n)]
-    xs = [_f32(rng, (n, d)), _f32(rng, (d, h), 0.5), _f32(rng, (h,), 0.1),
-          _f32(rng, (h, c), 0.5)]
+    xs = [_f32(rng, (n, d)), _f32(rng, (d, h), 0.5), _f32(rng, (h,), 0.1), _f32(rng, (h, c), 0.5)]
 
     def ml_fn(t):
         hid = ml.linear(t[0], t[1], t[2], activation="tanh")
@@ -179,7 +209,10 @@ def b_mlp(rng):
 
     def t_fn(t):
         hid = torch.tanh(t[0] @ t[1] + t[2])
-        return -(torch.as_tensor(y, dtype=torch.float64) * torch.log_softmax(hid @ t[3], -1)).sum(-1)
+        return -(torch.as_tensor(y, dtype=torch.float64) * torch.log_softmax(hid @ t[3], -1)).sum(
+            -1
+        )
+
     return xs, ml_fn, t_fn
 
 
@@ -196,8 +229,12 @@ def b_kinked(rng):
     x = _f32(rng, _shape(rng))
     x[np.abs(x) < 0.05] = 0.3  # away from the kink at 0
     fn = ["relu", "elu", "leaky_relu", "abs"][rng.integers(4)]
-    t_fn = {"relu": torch.relu, "elu": lambda y: F.elu(y, 1.0),
-            "leaky_relu": lambda y: F.leaky_relu(y, 0.2), "abs": torch.abs}[fn]
+    t_fn = {
+        "relu": torch.relu,
+        "elu": lambda y: F.elu(y, 1.0),
+        "leaky_relu": lambda y: F.leaky_relu(y, 0.2),
+        "abs": torch.abs,
+    }[fn]
     return [x], lambda t: getattr(ml, fn)(t[0]), lambda t: t_fn(t[0])
 
 
@@ -211,8 +248,11 @@ def b_transpose(rng):
     shape = _shape(rng, 2, 4, 1, 4)
     perm = [int(a) for a in rng.permutation(len(shape))]
     # composed with tanh so that the second order is not identically zero
-    return ([_f32(rng, shape)], lambda t: ml.tanh(ml.transpose(t[0], perm)),
-            lambda t: torch.tanh(t[0].permute(perm)))
+    return (
+        [_f32(rng, shape)],
+        lambda t: ml.tanh(ml.transpose(t[0], perm)),
+        lambda t: torch.tanh(t[0].permute(perm)),
+    )
 
 
 def b_concat(rng):
@@ -224,44 +264,69 @@ def b_concat(rng):
         sh[axis] = int(rng.integers(1, 4))
         shapes.append(tuple(sh))
     xs = [_f32(rng, sh) for sh in shapes]
-    return (xs, lambda t: ml.square(ml.concat(list(t), axis=axis)),
-            lambda t: torch.square(torch.cat(list(t), dim=axis)))
+    return (
+        xs,
+        lambda t: ml.square(ml.concat(list(t), axis=axis)),
+        lambda t: torch.square(torch.cat(list(t), dim=axis)),
+    )
 
 
 def b_gather(rng):
     shape = _shape(rng, 1, 3, 1, 4)
     axis = int(rng.integers(len(shape)))
     idx = rng.integers(0, shape[axis], int(rng.integers(1, 7)))
-    return ([_f32(rng, shape)], lambda t: ml.square(ml.gather(t[0], idx, axis=axis)),
-            lambda t: torch.square(torch.index_select(t[0], axis, torch.as_tensor(idx))))
+    return (
+        [_f32(rng, shape)],
+        lambda t: ml.square(ml.gather(t[0], idx, axis=axis)),
+        lambda t: torch.square(torch.index_select(t[0], axis, torch.as_tensor(idx))),
+    )
 
 
 def b_scce(rng):
     n, c = int(rng.integers(1, 6)), int(rng.integers(2, 6))
     labels = rng.integers(0, c, n)
     if rng.integers(2):
-        return ([_f32(rng, (n, c), 2.0)],
-                lambda t: ml.sparse_categorical_crossentropy(labels, t[0], from_logits=True),
-                lambda t: -torch.log_softmax(t[0], -1)[torch.arange(n), torch.as_tensor(labels)])
+        return (
+            [_f32(rng, (n, c), 2.0)],
+            lambda t: ml.sparse_categorical_crossentropy(labels, t[0], from_logits=True),
+            lambda t: -torch.log_softmax(t[0], -1)[torch.arange(n), torch.as_tensor(labels)],
+        )
     p = rng.uniform(0.05, 1.0, (n, c)).astype(np.float32)  # unnormalised: rescaled by the loss
 
     def t_fn(t):
         q = torch.clamp(t[0] / t[0].sum(-1, keepdim=True), 1e-7, 1 - 1e-7)
         return -torch.log(q)[torch.arange(n), torch.as_tensor(labels)]
+
     return [p], lambda t: ml.sparse_categorical_crossentropy(labels, t[0]), t_fn
 
 
 BUILDERS = {
-    "maximum": b_maximum, "kinked": b_kinked, "log_sqrt": b_log_sqrt,
-    "transpose": b_transpose, "concat": b_concat, "gather": b_gather, "scce": b_scce,
-    "mul_bcast": b_mul_bcast, "div_bcast": b_div_bcast,
-    "tanh": b_unary("tanh"), "sigmoid": b_unary("sigmoid"), "exp": b_unary("exp"),
-    "erf": b_unary("erf"), "gelu": b_unary("gelu"), "square": b_unary("square"),
-    "pow": b_pow, "softmax": b_softmax(False), "log_softmax": b_softmax(True),
-    "matmul": b_matmul, "linear": b_linear,
-    "reduce_sum": b_reduce("reduce_sum"), "reduce_mean": b_reduce("reduce_mean"),
+    "maximum": b_maximum,
+    "kinked": b_kinked,
+    "log_sqrt": b_log_sqrt,
+    "transpose": b_transpose,
+    "concat": b_concat,
+    "gather": b_gather,
+    "scce": b_scce,
+    "mul_bcast": b_mul_bcast,
+    "div_bcast": b_div_bcast,
+    "tanh": b_unary("tanh"),
+    "sigmoid": b_unary("sigmoid"),
+    "exp": b_unary("exp"),
+    "erf": b_unary("erf"),
+    "gelu": b_unary("gelu"),
+    "square": b_unary("square"),
+    "pow": b_pow,
+    "softmax": b_softmax(False),
+    "log_softmax": b_softmax(True),
+    "matmul": b_matmul,
+    "linear": b_linear,
+    "reduce_sum": b_reduce("reduce_sum"),
+    "reduce_mean": b_reduce("reduce_mean"),
     "reduce_max": b_reduce("reduce_max"),
-    "cce_logits": b_cce_logits, "bce_logits": b_bce_logits, "mlp": b_mlp,
+    "cce_logits": b_cce_logits,
+    "bce_logits": b_bce_logits,
+    "mlp": b_mlp,
 }
 
 
@@ -291,8 +356,10 @@ def test_live(op, seed):
     vs = [_f32(rng, x.shape) for x in xs]
     ts2 = sum((g * torch.as_tensor(v.astype(np.float64))).sum() for g, v in zip(tg, vs))
     tgg = torch.autograd.grad(ts2, tx + [tw], allow_unused=True)
-    tgg = [np.zeros(x.shape) if g is None else g.detach().numpy(force=True)
-           for g, x in zip(tgg, tx + [tw])]
+    tgg = [
+        np.zeros(x.shape) if g is None else g.detach().numpy(force=True)
+        for g, x in zip(tgg, tx + [tw])
+    ]
 
     # metalearn
     mx = [ml.Tensor(x, requires_grad=True) for x in xs]

@@ -1,4 +1,5 @@
 """Callbacks: History, EarlyStopping, ModelCheckpoint, LambdaCallback."""
+
 import warnings
 
 import numpy as np
@@ -50,8 +51,12 @@ def test_early_stopping_restores_best_weights():
         logs["val_score"] = scores[epoch]
         seen[epoch] = model.get_weights()
 
-    stop = callbacks.EarlyStopping(monitor="val_score", mode="max", patience=2, restore_best_weights=True)
-    hist = model.fit(x, y, epochs=7, verbose=0, callbacks=[callbacks.LambdaCallback(on_epoch_end=inject), stop])
+    stop = callbacks.EarlyStopping(
+        monitor="val_score", mode="max", patience=2, restore_best_weights=True
+    )
+    hist = model.fit(
+        x, y, epochs=7, verbose=0, callbacks=[callbacks.LambdaCallback(on_epoch_end=inject), stop]
+    )
     assert len(hist.epoch) == 4 and stop.best_epoch == 1
     for a, b in zip(model.get_weights(), seen[1]):
         np.testing.assert_array_equal(a, b)
@@ -68,10 +73,20 @@ def test_model_checkpoint_saves_only_improvements(tmp_path):
         losses_seen[epoch] = model.get_weights()
 
     # mode given: in "auto" Keras 3 cannot place a quantity no metric declares
-    ckpt = callbacks.ModelCheckpoint(str(tmp_path / "ck-{epoch:02d}.weights"), monitor="val_fake",
-                                     save_best_only=True, mode="min")
-    model.fit(x, y, epochs=4, verbose=0, callbacks=[callbacks.LambdaCallback(on_epoch_end=record), ckpt])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck-01.weights", "ck-02.weights", "ck-04.weights"]
+    ckpt = callbacks.ModelCheckpoint(
+        str(tmp_path / "ck-{epoch:02d}.weights"),
+        monitor="val_fake",
+        save_best_only=True,
+        mode="min",
+    )
+    model.fit(
+        x, y, epochs=4, verbose=0, callbacks=[callbacks.LambdaCallback(on_epoch_end=record), ckpt]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ck-01.weights",
+        "ck-02.weights",
+        "ck-04.weights",
+    ]
     fresh = _model()
     fresh.load_weights(tmp_path / "ck-02.weights")
     for a, b in zip(fresh.get_weights(), losses_seen[1]):
@@ -88,7 +103,8 @@ def test_lambda_callback_counts_batches_and_epochs():
         on_batch_end=lambda b, logs: counts.__setitem__("batch", counts["batch"] + 1),
         on_epoch_end=lambda e, logs: counts.__setitem__("epoch", counts["epoch"] + 1),
         on_train_begin=lambda logs: counts.__setitem__("begin", counts["begin"] + 1),
-        on_train_end=lambda logs: counts.__setitem__("end", counts["end"] + 1))
+        on_train_end=lambda logs: counts.__setitem__("end", counts["end"] + 1),
+    )
     model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[cb])
     assert counts == {"batch": 9, "epoch": 3, "begin": 1, "end": 1}  # ceil(40/16) * 3
 
@@ -142,10 +158,13 @@ def test_early_stopping_restores_at_the_end_of_training_as_keras_3():
     time. Before, only the first case restored."""
     es = lambda **kw: callbacks.EarlyStopping(monitor="val_loss", restore_best_weights=True, **kw)
     assert _run_early_stopping(es(patience=2), [0.2, 0.15, 0.1, 0.11, 0.12]) == (5, 2)
-    assert _run_early_stopping(es(patience=5, baseline=0.5),
-                               [0.9, 0.8, 0.7, 0.71, 0.72, 0.73]) == (5, 2)
-    assert _run_early_stopping(es(patience=5, baseline=0.5),
-                               [0.9, 0.8, 0.7, 0.71, 0.72, 0.73], stop_at=3) == (4, 2)
+    assert _run_early_stopping(es(patience=5, baseline=0.5), [0.9, 0.8, 0.7, 0.71, 0.72, 0.73]) == (
+        5,
+        2,
+    )
+    assert _run_early_stopping(
+        es(patience=5, baseline=0.5), [0.9, 0.8, 0.7, 0.71, 0.72, 0.73], stop_at=3
+    ) == (4, 2)
     # ran out of epochs without stopping: still the best epoch's
     assert _run_early_stopping(es(patience=10), [0.5, 0.2, 0.3, 0.4]) == (4, 1)
     # nothing monitored before start_from_epoch: no best weights, nothing restored
@@ -162,8 +181,12 @@ def test_early_stopping_in_fit_restores_the_best_epoch_when_epochs_run_out():
         logs["val_score"] = scores[epoch]
         seen[epoch] = model.get_weights()
 
-    stop = callbacks.EarlyStopping(monitor="val_score", mode="min", patience=5, restore_best_weights=True)
-    hist = model.fit(x, y, epochs=4, verbose=0, callbacks=[callbacks.LambdaCallback(on_epoch_end=inject), stop])
+    stop = callbacks.EarlyStopping(
+        monitor="val_score", mode="min", patience=5, restore_best_weights=True
+    )
+    hist = model.fit(
+        x, y, epochs=4, verbose=0, callbacks=[callbacks.LambdaCallback(on_epoch_end=inject), stop]
+    )
     assert len(hist.epoch) == 4 and stop.stopped_epoch == 0 and stop.best_epoch == 1
     for a, b in zip(model.get_weights(), seen[1]):
         np.testing.assert_array_equal(a, b)
@@ -175,8 +198,9 @@ def test_model_checkpoint_saves_when_the_monitored_value_is_missing(tmp_path):
     value in the logs (val_loss without validation data), it warns and saves."""
     x, y = _data()
     model = _model()
-    ckpt = callbacks.ModelCheckpoint(str(tmp_path / "ck-{epoch}.weights"), monitor="val_loss",
-                                     save_best_only=True)
+    ckpt = callbacks.ModelCheckpoint(
+        str(tmp_path / "ck-{epoch}.weights"), monitor="val_loss", save_best_only=True
+    )
     with pytest.warns(UserWarning, match="Can save best model only with val_loss available"):
         model.fit(x, y, epochs=2, verbose=0, callbacks=[ckpt])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck-1.weights", "ck-2.weights"]
@@ -189,6 +213,7 @@ def test_model_checkpoint_saves_when_the_monitored_value_is_missing(tmp_path):
 def test_validation_inside_fit_calls_the_test_hooks():
     """Keras 3's fit runs validation through evaluate with fit's callbacks: on_test_begin,
     on_test_batch_begin/end per validation batch, on_test_end with the (unprefixed) logs."""
+
     class Recorder(callbacks.Callback):
         def __init__(self):
             super().__init__()
@@ -212,17 +237,33 @@ def test_validation_inside_fit_calls_the_test_hooks():
     x, y = _data()
     model = _model()
     rec = Recorder()
-    hist = model.fit(x[:30], y[:30], validation_data=(x[30:], y[30:]), validation_batch_size=4,
-                     epochs=2, verbose=0, callbacks=[rec])
+    hist = model.fit(
+        x[:30],
+        y[:30],
+        validation_data=(x[30:], y[30:]),
+        validation_batch_size=4,
+        epochs=2,
+        verbose=0,
+        callbacks=[rec],
+    )
     val = hist.history["val_loss"]
-    per_epoch = lambda e: ([("test_begin",)] + [(k, b) for b in range(3)
-                                                for k in ("test_batch_begin", "test_batch_end")]
-                           + [("test_end", val[e]), ("epoch_end", e, val[e])])
+    per_epoch = lambda e: (
+        [("test_begin",)]
+        + [(k, b) for b in range(3) for k in ("test_batch_begin", "test_batch_end")]
+        + [("test_end", val[e]), ("epoch_end", e, val[e])]
+    )
     assert rec.events == per_epoch(0) + per_epoch(1)
     # validation_freq=2: the hooks run only with the validation
     rec = Recorder()
-    model.fit(x[:30], y[:30], validation_data=(x[30:], y[30:]), validation_freq=2, epochs=2,
-              verbose=0, callbacks=[rec])
+    model.fit(
+        x[:30],
+        y[:30],
+        validation_data=(x[30:], y[30:]),
+        validation_freq=2,
+        epochs=2,
+        verbose=0,
+        callbacks=[rec],
+    )
     assert [e[0] for e in rec.events].count("test_begin") == 1
 
 
@@ -238,12 +279,18 @@ def _my_error(y_true, y_pred):
 
 
 @pytest.mark.parametrize("cls", ["EarlyStopping", "ModelCheckpoint"])
-@pytest.mark.parametrize("monitor,metrics", [
-    ("unknown", ["mse"]), ("my_error", [_my_error]),
-    # the metric is named mean_squared_error: Keras 3 matches the metric's name
-    ("mse", [keras.metrics.MeanSquaredError()])])
+@pytest.mark.parametrize(
+    "monitor,metrics",
+    [
+        ("unknown", ["mse"]),
+        ("my_error", [_my_error]),
+        # the metric is named mean_squared_error: Keras 3 matches the metric's name
+        ("mse", [keras.metrics.MeanSquaredError()]),
+    ],
+)
 def test_auto_mode_refuses_a_monitor_it_cannot_place_before_the_first_step(
-        cls, monitor, metrics, tmp_path):
+    cls, monitor, metrics, tmp_path
+):
     """Keras 3 (monitor_callback.py::_set_monitor_op): in mode "auto" the direction comes
     from the model's metric of the monitored name; a name no metric with a direction has
     is a ValueError (Keras 3.15.1 raises for each case here). metalearn refuses it before
@@ -251,40 +298,60 @@ def test_auto_mode_refuses_a_monitor_it_cannot_place_before_the_first_step(
     x, y = _data()
     model = _metric_model(metrics)
     before = model.get_weights() if model.built else None
-    cb = (callbacks.EarlyStopping(monitor=monitor) if cls == "EarlyStopping"
-          else callbacks.ModelCheckpoint(str(tmp_path / "ck.weights"), monitor=monitor))
+    cb = (
+        callbacks.EarlyStopping(monitor=monitor)
+        if cls == "EarlyStopping"
+        else callbacks.ModelCheckpoint(str(tmp_path / "ck.weights"), monitor=monitor)
+    )
     with pytest.raises(ValueError, match=f"monitor={monitor}, but it is not possible to"):
         model.fit(x, y, epochs=2, verbose=0, callbacks=[cb])
     assert int(model.optimizer.iterations) == 0 and not list(tmp_path.iterdir())
     for a, b in zip(model.get_weights(), before):
         np.testing.assert_array_equal(a, b)
     # a direction given explicitly is always accepted
-    cb = (callbacks.EarlyStopping(monitor=monitor, mode="min") if cls == "EarlyStopping"
-          else callbacks.ModelCheckpoint(str(tmp_path / "ck.weights"), monitor=monitor, mode="max"))
+    cb = (
+        callbacks.EarlyStopping(monitor=monitor, mode="min")
+        if cls == "EarlyStopping"
+        else callbacks.ModelCheckpoint(str(tmp_path / "ck.weights"), monitor=monitor, mode="max")
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # EarlyStopping: "unknown" is not in the logs
         model.fit(x, y, epochs=1, verbose=0, callbacks=[cb])
     assert int(model.optimizer.iterations) > 0
 
 
-@pytest.mark.parametrize("monitor,metrics,op", [
-    ("loss", [], np.less), ("val_loss", [], np.less), ("val_mse", ["mse"], np.less),
-    ("mean_absolute_error", [keras.metrics.MeanAbsoluteError()], np.less),
-    ("acc", ["acc"], np.greater), ("val_accuracy", ["accuracy"], np.greater)])
+@pytest.mark.parametrize(
+    "monitor,metrics,op",
+    [
+        ("loss", [], np.less),
+        ("val_loss", [], np.less),
+        ("val_mse", ["mse"], np.less),
+        ("mean_absolute_error", [keras.metrics.MeanAbsoluteError()], np.less),
+        ("acc", ["acc"], np.greater),
+        ("val_accuracy", ["accuracy"], np.greater),
+    ],
+)
 def test_auto_mode_takes_the_direction_from_the_metric(monitor, metrics, op):
     """The cases of early_stopping_test.py::test_early_stopping metalearn has metrics for:
     loss is minimised, errors ("down") too, accuracies ("up") maximised."""
     x, y = _data()
     model = _metric_model(metrics)
     stop = callbacks.EarlyStopping(monitor=monitor, patience=5)
-    model.fit(x, (y > 0).astype(np.float32) if "acc" in monitor else y, epochs=1, verbose=0,
-              validation_data=(x, y), callbacks=[stop])
+    model.fit(
+        x,
+        (y > 0).astype(np.float32) if "acc" in monitor else y,
+        epochs=1,
+        verbose=0,
+        validation_data=(x, y),
+        callbacks=[stop],
+    )
     assert stop.monitor_op is op
 
 
 def test_auto_mode_without_model_metrics_raises_at_the_epoch_end_as_keras():
     """Driven by hand with a model that has no metrics, the direction is set at the first
     on_epoch_end (Keras 3): "loss" is known, "acc" is a ValueError there."""
+
     class Bare:
         stop_training = False
 

@@ -1,4 +1,5 @@
 """Layers and initializers against NumPy formulas."""
+
 import math
 
 import numpy as np
@@ -182,10 +183,15 @@ def test_custom_layer_add_weight_and_tracking():
 def test_activation_functions_match_numpy():
     z = np.linspace(-4, 4, 41, dtype=np.float32).reshape(1, -1)
     for name in ["relu", "sigmoid", "tanh", "softmax", "elu", "gelu", "linear"]:
-        np.testing.assert_allclose(np.asarray(activations.get(name)(ml.tensor(z))),
-                                   _np_act(name, z.astype(np.float64)), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(activations.leaky_relu(ml.tensor(z))), np.where(z > 0, z, 0.2 * z),
-                               rtol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(activations.get(name)(ml.tensor(z))),
+            _np_act(name, z.astype(np.float64)),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+    np.testing.assert_allclose(
+        np.asarray(activations.leaky_relu(ml.tensor(z))), np.where(z > 0, z, 0.2 * z), rtol=1e-6
+    )
     assert activations.get(None) is activations.linear
     with pytest.raises(ValueError):
         activations.get("no_such_activation")
@@ -202,8 +208,12 @@ def test_set_weights_validates_before_writing():
 
 
 # ---------------------------------------------------------------- frozen BatchNormalization
-_BN_WEIGHTS = [np.array([1.5, 0.5, 2.0], np.float32), np.array([0.1, -0.2, 0.3], np.float32),
-               np.array([0.5, 1.0, -1.0], np.float32), np.array([2.0, 0.5, 1.5], np.float32)]
+_BN_WEIGHTS = [
+    np.array([1.5, 0.5, 2.0], np.float32),
+    np.array([0.1, -0.2, 0.3], np.float32),
+    np.array([0.5, 1.0, -1.0], np.float32),
+    np.array([2.0, 0.5, 1.5], np.float32),
+]
 
 
 def _bn_inference(x, gamma, beta, mean, var, eps=1e-3):
@@ -226,16 +236,26 @@ def test_frozen_batch_norm_runs_in_inference_mode_when_training():
     # left trainable, the same call uses the batch's statistics and moves the moving ones
     bn.trainable = True
     out = np.asarray(bn(x, training=True))
-    np.testing.assert_allclose(out, _bn_inference(x, _BN_WEIGHTS[0], _BN_WEIGHTS[1], x.mean(0), x.var(0)),
-                               rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(bn.get_weights()[2], 0.99 * _BN_WEIGHTS[2] + 0.01 * x.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(
+        out,
+        _bn_inference(x, _BN_WEIGHTS[0], _BN_WEIGHTS[1], x.mean(0), x.var(0)),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        bn.get_weights()[2], 0.99 * _BN_WEIGHTS[2] + 0.01 * x.mean(0), rtol=1e-5
+    )
 
 
 def test_batch_norm_in_a_frozen_model_runs_in_inference_mode():
     """model.trainable = False freezes every layer inside (Keras), BN included."""
     x = (np.random.default_rng(1).standard_normal((5, 3)) * 3).astype(np.float32)
-    model = keras.Sequential([layers.Dense(3, input_shape=(3,), kernel_initializer="identity"),
-                              layers.BatchNormalization()])
+    model = keras.Sequential(
+        [
+            layers.Dense(3, input_shape=(3,), kernel_initializer="identity"),
+            layers.BatchNormalization(),
+        ]
+    )
     model.layers[1].set_weights(_BN_WEIGHTS)
     model.trainable = False
     out = np.asarray(model(x, training=True))
@@ -257,18 +277,29 @@ def test_maml_with_a_frozen_batch_norm_uses_its_moving_statistics(vectorize, aff
     dense = [layers.Dense(5, input_shape=(4,)), layers.Activation("relu"), layers.Dense(3)]
     plain = keras.Sequential(dense)
     bn = layers.BatchNormalization(center=affine, scale=affine)
-    frozen = keras.Sequential([layers.Dense(5, input_shape=(4,)), bn, layers.Activation("relu"),
-                               layers.Dense(3)])
+    frozen = keras.Sequential(
+        [layers.Dense(5, input_shape=(4,)), bn, layers.Activation("relu"), layers.Dense(3)]
+    )
     frozen.layers[0].set_weights(plain.layers[0].get_weights())
     frozen.layers[3].set_weights(plain.layers[2].get_weights())
-    bn.set_weights(([np.ones(5), np.zeros(5)] if affine else []) + [np.zeros(5), np.full(5, 1 - 1e-3)])
+    bn.set_weights(
+        ([np.ones(5), np.zeros(5)] if affine else []) + [np.zeros(5), np.full(5, 1 - 1e-3)]
+    )
     bn.trainable = False
-    batch = Task(rng.standard_normal((3, 6, 4)).astype(np.float32), rng.integers(0, 3, (3, 6)),
-                 rng.standard_normal((3, 5, 4)).astype(np.float32), rng.integers(0, 3, (3, 5)),
-                 {"batched": True})
+    batch = Task(
+        rng.standard_normal((3, 6, 4)).astype(np.float32),
+        rng.integers(0, 3, (3, 6)),
+        rng.standard_normal((3, 5, 4)).astype(np.float32),
+        rng.integers(0, 3, (3, 5)),
+        {"batched": True},
+    )
     moving = [w.copy() for w in bn.get_weights()]
-    ref_loss, ref_grads = MAML(plain, inner_lr=0.4, inner_steps=2, vectorize=False).meta_gradients(batch)
-    loss, grads = MAML(frozen, inner_lr=0.4, inner_steps=2, vectorize=vectorize).meta_gradients(batch)
+    ref_loss, ref_grads = MAML(plain, inner_lr=0.4, inner_steps=2, vectorize=False).meta_gradients(
+        batch
+    )
+    loss, grads = MAML(frozen, inner_lr=0.4, inner_steps=2, vectorize=vectorize).meta_gradients(
+        batch
+    )
     assert abs(loss - ref_loss) < 1e-5
     assert len(grads) == len(ref_grads) == 4
     for a, b in zip(grads, ref_grads):
@@ -358,15 +389,22 @@ def test_input_layer_batch_shape_and_keras_config():
         layers.InputLayer()
 
 
-@pytest.mark.parametrize("kwargs,expected", [
-    # keras.activations.relu on the torch backend, Keras 3.15.1
-    (dict(negative_slope=0.1, max_value=3.0, threshold=-1.0),
-     [-0.3, -0.05, 0.0, 0.0, 0.0, 0.5, 2.0, 3.0]),
-    (dict(threshold=-1.0), [0.0, 0.0, 0.0, -0.5, 0.0, 0.5, 2.0, 5.0]),
-    (dict(negative_slope=0.2, threshold=-1.0), [-0.6, -0.1, 0.0, -0.5, 0.0, 0.5, 2.0, 5.0]),
-    (dict(max_value=3.0, threshold=1.0, negative_slope=0.5),
-     [-2.5, -1.25, -1.0, -0.75, -0.5, -0.25, 2.0, 3.0]),
-])
+@pytest.mark.parametrize(
+    "kwargs,expected",
+    [
+        # keras.activations.relu on the torch backend, Keras 3.15.1
+        (
+            dict(negative_slope=0.1, max_value=3.0, threshold=-1.0),
+            [-0.3, -0.05, 0.0, 0.0, 0.0, 0.5, 2.0, 3.0],
+        ),
+        (dict(threshold=-1.0), [0.0, 0.0, 0.0, -0.5, 0.0, 0.5, 2.0, 5.0]),
+        (dict(negative_slope=0.2, threshold=-1.0), [-0.6, -0.1, 0.0, -0.5, 0.0, 0.5, 2.0, 5.0]),
+        (
+            dict(max_value=3.0, threshold=1.0, negative_slope=0.5),
+            [-2.5, -1.25, -1.0, -0.75, -0.5, -0.25, 2.0, 3.0],
+        ),
+    ],
+)
 def test_relu_with_a_threshold_follows_keras_3(kwargs, expected):
     """Keras 3's relu keeps x where x > threshold (0 elsewhere), clips to [0, max_value],
     then subtracts negative_slope * relu(threshold - x): with a negative threshold the
@@ -375,8 +413,9 @@ def test_relu_with_a_threshold_follows_keras_3(kwargs, expected):
     from metalearn.keras import activations
 
     x = np.array([-4.0, -1.5, -1.0, -0.5, 0.0, 0.5, 2.0, 5.0], np.float32)
-    np.testing.assert_allclose(np.asarray(activations.relu(x, **kwargs)), expected, rtol=1e-6,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(activations.relu(x, **kwargs)), expected, rtol=1e-6, atol=1e-7
+    )
 
 
 def test_softplus_gradient_is_the_sigmoid_including_at_zero():
@@ -384,10 +423,17 @@ def test_softplus_gradient_is_the_sigmoid_including_at_zero():
     as relu(x) + log(1 + exp(-|x|)) it was 0 there (relu'(0) = abs'(0) = 0)."""
     import metalearn as ml
     from metalearn.keras import activations
+
     xs = np.array([-30.0, -3.0, -1e-3, 0.0, 1e-3, 2.0, 30.0], np.float32)
     x = ml.tensor(xs, requires_grad=True)
     (g,) = ml.grad(ml.reduce_sum(activations.softplus(x)), x)
-    np.testing.assert_allclose(g.numpy(), 1 / (1 + np.exp(-xs.astype(np.float64))), rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(
+        g.numpy(), 1 / (1 + np.exp(-xs.astype(np.float64))), rtol=1e-6, atol=1e-12
+    )
     # (log(1 + u) for u below float32's epsilon is 0: an absolute error under 1e-7)
-    np.testing.assert_allclose(activations.softplus(x).numpy(), np.logaddexp(0, xs.astype(np.float64)),
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        activations.softplus(x).numpy(),
+        np.logaddexp(0, xs.astype(np.float64)),
+        rtol=1e-6,
+        atol=1e-7,
+    )

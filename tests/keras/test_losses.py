@@ -1,4 +1,5 @@
 """Losses against the Keras formulas written in NumPy."""
+
 import numpy as np
 import pytest
 
@@ -16,15 +17,22 @@ def _np_cce(y, p):
 
 def test_categorical_crossentropy_with_clipping():
     y = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1], [0.2, 0.3, 0.5]], np.float32)
-    p = np.array([[0.0, 1.0, 0.0],       # exact 1 and 0: clipped
-                  [0.0, 0.5, 0.5],       # true class has p = 0 -> log(1e-7)
-                  [0.2, 0.2, 0.1],       # not normalised: rescaled first
-                  [0.3, 0.3, 0.4]], np.float32)
+    p = np.array(
+        [
+            [0.0, 1.0, 0.0],  # exact 1 and 0: clipped
+            [0.0, 0.5, 0.5],  # true class has p = 0 -> log(1e-7)
+            [0.2, 0.2, 0.1],  # not normalised: rescaled first
+            [0.3, 0.3, 0.4],
+        ],
+        np.float32,
+    )
     got = np.asarray(losses.categorical_crossentropy(y, p))
     np.testing.assert_allclose(got, _np_cce(y.astype(np.float64), p.astype(np.float64)), rtol=1e-5)
     assert got[1] == pytest.approx(-np.log(1e-7), rel=1e-5)
     cls = losses.CategoricalCrossentropy()
-    assert float(cls(y, p).item()) == pytest.approx(_np_cce(y, p.astype(np.float64)).mean(), rel=1e-5)
+    assert float(cls(y, p).item()) == pytest.approx(
+        _np_cce(y, p.astype(np.float64)).mean(), rel=1e-5
+    )
 
 
 def test_categorical_crossentropy_from_logits_and_label_smoothing():
@@ -33,12 +41,17 @@ def test_categorical_crossentropy_from_logits_and_label_smoothing():
     y = np.eye(4, dtype=np.float32)[[0, 3, 1, 1, 2]]
     logp = z - z.max(1, keepdims=True)
     logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
-    np.testing.assert_allclose(np.asarray(losses.categorical_crossentropy(y, z, from_logits=True)),
-                               -(y * logp).sum(1), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(losses.categorical_crossentropy(y, z, from_logits=True)),
+        -(y * logp).sum(1),
+        rtol=1e-5,
+    )
     ys = y * 0.9 + 0.1 / 4
     np.testing.assert_allclose(
         np.asarray(losses.categorical_crossentropy(y, z, from_logits=True, label_smoothing=0.1)),
-        -(ys * logp).sum(1), rtol=1e-5)
+        -(ys * logp).sum(1),
+        rtol=1e-5,
+    )
 
 
 def test_categorical_crossentropy_gradients_both_arguments():
@@ -62,9 +75,12 @@ def test_sparse_categorical_crossentropy():
     p = np.array([[0.1, 0.7, 0.2], [0.0, 0.0, 1.0], [0.5, 0.25, 0.25]], np.float32)
     labels = np.array([1, 0, 2])
     ref = -np.log(np.clip(p[np.arange(3), labels], EPS, 1 - EPS))
-    np.testing.assert_allclose(np.asarray(losses.sparse_categorical_crossentropy(labels, p)), ref, rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(losses.sparse_categorical_crossentropy(labels.reshape(3, 1), p)),
-                               ref, rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(losses.sparse_categorical_crossentropy(labels, p)), ref, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        np.asarray(losses.sparse_categorical_crossentropy(labels.reshape(3, 1), p)), ref, rtol=1e-5
+    )
     loss = losses.SparseCategoricalCrossentropy(reduction="sum")
     assert float(loss(labels, p).item()) == pytest.approx(ref.sum(), rel=1e-5)
 
@@ -79,8 +95,9 @@ def test_binary_crossentropy_with_clipping_and_logits():
     np.testing.assert_allclose(np.asarray(losses.binary_crossentropy(y, p)), ref, rtol=1e-5)
     z = np.array([[3.0, -2.0, 0.5], [-0.1, 8.0, -30.0]], np.float32)
     ref_logits = np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))), axis=-1)
-    np.testing.assert_allclose(np.asarray(losses.binary_crossentropy(y, z, from_logits=True)), ref_logits,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(losses.binary_crossentropy(y, z, from_logits=True)), ref_logits, rtol=1e-5
+    )
 
 
 def test_binary_crossentropy_clipped_as_keras_3():
@@ -94,8 +111,11 @@ def test_binary_crossentropy_clipped_as_keras_3():
     sw = np.array([1.2, 3.4]).reshape((2, 1))
     assert float(bce(y_true, y_pred, sample_weight=sw).item()) == pytest.approx(4.7827, abs=1e-4)
     # the core op is the same formula
-    np.testing.assert_allclose(np.asarray(ml.binary_crossentropy(y_true.astype(np.float32), y_pred)),
-                               [7.971192, 0.0], atol=1e-5)  # 2 * 3.98559 and 0
+    np.testing.assert_allclose(
+        np.asarray(ml.binary_crossentropy(y_true.astype(np.float32), y_pred)),
+        [7.971192, 0.0],
+        atol=1e-5,
+    )  # 2 * 3.98559 and 0
 
 
 def test_binary_crossentropy_gradient_is_the_clipped_formula_to_second_order():
@@ -111,7 +131,7 @@ def test_binary_crossentropy_gradient_is_the_clipped_formula_to_second_order():
     inside = np.array([[1, 1, 1, 1, 0, 0]], bool)
     q, t, d = np.where(inside, pv, 0.5).astype(np.float64), y.astype(np.float64), pv.shape[-1]
     g_ref = np.where(inside, (q - t) / (q * (1 - q)) / d, 0.0)
-    h_ref = np.where(inside, (t / q ** 2 + (1 - t) / (1 - q) ** 2) / d, 0.0)
+    h_ref = np.where(inside, (t / q**2 + (1 - t) / (1 - q) ** 2) / d, 0.0)
     np.testing.assert_allclose(np.asarray(g), g_ref, rtol=2e-3)
     np.testing.assert_allclose(np.asarray(h), h_ref, rtol=2e-3)
 
@@ -120,8 +140,9 @@ def test_mean_squared_error_and_broadcasting_like_the_article():
     rng = np.random.default_rng(2)
     y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 6)]
     pred = rng.normal(size=(6, 1)).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(losses.mean_squared_error(y, pred)),
-                               np.mean((y - pred) ** 2, axis=-1), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(losses.mean_squared_error(y, pred)), np.mean((y - pred) ** 2, axis=-1), rtol=1e-5
+    )
     a, b = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(losses.mse(a, b)), np.mean((a - b) ** 2, -1), rtol=1e-5)
     assert losses.get("mse") is losses.mean_squared_error
@@ -130,12 +151,14 @@ def test_mean_squared_error_and_broadcasting_like_the_article():
 def test_reductions_and_sample_weight():
     a = np.array([[1.0, 2.0], [3.0, 5.0], [0.0, 0.0]], np.float32)
     b = np.zeros((3, 2), np.float32)
-    per = np.mean(a ** 2, -1)
+    per = np.mean(a**2, -1)
     assert float(losses.MeanSquaredError()(a, b).item()) == pytest.approx(per.mean())
     assert float(losses.MeanSquaredError(reduction="sum")(a, b).item()) == pytest.approx(per.sum())
     np.testing.assert_allclose(np.asarray(losses.MeanSquaredError(reduction="none")(a, b)), per)
     w = np.array([1.0, 0.0, 2.0], np.float32)
-    assert float(losses.MeanSquaredError()(a, b, sample_weight=w).item()) == pytest.approx((per * w).mean())
+    assert float(losses.MeanSquaredError()(a, b, sample_weight=w).item()) == pytest.approx(
+        (per * w).mean()
+    )
     with pytest.raises(ValueError):
         losses.MeanSquaredError(reduction="average")
 
@@ -150,13 +173,19 @@ def test_get_by_string():
 
 # ---------------------------------------------------------------- rank matching (issue 18)
 
+
 def test_squeeze_or_expand_to_same_rank_as_keras():
     """keras loss_test.py LossTest.test_squeeze_or_expand (shapes), on arrays and tensors."""
     f = losses.squeeze_or_expand_to_same_rank
     for make in (np.ones, lambda s: ml.tensor(np.ones(s, np.float32))):
-        for a, b, want in [((3,), (3, 1), ((3, 1), (3, 1))), ((3, 2), (3, 2, 1), ((3, 2), (3, 2))),
-                           ((3, 1), (3,), ((3, 1), (3, 1))), ((3, 2, 1), (3, 2), ((3, 2), (3, 2))),
-                           ((3,), (3, 4), ((3,), (3, 4))), ((2, 3), (2, 3), ((2, 3), (2, 3)))]:
+        for a, b, want in [
+            ((3,), (3, 1), ((3, 1), (3, 1))),
+            ((3, 2), (3, 2, 1), ((3, 2), (3, 2))),
+            ((3, 1), (3,), ((3, 1), (3, 1))),
+            ((3, 2, 1), (3, 2), ((3, 2), (3, 2))),
+            ((3,), (3, 4), ((3,), (3, 4))),
+            ((2, 3), (2, 3), ((2, 3), (2, 3))),
+        ]:
             x1, x2 = f(make(a), make(b))
             assert (tuple(x1.shape), tuple(x2.shape)) == want
 
@@ -173,22 +202,32 @@ def test_rank1_targets_pair_with_rank2_predictions():
     assert float(losses.MeanSquaredError()(y_true, y_pred).item()) == pytest.approx(62.0)
     assert float(losses.MeanAbsoluteError()(y_true, y_pred).item()) == pytest.approx(20 / 3)
     # the core op (metalearn.mean_squared_error) matches ranks the same way
-    np.testing.assert_allclose(np.asarray(ml.mean_squared_error(y_true.astype(np.float32),
-                                                                y_pred.astype(np.float32))), [1, 64, 121])
+    np.testing.assert_allclose(
+        np.asarray(ml.mean_squared_error(y_true.astype(np.float32), y_pred.astype(np.float32))),
+        [1, 64, 121],
+    )
     yb = np.array([1, 0, 1, 0])
-    pb = np.array([[.9], [.2], [.6], [.3]])
+    pb = np.array([[0.9], [0.2], [0.6], [0.3]])
     assert float(losses.BinaryCrossentropy()(yb, pb).item()) == pytest.approx(0.2990012, abs=1e-6)
     # the function, as Keras 3's, needs equal shapes; the class above paired them first
     with pytest.raises(ValueError, match=r"\(4,\).*\(4, 1\)"):
         losses.binary_crossentropy(yb, pb)
-    np.testing.assert_allclose(np.asarray(losses.binary_crossentropy(yb[:, None], pb)),
-                               -np.log([.9, .8, .6, .7]), rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(ml.binary_crossentropy(yb.astype(np.float32), pb.astype(np.float32))),
-                               -np.log([.9, .8, .6, .7]), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(losses.binary_crossentropy(yb[:, None], pb)),
+        -np.log([0.9, 0.8, 0.6, 0.7]),
+        rtol=1e-5,
+    )
+    np.testing.assert_allclose(
+        np.asarray(ml.binary_crossentropy(yb.astype(np.float32), pb.astype(np.float32))),
+        -np.log([0.9, 0.8, 0.6, 0.7]),
+        rtol=1e-5,
+    )
     # (N, T) against (N, T, 1): the trailing 1 is squeezed
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     b = (a + np.array([1, 2, 3], np.float32)).reshape(2, 3, 1)
-    np.testing.assert_allclose(np.asarray(losses.mean_squared_error(a, b)), [14 / 3, 14 / 3], rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(losses.mean_squared_error(a, b)), [14 / 3, 14 / 3], rtol=1e-6
+    )
 
 
 def test_rank_matching_keeps_gradients_and_traces():
@@ -201,27 +240,30 @@ def test_rank_matching_keeps_gradients_and_traces():
     np.testing.assert_allclose(np.asarray(gp), [[-2.0], [-16.0], [-22.0]])
 
     f = ml.function(lambda t, q: ml.reduce_mean(losses.BinaryCrossentropy()(t, q)))
-    pred = ml.tensor(np.array([[.9], [.2], [.6], [.3]], np.float32))
+    pred = ml.tensor(np.array([[0.9], [0.2], [0.6], [0.3]], np.float32))
     for labels in ([1, 0, 1, 0], [0, 1, 1, 1], [1, 1, 0, 0]):
         t = ml.tensor(np.array(labels, np.float32))
-        pv = np.array([.9, .2, .6, .3])
+        pv = np.array([0.9, 0.2, 0.6, 0.3])
         ref = -np.mean(np.where(np.array(labels) == 1, np.log(pv), np.log(1 - pv)))
         assert float(f(t, pred).item()) == pytest.approx(ref, rel=1e-5)
     assert f.n_traces == 1
 
 
-@pytest.mark.parametrize("fn, y_true, y_pred", [
-    # keras losses_test.py BinaryCrossentropyTest.test_shape_mismatch
-    (losses.BinaryCrossentropy(), np.array([[0], [1], [2]]), np.full((3, 3), 0.5)),
-    (losses.binary_crossentropy, np.ones((3, 1)), np.full((3, 3), 0.5)),
-    (ml.binary_crossentropy, np.ones((3, 1), np.float32), np.full((3, 3), 0.5, np.float32)),
-    (losses.CategoricalCrossentropy(), np.ones((4,)), np.full((4, 3), 0.3)),
-    (losses.CategoricalCrossentropy(), np.ones((4, 1)), np.full((4, 3), 0.3)),
-    (losses.SparseCategoricalCrossentropy(), np.zeros((1, 4), np.int64), np.full((4, 3), 0.3)),
-    (losses.SparseCategoricalCrossentropy(), np.zeros((4, 2), np.int64), np.full((4, 3), 0.3)),
-    (losses.MeanSquaredError(), np.ones((2, 4)), np.ones((3,))),
-    (losses.mean_absolute_error, np.ones((4, 2)), np.ones((4, 3))),
-])
+@pytest.mark.parametrize(
+    "fn, y_true, y_pred",
+    [
+        # keras losses_test.py BinaryCrossentropyTest.test_shape_mismatch
+        (losses.BinaryCrossentropy(), np.array([[0], [1], [2]]), np.full((3, 3), 0.5)),
+        (losses.binary_crossentropy, np.ones((3, 1)), np.full((3, 3), 0.5)),
+        (ml.binary_crossentropy, np.ones((3, 1), np.float32), np.full((3, 3), 0.5, np.float32)),
+        (losses.CategoricalCrossentropy(), np.ones((4,)), np.full((4, 3), 0.3)),
+        (losses.CategoricalCrossentropy(), np.ones((4, 1)), np.full((4, 3), 0.3)),
+        (losses.SparseCategoricalCrossentropy(), np.zeros((1, 4), np.int64), np.full((4, 3), 0.3)),
+        (losses.SparseCategoricalCrossentropy(), np.zeros((4, 2), np.int64), np.full((4, 3), 0.3)),
+        (losses.MeanSquaredError(), np.ones((2, 4)), np.ones((3,))),
+        (losses.mean_absolute_error, np.ones((4, 2)), np.ones((4, 3))),
+    ],
+)
 def test_shapes_that_cannot_be_matched_raise_naming_both(fn, y_true, y_pred):
     with pytest.raises(ValueError) as e:
         fn(y_true, y_pred)
@@ -239,16 +281,25 @@ def test_sparse_categorical_crossentropy_as_keras_3():
     assert float(scce(np.array([0, 1, 2]), y_pred).item()) == pytest.approx(0.3239, abs=1e-3)
     assert float(scce(np.array([[0], [1], [2]]), y_pred).item()) == pytest.approx(0.3239, abs=1e-3)
     sw = np.array([[1.2], [3.4], [5.6]])
-    assert float(scce(np.array([[0], [1], [2]]), y_pred, sample_weight=sw).item()) == pytest.approx(1.0696, abs=1e-3)
+    assert float(scce(np.array([[0], [1], [2]]), y_pred, sample_weight=sw).item()) == pytest.approx(
+        1.0696, abs=1e-3
+    )
     logits = np.array([[8.0, 1.0, 1.0], [0.0, 9.0, 1.0], [2.0, 3.0, 5.0]], np.float32)
-    assert float(losses.SparseCategoricalCrossentropy(from_logits=True)(
-        np.array([[0], [1], [2]]), logits, sample_weight=sw).item()) == pytest.approx(0.31829, abs=1e-3)
+    assert float(
+        losses.SparseCategoricalCrossentropy(from_logits=True)(
+            np.array([[0], [1], [2]]), logits, sample_weight=sw
+        ).item()
+    ) == pytest.approx(0.31829, abs=1e-3)
     p = np.array([[0.5, 0.5, 5.0]], np.float32)
-    assert float(losses.sparse_categorical_crossentropy(np.array([2]), p)[0].item()) == pytest.approx(
-        -np.log(5 / 6), rel=1e-5)
+    assert float(
+        losses.sparse_categorical_crossentropy(np.array([2]), p)[0].item()
+    ) == pytest.approx(-np.log(5 / 6), rel=1e-5)
     # (N,) labels against (N, 1) predictions (one class) pair up too
-    assert np.asarray(losses.SparseCategoricalCrossentropy(reduction="none")(
-        np.zeros(3), np.ones((3, 1), np.float32))).shape == (3,)
+    assert np.asarray(
+        losses.SparseCategoricalCrossentropy(reduction="none")(
+            np.zeros(3), np.ones((3, 1), np.float32)
+        )
+    ).shape == (3,)
 
 
 def test_sparse_categorical_probabilities_gradient_and_trace():
@@ -271,29 +322,42 @@ def test_sparse_categorical_probabilities_gradient_and_trace():
 
 # ---------------------------------------------------------------- sample weights, reductions
 
+
 def test_sample_weight_shapes_and_reductions_as_keras_3():
     """keras losses_test.py MeanSquaredErrorTest: test_sample_weighted, test_timestep_weighted,
     test_no_reduction, test_sum_reduction, test_mean_with_sample_weight_reduction."""
     y_true = np.array([[1, 9, 2], [-5, -2, 6]])
     y_pred = np.array([[4, 8, 12], [8, 1, 3]], dtype="float32")
     mse = losses.MeanSquaredError()
-    assert float(mse(y_true, y_pred, sample_weight=np.array([[1.2], [3.4]])).item()) == pytest.approx(767.8 / 6, rel=1e-6)
-    assert float(mse(y_true, y_pred, sample_weight=np.array([1.2, 3.4])).item()) == pytest.approx(767.8 / 6, rel=1e-6)
+    assert float(
+        mse(y_true, y_pred, sample_weight=np.array([[1.2], [3.4]])).item()
+    ) == pytest.approx(767.8 / 6, rel=1e-6)
+    assert float(mse(y_true, y_pred, sample_weight=np.array([1.2, 3.4])).item()) == pytest.approx(
+        767.8 / 6, rel=1e-6
+    )
     yt = np.asarray([1, 9, 2, -5, -2, 6]).reshape(2, 3, 1)
     yp = np.asarray([4, 8, 12, 8, 1, 3]).reshape(2, 3, 1)
     sw = np.array([3, 6, 5, 0, 4, 2]).reshape((2, 3))
     assert float(mse(yt, yp, sample_weight=sw).item()) == pytest.approx(97.833336, rel=1e-6)
-    np.testing.assert_allclose(np.asarray(losses.MeanSquaredError(reduction=None)(y_true, y_pred, sample_weight=2.3)),
-                               [84.3333, 143.3666], rtol=1e-5)
-    assert float(losses.MeanSquaredError(reduction="sum")(y_true, y_pred, sample_weight=2.3).item()) == \
-        pytest.approx(227.69998, rel=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(losses.MeanSquaredError(reduction=None)(y_true, y_pred, sample_weight=2.3)),
+        [84.3333, 143.3666],
+        rtol=1e-5,
+    )
+    assert float(
+        losses.MeanSquaredError(reduction="sum")(y_true, y_pred, sample_weight=2.3).item()
+    ) == pytest.approx(227.69998, rel=1e-6)
     mws = losses.MeanSquaredError(reduction="mean_with_sample_weight")
-    assert float(mws(y_true, y_pred, sample_weight=np.array([[1.2], [3.4]])).item()) == pytest.approx(
-        (110 / 3 * 1.2 + 187 / 3 * 3.4) / (1.2 + 3.4), rel=1e-6)
-    assert float(losses.MeanSquaredError(reduction="mean")(y_true, y_pred).item()) == pytest.approx(49.5)
+    assert float(
+        mws(y_true, y_pred, sample_weight=np.array([[1.2], [3.4]])).item()
+    ) == pytest.approx((110 / 3 * 1.2 + 187 / 3 * 3.4) / (1.2 + 3.4), rel=1e-6)
+    assert float(losses.MeanSquaredError(reduction="mean")(y_true, y_pred).item()) == pytest.approx(
+        49.5
+    )
     # weights (N, 1) with reduction "none": Keras 3.15.1 returns the values as (N, 1)
-    none = losses.MeanSquaredError(reduction="none")(np.ones((3, 2)), np.zeros((3, 2)),
-                                                     sample_weight=np.array([[1.0], [0.0], [2.0]]))
+    none = losses.MeanSquaredError(reduction="none")(
+        np.ones((3, 2)), np.zeros((3, 2)), sample_weight=np.array([[1.0], [0.0], [2.0]])
+    )
     np.testing.assert_allclose(np.asarray(none), [[1.0], [0.0], [2.0]])
 
 
@@ -302,7 +366,10 @@ def test_sample_weight_per_sample_on_temporal_losses_and_bad_shapes():
     its broadcast aligns the weights with T); weights that cannot be matched, or would
     broadcast the losses to a bigger shape, raise naming both shapes."""
     rng = np.random.default_rng(3)
-    yt, yp = rng.normal(size=(4, 2, 3)).astype(np.float32), rng.normal(size=(4, 2, 3)).astype(np.float32)
+    yt, yp = (
+        rng.normal(size=(4, 2, 3)).astype(np.float32),
+        rng.normal(size=(4, 2, 3)).astype(np.float32),
+    )
     w = np.array([1.0, 0.0, 2.0, 0.5], np.float32)
     per = np.mean((yt - yp) ** 2, -1)
     got = float(losses.MeanSquaredError()(yt, yp, sample_weight=w).item())
@@ -315,12 +382,14 @@ def test_sample_weight_per_sample_on_temporal_losses_and_bad_shapes():
 
 # ---------------------------------------------------------------- compile("mse") and fit
 
+
 @pytest.mark.parametrize("run_eagerly", [None, True])
 def test_dense1_fit_with_rank1_targets_learns_the_function(run_eagerly):
     """Dense(1) + compile(loss="mse") + fit(x, y) with y of shape (N,): the string "mse"
     resolves to losses.mean_squared_error, wrapped in LossFunctionWrapper, which matches the
     ranks; before, the (N, N) loss fitted only the mean of y (MSE ~4 here)."""
     from metalearn.keras import layers, models, optimizers
+
     rng = np.random.default_rng(0)
     x = rng.normal(size=(70, 3)).astype(np.float32)
     coef = np.array([1.0, -2.0, 0.5], np.float32)

@@ -1,4 +1,5 @@
 """Model/Sequential: structure, summary, training on real problems, weight files."""
+
 import io
 import time
 from contextlib import redirect_stdout
@@ -41,16 +42,28 @@ def test_subclassed_model_tracks_layers_and_builds_lazily():
     shapes = [tuple(v.shape) for v in model.trainable_variables]
     assert shapes == [(5, 8), (8,), (8, 8), (8,), (8, 3), (3,)]
     assert model.variables == model.weights and len(model.weights) == 6
-    assert [p for p, _ in model._weight_paths()] == ["blocks/0/kernel", "blocks/0/bias", "blocks/1/kernel",
-                                                     "blocks/1/bias", "head/kernel", "head/bias"]
+    assert [p for p, _ in model._weight_paths()] == [
+        "blocks/0/kernel",
+        "blocks/0/bias",
+        "blocks/1/kernel",
+        "blocks/1/bias",
+        "head/kernel",
+        "head/bias",
+    ]
     assert len(model.layers) == 3
     with pytest.raises(TypeError):
         keras.Model(inputs=None, outputs=None)
 
 
 def test_sequential_summary_table():
-    model = keras.Sequential([layers.Flatten(input_shape=(28, 28)), layers.Dense(128, activation="relu"),
-                              layers.Dense(10, activation="softmax")], name="seq")
+    model = keras.Sequential(
+        [
+            layers.Flatten(input_shape=(28, 28)),
+            layers.Dense(128, activation="relu"),
+            layers.Dense(10, activation="softmax"),
+        ],
+        name="seq",
+    )
     assert model.built
     lines = []
     model.summary(print_fn=lines.append)
@@ -82,11 +95,18 @@ def test_sequential_with_input_add_and_pop():
 def test_fit_learns_two_spirals():
     ml.random.set_seed(1)
     x, y = two_spirals()
-    model = keras.Sequential([layers.Dense(64, activation="relu", input_shape=(2,)),
-                              layers.Dense(64, activation="relu"),
-                              layers.Dense(2, activation="softmax")])
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model = keras.Sequential(
+        [
+            layers.Dense(64, activation="relu", input_shape=(2,)),
+            layers.Dense(64, activation="relu"),
+            layers.Dense(2, activation="softmax"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     start = time.perf_counter()
     history = model.fit(x, y, epochs=150, batch_size=32, verbose=0)
     elapsed = time.perf_counter() - start
@@ -132,13 +152,15 @@ def test_train_on_batch_test_on_batch_and_validation():
         last = model.train_on_batch(x, y)
     assert last[0] < first[0] / 100
     assert model.test_on_batch(x, y, return_dict=True)["loss"] == pytest.approx(
-        float(np.mean((model.predict(x, verbose=0) - y) ** 2)), rel=1e-4)
+        float(np.mean((model.predict(x, verbose=0) - y) ** 2)), rel=1e-4
+    )
     hist = model.fit(x, y, epochs=3, batch_size=16, validation_split=0.25, verbose=0)
     assert set(hist.history) == {"loss", "mae", "val_loss", "val_mae"}
     assert all(len(v) == 3 for v in hist.history.values())
     xv, yv = x[48:], y[48:]
-    assert hist.history["val_loss"][-1] == pytest.approx(float(np.mean((model.predict(xv, verbose=0) - yv) ** 2)),
-                                                         rel=1e-4)
+    assert hist.history["val_loss"][-1] == pytest.approx(
+        float(np.mean((model.predict(xv, verbose=0) - yv) ** 2)), rel=1e-4
+    )
 
 
 def test_fit_is_repeatable_after_set_seed():
@@ -146,7 +168,9 @@ def test_fit_is_repeatable_after_set_seed():
 
     def run():
         ml.random.set_seed(7)
-        model = keras.Sequential([layers.Dense(8, activation="relu", input_shape=(2,)), layers.Dense(2)])
+        model = keras.Sequential(
+            [layers.Dense(8, activation="relu", input_shape=(2,)), layers.Dense(2)]
+        )
         model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         model.fit(x, y, epochs=2, batch_size=10, verbose=0)
         return model.get_weights()
@@ -158,7 +182,9 @@ def test_fit_is_repeatable_after_set_seed():
 def test_progress_output_one_line_per_epoch_when_not_a_terminal():
     x, y = two_spirals(20)
     model = keras.Sequential([layers.Dense(2, input_shape=(2,))])
-    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        "sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     buf = io.StringIO()
     with redirect_stdout(buf):
         model.fit(x, y, epochs=2, batch_size=8, verbose=1)
@@ -244,10 +270,20 @@ def test_get_set_weights_validate_all_shapes_first():
 # ------------------------------------------------------------- Keras behaviours (issue 18)
 def _frozen_bn_model():
     model = keras.Sequential([layers.Dense(2, input_shape=(3,)), layers.BatchNormalization()])
-    model.layers[0].set_weights([np.array([[1.0, -1.0], [0.5, 2.0], [0.0, 1.0]], np.float32),
-                                 np.array([0.1, -0.3], np.float32)])
-    model.layers[1].set_weights([np.array([1.5, 0.5], np.float32), np.array([0.2, -0.1], np.float32),
-                                 np.array([0.3, -0.4], np.float32), np.array([2.0, 0.5], np.float32)])
+    model.layers[0].set_weights(
+        [
+            np.array([[1.0, -1.0], [0.5, 2.0], [0.0, 1.0]], np.float32),
+            np.array([0.1, -0.3], np.float32),
+        ]
+    )
+    model.layers[1].set_weights(
+        [
+            np.array([1.5, 0.5], np.float32),
+            np.array([0.2, -0.1], np.float32),
+            np.array([0.3, -0.4], np.float32),
+            np.array([2.0, 0.5], np.float32),
+        ]
+    )
     model.trainable = False
     return model
 
@@ -289,8 +325,9 @@ def test_traced_fit_with_dropout_draws_a_new_mask_every_step():
     runs = {}
     for run_eagerly in (None, True):
         ml.random.set_seed(0)
-        model = keras.Sequential([layers.Dropout(0.5, input_shape=(4,)),
-                                  layers.Dense(1, kernel_initializer="ones")])
+        model = keras.Sequential(
+            [layers.Dropout(0.5, input_shape=(4,)), layers.Dense(1, kernel_initializer="ones")]
+        )
         model.compile(keras.optimizers.SGD(0.01), "mse", run_eagerly=run_eagerly)
         seen = []
         cb = keras.callbacks.LambdaCallback(on_batch_end=lambda b, logs: seen.append(logs["loss"]))
@@ -340,10 +377,15 @@ def test_traced_fit_with_seeded_dropouts_equals_eager_step_by_step():
     runs = {}
     for run_eagerly in (None, True):
         ml.random.set_seed(0)
-        model = keras.Sequential([layers.Dropout(0.5, seed=7, input_shape=(6,)), layers.Dense(4),
-                                  layers.Dropout(0.3),
-                                  layers.Dropout(0.4, seed=9, noise_shape=(None, 1)),
-                                  layers.Dense(1)])
+        model = keras.Sequential(
+            [
+                layers.Dropout(0.5, seed=7, input_shape=(6,)),
+                layers.Dense(4),
+                layers.Dropout(0.3),
+                layers.Dropout(0.4, seed=9, noise_shape=(None, 1)),
+                layers.Dense(1),
+            ]
+        )
         model.compile(keras.optimizers.SGD(0.01), "mse", run_eagerly=run_eagerly)
         seen = []
         cb = keras.callbacks.LambdaCallback(on_batch_end=lambda b, logs: seen.append(logs["loss"]))
@@ -391,8 +433,10 @@ def test_traced_fit_falls_back_when_a_seeded_dropout_is_called_twice():
         ml.random.set_seed(0)
         model = Twice()
         model.compile(keras.optimizers.SGD(0.01), "mse", run_eagerly=run_eagerly)
-        runs[run_eagerly] = (model.fit(x, y, batch_size=4, epochs=3, verbose=0).history["loss"],
-                             model.drop._seed_calls)
+        runs[run_eagerly] = (
+            model.fit(x, y, batch_size=4, epochs=3, verbose=0).history["loss"],
+            model.drop._seed_calls,
+        )
         assert model._run_eagerly is True and model._train_fn is None  # fell back for good
     assert runs[None] == runs[True] and runs[None][1] == 6
 
@@ -422,8 +466,9 @@ def test_fit_traces_a_layer_when_its_class_declares_it():
         ml.random.set_seed(0)
         model = keras.Sequential([Scale(input_shape=(3,)), layers.Dense(1)])
         model.compile(keras.optimizers.SGD(0.05), "mse", run_eagerly=run_eagerly)
-        runs[run_eagerly] = model.fit(x, y, batch_size=8, epochs=3, shuffle=False,
-                                      verbose=0).history["loss"]
+        runs[run_eagerly] = model.fit(
+            x, y, batch_size=8, epochs=3, shuffle=False, verbose=0
+        ).history["loss"]
         if run_eagerly is None:
             assert model._train_fn is not None and model._train_fn.n_traces == 1
     np.testing.assert_allclose(runs[None], runs[True], rtol=1e-6)
@@ -450,14 +495,14 @@ def test_run_eagerly_false_runs_eagerly_what_a_trace_cannot_hold(case):
         model = keras.Sequential([layers.Dense(1, input_shape=(3,))])
         opt = keras.optimizers.SGD(0.1, clipvalue=0.01 if case == "clipvalue" else None)
         model.compile(opt, "mse", run_eagerly=run_eagerly)
-        loss = model.fit(x, y, sample_weight=sw, batch_size=8, epochs=2, shuffle=False,
-                         verbose=0).history["loss"]
+        loss = model.fit(
+            x, y, sample_weight=sw, batch_size=8, epochs=2, shuffle=False, verbose=0
+        ).history["loss"]
         runs[run_eagerly] = (loss, model.get_weights())
         assert int(opt.iterations) == 4
     np.testing.assert_allclose(runs[False][0], runs[True][0], rtol=1e-6)
     for a, b in zip(runs[False][1], runs[True][1]):
         np.testing.assert_allclose(a, b, rtol=1e-6)
-
 
 
 def test_epoch_iterator_batches_shuffles_and_splits_as_fit_does():
@@ -499,17 +544,20 @@ def test_epoch_iterator_batches_shuffles_and_splits_as_fit_does():
     with pytest.raises(ValueError, match="no training samples"):
         train_validation_split(x[:1], y[:1], sw[:1], 0.5)
 
+
 # ---------------------------------------------------------------- compile's metrics
 CM_TRUE = np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]], dtype="float32")
-CM_PRED = np.array([[0.4, 0.1], [0.2, 0.6], [0.6, 0.1], [0.3, 0.2], [0.1, 0.4], [0.2, 0.3]],
-                   dtype="float32")
+CM_PRED = np.array(
+    [[0.4, 0.1], [0.2, 0.6], [0.6, 0.1], [0.3, 0.2], [0.1, 0.4], [0.2, 0.3]], dtype="float32"
+)
 CM_SW = np.array([1, 0.0, 1, 1, 0.0, 1], dtype="float32")
 
 
 def _identity_model():
     """Outputs its input: evaluate(x=y_pred, y=y_true) evaluates on the given predictions."""
-    return keras.Sequential([layers.Dense(2, use_bias=False, kernel_initializer="identity",
-                                          input_shape=(2,))])
+    return keras.Sequential(
+        [layers.Dense(2, use_bias=False, kernel_initializer="identity", input_shape=(2,))]
+    )
 
 
 def test_weighted_metrics_take_sample_weight_and_metrics_do_not():
@@ -518,21 +566,38 @@ def test_weighted_metrics_take_sample_weight_and_metrics_do_not():
     weighted one whose name is taken gets weighted_ in front. Expected values: Keras
     3.15.1 (torch backend) on these inputs, two batches of three."""
     model = _identity_model()
-    model.compile(loss="mse", metrics=["mse", "mae", "mse"],
-                  weighted_metrics=["mse", "mae", "mse", "accuracy"])
-    logs = model.evaluate(CM_PRED, np.concatenate([CM_TRUE, CM_TRUE]), sample_weight=CM_SW,
-                          batch_size=3, return_dict=True, verbose=0)
-    expected = {"loss": 0.048333332, "mse": 0.055833336, "mae": 0.19166668,
-                "mse_1": 0.055833336, "weighted_mse": 0.0725, "weighted_mae": 0.225,
-                "weighted_mse_1": 0.0725, "accuracy": 0.25}
+    model.compile(
+        loss="mse",
+        metrics=["mse", "mae", "mse"],
+        weighted_metrics=["mse", "mae", "mse", "accuracy"],
+    )
+    logs = model.evaluate(
+        CM_PRED,
+        np.concatenate([CM_TRUE, CM_TRUE]),
+        sample_weight=CM_SW,
+        batch_size=3,
+        return_dict=True,
+        verbose=0,
+    )
+    expected = {
+        "loss": 0.048333332,
+        "mse": 0.055833336,
+        "mae": 0.19166668,
+        "mse_1": 0.055833336,
+        "weighted_mse": 0.0725,
+        "weighted_mae": 0.225,
+        "weighted_mse_1": 0.0725,
+        "accuracy": 0.25,
+    }
     assert list(logs) == list(expected)
     assert model.metrics_names == list(expected)
     for k, v in expected.items():
         assert logs[k] == pytest.approx(v, rel=1e-5), k
     # without sample weights a weighted metric is the plain one
     model.compile(loss="mse", weighted_metrics=["mse"])
-    out = model.evaluate(CM_PRED, np.concatenate([CM_TRUE, CM_TRUE]), batch_size=3,
-                         return_dict=True, verbose=0)
+    out = model.evaluate(
+        CM_PRED, np.concatenate([CM_TRUE, CM_TRUE]), batch_size=3, return_dict=True, verbose=0
+    )
     assert out["mse"] == pytest.approx(0.055833336, rel=1e-5)
 
 
@@ -548,10 +613,16 @@ def test_fit_with_weighted_metrics_traced_equals_eager():
     for run_eagerly in (None, True):
         ml.random.set_seed(0)
         model = keras.Sequential([layers.Dense(2, input_shape=(3,))])
-        model.compile(keras.optimizers.SGD(0.05), "mse", metrics=["mae"],
-                      weighted_metrics=["mae"], run_eagerly=run_eagerly)
-        runs[run_eagerly] = model.fit(x, y, batch_size=8, epochs=3, shuffle=False,
-                                      verbose=0).history
+        model.compile(
+            keras.optimizers.SGD(0.05),
+            "mse",
+            metrics=["mae"],
+            weighted_metrics=["mae"],
+            run_eagerly=run_eagerly,
+        )
+        runs[run_eagerly] = model.fit(
+            x, y, batch_size=8, epochs=3, shuffle=False, verbose=0
+        ).history
         if run_eagerly is None:
             assert model._train_fn is not None and model._train_fn.n_traces == 1
     for key in ("loss", "mae", "weighted_mae"):
@@ -560,8 +631,7 @@ def test_fit_with_weighted_metrics_traced_equals_eager():
     ml.random.set_seed(0)
     model = keras.Sequential([layers.Dense(2, input_shape=(3,))])
     model.compile(keras.optimizers.SGD(0.0), "mse", metrics=["mae"], weighted_metrics=["mae"])
-    h = model.fit(x, y, sample_weight=sw, batch_size=24, epochs=1, shuffle=False,
-                  verbose=0).history
+    h = model.fit(x, y, sample_weight=sw, batch_size=24, epochs=1, shuffle=False, verbose=0).history
     err = np.abs(np.asarray(model.predict(x, verbose=0)) - y).mean(axis=1)
     assert h["mae"][0] == pytest.approx(err.mean(), rel=1e-5)
     assert h["weighted_mae"][0] == pytest.approx((err * sw).sum() / sw.sum(), rel=1e-5)
@@ -572,8 +642,11 @@ def test_compile_refuses_metrics_that_are_not_a_list_and_changes_nothing():
     for weighted_metrics alike; the model keeps its previous compile."""
     model = _identity_model()
     model.compile(loss="mse", metrics=["mae"])
-    for kwargs in (dict(metrics="mse"), dict(weighted_metrics="mse"),
-                   dict(metrics=keras.metrics.Mean())):
+    for kwargs in (
+        dict(metrics="mse"),
+        dict(weighted_metrics="mse"),
+        dict(metrics=keras.metrics.Mean()),
+    ):
         with pytest.raises(ValueError, match="to be a list, tuple, or dict"):
             model.compile(loss="mae", **kwargs)
     with pytest.raises(ValueError, match="Expected metric, received `None`"):
@@ -596,18 +669,33 @@ def test_crossentropy_loss_name_is_picked_from_the_shapes(name):
     labels = rng.integers(0, 3, 6)
     p1 = rng.uniform(0.05, 0.95, (6, 1)).astype(np.float32)
     b1 = (rng.random((6, 1)) > 0.5).astype(np.float32)
-    cases = [(probs, onehot, losses.categorical_crossentropy),
-             (probs, labels, losses.sparse_categorical_crossentropy),
-             (probs, labels[:, None], losses.sparse_categorical_crossentropy),
-             (p1, b1, losses.binary_crossentropy), (p1, b1[:, 0], losses.binary_crossentropy)]
+    cases = [
+        (probs, onehot, losses.categorical_crossentropy),
+        (probs, labels, losses.sparse_categorical_crossentropy),
+        (probs, labels[:, None], losses.sparse_categorical_crossentropy),
+        (p1, b1, losses.binary_crossentropy),
+        (p1, b1[:, 0], losses.binary_crossentropy),
+    ]
     for pred, y, fn in cases:
-        model = keras.Sequential([layers.Dense(pred.shape[1], use_bias=False,
-                                               kernel_initializer="identity",
-                                               input_shape=(pred.shape[1],))])
+        model = keras.Sequential(
+            [
+                layers.Dense(
+                    pred.shape[1],
+                    use_bias=False,
+                    kernel_initializer="identity",
+                    input_shape=(pred.shape[1],),
+                )
+            ]
+        )
         model.compile(loss=name)
         got = model.evaluate(pred, y, verbose=0)
-        ref = float(np.mean(np.asarray(fn(y.reshape(len(y), -1) if fn is losses.binary_crossentropy
-                                          else y, pred))))
+        ref = float(
+            np.mean(
+                np.asarray(
+                    fn(y.reshape(len(y), -1) if fn is losses.binary_crossentropy else y, pred)
+                )
+            )
+        )
         assert got == pytest.approx(ref, rel=1e-5), fn.__name__
         assert model.compiled_loss.fn is fn and model.compiled_loss.name == name
 

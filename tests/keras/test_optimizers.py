@@ -1,5 +1,4 @@
 """Optimizers against NumPy implementations of the Keras update rules."""
-import warnings
 
 import numpy as np
 import pytest
@@ -49,7 +48,7 @@ def test_adam_20_steps_on_adaptive_network_match_numpy_keras_adam():
         opt.apply_gradients(zip(grads, params))
         ref_loss, g = _numpy_forward_backward(w, x, y)
         assert float(loss.item()) == pytest.approx(ref_loss, rel=1e-4, abs=1e-6)
-        lr_t = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        lr_t = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
         for i in range(4):
             m[i] += (1 - b1) * (g[i] - m[i])
             v[i] += (1 - b2) * (g[i] * g[i] - v[i])
@@ -99,7 +98,9 @@ def test_plain_sgd_learning_rate_is_settable():
 def test_get_and_defaults():
     adam = optimizers.get("adam")
     assert isinstance(adam, optimizers.Adam)
-    assert (adam.learning_rate, adam.beta_1, adam.beta_2, adam.epsilon) == pytest.approx((0.001, 0.9, 0.999, 1e-7))
+    assert (adam.learning_rate, adam.beta_1, adam.beta_2, adam.epsilon) == pytest.approx(
+        (0.001, 0.9, 0.999, 1e-7)
+    )
     assert optimizers.get(adam) is adam
     with pytest.raises(ValueError):
         optimizers.get("rmsprop_typo")
@@ -131,7 +132,7 @@ def test_adam_state_accumulates_across_steps():
     v = 0.001 * 1.0
     m += 0.1 * (0.1 - m)
     v += 0.001 * (0.01 - v)
-    lr_t = 0.1 * np.sqrt(1 - 0.999 ** 2) / (1 - 0.9 ** 2)
+    lr_t = 0.1 * np.sqrt(1 - 0.999**2) / (1 - 0.9**2)
     expected = -0.1 - lr_t * m / (np.sqrt(v) + 1e-7)
     assert float(v1.numpy()[0]) == pytest.approx(expected, rel=1e-5)
     for g in (g1, g2):
@@ -152,7 +153,7 @@ def test_adam_over_two_threads_equals_one_thread_bit_for_bit(amsgrad):
     """Above ~65k parameters the Adam update is split over the thread pool (element-wise
     chunks across parameter boundaries): the result must not depend on the thread count."""
     rng = np.random.default_rng(0)
-    shapes = [(301, 257), (257,), (257, 11), (11,)]   # 77,357 + 257 + 2,827 + 11 floats
+    shapes = [(301, 257), (257,), (257, 11), (11,)]  # 77,357 + 257 + 2,827 + 11 floats
     init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3)]
     prev = ml.get_num_threads()
@@ -187,7 +188,7 @@ def test_adam_flushes_denormal_state_and_leaves_the_callers_fp_mode_alone():
         m = 0.9 * m + 0.1 * g
         v = 0.999 * v + 0.001 * g * g
         m[np.abs(m) < tiny] = 0.0
-        lr_t = 1e-3 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
+        lr_t = 1e-3 * np.sqrt(1 - 0.999**t) / (1 - 0.9**t)
         p = p - lr_t * m / (np.sqrt(v) + 1e-7)
     np.testing.assert_allclose(np.asarray(var), p, rtol=1e-5, atol=0)
     m_state, v_state = (np.asarray(s) for s in opt.variables())
@@ -195,7 +196,7 @@ def test_adam_flushes_denormal_state_and_leaves_the_callers_fp_mode_alone():
     # Flushed, m is 0 when m - 0.1 m is one fused multiply-add (the AVX2 loop), or stays
     # at ~1e-37 when 0.1 m is rounded on its own first and flushes to 0 (the scalar loop
     # without FMA): never a denormal either way
-    assert 0.1 * 0.9 ** 849 > np.finfo(np.float32).smallest_subnormal
+    assert 0.1 * 0.9**849 > np.finfo(np.float32).smallest_subnormal
     assert np.all((m_state == 0) | (np.abs(m_state) >= tiny)), m_state
     assert np.abs(m_state).max() < 1e-36
     np.testing.assert_allclose(v_state, v, rtol=1e-4)  # v decays slower: still normal
@@ -203,14 +204,22 @@ def test_adam_flushes_denormal_state_and_leaves_the_callers_fp_mode_alone():
     assert np.float32(1e-39) * np.float32(0.5) > 0
 
 
-@pytest.mark.parametrize("kwargs", [dict(clipnorm=1.0, clipvalue=1.0), dict(clipvalue=0.5, global_clipnorm=2.0),
-                                    dict(clipnorm=1.0, global_clipnorm=1.0)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(clipnorm=1.0, clipvalue=1.0),
+        dict(clipvalue=0.5, global_clipnorm=2.0),
+        dict(clipnorm=1.0, global_clipnorm=1.0),
+    ],
+)
 @pytest.mark.parametrize("cls", [optimizers.SGD, optimizers.Adam])
 def test_only_one_clipping_argument_is_accepted(cls, kwargs):
     """Keras 3 (BaseOptimizer.__init__), word for word."""
-    expected = ("Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. Received: "
-                f"clipnorm={kwargs.get('clipnorm')}, clipvalue={kwargs.get('clipvalue')}, "
-                f"global_clipnorm={kwargs.get('global_clipnorm')}")
+    expected = (
+        "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. Received: "
+        f"clipnorm={kwargs.get('clipnorm')}, clipvalue={kwargs.get('clipvalue')}, "
+        f"global_clipnorm={kwargs.get('global_clipnorm')}"
+    )
     with pytest.raises(ValueError) as info:
         cls(**kwargs)
     assert str(info.value) == expected
@@ -253,8 +262,13 @@ def test_optimizer_names_are_unique_as_keras_names_them():
     from metalearn.keras import backend
 
     backend.clear_session()
-    names = [optimizers.Adam().name, optimizers.Adam().name, optimizers.SGD().name,
-             optimizers.SGD().name, optimizers.get("sgd").name]
+    names = [
+        optimizers.Adam().name,
+        optimizers.Adam().name,
+        optimizers.SGD().name,
+        optimizers.SGD().name,
+        optimizers.get("sgd").name,
+    ]
     assert names == ["adam", "adam_1", "sgd", "sgd_1", "sgd_2"]
     with pytest.raises(ValueError):
         optimizers.SGD(learning_rate=-1.0)  # a refused optimizer takes no name

@@ -1,6 +1,7 @@
 """Every layer metalearn ships round-trips through get_config/from_config and
 layers.serialize/deserialize (no custom_objects), as Keras 3's layers do: the rebuilt layer
 has the same configuration and, given the same weights, the same output."""
+
 import json
 
 import numpy as np
@@ -20,41 +21,73 @@ VEC = RNG.standard_normal((3, 4)).astype(np.float32)
 def _memory():
     mem = ml.KnowledgeMemory(16, 4, payload_size=3, seed=1)
     rng = np.random.default_rng(1)
-    mem.update(rng.standard_normal((10, 4)).astype(np.float32), rng.integers(0, 5, 10),
-               rng.standard_normal((10, 3)).astype(np.float32))
+    mem.update(
+        rng.standard_normal((10, 4)).astype(np.float32),
+        rng.integers(0, 5, 10),
+        rng.standard_normal((10, 3)).astype(np.float32),
+    )
     return mem
 
 
 # name -> (a new layer, an input it takes); one entry per shipped class (checked below)
 CASES = {
-    "Dense": (lambda: layers.Dense(3, activation="tanh", use_bias=False,
-                                   kernel_initializer="he_normal"), VEC),
+    "Dense": (
+        lambda: layers.Dense(3, activation="tanh", use_bias=False, kernel_initializer="he_normal"),
+        VEC,
+    ),
     "Flatten": (lambda: layers.Flatten(), IMG),
     "Reshape": (lambda: layers.Reshape((-1, 9)), IMG),
     "Activation": (lambda: layers.Activation("sigmoid"), VEC),
     "Dropout": (lambda: layers.Dropout(0.25, noise_shape=(None, 1), seed=3), VEC),
     "InputLayer": (lambda: layers.InputLayer((4,)), VEC),
     "Lambda": (lambda: layers.Lambda(lambda t, k: t * k, arguments={"k": 2.0}), VEC),
-    "Conv2D": (lambda: layers.Conv2D(4, (3, 2), strides=(2, 1), padding="same", activation="relu",
-                                     bias_initializer="ones"), IMG),
+    "Conv2D": (
+        lambda: layers.Conv2D(
+            4, (3, 2), strides=(2, 1), padding="same", activation="relu", bias_initializer="ones"
+        ),
+        IMG,
+    ),
     "MaxPool2D": (lambda: layers.MaxPool2D((3, 3), strides=2, padding="same"), IMG),
     "AveragePooling2D": (lambda: layers.AveragePooling2D(2, padding="same"), IMG),
     "GlobalAveragePooling2D": (lambda: layers.GlobalAveragePooling2D(keepdims=True), IMG),
-    "BatchNormalization": (lambda: layers.BatchNormalization(momentum=0.9, epsilon=1e-2,
-                                                              center=False, gamma_initializer="ones"),
-                           IMG),
+    "BatchNormalization": (
+        lambda: layers.BatchNormalization(
+            momentum=0.9, epsilon=1e-2, center=False, gamma_initializer="ones"
+        ),
+        IMG,
+    ),
     "MemoryRecall": (lambda: layers.MemoryRecall(_memory(), k=3, temperature=0.5), VEC),
-    "Sequential": (lambda: keras.Sequential(
-        [layers.InputLayer((6, 6, 3)), layers.Conv2D(2, 3, padding="same"),
-         layers.BatchNormalization(), layers.Activation("relu"), layers.MaxPool2D(2),
-         layers.Flatten(), layers.Dropout(0.5), layers.Dense(2)], name="convnet"), IMG),
-    "AdaptiveNeuralNetwork": (lambda: AdaptiveNeuralNetwork(num_classes=3, hidden_units=5,
-                                                            output_activation="linear"), IMG),
+    "Sequential": (
+        lambda: keras.Sequential(
+            [
+                layers.InputLayer((6, 6, 3)),
+                layers.Conv2D(2, 3, padding="same"),
+                layers.BatchNormalization(),
+                layers.Activation("relu"),
+                layers.MaxPool2D(2),
+                layers.Flatten(),
+                layers.Dropout(0.5),
+                layers.Dense(2),
+            ],
+            name="convnet",
+        ),
+        IMG,
+    ),
+    "AdaptiveNeuralNetwork": (
+        lambda: AdaptiveNeuralNetwork(num_classes=3, hidden_units=5, output_activation="linear"),
+        IMG,
+    ),
     "MetaLearningNetwork": (lambda: MetaLearningNetwork(hidden_units=5, output_units=2), VEC),
     # ProtoNet.adapt's classifier: an encoder and this task's prototypes
-    "PrototypeClassifier": (lambda: PrototypeClassifier(
-        keras.Sequential([layers.Dense(3, activation="relu", input_shape=(4,))], name="enc"),
-        RNG.standard_normal((2, 3)).astype(np.float32), distance="cosine", name="clf"), VEC),
+    "PrototypeClassifier": (
+        lambda: PrototypeClassifier(
+            keras.Sequential([layers.Dense(3, activation="relu", input_shape=(4,))], name="enc"),
+            RNG.standard_normal((2, 3)).astype(np.float32),
+            distance="cosine",
+            name="clf",
+        ),
+        VEC,
+    ),
 }
 
 
@@ -62,7 +95,9 @@ def _give_weights(layer, x):
     """Builds `layer` on x and gives it random weights (moving statistics included)."""
     layer(x)
     rng = np.random.default_rng(5)
-    layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(np.float32) for w in layer.get_weights()])
+    layer.set_weights(
+        [rng.uniform(0.5, 1.5, w.shape).astype(np.float32) for w in layer.get_weights()]
+    )
 
 
 def _same_state(src, dst, tmp_path):
@@ -77,8 +112,9 @@ def _check_rebuilt(layer, rebuilt, x, tmp_path):
     rebuilt(x)
     _same_state(layer, rebuilt, tmp_path)
     assert rebuilt.get_config() == layer.get_config()
-    np.testing.assert_array_equal(np.asarray(rebuilt(x, training=False)),
-                                  np.asarray(layer(x, training=False)))
+    np.testing.assert_array_equal(
+        np.asarray(rebuilt(x, training=False)), np.asarray(layer(x, training=False))
+    )
 
 
 def _as_json(config):
@@ -118,11 +154,17 @@ def test_memory_recall_config_describes_the_memory_and_rebuilds_an_empty_one():
     mem = _memory()
     layer = layers.MemoryRecall(mem, k=2)
     config = layer.get_config()
-    assert config["memory"] == {"class_name": "KnowledgeMemory",
-                                "config": {"capacity": 16, "key_size": 4, "payload_size": 3}}
+    assert config["memory"] == {
+        "class_name": "KnowledgeMemory",
+        "config": {"capacity": 16, "key_size": 4, "payload_size": 3},
+    }
     rebuilt = layers.MemoryRecall.from_config(config)
     assert rebuilt.memory is not mem and len(rebuilt.memory) == 0
-    assert (rebuilt.memory.capacity, rebuilt.memory.key_size, rebuilt.memory.payload_size) == (16, 4, 3)
+    assert (rebuilt.memory.capacity, rebuilt.memory.key_size, rebuilt.memory.payload_size) == (
+        16,
+        4,
+        3,
+    )
     with pytest.raises(ValueError, match="capacity and key_size"):
         layers.MemoryRecall({"capacity": 4}, k=1)
     with pytest.raises(TypeError, match="KnowledgeMemory"):
@@ -146,8 +188,12 @@ def test_custom_objects_still_resolve_your_own_layers():
 def test_rebuilt_layers_initialise_as_the_original():
     """The initializers are part of the configuration (Keras' get_config has them), so a
     layer rebuilt from it makes the same weights on build."""
-    bn = layers.BatchNormalization(gamma_initializer="zeros", beta_initializer="ones",
-                                   moving_mean_initializer="ones", moving_variance_initializer="zeros")
+    bn = layers.BatchNormalization(
+        gamma_initializer="zeros",
+        beta_initializer="ones",
+        moving_mean_initializer="ones",
+        moving_variance_initializer="zeros",
+    )
     conv = layers.Conv2D(2, 3, kernel_initializer="ones", bias_initializer="ones")
     for layer in (bn, conv):
         rebuilt = layers.deserialize(_as_json(layers.serialize(layer)))

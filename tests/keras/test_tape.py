@@ -1,9 +1,9 @@
 """GradientTape, Variable and functional_call against closed-form derivatives."""
+
 import numpy as np
 import pytest
 
 import metalearn as ml
-from metalearn import _core
 from metalearn.keras import layers
 from metalearn.networks import AdaptiveNeuralNetwork
 
@@ -101,8 +101,8 @@ def test_nested_tapes_give_second_derivative():
             f = x * x * x * x  # x^4
         df = inner.gradient(f, x)  # 4x^3, recorded on the outer tape
     d2f = outer.gradient(df, x)  # 12x^2
-    assert float(df.item()) == pytest.approx(4 * 1.7 ** 3, rel=1e-5)
-    assert float(d2f.item()) == pytest.approx(12 * 1.7 ** 2, rel=1e-5)
+    assert float(df.item()) == pytest.approx(4 * 1.7**3, rel=1e-5)
+    assert float(d2f.item()) == pytest.approx(12 * 1.7**2, rel=1e-5)
 
 
 def test_nested_tapes_through_a_dense_layer_match_finite_differences():
@@ -158,11 +158,15 @@ def test_functional_call_uses_given_weights_and_leaves_model_unchanged():
     out2 = model(x, weights=[ml.tensor(w) for w in other])
     np.testing.assert_array_equal(np.asarray(out), np.asarray(out2))
     by_name = {v.name: ml.tensor(w) for v, w in zip(model.trainable_variables, other)}
-    np.testing.assert_array_equal(np.asarray(ml.functional_call(model, by_name, x)), np.asarray(out))
+    np.testing.assert_array_equal(
+        np.asarray(ml.functional_call(model, by_name, x)), np.asarray(out)
+    )
     # the model's own output is untouched afterwards
     h0 = np.maximum(x.reshape(4, -1) @ own[0] + own[1], 0) @ own[2] + own[3]
     p0 = np.exp(h0 - h0.max(1, keepdims=True))
-    np.testing.assert_allclose(np.asarray(model(x)), p0 / p0.sum(1, keepdims=True), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(model(x)), p0 / p0.sum(1, keepdims=True), rtol=1e-5, atol=1e-6
+    )
     with pytest.raises(ValueError):
         ml.functional_call(model, other[:2], x)
 
@@ -170,8 +174,9 @@ def test_functional_call_uses_given_weights_and_leaves_model_unchanged():
 def test_functional_call_second_order_maml_step():
     """Meta-gradient through one inner SGD step equals central differences."""
     ml.random.set_seed(5)
-    model = ml.keras.Sequential([layers.Dense(3, activation="tanh", input_shape=(2,)),
-                                 layers.Dense(1)])
+    model = ml.keras.Sequential(
+        [layers.Dense(3, activation="tanh", input_shape=(2,)), layers.Dense(1)]
+    )
     rng = np.random.default_rng(7)
     xs, ys = rng.normal(size=(6, 2)).astype(np.float32), rng.normal(size=(6, 1)).astype(np.float32)
     xq, yq = rng.normal(size=(5, 2)).astype(np.float32), rng.normal(size=(5, 1)).astype(np.float32)
@@ -179,10 +184,14 @@ def test_functional_call_second_order_maml_step():
     inner_lr = 0.3
 
     def meta_loss(weights, create_graph):
-        support = ml.reduce_mean(ml.keras.losses.mean_squared_error(ys, ml.functional_call(model, weights, xs)))
+        support = ml.reduce_mean(
+            ml.keras.losses.mean_squared_error(ys, ml.functional_call(model, weights, xs))
+        )
         grads = ml.grad(support, weights, create_graph=create_graph)
         fast = [w - inner_lr * g for w, g in zip(weights, grads)]
-        return ml.reduce_mean(ml.keras.losses.mean_squared_error(yq, ml.functional_call(model, fast, xq)))
+        return ml.reduce_mean(
+            ml.keras.losses.mean_squared_error(yq, ml.functional_call(model, fast, xq))
+        )
 
     loss = meta_loss(list(params), True)
     meta_grads = ml.grad(loss, params)

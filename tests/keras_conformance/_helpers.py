@@ -1,4 +1,5 @@
 """Assertions shared by the conformance tests (Keras' tolerances and config round trips)."""
+
 import json
 import os
 
@@ -8,8 +9,9 @@ import pytest
 
 def almost_equal(actual, desired, decimal=3):
     """Keras' ``TestCase.assertAlmostEqual`` (3 decimals by default)."""
-    np.testing.assert_almost_equal(np.asarray(actual, dtype=np.float64),
-                                   np.asarray(desired, dtype=np.float64), decimal=decimal)
+    np.testing.assert_almost_equal(
+        np.asarray(actual, dtype=np.float64), np.asarray(desired, dtype=np.float64), decimal=decimal
+    )
 
 
 def all_close(actual, desired, atol=1e-6, rtol=1e-6):
@@ -49,11 +51,16 @@ def require_keras():
     except ImportError as e:
         if os.environ.get("METALEARN_REQUIRE_KERAS"):
             raise
-        pytest.skip(f"live Keras comparison needs keras and torch ({e}); "
-                    "pip install torch==2.13.0 keras==3.15.1", allow_module_level=True)
+        pytest.skip(
+            f"live Keras comparison needs keras and torch ({e}); "
+            "pip install torch==2.13.0 keras==3.15.1",
+            allow_module_level=True,
+        )
     if keras.backend.backend() != "torch":
-        reason = (f"live Keras comparison runs on the torch backend; KERAS_BACKEND is "
-                  f"{keras.backend.backend()!r}")
+        reason = (
+            f"live Keras comparison runs on the torch backend; KERAS_BACKEND is "
+            f"{keras.backend.backend()!r}"
+        )
         if os.environ.get("METALEARN_REQUIRE_KERAS"):
             raise RuntimeError(reason)
         pytest.skip(reason, allow_module_level=True)

@@ -10,6 +10,7 @@ The live comparison (``test_live_keras.py``, marked ``keras``) needs Keras 3 and
 it skips with the reason when either is missing, so the default test run
 (``pip install -e '.[test]' && python -m pytest -q``) needs neither.
 """
+
 import numpy as np
 import pytest
 

@@ -5,6 +5,7 @@ Sources: ``keras/src/callbacks/early_stopping_test.py``, ``model_checkpoint_test
 direction). Sequences of monitored values and the expected stopping epochs are Keras';
 the test code is ours.
 """
+
 import os
 import warnings
 
@@ -26,8 +27,11 @@ class EpochModel:
     def __init__(self):
         self.stop_training = False
         self.weights = -1
-        self.metrics = [metrics.MeanSquaredError(name="mse"), metrics.BinaryAccuracy(name="acc"),
-                        metrics.BinaryAccuracy(name="accuracy")]
+        self.metrics = [
+            metrics.MeanSquaredError(name="mse"),
+            metrics.BinaryAccuracy(name="acc"),
+            metrics.BinaryAccuracy(name="accuracy"),
+        ]
 
     def get_weights(self):
         return self.weights
@@ -53,8 +57,12 @@ def run_epochs(stopper, values, stop_from_outside_at=None, monitor="val_loss"):
 
 
 def small_model(units=3, input_dim=3):
-    model = models.Sequential([layers.Dense(5, activation="relu", input_shape=(input_dim,)),
-                               layers.Dense(units, activation="softmax")])
+    model = models.Sequential(
+        [
+            layers.Dense(5, activation="relu", input_shape=(input_dim,)),
+            layers.Dense(units, activation="softmax"),
+        ]
+    )
     return model
 
 
@@ -90,8 +98,7 @@ class TestEarlyStopping:
         # early_stopping_test.py::test_early_stopping_final_weights_when_restoring_model_
         # weights (first case): the best epoch is 2 (0.1); patience 2 stops at epoch 4 and
         # restores epoch 2's weights
-        stopper = callbacks.EarlyStopping(monitor="val_loss", patience=2,
-                                          restore_best_weights=True)
+        stopper = callbacks.EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)
         stopper.set_model(EpochModel())
         run_epochs(stopper, [0.2, 0.15, 0.1, 0.11, 0.12])
         assert stopper.model.get_weights() == 2
@@ -99,8 +106,9 @@ class TestEarlyStopping:
     def test_restore_best_weights_with_baseline(self):
         # same Keras test, second case: nothing beats the baseline 0.5, so training stops
         # after 5 epochs (patience 5) and epoch 2's weights (0.7) are restored
-        stopper = callbacks.EarlyStopping(monitor="val_loss", patience=5, baseline=0.5,
-                                          restore_best_weights=True)
+        stopper = callbacks.EarlyStopping(
+            monitor="val_loss", patience=5, baseline=0.5, restore_best_weights=True
+        )
         stopper.set_model(EpochModel())
         assert run_epochs(stopper, [0.9, 0.8, 0.7, 0.71, 0.72, 0.73]) == 5
         assert stopper.model.get_weights() == 2
@@ -108,8 +116,9 @@ class TestEarlyStopping:
     def test_restore_best_weights_at_end_of_training(self):
         # same Keras test, third case: another callback stops training at epoch 3; the
         # best weights (epoch 2) are restored at the end of training all the same
-        stopper = callbacks.EarlyStopping(monitor="val_loss", patience=5, baseline=0.5,
-                                          restore_best_weights=True)
+        stopper = callbacks.EarlyStopping(
+            monitor="val_loss", patience=5, baseline=0.5, restore_best_weights=True
+        )
         stopper.set_model(EpochModel())
         assert run_epochs(stopper, [0.9, 0.8, 0.7, 0.71, 0.72, 0.73], stop_from_outside_at=3) == 4
         assert stopper.model.get_weights() == 2
@@ -124,11 +133,19 @@ class TestEarlyStopping:
         assert trained >= 3 + 2
         assert stopper.stopped_epoch == 5
 
-    @pytest.mark.parametrize("mode,monitor,direction", [
-        # early_stopping_test.py::EarlyStoppingTest::test_early_stopping cases (those of
-        # metrics metalearn has)
-        ("max", "val_mse", "max"), ("min", "val_loss", "min"), ("auto", "val_mse", "min"),
-        ("auto", "loss", "min"), ("auto", "acc", "max"), ("auto", "val_accuracy", "max")])
+    @pytest.mark.parametrize(
+        "mode,monitor,direction",
+        [
+            # early_stopping_test.py::EarlyStoppingTest::test_early_stopping cases (those of
+            # metrics metalearn has)
+            ("max", "val_mse", "max"),
+            ("min", "val_loss", "min"),
+            ("auto", "val_mse", "min"),
+            ("auto", "loss", "min"),
+            ("auto", "acc", "max"),
+            ("auto", "val_accuracy", "max"),
+        ],
+    )
     def test_mode(self, mode, monitor, direction):
         # seen through behaviour: with patience 0, a rise stops training in "min"
         # direction and is an improvement in "max" direction
@@ -142,22 +159,31 @@ class TestEarlyStopping:
         # monitor="unknown": in mode "auto" Keras cannot tell the direction and fit raises
         # ValueError (monitor_callback.py::_set_monitor_op)
         x, y = np.random.random((10, 5)).astype("float32"), np.random.random((10, 1))
-        model = models.Sequential([layers.Dense(1, activation="relu"),
-                                   layers.Dense(1, activation="relu")])
+        model = models.Sequential(
+            [layers.Dense(1, activation="relu"), layers.Dense(1, activation="relu")]
+        )
         model.compile(loss="mae", optimizer="adam", metrics=["mse"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with pytest.raises(ValueError):
-                model.fit(x, y, batch_size=5, validation_data=(x, y), epochs=2, verbose=0,
-                          callbacks=[callbacks.EarlyStopping(patience=0, monitor="unknown")])
+                model.fit(
+                    x,
+                    y,
+                    batch_size=5,
+                    validation_data=(x, y),
+                    epochs=2,
+                    verbose=0,
+                    callbacks=[callbacks.EarlyStopping(patience=0, monitor="unknown")],
+                )
 
     def test_fit_stops(self):
         # early_stopping_test.py::test_early_stopping_reuse: a reused stopper stops each of
         # two fits after at least `patience` epochs
         x = np.random.random((100, 1)).astype("float32")
         y = np.where(x > 0.5, 1, 0).astype("float32")
-        model = models.Sequential([layers.Dense(1, activation="relu"),
-                                   layers.Dense(1, activation="relu")])
+        model = models.Sequential(
+            [layers.Dense(1, activation="relu"), layers.Dense(1, activation="relu")]
+        )
         model.compile(optimizer="sgd", loss="mae", metrics=["mse"])
         stopper = callbacks.EarlyStopping(monitor="mse", patience=3)
         for _ in range(2):
@@ -175,21 +201,36 @@ def fitted_setup(tmp_path):
 
 
 def fit_one(model, x, y, cbs, epochs=1):
-    return model.fit(x, y, batch_size=5, validation_data=(x, y), callbacks=cbs,
-                     epochs=epochs, verbose=0)
+    return model.fit(
+        x, y, batch_size=5, validation_data=(x, y), callbacks=cbs, epochs=epochs, verbose=0
+    )
 
 
 class TestModelCheckpoint:
-    @pytest.mark.parametrize("monitor,mode,save_best_only", [
-        ("val_loss", "auto", False), ("val_loss", "min", False), ("val_acc", "max", False),
-        ("val_acc", "max", True)])
+    @pytest.mark.parametrize(
+        "monitor,mode,save_best_only",
+        [
+            ("val_loss", "auto", False),
+            ("val_loss", "min", False),
+            ("val_acc", "max", False),
+            ("val_acc", "max", True),
+        ],
+    )
     def test_saves(self, fitted_setup, monitor, mode, save_best_only):
         # model_checkpoint_test.py::test_model_checkpoint_options cases 1-4 (the file goes
         # into a subdirectory that the callback creates)
         model, x, y, tmp = fitted_setup
         path = os.path.join(tmp, "subdir", "checkpoint.weights")
-        fit_one(model, x, y, [callbacks.ModelCheckpoint(path, monitor=monitor, mode=mode,
-                                                        save_best_only=save_best_only)])
+        fit_one(
+            model,
+            x,
+            y,
+            [
+                callbacks.ModelCheckpoint(
+                    path, monitor=monitor, mode=mode, save_best_only=save_best_only
+                )
+            ],
+        )
         assert os.path.exists(path)
 
     def test_missing_monitor_saves_with_a_warning(self, fitted_setup):
@@ -198,8 +239,16 @@ class TestModelCheckpoint:
         model, x, y, tmp = fitted_setup
         path = os.path.join(tmp, "checkpoint.weights")
         with pytest.warns(UserWarning):
-            fit_one(model, x, y, [callbacks.ModelCheckpoint(path, monitor="unknown",
-                                                            save_best_only=True, mode="min")])
+            fit_one(
+                model,
+                x,
+                y,
+                [
+                    callbacks.ModelCheckpoint(
+                        path, monitor="unknown", save_best_only=True, mode="min"
+                    )
+                ],
+            )
         assert os.path.exists(path)
 
     def test_unknown_mode_warns(self, tmp_path):
@@ -211,8 +260,9 @@ class TestModelCheckpoint:
     def test_invalid_save_freq(self, tmp_path):
         # model_checkpoint_test.py::test_model_checkpoint_options case 9
         with pytest.raises(ValueError, match="save_freq"):
-            callbacks.ModelCheckpoint(os.path.join(tmp_path, "c.weights"),
-                                      save_freq="invalid_save_freq")
+            callbacks.ModelCheckpoint(
+                os.path.join(tmp_path, "c.weights"), save_freq="invalid_save_freq"
+            )
 
     def test_integer_save_freq_is_refused(self, tmp_path):
         # DELIBERATE DIFFERENCE (test_model_checkpoint_options cases 8 and 10 save every N
@@ -228,16 +278,33 @@ class TestModelCheckpoint:
         with pytest.raises(ValueError, match="save_weights_only"):
             callbacks.ModelCheckpoint(os.path.join(tmp_path, "c.keras"), save_weights_only=False)
 
-    @pytest.mark.parametrize("monitor,mode,threshold,saved", [
-        # test_model_checkpoint_options cases 11, 12, 13 and 14
-        ("val_acc", "max", -0.01, True), ("val_loss", "auto", None, True),
-        ("val_loss", "min", 0, False), ("val_loss", "auto", 0, False)])
+    @pytest.mark.parametrize(
+        "monitor,mode,threshold,saved",
+        [
+            # test_model_checkpoint_options cases 11, 12, 13 and 14
+            ("val_acc", "max", -0.01, True),
+            ("val_loss", "auto", None, True),
+            ("val_loss", "min", 0, False),
+            ("val_loss", "auto", 0, False),
+        ],
+    )
     def test_initial_value_threshold(self, fitted_setup, monitor, mode, threshold, saved):
         model, x, y, tmp = fitted_setup
         path = os.path.join(tmp, "checkpoint.weights")
-        fit_one(model, x, y, [callbacks.ModelCheckpoint(
-            path, monitor=monitor, save_best_only=True, initial_value_threshold=threshold,
-            mode=mode)])
+        fit_one(
+            model,
+            x,
+            y,
+            [
+                callbacks.ModelCheckpoint(
+                    path,
+                    monitor=monitor,
+                    save_best_only=True,
+                    initial_value_threshold=threshold,
+                    mode=mode,
+                )
+            ],
+        )
         assert os.path.exists(path) == saved
 
     def test_epoch_in_filepath(self, fitted_setup):
@@ -255,9 +322,16 @@ class TestModelCheckpoint:
         # weights load into a new model of the same architecture
         model, x, y, tmp = fitted_setup
         path = os.path.join(tmp, "checkpoint.weights")
-        fit_one(model, x, y, [callbacks.ModelCheckpoint(path, monitor="val_loss",
-                                                        save_best_only=True,
-                                                        save_weights_only=True)])
+        fit_one(
+            model,
+            x,
+            y,
+            [
+                callbacks.ModelCheckpoint(
+                    path, monitor="val_loss", save_best_only=True, save_weights_only=True
+                )
+            ],
+        )
         new = small_model()
         new.load_weights(path)
         for a, b in zip(model.get_weights(), new.get_weights()):
@@ -288,13 +362,27 @@ class TestHistoryAndLambda:
             on_epoch_end=lambda epoch, logs: calls.append("on_epoch_end"),
             on_train_end=lambda logs: calls.append("on_train_end"),
             on_train_batch_begin=lambda batch, logs: calls.append("on_train_batch_begin"),
-            on_train_batch_end=lambda batch, logs: calls.append("on_train_batch_end"))
+            on_train_batch_end=lambda batch, logs: calls.append("on_train_batch_end"),
+        )
         model = models.Sequential([layers.Input(shape=(2,), batch_size=4), layers.Dense(1)])
         model.compile(optimizer="sgd", loss="mse")
-        model.fit(np.random.randn(16, 2).astype("float32"), np.random.randn(16, 1), batch_size=4,
-                  validation_split=0.2, callbacks=[cb], epochs=5, verbose=0)
-        for hook in ("on_train_begin", "on_epoch_begin", "on_epoch_end", "on_train_end",
-                     "on_train_batch_begin", "on_train_batch_end"):
+        model.fit(
+            np.random.randn(16, 2).astype("float32"),
+            np.random.randn(16, 1),
+            batch_size=4,
+            validation_split=0.2,
+            callbacks=[cb],
+            epochs=5,
+            verbose=0,
+        )
+        for hook in (
+            "on_train_begin",
+            "on_epoch_begin",
+            "on_epoch_end",
+            "on_train_end",
+            "on_train_batch_begin",
+            "on_train_batch_end",
+        ):
             assert hook in calls, hook
         assert calls.count("on_epoch_end") == 5
 
@@ -305,10 +393,25 @@ class TestHistoryAndLambda:
         model = models.Sequential([layers.Input(shape=(2,), batch_size=4), layers.Dense(1)])
         model.compile(optimizer="sgd", loss="mse")
         x, y = np.random.randn(16, 2).astype("float32"), np.random.randn(16, 1)
-        model.evaluate(x, y, batch_size=4, verbose=0, callbacks=[callbacks.LambdaCallback(
-            on_test_begin=lambda logs: calls.append("on_test_begin"))])
-        model.predict(x, batch_size=4, verbose=0, callbacks=[callbacks.LambdaCallback(
-            on_predict_begin=lambda logs: calls.append("on_predict_begin"))])
+        model.evaluate(
+            x,
+            y,
+            batch_size=4,
+            verbose=0,
+            callbacks=[
+                callbacks.LambdaCallback(on_test_begin=lambda logs: calls.append("on_test_begin"))
+            ],
+        )
+        model.predict(
+            x,
+            batch_size=4,
+            verbose=0,
+            callbacks=[
+                callbacks.LambdaCallback(
+                    on_predict_begin=lambda logs: calls.append("on_predict_begin")
+                )
+            ],
+        )
         assert calls == ["on_test_begin", "on_predict_begin"]
 
     def test_lambda_callback_no_args(self):

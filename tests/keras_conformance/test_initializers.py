@@ -6,6 +6,7 @@ Sources: ``keras/src/initializers/random_initializers_test.py``,
 terms of the fans). Random values are seed-dependent and metalearn's generator is its own,
 so random initializers are held to shapes, bounds and statistics, as Keras' own tests do.
 """
+
 import numpy as np
 import pytest
 
@@ -65,11 +66,14 @@ class TestRandomInitializers:
         all_close(np.std(draw(init, (32, 4, 16))), np.sqrt(2.0 / 128), atol=1e-1)
         assert initializers.compute_fans((512, 8, 64)) == (8 * 512, 64 * 512)
 
-    @pytest.mark.parametrize("kwargs,match", [
-        (dict(scale=-1.0, mode="fan_in"), "scale"),
-        (dict(scale=2.0, mode="invalid_mode"), "mode"),
-        (dict(scale=2.0, mode="fan_in", distribution="invalid_dist"), "distribution"),
-    ])
+    @pytest.mark.parametrize(
+        "kwargs,match",
+        [
+            (dict(scale=-1.0, mode="fan_in"), "scale"),
+            (dict(scale=2.0, mode="invalid_mode"), "mode"),
+            (dict(scale=2.0, mode="fan_in", distribution="invalid_dist"), "distribution"),
+        ],
+    )
     def test_variance_scaling_invalid_arguments(self, kwargs, match):
         # random_initializers_test.py::test_variance_scaling_invalid_scale / _mode /
         # _distribution
@@ -83,19 +87,22 @@ class TestRandomInitializers:
         with pytest.raises(ValueError):
             initializers.get("typo")
 
-    @pytest.mark.parametrize("name,shape,stat", [
-        # random_initializers.py docstrings: uniform in [-limit, limit]
-        ("glorot_uniform", (300, 200), ("uniform", 6.0 / 500)),
-        ("he_uniform", (300, 200), ("uniform", 6.0 / 300)),
-        ("lecun_uniform", (300, 200), ("uniform", 3.0 / 300)),
-        # truncated normal with the documented stddev (before truncation: / 0.8796...)
-        ("glorot_normal", (300, 200), ("normal", 2.0 / 500)),
-        ("he_normal", (300, 200), ("normal", 2.0 / 300)),
-        ("lecun_normal", (300, 200), ("normal", 1.0 / 300)),
-        # a conv kernel: both fans times the receptive field 3 * 3
-        ("glorot_uniform", (3, 3, 16, 32), ("uniform", 6.0 / (9 * 16 + 9 * 32))),
-        ("he_normal", (3, 3, 16, 32), ("normal", 2.0 / (9 * 16))),
-    ])
+    @pytest.mark.parametrize(
+        "name,shape,stat",
+        [
+            # random_initializers.py docstrings: uniform in [-limit, limit]
+            ("glorot_uniform", (300, 200), ("uniform", 6.0 / 500)),
+            ("he_uniform", (300, 200), ("uniform", 6.0 / 300)),
+            ("lecun_uniform", (300, 200), ("uniform", 3.0 / 300)),
+            # truncated normal with the documented stddev (before truncation: / 0.8796...)
+            ("glorot_normal", (300, 200), ("normal", 2.0 / 500)),
+            ("he_normal", (300, 200), ("normal", 2.0 / 300)),
+            ("lecun_normal", (300, 200), ("normal", 1.0 / 300)),
+            # a conv kernel: both fans times the receptive field 3 * 3
+            ("glorot_uniform", (3, 3, 16, 32), ("uniform", 6.0 / (9 * 16 + 9 * 32))),
+            ("he_normal", (3, 3, 16, 32), ("normal", 2.0 / (9 * 16))),
+        ],
+    )
     def test_documented_formulas(self, name, shape, stat):
         # GlorotUniform: limit = sqrt(6 / (fan_in + fan_out)); HeUniform sqrt(6 / fan_in);
         # LecunUniform sqrt(3 / fan_in); GlorotNormal stddev sqrt(2 / (fan_in + fan_out));
@@ -119,8 +126,11 @@ class TestConstantInitializers:
     def test_zeros_ones_constant(self):
         # constant_initializers_test.py::test_zeros_initializer, test_ones_initializer,
         # test_constant_initializer
-        for init, expected in ((initializers.Zeros(), 0.0), (initializers.Ones(), 1.0),
-                               (initializers.Constant(value=6.0), 6.0)):
+        for init, expected in (
+            (initializers.Zeros(), 0.0),
+            (initializers.Ones(), 1.0),
+            (initializers.Constant(value=6.0), 6.0),
+        ):
             all_close(draw(init, (3, 3)), np.full((3, 3), expected))
             assert_config_round_trip(init, initializers.serialize, initializers.get)
 
@@ -154,6 +164,10 @@ class TestLayerDefaults:
         # variance ones
         layer = layers.BatchNormalization()
         layer.build((None, 4))
-        for name, expected in (("gamma", 1.0), ("beta", 0.0), ("moving_mean", 0.0),
-                               ("moving_variance", 1.0)):
+        for name, expected in (
+            ("gamma", 1.0),
+            ("beta", 0.0),
+            ("moving_mean", 0.0),
+            ("moving_variance", 1.0),
+        ):
             all_close(np.asarray(getattr(layer, name)), np.full(4, expected))

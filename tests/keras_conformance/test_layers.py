@@ -13,6 +13,7 @@ TensorFlow's "same" padding split, average pooling over the elements inside the 
 Keras' ``run_layer_test`` also round-trips every layer's config; ``layer_round_trip``
 does that for each layer class here.
 """
+
 import math
 
 import numpy as np
@@ -37,24 +38,45 @@ def n_weights(layer):
 
 
 # ------------------------------------------------------------------ config round trips
-@pytest.mark.parametrize("make", [
-    lambda: layers.Dense(4, activation="relu", kernel_initializer="random_uniform",
-                         bias_initializer="ones", use_bias=False),
-    lambda: layers.Dense(5, activation="sigmoid"),
-    lambda: layers.Dropout(rate=0.2),
-    lambda: layers.Flatten(),
-    lambda: layers.Reshape(target_shape=(2, -1)),
-    lambda: layers.Activation("relu"),
-    lambda: layers.InputLayer(shape=(2, 3), batch_size=4),
-    lambda: layers.Conv2D(filters=5, kernel_size=2, strides=1, padding="valid"),
-    lambda: layers.MaxPooling2D(pool_size=(2, 3), strides=(2, 2)),
-    lambda: layers.AveragePooling2D(pool_size=2, strides=1, padding="same"),
-    lambda: layers.GlobalAveragePooling2D(keepdims=True),
-    lambda: layers.BatchNormalization(center=False, scale=False),
-    lambda: layers.BatchNormalization(momentum=0.8, epsilon=1e-7),
-], ids=["Dense", "Dense_sigmoid", "Dropout", "Flatten", "Reshape", "Activation", "InputLayer",
-        "Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
-        "BatchNormalization", "BatchNormalization_momentum"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: layers.Dense(
+            4,
+            activation="relu",
+            kernel_initializer="random_uniform",
+            bias_initializer="ones",
+            use_bias=False,
+        ),
+        lambda: layers.Dense(5, activation="sigmoid"),
+        lambda: layers.Dropout(rate=0.2),
+        lambda: layers.Flatten(),
+        lambda: layers.Reshape(target_shape=(2, -1)),
+        lambda: layers.Activation("relu"),
+        lambda: layers.InputLayer(shape=(2, 3), batch_size=4),
+        lambda: layers.Conv2D(filters=5, kernel_size=2, strides=1, padding="valid"),
+        lambda: layers.MaxPooling2D(pool_size=(2, 3), strides=(2, 2)),
+        lambda: layers.AveragePooling2D(pool_size=2, strides=1, padding="same"),
+        lambda: layers.GlobalAveragePooling2D(keepdims=True),
+        lambda: layers.BatchNormalization(center=False, scale=False),
+        lambda: layers.BatchNormalization(momentum=0.8, epsilon=1e-7),
+    ],
+    ids=[
+        "Dense",
+        "Dense_sigmoid",
+        "Dropout",
+        "Flatten",
+        "Reshape",
+        "Activation",
+        "InputLayer",
+        "Conv2D",
+        "MaxPooling2D",
+        "AveragePooling2D",
+        "GlobalAveragePooling2D",
+        "BatchNormalization",
+        "BatchNormalization_momentum",
+    ],
+)
 def test_layer_config_round_trip(make):
     # testing/test_case.py::run_class_serialization_test, which run_layer_test applies to
     # every layer of the tests above (dense_test, dropout_test, flatten_test, reshape_test,
@@ -69,8 +91,13 @@ class TestDense:
     def test_dense_basics(self):
         # dense_test.py::DenseTest::test_dense_basics (without regularizers, which
         # metalearn does not have)
-        layer = layers.Dense(4, activation="relu", kernel_initializer="random_uniform",
-                             bias_initializer="ones", use_bias=False)
+        layer = layers.Dense(
+            4,
+            activation="relu",
+            kernel_initializer="random_uniform",
+            bias_initializer="ones",
+            use_bias=False,
+        )
         assert out(layer(np.random.random((2, 3)).astype("float32"))).shape == (2, 4)
         assert n_weights(layer) == (1, 0)
         layer = layers.Dense(5, activation="sigmoid")
@@ -95,8 +122,7 @@ class TestDense:
         assert layer.bias is None
         all_close(out(layer(np.array([[-1.0, 2.0]]))), [[5.0, -6.0]])
 
-    @pytest.mark.parametrize("activation,expected", [(None, [[5.0, -6.0]]),
-                                                     ("relu", [[5.0, 0.0]])])
+    @pytest.mark.parametrize("activation,expected", [(None, [[5.0, -6.0]]), ("relu", [[5.0, 0.0]])])
     def test_dense_activation(self, activation, expected):
         # dense_test.py::DenseTest::test_dense_no_activation and test_dense_with_activation
         layer = layers.Dense(units=2, use_bias=False, activation=activation)
@@ -136,8 +162,11 @@ class TestDropout:
     @pytest.mark.parametrize("noise_shape", [(None, 1, None), (20, 1, 10)])
     def test_dropout_partial_noise_shape(self, noise_shape):
         # dropout_test.py::test_dropout_partial_noise_shape_dynamic / _static
-        outputs = out(layers.Dropout(0.5, noise_shape=noise_shape)(
-            np.ones((20, 5, 10), np.float32), training=True))
+        outputs = out(
+            layers.Dropout(0.5, noise_shape=noise_shape)(
+                np.ones((20, 5, 10), np.float32), training=True
+            )
+        )
         all_close(outputs[:, 0, :], outputs[:, 1, :])
 
     @pytest.mark.parametrize("rate", [-0.5, 1.5])
@@ -171,16 +200,24 @@ class TestReshaping:
         x = x * (x >= 0.8)
         for layer in (layers.Flatten(), layers.Flatten(data_format="channels_last")):
             all_close(out(layer(x)), np.reshape(x, (-1, 5 * 5 * 3)))
-    
+
     def test_flatten_with_scalar_channels(self):
         # flatten_test.py::FlattenTest::test_flatten_with_scalar_channels
         x = np.random.random((10,)).astype("float32")
         all_close(out(layers.Flatten()(x)), np.expand_dims(x, -1))
 
-    @pytest.mark.parametrize("target,input_shape,expected", [
-        ((8, 1), (3, 2, 4), (3, 8, 1)), ((8,), (3, 2, 4), (3, 8)), ((2, 4), (3, 8), (3, 2, 4)),
-        ((-1, 1), (3, 2, 4), (3, 8, 1)), ((1, -1), (3, 2, 4), (3, 1, 8)),
-        ((-1,), (3, 2, 4), (3, 8)), ((2, -1), (3, 2, 4), (3, 2, 4))])
+    @pytest.mark.parametrize(
+        "target,input_shape,expected",
+        [
+            ((8, 1), (3, 2, 4), (3, 8, 1)),
+            ((8,), (3, 2, 4), (3, 8)),
+            ((2, 4), (3, 8), (3, 2, 4)),
+            ((-1, 1), (3, 2, 4), (3, 8, 1)),
+            ((1, -1), (3, 2, 4), (3, 1, 8)),
+            ((-1,), (3, 2, 4), (3, 8)),
+            ((2, -1), (3, 2, 4), (3, 2, 4)),
+        ],
+    )
     def test_reshape(self, target, input_shape, expected):
         # reshape_test.py::ReshapeTest::test_reshape
         x = np.random.random(input_shape).astype("float32")
@@ -213,6 +250,7 @@ class TestReshaping:
         # (6,) or a function of the input shape)
         def stacker(x):
             return ml.concat([x, x], 1)
+
         for shape in ((6,), lambda s: (s[0], s[1] * 2)):
             layer = layers.Lambda(stacker, output_shape=shape)
             assert tuple(layer.compute_output_shape((2, 3))) == (2, 6)
@@ -235,7 +273,7 @@ def np_conv2d(x, kernel, bias, strides, padding):
     y = np.zeros((n, oh, ow, f))
     for i in range(oh):
         for j in range(ow):
-            patch = x[:, i * sh:i * sh + kh, j * sw:j * sw + kw, :]
+            patch = x[:, i * sh : i * sh + kh, j * sw : j * sw + kw, :]
             y[:, i, j, :] = np.tensordot(patch, kernel, axes=([1, 2, 3], [0, 1, 2]))
     return y + bias
 
@@ -244,17 +282,20 @@ class TestConv2D:
     def test_conv2d_basic(self):
         # conv_test.py::ConvBasicTest::test_conv2d_basic (first case: filters 5,
         # kernel 2, valid; (3, 5, 5, 4) -> (3, 4, 4, 5), two trainable weights)
-        layer = layers.Conv2D(filters=5, kernel_size=2, strides=1, padding="valid",
-                              data_format="channels_last")
+        layer = layers.Conv2D(
+            filters=5, kernel_size=2, strides=1, padding="valid", data_format="channels_last"
+        )
         assert out(layer(np.random.random((3, 5, 5, 4)).astype("float32"))).shape == (3, 4, 4, 5)
         assert n_weights(layer) == (2, 0)
 
-    @pytest.mark.parametrize("filters,kernel_size,strides,padding", [
-        (5, 2, 1, "valid"), (4, 3, 2, "same")])
+    @pytest.mark.parametrize(
+        "filters,kernel_size,strides,padding", [(5, 2, 1, "valid"), (4, 3, 2, "same")]
+    )
     def test_conv2d_correctness(self, filters, kernel_size, strides, padding):
         # conv_test.py::ConvCorrectnessTest::test_conv2d (its groups=1, dilation 1 cases)
-        layer = layers.Conv2D(filters=filters, kernel_size=kernel_size, strides=strides,
-                              padding=padding)
+        layer = layers.Conv2D(
+            filters=filters, kernel_size=kernel_size, strides=strides, padding=padding
+        )
         x = np.random.normal(size=[2, 8, 8, 4]).astype("float32")
         layer.build(x.shape)
         kernel = np.random.normal(size=tuple(layer.kernel.shape)).astype("float32")
@@ -304,7 +345,7 @@ def np_pool2d(x, pool, strides, padding, reduce):
     for i in range(oh):
         for j in range(ow):
             r0, c0 = i * sh - top, j * sw - left
-            win = x[:, max(r0, 0):min(r0 + ph, h), max(c0, 0):min(c0 + pw, w), :]
+            win = x[:, max(r0, 0) : min(r0 + ph, h), max(c0, 0) : min(c0 + pw, w), :]
             y[:, i, j, :] = reduce(win, axis=(1, 2))
     return y
 
@@ -314,36 +355,54 @@ def pair(v):
 
 
 class TestPooling:
-    @pytest.mark.parametrize("pool,strides,padding,shape,expected", [
-        (2, 1, "valid", (3, 5, 5, 4), (3, 4, 4, 4)),
-        ((2, 3), (2, 2), "valid", (3, 5, 5, 4), (3, 2, 2, 4))])
+    @pytest.mark.parametrize(
+        "pool,strides,padding,shape,expected",
+        [
+            (2, 1, "valid", (3, 5, 5, 4), (3, 4, 4, 4)),
+            ((2, 3), (2, 2), "valid", (3, 5, 5, 4), (3, 2, 2, 4)),
+        ],
+    )
     def test_max_pooling2d_basic(self, pool, strides, padding, shape, expected):
         # max_pooling_test.py::MaxPoolingBasicTest::test_max_pooling2d (channels last)
         layer = layers.MaxPooling2D(pool_size=pool, strides=strides, padding=padding)
         assert out(layer(np.random.random(shape).astype("float32"))).shape == expected
         assert n_weights(layer) == (0, 0)
 
-    @pytest.mark.parametrize("pool,strides,padding", [
-        (2, 1, "valid"), ((2, 2), (2, 2), "same"), ((2, 3), (3, 3), "same")])
+    @pytest.mark.parametrize(
+        "pool,strides,padding",
+        [(2, 1, "valid"), ((2, 2), (2, 2), "same"), ((2, 3), (3, 3), "same")],
+    )
     def test_max_pooling2d_correctness(self, pool, strides, padding):
         # max_pooling_test.py::MaxPoolingCorrectnessTest::test_max_pooling2d
         x = np.arange(100, dtype="float32").reshape((1, 5, 5, 4))
         y = layers.MaxPooling2D(pool_size=pool, strides=strides, padding=padding)(x)
         all_close(out(y), np_pool2d(x, pair(pool), pair(strides), padding, np.max))
 
-    @pytest.mark.parametrize("pool,strides,padding,expected", [
-        (2, 1, "valid", (3, 4, 4, 4)), (2, 1, "same", (3, 5, 5, 4)),
-        ((2, 3), (2, 2), "valid", (3, 2, 2, 4)), ((2, 3), (2, 2), "same", (3, 3, 3, 4))])
+    @pytest.mark.parametrize(
+        "pool,strides,padding,expected",
+        [
+            (2, 1, "valid", (3, 4, 4, 4)),
+            (2, 1, "same", (3, 5, 5, 4)),
+            ((2, 3), (2, 2), "valid", (3, 2, 2, 4)),
+            ((2, 3), (2, 2), "same", (3, 3, 3, 4)),
+        ],
+    )
     def test_average_pooling2d_basic(self, pool, strides, padding, expected):
         # average_pooling_test.py::AveragePoolingBasicTest::test_average_pooling2d
         layer = layers.AveragePooling2D(pool_size=pool, strides=strides, padding=padding)
         assert out(layer(np.random.random((3, 5, 5, 4)).astype("float32"))).shape == expected
 
-    @pytest.mark.parametrize("pool,strides,padding", [
-        (2, 1, "valid"), ((2, 3), (2, 2), "valid"),
-        # test_average_pooling2d_same_padding (skipped by Keras on torch, whose "same"
-        # average differs; this is TensorFlow's, the padding not counted)
-        (2, (2, 1), "same"), ((2, 2), (2, 2), "same")])
+    @pytest.mark.parametrize(
+        "pool,strides,padding",
+        [
+            (2, 1, "valid"),
+            ((2, 3), (2, 2), "valid"),
+            # test_average_pooling2d_same_padding (skipped by Keras on torch, whose "same"
+            # average differs; this is TensorFlow's, the padding not counted)
+            (2, (2, 1), "same"),
+            ((2, 2), (2, 2), "same"),
+        ],
+    )
     def test_average_pooling2d_correctness(self, pool, strides, padding):
         # average_pooling_test.py::AveragePoolingCorrectnessTest::test_average_pooling2d
         # and test_average_pooling2d_same_padding
@@ -357,15 +416,18 @@ class TestPooling:
         # correctness tests, channels last)
         layer = layers.GlobalAveragePooling2D(keepdims=keepdims)
         assert out(layer(np.random.random((3, 5, 6, 4)).astype("float32"))).shape == (
-            (3, 1, 1, 4) if keepdims else (3, 4))
+            (3, 1, 1, 4) if keepdims else (3, 4)
+        )
         x = np.arange(96, dtype="float32").reshape((2, 3, 4, 4))
         all_close(out(layer(x)), np.mean(x, axis=(1, 2), keepdims=keepdims))
 
 
 # ------------------------------------------------------------ BatchNormalization
 class TestBatchNormalization:
-    @pytest.mark.parametrize("center_scale,shape,expected", [
-        (True, (2, 3), (2, 2)), (False, (2, 3), (0, 2)), (True, (2, 4, 4, 3), (2, 2))])
+    @pytest.mark.parametrize(
+        "center_scale,shape,expected",
+        [(True, (2, 3), (2, 2)), (False, (2, 3), (0, 2)), (True, (2, 4, 4, 3), (2, 2))],
+    )
     def test_bn_basics(self, center_scale, shape, expected):
         # batch_normalization_test.py::BatchNormalizationTest::test_bn_basics
         layer = layers.BatchNormalization(center=center_scale, scale=center_scale)
@@ -377,8 +439,12 @@ class TestBatchNormalization:
     @pytest.mark.parametrize("mv_init", ["zeros", "ones"])
     def test_correctness(self, input_shape, mm_init, mv_init):
         # batch_normalization_test.py::BatchNormalizationTest::test_correctness (axis=-1)
-        layer = layers.BatchNormalization(axis=-1, momentum=0, moving_mean_initializer=mm_init,
-                                          moving_variance_initializer=mv_init)
+        layer = layers.BatchNormalization(
+            axis=-1,
+            momentum=0,
+            moving_mean_initializer=mm_init,
+            moving_variance_initializer=mv_init,
+        )
         x = np.random.normal(loc=5.0, scale=10.0, size=input_shape).astype("float32")
         y = x
         for _ in range(3):
@@ -390,8 +456,9 @@ class TestBatchNormalization:
         all_close(out(layer.moving_mean), 0.0, atol=1e-3)
         all_close(out(layer.moving_variance), 1.0, atol=1e-3)
         # the moving statistics are not those of x yet: inference differs from training
-        assert not np.allclose(out(layer(x, training=False)), out(layer(x, training=True)),
-                               atol=1e-6, rtol=1e-6)
+        assert not np.allclose(
+            out(layer(x, training=False)), out(layer(x, training=True)), atol=1e-6, rtol=1e-6
+        )
         # momentum 0: after a training call on x, inference on x equals training on x
         training_out = out(layer(x, training=True))
         all_close(out(layer(x, training=False)), training_out, atol=1e-5, rtol=1e-5)
@@ -548,45 +615,61 @@ class TestActivations:
         all_close(out(activations.softmax(x[np.newaxis, :]))[0], ref_softmax(x), rtol=1e-5)
         all_close(out(activations.softmax(x[0])), ref_softmax(x[0]), rtol=1e-5)
         all_close(out(activations.softmax(x, axis=-1)), ref_softmax(x), rtol=1e-5)
-        all_close(out(activations.softmax(x[np.newaxis, :], axis=1))[0], ref_softmax(x, 0),
-                  rtol=1e-5)
+        all_close(
+            out(activations.softmax(x[np.newaxis, :], axis=1))[0], ref_softmax(x, 0), rtol=1e-5
+        )
         t = np.random.random((2, 2, 3)) * 10
-        all_close(out(activations.softmax(t[np.newaxis, :]))[0, 0, 0], ref_softmax(t[0, 0]),
-                  rtol=1e-5)
+        all_close(
+            out(activations.softmax(t[np.newaxis, :]))[0, 0, 0], ref_softmax(t[0, 0]), rtol=1e-5
+        )
 
     def test_log_softmax(self):
         # activations_test.py::test_log_softmax_1d, _negative_axis, _2d_axis_0
         x = np.random.random((2, 5))
-        all_close(out(activations.log_softmax(x[0])), np.log(ref_softmax(x[0])), rtol=1e-5,
-                  atol=1e-6)
-        all_close(out(activations.log_softmax(x, axis=-1)), np.log(ref_softmax(x)), rtol=1e-5,
-                  atol=1e-6)
-        all_close(out(activations.log_softmax(x[np.newaxis, :], axis=1))[0],
-                  np.log(ref_softmax(x, 0)), rtol=1e-5, atol=1e-6)
+        all_close(
+            out(activations.log_softmax(x[0])), np.log(ref_softmax(x[0])), rtol=1e-5, atol=1e-6
+        )
+        all_close(
+            out(activations.log_softmax(x, axis=-1)), np.log(ref_softmax(x)), rtol=1e-5, atol=1e-6
+        )
+        all_close(
+            out(activations.log_softmax(x[np.newaxis, :], axis=1))[0],
+            np.log(ref_softmax(x, 0)),
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
-    @pytest.mark.parametrize("name,ref,lo,hi", [
-        # activations_test.py::test_softplus, test_softsign, test_sigmoid, test_silu,
-        # test_tanh, test_exponential, test_elu (on the ranges those tests draw from)
-        ("softplus", lambda x: np.log1p(np.exp(x)), -10, 10),
-        ("softsign", lambda x: x / (1 + np.abs(x)), -10, 10),
-        ("sigmoid", lambda x: 1 / (1 + np.exp(-x)), -10, 10),
-        ("silu", lambda x: x / (1 + np.exp(-x)), -5.9, 5.9),
-        ("tanh", np.tanh, -10, 10),
-        ("exponential", np.exp, -5, 5),
-        ("elu", lambda x: np.where(x > 0, x, np.expm1(x)), -2, 2),
-        ("linear", lambda x: x, -10, 10),
-    ])
+    @pytest.mark.parametrize(
+        "name,ref,lo,hi",
+        [
+            # activations_test.py::test_softplus, test_softsign, test_sigmoid, test_silu,
+            # test_tanh, test_exponential, test_elu (on the ranges those tests draw from)
+            ("softplus", lambda x: np.log1p(np.exp(x)), -10, 10),
+            ("softsign", lambda x: x / (1 + np.abs(x)), -10, 10),
+            ("sigmoid", lambda x: 1 / (1 + np.exp(-x)), -10, 10),
+            ("silu", lambda x: x / (1 + np.exp(-x)), -5.9, 5.9),
+            ("tanh", np.tanh, -10, 10),
+            ("exponential", np.exp, -5, 5),
+            ("elu", lambda x: np.where(x > 0, x, np.expm1(x)), -2, 2),
+            ("linear", lambda x: x, -10, 10),
+        ],
+    )
     def test_elementwise(self, name, ref, lo, hi):
         x = np.random.uniform(lo, hi, (3, 3, 3))
-        all_close(out(activations.get(name)(x.astype("float32"))), ref(x.astype("float32")),
-                  rtol=1e-5, atol=1e-6)
+        all_close(
+            out(activations.get(name)(x.astype("float32"))),
+            ref(x.astype("float32")),
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
     def test_softplus_extremes(self):
         # activations_test.py::test_softplus: large positive and negative inputs
         for lo, hi in ((10, 100), (-100, -10)):
             x = np.random.uniform(lo, hi, (2, 5)).astype("float32")
-            all_close(out(activations.softplus(x)), np.logaddexp(0, x.astype(np.float64)),
-                      rtol=1e-5)
+            all_close(
+                out(activations.softplus(x)), np.logaddexp(0, x.astype(np.float64)), rtol=1e-5
+            )
 
     def test_relu(self):
         # activations_test.py::test_relu_negative_slope, _max_value, _threshold,
@@ -596,10 +679,14 @@ class TestActivations:
         all_close(out(activations.relu(x, max_value=5.0)), [0.0, 0.0, 0.0, 5.0, 5.0])
         all_close(out(activations.relu(x, threshold=5.0)), [0.0, 0.0, 0.0, 0.0, 10.0])
         all_close(out(activations.relu(x, threshold=5.0, max_value=5.0)), [0.0, 0.0, 0.0, 0.0, 5.0])
-        all_close(out(activations.relu(x, negative_slope=0.5, max_value=5.0, threshold=5.0)),
-                  [-7.5, -5.0, -2.5, 0.0, 5.0])
-        all_close(out(activations.relu(np.array([-10, -5, 0.0, 5, 10, 12], "float32"),
-                                       max_value=6.0)), [0.0, 0.0, 0.0, 5.0, 6.0, 6.0])
+        all_close(
+            out(activations.relu(x, negative_slope=0.5, max_value=5.0, threshold=5.0)),
+            [-7.5, -5.0, -2.5, 0.0, 5.0],
+        )
+        all_close(
+            out(activations.relu(np.array([-10, -5, 0.0, 5, 10, 12], "float32"), max_value=6.0)),
+            [0.0, 0.0, 0.0, 5.0, 6.0, 6.0],
+        )
         y = np.random.uniform(-10, 10, (3, 3, 3)).astype("float32")
         all_close(out(activations.relu(y)), np.maximum(0, y))
 
@@ -607,15 +694,18 @@ class TestActivations:
     def test_leaky_relu(self, slope):
         # activations_test.py::test_leaky_relu
         x = np.random.uniform(-1, 1, (2, 5)).astype("float32")
-        all_close(out(activations.leaky_relu(x, negative_slope=slope)),
-                  np.where(x > 0, x, slope * x), rtol=1e-5)
+        all_close(
+            out(activations.leaky_relu(x, negative_slope=slope)),
+            np.where(x > 0, x, slope * x),
+            rtol=1e-5,
+        )
 
     def test_gelu(self):
         # activations_test.py::test_gelu (exact: x * Phi(x); approximate: the tanh form)
         x = np.random.random((2, 5)).astype("float32")
         exact = x * 0.5 * (1 + np.vectorize(math.erf)(x / np.sqrt(2)))
         all_close(out(activations.gelu(x)), exact, rtol=1e-5, atol=1e-6)
-        approx = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+        approx = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
         all_close(out(activations.gelu(x, approximate=True)), approx, rtol=1e-5, atol=1e-6)
 
     def test_get_method(self):

@@ -11,6 +11,7 @@ every loss and metric, activations, optimizer steps, and a few epochs of
 ``fit(shuffle=False)`` (per-epoch history and final weights). Both compute in float32;
 tolerances are float32's (rtol 1e-5 for one op, 1e-4 after several training steps).
 """
+
 import numpy as np
 import pytest
 
@@ -26,6 +27,7 @@ KERAS = require_keras()
 def keras_torch():
     KERAS.utils.set_random_seed(0)
     return KERAS
+
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -56,31 +58,51 @@ def copy_weights(ours, theirs):
 def mlp(lib, d_in, n_out, out_act):
     L = lib.layers
     first = L.Input((d_in,))
-    return lib.Sequential([first, L.Dense(16, activation="relu"), L.Dense(8, activation="tanh"),
-                           L.Dense(n_out, activation=out_act)])
+    return lib.Sequential(
+        [
+            first,
+            L.Dense(16, activation="relu"),
+            L.Dense(8, activation="tanh"),
+            L.Dense(n_out, activation=out_act),
+        ]
+    )
 
 
 def convnet(lib, n_out):
     L = lib.layers
-    return lib.Sequential([
-        # no bias before batch norm: its gradient is zero up to rounding, which Adam would
-        # blow up into steps that differ between any two implementations
-        L.Input((8, 8, 2)), L.Conv2D(4, 3, padding="same", use_bias=False), L.BatchNormalization(),
-        L.Activation("relu"), L.MaxPooling2D(2), L.Conv2D(6, (2, 3), strides=(1, 1)),
-        L.AveragePooling2D(2, strides=1), L.GlobalAveragePooling2D(),
-        L.Dense(n_out, activation="softmax")])
+    return lib.Sequential(
+        [
+            # no bias before batch norm: its gradient is zero up to rounding, which Adam would
+            # blow up into steps that differ between any two implementations
+            L.Input((8, 8, 2)),
+            L.Conv2D(4, 3, padding="same", use_bias=False),
+            L.BatchNormalization(),
+            L.Activation("relu"),
+            L.MaxPooling2D(2),
+            L.Conv2D(6, (2, 3), strides=(1, 1)),
+            L.AveragePooling2D(2, strides=1),
+            L.GlobalAveragePooling2D(),
+            L.Dense(n_out, activation="softmax"),
+        ]
+    )
 
 
 def ours_and_theirs(keras, build, *args):
     from metalearn import keras as mk
+
     ours = build(mk, *args)
     theirs = build(keras, *args)
     rng = np.random.default_rng(7)
     # random (not initial) values everywhere, moving statistics included, so that every
     # weight matters in the comparison
-    ours.set_weights([rng.normal(0.0, 0.5, w.shape).astype("float32") if "variance" not in w.name
-                      else rng.uniform(0.5, 2.0, w.shape).astype("float32")
-                      for w in ours.weights])
+    ours.set_weights(
+        [
+            rng.normal(0.0, 0.5, w.shape).astype("float32")
+            if "variance" not in w.name
+            else rng.uniform(0.5, 2.0, w.shape).astype("float32")
+            for w in ours.weights
+        ]
+    )
     copy_weights(ours, theirs)
     return ours, theirs
 
@@ -97,40 +119,64 @@ def test_forward(keras_torch, arch, training):
     else:
         ours, theirs = ours_and_theirs(keras, convnet, 3)
         x = rng.normal(size=(6, 8, 8, 2)).astype("float32")
-    close(ours(x, training=training), np_of(keras, theirs(x, training=training)),
-          what=f"{arch} forward training={training}")
+    close(
+        ours(x, training=training),
+        np_of(keras, theirs(x, training=training)),
+        what=f"{arch} forward training={training}",
+    )
     # training mode moves BatchNormalization's statistics the same way
     for a, b in zip(ours.layers, theirs.layers):
         for wa, wb in zip(a.get_weights(), b.get_weights()):
             close(wa, wb, what=f"{a.name} after the forward pass")
 
 
-@pytest.mark.parametrize("make", [
-    lambda L: L.Dense(7, activation="sigmoid"),
-    lambda L: L.Dropout(0.5),
-    lambda L: L.Flatten(),
-    lambda L: L.Reshape((-1, 2)),
-    lambda L: L.Conv2D(3, 3, strides=2, padding="same", activation="relu"),
-    lambda L: L.Conv2D(3, (3, 2), padding="valid"),
-    lambda L: L.MaxPooling2D((2, 3), strides=(2, 2), padding="same"),
-    lambda L: L.MaxPooling2D(3, strides=1),
-    lambda L: L.AveragePooling2D((2, 3), strides=(2, 2), padding="valid"),
-    lambda L: L.GlobalAveragePooling2D(keepdims=True),
-    lambda L: L.BatchNormalization(momentum=0.8, epsilon=1e-2),
-], ids=["Dense", "Dropout_inference", "Flatten", "Reshape", "Conv2D_same_s2", "Conv2D_valid",
-        "MaxPool_same", "MaxPool_valid", "AvgPool_valid", "GlobalAvgPool", "BatchNorm"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda L: L.Dense(7, activation="sigmoid"),
+        lambda L: L.Dropout(0.5),
+        lambda L: L.Flatten(),
+        lambda L: L.Reshape((-1, 2)),
+        lambda L: L.Conv2D(3, 3, strides=2, padding="same", activation="relu"),
+        lambda L: L.Conv2D(3, (3, 2), padding="valid"),
+        lambda L: L.MaxPooling2D((2, 3), strides=(2, 2), padding="same"),
+        lambda L: L.MaxPooling2D(3, strides=1),
+        lambda L: L.AveragePooling2D((2, 3), strides=(2, 2), padding="valid"),
+        lambda L: L.GlobalAveragePooling2D(keepdims=True),
+        lambda L: L.BatchNormalization(momentum=0.8, epsilon=1e-2),
+    ],
+    ids=[
+        "Dense",
+        "Dropout_inference",
+        "Flatten",
+        "Reshape",
+        "Conv2D_same_s2",
+        "Conv2D_valid",
+        "MaxPool_same",
+        "MaxPool_valid",
+        "AvgPool_valid",
+        "GlobalAvgPool",
+        "BatchNorm",
+    ],
+)
 def test_layer(keras_torch, make):
     keras = keras_torch
     import metalearn.keras as mk
+
     rng = np.random.default_rng(2)
     x = rng.normal(size=(4, 7, 6, 4)).astype("float32")
     ours, theirs = make(mk.layers), make(keras.layers)
     ours(x)
     theirs(x)
     if ours.weights:
-        ours.set_weights([rng.normal(size=w.shape).astype("float32") if "variance" not in w.name
-                          else rng.uniform(0.5, 2, w.shape).astype("float32")
-                          for w in ours.weights])
+        ours.set_weights(
+            [
+                rng.normal(size=w.shape).astype("float32")
+                if "variance" not in w.name
+                else rng.uniform(0.5, 2, w.shape).astype("float32")
+                for w in ours.weights
+            ]
+        )
         theirs.set_weights(ours.get_weights())
     close(ours(x, training=False), np_of(keras, theirs(x, training=False)), what="inference")
     if isinstance(ours, mk.layers.BatchNormalization):
@@ -140,28 +186,55 @@ def test_layer(keras_torch, make):
 
 
 # ---------------------------------------------------------------- activations
-@pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh", "softmax", "log_softmax", "linear",
-                                  "elu", "gelu", "leaky_relu", "softplus", "softsign", "swish",
-                                  "silu", "exponential"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "relu",
+        "sigmoid",
+        "tanh",
+        "softmax",
+        "log_softmax",
+        "linear",
+        "elu",
+        "gelu",
+        "leaky_relu",
+        "softplus",
+        "softsign",
+        "swish",
+        "silu",
+        "exponential",
+    ],
+)
 def test_activation(keras_torch, name):
     keras = keras_torch
     x = np.random.default_rng(3).normal(scale=3.0, size=(5, 7)).astype("float32")
     close(activations.get(name)(x), np_of(keras, keras.activations.get(name)(x)), what=name)
 
 
-@pytest.mark.parametrize("name,kwargs", [
-    ("relu", dict(negative_slope=0.3)), ("relu", dict(max_value=2.0)),
-    ("relu", dict(threshold=0.5)), ("relu", dict(negative_slope=0.1, max_value=3.0, threshold=1.0)),
-    # a negative threshold with max_value: Keras clips to [0, max_value] after the
-    # threshold, so inputs in (threshold, 0) give 0
-    ("relu", dict(negative_slope=0.1, max_value=3.0, threshold=-1.0)),
-    ("gelu", dict(approximate=True)), ("elu", dict(alpha=0.4)), ("softmax", dict(axis=0)),
-    ("leaky_relu", dict(negative_slope=0.05))])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("relu", dict(negative_slope=0.3)),
+        ("relu", dict(max_value=2.0)),
+        ("relu", dict(threshold=0.5)),
+        ("relu", dict(negative_slope=0.1, max_value=3.0, threshold=1.0)),
+        # a negative threshold with max_value: Keras clips to [0, max_value] after the
+        # threshold, so inputs in (threshold, 0) give 0
+        ("relu", dict(negative_slope=0.1, max_value=3.0, threshold=-1.0)),
+        ("gelu", dict(approximate=True)),
+        ("elu", dict(alpha=0.4)),
+        ("softmax", dict(axis=0)),
+        ("leaky_relu", dict(negative_slope=0.05)),
+    ],
+)
 def test_activation_arguments(keras_torch, name, kwargs):
     keras = keras_torch
     x = np.random.default_rng(4).normal(scale=4.0, size=(6, 5)).astype("float32")
-    close(getattr(activations, name)(x, **kwargs),
-          np_of(keras, getattr(keras.activations, name)(x, **kwargs)), what=f"{name}{kwargs}")
+    close(
+        getattr(activations, name)(x, **kwargs),
+        np_of(keras, getattr(keras.activations, name)(x, **kwargs)),
+        what=f"{name}{kwargs}",
+    )
 
 
 # --------------------------------------------------------------------- losses
@@ -204,17 +277,28 @@ def test_loss(keras_torch, case, reduction, weighted):
     name, kwargs, y_true, y_pred = loss_cases(rng)[case]
     sw = rng.uniform(0, 2, len(y_pred)).astype("float32") if weighted else None
     ours = getattr(losses, name)(reduction=reduction, **kwargs)(y_true, y_pred, sample_weight=sw)
-    theirs = getattr(keras.losses, name)(reduction=reduction, **kwargs)(y_true, y_pred,
-                                                                        sample_weight=sw)
+    theirs = getattr(keras.losses, name)(reduction=reduction, **kwargs)(
+        y_true, y_pred, sample_weight=sw
+    )
     close(ours, np_of(keras, theirs), what=f"{name}{kwargs}")
 
 
-@pytest.mark.parametrize("name", ["mean_squared_error", "mean_absolute_error",
-                                  "binary_crossentropy", "categorical_crossentropy",
-                                  "MeanSquaredError", "MeanAbsoluteError", "BinaryCrossentropy",
-                                  "CategoricalCrossentropy"])
-@pytest.mark.parametrize("shapes", [((9,), (9, 1)), ((9, 1), (9,)), ((9, 3), (9, 3, 1)),
-                                    ((9, 1), (9, 3))])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mean_squared_error",
+        "mean_absolute_error",
+        "binary_crossentropy",
+        "categorical_crossentropy",
+        "MeanSquaredError",
+        "MeanAbsoluteError",
+        "BinaryCrossentropy",
+        "CategoricalCrossentropy",
+    ],
+)
+@pytest.mark.parametrize(
+    "shapes", [((9,), (9, 1)), ((9, 1), (9,)), ((9, 3), (9, 3, 1)), ((9, 1), (9, 3))]
+)
 def test_loss_rank_matching(keras_torch, name, shapes):
     # Keras' Loss classes (and its MSE/MAE functions) match ranks first
     # (squeeze_or_expand_to_same_rank); its cross-entropy functions refuse another shape.
@@ -237,9 +321,17 @@ def test_loss_rank_matching(keras_torch, name, shapes):
 
 
 # -------------------------------------------------------------------- metrics
-@pytest.mark.parametrize("name", ["Accuracy", "BinaryAccuracy", "CategoricalAccuracy",
-                                  "SparseCategoricalAccuracy", "MeanSquaredError",
-                                  "MeanAbsoluteError"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Accuracy",
+        "BinaryAccuracy",
+        "CategoricalAccuracy",
+        "SparseCategoricalAccuracy",
+        "MeanSquaredError",
+        "MeanAbsoluteError",
+    ],
+)
 @pytest.mark.parametrize("weighted", [False, True])
 def test_metric(keras_torch, name, weighted):
     keras = keras_torch
@@ -248,8 +340,10 @@ def test_metric(keras_torch, name, weighted):
     probs = rng.dirichlet(np.ones(c), n).astype("float32")
     data = {
         "Accuracy": (rng.integers(0, 3, (n, 2)), rng.integers(0, 3, (n, 2))),
-        "BinaryAccuracy": ((rng.random((n, 3)) > 0.5).astype("float32"),
-                           rng.random((n, 3)).astype("float32")),
+        "BinaryAccuracy": (
+            (rng.random((n, 3)) > 0.5).astype("float32"),
+            rng.random((n, 3)).astype("float32"),
+        ),
         "CategoricalAccuracy": (np.eye(c, dtype="float32")[rng.integers(0, c, n)], probs),
         "SparseCategoricalAccuracy": (rng.integers(0, c, n), probs),
         "MeanSquaredError": (rng.normal(size=(n, c)), rng.normal(size=(n, c))),
@@ -264,20 +358,32 @@ def test_metric(keras_torch, name, weighted):
 
 
 # ----------------------------------------------------------------- optimizers
-@pytest.mark.parametrize("name,kwargs", [
-    ("SGD", {"learning_rate": 0.1}),
-    ("SGD", {"learning_rate": 0.05, "momentum": 0.9}),
-    ("SGD", {"learning_rate": 0.05, "momentum": 0.8, "nesterov": True}),
-    ("Adam", {"learning_rate": 0.01}),
-    ("Adam", {"learning_rate": 0.02, "beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-5,
-              "amsgrad": True}),
-    ("SGD", {"learning_rate": 0.1, "clipnorm": 0.5}),
-    ("SGD", {"learning_rate": 0.1, "clipvalue": 0.2}),
-    ("Adam", {"learning_rate": 0.01, "global_clipnorm": 1.0, "epsilon": 0.1}),
-])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("SGD", {"learning_rate": 0.1}),
+        ("SGD", {"learning_rate": 0.05, "momentum": 0.9}),
+        ("SGD", {"learning_rate": 0.05, "momentum": 0.8, "nesterov": True}),
+        ("Adam", {"learning_rate": 0.01}),
+        (
+            "Adam",
+            {
+                "learning_rate": 0.02,
+                "beta_1": 0.8,
+                "beta_2": 0.99,
+                "epsilon": 1e-5,
+                "amsgrad": True,
+            },
+        ),
+        ("SGD", {"learning_rate": 0.1, "clipnorm": 0.5}),
+        ("SGD", {"learning_rate": 0.1, "clipvalue": 0.2}),
+        ("Adam", {"learning_rate": 0.01, "global_clipnorm": 1.0, "epsilon": 0.1}),
+    ],
+)
 def test_optimizer_steps(keras_torch, name, kwargs):
     keras = keras_torch
     import metalearn as ml
+
     rng = np.random.default_rng(9)
     shapes = [(3, 4), (4,)]
     start = [rng.normal(size=s).astype("float32") for s in shapes]
@@ -294,16 +400,37 @@ def test_optimizer_steps(keras_torch, name, kwargs):
 
 
 # ------------------------------------------------------------------------ fit
-def fit_both(keras, build, args, x, y, opt, loss, metric_names, epochs=3, batch_size=8,
-             validation=None, sample_weight=None):
+def fit_both(
+    keras,
+    build,
+    args,
+    x,
+    y,
+    opt,
+    loss,
+    metric_names,
+    epochs=3,
+    batch_size=8,
+    validation=None,
+    sample_weight=None,
+):
     import metalearn.keras as mk
+
     ours, theirs = ours_and_theirs(keras, build, *args)
-    ours.compile(optimizer=getattr(mk.optimizers, opt[0])(**opt[1]), loss=loss,
-                 metrics=list(metric_names))
-    theirs.compile(optimizer=getattr(keras.optimizers, opt[0])(**opt[1]), loss=loss,
-                   metrics=list(metric_names))
-    kwargs = dict(batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0,
-                  validation_data=validation, sample_weight=sample_weight)
+    ours.compile(
+        optimizer=getattr(mk.optimizers, opt[0])(**opt[1]), loss=loss, metrics=list(metric_names)
+    )
+    theirs.compile(
+        optimizer=getattr(keras.optimizers, opt[0])(**opt[1]), loss=loss, metrics=list(metric_names)
+    )
+    kwargs = dict(
+        batch_size=batch_size,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        validation_data=validation,
+        sample_weight=sample_weight,
+    )
     h_ours = ours.fit(x, y, **kwargs).history
     h_theirs = theirs.fit(x, y, **kwargs).history
     return ours, theirs, h_ours, h_theirs
@@ -319,17 +446,34 @@ def compare_fit(keras, ours, theirs, h_ours, h_theirs, rtol=1e-4):
         close(h_ours[key], h_theirs[key], rtol=rtol, atol=1e-5, what=f"history[{key!r}]")
 
 
-@pytest.mark.parametrize("opt", [("SGD", {"learning_rate": 0.05, "momentum": 0.9}),
-                                 ("Adam", {"learning_rate": 0.01})], ids=["SGD", "Adam"])
+@pytest.mark.parametrize(
+    "opt",
+    [("SGD", {"learning_rate": 0.05, "momentum": 0.9}), ("Adam", {"learning_rate": 0.01})],
+    ids=["SGD", "Adam"],
+)
 def test_fit_classifier(keras_torch, opt):
     keras = keras_torch
     rng = np.random.default_rng(10)
     x = rng.normal(size=(50, 5)).astype("float32")
     y = np.eye(3, dtype="float32")[rng.integers(0, 3, 50)]
-    val = (rng.normal(size=(13, 5)).astype("float32"), np.eye(3, dtype="float32")[rng.integers(0, 3, 13)])
-    compare_fit(keras, *fit_both(keras, mlp, (5, 3, "softmax"), x, y, opt,
-                                 "categorical_crossentropy", ["categorical_accuracy", "mse"],
-                                 validation=val))
+    val = (
+        rng.normal(size=(13, 5)).astype("float32"),
+        np.eye(3, dtype="float32")[rng.integers(0, 3, 13)],
+    )
+    compare_fit(
+        keras,
+        *fit_both(
+            keras,
+            mlp,
+            (5, 3, "softmax"),
+            x,
+            y,
+            opt,
+            "categorical_crossentropy",
+            ["categorical_accuracy", "mse"],
+            validation=val,
+        ),
+    )
 
 
 def test_fit_sparse_labels(keras_torch):
@@ -337,9 +481,19 @@ def test_fit_sparse_labels(keras_torch):
     rng = np.random.default_rng(11)
     x = rng.normal(size=(40, 5)).astype("float32")
     y = rng.integers(0, 3, 40)
-    compare_fit(keras, *fit_both(keras, mlp, (5, 3, "softmax"), x, y, ("Adam", {"learning_rate": 0.01}),
-                                 "sparse_categorical_crossentropy",
-                                 ["sparse_categorical_accuracy"]))
+    compare_fit(
+        keras,
+        *fit_both(
+            keras,
+            mlp,
+            (5, 3, "softmax"),
+            x,
+            y,
+            ("Adam", {"learning_rate": 0.01}),
+            "sparse_categorical_crossentropy",
+            ["sparse_categorical_accuracy"],
+        ),
+    )
 
 
 def test_fit_regression_sample_weight(keras_torch):
@@ -348,8 +502,20 @@ def test_fit_regression_sample_weight(keras_torch):
     x = rng.normal(size=(48, 5)).astype("float32")
     y = rng.normal(size=(48, 2)).astype("float32")
     sw = rng.uniform(0.2, 2.0, 48).astype("float32")
-    compare_fit(keras, *fit_both(keras, mlp, (5, 2, None), x, y, ("SGD", {"learning_rate": 0.02}),
-                                 "mse", ["mae"], sample_weight=sw))
+    compare_fit(
+        keras,
+        *fit_both(
+            keras,
+            mlp,
+            (5, 2, None),
+            x,
+            y,
+            ("SGD", {"learning_rate": 0.02}),
+            "mse",
+            ["mae"],
+            sample_weight=sw,
+        ),
+    )
 
 
 def test_fit_rank_one_targets(keras_torch):
@@ -358,8 +524,12 @@ def test_fit_rank_one_targets(keras_torch):
     rng = np.random.default_rng(13)
     x = rng.normal(size=(40, 5)).astype("float32")
     y = (x[:, 0] - 2 * x[:, 1]).astype("float32")
-    compare_fit(keras, *fit_both(keras, mlp, (5, 1, None), x, y, ("Adam", {"learning_rate": 0.01}),
-                                 "mse", ["mae"]))
+    compare_fit(
+        keras,
+        *fit_both(
+            keras, mlp, (5, 1, None), x, y, ("Adam", {"learning_rate": 0.01}), "mse", ["mae"]
+        ),
+    )
 
 
 def test_fit_convnet_with_batch_norm(keras_torch):
@@ -367,25 +537,41 @@ def test_fit_convnet_with_batch_norm(keras_torch):
     rng = np.random.default_rng(14)
     x = rng.normal(size=(24, 8, 8, 2)).astype("float32")
     y = np.eye(3, dtype="float32")[rng.integers(0, 3, 24)]
-    compare_fit(keras, *fit_both(keras, convnet, (3,), x, y, ("Adam", {"learning_rate": 0.005}),
-                                 "categorical_crossentropy", ["categorical_accuracy"]),
-                rtol=2e-4)
+    compare_fit(
+        keras,
+        *fit_both(
+            keras,
+            convnet,
+            (3,),
+            x,
+            y,
+            ("Adam", {"learning_rate": 0.005}),
+            "categorical_crossentropy",
+            ["categorical_accuracy"],
+        ),
+        rtol=2e-4,
+    )
 
 
 def test_evaluate_predict_train_on_batch(keras_torch):
     keras = keras_torch
     import metalearn.keras as mk
+
     rng = np.random.default_rng(15)
     ours, theirs = ours_and_theirs(keras, mlp, 5, 3, "softmax")
     for model, lib in ((ours, mk), (theirs, keras)):
-        model.compile(optimizer=lib.optimizers.SGD(0.1), loss="categorical_crossentropy",
-                      metrics=["categorical_accuracy"])
+        model.compile(
+            optimizer=lib.optimizers.SGD(0.1),
+            loss="categorical_crossentropy",
+            metrics=["categorical_accuracy"],
+        )
     x = rng.normal(size=(30, 5)).astype("float32")
     y = np.eye(3, dtype="float32")[rng.integers(0, 3, 30)]
     close(ours.predict(x, batch_size=7, verbose=0), theirs.predict(x, batch_size=7, verbose=0))
-    close(ours.evaluate(x, y, batch_size=7, verbose=0), theirs.evaluate(x, y, batch_size=7, verbose=0))
+    close(
+        ours.evaluate(x, y, batch_size=7, verbose=0), theirs.evaluate(x, y, batch_size=7, verbose=0)
+    )
     for _ in range(3):
-        close(ours.train_on_batch(x[:10], y[:10]), theirs.train_on_batch(x[:10], y[:10]),
-              rtol=1e-4)
+        close(ours.train_on_batch(x[:10], y[:10]), theirs.train_on_batch(x[:10], y[:10]), rtol=1e-4)
     close(ours.test_on_batch(x, y), theirs.test_on_batch(x, y), rtol=1e-4)
     close(ours.predict_on_batch(x), np_of(keras, theirs.predict_on_batch(x)), rtol=1e-4)

@@ -5,6 +5,7 @@ Sources: ``keras/src/losses/losses_test.py`` (per class: ``test_unweighted``,
 reductions, sample weights, rank matching). Inputs and numbers are Keras'; each
 assertion names the Keras test it holds us to.
 """
+
 import numpy as np
 import pytest
 
@@ -25,8 +26,9 @@ def value(t):
 class TestMeanSquaredError:
     def test_config(self):
         # losses_test.py::MeanSquaredErrorTest::test_config
-        assert_config_round_trip(losses.MeanSquaredError(name="mymse"), losses.serialize,
-                                 losses.get)
+        assert_config_round_trip(
+            losses.MeanSquaredError(name="mymse"), losses.serialize, losses.get
+        )
 
     def test_base_function_reduction(self):
         # losses_test.py::MeanSquaredErrorTest::test_base_function_reduction: y_true (3,)
@@ -53,16 +55,14 @@ class TestMeanSquaredError:
     def test_sample_weighted(self):
         # losses_test.py::MeanSquaredErrorTest::test_sample_weighted
         sw = np.array([[1.2], [3.4]])
-        almost_equal(value(losses.MeanSquaredError()(Y_TRUE, Y_PRED, sample_weight=sw)),
-                     767.8 / 6)
+        almost_equal(value(losses.MeanSquaredError()(Y_TRUE, Y_PRED, sample_weight=sw)), 767.8 / 6)
 
     def test_timestep_weighted(self):
         # losses_test.py::MeanSquaredErrorTest::test_timestep_weighted
         y_true = np.asarray([1, 9, 2, -5, -2, 6]).reshape(2, 3, 1)
         y_pred = np.asarray([4, 8, 12, 8, 1, 3]).reshape(2, 3, 1).astype("float32")
         sw = np.array([3, 6, 5, 0, 4, 2]).reshape((2, 3))
-        almost_equal(value(losses.MeanSquaredError()(y_true, y_pred, sample_weight=sw)),
-                     97.833336)
+        almost_equal(value(losses.MeanSquaredError()(y_true, y_pred, sample_weight=sw)), 97.833336)
 
     def test_zero_weighted(self):
         # losses_test.py::MeanSquaredErrorTest::test_zero_weighted
@@ -83,8 +83,9 @@ class TestMeanSquaredError:
 class TestMeanAbsoluteError:
     def test_config(self):
         # losses_test.py::MeanAbsoluteErrorTest::test_config
-        assert_config_round_trip(losses.MeanAbsoluteError(name="myname"), losses.serialize,
-                                 losses.get)
+        assert_config_round_trip(
+            losses.MeanAbsoluteError(name="myname"), losses.serialize, losses.get
+        )
 
     def test_all_correct_unweighted(self):
         # losses_test.py::MeanAbsoluteErrorTest::test_all_correct_unweighted
@@ -102,16 +103,14 @@ class TestMeanAbsoluteError:
     def test_sample_weighted(self):
         # losses_test.py::MeanAbsoluteErrorTest::test_sample_weighted
         sw = np.array([[1.2], [3.4]])
-        almost_equal(value(losses.MeanAbsoluteError()(Y_TRUE, Y_PRED, sample_weight=sw)),
-                     81.4 / 6)
+        almost_equal(value(losses.MeanAbsoluteError()(Y_TRUE, Y_PRED, sample_weight=sw)), 81.4 / 6)
 
     def test_timestep_weighted(self):
         # losses_test.py::MeanAbsoluteErrorTest::test_timestep_weighted
         y_true = np.asarray([1, 9, 2, -5, -2, 6]).reshape(2, 3, 1)
         y_pred = np.asarray([4, 8, 12, 8, 1, 3]).reshape(2, 3, 1).astype("float32")
         sw = np.array([3, 6, 5, 0, 4, 2]).reshape((2, 3))
-        almost_equal(value(losses.MeanAbsoluteError()(y_true, y_pred, sample_weight=sw)),
-                     13.833333)
+        almost_equal(value(losses.MeanAbsoluteError()(y_true, y_pred, sample_weight=sw)), 13.833333)
 
     def test_zero_weighted(self):
         # losses_test.py::MeanAbsoluteErrorTest::test_zero_weighted
@@ -139,14 +138,16 @@ BCE_LOGITS = np.array([[10.0, -10.0, 10.0], [10.0, 10.0, -10.0]], dtype="float32
 class TestBinaryCrossentropy:
     def test_config(self):
         # losses_test.py::BinaryCrossentropyTest::test_config
-        assert_config_round_trip(losses.BinaryCrossentropy(name="bce", axis=-1),
-                                 losses.serialize, losses.get)
+        assert_config_round_trip(
+            losses.BinaryCrossentropy(name="bce", axis=-1), losses.serialize, losses.get
+        )
 
     def test_all_correct_unweighted(self):
         # losses_test.py::BinaryCrossentropyTest::test_all_correct_unweighted
         almost_equal(value(losses.BinaryCrossentropy()(BCE_ONE_HOT, BCE_ONE_HOT)), 0.0)
-        logits = np.array([[10.0, -10.0, -10.0], [-10.0, 10.0, -10.0], [-10.0, -10.0, 10.0]],
-                          dtype="float32")
+        logits = np.array(
+            [[10.0, -10.0, -10.0], [-10.0, 10.0, -10.0], [-10.0, -10.0, 10.0]], dtype="float32"
+        )
         almost_equal(value(losses.BinaryCrossentropy(from_logits=True)(BCE_ONE_HOT, logits)), 0.0)
 
     def test_unweighted(self):
@@ -155,21 +156,25 @@ class TestBinaryCrossentropy:
         all_close(value(losses.BinaryCrossentropy()(BCE_ONE_HOT, y_pred)), 0.20046903)
         # probabilities of exactly 0 and 1: Keras 3 clips p to [eps, 1 - eps] before the log
         almost_equal(value(losses.BinaryCrossentropy()(BCE_Y, BCE_P)), 3.98559)
-        almost_equal(value(losses.BinaryCrossentropy(from_logits=True)(BCE_LOGIT_Y, BCE_LOGITS)),
-                     3.3333)
+        almost_equal(
+            value(losses.BinaryCrossentropy(from_logits=True)(BCE_LOGIT_Y, BCE_LOGITS)), 3.3333
+        )
 
     def test_scalar_weighted(self):
         # losses_test.py::BinaryCrossentropyTest::test_scalar_weighted
         almost_equal(value(losses.BinaryCrossentropy()(BCE_Y, BCE_P, sample_weight=2.3)), 9.1668)
-        loss = losses.BinaryCrossentropy(from_logits=True)(BCE_LOGIT_Y, BCE_LOGITS, sample_weight=2.3)
+        loss = losses.BinaryCrossentropy(from_logits=True)(
+            BCE_LOGIT_Y, BCE_LOGITS, sample_weight=2.3
+        )
         almost_equal(value(loss), 7.666)
 
     def test_sample_weighted(self):
         # losses_test.py::BinaryCrossentropyTest::test_sample_weighted
         sw = np.array([1.2, 3.4]).reshape((2, 1))
         almost_equal(value(losses.BinaryCrossentropy()(BCE_Y, BCE_P, sample_weight=sw)), 4.7827)
-        loss = losses.BinaryCrossentropy(from_logits=True)(BCE_LOGIT_Y, BCE_LOGITS,
-                                                           sample_weight=np.array([4, 3]))
+        loss = losses.BinaryCrossentropy(from_logits=True)(
+            BCE_LOGIT_Y, BCE_LOGITS, sample_weight=np.array([4, 3])
+        )
         almost_equal(value(loss), 10.0)
 
     def test_no_reduction(self):
@@ -181,7 +186,8 @@ class TestBinaryCrossentropy:
         # losses_test.py::BinaryCrossentropyTest::test_label_smoothing
         logits = np.array([[10.0, -10.0, -10.0]], dtype="float32")
         loss = losses.BinaryCrossentropy(from_logits=True, label_smoothing=0.1)(
-            np.array([[1, 0, 1]]), logits)
+            np.array([[1, 0, 1]]), logits
+        )
         almost_equal(value(loss), (10.0 + 5.0 * 0.1) / 3.0)
 
     def test_shape_mismatch(self):
@@ -210,8 +216,9 @@ CCE_LOGITS = np.array([[8.0, 1.0, 1.0], [0.0, 9.0, 1.0], [2.0, 3.0, 5.0]], dtype
 class TestCategoricalCrossentropy:
     def test_config(self):
         # losses_test.py::CategoricalCrossentropyTest::test_config
-        assert_config_round_trip(losses.CategoricalCrossentropy(name="cce", axis=-1),
-                                 losses.serialize, losses.get)
+        assert_config_round_trip(
+            losses.CategoricalCrossentropy(name="cce", axis=-1), losses.serialize, losses.get
+        )
 
     def test_all_correct_unweighted(self):
         # losses_test.py::CategoricalCrossentropyTest::test_all_correct_unweighted
@@ -223,21 +230,26 @@ class TestCategoricalCrossentropy:
     def test_unweighted(self):
         # losses_test.py::CategoricalCrossentropyTest::test_unweighted
         almost_equal(value(losses.CategoricalCrossentropy()(CCE_Y, CCE_P)), 0.3239)
-        almost_equal(value(losses.CategoricalCrossentropy(from_logits=True)(CCE_Y, CCE_LOGITS)),
-                     0.0573)
+        almost_equal(
+            value(losses.CategoricalCrossentropy(from_logits=True)(CCE_Y, CCE_LOGITS)), 0.0573
+        )
 
     def test_scalar_weighted(self):
         # losses_test.py::CategoricalCrossentropyTest::test_scalar_weighted
-        almost_equal(value(losses.CategoricalCrossentropy()(CCE_Y, CCE_P, sample_weight=2.3)),
-                     0.7449)
-        loss = losses.CategoricalCrossentropy(from_logits=True)(CCE_Y, CCE_LOGITS, sample_weight=2.3)
+        almost_equal(
+            value(losses.CategoricalCrossentropy()(CCE_Y, CCE_P, sample_weight=2.3)), 0.7449
+        )
+        loss = losses.CategoricalCrossentropy(from_logits=True)(
+            CCE_Y, CCE_LOGITS, sample_weight=2.3
+        )
         almost_equal(value(loss), 0.1317)
 
     def test_sample_weighted(self):
         # losses_test.py::CategoricalCrossentropyTest::test_sample_weighted
         sw = np.array([[1.2], [3.4], [5.6]]).reshape((3, 1))
-        almost_equal(value(losses.CategoricalCrossentropy()(CCE_Y, CCE_P, sample_weight=sw)),
-                     1.0696)
+        almost_equal(
+            value(losses.CategoricalCrossentropy()(CCE_Y, CCE_P, sample_weight=sw)), 1.0696
+        )
         loss = losses.CategoricalCrossentropy(from_logits=True)(CCE_Y, CCE_LOGITS, sample_weight=sw)
         almost_equal(value(loss), 0.31829)
 
@@ -250,7 +262,8 @@ class TestCategoricalCrossentropy:
         # losses_test.py::CategoricalCrossentropyTest::test_label_smoothing (and _ndarray)
         logits = np.array([[100.0, -100.0, -100.0]], dtype="float32")
         loss = losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)(
-            np.array([[1, 0, 0]]), logits)
+            np.array([[1, 0, 0]]), logits
+        )
         almost_equal(value(loss), 400.0 * 0.1 / 3.0)
 
     def test_shape_mismatch(self):
@@ -264,8 +277,9 @@ class TestCategoricalCrossentropy:
 class TestSparseCategoricalCrossentropy:
     def test_config(self):
         # losses_test.py::SparseCategoricalCrossentropyTest::test_config
-        assert_config_round_trip(losses.SparseCategoricalCrossentropy(name="scce"),
-                                 losses.serialize, losses.get)
+        assert_config_round_trip(
+            losses.SparseCategoricalCrossentropy(name="scce"), losses.serialize, losses.get
+        )
 
     def test_all_correct_unweighted(self):
         # losses_test.py::SparseCategoricalCrossentropyTest::test_all_correct_unweighted
@@ -285,20 +299,24 @@ class TestSparseCategoricalCrossentropy:
     def test_scalar_weighted(self):
         # losses_test.py::SparseCategoricalCrossentropyTest::test_scalar_weighted
         y = np.array([[0], [1], [2]])
-        almost_equal(value(losses.SparseCategoricalCrossentropy()(y, CCE_P, sample_weight=2.3)),
-                     0.7449)
-        loss = losses.SparseCategoricalCrossentropy(from_logits=True)(y, CCE_LOGITS,
-                                                                      sample_weight=2.3)
+        almost_equal(
+            value(losses.SparseCategoricalCrossentropy()(y, CCE_P, sample_weight=2.3)), 0.7449
+        )
+        loss = losses.SparseCategoricalCrossentropy(from_logits=True)(
+            y, CCE_LOGITS, sample_weight=2.3
+        )
         almost_equal(value(loss), 0.1317)
 
     def test_sample_weighted(self):
         # losses_test.py::SparseCategoricalCrossentropyTest::test_sample_weighted
         y = np.array([[0], [1], [2]])
         sw = np.array([[1.2], [3.4], [5.6]]).reshape((3, 1))
-        almost_equal(value(losses.SparseCategoricalCrossentropy()(y, CCE_P, sample_weight=sw)),
-                     1.0696)
-        loss = losses.SparseCategoricalCrossentropy(from_logits=True)(y, CCE_LOGITS,
-                                                                      sample_weight=sw)
+        almost_equal(
+            value(losses.SparseCategoricalCrossentropy()(y, CCE_P, sample_weight=sw)), 1.0696
+        )
+        loss = losses.SparseCategoricalCrossentropy(from_logits=True)(
+            y, CCE_LOGITS, sample_weight=sw
+        )
         almost_equal(value(loss), 0.31829)
 
     def test_no_reduction(self):
@@ -315,8 +333,9 @@ class TestSparseCategoricalCrossentropy:
         all_close(value(losses.SparseCategoricalCrossentropy()(y, p)), 0.0)
         p[0, 3] = [0.2, 0.8]
         p[3, 3] = [0.6, 0.4]
-        all_close(value(losses.SparseCategoricalCrossentropy()(y, p)),
-                  (-np.log(0.2) - np.log(0.4)) / 16.0)
+        all_close(
+            value(losses.SparseCategoricalCrossentropy()(y, p)), (-np.log(0.2) - np.log(0.4)) / 16.0
+        )
 
     def test_multi_class_segmentation(self):
         # losses_test.py::SparseCategoricalCrossentropyTest::test_multi_class_segmentation
@@ -326,8 +345,10 @@ class TestSparseCategoricalCrossentropy:
         p[0, 3] = [0.2, 0.0, 0.8]
         p[1, 0] = [0.7, 0.3, 0.0]
         p[3, 2] = [0.5, 0.5, 0.0]
-        all_close(value(losses.SparseCategoricalCrossentropy()(y, p)),
-                  (-np.log(0.2) - np.log(0.3) - np.log(0.5)) / 16.0)
+        all_close(
+            value(losses.SparseCategoricalCrossentropy()(y, p)),
+            (-np.log(0.2) - np.log(0.3) - np.log(0.5)) / 16.0,
+        )
 
     def test_ignore_class_is_refused(self):
         # DELIBERATE DIFFERENCE (losses_test.py::SparseCategoricalCrossentropyTest::
@@ -335,10 +356,10 @@ class TestSparseCategoricalCrossentropy:
         # ignore_class (it needs masking through the reduction); it refuses it loudly
         # instead of ignoring the argument.
         with pytest.raises(NotImplementedError, match="ignore_class"):
-            losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1,
-                                                 reduction=None)(
+            losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1, reduction=None)(
                 np.array([[-1, 2]]),
-                np.array([[[0.854, 0.698, 0.598], [0.088, 0.86, 0.018]]], "float32"))
+                np.array([[[0.854, 0.698, 0.598], [0.088, 0.86, 0.018]]], "float32"),
+            )
 
 
 # ------------------------------------------------------------------ the Loss base
@@ -360,8 +381,10 @@ class TestLossBase:
         sq = (LT_TRUE - LT_PRED) ** 2
         all_close(value(SquaredDifference(reduction=None)(LT_TRUE, LT_PRED)), sq)
         all_close(value(SquaredDifference(reduction="sum")(LT_TRUE, LT_PRED)), np.sum(sq))
-        all_close(value(SquaredDifference(reduction="sum_over_batch_size")(LT_TRUE, LT_PRED)),
-                  np.sum(sq) / 4)
+        all_close(
+            value(SquaredDifference(reduction="sum_over_batch_size")(LT_TRUE, LT_PRED)),
+            np.sum(sq) / 4,
+        )
         with pytest.raises(ValueError):
             SquaredDifference(reduction="abc")
 
@@ -381,8 +404,11 @@ class TestLossBase:
     def test_mixed_dtypes(self):
         # loss_test.py::LossTest::test_mixed_dtypes: int32 targets, float64 weights, a
         # float32 result
-        loss = SquaredDifference()(LT_TRUE.astype("int32"), LT_PRED.astype("float32"),
-                                   sample_weight=LT_SW.astype("float64"))
+        loss = SquaredDifference()(
+            LT_TRUE.astype("int32"),
+            LT_PRED.astype("float32"),
+            sample_weight=LT_SW.astype("float64"),
+        )
         assert np.asarray(loss).dtype == np.float32
         all_close(value(loss), np.sum(LT_SW * (LT_TRUE.astype("int32") - LT_PRED) ** 2) / 4)
 
@@ -393,12 +419,23 @@ class TestLossBase:
         with pytest.raises(ValueError):
             losses.get("typo")
 
-    @pytest.mark.parametrize("fn", [losses.mean_squared_error, losses.mean_absolute_error,
-                                    losses.MeanSquaredError(reduction=None),
-                                    losses.MeanAbsoluteError(reduction=None),
-                                    losses.BinaryCrossentropy(reduction=None)],
-                             ids=["mean_squared_error", "mean_absolute_error", "MeanSquaredError",
-                                  "MeanAbsoluteError", "BinaryCrossentropy"])
+    @pytest.mark.parametrize(
+        "fn",
+        [
+            losses.mean_squared_error,
+            losses.mean_absolute_error,
+            losses.MeanSquaredError(reduction=None),
+            losses.MeanAbsoluteError(reduction=None),
+            losses.BinaryCrossentropy(reduction=None),
+        ],
+        ids=[
+            "mean_squared_error",
+            "mean_absolute_error",
+            "MeanSquaredError",
+            "MeanAbsoluteError",
+            "BinaryCrossentropy",
+        ],
+    )
     def test_squeeze_or_expand(self, fn):
         # loss_test.py::LossTest::test_squeeze_or_expand: (3,) against (3, 1) both become
         # (3, 1); (3, 2) against (3, 2, 1) both become (3, 2). Keras applies it in every
@@ -425,5 +462,7 @@ class TestLossBase:
         # whose shapes cannot be matched either)
         rng = np.random.default_rng(0)
         with pytest.raises(ValueError):
-            fn(rng.uniform(0.1, 0.9, shapes[0]).astype("float32"),
-               rng.uniform(0.1, 0.9, shapes[1]).astype("float32"))
+            fn(
+                rng.uniform(0.1, 0.9, shapes[0]).astype("float32"),
+                rng.uniform(0.1, 0.9, shapes[1]).astype("float32"),
+            )

@@ -5,6 +5,7 @@ the multi-step momentum / Nesterov / Adam checks use the update rules of
 ``keras/src/optimizers/sgd.py`` and ``adam.py`` (``update_step``), written out in NumPy
 (float64) here. Inputs and numbers are Keras'; the test code is ours.
 """
+
 import warnings
 
 import numpy as np
@@ -29,8 +30,11 @@ class TestSGD:
     def test_config(self):
         # sgd_test.py::SGDTest::test_config (its weight_decay left out: metalearn's SGD has
         # no weight decay, see test_weight_decay_is_refused)
-        assert_config_round_trip(optimizers.SGD(learning_rate=0.5, momentum=0.06, nesterov=True),
-                                 optimizers.serialize, optimizers.deserialize)
+        assert_config_round_trip(
+            optimizers.SGD(learning_rate=0.5, momentum=0.06, nesterov=True),
+            optimizers.serialize,
+            optimizers.deserialize,
+        )
 
     def test_single_step(self):
         # sgd_test.py::SGDTest::test_single_step
@@ -47,12 +51,15 @@ class TestSGD:
     def test_correctness_with_golden(self):
         # sgd_test.py::SGDTest::test_correctness_with_golden (nesterov=True with Keras'
         # default momentum 0.0)
-        golden = np.array([
-            [0.9999] * 10,
-            [0.9989, 0.9979, 0.9969, 0.9959, 0.9949, 0.9939, 0.9929, 0.9919, 0.9909, 0.9899],
-            [0.9979, 0.9959, 0.9939, 0.9919, 0.9899, 0.9879, 0.9859, 0.9839, 0.9819, 0.9799],
-            [0.9969, 0.9939, 0.9909, 0.9879, 0.9849, 0.9819, 0.9789, 0.9759, 0.9729, 0.9699],
-            [0.9959, 0.9919, 0.9879, 0.9839, 0.9799, 0.9759, 0.9719, 0.9679, 0.9639, 0.9599]])
+        golden = np.array(
+            [
+                [0.9999] * 10,
+                [0.9989, 0.9979, 0.9969, 0.9959, 0.9949, 0.9939, 0.9929, 0.9919, 0.9909, 0.9899],
+                [0.9979, 0.9959, 0.9939, 0.9919, 0.9899, 0.9879, 0.9859, 0.9839, 0.9819, 0.9799],
+                [0.9969, 0.9939, 0.9909, 0.9879, 0.9849, 0.9819, 0.9789, 0.9759, 0.9729, 0.9699],
+                [0.9959, 0.9919, 0.9879, 0.9839, 0.9799, 0.9759, 0.9719, 0.9679, 0.9639, 0.9599],
+            ]
+        )
         opt = optimizers.SGD(nesterov=True)
         x = variable(np.ones(10))
         step(opt, np.full(10, 0.01), x)
@@ -82,9 +89,11 @@ class TestSGD:
 class TestAdam:
     def test_config(self):
         # adam_test.py::AdamTest::test_config
-        assert_config_round_trip(optimizers.Adam(learning_rate=0.5, beta_1=0.5, beta_2=0.67,
-                                                 epsilon=1e-5, amsgrad=True),
-                                 optimizers.serialize, optimizers.deserialize)
+        assert_config_round_trip(
+            optimizers.Adam(learning_rate=0.5, beta_1=0.5, beta_2=0.67, epsilon=1e-5, amsgrad=True),
+            optimizers.serialize,
+            optimizers.deserialize,
+        )
 
     def test_single_step(self):
         # adam_test.py::AdamTest::test_single_step
@@ -118,7 +127,7 @@ class TestAdam:
         opt = optimizers.Adam(learning_rate=lr, beta_2=b2, amsgrad=amsgrad)
         var = variable(w0)
         for t, g in enumerate(grads, start=1):
-            alpha = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+            alpha = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
             m += (g - m) * (1 - b1)
             v += (g * g - v) * (1 - b2)
             v_hat = np.maximum(v_hat, v)
@@ -174,7 +183,7 @@ class TestOptimizerBase:
         # of rate 1 from zero (the variable becomes minus the clipped gradient); for Adam
         # one step with the clipped gradient equals an unclipped step on [sqrt(2)/2] * 2
         # (epsilon=1 makes Adam's step depend on the gradient's scale, so the check bites).
-        clipped = np.array([2 ** 0.5 / 2, 2 ** 0.5 / 2])
+        clipped = np.array([2**0.5 / 2, 2**0.5 / 2])
         if cls is optimizers.SGD:
             v = variable([0.0, 0.0])
             step(cls(learning_rate=1.0, clipnorm=1), [100.0, 100.0], v)
@@ -208,8 +217,12 @@ class TestOptimizerBase:
     def test_optimizer_auto_naming(self):
         # optimizer_test.py::OptimizerTest::test_optimizer_auto_naming: "adam", "adam_1",
         # "sgd", "sgd_1"; an explicit name is kept, also through serialize/deserialize
-        names = [optimizers.Adam().name, optimizers.Adam().name, optimizers.SGD().name,
-                 optimizers.SGD().name]
+        names = [
+            optimizers.Adam().name,
+            optimizers.Adam().name,
+            optimizers.SGD().name,
+            optimizers.SGD().name,
+        ]
         assert names[0].startswith("adam") and names[2].startswith("sgd"), names
         assert names[0] != names[1] and names[2] != names[3], names
         assert optimizers.Adam(name="my_adam").name == "my_adam"

@@ -6,6 +6,7 @@ without bias whose kernel starts at ones; here a one-layer Sequential) and
 Inputs and numbers are Keras'; the exact fit trajectories are also recomputed in NumPy
 from SGD's and MSE's formulas.
 """
+
 import numpy as np
 import pytest
 
@@ -21,8 +22,11 @@ def example_model(units=3):
 
 def compiled_example(units=3, **compile_kwargs):
     model = example_model(units)
-    kwargs = dict(optimizer=optimizers.SGD(), loss=losses.MeanSquaredError(),
-                  metrics=[metrics.MeanSquaredError()])
+    kwargs = dict(
+        optimizer=optimizers.SGD(),
+        loss=losses.MeanSquaredError(),
+        metrics=[metrics.MeanSquaredError()],
+    )
     kwargs.update(compile_kwargs)
     model.compile(**kwargs)
     return model
@@ -40,8 +44,9 @@ class TrainingTestingModel(models.Model):
 def identity_model(dim):
     """Outputs its inputs: evaluate(x=y_pred, y=y_true) evaluates losses and metrics on
     the given predictions (compile_utils_test's inputs)."""
-    return models.Sequential([layers.Dense(dim, use_bias=False, kernel_initializer="identity",
-                                           input_shape=(dim,))])
+    return models.Sequential(
+        [layers.Dense(dim, use_bias=False, kernel_initializer="identity", input_shape=(dim,))]
+    )
 
 
 # ------------------------------------------------------------------------------ fit
@@ -69,8 +74,14 @@ class TestFit:
     def test_fit_with_val_split(self):
         # trainer_test.py::TestTrainer::test_fit_with_val_split
         model = compiled_example()
-        history = model.fit(np.ones((100, 4), np.float32), np.zeros((100, 3), np.float32),
-                            batch_size=20, epochs=3, validation_split=0.2, verbose=0).history
+        history = model.fit(
+            np.ones((100, 4), np.float32),
+            np.zeros((100, 3), np.float32),
+            batch_size=20,
+            epochs=3,
+            validation_split=0.2,
+            verbose=0,
+        ).history
         assert "loss" in history and "val_loss" in history
 
     def test_rank_one_targets(self):
@@ -88,8 +99,9 @@ class TestFit:
                 start = model.get_weights()
             model.set_weights(start)
             model.compile(optimizer=optimizers.SGD(0.05), loss="mse", metrics=["mae"])
-            runs.append(model.fit(x, target, batch_size=16, epochs=5, shuffle=False,
-                                  verbose=0).history)
+            runs.append(
+                model.fit(x, target, batch_size=16, epochs=5, shuffle=False, verbose=0).history
+            )
         all_close(runs[0]["loss"], runs[1]["loss"], rtol=1e-5)
         all_close(runs[0]["mae"], runs[1]["mae"], rtol=1e-5)
 
@@ -122,11 +134,15 @@ class TestFit:
         model.compile(optimizer="sgd", loss="mse", metrics=["mean_squared_error"])
         assert sorted(model.fit(x, y, verbose=0).history) == ["loss", "mean_squared_error"]
         assert sorted(model.evaluate(x, y, return_dict=True, verbose=0)) == [
-            "loss", "mean_squared_error"]
+            "loss",
+            "mean_squared_error",
+        ]
         model.compile(optimizer="sgd", loss="mse", metrics=["mean_absolute_error"])
         assert sorted(model.fit(x, y, verbose=0).history) == ["loss", "mean_absolute_error"]
         assert sorted(model.evaluate(x, y, return_dict=True, verbose=0)) == [
-            "loss", "mean_absolute_error"]
+            "loss",
+            "mean_absolute_error",
+        ]
 
 
 # ------------------------------------------------------------ evaluate / predict
@@ -150,8 +166,11 @@ class TestEvaluatePredict:
         x, y = np.random.rand(100, 4).astype("float32"), np.ones((100, 1), np.float32)
         model = example_model(1)
         model.compile(loss="mse")
-        all_close(model.evaluate(x, y, batch_size=80, verbose=0),
-                  model.evaluate(x, y, batch_size=100, verbose=0), rtol=1e-6)
+        all_close(
+            model.evaluate(x, y, batch_size=80, verbose=0),
+            model.evaluate(x, y, batch_size=100, verbose=0),
+            rtol=1e-6,
+        )
 
     def test_evaluate_return_list_respect_metrics_order(self):
         # trainer_test.py::TestTrainer::test_evaluate_return_list_respect_metrics_order
@@ -235,9 +254,14 @@ class TestCompile:
         sw = np.array([1, 0.0, 1], dtype="float32")
         model = identity_model(2)
         model.compile(loss="mse", metrics=[metrics.MeanSquaredError()])
-        logs = model.evaluate(np.concatenate([pred1, pred2]), np.concatenate([y_true, y_true]),
-                              sample_weight=np.concatenate([sw, sw]), batch_size=3,
-                              return_dict=True, verbose=0)
+        logs = model.evaluate(
+            np.concatenate([pred1, pred2]),
+            np.concatenate([y_true, y_true]),
+            sample_weight=np.concatenate([sw, sw]),
+            batch_size=3,
+            return_dict=True,
+            verbose=0,
+        )
         all_close(logs["mean_squared_error"], 0.055833336, atol=1e-6)
 
     def test_crossentropy_loss_name(self):
@@ -263,6 +287,7 @@ class RecordingCallback(callbacks.Callback):
         def hook(self, *args):
             logs = args[-1] if args else None
             self.calls.append((name, sorted((logs or {}).keys())))
+
         return hook
 
     on_train_begin = _record("on_train_begin")
@@ -294,9 +319,14 @@ def keys_fit_evaluate_predict():
 
 # trainer_test.py::TestTrainer::test_callback_methods_keys: the keys of `logs` per hook
 EXPECTED_KEYS = {
-    "on_train_begin": [], "on_epoch_begin": [], "on_train_batch_begin": [],
-    "on_test_begin": [], "on_test_batch_begin": [], "on_predict_begin": [],
-    "on_predict_end": [], "on_predict_batch_begin": [],
+    "on_train_begin": [],
+    "on_epoch_begin": [],
+    "on_train_batch_begin": [],
+    "on_test_begin": [],
+    "on_test_batch_begin": [],
+    "on_predict_begin": [],
+    "on_predict_end": [],
+    "on_predict_batch_begin": [],
     "on_train_batch_end": ["loss", "mean_absolute_error"],
     "on_test_batch_end": ["loss", "mean_absolute_error"],
     "on_test_end": ["loss", "mean_absolute_error"],
@@ -312,9 +342,15 @@ class TestCallbackHooks:
         for name, keys in in_fit + in_rest:
             assert keys == EXPECTED_KEYS[name], (name, keys)
         assert {name for name, _ in in_rest} == {
-            "on_test_begin", "on_test_batch_begin", "on_test_batch_end", "on_test_end",
-            "on_predict_begin", "on_predict_batch_begin", "on_predict_batch_end",
-            "on_predict_end"}
+            "on_test_begin",
+            "on_test_batch_begin",
+            "on_test_batch_end",
+            "on_test_end",
+            "on_predict_begin",
+            "on_predict_batch_begin",
+            "on_predict_batch_end",
+            "on_predict_end",
+        }
 
     def test_validation_inside_fit_calls_test_hooks(self):
         # Keras' fit runs validation through evaluate with fit's callbacks
@@ -327,10 +363,14 @@ class TestCallbackHooks:
             assert hook in names, hook
         assert names.index("on_test_end") < names.index("on_epoch_end")
 
-    @pytest.mark.parametrize("method,flag,hook", [
-        ("fit", "stop_training", "on_train_batch_end"),
-        ("evaluate", "stop_evaluating", "on_test_batch_end"),
-        ("predict", "stop_predicting", "on_predict_batch_end")])
+    @pytest.mark.parametrize(
+        "method,flag,hook",
+        [
+            ("fit", "stop_training", "on_train_batch_end"),
+            ("evaluate", "stop_evaluating", "on_test_batch_end"),
+            ("predict", "stop_predicting", "on_predict_batch_end"),
+        ],
+    )
     def test_stop_loop(self, method, flag, hook):
         # trainer_test.py::TestTrainer::test_stop_loop: a callback setting
         # model.stop_training / stop_evaluating / stop_predicting at the 5th batch end

@@ -1,4 +1,5 @@
 """Reptile, Meta-SGD, ANIL, FOMAML and ProtoNet: each learns; their update rules check out."""
+
 import numpy as np
 import pytest
 
@@ -12,10 +13,12 @@ from tests.helpers import sinusoid_model as _model
 
 @pytest.mark.parametrize("name", ["fomaml", "reptile", "metasgd", "anil"])
 def test_algorithm_reduces_post_adaptation_loss_on_sinusoid(name):
-    make = {"fomaml": lambda m: FOMAML(m, inner_lr=0.01),
-            "reptile": lambda m: Reptile(m, inner_lr=0.02, inner_steps=5, meta_lr=1.0),
-            "metasgd": lambda m: MetaSGD(m, inner_lr=0.01),
-            "anil": lambda m: ANIL(m, inner_lr=0.01)}[name]
+    make = {
+        "fomaml": lambda m: FOMAML(m, inner_lr=0.01),
+        "reptile": lambda m: Reptile(m, inner_lr=0.02, inner_steps=5, meta_lr=1.0),
+        "metasgd": lambda m: MetaSGD(m, inner_lr=0.01),
+        "anil": lambda m: ANIL(m, inner_lr=0.01),
+    }[name]
     alg = make(_model())
     test = Sinusoid(seed=42).sample_batch(60)
     steps = 1 if name in ("metasgd", "fomaml", "anil") else 5
@@ -33,7 +36,7 @@ def test_metasgd_learns_per_parameter_rates_and_uses_them():
     rates = [np.asarray(a) for a in alg.learning_rates]
     assert [r.shape for r in rates] == [tuple(w.shape) for w in model.trainable_weights]
     assert any(np.abs(r - 0.01).max() > 1e-4 for r in rates)  # meta-trained
-    assert len(np.unique(np.round(rates[0], 7))) > 1         # per parameter
+    assert len(np.unique(np.round(rates[0], 7))) > 1  # per parameter
     t = Sinusoid(seed=3).sample()
     w = model.get_weights()
     x = ml.tensor(t.support_x)
@@ -83,6 +86,7 @@ def test_reptile_update_rule():
 
 # ------------------------------------------------------------------ ProtoNet
 
+
 def _np_protonet_loss(W, sx, sy, qx, qy, n_way):
     es, eq = sx @ W, qx @ W
     protos = np.stack([es[sy == c].mean(0) for c in range(n_way)])
@@ -113,14 +117,18 @@ def test_protonet_loss_and_gradient_match_numpy():
         Wp, Wm = W.astype(np.float64), W.astype(np.float64)
         Wp[i] += eps
         Wm[i] -= eps
-        num[i] = (_np_protonet_loss(Wp, sx, sy, qx, qy, n_way)[0]
-                  - _np_protonet_loss(Wm, sx, sy, qx, qy, n_way)[0]) / (2 * eps)
+        num[i] = (
+            _np_protonet_loss(Wp, sx, sy, qx, qy, n_way)[0]
+            - _np_protonet_loss(Wm, sx, sy, qx, qy, n_way)[0]
+        ) / (2 * eps)
     np.testing.assert_allclose(np.asarray(g), num, rtol=1e-3, atol=1e-5)
     # cosine: logits are cosines between queries and prototypes
     cos = prototype_logits(ml.tensor(sx @ W), sy, ml.tensor(qx @ W), n_way, "cosine")
     es, eq = sx @ W, qx @ W
     p = np.stack([es[sy == c].mean(0) for c in range(n_way)])
-    want_cos = (eq / np.linalg.norm(eq, axis=1, keepdims=True)) @ (p / np.linalg.norm(p, axis=1, keepdims=True)).T
+    want_cos = (eq / np.linalg.norm(eq, axis=1, keepdims=True)) @ (
+        p / np.linalg.norm(p, axis=1, keepdims=True)
+    ).T
     np.testing.assert_allclose(np.asarray(cos), want_cos, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError):
         ProtoNet(enc, distance="manhattan")
@@ -128,6 +136,7 @@ def test_protonet_loss_and_gradient_match_numpy():
 
 def _omniglot_subset():
     from metalearn.datasets import omniglot
+
     x, y = omniglot(split="vinyals_trainval")
     xt, yt = omniglot(split="vinyals_test")
     return (x[y < 300], y[y < 300]), (xt[yt < 100], yt[yt < 100])
@@ -137,12 +146,21 @@ def _omniglot_subset():
 def test_protonet_on_omniglot_subset_beats_chance():
     train, test = _omniglot_subset()
     ml.random.set_seed(0)
-    enc = keras.Sequential([keras.layers.Flatten(input_shape=(28, 28, 1)),
-                            keras.layers.Dense(128, activation="relu"), keras.layers.Dense(64)])
+    enc = keras.Sequential(
+        [
+            keras.layers.Flatten(input_shape=(28, 28, 1)),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(64),
+        ]
+    )
     pn = ProtoNet(enc, meta_lr=0.001)
     episodes = NWayKShot(test, n_way=5, k_shot=1, q_queries=5, augment_rotations=False, seed=1)
-    h = pn.fit(NWayKShot(train, n_way=20, k_shot=1, q_queries=5, seed=0), iterations=400,
-               meta_batch_size=1, verbose=0)
+    h = pn.fit(
+        NWayKShot(train, n_way=20, k_shot=1, q_queries=5, seed=0),
+        iterations=400,
+        meta_batch_size=1,
+        verbose=0,
+    )
     assert set(h) == {"loss", "accuracy"}
     res = pn.evaluate(episodes, episodes=200)
     assert res["accuracy"] > 0.6, res  # chance is 0.2
@@ -153,9 +171,12 @@ def test_protonet_on_omniglot_subset_beats_chance():
     clf = pn.adapt(t.support_x, t.support_y)
     acc = np.mean(np.argmax(np.asarray(clf(t.query_x)), 1) == t.query_y)
     assert acc >= 0.4
-    np.testing.assert_allclose(np.asarray(clf(t.query_x)),
-                               np.asarray(pn.episode_logits(t.support_x, t.support_y, t.query_x)),
-                               rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(
+        np.asarray(clf(t.query_x)),
+        np.asarray(pn.episode_logits(t.support_x, t.support_y, t.query_x)),
+        rtol=1e-4,
+        atol=1e-3,
+    )
     for a, b in zip(w, enc.get_weights()):
         np.testing.assert_array_equal(a, b)
 

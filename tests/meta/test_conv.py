@@ -1,4 +1,5 @@
 """Conv layers (Keras face of the core's conv/pool/BN ops) and MAML through a conv net."""
+
 import numpy as np
 import pytest
 
@@ -20,7 +21,9 @@ def _np_conv_same(x, k, b):
     out = np.zeros((n, h, w, f))
     for i in range(h):
         for j in range(w):
-            out[:, i, j] = np.tensordot(xp[:, i:i + kh, j:j + kw], k, axes=([1, 2, 3], [0, 1, 2]))
+            out[:, i, j] = np.tensordot(
+                xp[:, i : i + kh, j : j + kw], k, axes=([1, 2, 3], [0, 1, 2])
+            )
     return out + b
 
 
@@ -35,9 +38,12 @@ def test_conv_pool_bn_layers_forward():
     mp = np.asarray(L.MaxPooling2D(2)(x))
     np.testing.assert_allclose(mp, x.reshape(2, 3, 2, 3, 2, 3).max(axis=(2, 4)))
     ap = np.asarray(L.AveragePooling2D(2)(x))
-    np.testing.assert_allclose(ap, x.reshape(2, 3, 2, 3, 2, 3).mean(axis=(2, 4)), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(L.GlobalAveragePooling2D()(x)), x.mean(axis=(1, 2)),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        ap, x.reshape(2, 3, 2, 3, 2, 3).mean(axis=(2, 4)), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        np.asarray(L.GlobalAveragePooling2D()(x)), x.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6
+    )
     bn = L.BatchNormalization(momentum=0.9)
     out = np.asarray(bn(x, training=True))
     mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
@@ -74,8 +80,9 @@ def test_conv4_builds_and_clones():
     clf = models.conv4(5)
     assert clf(x).shape == (3, 5) and len(clf.trainable_weights) == 4 * 4 + 2
     c = clone_model(clf)
-    np.testing.assert_allclose(np.asarray(c(x, training=False)), np.asarray(clf(x, training=False)),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(c(x, training=False)), np.asarray(clf(x, training=False)), rtol=1e-5, atol=1e-6
+    )
     assert all(a is not b for a, b in zip(c.weights, clf.weights))
 
 
@@ -83,20 +90,34 @@ def test_conv4_builds_and_clones():
 def test_second_order_maml_through_conv_matches_torch():
     torch = pytest.importorskip("torch")
     ml.random.set_seed(0)
-    model = keras.Sequential([L.InputLayer(input_shape=(6, 6, 1)), L.Conv2D(3, 3, padding="same"),
-                              L.BatchNormalization(), L.Activation("relu"), L.MaxPool2D(2),
-                              L.Flatten(), L.Dense(2)])
+    model = keras.Sequential(
+        [
+            L.InputLayer(input_shape=(6, 6, 1)),
+            L.Conv2D(3, 3, padding="same"),
+            L.BatchNormalization(),
+            L.Activation("relu"),
+            L.MaxPool2D(2),
+            L.Flatten(),
+            L.Dense(2),
+        ]
+    )
     rng = np.random.default_rng(0)
-    model.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.5
-                       if w.trainable else np.asarray(w) for w in model.weights])
+    model.set_weights(
+        [
+            rng.standard_normal(w.shape).astype(np.float32) * 0.5 if w.trainable else np.asarray(w)
+            for w in model.weights
+        ]
+    )
     sx, qx = (rng.standard_normal((n, 6, 6, 1)).astype(np.float32) for n in (4, 6))
     sy, qy = np.array([0, 1, 0, 1]), np.array([0, 1, 1, 0, 1, 0])
     batch = Task(sx[None], sy[None], qx[None], qy[None], {"batched": True})
     lr = 0.3
     loss, grads = MAML(model, inner_lr=lr).meta_gradients(batch)
 
-    P = [torch.tensor(np.asarray(w).astype(np.float64), requires_grad=True)
-         for w in model.trainable_weights]  # kernel, bias, gamma, beta, dense kernel, bias
+    P = [
+        torch.tensor(np.asarray(w).astype(np.float64), requires_grad=True)
+        for w in model.trainable_weights
+    ]  # kernel, bias, gamma, beta, dense kernel, bias
     F = torch.nn.functional
 
     def f(p, x):
@@ -106,6 +127,7 @@ def test_second_order_maml_through_conv_matches_torch():
         h = F.max_pool2d(F.relu(h), 2)
         h = h.permute(0, 2, 3, 1).reshape(len(x), -1)  # channels-last flatten
         return h @ p[4] + p[5]
+
     ls = F.cross_entropy(f(P, sx), torch.tensor(sy))
     g = torch.autograd.grad(ls, P, create_graph=True)
     fast = [p - lr * gi for p, gi in zip(P, g)]

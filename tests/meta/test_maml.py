@@ -1,4 +1,5 @@
 """MAML: meta-gradients against the PyTorch fixture, learning, adapt/clone/evaluate."""
+
 import numpy as np
 import pytest
 
@@ -15,24 +16,31 @@ NAMES = ["W1", "b1", "W2", "b2"]
 
 
 def _fixture_model():
-    model = keras.Sequential([keras.layers.Dense(8, activation="tanh", input_shape=(4,)),
-                              keras.layers.Dense(3)])
+    model = keras.Sequential(
+        [keras.layers.Dense(8, activation="tanh", input_shape=(4,)), keras.layers.Dense(3)]
+    )
     model.set_weights([REF["mlp/" + k] for k in NAMES])
     return model
 
 
 def _fixture_batch(copies=1):
     rep = lambda a: np.stack([a] * copies)
-    return Task(rep(REF["maml/xs"]), rep(REF["maml/ys"]), rep(REF["maml/xq"]), rep(REF["maml/yq"]),
-                {"batched": True})
+    return Task(
+        rep(REF["maml/xs"]),
+        rep(REF["maml/ys"]),
+        rep(REF["maml/xq"]),
+        rep(REF["maml/yq"]),
+        {"batched": True},
+    )
 
 
 @pytest.mark.parametrize("vectorize", [True, False])
 @pytest.mark.parametrize("order", [2, 1])
 def test_meta_gradient_matches_pytorch_fixture(order, vectorize):
     model = _fixture_model()
-    maml = MAML(model, inner_lr=float(REF["maml/inner_lr"]), first_order=(order == 1),
-                vectorize=vectorize)
+    maml = MAML(
+        model, inner_lr=float(REF["maml/inner_lr"]), first_order=(order == 1), vectorize=vectorize
+    )
     loss, grads = maml.meta_gradients(_fixture_batch())
     assert (maml._vector_plan() is not None) == vectorize
     assert abs(loss - float(REF["maml/loss_query"])) < 1e-5
@@ -60,12 +68,22 @@ def test_meta_gradient_is_the_mean_over_tasks_and_leaves_weights_alone():
 def test_vectorised_meta_batch_equals_the_loop_over_tasks(first_order):
     rng = np.random.default_rng(0)
     ml.random.set_seed(0)
-    model = keras.Sequential([keras.layers.Flatten(input_shape=(3, 3, 1)),
-                              keras.layers.Dense(6), keras.layers.Activation("relu"),
-                              keras.layers.Dense(5, activation="tanh"), keras.layers.Dense(3)])
-    batch = Task(rng.random((4, 6, 3, 3, 1)).astype(np.float32), rng.integers(0, 3, (4, 6)),
-                 rng.random((4, 9, 3, 3, 1)).astype(np.float32), rng.integers(0, 3, (4, 9)),
-                 {"batched": True})
+    model = keras.Sequential(
+        [
+            keras.layers.Flatten(input_shape=(3, 3, 1)),
+            keras.layers.Dense(6),
+            keras.layers.Activation("relu"),
+            keras.layers.Dense(5, activation="tanh"),
+            keras.layers.Dense(3),
+        ]
+    )
+    batch = Task(
+        rng.random((4, 6, 3, 3, 1)).astype(np.float32),
+        rng.integers(0, 3, (4, 6)),
+        rng.random((4, 9, 3, 3, 1)).astype(np.float32),
+        rng.integers(0, 3, (4, 9)),
+        {"batched": True},
+    )
     results = []
     for vec in (True, False):
         maml = MAML(model, inner_lr=0.3, inner_steps=2, first_order=first_order, vectorize=vec)
@@ -76,8 +94,9 @@ def test_vectorised_meta_batch_equals_the_loop_over_tasks(first_order):
     for a, b in zip(ga, gb):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
     # a layer the batched path does not know (Dropout) falls back to the loop
-    other = keras.Sequential([keras.layers.Dense(4, input_shape=(2,)),
-                              keras.layers.Dropout(0.5), keras.layers.Dense(1)])
+    other = keras.Sequential(
+        [keras.layers.Dense(4, input_shape=(2,)), keras.layers.Dropout(0.5), keras.layers.Dense(1)]
+    )
     assert MAML(other)._vector_plan() is None
     with pytest.raises(ValueError, match="vectorize"):
         MAML(other, vectorize=True)._vector_plan()
@@ -106,12 +125,22 @@ def test_vectorised_batch_norm_equals_the_loop(first_order, steps):
     (batch_norm_grouped), as the per-task functional call does."""
     rng = np.random.default_rng(1)
     ml.random.set_seed(1)
-    model = keras.Sequential([keras.layers.Flatten(input_shape=(2, 3, 1)), keras.layers.Dense(5),
-                              keras.layers.BatchNormalization(), keras.layers.Activation("relu"),
-                              keras.layers.Dense(3)])
-    batch = Task(rng.random((3, 6, 2, 3, 1)).astype(np.float32), rng.integers(0, 3, (3, 6)),
-                 rng.random((3, 4, 2, 3, 1)).astype(np.float32), rng.integers(0, 3, (3, 4)),
-                 {"batched": True})
+    model = keras.Sequential(
+        [
+            keras.layers.Flatten(input_shape=(2, 3, 1)),
+            keras.layers.Dense(5),
+            keras.layers.BatchNormalization(),
+            keras.layers.Activation("relu"),
+            keras.layers.Dense(3),
+        ]
+    )
+    batch = Task(
+        rng.random((3, 6, 2, 3, 1)).astype(np.float32),
+        rng.integers(0, 3, (3, 6)),
+        rng.random((3, 4, 2, 3, 1)).astype(np.float32),
+        rng.integers(0, 3, (3, 4)),
+        {"batched": True},
+    )
     _meta_grads_both_ways(model, batch, inner_lr=0.3, inner_steps=steps, first_order=first_order)
 
 
@@ -126,14 +155,26 @@ def test_low_rank_fast_weights_equal_the_loop(first_order, steps):
     2.4e-4 of the gradients' scale with two rows, ~5e-6 with four)."""
     rng = np.random.default_rng(2)
     ml.random.set_seed(2)
-    model = keras.Sequential([keras.layers.Flatten(input_shape=(8, 8, 1)), keras.layers.Dense(48),
-                              keras.layers.BatchNormalization(), keras.layers.Activation("relu"),
-                              keras.layers.Dense(40, activation="tanh"), keras.layers.Dense(2)])
-    batch = Task(rng.random((3, 4, 8, 8, 1)).astype(np.float32), rng.integers(0, 2, (3, 4)),
-                 rng.random((3, 5, 8, 8, 1)).astype(np.float32), rng.integers(0, 2, (3, 5)),
-                 {"batched": True})
-    maml = _meta_grads_both_ways(model, batch, inner_lr=0.5, inner_steps=steps,
-                                 first_order=first_order)
+    model = keras.Sequential(
+        [
+            keras.layers.Flatten(input_shape=(8, 8, 1)),
+            keras.layers.Dense(48),
+            keras.layers.BatchNormalization(),
+            keras.layers.Activation("relu"),
+            keras.layers.Dense(40, activation="tanh"),
+            keras.layers.Dense(2),
+        ]
+    )
+    batch = Task(
+        rng.random((3, 4, 8, 8, 1)).astype(np.float32),
+        rng.integers(0, 2, (3, 4)),
+        rng.random((3, 5, 8, 8, 1)).astype(np.float32),
+        rng.integers(0, 2, (3, 5)),
+        {"batched": True},
+    )
+    maml = _meta_grads_both_ways(
+        model, batch, inner_lr=0.5, inner_steps=steps, first_order=first_order
+    )
     vec = MAML(model, inner_lr=0.5, inner_steps=steps)
     assert vec._low_rank_kernels(vec._vector_plan(), 4) == {0, 4}  # both wide kernels
     # Meta-SGD's per-weight rates make the update full rank: never low-rank
@@ -155,7 +196,6 @@ def test_sinusoid_hidden_kernel_low_rank_equals_the_loop(first_order):
     _meta_grads_both_ways(model, batch, inner_lr=0.05, first_order=first_order)
 
 
-
 def test_vectorised_plan_is_the_models_batched_form():
     """MAML's vectorised path runs the model's batched form (Layer._batched_form, composed
     by Sequential): a nested Sequential is batched too and equals the loop; a Dense whose
@@ -164,22 +204,35 @@ def test_vectorised_plan_is_the_models_batched_form():
     form of its own has none (its call may differ)."""
     rng = np.random.default_rng(6)
     ml.random.set_seed(6)
-    batch = Task(rng.random((3, 5, 4)).astype(np.float32), rng.random((3, 5, 2)).astype(np.float32),
-                 rng.random((3, 7, 4)).astype(np.float32), rng.random((3, 7, 2)).astype(np.float32),
-                 {"batched": True})
+    batch = Task(
+        rng.random((3, 5, 4)).astype(np.float32),
+        rng.random((3, 5, 2)).astype(np.float32),
+        rng.random((3, 7, 4)).astype(np.float32),
+        rng.random((3, 7, 2)).astype(np.float32),
+        {"batched": True},
+    )
     inner = keras.Sequential([keras.layers.Dense(6, activation="tanh"), keras.layers.Dense(5)])
-    nested = keras.Sequential([keras.layers.Dense(8, activation="relu", input_shape=(4,)), inner,
-                               keras.layers.Activation("relu"), keras.layers.Dense(2)])
+    nested = keras.Sequential(
+        [
+            keras.layers.Dense(8, activation="relu", input_shape=(4,)),
+            inner,
+            keras.layers.Activation("relu"),
+            keras.layers.Dense(2),
+        ]
+    )
     _meta_grads_both_ways(nested, batch, inner_lr=0.2, inner_steps=2)
-    model = keras.Sequential([keras.layers.Dense(6, activation="tanh", input_shape=(4,)),
-                              keras.layers.Dense(2)])
+    model = keras.Sequential(
+        [keras.layers.Dense(6, activation="tanh", input_shape=(4,)), keras.layers.Dense(2)]
+    )
     w = model.get_weights()
     w[1] = rng.standard_normal(6).astype(np.float32)  # a bias that matters
     model.set_weights(w)
     model.layers[0].bias.trainable = False
     assert MAML(model)._vector_plan() is None
     loop = MAML(model, inner_lr=0.2, vectorize=False).meta_gradients(batch)
-    np.testing.assert_allclose(MAML(model, inner_lr=0.2).meta_gradients(batch)[0], loop[0], rtol=1e-6)
+    np.testing.assert_allclose(
+        MAML(model, inner_lr=0.2).meta_gradients(batch)[0], loop[0], rtol=1e-6
+    )
 
     class MyDense(keras.layers.Dense):
         pass
@@ -200,6 +253,7 @@ def test_subclasses_declare_what_their_inner_loop_changes():
     assert plan is not None and sgd._low_rank_kernels(plan, 10) == set()
     assert MAML(model)._low_rank_kernels(plan, 10) == {2}
 
+
 @pytest.mark.torch
 def test_two_inner_steps_match_torch():
     torch = pytest.importorskip("torch")
@@ -214,6 +268,7 @@ def test_two_inner_steps_match_torch():
     def f(W, x, y):
         logits = torch.tanh(x @ W[0] + W[1]) @ W[2] + W[3]
         return torch.nn.functional.cross_entropy(logits, y)
+
     fast = P
     for _ in range(2):
         g = torch.autograd.grad(f(fast, xs, ys), fast, create_graph=True)
@@ -265,13 +320,21 @@ def test_adapt_returns_new_model_and_leaves_meta_model_alone():
     assert mse(adapted) < mse(model)
     # same as the fast weights run functionally; 5 plain SGD steps by hand agree
     fast = maml.adapted_weights(task.support_x, task.support_y, steps=5)
-    np.testing.assert_allclose(np.asarray(adapted(task.query_x)),
-                               np.asarray(functional_call(model, fast, task.query_x)), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(adapted(task.query_x)),
+        np.asarray(functional_call(model, fast, task.query_x)),
+        rtol=1e-6,
+    )
     w = [ml.tensor(a, requires_grad=True) for a in before]
     for _ in range(5):
-        loss = ml.reduce_mean(ml.mean_squared_error(task.support_y, functional_call(model, w, task.support_x)))
+        loss = ml.reduce_mean(
+            ml.mean_squared_error(task.support_y, functional_call(model, w, task.support_x))
+        )
         g = ml.grad(loss, w)
-        w = [ml.tensor(np.asarray(a) - 0.01 * np.asarray(b), requires_grad=True) for a, b in zip(w, g)]
+        w = [
+            ml.tensor(np.asarray(a) - 0.01 * np.asarray(b), requires_grad=True)
+            for a, b in zip(w, g)
+        ]
     for a, b in zip(w, adapted.get_weights()):
         np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-6)
     # changing the adapted model does not touch the meta-model
@@ -288,7 +351,9 @@ def test_clone_is_independent():
     c.trainable_weights[0].assign(np.zeros(c.trainable_weights[0].shape, np.float32))
     assert np.abs(model.get_weights()[0]).sum() > 0
     # a subclassed model with a get_config clones too
-    net = ml.networks.AdaptiveNeuralNetwork(num_classes=3, hidden_units=8, output_activation="linear")
+    net = ml.networks.AdaptiveNeuralNetwork(
+        num_classes=3, hidden_units=8, output_activation="linear"
+    )
     net(np.zeros((1, 4, 4), np.float32))
     c2 = clone_model(net)
     assert type(c2) is type(net)
@@ -346,8 +411,13 @@ def test_callbacks_and_stop_training():
     assert len(h["loss"]) == 5 and [b for b, _ in seen] == [0, 1, 2, 3, 4]
     assert set(seen[0][1]) == {"loss", "mse"}
     calls = []
-    maml.fit(Sinusoid(seed=0), iterations=3, meta_batch_size=2, verbose=0,
-             callbacks=[lambda i, logs: calls.append(i)])
+    maml.fit(
+        Sinusoid(seed=0),
+        iterations=3,
+        meta_batch_size=2,
+        verbose=0,
+        callbacks=[lambda i, logs: calls.append(i)],
+    )
     assert calls == [0, 1, 2]
 
 

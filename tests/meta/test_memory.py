@@ -12,6 +12,7 @@ Events", §3) against a NumPy implementation of the paper's formulas written her
 * a small learning test: a Dense encoder trained with the memory loss on Omniglot background
   characters answers 5-way 1-shot episodes on held-out characters by memory lookup alone.
 """
+
 import os
 import time
 
@@ -230,7 +231,7 @@ def test_oldest_slot_is_largest_age():
     d = 3
     mem = KnowledgeMemory(3, d, seed=0)
     for i in range(3):  # separate calls: ages 2, 1, 0
-        mem.update(np.eye(d)[i:i + 1], [i])
+        mem.update(np.eye(d)[i : i + 1], [i])
     assert list(mem.state()[2]) == [2, 1, 0]
     mem.update([[1, 1, 1]], [9])  # after the step the ages are 3, 2, 1: slot 0 goes
     _, labels, ages, _ = mem.state()
@@ -239,7 +240,9 @@ def test_oldest_slot_is_largest_age():
 
 def test_same_seed_replays_and_clear_reseeds():
     rng = np.random.default_rng(3)
-    data = [(rng.standard_normal((3, 5)).astype(np.float32), rng.integers(0, 50, 3)) for _ in range(30)]
+    data = [
+        (rng.standard_normal((3, 5)).astype(np.float32), rng.integers(0, 50, 3)) for _ in range(30)
+    ]
 
     def run(mem):
         for q, y in data:
@@ -289,8 +292,11 @@ def test_query_matches_numpy():
 
 def _memory_with_payload(rng, m=6, d=5, p=3):
     mem = KnowledgeMemory(m, d, p, seed=0)
-    mem.update(rng.standard_normal((m, d)).astype(np.float32), np.arange(m) % 3,
-               rng.standard_normal((m, p)).astype(np.float32))
+    mem.update(
+        rng.standard_normal((m, d)).astype(np.float32),
+        np.arange(m) % 3,
+        rng.standard_normal((m, p)).astype(np.float32),
+    )
     keys, labels, _, pay = mem.state()
     return mem, keys.astype(np.float64), labels, pay.astype(np.float64)
 
@@ -342,8 +348,9 @@ def test_soft_read_forward_and_gradients(k):
 
     _check_orders(lambda q: mem.read(q, k=k, temperature=T), np_fn, q0, rng)
     out, w = mem.read(ml.tensor(q0.astype(np.float32)), k=k, temperature=T, return_weights=True)
-    np.testing.assert_allclose(np.asarray(w), ref_read(q0, keys[idx], pay[idx], idx >= 0, T)[1],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(w), ref_read(q0, keys[idx], pay[idx], idx >= 0, T)[1], atol=1e-5
+    )
 
 
 def test_soft_read_partial_memory_and_weights_only():
@@ -510,20 +517,25 @@ def test_read_and_loss_refuse_k_above_capacity_as_query_does():
     mem.update(np.eye(3), [0, 1, 2])
     before = [a.copy() for a in mem.state()]
     q = np.ones((1, 3), np.float32)
-    for name, call in [("query", lambda k: mem.query(q, k=k)),
-                       ("read", lambda k: mem.read(q, k=k)),
-                       ("loss", lambda k: mem.loss(q, [1], k=k))]:
+    for name, call in [
+        ("query", lambda k: mem.query(q, k=k)),
+        ("read", lambda k: mem.read(q, k=k)),
+        ("loss", lambda k: mem.loss(q, [1], k=k)),
+    ]:
         for k in (5, 0, -1):
             with pytest.raises(ValueError) as e:
                 call(k)
-            assert str(e.value) == (f"KnowledgeMemory.{name}: k must be in [1, capacity=4], "
-                                    f"got {k}")
+            assert str(e.value) == (
+                f"KnowledgeMemory.{name}: k must be in [1, capacity=4], got {k}"
+            )
     for a, b in zip(before, mem.state()):
         np.testing.assert_array_equal(a, b)
     # the defaults fit any capacity: k = min(8, 4) and min(256, 4)
     assert tuple(mem.read(q, return_weights=True)[1].shape) == (1, 4)
     np.testing.assert_allclose(mem.loss(q, [1]).numpy(), mem.loss(q, [1], k=4).numpy())
-    with pytest.raises(ValueError, match=r"MemoryClassifier: k must be in \[1, capacity=4\], got 5"):
+    with pytest.raises(
+        ValueError, match=r"MemoryClassifier: k must be in \[1, capacity=4\], got 5"
+    ):
         MemoryClassifier(ml.keras.layers.Dense(3), mem, k=5)
 
 
@@ -535,7 +547,9 @@ def test_update_refuses_the_empty_slot_label_and_2d_labels():
     mem.update(np.eye(3), [0, 1, 2], np.ones((3, 2)))
     before = [a.copy() for a in mem.state()]
     q = np.array([[1.0, 2.0, 0.0], [0.0, 1.0, 5.0]], np.float32)
-    with pytest.raises(ValueError, match=r"label -1 \(at position 1\) is the marker of an empty slot"):
+    with pytest.raises(
+        ValueError, match=r"label -1 \(at position 1\) is the marker of an empty slot"
+    ):
         mem.update(q, [4, -1])
     with pytest.raises(ValueError, match=r"label -1 \(at position 0\)"):
         mem.update(q[:1], -1)
@@ -546,9 +560,9 @@ def test_update_refuses_the_empty_slot_label_and_2d_labels():
     for a, b in zip(before, mem.state()):
         np.testing.assert_array_equal(a, b)
     assert len(mem) == 3
-    mem.update(q, [4, -7])    # other negative integers are ordinary labels
-    mem.update(q[0], 9)       # one query, one scalar label
-    assert set(mem.state()[1][:len(mem)]) >= {4, -7}
+    mem.update(q, [4, -7])  # other negative integers are ordinary labels
+    mem.update(q[0], 9)  # one query, one scalar label
+    assert set(mem.state()[1][: len(mem)]) >= {4, -7}
 
 
 # --------------------------------------------------------------- learning
@@ -563,15 +577,16 @@ def test_one_shot_omniglot_by_memory_lookup():
     """Kaiser et al.'s recipe, small: an encoder trained only through the memory loss, then
     5-way 1-shot episodes on characters never trained on, answered by nearest key."""
     images, labels = _omniglot()
-    x = (images.reshape(len(images), -1).astype(np.float32) / 255.0)
+    x = images.reshape(len(images), -1).astype(np.float32) / 255.0
     classes = np.unique(labels)
     rng = np.random.default_rng(0)
     rng.shuffle(classes)
     train_cls, test_cls = classes[:600], classes[600:]
     tr = np.isin(labels, train_cls)
     ml.random.set_seed(0)
-    encoder = ml.keras.Sequential([ml.keras.layers.Dense(256, activation="relu"),
-                                   ml.keras.layers.Dense(64)])
+    encoder = ml.keras.Sequential(
+        [ml.keras.layers.Dense(256, activation="relu"), ml.keras.layers.Dense(64)]
+    )
     memory = KnowledgeMemory(4096, 64, seed=0)
     clf = MemoryClassifier(encoder, memory, optimizer=ml.keras.optimizers.Adam(1e-3), k=64)
 
@@ -596,8 +611,10 @@ def test_one_shot_omniglot_by_memory_lookup():
     losses = clf.fit(x[tr], labels[tr], steps=1000, batch_size=64, seed=0)
     train_time = time.perf_counter() - t0
     after = accuracy()
-    print(f"5-way 1-shot by memory lookup: untrained {before:.3f}, trained {after:.3f} "
-          f"(loss {np.mean(losses[:20]):.3f} -> {np.mean(losses[-20:]):.3f}, {train_time:.1f} s)")
+    print(
+        f"5-way 1-shot by memory lookup: untrained {before:.3f}, trained {after:.3f} "
+        f"(loss {np.mean(losses[:20]):.3f} -> {np.mean(losses[-20:]):.3f}, {train_time:.1f} s)"
+    )
     assert np.mean(losses[-50:]) < np.mean(losses[:50])
     # chance is 0.2; nearest neighbour on raw pixels through the untrained encoder ~0.4
     assert after > 0.5 and after > before + 0.1

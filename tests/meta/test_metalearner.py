@@ -1,4 +1,5 @@
 """The whole system (metalearn.meta.system.MetaLearner): learner + predictor + memory."""
+
 import math
 
 import numpy as np
@@ -16,10 +17,11 @@ from tests.helpers import REPO
 def data():
     try:
         from metalearn.datasets import omniglot
+
         x, y = omniglot(split="background")
     except FileNotFoundError:
         pytest.skip("Omniglot data not found")
-    keep = y < 40                                   # a small subset: 40 characters
+    keep = y < 40  # a small subset: 40 characters
     return x[keep], y[keep]
 
 
@@ -35,6 +37,7 @@ def trained(data):
 
 
 # ------------------------------------------------------------------ spearman
+
 
 def test_spearman_hand_computed():
     # y ranks with a tie: [1, 2, 3.5, 5, 3.5]; centred ranks x: [-2,-1,0,1,2],
@@ -53,16 +56,17 @@ def test_spearman_hand_computed():
 
 # ------------------------------------------------------------------ fit
 
+
 def test_fit_fills_memory_with_normalised_keys(trained):
     system, history = trained
     assert history["memory_size"] == sorted(history["memory_size"])
     assert history["memory_size"][0] == 4 and history["memory_size"][-1] == 120
     assert system.memory.size == 120 == system.tasks_stored
     keys, labels, ages, payloads = system.memory.state()
-    used = keys[:system.memory.size]
+    used = keys[: system.memory.size]
     np.testing.assert_allclose(np.linalg.norm(used, axis=1), 1.0, atol=1e-5)
-    assert sorted(labels[:system.memory.size].tolist()) == list(range(120))  # one slot per task
-    acc = payloads[:system.memory.size, -1]
+    assert sorted(labels[: system.memory.size].tolist()) == list(range(120))  # one slot per task
+    acc = payloads[: system.memory.size, -1]
     assert np.all((acc >= 0) & (acc <= 1))
     # the stored accuracies are the measured post-adaptation ones, in task order
     np.testing.assert_allclose(np.sort(acc).mean(), np.mean(history["task_accuracy"]), atol=1e-5)
@@ -99,6 +103,7 @@ def test_predictor_learns_and_predicts_in_range(trained, data):
 
 # ------------------------------------------------------------------ adapt
 
+
 def test_adapt_leaves_meta_model_and_warm_starts_recurring_task(trained, data):
     system, _ = trained
     before = [w.copy() for w in system.model.get_weights()]
@@ -107,13 +112,13 @@ def test_adapt_leaves_meta_model_and_warm_starts_recurring_task(trained, data):
     assert stored["index"] >= 0 and 0 <= stored["accuracy"] <= 1
 
     # the same task again, its classes renumbered: recalled, matched, warm-started
-    perm = np.array([3, 0, 4, 1, 2])               # new label of old class c is perm[c]
+    perm = np.array([3, 0, 4, 1, 2])  # new label of old class c is perm[c]
     sy = perm[t.support_y]
     model, predicted = system.adapt(t.support_x, sy, steps=0)
     rec = system.last_recall
     assert rec["index"] == stored["index"] and rec["task_id"] == stored["task_id"]
     assert rec["warm_start"] and rec["class_similarity"] > 0.99
-    inv = np.argsort(perm)                         # old class of new class c
+    inv = np.argsort(perm)  # old class of new class c
     np.testing.assert_array_equal(rec["permutation"], inv)
     assert 0.0 <= predicted <= 1.0
     # 0 steps: the head is the recalled one, re-based on the meta-head, in the new numbering
@@ -132,8 +137,9 @@ def test_adapt_leaves_meta_model_and_warm_starts_recurring_task(trained, data):
     assert not np.allclose(warm.get_weights()[-2], cold.get_weights()[-2])
     # the recalled knowledge helps on the query set of that task
     acc_warm = system.evaluate_task(Task(t.support_x, sy, t.query_x, perm[t.query_y]), steps=1)
-    acc_cold = system.evaluate_task(Task(t.support_x, sy, t.query_x, perm[t.query_y]), steps=1,
-                                    warm_start=False)
+    acc_cold = system.evaluate_task(
+        Task(t.support_x, sy, t.query_x, perm[t.query_y]), steps=1, warm_start=False
+    )
     assert acc_warm >= acc_cold
 
     # a threshold above any similarity: no warm start, plain adaptation
@@ -164,6 +170,7 @@ def test_bad_input(trained, data):
 
 # ------------------------------------------------------------------ save / load
 
+
 def test_save_load_round_trip(trained, data, tmp_path):
     system, _ = trained
     system.save(tmp_path / "sys")
@@ -174,8 +181,9 @@ def test_save_load_round_trip(trained, data, tmp_path):
         np.testing.assert_array_equal(a, b)
     for seed in (21, 22):
         t = sampler(data, seed=seed).sample()
-        assert system.predict_performance(t.support_x, t.support_y) == \
-            loaded.predict_performance(t.support_x, t.support_y)
+        assert system.predict_performance(t.support_x, t.support_y) == loaded.predict_performance(
+            t.support_x, t.support_y
+        )
         m1, p1 = system.adapt(t.support_x, t.support_y, steps=2)
         r1 = system.last_recall
         m2, p2 = loaded.adapt(t.support_x, t.support_y, steps=2)
@@ -187,6 +195,7 @@ def test_save_load_round_trip(trained, data, tmp_path):
 def _statistics_reference(system, sx, sy):
     """The task statistics written out from their definitions, for a linear-output learner."""
     from metalearn import _core
+
     fast = system.algorithm.adapted_weights(sx, sy, system.inner_steps)
     prev = _core.set_grad_enabled(False)
     try:
@@ -199,25 +208,50 @@ def _statistics_reference(system, sx, sy):
         p = np.exp(z - z.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
         return -np.mean(np.log(p[np.arange(len(sy)), sy])), p
+
     l0, _ = ce(z0)
     l1, p1 = ce(z1)
-    margin = np.mean([z1[i, sy[i]] - max(z1[i, j] for j in range(5) if j != sy[i])
-                      for i in range(len(sy))])
+    margin = np.mean(
+        [z1[i, sy[i]] - max(z1[i, j] for j in range(5) if j != sy[i]) for i in range(len(sy))]
+    )
     ent = -np.mean(np.sum(p1 * np.log(p1), 1))
     emb = system.embed(sx).astype(np.float64)
     protos = np.stack([emb[sy == c].mean(0) for c in range(5)])
     scale = np.linalg.norm(emb, axis=1).mean()
 
     def cos_pairs(a):
-        return [a[i] @ a[j] / np.linalg.norm(a[i]) / np.linalg.norm(a[j])
-                for i in range(5) for j in range(5) if i != j]
+        return [
+            a[i] @ a[j] / np.linalg.norm(a[i]) / np.linalg.norm(a[j])
+            for i in range(5)
+            for j in range(5)
+            if i != j
+        ]
+
     cc = cos_pairs(protos - system.center)
     cr = cos_pairs(protos)
-    d = [np.linalg.norm(protos[i] - protos[j]) / scale for i in range(5) for j in range(5) if i != j]
+    d = [
+        np.linalg.norm(protos[i] - protos[j]) / scale for i in range(5) for j in range(5) if i != j
+    ]
     spread = np.mean([np.linalg.norm(emb[i] - protos[sy[i]]) for i in range(len(sy))]) / scale
     cnorm = np.linalg.norm(emb - system.center, axis=1).mean() / np.linalg.norm(system.center)
-    return [l0, l1, l0 - l1, np.mean(z1.argmax(1) == sy), margin, ent, np.mean(cc), max(cc),
-            min(cc), np.mean(cr), max(cr), min(cr), np.mean(d), min(d), spread, cnorm]
+    return [
+        l0,
+        l1,
+        l0 - l1,
+        np.mean(z1.argmax(1) == sy),
+        margin,
+        ent,
+        np.mean(cc),
+        max(cc),
+        min(cc),
+        np.mean(cr),
+        max(cr),
+        min(cr),
+        np.mean(d),
+        min(d),
+        spread,
+        cnorm,
+    ]
 
 
 def test_task_statistics(trained, data):
@@ -245,8 +279,9 @@ def test_task_statistics(trained, data):
     assert s1[MetaLearner.STATISTICS.index("within_class_spread")] == 0
     # a harder task (its inputs half noise) is seen as harder by the learner itself
     rng = np.random.default_rng(1)
-    noisy = np.where(rng.random(t1.support_x.shape) < 0.5, rng.random(t1.support_x.shape),
-                     t1.support_x).astype(np.float32)
+    noisy = np.where(
+        rng.random(t1.support_x.shape) < 0.5, rng.random(t1.support_x.shape), t1.support_x
+    ).astype(np.float32)
     cos = MetaLearner.STATISTICS.index("prototype_raw_cosine_mean")
     assert system.task_statistics(noisy, t1.support_y)[cos] > s1[cos]
 
@@ -268,9 +303,13 @@ def test_other_algorithms(name, data, tmp_path):
 
 
 def test_algorithm_instance_and_softmax_model(data):
-    model = AdaptiveNeuralNetwork(5, hidden_units=16)          # softmax output, as the article
-    system = MetaLearner(model=model, algorithm=MAML(model, inner_lr=0.4, first_order=True,
-                                                     loss="sparse_categorical_crossentropy_from_probs"))
+    model = AdaptiveNeuralNetwork(5, hidden_units=16)  # softmax output, as the article
+    system = MetaLearner(
+        model=model,
+        algorithm=MAML(
+            model, inner_lr=0.4, first_order=True, loss="sparse_categorical_crossentropy_from_probs"
+        ),
+    )
     assert system.algorithm_name == "fomaml" and system.n_way == 5
     h = system.fit(sampler(data, seed=4), iterations=2, meta_batch_size=2, verbose=0)
     assert np.all(np.isfinite(h["loss"]))
@@ -282,12 +321,18 @@ def test_memory_results_quick(data):
     """benchmarks/memory_results.py --quick runs (the README's numbers come from its full run)."""
     import subprocess
     import sys
+
     script = str(REPO / "benchmarks" / "memory_results.py")
-    out = subprocess.run([sys.executable, script, "--quick"], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, script, "--quick"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    for needle in ("5-way 1-shot by memory lookup", "20-way 1-shot", "with memory warm start",
-                   "Spearman"):
+    for needle in (
+        "5-way 1-shot by memory lookup",
+        "20-way 1-shot",
+        "with memory warm start",
+        "Spearman",
+    ):
         assert needle in out.stdout
 
 
@@ -296,6 +341,7 @@ def test_to_tensor_shares_float32_arrays_and_converts_the_rest_as_numpy_does():
     rank >= 1 only; everything else converts as np.ascontiguousarray(a, float32) does
     (0-d values become shape (1,), object arrays of numbers convert)."""
     from metalearn.meta._base import to_tensor
+
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     assert np.shares_memory(np.asarray(to_tensor(a)), a)
     np.testing.assert_array_equal(np.asarray(to_tensor(a.T)), a.T)

@@ -1,4 +1,5 @@
 """The article's two networks."""
+
 import numpy as np
 import pytest
 
@@ -17,9 +18,17 @@ def test_adaptive_network_layers_and_output():
     out = np.asarray(model(_images()))
     assert out.shape == (6, 10)
     np.testing.assert_allclose(out.sum(1), np.ones(6), rtol=1e-5)
-    assert [tuple(v.shape) for v in model.trainable_variables] == [(784, 128), (128,), (128, 10), (10,)]
+    assert [tuple(v.shape) for v in model.trainable_variables] == [
+        (784, 128),
+        (128,),
+        (128, 10),
+        (10,),
+    ]
     assert model.count_params() == 101770
-    assert model.dense1.activation is activations.relu and model.dense2.activation is activations.softmax
+    assert (
+        model.dense1.activation is activations.relu
+        and model.dense2.activation is activations.softmax
+    )
     small = AdaptiveNeuralNetwork(num_classes=5, hidden_units=16)
     assert np.asarray(small(_images())).shape == (6, 5) and small.dense1.kernel.shape == (784, 16)
 

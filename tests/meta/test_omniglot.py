@@ -1,4 +1,5 @@
 """Omniglot loader: real data, splits, search order, the official PNG/zip layout."""
+
 import shutil
 import struct
 import zipfile
@@ -39,14 +40,24 @@ def test_real_sets_sizes_and_values():
 
 
 @needs_data
-@pytest.mark.parametrize("split,chars", [("vinyals_trainval", 1200), ("vinyals_test", 423),
-                                         ("vinyals_train", 1028), ("vinyals_val", 172)])
+@pytest.mark.parametrize(
+    "split,chars",
+    [
+        ("vinyals_trainval", 1200),
+        ("vinyals_test", 423),
+        ("vinyals_train", 1028),
+        ("vinyals_val", 172),
+    ],
+)
 def test_vinyals_splits(split, chars):
     x, y, names = omniglot(split=split, return_names=True)
     assert len(names) == chars and len(np.unique(y)) == chars and len(x) == 20 * chars
     np.testing.assert_array_equal(np.unique(y), np.arange(chars))
-    wanted = [ln.strip() for ln in (DATA / "splits" / f"{split}.txt").read_text().splitlines()
-              if ln.strip()]
+    wanted = [
+        ln.strip()
+        for ln in (DATA / "splits" / f"{split}.txt").read_text().splitlines()
+        if ln.strip()
+    ]
     assert list(names) == wanted
     # label 0's images are the 20 drawings of the first listed character, from the right set
     first = wanted[0]
@@ -90,19 +101,24 @@ def test_missing_data_error_lists_every_place(no_default, tmp_path, monkeypatch)
     assert "images_background.zip" in msg and "METALEARN_DATA" in msg
     # the search order is: path, METALEARN_DATA, default
     order = omniglot_search_paths(given)
-    assert order[0] == given and order[2] == env and order[-1] == tmp_path / "no_default_here" / "omniglot"
+    assert (
+        order[0] == given
+        and order[2] == env
+        and order[-1] == tmp_path / "no_default_here" / "omniglot"
+    )
     with pytest.raises(ValueError):
         omniglot(split="training")
 
 
 # ------------------------------------------------------------- PNG and zip layout
 
+
 def _glyph(seed):
     """A 105x105 bool image (True = white paper) with a black block and a stroke."""
     rng = np.random.default_rng(seed)
     img = np.ones((105, 105), bool)
     r, c = rng.integers(5, 60, 2)
-    img[r:r + 30, c:c + 20] = False
+    img[r : r + 30, c : c + 20] = False
     img[50, :] = False
     return img
 
@@ -118,7 +134,9 @@ def _write_zip(path, top="images_background", layout=None):
                 imgs = []
                 for s in (2, 1):  # written out of order on purpose
                     img = _glyph(char_id * 10 + s)
-                    z.writestr(f"{top}/{name}/{char_id:04d}_{s:02d}.png", encode_png(img, bit_depth=1))
+                    z.writestr(
+                        f"{top}/{name}/{char_id:04d}_{s:02d}.png", encode_png(img, bit_depth=1)
+                    )
                     imgs.append((s, img))
                 truth[name] = [img for _, img in sorted(imgs, key=lambda t: t[0])]
                 char_id += 1
@@ -165,8 +183,9 @@ def test_official_pngs_match_the_packaged_arrays(no_default, tmp_path):
     if not src.is_file():
         pytest.skip("official small zip not shipped")
     shutil.copy(src, tmp_path / "images_background.zip")
-    xs, ys, names = omniglot(path=tmp_path, split="background", resample="nearest",
-                             return_names=True)
+    xs, ys, names = omniglot(
+        path=tmp_path, split="background", resample="nearest", return_names=True
+    )
     assert len(names) > 100 and len(xs) == 20 * len(names)
     _CACHE.clear()
     ref = np.load(DATA / "omniglot_background_nearest.npz")
@@ -204,8 +223,13 @@ def _png_with_filters(img):
 
     def chunk(t, b):
         return struct.pack(">I", len(b)) + t + b + struct.pack(">I", zlib.crc32(t + b) & 0xFFFFFFFF)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_png_decoder_all_filters_and_bit_depths():

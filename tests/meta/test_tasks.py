@@ -1,4 +1,5 @@
 """Task samplers: shapes, seeding, relabelling, rotation classes."""
+
 import math
 
 import numpy as np
@@ -78,7 +79,7 @@ def test_sinusoid_batch_draws_what_generator_uniform_draws(bits):
     np.testing.assert_array_equal(got.info["phase"], ph)
     np.testing.assert_array_equal(got.support_x[..., 0], x[:, :k])
     np.testing.assert_array_equal(got.query_x[..., 0], x[:, k:])
-    arg = (x - ph[:, None]).astype(np.float32)            # float32 subtraction, as before
+    arg = (x - ph[:, None]).astype(np.float32)  # float32 subtraction, as before
     y = amp[:, None] * np.sin(arg.astype(np.float64)).astype(np.float32)
     y_got = np.concatenate([got.support_y[..., 0], got.query_y[..., 0]], axis=1)
     assert _ulps32(y_got, y).max() <= 1
@@ -92,8 +93,14 @@ def test_sinusoid_sine_over_a_wide_range():
     """Reduction by pi/2 in three parts up to 2^19, the C library's sine past it (and for
     inf): within an ulp of float64 sin rounded to float32 everywhere."""
     for lo, hi in ((-7.0, 7.0), (-600.0, 600.0), (-5.0e5, 5.0e5), (5.0e5, 6.0e5), (1e9, 1e12)):
-        t = Sinusoid(k_shot=4000, q_queries=0, amplitude=(1.0, 1.0), phase=(0.0, 0.0),
-                     x_range=(lo, hi), seed=2).sample_batch(3)
+        t = Sinusoid(
+            k_shot=4000,
+            q_queries=0,
+            amplitude=(1.0, 1.0),
+            phase=(0.0, 0.0),
+            x_range=(lo, hi),
+            seed=2,
+        ).sample_batch(3)
         x = t.support_x[..., 0]
         want = np.sin(x.astype(np.float64)).astype(np.float32)
         d = _ulps32(t.support_y[..., 0], want)
@@ -102,31 +109,35 @@ def test_sinusoid_sine_over_a_wide_range():
         assert d.max() <= 1 and (d > 0).mean() < 0.01, (lo, hi, d.max(), (d > 0).mean())
     # points at multiples of pi/2, where the reduction cancels most (x_range (v, v): x is v)
     from metalearn import _core
+
     r = np.random.default_rng(0)
     for v in np.float32(np.arange(-300000, 300000, 49850) * (math.pi / 2)):
         with r.bit_generator.lock:
-            out = _core.sinusoid_batch(r.bit_generator, 1, 1, 0, 1.0, 1.0, 0.0, 0.0,
-                                       float(v), float(v))
+            out = _core.sinusoid_batch(
+                r.bit_generator, 1, 1, 0, 1.0, 1.0, 0.0, 0.0, float(v), float(v)
+            )
         assert out[0][0, 0, 0] == v
         assert _ulps32(out[1][0, 0, 0], np.float32(np.sin(np.float64(v)))) <= 1
 
 
 def test_sinusoid_batch_rejects_bad_input():
     from metalearn import _core
+
     bits = np.random.default_rng(0).bit_generator
     with pytest.raises(ValueError, match="b=0"):
         _core.sinusoid_batch(bits, 0, 10, 10, 0.1, 5.0, 0.0, 1.0, -5.0, 5.0)
     with pytest.raises(ValueError, match="k=0"):
         _core.sinusoid_batch(bits, 2, 0, 10, 0.1, 5.0, 0.0, 1.0, -5.0, 5.0)
     with pytest.raises(ValueError, match="q=4611686018427387904"):
-        _core.sinusoid_batch(bits, 2, 3, 2 ** 62, 0.1, 5.0, 0.0, 1.0, -5.0, 5.0)
+        _core.sinusoid_batch(bits, 2, 3, 2**62, 0.1, 5.0, 0.0, 1.0, -5.0, 5.0)
     with pytest.raises(OverflowError, match="not finite"):
         _core.sinusoid_batch(bits, 2, 3, 1, 0.1, 5.0, 0.0, 1.0, -math.inf, 5.0)
     with pytest.raises(AttributeError):  # not a bit generator
         _core.sinusoid_batch(object(), 2, 3, 1, 0.1, 5.0, 0.0, 1.0, -5.0, 5.0)
     with pytest.raises(ValueError):  # a capsule of another kind
-        _core.sinusoid_batch(type("Fake", (), {"capsule": None})(), 2, 3, 1,
-                             0.1, 5.0, 0.0, 1.0, -5.0, 5.0)
+        _core.sinusoid_batch(
+            type("Fake", (), {"capsule": None})(), 2, 3, 1, 0.1, 5.0, 0.0, 1.0, -5.0, 5.0
+        )
     # an infinite range through the sampler: the error names the ranges, and nothing is
     # drawn from the Generator
     s = Sinusoid(x_range=(-math.inf, 0.0), seed=0)
@@ -148,8 +159,9 @@ def test_nway_shapes_and_relabelled_labels():
         orig = t.info["classes"][c] - 100
         assert np.all(t.support_x[t.support_y == c][:, 0, 0, 0] == orig)
         assert np.all(t.query_x[t.query_y == c][:, 0, 0, 0] == orig)
-        samples = np.concatenate([t.support_x[t.support_y == c][:, 0, 1, 0],
-                                  t.query_x[t.query_y == c][:, 0, 1, 0]])
+        samples = np.concatenate(
+            [t.support_x[t.support_y == c][:, 0, 1, 0], t.query_x[t.query_y == c][:, 0, 1, 0]]
+        )
         assert len(np.unique(samples)) == 5
     assert len(set(t.info["classes"].tolist())) == 4
     b = s.sample_batch(3)
@@ -228,8 +240,9 @@ def test_sample_batch_contents(rotations, equal_sizes):
     n_classes, per = 6, 7
     x = rng.random((n_classes * per + (0 if equal_sizes else 2), 4, 4, 1)).astype(np.float32)
     y = np.concatenate([np.repeat(np.arange(n_classes), per), [] if equal_sizes else [0, 1]])
-    s = NWayKShot((x, y.astype(int)), n_way=3, k_shot=2, q_queries=3, augment_rotations=rotations,
-                  seed=1)
+    s = NWayKShot(
+        (x, y.astype(int)), n_way=3, k_shot=2, q_queries=3, augment_rotations=rotations, seed=1
+    )
     assert (s._member_table is not None) == equal_sizes
     b = s.sample_batch(8)
     assert b.support_x.shape == (8, 6, 4, 4, 1) and b.query_x.shape == (8, 9, 4, 4, 1)

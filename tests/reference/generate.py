@@ -54,6 +54,7 @@ optim.npz    -- optimizer trajectories on the quadratic
   <name>/p<k> (float64, shape (steps + 1, *shape): row t = parameters after t steps),
   <name>/g<k> (float64, shape (steps, *shape): gradient used at step t + 1).
 """
+
 import json
 import os
 
@@ -67,6 +68,7 @@ EPS = 1e-7  # Keras backend epsilon
 
 # ----------------------------------------------------------------- torch ops
 # Same names and signatures as the metalearn functions, computed in float64.
+
 
 def _axes(x, axis):
     if axis is None:
@@ -88,8 +90,13 @@ def t_linear(x, kernel, bias=None, activation=None):
     y = x @ kernel
     if bias is not None:
         y = y + bias
-    return {None: lambda t: t, "linear": lambda t: t, "relu": torch.relu,
-            "sigmoid": torch.sigmoid, "tanh": torch.tanh}[activation](y)
+    return {
+        None: lambda t: t,
+        "linear": lambda t: t,
+        "relu": torch.relu,
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+    }[activation](y)
 
 
 def t_sum_to(x, shape):
@@ -161,19 +168,24 @@ TORCH_OPS = {
     "linear": t_linear,
     "reshape": lambda x, shape: torch.reshape(x, tuple(shape)),
     "transpose": lambda x, perm=None: x.permute(
-        tuple(perm) if perm is not None else tuple(reversed(range(x.dim())))),
+        tuple(perm) if perm is not None else tuple(reversed(range(x.dim())))
+    ),
     "broadcast_to": lambda x, shape: torch.broadcast_to(x, tuple(shape)),
     "sum_to": t_sum_to,
     "concat": lambda xs, axis=0: torch.cat(xs, dim=axis),
     "narrow": lambda x, axis, start, length: torch.narrow(x, axis, start, length),
     "gather": lambda x, indices, axis=0: torch.index_select(
-        x, axis, torch.as_tensor(np.asarray(indices, dtype=np.int64))),
+        x, axis, torch.as_tensor(np.asarray(indices, dtype=np.int64))
+    ),
     "reduce_sum": lambda x, axis=None, keepdims=False: torch.sum(
-        x, dim=_axes(x, axis), keepdim=keepdims),
+        x, dim=_axes(x, axis), keepdim=keepdims
+    ),
     "reduce_mean": lambda x, axis=None, keepdims=False: torch.mean(
-        x, dim=_axes(x, axis), keepdim=keepdims),
+        x, dim=_axes(x, axis), keepdim=keepdims
+    ),
     "reduce_max": lambda x, axis=None, keepdims=False: torch.amax(
-        x, dim=_axes(x, axis), keepdim=keepdims),
+        x, dim=_axes(x, axis), keepdim=keepdims
+    ),
     "mean_squared_error": lambda y_true, y_pred: torch.square(y_pred - y_true).mean(-1),
     "categorical_crossentropy": t_cce,
     "sparse_categorical_crossentropy": t_scce,
@@ -182,6 +194,7 @@ TORCH_OPS = {
 
 
 # ------------------------------------------------------------ case builder
+
 
 class Family:
     def __init__(self, filename, seed, outdir):
@@ -229,8 +242,10 @@ class Family:
         if diff is None:
             diff = list(range(len(inputs)))
         inputs = [np.asarray(x, dtype=np.float32) for x in inputs]
-        leaves = [torch.tensor(x.astype(np.float64), requires_grad=(i in diff))
-                  for i, x in enumerate(inputs)]
+        leaves = [
+            torch.tensor(x.astype(np.float64), requires_grad=(i in diff))
+            for i, x in enumerate(inputs)
+        ]
 
         def resolve(spec):
             if isinstance(spec, str) and spec.startswith("$x"):
@@ -243,12 +258,14 @@ class Family:
                 return tuple(spec)
             return spec
 
-        out = TORCH_OPS[op](*[resolve(a) for a in args],
-                            **{k: resolve(v) for k, v in kwargs.items()})
+        out = TORCH_OPS[op](
+            *[resolve(a) for a in args], **{k: resolve(v) for k, v in kwargs.items()}
+        )
         w = self.normal(*out.shape)
         p = "%s/" % name
-        self.arrays[p + "meta"] = np.array(json.dumps(
-            {"op": op, "args": args, "kwargs": kwargs, "diff": diff, "note": note}))
+        self.arrays[p + "meta"] = np.array(
+            json.dumps({"op": op, "args": args, "kwargs": kwargs, "diff": diff, "note": note})
+        )
         for i, x in enumerate(inputs):
             self.arrays[p + "x%d" % i] = x
         for k, v in ints.items():
@@ -275,23 +292,33 @@ class Family:
             gg = [None] * (len(dleaves) + 1)
         for i, g, l in zip(diff + ["jvp"], gg, dleaves + [wt]):
             key = "jvp" if i == "jvp" else "ggrad%d" % i
-            self.arrays[p + key] = (torch.zeros_like(l) if g is None else g).detach().numpy(force=True).copy()
+            self.arrays[p + key] = (
+                (torch.zeros_like(l) if g is None else g).detach().numpy(force=True).copy()
+            )
         self.names.append(name)
 
     def save(self):
         path = os.path.join(self.outdir, self.filename)
         np.savez_compressed(path, **self.arrays)
-        print("%-22s %3d cases  %7d bytes" % (self.filename, len(self.names), os.path.getsize(path)))
+        print(
+            "%-22s %3d cases  %7d bytes" % (self.filename, len(self.names), os.path.getsize(path))
+        )
 
 
 # ------------------------------------------------------------------ families
 
+
 def elementwise(outdir):
     f = Family("ops_elementwise.npz", 1, outdir)
     # binary, with broadcasting
-    shapes = {"same": ((3, 4), (3, 4)), "bcast_row": ((3, 4), (4,)),
-              "bcast_col": ((3, 4), (3, 1)), "bcast_outer": ((3, 1), (1, 4)),
-              "bcast_3d": ((2, 1, 4), (3, 1)), "scalar": ((2, 3), ())}
+    shapes = {
+        "same": ((3, 4), (3, 4)),
+        "bcast_row": ((3, 4), (4,)),
+        "bcast_col": ((3, 4), (3, 1)),
+        "bcast_outer": ((3, 1), (1, 4)),
+        "bcast_3d": ((2, 1, 4), (3, 1)),
+        "scalar": ((2, 3), ()),
+    }
     for op in ("add", "sub", "mul"):
         for tag, (sa, sb) in shapes.items():
             f.case("%s_%s" % (op, tag), op, [f.normal(*sa), f.normal(*sb)])
@@ -314,10 +341,20 @@ def elementwise(outdir):
     f.case("neg", "neg", [f.normal(3, 4)])
     for e in (2.0, 3.0, 0.5, -1.0, 1.5, -2.0):
         f.case("pow_%g" % e, "pow", [f.uniform(0.5, 2.0, 3, 4)], args=["$x0", e])
-    f.case("pow_2_mixed_sign", "pow", [f.away(3, 4, margin=0.1)], args=["$x0", 2.0],
-           note="integer exponent on negative inputs")
-    f.case("pow_3_mixed_sign", "pow", [f.away(3, 4, margin=0.1)], args=["$x0", 3.0],
-           note="integer exponent on negative inputs")
+    f.case(
+        "pow_2_mixed_sign",
+        "pow",
+        [f.away(3, 4, margin=0.1)],
+        args=["$x0", 2.0],
+        note="integer exponent on negative inputs",
+    )
+    f.case(
+        "pow_3_mixed_sign",
+        "pow",
+        [f.away(3, 4, margin=0.1)],
+        args=["$x0", 3.0],
+        note="integer exponent on negative inputs",
+    )
     f.case("square", "square", [f.normal(3, 4)])
     f.case("sqrt", "sqrt", [f.uniform(0.5, 3.0, 3, 4)])
     f.case("exp", "exp", [f.normal(3, 4)])
@@ -325,8 +362,12 @@ def elementwise(outdir):
     f.case("abs", "abs", [f.away(3, 4, margin=0.05)])
     f.case("sign", "sign", [f.away(3, 4, margin=0.05)], note="zero gradient")
     f.case("clip", "clip", [f.away(4, 5, points=(-0.5, 0.5), margin=1e-2)], args=["$x0", -0.5, 0.5])
-    f.case("clip_asym", "clip", [f.away(4, 5, points=(-1.0, 0.25), margin=1e-2)],
-           args=["$x0", -1.0, 0.25])
+    f.case(
+        "clip_asym",
+        "clip",
+        [f.away(4, 5, points=(-1.0, 0.25), margin=1e-2)],
+        args=["$x0", -1.0, 0.25],
+    )
     f.case("relu", "relu", [f.away(4, 5)])
     f.case("leaky_relu", "leaky_relu", [f.away(4, 5)], kwargs={"negative_slope": 0.2})
     f.case("leaky_relu_default", "leaky_relu", [f.away(4, 5)], note="default slope 0.2")
@@ -352,14 +393,22 @@ def nn(outdir):
         for tb in (False, True):
             a = f.normal(*((4, 3) if ta else (3, 4)))
             b = f.normal(*((5, 4) if tb else (4, 5)))
-            f.case("matmul_t%d%d" % (ta, tb), "matmul", [a, b],
-                   kwargs={"transpose_a": ta, "transpose_b": tb})
+            f.case(
+                "matmul_t%d%d" % (ta, tb),
+                "matmul",
+                [a, b],
+                kwargs={"transpose_a": ta, "transpose_b": tb},
+            )
     f.case("matmul_batched", "matmul", [f.normal(2, 3, 4), f.normal(2, 4, 5)])
     f.case("matmul_bcast_b", "matmul", [f.normal(2, 3, 4), f.normal(4, 5)])
     f.case("matmul_bcast_a", "matmul", [f.normal(3, 4), f.normal(2, 4, 5)])
     f.case("matmul_bcast_batch1", "matmul", [f.normal(1, 3, 4), f.normal(2, 4, 5)])
-    f.case("matmul_batched_tt", "matmul", [f.normal(2, 4, 3), f.normal(2, 5, 4)],
-           kwargs={"transpose_a": True, "transpose_b": True})
+    f.case(
+        "matmul_batched_tt",
+        "matmul",
+        [f.normal(2, 4, 3), f.normal(2, 5, 4)],
+        kwargs={"transpose_a": True, "transpose_b": True},
+    )
     # linear = act(x @ kernel + bias)
     for act in (None, "linear", "relu", "sigmoid", "tanh"):
         for _ in range(1000):
@@ -367,12 +416,26 @@ def nn(outdir):
             pre = x.astype(np.float64) @ k + b
             if np.abs(pre).min() > 0.05:  # relu kink not hit
                 break
-        f.case("linear_%s" % (act or "none"), "linear", [x, k, b],
-               args=["$x0", "$x1"], kwargs={"bias": "$x2", "activation": act})
-    f.case("linear_nobias_tanh", "linear", [f.normal(5, 4), f.normal(4, 3)],
-           kwargs={"activation": "tanh"})
-    f.case("linear_3d_sigmoid", "linear", [f.normal(2, 5, 4), f.normal(4, 3), f.normal(3)],
-           args=["$x0", "$x1"], kwargs={"bias": "$x2", "activation": "sigmoid"})
+        f.case(
+            "linear_%s" % (act or "none"),
+            "linear",
+            [x, k, b],
+            args=["$x0", "$x1"],
+            kwargs={"bias": "$x2", "activation": act},
+        )
+    f.case(
+        "linear_nobias_tanh",
+        "linear",
+        [f.normal(5, 4), f.normal(4, 3)],
+        kwargs={"activation": "tanh"},
+    )
+    f.case(
+        "linear_3d_sigmoid",
+        "linear",
+        [f.normal(2, 5, 4), f.normal(4, 3), f.normal(3)],
+        args=["$x0", "$x1"],
+        kwargs={"bias": "$x2", "activation": "sigmoid"},
+    )
     f.save()
 
 
@@ -384,20 +447,54 @@ def shape_ops(outdir):
     f.case("transpose_perm", "transpose", [f.normal(2, 3, 4)], kwargs={"perm": [1, 2, 0]})
     f.case("transpose_perm_021", "transpose", [f.normal(2, 3, 4)], kwargs={"perm": [0, 2, 1]})
     f.case("transpose_default", "transpose", [f.normal(2, 3, 4)], note="perm None reverses")
-    f.case("concat_axis1", "concat", [f.normal(2, 3), f.normal(2, 1), f.normal(2, 4)],
-           args=[{"list": ["$x0", "$x1", "$x2"]}], kwargs={"axis": 1})
-    f.case("concat_axis0", "concat", [f.normal(2, 3), f.normal(4, 3)],
-           args=[{"list": ["$x0", "$x1"]}], kwargs={"axis": 0})
-    f.case("concat_3d_axis1", "concat", [f.normal(2, 1, 3), f.normal(2, 2, 3)],
-           args=[{"list": ["$x0", "$x1"]}], kwargs={"axis": 1})
+    f.case(
+        "concat_axis1",
+        "concat",
+        [f.normal(2, 3), f.normal(2, 1), f.normal(2, 4)],
+        args=[{"list": ["$x0", "$x1", "$x2"]}],
+        kwargs={"axis": 1},
+    )
+    f.case(
+        "concat_axis0",
+        "concat",
+        [f.normal(2, 3), f.normal(4, 3)],
+        args=[{"list": ["$x0", "$x1"]}],
+        kwargs={"axis": 0},
+    )
+    f.case(
+        "concat_3d_axis1",
+        "concat",
+        [f.normal(2, 1, 3), f.normal(2, 2, 3)],
+        args=[{"list": ["$x0", "$x1"]}],
+        kwargs={"axis": 1},
+    )
     f.case("narrow_axis1", "narrow", [f.normal(3, 5)], args=["$x0", 1, 1, 2])
     f.case("narrow_axis0", "narrow", [f.normal(4, 3)], args=["$x0", 0, 2, 2])
-    f.case("gather_axis0", "gather", [f.normal(4, 3)], args=["$x0", "@indices"],
-           kwargs={"axis": 0}, ints={"indices": [2, 0, 2, 1, 2]}, note="repeated indices")
-    f.case("gather_axis0_3d", "gather", [f.normal(3, 2, 2)], args=["$x0", "@indices"],
-           kwargs={"axis": 0}, ints={"indices": [1, 1, 0, 2]})
-    f.case("gather_axis1", "gather", [f.normal(3, 4)], args=["$x0", "@indices"],
-           kwargs={"axis": 1}, ints={"indices": [3, 0, 3]})
+    f.case(
+        "gather_axis0",
+        "gather",
+        [f.normal(4, 3)],
+        args=["$x0", "@indices"],
+        kwargs={"axis": 0},
+        ints={"indices": [2, 0, 2, 1, 2]},
+        note="repeated indices",
+    )
+    f.case(
+        "gather_axis0_3d",
+        "gather",
+        [f.normal(3, 2, 2)],
+        args=["$x0", "@indices"],
+        kwargs={"axis": 0},
+        ints={"indices": [1, 1, 0, 2]},
+    )
+    f.case(
+        "gather_axis1",
+        "gather",
+        [f.normal(3, 4)],
+        args=["$x0", "@indices"],
+        kwargs={"axis": 1},
+        ints={"indices": [3, 0, 3]},
+    )
     f.case("broadcast_to_row", "broadcast_to", [f.normal(4)], args=["$x0", [3, 4]])
     f.case("broadcast_to_3d", "broadcast_to", [f.normal(3, 1)], args=["$x0", [2, 3, 4]])
     f.case("sum_to_row", "sum_to", [f.normal(3, 4)], args=["$x0", [4]])
@@ -416,9 +513,12 @@ def reductions(outdir):
                 if ax is not None:
                     kw["axis"] = ax
                 f.case("%s_%s_kd%d" % (op, tag, kd), op, [x], kwargs=kw)
-        f.case("%s_default" % op, op,
-               [f.distinct(3, 4) if op == "reduce_max" else f.normal(3, 4)],
-               note="all axes, keepdims False by default")
+        f.case(
+            "%s_default" % op,
+            op,
+            [f.distinct(3, 4) if op == "reduce_max" else f.normal(3, 4)],
+            note="all axes, keepdims False by default",
+        )
     f.save()
 
 
@@ -426,8 +526,12 @@ def losses(outdir):
     f = Family("ops_losses.npz", 5, outdir)
     n, c = 6, 4
     f.case("mse", "mean_squared_error", [f.normal(n, c), f.normal(n, c)], diff=[1])
-    f.case("mse_ytrue", "mean_squared_error", [f.normal(n, c), f.normal(n, c)],
-           note="gradient w.r.t. y_true too")
+    f.case(
+        "mse_ytrue",
+        "mean_squared_error",
+        [f.normal(n, c), f.normal(n, c)],
+        note="gradient w.r.t. y_true too",
+    )
     f.case("mse_3d", "mean_squared_error", [f.normal(2, 3, c), f.normal(2, 3, c)], diff=[1])
     labels = f.rng.integers(0, c, n)
     onehot = np.eye(c, dtype=np.float32)[labels]
@@ -436,47 +540,106 @@ def losses(outdir):
     p = f.probs(n, c) * f.uniform(0.5, 2.0, n, 1)
     f.case("cce_probs", "categorical_crossentropy", [onehot, p], diff=[1])
     f.case("cce_probs_soft", "categorical_crossentropy", [soft, f.probs(n, c)], diff=[1])
-    f.case("cce_probs_ytrue", "categorical_crossentropy", [soft, f.probs(n, c)],
-           note="gradient w.r.t. y_true too")
+    f.case(
+        "cce_probs_ytrue",
+        "categorical_crossentropy",
+        [soft, f.probs(n, c)],
+        note="gradient w.r.t. y_true too",
+    )
     pc = f.probs(n, c)
     pc[0, 1] = 1e-9  # rescaled value < 1e-7: the lower clip is active for this element
     pc[3, 2] = 0.0
-    f.case("cce_probs_clipped", "categorical_crossentropy", [soft, pc], diff=[1],
-           note="two elements are clipped to 1e-7")
-    f.case("cce_logits", "categorical_crossentropy", [onehot, f.normal(n, c, scale=2.0)],
-           kwargs={"from_logits": True}, diff=[1])
-    f.case("cce_logits_soft", "categorical_crossentropy", [soft, f.normal(n, c, scale=2.0)],
-           kwargs={"from_logits": True}, diff=[1])
-    f.case("cce_logits_ytrue", "categorical_crossentropy", [soft, f.normal(n, c, scale=2.0)],
-           kwargs={"from_logits": True}, note="gradient w.r.t. y_true too")
-    f.case("scce_logits", "sparse_categorical_crossentropy", [f.normal(n, c, scale=2.0)],
-           args=["@labels", "$x0"], kwargs={"from_logits": True}, ints={"labels": labels})
-    f.case("scce_probs", "sparse_categorical_crossentropy", [f.probs(n, c)],
-           args=["@labels", "$x0"], ints={"labels": labels},
-           note="rows sum to 1 (up to float32 rounding); Keras 3 semantics: rescale, clip, log")
-    f.case("scce_logits_3d", "sparse_categorical_crossentropy", [f.normal(2, 3, c, scale=2.0)],
-           args=["@labels", "$x0"], kwargs={"from_logits": True},
-           ints={"labels": f.rng.integers(0, c, (2, 3))})
+    f.case(
+        "cce_probs_clipped",
+        "categorical_crossentropy",
+        [soft, pc],
+        diff=[1],
+        note="two elements are clipped to 1e-7",
+    )
+    f.case(
+        "cce_logits",
+        "categorical_crossentropy",
+        [onehot, f.normal(n, c, scale=2.0)],
+        kwargs={"from_logits": True},
+        diff=[1],
+    )
+    f.case(
+        "cce_logits_soft",
+        "categorical_crossentropy",
+        [soft, f.normal(n, c, scale=2.0)],
+        kwargs={"from_logits": True},
+        diff=[1],
+    )
+    f.case(
+        "cce_logits_ytrue",
+        "categorical_crossentropy",
+        [soft, f.normal(n, c, scale=2.0)],
+        kwargs={"from_logits": True},
+        note="gradient w.r.t. y_true too",
+    )
+    f.case(
+        "scce_logits",
+        "sparse_categorical_crossentropy",
+        [f.normal(n, c, scale=2.0)],
+        args=["@labels", "$x0"],
+        kwargs={"from_logits": True},
+        ints={"labels": labels},
+    )
+    f.case(
+        "scce_probs",
+        "sparse_categorical_crossentropy",
+        [f.probs(n, c)],
+        args=["@labels", "$x0"],
+        ints={"labels": labels},
+        note="rows sum to 1 (up to float32 rounding); Keras 3 semantics: rescale, clip, log",
+    )
+    f.case(
+        "scce_logits_3d",
+        "sparse_categorical_crossentropy",
+        [f.normal(2, 3, c, scale=2.0)],
+        args=["@labels", "$x0"],
+        kwargs={"from_logits": True},
+        ints={"labels": f.rng.integers(0, c, (2, 3))},
+    )
     yb = (f.rng.random((n, c)) < 0.5).astype(np.float32)
     ysoft = f.uniform(0.0, 1.0, n, c)
     f.case("bce_probs", "binary_crossentropy", [yb, f.uniform(0.05, 0.95, n, c)], diff=[1])
-    f.case("bce_probs_soft_ytrue", "binary_crossentropy", [ysoft, f.uniform(0.05, 0.95, n, c)],
-           note="gradient w.r.t. y_true too")
-    f.case("bce_logits", "binary_crossentropy", [yb, f.away(n, c, scale=2.0)],
-           kwargs={"from_logits": True}, diff=[1])
-    f.case("bce_logits_soft_ytrue", "binary_crossentropy", [ysoft, f.away(n, c, scale=2.0)],
-           kwargs={"from_logits": True}, note="gradient w.r.t. y_true too")
+    f.case(
+        "bce_probs_soft_ytrue",
+        "binary_crossentropy",
+        [ysoft, f.uniform(0.05, 0.95, n, c)],
+        note="gradient w.r.t. y_true too",
+    )
+    f.case(
+        "bce_logits",
+        "binary_crossentropy",
+        [yb, f.away(n, c, scale=2.0)],
+        kwargs={"from_logits": True},
+        diff=[1],
+    )
+    f.case(
+        "bce_logits_soft_ytrue",
+        "binary_crossentropy",
+        [ysoft, f.away(n, c, scale=2.0)],
+        kwargs={"from_logits": True},
+        note="gradient w.r.t. y_true too",
+    )
     f.save()
 
 
 # ----------------------------------------------------------------------- MLP
 
+
 def mlp(outdir):
     rng = np.random.default_rng(6)
     arr = {}
     f32 = lambda *s, scale=1.0: (rng.standard_normal(s) * scale).astype(np.float32)
-    params = {"W1": f32(4, 8, scale=0.5), "b1": f32(8, scale=0.1),
-              "W2": f32(8, 3, scale=0.5), "b2": f32(3, scale=0.1)}
+    params = {
+        "W1": f32(4, 8, scale=0.5),
+        "b1": f32(8, scale=0.1),
+        "W2": f32(8, 3, scale=0.5),
+        "b2": f32(3, scale=0.1),
+    }
     names = list(params)
 
     def forward(P, x):
@@ -501,10 +664,15 @@ def mlp(outdir):
     vs = {k: f32(*params[k].shape) for k in names}
     s2 = sum((g * T(vs[k])).sum() for k, g in zip(names, grads))
     gg = torch.autograd.grad(s2, [P[k] for k in names])
-    arr["mlp/meta"] = np.array(json.dumps({
-        "model": "logits = linear(linear(x, W1, b1, 'tanh'), W2, b2); "
-                 "loss = reduce_mean(categorical_crossentropy(y, logits, from_logits=True))",
-        "params": names}))
+    arr["mlp/meta"] = np.array(
+        json.dumps(
+            {
+                "model": "logits = linear(linear(x, W1, b1, 'tanh'), W2, b2); "
+                "loss = reduce_mean(categorical_crossentropy(y, logits, from_logits=True))",
+                "params": names,
+            }
+        )
+    )
     arr["mlp/x"], arr["mlp/y"] = x, y
     for k in names:
         arr["mlp/" + k] = params[k]
@@ -528,12 +696,18 @@ def mlp(outdir):
     lq1 = loss_sparse(adapted1, T(xq), yq)
     meta1 = torch.autograd.grad(lq1, [P[k] for k in names])
     assert abs(lq1.item() - lq.item()) < 1e-12
-    arr["maml/meta"] = np.array(json.dumps({
-        "model": "loss(P, x, y) = reduce_mean(sparse_categorical_crossentropy(y, mlp(P, x), "
-                 "from_logits=True)); adapted = P - inner_lr * grad(loss(P, xs, ys), P); "
-                 "grad2 = d loss(adapted, xq, yq) / dP (through the inner gradient); "
-                 "grad1 = the same with the inner gradient held constant",
-        "params": names, "inner_lr": inner_lr}))
+    arr["maml/meta"] = np.array(
+        json.dumps(
+            {
+                "model": "loss(P, x, y) = reduce_mean(sparse_categorical_crossentropy(y, mlp(P, x), "
+                "from_logits=True)); adapted = P - inner_lr * grad(loss(P, xs, ys), P); "
+                "grad2 = d loss(adapted, xq, yq) / dP (through the inner gradient); "
+                "grad1 = the same with the inner gradient held constant",
+                "params": names,
+                "inner_lr": inner_lr,
+            }
+        )
+    )
     arr["maml/xs"], arr["maml/ys"], arr["maml/xq"], arr["maml/yq"] = xs, ys, xq, yq
     arr["maml/inner_lr"] = np.float64(inner_lr)
     arr["maml/loss_query"] = np.float64(lq.item())
@@ -548,6 +722,7 @@ def mlp(outdir):
 
 # ----------------------------------------------------------------- optimizers
 
+
 def optim(outdir):
     rng = np.random.default_rng(7)
     arr = {}
@@ -555,8 +730,10 @@ def optim(outdir):
     a = [rng.uniform(0.5, 2.0, s).astype(np.float32) for s in shapes]
     c = [rng.uniform(-1.0, 1.0, s).astype(np.float32) for s in shapes]
     # start at least 0.5 from the optimum so no gradient changes sign within 20 Adam steps
-    p0 = [(ci + np.where(rng.random(s) < 0.5, -1, 1) * rng.uniform(0.5, 1.5, s)).astype(np.float32)
-          for ci, s in zip(c, shapes)]
+    p0 = [
+        (ci + np.where(rng.random(s) < 0.5, -1, 1) * rng.uniform(0.5, 1.5, s)).astype(np.float32)
+        for ci, s in zip(c, shapes)
+    ]
     for k in range(len(shapes)):
         arr["optim/a%d" % k], arr["optim/c%d" % k], arr["optim/p%d_init" % k] = a[k], c[k], p0[k]
     steps = 20
@@ -583,7 +760,7 @@ def optim(outdir):
                 else:
                     lr, b1, b2 = kw["learning_rate"], kw.get("beta_1", 0.9), kw.get("beta_2", 0.999)
                     eps = kw.get("epsilon", 1e-7)
-                    lr_t = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+                    lr_t = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
                     s["m"] += (1 - b1) * (g - s["m"])
                     s["v"] += (1 - b2) * (g * g - s["v"])
                     vv = s["v"]
@@ -596,11 +773,24 @@ def optim(outdir):
 
     cases = {
         "adam": ("Adam", {"learning_rate": 0.01, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}),
-        "adam_fast": ("Adam", {"learning_rate": 0.05, "beta_1": 0.8, "beta_2": 0.9, "epsilon": 1e-7}),
-        "amsgrad": ("Adam", {"learning_rate": 0.01, "beta_1": 0.9, "beta_2": 0.999,
-                             "epsilon": 1e-7, "amsgrad": True}),
-        "amsgrad_fast": ("Adam", {"learning_rate": 0.05, "beta_1": 0.8, "beta_2": 0.9,
-                                  "epsilon": 1e-7, "amsgrad": True}),
+        "adam_fast": (
+            "Adam",
+            {"learning_rate": 0.05, "beta_1": 0.8, "beta_2": 0.9, "epsilon": 1e-7},
+        ),
+        "amsgrad": (
+            "Adam",
+            {
+                "learning_rate": 0.01,
+                "beta_1": 0.9,
+                "beta_2": 0.999,
+                "epsilon": 1e-7,
+                "amsgrad": True,
+            },
+        ),
+        "amsgrad_fast": (
+            "Adam",
+            {"learning_rate": 0.05, "beta_1": 0.8, "beta_2": 0.9, "epsilon": 1e-7, "amsgrad": True},
+        ),
         "sgd": ("SGD", {"learning_rate": 0.1}),
         "sgd_momentum": ("SGD", {"learning_rate": 0.05, "momentum": 0.9}),
         "sgd_nesterov": ("SGD", {"learning_rate": 0.05, "momentum": 0.9, "nesterov": True}),
@@ -609,7 +799,9 @@ def optim(outdir):
     for name, (kind, kw) in cases.items():
         ps, gs = run(kind, kw)
         results[name] = ps
-        arr[name + "/meta"] = np.array(json.dumps({"optimizer": kind, "kwargs": kw, "steps": steps}))
+        arr[name + "/meta"] = np.array(
+            json.dumps({"optimizer": kind, "kwargs": kw, "steps": steps})
+        )
         for k in range(len(shapes)):
             arr[name + "/p%d" % k] = ps[k]
             arr[name + "/g%d" % k] = gs[k]
@@ -635,4 +827,5 @@ def main(outdir=HERE):
 
 if __name__ == "__main__":
     import sys
+
     main(sys.argv[1] if len(sys.argv) > 1 else HERE)

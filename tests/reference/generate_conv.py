@@ -25,6 +25,7 @@ Keras/TensorFlow: pad_total = max((ceil(n/s) - 1) * s + k - n, 0), the smaller h
 Max pooling pads with -inf; 'same' average pooling counts only the elements inside the input.
 Batch normalisation (training): batch mean and biased variance over all axes but the last.
 """
+
 import json
 import os
 import sys
@@ -74,15 +75,23 @@ def t_avg_pool2d(x, pool_size=(2, 2), strides=None, padding="valid"):
     sh, sw = _pair(strides if strides is not None else (ph, pw))
     xc = x.permute(0, 3, 1, 2)
     ones = torch.ones_like(xc[:1, :1])
-    s = F.avg_pool2d(_pad_nchw(xc, ph, pw, sh, sw, padding), (ph, pw), (sh, sw),
-                     divisor_override=1)
-    c = F.avg_pool2d(_pad_nchw(ones, ph, pw, sh, sw, padding), (ph, pw), (sh, sw),
-                     divisor_override=1)
+    s = F.avg_pool2d(_pad_nchw(xc, ph, pw, sh, sw, padding), (ph, pw), (sh, sw), divisor_override=1)
+    c = F.avg_pool2d(
+        _pad_nchw(ones, ph, pw, sh, sw, padding), (ph, pw), (sh, sw), divisor_override=1
+    )
     return (s / c).permute(0, 2, 3, 1)
 
 
-def t_batch_norm(x, gamma, beta, moving_mean=None, moving_variance=None, training=True,
-                 momentum=0.99, epsilon=1e-3):
+def t_batch_norm(
+    x,
+    gamma,
+    beta,
+    moving_mean=None,
+    moving_variance=None,
+    training=True,
+    momentum=0.99,
+    epsilon=1e-3,
+):
     assert training
     axes = tuple(range(x.dim() - 1))
     mean = x.mean(dim=axes, keepdim=True)
@@ -90,8 +99,12 @@ def t_batch_norm(x, gamma, beta, moving_mean=None, moving_variance=None, trainin
     return (x - mean) / torch.sqrt(var + epsilon) * gamma + beta
 
 
-OPS = {"conv2d": t_conv2d, "max_pool2d": t_max_pool2d, "avg_pool2d": t_avg_pool2d,
-       "batch_norm": t_batch_norm}
+OPS = {
+    "conv2d": t_conv2d,
+    "max_pool2d": t_max_pool2d,
+    "avg_pool2d": t_avg_pool2d,
+    "batch_norm": t_batch_norm,
+}
 
 
 class Builder:
@@ -150,43 +163,124 @@ class Builder:
 def build():
     b = Builder()
     # conv2d
-    b.case("conv2d_valid", "conv2d", [b.normal(2, 6, 5, 3), b.normal(3, 3, 3, 4, scale=0.5),
-                                      b.normal(4)],
-           ["$x0", "$x1"], {"bias": "$x2", "strides": [1, 1], "padding": "valid"}, [0, 1, 2])
-    b.case("conv2d_same", "conv2d", [b.normal(2, 5, 6, 3), b.normal(3, 3, 3, 4, scale=0.5),
-                                     b.normal(4)],
-           ["$x0", "$x1"], {"bias": "$x2", "strides": [1, 1], "padding": "same"}, [0, 1, 2])
-    b.case("conv2d_same_stride2", "conv2d", [b.normal(2, 7, 6, 2), b.normal(3, 3, 2, 3)],
-           ["$x0", "$x1"], {"strides": [2, 2], "padding": "same"}, [0, 1],
-           "asymmetric 'same' padding: rows (1, 1), columns (0, 1)")
-    b.case("conv2d_valid_stride2x3_rect", "conv2d", [b.normal(1, 8, 7, 2), b.normal(2, 3, 2, 3),
-                                                     b.normal(3)],
-           ["$x0", "$x1", "$x2"], {"strides": [2, 3], "padding": "valid"}, [0, 1, 2])
-    b.case("conv2d_same_4x4_even", "conv2d", [b.normal(2, 5, 5, 2), b.normal(4, 4, 2, 2)],
-           ["$x0", "$x1"], {"padding": "same"}, [0, 1], "even kernel: pad (1, 2)")
-    b.case("conv2d_1x1", "conv2d", [b.normal(2, 3, 4, 3), b.normal(1, 1, 3, 2)],
-           ["$x0", "$x1"], {}, [0, 1], "pointwise: no im2col")
+    b.case(
+        "conv2d_valid",
+        "conv2d",
+        [b.normal(2, 6, 5, 3), b.normal(3, 3, 3, 4, scale=0.5), b.normal(4)],
+        ["$x0", "$x1"],
+        {"bias": "$x2", "strides": [1, 1], "padding": "valid"},
+        [0, 1, 2],
+    )
+    b.case(
+        "conv2d_same",
+        "conv2d",
+        [b.normal(2, 5, 6, 3), b.normal(3, 3, 3, 4, scale=0.5), b.normal(4)],
+        ["$x0", "$x1"],
+        {"bias": "$x2", "strides": [1, 1], "padding": "same"},
+        [0, 1, 2],
+    )
+    b.case(
+        "conv2d_same_stride2",
+        "conv2d",
+        [b.normal(2, 7, 6, 2), b.normal(3, 3, 2, 3)],
+        ["$x0", "$x1"],
+        {"strides": [2, 2], "padding": "same"},
+        [0, 1],
+        "asymmetric 'same' padding: rows (1, 1), columns (0, 1)",
+    )
+    b.case(
+        "conv2d_valid_stride2x3_rect",
+        "conv2d",
+        [b.normal(1, 8, 7, 2), b.normal(2, 3, 2, 3), b.normal(3)],
+        ["$x0", "$x1", "$x2"],
+        {"strides": [2, 3], "padding": "valid"},
+        [0, 1, 2],
+    )
+    b.case(
+        "conv2d_same_4x4_even",
+        "conv2d",
+        [b.normal(2, 5, 5, 2), b.normal(4, 4, 2, 2)],
+        ["$x0", "$x1"],
+        {"padding": "same"},
+        [0, 1],
+        "even kernel: pad (1, 2)",
+    )
+    b.case(
+        "conv2d_1x1",
+        "conv2d",
+        [b.normal(2, 3, 4, 3), b.normal(1, 1, 3, 2)],
+        ["$x0", "$x1"],
+        {},
+        [0, 1],
+        "pointwise: no im2col",
+    )
     # pools
-    b.case("max_pool2d_valid", "max_pool2d", [b.distinct(2, 6, 6, 3)], ["$x0"],
-           {"pool_size": [2, 2]}, [0])
-    b.case("max_pool2d_same_s2", "max_pool2d", [b.distinct(2, 5, 7, 2)], ["$x0"],
-           {"pool_size": [3, 3], "strides": [2, 2], "padding": "same"}, [0])
-    b.case("max_pool2d_overlap", "max_pool2d", [b.distinct(1, 6, 5, 2)], ["$x0"],
-           {"pool_size": [3, 2], "strides": [1, 1], "padding": "valid"}, [0],
-           "overlapping windows: an element can win several")
-    b.case("avg_pool2d_valid", "avg_pool2d", [b.normal(2, 6, 6, 3)], ["$x0"],
-           {"pool_size": [2, 2]}, [0])
-    b.case("avg_pool2d_same_s2", "avg_pool2d", [b.normal(2, 5, 7, 2)], ["$x0"],
-           {"pool_size": [3, 3], "strides": [2, 2], "padding": "same"}, [0])
-    b.case("avg_pool2d_same_s1", "avg_pool2d", [b.normal(1, 4, 5, 2)], ["$x0"],
-           {"pool_size": [2, 2], "strides": [1, 1], "padding": "same"}, [0])
+    b.case(
+        "max_pool2d_valid",
+        "max_pool2d",
+        [b.distinct(2, 6, 6, 3)],
+        ["$x0"],
+        {"pool_size": [2, 2]},
+        [0],
+    )
+    b.case(
+        "max_pool2d_same_s2",
+        "max_pool2d",
+        [b.distinct(2, 5, 7, 2)],
+        ["$x0"],
+        {"pool_size": [3, 3], "strides": [2, 2], "padding": "same"},
+        [0],
+    )
+    b.case(
+        "max_pool2d_overlap",
+        "max_pool2d",
+        [b.distinct(1, 6, 5, 2)],
+        ["$x0"],
+        {"pool_size": [3, 2], "strides": [1, 1], "padding": "valid"},
+        [0],
+        "overlapping windows: an element can win several",
+    )
+    b.case(
+        "avg_pool2d_valid",
+        "avg_pool2d",
+        [b.normal(2, 6, 6, 3)],
+        ["$x0"],
+        {"pool_size": [2, 2]},
+        [0],
+    )
+    b.case(
+        "avg_pool2d_same_s2",
+        "avg_pool2d",
+        [b.normal(2, 5, 7, 2)],
+        ["$x0"],
+        {"pool_size": [3, 3], "strides": [2, 2], "padding": "same"},
+        [0],
+    )
+    b.case(
+        "avg_pool2d_same_s1",
+        "avg_pool2d",
+        [b.normal(1, 4, 5, 2)],
+        ["$x0"],
+        {"pool_size": [2, 2], "strides": [1, 1], "padding": "same"},
+        [0],
+    )
     # batch norm (training: batch statistics)
-    b.case("batch_norm_4d", "batch_norm",
-           [b.normal(4, 3, 3, 2) * 2 + 1, b.normal(2) + 1, b.normal(2)],
-           ["$x0", "$x1", "$x2", None, None, True], {}, [0, 1, 2])
-    b.case("batch_norm_2d", "batch_norm",
-           [b.normal(6, 4), b.normal(4) + 1, b.normal(4)],
-           ["$x0", "$x1", "$x2", None, None, True], {"epsilon": 0.01}, [0, 1, 2])
+    b.case(
+        "batch_norm_4d",
+        "batch_norm",
+        [b.normal(4, 3, 3, 2) * 2 + 1, b.normal(2) + 1, b.normal(2)],
+        ["$x0", "$x1", "$x2", None, None, True],
+        {},
+        [0, 1, 2],
+    )
+    b.case(
+        "batch_norm_2d",
+        "batch_norm",
+        [b.normal(6, 4), b.normal(4) + 1, b.normal(4)],
+        ["$x0", "$x1", "$x2", None, None, True],
+        {"epsilon": 0.01},
+        [0, 1, 2],
+    )
     return b.arrays
 
 

@@ -3,6 +3,7 @@ tensors' memory and structs from the per-thread pools, not from malloc.
 
 Counted with a malloc/calloc/realloc/posix_memalign counter preloaded into a child Python
 (built here with the system C compiler), switched on only around the replays."""
+
 import os
 import shutil
 import subprocess
@@ -62,19 +63,30 @@ print(_core.trace_n_ops(trace), calls)
 """
 
 
-@pytest.mark.skipif(os.environ.get("METALEARN_SANITIZED") == "1",
-                    reason="the pools are off under ASan so that it sees every free")
+@pytest.mark.skipif(
+    os.environ.get("METALEARN_SANITIZED") == "1",
+    reason="the pools are off under ASan so that it sees every free",
+)
 def test_replayed_meta_step_makes_no_allocator_calls(tmp_path):
     src = tmp_path / "counter.c"
     src.write_text(COUNTER)
     lib = tmp_path / "counter.so"
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    build = subprocess.run(["cc", "-O1", "-shared", "-fPIC", str(src), "-o", str(lib)],
-                           capture_output=True, text=True, timeout=120, env=env)
+    build = subprocess.run(
+        ["cc", "-O1", "-shared", "-fPIC", str(src), "-o", str(lib)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert build.returncode == 0, build.stderr
-    run = subprocess.run([sys.executable, "-c", textwrap.dedent(CHILD), str(lib)],
-                         capture_output=True, text=True, timeout=300,
-                         env={**env, "LD_PRELOAD": str(lib)})
+    run = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(CHILD), str(lib)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "LD_PRELOAD": str(lib)},
+    )
     assert run.returncode == 0, run.stderr
     n_ops, calls = (int(v) for v in run.stdout.split()[-2:])
     assert n_ops > 100  # the whole second-order step is in the trace

@@ -48,7 +48,11 @@ UNUSED_RE = r"unused|not used|reach|path|allow_unused|depend"
 
 def T(shape, fill=None):
     n = int(np.prod(shape))
-    a = np.arange(n, dtype=F32).reshape(shape) / max(n, 1) if fill is None else np.full(shape, fill, F32)
+    a = (
+        np.arange(n, dtype=F32).reshape(shape) / max(n, 1)
+        if fill is None
+        else np.full(shape, fill, F32)
+    )
     return ml.tensor(a)
 
 
@@ -63,129 +67,376 @@ def bad(id_, fn, exc, regex):
 
 # wrong shapes for binary ops
 for _op in ["add", "sub", "mul", "div", "maximum", "minimum"]:
-    bad(f"{_op}_shape_mismatch", lambda _op=_op: getattr(ml, _op)(T((3, 4)), T((2, 4))), ValueError,
-        shape_re((3, 4), (2, 4)))
-    bad(f"{_op}_shape_mismatch_3d", lambda _op=_op: getattr(ml, _op)(T((2, 3, 4)), T((3, 5))), ValueError,
-        shape_re((2, 3, 4), (3, 5)))
+    bad(
+        f"{_op}_shape_mismatch",
+        lambda _op=_op: getattr(ml, _op)(T((3, 4)), T((2, 4))),
+        ValueError,
+        shape_re((3, 4), (2, 4)),
+    )
+    bad(
+        f"{_op}_shape_mismatch_3d",
+        lambda _op=_op: getattr(ml, _op)(T((2, 3, 4)), T((3, 5))),
+        ValueError,
+        shape_re((2, 3, 4), (3, 5)),
+    )
 bad("operator_add_mismatch", lambda: T((3, 4)) + T((4, 3)), ValueError, shape_re((3, 4), (4, 3)))
-bad("operator_mul_ndarray_mismatch", lambda: T((3, 4)) * np.ones((5,), F32), ValueError, shape_re((3, 4), (5,)))
+bad(
+    "operator_mul_ndarray_mismatch",
+    lambda: T((3, 4)) * np.ones((5,), F32),
+    ValueError,
+    shape_re((3, 4), (5,)),
+)
 
 # matmul
-bad("matmul_inner_mismatch", lambda: ml.matmul(T((3, 4)), T((5, 6))), ValueError, shape_re((3, 4), (5, 6)))
-bad("matmul_transpose_a_mismatch", lambda: ml.matmul(T((3, 4)), T((4, 2)), transpose_a=True), ValueError,
-    shape_re((3, 4), (4, 2)))
-bad("matmul_transpose_b_mismatch", lambda: ml.matmul(T((3, 4)), T((4, 2)), transpose_b=True), ValueError,
-    shape_re((3, 4), (4, 2)))
-bad("matmul_1d", lambda: ml.matmul(T((4,)), T((4, 2))), ValueError, shape_re((4,)) + r"|dim|2-?D|at least")
-bad("matmul_scalar", lambda: ml.matmul(T(()), T((4, 2))), ValueError, shape_re(()) + r"|dim|2-?D|at least")
-bad("matmul_batch_mismatch", lambda: ml.matmul(T((2, 3, 4)), T((3, 4, 5))), ValueError,
-    shape_re((2, 3, 4), (3, 4, 5)))
+bad(
+    "matmul_inner_mismatch",
+    lambda: ml.matmul(T((3, 4)), T((5, 6))),
+    ValueError,
+    shape_re((3, 4), (5, 6)),
+)
+bad(
+    "matmul_transpose_a_mismatch",
+    lambda: ml.matmul(T((3, 4)), T((4, 2)), transpose_a=True),
+    ValueError,
+    shape_re((3, 4), (4, 2)),
+)
+bad(
+    "matmul_transpose_b_mismatch",
+    lambda: ml.matmul(T((3, 4)), T((4, 2)), transpose_b=True),
+    ValueError,
+    shape_re((3, 4), (4, 2)),
+)
+bad(
+    "matmul_1d",
+    lambda: ml.matmul(T((4,)), T((4, 2))),
+    ValueError,
+    shape_re((4,)) + r"|dim|2-?D|at least",
+)
+bad(
+    "matmul_scalar",
+    lambda: ml.matmul(T(()), T((4, 2))),
+    ValueError,
+    shape_re(()) + r"|dim|2-?D|at least",
+)
+bad(
+    "matmul_batch_mismatch",
+    lambda: ml.matmul(T((2, 3, 4)), T((3, 4, 5))),
+    ValueError,
+    shape_re((2, 3, 4), (3, 4, 5)),
+)
 bad("matmul_operator_mismatch", lambda: T((3, 4)) @ T((3, 4)), ValueError, shape_re((3, 4)))
 
 # linear
-bad("linear_kernel_mismatch", lambda: ml.linear(T((4, 3)), T((4, 5))), ValueError, shape_re((4, 3), (4, 5)))
-bad("linear_bias_mismatch", lambda: ml.linear(T((4, 3)), T((3, 5)), T((4,))), ValueError, shape_re((4,), (5,)))
-bad("linear_bias_2d", lambda: ml.linear(T((4, 3)), T((3, 5)), T((1, 5, 2))), ValueError, shape_re((1, 5, 2)))
-bad("linear_kernel_3d", lambda: ml.linear(T((4, 3)), T((3, 5, 1))), ValueError, shape_re((3, 5, 1)) + "|dim")
-bad("linear_unknown_activation", lambda: ml.linear(T((4, 3)), T((3, 5)), activation="softmax"), ValueError,
-    r"softmax|activation")
+bad(
+    "linear_kernel_mismatch",
+    lambda: ml.linear(T((4, 3)), T((4, 5))),
+    ValueError,
+    shape_re((4, 3), (4, 5)),
+)
+bad(
+    "linear_bias_mismatch",
+    lambda: ml.linear(T((4, 3)), T((3, 5)), T((4,))),
+    ValueError,
+    shape_re((4,), (5,)),
+)
+bad(
+    "linear_bias_2d",
+    lambda: ml.linear(T((4, 3)), T((3, 5)), T((1, 5, 2))),
+    ValueError,
+    shape_re((1, 5, 2)),
+)
+bad(
+    "linear_kernel_3d",
+    lambda: ml.linear(T((4, 3)), T((3, 5, 1))),
+    ValueError,
+    shape_re((3, 5, 1)) + "|dim",
+)
+bad(
+    "linear_unknown_activation",
+    lambda: ml.linear(T((4, 3)), T((3, 5)), activation="softmax"),
+    ValueError,
+    r"softmax|activation",
+)
 
 # concat
-bad("concat_mismatch", lambda: ml.concat([T((2, 3)), T((2, 4))], axis=0), ValueError, shape_re((2, 3), (2, 4)))
-bad("concat_ndim_mismatch", lambda: ml.concat([T((2, 3)), T((2, 3, 1))], axis=0), ValueError,
-    shape_re((2, 3), (2, 3, 1)) + "|dim")
-bad("concat_empty_list", lambda: ml.concat([], axis=0), ValueError, r"empty|at least|no tensors|zero|0")
-bad("concat_axis_out_of_range", lambda: ml.concat([T((2, 3)), T((2, 3))], axis=2), ValueError, AXIS_RE)
-bad("concat_axis_negative_out_of_range", lambda: ml.concat([T((2, 3)), T((2, 3))], axis=-3), ValueError, AXIS_RE)
+bad(
+    "concat_mismatch",
+    lambda: ml.concat([T((2, 3)), T((2, 4))], axis=0),
+    ValueError,
+    shape_re((2, 3), (2, 4)),
+)
+bad(
+    "concat_ndim_mismatch",
+    lambda: ml.concat([T((2, 3)), T((2, 3, 1))], axis=0),
+    ValueError,
+    shape_re((2, 3), (2, 3, 1)) + "|dim",
+)
+bad(
+    "concat_empty_list",
+    lambda: ml.concat([], axis=0),
+    ValueError,
+    r"empty|at least|no tensors|zero|0",
+)
+bad(
+    "concat_axis_out_of_range",
+    lambda: ml.concat([T((2, 3)), T((2, 3))], axis=2),
+    ValueError,
+    AXIS_RE,
+)
+bad(
+    "concat_axis_negative_out_of_range",
+    lambda: ml.concat([T((2, 3)), T((2, 3))], axis=-3),
+    ValueError,
+    AXIS_RE,
+)
 bad("concat_none_item", lambda: ml.concat([T((2, 3)), None], axis=0), TypeError, NONE_RE)
 
 # losses
-bad("mse_mismatch", lambda: ml.mean_squared_error(T((3, 4)), T((3, 5))), ValueError, shape_re((3, 4), (3, 5)))
-bad("cce_mismatch", lambda: ml.categorical_crossentropy(T((3, 4)), T((3, 5))), ValueError, shape_re((3, 4), (3, 5)))
-bad("cce_logits_mismatch", lambda: ml.categorical_crossentropy(T((3, 4)), T((2, 4)), from_logits=True), ValueError,
-    shape_re((3, 4), (2, 4)))
-bad("bce_mismatch", lambda: ml.binary_crossentropy(T((3, 4)), T((4, 3))), ValueError, shape_re((3, 4), (4, 3)))
-bad("scce_labels_count_mismatch", lambda: ml.sparse_categorical_crossentropy(np.array([0, 1]), T((3, 4))),
-    ValueError, shape_re((2,), (3, 4), (3,)) + r"|label")
-bad("scce_label_out_of_range", lambda: ml.sparse_categorical_crossentropy(np.array([0, 4, 1]), T((3, 4))),
-    ValueError, r"label|range|\b4\b|class")
-bad("scce_label_negative", lambda: ml.sparse_categorical_crossentropy(np.array([0, -1, 1]), T((3, 4)),
-                                                                     from_logits=True),
-    ValueError, r"label|range|-1|class|negative")
-bad("scce_label_not_integer", lambda: ml.sparse_categorical_crossentropy(np.array([0.5, 1.0, 2.0]), T((3, 4))),
-    (ValueError, TypeError), r"label|integer|int|0\.5")
-bad("one_hot_out_of_range", lambda: ml.one_hot(np.array([0, 3]), 3), ValueError, r"label|range|depth|\b3\b")
+bad(
+    "mse_mismatch",
+    lambda: ml.mean_squared_error(T((3, 4)), T((3, 5))),
+    ValueError,
+    shape_re((3, 4), (3, 5)),
+)
+bad(
+    "cce_mismatch",
+    lambda: ml.categorical_crossentropy(T((3, 4)), T((3, 5))),
+    ValueError,
+    shape_re((3, 4), (3, 5)),
+)
+bad(
+    "cce_logits_mismatch",
+    lambda: ml.categorical_crossentropy(T((3, 4)), T((2, 4)), from_logits=True),
+    ValueError,
+    shape_re((3, 4), (2, 4)),
+)
+bad(
+    "bce_mismatch",
+    lambda: ml.binary_crossentropy(T((3, 4)), T((4, 3))),
+    ValueError,
+    shape_re((3, 4), (4, 3)),
+)
+bad(
+    "scce_labels_count_mismatch",
+    lambda: ml.sparse_categorical_crossentropy(np.array([0, 1]), T((3, 4))),
+    ValueError,
+    shape_re((2,), (3, 4), (3,)) + r"|label",
+)
+bad(
+    "scce_label_out_of_range",
+    lambda: ml.sparse_categorical_crossentropy(np.array([0, 4, 1]), T((3, 4))),
+    ValueError,
+    r"label|range|\b4\b|class",
+)
+bad(
+    "scce_label_negative",
+    lambda: ml.sparse_categorical_crossentropy(np.array([0, -1, 1]), T((3, 4)), from_logits=True),
+    ValueError,
+    r"label|range|-1|class|negative",
+)
+bad(
+    "scce_label_not_integer",
+    lambda: ml.sparse_categorical_crossentropy(np.array([0.5, 1.0, 2.0]), T((3, 4))),
+    (ValueError, TypeError),
+    r"label|integer|int|0\.5",
+)
+bad(
+    "one_hot_out_of_range",
+    lambda: ml.one_hot(np.array([0, 3]), 3),
+    ValueError,
+    r"label|range|depth|\b3\b",
+)
 
 # axes out of range
 bad("reduce_sum_axis", lambda: ml.reduce_sum(T((2, 3)), axis=2), ValueError, AXIS_RE)
 bad("reduce_sum_axis_negative", lambda: ml.reduce_sum(T((2, 3)), axis=-3), ValueError, AXIS_RE)
 bad("reduce_mean_axis_tuple", lambda: ml.reduce_mean(T((2, 3)), axis=(0, 5)), ValueError, AXIS_RE)
 bad("reduce_max_axis", lambda: ml.reduce_max(T((2, 3)), axis=7), ValueError, AXIS_RE)
-bad("reduce_sum_duplicate_axes", lambda: ml.reduce_sum(T((2, 3)), axis=(0, 0)), ValueError,
-    AXIS_RE + r"|duplicate|repeat")
+bad(
+    "reduce_sum_duplicate_axes",
+    lambda: ml.reduce_sum(T((2, 3)), axis=(0, 0)),
+    ValueError,
+    AXIS_RE + r"|duplicate|repeat",
+)
 bad("reduce_sum_axis_on_scalar", lambda: ml.reduce_sum(T(()), axis=0), ValueError, AXIS_RE)
 bad("softmax_axis", lambda: ml.softmax(T((2, 3)), axis=5), ValueError, AXIS_RE)
 bad("log_softmax_axis", lambda: ml.log_softmax(T((2, 3)), axis=-3), ValueError, AXIS_RE)
 bad("narrow_axis", lambda: ml.narrow(T((2, 3)), 3, 0, 1), ValueError, AXIS_RE)
 bad("gather_axis", lambda: ml.gather(T((2, 3)), [0], axis=2), ValueError, AXIS_RE)
-bad("transpose_perm_repeated", lambda: ml.transpose(T((2, 3)), (0, 0)), ValueError, AXIS_RE + r"|permutation")
-bad("transpose_perm_length", lambda: ml.transpose(T((2, 3)), (1, 0, 2)), ValueError, AXIS_RE + r"|permutation")
+bad(
+    "transpose_perm_repeated",
+    lambda: ml.transpose(T((2, 3)), (0, 0)),
+    ValueError,
+    AXIS_RE + r"|permutation",
+)
+bad(
+    "transpose_perm_length",
+    lambda: ml.transpose(T((2, 3)), (1, 0, 2)),
+    ValueError,
+    AXIS_RE + r"|permutation",
+)
 bad("transpose_perm_out_of_range", lambda: ml.transpose(T((2, 3)), (0, 2)), ValueError, AXIS_RE)
 
 # ranges and sizes
-bad("narrow_past_end", lambda: ml.narrow(T((2, 5)), 1, 3, 3), ValueError, r"range|length|start|size|outside|\b5\b")
-bad("narrow_negative_length", lambda: ml.narrow(T((2, 5)), 1, 1, -1), ValueError,
-    r"length|negative|range|-1|outside|" + shape_re((2, 5)))
-bad("narrow_negative_start", lambda: ml.narrow(T((2, 5)), 1, -7, 2), ValueError, r"start|range|negative|-7")
-bad("gather_index_out_of_range", lambda: ml.gather(T((3, 2)), [0, 3], axis=0), (ValueError, IndexError),
-    r"index|range|\b3\b")
-bad("gather_index_negative_out_of_range", lambda: ml.gather(T((3, 2)), [-4], axis=0), (ValueError, IndexError),
-    r"index|range|-4")
+bad(
+    "narrow_past_end",
+    lambda: ml.narrow(T((2, 5)), 1, 3, 3),
+    ValueError,
+    r"range|length|start|size|outside|\b5\b",
+)
+bad(
+    "narrow_negative_length",
+    lambda: ml.narrow(T((2, 5)), 1, 1, -1),
+    ValueError,
+    r"length|negative|range|-1|outside|" + shape_re((2, 5)),
+)
+bad(
+    "narrow_negative_start",
+    lambda: ml.narrow(T((2, 5)), 1, -7, 2),
+    ValueError,
+    r"start|range|negative|-7",
+)
+bad(
+    "gather_index_out_of_range",
+    lambda: ml.gather(T((3, 2)), [0, 3], axis=0),
+    (ValueError, IndexError),
+    r"index|range|\b3\b",
+)
+bad(
+    "gather_index_negative_out_of_range",
+    lambda: ml.gather(T((3, 2)), [-4], axis=0),
+    (ValueError, IndexError),
+    r"index|range|-4",
+)
 bad("zeros_negative_size", lambda: ml.zeros((-1, 3)), ValueError, r"negative|-1|size|shape|dim")
 bad("ones_negative_size", lambda: ml.ones((2, -5)), ValueError, r"negative|-5|size|shape|dim")
 bad("full_negative_size", lambda: ml.full((-2,), 1.0), ValueError, r"negative|-2|size|shape|dim")
 bad("too_many_dims", lambda: ml.zeros((1,) * 9), ValueError, r"dim|8|many|rank")
-bad("reshape_size_mismatch", lambda: ml.reshape(T((2, 3)), (4, 2)), ValueError, shape_re((2, 3), (4, 2)))
-bad("reshape_negative", lambda: ml.reshape(T((2, 3)), (-2, -3)), ValueError,
-    shape_re((2, 3), (-2, -3)) + r"|negative|-2")
-bad("broadcast_to_incompatible", lambda: ml.broadcast_to(T((3, 2)), (3, 3)), ValueError, shape_re((3, 2), (3, 3)))
-bad("broadcast_to_fewer_dims", lambda: ml.broadcast_to(T((2, 3)), (3,)), ValueError, shape_re((2, 3), (3,)))
+bad(
+    "reshape_size_mismatch",
+    lambda: ml.reshape(T((2, 3)), (4, 2)),
+    ValueError,
+    shape_re((2, 3), (4, 2)),
+)
+bad(
+    "reshape_negative",
+    lambda: ml.reshape(T((2, 3)), (-2, -3)),
+    ValueError,
+    shape_re((2, 3), (-2, -3)) + r"|negative|-2",
+)
+bad(
+    "broadcast_to_incompatible",
+    lambda: ml.broadcast_to(T((3, 2)), (3, 3)),
+    ValueError,
+    shape_re((3, 2), (3, 3)),
+)
+bad(
+    "broadcast_to_fewer_dims",
+    lambda: ml.broadcast_to(T((2, 3)), (3,)),
+    ValueError,
+    shape_re((2, 3), (3,)),
+)
 bad("sum_to_incompatible", lambda: ml.sum_to(T((2, 3)), (4,)), ValueError, shape_re((2, 3), (4,)))
-bad("random_uniform_negative", lambda: _core.random_uniform((-3,), 0.0, 1.0), ValueError,
-    r"negative|-3|size|shape|dim")
+bad(
+    "random_uniform_negative",
+    lambda: _core.random_uniform((-3,), 0.0, 1.0),
+    ValueError,
+    r"negative|-3|size|shape|dim",
+)
 bad("permutation_negative", lambda: _core.permutation(-1), ValueError, r"negative|-1|size|\bn\b")
 
 # batch_norm_grouped (vectorised MAML's per-task batch norm)
 bad("bn_grouped_rank2", lambda: ml.batch_norm_grouped(T((4, 3))), ValueError, shape_re((4, 3)))
-bad("bn_grouped_gamma_shape", lambda: ml.batch_norm_grouped(T((2, 4, 3)), T((3,))), ValueError,
-    shape_re((2, 3), (3,)))
-bad("bn_grouped_beta_groups", lambda: ml.batch_norm_grouped(T((2, 4, 3)), None, T((3, 3))), ValueError,
-    shape_re((2, 3), (3, 3)))
-bad("bn_grouped_group_axis", lambda: ml.batch_norm_grouped(T((2, 4, 3)), axis=0), ValueError, AXIS_RE)
-bad("bn_grouped_axis_range", lambda: ml.batch_norm_grouped(T((2, 4, 3)), axis=5), ValueError, AXIS_RE)
-bad("bn_grouped_negative_eps", lambda: ml.batch_norm_grouped(T((2, 4, 3)), epsilon=-1.0), ValueError,
-    r"epsilon")
-bad("bn_grouped_empty", lambda: ml.batch_norm_grouped(T((2, 0, 3))), ValueError, r"empty|" + shape_re((2, 0, 3)))
+bad(
+    "bn_grouped_gamma_shape",
+    lambda: ml.batch_norm_grouped(T((2, 4, 3)), T((3,))),
+    ValueError,
+    shape_re((2, 3), (3,)),
+)
+bad(
+    "bn_grouped_beta_groups",
+    lambda: ml.batch_norm_grouped(T((2, 4, 3)), None, T((3, 3))),
+    ValueError,
+    shape_re((2, 3), (3, 3)),
+)
+bad(
+    "bn_grouped_group_axis",
+    lambda: ml.batch_norm_grouped(T((2, 4, 3)), axis=0),
+    ValueError,
+    AXIS_RE,
+)
+bad(
+    "bn_grouped_axis_range",
+    lambda: ml.batch_norm_grouped(T((2, 4, 3)), axis=5),
+    ValueError,
+    AXIS_RE,
+)
+bad(
+    "bn_grouped_negative_eps",
+    lambda: ml.batch_norm_grouped(T((2, 4, 3)), epsilon=-1.0),
+    ValueError,
+    r"epsilon",
+)
+bad(
+    "bn_grouped_empty",
+    lambda: ml.batch_norm_grouped(T((2, 0, 3))),
+    ValueError,
+    r"empty|" + shape_re((2, 0, 3)),
+)
 bad("bn_grouped_none", lambda: ml.batch_norm_grouped(None), TypeError, NONE_RE)
-bad("bn_grouped_object", lambda: ml.batch_norm_grouped(np.array([[[None]]], dtype=object)), TypeError,
-    DTYPE_RE)
+bad(
+    "bn_grouped_object",
+    lambda: ml.batch_norm_grouped(np.array([[[None]]], dtype=object)),
+    TypeError,
+    DTYPE_RE,
+)
 
 # huge shapes whose product overflows: ValueError / MemoryError, never a crash
-HUGE = [(2 ** 40, 2 ** 40), (2 ** 32, 2 ** 32), (2 ** 62,), (2 ** 31, 2 ** 31, 2 ** 2), (2 ** 63 - 1,),
-        (2 ** 21,) * 3 + (2 ** 3,), (3, 0, 2 ** 62, 2 ** 62)]
+HUGE = [
+    (2**40, 2**40),
+    (2**32, 2**32),
+    (2**62,),
+    (2**31, 2**31, 2**2),
+    (2**63 - 1,),
+    (2**21,) * 3 + (2**3,),
+    (3, 0, 2**62, 2**62),
+]
 for _i, _shape in enumerate(HUGE):
     if 0 in _shape:
         continue  # a zero-size shape with huge dims is handled below (either accepted or refused)
     bad(f"zeros_huge_{_i}", lambda _s=_shape: ml.zeros(_s), (ValueError, MemoryError), HUGE_RE)
     bad(f"full_huge_{_i}", lambda _s=_shape: ml.full(_s, 1.0), (ValueError, MemoryError), HUGE_RE)
-bad("ones_huge", lambda: ml.ones((2 ** 40, 2 ** 40)), (ValueError, MemoryError), HUGE_RE)
-bad("broadcast_to_huge", lambda: ml.broadcast_to(T((1, 1)), (2 ** 32, 2 ** 32)), (ValueError, MemoryError), HUGE_RE)
-bad("reshape_huge", lambda: ml.reshape(T((2, 3)), (2 ** 32, 2 ** 32)), (ValueError, MemoryError), HUGE_RE)
-bad("random_uniform_huge", lambda: _core.random_uniform((2 ** 40, 2 ** 40), 0.0, 1.0), (ValueError, MemoryError),
-    HUGE_RE)
-bad("random_normal_huge", lambda: _core.random_normal((2 ** 62,), 0.0, 1.0), (ValueError, MemoryError), HUGE_RE)
-bad("zeros_dim_beyond_int64", lambda: ml.zeros((2 ** 70,)), (ValueError, MemoryError, OverflowError),
-    HUGE_RE + r"|int|convert")
+bad("ones_huge", lambda: ml.ones((2**40, 2**40)), (ValueError, MemoryError), HUGE_RE)
+bad(
+    "broadcast_to_huge",
+    lambda: ml.broadcast_to(T((1, 1)), (2**32, 2**32)),
+    (ValueError, MemoryError),
+    HUGE_RE,
+)
+bad(
+    "reshape_huge",
+    lambda: ml.reshape(T((2, 3)), (2**32, 2**32)),
+    (ValueError, MemoryError),
+    HUGE_RE,
+)
+bad(
+    "random_uniform_huge",
+    lambda: _core.random_uniform((2**40, 2**40), 0.0, 1.0),
+    (ValueError, MemoryError),
+    HUGE_RE,
+)
+bad(
+    "random_normal_huge",
+    lambda: _core.random_normal((2**62,), 0.0, 1.0),
+    (ValueError, MemoryError),
+    HUGE_RE,
+)
+bad(
+    "zeros_dim_beyond_int64",
+    lambda: ml.zeros((2**70,)),
+    (ValueError, MemoryError, OverflowError),
+    HUGE_RE + r"|int|convert",
+)
 
 # None / wrong types where a tensor is expected
 bad("add_none", lambda: ml.add(None, T((2,))), TypeError, NONE_RE)
@@ -196,23 +447,57 @@ bad("exp_none", lambda: ml.exp(None), TypeError, NONE_RE)
 bad("reduce_sum_none", lambda: ml.reduce_sum(None), TypeError, NONE_RE)
 bad("linear_none_kernel", lambda: ml.linear(T((2, 2)), None), TypeError, NONE_RE)
 bad("tensor_none", lambda: ml.tensor(None), TypeError, NONE_RE)
-bad("grad_none_output", lambda: ml.grad(None, ml.tensor([1.0], requires_grad=True)), TypeError, NONE_RE)
-bad("grad_none_input", lambda: ml.grad(ml.reduce_sum(ml.tensor([1.0], requires_grad=True) * 2.0), None), TypeError,
-    NONE_RE)
-bad("tensor_string", lambda: ml.tensor("abc"), (TypeError, ValueError), r"str|float|convert|type|abc|dtype")
-bad("add_string", lambda: ml.add(T((2,)), "x"), (TypeError, ValueError), r"str|float|convert|type|dtype")
-bad("tensor_ragged", lambda: ml.tensor([[1.0, 2.0], [3.0]]), (TypeError, ValueError),
-    r"shape|sequence|inhomogeneous|ragged|object|dtype|convert|type")
+bad(
+    "grad_none_output",
+    lambda: ml.grad(None, ml.tensor([1.0], requires_grad=True)),
+    TypeError,
+    NONE_RE,
+)
+bad(
+    "grad_none_input",
+    lambda: ml.grad(ml.reduce_sum(ml.tensor([1.0], requires_grad=True) * 2.0), None),
+    TypeError,
+    NONE_RE,
+)
+bad(
+    "tensor_string",
+    lambda: ml.tensor("abc"),
+    (TypeError, ValueError),
+    r"str|float|convert|type|abc|dtype",
+)
+bad(
+    "add_string",
+    lambda: ml.add(T((2,)), "x"),
+    (TypeError, ValueError),
+    r"str|float|convert|type|dtype",
+)
+bad(
+    "tensor_ragged",
+    lambda: ml.tensor([[1.0, 2.0], [3.0]]),
+    (TypeError, ValueError),
+    r"shape|sequence|inhomogeneous|ragged|object|dtype|convert|type",
+)
 
 # object / complex dtypes
 bad("tensor_object", lambda: ml.tensor(np.array([1, None], dtype=object)), TypeError, DTYPE_RE)
 bad("tensor_complex", lambda: ml.tensor(np.array([1 + 2j, 3j])), TypeError, DTYPE_RE)
-bad("as_tensor_complex", lambda: ml.as_tensor(np.array([1 + 2j], np.complex64)), TypeError, DTYPE_RE)
+bad(
+    "as_tensor_complex", lambda: ml.as_tensor(np.array([1 + 2j], np.complex64)), TypeError, DTYPE_RE
+)
 bad("add_complex", lambda: ml.add(T((2,)), np.array([1j, 2j])), TypeError, DTYPE_RE)
 bad("mul_python_complex", lambda: ml.mul(T((2,)), 1j), TypeError, DTYPE_RE)
-bad("matmul_object", lambda: ml.matmul(T((2, 2)), np.array([[1, 2], [3, "a"]], dtype=object)), TypeError, DTYPE_RE)
-bad("gather_float_indices", lambda: ml.gather(T((3, 2)), np.array([0.5, 1.0])), (TypeError, ValueError),
-    r"int|index|indices|float|dtype")
+bad(
+    "matmul_object",
+    lambda: ml.matmul(T((2, 2)), np.array([[1, 2], [3, "a"]], dtype=object)),
+    TypeError,
+    DTYPE_RE,
+)
+bad(
+    "gather_float_indices",
+    lambda: ml.gather(T((3, 2)), np.array([0.5, 1.0])),
+    (TypeError, ValueError),
+    r"int|index|indices|float|dtype",
+)
 
 
 # autograd misuse
@@ -257,14 +542,38 @@ def _grad_output_made_in_no_grad():
     ml.grad(y, x)
 
 
-bad("grad_nonscalar_without_grad_outputs", _grad_nonscalar, ValueError, GRAPH_RE_SCALAR + r"|\(3,?\)")
+bad(
+    "grad_nonscalar_without_grad_outputs",
+    _grad_nonscalar,
+    ValueError,
+    GRAPH_RE_SCALAR + r"|\(3,?\)",
+)
 bad("grad_input_not_requiring_grad", _grad_input_no_grad, ValueError, REQ_RE)
-bad("grad_wrong_grad_outputs_shape", _grad_wrong_grad_outputs_shape, ValueError, shape_re((2,), (3,)))
-bad("grad_wrong_grad_outputs_count", _grad_wrong_grad_outputs_count, ValueError,
-    r"grad_outputs|number|count|length|match|outputs")
+bad(
+    "grad_wrong_grad_outputs_shape",
+    _grad_wrong_grad_outputs_shape,
+    ValueError,
+    shape_re((2,), (3,)),
+)
+bad(
+    "grad_wrong_grad_outputs_count",
+    _grad_wrong_grad_outputs_count,
+    ValueError,
+    r"grad_outputs|number|count|length|match|outputs",
+)
 bad("grad_unused_input", _grad_unused_input, ValueError, UNUSED_RE)
-bad("grad_output_not_requiring_grad", _grad_output_not_requiring_grad, ValueError, REQ_RE + r"|" + UNUSED_RE)
-bad("grad_output_made_in_no_grad", _grad_output_made_in_no_grad, ValueError, REQ_RE + r"|" + UNUSED_RE)
+bad(
+    "grad_output_not_requiring_grad",
+    _grad_output_not_requiring_grad,
+    ValueError,
+    REQ_RE + r"|" + UNUSED_RE,
+)
+bad(
+    "grad_output_made_in_no_grad",
+    _grad_output_made_in_no_grad,
+    ValueError,
+    REQ_RE + r"|" + UNUSED_RE,
+)
 
 
 def _grad_after_in_place_assign():
@@ -274,16 +583,31 @@ def _grad_after_in_place_assign():
     ml.grad(y, x)
 
 
-bad("grad_after_in_place_assign", _grad_after_in_place_assign, (ValueError, RuntimeError),
-    r"in[- ]place|modified|version")
+bad(
+    "grad_after_in_place_assign",
+    _grad_after_in_place_assign,
+    (ValueError, RuntimeError),
+    r"in[- ]place|modified|version",
+)
 
 # in-place assign
-bad("assign_size_mismatch", lambda: _core.assign(ml.zeros((2, 3)), np.ones(5, F32)), ValueError,
-    shape_re((2, 3), (5,)) + r"|element|size|\b6\b|\b5\b")
+bad(
+    "assign_size_mismatch",
+    lambda: _core.assign(ml.zeros((2, 3)), np.ones(5, F32)),
+    ValueError,
+    shape_re((2, 3), (5,)) + r"|element|size|\b6\b|\b5\b",
+)
 
 # optimizer construction
-bad("sgd_nan_lr", lambda: _core.SGD(learning_rate=float("nan")), ValueError, r"learning|lr|nan|rate")
-bad("adam_nan_lr", lambda: _core.Adam(learning_rate=float("nan")), ValueError, r"learning|lr|nan|rate")
+bad(
+    "sgd_nan_lr", lambda: _core.SGD(learning_rate=float("nan")), ValueError, r"learning|lr|nan|rate"
+)
+bad(
+    "adam_nan_lr",
+    lambda: _core.Adam(learning_rate=float("nan")),
+    ValueError,
+    r"learning|lr|nan|rate",
+)
 
 
 @pytest.mark.parametrize("fn,exc,regex", BAD)
@@ -302,7 +626,7 @@ def test_failed_op_leaves_inputs_usable():
 def test_huge_dims_with_zero_size():
     # a shape with a zero dim holds no data: either accepted (empty) or refused, never a crash
     try:
-        t = ml.zeros((0, 2 ** 62, 2 ** 62))
+        t = ml.zeros((0, 2**62, 2**62))
     except (ValueError, MemoryError):
         return
     assert t.size == 0
@@ -322,19 +646,33 @@ def test_assign_failure_changes_nothing():
 NAN, INF = float("nan"), float("inf")
 
 
-@pytest.mark.parametrize("name,fn,expect", [
-    ("add", lambda x: x + 1.0, lambda a: a + 1),
-    ("mul", lambda x: x * 2.0, lambda a: a * 2),
-    ("exp", lambda x: ml.exp(x), np.exp),
-    ("tanh", lambda x: ml.tanh(x), np.tanh),
-    ("sigmoid_inf", lambda x: ml.sigmoid(x), lambda a: 1 / (1 + np.exp(-a))),
-    ("reduce_sum", lambda x: ml.reduce_sum(x), lambda a: np.sum(a)),
-    ("reduce_mean_axis", lambda x: ml.reduce_mean(ml.reshape(x, (2, 2)), axis=1),
-     lambda a: a.reshape(2, 2).mean(1)),
-    ("reduce_max", lambda x: ml.reduce_max(ml.reshape(x, (2, 2)), axis=1), lambda a: a.reshape(2, 2).max(1)),
-    ("matmul", lambda x: ml.matmul(ml.reshape(x, (2, 2)), np.eye(2, dtype=F32)),
-     lambda a: (a.reshape(2, 2)[:, :, None] * np.eye(2)[None]).sum(1)),  # IEEE: inf * 0 = nan
-], ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "name,fn,expect",
+    [
+        ("add", lambda x: x + 1.0, lambda a: a + 1),
+        ("mul", lambda x: x * 2.0, lambda a: a * 2),
+        ("exp", lambda x: ml.exp(x), np.exp),
+        ("tanh", lambda x: ml.tanh(x), np.tanh),
+        ("sigmoid_inf", lambda x: ml.sigmoid(x), lambda a: 1 / (1 + np.exp(-a))),
+        ("reduce_sum", lambda x: ml.reduce_sum(x), lambda a: np.sum(a)),
+        (
+            "reduce_mean_axis",
+            lambda x: ml.reduce_mean(ml.reshape(x, (2, 2)), axis=1),
+            lambda a: a.reshape(2, 2).mean(1),
+        ),
+        (
+            "reduce_max",
+            lambda x: ml.reduce_max(ml.reshape(x, (2, 2)), axis=1),
+            lambda a: a.reshape(2, 2).max(1),
+        ),
+        (
+            "matmul",
+            lambda x: ml.matmul(ml.reshape(x, (2, 2)), np.eye(2, dtype=F32)),
+            lambda a: (a.reshape(2, 2)[:, :, None] * np.eye(2)[None]).sum(1),
+        ),  # IEEE: inf * 0 = nan
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
 def test_nan_inf_propagate(name, fn, expect):
     src = np.array([NAN, INF, -INF, 1.0], F32)
     with np.errstate(all="ignore"):
@@ -345,9 +683,13 @@ def test_nan_inf_propagate(name, fn, expect):
 
 def test_nan_producing_ops_are_not_errors():
     with np.errstate(all="ignore"):
-        np.testing.assert_array_equal(np.asarray(ml.log(ml.tensor([-1.0, 0.0, 1.0]))), [NAN, -INF, 0.0])
+        np.testing.assert_array_equal(
+            np.asarray(ml.log(ml.tensor([-1.0, 0.0, 1.0]))), [NAN, -INF, 0.0]
+        )
         np.testing.assert_array_equal(np.asarray(ml.sqrt(ml.tensor([-1.0, 4.0]))), [NAN, 2.0])
-        np.testing.assert_array_equal(np.asarray(ml.div(ml.tensor([1.0, -1.0, 0.0]), 0.0)), [INF, -INF, NAN])
+        np.testing.assert_array_equal(
+            np.asarray(ml.div(ml.tensor([1.0, -1.0, 0.0]), 0.0)), [INF, -INF, NAN]
+        )
         np.testing.assert_array_equal(np.asarray(ml.softmax(ml.tensor([NAN, 1.0]))), [NAN, NAN])
 
 
@@ -370,7 +712,9 @@ def test_empty_arrays():
     np.testing.assert_array_equal(np.asarray(s), np.zeros(3))
     assert ml.reduce_sum(e).item() == 0.0
     assert ml.matmul(e, ml.ones((3, 4))).shape == (0, 4)
-    np.testing.assert_array_equal(np.asarray(ml.matmul(ml.ones((2, 0)), ml.ones((0, 3)))), np.zeros((2, 3)))
+    np.testing.assert_array_equal(
+        np.asarray(ml.matmul(ml.ones((2, 0)), ml.ones((0, 3)))), np.zeros((2, 3))
+    )
     c = ml.concat([e, ml.ones((2, 3))], axis=0)
     np.testing.assert_array_equal(np.asarray(c), np.ones((2, 3)))
     assert ml.reshape(e, (3, 0)).shape == (3, 0)
@@ -396,8 +740,19 @@ def test_reduce_max_of_empty_no_crash():
 # ------------------------------------------------------------------ unusual but valid ndarrays
 
 
-@pytest.mark.parametrize("kind", ["strided", "transposed", "negative_stride", "readonly", "byteswapped",
-                                  "fortran", "unaligned", "float64_strided"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "strided",
+        "transposed",
+        "negative_stride",
+        "readonly",
+        "byteswapped",
+        "fortran",
+        "unaligned",
+        "float64_strided",
+    ],
+)
 def test_unusual_ndarrays_accepted(kind):
     base = np.arange(24, dtype=F32).reshape(4, 6)
     if kind == "strided":
@@ -428,7 +783,9 @@ def test_unusual_ndarrays_accepted(kind):
         np.testing.assert_array_equal(np.asarray(t), expect)
     np.testing.assert_array_equal(np.asarray(ml.add(a, 1.0)), expect + 1)
     np.testing.assert_array_equal(np.asarray(ml.tensor(expect) + a), 2 * expect)
-    np.testing.assert_allclose(np.asarray(ml.matmul(a, np.ones((a.shape[1], 2), F32))), expect @ np.ones((a.shape[1], 2)))
+    np.testing.assert_allclose(
+        np.asarray(ml.matmul(a, np.ones((a.shape[1], 2), F32))), expect @ np.ones((a.shape[1], 2))
+    )
 
 
 def test_as_tensor_of_readonly_array_never_writes_it():
@@ -480,10 +837,22 @@ OPTS = {
 
 STEP_BAD = {
     "fewer_grads": (lambda p, g: (p, g[:1]), r"len|number|count|match|grads?|params?|\b1\b|\b2\b"),
-    "more_grads": (lambda p, g: (p, g + [ml.ones((1,))]), r"len|number|count|match|grads?|params?|\b3\b"),
-    "grad_shape_first": (lambda p, g: (p, [ml.ones((4,)), g[1]]), r"\b0\b.*|" + shape_re((4,), (3,))),
-    "grad_shape_second": (lambda p, g: (p, [g[0], ml.ones((2, 3))]), r"\b1\b.*|" + shape_re((2, 3), (2, 2))),
-    "grad_size_same_numel": (lambda p, g: (p, [g[0], ml.ones((4,))]), shape_re((4,), (2, 2)) + r"|\b1\b"),
+    "more_grads": (
+        lambda p, g: (p, g + [ml.ones((1,))]),
+        r"len|number|count|match|grads?|params?|\b3\b",
+    ),
+    "grad_shape_first": (
+        lambda p, g: (p, [ml.ones((4,)), g[1]]),
+        r"\b0\b.*|" + shape_re((4,), (3,)),
+    ),
+    "grad_shape_second": (
+        lambda p, g: (p, [g[0], ml.ones((2, 3))]),
+        r"\b1\b.*|" + shape_re((2, 3), (2, 2)),
+    ),
+    "grad_size_same_numel": (
+        lambda p, g: (p, [g[0], ml.ones((4,))]),
+        shape_re((4,), (2, 2)) + r"|\b1\b",
+    ),
 }
 
 
@@ -543,7 +912,11 @@ def test_optimizer_nan_learning_rate_setter():
 # ------------------------------------------------------------------ weight files
 
 NAMES = ["dense/kernel", "dense/bias", "scalar"]
-ARRAYS = [np.arange(6, dtype=F32).reshape(2, 3) / 7, np.array([1.5, -2.5, 3.25], F32), np.array(9.0, F32)]
+ARRAYS = [
+    np.arange(6, dtype=F32).reshape(2, 3) / 7,
+    np.array([1.5, -2.5, 3.25], F32),
+    np.array(9.0, F32),
+]
 
 
 def _write_good(path):
@@ -602,19 +975,46 @@ def test_load_directory(tmp_path):
         _core.load_tensors(str(tmp_path))
 
 
-@pytest.mark.parametrize("cut", ["empty", "4", "8", "12", "16", "half", "minus1", "minus4", "minus5"])
+@pytest.mark.parametrize(
+    "cut", ["empty", "4", "8", "12", "16", "half", "minus1", "minus4", "minus5"]
+)
 def test_load_truncated(tmp_path, cut):
     good = _write_good(tmp_path / "good.mlw")
-    n = {"empty": 0, "4": 4, "8": 8, "12": 12, "16": 16, "half": len(good) // 2, "minus1": len(good) - 1,
-         "minus4": len(good) - 4, "minus5": len(good) - 5}[cut]
+    n = {
+        "empty": 0,
+        "4": 4,
+        "8": 8,
+        "12": 12,
+        "16": 16,
+        "half": len(good) // 2,
+        "minus1": len(good) - 1,
+        "minus4": len(good) - 4,
+        "minus5": len(good) - 5,
+    }[cut]
     p = tmp_path / "truncated.mlw"
     p.write_bytes(good[:n])
     with raises(ValueError, match="truncated.mlw"):
         _core.load_tensors(str(p))
 
 
-FLIP_FIELDS = ["magic", "version", "count", "name_len0", "name0", "ndim0", "shape0", "data0", "name_len1",
-               "ndim1", "shape1", "data1", "ndim2", "data2", "crc", "crc_high"]
+FLIP_FIELDS = [
+    "magic",
+    "version",
+    "count",
+    "name_len0",
+    "name0",
+    "ndim0",
+    "shape0",
+    "data0",
+    "name_len1",
+    "ndim1",
+    "shape1",
+    "data1",
+    "ndim2",
+    "data2",
+    "crc",
+    "crc_high",
+]
 
 
 @pytest.mark.parametrize("field", FLIP_FIELDS)
@@ -637,8 +1037,11 @@ def test_load_bit_flipped(tmp_path, field):
         _core.load_tensors(str(p))
 
 
-@pytest.mark.parametrize("content", [b"hello world, not a weight file", b"MLWEIGHT", b"\x00" * 64,
-                                     b"MLWEIGHT" + b"\xff" * 64], ids=["text", "magic_only", "zeros", "ff"])
+@pytest.mark.parametrize(
+    "content",
+    [b"hello world, not a weight file", b"MLWEIGHT", b"\x00" * 64, b"MLWEIGHT" + b"\xff" * 64],
+    ids=["text", "magic_only", "zeros", "ff"],
+)
 def test_load_garbage(tmp_path, content):
     p = tmp_path / "garbage.mlw"
     p.write_bytes(content)
@@ -677,8 +1080,8 @@ CRAFTED = {
     "ndim_too_large": [(b"a", 1, 100, [1] * 100, struct.pack("<f", 1.0))],
     "ndim_huge": [(b"a", 1, 0xFFFFFFFF, [1], struct.pack("<f", 1.0))],
     "negative_dim": [(b"a", 1, 2, [-1, -4], struct.pack("<4f", 1, 2, 3, 4))],
-    "dim_product_overflow": [(b"a", 1, 2, [2 ** 32, 2 ** 32], struct.pack("<f", 1.0))],
-    "bytes_overflow": [(b"a", 1, 1, [2 ** 62], struct.pack("<f", 1.0))],
+    "dim_product_overflow": [(b"a", 1, 2, [2**32, 2**32], struct.pack("<f", 1.0))],
+    "bytes_overflow": [(b"a", 1, 1, [2**62], struct.pack("<f", 1.0))],
     "dim_larger_than_file": [(b"a", 1, 1, [1000], struct.pack("<f", 1.0))],
     "name_len_huge": [(b"a", 0xFFFFFFF0, 1, [1], struct.pack("<f", 1.0))],
     "name_len_past_end": [(b"abc", 200, 1, [1], struct.pack("<f", 1.0))],
@@ -726,12 +1129,19 @@ def test_save_over_directory_leaves_no_partial_file(tmp_path):
     assert os.listdir(d) == []
 
 
-@pytest.mark.parametrize("case", ["count_mismatch", "name_not_str", "tensor_none", "complex_tensor"])
+@pytest.mark.parametrize(
+    "case", ["count_mismatch", "name_not_str", "tensor_none", "complex_tensor"]
+)
 def test_failed_save_keeps_old_file(tmp_path, case):
     p = tmp_path / "w.mlw"
     good = _write_good(p)
     args = {
-        "count_mismatch": (["a", "b"], [ml.ones((2,))], ValueError, r"names?|tensors?|len|number|count|match"),
+        "count_mismatch": (
+            ["a", "b"],
+            [ml.ones((2,))],
+            ValueError,
+            r"names?|tensors?|len|number|count|match",
+        ),
         "name_not_str": ([3], [ml.ones((2,))], TypeError, r"name|str"),
         "tensor_none": (["a"], [None], TypeError, NONE_RE),
         "complex_tensor": (["a"], [np.array([1j])], TypeError, DTYPE_RE),
@@ -758,7 +1168,7 @@ def _save_one(path, value=1.0):
 
 
 def _loaded_value(path):
-    (name, arr), = _core.load_tensors(str(path))
+    ((name, arr),) = _core.load_tensors(str(path))
     assert name == "a"
     return float(arr[0])
 
@@ -806,14 +1216,14 @@ def test_save_over_special_files_refused(tmp_path, char_device):
     with raises(OSError, match=r"fifo.*FIFO"):
         _save_one(fifo)
     assert fifo.is_fifo()
-    with raises(OSError, match="fifo|regular"):   # nor does loading wait for a writer
+    with raises(OSError, match="fifo|regular"):  # nor does loading wait for a writer
         _core.load_tensors(str(fifo))
     d = tmp_path / "adir"
     d.mkdir()
     with raises(OSError, match=r"adir.*directory"):
         _save_one(d)
     assert d.is_dir() and os.listdir(d) == []
-    link = tmp_path / "to_null"   # a link to the real /dev/null: a regression replaces the link
+    link = tmp_path / "to_null"  # a link to the real /dev/null: a regression replaces the link
     link.symlink_to("/dev/null")
     with raises(OSError, match="to_null.*character device"):
         _save_one(link)
@@ -842,8 +1252,13 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path):
     p = tmp_path / "w.mlw"
     good = _write_good(p)
     ino = p.stat().st_ino
-    r = subprocess.run([sys.executable, "-c", _FULL_DISK, str(p)], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(p)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "refused:" in r.stdout and "w.mlw" in r.stdout and "unchanged" in r.stdout, r.stdout
     assert p.read_bytes() == good and p.stat().st_ino == ino
@@ -875,14 +1290,21 @@ def test_axis_out_of_range_names_the_given_axis_and_the_rank(case):
     with pytest.raises(ValueError) as e:
         fn(T(_RANK2))
     msg = str(e.value)
-    assert re.search(rf"\b{re.escape(op)}: axis {re.escape(axis)} is out of range for a tensor "
-                     r"of rank 2\b", msg), msg
+    assert re.search(
+        rf"\b{re.escape(op)}: axis {re.escape(axis)} is out of range for a tensor "
+        r"of rank 2\b",
+        msg,
+    ), msg
 
 
-@pytest.mark.parametrize("value", [2 ** 40, -(2 ** 40), 10 ** 30])
+@pytest.mark.parametrize("value", [2**40, -(2**40), 10**30])
 def test_axis_beyond_int_names_the_value(value):
-    for fn in (lambda t: ml.reduce_sum(t, axis=value), lambda t: ml.softmax(t, axis=value),
-               lambda t: ml.concat([t], axis=value), lambda t: ml.transpose(t, (0, value))):
+    for fn in (
+        lambda t: ml.reduce_sum(t, axis=value),
+        lambda t: ml.softmax(t, axis=value),
+        lambda t: ml.concat([t], axis=value),
+        lambda t: ml.transpose(t, (0, value)),
+    ):
         with raises(ValueError, match=rf"axis {value} is out of range"):
             fn(T(_RANK2))
 
@@ -894,8 +1316,9 @@ def test_transpose_message_names_the_perm():
         ml.transpose(T(_RANK2), (1, -1))
 
 
-@pytest.mark.parametrize("start,length", [(2 ** 62, 2 ** 62), (1, 2 ** 63 - 1), (2 ** 63 - 1, 2 ** 63 - 1),
-                                          (-5, 2 ** 63 - 1)])
+@pytest.mark.parametrize(
+    "start,length", [(2**62, 2**62), (1, 2**63 - 1), (2**63 - 1, 2**63 - 1), (-5, 2**63 - 1)]
+)
 def test_narrow_huge_range_message_prints_the_given_values(start, length):
     """start + length overflowed in the message ("[4611686018427387904,
     -9223372036854775808)"): it prints start and length as given, and the size."""
@@ -906,12 +1329,14 @@ def test_narrow_huge_range_message_prints_the_given_values(start, length):
     assert "-9223372036854775808" not in msg
 
 
-_THREADS = ("import warnings, os\n"
-            "with warnings.catch_warnings(record=True) as w:\n"
-            "    warnings.simplefilter('always')\n"
-            "    import metalearn as ml\n"
-            "print(ml.get_num_threads())\n"
-            "print([str(x.message) for x in w if issubclass(x.category, RuntimeWarning)])\n")
+_THREADS = (
+    "import warnings, os\n"
+    "with warnings.catch_warnings(record=True) as w:\n"
+    "    warnings.simplefilter('always')\n"
+    "    import metalearn as ml\n"
+    "print(ml.get_num_threads())\n"
+    "print([str(x.message) for x in w if issubclass(x.category, RuntimeWarning)])\n"
+)
 
 
 def _threads_run(value, code=_THREADS):
@@ -919,8 +1344,9 @@ def _threads_run(value, code=_THREADS):
     env.pop("METALEARN_NUM_THREADS", None)
     if value is not None:
         env["METALEARN_NUM_THREADS"] = value
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout.splitlines(), r.stderr
 
@@ -928,9 +1354,18 @@ def _threads_run(value, code=_THREADS):
 CPUS = min(max(os.sysconf("SC_NPROCESSORS_ONLN"), 1), 64)
 
 
-@pytest.mark.parametrize("value,used", [("abc", CPUS), ("-3", CPUS), ("2x", CPUS), ("0", CPUS),
-                                        ("1.5", CPUS), ("1000", 64),
-                                        ("99999999999999999999999", 64)])
+@pytest.mark.parametrize(
+    "value,used",
+    [
+        ("abc", CPUS),
+        ("-3", CPUS),
+        ("2x", CPUS),
+        ("0", CPUS),
+        ("1.5", CPUS),
+        ("1000", 64),
+        ("99999999999999999999999", 64),
+    ],
+)
 def test_bad_num_threads_env_warns_once_and_says_what_was_used(value, used):
     """METALEARN_NUM_THREADS=abc / -3 / 2x / 0 / huge were taken silently: a RuntimeWarning
     at import says what was refused and what is used."""
@@ -939,7 +1374,7 @@ def test_bad_num_threads_env_warns_once_and_says_what_was_used(value, used):
     warned = eval(out[1])
     assert len(warned) == 1, warned
     assert f"METALEARN_NUM_THREADS='{value}'" in warned[0] and f"using {used}" in warned[0], warned
-    assert "METALEARN_NUM_THREADS" not in err   # reported once: not again on stderr
+    assert "METALEARN_NUM_THREADS" not in err  # reported once: not again on stderr
 
 
 @pytest.mark.parametrize("value,used", [("3", 3), (" 2 ", 2), ("", CPUS), (None, CPUS)])
@@ -950,10 +1385,12 @@ def test_good_num_threads_env_is_used_without_a_warning(value, used):
 
 
 def test_num_threads_env_set_after_import_warns_once_on_stderr():
-    code = ("import os\nimport metalearn as ml\n"
-            "os.environ['METALEARN_NUM_THREADS'] = '7x'\n"
-            "print(ml.get_num_threads())\nprint(ml.get_num_threads())\n"
-            "x = ml.ones((300, 300)); ml.matmul(x, x)\n")
+    code = (
+        "import os\nimport metalearn as ml\n"
+        "os.environ['METALEARN_NUM_THREADS'] = '7x'\n"
+        "print(ml.get_num_threads())\nprint(ml.get_num_threads())\n"
+        "x = ml.ones((300, 300)); ml.matmul(x, x)\n"
+    )
     out, err = _threads_run(None, code)
     assert int(out[0]) == CPUS
     assert err.count("METALEARN_NUM_THREADS='7x' is not a whole number") == 1, err

@@ -5,6 +5,7 @@ step count and slots, and the compiled metrics as they were: the arguments are c
 and the model and loss run once on two samples without gradients, before the first step.
 Messages and exception types follow Keras 3.15 where it has a check (quoted per case).
 """
+
 import warnings
 
 import numpy as np
@@ -21,18 +22,30 @@ Y = RNG.integers(0, 3, 10)
 
 def _model():
     ml.random.set_seed(0)
-    model = keras.Sequential([layers.InputLayer((4,)), layers.Dense(8, activation="relu"),
-                              layers.BatchNormalization(), layers.Dense(3)])
-    model.compile(optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    model = keras.Sequential(
+        [
+            layers.InputLayer((4,)),
+            layers.Dense(8, activation="relu"),
+            layers.BatchNormalization(),
+            layers.Dense(3),
+        ]
+    )
+    model.compile(
+        optimizers.Adam(0.01),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     model.fit(X, Y, batch_size=5, epochs=1, verbose=0)  # Adam has state, metrics are resolved
     return model
 
 
 def _state(model):
-    return (model.get_weights(), int(model.optimizer.iterations),
-            [np.asarray(v).copy() for v in model.optimizer.variables()],
-            [m.result() for m in model.metrics])
+    return (
+        model.get_weights(),
+        int(model.optimizer.iterations),
+        [np.asarray(v).copy() for v in model.optimizer.variables()],
+        [m.result() for m in model.metrics],
+    )
 
 
 def _assert_same(a, b):
@@ -47,83 +60,222 @@ bad_label_last[-1] = 3  # in the last batch: every earlier step would have run
 
 REFUSED = [
     # (id, call, exception, message)
-    ("validation-data-lengths", lambda m: m.fit(X, Y, validation_data=(X[:5], Y[:3]), verbose=0),
-     ValueError, r"validation_data: x has 5 samples but y has 3"),
-    ("validation-data-width", lambda m: m.fit(X, Y, validation_data=(X[:5, :3], Y[:5]), verbose=0),
-     ValueError, r"validation_data: x of shape \(5, 3\) does not fit the model"),
-    ("validation-data-labels", lambda m: m.fit(X, Y, validation_data=(X[:5], Y[:5] + 3), verbose=0),
-     ValueError, r"validation_data: y holds label \d at position \d, outside \[0, 3\)"),
-    ("validation-data-sample-weight", lambda m: m.fit(X, Y, validation_data=(X, Y, np.ones(4)),
-                                                      verbose=0),
-     ValueError, r"validation_data: sample_weight has shape \(4,\)"),
-    ("validation-data-not-a-tuple", lambda m: m.fit(X, Y, validation_data=X, verbose=0),
-     ValueError, r"validation_data must be a tuple"),
-    ("validation-data-one-element", lambda m: m.fit(X, Y, validation_data=(X,), verbose=0),
-     ValueError, r"validation_data must be a tuple .* of length 1"),
-    ("label-out-of-range-in-last-batch", lambda m: m.fit(X, bad_label_last, batch_size=3, verbose=0),
-     ValueError, r"fit: y holds label 3 at position 9, outside \[0, 3\): the model has 3 outputs"),
-    ("label-not-integral", lambda m: m.fit(X, Y + 0.5, batch_size=3, verbose=0),
-     ValueError, r"not a class index"),
-    ("label-nan", lambda m: m.fit(X, np.where(np.arange(10) == 9, np.nan, Y), verbose=0),
-     ValueError, r"nan.*not a class index"),
-    ("sample-weight-length", lambda m: m.fit(X, Y, sample_weight=np.ones(9), verbose=0),
-     ValueError, r"fit: sample_weight has shape \(9,\) but x has 10 samples"),
-    ("x-width", lambda m: m.fit(X[:, :3], Y, verbose=0),
-     ValueError, r"fit: x of shape \(10, 3\) does not fit the model"),
-    ("y-width", lambda m: m.fit(X, np.zeros((10, 2)), verbose=0), ValueError, r"y of shape \(10, 2\)"),
-    ("validation-split-1", lambda m: m.fit(X, Y, validation_split=1.0, verbose=0),
-     ValueError, r"validation_split must be in \[0, 1\), got 1.0"),
-    ("validation-split-negative", lambda m: m.fit(X, Y, validation_split=-0.1, verbose=0),
-     ValueError, r"validation_split must be in \[0, 1\)"),
-    ("validation-split-nan", lambda m: m.fit(X, Y, validation_split=float("nan"), verbose=0),
-     ValueError, r"validation_split must be in \[0, 1\)"),
+    (
+        "validation-data-lengths",
+        lambda m: m.fit(X, Y, validation_data=(X[:5], Y[:3]), verbose=0),
+        ValueError,
+        r"validation_data: x has 5 samples but y has 3",
+    ),
+    (
+        "validation-data-width",
+        lambda m: m.fit(X, Y, validation_data=(X[:5, :3], Y[:5]), verbose=0),
+        ValueError,
+        r"validation_data: x of shape \(5, 3\) does not fit the model",
+    ),
+    (
+        "validation-data-labels",
+        lambda m: m.fit(X, Y, validation_data=(X[:5], Y[:5] + 3), verbose=0),
+        ValueError,
+        r"validation_data: y holds label \d at position \d, outside \[0, 3\)",
+    ),
+    (
+        "validation-data-sample-weight",
+        lambda m: m.fit(X, Y, validation_data=(X, Y, np.ones(4)), verbose=0),
+        ValueError,
+        r"validation_data: sample_weight has shape \(4,\)",
+    ),
+    (
+        "validation-data-not-a-tuple",
+        lambda m: m.fit(X, Y, validation_data=X, verbose=0),
+        ValueError,
+        r"validation_data must be a tuple",
+    ),
+    (
+        "validation-data-one-element",
+        lambda m: m.fit(X, Y, validation_data=(X,), verbose=0),
+        ValueError,
+        r"validation_data must be a tuple .* of length 1",
+    ),
+    (
+        "label-out-of-range-in-last-batch",
+        lambda m: m.fit(X, bad_label_last, batch_size=3, verbose=0),
+        ValueError,
+        r"fit: y holds label 3 at position 9, outside \[0, 3\): the model has 3 outputs",
+    ),
+    (
+        "label-not-integral",
+        lambda m: m.fit(X, Y + 0.5, batch_size=3, verbose=0),
+        ValueError,
+        r"not a class index",
+    ),
+    (
+        "label-nan",
+        lambda m: m.fit(X, np.where(np.arange(10) == 9, np.nan, Y), verbose=0),
+        ValueError,
+        r"nan.*not a class index",
+    ),
+    (
+        "sample-weight-length",
+        lambda m: m.fit(X, Y, sample_weight=np.ones(9), verbose=0),
+        ValueError,
+        r"fit: sample_weight has shape \(9,\) but x has 10 samples",
+    ),
+    (
+        "x-width",
+        lambda m: m.fit(X[:, :3], Y, verbose=0),
+        ValueError,
+        r"fit: x of shape \(10, 3\) does not fit the model",
+    ),
+    (
+        "y-width",
+        lambda m: m.fit(X, np.zeros((10, 2)), verbose=0),
+        ValueError,
+        r"y of shape \(10, 2\)",
+    ),
+    (
+        "validation-split-1",
+        lambda m: m.fit(X, Y, validation_split=1.0, verbose=0),
+        ValueError,
+        r"validation_split must be in \[0, 1\), got 1.0",
+    ),
+    (
+        "validation-split-negative",
+        lambda m: m.fit(X, Y, validation_split=-0.1, verbose=0),
+        ValueError,
+        r"validation_split must be in \[0, 1\)",
+    ),
+    (
+        "validation-split-nan",
+        lambda m: m.fit(X, Y, validation_split=float("nan"), verbose=0),
+        ValueError,
+        r"validation_split must be in \[0, 1\)",
+    ),
     # sizes and counts: Keras/torch "batch_size should be a positive integer value"
-    ("fit-batch-size-float", lambda m: m.fit(X, Y, batch_size=2.5, verbose=0),
-     ValueError, r"fit: batch_size must be a positive integer, got batch_size=2.5"),
-    ("fit-batch-size-integral-float", lambda m: m.fit(X, Y, batch_size=2.0, verbose=0),
-     ValueError, r"batch_size must be a positive integer"),
-    ("fit-batch-size-negative", lambda m: m.fit(X, Y, batch_size=-4, verbose=0),
-     ValueError, r"fit: batch_size must be positive, got -4"),
-    ("fit-batch-size-bool", lambda m: m.fit(X, Y, batch_size=True, verbose=0),
-     ValueError, r"batch_size must be a positive integer"),
-    ("fit-epochs-negative", lambda m: m.fit(X, Y, epochs=-1, verbose=0),
-     ValueError, r"fit: epochs must be non-negative, got -1"),
-    ("fit-epochs-float", lambda m: m.fit(X, Y, epochs=2.5, verbose=0),
-     ValueError, r"fit: epochs must be a non-negative integer"),
-    ("fit-initial-epoch-negative", lambda m: m.fit(X, Y, initial_epoch=-1, verbose=0),
-     ValueError, r"initial_epoch must be non-negative"),
-    ("fit-validation-freq-0", lambda m: m.fit(X, Y, validation_split=0.2, validation_freq=0, verbose=0),
-     ValueError, r"validation_freq must be positive, got 0"),
-    ("fit-validation-batch-size-0", lambda m: m.fit(X, Y, validation_split=0.2,
-                                                    validation_batch_size=0, verbose=0),
-     ValueError, r"validation_batch_size must be positive, got 0"),
+    (
+        "fit-batch-size-float",
+        lambda m: m.fit(X, Y, batch_size=2.5, verbose=0),
+        ValueError,
+        r"fit: batch_size must be a positive integer, got batch_size=2.5",
+    ),
+    (
+        "fit-batch-size-integral-float",
+        lambda m: m.fit(X, Y, batch_size=2.0, verbose=0),
+        ValueError,
+        r"batch_size must be a positive integer",
+    ),
+    (
+        "fit-batch-size-negative",
+        lambda m: m.fit(X, Y, batch_size=-4, verbose=0),
+        ValueError,
+        r"fit: batch_size must be positive, got -4",
+    ),
+    (
+        "fit-batch-size-bool",
+        lambda m: m.fit(X, Y, batch_size=True, verbose=0),
+        ValueError,
+        r"batch_size must be a positive integer",
+    ),
+    (
+        "fit-epochs-negative",
+        lambda m: m.fit(X, Y, epochs=-1, verbose=0),
+        ValueError,
+        r"fit: epochs must be non-negative, got -1",
+    ),
+    (
+        "fit-epochs-float",
+        lambda m: m.fit(X, Y, epochs=2.5, verbose=0),
+        ValueError,
+        r"fit: epochs must be a non-negative integer",
+    ),
+    (
+        "fit-initial-epoch-negative",
+        lambda m: m.fit(X, Y, initial_epoch=-1, verbose=0),
+        ValueError,
+        r"initial_epoch must be non-negative",
+    ),
+    (
+        "fit-validation-freq-0",
+        lambda m: m.fit(X, Y, validation_split=0.2, validation_freq=0, verbose=0),
+        ValueError,
+        r"validation_freq must be positive, got 0",
+    ),
+    (
+        "fit-validation-batch-size-0",
+        lambda m: m.fit(X, Y, validation_split=0.2, validation_batch_size=0, verbose=0),
+        ValueError,
+        r"validation_batch_size must be positive, got 0",
+    ),
     ("fit-verbose", lambda m: m.fit(X, Y, verbose="loud"), ValueError, r"verbose should be"),
-    ("evaluate-batch-size-0", lambda m: m.evaluate(X, Y, batch_size=0, verbose=0),
-     ValueError, r"evaluate: batch_size must be positive, got 0"),
-    ("predict-batch-size-0", lambda m: m.predict(X, batch_size=0, verbose=0),
-     ValueError, r"predict: batch_size must be positive, got 0"),
-    ("predict-batch-size-float", lambda m: m.predict(X, batch_size=2.5, verbose=0),
-     ValueError, r"predict: batch_size must be a positive integer"),
+    (
+        "evaluate-batch-size-0",
+        lambda m: m.evaluate(X, Y, batch_size=0, verbose=0),
+        ValueError,
+        r"evaluate: batch_size must be positive, got 0",
+    ),
+    (
+        "predict-batch-size-0",
+        lambda m: m.predict(X, batch_size=0, verbose=0),
+        ValueError,
+        r"predict: batch_size must be positive, got 0",
+    ),
+    (
+        "predict-batch-size-float",
+        lambda m: m.predict(X, batch_size=2.5, verbose=0),
+        ValueError,
+        r"predict: batch_size must be a positive integer",
+    ),
     # empty inputs: a loss of nothing is NaN, and a step on it would still count
-    ("train-on-batch-empty", lambda m: m.train_on_batch(X[:0], Y[:0]), ValueError,
-     r"train_on_batch: x is empty"),
-    ("test-on-batch-empty", lambda m: m.test_on_batch(X[:0], Y[:0]), ValueError,
-     r"test_on_batch: x is empty"),
-    ("predict-on-batch-empty", lambda m: m.predict_on_batch(X[:0]), ValueError,
-     r"predict_on_batch: x is empty"),
-    ("evaluate-empty", lambda m: m.evaluate(X[:0], Y[:0], verbose=0), ValueError,
-     r"evaluate: x is empty"),
+    (
+        "train-on-batch-empty",
+        lambda m: m.train_on_batch(X[:0], Y[:0]),
+        ValueError,
+        r"train_on_batch: x is empty",
+    ),
+    (
+        "test-on-batch-empty",
+        lambda m: m.test_on_batch(X[:0], Y[:0]),
+        ValueError,
+        r"test_on_batch: x is empty",
+    ),
+    (
+        "predict-on-batch-empty",
+        lambda m: m.predict_on_batch(X[:0]),
+        ValueError,
+        r"predict_on_batch: x is empty",
+    ),
+    (
+        "evaluate-empty",
+        lambda m: m.evaluate(X[:0], Y[:0], verbose=0),
+        ValueError,
+        r"evaluate: x is empty",
+    ),
     ("predict-empty", lambda m: m.predict(X[:0], verbose=0), ValueError, r"predict: x is empty"),
     ("fit-empty", lambda m: m.fit(X[:0], Y[:0], verbose=0), ValueError, r"fit: x is empty"),
     # train_on_batch / test_on_batch: checked before the forward pass moves BN's statistics
-    ("train-on-batch-label", lambda m: m.train_on_batch(X, bad_label_last), ValueError,
-     r"train_on_batch: y holds label 3 at position 9"),
-    ("train-on-batch-lengths", lambda m: m.train_on_batch(X, Y[:9]), ValueError,
-     r"train_on_batch: x has 10 samples but y has 9"),
-    ("train-on-batch-sample-weight", lambda m: m.train_on_batch(X, Y, sample_weight=np.ones(3)),
-     ValueError, r"train_on_batch: sample_weight has shape \(3,\)"),
-    ("test-on-batch-label", lambda m: m.test_on_batch(X, bad_label_last), ValueError,
-     r"test_on_batch: y holds label 3 at position 9"),
+    (
+        "train-on-batch-label",
+        lambda m: m.train_on_batch(X, bad_label_last),
+        ValueError,
+        r"train_on_batch: y holds label 3 at position 9",
+    ),
+    (
+        "train-on-batch-lengths",
+        lambda m: m.train_on_batch(X, Y[:9]),
+        ValueError,
+        r"train_on_batch: x has 10 samples but y has 9",
+    ),
+    (
+        "train-on-batch-sample-weight",
+        lambda m: m.train_on_batch(X, Y, sample_weight=np.ones(3)),
+        ValueError,
+        r"train_on_batch: sample_weight has shape \(3,\)",
+    ),
+    (
+        "test-on-batch-label",
+        lambda m: m.test_on_batch(X, bad_label_last),
+        ValueError,
+        r"test_on_batch: y holds label 3 at position 9",
+    ),
 ]
 
 
@@ -181,7 +333,9 @@ def test_duplicate_layer_names_in_a_sequential_are_refused():
     assert len(model.layers) == 1 and model.output_shape == (None, 2)
     for u, v in zip(before, model.get_weights()):
         np.testing.assert_array_equal(u, v)
-    nested = keras.Sequential([layers.Dense(2, name="a"), keras.Sequential([layers.Dense(2, name="a")])])
+    nested = keras.Sequential(
+        [layers.Dense(2, name="a"), keras.Sequential([layers.Dense(2, name="a")])]
+    )
     assert nested(np.ones((1, 3), np.float32)).shape == (1, 2)
 
 
@@ -202,7 +356,7 @@ def test_an_empty_sequential_cannot_be_called_or_built():
 
 
 @pytest.mark.parametrize("op", ["batch_norm", "batch_norm_grouped"])
-@pytest.mark.parametrize("axis", [2 ** 40, -(2 ** 40), 2 ** 31])
+@pytest.mark.parametrize("axis", [2**40, -(2**40), 2**31])
 def test_batch_norm_axis_out_of_the_int_range_is_a_value_error(op, axis):
     """batch_norm's axis is read as every other op reads one (reduce_sum, softmax, concat):
     a value outside the C int range is the ValueError naming the axis, not the

@@ -12,6 +12,7 @@ Environment:
     METALEARN_LONG=1        ten times the default counts: 10^6 training steps and 10^5
                             second-order meta-steps (the default: 10^5 and 10^4, ~4 s).
 """
+
 import gc
 import os
 import re
@@ -29,7 +30,7 @@ import pytest
 
 import metalearn as ml
 from metalearn import _core, debugging
-from metalearn.keras import callbacks, layers, losses, models, optimizers
+from metalearn.keras import layers, models, optimizers
 from tests.helpers import F32, dense_model
 
 SANITIZED = bool(os.environ.get("METALEARN_SANITIZED"))
@@ -59,8 +60,11 @@ def _snapshot(m):
     step count."""
     opt = m.optimizer
     state = [np.array(s, copy=True) for s in opt.variables()] if opt is not None else []
-    return ([w.tobytes() for w in m.get_weights()], [s.tobytes() for s in state],
-            int(opt.iterations) if opt is not None else None)
+    return (
+        [w.tobytes() for w in m.get_weights()],
+        [s.tobytes() for s in state],
+        int(opt.iterations) if opt is not None else None,
+    )
 
 
 def _assert_unchanged(before, m):
@@ -101,127 +105,321 @@ def _flip(i):
     def f(data):
         data[i if i >= 0 else len(data) + i] ^= 0x04
         return data
+
     return f
 
 
 KERAS_BAD = [
     # layers and calls
-    ("dense-wrong-last-dim", lambda m, t: m(np.zeros((2, 5), F32)), ValueError,
-     r"expected input with last dimension 4, got \(2, 5\)"),
-    ("dense-wrong-last-dim-3d", lambda m, t: m(np.zeros((2, 3, 7), F32)), ValueError,
-     r"last dimension 4, got \(2, 3, 7\)"),
-    ("predict-wrong-shape", lambda m, t: m.predict(np.zeros((2, 5)), verbose=0), ValueError,
-     r"last dimension 4, got \(2, 5\)"),
+    (
+        "dense-wrong-last-dim",
+        lambda m, t: m(np.zeros((2, 5), F32)),
+        ValueError,
+        r"expected input with last dimension 4, got \(2, 5\)",
+    ),
+    (
+        "dense-wrong-last-dim-3d",
+        lambda m, t: m(np.zeros((2, 3, 7), F32)),
+        ValueError,
+        r"last dimension 4, got \(2, 3, 7\)",
+    ),
+    (
+        "predict-wrong-shape",
+        lambda m, t: m.predict(np.zeros((2, 5)), verbose=0),
+        ValueError,
+        r"last dimension 4, got \(2, 5\)",
+    ),
     ("call-complex", lambda m, t: m(np.zeros((2, 4), np.complex64)), TypeError, r"complex"),
     ("call-object", lambda m, t: m(np.array([[object()] * 4])), TypeError, r"object"),
     ("call-str", lambda m, t: m("abcd"), ValueError, r"could not convert"),
-    ("dense-units-0", lambda m, t: layers.Dense(0), ValueError, r"units must be a positive integer, got 0"),
+    (
+        "dense-units-0",
+        lambda m, t: layers.Dense(0),
+        ValueError,
+        r"units must be a positive integer, got 0",
+    ),
     ("dense-units-neg", lambda m, t: layers.Dense(-3), ValueError, r"positive integer, got -3"),
-    ("dense-units-none", lambda m, t: layers.Dense(None), ValueError, r"positive integer, got None"),
+    (
+        "dense-units-none",
+        lambda m, t: layers.Dense(None),
+        ValueError,
+        r"positive integer, got None",
+    ),
     ("dense-units-str", lambda m, t: layers.Dense("8"), ValueError, r"positive integer"),
-    ("dense-units-huge", lambda m, t: layers.Dense(2**62)(np.zeros((1, 8), F32)), MemoryError,
-     r"too large"),
+    (
+        "dense-units-huge",
+        lambda m, t: layers.Dense(2**62)(np.zeros((1, 8), F32)),
+        MemoryError,
+        r"too large",
+    ),
     # fit / evaluate / train_on_batch
-    ("fit-x-y-lengths", lambda m, t: m.fit(X, Y[:9], verbose=0), ValueError,
-     r"x has 10 samples but y has 9"),
-    ("evaluate-x-y-lengths", lambda m, t: m.evaluate(X, Y[:7], verbose=0), ValueError,
-     r"x has 10 samples but y has 7"),
-    ("train_on_batch-x-y-lengths", lambda m, t: m.train_on_batch(X, Y[:9]), ValueError,
-     r"x has 10 samples but y has 9"),
-    ("fit-y-wrong-width", lambda m, t: m.fit(X, np.zeros((10, 2), F32), verbose=0), ValueError,
-     r"\(10, 3\).*\(10, 2\)|\(10, 2\).*\(10, 3\)"),
+    (
+        "fit-x-y-lengths",
+        lambda m, t: m.fit(X, Y[:9], verbose=0),
+        ValueError,
+        r"x has 10 samples but y has 9",
+    ),
+    (
+        "evaluate-x-y-lengths",
+        lambda m, t: m.evaluate(X, Y[:7], verbose=0),
+        ValueError,
+        r"x has 10 samples but y has 7",
+    ),
+    (
+        "train_on_batch-x-y-lengths",
+        lambda m, t: m.train_on_batch(X, Y[:9]),
+        ValueError,
+        r"x has 10 samples but y has 9",
+    ),
+    (
+        "fit-y-wrong-width",
+        lambda m, t: m.fit(X, np.zeros((10, 2), F32), verbose=0),
+        ValueError,
+        r"\(10, 3\).*\(10, 2\)|\(10, 2\).*\(10, 3\)",
+    ),
     ("fit-x-none", lambda m, t: m.fit(None, Y, verbose=0), ValueError, r"x is required"),
     ("fit-y-none", lambda m, t: m.fit(X, None, verbose=0), ValueError, r"y is required"),
-    ("fit-x-objects", lambda m, t: m.fit(np.array([object()] * 10), Y, verbose=0), TypeError,
-     r"object"),
-    ("fit-x-ragged", lambda m, t: m.fit([[1.0, 2.0], [3.0]], Y[:2], verbose=0), ValueError,
-     r"inhomogeneous|sequence"),
-    ("fit-x-str", lambda m, t: m.fit("abc", Y, verbose=0), (TypeError, ValueError),
-     r"could not convert|dtype <U3"),
-    ("fit-empty", lambda m, t: m.fit(np.zeros((0, 4), F32), np.zeros((0, 3), F32), verbose=0),
-     ValueError, r"no training samples"),
-    ("fit-batch-size-0", lambda m, t: m.fit(X, Y, batch_size=0, verbose=0), ValueError,
-     r"batch_size must be positive, got 0"),
-    ("fit-validation-split", lambda m, t: m.fit(X, Y, validation_split=1.5, verbose=0), ValueError,
-     r"validation_split must be in \[0, 1\), got 1.5"),
-    ("fit-wrong-input-width", lambda m, t: m.fit(np.zeros((10, 6), F32), Y, verbose=0), ValueError,
-     r"last dimension 4, got \(\d+, 6\)"),
-    ("fit-scce-label-too-big",
-     lambda m, t: (m.compile(optimizer=m.optimizer, loss="sparse_categorical_crossentropy"),
-                   m.fit(X, np.full(10, 7), verbose=0)), ValueError, r"label 7 .*outside \[0, 3\)"),
-    ("fit-scce-label-negative",
-     lambda m, t: (m.compile(optimizer=m.optimizer, loss="sparse_categorical_crossentropy"),
-                   m.fit(X, np.full(10, -1), verbose=0)), ValueError, r"label -1 .*outside \[0, 3\)"),
-    ("compile-unknown-optimizer", lambda m, t: m.compile(optimizer="rmsprop-x", loss="mse"),
-     ValueError, r"Unknown optimizer: 'rmsprop-x'"),
-    ("compile-unknown-loss", lambda m, t: m.compile(optimizer=m.optimizer, loss="nope"),
-     ValueError, r"Unknown loss function: 'nope'"),
+    (
+        "fit-x-objects",
+        lambda m, t: m.fit(np.array([object()] * 10), Y, verbose=0),
+        TypeError,
+        r"object",
+    ),
+    (
+        "fit-x-ragged",
+        lambda m, t: m.fit([[1.0, 2.0], [3.0]], Y[:2], verbose=0),
+        ValueError,
+        r"inhomogeneous|sequence",
+    ),
+    (
+        "fit-x-str",
+        lambda m, t: m.fit("abc", Y, verbose=0),
+        (TypeError, ValueError),
+        r"could not convert|dtype <U3",
+    ),
+    (
+        "fit-empty",
+        lambda m, t: m.fit(np.zeros((0, 4), F32), np.zeros((0, 3), F32), verbose=0),
+        ValueError,
+        r"no training samples",
+    ),
+    (
+        "fit-batch-size-0",
+        lambda m, t: m.fit(X, Y, batch_size=0, verbose=0),
+        ValueError,
+        r"batch_size must be positive, got 0",
+    ),
+    (
+        "fit-validation-split",
+        lambda m, t: m.fit(X, Y, validation_split=1.5, verbose=0),
+        ValueError,
+        r"validation_split must be in \[0, 1\), got 1.5",
+    ),
+    (
+        "fit-wrong-input-width",
+        lambda m, t: m.fit(np.zeros((10, 6), F32), Y, verbose=0),
+        ValueError,
+        r"last dimension 4, got \(\d+, 6\)",
+    ),
+    (
+        "fit-scce-label-too-big",
+        lambda m, t: (
+            m.compile(optimizer=m.optimizer, loss="sparse_categorical_crossentropy"),
+            m.fit(X, np.full(10, 7), verbose=0),
+        ),
+        ValueError,
+        r"label 7 .*outside \[0, 3\)",
+    ),
+    (
+        "fit-scce-label-negative",
+        lambda m, t: (
+            m.compile(optimizer=m.optimizer, loss="sparse_categorical_crossentropy"),
+            m.fit(X, np.full(10, -1), verbose=0),
+        ),
+        ValueError,
+        r"label -1 .*outside \[0, 3\)",
+    ),
+    (
+        "compile-unknown-optimizer",
+        lambda m, t: m.compile(optimizer="rmsprop-x", loss="mse"),
+        ValueError,
+        r"Unknown optimizer: 'rmsprop-x'",
+    ),
+    (
+        "compile-unknown-loss",
+        lambda m, t: m.compile(optimizer=m.optimizer, loss="nope"),
+        ValueError,
+        r"Unknown loss function: 'nope'",
+    ),
     # set_weights
-    ("set_weights-count", lambda m, t: m.set_weights(m.get_weights()[:2]), ValueError,
-     r"expected 4 arrays, got 2"),
-    ("set_weights-too-many", lambda m, t: m.set_weights(m.get_weights() * 2), ValueError,
-     r"expected 4 arrays, got 8"),
-    ("set_weights-transposed", lambda m, t: m.set_weights([w.T for w in m.get_weights()]),
-     ValueError, r"array 0 has shape \(8, 4\), weight .* has shape \(4, 8\)"),
-    ("set_weights-last-wrong",   # the first three are fine: none may be written
-     lambda m, t: m.set_weights([w + 1 for w in m.get_weights()[:3]] + [np.zeros(4)]),
-     ValueError, r"array 3 has shape \(4,\), weight .* has shape \(3,\)"),
-    ("set_weights-nones", lambda m, t: m.set_weights([None] * 4), (ValueError, TypeError),
-     r"shape|None|dtype object"),
-    ("set_weights-objects", lambda m, t: m.set_weights([np.array([object()])] * 4), TypeError,
-     r"object"),
+    (
+        "set_weights-count",
+        lambda m, t: m.set_weights(m.get_weights()[:2]),
+        ValueError,
+        r"expected 4 arrays, got 2",
+    ),
+    (
+        "set_weights-too-many",
+        lambda m, t: m.set_weights(m.get_weights() * 2),
+        ValueError,
+        r"expected 4 arrays, got 8",
+    ),
+    (
+        "set_weights-transposed",
+        lambda m, t: m.set_weights([w.T for w in m.get_weights()]),
+        ValueError,
+        r"array 0 has shape \(8, 4\), weight .* has shape \(4, 8\)",
+    ),
+    (
+        "set_weights-last-wrong",  # the first three are fine: none may be written
+        lambda m, t: m.set_weights([w + 1 for w in m.get_weights()[:3]] + [np.zeros(4)]),
+        ValueError,
+        r"array 3 has shape \(4,\), weight .* has shape \(3,\)",
+    ),
+    (
+        "set_weights-nones",
+        lambda m, t: m.set_weights([None] * 4),
+        (ValueError, TypeError),
+        r"shape|None|dtype object",
+    ),
+    (
+        "set_weights-objects",
+        lambda m, t: m.set_weights([np.array([object()])] * 4),
+        TypeError,
+        r"object",
+    ),
     ("set_weights-not-a-list", lambda m, t: m.set_weights(None), TypeError, r"NoneType|iterable"),
     # optimizer
-    ("apply_gradients-wrong-shape",
-     lambda m, t: m.optimizer.apply_gradients([(np.zeros((3, 3), F32), m.trainable_variables[0])]),
-     ValueError, r"gradient of shape \(3, 3\) for variable .*shape \(4, 8\)"),
-    ("apply_gradients-last-wrong",   # a good gradient first: it must not be applied
-     lambda m, t: m.optimizer.apply_gradients(
-         [(np.ones(tuple(v.shape), F32), v) for v in m.trainable_variables[:3]]
-         + [(np.ones((5,), F32), m.trainable_variables[3])]),
-     ValueError, r"gradient of shape \(5,\) for variable .*shape \(3,\)"),
-    ("apply_gradients-variable-none",
-     lambda m, t: m.optimizer.apply_gradients([(np.zeros((4, 8), F32), None)]), TypeError,
-     r"expected variables, got NoneType"),
-    ("apply_gradients-variable-ndarray",
-     lambda m, t: m.optimizer.apply_gradients([(np.zeros((4, 8), F32), np.zeros((4, 8), F32))]),
-     TypeError, r"expected variables, got ndarray"),
-    ("apply_gradients-empty", lambda m, t: m.optimizer.apply_gradients([]), ValueError,
-     r"no \(gradient, variable\) pairs"),
-    ("apply_gradients-object-grad",
-     lambda m, t: m.optimizer.apply_gradients(
-         [(np.array([[object()] * 8] * 4), m.trainable_variables[0])]), TypeError, r"object"),
-    ("optimizer-lr-nan", lambda m, t: setattr(m.optimizer, "learning_rate", float("nan")),
-     ValueError, r"finite"),
-    ("optimizer-lr-negative", lambda m, t: setattr(m.optimizer, "learning_rate", -1.0),
-     ValueError, r"non-negative"),
+    (
+        "apply_gradients-wrong-shape",
+        lambda m, t: m.optimizer.apply_gradients(
+            [(np.zeros((3, 3), F32), m.trainable_variables[0])]
+        ),
+        ValueError,
+        r"gradient of shape \(3, 3\) for variable .*shape \(4, 8\)",
+    ),
+    (
+        "apply_gradients-last-wrong",  # a good gradient first: it must not be applied
+        lambda m, t: m.optimizer.apply_gradients(
+            [(np.ones(tuple(v.shape), F32), v) for v in m.trainable_variables[:3]]
+            + [(np.ones((5,), F32), m.trainable_variables[3])]
+        ),
+        ValueError,
+        r"gradient of shape \(5,\) for variable .*shape \(3,\)",
+    ),
+    (
+        "apply_gradients-variable-none",
+        lambda m, t: m.optimizer.apply_gradients([(np.zeros((4, 8), F32), None)]),
+        TypeError,
+        r"expected variables, got NoneType",
+    ),
+    (
+        "apply_gradients-variable-ndarray",
+        lambda m, t: m.optimizer.apply_gradients([(np.zeros((4, 8), F32), np.zeros((4, 8), F32))]),
+        TypeError,
+        r"expected variables, got ndarray",
+    ),
+    (
+        "apply_gradients-empty",
+        lambda m, t: m.optimizer.apply_gradients([]),
+        ValueError,
+        r"no \(gradient, variable\) pairs",
+    ),
+    (
+        "apply_gradients-object-grad",
+        lambda m, t: m.optimizer.apply_gradients(
+            [(np.array([[object()] * 8] * 4), m.trainable_variables[0])]
+        ),
+        TypeError,
+        r"object",
+    ),
+    (
+        "optimizer-lr-nan",
+        lambda m, t: setattr(m.optimizer, "learning_rate", float("nan")),
+        ValueError,
+        r"finite",
+    ),
+    (
+        "optimizer-lr-negative",
+        lambda m, t: setattr(m.optimizer, "learning_rate", -1.0),
+        ValueError,
+        r"non-negative",
+    ),
     # weight files
     ("load-missing", lambda m, t: m.load_weights(t / "nope.mlw"), OSError, r"nope\.mlw"),
     ("load-directory", lambda m, t: m.load_weights(t), OSError, r"not a regular file"),
-    ("load-other-model", lambda m, t: m.load_weights(_other_model_file(t)), ValueError,
-     r"shape \(4, 5\) in the file, \(4, 8\) in the model|does not match"),
-    ("load-empty-file", lambda m, t: m.load_weights(_own_file(m, t, lambda d: b"")), ValueError,
-     r"bad magic"),
-    ("load-truncated-half", lambda m, t: m.load_weights(_own_file(m, t, lambda d: d[:len(d) // 2])),
-     ValueError, r"corrupt or truncated"),
-    ("load-truncated-1", lambda m, t: m.load_weights(_own_file(m, t, lambda d: d[:-1])),
-     ValueError, r"corrupt or truncated"),
-    ("load-extra-bytes", lambda m, t: m.load_weights(_own_file(m, t, lambda d: d + b"\0")),
-     ValueError, r"corrupt"),
-    ("load-bitflip-magic", lambda m, t: m.load_weights(_own_file(m, t, _flip(0))), ValueError,
-     r"bad magic"),
-    ("load-bitflip-header", lambda m, t: m.load_weights(_own_file(m, t, _flip(12))), ValueError,
-     r"corrupt"),
-    ("load-bitflip-name", lambda m, t: m.load_weights(_own_file(m, t, _flip(21))), ValueError,
-     r"corrupt"),
-    ("load-bitflip-data", lambda m, t: m.load_weights(_own_file(m, t, _flip(-40))), ValueError,
-     r"corrupt"),
-    ("load-bitflip-crc", lambda m, t: m.load_weights(_own_file(m, t, _flip(-1))), ValueError,
-     r"corrupt"),
-    ("load-text-file", lambda m, t: m.load_weights(_own_file(m, t, lambda d: b"hello\n" * 9)),
-     ValueError, r"bad magic"),
-    ("save-into-missing-dir", lambda m, t: m.save_weights(t / "no" / "such" / "dir.mlw"), OSError,
-     r"dir\.mlw"),
+    (
+        "load-other-model",
+        lambda m, t: m.load_weights(_other_model_file(t)),
+        ValueError,
+        r"shape \(4, 5\) in the file, \(4, 8\) in the model|does not match",
+    ),
+    (
+        "load-empty-file",
+        lambda m, t: m.load_weights(_own_file(m, t, lambda d: b"")),
+        ValueError,
+        r"bad magic",
+    ),
+    (
+        "load-truncated-half",
+        lambda m, t: m.load_weights(_own_file(m, t, lambda d: d[: len(d) // 2])),
+        ValueError,
+        r"corrupt or truncated",
+    ),
+    (
+        "load-truncated-1",
+        lambda m, t: m.load_weights(_own_file(m, t, lambda d: d[:-1])),
+        ValueError,
+        r"corrupt or truncated",
+    ),
+    (
+        "load-extra-bytes",
+        lambda m, t: m.load_weights(_own_file(m, t, lambda d: d + b"\0")),
+        ValueError,
+        r"corrupt",
+    ),
+    (
+        "load-bitflip-magic",
+        lambda m, t: m.load_weights(_own_file(m, t, _flip(0))),
+        ValueError,
+        r"bad magic",
+    ),
+    (
+        "load-bitflip-header",
+        lambda m, t: m.load_weights(_own_file(m, t, _flip(12))),
+        ValueError,
+        r"corrupt",
+    ),
+    (
+        "load-bitflip-name",
+        lambda m, t: m.load_weights(_own_file(m, t, _flip(21))),
+        ValueError,
+        r"corrupt",
+    ),
+    (
+        "load-bitflip-data",
+        lambda m, t: m.load_weights(_own_file(m, t, _flip(-40))),
+        ValueError,
+        r"corrupt",
+    ),
+    (
+        "load-bitflip-crc",
+        lambda m, t: m.load_weights(_own_file(m, t, _flip(-1))),
+        ValueError,
+        r"corrupt",
+    ),
+    (
+        "load-text-file",
+        lambda m, t: m.load_weights(_own_file(m, t, lambda d: b"hello\n" * 9)),
+        ValueError,
+        r"bad magic",
+    ),
+    (
+        "save-into-missing-dir",
+        lambda m, t: m.save_weights(t / "no" / "such" / "dir.mlw"),
+        OSError,
+        r"dir\.mlw",
+    ),
 ]
 
 
@@ -234,7 +432,9 @@ def test_keras_bad_input_raises_and_changes_nothing(fn, exc, regex, tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(exc) as info:
             fn(m, tmp_path)
-    assert re.search(regex, str(info.value)), f"message {str(info.value)!r} does not match {regex!r}"
+    assert re.search(regex, str(info.value)), (
+        f"message {str(info.value)!r} does not match {regex!r}"
+    )
     _assert_unchanged(before, m)
     assert float(m.optimizer.learning_rate) == lr
     # and the model still trains and predicts afterwards
@@ -272,8 +472,14 @@ def test_unusual_arrays_into_fit_and_predict_work():
     base = np.arange(40, dtype=np.float64).reshape(10, 4) / 40
     ro = base.astype(F32)
     ro.flags.writeable = False
-    for x in (base, (base * 4).astype(np.int32), base > 0.5, np.asfortranarray(base),
-              np.repeat(base, 2, axis=1)[:, ::2], ro):
+    for x in (
+        base,
+        (base * 4).astype(np.int32),
+        base > 0.5,
+        np.asfortranarray(base),
+        np.repeat(base, 2, axis=1)[:, ::2],
+        ro,
+    ):
         m.train_on_batch(x, Y)
         assert np.isfinite(m.predict(x, verbose=0)).all()
     assert not ro.flags.writeable
@@ -294,8 +500,9 @@ def test_complex_inputs_refused_everywhere(call):
             elif call == "set_weights":
                 m.set_weights([w + 1j for w in m.get_weights()])
             else:
-                m.optimizer.apply_gradients([(np.ones((4, 8), np.complex64) * 1j,
-                                              m.trainable_variables[0])])
+                m.optimizer.apply_gradients(
+                    [(np.ones((4, 8), np.complex64) * 1j, m.trainable_variables[0])]
+                )
     _assert_unchanged(before, m)
 
 
@@ -317,7 +524,9 @@ def test_fit_sample_weight_length_checked_before_training():
 
 def test_non_integer_label_message_is_formatted():
     with pytest.raises(ValueError, match=r"got nan at position 0"):
-        ml.sparse_categorical_crossentropy(np.array([np.nan, 1.0], F32), np.full((2, 3), 1 / 3, F32))
+        ml.sparse_categorical_crossentropy(
+            np.array([np.nan, 1.0], F32), np.full((2, 3), 1 / 3, F32)
+        )
 
 
 # ------------------------------------------------------------ crash in a save
@@ -346,15 +555,18 @@ def test_kill_during_save_keeps_the_previous_file(tmp_path):
     rng = np.random.default_rng(0)
     kills = 3 if not SANITIZED else 1
     for k in range(kills):
-        proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE,
-                                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(path)],
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
         try:
             assert proc.stdout.readline().strip() == b"saving"
             time.sleep(float(rng.uniform(0.0, 0.3)))
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-        m.load_weights(path)    # complete, checksummed: raises if torn
+        m.load_weights(path)  # complete, checksummed: raises if torn
         ws = m.get_weights()
         value = ws[0].flat[0]
         assert value in (0.0, 1.0)
@@ -381,8 +593,10 @@ def test_training_steps_flat_memory_and_objects():
         m.train_on_batch(x, y)
     elapsed = time.perf_counter() - t0
     rss1, obj1 = _rss_bytes(), _count_objects()
-    print(f"\n{steps} train_on_batch steps in {elapsed:.2f} s; RSS {rss0 / 2**20:.1f} -> "
-          f"{rss1 / 2**20:.1f} MiB; objects {obj0} -> {obj1}")
+    print(
+        f"\n{steps} train_on_batch steps in {elapsed:.2f} s; RSS {rss0 / 2**20:.1f} -> "
+        f"{rss1 / 2**20:.1f} MiB; objects {obj0} -> {obj1}"
+    )
     assert obj1 - obj0 < 200, f"Python objects grew by {obj1 - obj0}"
     if not SANITIZED:
         # one leaked 16-float bias per step would be > 6 MB over 10^5 steps
@@ -420,8 +634,9 @@ def test_maml_second_order_meta_steps_flat_memory():
     rng = np.random.default_rng(0)
     w = ml.tensor(rng.normal(size=(8, 32)).astype(F32) * 0.3, requires_grad=True)
     b = ml.tensor(np.zeros(32, F32), requires_grad=True)
-    xs, ys, xq, yq = (ml.tensor(rng.normal(size=s).astype(F32))
-                      for s in [(10, 8), (10, 32), (10, 8), (10, 32)])
+    xs, ys, xq, yq = (
+        ml.tensor(rng.normal(size=s).astype(F32)) for s in [(10, 8), (10, 32), (10, 8), (10, 32)]
+    )
     for _ in range(50):
         _maml_step(w, b, xs, ys, xq, yq, None, None)
     rss0, obj0 = _rss_bytes(), _count_objects()
@@ -430,8 +645,10 @@ def test_maml_second_order_meta_steps_flat_memory():
         loss = _maml_step(w, b, xs, ys, xq, yq, None, None)
     elapsed = time.perf_counter() - t0
     rss1, obj1 = _rss_bytes(), _count_objects()
-    print(f"\n{steps} MAML meta-steps in {elapsed:.2f} s; RSS {rss0 / 2**20:.1f} -> "
-          f"{rss1 / 2**20:.1f} MiB; objects {obj0} -> {obj1}")
+    print(
+        f"\n{steps} MAML meta-steps in {elapsed:.2f} s; RSS {rss0 / 2**20:.1f} -> "
+        f"{rss1 / 2**20:.1f} MiB; objects {obj0} -> {obj1}"
+    )
     assert np.isfinite(loss.item())
     assert obj1 - obj0 < 200
     if not SANITIZED:
@@ -447,9 +664,13 @@ def test_failing_calls_do_not_leak():
     a, b = ml.tensor(np.ones((3, 4), F32)), ml.tensor(np.ones((5, 4), F32))
 
     def once():
-        for fn in (lambda: m(bad_x), lambda: m.optimizer.apply_gradients(bad_g),
-                   lambda: ml.matmul(a, b), lambda: ml.add(a, b),
-                   lambda: _core.load_tensors("/nonexistent/file")):
+        for fn in (
+            lambda: m(bad_x),
+            lambda: m.optimizer.apply_gradients(bad_g),
+            lambda: ml.matmul(a, b),
+            lambda: ml.add(a, b),
+            lambda: _core.load_tensors("/nonexistent/file"),
+        ):
             try:
                 fn()
             except (ValueError, TypeError, OSError):
@@ -516,7 +737,7 @@ def test_refcounts_of_grad_results_and_inputs():
 
 def test_refcounts_with_numpy_views_and_failures():
     a = ml.tensor(np.ones((3, 4), F32))
-    arr = np.asarray(a)           # shares memory: the array keeps the tensor alive
+    arr = np.asarray(a)  # shares memory: the array keeps the tensor alive
     assert _rc(a) >= 1
     base = _rc(a)
     del arr
@@ -524,7 +745,7 @@ def test_refcounts_with_numpy_views_and_failures():
     before = _rc(a)
     for _ in range(100):
         with pytest.raises(ValueError):
-            ml.matmul(a, a)        # (3,4)@(3,4): refused
+            ml.matmul(a, a)  # (3,4)@(3,4): refused
         with pytest.raises(ValueError):
             ml.reshape(a, (5,))
     assert _rc(a) == before, "a failed op leaked a reference to its input"
@@ -542,7 +763,7 @@ def test_refcounts_of_loaded_arrays_and_model_weights(tmp_path):
     m.save_weights(p)
     entries = _core.load_tensors(str(p))
     for name, arr in entries:
-        assert _rc(arr) == 2 and _rc(name) >= 1   # the tuple and our loop variable
+        assert _rc(arr) == 2 and _rc(name) >= 1  # the tuple and our loop variable
     rcs = [_rc(v) for v in m.weights]
     for _ in range(50):
         m.train_on_batch(X, Y)
@@ -558,7 +779,7 @@ def _thread_model(seed):
 def _train_fixed(m, x, y, steps):
     for i in range(steps):
         lo = (i % 4) * 64
-        m.train_on_batch(x[lo:lo + 64], y[lo:lo + 64])
+        m.train_on_batch(x[lo : lo + 64], y[lo : lo + 64])
 
 
 def test_two_threads_two_models_same_as_sequential():
@@ -567,8 +788,10 @@ def test_two_threads_two_models_same_as_sequential():
     the GIL released, so the threads do overlap)."""
     steps = 20 if SANITIZED else 60
     rng = np.random.default_rng(0)
-    data = [(rng.normal(size=(256, 64)).astype(F32), rng.normal(size=(256, 10)).astype(F32))
-            for _ in range(2)]
+    data = [
+        (rng.normal(size=(256, 64)).astype(F32), rng.normal(size=(256, 10)).astype(F32))
+        for _ in range(2)
+    ]
     seq = [_thread_model(s) for s in (1, 2)]
     init = [m.get_weights() for m in seq]
     for m, (x, y) in zip(seq, data):
@@ -625,7 +848,7 @@ def test_one_model_from_two_threads_never_crashes():
     assert all("modified in place" in r for r in refused), set(refused)
     assert int(m.optimizer.iterations) == 2 * steps - len(refused)
     assert all(np.isfinite(w).all() for w in m.get_weights())
-    m.train_on_batch(x, y)   # still usable
+    m.train_on_batch(x, y)  # still usable
 
 
 def test_threads_share_weight_files_safely(tmp_path):
@@ -659,7 +882,7 @@ def test_threads_share_weight_files_safely(tmp_path):
 def _weights_value(path):
     """The one value every weight of a file saved by _filled_model holds."""
     m = _model()
-    m.load_weights(path)   # complete and checksummed, or it raises
+    m.load_weights(path)  # complete and checksummed, or it raises
     ws = m.get_weights()
     value = float(ws[0].flat[0])
     assert all((w == value).all() for w in ws), "a mix of two saves"
@@ -719,13 +942,20 @@ def test_two_processes_saving_to_one_path_all_succeed(tmp_path):
     script.write_text(_PROC_SAVER)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     n = 50 if not SANITIZED else 10
-    procs = [subprocess.Popen([sys.executable, str(script), str(p), str(v), str(n)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env=env) for v in (3.0, 4.0)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(p), str(v), str(n)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        for v in (3.0, 4.0)
+    ]
     try:
         for pr in procs:
             assert pr.stdout.readline().strip() == b"ready"
-        for pr in procs:   # start both loops together
+        for pr in procs:  # start both loops together
             pr.stdin.write(b"go\n")
             pr.stdin.flush()
         for pr in procs:
@@ -745,9 +975,10 @@ def test_saves_follow_symlinks_and_refuse_special_files(tmp_path, char_device):
     """Model.save_weights and KnowledgeMemory.save write a link's target (the link is
     kept); /dev/null, a FIFO and a directory are refused, never replaced by a file."""
     from metalearn.memory import KnowledgeMemory
+
     (tmp_path / "real").mkdir()
     wlink, mlink = tmp_path / "w.mlw", tmp_path / "m.mlmem"
-    wlink.symlink_to("real/w.mlw")          # dangling until the first save
+    wlink.symlink_to("real/w.mlw")  # dangling until the first save
     mlink.symlink_to(tmp_path / "real" / "m.mlmem")
     _filled_model(5.0).save_weights(wlink)
     _filled_model(6.0).save_weights(wlink)
@@ -764,7 +995,7 @@ def test_saves_follow_symlinks_and_refuse_special_files(tmp_path, char_device):
     os.mkfifo(fifo)
     adir = tmp_path / "adir"
     adir.mkdir()
-    null_link = tmp_path / "null_link"   # a link to the real /dev/null, and a device
+    null_link = tmp_path / "null_link"  # a link to the real /dev/null, and a device
     null_link.symlink_to("/dev/null")
     m = _filled_model(7.0)
     for target in (char_device, null_link, fifo, adir):
@@ -774,8 +1005,14 @@ def test_saves_follow_symlinks_and_refuse_special_files(tmp_path, char_device):
             mem.save(str(target))
     assert fifo.is_fifo() and adir.is_dir() and os.listdir(adir) == [] and null_link.is_symlink()
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
-    assert sorted(set(os.listdir(tmp_path)) - {"null"}) == ["adir", "fifo", "m.mlmem", "null_link",
-                                                          "real", "w.mlw"]
+    assert sorted(set(os.listdir(tmp_path)) - {"null"}) == [
+        "adir",
+        "fifo",
+        "m.mlmem",
+        "null_link",
+        "real",
+        "w.mlw",
+    ]
     assert sorted(os.listdir(tmp_path / "real")) == ["m.mlmem", "w.mlw"]
 
 
@@ -794,11 +1031,16 @@ def test_metalearner_saves_into_one_directory_from_two_threads(tmp_path):
     saves into one directory at once failed (FileNotFoundError on the rename)."""
     from metalearn.meta.system import MetaLearner
     from metalearn.tasks import NWayKShot
+
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(100, 16)).astype(F32), np.arange(100) % 10
     system = MetaLearner(n_way=5, hidden_units=8, memory_capacity=20, seed=0)
-    system.fit(NWayKShot((x, y), n_way=5, k_shot=1, q_queries=2, augment_rotations=False, seed=0),
-               iterations=2, meta_batch_size=2, verbose=0)
+    system.fit(
+        NWayKShot((x, y), n_way=5, k_shot=1, q_queries=2, augment_rotations=False, seed=0),
+        iterations=2,
+        meta_batch_size=2,
+        verbose=0,
+    )
     d = tmp_path / "sys"
     system.save(d)
     errors = []
@@ -816,8 +1058,12 @@ def test_metalearner_saves_into_one_directory_from_two_threads(tmp_path):
     for t in ts:
         t.join()
     assert not errors, f"{len(errors)} saves failed: {errors[0]!r}"
-    assert sorted(os.listdir(d)) == ["config.json", "memory.mlmem", "model.weights",
-                                     "predictor.weights"]
+    assert sorted(os.listdir(d)) == [
+        "config.json",
+        "memory.mlmem",
+        "model.weights",
+        "predictor.weights",
+    ]
     loaded = MetaLearner.load(d)
     for a, b in zip(system.model.get_weights(), loaded.model.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -830,8 +1076,11 @@ def test_check_numerics_passes_finite_and_names_the_message():
     assert debugging.check_numerics(np.arange(4), "ints") is not None
     bad = np.ones((3, 4), F32)
     bad[0, 1], bad[2, 2], bad[1, 0] = np.nan, np.inf, np.nan
-    with pytest.raises(FloatingPointError, match=r"^layer dense_1: Tensor had 2 NaN and 1 inf "
-                       r"values in a tensor of shape \(3, 4\)"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"^layer dense_1: Tensor had 2 NaN and 1 inf "
+        r"values in a tensor of shape \(3, 4\)",
+    ):
         debugging.check_numerics(ml.tensor(bad), "layer dense_1")
     with pytest.raises(debugging.NonFiniteError, match=r"loss: Tensor had 1 inf value"):
         debugging.check_numerics(np.array(np.inf), "loss")
@@ -868,9 +1117,13 @@ def test_enable_check_numerics_names_the_layer_and_changes_nothing(numerics_on):
 
 def test_enable_check_numerics_finds_the_first_bad_layer(numerics_on):
     ml.random.set_seed(0)
-    m = models.Sequential([layers.Dense(4, input_shape=(4,), name="first"),
-                           layers.Lambda(lambda t: ml.log(t - 1e6), name="bad_log"),
-                           layers.Dense(2, name="last")])
+    m = models.Sequential(
+        [
+            layers.Dense(4, input_shape=(4,), name="first"),
+            layers.Lambda(lambda t: ml.log(t - 1e6), name="bad_log"),
+            layers.Dense(2, name="last"),
+        ]
+    )
     m.compile(optimizer="sgd", loss="mse")
     before = _snapshot(m)
     with pytest.raises(debugging.NonFiniteError, match=r"layer 'bad_log' \(Lambda\) is the first"):
@@ -888,12 +1141,12 @@ def test_enable_check_numerics_nan_target(numerics_on):
 
 def test_check_numerics_off_by_default_and_clean_runs_pass(numerics_on):
     m = _trained_model()
-    m.fit(X, Y, epochs=2, verbose=0)          # finite: no error under the checks
+    m.fit(X, Y, epochs=2, verbose=0)  # finite: no error under the checks
     debugging.disable_check_numerics()
     assert not debugging.is_check_numerics_enabled()
     x = X.copy()
     x[0, 0] = np.nan
-    m.train_on_batch(x, Y)                    # off: NaN flows into the weights, as in Keras
+    m.train_on_batch(x, Y)  # off: NaN flows into the weights, as in Keras
 
 
 def test_terminate_on_nan_stops_fit(capsys):
@@ -901,7 +1154,14 @@ def test_terminate_on_nan_stops_fit(capsys):
     x = np.repeat(X, 10, axis=0)
     y = np.repeat(Y, 10, axis=0)
     y[50] = np.nan
-    hist = m.fit(x, y, epochs=5, batch_size=10, shuffle=False, verbose=0,
-                 callbacks=[debugging.TerminateOnNaN()])
+    hist = m.fit(
+        x,
+        y,
+        epochs=5,
+        batch_size=10,
+        shuffle=False,
+        verbose=0,
+        callbacks=[debugging.TerminateOnNaN()],
+    )
     assert len(hist.history["loss"]) == 1
     assert "Invalid loss, terminating training" in capsys.readouterr().out

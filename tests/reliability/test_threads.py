@@ -8,6 +8,7 @@ calls sleep that long once they have released the GIL). They also run under ASan
 ``PYTHONMALLOC=malloc`` (``.ci/sanitize-python.sh``), where each of the old races was a
 heap-use-after-free. Each test takes well under a second.
 """
+
 import gc
 import os
 import queue
@@ -22,6 +23,7 @@ from metalearn import _core
 from metalearn.memory import KnowledgeMemory
 
 from tests.helpers import F32, dense_model
+
 SANITIZED = bool(os.environ.get("METALEARN_SANITIZED"))
 
 
@@ -35,6 +37,7 @@ def _run_threads(*targets):
                 fn()
             except BaseException as e:  # pragma: no cover - reported below
                 errors.append(e)
+
         return run
 
     threads = [threading.Thread(target=wrap(t)) for t in targets]
@@ -55,6 +58,7 @@ def _wait_until(cond, timeout=10.0):
 
 
 # ------------------------------------------------------------------- tensors
+
 
 def test_tensor_shared_for_reading_by_many_threads():
     """Ops on shared tensors from 4 threads at once (large enough to release the GIL)
@@ -192,14 +196,17 @@ def test_grad_mode_and_tapes_are_per_thread():
 
 # -------------------------------------------------------------------- models
 
+
 def _dense_model(seed):
     return dense_model(32, 64, 4, "tanh", ml.keras.optimizers.Adam(1e-3), seed=seed)
 
 
 def test_two_models_on_two_threads_equal_sequential_training():
     rng = np.random.default_rng(2)
-    data = [(rng.standard_normal((64, 32)).astype(F32), rng.standard_normal((64, 4)).astype(F32))
-            for _ in range(2)]
+    data = [
+        (rng.standard_normal((64, 32)).astype(F32), rng.standard_normal((64, 4)).astype(F32))
+        for _ in range(2)
+    ]
     seq = [_dense_model(s) for s in (1, 2)]
     par = [_dense_model(s) for s in (1, 2)]
     for a, b in zip(seq, par):
@@ -229,6 +236,7 @@ def test_one_model_predicts_from_many_threads():
 
 # ---------------------------------------------------------------- optimizers
 
+
 def test_two_first_steps_of_one_optimizer_are_serialised():
     """Two threads make the first step of one optimizer at once, with parameter lists of
     different shapes, large enough that the step runs without the GIL: the steps are
@@ -238,8 +246,10 @@ def test_two_first_steps_of_one_optimizer_are_serialised():
     n = 1 << 17  # well above the ~32k elements after which a step releases the GIL
     for attempt in range(20):
         opt = _core.Adam(0.01)
-        lists = [([ml.tensor(np.zeros(n, F32))], [ml.tensor(np.ones(n, F32))]),
-                 ([ml.tensor(np.zeros((2, n), F32))], [ml.tensor(np.ones((2, n), F32))])]
+        lists = [
+            ([ml.tensor(np.zeros(n, F32))], [ml.tensor(np.ones(n, F32))]),
+            ([ml.tensor(np.zeros((2, n), F32))], [ml.tensor(np.ones((2, n), F32))]),
+        ]
         go = threading.Barrier(2)
         outcome = []
 
@@ -251,6 +261,7 @@ def test_two_first_steps_of_one_optimizer_are_serialised():
                     outcome.append("stepped")
                 except ValueError:
                     outcome.append("refused")
+
             return run
 
         _run_threads(*[step(p, g) for p, g in lists])
@@ -291,12 +302,13 @@ def test_optimizer_kept_alive_per_trace_when_two_threads_trace_at_once():
     _run_threads(a, b)
     del traces["b"]
     gc.collect()
-    np.testing.assert_allclose(w.numpy(), 0.8)     # 1 - 0.1 * 2 while recording
+    np.testing.assert_allclose(w.numpy(), 0.8)  # 1 - 0.1 * 2 while recording
     _core.trace_replay(traces["a"], [ml.tensor(np.full(4, 3.0, F32))])
     np.testing.assert_allclose(w.numpy(), 0.2, rtol=1e-6)  # - 0.1 * 6 by the replay
 
 
 # ------------------------------------------------------------ KnowledgeMemory
+
 
 def _full_memory(capacity=512, d=64, seed=0):
     """A memory whose queries are large enough for the binding to release the GIL."""
@@ -332,7 +344,7 @@ def test_memory_reinit_while_another_thread_uses_it_is_refused(call, tmp_path):
     if call == "query":
         for a, b in zip(out[0], before):
             np.testing.assert_array_equal(a, b)
-    mem.__init__(16, 4)   # nobody uses it now: allowed
+    mem.__init__(16, 4)  # nobody uses it now: allowed
     assert (mem.capacity, mem.key_size, len(mem)) == (16, 4, 0)
 
 
@@ -348,12 +360,12 @@ def test_memory_queries_share_updates_are_serialised():
     for m in (ref, mem):
         m.update(base, np.arange(400) % 50)
     for i in range(0, 40, 4):
-        ref.update(keys[i:i + 4], 100 + np.arange(i, i + 4))
+        ref.update(keys[i : i + 4], 100 + np.arange(i, i + 4))
     bad = []
 
     def updater():
         for i in range(0, 40, 4):
-            mem.update(keys[i:i + 4], 100 + np.arange(i, i + 4))
+            mem.update(keys[i : i + 4], 100 + np.arange(i, i + 4))
 
     def reader():
         for _ in range(10):
@@ -369,6 +381,7 @@ def test_memory_queries_share_updates_are_serialised():
 
 # ------------------------------------------------------- traces / ml.function
 
+
 def test_trace_end_and_abort_from_another_thread_are_refused():
     """Recording belongs to the thread that began it: trace_end/trace_abort elsewhere raise
     and change nothing (before, the other thread's end left the recorder stuck recording:
@@ -382,10 +395,10 @@ def test_trace_end_and_abort_from_another_thread_are_refused():
         y = x * 2.0
         handed.put((tr, y))
         tried.wait()
-        z = y + 1.0                      # still recorded into the trace
+        z = y + 1.0  # still recorded into the trace
         _core.trace_end(tr, [z])
         seen["replay"] = _core.trace_replay(tr, [ml.tensor(np.full(4, 5.0, F32))])[0].numpy()
-        tr2 = _core.trace_begin([x])     # not stuck recording
+        tr2 = _core.trace_begin([x])  # not stuck recording
         _core.trace_abort(tr2)
 
     def other():
@@ -411,7 +424,7 @@ def test_trace_dropped_on_another_thread_while_recording_stays_alive():
     def recorder():
         handed.put(_core.trace_begin([x]))  # only the other thread holds it now
         dropped.wait()
-        y = x * 2.0                          # recorded into the (live) trace
+        y = x * 2.0  # recorded into the (live) trace
         seen["y"] = y.numpy()
         seen["tracing"] = _core.is_tracing()
 
@@ -423,7 +436,7 @@ def test_trace_dropped_on_another_thread_while_recording_stays_alive():
 
     _run_threads(recorder, other)
     np.testing.assert_array_equal(seen["y"], np.full(4, 2.0, F32))
-    assert seen["tracing"] is True           # (the thread ended while recording: freed then)
+    assert seen["tracing"] is True  # (the thread ended while recording: freed then)
     assert not _core.is_tracing()
 
 
@@ -493,6 +506,7 @@ def test_random_draws_of_replays_on_two_threads_are_whole_blocks_of_the_stream()
             go.wait()
             for _ in range(calls):
                 got[i].append(f(zero).numpy().tobytes())
+
         return run
 
     _run_threads(replayer(0), replayer(1))
@@ -528,6 +542,7 @@ def test_function_replays_on_one_thread_while_another_uses_a_tape():
 
 # --------------------------------------------------------------- task samplers
 
+
 def test_sinusoid_sampler_shared_by_threads_draws_whole_batches():
     """Each sample_batch draws under its generator's lock: two threads sharing a seeded
     sampler get, between them, exactly the batches one thread would draw (in some order)."""
@@ -554,8 +569,9 @@ def test_nway_sampler_shared_by_threads_gives_well_formed_episodes():
 
     rng = np.random.default_rng(6)
     n_cls, per = 12, 6
-    x = np.repeat(np.arange(n_cls, dtype=F32), per)[:, None, None] + \
-        rng.uniform(0, 0.1, (n_cls * per, 2, 2)).astype(F32)
+    x = np.repeat(np.arange(n_cls, dtype=F32), per)[:, None, None] + rng.uniform(
+        0, 0.1, (n_cls * per, 2, 2)
+    ).astype(F32)
     y = np.repeat(np.arange(n_cls), per)
     sampler = NWayKShot((x, y), n_way=4, k_shot=2, q_queries=2, augment_rotations=False, seed=0)
     bad = []

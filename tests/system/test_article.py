@@ -13,12 +13,13 @@ by the test. Its defects are reproduced, not fixed:
 The test replays the whole run in NumPy (its own forward and backward passes, the swapped
 loss, a fresh Adam per step) and compares the final weights.
 """
+
 import numpy as np
 import pytest
 
 import metalearn
 
-ARTICLE_PROGRAM = '''
+ARTICLE_PROGRAM = """
 import metalearn as tf
 from metalearn.keras.layers import Dense, Flatten
 from metalearn.keras.models import Sequential
@@ -82,7 +83,7 @@ for epoch in range(num_epochs):
     # Store the knowledge gained in this epoch
     memory.store(epoch, total_loss.numpy())
     print(f"Epoch {epoch + 1}/{num_epochs}, Loss: {total_loss.numpy()}")
-'''
+"""
 
 LR, B1, B2, EPS = 0.001, 0.9, 0.999, 1e-7
 
@@ -103,7 +104,7 @@ def _replay(meta_w, ada_w, x, y, epochs):
         W1, b1, W2, b2 = meta_w
         z1 = xf @ W1 + b1
         h = np.maximum(z1, 0)
-        o = h @ W2 + b2                                    # (n, 1)
+        o = h @ W2 + b2  # (n, 1)
         meta_loss = np.mean(np.mean((y - o) ** 2, axis=1))  # labels broadcast against (n, 1)
         do = np.sum(2 * (o - y), axis=1, keepdims=True) / (y.shape[1] * n)
         gW2, gb2 = h.T @ do, do.sum(0)

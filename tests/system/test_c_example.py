@@ -1,5 +1,6 @@
 """The C example (examples/c/quickstart.c) builds against the public header and the static
 library alone, runs, and prints the right numbers: f''(x) = 2a and a falling loss."""
+
 import os
 import re
 import shutil
@@ -10,8 +11,10 @@ from tests.helpers import REPO as ROOT
 
 EXAMPLE = ROOT / "examples" / "c" / "quickstart.c"
 
-pytestmark = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("make") is None,
-                                reason="needs a C compiler (cc) and make")
+pytestmark = pytest.mark.skipif(
+    shutil.which("cc") is None or shutil.which("make") is None,
+    reason="needs a C compiler (cc) and make",
+)
 
 
 # make, cc and the example are plain programs: under .ci/sanitize-python.sh the ASan
@@ -22,14 +25,36 @@ ENV = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
 @pytest.fixture(scope="module")
 def quickstart_output(tmp_path_factory):
     # the library, as a user builds it (incremental: quick when already built)
-    subprocess.run(["make", "-C", str(ROOT / "csrc"), "-s"], check=True, capture_output=True,
-                   text=True, timeout=600, env=ENV)
+    subprocess.run(
+        ["make", "-C", str(ROOT / "csrc"), "-s"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=ENV,
+    )
     exe = tmp_path_factory.mktemp("c_example") / "quickstart"
     build = subprocess.run(
-        ["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-I", str(ROOT / "csrc" / "include"),
-         str(EXAMPLE), str(ROOT / "csrc" / "build" / "libmetalearn.a"), "-lm", "-lpthread",
-         "-o", str(exe)],
-        capture_output=True, text=True, timeout=120, env=ENV)
+        [
+            "cc",
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-I",
+            str(ROOT / "csrc" / "include"),
+            str(EXAMPLE),
+            str(ROOT / "csrc" / "build" / "libmetalearn.a"),
+            "-lm",
+            "-lpthread",
+            "-o",
+            str(exe),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
     assert build.returncode == 0, build.stderr
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60, env=ENV)
     assert run.returncode == 0, run.stderr

@@ -1,4 +1,5 @@
 """``python -m metalearn``: the demo command."""
+
 import json
 import re
 import subprocess
@@ -14,17 +15,45 @@ from tests.helpers import needs_omniglot
 
 
 def test_help_lists_the_options():
-    out = subprocess.run([sys.executable, "-m", "metalearn", "--help"], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "metalearn", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0
-    for opt in ("--algorithm", "--task", "--ways", "--shots", "--iterations", "--meta-batch-size",
-                "--seed", "--threads", "--output", "protonet", "reptile", "omniglot"):
+    for opt in (
+        "--algorithm",
+        "--task",
+        "--ways",
+        "--shots",
+        "--iterations",
+        "--meta-batch-size",
+        "--seed",
+        "--threads",
+        "--output",
+        "protonet",
+        "reptile",
+        "omniglot",
+    ):
         assert opt in out.stdout
 
 
 def test_sinusoid_demo_prints_before_and_after(capsys, tmp_path):
-    assert main(["--iterations", "300", "--episodes", "30", "--verbose", "0", "--threads", "1",
-                 "--output", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "--iterations",
+                "300",
+                "--episodes",
+                "30",
+                "--verbose",
+                "0",
+                "--threads",
+                "1",
+                "--output",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "before adaptation" in out and "after 1 step" in out and "after 10 steps" in out
     rows = [ln for ln in out.splitlines() if ln.strip().startswith(("before", "after 10"))]
@@ -41,8 +70,23 @@ def test_sinusoid_demo_prints_before_and_after(capsys, tmp_path):
 
 @needs_omniglot
 def test_omniglot_protonet_demo(capsys):
-    assert main(["--task", "omniglot", "--algorithm", "protonet", "--iterations", "30",
-                 "--episodes", "20", "--verbose", "0"]) == 0
+    assert (
+        main(
+            [
+                "--task",
+                "omniglot",
+                "--algorithm",
+                "protonet",
+                "--iterations",
+                "30",
+                "--episodes",
+                "20",
+                "--verbose",
+                "0",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "Omniglot 5-way 1-shot" in out and "prototypes" in out and "%" in out
 
@@ -53,17 +97,39 @@ def test_protonet_needs_classification():
 
 
 def test_reproduce_quick_runs():
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reproduce.py"), "--quick",
-                          "--only", "maml_sinusoid", "maml_mlp"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "reproduce.py"),
+            "--quick",
+            "--only",
+            "maml_sinusoid",
+            "maml_mlp",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert "maml_sinusoid" in out.stdout and "89.7 +- 1.1" in out.stdout and "total" in out.stdout
 
 
 def test_maml_sinusoid_benchmark_runs():
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "maml_sinusoid.py"),
-                          "--iterations", "2", "--repeats", "1", "--warmup", "1"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "maml_sinusoid.py"),
+            "--iterations",
+            "2",
+            "--repeats",
+            "1",
+            "--warmup",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert "2nd order" in out.stdout and "1st order" in out.stdout
     if "torch 2" in out.stdout:

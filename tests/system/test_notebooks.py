@@ -6,6 +6,7 @@ so the bounds test "learnt something real", not paper numbers). Notebooks run in
 temporary directory (they must not write into the repository) and with matplotlib's
 non-interactive inline backend; nothing is displayed.
 """
+
 import os
 import re
 
@@ -24,34 +25,34 @@ TIMEOUT_PER_CELL = 240
 # notebook -> {key: (low, high)} on the values of its RESULT line
 EXPECTED = {
     "01_quickstart.ipynb": {
-        "test_accuracy": (0.5, 1.0),          # 10 Omniglot characters, chance 0.1
-        "meta_corr": (0.3, 1.0),              # predicted vs achieved, held-out tasks
+        "test_accuracy": (0.5, 1.0),  # 10 Omniglot characters, chance 0.1
+        "meta_corr": (0.3, 1.0),  # predicted vs achieved, held-out tasks
         "fixed_loss": (0.0, 0.1),
     },
     "02_maml_sinusoid.ipynb": {
-        "mse_0": (1.0, 10.0),                 # before adaptation: about the variance
+        "mse_0": (1.0, 10.0),  # before adaptation: about the variance
         "mse_1": (0.0, 1.2),
         "mse_10": (0.0, 0.6),
-        "pretrained_mse_10": (0.6, 10.0),     # the baseline adapts much worse
+        "pretrained_mse_10": (0.6, 10.0),  # the baseline adapts much worse
     },
     "03_omniglot_few_shot.ipynb": {
-        "protonet_acc": (0.5, 1.0),           # 5-way 1-shot, chance 0.2
+        "protonet_acc": (0.5, 1.0),  # 5-way 1-shot, chance 0.2
         "protonet_ci95": (0.0, 0.05),
-        "maml_acc_0": (0.1, 0.3),             # before adaptation: chance
+        "maml_acc_0": (0.1, 0.3),  # before adaptation: chance
         "maml_acc_3": (0.35, 1.0),
     },
     "04_knowledge_memory.ipynb": {
         "recall_5way": (0.5, 1.0),
-        "recall_20way": (0.25, 1.0),          # chance 0.05
-        "growing_final": (0.05, 1.0),         # 300 classes, chance 0.003
+        "recall_20way": (0.25, 1.0),  # chance 0.05
+        "growing_final": (0.05, 1.0),  # 300 classes, chance 0.003
         # MetaLearner: accuracy after 1 step on recurring tasks, with the memory's warm start
         # minus without (measured +0.07); no harm on novel tasks where nothing stored fits
         "warm_acc": (0.3, 1.0),
-        "cold_acc": (0.25, 1.0),              # MAML learnt something: chance 0.2
+        "cold_acc": (0.25, 1.0),  # MAML learnt something: chance 0.2
         "warm_gain": (0.02, 1.0),
         "novel_gain": (-0.03, 1.0),
-        "recall_right": (0.5, 1.0),           # recalled task has the same classes (0.88)
-        "predictor_spearman": (0.2, 1.0),     # predicted vs achieved, held-out tasks (0.50)
+        "recall_right": (0.5, 1.0),  # recalled task has the same classes (0.88)
+        "predictor_spearman": (0.2, 1.0),  # predicted vs achieved, held-out tasks (0.50)
     },
 }
 
@@ -70,8 +71,9 @@ def test_notebook_is_stored_clean(name):
     nbformat.validate(nb)
     assert nb.nbformat == 4
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.outputs and c.execution_count is None for c in code), \
+    assert all(not c.outputs and c.execution_count is None for c in code), (
         f"{name}: outputs must be cleared in the repository"
+    )
     assert sum(c.cell_type == "markdown" for c in nb.cells) >= 4, f"{name}: explain what happens"
 
 
@@ -80,8 +82,12 @@ def _run(name, tmp_path):
     env_before = os.environ.get("MPLBACKEND")
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     try:
-        client = nbclient.NotebookClient(nb, timeout=TIMEOUT_PER_CELL, kernel_name="python3",
-                                         resources={"metadata": {"path": str(tmp_path)}})
+        client = nbclient.NotebookClient(
+            nb,
+            timeout=TIMEOUT_PER_CELL,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(tmp_path)}},
+        )
         client.execute()
     finally:
         if env_before is None:
@@ -110,8 +116,9 @@ def test_notebook_runs(name, tmp_path):
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
 
     # plots were made
-    assert any(o.output_type == "display_data" and "image/png" in o.get("data", {})
-               for o in outputs), f"{name}: no figure"
+    assert any(
+        o.output_type == "display_data" and "image/png" in o.get("data", {}) for o in outputs
+    ), f"{name}: no figure"
 
     # the key result
     lines = re.findall(r"^RESULT \S+ (.*)$", text, re.M)

@@ -1,6 +1,7 @@
 """Progress output (metalearn/progress.py and the loops that use it): a Keras-style bar
 with an ETA on a terminal, plain lines when the output is not a terminal, nothing with
 verbose=0. A fake stream whose isatty() says True stands in for a terminal."""
+
 import io
 import re
 import sys
@@ -29,7 +30,7 @@ def test_terminal_draws_a_bar_with_an_eta_then_ends_the_line():
         bar.update(i, {"loss": 1.0 / i})
     text = out.getvalue()
     frames = text.split("\r")[1:]
-    assert len(frames) == 10                              # redrawn in place, one line
+    assert len(frames) == 10  # redrawn in place, one line
     assert re.match(r" 3/10 \[=+>\.+\] - ETA: \d+s - loss: 0\.3333", frames[2]), frames[2]
     assert all("ETA" in f for f in frames[:-1])
     last = frames[-1]
@@ -43,7 +44,7 @@ def test_terminal_redraws_are_rate_limited():
     bar = Progbar(1000, verbose=1, interval=3600.0, stream=out)
     for i in range(1, 1001):
         bar.update(i)
-    assert out.getvalue().count("\r") <= 2               # the first draw, the final one
+    assert out.getvalue().count("\r") <= 2  # the first draw, the final one
 
 
 def test_not_a_terminal_prints_one_plain_line_at_the_end():
@@ -51,11 +52,13 @@ def test_not_a_terminal_prints_one_plain_line_at_the_end():
     bar = Progbar(5, verbose=1, stream=out)
     for i in range(1, 5):
         bar.update(i, [("loss", 0.5), ("accuracy", 0.75)])
-        assert out.getvalue() == ""                      # nothing until the end
+        assert out.getvalue() == ""  # nothing until the end
     bar.update(5, [("loss", 0.25)])
     text = out.getvalue()
     assert "\r" not in text and "[" not in text
-    assert re.fullmatch(r"5/5 - \d+s - \d+(us|ms|s)/step - loss: 0\.2500 - accuracy: 0\.7500\n", text)
+    assert re.fullmatch(
+        r"5/5 - \d+s - \d+(us|ms|s)/step - loss: 0\.2500 - accuracy: 0\.7500\n", text
+    )
 
 
 @pytest.mark.parametrize("tty", [True, False])
@@ -109,6 +112,7 @@ def test_formats():
 
 # ------------------------------------------------------------------ the long calls
 
+
 def _model():
     return dense_model(3, 4, 1)
 
@@ -149,18 +153,22 @@ def test_model_fit_and_evaluate_silent_with_verbose_0(monkeypatch, tty):
 
 def _maml():
     from metalearn.meta import MAML, models
+
     ml.random.set_seed(0)
     return MAML(models.sinusoid_mlp(hidden=(8,)), inner_lr=0.01)
 
 
 def test_meta_fit_bar_with_eta_on_a_terminal(monkeypatch):
     from metalearn.tasks import Sinusoid
+
     out = FakeStream(tty=True)
     monkeypatch.setattr(sys, "stdout", out)
     maml = _maml()
     import metalearn.progress as progress
-    monkeypatch.setattr(progress.Progbar.__init__, "__defaults__",
-                        (30, 1, 0.0, None, "step"))            # redraw every update
+
+    monkeypatch.setattr(
+        progress.Progbar.__init__, "__defaults__", (30, 1, 0.0, None, "step")
+    )  # redraw every update
     maml.fit(Sinusoid(seed=0), iterations=20, meta_batch_size=2, verbose=1)
     frames = out.getvalue().split("\r")[1:]
     assert len(frames) >= 10
@@ -170,6 +178,7 @@ def test_meta_fit_bar_with_eta_on_a_terminal(monkeypatch):
 
 def test_meta_fit_plain_lines_with_eta_when_piped(monkeypatch):
     from metalearn.tasks import Sinusoid
+
     out = FakeStream(tty=False)
     monkeypatch.setattr(sys, "stdout", out)
     _maml().fit(Sinusoid(seed=0), iterations=20, meta_batch_size=2, verbose=1)
@@ -183,6 +192,7 @@ def test_meta_fit_plain_lines_with_eta_when_piped(monkeypatch):
 @pytest.mark.parametrize("tty", [True, False])
 def test_meta_fit_and_evaluate_silent_with_verbose_0(monkeypatch, tty):
     from metalearn.tasks import Sinusoid
+
     out = FakeStream(tty=tty)
     monkeypatch.setattr(sys, "stdout", out)
     maml = _maml()
@@ -193,6 +203,7 @@ def test_meta_fit_and_evaluate_silent_with_verbose_0(monkeypatch, tty):
 
 def test_evaluate_over_many_episodes_shows_progress(monkeypatch):
     from metalearn.tasks import Sinusoid
+
     out = FakeStream(tty=False)
     monkeypatch.setattr(sys, "stdout", out)
     _maml().evaluate(Sinusoid(seed=1), episodes=30, verbose=1)

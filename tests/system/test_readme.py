@@ -1,5 +1,6 @@
 """The README's Python examples run as written (with smaller budgets), and its first
 lines hold the two set-up commands."""
+
 import os
 import re
 
@@ -30,8 +31,11 @@ def test_python_examples_run(tmp_path, monkeypatch):
     for block in _blocks():
         if not any(w in block for w in wanted):
             continue
-        code = (block.replace("iterations=2000", "iterations=3")
-                .replace("episodes=600", "episodes=3").replace("epochs=2", "epochs=1"))
+        code = (
+            block.replace("iterations=2000", "iterations=3")
+            .replace("episodes=600", "episodes=3")
+            .replace("epochs=2", "epochs=1")
+        )
         exec(compile(code, "README.md", "exec"), namespace)
         ran.append(block)
     assert len(ran) == len(wanted)
