@@ -6,6 +6,8 @@ import sys
 
 import numpy
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.errors import CCompilerError, ExecError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -38,7 +40,31 @@ link = os.environ.get("METALEARN_LDFLAGS", "").split()
 if sys.platform.startswith("linux"):
     link.append("-Wl,-Bsymbolic-functions")
 
+# pip shows a failed build's whole log, where the compiler's one line is easily missed
+# among the commands: the last lines say what failed and what is needed.
+BUILD_FAILED = """
+metalearn: building the C extension metalearn._core failed ({error}).
+metalearn is a C core with a Python face, and pip install compiles it from the C sources
+in csrc/ (about a minute). That needs a C compiler (gcc or clang, called as $CC or cc)
+and the Python development headers (Python.h: the python3-dev or python3-devel package
+on Linux, the Xcode command line tools on macOS). The compiler's own message is above;
+`pip install -v .` shows every compile command and its output.
+"""
+
+
+class BuildExtExplained(build_ext):
+    """build_ext that ends a compiler failure with what it needs (BUILD_FAILED)."""
+
+    def run(self):
+        try:
+            super().run()
+        except (CCompilerError, ExecError) as error:
+            sys.stderr.write(BUILD_FAILED.format(error=error))
+            raise
+
+
 setup(
+    cmdclass={"build_ext": BuildExtExplained},
     ext_modules=[
         Extension(
             "metalearn._core",

@@ -5,7 +5,37 @@ import stat
 
 import pytest
 
-from tests.helpers import REFERENCE
+from tests.helpers import REFERENCE, data_missing, find_omniglot
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "requires_omniglot: needs the Omniglot data; skipped with the places searched when "
+        "absent, failed instead under METALEARN_REQUIRE_DATA=1",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    # before the test's fixtures run: the data is looked for in the environment as it is
+    if item.get_closest_marker("requires_omniglot") is not None:
+        folder, reason = find_omniglot()
+        if folder is None:
+            data_missing(reason)
+
+
+@pytest.fixture(scope="session")
+def requires_omniglot():
+    """The Omniglot folder metalearn finds (its search order, no path given); the test is
+    skipped when there is none, with the places searched as the reason, and fails instead
+    under METALEARN_REQUIRE_DATA=1. The fixture form of ``@pytest.mark.requires_omniglot``,
+    for a test that needs the data only for some parameters:
+    ``if name in NEEDS_DATA: request.getfixturevalue("requires_omniglot")``."""
+    folder, reason = find_omniglot()
+    if folder is None:
+        data_missing(reason)
+    return folder
 
 
 @pytest.fixture

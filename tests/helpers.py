@@ -18,29 +18,59 @@ REPO = TESTS.parent
 REFERENCE = TESTS / "reference"
 
 
-def _omniglot_dir():
-    # METALEARN_DATA names the Omniglot folder or the folder above it (the loader accepts
-    # both); without it, the shared data beside the checkout
-    base = os.environ.get("METALEARN_DATA")
-    root = Path(base) if base else REPO.parent / "shared" / "data"
-    for d in (root, root / "omniglot"):
-        if (d / "omniglot_background.npz").is_file():
-            return d
-    return root / "omniglot"
+# Data the tests do not ship (Omniglot) is looked for where metalearn looks (path-less:
+# $METALEARN_DATA, the user data folder, ../shared/data beside the checkout). A test that
+# needs it skips with a reason naming those places; with METALEARN_REQUIRE_DATA=1 (CI)
+# the same condition fails instead, so a run never passes by silently skipping them.
+REQUIRE_DATA = os.environ.get("METALEARN_REQUIRE_DATA", "") not in ("", "0")
 
 
-OMNIGLOT = _omniglot_dir()
-needs_omniglot = pytest.mark.skipif(
-    not (OMNIGLOT / "omniglot_background.npz").is_file(),
-    reason="no Omniglot data (set METALEARN_DATA)",
-)
+def data_missing(reason):
+    """Skips the test (fails it under METALEARN_REQUIRE_DATA=1) because data is absent."""
+    if REQUIRE_DATA:
+        pytest.fail(f"{reason} [METALEARN_REQUIRE_DATA=1 turns this skip into a failure]")
+    pytest.skip(reason)
+
+
+_FOUND = {}
+
+
+def find_omniglot():
+    """``(folder, None)`` when metalearn's search order finds both Omniglot sets (the
+    packaged .npz arrays, the official zips or their extracted folders), else
+    ``(None, reason)``; the reason lists every folder searched. Looked up once."""
+    if "omniglot" not in _FOUND:
+        from metalearn.datasets import DataNotFoundError, omniglot_search_paths
+        from metalearn.datasets._omniglot import _find
+
+        try:
+            folder = _find("background", "lanczos", None)[0]
+            _find("evaluation", "lanczos", None)
+            _FOUND["omniglot"] = (folder, None)
+        except DataNotFoundError:
+            places = ", ".join(str(p) for p in omniglot_search_paths())
+            _FOUND["omniglot"] = (
+                None,
+                f"needs Omniglot, not found in {places} "
+                "(set METALEARN_DATA to the folder holding it)",
+            )
+    return _FOUND["omniglot"]
+
+
+# the mark that tests/conftest.py acts on: skip (or fail) without Omniglot
+requires_omniglot = pytest.mark.requires_omniglot
+needs_omniglot = requires_omniglot  # the older name
 
 
 def omniglot_file(name="omniglot_background.npz"):
-    """The path of one of the shared Omniglot files, or a skip that names it."""
-    path = OMNIGLOT / name
+    """The path of one of metalearn's packaged Omniglot files (.npz arrays, ``raw/...``),
+    or a data skip (a failure under METALEARN_REQUIRE_DATA=1) that names it."""
+    folder, reason = find_omniglot()
+    if folder is None:
+        data_missing(reason)
+    path = folder / name
     if not path.is_file():
-        pytest.skip(f"Omniglot data not found: {path} (set METALEARN_DATA)")
+        data_missing(f"needs {path} (metalearn's packaged Omniglot files), not found")
     return path
 
 

@@ -1,5 +1,18 @@
-"""Datasets for few-shot learning, read from local files (never downloaded at run time)."""
+"""Datasets for few-shot learning, read from local files (never downloaded at run time).
 
-from ._omniglot import load_omniglot_arrays, omniglot, omniglot_search_paths
+Every reader looks in the same places, in order: the folder it is given (which must
+exist), ``$METALEARN_DATA``, the user data folder (``$METALEARN_DATA_HOME``, else
+``~/.cache/metalearn/data``), and ``../shared/data`` beside a source checkout.
+"""
 
-__all__ = ["omniglot", "load_omniglot_arrays", "omniglot_search_paths"]
+from ._locate import DataNotFoundError, user_data_dir
+from ._omniglot import load_omniglot_arrays, omniglot, omniglot_search_paths, vinyals_split
+
+__all__ = [
+    "omniglot",
+    "load_omniglot_arrays",
+    "omniglot_search_paths",
+    "vinyals_split",
+    "DataNotFoundError",
+    "user_data_dir",
+]

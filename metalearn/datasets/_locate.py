@@ -29,9 +29,13 @@ def user_data_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "metalearn" / "data"
 
 
-def _checkout_shared() -> Path:
-    # <checkout>/metalearn/datasets/_locate.py -> <checkout>/../shared/data
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+def _checkout_shared() -> Optional[Path]:
+    """``<checkout>/../shared/data`` when metalearn runs from a source checkout, else None:
+    installed, the folder above would be ``<venv>/lib/python3.X/shared/data``."""
+    checkout = Path(__file__).resolve().parents[2]  # <checkout>/metalearn/datasets/_locate.py
+    if not (checkout / "pyproject.toml").is_file():
+        return None
+    return checkout.parent / "shared" / "data"
 
 
 def search_paths(name: str, path: Optional[PathLike] = None) -> List[Path]:
@@ -52,7 +56,9 @@ def search_paths(name: str, path: Optional[PathLike] = None) -> List[Path]:
     roots.append(user_data_dir())
     shared = _checkout_shared()
     out: List[Path] = []
-    candidates = [c for r in roots for c in (r, r / name)] + [shared / name]
+    candidates = [c for r in roots for c in (r, r / name)]
+    if shared is not None:
+        candidates.append(shared / name)
     for c in candidates:
         if c not in out:
             out.append(c)

@@ -1,18 +1,20 @@
 """Omniglot (Lake, Salakhutdinov & Tenenbaum 2015): 1623 handwritten characters from 50
 alphabets, 20 drawings each, read from local files.
 
-Where the data is looked for, in order:
+Where the data is looked for (``metalearn.datasets._locate``, the order every reader uses):
 
-1. the ``path`` argument,
+1. the ``path`` argument (``--data`` on the command line); a path that does not exist is
+   an error, never a fall-back to other data,
 2. the ``METALEARN_DATA`` environment variable,
-3. ``<checkout>/../shared/data/omniglot`` (next to a source checkout of metalearn).
+3. the user data folder: ``$METALEARN_DATA_HOME``, else ``~/.cache/metalearn/data``,
+4. ``<checkout>/../shared/data`` beside a source checkout of metalearn.
 
 Each place may be the Omniglot folder itself or a folder holding ``omniglot/``. A folder
 is used when it holds either metalearn's packaged arrays
 (``omniglot_background.npz``/``omniglot_evaluation.npz``, 28x28 uint8 ink-positive, and
 ``*_nearest.npz``) or the official layout a user downloads from
-https://github.com/brendenlake/omniglot (``images_background.zip`` /
-``images_evaluation.zip``, or those zips extracted: PNG folders
+https://github.com/brendenlake/omniglot (``python/images_background.zip`` and
+``python/images_evaluation.zip``, or those zips extracted: PNG folders
 ``Alphabet/characterNN/XXXX_YY.png``, 105x105, black ink on white paper), which are
 decoded without Pillow and shrunk to 28x28 with an area (box) filter.
 
@@ -23,21 +25,29 @@ Splits:
 - ``"vinyals_train"`` (1028), ``"vinyals_val"`` (172), ``"vinyals_trainval"`` (1200),
   ``"vinyals_test"`` (423): the character split of Vinyals et al. 2016 used by MAML and
   ProtoNets (1200 characters to train on, the rest to test); it spans both sets, so
-  they are concatenated and the characters looked up by name in
-  ``splits/vinyals_*.txt``.
+  they are concatenated and the characters looked up by name in the lists shipped with
+  metalearn, ``metalearn/datasets/splits/vinyals_*.txt`` (their source: the README there).
 """
 
 import os
 import re
 import zipfile
+from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Tuple, Union
 
 import numpy as np
 
+from ._locate import locate, search_paths
 from .png import decode_png
 
-__all__ = ["omniglot", "load_omniglot_arrays", "omniglot_search_paths", "resize_area"]
+__all__ = [
+    "omniglot",
+    "load_omniglot_arrays",
+    "omniglot_search_paths",
+    "vinyals_split",
+    "resize_area",
+]
 
 SETS = ("background", "evaluation")
 SPLITS = SETS + ("vinyals_train", "vinyals_val", "vinyals_trainval", "vinyals_test")
@@ -47,35 +57,20 @@ _PNG_NAME = re.compile(r"(?:^|/)([^/]+)/(character(\d+))/(\d+)_(\d+)\.png$")
 _CACHE = {}
 
 _HOW_TO_GET = (
-    "Get the data with either:\n"
-    "  - the official zips images_background.zip and images_evaluation.zip from "
-    "https://github.com/brendenlake/omniglot/tree/master/python, put in one folder, or\n"
-    "  - metalearn's packaged arrays omniglot_background.npz / omniglot_evaluation.npz "
-    "(see shared/data/omniglot/README.md),\n"
-    "then pass omniglot(path=FOLDER) or set METALEARN_DATA=FOLDER."
+    "The files come from Omniglot's official repository, "
+    "https://github.com/brendenlake/omniglot (its python/ folder): download "
+    "images_background.zip and images_evaluation.zip into one folder (unzipping them is "
+    "optional)."
 )
 
 
-def _default_dir():
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "omniglot"
-
-
 def omniglot_search_paths(path: Union[str, os.PathLike, None] = None) -> List[Path]:
-    """The folders searched for Omniglot, in order: `path`, ``$METALEARN_DATA``, the
-    checkout's ``../shared/data/omniglot`` (each also with ``/omniglot`` appended)."""
-    roots = []
-    if path is not None:
-        roots.append(Path(path).expanduser())
-    env = os.environ.get("METALEARN_DATA")
-    if env:
-        roots.append(Path(env).expanduser())
-    roots.append(_default_dir())
-    out = []
-    for r in roots:
-        for p in (r, r / "omniglot"):
-            if p not in out:
-                out.append(p)
-    return out
+    """The folders searched for Omniglot, in order (see the module docstring), each once.
+
+    Raises:
+        DataNotFoundError: `path` was given and does not exist.
+    """
+    return search_paths("omniglot", path)
 
 
 def _source_in(folder, which, resample):
@@ -95,17 +90,18 @@ def _source_in(folder, which, resample):
 
 
 def _find(which, resample, path):
-    searched = omniglot_search_paths(path)
-    for folder in searched:
-        src = _source_in(folder, which, resample)
-        if src is not None:
-            return folder, src
     suffix = "_nearest" if resample == "nearest" else ""
-    places = "\n".join(f"  - {p}" for p in searched)
-    raise FileNotFoundError(
-        f"Omniglot ({which} set) not found. Looked for omniglot_{which}{suffix}.npz, "
-        f"images_{which}.zip or an images_{which}/ folder in:\n{places}\n{_HOW_TO_GET}"
+    folder = locate(
+        "omniglot",
+        path,
+        found=lambda f: _source_in(f, which, resample) is not None,
+        expects=(
+            f"the {which} set (omniglot_{which}{suffix}.npz, images_{which}.zip or the "
+            f"extracted images_{which}/ folder)"
+        ),
+        how_to_get=_HOW_TO_GET,
     )
+    return folder, _source_in(folder, which, resample)
 
 
 def resize_area(images: np.ndarray, size: int = 28) -> np.ndarray:
@@ -189,7 +185,8 @@ def load_omniglot_arrays(
 
     Args:
         which: ``"background"`` or ``"evaluation"``.
-        path: a folder to look in first (see the module docstring for the search order).
+        path: a folder to look in first, which must exist (see the module docstring for
+            the search order).
         resample: ``"lanczos"`` (antialiased, the default) or ``"nearest"`` (binary, what
             MAML's and ProtoNets' preprocessing produces). From PNGs, ``"lanczos"`` uses an
             area filter.
@@ -200,7 +197,8 @@ def load_omniglot_arrays(
         ``char_alphabet``, ``char_ids``, and ``source`` (the file or folder read).
 
     Raises:
-        FileNotFoundError: nowhere to be found; the message lists every place searched.
+        DataNotFoundError: (a FileNotFoundError) nowhere to be found, or `path` does not
+            exist; the message lists every place searched.
         ValueError: bad `which` or `resample`.
     """
     if which not in SETS:
@@ -238,14 +236,15 @@ def load_omniglot_arrays(
     return dict(arr)
 
 
-def _split_file(name, folders):
-    for folder in folders:
-        f = Path(folder) / "splits" / f"{name}.txt"
-        if f.is_file():
-            return f
-    raise FileNotFoundError(
-        f"Omniglot: split file splits/{name}.txt not found in " + ", ".join(str(f) for f in folders)
-    )
+def vinyals_split(which: str) -> List[str]:
+    """The character names (``Alphabet/characterNN``) of one part of the Vinyals et al.
+    split: ``"train"`` (1028), ``"val"`` (172), ``"trainval"`` (1200) or ``"test"`` (423),
+    read from the lists shipped in the package (``metalearn/datasets/splits/``)."""
+    parts = ("train", "val", "trainval", "test")
+    if which not in parts:
+        raise ValueError(f"vinyals_split: which must be one of {parts}, got {which!r}")
+    text = (resources.files(__package__) / "splits" / f"vinyals_{which}.txt").read_text("utf-8")
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
 def omniglot(
@@ -257,8 +256,9 @@ def omniglot(
     """Loads Omniglot as float32 images in [0, 1] (ink = 1) and integer labels.
 
     Args:
-        path: a folder holding the data (searched first; then ``$METALEARN_DATA``, then
-            ``<checkout>/../shared/data/omniglot``).
+        path: a folder holding the data, which must exist (searched first; then
+            ``$METALEARN_DATA``, the user data folder ``~/.cache/metalearn/data``, and
+            ``../shared/data`` beside a checkout).
         split: ``"background"``, ``"evaluation"``, ``"vinyals_train"``, ``"vinyals_val"``,
             ``"vinyals_trainval"`` (the 1200 training characters of MAML/ProtoNets) or
             ``"vinyals_test"`` (the other 423).
@@ -271,8 +271,8 @@ def omniglot(
         ``(x, y, char_names)``.
 
     Raises:
-        FileNotFoundError: the data (or a split file) is missing; the message says where
-            it was looked for and how to get it.
+        DataNotFoundError: (a FileNotFoundError) `path` does not exist, or the data is
+            nowhere; the message says where it was looked for and how to get it.
 
     Example::
 
@@ -292,10 +292,7 @@ def omniglot(
         all_labels = np.concatenate(
             [bg["labels"].astype(np.int64), ev["labels"].astype(np.int64) + len(bg["char_names"])]
         )
-        folders = [bg["folder"]] + [str(p) for p in omniglot_search_paths(path)]
-        wanted = [
-            ln.strip() for ln in _split_file(split, folders).read_text().splitlines() if ln.strip()
-        ]
+        wanted = vinyals_split(split[len("vinyals_") :])
         index = {n: i for i, n in enumerate(all_names.tolist())}
         missing = [n for n in wanted if n not in index]
         if missing:

@@ -4,6 +4,15 @@ import collections
 import re
 import threading
 
+__all__ = [
+    "floatx",
+    "unique_name",
+    "clear_session",
+    "snake_case",
+    "learning_phase",
+    "current_training",
+]
+
 _uids = collections.defaultdict(int)
 _ctx = threading.local()  # .training: the training flag of the call in progress (None outside)
 

@@ -11,7 +11,7 @@ import metalearn as ml
 from metalearn import keras
 from metalearn.keras import layers
 from metalearn.networks import AdaptiveNeuralNetwork
-from tests.helpers import omniglot_file
+from tests.helpers import omniglot_file, requires_omniglot
 
 
 def two_spirals(n_per_class=200, noise=0.2, seed=0):
@@ -120,6 +120,7 @@ def test_fit_learns_two_spirals():
     assert elapsed < 20
 
 
+@requires_omniglot
 def test_fit_learns_an_omniglot_10_class_subset():
     data = np.load(omniglot_file())
     images, labels = data["images"], data["labels"]

@@ -7,7 +7,7 @@ import metalearn as ml
 from metalearn import keras
 from metalearn.meta import ANIL, FOMAML, MAML, MetaSGD, ProtoNet, Reptile, models, prototype_logits
 from metalearn.tasks import NWayKShot, Sinusoid
-from tests.helpers import needs_omniglot
+from tests.helpers import requires_omniglot
 from tests.helpers import sinusoid_model as _model
 
 
@@ -142,7 +142,7 @@ def _omniglot_subset():
     return (x[y < 300], y[y < 300]), (xt[yt < 100], yt[yt < 100])
 
 
-@needs_omniglot
+@requires_omniglot
 def test_protonet_on_omniglot_subset_beats_chance():
     train, test = _omniglot_subset()
     ml.random.set_seed(0)
@@ -181,7 +181,7 @@ def test_protonet_on_omniglot_subset_beats_chance():
         np.testing.assert_array_equal(a, b)
 
 
-@needs_omniglot
+@requires_omniglot
 def test_maml_mlp_on_omniglot_subset_learns():
     train, test = _omniglot_subset()
     model = models.omniglot_mlp(5, hidden=(64, 64), batch_norm=False)

@@ -21,7 +21,7 @@ import pytest
 
 import metalearn as ml
 from metalearn.memory import KnowledgeMemory, MemoryClassifier
-from tests.helpers import omniglot_file
+from tests.helpers import omniglot_file, requires_omniglot
 
 EPS = 1e-12
 M64 = (1 << 64) - 1
@@ -573,6 +573,7 @@ def _omniglot():
     return d["images"], d["labels"]
 
 
+@requires_omniglot
 def test_one_shot_omniglot_by_memory_lookup():
     """Kaiser et al.'s recipe, small: an encoder trained only through the memory loss, then
     5-way 1-shot episodes on characters never trained on, answered by nearest key."""

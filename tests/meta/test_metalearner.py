@@ -14,13 +14,10 @@ from tests.helpers import REPO
 
 
 @pytest.fixture(scope="module")
-def data():
-    try:
-        from metalearn.datasets import omniglot
+def data(requires_omniglot):
+    from metalearn.datasets import omniglot
 
-        x, y = omniglot(split="background")
-    except FileNotFoundError:
-        pytest.skip("Omniglot data not found")
+    x, y = omniglot(split="background")
     keep = y < 40  # a small subset: 40 characters
     return x[keep], y[keep]
 

@@ -1,5 +1,6 @@
 """Omniglot loader: real data, splits, search order, the official PNG/zip layout."""
 
+import hashlib
 import shutil
 import struct
 import zipfile
@@ -8,25 +9,31 @@ import zlib
 import numpy as np
 import pytest
 
-from metalearn.datasets import load_omniglot_arrays, omniglot, omniglot_search_paths
+from metalearn.datasets import (
+    DataNotFoundError,
+    load_omniglot_arrays,
+    omniglot,
+    omniglot_search_paths,
+    vinyals_split,
+)
 from metalearn.datasets._omniglot import resize_area, _CACHE
 from metalearn.datasets.png import decode_png, encode_png
-import metalearn.datasets._omniglot as om
-from tests.helpers import OMNIGLOT as DATA
-from tests.helpers import needs_omniglot as needs_data
+import metalearn.datasets._locate as locate_module
+from tests.helpers import omniglot_file, requires_omniglot
 
 
 @pytest.fixture
 def no_default(monkeypatch, tmp_path):
-    """No METALEARN_DATA and a default folder that does not exist."""
+    """No METALEARN_DATA, a user data folder that does not exist, no checkout's shared data."""
     monkeypatch.delenv("METALEARN_DATA", raising=False)
-    monkeypatch.setattr(om, "_default_dir", lambda: tmp_path / "no_default_here")
+    monkeypatch.setenv("METALEARN_DATA_HOME", str(tmp_path / "no_default_here"))
+    monkeypatch.setattr(locate_module, "_checkout_shared", lambda: None)
     _CACHE.clear()
     yield
     _CACHE.clear()
 
 
-@needs_data
+@requires_omniglot
 def test_real_sets_sizes_and_values():
     x, y = omniglot(split="background")
     assert x.shape == (19280, 28, 28, 1) and x.dtype == np.float32
@@ -39,7 +46,7 @@ def test_real_sets_sizes_and_values():
     assert xe.shape == (13180, 28, 28, 1) and len(np.unique(ye)) == 659
 
 
-@needs_data
+@requires_omniglot
 @pytest.mark.parametrize(
     "split,chars",
     [
@@ -53,11 +60,7 @@ def test_vinyals_splits(split, chars):
     x, y, names = omniglot(split=split, return_names=True)
     assert len(names) == chars and len(np.unique(y)) == chars and len(x) == 20 * chars
     np.testing.assert_array_equal(np.unique(y), np.arange(chars))
-    wanted = [
-        ln.strip()
-        for ln in (DATA / "splits" / f"{split}.txt").read_text().splitlines()
-        if ln.strip()
-    ]
+    wanted = vinyals_split(split[len("vinyals_") :])
     assert list(names) == wanted
     # label 0's images are the 20 drawings of the first listed character, from the right set
     first = wanted[0]
@@ -72,14 +75,14 @@ def test_vinyals_splits(split, chars):
         pytest.fail(f"{first} in neither set")
 
 
-@needs_data
+@requires_omniglot
 def test_trainval_and_test_partition_all_characters():
     _, _, a = omniglot(split="vinyals_trainval", return_names=True)
     _, _, b = omniglot(split="vinyals_test", return_names=True)
     assert not set(a) & set(b) and len(set(a) | set(b)) == 1623
 
 
-@needs_data
+@requires_omniglot
 def test_nearest_is_binary_and_lanczos_is_not():
     xn, yn = omniglot(split="evaluation", resample="nearest")
     xl, yl = omniglot(split="evaluation")
@@ -93,21 +96,64 @@ def test_missing_data_error_lists_every_place(no_default, tmp_path, monkeypatch)
     env.mkdir()
     monkeypatch.setenv("METALEARN_DATA", str(env))
     given = tmp_path / "given"
+    given.mkdir()
     with pytest.raises(FileNotFoundError) as info:
         omniglot(path=given)
     msg = str(info.value)
-    for p in (given, given / "omniglot", env, env / "omniglot", tmp_path / "no_default_here"):
-        assert str(p) in msg
-    assert "images_background.zip" in msg and "METALEARN_DATA" in msg
-    # the search order is: path, METALEARN_DATA, default
-    order = omniglot_search_paths(given)
-    assert (
-        order[0] == given
-        and order[2] == env
-        and order[-1] == tmp_path / "no_default_here" / "omniglot"
-    )
+    home = tmp_path / "no_default_here"
+    places = [given, given / "omniglot", env, env / "omniglot", home, home / "omniglot"]
+    listed = [ln[4:] for ln in msg.splitlines() if ln.startswith("  - ")]
+    assert listed == [str(p) for p in places]  # each once, in the search order
+    assert omniglot_search_paths(given) == places
+    # self-contained: how to point at the files, which files, where they come from
+    for needed in (
+        "--data",
+        "METALEARN_DATA",
+        "omniglot_background.npz",
+        "images_background.zip",
+        "images_evaluation.zip",
+        "https://github.com/brendenlake/omniglot",
+        "python/",
+    ):
+        assert needed in msg, needed
+    assert "README" not in msg and "shared/data" not in msg
     with pytest.raises(ValueError):
         omniglot(split="training")
+
+
+def test_a_given_path_that_does_not_exist_is_an_error(no_default, tmp_path, monkeypatch):
+    # data is findable through METALEARN_DATA, but an explicit wrong path must not fall
+    # back to it silently
+    env = tmp_path / "env_dir"
+    _write_zip(env / "images_background.zip")
+    monkeypatch.setenv("METALEARN_DATA", str(env))
+    assert omniglot(split="background")[0].shape == (6, 28, 28, 1)
+    with pytest.raises(DataNotFoundError, match="does not exist") as info:
+        omniglot(path=tmp_path / "typo", split="background")
+    assert str(tmp_path / "typo") in str(info.value)
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_user_data_folder_is_searched_after_metalearn_data(no_default, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    _write_zip(home / "omniglot" / "images_background.zip")
+    monkeypatch.setenv("METALEARN_DATA_HOME", str(home))
+    assert load_omniglot_arrays("background")["source"] == str(
+        home / "omniglot" / "images_background.zip"
+    )
+    _CACHE.clear()
+    env = tmp_path / "env"
+    _write_zip(env / "images_background.zip", layout={"Gamma": 1})
+    monkeypatch.setenv("METALEARN_DATA", str(env))
+    assert load_omniglot_arrays("background")["source"] == str(env / "images_background.zip")
+    order = omniglot_search_paths()
+    assert order == [env, env / "omniglot", home, home / "omniglot"]
+
+
+def test_default_user_data_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("METALEARN_DATA_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert locate_module.user_data_dir() == tmp_path / ".cache" / "metalearn" / "data"
 
 
 # ------------------------------------------------------------- PNG and zip layout
@@ -126,6 +172,7 @@ def _glyph(seed):
 def _write_zip(path, top="images_background", layout=None):
     layout = layout or {"Alpha": 2, "Beta_(x)": 1}
     truth = {}
+    path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as z:
         char_id = 1
         for alphabet, n_chars in layout.items():
@@ -176,19 +223,17 @@ def test_extracted_folder_layout_and_env_var(no_default, tmp_path, monkeypatch):
     assert load_omniglot_arrays("evaluation")["source"] == str(root / "images_evaluation")
 
 
-@needs_data
+@requires_omniglot
 def test_official_pngs_match_the_packaged_arrays(no_default, tmp_path):
     # the official images_background_small1.zip (PNG folders) read as a background set
-    src = DATA / "raw" / "brendenlake" / "images_background_small1.zip"
-    if not src.is_file():
-        pytest.skip("official small zip not shipped")
+    src = omniglot_file("raw/brendenlake/images_background_small1.zip")
     shutil.copy(src, tmp_path / "images_background.zip")
     xs, ys, names = omniglot(
         path=tmp_path, split="background", resample="nearest", return_names=True
     )
     assert len(names) > 100 and len(xs) == 20 * len(names)
     _CACHE.clear()
-    ref = np.load(DATA / "omniglot_background_nearest.npz")
+    ref = np.load(omniglot_file("omniglot_background_nearest.npz"))
     index = {n: i for i, n in enumerate(ref["char_names"].tolist())}
     for lab in (0, len(names) // 2, len(names) - 1):
         c = index[names[lab]]
@@ -250,3 +295,103 @@ def test_resize_area_preserves_mean():
     assert small.shape == (2, 28, 28)
     np.testing.assert_allclose(small.mean(axis=(1, 2)), img.mean(axis=(1, 2)), rtol=1e-10)
     np.testing.assert_allclose(resize_area(np.ones((1, 105, 105))), 1.0)
+
+
+# ------------------------------------------------------------- the shipped Vinyals split
+
+# the sha256 of the split files as published with the data (../shared/data/omniglot's
+# SHA256SUMS, made from prototypical-networks' lists): the package ships them unchanged
+SPLIT_SHA256 = {
+    "train": "189c10b6479a07e808302b5f1ada00d995589557373e68ebe3e718780196ed0a",
+    "val": "8b1baec8706cbc2c2f1d23874a30a50ac8f589502ea36e213c3c3cf14d30a189",
+    "trainval": "18dad46dff5b2ea072d964c1d58b365e8a04d7f413fc2459b4bdc93a8ea1de69",
+    "test": "af119b10f318ddb7afdf5108b360887823cf06da68d846c7e5de7286492976d7",
+}
+# Lake et al.'s evaluation set: 20 alphabets, 659 characters (the other 30 are background)
+EVALUATION_ALPHABETS = {
+    "Angelic": 20,
+    "Atemayar_Qelisayer": 26,
+    "Atlantean": 26,
+    "Aurek-Besh": 26,
+    "Avesta": 26,
+    "Ge_ez": 26,
+    "Glagolitic": 45,
+    "Gurmukhi": 45,
+    "Kannada": 41,
+    "Keble": 26,
+    "Malayalam": 47,
+    "Manipuri": 40,
+    "Mongolian": 30,
+    "Old_Church_Slavonic_(Cyrillic)": 45,
+    "Oriya": 46,
+    "Sylheti": 28,
+    "Syriac_(Serto)": 23,
+    "Tengwar": 25,
+    "Tibetan": 42,
+    "ULOG": 26,
+}
+
+
+def test_vinyals_split_lists_ship_with_the_package():
+    from importlib import resources
+
+    folder = resources.files("metalearn.datasets") / "splits"
+    for part, digest in SPLIT_SHA256.items():
+        data = (folder / f"vinyals_{part}.txt").read_bytes()
+        assert hashlib.sha256(data).hexdigest() == digest, part
+    train, val, trainval, test = (vinyals_split(p) for p in ("train", "val", "trainval", "test"))
+    assert (len(train), len(val), len(trainval), len(test)) == (1028, 172, 1200, 423)
+    assert sorted(train + val) == sorted(trainval) and not set(trainval) & set(test)
+    every = set(trainval) | set(test)
+    assert len(every) == 1623
+    alphabets = {n.split("/")[0] for n in every}
+    assert len(alphabets) == 50 and set(EVALUATION_ALPHABETS) <= alphabets
+    assert sum(n.split("/")[0] in EVALUATION_ALPHABETS for n in every) == 659
+    credit = (folder / "README.md").read_text()  # the lists' source is credited beside them
+    assert "jakesnell/prototypical-networks" in credit and "Vinyals" in credit
+    with pytest.raises(ValueError, match="which"):
+        vinyals_split("training")
+
+
+def _official_zips(folder):
+    """images_background.zip and images_evaluation.zip in the official layout holding every
+    character of the Vinyals lists, one drawing each (a small glyph that encodes the
+    character's number); returns {name: 105x105 bool image}."""
+    every = sorted(set(vinyals_split("trainval")) | set(vinyals_split("test")))
+    truth = {}
+    zips = {
+        which: zipfile.ZipFile(folder / f"images_{which}.zip", "w")
+        for which in ("background", "evaluation")
+    }
+    with zips["background"], zips["evaluation"]:
+        for char_id, name in enumerate(every, 1):
+            which = "evaluation" if name.split("/")[0] in EVALUATION_ALPHABETS else "background"
+            img = np.ones((105, 105), bool)
+            for b in range(11):  # the character's number in binary, 12x12 blocks of ink
+                if (char_id >> b) & 1:
+                    r, c = 4 + 24 * (b % 4), 4 + 32 * (b // 4)
+                    img[r : r + 12, c : c + 12] = False
+            zips[which].writestr(
+                f"images_{which}/{name}/{char_id:04d}_01.png", encode_png(img, bit_depth=1)
+            )
+            truth[name] = img
+    return truth
+
+
+def test_vinyals_splits_from_the_official_zips_alone(no_default, tmp_path):
+    # a newcomer's folder: only the two official zips, no split files, no .npz
+    truth = _official_zips(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "images_background.zip",
+        "images_evaluation.zip",
+    ]
+    idx = np.floor((np.arange(28) + 0.5) * 105 / 28).astype(int)
+    for part, chars in (("trainval", 1200), ("test", 423)):
+        x, y, names = omniglot(
+            path=tmp_path, split=f"vinyals_{part}", resample="nearest", return_names=True
+        )
+        assert list(names) == vinyals_split(part) and len(x) == chars
+        np.testing.assert_array_equal(y, np.arange(chars))
+        for lab in (0, chars // 2, chars - 1):
+            want = (~truth[names[lab]])[np.ix_(idx, idx)].astype(np.float32)
+            np.testing.assert_array_equal(x[lab, :, :, 0], want)
