@@ -324,6 +324,13 @@ class BaseMetaLearner:
         meta_batch_size: int = 25,
         verbose: int = 1,
         callbacks: Optional[Sequence[Any]] = None,
+        *,
+        checkpoint_dir: Any = None,
+        checkpoint_every: Optional[int] = None,
+        validation: Any = None,
+        validate_every: Optional[int] = None,
+        validation_episodes: Optional[int] = None,
+        keep_best: bool = False,
     ) -> Any:
         """Meta-trains on batches of tasks.
 
@@ -338,11 +345,29 @@ class BaseMetaLearner:
             callbacks: Keras callbacks (``on_train_begin``, ``on_train_batch_end(i,
                 logs)``, ``on_train_end``; ``model.stop_training = True`` stops) or plain
                 callables ``f(iteration, logs)``.
+            checkpoint_dir: a folder for exact resume (``metalearn.checkpoint``): a
+                checkpoint is saved there every `checkpoint_every` iterations and at the
+                end; when the folder already holds one, ``fit`` restores it (weights,
+                optimizer state, every generator, the task stream's position, history) and
+                continues to `iterations` in all, ending with the bits of an uninterrupted
+                run. A checkpoint of another run (algorithm, hyper-parameters, weights,
+                samplers) or a corrupt one raises ``CheckpointError``, changing nothing.
+            checkpoint_every: iterations between checkpoints (default: a tenth of
+                `iterations`).
+            validation: held-out tasks (a sampler, a Task batch or a
+                ``tasks.EpisodeSet``) evaluated every `validate_every` iterations (default: a
+                tenth of `iterations`) on `validation_episodes` episodes (``evaluate``'s
+                default); the history gains ``val_iteration``, ``val_loss`` and
+                ``val_accuracy`` / ``val_mse``.
+            keep_best: with `validation`, the weights of the best validation score
+                (highest accuracy, lowest MSE) are put back at the end, as MAML's and
+                ProtoNet's reference code select models; ``best_validation`` then says
+                which iteration they are from.
 
         Returns:
             A history dict of lists, one entry per iteration: ``loss`` (mean query loss
             after adaptation) and ``accuracy`` or ``mse`` (post-adaptation, on the queries
-            of the training tasks).
+            of the training tasks), plus the validation lists above.
         """
         iterations, meta_batch_size = int(iterations), int(meta_batch_size)
         if iterations < 0 or meta_batch_size < 1:
@@ -350,22 +375,38 @@ class BaseMetaLearner:
                 f"fit: iterations must be >= 0 and meta_batch_size >= 1, got "
                 f"{iterations}, {meta_batch_size}"
             )
+        from ._session import FitSession
+
+        session = FitSession(
+            self,
+            tasks,
+            iterations,
+            meta_batch_size,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            validation=validation,
+            validate_every=validate_every,
+            validation_episodes=validation_episodes,
+            keep_best=keep_best,
+        )
         cbs = list(callbacks or [])
         for cb in cbs:
             if hasattr(cb, "set_model"):
                 cb.set_model(self.model)
         history = {"loss": []}
+        start = session.resume(history)  # 0, or the iteration a checkpoint reached
         progress = _Progress(iterations, verbose)
         if getattr(self.model, "stop_training", False):  # (a layer's __setattr__ is not free)
             self.model.stop_training = False
         for cb in cbs:
             if hasattr(cb, "on_train_begin"):
                 cb.on_train_begin({})
-        for it in range(iterations):
+        step = start
+        for it in range(start, iterations):
             batch = _next_batch(tasks, meta_batch_size)
-            if it == 0:  # the loss and the model's build follow from the first batch
+            if it == start:  # the loss and the model's build follow from the first batch
                 self._prepare(batch)
-                history[self.metric_name] = []
+                history.setdefault(self.metric_name, [])
             loss, metric = self._meta_step(batch)
             self.iterations += 1
             history["loss"].append(loss)
@@ -377,8 +418,11 @@ class BaseMetaLearner:
                     cb.on_train_batch_end(it, logs)
                 elif callable(cb):
                     cb(it, logs)
+            step = it + 1
+            session.after_step(step, history)
             if getattr(self.model, "stop_training", False):
                 break
+        session.finish(step, history)
         for cb in cbs:
             if hasattr(cb, "on_train_end"):
                 cb.on_train_end({})
