@@ -188,8 +188,36 @@ def _next_batch(tasks, meta_batch_size):
     )
 
 
+def _frozen(tasks, episodes):
+    """(tasks, episodes) for evaluate: an EpisodeSet given as `episodes` is bound to the
+    data of `tasks` (checked against the data it was drawn from) and becomes the tasks."""
+    from metalearn.tasks.episodes import EpisodeSet
+
+    if isinstance(episodes, EpisodeSet):
+        if tasks is None or tasks is episodes:
+            if not episodes.bound:
+                raise ValueError(
+                    "evaluate: the EpisodeSet is not bound to its dataset; pass the sampler "
+                    "(evaluate(sampler, episodes=set)) or load it with dataset=(x, y)"
+                )
+            return episodes, None
+        return episodes.bind(tasks), None
+    if tasks is None:
+        raise TypeError("evaluate: give the tasks, or episodes=EpisodeSet bound to its data")
+    if isinstance(tasks, EpisodeSet) and not tasks.bound:
+        raise ValueError("evaluate: the EpisodeSet is not bound to its dataset (see bind)")
+    return tasks, episodes
+
+
 def _episodes(tasks, episodes):
-    """Yields `episodes` single tasks from a sampler or a Task batch."""
+    """Yields `episodes` single tasks from a sampler, a Task batch or an EpisodeSet."""
+    if _is_episode_set(tasks):
+        n = len(tasks) if episodes is None else int(episodes)
+        if n > len(tasks):
+            raise ValueError(f"evaluate: asked for {n} episodes, the EpisodeSet holds {len(tasks)}")
+        for i in range(n):
+            yield tasks.task(i)
+        return
     if isinstance(tasks, Task):
         singles = tasks.tasks()
         if episodes is None:
@@ -207,6 +235,12 @@ def _episodes(tasks, episodes):
             yield tasks.sample()
         else:
             yield _next_batch(tasks, 1).task(0)
+
+
+def _is_episode_set(obj):
+    from metalearn.tasks.episodes import EpisodeSet
+
+    return isinstance(obj, EpisodeSet)
 
 
 # ------------------------------------------------------------------ progress
@@ -458,15 +492,21 @@ class BaseMetaLearner:
         return functional_call(self.model, fast, to_tensor(query_x), training=True)
 
     def evaluate(
-        self, tasks: Any, episodes: Optional[int] = None, steps: Any = None, verbose: int = 0
+        self,
+        tasks: Any = None,
+        episodes: Any = None,
+        steps: Any = None,
+        verbose: int = 0,
     ) -> Any:
         """Adapts to `episodes` held-out tasks and measures the query sets.
 
         Args:
-            tasks: a task sampler (one task per episode) or a Task batch (its tasks in
-                order).
-            episodes: number of tasks (default: all tasks of a Task batch, 100 from a
-                sampler).
+            tasks: a task sampler (one task per episode), a Task batch (its tasks in
+                order) or a ``tasks.EpisodeSet`` bound to its data.
+            episodes: number of tasks (default: all tasks of a Task batch or an
+                EpisodeSet, 100 from a sampler), or a ``tasks.EpisodeSet``: exactly its
+                frozen episodes, drawn from the data of `tasks` (a sampler or ``(x, y)``;
+                other data is refused).
             steps: inner steps for adaptation (default ``inner_steps``); a list of step
                 counts evaluates after each of them on the same tasks (one adaptation
                 run), e.g. ``[0, 1, 10]`` for the MAML paper's curve.
@@ -480,7 +520,10 @@ class BaseMetaLearner:
         curve = isinstance(steps, (list, tuple))
         step_list = [None if s is None else int(s) for s in steps] if curve else [steps]
         results = {s: {"metric": [], "loss": []} for s in step_list}
-        if isinstance(tasks, Task):
+        tasks, episodes = _frozen(tasks, episodes)
+        if _is_episode_set(tasks):
+            n_total = len(tasks) if episodes is None else int(episodes)
+        elif isinstance(tasks, Task):
             n_total = episodes or len(tasks.support_x)
         else:
             n_total = 100 if episodes is None else int(episodes)
