@@ -497,6 +497,7 @@ class BaseMetaLearner:
         episodes: Any = None,
         steps: Any = None,
         verbose: int = 0,
+        card: Any = None,
     ) -> Any:
         """Adapts to `episodes` held-out tasks and measures the query sets.
 
@@ -511,6 +512,10 @@ class BaseMetaLearner:
                 counts evaluates after each of them on the same tasks (one adaptation
                 run), e.g. ``[0, 1, 10]`` for the MAML paper's curve.
             verbose: 1 shows a progress bar.
+            card: a file name: also writes a result card there (``metalearn.report``:
+                algorithm, hyper-parameters, backbone, dataset and episode-set hashes,
+                mean ± 95 % interval, episodes, wall time, machine, version and commit);
+                ``python -m metalearn.report`` prints cards as a table.
 
         Returns:
             ``{"accuracy" or "mse": mean over episodes, "ci95": 1.96 * std / sqrt(episodes),
@@ -520,6 +525,11 @@ class BaseMetaLearner:
         curve = isinstance(steps, (list, tuple))
         step_list = [None if s is None else int(s) for s in steps] if curve else [steps]
         results = {s: {"metric": [], "loss": []} for s in step_list}
+        started = time.perf_counter()
+        if card is not None:
+            from metalearn.report import check_card_path
+
+            check_card_path(card)  # before the work, not after it
         tasks, episodes = _frozen(tasks, episodes)
         if _is_episode_set(tasks):
             n_total = len(tasks) if episodes is None else int(episodes)
@@ -547,6 +557,10 @@ class BaseMetaLearner:
                 "loss": float(np.mean(results[s]["loss"])),
                 "episodes": len(results[s]["metric"]),
             }
+        if card is not None:
+            from metalearn.report import make_card, write_card
+
+            write_card(card, make_card(self, tasks, out, time.perf_counter() - started))
         return out if curve else out[step_list[0]]
 
     def _adaptation_curve(self, support_x, support_y, step_list):
