@@ -341,3 +341,23 @@ def test_optimizer_restore_refuses_bad_state_and_changes_nothing():
     q = _core.tensor(np.ones(2, np.float32))
     s.restore([q], 7, [[]])
     assert s.iterations == 7 and s.n_params == 1
+
+
+@pytest.mark.parametrize("algo", ["Reptile", "ANIL"])
+def test_resume_in_process_for_reptile_sgd_and_anil(tmp_path, algo):
+    """Reptile's plain SGD keeps no slots, ANIL adapts only the head: both resume exactly."""
+    from metalearn import meta
+
+    def run(iterations, directory=None, model_seed=0):
+        ml.random.set_seed(model_seed)
+        learner = getattr(meta, algo)(meta.models.sinusoid_mlp())
+        kw = {} if directory is None else dict(checkpoint_dir=directory, checkpoint_every=2)
+        h = learner.fit(Sinusoid(seed=1), iterations=iterations, meta_batch_size=2, verbose=0, **kw)
+        return learner, h
+
+    ref, h_ref = run(7)
+    run(3, tmp_path)
+    learner, h = run(7, tmp_path, model_seed=5)  # other initial weights: the checkpoint's win
+    assert h["loss"] == h_ref["loss"]
+    for a, b in zip(learner.model.weights, ref.model.weights):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
