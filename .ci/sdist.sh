@@ -37,6 +37,8 @@ with tarfile.open(sdist) as t:
 with zipfile.ZipFile(wheel) as z:
     in_wheel = set(z.namelist())
 splits = [f"metalearn/datasets/splits/vinyals_{s}.txt" for s in ("train", "val", "trainval", "test")]
+splits += ["metalearn/datasets/splits/cifar_fs.json", "metalearn/datasets/splits/fc100.json",
+           "metalearn/tasks/frozen/omniglot-vinyals_test-5way-1shot.npz"]
 need_sdist = ["LICENSE", "README.md", "MANIFEST.in", "setup.py", "pyproject.toml",
               "csrc/ops/ops.def", "csrc/include/metalearn.h", "csrc/core/internal.h",
               "csrc/Makefile", "examples/c/quickstart.c", "metalearn/py.typed", *splits]

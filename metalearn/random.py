@@ -16,7 +16,16 @@ import numpy as np
 
 from metalearn import _core
 
-__all__ = ["set_seed", "uniform", "normal", "truncated_normal", "permutation", "shuffle"]
+__all__ = [
+    "set_seed",
+    "get_state",
+    "set_state",
+    "uniform",
+    "normal",
+    "truncated_normal",
+    "permutation",
+    "shuffle",
+]
 
 
 def _shape(shape):
@@ -35,6 +44,22 @@ def set_seed(seed):
     if seed < 0:
         raise ValueError(f"set_seed: the seed must be non-negative, got {seed}")
     _core.seed(seed)
+
+
+def get_state():
+    """The global generator's position: a tuple of four unsigned 64-bit ints (xoshiro256**'s
+    state). ``set_state`` of it makes the draws that follow repeat (checkpoints save it)."""
+    return tuple(int(w) for w in _core.rng_state())
+
+
+def set_state(state):
+    """Puts the global generator back where ``get_state`` read it.
+
+    Raises:
+        ValueError / TypeError: not four ints in ``[0, 2**64)``, or all four zero (no
+            state of the generator); the generator is unchanged.
+    """
+    _core.rng_set_state(tuple(state))
 
 
 def uniform(shape, minval=0.0, maxval=1.0, seed=None):

@@ -31,6 +31,27 @@ static uint64_t next_u64(void) {
     return ml__xoshiro_next(rng_state);
 }
 
+/* The stream's position, for checkpoints: a process that sets it draws what this one would
+ * have drawn next. An unseeded stream reports the state seed 0 gives it. */
+void ml_rng_state(uint64_t out[4]) {
+    pthread_mutex_lock(&rng_lock);
+    if (!rng_seeded) seed_locked(0);
+    for (int i = 0; i < 4; i++) out[i] = rng_state[i];
+    pthread_mutex_unlock(&rng_lock);
+}
+
+ml_status ml_rng_set_state(const uint64_t state[4]) {
+    /* xoshiro's one forbidden state: all zero gives zeros forever */
+    if (!(state[0] | state[1] | state[2] | state[3]))
+        return ml_set_error(ML_ERR_VALUE, "rng state: all four words are zero, which "
+                                          "xoshiro256** cannot leave; not a saved state");
+    pthread_mutex_lock(&rng_lock);
+    for (int i = 0; i < 4; i++) rng_state[i] = state[i];
+    rng_seeded = 1;
+    pthread_mutex_unlock(&rng_lock);
+    return ML_OK;
+}
+
 uint64_t ml_rng_next_u64(void) {
     pthread_mutex_lock(&rng_lock);
     uint64_t r = next_u64();

@@ -360,6 +360,12 @@ int64_t ml_optimizer_iterations(const ml_optimizer *opt);
 int ml_optimizer_n_slots(const ml_optimizer *opt);
 ml_status ml_optimizer_slot(ml_tensor **out, ml_optimizer *opt, int param, int slot);
 ml_status ml_optimizer_reset(ml_optimizer *opt);
+/* Sets the state a checkpoint saved: the parameter list (as a first step fixes it; `n`
+ * params, each the shape the optimizer was built for when it has been built), the step
+ * count, and slots[i * n_slots + s], a tensor of params[i]'s shape, for every parameter
+ * i and slot s. Everything is checked before anything changes. */
+ml_status ml_optimizer_restore(ml_optimizer *opt, int n, ml_tensor *const *params,
+                               int64_t iterations, ml_tensor *const *slots);
 int ml_optimizer_n_params(const ml_optimizer *opt);
 
 /* ------------------------------------------------------------------- random */
@@ -376,6 +382,11 @@ ml_status ml_truncated_normal(ml_tensor **out, int ndim, const int64_t *shape, f
                               float stddev);
 ml_status ml_rng_permutation(int64_t *out, int64_t n);
 uint64_t ml_rng_next_u64(void);
+/* The generator's four state words (a checkpoint's copy), and setting them back: the
+ * draws that follow are those that followed when the state was read. An all-zero state
+ * is refused (ML_ERR_VALUE) and nothing changes. */
+void ml_rng_state(uint64_t out[4]);
+ml_status ml_rng_set_state(const uint64_t state[4]);
 
 /* ------------------------------------------------------------- weight files */
 

@@ -306,6 +306,50 @@ ml_status ml_optimizer_slot(ml_tensor **out, ml_optimizer *opt, int param, int s
                                opt->slab + (int64_t)slot * opt->total + opt->offset[param]);
 }
 
+static ml_status check_restore(const ml_optimizer *opt, int n, ml_tensor *const *params,
+                               int64_t iterations, ml_tensor *const *slots) {
+    ml_status st = check_step(opt, n, params, params); /* the parameter list's checks */
+    if (st) return st;
+    if (iterations < 0)
+        return ml_set_error(ML_ERR_VALUE, "optimizer restore: iterations must be >= 0, got %lld",
+                            (long long)iterations);
+    if (opt->n_slots && !slots)
+        return ml_set_error(ML_ERR_VALUE, "optimizer restore: no slots given (%d per parameter)",
+                            opt->n_slots);
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < opt->n_slots; k++) {
+            const ml_tensor *t = slots[i * opt->n_slots + k];
+            if (!t)
+                return ml_set_error(ML_ERR_VALUE,
+                                    "optimizer restore: slot %d of parameter %d "
+                                    "is NULL",
+                                    k, i);
+            if (!ml__same_shape(t, params[i]))
+                return ml_set_error(ML_ERR_SHAPE,
+                                    "optimizer restore: slot %d of parameter %d has shape %s "
+                                    "but its parameter has shape %s",
+                                    k, i, ML_SHAPE_STR(t), ML_SHAPE_STR(params[i]));
+        }
+    return ML_OK;
+}
+
+ml_status ml_optimizer_restore(ml_optimizer *opt, int n, ml_tensor *const *params,
+                               int64_t iterations, ml_tensor *const *slots) {
+    if (!opt) return ml_set_error(ML_ERR_VALUE, "optimizer is NULL");
+    pthread_mutex_lock(&opt->lock);
+    ml_status st = check_restore(opt, n, params, iterations, slots);
+    if (!st && !opt->n_params) st = build_state(opt, n, params);
+    if (!st) {
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < opt->n_slots; k++)
+                memcpy(opt->slab + (int64_t)k * opt->total + opt->offset[i],
+                       slots[i * opt->n_slots + k]->data, (size_t)opt->numel[i] * sizeof(float));
+        opt->iterations = iterations;
+    }
+    pthread_mutex_unlock(&opt->lock);
+    return st;
+}
+
 ml_status ml_optimizer_reset(ml_optimizer *opt) {
     opt->iterations = 0;
     if (opt->slab) memset(opt->slab, 0, (size_t)(opt->total * opt->n_slots) * sizeof(float));

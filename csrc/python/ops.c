@@ -570,6 +570,42 @@ static PyObject *mod_seed(PyObject *m, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *mod_rng_state(PyObject *m, PyObject *unused) {
+    uint64_t s[4];
+    ml_rng_state(s);
+    return Py_BuildValue("(KKKK)", (unsigned long long)s[0], (unsigned long long)s[1],
+                         (unsigned long long)s[2], (unsigned long long)s[3]);
+}
+
+static PyObject *mod_rng_set_state(PyObject *m, PyObject *arg) {
+    PyObject *seq = PySequence_Fast(arg, "rng_set_state: the state must be 4 integers");
+    if (!seq) return NULL;
+    uint64_t s[4];
+    int ok = PySequence_Fast_GET_SIZE(seq) == 4;
+    if (!ok)
+        PyErr_Format(PyExc_ValueError, "rng_set_state: the state must be 4 integers, got %zd",
+                     PySequence_Fast_GET_SIZE(seq));
+    for (int i = 0; ok && i < 4; i++) {
+        PyObject *w = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyLong_Check(w)) {
+            PyErr_Format(PyExc_TypeError, "rng_set_state: word %d is a %s, not an int", i,
+                         Py_TYPE(w)->tp_name);
+            ok = 0;
+            break;
+        }
+        s[i] = PyLong_AsUnsignedLongLong(w); /* refuses negatives and words over 64 bits */
+        if (PyErr_Occurred()) {
+            PyErr_Format(PyExc_ValueError, "rng_set_state: word %d is not in [0, 2**64)", i);
+            ok = 0;
+        }
+    }
+    Py_DECREF(seq);
+    if (!ok) return NULL;
+    ml_status st = ml_rng_set_state(s);
+    if (st) return mlpy_raise_status(st);
+    Py_RETURN_NONE;
+}
+
 typedef ml_status (*rng_fn)(ml_tensor **, int, const int64_t *, float, float);
 
 static PyObject *rng_common(PyObject *args, PyObject *kwds, rng_fn fn, char **kwlist,
@@ -707,6 +743,11 @@ PyMethodDef mlpy_ops_methods[] = {
               "/, y_true, y_pred, from_logits=False") "Per sample, over the last axis, as "
                                                       "keras.losses."},
     {"seed", MLPY_FN(mod_seed), METH_O, MLPY_SIG("seed", "n, /") "Reseeds the global generator."},
+    {"rng_state", MLPY_FN(mod_rng_state), METH_NOARGS,
+     MLPY_SIG("rng_state", "/") "The global generator's state: a tuple of 4 unsigned 64-bit ints."},
+    {"rng_set_state", MLPY_FN(mod_rng_set_state), METH_O,
+     MLPY_SIG("rng_set_state", "state, /") "Sets the state rng_state() returned; nothing changes "
+                                           "on error."},
     {"random_uniform", MLPY_FN(mod_random_uniform), MLPY_KW,
      MLPY_SIG("random_uniform", "/, shape, minval=0.0, maxval=1.0") "Uniform in [minval, maxval)."},
     {"random_normal", MLPY_FN(mod_random_normal), MLPY_KW,

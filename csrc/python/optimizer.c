@@ -106,6 +106,68 @@ static PyObject *Optimizer_slots(OptimizerObject *self, PyObject *unused) {
     return outer;
 }
 
+/* restore(params, iterations, slots): slots as slots() returns them, a list per parameter
+ * of its slot tensors (or array-likes, copied); the C call checks everything first */
+static PyObject *Optimizer_restore(OptimizerObject *self, PyObject *args) {
+    PyObject *po, *so;
+    long long iterations;
+    if (!PyArg_ParseTuple(args, "OLO:restore", &po, &iterations, &so)) return NULL;
+    Py_ssize_t n = 0, ns = ml_optimizer_n_slots(self->opt), total = 0;
+    ml_tensor **params = mlpy_tensor_array(po, &n, "optimizer restore", "params", 0);
+    ml_tensor **slots = NULL;
+    PyObject *flat = NULL, *result = NULL;
+    if (!params) goto done;
+    flat = PyList_New(0);
+    PyObject *seq = flat ? PySequence_Fast(so, "optimizer restore: slots must be a list") : NULL;
+    if (!seq) goto done;
+    if (PySequence_Fast_GET_SIZE(seq) != n) {
+        PyErr_Format(PyExc_ValueError,
+                     "optimizer restore: slots for %zd parameters, but %zd parameters given",
+                     PySequence_Fast_GET_SIZE(seq), n);
+        Py_DECREF(seq);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *inner = PySequence_Fast(PySequence_Fast_GET_ITEM(seq, i),
+                                          "optimizer restore: each parameter's slots must be a "
+                                          "list");
+        int bad = !inner;
+        if (inner && PySequence_Fast_GET_SIZE(inner) != ns) {
+            PyErr_Format(PyExc_ValueError,
+                         "optimizer restore: parameter %zd has %zd slots, this optimizer keeps "
+                         "%zd",
+                         i, PySequence_Fast_GET_SIZE(inner), ns);
+            bad = 1;
+        }
+        for (Py_ssize_t k = 0; !bad && k < ns; k++)
+            bad = PyList_Append(flat, PySequence_Fast_GET_ITEM(inner, k)) < 0;
+        Py_XDECREF(inner);
+        if (bad) {
+            Py_DECREF(seq);
+            goto done;
+        }
+    }
+    Py_DECREF(seq);
+    slots = mlpy_tensor_array(flat, &total, "optimizer restore", "slots", MLPY_LIST_CONVERT);
+    if (!slots && PyErr_Occurred()) goto done;
+    if (n > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "optimizer restore: too many parameters");
+        goto done;
+    }
+    ml_status st = ml_optimizer_restore(self->opt, (int)n, params, (int64_t)iterations, slots);
+    if (st) {
+        mlpy_raise_status(st);
+        goto done;
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    mlpy_release_tensors(params, n);
+    mlpy_release_tensors(slots, total);
+    Py_XDECREF(flat);
+    return result;
+}
+
 static PyObject *Optimizer_reset(OptimizerObject *self, PyObject *unused) {
     ml_optimizer_reset(self->opt);
     Py_RETURN_NONE;
@@ -146,6 +208,10 @@ static PyMethodDef Optimizer_methods[] = {
      "One update of every parameter, in place; nothing changes on error."},
     {"slots", (PyCFunction)Optimizer_slots, METH_NOARGS,
      "slots($self, /)\n--\n\nCopies of the state: a list per parameter of its slot tensors."},
+    {"restore", (PyCFunction)Optimizer_restore, METH_VARARGS,
+     "restore($self, params, iterations, slots, /)\n--\n\n"
+     "Sets the state slots() and iterations read (slots: a list per parameter); the "
+     "parameter list is fixed as by a first step. Nothing changes on error."},
     {"reset", (PyCFunction)Optimizer_reset, METH_NOARGS,
      "reset($self, /)\n--\n\nZero the state and the iteration count."},
     {NULL},

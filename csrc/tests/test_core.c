@@ -233,6 +233,52 @@ static void test_rng(void) {
     ml_release(u1), ml_release(u2), ml_release(n);
 }
 
+/* a checkpoint's pieces: the generator's state read and set back repeats the draws; an
+ * optimizer given another's slots and step count continues as the other does */
+static void test_checkpoint_state(void) {
+    int64_t shape[1] = {64};
+    uint64_t st[4], zero[4] = {0, 0, 0, 0};
+    ml_tensor *a, *b;
+    ml_rng_seed(7);
+    ml_rng_state(st);
+    OK(ml_random_normal(&a, 1, shape, 0, 1));
+    ml_rng_seed(8);
+    OK(ml_rng_set_state(st));
+    OK(ml_random_normal(&b, 1, shape, 0, 1));
+    CHECK(memcmp(ml_data(a), ml_data(b), 64 * sizeof(float)) == 0, "state set back: same draws");
+    uint64_t now[4];
+    ml_rng_state(now);
+    CHECK(ml_rng_set_state(zero) == ML_ERR_VALUE, "all-zero state refused");
+    uint64_t after[4];
+    ml_rng_state(after);
+    CHECK(memcmp(now, after, sizeof now) == 0, "refused state changes nothing");
+    ml_release(a), ml_release(b);
+
+    float p0[3] = {0.5f, -1.0f, 2.0f}, g[3] = {0.3f, -0.2f, 0.1f};
+    ml_tensor *pa = vec(3, p0), *pb = vec(3, p0), *gt = vec(3, g);
+    ml_optimizer *oa, *ob;
+    OK(ml_adam_new(&oa, 0.1f, 0.9f, 0.999f, 1e-7f, 0));
+    OK(ml_adam_new(&ob, 0.1f, 0.9f, 0.999f, 1e-7f, 0));
+    OK(ml_optimizer_step(oa, 1, &pa, &gt));
+    OK(ml_optimizer_step(oa, 1, &pa, &gt));
+    ml_tensor *slots[2];
+    OK(ml_optimizer_slot(&slots[0], oa, 0, 0));
+    OK(ml_optimizer_slot(&slots[1], oa, 0, 1));
+    ml_tensor *wrong = vec(2, g), *bad[2] = {slots[0], wrong};
+    CHECK(ml_optimizer_restore(ob, 1, &pb, 2, bad) == ML_ERR_SHAPE, "misshapen slot refused");
+    CHECK(ml_optimizer_n_params(ob) == 0 && ml_optimizer_iterations(ob) == 0,
+          "refused restore changes nothing");
+    memcpy(ml_data(pb), ml_data(pa), 3 * sizeof(float));
+    OK(ml_optimizer_restore(ob, 1, &pb, 2, slots));
+    OK(ml_optimizer_step(oa, 1, &pa, &gt));
+    OK(ml_optimizer_step(ob, 1, &pb, &gt));
+    CHECK(ml_optimizer_iterations(ob) == 3, "step count restored");
+    CHECK(memcmp(ml_data(pa), ml_data(pb), 3 * sizeof(float)) == 0, "restored Adam: same bits");
+    ml_optimizer_free(oa), ml_optimizer_free(ob);
+    ml_release(pa), ml_release(pb), ml_release(gt), ml_release(wrong);
+    ml_release(slots[0]), ml_release(slots[1]);
+}
+
 static void test_weight_file(void) {
     char path[64];
     snprintf(path, sizeof path, "/tmp/ml_test_core_%ld.mlw", (long)getpid());
@@ -958,6 +1004,7 @@ int main(void) {
     test_errors();
     test_sgd_momentum();
     test_rng();
+    test_checkpoint_state();
     test_weight_file();
     test_long_chain();
     test_fused_trace_pairs();

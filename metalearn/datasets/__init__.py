@@ -7,6 +7,8 @@ exist), ``$METALEARN_DATA``, the user data folder (``$METALEARN_DATA_HOME``, els
 
 from ._locate import DataNotFoundError, user_data_dir
 from ._omniglot import load_omniglot_arrays, omniglot, omniglot_search_paths, vinyals_split
+from .cifar import cifar_fs, fc100
+from .miniimagenet import mini_imagenet
 
 __all__ = [
     "omniglot",
@@ -15,4 +17,7 @@ __all__ = [
     "vinyals_split",
     "DataNotFoundError",
     "user_data_dir",
+    "mini_imagenet",
+    "cifar_fs",
+    "fc100",
 ]

@@ -188,8 +188,36 @@ def _next_batch(tasks, meta_batch_size):
     )
 
 
+def _frozen(tasks, episodes):
+    """(tasks, episodes) for evaluate: an EpisodeSet given as `episodes` is bound to the
+    data of `tasks` (checked against the data it was drawn from) and becomes the tasks."""
+    from metalearn.tasks.episodes import EpisodeSet
+
+    if isinstance(episodes, EpisodeSet):
+        if tasks is None or tasks is episodes:
+            if not episodes.bound:
+                raise ValueError(
+                    "evaluate: the EpisodeSet is not bound to its dataset; pass the sampler "
+                    "(evaluate(sampler, episodes=set)) or load it with dataset=(x, y)"
+                )
+            return episodes, None
+        return episodes.bind(tasks), None
+    if tasks is None:
+        raise TypeError("evaluate: give the tasks, or episodes=EpisodeSet bound to its data")
+    if isinstance(tasks, EpisodeSet) and not tasks.bound:
+        raise ValueError("evaluate: the EpisodeSet is not bound to its dataset (see bind)")
+    return tasks, episodes
+
+
 def _episodes(tasks, episodes):
-    """Yields `episodes` single tasks from a sampler or a Task batch."""
+    """Yields `episodes` single tasks from a sampler, a Task batch or an EpisodeSet."""
+    if _is_episode_set(tasks):
+        n = len(tasks) if episodes is None else int(episodes)
+        if n > len(tasks):
+            raise ValueError(f"evaluate: asked for {n} episodes, the EpisodeSet holds {len(tasks)}")
+        for i in range(n):
+            yield tasks.task(i)
+        return
     if isinstance(tasks, Task):
         singles = tasks.tasks()
         if episodes is None:
@@ -207,6 +235,12 @@ def _episodes(tasks, episodes):
             yield tasks.sample()
         else:
             yield _next_batch(tasks, 1).task(0)
+
+
+def _is_episode_set(obj):
+    from metalearn.tasks.episodes import EpisodeSet
+
+    return isinstance(obj, EpisodeSet)
 
 
 # ------------------------------------------------------------------ progress
@@ -324,6 +358,13 @@ class BaseMetaLearner:
         meta_batch_size: int = 25,
         verbose: int = 1,
         callbacks: Optional[Sequence[Any]] = None,
+        *,
+        checkpoint_dir: Any = None,
+        checkpoint_every: Optional[int] = None,
+        validation: Any = None,
+        validate_every: Optional[int] = None,
+        validation_episodes: Optional[int] = None,
+        keep_best: bool = False,
     ) -> Any:
         """Meta-trains on batches of tasks.
 
@@ -338,11 +379,29 @@ class BaseMetaLearner:
             callbacks: Keras callbacks (``on_train_begin``, ``on_train_batch_end(i,
                 logs)``, ``on_train_end``; ``model.stop_training = True`` stops) or plain
                 callables ``f(iteration, logs)``.
+            checkpoint_dir: a folder for exact resume (``metalearn.checkpoint``): a
+                checkpoint is saved there every `checkpoint_every` iterations and at the
+                end; when the folder already holds one, ``fit`` restores it (weights,
+                optimizer state, every generator, the task stream's position, history) and
+                continues to `iterations` in all, ending with the bits of an uninterrupted
+                run. A checkpoint of another run (algorithm, hyper-parameters, weights,
+                samplers) or a corrupt one raises ``CheckpointError``, changing nothing.
+            checkpoint_every: iterations between checkpoints (default: a tenth of
+                `iterations`).
+            validation: held-out tasks (a sampler, a Task batch or a
+                ``tasks.EpisodeSet``) evaluated every `validate_every` iterations (default: a
+                tenth of `iterations`) on `validation_episodes` episodes (``evaluate``'s
+                default); the history gains ``val_iteration``, ``val_loss`` and
+                ``val_accuracy`` / ``val_mse``.
+            keep_best: with `validation`, the weights of the best validation score
+                (highest accuracy, lowest MSE) are put back at the end, as MAML's and
+                ProtoNet's reference code select models; ``best_validation`` then says
+                which iteration they are from.
 
         Returns:
             A history dict of lists, one entry per iteration: ``loss`` (mean query loss
             after adaptation) and ``accuracy`` or ``mse`` (post-adaptation, on the queries
-            of the training tasks).
+            of the training tasks), plus the validation lists above.
         """
         iterations, meta_batch_size = int(iterations), int(meta_batch_size)
         if iterations < 0 or meta_batch_size < 1:
@@ -350,22 +409,38 @@ class BaseMetaLearner:
                 f"fit: iterations must be >= 0 and meta_batch_size >= 1, got "
                 f"{iterations}, {meta_batch_size}"
             )
+        from ._session import FitSession
+
+        session = FitSession(
+            self,
+            tasks,
+            iterations,
+            meta_batch_size,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            validation=validation,
+            validate_every=validate_every,
+            validation_episodes=validation_episodes,
+            keep_best=keep_best,
+        )
         cbs = list(callbacks or [])
         for cb in cbs:
             if hasattr(cb, "set_model"):
                 cb.set_model(self.model)
         history = {"loss": []}
+        start = session.resume(history)  # 0, or the iteration a checkpoint reached
         progress = _Progress(iterations, verbose)
         if getattr(self.model, "stop_training", False):  # (a layer's __setattr__ is not free)
             self.model.stop_training = False
         for cb in cbs:
             if hasattr(cb, "on_train_begin"):
                 cb.on_train_begin({})
-        for it in range(iterations):
+        step = start
+        for it in range(start, iterations):
             batch = _next_batch(tasks, meta_batch_size)
-            if it == 0:  # the loss and the model's build follow from the first batch
+            if it == start:  # the loss and the model's build follow from the first batch
                 self._prepare(batch)
-                history[self.metric_name] = []
+                history.setdefault(self.metric_name, [])
             loss, metric = self._meta_step(batch)
             self.iterations += 1
             history["loss"].append(loss)
@@ -377,8 +452,11 @@ class BaseMetaLearner:
                     cb.on_train_batch_end(it, logs)
                 elif callable(cb):
                     cb(it, logs)
+            step = it + 1
+            session.after_step(step, history)
             if getattr(self.model, "stop_training", False):
                 break
+        session.finish(step, history)
         for cb in cbs:
             if hasattr(cb, "on_train_end"):
                 cb.on_train_end({})
@@ -414,19 +492,30 @@ class BaseMetaLearner:
         return functional_call(self.model, fast, to_tensor(query_x), training=True)
 
     def evaluate(
-        self, tasks: Any, episodes: Optional[int] = None, steps: Any = None, verbose: int = 0
+        self,
+        tasks: Any = None,
+        episodes: Any = None,
+        steps: Any = None,
+        verbose: int = 0,
+        card: Any = None,
     ) -> Any:
         """Adapts to `episodes` held-out tasks and measures the query sets.
 
         Args:
-            tasks: a task sampler (one task per episode) or a Task batch (its tasks in
-                order).
-            episodes: number of tasks (default: all tasks of a Task batch, 100 from a
-                sampler).
+            tasks: a task sampler (one task per episode), a Task batch (its tasks in
+                order) or a ``tasks.EpisodeSet`` bound to its data.
+            episodes: number of tasks (default: all tasks of a Task batch or an
+                EpisodeSet, 100 from a sampler), or a ``tasks.EpisodeSet``: exactly its
+                frozen episodes, drawn from the data of `tasks` (a sampler or ``(x, y)``;
+                other data is refused).
             steps: inner steps for adaptation (default ``inner_steps``); a list of step
                 counts evaluates after each of them on the same tasks (one adaptation
                 run), e.g. ``[0, 1, 10]`` for the MAML paper's curve.
             verbose: 1 shows a progress bar.
+            card: a file name: also writes a result card there (``metalearn.report``:
+                algorithm, hyper-parameters, backbone, dataset and episode-set hashes,
+                mean ± 95 % interval, episodes, wall time, machine, version and commit);
+                ``python -m metalearn.report`` prints cards as a table.
 
         Returns:
             ``{"accuracy" or "mse": mean over episodes, "ci95": 1.96 * std / sqrt(episodes),
@@ -436,7 +525,15 @@ class BaseMetaLearner:
         curve = isinstance(steps, (list, tuple))
         step_list = [None if s is None else int(s) for s in steps] if curve else [steps]
         results = {s: {"metric": [], "loss": []} for s in step_list}
-        if isinstance(tasks, Task):
+        started = time.perf_counter()
+        if card is not None:
+            from metalearn.report import check_card_path
+
+            check_card_path(card)  # before the work, not after it
+        tasks, episodes = _frozen(tasks, episodes)
+        if _is_episode_set(tasks):
+            n_total = len(tasks) if episodes is None else int(episodes)
+        elif isinstance(tasks, Task):
             n_total = episodes or len(tasks.support_x)
         else:
             n_total = 100 if episodes is None else int(episodes)
@@ -460,6 +557,10 @@ class BaseMetaLearner:
                 "loss": float(np.mean(results[s]["loss"])),
                 "episodes": len(results[s]["metric"]),
             }
+        if card is not None:
+            from metalearn.report import make_card, write_card
+
+            write_card(card, make_card(self, tasks, out, time.perf_counter() - started))
         return out if curve else out[step_list[0]]
 
     def _adaptation_curve(self, support_x, support_y, step_list):

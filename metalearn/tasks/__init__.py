@@ -11,11 +11,13 @@ measure the adapted model on. Two families, as in the papers:
 Both return :class:`Task` tuples (``support_x, support_y, query_x, query_y``);
 ``sample()`` gives one task, ``sample_batch(meta_batch_size)`` a batch with a leading
 task axis. Sampling uses a ``numpy.random.Generator`` seeded by ``seed``: two samplers
-with the same seed give the same tasks.
+with the same seed give the same tasks. :class:`EpisodeSet` freezes N episodes in a small
+checked file, so every evaluation replays the same ones.
 """
 
 from .base import Task
 from .classification import NWayKShot
+from .episodes import EpisodeSet
 from .regression import Sinusoid
 
-__all__ = ["Task", "Sinusoid", "NWayKShot"]
+__all__ = ["Task", "Sinusoid", "NWayKShot", "EpisodeSet"]

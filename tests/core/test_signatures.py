@@ -125,6 +125,12 @@ BY_CALLABLE = {
     "set_num_threads": {"n": lambda p: _core.get_num_threads()},
     "_set_tapes_recording": {"n": lambda p: 0},
     "seed": {"n": lambda p: 0},
+    "rng_set_state": {"state": lambda p: _core.rng_state()},
+    "Optimizer.restore": {
+        "params": lambda p: [t(2, 3)],
+        "iterations": lambda p: 0,
+        "slots": lambda p: [[]],
+    },
     "load_tensors": {"path": lambda p: saved_weights(p / "w.bin")},
     "write_file": {"data": lambda p: b"metalearn"},
     "trace_end": {"trace": lambda p: recording_trace()},
