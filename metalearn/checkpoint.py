@@ -424,3 +424,13 @@ def load(directory: Any) -> Checkpoint:
     except (ValueError, OSError) as exc:
         raise CheckpointError(f"checkpoint: {tpath}: {exc}") from None
     return Checkpoint(directory, manifest, dict(entries))
+
+
+# dir() and tab completion offer the API only (metalearn/__init__.py's rule; this module is
+# not imported with the package, so it applies the rule itself)
+def __dir__():
+    import sys
+
+    from metalearn import _public_dir
+
+    return _public_dir(sys.modules[__name__])()

@@ -297,3 +297,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# dir() and tab completion offer the API only (metalearn/__init__.py's rule; this module is
+# not imported with the package, so it applies the rule itself)
+def __dir__():
+    import sys
+
+    from metalearn import _public_dir
+
+    return _public_dir(sys.modules[__name__])()
