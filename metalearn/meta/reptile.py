@@ -75,6 +75,7 @@ class Reptile(MAML):
 
     def _meta_step(self, batch):
         loss, metric, grads = self._direction(batch)
+        self._check_meta_step(loss, grads, self._meta_params())
         self.meta_optimizer.apply_gradients(zip(grads, self._meta_params()))
         return loss, metric
 
