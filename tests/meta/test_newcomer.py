@@ -326,3 +326,34 @@ def test_check_numerics_names_the_adapted_weight_that_overflows(check_numerics):
     out = maml.adapt(t.support_x, t.support_y, steps=3)
     assert not all(np.isfinite(w).all() for w in out.get_weights())
     assert math.isfinite(float(np.asarray(_sinusoid_mlp().get_weights()[0]).sum()))
+
+
+# ------------------------------------------------------------------ Reptile on a trace
+
+
+@pytest.mark.parametrize("task", ["sinusoid", "classification"])
+def test_traced_reptile_equals_the_loop_over_tasks(task):
+    if task == "sinusoid":
+        sampler = Sinusoid(k_shot=10, q_queries=10, seed=13)
+        batches = [sampler.sample_batch(6) for _ in range(8)]
+        make = _sinusoid_mlp
+    else:
+        batches = [Task.batch(_class_tasks(6, seed=20 + i)) for i in range(8)]
+        make = lambda: _classifier(None)  # noqa: E731
+    runs = []
+    for kw in ({"vectorize": False}, {}):
+        model = make()
+        reptile = Reptile(model, inner_lr=0.02, inner_steps=4, meta_lr=0.5, **kw)
+        it = iter(batches)
+        hist = reptile.fit(
+            lambda n: next(it), iterations=len(batches), meta_batch_size=6, verbose=0
+        )
+        runs.append((_weights(model), hist, reptile))
+    (w_loop, h_loop, _), (w_trace, h_trace, traced) = runs
+    assert traced._traced_step is not None and traced._traced_step.n_traces == 1  # replayed
+    assert traced.meta_optimizer.iterations == len(batches)
+    for a, b in zip(w_loop, w_trace):  # the mean over tasks summed in another order
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(h_trace["loss"], h_loop["loss"], rtol=1e-5)
+    metric = "accuracy" if task == "classification" else "mse"
+    np.testing.assert_allclose(h_trace[metric], h_loop[metric], rtol=1e-5)
