@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from metalearn import _core
+from metalearn import _core, debugging
 from metalearn.functional import functional_call
 from metalearn.progress import Progbar, _format_time, _format_value
 from metalearn.tasks.base import Task
@@ -321,14 +321,19 @@ def _fixed_tasks(tasks, model):
     if isinstance(tasks, (list, tuple)) and tasks and all(isinstance(t, Task) for t in tasks):
         out = []
         for t in tasks:
-            out.extend(_as_batch(t, model).tasks())
+            if t.is_batch or _is_batch(t, model):
+                out.extend(_as_batch(t, model).tasks())
+            else:
+                out.append(t)
         return out
     return None
 
 
-def _episodes(tasks, episodes, model=None):
-    """Yields `episodes` single tasks from a sampler, a Task batch or a list of Tasks."""
-    singles = _fixed_tasks(tasks, model)
+def _episodes(tasks, episodes, model=None, singles=None):
+    """Yields `episodes` single tasks from a sampler, a Task batch or a list of Tasks
+    (`singles`: _fixed_tasks(tasks, model) when known)."""
+    if singles is None:
+        singles = _fixed_tasks(tasks, model)
     if singles is not None:
         if episodes is None:
             episodes = len(singles)
@@ -468,16 +473,12 @@ class BaseMetaLearner:
         """Under ``metalearn.debugging.enable_check_numerics()``: NonFiniteError when the
         meta-loss or a meta-gradient is NaN or inf, raised before the meta-optimizer's
         update (nothing changed). Off: nothing."""
-        from metalearn import debugging
-
         if debugging._numerics_checks:
             debugging._check_step(self.model, loss, grads, params)
 
     def _check_adapted(self, fast):
         """Under enable_check_numerics(): NonFiniteError naming the first adapted weight
         that is NaN or inf (an inner step size too large for the task)."""
-        from metalearn import debugging
-
         if not debugging._numerics_checks:
             return
         names = [getattr(w, "name", None) for w in self.model.trainable_weights]
@@ -624,7 +625,7 @@ class BaseMetaLearner:
         else:
             n_total = 100 if episodes is None else episodes
         progress = _Progress(n_total, verbose, unit="episode")
-        for i, task in enumerate(_episodes(tasks, episodes, self.model)):
+        for i, task in enumerate(_episodes(tasks, episodes, self.model, singles)):
             self._prepare(task)
             for s, fast in self._adaptation_curve(task.support_x, task.support_y, step_list):
                 with _core_no_grad():

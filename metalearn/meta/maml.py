@@ -7,7 +7,7 @@ from typing import Any, Optional, Tuple, Union
 from metalearn._typing import ArrayLike
 import numpy as np
 
-from metalearn import _core
+from metalearn import _core, debugging
 from metalearn.functional import functional_call
 from metalearn.keras.batched import batched_plan
 
@@ -53,8 +53,10 @@ class MAML(BaseMetaLearner):
     loop (``training=True``), as the reference implementations do.
 
     Args:
-        model: a Keras model (``Sequential`` or a subclassed ``Model``). Classifiers
-            should output logits (the default loss is cross-entropy from logits).
+        model: a Keras model (``Sequential`` or a subclassed ``Model``). A classifier may
+            output logits or end in softmax (``Dense(n, activation="softmax")``, as the
+            Keras quick start): the cross-entropy reads a softmax head's outputs as
+            probabilities (Keras' ``from_logits=False``), so both learn alike.
         inner_lr: step size alpha of the inner SGD steps (paper: 0.01 sinusoid, 0.4
             Omniglot).
         inner_steps: inner steps during meta-training (and the default for ``adapt``).
@@ -63,9 +65,10 @@ class MAML(BaseMetaLearner):
             instance, applied to the meta-gradient.
         meta_lr: learning rate beta of the meta-optimizer when given by name (paper:
             Adam 0.001).
-        loss: None (MSE for float targets, sparse categorical cross-entropy from logits
-            for integer labels), ``"mse"``, ``"sparse_categorical_crossentropy"``, or a
-            callable ``loss(y_true, y_pred)`` returning a Tensor.
+        loss: None (MSE for float targets, sparse categorical cross-entropy for integer
+            labels: from logits, or from probabilities when the model ends in softmax),
+            ``"mse"``, ``"sparse_categorical_crossentropy"`` (the same rule), or a
+            callable ``loss(y_true, y_pred)`` returning a Tensor (used as given).
         vectorize: ``"auto"`` runs the tasks of a meta-batch together (batched matrix
             products over per-task weight copies, one graph for the whole batch) when
             every layer of the model has a batched form (``Sequential`` models of Dense,
@@ -359,8 +362,6 @@ class MAML(BaseMetaLearner):
         return loss, metric
 
     def _meta_step(self, batch):
-        from metalearn import debugging
-
         plan = self._vector_plan()
         # under enable_check_numerics the step runs eagerly, so that the gradients can be
         # checked before the update (the trace applies it inside)

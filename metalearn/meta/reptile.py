@@ -6,7 +6,7 @@ from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
-from metalearn import _core
+from metalearn import _core, debugging
 
 from ._base import _core_no_grad, to_tensor
 from .maml import MAML
@@ -87,8 +87,6 @@ class Reptile(MAML):
         return loss, grads
 
     def _meta_step(self, batch):
-        from metalearn import debugging
-
         plan = self._vector_plan()
         # under enable_check_numerics the direction is checked before the update, which a
         # trace would apply inside: the step runs eagerly then
