@@ -267,11 +267,7 @@ def main(argv=None):
         print(f"{PROG}: error: --data {args.data}: no such folder", file=sys.stderr)
         return 1
     _set_threads(args.threads)
-    try:
-        return _run(args)
-    except FileNotFoundError as exc:  # the dataset's not-found error: self-contained
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
-        return 1
+    return _run(args)
 
 
 def _run(args):
@@ -295,8 +291,12 @@ def _run(args):
 
         k = args.shots or 1
         q = args.queries or (5 if args.algorithm == "protonet" else 15)
-        x_tr, y_tr = omniglot(path=args.data, split="vinyals_trainval")
-        x_te, y_te = omniglot(path=args.data, split="vinyals_test")
+        try:
+            x_tr, y_tr = omniglot(path=args.data, split="vinyals_trainval")
+            x_te, y_te = omniglot(path=args.data, split="vinyals_test")
+        except FileNotFoundError as exc:  # the loader's not-found error: self-contained
+            print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+            return 1
         ways = args.ways
         train_ways = max(ways, 20) if args.algorithm == "protonet" else ways  # ProtoNets: more ways
         try:

@@ -199,13 +199,27 @@ def test_every_sinusoid_variant_converges(algorithm, capsys):
     assert trained < rows["before adaptation"][2]
 
 
+# Omniglot: (inner steps, step size) trained with, and the step counts evaluated
+OMNIGLOT_INNER = {
+    "maml": (1, 0.4, (0, 1, 3)),
+    "fomaml": (1, 0.4, (0, 1, 3)),
+    "metasgd": (1, 0.4, (0, 1)),
+    "anil": (1, 0.4, (0, 1)),
+    "reptile": (3, 0.4, (0, 1, 3)),
+}
+
+
 @needs_omniglot
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "metasgd", "anil", "reptile"])
+@pytest.mark.parametrize("algorithm", sorted(OMNIGLOT_INNER))
 def test_every_omniglot_variant_learns(algorithm, capsys):
     args = ["--task", "omniglot", "--algorithm", algorithm, "--iterations", "100"]
     assert main(args + ["--episodes", "30", "--verbose", "0"]) == 0
-    rows = _rows(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    rows = _rows(out)
+    inner_steps, inner_lr, steps = OMNIGLOT_INNER[algorithm]
+    assert f"inner loop: {inner_steps} step(s) of size {inner_lr:g} while meta-training" in out
+    assert list(rows) == [_label(s) for s in steps]
     for values in rows.values():
         assert len(values) == 4 and np.isfinite(values).all()
     last = list(rows.values())[-1]
