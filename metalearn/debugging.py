@@ -10,8 +10,10 @@ not errors). These tools stop a run at the first non-finite value and say where 
   optimizer applies them; on a non-finite value it raises ``NonFiniteError`` naming the
   weight and layer whose gradient went bad (or, when the loss itself is non-finite, the
   first layer whose output is), and the weights and optimizer state stay as they were
-  before that step. (``tf.debugging.enable_check_numerics``.) The cost is one pass over
-  the gradients per step; it is off by default.
+  before that step. (``tf.debugging.enable_check_numerics``.) The meta-learners
+  (``MAML``, ``Reptile``, ``ProtoNet``, ``MetaLearner``) check their meta-loss and
+  meta-gradients the same way before each meta-update, and ``adapt`` its adapted
+  weights. The cost is one pass over the gradients per step; it is off by default.
 * ``TerminateOnNaN`` — the Keras callback: stops ``fit`` (after the step) when the loss
   becomes NaN or inf.
 """

@@ -16,7 +16,9 @@ memory that warm-starts adaptation on tasks like earlier ones.
 Each has ``fit(tasks, iterations, meta_batch_size)`` (progress bar, returns a history),
 ``adapt(support_x, support_y, steps=None)`` (a new adapted Keras model; the meta-model
 is unchanged), ``clone()`` and ``evaluate(tasks, episodes)`` (mean and 95 % confidence
-interval). ``metalearn.meta.models`` builds the papers' networks.
+interval). ``fit`` and ``evaluate`` take a task sampler, a Task batch
+(``metalearn.tasks.Task.batch([...])``) or a list of Tasks. ``metalearn.meta.models``
+builds the papers' networks.
 """
 
 from . import models

@@ -6,12 +6,13 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 
 from metalearn._typing import ArrayLike
 import math
+import operator
 import sys
 import time
 
 import numpy as np
 
-from metalearn import _core
+from metalearn import _core, debugging
 from metalearn.functional import functional_call
 from metalearn.progress import Progbar, _format_time, _format_value
 from metalearn.tasks.base import Task
@@ -54,21 +55,26 @@ _LOSSES = {
 }
 
 
-def resolve_loss(loss: Any, task: Any) -> Tuple[Callable[..., Any], bool]:
+def resolve_loss(
+    loss: Any, task: Any, probabilities: bool = False
+) -> Tuple[Callable[..., Any], bool]:
     """(loss_fn(y_true, y_pred) -> scalar Tensor, is_classification) for `loss` and a task.
 
-    ``None`` picks MSE for float targets and sparse categorical cross-entropy from logits
-    for integer labels. A string names one of those; a callable is used as is (its
-    result is averaged when it is not a scalar).
+    ``None`` picks MSE for float targets and sparse categorical cross-entropy for integer
+    labels: from logits, or from probabilities when `probabilities` (a model ending in
+    softmax, as Keras' ``from_logits=False``). ``"sparse_categorical_crossentropy"``
+    (``"scce"``) follows the model's output the same way. A string names one of those; a
+    callable is used as is (its result is averaged when it is not a scalar).
     """
     classification = np.issubdtype(np.asarray(task.support_y).dtype, np.integer)
+    scce = _scce_probs if probabilities else _scce_logits
     if loss is None:
-        return (_scce_logits if classification else _mse), classification
+        return (scce if classification else _mse), classification
     if isinstance(loss, str):
         fn = _LOSSES.get(loss)
         if fn is None:
             raise ValueError(f"unknown loss {loss!r}; use one of {sorted(_LOSSES)} or a callable")
-        return fn, classification
+        return (scce if fn is _scce_logits else fn), classification
 
     def wrapped(y_true, y_pred):
         out = loss(y_true, y_pred)
@@ -80,6 +86,84 @@ def resolve_loss(loss: Any, task: Any) -> Tuple[Callable[..., Any], bool]:
 def accuracy(logits: ArrayLike, labels: ArrayLike) -> float:
     """Fraction of rows whose argmax equals the label."""
     return float(np.mean(np.argmax(np.asarray(logits), axis=-1) == np.asarray(labels)))
+
+
+def _leaf_layers(layer, out):
+    subs = getattr(layer, "_sublayers", [])
+    if not subs:
+        out.append(layer)
+    for _, sub in subs:
+        _leaf_layers(sub, out)
+    return out
+
+
+# layers that pass the last activation's values through unchanged in value
+_PASS_THROUGH = ("Dropout", "Flatten", "Reshape", "InputLayer")
+
+
+def ends_in_softmax(model: Any) -> bool:
+    """Whether `model`'s last layer applies softmax (``Dense(n, activation="softmax")``,
+    ``Activation("softmax")``), so its outputs are probabilities, not logits."""
+    from metalearn.keras import activations
+
+    softmax = activations.get("softmax")
+    for layer in reversed(_leaf_layers(model, [])):
+        if type(layer).__name__ in _PASS_THROUGH:
+            continue
+        return getattr(layer, "activation", None) is softmax
+    return False
+
+
+# ------------------------------------------------------------------ settings
+
+
+def check_model(model: Any, who: str, name: str = "model") -> None:
+    """TypeError unless `model` is a metalearn Keras model or layer."""
+    from metalearn.keras.layers import Layer
+
+    if not isinstance(model, Layer):
+        raise TypeError(
+            f"{who}: {name} must be a metalearn.keras model (keras.Sequential or a "
+            f"keras.Model subclass), got {type(model).__name__}"
+        )
+
+
+def check_rate(value: Any, name: str, who: str) -> float:
+    """`value` as a float; TypeError unless a real number, ValueError unless finite >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f"{who}: {name} must be a number, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{who}: {name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def check_count(value: Any, name: str, who: str, minimum: int = 0) -> int:
+    """`value` as an int; TypeError unless an integer, ValueError when below `minimum`."""
+    if isinstance(value, bool):
+        raise TypeError(f"{who}: {name} must be an integer, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"{who}: {name} must be an integer, got {type(value).__name__} {value!r}"
+        ) from None
+    if v < minimum:
+        raise ValueError(f"{who}: {name} must be >= {minimum}, got {v}")
+    return v
+
+
+def check_support(support_x: Any, support_y: Any, who: str = "adapt") -> None:
+    """ValueError when a support set holds NaN or inf (adaptation would return
+    non-finite weights); one np.isfinite pass over each float array."""
+    for name, arr in (("support_x", support_x), ("support_y", support_y)):
+        a = np.asarray(arr)
+        if np.issubdtype(a.dtype, np.inexact) and a.size and not np.isfinite(a).all():
+            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            raise ValueError(
+                f"{who}: {name} holds {bad} NaN or inf value{'s' if bad > 1 else ''}; "
+                "adapting to it would give non-finite weights"
+            )
 
 
 # ------------------------------------------------------------------ cloning
@@ -171,20 +255,62 @@ class _core_no_grad:
 # ------------------------------------------------------------------ sampling
 
 
-def _next_batch(tasks, meta_batch_size):
+def _input_rank(model):
+    """The number of axes of the model's input batch (batch axis included), or None when
+    the model declares no input shape and has not been built."""
+    for attr in ("_batch_input_shape", "_build_input_shape"):
+        shape = getattr(model, attr, None)
+        if isinstance(shape, tuple) and shape:
+            return len(shape)
+    layers = getattr(model, "layers", None)  # a Sequential declares it on its first layer
+    if layers:
+        shape = getattr(layers[0], "_batch_input_shape", None)
+        if isinstance(shape, tuple) and shape:
+            return len(shape)
+    return None
+
+
+def _is_batch(task, model):
+    """Whether a Task holds a batch of tasks: marked (``sample_batch``, ``Task.batch``,
+    ``info["batched"]``), or else its support_x has one axis more than the model's input
+    (integer labels of two axes, when the model's input rank is not known yet)."""
+    if "batched" in task.info:
+        return bool(task.info["batched"])
+    rank = _input_rank(model) if model is not None else None
+    if rank is not None:
+        return np.ndim(task.support_x) == rank + 1
+    sy = np.asarray(task.support_y)
+    return np.issubdtype(sy.dtype, np.integer) and sy.ndim == 2
+
+
+def _as_batch(tasks, model):
+    """A Task (single or batch, marked or not) or a list of single Tasks, as a marked
+    Task batch; None for anything else."""
+    if isinstance(tasks, Task):
+        if tasks.is_batch:
+            return tasks
+        if _is_batch(tasks, model):
+            return Task(*tasks, info={**tasks.info, "batched": True})
+        return Task.batch([tasks])
+    if isinstance(tasks, (list, tuple)) and tasks and all(isinstance(t, Task) for t in tasks):
+        return Task.batch(tasks)
+    return None
+
+
+def _next_batch(tasks, meta_batch_size, model=None):
     if hasattr(tasks, "sample_batch"):
         return tasks.sample_batch(meta_batch_size)
+    batch = _as_batch(tasks, model)
+    if batch is not None:
+        return batch
     if callable(tasks):
-        return tasks(meta_batch_size)
-    if isinstance(tasks, Task):
-        return (
-            tasks
-            if tasks.is_batch
-            else Task(*(np.asarray(a)[None] for a in tasks), info={"batched": True})
-        )
+        out = tasks(meta_batch_size)
+        batch = _as_batch(out, model)
+        return out if batch is None else batch
     raise TypeError(
         "tasks must be a sampler with sample_batch(n) (metalearn.tasks), a callable "
-        f"n -> Task batch, or a Task batch; got {type(tasks).__name__}"
+        f"n -> Task batch, a Task batch (Task.batch) or a list of Tasks; got "
+        f"{type(tasks).__name__}"
     )
 
 
@@ -209,8 +335,24 @@ def _frozen(tasks, episodes):
     return tasks, episodes
 
 
-def _episodes(tasks, episodes):
-    """Yields `episodes` single tasks from a sampler, a Task batch or an EpisodeSet."""
+def _fixed_tasks(tasks, model):
+    """The single tasks of a Task (batch or not) or of a list of Tasks, else None."""
+    if isinstance(tasks, Task):
+        return _as_batch(tasks, model).tasks()
+    if isinstance(tasks, (list, tuple)) and tasks and all(isinstance(t, Task) for t in tasks):
+        out = []
+        for t in tasks:
+            if t.is_batch or _is_batch(t, model):
+                out.extend(_as_batch(t, model).tasks())
+            else:
+                out.append(t)
+        return out
+    return None
+
+
+def _episodes(tasks, episodes, model=None, singles=None):
+    """Yields `episodes` single tasks from a sampler, a Task batch, a list of Tasks or an
+    EpisodeSet (`singles`: _fixed_tasks(tasks, model) when known)."""
     if _is_episode_set(tasks):
         n = len(tasks) if episodes is None else int(episodes)
         if n > len(tasks):
@@ -218,13 +360,14 @@ def _episodes(tasks, episodes):
         for i in range(n):
             yield tasks.task(i)
         return
-    if isinstance(tasks, Task):
-        singles = tasks.tasks()
+    if singles is None:
+        singles = _fixed_tasks(tasks, model)
+    if singles is not None:
         if episodes is None:
             episodes = len(singles)
         if episodes > len(singles):
             raise ValueError(
-                f"evaluate: asked for {episodes} episodes, the task batch holds {len(singles)}"
+                f"evaluate: asked for {episodes} episodes, the tasks given hold {len(singles)}"
             )
         yield from singles[:episodes]
         return
@@ -234,7 +377,7 @@ def _episodes(tasks, episodes):
         if hasattr(tasks, "sample"):
             yield tasks.sample()
         else:
-            yield _next_batch(tasks, 1).task(0)
+            yield _next_batch(tasks, 1, model).task(0)
 
 
 def _is_episode_set(obj):
@@ -296,11 +439,14 @@ class BaseMetaLearner:
     def __init__(
         self, model: Any, loss: Any = None, meta_optimizer: Any = "adam", meta_lr: float = 0.001
     ) -> None:
+        who = type(self).__name__
+        check_model(model, who)
+        meta_lr = check_rate(meta_lr, "meta_lr", who)
         self.model = model
         self.loss = loss
         self._loss_fn = None
         self.classification = None
-        self.meta_lr = float(meta_lr)
+        self.meta_lr = meta_lr
         self.meta_optimizer = self._make_optimizer(meta_optimizer, self.meta_lr)
         self.history = None
         self.iterations = 0
@@ -324,10 +470,17 @@ class BaseMetaLearner:
         return "accuracy" if self.classification else "mse"
 
     # --------------------------------------------------------------- helpers
+    def _outputs_probabilities(self):
+        """Whether the model's outputs are probabilities (it ends in softmax): the
+        cross-entropy then reads them as Keras' ``from_logits=False`` does."""
+        return ends_in_softmax(self.model)
+
     def _prepare(self, task):
         """Resolves the loss and builds the model on the first task seen."""
         if self._loss_fn is None:
-            self._loss_fn, self.classification = resolve_loss(self.loss, task)
+            self._loss_fn, self.classification = resolve_loss(
+                self.loss, task, probabilities=self._outputs_probabilities()
+            )
         model = self.model
         # model.weights walks every layer: checked once per model, not on every fit
         if getattr(self, "_prepared_model", None) is model:
@@ -347,8 +500,27 @@ class BaseMetaLearner:
         return float(loss_value)
 
     def _build_with(self, tasks):
-        batch = _next_batch(tasks, 1)
+        batch = _next_batch(tasks, 1, self.model)
         self._prepare(batch)
+
+    def _check_meta_step(self, loss, grads, params):
+        """Under ``metalearn.debugging.enable_check_numerics()``: NonFiniteError when the
+        meta-loss or a meta-gradient is NaN or inf, raised before the meta-optimizer's
+        update (nothing changed). Off: nothing."""
+        if debugging._numerics_checks:
+            debugging._check_step(self.model, loss, grads, params)
+
+    def _check_adapted(self, fast):
+        """Under enable_check_numerics(): NonFiniteError naming the first adapted weight
+        that is NaN or inf (an inner step size too large for the task)."""
+        if not debugging._numerics_checks:
+            return
+        names = [getattr(w, "name", None) for w in self.model.trainable_weights]
+        for i, w in enumerate(fast):
+            label = names[i] if i < len(names) and names[i] else f"weight {i}"
+            debugging.check_numerics(
+                w, f"{type(self).__name__}.adapt: the adapted weight {label!r}"
+            )
 
     # ------------------------------------------------------------------- fit
     def fit(
@@ -371,7 +543,9 @@ class BaseMetaLearner:
         Args:
             tasks: a task sampler (``metalearn.tasks.Sinusoid``, ``NWayKShot``, or any
                 object with ``sample_batch(n)``), a callable ``n -> Task batch``, or a
-                fixed Task batch.
+                fixed batch used on every iteration: a Task batch (``Task.batch``), a
+                list of Tasks, or a Task whose arrays have one axis more than the
+                model's input.
             iterations: meta-updates to make.
             meta_batch_size: tasks per meta-update.
             verbose: 0 silent, 1 progress bar (on a pipe: a line every 10 %), 2 one
@@ -403,12 +577,8 @@ class BaseMetaLearner:
             after adaptation) and ``accuracy`` or ``mse`` (post-adaptation, on the queries
             of the training tasks), plus the validation lists above.
         """
-        iterations, meta_batch_size = int(iterations), int(meta_batch_size)
-        if iterations < 0 or meta_batch_size < 1:
-            raise ValueError(
-                f"fit: iterations must be >= 0 and meta_batch_size >= 1, got "
-                f"{iterations}, {meta_batch_size}"
-            )
+        iterations = check_count(iterations, "iterations", "fit")
+        meta_batch_size = check_count(meta_batch_size, "meta_batch_size", "fit", minimum=1)
         from ._session import FitSession
 
         session = FitSession(
@@ -437,7 +607,7 @@ class BaseMetaLearner:
                 cb.on_train_begin({})
         step = start
         for it in range(start, iterations):
-            batch = _next_batch(tasks, meta_batch_size)
+            batch = _next_batch(tasks, meta_batch_size, self.model)
             if it == start:  # the loss and the model's build follow from the first batch
                 self._prepare(batch)
                 history.setdefault(self.metric_name, [])
@@ -482,9 +652,14 @@ class BaseMetaLearner:
         Returns:
             A Keras model (same architecture) holding the adapted weights.
         """
+        who = f"{type(self).__name__}.adapt"
+        if steps is not None:
+            steps = check_count(steps, "steps", who)
+        check_support(support_x, support_y, who)
         task = Task(support_x, support_y, support_x, support_y)
         self._prepare(task)
         fast = self._adapted_weights(support_x, support_y, steps)
+        self._check_adapted(fast)
         return clone_model(self.model, [np.asarray(w) for w in fast])
 
     # -------------------------------------------------------------- evaluate
@@ -503,8 +678,9 @@ class BaseMetaLearner:
 
         Args:
             tasks: a task sampler (one task per episode), a Task batch (its tasks in
-                order) or a ``tasks.EpisodeSet`` bound to its data.
-            episodes: number of tasks (default: all tasks of a Task batch or an
+                order), a list of Tasks, one Task, or a ``tasks.EpisodeSet`` bound to its
+                data.
+            episodes: number of tasks, >= 1 (default: all tasks given or all of an
                 EpisodeSet, 100 from a sampler), or a ``tasks.EpisodeSet``: exactly its
                 frozen episodes, drawn from the data of `tasks` (a sampler or ``(x, y)``;
                 other data is refused).
@@ -522,8 +698,14 @@ class BaseMetaLearner:
             "loss": mean query loss, "episodes": n}``; with a list of steps, a dict from
             step count to such a dict.
         """
+        who = f"{type(self).__name__}.evaluate"
         curve = isinstance(steps, (list, tuple))
-        step_list = [None if s is None else int(s) for s in steps] if curve else [steps]
+        if curve and not steps:
+            raise ValueError(f"{who}: steps is an empty list")
+        step_list = [
+            None if s is None else check_count(s, "steps", who)
+            for s in (steps if curve else [steps])
+        ]
         results = {s: {"metric": [], "loss": []} for s in step_list}
         started = time.perf_counter()
         if card is not None:
@@ -531,14 +713,17 @@ class BaseMetaLearner:
 
             check_card_path(card)  # before the work, not after it
         tasks, episodes = _frozen(tasks, episodes)
+        if episodes is not None:
+            episodes = check_count(episodes, "episodes", who, minimum=1)
+        singles = None if _is_episode_set(tasks) else _fixed_tasks(tasks, self.model)
         if _is_episode_set(tasks):
-            n_total = len(tasks) if episodes is None else int(episodes)
-        elif isinstance(tasks, Task):
-            n_total = episodes or len(tasks.support_x)
+            n_total = len(tasks) if episodes is None else episodes
+        elif singles is not None:
+            n_total = episodes or len(singles)
         else:
-            n_total = 100 if episodes is None else int(episodes)
+            n_total = 100 if episodes is None else episodes
         progress = _Progress(n_total, verbose, unit="episode")
-        for i, task in enumerate(_episodes(tasks, episodes)):
+        for i, task in enumerate(_episodes(tasks, episodes, self.model, singles)):
             self._prepare(task)
             for s, fast in self._adaptation_curve(task.support_x, task.support_y, step_list):
                 with _core_no_grad():

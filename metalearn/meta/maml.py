@@ -7,13 +7,22 @@ from typing import Any, Optional, Tuple, Union
 from metalearn._typing import ArrayLike
 import numpy as np
 
-from metalearn import _core
+from metalearn import _core, debugging
 from metalearn.functional import functional_call
 from metalearn.keras.batched import batched_plan
 
 from metalearn.tasks.base import Task
 
-from ._base import BaseMetaLearner, _core_no_grad, to_tensor
+from ._base import (
+    BaseMetaLearner,
+    _core_no_grad,
+    _leaf_layers,
+    check_count,
+    check_model,
+    check_rate,
+    check_support,
+    to_tensor,
+)
 
 __all__ = ["MAML", "MetaSGD", "ANIL"]
 
@@ -44,8 +53,10 @@ class MAML(BaseMetaLearner):
     loop (``training=True``), as the reference implementations do.
 
     Args:
-        model: a Keras model (``Sequential`` or a subclassed ``Model``). Classifiers
-            should output logits (the default loss is cross-entropy from logits).
+        model: a Keras model (``Sequential`` or a subclassed ``Model``). A classifier may
+            output logits or end in softmax (``Dense(n, activation="softmax")``, as the
+            Keras quick start): the cross-entropy reads a softmax head's outputs as
+            probabilities (Keras' ``from_logits=False``), so both learn alike.
         inner_lr: step size alpha of the inner SGD steps (paper: 0.01 sinusoid, 0.4
             Omniglot).
         inner_steps: inner steps during meta-training (and the default for ``adapt``).
@@ -54,9 +65,10 @@ class MAML(BaseMetaLearner):
             instance, applied to the meta-gradient.
         meta_lr: learning rate beta of the meta-optimizer when given by name (paper:
             Adam 0.001).
-        loss: None (MSE for float targets, sparse categorical cross-entropy from logits
-            for integer labels), ``"mse"``, ``"sparse_categorical_crossentropy"``, or a
-            callable ``loss(y_true, y_pred)`` returning a Tensor.
+        loss: None (MSE for float targets, sparse categorical cross-entropy for integer
+            labels: from logits, or from probabilities when the model ends in softmax),
+            ``"mse"``, ``"sparse_categorical_crossentropy"`` (the same rule), or a
+            callable ``loss(y_true, y_pred)`` returning a Tensor (used as given).
         vectorize: ``"auto"`` runs the tasks of a meta-batch together (batched matrix
             products over per-task weight copies, one graph for the whole batch) when
             every layer of the model has a batched form (``Sequential`` models of Dense,
@@ -100,6 +112,11 @@ class MAML(BaseMetaLearner):
         vectorize: Union[str, bool] = "auto",
         trace: bool = True,
     ) -> None:
+        who = type(self).__name__
+        # every setting checked before anything is stored: a bad one changes nothing
+        check_model(model, who)
+        inner_lr = check_rate(inner_lr, "inner_lr", who)
+        inner_steps = check_count(inner_steps, "inner_steps", who)
         super().__init__(model, loss=loss, meta_optimizer=meta_optimizer, meta_lr=meta_lr)
         # trace=True: the vectorised meta-step (inner loop, second-order meta-gradient and
         # the meta-optimizer's update) is recorded once per batch shape by
@@ -113,10 +130,8 @@ class MAML(BaseMetaLearner):
             )
         self.vectorize = vectorize
         self._plan = None
-        self.inner_lr = float(inner_lr)
-        self.inner_steps = int(inner_steps)
-        if self.inner_steps < 0:
-            raise ValueError(f"{type(self).__name__}: inner_steps must be >= 0, got {inner_steps}")
+        self.inner_lr = inner_lr
+        self.inner_steps = inner_steps
         self.first_order = bool(first_order)
 
     # ------------------------------------------------------------ the pieces
@@ -348,26 +363,37 @@ class MAML(BaseMetaLearner):
 
     def _meta_step(self, batch):
         plan = self._vector_plan()
-        update = self._traced_update(plan)
+        # under enable_check_numerics the step runs eagerly, so that the gradients can be
+        # checked before the update (the trace applies it inside)
+        update = None if debugging._numerics_checks else self._traced_update(plan)
         if update is not None:
             return self._traced_meta_step(plan, update, batch)
         meta_loss, metric = self._meta_loss(batch)
         params = self._meta_params()
         grads = _core.grad(meta_loss, params)
+        self._check_meta_step(meta_loss, grads, params)
         self.meta_optimizer.apply_gradients(zip(grads, params))
         return float(meta_loss.item()), metric
 
     # ------------------------------------------------------------ adaptation
     def _steps(self, steps):
-        return self.inner_steps if steps is None else int(steps)
+        if steps is None:
+            return self.inner_steps
+        return check_count(steps, "steps", f"{type(self).__name__}.adapt")
 
     def adapted_weights(
         self, support_x: ArrayLike, support_y: ArrayLike, steps: Optional[int] = None
     ) -> Any:
         """The adapted weights (tensors, detached) for one task's support set, without
         building a model; ``functional_call(maml.model, weights, x)`` runs them."""
+        who = f"{type(self).__name__}.adapted_weights"
+        if steps is not None:
+            steps = check_count(steps, "steps", who)
+        check_support(support_x, support_y, who)
         self._prepare(Task(support_x, support_y, support_x, support_y))
-        return self._adapted_weights(support_x, support_y, steps)
+        fast = self._adapted_weights(support_x, support_y, steps)
+        self._check_adapted(fast)
+        return fast
 
     def _adapted_weights(self, support_x, support_y, steps):
         fast = self._inner_loop(
@@ -463,15 +489,6 @@ class MetaSGD(MAML):
 
     def _inner_update(self, fast, grads):
         return [w - a * g for w, a, g in zip(fast, self.learning_rates, grads)]
-
-
-def _leaf_layers(layer, out):
-    subs = getattr(layer, "_sublayers", [])
-    if not subs:
-        out.append(layer)
-    for _, sub in subs:
-        _leaf_layers(sub, out)
-    return out
 
 
 class ANIL(MAML):

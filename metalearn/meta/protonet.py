@@ -11,7 +11,15 @@ from metalearn import _core
 from metalearn.keras.models import Model
 from metalearn.tasks.base import Task
 
-from ._base import BaseMetaLearner, _core_no_grad, accuracy, clone_model, to_tensor
+from ._base import (
+    BaseMetaLearner,
+    _core_no_grad,
+    accuracy,
+    check_count,
+    check_support,
+    clone_model,
+    to_tensor,
+)
 
 __all__ = ["ProtoNet", "PrototypeClassifier", "prototype_logits"]
 
@@ -170,6 +178,9 @@ class ProtoNet(BaseMetaLearner):
         self.distance = distance
         self.inner_steps = 0
 
+    def _outputs_probabilities(self):
+        return False  # the loss reads prototype logits, whatever the encoder ends in
+
     def _prepare(self, task):
         super()._prepare(task)
         self.classification = True
@@ -209,6 +220,7 @@ class ProtoNet(BaseMetaLearner):
         total = total * (1.0 / n)
         params = self.encoder.trainable_weights
         grads = _core.grad(total, params)
+        self._check_meta_step(total, grads, params)
         self.meta_optimizer.apply_gradients(zip(grads, params))
         return float(total.item()), float(np.mean(metrics))
 
@@ -217,6 +229,9 @@ class ProtoNet(BaseMetaLearner):
     ) -> PrototypeClassifier:
         """A ``PrototypeClassifier`` (a copy of the encoder plus this task's prototypes);
         `steps` is ignored (prototypes need no gradient steps). The encoder is unchanged."""
+        if steps is not None:
+            check_count(steps, "steps", "ProtoNet.adapt")
+        check_support(support_x, support_y, "ProtoNet.adapt")
         self._prepare(Task(support_x, support_y, support_x, support_y))
         y = np.asarray(support_y).astype(np.int64)
         n_way = int(y.max()) + 1

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, Union
+
 import numpy as np
 
-from metalearn import _core
+from metalearn import _core, debugging
 
-from ._base import _core_no_grad
+from ._base import _core_no_grad, to_tensor
 from .maml import MAML
 
 __all__ = ["Reptile"]
@@ -37,6 +38,14 @@ class Reptile(MAML):
             the paper anneals it linearly from 1.0 to 0 in its Omniglot runs).
         meta_optimizer: ``"sgd"`` (the paper's rule), ``"adam"`` or an optimizer.
         loss: as for MAML.
+        vectorize: ``"auto"`` adapts the tasks of a meta-batch together (per-task weight
+            copies through the model's batched form, as MAML does) when the model has one
+            and the loss is built in; False loops over the tasks.
+        trace: with the vectorised form, the meta-iteration (inner loop, direction and the
+            meta-optimizer's update) is recorded once per batch shape by
+            ``metalearn.function`` and replayed from C afterwards; the numbers are the
+            loop's up to float32 rounding (the mean over tasks is summed in another
+            order).
     """
 
     def __init__(
@@ -48,6 +57,8 @@ class Reptile(MAML):
         meta_optimizer: Any = "sgd",
         loss: Any = None,
         epsilon: Optional[float] = None,
+        vectorize: Union[str, bool] = "auto",
+        trace: bool = True,
     ) -> None:
         if epsilon is not None:
             meta_lr = epsilon
@@ -59,6 +70,8 @@ class Reptile(MAML):
             meta_optimizer=meta_optimizer,
             meta_lr=meta_lr,
             loss=loss,
+            vectorize=vectorize,
+            trace=trace,
         )
         self.epsilon = self.meta_lr
 
@@ -74,8 +87,68 @@ class Reptile(MAML):
         return loss, grads
 
     def _meta_step(self, batch):
+        plan = self._vector_plan()
+        # under enable_check_numerics the direction is checked before the update, which a
+        # trace would apply inside: the step runs eagerly then
+        update = None if debugging._numerics_checks else self._traced_update(plan)
+        if update is not None:
+            return self._traced_meta_step(plan, update, batch)
         loss, metric, grads = self._direction(batch)
+        self._check_meta_step(loss, grads, self._meta_params())
         self.meta_optimizer.apply_gradients(zip(grads, self._meta_params()))
+        return loss, metric
+
+    def _vectorised_direction(self, plan, sx, sy, qx, qy):
+        """The meta-batch's inner loops at once (per-task weight copies, (B, ...)), as
+        core ops: (theta - mean_i phi_i per weight, mean query loss, query output)."""
+        b = int(sx.shape[0])
+        params = self._inner_params()
+        fast = [_core.broadcast_to(w, (b,) + tuple(w.shape)) for w in params]
+        lr = self.inner_lr
+        for _ in range(self.inner_steps):
+            # the sum over tasks of each task's mean loss: its gradient w.r.t. a task's
+            # copy is that task's own gradient
+            inner = self._loss_fn(sy, plan(fast, sx, {})) * float(b)
+            grads = _core.grad(inner, fast)
+            fast = [w - lr * g for w, g in zip(fast, grads)]
+        out = plan(fast, qx, {})
+        loss = self._loss_fn(qy, out)
+        direction = [w - _core.reduce_mean(f, axis=0) for w, f in zip(params, fast)]
+        return direction, loss, out
+
+    def _labels(self, y):
+        if self.classification:  # a trace takes tensors: class ids as float32
+            return to_tensor(np.asarray(y, dtype=np.float32))
+        return to_tensor(y)
+
+    def _traced_meta_step(self, plan, update, batch):
+        """The vectorised meta-iteration through a metalearn.function trace: recorded on
+        the first batch of a shape, replayed from C on the next ones."""
+        config = (self.inner_lr, self.inner_steps, id(self.meta_optimizer))
+        if self._traced_step is None or self._traced_config != config:
+            from metalearn.function import function
+
+            self._traced_config = config
+            params = self._meta_params()
+
+            def step(sx, sy, qx, qy):
+                direction, loss, out = self._vectorised_direction(plan, sx, sy, qx, qy)
+                update(params, [d.detach() for d in direction])
+                return loss, out
+
+            self._traced_step = function(step)
+        loss, out = self._traced_step(
+            to_tensor(batch.support_x),
+            self._labels(batch.support_y),
+            to_tensor(batch.query_x),
+            self._labels(batch.query_y),
+        )
+        self.meta_optimizer._count_step()
+        loss = float(loss.item())
+        if self.classification:
+            metric = float(np.mean(np.argmax(np.asarray(out), -1) == np.asarray(batch.query_y)))
+        else:
+            metric = loss
         return loss, metric
 
     def _direction(self, batch):

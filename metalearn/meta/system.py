@@ -68,7 +68,7 @@ from metalearn.networks import AdaptiveNeuralNetwork, MetaLearningNetwork
 from metalearn.tasks.base import Task
 
 from ._base import BaseMetaLearner as _Algorithm
-from ._base import _core_no_grad, _next_batch, _Progress, to_tensor
+from ._base import _core_no_grad, _next_batch, _Progress, check_count, check_support, to_tensor
 from .maml import ANIL, MAML, MetaSGD, _leaf_layers
 from .reptile import Reptile
 
@@ -361,6 +361,7 @@ class MetaLearner:
         return h * n + n + n * e + 1
 
     def _check_support(self, support_x, support_y):
+        check_support(support_x, support_y, "MetaLearner")
         sx = np.ascontiguousarray(np.asarray(support_x, np.float32))
         sy = np.asarray(support_y).reshape(-1)
         if len(sx) != len(sy):
@@ -793,6 +794,9 @@ class MetaLearner:
             adapted weights, and the predictor's expected accuracy for this task.
             ``self.last_recall`` tells what was recalled and whether it was used.
         """
+        if steps is not None:
+            check_count(steps, "steps", "MetaLearner.adapt")
+        check_support(support_x, support_y, "MetaLearner.adapt")
         self._require_built(support_x, support_y)
         sx, sy = self._check_support(support_x, support_y)
         rec = self.recall(sx, sy) if warm_start else None
@@ -857,7 +861,7 @@ class MetaLearner:
         progress = _Progress(iterations, verbose)
         alg = self.algorithm
         for it in range(iterations):
-            batch = _next_batch(tasks, meta_batch_size)
+            batch = _next_batch(tasks, meta_batch_size, self.model)
             if not batch.is_batch:
                 batch = Task(*(np.asarray(a)[None] for a in batch), info={"batched": True})
             self._setup(batch)

@@ -74,7 +74,9 @@ class NWayKShot:
         self.augment_rotations = bool(augment_rotations)
         if self.augment_rotations and (x.ndim < 3 or x.shape[1] != x.shape[2]):
             raise ValueError(
-                f"NWayKShot: rotations need square images (N, H, H[, C]), got {x.shape}"
+                f"NWayKShot: augment_rotations=True rotates square images (N, H, H[, C]) "
+                f"by 90 degrees, got x of shape {x.shape}; pass augment_rotations=False "
+                "for other data"
             )
         self.x, self.y = x, y
         self._x_tensor = None  # x as a core tensor (shared memory), made on first use

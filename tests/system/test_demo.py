@@ -135,3 +135,169 @@ def test_maml_sinusoid_benchmark_runs():
     if "torch 2" in out.stdout:
         err = float(out.stdout.split("max |metalearn - torch| = ")[1].split()[0])
         assert err < 1e-4
+
+
+# ------------------------------------------------ every variant, every wrong option (issue 21)
+
+_ROW = re.compile(r"^\s+(before adaptation|after \d+ steps?|prototypes)\s+(.*)$")
+
+
+def _rows(out):
+    """{row label: [untrained mean, ci, meta-trained mean, ci]} of the printed table."""
+    rows = {}
+    for line in out.splitlines():
+        m = _ROW.match(line)
+        if m:
+            rows[m.group(1)] = [float(v) for v in re.findall(r"nan|inf|\d+\.\d+", m.group(2))]
+    return rows
+
+
+def _label(s):
+    return "before adaptation" if s == 0 else f"after {s} step{'s' if s > 1 else ''}"
+
+
+# the step counts each algorithm is trained for and evaluated at (its demo settings)
+SINUSOID_STEPS = {
+    "maml": (0, 1, 10),
+    "fomaml": (0, 1, 10),
+    "metasgd": (0, 1),
+    "anil": (0, 1),
+    "reptile": (0, 1, 5),
+}
+# and the inner loop it is meta-trained with, which the demo prints: (steps, step size)
+SINUSOID_INNER = {
+    "maml": (1, 0.01),
+    "fomaml": (1, 0.01),
+    "metasgd": (1, 0.01),
+    "anil": (1, 0.1),
+    "reptile": (5, 0.02),
+}
+
+
+@pytest.mark.parametrize("algorithm", sorted(SINUSOID_STEPS))
+def test_every_sinusoid_variant_converges(algorithm, capsys):
+    # a fifth of the default meta-iterations: each variant must already beat the same
+    # network untrained, at every step count it prints, with finite numbers
+    assert (
+        main(
+            ["--algorithm", algorithm, "--iterations", "1000", "--episodes", "50", "--verbose", "0"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    rows = _rows(out)
+    steps = SINUSOID_STEPS[algorithm]
+    inner_steps, inner_lr = SINUSOID_INNER[algorithm]
+    assert f"inner loop: {inner_steps} step(s) of size {inner_lr:g} while meta-training" in out
+    assert list(rows) == [_label(s) for s in steps]
+    for label, values in rows.items():
+        assert len(values) == 4 and np.isfinite(values).all(), (label, values)
+    last = rows[_label(steps[-1])]
+    untrained, trained = last[0], last[2]
+    # sin waves of amplitude U[0.1, 5]: predicting 0 costs E[A^2]/2 = 4.2
+    assert trained < 0.6 * untrained and trained < 2.0
+    assert trained < rows["before adaptation"][2]
+
+
+# Omniglot: (inner steps, step size) trained with, and the step counts evaluated
+OMNIGLOT_INNER = {
+    "maml": (1, 0.4, (0, 1, 3)),
+    "fomaml": (1, 0.4, (0, 1, 3)),
+    "metasgd": (1, 0.4, (0, 1)),
+    "anil": (1, 0.4, (0, 1)),
+    "reptile": (3, 0.4, (0, 1, 3)),
+}
+
+
+@needs_omniglot
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", sorted(OMNIGLOT_INNER))
+def test_every_omniglot_variant_learns(algorithm, capsys):
+    args = ["--task", "omniglot", "--algorithm", algorithm, "--iterations", "100"]
+    assert main(args + ["--episodes", "30", "--verbose", "0"]) == 0
+    out = capsys.readouterr().out
+    rows = _rows(out)
+    inner_steps, inner_lr, steps = OMNIGLOT_INNER[algorithm]
+    assert f"inner loop: {inner_steps} step(s) of size {inner_lr:g} while meta-training" in out
+    assert list(rows) == [_label(s) for s in steps]
+    for values in rows.values():
+        assert len(values) == 4 and np.isfinite(values).all()
+    last = list(rows.values())[-1]
+    assert last[2] > 35.0  # % accuracy, 5-way: chance is 20 %
+
+
+def _usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    "argv,named",
+    [
+        (["--model", "conv4"], "--model conv4"),
+        (["--task", "omniglot", "--shots", "10"], "shots + queries must be <= 20"),
+        (["--task", "omniglot", "--shots", "5", "--queries", "16"], "<= 20"),
+        (["--algorithm", "protonet"], "--task omniglot"),
+        (["--iterations", "-1"], "--iterations"),
+        (["--threads", "0"], "--threads"),
+        (["--inner-lr", "nan"], "--inner-lr"),
+        (["--episodes", "0"], "--episodes"),
+        (["--task", "omniglot", "--ways", "1"], "--ways"),
+        (["--algorithm", "nope"], "--algorithm"),
+        (["--shots", "two"], "--shots"),
+    ],
+)
+def test_a_wrong_option_is_one_line_and_status_2(argv, named, capsys):
+    assert named in _usage_error(argv + ["--verbose", "0"], capsys)
+
+
+def test_a_wrong_option_from_the_shell_shows_no_usage_block():
+    out = subprocess.run(
+        [sys.executable, "-m", "metalearn", "--algoritm", "maml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "--algoritm" in out.stderr
+
+
+def test_missing_data_is_one_line_and_status_1(capsys, monkeypatch):
+    import metalearn.datasets as datasets
+
+    def absent(*args, **kwargs):  # what the loader raises when no folder holds Omniglot
+        raise FileNotFoundError(
+            "omniglot not found. Looked for omniglot_background.npz in:\n  - /a\n  - /b\n"
+            "Pass the folder (--data FOLDER) or set METALEARN_DATA=FOLDER."
+        )
+
+    monkeypatch.setattr(datasets, "omniglot", absent)
+    assert (
+        main(["--task", "omniglot", "--iterations", "1", "--episodes", "2", "--verbose", "0"]) == 1
+    )
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "--data FOLDER" in err and "/a" in err and "/b" in err
+
+
+def test_a_data_folder_that_does_not_exist_is_an_error(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    argv = ["--task", "omniglot", "--data", str(missing), "--iterations", "1", "--episodes", "2"]
+    assert main(argv + ["--verbose", "0"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(missing) in err
+
+
+def test_help_gives_a_time_for_every_variant():
+    out = subprocess.run(
+        [sys.executable, "-m", "metalearn", "--help"], capture_output=True, text=True, timeout=60
+    ).stdout
+    table = out[out.index("--algorithm  sinusoid") :]
+    for algorithm in ("maml", "fomaml", "metasgd", "anil", "reptile", "protonet"):
+        line = next(ln for ln in table.splitlines() if ln.strip().startswith(algorithm + " "))
+        assert len(re.findall(r"\d+ s\b", line)) == (1 if algorithm == "protonet" else 2), line
+    assert "about 10 s" not in out
