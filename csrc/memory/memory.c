@@ -29,8 +29,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../core/threads.h"
 #include "../core/xoshiro.h"
 #include "../io/io.h"
+#include "../kernels/topk.h"
 #include "../ops/ops.h" /* the scoped composition its differentiable read and loss use */
 
 #define ML_MEMORY_LOAD_MAX_BYTES (4.0 * 1073741824.0)
@@ -208,6 +210,24 @@ static inline void topk_push(float *sim, int64_t *idx, int64_t *len, int64_t k, 
     idx[p] = j;
 }
 
+/* Offers the scores row[0 : nb] of slots base .. base + nb - 1 (in slot order) to one
+ * query's list; the order is (score descending, slot ascending), so the list is the top-k
+ * under that total order whatever blocks the slots came in, as long as each block comes in
+ * slot order and blocks are offered in slot order. */
+static inline void offer_row(float *ts, int64_t *ti, int64_t *len, int64_t k, const float *row,
+                             int64_t nb, int64_t base) {
+    int64_t l = *len;
+    float thr = l < k ? -INFINITY : ts[k - 1];
+    for (int64_t j = 0; j < nb; j++) {
+        /* NaN never enters: keys and queries are finite */
+        if (row[j] > thr || l < k) {
+            topk_push(ts, ti, &l, k, row[j], base + j);
+            thr = l < k ? -INFINITY : ts[k - 1];
+        }
+    }
+    *len = l;
+}
+
 /* Top-k over the occupied slots for n normalised queries qn (n x d): idx (n x k), sim
  * (n x k), padded with -1 / -inf when fewer than k slots are occupied. Caller holds the
  * lock. */
@@ -218,15 +238,102 @@ static int64_t search_block(int64_t n, int64_t c) {
     return block > c ? c : block;
 }
 
-/* scratch: n * search_block(n, capacity) floats and n int64 (NULL: allocated here) */
+/* Batches of up to SCAN_MAX_QUERIES queries take the key scan (kernels/topk.c: each key
+ * streamed once, no GEMM tiles); larger ones the GEMM over blocks of keys, which reuses
+ * each key across many queries. The crossover is measured by benchmarks/memory_query.py. */
+#define SCAN_MAX_QUERIES 8
+/* A threaded scan gives each task SCAN_TASK_KEYS consecutive slots (a constant, so the
+ * split is the shape's, not the thread count's: ARCHITECTURE's determinism contract); it
+ * scores them SCAN_TILE at a time into a buffer on its stack. */
+#define SCAN_TASK_KEYS 4096
+#define SCAN_TILE 64
+
+typedef struct {
+    const ml_memory *m;
+    int64_t n, k, c;
+    const float *qn;
+    float *tsim;   /* n_tasks x n x k: each task's own top-k lists */
+    int64_t *tidx;
+} scan_ctx;
+
+static void scan_task(void *vctx, int64_t t) {
+    const scan_ctx *x = vctx;
+    const int64_t n = x->n, k = x->k, d = x->m->key_size;
+    const int64_t j0 = t * SCAN_TASK_KEYS;
+    const int64_t j1 = j0 + SCAN_TASK_KEYS < x->c ? j0 + SCAN_TASK_KEYS : x->c;
+    float *ts = x->tsim + t * n * k;
+    int64_t *ti = x->tidx + t * n * k, len[SCAN_MAX_QUERIES] = {0};
+    float s[SCAN_MAX_QUERIES * SCAN_TILE];
+    for (int64_t i = 0; i < n * k; i++) {
+        ts[i] = -INFINITY;
+        ti[i] = -1;
+    }
+    for (int64_t b = j0; b < j1; b += SCAN_TILE) {
+        int64_t nb = j1 - b < SCAN_TILE ? j1 - b : SCAN_TILE;
+        ml__key_scores(n, x->qn, nb, x->m->keys + b * d, d, s);
+        for (int64_t i = 0; i < n; i++)
+            offer_row(ts + i * k, ti + i * k, &len[i], k, s + i * nb, nb, b);
+    }
+}
+
+/* The key scan for n <= SCAN_MAX_QUERIES queries: tasks of SCAN_TASK_KEYS slots over the
+ * thread pool, each with its own top-k lists, merged in task (= slot) order. */
+static int64_t scan_tasks(int64_t c) { return (c + SCAN_TASK_KEYS - 1) / SCAN_TASK_KEYS; }
+
+/* tsim, tidx: scan_tasks(count) * n * k each (NULL: allocated here) */
+static ml_status scan_search(const ml_memory *m, int64_t n, const float *qn, int64_t k,
+                             int64_t *idx, float *sim, float *tsim, int64_t *tidx) {
+    const int64_t c = m->count, tasks = scan_tasks(c);
+    scan_ctx x = {.m = m, .n = n, .k = k, .c = c, .qn = qn, .tsim = tsim, .tidx = tidx};
+    if (!tsim) x.tsim = malloc((size_t)(tasks * n * k) * sizeof(float));
+    if (!tidx) x.tidx = malloc((size_t)(tasks * n * k) * sizeof(int64_t));
+    if (!x.tsim || !x.tidx) {
+        if (x.tsim != tsim) free(x.tsim);
+        if (x.tidx != tidx) free(x.tidx);
+        return ml_set_error(ML_ERR_OOM,
+                            "KnowledgeMemory: out of memory for a search of %lld "
+                            "queries",
+                            (long long)n);
+    }
+    ml__parallel_for(tasks, 0, scan_task, &x);
+    for (int64_t i = 0; i < n; i++) {
+        int64_t l = 0;
+        for (int64_t t = 0; t < tasks; t++) {
+            const float *ts = x.tsim + (t * n + i) * k;
+            const int64_t *ti = x.tidx + (t * n + i) * k;
+            float thr = l < k ? -INFINITY : sim[i * k + k - 1];
+            for (int64_t e = 0; e < k && ti[e] >= 0; e++) {
+                if (!(ts[e] > thr || l < k)) break; /* the rest of a sorted list is no better */
+                topk_push(sim + i * k, idx + i * k, &l, k, ts[e], ti[e]);
+                thr = l < k ? -INFINITY : sim[i * k + k - 1];
+            }
+        }
+    }
+    if (x.tsim != tsim) free(x.tsim);
+    if (x.tidx != tidx) free(x.tidx);
+    return ML_OK;
+}
+
+/* What a search may be given so that it cannot fail (NULL members: allocated by it):
+ * scratch, n * search_block(n, capacity) floats; lens, n; tsim and tidx,
+ * scan_tasks(capacity) * SCAN_MAX_QUERIES^2 (a scan asks k <= n). */
+typedef struct {
+    float *scratch, *tsim;
+    int64_t *lens, *tidx;
+} search_buffers;
+
 static ml_status search(const ml_memory *m, int64_t n, const float *qn, int64_t k, int64_t *idx,
-                        float *sim, float *scratch, int64_t *lens) {
+                        float *sim, const search_buffers *buf) {
+    float *scratch = buf ? buf->scratch : NULL;
+    int64_t *lens = buf ? buf->lens : NULL;
     int64_t c = m->count, d = m->key_size;
     for (int64_t i = 0; i < n * k; i++) {
         idx[i] = -1;
         sim[i] = -INFINITY;
     }
     if (n == 0 || k == 0 || c == 0) return ML_OK;
+    if (n <= SCAN_MAX_QUERIES)
+        return scan_search(m, n, qn, k, idx, sim, buf ? buf->tsim : NULL, buf ? buf->tidx : NULL);
     int64_t block = search_block(n, c);
     float *s = scratch ? scratch : malloc((size_t)n * (size_t)block * sizeof(float));
     int64_t *len = lens ? lens : malloc((size_t)n * sizeof(int64_t));
@@ -243,20 +350,8 @@ static ml_status search(const ml_memory *m, int64_t n, const float *qn, int64_t 
         int64_t nb = c - b0 < block ? c - b0 : block;
         /* s (n x nb) = qn (n x d) @ keys[b0 : b0 + nb]ᵀ */
         ml_sgemm(0, 1, n, nb, d, 1.0f, qn, d, m->keys + b0 * d, d, 0.0f, s, nb);
-        for (int64_t i = 0; i < n; i++) {
-            float *ts = sim + i * k;
-            int64_t *ti = idx + i * k, l = len[i];
-            const float *row = s + i * nb;
-            float thr = l < k ? -INFINITY : ts[k - 1];
-            for (int64_t j = 0; j < nb; j++) {
-                /* NaN never enters: keys and queries are finite */
-                if (row[j] > thr || l < k) {
-                    topk_push(ts, ti, &l, k, row[j], b0 + j);
-                    thr = l < k ? -INFINITY : ts[k - 1];
-                }
-            }
-            len[i] = l;
-        }
+        for (int64_t i = 0; i < n; i++)
+            offer_row(sim + i * k, idx + i * k, &len[i], k, s + i * nb, nb, b0);
     }
     if (s != scratch) free(s);
     if (len != lens) free(len);
@@ -302,7 +397,7 @@ ml_status ml_memory_query(ml_memory *mem, int64_t n, const float *q, int64_t k, 
         goto done;
     }
     pthread_rwlock_rdlock(&mem->lock);
-    st = search(mem, n, qn, k, idx, sim, NULL, NULL);
+    st = search(mem, n, qn, k, idx, sim, NULL);
     if (!st)
         for (int64_t i = 0; i < n * k; i++) {
             int64_t j = idx[i];
@@ -382,8 +477,7 @@ typedef struct {
     float *csim;    /* and their similarities */
     int64_t *touched; /* the slots the chunk modified, nt of them */
     uint8_t *dirty; /* per slot: modified by the chunk */
-    float *scratch;
-    int64_t *lens;
+    search_buffers buf;
 } update_work;
 
 static void update_work_free(update_work *w) {
@@ -391,8 +485,10 @@ static void update_work_free(update_work *w) {
     free(w->csim);
     free(w->touched);
     free(w->dirty);
-    free(w->scratch);
-    free(w->lens);
+    free(w->buf.scratch);
+    free(w->buf.lens);
+    free(w->buf.tsim);
+    free(w->buf.tidx);
 }
 
 /* 0 when out of memory (update_work_free still frees what was made). */
@@ -403,9 +499,13 @@ static int update_work_alloc(update_work *w, const ml_memory *mem, int64_t n) {
     w->csim = malloc((size_t)(chunk * chunk) * sizeof(float));
     w->touched = malloc((size_t)chunk * sizeof(int64_t));
     w->dirty = calloc((size_t)mem->capacity, 1);
-    w->scratch = malloc((size_t)(chunk * search_block(chunk, mem->capacity)) * sizeof(float));
-    w->lens = malloc((size_t)chunk * sizeof(int64_t));
-    return w->cidx && w->csim && w->touched && w->dirty && w->scratch && w->lens;
+    const size_t scan = (size_t)(scan_tasks(mem->capacity) * SCAN_MAX_QUERIES * SCAN_MAX_QUERIES);
+    w->buf.scratch = malloc((size_t)(chunk * search_block(chunk, mem->capacity)) * sizeof(float));
+    w->buf.lens = malloc((size_t)chunk * sizeof(int64_t));
+    w->buf.tsim = malloc(scan * sizeof(float));
+    w->buf.tidx = malloc(scan * sizeof(int64_t));
+    return w->cidx && w->csim && w->touched && w->dirty && w->buf.scratch && w->buf.lens &&
+           w->buf.tsim && w->buf.tidx;
 }
 
 /* The slot query j of the chunk (normalised x) is nearest to: its best candidate (kk of
@@ -487,7 +587,7 @@ ml_status ml_memory_update(ml_memory *mem, int64_t n, const float *q, const int6
         int64_t nc = n - j0 < w.chunk ? n - j0 : w.chunk, c0 = mem->count;
         int64_t kk = nc < c0 ? nc : c0, nt = 0;
         if (kk) /* cannot fail */
-            search(mem, nc, qn + j0 * d, kk, w.cidx, w.csim, w.scratch, w.lens);
+            search(mem, nc, qn + j0 * d, kk, w.cidx, w.csim, &w.buf);
         for (int64_t j = 0; j < nc; j++) {
             const float *x = qn + (j0 + j) * d;
             const float *pl = payloads && p ? payloads + (j0 + j) * p : NULL;
@@ -528,7 +628,7 @@ static ml_status select_topk(ml_memory *m, const char *what, ml_tensor *q, int64
     if (!idx || !sim)
         st = ml_set_error(ML_ERR_OOM, "%s: out of memory", what);
     else
-        st = search(m, n, qn, k, idx, sim, NULL, NULL);
+        st = search(m, n, qn, k, idx, sim, NULL);
     free(qn);
     if (st) {
         free(idx);

@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include "core/internal.h"
+#include "kernels/cpu.h"
+#include "kernels/topk.h"
 #include "metalearn.h"
 
 static int n_pass, n_fail;
@@ -326,11 +328,81 @@ static void test_empty_label_refused(void) {
     ml_memory_free(m);
 }
 
+
+/* The key scan (kernels/topk.c): its scores are the 16-lane sums whatever the variant
+ * (AVX2 or portable: the same bits), the block and the batch; the memory's scan search
+ * gives the same top-k bits at 1, 2 and 3 threads over many tasks, ties lower slot first. */
+static float lane_dot(const float *q, const float *k, int64_t d) {
+    float a[16] = {0}, b[8], c[4];
+    for (int64_t i = 0; i < d; i++) a[i % 16] += q[i] * k[i];
+    for (int l = 0; l < 8; l++) b[l] = a[l] + a[l + 8];
+    for (int l = 0; l < 4; l++) c[l] = b[l] + b[l + 4];
+    return (c[0] + c[2]) + (c[1] + c[3]);
+}
+
+static void test_key_scan(void) {
+    enum { NB = 37, D = 45, N = 3 };
+    static float keys[NB * D], q[N * D], s[2][N * NB];
+    for (int i = 0; i < NB * D; i++) keys[i] = frand();
+    for (int i = 0; i < N * D; i++) q[i] = frand();
+    for (int v = 0; v < 2; v++) {
+        atomic_store(&ml__cpu_isa, v ? ML_CPU_AVX2 : ML_CPU_PORTABLE);
+        if (v && !ML_HAVE_AVX2) atomic_store(&ml__cpu_isa, ML_CPU_PORTABLE);
+        ml__key_scores(N, q, NB, keys, D, s[v]);
+    }
+    atomic_store(&ml__cpu_isa, ML_CPU_UNDECIDED);
+    int same = 1, lanes = 1;
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < NB; j++) {
+            same &= !memcmp(&s[0][i * NB + j], &s[1][i * NB + j], 4);
+            float want = lane_dot(q + i * D, keys + j * D, D), got = s[0][i * NB + j];
+            lanes &= !memcmp(&want, &got, 4);
+        }
+    CHECK(same, "key scan: AVX2 and portable give the same bits");
+    CHECK(lanes, "key scan: the documented 16-lane sum");
+
+    /* a memory over five scan tasks, every key repeated 5000 slots later (exact ties) */
+    enum { M = 18000, D2 = 20, K = 6 };
+    ml_memory *m = NULL;
+    OK(ml_memory_new(&m, M, D2, 0, 3));
+    float *k2 = malloc(sizeof(float) * M * D2);
+    int64_t *lab = malloc(sizeof(int64_t) * M);
+    for (int64_t j = 0; j < M; j++) {
+        lab[j] = j;
+        for (int i = 0; i < D2; i++) k2[j * D2 + i] = j >= 5000 ? k2[(j - 5000) * D2 + i] : frand();
+    }
+    OK(ml_memory_update(m, M, k2, lab, NULL));
+    CHECK(ml_memory_size(m) == M, "filled");
+    int64_t idx[3][2 * K];
+    float sim[3][2 * K];
+    for (int t = 1; t <= 3; t++) {
+        ml_set_num_threads(t);
+        OK(ml_memory_query(m, 2, q, K, idx[t - 1], sim[t - 1], NULL, NULL));
+    }
+    ml_set_num_threads(0);
+    CHECK(!memcmp(idx[0], idx[1], sizeof idx[0]) && !memcmp(idx[0], idx[2], sizeof idx[0]) &&
+              !memcmp(sim[0], sim[1], sizeof sim[0]) && !memcmp(sim[0], sim[2], sizeof sim[0]),
+          "scan: the same top-k bits at 1, 2 and 3 threads");
+    int order = 1;
+    for (int i = 0; i < 2; i++)
+        for (int t = 1; t < K; t++) {
+            float a = sim[0][i * K + t - 1], b = sim[0][i * K + t];
+            order &= a > b || (a == b && idx[0][i * K + t - 1] < idx[0][i * K + t]);
+        }
+    CHECK(order, "scan: best first, equal scores lower slot first");
+    CHECK(idx[0][1] == idx[0][0] + 5000 || idx[0][1] == idx[0][0] - 5000 || sim[0][0] != sim[0][1],
+          "scan: the repeated key is the tie");
+    free(k2);
+    free(lab);
+    ml_memory_free(m);
+}
+
 int main(void) {
     test_sizes();
     test_update_rule();
     test_tie_break();
     test_query_brute_force();
+    test_key_scan();
     test_gradients(0);
     test_gradients(1);
     test_files();
