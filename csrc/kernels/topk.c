@@ -105,40 +105,75 @@ uint16_t ml__f32_to_f16(float x) {
     return sign | (uint16_t)(b >> 13);
 }
 
-ML_INLINE void key_scores_f16_body(int64_t n, const float *q, int64_t nb, const uint16_t *keys,
-                                   int64_t d, float *s) {
-    float row[512]; /* a widened key, so each query's dot product reads floats */
+/* float16 keys: the portable form widens a key into a row of floats (half_to_float, exact)
+ * and runs the float32 lanes over it; the AVX2 form widens 8 halves at once with F16C's
+ * vcvtph2ps (exact too) into the same lanes in the same order, so both give the same bits.
+ * Hand-written, as a compiler does not vectorise the bit-twiddled widening well enough for
+ * the scan to stay at memory speed. */
+static void key_scores_f16_portable(int64_t n, const float *q, int64_t nb, const uint16_t *keys,
+                                    int64_t d, float *s) {
+    float row[512];
     for (int64_t j = 0; j < nb; j++) {
         const uint16_t *k = keys + j * d;
-        if (d <= 512) {
-            for (int64_t i = 0; i < d; i++) row[i] = half_to_float(k[i]);
-            for (int64_t i = 0; i < n; i++) {
-                const float *qi = q + i * d;
-                float acc;
+        for (int64_t i = 0; i < n; i++) {
+            const float *qi = q + i * d;
+            float acc;
+            if (d <= 512) {
+                if (i == 0)
+                    for (int64_t t = 0; t < d; t++) row[t] = half_to_float(k[t]);
 #define AT(p) row[p]
                 DOT_LANES(acc, qi, d, AT);
 #undef AT
-                s[i * nb + j] = acc;
-            }
-        } else {
-            for (int64_t i = 0; i < n; i++) {
-                const float *qi = q + i * d;
-                float acc;
+            } else {
 #define AT(p) half_to_float(k[p])
                 DOT_LANES(acc, qi, d, AT);
 #undef AT
-                s[i * nb + j] = acc;
             }
+            s[i * nb + j] = acc;
         }
     }
 }
-ML_CPU_CLONES(key_scores_f16,
-              (int64_t n, const float *q, int64_t nb, const uint16_t *keys, int64_t d, float *s),
-              (n, q, nb, keys, d, s))
+
+#if ML_HAVE_AVX2
+#include <immintrin.h>
+__attribute__((target("avx2,f16c"))) static void key_scores_f16_avx2(int64_t n, const float *q,
+                                                                     int64_t nb,
+                                                                     const uint16_t *keys,
+                                                                     int64_t d, float *s) {
+    for (int64_t j = 0; j < nb; j++) {
+        const uint16_t *k = keys + j * d;
+        for (int64_t i = 0; i < n; i++) {
+            const float *qi = q + i * d;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            int64_t t = 0;
+            for (; t + LANES <= d; t += LANES) {
+                __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + t)));
+                __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + t + 8)));
+                a0 = _mm256_add_ps(a0, _mm256_mul_ps(_mm256_loadu_ps(qi + t), k0));
+                a1 = _mm256_add_ps(a1, _mm256_mul_ps(_mm256_loadu_ps(qi + t + 8), k1));
+            }
+            float a[LANES];
+            _mm256_storeu_ps(a, a0);
+            _mm256_storeu_ps(a + 8, a1);
+            for (int l = 0; t + l < d; l++) a[l] += qi[t + l] * half_to_float(k[t + l]);
+            s[i * nb + j] = lanes_sum(a);
+        }
+    }
+}
+ML_KERNEL_SITE(key_scores_f16, "key_scores_f16", 1)
+#else
+ML_KERNEL_SITE(key_scores_f16, "key_scores_f16", 0)
+#endif
 
 void ml__key_scores_f16(int64_t n, const float *q, int64_t nb, const uint16_t *keys, int64_t d,
                         float *s) {
-    key_scores_f16(n, q, nb, keys, d, s);
+#if ML_HAVE_AVX2
+    if (ml__cpu_avx2()) { /* every CPU with AVX2 and FMA has F16C */
+        key_scores_f16_avx2(n, q, nb, keys, d, s);
+        return;
+    }
+#endif
+    key_scores_f16_portable(n, q, nb, keys, d, s);
 }
 
 ML_INLINE void key_scores_i8_body(int64_t n, const float *q, int64_t nb, const int8_t *keys,
