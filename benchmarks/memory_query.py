@@ -1,34 +1,159 @@
-"""Knowledge memory search speed: queries/s of KnowledgeMemory.query (exact top-k cosine
-search in C: GEMM over cache-sized key blocks + partial top-k) against NumPy
-(q @ K.T + argpartition + sort of the k best) and torch.topk(q @ K.T) when PyTorch is
-installed, on the same normalised keys, same machine, same thread count.
+"""Knowledge memory search speed (issue 26): exact top-k cosine search of
+KnowledgeMemory.query against the measured memory bandwidth and against FAISS IndexFlatIP
+(when `faiss-cpu` is installed; an optional extra, never imported by the library) or else
+NumPy (q @ K.T + argpartition), on the same normalised keys, same machine, same thread
+count.
 
     python benchmarks/memory_query.py [--entries 100000] [--dim 128] [--k 8]
+        [--batches 1 16 256] [--threads 1 2] [--rounds 7]
+
+Bandwidth: a STREAM-like read, numpy's sum over an array of the keys' size (256 MiB at
+least, so it comes from DRAM), timed in the same rounds. A query's keys-per-second figure is
+the bytes of keys one call streams over its time (for a batch: once per call).
+
+The contenders are timed interleaved (round r times each once, each over >= 0.1 s of
+calls) and each figure is the median over the rounds; the ratio is of those medians. On a
+shared machine the spread is wide: read the medians, not the best.
 """
 
 import argparse
 import os
+import statistics
+import sys
 import time
 
 import numpy as np
 
-from metalearn import _core
-from metalearn.memory import KnowledgeMemory
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import metalearn as ml  # noqa: E402
+from metalearn.memory import KnowledgeMemory  # noqa: E402
+
+try:
+    import faiss  # optional: pip install faiss-cpu
+except ImportError:  # pragma: no cover
+    faiss = None
 
 
-def best_time(fn, repeat, min_time=0.2):
-    fn()  # warm up
-    best = float("inf")
-    for _ in range(repeat):
-        n, t0 = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            dt = time.perf_counter() - t0
-            if dt >= min_time:
-                break
-        best = min(best, dt / n)
-    return best
+def per_call(fn, min_time=0.1):
+    """Seconds per call of fn, over >= min_time of calls."""
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= min_time:
+            return dt / n
+
+
+def interleaved(fns, rounds):
+    """{name: median seconds per call} over `rounds` interleaved rounds."""
+    for f in fns.values():
+        f()  # warm up
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, f in fns.items():
+            times[name].append(per_call(f))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def fill(m, d, keys):
+    mem = KnowledgeMemory(m, d, seed=0)
+    # distinct labels: every update writes a new slot, so the memory holds exactly `keys`
+    for s in range(0, m, 4096):
+        mem.update(keys[s : s + 4096], np.arange(s, min(s + 4096, m)))
+    assert len(mem) == m
+    return mem
+
+
+def set_threads(t):
+    ml.set_num_threads(t)
+    if faiss is not None:
+        faiss.omp_set_num_threads(t)
+
+
+def exact_rows(args, mem, K, rng, stream):
+    d, k = K.shape[1], args.k
+    index = None
+    if faiss is not None:
+        index = faiss.IndexFlatIP(d)
+        index.add(K)
+    rows = []
+    for t in args.threads:
+        set_threads(t)
+        for n in args.batches:
+            q = rng.standard_normal((n, d)).astype(np.float32)
+            qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+
+            def ours():
+                return mem.query(q, k)
+
+            if index is not None:
+                ref_name = "faiss"
+
+                def ref():
+                    return index.search(qn, k)[1]
+            else:
+                ref_name = "numpy"
+
+                def ref():
+                    s = qn @ K.T
+                    return np.argpartition(-s, k - 1, axis=1)[:, :k]
+
+            agree = np.mean(
+                [len(set(a) & set(b)) / k for a, b in zip(ours()[0], np.asarray(ref()))]
+            )
+            med = interleaved({"ours": ours, "ref": ref, "stream": stream}, args.rounds)
+            bw = K.nbytes / med["stream"]
+            ours_bw = K.nbytes / med["ours"]
+            rows.append(
+                (
+                    f"exact, {n} quer{'y' if n == 1 else 'ies'}, {t} thread{'s' if t > 1 else ''}",
+                    n / med["ours"],
+                    n / med["ref"],
+                    med["ref"] / med["ours"],
+                    f"{ours_bw / 1e9:.1f} GB/s = {100 * ours_bw / bw:.0f}% of {bw / 1e9:.1f}",
+                    f"{ref_name}; same neighbours {100 * agree:.1f}%",
+                )
+            )
+            print_row(rows[-1])
+    return rows
+
+
+def compact_rows(args, keys, mem, rng, stream):
+    """float16 / int8 keys against float32, one query: q/s (interleaved medians) and
+    recall@k of the compact search against the exact one."""
+    m, d, k = keys.shape[0], keys.shape[1], args.k
+    mems = {"float32": mem}
+    for dt in ("float16", "int8"):
+        mems[dt] = KnowledgeMemory.from_arrays(keys, np.arange(m), key_dtype=dt)
+    q = rng.standard_normal((200, d)).astype(np.float32)
+    exact = [set(mem.query(q[i], k)[0][0]) for i in range(len(q))]
+    rows = []
+    for t in args.threads:
+        set_threads(t)
+        fns = {dt: (lambda mm=mm: mm.query(q[0], k)) for dt, mm in mems.items()}
+        med = interleaved(fns, args.rounds)
+        for dt, mm in mems.items():
+            recall = np.mean(
+                [len(set(mm.query(q[i], k)[0][0]) & exact[i]) / k for i in range(len(q))]
+            )
+            rows.append(
+                (
+                    f"{dt} keys, 1 query, {t} thread{'s' if t > 1 else ''}",
+                    1 / med[dt],
+                    1 / med["float32"],
+                    med["float32"] / med[dt],
+                    f"recall@{k} {recall:.4f}",
+                    "reference: our float32 keys",
+                )
+            )
+            print_row(rows[-1])
+    return rows
+
+
+def print_row(r):
+    print(f"| {r[0]} | {r[1]:,.0f} | {r[2]:,.0f} | {r[3]:.2f}x | {r[4]} | {r[5]} |", flush=True)
 
 
 def main():
@@ -36,64 +161,37 @@ def main():
     ap.add_argument("--entries", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--k", type=int, default=8)
-    ap.add_argument("--batches", type=int, nargs="+", default=[16, 256])
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--parts", nargs="+", default=["exact", "compact"])
     args = ap.parse_args()
-    m, d, k = args.entries, args.dim, args.k
+    m, d = args.entries, args.dim
     rng = np.random.default_rng(0)
     keys = rng.standard_normal((m, d)).astype(np.float32)
-    mem = KnowledgeMemory(m, d, seed=0)
-    # distinct labels: every update writes a new slot, so the memory holds exactly `keys`
-    for s in range(0, m, 4096):
-        mem.update(keys[s : s + 4096], np.arange(s, min(s + 4096, m)))
+    mem = fill(m, d, keys)
     K = mem.state()[0]  # the stored (normalised) keys, for the baselines
-    assert len(mem) == m
+    big = np.ones(max(K.size, 64 << 20), np.float32)  # >= 256 MiB: a read from DRAM
 
-    try:
-        import torch
+    def stream():
+        return big.sum()
 
-        torch.set_num_threads(os.cpu_count() or 1)
-        Kt = torch.from_numpy(K)
-    except ImportError:
-        torch = None
+    # the bandwidth of the same read, scaled to the keys' bytes in exact_rows
+    def stream_keys():
+        return big[: K.size].sum()
+
     print(
-        f"memory: {m} entries, d={d}, k={k}; kernel {_core.kernel_name() if hasattr(_core, 'kernel_name') else '?'}; "
-        f"{os.cpu_count()} CPUs"
-        + (f", torch {torch.__version__} threads={torch.get_num_threads()}" if torch else "")
+        f"# memory: {m} keys x {d}, top-{args.k}; kernel {ml._core.kernel_name()}; "
+        f"{os.cpu_count()} CPUs; reference: "
+        f"{'faiss ' + faiss.__version__ + ' IndexFlatIP' if faiss else 'numpy'}; "
+        f"medians of {args.rounds} interleaved rounds"
     )
-    for n in args.batches:
-        q = rng.standard_normal((n, d)).astype(np.float32)
-        qn = q / np.linalg.norm(q, axis=1, keepdims=True)
-
-        def ours():
-            return mem.query(q, k)
-
-        def numpy_ref():
-            s = qn @ K.T
-            part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-            ps = np.take_along_axis(s, part, 1)
-            order = np.argsort(-ps, axis=1, kind="stable")
-            return np.take_along_axis(part, order, 1), np.take_along_axis(ps, order, 1)
-
-        idx, sim, _, _ = ours()
-        ridx, rsim = numpy_ref()
-        assert np.allclose(sim, rsim, atol=1e-4), "top-k similarities differ from NumPy"
-        t_ours = best_time(ours, args.repeat)
-        t_np = best_time(numpy_ref, args.repeat)
-        line = (
-            f"batch {n:4d}: metalearn {n / t_ours:10.0f} q/s ({t_ours * 1e3:7.2f} ms)  "
-            f"numpy {n / t_np:10.0f} q/s  ratio numpy/metalearn time {t_np / t_ours:5.2f}x"
-        )
-        if torch is not None:
-            qt = torch.from_numpy(qn)
-
-            def torch_ref():
-                with torch.no_grad():
-                    return torch.topk(qt @ Kt.T, k, dim=1)
-
-            t_torch = best_time(torch_ref, args.repeat)
-            line += f"  torch {n / t_torch:10.0f} q/s  ratio torch/metalearn time {t_torch / t_ours:5.2f}x"
-        print(line, flush=True)
+    print("| row | metalearn q/s | reference q/s | ratio | keys streamed (of DRAM read) | notes |")
+    print("|---|---|---|---|---|---|")
+    if "exact" in args.parts:
+        exact_rows(args, mem, K, rng, stream_keys)
+    if "compact" in args.parts:
+        compact_rows(args, keys, mem, rng, stream_keys)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,18 @@ The memory holds ``capacity`` slots. Each slot is a key (a unit vector of ``key_
 floats), a value (an integer label and, optionally, a payload vector of ``payload_size``
 floats) and an age. Everything lives in C (``csrc/memory/memory.c``):
 
-* ``query(q, k)``: exact k-nearest search by cosine similarity over every stored key (a
-  GEMM over cache-sized blocks plus a partial top-k selection);
+* ``query(q, k, labels=None)``: exact k-nearest search by cosine similarity over every
+  stored key (or those with one of ``labels``): up to 8 queries scan the keys once, split
+  across threads by blocks of 4096 slots (the same bits at any thread count); larger
+  batches run a GEMM over cache-sized blocks; then a partial top-k selection;
 * ``update(q, labels)``: the paper's rule. With ``n1`` the nearest key to ``q``: when its
   label is ``y`` the key becomes ``normalize(q + K[n1])`` and its age 0 (a payload is
   averaged with the stored one); otherwise ``(normalize(q), y)`` is written into the oldest
   slot (empty slots first, ties at random from the memory's own seeded stream) with age 0.
-  One call is one step of the paper: every other age grows by one;
+  One call is one step of the paper: every other age grows by one. It returns the slot
+  each query wrote (a slot number is an id: ``remove(ids)`` empties those slots);
+* ``add(q, labels)``: each key in a slot of its own (no merge); ``from_arrays`` builds a
+  memory from arrays in one call;
 * ``read(q, k, temperature)``: a differentiable soft read, the softmax of the top-k
   cosine similarities over the payloads; the gradient reaches ``q`` (through its
   normalisation), to any order;
@@ -71,6 +76,11 @@ class KnowledgeMemory(_core.KnowledgeMemory):
         payload_size: size of the optional payload vector stored with each label (0: none).
         seed: seeds the memory's own random stream (tie-breaks between equally old slots),
             so a run replays exactly; ``clear()`` reseeds it.
+        key_dtype: what the search of up to 8 queries reads: ``"float32"`` (exact, the
+            default), ``"float16"`` (half the bytes) or ``"int8"`` with a scale per key (a
+            quarter). Compact keys choose the top-k, the float32 keys (kept for updates,
+            reads and files) score it: approximate, recall@k in benchmarks/memory_query.py.
+            The ``key_dtype`` property may also be set later.
 
     ``len(memory)`` and ``memory.size`` are the number of occupied slots,
     ``memory.occupancy`` that number over ``capacity``.
@@ -87,15 +97,94 @@ class KnowledgeMemory(_core.KnowledgeMemory):
         idx, sim, lab, _ = mem.query(new, k=1)   # recall: lab[:, 0] is the prediction
     """
 
-    def __init__(self, capacity: int, key_size: int, payload_size: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        key_size: int,
+        payload_size: int = 0,
+        seed: int = 0,
+        key_dtype: str = "float32",
+    ) -> None:
         super().__init__(int(capacity), int(key_size), int(payload_size), int(seed))
+        if key_dtype != "float32":
+            self.key_dtype = key_dtype
 
-    def query(self, q: ArrayLike, k: int = 1) -> Any:
+    @classmethod
+    def from_arrays(
+        cls,
+        keys: ArrayLike,
+        labels: ArrayLike,
+        payloads: Optional[ArrayLike] = None,
+        capacity: Optional[int] = None,
+        seed: int = 0,
+        key_dtype: str = "float32",
+    ) -> "KnowledgeMemory":
+        """A memory holding ``keys`` (n, d) with their ``labels`` (n,) and optional
+        ``payloads`` (n, p), key i in slot i (normalised; no merging of equal labels), in
+        one call. ``capacity`` defaults to n and must be at least n."""
+        k = np.ascontiguousarray(np.asarray(keys, dtype=np.float32))
+        if k.ndim != 2:
+            raise ValueError(
+                f"KnowledgeMemory.from_arrays: keys must be 2-D (n, key_size), got shape {k.shape}"
+            )
+        n, d = k.shape
+        cap = n if capacity is None else int(capacity)
+        if cap < max(n, 1):
+            raise ValueError(
+                f"KnowledgeMemory.from_arrays: capacity={cap} cannot hold {n} keys "
+                "(and must be at least 1)"
+            )
+        p = 0
+        if payloads is not None:
+            payloads = np.asarray(payloads, dtype=np.float32)
+            if payloads.ndim != 2 or payloads.shape[0] != n:
+                raise ValueError(
+                    f"KnowledgeMemory.from_arrays: payloads must be ({n}, payload_size), got "
+                    f"shape {payloads.shape}"
+                )
+            p = payloads.shape[1]
+        mem = cls(cap, d, p, seed, key_dtype)
+        if n:
+            mem.add(k, labels, payloads)
+        return mem
+
+    def add(
+        self, q: ArrayLike, labels: ArrayLike, payloads: Optional[ArrayLike] = None
+    ) -> np.ndarray:
+        """Stores each key (normalised) with its label and payload in a slot of its own,
+        without the update rule's merge: the slot a new pair gets (empty slots first, else
+        the oldest). One step of ages. Returns the slots written (int64, (n,))."""
+        q, labels, payloads = self._batch(q, labels, payloads)
+        return super().add(q, labels, payloads)
+
+    def remove(self, ids: ArrayLike) -> None:
+        """Empties the slots ``ids`` (as returned by ``update``/``add`` or ``query``): no
+        query returns them again and they are the first slots reused. An id that is not an
+        occupied slot, or given twice, raises ValueError and nothing changes."""
+        super().remove(np.asarray(ids).reshape(-1))
+
+    @staticmethod
+    def _batch(q, labels, payloads):
+        q = _queries(q)
+        labels = np.asarray(labels)
+        if labels.ndim == 0:
+            labels = labels.reshape(1)
+        if payloads is not None:
+            payloads = np.asarray(payloads, dtype=np.float32)
+            if payloads.ndim == 1:
+                payloads = payloads.reshape(1, -1)
+        return q, labels, payloads
+
+    def query(self, q: ArrayLike, k: int = 1, labels: Optional[ArrayLike] = None) -> Any:
         """Exact k-nearest search by cosine similarity.
 
         Args:
             q: queries ``(n, key_size)`` (array-like or Tensor; ``(key_size,)`` is one).
             k: number of neighbours, ``1 <= k <= capacity``.
+            labels: only slots holding one of these labels are searched (None: all).
+
+        Equal similarities are listed in slot order (the lower slot first); the result is
+        the same, bit for bit, at any thread count.
 
         Returns:
             ``(indices, similarities, labels, payloads)`` NumPy arrays of shapes ``(n, k)``
@@ -103,9 +192,13 @@ class KnowledgeMemory(_core.KnowledgeMemory):
             ``(n, k, payload_size)``, best first. Positions beyond the occupied slots hold
             index -1, similarity -inf, label -1 and a zero payload.
         """
+        if labels is not None:
+            return super().query(_queries(q), int(k), np.asarray(labels).reshape(-1))
         return super().query(_queries(q), int(k))
 
-    def update(self, q: ArrayLike, labels: ArrayLike, payloads: Optional[ArrayLike] = None) -> None:
+    def update(
+        self, q: ArrayLike, labels: ArrayLike, payloads: Optional[ArrayLike] = None
+    ) -> np.ndarray:
         """Writes a batch with the update rule of Kaiser et al. 2017 §3 (see the module).
 
         Queries are applied in order, each seeing the writes of those before it; a matched
@@ -115,16 +208,11 @@ class KnowledgeMemory(_core.KnowledgeMemory):
         ``labels`` holds one integer per query (1-D; a scalar for one query). Label -1 is
         what ``query`` returns for an empty slot and cannot be stored. A refused call
         (ValueError) changes nothing.
+
+        Returns the slot each query wrote or merged into (int64, (n,)).
         """
-        q = _queries(q)
-        labels = np.asarray(labels)
-        if labels.ndim == 0:
-            labels = labels.reshape(1)
-        if payloads is not None:
-            payloads = np.asarray(payloads, dtype=np.float32)
-            if payloads.ndim == 1:
-                payloads = payloads.reshape(1, -1)
-        super().update(q, labels, payloads)
+        q, labels, payloads = self._batch(q, labels, payloads)
+        return super().update(q, labels, payloads)
 
     def read(
         self,

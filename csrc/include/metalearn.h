@@ -65,6 +65,8 @@
  *   ml_data                               Tensor.numpy()                     [N]
  *   ml_op_name                            Tensor.op                          [N]
  *   ml_version                            Tensor._version                    [N]
+ *   ml_memory_query_where                 KnowledgeMemory.query              [O]
+ *   ml_memory_update_slots                KnowledgeMemory.update             [O]
  *   ml_optimizer_n_slots                  Optimizer.slots()                  [O]
  *   ml_optimizer_slot                     Optimizer.slots()                  [O]
  *   ml_trace_format                       Trace.describe()                   [O]
@@ -515,6 +517,12 @@ ml_status ml_memory_state(ml_memory *mem, float *keys, int64_t *labels, int64_t 
  * zero payload. Scores come from the GEMM kernel over cache-sized blocks of keys. */
 ml_status ml_memory_query(ml_memory *mem, int64_t n, const float *q, int64_t k, int64_t *out_idx,
                           float *out_sim, int64_t *out_labels, float *out_payloads);
+/* ml_memory_query over the slots whose label is one of labels[0 : n_labels] only
+ * (n_labels < 0: every slot, as ml_memory_query). Batches of up to 8 queries scan the keys
+ * once, split over threads by blocks of 4096 slots: the same bits at any thread count. */
+ml_status ml_memory_query_where(ml_memory *mem, int64_t n, const float *q, int64_t k,
+                                int64_t n_labels, const int64_t *labels, int64_t *out_idx,
+                                float *out_sim, int64_t *out_labels, float *out_payloads);
 /* The update rule of the paper, applied to the n queries in order (each sees the writes of
  * those before it). For query q with label y and n1 its nearest occupied slot:
  *   label[n1] == y: key[n1] <- normalize(normalize(q) + key[n1]);
@@ -526,6 +534,27 @@ ml_status ml_memory_query(ml_memory *mem, int64_t n, const float *q, int64_t k, 
  * -1 (what query returns for an empty slot) is refused (ML_ERR_VALUE), nothing changed. */
 ml_status ml_memory_update(ml_memory *mem, int64_t n, const float *q, const int64_t *labels,
                            const float *payloads);
+/* ml_memory_update that also writes the slot each query wrote or merged into (n; a slot is
+ * a key's id until it is overwritten or removed). */
+ml_status ml_memory_update_slots(ml_memory *mem, int64_t n, const float *q, const int64_t *labels,
+                                 const float *payloads, int64_t *out_slots);
+/* Stores each (normalize(q), label, payload) in a slot of its own, without the merge rule:
+ * the slot a new pair gets in an update (empty first, else the oldest); one step of ages.
+ * out_slots (n, may be NULL): the slots written. */
+ml_status ml_memory_add(ml_memory *mem, int64_t n, const float *q, const int64_t *labels,
+                        const float *payloads, int64_t *out_slots);
+/* Empties the slots ids[0 : n] (label -1, zero key and payload): no search returns them and
+ * they are the first reused. An id that is not an occupied slot, or repeated, is refused
+ * (ML_ERR_VALUE) and nothing changes. */
+ml_status ml_memory_remove(ml_memory *mem, int64_t n, const int64_t *ids);
+/* Compact keys (opt-in): the scan of up to 8 queries reads a float16 copy of the keys (half
+ * the bytes) or an int8 one with a scale per key (max|x| / 127, rounded to nearest even: a
+ * quarter), picks its top-k by them and scores those k with the float32 keys, which stay
+ * the truth for updates, reads, larger batches and files. Approximate: see recall@k in
+ * benchmarks/memory_query.py. ML_KEY_FLOAT32 (the default) turns it off. */
+enum { ML_KEY_FLOAT32 = 0, ML_KEY_FLOAT16 = 1, ML_KEY_INT8 = 2 };
+ml_status ml_memory_set_key_dtype(ml_memory *mem, int dtype);
+int ml_memory_key_dtype(const ml_memory *mem);
 /* Differentiable soft read, q (n x key_size) a tensor: with s_j the cosine similarities of
  * normalize(q) to its top-k keys (held as constants), w = softmax(s / temperature) (n x k)
  * and out = sum_j w_j payload_j (n x payload_size). Both are recorded, the gradient reaches

@@ -29,18 +29,27 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../core/threads.h"
 #include "../core/xoshiro.h"
 #include "../io/io.h"
+#include "../kernels/topk.h"
 #include "../ops/ops.h" /* the scoped composition its differentiable read and loss use */
 
 #define ML_MEMORY_LOAD_MAX_BYTES (4.0 * 1073741824.0)
 
 struct ml_memory {
     int64_t capacity, key_size, payload_size, count;
+    int64_t n_removed; /* slots of [0, count) emptied by remove: label -1, zero key */
     float *keys;      /* capacity * key_size, rows L2-normalised (zero rows stay zero) */
     float *payloads;  /* capacity * payload_size (NULL when payload_size == 0) */
     int64_t *labels;  /* capacity */
     int64_t *ages;    /* capacity */
+    /* opt-in compact copies of the keys that the scan reads instead (half or a quarter of
+     * the bytes); the float32 keys stay the truth for updates, reads and files */
+    int key_dtype;     /* ML_KEY_FLOAT32, ML_KEY_FLOAT16, ML_KEY_INT8 */
+    uint16_t *keys16;  /* capacity * key_size binary16 */
+    int8_t *keys8;     /* capacity * key_size, key ~ scale * keys8 */
+    float *scales;     /* capacity: max |key| / 127 */
     uint64_t seed, rng[4];
     pthread_rwlock_t lock;
 };
@@ -83,7 +92,56 @@ static void free_slabs(ml_memory *m) {
     free(m->labels);
     free(m->ages);
     free(m->payloads);
+    free(m->keys16);
+    free(m->keys8);
+    free(m->scales);
 }
+
+/* The compact copy of slot j's key (after any write of it). int8: scale = max|x| / 127 and
+ * x / scale rounded to nearest even; a zero key is zeros with scale 0. */
+static void sync_compact(ml_memory *m, int64_t j) {
+    const int64_t d = m->key_size;
+    const float *x = m->keys + j * d;
+    if (m->key_dtype == ML_KEY_FLOAT16) {
+        for (int64_t i = 0; i < d; i++) m->keys16[j * d + i] = ml__f32_to_f16(x[i]);
+    } else if (m->key_dtype == ML_KEY_INT8) {
+        float amax = 0;
+        for (int64_t i = 0; i < d; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+        const float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+        for (int64_t i = 0; i < d; i++) {
+            float v = rintf(x[i] * inv);
+            m->keys8[j * d + i] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        }
+        m->scales[j] = scale;
+    }
+}
+
+ml_status ml_memory_set_key_dtype(ml_memory *mem, int dtype) {
+    const char *what = "KnowledgeMemory.key_dtype";
+    if (!mem) return ml_set_error(ML_ERR_VALUE, "%s: memory is NULL", what);
+    if (dtype != ML_KEY_FLOAT32 && dtype != ML_KEY_FLOAT16 && dtype != ML_KEY_INT8)
+        return ml_set_error(ML_ERR_VALUE,
+                            "%s: unknown key type %d (float32 %d, float16 %d, int8 %d)", what,
+                            dtype, ML_KEY_FLOAT32, ML_KEY_FLOAT16, ML_KEY_INT8);
+    const size_t n = (size_t)(mem->capacity * mem->key_size);
+    uint16_t *k16 = dtype == ML_KEY_FLOAT16 ? calloc(n, sizeof(uint16_t)) : NULL;
+    int8_t *k8 = dtype == ML_KEY_INT8 ? calloc(n, 1) : NULL;
+    float *sc = dtype == ML_KEY_INT8 ? calloc((size_t)mem->capacity, sizeof(float)) : NULL;
+    if ((dtype == ML_KEY_FLOAT16 && !k16) || (dtype == ML_KEY_INT8 && (!k8 || !sc))) {
+        free(k16), free(k8), free(sc);
+        return ml_set_error(ML_ERR_OOM, "%s: out of memory for %lld compact keys", what,
+                            (long long)mem->capacity);
+    }
+    pthread_rwlock_wrlock(&mem->lock);
+    free(mem->keys16), free(mem->keys8), free(mem->scales);
+    mem->keys16 = k16, mem->keys8 = k8, mem->scales = sc;
+    mem->key_dtype = dtype;
+    for (int64_t j = 0; j < mem->count; j++) sync_compact(mem, j);
+    pthread_rwlock_unlock(&mem->lock);
+    return ML_OK;
+}
+
+int ml_memory_key_dtype(const ml_memory *mem) { return mem ? mem->key_dtype : ML_KEY_FLOAT32; }
 
 ml_status ml_memory_new(ml_memory **out, int64_t capacity, int64_t key_size, int64_t payload_size,
                         uint64_t seed) {
@@ -132,7 +190,7 @@ int64_t ml_memory_payload_size(const ml_memory *mem) { return mem ? mem->payload
 int64_t ml_memory_size(ml_memory *mem) {
     if (!mem) return 0;
     pthread_rwlock_rdlock(&mem->lock);
-    int64_t c = mem->count;
+    int64_t c = mem->count - mem->n_removed;
     pthread_rwlock_unlock(&mem->lock);
     return c;
 }
@@ -144,10 +202,14 @@ double ml_memory_occupancy(ml_memory *mem) {
 static void clear_locked(ml_memory *m) {
     size_t cap = (size_t)m->capacity;
     memset(m->keys, 0, cap * (size_t)m->key_size * sizeof(float));
+    if (m->keys16) memset(m->keys16, 0, cap * (size_t)m->key_size * sizeof(uint16_t));
+    if (m->keys8) memset(m->keys8, 0, cap * (size_t)m->key_size);
+    if (m->scales) memset(m->scales, 0, cap * sizeof(float));
     memset(m->labels, 0, cap * sizeof(int64_t));
     memset(m->ages, 0, cap * sizeof(int64_t));
     if (m->payloads) memset(m->payloads, 0, cap * (size_t)m->payload_size * sizeof(float));
     m->count = 0;
+    m->n_removed = 0;
     ml__xoshiro_seed(m->rng, m->seed);
 }
 
@@ -208,6 +270,49 @@ static inline void topk_push(float *sim, int64_t *idx, int64_t *len, int64_t k, 
     idx[p] = j;
 }
 
+/* Which slots a search may return, when not all of [0, count): removed slots never (label
+ * -1), and with an allow list only slots whose label is in it (sorted ascending). Checked
+ * only for a score that would enter a top-k list, so it costs nothing on most keys. */
+typedef struct {
+    const int64_t *labels;
+    const int64_t *allow; /* NULL: every label */
+    int64_t n_allow;
+} slot_filter;
+
+static inline int accepted(const slot_filter *f, int64_t j) {
+    if (!f) return 1;
+    const int64_t y = f->labels[j];
+    if (y == -1) return 0;
+    if (!f->allow) return 1;
+    int64_t lo = 0, hi = f->n_allow;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (f->allow[mid] < y)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < f->n_allow && f->allow[lo] == y;
+}
+
+/* Offers the scores row[0 : nb] of slots base .. base + nb - 1 (in slot order) to one
+ * query's list; the order is (score descending, slot ascending), so the list is the top-k
+ * under that total order whatever blocks the slots came in, as long as each block comes in
+ * slot order and blocks are offered in slot order. */
+static inline void offer_row(float *ts, int64_t *ti, int64_t *len, int64_t k, const float *row,
+                             int64_t nb, int64_t base, const slot_filter *f) {
+    int64_t l = *len;
+    float thr = l < k ? -INFINITY : ts[k - 1];
+    for (int64_t j = 0; j < nb; j++) {
+        /* NaN never enters: keys and queries are finite */
+        if ((row[j] > thr || l < k) && accepted(f, base + j)) {
+            topk_push(ts, ti, &l, k, row[j], base + j);
+            thr = l < k ? -INFINITY : ts[k - 1];
+        }
+    }
+    *len = l;
+}
+
 /* Top-k over the occupied slots for n normalised queries qn (n x d): idx (n x k), sim
  * (n x k), padded with -1 / -inf when fewer than k slots are occupied. Caller holds the
  * lock. */
@@ -218,15 +323,134 @@ static int64_t search_block(int64_t n, int64_t c) {
     return block > c ? c : block;
 }
 
-/* scratch: n * search_block(n, capacity) floats and n int64 (NULL: allocated here) */
+/* Batches of up to SCAN_MAX_QUERIES queries take the key scan (kernels/topk.c: each key
+ * streamed once, no GEMM tiles); larger ones the GEMM over blocks of keys, which reuses
+ * each key across many queries. The crossover is measured by benchmarks/memory_query.py. */
+#define SCAN_MAX_QUERIES 8
+/* A threaded scan gives each task SCAN_TASK_KEYS consecutive slots (a constant, so the
+ * split is the shape's, not the thread count's: ARCHITECTURE's determinism contract); it
+ * scores them SCAN_TILE at a time into a buffer on its stack. */
+#define SCAN_TASK_KEYS 4096
+#define SCAN_TILE 64
+
+typedef struct {
+    const ml_memory *m;
+    int64_t n, k, c;
+    const float *qn;
+    const slot_filter *f;
+    float *tsim;   /* n_tasks x n x k: each task's own top-k lists */
+    int64_t *tidx;
+} scan_ctx;
+
+static void scan_task(void *vctx, int64_t t) {
+    const scan_ctx *x = vctx;
+    const int64_t n = x->n, k = x->k, d = x->m->key_size;
+    const int64_t j0 = t * SCAN_TASK_KEYS;
+    const int64_t j1 = j0 + SCAN_TASK_KEYS < x->c ? j0 + SCAN_TASK_KEYS : x->c;
+    float *ts = x->tsim + t * n * k;
+    int64_t *ti = x->tidx + t * n * k, len[SCAN_MAX_QUERIES] = {0};
+    float s[SCAN_MAX_QUERIES * SCAN_TILE];
+    for (int64_t i = 0; i < n * k; i++) {
+        ts[i] = -INFINITY;
+        ti[i] = -1;
+    }
+    for (int64_t b = j0; b < j1; b += SCAN_TILE) {
+        int64_t nb = j1 - b < SCAN_TILE ? j1 - b : SCAN_TILE;
+        const ml_memory *m = x->m;
+        if (m->key_dtype == ML_KEY_FLOAT16)
+            ml__key_scores_f16(n, x->qn, nb, m->keys16 + b * d, d, s);
+        else if (m->key_dtype == ML_KEY_INT8)
+            ml__key_scores_i8(n, x->qn, nb, m->keys8 + b * d, m->scales + b, d, s);
+        else
+            ml__key_scores(n, x->qn, nb, m->keys + b * d, d, s);
+        for (int64_t i = 0; i < n; i++)
+            offer_row(ts + i * k, ti + i * k, &len[i], k, s + i * nb, nb, b, x->f);
+    }
+}
+
+/* The key scan for n <= SCAN_MAX_QUERIES queries: tasks of SCAN_TASK_KEYS slots over the
+ * thread pool, each with its own top-k lists, merged in task (= slot) order. */
+static int64_t scan_tasks(int64_t c) { return (c + SCAN_TASK_KEYS - 1) / SCAN_TASK_KEYS; }
+
+/* tsim, tidx: scan_tasks(count) * n * k each (NULL: allocated here) */
+static ml_status scan_search(const ml_memory *m, int64_t n, const float *qn, int64_t k,
+                             int64_t *idx, float *sim, const slot_filter *f, float *tsim,
+                             int64_t *tidx) {
+    const int64_t c = m->count, tasks = scan_tasks(c);
+    scan_ctx x = {.m = m, .n = n, .k = k, .c = c, .qn = qn, .f = f, .tsim = tsim, .tidx = tidx};
+    if (!tsim) x.tsim = malloc((size_t)(tasks * n * k) * sizeof(float));
+    if (!tidx) x.tidx = malloc((size_t)(tasks * n * k) * sizeof(int64_t));
+    if (!x.tsim || !x.tidx) {
+        if (x.tsim != tsim) free(x.tsim);
+        if (x.tidx != tidx) free(x.tidx);
+        return ml_set_error(ML_ERR_OOM,
+                            "KnowledgeMemory: out of memory for a search of %lld "
+                            "queries",
+                            (long long)n);
+    }
+    ml__parallel_for(tasks, 0, scan_task, &x);
+    for (int64_t i = 0; i < n; i++) {
+        int64_t l = 0;
+        for (int64_t t = 0; t < tasks; t++) {
+            const float *ts = x.tsim + (t * n + i) * k;
+            const int64_t *ti = x.tidx + (t * n + i) * k;
+            float thr = l < k ? -INFINITY : sim[i * k + k - 1];
+            for (int64_t e = 0; e < k && ti[e] >= 0; e++) {
+                if (!(ts[e] > thr || l < k)) break; /* the rest of a sorted list is no better */
+                topk_push(sim + i * k, idx + i * k, &l, k, ts[e], ti[e]);
+                thr = l < k ? -INFINITY : sim[i * k + k - 1];
+            }
+        }
+    }
+    if (m->key_dtype != ML_KEY_FLOAT32) /* compact keys chose; float32 keys score */
+        for (int64_t i = 0; i < n; i++) {
+            float *ts = sim + i * k;
+            int64_t *ti = idx + i * k, l = 0;
+            for (int64_t e = 0; e < k && ti[e] >= 0; e++, l++)
+                ml__key_scores(1, qn + i * m->key_size, 1, m->keys + ti[e] * m->key_size,
+                               m->key_size, &ts[e]);
+            for (int64_t e = 1; e < l; e++) { /* insertion sort: score down, slot up */
+                float sv = ts[e];
+                int64_t iv = ti[e], p = e;
+                while (p > 0 && (ts[p - 1] < sv || (ts[p - 1] == sv && ti[p - 1] > iv))) {
+                    ts[p] = ts[p - 1];
+                    ti[p] = ti[p - 1];
+                    p--;
+                }
+                ts[p] = sv;
+                ti[p] = iv;
+            }
+        }
+    if (x.tsim != tsim) free(x.tsim);
+    if (x.tidx != tidx) free(x.tidx);
+    return ML_OK;
+}
+
+/* What a search may be given so that it cannot fail (NULL members: allocated by it):
+ * scratch, n * search_block(n, capacity) floats; lens, n; tsim and tidx,
+ * scan_tasks(capacity) * SCAN_MAX_QUERIES^2 (a scan asks k <= n). */
+typedef struct {
+    float *scratch, *tsim;
+    int64_t *lens, *tidx;
+} search_buffers;
+
+/* allow, n_allow: only slots with these labels (sorted; NULL: any). Removed slots never. */
 static ml_status search(const ml_memory *m, int64_t n, const float *qn, int64_t k, int64_t *idx,
-                        float *sim, float *scratch, int64_t *lens) {
+                        float *sim, const search_buffers *buf, const int64_t *allow,
+                        int64_t n_allow) {
+    const slot_filter filter = {m->labels, allow, n_allow};
+    const slot_filter *f = m->n_removed || allow ? &filter : NULL;
+    float *scratch = buf ? buf->scratch : NULL;
+    int64_t *lens = buf ? buf->lens : NULL;
     int64_t c = m->count, d = m->key_size;
     for (int64_t i = 0; i < n * k; i++) {
         idx[i] = -1;
         sim[i] = -INFINITY;
     }
     if (n == 0 || k == 0 || c == 0) return ML_OK;
+    if (n <= SCAN_MAX_QUERIES)
+        return scan_search(m, n, qn, k, idx, sim, f, buf ? buf->tsim : NULL,
+                           buf ? buf->tidx : NULL);
     int64_t block = search_block(n, c);
     float *s = scratch ? scratch : malloc((size_t)n * (size_t)block * sizeof(float));
     int64_t *len = lens ? lens : malloc((size_t)n * sizeof(int64_t));
@@ -243,20 +467,8 @@ static ml_status search(const ml_memory *m, int64_t n, const float *qn, int64_t 
         int64_t nb = c - b0 < block ? c - b0 : block;
         /* s (n x nb) = qn (n x d) @ keys[b0 : b0 + nb]ᵀ */
         ml_sgemm(0, 1, n, nb, d, 1.0f, qn, d, m->keys + b0 * d, d, 0.0f, s, nb);
-        for (int64_t i = 0; i < n; i++) {
-            float *ts = sim + i * k;
-            int64_t *ti = idx + i * k, l = len[i];
-            const float *row = s + i * nb;
-            float thr = l < k ? -INFINITY : ts[k - 1];
-            for (int64_t j = 0; j < nb; j++) {
-                /* NaN never enters: keys and queries are finite */
-                if (row[j] > thr || l < k) {
-                    topk_push(ts, ti, &l, k, row[j], b0 + j);
-                    thr = l < k ? -INFINITY : ts[k - 1];
-                }
-            }
-            len[i] = l;
-        }
+        for (int64_t i = 0; i < n; i++)
+            offer_row(sim + i * k, idx + i * k, &len[i], k, s + i * nb, nb, b0, f);
     }
     if (s != scratch) free(s);
     if (len != lens) free(len);
@@ -281,10 +493,25 @@ static ml_status check_k(const char *what, const ml_memory *m, int64_t k) {
     return ML_OK;
 }
 
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
 ml_status ml_memory_query(ml_memory *mem, int64_t n, const float *q, int64_t k, int64_t *out_idx,
                           float *out_sim, int64_t *out_labels, float *out_payloads) {
+    return ml_memory_query_where(mem, n, q, k, -1, NULL, out_idx, out_sim, out_labels,
+                                 out_payloads);
+}
+
+ml_status ml_memory_query_where(ml_memory *mem, int64_t n, const float *q, int64_t k,
+                                int64_t n_labels, const int64_t *labels, int64_t *out_idx,
+                                float *out_sim, int64_t *out_labels, float *out_payloads) {
     const char *what = "KnowledgeMemory.query";
     if (!mem) return ml_set_error(ML_ERR_VALUE, "%s: memory is NULL", what);
+    if (n_labels > 0 && !labels)
+        return ml_set_error(ML_ERR_VALUE, "%s: %lld labels to filter by but no array", what,
+                            (long long)n_labels);
     if (n < 0 || (n > 0 && !q))
         return ml_set_error(ML_ERR_VALUE, "%s: bad query batch (n=%lld)", what, (long long)n);
     ml_status st = check_k(what, mem, k);
@@ -294,7 +521,19 @@ ml_status ml_memory_query(ml_memory *mem, int64_t n, const float *q, int64_t k, 
     if (n == 0) return ML_OK;
     float *qn = NULL, *sim = NULL;
     int64_t *idx = NULL;
-    if ((st = normalized_copy(&qn, what, n, q, d))) return st;
+    int64_t *allow = NULL, n_allow = 0;
+    if (n_labels >= 0) { /* the allow list, sorted and without repeats */
+        allow = malloc((size_t)(n_labels ? n_labels : 1) * sizeof(int64_t));
+        if (!allow) return ml_set_error(ML_ERR_OOM, "%s: out of memory", what);
+        if (n_labels) memcpy(allow, labels, (size_t)n_labels * sizeof(int64_t));
+        qsort(allow, (size_t)n_labels, sizeof(int64_t), cmp_i64);
+        for (int64_t i = 0; i < n_labels; i++)
+            if (!n_allow || allow[n_allow - 1] != allow[i]) allow[n_allow++] = allow[i];
+    }
+    if ((st = normalized_copy(&qn, what, n, q, d))) {
+        free(allow);
+        return st;
+    }
     idx = out_idx ? out_idx : malloc((size_t)(n * k) * sizeof(int64_t));
     sim = out_sim ? out_sim : malloc((size_t)(n * k) * sizeof(float));
     if (!idx || !sim) {
@@ -302,7 +541,12 @@ ml_status ml_memory_query(ml_memory *mem, int64_t n, const float *q, int64_t k, 
         goto done;
     }
     pthread_rwlock_rdlock(&mem->lock);
-    st = search(mem, n, qn, k, idx, sim, NULL, NULL);
+    if (allow && n_allow == 0) { /* an empty allow list: nothing may be returned */
+        for (int64_t i = 0; i < n * k; i++) idx[i] = -1, sim[i] = -INFINITY;
+        st = ML_OK;
+    } else {
+        st = search(mem, n, qn, k, idx, sim, NULL, allow, n_allow);
+    }
     if (!st)
         for (int64_t i = 0; i < n * k; i++) {
             int64_t j = idx[i];
@@ -319,6 +563,7 @@ done:
     if (idx != out_idx) free(idx);
     if (sim != out_sim) free(sim);
     free(qn);
+    free(allow);
     return st;
 }
 
@@ -326,6 +571,12 @@ done:
 
 /* The slot a new pair goes to: the next empty one, else the oldest, ties at random. */
 static int64_t oldest_slot(ml_memory *m) {
+    if (m->n_removed) /* a removed slot is empty: the lowest first */
+        for (int64_t i = 0; i < m->count; i++)
+            if (m->labels[i] == -1) {
+                m->n_removed--;
+                return i;
+            }
     if (m->count < m->capacity) return m->count++;
     int64_t best = -1, ties = 0;
     for (int64_t i = 0; i < m->capacity; i++) {
@@ -382,8 +633,7 @@ typedef struct {
     float *csim;    /* and their similarities */
     int64_t *touched; /* the slots the chunk modified, nt of them */
     uint8_t *dirty; /* per slot: modified by the chunk */
-    float *scratch;
-    int64_t *lens;
+    search_buffers buf;
 } update_work;
 
 static void update_work_free(update_work *w) {
@@ -391,8 +641,10 @@ static void update_work_free(update_work *w) {
     free(w->csim);
     free(w->touched);
     free(w->dirty);
-    free(w->scratch);
-    free(w->lens);
+    free(w->buf.scratch);
+    free(w->buf.lens);
+    free(w->buf.tsim);
+    free(w->buf.tidx);
 }
 
 /* 0 when out of memory (update_work_free still frees what was made). */
@@ -403,9 +655,13 @@ static int update_work_alloc(update_work *w, const ml_memory *mem, int64_t n) {
     w->csim = malloc((size_t)(chunk * chunk) * sizeof(float));
     w->touched = malloc((size_t)chunk * sizeof(int64_t));
     w->dirty = calloc((size_t)mem->capacity, 1);
-    w->scratch = malloc((size_t)(chunk * search_block(chunk, mem->capacity)) * sizeof(float));
-    w->lens = malloc((size_t)chunk * sizeof(int64_t));
-    return w->cidx && w->csim && w->touched && w->dirty && w->scratch && w->lens;
+    const size_t scan = (size_t)(scan_tasks(mem->capacity) * SCAN_MAX_QUERIES * SCAN_MAX_QUERIES);
+    w->buf.scratch = malloc((size_t)(chunk * search_block(chunk, mem->capacity)) * sizeof(float));
+    w->buf.lens = malloc((size_t)chunk * sizeof(int64_t));
+    w->buf.tsim = malloc(scan * sizeof(float));
+    w->buf.tidx = malloc(scan * sizeof(int64_t));
+    return w->cidx && w->csim && w->touched && w->dirty && w->buf.scratch && w->buf.lens &&
+           w->buf.tsim && w->buf.tidx;
 }
 
 /* The slot query j of the chunk (normalised x) is nearest to: its best candidate (kk of
@@ -446,6 +702,7 @@ static int64_t write_query(ml_memory *mem, int64_t best, const float *x, int64_t
         float *key = mem->keys + slot * d;
         for (int64_t i = 0; i < d; i++) key[i] += x[i];
         normalize_row(key, key, d);
+        sync_compact(mem, slot);
         if (pl) {
             float *v = mem->payloads + slot * p;
             for (int64_t i = 0; i < p; i++) v[i] = 0.5f * (v[i] + pl[i]);
@@ -454,6 +711,7 @@ static int64_t write_query(ml_memory *mem, int64_t best, const float *x, int64_t
         /* a new place: the oldest slot (empty ones first) */
         slot = oldest_slot(mem);
         memcpy(mem->keys + slot * d, x, (size_t)d * sizeof(float));
+        sync_compact(mem, slot);
         mem->labels[slot] = y;
         if (p) {
             float *v = mem->payloads + slot * p;
@@ -468,6 +726,11 @@ static int64_t write_query(ml_memory *mem, int64_t best, const float *x, int64_t
 
 ml_status ml_memory_update(ml_memory *mem, int64_t n, const float *q, const int64_t *labels,
                            const float *payloads) {
+    return ml_memory_update_slots(mem, n, q, labels, payloads, NULL);
+}
+
+ml_status ml_memory_update_slots(ml_memory *mem, int64_t n, const float *q, const int64_t *labels,
+                                 const float *payloads, int64_t *out_slots) {
     const char *what = "KnowledgeMemory.update";
     ml_status st = check_update(mem, n, q, labels, payloads, what);
     if (st || n == 0) return st;
@@ -487,13 +750,14 @@ ml_status ml_memory_update(ml_memory *mem, int64_t n, const float *q, const int6
         int64_t nc = n - j0 < w.chunk ? n - j0 : w.chunk, c0 = mem->count;
         int64_t kk = nc < c0 ? nc : c0, nt = 0;
         if (kk) /* cannot fail */
-            search(mem, nc, qn + j0 * d, kk, w.cidx, w.csim, w.scratch, w.lens);
+            search(mem, nc, qn + j0 * d, kk, w.cidx, w.csim, &w.buf, NULL, 0);
         for (int64_t j = 0; j < nc; j++) {
             const float *x = qn + (j0 + j) * d;
             const float *pl = payloads && p ? payloads + (j0 + j) * p : NULL;
             int64_t slot = write_query(mem, nearest_slot(mem, &w, j, kk, nt, x), x, labels[j0 + j],
                                        pl);
             mem->ages[slot] = 0;
+            if (out_slots) out_slots[j0 + j] = slot;
             if (!w.dirty[slot]) {
                 w.dirty[slot] = 1;
                 w.touched[nt++] = slot;
@@ -504,6 +768,76 @@ ml_status ml_memory_update(ml_memory *mem, int64_t n, const float *q, const int6
     pthread_rwlock_unlock(&mem->lock);
     update_work_free(&w);
     free(qn);
+    return st;
+}
+
+ml_status ml_memory_add(ml_memory *mem, int64_t n, const float *q, const int64_t *labels,
+                        const float *payloads, int64_t *out_slots) {
+    const char *what = "KnowledgeMemory.add";
+    ml_status st = check_update(mem, n, q, labels, payloads, what);
+    if (st || n == 0) return st;
+    const int64_t d = mem->key_size, p = mem->payload_size;
+    float *qn = NULL;
+    if ((st = normalized_copy(&qn, what, n, q, d))) return st;
+    pthread_rwlock_wrlock(&mem->lock);
+    for (int64_t i = 0; i < mem->count; i++) mem->ages[i]++;
+    for (int64_t j = 0; j < n; j++) {
+        int64_t slot = oldest_slot(mem);
+        memcpy(mem->keys + slot * d, qn + j * d, (size_t)d * sizeof(float));
+        sync_compact(mem, slot);
+        mem->labels[slot] = labels[j];
+        mem->ages[slot] = 0;
+        if (p) {
+            float *v = mem->payloads + slot * p;
+            if (payloads)
+                memcpy(v, payloads + j * p, (size_t)p * sizeof(float));
+            else
+                memset(v, 0, (size_t)p * sizeof(float));
+        }
+        if (out_slots) out_slots[j] = slot;
+    }
+    pthread_rwlock_unlock(&mem->lock);
+    free(qn);
+    return ML_OK;
+}
+
+ml_status ml_memory_remove(ml_memory *mem, int64_t n, const int64_t *ids) {
+    const char *what = "KnowledgeMemory.remove";
+    if (!mem) return ml_set_error(ML_ERR_VALUE, "%s: memory is NULL", what);
+    if (n < 0 || (n > 0 && !ids))
+        return ml_set_error(ML_ERR_VALUE, "%s: bad batch (n=%lld)", what, (long long)n);
+    if (n == 0) return ML_OK;
+    int64_t *sorted = malloc((size_t)n * sizeof(int64_t));
+    if (!sorted) return ml_set_error(ML_ERR_OOM, "%s: out of memory", what);
+    memcpy(sorted, ids, (size_t)n * sizeof(int64_t));
+    qsort(sorted, (size_t)n, sizeof(int64_t), cmp_i64);
+    const int64_t d = mem->key_size, p = mem->payload_size;
+    ml_status st = ML_OK;
+    pthread_rwlock_wrlock(&mem->lock);
+    /* every id checked before any slot changes */
+    for (int64_t i = 0; i < n && !st; i++) {
+        int64_t j = sorted[i];
+        if (j < 0 || j >= mem->count || mem->labels[j] == -1)
+            st = ml_set_error(ML_ERR_VALUE,
+                              "%s: id %lld is not an occupied slot (%lld occupied among "
+                              "the slots [0, %lld))",
+                              what, (long long)j, (long long)(mem->count - mem->n_removed),
+                              (long long)mem->count);
+        else if (i > 0 && sorted[i - 1] == j)
+            st = ml_set_error(ML_ERR_VALUE, "%s: id %lld is given twice", what, (long long)j);
+    }
+    if (!st)
+        for (int64_t i = 0; i < n; i++) {
+            int64_t j = sorted[i];
+            memset(mem->keys + j * d, 0, (size_t)d * sizeof(float));
+            sync_compact(mem, j);
+            if (p) memset(mem->payloads + j * p, 0, (size_t)p * sizeof(float));
+            mem->labels[j] = -1;
+            mem->ages[j] = 0;
+            mem->n_removed++;
+        }
+    pthread_rwlock_unlock(&mem->lock);
+    free(sorted);
     return st;
 }
 
@@ -528,7 +862,7 @@ static ml_status select_topk(ml_memory *m, const char *what, ml_tensor *q, int64
     if (!idx || !sim)
         st = ml_set_error(ML_ERR_OOM, "%s: out of memory", what);
     else
-        st = search(m, n, qn, k, idx, sim, NULL, NULL);
+        st = search(m, n, qn, k, idx, sim, NULL, NULL, 0);
     free(qn);
     if (st) {
         free(idx);
@@ -835,6 +1169,8 @@ static void install(ml_memory *m, const loaded *f) {
     for (int64_t i = 0; i < c; i++, r += 8) m->ages[i] = (int64_t)ml__get_u64(r);
     if (p) get_floats(m->payloads, &r, c * p);
     m->count = c;
+    for (int64_t i = 0; i < c; i++) m->n_removed += m->labels[i] == -1;
+    for (int64_t i = 0; i < c; i++) sync_compact(m, i);
     m->seed = f->seed;
     memcpy(m->rng, f->rng, sizeof m->rng);
 }

@@ -113,17 +113,26 @@ static PyArrayObject *as_labels(PyObject *labels, int64_t n, const char *what) {
 }
 
 static PyObject *Memory_query(MemoryObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"q", "k", NULL};
-    PyObject *qo;
+    static char *kwlist[] = {"q", "k", "labels", NULL};
+    PyObject *qo, *lo = Py_None;
     long long k = 1;
-    if (!ready(self) || !PyArg_ParseTupleAndKeywords(args, kw, "O|L:query", kwlist, &qo, &k))
+    if (!ready(self) || !PyArg_ParseTupleAndKeywords(args, kw, "O|LO:query", kwlist, &qo, &k, &lo))
         return NULL;
     ml_tensor *q = as_queries(self, qo, "KnowledgeMemory.query");
     if (!q) return NULL;
+    PyArrayObject *allow = NULL; /* the labels a result may have (None: any) */
+    if (lo != Py_None) {
+        allow = mlpy_to_index_array(lo, "KnowledgeMemory.query: labels");
+        if (!allow) {
+            ml_release(q);
+            return NULL;
+        }
+    }
     int64_t n = ml_shape(q)[0], p = ml_memory_payload_size(self->mem);
     int64_t cap = ml_memory_capacity(self->mem);
     if (k < 1 || k > cap) {
         ml_release(q);
+        Py_XDECREF(allow);
         return PyErr_Format(PyExc_ValueError,
                             "KnowledgeMemory.query: k must be in [1, "
                             "capacity=%lld], got %lld",
@@ -141,10 +150,11 @@ static PyObject *Memory_query(MemoryObject *self, PyObject *args, PyObject *kw) 
         self->busy++;
         MLPY_CALL(st, n * ml_memory_size(m) * ml_memory_key_size(m),
                   (debug_pause(),
-                   ml_memory_query(m, n, ml_data(q), k, PyArray_DATA((PyArrayObject *)idx),
-                                   PyArray_DATA((PyArrayObject *)sim),
-                                   PyArray_DATA((PyArrayObject *)lab),
-                                   p ? PyArray_DATA((PyArrayObject *)pay) : NULL)));
+                   ml_memory_query_where(
+                       m, n, ml_data(q), k, allow ? (int64_t)PyArray_SIZE(allow) : -1,
+                       allow ? PyArray_DATA(allow) : NULL, PyArray_DATA((PyArrayObject *)idx),
+                       PyArray_DATA((PyArrayObject *)sim), PyArray_DATA((PyArrayObject *)lab),
+                       p ? PyArray_DATA((PyArrayObject *)pay) : NULL)));
         self->busy--;
         if (st)
             mlpy_raise_status(st);
@@ -155,17 +165,21 @@ static PyObject *Memory_query(MemoryObject *self, PyObject *args, PyObject *kw) 
     Py_XDECREF(sim);
     Py_XDECREF(lab);
     Py_XDECREF(pay);
+    Py_XDECREF(allow);
     ml_release(q);
     return result;
 }
 
-static PyObject *Memory_update(MemoryObject *self, PyObject *args, PyObject *kw) {
+/* update (merge = 1: the paper's rule) and add (merge = 0: a slot each); both return the
+ * slots written as an int64 array. */
+static PyObject *write_batch(MemoryObject *self, PyObject *args, PyObject *kw, int merge) {
     static char *kwlist[] = {"q", "labels", "payloads", NULL};
     PyObject *qo, *lo, *po = Py_None;
-    if (!ready(self) ||
-        !PyArg_ParseTupleAndKeywords(args, kw, "OO|O:update", kwlist, &qo, &lo, &po))
+    if (!ready(self) || !PyArg_ParseTupleAndKeywords(args, kw, merge ? "OO|O:update" : "OO|O:add",
+                                                     kwlist, &qo, &lo, &po))
         return NULL;
-    const char *what = "KnowledgeMemory.update";
+    const char *what = merge ? "KnowledgeMemory.update" : "KnowledgeMemory.add";
+    PyObject *slots = NULL;
     ml_tensor *q = as_queries(self, qo, what), *pay = NULL;
     if (!q) return NULL;
     int64_t n = ml_shape(q)[0], p = ml_memory_payload_size(self->mem);
@@ -187,23 +201,50 @@ static PyObject *Memory_update(MemoryObject *self, PyObject *args, PyObject *kw)
             goto fail;
         }
     }
+    npy_intp dn[1] = {(npy_intp)n};
+    if (!(slots = PyArray_SimpleNew(1, dn, NPY_INT64))) goto fail;
     ml_status st;
     ml_memory *m = self->mem;
+    int64_t *out = PyArray_DATA((PyArrayObject *)slots);
     self->busy++;
     MLPY_CALL(st, n * ml_memory_size(m) * ml_memory_key_size(m),
-              (debug_pause(), ml_memory_update(m, n, ml_data(q), PyArray_DATA(labels),
-                                               pay ? ml_data(pay) : NULL)));
+              (debug_pause(), merge ? ml_memory_update_slots(m, n, ml_data(q), PyArray_DATA(labels),
+                                                             pay ? ml_data(pay) : NULL, out)
+                                    : ml_memory_add(m, n, ml_data(q), PyArray_DATA(labels),
+                                                    pay ? ml_data(pay) : NULL, out)));
     self->busy--;
     ml_release(q);
     ml_release(pay);
     Py_DECREF(labels);
-    if (st) return mlpy_raise_status(st);
-    Py_RETURN_NONE;
+    if (st) {
+        Py_DECREF(slots);
+        return mlpy_raise_status(st);
+    }
+    return slots;
 fail:
     ml_release(q);
     ml_release(pay);
     Py_XDECREF(labels);
+    Py_XDECREF(slots);
     return NULL;
+}
+
+static PyObject *Memory_update(MemoryObject *self, PyObject *args, PyObject *kw) {
+    return write_batch(self, args, kw, 1);
+}
+
+static PyObject *Memory_add(MemoryObject *self, PyObject *args, PyObject *kw) {
+    return write_batch(self, args, kw, 0);
+}
+
+static PyObject *Memory_remove(MemoryObject *self, PyObject *ids) {
+    if (!ready(self)) return NULL;
+    PyArrayObject *a = mlpy_to_index_array(ids, "KnowledgeMemory.remove");
+    if (!a) return NULL;
+    ml_status st = ml_memory_remove(self->mem, (int64_t)PyArray_SIZE(a), PyArray_DATA(a));
+    Py_DECREF(a);
+    if (st) return mlpy_raise_status(st);
+    Py_RETURN_NONE;
 }
 
 static PyObject *Memory_read(MemoryObject *self, PyObject *args, PyObject *kw) {
@@ -361,22 +402,62 @@ GETTER(size, PyLong_FromLongLong(ml_memory_size(self->mem)))
 GETTER(occupancy, PyFloat_FromDouble(ml_memory_occupancy(self->mem)))
 #undef GETTER
 
+static const char *const KEY_DTYPES[] = {"float32", "float16", "int8"}; /* ML_KEY_* order */
+
+static PyObject *Memory_get_key_dtype(MemoryObject *self, void *c) {
+    if (!ready(self)) return NULL;
+    return PyUnicode_FromString(KEY_DTYPES[ml_memory_key_dtype(self->mem)]);
+}
+
+static int Memory_set_key_dtype(MemoryObject *self, PyObject *v, void *c) {
+    if (!ready(self)) return -1;
+    const char *name = v && PyUnicode_Check(v) ? PyUnicode_AsUTF8(v) : NULL;
+    int dtype = -1;
+    for (int i = 0; name && i < 3; i++)
+        if (!strcmp(name, KEY_DTYPES[i])) dtype = i;
+    if (dtype < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "KnowledgeMemory.key_dtype must be 'float32', 'float16' or 'int8', got %R",
+                     v ? v : Py_None);
+        return -1;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "KnowledgeMemory.key_dtype: the memory is in use by another thread");
+        return -1;
+    }
+    ml_status st = ml_memory_set_key_dtype(self->mem, dtype);
+    if (st) {
+        mlpy_raise_status(st);
+        return -1;
+    }
+    return 0;
+}
+
 static PyGetSetDef Memory_getset[] = {
     {"capacity", (getter)Memory_get_capacity, NULL, "number of slots", NULL},
     {"key_size", (getter)Memory_get_key_size, NULL, "size of a key", NULL},
     {"payload_size", (getter)Memory_get_payload_size, NULL, "size of a payload (0: none)", NULL},
     {"size", (getter)Memory_get_size, NULL, "number of occupied slots", NULL},
     {"occupancy", (getter)Memory_get_occupancy, NULL, "size / capacity", NULL},
+    {"key_dtype", (getter)Memory_get_key_dtype, (setter)Memory_set_key_dtype,
+     "keys the scan reads: 'float32' (exact), 'float16' or 'int8' (a scale per key)", NULL},
     {NULL},
 };
 
 static PyMethodDef Memory_methods[] = {
     {"query", MLPY_FN(Memory_query), MLPY_KW,
-     "query($self, /, q, k=1)\n--\n\n"
-     "-> (indices, similarities, labels, payloads): exact top-k cosine search."},
+     "query($self, /, q, k=1, labels=None)\n--\n\n"
+     "-> (indices, similarities, labels, payloads): exact top-k cosine search (among the "
+     "slots with one of `labels` only, when given)."},
     {"update", MLPY_FN(Memory_update), MLPY_KW,
      "update($self, /, q, labels, payloads=None)\n--\n\n"
-     "The update rule of Kaiser et al. 2017, query by query."},
+     "The update rule of Kaiser et al. 2017, query by query; -> the slots written."},
+    {"add", MLPY_FN(Memory_add), MLPY_KW,
+     "add($self, /, q, labels, payloads=None)\n--\n\n"
+     "Stores each key in a slot of its own (no merge); -> the slots written."},
+    {"remove", MLPY_FN(Memory_remove), METH_O,
+     "remove($self, ids, /)\n--\n\nEmpties the slots `ids`; a bad id changes nothing."},
     {"read", MLPY_FN(Memory_read), MLPY_KW,
      "read($self, /, q, k=1, temperature=1.0, payload=True)\n--\n\n"
      "-> (payload read or None, weights): the differentiable soft read (recorded)."},

@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include "core/internal.h"
+#include "kernels/cpu.h"
+#include "kernels/topk.h"
 #include "metalearn.h"
 
 static int n_pass, n_fail;
@@ -326,11 +328,183 @@ static void test_empty_label_refused(void) {
     ml_memory_free(m);
 }
 
+
+/* The key scan (kernels/topk.c): its scores are the 16-lane sums whatever the variant
+ * (AVX2 or portable: the same bits), the block and the batch; the memory's scan search
+ * gives the same top-k bits at 1, 2 and 3 threads over many tasks, ties lower slot first. */
+static float lane_dot(const float *q, const float *k, int64_t d) {
+    float a[16] = {0}, b[8], c[4];
+    for (int64_t i = 0; i < d; i++) a[i % 16] += q[i] * k[i];
+    for (int l = 0; l < 8; l++) b[l] = a[l] + a[l + 8];
+    for (int l = 0; l < 4; l++) c[l] = b[l] + b[l + 4];
+    return (c[0] + c[2]) + (c[1] + c[3]);
+}
+
+static void test_key_scan(void) {
+    enum { NB = 37, D = 45, N = 3 };
+    static float keys[NB * D], q[N * D], s[2][N * NB];
+    for (int i = 0; i < NB * D; i++) keys[i] = frand();
+    for (int i = 0; i < N * D; i++) q[i] = frand();
+    for (int v = 0; v < 2; v++) {
+        atomic_store(&ml__cpu_isa, v ? ML_CPU_AVX2 : ML_CPU_PORTABLE);
+        if (v && !ML_HAVE_AVX2) atomic_store(&ml__cpu_isa, ML_CPU_PORTABLE);
+        ml__key_scores(N, q, NB, keys, D, s[v]);
+    }
+    atomic_store(&ml__cpu_isa, ML_CPU_UNDECIDED);
+    int same = 1, lanes = 1;
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < NB; j++) {
+            same &= !memcmp(&s[0][i * NB + j], &s[1][i * NB + j], 4);
+            float want = lane_dot(q + i * D, keys + j * D, D), got = s[0][i * NB + j];
+            lanes &= !memcmp(&want, &got, 4);
+        }
+    CHECK(same, "key scan: AVX2 and portable give the same bits");
+    CHECK(lanes, "key scan: the documented 16-lane sum");
+
+    /* a memory over five scan tasks, every key repeated 5000 slots later (exact ties) */
+    enum { M = 18000, D2 = 20, K = 6 };
+    ml_memory *m = NULL;
+    OK(ml_memory_new(&m, M, D2, 0, 3));
+    float *k2 = malloc(sizeof(float) * M * D2);
+    int64_t *lab = malloc(sizeof(int64_t) * M);
+    for (int64_t j = 0; j < M; j++) {
+        lab[j] = j;
+        for (int i = 0; i < D2; i++) k2[j * D2 + i] = j >= 5000 ? k2[(j - 5000) * D2 + i] : frand();
+    }
+    OK(ml_memory_update(m, M, k2, lab, NULL));
+    CHECK(ml_memory_size(m) == M, "filled");
+    int64_t idx[3][2 * K];
+    float sim[3][2 * K];
+    for (int t = 1; t <= 3; t++) {
+        ml_set_num_threads(t);
+        OK(ml_memory_query(m, 2, q, K, idx[t - 1], sim[t - 1], NULL, NULL));
+    }
+    ml_set_num_threads(0);
+    CHECK(!memcmp(idx[0], idx[1], sizeof idx[0]) && !memcmp(idx[0], idx[2], sizeof idx[0]) &&
+              !memcmp(sim[0], sim[1], sizeof sim[0]) && !memcmp(sim[0], sim[2], sizeof sim[0]),
+          "scan: the same top-k bits at 1, 2 and 3 threads");
+    int order = 1;
+    for (int i = 0; i < 2; i++)
+        for (int t = 1; t < K; t++) {
+            float a = sim[0][i * K + t - 1], b = sim[0][i * K + t];
+            order &= a > b || (a == b && idx[0][i * K + t - 1] < idx[0][i * K + t]);
+        }
+    CHECK(order, "scan: best first, equal scores lower slot first");
+    CHECK(idx[0][1] == idx[0][0] + 5000 || idx[0][1] == idx[0][0] - 5000 || sim[0][0] != sim[0][1],
+          "scan: the repeated key is the tie");
+    free(k2);
+    free(lab);
+    ml_memory_free(m);
+}
+
+/* ids: update/add return slots; remove refuses bad ids with nothing changed; removed slots
+ * are never returned and are reused first; the label filter. */
+static void test_ids_and_remove(void) {
+    ml_memory *m = NULL;
+    OK(ml_memory_new(&m, 6, 2, 0, 0));
+    float k[10] = {1, 0, 0, 1, -1, 0, 0, -1, 1, 1};
+    int64_t y[5] = {0, 1, 2, 3, 4}, slots[5], labels[6], idx[5];
+    float sim[5];
+    OK(ml_memory_add(m, 5, k, y, NULL, slots));
+    CHECK(slots[0] == 0 && slots[4] == 4 && ml_memory_size(m) == 5, "add: slots 0..4");
+    int64_t bad[3][2] = {{5, 1}, {-1, 1}, {1, 1}};
+    for (int i = 0; i < 3; i++)
+        CHECK(ml_memory_remove(m, 2, bad[i]) == ML_ERR_VALUE, "bad ids refused (%d)", i);
+    OK(ml_memory_state(m, NULL, labels, NULL, NULL));
+    CHECK(labels[1] == 1 && ml_memory_size(m) == 5, "nothing removed by a refused call");
+    int64_t rm[2] = {4, 0};
+    OK(ml_memory_remove(m, 2, rm));
+    CHECK(ml_memory_remove(m, 1, rm) == ML_ERR_VALUE, "removed twice refused");
+    CHECK(ml_memory_size(m) == 3, "size 3 after remove");
+    float q[2] = {1, 0.9f};
+    OK(ml_memory_query(m, 1, q, 5, idx, sim, NULL, NULL));
+    CHECK(idx[0] == 1 && idx[1] == 3 && idx[2] == 2 && idx[3] == -1, "removed never returned");
+    int64_t only = 2;
+    OK(ml_memory_query_where(m, 1, q, 2, 1, &only, idx, sim, NULL, NULL));
+    CHECK(idx[0] == 2 && idx[1] == -1, "filter by label");
+    int64_t ny = 9, slot = -1;
+    OK(ml_memory_update_slots(m, 1, q, &ny, NULL, &slot));
+    CHECK(slot == 0, "the lowest removed slot reused first, got %lld", (long long)slot);
+    ml_memory_free(m);
+}
+
+/* Compact keys: binary16 conversion exact both ways over every finite half, midpoints
+ * rounded to even; the f16 and int8 scans agree between AVX2 and portable bit for bit. */
+static double half_value(uint16_t h) {
+    int e = (h >> 10) & 31, f = h & 1023;
+    double v = e ? ldexp(1024 + f, e - 25) : ldexp(f, -24);
+    return (h & 0x8000) ? -v : v;
+}
+
+static void test_compact_keys(void) {
+    int exact = 1, back = 1, ties = 1;
+    for (uint32_t h = 0; h < 65536; h++) {
+        if (((h >> 10) & 31) == 31) continue; /* inf / NaN */
+        float f = ml__f16_to_f32((uint16_t)h);
+        exact &= (double)f == half_value((uint16_t)h);
+        back &= ml__f32_to_f16(f) == (uint16_t)h || (h == 0x8000 && ml__f32_to_f16(f) == 0x8000);
+        uint32_t next = h + 1;
+        if ((h & 0x7fff) < 0x7bff) { /* the midpoint to the next half goes to the even one */
+            float mid = (float)((half_value((uint16_t)h) + half_value((uint16_t)next)) / 2);
+            uint16_t want = (h & 1) ? (uint16_t)next : (uint16_t)h;
+            ties &= ml__f32_to_f16(mid) == want;
+        }
+    }
+    CHECK(exact, "f16 -> f32 exact for every finite half");
+    CHECK(back, "f32 -> f16 -> the same half");
+    CHECK(ties, "f32 -> f16 midpoints round to even");
+    CHECK(ml__f32_to_f16(65520.0f) == 0x7c00 && ml__f32_to_f16(-1e9f) == 0xfc00,
+          "f16 overflow to infinity");
+
+    enum { NB = 29, D = 37, N = 2 };
+    static float q[N * D], s16[2][N * NB], s8[2][N * NB], scales[NB];
+    static uint16_t k16[NB * D];
+    static int8_t k8[NB * D];
+    for (int i = 0; i < N * D; i++) q[i] = frand();
+    for (int i = 0; i < NB * D; i++)
+        k16[i] = ml__f32_to_f16(frand()), k8[i] = (int8_t)(frand() * 127);
+    for (int j = 0; j < NB; j++) scales[j] = 0.01f * (float)(j + 1);
+    for (int v = 0; v < 2; v++) {
+        atomic_store(&ml__cpu_isa, v && ML_HAVE_AVX2 ? ML_CPU_AVX2 : ML_CPU_PORTABLE);
+        ml__key_scores_f16(N, q, NB, k16, D, s16[v]);
+        ml__key_scores_i8(N, q, NB, k8, scales, D, s8[v]);
+    }
+    atomic_store(&ml__cpu_isa, ML_CPU_UNDECIDED);
+    CHECK(!memcmp(s16[0], s16[1], sizeof s16[0]), "f16 scan: AVX2 and portable agree");
+    CHECK(!memcmp(s8[0], s8[1], sizeof s8[0]), "int8 scan: AVX2 and portable agree");
+    float row[D], want;
+    for (int i = 0; i < D; i++) row[i] = ml__f16_to_f32(k16[5 * D + i]);
+    want = lane_dot(q + D, row, D);
+    CHECK(!memcmp(&want, &s16[0][NB + 5], 4), "f16 scan: the lane sum of the widened key");
+
+    /* a memory with float16 keys: refused type, then exact scores of what it picks */
+    ml_memory *m = NULL;
+    OK(ml_memory_new(&m, 50, 8, 0, 0));
+    CHECK(ml_memory_set_key_dtype(m, 7) == ML_ERR_VALUE && ml_memory_key_dtype(m) == 0,
+          "unknown key type refused");
+    float keys[40 * 8];
+    int64_t lab[40], idx[3];
+    float sim[3];
+    for (int i = 0; i < 40 * 8; i++) keys[i] = frand();
+    for (int i = 0; i < 40; i++) lab[i] = i;
+    OK(ml_memory_add(m, 40, keys, lab, NULL, NULL));
+    for (int t = 1; t <= 2; t++) {
+        OK(ml_memory_set_key_dtype(m, t));
+        OK(ml_memory_query(m, 1, keys + 8 * 17, 3, idx, sim, NULL, NULL));
+        CHECK(idx[0] == 17 && fabsf(sim[0] - 1.0f) < 1e-6f, "compact %d: a stored key finds itself",
+              t);
+    }
+    ml_memory_free(m);
+}
+
 int main(void) {
     test_sizes();
     test_update_rule();
     test_tie_break();
     test_query_brute_force();
+    test_key_scan();
+    test_ids_and_remove();
+    test_compact_keys();
     test_gradients(0);
     test_gradients(1);
     test_files();

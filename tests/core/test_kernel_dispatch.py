@@ -29,6 +29,9 @@ SITES = {
     "maxpool_kernel",
     "bn_train_range",
     "bn_backward_range",
+    "key_scores",
+    "key_scores_f16",
+    "key_scores_i8",
 }
 
 # Computes results through every site and saves them; prints the kernel variants.

@@ -89,6 +89,7 @@ BY_NAME = {
     "length": lambda p: 1,
     "size": lambda p: 4,
     "indices": lambda p: [1, 0],
+    "ids": lambda p: [],
     "labels": lambda p: [0, 1],
     "depth": lambda p: 3,
     "y_true": lambda p: t(2, 3),

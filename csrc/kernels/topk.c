@@ -1,0 +1,201 @@
+/* topk.c — the scores of the knowledge memory's key scan (see topk.h for the contract).
+ *
+ * A single query is a matrix-vector product: each key is read once and used once, so the
+ * scan runs at the speed of memory, not of arithmetic, and the GEMM's packing and tile
+ * padding (a 1-row tile is mostly empty) would only add traffic. The loops here stream the
+ * keys once; for a few queries a key row stays in L1 while every query is scored with it.
+ *
+ * The sum of a dot product is split over LANES independent partial sums (position i goes
+ * to sum i mod LANES): without -ffast-math the compiler may not reorder a sum, but these
+ * lanes are separate variables it vectorises as they are, two AVX2 or four SSE registers,
+ * with the same roundings in both. The lanes are then added in a fixed tree. */
+#include "topk.h"
+#include "cpu.h"
+
+#include <string.h>
+
+#define LANES 16
+
+/* The fixed tree over the lanes: halves added pairwise, written out so that it unrolls. */
+ML_INLINE float lanes_sum(const float *a) {
+    float b[8], c[4];
+    for (int l = 0; l < 8; l++) b[l] = a[l] + a[l + 8];
+    for (int l = 0; l < 4; l++) c[l] = b[l] + b[l + 4];
+    return (c[0] + c[2]) + (c[1] + c[3]);
+}
+
+/* acc = the dot product of q with a key by lanes; KEY_AT(i) reads element i of the key as a
+ * float. */
+#define DOT_LANES(acc, q, d, KEY_AT)                                                      \
+    do {                                                                                  \
+        float a_[LANES] = {0};                                                            \
+        int64_t i_ = 0;                                                                   \
+        for (; i_ + LANES <= (d); i_ += LANES)                                            \
+            for (int l_ = 0; l_ < LANES; l_++) a_[l_] += (q)[i_ + l_] * KEY_AT(i_ + l_);  \
+        for (int l_ = 0; i_ + l_ < (d); l_++) a_[l_] += (q)[i_ + l_] * KEY_AT(i_ + l_);   \
+        acc = lanes_sum(a_);                                                              \
+    } while (0)
+
+ML_INLINE void key_scores_body(int64_t n, const float *q, int64_t nb, const float *keys, int64_t d,
+                               float *s) {
+    for (int64_t j = 0; j < nb; j++) {
+        const float *k = keys + j * d;
+        for (int64_t i = 0; i < n; i++) {
+            const float *qi = q + i * d;
+            float acc;
+#define AT(p) k[p]
+            DOT_LANES(acc, qi, d, AT);
+#undef AT
+            s[i * nb + j] = acc;
+        }
+    }
+}
+ML_CPU_CLONES(key_scores,
+              (int64_t n, const float *q, int64_t nb, const float *keys, int64_t d, float *s),
+              (n, q, nb, keys, d, s))
+
+void ml__key_scores(int64_t n, const float *q, int64_t nb, const float *keys, int64_t d, float *s) {
+    key_scores(n, q, nb, keys, d, s);
+}
+
+/* binary16 -> float32 without branches (F. Giesen's method): the 15 bits of exponent and
+ * mantissa shifted into a float32 and multiplied by 2^112 give the value exactly, normal
+ * or subnormal; infinities and NaNs never occur (keys are finite and at most 1 in size). */
+ML_INLINE float half_to_float(uint16_t h) {
+    uint32_t bits = (uint32_t)(h & 0x7fffu) << 13;
+    float f;
+    memcpy(&f, &bits, 4);
+    f *= 0x1p112f;
+    memcpy(&bits, &f, 4);
+    bits |= (uint32_t)(h & 0x8000u) << 16;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+float ml__f16_to_f32(uint16_t h) {
+    if ((h & 0x7c00u) == 0x7c00u) { /* inf / NaN: not in a key, but exact all the same */
+        uint32_t bits = ((uint32_t)(h & 0x8000u) << 16) | 0x7f800000u |
+                        ((uint32_t)(h & 0x03ffu) << 13);
+        float f;
+        memcpy(&f, &bits, 4);
+        return f;
+    }
+    return half_to_float(h);
+}
+
+uint16_t ml__f32_to_f16(float x) {
+    uint32_t b;
+    memcpy(&b, &x, 4);
+    uint16_t sign = (uint16_t)((b >> 16) & 0x8000u);
+    b &= 0x7fffffffu;
+    if (b >= 0x7f800000u) return sign | (b > 0x7f800000u ? 0x7e00u : 0x7c00u);
+    if (b >= 0x47800000u) return sign | 0x7c00u; /* >= 65536: infinity */
+    if (b < 0x38800000u) {                       /* below 2^-14: a subnormal half (or 0) */
+        /* value / 2^-24 rounded to nearest even: adding 0.5 (as float) does exactly that */
+        float f;
+        memcpy(&f, &b, 4);
+        f += 0.5f;
+        uint32_t fb;
+        memcpy(&fb, &f, 4);
+        return sign | (uint16_t)(fb - 0x3f000000u);
+    }
+    /* normal: rebias the exponent, round the 13 dropped bits to nearest even */
+    uint32_t mant_odd = (b >> 13) & 1u;
+    b += 0xc8000fffu + mant_odd; /* (15 - 127) << 23 rebias, + rounding */
+    return sign | (uint16_t)(b >> 13);
+}
+
+/* float16 keys: the portable form widens a key into a row of floats (half_to_float, exact)
+ * and runs the float32 lanes over it; the AVX2 form widens 8 halves at once with F16C's
+ * vcvtph2ps (exact too) into the same lanes in the same order, so both give the same bits.
+ * Hand-written, as a compiler does not vectorise the bit-twiddled widening well enough for
+ * the scan to stay at memory speed. */
+static void key_scores_f16_portable(int64_t n, const float *q, int64_t nb, const uint16_t *keys,
+                                    int64_t d, float *s) {
+    float row[512];
+    for (int64_t j = 0; j < nb; j++) {
+        const uint16_t *k = keys + j * d;
+        for (int64_t i = 0; i < n; i++) {
+            const float *qi = q + i * d;
+            float acc;
+            if (d <= 512) {
+                if (i == 0)
+                    for (int64_t t = 0; t < d; t++) row[t] = half_to_float(k[t]);
+#define AT(p) row[p]
+                DOT_LANES(acc, qi, d, AT);
+#undef AT
+            } else {
+#define AT(p) half_to_float(k[p])
+                DOT_LANES(acc, qi, d, AT);
+#undef AT
+            }
+            s[i * nb + j] = acc;
+        }
+    }
+}
+
+#if ML_HAVE_AVX2
+#include <immintrin.h>
+__attribute__((target("avx2,f16c"))) static void key_scores_f16_avx2(int64_t n, const float *q,
+                                                                     int64_t nb,
+                                                                     const uint16_t *keys,
+                                                                     int64_t d, float *s) {
+    for (int64_t j = 0; j < nb; j++) {
+        const uint16_t *k = keys + j * d;
+        for (int64_t i = 0; i < n; i++) {
+            const float *qi = q + i * d;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            int64_t t = 0;
+            for (; t + LANES <= d; t += LANES) {
+                __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + t)));
+                __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + t + 8)));
+                a0 = _mm256_add_ps(a0, _mm256_mul_ps(_mm256_loadu_ps(qi + t), k0));
+                a1 = _mm256_add_ps(a1, _mm256_mul_ps(_mm256_loadu_ps(qi + t + 8), k1));
+            }
+            float a[LANES];
+            _mm256_storeu_ps(a, a0);
+            _mm256_storeu_ps(a + 8, a1);
+            for (int l = 0; t + l < d; l++) a[l] += qi[t + l] * half_to_float(k[t + l]);
+            s[i * nb + j] = lanes_sum(a);
+        }
+    }
+}
+ML_KERNEL_SITE(key_scores_f16, "key_scores_f16", 1)
+#else
+ML_KERNEL_SITE(key_scores_f16, "key_scores_f16", 0)
+#endif
+
+void ml__key_scores_f16(int64_t n, const float *q, int64_t nb, const uint16_t *keys, int64_t d,
+                        float *s) {
+#if ML_HAVE_AVX2
+    if (ml__cpu_avx2()) { /* every CPU with AVX2 and FMA has F16C */
+        key_scores_f16_avx2(n, q, nb, keys, d, s);
+        return;
+    }
+#endif
+    key_scores_f16_portable(n, q, nb, keys, d, s);
+}
+
+ML_INLINE void key_scores_i8_body(int64_t n, const float *q, int64_t nb, const int8_t *keys,
+                                  const float *scales, int64_t d, float *s) {
+    for (int64_t j = 0; j < nb; j++) {
+        const int8_t *k = keys + j * d;
+        for (int64_t i = 0; i < n; i++) {
+            const float *qi = q + i * d;
+            float acc;
+#define AT(p) (float)k[p]
+            DOT_LANES(acc, qi, d, AT);
+#undef AT
+            s[i * nb + j] = scales[j] * acc;
+        }
+    }
+}
+ML_CPU_CLONES(key_scores_i8,
+              (int64_t n, const float *q, int64_t nb, const int8_t *keys, const float *scales,
+               int64_t d, float *s),
+              (n, q, nb, keys, scales, d, s))
+
+void ml__key_scores_i8(int64_t n, const float *q, int64_t nb, const int8_t *keys,
+                       const float *scales, int64_t d, float *s) {
+    key_scores_i8(n, q, nb, keys, scales, d, s);
+}

@@ -1,0 +1,29 @@
+/* topk.h — the scores of a key scan (internal; see topk.c): the dot products of a few
+ * queries with a block of stored keys, for the knowledge memory's exact search
+ * (memory/memory.c), which keeps the top-k of them.
+ *
+ * Every score is the same function of one query row and one key row, computed in the same
+ * order wherever the key sits in a block and however many queries come with it: 16
+ * partial sums over the positions i = l mod 16, then a fixed tree over them. So a scan split
+ * across threads by blocks of keys gives every key the bits a one-thread scan gives it.
+ * The AVX2 variant (ML_CPU_CLONES, no FMA) rounds exactly as the portable one. */
+#ifndef ML_KERNELS_TOPK_H
+#define ML_KERNELS_TOPK_H
+
+#include <stdint.h>
+
+/* s[i * nb + j] = q[i] · key[j] for n queries q (n x d) and nb float32 keys (nb x d). */
+void ml__key_scores(int64_t n, const float *q, int64_t nb, const float *keys, int64_t d, float *s);
+/* The same over float16 keys (IEEE binary16 bits), widened exactly to float32. */
+void ml__key_scores_f16(int64_t n, const float *q, int64_t nb, const uint16_t *keys, int64_t d,
+                        float *s);
+/* The same over int8 keys with one scale per key: s = scale[j] * (q[i] · key[j]). */
+void ml__key_scores_i8(int64_t n, const float *q, int64_t nb, const int8_t *keys,
+                       const float *scales, int64_t d, float *s);
+
+/* float32 -> binary16, round to nearest even (finite inputs; overflow gives +-inf). */
+uint16_t ml__f32_to_f16(float x);
+/* binary16 -> float32, exact for every finite half. */
+float ml__f16_to_f32(uint16_t h);
+
+#endif /* ML_KERNELS_TOPK_H */
