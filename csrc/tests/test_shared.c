@@ -64,6 +64,7 @@ static const char *const SITES[] = {
     "maxpool_kernel",
     "bn_train_range",
     "bn_backward_range",
+    "wino_tiles",
 };
 /* clang-format on */
 #define N_SITES ((int)(sizeof SITES / sizeof SITES[0]))
