@@ -170,8 +170,7 @@ ML_INLINE void wino_tiles_body(const wino_job *j, int kind, int64_t t0, int64_t 
             for (int i = 0; i < 2; i++)
                 for (int a = 0; a < 2; a++) {
                     const int64_t yy = 2 * ty + i, xx = 2 * tx + a;
-                    q[i * 2 + a] = (yy < H && xx < W) ? j->y + ((img * H + yy) * W + xx) * C
-                                                      : sink;
+                    q[i * 2 + a] = (yy < H && xx < W) ? j->y + ((img * H + yy) * W + xx) * C : sink;
                 }
             for (; c + 8 <= C; c += 8) tile_output(o, q, b, sS, c, 8);
             if (c < C) tile_output(o, q, b, sS, c, C - c);
@@ -218,7 +217,8 @@ static int64_t stride_of(const wino_job *j, int64_t ch) { return j->tc * ch + 16
 
 /* A chunk's scratch: V (16 x tc x c), M or the gradient's V (16 x tc x f), zeros, sink. */
 static float *chunk_buffer(const wino_job *j) {
-    const int64_t cm = j->c > j->f ? j->c : j->f, vm = 16 * (stride_of(j, j->c) + stride_of(j, j->f));
+    const int64_t cm = j->c > j->f ? j->c : j->f,
+                  vm = 16 * (stride_of(j, j->c) + stride_of(j, j->f));
     float *buf = ml__scratch(ML_SCRATCH_CONV_COLS, (size_t)(vm + 2 * cm));
     if (buf) memset(buf + vm, 0, (size_t)cm * sizeof(float));
     return buf;
