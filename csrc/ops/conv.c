@@ -19,11 +19,17 @@
  * column matrix fits a per-thread buffer that is kept between calls (no malloc per call:
  * kernels/scratch.h).
  * A 1x1 kernel with stride 1 and no padding skips im2col (the input is the column matrix).
+ * A 3x3 kernel at stride 1 with 'same' padding runs through Winograd's F(2x2, 3x3)
+ * (kernels/winograd.c: 16 multiplies for 4 outputs instead of 36) where the shape's rule
+ * says it pays (ml__wino_pays): forward, the input gradient as the forward with the kernel
+ * flipped and transposed, and the kernel gradient in the transformed domain. The choice is
+ * the shape's, so the three ops keep their contracts and their gradients of every order.
  */
 #include <stdatomic.h>
 
 #include "ops.h"
 #include "../kernels/scratch.h"
+#include "../kernels/winograd.h"
 
 #define IN(k) (out->node->inputs[k])
 
@@ -77,6 +83,12 @@ static int64_t chunk_images(const ml_win2d *g) {
     if (n < 1) n = 1;
     if (n > g->n) n = g->n;
     return n > 0 ? n : 1;
+}
+
+/* 3x3, stride 1, one pixel of zero padding each side, output the input's size. */
+static int is_wino_geom(const ml_win2d *g) {
+    return g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->pt == 1 && g->pl == 1 &&
+           g->oh == g->h && g->ow == g->w;
 }
 
 static int is_pointwise(const ml_win2d *g) {
@@ -238,6 +250,8 @@ static ml_status conv_forward_kernel(const ml_win2d *g, int64_t F, const float *
                                      const float *b, float *y) {
     const int64_t KK = g->kh * g->kw * g->c, P = g->oh * g->ow;
     if (g->n == 0 || P == 0 || F == 0) return ML_OK;
+    if (is_wino_geom(g) && ml__wino_pays(g->n, g->h, g->w, g->c, F))
+        return ml__wino_conv(g->n, g->h, g->w, g->c, F, x, k, 0, b, y) ? oom() : ML_OK;
     conv_job j = {.g = g, .F = F, .KK = KK, .P = P, .x = x, .k = k, .b = b, .y = y};
     j.step = is_pointwise(g) ? (g->n + MIN_CHUNKS - 1) / MIN_CHUNKS : chunk_images(g);
     atomic_init(&j.failed, 0);
@@ -254,6 +268,8 @@ static ml_status conv_input_grad_kernel(const ml_win2d *g, int64_t F, const floa
         memset(dx, 0, (size_t)xn * sizeof(float));
         return ML_OK;
     }
+    if (is_wino_geom(g) && ml__wino_pays(g->n, g->h, g->w, F, g->c))
+        return ml__wino_conv(g->n, g->h, g->w, F, g->c, gy, k, 1, NULL, dx) ? oom() : ML_OK;
     conv_job j = {.g = g, .F = F, .KK = KK, .P = P, .k = k, .gy = gy, .dx = dx};
     j.step = is_pointwise(g) ? (g->n + MIN_CHUNKS - 1) / MIN_CHUNKS : chunk_images(g);
     atomic_init(&j.failed, 0);
@@ -269,6 +285,8 @@ static ml_status conv_kernel_grad_kernel(const ml_win2d *g, int64_t F, const flo
         memset(dk, 0, (size_t)(KK * F) * sizeof(float));
         return ML_OK;
     }
+    if (is_wino_geom(g) && ml__wino_pays(g->n, g->h, g->w, g->c, F))
+        return ml__wino_kernel_grad(g->n, g->h, g->w, g->c, F, x, gy, dk) ? oom() : ML_OK;
     conv_job j = {.g = g, .F = F, .KK = KK, .P = P, .x = x, .gy = gy, .dk = dk};
     j.step = is_pointwise(g) ? (g->n + MIN_CHUNKS - 1) / MIN_CHUNKS : chunk_images(g);
     const int64_t chunks = (g->n + j.step - 1) / j.step;

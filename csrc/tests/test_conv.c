@@ -454,8 +454,58 @@ static void test_errors(void) {
     ml_release(k);
 }
 
+/* Winograd F(2x2, 3x3) (3x3, stride 1, 'same', >= 16 channels each way, images >= 4x4):
+ * the forward against the double loop, and y, dx and dk the same bits at 1, 2 and 3 threads
+ * (chunks of tiles and the kernel gradient's parts are fixed by the shape). */
+static void test_winograd(void) {
+    struct {
+        int64_t xs[4], f;
+    } cases[] = {{{3, 7, 9, 16}, 20}, {{2, 8, 8, 24}, 16}, {{20, 14, 14, 32}, 32}};
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        int64_t ks[4] = {3, 3, cases[t].xs[3], cases[t].f}, bs[1] = {cases[t].f};
+        ml_tensor *x = randt(4, cases[t].xs), *k = randt(4, ks), *b = randt(1, bs);
+        ml_set_requires_grad(x, 1);
+        ml_set_requires_grad(k, 1);
+        ml_tensor *res[3][3] = {{NULL}};
+        for (int th = 0; th < 3; th++) {
+            ml_set_num_threads(th + 1);
+            ml_tensor *y = NULL, *ins[2] = {x, k}, *g[2] = {NULL, NULL};
+            ml_status st = ml_conv2d(&y, x, k, b, 1, 1, ML_PAD_SAME);
+            CHECK(st == ML_OK, "winograd case %zu: %s", t, ml_last_error());
+            if (st) break;
+            ml_tensor *w = NULL;
+            ml_tensor_zeros(&w, 4, ml_shape(y));
+            for (int64_t i = 0; i < ml_numel(w); i++) ml_data(w)[i] = (float)((i * 7) % 13) - 6.0f;
+            st = ml_grad(g, 1, &y, 2, ins, &w, 0);
+            CHECK(st == ML_OK, "winograd case %zu grad: %s", t, ml_last_error());
+            res[th][0] = y;
+            res[th][1] = g[0];
+            res[th][2] = g[1];
+            ml_release(w);
+        }
+        ml_set_num_threads(1);
+        if (res[0][0]) {
+            double e = max_conv_err(x, k, b, 1, 1, 1, res[0][0]);
+            CHECK(e < 1e-5 * 9 * (double)cases[t].xs[3], "winograd case %zu: max error %g", t, e);
+        }
+        for (int th = 1; th < 3; th++)
+            for (int r = 0; r < 3; r++) {
+                ml_tensor *a = res[0][r], *c = res[th][r];
+                CHECK(a && c && ml_numel(a) == ml_numel(c) &&
+                          !memcmp(ml_data(a), ml_data(c), (size_t)ml_numel(a) * sizeof(float)),
+                      "winograd case %zu: result %d differs at %d threads", t, r, th + 1);
+            }
+        for (int th = 0; th < 3; th++)
+            for (int r = 0; r < 3; r++) ml_release(res[th][r]);
+        ml_release(x);
+        ml_release(k);
+        ml_release(b);
+    }
+}
+
 int main(void) {
     test_forward();
+    test_winograd();
     test_gradients(1, ML_PAD_VALID);
     test_gradients(1, ML_PAD_SAME);
     test_gradients(2, ML_PAD_SAME);

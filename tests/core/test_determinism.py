@@ -153,6 +153,23 @@ def conv2d():
     return _arrays(out)
 
 
+def conv2d_winograd():
+    """3x3 stride-1 'same' layers of >= 16 channels: Winograd F(2x2, 3x3), its chunks of
+    tiles and its kernel gradient's parts fixed by the shape (kernels/winograd.c)."""
+    rng, out = _rng(13), []
+    for xshape, filters in (((16, 14, 14, 16), 24), ((6, 7, 9, 32), 16)):
+        x = ml.tensor(rng.standard_normal(xshape).astype(F32), requires_grad=True)
+        k = ml.tensor(
+            rng.standard_normal((3, 3, xshape[-1], filters)).astype(F32) * 0.1, requires_grad=True
+        )
+        b = ml.tensor(rng.standard_normal(filters).astype(F32), requires_grad=True)
+        y = ml.conv2d(x, k, b, strides=1, padding="same")
+        w = rng.standard_normal(tuple(y.shape)).astype(F32)
+        gx, gk, gb = ml.grad(ml.reduce_sum(y * w), [x, k, b], create_graph=True)
+        out += [y, gx, gk, gb] + _grads(ml.reduce_sum(gx * gx) + ml.reduce_sum(gk * gk), [x, k])
+    return _arrays(out)
+
+
 def pooling():
     rng, out = _rng(6), []
     x = ml.tensor(rng.standard_normal((32, 28, 28, 16)).astype(F32), requires_grad=True)
@@ -281,6 +298,7 @@ PROGRAMS = {
         reductions,
         softmax_crossentropy,
         conv2d,
+        conv2d_winograd,
         pooling,
         batch_norm,
         dense_fit,
@@ -406,7 +424,7 @@ def _code(path):
     return re.sub(r"//[^\n]*", "", text)
 
 
-@pytest.mark.parametrize("path", ["kernels/gemm_path.c", "ops/conv.c"])
+@pytest.mark.parametrize("path", ["kernels/gemm_path.c", "ops/conv.c", "kernels/winograd.c"])
 def test_kernel_and_algorithm_choices_read_no_thread_count_and_no_clock(path):
     """The GEMM path table and the convolution's plan (im2col or pointwise, its chunks of
     images, the order its partial kernel gradients are summed in) are functions of the

@@ -32,6 +32,7 @@ SITES = {
     "key_scores",
     "key_scores_f16",
     "key_scores_i8",
+    "wino_tiles",
 }
 
 # Computes results through every site and saves them; prints the kernel variants.
@@ -61,6 +62,10 @@ for f in ("relu", "exp", "tanh", "sigmoid", "gelu"):
     out[f] = np.asarray(getattr(ml, f)(x))
 img = rng.standard_normal((2, 9, 9, 5)).astype(F32)
 out["max pool"] = np.asarray(ml.max_pool2d(img, (3, 3), (2, 2), "same"))
+# a 3x3 'same' convolution of 16 channels: the Winograd transforms (wino_tiles)
+xw = rng.standard_normal((2, 6, 6, 16)).astype(F32)
+kw = rng.standard_normal((3, 3, 16, 16)).astype(F32)
+out["winograd conv"] = np.asarray(ml.conv2d(xw, kw, None, 1, "same"))
 # batch norm, forward and its first-order gradient (the fused C backward)
 xb = ml.Variable(rng.standard_normal((8, 4, 4, 6)).astype(F32))
 gamma = ml.Variable(rng.standard_normal(6).astype(F32))

@@ -1,0 +1,137 @@
+"""Each conv4 layer's convolution on its own: forward, data gradient and kernel gradient,
+metalearn against PyTorch 2.13, in GFLOP/s of the direct algorithm's multiply-adds.
+
+    python benchmarks/conv_layers.py                 # every shape, one thread
+    python benchmarks/conv_layers.py --quick         # shorter chunks and fewer rounds
+    python benchmarks/conv_layers.py --only omni     # shapes whose name contains 'omni'
+
+Shapes (3x3 kernels, stride 1, 'same' padding, channels last, as meta.models.conv4):
+  omni   28x28x1 -> 64, then 64 -> 64 at 14, 7 and 3 (after each 2x2 pool);
+  mini32 84x84x3 -> 32, then 32 -> 32 at 42, 21 and 10;
+  mini64 84x84x3 -> 64, then 64 -> 64 at 42, 21 and 10.
+Batches: 80 images (one 5-way 1-shot task with 15 queries per class, MAML's per-task
+forward) and, for Omniglot, 200 (a ProtoNet 20-way 5-shot episode with 5 queries).
+
+GFLOP/s counts 2 * N*OH*OW*F*KH*KW*C per product (the direct algorithm's work), whatever
+the algorithm that ran, so an algorithm with fewer multiplies can read above the FMA peak.
+`peak%` is against the FMA peak of one core (run_all.fma_peak: a loop of independent
+FMAs). metalearn's data and kernel gradients are timed through _core.grad on a recorded
+forward (one conv2d_input_grad or conv2d_kernel_grad op each); PyTorch's through
+aten.convolution_backward with the one output asked for, in NCHW and channels-last memory
+formats (the faster is shown). The libraries are interleaved and medians reported: on a
+shared machine only the ratios of one run compare.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
+
+from run_all import fma_peak, interleaved, set_threads, torch  # noqa: E402
+
+from metalearn import _core  # noqa: E402
+
+
+def shapes():
+    out = []
+    for batch in (80, 200):
+        out += [
+            (f"omni b{batch} L1", batch, 28, 1, 64),
+            (f"omni b{batch} L2", batch, 14, 64, 64),
+            (f"omni b{batch} L3", batch, 7, 64, 64),
+            (f"omni b{batch} L4", batch, 3, 64, 64),
+        ]
+    for f in (32, 64):
+        out += [
+            (f"mini{f} b80 L1", 80, 84, 3, f),
+            (f"mini{f} b80 L2", 80, 42, f, f),
+            (f"mini{f} b80 L3", 80, 21, f, f),
+            (f"mini{f} b80 L4", 80, 10, f, f),
+        ]
+    return out
+
+
+def ml_fns(n, hw, c, f, rng):
+    x = _core.tensor(rng.standard_normal((n, hw, hw, c)).astype(np.float32), requires_grad=True)
+    k = _core.tensor(
+        (rng.standard_normal((3, 3, c, f)) / np.sqrt(9 * c)).astype(np.float32),
+        requires_grad=True,
+    )
+    g = rng.standard_normal((n, hw, hw, f)).astype(np.float32)
+    y = _core.conv2d(x, k, None, 1, "same")
+    gt = _core.tensor(g)
+    fns = {"ml fwd": lambda: _core.conv2d(x, k, None, 1, "same"), "ml bwd-k": None}
+    fns["ml bwd-k"] = lambda: _core.grad(y, [k], [gt])
+    if c > 3:  # the first layer's data gradient is never computed
+        fns["ml bwd-x"] = lambda: _core.grad(y, [x], [gt])
+    return fns
+
+
+def torch_fns(n, hw, c, f, rng, fmt):
+    mf = torch.channels_last if fmt == "nhwc" else torch.contiguous_format
+    x = torch.from_numpy(rng.standard_normal((n, c, hw, hw)).astype(np.float32))
+    x = x.contiguous(memory_format=mf)
+    w = torch.from_numpy((rng.standard_normal((f, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32))
+    w = w.contiguous(memory_format=mf)
+    g = torch.from_numpy(rng.standard_normal((n, f, hw, hw)).astype(np.float32))
+    g = g.contiguous(memory_format=mf)
+    conv = torch.nn.functional.conv2d
+    bwd = torch.ops.aten.convolution_backward
+
+    def back(mask):
+        return lambda: bwd(g, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
+
+    fns = {
+        f"torch-{fmt} fwd": lambda: conv(x, w, None, 1, 1),
+        f"torch-{fmt} bwd-k": back([False, True, False]),
+    }
+    if c > 3:
+        fns[f"torch-{fmt} bwd-x"] = back([True, False, False])
+    return fns
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", nargs="+", default=None, help="shapes whose name has one of these")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-torch", action="store_true")
+    args = p.parse_args(argv)
+    set_threads(args.threads)
+    use_torch = torch is not None and not args.no_torch
+    if use_torch:
+        torch.set_grad_enabled(False)
+    peak = fma_peak()
+    print(f"FMA peak of one core: {peak if peak else '-'} GFLOP/s; threads {args.threads}")
+    hdr = f"{'shape':<16}{'pass':<7}{'ml GF/s':>9}{'peak%':>7}{'torch GF/s':>11}{'ratio':>7}"
+    print(hdr)
+    rng = np.random.default_rng(0)
+    for name, n, hw, c, f in shapes():
+        if args.only and not any(s in name for s in args.only):
+            continue
+        fns = ml_fns(n, hw, c, f, rng)
+        if use_torch:
+            for fmt in ("nchw", "nhwc"):
+                fns.update(torch_fns(n, hw, c, f, rng, fmt))
+        t = interleaved(fns, 0.05 if args.quick else 0.15, 3 if args.quick else 5, warmup=1)
+        flops = 2.0 * n * hw * hw * f * 9 * c
+        for pas in ("fwd", "bwd-x", "bwd-k"):
+            if f"ml {pas}" not in t:
+                continue
+            gf = flops / t[f"ml {pas}"] / 1e9
+            tg = [flops / t[k] / 1e9 for k in t if k.startswith("torch") and k.endswith(pas)]
+            best = max(tg) if tg else None
+            pk = f"{gf / peak:.0%}" if peak else "-"
+            tb = f"{best:.1f}" if best else "-"
+            ratio = f"{gf / best:.2f}x" if best else "-"
+            print(f"{name:<16}{pas:<7}{gf:>9.1f}{pk:>7}{tb:>11}{ratio:>7}")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
