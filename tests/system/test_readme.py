@@ -145,6 +145,7 @@ def test_block_runs_alone(line, code, tmp_path):
 @pytest.mark.parametrize(
     "line,code",
     [(line, code) for line, code in _blocks() if any(k in code for k in SLOW)],
+    ids=lambda v: f"line{v}" if isinstance(v, int) else "as-written",
 )
 def test_slow_block_runs_as_written(line, code, tmp_path):
     key = _key(code)
