@@ -95,3 +95,13 @@ def sinusoid_model(seed=0):
 
     ml.random.set_seed(seed)
     return models.sinusoid_mlp()
+
+
+def require_omniglot(what):
+    """Skips `what` (fails it under METALEARN_REQUIRE_DATA=1) when Omniglot is absent: the
+    call form of the ``requires_omniglot`` mark, for a test that needs the data only in some
+    of its cases (a README block, a notebook)."""
+    folder, reason = find_omniglot()
+    if folder is None:
+        data_missing(f"{what}: {reason}")
+    return folder

@@ -16,7 +16,7 @@ import re
 import pytest
 
 from tests.helpers import REPO as ROOT
-from tests.system._data import require_omniglot
+from tests.helpers import require_omniglot
 
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("nbclient")

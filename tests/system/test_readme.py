@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from tests.helpers import REPO
-from tests.system._data import require_omniglot
+from tests.helpers import require_omniglot
 
 README = REPO / "README.md"
 
@@ -155,34 +155,3 @@ def test_slow_block_runs_as_written(line, code, tmp_path):
     assert r.returncode == 0 and r.stdout.rstrip().endswith("README-BLOCK-OK"), (
         f"README block at line {line} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
     )
-
-
-def test_data_check_skips_or_fails(monkeypatch):
-    """Without Omniglot a data test skips with a reason, and fails under
-    METALEARN_REQUIRE_DATA=1."""
-    from tests.system import _data
-
-    monkeypatch.setattr(_data, "omniglot_found", lambda: False)
-    monkeypatch.delenv("METALEARN_REQUIRE_DATA", raising=False)
-    with pytest.raises(pytest.skip.Exception, match="needs the Omniglot data"):
-        _data.require_omniglot("x")
-    monkeypatch.setenv("METALEARN_REQUIRE_DATA", "1")
-    with pytest.raises(pytest.fail.Exception, match="METALEARN_REQUIRE_DATA=1"):
-        _data.require_omniglot("x")
-    monkeypatch.setattr(_data, "omniglot_found", lambda: True)
-    _data.require_omniglot("x")  # present: neither
-
-
-def test_omniglot_search_sees_an_empty_folder_as_absent(tmp_path, monkeypatch):
-    """omniglot_found reads the folders metalearn searches: with the search pointed at an
-    empty folder only, nothing is found; with both zips' names there, it is."""
-    from tests.system import _data
-
-    import metalearn.datasets._locate as locate
-
-    monkeypatch.setattr(locate, "search_paths", lambda name, path=None: [tmp_path])
-    assert not _data.omniglot_found()
-    (tmp_path / "images_background.zip").write_bytes(b"")
-    assert not _data.omniglot_found()  # one set only
-    (tmp_path / "images_evaluation.zip").write_bytes(b"")
-    assert _data.omniglot_found()
