@@ -32,6 +32,12 @@ def _blocks():
 # Each block is recognised by a string only it holds. The check runs after the block, in
 # the same interpreter, and must raise (an assert) when what the README promises is false.
 CHECKS = {
+    "checkpoint_dir=": (
+        "import os\n"
+        "assert os.path.isfile('runs/maml/checkpoint.json')  # the checkpoint was written\n"
+        "assert len(history['val_mse']) == 4 and len(history['loss']) == 200, history.keys()\n"
+        "assert learner.best_validation is not None"
+    ),
     'model.save_weights("model.mlw")': (
         "import os\nassert os.path.getsize('model.mlw') > 0\n"
         "assert len(model.trainable_variables) == 4"
