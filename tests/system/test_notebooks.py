@@ -54,6 +54,12 @@ EXPECTED = {
         "recall_right": (0.5, 1.0),  # recalled task has the same classes (0.88)
         "predictor_spearman": (0.2, 1.0),  # predicted vs achieved, held-out tasks (0.50)
     },
+    "05_your_own_data.ipynb": {
+        "acc_trained": (0.6, 1.0),  # 5-way 1-shot on held-out glyph classes (0.81)
+        "acc_untrained": (0.2, 0.8),  # the same encoder untrained (0.63)
+        "gain": (0.05, 1.0),  # meta-training helps (+0.18)
+        "recognised": (0.4, 1.0),  # new classes from one example each (0.84)
+    },
 }
 
 
