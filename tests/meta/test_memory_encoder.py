@@ -3,8 +3,17 @@
 import numpy as np
 import pytest
 
-from metalearn import keras
+from metalearn import _core, keras
 from metalearn.memory import KnowledgeMemory, MemoryClassifier
+
+
+@pytest.fixture(autouse=True)
+def _keep_global_rng():
+    """The layers built here draw their initial weights from the global generator: its
+    state is put back, so the tests that follow draw what they would have alone."""
+    state = _core.rng_state()
+    yield
+    _core.rng_set_state(state)
 
 
 def _conv_encoder():

@@ -8,6 +8,17 @@ from metalearn.tasks import Regression
 from tests.helpers import sinusoid_model
 
 
+@pytest.fixture(autouse=True)
+def _keep_global_rng():
+    """Models built here draw from (or reseed) the global generator: its state is put
+    back, so the tests that follow draw what they would have alone."""
+    from metalearn import _core
+
+    state = _core.rng_state()
+    yield
+    _core.rng_set_state(state)
+
+
 def test_functions_give_their_values_on_fresh_points():
     fs = [lambda x: 2 * x[:, 0], lambda x: x[:, 0] ** 2]
     sampler = Regression(fs, k_shot=5, q_queries=7, x_range=(-1, 3), seed=0)

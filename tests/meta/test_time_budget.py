@@ -14,6 +14,17 @@ from metalearn.tasks import NWayKShot, Sinusoid
 from tests.helpers import sinusoid_model
 
 
+@pytest.fixture(autouse=True)
+def _keep_global_rng():
+    """Models built here draw from (or reseed) the global generator: its state is put
+    back, so the tests that follow draw what they would have alone."""
+    from metalearn import _core
+
+    state = _core.rng_state()
+    yield
+    _core.rng_set_state(state)
+
+
 class FakeClock:
     """time.monotonic replaced: it moves only when `tick` is called."""
 

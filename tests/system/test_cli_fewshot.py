@@ -19,6 +19,17 @@ from metalearn.datasets.png import decode_png, encode_png
 from tests.helpers import REPO
 
 
+@pytest.fixture(autouse=True)
+def _keep_global_rng():
+    """Models built here draw from (or reseed) the global generator: its state is put
+    back, so the tests that follow draw what they would have alone."""
+    from metalearn import _core
+
+    state = _core.rng_state()
+    yield
+    _core.rng_set_state(state)
+
+
 def _glyph(strokes, rng, size):
     """Dark strokes on white paper, jittered per drawing."""
     img = np.full((size, size), 255, np.uint8)
