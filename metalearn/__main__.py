@@ -5,6 +5,9 @@ tasks, then reports the mean squared error on held-out tasks before adaptation a
 after 1 and 10 gradient steps, for the meta-trained model and for the same network
 untrained. ``--task omniglot`` runs N-way K-shot classification on the shipped Omniglot
 data instead. ``python -m metalearn --help`` lists the options.
+
+``python -m metalearn train | evaluate | recognise`` learn from and recognise a folder of
+your own images (``metalearn._cli``; ``python -m metalearn train --help``).
 """
 
 import argparse
@@ -55,6 +58,7 @@ held-out result at the last step count it prints:
 (*) the untrained network fine-tuned for 3 steps reaches 53 %: Reptile needs far more
     meta-iterations on Omniglot (the paper ran 100,000) to beat it.
 Omniglot is read from --data FOLDER, $METALEARN_DATA or ~/.cache/metalearn/data.
+Your own images: python -m metalearn train | evaluate | recognise (each with --help).
 """
 
 
@@ -257,7 +261,13 @@ def _fmt(res, metric):
 
 def main(argv=None):
     """Runs the demo; returns the exit status (0, or 1 when the data is missing). A usage
-    error exits with status 2 and one line on stderr."""
+    error exits with status 2 and one line on stderr. ``train``, ``evaluate`` and
+    ``recognise`` as the first argument run those commands (``metalearn._cli``)."""
+    first = (sys.argv[1:] if argv is None else list(argv))[:1]
+    if first and first[0] in ("train", "evaluate", "recognise", "recognize"):
+        from metalearn import _cli
+
+        return _cli.main(sys.argv[1:] if argv is None else list(argv))
     parser = _parser()
     args = parser.parse_args(argv)
     problem = _check_args(args)

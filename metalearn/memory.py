@@ -296,6 +296,30 @@ class KnowledgeMemory(_core.KnowledgeMemory):
         )
 
 
+def _encoder_output_size(encoder: Any) -> Optional[int]:
+    """The embedding size an encoder gives, from its output shape when known (seen on a
+    call, or computed from its declared input shape); None when it cannot be known
+    without data. ValueError when the output is not one vector per sample."""
+    shape = None
+    try:
+        shape = encoder.output_shape
+    except (AttributeError, TypeError, ValueError):
+        try:
+            in_shape = encoder.input_shape
+        except (AttributeError, TypeError, ValueError):
+            in_shape = None
+        if isinstance(in_shape, tuple) and hasattr(encoder, "compute_output_shape"):
+            shape = encoder.compute_output_shape(in_shape)
+    if not isinstance(shape, tuple) or not shape:
+        return None
+    if len(shape) != 2 or shape[-1] is None:
+        raise ValueError(
+            "MemoryClassifier: the encoder must give one embedding vector per sample, "
+            f"(batch, key_size); its output shape is {shape} (end it with Flatten or Dense)"
+        )
+    return int(shape[-1])
+
+
 class MemoryClassifier:
     """An encoder followed by a KnowledgeMemory, trained end to end as in Kaiser et al.
 
@@ -306,24 +330,48 @@ class MemoryClassifier:
     the nearest key.
 
     Args:
-        encoder: a Layer/Model mapping inputs to embeddings of size ``memory.key_size``.
-        memory: a KnowledgeMemory.
+        encoder: a Layer/Model mapping inputs to embeddings ``(batch, key_size)``. When its
+            output shape is known (a model built with ``keras.Input``, or called once),
+            the key size is read from it.
+        memory: a KnowledgeMemory; None makes one of `capacity` slots with the encoder's
+            output size as its key size (the encoder's output shape must then be known).
+            A memory whose ``key_size`` differs from the encoder's output size is refused
+            with a ValueError naming both.
         optimizer: a metalearn.keras optimizer (default Adam(1e-3)).
         k: neighbourhood of the loss (see ``KnowledgeMemory.loss``; None: 256, or the
             memory's capacity when smaller).
         margin: alpha of the loss.
+        capacity: slots of the memory made when `memory` is None.
+        seed: seed of the memory made when `memory` is None.
     """
 
     def __init__(
         self,
         encoder: Any,
-        memory: KnowledgeMemory,
+        memory: Optional[KnowledgeMemory] = None,
         optimizer: Any = None,
         k: Optional[int] = None,
         margin: float = 0.1,
+        *,
+        capacity: int = 8192,
+        seed: int = 0,
     ) -> None:
         from .keras import optimizers
 
+        key_size = _encoder_output_size(encoder)
+        if memory is None:
+            if key_size is None:
+                raise ValueError(
+                    "MemoryClassifier: the encoder's output size is unknown (it has no input "
+                    "shape and was never called): give it one (keras.Input(...)) or pass "
+                    "memory=KnowledgeMemory(capacity, key_size)"
+                )
+            memory = KnowledgeMemory(capacity, key_size, seed=seed)
+        elif key_size is not None and key_size != memory.key_size:
+            raise ValueError(
+                f"MemoryClassifier: the encoder's output size is {key_size} but the memory's "
+                f"key_size is {memory.key_size}; they must be equal"
+            )
         self.encoder = encoder
         self.memory = memory
         self.optimizer = optimizer if optimizer is not None else optimizers.Adam(1e-3)

@@ -9,6 +9,13 @@ from ._locate import DataNotFoundError, user_data_dir
 from ._omniglot import load_omniglot_arrays, omniglot, omniglot_search_paths, vinyals_split
 from .cifar import cifar_fs, fc100
 from .miniimagenet import mini_imagenet
+from .arrays import LabeledData, from_arrays
+from .image_folder import image_folder, read_image
+from .preprocess import Preprocess
+
+# the packaged Omniglot arrays' recipe (README of the data: ink-positive, Pillow's
+# LANCZOS from the 105x105 originals, /255): omniglot.preprocess(pngs) gives omniglot()'s x
+omniglot.preprocess = Preprocess(size=28, channels=1, resize="lanczos", polarity="invert")
 
 __all__ = [
     "omniglot",
@@ -20,4 +27,9 @@ __all__ = [
     "mini_imagenet",
     "cifar_fs",
     "fc100",
+    "image_folder",
+    "read_image",
+    "from_arrays",
+    "LabeledData",
+    "Preprocess",
 ]

@@ -16,7 +16,8 @@ is used when it holds either metalearn's packaged arrays
 https://github.com/brendenlake/omniglot (``python/images_background.zip`` and
 ``python/images_evaluation.zip``, or those zips extracted: PNG folders
 ``Alphabet/characterNN/XXXX_YY.png``, 105x105, black ink on white paper), which are
-decoded without Pillow and shrunk to 28x28 with an area (box) filter.
+decoded without Pillow and shrunk to 28x28 by ``omniglot.preprocess``'s Lanczos filter
+(the packaged arrays' recipe: the same bits as Pillow's LANCZOS).
 
 Splits:
 
@@ -172,8 +173,10 @@ def _from_png_tree(kind, p, resample):
     elif resample == "nearest":
         idx = np.floor((np.arange(28) + 0.5) * big.shape[1] / 28).astype(np.int64)
         small = big[:, idx][:, :, idx]
-    else:
-        small = np.clip(np.rint(resize_area(big, 28)), 0, 255).astype(np.uint8)
+    else:  # the packaged arrays' recipe (big is ink-positive already)
+        from .preprocess import resize
+
+        small = resize(big, (28, 28), "lanczos")
     arr["images"] = small
     return arr
 
@@ -188,8 +191,8 @@ def load_omniglot_arrays(
         path: a folder to look in first, which must exist (see the module docstring for
             the search order).
         resample: ``"lanczos"`` (antialiased, the default) or ``"nearest"`` (binary, what
-            MAML's and ProtoNets' preprocessing produces). From PNGs, ``"lanczos"`` uses an
-            area filter.
+            MAML's and ProtoNets' preprocessing produces). From PNGs, ``"lanczos"`` is
+            Pillow's LANCZOS, computed in NumPy (``datasets.preprocess.resize``).
 
     Returns:
         dict with ``images (N, 28, 28) uint8`` (ink = 255), ``labels (N,) int32``

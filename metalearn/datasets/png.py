@@ -55,12 +55,16 @@ def _unfilter(raw, height, stride, bpp):
     return out
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    """Decodes PNG bytes to a 2-D uint8 gray image ``(height, width)``.
+def decode_png(data: bytes, channels: int = 1) -> np.ndarray:
+    """Decodes PNG bytes to a 2-D uint8 gray image ``(height, width)``, or with
+    ``channels=3`` an RGB image ``(height, width, 3)`` (gray repeated; alpha composited
+    over white, as for gray).
 
     Raises:
         ValueError: not a PNG, interlaced, or an unsupported colour type/bit depth.
     """
+    if channels not in (1, 3):
+        raise ValueError(f"decode_png: channels must be 1 or 3, got {channels!r}")
     if data[:8] != _SIGNATURE:
         raise ValueError("PNG: bad signature (not a PNG file)")
     pos, idat, palette, header = 8, [], None, None
@@ -83,14 +87,13 @@ def decode_png(data: bytes) -> np.ndarray:
         raise ValueError("PNG: interlaced images are not supported")
     if color not in _CHANNELS:
         raise ValueError(f"PNG: unsupported colour type {color}")
-    channels = _CHANNELS[color]
-    bits = depth * channels
+    bits = depth * _CHANNELS[color]
     stride = (width * bits + 7) // 8
     raw = zlib.decompress(b"".join(idat))
     rows = _unfilter(raw, height, stride, max(1, bits // 8))
     if depth < 8:
         vals = np.unpackbits(rows, axis=1)
-        vals = vals.reshape(height, -1, depth)[:, : width * channels]
+        vals = vals.reshape(height, -1, depth)[:, : width * _CHANNELS[color]]
         weights = (1 << np.arange(depth - 1, -1, -1)).astype(np.uint16)
         samples = (vals * weights).sum(-1).astype(np.uint16)
         if color != 3:
@@ -99,18 +102,27 @@ def decode_png(data: bytes) -> np.ndarray:
         samples = rows.reshape(height, -1, 2)[..., 0].astype(np.uint16)
     else:
         samples = rows.astype(np.uint16)
-    samples = samples.reshape(height, width, channels)
+    samples = samples.reshape(height, width, _CHANNELS[color])
     if color == 3:
         if palette is None:
             raise ValueError("PNG: palette image without PLTE chunk")
         rgb = palette[samples[..., 0]].astype(np.float64)
         gray = rgb @ np.array([0.299, 0.587, 0.114])
-    elif channels >= 3:
+    elif _CHANNELS[color] >= 3:
         gray = samples[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     else:
         gray = samples[..., 0].astype(np.float64)
-    if channels in (2, 4):  # composite over white paper
+    if channels == 3:  # colour kept: (H, W, 3)
+        if color == 3:
+            gray = rgb
+        elif _CHANNELS[color] >= 3:
+            gray = samples[..., :3].astype(np.float64)
+        else:
+            gray = np.repeat(gray[..., None], 3, axis=-1)
+    if _CHANNELS[color] in (2, 4):  # composite over white paper
         alpha = samples[..., -1].astype(np.float64) / 255.0
+        if channels == 3:
+            alpha = alpha[..., None]
         gray = gray * alpha + 255.0 * (1 - alpha)
     return np.clip(np.rint(gray), 0, 255).astype(np.uint8)
 

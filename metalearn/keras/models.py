@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from metalearn import _core
+from metalearn import _budget, _core
 from metalearn.tape import no_grad as _no_grad
 from metalearn.progress import Progbar
 
@@ -761,6 +761,7 @@ class Model(_layers.Layer):
         sample_weight: Optional[ArrayLike] = None,
         validation_batch_size: Optional[int] = None,
         validation_freq: int = 1,
+        time_budget: Optional[float] = None,
     ) -> _callbacks.History:
         """Trains the model for a fixed number of epochs.
 
@@ -781,6 +782,10 @@ class Model(_layers.Layer):
             initial_epoch: epoch at which to start (to resume a run).
             sample_weight: optional per-sample weights.
             validation_freq: run validation every this many epochs.
+            time_budget: seconds of wall-clock time (a positive number; not a Keras
+                argument) after which training stops at the end of the running batch; the
+                epoch's logs so far are recorded and ``history.stopped`` is
+                ``"time_budget"`` (None when the run was not cut short by the budget).
 
         Every argument is checked before the first step (counts, lengths, the model and the
         loss run once on two samples, sparse labels against the model's classes, the same
@@ -803,6 +808,7 @@ class Model(_layers.Layer):
             "fit", "validation_batch_size", validation_batch_size, batch_size
         )
         verbose = _verbose(verbose)
+        end = _budget.deadline(time_budget, "fit")
         (x, y, sw), validation = self._check_fit_data(
             x, y, sample_weight, validation_split, validation_data
         )
@@ -816,6 +822,8 @@ class Model(_layers.Layer):
             params={"epochs": epochs, "steps": data.num_batches, "verbose": verbose},
         )
         self.stop_training = False
+        self._fit_deadline = end  # read by _train_epoch after each batch
+        history.stopped = None
         self.history = history
         prev_grad = _core.is_grad_enabled()
         _core.set_grad_enabled(True)
@@ -836,9 +844,13 @@ class Model(_layers.Layer):
                 cbs.on_epoch_end(epoch, logs)
                 if self.stop_training:
                     break
+                if _budget.expired(end) and epoch + 1 < epochs:
+                    history.stopped = _budget.STOPPED_TIME_BUDGET
+                    break
             cbs.on_train_end(logs)
         finally:
             _core.set_grad_enabled(prev_grad)
+            self._fit_deadline = None
         return history
 
     def _check_fit_data(self, x, y, sample_weight, validation_split, validation_data):
@@ -894,6 +906,11 @@ class Model(_layers.Layer):
                 if has_batch_end:
                     cbs.on_train_batch_end(step, logs)
             if self.stop_training:
+                break
+            if _budget.expired(getattr(self, "_fit_deadline", None)):
+                if step + 1 < data.num_batches:
+                    self.history.stopped = _budget.STOPPED_TIME_BUDGET
+                    self.stop_training = True
                 break
         return self._logs(loss_total / max(seen, 1))
 

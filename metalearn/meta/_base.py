@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from metalearn import _core, debugging
+from metalearn import _budget, _core, debugging
 from metalearn.functional import functional_call
 from metalearn.progress import Progbar, _format_time, _format_value
 from metalearn.tasks.base import Task
@@ -537,6 +537,7 @@ class BaseMetaLearner:
         validate_every: Optional[int] = None,
         validation_episodes: Optional[int] = None,
         keep_best: bool = False,
+        time_budget: Optional[float] = None,
     ) -> Any:
         """Meta-trains on batches of tasks.
 
@@ -571,14 +572,21 @@ class BaseMetaLearner:
                 (highest accuracy, lowest MSE) are put back at the end, as MAML's and
                 ProtoNet's reference code select models; ``best_validation`` then says
                 which iteration they are from.
+            time_budget: seconds of wall-clock time (a positive number) after which
+                training stops at the end of the running iteration (so at most one
+                iteration past the budget); the history then has ``stopped =
+                "time_budget"``. Checkpoints and ``keep_best`` end the run as usual.
 
         Returns:
             A history dict of lists, one entry per iteration: ``loss`` (mean query loss
             after adaptation) and ``accuracy`` or ``mse`` (post-adaptation, on the queries
-            of the training tasks), plus the validation lists above.
+            of the training tasks), plus the validation lists above; ``stopped`` (a
+            string) when the run ended before `iterations`: ``"time_budget"``, or
+            ``"stop_training"`` when a callback stopped it.
         """
         iterations = check_count(iterations, "iterations", "fit")
         meta_batch_size = check_count(meta_batch_size, "meta_batch_size", "fit", minimum=1)
+        end = _budget.deadline(time_budget, "fit")
         from ._session import FitSession
 
         session = FitSession(
@@ -606,6 +614,7 @@ class BaseMetaLearner:
             if hasattr(cb, "on_train_begin"):
                 cb.on_train_begin({})
         step = start
+        stopped = None
         for it in range(start, iterations):
             batch = _next_batch(tasks, meta_batch_size, self.model)
             if it == start:  # the loss and the model's build follow from the first batch
@@ -625,8 +634,14 @@ class BaseMetaLearner:
             step = it + 1
             session.after_step(step, history)
             if getattr(self.model, "stop_training", False):
+                stopped = "stop_training"
+                break
+            if _budget.expired(end) and step < iterations:
+                stopped = _budget.STOPPED_TIME_BUDGET
                 break
         session.finish(step, history)
+        if stopped is not None:
+            history["stopped"] = stopped
         for cb in cbs:
             if hasattr(cb, "on_train_end"):
                 cb.on_train_end({})

@@ -18,6 +18,6 @@ checked file, so every evaluation replays the same ones.
 from .base import Task
 from .classification import NWayKShot
 from .episodes import EpisodeSet
-from .regression import Sinusoid
+from .regression import Regression, Sinusoid
 
-__all__ = ["Task", "Sinusoid", "NWayKShot", "EpisodeSet"]
+__all__ = ["Task", "Sinusoid", "Regression", "NWayKShot", "EpisodeSet"]
