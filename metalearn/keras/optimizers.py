@@ -22,7 +22,16 @@ from metalearn.tape import GradientTape
 
 from . import backend as _backend
 
-__all__ = ["Optimizer", "SGD", "Adam", "get", "serialize", "deserialize"]
+__all__ = [
+    "Optimizer",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "RMSprop",
+    "get",
+    "serialize",
+    "deserialize",
+]
 
 
 class _Iterations(int):
@@ -398,11 +407,241 @@ class Adam(Optimizer):
         return config
 
 
-_BY_NAME = {"sgd": SGD, "adam": Adam}
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019), as Keras 3's AdamW.
+
+    Before each Adam step every variable decays: ``w = w - w * weight_decay *
+    learning_rate`` (Keras 3 decays all variables, biases included), then the Adam
+    update of ``Adam`` runs on the decayed ``w``.
+
+    Args:
+        learning_rate: default 0.001.
+        weight_decay: default 0.004 (Keras 3's).
+        beta_1, beta_2, epsilon, amsgrad: as ``Adam``.
+    """
+
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        weight_decay: float = 0.004,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+        amsgrad: bool = False,
+        name: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        if weight_decay is None:  # Keras 3's message
+            raise ValueError("Argument `weight_decay` must be a float. Received: weight_decay=None")
+        self.weight_decay = _check_weight_decay(weight_decay)
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, amsgrad, name, **kwargs)
+
+    def _traced_update(self):
+        return None  # the decay is a Python-side write before the C step (eager only)
+
+    def _apply(self, variables, grads):
+        if (
+            self.clipvalue is not None
+            or self.clipnorm is not None
+            or self.global_clipnorm is not None
+        ):
+            with _no_grad():
+                grads = self._clip(grads)
+        core = self._core_for(variables)
+        # every decayed value is computed before the first write, and the old values kept:
+        # a step the C core refuses leaves the variables as they were
+        factor = np.float32(self.weight_decay) * np.float32(self._learning_rate)
+        old = [np.array(v, np.float32, copy=True) for v in variables]
+        decayed = [w - w * factor for w in old]
+        with _no_grad():
+            for v, w in zip(variables, decayed):
+                _core.assign(v, w)
+            try:
+                core.step(variables, grads)
+            except BaseException:
+                for v, w in zip(variables, old):
+                    _core.assign(v, w)
+                raise
+        self._iterations += 1
+
+    def get_config(self) -> Config:
+        config = super().get_config()
+        config.update(weight_decay=self.weight_decay)
+        return config
+
+
+def _check_weight_decay(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise ValueError(f"weight_decay must be a float, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"weight_decay must be a finite non-negative number, got {value}")
+    return value
+
+
+class _RMSpropState:
+    """RMSprop's state for one list of variables, with the C optimizers' interface
+    (``step``, ``slots``, ``restore``, ``reset``, ``n_params``, ``iterations``,
+    ``learning_rate``) so that checkpoints save and restore it alike. The update is
+    NumPy float32 arithmetic in Keras 3's order; every new value (variables and slots)
+    is computed before the first write, so a refused step changes nothing."""
+
+    def __init__(self, opt):
+        self._opt = opt
+        self.learning_rate = opt._learning_rate
+        self.reset()
+
+    def reset(self):
+        self._slots = None  # per parameter: [velocity, (momentum), (average_gradient)]
+        self.iterations = 0
+
+    @property
+    def n_params(self):
+        return 0 if self._slots is None else len(self._slots)
+
+    def _n_slots(self):
+        return 1 + (self._opt.momentum > 0) + bool(self._opt.centered)
+
+    def step(self, params, grads):
+        opt = self._opt
+        params, grads = list(params), list(grads)
+        if len(params) != len(grads):
+            raise ValueError(f"optimizer step: {len(params)} parameters but {len(grads)} gradients")
+        ws = [np.asarray(p, np.float32) for p in params]
+        gs = [np.asarray(g, np.float32) for g in grads]
+        for w, g in zip(ws, gs):
+            if w.shape != g.shape:
+                raise ValueError(f"optimizer step: gradient {g.shape} for parameter {w.shape}")
+        slots = self._slots
+        if slots is None:
+            slots = [[np.zeros_like(w) for _ in range(self._n_slots())] for w in ws]
+        elif len(slots) != len(ws):
+            raise ValueError(f"optimizer step: {len(ws)} parameters, the state holds {len(slots)}")
+        f32 = np.float32
+        rho, eps, mom = f32(opt.rho), f32(opt.epsilon), f32(opt.momentum)
+        lr, one = f32(self.learning_rate), f32(1.0)
+        new_w, new_slots = [], []
+        with np.errstate(all="ignore"):  # NaN/inf propagate as in Keras
+            for w, g, sl in zip(ws, gs, slots):
+                if opt.weight_decay is not None:  # decoupled, before the update (Keras 3)
+                    w = w - w * (f32(opt.weight_decay) * lr)
+                vel = rho * sl[0] + (one - rho) * np.square(g)
+                out = [vel]
+                if opt.centered:
+                    avg = rho * sl[-1] + (one - rho) * g
+                    denom = vel - np.square(avg) + eps
+                else:
+                    denom = vel + eps
+                inc = (lr * g) / np.sqrt(denom)
+                if opt.momentum > 0:
+                    m = mom * sl[1] + inc
+                    out.append(m)
+                    new_w.append(w - m)
+                else:
+                    new_w.append(w - inc)
+                if opt.centered:
+                    out.append(avg)
+                new_slots.append([np.asarray(a, np.float32) for a in out])
+        with _no_grad():
+            for p, w in zip(params, new_w):
+                _core.assign(p, np.ascontiguousarray(w, np.float32))
+        self._slots = new_slots
+        self.iterations += 1
+
+    def slots(self):
+        return [[_core.tensor(a.copy()) for a in sl] for sl in (self._slots or [])]
+
+    def restore(self, params, iterations, slots):
+        ns = self._n_slots()
+        params = list(params)
+        if len(slots) != len(params):
+            raise ValueError(
+                f"optimizer restore: slots for {len(slots)} parameters, "
+                f"but {len(params)} parameters given"
+            )
+        new = []
+        for p, sl in zip(params, slots):
+            if len(sl) != ns:
+                raise ValueError(
+                    f"optimizer restore: a parameter has {len(sl)} slots, this optimizer keeps {ns}"
+                )
+            row = [np.array(a, np.float32, copy=True) for a in sl]
+            if any(a.shape != tuple(p.shape) for a in row):
+                raise ValueError("optimizer restore: a slot's shape differs from its parameter's")
+            new.append(row)
+        self._slots, self.iterations = new, int(iterations)
+
+
+class RMSprop(Optimizer):
+    """RMSprop, computed as Keras 3 does::
+
+        velocity = rho * velocity + (1 - rho) * g^2
+        average_grad = rho * average_grad + (1 - rho) * g          # centered only
+        denominator = velocity - average_grad^2 + epsilon          # centered
+                    = velocity + epsilon                           # otherwise
+        increment = learning_rate * g / sqrt(denominator)
+        momentum_v = momentum * momentum_v + increment; w = w - momentum_v   # momentum > 0
+        w = w - increment                                                    # otherwise
+
+    Args:
+        learning_rate: default 0.001.
+        rho: discounting factor of the gradients' moving average, default 0.9.
+        momentum: default 0.0.
+        epsilon: default 1e-7.
+        centered: normalise by the gradients' estimated variance (default False).
+        weight_decay: None (default) or a float: each step first decays
+            ``w = w - w * weight_decay * learning_rate``, as Keras 3's base optimizer.
+
+    The update runs eagerly (in NumPy float32), so ``fit`` with RMSprop takes its eager
+    step rather than a replayed trace.
+    """
+
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        rho: float = 0.9,
+        momentum: float = 0.0,
+        epsilon: float = 1e-7,
+        centered: bool = False,
+        weight_decay: Optional[float] = None,
+        name: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        self.weight_decay = None if weight_decay is None else _check_weight_decay(weight_decay)
+        for what, v in (("rho", rho), ("momentum", momentum), ("epsilon", epsilon)):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.number)):
+                raise ValueError(f"RMSprop: {what} must be a float, got {v!r}")
+            if not np.isfinite(v) or v < 0:
+                raise ValueError(f"RMSprop: {what} must be finite and >= 0, got {v}")
+        if not 0.0 <= float(rho) <= 1.0:
+            raise ValueError(f"RMSprop: rho must be in [0, 1], got {rho}")
+        self.rho, self.momentum, self.epsilon = float(rho), float(momentum), float(epsilon)
+        self.centered = bool(centered)
+        super().__init__(learning_rate, name, **kwargs)
+
+    def _make_core(self):
+        return _RMSpropState(self)
+
+    def _traced_update(self):
+        return None  # NumPy arithmetic: nothing a trace can record
+
+    def get_config(self) -> Config:
+        config = super().get_config()
+        config.update(
+            rho=self.rho,
+            momentum=self.momentum,
+            epsilon=self.epsilon,
+            centered=self.centered,
+            weight_decay=self.weight_decay,
+        )
+        return config
+
+
+_BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
 
 
 def get(identifier: Any) -> Optional[Optimizer]:
-    """An optimizer from a name (``"adam"``, ``"sgd"``), config dict or instance; None
+    """An optimizer from a name (``"adam"``, ``"adamw"``, ``"rmsprop"``, ``"sgd"``), config dict or instance; None
     gives None, as Keras 3.
 
     Raises:

@@ -378,6 +378,11 @@ def test_metric(keras_torch, name, weighted):
         ("SGD", {"learning_rate": 0.1, "clipnorm": 0.5}),
         ("SGD", {"learning_rate": 0.1, "clipvalue": 0.2}),
         ("Adam", {"learning_rate": 0.01, "global_clipnorm": 1.0, "epsilon": 0.1}),
+        ("RMSprop", {"learning_rate": 0.01}),
+        ("RMSprop", {"learning_rate": 0.02, "rho": 0.8, "momentum": 0.7, "centered": True}),
+        ("RMSprop", {"learning_rate": 0.01, "weight_decay": 0.1, "clipnorm": 0.5}),
+        ("AdamW", {"learning_rate": 0.01}),
+        ("AdamW", {"learning_rate": 0.05, "weight_decay": 0.2, "amsgrad": True}),
     ],
 )
 def test_optimizer_steps(keras_torch, name, kwargs):

@@ -246,3 +246,170 @@ class TestOptimizerBase:
                 optimizers.SGD(learning_rate=1.0, weight_decay=0.004)
             with pytest.raises(TypeError):
                 optimizers.Adam(learning_rate=1.0, weight_decay=0.004)
+
+
+# ---------------------------------------------------------------------- RMSprop
+class TestRMSprop:
+    def test_config(self):
+        # rmsprop_test.py::RMSpropTest::test_config
+        assert_config_round_trip(
+            optimizers.RMSprop(
+                learning_rate=0.5, rho=0.8, momentum=0.05, epsilon=1e-6, centered=True
+            ),
+            optimizers.serialize,
+            optimizers.deserialize,
+        )
+
+    def test_defaults(self):
+        # keras/src/optimizers/rmsprop.py's signature
+        c = optimizers.RMSprop().get_config()
+        assert (c["learning_rate"], c["rho"], c["momentum"]) == (0.001, 0.9, 0.0)
+        assert (c["epsilon"], c["centered"], c["weight_decay"]) == (1e-7, False, None)
+
+    def test_by_name(self):
+        assert isinstance(optimizers.get("rmsprop"), optimizers.RMSprop)
+        assert isinstance(optimizers.get("RMSprop"), optimizers.RMSprop)
+
+    def test_single_step(self):
+        # rmsprop_test.py::RMSpropTest::test_single_step
+        v = variable([1.0, 2.0, 3.0, 4.0])
+        step(optimizers.RMSprop(learning_rate=0.5), [1.0, 6.0, 7.0, 2.0], v)
+        all_close(v.numpy(), [-0.5811, 0.4189, 1.4189, 2.4189], rtol=1e-4, atol=1e-4)
+
+    def test_weight_decay(self):
+        # rmsprop_test.py::RMSpropTest::test_weight_decay (var1; metalearn has no
+        # exclude_from_weight_decay)
+        # var1 goes through three fresh optimizers there: three decays of 2.0
+        v = variable(2.0)
+        for _ in range(3):
+            step(optimizers.RMSprop(learning_rate=1.0, weight_decay=0.004), 0.0, v)
+        assert abs(float(v.numpy()) - 1.9760959) < 1.5e-6
+
+    def test_correctness_with_golden(self):
+        # rmsprop_test.py::RMSpropTest::test_correctness_with_golden
+        opt = optimizers.RMSprop(centered=True)
+        x = variable(np.ones(10))
+        grads = np.arange(0.1, 1.1, 0.1)
+        golden = np.tile([[0.9967], [0.9933], [0.9908], [0.9885], [0.9864]], (1, 10))
+        step(opt, np.full((10,), 0.01), x)
+        for i in range(5):
+            all_close(x.numpy(), golden[i], rtol=5e-4, atol=5e-4)
+            step(opt, grads, x)
+
+    def test_momentum_matches_formula(self):
+        # rmsprop.py update_step with momentum, written out in float64
+        opt = optimizers.RMSprop(learning_rate=0.1, rho=0.8, momentum=0.5, epsilon=1e-3)
+        w = np.array([1.0, -2.0, 0.5])
+        x = variable(w)
+        vel, mom = np.zeros(3), np.zeros(3)
+        for g in ([0.3, -1.0, 2.0], [1.0, 0.5, -0.2], [0.0, 2.0, 1.0]):
+            g = np.array(g)
+            vel = 0.8 * vel + 0.2 * g**2
+            mom = 0.5 * mom + 0.1 * g / np.sqrt(vel + 1e-3)
+            w = w - mom
+            step(opt, g, x)
+            all_close(x.numpy(), w, rtol=1e-6, atol=1e-6)
+
+    def test_clip_norm(self):
+        # rmsprop_test.py::RMSpropTest::test_clip_norm
+        clipped = optimizers.RMSprop(clipnorm=1)._clip([ml.tensor(np.array([100.0, 100.0]))])
+        all_close(np.asarray(clipped[0]), [2**0.5 / 2, 2**0.5 / 2])
+
+    def test_refused_step_changes_nothing(self):
+        opt = optimizers.RMSprop(momentum=0.9)
+        a, b = variable([1.0, 2.0]), variable([3.0])
+        opt.apply_gradients([(ml.tensor(np.ones(2, np.float32)), a)])
+        before = a.numpy().copy(), [s.numpy().copy() for s in opt.variables()]
+        with pytest.raises(ValueError):
+            opt.apply_gradients(
+                [(ml.tensor(np.ones(2, np.float32)), a), (ml.tensor(np.ones(2, np.float32)), b)]
+            )
+        assert np.array_equal(a.numpy(), before[0])
+        assert all(np.array_equal(s.numpy(), t) for s, t in zip(opt.variables(), before[1]))
+        assert int(opt.iterations) == 1
+
+
+# ------------------------------------------------------------------------ AdamW
+class TestAdamW:
+    def test_config(self):
+        # adamw_test.py::AdamWTest::test_config
+        assert_config_round_trip(
+            optimizers.AdamW(
+                learning_rate=0.5,
+                weight_decay=0.008,
+                beta_1=0.5,
+                beta_2=0.67,
+                epsilon=1e-5,
+                amsgrad=True,
+            ),
+            optimizers.serialize,
+            optimizers.deserialize,
+        )
+
+    def test_by_name_and_default(self):
+        opt = optimizers.get("adamw")
+        assert isinstance(opt, optimizers.AdamW) and opt.weight_decay == 0.004
+
+    def test_single_step(self):
+        # adamw_test.py::AdamWTest::test_single_step
+        v = variable([1.0, 2.0, 3.0, 4.0])
+        step(optimizers.AdamW(learning_rate=0.5), [1.0, 6.0, 7.0, 2.0], v)
+        all_close(v.numpy(), [0.4980, 1.4960, 2.494, 3.492], rtol=1e-4, atol=1e-4)
+
+    def test_weight_decay(self):
+        # adamw_test.py::AdamWTest::test_weight_decay (var1)
+        # var1 goes through three fresh optimizers there: three decays of 2.0
+        v = variable(2.0)
+        for _ in range(3):
+            step(optimizers.AdamW(learning_rate=1.0, weight_decay=0.004), 0.0, v)
+        assert abs(float(v.numpy()) - 1.9760959) < 1.5e-6
+
+    def test_weight_decay_is_none(self):
+        # adamw_test.py::AdamWTest::test_weight_decay_is_none
+        with pytest.raises(
+            ValueError, match="Argument `weight_decay` must be a float. Received: weight_decay=None"
+        ):
+            optimizers.AdamW(learning_rate=1.0, weight_decay=None)
+
+    def test_correctness_with_golden(self):
+        # adamw_test.py::AdamWTest::test_correctness_with_golden
+        opt = optimizers.AdamW(learning_rate=1.0, weight_decay=0.5, epsilon=2)
+        x = variable(np.ones(10))
+        grads = np.arange(0.1, 1.1, 0.1)
+        golden = np.array(
+            [
+                [0.4998] * 10,
+                [0.2486, 0.2475, 0.2463, 0.2451, 0.244, 0.2428, 0.2417, 0.2405, 0.2394, 0.2382],
+                [0.1223, 0.1198, 0.1174, 0.1149, 0.1124, 0.11, 0.1075, 0.1051, 0.1027, 0.1003],
+                [0.0586, 0.0549, 0.0512, 0.0475, 0.0439, 0.0402, 0.0366, 0.033, 0.0294, 0.0258],
+                [0.0263, 0.0215, 0.0167, 0.012, 0.0073, 0.0026, -0.0021, -0.0067, -0.0113, -0.0159],
+            ]
+        )
+        step(opt, np.full((10,), 0.01), x)
+        for i in range(5):
+            all_close(x.numpy(), golden[i], rtol=5e-4, atol=5e-4)
+            step(opt, grads, x)
+
+    def test_refused_step_changes_nothing(self):
+        opt = optimizers.AdamW(weight_decay=0.1)
+        a = variable([1.0, 2.0])
+        with pytest.raises(ValueError):
+            opt.apply_gradients([(ml.tensor(np.ones(3, np.float32)), a)])
+        assert np.array_equal(a.numpy(), np.array([1.0, 2.0], np.float32))
+        assert int(opt.iterations) == 0
+
+
+@pytest.mark.parametrize("name", ["rmsprop", "adamw"])
+def test_compile_by_string_trains(name):
+    # Keras 3 accepts these names in compile
+    from metalearn import keras
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 3)).astype("float32")
+    y = (x @ np.array([[1.0], [-2.0], [0.5]])).astype("float32")
+    model = keras.Sequential([keras.layers.Dense(1, input_shape=(3,))])
+    model.compile(optimizer=name, loss="mse")
+    first = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=20, batch_size=8, verbose=0)
+    assert model.evaluate(x, y, verbose=0) < first
+    assert int(model.optimizer.iterations) == 80
