@@ -23,7 +23,7 @@ from metalearn.tape import no_grad as _no_grad
 from metalearn import functional as _functional
 from metalearn.tape import Variable
 
-from . import activations, initializers
+from . import activations, initializers, regularizers
 from . import backend as _backend
 from . import batched as _batched
 
@@ -84,6 +84,9 @@ class Layer:
         input_shape: shape of one sample (without the batch dim); lets ``Sequential`` build
             at construction.
         input_dim: for 2-D inputs, the same as ``input_shape=(input_dim,)``.
+        activity_regularizer: a regularizer of the layer's output (``"l1"``, ``L2(...)``);
+            its penalty over the batch, divided by the batch size (Keras 3), joins
+            ``losses`` after each call and so the training loss.
     """
 
     # What a layer can do, declared by each class in its own body; a subclass that does
@@ -94,6 +97,8 @@ class Layer:
     # metalearn.function and replayed from C. _batched_form: its forward on a meta-batch
     # of tasks, for MAML's vectorised path.
     _traceable = False
+    activity_regularizer = None  # (for subclasses that skip Layer.__init__)
+    _activity_losses = ()  # the activity penalties of the last call
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -125,6 +130,7 @@ class Layer:
         input_shape: Optional[Shape] = None,
         batch_input_shape: Optional[Shape] = None,
         input_dim: Optional[int] = None,
+        activity_regularizer: Any = None,
         **kwargs: Any,
     ) -> None:
         if kwargs:
@@ -155,6 +161,7 @@ class Layer:
             self._batch_input_shape = None
         self._build_input_shape = None
         self._output_shape = None
+        self.activity_regularizer = regularizers.get(activity_regularizer)
 
     # ---------------------------------------------------------------- tracking
     def _init_tracking(self):
@@ -165,6 +172,7 @@ class Layer:
         d["_own_weights"] = []  # Variables owned by this layer, in creation order
         d["_own_weight_names"] = {}  # id(variable) -> short name
         d["_sublayers"] = []  # (key, Layer) in assignment order
+        d["_regularized"] = []  # (Variable, regularizer) of add_weight(regularizer=...)
         cls = type(self)
         if "_call_takes_training" not in cls.__dict__:
             try:
@@ -257,9 +265,12 @@ class Layer:
             initializer: name, Initializer or callable ``f(shape)``; default
                 ``"glorot_uniform"`` (``"zeros"`` for 0-d and 1-d shapes as Keras 3 does).
             trainable: whether optimizers train it.
+            regularizer: a regularizer (``"l2"``, ``L1(...)``) whose penalty of the weight
+                joins ``losses`` (and so the training loss).
         """
-        if regularizer is not None or constraint is not None:
-            raise NotImplementedError("add_weight: regularizers and constraints are not supported")
+        if constraint is not None:
+            raise NotImplementedError("add_weight: constraints are not supported")
+        regularizer = regularizers.get(regularizer)
         shape = () if shape is None else tuple(int(d) for d in shape)
         if initializer is None:
             initializer = "glorot_uniform" if len(shape) >= 2 else "zeros"
@@ -273,7 +284,25 @@ class Layer:
             )
         var = Variable(value, trainable=trainable, name=f"{self.name}/{short}")
         self._track_weight(var, short)
+        if regularizer is not None:
+            self._regularized.append((var, regularizer))
         return var
+
+    @property
+    def losses(self) -> List[Any]:
+        """The scalar penalties of this layer and its sublayers (Keras 3's ``losses``): the
+        activity regularizers' of the last call, then each regularized weight's penalty,
+        computed now from the weight's current value (so differentiable to any order)."""
+        out, weights, seen, stack = [], [], set(), [self]
+        while stack:
+            layer = stack.pop()
+            if id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            out.extend(layer._activity_losses)
+            weights.extend(layer._regularized)
+            stack.extend(sub for _, sub in reversed(layer._sublayers))
+        return out + [reg(var) for var, reg in weights]
 
     @property
     def trainable(self) -> bool:
@@ -441,7 +470,22 @@ class Layer:
                 ctx.training = prev
         if first:
             self._output_shape = _shape_of(out)
+        if self.activity_regularizer is not None:
+            self._activity_losses = self._activity_penalties(out)
         return out
+
+    def _activity_penalties(self, out):
+        """The activity regularizer's penalty of each output tensor divided by its batch
+        size, as Keras 3's Layer.__call__ (a call replaces the previous call's)."""
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        losses = []
+        for o in outs:
+            if isinstance(o, _core.Tensor):
+                loss = self.activity_regularizer(o)
+                if o.ndim > 0 and o.shape[0] > 0:
+                    loss = _core.mul(loss, 1.0 / o.shape[0])
+                losses.append(loss)
+        return losses
 
     def _maybe_build(self, inputs):
         input_shape = _shape_of(inputs)
@@ -503,6 +547,8 @@ class Layer:
         config = {"name": self.name, "trainable": self._trainable}
         if self._batch_input_shape is not None:
             config["batch_input_shape"] = self._batch_input_shape
+        if getattr(self, "activity_regularizer", None) is not None:
+            config["activity_regularizer"] = regularizers.serialize(self.activity_regularizer)
         return config
 
     @classmethod
@@ -534,6 +580,9 @@ class Dense(Layer):
         use_bias: whether the layer uses a bias vector.
         kernel_initializer: initializer of the kernel (default ``"glorot_uniform"``).
         bias_initializer: initializer of the bias (default ``"zeros"``).
+        kernel_regularizer, bias_regularizer: regularizers of the weights (``"l1"``,
+            ``"l2"``, ``keras.regularizers.L1L2(...)``); their penalties join ``losses``.
+        activity_regularizer: a regularizer of the output (see ``Layer``).
 
     Input shape:
         N-D tensor ``(batch_size, ..., input_dim)``; most commonly ``(batch_size, input_dim)``.
@@ -551,6 +600,8 @@ class Dense(Layer):
         use_bias: bool = True,
         kernel_initializer: Any = "glorot_uniform",
         bias_initializer: Any = "zeros",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -567,6 +618,8 @@ class Dense(Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
         self._input_dim = None
 
     def build(self, input_shape: Any) -> None:
@@ -576,10 +629,15 @@ class Dense(Layer):
             )
         self._input_dim = int(input_shape[-1])
         self.kernel = self.add_weight(
-            "kernel", (self._input_dim, self.units), self.kernel_initializer
+            "kernel",
+            (self._input_dim, self.units),
+            self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
         )
         if self.use_bias:
-            self.bias = self.add_weight("bias", (self.units,), self.bias_initializer)
+            self.bias = self.add_weight(
+                "bias", (self.units,), self.bias_initializer, regularizer=self.bias_regularizer
+            )
         else:
             self.bias = None
         self.built = True
@@ -615,6 +673,8 @@ class Dense(Layer):
             bias_initializer=initializers.serialize(self.bias_initializer)
             if isinstance(self.bias_initializer, initializers.Initializer)
             else None,
+            kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
+            bias_regularizer=regularizers.serialize(self.bias_regularizer),
         )
         return config
 

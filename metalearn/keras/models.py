@@ -504,9 +504,18 @@ class Model(_layers.Layer):
         y_pred: Any = None,
         sample_weight: Optional[ArrayLike] = None,
     ) -> _core.Tensor:
-        """The compiled loss of `y_pred` against `y` (a scalar tensor)."""
+        """The compiled loss of `y_pred` against `y` plus ``sum(self.losses)`` (the
+        regularizers' penalties), as Keras 3 (a scalar tensor)."""
         self._resolve_loss(y, y_pred)
-        return self.compiled_loss(y, y_pred, sample_weight)
+        return self._total_loss(y, y_pred, sample_weight)
+
+    def _total_loss(self, y, y_pred, sample_weight):
+        """The compiled loss plus every penalty in ``self.losses`` (weight and activity
+        regularizers), as Keras 3 adds them to the training and evaluation losses."""
+        loss = self.compiled_loss(y, y_pred, sample_weight)
+        for extra in self.losses:
+            loss = _core.add(loss, extra)
+        return loss
 
     # -------------------------------------------------------------- one batch
     def _train_params(self, stacklevel=3):
@@ -618,7 +627,7 @@ class Model(_layers.Layer):
                         layer._given_noise, layer._draws_given = None, False
                 if unused:
                     raise ValueError(f"fit: seeded Dropout {unused} not called in training")
-                loss = self.compiled_loss(y, y_pred, None)
+                loss = self._total_loss(y, y_pred, None)
                 update(params, _core.grad(loss, params))
                 return loss, y_pred
 
@@ -644,7 +653,7 @@ class Model(_layers.Layer):
 
     def _eager_train_step(self, xb, yb, params, sample_weight=None):
         y_pred = self(xb, training=True)
-        loss = self.compiled_loss(yb, y_pred, sample_weight)
+        loss = self._total_loss(yb, y_pred, sample_weight)
         grads = _core.grad(loss, params, create_graph=False, allow_unused=True)
         if _debugging._numerics_checks:  # metalearn.debugging.enable_check_numerics()
             _debugging._check_step(self, loss, grads, params, xb, yb)
@@ -657,7 +666,7 @@ class Model(_layers.Layer):
     def _forward_step(self, xb, yb, params, sample_weight=None):
         """fit's step for a model with no trainable weights: the loss, no update (Keras)."""
         y_pred = self(xb, training=True)
-        return self.compiled_loss(yb, y_pred, sample_weight), y_pred
+        return self._total_loss(yb, y_pred, sample_weight), y_pred
 
     def _update_metrics(self, yb, y_pred, sample_weight=None):
         # Keras 3 (CompileMetrics.update_state): sample weights go to weighted_metrics only
@@ -729,7 +738,7 @@ class Model(_layers.Layer):
             self._reset_metrics()
         with _no_grad():
             y_pred = self(x, training=False)
-            loss = self.compiled_loss(y, y_pred, sw)
+            loss = self._total_loss(y, y_pred, sw)
         self._update_metrics(y, y_pred, sw)
         return self._format_result(self._logs(loss.item()), return_dict)
 
@@ -921,7 +930,7 @@ class Model(_layers.Layer):
             if cbs is not None:
                 cbs.on_test_batch_begin(step)
             y_pred = self(xb, training=False)
-            loss = self.compiled_loss(yb, y_pred, swb)
+            loss = self._total_loss(yb, y_pred, swb)
             size = xb.shape[0]
             total += loss.item() * size
             seen += size

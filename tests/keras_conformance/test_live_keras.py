@@ -580,3 +580,53 @@ def test_evaluate_predict_train_on_batch(keras_torch):
         close(ours.train_on_batch(x[:10], y[:10]), theirs.train_on_batch(x[:10], y[:10]), rtol=1e-4)
     close(ours.test_on_batch(x, y), theirs.test_on_batch(x, y), rtol=1e-4)
     close(ours.predict_on_batch(x), np_of(keras, theirs.predict_on_batch(x)), rtol=1e-4)
+
+
+# ------------------------------------------------------------------ regularizers
+def regularized(lib, reg):
+    L, R = lib.layers, lib.regularizers
+    return lib.Sequential(
+        [
+            L.Input((6, 6, 2)),
+            L.Conv2D(
+                3,
+                3,
+                kernel_regularizer=R.L1L2(l1=0.01, l2=0.02),
+                bias_regularizer="l1",
+                activity_regularizer=R.L2(0.003),
+            ),
+            L.Flatten(),
+            L.Dense(
+                4,
+                activation="tanh",
+                kernel_regularizer=reg,
+                bias_regularizer=R.L2(0.05),
+                activity_regularizer="l1",
+            ),
+            L.Dense(2),
+        ]
+    )
+
+
+@pytest.mark.parametrize("reg", ["l1", "l2", "l1l2"])
+@pytest.mark.parametrize("opt", ["SGD", "RMSprop", "AdamW"])
+def test_fit_regularized(keras_torch, reg, opt):
+    # Keras 3 adds sum(model.losses) to the training and evaluation losses; activity
+    # penalties are divided by the batch size
+    keras = keras_torch
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(20, 6, 6, 2)).astype("float32")
+    y = rng.normal(size=(20, 2)).astype("float32")
+    ours, theirs, h_ours, h_theirs = fit_both(
+        keras, regularized, (reg,), x, y, (opt, {"learning_rate": 0.01}), "mse", []
+    )
+    compare_fit(keras, ours, theirs, h_ours, h_theirs)
+    ours(x[:5])
+    theirs(x[:5])
+    assert len(ours.losses) == len(theirs.losses) == 6
+    close(
+        sorted(float(l.item()) for l in ours.losses),
+        sorted(float(np_of(keras, l)) for l in theirs.losses),
+        what="model.losses",
+    )
+    close(ours.evaluate(x, y, verbose=0), theirs.evaluate(x, y, verbose=0), what="evaluate")
