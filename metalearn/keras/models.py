@@ -32,6 +32,7 @@ from . import losses as _losses
 from . import metrics as _metrics
 from . import optimizers as _optimizers
 from .epoch_iterator import EpochIterator, train_validation_split
+from .epoch_iterator import BatchIterator, RAN_OUT, is_batch_iterator
 
 __all__ = ["Model", "Sequential", "load_weights_file"]
 
@@ -770,11 +771,14 @@ class Model(_layers.Layer):
         sample_weight: Optional[ArrayLike] = None,
         validation_batch_size: Optional[int] = None,
         validation_freq: int = 1,
+        steps_per_epoch: Optional[int] = None,
     ) -> _callbacks.History:
         """Trains the model for a fixed number of epochs.
 
         Args:
-            x: inputs, array-like ``(samples, ...)``.
+            x: inputs, array-like ``(samples, ...)``; or a Python generator or iterator of
+                batches ``(x, y)`` or ``(x, y, sample_weight)`` (y and sample_weight then
+                not passed; batch_size and shuffle do not apply), as Keras 3.
             y: targets, ``(samples, ...)`` (integers for sparse losses).
             batch_size: samples per gradient step (default 32).
             epochs: index of the last epoch (training runs ``initial_epoch..epochs-1``).
@@ -790,6 +794,9 @@ class Model(_layers.Layer):
             initial_epoch: epoch at which to start (to resume a run).
             sample_weight: optional per-sample weights.
             validation_freq: run validation every this many epochs.
+            steps_per_epoch: with a generator, batches per epoch (the next epoch goes on
+                where the last stopped); None runs each epoch until the generator is
+                exhausted. A generator that runs out stops training with Keras' warning.
 
         Every argument is checked before the first step (counts, lengths, the model and the
         loss run once on two samples, sparse labels against the model's classes, the same
@@ -812,12 +819,29 @@ class Model(_layers.Layer):
             "fit", "validation_batch_size", validation_batch_size, batch_size
         )
         verbose = _verbose(verbose)
-        (x, y, sw), validation = self._check_fit_data(
-            x, y, sample_weight, validation_split, validation_data
-        )
-        data = EpochIterator(x, y, sw, batch_size, shuffle)
-        params = self._train_params()
-        step_fn = self._make_train_step(params, sw)
+        if steps_per_epoch is not None:
+            steps_per_epoch = _count("fit", "steps_per_epoch", steps_per_epoch)
+        if is_batch_iterator(x):
+            data, validation = self._check_fit_iterator(
+                x, y, sample_weight, validation_split, validation_data, steps_per_epoch
+            )
+            params = self._train_params()
+
+            def step_fn(xb, yb, params, swb):  # each batch may or may not carry weights
+                return self._make_train_step(params, swb)(xb, yb, params, swb)
+
+        else:
+            if steps_per_epoch is not None:
+                raise ValueError(
+                    "fit: steps_per_epoch is supported for generator input only in "
+                    "metalearn; with arrays, choose batch_size"
+                )
+            (x, y, sw), validation = self._check_fit_data(
+                x, y, sample_weight, validation_split, validation_data
+            )
+            data = EpochIterator(x, y, sw, batch_size, shuffle)
+            params = self._train_params()
+            step_fn = self._make_train_step(params, sw)
         history = _callbacks.History()
         cbs = _callbacks.CallbackList(
             list(callbacks or []) + [history],
@@ -838,10 +862,15 @@ class Model(_layers.Layer):
                     print(f"Epoch {epoch + 1}/{epochs}")
                 bar = Progbar(data.num_batches, verbose=verbose)
                 logs = self._train_epoch(data, step_fn, params, cbs, bar if verbose else None)
+                if isinstance(data, BatchIterator) and data.interrupted:
+                    warnings.warn(RAN_OUT, stacklevel=2)
+                    self.stop_training = True
+                    if not data.steps_seen:  # nothing trained in this epoch: no record
+                        break
                 if validation is not None and (epoch + 1 - initial_epoch) % validation_freq == 0:
                     logs.update(self._validation_logs(validation, validation_batch_size, cbs))
                 if verbose:
-                    bar.update(data.num_batches, logs, finalize=True)
+                    bar.update(data.num_batches or data.steps_seen, logs, finalize=True)
                 cbs.on_epoch_end(epoch, logs)
                 if self.stop_training:
                     break
@@ -881,6 +910,49 @@ class Model(_layers.Layer):
         if validation is not None:
             self._dry_run("fit: validation_data", *validation)
         return (x, y, sw), validation
+
+    def _check_fit_iterator(
+        self, x, y, sample_weight, validation_split, validation_data, steps_per_epoch
+    ):
+        """fit's checks for generator input, as Keras 3's data adapters: the targets and
+        weights come in the batches; each batch is checked (as _check_data and _dry_run)
+        before its step."""
+        for what, value, desc in (
+            ("y", y, "the targets"),
+            ("sample_weight", sample_weight, "the sample weights"),
+        ):
+            if value is not None:
+                raise ValueError(
+                    f"When providing `x` as a generator, `{what}` should not be passed. "
+                    f"Instead, {desc} should be included as part of the generator."
+                )
+        if validation_split:
+            raise ValueError(
+                "fit: `validation_split` is only supported for NumPy arrays, not for "
+                "generator input; pass validation_data"
+            )
+        validation = None
+        if validation_data is not None:
+            validation = self._check_validation_only(validation_data)
+
+        def check(xb, yb, swb):
+            xb, yb, swb = self._check_data("fit", xb, yb, swb)
+            self._dry_run("fit", xb, yb, swb)
+            return xb, yb, swb
+
+        return BatchIterator(x, steps_per_epoch, check), validation
+
+    def _check_validation_only(self, validation_data):
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError(
+                "fit: validation_data must be a tuple (x_val, y_val) or "
+                f"(x_val, y_val, sample_weight_val), got {type(validation_data).__name__}"
+            )
+        validation = self._check_data(
+            "fit: validation_data", *validation_data, *([None] * (3 - len(validation_data)))
+        )
+        self._dry_run("fit: validation_data", *validation)
+        return validation
 
     def _train_epoch(self, data, step_fn, params, cbs, bar):
         """One pass of training over `data`: a step per batch, the metrics, the batch

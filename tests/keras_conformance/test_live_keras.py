@@ -630,3 +630,24 @@ def test_fit_regularized(keras_torch, reg, opt):
         what="model.losses",
     )
     close(ours.evaluate(x, y, verbose=0), theirs.evaluate(x, y, verbose=0), what="evaluate")
+
+
+# ------------------------------------------------------------------- generators
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fit_generator(keras_torch, weighted):
+    keras = keras_torch
+    rng = np.random.default_rng(4)
+    items = []
+    for _ in range(7):
+        x = rng.normal(size=(6, 5)).astype("float32")
+        y = np.eye(3, dtype="float32")[rng.integers(0, 3, 6)]
+        items.append((x, y, rng.uniform(0.5, 2, 6).astype("float32")) if weighted else (x, y))
+    ours, theirs = ours_and_theirs(keras, mlp, 5, 3, "softmax")
+    import metalearn.keras as mk
+
+    ours.compile(optimizer=mk.optimizers.RMSprop(0.01), loss="categorical_crossentropy")
+    theirs.compile(optimizer=keras.optimizers.RMSprop(0.01), loss="categorical_crossentropy")
+    h_ours = ours.fit((i for i in items), steps_per_epoch=3, epochs=2, verbose=0).history
+    h_theirs = theirs.fit((i for i in items), steps_per_epoch=3, epochs=2, verbose=0).history
+    compare_fit(keras, ours, theirs, h_ours, h_theirs)
+    assert int(ours.optimizer.iterations) == int(np_of(keras, theirs.optimizer.iterations)) == 6
