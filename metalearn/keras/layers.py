@@ -1075,6 +1075,241 @@ class Lambda(Layer):
         return config
 
 
+class LayerNormalization(Layer):
+    """Layer normalization (Ba et al. 2016), as Keras 3's.
+
+    Over the axes `axis` of each sample: ``(x - mean) / sqrt(variance + epsilon) * gamma +
+    beta`` (population variance). Composed of core ops, so it is differentiable to any
+    order (MAML through it is second order) and recorded in ``fit``'s traced step.
+
+    Args:
+        axis: int or list of ints, the axes to normalise (default -1).
+        epsilon: added to the variance, default 1e-3 (Keras 3's).
+        center: add the learned offset ``beta`` (default True).
+        scale: multiply by the learned ``gamma`` (default True).
+        rms_scaling: as Keras 3.15: ``x / sqrt(variance + epsilon) * gamma`` (no centring,
+            no beta).
+        beta_initializer, gamma_initializer: default ``"zeros"`` and ``"ones"``.
+        beta_regularizer, gamma_regularizer: regularizers of the weights.
+    """
+
+    _traceable = True
+
+    def __init__(
+        self,
+        axis: Union[int, Sequence[int]] = -1,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        rms_scaling: bool = False,
+        beta_initializer: Any = "zeros",
+        gamma_initializer: Any = "ones",
+        beta_regularizer: Any = None,
+        gamma_regularizer: Any = None,
+        beta_constraint: Any = None,
+        gamma_constraint: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if beta_constraint is not None or gamma_constraint is not None:
+            raise NotImplementedError("LayerNormalization: constraints are not supported")
+        if isinstance(axis, (list, tuple)):
+            self.axis = [int(a) for a in axis]
+        elif isinstance(axis, (int, np.integer)) and not isinstance(axis, bool):
+            self.axis = int(axis)
+        else:
+            raise TypeError(
+                "Expected an int or a list/tuple of ints for the argument 'axis', "
+                f"but received: {axis!r}"
+            )
+        epsilon = float(epsilon)
+        if not np.isfinite(epsilon) or epsilon < 0:
+            raise ValueError(f"LayerNormalization: epsilon must be >= 0, got {epsilon}")
+        self.epsilon = epsilon
+        self.center, self.scale = bool(center), bool(scale)
+        self.rms_scaling = bool(rms_scaling)
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
+        self._axes = None
+
+    def _resolve_axes(self, ndim):
+        axes = self.axis if isinstance(self.axis, list) else [self.axis]
+        out = []
+        for a in axes:
+            if not -ndim <= a < ndim:
+                raise ValueError(
+                    f"Axis {a} is out of bounds for input shape of rank {ndim}. "
+                    f"Received: axis={self.axis}"
+                )
+            out.append(a % ndim)
+        if len(set(out)) != len(out):
+            raise ValueError(f"Duplicate axis: {self.axis}")
+        return sorted(out)
+
+    def build(self, input_shape: Any) -> None:
+        ndim = len(input_shape)
+        self._axes = self._resolve_axes(ndim)
+        shape = tuple(int(input_shape[a]) for a in self._axes)
+        # gamma first, as Keras 3 creates them
+        self.gamma = (
+            self.add_weight(
+                "gamma", shape, self.gamma_initializer, regularizer=self.gamma_regularizer
+            )
+            if self.scale or self.rms_scaling
+            else None
+        )
+        self.beta = (
+            self.add_weight("beta", shape, self.beta_initializer, regularizer=self.beta_regularizer)
+            if self.center and not self.rms_scaling
+            else None
+        )
+        self._ndim = ndim
+        self.built = True
+
+    def call(self, inputs: Any) -> Any:
+        x = _core.as_tensor(inputs) if not isinstance(inputs, _core.Tensor) else inputs
+        if x.ndim != self._ndim:
+            raise ValueError(
+                f"{self.name}: expected inputs of rank {self._ndim}, got {tuple(x.shape)}"
+            )
+        axes = tuple(self._axes)
+        bshape = [1] * x.ndim
+        for a in axes:
+            bshape[a] = x.shape[a]
+        mean = _core.reduce_mean(x, axis=axes, keepdims=True)
+        centred = _core.sub(x, mean)
+        var = _core.reduce_mean(_core.square(centred), axis=axes, keepdims=True)
+        inv = _core.pow(_core.add_scalar(var, self.epsilon), -0.5)
+        out = _core.mul(x if self.rms_scaling else centred, inv)
+        if self.gamma is not None:
+            out = _core.mul(out, _core.reshape(self.gamma, tuple(bshape)))
+        if self.beta is not None:
+            out = _core.add(out, _core.reshape(self.beta, tuple(bshape)))
+        return out
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        self._resolve_axes(len(input_shape))
+        return input_shape
+
+    def get_config(self) -> Config:
+        config = super().get_config()
+        config.update(
+            axis=self.axis,
+            epsilon=self.epsilon,
+            center=self.center,
+            scale=self.scale,
+            rms_scaling=self.rms_scaling,
+            beta_initializer=initializers.serialize(self.beta_initializer),
+            gamma_initializer=initializers.serialize(self.gamma_initializer),
+            beta_regularizer=regularizers.serialize(self.beta_regularizer),
+            gamma_regularizer=regularizers.serialize(self.gamma_regularizer),
+            beta_constraint=None,
+            gamma_constraint=None,
+        )
+        return config
+
+
+class Embedding(Layer):
+    """Turns non-negative integers (indices) into dense vectors of fixed size, as Keras 3's
+    ``Embedding``: ``embeddings[indices]``, output shape ``indices.shape + (output_dim,)``.
+
+    The lookup is a gather whose gradient (a scatter-add of rows) is differentiable again.
+    The indices are read in Python, so a model with an Embedding trains with eager steps
+    (its training step is not recorded as a trace).
+
+    Args:
+        input_dim: size of the vocabulary (largest index + 1).
+        output_dim: size of each vector.
+        embeddings_initializer: default ``"uniform"`` (RandomUniform(-0.05, 0.05)).
+        embeddings_regularizer: a regularizer of the table.
+        mask_zero: only False (metalearn has no masks yet).
+        weights: initial table (an array, or a list of one): the layer is built at once.
+
+    Raises:
+        ValueError: an index outside ``[0, input_dim)`` or not an integer.
+    """
+
+    _traceable = False  # the indices become a Python-side list: not recordable
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        embeddings_initializer: Any = "uniform",
+        embeddings_regularizer: Any = None,
+        embeddings_constraint: Any = None,
+        mask_zero: bool = False,
+        weights: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("input_length", None)  # Keras 2's argument, ignored by Keras 3 as well
+        super().__init__(**kwargs)
+        for what, v in (("input_dim", input_dim), ("output_dim", output_dim)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                raise ValueError(f"`{what}` must be a positive integer. Received: {what}={v!r}")
+        if embeddings_constraint is not None:
+            raise NotImplementedError("Embedding: constraints are not supported")
+        if mask_zero:
+            raise NotImplementedError(
+                "Embedding: mask_zero=True needs masking, which metalearn does not have yet"
+            )
+        self.input_dim, self.output_dim = int(input_dim), int(output_dim)
+        self.embeddings_initializer = initializers.get(embeddings_initializer)
+        self.embeddings_regularizer = regularizers.get(embeddings_regularizer)
+        self.mask_zero = False
+        if weights is not None:  # built now with these values, as Keras 3
+            if isinstance(weights, np.ndarray):
+                weights = [weights]
+            self.build()
+            self.set_weights(weights)
+
+    def build(self, input_shape: Any = None) -> None:
+        if self.built:
+            return
+        self.embeddings = self.add_weight(
+            "embeddings",
+            (self.input_dim, self.output_dim),
+            self.embeddings_initializer,
+            regularizer=self.embeddings_regularizer,
+        )
+        self.built = True
+
+    def call(self, inputs: Any) -> Any:
+        idx = np.asarray(inputs)
+        if idx.dtype.kind == "f":
+            as_int = idx.astype(np.int64)
+            if not np.array_equal(as_int, idx):
+                raise ValueError(f"{self.name}: Embedding needs integer indices")
+            idx = as_int
+        elif idx.dtype.kind not in "iu":
+            raise ValueError(f"{self.name}: Embedding needs integer indices, got {idx.dtype}")
+        idx = idx.astype(np.int64, copy=False)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.input_dim):
+            bad = idx[(idx < 0) | (idx >= self.input_dim)].flat[0]
+            raise ValueError(
+                f"{self.name}: index {bad} is outside [0, {self.input_dim}) (input_dim)"
+            )
+        rows = _core.gather(self.embeddings, idx.reshape(-1), 0)
+        return _core.reshape(rows, tuple(idx.shape) + (self.output_dim,))
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return tuple(input_shape) + (self.output_dim,)
+
+    def get_config(self) -> Config:
+        config = super().get_config()
+        config.update(
+            input_dim=self.input_dim,
+            output_dim=self.output_dim,
+            embeddings_initializer=initializers.serialize(self.embeddings_initializer),
+            embeddings_regularizer=regularizers.serialize(self.embeddings_regularizer),
+            embeddings_constraint=None,
+            mask_zero=self.mask_zero,
+        )
+        return config
+
+
 def serialize(layer: Layer) -> Config:
     """``{"class_name": ..., "config": ...}`` of a layer."""
     return {"class_name": type(layer).__name__, "config": layer.get_config()}

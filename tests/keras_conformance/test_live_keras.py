@@ -144,6 +144,12 @@ def test_forward(keras_torch, arch, training):
         lambda L: L.AveragePooling2D((2, 3), strides=(2, 2), padding="valid"),
         lambda L: L.GlobalAveragePooling2D(keepdims=True),
         lambda L: L.BatchNormalization(momentum=0.8, epsilon=1e-2),
+        lambda L: L.LayerNormalization(),
+        # trailing axes only: Keras 3.15's torch path hands non-trailing axes to
+        # F.layer_norm, which refuses them (test_ln_formula checks those against the formula)
+        lambda L: L.LayerNormalization(axis=(2, 3), epsilon=1e-5),
+        lambda L: L.LayerNormalization(axis=-1, center=False),
+        lambda L: L.LayerNormalization(rms_scaling=True),
     ],
     ids=[
         "Dense",
@@ -157,6 +163,10 @@ def test_forward(keras_torch, arch, training):
         "AvgPool_valid",
         "GlobalAvgPool",
         "BatchNorm",
+        "LayerNorm",
+        "LayerNorm_axes23",
+        "LayerNorm_nocenter",
+        "LayerNorm_rms",
     ],
 )
 def test_layer(keras_torch, make):
@@ -651,3 +661,39 @@ def test_fit_generator(keras_torch, weighted):
     h_theirs = theirs.fit((i for i in items), steps_per_epoch=3, epochs=2, verbose=0).history
     compare_fit(keras, ours, theirs, h_ours, h_theirs)
     assert int(ours.optimizer.iterations) == int(np_of(keras, theirs.optimizer.iterations)) == 6
+
+
+# ------------------------------------------------- LayerNormalization, Embedding
+def text_model(lib):
+    L = lib.layers
+    return lib.Sequential(
+        [
+            L.Input((5,)),
+            L.Embedding(12, 4),
+            L.LayerNormalization(),
+            L.Flatten(),
+            L.Dense(6, activation="relu"),
+            L.LayerNormalization(epsilon=1e-4),
+            L.Dense(3, activation="softmax"),
+        ]
+    )
+
+
+@pytest.mark.parametrize("opt", ["SGD", "Adam", "AdamW"])
+def test_fit_embedding_layernorm(keras_torch, opt):
+    keras = keras_torch
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 12, size=(40, 5))
+    y = np.eye(3, dtype="float32")[rng.integers(0, 3, 40)]
+    ours, theirs, h_ours, h_theirs = fit_both(
+        keras,
+        text_model,
+        (),
+        x,
+        y,
+        (opt, {"learning_rate": 0.02}),
+        "categorical_crossentropy",
+        ["accuracy"],
+    )
+    compare_fit(keras, ours, theirs, h_ours, h_theirs)
+    close(ours.predict(x, verbose=0), np_of(keras, theirs.predict(x, verbose=0)), what="predict")
