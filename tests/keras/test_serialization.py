@@ -57,6 +57,16 @@ CASES = {
         IMG,
     ),
     "MemoryRecall": (lambda: layers.MemoryRecall(_memory(), k=3, temperature=0.5), VEC),
+    "LayerNormalization": (
+        lambda: layers.LayerNormalization(
+            axis=[-1], epsilon=1e-2, gamma_regularizer="l2", activity_regularizer="l1"
+        ),
+        VEC,
+    ),
+    "Embedding": (
+        lambda: layers.Embedding(6, 3, embeddings_regularizer=keras.regularizers.L1L2(0.1, 0.2)),
+        np.array([[0, 5], [2, 2]]),
+    ),
     "Sequential": (
         lambda: keras.Sequential(
             [
