@@ -38,6 +38,8 @@ __all__ = [
     "Input",
     "Lambda",
     "Reshape",
+    "LayerNormalization",
+    "Embedding",
     "serialize",
     "deserialize",
     "get",

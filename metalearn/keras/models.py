@@ -33,8 +33,9 @@ from . import metrics as _metrics
 from . import optimizers as _optimizers
 from .epoch_iterator import EpochIterator, train_validation_split
 from .epoch_iterator import BatchIterator, RAN_OUT, is_batch_iterator
+from . import saving as _saving
 
-__all__ = ["Model", "Sequential", "load_weights_file"]
+__all__ = ["Model", "Sequential", "load_model", "load_weights_file"]
 
 
 def _as_array(x, name):
@@ -284,8 +285,9 @@ class Model(_layers.Layer):
         """Configures the model for training.
 
         Args:
-            optimizer: name (``"adam"``, ``"sgd"``) or optimizer instance. (Keras's
-                default is ``"rmsprop"``, which metalearn does not have; ours is Adam.)
+            optimizer: name (``"adam"``, ``"adamw"``, ``"rmsprop"``, ``"sgd"``) or optimizer
+                instance. (Keras' default is ``"rmsprop"``; metalearn's stays Adam, as in
+                its earlier releases.)
             loss: name, Loss instance or function ``f(y_true, y_pred)`` of per-sample values;
                 ``"crossentropy"``/``"ce"`` pick the binary, sparse categorical or
                 categorical cross-entropy from the shapes of the first batch, as Keras 3.
@@ -1124,8 +1126,19 @@ class Model(_layers.Layer):
         ``"layers/0/bias"``: stable across instances of the same architecture), its shape
         and its float32 data; then a CRC-32 of the whole (format in ``csrc/io``:
         ``"MLWEIGHT"`` magic, version, count, entries, checksum). Written atomically.
+
+        Raises:
+            ValueError: an HDF5 name (``.h5``, ``.weights.h5``: Keras 3's format, which
+                metalearn does not write) or a ``.keras`` name (use ``save``).
         """
         filepath = os.fspath(filepath)
+        if _saving._is_hdf5_name(filepath):
+            raise ValueError(f"save_weights: {filepath!r}: {_saving.HDF5_REFUSAL}")
+        if filepath.endswith(".keras"):
+            raise ValueError(
+                f"save_weights: {filepath!r}: a '.keras' file is a whole model; use "
+                "model.save for it, or a '.mlw' name for the weights alone"
+            )
         if not overwrite and os.path.exists(filepath):
             raise FileExistsError(f"save_weights: {filepath} exists and overwrite=False")
         paths = self._weight_paths()
@@ -1136,7 +1149,8 @@ class Model(_layers.Layer):
     def load_weights(
         self, filepath: Union[str, "os.PathLike[str]"], skip_mismatch: bool = False
     ) -> None:
-        """Loads weights saved by ``save_weights``.
+        """Loads weights saved by ``save_weights`` (or the weights of a ``.keras`` archive
+        that ``save`` wrote, as Keras 3).
 
         The whole file is read and checked (magic, version, sizes, checksum), then every
         name and shape is compared with the model's before anything is assigned: on any
@@ -1149,6 +1163,12 @@ class Model(_layers.Layer):
         filepath = os.fspath(filepath)
         if skip_mismatch:
             raise NotImplementedError("load_weights: skip_mismatch is not supported")
+        if _saving._is_hdf5_name(filepath):
+            raise ValueError(f"load_weights: {filepath!r}: {_saving.HDF5_REFUSAL}")
+        if filepath.endswith(".keras"):
+            _, data = _saving._read_archive(filepath, "load_weights")
+            _saving._load_weights_bytes(self, data, filepath)
+            return None
         paths = self._weight_paths()
         if not paths:
             raise ValueError(
@@ -1178,6 +1198,22 @@ class Model(_layers.Layer):
         for p, v in expected.items():
             _core.assign(v, np.ascontiguousarray(loaded[p], dtype=np.float32))
         return None
+
+    def save(
+        self, filepath: Union[str, "os.PathLike[str]"], overwrite: bool = True, **kwargs: Any
+    ) -> None:
+        """Saves the model to a ``.keras`` archive, as Keras 3's ``model.save``: its
+        configuration, compile configuration and weights (``metalearn.keras.saving``:
+        the weights are in metalearn's format, not Keras' HDF5). Written atomically.
+        ``keras.models.load_model`` reads it back.
+
+        Raises:
+            ValueError: a name not ending in ``.keras`` (``.h5`` names say why), a model
+                with no weights yet, a compiled loss or metric that cannot be rebuilt.
+        """
+        if kwargs.pop("zipped", True) is not True or kwargs:
+            raise TypeError(f"save: unsupported argument(s) {sorted(kwargs) or ['zipped']}")
+        _saving.save_model(self, filepath, overwrite=overwrite)
 
     def get_config(self) -> Config:
         config = super().get_config()
@@ -1335,3 +1371,6 @@ class Sequential(Model):
 def load_weights_file(filepath: Union[str, "os.PathLike[str]"]) -> List[_core.Tensor]:
     """The entries of a weights file: ``[(name, ndarray)]`` (checked; for inspection)."""
     return list(_core.load_tensors(os.fspath(filepath)))
+
+
+load_model = _saving.load_model
