@@ -26,6 +26,7 @@ from metalearn.tape import Variable
 from . import activations, initializers, regularizers
 from . import backend as _backend
 from . import batched as _batched
+from . import functional as _graph
 
 __all__ = [
     "MemoryRecall",
@@ -40,6 +41,11 @@ __all__ = [
     "Reshape",
     "LayerNormalization",
     "Embedding",
+    "Add",
+    "Subtract",
+    "Multiply",
+    "Average",
+    "Concatenate",
     "serialize",
     "deserialize",
     "get",
@@ -445,6 +451,10 @@ class Layer:
     def __call__(self, inputs: Any, *args: Any, weights: Any = None, **kwargs: Any) -> Any:
         if weights is not None:
             return _functional.functional_call(self, weights, inputs, *args, **kwargs)
+        if isinstance(inputs, _SYMBOLIC) or (
+            type(inputs) in (list, tuple) and inputs and isinstance(inputs[0], _SYMBOLIC)
+        ):  # the functional API: a symbolic call, recorded (keras.functional)
+            return _graph.call_symbolic(self, inputs, args, kwargs)
         if inputs is None:
             raise TypeError(f"{self.name}: expected inputs (a tensor or an array), got None")
         inputs = _as_input(inputs)
@@ -1001,6 +1011,16 @@ class InputLayer(Layer):
         """``(batch_size,) + shape`` (the batch dim None when not fixed)."""
         return self._batch_input_shape
 
+    # the symbolic tensor of the functional API (keras.Input's result), as Keras 3's
+    @property
+    def shape(self) -> Shape:
+        """The input's shape, batch dim first (None when not fixed), as a KerasTensor's."""
+        return self._batch_input_shape
+
+    @property
+    def ndim(self) -> int:
+        return len(self._batch_input_shape)
+
     def call(self, inputs: Any) -> Any:
         return inputs
 
@@ -1021,10 +1041,11 @@ def Input(
     name: Optional[str] = None,
     **kwargs: Any,
 ) -> InputLayer:
-    """An ``InputLayer`` declaring the sample shape (for ``Sequential``).
+    """The model's input: the first entry of a ``Sequential``, or the symbolic input of
+    the functional API (``x = Input((4,)); y = Dense(2)(x); Model(x, y)``).
 
-    metalearn has no symbolic tensors: ``Input`` is used as the first entry of a
-    ``Sequential``, not to build functional-API graphs.
+    It returns an ``InputLayer``, which stands for its symbolic tensor as well (``shape``
+    ``(None, 4)``; see ``metalearn.keras.functional``).
 
     Args:
         shape: shape of one sample, without the batch dim.
@@ -1312,6 +1333,113 @@ class Embedding(Layer):
         return config
 
 
+class _Merge(Layer):
+    """Base of the merge layers: ``call`` takes a list of at least two tensors."""
+
+    _traceable = True
+    _min_inputs = 2
+
+    def _check_list(self, inputs):
+        if not isinstance(inputs, (list, tuple)) or len(inputs) < self._min_inputs:
+            raise ValueError(
+                f"A merge layer should be called on a list of at least {self._min_inputs} "
+                f"inputs. Got {type(inputs).__name__}"
+                + (f" of {len(inputs)} inputs" if isinstance(inputs, (list, tuple)) else "")
+            )
+        return [
+            _core.as_tensor(np.ascontiguousarray(t, np.float32))
+            if not isinstance(t, _core.Tensor)
+            else t
+            for t in inputs
+        ]
+
+    def build(self, input_shape: Any) -> None:
+        if not isinstance(input_shape, list) or len(input_shape) < self._min_inputs:
+            raise ValueError(
+                f"A merge layer should be called on a list of at least {self._min_inputs} "
+                f"inputs. Got {input_shape}"
+            )
+        self.built = True
+
+
+class Add(_Merge):
+    """Sum of a list of tensors of the same shape (Keras 3's ``Add``)."""
+
+    _traceable = True
+
+    def call(self, inputs: Any) -> Any:
+        xs = self._check_list(inputs)
+        out = xs[0]
+        for t in xs[1:]:
+            out = _core.add(out, t)
+        return out
+
+
+class Subtract(_Merge):
+    """``inputs[0] - inputs[1]`` (exactly two inputs, as Keras 3)."""
+
+    _traceable = True
+
+    def call(self, inputs: Any) -> Any:
+        xs = self._check_list(inputs)
+        if len(xs) != 2:
+            raise ValueError(
+                f"A `Subtract` layer should be called on exactly 2 inputs. Received: {len(xs)}"
+            )
+        return _core.sub(xs[0], xs[1])
+
+
+class Multiply(_Merge):
+    """Element-wise product of a list of tensors (Keras 3's ``Multiply``)."""
+
+    _traceable = True
+
+    def call(self, inputs: Any) -> Any:
+        xs = self._check_list(inputs)
+        out = xs[0]
+        for t in xs[1:]:
+            out = _core.mul(out, t)
+        return out
+
+
+class Average(_Merge):
+    """Element-wise mean of a list of tensors (Keras 3's ``Average``)."""
+
+    _traceable = True
+
+    def call(self, inputs: Any) -> Any:
+        xs = self._check_list(inputs)
+        out = xs[0]
+        for t in xs[1:]:
+            out = _core.add(out, t)
+        return _core.mul(out, 1.0 / len(xs))
+
+
+class Concatenate(_Merge):
+    """Joins a list of tensors along `axis` (default -1), as Keras 3's ``Concatenate``."""
+
+    _traceable = True
+
+    def __init__(self, axis: int = -1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.axis = int(axis)
+
+    def call(self, inputs: Any) -> Any:
+        xs = self._check_list(inputs)
+        nd = xs[0].ndim
+        if any(t.ndim != nd for t in xs) or not -nd <= self.axis < nd:
+            raise ValueError(
+                f"{self.name}: Concatenate needs inputs of one rank with axis {self.axis} in "
+                f"range; got shapes {[tuple(t.shape) for t in xs]}"
+            )
+        return _core.concat(xs, self.axis % nd)
+
+    def get_config(self) -> Config:
+        config = super().get_config()
+        config.update(axis=self.axis)
+        return config
+
+
 def serialize(layer: Layer) -> Config:
     """``{"class_name": ..., "config": ...}`` of a layer."""
     return {"class_name": type(layer).__name__, "config": layer.get_config()}
@@ -1377,3 +1505,5 @@ get = deserialize
 
 from .conv_layers import *  # noqa: E402,F401,F403  (Conv2D, pooling, BatchNormalization)
 from .memory_layers import MemoryRecall  # noqa: E402,F401  (Kaiser et al. 2017 recall)
+
+_SYMBOLIC = (_graph.KerasTensor, InputLayer)  # what makes a layer call symbolic

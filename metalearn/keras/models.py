@@ -34,8 +34,9 @@ from . import optimizers as _optimizers
 from .epoch_iterator import EpochIterator, train_validation_split
 from .epoch_iterator import BatchIterator, RAN_OUT, is_batch_iterator
 from . import saving as _saving
+from . import functional as _graph
 
-__all__ = ["Model", "Sequential", "load_model", "load_weights_file"]
+__all__ = ["Model", "Sequential", "Functional", "load_model", "load_weights_file"]
 
 
 def _as_array(x, name):
@@ -112,19 +113,25 @@ class Model(_layers.Layer):
             def call(self, inputs):
                 return self.dense2(self.dense1(inputs))
 
-    The model builds on its first call. The functional API (``Model(inputs, outputs)``)
-    is not supported: use subclassing or ``Sequential``.
+    The model builds on its first call. ``Model(inputs, outputs)`` makes a functional
+    model (``Functional``, one input and one output for now), as Keras 3.
 
     Args:
         name: the model's name.
         trainable: whether its weights are trained.
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any):
+        # Model(inputs, outputs) is a Functional model, as in Keras 3
+        if cls is Model and (args or "inputs" in kwargs or "outputs" in kwargs):
+            return super().__new__(Functional)
+        return super().__new__(cls)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if args or "inputs" in kwargs or "outputs" in kwargs:
             raise TypeError(
-                "metalearn.keras.Model: the functional API (Model(inputs, outputs)) is "
-                "not supported; subclass Model and define call(), or use Sequential"
+                "metalearn.keras.Model: a subclass of Model cannot take (inputs, outputs); "
+                "call Model(inputs, outputs) itself, or define call()"
             )
         super().__init__(**kwargs)
         self.optimizer = None
@@ -1219,6 +1226,14 @@ class Model(_layers.Layer):
         config = super().get_config()
         return config
 
+    @classmethod
+    def from_config(cls, config: Config, custom_objects: Optional[Dict[str, Any]] = None):
+        """A model from ``get_config``'s dict; a functional model's dict (with
+        ``input_layers``) gives a ``Functional`` model, as Keras 3's ``Model.from_config``."""
+        if cls is Model and "input_layers" in config and "output_layers" in config:
+            return Functional.from_config(config, custom_objects)
+        return cls(**config)
+
 
 class Sequential(Model):
     """A linear stack of layers, each feeding the next.
@@ -1366,6 +1381,193 @@ class Sequential(Model):
         if "trainable" in config:
             model.trainable = config["trainable"]
         return model
+
+
+class Functional(Model):
+    """A model made of layers called on ``keras.Input`` (``Model(inputs, outputs)``), as
+    Keras 3's functional API: one input and one output, any chain of layers between
+    them, merges (``Add``, ``Concatenate``, ...) and shared layers. Its ``call`` runs
+    the recorded calls in order, so ``fit`` traces and replays it from C like a
+    Sequential model; ``get_config`` is Keras 3's functional layout (``layers`` with
+    their ``inbound_nodes``, ``input_layers``, ``output_layers``).
+
+    Raises:
+        TypeError: inputs that are not ``keras.Input`` results, outputs that are not
+            symbolic tensors.
+        ValueError: an output that does not depend on the given input only ("Graph
+            disconnected"), two layers with one name.
+        NotImplementedError: several inputs or outputs.
+    """
+
+    _traceable = True
+
+    def __init__(
+        self, inputs: Any, outputs: Any, name: Optional[str] = None, trainable: bool = True
+    ) -> None:
+        inp = _graph._input_layer_of(_graph._one(inputs, "inputs"), "inputs")
+        out = _graph._one(outputs, "outputs")
+        if not isinstance(out, _graph.KerasTensor):
+            raise TypeError(
+                "Model(inputs, outputs): outputs must be the result of layers called on "
+                f"keras.Input, got {type(out).__name__}"
+            )
+        nodes = _graph.order_graph(inp, out)
+        used, seen = [], set()
+        for t in nodes:
+            if id(t._layer) not in seen:
+                seen.add(id(t._layer))
+                used.append(t._layer)
+        names = [inp.name] + [l.name for l in used]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(
+                f"The name {dup[0]!r} is used 2 times in the model. All layer names should "
+                "be unique."
+            )
+        super().__init__(name=name, trainable=trainable)
+        self._input_layer, self._output_tensor, self._nodes = inp, out, nodes
+        self._layers_list = [inp] + used
+        for layer in used:
+            self._track_layer(layer.name, layer)
+        self._batch_input_shape = inp._batch_input_shape
+        self._build_input_shape = tuple(1 if d is None else d for d in inp._batch_input_shape)
+        self._output_shape = (1,) + tuple(out.shape[1:])
+        if inp._output_shape is None:  # (summary's row of the input)
+            inp._output_shape = self._build_input_shape
+        self.built = True
+
+    @property
+    def layers(self) -> List[_layers.Layer]:
+        """The layers, the InputLayer first, as Keras 3's functional models list them."""
+        return list(self._layers_list)
+
+    @layers.setter
+    def layers(self, _):
+        raise AttributeError("`Functional.layers` is read-only")
+
+    @property
+    def inputs(self) -> List[Any]:
+        return [self._input_layer]
+
+    @property
+    def outputs(self) -> List[Any]:
+        return [self._output_tensor]
+
+    def build(self, input_shape: Optional[Shape] = None) -> None:
+        self.built = True  # built with its layers, by the symbolic calls
+
+    def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
+        shape = tuple(getattr(inputs, "shape", ()))
+        expected = self._batch_input_shape[1:]
+        if len(shape) != len(expected) + 1 or any(
+            e is not None and d != e for d, e in zip(shape[1:], expected)
+        ):
+            raise ValueError(
+                f"{self.name}: expected inputs of shape (batch, "
+                f"{', '.join(map(str, expected))}), got {shape}"
+            )
+        values = {id(self._input_layer): inputs}
+        for t in self._nodes:
+            args = [values[id(p)] for p in t._parents]
+            values[id(t)] = t._layer(args if t._merge else args[0], **t._kwargs)
+        return values[id(self._output_tensor)]
+
+    def get_config(self) -> Config:
+        local = {}  # id(KerasTensor) -> its layer's call number in this graph
+        count = {}
+        for t in self._nodes:
+            k = count.get(id(t._layer), 0)
+            local[id(t)] = k
+            count[id(t._layer)] = k + 1
+
+        def history(p):
+            if isinstance(p, _layers.InputLayer):
+                return [p.name, 0, 0]
+            return [p._layer.name, local[id(p)], 0]
+
+        def tensor(p):
+            return {
+                "class_name": "__keras_tensor__",
+                "config": {
+                    "shape": list(_graph.symbolic_shape(p)),
+                    "dtype": "float32",
+                    "keras_history": history(p),
+                },
+            }
+
+        entries = {self._input_layer.name: {**_layers.serialize(self._input_layer)}}
+        entries[self._input_layer.name].update(name=self._input_layer.name, inbound_nodes=[])
+        for t in self._nodes:
+            name = t._layer.name
+            if name not in entries:
+                entries[name] = {**_layers.serialize(t._layer), "name": name, "inbound_nodes": []}
+            args = [tensor(p) for p in t._parents]
+            entries[name]["inbound_nodes"].append(
+                {"args": [args] if t._merge else args, "kwargs": dict(t._kwargs)}
+            )
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "layers": list(entries.values()),
+            "input_layers": [history(self._input_layer)],
+            "output_layers": [history(self._output_tensor)],
+        }
+
+    @classmethod
+    def from_config(
+        cls, config: Config, custom_objects: Optional[Dict[str, Any]] = None
+    ) -> "Functional":
+        """A new functional model from ``get_config``'s dict: the layers rebuilt by class
+        name (yours via `custom_objects`), then called on each other as the config's
+        ``inbound_nodes`` say."""
+        made, tensors, pending = {}, {}, []
+        for entry in config.get("layers", []):
+            layer = _layers.deserialize(
+                {"class_name": entry["class_name"], "config": entry["config"]}, custom_objects
+            )
+            made[entry["name"]] = layer
+            if isinstance(layer, _layers.InputLayer):
+                tensors[(entry["name"], 0)] = layer
+            for k, node in enumerate(entry.get("inbound_nodes", [])):
+                pending.append((entry["name"], k, node))
+
+        def resolve(arg):
+            if isinstance(arg, list):
+                return [resolve(a) for a in arg]
+            name, k, _ = arg["config"]["keras_history"]
+            return tensors.get((name, k))
+
+        def ready(value):
+            if isinstance(value, list):
+                return all(ready(v) for v in value)
+            return value is not None
+
+        while pending:
+            progress = False
+            for item in list(pending):
+                name, k, node = item
+                if k and (name, k - 1) not in tensors:
+                    continue  # a shared layer's calls in their order
+                args = [resolve(a) for a in node.get("args", [])]
+                if not ready(args):
+                    continue
+                if len(args) != 1:
+                    raise ValueError(f"Functional.from_config: {name} takes one argument")
+                tensors[(name, k)] = made[name](args[0], **node.get("kwargs", {}))
+                pending.remove(item)
+                progress = True
+            if not progress:
+                raise ValueError(
+                    "Functional.from_config: the layers' inbound nodes do not form a graph "
+                    f"from the inputs (left: {[(n, k) for n, k, _ in pending]})"
+                )
+        (iname, ik, _), (oname, ok, _) = config["input_layers"][0], config["output_layers"][0]
+        return cls(
+            tensors[(iname, ik)],
+            tensors[(oname, ok)],
+            name=config.get("name"),
+            trainable=config.get("trainable", True),
+        )
 
 
 def load_weights_file(filepath: Union[str, "os.PathLike[str]"]) -> List[_core.Tensor]:

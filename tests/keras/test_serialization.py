@@ -29,6 +29,12 @@ def _memory():
     return mem
 
 
+def _functional_model():
+    inp = layers.Input((4,))
+    h = layers.Dense(3, activation="relu")(inp)
+    return keras.Model(inp, layers.Add()([h, layers.Dense(3)(h)]))
+
+
 # name -> (a new layer, an input it takes); one entry per shipped class (checked below)
 CASES = {
     "Dense": (
@@ -63,6 +69,12 @@ CASES = {
         ),
         VEC,
     ),
+    "Add": (lambda: layers.Add(), [VEC, VEC]),
+    "Subtract": (lambda: layers.Subtract(), [VEC, VEC]),
+    "Multiply": (lambda: layers.Multiply(), [VEC, VEC]),
+    "Average": (lambda: layers.Average(), [VEC, VEC]),
+    "Concatenate": (lambda: layers.Concatenate(axis=1), [VEC, VEC]),
+    "Functional": (lambda: _functional_model(), VEC),
     "Embedding": (
         lambda: layers.Embedding(6, 3, embeddings_regularizer=keras.regularizers.L1L2(0.1, 0.2)),
         np.array([[0, 5], [2, 2]]),

@@ -713,3 +713,36 @@ def test_keras3_archive_is_refused_clearly(keras_torch, tmp_path):
     ours = mk.Sequential([mk.layers.Input((3,)), mk.layers.Dense(2)])
     with pytest.raises(ValueError, match="h5py"):
         ours.save_weights(tmp_path / "m.weights.h5")
+
+
+# ------------------------------------------------------------- functional API
+def functional_graph(lib):
+    L = lib.layers
+    inp = lib.Input((5,))
+    h = L.Dense(8, activation="relu")(inp)
+    shared = L.Dense(8)
+    a = shared(h)
+    b = shared(L.Dense(8, activation="tanh")(a))
+    merged = L.Concatenate()([L.Add()([a, b]), L.Multiply()([a, h])])
+    out = L.Dense(3, activation="softmax")(L.LayerNormalization()(merged))
+    return lib.Model(inp, out)
+
+
+@pytest.mark.parametrize("opt", ["SGD", "Adam"])
+def test_fit_functional(keras_torch, opt):
+    keras = keras_torch
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(40, 5)).astype("float32")
+    y = np.eye(3, dtype="float32")[rng.integers(0, 3, 40)]
+    ours, theirs, h_ours, h_theirs = fit_both(
+        keras,
+        functional_graph,
+        (),
+        x,
+        y,
+        (opt, {"learning_rate": 0.02}),
+        "categorical_crossentropy",
+        ["accuracy"],
+    )
+    assert [type(l).__name__ for l in ours.layers] == [type(l).__name__ for l in theirs.layers]
+    compare_fit(keras, ours, theirs, h_ours, h_theirs)
