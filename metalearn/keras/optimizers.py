@@ -56,6 +56,9 @@ class Optimizer:
         clipvalue: clip each gradient element to ``[-clipvalue, clipvalue]``.
         global_clipnorm: clip all gradients together to this global L2 norm. At most one of
             the three may be set (ValueError otherwise, as Keras).
+        weight_decay: None (default) or a float: Keras 3's decoupled weight decay, every
+            variable decaying ``w = w - w * weight_decay * learning_rate`` before each update
+            (in the same C call).
         name: the optimizer's name; by default the class name in snake case made unique
             as Keras 3 names objects (``"adam"``, ``"adam_1"``, ``"sgd"``, ...; the counters
             are the layers' and ``clear_session`` resets them).
@@ -68,6 +71,7 @@ class Optimizer:
         clipnorm: Optional[float] = None,
         clipvalue: Optional[float] = None,
         global_clipnorm: Optional[float] = None,
+        weight_decay: Optional[float] = None,
     ) -> None:
         if sum(c is not None for c in (clipnorm, clipvalue, global_clipnorm)) > 1:
             raise ValueError(
@@ -90,12 +94,14 @@ class Optimizer:
                     f"`{what}` must be a finite non-negative number. Received: {what}={c!r}"
                 )
         learning_rate = self._check_lr(learning_rate)
+        weight_decay = None if weight_decay is None else _check_weight_decay(weight_decay)
         if name is None:  # named last: a refused optimizer takes no name
             name = _backend.unique_name(_backend.snake_case(type(self).__name__))
         self.name = name
         self.clipnorm = clipnorm
         self.clipvalue = clipvalue
         self.global_clipnorm = global_clipnorm
+        self.weight_decay = weight_decay
         self._learning_rate = learning_rate
         self._cores = {}  # tuple of variable ids -> (C optimizer, variables kept alive)
         self._iterations = 0
@@ -142,7 +148,10 @@ class Optimizer:
         key = tuple(map(id, variables))
         entry = self._cores.get(key)
         if entry is None:
-            entry = (self._make_core(), list(variables))
+            core = self._make_core()
+            if self.weight_decay:
+                core.weight_decay = self.weight_decay
+            entry = (core, list(variables))
             self._cores[key] = entry
         return entry[0]
 
@@ -299,6 +308,7 @@ class Optimizer:
             "clipnorm": self.clipnorm,
             "clipvalue": self.clipvalue,
             "global_clipnorm": self.global_clipnorm,
+            "weight_decay": self.weight_decay,
         }
 
     @classmethod
@@ -412,7 +422,7 @@ class AdamW(Adam):
 
     Before each Adam step every variable decays: ``w = w - w * weight_decay *
     learning_rate`` (Keras 3 decays all variables, biases included), then the Adam
-    update of ``Adam`` runs on the decayed ``w``.
+    update of ``Adam`` runs on the decayed ``w``; both in one C call (traced by ``fit``).
 
     Args:
         learning_rate: default 0.001.
@@ -433,41 +443,16 @@ class AdamW(Adam):
     ) -> None:
         if weight_decay is None:  # Keras 3's message
             raise ValueError("Argument `weight_decay` must be a float. Received: weight_decay=None")
-        self.weight_decay = _check_weight_decay(weight_decay)
-        super().__init__(learning_rate, beta_1, beta_2, epsilon, amsgrad, name, **kwargs)
-
-    def _traced_update(self):
-        return None  # the decay is a Python-side write before the C step (eager only)
-
-    def _apply(self, variables, grads):
-        if (
-            self.clipvalue is not None
-            or self.clipnorm is not None
-            or self.global_clipnorm is not None
-        ):
-            with _no_grad():
-                grads = self._clip(grads)
-        core = self._core_for(variables)
-        # every decayed value is computed before the first write, and the old values kept:
-        # a step the C core refuses leaves the variables as they were
-        factor = np.float32(self.weight_decay) * np.float32(self._learning_rate)
-        old = [np.array(v, np.float32, copy=True) for v in variables]
-        decayed = [w - w * factor for w in old]
-        with _no_grad():
-            for v, w in zip(variables, decayed):
-                _core.assign(v, w)
-            try:
-                core.step(variables, grads)
-            except BaseException:
-                for v, w in zip(variables, old):
-                    _core.assign(v, w)
-                raise
-        self._iterations += 1
-
-    def get_config(self) -> Config:
-        config = super().get_config()
-        config.update(weight_decay=self.weight_decay)
-        return config
+        super().__init__(
+            learning_rate,
+            beta_1,
+            beta_2,
+            epsilon,
+            amsgrad,
+            name,
+            weight_decay=weight_decay,
+            **kwargs,
+        )
 
 
 def _check_weight_decay(value):
@@ -477,99 +462,6 @@ def _check_weight_decay(value):
     if not np.isfinite(value) or value < 0:
         raise ValueError(f"weight_decay must be a finite non-negative number, got {value}")
     return value
-
-
-class _RMSpropState:
-    """RMSprop's state for one list of variables, with the C optimizers' interface
-    (``step``, ``slots``, ``restore``, ``reset``, ``n_params``, ``iterations``,
-    ``learning_rate``) so that checkpoints save and restore it alike. The update is
-    NumPy float32 arithmetic in Keras 3's order; every new value (variables and slots)
-    is computed before the first write, so a refused step changes nothing."""
-
-    def __init__(self, opt):
-        self._opt = opt
-        self.learning_rate = opt._learning_rate
-        self.reset()
-
-    def reset(self):
-        self._slots = None  # per parameter: [velocity, (momentum), (average_gradient)]
-        self.iterations = 0
-
-    @property
-    def n_params(self):
-        return 0 if self._slots is None else len(self._slots)
-
-    def _n_slots(self):
-        return 1 + (self._opt.momentum > 0) + bool(self._opt.centered)
-
-    def step(self, params, grads):
-        opt = self._opt
-        params, grads = list(params), list(grads)
-        if len(params) != len(grads):
-            raise ValueError(f"optimizer step: {len(params)} parameters but {len(grads)} gradients")
-        ws = [np.asarray(p, np.float32) for p in params]
-        gs = [np.asarray(g, np.float32) for g in grads]
-        for w, g in zip(ws, gs):
-            if w.shape != g.shape:
-                raise ValueError(f"optimizer step: gradient {g.shape} for parameter {w.shape}")
-        slots = self._slots
-        if slots is None:
-            slots = [[np.zeros_like(w) for _ in range(self._n_slots())] for w in ws]
-        elif len(slots) != len(ws):
-            raise ValueError(f"optimizer step: {len(ws)} parameters, the state holds {len(slots)}")
-        f32 = np.float32
-        rho, eps, mom = f32(opt.rho), f32(opt.epsilon), f32(opt.momentum)
-        lr, one = f32(self.learning_rate), f32(1.0)
-        new_w, new_slots = [], []
-        with np.errstate(all="ignore"):  # NaN/inf propagate as in Keras
-            for w, g, sl in zip(ws, gs, slots):
-                if opt.weight_decay is not None:  # decoupled, before the update (Keras 3)
-                    w = w - w * (f32(opt.weight_decay) * lr)
-                vel = rho * sl[0] + (one - rho) * np.square(g)
-                out = [vel]
-                if opt.centered:
-                    avg = rho * sl[-1] + (one - rho) * g
-                    denom = vel - np.square(avg) + eps
-                else:
-                    denom = vel + eps
-                inc = (lr * g) / np.sqrt(denom)
-                if opt.momentum > 0:
-                    m = mom * sl[1] + inc
-                    out.append(m)
-                    new_w.append(w - m)
-                else:
-                    new_w.append(w - inc)
-                if opt.centered:
-                    out.append(avg)
-                new_slots.append([np.asarray(a, np.float32) for a in out])
-        with _no_grad():
-            for p, w in zip(params, new_w):
-                _core.assign(p, np.ascontiguousarray(w, np.float32))
-        self._slots = new_slots
-        self.iterations += 1
-
-    def slots(self):
-        return [[_core.tensor(a.copy()) for a in sl] for sl in (self._slots or [])]
-
-    def restore(self, params, iterations, slots):
-        ns = self._n_slots()
-        params = list(params)
-        if len(slots) != len(params):
-            raise ValueError(
-                f"optimizer restore: slots for {len(slots)} parameters, "
-                f"but {len(params)} parameters given"
-            )
-        new = []
-        for p, sl in zip(params, slots):
-            if len(sl) != ns:
-                raise ValueError(
-                    f"optimizer restore: a parameter has {len(sl)} slots, this optimizer keeps {ns}"
-                )
-            row = [np.array(a, np.float32, copy=True) for a in sl]
-            if any(a.shape != tuple(p.shape) for a in row):
-                raise ValueError("optimizer restore: a slot's shape differs from its parameter's")
-            new.append(row)
-        self._slots, self.iterations = new, int(iterations)
 
 
 class RMSprop(Optimizer):
@@ -589,11 +481,10 @@ class RMSprop(Optimizer):
         momentum: default 0.0.
         epsilon: default 1e-7.
         centered: normalise by the gradients' estimated variance (default False).
-        weight_decay: None (default) or a float: each step first decays
-            ``w = w - w * weight_decay * learning_rate``, as Keras 3's base optimizer.
+        weight_decay: as every optimizer's (see ``Optimizer``).
 
-    The update runs eagerly (in NumPy float32), so ``fit`` with RMSprop takes its eager
-    step rather than a replayed trace.
+    One C call updates every parameter (a refused step changes nothing), recorded in
+    ``fit``'s traced step as Adam's is.
     """
 
     def __init__(
@@ -603,11 +494,9 @@ class RMSprop(Optimizer):
         momentum: float = 0.0,
         epsilon: float = 1e-7,
         centered: bool = False,
-        weight_decay: Optional[float] = None,
         name: Optional[str] = None,
         **kwargs: Any,
     ) -> None:
-        self.weight_decay = None if weight_decay is None else _check_weight_decay(weight_decay)
         for what, v in (("rho", rho), ("momentum", momentum), ("epsilon", epsilon)):
             if isinstance(v, bool) or not isinstance(v, (int, float, np.number)):
                 raise ValueError(f"RMSprop: {what} must be a float, got {v!r}")
@@ -620,10 +509,13 @@ class RMSprop(Optimizer):
         super().__init__(learning_rate, name, **kwargs)
 
     def _make_core(self):
-        return _RMSpropState(self)
-
-    def _traced_update(self):
-        return None  # NumPy arithmetic: nothing a trace can record
+        return _core.RMSprop(
+            learning_rate=self._learning_rate,
+            rho=self.rho,
+            momentum=self.momentum,
+            epsilon=self.epsilon,
+            centered=self.centered,
+        )
 
     def get_config(self) -> Config:
         config = super().get_config()
@@ -632,7 +524,6 @@ class RMSprop(Optimizer):
             momentum=self.momentum,
             epsilon=self.epsilon,
             centered=self.centered,
-            weight_decay=self.weight_decay,
         )
         return config
 

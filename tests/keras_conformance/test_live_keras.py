@@ -393,6 +393,8 @@ def test_metric(keras_torch, name, weighted):
         ("RMSprop", {"learning_rate": 0.01, "weight_decay": 0.1, "clipnorm": 0.5}),
         ("AdamW", {"learning_rate": 0.01}),
         ("AdamW", {"learning_rate": 0.05, "weight_decay": 0.2, "amsgrad": True}),
+        ("SGD", {"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 0.1}),
+        ("Adam", {"learning_rate": 0.01, "weight_decay": 0.05}),
     ],
 )
 def test_optimizer_steps(keras_torch, name, kwargs):

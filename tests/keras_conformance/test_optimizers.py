@@ -6,8 +6,6 @@ the multi-step momentum / Nesterov / Adam checks use the update rules of
 (float64) here. Inputs and numbers are Keras'; the test code is ours.
 """
 
-import warnings
-
 import numpy as np
 import pytest
 
@@ -28,8 +26,7 @@ def step(opt, grads, var):
 # -------------------------------------------------------------------------- SGD
 class TestSGD:
     def test_config(self):
-        # sgd_test.py::SGDTest::test_config (its weight_decay left out: metalearn's SGD has
-        # no weight decay, see test_weight_decay_is_refused)
+        # sgd_test.py::SGDTest::test_config (with weight_decay: test_weight_decay_config)
         assert_config_round_trip(
             optimizers.SGD(learning_rate=0.5, momentum=0.06, nesterov=True),
             optimizers.serialize,
@@ -237,15 +234,24 @@ class TestOptimizerBase:
         with pytest.raises(TypeError, match="learning_rate"):
             optimizers.SGD(learning_rate=lambda: 0.1)
 
-    def test_weight_decay_is_refused(self):
-        # DELIBERATE DIFFERENCE (sgd_test.py / adam_test.py::test_weight_decay): metalearn's
-        # SGD and Adam have no weight_decay; the argument is refused, not ignored.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with pytest.raises(TypeError):
-                optimizers.SGD(learning_rate=1.0, weight_decay=0.004)
-            with pytest.raises(TypeError):
-                optimizers.Adam(learning_rate=1.0, weight_decay=0.004)
+    @pytest.mark.parametrize("cls", ["SGD", "Adam"])
+    def test_weight_decay(self, cls):
+        # sgd_test.py / adam_test.py::test_weight_decay (var1, through three fresh
+        # optimizers; metalearn has no exclude_from_weight_decay)
+        v = variable(2.0)
+        for _ in range(3):
+            step(getattr(optimizers, cls)(learning_rate=1.0, weight_decay=0.004), 0.0, v)
+        assert abs(float(v.numpy()) - 1.9760959) < 1.5e-6
+
+    def test_weight_decay_config(self):
+        # sgd_test.py::SGDTest::test_config, with its weight_decay
+        assert_config_round_trip(
+            optimizers.SGD(learning_rate=0.5, momentum=0.06, nesterov=True, weight_decay=0.004),
+            optimizers.serialize,
+            optimizers.deserialize,
+        )
+        with pytest.raises(ValueError, match="weight_decay"):
+            optimizers.Adam(weight_decay=-1.0)
 
 
 # ---------------------------------------------------------------------- RMSprop
@@ -413,3 +419,35 @@ def test_compile_by_string_trains(name):
     model.fit(x, y, epochs=20, batch_size=8, verbose=0)
     assert model.evaluate(x, y, verbose=0) < first
     assert int(model.optimizer.iterations) == 80
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: optimizers.RMSprop(0.01, momentum=0.5, centered=True),
+        lambda: optimizers.AdamW(0.01, weight_decay=0.1),
+        lambda: optimizers.SGD(0.05, weight_decay=0.01),
+    ],
+    ids=["RMSprop", "AdamW", "SGD_wd"],
+)
+def test_traced_fit_equals_eager(make):
+    # one C update over all parameters, recorded in fit's trace: the replayed steps give
+    # the eager steps' numbers
+    from metalearn import keras
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(24, 3)).astype("float32")
+    y = rng.normal(size=(24, 2)).astype("float32")
+    runs = []
+    for eager in (False, True):
+        ml.random.set_seed(0)
+        model = keras.Sequential(
+            [keras.layers.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(2)]
+        )
+        model.compile(optimizer=make(), loss="mse", run_eagerly=eager)
+        h = model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
+        runs.append((h.history["loss"], model.get_weights(), model))
+    assert runs[0][2]._train_fn is not None and runs[0][2]._train_fn.n_traces == 1
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_array_equal(a, b)
