@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from metalearn._typing import ArrayLike, Config, Shape
+import itertools
 import math
 import os
 import warnings
@@ -781,6 +782,7 @@ class Model(_layers.Layer):
         validation_batch_size: Optional[int] = None,
         validation_freq: int = 1,
         steps_per_epoch: Optional[int] = None,
+        validation_steps: Optional[int] = None,
     ) -> _callbacks.History:
         """Trains the model for a fixed number of epochs.
 
@@ -806,6 +808,9 @@ class Model(_layers.Layer):
             steps_per_epoch: with a generator, batches per epoch (the next epoch goes on
                 where the last stopped); None runs each epoch until the generator is
                 exhausted. A generator that runs out stops training with Keras' warning.
+            validation_steps: with `validation_data` a generator, batches per validation
+                (None: until it is exhausted; a validation that finds no batch left is
+                left out of the logs, with Keras' warning).
 
         Every argument is checked before the first step (counts, lengths, the model and the
         loss run once on two samples, sparse labels against the model's classes, the same
@@ -830,6 +835,14 @@ class Model(_layers.Layer):
         verbose = _verbose(verbose)
         if steps_per_epoch is not None:
             steps_per_epoch = _count("fit", "steps_per_epoch", steps_per_epoch)
+        if validation_steps is not None:
+            validation_steps = _count("fit", "validation_steps", validation_steps)
+        validation_iter = None
+        if is_batch_iterator(validation_data):  # read batch by batch at each validation
+            validation_iter = BatchIterator(
+                validation_data, validation_steps, self._batch_checker("fit: validation_data")
+            )
+            validation_data = None
         if is_batch_iterator(x):
             data, validation = self._check_fit_iterator(
                 x, y, sample_weight, validation_split, validation_data, steps_per_epoch
@@ -878,6 +891,11 @@ class Model(_layers.Layer):
                         break
                 if validation is not None and (epoch + 1 - initial_epoch) % validation_freq == 0:
                     logs.update(self._validation_logs(validation, validation_batch_size, cbs))
+                if (
+                    validation_iter is not None
+                    and (epoch + 1 - initial_epoch) % validation_freq == 0
+                ):
+                    logs.update(self._validation_logs(validation_iter, None, cbs))
                 if verbose:
                     bar.update(data.num_batches or data.steps_seen, logs, finalize=True)
                 cbs.on_epoch_end(epoch, logs)
@@ -994,20 +1012,35 @@ class Model(_layers.Layer):
         test_cbs = cbs if cbs.has("on_test_batch_begin") or cbs.has("on_test_batch_end") else None
         _core.set_grad_enabled(False)
         try:
-            val = self._evaluate_arrays(*validation, batch_size, cbs=test_cbs)
+            if isinstance(validation, BatchIterator):
+                val = self._evaluate_batches(validation.enumerate_epoch(), cbs=test_cbs)
+                if not validation.steps_seen:  # nothing left to validate on
+                    warnings.warn(RAN_OUT, stacklevel=3)
+                    cbs.on_test_end({})
+                    return {}
+            else:
+                val = self._evaluate_arrays(*validation, batch_size, cbs=test_cbs)
         finally:
             _core.set_grad_enabled(True)
         cbs.on_test_end(val)
         return {"val_" + k: v for k, v in val.items()}
 
     # ---------------------------------------------------------------- evaluate
-    def _evaluate_arrays(self, x, y, sw, batch_size, bar=None, cbs=None):
+    def _evaluate_arrays(self, x, y, sw, batch_size, bar=None, cbs=None, steps=None):
         """Loss and metrics over all of x (grad mode must be off)."""
+        batches = EpochIterator(x, y, sw, batch_size).enumerate_epoch()
+        if steps is not None:
+            batches = itertools.islice(batches, steps)
+        return self._evaluate_batches(batches, bar, cbs)
+
+    def _evaluate_batches(self, batches, bar=None, cbs=None):
+        """Loss and metrics over `batches` (``(step, (x, y, sample_weight))``; grad mode
+        must be off); the training metrics' states are kept."""
         saved = [(m, m.__dict__.copy()) for m in self._compiled_metrics]
         self._reset_metrics()
         total, seen = 0.0, 0
         self.stop_evaluating = False  # a callback may set it to end the loop (Keras 3)
-        for step, (xb, yb, swb) in EpochIterator(x, y, sw, batch_size).enumerate_epoch():
+        for step, (xb, yb, swb) in batches:
             if cbs is not None:
                 cbs.on_test_batch_begin(step)
             y_pred = self(xb, training=False)
@@ -1036,10 +1069,15 @@ class Model(_layers.Layer):
         batch_size: Optional[int] = None,
         verbose: Union[str, int] = "auto",
         sample_weight: Optional[ArrayLike] = None,
+        steps: Optional[int] = None,
         callbacks: Optional[Sequence[Any]] = None,
         return_dict: bool = False,
     ) -> Any:
         """The loss and metrics of the model on (x, y), batch by batch.
+
+        `x` may be a Python generator or iterator of ``(x, y)`` or ``(x, y,
+        sample_weight)`` batches, as Keras 3: `steps` batches are read (None: until it is
+        exhausted). With arrays, `steps` limits the number of batches.
 
         Returns:
             The loss (float) when no metrics are compiled, else ``[loss, *metrics]``; a dict
@@ -1048,9 +1086,18 @@ class Model(_layers.Layer):
         self._check_compiled("evaluating")
         batch_size = _count("evaluate", "batch_size", batch_size, 32)
         verbose = _verbose(verbose)
+        if steps is not None:
+            steps = _count("evaluate", "steps", steps)
+        if is_batch_iterator(x):
+            return self._evaluate_iterator(
+                x, y, sample_weight, steps, verbose, callbacks, return_dict
+            )
         x, y, sw = self._check_data("evaluate", x, y, sample_weight)
         self._dry_run("evaluate", x, y, sw)
+        limit = steps
         steps = math.ceil(len(x) / batch_size)
+        if limit is not None:
+            steps = min(steps, limit)
         bar = Progbar(steps, verbose=verbose) if verbose else None
         cbs = (
             _callbacks.CallbackList(
@@ -1063,9 +1110,51 @@ class Model(_layers.Layer):
             cbs.on_test_begin()
         with _no_grad():
             self._resolve_metrics_once(x, y)
-            logs = self._evaluate_arrays(x, y, sw, batch_size, bar, cbs)
+            logs = self._evaluate_arrays(x, y, sw, batch_size, bar, cbs, steps)
         if bar is not None:
             bar.update(steps, logs, finalize=True)
+        if cbs:
+            cbs.on_test_end(logs)
+        return self._format_result(logs, return_dict)
+
+    def _batch_checker(self, where):
+        def check(xb, yb, swb):
+            xb, yb, swb = self._check_data(where, xb, yb, swb)
+            self._dry_run(where, xb, yb, swb)
+            return xb, yb, swb
+
+        return check
+
+    def _evaluate_iterator(self, it, y, sample_weight, steps, verbose, callbacks, return_dict):
+        """evaluate on a generator (as Keras 3's GeneratorDataAdapter)."""
+        for what, value, desc in (
+            ("y", y, "the targets"),
+            ("sample_weight", sample_weight, "the sample weights"),
+        ):
+            if value is not None:
+                raise ValueError(
+                    f"When providing `x` as a generator, `{what}` should not be passed. "
+                    f"Instead, {desc} should be included as part of the generator."
+                )
+        data = BatchIterator(it, steps, self._batch_checker("evaluate"))
+        bar = Progbar(steps, verbose=verbose) if verbose else None
+        cbs = (
+            _callbacks.CallbackList(
+                callbacks, model=self, params={"steps": steps, "verbose": verbose}
+            )
+            if callbacks
+            else None
+        )
+        if cbs:
+            cbs.on_test_begin()
+        with _no_grad():
+            logs = self._evaluate_batches(data.enumerate_epoch(), bar, cbs)
+        if not data.steps_seen:
+            raise ValueError("evaluate: the generator gave no batch")
+        if data.interrupted:
+            warnings.warn(RAN_OUT, stacklevel=2)
+        if bar is not None:
+            bar.update(data.steps_seen, logs, finalize=True)
         if cbs:
             cbs.on_test_end(logs)
         return self._format_result(logs, return_dict)

@@ -141,3 +141,50 @@ def test_callbacks_see_the_steps():
 def test_verbose_runs(capsys):
     model().fit(batches(3), epochs=1, verbose=1)
     assert "Epoch 1/1" in capsys.readouterr().out
+
+
+def test_evaluate_generator_equals_arrays():
+    m = model()
+    m.compile(optimizer="sgd", loss="mse", metrics=["mae"])
+    items = list(batches(5, weights=True))
+    x = np.concatenate([i[0] for i in items])
+    y = np.concatenate([i[1] for i in items])
+    sw = np.concatenate([i[2] for i in items])
+    ref = m.evaluate(x, y, sample_weight=sw, batch_size=4, verbose=0)
+    np.testing.assert_allclose(m.evaluate(iter(items), verbose=0), ref, rtol=1e-6)
+    # steps: the first batches only, as Keras 3
+    ref2 = m.evaluate(x[:8], y[:8], sample_weight=sw[:8], batch_size=4, verbose=0)
+    np.testing.assert_allclose(m.evaluate(iter(items), steps=2, verbose=0), ref2, rtol=1e-6)
+    np.testing.assert_allclose(
+        m.evaluate(x, y, sample_weight=sw, batch_size=4, steps=2, verbose=0), ref2, rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="`y` should not be passed"):
+        m.evaluate(iter(items), y, verbose=0)
+    with pytest.raises(ValueError, match="no batch"):
+        m.evaluate(iter([]), verbose=0)
+
+
+def test_validation_generator_with_steps():
+    m = model()
+    val = list(batches(4, seed=9))
+    h = m.fit(
+        batches(6),
+        steps_per_epoch=3,
+        epochs=2,
+        verbose=0,
+        validation_data=iter(val),
+        validation_steps=2,
+    )
+    assert len(h.history["val_loss"]) == 2
+    # the second validation reads the next two batches (a generator goes on), with the
+    # weights after epoch 2
+    x = np.concatenate([v[0] for v in val[2:]])
+    y = np.concatenate([v[1] for v in val[2:]])
+    np.testing.assert_allclose(h.history["val_loss"][1], m.evaluate(x, y, verbose=0), rtol=1e-6)
+    # a validation that finds nothing left: left out of the logs, with Keras' warning
+    m2 = model()
+    with pytest.warns(UserWarning, match="ran out of data"):
+        h2 = m2.fit(
+            batches(4), steps_per_epoch=2, epochs=2, verbose=0, validation_data=batches(1, seed=3)
+        )
+    assert len(h2.history["loss"]) == 2 and len(h2.history["val_loss"]) == 1
