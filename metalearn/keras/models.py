@@ -1223,11 +1223,23 @@ class Model(_layers.Layer):
         and its float32 data; then a CRC-32 of the whole (format in ``csrc/io``:
         ``"MLWEIGHT"`` magic, version, count, entries, checksum). Written atomically.
 
+        A name ending in ``.weights.h5`` is written in Keras 3's HDF5 layout instead
+        (``layers/<layer>/vars/<i>``, readable by Keras 3's ``load_weights``), through h5py
+        (``pip install 'metalearn[keras-io]'``).
+
         Raises:
-            ValueError: an HDF5 name (``.h5``, ``.weights.h5``: Keras 3's format, which
-                metalearn does not write) or a ``.keras`` name (use ``save``).
+            ValueError: another HDF5 name (``.h5``: Keras 2's whole-model format) or a
+                ``.keras`` name (use ``save``).
+            ImportError: a ``.weights.h5`` name without h5py (the message says what to
+                install).
         """
         filepath = os.fspath(filepath)
+        if filepath.endswith(".weights.h5"):  # Keras 3's format, through h5py
+            if not overwrite and os.path.exists(filepath):
+                raise FileExistsError(f"save_weights: {filepath} exists and overwrite=False")
+            if not self._weight_paths():
+                raise ValueError(f"save_weights: {self.name} has no weights yet; build it first")
+            return _saving.save_weights_h5(self, filepath)
         if _saving._is_hdf5_name(filepath):
             raise ValueError(f"save_weights: {filepath!r}: {_saving.HDF5_REFUSAL}")
         if filepath.endswith(".keras"):
@@ -1259,6 +1271,8 @@ class Model(_layers.Layer):
         filepath = os.fspath(filepath)
         if skip_mismatch:
             raise NotImplementedError("load_weights: skip_mismatch is not supported")
+        if filepath.endswith(".weights.h5"):
+            return _saving.load_weights_h5(self, filepath)
         if _saving._is_hdf5_name(filepath):
             raise ValueError(f"load_weights: {filepath!r}: {_saving.HDF5_REFUSAL}")
         if filepath.endswith(".keras"):

@@ -30,9 +30,10 @@ WEIGHTS = "model.weights.mlw"
 KERAS_WEIGHTS = "model.weights.h5"
 
 HDF5_REFUSAL = (
-    "metalearn does not write or read HDF5 ('.h5'/'.weights.h5' files: Keras 3 writes "
-    "them through h5py, which metalearn does not use). Save weights to a '.mlw' file "
-    "(metalearn's checked weight format) or the whole model to a '.keras' file."
+    "metalearn reads and writes HDF5 only as Keras 3's '.weights.h5' weight files (through "
+    "h5py: pip install 'metalearn[keras-io]'), not other '.h5' files. Save weights to a "
+    "'name.weights.h5' or a '.mlw' file (metalearn's checked weight format), or the whole "
+    "model to a '.keras' file."
 )
 
 
@@ -243,3 +244,119 @@ def load_model(
             run_eagerly=cc.get("run_eagerly"),
         )
     return model
+
+
+# ------------------------------------------------------------- Keras 3's .weights.h5
+H5_MISSING = (
+    "'.weights.h5' files (Keras 3's HDF5 weight format) are read and written through h5py, "
+    "which is not installed: pip install 'metalearn[keras-io]' (or pip install h5py); or "
+    "save to a '.mlw' file, metalearn's own checked weight format"
+)
+
+
+def _h5py(what):
+    try:
+        import h5py  # optional: only the .weights.h5 format needs it
+    except ImportError as e:
+        raise ImportError(f"{what}: {H5_MISSING}") from e
+    return h5py
+
+
+def _keras_snake(name: str) -> str:
+    """Keras 3's naming.to_snake_case (``Conv2D`` -> ``conv2d``), which names the groups."""
+    import re
+
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _keras_groups(model, prefix=""):
+    """``[(group, layer)]``: where Keras 3 keeps each layer's variables in a
+    ``.weights.h5`` file (saving_lib: a list's entries are named by their class in snake
+    case, ``dense``, ``dense_1``, ... in the model's order; a nested model nests)."""
+    from .layers import InputLayer
+
+    out, used = [], {}
+    for layer in model.layers:
+        name = _keras_snake(type(layer).__name__)
+        if name in used:
+            used[name] += 1
+            name = f"{name}_{used[name]}"
+        else:
+            used[name] = 0
+        path = f"{prefix}layers/{name}"
+        if hasattr(layer, "layers") and not isinstance(layer, InputLayer):
+            out.append((path, None, layer))
+            out.extend(_keras_groups(layer, path + "/"))
+        else:
+            out.append((path, layer, None))
+    return out
+
+
+def save_weights_h5(model, filepath: str) -> None:
+    """Writes the weights in Keras 3's ``.weights.h5`` layout (``layers/<name>/vars/<i>``),
+    through h5py, atomically."""
+    h5py = _h5py("save_weights")
+    import numpy as np
+
+    directory = os.path.dirname(os.path.abspath(filepath))
+    fd, tmp = tempfile.mkstemp(prefix=".metalearn-save-", suffix=".h5", dir=directory)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_group("layers")
+            for path, layer, sub in _keras_groups(model):
+                if sub is not None:
+                    f.require_group(path).create_group("vars").attrs["name"] = sub.name
+                    continue
+                g = f.require_group(path).create_group("vars")
+                g.attrs["name"] = layer.name
+                for i, w in enumerate(layer.weights):
+                    g.create_dataset(str(i), data=np.asarray(w, np.float32))
+            f.create_group("vars").attrs["name"] = model.name
+        os.replace(tmp, filepath)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_weights_h5(model, filepath: str) -> None:
+    """Reads a ``.weights.h5`` file in Keras 3's layout (written by Keras 3 or by
+    ``save_weights``): every layer's variables are found and checked (count, shapes)
+    before any is assigned."""
+    h5py = _h5py("load_weights")
+    import numpy as np
+
+    if not os.path.exists(filepath):
+        raise FileNotFoundError(f"load_weights: no such file: {filepath!r}")
+    try:
+        f = h5py.File(filepath, "r")
+    except OSError as e:
+        raise ValueError(f"load_weights: {filepath!r} is not an HDF5 file: {e}") from e
+    plan = []
+    with f:
+        for path, layer, _ in _keras_groups(model):
+            if layer is None or not layer.weights:
+                continue
+            g = f.get(path + "/vars")
+            if g is None:
+                raise ValueError(
+                    f"load_weights: {filepath!r} has no variables for layer {layer.name!r} "
+                    f"(expected at {path}/vars, Keras 3's layout)"
+                )
+            if len(g) != len(layer.weights):
+                raise ValueError(
+                    f"load_weights: {filepath!r}: layer {layer.name!r} has "
+                    f"{len(layer.weights)} variables, the file {len(g)} at {path}"
+                )
+            for i, w in enumerate(layer.weights):
+                a = np.asarray(g[str(i)], dtype=np.float32)
+                if a.shape != tuple(w.shape):
+                    raise ValueError(
+                        f"load_weights: {filepath!r}: variable {i} of layer {layer.name!r} has "
+                        f"shape {a.shape} in the file, {tuple(w.shape)} in the model"
+                    )
+                plan.append((w, np.ascontiguousarray(a)))
+    for w, a in plan:  # everything checked: now assign
+        _core.assign(w, a)

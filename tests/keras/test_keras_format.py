@@ -78,13 +78,27 @@ def test_unbuilt_model_uses_build_config(tmp_path):
     np.testing.assert_array_equal(m2.predict(x, verbose=0), m.predict(x, verbose=0))
 
 
-@pytest.mark.parametrize("name", ["m.h5", "m.weights.h5", "m.hdf5"])
+@pytest.mark.parametrize("name", ["m.h5", "m.hdf5"])
 def test_hdf5_names_refused(tmp_path, name):
+    # Keras 2's whole-model HDF5: neither written nor read; never our format under the name
     m, _, _ = trained_model()
     for call in (m.save, m.save_weights, m.load_weights):
         with pytest.raises(ValueError, match="h5py") as e:
             call(tmp_path / name)
         assert ".weights.h5" in str(e.value) and ".mlw" in str(e.value)
+    with pytest.raises(ValueError, match="h5py"):
+        m.save(tmp_path / "m.weights.h5")
+    assert not os.listdir(tmp_path)
+
+
+def test_weights_h5_without_h5py(tmp_path, monkeypatch):
+    import sys
+
+    m, _, _ = trained_model()
+    monkeypatch.setitem(sys.modules, "h5py", None)  # as if not installed
+    for call in (m.save_weights, m.load_weights):
+        with pytest.raises(ImportError, match=r"pip install 'metalearn\[keras-io\]'"):
+            call(tmp_path / "m.weights.h5")
     assert not os.listdir(tmp_path)
 
 
