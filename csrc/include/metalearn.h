@@ -60,6 +60,7 @@
  *   ml_copy                               tensor                             [T]
  *   ml_sgd_new                            SGD                                [T]
  *   ml_adam_new                           Adam                               [T]
+ *   ml_rmsprop_new                        RMSprop                            [T]
  *   ml_memory_new                         KnowledgeMemory                    [T]
  *   ml_numel                              Tensor.size                        [N]
  *   ml_data                               Tensor.numpy()                     [N]
@@ -350,6 +351,15 @@ ml_status ml_sgd_new(ml_optimizer **out, float learning_rate, float momentum, in
  * p -= lr_t*m/(sqrt(v)+epsilon); AMSGrad (Reddi et al. 2018) uses max over past v. */
 ml_status ml_adam_new(ml_optimizer **out, float learning_rate, float beta_1, float beta_2,
                       float epsilon, int amsgrad);
+/* RMSprop as Keras 3 computes it: v = rho*v + (1-rho)*g^2; centered: a = rho*a + (1-rho)*g
+ * and the denominator v - a^2 + epsilon, else v + epsilon; inc = lr*g/sqrt(denominator);
+ * momentum > 0: m = momentum*m + inc, p -= m; else p -= inc. */
+ml_status ml_rmsprop_new(ml_optimizer **out, float learning_rate, double rho, float momentum,
+                         float epsilon, int centered);
+/* Keras 3's decoupled weight decay, for any optimizer: before each update every parameter
+ * decays, p = p - p * weight_decay * learning_rate (0, the default, turns it off). */
+ml_status ml_optimizer_set_weight_decay(ml_optimizer *opt, float weight_decay);
+float ml_optimizer_weight_decay(const ml_optimizer *opt);
 void ml_optimizer_free(ml_optimizer *opt);
 /* One update of every parameter. All shapes are checked before anything changes.
  * The first call fixes the parameter list's shapes; later calls must match it. */

@@ -1,4 +1,5 @@
-/* optim.c — SGD (momentum, Nesterov) and Adam (AMSGrad), with Keras' update rules.
+/* optim.c — SGD (momentum, Nesterov), Adam (AMSGrad) and RMSprop (momentum, centred), with
+ * Keras' update rules, and Keras 3's decoupled weight decay for each of them.
  * State lives in one slab per optimizer, so an update over every parameter is one pass. */
 #include <math.h>
 #include <pthread.h>
@@ -6,15 +7,18 @@
 #include "../kernels/vmath.h"
 #include "../ops/ops.h" /* OP_OPTIMIZER_STEP: a trace records the step as an entry */
 
-typedef enum { OPT_SGD, OPT_ADAM } opt_kind;
+typedef enum { OPT_SGD, OPT_ADAM, OPT_RMSPROP } opt_kind;
 
 struct ml_optimizer {
     opt_kind kind;
     float learning_rate;
     float momentum; /* SGD */
     int nesterov;
-    float beta_1, beta_2, epsilon; /* Adam */
+    float beta_1, beta_2, epsilon; /* Adam; epsilon also RMSprop's */
     int amsgrad;
+    double rho; /* RMSprop (double: 1 - rho is formed from the caller's value, as Keras) */
+    int centered;
+    float weight_decay; /* 0: none; else p -= p * weight_decay * lr before the update */
     int64_t iterations;
     int n_params;        /* 0 until the first step fixes the parameter list */
     int n_slots;         /* state floats per parameter element */
@@ -81,6 +85,41 @@ ml_status ml_adam_new(ml_optimizer **out, float learning_rate, float beta_1, flo
     (*out)->n_slots = amsgrad ? 3 : 2;
     return ML_OK;
 }
+
+ml_status ml_rmsprop_new(ml_optimizer **out, float learning_rate, double rho, float momentum,
+                         float epsilon, int centered) {
+    ml_status st = check_lr(learning_rate);
+    if (st) return st;
+    if (!(rho >= 0 && rho <= 1))
+        return ml_set_error(ML_ERR_VALUE, "RMSprop: rho must be in [0, 1], got %g", rho);
+    if (!(momentum >= 0) || !isfinite(momentum))
+        return ml_set_error(ML_ERR_VALUE, "RMSprop: momentum must be >= 0, got %g",
+                            (double)momentum);
+    if (!(epsilon >= 0) || !isfinite(epsilon))
+        return ml_set_error(ML_ERR_VALUE, "RMSprop: epsilon must be >= 0, got %g", (double)epsilon);
+    if ((st = opt_alloc(out))) return st;
+    (*out)->kind = OPT_RMSPROP;
+    (*out)->learning_rate = learning_rate;
+    (*out)->rho = rho;
+    (*out)->momentum = momentum;
+    (*out)->epsilon = epsilon;
+    (*out)->centered = centered ? 1 : 0;
+    /* velocity, then momentum (momentum > 0), then the average gradient (centred): Keras'
+     * order */
+    (*out)->n_slots = 1 + (momentum > 0) + (*out)->centered;
+    return ML_OK;
+}
+
+ml_status ml_optimizer_set_weight_decay(ml_optimizer *opt, float weight_decay) {
+    if (!opt) return ml_set_error(ML_ERR_VALUE, "optimizer is NULL");
+    if (!(weight_decay >= 0) || !isfinite(weight_decay))
+        return ml_set_error(ML_ERR_VALUE, "weight_decay must be a finite number >= 0, got %g",
+                            (double)weight_decay);
+    opt->weight_decay = weight_decay;
+    return ML_OK;
+}
+
+float ml_optimizer_weight_decay(const ml_optimizer *opt) { return opt->weight_decay; }
 
 void ml_optimizer_free(ml_optimizer *opt) {
     if (!opt) return;
@@ -248,7 +287,51 @@ static ml_status step_locked(ml_optimizer *opt, int n, ml_tensor *const *params,
     if (!opt->n_params && (st = build_state(opt, n, params))) return st;
     int64_t t = opt->iterations + 1;
     float lr = opt->learning_rate;
-    if (opt->kind == OPT_SGD) {
+    if (opt->weight_decay > 0) {
+        /* Keras 3's base optimizer: every variable decays before the update,
+         * variable - variable * weight_decay * lr (Loshchilov & Hutter 2019) */
+        const float wd = opt->weight_decay;
+        for (int i = 0; i < n; i++) {
+            float *p = params[i]->data;
+            for (int64_t j = 0; j < opt->numel[i]; j++) p[j] = p[j] - p[j] * wd * lr;
+        }
+    }
+    if (opt->kind == OPT_RMSPROP) {
+        /* Keras 3 (rmsprop.py): velocity = rho v + (1 - rho) g^2; centred: average
+         * a = rho a + (1 - rho) g, denominator v - a^2 + eps, else v + eps; increment
+         * lr g / sqrt(denominator); momentum m = momentum m + increment, p -= m; else
+         * p -= increment. Element-wise: g[j] is read before p[j] is written. */
+        const float rho = (float)opt->rho, omr = (float)(1.0 - opt->rho);
+        const float mom = opt->momentum, eps = opt->epsilon;
+        for (int i = 0; i < n; i++) {
+            float *p = params[i]->data;
+            const float *g = grads[i]->data;
+            const int64_t len = opt->numel[i], at = opt->offset[i];
+            float *vel = opt->slab + at;
+            float *m = mom > 0 ? opt->slab + opt->total + at : NULL;
+            float *avg = opt->centered ? opt->slab + (int64_t)(opt->n_slots - 1) * opt->total + at
+                                       : NULL;
+            for (int64_t j = 0; j < len; j++) {
+                const float gj = g[j];
+                vel[j] = rho * vel[j] + omr * (gj * gj);
+                float denom;
+                if (avg) {
+                    avg[j] = rho * avg[j] + omr * gj;
+                    denom = vel[j] - avg[j] * avg[j] + eps;
+                } else {
+                    denom = vel[j] + eps;
+                }
+                const float inc = (lr * gj) / sqrtf(denom);
+                if (m) {
+                    m[j] = mom * m[j] + inc;
+                    p[j] -= m[j];
+                } else {
+                    p[j] -= inc;
+                }
+            }
+            params[i]->storage->version++;
+        }
+    } else if (opt->kind == OPT_SGD) {
         float mom = opt->momentum;
         for (int i = 0; i < n; i++) {
             float *p = params[i]->data;

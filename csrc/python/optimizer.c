@@ -1,5 +1,5 @@
-/* optimizer.c — the Optimizer type (a C SGD or Adam) and the module functions SGD and Adam
- * that make one. step() takes the parameters (Tensors, updated in place) and their
+/* optimizer.c — the Optimizer type (a C SGD, Adam or RMSprop) and the module functions SGD,
+ * Adam and RMSprop that make one. step() takes the parameters (Tensors, updated in place) and their
  * gradients (Tensors or array-likes); nothing changes on error. */
 #include "binding.h"
 
@@ -33,6 +33,18 @@ static PyObject *mod_SGD(PyObject *m, PyObject *args, PyObject *kwds) {
         return NULL;
     ml_optimizer *opt = NULL;
     ml_status st = ml_sgd_new(&opt, (float)lr, (float)momentum, nesterov);
+    return new_optimizer(st, opt);
+}
+
+static PyObject *mod_RMSprop(PyObject *m, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"learning_rate", "rho", "momentum", "epsilon", "centered", NULL};
+    double lr = 0.001, rho = 0.9, momentum = 0.0, eps = 1e-7;
+    int centered = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|ddddp:RMSprop", kwlist, &lr, &rho, &momentum,
+                                     &eps, &centered))
+        return NULL;
+    ml_optimizer *opt = NULL;
+    ml_status st = ml_rmsprop_new(&opt, (float)lr, rho, (float)momentum, (float)eps, centered);
     return new_optimizer(st, opt);
 }
 
@@ -186,6 +198,19 @@ static int Optimizer_set_lr(OptimizerObject *self, PyObject *v, void *c) {
     }
     return 0;
 }
+static PyObject *Optimizer_get_wd(OptimizerObject *self, void *c) {
+    return PyFloat_FromDouble(ml_optimizer_weight_decay(self->opt));
+}
+static int Optimizer_set_wd(OptimizerObject *self, PyObject *v, void *c) {
+    double wd = v ? PyFloat_AsDouble(v) : -1;
+    if (wd == -1.0 && PyErr_Occurred()) return -1;
+    ml_status st = ml_optimizer_set_weight_decay(self->opt, (float)wd);
+    if (st) {
+        mlpy_raise_status(st);
+        return -1;
+    }
+    return 0;
+}
 static PyObject *Optimizer_get_iterations(OptimizerObject *self, void *c) {
     return PyLong_FromLongLong(ml_optimizer_iterations(self->opt));
 }
@@ -196,6 +221,8 @@ static PyObject *Optimizer_get_n_params(OptimizerObject *self, void *c) {
 static PyGetSetDef Optimizer_getset[] = {
     {"learning_rate", (getter)Optimizer_get_lr, (setter)Optimizer_set_lr, "The learning rate.",
      NULL},
+    {"weight_decay", (getter)Optimizer_get_wd, (setter)Optimizer_set_wd,
+     "Decoupled weight decay (Keras 3's), applied before each update; 0 is none.", NULL},
     {"iterations", (getter)Optimizer_get_iterations, NULL, "Steps taken.", NULL},
     {"n_params", (getter)Optimizer_get_n_params, NULL, "Parameters (0 before the first step).",
      NULL},
@@ -240,5 +267,9 @@ PyMethodDef mlpy_optimizer_methods[] = {
      "Adam($module, /, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-07, "
      "amsgrad=False)\n--\n\n"
      "Adam (Kingma & Ba 2015) as Keras computes it; AMSGrad (Reddi et al. 2018)."},
+    {"RMSprop", MLPY_FN(mod_RMSprop), MLPY_KW,
+     "RMSprop($module, /, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-07, "
+     "centered=False)\n--\n\n"
+     "RMSprop as Keras 3 computes it (momentum, centred)."},
     {NULL},
 };

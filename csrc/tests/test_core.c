@@ -995,8 +995,47 @@ static void test_trace_print(void) {
     ml_release(e), ml_release(l);
 }
 
+/* RMSprop and weight decay against Keras 3's tests (rmsprop_test.py::test_single_step,
+ * sgd_test.py::test_weight_decay) and the refusals that change nothing */
+static void test_rmsprop_weight_decay(void) {
+    float p0[4] = {1, 2, 3, 4}, g0[4] = {1, 6, 7, 2};
+    const float want[4] = {-0.5811f, 0.4189f, 1.4189f, 2.4189f};
+    ml_tensor *p = vec(4, p0), *g = vec(4, g0);
+    ml_optimizer *opt;
+    OK(ml_rmsprop_new(&opt, 0.5f, 0.9, 0.0f, 1e-7f, 0));
+    CHECK(ml_optimizer_n_slots(opt) == 1, "plain RMSprop keeps the velocity");
+    OK(ml_optimizer_step(opt, 1, &p, &g));
+    for (int i = 0; i < 4; i++)
+        CHECK(close_to(ml_data(p)[i], want[i], 1e-4), "p[%d] = %g", i, ml_data(p)[i]);
+    float wrong[2] = {1, 1};
+    ml_tensor *g2 = vec(2, wrong);
+    CHECK(ml_optimizer_step(opt, 1, &p, &g2) == ML_ERR_SHAPE, "shape mismatch refused");
+    CHECK(close_to(ml_data(p)[0], want[0], 1e-4) && ml_optimizer_iterations(opt) == 1,
+          "a refused step changes nothing");
+    ml_optimizer_free(opt);
+    CHECK(ml_rmsprop_new(&opt, 0.1f, 1.5, 0.0f, 1e-7f, 0) == ML_ERR_VALUE, "rho > 1 refused");
+    OK(ml_rmsprop_new(&opt, 0.1f, 0.9, 0.5f, 1e-7f, 1));
+    CHECK(ml_optimizer_n_slots(opt) == 3, "momentum and centred: three slots");
+    CHECK(ml_optimizer_set_weight_decay(opt, -1.0f) == ML_ERR_VALUE, "negative decay refused");
+    ml_optimizer_free(opt);
+
+    /* a zero gradient and weight decay 0.004 at lr 1, three times: 2 (1 - 0.004)^3 */
+    float w0 = 2, z = 0;
+    ml_tensor *w = vec(1, &w0), *zg = vec(1, &z);
+    for (int k = 0; k < 3; k++) {
+        OK(ml_sgd_new(&opt, 1.0f, 0.0f, 0));
+        OK(ml_optimizer_set_weight_decay(opt, 0.004f));
+        CHECK(ml_optimizer_weight_decay(opt) == 0.004f, "weight_decay read back");
+        OK(ml_optimizer_step(opt, 1, &w, &zg));
+        ml_optimizer_free(opt);
+    }
+    CHECK(close_to(ml_data(w)[0], 1.9760959, 1e-6), "w = %.7f", ml_data(w)[0]);
+    ml_release(p), ml_release(g), ml_release(g2), ml_release(w), ml_release(zg);
+}
+
 int main(void) {
     test_tutorial();
+    test_rmsprop_weight_decay();
     test_third_order();
     test_central_difference();
     test_broadcast_grad();

@@ -11,7 +11,7 @@ Same names and defaults as tf.keras, over the C core::
 """
 
 from . import activations, backend, callbacks, initializers, layers, losses, metrics, models
-from . import optimizers, utils
+from . import optimizers, regularizers, saving, utils
 from .layers import Input, Layer
 from .models import Model, Sequential
 
@@ -25,6 +25,8 @@ __all__ = [
     "metrics",
     "models",
     "optimizers",
+    "regularizers",
+    "saving",
     "utils",
     "Input",
     "Layer",

@@ -10,7 +10,7 @@ import numpy as np
 from metalearn import _core
 from metalearn import functional as _functional
 
-from . import activations, initializers
+from . import activations, initializers, regularizers
 from . import batched as _batched
 from .layers import Layer
 
@@ -68,6 +68,7 @@ class Conv2D(Layer):
         activation: activation (name or callable); None means linear.
         use_bias: whether to add a bias vector.
         kernel_initializer, bias_initializer: as for Dense.
+        kernel_regularizer, bias_regularizer, activity_regularizer: as for Dense.
 
     Input shape:
         ``(batch, height, width, channels)``.
@@ -89,6 +90,8 @@ class Conv2D(Layer):
         use_bias=True,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -104,6 +107,8 @@ class Conv2D(Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
         self._channels = None
 
     def build(self, input_shape):
@@ -114,10 +119,15 @@ class Conv2D(Layer):
             )
         self._channels = int(input_shape[-1])
         self.kernel = self.add_weight(
-            "kernel", self.kernel_size + (self._channels, self.filters), self.kernel_initializer
+            "kernel",
+            self.kernel_size + (self._channels, self.filters),
+            self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
         )
         self.bias = (
-            self.add_weight("bias", (self.filters,), self.bias_initializer)
+            self.add_weight(
+                "bias", (self.filters,), self.bias_initializer, regularizer=self.bias_regularizer
+            )
             if self.use_bias
             else None
         )
@@ -149,6 +159,8 @@ class Conv2D(Layer):
             bias_initializer=initializers.serialize(self.bias_initializer)
             if isinstance(self.bias_initializer, initializers.Initializer)
             else None,
+            kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
+            bias_regularizer=regularizers.serialize(self.bias_regularizer),
         )
         return config
 

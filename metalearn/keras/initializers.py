@@ -315,6 +315,9 @@ _BY_NAME = {
     "lecun_normal": LecunNormal,
     "lecun_uniform": LecunUniform,
     "identity": Identity,
+    # Keras 3's short aliases (Embedding's default "uniform")
+    "uniform": RandomUniform,
+    "normal": RandomNormal,
 }
 _BY_CLASS = {cls.__name__: cls for cls in _BY_NAME.values()}
 

@@ -23,9 +23,10 @@ from metalearn.tape import no_grad as _no_grad
 from metalearn import functional as _functional
 from metalearn.tape import Variable
 
-from . import activations, initializers
+from . import activations, initializers, regularizers
 from . import backend as _backend
 from . import batched as _batched
+from . import functional as _graph
 
 __all__ = [
     "MemoryRecall",
@@ -38,6 +39,13 @@ __all__ = [
     "Input",
     "Lambda",
     "Reshape",
+    "LayerNormalization",
+    "Embedding",
+    "Add",
+    "Subtract",
+    "Multiply",
+    "Average",
+    "Concatenate",
     "serialize",
     "deserialize",
     "get",
@@ -84,6 +92,9 @@ class Layer:
         input_shape: shape of one sample (without the batch dim); lets ``Sequential`` build
             at construction.
         input_dim: for 2-D inputs, the same as ``input_shape=(input_dim,)``.
+        activity_regularizer: a regularizer of the layer's output (``"l1"``, ``L2(...)``);
+            its penalty over the batch, divided by the batch size (Keras 3), joins
+            ``losses`` after each call and so the training loss.
     """
 
     # What a layer can do, declared by each class in its own body; a subclass that does
@@ -94,6 +105,8 @@ class Layer:
     # metalearn.function and replayed from C. _batched_form: its forward on a meta-batch
     # of tasks, for MAML's vectorised path.
     _traceable = False
+    activity_regularizer = None  # (for subclasses that skip Layer.__init__)
+    _activity_losses = ()  # the activity penalties of the last call
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -125,6 +138,7 @@ class Layer:
         input_shape: Optional[Shape] = None,
         batch_input_shape: Optional[Shape] = None,
         input_dim: Optional[int] = None,
+        activity_regularizer: Any = None,
         **kwargs: Any,
     ) -> None:
         if kwargs:
@@ -155,6 +169,7 @@ class Layer:
             self._batch_input_shape = None
         self._build_input_shape = None
         self._output_shape = None
+        self.activity_regularizer = regularizers.get(activity_regularizer)
 
     # ---------------------------------------------------------------- tracking
     def _init_tracking(self):
@@ -165,6 +180,7 @@ class Layer:
         d["_own_weights"] = []  # Variables owned by this layer, in creation order
         d["_own_weight_names"] = {}  # id(variable) -> short name
         d["_sublayers"] = []  # (key, Layer) in assignment order
+        d["_regularized"] = []  # (Variable, regularizer) of add_weight(regularizer=...)
         cls = type(self)
         if "_call_takes_training" not in cls.__dict__:
             try:
@@ -257,9 +273,12 @@ class Layer:
             initializer: name, Initializer or callable ``f(shape)``; default
                 ``"glorot_uniform"`` (``"zeros"`` for 0-d and 1-d shapes as Keras 3 does).
             trainable: whether optimizers train it.
+            regularizer: a regularizer (``"l2"``, ``L1(...)``) whose penalty of the weight
+                joins ``losses`` (and so the training loss).
         """
-        if regularizer is not None or constraint is not None:
-            raise NotImplementedError("add_weight: regularizers and constraints are not supported")
+        if constraint is not None:
+            raise NotImplementedError("add_weight: constraints are not supported")
+        regularizer = regularizers.get(regularizer)
         shape = () if shape is None else tuple(int(d) for d in shape)
         if initializer is None:
             initializer = "glorot_uniform" if len(shape) >= 2 else "zeros"
@@ -273,7 +292,25 @@ class Layer:
             )
         var = Variable(value, trainable=trainable, name=f"{self.name}/{short}")
         self._track_weight(var, short)
+        if regularizer is not None:
+            self._regularized.append((var, regularizer))
         return var
+
+    @property
+    def losses(self) -> List[Any]:
+        """The scalar penalties of this layer and its sublayers (Keras 3's ``losses``): the
+        activity regularizers' of the last call, then each regularized weight's penalty,
+        computed now from the weight's current value (so differentiable to any order)."""
+        out, weights, seen, stack = [], [], set(), [self]
+        while stack:
+            layer = stack.pop()
+            if id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            out.extend(layer._activity_losses)
+            weights.extend(layer._regularized)
+            stack.extend(sub for _, sub in reversed(layer._sublayers))
+        return out + [reg(var) for var, reg in weights]
 
     @property
     def trainable(self) -> bool:
@@ -414,6 +451,10 @@ class Layer:
     def __call__(self, inputs: Any, *args: Any, weights: Any = None, **kwargs: Any) -> Any:
         if weights is not None:
             return _functional.functional_call(self, weights, inputs, *args, **kwargs)
+        if isinstance(inputs, _SYMBOLIC) or (
+            type(inputs) in (list, tuple) and inputs and isinstance(inputs[0], _SYMBOLIC)
+        ):  # the functional API: a symbolic call, recorded (keras.functional)
+            return _graph.call_symbolic(self, inputs, args, kwargs)
         if inputs is None:
             raise TypeError(f"{self.name}: expected inputs (a tensor or an array), got None")
         inputs = _as_input(inputs)
@@ -441,7 +482,22 @@ class Layer:
                 ctx.training = prev
         if first:
             self._output_shape = _shape_of(out)
+        if self.activity_regularizer is not None:
+            self._activity_losses = self._activity_penalties(out)
         return out
+
+    def _activity_penalties(self, out):
+        """The activity regularizer's penalty of each output tensor divided by its batch
+        size, as Keras 3's Layer.__call__ (a call replaces the previous call's)."""
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        losses = []
+        for o in outs:
+            if isinstance(o, _core.Tensor):
+                loss = self.activity_regularizer(o)
+                if o.ndim > 0 and o.shape[0] > 0:
+                    loss = _core.mul(loss, 1.0 / o.shape[0])
+                losses.append(loss)
+        return losses
 
     def _maybe_build(self, inputs):
         input_shape = _shape_of(inputs)
@@ -503,6 +559,8 @@ class Layer:
         config = {"name": self.name, "trainable": self._trainable}
         if self._batch_input_shape is not None:
             config["batch_input_shape"] = self._batch_input_shape
+        if getattr(self, "activity_regularizer", None) is not None:
+            config["activity_regularizer"] = regularizers.serialize(self.activity_regularizer)
         return config
 
     @classmethod
@@ -534,6 +592,9 @@ class Dense(Layer):
         use_bias: whether the layer uses a bias vector.
         kernel_initializer: initializer of the kernel (default ``"glorot_uniform"``).
         bias_initializer: initializer of the bias (default ``"zeros"``).
+        kernel_regularizer, bias_regularizer: regularizers of the weights (``"l1"``,
+            ``"l2"``, ``keras.regularizers.L1L2(...)``); their penalties join ``losses``.
+        activity_regularizer: a regularizer of the output (see ``Layer``).
 
     Input shape:
         N-D tensor ``(batch_size, ..., input_dim)``; most commonly ``(batch_size, input_dim)``.
@@ -551,6 +612,8 @@ class Dense(Layer):
         use_bias: bool = True,
         kernel_initializer: Any = "glorot_uniform",
         bias_initializer: Any = "zeros",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -567,6 +630,8 @@ class Dense(Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
         self._input_dim = None
 
     def build(self, input_shape: Any) -> None:
@@ -576,10 +641,15 @@ class Dense(Layer):
             )
         self._input_dim = int(input_shape[-1])
         self.kernel = self.add_weight(
-            "kernel", (self._input_dim, self.units), self.kernel_initializer
+            "kernel",
+            (self._input_dim, self.units),
+            self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
         )
         if self.use_bias:
-            self.bias = self.add_weight("bias", (self.units,), self.bias_initializer)
+            self.bias = self.add_weight(
+                "bias", (self.units,), self.bias_initializer, regularizer=self.bias_regularizer
+            )
         else:
             self.bias = None
         self.built = True
@@ -615,6 +685,8 @@ class Dense(Layer):
             bias_initializer=initializers.serialize(self.bias_initializer)
             if isinstance(self.bias_initializer, initializers.Initializer)
             else None,
+            kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
+            bias_regularizer=regularizers.serialize(self.bias_regularizer),
         )
         return config
 
@@ -939,6 +1011,16 @@ class InputLayer(Layer):
         """``(batch_size,) + shape`` (the batch dim None when not fixed)."""
         return self._batch_input_shape
 
+    # the symbolic tensor of the functional API (keras.Input's result), as Keras 3's
+    @property
+    def shape(self) -> Shape:
+        """The input's shape, batch dim first (None when not fixed), as a KerasTensor's."""
+        return self._batch_input_shape
+
+    @property
+    def ndim(self) -> int:
+        return len(self._batch_input_shape)
+
     def call(self, inputs: Any) -> Any:
         return inputs
 
@@ -959,10 +1041,11 @@ def Input(
     name: Optional[str] = None,
     **kwargs: Any,
 ) -> InputLayer:
-    """An ``InputLayer`` declaring the sample shape (for ``Sequential``).
+    """The model's input: the first entry of a ``Sequential``, or the symbolic input of
+    the functional API (``x = Input((4,)); y = Dense(2)(x); Model(x, y)``).
 
-    metalearn has no symbolic tensors: ``Input`` is used as the first entry of a
-    ``Sequential``, not to build functional-API graphs.
+    It returns an ``InputLayer``, which stands for its symbolic tensor as well (``shape``
+    ``(None, 4)``; see ``metalearn.keras.functional``).
 
     Args:
         shape: shape of one sample, without the batch dim.
@@ -1012,6 +1095,348 @@ class Lambda(Layer):
         config.update(
             function=self.function, output_shape=self._lambda_output_shape, arguments=self.arguments
         )
+        return config
+
+
+class LayerNormalization(Layer):
+    """Layer normalization (Ba et al. 2016), as Keras 3's.
+
+    Over the axes `axis` of each sample: ``(x - mean) / sqrt(variance + epsilon) * gamma +
+    beta`` (population variance). Composed of core ops, so it is differentiable to any
+    order (MAML through it is second order) and recorded in ``fit``'s traced step.
+
+    Args:
+        axis: int or list of ints, the axes to normalise (default -1).
+        epsilon: added to the variance, default 1e-3 (Keras 3's).
+        center: add the learned offset ``beta`` (default True).
+        scale: multiply by the learned ``gamma`` (default True).
+        rms_scaling: as Keras 3.15: ``x / sqrt(variance + epsilon) * gamma`` (no centring,
+            no beta).
+        beta_initializer, gamma_initializer: default ``"zeros"`` and ``"ones"``.
+        beta_regularizer, gamma_regularizer: regularizers of the weights.
+    """
+
+    _traceable = True
+
+    def __init__(
+        self,
+        axis: Union[int, Sequence[int]] = -1,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        rms_scaling: bool = False,
+        beta_initializer: Any = "zeros",
+        gamma_initializer: Any = "ones",
+        beta_regularizer: Any = None,
+        gamma_regularizer: Any = None,
+        beta_constraint: Any = None,
+        gamma_constraint: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if beta_constraint is not None or gamma_constraint is not None:
+            raise NotImplementedError("LayerNormalization: constraints are not supported")
+        if isinstance(axis, (list, tuple)):
+            self.axis = [int(a) for a in axis]
+        elif isinstance(axis, (int, np.integer)) and not isinstance(axis, bool):
+            self.axis = int(axis)
+        else:
+            raise TypeError(
+                "Expected an int or a list/tuple of ints for the argument 'axis', "
+                f"but received: {axis!r}"
+            )
+        epsilon = float(epsilon)
+        if not np.isfinite(epsilon) or epsilon < 0:
+            raise ValueError(f"LayerNormalization: epsilon must be >= 0, got {epsilon}")
+        self.epsilon = epsilon
+        self.center, self.scale = bool(center), bool(scale)
+        self.rms_scaling = bool(rms_scaling)
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
+        self._axes = None
+
+    def _resolve_axes(self, ndim):
+        axes = self.axis if isinstance(self.axis, list) else [self.axis]
+        out = []
+        for a in axes:
+            if not -ndim <= a < ndim:
+                raise ValueError(
+                    f"Axis {a} is out of bounds for input shape of rank {ndim}. "
+                    f"Received: axis={self.axis}"
+                )
+            out.append(a % ndim)
+        if len(set(out)) != len(out):
+            raise ValueError(f"Duplicate axis: {self.axis}")
+        return sorted(out)
+
+    def build(self, input_shape: Any) -> None:
+        ndim = len(input_shape)
+        self._axes = self._resolve_axes(ndim)
+        shape = tuple(int(input_shape[a]) for a in self._axes)
+        # gamma first, as Keras 3 creates them
+        self.gamma = (
+            self.add_weight(
+                "gamma", shape, self.gamma_initializer, regularizer=self.gamma_regularizer
+            )
+            if self.scale or self.rms_scaling
+            else None
+        )
+        self.beta = (
+            self.add_weight("beta", shape, self.beta_initializer, regularizer=self.beta_regularizer)
+            if self.center and not self.rms_scaling
+            else None
+        )
+        self._ndim = ndim
+        self.built = True
+
+    def call(self, inputs: Any) -> Any:
+        x = _core.as_tensor(inputs) if not isinstance(inputs, _core.Tensor) else inputs
+        if x.ndim != self._ndim:
+            raise ValueError(
+                f"{self.name}: expected inputs of rank {self._ndim}, got {tuple(x.shape)}"
+            )
+        axes = tuple(self._axes)
+        bshape = [1] * x.ndim
+        for a in axes:
+            bshape[a] = x.shape[a]
+        mean = _core.reduce_mean(x, axis=axes, keepdims=True)
+        centred = _core.sub(x, mean)
+        var = _core.reduce_mean(_core.square(centred), axis=axes, keepdims=True)
+        inv = _core.pow(_core.add_scalar(var, self.epsilon), -0.5)
+        out = _core.mul(x if self.rms_scaling else centred, inv)
+        if self.gamma is not None:
+            out = _core.mul(out, _core.reshape(self.gamma, tuple(bshape)))
+        if self.beta is not None:
+            out = _core.add(out, _core.reshape(self.beta, tuple(bshape)))
+        return out
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        self._resolve_axes(len(input_shape))
+        return input_shape
+
+    def get_config(self) -> Config:
+        config = super().get_config()
+        config.update(
+            axis=self.axis,
+            epsilon=self.epsilon,
+            center=self.center,
+            scale=self.scale,
+            rms_scaling=self.rms_scaling,
+            beta_initializer=initializers.serialize(self.beta_initializer),
+            gamma_initializer=initializers.serialize(self.gamma_initializer),
+            beta_regularizer=regularizers.serialize(self.beta_regularizer),
+            gamma_regularizer=regularizers.serialize(self.gamma_regularizer),
+            beta_constraint=None,
+            gamma_constraint=None,
+        )
+        return config
+
+
+class Embedding(Layer):
+    """Turns non-negative integers (indices) into dense vectors of fixed size, as Keras 3's
+    ``Embedding``: ``embeddings[indices]``, output shape ``indices.shape + (output_dim,)``.
+
+    The lookup is a gather whose gradient (a scatter-add of rows) is differentiable again.
+    The indices are read in Python, so a model with an Embedding trains with eager steps
+    (its training step is not recorded as a trace).
+
+    Args:
+        input_dim: size of the vocabulary (largest index + 1).
+        output_dim: size of each vector.
+        embeddings_initializer: default ``"uniform"`` (RandomUniform(-0.05, 0.05)).
+        embeddings_regularizer: a regularizer of the table.
+        mask_zero: only False (metalearn has no masks yet).
+        weights: initial table (an array, or a list of one): the layer is built at once.
+
+    Raises:
+        ValueError: an index outside ``[0, input_dim)`` or not an integer.
+    """
+
+    _traceable = False  # the indices become a Python-side list: not recordable
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        embeddings_initializer: Any = "uniform",
+        embeddings_regularizer: Any = None,
+        embeddings_constraint: Any = None,
+        mask_zero: bool = False,
+        weights: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("input_length", None)  # Keras 2's argument, ignored by Keras 3 as well
+        super().__init__(**kwargs)
+        for what, v in (("input_dim", input_dim), ("output_dim", output_dim)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                raise ValueError(f"`{what}` must be a positive integer. Received: {what}={v!r}")
+        if embeddings_constraint is not None:
+            raise NotImplementedError("Embedding: constraints are not supported")
+        if mask_zero:
+            raise NotImplementedError(
+                "Embedding: mask_zero=True needs masking, which metalearn does not have yet"
+            )
+        self.input_dim, self.output_dim = int(input_dim), int(output_dim)
+        self.embeddings_initializer = initializers.get(embeddings_initializer)
+        self.embeddings_regularizer = regularizers.get(embeddings_regularizer)
+        self.mask_zero = False
+        if weights is not None:  # built now with these values, as Keras 3
+            if isinstance(weights, np.ndarray):
+                weights = [weights]
+            self.build()
+            self.set_weights(weights)
+
+    def build(self, input_shape: Any = None) -> None:
+        if self.built:
+            return
+        self.embeddings = self.add_weight(
+            "embeddings",
+            (self.input_dim, self.output_dim),
+            self.embeddings_initializer,
+            regularizer=self.embeddings_regularizer,
+        )
+        self.built = True
+
+    def call(self, inputs: Any) -> Any:
+        idx = np.asarray(inputs)
+        if idx.dtype.kind == "f":
+            as_int = idx.astype(np.int64)
+            if not np.array_equal(as_int, idx):
+                raise ValueError(f"{self.name}: Embedding needs integer indices")
+            idx = as_int
+        elif idx.dtype.kind not in "iu":
+            raise ValueError(f"{self.name}: Embedding needs integer indices, got {idx.dtype}")
+        idx = idx.astype(np.int64, copy=False)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.input_dim):
+            bad = idx[(idx < 0) | (idx >= self.input_dim)].flat[0]
+            raise ValueError(
+                f"{self.name}: index {bad} is outside [0, {self.input_dim}) (input_dim)"
+            )
+        rows = _core.gather(self.embeddings, idx.reshape(-1), 0)
+        return _core.reshape(rows, tuple(idx.shape) + (self.output_dim,))
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return tuple(input_shape) + (self.output_dim,)
+
+    def get_config(self) -> Config:
+        config = super().get_config()
+        config.update(
+            input_dim=self.input_dim,
+            output_dim=self.output_dim,
+            embeddings_initializer=initializers.serialize(self.embeddings_initializer),
+            embeddings_regularizer=regularizers.serialize(self.embeddings_regularizer),
+            embeddings_constraint=None,
+            mask_zero=self.mask_zero,
+        )
+        return config
+
+
+class _Merge(Layer):
+    """Base of the merge layers: ``call`` takes a list of at least two tensors."""
+
+    _traceable = True
+    _min_inputs = 2
+
+    def _check_list(self, inputs):
+        if not isinstance(inputs, (list, tuple)) or len(inputs) < self._min_inputs:
+            raise ValueError(
+                f"A merge layer should be called on a list of at least {self._min_inputs} "
+                f"inputs. Got {type(inputs).__name__}"
+                + (f" of {len(inputs)} inputs" if isinstance(inputs, (list, tuple)) else "")
+            )
+        return [
+            _core.as_tensor(np.ascontiguousarray(t, np.float32))
+            if not isinstance(t, _core.Tensor)
+            else t
+            for t in inputs
+        ]
+
+    def build(self, input_shape: Any) -> None:
+        if not isinstance(input_shape, list) or len(input_shape) < self._min_inputs:
+            raise ValueError(
+                f"A merge layer should be called on a list of at least {self._min_inputs} "
+                f"inputs. Got {input_shape}"
+            )
+        self.built = True
+
+
+class Add(_Merge):
+    """Sum of a list of tensors of the same shape (Keras 3's ``Add``)."""
+
+    _traceable = True
+
+    def call(self, inputs: Any) -> Any:
+        xs = self._check_list(inputs)
+        out = xs[0]
+        for t in xs[1:]:
+            out = _core.add(out, t)
+        return out
+
+
+class Subtract(_Merge):
+    """``inputs[0] - inputs[1]`` (exactly two inputs, as Keras 3)."""
+
+    _traceable = True
+
+    def call(self, inputs: Any) -> Any:
+        xs = self._check_list(inputs)
+        if len(xs) != 2:
+            raise ValueError(
+                f"A `Subtract` layer should be called on exactly 2 inputs. Received: {len(xs)}"
+            )
+        return _core.sub(xs[0], xs[1])
+
+
+class Multiply(_Merge):
+    """Element-wise product of a list of tensors (Keras 3's ``Multiply``)."""
+
+    _traceable = True
+
+    def call(self, inputs: Any) -> Any:
+        xs = self._check_list(inputs)
+        out = xs[0]
+        for t in xs[1:]:
+            out = _core.mul(out, t)
+        return out
+
+
+class Average(_Merge):
+    """Element-wise mean of a list of tensors (Keras 3's ``Average``)."""
+
+    _traceable = True
+
+    def call(self, inputs: Any) -> Any:
+        xs = self._check_list(inputs)
+        out = xs[0]
+        for t in xs[1:]:
+            out = _core.add(out, t)
+        return _core.mul(out, 1.0 / len(xs))
+
+
+class Concatenate(_Merge):
+    """Joins a list of tensors along `axis` (default -1), as Keras 3's ``Concatenate``."""
+
+    _traceable = True
+
+    def __init__(self, axis: int = -1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.axis = int(axis)
+
+    def call(self, inputs: Any) -> Any:
+        xs = self._check_list(inputs)
+        nd = xs[0].ndim
+        if any(t.ndim != nd for t in xs) or not -nd <= self.axis < nd:
+            raise ValueError(
+                f"{self.name}: Concatenate needs inputs of one rank with axis {self.axis} in "
+                f"range; got shapes {[tuple(t.shape) for t in xs]}"
+            )
+        return _core.concat(xs, self.axis % nd)
+
+    def get_config(self) -> Config:
+        config = super().get_config()
+        config.update(axis=self.axis)
         return config
 
 
@@ -1080,3 +1505,5 @@ get = deserialize
 
 from .conv_layers import *  # noqa: E402,F401,F403  (Conv2D, pooling, BatchNormalization)
 from .memory_layers import MemoryRecall  # noqa: E402,F401  (Kaiser et al. 2017 recall)
+
+_SYMBOLIC = (_graph.KerasTensor, InputLayer)  # what makes a layer call symbolic

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from metalearn._typing import ArrayLike, Config, Shape
+import itertools
 import math
 import os
 import warnings
@@ -32,8 +33,11 @@ from . import losses as _losses
 from . import metrics as _metrics
 from . import optimizers as _optimizers
 from .epoch_iterator import EpochIterator, train_validation_split
+from .epoch_iterator import BatchIterator, RAN_OUT, is_batch_iterator
+from . import saving as _saving
+from . import functional as _graph
 
-__all__ = ["Model", "Sequential", "load_weights_file"]
+__all__ = ["Model", "Sequential", "Functional", "load_model", "load_weights_file"]
 
 
 def _as_array(x, name):
@@ -110,19 +114,25 @@ class Model(_layers.Layer):
             def call(self, inputs):
                 return self.dense2(self.dense1(inputs))
 
-    The model builds on its first call. The functional API (``Model(inputs, outputs)``)
-    is not supported: use subclassing or ``Sequential``.
+    The model builds on its first call. ``Model(inputs, outputs)`` makes a functional
+    model (``Functional``, one input and one output for now), as Keras 3.
 
     Args:
         name: the model's name.
         trainable: whether its weights are trained.
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any):
+        # Model(inputs, outputs) is a Functional model, as in Keras 3
+        if cls is Model and (args or "inputs" in kwargs or "outputs" in kwargs):
+            return super().__new__(Functional)
+        return super().__new__(cls)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if args or "inputs" in kwargs or "outputs" in kwargs:
             raise TypeError(
-                "metalearn.keras.Model: the functional API (Model(inputs, outputs)) is "
-                "not supported; subclass Model and define call(), or use Sequential"
+                "metalearn.keras.Model: a subclass of Model cannot take (inputs, outputs); "
+                "call Model(inputs, outputs) itself, or define call()"
             )
         super().__init__(**kwargs)
         self.optimizer = None
@@ -283,8 +293,9 @@ class Model(_layers.Layer):
         """Configures the model for training.
 
         Args:
-            optimizer: name (``"adam"``, ``"sgd"``) or optimizer instance. (Keras's
-                default is ``"rmsprop"``, which metalearn does not have; ours is Adam.)
+            optimizer: name (``"adam"``, ``"adamw"``, ``"rmsprop"``, ``"sgd"``) or optimizer
+                instance. (Keras' default is ``"rmsprop"``; metalearn's stays Adam, as in
+                its earlier releases.)
             loss: name, Loss instance or function ``f(y_true, y_pred)`` of per-sample values;
                 ``"crossentropy"``/``"ce"`` pick the binary, sparse categorical or
                 categorical cross-entropy from the shapes of the first batch, as Keras 3.
@@ -504,9 +515,18 @@ class Model(_layers.Layer):
         y_pred: Any = None,
         sample_weight: Optional[ArrayLike] = None,
     ) -> _core.Tensor:
-        """The compiled loss of `y_pred` against `y` (a scalar tensor)."""
+        """The compiled loss of `y_pred` against `y` plus ``sum(self.losses)`` (the
+        regularizers' penalties), as Keras 3 (a scalar tensor)."""
         self._resolve_loss(y, y_pred)
-        return self.compiled_loss(y, y_pred, sample_weight)
+        return self._total_loss(y, y_pred, sample_weight)
+
+    def _total_loss(self, y, y_pred, sample_weight):
+        """The compiled loss plus every penalty in ``self.losses`` (weight and activity
+        regularizers), as Keras 3 adds them to the training and evaluation losses."""
+        loss = self.compiled_loss(y, y_pred, sample_weight)
+        for extra in self.losses:
+            loss = _core.add(loss, extra)
+        return loss
 
     # -------------------------------------------------------------- one batch
     def _train_params(self, stacklevel=3):
@@ -618,7 +638,7 @@ class Model(_layers.Layer):
                         layer._given_noise, layer._draws_given = None, False
                 if unused:
                     raise ValueError(f"fit: seeded Dropout {unused} not called in training")
-                loss = self.compiled_loss(y, y_pred, None)
+                loss = self._total_loss(y, y_pred, None)
                 update(params, _core.grad(loss, params))
                 return loss, y_pred
 
@@ -644,7 +664,7 @@ class Model(_layers.Layer):
 
     def _eager_train_step(self, xb, yb, params, sample_weight=None):
         y_pred = self(xb, training=True)
-        loss = self.compiled_loss(yb, y_pred, sample_weight)
+        loss = self._total_loss(yb, y_pred, sample_weight)
         grads = _core.grad(loss, params, create_graph=False, allow_unused=True)
         if _debugging._numerics_checks:  # metalearn.debugging.enable_check_numerics()
             _debugging._check_step(self, loss, grads, params, xb, yb)
@@ -657,7 +677,7 @@ class Model(_layers.Layer):
     def _forward_step(self, xb, yb, params, sample_weight=None):
         """fit's step for a model with no trainable weights: the loss, no update (Keras)."""
         y_pred = self(xb, training=True)
-        return self.compiled_loss(yb, y_pred, sample_weight), y_pred
+        return self._total_loss(yb, y_pred, sample_weight), y_pred
 
     def _update_metrics(self, yb, y_pred, sample_weight=None):
         # Keras 3 (CompileMetrics.update_state): sample weights go to weighted_metrics only
@@ -729,7 +749,7 @@ class Model(_layers.Layer):
             self._reset_metrics()
         with _no_grad():
             y_pred = self(x, training=False)
-            loss = self.compiled_loss(y, y_pred, sw)
+            loss = self._total_loss(y, y_pred, sw)
         self._update_metrics(y, y_pred, sw)
         return self._format_result(self._logs(loss.item()), return_dict)
 
@@ -761,12 +781,16 @@ class Model(_layers.Layer):
         sample_weight: Optional[ArrayLike] = None,
         validation_batch_size: Optional[int] = None,
         validation_freq: int = 1,
+        steps_per_epoch: Optional[int] = None,
+        validation_steps: Optional[int] = None,
         time_budget: Optional[float] = None,
     ) -> _callbacks.History:
         """Trains the model for a fixed number of epochs.
 
         Args:
-            x: inputs, array-like ``(samples, ...)``.
+            x: inputs, array-like ``(samples, ...)``; or a Python generator or iterator of
+                batches ``(x, y)`` or ``(x, y, sample_weight)`` (y and sample_weight then
+                not passed; batch_size and shuffle do not apply), as Keras 3.
             y: targets, ``(samples, ...)`` (integers for sparse losses).
             batch_size: samples per gradient step (default 32).
             epochs: index of the last epoch (training runs ``initial_epoch..epochs-1``).
@@ -782,6 +806,12 @@ class Model(_layers.Layer):
             initial_epoch: epoch at which to start (to resume a run).
             sample_weight: optional per-sample weights.
             validation_freq: run validation every this many epochs.
+            steps_per_epoch: with a generator, batches per epoch (the next epoch goes on
+                where the last stopped); None runs each epoch until the generator is
+                exhausted. A generator that runs out stops training with Keras' warning.
+            validation_steps: with `validation_data` a generator, batches per validation
+                (None: until it is exhausted; a validation that finds no batch left is
+                left out of the logs, with Keras' warning).
             time_budget: seconds of wall-clock time (a positive number; not a Keras
                 argument) after which training stops at the end of the running batch; the
                 epoch's logs so far are recorded and ``history.stopped`` is
@@ -809,12 +839,37 @@ class Model(_layers.Layer):
         )
         verbose = _verbose(verbose)
         end = _budget.deadline(time_budget, "fit")
-        (x, y, sw), validation = self._check_fit_data(
-            x, y, sample_weight, validation_split, validation_data
-        )
-        data = EpochIterator(x, y, sw, batch_size, shuffle)
-        params = self._train_params()
-        step_fn = self._make_train_step(params, sw)
+        if steps_per_epoch is not None:
+            steps_per_epoch = _count("fit", "steps_per_epoch", steps_per_epoch)
+        if validation_steps is not None:
+            validation_steps = _count("fit", "validation_steps", validation_steps)
+        validation_iter = None
+        if is_batch_iterator(validation_data):  # read batch by batch at each validation
+            validation_iter = BatchIterator(
+                validation_data, validation_steps, self._batch_checker("fit: validation_data")
+            )
+            validation_data = None
+        if is_batch_iterator(x):
+            data, validation = self._check_fit_iterator(
+                x, y, sample_weight, validation_split, validation_data, steps_per_epoch
+            )
+            params = self._train_params()
+
+            def step_fn(xb, yb, params, swb):  # each batch may or may not carry weights
+                return self._make_train_step(params, swb)(xb, yb, params, swb)
+
+        else:
+            if steps_per_epoch is not None:
+                raise ValueError(
+                    "fit: steps_per_epoch is supported for generator input only in "
+                    "metalearn; with arrays, choose batch_size"
+                )
+            (x, y, sw), validation = self._check_fit_data(
+                x, y, sample_weight, validation_split, validation_data
+            )
+            data = EpochIterator(x, y, sw, batch_size, shuffle)
+            params = self._train_params()
+            step_fn = self._make_train_step(params, sw)
         history = _callbacks.History()
         cbs = _callbacks.CallbackList(
             list(callbacks or []) + [history],
@@ -837,10 +892,20 @@ class Model(_layers.Layer):
                     print(f"Epoch {epoch + 1}/{epochs}")
                 bar = Progbar(data.num_batches, verbose=verbose)
                 logs = self._train_epoch(data, step_fn, params, cbs, bar if verbose else None)
+                if isinstance(data, BatchIterator) and data.interrupted:
+                    warnings.warn(RAN_OUT, stacklevel=2)
+                    self.stop_training = True
+                    if not data.steps_seen:  # nothing trained in this epoch: no record
+                        break
                 if validation is not None and (epoch + 1 - initial_epoch) % validation_freq == 0:
                     logs.update(self._validation_logs(validation, validation_batch_size, cbs))
+                if (
+                    validation_iter is not None
+                    and (epoch + 1 - initial_epoch) % validation_freq == 0
+                ):
+                    logs.update(self._validation_logs(validation_iter, None, cbs))
                 if verbose:
-                    bar.update(data.num_batches, logs, finalize=True)
+                    bar.update(data.num_batches or data.steps_seen, logs, finalize=True)
                 cbs.on_epoch_end(epoch, logs)
                 if self.stop_training:
                     break
@@ -885,6 +950,49 @@ class Model(_layers.Layer):
             self._dry_run("fit: validation_data", *validation)
         return (x, y, sw), validation
 
+    def _check_fit_iterator(
+        self, x, y, sample_weight, validation_split, validation_data, steps_per_epoch
+    ):
+        """fit's checks for generator input, as Keras 3's data adapters: the targets and
+        weights come in the batches; each batch is checked (as _check_data and _dry_run)
+        before its step."""
+        for what, value, desc in (
+            ("y", y, "the targets"),
+            ("sample_weight", sample_weight, "the sample weights"),
+        ):
+            if value is not None:
+                raise ValueError(
+                    f"When providing `x` as a generator, `{what}` should not be passed. "
+                    f"Instead, {desc} should be included as part of the generator."
+                )
+        if validation_split:
+            raise ValueError(
+                "fit: `validation_split` is only supported for NumPy arrays, not for "
+                "generator input; pass validation_data"
+            )
+        validation = None
+        if validation_data is not None:
+            validation = self._check_validation_only(validation_data)
+
+        def check(xb, yb, swb):
+            xb, yb, swb = self._check_data("fit", xb, yb, swb)
+            self._dry_run("fit", xb, yb, swb)
+            return xb, yb, swb
+
+        return BatchIterator(x, steps_per_epoch, check), validation
+
+    def _check_validation_only(self, validation_data):
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError(
+                "fit: validation_data must be a tuple (x_val, y_val) or "
+                f"(x_val, y_val, sample_weight_val), got {type(validation_data).__name__}"
+            )
+        validation = self._check_data(
+            "fit: validation_data", *validation_data, *([None] * (3 - len(validation_data)))
+        )
+        self._dry_run("fit: validation_data", *validation)
+        return validation
+
     def _train_epoch(self, data, step_fn, params, cbs, bar):
         """One pass of training over `data`: a step per batch, the metrics, the batch
         callbacks and the progress bar; the epoch's logs (mean loss, metrics)."""
@@ -921,24 +1029,39 @@ class Model(_layers.Layer):
         test_cbs = cbs if cbs.has("on_test_batch_begin") or cbs.has("on_test_batch_end") else None
         _core.set_grad_enabled(False)
         try:
-            val = self._evaluate_arrays(*validation, batch_size, cbs=test_cbs)
+            if isinstance(validation, BatchIterator):
+                val = self._evaluate_batches(validation.enumerate_epoch(), cbs=test_cbs)
+                if not validation.steps_seen:  # nothing left to validate on
+                    warnings.warn(RAN_OUT, stacklevel=3)
+                    cbs.on_test_end({})
+                    return {}
+            else:
+                val = self._evaluate_arrays(*validation, batch_size, cbs=test_cbs)
         finally:
             _core.set_grad_enabled(True)
         cbs.on_test_end(val)
         return {"val_" + k: v for k, v in val.items()}
 
     # ---------------------------------------------------------------- evaluate
-    def _evaluate_arrays(self, x, y, sw, batch_size, bar=None, cbs=None):
+    def _evaluate_arrays(self, x, y, sw, batch_size, bar=None, cbs=None, steps=None):
         """Loss and metrics over all of x (grad mode must be off)."""
+        batches = EpochIterator(x, y, sw, batch_size).enumerate_epoch()
+        if steps is not None:
+            batches = itertools.islice(batches, steps)
+        return self._evaluate_batches(batches, bar, cbs)
+
+    def _evaluate_batches(self, batches, bar=None, cbs=None):
+        """Loss and metrics over `batches` (``(step, (x, y, sample_weight))``; grad mode
+        must be off); the training metrics' states are kept."""
         saved = [(m, m.__dict__.copy()) for m in self._compiled_metrics]
         self._reset_metrics()
         total, seen = 0.0, 0
         self.stop_evaluating = False  # a callback may set it to end the loop (Keras 3)
-        for step, (xb, yb, swb) in EpochIterator(x, y, sw, batch_size).enumerate_epoch():
+        for step, (xb, yb, swb) in batches:
             if cbs is not None:
                 cbs.on_test_batch_begin(step)
             y_pred = self(xb, training=False)
-            loss = self.compiled_loss(yb, y_pred, swb)
+            loss = self._total_loss(yb, y_pred, swb)
             size = xb.shape[0]
             total += loss.item() * size
             seen += size
@@ -963,10 +1086,15 @@ class Model(_layers.Layer):
         batch_size: Optional[int] = None,
         verbose: Union[str, int] = "auto",
         sample_weight: Optional[ArrayLike] = None,
+        steps: Optional[int] = None,
         callbacks: Optional[Sequence[Any]] = None,
         return_dict: bool = False,
     ) -> Any:
         """The loss and metrics of the model on (x, y), batch by batch.
+
+        `x` may be a Python generator or iterator of ``(x, y)`` or ``(x, y,
+        sample_weight)`` batches, as Keras 3: `steps` batches are read (None: until it is
+        exhausted). With arrays, `steps` limits the number of batches.
 
         Returns:
             The loss (float) when no metrics are compiled, else ``[loss, *metrics]``; a dict
@@ -975,9 +1103,18 @@ class Model(_layers.Layer):
         self._check_compiled("evaluating")
         batch_size = _count("evaluate", "batch_size", batch_size, 32)
         verbose = _verbose(verbose)
+        if steps is not None:
+            steps = _count("evaluate", "steps", steps)
+        if is_batch_iterator(x):
+            return self._evaluate_iterator(
+                x, y, sample_weight, steps, verbose, callbacks, return_dict
+            )
         x, y, sw = self._check_data("evaluate", x, y, sample_weight)
         self._dry_run("evaluate", x, y, sw)
+        limit = steps
         steps = math.ceil(len(x) / batch_size)
+        if limit is not None:
+            steps = min(steps, limit)
         bar = Progbar(steps, verbose=verbose) if verbose else None
         cbs = (
             _callbacks.CallbackList(
@@ -990,9 +1127,51 @@ class Model(_layers.Layer):
             cbs.on_test_begin()
         with _no_grad():
             self._resolve_metrics_once(x, y)
-            logs = self._evaluate_arrays(x, y, sw, batch_size, bar, cbs)
+            logs = self._evaluate_arrays(x, y, sw, batch_size, bar, cbs, steps)
         if bar is not None:
             bar.update(steps, logs, finalize=True)
+        if cbs:
+            cbs.on_test_end(logs)
+        return self._format_result(logs, return_dict)
+
+    def _batch_checker(self, where):
+        def check(xb, yb, swb):
+            xb, yb, swb = self._check_data(where, xb, yb, swb)
+            self._dry_run(where, xb, yb, swb)
+            return xb, yb, swb
+
+        return check
+
+    def _evaluate_iterator(self, it, y, sample_weight, steps, verbose, callbacks, return_dict):
+        """evaluate on a generator (as Keras 3's GeneratorDataAdapter)."""
+        for what, value, desc in (
+            ("y", y, "the targets"),
+            ("sample_weight", sample_weight, "the sample weights"),
+        ):
+            if value is not None:
+                raise ValueError(
+                    f"When providing `x` as a generator, `{what}` should not be passed. "
+                    f"Instead, {desc} should be included as part of the generator."
+                )
+        data = BatchIterator(it, steps, self._batch_checker("evaluate"))
+        bar = Progbar(steps, verbose=verbose) if verbose else None
+        cbs = (
+            _callbacks.CallbackList(
+                callbacks, model=self, params={"steps": steps, "verbose": verbose}
+            )
+            if callbacks
+            else None
+        )
+        if cbs:
+            cbs.on_test_begin()
+        with _no_grad():
+            logs = self._evaluate_batches(data.enumerate_epoch(), bar, cbs)
+        if not data.steps_seen:
+            raise ValueError("evaluate: the generator gave no batch")
+        if data.interrupted:
+            warnings.warn(RAN_OUT, stacklevel=2)
+        if bar is not None:
+            bar.update(data.steps_seen, logs, finalize=True)
         if cbs:
             cbs.on_test_end(logs)
         return self._format_result(logs, return_dict)
@@ -1060,8 +1239,31 @@ class Model(_layers.Layer):
         ``"layers/0/bias"``: stable across instances of the same architecture), its shape
         and its float32 data; then a CRC-32 of the whole (format in ``csrc/io``:
         ``"MLWEIGHT"`` magic, version, count, entries, checksum). Written atomically.
+
+        A name ending in ``.weights.h5`` is written in Keras 3's HDF5 layout instead
+        (``layers/<layer>/vars/<i>``, readable by Keras 3's ``load_weights``), through h5py
+        (``pip install 'metalearn[keras-io]'``).
+
+        Raises:
+            ValueError: another HDF5 name (``.h5``: Keras 2's whole-model format) or a
+                ``.keras`` name (use ``save``).
+            ImportError: a ``.weights.h5`` name without h5py (the message says what to
+                install).
         """
         filepath = os.fspath(filepath)
+        if filepath.endswith(".weights.h5"):  # Keras 3's format, through h5py
+            if not overwrite and os.path.exists(filepath):
+                raise FileExistsError(f"save_weights: {filepath} exists and overwrite=False")
+            if not self._weight_paths():
+                raise ValueError(f"save_weights: {self.name} has no weights yet; build it first")
+            return _saving.save_weights_h5(self, filepath)
+        if _saving._is_hdf5_name(filepath):
+            raise ValueError(f"save_weights: {filepath!r}: {_saving.HDF5_REFUSAL}")
+        if filepath.endswith(".keras"):
+            raise ValueError(
+                f"save_weights: {filepath!r}: a '.keras' file is a whole model; use "
+                "model.save for it, or a '.mlw' name for the weights alone"
+            )
         if not overwrite and os.path.exists(filepath):
             raise FileExistsError(f"save_weights: {filepath} exists and overwrite=False")
         paths = self._weight_paths()
@@ -1072,7 +1274,8 @@ class Model(_layers.Layer):
     def load_weights(
         self, filepath: Union[str, "os.PathLike[str]"], skip_mismatch: bool = False
     ) -> None:
-        """Loads weights saved by ``save_weights``.
+        """Loads weights saved by ``save_weights`` (or the weights of a ``.keras`` archive
+        that ``save`` wrote, as Keras 3).
 
         The whole file is read and checked (magic, version, sizes, checksum), then every
         name and shape is compared with the model's before anything is assigned: on any
@@ -1085,6 +1288,14 @@ class Model(_layers.Layer):
         filepath = os.fspath(filepath)
         if skip_mismatch:
             raise NotImplementedError("load_weights: skip_mismatch is not supported")
+        if filepath.endswith(".weights.h5"):
+            return _saving.load_weights_h5(self, filepath)
+        if _saving._is_hdf5_name(filepath):
+            raise ValueError(f"load_weights: {filepath!r}: {_saving.HDF5_REFUSAL}")
+        if filepath.endswith(".keras"):
+            _, data = _saving._read_archive(filepath, "load_weights")
+            _saving._load_weights_bytes(self, data, filepath)
+            return None
         paths = self._weight_paths()
         if not paths:
             raise ValueError(
@@ -1115,9 +1326,33 @@ class Model(_layers.Layer):
             _core.assign(v, np.ascontiguousarray(loaded[p], dtype=np.float32))
         return None
 
+    def save(
+        self, filepath: Union[str, "os.PathLike[str]"], overwrite: bool = True, **kwargs: Any
+    ) -> None:
+        """Saves the model to a ``.keras`` archive, as Keras 3's ``model.save``: its
+        configuration, compile configuration and weights (``metalearn.keras.saving``:
+        the weights are in metalearn's format, not Keras' HDF5). Written atomically.
+        ``keras.models.load_model`` reads it back.
+
+        Raises:
+            ValueError: a name not ending in ``.keras`` (``.h5`` names say why), a model
+                with no weights yet, a compiled loss or metric that cannot be rebuilt.
+        """
+        if kwargs.pop("zipped", True) is not True or kwargs:
+            raise TypeError(f"save: unsupported argument(s) {sorted(kwargs) or ['zipped']}")
+        _saving.save_model(self, filepath, overwrite=overwrite)
+
     def get_config(self) -> Config:
         config = super().get_config()
         return config
+
+    @classmethod
+    def from_config(cls, config: Config, custom_objects: Optional[Dict[str, Any]] = None):
+        """A model from ``get_config``'s dict; a functional model's dict (with
+        ``input_layers``) gives a ``Functional`` model, as Keras 3's ``Model.from_config``."""
+        if cls is Model and "input_layers" in config and "output_layers" in config:
+            return Functional.from_config(config, custom_objects)
+        return cls(**config)
 
 
 class Sequential(Model):
@@ -1268,6 +1503,196 @@ class Sequential(Model):
         return model
 
 
+class Functional(Model):
+    """A model made of layers called on ``keras.Input`` (``Model(inputs, outputs)``), as
+    Keras 3's functional API: one input and one output, any chain of layers between
+    them, merges (``Add``, ``Concatenate``, ...) and shared layers. Its ``call`` runs
+    the recorded calls in order, so ``fit`` traces and replays it from C like a
+    Sequential model; ``get_config`` is Keras 3's functional layout (``layers`` with
+    their ``inbound_nodes``, ``input_layers``, ``output_layers``).
+
+    Raises:
+        TypeError: inputs that are not ``keras.Input`` results, outputs that are not
+            symbolic tensors.
+        ValueError: an output that does not depend on the given input only ("Graph
+            disconnected"), two layers with one name.
+        NotImplementedError: several inputs or outputs.
+    """
+
+    _traceable = True
+
+    def __init__(
+        self, inputs: Any, outputs: Any, name: Optional[str] = None, trainable: bool = True
+    ) -> None:
+        inp = _graph._input_layer_of(_graph._one(inputs, "inputs"), "inputs")
+        out = _graph._one(outputs, "outputs")
+        if not isinstance(out, _graph.KerasTensor):
+            raise TypeError(
+                "Model(inputs, outputs): outputs must be the result of layers called on "
+                f"keras.Input, got {type(out).__name__}"
+            )
+        nodes = _graph.order_graph(inp, out)
+        used, seen = [], set()
+        for t in nodes:
+            if id(t._layer) not in seen:
+                seen.add(id(t._layer))
+                used.append(t._layer)
+        names = [inp.name] + [l.name for l in used]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(
+                f"The name {dup[0]!r} is used 2 times in the model. All layer names should "
+                "be unique."
+            )
+        super().__init__(name=name, trainable=trainable)
+        self._input_layer, self._output_tensor, self._nodes = inp, out, nodes
+        self._layers_list = [inp] + used
+        for layer in used:
+            self._track_layer(layer.name, layer)
+        self._batch_input_shape = inp._batch_input_shape
+        self._build_input_shape = tuple(1 if d is None else d for d in inp._batch_input_shape)
+        self._output_shape = (1,) + tuple(out.shape[1:])
+        if inp._output_shape is None:  # (summary's row of the input)
+            inp._output_shape = self._build_input_shape
+        self.built = True
+
+    @property
+    def layers(self) -> List[_layers.Layer]:
+        """The layers, the InputLayer first, as Keras 3's functional models list them."""
+        return list(self._layers_list)
+
+    @layers.setter
+    def layers(self, _):
+        raise AttributeError("`Functional.layers` is read-only")
+
+    @property
+    def inputs(self) -> List[Any]:
+        return [self._input_layer]
+
+    @property
+    def outputs(self) -> List[Any]:
+        return [self._output_tensor]
+
+    def build(self, input_shape: Optional[Shape] = None) -> None:
+        self.built = True  # built with its layers, by the symbolic calls
+
+    def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
+        shape = tuple(getattr(inputs, "shape", ()))
+        expected = self._batch_input_shape[1:]
+        if len(shape) != len(expected) + 1 or any(
+            e is not None and d != e for d, e in zip(shape[1:], expected)
+        ):
+            raise ValueError(
+                f"{self.name}: expected inputs of shape (batch, "
+                f"{', '.join(map(str, expected))}), got {shape}"
+            )
+        values = {id(self._input_layer): inputs}
+        for t in self._nodes:
+            args = [values[id(p)] for p in t._parents]
+            values[id(t)] = t._layer(args if t._merge else args[0], **t._kwargs)
+        return values[id(self._output_tensor)]
+
+    def get_config(self) -> Config:
+        local = {}  # id(KerasTensor) -> its layer's call number in this graph
+        count = {}
+        for t in self._nodes:
+            k = count.get(id(t._layer), 0)
+            local[id(t)] = k
+            count[id(t._layer)] = k + 1
+
+        def history(p):
+            if isinstance(p, _layers.InputLayer):
+                return [p.name, 0, 0]
+            return [p._layer.name, local[id(p)], 0]
+
+        def tensor(p):
+            return {
+                "class_name": "__keras_tensor__",
+                "config": {
+                    "shape": list(_graph.symbolic_shape(p)),
+                    "dtype": "float32",
+                    "keras_history": history(p),
+                },
+            }
+
+        entries = {self._input_layer.name: {**_layers.serialize(self._input_layer)}}
+        entries[self._input_layer.name].update(name=self._input_layer.name, inbound_nodes=[])
+        for t in self._nodes:
+            name = t._layer.name
+            if name not in entries:
+                entries[name] = {**_layers.serialize(t._layer), "name": name, "inbound_nodes": []}
+            args = [tensor(p) for p in t._parents]
+            entries[name]["inbound_nodes"].append(
+                {"args": [args] if t._merge else args, "kwargs": dict(t._kwargs)}
+            )
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "layers": list(entries.values()),
+            "input_layers": [history(self._input_layer)],
+            "output_layers": [history(self._output_tensor)],
+        }
+
+    @classmethod
+    def from_config(
+        cls, config: Config, custom_objects: Optional[Dict[str, Any]] = None
+    ) -> "Functional":
+        """A new functional model from ``get_config``'s dict: the layers rebuilt by class
+        name (yours via `custom_objects`), then called on each other as the config's
+        ``inbound_nodes`` say."""
+        made, tensors, pending = {}, {}, []
+        for entry in config.get("layers", []):
+            layer = _layers.deserialize(
+                {"class_name": entry["class_name"], "config": entry["config"]}, custom_objects
+            )
+            made[entry["name"]] = layer
+            if isinstance(layer, _layers.InputLayer):
+                tensors[(entry["name"], 0)] = layer
+            for k, node in enumerate(entry.get("inbound_nodes", [])):
+                pending.append((entry["name"], k, node))
+
+        def resolve(arg):
+            if isinstance(arg, list):
+                return [resolve(a) for a in arg]
+            name, k, _ = arg["config"]["keras_history"]
+            return tensors.get((name, k))
+
+        def ready(value):
+            if isinstance(value, list):
+                return all(ready(v) for v in value)
+            return value is not None
+
+        while pending:
+            progress = False
+            for item in list(pending):
+                name, k, node = item
+                if k and (name, k - 1) not in tensors:
+                    continue  # a shared layer's calls in their order
+                args = [resolve(a) for a in node.get("args", [])]
+                if not ready(args):
+                    continue
+                if len(args) != 1:
+                    raise ValueError(f"Functional.from_config: {name} takes one argument")
+                tensors[(name, k)] = made[name](args[0], **node.get("kwargs", {}))
+                pending.remove(item)
+                progress = True
+            if not progress:
+                raise ValueError(
+                    "Functional.from_config: the layers' inbound nodes do not form a graph "
+                    f"from the inputs (left: {[(n, k) for n, k, _ in pending]})"
+                )
+        (iname, ik, _), (oname, ok, _) = config["input_layers"][0], config["output_layers"][0]
+        return cls(
+            tensors[(iname, ik)],
+            tensors[(oname, ok)],
+            name=config.get("name"),
+            trainable=config.get("trainable", True),
+        )
+
+
 def load_weights_file(filepath: Union[str, "os.PathLike[str]"]) -> List[_core.Tensor]:
     """The entries of a weights file: ``[(name, ndarray)]`` (checked; for inspection)."""
     return list(_core.load_tensors(os.fspath(filepath)))
+
+
+load_model = _saving.load_model

@@ -22,7 +22,16 @@ from metalearn.tape import GradientTape
 
 from . import backend as _backend
 
-__all__ = ["Optimizer", "SGD", "Adam", "get", "serialize", "deserialize"]
+__all__ = [
+    "Optimizer",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "RMSprop",
+    "get",
+    "serialize",
+    "deserialize",
+]
 
 
 class _Iterations(int):
@@ -47,6 +56,9 @@ class Optimizer:
         clipvalue: clip each gradient element to ``[-clipvalue, clipvalue]``.
         global_clipnorm: clip all gradients together to this global L2 norm. At most one of
             the three may be set (ValueError otherwise, as Keras).
+        weight_decay: None (default) or a float: Keras 3's decoupled weight decay, every
+            variable decaying ``w = w - w * weight_decay * learning_rate`` before each update
+            (in the same C call).
         name: the optimizer's name; by default the class name in snake case made unique
             as Keras 3 names objects (``"adam"``, ``"adam_1"``, ``"sgd"``, ...; the counters
             are the layers' and ``clear_session`` resets them).
@@ -59,6 +71,7 @@ class Optimizer:
         clipnorm: Optional[float] = None,
         clipvalue: Optional[float] = None,
         global_clipnorm: Optional[float] = None,
+        weight_decay: Optional[float] = None,
     ) -> None:
         if sum(c is not None for c in (clipnorm, clipvalue, global_clipnorm)) > 1:
             raise ValueError(
@@ -81,12 +94,14 @@ class Optimizer:
                     f"`{what}` must be a finite non-negative number. Received: {what}={c!r}"
                 )
         learning_rate = self._check_lr(learning_rate)
+        weight_decay = None if weight_decay is None else _check_weight_decay(weight_decay)
         if name is None:  # named last: a refused optimizer takes no name
             name = _backend.unique_name(_backend.snake_case(type(self).__name__))
         self.name = name
         self.clipnorm = clipnorm
         self.clipvalue = clipvalue
         self.global_clipnorm = global_clipnorm
+        self.weight_decay = weight_decay
         self._learning_rate = learning_rate
         self._cores = {}  # tuple of variable ids -> (C optimizer, variables kept alive)
         self._iterations = 0
@@ -133,7 +148,10 @@ class Optimizer:
         key = tuple(map(id, variables))
         entry = self._cores.get(key)
         if entry is None:
-            entry = (self._make_core(), list(variables))
+            core = self._make_core()
+            if self.weight_decay:
+                core.weight_decay = self.weight_decay
+            entry = (core, list(variables))
             self._cores[key] = entry
         return entry[0]
 
@@ -290,6 +308,7 @@ class Optimizer:
             "clipnorm": self.clipnorm,
             "clipvalue": self.clipvalue,
             "global_clipnorm": self.global_clipnorm,
+            "weight_decay": self.weight_decay,
         }
 
     @classmethod
@@ -398,11 +417,122 @@ class Adam(Optimizer):
         return config
 
 
-_BY_NAME = {"sgd": SGD, "adam": Adam}
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019), as Keras 3's AdamW.
+
+    Before each Adam step every variable decays: ``w = w - w * weight_decay *
+    learning_rate`` (Keras 3 decays all variables, biases included), then the Adam
+    update of ``Adam`` runs on the decayed ``w``; both in one C call (traced by ``fit``).
+
+    Args:
+        learning_rate: default 0.001.
+        weight_decay: default 0.004 (Keras 3's).
+        beta_1, beta_2, epsilon, amsgrad: as ``Adam``.
+    """
+
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        weight_decay: float = 0.004,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+        amsgrad: bool = False,
+        name: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        if weight_decay is None:  # Keras 3's message
+            raise ValueError("Argument `weight_decay` must be a float. Received: weight_decay=None")
+        super().__init__(
+            learning_rate,
+            beta_1,
+            beta_2,
+            epsilon,
+            amsgrad,
+            name,
+            weight_decay=weight_decay,
+            **kwargs,
+        )
+
+
+def _check_weight_decay(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise ValueError(f"weight_decay must be a float, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"weight_decay must be a finite non-negative number, got {value}")
+    return value
+
+
+class RMSprop(Optimizer):
+    """RMSprop, computed as Keras 3 does::
+
+        velocity = rho * velocity + (1 - rho) * g^2
+        average_grad = rho * average_grad + (1 - rho) * g          # centered only
+        denominator = velocity - average_grad^2 + epsilon          # centered
+                    = velocity + epsilon                           # otherwise
+        increment = learning_rate * g / sqrt(denominator)
+        momentum_v = momentum * momentum_v + increment; w = w - momentum_v   # momentum > 0
+        w = w - increment                                                    # otherwise
+
+    Args:
+        learning_rate: default 0.001.
+        rho: discounting factor of the gradients' moving average, default 0.9.
+        momentum: default 0.0.
+        epsilon: default 1e-7.
+        centered: normalise by the gradients' estimated variance (default False).
+        weight_decay: as every optimizer's (see ``Optimizer``).
+
+    One C call updates every parameter (a refused step changes nothing), recorded in
+    ``fit``'s traced step as Adam's is.
+    """
+
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        rho: float = 0.9,
+        momentum: float = 0.0,
+        epsilon: float = 1e-7,
+        centered: bool = False,
+        name: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        for what, v in (("rho", rho), ("momentum", momentum), ("epsilon", epsilon)):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.number)):
+                raise ValueError(f"RMSprop: {what} must be a float, got {v!r}")
+            if not np.isfinite(v) or v < 0:
+                raise ValueError(f"RMSprop: {what} must be finite and >= 0, got {v}")
+        if not 0.0 <= float(rho) <= 1.0:
+            raise ValueError(f"RMSprop: rho must be in [0, 1], got {rho}")
+        self.rho, self.momentum, self.epsilon = float(rho), float(momentum), float(epsilon)
+        self.centered = bool(centered)
+        super().__init__(learning_rate, name, **kwargs)
+
+    def _make_core(self):
+        return _core.RMSprop(
+            learning_rate=self._learning_rate,
+            rho=self.rho,
+            momentum=self.momentum,
+            epsilon=self.epsilon,
+            centered=self.centered,
+        )
+
+    def get_config(self) -> Config:
+        config = super().get_config()
+        config.update(
+            rho=self.rho,
+            momentum=self.momentum,
+            epsilon=self.epsilon,
+            centered=self.centered,
+        )
+        return config
+
+
+_BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
 
 
 def get(identifier: Any) -> Optional[Optimizer]:
-    """An optimizer from a name (``"adam"``, ``"sgd"``), config dict or instance; None
+    """An optimizer from a name (``"adam"``, ``"adamw"``, ``"rmsprop"``, ``"sgd"``), config dict or instance; None
     gives None, as Keras 3.
 
     Raises:

@@ -29,6 +29,12 @@ def _memory():
     return mem
 
 
+def _functional_model():
+    inp = layers.Input((4,))
+    h = layers.Dense(3, activation="relu")(inp)
+    return keras.Model(inp, layers.Add()([h, layers.Dense(3)(h)]))
+
+
 # name -> (a new layer, an input it takes); one entry per shipped class (checked below)
 CASES = {
     "Dense": (
@@ -57,6 +63,22 @@ CASES = {
         IMG,
     ),
     "MemoryRecall": (lambda: layers.MemoryRecall(_memory(), k=3, temperature=0.5), VEC),
+    "LayerNormalization": (
+        lambda: layers.LayerNormalization(
+            axis=[-1], epsilon=1e-2, gamma_regularizer="l2", activity_regularizer="l1"
+        ),
+        VEC,
+    ),
+    "Add": (lambda: layers.Add(), [VEC, VEC]),
+    "Subtract": (lambda: layers.Subtract(), [VEC, VEC]),
+    "Multiply": (lambda: layers.Multiply(), [VEC, VEC]),
+    "Average": (lambda: layers.Average(), [VEC, VEC]),
+    "Concatenate": (lambda: layers.Concatenate(axis=1), [VEC, VEC]),
+    "Functional": (lambda: _functional_model(), VEC),
+    "Embedding": (
+        lambda: layers.Embedding(6, 3, embeddings_regularizer=keras.regularizers.L1L2(0.1, 0.2)),
+        np.array([[0, 5], [2, 2]]),
+    ),
     "Sequential": (
         lambda: keras.Sequential(
             [

@@ -144,6 +144,12 @@ def test_forward(keras_torch, arch, training):
         lambda L: L.AveragePooling2D((2, 3), strides=(2, 2), padding="valid"),
         lambda L: L.GlobalAveragePooling2D(keepdims=True),
         lambda L: L.BatchNormalization(momentum=0.8, epsilon=1e-2),
+        lambda L: L.LayerNormalization(),
+        # trailing axes only: Keras 3.15's torch path hands non-trailing axes to
+        # F.layer_norm, which refuses them (test_ln_formula checks those against the formula)
+        lambda L: L.LayerNormalization(axis=(2, 3), epsilon=1e-5),
+        lambda L: L.LayerNormalization(axis=-1, center=False),
+        lambda L: L.LayerNormalization(rms_scaling=True),
     ],
     ids=[
         "Dense",
@@ -157,6 +163,10 @@ def test_forward(keras_torch, arch, training):
         "AvgPool_valid",
         "GlobalAvgPool",
         "BatchNorm",
+        "LayerNorm",
+        "LayerNorm_axes23",
+        "LayerNorm_nocenter",
+        "LayerNorm_rms",
     ],
 )
 def test_layer(keras_torch, make):
@@ -378,6 +388,13 @@ def test_metric(keras_torch, name, weighted):
         ("SGD", {"learning_rate": 0.1, "clipnorm": 0.5}),
         ("SGD", {"learning_rate": 0.1, "clipvalue": 0.2}),
         ("Adam", {"learning_rate": 0.01, "global_clipnorm": 1.0, "epsilon": 0.1}),
+        ("RMSprop", {"learning_rate": 0.01}),
+        ("RMSprop", {"learning_rate": 0.02, "rho": 0.8, "momentum": 0.7, "centered": True}),
+        ("RMSprop", {"learning_rate": 0.01, "weight_decay": 0.1, "clipnorm": 0.5}),
+        ("AdamW", {"learning_rate": 0.01}),
+        ("AdamW", {"learning_rate": 0.05, "weight_decay": 0.2, "amsgrad": True}),
+        ("SGD", {"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 0.1}),
+        ("Adam", {"learning_rate": 0.01, "weight_decay": 0.05}),
     ],
 )
 def test_optimizer_steps(keras_torch, name, kwargs):
@@ -575,3 +592,187 @@ def test_evaluate_predict_train_on_batch(keras_torch):
         close(ours.train_on_batch(x[:10], y[:10]), theirs.train_on_batch(x[:10], y[:10]), rtol=1e-4)
     close(ours.test_on_batch(x, y), theirs.test_on_batch(x, y), rtol=1e-4)
     close(ours.predict_on_batch(x), np_of(keras, theirs.predict_on_batch(x)), rtol=1e-4)
+
+
+# ------------------------------------------------------------------ regularizers
+def regularized(lib, reg):
+    L, R = lib.layers, lib.regularizers
+    return lib.Sequential(
+        [
+            L.Input((6, 6, 2)),
+            L.Conv2D(
+                3,
+                3,
+                kernel_regularizer=R.L1L2(l1=0.01, l2=0.02),
+                bias_regularizer="l1",
+                activity_regularizer=R.L2(0.003),
+            ),
+            L.Flatten(),
+            L.Dense(
+                4,
+                activation="tanh",
+                kernel_regularizer=reg,
+                bias_regularizer=R.L2(0.05),
+                activity_regularizer="l1",
+            ),
+            L.Dense(2),
+        ]
+    )
+
+
+@pytest.mark.parametrize("reg", ["l1", "l2", "l1l2"])
+@pytest.mark.parametrize("opt", ["SGD", "RMSprop", "AdamW"])
+def test_fit_regularized(keras_torch, reg, opt):
+    # Keras 3 adds sum(model.losses) to the training and evaluation losses; activity
+    # penalties are divided by the batch size
+    keras = keras_torch
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(20, 6, 6, 2)).astype("float32")
+    y = rng.normal(size=(20, 2)).astype("float32")
+    ours, theirs, h_ours, h_theirs = fit_both(
+        keras, regularized, (reg,), x, y, (opt, {"learning_rate": 0.01}), "mse", []
+    )
+    compare_fit(keras, ours, theirs, h_ours, h_theirs)
+    ours(x[:5])
+    theirs(x[:5])
+    assert len(ours.losses) == len(theirs.losses) == 6
+    close(
+        sorted(float(l.item()) for l in ours.losses),
+        sorted(float(np_of(keras, l)) for l in theirs.losses),
+        what="model.losses",
+    )
+    close(ours.evaluate(x, y, verbose=0), theirs.evaluate(x, y, verbose=0), what="evaluate")
+
+
+# ------------------------------------------------------------------- generators
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fit_generator(keras_torch, weighted):
+    keras = keras_torch
+    rng = np.random.default_rng(4)
+    items = []
+    for _ in range(7):
+        x = rng.normal(size=(6, 5)).astype("float32")
+        y = np.eye(3, dtype="float32")[rng.integers(0, 3, 6)]
+        items.append((x, y, rng.uniform(0.5, 2, 6).astype("float32")) if weighted else (x, y))
+    ours, theirs = ours_and_theirs(keras, mlp, 5, 3, "softmax")
+    import metalearn.keras as mk
+
+    ours.compile(optimizer=mk.optimizers.RMSprop(0.01), loss="categorical_crossentropy")
+    theirs.compile(optimizer=keras.optimizers.RMSprop(0.01), loss="categorical_crossentropy")
+    h_ours = ours.fit((i for i in items), steps_per_epoch=3, epochs=2, verbose=0).history
+    h_theirs = theirs.fit((i for i in items), steps_per_epoch=3, epochs=2, verbose=0).history
+    compare_fit(keras, ours, theirs, h_ours, h_theirs)
+    assert int(ours.optimizer.iterations) == int(np_of(keras, theirs.optimizer.iterations)) == 6
+
+
+# ------------------------------------------------- LayerNormalization, Embedding
+def text_model(lib):
+    L = lib.layers
+    return lib.Sequential(
+        [
+            L.Input((5,)),
+            L.Embedding(12, 4),
+            L.LayerNormalization(),
+            L.Flatten(),
+            L.Dense(6, activation="relu"),
+            L.LayerNormalization(epsilon=1e-4),
+            L.Dense(3, activation="softmax"),
+        ]
+    )
+
+
+@pytest.mark.parametrize("opt", ["SGD", "Adam", "AdamW"])
+def test_fit_embedding_layernorm(keras_torch, opt):
+    keras = keras_torch
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 12, size=(40, 5))
+    y = np.eye(3, dtype="float32")[rng.integers(0, 3, 40)]
+    ours, theirs, h_ours, h_theirs = fit_both(
+        keras,
+        text_model,
+        (),
+        x,
+        y,
+        (opt, {"learning_rate": 0.02}),
+        "categorical_crossentropy",
+        ["accuracy"],
+    )
+    compare_fit(keras, ours, theirs, h_ours, h_theirs)
+    close(ours.predict(x, verbose=0), np_of(keras, theirs.predict(x, verbose=0)), what="predict")
+
+
+# ----------------------------------------------------------------- .keras files
+def test_keras3_archive_is_refused_clearly(keras_torch, tmp_path):
+    # Keras 3 keeps its weights in HDF5 (model.weights.h5), which metalearn does not read:
+    # load_model says so instead of failing somewhere inside
+    keras = keras_torch
+    import metalearn.keras as mk
+
+    theirs = keras.Sequential([keras.layers.Input((3,)), keras.layers.Dense(2)])
+    theirs.save(tmp_path / "k.keras")
+    with pytest.raises(ValueError, match="written by Keras 3"):
+        mk.models.load_model(tmp_path / "k.keras")
+
+
+# ------------------------------------------------------------- functional API
+def functional_graph(lib):
+    L = lib.layers
+    inp = lib.Input((5,))
+    h = L.Dense(8, activation="relu")(inp)
+    shared = L.Dense(8)
+    a = shared(h)
+    b = shared(L.Dense(8, activation="tanh")(a))
+    merged = L.Concatenate()([L.Add()([a, b]), L.Multiply()([a, h])])
+    out = L.Dense(3, activation="softmax")(L.LayerNormalization()(merged))
+    return lib.Model(inp, out)
+
+
+@pytest.mark.parametrize("opt", ["SGD", "Adam"])
+def test_fit_functional(keras_torch, opt):
+    keras = keras_torch
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(40, 5)).astype("float32")
+    y = np.eye(3, dtype="float32")[rng.integers(0, 3, 40)]
+    ours, theirs, h_ours, h_theirs = fit_both(
+        keras,
+        functional_graph,
+        (),
+        x,
+        y,
+        (opt, {"learning_rate": 0.02}),
+        "categorical_crossentropy",
+        ["accuracy"],
+    )
+    assert [type(l).__name__ for l in ours.layers] == [type(l).__name__ for l in theirs.layers]
+    compare_fit(keras, ours, theirs, h_ours, h_theirs)
+
+
+@pytest.mark.parametrize("arch", ["convnet", "functional"])
+def test_weights_h5_interchange(keras_torch, tmp_path, arch):
+    # '.weights.h5' in Keras 3's layout: Keras reads ours and we read Keras', with the
+    # same predictions
+    keras = keras_torch
+    build, args, shape = {
+        "convnet": (convnet, (3,), (4, 8, 8, 2)),
+        "functional": (functional_graph, (), (4, 5)),
+    }[arch]
+    ours, theirs = ours_and_theirs(keras, build, *args)
+    x = np.random.default_rng(5).normal(size=shape).astype("float32")
+    ours.save_weights(tmp_path / "ours.weights.h5")
+    fresh_theirs = build(keras, *args)
+    fresh_theirs.load_weights(tmp_path / "ours.weights.h5")
+    close(
+        np_of(keras, fresh_theirs.predict(x, verbose=0)),
+        ours.predict(x, verbose=0),
+        what="Keras reads ours",
+    )
+    theirs.save_weights(tmp_path / "theirs.weights.h5")
+    import metalearn.keras as mk
+
+    fresh_ours = build(mk, *args)
+    fresh_ours.load_weights(tmp_path / "theirs.weights.h5")
+    close(
+        fresh_ours.predict(x, verbose=0),
+        np_of(keras, theirs.predict(x, verbose=0)),
+        what="we read Keras'",
+    )

@@ -6,8 +6,6 @@ the multi-step momentum / Nesterov / Adam checks use the update rules of
 (float64) here. Inputs and numbers are Keras'; the test code is ours.
 """
 
-import warnings
-
 import numpy as np
 import pytest
 
@@ -28,8 +26,7 @@ def step(opt, grads, var):
 # -------------------------------------------------------------------------- SGD
 class TestSGD:
     def test_config(self):
-        # sgd_test.py::SGDTest::test_config (its weight_decay left out: metalearn's SGD has
-        # no weight decay, see test_weight_decay_is_refused)
+        # sgd_test.py::SGDTest::test_config (with weight_decay: test_weight_decay_config)
         assert_config_round_trip(
             optimizers.SGD(learning_rate=0.5, momentum=0.06, nesterov=True),
             optimizers.serialize,
@@ -237,12 +234,220 @@ class TestOptimizerBase:
         with pytest.raises(TypeError, match="learning_rate"):
             optimizers.SGD(learning_rate=lambda: 0.1)
 
-    def test_weight_decay_is_refused(self):
-        # DELIBERATE DIFFERENCE (sgd_test.py / adam_test.py::test_weight_decay): metalearn's
-        # SGD and Adam have no weight_decay; the argument is refused, not ignored.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with pytest.raises(TypeError):
-                optimizers.SGD(learning_rate=1.0, weight_decay=0.004)
-            with pytest.raises(TypeError):
-                optimizers.Adam(learning_rate=1.0, weight_decay=0.004)
+    @pytest.mark.parametrize("cls", ["SGD", "Adam"])
+    def test_weight_decay(self, cls):
+        # sgd_test.py / adam_test.py::test_weight_decay (var1, through three fresh
+        # optimizers; metalearn has no exclude_from_weight_decay)
+        v = variable(2.0)
+        for _ in range(3):
+            step(getattr(optimizers, cls)(learning_rate=1.0, weight_decay=0.004), 0.0, v)
+        assert abs(float(v.numpy()) - 1.9760959) < 1.5e-6
+
+    def test_weight_decay_config(self):
+        # sgd_test.py::SGDTest::test_config, with its weight_decay
+        assert_config_round_trip(
+            optimizers.SGD(learning_rate=0.5, momentum=0.06, nesterov=True, weight_decay=0.004),
+            optimizers.serialize,
+            optimizers.deserialize,
+        )
+        with pytest.raises(ValueError, match="weight_decay"):
+            optimizers.Adam(weight_decay=-1.0)
+
+
+# ---------------------------------------------------------------------- RMSprop
+class TestRMSprop:
+    def test_config(self):
+        # rmsprop_test.py::RMSpropTest::test_config
+        assert_config_round_trip(
+            optimizers.RMSprop(
+                learning_rate=0.5, rho=0.8, momentum=0.05, epsilon=1e-6, centered=True
+            ),
+            optimizers.serialize,
+            optimizers.deserialize,
+        )
+
+    def test_defaults(self):
+        # keras/src/optimizers/rmsprop.py's signature
+        c = optimizers.RMSprop().get_config()
+        assert (c["learning_rate"], c["rho"], c["momentum"]) == (0.001, 0.9, 0.0)
+        assert (c["epsilon"], c["centered"], c["weight_decay"]) == (1e-7, False, None)
+
+    def test_by_name(self):
+        assert isinstance(optimizers.get("rmsprop"), optimizers.RMSprop)
+        assert isinstance(optimizers.get("RMSprop"), optimizers.RMSprop)
+
+    def test_single_step(self):
+        # rmsprop_test.py::RMSpropTest::test_single_step
+        v = variable([1.0, 2.0, 3.0, 4.0])
+        step(optimizers.RMSprop(learning_rate=0.5), [1.0, 6.0, 7.0, 2.0], v)
+        all_close(v.numpy(), [-0.5811, 0.4189, 1.4189, 2.4189], rtol=1e-4, atol=1e-4)
+
+    def test_weight_decay(self):
+        # rmsprop_test.py::RMSpropTest::test_weight_decay (var1; metalearn has no
+        # exclude_from_weight_decay)
+        # var1 goes through three fresh optimizers there: three decays of 2.0
+        v = variable(2.0)
+        for _ in range(3):
+            step(optimizers.RMSprop(learning_rate=1.0, weight_decay=0.004), 0.0, v)
+        assert abs(float(v.numpy()) - 1.9760959) < 1.5e-6
+
+    def test_correctness_with_golden(self):
+        # rmsprop_test.py::RMSpropTest::test_correctness_with_golden
+        opt = optimizers.RMSprop(centered=True)
+        x = variable(np.ones(10))
+        grads = np.arange(0.1, 1.1, 0.1)
+        golden = np.tile([[0.9967], [0.9933], [0.9908], [0.9885], [0.9864]], (1, 10))
+        step(opt, np.full((10,), 0.01), x)
+        for i in range(5):
+            all_close(x.numpy(), golden[i], rtol=5e-4, atol=5e-4)
+            step(opt, grads, x)
+
+    def test_momentum_matches_formula(self):
+        # rmsprop.py update_step with momentum, written out in float64
+        opt = optimizers.RMSprop(learning_rate=0.1, rho=0.8, momentum=0.5, epsilon=1e-3)
+        w = np.array([1.0, -2.0, 0.5])
+        x = variable(w)
+        vel, mom = np.zeros(3), np.zeros(3)
+        for g in ([0.3, -1.0, 2.0], [1.0, 0.5, -0.2], [0.0, 2.0, 1.0]):
+            g = np.array(g)
+            vel = 0.8 * vel + 0.2 * g**2
+            mom = 0.5 * mom + 0.1 * g / np.sqrt(vel + 1e-3)
+            w = w - mom
+            step(opt, g, x)
+            all_close(x.numpy(), w, rtol=1e-6, atol=1e-6)
+
+    def test_clip_norm(self):
+        # rmsprop_test.py::RMSpropTest::test_clip_norm
+        clipped = optimizers.RMSprop(clipnorm=1)._clip([ml.tensor(np.array([100.0, 100.0]))])
+        all_close(np.asarray(clipped[0]), [2**0.5 / 2, 2**0.5 / 2])
+
+    def test_refused_step_changes_nothing(self):
+        opt = optimizers.RMSprop(momentum=0.9)
+        a, b = variable([1.0, 2.0]), variable([3.0])
+        opt.apply_gradients([(ml.tensor(np.ones(2, np.float32)), a)])
+        before = a.numpy().copy(), [s.numpy().copy() for s in opt.variables()]
+        with pytest.raises(ValueError):
+            opt.apply_gradients(
+                [(ml.tensor(np.ones(2, np.float32)), a), (ml.tensor(np.ones(2, np.float32)), b)]
+            )
+        assert np.array_equal(a.numpy(), before[0])
+        assert all(np.array_equal(s.numpy(), t) for s, t in zip(opt.variables(), before[1]))
+        assert int(opt.iterations) == 1
+
+
+# ------------------------------------------------------------------------ AdamW
+class TestAdamW:
+    def test_config(self):
+        # adamw_test.py::AdamWTest::test_config
+        assert_config_round_trip(
+            optimizers.AdamW(
+                learning_rate=0.5,
+                weight_decay=0.008,
+                beta_1=0.5,
+                beta_2=0.67,
+                epsilon=1e-5,
+                amsgrad=True,
+            ),
+            optimizers.serialize,
+            optimizers.deserialize,
+        )
+
+    def test_by_name_and_default(self):
+        opt = optimizers.get("adamw")
+        assert isinstance(opt, optimizers.AdamW) and opt.weight_decay == 0.004
+
+    def test_single_step(self):
+        # adamw_test.py::AdamWTest::test_single_step
+        v = variable([1.0, 2.0, 3.0, 4.0])
+        step(optimizers.AdamW(learning_rate=0.5), [1.0, 6.0, 7.0, 2.0], v)
+        all_close(v.numpy(), [0.4980, 1.4960, 2.494, 3.492], rtol=1e-4, atol=1e-4)
+
+    def test_weight_decay(self):
+        # adamw_test.py::AdamWTest::test_weight_decay (var1)
+        # var1 goes through three fresh optimizers there: three decays of 2.0
+        v = variable(2.0)
+        for _ in range(3):
+            step(optimizers.AdamW(learning_rate=1.0, weight_decay=0.004), 0.0, v)
+        assert abs(float(v.numpy()) - 1.9760959) < 1.5e-6
+
+    def test_weight_decay_is_none(self):
+        # adamw_test.py::AdamWTest::test_weight_decay_is_none
+        with pytest.raises(
+            ValueError, match="Argument `weight_decay` must be a float. Received: weight_decay=None"
+        ):
+            optimizers.AdamW(learning_rate=1.0, weight_decay=None)
+
+    def test_correctness_with_golden(self):
+        # adamw_test.py::AdamWTest::test_correctness_with_golden
+        opt = optimizers.AdamW(learning_rate=1.0, weight_decay=0.5, epsilon=2)
+        x = variable(np.ones(10))
+        grads = np.arange(0.1, 1.1, 0.1)
+        golden = np.array(
+            [
+                [0.4998] * 10,
+                [0.2486, 0.2475, 0.2463, 0.2451, 0.244, 0.2428, 0.2417, 0.2405, 0.2394, 0.2382],
+                [0.1223, 0.1198, 0.1174, 0.1149, 0.1124, 0.11, 0.1075, 0.1051, 0.1027, 0.1003],
+                [0.0586, 0.0549, 0.0512, 0.0475, 0.0439, 0.0402, 0.0366, 0.033, 0.0294, 0.0258],
+                [0.0263, 0.0215, 0.0167, 0.012, 0.0073, 0.0026, -0.0021, -0.0067, -0.0113, -0.0159],
+            ]
+        )
+        step(opt, np.full((10,), 0.01), x)
+        for i in range(5):
+            all_close(x.numpy(), golden[i], rtol=5e-4, atol=5e-4)
+            step(opt, grads, x)
+
+    def test_refused_step_changes_nothing(self):
+        opt = optimizers.AdamW(weight_decay=0.1)
+        a = variable([1.0, 2.0])
+        with pytest.raises(ValueError):
+            opt.apply_gradients([(ml.tensor(np.ones(3, np.float32)), a)])
+        assert np.array_equal(a.numpy(), np.array([1.0, 2.0], np.float32))
+        assert int(opt.iterations) == 0
+
+
+@pytest.mark.parametrize("name", ["rmsprop", "adamw"])
+def test_compile_by_string_trains(name):
+    # Keras 3 accepts these names in compile
+    from metalearn import keras
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 3)).astype("float32")
+    y = (x @ np.array([[1.0], [-2.0], [0.5]])).astype("float32")
+    model = keras.Sequential([keras.layers.Dense(1, input_shape=(3,))])
+    model.compile(optimizer=name, loss="mse")
+    first = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=20, batch_size=8, verbose=0)
+    assert model.evaluate(x, y, verbose=0) < first
+    assert int(model.optimizer.iterations) == 80
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: optimizers.RMSprop(0.01, momentum=0.5, centered=True),
+        lambda: optimizers.AdamW(0.01, weight_decay=0.1),
+        lambda: optimizers.SGD(0.05, weight_decay=0.01),
+    ],
+    ids=["RMSprop", "AdamW", "SGD_wd"],
+)
+def test_traced_fit_equals_eager(make):
+    # one C update over all parameters, recorded in fit's trace: the replayed steps give
+    # the eager steps' numbers
+    from metalearn import keras
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(24, 3)).astype("float32")
+    y = rng.normal(size=(24, 2)).astype("float32")
+    runs = []
+    for eager in (False, True):
+        ml.random.set_seed(0)
+        model = keras.Sequential(
+            [keras.layers.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(2)]
+        )
+        model.compile(optimizer=make(), loss="mse", run_eagerly=eager)
+        h = model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
+        runs.append((h.history["loss"], model.get_weights(), model))
+    assert runs[0][2]._train_fn is not None and runs[0][2]._train_fn.n_traces == 1
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_array_equal(a, b)

@@ -39,7 +39,11 @@ def _offending(module, names):
         if n.startswith("_"):
             continue
         value = getattr(module, n)
-        if n in TYPING_NAMES or getattr(value, "__module__", None) == "typing":
+        # a typing name that is typing's own object (Keras' layer Concatenate shares a name
+        # with typing.Concatenate and is not one)
+        if (n in TYPING_NAMES and value is getattr(typing, n, None)) or getattr(
+            value, "__module__", None
+        ) == "typing":
             bad.append(n)
         elif isinstance(value, types.ModuleType) and value.__name__ != f"{module.__name__}.{n}":
             bad.append(n)
