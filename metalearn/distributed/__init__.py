@@ -376,3 +376,8 @@ def _task_gradient(learner, batch, i, params):
         return loss, metric, grads
     loss, metric = learner._meta_loss(one)
     return float(loss.item()), metric, _core.grad(loss, params)
+
+
+def __dir__():
+    # the public names only (not the modules and typing names imported above)
+    return list(__all__)
