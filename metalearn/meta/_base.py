@@ -587,6 +587,15 @@ class BaseMetaLearner:
         iterations = check_count(iterations, "iterations", "fit")
         meta_batch_size = check_count(meta_batch_size, "meta_batch_size", "fit", minimum=1)
         end = _budget.deadline(time_budget, "fit")
+        # a metalearn.distributed strategy in force splits each meta-batch's tasks between
+        # processes (the module imports nothing beyond NumPy until MPI is used)
+        from metalearn.distributed import distribution
+
+        dist = distribution()
+        if dist is not None:
+            dist._check_learner(
+                self, {"checkpoint_dir": checkpoint_dir, "time_budget": time_budget}
+            )
         from ._session import FitSession
 
         session = FitSession(
@@ -620,7 +629,12 @@ class BaseMetaLearner:
             if it == start:  # the loss and the model's build follow from the first batch
                 self._prepare(batch)
                 history.setdefault(self.metric_name, [])
-            loss, metric = self._meta_step(batch)
+                if dist is not None:
+                    dist._begin(self)  # rank 0's weights on every rank
+            if dist is None:
+                loss, metric = self._meta_step(batch)
+            else:
+                loss, metric = dist._meta_step(self, batch)
             self.iterations += 1
             history["loss"].append(loss)
             history[self.metric_name].append(metric)

@@ -1,0 +1,390 @@
+"""Data-parallel meta-training over MPI (issue 24): the same bits on any number of processes.
+
+The world::
+
+    from metalearn import distributed
+    distributed.rank(), distributed.size(), distributed.is_root(), distributed.barrier()
+
+and the strategy, in Keras 3's shape (``keras.distribution.DataParallel`` is entered with
+``scope()`` or made global with ``set_distribution``; the algorithm's own ``fit`` is unchanged)::
+
+    with distributed.DataParallel().scope():
+        maml.fit(metalearn.tasks.Sinusoid(seed=0), iterations=1000, meta_batch_size=24)
+
+run with ``mpiexec -n 2 python train.py`` (``pip install 'metalearn[mpi]'`` brings mpi4py and
+Open MPI). Every rank draws the same meta-batch from the same sampler; rank r computes the
+meta-gradients of its contiguous block of tasks, one task at a time; the per-task gradients
+are gathered to every rank (``Allgatherv`` on NumPy buffers) and summed in task order, so the
+meta-update, and the weights after any number of iterations, have the same bits for
+P = 1, 2, 3, ... processes (P need not divide the meta-batch).
+
+mpi4py is imported only when the process was started by an MPI launcher (``mpiexec``,
+``srun``: its environment says so) or ``METALEARN_MPI=1`` is set; otherwise the world is
+this one process (size 1) and nothing beyond NumPy is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+import zlib
+from typing import Any, Iterator, Optional
+
+import numpy as np
+
+__all__ = [
+    "DataParallel",
+    "barrier",
+    "comm",
+    "distribution",
+    "is_root",
+    "rank",
+    "set_distribution",
+    "size",
+]
+
+_INSTALL = "pip install 'metalearn[mpi]'"
+
+# environment variables by which MPI launchers announce the number of processes
+_LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS")
+
+
+def _launched_size() -> int:
+    """The process count a launcher announced in the environment (1 when none did)."""
+    for var in _LAUNCHER_SIZE_VARS:
+        value = os.environ.get(var)
+        if value and value.isdigit():
+            return int(value)
+    return 1
+
+
+def _wants_mpi() -> bool:
+    if os.environ.get("METALEARN_MPI", "") not in ("", "0"):
+        return True
+    return any(var in os.environ for var in _LAUNCHER_SIZE_VARS + ("PMIX_RANK", "PMI_RANK"))
+
+
+class _SelfComm:
+    """The world of one process without MPI: the collectives are copies."""
+
+    rank = 0
+    size = 1
+
+    def Get_rank(self):
+        return 0
+
+    def Get_size(self):
+        return 1
+
+    def Barrier(self):
+        pass
+
+
+_comm_cache: Any = None
+
+
+def _import_mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise ImportError(
+            f"metalearn.distributed needs mpi4py and an MPI runtime for more than one "
+            f"process: {_INSTALL} (or mpi4py built against your site's MPI); {exc}"
+        ) from exc
+    return MPI
+
+
+def _world():
+    """The world communicator: mpi4py's COMM_WORLD under a launcher, else a one-process
+    stand-in. ImportError when a launcher started several processes and mpi4py is absent."""
+    global _comm_cache
+    if _comm_cache is None:
+        if _wants_mpi():
+            try:
+                _comm_cache = _import_mpi().COMM_WORLD
+            except ImportError:
+                if _launched_size() > 1 or os.environ.get("METALEARN_MPI", "") not in ("", "0"):
+                    raise
+                _comm_cache = _SelfComm()  # `mpiexec -n 1` without mpi4py: one process
+        else:
+            _comm_cache = _SelfComm()
+    return _comm_cache
+
+
+def comm() -> Any:
+    """mpi4py's ``MPI.COMM_WORLD`` (ImportError naming the extra when mpi4py is absent)."""
+    w = _world()
+    if isinstance(w, _SelfComm):
+        return _import_mpi().COMM_WORLD
+    return w
+
+
+def rank() -> int:
+    """This process' index in the world, 0 .. size() - 1."""
+    return int(_world().Get_rank())
+
+
+def size() -> int:
+    """The number of processes in the world (1 without a launcher)."""
+    return int(_world().Get_size())
+
+
+def is_root() -> bool:
+    """Whether this process is rank 0 (the one that writes files and prints)."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    """Waits until every process reaches it."""
+    _world().Barrier()
+
+
+# ------------------------------------------------------------------ the strategy
+
+_global_distribution: Optional["DataParallel"] = None
+_scoped: list = []
+
+
+def distribution() -> Optional["DataParallel"]:
+    """The strategy in force: the innermost ``scope()``, else ``set_distribution``'s."""
+    return _scoped[-1] if _scoped else _global_distribution
+
+
+def set_distribution(value: Optional["DataParallel"]) -> None:
+    """Makes `value` the strategy of every later ``fit`` (None: back to one process), as
+    ``keras.distribution.set_distribution``."""
+    global _global_distribution
+    if value is not None and not isinstance(value, DataParallel):
+        raise TypeError(f"set_distribution: expected a DataParallel or None, got {value!r}")
+    _global_distribution = value
+
+
+def _block(n: int, p: int, r: int):
+    """Rank r's contiguous block [lo, hi) of n tasks shared by p ranks (sizes differ by at
+    most one, larger blocks first)."""
+    return (n * r) // p, (n * (r + 1)) // p
+
+
+class DataParallel:
+    """Splits each meta-batch's tasks between the processes of the world; the same bits
+    for any number of processes.
+
+    Used by ``fit`` of MAML, FOMAML, MetaSGD, ANIL, Reptile and ProtoNet while the strategy is in
+    force (``with DataParallel().scope():`` or ``set_distribution``). At the start of
+    ``fit`` the weights are broadcast from rank 0. Each meta-step: every rank draws the
+    same meta-batch (the samplers are seeded alike), computes the meta-gradient of each of
+    its tasks alone, gathers all the tasks' gradients and sums them in task order
+    (``((g_0 + g_1) + ...) + g_{B-1}``, then divided by B); every rank applies the same
+    optimizer step. The weights are therefore the same, bit for bit, for any number of
+    processes (and for this strategy run in one process without MPI). Against a plain
+    ``fit``: Reptile with ``vectorize=False`` gives the same bits (its loop sums the
+    directions in task order too); the MAML family and ProtoNet differ by float32
+    rounding only, since their plain meta-step sums over tasks inside one graph (the
+    vectorised batch, or autograd through the mean loss) in another order.
+
+    Args:
+        check_every: every this many meta-steps the ranks compare a checksum (CRC-32) of
+            their weights; a difference raises RuntimeError naming the step (0: never).
+    """
+
+    def __init__(self, check_every: int = 10) -> None:
+        from metalearn.meta._base import check_count
+
+        self.check_every = check_count(check_every, "check_every", "DataParallel")
+
+    def __repr__(self):
+        return f"<DataParallel size={size()} check_every={self.check_every}>"
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator["DataParallel"]:
+        """The strategy for the ``fit`` calls inside the block. An exception escaping the
+        block on one rank of several is printed and ends every rank
+        (``MPI.COMM_WORLD.Abort``): the others would otherwise wait in a collective."""
+        _scoped.append(self)
+        try:
+            yield self
+        except BaseException:
+            if size() > 1:
+                sys.stderr.write(f"metalearn.distributed: rank {rank()} failed:\n")
+                traceback.print_exc()
+                sys.stderr.flush()
+                _world().Abort(1)
+            raise
+        finally:
+            _scoped.pop()
+
+    # ---------------------------------------------------------- fit's hooks
+    def _check_learner(self, learner, session_options):
+        if _task_kind(learner) is None:
+            raise TypeError(
+                f"DataParallel: {type(learner).__name__}.fit is not data-parallel yet "
+                "(MAML, FOMAML, MetaSGD, ANIL, Reptile and ProtoNet are)"
+            )
+        if size() > 1 and session_options.get("checkpoint_dir") is not None:
+            raise ValueError(
+                "DataParallel: checkpoint_dir is not supported with several processes yet "
+                "(every rank would write the same folder)"
+            )
+        if size() > 1 and session_options.get("time_budget") is not None:
+            # each rank reads its own clock, so ranks would stop at different iterations and
+            # the collectives of the one that goes on would wait forever
+            raise ValueError(
+                "DataParallel: time_budget is not supported with several processes yet "
+                "(the ranks' clocks would stop them at different iterations)"
+            )
+
+    def _begin(self, learner) -> None:
+        """Broadcasts rank 0's weights (and every meta-parameter) to all ranks."""
+        self._steps = 0
+        tensors = _state_tensors(learner)
+        if size() == 1 or not tensors:
+            return
+        buf = np.concatenate([np.asarray(t, np.float32).reshape(-1) for t in tensors])
+        _world().Bcast(buf, root=0)
+        _assign_flat(tensors, buf)
+
+    def _meta_step(self, learner, batch):
+        """One data-parallel meta-step; returns (mean loss, mean metric) over the batch."""
+        from metalearn import debugging
+        from metalearn.meta._base import to_tensor
+
+        params = list(_meta_params(learner))
+        shapes = [tuple(int(d) for d in p.shape) for p in params]
+        width = sum(int(np.prod(s)) for s in shapes)
+        n = len(batch.support_x)
+        p, r = size(), rank()
+        lo, hi = _block(n, p, r)
+        local = np.empty((hi - lo, width), np.float32)
+        local_stats = np.empty((hi - lo, 2), np.float64)
+        for j, i in enumerate(range(lo, hi)):
+            loss, metric, grads = _task_gradient(learner, batch, i, params)
+            off = 0
+            for g, s in zip(grads, shapes):
+                k = int(np.prod(s))
+                local[j, off : off + k] = np.asarray(g).reshape(-1)
+                off += k
+            local_stats[j] = (loss, metric)
+        if p == 1:
+            full, stats = local, local_stats
+        else:
+            full = np.empty((n, width), np.float32)
+            stats = np.empty((n, 2), np.float64)
+            counts = [(_block(n, p, q)[1] - _block(n, p, q)[0]) for q in range(p)]
+            displs = [_block(n, p, q)[0] for q in range(p)]
+            w, MPI = _world(), _import_mpi()
+            # each rank's block straight into its rows of every rank's buffer (no pickling)
+            w.Allgatherv(
+                local, [full, ([c * width for c in counts], [d * width for d in displs]), MPI.FLOAT]
+            )
+            w.Allgatherv(
+                local_stats, [stats, ([c * 2 for c in counts], [d * 2 for d in displs]), MPI.DOUBLE]
+            )
+        # the sum over tasks in task order, whatever the split: same bits for any P
+        total = full[0].copy()
+        for i in range(1, n):
+            total += full[i]
+        total /= np.float32(n)  # the mean, correctly rounded (as Reptile's own loop)
+        mean_grads, off = [], 0
+        for s in shapes:
+            k = int(np.prod(s))
+            mean_grads.append(to_tensor(total[off : off + k].reshape(s)))
+            off += k
+        loss_value = float(np.mean(stats[:, 0]))
+        metric_value = float(np.mean(stats[:, 1]))
+        if debugging._numerics_checks:
+            learner._check_meta_step(np.float32(loss_value), mean_grads, params)
+        learner.meta_optimizer.apply_gradients(zip(mean_grads, params))
+        self._steps += 1
+        if p > 1 and self.check_every and self._steps % self.check_every == 0:
+            self._compare_weights(learner, learner.iterations + 1)
+        return loss_value, metric_value
+
+    def _compare_weights(self, learner, step):
+        crc = 0
+        for t in _state_tensors(learner):
+            crc = zlib.crc32(np.ascontiguousarray(np.asarray(t, np.float32)).tobytes(), crc)
+        crcs = _world().allgather(crc)
+        if len(set(crcs)) > 1:
+            raise RuntimeError(
+                f"DataParallel: the ranks' weights diverged at meta-step {step} "
+                f"(weight checksums by rank: {crcs})"
+            )
+
+
+# ------------------------------------------------------------------ per algorithm
+
+
+def _task_kind(learner):
+    from metalearn.meta.maml import MAML
+    from metalearn.meta.protonet import ProtoNet
+    from metalearn.meta.reptile import Reptile
+
+    if isinstance(learner, Reptile):  # (a MAML subclass: first)
+        return "reptile"
+    if isinstance(learner, MAML):
+        return "maml"
+    if isinstance(learner, ProtoNet):
+        return "protonet"
+    return None
+
+
+def _meta_params(learner):
+    if _task_kind(learner) == "protonet":
+        return learner.encoder.trainable_weights
+    return learner._meta_params()
+
+
+def _state_tensors(learner):
+    """Every tensor a rank must hold alike: the model's weights and the meta-parameters."""
+    model = learner.encoder if _task_kind(learner) == "protonet" else learner.model
+    seen, out = set(), []
+    for t in list(model.weights) + list(_meta_params(learner)):
+        if id(t) not in seen:
+            seen.add(id(t))
+            out.append(t)
+    return out
+
+
+def _assign_flat(tensors, buf):
+    from metalearn import _core
+
+    off = 0
+    for t in tensors:
+        k = int(np.prod(t.shape))
+        _core.assign(t, np.ascontiguousarray(buf[off : off + k].reshape(tuple(t.shape))))
+        off += k
+
+
+def _task_gradient(learner, batch, i, params):
+    """(query loss, metric, one tensor per meta-parameter) of task i of `batch` alone: its
+    meta-gradient (MAML family, ProtoNet) or Reptile's direction theta - phi_i."""
+    from metalearn import _core
+    from metalearn.meta._base import accuracy
+    from metalearn.tasks.base import Task
+
+    kind = _task_kind(learner)
+    if kind == "protonet":
+        loss, logits = learner.episode_loss(
+            batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
+        )
+        return float(loss.item()), accuracy(logits, batch.query_y[i]), _core.grad(loss, params)
+    sl = slice(i, i + 1)
+    one = Task(
+        batch.support_x[sl],
+        batch.support_y[sl],
+        batch.query_x[sl],
+        batch.query_y[sl],
+        info={"batched": True},
+    )
+    if kind == "reptile":  # the loop's direction of one task: (theta - phi_i) / 1
+        loss, metric, grads = learner._direction(one)
+        return loss, metric, grads
+    loss, metric = learner._meta_loss(one)
+    return float(loss.item()), metric, _core.grad(loss, params)
+
+
+def __dir__():
+    # the public names only (not the modules and typing names imported above)
+    return list(__all__)

