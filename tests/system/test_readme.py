@@ -32,6 +32,11 @@ def _blocks():
 # Each block is recognised by a string only it holds. The check runs after the block, in
 # the same interpreter, and must raise (an assert) when what the README promises is false.
 CHECKS = {
+    "distributed.DataParallel().scope()": (
+        "import os\n"
+        "assert distributed.size() == 1 and distributed.is_root()\n"
+        "assert os.path.getsize('meta_model.mlw') > 0 and learner.iterations == 100"
+    ),
     "checkpoint_dir=": (
         "import os\n"
         "assert os.path.isfile('runs/maml/checkpoint.json')  # the checkpoint was written\n"
