@@ -61,7 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metalearn import _core
+from metalearn import _budget, _core
 from metalearn.functional import functional_call
 from metalearn.memory import KnowledgeMemory
 from metalearn.networks import AdaptiveNeuralNetwork, MetaLearningNetwork
@@ -828,7 +828,16 @@ class MetaLearner:
         return _accuracy(out, task.query_y)
 
     # ------------------------------------------------------------------ fit
-    def fit(self, tasks, iterations=1000, meta_batch_size=25, verbose=1, remember=True):
+    def fit(
+        self,
+        tasks,
+        iterations=1000,
+        meta_batch_size=25,
+        verbose=1,
+        remember=True,
+        *,
+        time_budget=None,
+    ):
         """Meta-trains the learner, fills the memory and trains the predictor.
 
         Each iteration: one meta-update of the algorithm on a batch of tasks; then, for
@@ -842,15 +851,26 @@ class MetaLearner:
                 ``n -> Task batch`` or a Task batch (integer labels, fixed support size).
             iterations, meta_batch_size, verbose: as for the algorithms' ``fit``.
             remember: store the tasks' knowledge in the memory.
+            time_budget: seconds of wall-clock time (a positive number) after which
+                training stops at the end of the running iteration; the history then has
+                ``stopped = "time_budget"``.
 
         Returns:
             A history dict of per-iteration lists: ``loss``, ``accuracy`` (the algorithm's
             meta-step), ``task_accuracy`` (measured after adaptation), ``predictor_loss``,
-            ``memory_size``.
+            ``memory_size``; ``stopped`` when the budget ended the run.
         """
         iterations, meta_batch_size = int(iterations), int(meta_batch_size)
         if iterations < 0 or meta_batch_size < 1:
             raise ValueError("fit: iterations must be >= 0 and meta_batch_size >= 1")
+        end = _budget.deadline(time_budget, "MetaLearner.fit")
+        from metalearn.distributed import distribution
+
+        if distribution() is not None:  # refused, not run silently on one process
+            raise TypeError(
+                "DataParallel: MetaLearner.fit is not data-parallel yet (MAML, FOMAML, "
+                "MetaSGD, ANIL, Reptile and ProtoNet are)"
+            )
         history = {
             "loss": [],
             "accuracy": [],
@@ -910,6 +930,9 @@ class MetaLearner:
             progress.update(
                 it + 1, {"loss": loss, "accuracy": float(np.mean(accs)), "predictor_loss": ploss}
             )
+            if _budget.expired(end):
+                history["stopped"] = _budget.STOPPED_TIME_BUDGET
+                break
         self.history = history
         return history
 

@@ -178,3 +178,25 @@ def test_model_fit_budget_at_epoch_end_and_refusals(clock):
             model.fit(x, y, batch_size=4, epochs=1, verbose=0, time_budget=bad)
     for a, b in zip(w, model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_metalearner_fit_stops_at_the_first_iteration_past_the_budget(clock, monkeypatch):
+    from metalearn.meta import MetaLearner
+
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 28, 28)).astype(np.float32)
+    y = np.repeat(np.arange(8), 5)
+    tasks = NWayKShot((x, y), n_way=3, k_shot=1, q_queries=2, augment_rotations=False, seed=0)
+    system = MetaLearner(n_way=3, hidden_units=8, memory_capacity=64, seed=0)
+    meta_step = system.algorithm._meta_step
+
+    def step_taking_one_second(batch):  # MetaLearner.fit has no callbacks: the clock
+        out = meta_step(batch)  # moves with each meta-step instead
+        clock.tick(1.0)
+        return out
+
+    monkeypatch.setattr(system.algorithm, "_meta_step", step_taking_one_second)
+    h = system.fit(tasks, iterations=50, meta_batch_size=2, verbose=0, time_budget=2.5)
+    assert len(h["loss"]) == 3 and h["stopped"] == "time_budget"
+    with pytest.raises(ValueError, match="time_budget"):
+        system.fit(tasks, iterations=1, meta_batch_size=2, verbose=0, time_budget=-1)
