@@ -295,3 +295,25 @@ def test_keras_file_round_trip(tmp_path):
     a = loaded.evaluate({"a": xa, "b": xb}, {"reg": y1, "cls": y2}, verbose=0, return_dict=True)
     b = model.evaluate({"a": xa, "b": xb}, {"reg": y1, "cls": y2}, verbose=0, return_dict=True)
     assert a == b and set(a) == {"loss", "reg_loss", "cls_loss", "cls_accuracy"}
+
+
+def test_fit_generator_of_lists_equals_train_on_batch():
+    # generator batches ([xa, xb], [y1, y2]) train as train_on_batch on the same batches
+    xa, xb, y1, y2 = data(12)
+    runs = []
+    for mode in ("gen", "batch"):
+        model = two_branch()
+        randomize(model)
+        model.compile(keras.optimizers.SGD(0.05), loss=["mse", "sparse_categorical_crossentropy"])
+        batches = [
+            ([xa[i : i + 4], xb[i : i + 4]], [y1[i : i + 4], y2[i : i + 4]]) for i in (0, 4, 8)
+        ]
+        if mode == "gen":
+            h = model.fit(iter(batches), epochs=1, verbose=0).history
+            assert sorted(h) == ["cls_loss", "loss", "reg_loss"]
+        else:
+            for bx, by in batches:
+                model.train_on_batch(bx, by)
+        runs.append(model.get_weights())
+    for a, b in zip(*runs):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

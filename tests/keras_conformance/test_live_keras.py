@@ -855,3 +855,34 @@ def json_norm(v):
     import json
 
     return json.loads(json.dumps(v))
+
+
+def test_fit_two_outputs_one_loss_weighted(keras_torch):
+    # one loss for every output (Keras 3 applies it to each), sample weights and
+    # validation_data as lists: the history (val_ keys included) and the weights
+    from metalearn import keras as mk
+
+    keras = keras_torch
+
+    def build(lib):
+        L = lib.layers
+        a, b = lib.Input((3,), name="a"), lib.Input((2,), name="b")
+        h = L.Concatenate(name="cat")([L.Dense(4, name="da")(a), L.Dense(3, name="proj")(b)])
+        return lib.Model([a, b], [L.Dense(1, name="reg")(h), L.Dense(2, name="reg2")(h)])
+
+    ours, theirs = build(mk), build(keras)
+    rng = np.random.default_rng(4)
+    ours.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in ours.weights])
+    copy_weights(ours, theirs)
+    x = [rng.normal(size=(16, 3)).astype("float32"), rng.normal(size=(16, 2)).astype("float32")]
+    y = [rng.normal(size=(16, 1)).astype("float32"), rng.normal(size=(16, 2)).astype("float32")]
+    sw = rng.uniform(0.1, 2.0, 16).astype("float32")
+    val = ([v[:6] for v in x], [v[:6] for v in y])
+    for m, lib in ((ours, mk), (theirs, keras)):
+        m.compile(lib.optimizers.SGD(learning_rate=0.05), loss="mse", metrics=[["mae"], ["mae"]])
+        m.history_ = m.fit(
+            x, y, batch_size=5, epochs=2, shuffle=False, verbose=0, sample_weight=sw,
+            validation_data=val,
+        ).history  # fmt: skip
+    assert "val_reg2_mae" in theirs.history_
+    compare_fit(keras, ours, theirs, ours.history_, theirs.history_)
