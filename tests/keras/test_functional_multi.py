@@ -317,3 +317,41 @@ def test_fit_generator_of_lists_equals_train_on_batch():
         runs.append(model.get_weights())
     for a, b in zip(*runs):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("algo", ["MAML", "FOMAML", "ANIL", "MetaSGD"])
+def test_meta_learners_on_a_functional_model(algo):
+    # a functional chain and the Sequential model with the same weights give the same
+    # meta-gradients (second order for MAML), so every algorithm runs through the graph
+    from metalearn import meta
+    from metalearn.tasks import Task
+
+    rng = np.random.default_rng(0)
+    inp = keras.Input((3,))
+    h = L.Dense(6, activation="tanh")(inp)
+    functional = keras.Model(inp, L.Dense(2)(L.Dense(5, activation="tanh")(h)))
+    sequential = keras.Sequential(
+        [
+            keras.Input((3,)),
+            L.Dense(6, activation="tanh"),
+            L.Dense(5, activation="tanh"),
+            L.Dense(2),
+        ]
+    )
+    randomize(functional)
+    sequential.set_weights(functional.get_weights())
+    batch = Task(
+        rng.normal(size=(3, 5, 3)).astype(np.float32),
+        rng.integers(0, 2, (3, 5)),
+        rng.normal(size=(3, 7, 3)).astype(np.float32),
+        rng.integers(0, 2, (3, 7)),
+        {"batched": True},
+    )
+    out = []
+    for model in (functional, sequential):
+        learner = getattr(meta, algo)(model, inner_lr=0.3, inner_steps=2)
+        out.append(learner.meta_gradients(batch))
+    (la, ga), (lb, gb) = out
+    assert abs(la - lb) < 1e-5 and len(ga) == len(gb)
+    for a, b in zip(ga, gb):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
