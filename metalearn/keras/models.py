@@ -125,7 +125,7 @@ class Model(_layers.Layer):
                 return self.dense2(self.dense1(inputs))
 
     The model builds on its first call. ``Model(inputs, outputs)`` makes a functional
-    model (``Functional``, one input and one output for now), as Keras 3.
+    model (``Functional``; inputs and outputs each a tensor, a list or a dict), as Keras 3.
 
     Args:
         name: the model's name.
@@ -318,11 +318,18 @@ class Model(_layers.Layer):
             optimizer: name (``"adam"``, ``"adamw"``, ``"rmsprop"``, ``"sgd"``) or optimizer
                 instance. (Keras' default is ``"rmsprop"``; metalearn's stays Adam, as in
                 its earlier releases.)
-            loss: name, Loss instance or function ``f(y_true, y_pred)`` of per-sample values;
+            loss: name, Loss instance or function ``f(y_true, y_pred)`` of per-sample values
+                (a model with several outputs: a list in output order, a dict by output
+                name, or one loss for every output; the training loss is the weighted sum);
                 ``"crossentropy"``/``"ce"`` pick the binary, sparse categorical or
                 categorical cross-entropy from the shapes of the first batch, as Keras 3.
             metrics: list of names (``"accuracy"`` is resolved from the shapes as Keras
-                does), Metric instances or functions; they ignore ``sample_weight``.
+                does), Metric instances or functions; they ignore ``sample_weight``. Several
+                outputs: a list of lists in output order or a dict by output name; the
+                logs name them ``<output>_<metric>`` and each output's loss
+                ``<output>_loss``, as Keras 3.
+            loss_weights: several outputs only: a list or dict of each output's weight in
+                the total loss (default 1 each), as Keras 3.
             weighted_metrics: the same, weighted by ``sample_weight`` (Keras 3's split);
                 in the logs a name already taken gets ``weighted_`` in front.
             run_eagerly: None (default) traces fit's step when the model allows it, True
