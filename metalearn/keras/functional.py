@@ -7,7 +7,7 @@ of its input (its ``shape`` is ``(None, 4)``); a layer called on it, or on a
 the shape (run once on zeros in inference mode, so nothing changes) and the call is
 recorded. ``Model(inputs, outputs)`` orders the recorded calls between them into a
 graph; its ``call`` runs them in that order, so ``fit`` traces and replays a functional
-model as it does a Sequential one. This start supports one input and one output, with
+model as it does a Sequential one. Several inputs and outputs (lists or dicts, as Keras 3) are supported, with
 merges (``Add``, ``Concatenate``, ...) and shared layers inside the graph.
 """
 
@@ -102,17 +102,43 @@ def call_symbolic(layer, inputs, args, kwargs) -> KerasTensor:
     return t
 
 
-def _one(value, what):
-    if isinstance(value, (list, tuple)):
-        if len(value) != 1:
-            raise NotImplementedError(
-                f"Model(inputs, outputs): {len(value)} {what} given; metalearn's functional "
-                f"API takes one input and one output for now"
-            )
-        return value[0]
+class Columns:
+    """Several arrays with one entry per sample each (a model's inputs or targets, in
+    the model's order), sliced and indexed together, so fit's batching treats them as
+    one array."""
+
+    def __init__(self, arrays):
+        self.arrays = list(arrays)
+
+    def __len__(self):
+        return len(self.arrays[0])
+
+    def __getitem__(self, idx):
+        return Columns([a[idx] for a in self.arrays])
+
+    @property
+    def shape(self):
+        return (len(self),)
+
+    @property
+    def signature(self):
+        return tuple((a.shape[1:], a.dtype.kind) for a in self.arrays)
+
+
+def structure(value, what):
+    """``(kind, items, keys)`` of Model(inputs, outputs)'s argument: kind "single",
+    "list" or "dict"; items in order (a dict's in insertion order, as Keras 3)."""
     if isinstance(value, dict):
-        raise NotImplementedError(f"Model(inputs, outputs): dicts of {what} are not supported")
-    return value
+        if not value:
+            raise ValueError(f"Model(inputs, outputs): {what} is an empty dict")
+        return "dict", list(value.values()), list(value.keys())
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(f"Model(inputs, outputs): {what} is empty")
+        if len(value) == 1:  # Keras 3 unwraps a one-item list
+            return "single", list(value), None
+        return "list", list(value), None
+    return "single", [value], None
 
 
 def _input_layer_of(x, what):
@@ -126,17 +152,18 @@ def _input_layer_of(x, what):
     return x
 
 
-def order_graph(inp, out):
-    """The recorded calls from `inp` to `out`, each after the calls it reads (a list of
-    KerasTensors); ValueError when `out` depends on another input."""
+def order_graph(inputs, outputs):
+    """The recorded calls from `inputs` to `outputs` (lists), each after the calls it
+    reads (a list of KerasTensors); ValueError when an output depends on another input."""
     from .layers import InputLayer
 
+    allowed = {id(i) for i in inputs}
     order, state = [], {}
-    stack = [(out, False)]
+    stack = [(out, False) for out in reversed(outputs)]
     while stack:
         t, expanded = stack.pop()
         if isinstance(t, InputLayer):
-            if t is not inp:
+            if id(t) not in allowed:
                 raise ValueError(
                     f"Graph disconnected: the output depends on the input {t.name!r}, which "
                     "is not among the model's inputs"
@@ -155,3 +182,43 @@ def order_graph(inp, out):
             if id(p) not in state:
                 stack.append((p, False))
     return order
+
+
+def layer_order(inputs, outputs):
+    """The graph's layers in Keras 3's order (keras/src/ops/function.py, map_graph): by
+    depth from the outputs, deepest first, and within a depth by when a depth-first walk
+    from the outputs first meets them. It decides ``model.layers``, hence the order of
+    ``model.weights``, of the config's layers and of Keras' weight files."""
+    from .layers import InputLayer
+
+    post, index, done = [], {}, set()
+
+    def node_layer(t):
+        return t if isinstance(t, InputLayer) else t._layer
+
+    def walk(t):  # (graphs are small; recursion as Keras' own)
+        if id(t) in done:
+            return
+        layer = node_layer(t)
+        index.setdefault(id(layer), len(index))
+        if not isinstance(t, InputLayer):
+            for p in t._parents:
+                walk(p)
+        done.add(id(t))
+        post.append(t)
+
+    for out in outputs:
+        walk(out)
+    node_depth, layer_depth, layers = {}, {}, {}
+    for t in reversed(post):
+        layer = node_layer(t)
+        depth = max(node_depth.setdefault(id(t), 0), layer_depth.get(id(layer), 0))
+        layer_depth[id(layer)] = depth
+        layers[id(layer)] = layer
+        node_depth[id(t)] = depth
+        for p in [] if isinstance(t, InputLayer) else t._parents:
+            node_depth[id(p)] = max(depth + 1, node_depth.get(id(p), 0))
+    for inp in inputs:  # an input no output reads: depth 0, first (as Keras)
+        if id(inp) not in layers:
+            layers[id(inp)], layer_depth[id(inp)], index[id(inp)] = inp, 0, -1
+    return sorted(layers.values(), key=lambda l: (-layer_depth[id(l)], index[id(l)]))

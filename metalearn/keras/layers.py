@@ -72,6 +72,8 @@ def _as_input(x):
     """Tensors and float32 arrays pass through; other array-likes become float32 arrays."""
     if isinstance(x, (_core.Tensor, np.ndarray)) or x is None:
         return x
+    if isinstance(x, (dict, _graph.Columns)):  # a functional model's several inputs
+        return x
     if isinstance(x, (list, tuple)) and x and isinstance(x[0], (_core.Tensor, np.ndarray)):
         return x
     return np.asarray(x, dtype=np.float32)

@@ -36,6 +36,7 @@ from .epoch_iterator import EpochIterator, train_validation_split
 from .epoch_iterator import BatchIterator, RAN_OUT, is_batch_iterator
 from . import saving as _saving
 from . import functional as _graph
+from . import compile_utils as _compile_utils
 
 __all__ = ["Model", "Sequential", "Functional", "load_model", "load_weights_file"]
 
@@ -71,6 +72,15 @@ def _as_target(y):
     if arr.dtype != np.float32 or not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr, dtype=np.float32)
     return arr
+
+
+def _tensors(a, targets=False):
+    """A batch as the traced step takes it: a tensor, or a list of tensors for Columns."""
+    if isinstance(a, _graph.Columns):
+        return [_tensors(c, targets) for c in a.arrays]
+    if targets:
+        return _core.as_tensor(np.ascontiguousarray(a, dtype=np.float32))
+    return _core.as_tensor(a)
 
 
 def _verbose(verbose):
@@ -115,7 +125,7 @@ class Model(_layers.Layer):
                 return self.dense2(self.dense1(inputs))
 
     The model builds on its first call. ``Model(inputs, outputs)`` makes a functional
-    model (``Functional``, one input and one output for now), as Keras 3.
+    model (``Functional``; inputs and outputs each a tensor, a list or a dict), as Keras 3.
 
     Args:
         name: the model's name.
@@ -151,6 +161,10 @@ class Model(_layers.Layer):
         self._is_compiled = False
         self._fit_cache = None
         self._checked = {}  # data signature -> output shape, see _dry_run
+
+    # a functional model with several inputs / outputs (Functional overrides these)
+    _multi_in = False
+    _multi_out = False
 
     # --------------------------------------------------------------- structure
     def build(self, input_shape: Optional[Shape] = None) -> None:
@@ -229,11 +243,17 @@ class Model(_layers.Layer):
                 "`build()` or by calling the model on a batch of data."
             )
         print_fn = print_fn or print
-        line_length = line_length or 65
-        positions = positions or [0.45, 0.85, 1.0]
+        # a functional model adds Keras' "Connected to" column (each call's inputs)
+        conn = self._connected_to() if isinstance(self, Functional) else None
+        line_length = line_length or (98 if conn is not None else 65)
+        positions = positions or (
+            [0.33, 0.55, 0.67, 1.0] if conn is not None else [0.45, 0.85, 1.0]
+        )
         if positions[-1] <= 1:
             positions = [int(line_length * p) for p in positions]
         header = ["Layer (type)", "Output Shape", "Param #"]
+        if conn is not None:
+            header.append("Connected to")
 
         def row(fields):
             line = ""
@@ -247,7 +267,7 @@ class Model(_layers.Layer):
 
         print_fn(f'Model: "{self.name}"')
         print_fn("_" * line_length)
-        print_fn(row([" " + header[0], header[1], header[2]]))
+        print_fn(row([" " + header[0]] + header[1:]))
         print_fn("=" * line_length)
 
         def shape_text(layer):
@@ -258,15 +278,17 @@ class Model(_layers.Layer):
 
         def rows(layer, indent):
             for i, sub in enumerate(layer.layers if isinstance(layer, Model) else []):
-                print_fn(
-                    row(
-                        [
-                            " " + indent + f"{sub.name} ({type(sub).__name__})",
-                            shape_text(sub),
-                            str(sub.count_params()),
-                        ]
-                    )
-                )
+                fields = [
+                    " " + indent + f"{sub.name} ({type(sub).__name__})",
+                    shape_text(sub),
+                    str(sub.count_params()),
+                ]
+                links = (conn or {}).get(id(sub), ["-"]) if layer is self else []
+                if conn is not None:
+                    fields.append(links[0] if links else "")
+                print_fn(row(fields))
+                for more in links[1:] if conn is not None else []:  # one line per input
+                    print_fn(row(["", "", "", more]))
                 if expand_nested and isinstance(sub, Model):
                     rows(sub, indent + "  ")
 
@@ -296,11 +318,18 @@ class Model(_layers.Layer):
             optimizer: name (``"adam"``, ``"adamw"``, ``"rmsprop"``, ``"sgd"``) or optimizer
                 instance. (Keras' default is ``"rmsprop"``; metalearn's stays Adam, as in
                 its earlier releases.)
-            loss: name, Loss instance or function ``f(y_true, y_pred)`` of per-sample values;
+            loss: name, Loss instance or function ``f(y_true, y_pred)`` of per-sample values
+                (a model with several outputs: a list in output order, a dict by output
+                name, or one loss for every output; the training loss is the weighted sum);
                 ``"crossentropy"``/``"ce"`` pick the binary, sparse categorical or
                 categorical cross-entropy from the shapes of the first batch, as Keras 3.
             metrics: list of names (``"accuracy"`` is resolved from the shapes as Keras
-                does), Metric instances or functions; they ignore ``sample_weight``.
+                does), Metric instances or functions; they ignore ``sample_weight``. Several
+                outputs: a list of lists in output order or a dict by output name; the
+                logs name them ``<output>_<metric>`` and each output's loss
+                ``<output>_loss``, as Keras 3.
+            loss_weights: several outputs only: a list or dict of each output's weight in
+                the total loss (default 1 each), as Keras 3.
             weighted_metrics: the same, weighted by ``sample_weight`` (Keras 3's split);
                 in the logs a name already taken gets ``weighted_`` in front.
             run_eagerly: None (default) traces fit's step when the model allows it, True
@@ -312,25 +341,50 @@ class Model(_layers.Layer):
         """
         if kwargs:
             raise TypeError(f"compile: unexpected keyword argument(s) {sorted(kwargs)}")
-        if loss_weights is not None:
+        multi = self._multi_out
+        if loss_weights is not None and not multi:
             raise NotImplementedError(
-                "compile: loss_weights need multi-output models, which metalearn does not support"
+                "compile: loss_weights need a model with several outputs (Model(inputs, "
+                "[out1, out2]))"
             )
         # everything is checked and resolved before the model changes: a refused compile
         # leaves the previous one in place
         for what, value in (("metrics", metrics), ("weighted_metrics", weighted_metrics)):
+            if multi:
+                break
             if value and not isinstance(value, (list, tuple)):  # Keras 3's CompileMetrics check
                 raise ValueError(
                     f"Expected `{what}` argument to be a list, tuple, or dict. "
                     f"Received instead: {what}={value!r} of type {type(value)}"
                 )
-        specs = [list(metrics or []), list(weighted_metrics or [])]
+        if multi:
+            names = self.output_names
+            specs = []
+            for what, value in (("metrics", metrics), ("weighted_metrics", weighted_metrics)):
+                spread = (
+                    _compile_utils.per_output(value, names, what, nested=True)
+                    if value
+                    else [None] * len(names)
+                )
+                flat = []
+                for i, entry in enumerate(spread):
+                    entry = [] if entry is None else entry
+                    entry = [entry] if not isinstance(entry, (list, tuple)) else entry
+                    flat.extend((i, e) for e in entry)
+                specs.append(flat)
+        else:
+            specs = [list(metrics or []), list(weighted_metrics or [])]
         for spec in specs[0] + specs[1]:
-            if spec is None:
+            if spec is None or (multi and spec[1] is None):
                 raise ValueError("Expected metric, received `None`")
         optimizer = _optimizers.get(optimizer)
         pending = None
-        if isinstance(loss, str) and loss.lower() in ("crossentropy", "ce"):
+        if multi:
+            if loss is None:
+                resolved = None
+            else:
+                resolved = _compile_utils.resolve_losses(loss, loss_weights, self.output_names)
+        elif isinstance(loss, str) and loss.lower() in ("crossentropy", "ce"):
             # Keras 3 (compile_utils.get_loss) picks the cross-entropy from the shapes of
             # the first batch: resolved by _resolve_loss before the loss first runs
             resolved, pending = None, loss
@@ -347,6 +401,13 @@ class Model(_layers.Layer):
         self._metric_entries = []  # (log key, metric, weighted) once resolved
         self._metrics_resolved = False
         self._is_compiled = True
+        # as given, for save's compile_config (several outputs: lists or dicts of them)
+        self._compile_args = {
+            "metrics": metrics,
+            "weighted_metrics": weighted_metrics,
+            "loss_weights": loss_weights,
+        }
+        self._output_loss_sums = None  # per-output loss totals of the running epoch
         self._fit_cache = None
         self._checked = {}
         # run_eagerly=None (default): fit's step is traced by metalearn.function when the
@@ -378,8 +439,19 @@ class Model(_layers.Layer):
         if self._metrics_resolved:
             return
         entries, taken = [], {}
+        if self._multi_out:
+            names = self.output_names
+            ys = _compile_utils.flat_outputs(y, names, "y")
+            preds = _compile_utils.flat_outputs(y_pred, names, "the model's outputs")
         for weighted, specs in ((False, self._metric_specs), (True, self._weighted_metric_specs)):
             for spec in specs:
+                if self._multi_out:  # (output index, spec): Keras 3 names it <output>_<name>
+                    i, spec = spec
+                    m = _metrics.resolve(spec, self.compiled_loss.losses[i], ys[i], preds[i])
+                    m._output_index = i
+                    key = f"{names[i]}_{m.name}"
+                    entries.append((key, m, weighted))
+                    continue
                 m = _metrics.resolve(spec, self.compiled_loss, y, y_pred)
                 key = m.name
                 if key in taken:
@@ -414,6 +486,8 @@ class Model(_layers.Layer):
         """x, y and sample_weight as arrays, with one entry per sample each, x not empty."""
         if x is None:
             raise ValueError(f"{where}: x is required")
+        if self._multi_in or self._multi_out:
+            return self._check_structured_data(where, x, y, sample_weight, need_y)
         x = _as_float_input(x)
         if x.ndim == 0:
             raise ValueError(f"{where}: x must have a batch axis, got a scalar")
@@ -441,13 +515,73 @@ class Model(_layers.Layer):
                 )
         return x, y, sw
 
+    def _check_structured_data(self, where, x, y, sample_weight, need_y):
+        """_check_data for a functional model with several inputs or outputs: x and y
+        as Columns (one array per input / output, in the model's order), every array
+        with one entry per sample."""
+        if self._multi_in:
+            xs = [_as_float_input(a) for a in self._flat_inputs(x, where)]
+            names = [i.name for i in self._inputs_list]
+        else:
+            xs, names = [_as_float_input(x)], ["x"]
+        for name, a in zip(names, xs):
+            if a.ndim == 0:
+                raise ValueError(f"{where}: the input {name!r} must have a batch axis")
+        n = len(xs[0])
+        if n == 0:
+            raise ValueError(f"{where}: x is empty: no samples")
+        for name, a in zip(names, xs):
+            if len(a) != n:
+                raise ValueError(
+                    f"{where}: the inputs have different numbers of samples: {names[0]!r} "
+                    f"has {n}, {name!r} has {len(a)}"
+                )
+        x = _graph.Columns(xs) if self._multi_in else xs[0]
+        if y is None:
+            if need_y:
+                raise ValueError(f"{where}: y is required (metalearn has no unsupervised training)")
+        elif self._multi_out:
+            ys = [
+                _as_target(a)
+                for a in _compile_utils.flat_outputs(
+                    y if isinstance(y, dict) else list(y) if isinstance(y, tuple) else y,
+                    self.output_names,
+                    f"{where}: y",
+                )
+            ]
+            for name, a in zip(self.output_names, ys):
+                if a.ndim == 0 or len(a) != n:
+                    raise ValueError(
+                        f"{where}: x has {n} samples but y for the output {name!r} has "
+                        f"{'a scalar' if a.ndim == 0 else len(a)}; they need one target per "
+                        "sample"
+                    )
+            y = _graph.Columns(ys)
+        else:
+            y = _as_target(y)
+            if y.ndim == 0 or len(y) != n:
+                raise ValueError(f"{where}: x has {n} samples but y has {np.shape(y)}")
+        sw = None
+        if sample_weight is not None:
+            sw = _as_array(sample_weight, "sample_weight").astype(np.float32, copy=False)
+            if sw.ndim != 1 or len(sw) != n:
+                raise ValueError(
+                    f"{where}: sample_weight has shape {sw.shape} but x has {n} samples; "
+                    "it needs one weight per sample"
+                )
+        return x, y, sw
+
     def _dry_run(self, where, x, y, sw):
         """Refuses, before any step, inputs the model cannot take and targets the loss
         cannot match: runs the model and the loss on the first two samples in inference
         mode without gradients (nothing changes), once per data signature (shapes, dtype
         kind) per compile. Sparse labels are checked against the model's classes over all
         of y on every call (a NumPy min/max)."""
-        key = (x.shape[1:], None if y is None else (y.shape[1:], y.dtype.kind), sw is None)
+
+        def sig(a):
+            return a.signature if isinstance(a, _graph.Columns) else (a.shape[1:], a.dtype.kind)
+
+        key = (sig(x), None if y is None else sig(y), sw is None)
         out_shape = self._checked.get(key)
         if out_shape is not None:
             if y is not None:
@@ -476,6 +610,10 @@ class Model(_layers.Layer):
                         if isinstance(out_shape, tuple)
                         else out_shape
                     )
+                    if isinstance(y, _graph.Columns):
+                        raise ValueError(
+                            f"{where}: y does not match the model's outputs: {e}"
+                        ) from e
                     raise ValueError(
                         f"{where}: y of shape {tuple(y.shape)} does not match the "
                         f"model's output of shape {full} for the loss "
@@ -487,7 +625,9 @@ class Model(_layers.Layer):
         """Every sparse label a class index of the model's output, checked over all of y:
         the loss checks each batch, but only when it comes."""
         if (
-            getattr(self.compiled_loss, "fn", None) is not _losses.sparse_categorical_crossentropy
+            isinstance(y, _graph.Columns)
+            or getattr(self.compiled_loss, "fn", None)
+            is not _losses.sparse_categorical_crossentropy
             or not isinstance(out_shape, tuple)
             or not out_shape
         ):
@@ -580,7 +720,7 @@ class Model(_layers.Layer):
         """The next mask draw of each seeded Dropout for batch `xb` (advances their streams).
         The per-sample input shape of each is found once per input shape by running the
         model on one sample in inference mode (no draw, nothing changes)."""
-        key = tuple(xb.shape[1:])
+        key = xb.signature if isinstance(xb, _graph.Columns) else tuple(xb.shape[1:])
         shapes = self._dropout_input_shapes.get(key)
         if shapes is None:
             with _no_grad():
@@ -640,25 +780,30 @@ class Model(_layers.Layer):
                     raise ValueError(f"fit: seeded Dropout {unused} not called in training")
                 loss = self._total_loss(y, y_pred, None)
                 update(params, _core.grad(loss, params))
+                if self._multi_out:  # the outputs' losses come back from each replay
+                    return loss, y_pred, list(self.compiled_loss.last)
                 return loss, y_pred
 
             self._train_fn, self._train_fn_config = function(step), config
             self._train_seeded = seeded
             self._dropout_input_shapes = {}
         seeded = self._train_seeded
-        y = _core.as_tensor(np.ascontiguousarray(yb, dtype=np.float32))
+        y = _tensors(yb, targets=True)
+        x = _tensors(xb)
         if not seeded:  # the common step: nothing drawn in Python
-            loss, y_pred = self._train_fn(_core.as_tensor(xb), y)
+            out = self._train_fn(x, y)
         else:
             calls = [layer._seed_calls for layer in seeded]
             try:
-                loss, y_pred = self._train_fn(
-                    _core.as_tensor(xb), y, *self._seeded_draws(xb, seeded)
-                )
+                out = self._train_fn(x, y, *self._seeded_draws(xb, seeded))
             except BaseException:
                 for layer, c in zip(seeded, calls):  # the eager step that follows draws them
                     layer._seed_calls = c
                 raise
+        if self._multi_out:
+            loss, y_pred, self.compiled_loss.last = out
+        else:
+            loss, y_pred = out
         self.optimizer._count_step()
         return loss, y_pred
 
@@ -681,18 +826,46 @@ class Model(_layers.Layer):
 
     def _update_metrics(self, yb, y_pred, sample_weight=None):
         # Keras 3 (CompileMetrics.update_state): sample weights go to weighted_metrics only
+        if self._multi_out:
+            self._track_output_losses(len(yb))
         if self._metric_specs or self._weighted_metric_specs:
             self._resolve_metrics(yb, y_pred)
+            if self._multi_out:
+                names = self.output_names
+                ys = _compile_utils.flat_outputs(yb, names, "y")
+                preds = [np.asarray(p) for p in _compile_utils.flat_outputs(y_pred, names, "")]
+                for _, m, weighted in self._metric_entries:
+                    i = m._output_index
+                    m.update_state(ys[i], preds[i], sample_weight if weighted else None)
+                return
             pred = np.asarray(y_pred)
             for _, m, weighted in self._metric_entries:
                 m.update_state(yb, pred, sample_weight if weighted else None)
 
+    def _track_output_losses(self, size):
+        """Adds the last batch's per-output losses (weighted by its size) to the epoch's
+        totals, as Keras 3's per-output loss trackers."""
+        parts = self.compiled_loss.last
+        sums = self._output_loss_sums
+        if sums is None or len(sums) != len(parts) + 1:
+            sums = self._output_loss_sums = [0.0] * (len(parts) + 1)
+        for i, p in enumerate(parts):
+            if p is not None:
+                sums[i] += float(p.item()) * size
+        sums[-1] += size
+
     def _reset_metrics(self):
+        self._output_loss_sums = None
         for m in self._compiled_metrics:
             m.reset_state()
 
     def _logs(self, loss_mean):
         logs = {"loss": loss_mean}
+        if self._multi_out and self.compiled_loss is not None:
+            sums = self._output_loss_sums or [0.0] * (len(self.output_names) + 1)
+            for name, loss, total in zip(self.output_names, self.compiled_loss.losses, sums):
+                if loss is not None:
+                    logs[f"{name}_loss"] = total / max(sums[-1], 1)
         for key, m, _ in self._metric_entries:
             logs[key] = m.result()
         return logs
@@ -757,7 +930,11 @@ class Model(_layers.Layer):
         """The model's output on one batch, as a NumPy array."""
         x, _, _ = self._check_data("predict_on_batch", x, None, None, need_y=False)
         with _no_grad():
-            return np.array(self(x, training=False), copy=True)
+            out = self(x, training=False)
+            if self._multi_out:
+                flat = _compile_utils.flat_outputs(out, self.output_names, "predict_on_batch")
+                return self._by_output_names([np.array(o, copy=True) for o in flat])
+            return np.array(out, copy=True)
 
     def _format_result(self, logs, return_dict):
         if return_dict:
@@ -1054,6 +1231,7 @@ class Model(_layers.Layer):
         """Loss and metrics over `batches` (``(step, (x, y, sample_weight))``; grad mode
         must be off); the training metrics' states are kept."""
         saved = [(m, m.__dict__.copy()) for m in self._compiled_metrics]
+        saved_sums = self._output_loss_sums
         self._reset_metrics()
         total, seen = 0.0, 0
         self.stop_evaluating = False  # a callback may set it to end the loop (Keras 3)
@@ -1077,6 +1255,7 @@ class Model(_layers.Layer):
         logs = self._logs(total / max(seen, 1))
         for m, state in saved:
             m.__dict__.update(state)
+        self._output_loss_sums = saved_sums
         return logs
 
     def evaluate(
@@ -1192,8 +1371,11 @@ class Model(_layers.Layer):
         """The model's outputs for `x`, computed batch by batch, as one NumPy array."""
         batch_size = _count("predict", "batch_size", batch_size, 32)
         verbose = _verbose(verbose)
-        x = _as_float_input(x)
-        if x.ndim == 0 or len(x) == 0:
+        if self._multi_in or self._multi_out:
+            x, _, _ = self._check_data("predict", x, None, None, need_y=False)
+        else:
+            x = _as_float_input(x)
+        if getattr(x, "ndim", 1) == 0 or len(x) == 0:
             raise ValueError(
                 "predict: x is empty: no samples"
                 if x.ndim
@@ -1218,7 +1400,14 @@ class Model(_layers.Layer):
                 if cbs:
                     cbs.on_predict_batch_begin(step)
                 out = self(xb, training=False)
-                outs.append(np.array(out, copy=True))
+                if self._multi_out:  # a list in output order, rebuilt as the model's below
+                    out = [
+                        np.array(o, copy=True)
+                        for o in _compile_utils.flat_outputs(out, self.output_names, "predict")
+                    ]
+                    outs.append(out)
+                else:
+                    outs.append(np.array(out, copy=True))
                 if bar is not None:
                     bar.update(step + 1)
                 if cbs:
@@ -1227,6 +1416,8 @@ class Model(_layers.Layer):
                     break
         if cbs:
             cbs.on_predict_end()
+        if self._multi_out:
+            return self._by_output_names([np.concatenate(parts, axis=0) for parts in zip(*outs)])
         return np.concatenate(outs, axis=0)
 
     # ----------------------------------------------------------------- weights
@@ -1505,18 +1696,20 @@ class Sequential(Model):
 
 class Functional(Model):
     """A model made of layers called on ``keras.Input`` (``Model(inputs, outputs)``), as
-    Keras 3's functional API: one input and one output, any chain of layers between
-    them, merges (``Add``, ``Concatenate``, ...) and shared layers. Its ``call`` runs
-    the recorded calls in order, so ``fit`` traces and replays it from C like a
-    Sequential model; ``get_config`` is Keras 3's functional layout (``layers`` with
-    their ``inbound_nodes``, ``input_layers``, ``output_layers``).
+    Keras 3's functional API: one or several inputs and outputs (a tensor, a list, or a
+    dict keyed by name), any graph of layers between them, merges (``Add``,
+    ``Concatenate``, ...) and shared layers. Its ``call`` runs the recorded calls in
+    order, so ``fit`` traces and replays it from C like a Sequential model;
+    ``get_config`` is Keras 3's functional layout (``layers`` with their
+    ``inbound_nodes``, ``input_layers``, ``output_layers``). Several outputs take a loss,
+    a loss weight and metrics each in ``compile`` (a list in output order or a dict by
+    output name), as Keras 3.
 
     Raises:
         TypeError: inputs that are not ``keras.Input`` results, outputs that are not
             symbolic tensors.
-        ValueError: an output that does not depend on the given input only ("Graph
+        ValueError: an output that does not depend on the given inputs only ("Graph
             disconnected"), two layers with one name.
-        NotImplementedError: several inputs or outputs.
     """
 
     _traceable = True
@@ -1524,41 +1717,68 @@ class Functional(Model):
     def __init__(
         self, inputs: Any, outputs: Any, name: Optional[str] = None, trainable: bool = True
     ) -> None:
-        inp = _graph._input_layer_of(_graph._one(inputs, "inputs"), "inputs")
-        out = _graph._one(outputs, "outputs")
-        if not isinstance(out, _graph.KerasTensor):
-            raise TypeError(
-                "Model(inputs, outputs): outputs must be the result of layers called on "
-                f"keras.Input, got {type(out).__name__}"
-            )
-        nodes = _graph.order_graph(inp, out)
-        used, seen = [], set()
-        for t in nodes:
-            if id(t._layer) not in seen:
-                seen.add(id(t._layer))
-                used.append(t._layer)
-        names = [inp.name] + [l.name for l in used]
+        in_kind, ins, in_keys = _graph.structure(inputs, "inputs")
+        out_kind, outs, out_keys = _graph.structure(outputs, "outputs")
+        for i in ins:
+            _graph._input_layer_of(i, "inputs")
+        if len({id(i) for i in ins}) != len(ins):
+            raise ValueError("Model(inputs, outputs): an input is given twice")
+        for o in outs:
+            if not isinstance(o, _graph.KerasTensor):
+                raise TypeError(
+                    "Model(inputs, outputs): outputs must be the result of layers called on "
+                    f"keras.Input, got {type(o).__name__}"
+                )
+        nodes = _graph.order_graph(ins, outs)
+        # Keras 3 flattens a dict by sorted key: its walk, and output_names, go that way
+        walk = [outputs[k] for k in sorted(outputs)] if out_kind == "dict" else outs
+        ordered = _graph.layer_order(ins, walk)  # Keras 3's order of model.layers
+        used = [l for l in ordered if not isinstance(l, _layers.InputLayer)]
+        names = [l.name for l in ordered]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(
-                f"The name {dup[0]!r} is used 2 times in the model. All layer names should "
-                "be unique."
+                f"The name {dup[0]!r} is used {names.count(dup[0])} times in the model. All "
+                "layer names should be unique."
             )
         super().__init__(name=name, trainable=trainable)
-        self._input_layer, self._output_tensor, self._nodes = inp, out, nodes
-        self._layers_list = [inp] + used
+        self._inputs_list, self._outputs_list, self._nodes = ins, outs, nodes
+        self._input_kind, self._input_keys = in_kind, in_keys
+        self._output_kind, self._output_keys = out_kind, out_keys
+        # Keras 3 names each output by its dict key, else by the layer that made it
+        self.output_names = sorted(out_keys) if out_keys else [o._layer.name for o in outs]
+        self._layers_list = ordered
         for layer in used:
             self._track_layer(layer.name, layer)
-        self._batch_input_shape = inp._batch_input_shape
-        self._build_input_shape = tuple(1 if d is None else d for d in inp._batch_input_shape)
-        self._output_shape = (1,) + tuple(out.shape[1:])
-        if inp._output_shape is None:  # (summary's row of the input)
-            inp._output_shape = self._build_input_shape
+        first = ins[0]
+        self._batch_input_shape = first._batch_input_shape if in_kind == "single" else None
+        self._build_input_shape = tuple(1 if d is None else d for d in first._batch_input_shape)
+        self._output_shape = (1,) + tuple(outs[0].shape[1:])
+        for i in ins:
+            if i._output_shape is None:  # (summary's row of the input)
+                i._output_shape = tuple(1 if d is None else d for d in i._batch_input_shape)
         self.built = True
+
+    # (kept for code that reads the one-input model's attributes)
+    @property
+    def _input_layer(self):
+        return self._inputs_list[0]
+
+    @property
+    def _output_tensor(self):
+        return self._outputs_list[0]
+
+    @property
+    def _multi_in(self) -> bool:
+        return self._input_kind != "single"
+
+    @property
+    def _multi_out(self) -> bool:
+        return self._output_kind != "single"
 
     @property
     def layers(self) -> List[_layers.Layer]:
-        """The layers, the InputLayer first, as Keras 3's functional models list them."""
+        """The layers, the InputLayers first, as Keras 3's functional models list them."""
         return list(self._layers_list)
 
     @layers.setter
@@ -1567,38 +1787,103 @@ class Functional(Model):
 
     @property
     def inputs(self) -> List[Any]:
-        return [self._input_layer]
+        return list(self._inputs_list)
 
     @property
     def outputs(self) -> List[Any]:
-        return [self._output_tensor]
+        return list(self._outputs_list)
 
     def build(self, input_shape: Optional[Shape] = None) -> None:
         self.built = True  # built with its layers, by the symbolic calls
 
-    def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
-        shape = tuple(getattr(inputs, "shape", ()))
-        expected = self._batch_input_shape[1:]
-        if len(shape) != len(expected) + 1 or any(
-            e is not None and d != e for d, e in zip(shape[1:], expected)
-        ):
+    def _flat_inputs(self, inputs, where="call"):
+        """The model's inputs as a list in its input order, from one array, a list/tuple
+        (or Columns) in order, or a dict keyed by input name (or by the dict's keys the
+        model was made with)."""
+        n = len(self._inputs_list)
+        if isinstance(inputs, _graph.Columns):
+            inputs = inputs.arrays
+        if isinstance(inputs, dict):
+            keys = self._input_keys or [i.name for i in self._inputs_list]
+            missing = [k for k in keys if k not in inputs]
+            if missing:
+                raise ValueError(
+                    f"{self.name}.{where}: the inputs dict lacks {missing}; the model's "
+                    f"inputs are {keys}"
+                )
+            return [inputs[k] for k in keys]
+        if isinstance(inputs, (list, tuple)) and (n > 1 or self._input_kind != "single"):
+            if len(inputs) != n:
+                raise ValueError(
+                    f"{self.name}.{where}: the model has {n} inputs, got a list of {len(inputs)}"
+                )
+            return list(inputs)
+        if n != 1:
             raise ValueError(
-                f"{self.name}: expected inputs of shape (batch, "
-                f"{', '.join(map(str, expected))}), got {shape}"
+                f"{self.name}.{where}: the model has {n} inputs "
+                f"{[i.name for i in self._inputs_list]}; pass a list or a dict"
             )
-        values = {id(self._input_layer): inputs}
+        return [inputs]
+
+    def _by_output_names(self, flat):
+        """Per-output values in output_names' order, as the model's structure."""
+        if self._output_kind == "dict":
+            return {k: flat[self.output_names.index(k)] for k in self._output_keys}
+        return list(flat)
+
+    def _structure_outputs(self, flat):
+        if self._output_kind == "dict":
+            return dict(zip(self._output_keys, flat))
+        if self._output_kind == "list":
+            return list(flat)
+        return flat[0]
+
+    def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
+        flat = self._flat_inputs(inputs)
+        values = {}
+        for layer, x in zip(self._inputs_list, flat):
+            shape = tuple(getattr(x, "shape", ()))
+            expected = layer._batch_input_shape[1:]
+            if len(shape) != len(expected) + 1 or any(
+                e is not None and d != e for d, e in zip(shape[1:], expected)
+            ):
+                raise ValueError(
+                    f"{self.name}: expected inputs of shape (batch, "
+                    f"{', '.join(map(str, expected))}) for {layer.name!r}, got {shape}"
+                )
+            values[id(layer)] = x
         for t in self._nodes:
             args = [values[id(p)] for p in t._parents]
             values[id(t)] = t._layer(args if t._merge else args[0], **t._kwargs)
-        return values[id(self._output_tensor)]
+        return self._structure_outputs([values[id(o)] for o in self._outputs_list])
+
+    def _connected_to(self):
+        """Summary's "Connected to" column, as Keras 3: ``layer[node][0]`` of each input
+        of each call of the layer in this graph; ``-`` for inputs."""
+        local, conn = self._local_node_index(), {}
+        for t in sorted(self._nodes, key=lambda t: (id(t._layer), t._node_index)):
+            for p in t._parents:
+                if isinstance(p, _layers.InputLayer):
+                    text = f"{p.name}[0][0]"
+                else:
+                    text = f"{p._layer.name}[{local[id(p)]}][0]"
+                conn.setdefault(id(t._layer), []).append(text)
+        return conn
+
+    def _local_node_index(self):
+        """id(KerasTensor) -> the rank of its call among its layer's calls in this graph
+        (in call order), as Keras 3 renumbers a layer's nodes in a model's config."""
+        calls = {}
+        for t in self._nodes:
+            calls.setdefault(id(t._layer), []).append(t)
+        local = {}
+        for ts in calls.values():
+            for k, t in enumerate(sorted(ts, key=lambda t: t._node_index)):
+                local[id(t)] = k
+        return local
 
     def get_config(self) -> Config:
-        local = {}  # id(KerasTensor) -> its layer's call number in this graph
-        count = {}
-        for t in self._nodes:
-            k = count.get(id(t._layer), 0)
-            local[id(t)] = k
-            count[id(t._layer)] = k + 1
+        local = self._local_node_index()
 
         def history(p):
             if isinstance(p, _layers.InputLayer):
@@ -1615,22 +1900,29 @@ class Functional(Model):
                 },
             }
 
-        entries = {self._input_layer.name: {**_layers.serialize(self._input_layer)}}
-        entries[self._input_layer.name].update(name=self._input_layer.name, inbound_nodes=[])
-        for t in self._nodes:
+        # the layers in model.layers' order (Keras 3's), each call in call order
+        entries = {
+            l.name: {**_layers.serialize(l), "name": l.name, "inbound_nodes": []}
+            for l in self._layers_list
+        }
+        for t in sorted(self._nodes, key=lambda t: local[id(t)]):
             name = t._layer.name
-            if name not in entries:
-                entries[name] = {**_layers.serialize(t._layer), "name": name, "inbound_nodes": []}
             args = [tensor(p) for p in t._parents]
             entries[name]["inbound_nodes"].append(
                 {"args": [args] if t._merge else args, "kwargs": dict(t._kwargs)}
             )
+
+        def layout(kind, items, keys):
+            # Keras 3: a list for one or several, a dict keyed as the model's dict
+            hist = [history(t) for t in items]
+            return dict(zip(keys, hist)) if kind == "dict" else hist
+
         return {
             "name": self.name,
             "trainable": self.trainable,
             "layers": list(entries.values()),
-            "input_layers": [history(self._input_layer)],
-            "output_layers": [history(self._output_tensor)],
+            "input_layers": layout(self._input_kind, self._inputs_list, self._input_keys),
+            "output_layers": layout(self._output_kind, self._outputs_list, self._output_keys),
         }
 
     @classmethod
@@ -1681,10 +1973,25 @@ class Functional(Model):
                     "Functional.from_config: the layers' inbound nodes do not form a graph "
                     f"from the inputs (left: {[(n, k) for n, k, _ in pending]})"
                 )
-        (iname, ik, _), (oname, ok, _) = config["input_layers"][0], config["output_layers"][0]
+
+        def pick(spec, what):
+            def one(h):
+                name, k = h[0], h[1]
+                if (name, k) not in tensors:
+                    raise ValueError(f"Functional.from_config: no {what} {name!r}")
+                return tensors[(name, k)]
+
+            if isinstance(spec, dict):
+                return {key: one(h) for key, h in spec.items()}
+            # Keras 3 writes one input as a one-item list, or as the bare history
+            if spec and not isinstance(spec[0], list):
+                return one(spec)
+            items = [one(h) for h in spec]
+            return items[0] if len(items) == 1 else items
+
         return cls(
-            tensors[(iname, ik)],
-            tensors[(oname, ok)],
+            pick(config["input_layers"], "input layer"),
+            pick(config["output_layers"], "output layer"),
             name=config.get("name"),
             trainable=config.get("trainable", True),
         )

@@ -57,6 +57,24 @@ def _compile_config(model) -> Optional[Dict[str, Any]]:
             "not a Metric); compile with names or Metric instances"
         )
 
+    if getattr(model, "_multi_out", False):  # several outputs: lists or dicts, as given
+        args = model._compile_args
+
+        def each(value, fn):
+            if isinstance(value, dict):
+                return {k: each(v, fn) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [each(v, fn) for v in value]
+            return None if value is None else fn(value)
+
+        return {
+            "optimizer": optimizers.serialize(model.optimizer),
+            "loss": each(model.loss, lambda l: l if isinstance(l, str) else losses.serialize(l)),
+            "loss_weights": args["loss_weights"],
+            "metrics": each(args["metrics"], metric_spec),
+            "weighted_metrics": each(args["weighted_metrics"], metric_spec),
+            "run_eagerly": model._run_eagerly,
+        }
     loss = model.loss
     if loss is not None and not isinstance(loss, str):
         loss = losses.serialize(loss)
@@ -236,6 +254,27 @@ def load_model(
             ]
 
         loss = cc.get("loss")
+        if getattr(model, "_multi_out", False):
+
+            def each(value, fn):
+                if isinstance(value, dict):
+                    return {k: each(v, fn) for k, v in value.items()}
+                if isinstance(value, list):
+                    return [each(v, fn) for v in value]
+                return None if value is None else fn(value)
+
+            def one_metric(s):
+                return s if isinstance(s, str) else metrics.deserialize(s, custom_objects)
+
+            model.compile(
+                optimizer=optimizers.deserialize(cc["optimizer"]),
+                loss=each(loss, lambda l: l if isinstance(l, str) else losses.get(l)),
+                loss_weights=cc.get("loss_weights"),
+                metrics=each(cc.get("metrics"), one_metric),
+                weighted_metrics=each(cc.get("weighted_metrics"), one_metric),
+                run_eagerly=cc.get("run_eagerly"),
+            )
+            return model
         model.compile(
             optimizer=optimizers.deserialize(cc["optimizer"]),
             loss=loss if isinstance(loss, str) or loss is None else losses.get(loss),

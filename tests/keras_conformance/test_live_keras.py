@@ -776,3 +776,113 @@ def test_weights_h5_interchange(keras_torch, tmp_path, arch):
         np_of(keras, theirs.predict(x, verbose=0)),
         what="we read Keras'",
     )
+
+
+# ------------------------------------------------- several inputs and outputs
+def two_output_graph(lib, kind):
+    """Two inputs, a Dense shared by both branches, two outputs (a list or a dict)."""
+    L = lib.layers
+    a, b = lib.Input((3,), name="a"), lib.Input((2,), name="b")
+    shared = L.Dense(4, activation="tanh", name="shared")
+    h = L.Concatenate(name="cat")([shared(a), shared(L.Dense(3, name="proj")(b))])
+    reg = L.Dense(1, name="reg")(h)
+    cls = L.Dense(3, activation="softmax", name="cls")(h)
+    if kind == "dict":
+        return lib.Model({"a": a, "b": b}, {"reg": reg, "cls": cls})
+    return lib.Model([a, b], [reg, cls])
+
+
+@pytest.mark.parametrize("kind", ["list", "dict"])
+@pytest.mark.parametrize(
+    "opt", [("SGD", {"learning_rate": 0.05}), ("Adam", {"learning_rate": 0.01})]
+)
+def test_fit_two_outputs(keras_torch, kind, opt):
+    # per-output losses, loss weights and metrics: the history's keys (Keras 3 names
+    # them <output>_loss, <output>_<metric>), its values, the weights after training,
+    # evaluate and predict, on the same weights
+    from metalearn import keras as mk
+
+    keras = keras_torch
+    ours, theirs = two_output_graph(mk, kind), two_output_graph(keras, kind)
+    rng = np.random.default_rng(3)
+    ours.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in ours.weights])
+    copy_weights(ours, theirs)
+    xa = rng.normal(size=(20, 3)).astype("float32")
+    xb = rng.normal(size=(20, 2)).astype("float32")
+    y1 = rng.normal(size=(20, 1)).astype("float32")
+    y2 = rng.integers(0, 3, 20)
+    if kind == "list":
+        x, y = [xa, xb], [y1, y2]
+        spec = dict(
+            loss=["mse", "sparse_categorical_crossentropy"],
+            loss_weights=[0.5, 2.0],
+            metrics=[["mae"], ["accuracy"]],
+        )
+    else:
+        x, y = {"a": xa, "b": xb}, {"reg": y1, "cls": y2}
+        spec = dict(
+            loss={"reg": "mse", "cls": "sparse_categorical_crossentropy"},
+            loss_weights={"reg": 0.5, "cls": 2.0},
+            metrics={"reg": ["mae"], "cls": ["accuracy"]},
+        )
+    name, kw = opt
+    ours.compile(getattr(optimizers, name)(**kw), **spec)
+    theirs.compile(getattr(keras.optimizers, name)(**kw), **spec)
+    for m in (ours, theirs):
+        m.history_ = m.fit(x, y, batch_size=6, epochs=3, shuffle=False, verbose=0).history
+    compare_fit(keras, ours, theirs, ours.history_, theirs.history_)
+    e_ours = ours.evaluate(x, y, verbose=0, return_dict=True)
+    e_theirs = theirs.evaluate(x, y, verbose=0, return_dict=True)
+    assert sorted(e_ours) == sorted(e_theirs)
+    for k in e_theirs:
+        close(e_ours[k], e_theirs[k], rtol=1e-4, atol=1e-5, what=f"evaluate[{k!r}]")
+    p_ours, p_theirs = ours.predict(x, verbose=0), theirs.predict(x, verbose=0)
+    keys = ["reg", "cls"] if kind == "dict" else [0, 1]
+    for k in keys:
+        close(p_ours[k], np_of(keras, p_theirs[k]), rtol=1e-4, atol=1e-5, what=f"predict {k}")
+    # the configs name the same inputs and outputs in the same layout
+    c_theirs = theirs.get_config()
+    c_ours = ours.get_config()
+    norm = lambda v: json_norm(v)  # noqa: E731
+    assert norm(c_ours["input_layers"]) == norm(c_theirs["input_layers"])
+    assert norm(c_ours["output_layers"]) == norm(c_theirs["output_layers"])
+    assert [l["name"] for l in c_ours["layers"]] == [l["name"] for l in c_theirs["layers"]]
+    for lo, lt in zip(c_ours["layers"], c_theirs["layers"]):
+        assert norm(lo["inbound_nodes"]) == norm(lt["inbound_nodes"]), lo["name"]
+
+
+def json_norm(v):
+    import json
+
+    return json.loads(json.dumps(v))
+
+
+def test_fit_two_outputs_one_loss_weighted(keras_torch):
+    # one loss for every output (Keras 3 applies it to each), sample weights and
+    # validation_data as lists: the history (val_ keys included) and the weights
+    from metalearn import keras as mk
+
+    keras = keras_torch
+
+    def build(lib):
+        L = lib.layers
+        a, b = lib.Input((3,), name="a"), lib.Input((2,), name="b")
+        h = L.Concatenate(name="cat")([L.Dense(4, name="da")(a), L.Dense(3, name="proj")(b)])
+        return lib.Model([a, b], [L.Dense(1, name="reg")(h), L.Dense(2, name="reg2")(h)])
+
+    ours, theirs = build(mk), build(keras)
+    rng = np.random.default_rng(4)
+    ours.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in ours.weights])
+    copy_weights(ours, theirs)
+    x = [rng.normal(size=(16, 3)).astype("float32"), rng.normal(size=(16, 2)).astype("float32")]
+    y = [rng.normal(size=(16, 1)).astype("float32"), rng.normal(size=(16, 2)).astype("float32")]
+    sw = rng.uniform(0.1, 2.0, 16).astype("float32")
+    val = ([v[:6] for v in x], [v[:6] for v in y])
+    for m, lib in ((ours, mk), (theirs, keras)):
+        m.compile(lib.optimizers.SGD(learning_rate=0.05), loss="mse", metrics=[["mae"], ["mae"]])
+        m.history_ = m.fit(
+            x, y, batch_size=5, epochs=2, shuffle=False, verbose=0, sample_weight=sw,
+            validation_data=val,
+        ).history  # fmt: skip
+    assert "val_reg2_mae" in theirs.history_
+    compare_fit(keras, ours, theirs, ours.history_, theirs.history_)
