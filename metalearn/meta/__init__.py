@@ -19,11 +19,15 @@ is unchanged), ``clone()`` and ``evaluate(tasks, episodes)`` (mean and 95 % conf
 interval). ``fit`` and ``evaluate`` take a task sampler, a Task batch
 (``metalearn.tasks.Task.batch([...])``) or a list of Tasks. ``metalearn.meta.models``
 builds the papers' networks.
+
+Also with that API: ``MAMLPlusPlus`` (Antoniou et al. 2019, MAML++: multi-step loss,
+learned per-step inner rates, derivative-order and cosine annealing).
 """
 
 from . import models
 from ._base import BaseMetaLearner, clone_model
 from .maml import ANIL, MAML, MetaSGD
+from .mamlpp import MAMLPlusPlus, multi_step_loss_weights
 from .protonet import ProtoNet, PrototypeClassifier, prototype_logits
 from .reptile import Reptile
 from .system import MetaLearner, rankdata, spearman
@@ -52,6 +56,8 @@ __all__ = [
     "Reptile",
     "MetaSGD",
     "ANIL",
+    "MAMLPlusPlus",
+    "multi_step_loss_weights",
     "ProtoNet",
     "PrototypeClassifier",
     "prototype_logits",
