@@ -21,13 +21,16 @@ interval). ``fit`` and ``evaluate`` take a task sampler, a Task batch
 builds the papers' networks.
 
 Also with that API: ``MAMLPlusPlus`` (Antoniou et al. 2019, MAML++: multi-step loss,
-learned per-step inner rates, derivative-order and cosine annealing).
+learned per-step inner rates, derivative-order and cosine annealing), ``MatchingNet``
+(Vinyals et al. 2016, cosine attention) and ``R2D2`` (Bertinetto et al. 2019, a closed-form
+ridge-regression head).
 """
 
 from . import models
 from ._base import BaseMetaLearner, clone_model
 from .maml import ANIL, MAML, MetaSGD
 from .mamlpp import MAMLPlusPlus, multi_step_loss_weights
+from .metric import R2D2, MatchingNet, matching_logits, ridge_logits, spd_solve
 from .protonet import ProtoNet, PrototypeClassifier, prototype_logits
 from .reptile import Reptile
 from .system import MetaLearner, rankdata, spearman
@@ -58,6 +61,11 @@ __all__ = [
     "ANIL",
     "MAMLPlusPlus",
     "multi_step_loss_weights",
+    "MatchingNet",
+    "R2D2",
+    "matching_logits",
+    "ridge_logits",
+    "spd_solve",
     "ProtoNet",
     "PrototypeClassifier",
     "prototype_logits",
