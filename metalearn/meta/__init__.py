@@ -19,11 +19,20 @@ is unchanged), ``clone()`` and ``evaluate(tasks, episodes)`` (mean and 95 % conf
 interval). ``fit`` and ``evaluate`` take a task sampler, a Task batch
 (``metalearn.tasks.Task.batch([...])``) or a list of Tasks. ``metalearn.meta.models``
 builds the papers' networks.
+
+Also with that API: ``MAMLPlusPlus`` (Antoniou et al. 2019, MAML++: multi-step loss,
+learned per-step inner rates, derivative-order and cosine annealing), ``IMAML``
+(Rajeswaran et al. 2019, implicit meta-gradients by conjugate gradient), ``MatchingNet``
+(Vinyals et al. 2016, cosine attention) and ``R2D2`` (Bertinetto et al. 2019, a closed-form
+ridge-regression head).
 """
 
 from . import models
 from ._base import BaseMetaLearner, clone_model
 from .maml import ANIL, MAML, MetaSGD
+from .imaml import IMAML
+from .mamlpp import MAMLPlusPlus, multi_step_loss_weights
+from .metric import R2D2, MatchingNet, matching_logits, ridge_logits, spd_solve
 from .protonet import ProtoNet, PrototypeClassifier, prototype_logits
 from .reptile import Reptile
 from .system import MetaLearner, rankdata, spearman
@@ -52,6 +61,14 @@ __all__ = [
     "Reptile",
     "MetaSGD",
     "ANIL",
+    "MAMLPlusPlus",
+    "IMAML",
+    "multi_step_loss_weights",
+    "MatchingNet",
+    "R2D2",
+    "matching_logits",
+    "ridge_logits",
+    "spd_solve",
     "ProtoNet",
     "PrototypeClassifier",
     "prototype_logits",

@@ -1,0 +1,264 @@
+"""MAML++ (Antoniou, Edwards & Storkey, ICLR 2019, "How to train your MAML")."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, List
+
+import numpy as np
+
+from metalearn import _core
+
+from ._base import check_count, check_rate
+from .maml import MAML
+
+__all__ = ["MAMLPlusPlus", "multi_step_loss_weights"]
+
+
+def multi_step_loss_weights(steps: int, epoch: int, msl_epochs: int) -> np.ndarray:
+    """The per-step importance weights of MAML++'s multi-step loss at `epoch`.
+
+    Uniform ``1/N`` at epoch 0; each weight but the last decays by ``1/(N * msl_epochs)``
+    per epoch down to ``0.03/N``, and the last grows by what the others lose, up to
+    ``1 - (N-1) * 0.03/N`` (the schedule of the paper's code,
+    ``get_per_step_loss_importance_vector``). Float64, sums to 1.
+    """
+    steps = check_count(steps, "steps", "multi_step_loss_weights", minimum=1)
+    epoch = check_count(epoch, "epoch", "multi_step_loss_weights")
+    msl_epochs = check_count(msl_epochs, "msl_epochs", "multi_step_loss_weights", minimum=1)
+    w = np.full(steps, 1.0 / steps)
+    decay = 1.0 / steps / msl_epochs
+    floor = 0.03 / steps
+    w[:-1] = np.maximum(w[:-1] - epoch * decay, floor)
+    w[-1] = min(w[-1] + epoch * (steps - 1) * decay, 1.0 - (steps - 1) * floor)
+    return w
+
+
+def _flag(value, name, who):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{who}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+class MAMLPlusPlus(MAML):
+    """MAML++ (Antoniou, Edwards & Storkey, ICLR 2019): MAML with the paper's fixes to its
+    training instability, each switchable.
+
+    - ``multi_step_loss`` (MSL): for the first `msl_epochs` epochs the meta-loss is the
+      weighted sum over inner steps of the query loss after each step,
+      ``sum_s w_s(epoch) L_query(theta_s)``, with the paper's annealed weights
+      (``multi_step_loss_weights``: uniform at first, then shifting to the last step);
+      afterwards (and with the flag off) only the last step's query loss.
+    - ``learn_inner_rates`` (LSLR): one learned inner step size per layer weight and per
+      inner step, initialised to `inner_lr` and meta-trained with the weights;
+      ``learning_rates[s][i]`` is the rate of weight ``i`` at step ``s`` (``adapt`` with
+      more steps than `inner_steps` uses the last step's rates).
+    - ``first_order_epochs`` (derivative-order annealing): first-order meta-gradients
+      while ``epoch < first_order_epochs``, second order afterwards (0: always second
+      order; ``first_order=True``: always first order).
+    - ``cosine_annealing`` (CA): the meta-optimizer's learning rate follows
+      ``min_meta_lr + (meta_lr - min_meta_lr) (1 + cos(pi * epoch / total_epochs)) / 2``,
+      held at `min_meta_lr` after `total_epochs` (set for each update and put back after
+      it, so the optimizer's configuration, and a checkpoint's, stays `meta_lr`).
+
+    An epoch is `epoch_length` meta-iterations (the paper: 500), counted by
+    ``self.iterations`` (so a resumed ``fit`` continues the schedules where it stopped).
+    Per-step batch-norm weights and statistics (BNWB/BNRS) are not implemented:
+    BatchNormalization layers behave as in MAML (the batch's statistics).
+
+    The tasks of a meta-batch run one by one (not MAML's vectorised path).
+
+    Args:
+        model, inner_lr, inner_steps, first_order, meta_optimizer, meta_lr, loss: as MAML
+            (paper, Omniglot: inner_lr 0.1, inner_steps 5, meta_lr 0.001).
+        multi_step_loss, msl_epochs: MSL and the epochs over which it anneals (paper: 10;
+            the official configurations use 15 for Omniglot).
+        learn_inner_rates: LSLR.
+        first_order_epochs: derivative-order annealing (paper: 50).
+        cosine_annealing, total_epochs, min_meta_lr: CA (paper: 150 epochs; the official
+            code's minimum 1e-5).
+        epoch_length: meta-iterations per epoch.
+    """
+
+    _batched_inner_loop = False  # step-dependent rates and losses: the per-task loop
+    _low_rank_inner_step = False
+
+    def __init__(
+        self,
+        model: Any,
+        inner_lr: float = 0.1,
+        inner_steps: int = 5,
+        first_order: bool = False,
+        meta_optimizer: Any = "adam",
+        meta_lr: float = 0.001,
+        loss: Any = None,
+        multi_step_loss: bool = True,
+        msl_epochs: int = 10,
+        learn_inner_rates: bool = True,
+        first_order_epochs: int = 50,
+        cosine_annealing: bool = True,
+        total_epochs: int = 150,
+        min_meta_lr: float = 1e-5,
+        epoch_length: int = 500,
+    ) -> None:
+        who = type(self).__name__
+        # every setting checked before anything is stored: a bad one changes nothing
+        multi_step_loss = _flag(multi_step_loss, "multi_step_loss", who)
+        learn_inner_rates = _flag(learn_inner_rates, "learn_inner_rates", who)
+        cosine_annealing = _flag(cosine_annealing, "cosine_annealing", who)
+        msl_epochs = check_count(msl_epochs, "msl_epochs", who, minimum=1)
+        first_order_epochs = check_count(first_order_epochs, "first_order_epochs", who)
+        total_epochs = check_count(total_epochs, "total_epochs", who, minimum=1)
+        epoch_length = check_count(epoch_length, "epoch_length", who, minimum=1)
+        min_meta_lr = check_rate(min_meta_lr, "min_meta_lr", who)
+        if isinstance(meta_lr, (int, float)) and min_meta_lr > meta_lr:
+            raise ValueError(f"{who}: min_meta_lr ({min_meta_lr}) must be <= meta_lr ({meta_lr})")
+        check_count(inner_steps, "inner_steps", who, minimum=1)
+        super().__init__(
+            model,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            first_order=first_order,
+            meta_optimizer=meta_optimizer,
+            meta_lr=meta_lr,
+            loss=loss,
+            vectorize=False,
+            trace=False,
+        )
+        self.multi_step_loss = multi_step_loss
+        self.msl_epochs = msl_epochs
+        self.learn_inner_rates = learn_inner_rates
+        self.first_order_epochs = first_order_epochs
+        self.cosine_annealing = cosine_annealing
+        self.total_epochs = total_epochs
+        self.min_meta_lr = min_meta_lr
+        self.epoch_length = epoch_length
+        self.learning_rates = None
+
+    # ------------------------------------------------------------ schedules
+    @property
+    def epoch(self) -> int:
+        """The current epoch: ``iterations // epoch_length``."""
+        return self.iterations // self.epoch_length
+
+    def step_weights(self) -> np.ndarray:
+        """The weights of the inner steps' query losses in the meta-loss at this epoch."""
+        n = self.inner_steps
+        if self.multi_step_loss and self.epoch < self.msl_epochs:
+            return multi_step_loss_weights(n, self.epoch, self.msl_epochs)
+        w = np.zeros(n)
+        w[-1] = 1.0
+        return w
+
+    def second_order(self) -> bool:
+        """Whether this epoch's meta-gradient is second order."""
+        return not self.first_order and self.epoch >= self.first_order_epochs
+
+    def current_meta_lr(self) -> float:
+        """The meta learning rate for this epoch (cosine annealing, or `meta_lr`)."""
+        if not self.cosine_annealing:
+            return self.meta_lr
+        t = min(self.epoch, self.total_epochs) / self.total_epochs
+        return self.min_meta_lr + 0.5 * (self.meta_lr - self.min_meta_lr) * (
+            1.0 + math.cos(math.pi * t)
+        )
+
+    # ------------------------------------------------------------ parameters
+    def _prepare(self, task):
+        super()._prepare(task)
+        if self.learning_rates is None and self.learn_inner_rates:
+            from metalearn.tape import Variable
+
+            self.learning_rates = [
+                [
+                    Variable(np.float32(self.inner_lr), name=f"lslr/step{s}/{i}")
+                    for i in range(len(self.model.trainable_weights))
+                ]
+                for s in range(self.inner_steps)
+            ]
+
+    def _rates(self) -> List[Any]:
+        return [a for step in (self.learning_rates or []) for a in step]
+
+    def _meta_params(self):
+        return list(self.model.trainable_weights) + self._rates()
+
+    def _step_update(self, step, fast, grads):
+        """Inner step `step` (0-based): ``w - lr[step][i] * g``."""
+        if not self.learn_inner_rates:
+            lr = self.inner_lr
+            return [w - lr * g for w, g in zip(fast, grads)]
+        rates = self.learning_rates[min(step, len(self.learning_rates) - 1)]
+        return [w - a * g for w, a, g in zip(fast, rates, grads)]
+
+    def _inner_loop(self, x, y, steps, create_graph, detach=False, record=None):
+        fast = list(self._inner_params())
+        trail = []
+        if record is not None and 0 in record:
+            trail.append((0, fast))
+        for step in range(1, steps + 1):
+            loss = self._loss_fn(y, self._forward(fast, x))
+            grads = _core.grad(loss, fast, create_graph=create_graph)
+            if detach:
+                from ._base import _core_no_grad
+
+                with _core_no_grad():
+                    fast = self._step_update(step - 1, fast, grads)
+                for w in fast:
+                    w.requires_grad = True
+            else:
+                fast = self._step_update(step - 1, fast, grads)
+            if record is not None and step in record:
+                trail.append((step, fast))
+        return trail if record is not None else fast
+
+    # ------------------------------------------------------------ meta-loss
+    def _meta_loss(self, batch):
+        weights = self.step_weights()
+        used = [s + 1 for s in range(self.inner_steps) if weights[s] > 0.0]
+        create_graph = self.second_order()
+        total, metrics = None, []
+        n = len(batch.support_x)
+        for i in range(n):
+            sx = self._support_input(batch.support_x[i])
+            qx = self._support_input(batch.query_x[i])
+            trail = self._inner_loop(
+                sx, batch.support_y[i], self.inner_steps, create_graph, record=set(used)
+            )
+            lt = None
+            for step, fast in trail:
+                out = self._forward(fast, qx)
+                lq = self._loss_fn(batch.query_y[i], out)
+                term = lq * float(weights[step - 1])
+                lt = term if lt is None else lt + term
+            # the metric is the last step's (what adapt gives)
+            metrics.append(
+                self._metric(out, batch.query_y[i], lq.item()) if self.classification else lq.item()
+            )
+            total = lt if total is None else total + lt
+        return total * (1.0 / n), float(np.mean(metrics))
+
+    def _meta_step(self, batch):
+        meta_loss, metric = self._meta_loss(batch)
+        params = self._meta_params()
+        grads = _core.grad(meta_loss, params)
+        self._check_meta_step(meta_loss, grads, params)
+        opt = self.meta_optimizer
+        if self.cosine_annealing:
+            base = opt.learning_rate
+            opt.learning_rate = self.current_meta_lr()
+            try:
+                opt.apply_gradients(zip(grads, params))
+            finally:
+                opt.learning_rate = base
+        else:
+            opt.apply_gradients(zip(grads, params))
+        return float(meta_loss.item()), metric
+
+    def __repr__(self):
+        return (
+            f"<MAMLPlusPlus inner_lr={self.inner_lr} inner_steps={self.inner_steps} "
+            f"multi_step_loss={self.multi_step_loss} learn_inner_rates={self.learn_inner_rates} "
+            f"first_order_epochs={self.first_order_epochs} "
+            f"cosine_annealing={self.cosine_annealing}>"
+        )

@@ -1,0 +1,381 @@
+"""Metric heads on a learned encoder: Matching Networks (Vinyals et al., NeurIPS 2016) and
+R2D2, ridge regression in closed form (Bertinetto, Henriques, Torr & Vedaldi, ICLR 2019).
+
+Both are episode learners with ProtoNet's interface (``fit``/``adapt``/``evaluate``): the
+head is a differentiable function of the support embeddings, so meta-training is plain
+gradient descent on the query cross-entropy and adaptation needs no gradient steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import math
+
+import numpy as np
+
+from metalearn import _core
+from metalearn._typing import Array, ArrayLike
+from metalearn.keras.models import Model
+from metalearn.tasks.base import Task
+
+from ._base import (
+    BaseMetaLearner,
+    _core_no_grad,
+    accuracy,
+    check_count,
+    check_rate,
+    check_support,
+    clone_model,
+    to_tensor,
+)
+from .protonet import ProtoNet, _flat
+
+__all__ = [
+    "MatchingNet",
+    "R2D2",
+    "matching_logits",
+    "ridge_logits",
+    "spd_solve",
+    "MatchingClassifier",
+    "LinearHeadClassifier",
+]
+
+
+def _labels(support_y, n_way, who):
+    y = np.asarray(support_y).astype(np.int64)
+    if y.ndim != 1:
+        raise ValueError(f"{who}: support_y must be 1-D integer labels, got shape {y.shape}")
+    if y.size and (y.min() < 0 or y.max() >= n_way):
+        raise ValueError(f"{who}: labels must lie in 0..{n_way - 1}, got {y.min()}..{y.max()}")
+    counts = np.bincount(y, minlength=n_way)
+    if (counts == 0).any():
+        raise ValueError(f"{who}: class {int(np.argmin(counts))} has no support example")
+    onehot = np.zeros((len(y), n_way), np.float32)
+    onehot[np.arange(len(y)), y] = 1.0
+    return onehot
+
+
+def _unit_rows(e):
+    # the same guard as ProtoNet's cosine: e / sqrt(|e|^2 + 1e-8)
+    return e / _core.sqrt(_core.reduce_sum(_core.square(e), axis=1, keepdims=True) + 1e-8)
+
+
+def matching_logits(
+    support_emb: ArrayLike, support_y: ArrayLike, query_emb: ArrayLike, n_way: int
+) -> _core.Tensor:
+    """Matching Networks' prediction as logits (a differentiable core-op graph).
+
+    ``a(q, x_i) = softmax_i cos(q, x_i)`` over the support set, ``P(y = c | q) = sum_i
+    a(q, x_i) [y_i = c]`` (Vinyals et al. 2016, eqs. 1-2, without full-context
+    embeddings); the logits are ``log P``, so a softmax of them gives ``P`` back and the
+    cross-entropy from logits is the paper's negative log-likelihood. ``P`` never
+    vanishes (cosines lie in [-1, 1]), so its log is finite.
+
+    Returns:
+        ``(n_query, n_way)`` Tensor.
+    """
+    onehot = _core.as_tensor(_labels(support_y, n_way, "MatchingNet"))
+    cos = _core.matmul(_unit_rows(query_emb), _unit_rows(support_emb), transpose_b=True)
+    att = _core.softmax(cos, axis=1)
+    return _core.log(_core.matmul(att, onehot))
+
+
+def spd_solve(a: Any, b: Any) -> _core.Tensor:
+    """``A^-1 B`` for a symmetric positive-definite ``A (n, n)`` and ``B (n, m)``, by
+    Gauss-Jordan elimination composed of core ops (n steps of a rank-one update), so it is
+    differentiable to any order. No pivoting: elimination is stable for a positive-definite
+    matrix. Exact after n steps, unlike a fixed number of conjugate-gradient iterations,
+    whose vanishing residuals would divide by ~0 in float32. Meant for small n (a support
+    set): O(n^2 (n + m)) work."""
+    n = int(a.shape[0])
+    m = int(b.shape[1])
+    aug = _core.concat([a, b], axis=1)  # (n, n + m)
+    eye = np.eye(n, dtype=np.float32)
+    for k in range(n):
+        row = _core.narrow(aug, 0, k, 1)  # (1, n + m)
+        pivot = _core.narrow(row, 1, k, 1)  # (1, 1)
+        row = row / pivot
+        col = _core.narrow(aug, 1, k, 1) - _core.as_tensor(eye[:, k : k + 1])  # (n, 1)
+        # rows i != k lose a_ik * row; row k becomes row / pivot
+        aug = aug - _core.matmul(col, row)
+    return _core.narrow(aug, 1, n, m)
+
+
+def ridge_logits(
+    support_emb: Any,
+    support_y: ArrayLike,
+    query_emb: Any,
+    n_way: int,
+    lam: Any,
+    scale: Any,
+) -> _core.Tensor:
+    """R2D2's head: ridge regression of one-hot labels on the support embeddings, in
+    closed form and in the Woodbury form ``W = X^T (X X^T + lam I)^-1 Y`` (an n x n system
+    for n support examples, not d x d), then ``logits = scale * Q W``.
+
+    Args:
+        lam, scale: scalar Tensors (or floats); lam > 0.
+
+    Returns:
+        ``(n_query, n_way)`` Tensor.
+    """
+    onehot = _core.as_tensor(_labels(support_y, n_way, "R2D2"))
+    n = int(support_emb.shape[0])
+    gram = _core.matmul(support_emb, support_emb, transpose_b=True)
+    gram = gram + lam * _core.as_tensor(np.eye(n, dtype=np.float32))
+    coef = spd_solve(gram, onehot)  # (n, n_way)
+    w = _core.matmul(support_emb, coef, transpose_a=True)  # (d, n_way)
+    return scale * _core.matmul(query_emb, w)
+
+
+class MatchingClassifier(Model):
+    """A classifier made by ``MatchingNet.adapt``: an encoder (a copy) and the support
+    set's embeddings and labels; ``call(x)`` returns Matching Networks' logits."""
+
+    def __init__(
+        self,
+        encoder: Any,
+        support_embeddings: ArrayLike,
+        support_labels: ArrayLike,
+        name: Optional[str] = None,
+    ) -> None:
+        super().__init__(name=name)
+        self.encoder = encoder
+        self.support_embeddings = np.ascontiguousarray(support_embeddings, dtype=np.float32)
+        self.support_labels = np.asarray(support_labels).astype(np.int64)
+        self.n_way = int(self.support_labels.max()) + 1
+
+    def get_config(self) -> Dict[str, Any]:
+        from metalearn.keras import layers as _layers
+
+        return {
+            "name": self.name,
+            "encoder": _layers.serialize(self.encoder),
+            "support_embeddings": self.support_embeddings.tolist(),
+            "support_labels": self.support_labels.tolist(),
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        from metalearn.keras import layers as _layers
+
+        config = dict(config)
+        encoder = config.pop("encoder")
+        if isinstance(encoder, dict):
+            encoder = _layers.deserialize(encoder, custom_objects)
+        return cls(encoder, **config)
+
+    def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
+        emb = _flat(self.encoder(inputs))
+        return matching_logits(
+            _core.as_tensor(self.support_embeddings), self.support_labels, emb, self.n_way
+        )
+
+
+class LinearHeadClassifier(Model):
+    """A classifier made by ``R2D2.adapt``: an encoder (a copy) and the task's fitted
+    linear head; ``call(x)`` returns ``scale * f(x) @ weights``."""
+
+    def __init__(
+        self, encoder: Any, weights: ArrayLike, scale: float = 1.0, name: Optional[str] = None
+    ) -> None:
+        super().__init__(name=name)
+        self.encoder = encoder
+        self.head = np.ascontiguousarray(weights, dtype=np.float32)
+        self.scale = float(scale)
+        self.n_way = int(self.head.shape[1])
+
+    def get_config(self) -> Dict[str, Any]:
+        from metalearn.keras import layers as _layers
+
+        return {
+            "name": self.name,
+            "encoder": _layers.serialize(self.encoder),
+            "weights": self.head.tolist(),
+            "scale": self.scale,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        from metalearn.keras import layers as _layers
+
+        config = dict(config)
+        encoder = config.pop("encoder")
+        if isinstance(encoder, dict):
+            encoder = _layers.deserialize(encoder, custom_objects)
+        return cls(encoder, **config)
+
+    def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
+        emb = _flat(self.encoder(inputs))
+        return _core.matmul(emb, _core.as_tensor(self.head)) * self.scale
+
+
+class _EpisodeHead(ProtoNet):
+    """ProtoNet's episode loop with another head: subclasses define ``_head``."""
+
+    def __init__(self, encoder: Any, meta_optimizer: Any = "adam", meta_lr: float = 0.001) -> None:
+        BaseMetaLearner.__init__(
+            self,
+            encoder,
+            loss="sparse_categorical_crossentropy",
+            meta_optimizer=meta_optimizer,
+            meta_lr=meta_lr,
+        )
+        self.encoder = encoder
+        self.inner_steps = 0
+
+    def _meta_params(self):
+        return list(self.encoder.trainable_weights)
+
+    def _head(self, s_emb, support_y, q_emb, n_way):
+        raise NotImplementedError
+
+    def episode_logits(
+        self, support_x: Array, support_y: ArrayLike, query_x: Array, training: bool = True
+    ) -> _core.Tensor:
+        """Query logits ``(n_query, n_way)`` for one episode (differentiable w.r.t. the
+        encoder's weights and the head's parameters)."""
+        n_s = len(support_x)
+        n_way = int(np.max(support_y)) + 1
+        x = np.concatenate([np.asarray(support_x, np.float32), np.asarray(query_x, np.float32)])
+        emb = _flat(self.encoder(to_tensor(x), training=training))
+        s_emb = _core.narrow(emb, 0, 0, n_s)
+        q_emb = _core.narrow(emb, 0, n_s, int(emb.shape[0]) - n_s)
+        return self._head(s_emb, support_y, q_emb, n_way)
+
+    def _meta_step(self, batch):
+        n = len(batch.support_x)
+        total, metrics = None, []
+        for i in range(n):
+            loss, logits = self.episode_loss(
+                batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
+            )
+            total = loss if total is None else total + loss
+            metrics.append(accuracy(logits, batch.query_y[i]))
+        total = total * (1.0 / n)
+        params = self._meta_params()
+        grads = _core.grad(total, params)
+        self._check_meta_step(total, grads, params)
+        self.meta_optimizer.apply_gradients(zip(grads, params))
+        return float(total.item()), float(np.mean(metrics))
+
+    def _support_embeddings(self, support_x, support_y, who):
+        check_support(support_x, support_y, who)
+        self._prepare(Task(support_x, support_y, support_x, support_y))
+        with _core_no_grad():
+            return _flat(self.encoder(to_tensor(support_x), training=False))
+
+
+class MatchingNet(_EpisodeHead):
+    """Matching Networks (Vinyals, Blundell, Lillicrap, Kavukcuoglu & Wierstra 2016).
+
+    A query is labelled by attention over the support set: ``P(y | q, S) = sum_i a(q,
+    x_i) y_i`` with ``a = softmax over i of cos(f(q), f(x_i))`` (``matching_logits``);
+    training minimises the query negative log-likelihood. One encoder embeds support and
+    query (the paper's f = g, without full-context embeddings, which are not
+    implemented). ``adapt`` stores the support embeddings: no gradient steps.
+
+    Args:
+        encoder: a Keras model mapping inputs to embeddings (flattened when not 2-D).
+        meta_optimizer, meta_lr: the encoder's optimizer.
+    """
+
+    def _head(self, s_emb, support_y, q_emb, n_way):
+        return matching_logits(s_emb, support_y, q_emb, n_way)
+
+    def adapt(
+        self, support_x: Array, support_y: ArrayLike, steps: Optional[int] = None
+    ) -> MatchingClassifier:
+        """A ``MatchingClassifier`` (a copy of the encoder plus this task's support
+        embeddings); `steps` is ignored. The encoder is unchanged."""
+        if steps is not None:
+            check_count(steps, "steps", "MatchingNet.adapt")
+        _labels(support_y, int(np.max(support_y)) + 1, "MatchingNet.adapt")
+        emb = np.asarray(self._support_embeddings(support_x, support_y, "MatchingNet.adapt"))
+        return MatchingClassifier(clone_model(self.encoder), emb, support_y)
+
+    def __repr__(self):
+        return "<MatchingNet>"
+
+
+class R2D2(_EpisodeHead):
+    """R2D2 (Bertinetto, Henriques, Torr & Vedaldi 2019, "Meta-learning with
+    differentiable closed-form solvers"): a ridge-regression head fitted in closed form
+    to each episode's support embeddings, back-propagated through to the encoder.
+
+        W = X^T (X X^T + lambda I)^-1 Y        (Woodbury: an n x n system, n = |support|)
+        logits = alpha * f(query) W
+
+    X the support embeddings, Y their one-hot labels. The system is solved exactly by
+    ``spd_solve`` (Gauss-Jordan elimination as core ops: differentiable to any order).
+    ``lambda`` and ``alpha`` are meta-learned with the encoder, as in the paper (lambda as
+    ``exp(log_lambda)``, so it stays positive).
+
+    Args:
+        encoder: a Keras model mapping inputs to embeddings (flattened when not 2-D).
+        lam: initial ridge penalty (> 0).
+        scale: initial scale alpha of the logits.
+        learn_lambda, learn_scale: meta-learn them (else fixed).
+        meta_optimizer, meta_lr: the optimizer of the encoder and the head's parameters.
+    """
+
+    def __init__(
+        self,
+        encoder: Any,
+        lam: float = 1.0,
+        scale: float = 1.0,
+        learn_lambda: bool = True,
+        learn_scale: bool = True,
+        meta_optimizer: Any = "adam",
+        meta_lr: float = 0.001,
+    ) -> None:
+        lam = check_rate(lam, "lam", "R2D2")
+        if lam <= 0:
+            raise ValueError(f"R2D2: lam must be > 0, got {lam}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)):
+            raise TypeError(f"R2D2: scale must be a number, got {type(scale).__name__}")
+        if not math.isfinite(float(scale)):
+            raise ValueError(f"R2D2: scale must be finite, got {scale}")
+        for name, v in (("learn_lambda", learn_lambda), ("learn_scale", learn_scale)):
+            if not isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"R2D2: {name} must be True or False, got {v!r}")
+        super().__init__(encoder, meta_optimizer=meta_optimizer, meta_lr=meta_lr)
+        from metalearn.tape import Variable
+
+        self.lam = lam
+        self.learn_lambda = bool(learn_lambda)
+        self.learn_scale = bool(learn_scale)
+        self.log_lambda = Variable(np.float32(math.log(lam)), name="r2d2/log_lambda")
+        self.scale = Variable(np.float32(scale), name="r2d2/scale")
+
+    def _meta_params(self):
+        extra = [self.log_lambda] if self.learn_lambda else []
+        extra += [self.scale] if self.learn_scale else []
+        return list(self.encoder.trainable_weights) + extra
+
+    def _head(self, s_emb, support_y, q_emb, n_way):
+        return ridge_logits(s_emb, support_y, q_emb, n_way, _core.exp(self.log_lambda), self.scale)
+
+    @property
+    def ridge_lambda(self) -> float:
+        """The current ridge penalty ``exp(log_lambda)``."""
+        return float(np.exp(np.asarray(self.log_lambda)))
+
+    def adapt(
+        self, support_x: Array, support_y: ArrayLike, steps: Optional[int] = None
+    ) -> LinearHeadClassifier:
+        """A ``LinearHeadClassifier`` (a copy of the encoder plus this task's ridge
+        solution); `steps` is ignored. The encoder is unchanged."""
+        if steps is not None:
+            check_count(steps, "steps", "R2D2.adapt")
+        n_way = int(np.max(support_y)) + 1
+        onehot = _labels(support_y, n_way, "R2D2.adapt")
+        x = np.asarray(self._support_embeddings(support_x, support_y, "R2D2.adapt"), np.float64)
+        # the head in float64 NumPy: the same formula, nothing to differentiate here
+        coef = np.linalg.solve(x @ x.T + self.ridge_lambda * np.eye(len(x)), onehot)
+        w = x.T @ coef
+        return LinearHeadClassifier(clone_model(self.encoder), w, float(np.asarray(self.scale)))
+
+    def __repr__(self):
+        return f"<R2D2 lambda={self.ridge_lambda:.4g} scale={float(np.asarray(self.scale)):.4g}>"
