@@ -420,7 +420,7 @@ static void test_ids_and_remove(void) {
     OK(ml_memory_query(m, 1, q, 5, idx, sim, NULL, NULL));
     CHECK(idx[0] == 1 && idx[1] == 3 && idx[2] == 2 && idx[3] == -1, "removed never returned");
     int64_t only = 2;
-    OK(ml_memory_query_where(m, 1, q, 2, 1, &only, idx, sim, NULL, NULL));
+    OK(ml_memory_query_where(m, 1, q, 2, 1, &only, 0, idx, sim, NULL, NULL));
     CHECK(idx[0] == 2 && idx[1] == -1, "filter by label");
     int64_t ny = 9, slot = -1;
     OK(ml_memory_update_slots(m, 1, q, &ny, NULL, &slot));
