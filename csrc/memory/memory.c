@@ -1129,28 +1129,37 @@ ml_status ml_memory_remove(ml_memory *mem, int64_t n, const int64_t *ids) {
 
 /* ------------------------------------------------------ the IVF index's build */
 
-/* Points assigned IVF_ASSIGN_TASK at a time (a constant: the split is the shape's). */
-#define IVF_ASSIGN_TASK 64
+/* Rows scored by one GEMM of the build (a constant: the GEMM's path is the shape's). */
+#define IVF_GEMM_ROWS 256
 
-typedef struct {
-    const ivf_index *v;
-    const float *x; /* np x d, or the key slab */
-    int64_t np, d;
-    int64_t *out;
-} assign_ctx;
-
-static void assign_task(void *vctx, int64_t t) {
-    const assign_ctx *a = vctx;
-    const int64_t i1 = (t + 1) * IVF_ASSIGN_TASK < a->np ? (t + 1) * IVF_ASSIGN_TASK : a->np;
-    for (int64_t i = t * IVF_ASSIGN_TASK; i < i1; i += SCAN_MAX_QUERIES) {
-        int64_t nq = i1 - i < SCAN_MAX_QUERIES ? i1 - i : SCAN_MAX_QUERIES;
-        nearest_lists(a->v, nq, a->x + i * a->d, a->d, a->out + i);
+/* The nearest centroid of np rows x by GEMM scores (s: IVF_GEMM_ROWS * nlist floats), ties
+ * to the lower list. With `exact`, a row whose best two scores are closer than the two
+ * roundings can differ is decided by nearest_lists (the key scan's bits), so the result is
+ * what nearest_lists gives every row: unit rows of d terms round each dot product by at
+ * most d * 2^-24 (plus second order) in any summation order, so a GEMM gap above 4 d 2^-24
+ * leaves the order of the two unchanged. */
+static void assign_gemm(const ivf_index *v, const float *x, int64_t np, int64_t d, int64_t *out,
+                        float *s, int exact) {
+    const int64_t nl = v->nlist;
+    const float margin = 4.4f * (float)d * 0x1p-24f;
+    for (int64_t r0 = 0; r0 < np; r0 += IVF_GEMM_ROWS) {
+        const int64_t nr = np - r0 < IVF_GEMM_ROWS ? np - r0 : IVF_GEMM_ROWS;
+        ml_sgemm(0, 1, nr, nl, d, 1.0f, x + r0 * d, d, v->centroids, d, 0.0f, s, nl);
+        for (int64_t i = 0; i < nr; i++) {
+            const float *row = s + i * nl;
+            float b1 = -INFINITY, b2 = -INFINITY;
+            int64_t best = 0;
+            for (int64_t c = 0; c < nl; c++) {
+                if (row[c] > b1) {
+                    b2 = b1, b1 = row[c], best = c;
+                } else if (row[c] > b2) {
+                    b2 = row[c];
+                }
+            }
+            if (exact && !(b1 - b2 > margin)) nearest_lists(v, 1, x + (r0 + i) * d, d, &best);
+            out[r0 + i] = best;
+        }
     }
-}
-
-static void assign_all(const ivf_index *v, const float *x, int64_t np, int64_t d, int64_t *out) {
-    assign_ctx a = {.v = v, .x = x, .np = np, .d = d, .out = out};
-    ml__parallel_for((np + IVF_ASSIGN_TASK - 1) / IVF_ASSIGN_TASK, 0, assign_task, &a);
 }
 
 ml_status ml_memory_build_index(ml_memory *mem, int64_t nlist, int64_t nprobe, uint64_t seed,
@@ -1185,7 +1194,8 @@ ml_status ml_memory_build_index(ml_memory *mem, int64_t nlist, int64_t nprobe, u
     int64_t *pool = malloc((size_t)live * sizeof(int64_t)), *asg = NULL;
     float *xs = NULL;
     double *sums = NULL;
-    if (!v || !pool) goto oom;
+    float *gs = malloc((size_t)(IVF_GEMM_ROWS * nlist) * sizeof(float));
+    if (!v || !pool || !gs) goto oom;
     *v = (ivf_index){
         .nlist = nlist, .nprobe = nprobe, .n_iter = n_iter, .sample = sample, .seed = seed};
     v->centroids = malloc((size_t)(nlist * d) * sizeof(float));
@@ -1220,7 +1230,7 @@ ml_status ml_memory_build_index(ml_memory *mem, int64_t nlist, int64_t nprobe, u
     memcpy(v->centroids, xs, (size_t)(nlist * d) * sizeof(float));
     double *cnt = sums + nlist * d;
     for (int64_t it = 0; it < n_iter; it++) {
-        assign_all(v, xs, ns, d, asg);
+        assign_gemm(v, xs, ns, d, asg, gs, 0);
         memset(sums, 0, (size_t)(nlist * d + nlist) * sizeof(double));
         for (int64_t i = 0; i < ns; i++) {
             double *sl = sums + asg[i] * d;
@@ -1238,7 +1248,7 @@ ml_status ml_memory_build_index(ml_memory *mem, int64_t nlist, int64_t nprobe, u
         }
     }
     /* the lists, each in slot order, sized exactly */
-    assign_all(v, mem->keys, mem->count, d, asg);
+    assign_gemm(v, mem->keys, mem->count, d, asg, gs, 1);
     for (int64_t j = 0; j < mem->count; j++)
         if (mem->labels[j] != -1) v->cap[asg[j]]++;
     for (int64_t l = 0; l < nlist; l++)
@@ -1265,6 +1275,7 @@ done:
     free(xs);
     free(asg);
     free(sums);
+    free(gs);
     return st;
 }
 
