@@ -68,6 +68,8 @@ typedef struct ivf_index {
     uint64_t seed;
     float *centroids;  /* nlist x d, normalised */
     int64_t **ids;     /* nlist arrays of slots */
+    float **vecs;      /* nlist arrays of their float32 keys, in list order (as FAISS keeps its
+                        * codes): a probe streams one contiguous array, no gather */
     int64_t *len, *cap;
     int64_t *slot_list; /* per slot: its list, -1 when not indexed (empty, removed) */
     int64_t *slot_pos;  /* per slot: its position in that list */
@@ -146,7 +148,10 @@ static void ivf_free(ivf_index *x) {
     if (!x) return;
     if (x->ids)
         for (int64_t l = 0; l < x->nlist; l++) free(x->ids[l]);
+    if (x->vecs)
+        for (int64_t l = 0; l < x->nlist; l++) free(x->vecs[l]);
     free(x->ids);
+    free(x->vecs);
     free(x->len);
     free(x->cap);
     free(x->centroids);
@@ -173,28 +178,32 @@ static void nearest_lists(const ivf_index *v, int64_t n, const float *x, int64_t
     }
 }
 
-static void ivf_unlink(ivf_index *v, int64_t j) {
+static void ivf_unlink(ivf_index *v, int64_t j, int64_t d) {
     int64_t l = v->slot_list[j];
     if (l < 0) return;
     int64_t pos = v->slot_pos[j], last = v->ids[l][--v->len[l]];
     v->ids[l][pos] = last;
+    memmove(v->vecs[l] + pos * d, v->vecs[l] + v->len[l] * d, (size_t)d * sizeof(float));
     v->slot_pos[last] = pos;
     v->slot_list[j] = v->slot_pos[j] = -1;
 }
 
-static void ivf_link(ivf_index *v, int64_t j, int64_t l) {
+static void ivf_link(ivf_index *v, int64_t j, int64_t l, const float *key, int64_t d) {
     if (v->len[l] == v->cap[l]) {
         int64_t nc = v->cap[l] ? 2 * v->cap[l] : 16;
         int64_t *g = realloc(v->ids[l], (size_t)nc * sizeof(int64_t));
-        if (!g) { /* the slot is in no list: exact searches until build_index */
+        if (g) v->ids[l] = g;
+        float *f = g ? realloc(v->vecs[l], (size_t)(nc * d) * sizeof(float)) : NULL;
+        if (!f) { /* the slot is in no list: exact searches until build_index */
             v->stale = 1;
             return;
         }
-        v->ids[l] = g;
+        v->vecs[l] = f;
         v->cap[l] = nc;
     }
     v->slot_list[j] = l;
     v->slot_pos[j] = v->len[l];
+    memcpy(v->vecs[l] + v->len[l] * d, key, (size_t)d * sizeof(float));
     v->ids[l][v->len[l]++] = j;
 }
 
@@ -204,11 +213,11 @@ static void key_written(ml_memory *m, int64_t j) {
     sync_compact(m, j);
     ivf_index *v = m->ivf;
     if (!v) return;
-    ivf_unlink(v, j);
+    ivf_unlink(v, j, m->key_size);
     if (m->labels[j] == -1) return;
     int64_t l;
     nearest_lists(v, 1, m->keys + j * m->key_size, m->key_size, &l);
-    ivf_link(v, j, l);
+    ivf_link(v, j, l, m->keys + j * m->key_size, m->key_size);
 }
 
 ml_status ml_memory_set_key_dtype(ml_memory *mem, int dtype) {
@@ -573,7 +582,7 @@ static void ivf_task(void *vctx, int64_t t) {
     const int64_t *ids = v->ids[l], nl = v->len[l];
     const int64_t tile = d <= IVF_GATHER ? (IVF_GATHER / d < SCAN_TILE ? IVF_GATHER / d : SCAN_TILE)
                                          : 1;
-    float gf[IVF_GATHER], sc[SCAN_TILE];
+    float sc[SCAN_TILE];
     uint16_t gh[IVF_GATHER];
     int8_t gi[IVF_GATHER];
     for (int64_t b = 0; b < nl; b += tile) {
@@ -597,10 +606,8 @@ static void ivf_task(void *vctx, int64_t t) {
                 gs[e] = m->scales[ids[b + e]];
             }
             ml__key_scores_i8(1, q, nb, gi, gs, d, sc);
-        } else {
-            for (int64_t e = 0; e < nb; e++)
-                memcpy(gf + e * d, m->keys + ids[b + e] * d, (size_t)d * sizeof(float));
-            ml__key_scores(1, q, nb, gf, d, sc);
+        } else { /* float32: the list's own copy, contiguous */
+            ml__key_scores(1, q, nb, v->vecs[l] + b * d, d, sc);
         }
         for (int64_t e = 0; e < nb; e++)
             if (accepted(x->f, ids[b + e])) topk_push_ordered(ts, ti, &len, k, sc[e], ids[b + e]);
@@ -1200,6 +1207,7 @@ ml_status ml_memory_build_index(ml_memory *mem, int64_t nlist, int64_t nprobe, u
         .nlist = nlist, .nprobe = nprobe, .n_iter = n_iter, .sample = sample, .seed = seed};
     v->centroids = malloc((size_t)(nlist * d) * sizeof(float));
     v->ids = calloc((size_t)nlist, sizeof(int64_t *));
+    v->vecs = calloc((size_t)nlist, sizeof(float *));
     v->len = calloc((size_t)nlist, sizeof(int64_t));
     v->cap = calloc((size_t)nlist, sizeof(int64_t));
     v->slot_list = malloc((size_t)cap * sizeof(int64_t));
@@ -1207,8 +1215,8 @@ ml_status ml_memory_build_index(ml_memory *mem, int64_t nlist, int64_t nprobe, u
     xs = malloc((size_t)(ns * d) * sizeof(float));
     asg = malloc((size_t)(ns > cap ? ns : cap) * sizeof(int64_t));
     sums = malloc((size_t)(nlist * d + nlist) * sizeof(double));
-    if (!v->centroids || !v->ids || !v->len || !v->cap || !v->slot_list || !v->slot_pos || !xs ||
-        !asg || !sums)
+    if (!v->centroids || !v->ids || !v->vecs || !v->len || !v->cap || !v->slot_list ||
+        !v->slot_pos || !xs || !asg || !sums)
         goto oom;
     { /* the sample: the first ns of a seeded shuffle of the occupied slots (own stream, so
        * the memory's is untouched) */
@@ -1252,13 +1260,16 @@ ml_status ml_memory_build_index(ml_memory *mem, int64_t nlist, int64_t nprobe, u
     for (int64_t j = 0; j < mem->count; j++)
         if (mem->labels[j] != -1) v->cap[asg[j]]++;
     for (int64_t l = 0; l < nlist; l++)
-        if (v->cap[l] && !(v->ids[l] = malloc((size_t)v->cap[l] * sizeof(int64_t)))) goto oom;
+        if (v->cap[l] && (!(v->ids[l] = malloc((size_t)v->cap[l] * sizeof(int64_t))) ||
+                          !(v->vecs[l] = malloc((size_t)(v->cap[l] * d) * sizeof(float)))))
+            goto oom;
     for (int64_t j = 0; j < cap; j++) v->slot_list[j] = v->slot_pos[j] = -1;
     for (int64_t j = 0; j < mem->count; j++)
         if (mem->labels[j] != -1) {
             int64_t l = asg[j];
             v->slot_list[j] = l;
             v->slot_pos[j] = v->len[l];
+            memcpy(v->vecs[l] + v->len[l] * d, mem->keys + j * d, (size_t)d * sizeof(float));
             v->ids[l][v->len[l]++] = j;
         }
     ivf_free(mem->ivf);
