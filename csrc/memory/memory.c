@@ -209,16 +209,17 @@ static void ivf_link(ivf_index *v, int64_t j, int64_t l, const float *key, int64
 
 /* After any write of slot j's key or label: the compact copy and the index follow it (an
  * occupied slot goes to the list of its key's nearest centroid, an emptied one leaves). */
-static void key_written(ml_memory *m, int64_t j) {
+static void key_written_to(ml_memory *m, int64_t j, int64_t l) { /* l: its list, or -1 */
     sync_compact(m, j);
     ivf_index *v = m->ivf;
     if (!v) return;
     ivf_unlink(v, j, m->key_size);
     if (m->labels[j] == -1) return;
-    int64_t l;
-    nearest_lists(v, 1, m->keys + j * m->key_size, m->key_size, &l);
+    if (l < 0) nearest_lists(v, 1, m->keys + j * m->key_size, m->key_size, &l);
     ivf_link(v, j, l, m->keys + j * m->key_size, m->key_size);
 }
+
+static void key_written(ml_memory *m, int64_t j) { key_written_to(m, j, -1); }
 
 ml_status ml_memory_set_key_dtype(ml_memory *mem, int dtype) {
     const char *what = "KnowledgeMemory.key_dtype";
@@ -1073,12 +1074,18 @@ ml_status ml_memory_add(ml_memory *mem, int64_t n, const float *q, const int64_t
     float *qn = NULL;
     if ((st = normalized_copy(&qn, what, n, q, d))) return st;
     pthread_rwlock_wrlock(&mem->lock);
+    /* with an index, the lists of all the keys first, 8 keys a kernel call (the same bits as
+     * one at a time); without memory for them, one at a time */
+    int64_t *lists = mem->ivf ? malloc((size_t)n * sizeof(int64_t)) : NULL;
+    for (int64_t j = 0; lists && j < n; j += SCAN_MAX_QUERIES)
+        nearest_lists(mem->ivf, n - j < SCAN_MAX_QUERIES ? n - j : SCAN_MAX_QUERIES, qn + j * d, d,
+                      lists + j);
     for (int64_t i = 0; i < mem->count; i++) mem->ages[i]++;
     for (int64_t j = 0; j < n; j++) {
         int64_t slot = oldest_slot(mem);
         memcpy(mem->keys + slot * d, qn + j * d, (size_t)d * sizeof(float));
         mem->labels[slot] = labels[j];
-        key_written(mem, slot);
+        key_written_to(mem, slot, lists ? lists[j] : -1);
         mem->ages[slot] = 0;
         if (p) {
             float *v = mem->payloads + slot * p;
@@ -1090,6 +1097,7 @@ ml_status ml_memory_add(ml_memory *mem, int64_t n, const float *q, const int64_t
         if (out_slots) out_slots[j] = slot;
     }
     pthread_rwlock_unlock(&mem->lock);
+    free(lists);
     free(qn);
     return ML_OK;
 }
