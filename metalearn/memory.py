@@ -32,7 +32,7 @@ the paper, for one-shot classification with no gradient step at test time.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, List, Optional, Union
+from typing import TYPE_CHECKING, Any, List, NamedTuple, Optional, Union
 
 if TYPE_CHECKING:  # pragma: no cover
     import os
@@ -42,7 +42,7 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["KnowledgeMemory", "MemoryClassifier"]
+__all__ = ["IVFIndex", "KnowledgeMemory", "MemoryClassifier"]
 
 
 def _queries(q):
@@ -65,6 +65,23 @@ def _k(k, default, capacity):
     """k as an int; None is `default` capped at the capacity (an explicit k is checked by
     the core: 1 <= k <= capacity, the same rule and message as ``query``)."""
     return min(default, capacity) if k is None else int(k)
+
+
+class IVFIndex(NamedTuple):
+    """A snapshot of a memory's approximate index (``KnowledgeMemory.index``).
+
+    ``centroids`` (nlist, key_size) are normalised; ``lists[j]`` is the list slot j is in
+    (-1 for an empty or removed slot); ``stale`` is True when a list could not grow (out of
+    memory) and searches are exact until ``build_index`` runs again."""
+
+    nlist: int
+    nprobe: int
+    seed: int
+    n_iter: int
+    sample: int
+    stale: bool
+    centroids: np.ndarray
+    lists: np.ndarray
 
 
 class KnowledgeMemory(_core.KnowledgeMemory):
@@ -175,13 +192,22 @@ class KnowledgeMemory(_core.KnowledgeMemory):
                 payloads = payloads.reshape(1, -1)
         return q, labels, payloads
 
-    def query(self, q: ArrayLike, k: int = 1, labels: Optional[ArrayLike] = None) -> Any:
-        """Exact k-nearest search by cosine similarity.
+    def query(
+        self,
+        q: ArrayLike,
+        k: int = 1,
+        labels: Optional[ArrayLike] = None,
+        nprobe: Optional[int] = None,
+    ) -> Any:
+        """k-nearest search by cosine similarity: exact, or approximate with an index.
 
         Args:
             q: queries ``(n, key_size)`` (array-like or Tensor; ``(key_size,)`` is one).
             k: number of neighbours, ``1 <= k <= capacity``.
             labels: only slots holding one of these labels are searched (None: all).
+            nprobe: with an index (``build_index``), the number of lists scanned
+                (``1 <= nprobe <= nlist``; None: ``self.nprobe``); ``"exact"`` searches every
+                key whatever the index. Without an index, only None or ``"exact"``.
 
         Equal similarities are listed in slot order (the lower slot first); the result is
         the same, bit for bit, at any thread count.
@@ -192,9 +218,75 @@ class KnowledgeMemory(_core.KnowledgeMemory):
             ``(n, k, payload_size)``, best first. Positions beyond the occupied slots hold
             index -1, similarity -inf, label -1 and a zero payload.
         """
-        if labels is not None:
-            return super().query(_queries(q), int(k), np.asarray(labels).reshape(-1))
-        return super().query(_queries(q), int(k))
+        if nprobe is None:
+            np_arg = 0
+        elif isinstance(nprobe, str) and nprobe == "exact":
+            np_arg = -1
+        elif isinstance(nprobe, (int, np.integer)) and not isinstance(nprobe, bool):
+            np_arg = int(nprobe)
+            if np_arg < 1:
+                raise ValueError(f"KnowledgeMemory.query: nprobe must be >= 1, got {np_arg}")
+        else:
+            raise TypeError(
+                f"KnowledgeMemory.query: nprobe must be an int, None or 'exact', got {nprobe!r}"
+            )
+        allow = None if labels is None else np.asarray(labels).reshape(-1)
+        return super().query(_queries(q), int(k), allow, np_arg)
+
+    def build_index(
+        self,
+        nlist: int,
+        nprobe: int = 1,
+        seed: int = 0,
+        n_iter: int = 10,
+        sample: Optional[int] = None,
+    ) -> "IVFIndex":
+        """Builds an approximate index (IVF-flat) over the stored keys.
+
+        A seeded spherical k-means (``n_iter`` rounds, from ``nlist`` sampled keys, on
+        ``sample`` keys drawn with ``seed``; None: 64 per list, at most ``size``) gives
+        ``nlist`` centroids; every occupied slot goes to the list of its key's nearest
+        centroid. From then on ``query``, ``update``, ``read`` and ``loss`` score the
+        ``nprobe`` nearest lists only, and every write (update, add, remove, clear) moves
+        the slot it changes to its key's list, so the lists always hold exactly the
+        occupied slots. The result is the same at any thread count. ``memory.index = None``
+        goes back to exact search. ``load`` rebuilds the index with the same parameters
+        (the file holds none), or drops it when the loaded memory has fewer than ``nlist``
+        keys.
+
+        Refused with ValueError (nothing changed) for ``nlist`` outside ``[1, size]``,
+        ``nprobe`` outside ``[1, nlist]``, ``n_iter`` outside ``[1, 1000]``, ``sample``
+        outside ``[nlist, size]``.
+        """
+        for name, v in (("nlist", nlist), ("nprobe", nprobe), ("n_iter", n_iter), ("seed", seed)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"KnowledgeMemory.build_index: {name} must be an int, got {v!r}")
+        if sample is not None and (
+            isinstance(sample, bool) or not isinstance(sample, (int, np.integer))
+        ):
+            raise TypeError(f"KnowledgeMemory.build_index: sample must be an int, got {sample!r}")
+        if sample is not None and int(sample) < 1:
+            raise ValueError(f"KnowledgeMemory.build_index: sample must be >= 1, got {sample}")
+        if int(seed) < 0:
+            raise ValueError(f"KnowledgeMemory.build_index: seed must be >= 0, got {seed}")
+        super().build_index(int(nlist), int(nprobe), int(seed), int(n_iter), int(sample or 0))
+        return self.index
+
+    @property
+    def index(self) -> Optional["IVFIndex"]:
+        """The approximate index (an ``IVFIndex`` snapshot), or None: exact search.
+        Assign None to drop it."""
+        st = self.index_state()
+        return None if st is None else IVFIndex(*st[:5], bool(st[5]), *st[6:])
+
+    @index.setter
+    def index(self, value) -> None:
+        if value is not None:
+            raise ValueError(
+                "KnowledgeMemory.index can only be set to None (exact search); build an "
+                "index with build_index(nlist=..., nprobe=..., seed=...)"
+            )
+        self.drop_index()
 
     def update(
         self, q: ArrayLike, labels: ArrayLike, payloads: Optional[ArrayLike] = None
@@ -286,8 +378,13 @@ class KnowledgeMemory(_core.KnowledgeMemory):
 
     def load(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Loads ``path`` into this memory after checking all of it; a corrupt, truncated or
-        differently sized file raises (ValueError/OSError) and changes nothing."""
+        differently sized file raises (ValueError/OSError) and changes nothing. An index is
+        rebuilt with the same parameters over the loaded keys (the file holds none), or
+        dropped when they are fewer than its ``nlist``."""
+        ix = self.index
         super().load(path)
+        if ix is not None and self.size >= ix.nlist and (ix.sample or 0) <= self.size:
+            super().build_index(ix.nlist, ix.nprobe, ix.seed, ix.n_iter, ix.sample)
 
     def __repr__(self):
         return (

@@ -529,10 +529,28 @@ ml_status ml_memory_query(ml_memory *mem, int64_t n, const float *q, int64_t k, 
                           float *out_sim, int64_t *out_labels, float *out_payloads);
 /* ml_memory_query over the slots whose label is one of labels[0 : n_labels] only
  * (n_labels < 0: every slot, as ml_memory_query). Batches of up to 8 queries scan the keys
- * once, split over threads by blocks of 4096 slots: the same bits at any thread count. */
+ * once, split over threads by blocks of 4096 slots: the same bits at any thread count.
+ * nprobe: 0, the memory's index with its own nprobe (exact when it has none); > 0, the
+ * index with that many lists (ML_ERR_VALUE without an index or above nlist); -1, exact. */
 ml_status ml_memory_query_where(ml_memory *mem, int64_t n, const float *q, int64_t k,
-                                int64_t n_labels, const int64_t *labels, int64_t *out_idx,
-                                float *out_sim, int64_t *out_labels, float *out_payloads);
+                                int64_t n_labels, const int64_t *labels, int64_t nprobe,
+                                int64_t *out_idx, float *out_sim, int64_t *out_labels,
+                                float *out_payloads);
+/* The approximate index (IVF-flat): nlist centroids of a seeded spherical k-means (n_iter
+ * rounds on `sample` keys drawn with seed; 0: 64 per list, at most size), then every
+ * occupied slot in the list of its key's nearest centroid. From then on query, update, read
+ * and loss search the nprobe nearest lists (the update rule acts on the neighbours found)
+ * and every key write moves its slot's list. Refused (ML_ERR_VALUE, nothing changed) for
+ * nlist outside [1, size], nprobe outside [1, nlist], n_iter outside [1, 1000]. Replaces
+ * an index already there; load drops it (the file holds none). */
+ml_status ml_memory_build_index(ml_memory *mem, int64_t nlist, int64_t nprobe, uint64_t seed,
+                                int64_t n_iter, int64_t sample);
+ml_status ml_memory_drop_index(ml_memory *mem); /* back to exact search */
+ml_status ml_memory_set_nprobe(ml_memory *mem, int64_t nprobe);
+/* params (6): nlist (0: no index), nprobe, seed, n_iter, sample, stale (a list could not
+ * grow: exact search until rebuilt); centroids (nlist x key_size); lists (capacity: each
+ * slot's list, -1 for none). NULL outputs are skipped. */
+ml_status ml_memory_index_state(ml_memory *mem, int64_t *params, float *centroids, int64_t *lists);
 /* The update rule of the paper, applied to the n queries in order (each sees the writes of
  * those before it). For query q with label y and n1 its nearest occupied slot:
  *   label[n1] == y: key[n1] <- normalize(normalize(q) + key[n1]);

@@ -51,13 +51,39 @@ struct ml_memory {
     int8_t *keys8;     /* capacity * key_size, key ~ scale * keys8 */
     float *scales;     /* capacity: max |key| / 127 */
     uint64_t seed, rng[4];
+    struct ivf_index *ivf; /* the approximate index (NULL: every search is exact) */
     pthread_rwlock_t lock;
 };
+
+/* IVF-flat (Jégou et al. 2011, as FAISS IndexIVFFlat): nlist centroids from a seeded
+ * spherical k-means on a sample of the keys, and per centroid the list of the slots whose
+ * key is nearest to it (the highest dot product, ties to the lower list). A search scores
+ * the query against the centroids, scans the nprobe nearest lists with the key scan's
+ * kernel and keeps a top-k. Every key write moves its slot to the list of its new key, so
+ * the lists always partition the occupied slots. A list is an unordered array (removal
+ * swaps in the last entry): the top-k order (score down, slot up) is total, so the result
+ * does not depend on the order a list holds its slots in. */
+typedef struct ivf_index {
+    int64_t nlist, nprobe, n_iter, sample;
+    uint64_t seed;
+    float *centroids;  /* nlist x d, normalised */
+    int64_t **ids;     /* nlist arrays of slots */
+    float **vecs;      /* nlist arrays of their float32 keys, in list order (as FAISS keeps its
+                        * codes): a probe streams one contiguous array, no gather */
+    int64_t *len, *cap;
+    int64_t *slot_list; /* per slot: its list, -1 when not indexed (empty, removed) */
+    int64_t *slot_pos;  /* per slot: its position in that list */
+    int stale; /* a list could not grow (out of memory): searches are exact until rebuilt */
+} ivf_index;
 
 #define NORM_EPS 1e-12f /* |q| = sqrt(sum q^2 + eps): a zero query stays zero, finitely */
 #define MASKED (-1e30f) /* logit of a top-k position the memory could not fill */
 #define MAX_SIZE ((int64_t)1 << 40)
 #define UPDATE_CHUNK 32 /* queries searched together by an update */
+/* Batches of up to SCAN_MAX_QUERIES queries take the key scan (kernels/topk.c: each key
+ * streamed once, no GEMM tiles); larger ones the GEMM over blocks of keys, which reuses
+ * each key across many queries. The crossover is measured by benchmarks/memory_query.py. */
+#define SCAN_MAX_QUERIES 8
 
 /* ------------------------------------------------------------------ rng */
 
@@ -115,6 +141,85 @@ static void sync_compact(ml_memory *m, int64_t j) {
         m->scales[j] = scale;
     }
 }
+
+/* ------------------------------------------------------- the IVF index's lists */
+
+static void ivf_free(ivf_index *x) {
+    if (!x) return;
+    if (x->ids)
+        for (int64_t l = 0; l < x->nlist; l++) free(x->ids[l]);
+    if (x->vecs)
+        for (int64_t l = 0; l < x->nlist; l++) free(x->vecs[l]);
+    free(x->ids);
+    free(x->vecs);
+    free(x->len);
+    free(x->cap);
+    free(x->centroids);
+    free(x->slot_list);
+    free(x->slot_pos);
+    free(x);
+}
+
+/* Centroids scored IVF_TILE at a time (a stack buffer, whatever nlist is). */
+#define IVF_TILE 256
+
+/* The nearest centroid of each of n <= SCAN_MAX_QUERIES normalised rows x (n x d): the
+ * highest score by the key scan's kernel (so a key and a query of the same bits get the
+ * same list), ties to the lower list. */
+static void nearest_lists(const ivf_index *v, int64_t n, const float *x, int64_t d, int64_t *out) {
+    float s[SCAN_MAX_QUERIES * IVF_TILE], best[SCAN_MAX_QUERIES];
+    for (int64_t i = 0; i < n; i++) out[i] = 0, best[i] = -INFINITY;
+    for (int64_t c0 = 0; c0 < v->nlist; c0 += IVF_TILE) {
+        int64_t nb = v->nlist - c0 < IVF_TILE ? v->nlist - c0 : IVF_TILE;
+        ml__key_scores(n, x, nb, v->centroids + c0 * d, d, s);
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t c = 0; c < nb; c++)
+                if (s[i * nb + c] > best[i]) best[i] = s[i * nb + c], out[i] = c0 + c;
+    }
+}
+
+static void ivf_unlink(ivf_index *v, int64_t j, int64_t d) {
+    int64_t l = v->slot_list[j];
+    if (l < 0) return;
+    int64_t pos = v->slot_pos[j], last = v->ids[l][--v->len[l]];
+    v->ids[l][pos] = last;
+    memmove(v->vecs[l] + pos * d, v->vecs[l] + v->len[l] * d, (size_t)d * sizeof(float));
+    v->slot_pos[last] = pos;
+    v->slot_list[j] = v->slot_pos[j] = -1;
+}
+
+static void ivf_link(ivf_index *v, int64_t j, int64_t l, const float *key, int64_t d) {
+    if (v->len[l] == v->cap[l]) {
+        int64_t nc = v->cap[l] ? 2 * v->cap[l] : 16;
+        int64_t *g = realloc(v->ids[l], (size_t)nc * sizeof(int64_t));
+        if (g) v->ids[l] = g;
+        float *f = g ? realloc(v->vecs[l], (size_t)(nc * d) * sizeof(float)) : NULL;
+        if (!f) { /* the slot is in no list: exact searches until build_index */
+            v->stale = 1;
+            return;
+        }
+        v->vecs[l] = f;
+        v->cap[l] = nc;
+    }
+    v->slot_list[j] = l;
+    v->slot_pos[j] = v->len[l];
+    memcpy(v->vecs[l] + v->len[l] * d, key, (size_t)d * sizeof(float));
+    v->ids[l][v->len[l]++] = j;
+}
+
+/* After any write of slot j's key or label: the compact copy and the index follow it (an
+ * occupied slot goes to the list of its key's nearest centroid, an emptied one leaves). */
+static void key_written_to(ml_memory *m, int64_t j, int64_t l) { /* l: its list, or -1 */
+    sync_compact(m, j);
+    ivf_index *v = m->ivf;
+    if (!v) return;
+    ivf_unlink(v, j, m->key_size);
+    if (m->labels[j] == -1) return;
+    if (l < 0) nearest_lists(v, 1, m->keys + j * m->key_size, m->key_size, &l);
+    ivf_link(v, j, l, m->keys + j * m->key_size, m->key_size);
+}
+
+static void key_written(ml_memory *m, int64_t j) { key_written_to(m, j, -1); }
 
 ml_status ml_memory_set_key_dtype(ml_memory *mem, int dtype) {
     const char *what = "KnowledgeMemory.key_dtype";
@@ -179,6 +284,7 @@ ml_status ml_memory_new(ml_memory **out, int64_t capacity, int64_t key_size, int
 void ml_memory_free(ml_memory *mem) {
     if (!mem) return;
     pthread_rwlock_destroy(&mem->lock);
+    ivf_free(mem->ivf);
     free_slabs(mem);
     free(mem);
 }
@@ -211,6 +317,10 @@ static void clear_locked(ml_memory *m) {
     m->count = 0;
     m->n_removed = 0;
     ml__xoshiro_seed(m->rng, m->seed);
+    if (m->ivf) { /* the centroids stay, the lists empty */
+        for (int64_t l = 0; l < m->ivf->nlist; l++) m->ivf->len[l] = 0;
+        for (size_t j = 0; j < cap; j++) m->ivf->slot_list[j] = m->ivf->slot_pos[j] = -1;
+    }
 }
 
 ml_status ml_memory_clear(ml_memory *mem) {
@@ -323,10 +433,6 @@ static int64_t search_block(int64_t n, int64_t c) {
     return block > c ? c : block;
 }
 
-/* Batches of up to SCAN_MAX_QUERIES queries take the key scan (kernels/topk.c: each key
- * streamed once, no GEMM tiles); larger ones the GEMM over blocks of keys, which reuses
- * each key across many queries. The crossover is measured by benchmarks/memory_query.py. */
-#define SCAN_MAX_QUERIES 8
 /* A threaded scan gives each task SCAN_TASK_KEYS consecutive slots (a constant, so the
  * split is the shape's, not the thread count's: ARCHITECTURE's determinism contract); it
  * scores them SCAN_TILE at a time into a buffer on its stack. */
@@ -428,16 +534,173 @@ static ml_status scan_search(const ml_memory *m, int64_t n, const float *qn, int
 
 /* What a search may be given so that it cannot fail (NULL members: allocated by it):
  * scratch, n * search_block(n, capacity) floats; lens, n; tsim and tidx,
- * scan_tasks(capacity) * SCAN_MAX_QUERIES^2 (a scan asks k <= n). */
+ * scan_tasks(capacity) * SCAN_MAX_QUERIES^2 (a scan asks k <= n); with an index, psim and
+ * probe n * nprobe, isim and iidx n * nprobe * k. */
 typedef struct {
-    float *scratch, *tsim;
-    int64_t *lens, *tidx;
+    float *scratch, *tsim, *psim, *isim;
+    int64_t *lens, *tidx, *probe, *iidx;
 } search_buffers;
 
+/* Inserts (s, j) into the list (sim, idx) of length *len <= k ordered by score down, then
+ * slot up (a total order: the list does not depend on the order slots are offered in). */
+static inline void topk_push_ordered(float *sim, int64_t *idx, int64_t *len, int64_t k, float s,
+                                     int64_t j) {
+    if (*len == k && !(s > sim[k - 1] || (s == sim[k - 1] && j < idx[k - 1]))) return;
+    int64_t p = *len < k ? (*len)++ : k - 1;
+    while (p > 0 && (sim[p - 1] < s || (sim[p - 1] == s && idx[p - 1] > j))) {
+        sim[p] = sim[p - 1];
+        idx[p] = idx[p - 1];
+        p--;
+    }
+    sim[p] = s;
+    idx[p] = j;
+}
+
+/* Keys gathered from a list into a tile on the stack (IVF_GATHER floats) before the key
+ * scan's kernel scores them; longer keys are scored in place, one at a time. */
+#define IVF_GATHER 4096
+
+typedef struct {
+    const ml_memory *m;
+    int64_t n, k, nprobe;
+    const float *qn;
+    const int64_t *probe; /* n x nprobe lists */
+    const slot_filter *f;
+    float *isim; /* n x nprobe x k: each (query, list) task's top-k */
+    int64_t *iidx;
+} ivf_ctx;
+
+static void ivf_task(void *vctx, int64_t t) {
+    const ivf_ctx *x = vctx;
+    const ml_memory *m = x->m;
+    const ivf_index *v = m->ivf;
+    const int64_t k = x->k, d = m->key_size, i = t / x->nprobe, l = x->probe[t];
+    const float *q = x->qn + i * d;
+    float *ts = x->isim + t * k;
+    int64_t *ti = x->iidx + t * k, len = 0;
+    for (int64_t e = 0; e < k; e++) ts[e] = -INFINITY, ti[e] = -1;
+    if (l < 0) return;
+    const int64_t *ids = v->ids[l], nl = v->len[l];
+    const int64_t tile = d <= IVF_GATHER ? (IVF_GATHER / d < SCAN_TILE ? IVF_GATHER / d : SCAN_TILE)
+                                         : 1;
+    float sc[SCAN_TILE];
+    uint16_t gh[IVF_GATHER];
+    int8_t gi[IVF_GATHER];
+    for (int64_t b = 0; b < nl; b += tile) {
+        const int64_t nb = nl - b < tile ? nl - b : tile;
+        if (d > IVF_GATHER) { /* nb == 1: the key is contiguous where it is */
+            const int64_t j = ids[b];
+            if (m->key_dtype == ML_KEY_FLOAT16)
+                ml__key_scores_f16(1, q, 1, m->keys16 + j * d, d, sc);
+            else if (m->key_dtype == ML_KEY_INT8)
+                ml__key_scores_i8(1, q, 1, m->keys8 + j * d, m->scales + j, d, sc);
+            else
+                ml__key_scores(1, q, 1, m->keys + j * d, d, sc);
+        } else if (m->key_dtype == ML_KEY_FLOAT16) {
+            for (int64_t e = 0; e < nb; e++)
+                memcpy(gh + e * d, m->keys16 + ids[b + e] * d, (size_t)d * sizeof(uint16_t));
+            ml__key_scores_f16(1, q, nb, gh, d, sc);
+        } else if (m->key_dtype == ML_KEY_INT8) {
+            float gs[SCAN_TILE];
+            for (int64_t e = 0; e < nb; e++) {
+                memcpy(gi + e * d, m->keys8 + ids[b + e] * d, (size_t)d);
+                gs[e] = m->scales[ids[b + e]];
+            }
+            ml__key_scores_i8(1, q, nb, gi, gs, d, sc);
+        } else { /* float32: the list's own copy, contiguous */
+            ml__key_scores(1, q, nb, v->vecs[l] + b * d, d, sc);
+        }
+        for (int64_t e = 0; e < nb; e++)
+            if (accepted(x->f, ids[b + e])) topk_push_ordered(ts, ti, &len, k, sc[e], ids[b + e]);
+    }
+}
+
+/* Float32 scores for the top-k that compact keys chose, re-sorted (score down, slot up). */
+static void rescore_f32(const ml_memory *m, int64_t n, const float *qn, int64_t k, int64_t *idx,
+                        float *sim) {
+    for (int64_t i = 0; i < n; i++) {
+        float *ts = sim + i * k;
+        int64_t *ti = idx + i * k, l = 0;
+        for (int64_t e = 0; e < k && ti[e] >= 0; e++, l++)
+            ml__key_scores(1, qn + i * m->key_size, 1, m->keys + ti[e] * m->key_size, m->key_size,
+                           &ts[e]);
+        for (int64_t e = 1; e < l; e++) { /* insertion sort: score down, slot up */
+            float sv = ts[e];
+            int64_t iv = ti[e], p = e;
+            while (p > 0 && (ts[p - 1] < sv || (ts[p - 1] == sv && ti[p - 1] > iv))) {
+                ts[p] = ts[p - 1];
+                ti[p] = ti[p - 1];
+                p--;
+            }
+            ts[p] = sv;
+            ti[p] = iv;
+        }
+    }
+}
+
+/* The approximate search: per query the nprobe nearest lists (centroid scores, ties to the
+ * lower list), one task per (query, list) over the thread pool, each task's top-k merged
+ * in task order under the total order, so any thread count gives the same result. */
+static ml_status ivf_search(const ml_memory *m, int64_t n, const float *qn, int64_t k,
+                            int64_t nprobe, int64_t *idx, float *sim, const slot_filter *f,
+                            const search_buffers *buf) {
+    const ivf_index *v = m->ivf;
+    const int64_t d = m->key_size, nl = v->nlist;
+    int64_t *probe = buf && buf->probe ? buf->probe
+                                       : malloc((size_t)(n * nprobe) * sizeof(int64_t));
+    float *psim = buf && buf->psim ? buf->psim : malloc((size_t)(n * nprobe) * sizeof(float));
+    float *isim = buf && buf->isim ? buf->isim : malloc((size_t)(n * nprobe * k) * sizeof(float));
+    int64_t *iidx = buf && buf->iidx ? buf->iidx
+                                     : malloc((size_t)(n * nprobe * k) * sizeof(int64_t));
+    ml_status st = ML_OK;
+    if (!probe || !psim || !isim || !iidx) {
+        st = ml_set_error(ML_ERR_OOM, "KnowledgeMemory: out of memory for a search of %lld queries",
+                          (long long)n);
+        goto done;
+    }
+    for (int64_t i = 0; i < n; i++) { /* the coarse step: top-nprobe centroids */
+        float s[IVF_TILE];
+        int64_t len = 0, *pi = probe + i * nprobe;
+        float *ps = psim + i * nprobe;
+        for (int64_t e = 0; e < nprobe; e++) pi[e] = -1, ps[e] = -INFINITY;
+        for (int64_t c0 = 0; c0 < nl; c0 += IVF_TILE) {
+            int64_t nb = nl - c0 < IVF_TILE ? nl - c0 : IVF_TILE;
+            ml__key_scores(1, qn + i * d, nb, v->centroids + c0 * d, d, s);
+            offer_row(ps, pi, &len, nprobe, s, nb, c0, NULL);
+        }
+    }
+    ivf_ctx x = {.m = m,
+                 .n = n,
+                 .k = k,
+                 .nprobe = nprobe,
+                 .qn = qn,
+                 .probe = probe,
+                 .f = f,
+                 .isim = isim,
+                 .iidx = iidx};
+    ml__parallel_for(n * nprobe, 0, ivf_task, &x);
+    for (int64_t i = 0; i < n; i++) {
+        int64_t l = 0;
+        for (int64_t t = i * nprobe; t < (i + 1) * nprobe; t++)
+            for (int64_t e = 0; e < k && iidx[t * k + e] >= 0; e++)
+                topk_push_ordered(sim + i * k, idx + i * k, &l, k, isim[t * k + e],
+                                  iidx[t * k + e]);
+    }
+    if (m->key_dtype != ML_KEY_FLOAT32) rescore_f32(m, n, qn, k, idx, sim);
+done:
+    if (!buf || probe != buf->probe) free(probe);
+    if (!buf || psim != buf->psim) free(psim);
+    if (!buf || isim != buf->isim) free(isim);
+    if (!buf || iidx != buf->iidx) free(iidx);
+    return st;
+}
+
 /* allow, n_allow: only slots with these labels (sorted; NULL: any). Removed slots never. */
+/* nprobe: 0, the index's own (an exact search without an index); > 0, that many lists
+ * (the caller checked there is an index and nprobe <= nlist); -1, exact. */
 static ml_status search(const ml_memory *m, int64_t n, const float *qn, int64_t k, int64_t *idx,
                         float *sim, const search_buffers *buf, const int64_t *allow,
-                        int64_t n_allow) {
+                        int64_t n_allow, int64_t nprobe) {
     const slot_filter filter = {m->labels, allow, n_allow};
     const slot_filter *f = m->n_removed || allow ? &filter : NULL;
     float *scratch = buf ? buf->scratch : NULL;
@@ -448,6 +711,11 @@ static ml_status search(const ml_memory *m, int64_t n, const float *qn, int64_t 
         sim[i] = -INFINITY;
     }
     if (n == 0 || k == 0 || c == 0) return ML_OK;
+    if (nprobe >= 0 && m->ivf && !m->ivf->stale) {
+        /* removed slots are in no list: only a label filter needs checking */
+        const slot_filter *lf = allow ? &filter : NULL;
+        return ivf_search(m, n, qn, k, nprobe ? nprobe : m->ivf->nprobe, idx, sim, lf, buf);
+    }
     if (n <= SCAN_MAX_QUERIES)
         return scan_search(m, n, qn, k, idx, sim, f, buf ? buf->tsim : NULL,
                            buf ? buf->tidx : NULL);
@@ -500,13 +768,14 @@ static int cmp_i64(const void *a, const void *b) {
 
 ml_status ml_memory_query(ml_memory *mem, int64_t n, const float *q, int64_t k, int64_t *out_idx,
                           float *out_sim, int64_t *out_labels, float *out_payloads) {
-    return ml_memory_query_where(mem, n, q, k, -1, NULL, out_idx, out_sim, out_labels,
+    return ml_memory_query_where(mem, n, q, k, -1, NULL, 0, out_idx, out_sim, out_labels,
                                  out_payloads);
 }
 
 ml_status ml_memory_query_where(ml_memory *mem, int64_t n, const float *q, int64_t k,
-                                int64_t n_labels, const int64_t *labels, int64_t *out_idx,
-                                float *out_sim, int64_t *out_labels, float *out_payloads) {
+                                int64_t n_labels, const int64_t *labels, int64_t nprobe,
+                                int64_t *out_idx, float *out_sim, int64_t *out_labels,
+                                float *out_payloads) {
     const char *what = "KnowledgeMemory.query";
     if (!mem) return ml_set_error(ML_ERR_VALUE, "%s: memory is NULL", what);
     if (n_labels > 0 && !labels)
@@ -514,6 +783,10 @@ ml_status ml_memory_query_where(ml_memory *mem, int64_t n, const float *q, int64
                             (long long)n_labels);
     if (n < 0 || (n > 0 && !q))
         return ml_set_error(ML_ERR_VALUE, "%s: bad query batch (n=%lld)", what, (long long)n);
+    if (nprobe < -1)
+        return ml_set_error(ML_ERR_VALUE,
+                            "%s: nprobe must be >= 1 (or 0: the index's own, -1: exact), got %lld",
+                            what, (long long)nprobe);
     ml_status st = check_k(what, mem, k);
     if (st) return st;
     int64_t d = mem->key_size, p = mem->payload_size;
@@ -541,11 +814,19 @@ ml_status ml_memory_query_where(ml_memory *mem, int64_t n, const float *q, int64
         goto done;
     }
     pthread_rwlock_rdlock(&mem->lock);
-    if (allow && n_allow == 0) { /* an empty allow list: nothing may be returned */
+    if (nprobe > 0 && (!mem->ivf || nprobe > mem->ivf->nlist)) {
+        st = mem->ivf
+                 ? ml_set_error(ML_ERR_VALUE, "%s: nprobe must be in [1, nlist=%lld], got %lld",
+                                what, (long long)mem->ivf->nlist, (long long)nprobe)
+                 : ml_set_error(ML_ERR_VALUE,
+                                "%s: nprobe=%lld asks for the approximate index, but the "
+                                "memory has none (build_index first)",
+                                what, (long long)nprobe);
+    } else if (allow && n_allow == 0) { /* an empty allow list: nothing may be returned */
         for (int64_t i = 0; i < n * k; i++) idx[i] = -1, sim[i] = -INFINITY;
         st = ML_OK;
     } else {
-        st = search(mem, n, qn, k, idx, sim, NULL, allow, n_allow);
+        st = search(mem, n, qn, k, idx, sim, NULL, allow, n_allow, nprobe);
     }
     if (!st)
         for (int64_t i = 0; i < n * k; i++) {
@@ -645,6 +926,10 @@ static void update_work_free(update_work *w) {
     free(w->buf.lens);
     free(w->buf.tsim);
     free(w->buf.tidx);
+    free(w->buf.probe);
+    free(w->buf.psim);
+    free(w->buf.isim);
+    free(w->buf.iidx);
 }
 
 /* 0 when out of memory (update_work_free still frees what was made). */
@@ -660,6 +945,14 @@ static int update_work_alloc(update_work *w, const ml_memory *mem, int64_t n) {
     w->buf.lens = malloc((size_t)chunk * sizeof(int64_t));
     w->buf.tsim = malloc(scan * sizeof(float));
     w->buf.tidx = malloc(scan * sizeof(int64_t));
+    if (mem->ivf) { /* the approximate search's buffers (caller holds the write lock) */
+        const size_t np = (size_t)(chunk * mem->ivf->nprobe);
+        w->buf.probe = malloc(np * sizeof(int64_t));
+        w->buf.psim = malloc(np * sizeof(float));
+        w->buf.isim = malloc(np * (size_t)chunk * sizeof(float));
+        w->buf.iidx = malloc(np * (size_t)chunk * sizeof(int64_t));
+        if (!w->buf.probe || !w->buf.psim || !w->buf.isim || !w->buf.iidx) return 0;
+    }
     return w->cidx && w->csim && w->touched && w->dirty && w->buf.scratch && w->buf.lens &&
            w->buf.tsim && w->buf.tidx;
 }
@@ -702,7 +995,7 @@ static int64_t write_query(ml_memory *mem, int64_t best, const float *x, int64_t
         float *key = mem->keys + slot * d;
         for (int64_t i = 0; i < d; i++) key[i] += x[i];
         normalize_row(key, key, d);
-        sync_compact(mem, slot);
+        key_written(mem, slot);
         if (pl) {
             float *v = mem->payloads + slot * p;
             for (int64_t i = 0; i < p; i++) v[i] = 0.5f * (v[i] + pl[i]);
@@ -711,8 +1004,8 @@ static int64_t write_query(ml_memory *mem, int64_t best, const float *x, int64_t
         /* a new place: the oldest slot (empty ones first) */
         slot = oldest_slot(mem);
         memcpy(mem->keys + slot * d, x, (size_t)d * sizeof(float));
-        sync_compact(mem, slot);
         mem->labels[slot] = y;
+        key_written(mem, slot);
         if (p) {
             float *v = mem->payloads + slot * p;
             if (pl)
@@ -738,19 +1031,20 @@ ml_status ml_memory_update_slots(ml_memory *mem, int64_t n, const float *q, cons
     float *qn = NULL;
     if ((st = normalized_copy(&qn, what, n, q, d))) return st;
     update_work w;
+    pthread_rwlock_wrlock(&mem->lock); /* first: the buffers depend on the index */
     if (!update_work_alloc(&w, mem, n)) {
+        pthread_rwlock_unlock(&mem->lock);
         update_work_free(&w);
         free(qn);
         return ml_set_error(ML_ERR_OOM, "%s: out of memory", what);
     }
-    pthread_rwlock_wrlock(&mem->lock);
     /* one step: every occupied age grows by one, touched slots end at 0 */
     for (int64_t i = 0; i < mem->count; i++) mem->ages[i]++;
     for (int64_t j0 = 0; j0 < n; j0 += w.chunk) {
         int64_t nc = n - j0 < w.chunk ? n - j0 : w.chunk, c0 = mem->count;
         int64_t kk = nc < c0 ? nc : c0, nt = 0;
         if (kk) /* cannot fail */
-            search(mem, nc, qn + j0 * d, kk, w.cidx, w.csim, &w.buf, NULL, 0);
+            search(mem, nc, qn + j0 * d, kk, w.cidx, w.csim, &w.buf, NULL, 0, 0);
         for (int64_t j = 0; j < nc; j++) {
             const float *x = qn + (j0 + j) * d;
             const float *pl = payloads && p ? payloads + (j0 + j) * p : NULL;
@@ -780,12 +1074,18 @@ ml_status ml_memory_add(ml_memory *mem, int64_t n, const float *q, const int64_t
     float *qn = NULL;
     if ((st = normalized_copy(&qn, what, n, q, d))) return st;
     pthread_rwlock_wrlock(&mem->lock);
+    /* with an index, the lists of all the keys first, 8 keys a kernel call (the same bits as
+     * one at a time); without memory for them, one at a time */
+    int64_t *lists = mem->ivf ? malloc((size_t)n * sizeof(int64_t)) : NULL;
+    for (int64_t j = 0; lists && j < n; j += SCAN_MAX_QUERIES)
+        nearest_lists(mem->ivf, n - j < SCAN_MAX_QUERIES ? n - j : SCAN_MAX_QUERIES, qn + j * d, d,
+                      lists + j);
     for (int64_t i = 0; i < mem->count; i++) mem->ages[i]++;
     for (int64_t j = 0; j < n; j++) {
         int64_t slot = oldest_slot(mem);
         memcpy(mem->keys + slot * d, qn + j * d, (size_t)d * sizeof(float));
-        sync_compact(mem, slot);
         mem->labels[slot] = labels[j];
+        key_written_to(mem, slot, lists ? lists[j] : -1);
         mem->ages[slot] = 0;
         if (p) {
             float *v = mem->payloads + slot * p;
@@ -797,6 +1097,7 @@ ml_status ml_memory_add(ml_memory *mem, int64_t n, const float *q, const int64_t
         if (out_slots) out_slots[j] = slot;
     }
     pthread_rwlock_unlock(&mem->lock);
+    free(lists);
     free(qn);
     return ML_OK;
 }
@@ -830,15 +1131,215 @@ ml_status ml_memory_remove(ml_memory *mem, int64_t n, const int64_t *ids) {
         for (int64_t i = 0; i < n; i++) {
             int64_t j = sorted[i];
             memset(mem->keys + j * d, 0, (size_t)d * sizeof(float));
-            sync_compact(mem, j);
-            if (p) memset(mem->payloads + j * p, 0, (size_t)p * sizeof(float));
             mem->labels[j] = -1;
+            key_written(mem, j);
+            if (p) memset(mem->payloads + j * p, 0, (size_t)p * sizeof(float));
             mem->ages[j] = 0;
             mem->n_removed++;
         }
     pthread_rwlock_unlock(&mem->lock);
     free(sorted);
     return st;
+}
+
+/* ------------------------------------------------------ the IVF index's build */
+
+/* Rows scored by one GEMM of the build (a constant: the GEMM's path is the shape's). */
+#define IVF_GEMM_ROWS 256
+
+/* The nearest centroid of np rows x by GEMM scores (s: IVF_GEMM_ROWS * nlist floats), ties
+ * to the lower list. With `exact`, a row whose best two scores are closer than the two
+ * roundings can differ is decided by nearest_lists (the key scan's bits), so the result is
+ * what nearest_lists gives every row: unit rows of d terms round each dot product by at
+ * most d * 2^-24 (plus second order) in any summation order, so a GEMM gap above 4 d 2^-24
+ * leaves the order of the two unchanged. */
+static void assign_gemm(const ivf_index *v, const float *x, int64_t np, int64_t d, int64_t *out,
+                        float *s, int exact) {
+    const int64_t nl = v->nlist;
+    const float margin = 4.4f * (float)d * 0x1p-24f;
+    for (int64_t r0 = 0; r0 < np; r0 += IVF_GEMM_ROWS) {
+        const int64_t nr = np - r0 < IVF_GEMM_ROWS ? np - r0 : IVF_GEMM_ROWS;
+        ml_sgemm(0, 1, nr, nl, d, 1.0f, x + r0 * d, d, v->centroids, d, 0.0f, s, nl);
+        for (int64_t i = 0; i < nr; i++) {
+            const float *row = s + i * nl;
+            float b1 = -INFINITY, b2 = -INFINITY;
+            int64_t best = 0;
+            for (int64_t c = 0; c < nl; c++) {
+                if (row[c] > b1) {
+                    b2 = b1, b1 = row[c], best = c;
+                } else if (row[c] > b2) {
+                    b2 = row[c];
+                }
+            }
+            if (exact && !(b1 - b2 > margin)) nearest_lists(v, 1, x + (r0 + i) * d, d, &best);
+            out[r0 + i] = best;
+        }
+    }
+}
+
+ml_status ml_memory_build_index(ml_memory *mem, int64_t nlist, int64_t nprobe, uint64_t seed,
+                                int64_t n_iter, int64_t sample) {
+    const char *what = "KnowledgeMemory.build_index";
+    if (!mem) return ml_set_error(ML_ERR_VALUE, "%s: memory is NULL", what);
+    if (nprobe < 1 || nprobe > nlist)
+        return ml_set_error(ML_ERR_VALUE, "%s: nprobe must be in [1, nlist=%lld], got %lld", what,
+                            (long long)nlist, (long long)nprobe);
+    if (n_iter < 1 || n_iter > 1000)
+        return ml_set_error(ML_ERR_VALUE, "%s: n_iter must be in [1, 1000], got %lld", what,
+                            (long long)n_iter);
+    pthread_rwlock_wrlock(&mem->lock);
+    const int64_t d = mem->key_size, live = mem->count - mem->n_removed, cap = mem->capacity;
+    ml_status st = ML_OK;
+    if (nlist < 1 || nlist > live) {
+        pthread_rwlock_unlock(&mem->lock);
+        return ml_set_error(ML_ERR_VALUE,
+                            "%s: nlist must be in [1, size=%lld] (each centroid starts at a "
+                            "stored key), got %lld",
+                            what, (long long)live, (long long)nlist);
+    }
+    if (sample != 0 && (sample < nlist || sample > live)) {
+        pthread_rwlock_unlock(&mem->lock);
+        return ml_set_error(ML_ERR_VALUE,
+                            "%s: sample must be in [nlist=%lld, size=%lld] (0: %d per list), got "
+                            "%lld",
+                            what, (long long)nlist, (long long)live, 64, (long long)sample);
+    }
+    const int64_t ns = sample ? sample : (64 * nlist < live ? 64 * nlist : live);
+    ivf_index *v = calloc(1, sizeof *v);
+    int64_t *pool = malloc((size_t)live * sizeof(int64_t)), *asg = NULL;
+    float *xs = NULL;
+    double *sums = NULL;
+    float *gs = malloc((size_t)(IVF_GEMM_ROWS * nlist) * sizeof(float));
+    if (!v || !pool || !gs) goto oom;
+    *v = (ivf_index){
+        .nlist = nlist, .nprobe = nprobe, .n_iter = n_iter, .sample = sample, .seed = seed};
+    v->centroids = malloc((size_t)(nlist * d) * sizeof(float));
+    v->ids = calloc((size_t)nlist, sizeof(int64_t *));
+    v->vecs = calloc((size_t)nlist, sizeof(float *));
+    v->len = calloc((size_t)nlist, sizeof(int64_t));
+    v->cap = calloc((size_t)nlist, sizeof(int64_t));
+    v->slot_list = malloc((size_t)cap * sizeof(int64_t));
+    v->slot_pos = malloc((size_t)cap * sizeof(int64_t));
+    xs = malloc((size_t)(ns * d) * sizeof(float));
+    asg = malloc((size_t)(ns > cap ? ns : cap) * sizeof(int64_t));
+    sums = malloc((size_t)(nlist * d + nlist) * sizeof(double));
+    if (!v->centroids || !v->ids || !v->vecs || !v->len || !v->cap || !v->slot_list ||
+        !v->slot_pos || !xs || !asg || !sums)
+        goto oom;
+    { /* the sample: the first ns of a seeded shuffle of the occupied slots (own stream, so
+       * the memory's is untouched) */
+        uint64_t rng[4];
+        ml__xoshiro_seed(rng, seed);
+        int64_t np = 0;
+        for (int64_t j = 0; j < mem->count; j++)
+            if (mem->labels[j] != -1) pool[np++] = j;
+        for (int64_t i = 0; i < ns; i++) {
+            int64_t r = i + (int64_t)rng_below(rng, (uint64_t)(live - i));
+            int64_t tmp = pool[i];
+            pool[i] = pool[r], pool[r] = tmp;
+            memcpy(xs + i * d, mem->keys + pool[i] * d, (size_t)d * sizeof(float));
+        }
+    }
+    /* spherical k-means, n_iter rounds from the first nlist sampled keys: assign (the
+     * nearest centroid, ties to the lower), then each centroid is the normalised mean of
+     * its points, summed in double in sample order; an empty one stays where it was */
+    memcpy(v->centroids, xs, (size_t)(nlist * d) * sizeof(float));
+    double *cnt = sums + nlist * d;
+    for (int64_t it = 0; it < n_iter; it++) {
+        assign_gemm(v, xs, ns, d, asg, gs, 0);
+        memset(sums, 0, (size_t)(nlist * d + nlist) * sizeof(double));
+        for (int64_t i = 0; i < ns; i++) {
+            double *sl = sums + asg[i] * d;
+            for (int64_t e = 0; e < d; e++) sl[e] += xs[i * d + e];
+            cnt[asg[i]] += 1;
+        }
+        for (int64_t l = 0; l < nlist; l++) {
+            if (cnt[l] == 0) continue;
+            double ss = 0;
+            for (int64_t e = 0; e < d; e++) ss += sums[l * d + e] * sums[l * d + e];
+            if (!(ss > 0)) continue; /* points that cancel out: keep the old centroid */
+            const double inv = 1.0 / sqrt(ss);
+            for (int64_t e = 0; e < d; e++)
+                v->centroids[l * d + e] = (float)(sums[l * d + e] * inv);
+        }
+    }
+    /* the lists, each in slot order, sized exactly */
+    assign_gemm(v, mem->keys, mem->count, d, asg, gs, 1);
+    for (int64_t j = 0; j < mem->count; j++)
+        if (mem->labels[j] != -1) v->cap[asg[j]]++;
+    for (int64_t l = 0; l < nlist; l++)
+        if (v->cap[l] && (!(v->ids[l] = malloc((size_t)v->cap[l] * sizeof(int64_t))) ||
+                          !(v->vecs[l] = malloc((size_t)(v->cap[l] * d) * sizeof(float)))))
+            goto oom;
+    for (int64_t j = 0; j < cap; j++) v->slot_list[j] = v->slot_pos[j] = -1;
+    for (int64_t j = 0; j < mem->count; j++)
+        if (mem->labels[j] != -1) {
+            int64_t l = asg[j];
+            v->slot_list[j] = l;
+            v->slot_pos[j] = v->len[l];
+            memcpy(v->vecs[l] + v->len[l] * d, mem->keys + j * d, (size_t)d * sizeof(float));
+            v->ids[l][v->len[l]++] = j;
+        }
+    ivf_free(mem->ivf);
+    mem->ivf = v;
+    v = NULL;
+    goto done;
+oom:
+    st = ml_set_error(ML_ERR_OOM, "%s: out of memory for %lld lists over %lld keys", what,
+                      (long long)nlist, (long long)live);
+done:
+    pthread_rwlock_unlock(&mem->lock);
+    ivf_free(v);
+    free(pool);
+    free(xs);
+    free(asg);
+    free(sums);
+    free(gs);
+    return st;
+}
+
+ml_status ml_memory_drop_index(ml_memory *mem) {
+    if (!mem) return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory.drop_index: memory is NULL");
+    pthread_rwlock_wrlock(&mem->lock);
+    ivf_free(mem->ivf);
+    mem->ivf = NULL;
+    pthread_rwlock_unlock(&mem->lock);
+    return ML_OK;
+}
+
+ml_status ml_memory_set_nprobe(ml_memory *mem, int64_t nprobe) {
+    const char *what = "KnowledgeMemory.nprobe";
+    if (!mem) return ml_set_error(ML_ERR_VALUE, "%s: memory is NULL", what);
+    ml_status st = ML_OK;
+    pthread_rwlock_wrlock(&mem->lock);
+    if (!mem->ivf)
+        st = ml_set_error(ML_ERR_VALUE, "%s: the memory has no index (build_index first)", what);
+    else if (nprobe < 1 || nprobe > mem->ivf->nlist)
+        st = ml_set_error(ML_ERR_VALUE, "%s: nprobe must be in [1, nlist=%lld], got %lld", what,
+                          (long long)mem->ivf->nlist, (long long)nprobe);
+    else
+        mem->ivf->nprobe = nprobe;
+    pthread_rwlock_unlock(&mem->lock);
+    return st;
+}
+
+ml_status ml_memory_index_state(ml_memory *mem, int64_t *params, float *centroids, int64_t *lists) {
+    if (!mem) return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory.index_state: memory is NULL");
+    pthread_rwlock_rdlock(&mem->lock);
+    const ivf_index *v = mem->ivf;
+    if (params) {
+        int64_t p[6] = {0, 0, 0, 0, 0, 0};
+        if (v) {
+            p[0] = v->nlist, p[1] = v->nprobe, p[2] = (int64_t)v->seed, p[3] = v->n_iter;
+            p[4] = v->sample, p[5] = v->stale;
+        }
+        memcpy(params, p, sizeof p);
+    }
+    if (v && centroids)
+        memcpy(centroids, v->centroids, (size_t)(v->nlist * mem->key_size) * sizeof(float));
+    if (v && lists) memcpy(lists, v->slot_list, (size_t)mem->capacity * sizeof(int64_t));
+    pthread_rwlock_unlock(&mem->lock);
+    return ML_OK;
 }
 
 /* ------------------------------------------------- differentiable parts */
@@ -862,7 +1363,7 @@ static ml_status select_topk(ml_memory *m, const char *what, ml_tensor *q, int64
     if (!idx || !sim)
         st = ml_set_error(ML_ERR_OOM, "%s: out of memory", what);
     else
-        st = search(m, n, qn, k, idx, sim, NULL, NULL, 0);
+        st = search(m, n, qn, k, idx, sim, NULL, NULL, 0, 0);
     free(qn);
     if (st) {
         free(idx);
@@ -1189,6 +1690,10 @@ ml_status ml_memory_load(ml_memory *mem, const char *path) {
                           (long long)mem->payload_size);
     } else {
         pthread_rwlock_wrlock(&mem->lock);
+        /* the file holds no index: the loaded keys are searched exactly until build_index
+         * (KnowledgeMemory.load rebuilds one with the same parameters) */
+        ivf_free(mem->ivf);
+        mem->ivf = NULL;
         install(mem, &f);
         pthread_rwlock_unlock(&mem->lock);
     }

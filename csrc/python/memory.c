@@ -113,10 +113,11 @@ static PyArrayObject *as_labels(PyObject *labels, int64_t n, const char *what) {
 }
 
 static PyObject *Memory_query(MemoryObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"q", "k", "labels", NULL};
+    static char *kwlist[] = {"q", "k", "labels", "nprobe", NULL};
     PyObject *qo, *lo = Py_None;
-    long long k = 1;
-    if (!ready(self) || !PyArg_ParseTupleAndKeywords(args, kw, "O|LO:query", kwlist, &qo, &k, &lo))
+    long long k = 1, nprobe = 0; /* 0: the index's own (exact without one), -1: exact */
+    if (!ready(self) ||
+        !PyArg_ParseTupleAndKeywords(args, kw, "O|LOL:query", kwlist, &qo, &k, &lo, &nprobe))
         return NULL;
     ml_tensor *q = as_queries(self, qo, "KnowledgeMemory.query");
     if (!q) return NULL;
@@ -150,11 +151,13 @@ static PyObject *Memory_query(MemoryObject *self, PyObject *args, PyObject *kw) 
         self->busy++;
         MLPY_CALL(st, n * ml_memory_size(m) * ml_memory_key_size(m),
                   (debug_pause(),
-                   ml_memory_query_where(
-                       m, n, ml_data(q), k, allow ? (int64_t)PyArray_SIZE(allow) : -1,
-                       allow ? PyArray_DATA(allow) : NULL, PyArray_DATA((PyArrayObject *)idx),
-                       PyArray_DATA((PyArrayObject *)sim), PyArray_DATA((PyArrayObject *)lab),
-                       p ? PyArray_DATA((PyArrayObject *)pay) : NULL)));
+                   ml_memory_query_where(m, n, ml_data(q), k,
+                                         allow ? (int64_t)PyArray_SIZE(allow) : -1,
+                                         allow ? PyArray_DATA(allow) : NULL, (int64_t)nprobe,
+                                         PyArray_DATA((PyArrayObject *)idx),
+                                         PyArray_DATA((PyArrayObject *)sim),
+                                         PyArray_DATA((PyArrayObject *)lab),
+                                         p ? PyArray_DATA((PyArrayObject *)pay) : NULL)));
         self->busy--;
         if (st)
             mlpy_raise_status(st);
@@ -349,6 +352,82 @@ static PyObject *Memory_open(PyObject *cls, PyObject *arg) {
     return (PyObject *)o;
 }
 
+static PyObject *Memory_build_index(MemoryObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"nlist", "nprobe", "seed", "n_iter", "sample", NULL};
+    long long nlist, nprobe = 1, n_iter = 10, sample = 0;
+    unsigned long long seed = 0;
+    if (!ready(self) || !PyArg_ParseTupleAndKeywords(args, kw, "L|LKLL:build_index", kwlist, &nlist,
+                                                     &nprobe, &seed, &n_iter, &sample))
+        return NULL;
+    ml_status st;
+    ml_memory *m = self->mem;
+    self->busy++;
+    MLPY_CALL(st, ml_memory_size(m) * ml_memory_key_size(m),
+              ml_memory_build_index(m, nlist, nprobe, seed, n_iter, sample));
+    self->busy--;
+    if (st) return mlpy_raise_status(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Memory_drop_index(MemoryObject *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    ml_status st = ml_memory_drop_index(self->mem);
+    if (st) return mlpy_raise_status(st);
+    Py_RETURN_NONE;
+}
+
+/* -> None without an index, else (nlist, nprobe, seed, n_iter, sample, stale, centroids
+ * (nlist, key_size) float32, lists (capacity,) int64: each slot's list, -1 for none) */
+static PyObject *Memory_index_state(MemoryObject *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    int64_t pr[6];
+    ml_status st = ml_memory_index_state(self->mem, pr, NULL, NULL);
+    if (st) return mlpy_raise_status(st);
+    if (pr[0] == 0) Py_RETURN_NONE;
+    npy_intp dc[2] = {(npy_intp)pr[0], (npy_intp)ml_memory_key_size(self->mem)};
+    npy_intp dl[1] = {(npy_intp)ml_memory_capacity(self->mem)};
+    PyObject *c = PyArray_SimpleNew(2, dc, NPY_FLOAT32), *l = PyArray_SimpleNew(1, dl, NPY_INT64);
+    PyObject *r = NULL;
+    if (c && l) {
+        int64_t again[6];
+        st = ml_memory_index_state(self->mem, again, PyArray_DATA((PyArrayObject *)c),
+                                   PyArray_DATA((PyArrayObject *)l));
+        if (st)
+            mlpy_raise_status(st);
+        else if (again[0] != pr[0]) /* rebuilt by another thread in between */
+            PyErr_SetString(PyExc_RuntimeError,
+                            "KnowledgeMemory.index_state: the index changed while read");
+        else
+            r = Py_BuildValue("(LLKLLiOO)", (long long)again[0], (long long)again[1],
+                              (unsigned long long)again[2], (long long)again[3],
+                              (long long)again[4], (int)again[5], c, l);
+    }
+    Py_XDECREF(c);
+    Py_XDECREF(l);
+    return r;
+}
+
+static PyObject *Memory_get_nprobe(MemoryObject *self, void *c) {
+    if (!ready(self)) return NULL;
+    int64_t pr[6];
+    ml_status st = ml_memory_index_state(self->mem, pr, NULL, NULL);
+    if (st) return mlpy_raise_status(st);
+    if (pr[0] == 0) Py_RETURN_NONE;
+    return PyLong_FromLongLong(pr[1]);
+}
+
+static int Memory_set_nprobe(MemoryObject *self, PyObject *v, void *c) {
+    if (!ready(self)) return -1;
+    long long np = v ? PyLong_AsLongLong(v) : -1;
+    if (np == -1 && PyErr_Occurred()) return -1;
+    ml_status st = ml_memory_set_nprobe(self->mem, np);
+    if (st) {
+        mlpy_raise_status(st);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *Memory_clear(MemoryObject *self, PyObject *unused) {
     if (!ready(self)) return NULL;
     ml_status st = ml_memory_clear(self->mem);
@@ -440,6 +519,8 @@ static PyGetSetDef Memory_getset[] = {
     {"payload_size", (getter)Memory_get_payload_size, NULL, "size of a payload (0: none)", NULL},
     {"size", (getter)Memory_get_size, NULL, "number of occupied slots", NULL},
     {"occupancy", (getter)Memory_get_occupancy, NULL, "size / capacity", NULL},
+    {"nprobe", (getter)Memory_get_nprobe, (setter)Memory_set_nprobe,
+     "lists an approximate search scans (None without an index)", NULL},
     {"key_dtype", (getter)Memory_get_key_dtype, (setter)Memory_set_key_dtype,
      "keys the scan reads: 'float32' (exact), 'float16' or 'int8' (a scale per key)", NULL},
     {NULL},
@@ -447,7 +528,7 @@ static PyGetSetDef Memory_getset[] = {
 
 static PyMethodDef Memory_methods[] = {
     {"query", MLPY_FN(Memory_query), MLPY_KW,
-     "query($self, /, q, k=1, labels=None)\n--\n\n"
+     "query($self, /, q, k=1, labels=None, nprobe=0)\n--\n\n"
      "-> (indices, similarities, labels, payloads): exact top-k cosine search (among the "
      "slots with one of `labels` only, when given)."},
     {"update", MLPY_FN(Memory_update), MLPY_KW,
@@ -469,6 +550,14 @@ static PyMethodDef Memory_methods[] = {
      "load($self, path, /)\n--\n\nChecked; the memory is unchanged on failure."},
     {"open", MLPY_FN(Memory_open), METH_O | METH_CLASS,
      "open($type, path, /)\n--\n\nA new memory with the sizes, contents and stream of a file."},
+    {"build_index", MLPY_FN(Memory_build_index), MLPY_KW,
+     "build_index($self, /, nlist, nprobe=1, seed=0, n_iter=10, sample=0)\n--\n\n"
+     "The IVF-flat index (seeded k-means, lists kept consistent by every write)."},
+    {"drop_index", MLPY_FN(Memory_drop_index), METH_NOARGS,
+     "drop_index($self, /)\n--\n\nBack to exact search."},
+    {"index_state", MLPY_FN(Memory_index_state), METH_NOARGS,
+     "index_state($self, /)\n--\n\n"
+     "None, or (nlist, nprobe, seed, n_iter, sample, stale, centroids, lists)."},
     {"clear", MLPY_FN(Memory_clear), METH_NOARGS,
      "clear($self, /)\n--\n\nEmpties every slot and reseeds the stream."},
     {"state", MLPY_FN(Memory_state), METH_NOARGS,

@@ -420,7 +420,7 @@ static void test_ids_and_remove(void) {
     OK(ml_memory_query(m, 1, q, 5, idx, sim, NULL, NULL));
     CHECK(idx[0] == 1 && idx[1] == 3 && idx[2] == 2 && idx[3] == -1, "removed never returned");
     int64_t only = 2;
-    OK(ml_memory_query_where(m, 1, q, 2, 1, &only, idx, sim, NULL, NULL));
+    OK(ml_memory_query_where(m, 1, q, 2, 1, &only, 0, idx, sim, NULL, NULL));
     CHECK(idx[0] == 2 && idx[1] == -1, "filter by label");
     int64_t ny = 9, slot = -1;
     OK(ml_memory_update_slots(m, 1, q, &ny, NULL, &slot));
@@ -497,6 +497,84 @@ static void test_compact_keys(void) {
     ml_memory_free(m);
 }
 
+/* IVF: bad arguments refused with nothing changed; every list probed = exact search (also
+ * after updates, overwrites and removes, which move slots between lists: lists grow by
+ * realloc and shrink by swapping in their last entry); the same bits at 1/2/3 threads;
+ * the lists partition the occupied slots. */
+static void test_ivf(void) {
+    enum { CAP = 600, D = 12, N = 500 };
+    ml_memory *m = NULL;
+    OK(ml_memory_new(&m, CAP, D, 0, 3));
+    float *x = malloc(sizeof(float) * N * 2 * D);
+    int64_t *y = malloc(sizeof(int64_t) * N * 2), *lists = malloc(sizeof(int64_t) * CAP);
+    for (int i = 0; i < N * 2 * D; i++) x[i] = frand();
+    for (int i = 0; i < N * 2; i++) y[i] = i % 7;
+    OK(ml_memory_add(m, N, x, y, NULL, NULL));
+    int64_t pr[6];
+    CHECK(ml_memory_build_index(m, N + 1, 1, 0, 10, 0) == ML_ERR_VALUE, "nlist > size refused");
+    CHECK(ml_memory_build_index(m, 0, 1, 0, 10, 0) == ML_ERR_VALUE, "nlist 0 refused");
+    CHECK(ml_memory_build_index(m, 8, 0, 0, 10, 0) == ML_ERR_VALUE, "nprobe 0 refused");
+    CHECK(ml_memory_build_index(m, 8, 9, 0, 10, 0) == ML_ERR_VALUE, "nprobe > nlist refused");
+    CHECK(ml_memory_build_index(m, 8, 2, 0, 0, 0) == ML_ERR_VALUE, "n_iter 0 refused");
+    CHECK(ml_memory_build_index(m, 8, 2, 0, 10, 4) == ML_ERR_VALUE, "sample < nlist refused");
+    OK(ml_memory_index_state(m, pr, NULL, NULL));
+    CHECK(pr[0] == 0, "no index after refused builds");
+    float q[8 * D], sa[8 * 5], sb[8 * 5];
+    int64_t ia[8 * 5], ib[8 * 5];
+    for (int i = 0; i < 8 * D; i++) q[i] = frand();
+    CHECK(ml_memory_query_where(m, 1, q, 5, -1, NULL, 2, ia, sa, NULL, NULL) == ML_ERR_VALUE,
+          "nprobe without an index refused");
+    OK(ml_memory_build_index(m, 8, 2, 7, 10, 0));
+    CHECK(ml_memory_query_where(m, 1, q, 5, -1, NULL, 9, ia, sa, NULL, NULL) == ML_ERR_VALUE,
+          "nprobe > nlist refused");
+    CHECK(ml_memory_set_nprobe(m, 0) == ML_ERR_VALUE, "set nprobe 0 refused");
+    int64_t rm[40];
+    for (int round = 0; round < 3; round++) {
+        /* every list probed: the exact result, bit for bit */
+        OK(ml_memory_query_where(m, 8, q, 5, -1, NULL, 8, ia, sa, NULL, NULL));
+        OK(ml_memory_query_where(m, 8, q, 5, -1, NULL, -1, ib, sb, NULL, NULL));
+        CHECK(!memcmp(ia, ib, sizeof ia) && !memcmp(sa, sb, sizeof sa),
+              "all lists = exact (round %d)", round);
+        OK(ml_memory_index_state(m, pr, NULL, lists));
+        int64_t labels[CAP], occupied = 0, in_lists = 0;
+        OK(ml_memory_state(m, NULL, labels, NULL, NULL));
+        for (int j = 0; j < CAP; j++) {
+            occupied += labels[j] != -1 && (j < N || round > 0);
+            in_lists += lists[j] >= 0 && lists[j] < 8;
+        }
+        CHECK(pr[0] == 8 && pr[1] == 2 && pr[5] == 0, "params");
+        CHECK(in_lists == ml_memory_size(m), "every occupied slot in one list (%lld vs %lld)",
+              (long long)in_lists, (long long)ml_memory_size(m));
+        (void)occupied;
+        /* writes that move slots: updates (merges and overwrites past the capacity), removes */
+        OK(ml_memory_update(m, N / 2, x + (N + round * N / 4) * D, y, NULL));
+        for (int i = 0; i < 40; i++) rm[i] = 3 * i + round;
+        OK(ml_memory_remove(m, 40, rm));
+    }
+    /* the same bits at 1, 2 and 3 threads: build and query */
+    int64_t ref[8 * 5];
+    float refs[8 * 5];
+    const int threads_before = ml_get_num_threads();
+    for (int t = 1; t <= 3; t++) {
+        ml_set_num_threads(t);
+        OK(ml_memory_build_index(m, 16, 3, 1, 5, 0));
+        OK(ml_memory_query_where(m, 8, q, 5, -1, NULL, 0, ia, sa, NULL, NULL));
+        if (t == 1) memcpy(ref, ia, sizeof ia), memcpy(refs, sa, sizeof sa);
+        CHECK(!memcmp(ref, ia, sizeof ia) && !memcmp(refs, sa, sizeof sa), "threads %d", t);
+    }
+    ml_set_num_threads(threads_before);
+    OK(ml_memory_clear(m));
+    OK(ml_memory_index_state(m, pr, NULL, lists));
+    int none = 1;
+    for (int j = 0; j < CAP; j++) none &= lists[j] == -1;
+    CHECK(pr[0] == 16 && none, "clear empties the lists");
+    OK(ml_memory_drop_index(m));
+    OK(ml_memory_index_state(m, pr, NULL, NULL));
+    CHECK(pr[0] == 0, "dropped");
+    free(x), free(y), free(lists);
+    ml_memory_free(m);
+}
+
 int main(void) {
     test_sizes();
     test_update_rule();
@@ -505,6 +583,7 @@ int main(void) {
     test_key_scan();
     test_ids_and_remove();
     test_compact_keys();
+    test_ivf();
     test_gradients(0);
     test_gradients(1);
     test_files();

@@ -53,6 +53,12 @@ def memory():
     return _core.KnowledgeMemory(capacity=4, key_size=3, payload_size=2, seed=0)
 
 
+def filled_memory():
+    m = memory()
+    m.update(t(2, 3), [0, 1])
+    return m
+
+
 def saved_memory(path):
     m = memory()
     m.update(t(2, 3), [0, 1])
@@ -158,6 +164,7 @@ BY_CALLABLE = {
     "Tensor.transpose": {"perm": lambda p: (1, 0)},
     "KnowledgeMemory.load": {"path": lambda p: saved_memory(p / "m.bin")},
     "KnowledgeMemory.open": {"path": lambda p: saved_memory(p / "m.bin")},
+    "KnowledgeMemory.build_index": {"nlist": lambda p: 2},
 }
 
 # The object a method is called on.
@@ -167,6 +174,7 @@ SELF = {
     "KnowledgeMemory": memory,
     "Trace": finished_trace,
     "Tensor.item": lambda: t(),  # one element
+    "KnowledgeMemory.build_index": filled_memory,  # an index needs keys
 }
 
 
