@@ -478,6 +478,29 @@ static void scan_task(void *vctx, int64_t t) {
  * thread pool, each with its own top-k lists, merged in task (= slot) order. */
 static int64_t scan_tasks(int64_t c) { return (c + SCAN_TASK_KEYS - 1) / SCAN_TASK_KEYS; }
 
+/* Float32 scores for the top-k that compact keys chose, re-sorted (score down, slot up). */
+static void rescore_f32(const ml_memory *m, int64_t n, const float *qn, int64_t k, int64_t *idx,
+                        float *sim) {
+    for (int64_t i = 0; i < n; i++) {
+        float *ts = sim + i * k;
+        int64_t *ti = idx + i * k, l = 0;
+        for (int64_t e = 0; e < k && ti[e] >= 0; e++, l++)
+            ml__key_scores(1, qn + i * m->key_size, 1, m->keys + ti[e] * m->key_size, m->key_size,
+                           &ts[e]);
+        for (int64_t e = 1; e < l; e++) { /* insertion sort: score down, slot up */
+            float sv = ts[e];
+            int64_t iv = ti[e], p = e;
+            while (p > 0 && (ts[p - 1] < sv || (ts[p - 1] == sv && ti[p - 1] > iv))) {
+                ts[p] = ts[p - 1];
+                ti[p] = ti[p - 1];
+                p--;
+            }
+            ts[p] = sv;
+            ti[p] = iv;
+        }
+    }
+}
+
 /* tsim, tidx: scan_tasks(count) * n * k each (NULL: allocated here) */
 static ml_status scan_search(const ml_memory *m, int64_t n, const float *qn, int64_t k,
                              int64_t *idx, float *sim, const slot_filter *f, float *tsim,
@@ -508,25 +531,7 @@ static ml_status scan_search(const ml_memory *m, int64_t n, const float *qn, int
             }
         }
     }
-    if (m->key_dtype != ML_KEY_FLOAT32) /* compact keys chose; float32 keys score */
-        for (int64_t i = 0; i < n; i++) {
-            float *ts = sim + i * k;
-            int64_t *ti = idx + i * k, l = 0;
-            for (int64_t e = 0; e < k && ti[e] >= 0; e++, l++)
-                ml__key_scores(1, qn + i * m->key_size, 1, m->keys + ti[e] * m->key_size,
-                               m->key_size, &ts[e]);
-            for (int64_t e = 1; e < l; e++) { /* insertion sort: score down, slot up */
-                float sv = ts[e];
-                int64_t iv = ti[e], p = e;
-                while (p > 0 && (ts[p - 1] < sv || (ts[p - 1] == sv && ti[p - 1] > iv))) {
-                    ts[p] = ts[p - 1];
-                    ti[p] = ti[p - 1];
-                    p--;
-                }
-                ts[p] = sv;
-                ti[p] = iv;
-            }
-        }
+    if (m->key_dtype != ML_KEY_FLOAT32) rescore_f32(m, n, qn, k, idx, sim);
     if (x.tsim != tsim) free(x.tsim);
     if (x.tidx != tidx) free(x.tidx);
     return ML_OK;
@@ -612,29 +617,6 @@ static void ivf_task(void *vctx, int64_t t) {
         }
         for (int64_t e = 0; e < nb; e++)
             if (accepted(x->f, ids[b + e])) topk_push_ordered(ts, ti, &len, k, sc[e], ids[b + e]);
-    }
-}
-
-/* Float32 scores for the top-k that compact keys chose, re-sorted (score down, slot up). */
-static void rescore_f32(const ml_memory *m, int64_t n, const float *qn, int64_t k, int64_t *idx,
-                        float *sim) {
-    for (int64_t i = 0; i < n; i++) {
-        float *ts = sim + i * k;
-        int64_t *ti = idx + i * k, l = 0;
-        for (int64_t e = 0; e < k && ti[e] >= 0; e++, l++)
-            ml__key_scores(1, qn + i * m->key_size, 1, m->keys + ti[e] * m->key_size, m->key_size,
-                           &ts[e]);
-        for (int64_t e = 1; e < l; e++) { /* insertion sort: score down, slot up */
-            float sv = ts[e];
-            int64_t iv = ti[e], p = e;
-            while (p > 0 && (ts[p - 1] < sv || (ts[p - 1] == sv && ti[p - 1] > iv))) {
-                ts[p] = ts[p - 1];
-                ti[p] = ti[p - 1];
-                p--;
-            }
-            ts[p] = sv;
-            ti[p] = iv;
-        }
     }
 }
 
