@@ -22,7 +22,6 @@ from metalearn.tasks.base import Task
 from ._base import (
     BaseMetaLearner,
     _core_no_grad,
-    accuracy,
     check_count,
     check_rate,
     check_support,
@@ -225,9 +224,6 @@ class _EpisodeHead(ProtoNet):
         self.encoder = encoder
         self.inner_steps = 0
 
-    def _meta_params(self):
-        return list(self.encoder.trainable_weights)
-
     def _head(self, s_emb, support_y, q_emb, n_way):
         raise NotImplementedError
 
@@ -243,22 +239,6 @@ class _EpisodeHead(ProtoNet):
         s_emb = _core.narrow(emb, 0, 0, n_s)
         q_emb = _core.narrow(emb, 0, n_s, int(emb.shape[0]) - n_s)
         return self._head(s_emb, support_y, q_emb, n_way)
-
-    def _meta_step(self, batch):
-        n = len(batch.support_x)
-        total, metrics = None, []
-        for i in range(n):
-            loss, logits = self.episode_loss(
-                batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
-            )
-            total = loss if total is None else total + loss
-            metrics.append(accuracy(logits, batch.query_y[i]))
-        total = total * (1.0 / n)
-        params = self._meta_params()
-        grads = _core.grad(total, params)
-        self._check_meta_step(total, grads, params)
-        self.meta_optimizer.apply_gradients(zip(grads, params))
-        return float(total.item()), float(np.mean(metrics))
 
     def _support_embeddings(self, support_x, support_y, who):
         check_support(support_x, support_y, who)
@@ -352,7 +332,7 @@ class R2D2(_EpisodeHead):
     def _meta_params(self):
         extra = [self.log_lambda] if self.learn_lambda else []
         extra += [self.scale] if self.learn_scale else []
-        return list(self.encoder.trainable_weights) + extra
+        return super()._meta_params() + extra
 
     def _head(self, s_emb, support_y, q_emb, n_way):
         return ridge_logits(s_emb, support_y, q_emb, n_way, _core.exp(self.log_lambda), self.scale)

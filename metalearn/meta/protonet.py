@@ -208,6 +208,10 @@ class ProtoNet(BaseMetaLearner):
         )
         return loss, logits
 
+    def _meta_params(self):
+        """What the meta-optimizer trains: the encoder (a metric head adds its own)."""
+        return list(self.encoder.trainable_weights)
+
     def _meta_step(self, batch):
         n = len(batch.support_x)
         total, metrics = None, []
@@ -218,7 +222,7 @@ class ProtoNet(BaseMetaLearner):
             total = loss if total is None else total + loss
             metrics.append(accuracy(logits, batch.query_y[i]))
         total = total * (1.0 / n)
-        params = self.encoder.trainable_weights
+        params = self._meta_params()
         grads = _core.grad(total, params)
         self._check_meta_step(total, grads, params)
         self.meta_optimizer.apply_gradients(zip(grads, params))
