@@ -162,6 +162,11 @@ class MAML(BaseMetaLearner):
         return fast
 
     # ------------------------------------------------------------ inner loop
+    def _inner_step(self, step, fast, grads):
+        """Inner step `step` (0-based): ``_inner_update``. A variant whose update depends
+        on the step (MAML++'s per-step rates) overrides this, not the loop."""
+        return self._inner_update(fast, grads)
+
     def _inner_loop(self, x, y, steps, create_graph, detach=False, record=None):
         """Runs `steps` inner SGD steps from the meta-weights.
 
@@ -183,11 +188,11 @@ class MAML(BaseMetaLearner):
             grads = _core.grad(loss, fast, create_graph=create_graph)
             if detach:
                 with _core_no_grad():
-                    fast = self._inner_update(fast, grads)
+                    fast = self._inner_step(step - 1, fast, grads)
                 for w in fast:
                     w.requires_grad = True
             else:
-                fast = self._inner_update(fast, grads)
+                fast = self._inner_step(step - 1, fast, grads)
             if record is not None and step in record:
                 trail.append((step, fast))
         return trail if record is not None else fast

@@ -183,34 +183,13 @@ class MAMLPlusPlus(MAML):
     def _meta_params(self):
         return list(self.model.trainable_weights) + self._rates()
 
-    def _step_update(self, step, fast, grads):
+    def _inner_step(self, step, fast, grads):
         """Inner step `step` (0-based): ``w - lr[step][i] * g``."""
         if not self.learn_inner_rates:
             lr = self.inner_lr
             return [w - lr * g for w, g in zip(fast, grads)]
         rates = self.learning_rates[min(step, len(self.learning_rates) - 1)]
         return [w - a * g for w, a, g in zip(fast, rates, grads)]
-
-    def _inner_loop(self, x, y, steps, create_graph, detach=False, record=None):
-        fast = list(self._inner_params())
-        trail = []
-        if record is not None and 0 in record:
-            trail.append((0, fast))
-        for step in range(1, steps + 1):
-            loss = self._loss_fn(y, self._forward(fast, x))
-            grads = _core.grad(loss, fast, create_graph=create_graph)
-            if detach:
-                from ._base import _core_no_grad
-
-                with _core_no_grad():
-                    fast = self._step_update(step - 1, fast, grads)
-                for w in fast:
-                    w.requires_grad = True
-            else:
-                fast = self._step_update(step - 1, fast, grads)
-            if record is not None and step in record:
-                trail.append((step, fast))
-        return trail if record is not None else fast
 
     # ------------------------------------------------------------ meta-loss
     def _meta_loss(self, batch):
