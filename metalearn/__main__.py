@@ -6,6 +6,10 @@ after 1 and 10 gradient steps, for the meta-trained model and for the same netwo
 untrained. ``--task omniglot`` runs N-way K-shot classification on the shipped Omniglot
 data instead. ``python -m metalearn --help`` lists the options.
 
+``--dataset mini-imagenet | tiered-imagenet | cifar-fs | fc100 | cub --data FOLDER`` runs
+the same on another few-shot benchmark (its files read from FOLDER, never downloaded) with
+the conv4 network sized for its images.
+
 ``python -m metalearn train | evaluate | recognise`` learn from and recognise a folder of
 your own images (``metalearn._cli``; ``python -m metalearn train --help``).
 """
@@ -19,6 +23,15 @@ from pathlib import Path
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "protonet")
 PROG = "python -m metalearn"
+# --dataset NAME: (reader in metalearn.datasets, its train and test splits, image shape)
+DATASETS = {
+    "omniglot": None,  # the --task omniglot path (vinyals splits, 28x28 gray, rotations)
+    "mini-imagenet": ("mini_imagenet", "train", "test", (84, 84, 3)),
+    "tiered-imagenet": ("tiered_imagenet", "train", "test", (84, 84, 3)),
+    "cifar-fs": ("cifar_fs", "train", "test", (32, 32, 3)),
+    "fc100": ("fc100", "train", "test", (32, 32, 3)),
+    "cub": ("cub", "train", "test", (84, 84, 3)),
+}
 OMNIGLOT_DRAWINGS = 20  # drawings of each Omniglot character: support + queries per class
 
 # Each algorithm's demo settings, the ones it converges with: (meta-iterations, tasks per
@@ -39,6 +52,16 @@ SETTINGS = {
         "metasgd": (300, 16, 0.4, 1, (0, 1)),
         "anil": (300, 16, 0.4, 1, (0, 1)),
         "reptile": (300, 16, 0.4, 3, (0, 1, 3)),
+        "protonet": (1000, 1, None, 0, (None,)),
+    },
+    # the MAML paper's mini-ImageNet settings (inner step 0.01, 5 steps, 4 tasks per
+    # meta-update for 1-shot) on a short budget; evaluated after 10 steps as in the paper
+    "images": {
+        "maml": (300, 4, 0.01, 5, (0, 5, 10)),
+        "fomaml": (300, 4, 0.01, 5, (0, 5, 10)),
+        "metasgd": (300, 4, 0.01, 1, (0, 1)),
+        "anil": (300, 4, 0.1, 5, (0, 5)),
+        "reptile": (300, 4, 0.01, 5, (0, 5)),
         "protonet": (1000, 1, None, 0, (None,)),
     },
 }
@@ -89,6 +112,13 @@ def _parser():
         default="sinusoid",
         help="sinusoid regression (no data needed) or Omniglot classification",
     )
+    p.add_argument(
+        "--dataset",
+        choices=tuple(DATASETS),
+        default=None,
+        help="few-shot classification on this dataset (read from --data; omniglot is "
+        "--task omniglot): conv4 with 32 filters (ProtoNet 64) sized for its images",
+    )
     p.add_argument("--ways", type=int, default=5, help="classes per Omniglot task (N)")
     p.add_argument(
         "--shots",
@@ -132,7 +162,7 @@ def _parser():
     p.add_argument(
         "--model",
         choices=("mlp", "conv4"),
-        default="mlp",
+        default=None,
         help="Omniglot network: the MAML paper's MLP or the conv4 net (slower); sinusoid "
         "tasks use the paper's 1-40-40-1 MLP",
     )
@@ -170,7 +200,17 @@ def _parser():
 def _check_args(args):
     """The first thing wrong with the options (a sentence), or None: checked before any
     work, so a bad option costs nothing and shows no traceback."""
-    omniglot = args.task == "omniglot"
+    if args.dataset == "omniglot":
+        args.task, args.dataset = "omniglot", None
+    if args.dataset is not None:
+        if args.task != "sinusoid":
+            return f"--dataset {args.dataset} replaces --task: give one of them"
+        if args.model == "mlp":
+            return f"--dataset {args.dataset} uses the conv4 network: --model mlp is Omniglot's"
+        args.task, args.model = "images", "conv4"
+    if args.model is None:
+        args.model = "mlp"
+    omniglot = args.task in ("omniglot", "images")
     if not omniglot and args.algorithm == "protonet":
         return "--algorithm protonet classifies: use it with --task omniglot"
     if not omniglot and args.model != "mlp":
@@ -193,7 +233,7 @@ def _check_args(args):
         return f"--inner-lr must be a finite number >= 0, got {args.inner_lr}"
     if args.algorithm == "protonet" and (args.inner_lr is not None or args.inner_steps is not None):
         return "protonet has no inner loop: --inner-lr and --inner-steps do not apply"
-    if omniglot:
+    if args.task == "omniglot":
         k = args.shots or 1
         q = args.queries or (5 if args.algorithm == "protonet" else 15)
         if k + q > OMNIGLOT_DRAWINGS:
@@ -296,6 +336,44 @@ def _run(args):
         test = held_out.sample_batch(args.episodes or 200)
         make_model = models.sinusoid_mlp
         title = f"{args.algorithm.upper()} on sinusoid regression, K={k}"
+    elif args.task == "images":
+        import numpy as np
+
+        from metalearn import datasets
+
+        reader, train_split, test_split, shape = DATASETS[args.dataset]
+        k = args.shots or 1
+        q = args.queries or (5 if args.algorithm == "protonet" else 15)
+        load = getattr(datasets, reader)
+        try:
+            tr, te = load(args.data, train_split), load(args.data, test_split)
+        except FileNotFoundError as exc:
+            print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+            return 1
+        except ValueError as exc:  # a file that is not what its format says
+            print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+            return 1
+        ways = args.ways
+        # ProtoNets train with more ways than they test (20 or 30 in the paper), as many
+        # as the training split has
+        n_train = len(np.unique(tr[1]))
+        train_ways = max(ways, min(20, n_train)) if args.algorithm == "protonet" else ways
+        try:
+            # uint8 images stay as read (memory-mapped); episodes convert to float32
+            train = tasks.NWayKShot(
+                tr[:2], train_ways, k, q, augment_rotations=False, seed=args.seed
+            )
+            test = tasks.NWayKShot(
+                te[:2], ways, k, q, augment_rotations=False, seed=args.seed + 10_000
+            )
+        except ValueError as exc:
+            print(f"{PROG}: error: {exc} (see --help)", file=sys.stderr)
+            return 2
+        if args.algorithm == "protonet":
+            make_model = lambda: models.conv4(filters=64, input_shape=shape)  # noqa: E731
+        else:
+            make_model = lambda: models.conv4(ways, filters=32, input_shape=shape)  # noqa: E731
+        title = f"{args.algorithm.upper()} on {args.dataset} {ways}-way {k}-shot (conv4)"
     else:
         from metalearn.datasets import omniglot
 

@@ -3,7 +3,15 @@ split of Ravi & Larochelle 2017, "Optimization as a Model for Few-Shot Learning"
 ImageNet classes, 600 images each, 84x84 RGB; 64 classes to train on, 16 to validate, 20 to
 test. Read from local files only (never downloaded).
 
-Files: the pickled arrays learn2learn distributes, one per split, in one folder:
+Files, in either of two published layouts:
+
+1. The CSV layout of Ravi & Larochelle (github.com/twitter/meta-learning-lstm): ``train.csv``,
+   ``val.csv``, ``test.csv`` (header ``filename,label``; one row per image, label the
+   wnid) beside ``images/`` holding the JPEGs named in them (decoded through Pillow, the
+   ``images`` extra). Images not already 84x84 are resized to 84x84 with Pillow's LANCZOS,
+   the recipe of MAML's ``proc_images.py``. Decoded once into the cache folder (``_cache``)
+   and opened memory-mapped.
+2. The pickled arrays learn2learn distributes, one per split, in one folder:
 
 - ``mini-imagenet-cache-train.pkl`` (64 classes, 38 400 images),
 - ``mini-imagenet-cache-validation.pkl`` (16 classes, 9 600 images),
@@ -19,6 +27,7 @@ also with ``mini-imagenet/`` appended).
 
 from __future__ import annotations
 
+import csv
 import os
 import pickle
 from pathlib import Path
@@ -26,6 +35,7 @@ from typing import Tuple, Union
 
 import numpy as np
 
+from ._cache import cached_arrays
 from ._locate import locate
 from ._pickle import UnsafePickleError, restricted_load
 
@@ -38,10 +48,12 @@ IMAGES_PER_CLASS = 600
 SHAPE = (84, 84, 3)
 
 _HOW_TO_GET = (
-    "mini-ImageNet's pickled arrays are distributed with learn2learn "
-    "(learn2learn.vision.datasets.MiniImagenet documents where); put the three "
-    "mini-imagenet-cache-*.pkl files in one folder."
+    "mini-ImageNet comes as Ravi & Larochelle's train.csv/val.csv/test.csv with an images/ "
+    "folder (github.com/twitter/meta-learning-lstm), or as the pickled arrays distributed "
+    "with learn2learn (learn2learn.vision.datasets.MiniImagenet documents where): put the "
+    "three CSV files and images/, or the three mini-imagenet-cache-*.pkl files, in one folder."
 )
+_CSV = {"train": "train.csv", "validation": "val.csv", "test": "test.csv"}
 
 
 def _file(split):
@@ -53,17 +65,21 @@ def mini_imagenet(
     split: str = "train",
     strict: bool = True,
     return_names: bool = False,
+    cache: bool = True,
 ) -> Tuple[np.ndarray, ...]:
-    """Loads one split of mini-ImageNet from its pickled arrays.
+    """Loads one split of mini-ImageNet from its CSV layout or its pickled arrays (the
+    pickles are preferred when a folder holds both).
 
     Args:
-        path: the folder holding ``mini-imagenet-cache-{train,validation,test}.pkl``
-            (searched first).
+        path: the folder holding ``mini-imagenet-cache-{train,validation,test}.pkl``, or
+            ``{train,val,test}.csv`` and ``images/`` (searched first).
         split: ``"train"``, ``"validation"`` (or ``"val"``) or ``"test"``.
         strict: refuse a file whose class count or images per class differ from the
             published split (64/16/20 classes, 600 images each); False reads any file of
             the format (small fixtures, subsets).
         return_names: also return the class wnids, one per label.
+        cache: for the CSV layout, keep the decoded images in the cache folder,
+            memory-mapped (default); False decodes into memory and stores nothing.
 
     Returns:
         ``(x, y)``: ``x (N, 84, 84, 3)`` uint8 (as stored: convert with
@@ -82,11 +98,79 @@ def mini_imagenet(
     folder = locate(
         "mini-imagenet",
         path,
-        found=lambda d: (d / name).is_file(),
-        expects=name,
+        found=lambda d: (
+            (d / name).is_file() or ((d / _CSV[split]).is_file() and (d / "images").is_dir())
+        ),
+        expects=f"{name}, or {_CSV[split]} and images/",
         how_to_get=_HOW_TO_GET,
     )
-    return _read(folder / name, split, strict, return_names)
+    if (folder / name).is_file():
+        return _read(folder / name, split, strict, return_names)
+    return _read_csv(folder, split, strict, return_names, cache)
+
+
+def _image_84(path: Path) -> np.ndarray:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ValueError(
+            f"reading {path} needs Pillow (mini-ImageNet's images are JPEG): "
+            "pip install 'metalearn[images]' (or pip install Pillow)"
+        ) from None
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != SHAPE[:2]:
+                im = im.resize(SHAPE[:2], resample=Image.LANCZOS)
+            return np.asarray(im)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"mini_imagenet: cannot decode {path}: {exc}") from None
+
+
+def _read_csv(folder: Path, split: str, strict: bool, return_names: bool, cache: bool):
+    file = folder / _CSV[split]
+    try:
+        with open(file, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"mini_imagenet: cannot read {file}: {exc}") from None
+    if not rows or [c.strip() for c in rows[0]] != ["filename", "label"]:
+        head = rows[0] if rows else "nothing"
+        raise ValueError(f"mini_imagenet: {file} starts with {head}; expected 'filename,label'")
+    items = []
+    for n, row in enumerate(rows[1:], 2):
+        if not row:
+            continue
+        if len(row) != 2 or not row[0] or not row[1]:
+            raise ValueError(f"mini_imagenet: {file} line {n} is {row}; expected filename,label")
+        image = folder / "images" / row[0]
+        if not image.is_file():
+            raise ValueError(f"mini_imagenet: {file} line {n} names {image}, which does not exist")
+        items.append((row[0], row[1]))
+    wnids = sorted({w for _, w in items})
+    label_of = {w: k for k, w in enumerate(wnids)}
+    y = np.array([label_of[w] for _, w in items], np.int64)
+    if strict:
+        counts = np.bincount(y, minlength=len(wnids)) if len(y) else np.zeros(1, np.int64)
+        if len(wnids) != CLASSES[split] or np.any(counts != IMAGES_PER_CLASS):
+            raise ValueError(
+                f"mini_imagenet: {file} lists {len(wnids)} classes of {counts.min()} to "
+                f"{counts.max()} images; the published {split} split has {CLASSES[split]} "
+                f"classes of {IMAGES_PER_CLASS} (strict=False reads it anyway)"
+            )
+
+    def build():
+        x = np.empty((len(items),) + SHAPE, np.uint8)
+        for k, (fname, _) in enumerate(items):
+            x[k] = _image_84(folder / "images" / fname)
+        return (x,)
+
+    sources = [file] + [folder / "images" / f for f, _ in items]
+    recipe = {"reader": "mini-imagenet-csv", "split": split, "shape": SHAPE, "version": 1}
+    (x,) = cached_arrays(recipe, sources, build, cache=cache)
+    if return_names:
+        return x, y, np.array(wnids)
+    return x, y
 
 
 def _read(file: Path, split: str, strict: bool, return_names: bool):

@@ -24,7 +24,9 @@ class NWayKShot:
     Args:
         dataset: ``(x, y)``: ``x`` an array ``(N, H, W[, C])`` (or any ``(N, ...)`` when
             rotations are off), ``y`` integer labels ``(N,)``. An object with ``x`` and
-            ``y`` attributes works too.
+            ``y`` attributes works too. uint8 images (as the 84x84 readers return them,
+            memory-mapped) give float32 episodes in [0, 1] (``x / 255``), converted one
+            episode at a time, so the whole dataset is never converted.
         n_way: classes per episode (N).
         k_shot: support examples per class (K).
         q_queries: query examples per class.
@@ -119,7 +121,7 @@ class NWayKShot:
         for c, rt in zip(base, rot):
             members = self._members[c]
             idx = members[r.choice(len(members), k + q, replace=False)]
-            imgs = self.x[idx]
+            imgs = self._gather(idx) if self.x.dtype == np.uint8 else self.x[idx]
             if rt:
                 imgs = np.rot90(imgs, int(rt), axes=(1, 2))
             sx.append(imgs[:k])
@@ -147,6 +149,10 @@ class NWayKShot:
         megabytes, and a fresh NumPy array each step meant fresh pages from the kernel
         (zeroed on first touch) every step; pooled blocks are reused instead."""
         x = self.x
+        if x.dtype == np.uint8:
+            # the 84x84 readers' uint8 images (memory-mapped from the cache): only the
+            # episode's rows are read, and converted to float32 in [0, 1] here
+            return np.multiply(x[idx], np.float32(1 / 255), dtype=np.float32)
         if not (
             isinstance(x, np.ndarray)
             and x.dtype == np.float32
