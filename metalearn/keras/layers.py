@@ -34,6 +34,7 @@ __all__ = [
     "Dense",
     "Flatten",
     "Activation",
+    "LeakyReLU",
     "Dropout",
     "InputLayer",
     "Input",
@@ -809,6 +810,34 @@ class Activation(Layer):
     def get_config(self) -> Config:
         config = super().get_config()
         config["activation"] = activations.serialize(self.activation)
+        return config
+
+
+class LeakyReLU(Layer):
+    """Leaky rectified linear unit: ``x`` where ``x >= 0``, else ``negative_slope * x``
+    (Keras 3's layer; its default slope 0.3, unlike the activation function's 0.2).
+
+    Args:
+        negative_slope: the slope for negative inputs, >= 0.
+    """
+
+    _traceable = True
+
+    def __init__(self, negative_slope: float = 0.3, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        slope = float(negative_slope)
+        if not slope >= 0:  # also NaN
+            raise ValueError(
+                f"LeakyReLU: negative_slope must be a number >= 0, got {negative_slope!r}"
+            )
+        self.negative_slope = slope
+
+    def call(self, inputs: Any) -> Any:
+        return activations.leaky_relu(inputs, self.negative_slope)
+
+    def get_config(self) -> Config:
+        config = super().get_config()
+        config["negative_slope"] = self.negative_slope
         return config
 
 

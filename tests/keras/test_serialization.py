@@ -44,6 +44,7 @@ CASES = {
     "Flatten": (lambda: layers.Flatten(), IMG),
     "Reshape": (lambda: layers.Reshape((-1, 9)), IMG),
     "Activation": (lambda: layers.Activation("sigmoid"), VEC),
+    "LeakyReLU": (lambda: layers.LeakyReLU(0.15), VEC),
     "Dropout": (lambda: layers.Dropout(0.25, noise_shape=(None, 1), seed=3), VEC),
     "InputLayer": (lambda: layers.InputLayer((4,)), VEC),
     "Lambda": (lambda: layers.Lambda(lambda t, k: t * k, arguments={"k": 2.0}), VEC),
