@@ -16,8 +16,8 @@ checked file, so every evaluation replays the same ones.
 """
 
 from .base import Task
-from .classification import NWayKShot
+from .classification import Augment, NWayKShot
 from .episodes import EpisodeSet
 from .regression import Regression, Sinusoid
 
-__all__ = ["Task", "Sinusoid", "Regression", "NWayKShot", "EpisodeSet"]
+__all__ = ["Task", "Sinusoid", "Regression", "NWayKShot", "Augment", "EpisodeSet"]

@@ -2,13 +2,66 @@
 (Vinyals et al. 2016, "Matching Networks for One Shot Learning"; Santoro et al. 2016,
 "Meta-Learning with Memory-Augmented Neural Networks")."""
 
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .base import Task, as_generator
 
-__all__ = ["NWayKShot"]
+__all__ = ["NWayKShot", "Augment"]
+
+
+class Augment:
+    """Training-episode augmentation of uint8 images, done in C as each episode is gathered
+    (``_core.episode_images``): the recipe of the MetaOptNet and ProtoNet reproductions on
+    mini-ImageNet, CIFAR-FS and FC100 (torchvision's ``RandomCrop(size, padding=pad)``,
+    ``RandomHorizontalFlip()``, ``ColorJitter(brightness, contrast, saturation)``).
+
+    In a fixed order: a crop of the image zero-padded by `pad` pixels on each side (offsets
+    uniform in ``0..2*pad``), a horizontal flip with probability 1/2, then brightness
+    (``v * f``), contrast (a blend with the image's mean luma) and saturation (a blend
+    with each pixel's luma), each factor uniform in ``[1 - s, 1 + s]`` and each result
+    clamped to [0, 1] (luma: ITU-R 601, as PIL's ``convert("L")``). The draws come from the
+    sampler's generator, so the same seed gives the same augmented episodes. Unlike
+    torchvision, values stay in float between steps (no rounding to 8 bits) and the jitter
+    order is fixed, not shuffled.
+
+    Args:
+        pad: padding of the random crop (0: no crop).
+        flip: random horizontal flips.
+        brightness, contrast, saturation: jitter strengths in [0, 1] (0: off; saturation
+            needs RGB images).
+    """
+
+    def __init__(
+        self,
+        pad: int = 0,
+        flip: bool = False,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        saturation: float = 0.0,
+    ) -> None:
+        if isinstance(pad, bool) or int(pad) != pad or pad < 0:
+            raise ValueError(f"Augment: pad must be an integer >= 0, got {pad!r}")
+        for name, v in (
+            ("brightness", brightness),
+            ("contrast", contrast),
+            ("saturation", saturation),
+        ):
+            if not (0.0 <= float(v) <= 1.0):
+                raise ValueError(f"Augment: {name} must be in [0, 1], got {v!r}")
+        self.pad, self.flip = int(pad), bool(flip)
+        self.brightness, self.contrast, self.saturation = (
+            float(brightness),
+            float(contrast),
+            float(saturation),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Augment(pad={self.pad}, flip={self.flip}, brightness={self.brightness}, "
+            f"contrast={self.contrast}, saturation={self.saturation})"
+        )
 
 
 class NWayKShot:
@@ -32,6 +85,10 @@ class NWayKShot:
         q_queries: query examples per class.
         augment_rotations: rotate by multiples of 90° to make new classes.
         seed: int, None or ``numpy.random.Generator``; same seed, same episodes.
+        augment: an ``Augment`` applied to every episode's images (uint8 images only: the
+            84x84 and 32x32 readers'); use it on the training sampler, not the test one.
+        normalize: ``(mean, std)`` per channel, applied to uint8 images after the
+            conversion to [0, 1] (and the augmentation): ``(v - mean) / std``.
 
     Shapes (single episode):
         ``support_x (n_way*k_shot, *x.shape[1:])``, ``support_y (n_way*k_shot,)`` int64,
@@ -52,6 +109,8 @@ class NWayKShot:
         q_queries: int = 15,
         augment_rotations: bool = True,
         seed: Union[int, np.random.Generator, None] = None,
+        augment: Optional[Augment] = None,
+        normalize: Optional[Tuple[Sequence[float], Sequence[float]]] = None,
     ) -> None:
         if isinstance(dataset, (tuple, list)) and len(dataset) >= 2:
             x, y = dataset[0], dataset[1]
@@ -104,6 +163,31 @@ class NWayKShot:
                 f"NWayKShot: {self.num_classes} classes, fewer than n_way={self.n_way}"
             )
         self.seed = seed
+        if augment is not None and not isinstance(augment, Augment):
+            raise TypeError(f"NWayKShot: augment must be an Augment, got {type(augment).__name__}")
+        if (augment is not None or normalize is not None) and x.dtype != np.uint8:
+            raise ValueError(
+                f"NWayKShot: augment and normalize apply to uint8 images (as the dataset "
+                f"readers return them); x is {x.dtype}"
+            )
+        self.augment = augment
+        self.normalize = None
+        if normalize is not None:
+            channels = x.shape[3] if x.ndim == 4 else 1
+            try:
+                mean, std = (np.asarray(v, np.float64).reshape(-1) for v in normalize)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    "NWayKShot: normalize must be (mean, std), one value per channel"
+                ) from None
+            if mean.size == 1 and channels > 1:
+                mean, std = np.repeat(mean, channels), np.repeat(std, channels)
+            if mean.size != channels or std.size != channels or not np.all(std > 0):
+                raise ValueError(
+                    f"NWayKShot: normalize needs {channels} mean and {channels} positive std "
+                    f"values, got {mean.size} and {std.size}"
+                )
+            self.normalize = (mean, std)
         self.rng = as_generator(seed)
 
     def __repr__(self):
@@ -150,9 +234,35 @@ class NWayKShot:
         (zeroed on first touch) every step; pooled blocks are reused instead."""
         x = self.x
         if x.dtype == np.uint8:
-            # the 84x84 readers' uint8 images (memory-mapped from the cache): only the
-            # episode's rows are read, and converted to float32 in [0, 1] here
-            return np.multiply(x[idx], np.float32(1 / 255), dtype=np.float32)
+            # the dataset readers' uint8 images (memory-mapped from the cache): only the
+            # episode's rows are read, converted to float32 in [0, 1] (augmented and
+            # normalised when asked) in one pass in C
+            from .. import _core
+
+            x4 = x if x.ndim == 4 else x.reshape(x.shape + (1,))
+            if not x4.flags.c_contiguous:
+                x4 = np.ascontiguousarray(x4)
+            a, norm = self.augment, self.normalize
+            mean, std = norm if norm is not None else (None, None)
+            flat = np.ascontiguousarray(idx, np.int64).reshape(-1)
+            if a is None:
+                out = _core.episode_images(x4, flat, None, 0, False, 0.0, 0.0, 0.0, mean, std)
+            else:
+                bitgen = self.rng.bit_generator
+                with bitgen.lock:
+                    out = _core.episode_images(
+                        x4,
+                        flat,
+                        bitgen,
+                        a.pad,
+                        a.flip,
+                        a.brightness,
+                        a.contrast,
+                        a.saturation,
+                        mean,
+                        std,
+                    )
+            return out.reshape(idx.shape + x.shape[1:])
         if not (
             isinstance(x, np.ndarray)
             and x.dtype == np.float32

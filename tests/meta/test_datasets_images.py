@@ -355,3 +355,108 @@ def test_the_demo_refuses_dataset_with_mlp_or_task(capsys):
             main(["--dataset", "cub", *extra])
         assert info.value.code == 2
     assert "conv4" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ augmentation in C
+
+
+def _augment_reference(x, rows, rng, a, mean=None, std=None):
+    """Augment's documented recipe, in NumPy float32, drawing as documented."""
+    out = []
+    f32 = np.float32
+    for r in rows:
+        img = x[r].astype(f32) * f32(1 / 255)
+        h, w, c = img.shape
+        dy = dx = 0
+        mirror = False
+        fb = fc = fs = f32(1)
+        if a.pad:
+            dy = int(rng.random() * (2 * a.pad + 1))
+            dx = int(rng.random() * (2 * a.pad + 1))
+        if a.flip:
+            mirror = rng.random() < 0.5
+        if a.brightness > 0:
+            fb = f32(1 - a.brightness + 2 * a.brightness * rng.random())
+        if a.contrast > 0:
+            fc = f32(1 - a.contrast + 2 * a.contrast * rng.random())
+        if a.saturation > 0:
+            fs = f32(1 - a.saturation + 2 * a.saturation * rng.random())
+        p = a.pad
+        v = np.pad(img, ((p, p), (p, p), (0, 0)))[dy : dy + h, dx : dx + w]
+        if mirror:
+            v = v[:, ::-1]
+        if fb != 1:
+            v = np.clip(v * fb, 0, 1)
+        if fc != 1:
+            d = v.astype(np.float64)
+            mu = f32((0.299 * d[..., 0] + 0.587 * d[..., 1] + 0.114 * d[..., 2]).mean())
+            v = np.clip(v * fc + mu * (f32(1) - fc), 0, 1)
+        if fs != 1:
+            g = f32(0.299) * v[..., 0] + f32(0.587) * v[..., 1] + f32(0.114) * v[..., 2]
+            v = np.clip(v * fs + (g * (f32(1) - fs))[..., None], 0, 1)
+        if mean is not None:
+            v = (v - np.asarray(mean, f32)) * (f32(1) / np.asarray(std, f32))
+        out.append(v)
+    return np.stack(out)
+
+
+def test_augmented_episodes_follow_the_documented_recipe():
+    from metalearn import _core
+    from metalearn.tasks import Augment
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, size=(6, 10, 9, 3), dtype=np.uint8)
+    rows = np.array([4, 0, 4, 5, 2, 1, 3, 3])
+    a = Augment(pad=3, flip=True, brightness=0.4, contrast=0.4, saturation=0.4)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    got = _core.episode_images(
+        x, rows, np.random.default_rng(9).bit_generator, 3, True, 0.4, 0.4, 0.4, mean, std
+    )
+    want = _augment_reference(x, rows, np.random.default_rng(9), a, mean, std)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # no augmentation: x / 255 exactly as NumPy's float32 product
+    plain = _core.episode_images(x, rows, None, 0, False, 0.0, 0.0, 0.0, None, None)
+    np.testing.assert_array_equal(plain, x[rows].astype(np.float32) * np.float32(1 / 255))
+
+
+def test_nwaykshot_augments_training_episodes_reproducibly(tmp_path):
+    from metalearn.tasks import Augment, NWayKShot
+
+    x, y, _ = _tiered(tmp_path, classes=4, per=3)
+    a = Augment(pad=8, flip=True, brightness=0.4, contrast=0.4, saturation=0.4)
+    norm = ((0.47, 0.45, 0.40), (0.28, 0.27, 0.28))
+    s1 = NWayKShot((x, y), 3, 1, 2, augment_rotations=False, seed=5, augment=a, normalize=norm)
+    s2 = NWayKShot((x, y), 3, 1, 2, augment_rotations=False, seed=5, augment=a, normalize=norm)
+    plain = NWayKShot((x, y), 3, 1, 2, augment_rotations=False, seed=5)
+    t1, t2, tp = s1.sample_batch(2), s2.sample_batch(2), plain.sample_batch(2)
+    np.testing.assert_array_equal(t1.support_x, t2.support_x)  # same seed, same episodes
+    np.testing.assert_array_equal(t1.query_y, tp.query_y)  # the same classes were drawn
+    assert not np.allclose(t1.support_x * norm[1][0] + norm[0][0], tp.support_x)
+    assert t1.support_x.shape == tp.support_x.shape == (2, 3, 84, 84, 3)
+
+
+def test_augment_and_normalize_refuse_bad_settings():
+    from metalearn import _core
+    from metalearn.tasks import Augment, NWayKShot
+
+    for bad in ({"pad": -1}, {"pad": 1.5}, {"brightness": 1.5}, {"contrast": -0.1}):
+        with pytest.raises(ValueError, match="Augment"):
+            Augment(**bad)
+    gray = np.zeros((4, 8, 8), np.uint8)
+    y = np.repeat(np.arange(2), 2)
+    with pytest.raises(ValueError, match="uint8"):
+        NWayKShot((gray.astype(np.float32), y), 2, 1, 1, augment=Augment(flip=True))
+    with pytest.raises(ValueError, match="normalize needs 1 mean"):
+        NWayKShot((gray, y), 2, 1, 1, normalize=((0.5, 0.5), (0.2, 0.2)))
+    with pytest.raises(TypeError, match="Augment"):
+        NWayKShot((gray, y), 2, 1, 1, augment={"flip": True})
+    s = NWayKShot((gray, y), 2, 1, 1, augment=Augment(saturation=0.4), augment_rotations=False)
+    with pytest.raises(ValueError, match="saturation needs 3 channels"):
+        s.sample()
+    x = np.zeros((2, 4, 4, 3), np.uint8)
+    with pytest.raises(IndexError, match="row 2 is outside"):
+        _core.episode_images(x, np.array([2]), None, 0, False, 0.0, 0.0, 0.0, None, None)
+    with pytest.raises(ValueError, match="C-contiguous uint8"):
+        _core.episode_images(x[:, ::2], np.array([0]), None, 0, False, 0.0, 0.0, 0.0, None, None)
+    with pytest.raises(ValueError, match="needs a bit generator"):
+        _core.episode_images(x, np.array([0]), None, 1, False, 0.0, 0.0, 0.0, None, None)
