@@ -26,6 +26,41 @@ __all__ = ["functional_call", "substitution"]
 _state = threading.local()  # .subst: None or {id(variable): tensor}
 
 
+class batch_norm_statistics:
+    """Inside functional calls, where BatchNormalization layers in training mode take their
+    statistics (the meta-learners' ``batch_norm`` modes; this thread only):
+
+    - ``("rows", n)``: from the first `n` rows of the batch, which are applied to every
+      row (a support + query batch normalised by the support's statistics: the
+      non-transductive mode). Gradients of any order flow through them.
+    - ``"update"``: from the batch, as usual, and they also move the layer's moving
+      statistics (``moving = moving * momentum + batch * (1 - momentum)``), which a
+      functional call otherwise never writes (the running-statistics mode's collection).
+    """
+
+    def __init__(self, mode: Any) -> None:
+        ok = mode == "update" or (
+            isinstance(mode, tuple) and len(mode) == 2 and mode[0] == "rows" and int(mode[1]) >= 1
+        )
+        if not ok:
+            raise ValueError(f"batch_norm_statistics: ('rows', n >= 1) or 'update', got {mode!r}")
+        self.mode = mode
+
+    def __enter__(self):
+        self._prev = getattr(_state, "bn", None)
+        _state.bn = self.mode
+        return self
+
+    def __exit__(self, *exc):
+        _state.bn = self._prev
+        return False
+
+
+def batch_norm_mode() -> Any:
+    """The active ``batch_norm_statistics`` mode of this thread, or None."""
+    return getattr(_state, "bn", None)
+
+
 def substitution() -> Optional[Dict[int, _core.Tensor]]:
     """The active map ``{id(variable): tensor}`` of this thread, or None."""
     return getattr(_state, "subst", None)

@@ -351,7 +351,11 @@ class BatchNormalization(Layer):
         if training:
             subst = _functional.substitution()
             if subst and any(id(v) in subst for v in self._own_weights):
-                mm = mv = None  # functional call: batch statistics, state untouched
+                mode = _functional.batch_norm_mode()
+                if isinstance(mode, tuple):  # ("rows", n): the first n rows' statistics
+                    return self._normalise_by_rows(_as_core(inputs), int(mode[1]))
+                if mode != "update":
+                    mm = mv = None  # functional call: batch statistics, state untouched
         return _core.batch_norm(
             _as_core(inputs),
             self.gamma,
@@ -362,6 +366,24 @@ class BatchNormalization(Layer):
             momentum=self.momentum,
             epsilon=self.epsilon,
         )
+
+    def _normalise_by_rows(self, x, n):
+        """gamma * (x - mean) / sqrt(var + epsilon) + beta with the mean and biased
+        variance of the first n rows, as core ops (gradients of any order)."""
+        if n > int(x.shape[0]):
+            raise ValueError(
+                f"{self.name}: statistics from the first {n} rows of a batch of {int(x.shape[0])}"
+            )
+        axes = tuple(range(len(x.shape) - 1))
+        rows = _core.narrow(x, 0, 0, n)
+        mean = _core.reduce_mean(rows, axis=axes, keepdims=True)
+        var = _core.reduce_mean(_core.square(rows - mean), axis=axes, keepdims=True)
+        y = (x - mean) / _core.sqrt(var + self.epsilon)
+        if self.gamma is not None:
+            y = y * self.gamma
+        if self.beta is not None:
+            y = y + self.beta
+        return y
 
     def get_config(self):
         config = super().get_config()

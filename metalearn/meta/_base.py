@@ -692,7 +692,9 @@ class BaseMetaLearner:
         return clone_model(self.model, [np.asarray(w) for w in fast])
 
     # -------------------------------------------------------------- evaluate
-    def _query_output(self, fast, query_x):
+    def _query_output(self, fast, query_x, support_x=None):
+        """The query's output with the adapted weights; `support_x` for learners whose
+        normalisation uses the support set (MAML's batch_norm modes)."""
         return functional_call(self.model, fast, to_tensor(query_x), training=True)
 
     def evaluate(
@@ -756,7 +758,7 @@ class BaseMetaLearner:
             self._prepare(task)
             for s, fast in self._adaptation_curve(task.support_x, task.support_y, step_list):
                 with _core_no_grad():
-                    out = self._query_output(fast, task.query_x)
+                    out = self._query_output(fast, task.query_x, task.support_x)
                     lv = float(self._loss_fn(task.query_y, out).item())
                 results[s]["loss"].append(lv)
                 results[s]["metric"].append(self._metric(out, task.query_y, lv))

@@ -8,7 +8,7 @@ from metalearn._typing import ArrayLike
 import numpy as np
 
 from metalearn import _core, debugging
-from metalearn.functional import functional_call
+from metalearn.functional import batch_norm_statistics, functional_call
 from metalearn.keras.batched import batched_plan
 
 from metalearn.tasks.base import Task
@@ -24,7 +24,10 @@ from ._base import (
     to_tensor,
 )
 
-__all__ = ["MAML", "MetaSGD", "ANIL"]
+__all__ = ["MAML", "MetaSGD", "ANIL", "BATCH_NORM_MODES"]
+
+#: the statistics a gradient-based learner normalises the query with (MAML's batch_norm)
+BATCH_NORM_MODES = ("transductive", "support", "running")
 
 
 class MAML(BaseMetaLearner):
@@ -50,7 +53,8 @@ class MAML(BaseMetaLearner):
     Inner steps run on lists of tensors with core ops (``w - inner_lr * g``) and
     ``functional_call(model, fast_weights, x)``; the model's own weights change only in
     the meta-update. BatchNormalization layers use the batch's statistics inside the
-    loop (``training=True``), as the reference implementations do.
+    loop (``training=True``), as the reference implementations do; ``batch_norm`` chooses
+    the statistics the query is normalised with after adaptation.
 
     Args:
         model: a Keras model (``Sequential`` or a subclassed ``Model``). A classifier may
@@ -78,6 +82,20 @@ class MAML(BaseMetaLearner):
             kernel adapted from a few support rows is carried as the shared kernel plus
             each task's low-rank update ``-inner_lr * X^T dZ`` instead of a copy per task
             (the same numbers, far less memory traffic). False always loops.
+        batch_norm: the statistics BatchNormalization layers normalise the query with
+            after adaptation (the support always uses its own batch's, as the references):
+            ``"transductive"`` (the default, as the MAML reference code: the query
+            batch's own statistics, so each query's prediction depends on the other
+            queries, which flatters the accuracy), ``"support"`` (the adapted network's
+            statistics of the support set, applied to every query: predictions of one
+            query at a time, non-transductive; gradients of any order flow through the
+            support statistics), or ``"running"`` (the layers' moving statistics, which
+            meta-training moves towards the adapted network's support statistics of every
+            training task, with the layer's momentum). The modes other than
+            transductive run the tasks one by one (not vectorised or traced). ``adapt``
+            returns a model whose moving statistics are those the mode normalises with
+            (``"support"``: the support set's), so its ``predict`` gives the same
+            predictions as ``evaluate``.
 
     Example::
 
@@ -99,6 +117,9 @@ class MAML(BaseMetaLearner):
     # changes a dense kernel by a low-rank term (Meta-SGD: no, its rates are per weight).
     _batched_inner_loop = True
     _low_rank_inner_step = True
+    # the batch_norm modes other than "transductive" need _forward to be a functional
+    # call of the whole model (ANIL runs the body as plain layer calls)
+    _batch_norm_modes = True
 
     def __init__(
         self,
@@ -111,10 +132,20 @@ class MAML(BaseMetaLearner):
         loss: Any = None,
         vectorize: Union[str, bool] = "auto",
         trace: bool = True,
+        batch_norm: str = "transductive",
     ) -> None:
         who = type(self).__name__
         # every setting checked before anything is stored: a bad one changes nothing
         check_model(model, who)
+        if batch_norm not in BATCH_NORM_MODES:
+            raise ValueError(
+                f"{who}: batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}"
+            )
+        if batch_norm != "transductive" and not self._batch_norm_modes:
+            raise ValueError(
+                f"{who}: batch_norm={batch_norm!r} is not supported (its inner loop runs the "
+                "feature extractor outside a functional call); use 'transductive'"
+            )
         inner_lr = check_rate(inner_lr, "inner_lr", who)
         inner_steps = check_count(inner_steps, "inner_steps", who)
         super().__init__(model, loss=loss, meta_optimizer=meta_optimizer, meta_lr=meta_lr)
@@ -133,6 +164,8 @@ class MAML(BaseMetaLearner):
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
         self.first_order = bool(first_order)
+        self.batch_norm = batch_norm
+        self._pending_statistics = []
 
     # ------------------------------------------------------------ the pieces
     def _meta_params(self):
@@ -154,8 +187,40 @@ class MAML(BaseMetaLearner):
         """Model output with the adapted weights `fast` on input `x` (a prepared input)."""
         return functional_call(self.model, fast, x, training=True)
 
-    def _query_output(self, fast, query_x):
-        return self._forward(fast, self._support_input(query_x))
+    def _query_output(self, fast, query_x, support_x=None):
+        qx = self._support_input(query_x)
+        if self.batch_norm == "transductive" or support_x is None:
+            return self._forward(fast, qx)
+        return self._query_forward(fast, qx, self._support_input(support_x))
+
+    def _query_forward(self, fast, qx, sx):
+        """The query's output with the adapted weights, normalised as ``batch_norm`` says
+        (qx, sx prepared inputs)."""
+        mode = self.batch_norm
+        if mode == "support":
+            n = int(sx.shape[0])
+            with batch_norm_statistics(("rows", n)):
+                out = self._forward(fast, _core.concat([sx, qx], axis=0))
+            return _core.narrow(out, 0, n, int(out.shape[0]) - n)
+        if mode == "running":
+            return functional_call(self.model, self._full_weights(fast), qx, training=False)
+        return self._forward(fast, qx)
+
+    def _collect_statistics(self, fast, sx):
+        """Running mode, meta-training: notes this task's adapted weights and support set;
+        ``_flush_statistics`` moves the moving statistics towards their statistics after
+        the meta-update (the query's graph reads the moving statistics, so they may not
+        change before its gradient is taken)."""
+        if self.batch_norm == "running":
+            self._pending_statistics.append(([w.detach() for w in fast], sx.detach()))
+
+    def _flush_statistics(self, apply=True):
+        pending, self._pending_statistics = self._pending_statistics, []
+        if not apply:
+            return
+        for fast, sx in pending:  # in task order: the same bits for any thread count
+            with _core_no_grad(), batch_norm_statistics("update"):
+                self._forward(fast, sx)
 
     def _full_weights(self, fast):
         """The model's trainable weights with the adapted ones in place."""
@@ -206,6 +271,7 @@ class MAML(BaseMetaLearner):
         plan = None
         if (
             self._batched_inner_loop
+            and self.batch_norm == "transductive"
             and self.vectorize is not False
             and (self.loss is None or isinstance(self.loss, str))
         ):
@@ -303,7 +369,8 @@ class MAML(BaseMetaLearner):
             sx = self._support_input(batch.support_x[i])
             qx = self._support_input(batch.query_x[i])
             fast = self._inner_loop(sx, batch.support_y[i], self.inner_steps, create_graph)
-            out = self._forward(fast, qx)
+            out = self._query_forward(fast, qx, sx)
+            self._collect_statistics(fast, sx)
             lq = self._loss_fn(batch.query_y[i], out)
             total = lq if total is None else total + lq
             metrics.append(
@@ -320,6 +387,7 @@ class MAML(BaseMetaLearner):
         """
         self._prepare(batch)
         meta_loss, _ = self._meta_loss(batch)
+        self._flush_statistics(apply=False)  # a query, not a training step
         params = self._meta_params()
         return float(meta_loss.item()), _core.grad(meta_loss, params)
 
@@ -373,11 +441,17 @@ class MAML(BaseMetaLearner):
         update = None if debugging._numerics_checks else self._traced_update(plan)
         if update is not None:
             return self._traced_meta_step(plan, update, batch)
+        self._pending_statistics = []  # (what a failed earlier step may have left)
         meta_loss, metric = self._meta_loss(batch)
         params = self._meta_params()
-        grads = _core.grad(meta_loss, params)
-        self._check_meta_step(meta_loss, grads, params)
+        try:
+            grads = _core.grad(meta_loss, params)
+            self._check_meta_step(meta_loss, grads, params)
+        except BaseException:
+            self._flush_statistics(apply=False)  # a refused step changes nothing
+            raise
         self.meta_optimizer.apply_gradients(zip(grads, params))
+        self._flush_statistics()
         return float(meta_loss.item()), metric
 
     # ------------------------------------------------------------ adaptation
@@ -399,6 +473,12 @@ class MAML(BaseMetaLearner):
         fast = self._adapted_weights(support_x, support_y, steps)
         self._check_adapted(fast)
         return fast
+
+    def adapt(self, support_x: ArrayLike, support_y: ArrayLike, steps: Optional[int] = None) -> Any:
+        model = super().adapt(support_x, support_y, steps)
+        if self.batch_norm == "support":
+            _store_support_statistics(model, support_x)
+        return model
 
     def _adapted_weights(self, support_x, support_y, steps):
         fast = self._inner_loop(
@@ -447,7 +527,8 @@ class MetaSGD(MAML):
     (Variables, initialised to `inner_lr`).
 
     Args:
-        model, inner_steps, first_order, meta_optimizer, meta_lr, loss, vectorize: as for MAML.
+        model, inner_steps, first_order, meta_optimizer, meta_lr, loss, vectorize,
+            batch_norm: as for MAML.
         inner_lr: initial value of every alpha (paper: drawn from [0.005, 0.1]).
     """
 
@@ -461,6 +542,7 @@ class MetaSGD(MAML):
         meta_lr: float = 0.001,
         loss: Any = None,
         vectorize: Union[str, bool] = "auto",
+        batch_norm: str = "transductive",
     ) -> None:
         super().__init__(
             model,
@@ -471,6 +553,7 @@ class MetaSGD(MAML):
             meta_lr=meta_lr,
             loss=loss,
             vectorize=vectorize,
+            batch_norm=batch_norm,
         )
         self.learning_rates = None
 
@@ -513,6 +596,7 @@ class ANIL(MAML):
     """
 
     _batched_inner_loop = False  # the head re-run on features computed once per task
+    _batch_norm_modes = False  # the body runs as plain layer calls, once per task
 
     def _prepare(self, task):
         super()._prepare(task)
@@ -560,3 +644,21 @@ class ANIL(MAML):
             detach=True,
         )
         return self._full_weights(fast)
+
+
+def _store_support_statistics(model, support_x):
+    """Sets every trainable BatchNormalization layer's moving statistics to the batch
+    statistics of `support_x` in `model` (momentum 0 for one training-mode call), so
+    inference normalises with the support's statistics (batch_norm="support")."""
+    from metalearn.keras.conv_layers import BatchNormalization
+
+    layers = [l for l in _leaf_layers(model, []) if isinstance(l, BatchNormalization)]
+    saved = [l.momentum for l in layers]
+    try:
+        for l in layers:
+            l.momentum = 0.0
+        with _core_no_grad():
+            model(to_tensor(support_x), training=True)
+    finally:
+        for l, m in zip(layers, saved):
+            l.momentum = m

@@ -78,6 +78,8 @@ class MAMLPlusPlus(MAML):
         cosine_annealing, total_epochs, min_meta_lr: CA (paper: 150 epochs; the official
             code's minimum 1e-5).
         epoch_length: meta-iterations per epoch.
+        batch_norm: the query's normalisation, as MAML's (each of the multi-step loss's
+            query passes uses it).
     """
 
     _batched_inner_loop = False  # step-dependent rates and losses: the per-task loop
@@ -100,6 +102,7 @@ class MAMLPlusPlus(MAML):
         total_epochs: int = 150,
         min_meta_lr: float = 1e-5,
         epoch_length: int = 500,
+        batch_norm: str = "transductive",
     ) -> None:
         who = type(self).__name__
         # every setting checked before anything is stored: a bad one changes nothing
@@ -124,6 +127,7 @@ class MAMLPlusPlus(MAML):
             loss=loss,
             vectorize=False,
             trace=False,
+            batch_norm=batch_norm,
         )
         self.multi_step_loss = multi_step_loss
         self.msl_epochs = msl_epochs
@@ -206,10 +210,11 @@ class MAMLPlusPlus(MAML):
             )
             lt = None
             for step, fast in trail:
-                out = self._forward(fast, qx)
+                out = self._query_forward(fast, qx, sx)
                 lq = self._loss_fn(batch.query_y[i], out)
                 term = lq * float(weights[step - 1])
                 lt = term if lt is None else lt + term
+            self._collect_statistics(fast, sx)
             # the metric is the last step's (what adapt gives)
             metrics.append(
                 self._metric(out, batch.query_y[i], lq.item()) if self.classification else lq.item()
@@ -218,10 +223,15 @@ class MAMLPlusPlus(MAML):
         return total * (1.0 / n), float(np.mean(metrics))
 
     def _meta_step(self, batch):
+        self._pending_statistics = []  # (what a failed earlier step may have left)
         meta_loss, metric = self._meta_loss(batch)
         params = self._meta_params()
-        grads = _core.grad(meta_loss, params)
-        self._check_meta_step(meta_loss, grads, params)
+        try:
+            grads = _core.grad(meta_loss, params)
+            self._check_meta_step(meta_loss, grads, params)
+        except BaseException:
+            self._flush_statistics(apply=False)  # a refused step changes nothing
+            raise
         opt = self.meta_optimizer
         if self.cosine_annealing:
             base = opt.learning_rate
@@ -232,6 +242,7 @@ class MAMLPlusPlus(MAML):
                 opt.learning_rate = base
         else:
             opt.apply_gradients(zip(grads, params))
+        self._flush_statistics()
         return float(meta_loss.item()), metric
 
     def __repr__(self):

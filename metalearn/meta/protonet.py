@@ -248,7 +248,7 @@ class ProtoNet(BaseMetaLearner):
         for s in step_list:
             yield s, (support_x, support_y)
 
-    def _query_output(self, fast, query_x):
+    def _query_output(self, fast, query_x, support_x=None):
         support_x, support_y = fast
         return self.episode_logits(support_x, support_y, query_x, training=False)
 
