@@ -172,7 +172,9 @@ class DataParallel:
     for any number of processes.
 
     Used by ``fit`` of MAML, FOMAML, MetaSGD, ANIL, Reptile and ProtoNet while the strategy is in
-    force (``with DataParallel().scope():`` or ``set_distribution``). At the start of
+    force (``with DataParallel().scope():`` or ``set_distribution``), and by every learner's
+    ``evaluate``, which splits the episodes between the ranks and returns on every rank the
+    numbers one process gives. At the start of
     ``fit`` the weights are broadcast from rank 0. Each meta-step: every rank draws the
     same meta-batch (the samplers are seeded alike), computes the meta-gradient of each of
     its tasks alone, gathers all the tasks' gradients and sums them in task order
@@ -221,6 +223,11 @@ class DataParallel:
             raise TypeError(
                 f"DataParallel: {type(learner).__name__}.fit is not data-parallel yet "
                 "(MAML, FOMAML, MetaSGD, ANIL, Reptile and ProtoNet are)"
+            )
+        if getattr(learner, "batch_norm", "transductive") == "running":
+            raise ValueError(
+                "DataParallel: batch_norm='running' is not supported yet (the moving "
+                "statistics are collected by the one-process meta-step)"
             )
         if size() > 1 and session_options.get("checkpoint_dir") is not None:
             raise ValueError(
@@ -311,6 +318,32 @@ class DataParallel:
                 f"DataParallel: the ranks' weights diverged at meta-step {step} "
                 f"(weight checksums by rank: {crcs})"
             )
+
+
+class _EvaluationShard:
+    """``evaluate`` under the strategy: this rank's contiguous block of the episodes, and
+    the gather of every rank's per-episode values into episode order (Allgatherv)."""
+
+    def __init__(self):
+        self.p, self.r = size(), rank()
+        self.is_root = self.r == 0
+
+    def block(self, n):
+        return _block(n, self.p, self.r)
+
+    def gather(self, values, n):
+        local = np.asarray(values, np.float64)
+        lo, hi = self.block(n)
+        if len(local) != hi - lo:  # a sampler that ran out before n: the ranks disagree
+            raise RuntimeError(
+                f"DataParallel evaluate: rank {self.r} evaluated {len(local)} episodes of its "
+                f"{hi - lo}"
+            )
+        counts = [_block(n, self.p, q)[1] - _block(n, self.p, q)[0] for q in range(self.p)]
+        displs = [_block(n, self.p, q)[0] for q in range(self.p)]
+        full = np.empty(n, np.float64)
+        _world().Allgatherv(local, [full, (counts, displs), _import_mpi().DOUBLE])
+        return full.tolist()
 
 
 # ------------------------------------------------------------------ per algorithm

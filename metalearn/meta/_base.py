@@ -724,6 +724,12 @@ class BaseMetaLearner:
                 mean ± 95 % interval, episodes, wall time, machine, version and commit);
                 ``python -m metalearn.report`` prints cards as a table.
 
+        Under a ``distributed.DataParallel`` strategy with several processes the episodes
+        are split between the ranks in contiguous blocks (every rank draws every task, and
+        adapts to its own block), the per-episode results are gathered in episode order,
+        and every rank returns the same numbers, bit for bit, as one process would; only
+        rank 0 shows progress and writes the card.
+
         Returns:
             ``{"accuracy" or "mse": mean over episodes, "ci95": 1.96 * std / sqrt(episodes),
             "loss": mean query loss, "episodes": n}``; with a list of steps, a dict from
@@ -753,8 +759,14 @@ class BaseMetaLearner:
             n_total = episodes or len(singles)
         else:
             n_total = 100 if episodes is None else episodes
+        shard = _evaluation_shard()
+        if shard is not None:
+            lo, hi = shard.block(n_total)
+            verbose = verbose if shard.is_root else 0
         progress = _Progress(n_total, verbose, unit="episode")
         for i, task in enumerate(_episodes(tasks, episodes, self.model, singles)):
+            if shard is not None and not lo <= i < hi:
+                continue  # another rank's episode (drawn here all the same: one stream)
             self._prepare(task)
             for s, fast in self._adaptation_curve(task.support_x, task.support_y, step_list):
                 with _core_no_grad():
@@ -764,6 +776,10 @@ class BaseMetaLearner:
                 results[s]["metric"].append(self._metric(out, task.query_y, lv))
             last = results[step_list[-1]]
             progress.update(i + 1, {self.metric_name: float(np.mean(last["metric"]))})
+        if shard is not None:  # every rank gets all episodes' results, in episode order
+            for s in step_list:
+                for key in ("metric", "loss"):
+                    results[s][key] = shard.gather(results[s][key], n_total)
         out = {}
         for s in step_list:
             m, ci = _mean_ci(results[s]["metric"])
@@ -773,7 +789,7 @@ class BaseMetaLearner:
                 "loss": float(np.mean(results[s]["loss"])),
                 "episodes": len(results[s]["metric"]),
             }
-        if card is not None:
+        if card is not None and (shard is None or shard.is_root):
             from metalearn.report import make_card, write_card
 
             write_card(card, make_card(self, tasks, out, time.perf_counter() - started))
@@ -786,3 +802,14 @@ class BaseMetaLearner:
 
     def __repr__(self):
         return f"<{type(self).__name__} model={getattr(self.model, 'name', '?')}>"
+
+
+def _evaluation_shard():
+    """The distributed strategy's share of an evaluation, or None in one process (the
+    distributed module is looked at only if it was imported: a strategy needs it)."""
+    import sys
+
+    dist = sys.modules.get("metalearn.distributed")
+    if dist is None or dist.distribution() is None or dist.size() < 2:
+        return None
+    return dist._EvaluationShard()

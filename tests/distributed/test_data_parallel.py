@@ -250,3 +250,37 @@ def test_an_exception_on_one_rank_ends_every_rank(tmp_path):
     assert res.returncode != 0
     assert "rank 1 fails on purpose" in res.stdout + res.stderr
     assert not (tmp_path / "x.npz").exists()
+
+
+# ------------------------------------------------------------------ evaluate
+
+EVAL_SCRIPT = HERE / "_evaluate_script.py"
+
+
+def _evaluate(tmp_path, algo, mode, procs=None, timeout=120):
+    out = tmp_path / f"eval-{algo}-{mode}-{procs}.json"
+    cmd = [sys.executable, str(EVAL_SCRIPT), algo, mode, str(out)]
+    if procs is not None:
+        cmd = [_mpiexec(), "--oversubscribe", "-n", str(procs)] + cmd
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return out.read_text()
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("algo", ["maml", "protonet"])
+def test_evaluate_splits_episodes_and_gives_one_process_numbers(tmp_path, algo):
+    """7 episodes over 2 and 3 ranks (blocks of 4+3 and 3+2+2): every rank returns the
+    mean and 95 % interval of one process, bit for bit (JSON floats round-trip)."""
+    plain = _evaluate(tmp_path, algo, "plain")
+    assert '"episodes": 7' in plain
+    for procs in (2, 3):
+        assert _evaluate(tmp_path, algo, "dp", procs) == plain
+
+
+def test_running_batch_norm_is_refused_by_data_parallel():
+    model = keras.Sequential([keras.layers.Dense(4, input_shape=(2,)), keras.layers.Dense(1)])
+    learner = MAML(model, batch_norm="running")
+    with distributed.DataParallel().scope():
+        with pytest.raises(ValueError, match="batch_norm='running'"):
+            learner.fit(ml.tasks.Sinusoid(seed=0), iterations=1, meta_batch_size=2, verbose=0)
