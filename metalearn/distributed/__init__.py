@@ -174,7 +174,11 @@ class DataParallel:
     Used by ``fit`` of MAML, FOMAML, MetaSGD, ANIL, Reptile and ProtoNet while the strategy is in
     force (``with DataParallel().scope():`` or ``set_distribution``), and by every learner's
     ``evaluate``, which splits the episodes between the ranks and returns on every rank the
-    numbers one process gives. At the start of
+    numbers one process gives. ``checkpoint_dir`` works as in one process: rank 0 writes
+    the checkpoints (every rank holds the same state) and every rank resumes from them, so
+    the folder must be one that every rank can read (a shared file system across
+    machines). A callback's ``stop_training`` or an expired ``time_budget`` on any rank
+    stops every rank after the same iteration. At the start of
     ``fit`` the weights are broadcast from rank 0. Each meta-step: every rank draws the
     same meta-batch (the samplers are seeded alike), computes the meta-gradient of each of
     its tasks alone, gathers all the tasks' gradients and sums them in task order
@@ -228,18 +232,6 @@ class DataParallel:
             raise ValueError(
                 "DataParallel: batch_norm='running' is not supported yet (the moving "
                 "statistics are collected by the one-process meta-step)"
-            )
-        if size() > 1 and session_options.get("checkpoint_dir") is not None:
-            raise ValueError(
-                "DataParallel: checkpoint_dir is not supported with several processes yet "
-                "(every rank would write the same folder)"
-            )
-        if size() > 1 and session_options.get("time_budget") is not None:
-            # each rank reads its own clock, so ranks would stop at different iterations and
-            # the collectives of the one that goes on would wait forever
-            raise ValueError(
-                "DataParallel: time_budget is not supported with several processes yet "
-                "(the ranks' clocks would stop them at different iterations)"
             )
 
     def _begin(self, learner) -> None:
@@ -307,6 +299,17 @@ class DataParallel:
         if p > 1 and self.check_every and self._steps % self.check_every == 0:
             self._compare_weights(learner, learner.iterations + 1)
         return loss_value, metric_value
+
+    def _agree(self, stop: bool, expired: bool):
+        """(stop, expired) agreed by every rank: true on all if true on any. A callback's
+        ``stop_training`` or a time budget read from one rank's clock would otherwise stop
+        that rank alone, and the others would wait forever in the next collective."""
+        if size() < 2:
+            return stop, expired
+        flags = np.array([int(stop), int(expired)], np.int64)
+        both = np.empty_like(flags)
+        _world().Allreduce(flags, both, op=_import_mpi().MAX)
+        return bool(both[0]), bool(both[1])
 
     def _compare_weights(self, learner, step):
         crc = 0

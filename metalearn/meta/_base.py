@@ -596,6 +596,7 @@ class BaseMetaLearner:
             dist._check_learner(
                 self, {"checkpoint_dir": checkpoint_dir, "time_budget": time_budget}
             )
+        from metalearn.distributed import is_root
         from ._session import FitSession
 
         session = FitSession(
@@ -609,6 +610,7 @@ class BaseMetaLearner:
             validate_every=validate_every,
             validation_episodes=validation_episodes,
             keep_best=keep_best,
+            write_checkpoints=dist is None or is_root(),
         )
         cbs = list(callbacks or [])
         for cb in cbs:
@@ -647,10 +649,14 @@ class BaseMetaLearner:
                     cb(it, logs)
             step = it + 1
             session.after_step(step, history)
-            if getattr(self.model, "stop_training", False):
+            stop = bool(getattr(self.model, "stop_training", False))
+            expired = _budget.expired(end) and step < iterations
+            if dist is not None:  # every rank stops at the same iteration, or none does
+                stop, expired = dist._agree(stop, expired)
+            if stop:
                 stopped = "stop_training"
                 break
-            if _budget.expired(end) and step < iterations:
+            if expired:
                 stopped = _budget.STOPPED_TIME_BUDGET
                 break
         session.finish(step, history)

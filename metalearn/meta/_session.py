@@ -35,8 +35,12 @@ class FitSession:
         validate_every: Optional[int] = None,
         validation_episodes: Optional[int] = None,
         keep_best: bool = False,
+        write_checkpoints: bool = True,
     ) -> None:
         self.learner = learner
+        # under a distributed strategy only rank 0 writes (every rank holds the same
+        # state); every rank reads the checkpoint to resume
+        self.write_checkpoints = bool(write_checkpoints)
         self.tasks = tasks
         self.iterations = iterations
         self.meta_batch_size = meta_batch_size
@@ -120,6 +124,9 @@ class FitSession:
         return ck.step
 
     def _save(self, step, history):
+        if not self.write_checkpoints:
+            self.saved_step = step
+            return
         state = {
             "learner_iterations": int(self.learner.iterations),
             "history": {

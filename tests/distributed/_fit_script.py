@@ -1,7 +1,8 @@
 """Run by tests/distributed (under mpiexec or alone): a short meta-training under a
 DataParallel strategy (or a plain fit), rank 0 writing the final weights and losses.
 
-    python _fit_script.py ALGO MODE META_BATCH OUT.npz     (MODE: dp, plain or fail)
+    python _fit_script.py ALGO MODE META_BATCH OUT.npz [CHECKPOINT_DIR ITERATIONS]
+    (MODE: dp, plain, fail or stop)
 """
 
 import contextlib
@@ -23,7 +24,7 @@ def classification_sampler(seed):
     )
 
 
-def main(algo, mode, meta_batch, out):
+def main(algo, mode, meta_batch, out, checkpoint_dir=None, iterations=4):
     ml.random.set_seed(0)
     if algo == "protonet":
         enc = keras.Sequential(
@@ -51,14 +52,36 @@ def main(algo, mode, meta_batch, out):
         learner = Reptile(model) if algo == "reptile" else cls[algo](model, inner_lr=0.01, **kwargs)
         tasks = ml.tasks.Sinusoid(k_shot=5, q_queries=5, seed=0)
     scope = distributed.DataParallel(check_every=2).scope() if mode != "plain" else None
+    kwargs = {}
+    if checkpoint_dir:  # exact resume: this run goes to `iterations` from the checkpoint
+        kwargs = {"checkpoint_dir": checkpoint_dir, "checkpoint_every": 1}
+    if mode == "stop":  # rank 1 alone asks to stop after the second meta-step
+
+        def stop_on_rank_1(it, logs):
+            if distributed.rank() == 1 and it == 1:
+                model.stop_training = True
+
+        kwargs["callbacks"] = [stop_on_rank_1]
     with scope or contextlib.nullcontext():
         if mode == "fail" and distributed.rank() == 1:
             raise RuntimeError("rank 1 fails on purpose")
-        hist = learner.fit(tasks, iterations=4, meta_batch_size=meta_batch, verbose=0)
+        hist = learner.fit(
+            tasks, iterations=iterations, meta_batch_size=meta_batch, verbose=0, **kwargs
+        )
+    if distributed.size() > 1:  # every rank ran the same iterations
+        assert len(set(distributed.comm().allgather(len(hist["loss"])))) == 1
     if distributed.is_root():
         arrays = {f"w{i}": w for i, w in enumerate(model.get_weights())}
         np.savez(out, loss=np.asarray(hist["loss"]), size=distributed.size(), **arrays)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    extra = sys.argv[5:7]
+    main(
+        sys.argv[1],
+        sys.argv[2],
+        int(sys.argv[3]),
+        sys.argv[4],
+        extra[0] if extra else None,
+        int(extra[1]) if len(extra) > 1 else 4,
+    )

@@ -54,11 +54,11 @@ def _mpiexec():
     return exe
 
 
-def _run(tmp_path, algo, mode, meta_batch, procs=None, timeout=120):
+def _run(tmp_path, algo, mode, meta_batch, procs=None, timeout=120, extra=(), tag=""):
     """Runs the script (under `mpiexec -n procs`, or alone when procs is None); returns the
     rank-0 result file's arrays."""
-    out = tmp_path / f"{algo}-{mode}-{meta_batch}-{procs}.npz"
-    cmd = [sys.executable, str(SCRIPT), algo, mode, str(meta_batch), str(out)]
+    out = tmp_path / f"{algo}-{mode}-{meta_batch}-{procs}{tag}.npz"
+    cmd = [sys.executable, str(SCRIPT), algo, mode, str(meta_batch), str(out), *extra]
     if procs is not None:
         cmd = [_mpiexec(), "--oversubscribe", "-n", str(procs)] + cmd
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
@@ -165,32 +165,6 @@ def test_one_process_strategy_gives_reptiles_loop_bits():
         assert a.tobytes() == b.tobytes()
 
 
-def test_strategy_refuses_checkpoints_over_several_processes_only(tmp_path, monkeypatch):
-    model, maml = _sinusoid_maml(True)
-    before = model.get_weights()
-    monkeypatch.setattr(distributed, "size", lambda: 2)
-    with distributed.DataParallel().scope():
-        with pytest.raises(ValueError, match="checkpoint_dir is not supported"):
-            maml.fit(ml.tasks.Sinusoid(seed=0), iterations=1, checkpoint_dir=tmp_path, verbose=0)
-    assert list(tmp_path.iterdir()) == [] and maml.iterations == 0  # nothing happened
-    for a, b in zip(before, model.get_weights()):
-        assert a.tobytes() == b.tobytes()
-    assert distributed.distribution() is None
-
-
-def test_strategy_refuses_a_time_budget_over_several_processes(monkeypatch):
-    """Each rank reads its own clock: a budget would stop ranks at different iterations."""
-    model, maml = _sinusoid_maml(True)
-    before = model.get_weights()
-    monkeypatch.setattr(distributed, "size", lambda: 2)
-    with distributed.DataParallel().scope():
-        with pytest.raises(ValueError, match="time_budget is not supported"):
-            maml.fit(ml.tasks.Sinusoid(seed=0), iterations=1, time_budget=10, verbose=0)
-    assert maml.iterations == 0
-    for a, b in zip(before, model.get_weights()):
-        assert a.tobytes() == b.tobytes()
-
-
 def test_strategy_refuses_the_metalearner_instead_of_running_it_on_one_process():
     from metalearn.meta import MetaLearner
 
@@ -284,3 +258,23 @@ def test_running_batch_norm_is_refused_by_data_parallel():
     with distributed.DataParallel().scope():
         with pytest.raises(ValueError, match="batch_norm='running'"):
             learner.fit(ml.tasks.Sinusoid(seed=0), iterations=1, meta_batch_size=2, verbose=0)
+
+
+@pytest.mark.mpi
+def test_checkpoints_over_two_processes_resume_to_the_same_bits(tmp_path):
+    """Rank 0 writes the checkpoints; a second mpiexec resumes from them on every rank and
+    ends with the weights of an uninterrupted run."""
+    whole = _run(tmp_path, "maml", "dp", 4, 2)  # 4 iterations straight
+    ckpt = tmp_path / "ckpt"
+    half = _run(tmp_path, "maml", "dp", 4, 2, extra=(str(ckpt), "2"), tag="-half")
+    assert len(half["loss"]) == 2 and (ckpt).is_dir()
+    resumed = _run(tmp_path, "maml", "dp", 4, 2, extra=(str(ckpt), "4"), tag="-resumed")
+    for a, b in zip(_weights(whole), _weights(resumed)):
+        assert a.tobytes() == b.tobytes()
+    assert whole["loss"].tobytes() == resumed["loss"].tobytes()
+
+
+@pytest.mark.mpi
+def test_stop_training_on_one_rank_stops_every_rank_at_the_same_iteration(tmp_path):
+    got = _run(tmp_path, "maml", "stop", 4, 2)  # the script asserts equal lengths per rank
+    assert len(got["loss"]) == 2
