@@ -10,11 +10,18 @@ data instead. ``python -m metalearn --help`` lists the options.
 the same on another few-shot benchmark (its files read from FOLDER, never downloaded) with
 the conv4 network sized for its images.
 
+Under an MPI launcher (``mpiexec -n P python -m metalearn ...``, with ``pip install
+'metalearn[mpi]'``) the demo meta-trains and evaluates data-parallel
+(``metalearn.distributed.DataParallel``): the weights it writes with ``--output`` are the
+same bits for any P, and only rank 0 prints and writes.
+
 ``python -m metalearn train | evaluate | recognise`` learn from and recognise a folder of
 your own images (``metalearn._cli``; ``python -m metalearn train --help``).
 """
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import sys
@@ -415,12 +422,42 @@ def _run(args):
     model = make_model()
     learner = _learner(args, model, inner_lr, inner_steps)
     episodes = args.episodes or (None if args.task == "sinusoid" else 100)
+    from metalearn import distributed
+
+    # under an MPI launcher (even with one process, so that P = 1 gives the bits of P = 2)
+    # the strategy splits each meta-batch and the evaluations between the ranks
+    launched = distributed._wants_mpi()
+    scope = distributed.DataParallel().scope() if launched else contextlib.nullcontext()
+    quiet = launched and not distributed.is_root()
+    with scope, contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        return _train_and_report(
+            args,
+            learner,
+            model,
+            train,
+            test,
+            dict(episodes=episodes, iterations=iterations, batch=batch, steps=steps),
+            title,
+            (inner_lr, inner_steps),
+            t_start,
+            quiet,
+        )
+
+
+def _train_and_report(args, learner, model, train, test, budget, title, inner, t_start, quiet):
+    """Meta-trains, evaluates before and after, prints the table (and saves with
+    --output); `budget`: episodes, iterations, meta-batch size and the step counts."""
+    episodes, iterations = budget["episodes"], budget["iterations"]
+    batch, steps = budget["batch"], budget["steps"]
+    inner_lr, inner_steps = inner
     print(f"metalearn demo: {title}")
     print(f"  {model.count_params()} weights, {iterations} meta-iterations of {batch} task(s)")
     if inner_lr is not None:
         print(f"  inner loop: {inner_steps} step(s) of size {inner_lr:g} while meta-training")
     before = learner.evaluate(test, episodes=episodes, steps=steps)
-    history = learner.fit(train, iterations=iterations, meta_batch_size=batch, verbose=args.verbose)
+    history = learner.fit(
+        train, iterations=iterations, meta_batch_size=batch, verbose=0 if quiet else args.verbose
+    )
     after = learner.evaluate(test, episodes=episodes, steps=steps, verbose=0)
     metric = learner.metric_name
     n_eval = (after[steps[0]] if isinstance(after, dict) and steps[0] in after else after)[
@@ -436,7 +473,7 @@ def _run(args):
         )
         print(f"  {label:26s}{_fmt(before[s], metric):>22s}{_fmt(after[s], metric):>22s}")
     print(f"Wall time: {time.perf_counter() - t_start:.1f} s")
-    if args.output:
+    if args.output and not quiet:
         _save(args, learner, model, history, before, after, steps, test)
     return 0
 

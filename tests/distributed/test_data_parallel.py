@@ -278,3 +278,22 @@ def test_checkpoints_over_two_processes_resume_to_the_same_bits(tmp_path):
 def test_stop_training_on_one_rank_stops_every_rank_at_the_same_iteration(tmp_path):
     got = _run(tmp_path, "maml", "stop", 4, 2)  # the script asserts equal lengths per rank
     assert len(got["loss"]) == 2
+
+
+@pytest.mark.mpi
+def test_the_demo_under_mpiexec_writes_the_same_weights_for_one_and_two_processes(tmp_path):
+    """`mpiexec -n P python -m metalearn ... --output DIR`: data-parallel, the same bits
+    for P = 1 and 2, rank 0 alone printing and writing."""
+    files, outs = {}, {}
+    for procs in (1, 2):
+        out = tmp_path / f"p{procs}"
+        cmd = [_mpiexec(), "--oversubscribe", "-n", str(procs), sys.executable, "-m", "metalearn"]
+        cmd += ["--iterations", "6", "--meta-batch-size", "4", "--episodes", "5"]
+        cmd += ["--seed", "3", "--verbose", "0", "--output", str(out)]
+        res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert res.stdout.count("metalearn demo:") == 1  # rank 0 alone prints
+        files[procs] = (out / "meta_model.weights").read_bytes()
+        outs[procs] = [ln for ln in res.stdout.splitlines() if "after" in ln or "before" in ln]
+    assert files[1] == files[2]
+    assert outs[1] == outs[2]  # the evaluation table too (sharded over the ranks)
