@@ -216,17 +216,20 @@ class TestOnBatch:
         almost_equal(model.train_on_batch(x, y, sw)[0], 14.217)
         almost_equal(model.test_on_batch(x, y, sw)[0], 13.476)
         all_close(model.predict_on_batch(x)[0], [3.689468] * 3, atol=1e-5, rtol=1e-5)
+        # with class weights: y is one-hot-shaped zeros, so every sample is class 0
+        # (argmax), weight 0.2 (the value ends Keras' test_on_batch_methods)
+        almost_equal(model.train_on_batch(x, y, class_weight={1: 0.3, 0: 0.2})[0], 2.722)
 
-    def test_class_weight_is_refused(self):
-        # DELIBERATE DIFFERENCE (test_on_batch_methods ends with
-        # train_on_batch(x, y, class_weight={1: 0.3, 0: 0.2}) = 2.722): metalearn does not
-        # implement class weights and refuses them with NotImplementedError, before any step.
+    def test_class_weight_with_sample_weight_is_refused(self):
+        # Keras 3 (torch trainer's train_on_batch): "Arguments `sample_weight` and
+        # `class_weight` cannot be specified at the same time"; nothing changes
         model = compiled_example()
         x, y = np.ones((100, 4), np.float32), np.zeros((100, 3), np.float32)
         model(x[:1])
-        with pytest.raises(NotImplementedError, match="class_weight"):
-            model.train_on_batch(x, y, class_weight={1: 0.3, 0: 0.2})
+        with pytest.raises(ValueError, match="`sample_weight` and `class_weight`"):
+            model.train_on_batch(x, y, sample_weight=np.ones(100), class_weight={0: 0.2})
         all_close(model.get_weights()[0], np.ones((4, 3)))
+        assert int(model.optimizer.iterations) == 0
 
     def test_on_batch_methods_without_training(self):
         # trainer_test.py::TestTrainer::test_on_batch_methods_without_training (compiled
