@@ -1329,10 +1329,13 @@ class Model(_layers.Layer):
                 class_weight,
                 custom,
             )
-            params = self._train_params()
+            params = None
+            built = []  # the variables, once the first batch has built the model
 
-            def step_fn(xb, yb, params, swb):  # each batch may or may not carry weights
-                return self._make_train_step(params, swb)(xb, yb, params, swb)
+            def step_fn(xb, yb, _, swb):  # each batch may or may not carry weights
+                if not built:
+                    built.append(self._train_params(stacklevel=5))
+                return self._make_train_step(built[0], swb)(xb, yb, built[0], swb)
 
         else:
             (x, y, sw), validation = self._check_fit_data(
