@@ -478,3 +478,33 @@ def test_unpack_and_pack_helpers():
     assert utils.pack_x_y_sample_weight(1, 2) == (1, 2)
     with pytest.raises(ValueError, match="length 4"):
         utils.unpack_x_y_sample_weight((1, 2, 3, 4))
+
+
+def test_generators_that_run_out_in_predict_and_evaluate():
+    model = example_model()
+
+    def two():
+        for _ in range(2):
+            yield np.ones((3, 4), np.float32), np.zeros((3, 3), np.float32)
+
+    with pytest.warns(UserWarning, match="ran out of data"):
+        assert model.predict(two(), steps=5, verbose=0).shape == (6, 3)
+    with pytest.warns(UserWarning, match="ran out of data"):
+        assert model.evaluate(two(), steps=5, verbose=0) == pytest.approx([16.0, 16.0])
+    with pytest.raises(ValueError, match="gave no batch"):
+        model.predict(iter([]), verbose=0)
+
+
+def test_class_weight_refused_for_several_outputs():
+    inp = layers.Input((3,))
+    a, b = layers.Dense(2, name="a")(inp), layers.Dense(2, name="b")(inp)
+    m = models.Model(inp, [a, b])
+    m.compile(optimizer="sgd", loss=["mse", "mse"])
+    x, y = np.ones((4, 3), np.float32), np.zeros((4, 2), np.float32)
+    before = [w.copy() for w in m.get_weights()]
+    with pytest.raises(ValueError, match="single output"):
+        m.fit(x, [y, y], class_weight={0: 2.0}, verbose=0)
+    with pytest.raises(ValueError, match="single output"):
+        m.train_on_batch(x, [y, y], class_weight={0: 2.0})
+    for u, v in zip(m.get_weights(), before):
+        np.testing.assert_array_equal(u, v)
