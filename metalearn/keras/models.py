@@ -790,13 +790,15 @@ class Model(_layers.Layer):
         params = self.trainable_variables
         y_pred = self(x, training=True)
         loss = self._compute_loss_call(x, y, y_pred, sample_weight, training=True)
-        self._track_loss(loss, x)
         if params:
             grads = _core.grad(loss, params, create_graph=False, allow_unused=True)
+            if _debugging._numerics_checks:  # as the built-in eager step: before any change
+                _debugging._check_step(self, loss, grads, params, x, y)
             if any(g is None for g in grads):
                 self.optimizer.apply_gradients(zip(grads, params))
             else:
                 self.optimizer._apply(params, grads)
+        self._track_loss(loss, x)
         return self.compute_metrics(x, y, y_pred, sample_weight)
 
     def test_step(self, data: Any) -> Dict[str, Any]:

@@ -508,3 +508,23 @@ def test_class_weight_refused_for_several_outputs():
         m.train_on_batch(x, [y, y], class_weight={0: 2.0})
     for u, v in zip(m.get_weights(), before):
         np.testing.assert_array_equal(u, v)
+
+
+def test_check_numerics_applies_to_the_default_train_step_of_an_override():
+    class Passthrough(models.Sequential):
+        def train_step(self, data):
+            return super().train_step(data)
+
+    m = Passthrough([layers.Input((4,)), layers.Dense(3, use_bias=False)])
+    m.compile(optimizer="sgd", loss="mse")
+    before = m.get_weights()[0].copy()
+    y = np.zeros((4, 3), np.float32)
+    y[0, 0] = np.nan
+    ml.debugging.enable_check_numerics()
+    try:
+        with pytest.raises(ml.debugging.NonFiniteError, match="targets"):
+            m.fit(np.ones((4, 4), np.float32), y, verbose=0)
+    finally:
+        ml.debugging.disable_check_numerics()
+    np.testing.assert_array_equal(m.get_weights()[0], before)
+    assert int(m.optimizer.iterations) == 0
