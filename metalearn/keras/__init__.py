@@ -11,7 +11,7 @@ Same names and defaults as tf.keras, over the C core::
 """
 
 from . import activations, backend, callbacks, initializers, layers, losses, metrics, models
-from . import optimizers, regularizers, saving, utils
+from . import ops, optimizers, regularizers, saving, utils
 from .layers import Input, Layer
 from .models import Model, Sequential
 
@@ -24,6 +24,7 @@ __all__ = [
     "losses",
     "metrics",
     "models",
+    "ops",
     "optimizers",
     "regularizers",
     "saving",

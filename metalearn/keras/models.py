@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from metalearn._typing import ArrayLike, Config, Shape
-import itertools
 import math
 import os
 import warnings
@@ -34,7 +33,10 @@ from . import metrics as _metrics
 from . import optimizers as _optimizers
 from .epoch_iterator import EpochIterator, train_validation_split
 from .epoch_iterator import BatchIterator, RAN_OUT, is_batch_iterator
+from .epoch_iterator import PyDatasetIterator, is_py_dataset
+from .epoch_iterator import check_class_weight, class_weight_to_sample_weights
 from . import saving as _saving
+from . import utils as _utils
 from . import functional as _graph
 from . import compile_utils as _compile_utils
 
@@ -81,6 +83,38 @@ def _tensors(a, targets=False):
     if targets:
         return _core.as_tensor(np.ascontiguousarray(a, dtype=np.float32))
     return _core.as_tensor(a)
+
+
+_takes_training_cache: Dict[Any, bool] = {}
+
+
+def _pythonify(logs):
+    """A step's logs as Python numbers (a scalar tensor or array becomes a float)."""
+    if logs is None:
+        return {}
+    if not isinstance(logs, dict):
+        raise TypeError(
+            f"train_step/test_step must return a dict of logs, got {type(logs).__name__}"
+        )
+    out = {}
+    for k, v in logs.items():
+        if isinstance(v, (_core.Tensor, np.ndarray, np.generic)):
+            a = np.asarray(v)
+            v = float(a) if a.size == 1 else np.array(a, copy=True)
+        out[k] = v
+    return out
+
+
+class _grad_on:
+    """Grad mode on inside a ``with`` block (restored after)."""
+
+    def __enter__(self):
+        self._prev = _core.is_grad_enabled()
+        _core.set_grad_enabled(True)
+
+    def __exit__(self, *exc):
+        _core.set_grad_enabled(self._prev)
+        return False
 
 
 def _verbose(verbose):
@@ -466,12 +500,13 @@ class Model(_layers.Layer):
         self._compiled_metrics = [m for _, m, _ in entries]
         self._metrics_resolved = True
 
-    def _check_compiled(self, what):
+    def _check_compiled(self, what, custom=False):
         if not self._is_compiled:
             raise RuntimeError(
                 f"You must compile your model before {what}. Use `model.compile(optimizer, loss)`."
             )
-        if self.compiled_loss is None and self._pending_loss is None:
+        # an overridden train_step/test_step may compute its own loss (Keras 3)
+        if not custom and self.compiled_loss is None and self._pending_loss is None:
             raise ValueError(f"{what}: the model was compiled without a loss")
         if what == "training" and self.optimizer is None:
             raise ValueError(
@@ -654,11 +689,169 @@ class Model(_layers.Layer):
         y: Any = None,
         y_pred: Any = None,
         sample_weight: Optional[ArrayLike] = None,
+        training: bool = True,
     ) -> _core.Tensor:
         """The compiled loss of `y_pred` against `y` plus ``sum(self.losses)`` (the
-        regularizers' penalties), as Keras 3 (a scalar tensor)."""
+        regularizers' penalties), as Keras 3 (a scalar tensor). A subclass may override it
+        (with or without the `training` argument): ``fit``, ``evaluate``, ``train_on_batch``
+        and ``test_on_batch`` then call it through ``train_step``/``test_step``."""
         self._resolve_loss(y, y_pred)
         return self._total_loss(y, y_pred, sample_weight)
+
+    # ------------------------------------------------ Keras 3's step methods
+    # fit/evaluate/predict run the fast (traced or eager) step below when a subclass
+    # overrides none of these; otherwise they call them, as Keras 3 does, batch by batch.
+    _STEP_HOOKS = {
+        "train": ("train_step", "compute_loss", "compute_metrics"),
+        "test": ("test_step", "compute_loss", "compute_metrics"),
+        "predict": ("predict_step",),
+    }
+
+    def _overrides(self, kind):
+        """Whether a subclass overrides a step method that `kind` (train/test/predict)
+        must call, so that the built-in loop (and its traced step) may not be used."""
+        cls = type(self)
+        return any(getattr(cls, n) is not getattr(Model, n) for n in self._STEP_HOOKS[kind])
+
+    @property
+    def _loss_tracker(self):
+        tracker = self.__dict__.get("_loss_tracker_metric")
+        if tracker is None:
+            tracker = _metrics.Mean(name="loss")
+            object.__setattr__(self, "_loss_tracker_metric", tracker)
+        return tracker
+
+    def _tracked_metrics(self):
+        """Metrics assigned as attributes of the model or its layers (Keras 3 tracks
+        them: they appear in the logs of the step methods and are reset each epoch)."""
+        out, seen, stack = [], {id(m) for m in self._compiled_metrics}, [self]
+        seen_layers = set()
+        while stack:
+            layer = stack.pop()
+            if id(layer) in seen_layers:
+                continue
+            seen_layers.add(id(layer))
+            for name, value in vars(layer).items():
+                if isinstance(value, _metrics.Metric) and id(value) not in seen:
+                    if name == "_loss_tracker_metric":
+                        continue
+                    seen.add(id(value))
+                    out.append(value)
+            stack.extend(sub for _, sub in reversed(layer._sublayers))
+        return out
+
+    def _compute_loss_call(self, x, y, y_pred, sample_weight, training):
+        """self.compute_loss, with `training` only when an override takes it (Keras 3
+        keeps overrides written before the argument working)."""
+        fn = type(self).compute_loss
+        takes = _takes_training_cache.get(fn)
+        if takes is None:
+            import inspect
+
+            try:
+                takes = "training" in inspect.signature(fn).parameters
+            except (TypeError, ValueError):
+                takes = False
+            _takes_training_cache[fn] = takes
+        if takes:
+            return self.compute_loss(x, y, y_pred, sample_weight, training=training)
+        return self.compute_loss(x, y, y_pred, sample_weight)
+
+    def _track_loss(self, loss, x):
+        """The loss tracker's update, weighted by the batch size (Keras 3)."""
+        n = len(x.arrays[0]) if isinstance(x, _graph.Columns) else len(x)
+        self._loss_tracker.update_state(
+            np.array([float(np.asarray(loss))]), np.array([float(n)], np.float32)
+        )
+
+    def train_step(self, data: Any) -> Dict[str, Any]:
+        """One training step on one batch, as Keras 3's ``train_step``: the forward pass,
+        ``compute_loss``, the gradient of the loss over ``trainable_variables``, one
+        optimizer step and ``compute_metrics``; returns the logs.
+
+        `data` is ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``
+        (``keras.utils.unpack_x_y_sample_weight`` takes it apart). Override it for a
+        custom training step; a Keras 3 step ports as::
+
+            def train_step(self, data):
+                x, y = data
+                with metalearn.GradientTape() as tape:   # TF backend: tf.GradientTape
+                    y_pred = self(x, training=True)
+                    loss = self.compute_loss(y=y, y_pred=y_pred)
+                grads = tape.gradient(loss, self.trainable_variables)
+                self.optimizer.apply(grads, self.trainable_variables)
+                return self.compute_metrics(x, y, y_pred)
+
+        (PyTorch backend: ``loss.backward()`` and ``p.value.grad`` become the tape's
+        ``gradient``; JAX's stateless step has no counterpart.) ``fit`` then calls it for
+        every batch with grad mode on, eagerly: the traced fast path is not used.
+        """
+        x, y, sample_weight = _utils.unpack_x_y_sample_weight(data)
+        params = self.trainable_variables
+        y_pred = self(x, training=True)
+        loss = self._compute_loss_call(x, y, y_pred, sample_weight, training=True)
+        if params:
+            grads = _core.grad(loss, params, create_graph=False, allow_unused=True)
+            if _debugging._numerics_checks:  # as the built-in eager step: before any change
+                _debugging._check_step(self, loss, grads, params, x, y)
+            if any(g is None for g in grads):
+                self.optimizer.apply_gradients(zip(grads, params))
+            else:
+                self.optimizer._apply(params, grads)
+        self._track_loss(loss, x)
+        return self.compute_metrics(x, y, y_pred, sample_weight)
+
+    def test_step(self, data: Any) -> Dict[str, Any]:
+        """One evaluation step, as Keras 3's ``test_step``: the forward pass in inference
+        mode, ``compute_loss(training=False)`` and ``compute_metrics``; returns the logs.
+        ``evaluate`` (and fit's validation) call an override for every batch."""
+        x, y, sample_weight = _utils.unpack_x_y_sample_weight(data)
+        y_pred = self(x, training=False)
+        loss = self._compute_loss_call(x, y, y_pred, sample_weight, training=False)
+        self._track_loss(loss, x)
+        return self.compute_metrics(x, y, y_pred, sample_weight)
+
+    def predict_step(self, data: Any) -> Any:
+        """The model's output on one batch (``data``: ``(x,)`` or x), as Keras 3's
+        ``predict_step``; ``predict`` calls an override for every batch."""
+        x, _, _ = _utils.unpack_x_y_sample_weight(data)
+        return self(x, training=False)
+
+    def compute_metrics(
+        self, x: Any, y: Any, y_pred: Any, sample_weight: Optional[ArrayLike] = None
+    ) -> Dict[str, Any]:
+        """Updates the compiled metrics with a batch and returns
+        ``get_metrics_result()``, as Keras 3."""
+        if y is not None and self._is_compiled and self.compiled_loss is not None:
+            self._update_metrics(y, y_pred, sample_weight)
+        return self.get_metrics_result()
+
+    def get_metrics_result(self) -> Dict[str, Any]:
+        """The current value of every metric, by log key: ``loss`` (the loss tracker) and
+        the compiled metrics when a loss is compiled, then the metrics the model tracks
+        as attributes, as Keras 3."""
+        logs = {}
+        if self._is_compiled and (self.compiled_loss is not None or self._pending_loss):
+            logs = self._logs(self._loss_tracker.result())
+        for m in self._tracked_metrics():
+            logs[m.name] = m.result()
+        return logs
+
+    def reset_metrics(self) -> None:
+        """Resets the state of every metric (the loss tracker, compiled and tracked
+        metrics, and what ``metrics`` lists), as Keras 3."""
+        self._reset_metrics()
+        self._loss_tracker.reset_state()
+        for m in self._tracked_metrics() + list(self.metrics):
+            m.reset_state()
+
+    def _get_metrics_result_or_logs(self, logs):
+        """The epoch's logs, as Keras 3: the metrics' results when the step's logs have
+        the same keys, else the last step's logs (a custom step returning its own)."""
+        metric_logs = self.get_metrics_result()
+        if isinstance(logs, dict) and set(logs) == set(metric_logs):
+            return metric_logs
+        return logs
 
     def _total_loss(self, y, y_pred, sample_weight):
         """The compiled loss plus every penalty in ``self.losses`` (weight and activity
@@ -884,27 +1077,54 @@ class Model(_layers.Layer):
         The batch is checked as in ``fit`` before anything runs (an empty batch, lengths,
         sparse labels; the model and loss on two samples once per data signature): a
         refused batch changes no weight, no moving statistic, no optimizer step.
+        `class_weight` (``{class index: weight}``) gives each sample the weight of its
+        class, as Keras 3 (not together with `sample_weight`). An overridden
+        ``train_step`` is called with the batch.
 
         Returns:
             The loss (a float), or ``[loss, *metrics]`` when metrics are compiled, or a dict
             with ``return_dict``.
         """
-        self._check_compiled("training")
-        if class_weight is not None:
-            raise NotImplementedError("train_on_batch: class_weight is not supported")
-        x, y, sw = self._check_data("train_on_batch", x, y, sample_weight)
-        self._dry_run("train_on_batch", x, y, sw)
+        custom = self._overrides("train")
+        self._check_compiled("training", custom)
+        x, y, sw = self._check_data("train_on_batch", x, y, sample_weight, need_y=not custom)
+        sw = self._class_sample_weights("train_on_batch", y, sw, class_weight, sample_weight)
+        self._dry_run("train_on_batch", x, self._y_for_checks(y), sw)
+        if custom:
+            if reset_metrics:
+                self.reset_metrics()
+            with _grad_on():
+                logs = _pythonify(self.train_step(_utils.pack_x_y_sample_weight(x, y, sw)))
+            return self._format_result(logs, return_dict, custom=True)
         params = self._train_params()
         if reset_metrics:
             self._reset_metrics()
-        prev = _core.is_grad_enabled()
-        _core.set_grad_enabled(True)
-        try:
+        with _grad_on():
             loss, y_pred = self._make_train_step(params, sw)(x, y, params, sw)
-        finally:
-            _core.set_grad_enabled(prev)
         self._update_metrics(y, y_pred, sw)
         return self._format_result(self._logs(loss.item()), return_dict)
+
+    def _y_for_checks(self, y):
+        """y for _dry_run: None when no loss is compiled (a custom step computes its own)."""
+        return y if (self.compiled_loss is not None or self._pending_loss) else None
+
+    def _class_sample_weights(self, where, y, sw, class_weight, given_sw):
+        """The sample weights `class_weight` gives (checked), or `sw` when it is None."""
+        if class_weight is None:
+            return sw
+        if given_sw is not None:
+            raise ValueError(
+                f"{where}: Arguments `sample_weight` and `class_weight` cannot be specified "
+                "at the same time"
+            )
+        class_weight = check_class_weight(class_weight, where)
+        if self._multi_out:
+            raise ValueError(
+                f"{where}: `class_weight` is only supported for Models with a single output"
+            )
+        if y is None:
+            raise ValueError(f"{where}: class_weight needs the targets y")
+        return class_weight_to_sample_weights(y, class_weight)
 
     def test_on_batch(
         self,
@@ -914,10 +1134,18 @@ class Model(_layers.Layer):
         reset_metrics: bool = True,
         return_dict: bool = False,
     ) -> Any:
-        """The loss (and metrics) on one batch, without training."""
-        self._check_compiled("evaluating")
-        x, y, sw = self._check_data("test_on_batch", x, y, sample_weight)
-        self._dry_run("test_on_batch", x, y, sw)
+        """The loss (and metrics) on one batch, without training (an overridden
+        ``test_step`` is called with the batch)."""
+        custom = self._overrides("test")
+        self._check_compiled("evaluating", custom)
+        x, y, sw = self._check_data("test_on_batch", x, y, sample_weight, need_y=not custom)
+        self._dry_run("test_on_batch", x, self._y_for_checks(y), sw)
+        if custom:
+            if reset_metrics:
+                self.reset_metrics()
+            with _no_grad():
+                logs = _pythonify(self.test_step(_utils.pack_x_y_sample_weight(x, y, sw)))
+            return self._format_result(logs, return_dict, custom=True)
         if reset_metrics:
             self._reset_metrics()
         with _no_grad():
@@ -927,19 +1155,40 @@ class Model(_layers.Layer):
         return self._format_result(self._logs(loss.item()), return_dict)
 
     def predict_on_batch(self, x: Any) -> np.ndarray:
-        """The model's output on one batch, as a NumPy array."""
+        """The model's output on one batch, as a NumPy array (an overridden
+        ``predict_step`` is called with ``(x,)``)."""
         x, _, _ = self._check_data("predict_on_batch", x, None, None, need_y=False)
         with _no_grad():
-            out = self(x, training=False)
-            if self._multi_out:
-                flat = _compile_utils.flat_outputs(out, self.output_names, "predict_on_batch")
-                return self._by_output_names([np.array(o, copy=True) for o in flat])
-            return np.array(out, copy=True)
+            return self._predict_outputs(x, "predict_on_batch")
 
-    def _format_result(self, logs, return_dict):
+    def _predict_outputs(self, xb, where):
+        """One batch's outputs as NumPy arrays (through predict_step when overridden): an
+        array, or for several outputs a list in output order."""
+        if self._overrides("predict"):
+            out = self.predict_step((xb,))
+        else:
+            out = self(xb, training=False)
+        if self._multi_out:
+            flat = _compile_utils.flat_outputs(out, self.output_names, where)
+            return [np.array(o, copy=True) for o in flat]
+        if isinstance(out, (list, tuple, dict)):  # a custom predict_step's structure
+            return (
+                type(out)(np.array(o, copy=True) for o in out)
+                if not isinstance(out, dict)
+                else {k: np.array(v, copy=True) for k, v in out.items()}
+            )
+        return np.array(out, copy=True)
+
+    def _format_result(self, logs, return_dict, custom=False):
         if return_dict:
             return logs
-        values = list(logs.values())
+        if custom:  # Keras 3's _flatten_metrics_in_order: known metrics first, then sorted
+            names = ["loss"] + [k for k, _, _ in self._metric_entries]
+            names += [m.name for m in self._tracked_metrics()]
+            values = [logs[k] for k in names if k in logs]
+            values += [logs[k] for k in sorted(logs) if k not in names]
+        else:
+            values = list(logs.values())
         return values[0] if len(values) == 1 else values
 
     # --------------------------------------------------------------------- fit
@@ -961,44 +1210,61 @@ class Model(_layers.Layer):
         steps_per_epoch: Optional[int] = None,
         validation_steps: Optional[int] = None,
         time_budget: Optional[float] = None,
+        class_weight: Optional[Dict[int, float]] = None,
     ) -> _callbacks.History:
         """Trains the model for a fixed number of epochs.
 
         Args:
-            x: inputs, array-like ``(samples, ...)``; or a Python generator or iterator of
-                batches ``(x, y)`` or ``(x, y, sample_weight)`` (y and sample_weight then
-                not passed; batch_size and shuffle do not apply), as Keras 3.
+            x: inputs, array-like ``(samples, ...)``; or a ``keras.utils.PyDataset``; or a
+                Python generator or iterator of batches ``(x, y)`` or ``(x, y,
+                sample_weight)`` (y and sample_weight then not passed; batch_size does not
+                apply), as Keras 3.
             y: targets, ``(samples, ...)`` (integers for sparse losses).
             batch_size: samples per gradient step (default 32).
-            epochs: index of the last epoch (training runs ``initial_epoch..epochs-1``).
+            epochs: index of the last epoch (training runs ``initial_epoch..epochs-1``;
+                callbacks and ``history.epoch`` see those indices).
             verbose: 0 silent, 1 progress bar (one line per epoch when stdout is not a
                 terminal), 2 one line per epoch; "auto" is 1.
             callbacks: list of ``Callback``.
             validation_split: fraction in [0, 1) of the data, taken from the end before
                 shuffling, held out for validation (sample weights are split alike).
-            validation_data: ``(x_val, y_val)`` evaluated at the end of each epoch
-                (overrides `validation_split`).
-            shuffle: reshuffle the training samples each epoch (core generator, seeded by
-                ``metalearn.random.set_seed``).
+            validation_data: ``(x_val, y_val)`` or ``(x_val, y_val, sample_weight_val)``,
+                a PyDataset or a generator, evaluated at the end of each epoch (overrides
+                `validation_split`).
+            shuffle: reshuffle the training samples (a PyDataset: its batches) each pass
+                (core generator, seeded by ``metalearn.random.set_seed``).
             initial_epoch: epoch at which to start (to resume a run).
             sample_weight: optional per-sample weights.
-            validation_freq: run validation every this many epochs.
-            steps_per_epoch: with a generator, batches per epoch (the next epoch goes on
-                where the last stopped); None runs each epoch until the generator is
-                exhausted. A generator that runs out stops training with Keras' warning.
-            validation_steps: with `validation_data` a generator, batches per validation
-                (None: until it is exhausted; a validation that finds no batch left is
-                left out of the logs, with Keras' warning).
+            validation_freq: validate after epoch ``e`` (counted from 1) when ``e`` is a
+                multiple of it, as Keras 3 (so resumed runs validate at the same epochs).
+            steps_per_epoch: batches per epoch: the next epoch goes on where the last
+                stopped; a pass over arrays or a PyDataset that ends first ends the epoch
+                with Keras' warning and the next epoch starts a new pass (training goes
+                on, as Keras); a generator that runs out stops training with the warning.
+                None: one pass (a generator: until exhausted). Required for an infinite
+                PyDataset.
+            validation_steps: with `validation_data` a generator or PyDataset, batches per
+                validation (None: until it is exhausted; a validation that finds no batch
+                left is left out of the logs, with Keras' warning).
             time_budget: seconds of wall-clock time (a positive number; not a Keras
                 argument) after which training stops at the end of the running batch; the
                 epoch's logs so far are recorded and ``history.stopped`` is
                 ``"time_budget"`` (None when the run was not cut short by the budget).
+            class_weight: ``{class index: weight}``: each training sample's loss is
+                weighted by its class's weight (classes not listed: 1), the class being
+                the label (sparse) or the argmax of a one-hot target, as Keras 3; not
+                with `sample_weight`, a generator or several outputs (Keras refuses those
+                too). Validation is not weighted.
 
         Every argument is checked before the first step (counts, lengths, the model and the
         loss run once on two samples, sparse labels against the model's classes, the same
-        for `validation_data`): a refused call changes nothing. A model with no trainable
-        weights runs the loss and trains nothing, with Keras' warning. The validation pass
-        calls the callbacks' ``on_test_*`` hooks, as Keras' evaluate does.
+        for `validation_data`): a refused call changes nothing. A PyDataset's or a
+        generator's batches are checked as they come (an error names the batch; the bad
+        batch changes nothing). A model with no trainable weights runs the loss and trains
+        nothing, with Keras' warning. The validation pass calls the callbacks'
+        ``on_test_*`` hooks, as Keras' evaluate does. A subclass that overrides
+        ``train_step``, ``compute_loss`` or ``compute_metrics`` has them called for each
+        batch, eagerly (see ``train_step``).
 
         Returns:
             A ``History``: ``history.history["loss"]`` etc., one value per epoch.
@@ -1006,7 +1272,8 @@ class Model(_layers.Layer):
         Raises:
             ValueError: an argument that does not fit (named in the message).
         """
-        self._check_compiled("training")
+        custom = self._overrides("train")
+        self._check_compiled("training", custom)
         batch_size = _count("fit", "batch_size", batch_size, 32)
         epochs = _count("fit", "epochs", epochs, minimum=0)
         initial_epoch = _count("fit", "initial_epoch", initial_epoch, minimum=0)
@@ -1020,33 +1287,67 @@ class Model(_layers.Layer):
             steps_per_epoch = _count("fit", "steps_per_epoch", steps_per_epoch)
         if validation_steps is not None:
             validation_steps = _count("fit", "validation_steps", validation_steps)
+        if class_weight is not None:
+            class_weight = check_class_weight(class_weight, "fit")
+            if self._multi_out:
+                raise ValueError(
+                    "fit: `class_weight` is only supported for Models with a single output"
+                )
+            if is_batch_iterator(x):
+                raise ValueError(
+                    "Argument `class_weight` is not supported for Python generator inputs. "
+                    f"Received: class_weight={class_weight}"
+                )
+            if sample_weight is not None:
+                raise ValueError(
+                    "fit: You cannot `class_weight` and `sample_weight` at the same time"
+                )
         validation_iter = None
         if is_batch_iterator(validation_data):  # read batch by batch at each validation
             validation_iter = BatchIterator(
-                validation_data, validation_steps, self._batch_checker("fit: validation_data")
+                validation_data,
+                validation_steps,
+                self._batch_checker("fit: validation_data", self._overrides("test")),
             )
             validation_data = None
-        if is_batch_iterator(x):
-            data, validation = self._check_fit_iterator(
-                x, y, sample_weight, validation_split, validation_data, steps_per_epoch
+        elif is_py_dataset(validation_data):
+            validation_iter = PyDatasetIterator(
+                validation_data,
+                validation_steps,
+                False,
+                self._batch_checker("fit: validation_data", self._overrides("test")),
+                where="fit: validation_data",
             )
-            params = self._train_params()
+            validation_data = None
+        if is_batch_iterator(x) or is_py_dataset(x):
+            data, validation = self._check_fit_iterator(
+                x,
+                y,
+                sample_weight,
+                validation_split,
+                validation_data,
+                steps_per_epoch,
+                shuffle,
+                class_weight,
+                custom,
+            )
+            params = None
+            built = []  # the variables, once the first batch has built the model
 
-            def step_fn(xb, yb, params, swb):  # each batch may or may not carry weights
-                return self._make_train_step(params, swb)(xb, yb, params, swb)
+            def step_fn(xb, yb, _, swb):  # each batch may or may not carry weights
+                if not built:
+                    built.append(self._train_params(stacklevel=5))
+                return self._make_train_step(built[0], swb)(xb, yb, built[0], swb)
 
         else:
-            if steps_per_epoch is not None:
-                raise ValueError(
-                    "fit: steps_per_epoch is supported for generator input only in "
-                    "metalearn; with arrays, choose batch_size"
-                )
             (x, y, sw), validation = self._check_fit_data(
-                x, y, sample_weight, validation_split, validation_data
+                x, y, sample_weight, validation_split, validation_data, custom
             )
-            data = EpochIterator(x, y, sw, batch_size, shuffle)
+            if class_weight is not None:  # the training split's, as Keras' array adapter
+                sw = class_weight_to_sample_weights(y, class_weight)
+            data = EpochIterator(x, y, sw, batch_size, shuffle, steps_per_epoch)
             params = self._train_params()
-            step_fn = self._make_train_step(params, sw)
+            step_fn = None if custom else self._make_train_step(params, sw)
         history = _callbacks.History()
         cbs = _callbacks.CallbackList(
             list(callbacks or []) + [history],
@@ -1063,24 +1364,30 @@ class Model(_layers.Layer):
             cbs.on_train_begin()
             logs = None
             for epoch in range(initial_epoch, epochs):
-                self._reset_metrics()
+                if custom:
+                    self.reset_metrics()
+                else:
+                    self._reset_metrics()
                 cbs.on_epoch_begin(epoch)
                 if verbose:
                     print(f"Epoch {epoch + 1}/{epochs}")
                 bar = Progbar(data.num_batches, verbose=verbose)
-                logs = self._train_epoch(data, step_fn, params, cbs, bar if verbose else None)
+                if custom:
+                    logs = self._train_epoch_custom(data, cbs, bar if verbose else None)
+                else:
+                    logs = self._train_epoch(data, step_fn, params, cbs, bar if verbose else None)
                 if isinstance(data, BatchIterator) and data.interrupted:
                     warnings.warn(RAN_OUT, stacklevel=2)
                     self.stop_training = True
                     if not data.steps_seen:  # nothing trained in this epoch: no record
                         break
-                if validation is not None and (epoch + 1 - initial_epoch) % validation_freq == 0:
-                    logs.update(self._validation_logs(validation, validation_batch_size, cbs))
-                if (
-                    validation_iter is not None
-                    and (epoch + 1 - initial_epoch) % validation_freq == 0
-                ):
-                    logs.update(self._validation_logs(validation_iter, None, cbs))
+                elif getattr(data, "interrupted", False):  # a pass ended early: go on
+                    warnings.warn(RAN_OUT, stacklevel=2)
+                if (epoch + 1) % validation_freq == 0:  # Keras 3's _should_eval
+                    if validation is not None:
+                        logs.update(self._validation_logs(validation, validation_batch_size, cbs))
+                    if validation_iter is not None:
+                        logs.update(self._validation_logs(validation_iter, None, cbs))
                 if verbose:
                     bar.update(data.num_batches or data.steps_seen, logs, finalize=True)
                 cbs.on_epoch_end(epoch, logs)
@@ -1095,7 +1402,7 @@ class Model(_layers.Layer):
             self._fit_deadline = None
         return history
 
-    def _check_fit_data(self, x, y, sample_weight, validation_split, validation_data):
+    def _check_fit_data(self, x, y, sample_weight, validation_split, validation_data, custom=False):
         """fit's data and validation data checked (as _check_data and _dry_run), the
         validation split taken: ``(x, y, sample_weight), (x_val, y_val, sw_val) or None``."""
         if (
@@ -1104,71 +1411,97 @@ class Model(_layers.Layer):
             or not 0.0 <= validation_split < 1.0
         ):
             raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
-        x, y, sw = self._check_data("fit", x, y, sample_weight)
+        x, y, sw = self._check_data("fit", x, y, sample_weight, need_y=not custom)
         validation = None
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-                raise ValueError(
-                    "fit: validation_data must be a tuple (x_val, y_val) or "
-                    f"(x_val, y_val, sample_weight_val), got {type(validation_data).__name__}"
-                    + (
-                        f" of length {len(validation_data)}"
-                        if isinstance(validation_data, (tuple, list))
-                        else ""
-                    )
-                )
-            validation = self._check_data(
-                "fit: validation_data", *validation_data, *([None] * (3 - len(validation_data)))
-            )
+            validation = self._check_validation_only(validation_data)
         elif validation_split:
+            if y is None:
+                raise ValueError("fit: validation_split needs y")
             (x, y, sw), validation = train_validation_split(x, y, sw, validation_split)
-        self._dry_run("fit", x, y, sw)
-        if validation is not None:
-            self._dry_run("fit: validation_data", *validation)
+        self._dry_run("fit", x, self._y_for_checks(y), sw)
         return (x, y, sw), validation
 
     def _check_fit_iterator(
-        self, x, y, sample_weight, validation_split, validation_data, steps_per_epoch
+        self,
+        x,
+        y,
+        sample_weight,
+        validation_split,
+        validation_data,
+        steps_per_epoch,
+        shuffle=False,
+        class_weight=None,
+        custom=False,
     ):
-        """fit's checks for generator input, as Keras 3's data adapters: the targets and
-        weights come in the batches; each batch is checked (as _check_data and _dry_run)
-        before its step."""
+        """fit's checks for generator or PyDataset input, as Keras 3's data adapters: the
+        targets and weights come in the batches; each batch is checked (as _check_data and
+        _dry_run) before its step."""
+        kind = "a PyDataset" if is_py_dataset(x) else "a generator"
         for what, value, desc in (
             ("y", y, "the targets"),
             ("sample_weight", sample_weight, "the sample weights"),
         ):
             if value is not None:
                 raise ValueError(
-                    f"When providing `x` as a generator, `{what}` should not be passed. "
-                    f"Instead, {desc} should be included as part of the generator."
+                    f"When providing `x` as {kind}, `{what}` should not be passed. "
+                    f"Instead, {desc} should be included as part of the {kind[2:]}."
                 )
         if validation_split:
             raise ValueError(
                 "fit: `validation_split` is only supported for NumPy arrays, not for "
-                "generator input; pass validation_data"
+                f"{kind[2:]} input; pass validation_data"
             )
         validation = None
         if validation_data is not None:
             validation = self._check_validation_only(validation_data)
-
-        def check(xb, yb, swb):
-            xb, yb, swb = self._check_data("fit", xb, yb, swb)
-            self._dry_run("fit", xb, yb, swb)
-            return xb, yb, swb
-
+        check = self._batch_checker("fit", custom)
+        if is_py_dataset(x):
+            return PyDatasetIterator(x, steps_per_epoch, shuffle, check, class_weight), validation
         return BatchIterator(x, steps_per_epoch, check), validation
 
     def _check_validation_only(self, validation_data):
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
             raise ValueError(
                 "fit: validation_data must be a tuple (x_val, y_val) or "
-                f"(x_val, y_val, sample_weight_val), got {type(validation_data).__name__}"
+                "(x_val, y_val, sample_weight_val), a PyDataset or a generator, got "
+                f"{type(validation_data).__name__}"
+                + (
+                    f" of length {len(validation_data)}"
+                    if isinstance(validation_data, (tuple, list))
+                    else ""
+                )
             )
+        custom = self._overrides("test")
         validation = self._check_data(
-            "fit: validation_data", *validation_data, *([None] * (3 - len(validation_data)))
+            "fit: validation_data",
+            *validation_data,
+            *([None] * (3 - len(validation_data))),
+            need_y=not custom,
         )
-        self._dry_run("fit: validation_data", *validation)
+        xv, yv, swv = validation
+        self._dry_run("fit: validation_data", xv, self._y_for_checks(yv), swv)
         return validation
+
+    def _train_epoch_custom(self, data, cbs, bar):
+        """One epoch through the model's own train_step (Keras 3's loop): the logs of
+        each batch go to the callbacks; the epoch's logs are the metrics' results, or the
+        last batch's logs when the step returns other keys."""
+        logs = {}
+        for step, (xb, yb, swb) in data.enumerate_epoch():
+            cbs.on_train_batch_begin(step)
+            logs = _pythonify(self.train_step(_utils.pack_x_y_sample_weight(xb, yb, swb)))
+            if bar is not None:
+                bar.update(step + 1, logs, finalize=False)
+            cbs.on_train_batch_end(step, logs)
+            if self.stop_training:
+                break
+            if _budget.expired(getattr(self, "_fit_deadline", None)):
+                if data.num_batches is None or step + 1 < data.num_batches:
+                    self.history.stopped = _budget.STOPPED_TIME_BUDGET
+                    self.stop_training = True
+                break
+        return dict(self._get_metrics_result_or_logs(logs))
 
     def _train_epoch(self, data, step_fn, params, cbs, bar):
         """One pass of training over `data`: a step per batch, the metrics, the batch
@@ -1193,7 +1526,7 @@ class Model(_layers.Layer):
             if self.stop_training:
                 break
             if _budget.expired(getattr(self, "_fit_deadline", None)):
-                if step + 1 < data.num_batches:
+                if data.num_batches is None or step + 1 < data.num_batches:
                     self.history.stopped = _budget.STOPPED_TIME_BUDGET
                     self.stop_training = True
                 break
@@ -1206,26 +1539,40 @@ class Model(_layers.Layer):
         test_cbs = cbs if cbs.has("on_test_batch_begin") or cbs.has("on_test_batch_end") else None
         _core.set_grad_enabled(False)
         try:
-            if isinstance(validation, BatchIterator):
-                val = self._evaluate_batches(validation.enumerate_epoch(), cbs=test_cbs)
+            if isinstance(validation, (BatchIterator, PyDatasetIterator)):
+                val = self._run_evaluation(validation.enumerate_epoch(), cbs=test_cbs)
                 if not validation.steps_seen:  # nothing left to validate on
                     warnings.warn(RAN_OUT, stacklevel=3)
                     cbs.on_test_end({})
                     return {}
             else:
-                val = self._evaluate_arrays(*validation, batch_size, cbs=test_cbs)
+                batches = EpochIterator(*validation, batch_size).enumerate_epoch()
+                val = self._run_evaluation(batches, cbs=test_cbs)
         finally:
             _core.set_grad_enabled(True)
         cbs.on_test_end(val)
         return {"val_" + k: v for k, v in val.items()}
 
     # ---------------------------------------------------------------- evaluate
-    def _evaluate_arrays(self, x, y, sw, batch_size, bar=None, cbs=None, steps=None):
-        """Loss and metrics over all of x (grad mode must be off)."""
-        batches = EpochIterator(x, y, sw, batch_size).enumerate_epoch()
-        if steps is not None:
-            batches = itertools.islice(batches, steps)
-        return self._evaluate_batches(batches, bar, cbs)
+    def _run_evaluation(self, batches, bar=None, cbs=None):
+        """Loss and metrics over `batches`: through an overridden test_step (Keras 3's
+        loop), else the built-in one (grad mode must be off)."""
+        if not self._overrides("test"):
+            return self._evaluate_batches(batches, bar, cbs)
+        self.reset_metrics()
+        logs = {}
+        self.stop_evaluating = False
+        for step, (xb, yb, swb) in batches:
+            if cbs is not None:
+                cbs.on_test_batch_begin(step)
+            logs = _pythonify(self.test_step(_utils.pack_x_y_sample_weight(xb, yb, swb)))
+            if bar is not None:
+                bar.update(step + 1, logs, finalize=False)
+            if cbs is not None:
+                cbs.on_test_batch_end(step, logs)
+            if self.stop_evaluating:
+                break
+        return dict(self._get_metrics_result_or_logs(logs))
 
     def _evaluate_batches(self, batches, bar=None, cbs=None):
         """Loss and metrics over `batches` (``(step, (x, y, sample_weight))``; grad mode
@@ -1271,33 +1618,53 @@ class Model(_layers.Layer):
     ) -> Any:
         """The loss and metrics of the model on (x, y), batch by batch.
 
-        `x` may be a Python generator or iterator of ``(x, y)`` or ``(x, y,
-        sample_weight)`` batches, as Keras 3: `steps` batches are read (None: until it is
-        exhausted). With arrays, `steps` limits the number of batches.
+        `x` may be a ``keras.utils.PyDataset`` or a Python generator or iterator of
+        ``(x, y)`` or ``(x, y, sample_weight)`` batches, as Keras 3: `steps` batches are
+        read (None: until it is exhausted, or the PyDataset's length). With arrays,
+        `steps` limits the number of batches (more than there are: all of them, with
+        Keras' "ran out of data" warning). A subclass's ``test_step`` (or
+        ``compute_loss``/``compute_metrics``) is called for every batch when overridden.
 
         Returns:
             The loss (float) when no metrics are compiled, else ``[loss, *metrics]``; a dict
             with ``return_dict=True``.
         """
-        self._check_compiled("evaluating")
+        custom = self._overrides("test")
+        self._check_compiled("evaluating", custom)
         batch_size = _count("evaluate", "batch_size", batch_size, 32)
         verbose = _verbose(verbose)
         if steps is not None:
             steps = _count("evaluate", "steps", steps)
-        if is_batch_iterator(x):
-            return self._evaluate_iterator(
-                x, y, sample_weight, steps, verbose, callbacks, return_dict
-            )
-        x, y, sw = self._check_data("evaluate", x, y, sample_weight)
-        self._dry_run("evaluate", x, y, sw)
-        limit = steps
-        steps = math.ceil(len(x) / batch_size)
-        if limit is not None:
-            steps = min(steps, limit)
-        bar = Progbar(steps, verbose=verbose) if verbose else None
+        generator = is_batch_iterator(x)
+        if generator or is_py_dataset(x):
+            kind = "a generator" if generator else "a PyDataset"
+            for what, value, desc in (
+                ("y", y, "the targets"),
+                ("sample_weight", sample_weight, "the sample weights"),
+            ):
+                if value is not None:
+                    raise ValueError(
+                        f"When providing `x` as {kind}, `{what}` should not be passed. "
+                        f"Instead, {desc} should be included as part of the {kind[2:]}."
+                    )
+            check = self._batch_checker("evaluate", custom)
+            if generator:
+                data = BatchIterator(x, steps, check)
+            else:
+                data = PyDatasetIterator(x, steps, False, check, where="evaluate")
+        else:
+            x, y, sw = self._check_data("evaluate", x, y, sample_weight, need_y=not custom)
+            self._dry_run("evaluate", x, self._y_for_checks(y), sw)
+            if steps is not None and steps >= math.ceil(len(x) / batch_size):
+                steps = None if steps == math.ceil(len(x) / batch_size) else steps
+            data = EpochIterator(x, y, sw, batch_size, steps_per_epoch=steps)
+            if not custom:
+                with _no_grad():
+                    self._resolve_metrics_once(x, y)
+        bar = Progbar(data.num_batches, verbose=verbose) if verbose else None
         cbs = (
             _callbacks.CallbackList(
-                callbacks, model=self, params={"steps": steps, "verbose": verbose}
+                callbacks, model=self, params={"steps": data.num_batches, "verbose": verbose}
             )
             if callbacks
             else None
@@ -1305,46 +1672,7 @@ class Model(_layers.Layer):
         if cbs:
             cbs.on_test_begin()
         with _no_grad():
-            self._resolve_metrics_once(x, y)
-            logs = self._evaluate_arrays(x, y, sw, batch_size, bar, cbs, steps)
-        if bar is not None:
-            bar.update(steps, logs, finalize=True)
-        if cbs:
-            cbs.on_test_end(logs)
-        return self._format_result(logs, return_dict)
-
-    def _batch_checker(self, where):
-        def check(xb, yb, swb):
-            xb, yb, swb = self._check_data(where, xb, yb, swb)
-            self._dry_run(where, xb, yb, swb)
-            return xb, yb, swb
-
-        return check
-
-    def _evaluate_iterator(self, it, y, sample_weight, steps, verbose, callbacks, return_dict):
-        """evaluate on a generator (as Keras 3's GeneratorDataAdapter)."""
-        for what, value, desc in (
-            ("y", y, "the targets"),
-            ("sample_weight", sample_weight, "the sample weights"),
-        ):
-            if value is not None:
-                raise ValueError(
-                    f"When providing `x` as a generator, `{what}` should not be passed. "
-                    f"Instead, {desc} should be included as part of the generator."
-                )
-        data = BatchIterator(it, steps, self._batch_checker("evaluate"))
-        bar = Progbar(steps, verbose=verbose) if verbose else None
-        cbs = (
-            _callbacks.CallbackList(
-                callbacks, model=self, params={"steps": steps, "verbose": verbose}
-            )
-            if callbacks
-            else None
-        )
-        if cbs:
-            cbs.on_test_begin()
-        with _no_grad():
-            logs = self._evaluate_batches(data.enumerate_epoch(), bar, cbs)
+            logs = self._run_evaluation(data.enumerate_epoch(), bar, cbs)
         if not data.steps_seen:
             raise ValueError("evaluate: the generator gave no batch")
         if data.interrupted:
@@ -1353,7 +1681,18 @@ class Model(_layers.Layer):
             bar.update(data.steps_seen, logs, finalize=True)
         if cbs:
             cbs.on_test_end(logs)
-        return self._format_result(logs, return_dict)
+        return self._format_result(logs, return_dict, custom)
+
+    def _batch_checker(self, where, custom=False):
+        """Each batch of a generator or PyDataset checked as _check_data and _dry_run
+        (y optional for an overridden step)."""
+
+        def check(xb, yb, swb):
+            xb, yb, swb = self._check_data(where, xb, yb, swb, need_y=not custom)
+            self._dry_run(where, xb, self._y_for_checks(yb), swb)
+            return xb, yb, swb
+
+        return check
 
     def _resolve_metrics_once(self, x, y):
         if (self._metric_specs or self._weighted_metric_specs) and not self._metrics_resolved:
@@ -1366,27 +1705,52 @@ class Model(_layers.Layer):
         x: Any,
         batch_size: Optional[int] = None,
         verbose: Union[str, int] = "auto",
+        steps: Optional[int] = None,
         callbacks: Optional[Sequence[Any]] = None,
     ) -> np.ndarray:
-        """The model's outputs for `x`, computed batch by batch, as one NumPy array."""
+        """The model's outputs for `x`, computed batch by batch, as one NumPy array.
+
+        `x` may be arrays, a ``keras.utils.PyDataset`` or a Python generator or iterator
+        whose items are ``x``, ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)`` (only x
+        is used), as Keras 3; `steps` batches are read (None: all of them, or until the
+        generator is exhausted). An overridden ``predict_step`` is called for every
+        batch.
+        """
         batch_size = _count("predict", "batch_size", batch_size, 32)
         verbose = _verbose(verbose)
-        if self._multi_in or self._multi_out:
-            x, _, _ = self._check_data("predict", x, None, None, need_y=False)
+        if steps is not None:
+            steps = _count("predict", "steps", steps)
+
+        def check(xb, yb=None, swb=None):
+            xb, _, _ = self._check_data("predict", xb, None, None, need_y=False)
+            return xb, None, None
+
+        if is_py_dataset(x):
+            data = PyDatasetIterator(x, steps, False, check, where="predict")
+        elif is_batch_iterator(x):
+            it = x
+            # only x is used: each item becomes (x, None), what BatchIterator reads
+            items = ((_utils.unpack_x_y_sample_weight(item)[0], None) for item in it)
+            data = BatchIterator(items, steps, lambda xb, yb, swb: check(xb))
         else:
-            x = _as_float_input(x)
-        if getattr(x, "ndim", 1) == 0 or len(x) == 0:
-            raise ValueError(
-                "predict: x is empty: no samples"
-                if x.ndim
-                else "predict: x must have a batch axis, got a scalar"
+            if self._multi_in or self._multi_out:
+                x, _, _ = self._check_data("predict", x, None, None, need_y=False)
+            else:
+                x = _as_float_input(x)
+            if getattr(x, "ndim", 1) == 0 or len(x) == 0:
+                raise ValueError(
+                    "predict: x is empty: no samples"
+                    if x.ndim
+                    else "predict: x must have a batch axis, got a scalar"
+                )
+            size = math.ceil(len(x) / batch_size)
+            data = EpochIterator(
+                x, batch_size=batch_size, steps_per_epoch=None if steps in (None, size) else steps
             )
-        data = EpochIterator(x, batch_size=batch_size)
-        steps = data.num_batches
-        bar = Progbar(steps, verbose=verbose) if verbose else None
+        bar = Progbar(data.num_batches, verbose=verbose) if verbose else None
         cbs = (
             _callbacks.CallbackList(
-                callbacks, model=self, params={"steps": steps, "verbose": verbose}
+                callbacks, model=self, params={"steps": data.num_batches, "verbose": verbose}
             )
             if callbacks
             else None
@@ -1399,25 +1763,26 @@ class Model(_layers.Layer):
             for step, (xb, _, _) in data.enumerate_epoch():
                 if cbs:
                     cbs.on_predict_batch_begin(step)
-                out = self(xb, training=False)
-                if self._multi_out:  # a list in output order, rebuilt as the model's below
-                    out = [
-                        np.array(o, copy=True)
-                        for o in _compile_utils.flat_outputs(out, self.output_names, "predict")
-                    ]
-                    outs.append(out)
-                else:
-                    outs.append(np.array(out, copy=True))
+                outs.append(self._predict_outputs(xb, "predict"))
                 if bar is not None:
                     bar.update(step + 1)
                 if cbs:
                     cbs.on_predict_batch_end(step, {"outputs": outs[-1]})
                 if self.stop_predicting:  # the outputs of the batches run so far
                     break
+        if not outs:
+            raise ValueError("predict: the input gave no batch")
+        if data.interrupted:
+            warnings.warn(RAN_OUT, stacklevel=2)
         if cbs:
             cbs.on_predict_end()
         if self._multi_out:
             return self._by_output_names([np.concatenate(parts, axis=0) for parts in zip(*outs)])
+        first = outs[0]
+        if isinstance(first, dict):
+            return {k: np.concatenate([o[k] for o in outs], axis=0) for k in first}
+        if isinstance(first, (list, tuple)):
+            return type(first)(np.concatenate(parts, axis=0) for parts in zip(*outs))
         return np.concatenate(outs, axis=0)
 
     # ----------------------------------------------------------------- weights

@@ -258,6 +258,25 @@ class Optimizer:
         self._apply(variables, grads)
         return self.iterations
 
+    def apply(self, grads: Sequence[Any], trainable_variables: Optional[Sequence[Any]] = None):
+        """Keras 3's ``apply(grads, trainable_variables)``: ``apply_gradients`` over the
+        two aligned lists (what a Keras 3 custom ``train_step`` calls).
+
+        Raises:
+            ValueError: no variables, or lists of different lengths; nothing changes.
+        """
+        if trainable_variables is None:
+            raise ValueError(
+                "apply: pass the variables, apply(grads, trainable_variables) "
+                "(metalearn's optimizers are not built on a fixed variable list)"
+            )
+        grads, trainable_variables = list(grads), list(trainable_variables)
+        if len(grads) != len(trainable_variables):
+            raise ValueError(
+                f"apply: {len(grads)} gradients for {len(trainable_variables)} variables"
+            )
+        return self.apply_gradients(zip(grads, trainable_variables))
+
     def minimize(
         self, loss: Any, var_list: Sequence[Any], tape: Optional[GradientTape] = None
     ) -> int:

@@ -216,17 +216,20 @@ class TestOnBatch:
         almost_equal(model.train_on_batch(x, y, sw)[0], 14.217)
         almost_equal(model.test_on_batch(x, y, sw)[0], 13.476)
         all_close(model.predict_on_batch(x)[0], [3.689468] * 3, atol=1e-5, rtol=1e-5)
+        # with class weights: y is one-hot-shaped zeros, so every sample is class 0
+        # (argmax), weight 0.2 (the value ends Keras' test_on_batch_methods)
+        almost_equal(model.train_on_batch(x, y, class_weight={1: 0.3, 0: 0.2})[0], 2.722)
 
-    def test_class_weight_is_refused(self):
-        # DELIBERATE DIFFERENCE (test_on_batch_methods ends with
-        # train_on_batch(x, y, class_weight={1: 0.3, 0: 0.2}) = 2.722): metalearn does not
-        # implement class weights and refuses them with NotImplementedError, before any step.
+    def test_class_weight_with_sample_weight_is_refused(self):
+        # Keras 3 (torch trainer's train_on_batch): "Arguments `sample_weight` and
+        # `class_weight` cannot be specified at the same time"; nothing changes
         model = compiled_example()
         x, y = np.ones((100, 4), np.float32), np.zeros((100, 3), np.float32)
         model(x[:1])
-        with pytest.raises(NotImplementedError, match="class_weight"):
-            model.train_on_batch(x, y, class_weight={1: 0.3, 0: 0.2})
+        with pytest.raises(ValueError, match="`sample_weight` and `class_weight`"):
+            model.train_on_batch(x, y, sample_weight=np.ones(100), class_weight={0: 0.2})
         all_close(model.get_weights()[0], np.ones((4, 3)))
+        assert int(model.optimizer.iterations) == 0
 
     def test_on_batch_methods_without_training(self):
         # trainer_test.py::TestTrainer::test_on_batch_methods_without_training (compiled
@@ -395,3 +398,219 @@ class TestCallbackHooks:
         else:
             getattr(model, method)(x, y, batch_size=2, callbacks=[stopper], verbose=0)
         assert len(counter) == 5
+
+
+# ------------------------------------------------- overridden step methods
+class CustomTrainTestStepModel(models.Sequential):
+    """trainer_test.py::CustomTrainTestStepModel: ExampleModel whose train_step and
+    test_step add ``my_custom_metric`` to the logs of the default steps."""
+
+    def __init__(self, units=3):
+        super().__init__([layers.Dense(units, use_bias=False, kernel_initializer="ones")])
+
+    def train_step(self, data):
+        logs = super().train_step(data)
+        logs["my_custom_metric"] = 10.0
+        return logs
+
+    def test_step(self, data):
+        logs = super().test_step(data)
+        logs["my_custom_metric"] = 5.0
+        return logs
+
+
+class TestCustomSteps:
+    def test_fit_with_custom_train_step(self):
+        # trainer_test.py::TestTrainer::test_fit_with_custom_train_step
+        model = CustomTrainTestStepModel()
+        model.compile(
+            optimizer=optimizers.SGD(),
+            loss=losses.MeanSquaredError(),
+            metrics=[metrics.MeanSquaredError()],
+        )
+        x, y = np.ones((100, 4), np.float32), np.zeros((100, 3), np.float32)
+        history = model.fit(x, y, batch_size=16, verbose=0).history
+        assert "loss" in history and "mean_squared_error" in history
+        all_close(history["my_custom_metric"], [10.0])
+        # the step returns its own keys, so the epoch's logs are the last batch's
+        # (Keras' _get_metrics_result_or_logs): the loss tracker's running mean over the
+        # epoch, batches weighted by size (6 of 16, then 4): 16 w^2, w -= 0.01 * 8 w / 3
+        w, total = 1.0, 0.0
+        for n in [16] * 6 + [4]:
+            total += 16 * w * w * n
+            w -= 0.01 * 8 * w / 3
+        all_close(history["loss"], [total / 100], rtol=1e-5)
+
+    @pytest.mark.parametrize("return_dict", [False, True])
+    def test_evaluate_with_custom_test_step(self, return_dict):
+        # trainer_test.py::TestTrainer::test_evaluate_with_custom_test_step
+        model = CustomTrainTestStepModel()
+        model.compile(
+            optimizer=optimizers.SGD(),
+            loss=losses.MeanSquaredError(),
+            metrics=[metrics.MeanSquaredError()],
+        )
+        x, y = np.ones((100, 4), np.float32), np.zeros((100, 3), np.float32)
+        output = model.evaluate(x, y, batch_size=16, return_dict=return_dict, verbose=0)
+        assert len(output) == 3
+        if return_dict:
+            all_close(output["my_custom_metric"], 5.0)
+            all_close(output["mean_squared_error"], 16.0)
+        else:
+            all_close(output[-1], 5.0)  # custom metrics go last
+            all_close(output[:2], [16.0, 16.0])
+
+    def test_validation_data_infinite_generator(self):
+        # trainer_test.py::TestTrainer::test_validation_data_infinite_generator
+        model = example_model()
+        model.compile(optimizer="sgd", loss="mse", metrics=["mse"])
+
+        class Recorder(callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.train_counter = self.val_counter = 0
+
+            def on_train_batch_end(self, *args, **kwargs):
+                self.train_counter += 1
+
+            def on_test_batch_end(self, *args, **kwargs):
+                self.val_counter += 1
+
+        def infinite_gen():
+            while True:
+                yield np.ones((2, 2), np.float32), np.ones((2, 3), np.float32)
+
+        recorder = Recorder()
+        model.fit(
+            infinite_gen(),
+            validation_data=infinite_gen(),
+            steps_per_epoch=3,
+            validation_steps=4,
+            epochs=1,
+            shuffle=False,
+            callbacks=[recorder],
+            verbose=0,
+        )
+        assert recorder.train_counter == 3 and recorder.val_counter == 4
+
+
+def _compute_loss_model(training_arg, expect_training, regularized=False):
+    """trainer_test.py's MyModel of the compute_loss tests: a Dense(2) whose overridden
+    compute_loss updates a tracked Mean metric named "custom" with 4 * loss (or with the
+    regularization penalties)."""
+    seen = []
+
+    class MyModel(models.Model):
+        def __init__(self):
+            super().__init__()
+            self.custom_metric = metrics.Mean(name="custom")
+            self.dense = layers.Dense(2, activity_regularizer="l2" if regularized else None)
+
+        def call(self, x):
+            return self.dense(x)
+
+    if training_arg:
+
+        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            seen.append(training)
+            loss = models.Model.compute_loss(self, x, y, y_pred, sample_weight, training)
+            if regularized:
+                self.custom_metric.update_state(float(np.sum([np.asarray(l) for l in self.losses])))
+            else:
+                self.custom_metric.update_state(np.asarray(loss) * 4)
+            return loss
+
+    else:
+
+        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None):
+            loss = models.Model.compute_loss(self, x, y, y_pred, sample_weight)
+            self.custom_metric.update_state(np.asarray(loss) * 4)
+            return loss
+
+    MyModel.compute_loss = compute_loss
+    model = MyModel()
+    model.compile(optimizer="sgd", loss="mse")
+    return model, seen
+
+
+class TestCustomComputeLoss:
+    x, y = np.ones((32, 4), np.float32), np.ones((32, 2), np.float32) * 2
+
+    def test_metric_update_in_compute_loss(self):
+        # trainer_test.py::TestTrainer::test_metric_update_in_compute_loss
+        model, seen = _compute_loss_model(True, True)
+        history = model.fit(self.x, self.y, verbose=0).history
+        almost_equal(history["custom"][0], history["loss"][0] * 4)
+        assert seen and all(seen)  # training=True in fit
+
+    def test_fwd_pass_loss_presence_in_compute_loss(self):
+        # trainer_test.py::TestTrainer::test_fwd_pass_loss_presence_in_compute_loss
+        model, _ = _compute_loss_model(True, True, regularized=True)
+        history = model.fit(self.x, self.y, verbose=0).history
+        assert history["custom"][0] > 0.0
+
+    def test_evaluate_with_custom_compute_loss(self):
+        # trainer_test.py::TestTrainer::test_evaluate_with_custom_compute_loss
+        model, seen = _compute_loss_model(True, False)
+        logs = model.evaluate(self.x, self.y, return_dict=True, verbose=0)
+        almost_equal(logs["custom"], logs["loss"] * 4)
+        assert seen and not any(seen)  # training=False in evaluate
+
+    def test_compute_loss_no_training_backwards_compatibility(self):
+        # trainer_test.py::TestTrainer::test_compute_loss_no_training_backwards_compatibility
+        model, _ = _compute_loss_model(False, None)
+        logs = model.evaluate(self.x, self.y, return_dict=True, verbose=0)
+        almost_equal(logs["custom"], logs["loss"] * 4)
+        history = model.fit(self.x, self.y, verbose=0).history
+        almost_equal(history["custom"][0], history["loss"][0] * 4)
+
+
+class TestPyDatasetAdapter:
+    @pytest.mark.parametrize(
+        "dataset_kwargs,fit_kwargs",
+        [
+            ({}, {}),
+            ({}, {"class_weight": {0: 1, 1: 2}}),
+            ({"infinite": True}, {"steps_per_epoch": 20}),
+            ({"infinite": True}, {"steps_per_epoch": 20, "class_weight": {0: 1, 1: 2}}),
+            ({"workers": 2}, {}),
+            ({"workers": 2, "use_multiprocessing": True}, {"class_weight": {0: 1, 1: 2}}),
+        ],
+    )
+    def test_fit_with_data_adapter(self, dataset_kwargs, fit_kwargs):
+        # trainer_test.py::TestTrainer::test_fit_with_data_adapter, the py_dataset cases
+        # (TestPyDataset: 20 batches of ones (5, 4), zeros (5, 3), 3 epochs; Keras uses
+        # Adagrad, here SGD, whose trajectory is the formula below).
+        # With y all zeros every sample is class 0 (argmax), weight 1: the losses are
+        # those of the unweighted run.
+        from metalearn.keras import utils
+
+        class TestPyDataset(utils.PyDataset):
+            def __init__(self, infinite=False, **kwargs):
+                super().__init__(**kwargs)
+                self.infinite = infinite
+
+            @property
+            def num_batches(self):
+                return None if self.infinite else 20
+
+            def __getitem__(self, idx):
+                return np.ones((5, 4), np.float32), np.zeros((5, 3), np.float32)
+
+        model = example_model()
+        model.compile(
+            optimizer=optimizers.SGD(),
+            loss=losses.MeanSquaredError(),
+            metrics=[metrics.MeanSquaredError()],
+        )
+        history = model.fit(TestPyDataset(**dataset_kwargs), epochs=3, verbose=0, **fit_kwargs)
+        assert int(model.optimizer.iterations) == 60
+        # SGD(0.01) on 16 w^2: w -= 0.01 * 8 w / 3
+        w, per_epoch = 1.0, []
+        for _ in range(3):
+            seen = []
+            for _ in range(20):
+                seen.append(16 * w * w)
+                w -= 0.01 * 8 * w / 3
+            per_epoch.append(np.mean(seen))
+        all_close(history.history["loss"], per_epoch, rtol=1e-5)
