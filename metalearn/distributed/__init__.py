@@ -190,18 +190,30 @@ class DataParallel:
     rounding only, since their plain meta-step sums over tasks inside one graph (the
     vectorised batch, or autograd through the mean loss) in another order.
 
+    ``Model.fit`` (and ``train_on_batch``) under the strategy cut each batch into `shards`
+    row blocks (a fixed number, so the result does not depend on P, which must divide it);
+    rank r computes the gradients of its contiguous block of shards, each shard's loss
+    weighted by its share of the rows, and every rank sums all shards' gradients in shard
+    order and applies the same optimizer step: the weights have the same bits for any P
+    dividing `shards` (and differ from a plain ``fit`` by float32 rounding only). The
+    predictions are gathered for the metrics. Models with BatchNormalization or Dropout
+    are refused for now (their per-shard statistics and masks would depend on the rank),
+    as are models with several outputs.
+
     Args:
-        check_every: every this many meta-steps the ranks compare a checksum (CRC-32) of
-            their weights; a difference raises RuntimeError naming the step (0: never).
+        check_every: every this many steps the ranks compare a checksum (CRC-32) of their
+            weights; a difference raises RuntimeError naming the step (0: never).
+        shards: the row blocks ``Model.fit`` cuts each batch into (>= 1).
     """
 
-    def __init__(self, check_every: int = 10) -> None:
+    def __init__(self, check_every: int = 10, shards: int = 4) -> None:
         from metalearn.meta._base import check_count
 
         self.check_every = check_count(check_every, "check_every", "DataParallel")
+        self.shards = check_count(shards, "shards", "DataParallel", minimum=1)
 
     def __repr__(self):
-        return f"<DataParallel size={size()} check_every={self.check_every}>"
+        return f"<DataParallel size={size()} check_every={self.check_every} shards={self.shards}>"
 
     @contextlib.contextmanager
     def scope(self) -> Iterator["DataParallel"]:
@@ -299,6 +311,123 @@ class DataParallel:
         if p > 1 and self.check_every and self._steps % self.check_every == 0:
             self._compare_weights(learner, learner.iterations + 1)
         return loss_value, metric_value
+
+    # ---------------------------------------------------------- Model.fit's hooks
+    def _model_begin(self, model) -> None:
+        """Checks the model can be split and broadcasts rank 0's weights (Model.fit)."""
+        from metalearn.keras.conv_layers import BatchNormalization
+        from metalearn.keras.layers import Dropout
+        from metalearn.meta._base import _leaf_layers
+
+        p = size()
+        if self.shards % p:
+            raise ValueError(
+                f"DataParallel: {p} processes do not divide shards={self.shards}: each "
+                "process must take the same number of shards (choose shards as a multiple "
+                "of the process count)"
+            )
+        for layer in _leaf_layers(model, []):
+            if isinstance(layer, BatchNormalization) and layer.trainable:
+                raise TypeError(
+                    f"DataParallel: Model.fit with BatchNormalization ({layer.name}) is not "
+                    "data-parallel yet (its batch statistics would be per shard)"
+                )
+            if isinstance(layer, Dropout) and layer.rate > 0:
+                raise TypeError(
+                    f"DataParallel: Model.fit with Dropout ({layer.name}) is not data-parallel "
+                    "yet (its masks would depend on the process)"
+                )
+        if getattr(model, "_multi_out", False):
+            raise TypeError(
+                "DataParallel: Model.fit of a model with several outputs is not supported yet"
+            )
+        self._steps = 0
+        tensors = list(model.weights)
+        if p > 1 and tensors:
+            buf = np.concatenate([np.asarray(t, np.float32).reshape(-1) for t in tensors])
+            _world().Bcast(buf, root=0)
+            _assign_flat(tensors, buf)
+
+    def _model_step(self, model, xb, yb, params, sample_weight=None):
+        """Model.fit's data-parallel step: (loss tensor, y_pred of the whole batch)."""
+        from metalearn import _core
+        from metalearn.meta._base import to_tensor
+
+        xs, ys = np.asarray(xb, np.float32), np.asarray(yb)
+        sw = None if sample_weight is None else np.asarray(sample_weight, np.float32)
+        n, s, p, r = len(xs), self.shards, size(), rank()
+        if n < s:
+            raise ValueError(
+                f"DataParallel: a batch of {n} rows cannot be cut into shards={s} (use a "
+                "batch_size of at least the shard count)"
+            )
+        shapes = [tuple(int(d) for d in t.shape) for t in params]
+        width = sum(int(np.prod(x)) for x in shapes)
+        first, last = _block(s, p, r)
+        mine = range(first, last)
+        local = np.empty((len(mine), width), np.float32)
+        local_loss = np.empty(len(mine), np.float64)
+        preds = []
+        for j, k in enumerate(mine):
+            lo, hi = _block(n, s, k)
+            y_pred = model(to_tensor(xs[lo:hi]), training=True)
+            part = model._total_loss(ys[lo:hi], y_pred, None if sw is None else sw[lo:hi])
+            scaled = part * float((hi - lo) / n)  # its share of the batch's mean loss
+            grads = _core.grad(scaled, params, create_graph=False, allow_unused=True)
+            off = 0
+            for g, shape in zip(grads, shapes):
+                size_ = int(np.prod(shape))
+                local[j, off : off + size_] = 0.0 if g is None else np.asarray(g).reshape(-1)
+                off += size_
+            local_loss[j] = float(scaled.item())
+            preds.append(np.asarray(y_pred, np.float32))
+        local_pred = np.concatenate(preds) if preds else np.empty((0,), np.float32)
+        tail = local_pred.shape[1:]
+        row = int(np.prod(tail)) if tail else 1
+        if p == 1:
+            full, losses, pred = local, local_loss, local_pred
+        else:
+            w, MPI = _world(), _import_mpi()
+            counts = [_block(s, p, q)[1] - _block(s, p, q)[0] for q in range(p)]
+            displs = [_block(s, p, q)[0] for q in range(p)]
+            full = np.empty((s, width), np.float32)
+            w.Allgatherv(
+                local, [full, ([c * width for c in counts], [d * width for d in displs]), MPI.FLOAT]
+            )
+            losses = np.empty(s, np.float64)
+            w.Allgatherv(local_loss, [losses, (counts, displs), MPI.DOUBLE])
+            # rank q's shards [first_q, last_q) hold rows [n*first_q//s, n*last_q//s)
+            starts = [(n * _block(s, p, q)[0]) // s for q in range(p)]
+            rows = [(n * _block(s, p, q)[1]) // s - starts[q] for q in range(p)]
+            pred = np.empty((n,) + tail, np.float32)
+            w.Allgatherv(
+                np.ascontiguousarray(local_pred),
+                [pred, ([c * row for c in rows], [d * row for d in starts]), MPI.FLOAT],
+            )
+        total = full[0].copy()
+        for k in range(1, s):  # in shard order, whatever the split: same bits for any P
+            total += full[k]
+        grads, off = [], 0
+        for shape in shapes:
+            size_ = int(np.prod(shape))
+            grads.append(to_tensor(total[off : off + size_].reshape(shape)))
+            off += size_
+        loss = float(losses[0])
+        for v in losses[1:]:
+            loss += float(v)
+        model.optimizer._apply(params, grads)
+        self._steps += 1
+        if p > 1 and self.check_every and self._steps % self.check_every == 0:
+            crc = 0
+            for t in model.weights:
+                crc = zlib.crc32(np.ascontiguousarray(np.asarray(t, np.float32)).tobytes(), crc)
+            crcs = _world().allgather(crc)
+            if len(set(crcs)) > 1:
+                raise RuntimeError(
+                    f"DataParallel: the ranks' weights diverged at step {self._steps} "
+                    f"(weight checksums by rank: {crcs})"
+                )
+        return _core.tensor(np.float32(loss)), _core.tensor(pred)
 
     def _agree(self, stop: bool, expired: bool):
         """(stop, expired) agreed by every rank: true on all if true on any. A callback's

@@ -876,6 +876,10 @@ class Model(_layers.Layer):
         the loss alone when the model has no trainable weights."""
         if not params:
             return self._forward_step
+        strategy = _data_parallel()
+        if strategy is not None:  # metalearn.distributed.DataParallel in force
+            strategy._model_begin(self)
+            return lambda xb, yb, ps, sw=None: strategy._model_step(self, xb, yb, ps, sw)
         if self._run_eagerly is False or (
             self._run_eagerly is None and self._can_trace(sample_weight)
         ):
@@ -2368,3 +2372,12 @@ def load_weights_file(filepath: Union[str, "os.PathLike[str]"]) -> List[_core.Te
 
 
 load_model = _saving.load_model
+
+
+def _data_parallel():
+    """The metalearn.distributed strategy in force, or None (the module is looked at only
+    if it was imported: a strategy needs it)."""
+    import sys
+
+    dist = sys.modules.get("metalearn.distributed")
+    return None if dist is None else dist.distribution()

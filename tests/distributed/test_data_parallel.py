@@ -297,3 +297,88 @@ def test_the_demo_under_mpiexec_writes_the_same_weights_for_one_and_two_processe
         outs[procs] = [ln for ln in res.stdout.splitlines() if "after" in ln or "before" in ln]
     assert files[1] == files[2]
     assert outs[1] == outs[2]  # the evaluation table too (sharded over the ranks)
+
+
+# ------------------------------------------------------------------ Model.fit
+
+MODEL_SCRIPT = HERE / "_model_fit_script.py"
+
+
+def _model_fit(tmp_path, procs=None):
+    out = tmp_path / f"model-{procs}.npz"
+    cmd = [sys.executable, str(MODEL_SCRIPT), str(out)]
+    if procs is not None:
+        cmd = [_mpiexec(), "--oversubscribe", "-n", str(procs)] + cmd
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    with np.load(out) as f:
+        return {k: f[k] for k in f.files}
+
+
+@pytest.mark.mpi
+def test_model_fit_has_the_same_bits_for_one_two_and_four_processes(tmp_path):
+    alone = _model_fit(tmp_path)  # the strategy in one process, without MPI
+    for procs in (2, 4):
+        got = _model_fit(tmp_path, procs)
+        for a, b in zip(_weights(alone), _weights(got)):
+            assert a.tobytes() == b.tobytes(), f"weights differ at P={procs}"
+        assert alone["loss"].tobytes() == got["loss"].tobytes()
+        assert alone["accuracy"].tobytes() == got["accuracy"].tobytes()
+
+
+def _dense_model():
+    ml.random.set_seed(0)
+    m = keras.Sequential(
+        [keras.layers.Dense(8, activation="relu", input_shape=(3,)), keras.layers.Dense(2)]
+    )
+    m.compile(optimizer="adam", loss="mse", metrics=["mae"])
+    return m
+
+
+def test_model_fit_under_the_strategy_matches_a_plain_fit_up_to_rounding():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    y = rng.normal(size=(40, 2)).astype(np.float32)
+    plain = _dense_model()
+    hp = plain.fit(x, y, batch_size=10, epochs=2, verbose=0, shuffle=False)
+    dp = _dense_model()
+    with distributed.DataParallel(shards=4).scope():
+        hd = dp.fit(x, y, batch_size=10, epochs=2, verbose=0, shuffle=False)
+    for a, b in zip(plain.get_weights(), dp.get_weights()):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(hd.history["loss"], hp.history["loss"], rtol=1e-5)
+    np.testing.assert_allclose(hd.history["mae"], hp.history["mae"], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "layer, match",
+    [
+        (lambda: keras.layers.Dropout(0.5), "Dropout"),
+        (
+            lambda: __import__("metalearn.keras.conv_layers", fromlist=["x"]).BatchNormalization(),
+            "BatchNormalization",
+        ),
+    ],
+)
+def test_model_fit_refuses_what_it_cannot_split_and_changes_nothing(layer, match):
+    m = keras.Sequential([keras.layers.Dense(4, input_shape=(3,)), layer(), keras.layers.Dense(1)])
+    m.compile(optimizer="sgd", loss="mse")
+    before = m.get_weights()
+    x, y = np.ones((8, 3), np.float32), np.ones((8, 1), np.float32)
+    with distributed.DataParallel().scope():
+        with pytest.raises(TypeError, match=match):
+            m.fit(x, y, batch_size=8, verbose=0)
+    for a, b in zip(before, m.get_weights()):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_model_fit_refuses_a_batch_smaller_than_the_shard_count():
+    m = _dense_model()
+    before = m.get_weights()
+    with distributed.DataParallel(shards=4).scope():
+        with pytest.raises(ValueError, match="cannot be cut into shards=4"):
+            m.fit(np.ones((3, 3), np.float32), np.ones((3, 2), np.float32), batch_size=3, verbose=0)
+    for a, b in zip(before, m.get_weights()):
+        assert a.tobytes() == b.tobytes()
+    with pytest.raises(ValueError, match="shards"):
+        distributed.DataParallel(shards=0)
