@@ -32,7 +32,7 @@ from ._base import BaseMetaLearner, clone_model
 from .maml import ANIL, MAML, MetaSGD
 from .imaml import IMAML
 from .mamlpp import MAMLPlusPlus, multi_step_loss_weights
-from .metric import R2D2, MatchingNet, matching_logits, ridge_logits, spd_solve
+from .metric import R2D2, MatchingNet, RelationNet, matching_logits, ridge_logits, spd_solve
 from .protonet import ProtoNet, PrototypeClassifier, prototype_logits
 from .reptile import Reptile
 from .system import MetaLearner, rankdata, spearman
@@ -65,6 +65,7 @@ __all__ = [
     "IMAML",
     "multi_step_loss_weights",
     "MatchingNet",
+    "RelationNet",
     "R2D2",
     "matching_logits",
     "ridge_logits",

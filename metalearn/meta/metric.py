@@ -1,5 +1,6 @@
-"""Metric heads on a learned encoder: Matching Networks (Vinyals et al., NeurIPS 2016) and
-R2D2, ridge regression in closed form (Bertinetto, Henriques, Torr & Vedaldi, ICLR 2019).
+"""Metric heads on a learned encoder: Matching Networks (Vinyals et al., NeurIPS 2016),
+R2D2, ridge regression in closed form (Bertinetto, Henriques, Torr & Vedaldi, ICLR 2019),
+and Relation Networks, a learned comparison (Sung et al., CVPR 2018).
 
 Both are episode learners with ProtoNet's interface (``fit``/``adapt``/``evaluate``): the
 head is a differentiable function of the support embeddings, so meta-training is plain
@@ -33,6 +34,9 @@ from .protonet import ProtoNet, _flat
 __all__ = [
     "MatchingNet",
     "R2D2",
+    "RelationNet",
+    "relation_scores",
+    "RelationClassifier",
     "matching_logits",
     "ridge_logits",
     "spd_solve",
@@ -359,3 +363,157 @@ class R2D2(_EpisodeHead):
 
     def __repr__(self):
         return f"<R2D2 lambda={self.ridge_lambda:.4g} scale={float(np.asarray(self.scale)):.4g}>"
+
+
+def relation_scores(relation: Any, s_emb: Any, support_y: ArrayLike, q_emb: Any, n_way: int) -> Any:
+    """Relation Networks' scores (Sung et al. 2018, eq. 1-2): each class's embedding is the
+    sum of its support embeddings (``s_emb (n_s, *f)``), concatenated with each query's
+    (``q_emb (n_q, *f)``) on the last axis, and scored by `relation` (a model mapping
+    ``(pairs, *f[:-1], 2 f[-1])`` to one number per pair) through a sigmoid. Returns
+    ``(n_q, n_way)`` scores in (0, 1), differentiable to any order."""
+    onehot = _labels(support_y, n_way, "relation_scores")  # (n_s, n_way)
+    feat = tuple(int(d) for d in s_emb.shape[1:])
+    n_s, n_q = int(s_emb.shape[0]), int(q_emb.shape[0])
+    flat = _core.reshape(s_emb, (n_s, -1))
+    classes = _core.matmul(_core.as_tensor(onehot.T.copy()), flat)  # sum over the shots
+    classes = _core.reshape(classes, (1, n_way) + feat)
+    queries = _core.reshape(q_emb, (n_q, 1) + feat)
+    shape = (n_q, n_way) + feat
+    pairs = _core.concat(
+        [_core.broadcast_to(classes, shape), _core.broadcast_to(queries, shape)], axis=-1
+    )
+    pairs = _core.reshape(pairs, (n_q * n_way,) + feat[:-1] + (2 * feat[-1],))
+    out = relation(pairs, training=_training_flag())
+    return _core.reshape(_core.sigmoid(out), (n_q, n_way))
+
+
+_RELATION_TRAINING = [True]
+
+
+def _training_flag():
+    return _RELATION_TRAINING[-1]
+
+
+def relation_mse(y_true: Any, scores: Any) -> Any:
+    """Relation Networks' loss: the mean squared error between the scores and the one-hot
+    labels (Sung et al. 2018, eq. 3), averaged over queries and classes."""
+    y = np.asarray(y_true).astype(np.int64).reshape(-1)
+    n_way = int(scores.shape[-1])
+    onehot = np.zeros((len(y), n_way), np.float32)
+    onehot[np.arange(len(y)), y] = 1.0
+    return _core.reduce_mean(_core.square(scores - _core.as_tensor(onehot)))
+
+
+class RelationClassifier(Model):
+    """A Keras model for one task, made by ``RelationNet.adapt``: a copy of the encoder and
+    of the relation module plus the task's support set; ``predict`` gives relation scores
+    ``(n, n_way)`` in (0, 1)."""
+
+    def __init__(
+        self, encoder: Any, relation: Any, support_x: Any, support_y: Any, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.relation = relation
+        self.support_x = np.asarray(support_x, np.float32)
+        self.support_y = np.asarray(support_y).astype(np.int64)
+
+    def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
+        n_way = int(self.support_y.max()) + 1
+        s_emb = self.encoder(to_tensor(self.support_x), training=False)
+        q_emb = self.encoder(inputs, training=False)
+        _RELATION_TRAINING.append(False)
+        try:
+            return relation_scores(self.relation, s_emb, self.support_y, q_emb, n_way)
+        finally:
+            _RELATION_TRAINING.pop()
+
+
+class RelationNet(_EpisodeHead):
+    """Relation Networks (Sung, Yang, Zhang, Xiang, Torr & Hospedales 2018, "Learning to
+    Compare: Relation Network for Few-Shot Learning").
+
+    The encoder f embeds support and query images (feature maps or vectors); a class is
+    the sum of its support embeddings; a learned relation module g scores each (class,
+    query) pair from their concatenation, ``r = sigmoid(g([f(class), f(query)]))``, and
+    training minimises the mean squared error between the scores and the one-hot labels
+    (``relation_scores``, ``relation_mse``). The encoder and the relation module are
+    meta-learned together; ``adapt`` keeps the support set (no gradient steps).
+
+    Args:
+        encoder: a Keras model mapping inputs to embeddings. The paper's: four conv blocks,
+            only the first two pooled (``meta.models.conv4`` minus two pools).
+        relation: a Keras model mapping a batch of concatenated pairs (last axis twice the
+            embedding's) to one number per pair (the sigmoid is applied here). The paper's:
+            two conv blocks and two dense layers (8 units, ReLU; 1). Default: Dense(8,
+            ReLU) and Dense(1), for vector embeddings.
+        meta_optimizer, meta_lr: the optimizer of the encoder and the relation module
+            (paper: Adam 0.001).
+    """
+
+    def __init__(
+        self,
+        encoder: Any,
+        relation: Any = None,
+        meta_optimizer: Any = "adam",
+        meta_lr: float = 0.001,
+    ) -> None:
+        from metalearn.keras import layers as _layers
+        from metalearn.keras.models import Sequential
+
+        if relation is None:
+            relation = Sequential([_layers.Dense(8, activation="relu"), _layers.Dense(1)])
+        if not callable(relation) or not hasattr(relation, "trainable_weights"):
+            raise TypeError(
+                f"RelationNet: relation must be a Keras model, got {type(relation).__name__}"
+            )
+        super().__init__(encoder, meta_optimizer=meta_optimizer, meta_lr=meta_lr)
+        self.relation = relation
+        self.loss = relation_mse  # resolved on the first task (classification from labels)
+
+    def _meta_params(self):
+        seen = {id(w) for w in self.encoder.trainable_weights}
+        extra = [w for w in self.relation.trainable_weights if id(w) not in seen]
+        return super()._meta_params() + extra
+
+    def episode_logits(
+        self, support_x: Array, support_y: ArrayLike, query_x: Array, training: bool = True
+    ) -> _core.Tensor:
+        """Relation scores ``(n_query, n_way)`` in (0, 1) for one episode (differentiable
+        w.r.t. the encoder's and the relation module's weights)."""
+        n_s = len(support_x)
+        n_way = int(np.max(support_y)) + 1
+        x = np.concatenate([np.asarray(support_x, np.float32), np.asarray(query_x, np.float32)])
+        emb = self.encoder(to_tensor(x), training=training)
+        s_emb = _core.narrow(emb, 0, 0, n_s)
+        q_emb = _core.narrow(emb, 0, n_s, int(emb.shape[0]) - n_s)
+        _RELATION_TRAINING.append(bool(training))
+        try:
+            return relation_scores(self.relation, s_emb, support_y, q_emb, n_way)
+        finally:
+            _RELATION_TRAINING.pop()
+
+    def episode_loss(
+        self, support_x: Array, support_y: ArrayLike, query_x: Array, query_y: ArrayLike
+    ) -> Any:
+        """The episode's relation loss (mean squared error to the one-hot labels) and its
+        scores."""
+        scores = self.episode_logits(support_x, support_y, query_x)
+        return relation_mse(query_y, scores), scores
+
+    def adapt(
+        self, support_x: Array, support_y: ArrayLike, steps: Optional[int] = None
+    ) -> RelationClassifier:
+        """A ``RelationClassifier`` (copies of the encoder and the relation module plus
+        this task's support set); `steps` is ignored. The learner is unchanged."""
+        if steps is not None:
+            check_count(steps, "steps", "RelationNet.adapt")
+        check_support(support_x, support_y, "RelationNet.adapt")
+        _labels(support_y, int(np.max(support_y)) + 1, "RelationNet.adapt")
+        self._prepare(Task(support_x, support_y, support_x, support_y))
+        return RelationClassifier(
+            clone_model(self.encoder), clone_model(self.relation), support_x, support_y
+        )
+
+    def __repr__(self):
+        return "<RelationNet>"

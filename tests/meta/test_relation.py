@@ -1,0 +1,97 @@
+"""Relation Networks: scores, loss, every gradient and a second-order product against a
+PyTorch float64 reference written from the paper (tests/reference/generate_relation.py);
+the pair layout on feature maps against NumPy; learning; adapt; bad input."""
+
+import numpy as np
+import pytest
+
+import metalearn as ml
+from metalearn import _core, keras
+from metalearn.meta import RelationNet
+from metalearn.meta.metric import relation_scores
+from metalearn.tasks import NWayKShot
+from tests.helpers import REFERENCE
+
+REF = np.load(REFERENCE / "relation.npz")
+
+
+def _learner():
+    enc = keras.Sequential([keras.layers.Dense(6, activation="tanh", input_shape=(4,))])
+    enc.set_weights([REF["enc/W"], REF["enc/b"]])
+    rel = keras.Sequential(
+        [keras.layers.Dense(5, activation="tanh", input_shape=(12,)), keras.layers.Dense(1)]
+    )
+    rel.set_weights([REF["rel/W1"], REF["rel/b1"], REF["rel/W2"], REF["rel/b2"]])
+    return RelationNet(enc, rel)
+
+
+def test_scores_loss_gradients_and_second_order_match_pytorch():
+    learner = _learner()
+    learner._prepare(ml.tasks.Task(REF["xs"], REF["ys"], REF["xq"], REF["yq"]))
+    loss, scores = learner.episode_loss(REF["xs"], REF["ys"], REF["xq"], REF["yq"])
+    np.testing.assert_allclose(np.asarray(scores), REF["scores"], rtol=1e-5, atol=1e-6)
+    assert abs(loss.item() - float(REF["loss"])) < 1e-6
+    params = learner._meta_params()
+    assert len(params) == 6  # the encoder's and the relation module's weights
+    grads = _core.grad(loss, params, create_graph=True)
+    names = ["enc/W", "enc/b", "rel/W1", "rel/b1", "rel/W2", "rel/b2"]
+    for g, n in zip(grads, names):
+        np.testing.assert_allclose(np.asarray(g), REF[f"grad/{n}"], rtol=1e-3, atol=1e-6)
+    (hvp,) = _core.grad(_core.reduce_sum(grads[0] * _core.as_tensor(REF["v/W"])), [params[0]])
+    np.testing.assert_allclose(np.asarray(hvp), REF["hvp/W"], rtol=2e-3, atol=1e-6)
+
+
+def test_feature_map_pairs_are_class_then_query_on_the_channel_axis():
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(4, 2, 2, 3)).astype(np.float32)  # 2-way 2-shot feature maps
+    q = rng.normal(size=(3, 2, 2, 3)).astype(np.float32)
+    ys = np.array([0, 1, 1, 0])
+    w = rng.normal(size=(2 * 2 * 6, 1)).astype(np.float32)
+    rel = keras.Sequential([keras.layers.Flatten(input_shape=(2, 2, 6)), keras.layers.Dense(1)])
+    rel.set_weights([w, np.zeros(1, np.float32)])
+    got = np.asarray(relation_scores(rel, _core.as_tensor(s), ys, _core.as_tensor(q), 2))
+    want = np.empty((3, 2))
+    for i in range(3):
+        for c in range(2):
+            pair = np.concatenate([s[ys == c].sum(0), q[i]], axis=-1)  # depth concatenation
+            want[i, c] = 1 / (1 + np.exp(-(pair.reshape(-1) @ w[:, 0])))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_relation_net_learns_and_adapts_without_changing_itself():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(8, 4)) * 2
+    x = (centres.repeat(10, 0) + rng.normal(size=(80, 4)) * 0.3).astype(np.float32)
+    tasks = NWayKShot((x, np.arange(80) // 10), 3, 2, 4, augment_rotations=False, seed=1)
+    ml.random.set_seed(0)
+    enc = keras.Sequential(
+        [keras.layers.Dense(16, activation="relu", input_shape=(4,)), keras.layers.Dense(8)]
+    )
+    learner = RelationNet(enc)
+    before = learner.evaluate(tasks, episodes=40)["accuracy"]
+    learner.fit(tasks, iterations=150, meta_batch_size=4, verbose=0)
+    after = learner.evaluate(
+        NWayKShot((x, np.arange(80) // 10), 3, 2, 4, augment_rotations=False, seed=9), episodes=40
+    )
+    assert after["accuracy"] > max(0.6, before + 0.2)
+    task = tasks.sample()
+    weights = [np.array(w) for w in learner._meta_params()]
+    model = learner.adapt(task.support_x, task.support_y)
+    scores = model.predict(task.query_x, verbose=0)
+    np.testing.assert_allclose(
+        scores,
+        np.asarray(learner.episode_logits(task.support_x, task.support_y, task.query_x, False)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    for a, b in zip(weights, learner._meta_params()):
+        np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_bad_input_is_refused():
+    enc = keras.Sequential([keras.layers.Dense(4, input_shape=(2,))])
+    with pytest.raises(TypeError, match="relation must be a Keras model"):
+        RelationNet(enc, relation="mlp")
+    learner = RelationNet(enc)
+    with pytest.raises(ValueError, match="class 1 has no support example"):
+        learner.adapt(np.zeros((2, 2), np.float32), np.array([0, 2]))
