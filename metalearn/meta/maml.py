@@ -28,6 +28,8 @@ __all__ = ["MAML", "MetaSGD", "ANIL", "BATCH_NORM_MODES"]
 
 #: the statistics a gradient-based learner normalises the query with (MAML's batch_norm)
 BATCH_NORM_MODES = ("transductive", "support", "running")
+#: the inner loop's update rules (MAML's inner_optimizer)
+INNER_OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
 class MAML(BaseMetaLearner):
@@ -96,6 +98,18 @@ class MAML(BaseMetaLearner):
             returns a model whose moving statistics are those the mode normalises with
             (``"support"``: the support set's), so its ``predict`` gives the same
             predictions as ``evaluate``.
+        inner_optimizer: the inner loop's update rule, differentiated through like the
+            plain step (higher's ``DifferentiableOptimizer``): ``"sgd"`` (the paper's
+            ``w - inner_lr * g``), ``"momentum"`` (``torch.optim.SGD``'s heavy ball:
+            ``b = inner_momentum * b + g``, ``w - inner_lr * b``) or ``"adam"`` (Kingma &
+            Ba 2015, as ``torch.optim.Adam``: bias-corrected moments with
+            ``inner_betas``, ``w - inner_lr * m_hat / (sqrt(v_hat) + inner_epsilon)``),
+            its state starting at zero for every task. Second-order meta-gradients flow
+            through the moments (checked against PyTorch; under Adam's square root
+            ``v_hat + 1e-30``, so that an exactly zero gradient, a ReLU unit that never
+            fires, does not make them NaN). Other than "sgd", the tasks
+            run one by one (not vectorised or traced).
+        inner_momentum, inner_betas, inner_epsilon: the inner optimizer's settings.
 
     Example::
 
@@ -133,10 +147,32 @@ class MAML(BaseMetaLearner):
         vectorize: Union[str, bool] = "auto",
         trace: bool = True,
         batch_norm: str = "transductive",
+        inner_optimizer: str = "sgd",
+        inner_momentum: float = 0.9,
+        inner_betas: Tuple[float, float] = (0.9, 0.999),
+        inner_epsilon: float = 1e-8,
     ) -> None:
         who = type(self).__name__
         # every setting checked before anything is stored: a bad one changes nothing
         check_model(model, who)
+        if inner_optimizer not in INNER_OPTIMIZERS:
+            raise ValueError(
+                f"{who}: inner_optimizer must be one of {INNER_OPTIMIZERS}, got {inner_optimizer!r}"
+            )
+        if inner_optimizer != "sgd" and type(self)._inner_step is not MAML._inner_step:
+            raise ValueError(
+                f"{who}: inner_optimizer={inner_optimizer!r} is not supported (its inner step "
+                "is its own); use 'sgd'"
+            )
+        inner_momentum = check_rate(inner_momentum, "inner_momentum", who)
+        betas = tuple(inner_betas) if isinstance(inner_betas, (tuple, list)) else ()
+        if len(betas) != 2 or not all(
+            isinstance(b, (int, float)) and 0.0 <= float(b) < 1.0 for b in betas
+        ):
+            raise ValueError(
+                f"{who}: inner_betas must be two numbers in [0, 1), got {inner_betas!r}"
+            )
+        inner_epsilon = check_rate(inner_epsilon, "inner_epsilon", who)
         if batch_norm not in BATCH_NORM_MODES:
             raise ValueError(
                 f"{who}: batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}"
@@ -166,6 +202,10 @@ class MAML(BaseMetaLearner):
         self.first_order = bool(first_order)
         self.batch_norm = batch_norm
         self._pending_statistics = []
+        self.inner_optimizer = inner_optimizer
+        self.inner_momentum = float(inner_momentum)
+        self.inner_betas = (float(betas[0]), float(betas[1]))
+        self.inner_epsilon = float(inner_epsilon)
 
     # ------------------------------------------------------------ the pieces
     def _meta_params(self):
@@ -232,6 +272,37 @@ class MAML(BaseMetaLearner):
         on the step (MAML++'s per-step rates) overrides this, not the loop."""
         return self._inner_update(fast, grads)
 
+    def _inner_apply(self, step, fast, grads, state):
+        """Inner step `step` (0-based) by the inner optimizer: (new weights, new state).
+        Core ops throughout, so the meta-gradient differentiates through the moments."""
+        opt = self.inner_optimizer
+        if opt == "sgd":
+            return self._inner_step(step, fast, grads), state
+        lr = self.inner_lr
+        if opt == "momentum":  # torch.optim.SGD(momentum=mu): b_1 = g, b_t = mu b + g
+            mu = self.inner_momentum
+            bufs = list(grads) if state is None else [b * mu + g for b, g in zip(state, grads)]
+            return [w - lr * b for w, b in zip(fast, bufs)], bufs
+        b1, b2 = self.inner_betas  # Adam (Kingma & Ba 2015, Algorithm 1), moments from 0
+        t = step + 1
+        if state is None:
+            m = [g * (1.0 - b1) for g in grads]
+            v = [g * g * (1.0 - b2) for g in grads]
+        else:
+            m = [mm * b1 + g * (1.0 - b1) for mm, g in zip(state[0], grads)]
+            v = [vv * b2 + g * g * (1.0 - b2) for vv, g in zip(state[1], grads)]
+        c1, c2 = 1.0 - b1**t, 1.0 - b2**t
+        eps = self.inner_epsilon
+        # sqrt(v_hat + 1e-30): the same value in float32 wherever v_hat > 1e-23, and a
+        # finite derivative where a gradient is exactly zero (a ReLU unit that never
+        # fires), where sqrt'(0) = inf would make the second-order meta-gradient NaN
+        # (as PyTorch's Adam differentiated twice does)
+        new = [
+            w - (mm * (lr / c1)) / (_core.sqrt(vv * (1.0 / c2) + 1e-30) + eps)
+            for w, mm, vv in zip(fast, m, v)
+        ]
+        return new, (m, v)
+
     def _inner_loop(self, x, y, steps, create_graph, detach=False, record=None):
         """Runs `steps` inner SGD steps from the meta-weights.
 
@@ -246,6 +317,7 @@ class MAML(BaseMetaLearner):
         """
         fast = list(self._inner_params())
         trail = []
+        state = None  # the inner optimizer's moments (none for SGD)
         if record is not None and 0 in record:
             trail.append((0, fast))
         for step in range(1, steps + 1):
@@ -253,11 +325,11 @@ class MAML(BaseMetaLearner):
             grads = _core.grad(loss, fast, create_graph=create_graph)
             if detach:
                 with _core_no_grad():
-                    fast = self._inner_step(step - 1, fast, grads)
+                    fast, state = self._inner_apply(step - 1, fast, grads, state)
                 for w in fast:
                     w.requires_grad = True
             else:
-                fast = self._inner_step(step - 1, fast, grads)
+                fast, state = self._inner_apply(step - 1, fast, grads, state)
             if record is not None and step in record:
                 trail.append((step, fast))
         return trail if record is not None else fast
@@ -272,6 +344,7 @@ class MAML(BaseMetaLearner):
         if (
             self._batched_inner_loop
             and self.batch_norm == "transductive"
+            and self.inner_optimizer == "sgd"
             and self.vectorize is not False
             and (self.loss is None or isinstance(self.loss, str))
         ):
