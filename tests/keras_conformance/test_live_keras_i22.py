@@ -125,3 +125,75 @@ def test_mean_iou_matches_keras():
     s = R.random((40, 4)).astype(np.float32)
     a, b = _both(lambda M: M.MeanIoU(4, sparse_y_pred=False), (t, s))
     np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+# ------------------------------------------------------------------ callbacks
+class _Holder:
+    """The model a callback sees: an optimizer and the metrics it may read."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.metrics = []
+        self.stop_training = False
+
+
+def _drive(cb, model, values, key="val_loss"):
+    cb.set_model(model)
+    cb.on_train_begin({})
+    rates, logs_seen = [], []
+    for epoch, v in enumerate(values):
+        logs = {"loss": float(v) + 1.0, key: float(v)}
+        cb.on_epoch_begin(epoch, {})
+        cb.on_epoch_end(epoch, logs)
+        rates.append(float(np.asarray(KERAS.ops.convert_to_numpy(model.optimizer.learning_rate))))
+        logs_seen.append(dict(logs))
+    cb.on_train_end({})
+    return rates, logs_seen
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"patience": 1, "factor": 0.5},
+        {"patience": 2, "factor": 0.1, "cooldown": 1, "min_lr": 1e-3},
+        {"patience": 0, "factor": 0.3, "min_delta": 0.05, "mode": "min"},
+        {"patience": 1, "factor": 0.5, "mode": "max", "monitor": "val_acc"},
+    ],
+)
+def test_reduce_lr_on_plateau_rates_match_keras(kwargs):
+    from metalearn.keras import callbacks, optimizers
+
+    values = [1.0, 0.9, 0.95, 0.93, 0.97, 0.5, 0.6, 0.6, 0.61, 0.4, 0.45, 0.45, 0.44, 0.46]
+    key = kwargs.get("monitor", "val_loss")
+    ours, our_logs = _drive(
+        callbacks.ReduceLROnPlateau(**kwargs), _Holder(optimizers.SGD(0.1)), values, key
+    )
+    theirs, their_logs = _drive(
+        KERAS.callbacks.ReduceLROnPlateau(**kwargs), _Holder(KERAS.optimizers.SGD(0.1)), values, key
+    )
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+    np.testing.assert_allclose(
+        [l["learning_rate"] for l in our_logs], [l["learning_rate"] for l in their_logs], rtol=1e-6
+    )
+
+
+def test_csv_logger_file_matches_keras(tmp_path):
+    from metalearn.keras import callbacks
+
+    rows = [
+        {"loss": 0.5, "acc": 0.25},
+        {"loss": 0.25, "acc": 0.5, "val_loss": 0.75},
+        {"loss": 0.125, "acc": np.float32(0.75), "f1": np.array([0.5, 0.25])},
+    ]
+    files = []
+    for lib in (callbacks, KERAS.callbacks):
+        for append in (False, True):
+            path = tmp_path / f"{lib.__name__}.csv"
+            cb = lib.CSVLogger(str(path), separator=";", append=append)
+            cb.set_model(_Holder(None))
+            cb.on_train_begin({})
+            for epoch, logs in enumerate(rows):
+                cb.on_epoch_end(epoch, dict(logs))
+            cb.on_train_end({})
+        files.append(path.read_text())
+    assert files[0] == files[1]
