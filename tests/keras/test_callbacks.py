@@ -597,3 +597,32 @@ def test_backup_keeps_files_that_are_not_its_own_and_restores_the_learning_rate(
     assert h.epoch == [2]
     assert m2.optimizer.learning_rate == pytest.approx(0.05 * 0.5)
     assert sorted(p.name for p in backup.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_learning_rate_callbacks_reach_the_traced_step(eager):
+    """The rate a callback sets between epochs is the one the next epoch's steps use, in
+    the traced step replayed from C as in the eager one: a rate of 0 leaves the weights
+    as they were, and the traced and eager runs end with the same weights."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    y = rng.normal(size=(40, 2)).astype(np.float32)
+    ml.random.set_seed(0)
+    m = models.Sequential([layers.Dense(2, input_shape=(3,))])
+    m.compile(optimizer=optimizers.SGD(0.1), loss="mse", run_eagerly=eager)
+    seen = []
+    record = callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen.append(m.get_weights()))
+    sched = callbacks.LearningRateScheduler(lambda e, lr: [0.1, 0.0, 0.05][e])
+    h = m.fit(x, y, epochs=3, batch_size=8, verbose=0, shuffle=False, callbacks=[sched, record])
+    assert h.history["learning_rate"] == [0.1, 0.0, 0.05]
+    for a, b in zip(seen[0], seen[1]):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(seen[1][0], seen[2][0])
+    # SGD by hand from epoch 1's weights at rate 0.05 (float64; the batches in order)
+    w, b = [v.astype(np.float64) for v in seen[1]]
+    for i in range(0, 40, 8):
+        xb, yb = x[i : i + 8].astype(np.float64), y[i : i + 8].astype(np.float64)
+        g = 2.0 * (xb @ w + b - yb) / yb.size
+        w, b = w - 0.05 * xb.T @ g, b - 0.05 * g.sum(0)
+    np.testing.assert_allclose(seen[2][0], w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(seen[2][1], b, rtol=1e-5, atol=1e-6)

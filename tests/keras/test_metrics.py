@@ -386,3 +386,22 @@ def test_f1_score_per_class_result_in_fit_logs_and_progress_bar(capsys):
     f1 = hist.history["f1_score"][0]
     assert np.shape(f1) == (3,)
     assert f"f1_score: {np.mean(f1):.4f}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("precision", _m.Precision),
+        ("recall", _m.Recall),
+        ("auc", _m.AUC),
+        ("f1_score", _m.F1Score),
+        ("top_k_categorical_accuracy", _m.TopKCategoricalAccuracy),
+        ("sparse_top_k_categorical_accuracy", _m.SparseTopKCategoricalAccuracy),
+        ("Precision", _m.Precision),
+        ("AUC", _m.AUC),
+    ],
+)
+def test_new_metrics_by_name(name, cls):
+    """Keras 3 resolves a metric class by its name and its snake_case name."""
+    m = _m.get(name)
+    assert type(m) is cls and m.name == (name if name.islower() else m.name)
