@@ -755,16 +755,6 @@ class BinaryCrossentropy(LossFunctionWrapper):
         self.from_logits = from_logits
 
 
-def _simple_loss(fn, default_name, doc):
-    """A Loss class over `fn` with only ``reduction`` and ``name`` (Keras 3's config)."""
-
-    def __init__(self, reduction="sum_over_batch_size", name=default_name, dtype=None):
-        _check_dtype(type(self).__name__, dtype)
-        LossFunctionWrapper.__init__(self, fn, reduction=reduction, name=name)
-
-    return {"__init__": __init__, "get_config": lambda self: Loss.get_config(self), "__doc__": doc}
-
-
 def _check_dtype(name, dtype):
     if dtype is not None and np.dtype(dtype) != np.float32:
         raise TypeError(f"{name}: only float32 is supported, got dtype={dtype!r}")
@@ -798,35 +788,132 @@ class Huber(LossFunctionWrapper):
         return Loss.get_config(self)
 
 
-LogCosh = type(
-    "LogCosh",
-    (LossFunctionWrapper,),
-    _simple_loss(log_cosh, "log_cosh", "Log-cosh of the error (see ``log_cosh``)."),
-)
-KLDivergence = type(
-    "KLDivergence",
-    (LossFunctionWrapper,),
-    _simple_loss(
-        kl_divergence, "kl_divergence", "Kullback-Leibler divergence (see ``kl_divergence``)."
-    ),
-)
-Poisson = type("Poisson", (LossFunctionWrapper,), _simple_loss(poisson, "poisson", "Poisson loss."))
-Hinge = type(
-    "Hinge", (LossFunctionWrapper,), _simple_loss(hinge, "hinge", "Hinge loss (see ``hinge``).")
-)
-SquaredHinge = type(
-    "SquaredHinge",
-    (LossFunctionWrapper,),
-    _simple_loss(squared_hinge, "squared_hinge", "Squared hinge loss."),
-)
-CategoricalHinge = type(
-    "CategoricalHinge",
-    (LossFunctionWrapper,),
-    _simple_loss(categorical_hinge, "categorical_hinge", "Categorical hinge loss."),
-)
-for _c in (LogCosh, KLDivergence, Poisson, Hinge, SquaredHinge, CategoricalHinge):
-    _c.__module__ = __name__
-    _c.__qualname__ = _c.__name__
+class LogCosh(LossFunctionWrapper):
+    """Log-cosh of the error: ``mean(log(cosh(y_pred - y_true)), axis=-1)`` (see
+    ``log_cosh``).
+
+    Args:
+        reduction: see ``Loss``.
+        name: default ``"log_cosh"``.
+
+    ``get_config`` is ``{"name", "reduction"}``, as Keras 3's.
+    """
+
+    def __init__(
+        self, reduction: str = "sum_over_batch_size", name: str = "log_cosh", dtype: Any = None
+    ) -> None:
+        _check_dtype("LogCosh", dtype)
+        super().__init__(log_cosh, reduction=reduction, name=name)
+
+    def get_config(self) -> Config:
+        return Loss.get_config(self)
+
+
+class KLDivergence(LossFunctionWrapper):
+    """Kullback-Leibler divergence ``sum(y log(y / p), axis=-1)``, both clipped to
+    ``[1e-7, 1]`` (see ``kl_divergence``).
+
+    Args:
+        reduction: see ``Loss``.
+        name: default ``"kl_divergence"``.
+
+    ``get_config`` is ``{"name", "reduction"}``, as Keras 3's.
+    """
+
+    def __init__(
+        self, reduction: str = "sum_over_batch_size", name: str = "kl_divergence", dtype: Any = None
+    ) -> None:
+        _check_dtype("KLDivergence", dtype)
+        super().__init__(kl_divergence, reduction=reduction, name=name)
+
+    def get_config(self) -> Config:
+        return Loss.get_config(self)
+
+
+class Poisson(LossFunctionWrapper):
+    """Poisson loss ``mean(y_pred - y_true log(y_pred + 1e-7), axis=-1)``.
+
+    Args:
+        reduction: see ``Loss``.
+        name: default ``"poisson"``.
+
+    ``get_config`` is ``{"name", "reduction"}``, as Keras 3's.
+    """
+
+    def __init__(
+        self, reduction: str = "sum_over_batch_size", name: str = "poisson", dtype: Any = None
+    ) -> None:
+        _check_dtype("Poisson", dtype)
+        super().__init__(poisson, reduction=reduction, name=name)
+
+    def get_config(self) -> Config:
+        return Loss.get_config(self)
+
+
+class Hinge(LossFunctionWrapper):
+    """Hinge loss ``mean(max(1 - y_true y_pred, 0), axis=-1)``, 0/1 labels turned into
+    -1/1 (see ``hinge``).
+
+    Args:
+        reduction: see ``Loss``.
+        name: default ``"hinge"``.
+
+    ``get_config`` is ``{"name", "reduction"}``, as Keras 3's.
+    """
+
+    def __init__(
+        self, reduction: str = "sum_over_batch_size", name: str = "hinge", dtype: Any = None
+    ) -> None:
+        _check_dtype("Hinge", dtype)
+        super().__init__(hinge, reduction=reduction, name=name)
+
+    def get_config(self) -> Config:
+        return Loss.get_config(self)
+
+
+class SquaredHinge(LossFunctionWrapper):
+    """Squared hinge loss ``mean(max(1 - y_true y_pred, 0)^2, axis=-1)`` (see
+    ``squared_hinge``).
+
+    Args:
+        reduction: see ``Loss``.
+        name: default ``"squared_hinge"``.
+
+    ``get_config`` is ``{"name", "reduction"}``, as Keras 3's.
+    """
+
+    def __init__(
+        self, reduction: str = "sum_over_batch_size", name: str = "squared_hinge", dtype: Any = None
+    ) -> None:
+        _check_dtype("SquaredHinge", dtype)
+        super().__init__(squared_hinge, reduction=reduction, name=name)
+
+    def get_config(self) -> Config:
+        return Loss.get_config(self)
+
+
+class CategoricalHinge(LossFunctionWrapper):
+    """Categorical hinge loss ``max(max((1 - y) p) - sum(y p) + 1, 0)`` (see
+    ``categorical_hinge``).
+
+    Args:
+        reduction: see ``Loss``.
+        name: default ``"categorical_hinge"``.
+
+    ``get_config`` is ``{"name", "reduction"}``, as Keras 3's.
+    """
+
+    def __init__(
+        self,
+        reduction: str = "sum_over_batch_size",
+        name: str = "categorical_hinge",
+        dtype: Any = None,
+    ) -> None:
+        _check_dtype("CategoricalHinge", dtype)
+        super().__init__(categorical_hinge, reduction=reduction, name=name)
+
+    def get_config(self) -> Config:
+        return Loss.get_config(self)
 
 
 class CosineSimilarity(LossFunctionWrapper):
