@@ -286,7 +286,7 @@ def huber(y_true: ArrayLike, y_pred: Array, delta: float = 1.0) -> _core.Tensor:
     Args:
         y_true: targets ``(batch, ..., d)`` (shapes matched as ``mean_squared_error``).
         y_pred: predictions, same shape.
-        delta: where the loss turns from quadratic to linear (> 0... as Keras, any float).
+        delta: where the loss turns from quadratic to linear (1.0).
 
     Returns:
         Tensor ``(batch, ...)``.
