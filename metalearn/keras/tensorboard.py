@@ -147,3 +147,13 @@ class EventFileWriter:
             self._file.flush()
             self._file.close()
             self._file = None
+
+
+# dir() and tab completion offer the API only (metalearn/__init__.py's rule; this module is
+# not imported with the package, so it applies the rule itself)
+def __dir__():
+    import sys
+
+    from metalearn import _public_dir
+
+    return _public_dir(sys.modules[__name__])()
