@@ -21,7 +21,12 @@ __all__ = ["Progbar"]
 
 
 def _format_value(v):
-    v = float(v)
+    try:
+        v = float(v)
+    except TypeError:  # an array-valued metric (F1Score per class): its mean, as Keras' Progbar
+        import numpy as np
+
+        v = float(np.mean(v))
     if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e4):
         return f"{v:.4e}"
     return f"{v:.4f}"

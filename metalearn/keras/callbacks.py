@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Iterable, Optional, Union
 
 from metalearn._typing import Logs
+import collections
+import csv
 import os
 import warnings
 
@@ -18,6 +20,11 @@ __all__ = [
     "EarlyStopping",
     "ModelCheckpoint",
     "LambdaCallback",
+    "ReduceLROnPlateau",
+    "LearningRateScheduler",
+    "CSVLogger",
+    "BackupAndRestore",
+    "TensorBoard",
 ]
 
 
@@ -482,6 +489,615 @@ class LambdaCallback(Callback):
                 raise TypeError(f"LambdaCallback: unknown hook {name!r}")
             if fn is not None:
                 setattr(self, name, fn)
+
+
+# ------------------------------------------------------------------ learning rate
+_SCHEDULE_ERROR = (
+    "This optimizer was created with a `LearningRateSchedule` object as its "
+    "`learning_rate` constructor argument, hence its learning rate is not settable. If "
+    "you need the learning rate to be settable, you should instantiate the optimizer "
+    "with a float `learning_rate` argument."
+)
+
+
+def _has_schedule(opt):
+    """Whether `opt` takes its rate from a schedule (an object called with the step)
+    rather than a settable float."""
+    for attr in ("_learning_rate", "_schedule", "learning_rate_schedule"):
+        value = getattr(opt, attr, None)
+        if value is not None and callable(value):
+            return True
+    return callable(getattr(opt, "learning_rate", None))
+
+
+def _optimizer(callback):
+    opt = getattr(callback.model, "optimizer", None)
+    if opt is None or not hasattr(opt, "learning_rate"):
+        raise ValueError(
+            f'{type(callback).__name__}: Optimizer must have a "learning_rate" attribute '
+            "(compile the model with an optimizer first)."
+        )
+    return opt
+
+
+def _current_lr(opt):
+    value = opt.learning_rate
+    if callable(value):  # a schedule: its value at the optimizer's step
+        value = value(int(getattr(opt, "iterations", 0)))
+    return float(value)
+
+
+def _set_lr(opt, value):
+    if _has_schedule(opt):
+        raise TypeError(_SCHEDULE_ERROR)
+    opt.learning_rate = value  # the optimizer's setter checks the value
+
+
+def _finite_number(name, what, value, low=None, high=None, low_open=False, high_open=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f"{name}: {what} must be a number, got {value!r}")
+    value = float(value)
+    bad = not np.isfinite(value)
+    if low is not None:
+        bad |= value <= low if low_open else value < low
+    if high is not None:
+        bad |= value >= high if high_open else value > high
+    if bad:
+        raise ValueError(f"{name}: {what} is out of range, got {value!r}")
+    return value
+
+
+class ReduceLROnPlateau(MonitorCallback):
+    """Reduce the learning rate when a monitored quantity has stopped improving.
+
+    After `patience` epochs without an improvement of more than `min_delta`, the rate
+    becomes ``max(lr * factor, min_lr)``; then `cooldown` epochs pass before counting
+    again. The current rate is added to the epoch's logs as ``learning_rate`` (so History
+    and CSVLogger record it), as Keras 3.
+
+    Args:
+        monitor: the quantity in the logs (default ``"val_loss"``).
+        factor: the multiplier, in [0, 1) (0.1).
+        patience: epochs without improvement before a reduction (10).
+        verbose: 1 prints a message on each reduction.
+        mode: ``"auto"``, ``"min"`` or ``"max"`` (see ``MonitorCallback``).
+        min_delta: the least change that counts as an improvement (1e-4).
+        cooldown: epochs to wait after a reduction before counting again (0).
+        min_lr: the lower bound of the rate (0).
+
+    Raises:
+        ValueError: `factor` >= 1 (Keras' message) or another argument out of range.
+        TypeError: (from ``fit``, before the first step) an optimizer whose rate comes
+            from a learning-rate schedule, with Keras' message.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        factor: float = 0.1,
+        patience: int = 10,
+        verbose: int = 0,
+        mode: str = "auto",
+        min_delta: float = 1e-4,
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs:  # Keras 3 ignores the Keras 2 "epsilon"/"lr" aliases silently; refuse typos
+            raise TypeError(f"ReduceLROnPlateau: unexpected arguments {sorted(kwargs)}")
+        factor = _finite_number("ReduceLROnPlateau", "factor", factor)
+        if factor >= 1.0:
+            raise ValueError(
+                f"ReduceLROnPlateau does not support a factor >= 1.0. Received factor={factor}"
+            )
+        if factor < 0.0:
+            raise ValueError(f"ReduceLROnPlateau: factor must be >= 0, got {factor}")
+        super().__init__(monitor, mode, min_delta=min_delta)
+        self.factor = factor
+        self.min_lr = _finite_number("ReduceLROnPlateau", "min_lr", min_lr, low=0.0)
+        self.patience = int(patience)
+        self.verbose = verbose
+        self.cooldown = int(cooldown)
+        if self.patience < 0 or self.cooldown < 0:
+            raise ValueError("ReduceLROnPlateau: patience and cooldown must be >= 0")
+        self.cooldown_counter = 0
+        self.wait = 0
+
+    def _reset(self):
+        self.best = None
+        self.cooldown_counter = 0
+        self.wait = 0
+
+    def in_cooldown(self) -> bool:
+        """Whether the callback is waiting out its cooldown."""
+        return self.cooldown_counter > 0
+
+    def on_train_begin(self, logs: Optional[Logs] = None) -> None:
+        self._reset()
+        if self.model is not None and getattr(self.model, "optimizer", None) is not None:
+            if _has_schedule(self.model.optimizer):
+                raise TypeError(_SCHEDULE_ERROR)  # before any step: nothing trained
+        self._check_monitor()
+
+    def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        logs = logs if logs is not None else {}
+        opt = _optimizer(self)
+        logs["learning_rate"] = _current_lr(opt)
+        current = logs.get(self.monitor)
+        if current is None:
+            warnings.warn(
+                f"Learning rate reduction is conditioned on metric `{self.monitor}` which "
+                f"is not available. Available metrics are: {','.join(list(logs.keys()))}.",
+                stacklevel=2,
+            )
+            return
+        current = float(current)
+        if self.in_cooldown():
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._is_improvement(current, self.best):
+            self.best = current
+            self.wait = 0
+        elif not self.in_cooldown():
+            self.wait += 1
+            if self.wait >= self.patience:
+                old_lr = _current_lr(opt)
+                # compared in float32, as Keras' variable: a rate at min_lr stays
+                if old_lr > np.float32(self.min_lr):
+                    new_lr = max(old_lr * self.factor, self.min_lr)
+                    _set_lr(opt, new_lr)
+                    if self.verbose > 0:
+                        print(
+                            f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning "
+                            f"rate to {new_lr}."
+                        )
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+
+
+class LearningRateScheduler(Callback):
+    """Sets the learning rate at the start of each epoch from ``schedule(epoch, lr)``.
+
+    Args:
+        schedule: ``f(epoch, lr) -> float`` (epoch counts from 0, lr is the current
+            rate); a function of the epoch alone, ``f(epoch)``, works too (Keras 2).
+        verbose: 1 prints the rate set.
+
+    The rate is added to the epoch's logs as ``learning_rate``.
+
+    Raises:
+        ValueError: a schedule that returns anything but a float (Keras' message), or a
+            negative or non-finite rate; the optimizer keeps its rate.
+        TypeError: an optimizer whose rate comes from a schedule (Keras' message).
+    """
+
+    def __init__(self, schedule: Callable[..., float], verbose: int = 0) -> None:
+        super().__init__()
+        if not callable(schedule):
+            raise TypeError(
+                f"LearningRateScheduler: schedule must be callable, got {type(schedule).__name__}"
+            )
+        self.schedule = schedule
+        self.verbose = verbose
+
+    def on_epoch_begin(self, epoch: int, logs: Optional[Logs] = None) -> None:
+        opt = _optimizer(self)
+        if _has_schedule(opt):
+            raise TypeError(_SCHEDULE_ERROR)
+        try:  # Keras 3's order: the two-argument form, then the Keras 2 one
+            lr = self.schedule(epoch, _current_lr(opt))
+        except TypeError:
+            lr = self.schedule(epoch)
+        if not isinstance(lr, (float, np.float32, np.float64)):
+            raise ValueError(f"The output of the `schedule` function should be a float. Got: {lr}")
+        _set_lr(opt, float(lr))
+        if self.verbose > 0:
+            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr}.")
+
+    def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
+        if logs is not None:
+            logs["learning_rate"] = _current_lr(_optimizer(self))
+
+
+class CSVLogger(Callback):
+    """Streams each epoch's logs to a CSV file (one row per epoch, ``epoch`` first, the
+    other keys sorted; ``val_`` columns are reserved when the first epoch has none, and
+    filled with ``NA`` until a validation runs), as Keras 3.
+
+    Args:
+        filename: the file.
+        separator: the column delimiter (``","``).
+        append: add to an existing file (its header kept) instead of overwriting it.
+
+    Raises:
+        OSError: (from ``fit``, before the first step) a file that cannot be opened for
+            writing; the message names it.
+    """
+
+    def __init__(
+        self, filename: Union[str, "os.PathLike[str]"], separator: str = ",", append: bool = False
+    ) -> None:
+        super().__init__()
+        if not isinstance(separator, str) or len(separator) != 1:
+            raise ValueError(f"CSVLogger: separator must be one character, got {separator!r}")
+        self.sep = separator
+        self.filename = os.fspath(filename)
+        self.append = bool(append)
+        self.writer = None
+        self.keys = None
+        self.append_header = True
+        self.csv_file = None
+
+    def on_train_begin(self, logs: Optional[Logs] = None) -> None:
+        self.append_header = True
+        if self.append:
+            if os.path.exists(self.filename):
+                with open(self.filename) as f:
+                    self.append_header = not bool(len(f.readline()))
+            mode = "a"
+        else:
+            mode = "w"
+        if self.csv_file and not self.csv_file.closed:
+            self.csv_file.close()
+        try:
+            self.csv_file = open(self.filename, mode, newline="")
+        except OSError as e:
+            raise type(e)(
+                e.errno,
+                f"CSVLogger: cannot open the log file for writing ({e.strerror})",
+                self.filename,
+            ) from None
+        self.writer = None
+        self.keys = None
+
+    def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
+        logs = logs or {}
+
+        def handle_value(v):
+            if isinstance(v, str):
+                return v
+            if isinstance(v, collections.abc.Iterable) and not (
+                isinstance(v, np.ndarray) and v.ndim == 0
+            ):
+                return f'"[{", ".join(map(str, v))}]"'
+            return v
+
+        if self.keys is None:
+            self.keys = sorted(logs.keys())
+            if self.keys and not any(k.startswith("val_") for k in self.keys):
+                self.keys.extend([f"val_{k}" for k in self.keys])
+        if not self.writer:
+
+            class Dialect(csv.excel):
+                delimiter = self.sep
+
+            self.writer = csv.DictWriter(
+                self.csv_file, fieldnames=["epoch"] + (self.keys or []), dialect=Dialect
+            )
+            if self.append_header:
+                self.writer.writeheader()
+        row = collections.OrderedDict({"epoch": epoch})
+        row.update((k, handle_value(logs.get(k, "NA"))) for k in self.keys)
+        self.writer.writerow(row)
+        self.csv_file.flush()
+
+    def on_train_end(self, logs: Optional[Logs] = None) -> None:
+        if self.csv_file and not self.csv_file.closed:
+            self.csv_file.close()
+        self.writer = None
+
+
+# ------------------------------------------------------------------ BackupAndRestore
+class _TrainingState:
+    """A model seen as the learner metalearn.checkpoint saves: its weights (every weight,
+    moving statistics included) and its optimizer."""
+
+    def __init__(self, model):
+        self.model = model
+        self.meta_optimizer = model.optimizer
+
+
+class BackupAndRestore(Callback):
+    """Backs up the training state so that ``fit`` resumes after an interruption (an
+    exception, a ``kill -9``), as Keras 3's callback.
+
+    The state is a checkpoint in the library's one format (``metalearn.checkpoint``,
+    written atomically: a process killed at any moment leaves the previous backup or the
+    new one, whole): every weight of the model, the optimizer's slots, step count and
+    learning rate, the core generator's state (so shuffling and dropout go on as if never
+    stopped), and the epoch. The next ``fit`` with this callback finds it in
+    `on_train_begin`, restores it and starts at the saved epoch. With ``save_freq="epoch"``
+    the resumed run ends with the same bits as one never interrupted.
+
+    Args:
+        backup_dir: the folder of the backup (not to be shared with anything else).
+        save_freq: ``"epoch"`` (at each epoch's end) or an integer N (every N training
+            batches; the run then resumes at the start of the epoch in progress with the
+            weights of the last backup, as Keras 3 does, so it is not bit-exact).
+        double_checkpoint: accepted for Keras compatibility; a backup here is already
+            atomic (never half written), so one is kept.
+        delete_checkpoint: remove the backup when training ends normally (True).
+
+    Raises:
+        ValueError: an empty `backup_dir` or a bad `save_freq` (Keras' messages).
+        metalearn.checkpoint.CheckpointError: (from ``fit``, before the first step) a
+            backup that is corrupt or was made by another model or optimizer; nothing is
+            restored.
+    """
+
+    def __init__(
+        self,
+        backup_dir: Union[str, "os.PathLike[str]"],
+        save_freq: Union[str, int] = "epoch",
+        double_checkpoint: bool = False,
+        delete_checkpoint: bool = True,
+    ) -> None:
+        super().__init__()
+        if not backup_dir:
+            raise ValueError("Empty `backup_dir` argument passed")
+        if save_freq != "epoch" and (
+            isinstance(save_freq, bool)
+            or not isinstance(save_freq, (int, np.integer))
+            or save_freq < 1
+        ):
+            raise ValueError(
+                "Invalid value for argument `save_freq`. "
+                f"Received: save_freq={save_freq}. "
+                "Expected either 'epoch' or an integer value."
+            )
+        self.backup_dir = os.fspath(backup_dir)
+        self.save_freq = save_freq if save_freq == "epoch" else int(save_freq)
+        self.double_checkpoint = bool(double_checkpoint)
+        self.delete_checkpoint = bool(delete_checkpoint)
+        self._batches_seen_since_last_saving = 0
+        self._last_batch_seen = 0
+        self._current_epoch = 0
+        self._saves = 0
+
+    def _fingerprint(self):
+        opt = self.model.optimizer
+        return {
+            "kind": "keras.callbacks.BackupAndRestore",
+            "weights": [[int(d) for d in w.shape] for w in self.model.weights],
+            "optimizer": type(opt).__name__,
+        }
+
+    def on_train_begin(self, logs: Optional[Logs] = None) -> None:
+        from metalearn import checkpoint
+
+        self._batches_seen_since_last_saving = 0
+        self._last_batch_seen = 0
+        self._current_epoch = 0
+        if getattr(self.model, "optimizer", None) is None:
+            raise ValueError("BackupAndRestore: compile the model with an optimizer first")
+        if not checkpoint.exists(self.backup_dir):
+            return
+        ckpt = checkpoint.load(self.backup_dir)  # checks everything, changes nothing
+        ckpt.check(self._fingerprint())
+        epoch = ckpt.state.get("epoch")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise checkpoint.CheckpointError(
+                f"checkpoint in {self.backup_dir}: the epoch {epoch!r} is not a count"
+            )
+        ckpt.restore(_TrainingState(self.model), {})
+        self._current_epoch = epoch
+        self._saves = int(ckpt.step)
+        self.model._initial_epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
+        self._current_epoch = epoch + 1
+        self._last_batch_seen = 0
+        if self.save_freq == "epoch":
+            self._save()
+
+    def on_train_batch_end(self, batch: int, logs: Optional[Logs] = None) -> None:
+        if self.save_freq == "epoch":
+            return
+        if batch <= self._last_batch_seen:  # a new epoch
+            added = batch + 1
+        else:
+            added = batch - self._last_batch_seen
+        self._batches_seen_since_last_saving += added
+        self._last_batch_seen = batch
+        if self._batches_seen_since_last_saving >= self.save_freq:
+            self._batches_seen_since_last_saving = 0
+            self._save()
+
+    def _save(self):
+        from metalearn import checkpoint
+
+        self._saves += 1
+        checkpoint.save(
+            self.backup_dir,
+            _TrainingState(self.model),
+            step=self._saves,
+            fingerprint=self._fingerprint(),
+            state={"epoch": self._current_epoch, "batch": self._last_batch_seen},
+        )
+
+    def on_train_end(self, logs: Optional[Logs] = None) -> None:
+        from metalearn import checkpoint
+
+        if not self.delete_checkpoint or not os.path.isdir(self.backup_dir):
+            return
+        # only what a checkpoint consists of; the folder goes when nothing else is in it
+        for name in os.listdir(self.backup_dir):
+            if name == checkpoint.MANIFEST or checkpoint._TENSORS.match(name):
+                os.remove(os.path.join(self.backup_dir, name))
+        try:
+            os.rmdir(self.backup_dir)
+        except OSError:
+            pass  # holds files that are not ours: left as they are
+
+    def get_config(self) -> Dict[str, Any]:
+        """The arguments (``backup_dir``, ``save_freq``, ``double_checkpoint``,
+        ``delete_checkpoint``)."""
+        return {
+            "backup_dir": self.backup_dir,
+            "save_freq": self.save_freq,
+            "double_checkpoint": self.double_checkpoint,
+            "delete_checkpoint": self.delete_checkpoint,
+        }
+
+
+# ------------------------------------------------------------------ TensorBoard
+class TensorBoard(Callback):
+    """Writes the logs as TensorBoard scalars, without TensorFlow
+    (``metalearn.keras.tensorboard``: TFRecord-framed ``Event`` protos with masked
+    CRC-32C).
+
+    As Keras 3: ``log_dir/train`` gets ``epoch_<name>`` per epoch (step = epoch) and the
+    learning rate as ``epoch_learning_rate``; ``log_dir/validation`` gets the ``val_``
+    logs as ``epoch_<name>`` (prefix removed) and, at the end of each validation or
+    ``evaluate``, ``evaluation_<name>_vs_iterations`` (step = the optimizer's iterations).
+    With `update_freq` ``"batch"`` or N, ``batch_<name>`` goes to ``train`` every N
+    batches (step = the global batch count).
+
+    Args:
+        log_dir: the folder of the run (``"logs"``).
+        histogram_freq, write_images, embeddings_freq, profile_batch: must stay 0/False:
+            only scalars are written (a ValueError says so otherwise).
+        write_graph: accepted and ignored (there is no graph to write).
+        write_steps_per_second: also log ``steps_per_second`` per epoch.
+        update_freq: ``"epoch"``, ``"batch"`` or an integer.
+        embeddings_metadata: must be None.
+    """
+
+    def __init__(
+        self,
+        log_dir: Union[str, "os.PathLike[str]"] = "logs",
+        histogram_freq: int = 0,
+        write_graph: bool = True,
+        write_images: bool = False,
+        write_steps_per_second: bool = False,
+        update_freq: Union[str, int] = "epoch",
+        profile_batch: int = 0,
+        embeddings_freq: int = 0,
+        embeddings_metadata: Any = None,
+    ) -> None:
+        super().__init__()
+        for what, value in (
+            ("histogram_freq", histogram_freq),
+            ("write_images", write_images),
+            ("profile_batch", profile_batch),
+            ("embeddings_freq", embeddings_freq),
+            ("embeddings_metadata", embeddings_metadata),
+        ):
+            if value:
+                raise ValueError(
+                    f"TensorBoard: {what}={value!r} is not supported; metalearn writes "
+                    "scalars only (leave it at its default)"
+                )
+        if update_freq not in ("epoch", "batch") and (
+            isinstance(update_freq, bool)
+            or not isinstance(update_freq, (int, np.integer))
+            or update_freq < 1
+        ):
+            raise ValueError(
+                f"TensorBoard: update_freq must be 'epoch', 'batch' or a positive integer, "
+                f"got {update_freq!r}"
+            )
+        self.log_dir = os.fspath(log_dir)
+        self.histogram_freq = histogram_freq
+        self.write_graph = write_graph
+        self.write_images = write_images
+        self.write_steps_per_second = bool(write_steps_per_second)
+        self.update_freq = 1 if update_freq == "batch" else update_freq
+        self.embeddings_freq = embeddings_freq
+        self.embeddings_metadata = embeddings_metadata
+        self._writers = {}
+        self._global_train_batch = 0
+        self._epoch_start = None
+        self._epoch_steps = 0
+        self._batch_start = 0.0
+
+    def _writer(self, which):
+        from .tensorboard import EventFileWriter
+
+        w = self._writers.get(which)
+        if w is None:  # made on first use, as Keras' (no validation folder without one)
+            w = self._writers[which] = EventFileWriter(os.path.join(self.log_dir, which))
+        return w
+
+    def _write(self, which, items, step):
+        w = self._writer(which)
+        for name, value in items:
+            for tag, v in _scalars(name, value):
+                w.scalar(tag, v, step)
+        w.flush()
+
+    def on_train_begin(self, logs: Optional[Logs] = None) -> None:
+        self._global_train_batch = 0
+        self._writer("train")  # the folder must be writable: refused before any step
+
+    def on_train_batch_begin(self, batch: int, logs: Optional[Logs] = None) -> None:
+        import time
+
+        self._global_train_batch += 1
+        self._epoch_steps += 1
+        self._batch_start = time.time()
+
+    def on_train_batch_end(self, batch: int, logs: Optional[Logs] = None) -> None:
+        import time
+
+        if self.update_freq == "epoch" or self._global_train_batch % self.update_freq:
+            return
+        items = [(f"batch_{k}", v) for k, v in (logs or {}).items()]
+        if self.write_steps_per_second:
+            items.append(
+                ("batch_steps_per_second", 1.0 / max(time.time() - self._batch_start, 1e-9))
+            )
+        self._write("train", items, self._global_train_batch)
+
+    def on_epoch_begin(self, epoch: int, logs: Optional[Logs] = None) -> None:
+        import time
+
+        self._epoch_start = time.time()
+        self._epoch_steps = 0
+
+    def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
+        import time
+
+        if not logs:
+            return
+        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        val = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
+        opt = getattr(self.model, "optimizer", None)
+        if opt is not None and hasattr(opt, "learning_rate"):
+            train["learning_rate"] = _current_lr(opt)
+        if self.write_steps_per_second and self._epoch_start is not None:
+            train["steps_per_second"] = self._epoch_steps / max(
+                time.time() - self._epoch_start, 1e-9
+            )
+        if train:
+            self._write("train", ((f"epoch_{k}", v) for k, v in train.items()), epoch)
+        if val:
+            self._write("validation", ((f"epoch_{k}", v) for k, v in val.items()), epoch)
+
+    def on_test_end(self, logs: Optional[Logs] = None) -> None:
+        opt = getattr(self.model, "optimizer", None)
+        if not logs or opt is None or not hasattr(opt, "iterations"):
+            return
+        step = int(opt.iterations)
+        self._write(
+            "validation", ((f"evaluation_{k}_vs_iterations", v) for k, v in logs.items()), step
+        )
+
+    def on_train_end(self, logs: Optional[Logs] = None) -> None:
+        for w in self._writers.values():
+            w.close()
+        self._writers = {}
+
+
+def _scalars(name, value):
+    """(tag, float) pairs of a log entry: a number as it is; an array-valued metric
+    (F1Score per class) as its mean, as TensorBoard scalars are scalars."""
+    try:
+        return [(name, float(value))]
+    except (TypeError, ValueError):
+        return [(name, float(np.mean(np.asarray(value, dtype=np.float64))))]
 
 
 def __getattr__(name):

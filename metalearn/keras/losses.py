@@ -45,6 +45,28 @@ __all__ = [
     "categorical_crossentropy",
     "sparse_categorical_crossentropy",
     "binary_crossentropy",
+    "Huber",
+    "LogCosh",
+    "KLDivergence",
+    "Poisson",
+    "CosineSimilarity",
+    "Hinge",
+    "SquaredHinge",
+    "CategoricalHinge",
+    "CategoricalFocalCrossentropy",
+    "BinaryFocalCrossentropy",
+    "huber",
+    "log_cosh",
+    "kl_divergence",
+    "kld",
+    "KLD",
+    "poisson",
+    "cosine_similarity",
+    "hinge",
+    "squared_hinge",
+    "categorical_hinge",
+    "categorical_focal_crossentropy",
+    "binary_focal_crossentropy",
     "squeeze_or_expand_to_same_rank",
     "get",
     "serialize",
@@ -245,9 +267,217 @@ def binary_crossentropy(
     return _core.binary_crossentropy(y_true, y_pred, from_logits=bool(from_logits))
 
 
+# ------------------------------------------------------------------ more losses
+# Each is a formula of differentiable core ops (gradients of any order, recorded by traces
+# and usable in meta-learning inner loops), Keras 3's formula (keras.src.losses.losses).
+_EPS = 1e-7  # Keras' backend.epsilon()
+
+
+def _t(x):
+    """`x` as a Tensor (NumPy targets become constants of the graph)."""
+    return x if isinstance(x, _core.Tensor) else _core.tensor(np.asarray(x, dtype=np.float32))
+
+
+def huber(y_true: ArrayLike, y_pred: Array, delta: float = 1.0) -> _core.Tensor:
+    """Huber loss per sample: ``mean(0.5 e^2 if |e| <= delta else delta |e| - 0.5 delta^2)``
+    over the last axis, ``e = y_pred - y_true``; written as ``0.5 q^2 + delta (|e| - q)``
+    with ``q = min(|e|, delta)`` (the same values, one branch-free formula).
+
+    Args:
+        y_true: targets ``(batch, ..., d)`` (shapes matched as ``mean_squared_error``).
+        y_pred: predictions, same shape.
+        delta: where the loss turns from quadratic to linear (1.0).
+
+    Returns:
+        Tensor ``(batch, ...)``.
+    """
+    y_true, y_pred = _matched(y_true, y_pred, "huber", False)
+    delta = float(delta)
+    a = _core.abs(_core.sub(_t(y_pred), y_true))
+    q = _core.minimum(a, _t(np.float32(delta)))
+    values = _core.add(_core.mul(_core.square(q), 0.5), _core.mul(_core.sub(a, q), delta))
+    return _core.reduce_mean(values, -1)
+
+
+def log_cosh(y_true: ArrayLike, y_pred: Array) -> _core.Tensor:
+    """Log-cosh per sample: ``mean(log(cosh(y_pred - y_true)), axis=-1)``, computed as
+    ``x + softplus(-2x) - log(2)`` (no overflow for large errors, as Keras 3)."""
+    y_true, y_pred = _matched(y_true, y_pred, "log_cosh", False)
+    x = _core.sub(_t(y_pred), y_true)
+    values = _core.add(_core.add(x, _core.softplus(_core.mul(x, -2.0))), -float(np.log(2.0)))
+    return _core.reduce_mean(values, -1)
+
+
+def kl_divergence(y_true: ArrayLike, y_pred: Array) -> _core.Tensor:
+    """Kullback-Leibler divergence per sample: ``sum(y log(y / p), axis=-1)`` with both
+    clipped to ``[1e-7, 1]`` (Keras 3)."""
+    y_true, y_pred = _matched(y_true, y_pred, "kl_divergence", False)
+    t = _core.clip(_t(y_true), _EPS, 1.0)
+    p = _core.clip(_t(y_pred), _EPS, 1.0)
+    return _core.reduce_sum(_core.mul(t, _core.log(_core.div(t, p))), -1)
+
+
+def poisson(y_true: ArrayLike, y_pred: Array) -> _core.Tensor:
+    """Poisson loss per sample: ``mean(y_pred - y_true * log(y_pred + 1e-7), axis=-1)``."""
+    y_true, y_pred = _matched(y_true, y_pred, "poisson", False)
+    p = _t(y_pred)
+    return _core.reduce_mean(_core.sub(p, _core.mul(y_true, _core.log(_core.add(p, _EPS)))), -1)
+
+
+def _l2_normalize(x, axis):
+    # Keras' ops.normalize: x * min(rsqrt(sum x^2), 1 / eps); sqrt(max(s, eps^2)) is the
+    # same value with a finite gradient at x = 0
+    s = _core.reduce_sum(_core.square(x), axis, True)
+    return _core.div(x, _core.sqrt(_core.maximum(s, _t(np.float32(_EPS * _EPS)))))
+
+
+def cosine_similarity(y_true: ArrayLike, y_pred: Array, axis: int = -1) -> _core.Tensor:
+    """Negative cosine similarity per sample: ``-sum(l2_normalize(y_true) *
+    l2_normalize(y_pred), axis)`` (-1 for parallel vectors, 0 for orthogonal ones)."""
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"cosine_similarity: axis must be an int, got {axis!r}")
+    y_true, y_pred = _matched(y_true, y_pred, "cosine_similarity", False)
+    p = _t(y_pred)
+    if not -p.ndim <= int(axis) < p.ndim:
+        raise ValueError(f"cosine_similarity: axis {axis} is out of range for shape {p.shape}")
+    t = _l2_normalize(_t(y_true), int(axis))
+    return _core.neg(_core.reduce_sum(_core.mul(t, _l2_normalize(p, int(axis))), int(axis)))
+
+
+def _hinge_labels(y_true):
+    """Keras' convert_binary_labels_to_hinge: labels all in {0, 1} become -1/1, other
+    labels stay. On a tensor (a traced step's labels) the test is made of ops, branch-free:
+    b = 1 - step(sum |y (1 - y)|), then y + b (y - 1)."""
+    if not isinstance(y_true, _core.Tensor):
+        y = np.asarray(y_true, dtype=np.float32)
+        return 2.0 * y - 1.0 if np.all((y == 0) | (y == 1)) else y
+    off = _core.reduce_sum(_core.abs(_core.mul(y_true, _core.add(_core.neg(y_true), 1.0))))
+    b = _core.add(_core.neg(_core.step(off)), 1.0)
+    return _core.add(y_true, _core.mul(b, _core.add(y_true, -1.0)))
+
+
+def hinge(y_true: ArrayLike, y_pred: Array) -> _core.Tensor:
+    """Hinge loss per sample: ``mean(max(1 - y_true * y_pred, 0), axis=-1)``; labels given
+    as 0/1 are turned into -1/1 first (Keras 3)."""
+    y_true, y_pred = _matched(y_true, y_pred, "hinge", False)
+    m = _core.add(_core.neg(_core.mul(_hinge_labels(y_true), _t(y_pred))), 1.0)
+    return _core.reduce_mean(_core.relu(m), -1)
+
+
+def squared_hinge(y_true: ArrayLike, y_pred: Array) -> _core.Tensor:
+    """Squared hinge per sample: ``mean(square(max(1 - y_true * y_pred, 0)), axis=-1)``
+    (0/1 labels turned into -1/1)."""
+    y_true, y_pred = _matched(y_true, y_pred, "squared_hinge", False)
+    m = _core.add(_core.neg(_core.mul(_hinge_labels(y_true), _t(y_pred))), 1.0)
+    return _core.reduce_mean(_core.square(_core.relu(m)), -1)
+
+
+def categorical_hinge(y_true: ArrayLike, y_pred: Array) -> _core.Tensor:
+    """Categorical hinge per sample: ``max(max((1 - y) p) - sum(y p) + 1, 0)`` over the
+    last axis (one-hot `y_true`)."""
+    y_true, y_pred = _matched(y_true, y_pred, "categorical_hinge", False)
+    p = _t(y_pred)
+    pos = _core.reduce_sum(_core.mul(y_true, p), -1)
+    neg = _core.reduce_max(_core.mul(_core.add(_core.neg(_t(y_true)), 1.0), p), -1)
+    return _core.relu(_core.add(_core.sub(neg, pos), 1.0))
+
+
+def _check_focal(name, alpha, gamma, label_smoothing, axis):
+    if isinstance(axis, bool) or axis != -1:
+        raise ValueError(f"{name}: only axis=-1 is supported, got axis={axis!r}")
+    for what, v in (("alpha", alpha), ("gamma", gamma), ("label_smoothing", label_smoothing)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not np.isfinite(v):
+            raise ValueError(f"{name}: {what} must be a finite number, got {v!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{name}: label_smoothing must be in [0, 1], got {label_smoothing!r}")
+
+
+def categorical_focal_crossentropy(
+    y_true: ArrayLike,
+    y_pred: Array,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    from_logits: bool = False,
+    label_smoothing: float = 0.0,
+    axis: int = -1,
+) -> _core.Tensor:
+    """Categorical focal cross-entropy per sample (Keras 3):
+    ``sum(alpha (1 - p)^gamma * -y log(p), axis=-1)``, p the predictions rescaled to sum
+    to 1 and clipped to ``[1e-7, 1 - 1e-7]`` (softmax first with `from_logits`); targets
+    smoothed as ``categorical_crossentropy``'s.
+
+    Raises:
+        ValueError: shapes that differ, axis other than -1, a bad alpha/gamma/smoothing.
+    """
+    name = "categorical_focal_crossentropy"
+    _check_focal(name, alpha, gamma, label_smoothing, axis)
+    y_true, y_pred = _matched(y_true, y_pred, name, True)
+    t, p = _t(y_true), _t(y_pred)
+    if label_smoothing:
+        ls = float(label_smoothing)
+        t = _core.add(_core.mul(t, 1.0 - ls), ls / t.shape[-1])
+    if from_logits:
+        p = _core.softmax(p, -1)
+    out = _core.div(p, _core.reduce_sum(p, -1, True))
+    out = _core.clip(out, _EPS, 1.0 - _EPS)
+    cce = _core.neg(_core.mul(t, _core.log(out)))
+    factor = _core.mul(_core.pow(_core.add(_core.neg(out), 1.0), float(gamma)), float(alpha))
+    return _core.reduce_sum(_core.mul(factor, cce), -1)
+
+
+def binary_focal_crossentropy(
+    y_true: ArrayLike,
+    y_pred: Array,
+    apply_class_balancing: bool = False,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    from_logits: bool = False,
+    label_smoothing: float = 0.0,
+    axis: int = -1,
+) -> _core.Tensor:
+    """Binary focal cross-entropy per sample (Keras 3): ``mean((1 - p_t)^gamma * bce,
+    axis=-1)``, ``p_t = y p + (1 - y)(1 - p)``, bce the element-wise binary cross-entropy
+    with p clipped to ``[1e-7, 1 - 1e-7]`` (sigmoid first with `from_logits`); with
+    `apply_class_balancing` each term is weighted ``alpha y + (1 - alpha)(1 - y)``."""
+    name = "binary_focal_crossentropy"
+    _check_focal(name, alpha, gamma, label_smoothing, axis)
+    y_true, y_pred = _matched(y_true, y_pred, name, True)
+    t, p = _t(y_true), _t(y_pred)
+    if label_smoothing:
+        ls = float(label_smoothing)
+        t = _core.add(_core.mul(t, 1.0 - ls), 0.5 * ls)
+    if from_logits:
+        p = _core.sigmoid(p)
+    c = _core.clip(p, _EPS, 1.0 - _EPS)
+    one_t = _core.add(_core.neg(t), 1.0)
+    one_c = _core.add(_core.neg(c), 1.0)
+    bce = _core.neg(_core.add(_core.mul(t, _core.log(c)), _core.mul(one_t, _core.log(one_c))))
+    p_t = _core.add(_core.mul(t, p), _core.mul(one_t, _core.add(_core.neg(p), 1.0)))
+    focal = _core.mul(_core.pow(_core.add(_core.neg(p_t), 1.0), float(gamma)), bce)
+    if apply_class_balancing:
+        a = float(alpha)
+        focal = _core.mul(_core.add(_core.mul(t, a), _core.mul(one_t, 1.0 - a)), focal)
+    return _core.reduce_mean(focal, -1)
+
+
+kld = KLD = kl_divergence
+
+
 # functions that match shapes themselves (the cross-entropies refuse unequal shapes, as
 # Keras 3's: their classes match ranks in LossFunctionWrapper.call first)
-_SELF_MATCHING = (mean_squared_error, mean_absolute_error, sparse_categorical_crossentropy)
+_SELF_MATCHING = (
+    mean_squared_error,
+    mean_absolute_error,
+    sparse_categorical_crossentropy,
+    huber,
+    log_cosh,
+    kl_divergence,
+    poisson,
+    cosine_similarity,
+    hinge,
+    squared_hinge,
+    categorical_hinge,
+)
 mse = MSE = mean_squared_error
 mae = MAE = mean_absolute_error
 
@@ -286,7 +516,7 @@ class Loss:
     def __init__(self, name: Optional[str] = None, reduction: str = "sum_over_batch_size") -> None:
         if reduction not in _REDUCTIONS:
             raise ValueError(
-                f"Invalid reduction {reduction!r}; expected one of "
+                f"Invalid value for argument `reduction`: {reduction!r}; expected one of "
                 "'sum_over_batch_size', 'sum', 'none', 'mean', 'mean_with_sample_weight'"
             )
         self.name = name or _snake(type(self).__name__)
@@ -525,6 +755,297 @@ class BinaryCrossentropy(LossFunctionWrapper):
         self.from_logits = from_logits
 
 
+def _check_dtype(name, dtype):
+    if dtype is not None and np.dtype(dtype) != np.float32:
+        raise TypeError(f"{name}: only float32 is supported, got dtype={dtype!r}")
+
+
+class Huber(LossFunctionWrapper):
+    """Huber loss: quadratic for ``|e| <= delta``, linear beyond (see ``huber``).
+
+    Args:
+        delta: the switch point (1.0).
+        reduction: see ``Loss``.
+        name: default ``"huber_loss"``.
+
+    ``get_config`` is ``{"name", "reduction"}``, as Keras 3's (delta is not in it).
+    """
+
+    def __init__(
+        self,
+        delta: float = 1.0,
+        reduction: str = "sum_over_batch_size",
+        name: str = "huber_loss",
+        dtype: Any = None,
+    ) -> None:
+        _check_dtype("Huber", dtype)
+        if isinstance(delta, bool) or not isinstance(delta, (int, float, np.number)):
+            raise TypeError(f"Huber: delta must be a number, got {delta!r}")
+        super().__init__(huber, reduction=reduction, name=name, delta=float(delta))
+        self.delta = float(delta)
+
+    def get_config(self) -> Config:
+        return Loss.get_config(self)
+
+
+class LogCosh(LossFunctionWrapper):
+    """Log-cosh of the error: ``mean(log(cosh(y_pred - y_true)), axis=-1)`` (see
+    ``log_cosh``).
+
+    Args:
+        reduction: see ``Loss``.
+        name: default ``"log_cosh"``.
+
+    ``get_config`` is ``{"name", "reduction"}``, as Keras 3's.
+    """
+
+    def __init__(
+        self, reduction: str = "sum_over_batch_size", name: str = "log_cosh", dtype: Any = None
+    ) -> None:
+        _check_dtype("LogCosh", dtype)
+        super().__init__(log_cosh, reduction=reduction, name=name)
+
+    def get_config(self) -> Config:
+        return Loss.get_config(self)
+
+
+class KLDivergence(LossFunctionWrapper):
+    """Kullback-Leibler divergence ``sum(y log(y / p), axis=-1)``, both clipped to
+    ``[1e-7, 1]`` (see ``kl_divergence``).
+
+    Args:
+        reduction: see ``Loss``.
+        name: default ``"kl_divergence"``.
+
+    ``get_config`` is ``{"name", "reduction"}``, as Keras 3's.
+    """
+
+    def __init__(
+        self, reduction: str = "sum_over_batch_size", name: str = "kl_divergence", dtype: Any = None
+    ) -> None:
+        _check_dtype("KLDivergence", dtype)
+        super().__init__(kl_divergence, reduction=reduction, name=name)
+
+    def get_config(self) -> Config:
+        return Loss.get_config(self)
+
+
+class Poisson(LossFunctionWrapper):
+    """Poisson loss ``mean(y_pred - y_true log(y_pred + 1e-7), axis=-1)``.
+
+    Args:
+        reduction: see ``Loss``.
+        name: default ``"poisson"``.
+
+    ``get_config`` is ``{"name", "reduction"}``, as Keras 3's.
+    """
+
+    def __init__(
+        self, reduction: str = "sum_over_batch_size", name: str = "poisson", dtype: Any = None
+    ) -> None:
+        _check_dtype("Poisson", dtype)
+        super().__init__(poisson, reduction=reduction, name=name)
+
+    def get_config(self) -> Config:
+        return Loss.get_config(self)
+
+
+class Hinge(LossFunctionWrapper):
+    """Hinge loss ``mean(max(1 - y_true y_pred, 0), axis=-1)``, 0/1 labels turned into
+    -1/1 (see ``hinge``).
+
+    Args:
+        reduction: see ``Loss``.
+        name: default ``"hinge"``.
+
+    ``get_config`` is ``{"name", "reduction"}``, as Keras 3's.
+    """
+
+    def __init__(
+        self, reduction: str = "sum_over_batch_size", name: str = "hinge", dtype: Any = None
+    ) -> None:
+        _check_dtype("Hinge", dtype)
+        super().__init__(hinge, reduction=reduction, name=name)
+
+    def get_config(self) -> Config:
+        return Loss.get_config(self)
+
+
+class SquaredHinge(LossFunctionWrapper):
+    """Squared hinge loss ``mean(max(1 - y_true y_pred, 0)^2, axis=-1)`` (see
+    ``squared_hinge``).
+
+    Args:
+        reduction: see ``Loss``.
+        name: default ``"squared_hinge"``.
+
+    ``get_config`` is ``{"name", "reduction"}``, as Keras 3's.
+    """
+
+    def __init__(
+        self, reduction: str = "sum_over_batch_size", name: str = "squared_hinge", dtype: Any = None
+    ) -> None:
+        _check_dtype("SquaredHinge", dtype)
+        super().__init__(squared_hinge, reduction=reduction, name=name)
+
+    def get_config(self) -> Config:
+        return Loss.get_config(self)
+
+
+class CategoricalHinge(LossFunctionWrapper):
+    """Categorical hinge loss ``max(max((1 - y) p) - sum(y p) + 1, 0)`` (see
+    ``categorical_hinge``).
+
+    Args:
+        reduction: see ``Loss``.
+        name: default ``"categorical_hinge"``.
+
+    ``get_config`` is ``{"name", "reduction"}``, as Keras 3's.
+    """
+
+    def __init__(
+        self,
+        reduction: str = "sum_over_batch_size",
+        name: str = "categorical_hinge",
+        dtype: Any = None,
+    ) -> None:
+        _check_dtype("CategoricalHinge", dtype)
+        super().__init__(categorical_hinge, reduction=reduction, name=name)
+
+    def get_config(self) -> Config:
+        return Loss.get_config(self)
+
+
+class CosineSimilarity(LossFunctionWrapper):
+    """Negative cosine similarity along `axis` (see ``cosine_similarity``).
+
+    ``get_config`` is ``{"name", "reduction"}``, as Keras 3's (axis is not in it).
+    """
+
+    def __init__(
+        self,
+        axis: int = -1,
+        reduction: str = "sum_over_batch_size",
+        name: str = "cosine_similarity",
+        dtype: Any = None,
+    ) -> None:
+        _check_dtype("CosineSimilarity", dtype)
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+            raise TypeError(f"CosineSimilarity: axis must be an int, got {axis!r}")
+        super().__init__(cosine_similarity, reduction=reduction, name=name, axis=int(axis))
+        self.axis = int(axis)
+
+    def get_config(self) -> Config:
+        return Loss.get_config(self)
+
+
+class CategoricalFocalCrossentropy(LossFunctionWrapper):
+    """Focal cross-entropy for one-hot labels (see ``categorical_focal_crossentropy``).
+
+    Args:
+        alpha: weighting factor (0.25).
+        gamma: focusing parameter (2.0).
+        from_logits: whether `y_pred` are logits.
+        label_smoothing: in [0, 1].
+        axis: the class axis (only -1).
+        reduction: see ``Loss``.
+        name: default ``"categorical_focal_crossentropy"``.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.25,
+        gamma: float = 2.0,
+        from_logits: bool = False,
+        label_smoothing: float = 0.0,
+        axis: int = -1,
+        reduction: str = "sum_over_batch_size",
+        name: str = "categorical_focal_crossentropy",
+        dtype: Any = None,
+    ) -> None:
+        _check_dtype("CategoricalFocalCrossentropy", dtype)
+        _check_focal("CategoricalFocalCrossentropy", alpha, gamma, label_smoothing, axis)
+        super().__init__(
+            categorical_focal_crossentropy,
+            reduction=reduction,
+            name=name,
+            alpha=alpha,
+            gamma=gamma,
+            from_logits=from_logits,
+            label_smoothing=label_smoothing,
+            axis=axis,
+        )
+        self.alpha, self.gamma, self.axis = alpha, gamma, axis
+        self.from_logits, self.label_smoothing = from_logits, label_smoothing
+
+    def get_config(self) -> Config:
+        config = Loss.get_config(self)
+        config.update(
+            from_logits=self.from_logits,
+            label_smoothing=self.label_smoothing,
+            axis=self.axis,
+            alpha=self.alpha,
+            gamma=self.gamma,
+        )
+        return config
+
+
+class BinaryFocalCrossentropy(LossFunctionWrapper):
+    """Focal cross-entropy for binary labels (see ``binary_focal_crossentropy``).
+
+    Args:
+        apply_class_balancing: weight the terms by `alpha` / ``1 - alpha``.
+        alpha: the class-balancing weight (0.25).
+        gamma: focusing parameter (2.0).
+        from_logits: whether `y_pred` are logits.
+        label_smoothing: in [0, 1]: targets become ``y (1 - s) + 0.5 s``.
+        axis: only -1.
+        reduction: see ``Loss``.
+        name: default ``"binary_focal_crossentropy"``.
+    """
+
+    def __init__(
+        self,
+        apply_class_balancing: bool = False,
+        alpha: float = 0.25,
+        gamma: float = 2.0,
+        from_logits: bool = False,
+        label_smoothing: float = 0.0,
+        axis: int = -1,
+        reduction: str = "sum_over_batch_size",
+        name: str = "binary_focal_crossentropy",
+        dtype: Any = None,
+    ) -> None:
+        _check_dtype("BinaryFocalCrossentropy", dtype)
+        _check_focal("BinaryFocalCrossentropy", alpha, gamma, label_smoothing, axis)
+        super().__init__(
+            binary_focal_crossentropy,
+            reduction=reduction,
+            name=name,
+            apply_class_balancing=apply_class_balancing,
+            alpha=alpha,
+            gamma=gamma,
+            from_logits=from_logits,
+            label_smoothing=label_smoothing,
+            axis=axis,
+        )
+        self.apply_class_balancing = apply_class_balancing
+        self.alpha, self.gamma, self.axis = alpha, gamma, axis
+        self.from_logits, self.label_smoothing = from_logits, label_smoothing
+
+    def get_config(self) -> Config:
+        config = Loss.get_config(self)
+        config.update(
+            from_logits=self.from_logits,
+            label_smoothing=self.label_smoothing,
+            axis=self.axis,
+            apply_class_balancing=self.apply_class_balancing,
+            alpha=self.alpha,
+            gamma=self.gamma,
+        )
+        return config
+
+
 _FUNCTIONS = {
     "mean_squared_error": mean_squared_error,
     "mse": mean_squared_error,
@@ -535,6 +1056,18 @@ _FUNCTIONS = {
     "categorical_crossentropy": categorical_crossentropy,
     "sparse_categorical_crossentropy": sparse_categorical_crossentropy,
     "binary_crossentropy": binary_crossentropy,
+    "huber": huber,
+    "log_cosh": log_cosh,
+    "kl_divergence": kl_divergence,
+    "kld": kl_divergence,
+    "KLD": kl_divergence,
+    "poisson": poisson,
+    "cosine_similarity": cosine_similarity,
+    "hinge": hinge,
+    "squared_hinge": squared_hinge,
+    "categorical_hinge": categorical_hinge,
+    "categorical_focal_crossentropy": categorical_focal_crossentropy,
+    "binary_focal_crossentropy": binary_focal_crossentropy,
 }
 _CLASSES = {
     c.__name__: c
@@ -544,6 +1077,16 @@ _CLASSES = {
         CategoricalCrossentropy,
         SparseCategoricalCrossentropy,
         BinaryCrossentropy,
+        Huber,
+        LogCosh,
+        KLDivergence,
+        Poisson,
+        CosineSimilarity,
+        Hinge,
+        SquaredHinge,
+        CategoricalHinge,
+        CategoricalFocalCrossentropy,
+        BinaryFocalCrossentropy,
     )
 }
 

@@ -1364,8 +1364,10 @@ class Model(_layers.Layer):
         self.history = history
         prev_grad = _core.is_grad_enabled()
         _core.set_grad_enabled(True)
+        self._initial_epoch = None  # BackupAndRestore sets it in on_train_begin (Keras 3's)
         try:
             cbs.on_train_begin()
+            initial_epoch = self._initial_epoch or initial_epoch
             logs = None
             for epoch in range(initial_epoch, epochs):
                 if custom:

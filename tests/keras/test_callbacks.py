@@ -365,3 +365,264 @@ def test_auto_mode_without_model_metrics_raises_at_the_epoch_end_as_keras():
     stop.on_train_begin({})
     with pytest.raises(ValueError, match="monitor=acc"):
         stop.on_epoch_end(0, {"acc": 1.0})
+
+
+# ---------------------------------------------------------------- issue 22's callbacks
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+
+from metalearn import checkpoint  # noqa: E402
+from metalearn.keras import models, optimizers  # noqa: E402
+from tests.helpers import REPO  # noqa: E402
+
+# One fit in a fresh process, made the same way each time: Dropout and shuffling draw from
+# the core's generator, Adam keeps moments, fit's step is traced (replayed from C).
+# KILL_EPOCH / KILL_BATCH: SIGKILL at the end of that epoch (after the backup of it was
+# written) or after that global training batch (in the middle of an epoch).
+BACKUP_RUNNER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import numpy as np
+    import metalearn as ml
+    from metalearn.keras import callbacks, layers, models, optimizers
+
+    backup, out, kill_epoch, kill_batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    ml.random.set_seed(5)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 4)).astype(np.float32)
+    y = np.tanh(x @ rng.normal(size=(4, 2))).astype(np.float32)
+    model = models.Sequential([layers.Dense(16, activation="relu", input_shape=(4,)),
+                               layers.Dropout(0.3), layers.BatchNormalization(), layers.Dense(2)])
+    model.compile(optimizer=optimizers.Adam(0.01), loss="mse")
+    seen = [0]
+
+    class Kill(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == kill_epoch:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        def on_train_batch_end(self, batch, logs=None):
+            seen[0] += 1
+            if seen[0] == kill_batch:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    # (no ReduceLROnPlateau here: a callback's own counters are not backed up, in Keras
+    # either, so a resumed one would reduce at other epochs)
+    cbs = [callbacks.BackupAndRestore(backup), Kill()]
+    h = model.fit(x, y, batch_size=8, epochs=6, shuffle=True, callbacks=cbs, verbose=0)
+    tail = np.asarray(ml.random.uniform((4,)))  # the generator ended in the same place
+    with open(out, "wb") as f:
+        for w in model.weights:
+            f.write(np.asarray(w).tobytes())
+        for v in model.optimizer.variables():
+            f.write(np.asarray(v).tobytes())
+        f.write(np.asarray([model.optimizer.learning_rate, int(model.optimizer.iterations)]).tobytes())
+        f.write(tail.tobytes())
+    with open(out + ".epochs", "w") as f:
+        f.write(" ".join(map(str, h.epoch)))
+    """
+)
+
+
+def _run_backup(tmp_path, backup, out, kill_epoch=-1, kill_batch=-1, expect_kill=False):
+    script = tmp_path / "runner.py"
+    script.write_text(BACKUP_RUNNER)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.run(
+        [sys.executable, str(script), str(backup), str(out), str(kill_epoch), str(kill_batch)],
+        env=env,
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if expect_kill:
+        assert p.returncode == -signal.SIGKILL, p.stderr
+    else:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+@pytest.mark.parametrize("kill", [{"kill_epoch": 2}, {"kill_batch": 18}])
+def test_backup_and_restore_after_sigkill_ends_with_the_bits_of_an_uninterrupted_run(
+    tmp_path, kill
+):
+    """fit with BackupAndRestore killed by SIGKILL (at an epoch's end, or in the middle of
+    epoch 3) and started again in a new process ends with the same weights, moving
+    statistics, Adam moments, learning rate, step count and generator state as a run
+    never interrupted; the backup is removed at the end."""
+    _run_backup(tmp_path, tmp_path / "ref_backup", tmp_path / "ref.bin")
+    assert not (tmp_path / "ref_backup").exists()
+    backup = tmp_path / "backup"
+    _run_backup(tmp_path, backup, tmp_path / "x.bin", expect_kill=True, **kill)
+    assert checkpoint.exists(backup)  # a whole backup was left
+    _run_backup(tmp_path, backup, tmp_path / "resumed.bin")
+    ref, got = (tmp_path / "ref.bin").read_bytes(), (tmp_path / "resumed.bin").read_bytes()
+    assert len(ref) == len(got) and ref == got
+    assert (tmp_path / "ref.bin.epochs").read_text() == "0 1 2 3 4 5"
+    # the last backup: the end of epoch 2, or of epoch 1 (batch 18 is the 4th of epoch 2)
+    resumed_from = 3 if "kill_epoch" in kill else 2
+    expected = " ".join(map(str, range(resumed_from, 6)))
+    assert (tmp_path / "resumed.bin.epochs").read_text() == expected
+    assert not backup.exists()
+
+
+def _fit_model(seed=0):
+    ml.random.set_seed(seed)
+    m = models.Sequential([layers.Dense(4, input_shape=(3,)), layers.Dense(1)])
+    m.compile(optimizer=optimizers.Adam(0.05), loss="mse")
+    return m
+
+
+def _assert_unchanged(model, before, lr, iterations):
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert model.optimizer.learning_rate == lr
+    assert int(model.optimizer.iterations) == iterations
+
+
+def test_new_callbacks_refuse_bad_input_before_the_first_step(tmp_path):
+    x, y = _data()
+    m = _fit_model()
+    before = m.get_weights()
+    bad = tmp_path / "not_a_dir"
+    bad.write_text("x")
+    cases = [
+        (callbacks.ReduceLROnPlateau(monitor="val_bogus"), ValueError, "automatically determine"),
+        (callbacks.CSVLogger(str(bad / "log.csv")), OSError, "not_a_dir"),
+        (callbacks.TensorBoard(str(bad)), OSError, "not_a_dir"),
+    ]
+    for cb, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            m.fit(x, y, epochs=2, verbose=0, callbacks=[cb], validation_split=0.2)
+        _assert_unchanged(m, before, 0.05, 0)
+    assert not (bad / "log.csv").exists()
+    with pytest.warns(UserWarning, match="mode 'bogus' is unknown"):
+        assert callbacks.ReduceLROnPlateau(mode="bogus").mode == "auto"
+    for kwargs, match in (
+        ({"factor": 1.5}, "factor >= 1.0"),
+        ({"factor": -0.1}, "factor must be >= 0"),
+        ({"min_lr": -1.0}, "min_lr"),
+        ({"patience": -1}, "patience"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            callbacks.ReduceLROnPlateau(**kwargs)
+    with pytest.raises(TypeError, match="unexpected arguments"):
+        callbacks.ReduceLROnPlateau(paitence=2)
+    with pytest.raises(ValueError, match="separator"):
+        callbacks.CSVLogger("x.csv", separator=";;")
+    with pytest.raises(ValueError, match="histogram_freq"):
+        callbacks.TensorBoard(str(tmp_path), histogram_freq=1)
+    with pytest.raises(ValueError, match="update_freq"):
+        callbacks.TensorBoard(str(tmp_path), update_freq=0)
+    with pytest.raises(TypeError, match="callable"):
+        callbacks.LearningRateScheduler(0.1)
+
+
+def test_learning_rate_scheduler_bad_output_keeps_the_rate():
+    x, y = _data()
+    m = _fit_model()
+    before = m.get_weights()
+    for schedule, exc, msg in (
+        (lambda epoch: 1, ValueError, "should be a float"),
+        (lambda epoch: -0.5, ValueError, "non-negative"),
+        (lambda epoch: float("nan"), ValueError, "finite"),
+    ):
+        with pytest.raises(exc, match=msg):
+            m.fit(x, y, epochs=1, verbose=0, callbacks=[callbacks.LearningRateScheduler(schedule)])
+        _assert_unchanged(m, before, 0.05, 0)
+
+
+def test_backup_of_another_model_or_a_corrupt_one_is_refused_and_changes_nothing(tmp_path):
+    x, y = _data()
+    backup = tmp_path / "b"
+    m = _fit_model()
+    m.fit(
+        x,
+        y,
+        epochs=2,
+        verbose=0,
+        callbacks=[callbacks.BackupAndRestore(backup, delete_checkpoint=False)],
+    )
+    assert checkpoint.exists(backup)
+    ml.random.set_seed(1)
+    other = models.Sequential([layers.Dense(5, input_shape=(3,)), layers.Dense(1)])
+    other.compile(optimizer=optimizers.Adam(0.05), loss="mse")
+    before = other.get_weights()
+    state = ml.random.get_state()
+    with pytest.raises(checkpoint.CheckpointError, match="weights"):
+        other.fit(x, y, epochs=3, verbose=0, callbacks=[callbacks.BackupAndRestore(backup)])
+    _assert_unchanged(other, before, 0.05, 0)
+    assert ml.random.get_state() == state
+    # a corrupt tensor file: refused by its checksum, nothing restored
+    (tensors,) = [p for p in backup.iterdir() if p.suffix == ".mlw"]
+    data = bytearray(tensors.read_bytes())
+    data[-5] ^= 0xFF
+    tensors.write_bytes(bytes(data))
+    m2 = _fit_model(seed=3)
+    before = m2.get_weights()
+    with pytest.raises(checkpoint.CheckpointError, match="checksum"):
+        m2.fit(x, y, epochs=3, verbose=0, callbacks=[callbacks.BackupAndRestore(backup)])
+    _assert_unchanged(m2, before, 0.05, 0)
+
+
+def test_backup_keeps_files_that_are_not_its_own_and_restores_the_learning_rate(tmp_path):
+    """delete_checkpoint removes the checkpoint's files only; a resumed run takes the
+    learning rate ReduceLROnPlateau had set (the optimizer's state is restored)."""
+    x, y = _data()
+    backup = tmp_path / "b"
+    backup.mkdir()
+    (backup / "notes.txt").write_text("mine")
+    m = _fit_model()
+    reduce = callbacks.ReduceLROnPlateau(monitor="loss", patience=0, factor=0.5, min_delta=1e9)
+
+    class Stop(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        m.fit(
+            x,
+            y,
+            epochs=4,
+            verbose=0,
+            callbacks=[reduce, callbacks.BackupAndRestore(backup), Stop()],
+        )
+    m2 = _fit_model(seed=9)
+    h = m2.fit(x, y, epochs=3, verbose=0, callbacks=[callbacks.BackupAndRestore(backup)])
+    assert h.epoch == [2]
+    assert m2.optimizer.learning_rate == pytest.approx(0.05 * 0.5)
+    assert sorted(p.name for p in backup.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_learning_rate_callbacks_reach_the_traced_step(eager):
+    """The rate a callback sets between epochs is the one the next epoch's steps use, in
+    the traced step replayed from C as in the eager one: a rate of 0 leaves the weights
+    as they were, and the traced and eager runs end with the same weights."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    y = rng.normal(size=(40, 2)).astype(np.float32)
+    ml.random.set_seed(0)
+    m = models.Sequential([layers.Dense(2, input_shape=(3,))])
+    m.compile(optimizer=optimizers.SGD(0.1), loss="mse", run_eagerly=eager)
+    seen = []
+    record = callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen.append(m.get_weights()))
+    sched = callbacks.LearningRateScheduler(lambda e, lr: [0.1, 0.0, 0.05][e])
+    h = m.fit(x, y, epochs=3, batch_size=8, verbose=0, shuffle=False, callbacks=[sched, record])
+    assert h.history["learning_rate"] == [0.1, 0.0, 0.05]
+    for a, b in zip(seen[0], seen[1]):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(seen[1][0], seen[2][0])
+    # SGD by hand from epoch 1's weights at rate 0.05 (float64; the batches in order)
+    w, b = [v.astype(np.float64) for v in seen[1]]
+    for i in range(0, 40, 8):
+        xb, yb = x[i : i + 8].astype(np.float64), y[i : i + 8].astype(np.float64)
+        g = 2.0 * (xb @ w + b - yb) / yb.size
+        w, b = w - 0.05 * xb.T @ g, b - 0.05 * g.sum(0)
+    np.testing.assert_allclose(seen[2][0], w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(seen[2][1], b, rtol=1e-5, atol=1e-6)

@@ -406,3 +406,209 @@ def test_dense1_fit_with_rank1_targets_learns_the_function(run_eagerly):
     # evaluate and a sample-weighted step take the same (N,) targets
     assert model.evaluate(x, y, verbose=0) < 1e-6
     assert model.train_on_batch(x[:8], y[:8], sample_weight=np.ones(8, np.float32)) < 1e-6
+
+
+# ---------------------------------------------------------------- issue 22's losses
+from tests.core.test_gradcheck import gradcheck  # noqa: E402
+
+_R = np.random.default_rng(22)
+_PROB = _R.uniform(0.1, 0.9, (3, 4)).astype(np.float32)
+_PROB_T = (_R.uniform(0.1, 0.9, (3, 4)) / 2).astype(np.float32)
+_ONEHOT = np.eye(4, dtype=np.float32)[[0, 2, 3]]
+_REG_T = _R.normal(size=(3, 4)).astype(np.float32)
+# predictions away from the kinks (|e| = delta, 1 - y p = 0) so differences are smooth
+_REG_P = (_REG_T + np.array([0.3, -1.7, 0.6, -2.2], np.float32)).astype(np.float32)
+
+_NEW = [
+    # name, fn(y_true, y_pred), y_true, y_pred, float64 NumPy reference of the values
+    ("huber", lambda t, p: losses.huber(t, p, delta=1.0), _REG_T, _REG_P, None),
+    ("log_cosh", losses.log_cosh, _REG_T, _REG_P, None),
+    ("kl_divergence", losses.kl_divergence, _PROB_T, _PROB, None),
+    ("poisson", losses.poisson, _PROB_T * 4, _PROB * 3, None),
+    ("cosine_similarity", losses.cosine_similarity, _REG_T, _REG_P, None),
+    ("hinge", losses.hinge, np.sign(_REG_T), _REG_P / 3, None),
+    ("squared_hinge", losses.squared_hinge, np.sign(_REG_T), _REG_P / 3, None),
+    ("categorical_hinge", losses.categorical_hinge, _ONEHOT, _REG_P, None),
+    (
+        "categorical_focal_crossentropy",
+        losses.categorical_focal_crossentropy,
+        _ONEHOT,
+        _PROB,
+        None,
+    ),
+    (
+        "categorical_focal_crossentropy/logits",
+        lambda t, p: losses.categorical_focal_crossentropy(t, p, from_logits=True, gamma=1.5),
+        _ONEHOT,
+        _REG_P,
+        None,
+    ),
+    (
+        "binary_focal_crossentropy",
+        lambda t, p: losses.binary_focal_crossentropy(t, p, apply_class_balancing=True),
+        (_PROB_T > 0.2).astype(np.float32),
+        _PROB,
+        None,
+    ),
+]
+
+
+def _np_values(name, t, p):
+    """float64 NumPy references written from Keras 3's formulas."""
+    t, p = t.astype(np.float64), p.astype(np.float64)
+    e = p - t
+    if name == "huber":
+        return np.mean(np.where(np.abs(e) <= 1, 0.5 * e * e, np.abs(e) - 0.5), -1)
+    if name == "log_cosh":
+        return np.mean(np.log(np.cosh(e)), -1)
+    if name == "kl_divergence":
+        return np.sum(t * np.log(t / p), -1)
+    if name == "poisson":
+        return np.mean(p - t * np.log(p + 1e-7), -1)
+    if name == "cosine_similarity":
+        n = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+        return -np.sum(n(t) * n(p), -1)
+    if name == "hinge":
+        return np.mean(np.maximum(1 - t * p, 0), -1)
+    if name == "squared_hinge":
+        return np.mean(np.maximum(1 - t * p, 0) ** 2, -1)
+    if name == "categorical_hinge":
+        return np.maximum(np.max((1 - t) * p, -1) - np.sum(t * p, -1) + 1, 0)
+    if name.startswith("categorical_focal"):
+        gamma = 2.0
+        if name.endswith("logits"):
+            p = np.exp(p - p.max(-1, keepdims=True))
+            gamma = 1.5
+        o = np.clip(p / p.sum(-1, keepdims=True), 1e-7, 1 - 1e-7)
+        return np.sum(0.25 * (1 - o) ** gamma * -t * np.log(o), -1)
+    if name == "binary_focal_crossentropy":
+        bce = -(t * np.log(p) + (1 - t) * np.log(1 - p))
+        pt = t * p + (1 - t) * (1 - p)
+        return np.mean((0.25 * t + 0.75 * (1 - t)) * (1 - pt) ** 2 * bce, -1)
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name, fn, t, p, _", _NEW, ids=[c[0] for c in _NEW])
+def test_new_losses_values_and_gradients_to_second_order(name, fn, t, p, _):
+    """Values against a float64 NumPy formula; gradients with respect to y_pred by central
+    differences, first and second order (they are built from differentiable core ops)."""
+    np.testing.assert_allclose(
+        np.asarray(fn(t, ml.tensor(p))), _np_values(name, t, p), rtol=2e-5, atol=1e-6
+    )
+    for order in (1, 2):
+        gradcheck(lambda q: fn(t, q), [p], order=order, eps=1e-3)
+
+
+def test_hinge_converts_binary_label_tensors_branch_free_in_a_trace():
+    """0/1 labels become -1/1, other labels stay, decided per call, also when the labels are
+    a tensor read by a replayed trace (no Python branch on their values)."""
+    f = ml.function(lambda t, q: losses.hinge(t, q))
+    p = np.array([[0.3, -0.8, 0.5]], np.float32)
+    for labels in ([[0, 1, 1]], [[-1, 1, 1]], [[1, 1, 0]], [[0.5, -1, 2]]):
+        y = np.array(labels, np.float32)
+        ref = y if not np.all((y == 0) | (y == 1)) else 2 * y - 1
+        expected = np.mean(np.maximum(1 - ref * p, 0), -1)
+        np.testing.assert_allclose(np.asarray(f(ml.tensor(y), ml.tensor(p))), expected, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(losses.hinge(y, p)), expected, rtol=1e-6)
+    assert f.n_traces == 1
+
+
+@pytest.mark.parametrize(
+    "loss",
+    ["huber", "log_cosh", "poisson", "cosine_similarity", "hinge", "squared_hinge"]
+    + ["Huber", "LogCosh", "KLDivergence", "Poisson", "CategoricalHinge"],
+)
+def test_new_losses_train_by_name_traced_as_eagerly(loss):
+    """compile(loss=<name>): the traced fit step (replayed from C) ends with the same
+    weights as the eager one, and the loss goes down."""
+    from metalearn.keras import layers, models, optimizers
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(48, 3)).astype(np.float32)
+    y = np.abs(x @ rng.normal(size=(3, 2))).astype(np.float32) / 4 + 0.05
+    weights, hists = [], []
+    for eager in (False, True):
+        ml.random.set_seed(3)
+        m = models.Sequential([layers.Dense(2, activation="softplus", input_shape=(3,))])
+        m.compile(optimizer=optimizers.SGD(0.05), loss=loss, run_eagerly=eager)
+        hists.append(m.fit(x, y, epochs=4, batch_size=16, shuffle=False, verbose=0).history)
+        weights.append(m.get_weights())
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert hists[0]["loss"][-1] < hists[0]["loss"][0]
+
+
+@pytest.mark.parametrize(
+    "loss", [losses.Huber(delta=0.5), losses.LogCosh(), losses.cosine_similarity]
+)
+def test_new_losses_in_second_order_maml(loss):
+    """MAML's inner loop differentiates the loss twice: the second-order meta-gradient
+    differs from the first-order one, and the vectorised meta-batch equals the loop."""
+    from metalearn import keras
+    from metalearn.meta import MAML
+    from metalearn.tasks import Task
+
+    rng = np.random.default_rng(0)
+    ml.random.set_seed(0)
+    model = keras.Sequential(
+        [keras.layers.Dense(6, activation="tanh", input_shape=(2,)), keras.layers.Dense(3)]
+    )
+    batch = Task(
+        rng.normal(size=(3, 5, 2)).astype(np.float32),
+        rng.normal(size=(3, 5, 3)).astype(np.float32),
+        rng.normal(size=(3, 7, 2)).astype(np.float32),
+        rng.normal(size=(3, 7, 3)).astype(np.float32),
+        {"batched": True},
+    )
+    grads = {}
+    for first_order in (False, True):
+        for vec in (True, False):
+            maml = MAML(
+                model,
+                loss=loss,
+                inner_lr=0.4,
+                inner_steps=2,
+                first_order=first_order,
+                vectorize=vec,
+            )
+            grads[first_order, vec] = [np.asarray(g) for g in maml.meta_gradients(batch)[1]]
+    for fo in (False, True):
+        for a, b in zip(grads[fo, True], grads[fo, False]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(grads[False, True], grads[True, True]))
+    assert diff > 1e-4
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        losses.huber,
+        losses.log_cosh,
+        losses.kl_divergence,
+        losses.poisson,
+        losses.cosine_similarity,
+        losses.hinge,
+        losses.Huber(),
+        losses.CategoricalFocalCrossentropy(),
+        losses.categorical_focal_crossentropy,
+        losses.binary_focal_crossentropy,
+    ],
+)
+def test_new_losses_name_both_shapes_on_mismatch(fn):
+    with pytest.raises(ValueError, match=r"\(4, 3\).*\(4, 2\)|\(4, 2\).*\(4, 3\)"):
+        fn(np.ones((4, 3), np.float32), np.full((4, 2), 0.5, np.float32))
+
+
+def test_new_losses_bad_arguments():
+    with pytest.raises(ValueError, match="axis"):
+        losses.CategoricalFocalCrossentropy(axis=1)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        losses.BinaryFocalCrossentropy(label_smoothing=1.5)
+    with pytest.raises(ValueError, match="gamma"):
+        losses.categorical_focal_crossentropy(_ONEHOT, _PROB, gamma=float("nan"))
+    with pytest.raises(TypeError, match="delta"):
+        losses.Huber(delta="big")
+    with pytest.raises(TypeError, match="float32"):
+        losses.LogCosh(dtype="float16")
+    with pytest.raises(ValueError, match="out of range"):
+        losses.cosine_similarity(_REG_T, _REG_P, axis=2)

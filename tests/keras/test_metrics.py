@@ -272,3 +272,136 @@ def test_get_none_unknown_and_dict():
         metrics.get(3)
     with pytest.raises(ValueError, match="Unknown metric class"):
         metrics.deserialize({"class_name": "Nope", "config": {}})
+
+
+# ---------------------------------------------------------------- issue 22's metrics
+import metalearn as ml  # noqa: E402
+from metalearn.keras import metrics as _m  # noqa: E402
+
+
+def _state(m):
+    return {k: np.array(v, copy=True) for k, v in vars(m).items() if isinstance(v, np.ndarray)}
+
+
+_OK2 = (np.eye(2)[[0, 1, 1, 0]], np.eye(2)[[0, 1, 0, 0]] * 0.8 + 0.1)  # a valid first batch
+
+
+@pytest.mark.parametrize(
+    "metric, prime, y_true, y_pred",
+    [
+        (_m.Precision(), _OK2, np.ones((4, 3)), np.full((4, 2), 0.5)),
+        (_m.Recall(thresholds=[0.2, 0.8]), _OK2, np.ones((4, 3)), np.full((5, 3), 0.5)),
+        (_m.AUC(), _OK2, np.ones((4, 3)), np.full((4, 2), 0.5)),
+        (_m.AUC(multi_label=True), _OK2, np.ones((4, 3)), np.full((4, 3), 0.5)),
+        (_m.F1Score(), _OK2, np.ones((4, 3)), np.full((4, 2), 0.5)),
+        (_m.TopKCategoricalAccuracy(k=1), _OK2, np.ones((4, 3)), np.full((4, 2), 0.5)),
+        (
+            _m.SparseTopKCategoricalAccuracy(k=1),
+            ([0, 1], _OK2[1][:2]),
+            np.ones((5,)),
+            np.full((4, 2), 0.5),
+        ),
+        (_m.MeanIoU(3), ([0, 1], [0, 2]), np.ones((5,)), np.ones((4,))),
+    ],
+)
+def test_new_metrics_refuse_mismatched_shapes_naming_both_and_keep_their_state(
+    metric, prime, y_true, y_pred
+):
+    metric.update_state(*prime)
+    before, result = _state(metric), metric.result()
+    with pytest.raises(ValueError) as info:
+        metric.update_state(y_true, y_pred)
+    msg = str(info.value)
+    if isinstance(metric, _m.AUC) and metric.multi_label:  # the label count is named
+        assert "3 labels" in msg and "built for 2" in msg
+    else:
+        assert str(tuple(y_true.shape)) in msg and str(tuple(y_pred.shape)) in msg, msg
+    after = _state(metric)
+    assert before.keys() == after.keys()
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
+    np.testing.assert_array_equal(np.asarray(metric.result()), np.asarray(result))
+
+
+def test_new_metrics_bad_arguments():
+    with pytest.raises(ValueError, match="threshold values must be in"):
+        _m.Precision(thresholds=[0.2, 1.5])
+    with pytest.raises(ValueError, match="top_k"):
+        _m.Recall(top_k=0)
+    with pytest.raises(ValueError, match="class_id"):
+        _m.Precision(class_id=-1)
+    with pytest.raises(ValueError, match="out of range"):
+        _m.Precision(class_id=5).update_state(np.ones((2, 3)), np.ones((2, 3)))
+    with pytest.raises(ValueError, match="num_labels"):
+        _m.AUC(num_labels=3)
+    with pytest.raises(ValueError, match="k must be"):
+        _m.TopKCategoricalAccuracy(k=0)
+    with pytest.raises(ValueError, match="num_classes"):
+        _m.MeanIoU(0)
+    with pytest.raises(TypeError, match="dtype"):
+        _m.MeanIoU(2, dtype="float16")
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
+        _m.SparseTopKCategoricalAccuracy().update_state([3], [[0.1, 0.2, 0.7]])
+
+
+def test_new_metrics_in_fit_and_evaluate_equal_the_metric_on_predictions():
+    """compile(metrics=[...]) with the new metrics: evaluate's values are the metric
+    applied to predict's output (and fit logs them per epoch, val_ included)."""
+    from metalearn.keras import layers, models
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    y = (x[:, 0] + 0.3 * x[:, 1] > 0).astype(np.float32)
+    ml.random.set_seed(0)
+    model = models.Sequential([layers.Dense(1, activation="sigmoid", input_shape=(4,))])
+    made = lambda: [  # noqa: E731
+        _m.Precision(),
+        _m.Recall(thresholds=0.3),
+        _m.AUC(),
+        _m.AUC(curve="PR", name="pr_auc"),
+    ]
+    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=made())
+    hist = model.fit(x, y, epochs=3, batch_size=16, verbose=0, validation_split=0.25)
+    for key in ("precision", "recall", "auc", "pr_auc", "val_auc"):
+        assert len(hist.history[key]) == 3
+    logs = model.evaluate(x, y, verbose=0, return_dict=True)
+    pred = np.asarray(model.predict(x, verbose=0))
+    for m in made():
+        m.update_state(y, pred)
+        assert logs[m.name] == pytest.approx(m.result(), abs=1e-7), m.name
+    assert 0.5 < logs["auc"] <= 1.0
+
+
+def test_f1_score_per_class_result_in_fit_logs_and_progress_bar(capsys):
+    """An array-valued metric (F1Score, average=None) is logged as its array and shown by
+    the progress bar as its mean, as Keras 3's Progbar does."""
+    from metalearn.keras import layers, models
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(32, 4)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 32)]
+    model = models.Sequential([layers.Dense(3, activation="softmax", input_shape=(4,))])
+    model.compile(optimizer="sgd", loss="categorical_crossentropy", metrics=[_m.F1Score()])
+    hist = model.fit(x, y, epochs=1, batch_size=8, verbose=2)
+    f1 = hist.history["f1_score"][0]
+    assert np.shape(f1) == (3,)
+    assert f"f1_score: {np.mean(f1):.4f}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("precision", _m.Precision),
+        ("recall", _m.Recall),
+        ("auc", _m.AUC),
+        ("f1_score", _m.F1Score),
+        ("top_k_categorical_accuracy", _m.TopKCategoricalAccuracy),
+        ("sparse_top_k_categorical_accuracy", _m.SparseTopKCategoricalAccuracy),
+        ("Precision", _m.Precision),
+        ("AUC", _m.AUC),
+    ],
+)
+def test_new_metrics_by_name(name, cls):
+    """Keras 3 resolves a metric class by its name and its snake_case name."""
+    m = _m.get(name)
+    assert type(m) is cls and m.name == (name if name.islower() else m.name)
