@@ -403,22 +403,23 @@ class BatchNormalization(Layer):
 
 
 def _ints(value, n, name, what, minimum=1):
-    """Keras' standardize_tuple: an int or n ints, each >= minimum."""
+    """Keras' standardize_tuple (and its messages): an int or n ints, each >= minimum."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = (int(value),) * n
-    try:
-        value = tuple(value)
-    except TypeError:
-        raise ValueError(
-            f"{name}: {what} must be an int or a tuple of {n} ints, got {value!r}"
-        ) from None
-    if len(value) != n or not all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
-    ):
-        raise ValueError(f"{name}: {what} must be an int or a tuple of {n} ints, got {value!r}")
+    bad = (
+        f"{name}: The `{what}` argument must be a tuple of {n} integers. Received {what}={value!r}"
+    )
+    if isinstance(value, str) or not hasattr(value, "__len__") or len(value) != n:
+        raise ValueError(bad)
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+        raise ValueError(bad)
     value = tuple(int(v) for v in value)
-    if min(value) < minimum:
-        raise ValueError(f"{name}: {what} must be >= {minimum}, got {value!r}")
+    low = {v for v in value if v < minimum}
+    if low:
+        raise ValueError(
+            f"{bad}, including values {low} that do not satisfy "
+            f"`value {'> 0' if minimum == 1 else '>= 0'}`"
+        )
     return value
 
 
@@ -476,9 +477,10 @@ def _data_format(value, name):
 def _check_output(layer, sizes, input_shape):
     if any(s is not None and s <= 0 for s in sizes):
         raise ValueError(
-            f"{layer.name}: the kernel is larger than the input {tuple(input_shape)} with "
-            f"padding {layer.padding!r} (kernel_size={layer.kernel_size}, "
-            f"dilation_rate={layer.dilation_rate}): the output would be empty"
+            f"{layer.name}: Computed output size would be zero or negative: the kernel is "
+            f"larger than the input {tuple(input_shape)} with padding {layer.padding!r} "
+            f"(kernel_size={layer.kernel_size}, strides={layer.strides}, "
+            f"dilation_rate={layer.dilation_rate})"
         )
 
 
@@ -587,6 +589,7 @@ class Conv1D(Layer):
             if self.use_bias
             else None
         )
+        self.built = True
 
     def call(self, inputs):
         _check_rank(self, inputs, 3, "(batch, steps, channels)")
@@ -602,11 +605,8 @@ class Conv1D(Layer):
             if left:
                 x = _core.pad_axis(x, 2, left, steps + left)
             padding = "valid"
-        if _out_size(int(x.shape[2]), self._span(), self.strides[0], padding) <= 0:
-            raise ValueError(
-                f"{self.name}: the kernel (span {self._span()}) is larger than the input's "
-                f"{steps} steps with padding 'valid'"
-            )
+        out = _out_size(int(x.shape[2]), self._span(), self.strides[0], padding)
+        _check_output(self, [out], tuple(inputs.shape))
         k = _core.reshape(self.kernel, (1,) + tuple(self.kernel.shape))
         k = _dilate(k, (1, self.dilation_rate[0]))
         out = _core.conv2d(x, k, self.bias, (1, self.strides[0]), padding)
@@ -789,6 +789,7 @@ class DepthwiseConv2D(_DepthwiseBase):
             if self.use_bias
             else None
         )
+        self.built = True
 
     def call(self, inputs):
         out = self._depthwise(inputs, self.kernel, self.bias)
@@ -904,6 +905,7 @@ class SeparableConv2D(_DepthwiseBase):
             if self.use_bias
             else None
         )
+        self.built = True
 
     def call(self, inputs):
         mid = self._depthwise(inputs, self.depthwise_kernel, None)
