@@ -221,3 +221,35 @@ def test_constraint_returning_a_wrong_shape_changes_no_weight_after_the_update()
             zip([np.zeros((3, 2), np.float32), np.zeros(2, np.float32)], [layer.kernel, layer.bias])
         )
     np.testing.assert_array_equal(np.asarray(layer.kernel), -1.0)  # non_neg not written
+
+
+def test_embedding_and_layer_normalization_constraints():
+    """embeddings_constraint, gamma_constraint and beta_constraint as Keras 3: applied after
+    each step, and in get_config (from_config rebuilds them)."""
+    model = keras.Sequential(
+        [
+            L.Input((4,)),
+            L.Embedding(10, 3, embeddings_constraint="non_neg"),
+            L.LayerNormalization(
+                gamma_constraint=keras.constraints.MaxNorm(0.2, axis=0), beta_constraint="non_neg"
+            ),
+            L.Flatten(),
+            L.Dense(1),
+        ]
+    )
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 10, (16, 4))
+    y = rng.standard_normal((16, 1)).astype(np.float32) * 3
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    emb, gamma, beta = model.get_weights()[:3]
+    assert emb.min() >= 0.0 and beta.min() >= 0.0
+    assert np.sqrt(np.sum(gamma.astype(np.float64) ** 2)) <= 0.2 + 1e-6
+    for layer in model.layers[:2]:
+        config = layer.get_config()
+        rebuilt = type(layer).from_config(config)
+        assert rebuilt.get_config() == config
+    assert model.layers[0].get_config()["embeddings_constraint"] == {
+        "class_name": "NonNeg",
+        "config": {},
+    }
