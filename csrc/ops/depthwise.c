@@ -27,9 +27,7 @@ typedef struct dw_job {
 } dw_job;
 
 /* Output rows o whose tap i lands inside the input: o*sh + i - pt in [0, h). */
-static int64_t tap_ih(const ml_win2d *g, int64_t o, int64_t i) {
-    return o * g->sh + i - g->pt;
-}
+static int64_t tap_ih(const ml_win2d *g, int64_t o, int64_t i) { return o * g->sh + i - g->pt; }
 
 static void forward_image(void *ctx, int64_t n) {
     const dw_job *j = ctx;

@@ -57,8 +57,7 @@ static double max_err(ml_tensor *x, ml_tensor *k, ml_tensor *b, int sh, int sw, 
     int64_t OH, OW, pt, pl;
     pads(H, KH, sh, same, &OH, &pt);
     pads(W, KW, sw, same, &OW, &pl);
-    if (ml_ndim(y) != 4 || ml_shape(y)[1] != OH || ml_shape(y)[2] != OW ||
-        ml_shape(y)[3] != C * M)
+    if (ml_ndim(y) != 4 || ml_shape(y)[1] != OH || ml_shape(y)[2] != OW || ml_shape(y)[3] != C * M)
         return 1e9;
     const float *xd = ml_data(x), *kd = ml_data(k), *yd = ml_data(y);
     double worst = 0;
@@ -236,7 +235,8 @@ static void test_threads(void) {
 }
 
 static void test_errors(void) {
-    int64_t xs[4] = {2, 6, 6, 3}, ks[4] = {3, 3, 2, 1}, ks2[4] = {3, 3, 3, 2}, big[4] = {7, 3, 3, 1};
+    int64_t xs[4] = {2, 6, 6, 3}, ks[4] = {3, 3, 2, 1}, ks2[4] = {3, 3, 3, 2},
+            big[4] = {7, 3, 3, 1};
     int64_t x3[3] = {6, 6, 3}, nb = 5;
     ml_tensor *x = NULL, *k = NULL, *k2 = NULL, *kb = NULL, *xb = NULL, *b = NULL, *y = NULL;
     ml_tensor_zeros(&x, 4, xs);
