@@ -65,6 +65,9 @@ class Conv2D(Layer):
         strides: int or pair (default 1).
         padding: ``"valid"`` (no padding) or ``"same"`` (output size ``ceil(in / stride)``,
             TensorFlow's padding split).
+        dilation_rate: int or pair (default 1): taps ``dilation_rate`` apart (the kernel
+            with zeros between its taps); not with strides > 1, as Keras.
+        groups: 1 only (the core has no grouped convolution).
         activation: activation (name or callable); None means linear.
         use_bias: whether to add a bias vector.
         kernel_initializer, bias_initializer: as for Dense.
@@ -86,6 +89,8 @@ class Conv2D(Layer):
         strides=(1, 1),
         padding="valid",
         data_format=None,
+        dilation_rate=(1, 1),
+        groups=1,
         activation=None,
         use_bias=True,
         kernel_initializer="glorot_uniform",
@@ -99,11 +104,20 @@ class Conv2D(Layer):
         super().__init__(**kwargs)
         if data_format not in (None, "channels_last"):
             raise ValueError("Conv2D: only data_format='channels_last' is supported")
+        if groups != 1:
+            raise ValueError(f"Conv2D: only groups=1 is supported, got groups={groups!r}")
         if not isinstance(filters, (int, np.integer)) or filters < 1:
             raise ValueError(f"Conv2D: filters must be a positive integer, got {filters!r}")
         self.filters = int(filters)
         self.kernel_size = _pair(kernel_size, "Conv2D", "kernel_size")
         self.strides = _pair(strides, "Conv2D", "strides")
+        self.dilation_rate = _pair(dilation_rate, "Conv2D", "dilation_rate")
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError(
+                "Conv2D: `strides > 1` not supported in conjunction with `dilation_rate > 1`. "
+                f"Received: strides={self.strides} and dilation_rate={self.dilation_rate}"
+            )
+        self.groups = 1
         self.padding = _padding(padding, "Conv2D")
         self.activation = activations.get(activation)
         self.use_bias = bool(use_bias)
@@ -148,7 +162,10 @@ class Conv2D(Layer):
             raise ValueError(
                 f"{self.name}: expected {self._channels} input channels, got {tuple(inputs.shape)}"
             )
-        out = _core.conv2d(inputs, self.kernel, self.bias, self.strides, self.padding)
+        kernel = self.kernel
+        if self.dilation_rate != (1, 1):
+            kernel = _dilate(kernel, self.dilation_rate)
+        out = _core.conv2d(inputs, kernel, self.bias, self.strides, self.padding)
         if self.activation is not activations.linear:
             out = self.activation(out)
         return out
@@ -160,6 +177,8 @@ class Conv2D(Layer):
             kernel_size=self.kernel_size,
             strides=self.strides,
             padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            groups=self.groups,
             activation=activations.serialize(self.activation),
             use_bias=self.use_bias,
             kernel_initializer=initializers.serialize(self.kernel_initializer)

@@ -148,6 +148,30 @@ def test_conv1d_raises_on_zero_dims():
     assert not layer.weights  # nothing built
 
 
+# conv_test.py ConvBasicTest.test_conv2d_basic (groups=1)
+@pytest.mark.parametrize(
+    "kwargs,input_shape,output_shape",
+    [
+        (dict(filters=5, kernel_size=2, strides=1, padding="valid", dilation_rate=1),
+         (3, 5, 5, 4), (3, 4, 4, 5)),
+        (dict(filters=6, kernel_size=2, strides=1, padding="same", dilation_rate=(2, 2)),
+         (3, 4, 4, 4), (3, 4, 4, 6)),
+        (dict(filters=6, kernel_size=(2, 2), strides=(2, 1), padding="valid",
+              dilation_rate=(1, 1)), (3, 5, 5, 4), (3, 2, 4, 6)),
+    ],
+)  # fmt: skip
+def test_conv2d_basic(kwargs, input_shape, output_shape):
+    layer = layers.Conv2D(data_format="channels_last", groups=1, **kwargs)
+    assert tuple(layer(np.random.rand(*input_shape).astype(np.float32)).shape) == output_shape
+    assert len(layer.trainable_weights) == 2
+    config = layer.get_config()
+    assert layers.Conv2D.from_config(config).get_config() == config
+    with pytest.raises(ValueError, match="only groups=1"):
+        layers.Conv2D(4, 2, groups=2)
+    with pytest.raises(ValueError, match="`strides > 1` not supported in conjunction"):
+        layers.Conv2D(4, 2, strides=2, dilation_rate=2)
+
+
 # conv_test.py test_conv_constraints
 def test_conv_constraints():
     layer = layers.Conv2D(filters=4, kernel_size=3, kernel_constraint="non_neg")

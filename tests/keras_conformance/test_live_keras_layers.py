@@ -37,6 +37,8 @@ CASES = [
     ("Conv1D", dict(filters=3, kernel_size=4, strides=3, activation="relu"), (10, 2)),
     ("Conv1D", dict(filters=2, kernel_size=3, strides=2, padding="causal"), (9, 3)),
     ("Conv1D", dict(filters=2, kernel_size=4, strides=3, padding="causal"), (9, 3)),
+    ("Conv2D", dict(filters=3, kernel_size=2, padding="same", dilation_rate=2), (5, 6, 2)),
+    ("Conv2D", dict(filters=2, kernel_size=(2, 3), dilation_rate=(2, 1)), (6, 6, 2)),
     ("DepthwiseConv2D", dict(kernel_size=3), (6, 7, 3)),
     ("DepthwiseConv2D", dict(kernel_size=(3, 2), padding="same", depth_multiplier=2), (6, 7, 3)),
     ("DepthwiseConv2D", dict(kernel_size=3, strides=2, padding="same", use_bias=False), (7, 8, 2)),
