@@ -208,8 +208,8 @@ class Optimizer:
             with _no_grad():
                 grads = self._clip(grads)
         self._core_for(variables).step(variables, grads)
-        _constraints._apply(variables)  # Keras 3: the variables' constraints, after the update
         self._iterations += 1  # _count_step's count, without a call on the eager step
+        _constraints._apply(variables)  # Keras 3: the variables' constraints, after the update
 
     def apply_gradients(
         self,

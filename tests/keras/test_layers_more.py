@@ -211,7 +211,7 @@ def test_bad_input_raises_clearly_and_changes_nothing():
 
 def test_constraint_returning_a_wrong_shape_changes_no_weight_after_the_update():
     """The projections are all computed before any is written: a constraint that fails
-    leaves every weight as the optimizer's update left it."""
+    leaves every weight as the optimizer's update left it (and the step counted)."""
     layer = L.Dense(2, kernel_constraint="non_neg", bias_constraint=lambda w: ml.reduce_sum(w))
     layer.build((None, 3))
     layer.kernel.assign(-np.ones((3, 2), np.float32))
@@ -221,6 +221,7 @@ def test_constraint_returning_a_wrong_shape_changes_no_weight_after_the_update()
             zip([np.zeros((3, 2), np.float32), np.zeros(2, np.float32)], [layer.kernel, layer.bias])
         )
     np.testing.assert_array_equal(np.asarray(layer.kernel), -1.0)  # non_neg not written
+    assert int(opt.iterations) == 1  # the update itself happened and is counted
 
 
 def test_embedding_and_layer_normalization_constraints():
