@@ -308,6 +308,12 @@ typedef enum ml_padding {
  * Gradients of any order (the backward ops are conv2d's transposes, themselves recorded). */
 ml_status ml_conv2d(ml_tensor **out, ml_tensor *x, ml_tensor *kernel, ml_tensor *bias, int stride_h,
                     int stride_w, ml_padding padding);
+/* Depthwise convolution: x (N, H, W, C), kernel (KH, KW, C, M), bias (C*M) or NULL ->
+ * (N, OH, OW, C*M); output channel c*M + m is channel c convolved with kernel[:, :, c, m]
+ * (Keras' DepthwiseConv2D with depth_multiplier M). Padding and strides as conv2d; gradients
+ * of any order. */
+ml_status ml_depthwise_conv2d(ml_tensor **out, ml_tensor *x, ml_tensor *kernel, ml_tensor *bias,
+                              int stride_h, int stride_w, ml_padding padding);
 /* Max over each window; the gradient goes to the first maximum of a window (row-major
  * order inside the window, as PyTorch). SAME padding never picks a padded position. */
 ml_status ml_max_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, int stride_h,

@@ -86,6 +86,36 @@ static PyObject *nn_conv2d(PyObject *m, PyObject *args, PyObject *kwds) {
     return mlpy_wrap_status(st, &out);
 }
 
+static PyObject *nn_depthwise_conv2d(PyObject *m, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"x", "kernel", "bias", "strides", "padding", NULL};
+    PyObject *xo, *ko, *bo = Py_None, *so = NULL, *po = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOO:depthwise_conv2d", kwlist, &xo, &ko, &bo,
+                                     &so, &po))
+        return NULL;
+    int sh = 1, sw = 1;
+    ml_padding pad = ML_PAD_VALID;
+    if (so && so != Py_None && parse_pair(so, &sh, &sw, "depthwise_conv2d", "strides") < 0)
+        return NULL;
+    if (po && parse_padding(po, &pad, "depthwise_conv2d") < 0) return NULL;
+    ml_tensor *x = mlpy_as_ml(xo, "depthwise_conv2d");
+    ml_tensor *k = x ? mlpy_as_ml(ko, "depthwise_conv2d") : NULL, *b = NULL;
+    if (k && bo != Py_None) b = mlpy_as_ml(bo, "depthwise_conv2d");
+    if (!k || (bo != Py_None && !b)) {
+        ml_release(x);
+        ml_release(k);
+        return NULL;
+    }
+    ml_tensor *out = NULL;
+    ml_status st;
+    const int64_t *ks = ml_shape(k);
+    int64_t work = ml_numel(x) * (ml_ndim(k) == 4 ? ks[0] * ks[1] * ks[3] : 1);
+    MLPY_CALL(st, work, ml_depthwise_conv2d(&out, x, k, b, sh, sw, pad));
+    ml_release(x);
+    ml_release(k);
+    ml_release(b);
+    return mlpy_wrap_status(st, &out);
+}
+
 typedef ml_status (*pool_fn)(ml_tensor **, ml_tensor *, int, int, int, int, ml_padding);
 
 static PyObject *pool(PyObject *args, PyObject *kwds, pool_fn fn, const char *name,
@@ -221,6 +251,12 @@ PyMethodDef mlpy_nn_methods[] = {
                                                                           "channels-last: x (N, H, "
                                                                           "W, C), kernel (KH, KW, "
                                                                           "C, F), bias (F,)."},
+    {"depthwise_conv2d", MLPY_FN(nn_depthwise_conv2d), MLPY_KW,
+     MLPY_SIG("depthwise_conv2d",
+              "/, x, kernel, bias=None, strides=(1, 1), padding='valid'") "Depthwise 2-D "
+                                                                          "convolution: x (N, H, "
+                                                                          "W, C), kernel (KH, KW, "
+                                                                          "C, M), bias (C*M,)."},
     {"max_pool2d", MLPY_FN(nn_max_pool2d), MLPY_KW,
      MLPY_SIG(
          "max_pool2d",

@@ -10,8 +10,8 @@ Same names and defaults as tf.keras, over the C core::
     model.fit(x, y, epochs=5)
 """
 
-from . import activations, backend, callbacks, initializers, layers, losses, metrics, models
-from . import ops, optimizers, regularizers, saving, utils
+from . import activations, backend, callbacks, constraints, initializers, layers, losses, metrics
+from . import models, ops, optimizers, regularizers, saving, utils
 from .layers import Input, Layer
 from .models import Model, Sequential
 
@@ -19,6 +19,7 @@ __all__ = [
     "activations",
     "backend",
     "callbacks",
+    "constraints",
     "initializers",
     "layers",
     "losses",

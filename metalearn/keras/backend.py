@@ -37,7 +37,8 @@ def clear_session():
 def snake_case(name):
     """``"CamelCase"`` → ``"camel_case"`` (how Keras names layers and metrics)."""
     s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", s).lower()
+    # Keras 3's to_snake_case: no break after a digit (Conv2D is "conv2d", not "conv2_d")
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
 
 
 def learning_phase():

@@ -23,7 +23,7 @@ from metalearn.tape import no_grad as _no_grad
 from metalearn import functional as _functional
 from metalearn.tape import Variable
 
-from . import activations, initializers, regularizers
+from . import activations, constraints, initializers, regularizers
 from . import backend as _backend
 from . import batched as _batched
 from . import functional as _graph
@@ -278,10 +278,11 @@ class Layer:
             trainable: whether optimizers train it.
             regularizer: a regularizer (``"l2"``, ``L1(...)``) whose penalty of the weight
                 joins ``losses`` (and so the training loss).
+            constraint: a constraint (``"non_neg"``, ``MaxNorm(...)``) the optimizer
+                applies to the weight after each update (the variable's ``constraint``).
         """
-        if constraint is not None:
-            raise NotImplementedError("add_weight: constraints are not supported")
         regularizer = regularizers.get(regularizer)
+        constraint = constraints.get(constraint)
         shape = () if shape is None else tuple(int(d) for d in shape)
         if initializer is None:
             initializer = "glorot_uniform" if len(shape) >= 2 else "zeros"
@@ -294,6 +295,7 @@ class Layer:
                 f"for weight {short!r} of shape {shape}"
             )
         var = Variable(value, trainable=trainable, name=f"{self.name}/{short}")
+        var.constraint = constraint
         self._track_weight(var, short)
         if regularizer is not None:
             self._regularized.append((var, regularizer))
@@ -617,6 +619,8 @@ class Dense(Layer):
         bias_initializer: Any = "zeros",
         kernel_regularizer: Any = None,
         bias_regularizer: Any = None,
+        kernel_constraint: Any = None,
+        bias_constraint: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -635,6 +639,8 @@ class Dense(Layer):
         self.bias_initializer = initializers.get(bias_initializer)
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
         self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.kernel_constraint = constraints.get(kernel_constraint)
+        self.bias_constraint = constraints.get(bias_constraint)
         self._input_dim = None
 
     def build(self, input_shape: Any) -> None:
@@ -648,10 +654,15 @@ class Dense(Layer):
             (self._input_dim, self.units),
             self.kernel_initializer,
             regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
         )
         if self.use_bias:
             self.bias = self.add_weight(
-                "bias", (self.units,), self.bias_initializer, regularizer=self.bias_regularizer
+                "bias",
+                (self.units,),
+                self.bias_initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
             )
         else:
             self.bias = None
@@ -690,6 +701,8 @@ class Dense(Layer):
             else None,
             kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
             bias_regularizer=regularizers.serialize(self.bias_regularizer),
+            kernel_constraint=constraints.serialize(self.kernel_constraint),
+            bias_constraint=constraints.serialize(self.bias_constraint),
         )
         return config
 
@@ -1165,8 +1178,6 @@ class LayerNormalization(Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if beta_constraint is not None or gamma_constraint is not None:
-            raise NotImplementedError("LayerNormalization: constraints are not supported")
         if isinstance(axis, (list, tuple)):
             self.axis = [int(a) for a in axis]
         elif isinstance(axis, (int, np.integer)) and not isinstance(axis, bool):
@@ -1186,6 +1197,8 @@ class LayerNormalization(Layer):
         self.gamma_initializer = initializers.get(gamma_initializer)
         self.beta_regularizer = regularizers.get(beta_regularizer)
         self.gamma_regularizer = regularizers.get(gamma_regularizer)
+        self.beta_constraint = constraints.get(beta_constraint)
+        self.gamma_constraint = constraints.get(gamma_constraint)
         self._axes = None
 
     def _resolve_axes(self, ndim):
@@ -1209,13 +1222,23 @@ class LayerNormalization(Layer):
         # gamma first, as Keras 3 creates them
         self.gamma = (
             self.add_weight(
-                "gamma", shape, self.gamma_initializer, regularizer=self.gamma_regularizer
+                "gamma",
+                shape,
+                self.gamma_initializer,
+                regularizer=self.gamma_regularizer,
+                constraint=self.gamma_constraint,
             )
             if self.scale or self.rms_scaling
             else None
         )
         self.beta = (
-            self.add_weight("beta", shape, self.beta_initializer, regularizer=self.beta_regularizer)
+            self.add_weight(
+                "beta",
+                shape,
+                self.beta_initializer,
+                regularizer=self.beta_regularizer,
+                constraint=self.beta_constraint,
+            )
             if self.center and not self.rms_scaling
             else None
         )
@@ -1259,8 +1282,8 @@ class LayerNormalization(Layer):
             gamma_initializer=initializers.serialize(self.gamma_initializer),
             beta_regularizer=regularizers.serialize(self.beta_regularizer),
             gamma_regularizer=regularizers.serialize(self.gamma_regularizer),
-            beta_constraint=None,
-            gamma_constraint=None,
+            beta_constraint=constraints.serialize(self.beta_constraint),
+            gamma_constraint=constraints.serialize(self.gamma_constraint),
         )
         return config
 
@@ -1303,8 +1326,6 @@ class Embedding(Layer):
         for what, v in (("input_dim", input_dim), ("output_dim", output_dim)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
                 raise ValueError(f"`{what}` must be a positive integer. Received: {what}={v!r}")
-        if embeddings_constraint is not None:
-            raise NotImplementedError("Embedding: constraints are not supported")
         if mask_zero:
             raise NotImplementedError(
                 "Embedding: mask_zero=True needs masking, which metalearn does not have yet"
@@ -1312,6 +1333,7 @@ class Embedding(Layer):
         self.input_dim, self.output_dim = int(input_dim), int(output_dim)
         self.embeddings_initializer = initializers.get(embeddings_initializer)
         self.embeddings_regularizer = regularizers.get(embeddings_regularizer)
+        self.embeddings_constraint = constraints.get(embeddings_constraint)
         self.mask_zero = False
         if weights is not None:  # built now with these values, as Keras 3
             if isinstance(weights, np.ndarray):
@@ -1327,6 +1349,7 @@ class Embedding(Layer):
             (self.input_dim, self.output_dim),
             self.embeddings_initializer,
             regularizer=self.embeddings_regularizer,
+            constraint=self.embeddings_constraint,
         )
         self.built = True
 
@@ -1358,7 +1381,7 @@ class Embedding(Layer):
             output_dim=self.output_dim,
             embeddings_initializer=initializers.serialize(self.embeddings_initializer),
             embeddings_regularizer=regularizers.serialize(self.embeddings_regularizer),
-            embeddings_constraint=None,
+            embeddings_constraint=constraints.serialize(self.embeddings_constraint),
             mask_zero=self.mask_zero,
         )
         return config
@@ -1538,3 +1561,98 @@ from .conv_layers import *  # noqa: E402,F401,F403  (Conv2D, pooling, BatchNorma
 from .memory_layers import MemoryRecall  # noqa: E402,F401  (Kaiser et al. 2017 recall)
 
 _SYMBOLIC = (_graph.KerasTensor, InputLayer)  # what makes a layer call symbolic
+
+
+class Permute(Layer):
+    """Permutes the dims of each sample, as Keras 3's ``Permute``: ``dims`` is a
+    permutation of ``1..rank`` (the batch dim stays first); a transpose.
+
+    Args:
+        dims: tuple of ints, e.g. ``(2, 1)`` swaps the two sample dims.
+
+    Raises:
+        ValueError: `dims` is not a permutation of ``1..len(dims)``, or the input's rank is
+            not ``len(dims) + 1``.
+    """
+
+    _traceable = True
+
+    def __init__(self, dims: Sequence[int], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        try:
+            dims = tuple(dims)
+        except TypeError:
+            raise ValueError(f"Permute: dims must be a tuple of ints, got {dims!r}") from None
+        if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims) or (
+            sorted(int(d) for d in dims) != list(range(1, len(dims) + 1))
+        ):
+            raise ValueError(
+                "Invalid permutation argument `dims` for Permute Layer. The set of indices in "
+                f"`dims` must be consecutive and start from 1. Received dims={dims}"
+            )
+        self.dims = tuple(int(d) for d in dims)
+
+    def _check(self, shape):
+        if len(shape) != len(self.dims) + 1:
+            raise ValueError(
+                f"{self.name}: Permute{self.dims} expects inputs of rank {len(self.dims) + 1}, "
+                f"got shape {tuple(shape)}"
+            )
+
+    def call(self, inputs: Any) -> Any:
+        self._check(inputs.shape)
+        x = inputs if isinstance(inputs, _core.Tensor) else _core.as_tensor(inputs)
+        return _core.transpose(x, (0,) + self.dims)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        self._check(input_shape)
+        return (input_shape[0],) + tuple(input_shape[d] for d in self.dims)
+
+    def get_config(self) -> Config:
+        config = super().get_config()
+        config["dims"] = self.dims
+        return config
+
+
+class RepeatVector(Layer):
+    """Repeats each input vector `n` times, as Keras 3's ``RepeatVector``: ``(batch,
+    features)`` to ``(batch, n, features)`` (a broadcast; its gradient sums the copies).
+
+    Raises:
+        TypeError: `n` is not an int. ValueError: `n` < 1, or the input is not 2-D.
+    """
+
+    _traceable = True
+
+    def __init__(self, n: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool):
+            raise TypeError(f"Expected an integer value for `n`, got {type(n)}.")
+        if n <= 0:
+            raise ValueError(f"Argument `n` should be a positive integer. Received: n={n}")
+        self.n = int(n)
+
+    def _check(self, shape):
+        if len(shape) != 2:
+            raise ValueError(
+                f"{self.name}: RepeatVector expects inputs of shape (batch, features), got "
+                f"shape {tuple(shape)}"
+            )
+
+    def call(self, inputs: Any) -> Any:
+        self._check(inputs.shape)
+        x = inputs if isinstance(inputs, _core.Tensor) else _core.as_tensor(inputs)
+        b, d = (int(s) for s in x.shape)
+        return _core.broadcast_to(_core.reshape(x, (b, 1, d)), (b, self.n, d))
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        self._check(input_shape)
+        return (input_shape[0], self.n, input_shape[1])
+
+    def get_config(self) -> Config:
+        config = super().get_config()
+        config["n"] = self.n
+        return config
+
+
+__all__ += ["Permute", "RepeatVector"]

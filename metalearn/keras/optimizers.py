@@ -21,6 +21,7 @@ from metalearn.tape import no_grad as _no_grad
 from metalearn.tape import GradientTape
 
 from . import backend as _backend
+from . import constraints as _constraints
 
 __all__ = [
     "Optimizer",
@@ -173,6 +174,7 @@ class Optimizer:
 
     def _core_step(self, variables, grads):
         self._core_for(variables).step(variables, grads)
+        _constraints._apply(variables)  # Keras 3: after the update (recorded with it)
 
     def _count_step(self):
         """One more step in ``iterations`` (a replayed trace updates the variables from C;
@@ -207,6 +209,7 @@ class Optimizer:
                 grads = self._clip(grads)
         self._core_for(variables).step(variables, grads)
         self._iterations += 1  # _count_step's count, without a call on the eager step
+        _constraints._apply(variables)  # Keras 3: the variables' constraints, after the update
 
     def apply_gradients(
         self,

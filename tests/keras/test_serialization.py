@@ -96,6 +96,27 @@ CASES = {
         ),
         IMG,
     ),
+    "Conv1D": (
+        lambda: layers.Conv1D(
+            3, 2, padding="causal", dilation_rate=2, kernel_constraint=keras.constraints.MaxNorm(2)
+        ),
+        IMG[:, :, :, 0],
+    ),
+    "DepthwiseConv2D": (
+        lambda: layers.DepthwiseConv2D(
+            3, padding="same", depth_multiplier=2, bias_constraint="non_neg"
+        ),
+        IMG,
+    ),
+    "SeparableConv2D": (
+        lambda: layers.SeparableConv2D(4, 2, strides=2, pointwise_constraint="unit_norm"),
+        IMG,
+    ),
+    "UpSampling2D": (lambda: layers.UpSampling2D((2, 1), interpolation="bilinear"), IMG),
+    "ZeroPadding2D": (lambda: layers.ZeroPadding2D(((1, 0), (2, 3))), IMG),
+    "Cropping2D": (lambda: layers.Cropping2D((1, 2)), IMG),
+    "Permute": (lambda: layers.Permute((2, 1, 3)), IMG),
+    "RepeatVector": (lambda: layers.RepeatVector(3), VEC),
     "AdaptiveNeuralNetwork": (
         lambda: AdaptiveNeuralNetwork(num_classes=3, hidden_units=5, output_activation="linear"),
         IMG,

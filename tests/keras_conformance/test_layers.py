@@ -320,13 +320,22 @@ class TestConv2D:
         with pytest.raises(Exception):
             layers.Conv2D(6, [5, 5], 1, "valid")(np.random.rand(3, 4, 4, 4).astype("float32"))
 
-    def test_dilation_and_groups_are_refused(self):
-        # DELIBERATE DIFFERENCE (conv_test.py's cases with dilation_rate > 1 or groups > 1):
-        # metalearn's Conv2D is the few-shot nets' plain convolution; these arguments are
-        # refused with a TypeError, not ignored.
-        with pytest.raises(TypeError):
-            layers.Conv2D(6, 2, dilation_rate=(2, 2))
-        with pytest.raises(TypeError):
+    def test_dilation_matches_and_groups_are_refused(self):
+        # conv_test.py test_conv2d (dilation_rate (2, 2), 'same'): the kernel's taps two
+        # apart, i.e. the plain convolution with the zero-filled kernel.
+        # DELIBERATE DIFFERENCE: groups > 1 is refused with a ValueError (no grouped conv).
+        x = np.random.normal(size=(2, 8, 8, 4)).astype("float32")
+        layer = layers.Conv2D(6, 2, padding="same", dilation_rate=(2, 2))
+        layer.build(x.shape)
+        k = np.random.normal(size=(2, 2, 4, 6)).astype("float32")
+        layer.kernel.assign(k)
+        dilated = np.zeros((3, 3, 4, 6), "float32")
+        dilated[::2, ::2] = k
+        plain = layers.Conv2D(6, 3, padding="same")
+        plain.build(x.shape)
+        plain.set_weights([dilated, np.asarray(layer.bias)])
+        all_close(layer(x), plain(x), atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="groups=1"):
             layers.Conv2D(6, 2, groups=2)
 
 
