@@ -281,14 +281,15 @@ def test_optimizer_names_are_unique_as_keras_names_them():
 
 def test_traced_update_is_the_core_step_and_asking_changes_nothing():
     """Optimizer._traced_update: the update as one C optimizer step, for a training step
-    recorded by metalearn.function (fit, MAML); None while clipping (norms are measured in
-    NumPy). Asking creates no state; calling it steps as apply_gradients does, and the
-    count moves by _count_step (a replay's update runs in C, the count in Python)."""
+    recorded by metalearn.function (fit, MAML), clipping included (it runs in the C step);
+    None while the rate is computed in Python (a callable or a custom schedule). Asking
+    creates no state; calling it steps as apply_gradients does, and the count moves by
+    _count_step (a replay's update runs in C, the count in Python)."""
     w0 = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
     g = np.array([[0.3, -0.1], [2.0, 0.7]], np.float32)
     v = ml.Variable(w0.copy())
-    assert optimizers.SGD(0.1, clipnorm=1.0)._traced_update() is None
-    assert optimizers.Adam(0.1, global_clipnorm=1.0)._traced_update() is None
+    assert optimizers.SGD(0.1, clipnorm=1.0)._traced_update() is not None
+    assert optimizers.SGD(lambda: 0.1)._traced_update() is None
     opt = optimizers.Adam(0.1)
     update = opt._traced_update()
     assert update is not None and opt.variables() == [] and int(opt.iterations) == 0
