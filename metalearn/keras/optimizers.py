@@ -89,7 +89,16 @@ class Optimizer:
         use_ema: bool = False,
         ema_momentum: float = 0.99,
         ema_overwrite_frequency: Optional[int] = None,
+        loss_scale_factor: Optional[float] = None,
+        gradient_accumulation_steps: Optional[int] = None,
     ) -> None:
+        # Keras 3 configs carry these two; metalearn has neither (a config with None loads)
+        for what, value in (
+            ("loss_scale_factor", loss_scale_factor),
+            ("gradient_accumulation_steps", gradient_accumulation_steps),
+        ):
+            if value is not None:
+                raise ValueError(f"`{what}` is not supported by metalearn; got {what}={value!r}")
         if sum(c is not None for c in (clipnorm, clipvalue, global_clipnorm)) > 1:
             raise ValueError(
                 "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
@@ -476,7 +485,9 @@ class Optimizer:
         lr = self._learning_rate
         if isinstance(lr, _schedules.LearningRateSchedule):
             lr = _schedules.serialize(lr)
-        elif callable(lr):
+        elif not callable(lr):
+            lr = float(np.float32(lr))  # Keras 3 holds the rate in a float32 variable
+        else:
             raise ValueError(
                 f"get_config: the learning rate {lr!r} is a callable, which has no config; "
                 "use a LearningRateSchedule"
@@ -491,6 +502,8 @@ class Optimizer:
             "use_ema": self.use_ema,
             "ema_momentum": self.ema_momentum,
             "ema_overwrite_frequency": self.ema_overwrite_frequency,
+            "loss_scale_factor": None,
+            "gradient_accumulation_steps": None,
         }
 
     @classmethod

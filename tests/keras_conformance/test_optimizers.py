@@ -268,9 +268,10 @@ class TestRMSprop:
         )
 
     def test_defaults(self):
-        # keras/src/optimizers/rmsprop.py's signature
+        # keras/src/optimizers/rmsprop.py's signature (the rate as Keras' config gives it,
+        # read back from its float32 variable)
         c = optimizers.RMSprop().get_config()
-        assert (c["learning_rate"], c["rho"], c["momentum"]) == (0.001, 0.9, 0.0)
+        assert (c["learning_rate"], c["rho"], c["momentum"]) == (np.float32(0.001), 0.9, 0.0)
         assert (c["epsilon"], c["centered"], c["weight_decay"]) == (1e-7, False, None)
 
     def test_by_name(self):
@@ -525,7 +526,7 @@ class TestAdagrad:
             config["initial_accumulator_value"],
             config["epsilon"],
         ) == (
-            0.001,
+            np.float32(0.001),
             0.1,
             1e-7,
         )
@@ -565,7 +566,7 @@ class TestNadam:
     def test_defaults_and_name(self):
         config = optimizers.get("nadam").get_config()
         assert [config[k] for k in ("learning_rate", "beta_1", "beta_2", "epsilon")] == [
-            0.001,
+            np.float32(0.001),
             0.9,
             0.999,
             1e-7,
@@ -730,3 +731,33 @@ def test_steps_match_live_keras(name):
     theirs.finalize_variable_values(b)
     for va, vb in zip(a, b):
         np.testing.assert_allclose(va.numpy(), K.ops.convert_to_numpy(vb), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda O: O.Nadam(
+            0.01, beta_1=0.8, weight_decay=0.01, use_ema=True, ema_overwrite_frequency=5
+        ),
+        lambda O: O.Adagrad(0.2, initial_accumulator_value=0.3, global_clipnorm=2.0),
+        lambda O: O.Adam(
+            O.schedules.CosineDecay(0.1, 50, alpha=0.1, warmup_target=0.3, warmup_steps=5),
+            clipvalue=1.0,
+        ),
+    ],
+    ids=["Nadam", "Adagrad", "Adam_cosine"],
+)
+def test_configs_are_interchangeable_with_live_keras(make):
+    # a Keras 3 config loads in metalearn and the other way round, with the same config
+    from ._helpers import require_keras
+
+    K = require_keras()
+    ours, theirs = make(optimizers), make(K.optimizers)
+    ours_config, theirs_config = ours.get_config(), theirs.get_config()
+    ours_config.pop("name"), theirs_config.pop("name")
+    assert ours_config == theirs_config
+    again = type(ours).from_config(theirs.get_config())
+    back = type(theirs).from_config(ours.get_config())
+    assert again.get_config() == ours.get_config() | {"name": theirs.name}
+    assert back.get_config() == theirs.get_config() | {"name": ours.name}
