@@ -199,11 +199,11 @@ def _optimizer_state(opt, tensors):
             for s, t in enumerate(ps):
                 names.append(f"optimizer/{k}/{p}/{s}")
                 slots.append(t)
-    state = {
-        "iterations": int(opt._iterations),
-        "learning_rate": float(opt.learning_rate),
-        "lists": lists,
-    }
+    state = {"iterations": int(opt._iterations), "lists": lists}
+    if not callable(opt._learning_rate):
+        # a float rate may have been changed since (callbacks); a schedule is part of the
+        # configuration and is computed from the restored step count
+        state["learning_rate"] = float(opt.learning_rate)
     return state, names, slots
 
 
@@ -366,7 +366,7 @@ class Checkpoint:
         for n, t in zip(names, tensors):
             _core.assign(t, np.ascontiguousarray(self.tensors[n]))
         opt._iterations = int(ostate.get("iterations", 0))
-        if "learning_rate" in ostate:
+        if "learning_rate" in ostate and not callable(opt._learning_rate):
             opt.learning_rate = float(ostate["learning_rate"])
         _core.rng_set_state(tuple(rng))
         for what, tasks in samplers.items():

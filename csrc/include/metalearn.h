@@ -61,6 +61,8 @@
  *   ml_sgd_new                            SGD                                [T]
  *   ml_adam_new                           Adam                               [T]
  *   ml_rmsprop_new                        RMSprop                            [T]
+ *   ml_adagrad_new                        Adagrad                            [T]
+ *   ml_nadam_new                          Nadam                              [T]
  *   ml_memory_new                         KnowledgeMemory                    [T]
  *   ml_numel                              Tensor.size                        [N]
  *   ml_data                               Tensor.numpy()                     [N]
@@ -366,12 +368,56 @@ ml_status ml_rmsprop_new(ml_optimizer **out, float learning_rate, double rho, fl
  * decays, p = p - p * weight_decay * learning_rate (0, the default, turns it off). */
 ml_status ml_optimizer_set_weight_decay(ml_optimizer *opt, float weight_decay);
 float ml_optimizer_weight_decay(const ml_optimizer *opt);
+/* Adagrad as Keras 3: accumulator (starting at initial_accumulator_value) += g^2;
+ * p -= lr*g/sqrt(accumulator + epsilon). */
+ml_status ml_adagrad_new(ml_optimizer **out, float learning_rate, float initial_accumulator_value,
+                         float epsilon);
+/* Nadam (Dozat 2016) as Keras 3: Adam's moments with Nesterov momentum under the schedule
+ * u_t = beta_1*(1 - 0.5*0.96^t). */
+ml_status ml_nadam_new(ml_optimizer **out, float learning_rate, float beta_1, float beta_2,
+                       float epsilon);
+/* Parameters that do not decay: exclude[i] != 0 for parameter i of the step's list (n
+ * flags, the list's length; n = 0 clears). Keras' exclude_from_weight_decay. */
+ml_status ml_optimizer_set_exclude_from_weight_decay(ml_optimizer *opt, int n, const int *exclude);
+int ml_optimizer_exclude_from_weight_decay(const ml_optimizer *opt, int param);
+/* Gradient clipping before each update, as Keras 3: one kind at a time, a threshold > 0
+ * (0 turns it off). ml_optimizer_clip gives the threshold of `clip`, 0 if another is on. */
+typedef enum { ML_CLIP_NONE, ML_CLIP_VALUE, ML_CLIP_NORM, ML_CLIP_GLOBAL_NORM } ml_clip_kind;
+ml_status ml_optimizer_set_clip(ml_optimizer *opt, ml_clip_kind clip, float value);
+float ml_optimizer_clip(const ml_optimizer *opt, ml_clip_kind clip);
+/* Keras 3's EMA: after each update avg = m*avg + (1-m)*p (m = 0 on the first step, then
+ * ema_momentum); every ema_overwrite_frequency steps (0: never) p = avg. The average is the
+ * last state slot. use_ema is fixed by the first step. */
+ml_status ml_optimizer_set_use_ema(ml_optimizer *opt, int use_ema, float ema_momentum,
+                                   int64_t ema_overwrite_frequency);
+int ml_optimizer_use_ema(const ml_optimizer *opt);
+/* Copies the moving average into the parameters (nothing without EMA or before a step). */
+ml_status ml_optimizer_finalize_variable_values(ml_optimizer *opt, int n, ml_tensor *const *params);
+/* Keras 3's learning-rate schedules, evaluated in float32 from the step count before each
+ * step (so a replayed trace applies each step's rate). args:
+ *   EXPONENTIAL_DECAY, INVERSE_TIME_DECAY: initial_learning_rate, decay_steps, decay_rate,
+ *     staircase (0 or 1);
+ *   COSINE_DECAY: initial_learning_rate, decay_steps, alpha, warmup_target (NaN: none),
+ *     warmup_steps;
+ *   PIECEWISE_CONSTANT_DECAY: k increasing boundaries then k + 1 values (2k + 1 numbers).
+ * ML_SCHEDULE_NONE returns to learning_rate. */
+typedef enum {
+    ML_SCHEDULE_NONE,
+    ML_SCHEDULE_EXPONENTIAL_DECAY,
+    ML_SCHEDULE_INVERSE_TIME_DECAY,
+    ML_SCHEDULE_COSINE_DECAY,
+    ML_SCHEDULE_PIECEWISE_CONSTANT_DECAY
+} ml_schedule;
+ml_status ml_optimizer_set_learning_rate_schedule(ml_optimizer *opt, ml_schedule kind,
+                                                  const double *args, int n_args);
+ml_schedule ml_optimizer_learning_rate_schedule(const ml_optimizer *opt);
 void ml_optimizer_free(ml_optimizer *opt);
 /* One update of every parameter. All shapes are checked before anything changes.
  * The first call fixes the parameter list's shapes; later calls must match it. */
 ml_status ml_optimizer_step(ml_optimizer *opt, int n, ml_tensor *const *params,
                             ml_tensor *const *grads);
 ml_status ml_optimizer_set_learning_rate(ml_optimizer *opt, float learning_rate);
+/* The rate of the next step (the schedule's, when one is set). */
 float ml_optimizer_learning_rate(const ml_optimizer *opt);
 int64_t ml_optimizer_iterations(const ml_optimizer *opt);
 /* The optimizer's state slots (momentum, m, v, vhat) per parameter, for checkpoints. */

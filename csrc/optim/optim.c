@@ -1,5 +1,9 @@
-/* optim.c — SGD (momentum, Nesterov), Adam (AMSGrad) and RMSprop (momentum, centred), with
- * Keras' update rules, and Keras 3's decoupled weight decay for each of them.
+/* optim.c — SGD (momentum, Nesterov), Adam (AMSGrad), RMSprop (momentum, centred), Adagrad
+ * and Nadam, with Keras 3's update rules, and what Keras 3's base optimizer adds to each of
+ * them: gradient clipping (clipvalue, clipnorm, global_clipnorm), decoupled weight decay
+ * (with excluded parameters), an exponential moving average of the parameters (EMA) and the
+ * built-in learning-rate schedules, evaluated here from the step count so that a replayed
+ * trace, which calls ml_optimizer_step, applies each step's own rate.
  * State lives in one slab per optimizer, so an update over every parameter is one pass. */
 #include <math.h>
 #include <pthread.h>
@@ -7,21 +11,35 @@
 #include "../kernels/vmath.h"
 #include "../ops/ops.h" /* OP_OPTIMIZER_STEP: a trace records the step as an entry */
 
-typedef enum { OPT_SGD, OPT_ADAM, OPT_RMSPROP } opt_kind;
+typedef enum { OPT_SGD, OPT_ADAM, OPT_RMSPROP, OPT_ADAGRAD, OPT_NADAM } opt_kind;
 
 struct ml_optimizer {
     opt_kind kind;
     float learning_rate;
     float momentum; /* SGD */
     int nesterov;
-    float beta_1, beta_2, epsilon; /* Adam; epsilon also RMSprop's */
+    float beta_1, beta_2, epsilon; /* Adam, Nadam; epsilon also RMSprop's and Adagrad's */
     int amsgrad;
+    float initial_accumulator_value; /* Adagrad */
+    float u_product; /* Nadam: prod over steps k of beta_1 (1 - 0.5 * 0.96^k), Keras' float */
     double rho; /* RMSprop (double: 1 - rho is formed from the caller's value, as Keras) */
     int centered;
     float weight_decay; /* 0: none; else p -= p * weight_decay * lr before the update */
+    int *exclude;       /* NULL, or per parameter: 1 = no weight decay */
+    int n_exclude;      /* entries of exclude (the parameter count it was set for) */
+    ml_clip_kind clip;       /* which clipping (Keras allows one) */
+    float clip_value;   /* its threshold (> 0) */
+    float *gbuf;        /* clipped gradients, `total` floats, made on the first clipped step */
+    int use_ema;        /* the last slot is the parameters' moving average */
+    float ema_momentum;
+    int64_t ema_overwrite_frequency; /* 0: never copy the average into the parameters */
+    ml_schedule schedule; /* ML_SCHEDULE_NONE: learning_rate is the rate */
+    double *sched_args;   /* the schedule's numbers (ml_optimizer_set_learning_rate_schedule) */
+    int sched_n;
     int64_t iterations;
     int n_params;        /* 0 until the first step fixes the parameter list */
-    int n_slots;         /* state floats per parameter element */
+    int base_slots;      /* the update's own state floats per parameter element */
+    int n_slots;         /* base_slots, + 1 with EMA */
     int64_t *numel;      /* per parameter */
     int64_t *offset;     /* per parameter, into each slot's region of the slab */
     int64_t total;
@@ -61,7 +79,7 @@ ml_status ml_sgd_new(ml_optimizer **out, float learning_rate, float momentum, in
     (*out)->learning_rate = learning_rate;
     (*out)->momentum = momentum;
     (*out)->nesterov = nesterov ? 1 : 0;
-    (*out)->n_slots = momentum > 0 ? 1 : 0;
+    (*out)->n_slots = (*out)->base_slots = momentum > 0 ? 1 : 0;
     return ML_OK;
 }
 
@@ -82,7 +100,7 @@ ml_status ml_adam_new(ml_optimizer **out, float learning_rate, float beta_1, flo
     (*out)->beta_2 = beta_2;
     (*out)->epsilon = epsilon;
     (*out)->amsgrad = amsgrad ? 1 : 0;
-    (*out)->n_slots = amsgrad ? 3 : 2;
+    (*out)->n_slots = (*out)->base_slots = amsgrad ? 3 : 2;
     return ML_OK;
 }
 
@@ -106,8 +124,62 @@ ml_status ml_rmsprop_new(ml_optimizer **out, float learning_rate, double rho, fl
     (*out)->centered = centered ? 1 : 0;
     /* velocity, then momentum (momentum > 0), then the average gradient (centred): Keras'
      * order */
-    (*out)->n_slots = 1 + (momentum > 0) + (*out)->centered;
+    (*out)->n_slots = (*out)->base_slots = 1 + (momentum > 0) + (*out)->centered;
     return ML_OK;
+}
+
+ml_status ml_adagrad_new(ml_optimizer **out, float learning_rate, float initial_accumulator_value,
+                         float epsilon) {
+    ml_status st = check_lr(learning_rate);
+    if (st) return st;
+    if (!(initial_accumulator_value >= 0) || !isfinite(initial_accumulator_value))
+        return ml_set_error(ML_ERR_VALUE,
+                            "Adagrad: initial_accumulator_value must be a finite number >= 0, "
+                            "got %g",
+                            (double)initial_accumulator_value);
+    if (!(epsilon >= 0) || !isfinite(epsilon))
+        return ml_set_error(ML_ERR_VALUE, "Adagrad: epsilon must be >= 0, got %g", (double)epsilon);
+    if ((st = opt_alloc(out))) return st;
+    (*out)->kind = OPT_ADAGRAD;
+    (*out)->learning_rate = learning_rate;
+    (*out)->initial_accumulator_value = initial_accumulator_value;
+    (*out)->epsilon = epsilon;
+    (*out)->n_slots = (*out)->base_slots = 1; /* the accumulator */
+    return ML_OK;
+}
+
+ml_status ml_nadam_new(ml_optimizer **out, float learning_rate, float beta_1, float beta_2,
+                       float epsilon) {
+    ml_status st = check_lr(learning_rate);
+    if (st) return st;
+    if (!(beta_1 >= 0 && beta_1 < 1) || !(beta_2 >= 0 && beta_2 < 1))
+        return ml_set_error(ML_ERR_VALUE,
+                            "Nadam: beta_1 and beta_2 must be in [0, 1), got %g and %g",
+                            (double)beta_1, (double)beta_2);
+    if (!(epsilon >= 0) || !isfinite(epsilon))
+        return ml_set_error(ML_ERR_VALUE, "Nadam: epsilon must be >= 0, got %g", (double)epsilon);
+    if ((st = opt_alloc(out))) return st;
+    (*out)->kind = OPT_NADAM;
+    (*out)->learning_rate = learning_rate;
+    (*out)->beta_1 = beta_1;
+    (*out)->beta_2 = beta_2;
+    (*out)->epsilon = epsilon;
+    (*out)->u_product = 1.0f;
+    (*out)->n_slots = (*out)->base_slots = 2; /* momentum, velocity: Keras' order */
+    return ML_OK;
+}
+
+/* Nadam's momentum schedule, Keras 3 (nadam.py): u_t = beta_1 (1 - 0.5 * 0.96^t), in float */
+static float nadam_u(float beta_1, int64_t t) {
+    return beta_1 * (1.0f - 0.5f * powf(0.96f, (float)t));
+}
+
+/* u_product after `iterations` steps, multiplied in the steps' order (a restore then
+ * continues with the bits of an uninterrupted run) */
+static float nadam_u_product(float beta_1, int64_t iterations) {
+    float u = 1.0f;
+    for (int64_t k = 1; k <= iterations; k++) u = u * nadam_u(beta_1, k);
+    return u;
 }
 
 ml_status ml_optimizer_set_weight_decay(ml_optimizer *opt, float weight_decay) {
@@ -121,8 +193,188 @@ ml_status ml_optimizer_set_weight_decay(ml_optimizer *opt, float weight_decay) {
 
 float ml_optimizer_weight_decay(const ml_optimizer *opt) { return opt->weight_decay; }
 
+ml_status ml_optimizer_set_exclude_from_weight_decay(ml_optimizer *opt, int n, const int *exclude) {
+    if (!opt) return ml_set_error(ML_ERR_VALUE, "optimizer is NULL");
+    if (n < 0 || (n > 0 && !exclude))
+        return ml_set_error(ML_ERR_VALUE, "exclude_from_weight_decay: %d flags but no array", n);
+    if (opt->n_params && n && n != opt->n_params)
+        return ml_set_error(ML_ERR_VALUE,
+                            "exclude_from_weight_decay: %d flags, but this optimizer was built "
+                            "for %d parameters",
+                            n, opt->n_params);
+    int *copy = NULL;
+    if (n) {
+        copy = malloc((size_t)n * sizeof *copy);
+        if (!copy) return ml_set_error(ML_ERR_OOM, "out of memory");
+        for (int i = 0; i < n; i++) copy[i] = exclude[i] ? 1 : 0;
+    }
+    pthread_mutex_lock(&opt->lock);
+    free(opt->exclude);
+    opt->exclude = copy;
+    opt->n_exclude = n;
+    pthread_mutex_unlock(&opt->lock);
+    return ML_OK;
+}
+
+int ml_optimizer_exclude_from_weight_decay(const ml_optimizer *opt, int param) {
+    return opt->exclude && param >= 0 && param < opt->n_exclude ? opt->exclude[param] : 0;
+}
+
+static const char *const CLIP_NAMES[] = {"", "clipvalue", "clipnorm", "global_clipnorm"};
+
+ml_status ml_optimizer_set_clip(ml_optimizer *opt, ml_clip_kind clip, float value) {
+    if (!opt) return ml_set_error(ML_ERR_VALUE, "optimizer is NULL");
+    if (clip < ML_CLIP_NONE || clip > ML_CLIP_GLOBAL_NORM)
+        return ml_set_error(ML_ERR_VALUE, "unknown clipping %d", (int)clip);
+    if (clip != ML_CLIP_NONE && (!(value >= 0) || !isfinite(value)))
+        return ml_set_error(ML_ERR_VALUE, "`%s` must be a finite number >= 0, got %g",
+                            CLIP_NAMES[clip], (double)value);
+    pthread_mutex_lock(&opt->lock);
+    /* Keras clips only with a threshold > 0 (base_optimizer._clip_gradients) */
+    opt->clip = value > 0 ? clip : ML_CLIP_NONE;
+    opt->clip_value = value > 0 ? value : 0.0f;
+    pthread_mutex_unlock(&opt->lock);
+    return ML_OK;
+}
+
+float ml_optimizer_clip(const ml_optimizer *opt, ml_clip_kind clip) {
+    return opt->clip == clip && clip != ML_CLIP_NONE ? opt->clip_value : 0.0f;
+}
+
+ml_status ml_optimizer_set_use_ema(ml_optimizer *opt, int use_ema, float ema_momentum,
+                                   int64_t ema_overwrite_frequency) {
+    if (!opt) return ml_set_error(ML_ERR_VALUE, "optimizer is NULL");
+    if (!(ema_momentum >= 0 && ema_momentum <= 1))
+        return ml_set_error(ML_ERR_VALUE, "`ema_momentum` must be in the range [0, 1], got %g",
+                            (double)ema_momentum);
+    if (ema_overwrite_frequency < 0)
+        return ml_set_error(ML_ERR_VALUE,
+                            "`ema_overwrite_frequency` must be an integer >= 1 or 0 (none), "
+                            "got %lld",
+                            (long long)ema_overwrite_frequency);
+    pthread_mutex_lock(&opt->lock);
+    ml_status st = ML_OK;
+    if (opt->n_params && (use_ema ? 1 : 0) != opt->use_ema)
+        st = ml_set_error(ML_ERR_VALUE, "use_ema can only be changed before the first step");
+    else {
+        opt->use_ema = use_ema ? 1 : 0;
+        opt->ema_momentum = ema_momentum;
+        opt->ema_overwrite_frequency = ema_overwrite_frequency;
+        opt->n_slots = opt->base_slots + opt->use_ema;
+    }
+    pthread_mutex_unlock(&opt->lock);
+    return st;
+}
+
+int ml_optimizer_use_ema(const ml_optimizer *opt) { return opt->use_ema; }
+
+/* The schedules' numbers: count (or minimum count) per kind */
+static ml_status check_schedule(ml_schedule kind, const double *a, int n) {
+    static const int want[] = {0, 4, 4, 5, 1};
+    if (kind < ML_SCHEDULE_NONE || kind > ML_SCHEDULE_PIECEWISE_CONSTANT_DECAY)
+        return ml_set_error(ML_ERR_VALUE, "unknown learning-rate schedule %d", (int)kind);
+    if (kind == ML_SCHEDULE_NONE) return ML_OK;
+    if (n < want[kind] || !a ||
+        (kind == ML_SCHEDULE_PIECEWISE_CONSTANT_DECAY ? n % 2 == 0 : n != want[kind]))
+        return ml_set_error(ML_ERR_VALUE, "learning-rate schedule %d: %d numbers", (int)kind, n);
+    for (int i = 0; i < n; i++)
+        if (!isfinite(a[i]) && !(kind == ML_SCHEDULE_COSINE_DECAY && i == 3 && isnan(a[i])))
+            return ml_set_error(ML_ERR_VALUE, "learning-rate schedule: number %d is %g", i, a[i]);
+    if (kind == ML_SCHEDULE_PIECEWISE_CONSTANT_DECAY) {
+        const int k = n / 2; /* k boundaries, k + 1 values */
+        for (int i = 1; i < k; i++)
+            if (!(a[i] > a[i - 1]))
+                return ml_set_error(ML_ERR_VALUE,
+                                    "PiecewiseConstantDecay: boundaries must increase, got %g "
+                                    "then %g",
+                                    a[i - 1], a[i]);
+        for (int i = k; i < n; i++)
+            if (a[i] < 0)
+                return ml_set_error(ML_ERR_VALUE,
+                                    "PiecewiseConstantDecay: values must be >= 0, got %g", a[i]);
+        return ML_OK;
+    }
+    if (a[0] < 0)
+        return ml_set_error(ML_ERR_VALUE, "initial_learning_rate must be >= 0, got %g", a[0]);
+    if (!(a[1] > 0))
+        return ml_set_error(ML_ERR_VALUE, "Argument `decay_steps` must be > 0. Received: %g", a[1]);
+    if (kind == ML_SCHEDULE_COSINE_DECAY && !isnan(a[3]) && (a[3] < 0 || a[4] < 0))
+        return ml_set_error(ML_ERR_VALUE,
+                            "CosineDecay: warmup_target and warmup_steps must be >= 0, got %g "
+                            "and %g",
+                            a[3], a[4]);
+    return ML_OK;
+}
+
+ml_status ml_optimizer_set_learning_rate_schedule(ml_optimizer *opt, ml_schedule kind,
+                                                  const double *args, int n_args) {
+    if (!opt) return ml_set_error(ML_ERR_VALUE, "optimizer is NULL");
+    ml_status st = check_schedule(kind, args, n_args);
+    if (st) return st;
+    double *copy = NULL;
+    if (kind != ML_SCHEDULE_NONE) {
+        copy = malloc((size_t)n_args * sizeof *copy);
+        if (!copy) return ml_set_error(ML_ERR_OOM, "out of memory");
+        memcpy(copy, args, (size_t)n_args * sizeof *copy);
+    }
+    pthread_mutex_lock(&opt->lock);
+    free(opt->sched_args);
+    opt->sched_args = copy;
+    opt->sched_n = kind == ML_SCHEDULE_NONE ? 0 : n_args;
+    opt->schedule = kind;
+    pthread_mutex_unlock(&opt->lock);
+    return ML_OK;
+}
+
+ml_schedule ml_optimizer_learning_rate_schedule(const ml_optimizer *opt) { return opt->schedule; }
+
+/* The rate of the step after `step` steps, as Keras 3's schedules compute it in float32
+ * (learning_rate_schedule.py): the step and the numbers are cast to float first. */
+static float scheduled_rate(const ml_optimizer *opt, int64_t step) {
+    const double *a = opt->sched_args;
+    const float s = (float)step;
+    switch (opt->schedule) {
+    case ML_SCHEDULE_EXPONENTIAL_DECAY:
+    case ML_SCHEDULE_INVERSE_TIME_DECAY: {
+        float p = s / (float)a[1];
+        if (a[3] != 0) p = floorf(p); /* staircase */
+        if (opt->schedule == ML_SCHEDULE_EXPONENTIAL_DECAY)
+            return (float)a[0] * powf((float)a[2], p);
+        return (float)a[0] / (1.0f + (float)a[2] * p);
+    }
+    case ML_SCHEDULE_COSINE_DECAY: {
+        const float init = (float)a[0], decay_steps = (float)a[1];
+        const float one_minus_alpha = (float)(1.0 - a[2]), alpha = (float)a[2];
+        float from = init, x = s;
+        if (!isnan(a[3])) { /* warmup to warmup_target over warmup_steps, then decay */
+            const float target = (float)a[3], warmup = (float)a[4];
+            x = fminf(x, decay_steps + warmup);
+            if (x < warmup) return (target - init) * (x / warmup) + init;
+            x = x - warmup;
+            from = target;
+        } else {
+            x = fminf(x, decay_steps);
+        }
+        const float cosine = 0.5f * (1.0f + cosf(3.14159265358979323846f * (x / decay_steps)));
+        return from * (one_minus_alpha * cosine + alpha);
+    }
+    case ML_SCHEDULE_PIECEWISE_CONSTANT_DECAY: {
+        const int k = opt->sched_n / 2;
+        const double *b = a, *v = a + k;
+        /* values[0] while step <= boundaries[0], values[i] while step <= boundaries[i] */
+        for (int i = 0; i < k; i++)
+            if ((double)step <= b[i]) return (float)v[i];
+        return (float)v[k];
+    }
+    default: return opt->learning_rate;
+    }
+}
+
 void ml_optimizer_free(ml_optimizer *opt) {
     if (!opt) return;
+    free(opt->exclude);
+    free(opt->gbuf);
+    free(opt->sched_args);
     free(opt->numel);
     free(opt->offset);
     free(opt->dims);
@@ -169,6 +421,15 @@ static ml_status check_step(const ml_optimizer *opt, int n, ml_tensor *const *pa
     return ML_OK;
 }
 
+/* The state a fresh optimizer starts from: zeros, but Adagrad's accumulator starts at
+ * initial_accumulator_value (Keras' Constant initializer). */
+static void init_slots(ml_optimizer *opt) {
+    memset(opt->slab, 0, (size_t)(opt->total * opt->n_slots) * sizeof(float));
+    if (opt->kind == OPT_ADAGRAD)
+        for (int64_t j = 0; j < opt->total; j++) opt->slab[j] = opt->initial_accumulator_value;
+    opt->u_product = 1.0f;
+}
+
 /* The first step fixes the parameter list; all allocation happens before any write. */
 static ml_status build_state(ml_optimizer *opt, int n, ml_tensor *const *params) {
     int64_t *numel = malloc((size_t)n * sizeof *numel);
@@ -198,6 +459,7 @@ static ml_status build_state(ml_optimizer *opt, int n, ml_tensor *const *params)
     opt->total = total;
     opt->slab = slab;
     opt->n_params = n;
+    init_slots(opt);
     return ML_OK;
 }
 
@@ -205,6 +467,7 @@ static ml_status build_state(ml_optimizer *opt, int n, ml_tensor *const *params)
 typedef struct adam_job {
     ml_optimizer *opt;
     ml_tensor *const *params, *const *grads;
+    const float *gbuf; /* clipped gradients in the slab's order, or NULL: the grads' own */
     float lrt, b1, b2, eps;
     int64_t chunk;
 } adam_job;
@@ -237,8 +500,8 @@ static void adam_part(void *ctx, int64_t part) {
         float *vhat = opt->amsgrad ? opt->slab + 2 * opt->total + at : NULL;
         /* element-wise: each j reads g[j], m[j], v[j] before it writes p[j], so even a
          * gradient that shares its parameter's memory gets the scalar loop's result */
-        ml__vadam(b - a, j->params[i]->data + off, j->grads[i]->data + off, m, v, vhat, j->lrt,
-                  j->b1, j->b2, j->eps);
+        const float *g = j->gbuf ? j->gbuf + at : j->grads[i]->data + off;
+        ml__vadam(b - a, j->params[i]->data + off, g, m, v, vhat, j->lrt, j->b1, j->b2, j->eps);
     }
 }
 
@@ -280,18 +543,100 @@ ml_status ml_optimizer_step(ml_optimizer *opt, int n, ml_tensor *const *params,
     return st;
 }
 
+/* Keras 3's _clip_gradients into opt->gbuf (the slab's order): clipvalue clips each
+ * element to [-c, c]; clipnorm scales each gradient to g c / max(||g||, c); global_clipnorm
+ * scales all by c min(1/N, 1/c) with N the norm of all of them (NaN if N is not finite, as
+ * Keras' clip_by_global_norm). Norms are summed in double, in parameter order. */
+static const float *clip_gradients(ml_optimizer *opt, int n, ml_tensor *const *grads) {
+    const float c = opt->clip_value;
+    float scale = 1.0f;
+    if (opt->clip == ML_CLIP_GLOBAL_NORM) {
+        double sq = 0;
+        for (int i = 0; i < n; i++) {
+            const float *g = grads[i]->data;
+            for (int64_t j = 0; j < opt->numel[i]; j++) sq += (double)g[j] * g[j];
+        }
+        const float norm = (float)sqrt(sq);
+        scale = c * fminf(1.0f / norm, 1.0f / c) + (norm - norm);
+    }
+    for (int i = 0; i < n; i++) {
+        const float *g = grads[i]->data;
+        float *o = opt->gbuf + opt->offset[i];
+        const int64_t len = opt->numel[i];
+        if (opt->clip == ML_CLIP_VALUE) {
+            for (int64_t j = 0; j < len; j++) o[j] = g[j] < -c ? -c : (g[j] > c ? c : g[j]);
+        } else if (opt->clip == ML_CLIP_NORM) {
+            double sq = 0;
+            for (int64_t j = 0; j < len; j++) sq += (double)g[j] * g[j];
+            const float d = fmaxf((float)sqrt(sq), c);
+            for (int64_t j = 0; j < len; j++) o[j] = (g[j] * c) / d;
+        } else {
+            for (int64_t j = 0; j < len; j++) o[j] = g[j] * scale;
+        }
+    }
+    return opt->gbuf;
+}
+
+/* Keras 3's _update_model_variables_moving_average after the update: the average takes
+ * momentum 0 on the first step (it starts as the parameters), then ema_momentum; every
+ * ema_overwrite_frequency steps the parameters are set to it. */
+static void update_ema(ml_optimizer *opt, int n, ml_tensor *const *params) {
+    const float mom = opt->iterations ? opt->ema_momentum : 0.0f, omm = 1.0f - mom;
+    const int overwrite = opt->ema_overwrite_frequency &&
+                          (opt->iterations + 1) % opt->ema_overwrite_frequency == 0;
+    float *ema = opt->slab + (int64_t)opt->base_slots * opt->total;
+    for (int i = 0; i < n; i++) {
+        float *p = params[i]->data, *a = ema + opt->offset[i];
+        for (int64_t j = 0, len = opt->numel[i]; j < len; j++) {
+            a[j] = mom * a[j] + omm * p[j];
+            if (overwrite) p[j] = a[j];
+        }
+        if (overwrite) params[i]->storage->version++;
+    }
+}
+
+ml_status ml_optimizer_finalize_variable_values(ml_optimizer *opt, int n,
+                                                ml_tensor *const *params) {
+    if (!opt) return ml_set_error(ML_ERR_VALUE, "optimizer is NULL");
+    pthread_mutex_lock(&opt->lock);
+    ml_status st = ML_OK;
+    if (opt->use_ema && opt->n_params) {
+        st = check_step(opt, n, params, params);
+        float *ema = opt->slab + (int64_t)opt->base_slots * opt->total;
+        for (int i = 0; !st && i < n; i++) {
+            memcpy(params[i]->data, ema + opt->offset[i], (size_t)opt->numel[i] * sizeof(float));
+            params[i]->storage->version++;
+        }
+    }
+    pthread_mutex_unlock(&opt->lock);
+    return st;
+}
+
 static ml_status step_locked(ml_optimizer *opt, int n, ml_tensor *const *params,
                              ml_tensor *const *grads) {
     ml_status st = check_step(opt, n, params, grads);
     if (st) return st;
     if (!opt->n_params && (st = build_state(opt, n, params))) return st;
+    if (opt->n_exclude && opt->n_exclude != n)
+        return ml_set_error(ML_ERR_VALUE,
+                            "optimizer step: exclude_from_weight_decay was set for %d "
+                            "parameters, got %d",
+                            opt->n_exclude, n);
+    if (opt->clip && !opt->gbuf) {
+        opt->gbuf = malloc((size_t)(opt->total + 1) * sizeof(float));
+        if (!opt->gbuf) return ml_set_error(ML_ERR_OOM, "out of memory for clipped gradients");
+    }
+    /* nothing fails from here on */
     int64_t t = opt->iterations + 1;
-    float lr = opt->learning_rate;
+    float lr = opt->schedule ? scheduled_rate(opt, opt->iterations) : opt->learning_rate;
+    const float *gbuf = opt->clip ? clip_gradients(opt, n, grads) : NULL;
+#define GRAD(i) (gbuf ? gbuf + opt->offset[i] : (const float *)grads[i]->data)
     if (opt->weight_decay > 0) {
         /* Keras 3's base optimizer: every variable decays before the update,
          * variable - variable * weight_decay * lr (Loshchilov & Hutter 2019) */
         const float wd = opt->weight_decay;
         for (int i = 0; i < n; i++) {
+            if (opt->n_exclude && opt->exclude[i]) continue;
             float *p = params[i]->data;
             for (int64_t j = 0; j < opt->numel[i]; j++) p[j] = p[j] - p[j] * wd * lr;
         }
@@ -305,12 +650,13 @@ static ml_status step_locked(ml_optimizer *opt, int n, ml_tensor *const *params,
         const float mom = opt->momentum, eps = opt->epsilon;
         for (int i = 0; i < n; i++) {
             float *p = params[i]->data;
-            const float *g = grads[i]->data;
+            const float *g = GRAD(i);
             const int64_t len = opt->numel[i], at = opt->offset[i];
             float *vel = opt->slab + at;
             float *m = mom > 0 ? opt->slab + opt->total + at : NULL;
-            float *avg = opt->centered ? opt->slab + (int64_t)(opt->n_slots - 1) * opt->total + at
-                                       : NULL;
+            float *avg = opt->centered
+                             ? opt->slab + (int64_t)(opt->base_slots - 1) * opt->total + at
+                             : NULL;
             for (int64_t j = 0; j < len; j++) {
                 const float gj = g[j];
                 vel[j] = rho * vel[j] + omr * (gj * gj);
@@ -335,7 +681,7 @@ static ml_status step_locked(ml_optimizer *opt, int n, ml_tensor *const *params,
         float mom = opt->momentum;
         for (int i = 0; i < n; i++) {
             float *p = params[i]->data;
-            const float *g = grads[i]->data;
+            const float *g = GRAD(i);
             int64_t len = opt->numel[i];
             if (mom > 0) {
                 float *v = opt->slab + opt->offset[i];
@@ -348,6 +694,45 @@ static ml_status step_locked(ml_optimizer *opt, int n, ml_tensor *const *params,
             }
             params[i]->storage->version++;
         }
+    } else if (opt->kind == OPT_ADAGRAD) {
+        /* Keras 3 (adagrad.py): accumulator += g^2; p -= lr g / sqrt(accumulator + eps) */
+        const float eps = opt->epsilon;
+        for (int i = 0; i < n; i++) {
+            float *p = params[i]->data, *acc = opt->slab + opt->offset[i];
+            const float *g = GRAD(i);
+            for (int64_t j = 0, len = opt->numel[i]; j < len; j++) {
+                const float gj = g[j];
+                acc[j] = acc[j] + gj * gj;
+                p[j] = p[j] - (lr * gj) / sqrtf(acc[j] + eps);
+            }
+            params[i]->storage->version++;
+        }
+    } else if (opt->kind == OPT_NADAM) {
+        /* Keras 3 (nadam.py, Dozat 2016): u_t = beta_1 (1 - 0.5 * 0.96^t), the product of
+         * the u's so far, m += (g - m)(1 - beta_1), v += (g^2 - v)(1 - beta_2),
+         * m_hat = u_{t+1} m / (1 - prod u_{t+1}) + (1 - u_t) g / (1 - prod u_t),
+         * v_hat = v / (1 - beta_2^t), p -= lr m_hat / (sqrt(v_hat) + eps) */
+        const float b1 = opt->beta_1, b2 = opt->beta_2, eps = opt->epsilon;
+        const float u_t = nadam_u(b1, t), u_t1 = nadam_u(b1, t + 1);
+        const float u_prod = opt->u_product * u_t, u_prod1 = u_prod * u_t1;
+        const float c_m = u_t1 / (1.0f - u_prod1), c_g = (1.0f - u_t) / (1.0f - u_prod);
+        const float v_den = 1.0f - powf(b2, (float)t);
+        const float omb1 = 1.0f - b1, omb2 = 1.0f - b2;
+        for (int i = 0; i < n; i++) {
+            float *p = params[i]->data;
+            float *m = opt->slab + opt->offset[i], *v = opt->slab + opt->total + opt->offset[i];
+            const float *g = GRAD(i);
+            for (int64_t j = 0, len = opt->numel[i]; j < len; j++) {
+                const float gj = g[j];
+                m[j] = m[j] * b1 + gj * omb1;
+                v[j] = v[j] * b2 + (gj * gj) * omb2;
+                const float m_hat = m[j] * c_m + gj * c_g;
+                const float v_hat = v[j] / v_den;
+                p[j] = p[j] - (m_hat * lr) / (sqrtf(v_hat) + eps);
+            }
+            params[i]->storage->version++;
+        }
+        opt->u_product = u_prod;
     } else {
         /* Kingma & Ba 2015, Alg. 1 with the bias correction folded into the step size
          * and epsilon outside it ("epsilon hat"), as Keras does. */
@@ -358,10 +743,14 @@ static ml_status step_locked(ml_optimizer *opt, int n, ml_tensor *const *params,
          * chunks give the one-thread result bit for bit */
         const int threads = ml__in_parallel() ? 1 : ml_get_num_threads();
         const int parts = opt->total >= ADAM_PAR_MIN && threads > 1 ? threads : 1;
-        adam_job job = {opt, params, grads, lrt, b1, b2, eps, (opt->total + parts - 1) / parts};
+        adam_job job = {opt,  params, grads,
+                        gbuf, lrt,    b1,
+                        b2,   eps,    (opt->total + parts - 1) / parts};
         ml__parallel_for(parts, 0, adam_part, &job);
         for (int i = 0; i < n; i++) params[i]->storage->version++;
     }
+#undef GRAD
+    if (opt->use_ema) update_ema(opt, n, params);
     opt->iterations = t;
     return ML_OK;
 }
@@ -373,7 +762,10 @@ ml_status ml_optimizer_set_learning_rate(ml_optimizer *opt, float learning_rate)
     return ML_OK;
 }
 
-float ml_optimizer_learning_rate(const ml_optimizer *opt) { return opt->learning_rate; }
+/* the rate the next step uses: the schedule's at the current step count, if one is set */
+float ml_optimizer_learning_rate(const ml_optimizer *opt) {
+    return opt->schedule ? scheduled_rate(opt, opt->iterations) : opt->learning_rate;
+}
 int64_t ml_optimizer_iterations(const ml_optimizer *opt) { return opt->iterations; }
 int ml_optimizer_n_slots(const ml_optimizer *opt) { return opt->n_slots; }
 int ml_optimizer_n_params(const ml_optimizer *opt) { return opt->n_params; }
@@ -428,13 +820,17 @@ ml_status ml_optimizer_restore(ml_optimizer *opt, int n, ml_tensor *const *param
                 memcpy(opt->slab + (int64_t)k * opt->total + opt->offset[i],
                        slots[i * opt->n_slots + k]->data, (size_t)opt->numel[i] * sizeof(float));
         opt->iterations = iterations;
+        if (opt->kind == OPT_NADAM) opt->u_product = nadam_u_product(opt->beta_1, iterations);
     }
     pthread_mutex_unlock(&opt->lock);
     return st;
 }
 
 ml_status ml_optimizer_reset(ml_optimizer *opt) {
+    pthread_mutex_lock(&opt->lock);
     opt->iterations = 0;
-    if (opt->slab) memset(opt->slab, 0, (size_t)(opt->total * opt->n_slots) * sizeof(float));
+    opt->u_product = 1.0f;
+    if (opt->slab) init_slots(opt);
+    pthread_mutex_unlock(&opt->lock);
     return ML_OK;
 }

@@ -12,16 +12,17 @@ from __future__ import annotations
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 from metalearn._typing import Config
+import re
 import warnings
 
 import numpy as np
 
 from metalearn import _core
-from metalearn.tape import no_grad as _no_grad
 from metalearn.tape import GradientTape
 
 from . import backend as _backend
 from . import constraints as _constraints
+from . import schedules as _schedules
 
 __all__ = [
     "Optimizer",
@@ -29,6 +30,8 @@ __all__ = [
     "Adam",
     "AdamW",
     "RMSprop",
+    "Adagrad",
+    "Nadam",
     "get",
     "serialize",
     "deserialize",
@@ -52,14 +55,25 @@ class Optimizer:
     """Base class of the optimizers.
 
     Args:
-        learning_rate: a float (settable later: ``opt.learning_rate = 1e-4``).
+        learning_rate: a float (settable later: ``opt.learning_rate = 1e-4``), a
+            ``schedules.LearningRateSchedule`` (the rate of each step is computed from
+            ``iterations``; the built-in schedules in C, inside ``fit``'s traced step) or a
+            zero-argument callable returning the rate (called before each step).
         clipnorm: clip each gradient to this L2 norm.
         clipvalue: clip each gradient element to ``[-clipvalue, clipvalue]``.
         global_clipnorm: clip all gradients together to this global L2 norm. At most one of
-            the three may be set (ValueError otherwise, as Keras).
+            the three may be set (ValueError otherwise, as Keras); 0 clips nothing (Keras).
+            Clipping runs in the C step, so it is traced by ``fit`` too.
         weight_decay: None (default) or a float: Keras 3's decoupled weight decay, every
             variable decaying ``w = w - w * weight_decay * learning_rate`` before each update
-            (in the same C call).
+            (in the same C call); see ``exclude_from_weight_decay``.
+        use_ema: keep an exponential moving average of the variables (Keras 3's EMA):
+            after each update ``average = m * average + (1 - m) * w`` with ``m = 0`` on the
+            first step and ``ema_momentum`` after; ``finalize_variable_values`` copies it
+            into the variables (``fit`` does so when it ends).
+        ema_momentum: default 0.99, in [0, 1].
+        ema_overwrite_frequency: None, or every how many steps the variables are set to
+            their average.
         name: the optimizer's name; by default the class name in snake case made unique
             as Keras 3 names objects (``"adam"``, ``"adam_1"``, ``"sgd"``, ...; the counters
             are the layers' and ``clear_session`` resets them).
@@ -67,13 +81,25 @@ class Optimizer:
 
     def __init__(
         self,
-        learning_rate: float,
+        learning_rate: Any,
         name: Optional[str] = None,
         clipnorm: Optional[float] = None,
         clipvalue: Optional[float] = None,
         global_clipnorm: Optional[float] = None,
         weight_decay: Optional[float] = None,
+        use_ema: bool = False,
+        ema_momentum: float = 0.99,
+        ema_overwrite_frequency: Optional[int] = None,
+        loss_scale_factor: Optional[float] = None,
+        gradient_accumulation_steps: Optional[int] = None,
     ) -> None:
+        # Keras 3 configs carry these two; metalearn has neither (a config with None loads)
+        for what, value in (
+            ("loss_scale_factor", loss_scale_factor),
+            ("gradient_accumulation_steps", gradient_accumulation_steps),
+        ):
+            if value is not None:
+                raise ValueError(f"`{what}` is not supported by metalearn; got {what}={value!r}")
         if sum(c is not None for c in (clipnorm, clipvalue, global_clipnorm)) > 1:
             raise ValueError(
                 "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
@@ -85,34 +111,55 @@ class Optimizer:
             ("clipvalue", clipvalue),
             ("global_clipnorm", global_clipnorm),
         ):
-            if c is not None and (
-                isinstance(c, bool)
-                or not isinstance(c, (int, float, np.number))
-                or not np.isfinite(c)
-                or c < 0
+            if c is not None:
+                _check_clip(what, c)
+        if use_ema:  # Keras checks these only with use_ema
+            if (
+                isinstance(ema_momentum, bool)
+                or not isinstance(ema_momentum, (int, float, np.number))
+                or not 0.0 <= float(ema_momentum) <= 1.0
             ):
                 raise ValueError(
-                    f"`{what}` must be a finite non-negative number. Received: {what}={c!r}"
+                    "`ema_momentum` must be in the range [0, 1]. "
+                    f"Received: ema_momentum={ema_momentum}"
+                )
+            if ema_overwrite_frequency is not None and (
+                isinstance(ema_overwrite_frequency, bool)
+                or not isinstance(ema_overwrite_frequency, (int, np.integer))
+                or ema_overwrite_frequency < 1
+            ):
+                raise ValueError(
+                    "`ema_overwrite_frequency` must be an integer >= 1 or None. "
+                    f"Received: ema_overwrite_frequency={ema_overwrite_frequency}"
                 )
         learning_rate = self._check_lr(learning_rate)
         weight_decay = None if weight_decay is None else _check_weight_decay(weight_decay)
         if name is None:  # named last: a refused optimizer takes no name
             name = _backend.unique_name(_backend.snake_case(type(self).__name__))
         self.name = name
-        self.clipnorm = clipnorm
-        self.clipvalue = clipvalue
-        self.global_clipnorm = global_clipnorm
+        self._clip = {
+            "clipnorm": clipnorm,
+            "clipvalue": clipvalue,
+            "global_clipnorm": global_clipnorm,
+        }
         self.weight_decay = weight_decay
+        self.use_ema = bool(use_ema)
+        self.ema_momentum = ema_momentum
+        self.ema_overwrite_frequency = ema_overwrite_frequency
         self._learning_rate = learning_rate
+        self._exclude_ids = set()  # exclude_from_weight_decay's variables (by id)
+        self._exclude_pattern = None  # ... and its name pattern
         self._cores = {}  # tuple of variable ids -> (C optimizer, variables kept alive)
         self._iterations = 0
 
     @staticmethod
     def _check_lr(value):
-        if callable(value):
+        if isinstance(value, _schedules.LearningRateSchedule) or callable(value):
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
             raise TypeError(
-                "learning-rate schedules are not supported; set "
-                "optimizer.learning_rate between steps instead"
+                "learning_rate must be a float, a LearningRateSchedule or a callable, "
+                f"got {type(value).__name__}"
             )
         value = float(value)
         if not np.isfinite(value) or value < 0:
@@ -122,36 +169,192 @@ class Optimizer:
     def _make_core(self):
         raise NotImplementedError
 
+    # ------------------------------------------------------------ clipping
+    def _clip_property(what):  # noqa: N805 (a property factory run in the class body)
+        def get(self):
+            return self._clip[what]
+
+        def set_(self, value):
+            if value is not None:
+                _check_clip(what, value)
+                others = [k for k, v in self._clip.items() if k != what and v is not None]
+                if others:
+                    raise ValueError(
+                        "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
+                        f"Received: {what}={value} with {others[0]}={self._clip[others[0]]}"
+                    )
+            self._clip[what] = value
+            for opt, _ in self._cores.values():
+                opt.clip = self._core_clip()
+
+        return property(get, set_, doc=f"``{what}`` (None: off); applies to the next step.")
+
+    clipnorm = _clip_property("clipnorm")
+    clipvalue = _clip_property("clipvalue")
+    global_clipnorm = _clip_property("global_clipnorm")
+    del _clip_property
+
+    def _core_clip(self):
+        for what, value in self._clip.items():
+            if value is not None:
+                return (what, float(value))
+        return None
+
+    def _clip_gradients(self, grads):
+        """The gradients as this optimizer's step clips them (Keras' private hook, which its
+        tests call): computed by the C step itself, one plain SGD step of rate 1 from zero
+        with this clipping, whose result is minus the clipped gradients."""
+        grads = [_to_grad(g) for g in grads]
+        clip = self._core_clip()
+        if clip is None:
+            return grads
+        core = _core.SGD(learning_rate=1.0)
+        core.clip = clip
+        out = [_core.zeros(tuple(g.shape)) for g in grads]
+        core.step(out, grads)
+        return [_core.neg(t) for t in out]
+
+    # ------------------------------------------------------------ learning rate
+    def _schedule_form(self):
+        """The C form of the learning rate when it is a built-in schedule, else None."""
+        lr = self._learning_rate
+        if isinstance(lr, _schedules.LearningRateSchedule):
+            return lr._core_form()
+        return None
+
+    def _python_rate(self):
+        """True when the rate is computed in Python before each step (a custom schedule or
+        a callable): such a step is not recorded into a trace."""
+        return callable(self._learning_rate) and self._schedule_form() is None
+
+    def _current_rate(self):
+        lr = self._learning_rate
+        if isinstance(lr, _schedules.LearningRateSchedule):
+            return lr(self._iterations)
+        if callable(lr):
+            return lr()
+        return lr
+
     @property
     def learning_rate(self) -> float:
-        """The learning rate (a float; setting it applies to the next step, keeps the state).
+        """The learning rate of the next step (a float; with a schedule, its value at
+        ``iterations``). Setting a float applies to the next step and keeps the state;
+        a schedule or a callable may replace the rate.
 
         Raises:
+            TypeError: on setting a float when the optimizer was made with a schedule
+                (Keras 3's rule).
             ValueError: on setting a negative or non-finite value.
         """
-        return self._learning_rate
+        return float(self._current_rate())
 
     @learning_rate.setter
-    def learning_rate(self, value: float) -> None:
+    def learning_rate(self, value: Any) -> None:
         value = self._check_lr(value)
-        for opt, _ in self._cores.values():
-            opt.learning_rate = value
+        if not callable(value) and isinstance(self._learning_rate, _schedules.LearningRateSchedule):
+            raise TypeError(
+                "This optimizer was created with a `LearningRateSchedule` object as its "
+                "`learning_rate` constructor argument, hence its learning rate is not "
+                "settable. If you need the learning rate to be settable, you should "
+                "instantiate the optimizer with a float `learning_rate` argument."
+            )
+        old = self._learning_rate
         self._learning_rate = value
+        try:
+            for opt, _ in self._cores.values():
+                self._set_core_rate(opt)
+        except BaseException:
+            self._learning_rate = old
+            for opt, _ in self._cores.values():
+                self._set_core_rate(opt)
+            raise
 
     lr = learning_rate
+
+    def _set_core_rate(self, core):
+        form = self._schedule_form()
+        if form is not None:
+            core.learning_rate_schedule = form
+            return
+        core.learning_rate_schedule = None
+        if not callable(self._learning_rate):
+            core.learning_rate = self._learning_rate
 
     @property
     def iterations(self) -> int:
         """Number of ``apply_gradients`` calls made (an int with ``.numpy()``)."""
         return _Iterations(self._iterations)
 
+    # ------------------------------------------------------------ weight decay
+    def exclude_from_weight_decay(
+        self, var_list: Optional[Sequence[Any]] = None, var_names: Optional[Sequence[str]] = None
+    ) -> None:
+        """Exclude variables from weight decay (Keras 3): those of `var_list`, and those whose
+        name contains (``re.search``) any string of `var_names`. Only before the first step.
+
+        Raises:
+            ValueError: the optimizer has already stepped (Keras' message).
+        """
+        if self._cores:
+            raise ValueError(
+                "`exclude_from_weight_decay()` can only be configured before the optimizer "
+                "is built."
+            )
+        ids = set(map(id, var_list)) if var_list else set()
+        pattern = re.compile("|".join(sorted(set(var_names)))) if var_names else None
+        self._exclude_ids, self._exclude_pattern = ids, pattern
+        self._exclude_vars = list(var_list) if var_list else []  # ids stay theirs
+
+    def _use_weight_decay(self, variable) -> bool:
+        if id(variable) in self._exclude_ids:
+            return False
+        if self._exclude_pattern is not None:
+            name = getattr(variable, "name", None)
+            if name is not None and self._exclude_pattern.search(name):
+                return False
+        return True
+
+    # ------------------------------------------------------------ EMA
+    def finalize_variable_values(self, var_list: Sequence[Any]) -> None:
+        """With ``use_ema``, sets the variables to their moving averages (Keras 3; ``fit``
+        calls it when training ends). Nothing happens without EMA or before a step."""
+        if not self.use_ema:
+            return
+        var_list = list(var_list)
+        key = tuple(map(id, var_list))
+        entry = self._cores.get(key)
+        if entry is not None:
+            entry[0].finalize_variable_values(var_list)
+            return
+        # variables of several lists (or a subset): each from the list that holds it
+        for opt, variables in self._cores.values():
+            index = {id(v): i for i, v in enumerate(variables)}
+            if not any(id(v) in index for v in var_list):
+                continue
+            averages = [slots[-1] for slots in opt.slots()]
+            for v in var_list:
+                if id(v) in index:
+                    _core.assign(v, averages[index[id(v)]])
+
     def _core_for(self, variables):
         key = tuple(map(id, variables))
         entry = self._cores.get(key)
         if entry is None:
             core = self._make_core()
+            self._set_core_rate(core)
             if self.weight_decay:
                 core.weight_decay = self.weight_decay
+                if self._exclude_ids or self._exclude_pattern is not None:
+                    core.exclude_from_weight_decay = [
+                        not self._use_weight_decay(v) for v in variables
+                    ]
+            clip = self._core_clip()
+            if clip is not None:
+                core.clip = clip
+            if self.use_ema:
+                core.set_use_ema(
+                    True, float(self.ema_momentum), int(self.ema_overwrite_frequency or 0)
+                )
             entry = (core, list(variables))
             self._cores[key] = entry
         return entry[0]
@@ -160,15 +363,12 @@ class Optimizer:
     def _traced_update(self):
         """The update as core ops, for a training step that ``metalearn.function`` records
         once and replays from C: a function ``update(variables, grads)`` to call while
-        recording (one C optimizer step, which the trace holds). None when the update
-        cannot be recorded: gradient clipping measures norms in NumPy, outside any trace.
-        Asking changes nothing; after each replay the caller counts the step with
-        ``_count_step``."""
-        if (
-            self.clipvalue is not None
-            or self.clipnorm is not None
-            or self.global_clipnorm is not None
-        ):
+        recording (one C optimizer step, which the trace holds: clipping, weight decay, the
+        update, EMA and the built-in schedules' rate all happen inside it, from the C
+        optimizer's own step count). None when the update cannot be recorded: a rate
+        computed in Python (a custom schedule or a callable). Asking changes nothing; after
+        each replay the caller counts the step with ``_count_step``."""
+        if self._python_rate():
             return None
         return self._core_step
 
@@ -181,33 +381,13 @@ class Optimizer:
         the count lives here, in Python)."""
         self._iterations += 1
 
-    def _clip(self, grads):
-        if self.clipvalue is not None:
-            c = float(self.clipvalue)
-            grads = [_core.clip(g, -c, c) for g in grads]
-        if self.clipnorm is not None:
-            out = []
-            for g in grads:
-                norm = float(np.sqrt(np.sum(np.square(np.asarray(g, np.float64)))))
-                out.append(_core.mul(g, float(self.clipnorm) / norm) if norm > self.clipnorm else g)
-            grads = out
-        if self.global_clipnorm is not None:
-            norm = float(np.sqrt(sum(np.sum(np.square(np.asarray(g, np.float64))) for g in grads)))
-            if norm > self.global_clipnorm:
-                scale = float(self.global_clipnorm) / norm
-                grads = [_core.mul(g, scale) for g in grads]
-        return grads
-
     def _apply(self, variables, grads):
         """Fast path: every gradient present, lists aligned."""
-        if (
-            self.clipvalue is not None
-            or self.clipnorm is not None
-            or self.global_clipnorm is not None
-        ):
-            with _no_grad():
-                grads = self._clip(grads)
-        self._core_for(variables).step(variables, grads)
+        core = self._core_for(variables)
+        if self._python_rate():
+            rate = self._check_lr(float(self._current_rate()))  # a bad rate changes nothing
+            core.learning_rate = rate
+        core.step(variables, grads)
         self._iterations += 1  # _count_step's count, without a call on the eager step
         _constraints._apply(variables)  # Keras 3: the variables' constraints, after the update
 
@@ -324,18 +504,39 @@ class Optimizer:
 
     def get_config(self) -> Config:
         """The optimizer's hyper-parameters as a dict (``name``, ``learning_rate`` …)."""
+        lr = self._learning_rate
+        if isinstance(lr, _schedules.LearningRateSchedule):
+            lr = _schedules.serialize(lr)
+        elif not callable(lr):
+            lr = float(np.float32(lr))  # Keras 3 holds the rate in a float32 variable
+        else:
+            raise ValueError(
+                f"get_config: the learning rate {lr!r} is a callable, which has no config; "
+                "use a LearningRateSchedule"
+            )
         return {
             "name": self.name,
-            "learning_rate": self._learning_rate,
-            "clipnorm": self.clipnorm,
-            "clipvalue": self.clipvalue,
-            "global_clipnorm": self.global_clipnorm,
+            "learning_rate": lr,
             "weight_decay": self.weight_decay,
+            "clipnorm": self.clipnorm,
+            "global_clipnorm": self.global_clipnorm,
+            "clipvalue": self.clipvalue,
+            "use_ema": self.use_ema,
+            "ema_momentum": self.ema_momentum,
+            "ema_overwrite_frequency": self.ema_overwrite_frequency,
+            "loss_scale_factor": None,
+            "gradient_accumulation_steps": None,
         }
 
     @classmethod
-    def from_config(cls, config: Config) -> Optimizer:
-        """A new optimizer (fresh state) from the dict that ``get_config`` returned."""
+    def from_config(cls, config: Config, custom_objects: Optional[Config] = None) -> Optimizer:
+        """A new optimizer (fresh state) from the dict that ``get_config`` returned (a
+        schedule's config is deserialized, as Keras 3)."""
+        config = dict(config)
+        if isinstance(config.get("learning_rate"), dict):
+            config["learning_rate"] = _schedules.deserialize(
+                config["learning_rate"], custom_objects=custom_objects
+            )
         return cls(**config)
 
     def __repr__(self):
@@ -373,9 +574,7 @@ class SGD(Optimizer):
         super().__init__(learning_rate, name, **kwargs)
 
     def _make_core(self):
-        return _core.SGD(
-            learning_rate=self._learning_rate, momentum=self.momentum, nesterov=self.nesterov
-        )
+        return _core.SGD(learning_rate=0.0, momentum=self.momentum, nesterov=self.nesterov)
 
     def get_config(self) -> Config:
         config = super().get_config()
@@ -424,7 +623,7 @@ class Adam(Optimizer):
 
     def _make_core(self):
         return _core.Adam(
-            learning_rate=self._learning_rate,
+            learning_rate=0.0,
             beta_1=self.beta_1,
             beta_2=self.beta_2,
             epsilon=self.epsilon,
@@ -475,6 +674,16 @@ class AdamW(Adam):
             weight_decay=weight_decay,
             **kwargs,
         )
+
+
+def _check_clip(what, c):
+    if (
+        isinstance(c, bool)
+        or not isinstance(c, (int, float, np.number))
+        or not np.isfinite(c)
+        or c < 0
+    ):
+        raise ValueError(f"`{what}` must be a finite non-negative number. Received: {what}={c!r}")
 
 
 def _check_weight_decay(value):
@@ -532,7 +741,7 @@ class RMSprop(Optimizer):
 
     def _make_core(self):
         return _core.RMSprop(
-            learning_rate=self._learning_rate,
+            learning_rate=0.0,
             rho=self.rho,
             momentum=self.momentum,
             epsilon=self.epsilon,
@@ -550,11 +759,125 @@ class RMSprop(Optimizer):
         return config
 
 
-_BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
+def _unit_interval(cls_name, what, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise ValueError(f"{cls_name}: {what} must be a float, got {value!r}")
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{cls_name}: {what} must be in [0, 1), got {value}")
+    return float(value)
+
+
+def _non_negative(cls_name, what, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise ValueError(f"{cls_name}: {what} must be a float, got {value!r}")
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{cls_name}: {what} must be finite and >= 0, got {value}")
+    return float(value)
+
+
+class Adagrad(Optimizer):
+    """Adagrad (Duchi et al. 2011), computed as Keras 3 does::
+
+        accumulator = accumulator + g^2          # starts at initial_accumulator_value
+        w = w - learning_rate * g / sqrt(accumulator + epsilon)
+
+    Args:
+        learning_rate: default 0.001.
+        initial_accumulator_value: the accumulators' start, default 0.1 (>= 0).
+        epsilon: default 1e-7.
+        weight_decay, clipnorm, ..., use_ema: as every optimizer's (see ``Optimizer``).
+
+    One C call updates every parameter (a refused step changes nothing), recorded in
+    ``fit``'s traced step as Adam's is.
+    """
+
+    def __init__(
+        self,
+        learning_rate: Any = 0.001,
+        initial_accumulator_value: float = 0.1,
+        epsilon: float = 1e-7,
+        name: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        self.initial_accumulator_value = _non_negative(
+            "Adagrad", "initial_accumulator_value", initial_accumulator_value
+        )
+        self.epsilon = _non_negative("Adagrad", "epsilon", epsilon)
+        super().__init__(learning_rate, name, **kwargs)
+
+    def _make_core(self):
+        return _core.Adagrad(
+            learning_rate=0.0,  # the rate is set by _set_core_rate
+            initial_accumulator_value=self.initial_accumulator_value,
+            epsilon=self.epsilon,
+        )
+
+    def get_config(self) -> Config:
+        config = super().get_config()
+        config.update(
+            initial_accumulator_value=self.initial_accumulator_value, epsilon=self.epsilon
+        )
+        return config
+
+
+class Nadam(Optimizer):
+    """Nadam (Dozat 2016: Adam with Nesterov momentum), computed as Keras 3 does::
+
+        t = iterations + 1
+        u_t = beta_1 * (1 - 0.5 * 0.96^t);   u_prod = u_1 * ... * u_t
+        m = m + (1 - beta_1) * (g - m);      v = v + (1 - beta_2) * (g^2 - v)
+        m_hat = u_{t+1} * m / (1 - u_prod * u_{t+1}) + (1 - u_t) * g / (1 - u_prod)
+        v_hat = v / (1 - beta_2^t)
+        w = w - learning_rate * m_hat / (sqrt(v_hat) + epsilon)
+
+    Args:
+        learning_rate: default 0.001.
+        beta_1, beta_2: default 0.9 and 0.999, in [0, 1).
+        epsilon: default 1e-7.
+        weight_decay, clipnorm, ..., use_ema: as every optimizer's (see ``Optimizer``).
+
+    The product of the u's is not a slot: the C optimizer recomputes it from ``iterations``
+    on restore, with the bits of the uninterrupted run.
+    """
+
+    def __init__(
+        self,
+        learning_rate: Any = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+        name: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        self.beta_1 = _unit_interval("Nadam", "beta_1", beta_1)
+        self.beta_2 = _unit_interval("Nadam", "beta_2", beta_2)
+        self.epsilon = _non_negative("Nadam", "epsilon", epsilon)
+        super().__init__(learning_rate, name, **kwargs)
+
+    def _make_core(self):
+        return _core.Nadam(
+            learning_rate=0.0, beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon
+        )
+
+    def get_config(self) -> Config:
+        config = super().get_config()
+        config.update(beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon)
+        return config
+
+
+_BY_NAME = {
+    "sgd": SGD,
+    "adam": Adam,
+    "adamw": AdamW,
+    "rmsprop": RMSprop,
+    "adagrad": Adagrad,
+    "nadam": Nadam,
+}
 
 
 def get(identifier: Any) -> Optional[Optimizer]:
-    """An optimizer from a name (``"adam"``, ``"adamw"``, ``"rmsprop"``, ``"sgd"``), config dict or instance; None
+    """An optimizer from a name (``"adam"``, ``"adamw"``, ``"rmsprop"``, ``"sgd"``,
+    ``"adagrad"``, ``"nadam"``), config dict or instance; None
     gives None, as Keras 3.
 
     Raises:
@@ -583,3 +906,11 @@ def serialize(optimizer: Optimizer) -> Config:
 
 
 deserialize = get
+
+
+def __getattr__(name):
+    # keras.optimizers.schedules: the module metalearn.keras.schedules, reached as an
+    # attribute (and by `from ... import schedules`) without being offered by dir() or *
+    if name == "schedules":
+        return _schedules
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -138,6 +138,8 @@ BY_CALLABLE = {
         "iterations": lambda p: 0,
         "slots": lambda p: [[]],
     },
+    "Optimizer.set_use_ema": {"use_ema": lambda p: True},
+    "Optimizer.finalize_variable_values": {"params": lambda p: [t(2, 3)]},
     "load_tensors": {"path": lambda p: saved_weights(p / "w.bin")},
     "write_file": {"data": lambda p: b"metalearn"},
     "trace_end": {"trace": lambda p: recording_trace()},

@@ -148,8 +148,10 @@ def test_minimize_with_callable_loss():
     assert float(var.numpy()[0]) == pytest.approx(1.0, abs=1e-5)
 
 
-@pytest.mark.parametrize("amsgrad", [False, True])
-def test_adam_over_two_threads_equals_one_thread_bit_for_bit(amsgrad):
+@pytest.mark.parametrize(
+    "amsgrad, clip", [(False, None), (True, None), (False, {"global_clipnorm": 50.0})]
+)
+def test_adam_over_two_threads_equals_one_thread_bit_for_bit(amsgrad, clip):
     """Above ~65k parameters the Adam update is split over the thread pool (element-wise
     chunks across parameter boundaries): the result must not depend on the thread count."""
     rng = np.random.default_rng(0)
@@ -162,7 +164,7 @@ def test_adam_over_two_threads_equals_one_thread_bit_for_bit(amsgrad):
         for threads in (1, 2):
             ml.set_num_threads(threads)
             params = [ml.Variable(a.copy()) for a in init]
-            opt = optimizers.Adam(learning_rate=0.01, amsgrad=amsgrad)
+            opt = optimizers.Adam(learning_rate=0.01, amsgrad=amsgrad, **(clip or {}))
             for g in grads:
                 opt.apply_gradients(zip([ml.tensor(x) for x in g], params))
             results.append([np.asarray(p).copy() for p in params])
@@ -281,14 +283,15 @@ def test_optimizer_names_are_unique_as_keras_names_them():
 
 def test_traced_update_is_the_core_step_and_asking_changes_nothing():
     """Optimizer._traced_update: the update as one C optimizer step, for a training step
-    recorded by metalearn.function (fit, MAML); None while clipping (norms are measured in
-    NumPy). Asking creates no state; calling it steps as apply_gradients does, and the
-    count moves by _count_step (a replay's update runs in C, the count in Python)."""
+    recorded by metalearn.function (fit, MAML), clipping included (it runs in the C step);
+    None while the rate is computed in Python (a callable or a custom schedule). Asking
+    creates no state; calling it steps as apply_gradients does, and the count moves by
+    _count_step (a replay's update runs in C, the count in Python)."""
     w0 = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
     g = np.array([[0.3, -0.1], [2.0, 0.7]], np.float32)
     v = ml.Variable(w0.copy())
-    assert optimizers.SGD(0.1, clipnorm=1.0)._traced_update() is None
-    assert optimizers.Adam(0.1, global_clipnorm=1.0)._traced_update() is None
+    assert optimizers.SGD(0.1, clipnorm=1.0)._traced_update() is not None
+    assert optimizers.SGD(lambda: 0.1)._traced_update() is None
     opt = optimizers.Adam(0.1)
     update = opt._traced_update()
     assert update is not None and opt.variables() == [] and int(opt.iterations) == 0
@@ -299,3 +302,151 @@ def test_traced_update_is_the_core_step_and_asking_changes_nothing():
         twin.apply_gradients([(ml.tensor(g), u)])
     np.testing.assert_array_equal(np.asarray(v), np.asarray(u))
     assert int(opt.iterations) == int(twin.iterations) == 2
+
+
+# ------------------------------------------------------------ issue 22's additions
+def _bits(tensors):
+    return [np.asarray(t).copy() for t in tensors]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: optimizers.Adagrad(0.1, clipnorm=0.5, weight_decay=0.01),
+        lambda: optimizers.Nadam(0.05, use_ema=True, ema_overwrite_frequency=2),
+        lambda: optimizers.SGD(0.1, clipvalue=0.1, use_ema=True),
+    ],
+    ids=["Adagrad", "Nadam_ema", "SGD_clip_ema"],
+)
+def test_a_refused_step_changes_nothing(make):
+    """A step with a misshapen gradient is refused before any write: variables, slots (the
+    EMA's included), the step count and the scheduled rate are unchanged."""
+    v = [
+        ml.Variable(np.arange(6, dtype=np.float32).reshape(2, 3)),
+        ml.Variable(np.ones(3, np.float32)),
+    ]
+    opt = make()
+    g = [ml.tensor(np.full((2, 3), 0.3, np.float32)), ml.tensor(np.full(3, -2.0, np.float32))]
+    opt.apply_gradients(zip(g, v))
+    before = (_bits(v), _bits(opt.variables()), int(opt.iterations), opt.learning_rate)
+    with pytest.raises(ValueError):
+        opt.apply_gradients(zip([g[0], ml.tensor(np.ones(4, np.float32))], v))
+    with pytest.raises(ValueError):
+        opt._core_for(v).step(v, [g[0]])  # a gradient missing, straight to C
+    after = (_bits(v), _bits(opt.variables()), int(opt.iterations), opt.learning_rate)
+    for x, y in zip(before[0] + before[1], after[0] + after[1]):
+        np.testing.assert_array_equal(x, y)
+    assert before[2:] == after[2:]
+
+
+def test_bad_optimizer_arguments_are_clear_and_change_nothing():
+    opt = optimizers.Adam(0.1)
+    with pytest.raises(ValueError, match="learning_rate"):
+        opt.learning_rate = -1.0
+    with pytest.raises(ValueError, match="learning_rate"):
+        opt.learning_rate = float("inf")
+    assert opt.learning_rate == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="Unknown optimizer"):
+        optimizers.get("adagradd")
+    with pytest.raises(ValueError, match="initial_accumulator_value"):
+        optimizers.Adagrad(initial_accumulator_value=-0.1)
+    with pytest.raises(ValueError, match="Only one of"):
+        optimizers.Nadam(clipnorm=1.0, global_clipnorm=1.0)
+    sgd = optimizers.SGD(clipnorm=1.0)
+    with pytest.raises(ValueError, match="Only one of"):
+        sgd.clipvalue = 0.5
+    assert sgd.clipvalue is None and sgd.clipnorm == 1.0
+    with pytest.raises(ValueError, match="clipnorm"):
+        sgd.clipnorm = -1.0
+    assert sgd.clipnorm == 1.0
+
+
+def test_the_c_optimizer_refuses_bad_settings():
+    """The C layer checks what it is given (the binding's own users: MAML's meta-step)."""
+    core = ml._core.Nadam()
+    with pytest.raises(ValueError, match="clip"):
+        core.clip = ("clipsomething", 1.0)
+    with pytest.raises(ValueError, match="clipnorm"):
+        core.clip = ("clipnorm", float("nan"))
+    with pytest.raises(ValueError, match="decay_steps"):
+        core.learning_rate_schedule = ("ExponentialDecay", [0.1, 0.0, 0.5, 0.0])
+    with pytest.raises(ValueError, match="schedule"):
+        core.learning_rate_schedule = ("ExponentialDecay", [0.1, 2.0])
+    with pytest.raises(ValueError, match="increase"):
+        core.learning_rate_schedule = ("PiecewiseConstantDecay", [3.0, 1.0, 0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="ema_momentum"):
+        core.set_use_ema(True, 1.5)
+    assert core.clip is None and core.learning_rate_schedule is None and not core.use_ema
+    v = ml.Variable(np.ones(2, np.float32))
+    core.step([v], [np.ones(2, np.float32)])
+    with pytest.raises(ValueError, match="before the first step"):
+        core.set_use_ema(True)
+    with pytest.raises(ValueError, match="exclude_from_weight_decay"):
+        core.exclude_from_weight_decay = [True, False]  # built for one parameter
+
+
+def test_exclude_from_weight_decay_by_name_in_a_model():
+    """var_names=["bias"] (Keras' example): the Dense biases keep their values under
+    weight decay with zero gradients; the kernels decay."""
+    model = keras.Sequential(
+        [keras.layers.Input((3,)), keras.layers.Dense(2, bias_initializer="ones")]
+    )
+    opt = optimizers.AdamW(learning_rate=0.5, weight_decay=0.1)
+    opt.exclude_from_weight_decay(var_names=["bias"])
+    w = model.trainable_weights
+    k0, b0 = np.asarray(w[0]).copy(), np.asarray(w[1]).copy()
+    opt.apply_gradients([(ml.tensor(np.zeros(t.shape, np.float32)), t) for t in w])
+    np.testing.assert_array_equal(np.asarray(w[1]), b0)
+    np.testing.assert_allclose(np.asarray(w[0]), k0 * (1 - 0.1 * 0.5), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: optimizers.Nadam(
+            optimizers.schedules.CosineDecay(0.01, 6, warmup_target=0.02, warmup_steps=2),
+            use_ema=True,
+            ema_overwrite_frequency=4,
+        ),
+        lambda: optimizers.Adagrad(
+            optimizers.schedules.ExponentialDecay(0.05, 2, 0.5), global_clipnorm=0.3
+        ),
+    ],
+    ids=["Nadam_cosine_ema", "Adagrad_exponential_clip"],
+)
+def test_checkpoint_resume_gives_the_uninterrupted_bits(tmp_path, make):
+    """issue 14's checkpoint with the new optimizers: fit 4 meta-iterations with
+    checkpoints, then a fresh learner resumes to 8; the same bits as 8 at once (Adagrad's
+    accumulator and Nadam's moments and EMA average are slots; Nadam's u-product and the
+    schedule's rate follow from the restored step count)."""
+    from metalearn.meta import MAML
+    from metalearn.tasks import Sinusoid
+
+    def learner(seed):
+        ml.random.set_seed(seed)
+        model = keras.Sequential(
+            [
+                keras.layers.Input((1,)),
+                keras.layers.Dense(8, activation="tanh"),
+                keras.layers.Dense(1),
+            ]
+        )
+        return MAML(model, inner_lr=0.01, meta_optimizer=make())
+
+    ref = learner(3)
+    ml.random.set_seed(1)
+    ref.fit(Sinusoid(seed=4), iterations=8, meta_batch_size=2, verbose=0)
+    first = learner(3)
+    ml.random.set_seed(1)
+    first.fit(Sinusoid(seed=4), iterations=4, meta_batch_size=2, verbose=0, checkpoint_dir=tmp_path)
+    again = learner(9)  # other initial weights: restored
+    ml.random.set_seed(77)
+    again.fit(
+        Sinusoid(seed=99), iterations=8, meta_batch_size=2, verbose=0, checkpoint_dir=tmp_path
+    )
+    assert again.history["loss"] == ref.history["loss"]
+    for a, b in zip(again.model.weights, ref.model.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(again.meta_optimizer.variables(), ref.meta_optimizer.variables()):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(again.meta_optimizer.iterations) == 8
