@@ -32,7 +32,6 @@ import inspect
 import json
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 from typing import Any, Dict, Optional, Union
@@ -413,7 +412,15 @@ def _model_from_keras(entry, custom_objects, where):
     for layer in config.get("layers", []):
         plain = _layer_from_keras(layer, custom_objects, where)
         plain["name"] = layer.get("name", plain["config"].get("name"))
-        plain["inbound_nodes"] = layer.get("inbound_nodes", [])
+        # Keras writes the arguments a call left unset (a nested model's mask=None)
+        plain["inbound_nodes"] = [
+            dict(
+                node, kwargs={k: v for k, v in (node.get("kwargs") or {}).items() if v is not None}
+            )
+            if isinstance(node, dict)
+            else node
+            for node in layer.get("inbound_nodes", [])
+        ]
         layers.append(plain)
     out = {
         "name": config.get("name"),
@@ -618,7 +625,8 @@ def _optimizer_arrays(model):
     opt = getattr(model, "optimizer", None)
     if not getattr(model, "_is_compiled", False) or opt is None:
         return None
-    out = [np.asarray(int(opt._iterations), np.int64), np.asarray(opt.learning_rate, np.float32)]
+    # int32, as Keras 3 keeps its iteration count
+    out = [np.asarray(int(opt._iterations), np.int32), np.asarray(opt.learning_rate, np.float32)]
     groups = _slot_groups(opt)
     params = list(model.trainable_weights)
     entry = opt._cores.get(tuple(map(id, params)))
@@ -681,38 +689,37 @@ def _weights_plan(model, h5file, filepath, what):
 
 
 def _optimizer_plan(model, h5file, filepath, what):
-    """A function that sets the optimizer to the file's variables (checked now), or None
-    when the file or the model holds no optimizer state to restore."""
+    """A function that sets the optimizer to the file's variables (all read and checked
+    now), or None when the file or the model holds no optimizer state. Variables that do
+    not fit the optimizer (another class or configuration) are skipped with a warning, as
+    Keras 3 skips them."""
     opt = getattr(model, "optimizer", None)
     g = h5file.get("optimizer/vars")
-    if g is None or opt is None or not getattr(model, "_is_compiled", False):
+    if g is None or opt is None or not getattr(model, "_is_compiled", False) or len(g) < 2:
         return None
-    groups = _slot_groups(opt)
-    params = list(model.trainable_weights)
-    n_slots = sum(len(gr) for gr in groups) if groups is not None else None
-    if groups is None or len(g) != 2 + n_slots * len(params) or not n_slots:
-        if len(g) > 2 and (groups is None or len(g) != 2 + n_slots * len(params)):
-            warnings.warn(
-                f"{what}: {filepath!r}: the optimizer's {len(g)} saved variables do not match "
-                f"{type(opt).__name__}'s for this model; its state starts afresh (as Keras 3 "
-                "skips it)",
-                stacklevel=4,
-            )
-        if len(g) < 2:
-            return None
-        iterations, lr = int(np.asarray(g["0"])), float(np.asarray(g["1"]))
-
-        def set_counts():
-            opt._iterations = iterations if groups is not None and not n_slots else 0
-            opt.learning_rate = lr
-
-        return set_counts
     iterations, lr = int(np.asarray(g["0"])), float(np.asarray(g["1"]))
     if iterations < 0 or not np.isfinite(lr) or lr < 0:
-        raise ValueError(f"{what}: {filepath!r}: bad optimizer iterations/learning rate")
+        raise ValueError(f"{what}: {filepath!r}: bad optimizer iterations or learning rate")
+    groups = _slot_groups(opt)
+    params = list(model.trainable_weights)
+    n_slots = None if groups is None else sum(len(gr) for gr in groups)
+    if n_slots is None or len(g) != 2 + n_slots * len(params):
+        if len(g) > 2 or n_slots is None:
+            warnings.warn(
+                f"{what}: {filepath!r}: the {len(g)} saved optimizer variables do not fit "
+                f"{type(opt).__name__}'s for this model; its state starts afresh (as Keras "
+                "3 skips them)",
+                stacklevel=4,
+            )
+        # (two variables: an optimizer that never stepped, as Keras 3 saves it)
+
+        def set_rate():
+            opt.learning_rate = lr
+
+        return set_rate
     slots = [[None] * n_slots for _ in params]
     k = 2
-    for group in groups:
+    for group in groups:  # Keras' blocks, each interleaved per model variable
         for p, w in enumerate(params):
             for s in group:
                 a = np.asarray(g[str(k)], dtype=np.float32)
@@ -725,7 +732,8 @@ def _optimizer_plan(model, h5file, filepath, what):
                 k += 1
 
     def restore():
-        opt._core_for(params).restore(params, iterations, slots)
+        if n_slots:
+            opt._core_for(params).restore(params, iterations, slots)
         opt._iterations = iterations
         opt.learning_rate = lr
 
@@ -734,18 +742,14 @@ def _optimizer_plan(model, h5file, filepath, what):
 
 def save_weights_h5(model, filepath: str) -> None:
     """Writes the weights in Keras 3's ``.weights.h5`` layout (``layers/<name>/vars/<i>``),
-    through h5py, atomically."""
+    through h5py, made in memory and written atomically by the core's safe writer."""
+    import io
+
     h5py = _h5py("save_weights")
-    directory = os.path.dirname(os.path.abspath(filepath))
-    fd, tmp = tempfile.mkstemp(prefix=".metalearn-save-", suffix=".h5", dir=directory)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            _write_h5(f, model, with_optimizer=False)
-        os.replace(tmp, filepath)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        _write_h5(f, model, with_optimizer=False)
+    _core.write_file(filepath, buf.getvalue())
 
 
 def _open_h5(h5py, source, filepath, what):
@@ -774,20 +778,16 @@ def load_weights_h5(model, filepath: str) -> None:
 
 # ------------------------------------------------------------------ .keras files
 def _atomic_zip(filepath, members):
-    directory = os.path.dirname(os.path.abspath(filepath))
-    fd, tmp = tempfile.mkstemp(prefix=".metalearn-save-", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        # stored, not deflated, as Keras 3 writes them
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
-            for name, data in members:
-                z.writestr(name, data)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, filepath)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """The archive, made in memory and written by the core's safe writer (a temporary
+    file beside the target, fsync, rename, fsync of the folder): never a partial file."""
+    import io
+
+    buf = io.BytesIO()
+    # stored, not deflated, as Keras 3 writes them
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
+        for name, data in members:
+            z.writestr(name, data)
+    _core.write_file(filepath, buf.getvalue())
 
 
 def _save_keras(model, filepath):
@@ -853,7 +853,10 @@ def _load_keras(filepath, custom_objects, compile):
     model = _model_from_keras_config(config, custom_objects, where)
     cc = config.get("compile_config") or {}
     if compile and cc:
-        _compile_from_keras(model, cc, custom_objects, where)
+        try:
+            _compile_from_keras(model, cc, custom_objects, where)
+        except TypeError as e:
+            raise ValueError(f"{where}: its compile_config cannot be rebuilt: {e}") from e
     f = _open_h5(h5py, io.BytesIO(weights), filepath, "load_model")
     try:
         with f:

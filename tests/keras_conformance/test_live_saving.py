@@ -111,17 +111,43 @@ def dict_io(lib):
     return lib.Model({"a": a, "b": b}, {"y": L.Dense(2, name="y")(h), "z": L.Dense(1, name="z")(h)})
 
 
-ARCHS = {"dense": dense, "conv": conv, "sequence": sequence, "merges": merges, "dict": dict_io}
+def nested(lib):
+    """A Sequential inside a functional model, global pooling."""
+    L = lib.layers
+    inner = lib.Sequential(
+        [L.Input((6, 6, 3)), L.Conv2D(4, 3), L.GlobalAveragePooling2D()], name="inner"
+    )
+    x = lib.Input((6, 6, 3), name="img")
+    return lib.Model(x, L.Dense(2, name="head")(inner(x)))
+
+
+def declared(lib):
+    """The input declared on the first layer (no Input): Keras writes an InputLayer."""
+    L = lib.layers
+    return lib.Sequential([L.Dense(5, activation="relu", input_shape=(6,)), L.Dense(2)])
+
+
+ARCHS = {
+    "declared": declared,
+    "dense": dense,
+    "conv": conv,
+    "sequence": sequence,
+    "merges": merges,
+    "dict": dict_io,
+    "nested": nested,
+}
 
 
 def inputs(arch, seed=0):
     rng = np.random.default_rng(seed)
-    if arch == "dense":
+    if arch in ("dense", "declared"):
         return rng.normal(size=(7, 6)).astype("float32")
     if arch == "conv":
         return rng.normal(size=(5, 8, 8, 2)).astype("float32")
     if arch == "sequence":
         return rng.integers(0, 11, size=(6, 5)).astype("int32")
+    if arch == "nested":
+        return rng.normal(size=(4, 6, 6, 3)).astype("float32")
     if arch == "merges":
         return [rng.normal(size=(5, 4)).astype("float32") for _ in range(2)]
     return {
