@@ -144,6 +144,12 @@ _KERAS_DEFAULTS = {
 }
 
 
+# Keras 3.15 writes a build_config for Flatten too, though it has no build() of its own
+_BUILD_CONFIG_ALWAYS = {"Flatten"}
+# layers whose built Keras twin keeps `axis` as a list (LayerNormalization.build)
+_AXIS_LIST_WHEN_BUILT = {"LayerNormalization"}
+
+
 def _keras_class(obj) -> str:
     name = type(obj).__name__
     return _KERAS_CLASS.get(name, name)
@@ -176,11 +182,13 @@ def _shape(shape):
 
 def _keras_layer_config(layer) -> Dict[str, Any]:
     """A layer (or a nested model) as Keras 3's ``serialize_keras_object`` writes it."""
-    from .layers import InputLayer
+    from .layers import InputLayer, Layer
     from .models import Model
 
     if isinstance(layer, Model):
-        return _keras_model_config(layer)
+        entry = _keras_model_config(layer)
+        entry["compile_config"] = _keras_compile_config(layer)  # ({} when not compiled)
+        return entry
     cfg = dict(layer.get_config())
     cls = _keras_class(layer)
     module, registered = (
@@ -197,9 +205,15 @@ def _keras_layer_config(layer) -> Dict[str, Any]:
             if key.endswith(suffix):
                 value = _keras_object(mod, value)
         out[key] = value
+    if "data_format" in out and out["data_format"] is None:
+        out["data_format"] = "channels_last"  # Keras writes the resolved default
+    if cls in _AXIS_LIST_WHEN_BUILT and layer.built and isinstance(out.get("axis"), int):
+        out["axis"] = [out["axis"]]
     entry = {"module": module, "class_name": cls, "config": out, "registered_name": registered}
     shape = getattr(layer, "_build_input_shape", None)
-    if layer.built and shape is not None:
+    # Keras records the build shape of the layers that have a build() of their own
+    own_build = type(layer).build is not Layer.build or cls in _BUILD_CONFIG_ALWAYS
+    if layer.built and shape is not None and own_build:
         entry["build_config"] = {"input_shape": _shape(shape)}
     return entry
 
@@ -207,7 +221,7 @@ def _keras_layer_config(layer) -> Dict[str, Any]:
 def _keras_model_config(model) -> Dict[str, Any]:
     """``config.json`` without ``compile_config``: a Sequential or Functional model as
     Keras 3 serializes it."""
-    from .models import Functional, Sequential
+    from .models import Functional, Model, Sequential
 
     if isinstance(model, Sequential):
         layers = [_keras_layer_config(l) for l in model.layers]
@@ -246,6 +260,10 @@ def _keras_model_config(model) -> Dict[str, Any]:
             k = _keras_layer_config(by_name[entry["name"]])
             k["name"] = entry["name"]
             k["inbound_nodes"] = entry["inbound_nodes"]
+            if isinstance(by_name[entry["name"]], Model):  # Keras records a model's mask
+                k["inbound_nodes"] = [
+                    dict(n, kwargs={"mask": None, **n["kwargs"]}) for n in k["inbound_nodes"]
+                ]
             entries.append(k)
         config = dict(config, layers=entries)
         return {

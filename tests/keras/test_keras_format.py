@@ -132,6 +132,34 @@ def test_metalearn_resume_is_exact(tmp_path, seed_dropout):
     assert_same_state(resumed, whole, x)
 
 
+def test_metalearn_resume_in_a_fresh_process(tmp_path):
+    # the saved generator state makes the resumed run exact in another process too
+    import subprocess
+
+    x, y = data()
+    ml.random.set_seed(3)
+    whole = make_model(seed_dropout=5)
+    whole.fit(x, y, epochs=4, batch_size=8, verbose=0)
+    ml.random.set_seed(3)
+    first = make_model(seed_dropout=5)
+    first.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    first.save(tmp_path / "m.metalearn")
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    script = (
+        "import sys, numpy as np\n"
+        "from metalearn import keras\n"
+        "d = np.load(sys.argv[1] + '/data.npz')\n"
+        "m = keras.models.load_model(sys.argv[1] + '/m.metalearn')\n"
+        "m.fit(d['x'], d['y'], epochs=3, batch_size=8, verbose=0)\n"
+        "np.savez(sys.argv[1] + '/out.npz', *m.get_weights())\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, timeout=120)
+    out = np.load(tmp_path / "out.npz")
+    got = [out[f"arr_{i}"] for i in range(len(out.files))]
+    for a, b in zip(got, whole.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_metalearn_overwrite_and_names(tmp_path):
     m, _, _ = trained_model()
     m.save(tmp_path / "m.metalearn")
