@@ -45,6 +45,7 @@ __all__ = ["save_model", "load_model"]
 CONFIG = "config.json"
 METADATA = "metadata.json"
 KERAS_WEIGHTS = "model.weights.h5"
+LEGACY_WEIGHTS = "model.weights.mlw"  # what metalearn's '.keras' held before Keras' layout
 KERAS_VERSION = "3.15.1"  # the Keras 3 release whose layout these files follow
 
 WRITES = (
@@ -840,19 +841,13 @@ def _read_keras(filepath, what):
             names = set(z.namelist())
             if CONFIG not in names:
                 raise ValueError(f"{what}: {filepath!r} has no {CONFIG}: not a '.keras' archive")
-            if KERAS_WEIGHTS not in names:
-                old = "model.weights.mlw" in names  # metalearn before Keras' layout
-                raise ValueError(
-                    f"{what}: {filepath!r} holds no {KERAS_WEIGHTS}"
-                    + (
-                        " (an archive of an older metalearn, whose weights were "
-                        "model.weights.mlw: read them with save_weights' format)"
-                        if old
-                        else ""
-                    )
-                )
+            member = KERAS_WEIGHTS if KERAS_WEIGHTS in names else None
+            if member is None and LEGACY_WEIGHTS in names:
+                member = LEGACY_WEIGHTS  # an archive of metalearn before Keras' layout
+            if member is None:
+                raise ValueError(f"{what}: {filepath!r} holds no {KERAS_WEIGHTS}")
             config = json.loads(z.read(CONFIG).decode("utf-8"))
-            weights = z.read(KERAS_WEIGHTS)
+            weights = z.read(member)
     except zipfile.BadZipFile as e:  # a CRC error in a member, a truncated archive
         raise ValueError(f"{what}: {filepath!r} is corrupt: {e}") from e
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -862,9 +857,58 @@ def _read_keras(filepath, what):
     return config, weights
 
 
+def _is_legacy(filepath):
+    """Whether `filepath` is a '.keras' archive of an older metalearn (its weights in
+    metalearn's own format, its configuration in metalearn's schema): read without h5py."""
+    try:
+        with zipfile.ZipFile(filepath) as z:
+            names = set(z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return LEGACY_WEIGHTS in names and KERAS_WEIGHTS not in names
+
+
+def _load_legacy_weights(model, data, filepath, what):
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=".metalearn-load-", suffix=".mlw")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        try:
+            model.load_weights(tmp)
+        except ValueError as e:
+            raise ValueError(f"{what}: {filepath!r}: {str(e).replace(tmp, LEGACY_WEIGHTS)}") from e
+    finally:
+        os.remove(tmp)
+
+
+def _load_legacy(filepath, custom_objects, compile):
+    from . import layers
+
+    config, weights = _read_keras(filepath, "load_model")
+    try:
+        model = layers.deserialize(
+            {"class_name": config["class_name"], "config": config["config"]}, custom_objects
+        )
+        if not model.built and not model._weight_paths():
+            shape = (config.get("build_config") or {}).get("input_shape")
+            if shape is None:
+                raise ValueError("the model declares no input shape and has no build_config")
+            model.build(tuple(shape))
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"load_model: {filepath!r}: {e}") from e
+    _load_legacy_weights(model, weights, filepath, "load_model")
+    if compile and config.get("compile_config"):
+        _compile_from_config(model, config["compile_config"], custom_objects)
+    return model
+
+
 def _load_keras(filepath, custom_objects, compile):
     import io
 
+    if _is_legacy(filepath):
+        return _load_legacy(filepath, custom_objects, compile)
     h5py = _h5py("load_model")
     config, weights = _read_keras(filepath, "load_model")
     where = f"load_model: {filepath!r}"
@@ -893,6 +937,9 @@ def _load_weights_keras(model, filepath):
     """``load_weights`` of a ``.keras`` archive: its layer weights (checked first)."""
     import io
 
+    if _is_legacy(filepath):
+        _, weights = _read_keras(filepath, "load_weights")
+        return _load_legacy_weights(model, weights, filepath, "load_weights")
     h5py = _h5py("load_weights")
     _, weights = _read_keras(filepath, "load_weights")
     f = _open_h5(h5py, io.BytesIO(weights), filepath, "load_weights")

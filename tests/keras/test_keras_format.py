@@ -419,3 +419,56 @@ def test_corrupt_keras_refused_and_nothing_changes(tmp_path):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(FileNotFoundError):
         keras.models.load_model(tmp_path / "missing.keras")
+
+
+def test_older_metalearn_keras_archive_still_loads(tmp_path, monkeypatch):
+    # before Keras' layout, metalearn's '.keras' held config.json in its own schema and
+    # model.weights.mlw; such files still load, without h5py
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    m, x, y = trained_model()
+    m.save_weights(tmp_path / "w.mlw")
+    from metalearn.keras import saving
+
+    config = {
+        "module": "keras",
+        "class_name": "Sequential",
+        "config": layers.serialize(m)["config"],
+        "registered_name": None,
+        "build_config": {"input_shape": [None, 4]},
+        "compile_config": saving._compile_config(m),
+    }
+    _zip(
+        tmp_path / "old.keras",
+        {
+            "config.json": json.dumps(config),
+            "metadata.json": "{}",
+            "model.weights.mlw": (tmp_path / "w.mlw").read_bytes(),
+        },
+    )
+    m2 = keras.models.load_model(tmp_path / "old.keras")
+    np.testing.assert_array_equal(m2.predict(x, verbose=0), m.predict(x, verbose=0))
+    assert m2.loss == "sparse_categorical_crossentropy"
+    fresh = make_model()
+    fresh.load_weights(tmp_path / "old.keras")
+    np.testing.assert_array_equal(fresh.predict(x, verbose=0), m.predict(x, verbose=0))
+
+
+def test_keras_layer_we_do_not_have_is_named(tmp_path):
+    h5py_or_skip()
+    m = keras.Sequential([layers.Input((4,)), layers.Dense(2)])
+    m.save(tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    config = json.loads(members["config.json"])
+    config["config"]["layers"][1]["class_name"] = "Bidirectional"
+    members["config.json"] = json.dumps(config)
+    _zip(tmp_path / "bi.keras", members)
+    with pytest.raises(ValueError, match="'Bidirectional' is not one metalearn has") as e:
+        keras.models.load_model(tmp_path / "bi.keras")
+    assert "bi.keras" in str(e.value)
+    config["config"]["layers"][1]["class_name"] = "Dense"
+    config["config"]["layers"][1]["config"]["dtype"] = "float64"
+    members["config.json"] = json.dumps(config)
+    _zip(tmp_path / "f64.keras", members)
+    with pytest.raises(ValueError, match="float32 only"):
+        keras.models.load_model(tmp_path / "f64.keras")
