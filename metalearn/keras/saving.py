@@ -102,7 +102,7 @@ def _check_weights_name(filepath: str, what: str) -> str:
             "keras.models.load_model for it, or a '.mlw' or '.weights.h5' name for the "
             "weights alone"
         )
-    if low.endswith(_FOREIGN) or os.path.isdir(filepath):
+    if low.endswith(_FOREIGN):
         raise ValueError(f"{what}: {filepath!r} is not a name metalearn writes: {WRITES}")
     return "mlw"
 
