@@ -998,7 +998,8 @@ def _save_metalearn(model, filepath):
                     step = int(json.loads(f.read()).get("step", -1)) + 1
             except (ValueError, OSError, TypeError, AttributeError):
                 step = 0
-        elif os.listdir(filepath):
+        elif any(not checkpoint._TENSORS.match(f) for f in os.listdir(filepath)):
+            # (tensor files alone are what a save killed before its manifest leaves)
             raise ValueError(
                 f"save: {filepath!r} is a folder that holds no metalearn model; refusing to "
                 "write into it"

@@ -177,6 +177,14 @@ def test_metalearn_overwrite_and_names(tmp_path):
     with pytest.raises(ValueError, match="holds no metalearn model"):
         m.save(tmp_path / "other.metalearn")
     assert os.listdir(tmp_path / "other.metalearn") == ["notes.txt"]
+    # a save killed before its manifest leaves a tensor file alone: the next save goes on
+    (tmp_path / "killed.metalearn").mkdir()
+    (tmp_path / "killed.metalearn" / "tensors-00000000.mlw").write_bytes(b"partial")
+    m.save(tmp_path / "killed.metalearn")
+    np.testing.assert_array_equal(
+        keras.models.load_model(tmp_path / "killed.metalearn").get_weights()[0],
+        m.get_weights()[0],
+    )
 
 
 @pytest.mark.parametrize(
