@@ -1807,37 +1807,29 @@ class Model(_layers.Layer):
         (``pip install 'metalearn[keras-io]'``).
 
         Raises:
-            ValueError: another HDF5 name (``.h5``: Keras 2's whole-model format) or a
-                ``.keras`` name (use ``save``).
+            ValueError: a name that promises a format metalearn does not write (another
+                ``.h5``: Keras 2's whole-model format; ``.tf``, ``.pb``, ``.pt``, ...) or a
+                whole-model name (``.keras``, ``.metalearn``: use ``save``).
             ImportError: a ``.weights.h5`` name without h5py (the message says what to
                 install).
         """
         filepath = os.fspath(filepath)
-        if filepath.endswith(".weights.h5"):  # Keras 3's format, through h5py
-            if not overwrite and os.path.exists(filepath):
-                raise FileExistsError(f"save_weights: {filepath} exists and overwrite=False")
-            if not self._weight_paths():
-                raise ValueError(f"save_weights: {self.name} has no weights yet; build it first")
-            return _saving.save_weights_h5(self, filepath)
-        if _saving._is_hdf5_name(filepath):
-            raise ValueError(f"save_weights: {filepath!r}: {_saving.HDF5_REFUSAL}")
-        if filepath.endswith(".keras"):
-            raise ValueError(
-                f"save_weights: {filepath!r}: a '.keras' file is a whole model; use "
-                "model.save for it, or a '.mlw' name for the weights alone"
-            )
+        kind = _saving._check_weights_name(filepath, "save_weights")
         if not overwrite and os.path.exists(filepath):
             raise FileExistsError(f"save_weights: {filepath} exists and overwrite=False")
         paths = self._weight_paths()
         if not paths:
             raise ValueError(f"save_weights: {self.name} has no weights yet; build it first")
+        if kind == "h5":  # Keras 3's format, through h5py
+            return _saving.save_weights_h5(self, filepath)
         _core.save_tensors(filepath, [p for p, _ in paths], [v for _, v in paths])
 
     def load_weights(
         self, filepath: Union[str, "os.PathLike[str]"], skip_mismatch: bool = False
     ) -> None:
-        """Loads weights saved by ``save_weights`` (or the weights of a ``.keras`` archive
-        that ``save`` wrote, as Keras 3).
+        """Loads weights saved by ``save_weights`` (``.mlw`` or Keras 3's ``.weights.h5``),
+        or the weights of a whole model that ``save`` (or Keras 3) wrote (``.keras``,
+        ``.metalearn``).
 
         The whole file is read and checked (magic, version, sizes, checksum), then every
         name and shape is compared with the model's before anything is assigned: on any
@@ -1845,19 +1837,21 @@ class Model(_layers.Layer):
 
         Raises:
             OSError: the file is missing or unreadable.
-            ValueError: the file is corrupt or truncated, or holds other weights.
+            ValueError: the file is corrupt or truncated, or holds other weights, or its
+                name promises a format metalearn does not read.
         """
         filepath = os.fspath(filepath)
         if skip_mismatch:
             raise NotImplementedError("load_weights: skip_mismatch is not supported")
-        if filepath.endswith(".weights.h5"):
+        low = filepath.lower()
+        if low.endswith((".keras", ".metalearn")):
+            if not os.path.exists(filepath):
+                raise FileNotFoundError(f"load_weights: no such file: {filepath!r}")
+            if low.endswith(".keras"):
+                return _saving._load_weights_keras(self, filepath)
+            return _saving._load_weights_metalearn(self, filepath)
+        if _saving._check_weights_name(filepath, "load_weights") == "h5":
             return _saving.load_weights_h5(self, filepath)
-        if _saving._is_hdf5_name(filepath):
-            raise ValueError(f"load_weights: {filepath!r}: {_saving.HDF5_REFUSAL}")
-        if filepath.endswith(".keras"):
-            _, data = _saving._read_archive(filepath, "load_weights")
-            _saving._load_weights_bytes(self, data, filepath)
-            return None
         paths = self._weight_paths()
         if not paths:
             raise ValueError(
@@ -1891,14 +1885,19 @@ class Model(_layers.Layer):
     def save(
         self, filepath: Union[str, "os.PathLike[str]"], overwrite: bool = True, **kwargs: Any
     ) -> None:
-        """Saves the model to a ``.keras`` archive, as Keras 3's ``model.save``: its
-        configuration, compile configuration and weights (``metalearn.keras.saving``:
-        the weights are in metalearn's format, not Keras' HDF5). Written atomically.
-        ``keras.models.load_model`` reads it back.
+        """Saves the whole model, as Keras 3's ``model.save``; ``keras.models.load_model``
+        reads it back (``metalearn.keras.saving``). Written atomically.
+
+        ``"m.keras"``: Keras 3's own format (config.json, metadata.json, model.weights.h5
+        with the optimizer's variables), which Keras 3 loads; needs h5py
+        (``pip install 'metalearn[keras-io]'``). ``"m.metalearn"``: metalearn's own (a
+        folder in its checkpoint format: configuration, weights, optimizer state, the
+        generator's state), so training resumes with the same bits; no h5py needed.
 
         Raises:
-            ValueError: a name not ending in ``.keras`` (``.h5`` names say why), a model
-                with no weights yet, a compiled loss or metric that cannot be rebuilt.
+            ValueError: another name (the message says what metalearn writes), a model with
+                no weights yet, a compiled loss or metric that cannot be rebuilt.
+            ImportError: a ``.keras`` name without h5py.
         """
         if kwargs.pop("zipped", True) is not True or kwargs:
             raise TypeError(f"save: unsupported argument(s) {sorted(kwargs) or ['zipped']}")

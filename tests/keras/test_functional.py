@@ -107,8 +107,8 @@ def test_config_round_trip_and_save(tmp_path):
     x = np.random.default_rng(2).normal(size=(3, 4)).astype(np.float32)
     np.testing.assert_array_equal(again.predict(x, verbose=0), model.predict(x, verbose=0))
     model.compile(optimizer="rmsprop", loss="mse")
-    model.save(tmp_path / "f.keras")
-    loaded = keras.models.load_model(tmp_path / "f.keras")
+    model.save(tmp_path / "f.metalearn")
+    loaded = keras.models.load_model(tmp_path / "f.metalearn")
     assert type(loaded).__name__ == "Functional"
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 

@@ -283,8 +283,8 @@ def test_keras_file_round_trip(tmp_path):
         metrics={"cls": ["accuracy"]},
     )
     model.fit({"a": xa, "b": xb}, {"reg": y1, "cls": y2}, epochs=1, verbose=0)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.models.load_model(tmp_path / "m.keras")
+    model.save(tmp_path / "m.metalearn")
+    loaded = keras.models.load_model(tmp_path / "m.metalearn")
     assert type(loaded).__name__ == "Functional" and loaded.output_names == ["cls", "reg"]
     p, q = (
         loaded.predict({"a": xa, "b": xb}, verbose=0),

@@ -19,7 +19,7 @@ def h5py_or_skip():
 
         return h5py
     except ImportError:
-        if os.environ.get("METALEARN_REQUIRE_KERAS"):
+        if os.environ.get("METALEARN_REQUIRE_H5PY") or os.environ.get("METALEARN_REQUIRE_KERAS"):
             raise
         pytest.skip("the .weights.h5 format needs h5py: pip install 'metalearn[keras-io]'")
 

@@ -701,17 +701,7 @@ def test_fit_embedding_layernorm(keras_torch, opt):
     close(ours.predict(x, verbose=0), np_of(keras, theirs.predict(x, verbose=0)), what="predict")
 
 
-# ----------------------------------------------------------------- .keras files
-def test_keras3_archive_is_refused_clearly(keras_torch, tmp_path):
-    # Keras 3 keeps its weights in HDF5 (model.weights.h5), which metalearn does not read:
-    # load_model says so instead of failing somewhere inside
-    keras = keras_torch
-    import metalearn.keras as mk
-
-    theirs = keras.Sequential([keras.layers.Input((3,)), keras.layers.Dense(2)])
-    theirs.save(tmp_path / "k.keras")
-    with pytest.raises(ValueError, match="written by Keras 3"):
-        mk.models.load_model(tmp_path / "k.keras")
+# .keras files both ways: test_live_saving.py
 
 
 # ------------------------------------------------------------- functional API
