@@ -1,8 +1,8 @@
 """Recurrent layers and masks, as Keras 3's: ``SimpleRNN``, ``GRU``, ``LSTM`` and
 ``Masking``.
 
-Each layer unrolls its cell over the time axis with core ops (one input projection of
-every step as one GEMM, then a matrix product and the gates per step), so it is
+Each layer unrolls its cell over the time axis with core ops (per step: the input's and
+the state's matrix products and the gates), so it is
 differentiable to any order (MAML through an LSTM is second order), recorded by ``fit``'s
 traced step and replayed from C, and reads its weights through ``functional_call``'s
 substitution. The weights have Keras' layout and gate order (LSTM ``i, f, c, o``; GRU
@@ -319,16 +319,20 @@ class _RNN(Layer):
         states = self._check_states(initial_state, batch)
         u = self.units
         kernel, rec = self.kernel, self.recurrent_kernel
-        # every step's input projection in one GEMM, time-major so a step is a row block
+        # time-major, so a step's inputs are a block of rows. Each step projects its own
+        # rows: one GEMM over all steps followed by a narrow per step would be fewer calls,
+        # but the gradient of each narrow is a zero-padded copy of the whole projection
+        # (steps times its size in all), which made a training step 3x slower
+        # (benchmarks/lstm.py)
         xt = _core.reshape(_core.transpose(x, (1, 0, 2)), (steps * batch, feat))
-        xw = _core.linear(xt, kernel, self._input_bias())
+        in_bias = self._input_bias()
         if m is not None:  # (T, B, 1) rows of 1 (use) / 0 (skip), and their complements
             mt = _core.reshape(_core.transpose(m, (1, 0)), (steps, batch, 1))
         order = range(steps - 1, -1, -1) if self.go_backwards else range(steps)
         prep = self._prepare(rec)
         outputs = []
         for t in order:
-            z = _core.narrow(xw, 0, t * batch, batch)
+            z = _core.linear(_core.narrow(xt, 0, t * batch, batch), kernel, in_bias)
             new = self._step(z, states, prep)
             if m is not None:
                 keep = _core.reshape(_core.narrow(mt, 0, t, 1), (batch, 1))
