@@ -234,12 +234,16 @@ def test_masking_correctness():
     close(seen[-1], np.asarray(expected_mask, np.float64))
 
 
-def test_masking_with_tensor():
+def test_masking_with_tensor(tmp_path):
     # masking_test.py::test_masking_with_tensor: the padded steps change nothing (checked
-    # against the unpadded sequences run alone)
+    # against the unpadded sequences run alone), and the model survives save / load_model
     x = np.array([[[1.0, 2.0], [0.0, 0.0], [0.0, 0.0]], [[2.0, 2.0], [2.0, 1.0], [0.0, 0.0]]])
     model = keras.Sequential([layers.Masking(mask_value=0.0), layers.LSTM(1)])
     out = model(x.astype("float32")).numpy()
     lstm = model.layers[1]
     close(out[0], lstm(x[:1, :1].astype("float32")).numpy()[0])
     close(out[1], lstm(x[1:, :2].astype("float32")).numpy()[0])
+    model.save(str(tmp_path / "model.keras"))
+    reloaded = keras.models.load_model(str(tmp_path / "model.keras"))
+    assert [type(l).__name__ for l in reloaded.layers] == ["Masking", "LSTM"]
+    close(reloaded(x.astype("float32")).numpy(), out)
