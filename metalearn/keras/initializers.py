@@ -297,6 +297,24 @@ class Identity(Initializer):
         return {"gain": self.gain}
 
 
+def _orthonormal_columns(a):
+    """The Q of ``a = QR`` with R's diagonal positive (Keras' sign convention), by
+    Gram-Schmidt orthogonalising each column twice (Giraud et al. 2005: twice is enough),
+    in float64 without the BLAS: np.linalg.qr goes through the BLAS's own
+    thread pool, which on a loaded machine took seconds for a 512 x 128 matrix."""
+    a = np.asarray(a, np.float64)
+    q = np.empty_like(a)
+    for j in range(a.shape[1]):
+        v = a[:, j].copy()
+        for _ in range(2):
+            if j:
+                # einsum's own loops (optimize off): no BLAS call, no temporaries
+                coef = np.einsum("ij,i->j", q[:, :j], v)
+                v -= np.einsum("ij,j->i", q[:, :j], coef)
+        q[:, j] = v / np.sqrt((v * v).sum())
+    return q
+
+
 class Orthogonal(Initializer):
     """A (semi-)orthogonal matrix times `gain`, as Keras 3's: the Q of the QR
     decomposition of a standard normal draw, its columns' signs fixed by R's diagonal;
@@ -312,9 +330,7 @@ class Orthogonal(Initializer):
             raise ValueError(f"Orthogonal initializer needs a shape of 2 or more dims, got {shape}")
         rows, cols = int(np.prod(shape[:-1])), shape[-1]
         flat = (max(rows, cols), min(rows, cols))
-        a = _random.normal(flat, 0.0, 1.0, seed=self.seed).numpy().astype(np.float64)
-        q, r = np.linalg.qr(a)
-        q = q * np.sign(np.diag(r))  # unique Q: R's diagonal made positive
+        q = _orthonormal_columns(_random.normal(flat, 0.0, 1.0, seed=self.seed).numpy())
         if rows < cols:
             q = q.T
         return _core.tensor((self.gain * q).reshape(shape).astype(np.float32))

@@ -275,3 +275,20 @@ def test_config_round_trip_keeps_everything():
     again = layers.deserialize(layers.serialize(layer))
     assert type(again) is layers.LSTM
     assert {**again.get_config(), "name": None} == {**layer.get_config(), "name": None}
+
+
+@pytest.mark.parametrize("shape", [(6, 10), (10, 6), (2, 3, 4), (5, 5)])
+def test_orthogonal_initializer(shape):
+    from metalearn.keras import initializers
+    from metalearn.keras.initializers import _orthonormal_columns
+
+    q = initializers.get({"class_name": "Orthogonal", "config": {"gain": 2.0, "seed": 3}})(shape)
+    q = q.numpy().reshape(-1, shape[-1])
+    g = q @ q.T if q.shape[0] <= q.shape[1] else q.T @ q
+    np.testing.assert_allclose(g, 4.0 * np.eye(len(g)), atol=1e-5)  # gain^2 * I
+    again = initializers.Orthogonal(gain=2.0, seed=3)(shape).numpy().reshape(q.shape)
+    np.testing.assert_array_equal(again, q)  # a seed repeats the draw
+    # the Q of LAPACK's QR with R's diagonal made positive (Keras' convention)
+    a = np.random.default_rng(0).standard_normal((9, 4))
+    ref, r = np.linalg.qr(a)
+    np.testing.assert_allclose(_orthonormal_columns(a), ref * np.sign(np.diag(r)), atol=1e-12)
