@@ -188,10 +188,6 @@ class _RNN(Layer):
                     f"{kind}: {what} is not supported (the step's dropout masks would "
                     "not be recorded in traces); use a Dropout layer around the recurrent layer"
                 )
-        if stateful:
-            raise NotImplementedError(
-                f"{kind}: stateful=True is not supported; pass initial_state= instead"
-            )
         if any(c is not None for c in (kernel_constraint, recurrent_constraint, bias_constraint)):
             raise NotImplementedError(f"{kind}: constraints are not supported")
         self.units = int(units)
@@ -209,7 +205,8 @@ class _RNN(Layer):
         self.return_sequences = bool(return_sequences)
         self.return_state = bool(return_state)
         self.go_backwards = bool(go_backwards)
-        self.stateful = False
+        self.stateful = bool(stateful)
+        self._kept_states = None  # stateful: the last call's final states (NumPy copies)
         self.unroll = bool(unroll)  # always unrolled: one set of ops per step
         self.zero_output_for_mask = bool(zero_output_for_mask)
         self.supports_masking = True
@@ -315,11 +312,25 @@ class _RNN(Layer):
             out.append(t)
         return out
 
+    def _is_traceable(self):
+        # a stateful layer's states live in Python between calls: not recordable
+        return not self.stateful and super()._is_traceable()
+
+    def reset_state(self) -> None:
+        """Forgets a stateful layer's kept states: the next call starts from zeros."""
+        self._kept_states = None
+
+    reset_states = reset_state  # Keras 2's name, still accepted by Keras 3
+
     # ------------------------------------------------------------------ call
     def call(self, inputs: Any, mask: Any = None, initial_state: Any = None) -> Any:
         x = self._check_inputs(inputs)
         batch, steps, feat = x.shape
         m = self._check_mask(mask, batch, steps)
+        kept = self._kept_states
+        # states of another batch size (the build's run on zeros) are not continued
+        if initial_state is None and self.stateful and kept and kept[0].shape[0] == batch:
+            initial_state = kept
         states = self._check_states(initial_state, batch)
         u = self.units
         kernel, rec = self.kernel, self.recurrent_kernel
@@ -357,6 +368,8 @@ class _RNN(Layer):
             states = new
             if self.return_sequences:
                 outputs.append(out)
+        if self.stateful:  # kept as values: the next call starts from them
+            self._kept_states = [np.array(t.numpy(), np.float32) for t in states]
         if self.return_sequences:
             seq = _core.concat(outputs, 0) if len(outputs) > 1 else outputs[0]
             output = _core.transpose(_core.reshape(seq, (steps, batch, u)), (1, 0, 2))
@@ -450,7 +463,10 @@ class SimpleRNN(_RNN):
         return_state: also return the last state(s): ``[output, *states]``.
         go_backwards: process the sequence backwards (the sequence output is in
             processing order, as Keras).
-        stateful: only False (pass ``initial_state`` instead).
+        stateful: each call starts from the previous call's final states instead of
+            zeros, until ``reset_state()`` (a call of another batch size starts from
+            zeros); such a layer runs eagerly (its states live between calls): its
+            training steps are not traced.
         unroll: accepted, always true here (every step is its own ops).
         zero_output_for_mask: a masked step's sequence output is zeros instead of the
             previous output.

@@ -216,7 +216,6 @@ def test_return_sequences_mask_reaches_the_next_rnn():
         (lambda: layers.LSTM(0), None, ValueError, "units"),
         (lambda: layers.GRU(2.5), None, ValueError, "units"),
         (lambda: layers.LSTM(2, dropout=0.2), None, NotImplementedError, "dropout"),
-        (lambda: layers.LSTM(2, stateful=True), None, NotImplementedError, "stateful"),
         (lambda: layers.Masking("x"), None, TypeError, "mask_value"),
         (
             lambda: layers.LSTM(2),
@@ -292,3 +291,23 @@ def test_orthogonal_initializer(shape):
     a = np.random.default_rng(0).standard_normal((9, 4))
     ref, r = np.linalg.qr(a)
     np.testing.assert_allclose(_orthonormal_columns(a), ref * np.sign(np.diag(r)), atol=1e-12)
+
+
+def test_stateful_continues_from_the_last_states_and_is_not_traced():
+    rng = np.random.default_rng(8)
+    a, b = (rng.standard_normal((2, 3, 4)).astype(np.float32) for _ in range(2))
+    plain = layers.LSTM(3, return_state=True)
+    _, h, c = plain(a)
+    stateful = layers.LSTM(3, stateful=True)
+    stateful(a)
+    stateful.set_weights(plain.get_weights())
+    stateful.reset_state()
+    stateful(a)
+    np.testing.assert_allclose(
+        stateful(b).numpy(), plain(b, initial_state=[h, c])[0].numpy(), rtol=1e-6, atol=1e-6
+    )
+    model = keras.Sequential([keras.Input((3, 4)), layers.GRU(2, stateful=True), layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    assert not model._can_trace(None)
+    model.fit(a, np.zeros((2, 1), np.float32), epochs=2, verbose=0)  # eager steps
+    assert model.layers[0]._kept_states[0].shape == (2, 2)

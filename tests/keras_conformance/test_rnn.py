@@ -3,9 +3,9 @@
 ``keras/src/layers/core/masking_test.py`` at 3.15.1): the expected values below are
 theirs, cited by test name; the tolerance is theirs (atol = rtol = 1e-5).
 
-Deliberately different: ``stateful=True`` and non-zero ``dropout``/``recurrent_dropout``
-raise NotImplementedError (``test_statefulness`` and the dropout cases of ``test_basics``
-are not ported); ``unroll`` is accepted and every step is always its own ops.
+Deliberately different: non-zero ``dropout``/``recurrent_dropout`` raise
+NotImplementedError (the dropout cases of ``test_basics`` are not ported); ``unroll`` is
+accepted and every step is always its own ops.
 """
 
 import numpy as np
@@ -125,6 +125,25 @@ def test_simple_rnn_pass_initial_state():
     close(out, rows([0.33621645, 0.6262637], 4))
     out = constant_layer(layers.SimpleRNN, 4, go_backwards=True)(SEQ24, initial_state=state)
     close(out, rows([0.07344437, 0.43043602], 4))
+
+
+# ---------------------------------------------------------------------- test_statefulness
+@pytest.mark.parametrize(
+    "cls,expected",
+    [
+        (layers.LSTM, [0.3124785, 0.6863672]),  # lstm_test.py::test_statefulness
+        (layers.GRU, [0.29542392, 0.5885018]),  # gru_test.py::test_statefulness
+        (layers.SimpleRNN, [0.40559256, 0.7361247]),  # simple_rnn_test.py::test_statefulness
+    ],
+)
+def test_statefulness(cls, expected):
+    layer = constant_layer(cls, 4, stateful=True)
+    layer(SEQ24B)
+    close(layer(SEQ24B), rows(expected, 4))
+    layer.reset_state()
+    layer(SEQ24B)
+    close(layer(SEQ24B), rows(expected, 4))
+    assert not layer._is_traceable()
 
 
 # --------------------------------------------------------------------------- test_masking
