@@ -183,11 +183,12 @@ class _RNN(Layer):
         for what, v in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
             if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"{kind}: {what} must be in [0, 1], got {v!r}")
-            if v:
-                raise NotImplementedError(
-                    f"{kind}: {what} is not supported (the step's dropout masks would "
-                    "not be recorded in traces); use a Dropout layer around the recurrent layer"
-                )
+        if recurrent_dropout and self._gates > 1:
+            # Keras then draws one mask per gate and runs the gates' products apart
+            # (implementation 1); not done here
+            raise NotImplementedError(
+                f"{kind}: recurrent_dropout is not supported (SimpleRNN's is); dropout is"
+            )
         if any(c is not None for c in (kernel_constraint, recurrent_constraint, bias_constraint)):
             raise NotImplementedError(f"{kind}: constraints are not supported")
         self.units = int(units)
@@ -323,7 +324,19 @@ class _RNN(Layer):
     reset_states = reset_state  # Keras 2's name, still accepted by Keras 3
 
     # ------------------------------------------------------------------ call
-    def call(self, inputs: Any, mask: Any = None, initial_state: Any = None) -> Any:
+    def _dropout_mask(self, shape, rate):
+        # Keras' backend.random.dropout of ones: kept with probability 1 - rate, scaled by
+        # 1 / (1 - rate); core ops on the global generator, so a traced step draws anew
+        keep = _core.step(_core.random_uniform(shape, 0.0, 1.0), rate)
+        return _core.mul_scalar(keep, 1.0 / (1.0 - rate))
+
+    def call(
+        self,
+        inputs: Any,
+        mask: Any = None,
+        initial_state: Any = None,
+        training: Optional[bool] = None,
+    ) -> Any:
         x = self._check_inputs(inputs)
         batch, steps, feat = x.shape
         m = self._check_mask(mask, batch, steps)
@@ -346,11 +359,21 @@ class _RNN(Layer):
         order = range(steps - 1, -1, -1) if self.go_backwards else range(steps)
         prep = self._prepare(rec)
         joint = _core.concat([kernel, rec], 0) if self._joint else None
+        # dropout (training only): one mask of the inputs and one of the recurrent state
+        # for the whole sequence, as Keras draws them once per call
+        dm = rm = None
+        if training and 0.0 < self.dropout < 1.0:
+            dm = self._dropout_mask((batch, feat), self.dropout)
+        if training and 0.0 < self.recurrent_dropout < 1.0:
+            rm = self._dropout_mask((batch, u), self.recurrent_dropout)
         outputs = []
         for t in order:
             xs = _core.narrow(xt, 0, t * batch, batch)
+            if dm is not None:
+                xs = _core.mul(xs, dm)
             if joint is not None and states is not None:
-                z = _core.linear(_core.concat([xs, states[0]], 1), joint, in_bias)
+                h_in = states[0] if rm is None else _core.mul(states[0], rm)
+                z = _core.linear(_core.concat([xs, h_in], 1), joint, in_bias)
                 new = self._step(z, states, None)
             else:
                 z = _core.linear(xs, kernel, in_bias)
@@ -457,7 +480,12 @@ class SimpleRNN(_RNN):
             ``"glorot_uniform"``, ``"orthogonal"``, ``"zeros"``.
         kernel_regularizer, recurrent_regularizer, bias_regularizer, activity_regularizer:
             regularizers (their penalties join ``losses``).
-        dropout, recurrent_dropout: only 0 (not supported).
+        dropout: fraction of the inputs dropped in training (one mask per call, shared
+            by the steps and the gates, as Keras when recurrent_dropout is 0).
+        recurrent_dropout: fraction of the state dropped before its product in training
+            (SimpleRNN only: LSTM and GRU raise NotImplementedError).
+        seed: kept in the config; the masks come from the global generator
+            (``metalearn.random.set_seed``).
         return_sequences: return every step's output ``(batch, timesteps, units)``
             rather than the last ``(batch, units)``.
         return_state: also return the last state(s): ``[output, *states]``.

@@ -215,7 +215,8 @@ def test_return_sequences_mask_reaches_the_next_rnn():
     [
         (lambda: layers.LSTM(0), None, ValueError, "units"),
         (lambda: layers.GRU(2.5), None, ValueError, "units"),
-        (lambda: layers.LSTM(2, dropout=0.2), None, NotImplementedError, "dropout"),
+        (lambda: layers.LSTM(2, recurrent_dropout=0.2), None, NotImplementedError, "dropout"),
+        (lambda: layers.GRU(2, dropout=1.5), None, ValueError, "dropout"),
         (lambda: layers.Masking("x"), None, TypeError, "mask_value"),
         (
             lambda: layers.LSTM(2),
@@ -311,3 +312,43 @@ def test_stateful_continues_from_the_last_states_and_is_not_traced():
     assert not model._can_trace(None)
     model.fit(a, np.zeros((2, 1), np.float32), epochs=2, verbose=0)  # eager steps
     assert model.layers[0]._kept_states[0].shape == (2, 2)
+
+
+@pytest.mark.parametrize("kind", ["simple", "lstm", "gru"])
+def test_dropout_in_training_only(kind):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    extra = {"recurrent_dropout": 0.3} if kind == "simple" else {}
+    layer = KINDS[kind](3, dropout=0.5, **extra)
+    plain = KINDS[kind](3)
+    layer(x)
+    plain(x)
+    plain.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(layer(x).numpy(), plain(x).numpy())  # inference
+    ml.random.set_seed(4)
+    a = layer(x, training=True).numpy()
+    b = layer(x, training=True).numpy()
+    assert np.abs(a - plain(x).numpy()).max() > 1e-3 and np.abs(a - b).max() > 1e-3
+    # the input mask is one per call: with the state's dropout off, the output equals the
+    # layer run on x times a (batch, features) mask of 0 and 2 (rate 0.5) for every step
+    if kind != "simple":
+        ml.random.set_seed(4)
+        keep = (ml.random.uniform((4, 5)).numpy() > 0.5) * 2.0
+        want = plain(x * keep[:, None, :].astype(np.float32)).numpy()
+        np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-6)
+    assert layer.get_config()["dropout"] == 0.5
+
+
+def test_dropout_is_traced_and_redrawn_in_fit():
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((8, 4, 3)).astype(np.float32)
+    y = rng.standard_normal((8, 1)).astype(np.float32)
+    model = keras.Sequential([keras.Input((4, 3)), layers.LSTM(4, dropout=0.5), layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    hist = model.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0).history["loss"]
+    assert not model._run_eagerly and model._train_fn.n_traces == 1
+    before = model.get_weights()
+    model.train_on_batch(x, y)
+    assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(before, model.get_weights()))
+    assert len(set(np.round(hist, 7))) > 1

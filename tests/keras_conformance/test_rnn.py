@@ -3,9 +3,10 @@
 ``keras/src/layers/core/masking_test.py`` at 3.15.1): the expected values below are
 theirs, cited by test name; the tolerance is theirs (atol = rtol = 1e-5).
 
-Deliberately different: non-zero ``dropout``/``recurrent_dropout`` raise
-NotImplementedError (the dropout cases of ``test_basics`` are not ported); ``unroll`` is
-accepted and every step is always its own ops.
+Deliberately different: ``recurrent_dropout`` of LSTM and GRU raises
+NotImplementedError (Keras then draws a mask per gate; the LSTM/GRU ``recurrent_dropout``
+cases of ``test_basics`` are not ported); ``unroll`` is accepted and every step is always
+its own ops; dropout masks come from the global generator, not a per-layer seed.
 """
 
 import numpy as np
@@ -218,6 +219,21 @@ def test_basics(cls):
     assert layer.supports_masking
     assert tuple(cls(3)(np.zeros((3, 2, 4), "float32")).shape) == (3, 3)
     assert_config_round_trip(layer, layers.serialize, layers.deserialize)
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs",
+    [  # the dropout cases of test_basics: training=True, shape (3, 3), 3 weights
+        (layers.LSTM, {"dropout": 0.5}),
+        (layers.GRU, {"dropout": 0.5}),
+        (layers.SimpleRNN, {"dropout": 0.5, "recurrent_dropout": 0.5}),
+    ],
+)
+def test_basics_dropout(cls, kwargs):
+    layer = cls(3, **kwargs)
+    out = layer(np.random.normal(size=(3, 2, 4)).astype("float32"), training=True)
+    assert tuple(out.shape) == (3, 3)
+    assert len(layer.trainable_weights) == 3 and not layer.non_trainable_weights
 
 
 # ------------------------------------------------------------------------ masking_test.py
