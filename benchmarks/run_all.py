@@ -18,7 +18,9 @@ Rows (issue 6):
       class, one inner step (lr 0.4), second order, meta-batch 32, against a PyTorch loop;
   protonet: conv4 (64 filters, BN) on 28x28x1, 20-way 5-shot, 5 queries per class (200
       images per episode), forward + backward + Adam, against PyTorch;
-  add: per-op overhead from Python, a 4-element add, against PyTorch.
+  add: per-op overhead from Python, a 4-element add, against PyTorch;
+  lstm train / lstm maml 2nd (issue 22): LSTM(128) over 50 steps, batch 32, a training step
+      and a second-order MAML step through it, against PyTorch eager (benchmarks/lstm.py).
 
 Images are random (speed does not depend on pixel values; no dataset is needed).
 
@@ -420,6 +422,31 @@ def row_add(threads, quick):
     ]
 
 
+def row_lstm(threads, quick):
+    import lstm
+
+    out = []
+    for name, ours, theirs, target in (
+        ("lstm train", lstm.ml_train_step, lstm.torch_train_step, "-"),
+        ("lstm maml 2nd", lstm.ml_maml_step, lstm.torch_maml_step, ">= 2x"),
+    ):
+        fns = {"ml": ours()}
+        if torch is not None:
+            fns["torch eager"] = theirs()
+        t = interleaved(fns, 0.1 if quick else 0.5, 3 if quick else 5)
+        out.append(
+            dict(
+                row=name,
+                unit="steps/s",
+                ml=1 / t["ml"],
+                peers={k: 1 / v for k, v in t.items() if k != "ml"},
+                higher=True,
+                targets={"torch eager": target},
+            )
+        )
+    return out
+
+
 ROWS = [
     ("sgemm", row_sgemm),
     ("dense", row_dense),
@@ -427,6 +454,7 @@ ROWS = [
     ("maml-omniglot", row_maml_omniglot),
     ("protonet", row_protonet),
     ("add", row_add),
+    ("lstm", row_lstm),
 ]
 
 

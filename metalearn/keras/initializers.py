@@ -36,6 +36,7 @@ __all__ = [
     "LecunNormal",
     "LecunUniform",
     "Identity",
+    "Orthogonal",
     "get",
     "serialize",
     "zeros",
@@ -50,6 +51,7 @@ __all__ = [
     "he_uniform",
     "lecun_normal",
     "lecun_uniform",
+    "orthogonal",
 ]
 
 # stddev of a standard normal truncated to [-2, 2]: Keras divides by it so the truncated
@@ -295,10 +297,53 @@ class Identity(Initializer):
         return {"gain": self.gain}
 
 
+def _orthonormal_columns(a):
+    """The Q of ``a = QR`` with R's diagonal positive (Keras' sign convention), by
+    Gram-Schmidt orthogonalising each column twice (Giraud et al. 2005: twice is enough),
+    in float64 without the BLAS: np.linalg.qr goes through the BLAS's own
+    thread pool, which on a loaded machine took seconds for a 512 x 128 matrix."""
+    a = np.asarray(a, np.float64)
+    q = np.empty_like(a)
+    for j in range(a.shape[1]):
+        v = a[:, j].copy()
+        for _ in range(2):
+            if j:
+                # einsum's own loops (optimize off): no BLAS call, no temporaries
+                coef = np.einsum("ij,i->j", q[:, :j], v)
+                v -= np.einsum("ij,j->i", q[:, :j], coef)
+        q[:, j] = v / np.sqrt((v * v).sum())
+    return q
+
+
+class Orthogonal(Initializer):
+    """A (semi-)orthogonal matrix times `gain`, as Keras 3's: the Q of the QR
+    decomposition of a standard normal draw, its columns' signs fixed by R's diagonal;
+    a shape of more than two dims is flattened to ``(prod(shape[:-1]), shape[-1])``.
+    The recurrent kernels' default (``LSTM``, ``GRU``, ``SimpleRNN``)."""
+
+    def __init__(self, gain: float = 1.0, seed: Optional[int] = None) -> None:
+        self.gain, self.seed = float(gain), seed
+
+    def __call__(self, shape: Shape, dtype: Any = None) -> _core.Tensor:
+        shape = _shape(shape)
+        if len(shape) < 2:
+            raise ValueError(f"Orthogonal initializer needs a shape of 2 or more dims, got {shape}")
+        rows, cols = int(np.prod(shape[:-1])), shape[-1]
+        flat = (max(rows, cols), min(rows, cols))
+        q = _orthonormal_columns(_random.normal(flat, 0.0, 1.0, seed=self.seed).numpy())
+        if rows < cols:
+            q = q.T
+        return _core.tensor((self.gain * q).reshape(shape).astype(np.float32))
+
+    def get_config(self) -> Config:
+        return {"gain": self.gain, "seed": self.seed}
+
+
 zeros, ones, constant = Zeros, Ones, Constant
 random_normal, random_uniform, truncated_normal = RandomNormal, RandomUniform, TruncatedNormal
 glorot_uniform, glorot_normal = GlorotUniform, GlorotNormal
 he_normal, he_uniform, lecun_normal, lecun_uniform = HeNormal, HeUniform, LecunNormal, LecunUniform
+orthogonal = Orthogonal
 
 _BY_NAME = {
     "zeros": Zeros,
@@ -315,6 +360,7 @@ _BY_NAME = {
     "lecun_normal": LecunNormal,
     "lecun_uniform": LecunUniform,
     "identity": Identity,
+    "orthogonal": Orthogonal,
     # Keras 3's short aliases (Embedding's default "uniform")
     "uniform": RandomUniform,
     "normal": RandomNormal,

@@ -47,6 +47,10 @@ __all__ = [
     "Multiply",
     "Average",
     "Concatenate",
+    "SimpleRNN",
+    "GRU",
+    "LSTM",
+    "Masking",
     "serialize",
     "deserialize",
     "get",
@@ -1301,7 +1305,8 @@ class Embedding(Layer):
         output_dim: size of each vector.
         embeddings_initializer: default ``"uniform"`` (RandomUniform(-0.05, 0.05)).
         embeddings_regularizer: a regularizer of the table.
-        mask_zero: only False (metalearn has no masks yet).
+        mask_zero: index 0 is padding: ``compute_mask`` gives ``indices != 0`` (the
+            layers after it, a recurrent layer, skip those steps), as Keras 3.
         weights: initial table (an array, or a list of one): the layer is built at once.
 
     Raises:
@@ -1326,15 +1331,11 @@ class Embedding(Layer):
         for what, v in (("input_dim", input_dim), ("output_dim", output_dim)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
                 raise ValueError(f"`{what}` must be a positive integer. Received: {what}={v!r}")
-        if mask_zero:
-            raise NotImplementedError(
-                "Embedding: mask_zero=True needs masking, which metalearn does not have yet"
-            )
         self.input_dim, self.output_dim = int(input_dim), int(output_dim)
         self.embeddings_initializer = initializers.get(embeddings_initializer)
         self.embeddings_regularizer = regularizers.get(embeddings_regularizer)
         self.embeddings_constraint = constraints.get(embeddings_constraint)
-        self.mask_zero = False
+        self.mask_zero = bool(mask_zero)
         if weights is not None:  # built now with these values, as Keras 3
             if isinstance(weights, np.ndarray):
                 weights = [weights]
@@ -1370,6 +1371,12 @@ class Embedding(Layer):
             )
         rows = _core.gather(self.embeddings, idx.reshape(-1), 0)
         return _core.reshape(rows, tuple(idx.shape) + (self.output_dim,))
+
+    def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
+        """``inputs != 0`` (1.0 / 0.0) when ``mask_zero``, else None (Keras 3)."""
+        if not self.mask_zero:
+            return None
+        return _core.tensor((np.asarray(inputs) != 0).astype(np.float32))
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return tuple(input_shape) + (self.output_dim,)
@@ -1503,6 +1510,7 @@ _SHIPPED_MODULES = (
     "metalearn.keras.layers",
     "metalearn.keras.conv_layers",
     "metalearn.keras.memory_layers",
+    "metalearn.keras.rnn",
     "metalearn.keras.models",
     "metalearn.networks",
     "metalearn.meta.protonet",
@@ -1559,6 +1567,7 @@ get = deserialize
 
 from .conv_layers import *  # noqa: E402,F401,F403  (Conv2D, pooling, BatchNormalization)
 from .memory_layers import MemoryRecall  # noqa: E402,F401  (Kaiser et al. 2017 recall)
+from .rnn import GRU, LSTM, Masking, SimpleRNN  # noqa: E402,F401  (recurrent layers, masks)
 
 _SYMBOLIC = (_graph.KerasTensor, InputLayer)  # what makes a layer call symbolic
 

@@ -28,6 +28,7 @@ from . import batched as _batched
 from . import callbacks as _callbacks
 from .. import debugging as _debugging  # enable_check_numerics() hook in _eager_train_step
 from . import layers as _layers
+from . import rnn as _rnn
 from . import losses as _losses
 from . import metrics as _metrics
 from . import optimizers as _optimizers
@@ -2030,9 +2031,9 @@ class Sequential(Model):
                 f"Sequential model {self.name} cannot be built because it has no "
                 "layers. Call `model.add(layer)`."
             )
-        x = inputs
-        for layer in self._layers_list:
-            x = layer(x)
+        x, mask = inputs, None
+        for layer in self._layers_list:  # masks passed on as Keras 3 (Masking, Embedding)
+            x, mask = _rnn.call_masked(layer, x, mask)
         return x
 
     def _batched_form(self, index):
@@ -2222,9 +2223,13 @@ class Functional(Model):
                     f"{', '.join(map(str, expected))}) for {layer.name!r}, got {shape}"
                 )
             values[id(layer)] = x
+        masks = {}  # id(node) -> its output's mask, passed on as Keras 3 (rnn.call_masked)
         for t in self._nodes:
             args = [values[id(p)] for p in t._parents]
-            values[id(t)] = t._layer(args if t._merge else args[0], **t._kwargs)
+            mask = None if t._merge else masks.get(id(t._parents[0]))
+            values[id(t)], masks[id(t)] = _rnn.call_masked(
+                t._layer, args if t._merge else args[0], mask, t._kwargs
+            )
         return self._structure_outputs([values[id(o)] for o in self._outputs_list])
 
     def _connected_to(self):

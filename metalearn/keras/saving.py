@@ -612,8 +612,8 @@ def _keras_groups(model, prefix=""):
         if hasattr(layer, "layers") and not isinstance(layer, InputLayer):
             out.append((path, None, layer))
             out.extend(_keras_groups(layer, path + "/"))
-        else:
-            out.append((path, layer, None))
+        else:  # a recurrent layer's weights are its cell's in Keras: <path>/cell/vars
+            out.append((path + getattr(layer, "_keras_vars_under", ""), layer, None))
     return out
 
 

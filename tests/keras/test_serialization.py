@@ -16,6 +16,7 @@ from metalearn.networks import AdaptiveNeuralNetwork, MetaLearningNetwork
 RNG = np.random.default_rng(0)
 IMG = RNG.standard_normal((2, 6, 6, 3)).astype(np.float32)
 VEC = RNG.standard_normal((3, 4)).astype(np.float32)
+SEQ = RNG.standard_normal((2, 5, 3)).astype(np.float32)
 
 
 def _memory():
@@ -80,6 +81,10 @@ CASES = {
         lambda: layers.Embedding(6, 3, embeddings_regularizer=keras.regularizers.L1L2(0.1, 0.2)),
         np.array([[0, 5], [2, 2]]),
     ),
+    "SimpleRNN": (lambda: layers.SimpleRNN(3, activation="relu", go_backwards=True), SEQ),
+    "LSTM": (lambda: layers.LSTM(3, return_sequences=True, unit_forget_bias=False), SEQ),
+    "GRU": (lambda: layers.GRU(3, reset_after=False, recurrent_regularizer="l2"), SEQ),
+    "Masking": (lambda: layers.Masking(mask_value=0.5), SEQ),
     "Sequential": (
         lambda: keras.Sequential(
             [

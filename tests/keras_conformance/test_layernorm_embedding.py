@@ -219,8 +219,13 @@ def test_embedding_refusals():
         layer(np.array([-1]))
     with pytest.raises(ValueError, match="integer"):
         layer(np.array([0.5]))
-    with pytest.raises(NotImplementedError, match="mask"):
-        layers.Embedding(4, 2, mask_zero=True)
+    # embedding_test.py::test_basics (mask_zero=True): shape (2, 3, 4), one weight, and a
+    # mask (Keras' compute_mask: inputs != 0) that the recurrent layers consume
+    masked = layers.Embedding(5, 4, mask_zero=True)
+    ids = np.array([[1, 0, 3], [0, 0, 4]])
+    assert tuple(masked(ids).shape) == (2, 3, 4) and len(masked.trainable_weights) == 1
+    np.testing.assert_array_equal(masked.compute_mask(ids).numpy(), ids != 0)
+    assert layers.Embedding(5, 4).compute_mask(ids) is None
 
 
 @pytest.mark.parametrize("order", [1, 2])
