@@ -1403,6 +1403,8 @@ class Model(_layers.Layer):
                 if _budget.expired(end) and epoch + 1 < epochs:
                     history.stopped = _budget.STOPPED_TIME_BUDGET
                     break
+            # Keras 3's fit ends so: with use_ema, the weights become their averages
+            self.optimizer.finalize_variable_values(self.trainable_weights)
             cbs.on_train_end(logs)
         finally:
             _core.set_grad_enabled(prev_grad)

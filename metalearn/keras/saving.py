@@ -249,6 +249,9 @@ def _keras_model_config(model) -> Dict[str, Any]:
         config["layers"] = layers
         out = {"module": "keras", "class_name": "Sequential", "config": config}
         out["registered_name"] = None
+        built = getattr(model, "_build_input_shape", None)
+        if shape is None and built is not None:  # built by a call, without an Input
+            shape = (None,) + tuple(built[1:])
         if shape is not None:
             config["build_input_shape"] = _shape(shape)
             out["build_config"] = {"input_shape": _shape(shape)}
@@ -961,6 +964,7 @@ class _NoOptimizer:
 
     _cores: Dict[Any, Any] = {}
     _iterations = 0
+    _learning_rate = 0.0
     learning_rate = 0.0
 
 

@@ -72,15 +72,32 @@ def resolve_loss(
         return (scce if classification else _mse), classification
     if isinstance(loss, str):
         fn = _LOSSES.get(loss)
-        if fn is None:
-            raise ValueError(f"unknown loss {loss!r}; use one of {sorted(_LOSSES)} or a callable")
+        if fn is None:  # any other Keras loss name ("huber", "log_cosh", "kl_divergence", ...)
+            from metalearn.keras import losses as _keras_losses
+
+            try:
+                keras_fn = _keras_losses.get(loss)
+            except ValueError:
+                keras_fn = None
+            if keras_fn is None:
+                raise ValueError(
+                    f"unknown loss {loss!r}; use one of {sorted(_LOSSES)}, a Keras loss name "
+                    "or a callable"
+                )
+            return _reduced(keras_fn), classification
         return (scce if fn is _scce_logits else fn), classification
+
+    return _reduced(loss), classification
+
+
+def _reduced(loss):
+    """`loss` whose result is averaged when it is not a scalar (per-sample losses)."""
 
     def wrapped(y_true, y_pred):
         out = loss(y_true, y_pred)
         return out if not out.shape else _core.reduce_mean(out)
 
-    return wrapped, classification
+    return wrapped
 
 
 def accuracy(logits: ArrayLike, labels: ArrayLike) -> float:
@@ -456,12 +473,17 @@ class BaseMetaLearner:
         from metalearn.keras import optimizers
 
         if isinstance(opt, str):
-            name = opt.lower()
-            if name == "adam":
-                return optimizers.Adam(learning_rate=lr)
-            if name == "sgd":
-                return optimizers.SGD(learning_rate=lr)
-            raise ValueError(f"meta_optimizer must be 'adam', 'sgd' or an optimizer, got {opt!r}")
+            # any Keras optimizer name ("adam", "sgd", "rmsprop", "adamw", "adagrad",
+            # "nadam"), at the learner's meta_lr
+            try:
+                made = optimizers.get(opt.lower())
+            except ValueError:
+                raise ValueError(
+                    f"meta_optimizer must be an optimizer or one of its names ('adam', 'sgd', "
+                    f"'rmsprop', 'adamw', 'adagrad', 'nadam'), got {opt!r}"
+                ) from None
+            made.learning_rate = lr
+            return made
         return opt
 
     @property

@@ -37,25 +37,9 @@ def _model(opt):
     return m
 
 
-class _StandInSchedule:
-    """A learning-rate schedule (an object called with the step), for the tests that need
-    an optimizer built on one: metalearn.keras.optimizers' own schedules when present."""
-
-    def __call__(self, step):
-        return 0.1
-
-
 def _scheduled_optimizer():
-    sched = getattr(optimizers, "schedules", None)
-    decay = getattr(sched, "PolynomialDecay", None) or getattr(optimizers, "ExponentialDecay", None)
-    if decay is not None:
-        try:
-            return optimizers.Adam(decay(0.1, 10))
-        except TypeError:
-            pass
-    opt = optimizers.Adam(0.1)
-    opt._learning_rate = _StandInSchedule()  # what an optimizer on a schedule holds
-    return opt
+    schedule = optimizers.schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.9)
+    return optimizers.Adam(schedule)
 
 
 # ------------------------------------------------------------------ ReduceLROnPlateau
