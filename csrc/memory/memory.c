@@ -1086,6 +1086,8 @@ ml_status ml_memory_update_slots(ml_memory *mem, int64_t n, const float *q, cons
     return st;
 }
 
+static int assign_lists(const ivf_index *v, const float *x, int64_t n, int64_t d, int64_t *out);
+
 ml_status ml_memory_add(ml_memory *mem, int64_t n, const float *q, const int64_t *labels,
                         const float *payloads, int64_t *out_slots) {
     const char *what = "KnowledgeMemory.add";
@@ -1095,12 +1097,10 @@ ml_status ml_memory_add(ml_memory *mem, int64_t n, const float *q, const int64_t
     float *qn = NULL;
     if ((st = normalized_copy(&qn, what, n, q, d))) return st;
     pthread_rwlock_wrlock(&mem->lock);
-    /* with an index, the lists of all the keys first, 8 keys a kernel call (the same bits as
-     * one at a time); without memory for them, one at a time */
+    /* with an index, the lists of all the keys first (assign_lists: a GEMM, near ties by the
+     * key scan, the same lists as one at a time); without memory for them, one at a time */
     int64_t *lists = mem->ivf ? malloc((size_t)n * sizeof(int64_t)) : NULL;
-    for (int64_t j = 0; lists && j < n; j += SCAN_MAX_QUERIES)
-        nearest_lists(mem->ivf, n - j < SCAN_MAX_QUERIES ? n - j : SCAN_MAX_QUERIES, qn + j * d, d,
-                      lists + j);
+    if (lists && !assign_lists(mem->ivf, qn, n, d, lists)) free(lists), lists = NULL;
     for (int64_t i = 0; i < mem->count; i++) mem->ages[i]++;
     for (int64_t j = 0; j < n; j++) {
         int64_t slot = oldest_slot(mem);
@@ -1198,6 +1198,18 @@ static void assign_gemm(const ivf_index *v, const float *x, int64_t np, int64_t 
             out[r0 + i] = best;
         }
     }
+}
+
+/* The lists of n normalised rows x as nearest_lists gives them, by assign_gemm with its
+ * near-tie recheck (a GEMM reuses each centroid across 256 rows; measured by
+ * benchmarks/memory_scale.py). 0 when out of memory (nothing written). */
+static int assign_lists(const ivf_index *v, const float *x, int64_t n, int64_t d, int64_t *out) {
+    const int64_t rows = n < IVF_GEMM_ROWS ? n : IVF_GEMM_ROWS;
+    float *s = malloc((size_t)(rows * v->nlist) * sizeof(float));
+    if (!s) return 0;
+    assign_gemm(v, x, n, d, out, s, 1);
+    free(s);
+    return 1;
 }
 
 ml_status ml_memory_build_index(ml_memory *mem, int64_t nlist, int64_t nprobe, uint64_t seed,

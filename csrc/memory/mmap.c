@@ -112,7 +112,8 @@ static ml_status check_values(ml__memfile *f, const char *path) {
         if ((int64_t)ml__get_u64(a + 8 * i) < 0) CORRUPT("'%s' is corrupt: negative age", path);
     /* exponent bits all ones: inf or NaN; one OR over the keys, branch-free */
     uint32_t bad = 0;
-    for (uint64_t i = 0; i < n; i++) bad |= (uint32_t)((ml__get_u32(k + 4 * i) & 0x7f800000u) == 0x7f800000u);
+    for (uint64_t i = 0; i < n; i++)
+        bad |= (uint32_t)((ml__get_u32(k + 4 * i) & 0x7f800000u) == 0x7f800000u);
     if (bad) CORRUPT("'%s' is corrupt: non-finite key", path);
     f->n_removed = 0;
     for (uint64_t i = 0; i < c; i++) f->n_removed += (int64_t)ml__get_u64(l + 8 * i) == -1;

@@ -663,6 +663,21 @@ static void test_mmap(void) {
     }
     free(copy);
     CHECK(refused == (int)size, "every flipped byte refused (%d of %zu)", refused, size);
+    /* ml_crc32 (eight bytes a step) = the CRC a byte at a time, at every length and offset */
+    int crc_ok = 1;
+    for (size_t off = 0; off < 8; off++)
+        for (size_t n = 0; n < 80; n++) {
+            uint32_t ref = 0xFFFFFFFFu;
+            for (size_t i = 0; i < n; i++) {
+                ref ^= file[off + i];
+                for (int k = 0; k < 8; k++) ref = ref & 1 ? 0xEDB88320u ^ (ref >> 1) : ref >> 1;
+            }
+            crc_ok &= ml_crc32(0, file + off, n) == ~ref;
+            /* and chained: crc(a + b) = crc(b, crc(a)) */
+            crc_ok &= ml_crc32(ml_crc32(0, file + off, n / 3), file + off + n / 3, n - n / 3) ==
+                      ~ref;
+        }
+    CHECK(crc_ok && ml_crc32(0, "123456789", 9) == 0xCBF43926u, "crc32");
     ml_memory_free(mapped); /* unmaps */
     ml_memory_free(loaded);
     ml_memory_free(a);
