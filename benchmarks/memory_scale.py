@@ -205,9 +205,91 @@ def writes(a):
 
 
 def omniglot(a):
-    from metalearn.datasets import omniglot as load_omniglot  # noqa: F401  (see below)
+    from metalearn.datasets import omniglot as load
+    from metalearn.keras.utils import set_random_seed
+    from metalearn.meta import ProtoNet, models
+    from metalearn.tasks import NWayKShot
 
-    raise SystemExit("unreachable")  # replaced below
+    set_random_seed(0)
+    ml.set_num_threads(a.threads)
+    x_bg, y_bg = load(split="background")
+    x_ev, _ = load(split="evaluation")
+    # train: 20-way 5-shot episodes of background with rotated classes, as ProtoNets
+    encoder = models.conv4()
+    proto = ProtoNet(encoder, meta_lr=1e-3)
+    tasks = NWayKShot((x_bg, y_bg), n_way=20, k_shot=5, q_queries=5, augment_rotations=True, seed=0)
+    t0, episodes = time.perf_counter(), 0
+    while time.perf_counter() - t0 < a.train_seconds:
+        proto.fit(tasks, iterations=10, meta_batch_size=1, verbose=0)
+        episodes += 10
+    print(
+        f"conv4 ProtoNet: {episodes} episodes (20-way 5-shot) in {time.perf_counter() - t0:.0f} s"
+    )
+    # every image of both sets, 4 rotations x (as is, flipped): 8 views
+    images = np.concatenate([x_bg, x_ev])
+    if a.images:
+        images = images[np.random.default_rng(0).permutation(len(images))[: a.images]]
+    views = []
+    for r in range(4):
+        rot = np.rot90(images, r, axes=(1, 2))
+        views += [rot, rot[:, :, ::-1]]
+    t0 = time.perf_counter()
+    emb = []
+    for v in views:
+        for i in range(0, len(v), 512):
+            emb.append(encoder.predict_on_batch(np.ascontiguousarray(v[i : i + 512])))
+    emb = np.concatenate(emb).reshape(len(images) * 8, -1).astype(np.float32)
+    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    n, d = emb.shape
+    print(
+        f"embedded {n} views ({len(images)} images x 8) to {d} floats in {time.perf_counter() - t0:.0f} s"
+    )
+
+    ml.set_num_threads(1)
+    if faiss:
+        faiss.omp_set_num_threads(1)
+    rng = np.random.default_rng(1)
+    held = rng.permutation(n)[: a.queries]  # queries: views held out of the memory
+    keep = np.setdiff1d(np.arange(n), held)
+    keys, q = emb[keep], emb[held]
+    mem = KnowledgeMemory.from_arrays(keys, np.zeros(len(keys), np.int64))
+    nlist = a.nlist or int(4 * np.sqrt(len(keys)))
+    exact = mem.query(q, 8, nprobe="exact")[0]
+    t = timed(lambda: mem.build_index(nlist, nprobe=1, seed=0))
+    print(f"memory: {len(keys)} x {d}; nlist {nlist}; build_index {t:.1f} s")
+    fx = None
+    if faiss:
+        fx = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        t = timed(lambda: (fx.train(keys[rng.permutation(len(keys))[: 64 * nlist]]), fx.add(keys)))
+        print(f"FAISS IndexIVFFlat train + add: {t:.1f} s")
+    q_exact = med([qps(lambda v: mem.query(v, 8, nprobe="exact"), q) for _ in range(a.rounds)])
+    print(f"\nexact single query: {q_exact:,.0f} q/s (one thread)")
+    at_target = {}  # the smallest nprobe reaching recall@8 >= 0.95, per index
+    print(
+        "\n| nprobe | metalearn recall@8 | q/s | vs exact | FAISS recall@8 | FAISS q/s | ours / FAISS |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for p in [p for p in (1, 2, 4, 8, 16, 32, 64) if p <= nlist]:
+        r = recall(mem.query(q, 8, nprobe=p)[0], exact)
+        ours, theirs, rf = [], [], None
+        if fx is not None:
+            fx.nprobe = p
+            rf = recall(fx.search(q, 8)[1], exact)
+        for _ in range(a.rounds):
+            ours.append(qps(lambda v, p=p: mem.query(v, 8, nprobe=p), q))
+            if fx is not None:
+                theirs.append(qps(lambda v: fx.search(v, 8), q))
+        o = med(ours)
+        f = f"{rf:.4f} | {med(theirs):,.0f} | {o / med(theirs):.2f}x" if fx else "– | – | –"
+        print(f"| {p} | {r:.4f} | {o:,.0f} | {o / q_exact:.0f}x | {f} |")
+        if r >= 0.95:
+            at_target.setdefault("metalearn", (p, r, o))
+        if fx is not None and rf >= 0.95:
+            at_target.setdefault("FAISS", (p, rf, med(theirs)))
+    for name, (p, r, o) in at_target.items():
+        print(
+            f"at recall@8 >= 0.95: {name} nprobe {p}, recall {r:.4f}, {o:,.0f} q/s, {o / q_exact:.0f}x our exact"
+        )
 
 
 def main():
@@ -223,6 +305,8 @@ def main():
     ap.add_argument("--omniglot", action="store_true")
     ap.add_argument("--train-seconds", type=float, default=180.0)
     ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=2, help="training and embedding (--omniglot)")
+    ap.add_argument("--images", type=int, default=0, help="a sample of the images (smoke runs)")
     a = ap.parse_args()
     print(f"faiss: {faiss.__version__ if faiss else 'not installed'}")
     if a.omniglot:
