@@ -3,7 +3,7 @@ search on conv4 embeddings of Omniglot, beside FAISS (`faiss-cpu`, optional: nev
 by the library).
 
     python benchmarks/memory_scale.py [--entries 1000000] [--dim 128] [--batch 20000]
-        [--rounds 3] [--nlist 0] [--update 256] [--nprobe 4] [--no-mmap]
+        [--rounds 3] [--nlist 0] [--update 256] [--nprobe 4] [--no-mmap | --mmap-only]
     python benchmarks/memory_scale.py --omniglot [--train-seconds 180] [--nlist 0]
         [--queries 300] [--rounds 3]
 
@@ -117,6 +117,8 @@ def writes(a):
         rows[-1] = rows[-1][:2] + (n / t,)
 
     train_n = 32 * nlist
+    if a.mmap_only:
+        return mapped_open(a, mem, fresh)
     mem_ivf = KnowledgeMemory(cap, d, seed=0)  # a second memory, with the index
     for i in range(0, n, step):
         mem_ivf.add(x[i : i + step], which[i : i + step])
@@ -166,39 +168,43 @@ def writes(a):
         print(f"| {name} | {o} | {f} | {r} |")
 
     if not a.no_mmap:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "m.mlm")
-            t_save = timed(lambda: mem.save(path))
-            size = os.path.getsize(path)
-            t_load, t_map, q_load, q_map = [], [], [], []
-            qs = fresh[:200]
-            for _ in range(a.rounds):
-                t_load.append(timed(lambda: KnowledgeMemory.open(path)))
-                t_map.append(timed(lambda: KnowledgeMemory.open(path, mmap_mode="r").close()))
-            loaded = KnowledgeMemory.open(path)
-            mapped = KnowledgeMemory.open(path, mmap_mode="r")
-            same = all(
-                np.array_equal(u, v)
-                for u, v in zip(loaded.query(qs[:8], 8), mapped.query(qs[:8], 8))
-            )
-            for _ in range(a.rounds):
-                q_load.append(qps(lambda v: loaded.query(v, 8), qs))
-                q_map.append(qps(lambda v: mapped.query(v, 8), qs))
-            print(f"\nfile: {size / 1e6:.0f} MB (version 2), save {t_save:.2f} s")
-            print("| memory-mapped open | seconds / q/s |")
-            print("|---|---|")
-            print(
-                f"| open(path): read into RAM | {med(t_load):.2f} s ({size / med(t_load) / 1e9:.2f} GB/s) |"
-            )
-            print(
-                f"| open(path, mmap_mode='r'): checked, mapped | {med(t_map):.2f} s ({size / med(t_map) / 1e9:.2f} GB/s) |"
-            )
-            print(f"| exact single query, loaded | {med(q_load):,.1f} q/s |")
-            print(
-                f"| exact single query, mapped (page cache hot) | {med(q_map):,.1f} q/s ({med(q_map) / med(q_load):.2f}x) |"
-            )
-            print(f"| same indices and similarities | {same} |")
-            mapped.close()
+        mapped_open(a, mem, fresh)
+
+
+def mapped_open(a, mem, fresh):
+    """Saves `mem`, then times open() against open(mmap_mode="r") and their queries."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "m.mlm")
+        t_save = timed(lambda: mem.save(path))
+        size = os.path.getsize(path)
+        t_load, t_map, q_load, q_map = [], [], [], []
+        qs = fresh[:200]
+        for _ in range(a.rounds):
+            t_load.append(timed(lambda: KnowledgeMemory.open(path)))
+            t_map.append(timed(lambda: KnowledgeMemory.open(path, mmap_mode="r").close()))
+        loaded = KnowledgeMemory.open(path)
+        mapped = KnowledgeMemory.open(path, mmap_mode="r")
+        same = all(
+            np.array_equal(u, v) for u, v in zip(loaded.query(qs[:8], 8), mapped.query(qs[:8], 8))
+        )
+        for _ in range(a.rounds):
+            q_load.append(qps(lambda v: loaded.query(v, 8), qs))
+            q_map.append(qps(lambda v: mapped.query(v, 8), qs))
+        print(f"\nfile: {size / 1e6:.0f} MB (version 2), save {t_save:.2f} s")
+        print("| memory-mapped open | seconds / q/s |")
+        print("|---|---|")
+        print(
+            f"| open(path): read into RAM | {med(t_load):.2f} s ({size / med(t_load) / 1e9:.2f} GB/s) |"
+        )
+        print(
+            f"| open(path, mmap_mode='r'): checked, mapped | {med(t_map):.2f} s ({size / med(t_map) / 1e9:.2f} GB/s) |"
+        )
+        print(f"| exact single query, loaded | {med(q_load):,.1f} q/s |")
+        print(
+            f"| exact single query, mapped (page cache hot) | {med(q_map):,.1f} q/s ({med(q_map) / med(q_load):.2f}x) |"
+        )
+        print(f"| same indices and similarities | {same} |")
+        mapped.close()
 
 
 # ------------------------------------------------------------------ Omniglot embeddings
@@ -302,6 +308,7 @@ def main():
     ap.add_argument("--nlist", type=int, default=0)
     ap.add_argument("--nprobe", type=int, default=4)
     ap.add_argument("--no-mmap", action="store_true")
+    ap.add_argument("--mmap-only", action="store_true", help="fill, then only the mapped open")
     ap.add_argument("--omniglot", action="store_true")
     ap.add_argument("--train-seconds", type=float, default=180.0)
     ap.add_argument("--queries", type=int, default=300)
