@@ -5,7 +5,9 @@ Every input either opens (and then the memory must work: query, save, reopen wit
 same state bit for bit) or is refused with OSError/ValueError; a refused ``load`` leaves
 the memory it was called on exactly as it was. Anything else — a crash, a sanitizer
 report, SystemError — is a finding. As in fuzz_weights.py, the first input byte chooses
-whether the trailing CRC-32 is recomputed, so mutations reach the parser behind it.
+whether the CRC-32s are recomputed (version 1: the trailing one; version 2: the four slab
+CRCs and the header's), so mutations reach the parser behind them. A file that opens is
+also opened memory-mapped (``mmap_mode="r"``), which must give the same state.
 
     python fuzz/fuzz_memory.py fuzz/corpus/memory -max_total_time=60
     python fuzz/fuzz_memory.py --make-corpus fuzz/corpus/memory
@@ -40,9 +42,16 @@ def TestOneInput(data):
     if not data:
         return
     fix_crc, body = data[0] & 1, data[1:]
-    if fix_crc and len(body) >= 4:
+    version = struct.unpack_from("<I", body, 8)[0] if len(body) >= 12 else 0
+    if fix_crc and version == 2 and len(body) >= 128:
+        body = _fix_v2(body)
+    elif fix_crc and len(body) >= 4:
         body = body[:-4] + struct.pack("<I", zlib.crc32(body[:-4]) & 0xFFFFFFFF)
-    if len(body) >= 36 and body[:8] == b"MLMEMORY":
+    if version == 2 and len(body) >= 48:
+        cap, d, p = struct.unpack_from("<QQQ", body, 16)
+        if cap * (d + p + 4) * 4 > 256 << 20:
+            return
+    elif len(body) >= 36 and body[:8] == b"MLMEMORY":
         # A file may declare any capacity with zero stored slots (by design: the slots are
         # allocated, the file holds only the occupied ones), so a 100-byte file can ask
         # for gigabytes. Those inputs are skipped here, not counted as out-of-memory
@@ -75,6 +84,23 @@ def TestOneInput(data):
     m.save(_PATH2)
     again = core.KnowledgeMemory.open(_PATH2)
     assert _same(again.state(), state), "state changed in a save/open round trip"
+    mapped = core.KnowledgeMemory.open(_PATH, mmap_mode="r")
+    assert _same(mapped.state(), state), "the mapped memory differs from the loaded one"
+    mapped.close()
+
+
+def _fix_v2(body):
+    """The four slab CRCs and the header CRC of a version-2 file, recomputed from its
+    declared sizes (as far as the body reaches)."""
+    raw = bytearray(body)
+    _, d, p, c = struct.unpack_from("<QQQQ", raw, 16)
+    at = 128
+    for s, n in enumerate((c * d * 4, c * 8, c * 8, c * p * 4)):
+        n = min(n, max(len(raw) - at, 0))
+        struct.pack_into("<I", raw, 88 + 4 * s, zlib.crc32(bytes(raw[at : at + n])))
+        at += (n + 63) // 64 * 64
+    struct.pack_into("<I", raw, 124, zlib.crc32(bytes(raw[:124])))
+    return bytes(raw)
 
 
 def make_corpus(folder):

@@ -373,8 +373,39 @@ class KnowledgeMemory(_core.KnowledgeMemory):
         return self.query(q, 1)[2][:, 0]
 
     def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
-        """Saves to ``path`` (magic ``MLMEMORY``, version, sizes, CRC-32), atomically."""
+        """Saves to ``path`` atomically (a temporary file renamed over it), in format
+        version 2: magic ``MLMEMORY``, version, sizes, CRC-32s, then the keys, labels, ages
+        and payloads, each on a 64-byte boundary so that ``open(path, mmap_mode="r")`` can
+        search them in place. A memory opened mapped keeps reading the file it opened when
+        ``save`` replaces it."""
         super().save(path)
+
+    @classmethod
+    def open(
+        cls, path: Union[str, "os.PathLike[str]"], mmap_mode: Optional[str] = None
+    ) -> "KnowledgeMemory":
+        """A new memory with the sizes, contents and random stream of the file at ``path``.
+
+        ``mmap_mode`` is NumPy's (``np.load``): ``None`` reads the file into RAM (a memory
+        like any other); ``"r"`` maps it read-only and searches it where it lies, so a file
+        larger than RAM opens and only the pages a search touches are read. Either way the
+        whole file is checked first (magic, version, sizes against its length, CRC-32s,
+        finite keys) and a corrupt or truncated file raises ValueError naming it.
+
+        A mapped memory answers ``query``, ``read``, ``loss``, ``predict``, ``state`` and
+        ``save`` with the same results, bit for bit, as the loaded one; ``key_dtype`` and
+        ``build_index`` work (their copies live in RAM); ``update``, ``add``, ``remove``,
+        ``clear`` and ``load`` raise ValueError (``read_only`` is True). A file written
+        before format version 2 is read into RAM instead, read-only all the same.
+        ``close()`` (or leaving a ``with`` block, or garbage collection) unmaps the file.
+        """
+        return super().open(path, mmap_mode)
+
+    def __enter__(self) -> "KnowledgeMemory":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def load(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Loads ``path`` into this memory after checking all of it; a corrupt, truncated or

@@ -70,6 +70,7 @@
  *   ml_version                            Tensor._version                    [N]
  *   ml_memory_query_where                 KnowledgeMemory.query              [O]
  *   ml_memory_update_slots                KnowledgeMemory.update             [O]
+ *   ml_memory_open_mapped                 KnowledgeMemory.open               [O]
  *   ml_optimizer_n_slots                  Optimizer.slots()                  [O]
  *   ml_optimizer_slot                     Optimizer.slots()                  [O]
  *   ml_trace_format                       Trace.describe()                   [O]
@@ -100,7 +101,8 @@
  *   [S] An op of a tensor and a number: C's _scalar ops (add_scalar, mul_scalar,
  *       pow_scalar); Python's pow is the builtin's name.
  *   [O] One Python function or method where C, without overloading or lists, has several:
- *       the labels as a tensor, a slot at a time, a trace as text into a buffer or a file.
+ *       the labels as a tensor, a slot at a time, a trace as text into a buffer or a file,
+ *       a file read into RAM or mapped (mmap_mode).
  *   [T] A constructor: in C the type's prefix and a verb (ml_tensor_zeros, ml_adam_new);
  *       in Python the function NumPy names or the type itself.
  *   [N] NumPy's name for a tensor's attribute (size, numpy()), or Python's for a private
@@ -648,9 +650,13 @@ ml_status ml_memory_read(ml_tensor **out, ml_tensor **out_weights, ml_memory *me
  * Recorded: the gradient reaches q (the keys are constants). The paper's margin is 0.1. */
 ml_status ml_memory_loss(ml_tensor **out, ml_memory *mem, ml_tensor *q, int64_t n_labels,
                          const int64_t *labels, int64_t k, float margin);
-/* File layout (little-endian): "MLMEMORY" | u32 version=1 | u64 capacity | u64 key_size |
- *   u64 payload_size | u64 size | u64 seed | 4 * u64 stream state | size*key_size f32 keys |
- *   size i64 labels | size i64 ages | size*payload_size f32 payloads | u32 crc32.
+/* File layout (little-endian), version 2: "MLMEMORY" | u32 version=2 | u32 header bytes=128 |
+ *   u64 capacity | u64 key_size | u64 payload_size | u64 size | u64 seed | 4 * u64 stream
+ *   state | 4 * u32 crc32 of the keys, labels, ages, payloads | 20 zero bytes | u32 crc32 of
+ *   the header's first 124 bytes | then size*key_size f32 keys, size i64 labels, size i64
+ *   ages, size*payload_size f32 payloads, each starting on a multiple of 64 bytes (zero
+ *   padding). Version 1 (read, no longer written): the same fields up to the stream state,
+ *   the slabs unpadded from byte 84, then a crc32 of all before it (memory/mmap.c).
  * Saved as weight files are (see ml_save_tensors): a unique temporary file in the target's
  * directory, fsync'ed and renamed over `path`; links followed, special files refused. */
 ml_status ml_memory_save(ml_memory *mem, const char *path);
@@ -660,6 +666,14 @@ ml_status ml_memory_save(ml_memory *mem, const char *path);
 ml_status ml_memory_load(ml_memory *mem, const char *path);
 /* A new memory with the sizes, contents and stream of a file. */
 ml_status ml_memory_open(ml_memory **out, const char *path);
+/* A new read-only memory searching a file where it lies: the file is checked as by
+ * ml_memory_load (once, here) and mapped read-only; a version-2 file's 64-byte aligned slabs
+ * are searched in place (a file larger than RAM opens), a version-1 file is read into RAM.
+ * Searches, reads, losses, compact keys and an index work as on a loaded memory, with the
+ * same results; writes (update, add, remove, clear, load) are refused (ML_ERR_VALUE).
+ * ml_memory_free unmaps the file. */
+ml_status ml_memory_open_mapped(ml_memory **out, const char *path);
+int ml_memory_read_only(const ml_memory *mem); /* 1 when opened by ml_memory_open_mapped */
 
 #ifdef __cplusplus
 }

@@ -18,24 +18,35 @@ static const char MAGIC[8] = {'M', 'L', 'W', 'E', 'I', 'G', 'H', 'T'};
 #define FORMAT_VERSION 1u
 #define MAX_NAME 4096u
 
-/* CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320), table built on first use. */
+/* CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320), tables built on first use. Eight
+ * bytes a step by slicing (Kavanagh & Kounavis): table k holds the CRC of a byte followed by
+ * k zero bytes, so the eight lookups of a step are independent; the same value as a byte at
+ * a time, several times faster (a memory file's open checks every byte of it). Two threads
+ * building the tables at once write the same values. */
 uint32_t ml_crc32(uint32_t crc, const void *data, size_t len) {
-    static uint32_t table[256];
+    static uint32_t t[8][256];
     static int ready;
-    if (!ready) {
+    if (!__atomic_load_n(&ready, __ATOMIC_ACQUIRE)) {
         for (uint32_t i = 0; i < 256; i++) {
             uint32_t c = i;
             for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-            table[i] = c;
+            t[0][i] = c;
         }
+        for (int k = 1; k < 8; k++)
+            for (uint32_t i = 0; i < 256; i++)
+                t[k][i] = (t[k - 1][i] >> 8) ^ t[0][t[k - 1][i] & 0xFF];
         __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
     }
     const uint8_t *p = data;
     crc = ~crc;
-    for (size_t i = 0; i < len; i++) crc = table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+    for (; len >= 8; len -= 8, p += 8) {
+        uint32_t a = crc ^ ml__get_u32(p), b = ml__get_u32(p + 4);
+        crc = t[7][a & 0xFF] ^ t[6][(a >> 8) & 0xFF] ^ t[5][(a >> 16) & 0xFF] ^ t[4][a >> 24] ^
+              t[3][b & 0xFF] ^ t[2][(b >> 8) & 0xFF] ^ t[1][(b >> 16) & 0xFF] ^ t[0][b >> 24];
+    }
+    for (; len; len--) crc = t[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
     return ~crc;
 }
-
 
 /* ---------------------------------------------------------------- safe file writing
  *

@@ -15,8 +15,10 @@
  *  - read and loss: composed of public differentiable ops (normalise, matmul, softmax,
  *    relu) around a non-differentiable top-k selection whose keys enter as constants, so
  *    the gradient reaches the queries and can be differentiated again, to any order.
- *  - save/load: "MLMEMORY" | version | sizes | rng | slots | CRC-32, written to a temporary
- *    file, fsynced and renamed over the target (as weights.c).
+ *  - save/load: the file format (version 2: 64-byte aligned slabs that a read-only map can
+ *    search in place; version 1 still read) is memory/mmap.c's; written to a temporary
+ *    file, fsynced and renamed over the target (as weights.c). ml_memory_open_mapped
+ *    searches a file where it lies: the slabs point into a read-only map, writes refused.
  *
  * A pthread rwlock lets queries run concurrently while updates, clears and loads are
  * exclusive (the binding releases the GIL during long calls). */
@@ -34,6 +36,7 @@
 #include "../io/io.h"
 #include "../kernels/topk.h"
 #include "../ops/ops.h" /* the scoped composition its differentiable read and loss use */
+#include "mmap.h"
 
 #define ML_MEMORY_LOAD_MAX_BYTES (4.0 * 1073741824.0)
 
@@ -52,6 +55,10 @@ struct ml_memory {
     float *scales;     /* capacity: max |key| / 127 */
     uint64_t seed, rng[4];
     struct ivf_index *ivf; /* the approximate index (NULL: every search is exact) */
+    /* read-only (opened with ml_memory_open_mapped): every write is refused. When file.map
+     * is set, keys, labels, ages and payloads point into it (file.count rows) */
+    int read_only;
+    ml__memfile file;
     pthread_rwlock_t lock;
 };
 
@@ -114,10 +121,14 @@ static ml_status alloc_slabs(ml_memory *m) {
 }
 
 static void free_slabs(ml_memory *m) {
-    free(m->keys);
-    free(m->labels);
-    free(m->ages);
-    free(m->payloads);
+    if (m->file.map) {
+        ml__memfile_unmap(&m->file); /* the slabs were the map's */
+    } else {
+        free(m->keys);
+        free(m->labels);
+        free(m->ages);
+        free(m->payloads);
+    }
     free(m->keys16);
     free(m->keys8);
     free(m->scales);
@@ -323,8 +334,21 @@ static void clear_locked(ml_memory *m) {
     }
 }
 
+/* Writes to a read-only memory are refused (the map is PROT_READ: a write would fault). */
+static ml_status refuse_read_only(const ml_memory *m, const char *what) {
+    if (!m->read_only) return ML_OK;
+    return ml_set_error(ML_ERR_VALUE,
+                        "%s: this memory is read-only (opened with mmap_mode='r'); "
+                        "KnowledgeMemory.open(path) loads a copy that can be written",
+                        what);
+}
+
+int ml_memory_read_only(const ml_memory *mem) { return mem ? mem->read_only : 0; }
+
 ml_status ml_memory_clear(ml_memory *mem) {
     if (!mem) return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory.clear: memory is NULL");
+    ml_status st = refuse_read_only(mem, "KnowledgeMemory.clear");
+    if (st) return st;
     pthread_rwlock_wrlock(&mem->lock);
     clear_locked(mem);
     pthread_rwlock_unlock(&mem->lock);
@@ -335,12 +359,25 @@ ml_status ml_memory_state(ml_memory *mem, float *keys, int64_t *labels, int64_t 
                           float *payloads) {
     if (!mem) return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory: memory is NULL");
     pthread_rwlock_rdlock(&mem->lock);
-    size_t cap = (size_t)mem->capacity;
-    if (keys) memcpy(keys, mem->keys, cap * (size_t)mem->key_size * sizeof(float));
-    if (labels) memcpy(labels, mem->labels, cap * sizeof(int64_t));
-    if (ages) memcpy(ages, mem->ages, cap * sizeof(int64_t));
-    if (payloads && mem->payloads)
-        memcpy(payloads, mem->payloads, cap * (size_t)mem->payload_size * sizeof(float));
+    /* a mapped memory's slabs hold its count rows; the slots after them are empty (zeros) */
+    const size_t cap = (size_t)mem->capacity, rows = mem->file.map ? (size_t)mem->count : cap,
+                 d = (size_t)mem->key_size, p = (size_t)mem->payload_size;
+    if (keys) {
+        memcpy(keys, mem->keys, rows * d * sizeof(float));
+        memset(keys + rows * d, 0, (cap - rows) * d * sizeof(float));
+    }
+    if (labels) {
+        memcpy(labels, mem->labels, rows * sizeof(int64_t));
+        memset(labels + rows, 0, (cap - rows) * sizeof(int64_t));
+    }
+    if (ages) {
+        memcpy(ages, mem->ages, rows * sizeof(int64_t));
+        memset(ages + rows, 0, (cap - rows) * sizeof(int64_t));
+    }
+    if (payloads && mem->payloads) {
+        memcpy(payloads, mem->payloads, rows * p * sizeof(float));
+        memset(payloads + rows * p, 0, (cap - rows) * p * sizeof(float));
+    }
     pthread_rwlock_unlock(&mem->lock);
     return ML_OK;
 }
@@ -866,6 +903,8 @@ static float dot(const float *a, const float *b, int64_t d) {
 static ml_status check_update(const ml_memory *mem, int64_t n, const float *q,
                               const int64_t *labels, const float *payloads, const char *what) {
     if (!mem) return ml_set_error(ML_ERR_VALUE, "%s: memory is NULL", what);
+    ml_status ro = refuse_read_only(mem, what);
+    if (ro) return ro;
     if (n < 0 || (n > 0 && (!q || !labels)))
         return ml_set_error(ML_ERR_VALUE, "%s: bad batch (n=%lld)", what, (long long)n);
     int64_t p = mem->payload_size;
@@ -1047,6 +1086,8 @@ ml_status ml_memory_update_slots(ml_memory *mem, int64_t n, const float *q, cons
     return st;
 }
 
+static int assign_lists(const ivf_index *v, const float *x, int64_t n, int64_t d, int64_t *out);
+
 ml_status ml_memory_add(ml_memory *mem, int64_t n, const float *q, const int64_t *labels,
                         const float *payloads, int64_t *out_slots) {
     const char *what = "KnowledgeMemory.add";
@@ -1056,12 +1097,10 @@ ml_status ml_memory_add(ml_memory *mem, int64_t n, const float *q, const int64_t
     float *qn = NULL;
     if ((st = normalized_copy(&qn, what, n, q, d))) return st;
     pthread_rwlock_wrlock(&mem->lock);
-    /* with an index, the lists of all the keys first, 8 keys a kernel call (the same bits as
-     * one at a time); without memory for them, one at a time */
+    /* with an index, the lists of all the keys first (assign_lists: a GEMM, near ties by the
+     * key scan, the same lists as one at a time); without memory for them, one at a time */
     int64_t *lists = mem->ivf ? malloc((size_t)n * sizeof(int64_t)) : NULL;
-    for (int64_t j = 0; lists && j < n; j += SCAN_MAX_QUERIES)
-        nearest_lists(mem->ivf, n - j < SCAN_MAX_QUERIES ? n - j : SCAN_MAX_QUERIES, qn + j * d, d,
-                      lists + j);
+    if (lists && !assign_lists(mem->ivf, qn, n, d, lists)) free(lists), lists = NULL;
     for (int64_t i = 0; i < mem->count; i++) mem->ages[i]++;
     for (int64_t j = 0; j < n; j++) {
         int64_t slot = oldest_slot(mem);
@@ -1087,6 +1126,8 @@ ml_status ml_memory_add(ml_memory *mem, int64_t n, const float *q, const int64_t
 ml_status ml_memory_remove(ml_memory *mem, int64_t n, const int64_t *ids) {
     const char *what = "KnowledgeMemory.remove";
     if (!mem) return ml_set_error(ML_ERR_VALUE, "%s: memory is NULL", what);
+    ml_status ro = refuse_read_only(mem, what);
+    if (ro) return ro;
     if (n < 0 || (n > 0 && !ids))
         return ml_set_error(ML_ERR_VALUE, "%s: bad batch (n=%lld)", what, (long long)n);
     if (n == 0) return ML_OK;
@@ -1157,6 +1198,18 @@ static void assign_gemm(const ivf_index *v, const float *x, int64_t np, int64_t 
             out[r0 + i] = best;
         }
     }
+}
+
+/* The lists of n normalised rows x as nearest_lists gives them, by assign_gemm with its
+ * near-tie recheck (a GEMM reuses each centroid across 256 rows; measured by
+ * benchmarks/memory_scale.py). 0 when out of memory (nothing written). */
+static int assign_lists(const ivf_index *v, const float *x, int64_t n, int64_t d, int64_t *out) {
+    const int64_t rows = n < IVF_GEMM_ROWS ? n : IVF_GEMM_ROWS;
+    float *s = malloc((size_t)(rows * v->nlist) * sizeof(float));
+    if (!s) return 0;
+    assign_gemm(v, x, n, d, out, s, 1);
+    free(s);
+    return 1;
 }
 
 ml_status ml_memory_build_index(ml_memory *mem, int64_t nlist, int64_t nprobe, uint64_t seed,
@@ -1502,157 +1555,67 @@ ml_status ml_memory_loss(ml_tensor **out, ml_memory *mem, ml_tensor *q, int64_t 
 
 /* -------------------------------------------------------------- files */
 
-static const char MAGIC[8] = {'M', 'L', 'M', 'E', 'M', 'O', 'R', 'Y'};
-#define FORMAT_VERSION 1u
-#define HEADER_BYTES (8 + 4 + 8 * 4 + 8 + 8 * 4)
-
-static void put_floats(uint8_t **p, const float *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++, *p += 4) {
-        uint32_t bits;
-        memcpy(&bits, &x[i], 4);
-        ml__put_u32(*p, bits);
-    }
-}
-static void get_floats(float *x, const uint8_t **p, int64_t n) {
-    for (int64_t i = 0; i < n; i++, *p += 4) {
-        uint32_t bits = ml__get_u32(*p);
-        memcpy(&x[i], &bits, 4);
-    }
-}
-
-/* payload bytes of a file holding `count` slots */
-static size_t body_bytes(int64_t count, int64_t d, int64_t p) {
-    return (size_t)count * ((size_t)d * 4 + 8 + 8 + (size_t)p * 4);
-}
+/* The file format and its checks are memory/mmap.c's (version 2 written, 1 and 2 read). */
 
 ml_status ml_memory_save(ml_memory *mem, const char *path) {
     if (!mem || !path) return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory.save: bad arguments");
     pthread_rwlock_rdlock(&mem->lock);
-    int64_t c = mem->count, d = mem->key_size, p = mem->payload_size;
-    size_t size = HEADER_BYTES + body_bytes(c, d, p) + 4;
-    uint8_t *buf = malloc(size), *w = buf;
+    const int64_t c = mem->count, d = mem->key_size, p = mem->payload_size;
+    const size_t size = ml__memfile_bytes(c, d, p);
+    uint8_t *buf = malloc(size);
     if (!buf) {
         pthread_rwlock_unlock(&mem->lock);
         return ml_set_error(ML_ERR_OOM, "KnowledgeMemory.save: out of memory (%zu bytes)", size);
     }
-    memcpy(w, MAGIC, 8), w += 8;
-    ml__put_u32(w, FORMAT_VERSION), w += 4;
-    ml__put_u64(w, (uint64_t)mem->capacity), w += 8;
-    ml__put_u64(w, (uint64_t)d), w += 8;
-    ml__put_u64(w, (uint64_t)p), w += 8;
-    ml__put_u64(w, (uint64_t)c), w += 8;
-    ml__put_u64(w, mem->seed), w += 8;
-    for (int i = 0; i < 4; i++) ml__put_u64(w, mem->rng[i]), w += 8;
-    put_floats(&w, mem->keys, c * d);
-    for (int64_t i = 0; i < c; i++, w += 8) ml__put_u64(w, (uint64_t)mem->labels[i]);
-    for (int64_t i = 0; i < c; i++, w += 8) ml__put_u64(w, (uint64_t)mem->ages[i]);
-    if (p) put_floats(&w, mem->payloads, c * p);
+    ml__memfile_write(buf, mem->capacity, d, p, c, mem->seed, mem->rng, mem->keys, mem->labels,
+                      mem->ages, mem->payloads);
     pthread_rwlock_unlock(&mem->lock);
-    ml__put_u32(w, ml_crc32(0, buf, (size_t)(w - buf))), w += 4;
-    ML_ASSERT((size_t)(w - buf) == size);
-
     ml_status st = ml__write_atomic(path, buf, size);
     free(buf);
     return st;
 }
 
-typedef struct loaded {
-    int64_t capacity, d, p, count;
-    uint64_t seed, rng[4];
-    uint8_t *buf;
-    const uint8_t *body;
-} loaded;
+/* A file states the capacity it needs; a corrupt one with valid CRCs could ask for gigabytes
+ * while holding nothing. A memory read into RAM refuses slabs above ML_MEMORY_LOAD_MAX_BYTES
+ * (4 GiB, ~8 million keys of 128 floats) before allocating (build a bigger memory with
+ * ml_memory_new and fill it, or open the file mapped); a mapped one refuses as much beyond
+ * what the file holds (the empty slots that state() or a compact copy would allocate). */
+static ml_status check_capacity(const ml__memfile *f, const char *path, int64_t held) {
+    double slots = (double)f->capacity - (double)held;
+    if (slots * (double)(f->d + f->p) * 4.0 + slots * 16.0 <= ML_MEMORY_LOAD_MAX_BYTES)
+        return ML_OK;
+    return ml_set_error(ML_ERR_FORMAT,
+                        "'%s' declares a memory of %lld slots of %lld + %lld floats, more than "
+                        "the %.0f GiB a file may ask for",
+                        path, (long long)f->capacity, (long long)f->d, (long long)f->p,
+                        ML_MEMORY_LOAD_MAX_BYTES / 1073741824.0);
+}
 
-#define CORRUPT(...) \
-    do { st = ml_set_error(ML_ERR_FORMAT, __VA_ARGS__); goto fail; } while (0)
-
-/* Reads and checks a whole memory file. */
-static ml_status read_file(loaded *f, const char *path) {
-    if (!path) return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory.load: path is NULL");
-    ml_status st = ML_OK;
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return ml_set_error(ML_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fileno(fp), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        fclose(fp);
-        return ml_set_error(ML_ERR_IO, "cannot read '%s': not a regular file", path);
-    }
-    size_t size = (size_t)sb.st_size;
-    uint8_t *buf = malloc(size ? size : 1);
-    if (!buf) {
-        fclose(fp);
-        return ml_set_error(ML_ERR_OOM, "KnowledgeMemory.load: out of memory reading '%s'", path);
-    }
-    size_t got = fread(buf, 1, size, fp);
-    fclose(fp);
-    if (got != size) CORRUPT("cannot read '%s': short read", path);
-    if (size < 8 || memcmp(buf, MAGIC, 8) != 0)
-        CORRUPT("'%s' is not a metalearn memory file (bad magic)", path);
-    if (size < HEADER_BYTES + 4) CORRUPT("'%s' is truncated (%zu bytes)", path, size);
-    if (ml_crc32(0, buf, size - 4) != ml__get_u32(buf + size - 4))
-        CORRUPT("'%s' is corrupt or truncated (checksum mismatch)", path);
-    uint32_t version = ml__get_u32(buf + 8);
-    if (version != FORMAT_VERSION)
-        CORRUPT("'%s' has memory format version %u; this metalearn reads version %u", path, version,
-                FORMAT_VERSION);
-    const uint8_t *r = buf + 12;
-    uint64_t cap = ml__get_u64(r), d = ml__get_u64(r + 8), p = ml__get_u64(r + 16),
-             c = ml__get_u64(r + 24);
-    r += 32;
-    if (cap == 0 || d == 0 || cap > (uint64_t)MAX_SIZE || d > (uint64_t)MAX_SIZE ||
-        p > (uint64_t)MAX_SIZE || c > cap || cap > (uint64_t)MAX_SIZE / d ||
-        (p && cap > (uint64_t)MAX_SIZE / p))
-        CORRUPT("'%s' is corrupt: bad sizes (capacity %llu, key size %llu, payload size %llu, "
-                "count %llu)",
-                path, (unsigned long long)cap, (unsigned long long)d, (unsigned long long)p,
-                (unsigned long long)c);
-    /* A file states the capacity it needs; a corrupt one with a valid CRC could ask for
-     * gigabytes while holding nothing. Loading refuses slabs above ML_MEMORY_LOAD_MAX_BYTES
-     * (4 GiB, ~8 million keys of 128 floats) before allocating; build a bigger memory with
-     * ml_memory_new and fill it instead. */
-    if ((double)cap * (double)(d + p) * 4.0 + (double)cap * 16.0 > ML_MEMORY_LOAD_MAX_BYTES)
-        CORRUPT("'%s' declares a memory of %llu slots of %llu + %llu floats, more than the %.0f "
-                "GiB a file may ask for",
-                path, (unsigned long long)cap, (unsigned long long)d, (unsigned long long)p,
-                ML_MEMORY_LOAD_MAX_BYTES / 1073741824.0);
-    if (size - HEADER_BYTES - 4 != body_bytes((int64_t)c, (int64_t)d, (int64_t)p))
-        CORRUPT("'%s' is corrupt: %zu bytes of slots, expected %zu", path, size - HEADER_BYTES - 4,
-                body_bytes((int64_t)c, (int64_t)d, (int64_t)p));
-    f->capacity = (int64_t)cap;
-    f->d = (int64_t)d;
-    f->p = (int64_t)p;
-    f->count = (int64_t)c;
-    f->seed = ml__get_u64(r), r += 8;
-    for (int i = 0; i < 4; i++) f->rng[i] = ml__get_u64(r), r += 8;
-    /* the ages must be non-negative and the keys finite */
-    const uint8_t *ages = r + c * d * 4 + c * 8;
-    for (uint64_t i = 0; i < c; i++)
-        if ((int64_t)ml__get_u64(ages + 8 * i) < 0) CORRUPT("'%s' is corrupt: negative age", path);
-    for (uint64_t i = 0; i < c * d; i++) {
-        uint32_t bits = ml__get_u32(r + 4 * i);
-        float v;
-        memcpy(&v, &bits, 4);
-        if (!isfinite(v)) CORRUPT("'%s' is corrupt: non-finite key", path);
-    }
-    f->buf = buf;
-    f->body = r;
-    return ML_OK;
-fail:
-    free(buf);
+/* Maps and checks a whole memory file whose slabs are to be copied into RAM. */
+static ml_status read_file(ml__memfile *f, const char *path) {
+    ml_status st = ml__memfile_map(f, path);
+    if (!st && (st = check_capacity(f, path, 0))) ml__memfile_unmap(f);
     return st;
 }
 
+static void get_floats(float *x, const uint8_t *r, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t bits = ml__get_u32(r + 4 * i);
+        memcpy(&x[i], &bits, 4);
+    }
+}
+
 /* Copies a checked file into m (sizes already equal); caller holds the write lock. */
-static void install(ml_memory *m, const loaded *f) {
+static void install(ml_memory *m, const ml__memfile *f) {
     clear_locked(m);
-    const uint8_t *r = f->body;
+    const uint8_t *b = f->bytes;
     int64_t c = f->count, d = f->d, p = f->p;
-    get_floats(m->keys, &r, c * d);
-    for (int64_t i = 0; i < c; i++, r += 8) m->labels[i] = (int64_t)ml__get_u64(r);
-    for (int64_t i = 0; i < c; i++, r += 8) m->ages[i] = (int64_t)ml__get_u64(r);
-    if (p) get_floats(m->payloads, &r, c * p);
+    get_floats(m->keys, b + f->keys_at, c * d);
+    for (int64_t i = 0; i < c; i++) m->labels[i] = (int64_t)ml__get_u64(b + f->labels_at + 8 * i);
+    for (int64_t i = 0; i < c; i++) m->ages[i] = (int64_t)ml__get_u64(b + f->ages_at + 8 * i);
+    if (p) get_floats(m->payloads, b + f->payloads_at, c * p);
     m->count = c;
-    for (int64_t i = 0; i < c; i++) m->n_removed += m->labels[i] == -1;
+    m->n_removed = f->n_removed;
     for (int64_t i = 0; i < c; i++) sync_compact(m, i);
     m->seed = f->seed;
     memcpy(m->rng, f->rng, sizeof m->rng);
@@ -1660,9 +1623,10 @@ static void install(ml_memory *m, const loaded *f) {
 
 ml_status ml_memory_load(ml_memory *mem, const char *path) {
     if (!mem) return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory.load: memory is NULL");
-    loaded f = {0};
-    ml_status st = read_file(&f, path);
+    ml_status st = refuse_read_only(mem, "KnowledgeMemory.load");
     if (st) return st;
+    ml__memfile f;
+    if ((st = read_file(&f, path))) return st;
     if (f.capacity != mem->capacity || f.d != mem->key_size || f.p != mem->payload_size) {
         st = ml_set_error(ML_ERR_VALUE,
                           "'%s' holds a memory of capacity %lld, key size %lld and "
@@ -1679,20 +1643,68 @@ ml_status ml_memory_load(ml_memory *mem, const char *path) {
         install(mem, &f);
         pthread_rwlock_unlock(&mem->lock);
     }
-    free(f.buf);
+    ml__memfile_unmap(&f);
+    return st;
+}
+
+/* A new memory in RAM holding a checked file (unmapped here). */
+static ml_status open_copy(ml_memory **out, ml__memfile *f) {
+    ml_memory *m = NULL;
+    ml_status st = ml_memory_new(&m, f->capacity, f->d, f->p, f->seed);
+    if (!st) {
+        install(m, f);
+        *out = m;
+    }
+    ml__memfile_unmap(f);
     return st;
 }
 
 ml_status ml_memory_open(ml_memory **out, const char *path) {
     if (!out) return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory.open: output pointer is NULL");
-    loaded f = {0};
+    ml__memfile f;
     ml_status st = read_file(&f, path);
+    return st ? st : open_copy(out, &f);
+}
+
+ml_status ml_memory_open_mapped(ml_memory **out, const char *path) {
+    if (!out) return ml_set_error(ML_ERR_VALUE, "KnowledgeMemory.open: output pointer is NULL");
+    ml__memfile f;
+    ml_status st = ml__memfile_map(&f, path);
     if (st) return st;
-    ml_memory *m = NULL;
-    if (!(st = ml_memory_new(&m, f.capacity, f.d, f.p, f.seed))) {
-        install(m, &f);
-        *out = m;
+    if (!ml__memfile_in_place(&f)) {
+        /* version 1 (keys at byte 84, unaligned) or a big-endian host: read into RAM, and
+         * read-only all the same, so the contract does not depend on the file's version */
+        if ((st = check_capacity(&f, path, 0))) {
+            ml__memfile_unmap(&f);
+            return st;
+        }
+        if (!(st = open_copy(out, &f))) (*out)->read_only = 1;
+        return st;
     }
-    free(f.buf);
-    return st;
+    ml_memory *m = NULL;
+    if ((st = check_capacity(&f, path, f.count)) ||
+        (!(m = calloc(1, sizeof *m)) &&
+         (st = ml_set_error(ML_ERR_OOM, "KnowledgeMemory.open: out of memory")))) {
+        ml__memfile_unmap(&f);
+        return st;
+    }
+    m->capacity = f.capacity, m->key_size = f.d, m->payload_size = f.p;
+    m->count = f.count, m->n_removed = f.n_removed;
+    m->seed = f.seed;
+    memcpy(m->rng, f.rng, sizeof m->rng);
+    /* the slabs in place: 64-byte aligned, little-endian as the host (ml__memfile_in_place) */
+    uint8_t *b = (uint8_t *)f.map;
+    m->keys = (float *)(void *)(b + f.keys_at);
+    m->labels = (int64_t *)(void *)(b + f.labels_at);
+    m->ages = (int64_t *)(void *)(b + f.ages_at);
+    m->payloads = f.p ? (float *)(void *)(b + f.payloads_at) : NULL;
+    m->read_only = 1;
+    m->file = f;
+    if (pthread_rwlock_init(&m->lock, NULL) != 0) {
+        ml__memfile_unmap(&m->file);
+        free(m);
+        return ml_set_error(ML_ERR_OOM, "KnowledgeMemory: cannot create its lock");
+    }
+    *out = m;
+    return ML_OK;
 }

@@ -16,6 +16,7 @@
 typedef struct {
     PyObject_HEAD ml_memory *mem;
     Py_ssize_t busy; /* calls running on this memory that may have released the GIL */
+    int closed;      /* close() freed it (and unmapped its file) */
 } MemoryObject;
 
 static PyTypeObject MemoryType;
@@ -58,6 +59,7 @@ static int Memory_init(MemoryObject *self, PyObject *args, PyObject *kw) {
     }
     ml_memory_free(self->mem);
     self->mem = m;
+    self->closed = 0;
     return 0;
 }
 
@@ -68,7 +70,10 @@ static void Memory_dealloc(MemoryObject *self) {
 
 static int ready(MemoryObject *self) {
     if (self->mem) return 1;
-    PyErr_SetString(PyExc_RuntimeError, "KnowledgeMemory was not initialised");
+    if (self->closed) /* as a closed file */
+        PyErr_SetString(PyExc_ValueError, "KnowledgeMemory: operation on a closed memory");
+    else
+        PyErr_SetString(PyExc_RuntimeError, "KnowledgeMemory was not initialised");
     return 0;
 }
 
@@ -334,13 +339,26 @@ static PyObject *Memory_load(MemoryObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Memory_open(PyObject *cls, PyObject *arg) {
-    PyObject *bytes = NULL;
-    if (!PyUnicode_FSConverter(arg, &bytes)) return NULL;
+/* mmap_mode as NumPy's np.load: None reads the file into RAM, "r" maps it read-only */
+static PyObject *Memory_open(PyObject *cls, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"path", "mmap_mode", NULL};
+    PyObject *bytes = NULL, *mode = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|O:open", kwlist, PyUnicode_FSConverter, &bytes,
+                                     &mode))
+        return NULL;
+    int mapped = mode != Py_None;
+    if (mapped && !(PyUnicode_Check(mode) && !strcmp(PyUnicode_AsUTF8(mode), "r"))) {
+        PyErr_Format(PyExc_ValueError,
+                     "KnowledgeMemory.open: mmap_mode must be None (read into RAM) or 'r' "
+                     "(mapped read-only), got %R",
+                     mode);
+        Py_DECREF(bytes);
+        return NULL;
+    }
     ml_memory *m = NULL;
     ml_status st;
     const char *path = PyBytes_AS_STRING(bytes);
-    Py_BEGIN_ALLOW_THREADS st = ml_memory_open(&m, path);
+    Py_BEGIN_ALLOW_THREADS st = mapped ? ml_memory_open_mapped(&m, path) : ml_memory_open(&m, path);
     Py_END_ALLOW_THREADS Py_DECREF(bytes);
     if (st) return mlpy_raise_status(st);
     MemoryObject *o = (MemoryObject *)((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, 0);
@@ -350,6 +368,21 @@ static PyObject *Memory_open(PyObject *cls, PyObject *arg) {
     }
     o->mem = m;
     return (PyObject *)o;
+}
+
+/* Frees the memory now (a mapped one is unmapped) instead of at garbage collection. */
+static PyObject *Memory_close(MemoryObject *self, PyObject *unused) {
+    if (self->busy) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "KnowledgeMemory.close: the memory is in use by another thread (%zd "
+                     "call(s) running); close it after they return",
+                     self->busy);
+        return NULL;
+    }
+    ml_memory_free(self->mem);
+    self->mem = NULL;
+    self->closed = 1;
+    Py_RETURN_NONE;
 }
 
 static PyObject *Memory_build_index(MemoryObject *self, PyObject *args, PyObject *kw) {
@@ -479,6 +512,7 @@ GETTER(key_size, PyLong_FromLongLong(ml_memory_key_size(self->mem)))
 GETTER(payload_size, PyLong_FromLongLong(ml_memory_payload_size(self->mem)))
 GETTER(size, PyLong_FromLongLong(ml_memory_size(self->mem)))
 GETTER(occupancy, PyFloat_FromDouble(ml_memory_occupancy(self->mem)))
+GETTER(read_only, PyBool_FromLong(ml_memory_read_only(self->mem)))
 #undef GETTER
 
 static const char *const KEY_DTYPES[] = {"float32", "float16", "int8"}; /* ML_KEY_* order */
@@ -519,6 +553,8 @@ static PyGetSetDef Memory_getset[] = {
     {"payload_size", (getter)Memory_get_payload_size, NULL, "size of a payload (0: none)", NULL},
     {"size", (getter)Memory_get_size, NULL, "number of occupied slots", NULL},
     {"occupancy", (getter)Memory_get_occupancy, NULL, "size / capacity", NULL},
+    {"read_only", (getter)Memory_get_read_only, NULL,
+     "True when opened with mmap_mode='r': writes raise ValueError", NULL},
     {"nprobe", (getter)Memory_get_nprobe, (setter)Memory_set_nprobe,
      "lists an approximate search scans (None without an index)", NULL},
     {"key_dtype", (getter)Memory_get_key_dtype, (setter)Memory_set_key_dtype,
@@ -548,8 +584,11 @@ static PyMethodDef Memory_methods[] = {
     {"save", MLPY_FN(Memory_save), METH_O, "save($self, path, /)\n--\n\nChecked, atomic."},
     {"load", MLPY_FN(Memory_load), METH_O,
      "load($self, path, /)\n--\n\nChecked; the memory is unchanged on failure."},
-    {"open", MLPY_FN(Memory_open), METH_O | METH_CLASS,
-     "open($type, path, /)\n--\n\nA new memory with the sizes, contents and stream of a file."},
+    {"open", MLPY_FN(Memory_open), MLPY_KW | METH_CLASS,
+     "open($type, /, path, mmap_mode=None)\n--\n\nA new memory with the sizes, contents and "
+     "stream of a file; mmap_mode='r' searches the file in place, read-only."},
+    {"close", MLPY_FN(Memory_close), METH_NOARGS,
+     "close($self, /)\n--\n\nFrees the memory now (unmaps its file); later calls raise."},
     {"build_index", MLPY_FN(Memory_build_index), MLPY_KW,
      "build_index($self, /, nlist, nprobe=1, seed=0, n_iter=10, sample=0)\n--\n\n"
      "The IVF-flat index (seeded k-means, lists kept consistent by every write)."},

@@ -12,6 +12,7 @@
 #include "core/internal.h"
 #include "kernels/cpu.h"
 #include "kernels/topk.h"
+#include "memory/mmap.h"
 #include "metalearn.h"
 
 static int n_pass, n_fail;
@@ -575,6 +576,114 @@ static void test_ivf(void) {
     ml_memory_free(m);
 }
 
+
+/* A memory opened mapped: the same state and search bits as the loaded one at 1/2/3 threads,
+ * writes refused with nothing changed, the key slab 64-byte aligned in the map; the file
+ * checker refuses every truncation and every flipped byte of a file held in a heap buffer of
+ * exactly its size, so ASan sees any read past it. */
+static void test_mmap(void) {
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/ml_test_memory_map_%ld.mlm", (long)getpid());
+    enum { CAP = 300, D = 20, P = 2, N = 260 };
+    ml_memory *a = NULL, *loaded = NULL, *mapped = NULL;
+    OK(ml_memory_new(&a, CAP, D, P, 3));
+    static float q[N * D], pay[N * P];
+    int64_t y[N];
+    for (int i = 0; i < N * D; i++) q[i] = frand();
+    for (int i = 0; i < N * P; i++) pay[i] = frand();
+    for (int i = 0; i < N; i++) y[i] = i % 17;
+    OK(ml_memory_add(a, N, q, y, pay, NULL));
+    const int64_t gone[2] = {4, 200};
+    OK(ml_memory_remove(a, 2, gone));
+    OK(ml_memory_save(a, path));
+    OK(ml_memory_open(&loaded, path));
+    OK(ml_memory_open_mapped(&mapped, path));
+    CHECK(mapped && ml_memory_read_only(mapped) && !ml_memory_read_only(loaded), "read-only");
+    CHECK(ml_memory_size(mapped) == N - 2 && ml_memory_capacity(mapped) == CAP, "sizes");
+    static float k1[CAP * D], k2[CAP * D], p1[CAP * P], p2[CAP * P];
+    static int64_t l1[CAP], l2[CAP], g1[CAP], g2[CAP];
+    OK(ml_memory_state(loaded, k1, l1, g1, p1));
+    OK(ml_memory_state(mapped, k2, l2, g2, p2));
+    CHECK(!memcmp(k1, k2, sizeof k1) && !memcmp(l1, l2, sizeof l1) && !memcmp(g1, g2, sizeof g1) &&
+              !memcmp(p1, p2, sizeof p1),
+          "mapped state = loaded state");
+    const int threads_before = ml_get_num_threads();
+    for (int n = 1; n <= 12; n += 11) {
+        int64_t i1[12 * 5], i2[12 * 5];
+        float s1[12 * 5], s2[12 * 5];
+        OK(ml_memory_query(loaded, n, q + 7 * D, 5, i1, s1, NULL, NULL));
+        for (int t = 1; t <= 3; t++) {
+            ml_set_num_threads(t);
+            OK(ml_memory_query(mapped, n, q + 7 * D, 5, i2, s2, NULL, NULL));
+            CHECK(!memcmp(i1, i2, sizeof(int64_t) * 5 * n) &&
+                      !memcmp(s1, s2, sizeof(float) * 5 * n),
+                  "mapped query n=%d at %d threads", n, t);
+        }
+    }
+    ml_set_num_threads(threads_before);
+    OK(ml_memory_build_index(mapped, 4, 2, 1, 3, 40));
+    OK(ml_memory_set_key_dtype(mapped, ML_KEY_FLOAT16));
+    int64_t slot;
+    CHECK(ml_memory_update(mapped, 1, q, y, NULL) == ML_ERR_VALUE, "update refused");
+    CHECK(ml_memory_add(mapped, 1, q, y, NULL, &slot) == ML_ERR_VALUE, "add refused");
+    CHECK(ml_memory_remove(mapped, 1, gone) == ML_ERR_VALUE, "remove refused");
+    CHECK(ml_memory_clear(mapped) == ML_ERR_VALUE, "clear refused");
+    CHECK(ml_memory_load(mapped, path) == ML_ERR_VALUE && strstr(ml_last_error(), "read-only"),
+          "load refused");
+    OK(ml_memory_state(mapped, k2, l2, g2, p2));
+    CHECK(!memcmp(k1, k2, sizeof k1) && !memcmp(l1, l2, sizeof l1), "nothing written");
+
+    /* the checker, on exact-size heap copies */
+    FILE *f = fopen(path, "rb");
+    static uint8_t file[65536];
+    size_t size = f ? fread(file, 1, sizeof file, f) : 0;
+    if (f) fclose(f);
+    ml__memfile mf;
+    uint8_t *copy = malloc(size);
+    memcpy(copy, file, size);
+    OK(ml__memfile_check(&mf, copy, size, "x"));
+    CHECK(mf.version == 2 && mf.keys_at % 64 == 0 && mf.labels_at % 64 == 0 &&
+              mf.ages_at % 64 == 0 && mf.payloads_at % 64 == 0 && mf.n_removed == 2,
+          "v2 layout");
+    free(copy);
+    int refused = 0;
+    for (size_t n = 0; n < size; n++) {
+        uint8_t *c = malloc(n ? n : 1);
+        memcpy(c, file, n);
+        refused += ml__memfile_check(&mf, c, n, "x") == ML_ERR_FORMAT;
+        free(c);
+    }
+    CHECK(refused == (int)size, "every truncation refused (%d of %zu)", refused, size);
+    refused = 0;
+    copy = malloc(size);
+    for (size_t i = 0; i < size; i++) {
+        memcpy(copy, file, size);
+        copy[i] ^= 0x10;
+        refused += ml__memfile_check(&mf, copy, size, "x") == ML_ERR_FORMAT;
+    }
+    free(copy);
+    CHECK(refused == (int)size, "every flipped byte refused (%d of %zu)", refused, size);
+    /* ml_crc32 (eight bytes a step) = the CRC a byte at a time, at every length and offset */
+    int crc_ok = 1;
+    for (size_t off = 0; off < 8; off++)
+        for (size_t n = 0; n < 80; n++) {
+            uint32_t ref = 0xFFFFFFFFu;
+            for (size_t i = 0; i < n; i++) {
+                ref ^= file[off + i];
+                for (int k = 0; k < 8; k++) ref = ref & 1 ? 0xEDB88320u ^ (ref >> 1) : ref >> 1;
+            }
+            crc_ok &= ml_crc32(0, file + off, n) == ~ref;
+            /* and chained: crc(a + b) = crc(b, crc(a)) */
+            crc_ok &= ml_crc32(ml_crc32(0, file + off, n / 3), file + off + n / 3, n - n / 3) ==
+                      ~ref;
+        }
+    CHECK(crc_ok && ml_crc32(0, "123456789", 9) == 0xCBF43926u, "crc32");
+    ml_memory_free(mapped); /* unmaps */
+    ml_memory_free(loaded);
+    ml_memory_free(a);
+    unlink(path);
+}
+
 int main(void) {
     test_sizes();
     test_update_rule();
@@ -587,6 +696,7 @@ int main(void) {
     test_gradients(0);
     test_gradients(1);
     test_files();
+    test_mmap();
     test_empty_label_refused();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;

@@ -178,7 +178,10 @@ BY_CALLABLE = {
     "Tensor.reshape": {"shape": lambda p: (3, 2)},
     "Tensor.transpose": {"perm": lambda p: (1, 0)},
     "KnowledgeMemory.load": {"path": lambda p: saved_memory(p / "m.bin")},
-    "KnowledgeMemory.open": {"path": lambda p: saved_memory(p / "m.bin")},
+    "KnowledgeMemory.open": {
+        "path": lambda p: saved_memory(p / "m.bin"),
+        "mmap_mode": lambda p: "r",
+    },
     "KnowledgeMemory.build_index": {"nlist": lambda p: 2},
 }
 

@@ -660,7 +660,7 @@ def test_memory_file_asking_for_gigabytes_is_refused(tmp_path):
     good = tmp_path / "good.mlm"
     mem.save(str(good))
     raw = bytearray(good.read_bytes())
-    head = bytes(raw[:12])  # magic and version, as the real format writes them
+    head = bytes(raw[:8]) + struct.pack("<I", 1)  # magic, format version 1 (84-byte header)
     data = head + struct.pack("<QQQQ", 1028, 2360064, 0, 0) + struct.pack("<Q4Q", 0, 1, 2, 3, 4)
     bad = tmp_path / "huge.mlm"
     bad.write_bytes(data + struct.pack("<I", zlib.crc32(data)))
