@@ -340,10 +340,21 @@ def test_keras_only_arguments_refused(mk, tmp_path):
     # a Keras 3 layer argument metalearn lacks, at a value that changes the model, is
     # refused by name (not silently dropped)
     L = KERAS.layers
-    theirs = KERAS.Sequential([L.Input((6, 6, 1)), L.Conv2D(2, 3, dilation_rate=2)])
-    theirs.save(tmp_path / "dilated.keras")
-    with pytest.raises(ValueError, match="dilation_rate"):
-        mk.models.load_model(tmp_path / "dilated.keras")
+    theirs = KERAS.Sequential([L.Input((6, 6, 2)), L.Conv2D(2, 3, groups=2)])
+    theirs.save(tmp_path / "grouped.keras")
+    with pytest.raises(ValueError, match="groups"):
+        mk.models.load_model(tmp_path / "grouped.keras")
+    # dilation, which metalearn has, loads with Keras' numbers
+    dilated = KERAS.Sequential([L.Input((6, 6, 1)), L.Conv2D(2, 3, dilation_rate=2)])
+    dilated.save(tmp_path / "dilated.keras")
+    ours = mk.models.load_model(tmp_path / "dilated.keras")
+    x = np.random.default_rng(0).random((2, 6, 6, 1), dtype=np.float32)
+    np.testing.assert_allclose(
+        np.asarray(ours.predict(x, verbose=0)),
+        np.asarray(dilated.predict(x, verbose=0)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("kind", ["list", "dict"])
