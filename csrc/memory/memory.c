@@ -410,11 +410,30 @@ static inline int accepted(const slot_filter *f, int64_t j) {
  * query's list; the order is (score descending, slot ascending), so the list is the top-k
  * under that total order whatever blocks the slots came in, as long as each block comes in
  * slot order and blocks are offered in slot order. */
+/* Whether any of the 8 scores at row beats thr: comparisons only (no value changes), as
+ * one vector compare where the compiler vectorises it. Most blocks of a scan hold no score
+ * that enters a full top-k list, so the list is looked at only where one does. */
+static inline int any_above(const float *row, float thr) {
+    int any = 0;
+    for (int e = 0; e < 8; e++) any |= row[e] > thr;
+    return any;
+}
+
+static inline int any_at_least(const float *row, float thr) {
+    int any = 0;
+    for (int e = 0; e < 8; e++) any |= row[e] >= thr;
+    return any;
+}
+
 static inline void offer_row(float *ts, int64_t *ti, int64_t *len, int64_t k, const float *row,
                              int64_t nb, int64_t base, const slot_filter *f) {
     int64_t l = *len;
     float thr = l < k ? -INFINITY : ts[k - 1];
     for (int64_t j = 0; j < nb; j++) {
+        if (l == k && (j & 7) == 0 && j + 8 <= nb && !any_above(row + j, thr)) {
+            j += 7; /* none of row[j .. j + 7] enters */
+            continue;
+        }
         /* NaN never enters: keys and queries are finite */
         if ((row[j] > thr || l < k) && accepted(f, base + j)) {
             topk_push(ts, ti, &l, k, row[j], base + j);
@@ -627,8 +646,15 @@ static void ivf_task(void *vctx, int64_t t) {
         } else { /* float32: the list's own copy, contiguous */
             ml__key_scores(1, q, nb, v->vecs[l] + b * d, d, sc);
         }
-        for (int64_t e = 0; e < nb; e++)
+        for (int64_t e = 0; e < nb; e++) {
+            /* a block of 8 below the full list's last score cannot enter (an equal score can,
+             * with a lower slot: lists here come in no slot order) */
+            if (len == k && (e & 7) == 0 && e + 8 <= nb && !any_at_least(sc + e, ts[k - 1])) {
+                e += 7;
+                continue;
+            }
             if (accepted(x->f, ids[b + e])) topk_push_ordered(ts, ti, &len, k, sc[e], ids[b + e]);
+        }
     }
 }
 
