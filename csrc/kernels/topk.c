@@ -7,8 +7,9 @@
  *
  * The sum of a dot product is split over LANES independent partial sums (position i goes
  * to sum i mod LANES): without -ffast-math the compiler may not reorder a sum, but these
- * lanes are separate variables it vectorises as they are, two AVX2 or four SSE registers,
- * with the same roundings in both. The lanes are then added in a fixed tree. */
+ * lanes are separate variables it vectorises as they are (four SSE registers in the
+ * portable C; the AVX2 variants below hold them in two ymm registers by hand), with the same
+ * roundings in both. The lanes are then added in a fixed tree. */
 #include "topk.h"
 #include "cpu.h"
 
