@@ -231,7 +231,9 @@ class KnowledgeMemory(_core.KnowledgeMemory):
                 f"KnowledgeMemory.query: nprobe must be an int, None or 'exact', got {nprobe!r}"
             )
         allow = None if labels is None else np.asarray(labels).reshape(-1)
-        return super().query(_queries(q), int(k), allow, np_arg)
+        if not (type(q) is np.ndarray and q.dtype == np.float32 and q.ndim == 2):
+            q = _queries(q)  # (the core reads a contiguous float32 (n, d) array in place)
+        return super().query(q, int(k), allow, np_arg)
 
     def build_index(
         self,

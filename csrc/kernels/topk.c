@@ -7,8 +7,9 @@
  *
  * The sum of a dot product is split over LANES independent partial sums (position i goes
  * to sum i mod LANES): without -ffast-math the compiler may not reorder a sum, but these
- * lanes are separate variables it vectorises as they are, two AVX2 or four SSE registers,
- * with the same roundings in both. The lanes are then added in a fixed tree. */
+ * lanes are separate variables it vectorises as they are (four SSE registers in the
+ * portable C; the AVX2 variants below hold them in two ymm registers by hand), with the same
+ * roundings in both. The lanes are then added in a fixed tree. */
 #include "topk.h"
 #include "cpu.h"
 
@@ -50,12 +51,78 @@ ML_INLINE void key_scores_body(int64_t n, const float *q, int64_t nb, const floa
         }
     }
 }
-ML_CPU_CLONES(key_scores,
-              (int64_t n, const float *q, int64_t nb, const float *keys, int64_t d, float *s),
-              (n, q, nb, keys, d, s))
+static void key_scores_portable(int64_t n, const float *q, int64_t nb, const float *keys, int64_t d,
+                                float *s) {
+    key_scores_body(n, q, nb, keys, d, s);
+}
+
+/* The AVX2 scans (float32, float16, int8 keys): per key and query the two 8-lane
+ * accumulators of DOT_LANES' 16 lanes, the same operations in the same order, then
+ * lanes_sum's tree in registers (a store and 16 scalar reloads per key would cost more
+ * than reading the key when keys are compact). WIDEN(p) reads 8 key elements at p as
+ * floats, exactly (float16: F16C's vcvtph2ps; int8: sign-extend and convert). One key at a
+ * time: interleaving two or four keys (more independent add chains) measured slower from
+ * DRAM on the EPYC of benchmarks/memory_query.py, the hardware prefetcher streaming one row
+ * at a time best. */
+#if ML_HAVE_AVX2
+#include <immintrin.h>
+
+/* lanes_sum of the lanes held in lo (0-7) and hi (8-15), the same additions in registers:
+ * b = lo + hi, c = b[0:4] + b[4:8], then (c0 + c2) + (c1 + c3). */
+ML_TARGET_AVX2_NOFMA ML_INLINE float lanes_sum_avx2(__m256 lo, __m256 hi) {
+    const __m256 b = _mm256_add_ps(lo, hi);
+    const __m128 c = _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1));
+    const __m128 e = _mm_add_ps(c, _mm_movehl_ps(c, c)); /* c0 + c2, c1 + c3 */
+    return _mm_cvtss_f32(_mm_add_ss(e, _mm_movehdup_ps(e)));
+}
+
+#define SCAN_AVX2(NAME, TARGET, KT, WIDEN, TAIL_AT)                                            \
+    TARGET static void NAME(int64_t n, const float *q, int64_t nb, const KT *keys,             \
+                            const float *scales, int64_t d, float *s) {                        \
+        for (int64_t j = 0; j < nb; j++) {                                                     \
+            const KT *k = keys + j * d;                                                        \
+            for (int64_t i = 0; i < n; i++) {                                                  \
+                const float *qi = q + i * d;                                                   \
+                __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();                     \
+                int64_t t = 0;                                                                 \
+                for (; t + LANES <= d; t += LANES) {                                           \
+                    a0 = _mm256_add_ps(a0, _mm256_mul_ps(_mm256_loadu_ps(qi + t), WIDEN(k + t))); \
+                    a1 = _mm256_add_ps(a1,                                                     \
+                                       _mm256_mul_ps(_mm256_loadu_ps(qi + t + 8), WIDEN(k + t + 8))); \
+                }                                                                              \
+                float v;                                                                       \
+                if (t == d) {                                                                  \
+                    v = lanes_sum_avx2(a0, a1);                                                \
+                } else { /* the tail, lane by lane as DOT_LANES */                             \
+                    float a[LANES];                                                            \
+                    _mm256_storeu_ps(a, a0);                                                   \
+                    _mm256_storeu_ps(a + 8, a1);                                               \
+                    for (int l = 0; t + l < d; l++) a[l] += qi[t + l] * TAIL_AT(k[t + l]);     \
+                    v = lanes_sum(a);                                                          \
+                }                                                                              \
+                s[i * nb + j] = scales ? scales[j] * v : v;                                    \
+            }                                                                                  \
+        }                                                                                      \
+    }
+#endif
+
+#if ML_HAVE_AVX2
+#define WIDEN_F32(p) _mm256_loadu_ps(p)
+#define AT_F32(x) (x)
+SCAN_AVX2(key_scores_avx2, ML_TARGET_AVX2_NOFMA, float, WIDEN_F32, AT_F32)
+ML_KERNEL_SITE(key_scores, "key_scores", 1)
+#else
+ML_KERNEL_SITE(key_scores, "key_scores", 0)
+#endif
 
 void ml__key_scores(int64_t n, const float *q, int64_t nb, const float *keys, int64_t d, float *s) {
-    key_scores(n, q, nb, keys, d, s);
+#if ML_HAVE_AVX2
+    if (ml__cpu_avx2()) {
+        key_scores_avx2(n, q, nb, keys, NULL, d, s);
+        return;
+    }
+#endif
+    key_scores_portable(n, q, nb, keys, d, s);
 }
 
 /* binary16 -> float32 without branches (F. Giesen's method): the 15 bits of exponent and
@@ -135,31 +202,9 @@ static void key_scores_f16_portable(int64_t n, const float *q, int64_t nb, const
 }
 
 #if ML_HAVE_AVX2
-#include <immintrin.h>
-__attribute__((target("avx2,f16c"))) static void key_scores_f16_avx2(int64_t n, const float *q,
-                                                                     int64_t nb,
-                                                                     const uint16_t *keys,
-                                                                     int64_t d, float *s) {
-    for (int64_t j = 0; j < nb; j++) {
-        const uint16_t *k = keys + j * d;
-        for (int64_t i = 0; i < n; i++) {
-            const float *qi = q + i * d;
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-            int64_t t = 0;
-            for (; t + LANES <= d; t += LANES) {
-                __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + t)));
-                __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + t + 8)));
-                a0 = _mm256_add_ps(a0, _mm256_mul_ps(_mm256_loadu_ps(qi + t), k0));
-                a1 = _mm256_add_ps(a1, _mm256_mul_ps(_mm256_loadu_ps(qi + t + 8), k1));
-            }
-            float a[LANES];
-            _mm256_storeu_ps(a, a0);
-            _mm256_storeu_ps(a + 8, a1);
-            for (int l = 0; t + l < d; l++) a[l] += qi[t + l] * half_to_float(k[t + l]);
-            s[i * nb + j] = lanes_sum(a);
-        }
-    }
-}
+#define WIDEN_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+SCAN_AVX2(key_scores_f16_avx2, __attribute__((target("avx2,f16c"))), uint16_t, WIDEN_F16,
+          half_to_float)
 ML_KERNEL_SITE(key_scores_f16, "key_scores_f16", 1)
 #else
 ML_KERNEL_SITE(key_scores_f16, "key_scores_f16", 0)
@@ -169,7 +214,7 @@ void ml__key_scores_f16(int64_t n, const float *q, int64_t nb, const uint16_t *k
                         float *s) {
 #if ML_HAVE_AVX2
     if (ml__cpu_avx2()) { /* every CPU with AVX2 and FMA has F16C */
-        key_scores_f16_avx2(n, q, nb, keys, d, s);
+        key_scores_f16_avx2(n, q, nb, keys, NULL, d, s);
         return;
     }
 #endif
@@ -190,12 +235,27 @@ ML_INLINE void key_scores_i8_body(int64_t n, const float *q, int64_t nb, const i
         }
     }
 }
-ML_CPU_CLONES(key_scores_i8,
-              (int64_t n, const float *q, int64_t nb, const int8_t *keys, const float *scales,
-               int64_t d, float *s),
-              (n, q, nb, keys, scales, d, s))
+static void key_scores_i8_portable(int64_t n, const float *q, int64_t nb, const int8_t *keys,
+                                   const float *scales, int64_t d, float *s) {
+    key_scores_i8_body(n, q, nb, keys, scales, d, s);
+}
+
+#if ML_HAVE_AVX2
+#define WIDEN_I8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+#define AT_I8(x) ((float)(x))
+SCAN_AVX2(key_scores_i8_avx2, ML_TARGET_AVX2_NOFMA, int8_t, WIDEN_I8, AT_I8)
+ML_KERNEL_SITE(key_scores_i8, "key_scores_i8", 1)
+#else
+ML_KERNEL_SITE(key_scores_i8, "key_scores_i8", 0)
+#endif
 
 void ml__key_scores_i8(int64_t n, const float *q, int64_t nb, const int8_t *keys,
                        const float *scales, int64_t d, float *s) {
-    key_scores_i8(n, q, nb, keys, scales, d, s);
+#if ML_HAVE_AVX2
+    if (ml__cpu_avx2()) {
+        key_scores_i8_avx2(n, q, nb, keys, scales, d, s);
+        return;
+    }
+#endif
+    key_scores_i8_portable(n, q, nb, keys, scales, d, s);
 }

@@ -6,7 +6,8 @@
  * order wherever the key sits in a block and however many queries come with it: 16
  * partial sums over the positions i = l mod 16, then a fixed tree over them. So a scan split
  * across threads by blocks of keys gives every key the bits a one-thread scan gives it.
- * The AVX2 variant (ML_CPU_CLONES, no FMA) rounds exactly as the portable one. */
+ * The AVX2 variants (hand-written, no FMA: a multiply then an add per lane, the lane tree
+ * in registers) round exactly as the portable C. */
 #ifndef ML_KERNELS_TOPK_H
 #define ML_KERNELS_TOPK_H
 

@@ -91,6 +91,7 @@ typedef struct ivf_index {
  * streamed once, no GEMM tiles); larger ones the GEMM over blocks of keys, which reuses
  * each key across many queries. The crossover is measured by benchmarks/memory_query.py. */
 #define SCAN_MAX_QUERIES 8
+#define QUERY_STACK_FLOATS 2048 /* normalised queries a query keeps on its stack */
 
 /* ------------------------------------------------------------------ rng */
 
@@ -446,11 +447,30 @@ static inline int accepted(const slot_filter *f, int64_t j) {
  * query's list; the order is (score descending, slot ascending), so the list is the top-k
  * under that total order whatever blocks the slots came in, as long as each block comes in
  * slot order and blocks are offered in slot order. */
+/* Whether any of the 8 scores at row beats thr: comparisons only (no value changes), as
+ * one vector compare where the compiler vectorises it. Most blocks of a scan hold no score
+ * that enters a full top-k list, so the list is looked at only where one does. */
+static inline int any_above(const float *row, float thr) {
+    int any = 0;
+    for (int e = 0; e < 8; e++) any |= row[e] > thr;
+    return any;
+}
+
+static inline int any_at_least(const float *row, float thr) {
+    int any = 0;
+    for (int e = 0; e < 8; e++) any |= row[e] >= thr;
+    return any;
+}
+
 static inline void offer_row(float *ts, int64_t *ti, int64_t *len, int64_t k, const float *row,
                              int64_t nb, int64_t base, const slot_filter *f) {
     int64_t l = *len;
     float thr = l < k ? -INFINITY : ts[k - 1];
     for (int64_t j = 0; j < nb; j++) {
+        if (l == k && (j & 7) == 0 && j + 8 <= nb && !any_above(row + j, thr)) {
+            j += 7; /* none of row[j .. j + 7] enters */
+            continue;
+        }
         /* NaN never enters: keys and queries are finite */
         if ((row[j] > thr || l < k) && accepted(f, base + j)) {
             topk_push(ts, ti, &l, k, row[j], base + j);
@@ -475,6 +495,7 @@ static int64_t search_block(int64_t n, int64_t c) {
  * scores them SCAN_TILE at a time into a buffer on its stack. */
 #define SCAN_TASK_KEYS 4096
 #define SCAN_TILE 64
+#define SCAN_STACK_HITS 1024 /* task lists of a scan that fit on the stack */
 
 typedef struct {
     const ml_memory *m;
@@ -544,11 +565,14 @@ static ml_status scan_search(const ml_memory *m, int64_t n, const float *qn, int
                              int64_t *tidx) {
     const int64_t c = m->count, tasks = scan_tasks(c);
     scan_ctx x = {.m = m, .n = n, .k = k, .c = c, .qn = qn, .f = f, .tsim = tsim, .tidx = tidx};
-    if (!tsim) x.tsim = malloc((size_t)(tasks * n * k) * sizeof(float));
-    if (!tidx) x.tidx = malloc((size_t)(tasks * n * k) * sizeof(int64_t));
+    float tsim_s[SCAN_STACK_HITS]; /* a small scan's task lists: on the stack, no malloc */
+    int64_t tidx_s[SCAN_STACK_HITS];
+    const int small = tasks * n * k <= SCAN_STACK_HITS;
+    if (!tsim) x.tsim = small ? tsim_s : malloc((size_t)(tasks * n * k) * sizeof(float));
+    if (!tidx) x.tidx = small ? tidx_s : malloc((size_t)(tasks * n * k) * sizeof(int64_t));
     if (!x.tsim || !x.tidx) {
-        if (x.tsim != tsim) free(x.tsim);
-        if (x.tidx != tidx) free(x.tidx);
+        if (x.tsim != tsim && x.tsim != tsim_s) free(x.tsim);
+        if (x.tidx != tidx && x.tidx != tidx_s) free(x.tidx);
         return ml_set_error(ML_ERR_OOM,
                             "KnowledgeMemory: out of memory for a search of %lld "
                             "queries",
@@ -569,8 +593,8 @@ static ml_status scan_search(const ml_memory *m, int64_t n, const float *qn, int
         }
     }
     if (m->key_dtype != ML_KEY_FLOAT32) rescore_f32(m, n, qn, k, idx, sim);
-    if (x.tsim != tsim) free(x.tsim);
-    if (x.tidx != tidx) free(x.tidx);
+    if (x.tsim != tsim && x.tsim != tsim_s) free(x.tsim);
+    if (x.tidx != tidx && x.tidx != tidx_s) free(x.tidx);
     return ML_OK;
 }
 
@@ -601,6 +625,13 @@ static inline void topk_push_ordered(float *sim, int64_t *idx, int64_t *len, int
 /* Keys gathered from a list into a tile on the stack (IVF_GATHER floats) before the key
  * scan's kernel scores them; longer keys are scored in place, one at a time. */
 #define IVF_GATHER 4096
+/* A search of at most IVF_STACK_LISTS (query, list) pairs and IVF_STACK_HITS top-k entries
+ * over them needs no heap; one over at most IVF_SERIAL_WORK key elements (one exact-scan
+ * task's worth, SCAN_TASK_KEYS keys of 128, as the exact scan never splits less) runs on
+ * the calling thread: waking the pool would cost more than it saves. */
+#define IVF_STACK_LISTS 64
+#define IVF_STACK_HITS 1024
+#define IVF_SERIAL_WORK ((int64_t)SCAN_TASK_KEYS * 128)
 
 typedef struct {
     const ml_memory *m;
@@ -652,8 +683,15 @@ static void ivf_task(void *vctx, int64_t t) {
         } else { /* float32: the list's own copy, contiguous */
             ml__key_scores(1, q, nb, v->vecs[l] + b * d, d, sc);
         }
-        for (int64_t e = 0; e < nb; e++)
+        for (int64_t e = 0; e < nb; e++) {
+            /* a block of 8 below the full list's last score cannot enter (an equal score can,
+             * with a lower slot: lists here come in no slot order) */
+            if (len == k && (e & 7) == 0 && e + 8 <= nb && !any_at_least(sc + e, ts[k - 1])) {
+                e += 7;
+                continue;
+            }
             if (accepted(x->f, ids[b + e])) topk_push_ordered(ts, ti, &len, k, sc[e], ids[b + e]);
+        }
     }
 }
 
@@ -665,11 +703,21 @@ static ml_status ivf_search(const ml_memory *m, int64_t n, const float *qn, int6
                             const search_buffers *buf) {
     const ivf_index *v = m->ivf;
     const int64_t d = m->key_size, nl = v->nlist;
+    /* a small search (one query, a few lists) keeps its scratch on the stack: no malloc */
+    int64_t probe_s[IVF_STACK_LISTS], iidx_s[IVF_STACK_HITS];
+    float psim_s[IVF_STACK_LISTS], isim_s[IVF_STACK_HITS];
+    const int small = n * nprobe <= IVF_STACK_LISTS && n * nprobe * k <= IVF_STACK_HITS;
     int64_t *probe = buf && buf->probe ? buf->probe
+                     : small           ? probe_s
                                        : malloc((size_t)(n * nprobe) * sizeof(int64_t));
-    float *psim = buf && buf->psim ? buf->psim : malloc((size_t)(n * nprobe) * sizeof(float));
-    float *isim = buf && buf->isim ? buf->isim : malloc((size_t)(n * nprobe * k) * sizeof(float));
+    float *psim = buf && buf->psim ? buf->psim
+                  : small          ? psim_s
+                                   : malloc((size_t)(n * nprobe) * sizeof(float));
+    float *isim = buf && buf->isim ? buf->isim
+                  : small          ? isim_s
+                                   : malloc((size_t)(n * nprobe * k) * sizeof(float));
     int64_t *iidx = buf && buf->iidx ? buf->iidx
+                    : small          ? iidx_s
                                      : malloc((size_t)(n * nprobe * k) * sizeof(int64_t));
     ml_status st = ML_OK;
     if (!probe || !psim || !isim || !iidx) {
@@ -697,7 +745,11 @@ static ml_status ivf_search(const ml_memory *m, int64_t n, const float *qn, int6
                  .f = f,
                  .isim = isim,
                  .iidx = iidx};
-    ml__parallel_for(n * nprobe, 0, ivf_task, &x);
+    /* Few keys to scan: the calling thread scans them, as waking the pool costs more than
+     * the scan (every task's list is merged in task order, so this changes no bit). */
+    int64_t keys = 0;
+    for (int64_t t = 0; t < n * nprobe; t++) keys += probe[t] >= 0 ? v->len[probe[t]] : 0;
+    ml__parallel_for(n * nprobe, keys * d <= IVF_SERIAL_WORK ? 1 : 0, ivf_task, &x);
     for (int64_t i = 0; i < n; i++) {
         int64_t l = 0;
         for (int64_t t = i * nprobe; t < (i + 1) * nprobe; t++)
@@ -707,10 +759,10 @@ static ml_status ivf_search(const ml_memory *m, int64_t n, const float *qn, int6
     }
     if (m->key_dtype != ML_KEY_FLOAT32) rescore_f32(m, n, qn, k, idx, sim);
 done:
-    if (!buf || probe != buf->probe) free(probe);
-    if (!buf || psim != buf->psim) free(psim);
-    if (!buf || isim != buf->isim) free(isim);
-    if (!buf || iidx != buf->iidx) free(iidx);
+    if ((!buf || probe != buf->probe) && probe != probe_s) free(probe);
+    if ((!buf || psim != buf->psim) && psim != psim_s) free(psim);
+    if ((!buf || isim != buf->isim) && isim != isim_s) free(isim);
+    if ((!buf || iidx != buf->iidx) && iidx != iidx_s) free(iidx);
     return st;
 }
 
@@ -822,7 +874,11 @@ ml_status ml_memory_query_where(ml_memory *mem, int64_t n, const float *q, int64
         for (int64_t i = 0; i < n_labels; i++)
             if (!n_allow || allow[n_allow - 1] != allow[i]) allow[n_allow++] = allow[i];
     }
-    if ((st = normalized_copy(&qn, what, n, q, d))) {
+    float qn_s[QUERY_STACK_FLOATS]; /* a few queries normalised on the stack: no malloc */
+    if (n * d <= QUERY_STACK_FLOATS) {
+        qn = qn_s;
+        for (int64_t i = 0; i < n; i++) normalize_row(qn + i * d, q + i * d, d);
+    } else if ((st = normalized_copy(&qn, what, n, q, d))) {
         free(allow);
         return st;
     }
@@ -862,7 +918,7 @@ ml_status ml_memory_query_where(ml_memory *mem, int64_t n, const float *q, int64
 done:
     if (idx != out_idx) free(idx);
     if (sim != out_sim) free(sim);
-    free(qn);
+    if (qn != qn_s) free(qn);
     free(allow);
     return st;
 }

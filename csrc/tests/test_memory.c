@@ -341,6 +341,55 @@ static float lane_dot(const float *q, const float *k, int64_t d) {
     return (c[0] + c[2]) + (c[1] + c[3]);
 }
 
+/* The scans at widths with and without a tail past the last 16 lanes (the AVX2 variants
+ * sum a whole-lane width in registers, a tail through memory): AVX2 and portable give the
+ * same bits, which are the documented lane sums, for float32, float16 and int8 keys, one
+ * query and several. */
+static void test_key_scan_widths(void) {
+    enum { NB = 13, N = 3, DMAX = 160 };
+    static const int64_t dims[] = {16, 45, 64, 128, 160};
+    static float keys[NB * DMAX], q[N * DMAX], scales[NB], s[3][2][N * NB];
+    static uint16_t k16[NB * DMAX];
+    static int8_t k8[NB * DMAX];
+    for (int i = 0; i < NB * DMAX; i++) {
+        keys[i] = frand();
+        k16[i] = ml__f32_to_f16(frand());
+        k8[i] = (int8_t)(frand() * 127);
+    }
+    for (int i = 0; i < N * DMAX; i++) q[i] = frand();
+    for (int j = 0; j < NB; j++) scales[j] = 0.003f * (float)(j + 1);
+    for (size_t c = 0; c < sizeof dims / sizeof dims[0]; c++) {
+        const int64_t d = dims[c];
+        for (int64_t n = 1; n <= N; n += N - 1) {
+            for (int v = 0; v < 2; v++) {
+                atomic_store(&ml__cpu_isa, v && ML_HAVE_AVX2 ? ML_CPU_AVX2 : ML_CPU_PORTABLE);
+                ml__key_scores(n, q, NB, keys, d, s[0][v]);
+                ml__key_scores_f16(n, q, NB, k16, d, s[1][v]);
+                ml__key_scores_i8(n, q, NB, k8, scales, d, s[2][v]);
+            }
+            atomic_store(&ml__cpu_isa, ML_CPU_UNDECIDED);
+            int same = 1, lanes = 1;
+            for (int t = 0; t < 3; t++) same &= !memcmp(s[t][0], s[t][1], (size_t)(n * NB) * 4);
+            for (int64_t i = 0; i < n; i++)
+                for (int64_t j = 0; j < NB; j++) {
+                    float r16[DMAX], r8[DMAX], w[3];
+                    for (int64_t e = 0; e < d; e++) {
+                        r16[e] = ml__f16_to_f32(k16[j * d + e]);
+                        r8[e] = (float)k8[j * d + e];
+                    }
+                    w[0] = lane_dot(q + i * d, keys + j * d, d);
+                    w[1] = lane_dot(q + i * d, r16, d);
+                    w[2] = scales[j] * lane_dot(q + i * d, r8, d);
+                    for (int t = 0; t < 3; t++) lanes &= !memcmp(&w[t], &s[t][1][i * NB + j], 4);
+                }
+            CHECK(same, "key scans at d=%lld, n=%lld: AVX2 and portable give the same bits",
+                  (long long)d, (long long)n);
+            CHECK(lanes, "key scans at d=%lld, n=%lld: the documented lane sums", (long long)d,
+                  (long long)n);
+        }
+    }
+}
+
 static void test_key_scan(void) {
     enum { NB = 37, D = 45, N = 3 };
     static float keys[NB * D], q[N * D], s[2][N * NB];
@@ -690,6 +739,7 @@ int main(void) {
     test_tie_break();
     test_query_brute_force();
     test_key_scan();
+    test_key_scan_widths();
     test_ids_and_remove();
     test_compact_keys();
     test_ivf();

@@ -158,6 +158,37 @@ def test_same_bits_at_every_thread_count(threads):
                 np.testing.assert_array_equal(u, v)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
+def test_single_query_fast_path_equals_the_batch_path(dtype, threads):
+    """A single query over a few short lists runs on the calling thread with its scratch on
+    the stack; a batch, or a query over long lists, takes the heap and the thread pool. Each
+    row of a batch is computed independently, so every query alone must give exactly the
+    bits of its row in the batch, whichever path each took, at 1, 2 and 3 threads. Short
+    lists (nlist 60 over 6000 keys): one query is the fast path; long lists (nlist 6 over
+    6000 keys, nprobe 5: ~5000 keys of 128 per query) a single query uses the pool too. The
+    exact comparison runs batches of 8 (the compact keys' exact scan serves up to 8)."""
+    x, which, _ = mixture(6000, 128, 60, seed=12, spread=0.6)
+    q = x[::150] + 0.01  # 40 queries
+    for nlist, nprobe in ((60, 4), (60, 60), (6, 5)):
+        mem = KnowledgeMemory.from_arrays(x, which, key_dtype=dtype)
+        mem.build_index(nlist=nlist, nprobe=nprobe, seed=1)
+        batch = None
+        for t in (1, 2, 3):
+            ml.set_num_threads(t)
+            b = mem.query(q, 8)  # 40 x nprobe pairs: heap scratch and the pool
+            batch = b if batch is None else batch
+            for u, v in zip(b, batch):
+                np.testing.assert_array_equal(u, v)
+            for i in range(len(q)):
+                one = mem.query(q[i], 8)
+                for u, v in zip(one, batch):
+                    np.testing.assert_array_equal(u[0], v[i])
+        if nprobe == nlist:  # every list: the exact search's result
+            exact = [mem.query(q[i : i + 8], 8, nprobe="exact") for i in range(0, 40, 8)]
+            np.testing.assert_array_equal(batch[0], np.concatenate([e[0] for e in exact]))
+            np.testing.assert_array_equal(batch[1], np.concatenate([e[1] for e in exact]))
+
+
 def test_lists_follow_updates_overwrites_adds_removes_and_clear():
     x, which, _ = mixture(3000, 16, 30, seed=7)
     mem = KnowledgeMemory(1000, 16, seed=1)

@@ -70,9 +70,12 @@ def threads():
     ml.set_num_threads(before)
 
 
+@pytest.mark.parametrize("d", [40, 128])
 @pytest.mark.parametrize("n", [1, 2, 5, 8])
-def test_scan_equals_the_lane_sum_and_numpy_topk(n, threads):
-    m, d, k = 9000, 40, 8  # three scan tasks, d not a multiple of 16 (the lanes' tail)
+def test_scan_equals_the_lane_sum_and_numpy_topk(n, d, threads):
+    # three scan tasks; d = 40 leaves a tail past the 16 lanes (summed through memory by the
+    # AVX2 scan), d = 128 none (the lane tree summed in registers)
+    m, k = 9000, 8
     mem, K = filled(m, d, seed=n)
     q = np.random.default_rng(100 + n).standard_normal((n, d)).astype(np.float32)
     qn = normalized(q)
@@ -341,3 +344,47 @@ def test_soft_read_and_loss_gradients_through_the_scan_and_compact_keys(dtype):
         return np.maximum(xn @ K[neg] - xn @ K[pos] + 0.5, 0)
 
     _check_orders(lambda q: mem.loss(q, y, k=k, margin=0.5, reduction="none"), loss_np, q0, rng)
+
+
+def compact_widened(keys, dtype):
+    """The compact copy of normalised keys as the scan reads it, widened to float32 exactly,
+    and the per-key scales (int8): float16 rounds to nearest even; int8 is x / scale rounded
+    to nearest even with scale = max|x| / 127 (memory.c's sync_compact, in float32)."""
+    if dtype == "float16":
+        return keys.astype(np.float16).astype(np.float32), None
+    amax = np.abs(keys).max(1)
+    scale = amax / np.float32(127)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    return np.clip(np.rint(keys * inv[:, None]), -127, 127).astype(np.float32), scale
+
+
+@pytest.mark.parametrize("d", [40, 128])
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_compact_scan_equals_numpy_topk_of_the_compact_keys(dtype, d, threads):
+    """The compact scan's choice is NumPy's top-k of the compact scores (the lane sums over
+    the widened compact keys, times the scale for int8; ties to the lower slot), re-ordered
+    by the float32 keys' lane sums, bit for bit at 1, 2 and 3 threads."""
+    m, k = 9000, 8
+    rng = np.random.default_rng(40 + d)
+    keys = rng.standard_normal((m, d)).astype(np.float32)
+    mem = KnowledgeMemory.from_arrays(keys, np.arange(m), key_dtype=dtype)
+    K = mem.state()[0][:m]
+    W, scale = compact_widened(K, dtype)
+    q = rng.standard_normal((3, d)).astype(np.float32)
+    qn = normalized(q)
+    want_idx, want_sim = [], []
+    for i in range(3):
+        cs = lane_dot(qn[i], W) if scale is None else scale * lane_dot(qn[i], W)
+        chosen = ref_topk(cs[None].astype(np.float64), k)[0]
+        exact = lane_dot(qn[i], K[chosen])
+        order = np.lexsort((chosen, -exact.astype(np.float64)))
+        want_idx.append(chosen[order])
+        want_sim.append(exact[order])
+    for t in (1, 2, 3):
+        ml.set_num_threads(t)
+        for n in (1, 3):
+            idx, sim, _, _ = mem.query(q[:n], k)
+            np.testing.assert_array_equal(idx, np.array(want_idx[:n]))
+            np.testing.assert_array_equal(
+                sim.view(np.uint32), np.array(want_sim[:n]).view(np.uint32)
+            )
