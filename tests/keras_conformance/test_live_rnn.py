@@ -115,3 +115,21 @@ def test_functional_embedding_mask_zero_matches_keras():
     ours.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in ours.weights])
     theirs.set_weights(ours.get_weights())
     close(ours.predict(ids, verbose=0), np_of(theirs.predict(ids, verbose=0)), "embedding mask")
+
+
+@pytest.mark.parametrize("cls", ["SimpleRNN", "GRU", "LSTM"])
+def test_keras_files_of_recurrent_models_move_both_ways(cls, tmp_path):
+    x = np.random.default_rng(0).random((3, 5, 4)).astype("float32")
+    ours = mk.Sequential(
+        [
+            mk.layers.Input((5, 4)),
+            getattr(mk.layers, cls)(6, return_sequences=True),
+            getattr(mk.layers, cls)(3),
+        ]
+    )
+    ours.save(tmp_path / "ours.keras")
+    theirs = KERAS.models.load_model(tmp_path / "ours.keras")
+    close(np_of(theirs.predict(x, verbose=0)), ours.predict(x, verbose=0), cls)
+    theirs.save(tmp_path / "theirs.keras")
+    back = mk.models.load_model(tmp_path / "theirs.keras")
+    close(back.predict(x, verbose=0), np_of(theirs.predict(x, verbose=0)), cls)
