@@ -629,9 +629,13 @@ class LossFunctionWrapper(Loss):
             y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
         return self.fn(y_true, y_pred, **self._fn_kwargs)
 
+    # a subclass whose Keras 3 config is {name, reduction} only sets this False
+    _config_has_fn_kwargs = True
+
     def get_config(self) -> Config:
         config = super().get_config()
-        config.update(self._fn_kwargs)
+        if self._config_has_fn_kwargs:
+            config.update(self._fn_kwargs)
         return config
 
 
@@ -648,8 +652,7 @@ class MeanSquaredError(LossFunctionWrapper):
     ) -> None:
         super().__init__(mean_squared_error, reduction=reduction, name=name)
 
-    def get_config(self) -> Config:
-        return Loss.get_config(self)
+    _config_has_fn_kwargs = False  # Keras 3's get_config: name and reduction only
 
 
 class MeanAbsoluteError(LossFunctionWrapper):
@@ -660,8 +663,7 @@ class MeanAbsoluteError(LossFunctionWrapper):
     ) -> None:
         super().__init__(mean_absolute_error, reduction=reduction, name=name)
 
-    def get_config(self) -> Config:
-        return Loss.get_config(self)
+    _config_has_fn_kwargs = False  # Keras 3's get_config: name and reduction only
 
 
 class CategoricalCrossentropy(LossFunctionWrapper):
@@ -784,8 +786,7 @@ class Huber(LossFunctionWrapper):
         super().__init__(huber, reduction=reduction, name=name, delta=float(delta))
         self.delta = float(delta)
 
-    def get_config(self) -> Config:
-        return Loss.get_config(self)
+    _config_has_fn_kwargs = False  # Keras 3's get_config: name and reduction only
 
 
 class LogCosh(LossFunctionWrapper):
@@ -805,8 +806,7 @@ class LogCosh(LossFunctionWrapper):
         _check_dtype("LogCosh", dtype)
         super().__init__(log_cosh, reduction=reduction, name=name)
 
-    def get_config(self) -> Config:
-        return Loss.get_config(self)
+    _config_has_fn_kwargs = False  # Keras 3's get_config: name and reduction only
 
 
 class KLDivergence(LossFunctionWrapper):
@@ -826,8 +826,7 @@ class KLDivergence(LossFunctionWrapper):
         _check_dtype("KLDivergence", dtype)
         super().__init__(kl_divergence, reduction=reduction, name=name)
 
-    def get_config(self) -> Config:
-        return Loss.get_config(self)
+    _config_has_fn_kwargs = False  # Keras 3's get_config: name and reduction only
 
 
 class Poisson(LossFunctionWrapper):
@@ -846,8 +845,7 @@ class Poisson(LossFunctionWrapper):
         _check_dtype("Poisson", dtype)
         super().__init__(poisson, reduction=reduction, name=name)
 
-    def get_config(self) -> Config:
-        return Loss.get_config(self)
+    _config_has_fn_kwargs = False  # Keras 3's get_config: name and reduction only
 
 
 class Hinge(LossFunctionWrapper):
@@ -867,8 +865,7 @@ class Hinge(LossFunctionWrapper):
         _check_dtype("Hinge", dtype)
         super().__init__(hinge, reduction=reduction, name=name)
 
-    def get_config(self) -> Config:
-        return Loss.get_config(self)
+    _config_has_fn_kwargs = False  # Keras 3's get_config: name and reduction only
 
 
 class SquaredHinge(LossFunctionWrapper):
@@ -888,8 +885,7 @@ class SquaredHinge(LossFunctionWrapper):
         _check_dtype("SquaredHinge", dtype)
         super().__init__(squared_hinge, reduction=reduction, name=name)
 
-    def get_config(self) -> Config:
-        return Loss.get_config(self)
+    _config_has_fn_kwargs = False  # Keras 3's get_config: name and reduction only
 
 
 class CategoricalHinge(LossFunctionWrapper):
@@ -912,8 +908,7 @@ class CategoricalHinge(LossFunctionWrapper):
         _check_dtype("CategoricalHinge", dtype)
         super().__init__(categorical_hinge, reduction=reduction, name=name)
 
-    def get_config(self) -> Config:
-        return Loss.get_config(self)
+    _config_has_fn_kwargs = False  # Keras 3's get_config: name and reduction only
 
 
 class CosineSimilarity(LossFunctionWrapper):
@@ -935,8 +930,7 @@ class CosineSimilarity(LossFunctionWrapper):
         super().__init__(cosine_similarity, reduction=reduction, name=name, axis=int(axis))
         self.axis = int(axis)
 
-    def get_config(self) -> Config:
-        return Loss.get_config(self)
+    _config_has_fn_kwargs = False  # Keras 3's get_config: name and reduction only
 
 
 class CategoricalFocalCrossentropy(LossFunctionWrapper):
