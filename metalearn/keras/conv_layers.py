@@ -56,6 +56,29 @@ def _as_core(x):
     return _core.as_tensor(np.ascontiguousarray(x, dtype=np.float32))
 
 
+def _add_kernel_and_bias(layer, kernel_shape):
+    """A convolution's ``kernel`` and (with ``use_bias``) ``bias`` of ``filters``, with the
+    layer's initializers, regularizers and constraints (Conv1D, Conv2D)."""
+    layer.kernel = layer.add_weight(
+        "kernel",
+        tuple(kernel_shape),
+        layer.kernel_initializer,
+        regularizer=layer.kernel_regularizer,
+        constraint=layer.kernel_constraint,
+    )
+    layer.bias = (
+        layer.add_weight(
+            "bias",
+            (layer.filters,),
+            layer.bias_initializer,
+            regularizer=layer.bias_regularizer,
+            constraint=layer.bias_constraint,
+        )
+        if layer.use_bias
+        else None
+    )
+
+
 class Conv2D(Layer):
     """2-D convolution layer (channels last): ``activation(conv2d(inputs, kernel) + bias)``.
 
@@ -136,24 +159,7 @@ class Conv2D(Layer):
                 f"{input_shape}"
             )
         self._channels = int(input_shape[-1])
-        self.kernel = self.add_weight(
-            "kernel",
-            self.kernel_size + (self._channels, self.filters),
-            self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
-        self.bias = (
-            self.add_weight(
-                "bias",
-                (self.filters,),
-                self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
-            if self.use_bias
-            else None
-        )
+        _add_kernel_and_bias(self, self.kernel_size + (self._channels, self.filters))
         self.built = True
 
     def call(self, inputs):
@@ -612,24 +618,7 @@ class Conv1D(Layer):
             self, [_out_size(input_shape[1], self._span(), self.strides[0], padding)], input_shape
         )
         self._channels = int(input_shape[-1])
-        self.kernel = self.add_weight(
-            "kernel",
-            self.kernel_size + (self._channels, self.filters),
-            self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
-        self.bias = (
-            self.add_weight(
-                "bias",
-                (self.filters,),
-                self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
-            if self.use_bias
-            else None
-        )
+        _add_kernel_and_bias(self, self.kernel_size + (self._channels, self.filters))
         self.built = True
 
     def call(self, inputs):
