@@ -324,6 +324,10 @@ class _RNN(Layer):
     reset_states = reset_state  # Keras 2's name, still accepted by Keras 3
 
     # ------------------------------------------------------------------ call
+    def _gate_kernels(self, joint, in_bias):
+        """[(kernel, bias)] per gate for ``_gate_step``, or None (one product per step)."""
+        return None
+
     def _dropout_mask(self, shape, rate):
         # Keras' backend.random.dropout of ones: kept with probability 1 - rate, scaled by
         # 1 / (1 - rate); core ops on the global generator, so a traced step draws anew
@@ -359,6 +363,10 @@ class _RNN(Layer):
         order = range(steps - 1, -1, -1) if self.go_backwards else range(steps)
         prep = self._prepare(rec)
         joint = _core.concat([kernel, rec], 0) if self._joint else None
+        # LSTM: the joint kernel cut into its four gates once per call, so a step computes
+        # each gate by its own product; cutting each step's (batch, 4u) product instead
+        # made the gradient of every cut a zero-padded copy of the whole product
+        gates = self._gate_kernels(joint, in_bias) if joint is not None else None
         # dropout (training only): one mask of the inputs and one of the recurrent state
         # for the whole sequence, as Keras draws them once per call
         dm = rm = None
@@ -373,8 +381,11 @@ class _RNN(Layer):
                 xs = _core.mul(xs, dm)
             if joint is not None and states is not None:
                 h_in = states[0] if rm is None else _core.mul(states[0], rm)
-                z = _core.linear(_core.concat([xs, h_in], 1), joint, in_bias)
-                new = self._step(z, states, None)
+                xh = _core.concat([xs, h_in], 1)
+                if gates is not None:
+                    new = self._gate_step([_core.linear(xh, w, b) for w, b in gates], states)
+                else:
+                    new = self._step(_core.linear(xh, joint, in_bias), states, None)
             else:
                 z = _core.linear(xs, kernel, in_bias)
                 new = self._step(z, states, prep)
@@ -574,6 +585,24 @@ class LSTM(_RNN):
         u = self.units  # Keras: [init(u), ones(u), init(2u)]; init called on the whole
         a[u : 2 * u] = 1.0
         return _core.tensor(a)
+
+    def _gate_kernels(self, joint, in_bias):
+        u = self.units
+        return [
+            (
+                _core.narrow(joint, 1, k * u, u),
+                None if in_bias is None else _core.narrow(in_bias, 0, k * u, u),
+            )
+            for k in range(4)
+        ]
+
+    def _gate_step(self, zs, states):
+        """A step from the four gates' pre-activations (i, f, c, o), each (batch, u)."""
+        sig = self.recurrent_activation
+        i, f, o = sig(zs[0]), sig(zs[1]), sig(zs[3])
+        g = self.activation(zs[2])
+        c = _core.add(_core.mul(f, states[1]), _core.mul(i, g))
+        return [_core.mul(o, self.activation(c)), c]
 
     def _step(self, z, states, rec):
         u = self.units
