@@ -47,7 +47,7 @@ class _Timed:
 
     def __getattr__(self, name):
         fn = getattr(self.world, name)
-        if name not in ("Allgatherv", "Allreduce", "Bcast", "allgather"):
+        if name not in ("Allgatherv", "Allreduce", "Bcast", "allgather", "Send", "Recv"):
             return fn
 
         def timed(*a, **k):
@@ -79,7 +79,7 @@ def run(name, learner, tasks, batch, steps, warmup):
         print(
             f"{name:<34s} P={distributed.size()}  {1000 * wall / steps:8.1f} ms/step  "
             f"communication {1000 * timed.seconds / steps:6.1f} ms/step  "
-            f"gathered {batch * width * 4 / 1e6:6.1f} MB/step ({width} weights x {batch} tasks)"
+            f"summed {width * 4 / 1e6:5.2f} MB/rank/step ({width} weights, {batch} tasks)"
         )
 
 

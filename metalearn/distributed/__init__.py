@@ -13,8 +13,9 @@ and the strategy, in Keras 3's shape (``keras.distribution.DataParallel`` is ent
 
 run with ``mpiexec -n 2 python train.py`` (``pip install 'metalearn[mpi]'`` brings mpi4py and
 Open MPI). Every rank draws the same meta-batch from the same sampler; rank r computes the
-meta-gradients of its contiguous block of tasks, one task at a time; the per-task gradients
-are gathered to every rank (``Allgatherv`` on NumPy buffers) and summed in task order, so the
+meta-gradients of its contiguous block of tasks, one task at a time, and continues the
+running sum of the ranks before it over them (task order: ``((g_0 + g_1) + ...)``; one sum
+sent and received per rank, on NumPy buffers), and the last rank broadcasts it, so the
 meta-update, and the weights after any number of iterations, have the same bits for
 P = 1, 2, 3, ... processes (P need not divide the meta-batch).
 
@@ -181,9 +182,9 @@ class DataParallel:
     stops every rank after the same iteration. At the start of
     ``fit`` the weights are broadcast from rank 0. Each meta-step: every rank draws the
     same meta-batch (the samplers are seeded alike), computes the meta-gradient of each of
-    its tasks alone, gathers all the tasks' gradients and sums them in task order
-    (``((g_0 + g_1) + ...) + g_{B-1}``, then divided by B); every rank applies the same
-    optimizer step. The weights are therefore the same, bit for bit, for any number of
+    its tasks alone, and continues the running sum of the ranks before it over its tasks
+    (``((g_0 + g_1) + ...) + g_{B-1}``, then divided by B; the last rank broadcasts it);
+    every rank applies the same optimizer step. The weights are therefore the same, bit for bit, for any number of
     processes (and for this strategy run in one process without MPI). Against a plain
     ``fit``: Reptile with ``vectorize=False`` gives the same bits (its loop sums the
     directions in task order too); the MAML family and ProtoNet differ by float32
@@ -278,24 +279,21 @@ class DataParallel:
                 off += k
             local_stats[j] = (loss, metric)
         if p == 1:
-            full, stats = local, local_stats
+            stats = local_stats
+            total = _chain_sum(local, width, p, r)
         else:
-            full = np.empty((n, width), np.float32)
             stats = np.empty((n, 2), np.float64)
             counts = [(_block(n, p, q)[1] - _block(n, p, q)[0]) for q in range(p)]
             displs = [_block(n, p, q)[0] for q in range(p)]
-            w, MPI = _world(), _import_mpi()
-            # each rank's block straight into its rows of every rank's buffer (no pickling)
-            w.Allgatherv(
-                local, [full, ([c * width for c in counts], [d * width for d in displs]), MPI.FLOAT]
-            )
-            w.Allgatherv(
+            MPI = _import_mpi()
+            _world().Allgatherv(
                 local_stats, [stats, ([c * 2 for c in counts], [d * 2 for d in displs]), MPI.DOUBLE]
             )
-        # the sum over tasks in task order, whatever the split: same bits for any P
-        total = full[0].copy()
-        for i in range(1, n):
-            total += full[i]
+            # the sum over tasks in task order, ((g_0 + g_1) + ...) + g_{B-1}, whatever the
+            # split (same bits for any P): rank r continues the running sum of the ranks
+            # before it over its own block and passes it on; the last rank broadcasts it.
+            # Each rank sends and receives one sum, not every task's gradient.
+            total = _chain_sum(local, width, p, r)
         total /= np.float32(n)  # the mean, correctly rounded (as Reptile's own loop)
         mean_grads, off = [], 0
         for s in shapes:
@@ -476,6 +474,37 @@ class _EvaluationShard:
         full = np.empty(n, np.float64)
         _world().Allgatherv(local, [full, (counts, displs), _import_mpi().DOUBLE])
         return full.tolist()
+
+
+def _chain_sum(rows, width, p, r):
+    """The sum of every rank's rows in rank order, then row order, added one row at a time
+    (``((x_0 + x_1) + x_2) + ...``), on every rank: rank r receives the running sum from
+    rank r - 1 (a flag first: ranks before it may hold no rows), adds its rows and sends it
+    on; rank p - 1 broadcasts the result."""
+    total = None
+    if p > 1 and r > 0:
+        w, MPI = _world(), _import_mpi()
+        flag = np.zeros(1, np.int64)
+        w.Recv([flag, MPI.INT64_T], source=r - 1, tag=1)
+        if flag[0]:
+            total = np.empty(width, np.float32)
+            w.Recv([total, MPI.FLOAT], source=r - 1, tag=2)
+    for row in rows:
+        if total is None:
+            total = np.array(row, np.float32, copy=True)
+        else:
+            total += row
+    if p == 1:
+        return total
+    w, MPI = _world(), _import_mpi()
+    if r < p - 1:
+        w.Send([np.array([int(total is not None)], np.int64), MPI.INT64_T], dest=r + 1, tag=1)
+        if total is not None:
+            w.Send([total, MPI.FLOAT], dest=r + 1, tag=2)
+    if total is None or r < p - 1:
+        total = np.empty(width, np.float32)
+    w.Bcast([total, MPI.FLOAT], root=p - 1)
+    return total
 
 
 # ------------------------------------------------------------------ per algorithm

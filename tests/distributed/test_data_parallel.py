@@ -382,3 +382,12 @@ def test_model_fit_refuses_a_batch_smaller_than_the_shard_count():
         assert a.tobytes() == b.tobytes()
     with pytest.raises(ValueError, match="shards"):
         distributed.DataParallel(shards=0)
+
+
+@pytest.mark.mpi
+def test_fewer_tasks_than_processes_keeps_the_bits(tmp_path):
+    # 2 tasks over 3 ranks: rank 0 holds none and passes no running sum on
+    alone = _run(tmp_path, "maml", "dp", 2)
+    got = _run(tmp_path, "maml", "dp", 2, 3)
+    for a, b in zip(_weights(alone), _weights(got)):
+        assert a.tobytes() == b.tobytes()
