@@ -365,12 +365,19 @@ class R2D2(_EpisodeHead):
         return f"<R2D2 lambda={self.ridge_lambda:.4g} scale={float(np.asarray(self.scale)):.4g}>"
 
 
-def relation_scores(relation: Any, s_emb: Any, support_y: ArrayLike, q_emb: Any, n_way: int) -> Any:
+def relation_scores(
+    relation: Any,
+    s_emb: Any,
+    support_y: ArrayLike,
+    q_emb: Any,
+    n_way: int,
+    training: bool = True,
+) -> Any:
     """Relation Networks' scores (Sung et al. 2018, eq. 1-2): each class's embedding is the
     sum of its support embeddings (``s_emb (n_s, *f)``), concatenated with each query's
     (``q_emb (n_q, *f)``) on the last axis, and scored by `relation` (a model mapping
-    ``(pairs, *f[:-1], 2 f[-1])`` to one number per pair) through a sigmoid. Returns
-    ``(n_q, n_way)`` scores in (0, 1), differentiable to any order."""
+    ``(pairs, *f[:-1], 2 f[-1])`` to one number per pair, called with `training`) through
+    a sigmoid. Returns ``(n_q, n_way)`` scores in (0, 1), differentiable to any order."""
     onehot = _labels(support_y, n_way, "relation_scores")  # (n_s, n_way)
     feat = tuple(int(d) for d in s_emb.shape[1:])
     n_s, n_q = int(s_emb.shape[0]), int(q_emb.shape[0])
@@ -383,15 +390,8 @@ def relation_scores(relation: Any, s_emb: Any, support_y: ArrayLike, q_emb: Any,
         [_core.broadcast_to(classes, shape), _core.broadcast_to(queries, shape)], axis=-1
     )
     pairs = _core.reshape(pairs, (n_q * n_way,) + feat[:-1] + (2 * feat[-1],))
-    out = relation(pairs, training=_training_flag())
+    out = relation(pairs, training=training)
     return _core.reshape(_core.sigmoid(out), (n_q, n_way))
-
-
-_RELATION_TRAINING = [True]
-
-
-def _training_flag():
-    return _RELATION_TRAINING[-1]
 
 
 def relation_mse(y_true: Any, scores: Any) -> Any:
@@ -422,11 +422,7 @@ class RelationClassifier(Model):
         n_way = int(self.support_y.max()) + 1
         s_emb = self.encoder(to_tensor(self.support_x), training=False)
         q_emb = self.encoder(inputs, training=False)
-        _RELATION_TRAINING.append(False)
-        try:
-            return relation_scores(self.relation, s_emb, self.support_y, q_emb, n_way)
-        finally:
-            _RELATION_TRAINING.pop()
+        return relation_scores(self.relation, s_emb, self.support_y, q_emb, n_way, training=False)
 
 
 class RelationNet(_EpisodeHead):
@@ -487,11 +483,7 @@ class RelationNet(_EpisodeHead):
         emb = self.encoder(to_tensor(x), training=training)
         s_emb = _core.narrow(emb, 0, 0, n_s)
         q_emb = _core.narrow(emb, 0, n_s, int(emb.shape[0]) - n_s)
-        _RELATION_TRAINING.append(bool(training))
-        try:
-            return relation_scores(self.relation, s_emb, support_y, q_emb, n_way)
-        finally:
-            _RELATION_TRAINING.pop()
+        return relation_scores(self.relation, s_emb, support_y, q_emb, n_way, training=training)
 
     def episode_loss(
         self, support_x: Array, support_y: ArrayLike, query_x: Array, query_y: ArrayLike
