@@ -278,10 +278,8 @@ class DataParallel:
                 local[j, off : off + k] = np.asarray(g).reshape(-1)
                 off += k
             local_stats[j] = (loss, metric)
-        if p == 1:
-            stats = local_stats
-            total = _chain_sum(local, width, p, r)
-        else:
+        stats = local_stats
+        if p > 1:
             stats = np.empty((n, 2), np.float64)
             counts = [(_block(n, p, q)[1] - _block(n, p, q)[0]) for q in range(p)]
             displs = [_block(n, p, q)[0] for q in range(p)]
@@ -289,11 +287,11 @@ class DataParallel:
             _world().Allgatherv(
                 local_stats, [stats, ([c * 2 for c in counts], [d * 2 for d in displs]), MPI.DOUBLE]
             )
-            # the sum over tasks in task order, ((g_0 + g_1) + ...) + g_{B-1}, whatever the
-            # split (same bits for any P): rank r continues the running sum of the ranks
-            # before it over its own block and passes it on; the last rank broadcasts it.
-            # Each rank sends and receives one sum, not every task's gradient.
-            total = _chain_sum(local, width, p, r)
+        # the sum over tasks in task order, ((g_0 + g_1) + ...) + g_{B-1}, whatever the
+        # split (same bits for any P): rank r continues the running sum of the ranks
+        # before it over its own block and passes it on; the last rank broadcasts it.
+        # Each rank sends and receives one sum, not every task's gradient.
+        total = _chain_sum(local, width, p, r)
         total /= np.float32(n)  # the mean, correctly rounded (as Reptile's own loop)
         mean_grads, off = [], 0
         for s in shapes:
