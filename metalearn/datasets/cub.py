@@ -30,6 +30,7 @@ import numpy as np
 
 from ._cache import cached_arrays
 from ._locate import locate
+from .image_folder import _pillow
 
 __all__ = ["cub", "CLASSES", "IMAGES", "split_of_class"]
 
@@ -68,13 +69,7 @@ def _table(file: Path, what: str) -> List[Tuple[int, str]]:
 
 
 def _prepare(path: Path) -> np.ndarray:
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ValueError(
-            f"reading {path} needs Pillow (CUB's images are JPEG): "
-            "pip install 'metalearn[images]' (or pip install Pillow)"
-        ) from None
+    Image = _pillow(path, "CUB's images are JPEG")
     try:
         with Image.open(path) as im:
             im = im.convert("RGB").resize((RESIZE, RESIZE), Image.BILINEAR)

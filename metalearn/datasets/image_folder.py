@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -22,6 +22,19 @@ __all__ = ["image_folder", "read_image", "IMAGE_SUFFIXES"]
 PNG_SUFFIXES = (".png",)
 PILLOW_SUFFIXES = (".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 IMAGE_SUFFIXES = PNG_SUFFIXES + PILLOW_SUFFIXES
+
+
+def _pillow(path: Any, why: str) -> Any:
+    """Pillow's ``Image`` module, imported only when a file needs it; ValueError naming the
+    file and `why` it needs Pillow when Pillow is not installed."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ValueError(
+            f"reading {path} needs Pillow ({why}): "
+            "pip install 'metalearn[images]' (or pip install Pillow)"
+        ) from None
+    return Image
 
 
 def read_image(path: Union[str, os.PathLike], channels: int = 1) -> np.ndarray:
@@ -42,13 +55,7 @@ def read_image(path: Union[str, os.PathLike], channels: int = 1) -> np.ndarray:
             raise ValueError(f"corrupt or unsupported PNG {p}: {e}") from None
     if suffix not in PILLOW_SUFFIXES:
         raise ValueError(f"not an image file (suffix {p.suffix!r}): {p}")
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ValueError(
-            f"reading {p} needs Pillow ({suffix[1:].upper()} images; PNG needs nothing): "
-            "pip install 'metalearn[images]' (or pip install Pillow)"
-        ) from None
+    Image = _pillow(p, f"{suffix[1:].upper()} images; PNG needs nothing")
     import io
 
     try:

@@ -37,6 +37,7 @@ import numpy as np
 
 from ._cache import cached_arrays
 from ._locate import locate
+from .image_folder import _pillow
 from ._pickle import UnsafePickleError, restricted_load
 
 __all__ = ["mini_imagenet", "SPLITS", "CLASSES", "IMAGES_PER_CLASS"]
@@ -110,13 +111,7 @@ def mini_imagenet(
 
 
 def _image_84(path: Path) -> np.ndarray:
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ValueError(
-            f"reading {path} needs Pillow (mini-ImageNet's images are JPEG): "
-            "pip install 'metalearn[images]' (or pip install Pillow)"
-        ) from None
+    Image = _pillow(path, "mini-ImageNet's images are JPEG")
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
