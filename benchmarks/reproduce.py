@@ -51,6 +51,14 @@ def report(name, setting, ours, paper, seconds, note=""):
     )
 
 
+def _card(args, name):
+    """The result card's file for one row (``--cards``), or None."""
+    if not args.cards:
+        return None
+    os.makedirs(args.cards, exist_ok=True)
+    return os.path.join(args.cards, f"{name}.json")
+
+
 def pct(res):
     return f"{100 * res['accuracy']:.1f} +- {100 * res['ci95']:.1f} %"
 
@@ -80,7 +88,7 @@ def maml_sinusoid(args):
         verbose=args.verbose,
     )
     test = Sinusoid(k_shot=10, q_queries=100, seed=args.seed + 1).sample_batch(600)
-    res = maml.evaluate(test, steps=[0, 1, 10])
+    res = maml.evaluate(test, steps=[0, 1, 10], card=_card(args, "maml_sinusoid"))
     dt = time.perf_counter() - t0
     for s in (0, 1, 10):
         report(
@@ -96,6 +104,7 @@ def maml_mlp(args):
     import metalearn as ml
     from metalearn.meta import MAML, models
     from metalearn.tasks import NWayKShot
+    from metalearn.tasks.episodes import standard
 
     (x, y), (xt, yt) = _data()
     for shots in args.shots:
@@ -109,10 +118,15 @@ def maml_mlp(args):
             meta_batch_size=4 if args.quick else 32,
             verbose=args.verbose,
         )
+        if args.quick or args.episodes:
+            episodes = args.episodes or 20
+        else:  # the shipped frozen set: the same 600 episodes every time
+            episodes = standard(f"omniglot-vinyals_test-5way-{shots}shot")
         res = maml.evaluate(
             NWayKShot((xt, yt), 5, shots, 15, seed=args.seed + 1),
-            episodes=args.episodes or (20 if args.quick else 600),
+            episodes=episodes,
             steps=3,
+            card=_card(args, f"maml_mlp-omniglot-5w{shots}s"),
         )
         report(
             "maml_mlp",
@@ -181,10 +195,7 @@ def protonet_conv4(args):
                 episodes = args.episodes or 5
             else:  # the shipped frozen set: the same 600 episodes every time
                 episodes = standard(f"omniglot-vinyals_test-{ways}way-{shots}shot")
-            card = None
-            if args.cards:
-                os.makedirs(args.cards, exist_ok=True)
-                card = os.path.join(args.cards, f"protonet_conv4-omniglot-{ways}w{shots}s.json")
+            card = _card(args, f"protonet_conv4-omniglot-{ways}w{shots}s")
             res = pn.evaluate(sampler, episodes=episodes, card=card)
             report(
                 "protonet_conv4",
@@ -280,6 +291,7 @@ def maml_conv4(args):
         NWayKShot((xt, yt), 5, 1, 15, seed=args.seed + 1),
         episodes=args.episodes or (5 if args.quick else 600),
         steps=3,
+        card=_card(args, "maml_conv4-omniglot-5w1s"),
     )
     report(
         "maml_conv4",
