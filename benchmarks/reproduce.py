@@ -22,6 +22,12 @@ Runs (the papers' numbers are printed beside ours):
                     python benchmarks/reproduce.py --only maml_conv4 --threads 1 --peer metalearn &
                     python benchmarks/reproduce.py --only maml_conv4 --threads 1 --peer torch
 
+Long runs go in chunks with exact resume (maml_mlp, protonet_conv4): with
+--checkpoint-dir DIR and --chunk SECONDS a run stops after SECONDS with a checkpoint, and
+the same command run again continues it, ending with the bits of an uninterrupted run;
+--cards DIR writes a result card per row (python -m metalearn.report DIR/*.json).
+Omniglot rows are tested on the shipped frozen 600-episode sets (tasks.episodes.standard).
+
 Accuracies are means over test episodes with 95 % confidence intervals.
 """
 
@@ -57,6 +63,26 @@ def _card(args, name):
         return None
     os.makedirs(args.cards, exist_ok=True)
     return os.path.join(args.cards, f"{name}.json")
+
+
+def _checkpoint(args, name):
+    """The exact-resume checkpoint folder of one training run (``--checkpoint-dir``)."""
+    if not args.checkpoint_dir:
+        return None
+    return os.path.join(args.checkpoint_dir, f"{name}-seed{args.seed}")
+
+
+def _chunk_ended(history, what, learner, iters, ckpt, t0):
+    """True (and says so) when ``--chunk``'s time budget ended training before `iters`."""
+    if not history.get("stopped"):
+        return False
+    print(
+        f"  -> {what}: chunk ended after {time.perf_counter() - t0:.0f} s at iteration "
+        f"{learner.iterations} of {iters} (checkpoint in {ckpt}); run the same command "
+        f"again to continue",
+        flush=True,
+    )
+    return True
 
 
 def pct(res):
@@ -112,12 +138,18 @@ def maml_mlp(args):
         ml.random.set_seed(args.seed)
         t0 = time.perf_counter()
         maml = MAML(models.omniglot_mlp(5), inner_lr=0.4, inner_steps=1, meta_lr=0.001)
-        maml.fit(
+        ckpt = _checkpoint(args, f"maml_mlp-{shots}shot")
+        history = maml.fit(
             NWayKShot((x, y), 5, shots, 15, seed=args.seed),
             iterations=iters,
             meta_batch_size=4 if args.quick else 32,
             verbose=args.verbose,
+            checkpoint_dir=ckpt,
+            checkpoint_every=args.checkpoint_every if ckpt else None,
+            time_budget=args.chunk,
         )
+        if _chunk_ended(history, f"maml_mlp {shots}-shot", maml, iters, ckpt, t0):
+            continue
         if args.quick or args.episodes:
             episodes = args.episodes or 20
         else:  # the shipped frozen set: the same 600 episodes every time
@@ -165,9 +197,7 @@ def protonet_conv4(args):
         # follows the optimizer's step count and a resumed chunk uses the right one
         rate = keras.optimizers.schedules.ExponentialDecay(1e-3, 2000, 0.5, staircase=True)
         pn = ProtoNet(models.conv4(), meta_optimizer=keras.optimizers.Adam(learning_rate=rate))
-        ckpt = None
-        if args.checkpoint_dir:
-            ckpt = os.path.join(args.checkpoint_dir, f"protonet_conv4-{shots}shot-seed{args.seed}")
+        ckpt = _checkpoint(args, f"protonet_conv4-{shots}shot")
         history = pn.fit(
             NWayKShot((x, y), train_way, shots, 5, seed=args.seed),
             iterations=iters,
@@ -178,13 +208,7 @@ def protonet_conv4(args):
             time_budget=args.chunk,
         )
         train_time = time.perf_counter() - t0
-        if history.get("stopped"):
-            print(
-                f"  -> protonet_conv4 {shots}-shot: chunk ended after {train_time:.0f} s at "
-                f"episode {pn.iterations} of {iters} (checkpoint in {ckpt}); run the same "
-                f"command again to continue",
-                flush=True,
-            )
+        if _chunk_ended(history, f"protonet_conv4 {shots}-shot", pn, iters, ckpt, t0):
             continue
         for ways in (5, 20):
             t1 = time.perf_counter()
@@ -348,7 +372,8 @@ def main(argv=None):
     p.add_argument(
         "--checkpoint-dir",
         default=None,
-        help="protonet_conv4: a folder for exact-resume checkpoints (one per setting); "
+        help="maml_mlp, protonet_conv4: a folder for exact-resume checkpoints (one per "
+        "setting); "
         "running the same command again continues the run",
     )
     p.add_argument("--checkpoint-every", type=int, default=500, help="episodes between checkpoints")
@@ -356,7 +381,7 @@ def main(argv=None):
         "--chunk",
         type=float,
         default=None,
-        help="protonet_conv4: seconds of training in this process (a chunk); the run "
+        help="maml_mlp, protonet_conv4: seconds of training in this process (a chunk); the run "
         "stops there with a checkpoint (needs --checkpoint-dir)",
     )
     p.add_argument("--cards", default=None, help="a folder for result cards (metalearn.report)")
