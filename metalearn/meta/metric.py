@@ -160,9 +160,9 @@ def _project_simplex(v: Any, z: float = 1.0) -> _core.Tensor:
     return _core.relu(v - tau)
 
 
-def svm_dual(gram: Any, onehot: ArrayLike, c: float, iterations: int) -> _core.Tensor:
+def svm_dual(gram: Any, onehot: ArrayLike, c: float, solver_steps: int) -> _core.Tensor:
     """The dual of the Crammer-Singer multi-class SVM (Lee et al. 2019, eq. 10's dual),
-    by ``iterations`` steps of accelerated projected gradient ascent (FISTA, Beck &
+    by ``solver_steps`` steps of accelerated projected gradient ascent (FISTA, Beck &
     Teboulle 2009) from ``A = 0``, as core ops (differentiable to any order):
 
         max_A  -1/2 tr(A^T K A) + tr(A^T Y)   s.t.  sum_k A_ik = 0,  A_ik <= c Y_ik
@@ -186,7 +186,7 @@ def svm_dual(gram: Any, onehot: ArrayLike, c: float, iterations: int) -> _core.T
     shift = step * (_core.as_tensor(y_np * (1.0 / c)) - _core.matmul(gram, y))
     u = z = y  # A = 0
     t = 1.0
-    for _ in range(iterations):
+    for _ in range(solver_steps):
         u_new = _project_simplex(_core.matmul(descent, z) - shift)
         t_new = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
         z = u_new + ((t - 1.0) / t_new) * (u_new - u)
@@ -201,7 +201,7 @@ def svm_logits(
     n_way: int,
     c: float,
     scale: Any,
-    iterations: int,
+    solver_steps: int,
 ) -> _core.Tensor:
     """MetaOptNet's SVM head: the Crammer-Singer SVM's dual ``A`` on the support
     embeddings X (``svm_dual``, linear kernel), class weights ``W = X^T A``, then
@@ -210,7 +210,7 @@ def svm_logits(
     Args:
         c: the SVM's penalty C (> 0; the paper's 0.1).
         scale: a scalar Tensor (or float).
-        iterations: the dual solver's step count.
+        solver_steps: the dual solver's step count.
 
     Returns:
         ``(n_query, n_way)`` Tensor.
@@ -230,10 +230,10 @@ def svm_logits(
     c = check_rate(c, "c", "MetaOptNet")
     if c <= 0:
         raise ValueError(f"MetaOptNet: c must be > 0, got {c}")
-    iterations = check_count(iterations, "iterations", "MetaOptNet", minimum=1)
+    solver_steps = check_count(solver_steps, "solver_steps", "MetaOptNet", minimum=1)
     onehot = _labels(support_y, n_way, "MetaOptNet")
     gram = _core.matmul(support_emb, support_emb, transpose_b=True)
-    a = svm_dual(gram, onehot, c, iterations)
+    a = svm_dual(gram, onehot, c, solver_steps)
     return scale * _core.matmul(_core.matmul(query_emb, support_emb, transpose_b=True), a)
 
 
@@ -485,7 +485,7 @@ class MetaOptNet(_EpisodeHead):
     of accelerated projected-gradient steps built from core ops (``svm_dual``), so the
     meta-gradient of the solver as run exists to any order (an unrolled solver needs no
     implicit-function argument, and a KKT solve needs a pivoting linear solver the core
-    does not have). The solver's error after ``iterations`` steps shrinks with the
+    does not have). The solver's error after ``solver_steps`` steps shrinks with the
     conditioning of ``X X^T``: on the tests' 6-example episode (condition number ~100)
     the dual's largest error is 0.27 after 8 steps, 5e-3 after 50, 5e-4 after 100 and
     7e-6 after 200 (float64). ``scale`` is meta-learned with the encoder, as in the
@@ -495,7 +495,7 @@ class MetaOptNet(_EpisodeHead):
         encoder: a Keras model mapping inputs to embeddings (flattened when not 2-D); the
             paper's: ``meta.models.resnet12()`` (or ``conv4()``).
         C: the SVM's penalty (> 0; paper 0.1).
-        iterations: the dual solver's step count (>= 1).
+        solver_steps: the dual solver's step count (>= 1).
         scale: initial scale of the logits.
         learn_scale: meta-learn it (else fixed).
         meta_optimizer, meta_lr: the optimizer of the encoder and the scale.
@@ -505,7 +505,7 @@ class MetaOptNet(_EpisodeHead):
         self,
         encoder: Any,
         C: float = 0.1,
-        iterations: int = 50,
+        solver_steps: int = 50,
         scale: float = 1.0,
         learn_scale: bool = True,
         meta_optimizer: Any = "adam",
@@ -514,7 +514,7 @@ class MetaOptNet(_EpisodeHead):
         c = check_rate(C, "C", "MetaOptNet")
         if c <= 0:
             raise ValueError(f"MetaOptNet: C must be > 0, got {C}")
-        iterations = check_count(iterations, "iterations", "MetaOptNet", minimum=1)
+        solver_steps = check_count(solver_steps, "solver_steps", "MetaOptNet", minimum=1)
         if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)):
             raise TypeError(f"MetaOptNet: scale must be a number, got {type(scale).__name__}")
         if not math.isfinite(float(scale)):
@@ -525,7 +525,7 @@ class MetaOptNet(_EpisodeHead):
         from metalearn.tape import Variable
 
         self.C = c
-        self.iterations = iterations
+        self.solver_steps = solver_steps
         self.learn_scale = bool(learn_scale)
         self.scale = Variable(np.float32(scale), name="metaoptnet/scale")
 
@@ -533,7 +533,7 @@ class MetaOptNet(_EpisodeHead):
         return super()._meta_params() + ([self.scale] if self.learn_scale else [])
 
     def _head(self, s_emb, support_y, q_emb, n_way):
-        return svm_logits(s_emb, support_y, q_emb, n_way, self.C, self.scale, self.iterations)
+        return svm_logits(s_emb, support_y, q_emb, n_way, self.C, self.scale, self.solver_steps)
 
     def adapt(
         self, support_x: Array, support_y: ArrayLike, steps: Optional[int] = None
@@ -548,14 +548,14 @@ class MetaOptNet(_EpisodeHead):
         x = self._support_embeddings(support_x, support_y, "MetaOptNet.adapt")
         with _core_no_grad():
             gram = _core.matmul(x, x, transpose_b=True)
-            w = _core.matmul(x, svm_dual(gram, onehot, self.C, self.iterations), transpose_a=True)
+            w = _core.matmul(x, svm_dual(gram, onehot, self.C, self.solver_steps), transpose_a=True)
         return LinearHeadClassifier(
             clone_model(self.encoder), np.asarray(w), float(np.asarray(self.scale))
         )
 
     def __repr__(self):
         return (
-            f"<MetaOptNet C={self.C:.4g} iterations={self.iterations} "
+            f"<MetaOptNet C={self.C:.4g} solver_steps={self.solver_steps} "
             f"scale={float(np.asarray(self.scale)):.4g}>"
         )
 
