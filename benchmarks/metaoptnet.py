@@ -69,7 +69,7 @@ def torch_head(torch, s, y1h, q, c, iters):
         return torch.clamp(v - torch.gather(css, 1, rho - 1) / rho, min=0.0)
 
     K = s @ s.T
-    step = 1.0 / (torch.sqrt((K * K).sum()) + 1e-12)
+    step = 1.0 / torch.sqrt((K * K).sum() + 1e-12)
     descent = torch.eye(len(K)) - step * K
     shift = step * (y1h / c - K @ y1h)
     u = z = y1h

@@ -147,12 +147,15 @@ def _project_simplex(v: Any, z: float = 1.0) -> _core.Tensor:
     sort."""
     m = int(v.shape[1])
     with _core_no_grad():
+        # the row's largest entries are always kept: in float32, rows of ~1e7 can round
+        # tau above them, and an empty set would divide by zero
+        top = 1.0 - _core.step(_core.reduce_max(v, axis=1, keepdims=True) - v)
         tau = (_core.reduce_sum(v, axis=1, keepdims=True) - z) * (1.0 / m)
         for _ in range(m - 1):
-            kept = _core.step(v - tau)
+            kept = _core.maximum(_core.step(v - tau), top)
             count = _core.reduce_sum(kept, axis=1, keepdims=True)
             tau = (_core.reduce_sum(kept * v, axis=1, keepdims=True) - z) / count
-        kept = _core.step(v - tau)
+        kept = _core.maximum(_core.step(v - tau), top)
         count = _core.reduce_sum(kept, axis=1, keepdims=True)
         weights = kept / count
         offset = z / count
@@ -172,8 +175,9 @@ def svm_dual(gram: Any, onehot: ArrayLike, c: float, solver_steps: int) -> _core
     ``U = Y - A / c`` (rows on the simplex), where a gradient step is the affine map
     ``U -> (I - s K) U - s (Y / c - K Y)`` and the projection is ``_project_simplex``.
     The step s is ``1 / ||K||_F`` (``||K||_F >= ||K||_2``, the gradient's Lipschitz
-    constant). A fixed count: the error after it depends on the conditioning of K
-    (``MetaOptNet``'s docstring has measurements).
+    constant), as ``1 / sqrt(||K||_F^2 + 1e-12)``: finite at K = 0. A fixed count: the
+    error after it depends on the conditioning of K (``MetaOptNet``'s docstring has
+    measurements).
 
     Returns:
         ``A (n, m)``; the SVM's class weights are ``X^T A``.
@@ -181,7 +185,8 @@ def svm_dual(gram: Any, onehot: ArrayLike, c: float, solver_steps: int) -> _core
     y_np = np.asarray(onehot, np.float32)
     y = _core.as_tensor(y_np)
     n = int(y_np.shape[0])
-    step = 1.0 / (_core.sqrt(_core.reduce_sum(_core.square(gram))) + 1e-12)
+    # 1 / ||K||_F, at most 1e6: K = 0 (dead embeddings) keeps a finite step and gradient
+    step = 1.0 / _core.sqrt(_core.reduce_sum(_core.square(gram)) + 1e-12)
     descent = _core.as_tensor(np.eye(n, dtype=np.float32)) - step * gram  # I - s K
     shift = step * (_core.as_tensor(y_np * (1.0 / c)) - _core.matmul(gram, y))
     u = z = y  # A = 0

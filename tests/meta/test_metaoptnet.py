@@ -65,6 +65,27 @@ def test_simplex_projection_matches_sorting_and_its_jacobian():
     np.testing.assert_allclose(np.asarray(g), want, atol=1e-5)
 
 
+def test_simplex_projection_and_head_stay_finite_on_extreme_scales():
+    # rows of ~1e7 round tau above every entry in float32 unless the largest is kept
+    rng = np.random.default_rng(0)
+    v = (rng.standard_normal((2000, 5)) * 1e7).astype(np.float32)
+    v[:, 1] = v[:, 0]  # ties at the top
+    p = np.asarray(_project_simplex(_core.as_tensor(v)))
+    assert np.isfinite(p).all() and (p >= 0).all()
+    ulp = np.spacing(np.abs(v).max(1))  # float32 at 1e7: an ulp is 1
+    assert (np.abs(p.sum(1) - 1.0) <= 2 * ulp).all()
+    # dead embeddings (K = 0): finite logits (zero) and gradients
+    s = ml.Variable(np.zeros((6, 5), np.float32))
+    q = ml.Variable(np.ones((4, 5), np.float32))
+    logits = svm_logits(s, np.array([0, 0, 1, 1, 2, 2]), q, 3, 0.1, 1.0, 20)
+    np.testing.assert_array_equal(np.asarray(logits), 0.0)
+    loss = _core.reduce_mean(
+        _core.sparse_categorical_crossentropy(np.array([0, 1, 2, 0]), logits, from_logits=True)
+    )
+    for g in _core.grad(loss, [s, q]):
+        assert np.isfinite(np.asarray(g)).all()
+
+
 def test_unrolled_head_matches_pytorch_to_second_order():
     learner = _learner(int(REF["iters"]))
     loss, logits = _episode(learner)

@@ -20,9 +20,9 @@ Two references:
     solution is certified: primal feasible, multipliers >= 0). Gradients are those of
     that linear solve (implicit differentiation of the KKT conditions, as qpth does).
   * "unrolled": accelerated projected gradient ascent (FISTA) for a fixed number of
-    iterations from A = 0, step 1 / ||X X^T||_F, each row projected onto its feasible set
-    {a : sum a = 0, a <= C y_i} = C y_i - C * simplex (simplex projection by sorting,
-    Duchi et al. 2008): the same algorithm as metalearn's, so the logits, the gradients and
+    iterations from A = 0, step 1 / sqrt(||X X^T||_F^2 + 1e-12), each row projected onto
+    its feasible set {a : sum a = 0, a <= C y_i} = C y_i - C * simplex (simplex
+    projection by sorting, Duchi et al. 2008): the same algorithm as metalearn's, so the logits, the gradients and
     a Hessian-vector product agree op for op.
 
 metaoptnet.npz:
@@ -61,7 +61,7 @@ def project_simplex(v, z=1.0):
 
 def dual_unrolled(K, Y, C, iters):
     """FISTA on the dual (as a minimisation of 1/2 tr(A^T K A) - tr(A^T Y))."""
-    step = 1.0 / torch.sqrt((K * K).sum())
+    step = 1.0 / torch.sqrt((K * K).sum() + 1e-12)  # as metalearn's (finite at K = 0)
     A = torch.zeros_like(Y)
     Z = A
     t = 1.0
