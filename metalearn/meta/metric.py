@@ -199,6 +199,13 @@ def svm_dual(gram: Any, onehot: ArrayLike, c: float, solver_steps: int) -> _core
     return c * (y - u)
 
 
+def _gram(x, ridge):
+    gram = _core.matmul(x, x, transpose_b=True)
+    if ridge:
+        gram = gram + _core.as_tensor(ridge * np.eye(int(x.shape[0]), dtype=np.float32))
+    return gram
+
+
 def svm_logits(
     support_emb: Any,
     support_y: ArrayLike,
@@ -207,15 +214,19 @@ def svm_logits(
     c: float,
     scale: Any,
     solver_steps: int,
+    ridge: float = 0.0,
 ) -> _core.Tensor:
     """MetaOptNet's SVM head: the Crammer-Singer SVM's dual ``A`` on the support
-    embeddings X (``svm_dual``, linear kernel), class weights ``W = X^T A``, then
-    ``logits = scale * Q W = scale * (Q X^T) A``.
+    embeddings X (``svm_dual``, linear kernel ``K = X X^T + ridge I``), class weights
+    ``W = X^T A``, then ``logits = scale * Q W = scale * (Q X^T) A``.
 
     Args:
         c: the SVM's penalty C (> 0; the paper's 0.1).
         scale: a scalar Tensor (or float).
         solver_steps: the dual solver's step count.
+        ridge: added to the Gram matrix's diagonal (>= 0): 0 is the paper's dual; the
+            authors' code adds 1.0 ("to avoid PSD error from the QP solver"), which also
+            bounds the condition number the solver's convergence depends on.
 
     Returns:
         ``(n_query, n_way)`` Tensor.
@@ -236,8 +247,9 @@ def svm_logits(
     if c <= 0:
         raise ValueError(f"MetaOptNet: c must be > 0, got {c}")
     solver_steps = check_count(solver_steps, "solver_steps", "MetaOptNet", minimum=1)
+    ridge = check_rate(ridge, "ridge", "MetaOptNet")
     onehot = _labels(support_y, n_way, "MetaOptNet")
-    gram = _core.matmul(support_emb, support_emb, transpose_b=True)
+    gram = _gram(support_emb, ridge)
     a = svm_dual(gram, onehot, c, solver_steps)
     return scale * _core.matmul(_core.matmul(query_emb, support_emb, transpose_b=True), a)
 
@@ -493,14 +505,20 @@ class MetaOptNet(_EpisodeHead):
     does not have). The solver's error after ``solver_steps`` steps shrinks with the
     conditioning of ``X X^T``: on the tests' 6-example episode (condition number ~100)
     the dual's largest error is 0.27 after 8 steps, 5e-3 after 50, 5e-4 after 100 and
-    7e-6 after 200 (float64). ``scale`` is meta-learned with the encoder, as in the
-    paper's code; C is fixed.
+    7e-6 after 200 (float64). On an untrained ``conv4``'s Omniglot embeddings (5-way;
+    condition number 190 at 1 shot, 7800 at 5 shots) the class weights' relative error
+    after 15 / 50 / 100 steps is 0.20 / 0.019 / 0.005 (1 shot) and 0.48 / 0.15 / 0.045
+    (5 shots); with ``ridge=1.0`` (the authors' code) it is 2e-4 after 15 steps at 5
+    shots. ``scale`` is meta-learned with the encoder, as in the authors' code; C is
+    fixed.
 
     Args:
         encoder: a Keras model mapping inputs to embeddings (flattened when not 2-D); the
             paper's: ``meta.models.resnet12()`` (or ``conv4()``).
         C: the SVM's penalty (> 0; paper 0.1).
         solver_steps: the dual solver's step count (>= 1).
+        ridge: added to the Gram matrix's diagonal (>= 0; 0 the paper's dual, 1.0 the
+            authors' code: faster convergence, see ``svm_logits``).
         scale: initial scale of the logits.
         learn_scale: meta-learn it (else fixed).
         meta_optimizer, meta_lr: the optimizer of the encoder and the scale.
@@ -511,6 +529,7 @@ class MetaOptNet(_EpisodeHead):
         encoder: Any,
         C: float = 0.1,
         solver_steps: int = 50,
+        ridge: float = 0.0,
         scale: float = 1.0,
         learn_scale: bool = True,
         meta_optimizer: Any = "adam",
@@ -520,6 +539,7 @@ class MetaOptNet(_EpisodeHead):
         if c <= 0:
             raise ValueError(f"MetaOptNet: C must be > 0, got {C}")
         solver_steps = check_count(solver_steps, "solver_steps", "MetaOptNet", minimum=1)
+        ridge = check_rate(ridge, "ridge", "MetaOptNet")
         if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)):
             raise TypeError(f"MetaOptNet: scale must be a number, got {type(scale).__name__}")
         if not math.isfinite(float(scale)):
@@ -531,6 +551,7 @@ class MetaOptNet(_EpisodeHead):
 
         self.C = c
         self.solver_steps = solver_steps
+        self.ridge = ridge
         self.learn_scale = bool(learn_scale)
         self.scale = Variable(np.float32(scale), name="metaoptnet/scale")
 
@@ -538,7 +559,9 @@ class MetaOptNet(_EpisodeHead):
         return super()._meta_params() + ([self.scale] if self.learn_scale else [])
 
     def _head(self, s_emb, support_y, q_emb, n_way):
-        return svm_logits(s_emb, support_y, q_emb, n_way, self.C, self.scale, self.solver_steps)
+        return svm_logits(
+            s_emb, support_y, q_emb, n_way, self.C, self.scale, self.solver_steps, self.ridge
+        )
 
     def adapt(
         self, support_x: Array, support_y: ArrayLike, steps: Optional[int] = None
@@ -552,7 +575,7 @@ class MetaOptNet(_EpisodeHead):
         onehot = _labels(support_y, n_way, "MetaOptNet.adapt")
         x = self._support_embeddings(support_x, support_y, "MetaOptNet.adapt")
         with _core_no_grad():
-            gram = _core.matmul(x, x, transpose_b=True)
+            gram = _gram(x, self.ridge)
             w = _core.matmul(x, svm_dual(gram, onehot, self.C, self.solver_steps), transpose_a=True)
         return LinearHeadClassifier(
             clone_model(self.encoder), np.asarray(w), float(np.asarray(self.scale))

@@ -118,6 +118,23 @@ def test_converged_head_matches_the_exact_qp_and_its_implicit_gradient():
     assert abs(float(np.asarray(grads[2])) - float(REF["exact/grad/scale"])) < 1e-5
 
 
+def test_ridge_is_the_authors_gram_matrix():
+    # the exact QP with X X^T + I (the authors' code), reached by 200 steps
+    learner = MetaOptNet(
+        _encoder(), C=float(REF["C"]), scale=float(REF["scale"]), solver_steps=200, ridge=1.0
+    )
+    loss, logits = _episode(learner)
+    np.testing.assert_allclose(np.asarray(logits), REF["ridge/logits"], rtol=1e-4, atol=1e-5)
+    assert np.abs(REF["ridge/logits"] - REF["exact/logits"]).max() > 0.1  # another problem
+    grads = _core.grad(loss, learner._meta_params())
+    np.testing.assert_allclose(np.asarray(grads[0]), REF["ridge/grad/W"], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(grads[1]), REF["ridge/grad/b"], rtol=1e-3, atol=1e-5)
+    clf = learner.adapt(REF["xs"], REF["ys"])
+    np.testing.assert_allclose(
+        np.asarray(clf(REF["xq"])), REF["ridge/logits"], rtol=1e-4, atol=1e-5
+    )
+
+
 def test_gradient_of_gradient_matches_finite_differences():
     # d/de <dL/dW (W + e v), u> at e = 0 against central differences of the gradient
     rng = np.random.default_rng(11)
@@ -232,6 +249,8 @@ def test_svm_logits_refuses_bad_shapes_labels_and_settings():
         svm_logits(s, y, q, 3, 0.0, 1.0, 3)
     with pytest.raises(ValueError, match="solver_steps must be >= 1"):
         svm_logits(s, y, q, 3, 0.1, 1.0, 0)
+    with pytest.raises(ValueError, match="ridge must be"):
+        svm_logits(s, y, q, 3, 0.1, 1.0, 3, ridge=float("nan"))
 
 
 @pytest.mark.parametrize(
@@ -246,6 +265,8 @@ def test_svm_logits_refuses_bad_shapes_labels_and_settings():
         (dict(scale=float("inf")), ValueError, "scale must be finite"),
         (dict(scale=None), TypeError, "scale must be a number"),
         (dict(learn_scale=1), TypeError, "learn_scale"),
+        (dict(ridge=-1.0), ValueError, "ridge must be a finite number >= 0"),
+        (dict(ridge="1"), TypeError, "ridge must be a number"),
     ],
 )
 def test_bad_settings_raise(kw, err, match):

@@ -33,6 +33,7 @@ metaoptnet.npz:
   exact/dual            the exact dual solution A (n, m)
   exact/logits, loss, grad/W, grad/b, grad/scale
   unrolled/dual, logits, loss, grad/W, grad/b, grad/scale, hvp/W
+  ridge/...             as exact/, the Gram matrix plus 1.0 I (the authors' code)
   proj/v, proj/out      rows and their projections onto the simplex (sum 1)
 """
 
@@ -135,6 +136,8 @@ def main(outdir):
     solvers = {
         "exact": lambda K, Y, C: dual_exact(K, Y, C),
         "unrolled": lambda K, Y, C: dual_unrolled(K, Y, C, iters),
+        # the authors' code adds 1.0 to the Gram matrix's diagonal
+        "ridge": lambda K, Y, C: dual_exact(K + torch.eye(len(K)), Y, C),
     }
     for name, solver in solvers.items():
         W = t(W0).requires_grad_()
