@@ -183,6 +183,15 @@ def svm_dual(gram: Any, onehot: ArrayLike, c: float, solver_steps: int) -> _core
         ``A (n, m)``; the SVM's class weights are ``X^T A``.
     """
     y_np = np.asarray(onehot, np.float32)
+    g_shape = tuple(int(d) for d in gram.shape)
+    if y_np.ndim != 2 or g_shape != (len(y_np), len(y_np)):
+        raise ValueError(
+            f"svm_dual: gram must be (n, n) and onehot (n, n_way), got {g_shape} and {y_np.shape}"
+        )
+    c = check_rate(c, "c", "svm_dual")
+    if c <= 0:
+        raise ValueError(f"svm_dual: c must be > 0, got {c}")
+    solver_steps = check_count(solver_steps, "solver_steps", "svm_dual", minimum=1)
     y = _core.as_tensor(y_np)
     n = int(y_np.shape[0])
     # 1 / ||K||_F, at most 1e6: K = 0 (dead embeddings) keeps a finite step and gradient

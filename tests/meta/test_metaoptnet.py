@@ -249,6 +249,16 @@ def test_svm_logits_refuses_bad_shapes_labels_and_settings():
         svm_logits(s, y, q, 3, 0.0, 1.0, 3)
     with pytest.raises(ValueError, match="solver_steps must be >= 1"):
         svm_logits(s, y, q, 3, 0.1, 1.0, 0)
+    gram = _core.matmul(s, s, transpose_b=True)
+    onehot = np.eye(3, dtype=np.float32)[y]
+    with pytest.raises(ValueError, match="gram must be"):
+        svm_dual(gram, onehot[:5], 0.1, 3)
+    with pytest.raises(ValueError, match="gram must be"):
+        svm_dual(_core.narrow(gram, 1, 0, 5), onehot, 0.1, 3)
+    with pytest.raises(ValueError, match="c must be > 0"):
+        svm_dual(gram, onehot, 0.0, 3)
+    with pytest.raises(TypeError, match="solver_steps must be an integer"):
+        svm_dual(gram, onehot, 0.1, 2.0)
     with pytest.raises(ValueError, match="ridge must be"):
         svm_logits(s, y, q, 3, 0.1, 1.0, 3, ridge=float("nan"))
 
