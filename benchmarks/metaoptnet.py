@@ -1,7 +1,8 @@
 """MetaOptNet's SVM head (Lee et al. 2019): a reproduction run within a wall-clock budget and
 the head's speed beside a PyTorch peer.
 
-    python benchmarks/metaoptnet.py run [--budget 600] [--threads 1]
+    python benchmarks/metaoptnet.py run [--budget 600] [--threads 1] [--ridge 1.0]
+                                        [--only MetaOptNet]
         conv4 on Omniglot 5-way 1-shot (the Vinyals split), trained for `budget` seconds
         (5 queries per class, meta-batch 8, Adam 1e-3, C = 0.1, 15 solver steps), then
         ProtoNet for the same budget and sampler; both tested on 600 episodes of the test
@@ -35,10 +36,12 @@ def run(args):
 
     _core.set_num_threads(args.threads)
     (x, y), (xt, yt) = omniglot(split="vinyals_trainval"), omniglot(split="vinyals_test")
-    for name, make in (
-        ("MetaOptNet", lambda: MetaOptNet(models.conv4(), C=0.1, solver_steps=15)),
-        ("ProtoNet", lambda: ProtoNet(models.conv4())),
-    ):
+    learners = {
+        "MetaOptNet": lambda: MetaOptNet(models.conv4(), C=0.1, solver_steps=15, ridge=args.ridge),
+        "ProtoNet": lambda: ProtoNet(models.conv4()),
+    }
+    for name in args.only or list(learners):
+        make = learners[name]
         ml.random.set_seed(args.seed)
         learner = make()
         t0 = time.perf_counter()
@@ -52,7 +55,7 @@ def run(args):
         seconds = time.perf_counter() - t0
         res = learner.evaluate(NWayKShot((xt, yt), 5, 1, 15, seed=args.seed + 1), episodes=600)
         print(
-            f"{name}: conv4, Omniglot 5-way 1-shot, {len(h['loss'])} meta-batches of 8 in "
+            f"{name}{f' ridge={args.ridge}' if name == 'MetaOptNet' else ''}: conv4, Omniglot 5-way 1-shot, {len(h['loss'])} meta-batches of 8 in "
             f"{seconds:.0f} s: {100 * res['accuracy']:.1f} +- {100 * res['ci95']:.1f} %",
             flush=True,
         )
@@ -130,6 +133,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--ridge", type=float, default=0.0, help="MetaOptNet's ridge (authors': 1.0)")
+    p.add_argument("--only", nargs="*", choices=("MetaOptNet", "ProtoNet"))
     args = p.parse_args(argv)
     run(args) if args.what == "run" else speed(args)
 
