@@ -24,7 +24,8 @@ Also with that API: ``MAMLPlusPlus`` (Antoniou et al. 2019, MAML++: multi-step l
 learned per-step inner rates, derivative-order and cosine annealing), ``IMAML``
 (Rajeswaran et al. 2019, implicit meta-gradients by conjugate gradient), ``MatchingNet``
 (Vinyals et al. 2016, cosine attention) and ``R2D2`` (Bertinetto et al. 2019, a closed-form
-ridge-regression head).
+ridge-regression head) and ``MetaOptNet`` (Lee et al. 2019, a multi-class SVM head solved by
+unrolled accelerated projected gradient).
 """
 
 from . import models
@@ -32,7 +33,17 @@ from ._base import BaseMetaLearner, clone_model
 from .maml import ANIL, MAML, MetaSGD
 from .imaml import IMAML
 from .mamlpp import MAMLPlusPlus, multi_step_loss_weights
-from .metric import R2D2, MatchingNet, RelationNet, matching_logits, ridge_logits, spd_solve
+from .metric import (
+    R2D2,
+    MatchingNet,
+    MetaOptNet,
+    RelationNet,
+    matching_logits,
+    ridge_logits,
+    spd_solve,
+    svm_dual,
+    svm_logits,
+)
 from .protonet import ProtoNet, PrototypeClassifier, prototype_logits
 from .reptile import Reptile
 from .system import MetaLearner, rankdata, spearman
@@ -67,9 +78,12 @@ __all__ = [
     "MatchingNet",
     "RelationNet",
     "R2D2",
+    "MetaOptNet",
     "matching_logits",
     "ridge_logits",
     "spd_solve",
+    "svm_dual",
+    "svm_logits",
     "ProtoNet",
     "PrototypeClassifier",
     "prototype_logits",
