@@ -188,3 +188,24 @@ def test_bad_input_raises_and_changes_nothing():
         _core.conv2d_batched(x[:0], k[:0])
     np.testing.assert_array_equal(k, 1.0)  # inputs untouched
     np.testing.assert_array_equal(x, 0.0)
+
+
+def test_same_bits_for_any_thread_count():
+    """The tasks run one after the other, each with conv2d's chunking (a function of the
+    task's shape): the thread count shares out independent outputs only."""
+    rng = np.random.default_rng(6)
+    x = ml.tensor(N(rng, 3, 9, 8, 7, 5), requires_grad=True)
+    k = ml.tensor(N(rng, 3, 3, 3, 5, 4), requires_grad=True)
+    before = ml.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            ml.set_num_threads(threads)
+            y = _core.conv2d_batched(x, k, None, 1, "same")
+            gx, gk = ml.grad(ml.reduce_sum(ml.square(y)), [x, k])
+            results.append([np.asarray(t).copy() for t in (y, gx, gk)])
+    finally:
+        ml.set_num_threads(before)
+    for r in results[1:]:
+        for a, b in zip(results[0], r):
+            np.testing.assert_array_equal(a, b)
