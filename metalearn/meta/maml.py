@@ -78,9 +78,11 @@ class MAML(BaseMetaLearner):
         vectorize: ``"auto"`` runs the tasks of a meta-batch together (batched matrix
             products over per-task weight copies, one graph for the whole batch) when
             every layer of the model has a batched form (``Sequential`` models of Dense,
-            Activation, Flatten, BatchNormalization and Sequential layers) and the loss is
-            a built-in one; the result equals the loop over tasks
-            (batch statistics per task, ``metalearn.batch_norm_grouped``). A wide Dense
+            Conv2D, MaxPooling2D, AveragePooling2D, Activation, Flatten,
+            BatchNormalization and Sequential layers: conv4 included) and the loss is a
+            built-in one; the result equals the loop over tasks (batch statistics per task,
+            ``metalearn.batch_norm_grouped``; each task's convolution with its own fast
+            kernel, ``metalearn.conv2d_batched``). A wide Dense
             kernel adapted from a few support rows is carried as the shared kernel plus
             each task's low-rank update ``-inner_lr * X^T dZ`` instead of a copy per task
             (the same numbers, far less memory traffic). False always loops.
@@ -352,8 +354,9 @@ class MAML(BaseMetaLearner):
             if plan is None and self.vectorize is True:
                 raise ValueError(
                     f"{type(self).__name__}: vectorize=True needs a model whose "
-                    "layers all have a batched form (a Sequential of Dense/"
-                    "Activation/Flatten/BatchNormalization) and a built-in loss"
+                    "layers all have a batched form (a Sequential of Dense/Conv2D/"
+                    "MaxPooling2D/AveragePooling2D/Activation/Flatten/BatchNormalization) "
+                    "and a built-in loss"
                 )
         self._plan = plan if plan is not None else False
         return plan
