@@ -37,6 +37,7 @@ import numpy as np
 
 __all__ = [
     "DataParallel",
+    "ShardedMemory",
     "barrier",
     "comm",
     "distribution",
@@ -172,7 +173,7 @@ class DataParallel:
     """Splits each meta-batch's tasks between the processes of the world; the same bits
     for any number of processes.
 
-    Used by ``fit`` of MAML, FOMAML, MetaSGD, ANIL, Reptile and ProtoNet while the strategy is in
+    Used by ``fit`` of MAML, FOMAML, MetaSGD, ANIL, Reptile, ProtoNet and MetaLearner while the strategy is in
     force (``with DataParallel().scope():`` or ``set_distribution``), and by every learner's
     ``evaluate``, which splits the episodes between the ranks and returns on every rank the
     numbers one process gives. ``checkpoint_dir`` works as in one process: rank 0 writes
@@ -251,6 +252,15 @@ class DataParallel:
         """Broadcasts rank 0's weights (and every meta-parameter) to all ranks."""
         self._steps = 0
         tensors = _state_tensors(learner)
+        if size() == 1 or not tensors:
+            return
+        buf = np.concatenate([np.asarray(t, np.float32).reshape(-1) for t in tensors])
+        _world().Bcast(buf, root=0)
+        _assign_flat(tensors, buf)
+
+    def _broadcast(self, tensors) -> None:
+        """Rank 0's values of `tensors` on every rank (one Bcast)."""
+        tensors = list(tensors)
         if size() == 1 or not tensors:
             return
         buf = np.concatenate([np.asarray(t, np.float32).reshape(-1) for t in tensors])
@@ -575,6 +585,15 @@ def _task_gradient(learner, batch, i, params):
         return loss, metric, grads
     loss, metric = learner._meta_loss(one)
     return float(loss.item()), metric, _core.grad(loss, params)
+
+
+def __getattr__(name):
+    # ShardedMemory lives in distributed/memory.py, imported on first use
+    if name == "ShardedMemory":
+        from metalearn.distributed.memory import ShardedMemory
+
+        return ShardedMemory
+    raise AttributeError(f"module 'metalearn.distributed' has no attribute {name!r}")
 
 
 def __dir__():

@@ -373,7 +373,9 @@ class ShardedMemory:
         pay = np.asarray(pay, np.float32).reshape(n, kl, self.payload_size)
         g = [self._allgather(a) for a in (idx, sim, lab, pay, keys)]
         # (n, P * kl) candidates per query, merged: valid first, similarity down, slot up
-        gi, gs, gl, gp, gk = (np.moveaxis(a, 0, 1).reshape((n, self._p * kl) + a.shape[3:]) for a in g)
+        gi, gs, gl, gp, gk = (
+            np.moveaxis(a, 0, 1).reshape((n, self._p * kl) + a.shape[3:]) for a in g
+        )
         order = np.lexsort((gi, -gs.astype(np.float64), gi < 0), axis=-1)[:, :k]
         rows = np.arange(n)[:, None]
         out = [gi[rows, order], gs[rows, order], gl[rows, order], gp[rows, order], gk[rows, order]]
@@ -411,8 +413,14 @@ class ShardedMemory:
         if allow is not None:
             ok &= np.isin(labels, np.asarray(allow, np.int64))
         slots = np.arange(lo, hi)
-        order = np.lexsort((np.broadcast_to(slots, scores.shape), -scores.astype(np.float64),
-                            np.broadcast_to(~ok, scores.shape)), axis=-1)[:, :kl]
+        order = np.lexsort(
+            (
+                np.broadcast_to(slots, scores.shape),
+                -scores.astype(np.float64),
+                np.broadcast_to(~ok, scores.shape),
+            ),
+            axis=-1,
+        )[:, :kl]
         rows = np.arange(n)[:, None]
         idx = np.where(ok[order], slots[order], -1)
         sim = np.where(ok[order], scores[rows, order], np.float32(-np.inf)).astype(np.float32)
@@ -696,7 +704,9 @@ class ShardedMemory:
         self._labels[:c] = raw[l_at : l_at + 8 * c].view("<i8")
         self._ages[:c] = raw[a_at : a_at + 8 * c].view("<i8")
         self._n_removed = int(np.count_nonzero(self._labels[:c] == -1))
-        self._keys[: hi - lo] = raw[k_at + 4 * d * lo : k_at + 4 * d * hi].view("<f4").reshape(-1, d)
+        self._keys[: hi - lo] = (
+            raw[k_at + 4 * d * lo : k_at + 4 * d * hi].view("<f4").reshape(-1, d)
+        )
         if p:
             self._payloads[: hi - lo] = (
                 raw[p_at + 4 * p * lo : p_at + 4 * p * hi].view("<f4").reshape(-1, p)

@@ -866,11 +866,13 @@ class MetaLearner:
         end = _budget.deadline(time_budget, "MetaLearner.fit")
         from metalearn.distributed import distribution
 
-        if distribution() is not None:  # refused, not run silently on one process
-            raise TypeError(
-                "DataParallel: MetaLearner.fit is not data-parallel yet (MAML, FOMAML, "
-                "MetaSGD, ANIL, Reptile and ProtoNet are)"
-            )
+        # under DataParallel the algorithm's meta-step is data-parallel (its tasks split
+        # between the processes, their meta-gradients summed in task order: the same bits
+        # for any P); what follows it (adaptation, memory writes, predictor step) runs on
+        # every process alike, so every process holds the same memory and predictor
+        dist = distribution()
+        if dist is not None:
+            dist._check_learner(self.algorithm, None)
         history = {
             "loss": [],
             "accuracy": [],
@@ -886,7 +888,14 @@ class MetaLearner:
                 batch = Task(*(np.asarray(a)[None] for a in batch), info={"batched": True})
             self._setup(batch)
             alg._prepare(batch)
-            loss, metric = alg._meta_step(batch)
+            if dist is None:
+                loss, metric = alg._meta_step(batch)
+            else:
+                if it == 0:
+                    dist._begin(alg)  # rank 0's weights on every rank
+                    self._build_predictor()  # and rank 0's predictor
+                    dist._broadcast(self.predictor.weights)
+                loss, metric = dist._meta_step(alg, batch)
             alg.iterations += 1
             grams, labs, accs = [], [], []
             singles = batch.tasks()
@@ -930,7 +939,10 @@ class MetaLearner:
             progress.update(
                 it + 1, {"loss": loss, "accuracy": float(np.mean(accs)), "predictor_loss": ploss}
             )
-            if _budget.expired(end):
+            expired = _budget.expired(end)
+            if dist is not None:  # one rank's clock stops every rank after this iteration
+                expired = dist._agree(False, expired)[1]
+            if expired:
                 history["stopped"] = _budget.STOPPED_TIME_BUDGET
                 break
         self.history = history
