@@ -267,6 +267,24 @@ class DataParallel:
         _world().Bcast(buf, root=0)
         _assign_flat(tensors, buf)
 
+    def _task_block(self, n):
+        """This rank's contiguous block [lo, hi) of n tasks."""
+        return _block(n, size(), rank())
+
+    def _gather_rows(self, local, n):
+        """Every rank's rows of its task block (float64, (hi - lo, w)), in task order on
+        every rank: (n, w) (one Allgatherv; the values keep their bits)."""
+        local = np.ascontiguousarray(local, np.float64)
+        p = size()
+        if p == 1:
+            return local
+        w = local.shape[1]
+        counts = [(_block(n, p, q)[1] - _block(n, p, q)[0]) * w for q in range(p)]
+        displs = [_block(n, p, q)[0] * w for q in range(p)]
+        full = np.empty((n, w), np.float64)
+        _world().Allgatherv(local, [full, (counts, displs), _import_mpi().DOUBLE])
+        return full
+
     def _meta_step(self, learner, batch):
         """One data-parallel meta-step; returns (mean loss, mean metric) over the batch."""
         from metalearn import debugging

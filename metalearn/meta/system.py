@@ -900,13 +900,17 @@ class MetaLearner:
             grams, labs, accs = [], [], []
             singles = batch.tasks()
             self._update_center([self.embed(t.support_x).mean(0) for t in singles])
-            for t in singles:
-                sx, sy = self._check_support(t.support_x, t.support_y)
+            supports = [self._check_support(t.support_x, t.support_y) for t in singles]
+            for sx, sy in supports:
                 if len(sy) != self.support_size:
                     raise ValueError(
                         f"fit: support sets must all have {self.support_size} "
                         f"examples, got {len(sy)}"
                     )
+            # each task's adaptation, accuracy and features (under DataParallel: this
+            # rank's block of tasks, then every rank's rows in task order, same bits)
+            lo, hi = (0, len(singles)) if dist is None else dist._task_block(len(singles))
+            for (sx, sy), t in zip(supports[lo:hi], singles[lo:hi]):
                 fast = alg.adapted_weights(sx, sy, self.inner_steps)
                 with _core_no_grad():
                     acc = _accuracy(self._run(fast, t.query_x), t.query_y)
@@ -914,7 +918,17 @@ class MetaLearner:
                 grams.append(g[0])
                 labs.append(l[0])
                 accs.append(acc)
-                if remember:
+            if dist is not None:
+                wg, wl = self.feature_size, self.support_size * self.n_way
+                rows = np.zeros((hi - lo, wg + wl + 1))
+                for j in range(hi - lo):
+                    rows[j] = np.concatenate([grams[j], labs[j], [accs[j]]])
+                rows = dist._gather_rows(rows, len(singles))
+                grams = list(rows[:, :wg].astype(np.float32))
+                labs = list(rows[:, wg : wg + wl].astype(np.float32))
+                accs = [float(a) for a in rows[:, -1]]
+            if remember:  # every rank writes every task, in task order: the same memory
+                for (sx, sy), t, acc in zip(supports, singles, accs):
                     self.remember(sx, sy, t.query_x, t.query_y, accuracy=acc, info=t.info)
             self._buffer_x.extend(grams)
             self._buffer_l.extend(labs)

@@ -33,7 +33,7 @@ def main(algo, out):
         seed=0,
     )
     with distributed.DataParallel(check_every=1).scope():
-        h = system.fit(tasks, iterations=3, meta_batch_size=4, verbose=0)
+        h = system.fit(tasks, iterations=3, meta_batch_size=3, verbose=0)  # blocks 1 + 2
     keys, labels, ages, payloads = system.memory.state()
     if distributed.rank() == 0:
         res = {f"w{i:02d}": w for i, w in enumerate(system.model.get_weights())}
