@@ -19,6 +19,10 @@ sent and received per rank, on NumPy buffers), and the last rank broadcasts it, 
 meta-update, and the weights after any number of iterations, have the same bits for
 P = 1, 2, 3, ... processes (P need not divide the meta-batch).
 
+The knowledge memory over the processes: ``distributed.ShardedMemory(capacity, key_size)``
+holds capacity / P slots on each and answers as one ``KnowledgeMemory`` of that capacity,
+bit for bit (``metalearn/distributed/memory.py``).
+
 mpi4py is imported only when the process was started by an MPI launcher (``mpiexec``,
 ``srun``: its environment says so) or ``METALEARN_MPI=1`` is set; otherwise the world is
 this one process (size 1) and nothing beyond NumPy is needed.
@@ -185,7 +189,11 @@ class DataParallel:
     same meta-batch (the samplers are seeded alike), computes the meta-gradient of each of
     its tasks alone, and continues the running sum of the ranks before it over its tasks
     (``((g_0 + g_1) + ...) + g_{B-1}``, then divided by B; the last rank broadcasts it);
-    every rank applies the same optimizer step. The weights are therefore the same, bit for bit, for any number of
+    every rank applies the same optimizer step. ``MetaLearner.fit`` takes its algorithm's
+    meta-step this way, splits the adaptation and measurement of the batch's tasks between
+    the ranks too (their rows gathered in task order), and writes every task into its
+    memory on every rank in task order (a replicated memory: the same writes in the same
+    order give the same memory). The weights are therefore the same, bit for bit, for any number of
     processes (and for this strategy run in one process without MPI). Against a plain
     ``fit``: Reptile with ``vectorize=False`` gives the same bits (its loop sums the
     directions in task order too); the MAML family and ProtoNet differ by float32

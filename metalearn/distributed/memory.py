@@ -281,8 +281,12 @@ class ShardedMemory:
             return
         crc = 0
         for a in arrays:
-            if a is not None:
-                crc = zlib.crc32(np.ascontiguousarray(a).tobytes(), crc)
+            a = np.asarray(a) if a is not None else None
+            if a is None or a.dtype == object:  # (bytes of an object array are pointers)
+                crc = zlib.crc32(repr(None if a is None else a.tolist()).encode(), crc)
+                continue
+            crc = zlib.crc32(repr((a.dtype.str, a.shape)).encode(), crc)
+            crc = zlib.crc32(np.ascontiguousarray(a).tobytes(), crc)
         crcs = self._allgather(np.array([crc], np.int64))[:, 0]
         if len(set(crcs.tolist())) > 1:
             raise ValueError(
@@ -323,6 +327,8 @@ class ShardedMemory:
         return np.ascontiguousarray(a)
 
     def _batch(self, what, q, labels, payloads):
+        # the ranks agree on the arguments before any check, so a refusal is on every rank
+        self._agree(what, q, labels, payloads)
         q = self._queries(what, q)
         n = len(q)
         y = np.asarray(labels)
@@ -356,7 +362,6 @@ class ShardedMemory:
                     f"ShardedMemory.{what}: payload {rows[0]} holds a non-finite value"
                 )
             pl = np.ascontiguousarray(pl)
-        self._agree(what, q, y, pl)
         return q, y, pl
 
     # ---------------------------------------------------------------- search
@@ -437,6 +442,7 @@ class ShardedMemory:
     def query(self, q: Any, k: int = 1, labels: Any = None, nprobe: Any = None) -> Any:
         """``KnowledgeMemory.query`` over every rank's slots: ``(indices, similarities,
         labels, payloads)``, the single memory's bits (ties: the lower slot first)."""
+        self._agree("query", q, repr(k), labels, repr(nprobe))
         if nprobe is not None and not (isinstance(nprobe, str) and nprobe == "exact"):
             raise ValueError(
                 "ShardedMemory.query: nprobe asks for the approximate index, which a sharded "
@@ -555,10 +561,10 @@ class ShardedMemory:
         """``KnowledgeMemory.remove``: empties the slots ``ids``; an id that is not an
         occupied slot, or given twice, raises ValueError and nothing changes."""
         ids = np.asarray(ids).reshape(-1)
+        self._agree("remove", ids)
         if len(ids) and not np.issubdtype(ids.dtype, np.integer):
             raise TypeError(f"ShardedMemory.remove: ids must be integers, got {ids.dtype}")
         ids = np.sort(ids.astype(np.int64))
-        self._agree("remove", ids)
         for i, j in enumerate(ids.tolist()):
             if j < 0 or j >= self._count or self._labels[j] == -1:
                 raise ValueError(

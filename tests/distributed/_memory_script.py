@@ -86,6 +86,16 @@ def main(out, folder):
             assert "not divisible" in str(exc), exc
         else:
             raise AssertionError("a capacity that P does not divide was accepted")
+        # ranks given different arguments refuse together, and nothing changes
+        before = [np.asarray(a).tobytes() for a in back.state()]
+        try:
+            back.update(q[:2], [r, 1])
+        except ValueError as exc:
+            assert "different arguments" in str(exc), exc
+        else:
+            assert P == 1, "ranks with different arguments were not refused"
+        if P > 1:
+            assert [np.asarray(a).tobytes() for a in back.state()] == before
     distributed.barrier()
     if r == 0:
         with open(out, "w") as f:
