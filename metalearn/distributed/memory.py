@@ -233,6 +233,10 @@ class ShardedMemory:
             )
         self._local.load(path)
         self._stale = False
+        self._eng_count = c
+        self._eng_removed = set(
+            np.flatnonzero(self._labels[self._base : self._base + c] == -1).tolist()
+        )
 
     def __del__(self):
         try:
@@ -479,14 +483,38 @@ class ShardedMemory:
         r = _rng_below(self._rng, len(tied)) if len(tied) > 1 else 0
         return int(tied[r])
 
-    def _store(self, slot, key, payload):
-        """The owner keeps a written slot's key and payload."""
-        if self._owner(slot) == self._r:
-            j = slot - self._base
-            self._keys[j] = key
-            if self.payload_size:
-                self._payloads[j] = payload
+    def _store(self, slot, key, payload, raw=None, label=None):
+        """The owner keeps a written slot's key and payload, and writes it into its search
+        engine: `raw` is what the C core normalises into `key` (None: the slot is removed)."""
+        if self._owner(slot) != self._r:
+            return
+        j = slot - self._base
+        self._keys[j] = key
+        if self.payload_size:
+            self._payloads[j] = payload
+        if self._stale:
+            return  # the next search installs the whole shard
+        eng, removed = self._local, self._eng_removed
+        if raw is None:
+            eng.remove([j])
+            removed.add(j)
+            return
+        # the engine's add writes the lowest removed slot (else the next empty one): the
+        # removed slots below j are filled with placeholders, j emptied, the key added, the
+        # placeholders removed again (the engine's ages and stream are never read)
+        below = sorted(r for r in removed if r < j)
+        if below:
+            eng.add(np.ones((len(below), self.key_size), np.float32), np.zeros(len(below), int))
+        if j < self._eng_count and j not in removed:
+            eng.remove([j])
+        pay = np.asarray(payload, np.float32)[None] if self.payload_size else None
+        got = int(eng.add(np.asarray(raw, np.float32)[None], [int(label)], pay)[0])
+        if got != j:  # (not reached: the engine mirrors the shard)
             self._stale = True
+        if below:
+            eng.remove(below)
+        removed.discard(j)
+        self._eng_count = max(self._eng_count, j + 1)
 
     def update(self, q: Any, labels: Any, payloads: Any = None) -> np.ndarray:
         """``KnowledgeMemory.update`` (Kaiser et al.'s rule) over the whole memory; returns
@@ -527,16 +555,17 @@ class ShardedMemory:
                         t = int(np.flatnonzero(cand[0][j] == best)[0])
                         old_key, old_pay = cand[3][j, t], cand[2][j, t]
                     slot = best
-                    key = _normalize_rows(old_key + x)
+                    raw = old_key + x
+                    key = _normalize_rows(raw)
                     pay = old_pay if pj is None or not p else np.float32(0.5) * (old_pay + pj)
                 else:
                     slot = self._oldest_slot()
-                    key = x
+                    key, raw = x, q[j0 + j]
                     self._labels[slot] = y[j0 + j]
                     pay = np.zeros(p, np.float32) if pj is None else pj
                 touched.pop(slot, None)
                 touched[slot] = (np.array(key, np.float32), np.array(pay, np.float32))
-                self._store(slot, key, pay)
+                self._store(slot, key, pay, raw, self._labels[slot])
                 self._ages[slot] = 0
                 out[j0 + j] = slot
         return out
@@ -552,7 +581,7 @@ class ShardedMemory:
             slot = self._oldest_slot()
             self._labels[slot] = y[j]
             pay = np.zeros(self.payload_size, np.float32) if pl is None else pl[j]
-            self._store(slot, qn[j], pay)
+            self._store(slot, qn[j], pay, q[j], y[j])
             self._ages[slot] = 0
             out[j] = slot
         return out
@@ -578,8 +607,6 @@ class ShardedMemory:
             self._ages[j] = 0
             self._store(j, np.zeros(self.key_size, np.float32), np.zeros(self.payload_size))
             self._n_removed += 1
-            if self._owner(j) == self._r:
-                self._stale = True
 
     def clear(self) -> None:
         """Empties every slot and reseeds the stream (as ``KnowledgeMemory.clear``)."""
