@@ -43,6 +43,8 @@ import numpy as np
 
 from metalearn.memory import KnowledgeMemory
 
+__all__ = ["ShardedMemory"]
+
 _M64 = (1 << 64) - 1
 _CHUNK = 32  # queries searched together by an update (UPDATE_CHUNK of memory.c)
 _NORM_EPS = float(np.float32(1e-12))  # NORM_EPS of memory.c, as a double
@@ -786,3 +788,8 @@ def _write_atomic(path, data):
         except OSError:
             pass
         raise
+
+
+def __dir__():
+    # the public names only (not the modules and helpers imported or defined above)
+    return list(__all__)
