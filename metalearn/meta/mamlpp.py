@@ -8,8 +8,9 @@ from typing import Any, List
 import numpy as np
 
 from metalearn import _core
+from metalearn.functional import functional_call
 
-from ._base import check_count, check_rate
+from ._base import _leaf_layers, check_count, check_rate
 from .maml import MAML
 
 __all__ = ["MAMLPlusPlus", "multi_step_loss_weights"]
@@ -32,6 +33,16 @@ def multi_step_loss_weights(steps: int, epoch: int, msl_epochs: int) -> np.ndarr
     w[:-1] = np.maximum(w[:-1] - epoch * decay, floor)
     w[-1] = min(w[-1] + epoch * (steps - 1) * decay, 1.0 - (steps - 1) * floor)
     return w
+
+
+class _Stepped(list):
+    """Fast weights that know how many inner steps made them (`step`) and whether a query
+    pass reads them (`query`): per-step batch-norm weights pick their step from these."""
+
+    def __init__(self, weights, step, query=False):
+        super().__init__(weights)
+        self.step = step
+        self.query = query
 
 
 def _flag(value, name, who):
@@ -61,10 +72,20 @@ class MAMLPlusPlus(MAML):
       held at `min_meta_lr` after `total_epochs` (set for each update and put back after
       it, so the optimizer's configuration, and a checkpoint's, stays `meta_lr`).
 
+    - ``per_step_bn_weights`` (BNWB, §4 of the paper): every BatchNormalization layer's
+      scale and offset get one learned copy per inner step, initialised to the layer's
+      own and meta-trained; they are not adapted in the inner loop (the paper's code
+      leaves them out of it). The support pass at inner step ``s`` (0-based, after ``s``
+      updates) and the query pass after step ``s``'s update both use copy ``s``, as the
+      official code's ``num_step``; more steps than `inner_steps` use the last copy.
+      ``bn_weights[s][j]`` is copy ``s`` of the ``j``-th batch-norm weight (in the order of
+      ``model.trainable_weights``); the model's own scales and offsets are then unused, and
+      ``adapt`` returns a model holding the copy its query pass used.
+
     An epoch is `epoch_length` meta-iterations (the paper: 500), counted by
     ``self.iterations`` (so a resumed ``fit`` continues the schedules where it stopped).
-    Per-step batch-norm weights and statistics (BNWB/BNRS) are not implemented:
-    BatchNormalization layers behave as in MAML (the batch's statistics).
+    Per-step batch-norm running statistics (BNRS) are not implemented: the moving
+    statistics are the ones of ``batch_norm`` (as MAML's).
 
     The tasks of a meta-batch run one by one (not MAML's vectorised path).
 
@@ -80,6 +101,8 @@ class MAMLPlusPlus(MAML):
         epoch_length: meta-iterations per epoch.
         batch_norm: the query's normalisation, as MAML's (each of the multi-step loss's
             query passes uses it).
+        per_step_bn_weights: BNWB (off by default: a model without batch normalisation
+            has nothing to give it).
     """
 
     _batched_inner_loop = False  # step-dependent rates and losses: the per-task loop
@@ -103,10 +126,17 @@ class MAMLPlusPlus(MAML):
         min_meta_lr: float = 1e-5,
         epoch_length: int = 500,
         batch_norm: str = "transductive",
+        per_step_bn_weights: bool = False,
     ) -> None:
         who = type(self).__name__
         # every setting checked before anything is stored: a bad one changes nothing
         multi_step_loss = _flag(multi_step_loss, "multi_step_loss", who)
+        per_step_bn_weights = _flag(per_step_bn_weights, "per_step_bn_weights", who)
+        if per_step_bn_weights and not _bn_layers(model):
+            raise ValueError(
+                f"{who}: per_step_bn_weights=True needs a model with a trainable "
+                "BatchNormalization layer"
+            )
         learn_inner_rates = _flag(learn_inner_rates, "learn_inner_rates", who)
         cosine_annealing = _flag(cosine_annealing, "cosine_annealing", who)
         msl_epochs = check_count(msl_epochs, "msl_epochs", who, minimum=1)
@@ -138,6 +168,9 @@ class MAMLPlusPlus(MAML):
         self.min_meta_lr = min_meta_lr
         self.epoch_length = epoch_length
         self.learning_rates = None
+        self.per_step_bn_weights = per_step_bn_weights
+        self.bn_weights = None
+        self._bn_index = None  # positions of the batch-norm weights in trainable_weights
 
     # ------------------------------------------------------------ schedules
     @property
@@ -170,13 +203,27 @@ class MAMLPlusPlus(MAML):
     # ------------------------------------------------------------ parameters
     def _prepare(self, task):
         super()._prepare(task)
-        if self.learning_rates is None and self.learn_inner_rates:
-            from metalearn.tape import Variable
+        from metalearn.tape import Variable
 
-            self.learning_rates = [
+        if self.per_step_bn_weights and self._bn_index is None:
+            ids = {id(w) for layer in _bn_layers(self.model) for w in layer.trainable_weights}
+            every = self.model.trainable_weights
+            self._bn_index = [i for i, w in enumerate(every) if id(w) in ids]
+            self.bn_weights = [
+                [
+                    Variable(
+                        np.array(every[i], np.float32),
+                        name=f"bnwb/step{s}/{getattr(every[i], 'name', i)}",
+                    )
+                    for i in self._bn_index
+                ]
+                for s in range(self.inner_steps)
+            ]
+        if self.learning_rates is None and self.learn_inner_rates:
+            self.learning_rates = [  # one per weight the inner loop adapts
                 [
                     Variable(np.float32(self.inner_lr), name=f"lslr/step{s}/{i}")
-                    for i in range(len(self.model.trainable_weights))
+                    for i in range(len(self._inner_params()))
                 ]
                 for s in range(self.inner_steps)
             ]
@@ -185,15 +232,68 @@ class MAMLPlusPlus(MAML):
         return [a for step in (self.learning_rates or []) for a in step]
 
     def _meta_params(self):
-        return list(self.model.trainable_weights) + self._rates()
+        bn = [w for step in (self.bn_weights or []) for w in step]
+        return list(self._inner_params()) + self._rates() + bn
+
+    # ------------------------------------------------ per-step batch-norm weights
+    def _inner_params(self):
+        every = self.model.trainable_weights
+        if not self._bn_index:
+            return every
+        skip = set(self._bn_index)
+        return [w for i, w in enumerate(every) if i not in skip]
+
+    def _full_weights(self, fast):
+        """The model's trainable weights with the adapted ones and this pass's per-step
+        batch-norm copies in place (`fast` a _Stepped list)."""
+        if not self._bn_index:
+            return fast
+        step = getattr(fast, "step", 0) - (1 if getattr(fast, "query", False) else 0)
+        copies = self.bn_weights[min(max(step, 0), len(self.bn_weights) - 1)]
+        full = list(self.model.trainable_weights)
+        skip = set(self._bn_index)
+        for i, w in zip([i for i in range(len(full)) if i not in skip], fast):
+            full[i] = w
+        for i, w in zip(self._bn_index, copies):
+            full[i] = w
+        return full
+
+    def _as_query(self, fast):
+        if not self._bn_index:
+            return fast
+        return _Stepped(fast, getattr(fast, "step", 0), query=True)
+
+    def _forward(self, fast, x):
+        return functional_call(self.model, self._full_weights(fast), x, training=True)
+
+    def _query_output(self, fast, query_x, support_x=None):
+        return super()._query_output(self._as_query(fast), query_x, support_x)
+
+    def _query_forward(self, fast, qx, sx):
+        return super()._query_forward(self._as_query(fast), qx, sx)
+
+    def _collect_statistics(self, fast, sx):
+        super()._collect_statistics(self._as_query(fast), sx)
+
+    def _adapted_weights(self, support_x, support_y, steps):
+        fast = self._inner_loop(
+            self._support_input(support_x),
+            support_y,
+            self._steps(steps),
+            create_graph=False,
+            detach=True,
+        )
+        return self._full_weights(self._as_query(fast))
 
     def _inner_step(self, step, fast, grads):
         """Inner step `step` (0-based): ``w - lr[step][i] * g``."""
         if not self.learn_inner_rates:
             lr = self.inner_lr
-            return [w - lr * g for w, g in zip(fast, grads)]
-        rates = self.learning_rates[min(step, len(self.learning_rates) - 1)]
-        return [w - a * g for w, a, g in zip(fast, rates, grads)]
+            new = [w - lr * g for w, g in zip(fast, grads)]
+        else:
+            rates = self.learning_rates[min(step, len(self.learning_rates) - 1)]
+            new = [w - a * g for w, a, g in zip(fast, rates, grads)]
+        return _Stepped(new, step + 1) if self._bn_index else new
 
     # ------------------------------------------------------------ meta-loss
     def _meta_loss(self, batch):
@@ -252,3 +352,17 @@ class MAMLPlusPlus(MAML):
             f"first_order_epochs={self.first_order_epochs} "
             f"cosine_annealing={self.cosine_annealing}>"
         )
+
+
+def _bn_layers(model):
+    """The model's trainable BatchNormalization layers (a frozen one runs in inference
+    mode and has no trainable weights)."""
+    from metalearn.keras.conv_layers import BatchNormalization
+
+    return [
+        layer
+        for layer in _leaf_layers(model, [])
+        if isinstance(layer, BatchNormalization)
+        and layer.trainable
+        and (layer.center or layer.scale)
+    ]
