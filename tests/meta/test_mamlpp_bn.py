@@ -168,3 +168,107 @@ def test_bad_settings_raise_and_change_nothing():
         MAMLPlusPlus(_model(), per_step_bn_weights="yes")
     for a, b in zip(before, model.weights):
         np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def _hidden_stats(fast, x):
+    w1, b1 = (np.asarray(v, np.float64) for v in fast[:2])
+    h = np.asarray(x, np.float64) @ w1 + b1
+    return h.mean(0), h.var(0)
+
+
+@pytest.mark.parametrize("bnwb", [False, True])
+def test_per_step_statistics_move_towards_each_steps_support_statistics(bnwb):
+    """One meta-iteration on one task (SGD meta-step: the weights move): pair s of the
+    moving statistics becomes momentum * initial + (1 - momentum) * the support's
+    statistics under the weights after s + 1 inner steps (before the meta-update);
+    evaluate after k steps normalises the query with pair k - 1, and adapt's model holds
+    it. NumPy forwards of the network as references."""
+    b = _batch()
+    sx, sy, qx, qy = b.support_x[0], b.support_y[0], b.query_x[0], b.query_y[0]
+    learner = MAMLPlusPlus(
+        _model(2),
+        inner_lr=1.0,  # steps that move the hidden layer: each step's pair differs
+        inner_steps=2,
+        meta_optimizer="sgd",
+        meta_lr=0.5,
+        batch_norm="running",
+        per_step_bn_statistics=True,
+        per_step_bn_weights=bnwb,
+        loss="mse",
+    )
+    bn = learner.model.layers[1]
+    bn.momentum = 0.5  # one update shows the support statistics plainly
+    want = [_hidden_stats(learner.adapted_weights(sx, sy, steps=s + 1), sx) for s in range(2)]
+    before = np.array(learner.model.trainable_weights[0])
+    learner.fit([Task(sx, sy, qx, qy)], iterations=1, meta_batch_size=1, verbose=0)
+    assert np.abs(before - np.asarray(learner.model.trainable_weights[0])).max() > 1e-5
+    m = bn.momentum
+    for s in range(2):
+        mean, var = (np.asarray(v) for v in learner.bn_statistics[s])
+        np.testing.assert_allclose(mean, (1 - m) * want[s][0], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(var, m + (1 - m) * want[s][1], rtol=1e-4, atol=1e-6)
+    assert np.abs(np.asarray(learner.bn_statistics[0][0]) - (1 - m) * want[1][0]).max() > 1e-3
+    # the layer's own moving statistics are not used, nor moved
+    np.testing.assert_array_equal(np.asarray(bn.moving_mean), np.zeros(8, np.float32))
+    for k in (1, 2, 3):
+        pair = [np.asarray(v, np.float64) for v in learner.bn_statistics[min(k, 2) - 1]]
+        fast = learner.adapted_weights(sx, sy, steps=k)
+        w1, b1, gamma, beta, w2, b2 = (np.asarray(v, np.float64) for v in fast)
+        h = qx @ w1 + b1
+        h = gamma * (h - pair[0]) / np.sqrt(pair[1] + EPS) + beta
+        out = np.tanh(h) @ w2 + b2
+        got = learner.evaluate(Task(sx, sy, qx, qy), steps=k)["mse"]
+        assert got == pytest.approx(np.mean((out - qy) ** 2), rel=1e-5), k
+        model = learner.adapt(sx, sy, steps=k)
+        np.testing.assert_allclose(model.predict(qx, verbose=0), out, rtol=1e-4, atol=1e-5)
+
+
+def test_per_step_statistics_off_is_mamls_running_mode():
+    b = _batch()
+    sx, sy, qx, qy = b.support_x[0], b.support_y[0], b.query_x[0], b.query_y[0]
+    learner = MAMLPlusPlus(
+        _model(2), inner_lr=0.05, inner_steps=2, batch_norm="running", loss="mse"
+    )
+    mean, _ = _hidden_stats(learner.adapted_weights(sx, sy, steps=2), sx)
+    learner.fit([Task(sx, sy, qx, qy)], iterations=1, meta_batch_size=1, verbose=0)
+    bn = learner.model.layers[1]
+    assert learner.bn_statistics is None
+    np.testing.assert_allclose(
+        np.asarray(bn.moving_mean), (1 - bn.momentum) * mean, rtol=1e-4, atol=1e-6
+    )
+
+
+def test_checkpoint_resume_restores_the_per_step_statistics(tmp_path):
+    def make(seed):
+        return MAMLPlusPlus(
+            _model(seed),
+            inner_lr=0.05,
+            inner_steps=2,
+            batch_norm="running",
+            per_step_bn_statistics=True,
+            epoch_length=2,
+        )
+
+    ref = make(1)
+    ml.random.set_seed(1)
+    ref.fit(Sinusoid(seed=4), iterations=4, meta_batch_size=2, verbose=0)
+    first = make(1)
+    ml.random.set_seed(1)
+    first.fit(Sinusoid(seed=4), iterations=2, meta_batch_size=2, verbose=0, checkpoint_dir=tmp_path)
+    again = make(5)
+    ml.random.set_seed(9)
+    h = again.fit(
+        Sinusoid(seed=8), iterations=4, meta_batch_size=2, verbose=0, checkpoint_dir=tmp_path
+    )
+    assert h["loss"] == ref.history["loss"]
+    for s in range(2):
+        for a, b in zip(again.bn_statistics[s], ref.bn_statistics[s]):
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert np.abs(np.asarray(ref.bn_statistics[1][0])).max() > 1e-4  # they moved
+
+
+def test_bad_per_step_statistics_settings_raise():
+    with pytest.raises(ValueError, match="per_step_bn_statistics=True needs"):
+        MAMLPlusPlus(sinusoid_model(), per_step_bn_statistics=True)
+    with pytest.raises(TypeError, match="per_step_bn_statistics"):
+        MAMLPlusPlus(_model(), per_step_bn_statistics=1)
