@@ -385,6 +385,15 @@ class MAML(BaseMetaLearner):
                 out.add(k)
         return out
 
+    def _weight_step(self, i, w, g):
+        """The vectorised inner step of inner weight `i` beside low-rank kernels."""
+        return w - self.inner_lr * g
+
+    def _low_rank_factors(self, k, x_in, dz):
+        """The factors a low-rank kernel's step ``-inner_lr * x_in^T dz`` is carried by
+        (Meta-Curvature applies its curvature to each)."""
+        return x_in, dz
+
     def _vectorised_loss(self, plan, sx, sy, qx, qy):
         """The meta-batch's mean query loss after the inner loop (a graph back to the
         meta-parameters) and the query output; sx/qx (B, n, ...) tensors."""
@@ -414,11 +423,12 @@ class MAML(BaseMetaLearner):
                 fast = self._inner_update(fast, grads)
                 continue
             for i, g in zip(dense, grads):
-                fast[i] = fast[i] - lr * g
+                fast[i] = self._weight_step(i, fast[i], g)
             for k, dz in zip(ks, grads[len(dense) :]):
                 x_in = record[k][0]
                 if not create_graph:  # first order: the update is a constant, as g is
                     x_in = x_in.detach()
+                x_in, dz = self._low_rank_factors(k, x_in, dz)
                 factors[k].append((-lr, x_in, dz))  # W_b -= lr X_b^T dZ_b
         out = plan(fast, qx, factors)
         return self._loss_fn(qy, out), out

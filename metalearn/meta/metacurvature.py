@@ -46,10 +46,13 @@ class MetaCurvature(MAML):
     Args:
         model, inner_lr, inner_steps, first_order, meta_optimizer, meta_lr, loss,
             vectorize, trace, batch_norm: as for MAML (the vectorised meta-batch and its
-            trace carry the curvature like Meta-SGD's rates: full per-task kernel copies).
+            trace carry a wide dense kernel's step as MAML's low-rank factors, each
+            multiplied by its curvature, and other weights as per-task copies).
     """
 
-    _low_rank_inner_step = False  # the curvature mixes a kernel's rows: full-rank updates
+    # a dense kernel's step M_in X^T dZ M_out = (X M_in^T)^T (dZ M_out) keeps the rank of
+    # X^T dZ: the vectorised meta-batch carries it as factors, as MAML's (_low_rank_factors)
+    _low_rank_inner_step = True
 
     def __init__(
         self,
@@ -121,6 +124,14 @@ class MetaCurvature(MAML):
         u = _core.matmul(_core.matmul(m_in, u), m_out)  # over each window position
         u = _core.matmul(m_f, _core.reshape(u, lead + (n_f, n_in * n_out)))
         return _core.reshape(u, shape)
+
+    def _weight_step(self, i, w, g):
+        mats, p = self.curvatures[i], self._inner_params()[i]
+        return w - self.inner_lr * self._precondition(mats, p, g)
+
+    def _low_rank_factors(self, k, x_in, dz):
+        m_in, m_out = self.curvatures[k]
+        return _core.matmul(x_in, _core.transpose(m_in)), _core.matmul(dz, m_out)
 
     def _inner_update(self, fast, grads):
         lr = self.inner_lr
