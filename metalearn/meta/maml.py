@@ -127,8 +127,10 @@ class MAML(BaseMetaLearner):
     # says so here. _batched_inner_loop: the inner loop adapts _inner_params() through the
     # model's own forward with _inner_update, so a meta-batch may run as the model's
     # batched form (ANIL: no, it re-runs only the head on features computed once).
-    # _low_rank_inner_step: an inner step is w - inner_lr * g with one scalar rate, so it
-    # changes a dense kernel by a low-rank term (Meta-SGD: no, its rates are per weight).
+    # _low_rank_inner_step: an inner step changes a dense kernel by a term of the rank of
+    # its gradient X^T dZ (w - inner_lr * g with one scalar rate; Meta-Curvature's
+    # M_in g M_out, through _low_rank_factors), so it may ride low-rank factors (Meta-SGD:
+    # no, its rates are per weight).
     _batched_inner_loop = True
     _low_rank_inner_step = True
     # the batch_norm modes other than "transductive" need _forward to be a functional
@@ -373,7 +375,7 @@ class MAML(BaseMetaLearner):
         to build (K * N * n per step): the factors win when r * (K + N) < K * N (the
         784x256 first layer of MAML's Omniglot MLP at 5-way 1-shot: rank 5; the 40x40
         hidden layer of the sinusoid MLP at K = 10: rank 10; not its 1x40 and 40x1 ends).
-        Only with a scalar inner step size (_low_rank_inner_step)."""
+        Only when an inner step keeps that rank (_low_rank_inner_step)."""
         if not self._low_rank_inner_step:
             return set()
         weights = self._inner_params()
