@@ -1,13 +1,14 @@
 """Meta-learning algorithms: learning to learn new tasks from a few examples.
 
-=============  ==============================================================
-``MAML``       Finn et al. 2017 — second-order (and ``first_order=True``) MAML
-``FOMAML``     first-order MAML (``MAML(..., first_order=True)``)
-``Reptile``    Nichol et al. 2018
-``MetaSGD``    Li et al. 2017 — learned per-parameter inner learning rates
-``ANIL``       Raghu et al. 2020 — adapt only the head
-``ProtoNet``   Snell et al. 2017 — prototypical networks
-=============  ==============================================================
+=================  ==============================================================
+``MAML``           Finn et al. 2017 — second-order (and ``first_order=True``) MAML
+``FOMAML``         first-order MAML (``MAML(..., first_order=True)``)
+``Reptile``        Nichol et al. 2018
+``MetaSGD``        Li et al. 2017 — learned per-parameter inner learning rates
+``ANIL``           Raghu et al. 2020 — adapt only the head
+``MetaCurvature``  Park & Oliva 2019 — learned preconditioner of the inner gradient
+``ProtoNet``       Snell et al. 2017 — prototypical networks
+=================  ==============================================================
 
 ``MetaLearner`` is the whole system of the source article: a learner meta-trained by one
 of these algorithms, a performance predictor (``MetaLearningNetwork``) and a knowledge
@@ -31,6 +32,7 @@ unrolled accelerated projected gradient).
 from . import models
 from ._base import BaseMetaLearner, clone_model
 from .maml import ANIL, MAML, MetaSGD
+from .metacurvature import MetaCurvature
 from .imaml import IMAML
 from .mamlpp import MAMLPlusPlus, multi_step_loss_weights
 from .metric import (
@@ -72,6 +74,7 @@ __all__ = [
     "Reptile",
     "MetaSGD",
     "ANIL",
+    "MetaCurvature",
     "MAMLPlusPlus",
     "IMAML",
     "multi_step_loss_weights",
