@@ -28,14 +28,15 @@ typedef struct {
 
 /* Per tensor in the sub-graph: its gradient so far, whether it leads to an input, and the
  * terms kept apart until the tensor's own turn (settle): those its narrows passed back,
- * and, for a 2-D b of several products a @ b, the (a, gradient of a @ b) pairs. */
+ * and, for a 2-D b of several products a @ b (or a @ b^T), the pairs (l, r) whose l^T r
+ * are b's terms. */
 typedef struct {
     ml_tensor *t;
     ml_tensor *grad;
     int needed;
     piece *pieces;
     int32_t n_pieces, cap_pieces;
-    ml_tensor **pairs; /* a0, g0, a1, g1, ... */
+    ml_tensor **pairs; /* l0, r0, l1, r1, ... */
     int32_t n_pairs, cap_pairs;
 } gslot;
 
@@ -194,7 +195,7 @@ static ml_status add_piece(gslot *to, const gslot *from) {
     return ML_OK;
 }
 
-static ml_status add_pair(gslot *to, ml_tensor *a, ml_tensor *g) {
+static ml_status add_pair(gslot *to, ml_tensor *l, ml_tensor *r) {
     if (to->n_pairs == to->cap_pairs) {
         int32_t cap = to->cap_pairs ? 2 * to->cap_pairs : 8;
         ml_tensor **p = realloc(to->pairs, (size_t)cap * 2 * sizeof *p);
@@ -202,10 +203,10 @@ static ml_status add_pair(gslot *to, ml_tensor *a, ml_tensor *g) {
         to->pairs = p;
         to->cap_pairs = cap;
     }
-    ml_retain(a);
-    ml_retain(g);
-    to->pairs[2 * to->n_pairs] = a;
-    to->pairs[2 * to->n_pairs + 1] = g;
+    ml_retain(l);
+    ml_retain(r);
+    to->pairs[2 * to->n_pairs] = l;
+    to->pairs[2 * to->n_pairs + 1] = r;
     to->n_pairs++;
     return ML_OK;
 }
@@ -227,31 +228,31 @@ static void drop_deferred(gslot *slot) {
     slot->n_pairs = slot->cap_pairs = 0;
 }
 
-/* b's term from its pairs: a^T g for one, [a0; a1; ...]^T [g0; g1; ...] (the rows of all
+/* b's term from its pairs: l^T r for one, [l0; l1; ...]^T [r0; r1; ...] (the rows of all
  * products in the order their backward ran) for several: one GEMM. */
 static ml_status settle_pairs(gslot *slot) {
     int32_t n = slot->n_pairs;
-    ml_tensor *as = NULL, *gs = NULL, *term = NULL;
+    ml_tensor *ls = NULL, *rs = NULL, *term = NULL;
     ml_status st = ML_OK;
     if (n == 1) {
-        as = slot->pairs[0];
-        gs = slot->pairs[1];
-        ml_retain(as);
-        ml_retain(gs);
+        ls = slot->pairs[0];
+        rs = slot->pairs[1];
+        ml_retain(ls);
+        ml_retain(rs);
     } else {
         ml_tensor **parts = malloc((size_t)n * sizeof *parts);
         if (!parts) return ml_set_error(ML_ERR_OOM, "out of memory in ml_grad");
         for (int32_t i = 0; i < n; i++) parts[i] = slot->pairs[2 * i];
-        st = ml_concat(&as, n, parts, 0);
+        st = ml_concat(&ls, n, parts, 0);
         for (int32_t i = 0; i < n; i++) parts[i] = slot->pairs[2 * i + 1];
-        if (st == ML_OK) st = ml_concat(&gs, n, parts, 0);
+        if (st == ML_OK) st = ml_concat(&rs, n, parts, 0);
         free(parts);
     }
-    if (st == ML_OK) st = ml_matmul(&term, as, gs, 1, 0);
+    if (st == ML_OK) st = ml_matmul(&term, ls, rs, 1, 0);
     if (st == ML_OK) st = accumulate(slot, term);
     ml_release(term);
-    ml_release(as);
-    ml_release(gs);
+    ml_release(ls);
+    ml_release(rs);
     return st;
 }
 
@@ -354,11 +355,13 @@ static ml_status run_node(graph *g, gslot *slot) {
         int32_t p = ml__ptrmap_get(&g->map, node->inputs[i]);
         want[i] = p >= 0 && g->slots[p].needed;
     }
-    /* b's term of a @ b (both 2-D, neither transposed) is a^T g: kept as the pair (a, g),
-     * so that b's terms over all its products are one GEMM (a weight used at every step
-     * of a recurrence) instead of one small GEMM per product and their sum */
+    /* b's term of a @ b (both 2-D, a not transposed) is a^T g, of a @ b^T g^T a: kept as
+     * the pair (a, g) or (g, a), so that b's terms over all its products are one GEMM (a
+     * weight used at every step of a recurrence, and at every step of its gradient)
+     * instead of one small GEMM per product and their sum */
     int pair = node->op == &ml_op_table[OP_MATMUL] && want[1] && node->iparams[0] == 0 &&
-               node->iparams[1] == 0 && node->inputs[0]->ndim == 2 && node->inputs[1]->ndim == 2;
+               node->inputs[0]->ndim == 2 && node->inputs[1]->ndim == 2;
+    int pair_tb = pair && node->iparams[1] != 0;
     if (pair) want[1] = 0;
     if (node->op == &ml_op_table[OP_NARROW]) {
         /* kept as a piece: the pieces of a tensor cut into steps or gates become one concat
@@ -377,8 +380,9 @@ static ml_status run_node(graph *g, gslot *slot) {
         ml_release(gin[i]);
     }
     if (st == ML_OK && pair)
-        st = add_pair(&g->slots[ml__ptrmap_get(&g->map, node->inputs[1])], node->inputs[0],
-                      slot->grad);
+        st = add_pair(&g->slots[ml__ptrmap_get(&g->map, node->inputs[1])],
+                      pair_tb ? slot->grad : node->inputs[0],
+                      pair_tb ? node->inputs[0] : slot->grad);
     if (want != want_inline) free(want);
     if (gin != gin_inline) free(gin);
     return st;

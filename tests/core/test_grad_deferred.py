@@ -106,17 +106,39 @@ def test_matmul_weight_terms_first_and_second_order(rows):
         np.testing.assert_allclose(g.numpy(), want, rtol=1e-5, atol=1e-5)
 
 
-def test_transposed_and_batched_products_keep_their_own_terms():
+@pytest.mark.parametrize("rows", [(3,), (2, 5), (4, 1, 7)])
+def test_weight_terms_of_products_with_the_weight_transposed(rows):
+    # a_i @ w^T next to a @ w: b's term of a @ b^T is g^T a, joined with the others
+    w0, v0 = arr(3, 4), arr(3, 4)
+    a0, b0 = [arr(m, 4) for m in rows], arr(2, 3)
+    w = ml.tensor(w0, requires_grad=True)
+    a = [ml.tensor(x, requires_grad=True) for x in a0]
+    terms = [_core.reduce_sum(_core.square(_core.matmul(x, w, transpose_b=True))) for x in a]
+    terms.append(_core.reduce_sum(_core.square(_core.matmul(ml.tensor(b0), w))))
+    grads = _core.grad(total(terms), [w] + a, create_graph=True)
+    w64, b64 = w0.astype(np.float64), b0.astype(np.float64)
+    a64 = [x.astype(np.float64) for x in a0]
+    want_w = sum(2 * (x @ w64.T).T @ x for x in a64) + 2 * b64.T @ (b64 @ w64)
+    np.testing.assert_allclose(grads[0].numpy(), want_w, rtol=1e-5, atol=1e-5)
+    for g, x in zip(grads[1:], a64):
+        np.testing.assert_allclose(g.numpy(), 2 * x @ w64.T @ w64, rtol=1e-5, atol=1e-5)
+    (hv,) = _core.grad(_core.reduce_sum(_core.mul(grads[0], ml.tensor(v0))), [w])
+    v64 = v0.astype(np.float64)
+    want = sum(2 * v64 @ x.T @ x for x in a64) + 2 * b64.T @ b64 @ v64
+    np.testing.assert_allclose(hv.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_batched_and_transposed_a_products_keep_their_own_terms():
     w0 = arr(3, 4)
     w = ml.tensor(w0, requires_grad=True)
-    a0, b0 = arr(2, 4), arr(2, 5, 3)
-    # a @ w^T (transposed: not deferred) and a batched b @ w (3-D: not deferred)
+    a0, b0 = arr(3, 2), arr(2, 5, 3)
+    # a^T @ w (a transposed) and a batched b @ w (3-D): their own backward
     f = _core.add(
-        _core.reduce_sum(_core.matmul(ml.tensor(a0), w, transpose_b=True)),
+        _core.reduce_sum(_core.matmul(ml.tensor(a0), w, transpose_a=True)),
         _core.reduce_sum(_core.matmul(ml.tensor(b0), w)),
     )
     (g,) = _core.grad(f, [w])
-    want = np.ones((2, 3)).T @ a0.astype(np.float64) + np.einsum(
+    want = a0.astype(np.float64) @ np.ones((2, 4)) + np.einsum(
         "bmk,bmn->kn", b0, np.ones((2, 5, 4))
     )
     np.testing.assert_allclose(g.numpy(), want, rtol=1e-5, atol=1e-5)
