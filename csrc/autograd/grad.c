@@ -228,26 +228,34 @@ static void drop_deferred(gslot *slot) {
     slot->n_pairs = slot->cap_pairs = 0;
 }
 
-/* b's term from its pairs: l^T r for one, [l0; l1; ...]^T [r0; r1; ...] (the rows of all
- * products in the order their backward ran) for several: one GEMM. */
+/* Fewer pairs than this are summed term by term (l^T r each, in the order they came: in a
+ * trace each product and its sum fuse into one accumulating GEMM, matmul_into, and two
+ * copies would cost more than they save: the MAML sinusoid step's weights are used twice,
+ * benchmarks/run_all.py maml-sin); this many or more are one GEMM. */
+#define JOIN_PAIRS 4
+
+/* b's term from its pairs: [l0; l1; ...]^T [r0; r1; ...] (the rows of all products in the
+ * order their backward ran): one GEMM instead of one per product and their sum. */
 static ml_status settle_pairs(gslot *slot) {
     int32_t n = slot->n_pairs;
-    ml_tensor *ls = NULL, *rs = NULL, *term = NULL;
     ml_status st = ML_OK;
-    if (n == 1) {
-        ls = slot->pairs[0];
-        rs = slot->pairs[1];
-        ml_retain(ls);
-        ml_retain(rs);
-    } else {
-        ml_tensor **parts = malloc((size_t)n * sizeof *parts);
-        if (!parts) return ml_set_error(ML_ERR_OOM, "out of memory in ml_grad");
-        for (int32_t i = 0; i < n; i++) parts[i] = slot->pairs[2 * i];
-        st = ml_concat(&ls, n, parts, 0);
-        for (int32_t i = 0; i < n; i++) parts[i] = slot->pairs[2 * i + 1];
-        if (st == ML_OK) st = ml_concat(&rs, n, parts, 0);
-        free(parts);
+    if (n < JOIN_PAIRS) {
+        for (int32_t i = 0; i < n && st == ML_OK; i++) {
+            ml_tensor *term = NULL;
+            st = ml_matmul(&term, slot->pairs[2 * i], slot->pairs[2 * i + 1], 1, 0);
+            if (st == ML_OK) st = accumulate(slot, term);
+            ml_release(term);
+        }
+        return st;
     }
+    ml_tensor *ls = NULL, *rs = NULL, *term = NULL;
+    ml_tensor **parts = malloc((size_t)n * sizeof *parts);
+    if (!parts) return ml_set_error(ML_ERR_OOM, "out of memory in ml_grad");
+    for (int32_t i = 0; i < n; i++) parts[i] = slot->pairs[2 * i];
+    st = ml_concat(&ls, n, parts, 0);
+    for (int32_t i = 0; i < n; i++) parts[i] = slot->pairs[2 * i + 1];
+    if (st == ML_OK) st = ml_concat(&rs, n, parts, 0);
+    free(parts);
     if (st == ML_OK) st = ml_matmul(&term, ls, rs, 1, 0);
     if (st == ML_OK) st = accumulate(slot, term);
     ml_release(term);
