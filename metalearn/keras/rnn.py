@@ -368,7 +368,7 @@ class _RNN(Layer):
         # without recurrent dropout, every step's input projection is one GEMM over all
         # steps (as cuDNN and PyTorch): a step narrows its rows and adds h @ recurrent_kernel.
         # ml_grad sums the narrows' gradients as one concat, so the kernel's gradient is one
-        # GEMM too (the second-order MAML step 1.6x -> 2x PyTorch, benchmarks/lstm.py)
+        # GEMM too (the second-order MAML step 11% faster, benchmarks/lstm.py)
         proj = joint = gates = None
         if rm is None:
             xin = xt
