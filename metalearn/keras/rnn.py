@@ -212,9 +212,9 @@ class _RNN(Layer):
     _keras_vars_under = "/cell"
 
     _state_count = 1
-    # _joint: a step's two products as one, [x_t, h] @ [kernel; recurrent_kernel] (fewer
-    # ops and one larger GEMM: the second-order MAML step 7% faster, benchmarks/lstm.py);
-    # GRU cannot (its reset gate scales the recurrent product alone)
+    # _joint (with recurrent dropout, when the input projection is per step): a step's two
+    # products as one, [x_t, h] @ [kernel; recurrent_kernel] (fewer ops and one larger
+    # GEMM); GRU cannot (its reset gate scales the recurrent product alone)
     _joint = False
 
     def _bias_shape(self):
@@ -345,22 +345,13 @@ class _RNN(Layer):
         states = self._check_states(initial_state, batch)
         u = self.units
         kernel, rec = self.kernel, self.recurrent_kernel
-        # time-major, so a step's inputs are a block of rows. Each step projects its own
-        # rows: one GEMM over all steps followed by a narrow per step would be fewer calls,
-        # but the gradient of each narrow is a zero-padded copy of the whole projection
-        # (steps times its size in all), which made a training step 3x slower
-        # (benchmarks/lstm.py)
+        # time-major, so a step's inputs are a block of rows
         xt = _core.reshape(_core.transpose(x, (1, 0, 2)), (steps * batch, feat))
         in_bias = self._input_bias()
         if m is not None:  # (T, B, 1) rows of 1 (use) / 0 (skip), and their complements
             mt = _core.reshape(_core.transpose(m, (1, 0)), (steps, batch, 1))
         order = range(steps - 1, -1, -1) if self.go_backwards else range(steps)
         prep = self._prepare(rec)
-        joint = _core.concat([kernel, rec], 0) if self._joint else None
-        # LSTM: the joint kernel cut into its four gates once per call, so a step computes
-        # each gate by its own product; cutting each step's (batch, 4u) product instead
-        # made the gradient of every cut a zero-padded copy of the whole product
-        gates = self._gate_kernels(joint, in_bias) if joint is not None else None
         # dropout (training only): masks of the inputs and of the recurrent state, one
         # (batch, features) draw each for the whole sequence, as Keras draws them once per
         # call. With recurrent_dropout on, Keras 3 runs a gated cell (LSTM, GRU) as its
@@ -373,29 +364,47 @@ class _RNN(Layer):
             rm = [self._dropout_mask((batch, u), self.recurrent_dropout) for _ in range(n)]
         # per-gate masks: each gate's products apart (training with recurrent_dropout only)
         cuts = self._gate_cuts(kernel, rec, in_bias) if n > 1 and (dm or rm) else None
+        # without recurrent dropout (then n == 1), every step's input projection is one
+        # GEMM over all steps (as cuDNN and PyTorch): a step narrows its rows and adds
+        # h @ recurrent_kernel. ml_grad sums the narrows' gradients as one concat, so the
+        # kernel's gradient is one GEMM too (the second-order MAML step 11% faster,
+        # benchmarks/lstm.py)
+        proj = joint = gates = None
+        if rm is None:
+            xin = xt
+            if dm is not None:
+                xin = _core.mul(_core.reshape(xt, (steps, batch, feat)), dm[0])
+                xin = _core.reshape(xin, (steps * batch, feat))
+            proj = _core.linear(xin, kernel, in_bias)
+        elif cuts is None and self._joint:
+            joint = _core.concat([kernel, rec], 0)
+            # the joint kernel cut into its gates once per call, so a step computes each
+            # gate by its own product
+            gates = self._gate_kernels(joint, in_bias)
         outputs = []
         for t in order:
-            xs = _core.narrow(xt, 0, t * batch, batch)
-            if cuts is not None:
+            if proj is not None:
+                new = self._step(_core.narrow(proj, 0, t * batch, batch), states, prep)
+            elif cuts is not None:
+                xs = _core.narrow(xt, 0, t * batch, batch)
                 if states is None:  # a zero state before the first step
                     states = [_core.zeros((batch, u)) for _ in range(self._state_count)]
                 xg = [xs] * n if dm is None else [_core.mul(xs, d) for d in dm]
                 hg = [states[0]] * n if rm is None else [_core.mul(states[0], r) for r in rm]
                 new = self._dropped_step(xg, hg, states, cuts)
-            elif joint is not None and states is not None:
-                if dm is not None:
-                    xs = _core.mul(xs, dm[0])
-                h_in = states[0] if rm is None else _core.mul(states[0], rm[0])
-                xh = _core.concat([xs, h_in], 1)
-                if gates is not None:
-                    new = self._gate_step([_core.linear(xh, w, b) for w, b in gates], states)
-                else:
-                    new = self._step(_core.linear(xh, joint, in_bias), states, None)
             else:
+                xs = _core.narrow(xt, 0, t * batch, batch)
                 if dm is not None:
                     xs = _core.mul(xs, dm[0])
-                z = _core.linear(xs, kernel, in_bias)
-                new = self._step(z, states, prep)
+                if joint is not None and states is not None:
+                    xh = _core.concat([xs, _core.mul(states[0], rm[0])], 1)
+                    if gates is not None:
+                        new = self._gate_step([_core.linear(xh, w, b) for w, b in gates], states)
+                    else:
+                        new = self._step(_core.linear(xh, joint, in_bias), states, None)
+                else:
+                    z = _core.linear(xs, kernel, in_bias)
+                    new = self._step(z, states, prep)
             if m is not None:
                 keep = _core.reshape(_core.narrow(mt, 0, t, 1), (batch, 1))
                 if states is None:  # a zero state before the first step
@@ -632,13 +641,10 @@ class LSTM(_RNN):
         u = self.units
         if states is not None and rec is not None:
             z = _core.add(z, _core.matmul(states[0], rec))
+        # each gate its own narrow of z: their gradients tile z, so ml_grad joins them by one
+        # concat (a sigmoid over z and narrows of it gave zero-padded copies, summed)
         sig = self.recurrent_activation
-        if self.recurrent_activation is activations.sigmoid:
-            # one sigmoid over all four gates' rows, then the three it is for (fewer ops)
-            s = _core.sigmoid(z)
-            i, f, o = (_core.narrow(s, 1, k * u, u) for k in (0, 1, 3))
-        else:
-            i, f, o = (sig(_core.narrow(z, 1, k * u, u)) for k in (0, 1, 3))
+        i, f, o = (sig(_core.narrow(z, 1, k * u, u)) for k in (0, 1, 3))
         g = self.activation(_core.narrow(z, 1, 2 * u, u))
         if states is None:  # c_{-1} = 0
             c = _core.mul(i, g)
