@@ -74,6 +74,7 @@ typedef struct ivf_index {
     int64_t nlist, nprobe, n_iter, sample;
     uint64_t seed;
     float *centroids;  /* nlist x d, normalised */
+    uint16_t *centroids16; /* their float16 copy: the coarse step's first pass (coarse_probe) */
     int64_t **ids;     /* nlist arrays of slots */
     float **vecs;      /* nlist arrays of their float32 keys, in list order (as FAISS keeps its
                         * codes): a probe streams one contiguous array, no gather */
@@ -167,6 +168,7 @@ static void ivf_free(ivf_index *x) {
     free(x->len);
     free(x->cap);
     free(x->centroids);
+    free(x->centroids16);
     free(x->slot_list);
     free(x->slot_pos);
     free(x);
@@ -639,23 +641,20 @@ typedef struct {
     const float *qn;
     const int64_t *probe; /* n x nprobe lists */
     const slot_filter *f;
-    float *isim; /* n x nprobe x k: each (query, list) task's top-k */
+    float *isim; /* n x ivf_groups(nprobe) x k (room for n x nprobe x k): each task's top-k */
     int64_t *iidx;
 } ivf_ctx;
 
-static void ivf_task(void *vctx, int64_t t) {
-    const ivf_ctx *x = vctx;
-    const ml_memory *m = x->m;
+/* Offers every key of list l to the top-k (ts, ti, *len) of the normalised query q, under
+ * the total order (score down, slot up): the list it ends with does not depend on the
+ * order of the lists offered, nor on how they are split between top-k lists later merged. */
+static void scan_list(const ml_memory *m, const float *q, int64_t l, int64_t k, float *ts,
+                      int64_t *ti, int64_t *plen, const slot_filter *f) {
     const ivf_index *v = m->ivf;
-    const int64_t k = x->k, d = m->key_size, i = t / x->nprobe, l = x->probe[t];
-    const float *q = x->qn + i * d;
-    float *ts = x->isim + t * k;
-    int64_t *ti = x->iidx + t * k, len = 0;
-    for (int64_t e = 0; e < k; e++) ts[e] = -INFINITY, ti[e] = -1;
-    if (l < 0) return;
-    const int64_t *ids = v->ids[l], nl = v->len[l];
+    const int64_t d = m->key_size, *ids = v->ids[l], nl = v->len[l];
     const int64_t tile = d <= IVF_GATHER ? (IVF_GATHER / d < SCAN_TILE ? IVF_GATHER / d : SCAN_TILE)
                                          : 1;
+    int64_t len = *plen;
     float sc[SCAN_TILE];
     uint16_t gh[IVF_GATHER];
     int8_t gi[IVF_GATHER];
@@ -690,8 +689,84 @@ static void ivf_task(void *vctx, int64_t t) {
                 e += 7;
                 continue;
             }
-            if (accepted(x->f, ids[b + e])) topk_push_ordered(ts, ti, &len, k, sc[e], ids[b + e]);
+            if (accepted(f, ids[b + e])) topk_push_ordered(ts, ti, &len, k, sc[e], ids[b + e]);
         }
+    }
+    *plen = len;
+}
+
+/* A task of a threaded search: IVF_GROUP consecutive lists of one query's probes (a
+ * constant: the split is the shape's), one top-k over them. */
+#define IVF_GROUP 8
+static int64_t ivf_groups(int64_t nprobe) { return (nprobe + IVF_GROUP - 1) / IVF_GROUP; }
+
+static void ivf_task(void *vctx, int64_t t) {
+    const ivf_ctx *x = vctx;
+    const int64_t k = x->k, groups = ivf_groups(x->nprobe), i = t / groups;
+    const int64_t p0 = i * x->nprobe + (t % groups) * IVF_GROUP;
+    const int64_t p1 = p0 + IVF_GROUP < (i + 1) * x->nprobe ? p0 + IVF_GROUP : (i + 1) * x->nprobe;
+    float *ts = x->isim + t * k;
+    int64_t *ti = x->iidx + t * k, len = 0;
+    for (int64_t e = 0; e < k; e++) ts[e] = -INFINITY, ti[e] = -1;
+    for (int64_t p = p0; p < p1; p++)
+        if (x->probe[p] >= 0)
+            scan_list(x->m, x->qn + i * x->m->key_size, x->probe[p], k, ts, ti, &len, x->f);
+}
+
+/* Candidates a coarse step keeps on its stack before it falls back to the float32 scan. */
+#define IVF_CANDIDATES 512
+
+/* The top-nprobe centroids of the normalised query q, (pi, ps), as the float32 scan of every
+ * centroid gives them (score down, list up), reading half its bytes: the centroids' float16
+ * copy is scored first, and only the centroids it cannot rule out are scored in float32.
+ * Unit q and centroid c: rounding c to float16 moves q . c by at most 2^-11 (relative
+ * rounding of each element, |q| |c| <= 1) plus 2^-25 per element (subnormal halves), and
+ * the two lane sums of d terms each round by less than d 2^-24; so with B above their sum,
+ * a centroid whose float16 score is below T - 2B, T the nprobe-th best float16 score, scores
+ * below the nprobe centroids at or above T in float32 too, and cannot be among them. The
+ * candidates (at or above the running cut, in list order) are rescored in float32 in list
+ * order, which gives the float32 scan's list exactly. */
+static void coarse_probe(const ivf_index *v, const float *q, int64_t d, int64_t nprobe, int64_t *pi,
+                         float *ps) {
+    const int64_t nl = v->nlist;
+    const float two_b = 2.0f * (0x1p-10f + (float)d * 0x1p-21f); /* 2B, twice over */
+    float s[IVF_TILE], cs[IVF_CANDIDATES];
+    int64_t cand[IVF_CANDIDATES], nc = 0, len = 0;
+    for (int64_t e = 0; e < nprobe; e++) pi[e] = -1, ps[e] = -INFINITY;
+    if (2 * nprobe > IVF_CANDIDATES) nc = -1; /* more lists than candidates would hold */
+    for (int64_t c0 = 0; c0 < nl && nc >= 0; c0 += IVF_TILE) {
+        const int64_t nb = nl - c0 < IVF_TILE ? nl - c0 : IVF_TILE;
+        ml__key_scores_f16(1, q, nb, v->centroids16 + c0 * d, d, s);
+        offer_row(ps, pi, &len, nprobe, s, nb, c0, NULL);
+        float cut = len < nprobe ? -INFINITY : ps[nprobe - 1] - two_b;
+        for (int64_t c = 0; c < nb && nc >= 0; c++) {
+            if (!(s[c] >= cut)) continue;
+            if (nc == IVF_CANDIDATES) { /* drop those the cut has passed since */
+                int64_t w = 0;
+                for (int64_t e = 0; e < nc; e++)
+                    if (cs[e] >= cut) cs[w] = cs[e], cand[w++] = cand[e];
+                nc = w < IVF_CANDIDATES ? w : -1; /* -1: too many near the top */
+                if (nc < 0) break;
+            }
+            cs[nc] = s[c], cand[nc++] = c0 + c;
+        }
+    }
+    const float cut = len < nprobe ? -INFINITY : ps[nprobe - 1] - two_b;
+    for (int64_t e = 0; e < nprobe; e++) pi[e] = -1, ps[e] = -INFINITY;
+    len = 0;
+    if (nc < 0) { /* the float32 scan of every centroid */
+        for (int64_t c0 = 0; c0 < nl; c0 += IVF_TILE) {
+            const int64_t nb = nl - c0 < IVF_TILE ? nl - c0 : IVF_TILE;
+            ml__key_scores(1, q, nb, v->centroids + c0 * d, d, s);
+            offer_row(ps, pi, &len, nprobe, s, nb, c0, NULL);
+        }
+        return;
+    }
+    for (int64_t e = 0; e < nc; e++) {
+        if (!(cs[e] >= cut)) continue;
+        float x;
+        ml__key_scores(1, q, 1, v->centroids + cand[e] * d, d, &x);
+        offer_row(ps, pi, &len, nprobe, &x, 1, cand[e], NULL);
     }
 }
 
@@ -702,7 +777,7 @@ static ml_status ivf_search(const ml_memory *m, int64_t n, const float *qn, int6
                             int64_t nprobe, int64_t *idx, float *sim, const slot_filter *f,
                             const search_buffers *buf) {
     const ivf_index *v = m->ivf;
-    const int64_t d = m->key_size, nl = v->nlist;
+    const int64_t d = m->key_size;
     /* a small search (one query, a few lists) keeps its scratch on the stack: no malloc */
     int64_t probe_s[IVF_STACK_LISTS], iidx_s[IVF_STACK_HITS];
     float psim_s[IVF_STACK_LISTS], isim_s[IVF_STACK_HITS];
@@ -725,17 +800,8 @@ static ml_status ivf_search(const ml_memory *m, int64_t n, const float *qn, int6
                           (long long)n);
         goto done;
     }
-    for (int64_t i = 0; i < n; i++) { /* the coarse step: top-nprobe centroids */
-        float s[IVF_TILE];
-        int64_t len = 0, *pi = probe + i * nprobe;
-        float *ps = psim + i * nprobe;
-        for (int64_t e = 0; e < nprobe; e++) pi[e] = -1, ps[e] = -INFINITY;
-        for (int64_t c0 = 0; c0 < nl; c0 += IVF_TILE) {
-            int64_t nb = nl - c0 < IVF_TILE ? nl - c0 : IVF_TILE;
-            ml__key_scores(1, qn + i * d, nb, v->centroids + c0 * d, d, s);
-            offer_row(ps, pi, &len, nprobe, s, nb, c0, NULL);
-        }
-    }
+    for (int64_t i = 0; i < n; i++) /* the coarse step: top-nprobe centroids */
+        coarse_probe(v, qn + i * d, d, nprobe, probe + i * nprobe, psim + i * nprobe);
     ivf_ctx x = {.m = m,
                  .n = n,
                  .k = k,
@@ -749,14 +815,27 @@ static ml_status ivf_search(const ml_memory *m, int64_t n, const float *qn, int6
      * the scan (every task's list is merged in task order, so this changes no bit). */
     int64_t keys = 0;
     for (int64_t t = 0; t < n * nprobe; t++) keys += probe[t] >= 0 ? v->len[probe[t]] : 0;
-    ml__parallel_for(n * nprobe, keys * d <= IVF_SERIAL_WORK ? 1 : 0, ivf_task, &x);
+    if (keys * d <= IVF_SERIAL_WORK) {
+        /* one top-k per query over all its lists (the same list as merging one per list,
+         * the order being total), whose full list's threshold skips most blocks early */
+        for (int64_t i = 0; i < n; i++) {
+            int64_t l = 0;
+            for (int64_t t = i * nprobe; t < (i + 1) * nprobe; t++)
+                if (probe[t] >= 0)
+                    scan_list(m, qn + i * d, probe[t], k, sim + i * k, idx + i * k, &l, f);
+        }
+        goto rescore;
+    }
+    const int64_t groups = ivf_groups(nprobe);
+    ml__parallel_for(n * groups, 0, ivf_task, &x);
     for (int64_t i = 0; i < n; i++) {
         int64_t l = 0;
-        for (int64_t t = i * nprobe; t < (i + 1) * nprobe; t++)
+        for (int64_t t = i * groups; t < (i + 1) * groups; t++)
             for (int64_t e = 0; e < k && iidx[t * k + e] >= 0; e++)
                 topk_push_ordered(sim + i * k, idx + i * k, &l, k, isim[t * k + e],
                                   iidx[t * k + e]);
     }
+rescore:
     if (m->key_dtype != ML_KEY_FLOAT32) rescore_f32(m, n, qn, k, idx, sim);
 done:
     if ((!buf || probe != buf->probe) && probe != probe_s) free(probe);
@@ -1305,6 +1384,7 @@ ml_status ml_memory_build_index(ml_memory *mem, int64_t nlist, int64_t nprobe, u
     *v = (ivf_index){
         .nlist = nlist, .nprobe = nprobe, .n_iter = n_iter, .sample = sample, .seed = seed};
     v->centroids = malloc((size_t)(nlist * d) * sizeof(float));
+    v->centroids16 = malloc((size_t)(nlist * d) * sizeof(uint16_t));
     v->ids = calloc((size_t)nlist, sizeof(int64_t *));
     v->vecs = calloc((size_t)nlist, sizeof(float *));
     v->len = calloc((size_t)nlist, sizeof(int64_t));
@@ -1314,8 +1394,8 @@ ml_status ml_memory_build_index(ml_memory *mem, int64_t nlist, int64_t nprobe, u
     xs = malloc((size_t)(ns * d) * sizeof(float));
     asg = malloc((size_t)(ns > cap ? ns : cap) * sizeof(int64_t));
     sums = malloc((size_t)(nlist * d + nlist) * sizeof(double));
-    if (!v->centroids || !v->ids || !v->vecs || !v->len || !v->cap || !v->slot_list ||
-        !v->slot_pos || !xs || !asg || !sums)
+    if (!v->centroids || !v->centroids16 || !v->ids || !v->vecs || !v->len || !v->cap ||
+        !v->slot_list || !v->slot_pos || !xs || !asg || !sums)
         goto oom;
     { /* the sample: the first ns of a seeded shuffle of the occupied slots (own stream, so
        * the memory's is untouched) */
@@ -1354,6 +1434,7 @@ ml_status ml_memory_build_index(ml_memory *mem, int64_t nlist, int64_t nprobe, u
                 v->centroids[l * d + e] = (float)(sums[l * d + e] * inv);
         }
     }
+    for (int64_t e = 0; e < nlist * d; e++) v->centroids16[e] = ml__f32_to_f16(v->centroids[e]);
     /* the lists, each in slot order, sized exactly */
     assign_gemm(v, mem->keys, mem->count, d, asg, gs, 1);
     for (int64_t j = 0; j < mem->count; j++)
