@@ -74,7 +74,6 @@ typedef struct ivf_index {
     int64_t nlist, nprobe, n_iter, sample;
     uint64_t seed;
     float *centroids;  /* nlist x d, normalised */
-    uint16_t *centroids16; /* their float16 copy: the coarse step's first pass (coarse_probe) */
     int64_t **ids;     /* nlist arrays of slots */
     float **vecs;      /* nlist arrays of their float32 keys, in list order (as FAISS keeps its
                         * codes): a probe streams one contiguous array, no gather */
@@ -168,7 +167,6 @@ static void ivf_free(ivf_index *x) {
     free(x->len);
     free(x->cap);
     free(x->centroids);
-    free(x->centroids16);
     free(x->slot_list);
     free(x->slot_pos);
     free(x);
@@ -713,60 +711,17 @@ static void ivf_task(void *vctx, int64_t t) {
             scan_list(x->m, x->qn + i * x->m->key_size, x->probe[p], k, ts, ti, &len, x->f);
 }
 
-/* Candidates a coarse step keeps on its stack before it falls back to the float32 scan. */
-#define IVF_CANDIDATES 512
-
-/* The top-nprobe centroids of the normalised query q, (pi, ps), as the float32 scan of every
- * centroid gives them (score down, list up), reading half its bytes: the centroids' float16
- * copy is scored first, and only the centroids it cannot rule out are scored in float32.
- * Unit q and centroid c: rounding c to float16 moves q . c by at most 2^-11 (relative
- * rounding of each element, |q| |c| <= 1) plus 2^-25 per element (subnormal halves), and
- * the two lane sums of d terms each round by less than d 2^-24; so with B above their sum,
- * a centroid whose float16 score is below T - 2B, T the nprobe-th best float16 score, scores
- * below the nprobe centroids at or above T in float32 too, and cannot be among them. The
- * candidates (at or above the running cut, in list order) are rescored in float32 in list
- * order, which gives the float32 scan's list exactly. */
+/* The top-nprobe centroids of the normalised query q, (pi, ps): score down, list up. */
 static void coarse_probe(const ivf_index *v, const float *q, int64_t d, int64_t nprobe, int64_t *pi,
                          float *ps) {
     const int64_t nl = v->nlist;
-    const float two_b = 2.0f * (0x1p-10f + (float)d * 0x1p-21f); /* 2B, twice over */
-    float s[IVF_TILE], cs[IVF_CANDIDATES];
-    int64_t cand[IVF_CANDIDATES], nc = 0, len = 0;
+    float s[IVF_TILE];
+    int64_t len = 0;
     for (int64_t e = 0; e < nprobe; e++) pi[e] = -1, ps[e] = -INFINITY;
-    if (2 * nprobe > IVF_CANDIDATES) nc = -1; /* more lists than candidates would hold */
-    for (int64_t c0 = 0; c0 < nl && nc >= 0; c0 += IVF_TILE) {
+    for (int64_t c0 = 0; c0 < nl; c0 += IVF_TILE) {
         const int64_t nb = nl - c0 < IVF_TILE ? nl - c0 : IVF_TILE;
-        ml__key_scores_f16(1, q, nb, v->centroids16 + c0 * d, d, s);
+        ml__key_scores(1, q, nb, v->centroids + c0 * d, d, s);
         offer_row(ps, pi, &len, nprobe, s, nb, c0, NULL);
-        float cut = len < nprobe ? -INFINITY : ps[nprobe - 1] - two_b;
-        for (int64_t c = 0; c < nb && nc >= 0; c++) {
-            if (!(s[c] >= cut)) continue;
-            if (nc == IVF_CANDIDATES) { /* drop those the cut has passed since */
-                int64_t w = 0;
-                for (int64_t e = 0; e < nc; e++)
-                    if (cs[e] >= cut) cs[w] = cs[e], cand[w++] = cand[e];
-                nc = w < IVF_CANDIDATES ? w : -1; /* -1: too many near the top */
-                if (nc < 0) break;
-            }
-            cs[nc] = s[c], cand[nc++] = c0 + c;
-        }
-    }
-    const float cut = len < nprobe ? -INFINITY : ps[nprobe - 1] - two_b;
-    for (int64_t e = 0; e < nprobe; e++) pi[e] = -1, ps[e] = -INFINITY;
-    len = 0;
-    if (nc < 0) { /* the float32 scan of every centroid */
-        for (int64_t c0 = 0; c0 < nl; c0 += IVF_TILE) {
-            const int64_t nb = nl - c0 < IVF_TILE ? nl - c0 : IVF_TILE;
-            ml__key_scores(1, q, nb, v->centroids + c0 * d, d, s);
-            offer_row(ps, pi, &len, nprobe, s, nb, c0, NULL);
-        }
-        return;
-    }
-    for (int64_t e = 0; e < nc; e++) {
-        if (!(cs[e] >= cut)) continue;
-        float x;
-        ml__key_scores(1, q, 1, v->centroids + cand[e] * d, d, &x);
-        offer_row(ps, pi, &len, nprobe, &x, 1, cand[e], NULL);
     }
 }
 
@@ -1384,7 +1339,6 @@ ml_status ml_memory_build_index(ml_memory *mem, int64_t nlist, int64_t nprobe, u
     *v = (ivf_index){
         .nlist = nlist, .nprobe = nprobe, .n_iter = n_iter, .sample = sample, .seed = seed};
     v->centroids = malloc((size_t)(nlist * d) * sizeof(float));
-    v->centroids16 = malloc((size_t)(nlist * d) * sizeof(uint16_t));
     v->ids = calloc((size_t)nlist, sizeof(int64_t *));
     v->vecs = calloc((size_t)nlist, sizeof(float *));
     v->len = calloc((size_t)nlist, sizeof(int64_t));
@@ -1394,8 +1348,8 @@ ml_status ml_memory_build_index(ml_memory *mem, int64_t nlist, int64_t nprobe, u
     xs = malloc((size_t)(ns * d) * sizeof(float));
     asg = malloc((size_t)(ns > cap ? ns : cap) * sizeof(int64_t));
     sums = malloc((size_t)(nlist * d + nlist) * sizeof(double));
-    if (!v->centroids || !v->centroids16 || !v->ids || !v->vecs || !v->len || !v->cap ||
-        !v->slot_list || !v->slot_pos || !xs || !asg || !sums)
+    if (!v->centroids || !v->ids || !v->vecs || !v->len || !v->cap || !v->slot_list ||
+        !v->slot_pos || !xs || !asg || !sums)
         goto oom;
     { /* the sample: the first ns of a seeded shuffle of the occupied slots (own stream, so
        * the memory's is untouched) */
@@ -1434,7 +1388,6 @@ ml_status ml_memory_build_index(ml_memory *mem, int64_t nlist, int64_t nprobe, u
                 v->centroids[l * d + e] = (float)(sums[l * d + e] * inv);
         }
     }
-    for (int64_t e = 0; e < nlist * d; e++) v->centroids16[e] = ml__f32_to_f16(v->centroids[e]);
     /* the lists, each in slot order, sized exactly */
     assign_gemm(v, mem->keys, mem->count, d, asg, gs, 1);
     for (int64_t j = 0; j < mem->count; j++)

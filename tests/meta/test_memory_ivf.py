@@ -354,11 +354,11 @@ def test_soft_read_and_loss_gradients_through_the_index():
 
 
 def test_probed_lists_are_the_float32_nearest_centroids():
-    """The coarse step scores the centroids' float16 copy first and rescores in float32 only
-    the centroids that copy cannot rule out: the lists probed must still be the top-nprobe of
-    the float32 lane sums (score down, list up), so the result is the float32 scan's. Many
+    """The lists probed are the top-nprobe of the float32 lane sums of the query with the
+    centroids (score down, list up), on the calling thread's one top-k as in the batch. Many
     centroids per tight cluster put centroid scores within float16's rounding of each other,
-    where the float16 order alone picks other lists (checked: the test is not vacuous)."""
+    so a coarse step that ranked a cheaper copy of the centroids (float16: checked, it picks
+    other lists here) without an exact recheck would fail."""
     x, which, _ = mixture(6000, 64, 12, seed=21, spread=0.05)
     mem = KnowledgeMemory.from_arrays(x, which)
     ix = mem.build_index(nlist=300, nprobe=1, seed=4)
