@@ -54,12 +54,16 @@ class SystemFitSession(FitSession):
         self.remember = bool(remember)
 
     def _fingerprint(self):
+        from .system import _PREDICTOR_FEATURES
+
         fp = super()._fingerprint()
         s = self.system
         fp["system"] = _ckpt._jsonable(
             {
                 "config": s.get_config(),
                 "remember": self.remember,
+                # (the predictor's features of another metalearn version mean other things)
+                "predictor_features": _PREDICTOR_FEATURES,
                 "encoder": None if s.encoder is None else type(s.encoder).__name__,
                 "predictor": [[int(d) for d in w.shape] for w in s.predictor.weights],
             }

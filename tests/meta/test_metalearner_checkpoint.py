@@ -317,3 +317,14 @@ def test_bad_checkpoint_arguments_are_refused_before_anything_changes(tmp_path, 
         system.fit(tasks, 4, BATCH, verbose=0, **kw)
     assert _snapshot(system, tasks, tmp_path) == before
     assert not (tmp_path / "x").exists()
+
+
+def test_checkpoint_of_a_predictor_with_other_features_is_refused(tmp_path, monkeypatch):
+    # another metalearn version's predictor features (MetaLearner.load refuses them too)
+    from metalearn.meta import system as system_module
+
+    ck = _trained_with_checkpoint(tmp_path)
+    monkeypatch.setattr(system_module, "_PREDICTOR_FEATURES", "other-features/9")
+    system, tasks = _make()
+    with pytest.raises(CheckpointError, match="predictor_features"):
+        system.fit(tasks, 6, BATCH, verbose=0, checkpoint_dir=ck)
