@@ -771,10 +771,7 @@ def _has_conv(model) -> bool:
     """Whether `model` (nested models included) has a Conv2D layer."""
     from metalearn.keras.conv_layers import Conv2D
 
-    for layer in getattr(model, "layers", ()):
-        if isinstance(layer, Conv2D) or _has_conv(layer):
-            return True
-    return False
+    return any(isinstance(l, Conv2D) for l in _leaf_layers(model, []))
 
 
 def _store_support_statistics(model, support_x):
