@@ -12,11 +12,7 @@ system's generator. Synthetic 6x6 "images": no dataset needed.
 """
 
 import json
-import os
 import pickle
-import signal
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -27,7 +23,7 @@ from metalearn.checkpoint import CheckpointError
 from metalearn.meta.system import MetaLearner
 from metalearn.networks import MetaLearningNetwork
 from metalearn.tasks import NWayKShot
-from tests.helpers import REPO
+from tests.helpers import run_script
 
 ITERATIONS, BATCH = 8, 2
 
@@ -168,27 +164,12 @@ RUNNER = textwrap.dedent(
 
 
 def _run(tmp_path, *args, expect_kill=False, procs=None):
-    script = tmp_path / "runner.py"
-    script.write_text(RUNNER)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    launch = []
+    launch, env = (), None
     if procs is not None:
         from tests.distributed.test_data_parallel import _env, _mpiexec
 
-        env = dict(_env(), PYTHONPATH=str(REPO))
-        launch = [_mpiexec(), "--oversubscribe", "-n", str(procs)]
-    p = subprocess.run(
-        [*launch, sys.executable, str(script), *map(str, args)],
-        env=env,
-        cwd=str(REPO),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if expect_kill:
-        assert p.returncode == -signal.SIGKILL, p.stderr
-    else:
-        assert p.returncode == 0, p.stderr
+        env, launch = _env(), (_mpiexec(), "--oversubscribe", "-n", str(procs))
+    run_script(tmp_path, RUNNER, args, expect_kill=expect_kill, launch=launch, env=env)
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "metasgd"])
