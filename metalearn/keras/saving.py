@@ -8,7 +8,8 @@ Two formats, chosen by the name's extension:
 configs as Keras writes them, functional ``inbound_nodes`` with ``__keras_tensor__`` /
 ``keras_history``), ``metadata.json`` and ``model.weights.h5`` (Keras' HDF5 layout:
 ``layers/<class in snake case>[_k]/vars/<i>``, the optimizer's variables under
-``optimizer/vars`` as Keras keeps them: iterations, learning rate, then its slots).
+``optimizer/vars`` as Keras keeps them: iterations, learning rate, with ``use_ema`` the
+variables' moving averages, then its slots).
 HDF5 goes through h5py, an optional extra (``pip install 'metalearn[keras-io]'``).
 Keras 3 reads what we write, and we read what Keras 3 writes, for every layer both have.
 
@@ -622,28 +623,11 @@ def _keras_groups(model, prefix=""):
 
 def _slot_groups(opt):
     """Keras 3's optimizer variables after iterations and learning rate, as lists of our
-    slot indices written interleaved per model variable (``add_optimizer_variables`` with
-    several names interleaves them; each call adds a block): None for an optimizer whose
-    variables we do not map."""
+    slot indices, one block each (with ``use_ema`` the averages' block first): None for an
+    optimizer whose variables we do not map. The layout is the optimizers' own."""
     from . import optimizers
 
-    if type(opt) is optimizers.SGD:
-        return [[0]] if opt.momentum != 0 else []
-    if type(opt) in (optimizers.Adam, optimizers.AdamW):
-        return [[0, 1]] + ([[2]] if opt.amsgrad else [])
-    if type(opt) is optimizers.RMSprop:
-        groups, k = [[0]], 1
-        if opt.momentum > 0:
-            groups.append([k])
-            k += 1
-        if opt.centered:
-            groups.append([k])
-        return groups
-    if type(opt) is optimizers.Adagrad:
-        return [[0]]  # accumulator
-    if type(opt) is optimizers.Nadam:
-        return [[0, 1]]  # momentum, velocity; then _u_product (see _trailing_arrays)
-    return None
+    return optimizers._keras_slot_groups(opt)
 
 
 def _trailing_arrays(opt):
