@@ -1019,6 +1019,8 @@ def _save_metalearn(model, filepath):
         "build_input_shape": _build_shape(model),
         "compile_config": _compile_config(model),
         "dropout_streams": [l._seed_calls for l in _seeded_dropouts(model)],
+        # seeded recurrent layers' streams apart: files from before they had one still load
+        "rnn_streams": [l._seed_calls for l in _seeded_rnns(model)],
         "metalearn_version": _version(),
     }
     json.dumps(state)  # refuses what JSON cannot hold, before any file
@@ -1036,19 +1038,30 @@ def _build_shape(model):
     return [None] + [None if d is None else int(d) for d in shape[1:]]
 
 
-def _seeded_dropouts(model):
-    from .layers import Dropout
-
+def _seeded_layers(model, kind):
     out, seen, stack = [], set(), [model]
     while stack:
         layer = stack.pop()
         if id(layer) in seen:
             continue
         seen.add(id(layer))
-        if isinstance(layer, Dropout) and layer.seed is not None:
+        if isinstance(layer, kind) and layer.seed is not None:
             out.append(layer)
         stack.extend(sub for _, sub in reversed(layer._sublayers))
     return out
+
+
+def _seeded_dropouts(model):
+    from .layers import Dropout
+
+    return _seeded_layers(model, Dropout)
+
+
+def _seeded_rnns(model):
+    """The recurrent layers with a seed, in model order: their streams of masks."""
+    from .rnn import _RNN
+
+    return _seeded_layers(model, _RNN)
 
 
 def _version():
@@ -1092,6 +1105,14 @@ def _load_metalearn(filepath, custom_objects, compile):
         seeded = _seeded_dropouts(model)
         if len(streams) != len(seeded):
             raise ValueError(f"{len(streams)} seeded Dropout streams for {len(seeded)} layers")
+        # absent from files written before seeded recurrent layers had their own stream
+        # (their masks came from the generator): those streams start afresh
+        rnn_streams = state.get("rnn_streams")
+        rnns = _seeded_rnns(model)
+        if rnn_streams is not None and len(rnn_streams) != len(rnns):
+            raise ValueError(
+                f"{len(rnn_streams)} seeded recurrent-layer streams for {len(rnns)} layers"
+            )
         if not getattr(model, "_is_compiled", False):  # compile=False: no optimizer to set
             ckpt.state = dict(state, optimizer={"iterations": 0, "lists": []})
         ckpt.restore(_ModelState(model), {})
@@ -1100,6 +1121,8 @@ def _load_metalearn(filepath, custom_objects, compile):
     except ValueError as e:
         raise ValueError(f"load_model: {filepath!r}: {e}") from e
     for layer, calls in zip(seeded, streams):
+        layer._seed_calls = int(calls)
+    for layer, calls in zip(rnns, rnn_streams or []):
         layer._seed_calls = int(calls)
     return model
 
