@@ -135,3 +135,21 @@ def test_file_without_the_averages_starts_afresh_with_a_warning():
     with pytest.warns(UserWarning, match="do not fit"):
         saving._optimizer_plan(fresh, file, "f.keras", "load_model")()
     assert fresh.optimizer.iterations == 0 and fresh.optimizer.variables() == []
+
+
+def test_metalearn_file_resumes_ema_exactly(tmp_path):
+    # metalearn's own format keeps the C optimizer's slots by index (the average is the
+    # last): unchanged by variables()' Keras order; fit, save, load, fit gives the bits of
+    # the model that went on without the file, averages included. (Not those of one
+    # longer fit: each fit ends by copying the averages into the weights, as Keras 3.)
+    run = model(keras.optimizers.Adam(0.01, use_ema=True, ema_momentum=0.6))
+    run.fit(X, Y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    run.save(tmp_path / "m.metalearn")
+    back = keras.models.load_model(tmp_path / "m.metalearn")
+    run.fit(X, Y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    back.fit(X, Y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(back.get_weights(), run.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert len(back.optimizer.variables()) == 6  # averages, then m and v per variable
+    for a, b in zip(back.optimizer.variables(), run.optimizer.variables()):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
