@@ -896,7 +896,8 @@ class Model(_layers.Layer):
         return self.optimizer._traced_update() is not None and self._is_traceable()
 
     def _seeded_dropouts(self):
-        """The seeded Dropout layers that draw a mask in training, each once, in model order:
+        """The seeded Dropout layers that draw a mask in training, each once, in model order
+        (and seeded recurrent layers with a dropout, whose draw holds all their masks):
         their draws come from their own streams in Python, so fit's traced step takes them
         as inputs (a replay then sees a new mask, the one the eager step would draw)."""
         out, seen, stack = [], set(), [self]
@@ -909,7 +910,7 @@ class Model(_layers.Layer):
                 isinstance(layer, _layers.Dropout)
                 and layer.seed is not None
                 and 0.0 < layer.rate < 1.0
-            ):
+            ) or (isinstance(layer, _rnn._RNN) and layer._draws_seeded()):
                 out.append(layer)
             stack.extend(sub for _, sub in reversed(layer._sublayers))
         return out

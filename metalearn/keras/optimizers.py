@@ -488,11 +488,25 @@ class Optimizer:
         return self.apply_gradients(zip(grads, var_list))
 
     def variables(self) -> List[Any]:
-        """The state tensors (copies) of the C optimizers, per variable list."""
+        """The state tensors (copies) of the C optimizers, per variable list, in Keras 3's
+        order after its iterations and learning rate: with ``use_ema`` the averages first
+        (one per variable), then the slots in Keras' blocks (Adam's momentum and velocity
+        interleaved per variable, then AMSGrad's maxima; RMSprop's velocities, momentums,
+        average gradients), as ``optimizer/vars`` of a ``.keras`` file holds them."""
+        groups = _keras_slot_groups(self)
         out = []
         for opt, _ in self._cores.values():
-            for slots in opt.slots():
-                out.extend(slots)
+            per = opt.slots()
+            if not per:
+                continue
+            if groups is None:  # a subclass we do not map: averages first, then per variable
+                n, ema = len(per[0]), int(self.use_ema)
+                blocks = ([[n - 1]] if ema else []) + [list(range(n - ema))]
+            else:
+                blocks = groups
+            for block in blocks:
+                for slots in per:
+                    out.extend(slots[s] for s in block)
         return out
 
     def reset(self) -> None:
@@ -873,6 +887,35 @@ _BY_NAME = {
     "adagrad": Adagrad,
     "nadam": Nadam,
 }
+
+
+def _keras_slot_groups(opt) -> Optional[List[List[int]]]:
+    """Keras 3's optimizer variables after iterations and learning rate, as lists of our C
+    slot indices, each list a block written interleaved per model variable (Keras'
+    ``add_optimizer_variables`` with several names interleaves them; each call adds a
+    block). With ``use_ema`` the averages (our last slot) come first: Keras' base ``build``
+    adds them before the subclass adds its slots. None for an optimizer whose variables
+    we do not map (a subclass)."""
+    if type(opt) is SGD:
+        groups = [[0]] if opt.momentum != 0 else []
+    elif type(opt) in (Adam, AdamW):
+        groups = [[0, 1]] + ([[2]] if opt.amsgrad else [])
+    elif type(opt) is RMSprop:
+        groups, k = [[0]], 1
+        if opt.momentum > 0:
+            groups.append([k])
+            k += 1
+        if opt.centered:
+            groups.append([k])
+    elif type(opt) is Adagrad:
+        groups = [[0]]  # accumulator
+    elif type(opt) is Nadam:
+        groups = [[0, 1]]  # momentum, velocity; then Keras' scalar _u_product (saving.py)
+    else:
+        return None
+    if opt.use_ema:
+        groups = [[sum(len(g) for g in groups)]] + groups
+    return groups
 
 
 def get(identifier: Any) -> Optional[Optimizer]:

@@ -183,6 +183,9 @@ class _RNN(Layer):
         for what, v in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
             if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"{kind}: {what} must be in [0, 1], got {v!r}")
+        # Keras 3's SeedGenerator check, in its words
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise ValueError(f"Argument `seed` must be an integer. Received: seed={seed!r}")
         if any(c is not None for c in (kernel_constraint, recurrent_constraint, bias_constraint)):
             raise NotImplementedError(f"{kind}: constraints are not supported")
         self.units = int(units)
@@ -196,7 +199,13 @@ class _RNN(Layer):
         self.recurrent_regularizer = regularizers.get(recurrent_regularizer)
         self.bias_regularizer = regularizers.get(bias_regularizer)
         self.dropout, self.recurrent_dropout = float(dropout), float(recurrent_dropout)
-        self.seed = seed
+        self.seed = None if seed is None else int(seed)
+        # with a seed the masks come from the layer's own stream, as a seeded Dropout's:
+        # the draws made from (seed, i), and fit's traced step passing a draw in
+        self._seed_calls = 0
+        self._given_noise = None
+        self._draws_given = False
+        self._last_input_shape = None
         self.return_sequences = bool(return_sequences)
         self.return_state = bool(return_state)
         self.go_backwards = bool(go_backwards)
@@ -328,6 +337,73 @@ class _RNN(Layer):
         keep = _core.step(_core.random_uniform(shape, 0.0, 1.0), rate)
         return _core.mul_scalar(keep, 1.0 / (1.0 - rate))
 
+    def _mask_widths(self, feat, n):
+        """[(width, rate)] of the masks a training call draws, in order: `n` of the inputs
+        (`feat` wide) when ``dropout`` is on, then `n` of the state when
+        ``recurrent_dropout`` is."""
+        out = []
+        if 0.0 < self.dropout < 1.0:
+            out += [(feat, self.dropout)] * n
+        if 0.0 < self.recurrent_dropout < 1.0:
+            out += [(self.units, self.recurrent_dropout)] * n
+        return out
+
+    def _mask_count(self):
+        # with recurrent_dropout on, Keras 3 runs a gated cell as its implementation 1:
+        # one mask per gate
+        return self._gates if self._gates > 1 and self.recurrent_dropout > 0.0 else 1
+
+    def _draws_seeded(self):
+        """Whether a training call draws masks from the layer's own stream (a seed and a
+        dropout on): fit's traced step then draws them before each replay and passes them
+        in, as for a seeded Dropout."""
+        return self.seed is not None and bool(self._mask_widths(1, 1))
+
+    def _mask_shape(self, input_shape):
+        """The shape of one training call's seeded draw for inputs of `input_shape`: every
+        mask of the call side by side, ``(batch, sum of the widths)``."""
+        widths = self._mask_widths(int(input_shape[-1]), self._mask_count())
+        return (int(input_shape[0]), sum(w for w, _ in widths))
+
+    def _seeded_uniform(self, shape):
+        """The next uniform [0, 1) draw of the layer's own stream (advances it): call ``i``
+        draws from child ``i`` of ``SeedSequence(seed)``, as a seeded Dropout does."""
+        seq = np.random.SeedSequence(self.seed % (1 << 64), spawn_key=(self._seed_calls,))
+        self._seed_calls += 1
+        return np.random.Generator(np.random.PCG64(seq)).random(shape, dtype=np.float32)
+
+    def _dropout_masks(self, batch, feat, n):
+        """(input masks, state masks) of a training call, each a list of `n` or None.
+        Without a seed each mask is a core draw on the global generator (a traced step
+        draws anew); with one, one draw of the layer's stream holds them all side by side
+        (fit's traced step passes it in, drawn before each replay)."""
+        widths = self._mask_widths(feat, n)
+        if not widths:
+            return None, None
+        if self.seed is None:
+            masks = [self._dropout_mask((batch, w), rate) for w, rate in widths]
+        else:
+            shape = (batch, sum(w for w, _ in widths))
+            if self._given_noise is not None:
+                u, self._given_noise = self._given_noise, None
+                if tuple(u.shape) != shape:
+                    raise ValueError(
+                        f"{self.name}: the seeded draw given has shape {tuple(u.shape)}, "
+                        f"the masks need {shape}"
+                    )
+            elif self._draws_given:
+                # inside fit's traced step a draw made here would be recorded as a constant
+                raise ValueError(f"{self.name}: called again inside one traced step")
+            else:
+                u = _core.tensor(self._seeded_uniform(shape))
+            masks, start = [], 0
+            for w, rate in widths:
+                keep = _core.step(_core.narrow(u, 1, start, w), rate)
+                masks.append(_core.mul_scalar(keep, 1.0 / (1.0 - rate)))
+                start += w
+        k = n if 0.0 < self.dropout < 1.0 else 0
+        return masks[:k] or None, masks[k:] or None
+
     def call(
         self,
         inputs: Any,
@@ -337,6 +413,7 @@ class _RNN(Layer):
     ) -> Any:
         x = self._check_inputs(inputs)
         batch, steps, feat = x.shape
+        self._last_input_shape = (batch, steps, feat)  # for fit's traced step (seeded masks)
         m = self._check_mask(mask, batch, steps)
         kept = self._kept_states
         # states of another batch size (the build's run on zeros) are not continued
@@ -356,12 +433,8 @@ class _RNN(Layer):
         # (batch, features) draw each for the whole sequence, as Keras draws them once per
         # call. With recurrent_dropout on, Keras 3 runs a gated cell (LSTM, GRU) as its
         # implementation 1: one mask per gate, for the inputs as for the state
-        n = self._gates if self._gates > 1 and self.recurrent_dropout > 0.0 else 1
-        dm = rm = None
-        if training and 0.0 < self.dropout < 1.0:
-            dm = [self._dropout_mask((batch, feat), self.dropout) for _ in range(n)]
-        if training and 0.0 < self.recurrent_dropout < 1.0:
-            rm = [self._dropout_mask((batch, u), self.recurrent_dropout) for _ in range(n)]
+        n = self._mask_count()
+        dm, rm = self._dropout_masks(batch, feat, n) if training else (None, None)
         # per-gate masks: each gate's products apart (training with recurrent_dropout only)
         cuts = self._gate_cuts(kernel, rec, in_bias) if n > 1 and (dm or rm) else None
         # without recurrent dropout (then n == 1), every step's input projection is one
@@ -527,9 +600,16 @@ class SimpleRNN(_RNN):
             one (batch, units) mask per call reused at every step, as Keras 3; LSTM and
             GRU then draw one mask per gate for the inputs and one per gate for the state
             (Keras' implementation 1), SimpleRNN one of each.
-        seed: kept in the config; the masks come from the global generator
+        seed: None (default): the masks come from the global generator
             (``metalearn.random.set_seed``) by core ops, so a traced step (``fit``, MAML)
-            draws new masks on every replay, as the eager step.
+            draws new masks on every replay, as the eager step. An integer: the layer's
+            own stream, as Keras 3's per-layer SeedGenerator and as ``Dropout(seed=s)``:
+            training call ``i`` draws its masks from child ``i`` of NumPy's
+            ``SeedSequence(seed)``, new masks on every call, the same sequence for every
+            layer made with that seed, the global generator untouched; ``fit``'s traced
+            step draws them before each replay and passes them in (so it equals the eager
+            step); inside a ``metalearn.function`` of your own they are recorded as drawn.
+            Not Keras' masks bit for bit (the generators differ).
         return_sequences: return every step's output ``(batch, timesteps, units)``
             rather than the last ``(batch, units)``.
         return_state: also return the last state(s): ``[output, *states]``.

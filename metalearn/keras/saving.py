@@ -8,7 +8,8 @@ Two formats, chosen by the name's extension:
 configs as Keras writes them, functional ``inbound_nodes`` with ``__keras_tensor__`` /
 ``keras_history``), ``metadata.json`` and ``model.weights.h5`` (Keras' HDF5 layout:
 ``layers/<class in snake case>[_k]/vars/<i>``, the optimizer's variables under
-``optimizer/vars`` as Keras keeps them: iterations, learning rate, then its slots).
+``optimizer/vars`` as Keras keeps them: iterations, learning rate, with ``use_ema`` the
+variables' moving averages, then its slots).
 HDF5 goes through h5py, an optional extra (``pip install 'metalearn[keras-io]'``).
 Keras 3 reads what we write, and we read what Keras 3 writes, for every layer both have.
 
@@ -622,28 +623,11 @@ def _keras_groups(model, prefix=""):
 
 def _slot_groups(opt):
     """Keras 3's optimizer variables after iterations and learning rate, as lists of our
-    slot indices written interleaved per model variable (``add_optimizer_variables`` with
-    several names interleaves them; each call adds a block): None for an optimizer whose
-    variables we do not map."""
+    slot indices, one block each (with ``use_ema`` the averages' block first): None for an
+    optimizer whose variables we do not map. The layout is the optimizers' own."""
     from . import optimizers
 
-    if type(opt) is optimizers.SGD:
-        return [[0]] if opt.momentum != 0 else []
-    if type(opt) in (optimizers.Adam, optimizers.AdamW):
-        return [[0, 1]] + ([[2]] if opt.amsgrad else [])
-    if type(opt) is optimizers.RMSprop:
-        groups, k = [[0]], 1
-        if opt.momentum > 0:
-            groups.append([k])
-            k += 1
-        if opt.centered:
-            groups.append([k])
-        return groups
-    if type(opt) is optimizers.Adagrad:
-        return [[0]]  # accumulator
-    if type(opt) is optimizers.Nadam:
-        return [[0, 1]]  # momentum, velocity; then _u_product (see _trailing_arrays)
-    return None
+    return optimizers._keras_slot_groups(opt)
 
 
 def _trailing_arrays(opt):
@@ -1035,6 +1019,8 @@ def _save_metalearn(model, filepath):
         "build_input_shape": _build_shape(model),
         "compile_config": _compile_config(model),
         "dropout_streams": [l._seed_calls for l in _seeded_dropouts(model)],
+        # seeded recurrent layers' streams apart: files from before they had one still load
+        "rnn_streams": [l._seed_calls for l in _seeded_rnns(model)],
         "metalearn_version": _version(),
     }
     json.dumps(state)  # refuses what JSON cannot hold, before any file
@@ -1052,19 +1038,30 @@ def _build_shape(model):
     return [None] + [None if d is None else int(d) for d in shape[1:]]
 
 
-def _seeded_dropouts(model):
-    from .layers import Dropout
-
+def _seeded_layers(model, kind):
     out, seen, stack = [], set(), [model]
     while stack:
         layer = stack.pop()
         if id(layer) in seen:
             continue
         seen.add(id(layer))
-        if isinstance(layer, Dropout) and layer.seed is not None:
+        if isinstance(layer, kind) and layer.seed is not None:
             out.append(layer)
         stack.extend(sub for _, sub in reversed(layer._sublayers))
     return out
+
+
+def _seeded_dropouts(model):
+    from .layers import Dropout
+
+    return _seeded_layers(model, Dropout)
+
+
+def _seeded_rnns(model):
+    """The recurrent layers with a seed, in model order: their streams of masks."""
+    from .rnn import _RNN
+
+    return _seeded_layers(model, _RNN)
 
 
 def _version():
@@ -1108,6 +1105,14 @@ def _load_metalearn(filepath, custom_objects, compile):
         seeded = _seeded_dropouts(model)
         if len(streams) != len(seeded):
             raise ValueError(f"{len(streams)} seeded Dropout streams for {len(seeded)} layers")
+        # absent from files written before seeded recurrent layers had their own stream
+        # (their masks came from the generator): those streams start afresh
+        rnn_streams = state.get("rnn_streams")
+        rnns = _seeded_rnns(model)
+        if rnn_streams is not None and len(rnn_streams) != len(rnns):
+            raise ValueError(
+                f"{len(rnn_streams)} seeded recurrent-layer streams for {len(rnns)} layers"
+            )
         if not getattr(model, "_is_compiled", False):  # compile=False: no optimizer to set
             ckpt.state = dict(state, optimizer={"iterations": 0, "lists": []})
         ckpt.restore(_ModelState(model), {})
@@ -1116,6 +1121,8 @@ def _load_metalearn(filepath, custom_objects, compile):
     except ValueError as e:
         raise ValueError(f"load_model: {filepath!r}: {e}") from e
     for layer, calls in zip(seeded, streams):
+        layer._seed_calls = int(calls)
+    for layer, calls in zip(rnns, rnn_streams or []):
         layer._seed_calls = int(calls)
     return model
 
