@@ -1027,16 +1027,123 @@ class ShardedMemory:
         self._key_dtype = value
         self._resync_compact()
 
-    def read(self, *args, **kwargs):
-        raise NotImplementedError(
-            "ShardedMemory.read: the differentiable read is not sharded yet (use query, or "
-            "one KnowledgeMemory)"
-        )
+    # ---------------------------------------------------------------- differentiable
+    def _diff_queries(self, what, q, k, default):
+        """(q as a Tensor or float32 array, its values, k) checked as the core's
+        select_topk checks them."""
+        from metalearn.memory import _k, _queries
 
-    def loss(self, *args, **kwargs):
-        raise NotImplementedError(
-            "ShardedMemory.loss: the memory loss is not sharded yet (use one KnowledgeMemory)"
-        )
+        qt = _queries(q)
+        a = np.asarray(qt)
+        if a.ndim != 2 or a.shape[1] != self.key_size:
+            raise ValueError(
+                f"{what}: expected queries of shape (n, {self.key_size}), got {a.shape}"
+            )
+        k = _k(k, default, self.capacity)
+        if not 1 <= k <= self.capacity:
+            raise ValueError(f"{what}: k must be in [1, capacity={self.capacity}], got {k}")
+        self._queries(what.split(".")[-1], a)  # finite
+        return qt, np.ascontiguousarray(a, np.float32), k
+
+    @staticmethod
+    def _normalized(qt):
+        """memory.c's recorded normalize_rows: q * (sum(q^2, -1) + eps) ** -0.5, the same
+        ops, so the same bits and the same gradients."""
+        from metalearn import _core
+
+        ss = _core.reduce_sum(_core.square(qt), axis=-1, keepdims=True)
+        return _core.mul(qt, _core.pow(_core.add_scalar(ss, _NORM_EPS), -0.5))
+
+    def read(
+        self, q: Any, k: Any = None, temperature: float = 1.0, return_weights: bool = False
+    ) -> Any:
+        """``KnowledgeMemory.read``, the differentiable soft read, over every rank's slots:
+        the top-k neighbours (the memory's own search: exact, compact or the index) and
+        their keys and payloads are gathered to every rank in the single memory's order,
+        and the softmax read runs on them with the core's ops, as the single memory runs
+        it: the same bits, and the gradient reaches ``q`` (held by every rank) as there."""
+        from metalearn import _core
+
+        what = "ShardedMemory.read"
+        self._agree("read", np.asarray(q, np.float32), repr((k, temperature, return_weights)))
+        qt, a, k = self._diff_queries(what, q, k, 8)
+        t = np.float32(temperature)
+        if not (t > 0) or not np.isfinite(t):
+            raise ValueError(
+                f"{what}: temperature must be a positive finite number, got {temperature}"
+            )
+        n, d, p = len(a), self.key_size, self.payload_size
+        idx, pay, keys = self._neighbours(a, k)
+        mask = np.where(idx >= 0, np.float32(0), np.float32(-1e30)).astype(np.float32)
+        qn = _core.reshape(self._normalized(qt), (n, 1, d))
+        sims = _core.reshape(_core.matmul(qn, keys, False, True), (n, k))
+        w = _core.softmax(_core.add(_core.mul_scalar(sims, float(np.float32(1) / t)), mask), -1)
+        if p == 0:
+            return w
+        o = _core.reshape(_core.matmul(_core.reshape(w, (n, 1, k)), pay, False, False), (n, p))
+        return (o, w) if return_weights else o
+
+    def _neighbours(self, a, k):
+        """The merged top-k of the queries a: (idx, payloads, keys), zero rows where -1."""
+        n = len(a)
+        if n == 0:
+            d, p = self.key_size, self.payload_size
+            z = np.zeros((0, k), np.int64)
+            return z, np.zeros((0, k, p), np.float32), np.zeros((0, k, d), np.float32)
+        idx, _, _, pay, keys = self._search(a, k)
+        return idx, np.ascontiguousarray(pay, np.float32), np.ascontiguousarray(keys, np.float32)
+
+    def loss(
+        self, q: Any, labels: Any, k: Any = None, margin: float = 0.1, reduction: str = "mean"
+    ) -> Any:
+        """``KnowledgeMemory.loss`` (Kaiser et al.'s memory loss) over every rank's slots:
+        k_pos and k_neg are chosen among the merged top-k as the single memory chooses them
+        (the first with the query's label, the first with another), gathered to every
+        rank, and the loss runs on them with the core's ops: the same bits and gradients."""
+        from metalearn import _core
+
+        what = "ShardedMemory.loss"
+        self._agree("loss", np.asarray(q, np.float32), labels, repr((k, margin, reduction)))
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(
+                f"{what}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}"
+            )
+        m = np.float32(margin)
+        if not np.isfinite(m):
+            raise ValueError(f"{what}: margin must be finite, got {margin}")
+        qt, a, k = self._diff_queries(what, q, k, 256)
+        y = np.asarray(labels).reshape(-1)
+        if len(y) and not np.issubdtype(y.dtype, np.integer):
+            raise TypeError(f"{what}: labels must be integers, got {y.dtype}")
+        n = len(a)
+        if len(y) != n:
+            raise ValueError(f"{what}: {n} queries but {len(y)} labels")
+        idx, _, keys = self._neighbours(a, k)
+        lab = np.where(idx >= 0, self._labels[np.maximum(idx, 0)], -1)
+        kpos = np.zeros((n, self.key_size), np.float32)
+        kneg = np.zeros((n, self.key_size), np.float32)
+        for i in range(n):
+            pos = neg = -1
+            for t in range(k):
+                if idx[i, t] < 0:
+                    break
+                if lab[i, t] == y[i]:
+                    pos = t if pos < 0 else pos
+                elif neg < 0:
+                    neg = t
+            if pos >= 0:
+                kpos[i] = keys[i, pos]
+            if neg >= 0:
+                kneg[i] = keys[i, neg]
+        qn = self._normalized(qt)
+        sp = _core.reduce_sum(_core.mul(qn, kpos), axis=-1, keepdims=False)
+        sn = _core.reduce_sum(_core.mul(qn, kneg), axis=-1, keepdims=False)
+        per = _core.relu(_core.add_scalar(_core.sub(sn, sp), float(m)))
+        if reduction == "none":
+            return per
+        if reduction == "mean":
+            return _core.reduce_mean(per)
+        return _core.reduce_sum(per)
 
     # ---------------------------------------------------------------- whole state
     def state(self):

@@ -3,13 +3,15 @@ compact keys (float16, int8) and/or the approximate index (IVF) against one Know
 configured the same way (capacity, seed, key_dtype, build_index's parameters), held by
 every rank as the reference, on random streams of updates, adds, removals, queries (exact
 and approximate, with and without a label filter), index rebuilds, clears and key-type
-changes; then the saved file's bytes and a load (the index rebuilt). Writes "ok" to argv[1]
+changes, and the differentiable read and loss (values, first and second order gradients);
+then the saved file's bytes and a load (the index rebuilt). Writes "ok" to argv[1]
 on rank 0 when all agree."""
 
 import sys
 
 import numpy as np
 
+import metalearn as ml
 from metalearn import distributed
 from metalearn.distributed import ShardedMemory
 from metalearn.memory import KnowledgeMemory
@@ -29,11 +31,28 @@ def same_index(one, sh, where):
         assert same(u, v) if isinstance(u, np.ndarray) else u == v, f"{where}: index.{name}"
 
 
+def diff_results(mem, q0, y, k):
+    """The soft read, the memory loss, and first and second order gradients to q."""
+    q = ml.tensor(q0, requires_grad=True)
+    out = [mem.read(q, k=k, temperature=0.7, return_weights=mem.payload_size > 0)]
+    out = list(out[0]) if isinstance(out[0], tuple) else out
+    loss = mem.loss(q, y, k=k, margin=0.3, reduction="none")
+    out.append(loss)
+    total = ml.reduce_sum(
+        out[0] * ml.tensor(np.linspace(-1, 1, out[0].size, dtype=np.float32).reshape(out[0].shape))
+    )
+    total = total + ml.reduce_sum(loss)
+    (g,) = ml.grad(total, q, create_graph=True)
+    (h,) = ml.grad(ml.reduce_sum(g * g), q)
+    return out + [g, h]
+
+
 def stream(cap, d, p, seed, steps, rs, dtype, nlist):
     rng = np.random.default_rng(rs)
     one = KnowledgeMemory(cap, d, p, seed=seed, key_dtype=dtype)
     sh = ShardedMemory(cap, d, p, seed=seed, key_dtype=dtype)
     live = set()
+    grads = 0  # comparisons of non-zero second order gradients
     centres = rng.standard_normal((6, d)).astype(np.float32)
     for it in range(steps):
         where = f"capacity {cap}, {dtype}, nlist {nlist}, step {it}"
@@ -88,11 +107,18 @@ def stream(cap, d, p, seed, steps, rs, dtype, nlist):
             for nprobe in probes:
                 for a, b in zip(one.query(q, k, allow, nprobe), sh.query(q, k, allow, nprobe)):
                     assert same(a, b), f"{where}: query nprobe={nprobe}"
+            if rng.random() < 0.5:  # the differentiable read and loss, and their gradients
+                got = diff_results(sh, q, y, k)
+                want = diff_results(one, q, y, k)
+                grads += bool(np.abs(np.asarray(want[-1])).max() > 0)
+                for a, b in zip(want, got):
+                    assert same(a, b), f"{where}: read/loss"
         for a, b in zip(one.state(), sh.state()):
             assert same(a, b), where
         assert one.size == sh.size, where
         assert one.key_dtype == sh.key_dtype, where
         same_index(one, sh, where)
+    assert grads > 0, f"capacity {cap}: no non-zero gradient was compared"
     return one, sh
 
 

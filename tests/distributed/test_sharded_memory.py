@@ -68,7 +68,8 @@ def test_sharded_memory_with_compact_keys_and_the_index_matches_one_memory(tmp_p
     # and the IVF index (one k-means, lists over the ranks, probes, nprobe="exact", the
     # update rule on the index, adds over several GEMM blocks, removes, clear, rebuilds,
     # key_dtype changed mid-stream) against one KnowledgeMemory configured the same way:
-    # slots, state, answers, the index's centroids and lists, the file, a load; ranks given
+    # slots, state, answers, the index's centroids and lists, the soft read and the memory
+    # loss with their first and second order gradients, the file, a load; ranks given
     # different options refused together
     _launch(INDEX_SCRIPT, [tmp_path / "ok", tmp_path], procs)
     assert (tmp_path / "ok").read_text() == "ok"
@@ -102,9 +103,31 @@ def test_bad_input_is_refused_and_changes_nothing():
     assert _state_bytes(mem) == before and mem.size == 3
 
 
-def test_what_a_sharded_memory_does_not_do_is_refused_with_the_reason():
+def test_a_capacity_below_one_is_refused():
     with pytest.raises(ValueError, match="capacity must be an int >= 1"):
         ShardedMemory(0, 4)
+
+
+def test_bad_read_and_loss_arguments_are_refused_and_change_nothing():
+    mem = ShardedMemory(8, 4, 2, seed=1)
+    q = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+    mem.update(q, [1, 2, 3])
+    before = _state_bytes(mem)
+    with pytest.raises(ValueError, match="temperature must be a positive finite"):
+        mem.read(q, 2, temperature=0.0)
+    with pytest.raises(ValueError, match=r"k must be in \[1, capacity=8\]"):
+        mem.read(q, 9)
+    with pytest.raises(ValueError, match=r"expected queries of shape \(n, 4\)"):
+        mem.read(q[:, :3])
+    with pytest.raises(ValueError, match="non-finite"):
+        mem.loss(np.where(q > 0, np.nan, q), [1, 2, 3])
+    with pytest.raises(ValueError, match="3 queries but 2 labels"):
+        mem.loss(q, [1, 2])
+    with pytest.raises(ValueError, match="margin must be finite"):
+        mem.loss(q, [1, 2, 3], margin=float("inf"))
+    with pytest.raises(ValueError, match="reduction must be 'mean', 'sum' or 'none'"):
+        mem.loss(q, [1, 2, 3], reduction="max")
+    assert _state_bytes(mem) == before
 
 
 def test_bad_index_and_key_type_arguments_are_refused_and_change_nothing():
