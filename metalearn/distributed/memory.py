@@ -291,7 +291,7 @@ class ShardedMemory:
         self._stale = True
         # compact copies of this rank's keys (what the scan reads with key_dtype float16 or
         # int8; the float32 keys stay the truth), as the single memory keeps them
-        self._ck, self._cs = self._compact_rows(self._keys)
+        self._resync_compact()
         # per slot, every rank: its list in the index (-1: in none); clear keeps the
         # centroids and empties the lists, as the single memory
         self._lists = np.full(self.capacity, -1, np.int64)
@@ -303,6 +303,17 @@ class ShardedMemory:
 
     def _resync_compact(self):
         self._ck, self._cs = self._compact_rows(self._keys)
+        self._cdirty = set()
+
+    def _compact_now(self):
+        """memory.c's sync_compact of the rows written since the last search, in one go."""
+        if self._cdirty and self._ck is not None:
+            rows = np.fromiter(self._cdirty, np.int64)
+            ck, cs = _compact(self._keys[rows], self._key_dtype)
+            self._ck[rows] = ck
+            if cs is not None:
+                self._cs[rows] = cs
+        self._cdirty = set()
 
     def _local_count(self):
         return min(max(self._count - self._base, 0), self._m)
@@ -519,22 +530,20 @@ class ShardedMemory:
         return out
 
     def _best(self, prim, ok, slots, kl):
-        """This rank's top-kl of scores prim (n, L) of `slots` (L,), where ok (n, L): (idx,
-        scores), score down then slot up, padded with -1 / -inf."""
-        n = len(prim)
-        if prim.shape[1] == 0:
-            return np.full((n, kl), -1, np.int64), np.full((n, kl), -np.inf, np.float32)
-        order = np.lexsort(
-            (np.broadcast_to(slots, prim.shape), -prim.astype(np.float64), ~ok), axis=-1
-        )[:, :kl]
-        r = np.arange(n)[:, None]
-        good = ok[r, order]
-        idx = np.where(good, slots[order], -1).astype(np.int64)
-        sc = np.where(good, prim[r, order], np.float32(-np.inf)).astype(np.float32)
-        if order.shape[1] < kl:
-            pad = kl - order.shape[1]
-            idx = np.concatenate([idx, np.full((n, pad), -1, np.int64)], 1)
-            sc = np.concatenate([sc, np.full((n, pad), -np.inf, np.float32)], 1)
+        """This rank's top-kl of scores prim (n, L) of `slots` (L, ascending), where ok (n,
+        L): (idx, scores), score down then slot up, padded with -1 / -inf. A partition finds
+        each row's kl-th score first, so only the scores at least as high are sorted."""
+        n, L = prim.shape
+        idx = np.full((n, kl), -1, np.int64)
+        sc = np.full((n, kl), -np.inf, np.float32)
+        s = np.where(ok, prim, np.float32(-np.inf))
+        for i in range(n):
+            si = s[i]
+            thr = np.partition(si, L - kl)[L - kl] if L > kl else -np.inf
+            c = np.flatnonzero(si >= thr) if thr > -np.inf else np.flatnonzero(ok[i])
+            c = c[np.lexsort((slots[c], -si[c].astype(np.float64)))][:kl]
+            idx[i, : len(c)] = slots[c]
+            sc[i, : len(c)] = si[c]
         return idx, sc
 
     def _allowed(self, labels, allow):
@@ -548,6 +557,7 @@ class ShardedMemory:
         compact when the keys are, else float32."""
         if self._ck is None:
             return _key_scores(qn, self._keys[rows])
+        self._compact_now()
         cs = None if self._cs is None else self._cs[rows]
         return _key_scores(qn, self._ck[rows], cs)
 
@@ -682,11 +692,8 @@ class ShardedMemory:
             return
         j = slot - self._base
         self._keys[j] = key
-        if self._ck is not None:  # the compact copy follows the key (sync_compact)
-            ck, cs = _compact(self._keys[j : j + 1], self._key_dtype)
-            self._ck[j] = ck[0]
-            if cs is not None:
-                self._cs[j] = cs[0]
+        if self._ck is not None:  # the compact copy follows the key (before a search)
+            self._cdirty.add(j)
         if self.payload_size:
             self._payloads[j] = payload
         if self._stale:
