@@ -152,6 +152,24 @@ def main(out, folder):
         for a, b in zip(one.query(q[:5], min(4, cap)), sh.query(q[:5], min(4, cap))):
             assert same(a, b)
         same_index(one, sh, f"capacity {cap}: after load and update")
+    # keys halfway between two centroids: their GEMM scores tie within rounding, so the
+    # list is decided by the key scan's score (assign_lists' near-tie rule, and update's)
+    for dtype in ("float32", "int8"):
+        one = KnowledgeMemory(64, 16, seed=4, key_dtype=dtype)
+        sh = ShardedMemory(64, 16, seed=4, key_dtype=dtype)
+        x = np.random.default_rng(5).standard_normal((24, 16)).astype(np.float32)
+        one.add(x, np.arange(24) % 4)
+        sh.add(x, np.arange(24) % 4)
+        one.build_index(4, 2, seed=1)
+        sh.build_index(4, 2, seed=1)
+        c = one.index.centroids
+        mid = np.array([c[a] + c[b] for a in range(4) for b in range(a + 1, 4)] * 3, np.float32)
+        assert same(one.add(mid, np.arange(18) % 4), sh.add(mid, np.arange(18) % 4))
+        assert same(one.update(-mid, np.arange(18) % 3), sh.update(-mid, np.arange(18) % 3))
+        assert same(one.update(mid, np.arange(18) % 5), sh.update(mid, np.arange(18) % 5))
+        same_index(one, sh, f"{dtype}: keys between centroids")
+        for a, b in zip(one.query(mid, 5), sh.query(mid, 5)):
+            assert same(a, b), f"{dtype}: keys between centroids"
     if P > 1:
         # ranks given different options refuse together, and nothing changes
         before = [np.asarray(a).tobytes() for a in sh.state()]
