@@ -32,6 +32,11 @@ slot s lives on rank ``s // (capacity / P)``, so a slot id is the one a single m
   nearest same-label key anywhere is merged into, else the globally oldest slot is written,
   ties drawn from the memory's own xoshiro256** stream, replayed here), and the owner of each
   written slot stores it.
+* ``read`` and ``loss`` (differentiable): the merged top-k's keys and payloads (zero rows
+  where a position is empty) reach every rank in the single memory's order, and the core's
+  ops run on them as memory.c runs them (the recorded normalisation, the batched matmul,
+  the masked softmax; k_pos / k_neg chosen as there): the same bits, and gradients of any
+  order reach ``q``, which every rank holds.
 * ``add``, ``remove``, ``clear``, ``state``, ``size``, ``predict``: as the single memory.
 * ``save``: rank 0 writes the single memory's file (format version 2), byte for byte,
   atomically, the other ranks streaming their keys and payloads to it; ``load`` (and
@@ -372,7 +377,8 @@ class ShardedMemory:
     def __repr__(self):
         return (
             f"ShardedMemory(capacity={self.capacity}, key_size={self.key_size}, "
-            f"payload_size={self.payload_size}, size={self.size}, processes={self._p})"
+            f"payload_size={self.payload_size}, size={self.size}, processes={self._p}, "
+            f"key_dtype={self._key_dtype!r})"
         )
 
     # ---------------------------------------------------------------- collectives
