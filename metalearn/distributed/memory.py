@@ -535,21 +535,28 @@ class ShardedMemory:
             ]
         return out
 
+    @staticmethod
+    def _best_row(si, c, kl):
+        """The top-kl of scores si of the candidates c (ascending), score down then
+        candidate up: (positions in c, their scores). A partition finds the kl-th score
+        first, so only those at least as high are sorted."""
+        if len(c) > kl:
+            keep = np.flatnonzero(si >= np.partition(si, len(c) - kl)[len(c) - kl])
+            c, si = c[keep], si[keep]
+        o = np.lexsort((c, -si.astype(np.float64)))[:kl]
+        return c[o], si[o]
+
     def _best(self, prim, ok, slots, kl):
         """This rank's top-kl of scores prim (n, L) of `slots` (L, ascending), where ok (n,
-        L): (idx, scores), score down then slot up, padded with -1 / -inf. A partition finds
-        each row's kl-th score first, so only the scores at least as high are sorted."""
-        n, L = prim.shape
+        L): (idx, scores), score down then slot up, padded with -1 / -inf."""
+        n = len(prim)
         idx = np.full((n, kl), -1, np.int64)
         sc = np.full((n, kl), -np.inf, np.float32)
-        s = np.where(ok, prim, np.float32(-np.inf))
         for i in range(n):
-            si = s[i]
-            thr = np.partition(si, L - kl)[L - kl] if L > kl else -np.inf
-            c = np.flatnonzero(si >= thr) if thr > -np.inf else np.flatnonzero(ok[i])
-            c = c[np.lexsort((slots[c], -si[c].astype(np.float64)))][:kl]
+            c = np.flatnonzero(ok[i])
+            c, si = self._best_row(prim[i, c], c, kl)
             idx[i, : len(c)] = slots[c]
-            sc[i, : len(c)] = si[c]
+            sc[i, : len(c)] = si
         return idx, sc
 
     def _allowed(self, labels, allow):
@@ -590,23 +597,21 @@ class ShardedMemory:
         n, qn = len(q), _normalize_rows(q)
         cen = self._ivf["centroids"]
         L = self._local_count()
-        slots = np.arange(self._base, self._base + L)
-        lists = self._lists[slots]
-        base_ok = self._allowed(self._labels[slots], allow) & (lists >= 0)
+        lists = self._lists[self._base : self._base + L]
+        base_ok = self._allowed(self._labels[self._base : self._base + L], allow) & (lists >= 0)
+        cs = _key_scores(qn, cen)  # coarse_probe: score down, list up
+        probes = np.lexsort(
+            (np.broadcast_to(np.arange(len(cen)), cs.shape), -cs.astype(np.float64)), axis=-1
+        )[:, :nprobe]
         idx = np.full((n, kl), -1, np.int64)
         prim = np.full((n, kl), -np.inf, np.float32)
-        for i0 in range(0, n, _SCAN_MAX_QUERIES):
-            qb = qn[i0 : i0 + _SCAN_MAX_QUERIES]
-            cs = _key_scores(qb, cen)  # coarse_probe: score down, list up
-            probe = np.lexsort(
-                (np.broadcast_to(np.arange(len(cen)), cs.shape), -cs.astype(np.float64)), axis=-1
-            )[:, :nprobe]
-            hit = np.zeros((len(qb), len(cen)), bool)
-            hit[np.arange(len(qb))[:, None], probe] = True
-            ok = hit[:, np.maximum(lists, 0)] & base_ok
-            cols = np.flatnonzero(ok.any(axis=0))
-            bi, bp = self._best(self._scores(qb, cols), ok[:, cols], slots[cols], kl)
-            idx[i0 : i0 + len(qb)], prim[i0 : i0 + len(qb)] = bi, bp
+        for i in range(n):  # this rank's slots in the query's lists, scored as scan_list
+            hit = np.zeros(len(cen), bool)
+            hit[probes[i]] = True
+            c = np.flatnonzero(base_ok & hit[np.maximum(lists, 0)])
+            c, si = self._best_row(self._scores(qn[i : i + 1], c)[0], c, kl)
+            idx[i, : len(c)] = c + self._base
+            prim[i, : len(c)] = si
         sim = self._f32_scores(qn, idx) if self._key_dtype != "float32" else prim
         return idx, prim, sim
 
