@@ -276,8 +276,9 @@ class ShardedMemory:
         self.seed = int(seed)
         self._m = capacity // self._p
         self._base = self._r * self._m
-        # the search engine of this rank's slots (its ages and stream are not used)
-        self._local = KnowledgeMemory(self._m, key_size, payload_size)
+        # the search engine of this rank's slots (its ages and stream are not used); with
+        # compact keys its C scan holds their compact copies
+        self._local = KnowledgeMemory(self._m, key_size, payload_size, key_dtype=key_dtype)
         self._dir = tempfile.mkdtemp(prefix="metalearn-shard-")
         self._key_dtype = key_dtype
         self._ivf = None  # the approximate index's parameters and centroids (every rank)
@@ -294,31 +295,9 @@ class ShardedMemory:
         self._n_removed = 0
         self._rng = _xoshiro_seed(self.seed)
         self._stale = True
-        # compact copies of this rank's keys (what the scan reads with key_dtype float16 or
-        # int8; the float32 keys stay the truth), as the single memory keeps them
-        self._resync_compact()
         # per slot, every rank: its list in the index (-1: in none); clear keeps the
         # centroids and empties the lists, as the single memory
         self._lists = np.full(self.capacity, -1, np.int64)
-
-    def _compact_rows(self, keys):
-        if self._key_dtype == "float32":
-            return None, None
-        return _compact(keys, self._key_dtype)
-
-    def _resync_compact(self):
-        self._ck, self._cs = self._compact_rows(self._keys)
-        self._cdirty = set()
-
-    def _compact_now(self):
-        """memory.c's sync_compact of the rows written since the last search, in one go."""
-        if self._cdirty and self._ck is not None:
-            rows = np.fromiter(self._cdirty, np.int64)
-            ck, cs = _compact(self._keys[rows], self._key_dtype)
-            self._ck[rows] = ck
-            if cs is not None:
-                self._cs[rows] = cs
-        self._cdirty = set()
 
     def _local_count(self):
         return min(max(self._count - self._base, 0), self._m)
@@ -567,12 +546,12 @@ class ShardedMemory:
 
     def _scores(self, qn, rows):
         """The scan's scores of normalised queries against this rank's rows (local indices):
-        compact when the keys are, else float32."""
-        if self._ck is None:
+        of their compact copies when the keys are compact (made from the float32 keys as
+        sync_compact makes them), else of the float32 keys."""
+        if self._key_dtype == "float32":
             return _key_scores(qn, self._keys[rows])
-        self._compact_now()
-        cs = None if self._cs is None else self._cs[rows]
-        return _key_scores(qn, self._ck[rows], cs)
+        ck, cs = _compact(self._keys[rows], self._key_dtype)
+        return _key_scores(qn, ck, cs)
 
     def _f32_scores(self, qn, idx):
         """rescore_f32's float32 score of each chosen slot idx (n, kl) (-inf where -1)."""
@@ -581,13 +560,23 @@ class ShardedMemory:
         return np.where(idx >= 0, s, np.float32(-np.inf)).astype(np.float32)
 
     def _compact_topk(self, q, kl, allow):
-        """The key scan over compact keys on this rank: (idx, compact scores, float32)."""
+        """The key scan over compact keys on this rank: (idx, compact scores, float32). The
+        rank's search engine (a KnowledgeMemory of the same key type, whose C scan keeps the
+        compact copies) chooses its top-kl by the compact scores and rescores them; the
+        compact scores of those kl, which the merge orders by, are computed here."""
+        self._sync()
+        idx, sim, _, _ = self._local.query(q, kl, allow)
+        idx = np.where(idx >= 0, idx + self._base, -1)
         qn = _normalize_rows(q)
-        L = self._local_count()
-        slots = np.arange(self._base, self._base + L)
-        ok = np.broadcast_to(self._allowed(self._labels[slots], allow), (len(q), L))
-        idx, prim = self._best(self._scores(qn, np.arange(L)), ok, slots, kl)
-        return idx, prim, self._f32_scores(qn, idx)
+        n, d = len(q), self.key_size
+        ck, cs = _compact(
+            self._keys[np.maximum(idx - self._base, 0)].reshape(-1, d), self._key_dtype
+        )
+        prim = _lanes_dot(qn[:, None, :], ck.astype(np.float32).reshape(n, kl, d))
+        if cs is not None:
+            prim = np.multiply(cs.reshape(n, kl), prim, dtype=np.float32)
+        prim = np.where(idx >= 0, prim, np.float32(-np.inf)).astype(np.float32)
+        return idx, prim, sim
 
     def _ivf_topk(self, q, kl, allow, nprobe):
         """The approximate search on this rank: per query the nprobe lists whose centroids
@@ -703,8 +692,6 @@ class ShardedMemory:
             return
         j = slot - self._base
         self._keys[j] = key
-        if self._ck is not None:  # the compact copy follows the key (before a search)
-            self._cdirty.add(j)
         if self.payload_size:
             self._payloads[j] = payload
         if self._stale:
@@ -1043,7 +1030,7 @@ class ShardedMemory:
                 f"ShardedMemory.key_dtype must be 'float32', 'float16' or 'int8', got {value!r}"
             )
         self._key_dtype = value
-        self._resync_compact()
+        self._local.key_dtype = value  # the engine's C scan keeps the compact copies
 
     # ---------------------------------------------------------------- differentiable
     def _diff_queries(self, what, q, k, default):
@@ -1259,7 +1246,6 @@ class ShardedMemory:
             )
         del raw
         self._stale = True
-        self._resync_compact()
         # the file holds no index: as KnowledgeMemory.load, one with the same parameters is
         # built over the loaded keys, or the index is dropped when they are too few
         ix, self._ivf = self._ivf, None
