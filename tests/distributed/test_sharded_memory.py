@@ -18,6 +18,7 @@ from metalearn.memory import KnowledgeMemory
 from .test_data_parallel import HERE, _env, _mpiexec
 
 MEMORY_SCRIPT = HERE / "_memory_script.py"
+INDEX_SCRIPT = HERE / "_memory_index_script.py"
 SYSTEM_SCRIPT = HERE / "_system_script.py"
 
 
@@ -50,6 +51,30 @@ def test_sharded_memory_matches_one_memory_on_random_streams(tmp_path, procs):
     assert (tmp_path / "ok").read_text() == "ok"
 
 
+def test_one_process_sharded_memory_with_compact_keys_and_the_index_matches_one_memory(tmp_path):
+    sys.path.insert(0, str(HERE))
+    try:
+        import _memory_index_script
+    finally:
+        sys.path.remove(str(HERE))
+    _memory_index_script.main(str(tmp_path / "ok"), str(tmp_path))
+    assert (tmp_path / "ok").read_text() == "ok"
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("procs", [2, 4])
+def test_sharded_memory_with_compact_keys_and_the_index_matches_one_memory(tmp_path, procs):
+    # float16 / int8 keys (the scan's top-k chosen by compact scores, rescored in float32)
+    # and the IVF index (one k-means, lists over the ranks, probes, nprobe="exact", the
+    # update rule on the index, adds over several GEMM blocks, removes, clear, rebuilds,
+    # key_dtype changed mid-stream) against one KnowledgeMemory configured the same way:
+    # slots, state, answers, the index's centroids and lists, the soft read and the memory
+    # loss with their first and second order gradients, the file, a load; ranks given
+    # different options refused together
+    _launch(INDEX_SCRIPT, [tmp_path / "ok", tmp_path], procs)
+    assert (tmp_path / "ok").read_text() == "ok"
+
+
 def _state_bytes(mem):
     return [np.asarray(a).tobytes() for a in mem.state()]
 
@@ -78,16 +103,64 @@ def test_bad_input_is_refused_and_changes_nothing():
     assert _state_bytes(mem) == before and mem.size == 3
 
 
-def test_what_a_sharded_memory_does_not_do_is_refused_with_the_reason():
-    mem = ShardedMemory(8, 4)
-    with pytest.raises(NotImplementedError, match="IVF index is not sharded"):
-        mem.build_index(2)
-    with pytest.raises(ValueError, match="nprobe"):
-        mem.query(np.ones(4, np.float32), 1, nprobe=2)
-    with pytest.raises(ValueError, match="key_dtype must be 'float32'"):
-        mem.key_dtype = "int8"
+def test_a_capacity_below_one_is_refused():
     with pytest.raises(ValueError, match="capacity must be an int >= 1"):
         ShardedMemory(0, 4)
+
+
+def test_bad_read_and_loss_arguments_are_refused_and_change_nothing():
+    mem = ShardedMemory(8, 4, 2, seed=1)
+    q = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+    mem.update(q, [1, 2, 3])
+    before = _state_bytes(mem)
+    with pytest.raises(ValueError, match="temperature must be a positive finite"):
+        mem.read(q, 2, temperature=0.0)
+    with pytest.raises(ValueError, match=r"k must be in \[1, capacity=8\]"):
+        mem.read(q, 9)
+    with pytest.raises(ValueError, match=r"expected queries of shape \(n, 4\)"):
+        mem.read(q[:, :3])
+    with pytest.raises(ValueError, match="non-finite"):
+        mem.loss(np.where(q > 0, np.nan, q), [1, 2, 3])
+    with pytest.raises(ValueError, match="3 queries but 2 labels"):
+        mem.loss(q, [1, 2])
+    with pytest.raises(ValueError, match="margin must be finite"):
+        mem.loss(q, [1, 2, 3], margin=float("inf"))
+    with pytest.raises(ValueError, match="reduction must be 'mean', 'sum' or 'none'"):
+        mem.loss(q, [1, 2, 3], reduction="max")
+    assert _state_bytes(mem) == before
+
+
+def test_bad_index_and_key_type_arguments_are_refused_and_change_nothing():
+    mem = ShardedMemory(16, 4, 1, seed=2, key_dtype="int8")
+    q = np.random.default_rng(1).standard_normal((6, 4)).astype(np.float32)
+    mem.update(q, [1, 2, 3, 4, 5, 6])
+    before = _state_bytes(mem)
+    with pytest.raises(ValueError, match="asks for the approximate index"):
+        mem.query(q, 1, nprobe=2)
+    with pytest.raises(ValueError, match=r"nlist must be in \[1, size=6\]"):
+        mem.build_index(7)
+    with pytest.raises(ValueError, match=r"nprobe must be in \[1, nlist=2\]"):
+        mem.build_index(2, nprobe=3)
+    with pytest.raises(ValueError, match=r"sample must be in \[nlist=2, size=6\]"):
+        mem.build_index(2, sample=7)
+    with pytest.raises(TypeError, match="nlist must be an int"):
+        mem.build_index(2.0)
+    assert mem.index is None and mem.nprobe is None
+    with pytest.raises(ValueError, match="key_dtype must be 'float32', 'float16' or 'int8'"):
+        mem.key_dtype = "bfloat16"
+    with pytest.raises(ValueError, match="key_dtype must be 'float32', 'float16' or 'int8'"):
+        ShardedMemory(16, 4, key_dtype="int4")
+    assert mem.key_dtype == "int8"
+    mem.build_index(2, nprobe=1)
+    with pytest.raises(ValueError, match=r"nprobe must be in \[1, nlist=2\]"):
+        mem.query(q, 1, nprobe=3)
+    with pytest.raises(ValueError, match=r"nprobe must be in \[1, nlist=2\]"):
+        mem.nprobe = 0
+    with pytest.raises(TypeError, match="nprobe must be an int, None or 'exact'"):
+        mem.query(q, 1, nprobe="all")
+    with pytest.raises(ValueError, match="can only be set to None"):
+        mem.index = mem.index
+    assert mem.index.nprobe == 1 and _state_bytes(mem) == before
 
 
 def test_load_refuses_a_corrupt_or_differently_sized_file_and_changes_nothing(tmp_path):
