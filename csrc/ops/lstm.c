@@ -81,8 +81,8 @@ ML_INLINE void grad_row(int64_t u, const float *restrict gi, const float *restri
  * and dL/d{i, f, g, o, c_prev} by the product rule, c = f c_prev + i g carrying Lc to i, f,
  * g and c_prev. */
 ML_INLINE void grad2_row(int64_t u, const float *restrict s, const float *restrict cp,
-                         const float *restrict dhc, const float *restrict G,
-                         float *restrict dz, float *restrict dcp, float *restrict ddhc) {
+                         const float *restrict dhc, const float *restrict G, float *restrict dz,
+                         float *restrict dcp, float *restrict ddhc) {
     const float *gi = s, *gf = s + u, *gg = s + 2 * u, *go = s + 3 * u, *tc = s + 4 * u;
     const float *dh = dhc, *dc = dhc + u;
     const float *Gi = G, *Gf = G + u, *Gg = G + 2 * u, *Go = G + 3 * u, *Gc = G + 4 * u;
@@ -121,8 +121,8 @@ ML_INLINE void grad2_row(int64_t u, const float *restrict s, const float *restri
  *   K_GRAD2: a = s, b = c_prev, c = [dh | dc], d = G = [Gz | Gc] (B,5u) -> o0 = dz,
  *            o1 = dc_prev, o2 = [ddh | ddc] (B,2u) */
 ML_INLINE void lstm_rows_body(int k, int64_t r0, int64_t r1, int64_t u, const float *a,
-                              const float *b, const float *c, const float *d, float *o0,
-                              int64_t s0, float *o1, int64_t s1, float *o2) {
+                              const float *b, const float *c, const float *d, float *o0, int64_t s0,
+                              float *o1, int64_t s1, float *o2) {
     for (int64_t r = r0; r < r1; r++) {
         const float *cp = b + r * u;
         if (k == K_FWD) {
@@ -134,8 +134,8 @@ ML_INLINE void lstm_rows_body(int k, int64_t r0, int64_t r1, int64_t u, const fl
             grad_row(u, s, s + u, s + 2 * u, s + 3 * u, s + 4 * u, cp, dh, dh + u, dz, dz + u,
                      dz + 2 * u, dz + 3 * u, o1 + r * s1);
         } else {
-            grad2_row(u, a + r * 5 * u, cp, c + r * 2 * u, d + r * 5 * u, o0 + r * s0,
-                      o1 + r * s1, o2 + r * 2 * u);
+            grad2_row(u, a + r * 5 * u, cp, c + r * 2 * u, d + r * 5 * u, o0 + r * s0, o1 + r * s1,
+                      o2 + r * 2 * u);
         }
     }
 }
@@ -225,8 +225,13 @@ static ml_status cell_forward(ml_tensor **y, ml_tensor **s, ml_tensor *z, ml_ten
         ml_release(*y), *y = NULL;
         return st;
     }
-    rows_job j = {K_FWD, B, u, 0, z->data, cp->data, NULL, NULL, (*y)->data, (*s)->data, NULL, 0,
-                  0};
+    rows_job j = {.k = K_FWD,
+                  .rows = B,
+                  .u = u,
+                  .a = z->data,
+                  .b = cp->data,
+                  .o0 = (*y)->data,
+                  .o1 = (*s)->data};
     run_rows(&j);
     return ML_OK;
 }
@@ -275,10 +280,18 @@ ml_status ml_lstm_cell(ml_tensor **out, ml_tensor *z, ml_tensor *c_prev) {
 #define IN(k) (out->node->inputs[k])
 
 /* dz (row stride s0) and dc_prev (row stride s1) into o0, o1 */
-static void grad_pass(ml_tensor *s, ml_tensor *cp, ml_tensor *dhc, float *o0, int64_t s0,
-                      float *o1, int64_t s1) {
-    rows_job j = {K_GRAD, cp->shape[0], cp->shape[1], 0, s->data, cp->data, dhc->data, NULL,
-                  o0, o1, NULL, s0, s1};
+static void grad_pass(ml_tensor *s, ml_tensor *cp, ml_tensor *dhc, float *o0, int64_t s0, float *o1,
+                      int64_t s1) {
+    rows_job j = {.k = K_GRAD,
+                  .rows = cp->shape[0],
+                  .u = cp->shape[1],
+                  .a = s->data,
+                  .b = cp->data,
+                  .c = dhc->data,
+                  .o0 = o0,
+                  .s0 = s0,
+                  .o1 = o1,
+                  .s1 = s1};
     run_rows(&j);
 }
 
@@ -313,8 +326,8 @@ typedef struct {
     int which;
 } which_params;
 
-static ml_status grad_split(ml_tensor *s, ml_tensor *cp, ml_tensor *dhc, int which,
-                            ml_tensor **dz, ml_tensor **dcp) {
+static ml_status grad_split(ml_tensor *s, ml_tensor *cp, ml_tensor *dhc, int which, ml_tensor **dz,
+                            ml_tensor **dcp) {
     const int64_t B = cp->shape[0], u = cp->shape[1];
     ml_tensor *a = NULL, *b = NULL;
     ml_status st = new2(&a, B, 4 * u);
@@ -324,10 +337,14 @@ static ml_status grad_split(ml_tensor *s, ml_tensor *cp, ml_tensor *dhc, int whi
         return st;
     }
     grad_pass(s, cp, dhc, a->data, 4 * u, b->data, u); /* both: one pass, branch-free */
-    if (which & 1) *dz = a;
-    else ml_release(a);
-    if (which & 2) *dcp = b;
-    else ml_release(b);
+    if (which & 1)
+        *dz = a;
+    else
+        ml_release(a);
+    if (which & 2)
+        *dcp = b;
+    else
+        ml_release(b);
     return ML_OK;
 }
 
@@ -356,8 +373,7 @@ ml_status ml__lstm_cell_backward(ml_tensor *out, ml_tensor *g, ml_tensor **gin) 
             if (which & 1) outs[n++] = gin[0];
             if (which & 2) outs[n++] = gin[1];
             which_params p = {which};
-            ml__trace_record_n(OP_LSTM_CELL_GRAD, replay_grad_split, 3, ins, n, outs, &p,
-                               sizeof p);
+            ml__trace_record_n(OP_LSTM_CELL_GRAD, replay_grad_split, 3, ins, n, outs, &p, sizeof p);
         }
         return ML_OK;
     }
@@ -388,12 +404,24 @@ static ml_status grad2_split(ml_tensor *s, ml_tensor *cp, ml_tensor *dhc, ml_ten
         for (int w = 0; w < 3; w++) ml_release(t[w]);
         return st;
     }
-    rows_job j = {K_GRAD2, B, u, 0, s->data, cp->data, dhc->data, G->data, t[0]->data,
-                  t[1]->data, t[2]->data, 4 * u, u};
+    rows_job j = {.k = K_GRAD2,
+                  .rows = B,
+                  .u = u,
+                  .a = s->data,
+                  .b = cp->data,
+                  .c = dhc->data,
+                  .d = G->data,
+                  .o0 = t[0]->data,
+                  .s0 = 4 * u,
+                  .o1 = t[1]->data,
+                  .s1 = u,
+                  .o2 = t[2]->data};
     run_rows(&j);
     for (int w = 0; w < 3; w++) {
-        if (which & (1 << w)) o[w] = t[w];
-        else ml_release(t[w]);
+        if (which & (1 << w))
+            o[w] = t[w];
+        else
+            ml_release(t[w]);
     }
     return ML_OK;
 }
@@ -423,8 +451,8 @@ static ml_status replay_grad2(ml_tensor **out, ml_tensor **in, const void *param
  * the gates recomputed from z: what a gradient of this order records. Three scopes, as
  * the formula makes more tensors than one holds; a failure leaves NULLs that the later
  * scopes pass on, and the first failing scope's status is returned. */
-static ml_status grad2_formula(ml_tensor *z, ml_tensor *cp, ml_tensor *dhc, ml_tensor *G,
-                               int which, ml_tensor **gin) {
+static ml_status grad2_formula(ml_tensor *z, ml_tensor *cp, ml_tensor *dhc, ml_tensor *G, int which,
+                               ml_tensor **gin) {
     const int64_t u = cp->shape[1];
     ml_scope a = {0}, b = {0}, c = {0};
     ml_tensor *i = SIGMOID(&a, NARROW(&a, z, 0, u)), *f = SIGMOID(&a, NARROW(&a, z, u, u));
@@ -443,18 +471,15 @@ static ml_status grad2_formula(ml_tensor *z, ml_tensor *cp, ml_tensor *dhc, ml_t
                         SUB(&b, MUL(&b, Go, dO), MUL(&b, MULS(&b, MUL(&b, t, o), 2.0f), S)));
     ml_tensor *dz = NULL, *dcp = NULL, *ddhc = NULL;
     if (which & 1) {
-        ml_tensor *Li = ADD(&c,
-                            MUL(&c, dct,
-                                ADD(&c, MUL(&c, MUL(&c, Gi, g), ONE_MINUS_2(&c, i)),
-                                    MUL(&c, Gg, dg))),
-                            MUL(&c, Lc, g));
+        ml_tensor *Li = ADD(
+            &c, MUL(&c, dct, ADD(&c, MUL(&c, MUL(&c, Gi, g), ONE_MINUS_2(&c, i)), MUL(&c, Gg, dg))),
+            MUL(&c, Lc, g));
         ml_tensor *Lf = ADD(&c,
                             MUL(&c, dct, ADD(&c, MUL(&c, MUL(&c, Gf, cp), ONE_MINUS_2(&c, f)), Gc)),
                             MUL(&c, Lc, cp));
-        ml_tensor *Lg = ADD(&c,
-                            MUL(&c, dct,
-                                SUB(&c, MUL(&c, Gi, di), MULS(&c, MUL(&c, MUL(&c, Gg, i), g), 2.0f))),
-                            MUL(&c, Lc, i));
+        ml_tensor *Lg = ADD(
+            &c, MUL(&c, dct, SUB(&c, MUL(&c, Gi, di), MULS(&c, MUL(&c, MUL(&c, Gg, i), g), 2.0f))),
+            MUL(&c, Lc, i));
         ml_tensor *Lo = MUL(&c, dh,
                             ADD(&c, MUL(&c, S, dt), MUL(&c, MUL(&c, Go, t), ONE_MINUS_2(&c, o))));
         ml_tensor *parts[4] = {MUL(&c, Li, di), MUL(&c, Lf, df), MUL(&c, Lg, dg), MUL(&c, Lo, dO)};
@@ -480,8 +505,8 @@ static ml_status grad2_formula(ml_tensor *z, ml_tensor *cp, ml_tensor *dhc, ml_t
 /* lstm_cell_grad's backward: gin[0..2] for z, c_prev and [dh | dc] (IN(3), s: none) */
 ml_status ml__lstm_cell_grad_backward(ml_tensor *out, ml_tensor *G, ml_tensor **gin) {
     ml_tensor *z = IN(0), *cp = IN(1), *dhc = IN(2), *s = IN(3);
-    const int which =
-        (ml__wants(0, z) ? 1 : 0) | (ml__wants(1, cp) ? 2 : 0) | (ml__wants(2, dhc) ? 4 : 0);
+    const int which = (ml__wants(0, z) ? 1 : 0) | (ml__wants(1, cp) ? 2 : 0) |
+                      (ml__wants(2, dhc) ? 4 : 0);
     if (!which) return ML_OK;
     ml_status st = check_grad("lstm_cell_grad2", z, cp, dhc, s, G);
     if (st) return st;
