@@ -354,6 +354,11 @@ ml_status ml_batch_norm(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tens
  * tasks of a meta-batch, each with its own copy of the weights. Gradients of any order. */
 ml_status ml_batch_norm_grouped(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,
                                 float epsilon, int axis);
+/* One LSTM step's gates, as Keras' LSTM cell with its default activations: z (B, 4u) holds
+ * the pre-activations of the gates i, f, c, o (in that order), c_prev (B, u) the previous
+ * cell state; out is (B, 2u), [h | c] with c = sigmoid(z_f) c_prev + sigmoid(z_i) tanh(z_c)
+ * and h = sigmoid(z_o) tanh(c). Gradients of any order. */
+ml_status ml_lstm_cell(ml_tensor **out, ml_tensor *z, ml_tensor *c_prev);
 
 /* --------------------------------------------------------------- optimizers */
 

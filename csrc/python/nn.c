@@ -229,6 +229,24 @@ static PyObject *nn_batch_norm(PyObject *m, PyObject *args, PyObject *kwds) {
     return mlpy_wrap_status(st, &out);
 }
 
+/* the LSTM cell (Keras' default activations): z (B, 4u), c_prev (B, u) -> [h | c] */
+static PyObject *nn_lstm_cell(PyObject *m, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"z", "c_prev", NULL};
+    PyObject *zo, *co;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO:lstm_cell", kwlist, &zo, &co)) return NULL;
+    ml_tensor *z = mlpy_as_ml(zo, "lstm_cell"), *c = z ? mlpy_as_ml(co, "lstm_cell") : NULL;
+    if (!c) {
+        ml_release(z);
+        return NULL;
+    }
+    ml_tensor *out = NULL;
+    ml_status st;
+    MLPY_CALL(st, ml_numel(z) * 8, ml_lstm_cell(&out, z, c));
+    ml_release(z);
+    ml_release(c);
+    return mlpy_wrap_status(st, &out);
+}
+
 static PyObject *nn_batch_norm_grouped(PyObject *m, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"x", "gamma", "beta", "epsilon", "axis", NULL};
     PyObject *xo, *go = Py_None, *bo = Py_None, *axis_o = NULL;
@@ -259,6 +277,10 @@ static PyObject *nn_batch_norm_grouped(PyObject *m, PyObject *args, PyObject *kw
 }
 
 PyMethodDef mlpy_nn_methods[] = {
+    {"lstm_cell", MLPY_FN(nn_lstm_cell), MLPY_KW,
+     MLPY_SIG("lstm_cell", "/, z, c_prev") "One LSTM step's gates (Keras' order i, f, c, o; "
+                                           "sigmoid and tanh): z (B, 4u), c_prev (B, u) -> "
+                                           "[h | c] (B, 2u)."},
     {"conv2d", MLPY_FN(nn_conv2d), MLPY_KW,
      MLPY_SIG("conv2d",
               "/, x, kernel, bias=None, strides=(1, 1), padding='valid'") "2-D convolution, "

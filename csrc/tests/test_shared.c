@@ -69,6 +69,7 @@ static const char *const SITES[] = {
     "key_scores_f16",
     "key_scores_i8",
     "wino_tiles",
+    "lstm_rows",
 };
 /* clang-format on */
 #define N_SITES ((int)(sizeof SITES / sizeof SITES[0]))
@@ -200,6 +201,24 @@ static ml_tensor *prog_batch_norm(int v) {
     return y;
 }
 
+/* the LSTM cell (lstm_rows): v = 0 its [h | c], v = 1 dz of <[h | c], w> */
+static ml_tensor *prog_lstm(int v) {
+    const int64_t sz[2] = {3, 64}, sc[2] = {3, 16}, sy[2] = {3, 32};
+    ml_tensor *z = filled(2, sz, 33), *c = filled(2, sc, 34), *w = filled(2, sy, 35);
+    ml_tensor *y = NULL, *yw = NULL, *loss = NULL, *dz = NULL;
+    ml_set_requires_grad(z, 1);
+    OK(ml_lstm_cell(&y, z, c));
+    if (v == 1) {
+        OK(ml_mul(&yw, y, w));
+        OK(ml_sum(&loss, yw, 0, NULL, 0));
+        OK(ml_grad(&dz, 1, &loss, 1, &z, NULL, 0));
+        ml_release(y);
+        y = dz;
+    }
+    ml_release(z), ml_release(c), ml_release(w), ml_release(yw), ml_release(loss);
+    return y;
+}
+
 static ml_tensor *prog_sinusoid(int v) {
     const int64_t s[1] = {203};
     ml_tensor *x = filled(1, s, 23), *y = NULL;
@@ -255,6 +274,7 @@ static const struct {
     {"batch norm", prog_batch_norm, 2, 1},
     {"sinusoid", prog_sinusoid, 1, 1},
     {"fused replay", prog_fused, 2, 0},
+    {"lstm cell", prog_lstm, 2, 0},
 };
 #define N_PROGRAMS ((int)(sizeof PROGRAMS / sizeof PROGRAMS[0]))
 

@@ -33,6 +33,7 @@ SITES = {
     "key_scores_f16",
     "key_scores_i8",
     "wino_tiles",
+    "lstm_rows",
 }
 
 # Computes results through every site and saves them; prints the kernel variants.
@@ -77,6 +78,12 @@ with ml.GradientTape() as tape:
 out["batch norm"] = np.asarray(y)
 for name, g in zip(("dx", "dgamma", "dbeta"), tape.gradient(loss, [xb, gamma, beta])):
     out["batch norm " + name] = np.asarray(g)
+# the LSTM cell (lstm_rows): [h | c] and its gradient in z
+zl = ml.Variable(rng.standard_normal((3, 64)).astype(F32))
+cl = rng.standard_normal((3, 16)).astype(F32)
+yl = ml.lstm_cell(zl, cl)
+out["lstm cell"] = np.asarray(yl)
+(out["lstm cell dz"],) = [np.asarray(g) for g in ml.grad(ml.reduce_sum(ml.mul(yl, yl)), [zl])]
 # the sinusoid tasks' sines, and MAML's vectorised, traced, fused meta-steps on them
 batch = Sinusoid(k_shot=10, q_queries=10, seed=0).sample_batch(25)
 out["sinusoid support_y"] = np.asarray(batch.support_y)

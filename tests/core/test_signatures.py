@@ -89,6 +89,8 @@ BY_NAME = {
     "clip_value_min": lambda p: 0.25,
     "clip_value_max": lambda p: 0.75,
     "kernel": lambda p: t(3, 4),
+    "z": lambda p: t(2, 8),  # lstm_cell: (batch, 4 * units)
+    "c_prev": lambda p: t(2, 2),
     "values": lambda p: [t(2, 3), t(2, 3)],
     "axis": lambda p: 0,
     "start": lambda p: 0,
