@@ -44,7 +44,36 @@ class TreeSum:
         return self._free.pop() if self._free else None
 
     def add(self, value: np.ndarray) -> None:
-        stack, count = self._stack, 1
+        self._push(value, 1)
+
+    def add_parts(self, parts, width: int) -> None:
+        """Adds the value whose flattened pieces are `parts` (arrays of float32, say one
+        per weight; `width` elements in all), which are read, not kept: a task with a left
+        sibling task is added into it straight from them, otherwise copied into a buffer
+        of its own (half the tasks: a copy of the value saved on the others)."""
+        stack = self._stack
+        if stack and stack[-1][0] == 1:
+            left = stack.pop()[1]
+            off = 0
+            for x in parts:
+                x = np.asarray(x).reshape(-1)
+                seg = left[off : off + x.size]
+                np.add(seg, x, out=seg)
+                off += x.size
+            self._push(left, 2)
+            return
+        row = self.spare()
+        if row is None:
+            row = np.empty(width, np.float32)
+        off = 0
+        for x in parts:
+            x = np.asarray(x).reshape(-1)
+            row[off : off + x.size] = x
+            off += x.size
+        self._push(row, 1)
+
+    def _push(self, value, count):
+        stack = self._stack
         while stack and stack[-1][0] == count:  # a left sibling of the same size
             left = stack.pop()[1]
             np.add(left, value, out=left)

@@ -321,14 +321,7 @@ class DataParallel:
             acc = _tasksum.TreeSum(free)
             for i in range(a, b):
                 loss, metric, grads = _task_gradient(learner, batch, i, params)
-                row = acc.spare()
-                if row is None:
-                    row = np.empty(width, np.float32)
-                off = 0
-                for g, k in zip(grads, sizes):
-                    row[off : off + k] = np.asarray(g).reshape(-1)
-                    off += k
-                acc.add(row)
+                acc.add_parts(grads, width)  # (the gradients' memory, read in place)
                 local_stats[i - lo] = (loss, metric)
             sums.append(acc.result())
         total = _tree_allreduce(sums, n, width, p, r)

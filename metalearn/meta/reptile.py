@@ -191,14 +191,7 @@ class Reptile(MAML):
             self._collect_statistics(fast, sx)
             losses.append(lq)
             metrics.append(self._metric(out, batch.query_y[i], lq))
-            row = delta.spare()
-            if row is None:
-                row = np.empty(sum(sizes), np.float32)
-            off = 0
-            for t, w, k in zip(theta, fast, sizes):
-                np.subtract(t.reshape(-1), np.asarray(w).reshape(-1), out=row[off : off + k])
-                off += k
-            delta.add(row)
+            delta.add_parts([t - np.asarray(w) for t, w in zip(theta, fast)], sum(sizes))
         total, grads, off = delta.result(), [], 0
         for t, k in zip(theta, sizes):
             grads.append(_core.as_tensor(total[off : off + k].reshape(t.shape) / n))
