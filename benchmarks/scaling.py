@@ -97,6 +97,7 @@ class _Parts:
         self._wrap(distributed, "_task_gradient", "tasks")
         self._wrap(distributed, "_tree_allreduce", "combine")
         self._wrap(_tasksum.TreeSum, "add", "adds")
+        self._wrap(_tasksum.TreeSum, "add_parts", "adds")
         self._wrap(_tasksum.TreeSum, "result", "adds")
         return self
 

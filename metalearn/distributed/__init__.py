@@ -226,6 +226,7 @@ class DataParallel:
 
         self.check_every = check_count(check_every, "check_every", "DataParallel")
         self.shards = check_count(shards, "shards", "DataParallel", minimum=1)
+        self._buffers: list = []  # the meta-step's spare partial-sum buffers
 
     def __repr__(self):
         return f"<DataParallel size={size()} check_every={self.check_every} shards={self.shards}>"
@@ -263,7 +264,7 @@ class DataParallel:
 
     def _begin(self, learner) -> None:
         """Broadcasts rank 0's weights (and every meta-parameter) to all ranks."""
-        self._steps = 0
+        self._steps, self._buffers = 0, []
         tensors = _state_tensors(learner)
         if size() == 1 or not tensors:
             return
@@ -316,7 +317,11 @@ class DataParallel:
         # a few partial sums held, not every task's gradient); the ranks then combine
         # those node sums the same way on every rank (_tree_allreduce)
         local_stats = np.empty((hi - lo, 2), np.float64)
-        free, sums = [], []
+        # the partial sums' buffers are kept from step to step: fresh megabytes each step
+        # were fresh pages from the kernel, zeroed on first touch, on every rank (the one
+        # handed to the optimizer as the mean is not reused: the gradients share it)
+        free = self._buffers if self._buffers and self._buffers[0].size == width else []
+        self._buffers, sums = free, []
         for a, b in _tasksum.cover(n, lo, hi):
             acc = _tasksum.TreeSum(free)
             for i in range(a, b):
@@ -324,7 +329,7 @@ class DataParallel:
                 acc.add_parts(grads, width)  # (the gradients' memory, read in place)
                 local_stats[i - lo] = (loss, metric)
             sums.append(acc.result())
-        total = _tree_allreduce(sums, n, width, p, r)
+        total = _tree_allreduce(sums, n, width, p, r, free)
         stats = local_stats
         if p > 1:
             stats = np.empty((n, 2), np.float64)
@@ -519,7 +524,7 @@ def _is_power_of_two(k):
     return k > 0 and k & (k - 1) == 0
 
 
-def _tree_allreduce(sums, n, width, p, r):
+def _tree_allreduce(sums, n, width, p, r, free=None):
     """The tree's sum over n tasks on every rank, from each rank's sums of the tree nodes
     covering its block (``_tasksum.cover``, in order): the same additions, so the same
     bits, on every rank and for any P.
@@ -530,12 +535,14 @@ def _tree_allreduce(sums, n, width, p, r):
     right one (one sum of the weights' size sent and received per exchange; a + b is
     b + a bitwise, so both partners hold the same bits). Otherwise (P not dividing n into
     aligned blocks, or fewer tasks than ranks) every rank gathers every rank's node sums
-    (``Allgatherv``) and adds the top of the tree itself."""
+    (``Allgatherv``) and adds the top of the tree itself. `free`: spare buffers of `width`
+    to receive into, and to which the ones no longer needed return."""
     if p == 1:
         return sums[0]
     w, MPI = _world(), _import_mpi()
     if _is_power_of_two(n) and _is_power_of_two(p) and p <= n:
-        total, other, k = sums[0], np.empty(width, np.float32), 1
+        other = free.pop() if free else np.empty(width, np.float32)
+        total, k = sums[0], 1
         while k < p:
             partner = r ^ k
             w.Sendrecv(
@@ -551,11 +558,15 @@ def _tree_allreduce(sums, n, width, p, r):
             else:
                 np.add(total, other, out=total)
             k *= 2
+        if free is not None:
+            free.append(other)
         return total
     covers = [_tasksum.cover(n, *_block(n, p, q)) for q in range(p)]
     counts = [len(c) * width for c in covers]
     displs = [sum(counts[:q]) for q in range(p)]
     local = np.stack(sums) if sums else np.empty((0, width), np.float32)
+    if free is not None:
+        free.extend(sums)
     every = np.empty((sum(len(c) for c in covers), width), np.float32)
     w.Allgatherv(local, [every, (counts, displs), MPI.FLOAT])
     nodes = [node for c in covers for node in c]
