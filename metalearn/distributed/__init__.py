@@ -13,11 +13,12 @@ and the strategy, in Keras 3's shape (``keras.distribution.DataParallel`` is ent
 
 run with ``mpiexec -n 2 python train.py`` (``pip install 'metalearn[mpi]'`` brings mpi4py and
 Open MPI). Every rank draws the same meta-batch from the same sampler; rank r computes the
-meta-gradients of its contiguous block of tasks, one task at a time, and continues the
-running sum of the ranks before it over them (task order: ``((g_0 + g_1) + ...)``; one sum
-sent and received per rank, on NumPy buffers), and the last rank broadcasts it, so the
-meta-update, and the weights after any number of iterations, have the same bits for
-P = 1, 2, 3, ... processes (P need not divide the meta-batch).
+meta-gradients of its contiguous block of tasks, one task at a time, adding them as they
+come in one fixed pairwise tree over the task indices (``metalearn/_tasksum.py``), and the
+ranks combine their subtrees' sums in that tree (P a power of two dividing a power-of-two
+meta-batch: log2 P exchanges of one sum; otherwise one Allgatherv of each rank's few node
+sums), so the meta-update, and the weights after any number of iterations, have the same
+bits for P = 1, 2, 3, ... processes (P need not divide the meta-batch).
 
 The knowledge memory over the processes: ``distributed.ShardedMemory(capacity, key_size)``
 holds capacity / P slots on each and answers as one ``KnowledgeMemory`` of that capacity,
@@ -38,6 +39,8 @@ import zlib
 from typing import Any, Iterator, Optional
 
 import numpy as np
+
+from metalearn import _tasksum
 
 __all__ = [
     "DataParallel",
@@ -187,16 +190,18 @@ class DataParallel:
     stops every rank after the same iteration. At the start of
     ``fit`` the weights are broadcast from rank 0. Each meta-step: every rank draws the
     same meta-batch (the samplers are seeded alike), computes the meta-gradient of each of
-    its tasks alone, and continues the running sum of the ranks before it over its tasks
-    (``((g_0 + g_1) + ...) + g_{B-1}``, then divided by B; the last rank broadcasts it);
-    every rank applies the same optimizer step. ``MetaLearner.fit`` takes its algorithm's
+    its tasks alone and adds it in one fixed pairwise tree over the task indices (the sum
+    over tasks [lo, hi) is ``sum[lo, m) + sum[m, hi)``, m = lo + the largest power of two
+    below hi - lo; for B = 4: ``(g_0 + g_1) + (g_2 + g_3)``), and the ranks combine their
+    blocks' subtree sums in the same tree, so every rank holds the same sum, then divided by
+    B; every rank applies the same optimizer step. ``MetaLearner.fit`` takes its algorithm's
     meta-step this way, splits the adaptation and measurement of the batch's tasks between
     the ranks too (their rows gathered in task order), and writes every task into its
     memory on every rank in task order (a replicated memory: the same writes in the same
     order give the same memory). The weights are therefore the same, bit for bit, for any number of
     processes (and for this strategy run in one process without MPI). Against a plain
     ``fit``: Reptile with ``vectorize=False`` gives the same bits (its loop sums the
-    directions in task order too); the MAML family and ProtoNet differ by float32
+    directions in the same tree); the MAML family and ProtoNet differ by float32
     rounding only, since their plain meta-step sums over tasks inside one graph (the
     vectorised batch, or autograd through the mean loss) in another order.
 
@@ -221,6 +226,7 @@ class DataParallel:
 
         self.check_every = check_count(check_every, "check_every", "DataParallel")
         self.shards = check_count(shards, "shards", "DataParallel", minimum=1)
+        self._buffers: list = []  # the meta-step's spare partial-sum buffers
 
     def __repr__(self):
         return f"<DataParallel size={size()} check_every={self.check_every} shards={self.shards}>"
@@ -258,7 +264,7 @@ class DataParallel:
 
     def _begin(self, learner) -> None:
         """Broadcasts rank 0's weights (and every meta-parameter) to all ranks."""
-        self._steps = 0
+        self._steps, self._buffers = 0, []
         tensors = _state_tensors(learner)
         if size() == 1 or not tensors:
             return
@@ -300,20 +306,30 @@ class DataParallel:
 
         params = list(_meta_params(learner))
         shapes = [tuple(int(d) for d in p.shape) for p in params]
-        width = sum(int(np.prod(s)) for s in shapes)
+        sizes = [int(np.prod(s)) for s in shapes]
+        width = sum(sizes)
         n = len(batch.support_x)
         p, r = size(), rank()
         lo, hi = _block(n, p, r)
-        local = np.empty((hi - lo, width), np.float32)
+        # the sum over tasks in one fixed pairwise tree over the task indices, whatever the
+        # split (same bits for any P, _tasksum): this rank adds its block's tasks as they
+        # come, into the tree's largest nodes inside the block (a binary-counter stack:
+        # a few partial sums held, not every task's gradient); the ranks then combine
+        # those node sums the same way on every rank (_tree_allreduce)
         local_stats = np.empty((hi - lo, 2), np.float64)
-        for j, i in enumerate(range(lo, hi)):
-            loss, metric, grads = _task_gradient(learner, batch, i, params)
-            off = 0
-            for g, s in zip(grads, shapes):
-                k = int(np.prod(s))
-                local[j, off : off + k] = np.asarray(g).reshape(-1)
-                off += k
-            local_stats[j] = (loss, metric)
+        # the partial sums' buffers are kept from step to step: fresh megabytes each step
+        # were fresh pages from the kernel, zeroed on first touch, on every rank (the one
+        # handed to the optimizer as the mean is not reused: the gradients share it)
+        free = self._buffers if self._buffers and self._buffers[0].size == width else []
+        self._buffers, sums = free, []
+        for a, b in _tasksum.cover(n, lo, hi):
+            acc = _tasksum.TreeSum(free)
+            for i in range(a, b):
+                loss, metric, grads = _task_gradient(learner, batch, i, params)
+                acc.add_parts(grads, width)  # (the gradients' memory, read in place)
+                local_stats[i - lo] = (loss, metric)
+            sums.append(acc.result())
+        total = _tree_allreduce(sums, n, width, p, r, free)
         stats = local_stats
         if p > 1:
             stats = np.empty((n, 2), np.float64)
@@ -323,15 +339,9 @@ class DataParallel:
             _world().Allgatherv(
                 local_stats, [stats, ([c * 2 for c in counts], [d * 2 for d in displs]), MPI.DOUBLE]
             )
-        # the sum over tasks in task order, ((g_0 + g_1) + ...) + g_{B-1}, whatever the
-        # split (same bits for any P): rank r continues the running sum of the ranks
-        # before it over its own block and passes it on; the last rank broadcasts it.
-        # Each rank sends and receives one sum, not every task's gradient.
-        total = _chain_sum(local, width, p, r)
         total /= np.float32(n)  # the mean, correctly rounded (as Reptile's own loop)
         mean_grads, off = [], 0
-        for s in shapes:
-            k = int(np.prod(s))
+        for s, k in zip(shapes, sizes):
             mean_grads.append(to_tensor(total[off : off + k].reshape(s)))
             off += k
         loss_value = float(np.mean(stats[:, 0]))
@@ -510,35 +520,57 @@ class _EvaluationShard:
         return full.tolist()
 
 
-def _chain_sum(rows, width, p, r):
-    """The sum of every rank's rows in rank order, then row order, added one row at a time
-    (``((x_0 + x_1) + x_2) + ...``), on every rank: rank r receives the running sum from
-    rank r - 1 (a flag first: ranks before it may hold no rows), adds its rows and sends it
-    on; rank p - 1 broadcasts the result."""
-    total = None
-    if p > 1 and r > 0:
-        w, MPI = _world(), _import_mpi()
-        flag = np.zeros(1, np.int64)
-        w.Recv([flag, MPI.INT64_T], source=r - 1, tag=1)
-        if flag[0]:
-            total = np.empty(width, np.float32)
-            w.Recv([total, MPI.FLOAT], source=r - 1, tag=2)
-    for row in rows:
-        if total is None:
-            total = np.array(row, np.float32, copy=True)
-        else:
-            total += row
+def _is_power_of_two(k):
+    return k > 0 and k & (k - 1) == 0
+
+
+def _tree_allreduce(sums, n, width, p, r, free=None):
+    """The tree's sum over n tasks on every rank, from each rank's sums of the tree nodes
+    covering its block (``_tasksum.cover``, in order): the same additions, so the same
+    bits, on every rank and for any P.
+
+    When n and P are powers of two (P <= n) each rank's block is one node and the ranks'
+    nodes are the leaves of the tree's top P - 1 additions: log2 P exchanges
+    (``Sendrecv``) with the rank 1, 2, 4, ... away, each adding the left sibling to the
+    right one (one sum of the weights' size sent and received per exchange; a + b is
+    b + a bitwise, so both partners hold the same bits). Otherwise (P not dividing n into
+    aligned blocks, or fewer tasks than ranks) every rank gathers every rank's node sums
+    (``Allgatherv``) and adds the top of the tree itself. `free`: spare buffers of `width`
+    to receive into, and to which the ones no longer needed return."""
     if p == 1:
-        return total
+        return sums[0]
     w, MPI = _world(), _import_mpi()
-    if r < p - 1:
-        w.Send([np.array([int(total is not None)], np.int64), MPI.INT64_T], dest=r + 1, tag=1)
-        if total is not None:
-            w.Send([total, MPI.FLOAT], dest=r + 1, tag=2)
-    if total is None or r < p - 1:
-        total = np.empty(width, np.float32)
-    w.Bcast([total, MPI.FLOAT], root=p - 1)
-    return total
+    if _is_power_of_two(n) and _is_power_of_two(p) and p <= n:
+        other = free.pop() if free else np.empty(width, np.float32)
+        total, k = sums[0], 1
+        while k < p:
+            partner = r ^ k
+            w.Sendrecv(
+                [total, MPI.FLOAT],
+                dest=partner,
+                sendtag=3,
+                recvbuf=[other, MPI.FLOAT],
+                source=partner,
+                recvtag=3,
+            )
+            if r & k:  # the partner holds the left sibling
+                np.add(other, total, out=total)
+            else:
+                np.add(total, other, out=total)
+            k *= 2
+        if free is not None:
+            free.append(other)
+        return total
+    covers = [_tasksum.cover(n, *_block(n, p, q)) for q in range(p)]
+    counts = [len(c) * width for c in covers]
+    displs = [sum(counts[:q]) for q in range(p)]
+    local = np.stack(sums) if sums else np.empty((0, width), np.float32)
+    if free is not None:
+        free.extend(sums)
+    every = np.empty((sum(len(c) for c in covers), width), np.float32)
+    w.Allgatherv(local, [every, (counts, displs), MPI.FLOAT])
+    nodes = [node for c in covers for node in c]
+    return _tasksum.combine(n, {node: every[j] for j, node in enumerate(nodes)})
 
 
 # ------------------------------------------------------------------ per algorithm

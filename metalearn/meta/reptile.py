@@ -6,7 +6,7 @@ from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
-from metalearn import _core, debugging
+from metalearn import _core, _tasksum, debugging
 
 from ._base import _core_no_grad, to_tensor
 from .maml import MAML
@@ -175,7 +175,10 @@ class Reptile(MAML):
         n = len(batch.support_x)
         with _core_no_grad():
             theta = [np.array(p, dtype=np.float32, copy=True) for p in params]
-        delta = [np.zeros_like(t) for t in theta]
+        sizes = [t.size for t in theta]
+        # the sum over tasks in the fixed pairwise tree over task indices that
+        # metalearn.distributed's DataParallel uses (_tasksum): the same bits for any split
+        delta = _tasksum.TreeSum()
         losses, metrics = [], []
         for i in range(n):
             sx = self._support_input(batch.support_x[i])
@@ -188,7 +191,9 @@ class Reptile(MAML):
             self._collect_statistics(fast, sx)
             losses.append(lq)
             metrics.append(self._metric(out, batch.query_y[i], lq))
-            for d, t, w in zip(delta, theta, fast):
-                d += t - np.asarray(w)
-        grads = [_core.as_tensor(d / n) for d in delta]
+            delta.add_parts([t - np.asarray(w) for t, w in zip(theta, fast)], sum(sizes))
+        total, grads, off = delta.result(), [], 0
+        for t, k in zip(theta, sizes):
+            grads.append(_core.as_tensor(total[off : off + k].reshape(t.shape) / n))
+            off += k
         return float(np.mean(losses)), float(np.mean(metrics)), grads

@@ -882,8 +882,8 @@ class MetaLearner:
         from metalearn.distributed import distribution
 
         # under DataParallel the algorithm's meta-step is data-parallel (its tasks split
-        # between the processes, their meta-gradients summed in task order: the same bits
-        # for any P); what follows it (adaptation, memory writes, predictor step) runs on
+        # between the processes, their meta-gradients summed in one fixed tree over the
+        # task indices: the same bits for any P); what follows it (adaptation, memory writes, predictor step) runs on
         # every process alike, so every process holds the same memory and predictor
         dist = distribution()
         if dist is not None:

@@ -1,5 +1,6 @@
 """metalearn.distributed (issue 24): the world, and DataParallel meta-training whose weights
-have the same bits for 1, 2 and 3 processes.
+have the same bits for 1, 2, 3 and 4 processes (the sum over tasks in one fixed pairwise
+tree over the task indices, checked against a NumPy reference of that tree).
 
 The tests marked `mpi` launch `mpiexec -n P --oversubscribe` subprocesses (as root inside a
 container Open MPI needs OMPI_ALLOW_RUN_AS_ROOT=1 and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1, set
@@ -71,7 +72,94 @@ def _weights(result):
     return [result[k] for k in sorted(result) if k.startswith("w")]
 
 
+def _tree_reference(rows, lo=0, hi=None):
+    """The sum of rows[lo:hi] in the pairwise tree over task indices, written out from its
+    definition: [lo, hi) splits at lo + the largest power of two below hi - lo."""
+    hi = len(rows) if hi is None else hi
+    if hi - lo == 1:
+        return rows[lo].copy()
+    half = 1
+    while 2 * half < hi - lo:
+        half *= 2
+    return _tree_reference(rows, lo, lo + half) + _tree_reference(rows, lo + half, hi)
+
+
+def _chain(rows):
+    """The old order: ((x_0 + x_1) + x_2) + ..."""
+    total = rows[0].copy()
+    for row in rows[1:]:
+        total += row
+    return total
+
+
+def _rows(n, width=257, seed=0):
+    # magnitudes spread over 2**-12 .. 2**12: the order of the additions shows in the bits
+    rng = np.random.default_rng(seed)
+    scale = np.exp2(rng.integers(-12, 13, size=(n, width))).astype(np.float32)
+    return (rng.standard_normal((n, width)).astype(np.float32) * scale).astype(np.float32)
+
+
 # ------------------------------------------------------------------ without MPI
+
+
+def test_the_pairwise_sum_is_the_numpy_tree_bit_for_bit_for_any_split():
+    from metalearn import _tasksum
+
+    for n in list(range(1, 41)) + [63, 64, 65, 96]:
+        rows = _rows(n, seed=n)
+        want = _tree_reference(rows)
+        assert _tasksum.tree_sum(rows).tobytes() == want.tobytes(), n
+        parts = _tasksum.TreeSum()  # each value given as pieces (one per weight), read
+        for row in rows:
+            parts.add_parts([row[:100].reshape(10, 10), row[100:101], row[101:]], row.size)
+        assert parts.result().tobytes() == want.tobytes(), n
+        # every split into P consecutive blocks (as the ranks hold them): each block's
+        # largest tree nodes summed as they come, then the top of the tree
+        for p in (2, 3, 4, 5, 7):
+            nodes = {}
+            for r in range(p):
+                lo, hi = (n * r) // p, (n * (r + 1)) // p
+                free = []
+                for a, b in _tasksum.cover(n, lo, hi):
+                    acc = _tasksum.TreeSum(free)
+                    for i in range(a, b):
+                        acc.add(rows[i].copy())
+                    nodes[(a, b)] = acc.result()
+            got = _tasksum.combine(n, nodes)
+            assert got.tobytes() == want.tobytes(), (n, p)
+    # the data tells the orders apart: a test of the tree, not of any sum
+    assert _chain(_rows(32, seed=32)).tobytes() != _tree_reference(_rows(32, seed=32)).tobytes()
+
+
+def test_reptiles_loop_sums_the_task_directions_in_the_tree_order():
+    """Reptile's loop (vectorize=False) returns theta - mean_i phi_i with the sum over tasks
+    in the pairwise tree (as DataParallel's): each task's direction alone, summed in the
+    NumPy tree and divided by B, has the same bits."""
+    ml.random.set_seed(0)
+    model = keras.Sequential(
+        [keras.layers.Dense(32, activation="tanh", input_shape=(1,)), keras.layers.Dense(1)]
+    )
+    rep = Reptile(model, inner_steps=3, inner_lr=0.05, vectorize=False)
+    batch = ml.tasks.Sinusoid(k_shot=5, seed=1).sample_batch(11)
+
+    def flat(grads):
+        return np.concatenate([np.asarray(g, np.float32).reshape(-1) for g in grads])
+
+    got = flat(rep.meta_gradients(batch)[1])
+    rows = []
+    for i in range(11):
+        one = ml.tasks.Task(
+            batch.support_x[i : i + 1],
+            batch.support_y[i : i + 1],
+            batch.query_x[i : i + 1],
+            batch.query_y[i : i + 1],
+            info={"batched": True},
+        )
+        rows.append(flat(rep.meta_gradients(one)[1]))  # theta - phi_i (divided by 1)
+    rows = np.stack(rows)
+    want = _tree_reference(rows) / np.float32(11)
+    assert got.tobytes() == want.tobytes()
+    assert got.tobytes() != (_chain(rows) / np.float32(11)).tobytes()  # the orders differ here
 
 
 def test_world_is_one_process_without_a_launcher():
@@ -183,9 +271,9 @@ def test_bad_settings():
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("algo", ["maml", "fomaml", "protonet", "reptile"])
-def test_same_bits_for_one_two_and_three_processes(tmp_path, algo):
+def test_same_bits_for_one_two_three_and_four_processes(tmp_path, algo):
     alone = _run(tmp_path, algo, "dp", 6)  # the strategy in one process, without MPI
-    for procs in (1, 2, 3):
+    for procs in (1, 2, 3, 4):
         got = _run(tmp_path, algo, "dp", 6, procs)
         assert int(got["size"]) == procs
         for a, b in zip(_weights(alone), _weights(got)):
@@ -204,6 +292,33 @@ def test_same_bits_for_meta_sgd_and_anil_with_uneven_blocks(tmp_path, algo):
     got = _run(tmp_path, algo, "dp", 5, 2)
     for a, b in zip(_weights(alone), _weights(got)):
         assert a.tobytes() == b.tobytes()
+
+
+STEP_SCRIPT = HERE / "_step_script.py"
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize(
+    "algo, meta_batch", [("maml", 8), ("maml", 7), ("reptile", 6), ("protonet", 5)]
+)
+def test_the_meta_gradient_is_the_numpy_tree_of_the_task_gradients(tmp_path, algo, meta_batch):
+    """The mean meta-gradient the strategy hands the meta-optimizer is each task's gradient
+    (computed alone) summed in the pairwise tree over task indices and divided by B, bit
+    for bit, for P = 1 (without MPI), 2, 3 and 4: aligned blocks (8 tasks over 2 and 4
+    ranks: exchanges of one sum) and blocks that are not (7, 6 and 5 tasks, 3 ranks)."""
+    for procs in (None, 2, 3, 4):
+        out = tmp_path / f"step-{algo}-{procs}.npz"
+        cmd = [sys.executable, str(STEP_SCRIPT), algo, str(meta_batch), str(out)]
+        if procs is not None:
+            cmd = [_mpiexec(), "--oversubscribe", "-n", str(procs)] + cmd
+        res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+        assert res.returncode == 0, res.stdout + res.stderr
+        with np.load(out) as f:
+            mean, rows = f["mean"], f["rows"]
+        want = _tree_reference(rows) / np.float32(meta_batch)
+        assert mean.tobytes() == want.tobytes(), f"{algo}: P={procs}"
+    # the data tells the orders apart (the old running sum in task order fails here)
+    assert want.tobytes() != (_chain(rows) / np.float32(meta_batch)).tobytes()
 
 
 @pytest.mark.mpi
