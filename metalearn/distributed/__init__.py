@@ -359,6 +359,7 @@ class DataParallel:
         """Checks the model can be split and broadcasts rank 0's weights (Model.fit)."""
         from metalearn.keras.conv_layers import BatchNormalization
         from metalearn.keras.layers import Dropout
+        from metalearn.keras.rnn import _RNN
         from metalearn.meta._base import _leaf_layers
 
         p = size()
@@ -378,6 +379,12 @@ class DataParallel:
                 raise TypeError(
                     f"DataParallel: Model.fit with Dropout ({layer.name}) is not data-parallel "
                     "yet (its masks would depend on the process)"
+                )
+            if isinstance(layer, _RNN) and (layer.dropout > 0 or layer.recurrent_dropout > 0):
+                raise TypeError(
+                    f"DataParallel: Model.fit with a recurrent layer's dropout or "
+                    f"recurrent_dropout ({layer.name}) is not data-parallel yet (its masks "
+                    "would depend on the process)"
                 )
         if getattr(model, "_multi_out", False):
             raise TypeError(

@@ -460,6 +460,18 @@ def test_model_fit_under_the_strategy_matches_a_plain_fit_up_to_rounding():
     [
         (lambda: keras.layers.Dropout(0.5), "Dropout"),
         (
+            lambda: keras.Sequential(
+                [keras.layers.Reshape((4, 1)), keras.layers.LSTM(4, dropout=0.25)]
+            ),
+            "recurrent layer's dropout",
+        ),
+        (
+            lambda: keras.Sequential(
+                [keras.layers.Reshape((4, 1)), keras.layers.GRU(4, recurrent_dropout=0.25)]
+            ),
+            "recurrent layer's dropout",
+        ),
+        (
             lambda: __import__("metalearn.keras.conv_layers", fromlist=["x"]).BatchNormalization(),
             "BatchNormalization",
         ),
