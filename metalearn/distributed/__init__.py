@@ -211,7 +211,7 @@ class DataParallel:
     weighted by its share of the rows, and every rank sums all shards' gradients in shard
     order and applies the same optimizer step: the weights have the same bits for any P
     dividing `shards` (and differ from a plain ``fit`` by float32 rounding only). The
-    predictions are gathered for the metrics. Models with BatchNormalization or Dropout
+    predictions are gathered for the metrics. Models with BatchNormalization, Dropout or recurrent dropout
     are refused for now (their per-shard statistics and masks would depend on the rank),
     as are models with several outputs.
 
