@@ -2,12 +2,14 @@
 the head's speed beside a PyTorch peer.
 
     python benchmarks/metaoptnet.py run [--budget 600] [--threads 1] [--ridge 1.0]
-                                        [--only MetaOptNet]
+                                        [--only MetaOptNet] [--cards DIR]
         conv4 on Omniglot 5-way 1-shot (the Vinyals split), trained for `budget` seconds
         (5 queries per class, meta-batch 8, Adam 1e-3, C = 0.1, 15 solver steps), then
-        ProtoNet for the same budget and sampler; both tested on 600 episodes of the test
-        characters (15 queries per class). The paper reports no Omniglot number (its
-        tables: miniImageNet, tieredImageNet, CIFAR-FS, FC100).
+        ProtoNet for the same budget and sampler; both tested on the shipped frozen 600
+        episodes of the test characters (15 queries per class). This is reproduce.py's
+        metaoptnet_conv4 row (there with --ridge 1.0 by default) and the same row with
+        ProtoNet. The paper reports no Omniglot number (its tables: miniImageNet,
+        tieredImageNet, CIFAR-FS, FC100).
 
     python benchmarks/metaoptnet.py speed [--repeats 20]
         the head alone, forward + backward to the embeddings, 5-way 5-shot, 15 queries per
@@ -25,40 +27,27 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # reproduce.py
 
 
 def run(args):
-    import metalearn as ml
-    from metalearn import _core
-    from metalearn.datasets import omniglot
-    from metalearn.meta import MetaOptNet, ProtoNet, models
-    from metalearn.tasks import NWayKShot
+    """MetaOptNet, then ProtoNet, each for `budget` seconds: reproduce.py's metaoptnet_conv4
+    row (training, the frozen test set, the card) and the same row with ProtoNet."""
+    import reproduce
+    from metalearn.meta import ProtoNet, models
 
-    _core.set_num_threads(args.threads)
-    (x, y), (xt, yt) = omniglot(split="vinyals_trainval"), omniglot(split="vinyals_test")
-    learners = {
-        "MetaOptNet": lambda: MetaOptNet(models.conv4(), C=0.1, solver_steps=15, ridge=args.ridge),
-        "ProtoNet": lambda: ProtoNet(models.conv4()),
-    }
-    for name in args.only or list(learners):
-        make = learners[name]
-        ml.random.set_seed(args.seed)
-        learner = make()
-        t0 = time.perf_counter()
-        h = learner.fit(
-            NWayKShot((x, y), 5, 1, 5, seed=args.seed),
-            iterations=10**9,
-            meta_batch_size=8,
-            verbose=0,
-            time_budget=args.budget,
-        )
-        seconds = time.perf_counter() - t0
-        res = learner.evaluate(NWayKShot((xt, yt), 5, 1, 15, seed=args.seed + 1), episodes=600)
-        print(
-            f"{name}{f' ridge={args.ridge}' if name == 'MetaOptNet' else ''}: conv4, Omniglot 5-way 1-shot, {len(h['loss'])} meta-batches of 8 in "
-            f"{seconds:.0f} s: {100 * res['accuracy']:.1f} +- {100 * res['ci95']:.1f} %",
-            flush=True,
-        )
+    argv = ["--budget", str(args.budget), "--threads", str(args.threads)]
+    argv += ["--seed", str(args.seed), "--ridge", str(args.ridge), "--verbose", "0"]
+    if args.cards:
+        argv += ["--cards", args.cards]
+    ns = reproduce.parse_args(argv)
+    reproduce.set_threads(ns)
+    for name in args.only or ("MetaOptNet", "ProtoNet"):
+        if name == "MetaOptNet":
+            reproduce.metaoptnet_conv4(ns)
+        else:  # ProtoNet on the same episodes, meta-batch and budget
+            make = lambda: ProtoNet(models.conv4())  # noqa: E731
+            reproduce.episode_row(ns, "protonet_conv4_budget", make, 5, 1, 5, 8)
 
 
 def torch_head(torch, s, y1h, q, c, iters):
@@ -135,6 +124,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--ridge", type=float, default=0.0, help="MetaOptNet's ridge (authors': 1.0)")
     p.add_argument("--only", nargs="*", choices=("MetaOptNet", "ProtoNet"))
+    p.add_argument("--cards", default=None, help="a folder for result cards (metalearn.report)")
     args = p.parse_args(argv)
     run(args) if args.what == "run" else speed(args)
 

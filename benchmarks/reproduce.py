@@ -22,9 +22,42 @@ Runs (the papers' numbers are printed beside ours):
                     python benchmarks/reproduce.py --only maml_conv4 --threads 1 --peer metalearn &
                     python benchmarks/reproduce.py --only maml_conv4 --threads 1 --peer torch
 
-Long runs go in chunks with exact resume (maml_mlp, protonet_conv4): with
+  mamlpp_conv4    MAML++ (Antoniou et al. 2019), conv4 (64 filters), Omniglot 20-way 1-shot,
+                  the paper's settings: 5 inner steps (5 at test), inner lr 0.1 learned per
+                  layer and step (LSLR), per-step batch-norm weights (BNWB), multi-step loss
+                  annealed over 10 epochs, first order for the first 50 epochs (DA), meta lr
+                  1e-3 cosine-annealed to 1e-5 over 150 epochs of 500 iterations (75 000),
+                  meta-batch 8 (the authors' 20-way configuration), one query per class;
+                  within --budget (default 3 hours, in chunks): paper 97.65 +- 0.05 %.
+  maml_conv4_20w  plain MAML beside it at the same budget: conv4, Omniglot 20-way 1-shot, the
+                  MAML paper's 20-way settings (5 inner steps of lr 0.1, meta-batch 16,
+                  second order, one query per class, 5 steps at test): paper 95.8 +- 0.3 %.
+  matchingnet_conv4  Matching Networks (Vinyals et al. 2016), conv4 embedding, cosine
+                  attention, no full-context embeddings, 5-way 1-shot episodes with 15
+                  queries, Adam 1e-3; within --budget: paper 98.1 % (5-way 1-shot).
+  relationnet_conv4  Relation Networks (Sung et al. 2018): the paper's encoder (four conv
+                  blocks, the first two pooled) and relation module (two pooled conv blocks,
+                  Dense 8 ReLU, Dense 1, sigmoid), MSE loss, 5-way 1-shot with 19 queries,
+                  Adam 1e-3; within --budget: paper 99.6 +- 0.2 %.
+  r2d2_conv4      R2D2 (Bertinetto et al. 2019): ridge-regression head (lambda and scale
+                  learned), conv4, 5-way 1-shot, 15 queries, Adam 1e-3; within --budget
+                  (the paper's Omniglot table, Tab. 1, uses its own 4-layer CNN).
+  imaml_conv4     iMAML (Rajeswaran et al. 2019), conv4, Omniglot 5-way 1-shot, the authors'
+                  settings: 16 proximal inner steps of lr 0.1 (16 at test), lambda 2,
+                  5 CG steps, meta-batch 32, one query per class, Adam 1e-3; within
+                  --budget: paper 99.16 +- 0.35 %.
+  metaoptnet_conv4  MetaOptNet (Lee et al. 2019), conv4, Omniglot 5-way 1-shot: SVM head,
+                  C = 0.1, 15 solver steps, --ridge (default 1.0, the authors' code), 5
+                  queries, meta-batch 8, Adam 1e-3; within --budget (no Omniglot number in
+                  the paper). benchmarks/metaoptnet.py runs it beside ProtoNet.
+                  These rows (mamlpp_conv4 .. metaoptnet_conv4) train until --budget seconds
+                  of training (summed over chunks) or --iterations, whichever comes first.
+
+Long runs go in chunks with exact resume (maml_mlp, protonet_conv4 and the rows above): with
 --checkpoint-dir DIR and --chunk SECONDS a run stops after SECONDS with a checkpoint, and
-the same command run again continues it, ending with the bits of an uninterrupted run;
+the same command run again continues it, ending with the bits of an uninterrupted run
+(a --budget row also keeps the seconds trained so far beside its checkpoint, so the budget
+is the sum over chunks; once it is spent the same command only evaluates);
 --cards DIR writes a result card per row (python -m metalearn.report DIR/*.json).
 Omniglot rows are tested on the shipped frozen 600-episode sets (tasks.episodes.standard).
 
@@ -32,6 +65,7 @@ Accuracies are means over test episodes with 95 % confidence intervals.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -46,6 +80,23 @@ PAPER = {
     ("protonet_conv4", 20, 1): "96.0",
     ("protonet_conv4", 20, 5): "98.9",
     ("maml_conv4", 5, 1): "98.7 +- 0.4",
+    ("mamlpp_conv4", 20, 1): "97.65 +- 0.05",
+    ("maml_conv4_20w", 20, 1): "95.8 +- 0.3",
+    ("matchingnet_conv4", 5, 1): "98.1",
+    ("relationnet_conv4", 5, 1): "99.6 +- 0.2",
+    ("r2d2_conv4", 5, 1): "Tab. 1, own CNN",
+    ("imaml_conv4", 5, 1): "99.16 +- 0.35",
+    ("metaoptnet_conv4", 5, 1): "no Omniglot row",
+}
+#: the default training budget (seconds, summed over chunks) of the rows trained by time
+BUDGET = {
+    "mamlpp_conv4": 10800.0,
+    "maml_conv4_20w": 10800.0,
+    "matchingnet_conv4": 300.0,
+    "relationnet_conv4": 300.0,
+    "r2d2_conv4": 300.0,
+    "imaml_conv4": 300.0,
+    "metaoptnet_conv4": 300.0,
 }
 RESULTS = []
 
@@ -347,21 +398,241 @@ def _maml_conv4_torch_report(x, y, xt, yt, budget, args):
     )
 
 
+# ------------------------------------------------- rows trained within a time budget
+
+
+def _spent_file(ckpt):
+    # beside the checkpoint folder, not in it: the checkpoint's files stay its own
+    return None if ckpt is None else ckpt.rstrip(os.sep) + ".budget.json"
+
+
+def _load_spent(ckpt):
+    path = _spent_file(ckpt)
+    if path is None or not os.path.exists(path):
+        return {"seconds": 0.0, "iterations": 0}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _save_spent(ckpt, spent):
+    path = _spent_file(ckpt)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(spent, f)
+    os.replace(tmp, path)  # never half a file
+
+
+def _train(args, name, learner, tasks, iters, meta_batch, budget):
+    """Meta-trains `learner` up to `iters` iterations or `budget` seconds of training
+    (summed over the chunks of a ``--checkpoint-dir`` run), in chunks of ``--chunk``
+    seconds. Returns (seconds trained so far, done): done is False when this chunk ended
+    before the run did (the same command continues it)."""
+    ckpt = _checkpoint(args, name)
+    spent = _load_spent(ckpt)
+    limit = args.chunk
+    if budget is not None:
+        left = budget - spent["seconds"]
+        if left <= 0:  # the budget is spent: restore the checkpoint, train no further
+            iters, limit = spent["iterations"], None
+        else:
+            limit = left if limit is None else min(limit, left)
+    t0 = time.perf_counter()
+    history = learner.fit(
+        tasks,
+        iterations=iters,
+        meta_batch_size=meta_batch,
+        verbose=args.verbose,
+        checkpoint_dir=ckpt,
+        checkpoint_every=args.checkpoint_every if ckpt else None,
+        time_budget=limit,
+    )
+    seconds = spent["seconds"] + (time.perf_counter() - t0 if limit is not None else 0.0)
+    if ckpt is not None and limit is not None:
+        _save_spent(ckpt, {"seconds": seconds, "iterations": learner.iterations})
+    done = not history.get("stopped") or (budget is not None and seconds >= budget)
+    if not done:
+        print(
+            f"  -> {name}: chunk ended after {seconds:.0f} s of training at iteration "
+            f"{learner.iterations} (checkpoint in {ckpt}); run the same command again to "
+            f"continue",
+            flush=True,
+        )
+    return seconds, done
+
+
+def episode_row(args, name, make, ways, shots, queries, meta_batch, steps=None, iters=None):
+    """One Omniglot row: `make()` (a learner, built after seeding) meta-trained on
+    `ways`-way `shots`-shot episodes with `queries` queries per class (``_train``: the
+    budget, chunks and exact resume), then tested on the shipped frozen 600-episode set of
+    that setting (``--quick``: a few sampled episodes; ``--episodes N``: N sampled), with
+    `steps` inner steps, and a result card written to ``--cards``."""
+    import metalearn as ml
+    from metalearn.tasks import NWayKShot
+    from metalearn.tasks.episodes import standard
+
+    (x, y), (xt, yt) = _data()
+    iters = args.iterations or (3 if args.quick else iters or 10**9)
+    budget = args.budget
+    if budget is None and not (args.quick or args.iterations):
+        budget = BUDGET.get(name)
+    ml.random.set_seed(args.seed)
+    learner = make()
+    tasks = NWayKShot((x, y), ways, shots, queries, seed=args.seed)
+    batch = min(meta_batch, 2) if args.quick else meta_batch
+    seconds, done = _train(args, name, learner, tasks, iters, batch, budget)
+    if not done:
+        return None
+    t1 = time.perf_counter()
+    sampler = NWayKShot((xt, yt), ways, shots, 5 if args.quick else 15, seed=args.seed + 1)
+    if args.quick or args.episodes:
+        episodes = args.episodes or 3
+    else:  # the shipped frozen set: the same 600 episodes every time
+        episodes = standard(f"omniglot-vinyals_test-{ways}way-{shots}shot")
+    card = _card(args, f"{name}-omniglot-{ways}w{shots}s")
+    res = learner.evaluate(sampler, episodes=episodes, steps=steps, card=card)
+    within = f" in {budget:.0f} s" if budget is not None else ""
+    report(
+        name,
+        f"{ways}-way {shots}-shot, {learner.iterations} it{within}",
+        pct(res),
+        PAPER.get((name, ways, shots), "-"),
+        seconds + time.perf_counter() - t1,
+    )
+    return res
+
+
+def mamlpp_conv4(args):
+    """MAML++ on Omniglot 20-way 1-shot with the paper's settings (see the module's
+    docstring); batch statistics normalise every pass, as the authors' code does
+    (``training=True`` throughout), so the per-step running statistics (BNRS) are off."""
+    from metalearn.meta import MAMLPlusPlus, models
+
+    def make():
+        return MAMLPlusPlus(
+            models.conv4(20),
+            inner_lr=0.1,
+            inner_steps=5,
+            meta_lr=0.001,
+            multi_step_loss=True,
+            msl_epochs=10,
+            learn_inner_rates=True,
+            first_order_epochs=50,
+            cosine_annealing=True,
+            total_epochs=150,
+            min_meta_lr=1e-5,
+            epoch_length=500,
+            per_step_bn_weights=True,
+        )
+
+    episode_row(args, "mamlpp_conv4", make, 20, 1, 1, 8, steps=5, iters=75000)
+
+
+def maml_conv4_20w(args):
+    """Plain MAML beside MAML++ at the same budget: the MAML paper's 20-way settings."""
+    from metalearn.meta import MAML, models
+
+    def make():
+        return MAML(models.conv4(20), inner_lr=0.1, inner_steps=5, meta_lr=0.001)
+
+    episode_row(args, "maml_conv4_20w", make, 20, 1, 1, 16, steps=5, iters=60000)
+
+
+def matchingnet_conv4(args):
+    from metalearn.meta import MatchingNet, models
+
+    episode_row(args, "matchingnet_conv4", lambda: MatchingNet(models.conv4()), 5, 1, 15, 1)
+
+
+def relation_modules():
+    """Relation Networks' Omniglot encoder (four [Conv 3x3 64, BN, ReLU] blocks, the first
+    two max-pooled: 28x28 -> 7x7x64) and relation module (two such blocks, both pooled:
+    7x7x128 -> 1x1x64, then Dense 8 ReLU and Dense 1), as in Sung et al. 2018, Fig. 2."""
+    from metalearn.keras import conv_layers, layers
+    from metalearn.keras.models import Sequential
+
+    def blocks(model, n, pooled):
+        for i in range(n):
+            model.add(conv_layers.Conv2D(64, 3, padding="same"))
+            model.add(conv_layers.BatchNormalization())
+            model.add(layers.Activation("relu"))
+            if i < pooled:
+                model.add(conv_layers.MaxPool2D(2))
+        return model
+
+    encoder = blocks(Sequential([layers.InputLayer(input_shape=(28, 28, 1))]), 4, 2)
+    relation = blocks(Sequential([layers.InputLayer(input_shape=(7, 7, 128))]), 2, 2)
+    relation.add(layers.Flatten())
+    relation.add(layers.Dense(8, activation="relu"))
+    relation.add(layers.Dense(1))
+    return encoder, relation
+
+
+def relationnet_conv4(args):
+    from metalearn.meta import RelationNet
+
+    episode_row(args, "relationnet_conv4", lambda: RelationNet(*relation_modules()), 5, 1, 19, 1)
+
+
+def r2d2_conv4(args):
+    from metalearn.meta import R2D2, models
+
+    episode_row(args, "r2d2_conv4", lambda: R2D2(models.conv4()), 5, 1, 15, 1)
+
+
+def imaml_conv4(args):
+    from metalearn.meta import IMAML, models
+
+    def make():
+        return IMAML(
+            models.conv4(5), inner_lr=0.1, inner_steps=16, lam=2.0, cg_steps=5, meta_lr=0.001
+        )
+
+    episode_row(args, "imaml_conv4", make, 5, 1, 1, 32, steps=16)
+
+
+def metaoptnet_conv4(args):
+    from metalearn.meta import MetaOptNet, models
+
+    def make():
+        return MetaOptNet(models.conv4(), C=0.1, solver_steps=15, ridge=args.ridge)
+
+    return episode_row(args, "metaoptnet_conv4", make, 5, 1, 5, 8)
+
+
 RUNS = {
     "maml_sinusoid": maml_sinusoid,
     "maml_mlp": maml_mlp,
     "protonet_conv4": protonet_conv4,
     "maml_conv4": maml_conv4,
+    "mamlpp_conv4": mamlpp_conv4,
+    "maml_conv4_20w": maml_conv4_20w,
+    "matchingnet_conv4": matchingnet_conv4,
+    "relationnet_conv4": relationnet_conv4,
+    "r2d2_conv4": r2d2_conv4,
+    "imaml_conv4": imaml_conv4,
+    "metaoptnet_conv4": metaoptnet_conv4,
 }
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The command line's options (``main``'s), as an argparse Namespace."""
     p = argparse.ArgumentParser(description="Reproduce the meta-learning papers' results.")
     p.add_argument("--quick", action="store_true", help="a few iterations of each run (CI)")
     p.add_argument("--only", nargs="+", choices=sorted(RUNS), help="runs to do (default: all)")
     p.add_argument("--iterations", type=int, default=None, help="override meta-iterations")
     p.add_argument("--episodes", type=int, default=None, help="override test episodes")
-    p.add_argument("--budget", type=float, default=None, help="seconds for maml_conv4 (each peer)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds of training: maml_conv4 (each peer; default 3600) and the rows trained "
+        "by time (mamlpp_conv4 .. metaoptnet_conv4; summed over chunks; default 10800 for "
+        "mamlpp_conv4 and maml_conv4_20w, 300 for the others)",
+    )
+    p.add_argument(
+        "--ridge", type=float, default=1.0, help="metaoptnet_conv4: the Gram's ridge (authors': 1)"
+    )
     p.add_argument(
         "--shots",
         type=int,
@@ -372,17 +643,16 @@ def main(argv=None):
     p.add_argument(
         "--checkpoint-dir",
         default=None,
-        help="maml_mlp, protonet_conv4: a folder for exact-resume checkpoints (one per "
-        "setting); "
-        "running the same command again continues the run",
+        help="every run but maml_sinusoid and maml_conv4: a folder for exact-resume "
+        "checkpoints (one per setting); running the same command again continues the run",
     )
     p.add_argument("--checkpoint-every", type=int, default=500, help="episodes between checkpoints")
     p.add_argument(
         "--chunk",
         type=float,
         default=None,
-        help="maml_mlp, protonet_conv4: seconds of training in this process (a chunk); the run "
-        "stops there with a checkpoint (needs --checkpoint-dir)",
+        help="seconds of training in this process (a chunk); the run stops there with a "
+        "checkpoint (needs --checkpoint-dir)",
     )
     p.add_argument("--cards", default=None, help="a folder for result cards (metalearn.report)")
     p.add_argument(
@@ -400,6 +670,11 @@ def main(argv=None):
         p.error("--chunk needs --checkpoint-dir (a chunk without a checkpoint is lost)")
     if args.verbose is None:
         args.verbose = 0 if args.quick else 1
+    return args
+
+
+def set_threads(args):
+    """``--threads``: the core's thread count (and PyTorch's, for the peer)."""
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
         import metalearn as ml
@@ -413,6 +688,12 @@ def main(argv=None):
             torch.set_num_threads(args.threads)
         except ImportError:
             pass
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    set_threads(args)
+    del RESULTS[:]  # one call's rows (tests call main more than once in a process)
     from metalearn.meta.models import has_conv
 
     t0 = time.perf_counter()
@@ -429,7 +710,7 @@ def main(argv=None):
     for name, setting, ours, paper, seconds, note in RESULTS:
         print(f"{name:15s} {setting:36s} {ours:23s} {paper:14s} {seconds:7.1f} s {note}")
     print(f"total {time.perf_counter() - t0:.1f} s")
-    return RESULTS
+    return list(RESULTS)
 
 
 if __name__ == "__main__":

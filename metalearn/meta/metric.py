@@ -704,6 +704,12 @@ class RelationNet(_EpisodeHead):
         extra = [w for w in self.relation.trainable_weights if id(w) not in seen]
         return super()._meta_params() + extra
 
+    def _state_tensors(self):
+        """The relation module's weights that are no meta-parameter (its batch-norm moving
+        statistics): a checkpoint saves them beside the encoder's, for exact resume."""
+        held = {id(w) for w in self.encoder.weights} | {id(w) for w in self._meta_params()}
+        return [w for w in self.relation.weights if id(w) not in held]
+
     def episode_logits(
         self, support_x: Array, support_y: ArrayLike, query_x: Array, training: bool = True
     ) -> _core.Tensor:

@@ -95,3 +95,51 @@ def test_bad_input_is_refused():
     learner = RelationNet(enc)
     with pytest.raises(ValueError, match="class 1 has no support example"):
         learner.adapt(np.zeros((2, 2), np.float32), np.array([0, 2]))
+
+
+def _bn_relation_learner():
+    ml.random.set_seed(3)
+    enc = keras.Sequential([keras.layers.Dense(6, activation="tanh", input_shape=(4,))])
+    rel = keras.Sequential(
+        [
+            keras.layers.Dense(5, input_shape=(12,)),
+            keras.layers.BatchNormalization(),  # moving statistics: no meta-parameter
+            keras.layers.Dense(1),
+        ]
+    )
+    return RelationNet(enc, rel)
+
+
+def test_checkpoint_resume_keeps_the_relation_modules_moving_statistics(tmp_path):
+    # a run resumed from a checkpoint ends with the bits of one made in one go, the
+    # relation module's batch-norm moving statistics included (training moves them)
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(40, 4)).astype(np.float32), np.repeat(np.arange(8), 5))
+    whole = _bn_relation_learner()
+    whole.fit(
+        NWayKShot(data, 3, 1, 2, seed=1, augment_rotations=False),
+        iterations=4,
+        meta_batch_size=2,
+        verbose=0,
+    )
+    start = _bn_relation_learner()
+    moving = [np.array(w) for w in start.relation.weights[4:]]
+    for _ in range(2):  # two chunks of two iterations
+        part = _bn_relation_learner()
+        part.fit(
+            NWayKShot(data, 3, 1, 2, seed=1, augment_rotations=False),
+            iterations=4,
+            meta_batch_size=2,
+            verbose=0,
+            checkpoint_dir=tmp_path,
+            checkpoint_every=2,
+            time_budget=1e-9 if _ == 0 else None,
+        )
+    assert part.iterations == 4
+    assert any(
+        not np.array_equal(a, np.array(w)) for a, w in zip(moving, whole.relation.weights[4:])
+    )
+    for a, b in zip(whole.relation.weights, part.relation.weights):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+    for a, b in zip(whole.encoder.weights, part.encoder.weights):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
