@@ -86,6 +86,7 @@ typedef struct ivf_index {
     int8_t *cent8;
     double *cbound; /* 3 x nlist: the errors, the copies' norms, the |c| */
     float *cscale;
+    int32_t *csum; /* per centroid: the sum of its int8 copy */
     int stale; /* a list could not grow (out of memory): searches are exact until rebuilt */
 } ivf_index;
 
@@ -176,6 +177,7 @@ static void ivf_free(ivf_index *x) {
     free(x->cent8);
     free(x->cbound);
     free(x->cscale);
+    free(x->csum);
     free(x->slot_list);
     free(x->slot_pos);
     free(x);
@@ -720,17 +722,17 @@ static void ivf_task(void *vctx, int64_t t) {
             scan_list(x->m, x->qn + i * x->m->key_size, x->probe[p], k, ts, ti, &len, x->f);
 }
 
-/* int8 copy of a row x (d floats): x ~ *scale * r, with the exact error and norms of that copy
- * in double (e[0] = |x - scale * r|, e[1] = |scale * r|, e[2] = |x|). Any rounding of r
- * would do: the bound of coarse_probe uses the error actually made. */
-static void quantize_row(const float *x, int64_t d, int8_t *r, float *scale, double *e) {
+/* Integer copy of a row x (d floats) in [-top, top]: x ~ *scale * r, with the exact error and
+ * norms of that copy in double (e[0] = |x - scale * r|, e[1] = |scale * r|, e[2] = |x|). Any
+ * rounding of r would do: the bound of coarse_probe uses the error actually made. */
+static void quantize_row(const float *x, int64_t d, int top, int8_t *r, float *scale, double *e) {
     float mx = 0;
     for (int64_t i = 0; i < d; i++) mx = fabsf(x[i]) > mx ? fabsf(x[i]) : mx;
-    const float sc = mx / 127.0f, inv = mx > 0 ? 127.0f / mx : 0.0f;
+    const float sc = mx / (float)top, inv = mx > 0 ? (float)top / mx : 0.0f;
     double err = 0, nt = 0, nx = 0;
     for (int64_t i = 0; i < d; i++) {
         float t = rintf(x[i] * inv);
-        r[i] = (int8_t)(t > 127 ? 127 : t < -127 ? -127 : t);
+        r[i] = (int8_t)(t > top ? top : t < -top ? -top : t);
         const double back = (double)sc * r[i]; /* exact: 24 x 8 bits */
         err += ((double)x[i] - back) * ((double)x[i] - back);
         nt += back * back;
@@ -757,30 +759,23 @@ static void build_prefilter(ivf_index *v, int64_t d) {
     v->cent8 = malloc((size_t)(v->nlist * d));
     v->cbound = malloc((size_t)(v->nlist * 3) * sizeof(double));
     v->cscale = malloc((size_t)v->nlist * sizeof(float));
-    if (!v->cent8 || !v->cbound || !v->cscale) {
-        free(v->cent8), free(v->cbound), free(v->cscale);
-        v->cent8 = NULL, v->cbound = NULL, v->cscale = NULL;
+    v->csum = malloc((size_t)v->nlist * sizeof(int32_t));
+    if (!v->cent8 || !v->cbound || !v->cscale || !v->csum) {
+        free(v->cent8), free(v->cbound), free(v->cscale), free(v->csum);
+        v->cent8 = NULL, v->cbound = NULL, v->cscale = NULL, v->csum = NULL;
         return;
     }
     for (int64_t l = 0; l < v->nlist; l++) {
         double e[3];
-        quantize_row(v->centroids + l * d, d, v->cent8 + l * d, v->cscale + l, e);
+        quantize_row(v->centroids + l * d, d, 127, v->cent8 + l * d, v->cscale + l, e);
         for (int t = 0; t < 3; t++) v->cbound[t * v->nlist + l] = e[t];
+        int32_t sum = 0;
+        for (int64_t i = 0; i < d; i++) sum += v->cent8[l * d + i];
+        v->csum[l] = sum;
     }
 }
 
-/* The top-nprobe centroids of the normalised query q, (pi, ps): score down, list up, by the
- * float32 scores of the key scan's kernel (ml__key_scores).
- *
- * With the prefilter, the same centroids come from fewer float32 scores. An exact integer
- * pass (int8 copies of q and of the centroids, a quarter of the bytes: they stay in L2)
- * gives a ~ s_c for every centroid, with a proven bound |s_c - a_c| <= B_c:
- *   q.c - q~.c~ = q.(c - c~) + (q - q~).c~, so |q.c - a_c| <= |q| e_c + |q - q~| |c~|,
- * and the float32 lane sum s_c differs from q.c by at most (d + 8) u |q| |c| (a product and
- * at most d/16 + 5 additions on any term's path, u = 2^-24). Let L be the nprobe-th largest
- * lower bound a_c - B_c: at least nprobe centroids score >= L, so every centroid of the
- * top nprobe scores >= L, and has a_c + B_c >= L. Only those are scored in float32 and
- * offered in list order, which gives the top nprobe of a full scan bit for bit. */
+/* The coarse step over every centroid (coarse_probe without the prefilter). */
 static void coarse_all(const ivf_index *v, const float *q, int64_t d, int64_t nprobe, int64_t *pi,
                        float *ps) {
     float s[IVF_TILE];
@@ -792,6 +787,18 @@ static void coarse_all(const ivf_index *v, const float *q, int64_t d, int64_t np
     }
 }
 
+/* The top-nprobe centroids of the normalised query q, (pi, ps): score down, list up, by the
+ * float32 scores of the key scan's kernel (ml__key_scores).
+ *
+ * With the prefilter, the same centroids come from fewer float32 scores. An exact integer
+ * pass (a 7-bit copy of q, int8 copies of the centroids: a quarter of the bytes, in L2)
+ * gives a ~ s_c for every centroid, with a proven bound |s_c - a_c| <= B_c:
+ *   q.c - q~.c~ = q.(c - c~) + (q - q~).c~, so |q.c - a_c| <= |q| e_c + |q - q~| |c~|,
+ * and the float32 lane sum s_c differs from q.c by at most (d + 8) u |q| |c| (a product and
+ * at most d/16 + 5 additions on any term's path, u = 2^-24). Let L be the nprobe-th largest
+ * lower bound a_c - B_c: at least nprobe centroids score >= L, so every centroid of the
+ * top nprobe scores >= L, and has a_c + B_c >= L. Only those are scored in float32 and
+ * offered in list order, which gives the top nprobe of a full scan bit for bit. */
 static void coarse_probe(const ivf_index *v, const float *q, int64_t d, int64_t nprobe, int64_t *pi,
                          float *ps) {
     const int64_t nl = v->nlist;
@@ -810,12 +817,13 @@ static void coarse_probe(const ivf_index *v, const float *q, int64_t d, int64_t 
         coarse_all(v, q, d, nprobe, pi, ps);
         return;
     }
-    int16_t q16[IVF_PREFILTER_MAX_D];
-    int8_t q8[IVF_PREFILTER_MAX_D];
+    /* q in 7 bits (the kernel's unsigned side: q7 + 64 in [1, 127]) */
+    uint8_t qu[IVF_PREFILTER_MAX_D];
+    int8_t q7[IVF_PREFILTER_MAX_D];
     float sq;
     double eq[3];
-    quantize_row(q, d, q8, &sq, eq);
-    for (int64_t i = 0; i < d; i++) q16[i] = q8[i];
+    quantize_row(q, d, 63, q7, &sq, eq);
+    for (int64_t i = 0; i < d; i++) qu[i] = (uint8_t)(q7[i] + 64);
     const double fe = 1.01 * (double)(d + 8) * 0x1p-24; /* float32 rounding, relative */
     /* lo: the nprobe largest lower bounds, descending (its last one is L) */
     int64_t nlo = 0, len = 0;
@@ -825,12 +833,12 @@ static void coarse_probe(const ivf_index *v, const float *q, int64_t d, int64_t 
     double low[IVF_TILE];
     for (int64_t c0 = 0; c0 < nl; c0 += IVF_TILE) {
         const int64_t nb = nl - c0 < IVF_TILE ? nl - c0 : IVF_TILE;
-        ml__int8_dots(q16, nb, v->cent8 + c0 * d, d, dots);
+        ml__int8_dots(qu, nb, v->cent8 + c0 * d, d, dots);
         const double *e0 = v->cbound + c0, *e1 = e0 + nl, *e2 = e1 + nl;
         const float *cs = v->cscale + c0;
         for (int64_t c = 0; c < nb; c++) { /* (vectorised: no branch) */
             /* a_c, and the bound widened by 1e-9 of itself and 1e-30 for double roundings */
-            const double a = (double)sq * cs[c] * dots[c];
+            const double a = (double)sq * cs[c] * (dots[c] - 64 * v->csum[c0 + c]);
             const double b = w0 * e0[c] + w1 * e1[c] + w2 * e2[c] + 1e-30;
             hi[c0 + c] = a + b;
             low[c] = a - b;

@@ -392,18 +392,18 @@ static void test_key_scan_widths(void) {
 
 /* The IVF prefilter's integer dot products: AVX2 and portable give the exact sums (a 64-bit
  * reference), at widths with and without a tail past the 16-wide chunks, row counts not a
- * multiple of 4, and every element at +-127 (the largest sums). */
+ * multiple of 4, and the largest products (q 127, keys +-127: no int16 saturation). */
 static void test_int8_dots(void) {
     enum { NB = 11, DMAX = 200 };
     static const int64_t dims[] = {1, 16, 40, 128, 200};
     static int8_t c[NB * DMAX];
-    static int16_t q[DMAX];
+    static uint8_t q[DMAX];
     int32_t out[2][NB];
     for (int extreme = 0; extreme < 2; extreme++) {
         for (int i = 0; i < NB * DMAX; i++)
             c[i] = extreme ? (int8_t)(i % 3 ? 127 : -127) : (int8_t)(frand() * 127);
         for (int i = 0; i < DMAX; i++)
-            q[i] = extreme ? (int16_t)(i % 3 ? 127 : -127) : (int16_t)(frand() * 127);
+            q[i] = extreme ? 127 : (uint8_t)((frand() + 1) * 63.5f); /* in [0, 127] */
         for (size_t w = 0; w < sizeof dims / sizeof dims[0]; w++) {
             const int64_t d = dims[w];
             for (int v = 0; v < 2; v++) {
