@@ -186,18 +186,16 @@ static void ivf_free(ivf_index *x) {
 /* Centroids scored IVF_TILE at a time (a stack buffer, whatever nlist is). */
 #define IVF_TILE 256
 
-/* The nearest centroid of each of n <= SCAN_MAX_QUERIES normalised rows x (n x d): the
- * highest score by the key scan's kernel (so a key and a query of the same bits get the
- * same list), ties to the lower list. */
+static void coarse_probe(const ivf_index *v, const float *q, int64_t d, int64_t nprobe, int64_t *pi,
+                         float *ps);
+
+/* The nearest centroid of each of n normalised rows x (n x d): the highest score by the key
+ * scan's kernel (so a key and a query of the same bits get the same list), ties to the lower
+ * list: the search's coarse step with one list (its prefilter included). */
 static void nearest_lists(const ivf_index *v, int64_t n, const float *x, int64_t d, int64_t *out) {
-    float s[SCAN_MAX_QUERIES * IVF_TILE], best[SCAN_MAX_QUERIES];
-    for (int64_t i = 0; i < n; i++) out[i] = 0, best[i] = -INFINITY;
-    for (int64_t c0 = 0; c0 < v->nlist; c0 += IVF_TILE) {
-        int64_t nb = v->nlist - c0 < IVF_TILE ? v->nlist - c0 : IVF_TILE;
-        ml__key_scores(n, x, nb, v->centroids + c0 * d, d, s);
-        for (int64_t i = 0; i < n; i++)
-            for (int64_t c = 0; c < nb; c++)
-                if (s[i * nb + c] > best[i]) best[i] = s[i * nb + c], out[i] = c0 + c;
+    for (int64_t i = 0; i < n; i++) {
+        float s;
+        coarse_probe(v, x + i * d, d, 1, out + i, &s);
     }
 }
 

@@ -88,3 +88,18 @@ def test_prefiltered_coarse_step_with_every_centroid_tied():
         got = mem.query(z, 8, nprobe=p)
         np.testing.assert_array_equal(got[0][0], want_i)
         np.testing.assert_array_equal(got[1][0], want_s)
+
+
+def test_writes_go_to_the_float32_nearest_list():
+    """update (one key at a time) and add (a GEMM with a near-tie recheck) put each written
+    slot in the list of its key's nearest centroid by the float32 lane sums (ties to the
+    lower list), the prefilter's coarse step deciding."""
+    x, which, _ = mixture(12000, 40, 5, seed=13, spread=0.05)
+    mem = KnowledgeMemory.from_arrays(x[:10000], which[:10000], capacity=12500)
+    ix = mem.build_index(nlist=400, nprobe=2, seed=3, n_iter=2)
+    up = mem.update(x[10000:11000], which[10000:11000])
+    added = mem.add(x[11000:], which[11000:])
+    keys, lists = mem.state()[0], mem.index.lists
+    for slots in (np.unique(up), added):
+        want = np.array([int(np.argmax(lane_dot(keys[j], ix.centroids))) for j in slots])
+        np.testing.assert_array_equal(lists[slots], want)
