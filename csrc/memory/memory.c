@@ -773,6 +773,19 @@ static void build_prefilter(ivf_index *v, int64_t d) {
     }
 }
 
+/* any_above and any_at_least over 8 doubles (comparisons only: packed compares) */
+static inline int any_above_d(const double *row, double thr) {
+    int any = 0;
+    for (int e = 0; e < 8; e++) any |= row[e] > thr;
+    return any;
+}
+
+static inline int any_at_least_d(const double *row, double thr) {
+    int any = 0;
+    for (int e = 0; e < 8; e++) any |= row[e] >= thr;
+    return any;
+}
+
 /* The coarse step over every centroid (coarse_probe without the prefilter). */
 static void coarse_all(const ivf_index *v, const float *q, int64_t d, int64_t nprobe, int64_t *pi,
                        float *ps) {
@@ -842,6 +855,12 @@ static void coarse_probe(const ivf_index *v, const float *q, int64_t d, int64_t 
             low[c] = a - b;
         }
         for (int64_t c = 0; c < nb; c++) {
+            /* a block of 8 none of which enters the full list: skipped in one test */
+            if (nlo == nprobe && (c & 7) == 0 && c + 8 <= nb &&
+                !any_above_d(low + c, lo[nprobe - 1])) {
+                c += 7;
+                continue;
+            }
             const double l = low[c];
             if (nlo == nprobe && !(l > lo[nprobe - 1])) continue;
             int64_t p = nlo < nprobe ? nlo++ : nprobe - 1;
@@ -850,12 +869,17 @@ static void coarse_probe(const ivf_index *v, const float *q, int64_t d, int64_t 
         }
     }
     const double thr = lo[nlo - 1];
-    for (int64_t c = 0; c < nl; c++) /* the candidates, in list order */
+    for (int64_t c = 0; c < nl; c++) { /* the candidates, in list order */
+        if ((c & 7) == 0 && c + 8 <= nl && !any_at_least_d(hi + c, thr)) {
+            c += 7;
+            continue;
+        }
         if (hi[c] >= thr) {
             float sc;
             ml__key_scores(1, q, 1, v->centroids + c * d, d, &sc);
             offer_row(ps, pi, &len, nprobe, &sc, 1, c, NULL);
         }
+    }
     if (hi != hi_s) free(hi);
     if (lo != lo_s) free(lo);
 }
