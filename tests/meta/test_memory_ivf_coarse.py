@@ -45,17 +45,18 @@ def expected(mem, ix, qn, p, k=8):
 
 
 def test_prefiltered_coarse_step_probes_the_float32_top_lists(threads):
-    # 512 lists over 6 tight clusters: ~85 centroids per cluster, their scores with a query
-    # within the int8 copies' rounding of each other. d = 40: a tail past the 16-wide chunks.
-    x, which, _ = mixture(20000, 40, 6, seed=31, spread=0.05)
+    # 1,000 lists over 6 tight clusters: ~170 centroids per cluster, their scores with a
+    # query within the int8 copies' rounding of each other. d = 264: float32 centroids over
+    # 1 MiB (the prefilter's rule) and a tail past the int8 kernel's 32-wide chunks.
+    x, which, _ = mixture(12000, 264, 6, seed=31, spread=0.05)
     mem = KnowledgeMemory.from_arrays(x, which)
-    ix = mem.build_index(nlist=512, nprobe=1, seed=2, n_iter=3)
+    ix = mem.build_index(nlist=1000, nprobe=1, seed=2, n_iter=2)
     rng = np.random.default_rng(8)
-    q = x[rng.integers(0, 20000, 24)] + 0.01 * rng.standard_normal((24, 40)).astype(np.float32)
+    q = x[rng.integers(0, 12000, 16)] + 0.01 * rng.standard_normal((16, 264)).astype(np.float32)
     qn = normalized(q)
     differs = 0
-    # 1, 3, 16, 64 of 512: the prefilter (8 * nprobe <= nlist); 65: every centroid scored
-    for p in (1, 3, 16, 64, 65):
+    # 1, 3, 16, 125 of 1,000: the prefilter (8 * nprobe <= nlist); 126: every centroid scored
+    for p in (1, 3, 16, 125, 126):
         runs = []
         for t in (1, 2, 3):
             ml.set_num_threads(t)
@@ -78,10 +79,10 @@ def test_prefiltered_coarse_step_probes_the_float32_top_lists(threads):
 
 def test_prefiltered_coarse_step_with_every_centroid_tied():
     """A zero query scores 0 with every centroid: the probed lists are the lowest ones."""
-    x, which, _ = mixture(6000, 32, 4, seed=3, spread=0.3)
+    x, which, _ = mixture(4000, 264, 4, seed=3, spread=0.3)
     mem = KnowledgeMemory.from_arrays(x, which)
-    ix = mem.build_index(nlist=256, nprobe=1, seed=1, n_iter=2)
-    z = np.zeros((1, 32), np.float32)
+    ix = mem.build_index(nlist=1000, nprobe=1, seed=1, n_iter=1)
+    z = np.zeros((1, 264), np.float32)
     for p in (1, 5, 32):
         probe, want_i, want_s = expected(mem, ix, z[0], p)
         np.testing.assert_array_equal(probe, np.arange(p))
@@ -94,9 +95,9 @@ def test_writes_go_to_the_float32_nearest_list():
     """update (one key at a time) and add (a GEMM with a near-tie recheck) put each written
     slot in the list of its key's nearest centroid by the float32 lane sums (ties to the
     lower list), the prefilter's coarse step deciding."""
-    x, which, _ = mixture(12000, 40, 5, seed=13, spread=0.05)
+    x, which, _ = mixture(12000, 264, 5, seed=13, spread=0.05)
     mem = KnowledgeMemory.from_arrays(x[:10000], which[:10000], capacity=12500)
-    ix = mem.build_index(nlist=400, nprobe=2, seed=3, n_iter=2)
+    ix = mem.build_index(nlist=1000, nprobe=2, seed=3, n_iter=1)
     up = mem.update(x[10000:11000], which[10000:11000])
     added = mem.add(x[11000:], which[11000:])
     keys, lists = mem.state()[0], mem.index.lists
