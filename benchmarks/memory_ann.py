@@ -5,7 +5,7 @@ mixture (uniformly random keys have no neighbours worth approximating).
 
     python benchmarks/memory_ann.py [--entries 100000] [--dim 128] [--clusters 1000]
         [--spread 0.8] [--nlist 0] [--k 8] [--queries 200] [--rounds 5] [--target 0.95]
-        [--clock wall|cpu]
+        [--clock wall|cpu] [--faiss-lists own|ours] [--n-iter 10] [--sample 0]
 
 Data: unit-norm cluster centres, points = centre + spread * N(0, I) / sqrt(dim), labels =
 cluster; the queries are fresh points of the same mixture. recall@k is against our exact
@@ -17,6 +17,12 @@ equal recall" takes each index's smallest nprobe reaching --target and times bot
 exact search interleaved (round r times each once): the best round (--stat best, the
 default: the least disturbed on a shared machine) or the median. --clock cpu times by the
 thread's CPU time (one thread searches), for machines where other jobs take the cores.
+--faiss-lists ours gives FAISS our centroids (quantizer.add(mem.index.centroids), no
+training): both indexes then hold the same lists and reach the same recall at each nprobe,
+so the timings compare the searches alone. --n-iter and --sample shorten our k-means (and,
+with --faiss-lists own, FAISS's: the same rounds and sample size; by default FAISS runs its
+own 25 rounds) where a build would take
+too long on a loaded machine.
 """
 
 import argparse
@@ -82,6 +88,11 @@ def main():
     ap.add_argument("--nprobes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     ap.add_argument("--stat", choices=["best", "median"], default="best")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    ap.add_argument("--faiss-lists", choices=["own", "ours"], default="own")
+    ap.add_argument("--n-iter", type=int, default=None, help="k-means rounds (ours: 10, FAISS: 25)")
+    ap.add_argument(
+        "--sample", type=int, default=0, help="keys our k-means trains on (0: 64 per list)"
+    )
     a = ap.parse_args()
     global CLOCK
     CLOCK = time.thread_time if a.clock == "cpu" else time.perf_counter
@@ -103,17 +114,29 @@ def main():
     print(f"from_arrays: {time.perf_counter() - t0:.2f} s")
     exact = mem.query(q, a.k)[0]
     t0 = time.perf_counter()
-    mem.build_index(nlist=nlist, nprobe=1, seed=0)
-    print(f"metalearn build_index: {time.perf_counter() - t0:.2f} s (64 keys per list, 10 rounds)")
+    sample = a.sample or min(64 * nlist, a.entries)
+    mem.build_index(nlist=nlist, nprobe=1, seed=0, n_iter=a.n_iter or 10, sample=sample)
+    print(
+        f"metalearn build_index: {time.perf_counter() - t0:.2f} s ({sample} keys, "
+        f"{a.n_iter or 10} rounds)"
+    )
     fx = None
     if faiss is not None:
         quant = faiss.IndexFlatIP(a.dim)
         fx = faiss.IndexIVFFlat(quant, a.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        fx.cp.max_points_per_centroid = 64
         t0 = time.perf_counter()
-        fx.train(x[rng.permutation(a.entries)[: 64 * nlist]])
+        if a.faiss_lists == "ours":  # the same lists: the search alone is compared
+            quant.add(np.ascontiguousarray(mem.index.centroids, dtype=np.float32))
+            fx.is_trained = True
+        else:
+            fx.cp.max_points_per_centroid = max(1, sample // nlist)
+            if a.n_iter:
+                fx.cp.niter = a.n_iter
+            fx.train(x[rng.permutation(a.entries)[:sample]])
         fx.add(x)
-        print(f"FAISS IndexIVFFlat train + add: {time.perf_counter() - t0:.2f} s")
+        print(
+            f"FAISS IndexIVFFlat ({a.faiss_lists} lists) train + add: {time.perf_counter() - t0:.2f} s"
+        )
 
     def ours(p):
         return lambda v: mem.query(v, a.k, nprobe=p)

@@ -259,3 +259,62 @@ void ml__key_scores_i8(int64_t n, const float *q, int64_t nb, const int8_t *keys
 #endif
     key_scores_i8_portable(n, q, nb, keys, scales, d, s);
 }
+
+/* Exact integer dot products (topk.h). The AVX2 form multiplies 32 unsigned by 32 signed
+ * bytes and adds pairs into int16 (vpmaddubsw: no saturation, as q <= 127), then pairs into
+ * int32 (vpmaddwd by ones), four rows sharing each load of q; the sums are exact, so they
+ * equal the portable loop's whatever the order. */
+static void int8_dots_portable(const uint8_t *q, int64_t nb, const int8_t *c, int64_t d,
+                               int32_t *out) {
+    for (int64_t j = 0; j < nb; j++) {
+        int32_t acc = 0;
+        for (int64_t t = 0; t < d; t++) acc += (int32_t)q[t] * c[j * d + t];
+        out[j] = acc;
+    }
+}
+
+#if ML_HAVE_AVX2
+ML_TARGET_AVX2_NOFMA static void int8_dots_avx2(const uint8_t *q, int64_t nb, const int8_t *c,
+                                                int64_t d, int32_t *out) {
+    const int64_t d32 = d & ~(int64_t)31;
+    const __m256i ones = _mm256_set1_epi16(1);
+    int64_t j = 0;
+    for (; j + 4 <= nb; j += 4) {
+        const int8_t *c0 = c + j * d;
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t t = 0; t < d32; t += 32) {
+            const __m256i qq = _mm256_loadu_si256((const __m256i *)(q + t));
+#define ROW(r)                                                                                  \
+    _mm256_madd_epi16(                                                                          \
+        _mm256_maddubs_epi16(qq, _mm256_loadu_si256((const __m256i *)(c0 + (r) * d + t))), ones)
+            a0 = _mm256_add_epi32(a0, ROW(0));
+            a1 = _mm256_add_epi32(a1, ROW(1));
+            a2 = _mm256_add_epi32(a2, ROW(2));
+            a3 = _mm256_add_epi32(a3, ROW(3));
+#undef ROW
+        }
+        const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+        int32_t r[4];
+        _mm_storeu_si128((__m128i *)r,
+                         _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+        for (int e = 0; e < 4; e++) {
+            for (int64_t t = d32; t < d; t++) r[e] += (int32_t)q[t] * c0[e * d + t];
+            out[j + e] = r[e];
+        }
+    }
+    int8_dots_portable(q, nb - j, c + j * d, d, out + j);
+}
+ML_KERNEL_SITE(int8_dots, "int8_dots", 1)
+#else
+ML_KERNEL_SITE(int8_dots, "int8_dots", 0)
+#endif
+
+void ml__int8_dots(const uint8_t *q, int64_t nb, const int8_t *c, int64_t d, int32_t *out) {
+#if ML_HAVE_AVX2
+    if (ml__cpu_avx2()) {
+        int8_dots_avx2(q, nb, c, d, out);
+        return;
+    }
+#endif
+    int8_dots_portable(q, nb, c, d, out);
+}

@@ -22,6 +22,12 @@ void ml__key_scores_f16(int64_t n, const float *q, int64_t nb, const uint16_t *k
 void ml__key_scores_i8(int64_t n, const float *q, int64_t nb, const int8_t *keys,
                        const float *scales, int64_t d, float *s);
 
+/* out[j] = q · c[j] for nb int8 rows c (nb x d) and one row q (d) of integers in [0, 127],
+ * exactly: integer products and sums, so every variant and every order gives the same value
+ * (q <= 127 keeps a pair of products inside int16, d <= 2^16 every sum inside int32). The
+ * IVF index's coarse prefilter (memory.c: q is a signed 7-bit row plus 64). */
+void ml__int8_dots(const uint8_t *q, int64_t nb, const int8_t *c, int64_t d, int32_t *out);
+
 /* float32 -> binary16, round to nearest even (finite inputs; overflow gives +-inf). */
 uint16_t ml__f32_to_f16(float x);
 /* binary16 -> float32, exact for every finite half. */

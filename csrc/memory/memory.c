@@ -80,6 +80,13 @@ typedef struct ivf_index {
     int64_t *len, *cap;
     int64_t *slot_list; /* per slot: its list, -1 when not indexed (empty, removed) */
     int64_t *slot_pos;  /* per slot: its position in that list */
+    /* the coarse prefilter's copy of the centroids (see coarse_probe): c ~ cscale * cent8,
+     * and per centroid its error |c - cscale * cent8|, the norm of that copy and |c|
+     * (NULL: no prefilter, every search scans the float32 centroids) */
+    int8_t *cent8;
+    double *cbound; /* 3 x nlist: the errors, the copies' norms, the |c| */
+    float *cscale;
+    int32_t *csum; /* per centroid: the sum of its int8 copy */
     int stale; /* a list could not grow (out of memory): searches are exact until rebuilt */
 } ivf_index;
 
@@ -167,6 +174,10 @@ static void ivf_free(ivf_index *x) {
     free(x->len);
     free(x->cap);
     free(x->centroids);
+    free(x->cent8);
+    free(x->cbound);
+    free(x->cscale);
+    free(x->csum);
     free(x->slot_list);
     free(x->slot_pos);
     free(x);
@@ -175,18 +186,16 @@ static void ivf_free(ivf_index *x) {
 /* Centroids scored IVF_TILE at a time (a stack buffer, whatever nlist is). */
 #define IVF_TILE 256
 
-/* The nearest centroid of each of n <= SCAN_MAX_QUERIES normalised rows x (n x d): the
- * highest score by the key scan's kernel (so a key and a query of the same bits get the
- * same list), ties to the lower list. */
+static void coarse_probe(const ivf_index *v, const float *q, int64_t d, int64_t nprobe, int64_t *pi,
+                         float *ps);
+
+/* The nearest centroid of each of n normalised rows x (n x d): the highest score by the key
+ * scan's kernel (so a key and a query of the same bits get the same list), ties to the lower
+ * list: the search's coarse step with one list (its prefilter included). */
 static void nearest_lists(const ivf_index *v, int64_t n, const float *x, int64_t d, int64_t *out) {
-    float s[SCAN_MAX_QUERIES * IVF_TILE], best[SCAN_MAX_QUERIES];
-    for (int64_t i = 0; i < n; i++) out[i] = 0, best[i] = -INFINITY;
-    for (int64_t c0 = 0; c0 < v->nlist; c0 += IVF_TILE) {
-        int64_t nb = v->nlist - c0 < IVF_TILE ? v->nlist - c0 : IVF_TILE;
-        ml__key_scores(n, x, nb, v->centroids + c0 * d, d, s);
-        for (int64_t i = 0; i < n; i++)
-            for (int64_t c = 0; c < nb; c++)
-                if (s[i * nb + c] > best[i]) best[i] = s[i * nb + c], out[i] = c0 + c;
+    for (int64_t i = 0; i < n; i++) {
+        float s;
+        coarse_probe(v, x + i * d, d, 1, out + i, &s);
     }
 }
 
@@ -711,18 +720,174 @@ static void ivf_task(void *vctx, int64_t t) {
             scan_list(x->m, x->qn + i * x->m->key_size, x->probe[p], k, ts, ti, &len, x->f);
 }
 
-/* The top-nprobe centroids of the normalised query q, (pi, ps): score down, list up. */
-static void coarse_probe(const ivf_index *v, const float *q, int64_t d, int64_t nprobe, int64_t *pi,
-                         float *ps) {
-    const int64_t nl = v->nlist;
+/* Integer copy of a row x (d floats) in [-top, top]: x ~ *scale * r, with the exact error and
+ * norms of that copy in double (e[0] = |x - scale * r|, e[1] = |scale * r|, e[2] = |x|). Any
+ * rounding of r would do: the bound of coarse_probe uses the error actually made. */
+static void quantize_row(const float *x, int64_t d, int top, int8_t *r, float *scale, double *e) {
+    float mx = 0;
+    for (int64_t i = 0; i < d; i++) mx = fabsf(x[i]) > mx ? fabsf(x[i]) : mx;
+    const float sc = mx / (float)top, inv = mx > 0 ? (float)top / mx : 0.0f;
+    double err = 0, nt = 0, nx = 0;
+    for (int64_t i = 0; i < d; i++) {
+        float t = rintf(x[i] * inv);
+        r[i] = (int8_t)(t > top ? top : t < -top ? -top : t);
+        const double back = (double)sc * r[i]; /* exact: 24 x 8 bits */
+        err += ((double)x[i] - back) * ((double)x[i] - back);
+        nt += back * back;
+        nx += (double)x[i] * x[i];
+    }
+    *scale = sc;
+    e[0] = sqrt(err), e[1] = sqrt(nt), e[2] = sqrt(nx);
+}
+
+/* The prefilter runs where it saves: few lists probed of many, keys of at most 1024 floats,
+ * and float32 centroids over 1 MiB (beyond L2: a scan of them streams from L3, while their
+ * int8 copy stays in L2; smaller ones are read from L2 as fast as the int8 pass, which then
+ * only adds, as measured on Omniglot's 2,037 x 64). A rule on the shape only; either way
+ * the probed lists are the same. */
+#define IVF_PREFILTER_MIN_BYTES ((int64_t)1 << 20)
+#define IVF_PREFILTER_MIN_NLIST 256
+#define IVF_PREFILTER_MAX_D 1024
+#define IVF_PREFILTER_STACK 4096 /* centroid bounds kept on the stack (more: the heap) */
+static int use_prefilter(const ivf_index *v, int64_t d, int64_t nprobe) {
+    return v->cent8 && v->nlist >= IVF_PREFILTER_MIN_NLIST && 8 * nprobe <= v->nlist &&
+           d <= IVF_PREFILTER_MAX_D &&
+           v->nlist * d * (int64_t)sizeof(float) > IVF_PREFILTER_MIN_BYTES;
+}
+
+/* Builds the prefilter's copy of the centroids (none when out of memory or not of use:
+ * searches then scan the float32 centroids, with the same result). */
+static void build_prefilter(ivf_index *v, int64_t d) {
+    if (v->nlist < IVF_PREFILTER_MIN_NLIST || d > IVF_PREFILTER_MAX_D ||
+        v->nlist * d * (int64_t)sizeof(float) <= IVF_PREFILTER_MIN_BYTES)
+        return;
+    v->cent8 = malloc((size_t)(v->nlist * d));
+    v->cbound = malloc((size_t)(v->nlist * 3) * sizeof(double));
+    v->cscale = malloc((size_t)v->nlist * sizeof(float));
+    v->csum = malloc((size_t)v->nlist * sizeof(int32_t));
+    if (!v->cent8 || !v->cbound || !v->cscale || !v->csum) {
+        free(v->cent8), free(v->cbound), free(v->cscale), free(v->csum);
+        v->cent8 = NULL, v->cbound = NULL, v->cscale = NULL, v->csum = NULL;
+        return;
+    }
+    for (int64_t l = 0; l < v->nlist; l++) {
+        double e[3];
+        quantize_row(v->centroids + l * d, d, 127, v->cent8 + l * d, v->cscale + l, e);
+        for (int t = 0; t < 3; t++) v->cbound[t * v->nlist + l] = e[t];
+        int32_t sum = 0;
+        for (int64_t i = 0; i < d; i++) sum += v->cent8[l * d + i];
+        v->csum[l] = sum;
+    }
+}
+
+/* any_above and any_at_least over 8 doubles (comparisons only: packed compares) */
+static inline int any_above_d(const double *row, double thr) {
+    int any = 0;
+    for (int e = 0; e < 8; e++) any |= row[e] > thr;
+    return any;
+}
+
+static inline int any_at_least_d(const double *row, double thr) {
+    int any = 0;
+    for (int e = 0; e < 8; e++) any |= row[e] >= thr;
+    return any;
+}
+
+/* The coarse step over every centroid (coarse_probe without the prefilter). */
+static void coarse_all(const ivf_index *v, const float *q, int64_t d, int64_t nprobe, int64_t *pi,
+                       float *ps) {
     float s[IVF_TILE];
     int64_t len = 0;
-    for (int64_t e = 0; e < nprobe; e++) pi[e] = -1, ps[e] = -INFINITY;
-    for (int64_t c0 = 0; c0 < nl; c0 += IVF_TILE) {
-        const int64_t nb = nl - c0 < IVF_TILE ? nl - c0 : IVF_TILE;
+    for (int64_t c0 = 0; c0 < v->nlist; c0 += IVF_TILE) {
+        const int64_t nb = v->nlist - c0 < IVF_TILE ? v->nlist - c0 : IVF_TILE;
         ml__key_scores(1, q, nb, v->centroids + c0 * d, d, s);
         offer_row(ps, pi, &len, nprobe, s, nb, c0, NULL);
     }
+}
+
+/* The top-nprobe centroids of the normalised query q, (pi, ps): score down, list up, by the
+ * float32 scores of the key scan's kernel (ml__key_scores).
+ *
+ * With the prefilter, the same centroids come from fewer float32 scores. An exact integer
+ * pass (a 7-bit copy of q, int8 copies of the centroids: a quarter of the bytes, in L2)
+ * gives a ~ s_c for every centroid, with a proven bound |s_c - a_c| <= B_c:
+ *   q.c - q~.c~ = q.(c - c~) + (q - q~).c~, so |q.c - a_c| <= |q| e_c + |q - q~| |c~|,
+ * and the float32 lane sum s_c differs from q.c by at most (d + 8) u |q| |c| (a product and
+ * at most d/16 + 5 additions on any term's path, u = 2^-24). Let L be the nprobe-th largest
+ * lower bound a_c - B_c: at least nprobe centroids score >= L, so every centroid of the
+ * top nprobe scores >= L, and has a_c + B_c >= L. Only those are scored in float32 and
+ * offered in list order, which gives the top nprobe of a full scan bit for bit. */
+static void coarse_probe(const ivf_index *v, const float *q, int64_t d, int64_t nprobe, int64_t *pi,
+                         float *ps) {
+    const int64_t nl = v->nlist;
+    for (int64_t e = 0; e < nprobe; e++) pi[e] = -1, ps[e] = -INFINITY;
+    if (!use_prefilter(v, d, nprobe)) {
+        coarse_all(v, q, d, nprobe, pi, ps);
+        return;
+    }
+    /* hi: each centroid's upper bound; lo: the nprobe largest lower bounds, descending */
+    double hi_s[IVF_PREFILTER_STACK], lo_s[IVF_PREFILTER_STACK / 8];
+    double *hi = nl <= IVF_PREFILTER_STACK ? hi_s : malloc((size_t)nl * sizeof(double));
+    double *lo = nprobe <= IVF_PREFILTER_STACK / 8 ? lo_s : malloc((size_t)nprobe * sizeof(double));
+    if (!hi || !lo) { /* out of memory: every centroid, the same result */
+        if (hi != hi_s) free(hi);
+        if (lo != lo_s) free(lo);
+        coarse_all(v, q, d, nprobe, pi, ps);
+        return;
+    }
+    /* q in 7 bits (the kernel's unsigned side: q7 + 64 in [1, 127]) */
+    uint8_t qu[IVF_PREFILTER_MAX_D];
+    int8_t q7[IVF_PREFILTER_MAX_D];
+    float sq;
+    double eq[3];
+    quantize_row(q, d, 63, q7, &sq, eq);
+    for (int64_t i = 0; i < d; i++) qu[i] = (uint8_t)(q7[i] + 64);
+    const double fe = 1.01 * (double)(d + 8) * 0x1p-24; /* float32 rounding, relative */
+    /* lo: the nprobe largest lower bounds, descending (its last one is L) */
+    int64_t nlo = 0, len = 0;
+    /* the bound's per-query factors: b_c = w0 e_c + w1 |c~| + w2 |c| */
+    const double w0 = eq[2] * (1 + 1e-9), w1 = eq[0] * (1 + 1e-9), w2 = fe * eq[2] * (1 + 1e-9);
+    int32_t dots[IVF_TILE];
+    double low[IVF_TILE];
+    for (int64_t c0 = 0; c0 < nl; c0 += IVF_TILE) {
+        const int64_t nb = nl - c0 < IVF_TILE ? nl - c0 : IVF_TILE;
+        ml__int8_dots(qu, nb, v->cent8 + c0 * d, d, dots);
+        const double *e0 = v->cbound + c0, *e1 = e0 + nl, *e2 = e1 + nl;
+        const float *cs = v->cscale + c0;
+        for (int64_t c = 0; c < nb; c++) { /* (vectorised: no branch) */
+            /* a_c, and the bound widened by 1e-9 of itself and 1e-30 for double roundings */
+            const double a = (double)sq * cs[c] * (dots[c] - 64 * v->csum[c0 + c]);
+            const double b = w0 * e0[c] + w1 * e1[c] + w2 * e2[c] + 1e-30;
+            hi[c0 + c] = a + b;
+            low[c] = a - b;
+        }
+        for (int64_t c = 0; c < nb; c++) {
+            /* a block of 8 none of which enters the full list: skipped in one test */
+            if (nlo == nprobe && (c & 7) == 0 && c + 8 <= nb &&
+                !any_above_d(low + c, lo[nprobe - 1])) {
+                c += 7;
+                continue;
+            }
+            const double l = low[c];
+            if (nlo == nprobe && !(l > lo[nprobe - 1])) continue;
+            int64_t p = nlo < nprobe ? nlo++ : nprobe - 1;
+            while (p > 0 && lo[p - 1] < l) lo[p] = lo[p - 1], p--;
+            lo[p] = l;
+        }
+    }
+    const double thr = lo[nlo - 1];
+    /* the candidates, in list order, scored by blocks of 8 where a block holds one (a
+     * non-candidate scored with them has s_c <= a_c + B_c < L: it cannot stay in the top
+     * nprobe, at least nprobe centroids scoring >= L) */
+    for (int64_t c0 = 0; c0 < nl; c0 += 8) {
+        const int64_t nb = nl - c0 < 8 ? nl - c0 : 8;
+        if (nb == 8 && !any_at_least_d(hi + c0, thr)) continue;
+        float sc[8];
+        ml__key_scores(1, q, nb, v->centroids + c0 * d, d, sc);
+        offer_row(ps, pi, &len, nprobe, sc, nb, c0, NULL);
+    }
+    if (hi != hi_s) free(hi);
+    if (lo != lo_s) free(lo);
 }
 
 /* The approximate search: per query the nprobe nearest lists (centroid scores, ties to the
@@ -1021,8 +1186,8 @@ static ml_status check_update(const ml_memory *mem, int64_t n, const float *q,
  * modified are scored again with their current keys. What one update works in: */
 typedef struct {
     int64_t chunk;
-    int64_t *cidx;  /* chunk x kk: each query's candidates, best first */
-    float *csim;    /* and their similarities */
+    int64_t *cidx; /* chunk x kk: each query's candidates, best first */
+    float *csim; /* and their similarities */
     int64_t *touched; /* the slots the chunk modified, nt of them */
     uint8_t *dirty; /* per slot: modified by the chunk */
     search_buffers buf;
@@ -1405,6 +1570,7 @@ ml_status ml_memory_build_index(ml_memory *mem, int64_t nlist, int64_t nprobe, u
             memcpy(v->vecs[l] + v->len[l] * d, mem->keys + j * d, (size_t)d * sizeof(float));
             v->ids[l][v->len[l]++] = j;
         }
+    build_prefilter(v, d);
     ivf_free(mem->ivf);
     mem->ivf = v;
     v = NULL;

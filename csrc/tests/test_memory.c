@@ -390,6 +390,39 @@ static void test_key_scan_widths(void) {
     }
 }
 
+/* The IVF prefilter's integer dot products: AVX2 and portable give the exact sums (a 64-bit
+ * reference), at widths with and without a tail past the 16-wide chunks, row counts not a
+ * multiple of 4, and the largest products (q 127, keys +-127: no int16 saturation). */
+static void test_int8_dots(void) {
+    enum { NB = 11, DMAX = 200 };
+    static const int64_t dims[] = {1, 16, 40, 128, 200};
+    static int8_t c[NB * DMAX];
+    static uint8_t q[DMAX];
+    int32_t out[2][NB];
+    for (int extreme = 0; extreme < 2; extreme++) {
+        for (int i = 0; i < NB * DMAX; i++)
+            c[i] = extreme ? (int8_t)(i % 3 ? 127 : -127) : (int8_t)(frand() * 127);
+        for (int i = 0; i < DMAX; i++)
+            q[i] = extreme ? 127 : (uint8_t)((frand() + 1) * 63.5f); /* in [0, 127] */
+        for (size_t w = 0; w < sizeof dims / sizeof dims[0]; w++) {
+            const int64_t d = dims[w];
+            for (int v = 0; v < 2; v++) {
+                atomic_store(&ml__cpu_isa, v && ML_HAVE_AVX2 ? ML_CPU_AVX2 : ML_CPU_PORTABLE);
+                ml__int8_dots(q, NB, c, d, out[v]);
+            }
+            atomic_store(&ml__cpu_isa, ML_CPU_UNDECIDED);
+            int exact = 1;
+            for (int64_t j = 0; j < NB; j++) {
+                int64_t want = 0;
+                for (int64_t t = 0; t < d; t++) want += (int64_t)q[t] * c[j * d + t];
+                exact &= out[0][j] == want && out[1][j] == want;
+            }
+            CHECK(exact, "int8 dots at d=%lld (extreme %d): AVX2 and portable, the exact sums",
+                  (long long)d, extreme);
+        }
+    }
+}
+
 static void test_key_scan(void) {
     enum { NB = 37, D = 45, N = 3 };
     static float keys[NB * D], q[N * D], s[2][N * NB];
@@ -740,6 +773,7 @@ int main(void) {
     test_query_brute_force();
     test_key_scan();
     test_key_scan_widths();
+    test_int8_dots();
     test_ids_and_remove();
     test_compact_keys();
     test_ivf();

@@ -68,6 +68,7 @@ static const char *const SITES[] = {
     "key_scores",
     "key_scores_f16",
     "key_scores_i8",
+    "int8_dots",
     "wino_tiles",
     "lstm_rows",
 };

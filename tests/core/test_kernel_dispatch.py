@@ -32,6 +32,7 @@ SITES = {
     "key_scores",
     "key_scores_f16",
     "key_scores_i8",
+    "int8_dots",
     "wino_tiles",
     "lstm_rows",
 }
