@@ -74,23 +74,26 @@ def test_predictor_learns_and_predicts_in_range(trained, data):
     system, history = trained
     losses = history["predictor_loss"]
     assert np.all(np.isfinite(losses))
-    # (the untrained predictor already starts near the targets' mean: its MSE is about
-    # 0.05 against a target variance of about 0.02 on these 120 tasks)
-    assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:3])
+    # the targets are standardised by the buffer's mean and spread, so the untrained
+    # predictor starts near the targets' mean; what it must learn is to beat that mean:
+    # its MSE ends below the variance of the accuracies it is trained on (all step counts)
     extra = system.train_predictor(40)
-    assert np.mean(extra[-10:]) < 0.75 * np.mean(losses[:3])
-    assert np.mean(extra[-10:]) < 2.0 * np.var(system._buffer_t)
+    assert np.mean(extra[-10:]) < 0.9 * np.var(np.concatenate(system._buffer_c))
     t = sampler(data, seed=5).sample()
     p = system.predict_performance(t.support_x, t.support_y)
     assert 0.0 <= p <= 1.0
     feats, labels = system.task_features(t.support_x, t.support_y)
     n_stats = len(MetaLearner.STATISTICS)
-    assert feats.shape == (1, 25 + n_stats) == (1, system.feature_size) and labels.shape == (1, 25)
+    assert feats.shape == (1, system.feature_size) and labels.shape == (1, 25)
+    assert system.feature_groups["statistics"] == (25, 25 + n_stats)
+    assert system.feature_groups["steps"] == (system.feature_size - 1, system.feature_size)
     # the labels are part of the predictor's input
     other = np.roll(labels.reshape(5, 5), 1, axis=1).reshape(1, 25)
     assert system._predict_raw(feats, labels)[0] != system._predict_raw(feats, other)[0]
     # so are the task statistics (the tail of the features)
-    np.testing.assert_array_equal(feats[0, 25:], system.task_statistics(t.support_x, t.support_y))
+    np.testing.assert_array_equal(
+        feats[0, 25 : 25 + n_stats], system.task_statistics(t.support_x, t.support_y)
+    )
     changed = feats.copy()
     changed[0, 25:] += 1.0
     assert system._predict_raw(feats, labels)[0] != system._predict_raw(changed, labels)[0]

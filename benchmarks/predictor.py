@@ -1,0 +1,190 @@
+"""The performance predictor of metalearn.meta.system.MetaLearner, measured on Omniglot:
+how well it ranks held-out tasks by the accuracy adaptation reaches on them, what each
+group of its features adds, and what ``adapt(steps="auto")`` saves.
+
+Protocol (as benchmarks/memory_results.py's experiment c, which it extends): MAML (1 inner
+step, inner lr 0.4) on AdaptiveNeuralNetwork(5, 128) meta-trained on 5-way 1-shot tasks
+of varied difficulty (classes from one alphabet or from several, 0-50 % of the pixels
+replaced by noise) from the 1200 Vinyals training characters, 2000 iterations x 16 tasks,
+the predictor trained alongside (and 2000 more steps on its buffer of the last 2048
+tasks); the memory stores every training task. Then 400 held-out tasks of the same kind
+from the 423 test characters (15 queries per class): Spearman's rank correlation between
+the predicted accuracy and the accuracy reached after 1 step (the predictor sees only the
+support set; no held-out task is seen before its prediction).
+
+Ablation: fresh predictors of the same shape, trained the same number of steps on the
+same buffer, each with one feature group zeroed (and one with the older features only:
+Gram matrix and task statistics), ranked on the same held-out tasks.
+
+steps="auto": on the same held-out tasks and on plain 5-way 1-shot test episodes (no
+noise), the query accuracy after 1..5 fixed inner steps and with ``steps="auto"`` (the
+fewest steps whose predicted accuracy is within ``auto_epsilon`` of the best predicted),
+with 95 % intervals and the mean number of steps taken.
+
+    python benchmarks/predictor.py --seed 0         # full settings (minutes on 2 cores)
+    python benchmarks/predictor.py --quick          # seconds
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import metalearn  # noqa: E402
+from metalearn.datasets import omniglot  # noqa: E402
+from metalearn.keras import optimizers  # noqa: E402
+from metalearn.meta.system import MetaLearner, spearman  # noqa: E402
+from metalearn.networks import MetaLearningNetwork  # noqa: E402
+from metalearn.tasks import NWayKShot  # noqa: E402
+
+from memory_results import VariedTasks  # noqa: E402
+
+
+def mean_ci(v):
+    v = np.asarray(v, np.float64)
+    return float(v.mean()), float(1.96 * v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def pct(v):
+    m, ci = mean_ci(v)
+    return f"{100 * m:.1f} ± {100 * ci:.1f} %"
+
+
+ABLATIONS = (
+    ("all features", ()),
+    ("older features only (gram + statistics)", ("support", "first_step", "recall", "separation")),
+    ("without support", ("support",)),
+    ("without first_step", ("first_step",)),
+    ("without recall", ("recall",)),
+    ("without separation", ("separation",)),
+    ("without statistics", ("statistics",)),
+    ("without gram", ("gram",)),
+    ("without statistics + first_step (learner-free)", ("statistics", "first_step")),
+)
+
+
+def held_out(system, tasks):
+    """Per task: features (no step count), labels, accuracy after 1..K steps."""
+    f, l, c = [], [], []
+    for t in tasks:
+        sx, sy = system._check_support(t.support_x, t.support_y)
+        feats, labels, curve, _ = system._task_record(sx, sy, t.query_x, t.query_y)
+        f.append(feats)
+        l.append(labels)
+        c.append(curve[: system.auto_max_steps])
+    return np.stack(f), np.stack(l), np.stack(c)
+
+
+def predicted_curves(system, f, l):
+    k = system.auto_max_steps
+    out = []
+    for s in range(1, k + 1):
+        x = np.concatenate([f, np.full((len(f), 1), s, np.float32)], 1)
+        out.append(system._predict_raw(x, l))
+    return np.clip(np.stack(out, 1), 0.0, 1.0)
+
+
+def mask_for(system, groups):
+    m = np.ones(system.feature_size, np.float32)
+    for g in groups:
+        a, b = system.feature_groups[g]
+        m[a:b] = 0.0
+    return m
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-ablation", action="store_true")
+    args = ap.parse_args(argv)
+    iters, batch, psteps, episodes, plain = (
+        (20, 4, 20, 20, 20) if args.quick else (2000, 16, 2000, 400, 300)
+    )
+    seed = args.seed
+    metalearn.random.set_seed(seed)
+    t0 = time.perf_counter()
+    x, y, names = omniglot(split="vinyals_trainval", return_names=True)
+    xte, yte, nte = omniglot(split="vinyals_test", return_names=True)
+    train = VariedTasks(x, y, names, q_queries=5, seed=1 + 10 * seed)
+    system = MetaLearner(
+        n_way=5, algorithm="maml", inner_steps=1, inner_lr=0.4, memory_capacity=1000, seed=seed
+    )
+    system.fit(train, iterations=iters, meta_batch_size=batch, verbose=0, remember=True)
+    system.train_predictor(psteps)
+    fit_time = time.perf_counter() - t0
+    print(
+        f"seed {seed}: MAML + predictor, {iters} iterations x {batch} varied tasks "
+        f"(+{psteps} predictor steps on the last {len(system._buffer_t)} tasks) in "
+        f"{fit_time:.0f} s; features {system.feature_size} "
+        f"({', '.join(f'{g} {b - a}' for g, (a, b) in system.feature_groups.items())})"
+    )
+
+    test = VariedTasks(xte, yte, nte, q_queries=15, seed=5 + 10 * seed)
+    tasks = [test.sample() for _ in range(episodes)]
+    t1 = time.perf_counter()
+    f, l, acc = held_out(system, tasks)
+    pred = predicted_curves(system, f, l)
+    # the protocol's achieved accuracy: evaluate_task (1 step, no warm start)
+    achieved = np.asarray([system.evaluate_task(t, warm_start=False) for t in tasks[:50]])
+    assert np.allclose(achieved, acc[:50, 0]), "curve accuracies differ from evaluate_task"
+    rho = spearman(pred[:, 0], acc[:, 0])
+    mae = float(np.mean(np.abs(pred[:, 0] - acc[:, 0])))
+    print(
+        f"  held-out varied tasks: Spearman {rho:.3f} of predicted vs achieved accuracy after "
+        f"1 step over {episodes} tasks (achieved {pct(acc[:, 0])}, mean |error| {mae:.3f})  "
+        f"[{time.perf_counter() - t1:.0f} s]"
+    )
+
+    if not args.no_ablation:
+        saved = (system.predictor, system.predictor_optimizer, system._rng)
+        for name, groups in ABLATIONS:
+            system.predictor = MetaLearningNetwork(128)
+            system.predictor_optimizer = optimizers.Adam(system.predictor_lr)
+            system._rng = np.random.default_rng(1000 + seed)
+            system._feature_mask = mask_for(system, groups)
+            system.train_predictor(psteps)
+            p = predicted_curves(system, f, l)
+            print(f"  ablation, {name:48s}: Spearman {spearman(p[:, 0], acc[:, 0]):.3f}")
+        system.predictor, system.predictor_optimizer, system._rng = saved
+        system._feature_mask = None
+
+    # steps="auto" against fixed step counts
+    plain_test = NWayKShot(
+        (xte, yte), n_way=5, k_shot=1, q_queries=15, augment_rotations=False, seed=7 + seed
+    )
+    sets = (
+        ("held-out varied tasks", tasks, acc),
+        ("plain 5-way 1-shot test episodes", None, None),
+    )
+    for name, ts, a in sets:
+        if ts is None:
+            ts = [plain_test.sample() for _ in range(plain)]
+            _, _, a = held_out(system, ts)
+        line = ", ".join(f"{s + 1} steps {pct(a[:, s])}" for s in range(a.shape[1]))
+        best = int(np.argmax(a.mean(0)))
+        print(f"  {name}: fixed {line}")
+        for eps in (0.0, 0.005, 0.01, 0.02):
+            system.auto_epsilon = eps
+            got, steps = [], []
+            for t in ts:
+                got.append(system.evaluate_task(t, steps="auto", warm_start=False))
+                steps.append(system.last_steps)
+            d = np.asarray(got) - a[:, best]
+            print(
+                f"    auto (epsilon {eps}): {pct(got)} with {np.mean(steps):.2f} steps on "
+                f"average (best fixed: {best + 1} steps {pct(a[:, best])}; paired "
+                f"difference {pct(d)}); steps taken {np.bincount(steps, minlength=6)[1:].tolist()}"
+            )
+        system.auto_epsilon = 0.01
+    print(f"  wall time {time.perf_counter() - t0:.0f} s")
+    return rho
+
+
+if __name__ == "__main__":
+    main()
