@@ -57,14 +57,17 @@ def pct(v):
 
 ABLATIONS = (
     ("all features", ()),
-    ("older features only (gram + statistics)", ("support", "first_step", "recall", "separation")),
+    (
+        "older features only (gram + statistics)",
+        ("support", "first_step", "recall", "separation", "pseudo_query"),
+    ),
     ("without support", ("support",)),
     ("without first_step", ("first_step",)),
     ("without recall", ("recall",)),
     ("without separation", ("separation",)),
-    ("without statistics", ("statistics",)),
+    ("without pseudo_query", ("pseudo_query",)),
     ("without gram", ("gram",)),
-    ("without statistics + first_step (learner-free)", ("statistics", "first_step")),
+    ("without statistics", ("statistics",)),
 )
 
 
@@ -102,10 +105,14 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-ablation", action="store_true")
+    ap.add_argument("--iterations", type=int, help="meta-training iterations (default 2000)")
+    ap.add_argument("--save", help="save the trained system into this folder and stop")
     args = ap.parse_args(argv)
     iters, batch, psteps, episodes, plain = (
         (20, 4, 20, 20, 20) if args.quick else (2000, 16, 2000, 400, 300)
     )
+    if args.iterations is not None:
+        iters = args.iterations
     seed = args.seed
     metalearn.random.set_seed(seed)
     t0 = time.perf_counter()
@@ -118,6 +125,16 @@ def main(argv=None):
     system.fit(train, iterations=iters, meta_batch_size=batch, verbose=0, remember=True)
     system.train_predictor(psteps)
     fit_time = time.perf_counter() - t0
+    if args.save:
+        system.save(args.save)
+        np.savez(
+            os.path.join(args.save, "buffer.npz"),
+            x=np.stack(system._buffer_x),
+            l=np.stack(system._buffer_l),
+            c=np.stack(system._buffer_c),
+        )
+        print(f"saved into {args.save} after {fit_time:.0f} s")
+        return None
     print(
         f"seed {seed}: MAML + predictor, {iters} iterations x {batch} varied tasks "
         f"(+{psteps} predictor steps on the last {len(system._buffer_t)} tasks) in "

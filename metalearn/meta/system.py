@@ -40,19 +40,32 @@ the current meta-head so that meta-training since the store does not make it sta
 likewise the bias. The algorithm's own inner loop then runs from there. Otherwise
 adaptation starts from the meta-weights, exactly as the algorithm alone.
 
-The predictor's input (``task_features``): the features are the cosine Gram matrix of the
-centred support embeddings ``(n_support, n_support)``, its diagonal replaced by each
-example's distance from the centre over the centre's norm, flattened and followed by the
-task's difficulty statistics (``task_statistics``, all from the support set: the learner's
-support loss before and after its inner-loop adaptation, the adapted model's support
-accuracy, margin and entropy, and the separation of the class prototypes in the
-embedding); its ``labels`` are the one-hot support labels flattened: the network needs
-them to tell which entries of the Gram matrix are within a class and which between
-classes (how separable the classes are is what makes a task hard). While training it sees
-the same tasks with their examples and class numbers randomly permuted, so it learns that
-neither order matters. The statistics lifted the Spearman correlation of predicted and
-achieved accuracy on held-out Omniglot tasks of varied difficulty from 0.48 (Gram matrix
-and labels alone) to 0.54 (``benchmarks/memory_results.py --only c``).
+The predictor's input (``task_features``, laid out as ``feature_groups`` says), all from
+the support set: the cosine Gram matrix of the centred support embeddings
+``(n_support, n_support)`` (its diagonal replaced by each example's distance from the
+centre over the centre's norm), flattened; the task's difficulty statistics
+(``task_statistics``: the learner's support loss before and after its ``inner_steps``-step
+adaptation, the adapted model's support accuracy, margin and entropy, prototype cosines
+and distances); statistics of the support inputs themselves (level, spread, share of
+values away from both ends of their range, cosines of the class means); the first inner
+step (support loss before and after it, its relative drop, the gradient norm at the
+meta-weights, support accuracy after it); the knowledge memory's top-1 and mean top-k
+similarity to the task's key (how familiar the task is); prototype separation (min and
+mean distance between class prototypes over the within-class spread, or for one-shot
+tasks the examples' spread about the task's mean); and the number of inner steps the
+prediction is for. The non-Gram features are standardised by their mean and spread over
+the predictor's buffer (and clipped to +-5), and the network predicts the accuracy in
+units of the buffer's accuracy spread about its mean, so that features of any scale are
+usable from the first step. Its ``labels`` are the one-hot support labels flattened: the
+network needs them to tell which entries of the Gram matrix are within a class and which
+between classes. While training it sees the same tasks with their examples and class
+numbers randomly permuted, so it learns that neither order matters. During ``fit`` each
+task's query accuracy is measured after 1..``auto_max_steps`` inner steps (one run that
+records the intermediate weights), and each predictor example takes one of those step
+counts at random, so the one network predicts the accuracy after any of them;
+``adapt(steps="auto")`` uses that curve. ``benchmarks/predictor.py`` measures the
+Spearman correlation on held-out Omniglot tasks, what each feature group adds, and
+``steps="auto"`` against fixed step counts.
 """
 
 import json
@@ -76,7 +89,7 @@ __all__ = ["MetaLearner", "spearman", "rankdata"]
 
 _ALGORITHMS = ("maml", "fomaml", "reptile", "anil", "metasgd")
 # what the predictor's feature vector holds (saved with a system; load refuses another)
-_PREDICTOR_FEATURES = "gram+statistics+support+first_step+recall+separation+steps/2"
+_PREDICTOR_FEATURES = "gram+statistics+support+first_step+recall+separation+pseudo_query+steps/2"
 
 
 # ------------------------------------------------------------------ statistics
@@ -564,6 +577,20 @@ class MetaLearner:
     RECALL = ("recall_similarity_top1", "recall_similarity_topk_mean")
     #: min and mean distance between class prototypes over the within-class spread
     SEPARATION = ("prototype_separation_min", "prototype_separation_mean")
+    #: pseudo-queries: the support examples slightly shifted (images) or jittered; the
+    #: adapted model's accuracy, margin and loss on them after 1 and after
+    #: auto_max_steps steps, and the accuracy and margin of the nearest class prototype
+    #: in the embedding
+    PSEUDO_QUERY = (
+        "pseudo_query_accuracy_first_step",
+        "pseudo_query_margin_first_step",
+        "pseudo_query_loss_first_step",
+        "pseudo_query_accuracy_last_step",
+        "pseudo_query_margin_last_step",
+        "pseudo_query_loss_last_step",
+        "pseudo_query_prototype_accuracy",
+        "pseudo_query_prototype_margin",
+    )
     #: the step count a prediction is for (the last entry of the predictor's input)
     STEPS = ("steps",)
 
@@ -578,6 +605,7 @@ class MetaLearner:
             ("first_step", len(self.FIRST_STEP)),
             ("recall", len(self.RECALL)),
             ("separation", len(self.SEPARATION)),
+            ("pseudo_query", len(self.PSEUDO_QUERY)),
             ("steps", len(self.STEPS)),
         )
         out, at = {}, 0
@@ -642,7 +670,46 @@ class MetaLearner:
         )
         within = max(float(within), 1e-6)
         separation = [d.min() / within, d.mean() / within]
-        return support + first + recall + separation
+        return support + first + recall + separation + self._pseudo_query(sx, sy, e, curve)
+
+    def _pseudo_query(self, sx, sy, emb_centred, curve):
+        """How the adapted learner and the prototypes fare on deformed support examples:
+        with one example per class the support set holds no query, and these stand in."""
+        sx = np.asarray(sx, np.float32)
+        if sx.ndim >= 3:  # images: shifted by 2 pixels in 8 directions
+            moves = [(-2, 0), (2, 0), (0, -2), (0, 2), (-2, -2), (2, 2), (-2, 2), (2, -2)]
+            px = np.concatenate([np.roll(sx, m, axis=(1, 2)) for m in moves])
+        else:  # vectors: jittered by a quarter of each feature's spread, fixed noise
+            noise = np.random.default_rng(0).standard_normal((8,) + sx.shape)
+            scale = 0.25 * (sx.std(0) + 1e-6)
+            px = (sx[None] + noise * scale).reshape((-1,) + sx.shape[1:]).astype(np.float32)
+        py = np.tile(sy, len(px) // len(sy))
+        rows = np.arange(len(py))
+        softmax = getattr(self.model, "output_activation", None) == "softmax"
+        out = []
+        for w in (curve[0], curve[-1]):
+            with _core_no_grad():
+                z = np.asarray(self._run(w, px), np.float64)
+            if softmax:
+                z = np.log(np.clip(z, 1e-7, 1.0))
+            z = z - z.max(1, keepdims=True)
+            lp = z - np.log(np.exp(z).sum(1, keepdims=True))
+            wrong = np.where(np.eye(z.shape[1], dtype=bool)[py], -np.inf, z)
+            out += [
+                float(np.mean(z.argmax(1) == py)),
+                float(np.mean(z[rows, py] - wrong.max(1))),
+                float(-lp[rows, py].mean()),
+            ]
+        # nearest prototype (cosine, centred embeddings): the metric learners' view
+        pe = np.asarray(self.embed(px), np.float64) - self.center
+        classes = np.unique(sy)
+        protos = _normalize(np.stack([emb_centred[sy == c].mean(0) for c in classes]))
+        sims = _normalize(pe).astype(np.float64) @ protos.T.astype(np.float64)
+        idx = np.searchsorted(classes, py)
+        own = sims[rows, idx]
+        other = np.where(np.eye(len(classes), dtype=bool)[idx], -np.inf, sims).max(1)
+        out += [float(np.mean(own > other)), float(np.mean(own - other))]
+        return out
 
     def _curve_weights(self, sx, sy, steps):
         """Adapted weights after 1..steps inner steps (one run), all trainable weights."""
@@ -778,9 +845,12 @@ class MetaLearner:
         )
 
     def _predictor_batch(self, index):
-        """Features (with a random step count each), labels and the accuracy reached
-        after that many steps, for the buffer's tasks `index`."""
-        steps = self._rng.integers(1, self.auto_max_steps + 1, len(index))
+        """Features, labels and reached accuracy for the buffer's tasks `index`, each task
+        once per step count 1..auto_max_steps (the step count the last feature): every
+        example teaches the whole curve, none is spent on one point of it alone."""
+        k = self.auto_max_steps
+        index = np.repeat(np.asarray(index), k)
+        steps = np.tile(np.arange(1, k + 1), len(index) // k)
         x = np.stack([self._buffer_x[i] for i in index])
         x = np.concatenate([x, steps[:, None].astype(np.float32)], 1)
         lab = np.stack([self._buffer_l[i] for i in index])
@@ -1047,7 +1117,8 @@ class MetaLearner:
         return model, float(curve[min(max(steps, 1), self.auto_max_steps) - 1])
 
     def evaluate_task(self, task, steps=None, warm_start=True):
-        """Query accuracy of ``adapt`` on one task (a Task with a query set)."""
+        """Query accuracy of ``adapt`` on one task (a Task with a query set); `steps` as
+        for ``adapt`` (``"auto"`` included)."""
         model, _ = self.adapt(task.support_x, task.support_y, steps=steps, warm_start=warm_start)
         with _core_no_grad():
             out = model(np.ascontiguousarray(np.asarray(task.query_x, np.float32)), training=True)
@@ -1067,10 +1138,13 @@ class MetaLearner:
         """Meta-trains the learner, fills the memory and trains the predictor.
 
         Each iteration: one meta-update of the algorithm on a batch of tasks; then, for
-        every task of the batch, the accuracy reached after ``inner_steps`` adaptation
-        steps is measured on its query set, the task's knowledge is stored (``remember``)
-        and (task features, accuracy) join the predictor's buffer; one predictor step
-        (MSE, Adam) on the current batch plus a sample of the buffer.
+        every task of the batch, the accuracy reached after 1..``auto_max_steps`` (and
+        ``inner_steps``) adaptation steps is measured on its query set, the task's
+        features are computed (before its knowledge joins the memory, so the recall
+        features see only earlier tasks), the knowledge is stored (``remember``) and
+        (task features, accuracies) join the predictor's buffer; one predictor step (MSE,
+        Adam; each example with a random step count) on the current batch plus a sample
+        of the buffer.
 
         Args:
             tasks: an N-way task sampler (``metalearn.tasks.NWayKShot``), a callable
