@@ -4,9 +4,13 @@ MAML (second order) on Omniglot 5-way 1-shot with the MAML paper's MLP (which ha
 normalisation), meta-trained once per mode (``batch_norm="transductive" | "support" |
 "running"``) with the same seed and budget, each evaluated on the same 600 held-out
 episodes (Vinyals test split, 15 queries per class) in every mode. Prints a table of mean
-accuracy ± 95 % interval. Usage::
+accuracy ± 95 % interval. ``--algorithms maml,anil,reptile`` adds ANIL (inner rate 0.4, one
+step, as MAML) and Reptile (inner rate 0.1, 5 first-order steps, Adam meta-optimizer at
+0.001) rows at the same budget; ``--quick`` is a smoke run (60 iterations, 100 episodes).
+Usage::
 
     python benchmarks/bn_modes.py [--iterations 600] [--episodes 600] [--data FOLDER]
+                                  [--algorithms maml,anil,reptile] [--quick]
 """
 
 import argparse
@@ -19,6 +23,19 @@ from metalearn.datasets import omniglot
 from metalearn.meta import models
 
 MODES = ("transductive", "support", "running")
+# each algorithm's learner for a batch-norm mode (the MLP of the MAML paper)
+LEARNERS = {
+    "maml": lambda mode: meta.MAML(models.omniglot_mlp(5), inner_lr=0.4, batch_norm=mode),
+    "anil": lambda mode: meta.ANIL(models.omniglot_mlp(5), inner_lr=0.4, batch_norm=mode),
+    "reptile": lambda mode: meta.Reptile(
+        models.omniglot_mlp(5),
+        inner_lr=0.1,
+        inner_steps=5,
+        meta_optimizer="adam",
+        meta_lr=0.001,
+        batch_norm=mode,
+    ),
+}
 
 
 def main(argv=None):
@@ -28,20 +45,30 @@ def main(argv=None):
     p.add_argument("--episodes", type=int, default=600)
     p.add_argument("--data", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--algorithms", default="maml", help="comma-separated: maml,anil,reptile")
+    p.add_argument("--quick", action="store_true", help="60 iterations, 100 episodes")
     args = p.parse_args(argv)
+    if args.quick:
+        args.iterations, args.episodes = 60, 100
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    unknown = [a for a in algorithms if a not in LEARNERS]
+    if unknown or not algorithms:
+        p.error(f"--algorithms: choose from {sorted(LEARNERS)}, got {args.algorithms!r}")
     x_tr, y_tr = omniglot(path=args.data, split="vinyals_trainval")
     x_te, y_te = omniglot(path=args.data, split="vinyals_test")
     print(
-        f"MAML 2nd order, Omniglot 5-way 1-shot, MLP with batch norm, "
-        f"{args.iterations} meta-iterations of {args.meta_batch_size} tasks, inner lr 0.4, "
-        f"1 step; {args.episodes} test episodes (the same for every row)"
+        f"Omniglot 5-way 1-shot, MLP with batch norm, "
+        f"{args.iterations} meta-iterations of {args.meta_batch_size} tasks (MAML 2nd order, "
+        f"inner lr 0.4, 1 step); {args.episodes} test episodes (the same for every row)"
     )
     print(
-        f"{'trained with':>14s} | " + " | ".join(f"{'eval ' + m:>22s}" for m in MODES) + " | time"
+        f"{'algorithm':>9s} | {'trained with':>14s} | "
+        + " | ".join(f"{'eval ' + m:>22s}" for m in MODES)
+        + " | time"
     )
-    for train_mode in MODES:
+    for algorithm, train_mode in ((a, m) for a in algorithms for m in MODES):
         ml.random.set_seed(args.seed)
-        learner = meta.MAML(models.omniglot_mlp(5), inner_lr=0.4, batch_norm=train_mode)
+        learner = LEARNERS[algorithm](train_mode)
         train = tasks.NWayKShot((x_tr, y_tr), 5, 1, 15, seed=args.seed)
         t0 = time.perf_counter()
         learner.fit(
@@ -55,7 +82,11 @@ def main(argv=None):
             r = learner.evaluate(test, episodes=args.episodes)
             cells.append(f"{100 * r['accuracy']:6.2f} ± {100 * r['ci95']:.2f} %")
         learner.batch_norm = train_mode
-        print(f"{train_mode:>14s} | " + " | ".join(f"{c:>22s}" for c in cells) + f" | {wall:.0f} s")
+        print(
+            f"{algorithm:>9s} | {train_mode:>14s} | "
+            + " | ".join(f"{c:>22s}" for c in cells)
+            + f" | {wall:.0f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,12 @@ The row of issue 20: conv4 (64 filters, batch norm, ReLU, 2x2 max pool) on 28x28
 F.batch_norm in training mode, create_graph=True), channels-first as it prefers.
 Images are random (speed does not depend on pixel values). Interleaved chunks, medians,
 ratio from the same run (run_all.interleaved).
+
+    python benchmarks/conv_maml.py --loop --min      # + metalearn's per-task loop, min-of-N
+
+--loop adds metalearn's per-task loop (vectorize=False: the path conv4 took before its
+batched forms existed), so the vectorised meta-batch is measured against it in the same
+process; --min reports each one's fastest chunk instead of the median (a shared machine).
 """
 
 import argparse
@@ -29,13 +35,13 @@ import metalearn as ml  # noqa: E402
 N, KS, Q, LR = 5, 1, 15, 0.4
 
 
-def ml_step(mb):
+def ml_step(mb, vectorize="auto"):
     from metalearn.meta import MAML, models
     from metalearn.tasks import NWayKShot
 
     data = _omniglot_like()
     ml.random.set_seed(0)
-    maml = MAML(models.conv4(N), inner_lr=LR, inner_steps=1, meta_lr=1e-3)
+    maml = MAML(models.conv4(N), inner_lr=LR, inner_steps=1, meta_lr=1e-3, vectorize=vectorize)
     tasks = NWayKShot(data, N, KS, Q, augment_rotations=False, seed=0)
     return lambda: maml.fit(tasks, iterations=1, meta_batch_size=mb, verbose=0)
 
@@ -89,18 +95,53 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--loop", action="store_true", help="also metalearn's per-task loop")
+    p.add_argument("--min", action="store_true", help="min-of-N instead of the median")
+    p.add_argument("--repeats", type=int, default=None)
     args = p.parse_args(argv)
     set_threads(args.threads)
     fns = {"ml": ml_step(args.meta_batch)}
+    if args.loop:
+        fns["ml loop"] = ml_step(args.meta_batch, vectorize=False)
     if torch is not None and not args.no_torch:
         fns["torch loop"] = torch_step(args.meta_batch)
-    t = interleaved(fns, 0.5 if args.quick else 2.0, 3 if args.quick else 5, warmup=1)
+    budget = 0.5 if args.quick else 2.0
+    repeats = args.repeats or (3 if args.quick else 5)
+    if args.min:
+        t = _interleaved_min(fns, budget, repeats)
+    else:
+        t = interleaved(fns, budget, repeats, warmup=1)
     line = f"MAML conv4 Omniglot 5w1s q15, meta-batch {args.meta_batch}, 2nd order, "
     line += f"{args.threads} thread(s): metalearn {1 / t['ml']:.2f} iter/s"
+    if "ml loop" in t:
+        line += f", metalearn per-task loop {1 / t['ml loop']:.2f} iter/s "
+        line += f"(vectorised {t['ml loop'] / t['ml']:.2f}x the loop)"
     if "torch loop" in t:
         line += f", torch loop {1 / t['torch loop']:.2f} iter/s, "
         line += f"ratio {t['torch loop'] / t['ml']:.2f}x"
-    print(line)
+        if "ml loop" in t:
+            line += f" (per-task loop {t['torch loop'] / t['ml loop']:.2f}x)"
+    print(line + (" [min of N]" if args.min else " [median]"))
+
+
+def _interleaved_min(fns, budget, repeats):
+    """As run_all.interleaved, but each one's fastest chunk (seconds per call): on a
+    machine shared with other work the minimum is the least disturbed measurement."""
+    import time
+
+    from run_all import calibrate
+
+    for f in fns.values():
+        f()
+    number = {k: calibrate(f, budget) for k, f in fns.items()}
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(number[k]):
+                f()
+            best[k] = min(best[k], (time.perf_counter() - t0) / number[k])
+    return best
 
 
 if __name__ == "__main__":

@@ -102,6 +102,8 @@ def _learner_tensors(learner):
     model_w = list(learner.model.weights)
     ids = {id(w) for w in model_w}
     meta = learner._meta_params() if hasattr(learner, "_meta_params") else []
+    # (and state that is no meta-parameter: MAML++'s per-step moving statistics)
+    meta = list(meta) + list(getattr(learner, "_state_tensors", list)())
     extra = [w for w in meta if id(w) not in ids]
     names = [f"model/{i}" for i in range(len(model_w))] + [f"extra/{i}" for i in range(len(extra))]
     return names, model_w + extra

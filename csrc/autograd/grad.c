@@ -7,7 +7,9 @@
  *   2. the sub-graph that requires grad, in topological order (build_topo), and which of
  *      its tensors lead to an input (mark_needed): only their backward runs;
  *   3. seed the outputs (seed_outputs) and walk the slots in reverse (run_node), summing
- *      each input's gradient terms in that order;
+ *      each input's gradient terms in that order, except two kinds kept apart until the
+ *      tensor's own turn (settle): a narrow's term (all of a tensor's narrows: one concat)
+ *      and a 2-D weight's term of a 2-D product (all of its products: one GEMM);
  *   4. zeros for an input reached only through piecewise-constant ops (fill_flat_zeros),
  *      then, when every input has one (check_used), hand the gradients out (hand_out). */
 #include <math.h>
@@ -15,11 +17,27 @@
 #include "../core/ptrmap.h"
 #include "../ops/ops.h"
 
-/* Per tensor in the sub-graph: its gradient so far and whether it leads to an input. */
+/* A gradient term that a narrow of the slot's tensor passes back: g for the rows
+ * [start, start + g's length) of axis `axis`, zeros elsewhere. */
+typedef struct {
+    ml_tensor *g;
+    int64_t start;
+    int axis;
+    int32_t order; /* arrival */
+} piece;
+
+/* Per tensor in the sub-graph: its gradient so far, whether it leads to an input, and the
+ * terms kept apart until the tensor's own turn (settle): those its narrows passed back,
+ * and, for a 2-D b of several products a @ b (or a @ b^T), the pairs (l, r) whose l^T r
+ * are b's terms. */
 typedef struct {
     ml_tensor *t;
     ml_tensor *grad;
     int needed;
+    piece *pieces;
+    int32_t n_pieces, cap_pieces;
+    ml_tensor **pairs; /* l0, r0, l1, r1, ... */
+    int32_t n_pairs, cap_pairs;
 } gslot;
 
 typedef struct {
@@ -54,7 +72,7 @@ static int graph_add(graph *g, ml_tensor *t) {
         g->cap = cap;
     }
     if (ml__ptrmap_put(&g->map, t, g->n) < 0) return -1;
-    g->slots[g->n] = (gslot){t, NULL, 0};
+    g->slots[g->n] = (gslot){t, NULL, 0, NULL, 0, 0, NULL, 0, 0};
     return g->n++;
 }
 
@@ -161,6 +179,170 @@ static ml_status seed_outputs(graph *g, int n_outputs, ml_tensor *const *outputs
     return st;
 }
 
+static ml_status add_piece(gslot *to, const gslot *from) {
+    if (to->n_pieces == to->cap_pieces) {
+        int32_t cap = to->cap_pieces ? 2 * to->cap_pieces : 8;
+        piece *p = realloc(to->pieces, (size_t)cap * sizeof *p);
+        if (!p) return ml_set_error(ML_ERR_OOM, "out of memory in ml_grad");
+        to->pieces = p;
+        to->cap_pieces = cap;
+    }
+    const ml_node *node = from->t->node;
+    ml_retain(from->grad);
+    to->pieces[to->n_pieces] = (piece){from->grad, node->iparams[1], (int)node->iparams[0],
+                                       to->n_pieces};
+    to->n_pieces++;
+    return ML_OK;
+}
+
+static ml_status add_pair(gslot *to, ml_tensor *l, ml_tensor *r) {
+    if (to->n_pairs == to->cap_pairs) {
+        int32_t cap = to->cap_pairs ? 2 * to->cap_pairs : 8;
+        ml_tensor **p = realloc(to->pairs, (size_t)cap * 2 * sizeof *p);
+        if (!p) return ml_set_error(ML_ERR_OOM, "out of memory in ml_grad");
+        to->pairs = p;
+        to->cap_pairs = cap;
+    }
+    ml_retain(l);
+    ml_retain(r);
+    to->pairs[2 * to->n_pairs] = l;
+    to->pairs[2 * to->n_pairs + 1] = r;
+    to->n_pairs++;
+    return ML_OK;
+}
+
+static int piece_cmp(const void *a, const void *b) {
+    const piece *p = a, *q = b;
+    if (p->start != q->start) return p->start < q->start ? -1 : 1;
+    return p->order < q->order ? -1 : p->order > q->order;
+}
+
+static void drop_deferred(gslot *slot) {
+    for (int32_t i = 0; i < slot->n_pieces; i++) ml_release(slot->pieces[i].g);
+    free(slot->pieces);
+    slot->pieces = NULL;
+    slot->n_pieces = slot->cap_pieces = 0;
+    for (int32_t i = 0; i < 2 * slot->n_pairs; i++) ml_release(slot->pairs[i]);
+    free(slot->pairs);
+    slot->pairs = NULL;
+    slot->n_pairs = slot->cap_pairs = 0;
+}
+
+/* Fewer pairs than this are summed term by term (l^T r each, in the order they came: in a
+ * trace each product and its sum fuse into one accumulating GEMM, matmul_into, and two
+ * copies would cost more than they save: the MAML sinusoid step's weights are used twice,
+ * benchmarks/run_all.py maml-sin); this many or more are one GEMM. */
+#define JOIN_PAIRS 4
+
+/* b's term from its pairs: [l0; l1; ...]^T [r0; r1; ...] (the rows of all products in the
+ * order their backward ran): one GEMM instead of one per product and their sum. */
+static ml_status settle_pairs(gslot *slot) {
+    int32_t n = slot->n_pairs;
+    ml_status st = ML_OK;
+    if (n < JOIN_PAIRS) {
+        for (int32_t i = 0; i < n && st == ML_OK; i++) {
+            ml_tensor *term = NULL;
+            st = ml_matmul(&term, slot->pairs[2 * i], slot->pairs[2 * i + 1], 1, 0);
+            if (st == ML_OK) st = accumulate(slot, term);
+            ml_release(term);
+        }
+        return st;
+    }
+    ml_tensor *ls = NULL, *rs = NULL, *term = NULL;
+    ml_tensor **parts = malloc((size_t)n * sizeof *parts);
+    if (!parts) return ml_set_error(ML_ERR_OOM, "out of memory in ml_grad");
+    for (int32_t i = 0; i < n; i++) parts[i] = slot->pairs[2 * i];
+    st = ml_concat(&ls, n, parts, 0);
+    for (int32_t i = 0; i < n; i++) parts[i] = slot->pairs[2 * i + 1];
+    if (st == ML_OK) st = ml_concat(&rs, n, parts, 0);
+    free(parts);
+    if (st == ML_OK) st = ml_matmul(&term, ls, rs, 1, 0);
+    if (st == ML_OK) st = accumulate(slot, term);
+    ml_release(term);
+    ml_release(ls);
+    ml_release(rs);
+    return st;
+}
+
+/* Adds the slot's narrow pieces to its gradient. Pieces along one axis that do not overlap
+ * are one concat, zeros filling the rows no narrow took: each element is then the one term
+ * that reached it, as the padded copies' sum gave (0 + g is g). Overlapping pieces (or
+ * pieces along different axes) are padded and summed in the order they came. */
+static ml_status settle(gslot *slot) {
+    if (slot->n_pairs) {
+        ml_status st = settle_pairs(slot);
+        if (st) return st;
+    }
+    if (!slot->n_pieces) {
+        drop_deferred(slot);
+        return ML_OK;
+    }
+    piece *ps = slot->pieces;
+    int32_t n = slot->n_pieces;
+    const ml_tensor *x = slot->t;
+    int axis = ps[0].axis;
+    int disjoint = 1;
+    for (int32_t i = 1; i < n; i++) disjoint &= ps[i].axis == axis;
+    ml_status st = ML_OK;
+    if (disjoint) {
+        qsort(ps, (size_t)n, sizeof *ps, piece_cmp);
+        for (int32_t i = 0; i + 1 < n; i++)
+            disjoint &= ps[i].start + ps[i].g->shape[axis] <= ps[i + 1].start;
+    }
+    if (!disjoint) {
+        /* back to arrival order, and the narrow's own backward (a padded copy) per piece */
+        for (int32_t i = 0; i < n; i++)
+            while (ps[i].order != i) {
+                piece tmp = ps[ps[i].order];
+                ps[ps[i].order] = ps[i];
+                ps[i] = tmp;
+            }
+        for (int32_t i = 0; i < n && st == ML_OK; i++) {
+            ml_tensor *pad = NULL;
+            st = ml_pad_axis(&pad, ps[i].g, ps[i].axis, ps[i].start, x->shape[ps[i].axis]);
+            if (st == ML_OK) st = accumulate(slot, pad);
+            ml_release(pad);
+        }
+        drop_deferred(slot);
+        return st;
+    }
+    /* the parts in row order: the pieces and, between them, zeros (made here: zeros[]) */
+    ml_tensor **parts = malloc((size_t)(3 * n + 2) * sizeof *parts);
+    if (!parts) return ml_set_error(ML_ERR_OOM, "out of memory in ml_grad");
+    ml_tensor **zeros = parts + 2 * n + 1;
+    int np = 0, nz = 0;
+    int64_t at = 0, shape[ML_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    for (int32_t i = 0; i <= n && st == ML_OK; i++) {
+        int64_t next = i < n ? ps[i].start : x->shape[axis];
+        if (next > at) {
+            shape[axis] = next - at;
+            st = ml_tensor_full(&zeros[nz], x->ndim, shape, 0.0f);
+            if (st) break;
+            parts[np++] = zeros[nz++];
+        }
+        if (i < n) {
+            parts[np++] = ps[i].g;
+            at = ps[i].start + ps[i].g->shape[axis];
+        }
+    }
+    if (st == ML_OK) {
+        ml_tensor *whole = NULL;
+        if (np == 1) {
+            whole = parts[0];
+            ml_retain(whole);
+        } else {
+            st = ml_concat(&whole, np, parts, axis);
+        }
+        if (st == ML_OK) st = accumulate(slot, whole);
+        ml_release(whole);
+    }
+    for (int i = 0; i < nz; i++) ml_release(zeros[i]);
+    free(parts);
+    drop_deferred(slot);
+    return st;
+}
+
 /* Runs the backward of slot's node (slot has a gradient and leads to an input) and adds
  * each wanted input's term to that input's slot, in input order. */
 static ml_status run_node(graph *g, gslot *slot) {
@@ -181,6 +363,21 @@ static ml_status run_node(graph *g, gslot *slot) {
         int32_t p = ml__ptrmap_get(&g->map, node->inputs[i]);
         want[i] = p >= 0 && g->slots[p].needed;
     }
+    /* b's term of a @ b (both 2-D, a not transposed) is a^T g, of a @ b^T g^T a: kept as
+     * the pair (a, g) or (g, a), so that b's terms over all its products are one GEMM (a
+     * weight used at every step of a recurrence, and at every step of its gradient)
+     * instead of one small GEMM per product and their sum */
+    int pair = node->op == &ml_op_table[OP_MATMUL] && want[1] && node->iparams[0] == 0 &&
+               node->inputs[0]->ndim == 2 && node->inputs[1]->ndim == 2;
+    int pair_tb = pair && node->iparams[1] != 0;
+    if (pair) want[1] = 0;
+    if (node->op == &ml_op_table[OP_NARROW]) {
+        /* kept as a piece: the pieces of a tensor cut into steps or gates become one concat
+         * instead of a zero-padded copy of the whole tensor per narrow, summed */
+        if (want[0]) st = add_piece(&g->slots[ml__ptrmap_get(&g->map, node->inputs[0])], slot);
+        if (want != want_inline) free(want);
+        return st;
+    }
     const unsigned char *prev_want = ml__grad_wanted;
     ml__grad_wanted = want;
     st = node->op->backward(slot->t, slot->grad, gin);
@@ -190,6 +387,10 @@ static ml_status run_node(graph *g, gslot *slot) {
             st = accumulate(&g->slots[ml__ptrmap_get(&g->map, node->inputs[i])], gin[i]);
         ml_release(gin[i]);
     }
+    if (st == ML_OK && pair)
+        st = add_pair(&g->slots[ml__ptrmap_get(&g->map, node->inputs[1])],
+                      pair_tb ? slot->grad : node->inputs[0],
+                      pair_tb ? node->inputs[0] : slot->grad);
     if (want != want_inline) free(want);
     if (gin != gin_inline) free(gin);
     return st;
@@ -201,6 +402,7 @@ static ml_status sweep(graph *g, int n_inputs, ml_tensor *const *inputs) {
     ml_status st = ML_OK;
     for (int32_t k = g->n - 1; k >= 0 && st == ML_OK; k--) {
         gslot *slot = &g->slots[k];
+        if ((st = settle(slot))) break; /* every narrow of it has run: its pieces are in */
         if (!slot->t->node || !slot->needed || !slot->grad) continue;
         if ((st = run_node(g, slot))) break;
         int is_input = 0;
@@ -328,7 +530,10 @@ ml_status ml_grad(ml_tensor **grads, int n_outputs, ml_tensor *const *outputs, i
         if (st == ML_OK) st = hand_out(&g, grads, n_inputs, inputs, create_graph);
     }
     ml_set_grad_enabled(prev_mode);
-    for (int32_t k = 0; k < g.n; k++) ml_release(g.slots[k].grad);
+    for (int32_t k = 0; k < g.n; k++) {
+        ml_release(g.slots[k].grad);
+        drop_deferred(&g.slots[k]);
+    }
     free(g.slots);
     ml__ptrmap_free(&g.map);
     return st;

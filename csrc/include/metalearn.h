@@ -312,6 +312,12 @@ typedef enum ml_padding {
  * Gradients of any order (the backward ops are conv2d's transposes, themselves recorded). */
 ml_status ml_conv2d(ml_tensor **out, ml_tensor *x, ml_tensor *kernel, ml_tensor *bias, int stride_h,
                     int stride_w, ml_padding padding);
+/* conv2d for T tasks at once, each with its own kernel (MAML's per-task fast weights):
+ * x (T, N, H, W, C), kernel (T, KH, KW, C, F), bias (T, F) or NULL -> (T, N, OH, OW, F);
+ * task t's slice is conv2d(x[t], kernel[t], bias[t]), with the same numbers. Gradients of any
+ * order. */
+ml_status ml_conv2d_batched(ml_tensor **out, ml_tensor *x, ml_tensor *kernel, ml_tensor *bias,
+                            int stride_h, int stride_w, ml_padding padding);
 /* Depthwise convolution: x (N, H, W, C), kernel (KH, KW, C, M), bias (C*M) or NULL ->
  * (N, OH, OW, C*M); output channel c*M + m is channel c convolved with kernel[:, :, c, m]
  * (Keras' DepthwiseConv2D with depth_multiplier M). Padding and strides as conv2d; gradients

@@ -639,23 +639,20 @@ typedef struct {
     const float *qn;
     const int64_t *probe; /* n x nprobe lists */
     const slot_filter *f;
-    float *isim; /* n x nprobe x k: each (query, list) task's top-k */
+    float *isim; /* n x ivf_groups(nprobe) x k (room for n x nprobe x k): each task's top-k */
     int64_t *iidx;
 } ivf_ctx;
 
-static void ivf_task(void *vctx, int64_t t) {
-    const ivf_ctx *x = vctx;
-    const ml_memory *m = x->m;
+/* Offers every key of list l to the top-k (ts, ti, *len) of the normalised query q, under
+ * the total order (score down, slot up): the list it ends with does not depend on the
+ * order of the lists offered, nor on how they are split between top-k lists later merged. */
+static void scan_list(const ml_memory *m, const float *q, int64_t l, int64_t k, float *ts,
+                      int64_t *ti, int64_t *plen, const slot_filter *f) {
     const ivf_index *v = m->ivf;
-    const int64_t k = x->k, d = m->key_size, i = t / x->nprobe, l = x->probe[t];
-    const float *q = x->qn + i * d;
-    float *ts = x->isim + t * k;
-    int64_t *ti = x->iidx + t * k, len = 0;
-    for (int64_t e = 0; e < k; e++) ts[e] = -INFINITY, ti[e] = -1;
-    if (l < 0) return;
-    const int64_t *ids = v->ids[l], nl = v->len[l];
+    const int64_t d = m->key_size, *ids = v->ids[l], nl = v->len[l];
     const int64_t tile = d <= IVF_GATHER ? (IVF_GATHER / d < SCAN_TILE ? IVF_GATHER / d : SCAN_TILE)
                                          : 1;
+    int64_t len = *plen;
     float sc[SCAN_TILE];
     uint16_t gh[IVF_GATHER];
     int8_t gi[IVF_GATHER];
@@ -690,8 +687,41 @@ static void ivf_task(void *vctx, int64_t t) {
                 e += 7;
                 continue;
             }
-            if (accepted(x->f, ids[b + e])) topk_push_ordered(ts, ti, &len, k, sc[e], ids[b + e]);
+            if (accepted(f, ids[b + e])) topk_push_ordered(ts, ti, &len, k, sc[e], ids[b + e]);
         }
+    }
+    *plen = len;
+}
+
+/* A task of a threaded search: IVF_GROUP consecutive lists of one query's probes (a
+ * constant: the split is the shape's), one top-k over them. */
+#define IVF_GROUP 8
+static int64_t ivf_groups(int64_t nprobe) { return (nprobe + IVF_GROUP - 1) / IVF_GROUP; }
+
+static void ivf_task(void *vctx, int64_t t) {
+    const ivf_ctx *x = vctx;
+    const int64_t k = x->k, groups = ivf_groups(x->nprobe), i = t / groups;
+    const int64_t p0 = i * x->nprobe + (t % groups) * IVF_GROUP;
+    const int64_t p1 = p0 + IVF_GROUP < (i + 1) * x->nprobe ? p0 + IVF_GROUP : (i + 1) * x->nprobe;
+    float *ts = x->isim + t * k;
+    int64_t *ti = x->iidx + t * k, len = 0;
+    for (int64_t e = 0; e < k; e++) ts[e] = -INFINITY, ti[e] = -1;
+    for (int64_t p = p0; p < p1; p++)
+        if (x->probe[p] >= 0)
+            scan_list(x->m, x->qn + i * x->m->key_size, x->probe[p], k, ts, ti, &len, x->f);
+}
+
+/* The top-nprobe centroids of the normalised query q, (pi, ps): score down, list up. */
+static void coarse_probe(const ivf_index *v, const float *q, int64_t d, int64_t nprobe, int64_t *pi,
+                         float *ps) {
+    const int64_t nl = v->nlist;
+    float s[IVF_TILE];
+    int64_t len = 0;
+    for (int64_t e = 0; e < nprobe; e++) pi[e] = -1, ps[e] = -INFINITY;
+    for (int64_t c0 = 0; c0 < nl; c0 += IVF_TILE) {
+        const int64_t nb = nl - c0 < IVF_TILE ? nl - c0 : IVF_TILE;
+        ml__key_scores(1, q, nb, v->centroids + c0 * d, d, s);
+        offer_row(ps, pi, &len, nprobe, s, nb, c0, NULL);
     }
 }
 
@@ -702,7 +732,7 @@ static ml_status ivf_search(const ml_memory *m, int64_t n, const float *qn, int6
                             int64_t nprobe, int64_t *idx, float *sim, const slot_filter *f,
                             const search_buffers *buf) {
     const ivf_index *v = m->ivf;
-    const int64_t d = m->key_size, nl = v->nlist;
+    const int64_t d = m->key_size;
     /* a small search (one query, a few lists) keeps its scratch on the stack: no malloc */
     int64_t probe_s[IVF_STACK_LISTS], iidx_s[IVF_STACK_HITS];
     float psim_s[IVF_STACK_LISTS], isim_s[IVF_STACK_HITS];
@@ -725,17 +755,8 @@ static ml_status ivf_search(const ml_memory *m, int64_t n, const float *qn, int6
                           (long long)n);
         goto done;
     }
-    for (int64_t i = 0; i < n; i++) { /* the coarse step: top-nprobe centroids */
-        float s[IVF_TILE];
-        int64_t len = 0, *pi = probe + i * nprobe;
-        float *ps = psim + i * nprobe;
-        for (int64_t e = 0; e < nprobe; e++) pi[e] = -1, ps[e] = -INFINITY;
-        for (int64_t c0 = 0; c0 < nl; c0 += IVF_TILE) {
-            int64_t nb = nl - c0 < IVF_TILE ? nl - c0 : IVF_TILE;
-            ml__key_scores(1, qn + i * d, nb, v->centroids + c0 * d, d, s);
-            offer_row(ps, pi, &len, nprobe, s, nb, c0, NULL);
-        }
-    }
+    for (int64_t i = 0; i < n; i++) /* the coarse step: top-nprobe centroids */
+        coarse_probe(v, qn + i * d, d, nprobe, probe + i * nprobe, psim + i * nprobe);
     ivf_ctx x = {.m = m,
                  .n = n,
                  .k = k,
@@ -749,14 +770,27 @@ static ml_status ivf_search(const ml_memory *m, int64_t n, const float *qn, int6
      * the scan (every task's list is merged in task order, so this changes no bit). */
     int64_t keys = 0;
     for (int64_t t = 0; t < n * nprobe; t++) keys += probe[t] >= 0 ? v->len[probe[t]] : 0;
-    ml__parallel_for(n * nprobe, keys * d <= IVF_SERIAL_WORK ? 1 : 0, ivf_task, &x);
+    if (keys * d <= IVF_SERIAL_WORK) {
+        /* one top-k per query over all its lists (the same list as merging one per list,
+         * the order being total), whose full list's threshold skips most blocks early */
+        for (int64_t i = 0; i < n; i++) {
+            int64_t l = 0;
+            for (int64_t t = i * nprobe; t < (i + 1) * nprobe; t++)
+                if (probe[t] >= 0)
+                    scan_list(m, qn + i * d, probe[t], k, sim + i * k, idx + i * k, &l, f);
+        }
+        goto rescore;
+    }
+    const int64_t groups = ivf_groups(nprobe);
+    ml__parallel_for(n * groups, 0, ivf_task, &x);
     for (int64_t i = 0; i < n; i++) {
         int64_t l = 0;
-        for (int64_t t = i * nprobe; t < (i + 1) * nprobe; t++)
+        for (int64_t t = i * groups; t < (i + 1) * groups; t++)
             for (int64_t e = 0; e < k && iidx[t * k + e] >= 0; e++)
                 topk_push_ordered(sim + i * k, idx + i * k, &l, k, isim[t * k + e],
                                   iidx[t * k + e]);
     }
+rescore:
     if (m->key_dtype != ML_KEY_FLOAT32) rescore_f32(m, n, qn, k, idx, sim);
 done:
     if ((!buf || probe != buf->probe) && probe != probe_s) free(probe);

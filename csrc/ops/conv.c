@@ -24,6 +24,12 @@
  * says it pays (ml__wino_pays): forward, the input gradient as the forward with the kernel
  * flipped and transposed, and the kernel gradient in the transformed domain. The choice is
  * the shape's, so the three ops keep their contracts and their gradients of every order.
+ *
+ * conv2d_batched is conv2d over a meta-batch of T tasks, each with its own kernel: x
+ * (T,N,H,W,C), k (T,KH,KW,C,F), bias (T,F) -> (T,N,OH,OW,F) (MAML's per-task fast weights).
+ * It and the trio's batched forms (the same ops with a task count, iparams[ML_WIN2D_NPARAMS]:
+ * 0 unbatched) run the kernels above task by task, on one task's shape, so each task's numbers
+ * are those conv2d gives it alone; the identities above hold per task (db sums over N,OH,OW).
  */
 #include <stdatomic.h>
 
@@ -320,24 +326,35 @@ ml_status ml__win2d_check_x(const char *name, const ml_tensor *x, const ml_win2d
     return ML_OK;
 }
 
-static ml_status check_geom_k(const char *name, const ml_tensor *k, const ml_win2d *g) {
-    if (k->ndim != 4 || k->shape[0] != g->kh || k->shape[1] != g->kw || k->shape[2] != g->c)
+/* A tensor of one task's shape `dims` (4-D), with a leading task axis of t when t > 0. */
+static int task_shaped(const ml_tensor *x, int64_t t, const int64_t *dims) {
+    const int o = t > 0;
+    if (x->ndim != 4 + o || (o && x->shape[0] != t)) return 0;
+    for (int i = 0; i < 4; i++)
+        if (dims[i] >= 0 && x->shape[i + o] != dims[i]) return 0;
+    return 1;
+}
+
+static ml_status check_geom_k(const char *name, const ml_tensor *k, const ml_win2d *g, int64_t t) {
+    const int64_t d[4] = {g->kh, g->kw, g->c, -1};
+    if (!task_shaped(k, t, d))
         return ml_set_error(ML_ERR_SHAPE,
-                            "%s: expected kernel of shape (%lld, %lld, %lld, F), "
+                            "%s: expected kernel of shape %s(%lld, %lld, %lld, F), "
                             "got %s",
-                            name, (long long)g->kh, (long long)g->kw, (long long)g->c,
-                            ML_SHAPE_STR(k));
+                            name, t > 0 ? "tasks x " : "", (long long)g->kh, (long long)g->kw,
+                            (long long)g->c, ML_SHAPE_STR(k));
     return ML_OK;
 }
 
-static ml_status check_geom_g(const char *name, const ml_tensor *gy, const ml_win2d *g, int64_t F) {
-    if (gy->ndim != 4 || gy->shape[0] != g->n || gy->shape[1] != g->oh || gy->shape[2] != g->ow ||
-        (F >= 0 && gy->shape[3] != F))
+static ml_status check_geom_g(const char *name, const ml_tensor *gy, const ml_win2d *g, int64_t F,
+                              int64_t t) {
+    const int64_t d[4] = {g->n, g->oh, g->ow, F};
+    if (!task_shaped(gy, t, d))
         return ml_set_error(ML_ERR_SHAPE,
-                            "%s: expected gradient of shape (%lld, %lld, %lld, %lld), "
+                            "%s: expected gradient of shape %s(%lld, %lld, %lld, %lld), "
                             "got %s",
-                            name, (long long)g->n, (long long)g->oh, (long long)g->ow, (long long)F,
-                            ML_SHAPE_STR(gy));
+                            name, t > 0 ? "tasks x " : "", (long long)g->n, (long long)g->oh,
+                            (long long)g->ow, (long long)F, ML_SHAPE_STR(gy));
     return ML_OK;
 }
 
@@ -346,20 +363,30 @@ static ml_status check_geom_g(const char *name, const ml_tensor *gy, const ml_wi
 typedef struct {
     ml_win2d g;
     ml_op_id op;
+    int64_t t; /* tasks (0: unbatched) */
 } conv_params;
+
+static ml_status conv_t(ml_tensor **out, ml_tensor *x, ml_tensor *k, ml_tensor *b,
+                        const ml_win2d *g, int64_t t);
+static ml_status input_grad_t(ml_tensor **out, ml_tensor *gy, ml_tensor *k, const ml_win2d *g,
+                              int64_t t);
+static ml_status kernel_grad_t(ml_tensor **out, ml_tensor *x, ml_tensor *gy, const ml_win2d *g,
+                               int64_t t);
 
 static ml_status replay_conv(ml_tensor **out, ml_tensor **in, const void *params) {
     const conv_params *p = params;
-    if (p->op == OP_CONV2D) return ml__conv2d_geom(out, in[0], in[1], in[2], &p->g);
-    if (p->op == OP_CONV2D_INPUT_GRAD) return ml__conv2d_input_grad(out, in[0], in[1], &p->g);
-    return ml__conv2d_kernel_grad(out, in[0], in[1], &p->g);
+    if (p->op == OP_CONV2D || p->op == OP_CONV2D_BATCHED)
+        return conv_t(out, in[0], in[1], in[2], &p->g, p->t);
+    if (p->op == OP_CONV2D_INPUT_GRAD) return input_grad_t(out, in[0], in[1], &p->g, p->t);
+    return kernel_grad_t(out, in[0], in[1], &p->g, p->t);
 }
 
 static ml_status finish(ml_tensor **out, ml_tensor *o, ml_op_id op, int n, ml_tensor **ins,
-                        const ml_win2d *g) {
-    const conv_params cp = {*g, op};
+                        const ml_win2d *g, int64_t t) {
+    const conv_params cp = {*g, op, t};
     /* conv2d always as (x, kernel, bias or NULL) */
-    ML_TRACE(op, replay_conv, op == OP_CONV2D ? 3 : n, ins, o, &cp);
+    int fwd = op == OP_CONV2D || op == OP_CONV2D_BATCHED;
+    ML_TRACE(op, replay_conv, fwd ? 3 : n, ins, o, &cp);
     ml_node *node = NULL;
     if (ml__should_record(n, ins)) {
         ml_status st = ml__record(o, op, n, ins, &node);
@@ -368,30 +395,58 @@ static ml_status finish(ml_tensor **out, ml_tensor *o, ml_op_id op, int n, ml_te
             return st;
         }
         ml__win2d_store(g, node->iparams);
+        node->iparams[ML_WIN2D_NPARAMS] = t;
     }
     *out = o;
     return ML_OK;
 }
 
+static ml_status check_x_t(const char *name, const ml_tensor *x, const ml_win2d *g, int64_t t) {
+    if (t == 0) return ml__win2d_check_x(name, x, g);
+    const int64_t d[4] = {g->n, g->h, g->w, g->c};
+    if (!task_shaped(x, t, d))
+        return ml_set_error(ML_ERR_SHAPE,
+                            "%s: expected input of shape (%lld, %lld, %lld, %lld, %lld), got %s",
+                            name, (long long)t, (long long)g->n, (long long)g->h, (long long)g->w,
+                            (long long)g->c, ML_SHAPE_STR(x));
+    return ML_OK;
+}
+
 /* ------------------------------------------------------------------- conv2d */
+
+/* The per-task strides of a task-batched op's operands (t > 0), the one task's otherwise. */
+static int64_t tasks_of(int64_t t) { return t > 0 ? t : 1; }
+
+static ml_status conv_t(ml_tensor **out, ml_tensor *x, ml_tensor *k, ml_tensor *b,
+                        const ml_win2d *g, int64_t t) {
+    const char *name = t > 0 ? "conv2d_batched" : "conv2d";
+    ml_status st;
+    if ((st = check_x_t(name, x, g, t)) || (st = check_geom_k(name, k, g, t))) return st;
+    const int o = t > 0;
+    int64_t F = k->shape[3 + o];
+    if (b && (b->ndim != 1 + o || (o && b->shape[0] != t) || b->shape[o] != F))
+        return ml_set_error(ML_ERR_SHAPE, "%s: bias must have shape %s(%lld,), got %s", name,
+                            o ? "tasks x " : "", (long long)F, ML_SHAPE_STR(b));
+    int64_t shape[5] = {t, g->n, g->oh, g->ow, F};
+    ml_tensor *y = NULL;
+    if ((st = ml__new(&y, 4 + o, shape + 1 - o))) return st;
+    const int64_t xs = g->n * g->h * g->w * g->c, ks = g->kh * g->kw * g->c * F;
+    const int64_t ys = g->n * g->oh * g->ow * F;
+    for (int64_t i = 0; i < tasks_of(t); i++) {
+        st = conv_forward_kernel(g, F, x->data + i * xs, k->data + i * ks,
+                                 b ? b->data + i * F : NULL, y->data + i * ys);
+        if (st) {
+            ml_release(y);
+            return st;
+        }
+    }
+    ml_tensor *ins[3] = {x, k, b};
+    return finish(out, y, o ? OP_CONV2D_BATCHED : OP_CONV2D, b ? 3 : 2, ins, g, t);
+}
 
 ml_status ml__conv2d_geom(ml_tensor **out, ml_tensor *x, ml_tensor *k, ml_tensor *b,
                           const ml_win2d *g) {
-    ml_status st;
-    if ((st = ml__win2d_check_x("conv2d", x, g)) || (st = check_geom_k("conv2d", k, g))) return st;
-    int64_t F = k->shape[3];
-    if (b && (b->ndim != 1 || b->shape[0] != F))
-        return ml_set_error(ML_ERR_SHAPE, "conv2d: bias must have shape (%lld,), got %s",
-                            (long long)F, ML_SHAPE_STR(b));
-    int64_t shape[4] = {g->n, g->oh, g->ow, F};
-    ml_tensor *o = NULL;
-    if ((st = ml__new(&o, 4, shape))) return st;
-    if ((st = conv_forward_kernel(g, F, x->data, k->data, b ? b->data : NULL, o->data))) {
-        ml_release(o);
-        return st;
-    }
-    ml_tensor *ins[3] = {x, k, b};
-    return finish(out, o, OP_CONV2D, b ? 3 : 2, ins, g);
+    return conv_t(out, x, k, b, g, 0);
 }
 
 /* Output size and leading pad of one spatial dim, Keras/TF rules. */
@@ -477,73 +532,157 @@ ml_status ml_conv2d(ml_tensor **out, ml_tensor *x, ml_tensor *kernel, ml_tensor 
     return ml__conv2d_geom(out, x, kernel, bias, &g);
 }
 
-ml_status ml__conv2d_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin) {
+ml_status ml_conv2d_batched(ml_tensor **out, ml_tensor *x, ml_tensor *kernel, ml_tensor *bias,
+                            int stride_h, int stride_w, ml_padding padding) {
+    if (!out || !x || !kernel)
+        return ml_set_error(ML_ERR_VALUE, "conv2d_batched: input tensor is NULL");
+    if (x->ndim != 5)
+        return ml_set_error(ML_ERR_SHAPE,
+                            "conv2d_batched: expected a 5-D input (tasks, batch, height, width, "
+                            "channels), got shape %s",
+                            ML_SHAPE_STR(x));
+    if (kernel->ndim != 5)
+        return ml_set_error(ML_ERR_SHAPE,
+                            "conv2d_batched: expected a 5-D kernel (tasks, height, width, "
+                            "in_channels, filters), got shape %s",
+                            ML_SHAPE_STR(kernel));
+    if (x->shape[0] != kernel->shape[0] || x->shape[0] < 1)
+        return ml_set_error(ML_ERR_SHAPE,
+                            "conv2d_batched: input and kernel must have the same number of "
+                            "tasks (at least 1), got shapes %s and %s",
+                            ML_SHAPE_STR(x), ML_SHAPE_STR(kernel));
+    if (kernel->shape[3] != x->shape[4])
+        return ml_set_error(ML_ERR_SHAPE,
+                            "conv2d_batched: input has %lld channels but kernel expects %lld, "
+                            "got shapes %s and %s",
+                            (long long)x->shape[4], (long long)kernel->shape[3], ML_SHAPE_STR(x),
+                            ML_SHAPE_STR(kernel));
+    for (int i = 1; i < 5; i++)
+        if (kernel->shape[i] < 1)
+            return ml_set_error(ML_ERR_SHAPE,
+                                "conv2d_batched: kernel dimensions must be positive, got %s",
+                                ML_SHAPE_STR(kernel));
+    const int64_t t = x->shape[0], F = kernel->shape[4];
+    if (bias && (bias->ndim != 2 || bias->shape[0] != t || bias->shape[1] != F))
+        return ml_set_error(ML_ERR_SHAPE,
+                            "conv2d_batched: bias must have shape (%lld, %lld) for a kernel of "
+                            "shape %s, got %s",
+                            (long long)t, (long long)F, ML_SHAPE_STR(kernel), ML_SHAPE_STR(bias));
+    /* one task's input, for the geometry (its messages name the task's shape) */
+    ml_tensor one = *x;
+    one.ndim = 4;
+    for (int i = 0; i < 4; i++) one.shape[i] = x->shape[i + 1];
+    ml_win2d g;
+    ml_status st = ml__win2d_plan("conv2d_batched", &one, kernel->shape[1], kernel->shape[2],
+                                  stride_h, stride_w, padding, &g);
+    if (st) return st;
+    return conv_t(out, x, kernel, bias, &g, t);
+}
+
+static ml_status conv_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin) {
     ml_win2d g;
     ml__win2d_load(&g, out->node->iparams);
+    const int64_t t = out->node->iparams[ML_WIN2D_NPARAMS];
     ml_tensor *x = IN(0), *k = IN(1), *b = out->node->n_inputs > 2 ? IN(2) : NULL;
     ml_status st = ML_OK;
-    if (ml__wants(0, x) && (st = ml__conv2d_input_grad(&gin[0], gy, k, &g))) return st;
-    if (ml__wants(1, k) && (st = ml__conv2d_kernel_grad(&gin[1], x, gy, &g))) return st;
+    if (ml__wants(0, x) && (st = input_grad_t(&gin[0], gy, k, &g, t))) return st;
+    if (ml__wants(1, k) && (st = kernel_grad_t(&gin[1], x, gy, &g, t))) return st;
     if (ml__wants(2, b)) {
+        /* over the images and pixels (of each task) */
         int axes[3] = {0, 1, 2};
+        if (t > 0)
+            for (int i = 0; i < 3; i++) axes[i]++;
         st = ml_sum(&gin[2], gy, 3, axes, 0);
     }
     return st;
 }
 
+ml_status ml__conv2d_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin) {
+    return conv_backward(out, gy, gin);
+}
+
+ml_status ml__conv2d_batched_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin) {
+    return conv_backward(out, gy, gin);
+}
+
 /* -------------------------------------------------------- conv2d_input_grad */
 
-ml_status ml__conv2d_input_grad(ml_tensor **out, ml_tensor *gy, ml_tensor *k, const ml_win2d *g) {
+static ml_status input_grad_t(ml_tensor **out, ml_tensor *gy, ml_tensor *k, const ml_win2d *g,
+                              int64_t t) {
     ml_status st;
-    if ((st = check_geom_k("conv2d_input_grad", k, g)) ||
-        (st = check_geom_g("conv2d_input_grad", gy, g, k->shape[3])))
+    const int o = t > 0;
+    if ((st = check_geom_k("conv2d_input_grad", k, g, t)) ||
+        (st = check_geom_g("conv2d_input_grad", gy, g, k->shape[3 + o], t)))
         return st;
-    int64_t shape[4] = {g->n, g->h, g->w, g->c};
-    ml_tensor *o = NULL;
-    if ((st = ml__new(&o, 4, shape))) return st;
-    if ((st = conv_input_grad_kernel(g, k->shape[3], gy->data, k->data, o->data))) {
-        ml_release(o);
-        return st;
+    const int64_t F = k->shape[3 + o];
+    int64_t shape[5] = {t, g->n, g->h, g->w, g->c};
+    ml_tensor *dx = NULL;
+    if ((st = ml__new(&dx, 4 + o, shape + 1 - o))) return st;
+    const int64_t xs = g->n * g->h * g->w * g->c, ks = g->kh * g->kw * g->c * F;
+    const int64_t ys = g->n * g->oh * g->ow * F;
+    for (int64_t i = 0; i < tasks_of(t); i++) {
+        st = conv_input_grad_kernel(g, F, gy->data + i * ys, k->data + i * ks, dx->data + i * xs);
+        if (st) {
+            ml_release(dx);
+            return st;
+        }
     }
     ml_tensor *ins[2] = {gy, k};
-    return finish(out, o, OP_CONV2D_INPUT_GRAD, 2, ins, g);
+    return finish(out, dx, OP_CONV2D_INPUT_GRAD, 2, ins, g, t);
+}
+
+ml_status ml__conv2d_input_grad(ml_tensor **out, ml_tensor *gy, ml_tensor *k, const ml_win2d *g) {
+    return input_grad_t(out, gy, k, g, 0);
 }
 
 ml_status ml__conv2d_input_grad_backward(ml_tensor *out, ml_tensor *G, ml_tensor **gin) {
     ml_win2d g;
     ml__win2d_load(&g, out->node->iparams);
+    const int64_t t = out->node->iparams[ML_WIN2D_NPARAMS];
     ml_tensor *gy = IN(0), *k = IN(1);
     ml_status st = ML_OK;
-    if (ml__wants(0, gy) && (st = ml__conv2d_geom(&gin[0], G, k, NULL, &g))) return st;
-    if (ml__wants(1, k)) st = ml__conv2d_kernel_grad(&gin[1], G, gy, &g);
+    if (ml__wants(0, gy) && (st = conv_t(&gin[0], G, k, NULL, &g, t))) return st;
+    if (ml__wants(1, k)) st = kernel_grad_t(&gin[1], G, gy, &g, t);
     return st;
 }
 
 /* ------------------------------------------------------- conv2d_kernel_grad */
 
-ml_status ml__conv2d_kernel_grad(ml_tensor **out, ml_tensor *x, ml_tensor *gy, const ml_win2d *g) {
+static ml_status kernel_grad_t(ml_tensor **out, ml_tensor *x, ml_tensor *gy, const ml_win2d *g,
+                               int64_t t) {
     ml_status st;
-    if ((st = ml__win2d_check_x("conv2d_kernel_grad", x, g)) ||
-        (st = check_geom_g("conv2d_kernel_grad", gy, g, -1)))
+    const int o = t > 0;
+    if ((st = check_x_t("conv2d_kernel_grad", x, g, t)) ||
+        (st = check_geom_g("conv2d_kernel_grad", gy, g, -1, t)))
         return st;
-    int64_t F = gy->shape[3];
-    int64_t shape[4] = {g->kh, g->kw, g->c, F};
-    ml_tensor *o = NULL;
-    if ((st = ml__new(&o, 4, shape))) return st;
-    if ((st = conv_kernel_grad_kernel(g, F, x->data, gy->data, o->data))) {
-        ml_release(o);
-        return st;
+    const int64_t F = gy->shape[3 + o];
+    int64_t shape[5] = {t, g->kh, g->kw, g->c, F};
+    ml_tensor *dk = NULL;
+    if ((st = ml__new(&dk, 4 + o, shape + 1 - o))) return st;
+    const int64_t xs = g->n * g->h * g->w * g->c, ks = g->kh * g->kw * g->c * F;
+    const int64_t ys = g->n * g->oh * g->ow * F;
+    for (int64_t i = 0; i < tasks_of(t); i++) {
+        st = conv_kernel_grad_kernel(g, F, x->data + i * xs, gy->data + i * ys, dk->data + i * ks);
+        if (st) {
+            ml_release(dk);
+            return st;
+        }
     }
     ml_tensor *ins[2] = {x, gy};
-    return finish(out, o, OP_CONV2D_KERNEL_GRAD, 2, ins, g);
+    return finish(out, dk, OP_CONV2D_KERNEL_GRAD, 2, ins, g, t);
+}
+
+ml_status ml__conv2d_kernel_grad(ml_tensor **out, ml_tensor *x, ml_tensor *gy, const ml_win2d *g) {
+    return kernel_grad_t(out, x, gy, g, 0);
 }
 
 ml_status ml__conv2d_kernel_grad_backward(ml_tensor *out, ml_tensor *G, ml_tensor **gin) {
     ml_win2d g;
     ml__win2d_load(&g, out->node->iparams);
+    const int64_t t = out->node->iparams[ML_WIN2D_NPARAMS];
     ml_tensor *x = IN(0), *gy = IN(1);
     ml_status st = ML_OK;
-    if (ml__wants(0, x) && (st = ml__conv2d_input_grad(&gin[0], gy, G, &g))) return st;
-    if (ml__wants(1, gy)) st = ml__conv2d_geom(&gin[1], x, G, NULL, &g);
+    if (ml__wants(0, x) && (st = input_grad_t(&gin[0], gy, G, &g, t))) return st;
+    if (ml__wants(1, gy)) st = conv_t(&gin[1], x, G, NULL, &g, t);
     return st;
 }

@@ -86,6 +86,36 @@ static PyObject *nn_conv2d(PyObject *m, PyObject *args, PyObject *kwds) {
     return mlpy_wrap_status(st, &out);
 }
 
+static PyObject *nn_conv2d_batched(PyObject *m, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"x", "kernel", "bias", "strides", "padding", NULL};
+    PyObject *xo, *ko, *bo = Py_None, *so = NULL, *po = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOO:conv2d_batched", kwlist, &xo, &ko, &bo,
+                                     &so, &po))
+        return NULL;
+    int sh = 1, sw = 1;
+    ml_padding pad = ML_PAD_VALID;
+    if (so && so != Py_None && parse_pair(so, &sh, &sw, "conv2d_batched", "strides") < 0)
+        return NULL;
+    if (po && parse_padding(po, &pad, "conv2d_batched") < 0) return NULL;
+    ml_tensor *x = mlpy_as_ml(xo, "conv2d_batched");
+    ml_tensor *k = x ? mlpy_as_ml(ko, "conv2d_batched") : NULL, *b = NULL;
+    if (k && bo != Py_None) b = mlpy_as_ml(bo, "conv2d_batched");
+    if (!k || (bo != Py_None && !b)) {
+        ml_release(x);
+        ml_release(k);
+        return NULL;
+    }
+    ml_tensor *out = NULL;
+    ml_status st;
+    const int64_t *ks = ml_shape(k);
+    int64_t work = ml_numel(x) * (ml_ndim(k) == 5 ? ks[1] * ks[2] * ks[4] : 1);
+    MLPY_CALL(st, work, ml_conv2d_batched(&out, x, k, b, sh, sw, pad));
+    ml_release(x);
+    ml_release(k);
+    ml_release(b);
+    return mlpy_wrap_status(st, &out);
+}
+
 static PyObject *nn_depthwise_conv2d(PyObject *m, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"x", "kernel", "bias", "strides", "padding", NULL};
     PyObject *xo, *ko, *bo = Py_None, *so = NULL, *po = NULL;
@@ -251,6 +281,13 @@ PyMethodDef mlpy_nn_methods[] = {
                                                                           "channels-last: x (N, H, "
                                                                           "W, C), kernel (KH, KW, "
                                                                           "C, F), bias (F,)."},
+    {"conv2d_batched", MLPY_FN(nn_conv2d_batched), MLPY_KW,
+     MLPY_SIG("conv2d_batched",
+              "/, x, kernel, bias=None, strides=(1, 1), padding='valid'") "conv2d over T tasks, "
+                                                                          "each with its own "
+                                                                          "kernel: x (T, N, H, W, "
+                                                                          "C), kernel (T, KH, KW, "
+                                                                          "C, F), bias (T, F)."},
     {"depthwise_conv2d", MLPY_FN(nn_depthwise_conv2d), MLPY_KW,
      MLPY_SIG("depthwise_conv2d",
               "/, x, kernel, bias=None, strides=(1, 1), padding='valid'") "Depthwise 2-D "

@@ -19,6 +19,10 @@ sent and received per rank, on NumPy buffers), and the last rank broadcasts it, 
 meta-update, and the weights after any number of iterations, have the same bits for
 P = 1, 2, 3, ... processes (P need not divide the meta-batch).
 
+The knowledge memory over the processes: ``distributed.ShardedMemory(capacity, key_size)``
+holds capacity / P slots on each and answers as one ``KnowledgeMemory`` of that capacity,
+bit for bit (``metalearn/distributed/memory.py``).
+
 mpi4py is imported only when the process was started by an MPI launcher (``mpiexec``,
 ``srun``: its environment says so) or ``METALEARN_MPI=1`` is set; otherwise the world is
 this one process (size 1) and nothing beyond NumPy is needed.
@@ -37,6 +41,7 @@ import numpy as np
 
 __all__ = [
     "DataParallel",
+    "ShardedMemory",
     "barrier",
     "comm",
     "distribution",
@@ -172,7 +177,7 @@ class DataParallel:
     """Splits each meta-batch's tasks between the processes of the world; the same bits
     for any number of processes.
 
-    Used by ``fit`` of MAML, FOMAML, MetaSGD, ANIL, Reptile and ProtoNet while the strategy is in
+    Used by ``fit`` of MAML, FOMAML, MetaSGD, ANIL, Reptile, ProtoNet and MetaLearner while the strategy is in
     force (``with DataParallel().scope():`` or ``set_distribution``), and by every learner's
     ``evaluate``, which splits the episodes between the ranks and returns on every rank the
     numbers one process gives. ``checkpoint_dir`` works as in one process: rank 0 writes
@@ -184,7 +189,11 @@ class DataParallel:
     same meta-batch (the samplers are seeded alike), computes the meta-gradient of each of
     its tasks alone, and continues the running sum of the ranks before it over its tasks
     (``((g_0 + g_1) + ...) + g_{B-1}``, then divided by B; the last rank broadcasts it);
-    every rank applies the same optimizer step. The weights are therefore the same, bit for bit, for any number of
+    every rank applies the same optimizer step. ``MetaLearner.fit`` takes its algorithm's
+    meta-step this way, splits the adaptation and measurement of the batch's tasks between
+    the ranks too (their rows gathered in task order), and writes every task into its
+    memory on every rank in task order (a replicated memory: the same writes in the same
+    order give the same memory). The weights are therefore the same, bit for bit, for any number of
     processes (and for this strategy run in one process without MPI). Against a plain
     ``fit``: Reptile with ``vectorize=False`` gives the same bits (its loop sums the
     directions in task order too); the MAML family and ProtoNet differ by float32
@@ -256,6 +265,33 @@ class DataParallel:
         buf = np.concatenate([np.asarray(t, np.float32).reshape(-1) for t in tensors])
         _world().Bcast(buf, root=0)
         _assign_flat(tensors, buf)
+
+    def _broadcast(self, tensors) -> None:
+        """Rank 0's values of `tensors` on every rank (one Bcast)."""
+        tensors = list(tensors)
+        if size() == 1 or not tensors:
+            return
+        buf = np.concatenate([np.asarray(t, np.float32).reshape(-1) for t in tensors])
+        _world().Bcast(buf, root=0)
+        _assign_flat(tensors, buf)
+
+    def _task_block(self, n):
+        """This rank's contiguous block [lo, hi) of n tasks."""
+        return _block(n, size(), rank())
+
+    def _gather_rows(self, local, n):
+        """Every rank's rows of its task block (float64, (hi - lo, w)), in task order on
+        every rank: (n, w) (one Allgatherv; the values keep their bits)."""
+        local = np.ascontiguousarray(local, np.float64)
+        p = size()
+        if p == 1:
+            return local
+        w = local.shape[1]
+        counts = [(_block(n, p, q)[1] - _block(n, p, q)[0]) * w for q in range(p)]
+        displs = [_block(n, p, q)[0] * w for q in range(p)]
+        full = np.empty((n, w), np.float64)
+        _world().Allgatherv(local, [full, (counts, displs), _import_mpi().DOUBLE])
+        return full
 
     def _meta_step(self, learner, batch):
         """One data-parallel meta-step; returns (mean loss, mean metric) over the batch."""
@@ -575,6 +611,15 @@ def _task_gradient(learner, batch, i, params):
         return loss, metric, grads
     loss, metric = learner._meta_loss(one)
     return float(loss.item()), metric, _core.grad(loss, params)
+
+
+def __getattr__(name):
+    # ShardedMemory lives in distributed/memory.py, imported on first use
+    if name == "ShardedMemory":
+        from metalearn.distributed.memory import ShardedMemory
+
+        return ShardedMemory
+    raise AttributeError(f"module 'metalearn.distributed' has no attribute {name!r}")
 
 
 def __dir__():

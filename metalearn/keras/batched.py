@@ -26,6 +26,8 @@ from metalearn import _core
 __all__ = [
     "BatchedForm",
     "Dense",
+    "Conv2D",
+    "Pool2D",
     "Activation",
     "Flatten",
     "BatchNormalization",
@@ -86,6 +88,49 @@ class Dense(BatchedForm):
         if self.activation is not None:
             x = self.activation(x)
         return x
+
+
+class Conv2D(BatchedForm):
+    """``activation(conv2d(x_b, kernel_b) + bias_b)`` per task: one ``conv2d_batched`` over
+    x ``(B, n, H, W, C)`` with each task's kernel ``(B, KH, KW, C, F)`` and bias ``(B, F)``,
+    the kernels looping over the tasks in C (each task's numbers are conv2d's)."""
+
+    def __init__(
+        self,
+        kernel: int,
+        bias: Optional[int],
+        strides: Tuple[int, int],
+        padding: str,
+        activation: Optional[Callable[..., Any]],
+    ):
+        self.kernel, self.bias, self.activation = kernel, bias, activation
+        self.strides, self.padding = tuple(strides), padding
+        self.weights = (kernel,) if bias is None else (kernel, bias)
+
+    def __call__(self, weights, x, factors=None, record=None):
+        bias = None if self.bias is None else weights[self.bias]
+        x = _core.conv2d_batched(x, weights[self.kernel], bias, self.strides, self.padding)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+
+class Pool2D(BatchedForm):
+    """A pooling op on each image of each task: the tasks folded into the batch axis
+    (a pool reads no weights, so every image pools alike)."""
+
+    def __init__(self, op: Callable[..., Any], pool_size, strides, padding: str):
+        self.op, self.pool_size, self.strides, self.padding = op, pool_size, strides, padding
+
+    def __call__(self, weights, x, factors=None, record=None):
+        b, n = int(x.shape[0]), int(x.shape[1])
+        y = self.op(
+            _core.reshape(x, (b * n,) + tuple(int(d) for d in x.shape[2:])),
+            self.pool_size,
+            self.strides,
+            self.padding,
+        )
+        return _core.reshape(y, (b, n) + tuple(int(d) for d in y.shape[1:]))
 
 
 class Activation(BatchedForm):

@@ -955,10 +955,16 @@ class TensorBoard(Callback):
     With `update_freq` ``"batch"`` or N, ``batch_<name>`` goes to ``train`` every N
     batches (step = the global batch count).
 
+    With `histogram_freq` N, every N epochs (those with ``epoch % N == 0``, as Keras)
+    each layer's weights go to ``train`` as histograms tagged ``<weight path>/histogram``
+    (Keras 3's tags: a Sequential model's name first, as Keras' variable paths have it;
+    step = epoch), in TensorBoard's 30 equal-width buckets.
+
     Args:
         log_dir: the folder of the run (``"logs"``).
-        histogram_freq, write_images, embeddings_freq, profile_batch: must stay 0/False:
-            only scalars are written (a ValueError says so otherwise).
+        histogram_freq: epochs between weight histograms (0: none).
+        write_images, embeddings_freq, profile_batch: must stay 0/False: not written (a
+            ValueError says so otherwise).
         write_graph: accepted and ignored (there is no graph to write).
         write_steps_per_second: also log ``steps_per_second`` per epoch.
         update_freq: ``"epoch"``, ``"batch"`` or an integer.
@@ -978,8 +984,16 @@ class TensorBoard(Callback):
         embeddings_metadata: Any = None,
     ) -> None:
         super().__init__()
+        if (
+            isinstance(histogram_freq, bool)
+            or not isinstance(histogram_freq, (int, np.integer))
+            or histogram_freq < 0
+        ):
+            raise ValueError(
+                f"TensorBoard: histogram_freq must be a non-negative integer, got "
+                f"{histogram_freq!r}"
+            )
         for what, value in (
-            ("histogram_freq", histogram_freq),
             ("write_images", write_images),
             ("profile_batch", profile_batch),
             ("embeddings_freq", embeddings_freq),
@@ -988,7 +1002,7 @@ class TensorBoard(Callback):
             if value:
                 raise ValueError(
                     f"TensorBoard: {what}={value!r} is not supported; metalearn writes "
-                    "scalars only (leave it at its default)"
+                    "scalars and weight histograms only (leave it at its default)"
                 )
         if update_freq not in ("epoch", "batch") and (
             isinstance(update_freq, bool)
@@ -1075,6 +1089,23 @@ class TensorBoard(Callback):
             self._write("train", ((f"epoch_{k}", v) for k, v in train.items()), epoch)
         if val:
             self._write("validation", ((f"epoch_{k}", v) for k, v in val.items()), epoch)
+        if self.histogram_freq and epoch % self.histogram_freq == 0:
+            self._log_weights(epoch)
+
+    def _log_weights(self, epoch):
+        from .models import Sequential
+
+        # Keras 3 tags each weight by its variable path, which starts with the model's
+        # name in a Sequential model (its layers are built inside it), not in a
+        # functional one
+        prefix = f"{self.model.name}/" if isinstance(self.model, Sequential) else ""
+        w = self._writer("train")
+        for layer in self.model.layers:
+            for weight in layer.weights:
+                path = getattr(weight, "path", None) or weight.name
+                tag = f"{prefix}{path}".replace(":", "_") + "/histogram"
+                w.histogram(tag, np.asarray(weight.numpy()), epoch)
+        w.flush()
 
     def on_test_end(self, logs: Optional[Logs] = None) -> None:
         opt = getattr(self.model, "optimizer", None)

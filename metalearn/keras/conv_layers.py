@@ -162,6 +162,17 @@ class Conv2D(Layer):
         _add_kernel_and_bias(self, self.kernel_size + (self._channels, self.filters))
         self.built = True
 
+    def _batched_form(self, index):
+        # per-task kernels through conv2d_batched; a dilated kernel has no batched form
+        kernel = index.get(id(self.kernel))
+        bias = None if self.bias is None else index.get(id(self.bias))
+        if kernel is None or (self.bias is not None and bias is None):
+            return None
+        if self.dilation_rate != (1, 1):
+            return None
+        act = None if self.activation is activations.linear else self.activation
+        return _batched.Conv2D(kernel, bias, self.strides, self.padding, act)
+
     def call(self, inputs):
         _check_4d(self, inputs)
         if inputs.shape[-1] != self._channels:
@@ -240,6 +251,9 @@ class MaxPool2D(_Pool2D):
     _op = "max_pool2d"
     _label = "MaxPool2D"
 
+    def _batched_form(self, index):
+        return _batched.Pool2D(_core.max_pool2d, self.pool_size, self.strides, self.padding)
+
 
 class AveragePooling2D(_Pool2D):
     """Average pooling over ``pool_size`` windows (channels last); with ``"same"`` padding
@@ -255,6 +269,9 @@ class AveragePooling2D(_Pool2D):
     _traceable = True
     _op = "avg_pool2d"
     _label = "AveragePooling2D"
+
+    def _batched_form(self, index):
+        return _batched.Pool2D(_core.avg_pool2d, self.pool_size, self.strides, self.padding)
 
 
 MaxPooling2D = MaxPool2D

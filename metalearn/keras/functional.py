@@ -35,8 +35,19 @@ class KerasTensor:
         self._layer = layer
         self._parents = parents  # symbolic inputs (KerasTensor or InputLayer), flat
         self._merge = None  # True when the layer took a list
-        self._kwargs = kwargs
+        self._kwargs = kwargs  # may hold symbolic tensors (initial_state=[h, c])
         self._node_index = node_index  # the how-many-th call of its layer
+        self._n_args = len(parents)  # _parents: the positional inputs, then kwargs' tensors
+        # a layer with several outputs (return_state): one tensor per output, all of one
+        # call; _primary is the first (None on it), _output_index Keras' tensor index
+        self._primary = None
+        self._output_index = 0
+        self._n_outputs = 1
+
+    @property
+    def _head(self):
+        """The tensor that stands for the call (the first output)."""
+        return self._primary or self
 
     @property
     def ndim(self) -> int:
@@ -77,9 +88,43 @@ def symbolic_shape(x):
     return x.shape
 
 
+def _is_symbolic_leaf(x):
+    from .layers import InputLayer
+
+    return isinstance(x, (KerasTensor, InputLayer))
+
+
+def symbolic_in(value):
+    """The symbolic tensors inside a call argument (a tensor, a list/tuple, a dict)."""
+    if _is_symbolic_leaf(value):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in symbolic_in(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in symbolic_in(v)]
+    return []
+
+
+def substitute(value, fn):
+    """`value` with each symbolic tensor `t` inside it replaced by ``fn(t)``."""
+    if _is_symbolic_leaf(value):
+        return fn(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(substitute(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: substitute(v, fn) for k, v in value.items()}
+    return value
+
+
+def _zeros_of(p):
+    return np.zeros(tuple(1 if d is None else int(d) for d in symbolic_shape(p)), np.float32)
+
+
 def call_symbolic(layer, inputs, args, kwargs) -> KerasTensor:
     """``layer(inputs)`` on symbolic inputs: builds the layer, finds its output shape by
-    running it once on zeros (inference mode, no gradients), records the call."""
+    running it once on zeros (inference mode, no gradients), records the call. Keyword
+    arguments may hold symbolic tensors (``initial_state=[h, c]``): they join the call's
+    inputs. A layer with several outputs (``return_state=True``) gives a list."""
     if args:
         raise TypeError(
             f"{layer.name}: extra positional arguments are not supported on symbolic inputs"
@@ -92,14 +137,18 @@ def call_symbolic(layer, inputs, args, kwargs) -> KerasTensor:
     shapes = [symbolic_shape(p) for p in parents]
     zeros = [np.zeros(tuple(1 if d is None else int(d) for d in s), np.float32) for s in shapes]
     with _no_grad():
-        out = layer(zeros if merge else zeros[0], training=False, **kwargs)
-    if isinstance(out, (list, tuple)):
-        raise NotImplementedError(f"{layer.name}: layers with several outputs are not supported")
+        out = layer(zeros if merge else zeros[0], training=False, **substitute(kwargs, _zeros_of))
+    outs = list(out) if isinstance(out, (list, tuple)) else [out]
     node_index = layer.__dict__.get("_symbolic_calls", 0)
     layer.__dict__["_symbolic_calls"] = node_index + 1
-    t = KerasTensor((None,) + tuple(out.shape[1:]), layer, parents, kwargs, node_index)
-    t._merge = merge
-    return t
+    everything = parents + symbolic_in(kwargs)
+    made = []
+    for k, o in enumerate(outs):
+        t = KerasTensor((None,) + tuple(o.shape[1:]), layer, everything, kwargs, node_index)
+        t._merge, t._n_args = merge, len(parents)
+        t._primary, t._output_index, t._n_outputs = (made[0] if made else None), k, len(outs)
+        made.append(t)
+    return made if isinstance(out, (list, tuple)) else made[0]
 
 
 class Columns:

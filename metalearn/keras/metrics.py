@@ -737,7 +737,8 @@ class AUC(Metric):
     Args:
         num_thresholds: thresholds spread evenly over [0, 1] (200), the first just below 0
             and the last just above 1 (by 1e-7).
-        curve: ``"ROC"`` or ``"PR"``.
+        curve: ``"ROC"``, ``"PR"`` or ``"PRGAIN"`` (precision-recall gain, Flach & Kull
+            2015, as Keras 3).
         summation_method: ``"interpolation"`` (the trapezoidal rule; for PR, Davis &
             Goadrich's interpolation), ``"minoring"`` or ``"majoring"``.
         name: default ``"auc"``.
@@ -763,9 +764,9 @@ class AUC(Metric):
         from_logits: bool = False,
     ) -> None:
         curve_up = curve.upper() if isinstance(curve, str) else curve
-        if curve_up not in ("ROC", "PR"):
+        if curve_up not in ("ROC", "PR", "PRGAIN"):
             raise ValueError(
-                f'Invalid AUC curve value: "{curve}". Expected values are ["PR", "ROC"]'
+                f'Invalid AUC curve value: "{curve}". Expected values are ["PR", "ROC", "PRGAIN"]'
             )
         method = summation_method.lower() if isinstance(summation_method, str) else None
         if method not in ("interpolation", "minoring", "majoring"):
@@ -896,8 +897,17 @@ class AUC(Metric):
         recall = _divide_no_nan(tp, tp + fn)
         if self.curve == "ROC":
             x, y = _divide_no_nan(fp, fp + tn), recall
-        else:
+        elif self.curve == "PR":
             x, y = recall, _divide_no_nan(tp, tp + fp)
+        else:
+            # precision-recall gain (Flach & Kull 2015), as Keras 3: gains scaled by P/N;
+            # no true positive: recall gain 0 and precision gain 1; a negative recall
+            # gain (recall below the positives' share) clipped to 0
+            scale = _divide_no_nan(tp + fn, tn + fp)
+            none = tp == 0
+            x = np.where(none, 0.0, 1.0 - scale * _divide_no_nan(fn, tp))
+            x = np.maximum(x, 0.0)
+            y = np.where(none, 1.0, 1.0 - scale * _divide_no_nan(fp, tp))
         n = self.num_thresholds
         if self.summation_method == "interpolation":
             heights = (y[: n - 1] + y[1:]) / 2.0

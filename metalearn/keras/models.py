@@ -2226,24 +2226,42 @@ class Functional(Model):
                 )
             values[id(layer)] = x
         masks = {}  # id(node) -> its output's mask, passed on as Keras 3 (rnn.call_masked)
+        calls = {}  # id(call's head) -> (outputs, masks): a several-output layer runs once
         for t in self._nodes:
-            args = [values[id(p)] for p in t._parents]
-            mask = None if t._merge else masks.get(id(t._parents[0]))
-            values[id(t)], masks[id(t)] = _rnn.call_masked(
-                t._layer, args if t._merge else args[0], mask, t._kwargs
-            )
+            head = t._head
+            if id(head) not in calls:
+                args = [values[id(p)] for p in head._parents[: head._n_args]]
+                kwargs = _graph.substitute(head._kwargs, lambda p: values[id(p)])
+                mask = None if head._merge else masks.get(id(head._parents[0]))
+                calls[id(head)] = _rnn.call_masked(
+                    head._layer, args if head._merge else args[0], mask, kwargs
+                )
+            out, mask = calls[id(head)]
+            if head._n_outputs > 1:  # return_state: [output, *states], masks likewise
+                k = t._output_index
+                out, mask = out[k], mask[k] if isinstance(mask, (list, tuple)) else None
+            values[id(t)], masks[id(t)] = out, mask
         return self._structure_outputs([values[id(o)] for o in self._outputs_list])
+
+    def _calls(self):
+        """The graph's layer calls (one per call, however many outputs it has), in order."""
+        seen, heads = set(), []
+        for t in self._nodes:
+            if id(t._head) not in seen:
+                seen.add(id(t._head))
+                heads.append(t._head)
+        return heads
 
     def _connected_to(self):
         """Summary's "Connected to" column, as Keras 3: ``layer[node][0]`` of each input
         of each call of the layer in this graph; ``-`` for inputs."""
         local, conn = self._local_node_index(), {}
-        for t in sorted(self._nodes, key=lambda t: (id(t._layer), t._node_index)):
+        for t in sorted(self._calls(), key=lambda t: (id(t._layer), t._node_index)):
             for p in t._parents:
                 if isinstance(p, _layers.InputLayer):
                     text = f"{p.name}[0][0]"
                 else:
-                    text = f"{p._layer.name}[{local[id(p)]}][0]"
+                    text = f"{p._layer.name}[{local[id(p)]}][{p._output_index}]"
                 conn.setdefault(id(t._layer), []).append(text)
         return conn
 
@@ -2251,12 +2269,14 @@ class Functional(Model):
         """id(KerasTensor) -> the rank of its call among its layer's calls in this graph
         (in call order), as Keras 3 renumbers a layer's nodes in a model's config."""
         calls = {}
-        for t in self._nodes:
+        for t in self._calls():
             calls.setdefault(id(t._layer), []).append(t)
         local = {}
         for ts in calls.values():
             for k, t in enumerate(sorted(ts, key=lambda t: t._node_index)):
                 local[id(t)] = k
+        for t in self._nodes:  # a call's other outputs: the call's rank
+            local[id(t)] = local[id(t._head)]
         return local
 
     def get_config(self) -> Config:
@@ -2265,7 +2285,7 @@ class Functional(Model):
         def history(p):
             if isinstance(p, _layers.InputLayer):
                 return [p.name, 0, 0]
-            return [p._layer.name, local[id(p)], 0]
+            return [p._layer.name, local[id(p)], p._output_index]
 
         def tensor(p):
             return {
@@ -2282,11 +2302,14 @@ class Functional(Model):
             l.name: {**_layers.serialize(l), "name": l.name, "inbound_nodes": []}
             for l in self._layers_list
         }
-        for t in sorted(self._nodes, key=lambda t: local[id(t)]):
+        for t in sorted(self._calls(), key=lambda t: local[id(t)]):
             name = t._layer.name
-            args = [tensor(p) for p in t._parents]
+            args = [tensor(p) for p in t._parents[: t._n_args]]
             entries[name]["inbound_nodes"].append(
-                {"args": [args] if t._merge else args, "kwargs": dict(t._kwargs)}
+                {
+                    "args": [args] if t._merge else args,
+                    "kwargs": _graph.substitute(dict(t._kwargs), tensor),
+                }
             )
 
         def layout(kind, items, keys):
@@ -2323,13 +2346,34 @@ class Functional(Model):
         def resolve(arg):
             if isinstance(arg, list):
                 return [resolve(a) for a in arg]
-            name, k, _ = arg["config"]["keras_history"]
-            return tensors.get((name, k))
+            if isinstance(arg, dict) and arg.get("class_name") != "__keras_tensor__":
+                return {key: resolve(v) for key, v in arg.items()}
+            if not isinstance(arg, dict):
+                return arg  # a plain keyword value
+            name, k, index = arg["config"]["keras_history"]
+            made_call = tensors.get((name, k), missing)
+            if isinstance(made_call, list):  # a call with several outputs
+                return made_call[index]
+            return made_call
+
+        missing = object()  # a tensor whose call is not made yet
 
         def ready(value):
             if isinstance(value, list):
                 return all(ready(v) for v in value)
-            return value is not None
+            if isinstance(value, dict):
+                return all(ready(v) for v in value.values())
+            return value is not missing
+
+        def node_kwargs(node):
+            kwargs = dict(node.get("kwargs", {}))
+            # Keras 3 records these defaults on some calls (an RNN's): our symbolic
+            # call takes no fixed training flag, and the mask comes from the graph
+            if kwargs.get("training") is False:
+                del kwargs["training"]
+            if "mask" in kwargs and kwargs["mask"] is None:
+                del kwargs["mask"]
+            return kwargs
 
         while pending:
             progress = False
@@ -2338,11 +2382,12 @@ class Functional(Model):
                 if k and (name, k - 1) not in tensors:
                     continue  # a shared layer's calls in their order
                 args = [resolve(a) for a in node.get("args", [])]
-                if not ready(args):
+                kwargs = {key: resolve(v) for key, v in node_kwargs(node).items()}
+                if not ready(args) or not ready(list(kwargs.values())):
                     continue
                 if len(args) != 1:
                     raise ValueError(f"Functional.from_config: {name} takes one argument")
-                tensors[(name, k)] = made[name](args[0], **node.get("kwargs", {}))
+                tensors[(name, k)] = made[name](args[0], **kwargs)
                 pending.remove(item)
                 progress = True
             if not progress:
@@ -2356,7 +2401,8 @@ class Functional(Model):
                 name, k = h[0], h[1]
                 if (name, k) not in tensors:
                     raise ValueError(f"Functional.from_config: no {what} {name!r}")
-                return tensors[(name, k)]
+                got = tensors[(name, k)]
+                return got[h[2] if len(h) > 2 else 0] if isinstance(got, list) else got
 
             if isinstance(spec, dict):
                 return {key: one(h) for key, h in spec.items()}

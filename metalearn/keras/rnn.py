@@ -183,12 +183,6 @@ class _RNN(Layer):
         for what, v in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
             if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"{kind}: {what} must be in [0, 1], got {v!r}")
-        if recurrent_dropout and self._gates > 1:
-            # Keras then draws one mask per gate and runs the gates' products apart
-            # (implementation 1); not done here
-            raise NotImplementedError(
-                f"{kind}: recurrent_dropout is not supported (SimpleRNN's is); dropout is"
-            )
         if any(c is not None for c in (kernel_constraint, recurrent_constraint, bias_constraint)):
             raise NotImplementedError(f"{kind}: constraints are not supported")
         self.units = int(units)
@@ -218,9 +212,9 @@ class _RNN(Layer):
     _keras_vars_under = "/cell"
 
     _state_count = 1
-    # _joint: a step's two products as one, [x_t, h] @ [kernel; recurrent_kernel] (fewer
-    # ops and one larger GEMM: the second-order MAML step 7% faster, benchmarks/lstm.py);
-    # GRU cannot (its reset gate scales the recurrent product alone)
+    # _joint (with recurrent dropout, when the input projection is per step): a step's two
+    # products as one, [x_t, h] @ [kernel; recurrent_kernel] (fewer ops and one larger
+    # GEMM); GRU cannot (its reset gate scales the recurrent product alone)
     _joint = False
 
     def _bias_shape(self):
@@ -351,44 +345,66 @@ class _RNN(Layer):
         states = self._check_states(initial_state, batch)
         u = self.units
         kernel, rec = self.kernel, self.recurrent_kernel
-        # time-major, so a step's inputs are a block of rows. Each step projects its own
-        # rows: one GEMM over all steps followed by a narrow per step would be fewer calls,
-        # but the gradient of each narrow is a zero-padded copy of the whole projection
-        # (steps times its size in all), which made a training step 3x slower
-        # (benchmarks/lstm.py)
+        # time-major, so a step's inputs are a block of rows
         xt = _core.reshape(_core.transpose(x, (1, 0, 2)), (steps * batch, feat))
         in_bias = self._input_bias()
         if m is not None:  # (T, B, 1) rows of 1 (use) / 0 (skip), and their complements
             mt = _core.reshape(_core.transpose(m, (1, 0)), (steps, batch, 1))
         order = range(steps - 1, -1, -1) if self.go_backwards else range(steps)
         prep = self._prepare(rec)
-        joint = _core.concat([kernel, rec], 0) if self._joint else None
-        # LSTM: the joint kernel cut into its four gates once per call, so a step computes
-        # each gate by its own product; cutting each step's (batch, 4u) product instead
-        # made the gradient of every cut a zero-padded copy of the whole product
-        gates = self._gate_kernels(joint, in_bias) if joint is not None else None
-        # dropout (training only): one mask of the inputs and one of the recurrent state
-        # for the whole sequence, as Keras draws them once per call
+        # dropout (training only): masks of the inputs and of the recurrent state, one
+        # (batch, features) draw each for the whole sequence, as Keras draws them once per
+        # call. With recurrent_dropout on, Keras 3 runs a gated cell (LSTM, GRU) as its
+        # implementation 1: one mask per gate, for the inputs as for the state
+        n = self._gates if self._gates > 1 and self.recurrent_dropout > 0.0 else 1
         dm = rm = None
         if training and 0.0 < self.dropout < 1.0:
-            dm = self._dropout_mask((batch, feat), self.dropout)
+            dm = [self._dropout_mask((batch, feat), self.dropout) for _ in range(n)]
         if training and 0.0 < self.recurrent_dropout < 1.0:
-            rm = self._dropout_mask((batch, u), self.recurrent_dropout)
+            rm = [self._dropout_mask((batch, u), self.recurrent_dropout) for _ in range(n)]
+        # per-gate masks: each gate's products apart (training with recurrent_dropout only)
+        cuts = self._gate_cuts(kernel, rec, in_bias) if n > 1 and (dm or rm) else None
+        # without recurrent dropout (then n == 1), every step's input projection is one
+        # GEMM over all steps (as cuDNN and PyTorch): a step narrows its rows and adds
+        # h @ recurrent_kernel. ml_grad sums the narrows' gradients as one concat, so the
+        # kernel's gradient is one GEMM too (the second-order MAML step 11% faster,
+        # benchmarks/lstm.py)
+        proj = joint = gates = None
+        if rm is None:
+            xin = xt
+            if dm is not None:
+                xin = _core.mul(_core.reshape(xt, (steps, batch, feat)), dm[0])
+                xin = _core.reshape(xin, (steps * batch, feat))
+            proj = _core.linear(xin, kernel, in_bias)
+        elif cuts is None and self._joint:
+            joint = _core.concat([kernel, rec], 0)
+            # the joint kernel cut into its gates once per call, so a step computes each
+            # gate by its own product
+            gates = self._gate_kernels(joint, in_bias)
         outputs = []
         for t in order:
-            xs = _core.narrow(xt, 0, t * batch, batch)
-            if dm is not None:
-                xs = _core.mul(xs, dm)
-            if joint is not None and states is not None:
-                h_in = states[0] if rm is None else _core.mul(states[0], rm)
-                xh = _core.concat([xs, h_in], 1)
-                if gates is not None:
-                    new = self._gate_step([_core.linear(xh, w, b) for w, b in gates], states)
-                else:
-                    new = self._step(_core.linear(xh, joint, in_bias), states, None)
+            if proj is not None:
+                new = self._step(_core.narrow(proj, 0, t * batch, batch), states, prep)
+            elif cuts is not None:
+                xs = _core.narrow(xt, 0, t * batch, batch)
+                if states is None:  # a zero state before the first step
+                    states = [_core.zeros((batch, u)) for _ in range(self._state_count)]
+                xg = [xs] * n if dm is None else [_core.mul(xs, d) for d in dm]
+                hg = [states[0]] * n if rm is None else [_core.mul(states[0], r) for r in rm]
+                new = self._dropped_step(xg, hg, states, cuts)
             else:
-                z = _core.linear(xs, kernel, in_bias)
-                new = self._step(z, states, prep)
+                xs = _core.narrow(xt, 0, t * batch, batch)
+                if dm is not None:
+                    xs = _core.mul(xs, dm[0])
+                if joint is not None and states is not None:
+                    xh = _core.concat([xs, _core.mul(states[0], rm[0])], 1)
+                    if gates is not None:
+                        new = self._gate_step([_core.linear(xh, w, b) for w, b in gates], states)
+                    else:
+                        new = self._step(_core.linear(xh, joint, in_bias), states, None)
+                else:
+                    z = _core.linear(xs, kernel, in_bias)
+                    new = self._step(z, states, prep)
             if m is not None:
                 keep = _core.reshape(_core.narrow(mt, 0, t, 1), (batch, 1))
                 if states is None:  # a zero state before the first step
@@ -412,6 +428,20 @@ class _RNN(Layer):
         if self.return_state:
             return [output] + list(states)
         return output
+
+    def _gate_cuts(self, kernel, rec, in_bias):
+        """Each gate's columns of the kernel, the recurrent kernel and the input bias."""
+        u = self.units
+
+        def cut(w, axis):
+            return [_core.narrow(w, axis, k * u, u) for k in range(self._gates)]
+
+        return cut(kernel, 1), cut(rec, 1), None if in_bias is None else cut(in_bias, 0)
+
+    def _dropped_step(self, xs, hs, states, cuts):
+        """A step of a gated cell with a mask per gate (Keras' implementation 1): `xs` and
+        `hs` hold each gate's masked input and state."""
+        raise NotImplementedError
 
     @staticmethod
     def _select(keep, new, old):
@@ -493,10 +523,13 @@ class SimpleRNN(_RNN):
             regularizers (their penalties join ``losses``).
         dropout: fraction of the inputs dropped in training (one mask per call, shared
             by the steps and the gates, as Keras when recurrent_dropout is 0).
-        recurrent_dropout: fraction of the state dropped before its product in training
-            (SimpleRNN only: LSTM and GRU raise NotImplementedError).
+        recurrent_dropout: fraction of the state dropped before its product in training,
+            one (batch, units) mask per call reused at every step, as Keras 3; LSTM and
+            GRU then draw one mask per gate for the inputs and one per gate for the state
+            (Keras' implementation 1), SimpleRNN one of each.
         seed: kept in the config; the masks come from the global generator
-            (``metalearn.random.set_seed``).
+            (``metalearn.random.set_seed``) by core ops, so a traced step (``fit``, MAML)
+            draws new masks on every replay, as the eager step.
         return_sequences: return every step's output ``(batch, timesteps, units)``
             rather than the last ``(batch, units)``.
         return_state: also return the last state(s): ``[output, *states]``.
@@ -608,13 +641,10 @@ class LSTM(_RNN):
         u = self.units
         if states is not None and rec is not None:
             z = _core.add(z, _core.matmul(states[0], rec))
+        # each gate its own narrow of z: their gradients tile z, so ml_grad joins them by one
+        # concat (a sigmoid over z and narrows of it gave zero-padded copies, summed)
         sig = self.recurrent_activation
-        if self.recurrent_activation is activations.sigmoid:
-            # one sigmoid over all four gates' rows, then the three it is for (fewer ops)
-            s = _core.sigmoid(z)
-            i, f, o = (_core.narrow(s, 1, k * u, u) for k in (0, 1, 3))
-        else:
-            i, f, o = (sig(_core.narrow(z, 1, k * u, u)) for k in (0, 1, 3))
+        i, f, o = (sig(_core.narrow(z, 1, k * u, u)) for k in (0, 1, 3))
         g = self.activation(_core.narrow(z, 1, 2 * u, u))
         if states is None:  # c_{-1} = 0
             c = _core.mul(i, g)
@@ -622,6 +652,19 @@ class LSTM(_RNN):
             c = _core.add(_core.mul(f, states[1]), _core.mul(i, g))
         h = _core.mul(o, self.activation(c))
         return [h, c]
+
+    def _dropped_step(self, xs, hs, states, cuts):
+        ks, rs, bs = cuts
+        z = [
+            _core.add(
+                _core.linear(xs[k], ks[k], None if bs is None else bs[k]),
+                _core.matmul(hs[k], rs[k]),
+            )
+            for k in range(4)
+        ]
+        sig, act = self.recurrent_activation, self.activation
+        c = _core.add(_core.mul(sig(z[1]), states[1]), _core.mul(sig(z[0]), act(z[2])))
+        return [_core.mul(sig(z[3]), act(c)), c]
 
     def _extra_config(self):
         return {"unit_forget_bias": self.unit_forget_bias}
@@ -701,6 +744,25 @@ class GRU(_RNN):
         if h_prev is None:  # z * 0 + (1 - z) * hh
             return [_core.sub(hh, _core.mul(zg, hh))]
         # z * h + (1 - z) * hh, as Keras writes it
+        return [_core.add(_core.mul(zg, h_prev), _core.sub(hh, _core.mul(zg, hh)))]
+
+    def _dropped_step(self, xs, hs, states, cuts):
+        ks, rs, bs = cuts
+        u, h_prev = self.units, states[0]
+        rb = None  # the recurrent bias (reset_after), cut by gate
+        if self.reset_after and self.bias is not None:
+            rb = [_core.reshape(_core.narrow(self.bias, 0, 1, 1), (3 * u,))]
+            rb = [_core.narrow(rb[0], 0, k * u, u) for k in range(3)]
+        x = [_core.linear(xs[k], ks[k], None if bs is None else bs[k]) for k in range(3)]
+        rz, rr = (_core.linear(hs[k], rs[k], None if rb is None else rb[k]) for k in (0, 1))
+        zg = self.recurrent_activation(_core.add(x[0], rz))
+        r = self.recurrent_activation(_core.add(x[1], rr))
+        if self.reset_after:
+            rh = _core.mul(r, _core.linear(hs[2], rs[2], None if rb is None else rb[2]))
+        else:
+            rh = _core.matmul(_core.mul(r, hs[2]), rs[2])
+        hh = self.activation(_core.add(x[2], rh))
+        # z * h + (1 - z) * hh with the unmasked state, as Keras
         return [_core.add(_core.mul(zg, h_prev), _core.sub(hh, _core.mul(zg, hh)))]
 
     def _extra_config(self):

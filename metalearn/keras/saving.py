@@ -639,7 +639,27 @@ def _slot_groups(opt):
         if opt.centered:
             groups.append([k])
         return groups
+    if type(opt) is optimizers.Adagrad:
+        return [[0]]  # accumulator
+    if type(opt) is optimizers.Nadam:
+        return [[0, 1]]  # momentum, velocity; then _u_product (see _trailing_arrays)
     return None
+
+
+def _trailing_arrays(opt):
+    """Keras 3's optimizer variables after the per-variable blocks: Nadam's scalar
+    ``_u_product`` (prod over steps t of beta_1 (1 - 0.5 * 0.96^t)), which our C optimizer
+    keeps out of the slots and recomputes from ``iterations`` on restore: written as
+    Keras multiplies it, in float32, ``(u * beta_1) * (1 - 0.5 * 0.96^t)``."""
+    from . import optimizers
+
+    if type(opt) is not optimizers.Nadam:
+        return []
+    f32 = np.float32
+    u, b1 = f32(1.0), f32(opt.beta_1)
+    for t in range(1, int(opt._iterations) + 1):
+        u = f32(u * b1) * f32(f32(1.0) - f32(0.5) * f32(f32(0.96) ** f32(t)))
+    return [np.asarray(u, np.float32)]
 
 
 def _optimizer_arrays(model):
@@ -658,7 +678,7 @@ def _optimizer_arrays(model):
     for group in groups:
         for p in range(len(params)):
             out.extend(np.asarray(slots[p][s], np.float32) for s in group)
-    return out
+    return out + _trailing_arrays(opt)
 
 
 def _write_h5(h5file, model, with_optimizer):
@@ -725,7 +745,9 @@ def _optimizer_plan(model, h5file, filepath, what):
     groups = _slot_groups(opt)
     params = list(model.trainable_weights)
     n_slots = None if groups is None else sum(len(gr) for gr in groups)
-    if n_slots is None or len(g) != 2 + n_slots * len(params):
+    # Nadam's u_product follows the slots; restore recomputes it from iterations
+    n_trailing = len(_trailing_arrays(opt)) if n_slots else 0
+    if n_slots is None or len(g) != 2 + n_slots * len(params) + n_trailing:
         if len(g) > 2 or n_slots is None:
             warnings.warn(
                 f"{what}: {filepath!r}: the {len(g)} saved optimizer variables do not fit "

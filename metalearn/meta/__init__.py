@@ -1,13 +1,14 @@
 """Meta-learning algorithms: learning to learn new tasks from a few examples.
 
-=============  ==============================================================
-``MAML``       Finn et al. 2017 — second-order (and ``first_order=True``) MAML
-``FOMAML``     first-order MAML (``MAML(..., first_order=True)``)
-``Reptile``    Nichol et al. 2018
-``MetaSGD``    Li et al. 2017 — learned per-parameter inner learning rates
-``ANIL``       Raghu et al. 2020 — adapt only the head
-``ProtoNet``   Snell et al. 2017 — prototypical networks
-=============  ==============================================================
+=================  ==============================================================
+``MAML``           Finn et al. 2017 — second-order (and ``first_order=True``) MAML
+``FOMAML``         first-order MAML (``MAML(..., first_order=True)``)
+``Reptile``        Nichol et al. 2018
+``MetaSGD``        Li et al. 2017 — learned per-parameter inner learning rates
+``ANIL``           Raghu et al. 2020 — adapt only the head
+``MetaCurvature``  Park & Oliva 2019 — learned preconditioner of the inner gradient
+``ProtoNet``       Snell et al. 2017 — prototypical networks
+=================  ==============================================================
 
 ``MetaLearner`` is the whole system of the source article: a learner meta-trained by one
 of these algorithms, a performance predictor (``MetaLearningNetwork``) and a knowledge
@@ -24,15 +25,27 @@ Also with that API: ``MAMLPlusPlus`` (Antoniou et al. 2019, MAML++: multi-step l
 learned per-step inner rates, derivative-order and cosine annealing), ``IMAML``
 (Rajeswaran et al. 2019, implicit meta-gradients by conjugate gradient), ``MatchingNet``
 (Vinyals et al. 2016, cosine attention) and ``R2D2`` (Bertinetto et al. 2019, a closed-form
-ridge-regression head).
+ridge-regression head) and ``MetaOptNet`` (Lee et al. 2019, a multi-class SVM head solved by
+unrolled accelerated projected gradient).
 """
 
 from . import models
 from ._base import BaseMetaLearner, clone_model
 from .maml import ANIL, MAML, MetaSGD
+from .metacurvature import MetaCurvature
 from .imaml import IMAML
 from .mamlpp import MAMLPlusPlus, multi_step_loss_weights
-from .metric import R2D2, MatchingNet, RelationNet, matching_logits, ridge_logits, spd_solve
+from .metric import (
+    R2D2,
+    MatchingNet,
+    MetaOptNet,
+    RelationNet,
+    matching_logits,
+    ridge_logits,
+    spd_solve,
+    svm_dual,
+    svm_logits,
+)
 from .protonet import ProtoNet, PrototypeClassifier, prototype_logits
 from .reptile import Reptile
 from .system import MetaLearner, rankdata, spearman
@@ -61,15 +74,19 @@ __all__ = [
     "Reptile",
     "MetaSGD",
     "ANIL",
+    "MetaCurvature",
     "MAMLPlusPlus",
     "IMAML",
     "multi_step_loss_weights",
     "MatchingNet",
     "RelationNet",
     "R2D2",
+    "MetaOptNet",
     "matching_logits",
     "ridge_logits",
     "spd_solve",
+    "svm_dual",
+    "svm_logits",
     "ProtoNet",
     "PrototypeClassifier",
     "prototype_logits",

@@ -78,9 +78,11 @@ class MAML(BaseMetaLearner):
         vectorize: ``"auto"`` runs the tasks of a meta-batch together (batched matrix
             products over per-task weight copies, one graph for the whole batch) when
             every layer of the model has a batched form (``Sequential`` models of Dense,
-            Activation, Flatten, BatchNormalization and Sequential layers) and the loss is
-            a built-in one; the result equals the loop over tasks
-            (batch statistics per task, ``metalearn.batch_norm_grouped``). A wide Dense
+            Conv2D, MaxPooling2D, AveragePooling2D, Activation, Flatten,
+            BatchNormalization and Sequential layers: conv4 included) and the loss is a
+            built-in one; the result equals the loop over tasks (batch statistics per task,
+            ``metalearn.batch_norm_grouped``; each task's convolution with its own fast
+            kernel, ``metalearn.conv2d_batched``). A wide Dense
             kernel adapted from a few support rows is carried as the shared kernel plus
             each task's low-rank update ``-inner_lr * X^T dZ`` instead of a copy per task
             (the same numbers, far less memory traffic). False always loops.
@@ -127,12 +129,14 @@ class MAML(BaseMetaLearner):
     # says so here. _batched_inner_loop: the inner loop adapts _inner_params() through the
     # model's own forward with _inner_update, so a meta-batch may run as the model's
     # batched form (ANIL: no, it re-runs only the head on features computed once).
-    # _low_rank_inner_step: an inner step is w - inner_lr * g with one scalar rate, so it
-    # changes a dense kernel by a low-rank term (Meta-SGD: no, its rates are per weight).
+    # _low_rank_inner_step: an inner step changes a dense kernel by a term of the rank of
+    # its gradient X^T dZ (w - inner_lr * g with one scalar rate; Meta-Curvature's
+    # M_in g M_out, through _low_rank_factors), so it may ride low-rank factors (Meta-SGD:
+    # no, its rates are per weight).
     _batched_inner_loop = True
     _low_rank_inner_step = True
     # the batch_norm modes other than "transductive" need _forward to be a functional
-    # call of the whole model (ANIL runs the body as plain layer calls)
+    # call of the whole model (a variant that cannot run one says False)
     _batch_norm_modes = True
 
     def __init__(
@@ -252,15 +256,19 @@ class MAML(BaseMetaLearner):
         the meta-update (the query's graph reads the moving statistics, so they may not
         change before its gradient is taken)."""
         if self.batch_norm == "running":
-            self._pending_statistics.append(([w.detach() for w in fast], sx.detach()))
+            # copies of all the weights as they are now: ANIL's body weights are the
+            # model's Variables, which the meta-update is about to overwrite
+            with _core_no_grad():
+                full = [w.detach() * 1.0 for w in self._full_weights(fast)]
+            self._pending_statistics.append((full, sx.detach()))
 
     def _flush_statistics(self, apply=True):
         pending, self._pending_statistics = self._pending_statistics, []
         if not apply:
             return
-        for fast, sx in pending:  # in task order: the same bits for any thread count
+        for full, sx in pending:  # in task order: the same bits for any thread count
             with _core_no_grad(), batch_norm_statistics("update"):
-                self._forward(fast, sx)
+                functional_call(self.model, full, sx, training=True)
 
     def _full_weights(self, fast):
         """The model's trainable weights with the adapted ones in place."""
@@ -352,8 +360,9 @@ class MAML(BaseMetaLearner):
             if plan is None and self.vectorize is True:
                 raise ValueError(
                     f"{type(self).__name__}: vectorize=True needs a model whose "
-                    "layers all have a batched form (a Sequential of Dense/"
-                    "Activation/Flatten/BatchNormalization) and a built-in loss"
+                    "layers all have a batched form (a Sequential of Dense/Conv2D/"
+                    "MaxPooling2D/AveragePooling2D/Activation/Flatten/BatchNormalization) "
+                    "and a built-in loss"
                 )
         self._plan = plan if plan is not None else False
         return plan
@@ -369,7 +378,7 @@ class MAML(BaseMetaLearner):
         to build (K * N * n per step): the factors win when r * (K + N) < K * N (the
         784x256 first layer of MAML's Omniglot MLP at 5-way 1-shot: rank 5; the 40x40
         hidden layer of the sinusoid MLP at K = 10: rank 10; not its 1x40 and 40x1 ends).
-        Only with a scalar inner step size (_low_rank_inner_step)."""
+        Only when an inner step keeps that rank (_low_rank_inner_step)."""
         if not self._low_rank_inner_step:
             return set()
         weights = self._inner_params()
@@ -380,6 +389,15 @@ class MAML(BaseMetaLearner):
             if rank * (kk + nn) < kk * nn:
                 out.add(k)
         return out
+
+    def _weight_step(self, i, w, g):
+        """The vectorised inner step of inner weight `i` beside low-rank kernels."""
+        return w - self.inner_lr * g
+
+    def _low_rank_factors(self, k, x_in, dz):
+        """The factors a low-rank kernel's step ``-inner_lr * x_in^T dz`` is carried by
+        (Meta-Curvature applies its curvature to each)."""
+        return x_in, dz
 
     def _vectorised_loss(self, plan, sx, sy, qx, qy):
         """The meta-batch's mean query loss after the inner loop (a graph back to the
@@ -410,11 +428,12 @@ class MAML(BaseMetaLearner):
                 fast = self._inner_update(fast, grads)
                 continue
             for i, g in zip(dense, grads):
-                fast[i] = fast[i] - lr * g
+                fast[i] = self._weight_step(i, fast[i], g)
             for k, dz in zip(ks, grads[len(dense) :]):
                 x_in = record[k][0]
                 if not create_graph:  # first order: the update is a constant, as g is
                     x_in = x_in.detach()
+                x_in, dz = self._low_rank_factors(k, x_in, dz)
                 factors[k].append((-lr, x_in, dz))  # W_b -= lr X_b^T dZ_b
         out = plan(fast, qx, factors)
         return self._loss_fn(qy, out), out
@@ -665,11 +684,16 @@ class ANIL(MAML):
     For a ``Sequential`` model the body runs once per task and only the head is re-run
     in the inner loop, which is what makes ANIL fast.
 
+    ``batch_norm`` has MAML's meaning (the body's BatchNormalization layers normalise the
+    query with the query batch's statistics, the support set's, or the moving ones that
+    meta-training moves towards each training task's support statistics). The modes
+    other than ``"transductive"`` run the whole model in a functional call at each inner
+    step (the body's features are not computed once per task), which costs more.
+
     Args: as for MAML.
     """
 
     _batched_inner_loop = False  # the head re-run on features computed once per task
-    _batch_norm_modes = False  # the body runs as plain layer calls, once per task
 
     def _prepare(self, task):
         super()._prepare(task)
@@ -696,15 +720,29 @@ class ANIL(MAML):
             full[i] = w
         return full
 
+    def _body_once(self):
+        """Whether the body runs once per task, as plain layer calls, and the inner loop
+        re-runs only the head: for a Sequential model ending in the head, in the
+        transductive mode (the others normalise the query through the support's
+        statistics or the moving ones, in a functional call of the whole model)."""
+        return self._split and self.batch_norm == "transductive"
+
     def _support_input(self, x):
         x = to_tensor(x)
-        if self._split:  # body once per task: features with a graph back to the body
+        if self._body_once():  # body once per task: features with a graph back to the body
             for layer in self.model.layers[:-1]:
-                x = layer(x, training=True)
+                own = layer.trainable_weights
+                # a functional call, as MAML's forward: batch statistics that leave the
+                # moving ones as they are (a plain call would move them on every pass)
+                x = (
+                    functional_call(layer, own, x, training=True)
+                    if own
+                    else layer(x, training=True)
+                )
         return x
 
     def _forward(self, fast, x):
-        if self._split:
+        if self._body_once():
             return functional_call(self._head_layer, fast, x, training=True)
         return functional_call(self.model, self._full_weights(fast), x, training=True)
 

@@ -1,5 +1,6 @@
 """Metric heads on a learned encoder: Matching Networks (Vinyals et al., NeurIPS 2016),
 R2D2, ridge regression in closed form (Bertinetto, Henriques, Torr & Vedaldi, ICLR 2019),
+MetaOptNet, a multi-class SVM in its dual (Lee, Maji, Ravichandran & Soatto, CVPR 2019),
 and Relation Networks, a learned comparison (Sung et al., CVPR 2018).
 
 Both are episode learners with ProtoNet's interface (``fit``/``adapt``/``evaluate``): the
@@ -33,6 +34,7 @@ from .protonet import ProtoNet, _flat
 
 __all__ = [
     "MatchingNet",
+    "MetaOptNet",
     "R2D2",
     "RelationNet",
     "relation_scores",
@@ -40,6 +42,8 @@ __all__ = [
     "matching_logits",
     "ridge_logits",
     "spd_solve",
+    "svm_dual",
+    "svm_logits",
     "MatchingClassifier",
     "LinearHeadClassifier",
 ]
@@ -130,6 +134,133 @@ def ridge_logits(
     coef = spd_solve(gram, onehot)  # (n, n_way)
     w = _core.matmul(support_emb, coef, transpose_a=True)  # (d, n_way)
     return scale * _core.matmul(query_emb, w)
+
+
+def _project_simplex(v: Any, z: float = 1.0) -> _core.Tensor:
+    """Each row of ``v (n, m)`` projected onto the simplex ``{p >= 0, sum p = z}``, as core
+    ops (differentiable to any order): ``relu(v - tau)``, ``tau = (sum of the kept entries
+    - z) / their number``. The kept set by Michelot's algorithm (1986): start from all
+    entries, drop those at or below tau, recompute; tau only grows and the largest entry
+    is never dropped, so after m - 1 passes the set is final. The set is piecewise
+    constant in v (zero gradient), so it is found without the tape; the gradient is the
+    projection's Jacobian, ``diag(s) - s s^T / |s|`` on the kept set s. Branch-free, no
+    sort."""
+    m = int(v.shape[1])
+    with _core_no_grad():
+        # the row's largest entries are always kept: in float32, rows of ~1e7 can round
+        # tau above them, and an empty set would divide by zero
+        top = 1.0 - _core.step(_core.reduce_max(v, axis=1, keepdims=True) - v)
+        tau = (_core.reduce_sum(v, axis=1, keepdims=True) - z) * (1.0 / m)
+        for _ in range(m - 1):
+            kept = _core.maximum(_core.step(v - tau), top)
+            count = _core.reduce_sum(kept, axis=1, keepdims=True)
+            tau = (_core.reduce_sum(kept * v, axis=1, keepdims=True) - z) / count
+        kept = _core.maximum(_core.step(v - tau), top)
+        count = _core.reduce_sum(kept, axis=1, keepdims=True)
+        weights = kept / count
+        offset = z / count
+    tau = _core.reduce_sum(weights * v, axis=1, keepdims=True) - offset
+    return _core.relu(v - tau)
+
+
+def svm_dual(gram: Any, onehot: ArrayLike, c: float, solver_steps: int) -> _core.Tensor:
+    """The dual of the Crammer-Singer multi-class SVM (Lee et al. 2019, eq. 10's dual),
+    by ``solver_steps`` steps of accelerated projected gradient ascent (FISTA, Beck &
+    Teboulle 2009) from ``A = 0``, as core ops (differentiable to any order):
+
+        max_A  -1/2 tr(A^T K A) + tr(A^T Y)   s.t.  sum_k A_ik = 0,  A_ik <= c Y_ik
+
+    ``K = gram (n, n)`` the support embeddings' Gram matrix, ``Y = onehot (n, m)``. Each
+    row's feasible set is ``c y_i - c * simplex``: the iterates are kept as
+    ``U = Y - A / c`` (rows on the simplex), where a gradient step is the affine map
+    ``U -> (I - s K) U - s (Y / c - K Y)`` and the projection is ``_project_simplex``.
+    The step s is ``1 / ||K||_F`` (``||K||_F >= ||K||_2``, the gradient's Lipschitz
+    constant), as ``1 / sqrt(||K||_F^2 + 1e-12)``: finite at K = 0. A fixed count: the
+    error after it depends on the conditioning of K (``MetaOptNet``'s docstring has
+    measurements).
+
+    Returns:
+        ``A (n, m)``; the SVM's class weights are ``X^T A``.
+    """
+    y_np = np.asarray(onehot, np.float32)
+    g_shape = tuple(int(d) for d in gram.shape)
+    if y_np.ndim != 2 or g_shape != (len(y_np), len(y_np)):
+        raise ValueError(
+            f"svm_dual: gram must be (n, n) and onehot (n, n_way), got {g_shape} and {y_np.shape}"
+        )
+    c = check_rate(c, "c", "svm_dual")
+    if c <= 0:
+        raise ValueError(f"svm_dual: c must be > 0, got {c}")
+    solver_steps = check_count(solver_steps, "solver_steps", "svm_dual", minimum=1)
+    y = _core.as_tensor(y_np)
+    n = int(y_np.shape[0])
+    # 1 / ||K||_F, at most 1e6: K = 0 (dead embeddings) keeps a finite step and gradient
+    step = 1.0 / _core.sqrt(_core.reduce_sum(_core.square(gram)) + 1e-12)
+    descent = _core.as_tensor(np.eye(n, dtype=np.float32)) - step * gram  # I - s K
+    shift = step * (_core.as_tensor(y_np * (1.0 / c)) - _core.matmul(gram, y))
+    u = z = y  # A = 0
+    t = 1.0
+    for _ in range(solver_steps):
+        u_new = _project_simplex(_core.matmul(descent, z) - shift)
+        t_new = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
+        z = u_new + ((t - 1.0) / t_new) * (u_new - u)
+        u, t = u_new, t_new
+    return c * (y - u)
+
+
+def _gram(x, ridge):
+    gram = _core.matmul(x, x, transpose_b=True)
+    if ridge:
+        gram = gram + _core.as_tensor(ridge * np.eye(int(x.shape[0]), dtype=np.float32))
+    return gram
+
+
+def svm_logits(
+    support_emb: Any,
+    support_y: ArrayLike,
+    query_emb: Any,
+    n_way: int,
+    c: float,
+    scale: Any,
+    solver_steps: int,
+    ridge: float = 0.0,
+) -> _core.Tensor:
+    """MetaOptNet's SVM head: the Crammer-Singer SVM's dual ``A`` on the support
+    embeddings X (``svm_dual``, linear kernel ``K = X X^T + ridge I``), class weights
+    ``W = X^T A``, then ``logits = scale * Q W = scale * (Q X^T) A``.
+
+    Args:
+        c: the SVM's penalty C (> 0; the paper's 0.1).
+        scale: a scalar Tensor (or float).
+        solver_steps: the dual solver's step count.
+        ridge: added to the Gram matrix's diagonal (>= 0): 0 is the paper's dual; the
+            authors' code adds 1.0 ("to avoid PSD error from the QP solver"), which also
+            bounds the condition number the solver's convergence depends on.
+
+    Returns:
+        ``(n_query, n_way)`` Tensor.
+    """
+    s_shape = tuple(int(d) for d in support_emb.shape)
+    q_shape = tuple(int(d) for d in query_emb.shape)
+    if len(s_shape) != 2 or len(q_shape) != 2 or s_shape[1] != q_shape[1]:
+        raise ValueError(
+            "MetaOptNet: support and query embeddings must be (n, d) with the same d, got "
+            f"{s_shape} and {q_shape}"
+        )
+    if np.ndim(support_y) != 1 or len(support_y) != s_shape[0]:
+        raise ValueError(
+            f"MetaOptNet: support_y must hold one label per support embedding ({s_shape[0]}), "
+            f"got shape {np.shape(support_y)}"
+        )
+    c = check_rate(c, "c", "MetaOptNet")
+    if c <= 0:
+        raise ValueError(f"MetaOptNet: c must be > 0, got {c}")
+    solver_steps = check_count(solver_steps, "solver_steps", "MetaOptNet", minimum=1)
+    ridge = check_rate(ridge, "ridge", "MetaOptNet")
+    onehot = _labels(support_y, n_way, "MetaOptNet")
+    gram = _gram(support_emb, ridge)
+    a = svm_dual(gram, onehot, c, solver_steps)
+    return scale * _core.matmul(_core.matmul(query_emb, support_emb, transpose_b=True), a)
 
 
 class MatchingClassifier(Model):
@@ -363,6 +494,107 @@ class R2D2(_EpisodeHead):
 
     def __repr__(self):
         return f"<R2D2 lambda={self.ridge_lambda:.4g} scale={float(np.asarray(self.scale)):.4g}>"
+
+
+class MetaOptNet(_EpisodeHead):
+    """MetaOptNet (Lee, Maji, Ravichandran & Soatto 2019, "Meta-Learning with
+    Differentiable Convex Optimization"), its SVM head: a multi-class (Crammer-Singer)
+    linear SVM fitted to each episode's support embeddings, back-propagated through to
+    the encoder.
+
+        A = argmax  -1/2 tr(A^T X X^T A) + tr(A^T Y)
+            s.t.    sum_k A_ik = 0,  A_ik <= C Y_ik
+        logits = scale * f(query) X^T A          (class weights W = X^T A)
+
+    X the support embeddings, Y their one-hot labels. The paper solves the dual QP with
+    a differentiable interior-point solver (qpth); here it is solved by a fixed number
+    of accelerated projected-gradient steps built from core ops (``svm_dual``), so the
+    meta-gradient of the solver as run exists to any order (an unrolled solver needs no
+    implicit-function argument, and a KKT solve needs a pivoting linear solver the core
+    does not have). The solver's error after ``solver_steps`` steps shrinks with the
+    conditioning of ``X X^T``: on the tests' 6-example episode (condition number ~100)
+    the dual's largest error is 0.27 after 8 steps, 5e-3 after 50, 5e-4 after 100 and
+    7e-6 after 200 (float64). On an untrained ``conv4``'s Omniglot embeddings (5-way;
+    condition number 190 at 1 shot, 7800 at 5 shots) the class weights' relative error
+    after 15 / 50 / 100 steps is 0.20 / 0.019 / 0.005 (1 shot) and 0.48 / 0.15 / 0.045
+    (5 shots); with ``ridge=1.0`` (the authors' code) it is 2e-4 after 15 steps at 5
+    shots. ``scale`` is meta-learned with the encoder, as in the authors' code; C is
+    fixed.
+
+    Args:
+        encoder: a Keras model mapping inputs to embeddings (flattened when not 2-D); the
+            paper's: ``meta.models.resnet12()`` (or ``conv4()``).
+        C: the SVM's penalty (> 0; paper 0.1).
+        solver_steps: the dual solver's step count (>= 1).
+        ridge: added to the Gram matrix's diagonal (>= 0; 0 the paper's dual, 1.0 the
+            authors' code: faster convergence, see ``svm_logits``).
+        scale: initial scale of the logits.
+        learn_scale: meta-learn it (else fixed).
+        meta_optimizer, meta_lr: the optimizer of the encoder and the scale.
+    """
+
+    def __init__(
+        self,
+        encoder: Any,
+        C: float = 0.1,
+        solver_steps: int = 50,
+        ridge: float = 0.0,
+        scale: float = 1.0,
+        learn_scale: bool = True,
+        meta_optimizer: Any = "adam",
+        meta_lr: float = 0.001,
+    ) -> None:
+        c = check_rate(C, "C", "MetaOptNet")
+        if c <= 0:
+            raise ValueError(f"MetaOptNet: C must be > 0, got {C}")
+        solver_steps = check_count(solver_steps, "solver_steps", "MetaOptNet", minimum=1)
+        ridge = check_rate(ridge, "ridge", "MetaOptNet")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)):
+            raise TypeError(f"MetaOptNet: scale must be a number, got {type(scale).__name__}")
+        if not math.isfinite(float(scale)):
+            raise ValueError(f"MetaOptNet: scale must be finite, got {scale}")
+        if not isinstance(learn_scale, (bool, np.bool_)):
+            raise TypeError(f"MetaOptNet: learn_scale must be True or False, got {learn_scale!r}")
+        super().__init__(encoder, meta_optimizer=meta_optimizer, meta_lr=meta_lr)
+        from metalearn.tape import Variable
+
+        self.C = c
+        self.solver_steps = solver_steps
+        self.ridge = ridge
+        self.learn_scale = bool(learn_scale)
+        self.scale = Variable(np.float32(scale), name="metaoptnet/scale")
+
+    def _meta_params(self):
+        return super()._meta_params() + ([self.scale] if self.learn_scale else [])
+
+    def _head(self, s_emb, support_y, q_emb, n_way):
+        return svm_logits(
+            s_emb, support_y, q_emb, n_way, self.C, self.scale, self.solver_steps, self.ridge
+        )
+
+    def adapt(
+        self, support_x: Array, support_y: ArrayLike, steps: Optional[int] = None
+    ) -> LinearHeadClassifier:
+        """A ``LinearHeadClassifier`` (a copy of the encoder plus this task's SVM class
+        weights ``X^T A``, the dual solved as in training); `steps` is ignored. The
+        encoder is unchanged."""
+        if steps is not None:
+            check_count(steps, "steps", "MetaOptNet.adapt")
+        n_way = int(np.max(support_y)) + 1
+        onehot = _labels(support_y, n_way, "MetaOptNet.adapt")
+        x = self._support_embeddings(support_x, support_y, "MetaOptNet.adapt")
+        with _core_no_grad():
+            gram = _gram(x, self.ridge)
+            w = _core.matmul(x, svm_dual(gram, onehot, self.C, self.solver_steps), transpose_a=True)
+        return LinearHeadClassifier(
+            clone_model(self.encoder), np.asarray(w), float(np.asarray(self.scale))
+        )
+
+    def __repr__(self):
+        return (
+            f"<MetaOptNet C={self.C:.4g} solver_steps={self.solver_steps} "
+            f"scale={float(np.asarray(self.scale)):.4g}>"
+        )
 
 
 def relation_scores(

@@ -46,6 +46,14 @@ class Reptile(MAML):
             ``metalearn.function`` and replayed from C afterwards; the numbers are the
             loop's up to float32 rounding (the mean over tasks is summed in another
             order).
+        batch_norm: as for MAML: the statistics BatchNormalization layers normalise the
+            query with after adaptation (``"transductive"``, ``"support"`` or
+            ``"running"``; the support always uses its own batch's). Reptile's update
+            does not read the query, so the mode changes what ``evaluate`` and ``adapt``
+            give and the query loss ``fit`` reports; in ``"running"`` mode meta-training
+            moves the moving statistics towards each task's adapted support statistics
+            (after the meta-update, in task order). The modes other than transductive
+            run the tasks one by one (not vectorised or traced).
     """
 
     def __init__(
@@ -59,6 +67,7 @@ class Reptile(MAML):
         epsilon: Optional[float] = None,
         vectorize: Union[str, bool] = "auto",
         trace: bool = True,
+        batch_norm: str = "transductive",
     ) -> None:
         if epsilon is not None:
             meta_lr = epsilon
@@ -72,6 +81,7 @@ class Reptile(MAML):
             loss=loss,
             vectorize=vectorize,
             trace=trace,
+            batch_norm=batch_norm,
         )
         self.epsilon = self.meta_lr
 
@@ -83,7 +93,10 @@ class Reptile(MAML):
             ``theta - mean_i phi_i`` (the meta-optimizer's "gradient").
         """
         self._prepare(batch)
-        loss, _, grads = self._direction(batch)
+        try:
+            loss, _, grads = self._direction(batch)
+        finally:
+            self._flush_statistics(apply=False)  # a query, not a training step
         return loss, grads
 
     def _meta_step(self, batch):
@@ -93,9 +106,15 @@ class Reptile(MAML):
         update = None if debugging._numerics_checks else self._traced_update(plan)
         if update is not None:
             return self._traced_meta_step(plan, update, batch)
-        loss, metric, grads = self._direction(batch)
-        self._check_meta_step(loss, grads, self._meta_params())
+        self._pending_statistics = []  # (what a failed earlier step may have left)
+        try:
+            loss, metric, grads = self._direction(batch)
+            self._check_meta_step(loss, grads, self._meta_params())
+        except BaseException:
+            self._flush_statistics(apply=False)  # a refused step changes nothing
+            raise
         self.meta_optimizer.apply_gradients(zip(grads, self._meta_params()))
+        self._flush_statistics()  # running mode: towards the adapted support statistics
         return loss, metric
 
     def _vectorised_direction(self, plan, sx, sy, qx, qy):
@@ -164,8 +183,9 @@ class Reptile(MAML):
                 sx, batch.support_y[i], self.inner_steps, create_graph=False, detach=True
             )
             with _core_no_grad():
-                out = self._forward(fast, self._support_input(batch.query_x[i]))
+                out = self._query_forward(fast, self._support_input(batch.query_x[i]), sx)
                 lq = float(self._loss_fn(batch.query_y[i], out).item())
+            self._collect_statistics(fast, sx)
             losses.append(lq)
             metrics.append(self._metric(out, batch.query_y[i], lq))
             for d, t, w in zip(delta, theta, fast):

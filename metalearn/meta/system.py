@@ -1166,11 +1166,13 @@ class MetaLearner:
         end = _budget.deadline(time_budget, "MetaLearner.fit")
         from metalearn.distributed import distribution
 
-        if distribution() is not None:  # refused, not run silently on one process
-            raise TypeError(
-                "DataParallel: MetaLearner.fit is not data-parallel yet (MAML, FOMAML, "
-                "MetaSGD, ANIL, Reptile and ProtoNet are)"
-            )
+        # under DataParallel the algorithm's meta-step is data-parallel (its tasks split
+        # between the processes, their meta-gradients summed in task order: the same bits
+        # for any P); what follows it (adaptation, memory writes, predictor step) runs on
+        # every process alike, so every process holds the same memory and predictor
+        dist = distribution()
+        if dist is not None:
+            dist._check_learner(self.algorithm, None)
         history = {
             "loss": [],
             "accuracy": [],
@@ -1186,30 +1188,59 @@ class MetaLearner:
                 batch = Task(*(np.asarray(a)[None] for a in batch), info={"batched": True})
             self._setup(batch)
             alg._prepare(batch)
-            loss, metric = alg._meta_step(batch)
+            if dist is None:
+                loss, metric = alg._meta_step(batch)
+            else:
+                if it == 0:
+                    dist._begin(alg)  # rank 0's weights on every rank
+                    self._build_predictor()  # and rank 0's predictor
+                    dist._broadcast(self.predictor.weights)
+                loss, metric = dist._meta_step(alg, batch)
             alg.iterations += 1
             feats, labs, accs, curves = [], [], [], []
             singles = batch.tasks()
             self._update_center([self.embed(t.support_x).mean(0) for t in singles])
-            for t in singles:
-                sx, sy = self._check_support(t.support_x, t.support_y)
+            supports = [self._check_support(t.support_x, t.support_y) for t in singles]
+            for sx, sy in supports:
                 if len(sy) != self.support_size:
                     raise ValueError(
                         f"fit: support sets must all have {self.support_size} "
                         f"examples, got {len(sy)}"
                     )
-                # features first: the task's own knowledge is not in the memory yet
+            # each task's features, accuracy curve and accuracy (under DataParallel: this
+            # rank's block of tasks, then every rank's rows in task order, same bits); the
+            # features come first: the task's own knowledge is not in the memory yet
+            lo, hi = (0, len(singles)) if dist is None else dist._task_block(len(singles))
+            for (sx, sy), t in zip(supports[lo:hi], singles[lo:hi]):
                 f, l, curve, _ = self._task_record(sx, sy, t.query_x, t.query_y)
                 acc = float(curve[self.inner_steps - 1]) if self.inner_steps >= 1 else None
                 if acc is None:
                     fast = alg.adapted_weights(sx, sy, 0)
                     with _core_no_grad():
                         acc = _accuracy(self._run(fast, t.query_x), t.query_y)
-                feats.append(f)
-                labs.append(l)
+                feats.append(np.asarray(f, np.float32))
+                labs.append(np.asarray(l, np.float32))
                 accs.append(acc)
-                curves.append(curve[: self.auto_max_steps])
-                if remember:
+                curves.append(np.asarray(curve[: self.auto_max_steps], np.float64))
+                # one process: each task is written before the next one's features (its
+                # recall features see the batch's earlier tasks); under DataParallel the
+                # batch's tasks are written after every rank's features are gathered
+                if remember and dist is None:
+                    self.remember(sx, sy, t.query_x, t.query_y, accuracy=acc, info=t.info)
+            if dist is not None:
+                # the features without the step count, the labels, the curve, the accuracy
+                wf, wl = self.feature_size - 1, self.support_size * self.n_way
+                wc = self.auto_max_steps
+                rows = np.zeros((hi - lo, wf + wl + wc + 1))
+                for j in range(hi - lo):
+                    rows[j] = np.concatenate([feats[j], labs[j], curves[j], [accs[j]]])
+                rows = dist._gather_rows(rows, len(singles))
+                feats = list(rows[:, :wf].astype(np.float32))
+                labs = list(rows[:, wf : wf + wl].astype(np.float32))
+                curves = list(rows[:, wf + wl : wf + wl + wc])
+                accs = [float(a) for a in rows[:, -1]]
+            if remember and dist is not None:  # every rank writes every task, in task order
+                for (sx, sy), t, acc in zip(supports, singles, accs):
                     self.remember(sx, sy, t.query_x, t.query_y, accuracy=acc, info=t.info)
             self._buffer_x.extend(feats)
             self._buffer_l.extend(labs)
@@ -1234,7 +1265,10 @@ class MetaLearner:
             progress.update(
                 it + 1, {"loss": loss, "accuracy": float(np.mean(accs)), "predictor_loss": ploss}
             )
-            if _budget.expired(end):
+            expired = _budget.expired(end)
+            if dist is not None:  # one rank's clock stops every rank after this iteration
+                expired = dist._agree(False, expired)[1]
+            if expired:
                 history["stopped"] = _budget.STOPPED_TIME_BUDGET
                 break
         self.history = history

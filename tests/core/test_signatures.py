@@ -145,6 +145,7 @@ BY_CALLABLE = {
     "trace_end": {"trace": lambda p: recording_trace()},
     "trace_abort": {"trace": lambda p: recording_trace()},
     "conv2d": {"x": lambda p: t(1, 4, 4, 2), "kernel": lambda p: t(2, 2, 2, 3)},
+    "conv2d_batched": {"x": lambda p: t(2, 1, 4, 4, 2), "kernel": lambda p: t(2, 2, 2, 2, 3)},
     "depthwise_conv2d": {"x": lambda p: t(1, 4, 4, 2), "kernel": lambda p: t(2, 2, 2, 3)},
     "max_pool2d": {"x": lambda p: t(1, 4, 4, 2)},
     "avg_pool2d": {"x": lambda p: t(1, 4, 4, 2)},

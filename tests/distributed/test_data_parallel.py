@@ -165,16 +165,6 @@ def test_one_process_strategy_gives_reptiles_loop_bits():
         assert a.tobytes() == b.tobytes()
 
 
-def test_strategy_refuses_the_metalearner_instead_of_running_it_on_one_process():
-    from metalearn.meta import MetaLearner
-
-    system = MetaLearner(n_way=3, hidden_units=8, memory_capacity=16, seed=0)
-    with distributed.DataParallel().scope():
-        with pytest.raises(TypeError, match="MetaLearner.fit is not data-parallel"):
-            system.fit(None, iterations=1, verbose=0)
-    assert system.algorithm.iterations == 0
-
-
 def test_bad_settings():
     with pytest.raises(ValueError, match="check_every"):
         distributed.DataParallel(check_every=-1)

@@ -515,7 +515,7 @@ def test_new_callbacks_refuse_bad_input_before_the_first_step(tmp_path):
     with pytest.raises(ValueError, match="separator"):
         callbacks.CSVLogger("x.csv", separator=";;")
     with pytest.raises(ValueError, match="histogram_freq"):
-        callbacks.TensorBoard(str(tmp_path), histogram_freq=1)
+        callbacks.TensorBoard(str(tmp_path), histogram_freq=-1)
     with pytest.raises(ValueError, match="update_freq"):
         callbacks.TensorBoard(str(tmp_path), update_freq=0)
     with pytest.raises(TypeError, match="callable"):

@@ -215,7 +215,7 @@ def test_return_sequences_mask_reaches_the_next_rnn():
     [
         (lambda: layers.LSTM(0), None, ValueError, "units"),
         (lambda: layers.GRU(2.5), None, ValueError, "units"),
-        (lambda: layers.LSTM(2, recurrent_dropout=0.2), None, NotImplementedError, "dropout"),
+        (lambda: layers.LSTM(2, recurrent_dropout=1.2), None, ValueError, "recurrent_dropout"),
         (lambda: layers.GRU(2, dropout=1.5), None, ValueError, "dropout"),
         (lambda: layers.Masking("x"), None, TypeError, "mask_value"),
         (

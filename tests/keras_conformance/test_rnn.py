@@ -3,10 +3,9 @@
 ``keras/src/layers/core/masking_test.py`` at 3.15.1): the expected values below are
 theirs, cited by test name; the tolerance is theirs (atol = rtol = 1e-5).
 
-Deliberately different: ``recurrent_dropout`` of LSTM and GRU raises
-NotImplementedError (Keras then draws a mask per gate; the LSTM/GRU ``recurrent_dropout``
-cases of ``test_basics`` are not ported); ``unroll`` is accepted and every step is always
-its own ops; dropout masks come from the global generator, not a per-layer seed.
+Deliberately different: ``unroll`` is accepted and every step is always its own ops;
+dropout masks come from the global generator, not a per-layer seed (so no seed generator
+among the non-trainable variables).
 """
 
 import numpy as np
@@ -226,6 +225,8 @@ def test_basics(cls):
     [  # the dropout cases of test_basics: training=True, shape (3, 3), 3 weights
         (layers.LSTM, {"dropout": 0.5}),
         (layers.GRU, {"dropout": 0.5}),
+        (layers.LSTM, {"dropout": 0.5, "recurrent_dropout": 0.5}),
+        (layers.GRU, {"dropout": 0.5, "recurrent_dropout": 0.5}),
         (layers.SimpleRNN, {"dropout": 0.5, "recurrent_dropout": 0.5}),
     ],
 )

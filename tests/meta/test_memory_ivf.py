@@ -351,3 +351,35 @@ def test_soft_read_and_loss_gradients_through_the_index():
         return np.maximum(kn - qn @ K[pos] + 2.5, 0)
 
     _check_orders(lambda q: mem.loss(q, y, k=k, margin=2.5, reduction="none"), loss_np, q0, rng)
+
+
+def test_probed_lists_are_the_float32_nearest_centroids():
+    """The lists probed are the top-nprobe of the float32 lane sums of the query with the
+    centroids (score down, list up), on the calling thread's one top-k as in the batch. Many
+    centroids per tight cluster put centroid scores within float16's rounding of each other,
+    so a coarse step that ranked a cheaper copy of the centroids (float16: checked, it picks
+    other lists here) without an exact recheck would fail."""
+    x, which, _ = mixture(6000, 64, 12, seed=21, spread=0.05)
+    mem = KnowledgeMemory.from_arrays(x, which)
+    ix = mem.build_index(nlist=300, nprobe=1, seed=4)
+    keys, lists = mem.state()[0], ix.lists
+    rng = np.random.default_rng(5)
+    q = x[rng.integers(0, 6000, 30)] + 0.01 * rng.standard_normal((30, 64)).astype(np.float32)
+    qn = normalized(q)
+    c16 = ix.centroids.astype(np.float16).astype(np.float32)
+    differs = 0
+    for p in (1, 4, 12):
+        got = mem.query(q, 8, nprobe=p)
+        for i in range(len(q)):
+            s = lane_dot(qn[i], ix.centroids)
+            probe = np.lexsort((np.arange(len(s)), -s))[:p]
+            s16 = lane_dot(qn[i], c16)
+            differs += set(probe) != set(np.lexsort((np.arange(len(s)), -s16))[:p])
+            scores = lane_dot(qn[i], keys)
+            want = ref_topk(scores[None], 8, np.isin(lists, probe))[0]
+            n = len(want)  # fewer than 8 keys in the lists probed: padded with -1 / -inf
+            np.testing.assert_array_equal(got[0][i], np.r_[want, [-1] * (8 - n)])
+            np.testing.assert_array_equal(got[1][i], np.r_[scores[want], [-np.inf] * (8 - n)])
+            one = mem.query(q[i], 8, nprobe=p)  # the single-query path: the same bits
+            np.testing.assert_array_equal(one[0][0], got[0][i])
+    assert differs > 0

@@ -8,7 +8,7 @@ import pytest
 
 import metalearn as ml
 from metalearn import debugging, keras
-from metalearn.meta import ANIL, MAML, MetaLearner, MetaSGD, ProtoNet, Reptile
+from metalearn.meta import ANIL, MAML, MetaCurvature, MetaLearner, MetaSGD, ProtoNet, Reptile
 from metalearn.tasks import NWayKShot, Sinusoid, Task
 
 F32 = np.float32
@@ -187,7 +187,7 @@ def test_settings_are_checked_by_name():
         ANIL(model, meta_lr=-0.1)
     with pytest.raises(TypeError, match="inner_lr"):
         MAML(model, inner_lr="0.1")
-    for cls in (MAML, Reptile, MetaSGD, ANIL, ProtoNet):
+    for cls in (MAML, Reptile, MetaSGD, ANIL, ProtoNet, MetaCurvature):
         with pytest.raises(TypeError, match="model"):
             cls(lambda x: x)
 
@@ -239,6 +239,7 @@ def _learners():
         ("maml", lambda: MAML(_sinusoid_mlp(), inner_lr=0.01)),
         ("fomaml", lambda: MAML(_sinusoid_mlp(), inner_lr=0.01, first_order=True)),
         ("metasgd", lambda: MetaSGD(_sinusoid_mlp(), inner_lr=0.01)),
+        ("metacurvature", lambda: MetaCurvature(_sinusoid_mlp(), inner_lr=0.01)),
         ("anil", lambda: ANIL(_sinusoid_mlp(), inner_lr=0.01)),
         ("reptile", lambda: Reptile(_sinusoid_mlp(), inner_lr=0.01)),
     ]

@@ -114,6 +114,24 @@ def test_reproduce_quick_runs():
     assert "maml_sinusoid" in out.stdout and "89.7 +- 1.1" in out.stdout and "total" in out.stdout
 
 
+def test_reproduce_refuses_a_chunk_without_a_checkpoint():
+    # a chunk that stops at its time budget with nowhere to save would lose its work
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "reproduce.py"),
+            "--only",
+            "protonet_conv4",
+            "--chunk",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "--chunk needs --checkpoint-dir" in out.stderr
+
+
 def test_maml_sinusoid_benchmark_runs():
     out = subprocess.run(
         [

@@ -32,6 +32,17 @@ def _blocks():
 # Each block is recognised by a string only it holds. The check runs after the block, in
 # the same interpreter, and must raise (an assert) when what the README promises is false.
 CHECKS = {
+    "distributed.ShardedMemory(4096, 128)": (
+        # one KnowledgeMemory of the same capacity and seed: the same slots, answers, file
+        "from metalearn.memory import KnowledgeMemory\n"
+        "one = KnowledgeMemory(4096, 128)\n"
+        "assert np.array_equal(np.asarray(one.update(keys, labels)), np.asarray(slots))\n"
+        "a = one.query(keys[:5], k=8)\n"
+        "assert np.array_equal(np.asarray(a[0]), np.asarray(idx))\n"
+        "assert np.array_equal(np.asarray(a[1]), np.asarray(sim))\n"
+        "one.save('one.mlmem')\n"
+        "assert open('one.mlmem', 'rb').read() == open('memory.mlmem', 'rb').read()"
+    ),
     "distributed.DataParallel().scope()": (
         "import os\n"
         "assert distributed.size() == 1 and distributed.is_root()\n"
