@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from metalearn import random as ml_random
 from metalearn.meta import MAML
 from metalearn.meta.system import MetaLearner, rankdata, spearman
 from metalearn.networks import AdaptiveNeuralNetwork
@@ -28,6 +29,7 @@ def sampler(data, seed=0, q=3):
 
 @pytest.fixture(scope="module")
 def trained(data):
+    ml_random.set_seed(0)  # the same learner whichever tests ran before
     system = MetaLearner(n_way=5, hidden_units=32, memory_capacity=200, seed=0)
     history = system.fit(sampler(data), iterations=30, meta_batch_size=4, verbose=0)
     return system, history
