@@ -59,7 +59,7 @@ ABLATIONS = (
     ("all features", ()),
     (
         "older features only (gram + statistics)",
-        ("support", "first_step", "recall", "separation", "pseudo_query"),
+        ("support", "first_step", "recall", "separation", "pseudo_query", "query"),
     ),
     ("without support", ("support",)),
     ("without first_step", ("first_step",)),
@@ -68,6 +68,11 @@ ABLATIONS = (
     ("without pseudo_query", ("pseudo_query",)),
     ("without gram", ("gram",)),
     ("without statistics", ("statistics",)),
+    ("without query", ("query",)),
+    (
+        "query features only (+ gram + statistics)",
+        ("support", "first_step", "recall", "separation", "pseudo_query"),
+    ),
 )
 
 
@@ -107,6 +112,12 @@ def main(argv=None):
     ap.add_argument("--no-ablation", action="store_true")
     ap.add_argument("--iterations", type=int, help="meta-training iterations (default 2000)")
     ap.add_argument("--save", help="save the trained system into this folder and stop")
+    ap.add_argument(
+        "--query-features",
+        action="store_true",
+        help="the predictor also sees the held-out task's unlabelled query inputs "
+        "(MetaLearner(query_features=True), transductive)",
+    )
     args = ap.parse_args(argv)
     iters, batch, psteps, episodes, plain = (
         (20, 4, 20, 20, 20) if args.quick else (2000, 16, 2000, 400, 300)
@@ -120,7 +131,13 @@ def main(argv=None):
     xte, yte, nte = omniglot(split="vinyals_test", return_names=True)
     train = VariedTasks(x, y, names, q_queries=5, seed=1 + 10 * seed)
     system = MetaLearner(
-        n_way=5, algorithm="maml", inner_steps=1, inner_lr=0.4, memory_capacity=1000, seed=seed
+        n_way=5,
+        algorithm="maml",
+        inner_steps=1,
+        inner_lr=0.4,
+        memory_capacity=1000,
+        seed=seed,
+        query_features=args.query_features,
     )
     system.fit(train, iterations=iters, meta_batch_size=batch, verbose=0, remember=True)
     system.train_predictor(psteps)
@@ -161,6 +178,9 @@ def main(argv=None):
     if not args.no_ablation:
         saved = (system.predictor, system.predictor_optimizer, system._rng)
         for name, groups in ABLATIONS:
+            if "query" in name and not system.query_features:
+                continue  # the rows about the query group
+            groups = tuple(g for g in groups if g in system.feature_groups)
             system.predictor = MetaLearningNetwork(128)
             system.predictor_optimizer = optimizers.Adam(system.predictor_lr)
             system._rng = np.random.default_rng(1000 + seed)

@@ -189,6 +189,12 @@ class MetaLearner:
             steps (``adapt(steps="auto")`` chooses among them).
         auto_epsilon: ``steps="auto"`` takes the fewest steps whose predicted accuracy is
             within auto_epsilon of the best predicted one.
+        query_features: True adds the ``QUERY`` group to the predictor's input: how the
+            adapted learner and the class prototypes respond to the task's unlabelled
+            query inputs (confidence, class balance of the predictions, agreement). This
+            is transductive: predictions then need the query inputs
+            (``predict_performance(..., query_x=...)``, ``adapt(..., query_x=...)``);
+            the query labels are never used.
         encoder: optional Keras model giving the embeddings of the task keys, the
             prototypes and the predictor's features instead of the learner's body (e.g. a
             conv encoder trained with ProtoNet or a MemoryClassifier); it is not trained
@@ -228,6 +234,7 @@ class MetaLearner:
         seed=0,
         auto_max_steps=5,
         auto_epsilon=0.01,
+        query_features=False,
     ):
         if isinstance(algorithm, _Algorithm):
             if model is not None and model is not algorithm.model:
@@ -284,6 +291,11 @@ class MetaLearner:
         self.auto_epsilon = float(auto_epsilon)
         if not (self.auto_epsilon >= 0.0):
             raise ValueError(f"MetaLearner: auto_epsilon must be >= 0, got {auto_epsilon!r}")
+        if not isinstance(query_features, (bool, np.bool_)):
+            raise TypeError(
+                f"MetaLearner: query_features must be True or False, got {query_features!r}"
+            )
+        self.query_features = bool(query_features)
         self._rng = np.random.default_rng(seed)
         self.encoder = encoder
         self.task_info = {}
@@ -591,6 +603,26 @@ class MetaLearner:
         "pseudo_query_prototype_accuracy",
         "pseudo_query_prototype_margin",
     )
+    #: the unlabelled query inputs (``query_features=True``, transductive): the adapted
+    #: learner's mean top-1 probability, entropy and top-1 minus top-2 margin; the same
+    #: for the nearest-prototype classifier (softmax of minus squared distances); how
+    #: often the two agree; the entropy of the predicted-class histogram (hard and soft)
+    #: and of the prototypes' (N-way queries are balanced, so a skewed histogram means
+    #: errors); the mean distance to the nearest prototype over the mean distance between
+    #: prototypes; how often a query's nearest other query gets the same prediction
+    QUERY = (
+        "query_max_probability",
+        "query_entropy",
+        "query_margin",
+        "query_prototype_max_probability",
+        "query_prototype_margin",
+        "query_prototype_agreement",
+        "query_class_balance",
+        "query_soft_class_balance",
+        "query_prototype_class_balance",
+        "query_prototype_distance_ratio",
+        "query_neighbour_agreement",
+    )
     #: the step count a prediction is for (the last entry of the predictor's input)
     STEPS = ("steps",)
 
@@ -606,8 +638,8 @@ class MetaLearner:
             ("recall", len(self.RECALL)),
             ("separation", len(self.SEPARATION)),
             ("pseudo_query", len(self.PSEUDO_QUERY)),
-            ("steps", len(self.STEPS)),
-        )
+        ) + ((("query", len(self.QUERY)),) if self.query_features else ())
+        sizes += (("steps", len(self.STEPS)),)
         out, at = {}, 0
         for name, size in sizes:
             out[name] = (at, at + size)
@@ -672,6 +704,58 @@ class MetaLearner:
         separation = [d.min() / within, d.mean() / within]
         return support + first + recall + separation + self._pseudo_query(sx, sy, e, curve)
 
+    def _query_statistics(self, sx, sy, emb, fast, query_x):
+        """The ``QUERY`` group (float64 list): `fast` the adapted weights, `emb` the
+        support embeddings; the query labels are not used."""
+        qx = np.asarray(query_x, np.float32)
+        with _core_no_grad():
+            z = np.asarray(self._run(fast, qx), np.float64)
+        if getattr(self.model, "output_activation", None) == "softmax":
+            z = np.log(np.clip(z, 1e-7, 1.0))
+
+        def probs(z):
+            z = z - z.max(1, keepdims=True)
+            e = np.exp(z)
+            return e / e.sum(1, keepdims=True)
+
+        def entropy(p):
+            return float(-(p * np.log(p + 1e-12)).sum(-1).mean())
+
+        def balance(p):  # entropy of the histogram of predicted classes
+            h = np.bincount(p.argmax(1), minlength=p.shape[1]) / len(p)
+            return float(-(h * np.log(h + 1e-12)).sum())
+
+        p = probs(z)
+        ps = np.sort(p, 1)
+        e, eq = np.asarray(emb, np.float64), np.asarray(self.embed(qx), np.float64)
+        classes = np.unique(sy)
+        protos = np.stack([e[sy == c].mean(0) for c in classes])
+        dist = ((eq[:, None] - protos[None]) ** 2).sum(-1)
+        pp = probs(-dist)
+        pps = np.sort(pp, 1)
+        between = np.sqrt(((protos[:, None] - protos[None]) ** 2).sum(-1))
+        between = between[np.triu_indices(len(classes), 1)]
+        ratio = np.sqrt(dist.min(1)).mean() / max(
+            float(between.mean()) if len(between) else 0.0, 1e-6
+        )
+        dq = ((eq[:, None] - eq[None]) ** 2).sum(-1)
+        np.fill_diagonal(dq, np.inf)
+        pred = p.argmax(1)
+        soft = p.mean(0)
+        return [
+            float(ps[:, -1].mean()),
+            entropy(p),
+            float((ps[:, -1] - ps[:, -2]).mean()) if p.shape[1] > 1 else 0.0,
+            float(pps[:, -1].mean()),
+            float((pps[:, -1] - pps[:, -2]).mean()) if pp.shape[1] > 1 else 0.0,
+            float(np.mean(classes[pp.argmax(1)] == pred)),
+            balance(p),
+            float(-(soft * np.log(soft + 1e-12)).sum()),
+            balance(pp),
+            float(ratio),
+            float(np.mean(pred == pred[dq.argmin(1)])) if len(pred) > 1 else 1.0,
+        ]
+
     def _pseudo_query(self, sx, sy, emb_centred, curve):
         """How the adapted learner and the prototypes fare on deformed support examples:
         with one example per class the support set holds no query, and these stand in."""
@@ -723,7 +807,15 @@ class MetaLearner:
 
     def _task_record(self, sx, sy, query_x=None, query_y=None):
         """(features without the step count, one-hot labels, query accuracy after 1..K
-        steps or None, the ``inner_steps`` adapted weights)."""
+        steps or None, the ``inner_steps`` adapted weights); `query_y` only measures the
+        accuracies, `query_x` gives the ``QUERY`` group (``query_features=True``)."""
+        if self.query_features and query_x is None:
+            raise ValueError(
+                "MetaLearner: query_features=True predicts from the task's query inputs; "
+                "pass query_x"
+            )
+        if query_x is not None and len(query_x) == 0:
+            raise ValueError("MetaLearner: query_x holds no examples")
         k = max(self.auto_max_steps, self.inner_steps)
         curve = self._curve_weights(sx, sy, k)
         fast = curve[self.inner_steps - 1] if self.inner_steps >= 1 else None
@@ -732,7 +824,11 @@ class MetaLearner:
         stats = self._statistics(sx, sy, emb, fast)
         extra = self._extra_statistics(sx, sy, emb, curve)
         extra = np.clip(np.nan_to_num(np.asarray(extra, np.float64)), -1e3, 1e3)
-        feats = np.concatenate([gram.reshape(-1), stats, extra]).astype(np.float32)
+        parts = [gram.reshape(-1), stats, extra]
+        if self.query_features:
+            q = self._query_statistics(sx, sy, emb, fast if fast is not None else curve[0], query_x)
+            parts.append(np.clip(np.nan_to_num(np.asarray(q, np.float64)), -1e3, 1e3))
+        feats = np.concatenate(parts).astype(np.float32)
         accs = None
         if query_x is not None:
             with _core_no_grad():
@@ -748,15 +844,17 @@ class MetaLearner:
         statistics and the step count."""
         return self.feature_groups["steps"][1]
 
-    def task_features(self, support_x, support_y, fast=None, steps=None):
+    def task_features(self, support_x, support_y, fast=None, steps=None, query_x=None):
         """The predictor's input for one task: ``(features (1, feature_size), one-hot
         labels (1, n_support * n_way))``, the features laid out as ``feature_groups``
         says, the last entry the step count the prediction is for (default
-        ``inner_steps``). `fast` is accepted for compatibility and not needed."""
+        ``inner_steps``). `fast` is accepted for compatibility and not needed; `query_x`
+        the task's query inputs (``query_features=True`` only)."""
         self._require_built(support_x, support_y)
         sx, sy = self._check_support(support_x, support_y)
         steps = self.inner_steps if steps is None else check_count(steps, "steps", "task_features")
-        feats, labels, _, _ = self._task_record(sx, sy)
+        query_x = self._check_query(query_x, sx, "task_features")
+        feats, labels, _, _ = self._task_record(sx, sy, query_x)
         return np.append(feats, np.float32(steps))[None], labels[None]
 
     def _one_hot(self, sy):
@@ -798,24 +896,45 @@ class MetaLearner:
             out = np.asarray(self.predictor(self._standardize(features), labels=labels))
         return mean + scale * out.reshape(-1).astype(np.float64)
 
-    def _predicted_curve(self, sx, sy):
+    def _check_query(self, query_x, sx, where):
+        """query_x as float32 with the support's input shape, or None (bad: ValueError)."""
+        if query_x is None:
+            if self.query_features:
+                raise ValueError(
+                    f"{where}: query_features=True predicts from the task's query inputs; "
+                    "pass query_x"
+                )
+            return None
+        if not self.query_features:
+            raise ValueError(f"{where}: query_x is used only with query_features=True")
+        q = np.asarray(query_x, np.float32)
+        if q.ndim != np.ndim(sx) or q.shape[1:] != np.shape(sx)[1:] or len(q) == 0:
+            raise ValueError(
+                f"{where}: query_x must hold examples shaped like the support's "
+                f"{tuple(np.shape(sx)[1:])}, got shape {q.shape}"
+            )
+        return q
+
+    def _predicted_curve(self, sx, sy, query_x=None):
         """Predicted accuracy after 1..auto_max_steps steps (one feature computation)."""
         if len(sy) != self.support_size:
             raise ValueError(
                 f"predict_performance: the predictor was trained on support sets of "
                 f"{self.support_size} examples, got {len(sy)}"
             )
-        feats, labels, _, _ = self._task_record(sx, sy)
+        feats, labels, _, _ = self._task_record(sx, sy, query_x)
         k = self.auto_max_steps
         x = np.concatenate(
             [np.tile(feats, (k, 1)), np.arange(1, k + 1, dtype=np.float32)[:, None]], 1
         )
         return np.clip(self._predict_raw(x, np.tile(labels, (k, 1))), 0.0, 1.0)
 
-    def predict_performance(self, support_x, support_y, steps=None):
+    def predict_performance(self, support_x, support_y, steps=None, query_x=None):
         """The accuracy the learner is expected to reach on this task after adapting
         `steps` inner steps from the meta-weights (default ``inner_steps``; counts above
-        ``auto_max_steps`` are predicted as ``auto_max_steps``), clipped to [0, 1]."""
+        ``auto_max_steps`` are predicted as ``auto_max_steps``), clipped to [0, 1].
+        `query_x`: the task's unlabelled query inputs, needed (and only accepted) with
+        ``query_features=True``."""
         steps = (
             self.inner_steps
             if steps is None
@@ -823,7 +942,8 @@ class MetaLearner:
         )
         self._require_built(support_x, support_y)
         sx, sy = self._check_support(support_x, support_y)
-        curve = self._predicted_curve(sx, sy)
+        query_x = self._check_query(query_x, sx, "predict_performance")
+        curve = self._predicted_curve(sx, sy, query_x)
         return float(curve[min(steps, self.auto_max_steps) - 1])
 
     def _augment(self, features, labels):
@@ -1053,7 +1173,7 @@ class MetaLearner:
             out.append(base[1][perm] + rec["bias_delta"][perm])
         return out
 
-    def adapt(self, support_x, support_y, steps=None, warm_start=True):
+    def adapt(self, support_x, support_y, steps=None, warm_start=True, query_x=None):
         """Recalls, warm-starts, adapts; the meta-model is not changed.
 
         Args:
@@ -1064,6 +1184,8 @@ class MetaLearner:
                 within ``auto_epsilon`` of the best prediction are taken
                 (``self.last_steps`` says how many).
             warm_start: False ignores the memory (the algorithm's plain adaptation).
+            query_x: the task's unlabelled query inputs, for the prediction (needed, and
+                only accepted, with ``query_features=True``).
 
         Returns:
             ``(adapted_model, predicted_performance)``: a new Keras model holding the
@@ -1087,9 +1209,10 @@ class MetaLearner:
             )
         self._require_built(support_x, support_y)
         sx, sy = self._check_support(support_x, support_y)
+        query_x = self._check_query(query_x, sx, "MetaLearner.adapt")
         curve = None
         try:
-            curve = self._predicted_curve(sx, sy)
+            curve = self._predicted_curve(sx, sy, query_x)
         except ValueError:
             if auto:  # a support set of another size: nothing to choose from
                 raise
@@ -1119,7 +1242,13 @@ class MetaLearner:
     def evaluate_task(self, task, steps=None, warm_start=True):
         """Query accuracy of ``adapt`` on one task (a Task with a query set); `steps` as
         for ``adapt`` (``"auto"`` included)."""
-        model, _ = self.adapt(task.support_x, task.support_y, steps=steps, warm_start=warm_start)
+        model, _ = self.adapt(
+            task.support_x,
+            task.support_y,
+            steps=steps,
+            warm_start=warm_start,
+            query_x=task.query_x if self.query_features else None,
+        )
         with _core_no_grad():
             out = model(np.ascontiguousarray(np.asarray(task.query_x, np.float32)), training=True)
         return _accuracy(out, task.query_y)
@@ -1294,6 +1423,7 @@ class MetaLearner:
             "seed": self.seed,
             "auto_max_steps": self.auto_max_steps,
             "auto_epsilon": self.auto_epsilon,
+            "query_features": self.query_features,
         }
 
     def save(self, directory):

@@ -115,7 +115,7 @@ def test_auto_takes_fewer_steps_on_easy_tasks(small_system, monkeypatch):
     system, x, y = small_system
     chosen = {}
     for name, curve in CURVES.items():
-        monkeypatch.setattr(system, "_predicted_curve", lambda sx, sy, c=curve: c)
+        monkeypatch.setattr(system, "_predicted_curve", lambda sx, sy, qx=None, c=curve: c)
         model, predicted = system.adapt(x, y, steps="auto", warm_start=False)
         chosen[name] = system.last_steps
         assert predicted == curve[system.last_steps - 1]
@@ -125,7 +125,7 @@ def test_auto_takes_fewer_steps_on_easy_tasks(small_system, monkeypatch):
     # within epsilon 0.01 of the best: step 1 (0.90 >= 0.895), step 4 (0.60 >= 0.595)
     assert chosen == {"easy": 1, "hard": 4}
     system.auto_epsilon = 0.0  # only the best itself
-    monkeypatch.setattr(system, "_predicted_curve", lambda sx, sy: CURVES["hard"])
+    monkeypatch.setattr(system, "_predicted_curve", lambda sx, sy, qx=None: CURVES["hard"])
     system.adapt(x, y, steps="auto")
     assert system.last_steps == 5
 
@@ -185,4 +185,128 @@ def test_predictions_survive_save_and_load(small_system, tmp_path):
     np.testing.assert_array_equal(loaded._predicted_curve(x, y), system._predicted_curve(x, y))
     system.adapt(x, y, steps="auto")
     loaded.adapt(x, y, steps="auto")
+    assert loaded.last_steps == system.last_steps
+
+
+# ------------------------------------------------------- query features (transductive)
+
+
+@pytest.fixture
+def query_system():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 6)).astype(np.float32)
+    y = np.arange(5)
+    qy = np.repeat(y, 3)
+    qx = (x[qy] + 0.7 * rng.normal(size=(15, 6))).astype(np.float32)
+    system = MetaLearner(n_way=5, hidden_units=8, memory_capacity=10, seed=0, query_features=True)
+    tasks = lambda b: Task(  # noqa: E731
+        np.stack([x] * b), np.stack([y] * b), np.stack([qx] * b), np.stack([qy] * b), {}
+    )
+    system.fit(tasks, iterations=3, meta_batch_size=2, verbose=0)
+    return system, x, y, qx
+
+
+def _entropy(p):
+    return -(p * np.log(p + 1e-12)).sum(-1)
+
+
+def test_query_features_follow_their_formulas(query_system):
+    system, x, y, qx = query_system
+    groups = system.feature_groups
+    a, b = groups["query"]
+    assert b - a == len(MetaLearner.QUERY) == 11 and groups["steps"] == (b, b + 1)
+    feats, _ = system.task_features(x, y, query_x=qx)
+    got = feats[0, a:b].astype(np.float64)
+    # reference: the algorithm's own adapted model and embeddings, formulas in NumPy
+    model = system.algorithm.adapt(x, y, steps=system.inner_steps)
+    assert system.model.output_activation == "linear"  # logits
+    z = np.asarray(model(qx, training=True), np.float64)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    es, eq = np.asarray(system.embed(x), np.float64), np.asarray(system.embed(qx), np.float64)
+    d = np.array([[np.sum((q - s) ** 2) for s in es] for q in eq])  # one support per class
+    pp = np.exp(-(d - d.min(1, keepdims=True)))
+    pp /= pp.sum(1, keepdims=True)
+    top = np.sort(p, 1)
+    ptop = np.sort(pp, 1)
+    hist = lambda c: np.bincount(c, minlength=5) / len(c)  # noqa: E731
+    between = [np.sqrt(np.sum((es[i] - es[j]) ** 2)) for i in range(5) for j in range(i + 1, 5)]
+    near = np.array(
+        [
+            np.argmin([np.sum((q - r) ** 2) if k != i else np.inf for k, r in enumerate(eq)])
+            for i, q in enumerate(eq)
+        ]
+    )
+    want = [
+        top[:, -1].mean(),
+        _entropy(p).mean(),
+        (top[:, -1] - top[:, -2]).mean(),
+        ptop[:, -1].mean(),
+        (ptop[:, -1] - ptop[:, -2]).mean(),
+        np.mean(p.argmax(1) == pp.argmax(1)),
+        _entropy(hist(p.argmax(1))),
+        _entropy(p.mean(0)),
+        _entropy(hist(pp.argmax(1))),
+        np.sqrt(d.min(1)).mean() / np.mean(between),
+        np.mean(p.argmax(1) == p.argmax(1)[near]),
+    ]
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+    # the prediction reads them: other query inputs, another prediction
+    p1 = system.predict_performance(x, y, query_x=qx)
+    p2 = system.predict_performance(x, y, query_x=qx[::-1][:5] * 0.0)
+    assert 0.0 <= p1 <= 1.0 and p1 != p2
+
+
+def test_query_features_are_off_by_default(small_system):
+    system, x, y = small_system
+    assert not system.query_features and "query" not in system.feature_groups
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s, x, y, qx: s.predict_performance(x, y),  # query_x missing
+        lambda s, x, y, qx: s.adapt(x, y, steps="auto"),
+        lambda s, x, y, qx: s.task_features(x, y),
+        lambda s, x, y, qx: s.predict_performance(x, y, query_x=qx[:, :4]),  # wrong shape
+        lambda s, x, y, qx: s.predict_performance(x, y, query_x=qx[:0]),  # empty
+        lambda s, x, y, qx: s.adapt(x, y, steps="auto", query_x=qx[None]),
+    ],
+)
+def test_bad_query_inputs_change_nothing(query_system, call):
+    system, x, y, qx = query_system
+    before = [w.copy() for w in system.model.get_weights()]
+    pred = [np.asarray(w).copy() for w in system.predictor.weights]
+    size, steps = system.memory.size, system.last_steps
+    with pytest.raises(ValueError, match="query_x"):
+        call(system, x, y, qx)
+    for a, b in zip(before, system.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(pred, system.predictor.weights):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    assert system.memory.size == size and system.last_steps == steps
+
+
+def test_query_x_without_query_features_is_refused(small_system):
+    system, x, y = small_system
+    with pytest.raises(ValueError, match="query_features=True"):
+        system.predict_performance(x, y, query_x=x)
+
+
+def test_query_features_flag_must_be_a_bool():
+    for bad in ("yes", 1, None):
+        with pytest.raises(TypeError, match="query_features must be True or False"):
+            MetaLearner(n_way=5, query_features=bad)
+
+
+def test_query_predictions_survive_save_and_load(query_system, tmp_path):
+    system, x, y, qx = query_system
+    system.save(tmp_path / "s")
+    loaded = MetaLearner.load(tmp_path / "s")
+    assert loaded.query_features
+    assert loaded.predict_performance(x, y, query_x=qx) == system.predict_performance(
+        x, y, query_x=qx
+    )
+    task = Task(x, y, qx, np.repeat(y, 3))
+    assert loaded.evaluate_task(task, steps="auto") == system.evaluate_task(task, steps="auto")
     assert loaded.last_steps == system.last_steps
