@@ -118,7 +118,14 @@ def main(argv=None):
         help="the predictor also sees the held-out task's unlabelled query inputs "
         "(MetaLearner(query_features=True), transductive)",
     )
+    ap.add_argument(
+        "--raw",
+        action="store_true",
+        help="train the predictor on raw (not standardised) features and accuracies",
+    )
     args = ap.parse_args(argv)
+    if args.raw:
+        MetaLearner._STANDARDIZE = False
     iters, batch, psteps, episodes, plain = (
         (20, 4, 20, 20, 20) if args.quick else (2000, 16, 2000, 400, 300)
     )
