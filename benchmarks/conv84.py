@@ -33,7 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
-from run_all import interleaved, set_threads, torch  # noqa: E402
+from run_all import interleaved, set_threads, torch, torch_conv4  # noqa: E402
 
 import metalearn as ml  # noqa: E402
 
@@ -130,19 +130,6 @@ def ml_proto(backbone, n_way, k_shot, q):
     return lambda: pn._meta_step(batch)
 
 
-def _torch_conv4(nn):
-    layers, cin = [], C
-    for _ in range(4):
-        layers += [
-            nn.Conv2d(cin, 64, 3, padding=1),
-            nn.BatchNorm2d(64, eps=1e-3, momentum=0.01),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        ]
-        cin = 64
-    return nn.Sequential(*layers, nn.Flatten())
-
-
 def _torch_resnet12(nn):
     class Block(nn.Module):
         def __init__(self, cin, f):
@@ -173,7 +160,10 @@ def _torch_resnet12(nn):
 
 def torch_proto(backbone, n_way, k_shot, q):
     torch.manual_seed(0)
-    enc = (_torch_conv4 if backbone == "conv4" else _torch_resnet12)(torch.nn)
+    if backbone == "conv4":
+        enc = torch_conv4(torch.nn, channels=C)
+    else:
+        enc = _torch_resnet12(torch.nn)
     opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
     sx, _, qx, qy = _batch(n_way, k_shot, q, 1)
     x = torch.from_numpy(np.concatenate([sx[0], qx[0]]).transpose(0, 3, 1, 2).copy())

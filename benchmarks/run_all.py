@@ -353,19 +353,8 @@ def protonet_steps(n_way=20, k_shot=5, q=5, seed=0):
     ml_step = lambda: pn._meta_step(batch)  # noqa: E731
     if torch is None:
         return ml_step, None
-    nn = torch.nn
     torch.manual_seed(0)
-    layers = []
-    cin = 1
-    for _ in range(4):
-        layers += [
-            nn.Conv2d(cin, 64, 3, padding=1),
-            nn.BatchNorm2d(64, eps=1e-3, momentum=0.01),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        ]
-        cin = 64
-    enc = nn.Sequential(*layers, nn.Flatten())
+    enc = torch_conv4(torch.nn)
     opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
     x = torch.from_numpy(np.concatenate([sx[0], qx[0]]).transpose(0, 3, 1, 2).copy())
     tqy = torch.from_numpy(qy[0])
@@ -382,6 +371,22 @@ def protonet_steps(n_way=20, k_shot=5, q=5, seed=0):
         opt.step()
 
     return ml_step, torch_step
+
+
+def torch_conv4(nn, channels=1, filters=64):
+    """PyTorch's twin of ``meta.models.conv4()`` (no head): 4 x [Conv 3x3 same, BatchNorm
+    with Keras' eps and momentum, ReLU, MaxPool 2], then Flatten; the PyTorch peer of
+    every conv4 row (run_all, conv84, scaling_peer)."""
+    layers, cin = [], channels
+    for _ in range(4):
+        layers += [
+            nn.Conv2d(cin, filters, 3, padding=1),
+            nn.BatchNorm2d(filters, eps=1e-3, momentum=0.01),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
+        cin = filters
+    return nn.Sequential(*layers, nn.Flatten())
 
 
 def row_protonet(threads, quick):

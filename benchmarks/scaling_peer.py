@@ -77,17 +77,10 @@ def _mlp(torch, n_way=5):
 
 
 def _conv4(torch):
-    nn = torch.nn
-    layers, cin = [], 1
-    for _ in range(4):
-        layers += [
-            nn.Conv2d(cin, 64, 3, padding=1),
-            nn.BatchNorm2d(64, eps=1e-3, momentum=0.01),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        ]
-        cin = 64
-    return nn.Sequential(*layers, nn.Flatten())
+    sys.path.insert(0, HERE)
+    from run_all import torch_conv4
+
+    return torch_conv4(torch.nn)
 
 
 def _worker(rank, procs, port, steps, warmup, out):

@@ -25,7 +25,15 @@ Format (version 1): a directory holding
 ``tensors-<step>.mlw`` -- a metalearn weight file (``MLWEIGHT``, CRC-32, as
 ``save_weights``) with the tensors by name: ``model/<i>`` (``model.weights[i]``),
 ``extra/<i>`` (the learner's tensors outside the model), ``optimizer/<k>/<p>/<s>`` (slot
-``s`` of parameter ``p`` of the optimizer's ``k``-th parameter list) and ``best/<i>``.
+``s`` of parameter ``p`` of the optimizer's ``k``-th parameter list) and ``best/<i>``;
+a learner with state beyond these (``MetaLearner``: its predictor, the predictor's
+optimizer and training buffer, the embedding centre) adds tensors under a name of its own
+(``system/...``).
+
+Other files of the checkpoint (``MetaLearner``'s knowledge memory, ``memory-<step>.mlmem``
+in ``KnowledgeMemory``'s own checked format) are named by the step as the tensors are and
+listed in ``files`` beside ``tensors`` with their size and SHA-256, checked the same way;
+a version-1 reader finds none in the checkpoints of the other learners.
 
 The fingerprint names the algorithm, its hyper-parameters, the weights' names and shapes,
 the optimizer's class and configuration, the meta-batch size and the samplers' types; a
@@ -170,9 +178,9 @@ def _is_episode_set(obj):
     return type(obj).__name__ == "EpisodeSet" and hasattr(obj, "episodes")
 
 
-def _optimizer_state(opt, tensors):
+def _optimizer_state(opt, tensors, prefix="optimizer"):
     """(JSON state, names, slot tensors) of a metalearn optimizer, its parameter lists given
-    as indices into `tensors`."""
+    as indices into `tensors`; the slots are named ``<prefix>/<k>/<p>/<s>``."""
     if not hasattr(opt, "_cores"):
         raise TypeError(
             f"checkpoints need a metalearn.keras.optimizers optimizer, got {type(opt).__name__}"
@@ -199,7 +207,7 @@ def _optimizer_state(opt, tensors):
         )
         for p, ps in enumerate(per_param):
             for s, t in enumerate(ps):
-                names.append(f"optimizer/{k}/{p}/{s}")
+                names.append(f"{prefix}/{k}/{p}/{s}")
                 slots.append(t)
     state = {"iterations": int(opt._iterations), "lists": lists}
     if not callable(opt._learning_rate):
@@ -237,6 +245,8 @@ def save(
     fingerprint: Dict[str, Any],
     state: Dict[str, Any],
     best: Optional[Sequence[Any]] = None,
+    extra: Optional[Dict[str, Any]] = None,
+    files: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Writes a checkpoint of `learner` at `step` into `directory` (made if missing).
 
@@ -249,6 +259,12 @@ def save(
             optimizer's and the global generator's are added here.
         best: optional copies of the tensors (same order as the learner's) to keep as the
             best so far.
+        extra: optional float32 tensors by name (outside ``model/``, ``extra/``,
+            ``optimizer/`` and ``best/``) for state beyond the learner's, such as
+            ``MetaLearner``'s predictor and buffers.
+        files: optional ``{key: (extension, write)}``: ``write(path)`` writes a file of its
+            own format (a ``KnowledgeMemory``'s) to ``<key>-<step>.<extension>`` in the
+            folder; its size and SHA-256 join the manifest under ``files[key]``.
 
     Returns:
         The manifest's path.
@@ -264,6 +280,19 @@ def save(
     if best is not None:
         all_names += [f"best/{i}" for i in range(len(best))]
         all_tensors += [np.asarray(b, dtype=np.float32) for b in best]
+    for n, t in (extra or {}).items():
+        if n.split("/")[0] in ("model", "extra", "optimizer", "best"):
+            raise ValueError(f"checkpoint.save: extra tensor name {n!r} is reserved")
+        all_names.append(n)
+        all_tensors.append(np.asarray(t, dtype=np.float32))
+    entries = {}
+    for key, (ext, write) in (files or {}).items():
+        if not re.match(r"^[a-z_]+$", key) or key == "tensors" or not re.match(r"^[a-z]+$", ext):
+            raise ValueError(f"checkpoint.save: bad file key or extension {key!r}, {ext!r}")
+        fname = f"{key}-{int(step):08d}.{ext}"
+        write(str(directory / fname))  # (the writer is atomic itself: a new name per step)
+        fpath = directory / fname
+        entries[key] = {"name": fname, "bytes": fpath.stat().st_size, "sha256": _sha256_file(fpath)}
     tensor_name = f"tensors-{int(step):08d}.mlw"
     tensor_path = directory / tensor_name
     _core.save_tensors(str(tensor_path), all_names, all_tensors)
@@ -279,7 +308,8 @@ def save(
                 "name": tensor_name,
                 "bytes": tensor_path.stat().st_size,
                 "sha256": _sha256_file(tensor_path),
-            }
+            },
+            **entries,
         },
         "fingerprint": fingerprint,
         "state": full_state,
@@ -288,8 +318,12 @@ def save(
     path = directory / MANIFEST
     _core.write_file(str(path), json.dumps(manifest, indent=1, sort_keys=True).encode())
     # the new checkpoint is committed: the older tensor files are no longer referenced
+    keep = {tensor_name} | {e["name"] for e in entries.values()}
+    olds = [_TENSORS] + [
+        re.compile(rf"^{key}-\d{{8,}}\.{ext}$") for key, (ext, _) in (files or {}).items()
+    ]
     for f in directory.iterdir():
-        if _TENSORS.match(f.name) and f.name != tensor_name:
+        if any(r.match(f.name) for r in olds) and f.name not in keep:
             try:
                 f.unlink()
             except OSError:
@@ -301,8 +335,10 @@ class Checkpoint:
     """A checkpoint read and checked by ``load``: ``step``, ``fingerprint``, ``state`` and
     ``tensors`` (name -> float32 array)."""
 
-    def __init__(self, directory, manifest, tensors):
+    def __init__(self, directory, manifest, tensors, files=None):
         self.directory = Path(directory)
+        #: the checked files beside the tensors (key -> path), e.g. ``memory``
+        self.files = dict(files or {})
         self.step = int(manifest["step"])
         self.fingerprint = manifest["fingerprint"]
         self.state = manifest["state"]
@@ -322,6 +358,29 @@ class Checkpoint:
                 + "\nuse another checkpoint_dir, or remove this one to start afresh"
             )
 
+    def _optimizer_plans(self, ostate, tensors, prefix="optimizer"):
+        """Checks an optimizer's saved state (``_optimizer_state``'s, its slots named
+        ``<prefix>/...``) against `tensors`; returns what ``_apply_optimizer`` sets.
+        Raises CheckpointError; changes nothing."""
+        plans = []
+        for k, entry in enumerate(ostate.get("lists", [])):
+            idx = entry["params"]
+            if any(not isinstance(i, int) or not 0 <= i < len(tensors) for i in idx):
+                raise CheckpointError(f"checkpoint: {prefix} list {k} names unknown tensors")
+            slots = []
+            for p, i in enumerate(idx):
+                row = []
+                for s in range(int(entry["slots"])):
+                    a = self.tensors.get(f"{prefix}/{k}/{p}/{s}")
+                    if a is None or tuple(a.shape) != tuple(tensors[i].shape):
+                        raise CheckpointError(
+                            f"checkpoint: {prefix} slot {k}/{p}/{s} is missing or misshapen"
+                        )
+                    row.append(a)
+                slots.append(row)
+            plans.append(([tensors[i] for i in idx], int(entry["iterations"]), slots))
+        return plans
+
     def restore(self, learner: Any, samplers: Dict[str, Any]) -> Optional[List[np.ndarray]]:
         """Sets the learner's weights, its optimizer, the global generator and each
         sampler (``{"tasks": sampler, "validation": sampler}``) to the checkpoint's; checks
@@ -336,23 +395,7 @@ class Checkpoint:
                 )
         opt = learner.meta_optimizer
         ostate = self.state.get("optimizer", {})
-        plans = []
-        for k, entry in enumerate(ostate.get("lists", [])):
-            idx = entry["params"]
-            if any(not isinstance(i, int) or not 0 <= i < len(tensors) for i in idx):
-                raise CheckpointError(f"checkpoint: optimizer list {k} names unknown tensors")
-            slots = []
-            for p, i in enumerate(idx):
-                row = []
-                for s in range(int(entry["slots"])):
-                    a = self.tensors.get(f"optimizer/{k}/{p}/{s}")
-                    if a is None or tuple(a.shape) != tuple(tensors[i].shape):
-                        raise CheckpointError(
-                            f"checkpoint: optimizer slot {k}/{p}/{s} is missing or misshapen"
-                        )
-                    row.append(a)
-                slots.append(row)
-            plans.append(([tensors[i] for i in idx], int(entry["iterations"]), slots))
+        plans = self._optimizer_plans(ostate, tensors)
         for what, tasks in samplers.items():
             _check_sampler_state(tasks, self.state.get("samplers", {}).get(what), what)
         rng = [int(w) for w in self.state["rng"]]
@@ -363,19 +406,24 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint: {n_best} best tensors for {len(tensors)} weights")
         # everything checked (the slot counts follow from the optimizer's configuration,
         # which the fingerprint holds): now set
-        for vs, it, sl in plans:
-            opt._core_for(vs).restore(vs, it, sl)
+        _apply_optimizer(opt, ostate, plans)
         for n, t in zip(names, tensors):
             _core.assign(t, np.ascontiguousarray(self.tensors[n]))
-        opt._iterations = int(ostate.get("iterations", 0))
-        if "learning_rate" in ostate and not callable(opt._learning_rate):
-            opt.learning_rate = float(ostate["learning_rate"])
         _core.rng_set_state(tuple(rng))
         for what, tasks in samplers.items():
             set_sampler_state(tasks, self.state.get("samplers", {}).get(what))
         if n_best:
             return [self.tensors[f"best/{i}"] for i in range(n_best)]
         return None
+
+
+def _apply_optimizer(opt: Any, ostate: Dict[str, Any], plans: List[Any]) -> None:
+    """Sets an optimizer's slots, step counts and float rate from checked `plans`."""
+    for vs, it, sl in plans:
+        opt._core_for(vs).restore(vs, it, sl)
+    opt._iterations = int(ostate.get("iterations", 0))
+    if "learning_rate" in ostate and not callable(opt._learning_rate):
+        opt.learning_rate = float(ostate["learning_rate"])
 
 
 def _jsonable(obj):
@@ -421,11 +469,27 @@ def load(directory: Any) -> Checkpoint:
         raise CheckpointError(f"checkpoint: {tpath} is missing")
     if tpath.stat().st_size != info["bytes"] or _sha256_file(tpath) != info["sha256"]:
         raise CheckpointError(f"checkpoint: {tpath} does not match its checksum (corrupt)")
+    files = {}
+    for key, extra in manifest["files"].items():
+        if key == "tensors":
+            continue
+        try:
+            name, size, sha = extra["name"], extra["bytes"], extra["sha256"]
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint: {path}: files.{key} lacks {exc}") from None
+        if not isinstance(name, str) or not re.match(rf"^{re.escape(key)}-\d{{8,}}\.[a-z]+$", name):
+            raise CheckpointError(f"checkpoint: {path} names a bad {key} file {name!r}")
+        fpath = directory / name
+        if not fpath.is_file():
+            raise CheckpointError(f"checkpoint: {fpath} is missing")
+        if fpath.stat().st_size != size or _sha256_file(fpath) != sha:
+            raise CheckpointError(f"checkpoint: {fpath} does not match its checksum (corrupt)")
+        files[key] = fpath
     try:
         entries = _core.load_tensors(str(tpath))
     except (ValueError, OSError) as exc:
         raise CheckpointError(f"checkpoint: {tpath}: {exc}") from None
-    return Checkpoint(directory, manifest, dict(entries))
+    return Checkpoint(directory, manifest, dict(entries), files)
 
 
 # dir() and tab completion offer the API only (metalearn/__init__.py's rule; this module is

@@ -5,6 +5,9 @@ skip mark, a model builder called from module-level helpers) is here.
 """
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +108,25 @@ def require_omniglot(what):
     if folder is None:
         data_missing(f"{what}: {reason}")
     return folder
+
+
+def run_script(tmp_path, source, args, *, expect_kill=False, launch=(), env=None):
+    """Writes `source` to tmp_path/runner.py and runs it from the repository root with the
+    checkout on PYTHONPATH (under `launch`, e.g. an mpiexec command line, when given; `env`
+    replaces os.environ as the base); asserts it exited 0, or was killed by SIGKILL when
+    `expect_kill` (the kill-and-resume tests). Returns the CompletedProcess."""
+    script = tmp_path / "runner.py"
+    script.write_text(source)
+    p = subprocess.run(
+        [*launch, sys.executable, str(script), *map(str, args)],
+        env=dict(os.environ if env is None else env, PYTHONPATH=str(REPO)),
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if expect_kill:
+        assert p.returncode == -signal.SIGKILL, p.stderr
+    else:
+        assert p.returncode == 0, p.stderr
+    return p

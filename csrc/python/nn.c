@@ -86,20 +86,26 @@ static PyObject *nn_conv2d(PyObject *m, PyObject *args, PyObject *kwds) {
     return mlpy_wrap_status(st, &out);
 }
 
-static PyObject *nn_conv2d_batched(PyObject *m, PyObject *args, PyObject *kwds) {
+typedef ml_status (*conv_like_fn)(ml_tensor **, ml_tensor *, ml_tensor *, ml_tensor *, int, int,
+                                  ml_padding);
+
+/* conv2d_batched and depthwise_conv2d take the same arguments (x, kernel, bias=None,
+   strides, padding); `rank` is the kernel's rank and w0, w1, w2 the kernel axes whose
+   product, times x's size, sizes the work for the GIL release */
+static PyObject *conv_like(PyObject *args, PyObject *kwds, const char *name, conv_like_fn fn,
+                           int rank, int w0, int w1, int w2) {
     static char *kwlist[] = {"x", "kernel", "bias", "strides", "padding", NULL};
+    char fmt[64];
+    snprintf(fmt, sizeof fmt, "OO|OOO:%s", name);
     PyObject *xo, *ko, *bo = Py_None, *so = NULL, *po = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOO:conv2d_batched", kwlist, &xo, &ko, &bo,
-                                     &so, &po))
-        return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, fmt, kwlist, &xo, &ko, &bo, &so, &po)) return NULL;
     int sh = 1, sw = 1;
     ml_padding pad = ML_PAD_VALID;
-    if (so && so != Py_None && parse_pair(so, &sh, &sw, "conv2d_batched", "strides") < 0)
-        return NULL;
-    if (po && parse_padding(po, &pad, "conv2d_batched") < 0) return NULL;
-    ml_tensor *x = mlpy_as_ml(xo, "conv2d_batched");
-    ml_tensor *k = x ? mlpy_as_ml(ko, "conv2d_batched") : NULL, *b = NULL;
-    if (k && bo != Py_None) b = mlpy_as_ml(bo, "conv2d_batched");
+    if (so && so != Py_None && parse_pair(so, &sh, &sw, name, "strides") < 0) return NULL;
+    if (po && parse_padding(po, &pad, name) < 0) return NULL;
+    ml_tensor *x = mlpy_as_ml(xo, name);
+    ml_tensor *k = x ? mlpy_as_ml(ko, name) : NULL, *b = NULL;
+    if (k && bo != Py_None) b = mlpy_as_ml(bo, name);
     if (!k || (bo != Py_None && !b)) {
         ml_release(x);
         ml_release(k);
@@ -108,42 +114,20 @@ static PyObject *nn_conv2d_batched(PyObject *m, PyObject *args, PyObject *kwds) 
     ml_tensor *out = NULL;
     ml_status st;
     const int64_t *ks = ml_shape(k);
-    int64_t work = ml_numel(x) * (ml_ndim(k) == 5 ? ks[1] * ks[2] * ks[4] : 1);
-    MLPY_CALL(st, work, ml_conv2d_batched(&out, x, k, b, sh, sw, pad));
+    int64_t work = ml_numel(x) * (ml_ndim(k) == rank ? ks[w0] * ks[w1] * ks[w2] : 1);
+    MLPY_CALL(st, work, fn(&out, x, k, b, sh, sw, pad));
     ml_release(x);
     ml_release(k);
     ml_release(b);
     return mlpy_wrap_status(st, &out);
 }
 
+static PyObject *nn_conv2d_batched(PyObject *m, PyObject *args, PyObject *kwds) {
+    return conv_like(args, kwds, "conv2d_batched", ml_conv2d_batched, 5, 1, 2, 4);
+}
+
 static PyObject *nn_depthwise_conv2d(PyObject *m, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"x", "kernel", "bias", "strides", "padding", NULL};
-    PyObject *xo, *ko, *bo = Py_None, *so = NULL, *po = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOO:depthwise_conv2d", kwlist, &xo, &ko, &bo,
-                                     &so, &po))
-        return NULL;
-    int sh = 1, sw = 1;
-    ml_padding pad = ML_PAD_VALID;
-    if (so && so != Py_None && parse_pair(so, &sh, &sw, "depthwise_conv2d", "strides") < 0)
-        return NULL;
-    if (po && parse_padding(po, &pad, "depthwise_conv2d") < 0) return NULL;
-    ml_tensor *x = mlpy_as_ml(xo, "depthwise_conv2d");
-    ml_tensor *k = x ? mlpy_as_ml(ko, "depthwise_conv2d") : NULL, *b = NULL;
-    if (k && bo != Py_None) b = mlpy_as_ml(bo, "depthwise_conv2d");
-    if (!k || (bo != Py_None && !b)) {
-        ml_release(x);
-        ml_release(k);
-        return NULL;
-    }
-    ml_tensor *out = NULL;
-    ml_status st;
-    const int64_t *ks = ml_shape(k);
-    int64_t work = ml_numel(x) * (ml_ndim(k) == 4 ? ks[0] * ks[1] * ks[3] : 1);
-    MLPY_CALL(st, work, ml_depthwise_conv2d(&out, x, k, b, sh, sw, pad));
-    ml_release(x);
-    ml_release(k);
-    ml_release(b);
-    return mlpy_wrap_status(st, &out);
+    return conv_like(args, kwds, "depthwise_conv2d", ml_depthwise_conv2d, 4, 0, 1, 3);
 }
 
 typedef ml_status (*pool_fn)(ml_tensor **, ml_tensor *, int, int, int, int, ml_padding);

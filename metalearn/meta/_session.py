@@ -123,6 +123,11 @@ class FitSession:
         self.saved_step = ck.step
         return ck.step
 
+    def _extra(self, history):
+        """(state entries, tensors, files) a checkpoint holds beyond the learner's (a
+        ``MetaLearner``'s predictor and memory); none here."""
+        return {}, None, None
+
     def _save(self, step, history):
         if not self.write_checkpoints:
             self.saved_step = step
@@ -137,6 +142,8 @@ class FitSession:
             if self.best_score is None
             else {"score": self.best_score, "step": self.best_step},
         }
+        more, extra, files = self._extra(history)
+        state.update(more)
         _ckpt.save(
             self.dir,
             self.learner,
@@ -144,6 +151,8 @@ class FitSession:
             fingerprint=self._fingerprint(),
             state=_ckpt._jsonable(state),
             best=self.best,
+            extra=extra,
+            files=files,
         )
         self.saved_step = step
 

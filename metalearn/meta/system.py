@@ -1272,6 +1272,8 @@ class MetaLearner:
         remember=True,
         *,
         time_budget=None,
+        checkpoint_dir=None,
+        checkpoint_every=None,
     ):
         """Meta-trains the learner, fills the memory and trains the predictor.
 
@@ -1292,6 +1294,19 @@ class MetaLearner:
             time_budget: seconds of wall-clock time (a positive number) after which
                 training stops at the end of the running iteration; the history then has
                 ``stopped = "time_budget"``.
+            checkpoint_dir: a folder for exact resume (``metalearn.checkpoint``, as the
+                algorithms' ``fit``): a checkpoint is saved there every
+                `checkpoint_every` iterations and at the end; when the folder already
+                holds one, ``fit`` restores it -- the algorithm's weights and
+                meta-optimizer, the predictor's weights, optimizer and training buffer, the
+                embedding centre, the knowledge memory (keys, labels, ages, payloads, its
+                generator), the stored tasks' information, every generator, the task
+                stream's position, the history -- and continues to `iterations` in all,
+                ending with the bits of an uninterrupted run. A checkpoint of another run
+                or a corrupt one raises ``CheckpointError``, changing nothing. Under
+                ``DataParallel`` rank 0 writes and every rank resumes.
+            checkpoint_every: iterations between checkpoints (default: a tenth of
+                `iterations`); needs `checkpoint_dir`.
 
         Returns:
             A history dict of per-iteration lists: ``loss``, ``accuracy`` (the algorithm's
@@ -1311,6 +1326,21 @@ class MetaLearner:
         dist = distribution()
         if dist is not None:
             dist._check_learner(self.algorithm, None)
+        from metalearn.distributed import is_root
+
+        from ._system_session import SystemFitSession
+
+        # every argument checked before anything changes; rank 0 alone writes checkpoints
+        session = SystemFitSession(
+            self,
+            tasks,
+            iterations,
+            meta_batch_size,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            remember=remember,
+            write_checkpoints=dist is None or is_root(),
+        )
         history = {
             "loss": [],
             "accuracy": [],
@@ -1318,9 +1348,11 @@ class MetaLearner:
             "predictor_loss": [],
             "memory_size": [],
         }
+        start = session.resume(history)  # 0, or the iteration a checkpoint reached
         progress = _Progress(iterations, verbose)
         alg = self.algorithm
-        for it in range(iterations):
+        step, stopped = start, None
+        for it in range(start, iterations):
             batch = _next_batch(tasks, meta_batch_size, self.model)
             if not batch.is_batch:
                 batch = Task(*(np.asarray(a)[None] for a in batch), info={"batched": True})
@@ -1329,7 +1361,7 @@ class MetaLearner:
             if dist is None:
                 loss, metric = alg._meta_step(batch)
             else:
-                if it == 0:
+                if it == start:  # (resumed: every rank restored the same checkpoint)
                     dist._begin(alg)  # rank 0's weights on every rank
                     self._build_predictor()  # and rank 0's predictor
                     dist._broadcast(self.predictor.weights)
@@ -1403,12 +1435,17 @@ class MetaLearner:
             progress.update(
                 it + 1, {"loss": loss, "accuracy": float(np.mean(accs)), "predictor_loss": ploss}
             )
+            step = it + 1
+            session.after_step(step, history)
             expired = _budget.expired(end)
             if dist is not None:  # one rank's clock stops every rank after this iteration
                 expired = dist._agree(False, expired)[1]
             if expired:
-                history["stopped"] = _budget.STOPPED_TIME_BUDGET
+                stopped = _budget.STOPPED_TIME_BUDGET
                 break
+        session.finish(step, history)  # the last checkpoint
+        if stopped is not None:
+            history["stopped"] = stopped
         self.history = history
         return history
 

@@ -368,15 +368,11 @@ def test_auto_mode_without_model_metrics_raises_at_the_epoch_end_as_keras():
 
 
 # ---------------------------------------------------------------- issue 22's callbacks
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import textwrap  # noqa: E402
 
 from metalearn import checkpoint  # noqa: E402
 from metalearn.keras import models, optimizers  # noqa: E402
-from tests.helpers import REPO  # noqa: E402
+from tests.helpers import run_script  # noqa: E402
 
 # One fit in a fresh process, made the same way each time: Dropout and shuffling draw from
 # the core's generator, Adam keeps moments, fit's step is traced (replayed from C).
@@ -428,22 +424,8 @@ BACKUP_RUNNER = textwrap.dedent(
 
 
 def _run_backup(tmp_path, backup, out, kill_epoch=-1, kill_batch=-1, expect_kill=False):
-    script = tmp_path / "runner.py"
-    script.write_text(BACKUP_RUNNER)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.run(
-        [sys.executable, str(script), str(backup), str(out), str(kill_epoch), str(kill_batch)],
-        env=env,
-        cwd=str(REPO),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if expect_kill:
-        assert p.returncode == -signal.SIGKILL, p.stderr
-    else:
-        assert p.returncode == 0, p.stderr
-    return p
+    args = (backup, out, kill_epoch, kill_batch)
+    return run_script(tmp_path, BACKUP_RUNNER, args, expect_kill=expect_kill)
 
 
 @pytest.mark.parametrize("kill", [{"kill_epoch": 2}, {"kill_batch": 18}])

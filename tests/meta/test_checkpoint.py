@@ -9,10 +9,6 @@ mismatched checkpoints are refused and change nothing. The core's pieces a check
 """
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -22,7 +18,7 @@ import metalearn as ml
 from metalearn import _core, checkpoint
 from metalearn.meta import MAML, MetaSGD
 from metalearn.tasks import Sinusoid
-from tests.helpers import REPO, sinusoid_model
+from tests.helpers import run_script, sinusoid_model
 
 # One training run in a fresh process: the learner, its samplers and its seeds are made
 # the same way each time; KILL_AT kills the process with SIGKILL inside the callback of
@@ -82,21 +78,7 @@ RUNNER = textwrap.dedent(
 
 
 def _run(tmp_path, *args, expect_kill=False):
-    script = tmp_path / "runner.py"
-    script.write_text(RUNNER)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.run(
-        [sys.executable, str(script), *map(str, args)],
-        env=env,
-        cwd=str(REPO),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if expect_kill:
-        assert p.returncode == -signal.SIGKILL, p.stderr
-    else:
-        assert p.returncode == 0, p.stderr
+    run_script(tmp_path, RUNNER, args, expect_kill=expect_kill)
 
 
 @pytest.mark.parametrize("algo", ["maml", "protonet"])

@@ -10,7 +10,7 @@ import pytest
 import metalearn as ml
 from metalearn import keras
 from metalearn.keras import batched
-from metalearn.meta import FOMAML, MAML, MetaSGD, models
+from metalearn.meta import MAML, MetaSGD, models
 from metalearn.tasks import Task
 
 
@@ -32,7 +32,10 @@ def _conv4(seed=3):
 
 def test_conv4_has_a_batched_form():
     model = _conv4()
-    plan = MAML(model)._vector_plan()
+    # "auto" keeps conv nets on the loop (vectorised they were no faster and held every
+    # task's activations at once); vectorize=True plans them
+    assert MAML(model)._vector_plan() is None
+    plan = MAML(model, vectorize=True)._vector_plan()
     assert plan is not None
     kinds = {type(f) for f in plan.forms}
     assert {batched.Conv2D, batched.Pool2D, batched.BatchNormalization} <= kinds
@@ -78,8 +81,8 @@ def test_vectorised_conv4_equals_the_loop(cls, first_order, steps):
 @pytest.mark.parametrize("steps", [1, 2])
 def test_fomaml_vectorised_conv4_equals_the_loop(steps):
     def make(model, vec):
-        if vec:  # FOMAML's own default: vectorised where the model allows
-            return FOMAML(model, inner_lr=0.3, inner_steps=steps)
+        if vec:
+            return MAML(model, inner_lr=0.3, inner_steps=steps, first_order=True, vectorize=True)
         return MAML(model, inner_lr=0.3, inner_steps=steps, first_order=True, vectorize=False)
 
     grads = _compare(make, _batch(seed=10 + steps))
@@ -125,7 +128,7 @@ def test_bad_input_raises_and_changes_nothing():
     """Images of the wrong shape: a clear error from the batched convolution, and the
     model and the meta-optimizer as they were."""
     model = _conv4()
-    maml = MAML(model, inner_lr=0.3)
+    maml = MAML(model, inner_lr=0.3, vectorize=True)
     assert maml._vector_plan() is not None
     maml.fit(_batch(), iterations=1, meta_batch_size=3, verbose=0)  # traced once
     before = [w.copy() for w in model.get_weights()]
