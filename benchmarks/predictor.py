@@ -105,6 +105,84 @@ def mask_for(system, groups):
     return m
 
 
+class Alongside:
+    """Extra predictors trained alongside the system's own, in the same ``fit``: each
+    takes the same batches (features, labels, accuracy curves) with its own network, Adam,
+    augmentation generator, standardisation and feature mask. The system's own predictor
+    and everything else keep their bits (the extras' steps run with the core's generator
+    put back after them), so one learner compares several predictor recipes."""
+
+    RECIPES = {"raw": False, "targets": "targets", "both": True}
+
+    def __init__(self, system, specs):
+        self.system = system
+        self.states = [
+            {
+                "name": name,
+                "standardize": self.RECIPES[recipe],
+                "groups": groups,
+                "predictor": MetaLearningNetwork(128),
+                "optimizer": optimizers.Adam(system.predictor_lr),
+                "rng": np.random.default_rng(2000 + k),
+                "mask": None,
+            }
+            for k, (name, recipe, groups) in enumerate(specs)
+        ]
+        own = system._predictor_step
+
+        def step(features, labels, target):
+            out = own(features, labels, target)
+            for st in self.states:
+                with self.use(st):
+                    own(features, labels, target)
+            return out
+
+        system._predictor_step = step
+
+    class use:
+        def __init__(self, st):
+            self.st = st
+
+        def __enter__(self):
+            s, st = _ALONG.system, self.st
+            self.saved = (
+                s.predictor,
+                s.predictor_optimizer,
+                s._rng,
+                s._feature_mask,
+                s.__dict__.get("_STANDARDIZE"),
+                metalearn.random.get_state(),
+            )
+            if st["mask"] is None:
+                st["mask"] = mask_for(s, st["groups"])
+            s.predictor, s.predictor_optimizer, s._rng = st["predictor"], st["optimizer"], st["rng"]
+            s._feature_mask, s._STANDARDIZE = st["mask"], st["standardize"]
+            s._fit_standardization()
+
+        def __exit__(self, *exc):
+            s = _ALONG.system
+            pred, opt, rng, mask, std, core = self.saved
+            s.predictor, s.predictor_optimizer, s._rng, s._feature_mask = pred, opt, rng, mask
+            if std is None:
+                del s._STANDARDIZE
+            else:
+                s._STANDARDIZE = std
+            s._fit_standardization()
+            metalearn.random.set_state(core)
+
+
+_ALONG = None
+
+
+def auto_rows(pred, a, eps=0.01):
+    """steps="auto" from predicted curves `pred` and measured curves `a` (tasks x K):
+    accuracy and steps taken, against the best fixed step count."""
+    steps = np.asarray([int(np.flatnonzero(p >= p.max() - eps)[0]) + 1 for p in pred])
+    got = a[np.arange(len(a)), steps - 1]
+    best = int(np.argmax(a.mean(0)))
+    return got, steps, best
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -121,7 +199,17 @@ def main(argv=None):
     ap.add_argument(
         "--raw",
         action="store_true",
-        help="train the predictor on raw (not standardised) features and accuracies",
+        help="train the predictor on raw features and accuracies (the default standardises "
+        "the accuracies by the buffer's mean and spread)",
+    )
+    ap.add_argument(
+        "--variants",
+        nargs="?",
+        const="raw,targets,both",
+        help="with --query-features: also train, alongside the system's own predictor, "
+        "predictors with these standardisations (a comma list of raw, targets, both; "
+        "default all three), each from the support set only and with the query features, "
+        "and report their Spearman and steps='auto'",
     )
     args = ap.parse_args(argv)
     if args.raw:
@@ -146,8 +234,24 @@ def main(argv=None):
         seed=seed,
         query_features=args.query_features,
     )
+    global _ALONG
+    if args.variants:
+        specs = [
+            (
+                f"{'support only' if so else 'with query'}, {recipe}",
+                recipe,
+                ("query",) if so else (),
+            )
+            for so in (True, False)
+            for recipe in args.variants.split(",")
+        ]
+        _ALONG = Alongside(system, specs)
     system.fit(train, iterations=iters, meta_batch_size=batch, verbose=0, remember=True)
     system.train_predictor(psteps)
+    if _ALONG is not None:
+        for st in _ALONG.states:
+            with Alongside.use(st):
+                system.train_predictor(psteps)
     fit_time = time.perf_counter() - t0
     if args.save:
         system.save(args.save)
@@ -181,6 +285,24 @@ def main(argv=None):
         f"1 step over {episodes} tasks (achieved {pct(acc[:, 0])}, mean |error| {mae:.3f})  "
         f"[{time.perf_counter() - t1:.0f} s]"
     )
+
+    if _ALONG is not None:
+        plain_ts = NWayKShot(
+            (xte, yte), n_way=5, k_shot=1, q_queries=15, augment_rotations=False, seed=7 + seed
+        )
+        pf, pl, pa = held_out(system, [plain_ts.sample() for _ in range(plain)])
+        for st in _ALONG.states:
+            with Alongside.use(st):
+                p = predicted_curves(system, f, l)
+                pp = predicted_curves(system, pf, pl)
+            line = f"  variant {st['name']:28s}: Spearman {spearman(p[:, 0], acc[:, 0]):.3f}"
+            for tag, pc, a in (("held-out", p, acc), ("plain", pp, pa)):
+                got, steps, best = auto_rows(pc, a)
+                line += (
+                    f"; auto {tag} {pct(got)} with {steps.mean():.2f} steps (best fixed "
+                    f"{best + 1}: {pct(a[:, best])}, paired {pct(got - a[:, best])})"
+                )
+            print(line, flush=True)
 
     if not args.no_ablation:
         saved = (system.predictor, system.predictor_optimizer, system._rng)

@@ -64,6 +64,7 @@ class SystemFitSession(FitSession):
                 "remember": self.remember,
                 # (the predictor's features of another metalearn version mean other things)
                 "predictor_features": _PREDICTOR_FEATURES,
+                "predictor_standardize": s._STANDARDIZE,
                 "encoder": None if s.encoder is None else type(s.encoder).__name__,
                 "predictor": [[int(d) for d in w.shape] for w in s.predictor.weights],
             }

@@ -193,8 +193,14 @@ class MetaLearner:
             adapted learner and the class prototypes respond to the task's unlabelled
             query inputs (confidence, class balance of the predictions, agreement). This
             is transductive: predictions then need the query inputs
-            (``predict_performance(..., query_x=...)``, ``adapt(..., query_x=...)``);
-            the query labels are never used.
+            (``predict_performance(..., query_x=...)``, ``adapt(..., query_x=...)``;
+            ``evaluate_task`` passes its task's); the query labels are never used. It
+            ranks tasks far better (Spearman about 0.75 against 0.55 on held-out
+            Omniglot tasks, benchmarks/predictor.py) but is off by default: a
+            prediction is meant to be available before any query is seen (to choose
+            tasks, or how many steps to spend), and its strongest cue -- how evenly the
+            adapted learner's predictions spread over the classes -- holds only for
+            class-balanced query sets such as N-way episodes.
         encoder: optional Keras model giving the embeddings of the task keys, the
             prototypes and the predictor's features instead of the learner's body (e.g. a
             conv encoder trained with ProtoNet or a MemoryClassifier); it is not trained
@@ -862,19 +868,20 @@ class MetaLearner:
         oh[np.arange(len(sy)), sy] = 1.0
         return oh.reshape(-1)
 
-    #: standardise the predictor's inputs and targets by the buffer's statistics (what
-    #: benchmarks/predictor.py --raw turns off). Trained long (2000 steps on 1500
-    #: Omniglot tasks of seed 0's learner), the raw network ranked 400 held-out tasks
-    #: better (Spearman 0.46-0.48 raw against 0.40 standardised with the support
-    #: features; 0.73-0.75 against 0.61-0.68 with the query features), but on a small
-    #: budget (tests/meta) the raw one learns too slowly (0.36 against 0.48)
-    _STANDARDIZE = True
+    #: how the predictor reads the buffer: "targets" (the default) trains it on the raw
+    #: features and on the accuracies less the buffer's mean over their spread; True
+    #: standardises the features too (clipped to +-5), False neither (benchmarks/
+    #: predictor.py --variants trains all three alongside). Standardised inputs cost
+    #: 0.05-0.1 of Spearman on the full Omniglot protocol (the clipped, rescaled
+    #: features lose the scale the ranking needs); raw targets learn too slowly on a
+    #: small budget (the network starts at 0, not at the mean accuracy)
+    _STANDARDIZE = "targets"
 
     def _standardize(self, features):
-        """The predictor's input (with ``_STANDARDIZE``: the features less the buffer's
-        mean over its spread, the Gram part left as it is, clipped to +-5)."""
+        """The predictor's input (with ``_STANDARDIZE`` True: the features less the
+        buffer's mean over its spread, the Gram part left as it is, clipped to +-5)."""
         f = np.asarray(features, np.float32)
-        if self._STANDARDIZE and self._feature_mean is not None:
+        if self._STANDARDIZE is True and self._feature_mean is not None:
             n2 = self.support_size * self.support_size
             tail = (f[:, n2:] - self._feature_mean) / self._feature_scale
             f = np.concatenate([f[:, :n2], np.clip(tail, -5.0, 5.0)], 1)
@@ -1499,6 +1506,8 @@ class MetaLearner:
             if self._feature_scale is None
             else [float(v) for v in self._feature_scale],
             "target": None if self._target is None else list(self._target),
+            # how the predictor was trained to read its inputs and give its output
+            "standardize": self._STANDARDIZE,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         self.model.save_weights(str(d / "model.weights"))
@@ -1579,6 +1588,8 @@ class MetaLearner:
             system._feature_scale = np.asarray(state["feature_scale"], np.float32)
         if state.get("target") is not None:
             system._target = tuple(float(v) for v in state["target"])
+        if state.get("standardize", cls._STANDARDIZE) != cls._STANDARDIZE:
+            system._STANDARDIZE = state["standardize"]  # (a benchmark's other recipe)
         system.memory.load(str(d / "memory.mlmem"))
         if getattr(system.algorithm, "learning_rates", None):
             arrs = [a for _, a in _core.load_tensors(str(d / "learning_rates.weights"))]

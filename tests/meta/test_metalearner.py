@@ -78,10 +78,13 @@ def test_predictor_learns_and_predicts_in_range(trained, data):
     system, history = trained
     losses = history["predictor_loss"]
     assert np.all(np.isfinite(losses))
-    # the targets are standardised by the buffer's mean and spread, so the untrained
-    # predictor starts near the targets' mean; what it must learn is to beat that mean:
-    # its MSE ends below the variance of the accuracies it is trained on (all step counts)
-    extra = system.train_predictor(40)
+    # its loss falls during fit (0.029 over the first 3 iterations, 0.020 over the last
+    # 5), and what it must learn is to beat the targets' mean (the targets are
+    # standardised by the buffer's mean and spread, so the untrained predictor starts
+    # near it): after 400 more steps its MSE is below 0.9 x the variance of the
+    # accuracies it is trained on (all step counts; 0.81 x measured)
+    assert np.mean(losses[:3]) > 1.2 * np.mean(losses[-5:])
+    extra = system.train_predictor(400)
     assert np.mean(extra[-10:]) < 0.9 * np.var(np.concatenate(system._buffer_c))
     t = sampler(data, seed=5).sample()
     p = system.predict_performance(t.support_x, t.support_y)

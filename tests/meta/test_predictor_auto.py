@@ -59,15 +59,18 @@ def omniglot_system(requires_omniglot):
 @requires_omniglot
 def test_predictor_ranks_held_out_tasks(omniglot_system):
     # A small budget (1200 training tasks, a weak learner): with the support-input,
-    # first-step, memory, separation and pseudo-query features the predictor ranks these
-    # 100 held-out tasks at Spearman 0.480; the Gram matrix and task statistics alone
-    # (metalearn before them) reached 0.432 with the same learner on the same tasks.
-    # benchmarks/predictor.py measures the full budget.
+    # first-step, memory, separation and pseudo-query features, trained on raw features
+    # and standardised accuracies, the predictor ranks these 100 held-out tasks at
+    # Spearman 0.458; the Gram matrix and task statistics alone (metalearn before them)
+    # reached 0.432 with the same learner on the same tasks, and standardising the
+    # features too 0.480 at this budget but 0.05-0.1 less on the full one.
+    # Deterministic (set_seed(0) in the fixture). benchmarks/predictor.py measures the
+    # full budget.
     system, tasks = omniglot_system
     pred = [system.predict_performance(t.support_x, t.support_y) for t in tasks]
     achieved = [system.evaluate_task(t, warm_start=False) for t in tasks]
     assert np.ptp(achieved) > 0.3  # the tasks do differ in difficulty
-    assert spearman(pred, achieved) >= 0.46
+    assert spearman(pred, achieved) >= 0.44
 
 
 @requires_omniglot
@@ -186,6 +189,61 @@ def test_predictions_survive_save_and_load(small_system, tmp_path):
     system.adapt(x, y, steps="auto")
     loaded.adapt(x, y, steps="auto")
     assert loaded.last_steps == system.last_steps
+
+
+@pytest.fixture
+def varied_system():
+    """A system fitted on tasks of varied inputs (the accuracies it learns differ)."""
+    import metalearn
+
+    metalearn.random.set_seed(0)
+    rng = np.random.default_rng(1)
+    y = np.arange(5)
+
+    def tasks(b):
+        x = rng.normal(size=(b, 5, 6)).astype(np.float32)
+        q = x + rng.normal(scale=rng.uniform(0.1, 2.0, (b, 1, 1)), size=x.shape)
+        return Task(x, np.stack([y] * b), q.astype(np.float32), np.stack([y] * b), {})
+
+    system = MetaLearner(n_way=5, hidden_units=8, memory_capacity=10, seed=0)
+    system.fit(tasks, iterations=6, meta_batch_size=4, verbose=0)
+    return system, tasks(1)
+
+
+def test_predictor_reads_raw_features_and_standardised_accuracies(varied_system):
+    # the default recipe: the features go in as they are (standardising them cost
+    # 0.05-0.1 of Spearman on the full protocol); the network's output is in units of
+    # the buffer's accuracy spread about its mean
+    system, task = varied_system
+    curves = np.asarray(system._buffer_c, np.float64)
+    assert curves.std() > 0.01  # the accuracies differ
+    mean, scale = system._target_affine()
+    assert mean == pytest.approx(curves.mean(), rel=1e-12)
+    assert scale == pytest.approx(curves.std(), rel=1e-12)
+    feats, labels = system.task_features(task.support_x[0], task.support_y[0], steps=2)
+    np.testing.assert_array_equal(system._standardize(feats), feats)
+    from metalearn.meta.system import _core_no_grad
+
+    with _core_no_grad():
+        out = float(np.asarray(system.predictor(feats, labels=labels)).reshape(-1)[0])
+    assert system._predict_raw(feats, labels)[0] == pytest.approx(mean + scale * out, rel=1e-6)
+    curve = system._predicted_curve(task.support_x[0], task.support_y[0])
+    assert curve[1] == pytest.approx(np.clip(mean + scale * out, 0.0, 1.0), rel=1e-6)
+
+
+def test_another_predictor_recipe_survives_save_and_load(varied_system, tmp_path):
+    # a system trained with another recipe (benchmarks/predictor.py --raw) is read back
+    # with it, so its predictions do not change
+    system, task = varied_system
+    system._STANDARDIZE = False
+    sx, sy = task.support_x[0], task.support_y[0]
+    before = system._predicted_curve(sx, sy)
+    system.save(tmp_path / "s")
+    loaded = MetaLearner.load(tmp_path / "s")
+    assert loaded._STANDARDIZE is False and MetaLearner._STANDARDIZE == "targets"
+    np.testing.assert_array_equal(loaded._predicted_curve(sx, sy), before)
+    del loaded._STANDARDIZE  # read with the default recipe, the same weights mean else
+    assert not np.allclose(loaded._predicted_curve(sx, sy), before)
 
 
 # ------------------------------------------------------- query features (transductive)
@@ -316,8 +374,9 @@ def test_query_predictions_survive_save_and_load(query_system, tmp_path):
 def test_query_features_rank_held_out_tasks(requires_omniglot):
     # The small budget of omniglot_system, with query_features=True: the predictor sees
     # the held-out tasks' unlabelled query inputs and ranks the same 100 tasks at
-    # Spearman 0.510 (0.480 from the support set alone, test_predictor_ranks_held_out_
-    # tasks). benchmarks/predictor.py --query-features measures the full budget.
+    # Spearman 0.491 (0.458 from the support set alone, test_predictor_ranks_held_out_
+    # tasks; 0.432 for metalearn before both). benchmarks/predictor.py --query-features
+    # measures the full budget (about 0.75 there).
     import metalearn
     from metalearn.datasets import omniglot
 
@@ -332,4 +391,4 @@ def test_query_features_rank_held_out_tasks(requires_omniglot):
     tasks = [held_out.sample() for _ in range(100)]
     pred = [system.predict_performance(t.support_x, t.support_y, query_x=t.query_x) for t in tasks]
     achieved = [system.evaluate_task(t, warm_start=False) for t in tasks]
-    assert spearman(pred, achieved) >= 0.49
+    assert spearman(pred, achieved) >= 0.47
