@@ -16,6 +16,13 @@ Ablation: fresh predictors of the same shape, trained the same number of steps o
 same buffer, each with one feature group zeroed (and one with the older features only:
 Gram matrix and task statistics), ranked on the same held-out tasks.
 
+Recipe: the predictor reads the raw features and learns the accuracies standardised by
+its buffer's mean and spread (MetaLearner's default); --raw leaves the accuracies raw.
+--query-features adds the held-out tasks' unlabelled query inputs (transductive);
+--variants (with it) trains predictors of each recipe alongside the system's own, from the
+support set only and with the query features, in the same fit, and reports each one's
+Spearman and steps="auto" (its choice applied to the measured 1..5-step accuracies).
+
 steps="auto": on the same held-out tasks and on plain 5-way 1-shot test episodes (no
 noise), the query accuracy after 1..5 fixed inner steps and with ``steps="auto"`` (the
 fewest steps whose predicted accuracy is within ``auto_epsilon`` of the best predicted),
