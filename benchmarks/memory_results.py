@@ -19,9 +19,12 @@ c. The performance predictor: MetaLearningNetwork's predicted accuracy against t
    reached after adaptation on held-out tasks whose difficulty varies (classes from one
    alphabet or from several, and 0-50 % of the pixels replaced by noise); Spearman's rank
    correlation (target >= 0.5). The predictor's input: the support set's Gram matrix and
-   labels and the task statistics of MetaLearner.task_statistics (the learner's support
-   loss before and after adaptation, prototype separation); no query set, no test task,
-   is seen before the predictions are made.
+   labels, the task statistics of MetaLearner.task_statistics (the learner's support
+   loss before and after adaptation, prototype separation) and the support-input,
+   first-step, memory-recall and separation features (MetaLearner.feature_groups); no
+   query set, no test task, is seen before the predictions are made. Here the memory is
+   not filled (remember=False), so the recall features are 0: benchmarks/predictor.py
+   measures the predictor with them, its ablation, seeds and adapt(steps="auto").
 
     python benchmarks/memory_results.py            # full settings (about 9 min on 2 cores)
     python benchmarks/memory_results.py --quick    # seconds, for CI

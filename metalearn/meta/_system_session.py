@@ -64,6 +64,7 @@ class SystemFitSession(FitSession):
                 "remember": self.remember,
                 # (the predictor's features of another metalearn version mean other things)
                 "predictor_features": _PREDICTOR_FEATURES,
+                "predictor_standardize": s._STANDARDIZE,
                 "encoder": None if s.encoder is None else type(s.encoder).__name__,
                 "predictor": [[int(d) for d in w.shape] for w in s.predictor.weights],
             }
@@ -89,6 +90,8 @@ class SystemFitSession(FitSession):
                 "predictor_optimizer": opt_state,
                 # the targets are Python floats (float64): kept in JSON, bit for bit
                 "buffer_t": [float(t) for t in s._buffer_t],
+                # each row's accuracy after 1..auto_max_steps steps (the predictor's targets)
+                "buffer_c": [[float(a) for a in c] for c in s._buffer_c],
                 "center_count": int(s._center_count),
                 "tasks_stored": int(s.tasks_stored),
                 "task_info": [
@@ -124,6 +127,7 @@ class SystemFitSession(FitSession):
             # the model, the memory and the predictor, built from a first batch
             s._setup(_next_batch(self.tasks, 1, s.model))
             s._build_predictor()
+            self._check_features(ck)
             ck.check(self._fingerprint())
             apply_system = self._plan_system(ck)
             ck.restore(self.learner, self.samplers)  # checks all, then sets
@@ -138,6 +142,31 @@ class SystemFitSession(FitSession):
             history[k] = list(v)
         self.saved_step = ck.step
         return ck.step
+
+    def _check_features(self, ck):
+        """A checkpoint whose predictor saw other features (another feature version, or
+        another ``query_features``) is refused with a message that says so; the generic
+        fingerprint check below would name the whole system entry only."""
+        from .system import _PREDICTOR_FEATURES
+
+        old = ck.fingerprint.get("system")
+        if not isinstance(old, dict):
+            return  # (not a MetaLearner's checkpoint: the fingerprint check refuses it)
+        if old.get("predictor_features") != _PREDICTOR_FEATURES:
+            raise _ckpt.CheckpointError(
+                f"checkpoint in {ck.directory} was saved by a metalearn whose predictor "
+                f"takes other features: predictor_features {old.get('predictor_features')!r}, "
+                f"this one {_PREDICTOR_FEATURES!r}; use another checkpoint_dir, or remove "
+                "this one to start afresh"
+            )
+        was = (old.get("config") or {}).get("query_features", False)
+        if bool(was) != self.system.query_features:
+            raise _ckpt.CheckpointError(
+                f"checkpoint in {ck.directory} was saved with query_features={bool(was)}, "
+                f"this MetaLearner has query_features={self.system.query_features} (its "
+                "predictor takes other features); make it with the checkpoint's setting, "
+                "or use another checkpoint_dir"
+            )
 
     def _plan_system(self, ck):
         """Checks the system's part of `ck`; returns a function that sets it (cannot fail)."""
@@ -168,13 +197,27 @@ class SystemFitSession(FitSession):
         n = len(buffer_t)
         if n:
             bx, bl = ck.tensors.get("system/buffer_x"), ck.tensors.get("system/buffer_l")
-            want_x, want_l = (n, s.feature_size), (n, s.support_size * s.n_way)
+            # the buffer's features are stored without the step count (the last input)
+            want_x, want_l = (n, s.feature_size - 1), (n, s.support_size * s.n_way)
             if bx is None or bl is None or bx.shape != want_x or bl.shape != want_l:
                 raise _ckpt.CheckpointError(
                     f"checkpoint: the predictor's buffer is not {want_x} and {want_l}"
                 )
         else:
             bx = bl = np.zeros((0, 0), np.float32)
+        try:
+            buffer_c = [np.asarray(c, np.float64) for c in st.get("buffer_c", [])]
+        except (TypeError, ValueError):
+            buffer_c = None
+        if (
+            buffer_c is None
+            or len(buffer_c) != n
+            or any(c.shape != (s.auto_max_steps,) for c in buffer_c)
+        ):
+            raise _ckpt.CheckpointError(
+                f"checkpoint: the predictor's accuracy curves are not {n} rows of "
+                f"{s.auto_max_steps} (auto_max_steps)"
+            )
         gen = st.get("rng") or {}
         if gen.get("bit_generator") != s._rng.bit_generator.state["bit_generator"]:
             raise _ckpt.CheckpointError(
@@ -210,6 +253,9 @@ class SystemFitSession(FitSession):
             s._buffer_x = [np.array(r, np.float32) for r in bx[:n]]
             s._buffer_l = [np.array(r, np.float32) for r in bl[:n]]
             s._buffer_t = buffer_t
+            s._buffer_c = buffer_c
+            if n:  # (the predictor's standardisation: a function of the buffer)
+                s._fit_standardization()
             s.task_info = info
             s._rng.bit_generator.state = gen
 

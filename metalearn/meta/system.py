@@ -40,19 +40,32 @@ the current meta-head so that meta-training since the store does not make it sta
 likewise the bias. The algorithm's own inner loop then runs from there. Otherwise
 adaptation starts from the meta-weights, exactly as the algorithm alone.
 
-The predictor's input (``task_features``): the features are the cosine Gram matrix of the
-centred support embeddings ``(n_support, n_support)``, its diagonal replaced by each
-example's distance from the centre over the centre's norm, flattened and followed by the
-task's difficulty statistics (``task_statistics``, all from the support set: the learner's
-support loss before and after its inner-loop adaptation, the adapted model's support
-accuracy, margin and entropy, and the separation of the class prototypes in the
-embedding); its ``labels`` are the one-hot support labels flattened: the network needs
-them to tell which entries of the Gram matrix are within a class and which between
-classes (how separable the classes are is what makes a task hard). While training it sees
-the same tasks with their examples and class numbers randomly permuted, so it learns that
-neither order matters. The statistics lifted the Spearman correlation of predicted and
-achieved accuracy on held-out Omniglot tasks of varied difficulty from 0.48 (Gram matrix
-and labels alone) to 0.54 (``benchmarks/memory_results.py --only c``).
+The predictor's input (``task_features``, laid out as ``feature_groups`` says), all from
+the support set: the cosine Gram matrix of the centred support embeddings
+``(n_support, n_support)`` (its diagonal replaced by each example's distance from the
+centre over the centre's norm), flattened; the task's difficulty statistics
+(``task_statistics``: the learner's support loss before and after its ``inner_steps``-step
+adaptation, the adapted model's support accuracy, margin and entropy, prototype cosines
+and distances); statistics of the support inputs themselves (level, spread, share of
+values away from both ends of their range, cosines of the class means); the first inner
+step (support loss before and after it, its relative drop, the gradient norm at the
+meta-weights, support accuracy after it); the knowledge memory's top-1 and mean top-k
+similarity to the task's key (how familiar the task is); prototype separation (min and
+mean distance between class prototypes over the within-class spread, or for one-shot
+tasks the examples' spread about the task's mean); and the number of inner steps the
+prediction is for. The non-Gram features are standardised by their mean and spread over
+the predictor's buffer (and clipped to +-5), and the network predicts the accuracy in
+units of the buffer's accuracy spread about its mean, so that features of any scale are
+usable from the first step. Its ``labels`` are the one-hot support labels flattened: the
+network needs them to tell which entries of the Gram matrix are within a class and which
+between classes. While training it sees the same tasks with their examples and class
+numbers randomly permuted, so it learns that neither order matters. During ``fit`` each
+task's query accuracy is measured after 1..``auto_max_steps`` inner steps (one run that
+records the intermediate weights), and each predictor example takes one of those step
+counts at random, so the one network predicts the accuracy after any of them;
+``adapt(steps="auto")`` uses that curve. ``benchmarks/predictor.py`` measures the
+Spearman correlation on held-out Omniglot tasks, what each feature group adds, and
+``steps="auto"`` against fixed step counts.
 """
 
 import json
@@ -76,7 +89,7 @@ __all__ = ["MetaLearner", "spearman", "rankdata"]
 
 _ALGORITHMS = ("maml", "fomaml", "reptile", "anil", "metasgd")
 # what the predictor's feature vector holds (saved with a system; load refuses another)
-_PREDICTOR_FEATURES = "gram+statistics/1"
+_PREDICTOR_FEATURES = "gram+statistics+support+first_step+recall+separation+pseudo_query+steps/2"
 
 
 # ------------------------------------------------------------------ statistics
@@ -172,6 +185,22 @@ class MetaLearner:
         predictor_lr: Adam learning rate of the predictor.
         predictor_buffer: (features, accuracy) pairs kept to train the predictor on.
         predictor_batch: predictor minibatch per meta-iteration.
+        auto_max_steps: the predictor learns the accuracy after 1..auto_max_steps inner
+            steps (``adapt(steps="auto")`` chooses among them).
+        auto_epsilon: ``steps="auto"`` takes the fewest steps whose predicted accuracy is
+            within auto_epsilon of the best predicted one.
+        query_features: True adds the ``QUERY`` group to the predictor's input: how the
+            adapted learner and the class prototypes respond to the task's unlabelled
+            query inputs (confidence, class balance of the predictions, agreement). This
+            is transductive: predictions then need the query inputs
+            (``predict_performance(..., query_x=...)``, ``adapt(..., query_x=...)``;
+            ``evaluate_task`` passes its task's); the query labels are never used. It
+            ranks tasks far better (Spearman about 0.75 against 0.55 on held-out
+            Omniglot tasks, benchmarks/predictor.py) but is off by default: a
+            prediction is meant to be available before any query is seen (to choose
+            tasks, or how many steps to spend), and its strongest cue -- how evenly the
+            adapted learner's predictions spread over the classes -- holds only for
+            class-balanced query sets such as N-way episodes.
         encoder: optional Keras model giving the embeddings of the task keys, the
             prototypes and the predictor's features instead of the learner's body (e.g. a
             conv encoder trained with ProtoNet or a MemoryClassifier); it is not trained
@@ -209,6 +238,9 @@ class MetaLearner:
         predictor_batch=64,
         encoder=None,
         seed=0,
+        auto_max_steps=5,
+        auto_epsilon=0.01,
+        query_features=False,
     ):
         if isinstance(algorithm, _Algorithm):
             if model is not None and model is not algorithm.model:
@@ -261,6 +293,15 @@ class MetaLearner:
         self.predictor_buffer = int(predictor_buffer)
         self.predictor_batch = int(predictor_batch)
         self.seed = int(seed)
+        self.auto_max_steps = check_count(auto_max_steps, "auto_max_steps", "MetaLearner", 1)
+        self.auto_epsilon = float(auto_epsilon)
+        if not (self.auto_epsilon >= 0.0):
+            raise ValueError(f"MetaLearner: auto_epsilon must be >= 0, got {auto_epsilon!r}")
+        if not isinstance(query_features, (bool, np.bool_)):
+            raise TypeError(
+                f"MetaLearner: query_features must be True or False, got {query_features!r}"
+            )
+        self.query_features = bool(query_features)
         self._rng = np.random.default_rng(seed)
         self.encoder = encoder
         self.task_info = {}
@@ -271,7 +312,14 @@ class MetaLearner:
         self.support_size = None
         self.input_shape = None
         self.tasks_stored = 0
-        self._buffer_x, self._buffer_l, self._buffer_t = [], [], []
+        # per task: features (without the step count), one-hot labels, query accuracy
+        # after inner_steps steps and after 1..auto_max_steps steps
+        self._buffer_x, self._buffer_l, self._buffer_t, self._buffer_c = [], [], [], []
+        # the predictor's input standardisation (from the buffer; saved with the system)
+        self._feature_mean = self._feature_scale = None
+        self._feature_mask = None  # benchmarks' ablations zero feature groups with it
+        self._target = None  # (mean, spread) of the accuracies the predictor learns
+        self.last_steps = None
         self._chain = None
         self.last_recall = None
         self.history = None
@@ -444,12 +492,6 @@ class MetaLearner:
         "centred_norm",
     )
 
-    @property
-    def feature_size(self):
-        """Length of the predictor's feature vector: the flattened Gram matrix and the
-        task statistics (``n_support**2 + len(STATISTICS)``)."""
-        return self.support_size * self.support_size + len(self.STATISTICS)
-
     def task_statistics(self, support_x, support_y, fast=None):
         """Difficulty statistics of one task, computed from its support set alone.
 
@@ -532,39 +574,393 @@ class MetaLearner:
         ]
         return np.clip(np.nan_to_num(np.asarray(stats, np.float64)), -10.0, 10.0).astype(np.float32)
 
-    def task_features(self, support_x, support_y, fast=None):
-        """The predictor's input for one task: ``(features (1, feature_size), one-hot
-        labels (1, n_support * n_way))``; the features are the flattened Gram matrix of the
-        support embeddings followed by ``task_statistics``. `fast`: the learner's weights
-        adapted to this support set, when already at hand."""
-        sx, sy = self._check_support(support_x, support_y)
+    #: statistics of the support inputs themselves (before any network)
+    SUPPORT_STATISTICS = (
+        "input_mean",
+        "input_std",
+        "input_grey_fraction",
+        "input_class_cosine_mean",
+        "input_class_cosine_max",
+    )
+    #: the first inner step: support loss before and after it, its relative drop, the
+    #: norm of the support loss's gradient at the meta-weights, support accuracy after it
+    FIRST_STEP = (
+        "first_step_loss_before",
+        "first_step_loss_after",
+        "first_step_relative_drop",
+        "first_step_gradient_norm",
+        "first_step_accuracy_after",
+    )
+    #: the knowledge memory's similarities to the task's key (0 while the memory is empty)
+    RECALL = ("recall_similarity_top1", "recall_similarity_topk_mean")
+    #: min and mean distance between class prototypes over the within-class spread
+    SEPARATION = ("prototype_separation_min", "prototype_separation_mean")
+    #: pseudo-queries: the support examples slightly shifted (images) or jittered; the
+    #: adapted model's accuracy, margin and loss on them after 1 and after
+    #: auto_max_steps steps, and the accuracy and margin of the nearest class prototype
+    #: in the embedding
+    PSEUDO_QUERY = (
+        "pseudo_query_accuracy_first_step",
+        "pseudo_query_margin_first_step",
+        "pseudo_query_loss_first_step",
+        "pseudo_query_accuracy_last_step",
+        "pseudo_query_margin_last_step",
+        "pseudo_query_loss_last_step",
+        "pseudo_query_prototype_accuracy",
+        "pseudo_query_prototype_margin",
+    )
+    #: the unlabelled query inputs (``query_features=True``, transductive): the adapted
+    #: learner's mean top-1 probability, entropy and top-1 minus top-2 margin; the same
+    #: for the nearest-prototype classifier (softmax of minus squared distances); how
+    #: often the two agree; the entropy of the predicted-class histogram (hard and soft)
+    #: and of the prototypes' (N-way queries are balanced, so a skewed histogram means
+    #: errors); the mean distance to the nearest prototype over the mean distance between
+    #: prototypes; how often a query's nearest other query gets the same prediction
+    QUERY = (
+        "query_max_probability",
+        "query_entropy",
+        "query_margin",
+        "query_prototype_max_probability",
+        "query_prototype_margin",
+        "query_prototype_agreement",
+        "query_class_balance",
+        "query_soft_class_balance",
+        "query_prototype_class_balance",
+        "query_prototype_distance_ratio",
+        "query_neighbour_agreement",
+    )
+    #: the step count a prediction is for (the last entry of the predictor's input)
+    STEPS = ("steps",)
+
+    @property
+    def feature_groups(self):
+        """``{group: (start, stop)}`` column ranges of the predictor's feature vector."""
+        n = self.support_size
+        sizes = (
+            ("gram", n * n),
+            ("statistics", len(self.STATISTICS)),
+            ("support", len(self.SUPPORT_STATISTICS)),
+            ("first_step", len(self.FIRST_STEP)),
+            ("recall", len(self.RECALL)),
+            ("separation", len(self.SEPARATION)),
+            ("pseudo_query", len(self.PSEUDO_QUERY)),
+        ) + ((("query", len(self.QUERY)),) if self.query_features else ())
+        sizes += (("steps", len(self.STEPS)),)
+        out, at = {}, 0
+        for name, size in sizes:
+            out[name] = (at, at + size)
+            at += size
+        return out
+
+    def _extra_statistics(self, sx, sy, emb, curve):
+        """The support, first-step, recall and separation groups (float64 list)."""
+        flat = np.asarray(sx, np.float64).reshape(len(sx), -1)
+        classes = np.unique(sy)
+        # inputs: level and spread of the values, share of values away from both ends of
+        # their range (noise and blur raise it), similarity of the class means
+        lo, hi = float(flat.min()), float(flat.max())
+        width = max(hi - lo, 1e-12)
+        grey = float(np.mean((flat > lo + 0.1 * width) & (flat < hi - 0.1 * width)))
+        means = _normalize(np.stack([flat[sy == c].mean(0) for c in classes])).astype(np.float64)
+        cos_in = means @ means.T
+        off = ~np.eye(len(classes), dtype=bool)
+        cos_in = cos_in[off] if off.any() else np.zeros(1)
+        support = [flat.mean(), flat.std(), grey, cos_in.mean(), cos_in.max()]
+
+        # the first inner step, from the meta-weights
+        weights = list(self.model.trainable_weights)
+        out0 = self._run(weights, sx)
+        loss = self.algorithm._loss_fn(sy, out0)
+        grads = _core.grad(loss, weights)
+        gnorm = float(np.sqrt(sum(float(np.sum(np.asarray(g, np.float64) ** 2)) for g in grads)))
+        with _core_no_grad():
+            out1 = np.asarray(self._run(curve[0], sx), np.float64)
+        if getattr(self.model, "output_activation", None) == "softmax":
+            out1 = np.log(np.clip(out1, 1e-7, 1.0))
+        z = out1 - out1.max(1, keepdims=True)
+        lp1 = z - np.log(np.exp(z).sum(1, keepdims=True))
+        rows = np.arange(len(sy))
+        l0, l1 = float(loss.item()), float(-lp1[rows, sy].mean())
+        first = [l0, l1, (l0 - l1) / max(l0, 1e-6), gnorm, float(np.mean(out1.argmax(1) == sy))]
+
+        # the memory: how close the nearest stored tasks are
+        recall = [0.0, 0.0]
+        if self.memory is not None and self.memory.size > 0:
+            key = _normalize((np.asarray(emb) - self.center).mean(0))
+            k = max(1, min(self.recall_k, self.memory.size))
+            idx, sim = self.memory.query(key[None], k)[:2]
+            sims = np.asarray(sim[0], np.float64)[np.asarray(idx[0]) >= 0]
+            if len(sims):
+                recall = [float(sims.max()), float(sims.mean())]
+
+        # prototype separation relative to the within-class spread; with one example a
+        # class has no spread of its own, so the examples' spread about the task's mean
+        # embedding stands in for it
+        e = np.asarray(emb, np.float64) - self.center
+        protos = np.stack([e[sy == c].mean(0) for c in classes])
+        within = np.linalg.norm(e - protos[np.searchsorted(classes, sy)], axis=1).mean()
+        if within <= 1e-9:
+            within = np.linalg.norm(e - e.mean(0), axis=1).mean()
+        d = (
+            np.linalg.norm(protos[:, None] - protos[None], axis=-1)[off]
+            if off.any()
+            else np.zeros(1)
+        )
+        within = max(float(within), 1e-6)
+        separation = [d.min() / within, d.mean() / within]
+        return support + first + recall + separation + self._pseudo_query(sx, sy, e, curve)
+
+    def _query_statistics(self, sx, sy, emb, fast, query_x):
+        """The ``QUERY`` group (float64 list): `fast` the adapted weights, `emb` the
+        support embeddings; the query labels are not used."""
+        qx = np.asarray(query_x, np.float32)
+        with _core_no_grad():
+            z = np.asarray(self._run(fast, qx), np.float64)
+        if getattr(self.model, "output_activation", None) == "softmax":
+            z = np.log(np.clip(z, 1e-7, 1.0))
+
+        def probs(z):
+            z = z - z.max(1, keepdims=True)
+            e = np.exp(z)
+            return e / e.sum(1, keepdims=True)
+
+        def entropy(p):
+            return float(-(p * np.log(p + 1e-12)).sum(-1).mean())
+
+        def balance(p):  # entropy of the histogram of predicted classes
+            h = np.bincount(p.argmax(1), minlength=p.shape[1]) / len(p)
+            return float(-(h * np.log(h + 1e-12)).sum())
+
+        p = probs(z)
+        ps = np.sort(p, 1)
+        e, eq = np.asarray(emb, np.float64), np.asarray(self.embed(qx), np.float64)
+        classes = np.unique(sy)
+        protos = np.stack([e[sy == c].mean(0) for c in classes])
+        dist = ((eq[:, None] - protos[None]) ** 2).sum(-1)
+        pp = probs(-dist)
+        pps = np.sort(pp, 1)
+        between = np.sqrt(((protos[:, None] - protos[None]) ** 2).sum(-1))
+        between = between[np.triu_indices(len(classes), 1)]
+        ratio = np.sqrt(dist.min(1)).mean() / max(
+            float(between.mean()) if len(between) else 0.0, 1e-6
+        )
+        dq = ((eq[:, None] - eq[None]) ** 2).sum(-1)
+        np.fill_diagonal(dq, np.inf)
+        pred = p.argmax(1)
+        soft = p.mean(0)
+        return [
+            float(ps[:, -1].mean()),
+            entropy(p),
+            float((ps[:, -1] - ps[:, -2]).mean()) if p.shape[1] > 1 else 0.0,
+            float(pps[:, -1].mean()),
+            float((pps[:, -1] - pps[:, -2]).mean()) if pp.shape[1] > 1 else 0.0,
+            float(np.mean(classes[pp.argmax(1)] == pred)),
+            balance(p),
+            float(-(soft * np.log(soft + 1e-12)).sum()),
+            balance(pp),
+            float(ratio),
+            float(np.mean(pred == pred[dq.argmin(1)])) if len(pred) > 1 else 1.0,
+        ]
+
+    def _pseudo_query(self, sx, sy, emb_centred, curve):
+        """How the adapted learner and the prototypes fare on deformed support examples:
+        with one example per class the support set holds no query, and these stand in."""
+        sx = np.asarray(sx, np.float32)
+        if sx.ndim >= 3:  # images: shifted by 2 pixels in 8 directions
+            moves = [(-2, 0), (2, 0), (0, -2), (0, 2), (-2, -2), (2, 2), (-2, 2), (2, -2)]
+            px = np.concatenate([np.roll(sx, m, axis=(1, 2)) for m in moves])
+        else:  # vectors: jittered by a quarter of each feature's spread, fixed noise
+            noise = np.random.default_rng(0).standard_normal((8,) + sx.shape)
+            scale = 0.25 * (sx.std(0) + 1e-6)
+            px = (sx[None] + noise * scale).reshape((-1,) + sx.shape[1:]).astype(np.float32)
+        py = np.tile(sy, len(px) // len(sy))
+        rows = np.arange(len(py))
+        softmax = getattr(self.model, "output_activation", None) == "softmax"
+        out = []
+        for w in (curve[0], curve[-1]):
+            with _core_no_grad():
+                z = np.asarray(self._run(w, px), np.float64)
+            if softmax:
+                z = np.log(np.clip(z, 1e-7, 1.0))
+            z = z - z.max(1, keepdims=True)
+            lp = z - np.log(np.exp(z).sum(1, keepdims=True))
+            wrong = np.where(np.eye(z.shape[1], dtype=bool)[py], -np.inf, z)
+            out += [
+                float(np.mean(z.argmax(1) == py)),
+                float(np.mean(z[rows, py] - wrong.max(1))),
+                float(-lp[rows, py].mean()),
+            ]
+        # nearest prototype (cosine, centred embeddings): the metric learners' view
+        pe = np.asarray(self.embed(px), np.float64) - self.center
+        classes = np.unique(sy)
+        protos = _normalize(np.stack([emb_centred[sy == c].mean(0) for c in classes]))
+        sims = _normalize(pe).astype(np.float64) @ protos.T.astype(np.float64)
+        idx = np.searchsorted(classes, py)
+        own = sims[rows, idx]
+        other = np.where(np.eye(len(classes), dtype=bool)[idx], -np.inf, sims).max(1)
+        out += [float(np.mean(own > other)), float(np.mean(own - other))]
+        return out
+
+    def _curve_weights(self, sx, sy, steps):
+        """Adapted weights after 1..steps inner steps (one run), all trainable weights."""
+        alg = self.algorithm
+        n = len(self.model.trainable_weights)
+        out = []
+        for _, w in alg._adaptation_curve(sx, sy, list(range(1, steps + 1))):
+            w = list(w)
+            out.append(w if len(w) == n else list(alg._full_weights(w)))
+        return out
+
+    def _task_record(self, sx, sy, query_x=None, query_y=None):
+        """(features without the step count, one-hot labels, query accuracy after 1..K
+        steps or None, the ``inner_steps`` adapted weights); `query_y` only measures the
+        accuracies, `query_x` gives the ``QUERY`` group (``query_features=True``)."""
+        if self.query_features and query_x is None:
+            raise ValueError(
+                "MetaLearner: query_features=True predicts from the task's query inputs; "
+                "pass query_x"
+            )
+        if query_x is not None and len(query_x) == 0:
+            raise ValueError("MetaLearner: query_x holds no examples")
+        k = max(self.auto_max_steps, self.inner_steps)
+        curve = self._curve_weights(sx, sy, k)
+        fast = curve[self.inner_steps - 1] if self.inner_steps >= 1 else None
         emb = self.embed(sx)
         _, _, gram = self._summaries(emb, sy)
         stats = self._statistics(sx, sy, emb, fast)
-        feats = np.concatenate([gram.reshape(-1), stats]).astype(np.float32)
-        return feats[None], self._one_hot(sy)[None]
+        extra = self._extra_statistics(sx, sy, emb, curve)
+        extra = np.clip(np.nan_to_num(np.asarray(extra, np.float64)), -1e3, 1e3)
+        parts = [gram.reshape(-1), stats, extra]
+        if self.query_features:
+            q = self._query_statistics(sx, sy, emb, fast if fast is not None else curve[0], query_x)
+            parts.append(np.clip(np.nan_to_num(np.asarray(q, np.float64)), -1e3, 1e3))
+        feats = np.concatenate(parts).astype(np.float32)
+        accs = None
+        if query_x is not None:
+            with _core_no_grad():
+                accs = np.asarray(
+                    [_accuracy(self._run(w, query_x), query_y) for w in curve], np.float32
+                )
+        return feats, self._one_hot(sy), accs, fast
+
+    @property
+    def feature_size(self):
+        """Length of the predictor's feature vector (``feature_groups``): the flattened
+        Gram matrix, the task statistics, the support, first-step, recall and separation
+        statistics and the step count."""
+        return self.feature_groups["steps"][1]
+
+    def task_features(self, support_x, support_y, fast=None, steps=None, query_x=None):
+        """The predictor's input for one task: ``(features (1, feature_size), one-hot
+        labels (1, n_support * n_way))``, the features laid out as ``feature_groups``
+        says, the last entry the step count the prediction is for (default
+        ``inner_steps``). `fast` is accepted for compatibility and not needed; `query_x`
+        the task's query inputs (``query_features=True`` only)."""
+        self._require_built(support_x, support_y)
+        sx, sy = self._check_support(support_x, support_y)
+        steps = self.inner_steps if steps is None else check_count(steps, "steps", "task_features")
+        query_x = self._check_query(query_x, sx, "task_features")
+        feats, labels, _, _ = self._task_record(sx, sy, query_x)
+        return np.append(feats, np.float32(steps))[None], labels[None]
 
     def _one_hot(self, sy):
         oh = np.zeros((len(sy), self.n_way), np.float32)
         oh[np.arange(len(sy)), sy] = 1.0
         return oh.reshape(-1)
 
-    def _predict_raw(self, features, labels):
-        with _core_no_grad():
-            return np.asarray(self.predictor(features, labels=labels)).reshape(-1)
+    #: how the predictor reads the buffer: "targets" (the default) trains it on the raw
+    #: features and on the accuracies less the buffer's mean over their spread; True
+    #: standardises the features too (clipped to +-5), False neither (benchmarks/
+    #: predictor.py --variants trains all three alongside). Standardised inputs cost
+    #: 0.05-0.1 of Spearman on the full Omniglot protocol (the clipped, rescaled
+    #: features lose the scale the ranking needs); raw targets learn too slowly on a
+    #: small budget (the network starts at 0, not at the mean accuracy)
+    _STANDARDIZE = "targets"
 
-    def predict_performance(self, support_x, support_y):
-        """The accuracy the learner is expected to reach on this task after adapting
-        (``inner_steps`` steps from the meta-weights), clipped to [0, 1]."""
-        self._require_built(support_x, support_y)
-        sx, sy = self._check_support(support_x, support_y)
+    def _standardize(self, features):
+        """The predictor's input (with ``_STANDARDIZE`` True: the features less the
+        buffer's mean over its spread, the Gram part left as it is, clipped to +-5)."""
+        f = np.asarray(features, np.float32)
+        if self._STANDARDIZE is True and self._feature_mean is not None:
+            n2 = self.support_size * self.support_size
+            tail = (f[:, n2:] - self._feature_mean) / self._feature_scale
+            f = np.concatenate([f[:, :n2], np.clip(tail, -5.0, 5.0)], 1)
+        if self._feature_mask is not None:
+            f = f * self._feature_mask
+        return np.ascontiguousarray(f, np.float32)
+
+    def _fit_standardization(self):
+        n2 = self.support_size * self.support_size
+        x = np.stack(self._buffer_x)[:, n2:].astype(np.float64)
+        steps = np.arange(1, self.auto_max_steps + 1, dtype=np.float64)
+        mean = np.append(x.mean(0), steps.mean())
+        scale = np.append(x.std(0), steps.std() if len(steps) > 1 else 1.0)
+        self._feature_mean = mean.astype(np.float32)
+        self._feature_scale = np.maximum(scale, 1e-6).astype(np.float32)
+        # the network predicts the accuracy in units of the buffer's spread about its mean
+        t = np.asarray(self._buffer_c, np.float64)
+        self._target = (float(t.mean()), max(float(t.std()), 1e-3))
+
+    def _target_affine(self):
+        if not self._STANDARDIZE:
+            return (0.0, 1.0)
+        return getattr(self, "_target", None) or (0.0, 1.0)
+
+    def _predict_raw(self, features, labels):
+        mean, scale = self._target_affine()
+        with _core_no_grad():
+            out = np.asarray(self.predictor(self._standardize(features), labels=labels))
+        return mean + scale * out.reshape(-1).astype(np.float64)
+
+    def _check_query(self, query_x, sx, where):
+        """query_x as float32 with the support's input shape, or None (bad: ValueError)."""
+        if query_x is None:
+            if self.query_features:
+                raise ValueError(
+                    f"{where}: query_features=True predicts from the task's query inputs; "
+                    "pass query_x"
+                )
+            return None
+        if not self.query_features:
+            raise ValueError(f"{where}: query_x is used only with query_features=True")
+        q = np.asarray(query_x, np.float32)
+        if q.ndim != np.ndim(sx) or q.shape[1:] != np.shape(sx)[1:] or len(q) == 0:
+            raise ValueError(
+                f"{where}: query_x must hold examples shaped like the support's "
+                f"{tuple(np.shape(sx)[1:])}, got shape {q.shape}"
+            )
+        return q
+
+    def _predicted_curve(self, sx, sy, query_x=None):
+        """Predicted accuracy after 1..auto_max_steps steps (one feature computation)."""
         if len(sy) != self.support_size:
             raise ValueError(
                 f"predict_performance: the predictor was trained on support sets of "
                 f"{self.support_size} examples, got {len(sy)}"
             )
-        feats, labels = self.task_features(sx, sy)
-        return float(np.clip(self._predict_raw(feats, labels)[0], 0.0, 1.0))
+        feats, labels, _, _ = self._task_record(sx, sy, query_x)
+        k = self.auto_max_steps
+        x = np.concatenate(
+            [np.tile(feats, (k, 1)), np.arange(1, k + 1, dtype=np.float32)[:, None]], 1
+        )
+        return np.clip(self._predict_raw(x, np.tile(labels, (k, 1))), 0.0, 1.0)
+
+    def predict_performance(self, support_x, support_y, steps=None, query_x=None):
+        """The accuracy the learner is expected to reach on this task after adapting
+        `steps` inner steps from the meta-weights (default ``inner_steps``; counts above
+        ``auto_max_steps`` are predicted as ``auto_max_steps``), clipped to [0, 1].
+        `query_x`: the task's unlabelled query inputs, needed (and only accepted) with
+        ``query_features=True``."""
+        steps = (
+            self.inner_steps
+            if steps is None
+            else check_count(steps, "steps", "predict_performance", 1)
+        )
+        self._require_built(support_x, support_y)
+        sx, sy = self._check_support(support_x, support_y)
+        query_x = self._check_query(query_x, sx, "predict_performance")
+        curve = self._predicted_curve(sx, sy, query_x)
+        return float(curve[min(steps, self.auto_max_steps) - 1])
 
     def _augment(self, features, labels):
         """Randomly reorders the examples and renumbers the classes of feature pairs (the
@@ -584,18 +980,33 @@ class MetaLearner:
             out.reshape(b, -1),
         )
 
+    def _predictor_batch(self, index):
+        """Features, labels and reached accuracy for the buffer's tasks `index`, each task
+        once per step count 1..auto_max_steps (the step count the last feature): every
+        example teaches the whole curve, none is spent on one point of it alone."""
+        k = self.auto_max_steps
+        index = np.repeat(np.asarray(index), k)
+        steps = np.tile(np.arange(1, k + 1), len(index) // k)
+        x = np.stack([self._buffer_x[i] for i in index])
+        x = np.concatenate([x, steps[:, None].astype(np.float32)], 1)
+        lab = np.stack([self._buffer_l[i] for i in index])
+        t = np.asarray([self._buffer_c[i][s - 1] for i, s in zip(index, steps)], np.float32)
+        return x, lab, t
+
     def _predictor_step(self, features, labels, target):
         from metalearn.tape import GradientTape
 
         features, labels = self._augment(features, labels)
-        t = np.asarray(target, np.float32).reshape(-1, 1)
+        features = self._standardize(features)
+        mean, scale = self._target_affine()
+        t = ((np.asarray(target, np.float64).reshape(-1, 1) - mean) / scale).astype(np.float32)
         with GradientTape() as tape:
             pred = self.predictor(features, labels=labels)
             loss = _core.reduce_mean(_core.square(pred - to_tensor(t)))
         variables = self.predictor.trainable_weights
         grads = tape.gradient(loss, variables)
         self.predictor_optimizer.apply_gradients(zip(grads, variables))
-        return float(loss.item())
+        return float(loss.item()) * scale * scale  # the MSE in accuracy units
 
     def train_predictor(self, steps=100, batch_size=None):
         """Extra predictor steps on the stored (features, achieved accuracy) buffer;
@@ -603,15 +1014,12 @@ class MetaLearner:
         if not self._buffer_t:
             raise ValueError("train_predictor: no tasks seen yet; call fit first")
         batch_size = self.predictor_batch if batch_size is None else int(batch_size)
-        gx, lx, tx = (
-            np.stack(self._buffer_x),
-            np.stack(self._buffer_l),
-            np.asarray(self._buffer_t, np.float32),
-        )
+        self._fit_standardization()
         losses = []
+        n = len(self._buffer_t)
         for _ in range(int(steps)):
-            i = self._rng.integers(0, len(tx), min(batch_size, len(tx)))
-            losses.append(self._predictor_step(gx[i], lx[i], tx[i]))
+            i = self._rng.integers(0, n, min(batch_size, n))
+            losses.append(self._predictor_step(*self._predictor_batch(i)))
         return losses
 
     # --------------------------------------------------------------- memory
@@ -781,27 +1189,56 @@ class MetaLearner:
             out.append(base[1][perm] + rec["bias_delta"][perm])
         return out
 
-    def adapt(self, support_x, support_y, steps=None, warm_start=True):
+    def adapt(self, support_x, support_y, steps=None, warm_start=True, query_x=None):
         """Recalls, warm-starts, adapts; the meta-model is not changed.
 
         Args:
             support_x, support_y: one task's support set (labels ``0..n_way-1``).
-            steps: inner steps (default ``inner_steps``; 0: the warm-started head alone).
+            steps: inner steps (default ``inner_steps``; 0: the warm-started head alone),
+                or ``"auto"``: the predictor's accuracy after 1..``auto_max_steps`` steps
+                is predicted for this task and the fewest steps whose prediction is
+                within ``auto_epsilon`` of the best prediction are taken
+                (``self.last_steps`` says how many).
             warm_start: False ignores the memory (the algorithm's plain adaptation).
+            query_x: the task's unlabelled query inputs, for the prediction (needed, and
+                only accepted, with ``query_features=True``).
 
         Returns:
             ``(adapted_model, predicted_performance)``: a new Keras model holding the
-            adapted weights, and the predictor's expected accuracy for this task.
+            adapted weights, and the predictor's expected accuracy for this task after
+            the steps taken (``auto_max_steps`` for more, 1 for 0 steps).
             ``self.last_recall`` tells what was recalled and whether it was used.
         """
-        if steps is not None:
+        auto = isinstance(steps, str)
+        if auto:
+            if steps != "auto":
+                raise ValueError(
+                    f"MetaLearner.adapt: steps must be None, a non-negative integer or "
+                    f"'auto', got {steps!r}"
+                )
+        elif steps is not None:
             check_count(steps, "steps", "MetaLearner.adapt")
         check_support(support_x, support_y, "MetaLearner.adapt")
+        if auto and self._feature_mean is None:
+            raise ValueError(
+                "MetaLearner.adapt: steps='auto' needs a trained predictor; call fit first"
+            )
         self._require_built(support_x, support_y)
         sx, sy = self._check_support(support_x, support_y)
+        query_x = self._check_query(query_x, sx, "MetaLearner.adapt")
+        curve = None
+        try:
+            curve = self._predicted_curve(sx, sy, query_x)
+        except ValueError:
+            if auto:  # a support set of another size: nothing to choose from
+                raise
+        if auto:
+            # the fewest steps whose predicted accuracy is within epsilon of the best
+            steps = int(np.flatnonzero(curve >= curve.max() - self.auto_epsilon)[0]) + 1
+        steps = self.inner_steps if steps is None else int(steps)
         rec = self.recall(sx, sy) if warm_start else None
         self.last_recall = rec
-        steps = self.inner_steps if steps is None else int(steps)
+        self.last_steps = steps
         weights = self.model.trainable_weights
         saved = None
         if rec is not None and rec["warm_start"]:
@@ -814,15 +1251,20 @@ class MetaLearner:
             if saved is not None:
                 for i, w in zip(self._head_index, saved):
                     _core.assign(weights[i], w)
-        try:
-            predicted = self.predict_performance(sx, sy)
-        except ValueError:
-            predicted = float("nan")
-        return model, predicted
+        if curve is None:
+            return model, float("nan")
+        return model, float(curve[min(max(steps, 1), self.auto_max_steps) - 1])
 
     def evaluate_task(self, task, steps=None, warm_start=True):
-        """Query accuracy of ``adapt`` on one task (a Task with a query set)."""
-        model, _ = self.adapt(task.support_x, task.support_y, steps=steps, warm_start=warm_start)
+        """Query accuracy of ``adapt`` on one task (a Task with a query set); `steps` as
+        for ``adapt`` (``"auto"`` included)."""
+        model, _ = self.adapt(
+            task.support_x,
+            task.support_y,
+            steps=steps,
+            warm_start=warm_start,
+            query_x=task.query_x if self.query_features else None,
+        )
         with _core_no_grad():
             out = model(np.ascontiguousarray(np.asarray(task.query_x, np.float32)), training=True)
         return _accuracy(out, task.query_y)
@@ -843,10 +1285,13 @@ class MetaLearner:
         """Meta-trains the learner, fills the memory and trains the predictor.
 
         Each iteration: one meta-update of the algorithm on a batch of tasks; then, for
-        every task of the batch, the accuracy reached after ``inner_steps`` adaptation
-        steps is measured on its query set, the task's knowledge is stored (``remember``)
-        and (task features, accuracy) join the predictor's buffer; one predictor step
-        (MSE, Adam) on the current batch plus a sample of the buffer.
+        every task of the batch, the accuracy reached after 1..``auto_max_steps`` (and
+        ``inner_steps``) adaptation steps is measured on its query set, the task's
+        features are computed (before its knowledge joins the memory, so the recall
+        features see only earlier tasks), the knowledge is stored (``remember``) and
+        (task features, accuracies) join the predictor's buffer; one predictor step (MSE,
+        Adam; each example with a random step count) on the current batch plus a sample
+        of the buffer.
 
         Args:
             tasks: an N-way task sampler (``metalearn.tasks.NWayKShot``), a callable
@@ -929,7 +1374,7 @@ class MetaLearner:
                     dist._broadcast(self.predictor.weights)
                 loss, metric = dist._meta_step(alg, batch)
             alg.iterations += 1
-            grams, labs, accs = [], [], []
+            feats, labs, accs, curves = [], [], [], []
             singles = batch.tasks()
             self._update_center([self.embed(t.support_x).mean(0) for t in singles])
             supports = [self._check_support(t.support_x, t.support_y) for t in singles]
@@ -939,44 +1384,56 @@ class MetaLearner:
                         f"fit: support sets must all have {self.support_size} "
                         f"examples, got {len(sy)}"
                     )
-            # each task's adaptation, accuracy and features (under DataParallel: this
-            # rank's block of tasks, then every rank's rows in task order, same bits)
+            # each task's features, accuracy curve and accuracy (under DataParallel: this
+            # rank's block of tasks, then every rank's rows in task order, same bits); the
+            # features come first: the task's own knowledge is not in the memory yet
             lo, hi = (0, len(singles)) if dist is None else dist._task_block(len(singles))
             for (sx, sy), t in zip(supports[lo:hi], singles[lo:hi]):
-                fast = alg.adapted_weights(sx, sy, self.inner_steps)
-                with _core_no_grad():
-                    acc = _accuracy(self._run(fast, t.query_x), t.query_y)
-                g, l = self.task_features(sx, sy, fast=fast)
-                grams.append(g[0])
-                labs.append(l[0])
+                f, l, curve, _ = self._task_record(sx, sy, t.query_x, t.query_y)
+                acc = float(curve[self.inner_steps - 1]) if self.inner_steps >= 1 else None
+                if acc is None:
+                    fast = alg.adapted_weights(sx, sy, 0)
+                    with _core_no_grad():
+                        acc = _accuracy(self._run(fast, t.query_x), t.query_y)
+                feats.append(np.asarray(f, np.float32))
+                labs.append(np.asarray(l, np.float32))
                 accs.append(acc)
+                curves.append(np.asarray(curve[: self.auto_max_steps], np.float64))
+                # one process: each task is written before the next one's features (its
+                # recall features see the batch's earlier tasks); under DataParallel the
+                # batch's tasks are written after every rank's features are gathered
+                if remember and dist is None:
+                    self.remember(sx, sy, t.query_x, t.query_y, accuracy=acc, info=t.info)
             if dist is not None:
-                wg, wl = self.feature_size, self.support_size * self.n_way
-                rows = np.zeros((hi - lo, wg + wl + 1))
+                # the features without the step count, the labels, the curve, the accuracy
+                wf, wl = self.feature_size - 1, self.support_size * self.n_way
+                wc = self.auto_max_steps
+                rows = np.zeros((hi - lo, wf + wl + wc + 1))
                 for j in range(hi - lo):
-                    rows[j] = np.concatenate([grams[j], labs[j], [accs[j]]])
+                    rows[j] = np.concatenate([feats[j], labs[j], curves[j], [accs[j]]])
                 rows = dist._gather_rows(rows, len(singles))
-                grams = list(rows[:, :wg].astype(np.float32))
-                labs = list(rows[:, wg : wg + wl].astype(np.float32))
+                feats = list(rows[:, :wf].astype(np.float32))
+                labs = list(rows[:, wf : wf + wl].astype(np.float32))
+                curves = list(rows[:, wf + wl : wf + wl + wc])
                 accs = [float(a) for a in rows[:, -1]]
-            if remember:  # every rank writes every task, in task order: the same memory
+            if remember and dist is not None:  # every rank writes every task, in task order
                 for (sx, sy), t, acc in zip(supports, singles, accs):
                     self.remember(sx, sy, t.query_x, t.query_y, accuracy=acc, info=t.info)
-            self._buffer_x.extend(grams)
+            self._buffer_x.extend(feats)
             self._buffer_l.extend(labs)
             self._buffer_t.extend(accs)
+            self._buffer_c.extend(curves)
             over = len(self._buffer_t) - self.predictor_buffer
             if over > 0:
-                del self._buffer_x[:over], self._buffer_l[:over], self._buffer_t[:over]
-            extra = max(0, self.predictor_batch - len(accs))
-            if extra and len(self._buffer_t) > len(accs):
-                i = self._rng.integers(0, len(self._buffer_t) - len(accs), extra)
-                gx = np.concatenate([np.stack(grams), np.stack(self._buffer_x)[i]])
-                lx = np.concatenate([np.stack(labs), np.stack(self._buffer_l)[i]])
-                tx = np.concatenate([accs, np.asarray(self._buffer_t)[i]])
-            else:
-                gx, lx, tx = np.stack(grams), np.stack(labs), np.asarray(accs)
-            ploss = self._predictor_step(gx, lx, tx)
+                del self._buffer_x[:over], self._buffer_l[:over]
+                del self._buffer_t[:over], self._buffer_c[:over]
+            self._fit_standardization()
+            n_new, n_all = len(accs), len(self._buffer_t)
+            extra = max(0, self.predictor_batch - n_new)
+            index = np.arange(n_all - n_new, n_all)
+            if extra and n_all > n_new:
+                index = np.concatenate([index, self._rng.integers(0, n_all - n_new, extra)])
+            ploss = self._predictor_step(*self._predictor_batch(index))
             history["loss"].append(float(loss))
             history["accuracy"].append(float(metric))
             history["task_accuracy"].append(float(np.mean(accs)))
@@ -1017,6 +1474,9 @@ class MetaLearner:
             "predictor_buffer": self.predictor_buffer,
             "predictor_batch": self.predictor_batch,
             "seed": self.seed,
+            "auto_max_steps": self.auto_max_steps,
+            "auto_epsilon": self.auto_epsilon,
+            "query_features": self.query_features,
         }
 
     def save(self, directory):
@@ -1039,6 +1499,15 @@ class MetaLearner:
             "center_updates": self._center_count,
             "encoder": self.encoder is not None,
             "predictor_features": _PREDICTOR_FEATURES,
+            "feature_mean": None
+            if self._feature_mean is None
+            else [float(v) for v in self._feature_mean],
+            "feature_scale": None
+            if self._feature_scale is None
+            else [float(v) for v in self._feature_scale],
+            "target": None if self._target is None else list(self._target),
+            # how the predictor was trained to read its inputs and give its output
+            "standardize": self._STANDARDIZE,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         self.model.save_weights(str(d / "model.weights"))
@@ -1114,6 +1583,13 @@ class MetaLearner:
         system.model.load_weights(str(d / "model.weights"))
         system._build_predictor()
         system.predictor.load_weights(str(d / "predictor.weights"))
+        if state.get("feature_mean") is not None:
+            system._feature_mean = np.asarray(state["feature_mean"], np.float32)
+            system._feature_scale = np.asarray(state["feature_scale"], np.float32)
+        if state.get("target") is not None:
+            system._target = tuple(float(v) for v in state["target"])
+        if state.get("standardize", cls._STANDARDIZE) != cls._STANDARDIZE:
+            system._STANDARDIZE = state["standardize"]  # (a benchmark's other recipe)
         system.memory.load(str(d / "memory.mlmem"))
         if getattr(system.algorithm, "learning_rates", None):
             arrs = [a for _, a in _core.load_tensors(str(d / "learning_rates.weights"))]

@@ -78,23 +78,29 @@ def test_predictor_learns_and_predicts_in_range(trained, data):
     system, history = trained
     losses = history["predictor_loss"]
     assert np.all(np.isfinite(losses))
-    # (the untrained predictor already starts near the targets' mean: its MSE is about
-    # 0.05 against a target variance of about 0.02 on these 120 tasks)
-    assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:3])
-    extra = system.train_predictor(40)
-    assert np.mean(extra[-10:]) < 0.75 * np.mean(losses[:3])
-    assert np.mean(extra[-10:]) < 2.0 * np.var(system._buffer_t)
+    # its loss falls during fit (0.029 over the first 3 iterations, 0.020 over the last
+    # 5), and what it must learn is to beat the targets' mean (the targets are
+    # standardised by the buffer's mean and spread, so the untrained predictor starts
+    # near it): after 400 more steps its MSE is below 0.9 x the variance of the
+    # accuracies it is trained on (all step counts; 0.81 x measured)
+    assert np.mean(losses[:3]) > 1.2 * np.mean(losses[-5:])
+    extra = system.train_predictor(400)
+    assert np.mean(extra[-10:]) < 0.9 * np.var(np.concatenate(system._buffer_c))
     t = sampler(data, seed=5).sample()
     p = system.predict_performance(t.support_x, t.support_y)
     assert 0.0 <= p <= 1.0
     feats, labels = system.task_features(t.support_x, t.support_y)
     n_stats = len(MetaLearner.STATISTICS)
-    assert feats.shape == (1, 25 + n_stats) == (1, system.feature_size) and labels.shape == (1, 25)
+    assert feats.shape == (1, system.feature_size) and labels.shape == (1, 25)
+    assert system.feature_groups["statistics"] == (25, 25 + n_stats)
+    assert system.feature_groups["steps"] == (system.feature_size - 1, system.feature_size)
     # the labels are part of the predictor's input
     other = np.roll(labels.reshape(5, 5), 1, axis=1).reshape(1, 25)
     assert system._predict_raw(feats, labels)[0] != system._predict_raw(feats, other)[0]
     # so are the task statistics (the tail of the features)
-    np.testing.assert_array_equal(feats[0, 25:], system.task_statistics(t.support_x, t.support_y))
+    np.testing.assert_array_equal(
+        feats[0, 25 : 25 + n_stats], system.task_statistics(t.support_x, t.support_y)
+    )
     changed = feats.copy()
     changed[0, 25:] += 1.0
     assert system._predict_raw(feats, labels)[0] != system._predict_raw(changed, labels)[0]

@@ -34,7 +34,7 @@ def _data():
     return x, np.repeat(np.arange(10), 6)
 
 
-def _make(algorithm="maml", predictor_lr=1e-3, sampler_cls=NWayKShot):
+def _make(algorithm="maml", predictor_lr=1e-3, sampler_cls=NWayKShot, query_features=False):
     """A system and its sampler, made the same way each time."""
     ml.random.set_seed(3)
     system = MetaLearner(
@@ -47,6 +47,7 @@ def _make(algorithm="maml", predictor_lr=1e-3, sampler_cls=NWayKShot):
         predictor_buffer=7,
         predictor_batch=6,
         seed=5,
+        query_features=query_features,
     )
     tasks = sampler_cls(_data(), n_way=3, k_shot=2, q_queries=2, augment_rotations=False, seed=21)
     return system, tasks
@@ -70,6 +71,12 @@ def _snapshot(system, tasks, tmp_path, history=None):
     snap["buffer_x"] = [r.tobytes() for r in system._buffer_x]
     snap["buffer_l"] = [r.tobytes() for r in system._buffer_l]
     snap["buffer_t"] = np.asarray(system._buffer_t, np.float64).tobytes()
+    snap["buffer_c"] = [np.asarray(c, np.float64).tobytes() for c in system._buffer_c]
+    # the predictor's input/target standardisation, when it is on
+    snap["standardization"] = [
+        None if a is None else np.asarray(a, np.float64).tobytes()
+        for a in (system._feature_mean, system._feature_scale, system._target)
+    ]
     snap["center"] = np.asarray(system.center).tobytes()
     snap["center_count"] = system._center_count
     snap["tasks_stored"] = system.tasks_stored
@@ -87,21 +94,23 @@ def _snapshot(system, tasks, tmp_path, history=None):
     return snap
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "metasgd"])
-def test_half_then_resume_gives_the_uninterrupted_bits(tmp_path, algorithm):
-    system, tasks = _make(algorithm)
+@pytest.mark.parametrize(
+    "algorithm, query_features", [("maml", False), ("metasgd", False), ("maml", True)]
+)
+def test_half_then_resume_gives_the_uninterrupted_bits(tmp_path, algorithm, query_features):
+    system, tasks = _make(algorithm, query_features=query_features)
     h = system.fit(tasks, iterations=ITERATIONS, meta_batch_size=BATCH, verbose=0)
     whole = _snapshot(system, tasks, tmp_path, h)
     assert system.memory.size == 5 and len(system._buffer_t) == 7  # both overflowed
 
     ck = tmp_path / "ck"
-    system, tasks = _make(algorithm)
+    system, tasks = _make(algorithm, query_features=query_features)
     system.fit(
         tasks, ITERATIONS // 2, BATCH, verbose=0, checkpoint_dir=ck, checkpoint_every=3
     )  # checkpoints at 3 and (the end) 4
     assert json.loads((ck / "checkpoint.json").read_text())["step"] == ITERATIONS // 2
     ml.random.set_seed(99)  # resuming must not depend on the generator's state before it
-    system, tasks = _make(algorithm)
+    system, tasks = _make(algorithm, query_features=query_features)
     ml.random.set_seed(99)
     h = system.fit(tasks, ITERATIONS, BATCH, verbose=0, checkpoint_dir=ck, checkpoint_every=3)
     resumed = _snapshot(system, tasks, tmp_path, h)
@@ -309,3 +318,24 @@ def test_checkpoint_of_a_predictor_with_other_features_is_refused(tmp_path, monk
     system, tasks = _make()
     with pytest.raises(CheckpointError, match="predictor_features"):
         system.fit(tasks, 6, BATCH, verbose=0, checkpoint_dir=ck)
+
+
+@pytest.mark.parametrize("saved_with", [False, True])
+def test_checkpoint_of_other_query_features_is_refused_and_changes_nothing(tmp_path, saved_with):
+    # the predictor of a query_features=True run takes 11 more inputs: its weights,
+    # buffer and optimizer mean nothing to a system without them (and the other way)
+    ck = tmp_path / "ck"
+    system, tasks = _make(query_features=saved_with)
+    system.fit(tasks, 3, BATCH, verbose=0, checkpoint_dir=ck)
+    files = _folder(ck)
+    other, tasks = _make(query_features=not saved_with)
+    other.fit(tasks, 2, BATCH, verbose=0)
+    before = _snapshot(other, tasks, tmp_path, other.history)
+    with pytest.raises(
+        CheckpointError,
+        match=f"saved with query_features={saved_with}, this MetaLearner has "
+        f"query_features={not saved_with}",
+    ):
+        other.fit(tasks, 6, BATCH, verbose=0, checkpoint_dir=ck)
+    assert _snapshot(other, tasks, tmp_path, other.history) == before
+    assert _folder(ck) == files

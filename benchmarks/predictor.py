@@ -1,0 +1,363 @@
+"""The performance predictor of metalearn.meta.system.MetaLearner, measured on Omniglot:
+how well it ranks held-out tasks by the accuracy adaptation reaches on them, what each
+group of its features adds, and what ``adapt(steps="auto")`` saves.
+
+Protocol (as benchmarks/memory_results.py's experiment c, which it extends): MAML (1 inner
+step, inner lr 0.4) on AdaptiveNeuralNetwork(5, 128) meta-trained on 5-way 1-shot tasks
+of varied difficulty (classes from one alphabet or from several, 0-50 % of the pixels
+replaced by noise) from the 1200 Vinyals training characters, 2000 iterations x 16 tasks,
+the predictor trained alongside (and 2000 more steps on its buffer of the last 2048
+tasks); the memory stores every training task. Then 400 held-out tasks of the same kind
+from the 423 test characters (15 queries per class): Spearman's rank correlation between
+the predicted accuracy and the accuracy reached after 1 step (the predictor sees only the
+support set; no held-out task is seen before its prediction).
+
+Ablation: fresh predictors of the same shape, trained the same number of steps on the
+same buffer, each with one feature group zeroed (and one with the older features only:
+Gram matrix and task statistics), ranked on the same held-out tasks.
+
+Recipe: the predictor reads the raw features and learns the accuracies standardised by
+its buffer's mean and spread (MetaLearner's default); --raw leaves the accuracies raw.
+--query-features adds the held-out tasks' unlabelled query inputs (transductive);
+--variants (with it) trains predictors of each recipe alongside the system's own, from the
+support set only and with the query features, in the same fit, and reports each one's
+Spearman and steps="auto" (its choice applied to the measured 1..5-step accuracies).
+
+steps="auto": on the same held-out tasks and on plain 5-way 1-shot test episodes (no
+noise), the query accuracy after 1..5 fixed inner steps and with ``steps="auto"`` (the
+fewest steps whose predicted accuracy is within ``auto_epsilon`` of the best predicted),
+with 95 % intervals and the mean number of steps taken.
+
+    python benchmarks/predictor.py --seed 0         # full settings (minutes on 2 cores)
+    python benchmarks/predictor.py --quick          # seconds
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import metalearn  # noqa: E402
+from metalearn.datasets import omniglot  # noqa: E402
+from metalearn.keras import optimizers  # noqa: E402
+from metalearn.meta.system import MetaLearner, spearman  # noqa: E402
+from metalearn.networks import MetaLearningNetwork  # noqa: E402
+from metalearn.tasks import NWayKShot  # noqa: E402
+
+from memory_results import VariedTasks  # noqa: E402
+
+
+def mean_ci(v):
+    v = np.asarray(v, np.float64)
+    return float(v.mean()), float(1.96 * v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def pct(v):
+    m, ci = mean_ci(v)
+    return f"{100 * m:.1f} ± {100 * ci:.1f} %"
+
+
+ABLATIONS = (
+    ("all features", ()),
+    (
+        "older features only (gram + statistics)",
+        ("support", "first_step", "recall", "separation", "pseudo_query", "query"),
+    ),
+    ("without support", ("support",)),
+    ("without first_step", ("first_step",)),
+    ("without recall", ("recall",)),
+    ("without separation", ("separation",)),
+    ("without pseudo_query", ("pseudo_query",)),
+    ("without gram", ("gram",)),
+    ("without statistics", ("statistics",)),
+    ("without query", ("query",)),
+    (
+        "query features only (+ gram + statistics)",
+        ("support", "first_step", "recall", "separation", "pseudo_query"),
+    ),
+)
+
+
+def held_out(system, tasks):
+    """Per task: features (no step count), labels, accuracy after 1..K steps."""
+    f, l, c = [], [], []
+    for t in tasks:
+        sx, sy = system._check_support(t.support_x, t.support_y)
+        feats, labels, curve, _ = system._task_record(sx, sy, t.query_x, t.query_y)
+        f.append(feats)
+        l.append(labels)
+        c.append(curve[: system.auto_max_steps])
+    return np.stack(f), np.stack(l), np.stack(c)
+
+
+def predicted_curves(system, f, l):
+    k = system.auto_max_steps
+    out = []
+    for s in range(1, k + 1):
+        x = np.concatenate([f, np.full((len(f), 1), s, np.float32)], 1)
+        out.append(system._predict_raw(x, l))
+    return np.clip(np.stack(out, 1), 0.0, 1.0)
+
+
+def mask_for(system, groups):
+    m = np.ones(system.feature_size, np.float32)
+    for g in groups:
+        a, b = system.feature_groups[g]
+        m[a:b] = 0.0
+    return m
+
+
+class Alongside:
+    """Extra predictors trained alongside the system's own, in the same ``fit``: each
+    takes the same batches (features, labels, accuracy curves) with its own network, Adam,
+    augmentation generator, standardisation and feature mask. The system's own predictor
+    and everything else keep their bits (the extras' steps run with the core's generator
+    put back after them), so one learner compares several predictor recipes."""
+
+    RECIPES = {"raw": False, "targets": "targets", "both": True}
+
+    def __init__(self, system, specs):
+        self.system = system
+        self.states = [
+            {
+                "name": name,
+                "standardize": self.RECIPES[recipe],
+                "groups": groups,
+                "predictor": MetaLearningNetwork(128),
+                "optimizer": optimizers.Adam(system.predictor_lr),
+                "rng": np.random.default_rng(2000 + k),
+                "mask": None,
+            }
+            for k, (name, recipe, groups) in enumerate(specs)
+        ]
+        own = system._predictor_step
+
+        def step(features, labels, target):
+            out = own(features, labels, target)
+            for st in self.states:
+                with self.use(st):
+                    own(features, labels, target)
+            return out
+
+        system._predictor_step = step
+
+    class use:
+        def __init__(self, st):
+            self.st = st
+
+        def __enter__(self):
+            s, st = _ALONG.system, self.st
+            self.saved = (
+                s.predictor,
+                s.predictor_optimizer,
+                s._rng,
+                s._feature_mask,
+                s.__dict__.get("_STANDARDIZE"),
+                metalearn.random.get_state(),
+            )
+            if st["mask"] is None:
+                st["mask"] = mask_for(s, st["groups"])
+            s.predictor, s.predictor_optimizer, s._rng = st["predictor"], st["optimizer"], st["rng"]
+            s._feature_mask, s._STANDARDIZE = st["mask"], st["standardize"]
+            s._fit_standardization()
+
+        def __exit__(self, *exc):
+            s = _ALONG.system
+            pred, opt, rng, mask, std, core = self.saved
+            s.predictor, s.predictor_optimizer, s._rng, s._feature_mask = pred, opt, rng, mask
+            if std is None:
+                del s._STANDARDIZE
+            else:
+                s._STANDARDIZE = std
+            s._fit_standardization()
+            metalearn.random.set_state(core)
+
+
+_ALONG = None
+
+
+def auto_rows(pred, a, eps=0.01):
+    """steps="auto" from predicted curves `pred` and measured curves `a` (tasks x K):
+    accuracy and steps taken, against the best fixed step count."""
+    steps = np.asarray([int(np.flatnonzero(p >= p.max() - eps)[0]) + 1 for p in pred])
+    got = a[np.arange(len(a)), steps - 1]
+    best = int(np.argmax(a.mean(0)))
+    return got, steps, best
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-ablation", action="store_true")
+    ap.add_argument("--iterations", type=int, help="meta-training iterations (default 2000)")
+    ap.add_argument("--save", help="save the trained system into this folder and stop")
+    ap.add_argument(
+        "--query-features",
+        action="store_true",
+        help="the predictor also sees the held-out task's unlabelled query inputs "
+        "(MetaLearner(query_features=True), transductive)",
+    )
+    ap.add_argument(
+        "--raw",
+        action="store_true",
+        help="train the predictor on raw features and accuracies (the default standardises "
+        "the accuracies by the buffer's mean and spread)",
+    )
+    ap.add_argument(
+        "--variants",
+        nargs="?",
+        const="raw,targets,both",
+        help="with --query-features: also train, alongside the system's own predictor, "
+        "predictors with these standardisations (a comma list of raw, targets, both; "
+        "default all three), each from the support set only and with the query features, "
+        "and report their Spearman and steps='auto'",
+    )
+    args = ap.parse_args(argv)
+    if args.raw:
+        MetaLearner._STANDARDIZE = False
+    iters, batch, psteps, episodes, plain = (
+        (20, 4, 20, 20, 20) if args.quick else (2000, 16, 2000, 400, 300)
+    )
+    if args.iterations is not None:
+        iters = args.iterations
+    seed = args.seed
+    metalearn.random.set_seed(seed)
+    t0 = time.perf_counter()
+    x, y, names = omniglot(split="vinyals_trainval", return_names=True)
+    xte, yte, nte = omniglot(split="vinyals_test", return_names=True)
+    train = VariedTasks(x, y, names, q_queries=5, seed=1 + 10 * seed)
+    system = MetaLearner(
+        n_way=5,
+        algorithm="maml",
+        inner_steps=1,
+        inner_lr=0.4,
+        memory_capacity=1000,
+        seed=seed,
+        query_features=args.query_features,
+    )
+    global _ALONG
+    if args.variants:
+        specs = [
+            (
+                f"{'support only' if so else 'with query'}, {recipe}",
+                recipe,
+                ("query",) if so else (),
+            )
+            for so in (True, False)
+            for recipe in args.variants.split(",")
+        ]
+        _ALONG = Alongside(system, specs)
+    system.fit(train, iterations=iters, meta_batch_size=batch, verbose=0, remember=True)
+    system.train_predictor(psteps)
+    if _ALONG is not None:
+        for st in _ALONG.states:
+            with Alongside.use(st):
+                system.train_predictor(psteps)
+    fit_time = time.perf_counter() - t0
+    if args.save:
+        system.save(args.save)
+        np.savez(
+            os.path.join(args.save, "buffer.npz"),
+            x=np.stack(system._buffer_x),
+            l=np.stack(system._buffer_l),
+            c=np.stack(system._buffer_c),
+        )
+        print(f"saved into {args.save} after {fit_time:.0f} s")
+        return None
+    print(
+        f"seed {seed}: MAML + predictor, {iters} iterations x {batch} varied tasks "
+        f"(+{psteps} predictor steps on the last {len(system._buffer_t)} tasks) in "
+        f"{fit_time:.0f} s; features {system.feature_size} "
+        f"({', '.join(f'{g} {b - a}' for g, (a, b) in system.feature_groups.items())})"
+    )
+
+    test = VariedTasks(xte, yte, nte, q_queries=15, seed=5 + 10 * seed)
+    tasks = [test.sample() for _ in range(episodes)]
+    t1 = time.perf_counter()
+    f, l, acc = held_out(system, tasks)
+    pred = predicted_curves(system, f, l)
+    # the protocol's achieved accuracy: evaluate_task (1 step, no warm start)
+    achieved = np.asarray([system.evaluate_task(t, warm_start=False) for t in tasks[:50]])
+    assert np.allclose(achieved, acc[:50, 0]), "curve accuracies differ from evaluate_task"
+    rho = spearman(pred[:, 0], acc[:, 0])
+    mae = float(np.mean(np.abs(pred[:, 0] - acc[:, 0])))
+    print(
+        f"  held-out varied tasks: Spearman {rho:.3f} of predicted vs achieved accuracy after "
+        f"1 step over {episodes} tasks (achieved {pct(acc[:, 0])}, mean |error| {mae:.3f})  "
+        f"[{time.perf_counter() - t1:.0f} s]"
+    )
+
+    if _ALONG is not None:
+        plain_ts = NWayKShot(
+            (xte, yte), n_way=5, k_shot=1, q_queries=15, augment_rotations=False, seed=7 + seed
+        )
+        pf, pl, pa = held_out(system, [plain_ts.sample() for _ in range(plain)])
+        for st in _ALONG.states:
+            with Alongside.use(st):
+                p = predicted_curves(system, f, l)
+                pp = predicted_curves(system, pf, pl)
+            line = f"  variant {st['name']:28s}: Spearman {spearman(p[:, 0], acc[:, 0]):.3f}"
+            for tag, pc, a in (("held-out", p, acc), ("plain", pp, pa)):
+                got, steps, best = auto_rows(pc, a)
+                line += (
+                    f"; auto {tag} {pct(got)} with {steps.mean():.2f} steps (best fixed "
+                    f"{best + 1}: {pct(a[:, best])}, paired {pct(got - a[:, best])})"
+                )
+            print(line, flush=True)
+
+    if not args.no_ablation:
+        saved = (system.predictor, system.predictor_optimizer, system._rng)
+        for name, groups in ABLATIONS:
+            if "query" in name and not system.query_features:
+                continue  # the rows about the query group
+            groups = tuple(g for g in groups if g in system.feature_groups)
+            system.predictor = MetaLearningNetwork(128)
+            system.predictor_optimizer = optimizers.Adam(system.predictor_lr)
+            system._rng = np.random.default_rng(1000 + seed)
+            system._feature_mask = mask_for(system, groups)
+            system.train_predictor(psteps)
+            p = predicted_curves(system, f, l)
+            print(f"  ablation, {name:48s}: Spearman {spearman(p[:, 0], acc[:, 0]):.3f}")
+        system.predictor, system.predictor_optimizer, system._rng = saved
+        system._feature_mask = None
+
+    # steps="auto" against fixed step counts
+    plain_test = NWayKShot(
+        (xte, yte), n_way=5, k_shot=1, q_queries=15, augment_rotations=False, seed=7 + seed
+    )
+    sets = (
+        ("held-out varied tasks", tasks, acc),
+        ("plain 5-way 1-shot test episodes", None, None),
+    )
+    for name, ts, a in sets:
+        if ts is None:
+            ts = [plain_test.sample() for _ in range(plain)]
+            _, _, a = held_out(system, ts)
+        line = ", ".join(f"{s + 1} steps {pct(a[:, s])}" for s in range(a.shape[1]))
+        best = int(np.argmax(a.mean(0)))
+        print(f"  {name}: fixed {line}")
+        for eps in (0.0, 0.005, 0.01, 0.02):
+            system.auto_epsilon = eps
+            got, steps = [], []
+            for t in ts:
+                got.append(system.evaluate_task(t, steps="auto", warm_start=False))
+                steps.append(system.last_steps)
+            d = np.asarray(got) - a[:, best]
+            print(
+                f"    auto (epsilon {eps}): {pct(got)} with {np.mean(steps):.2f} steps on "
+                f"average (best fixed: {best + 1} steps {pct(a[:, best])}; paired "
+                f"difference {pct(d)}); steps taken {np.bincount(steps, minlength=6)[1:].tolist()}"
+            )
+        system.auto_epsilon = 0.01
+    print(f"  wall time {time.perf_counter() - t0:.0f} s")
+    return rho
+
+
+if __name__ == "__main__":
+    main()
