@@ -379,25 +379,10 @@ static ml_status run_node(graph *g, gslot *slot) {
         if (want != want_inline) free(want);
         return st;
     }
-    /* inputs whose storage went back (ML_RECOMPUTE) and whose values this backward reads:
-     * recomputed for it, given back after it */
-    ml_tensor *remat[8];
-    int n_remat = 0;
-    for (int i = 0; i < node->n_inputs && st == ML_OK; i++) {
-        ml_tensor *in = node->inputs[i];
-        if (in->storage || (i < 30 && (node->edge_mask & (1u << i)))) continue;
-        if ((st = ml__recompute(in)) == ML_OK && n_remat < 8) remat[n_remat++] = in;
-    }
-    if (st) {
-        if (want != want_inline) free(want);
-        if (gin != gin_inline) free(gin);
-        return st;
-    }
     const unsigned char *prev_want = ml__grad_wanted;
     ml__grad_wanted = want;
     st = node->op->backward(slot->t, slot->grad, gin);
     ml__grad_wanted = prev_want;
-    for (int i = 0; i < n_remat; i++) ml__maybe_drop(remat[i]);
     for (int i = 0; i < node->n_inputs; i++) {
         if (st == ML_OK && gin[i] && want[i]) /* the input has a needed slot */
             st = accumulate(&g->slots[ml__ptrmap_get(&g->map, node->inputs[i])], gin[i]);

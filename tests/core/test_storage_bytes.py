@@ -58,28 +58,6 @@ def test_second_order_through_given_back_tensors():
     np.testing.assert_allclose(np.asarray(gg), np.where(mask, 8 * xv, 0), rtol=1e-6)
 
 
-def test_a_subtraction_a_backward_reads_goes_back_and_is_recomputed():
-    # square's backward reads d = x - c, but only square's node holds d and a
-    # subtraction is recomputed from x and c (ML_RECOMPUTE): d's storage goes back, ml_grad
-    # recomputes it for square's backward (the same bits) and gives it back after
-    rng = np.random.default_rng(2)
-    xv = rng.uniform(-1, 1, size=(256, 1024)).astype(np.float32)
-    x = ml.tensor(xv, requires_grad=True)
-    c = ml.tensor(np.full((1, 1024), 0.25, np.float32))
-    base = live()
-    d = x - c
-    sq = ml.square(d)
-    del d
-    assert live() - base < 1.5 * MiB  # sq (a 1 MiB tensor takes a 1.25 MiB pool block)
-    (g,) = ml.grad(ml.reduce_sum(sq), [x])
-    np.testing.assert_array_equal(np.asarray(g), (xv - np.float32(0.25)) * np.float32(2))
-    assert live() - base < 2.75 * MiB  # sq and g: d went back again
-    del g
-    (g,) = ml.grad(ml.reduce_sum(sq), [x], create_graph=True)
-    (gg,) = ml.grad(ml.reduce_sum(g * g), [x])  # d/dx sum(4 (x - c)^2) = 8 (x - c)
-    np.testing.assert_allclose(np.asarray(gg), 8 * (xv - 0.25), rtol=1e-6, atol=1e-6)
-
-
 # ------------------------------------------------------------- MAML conv4 bound
 HW, N_WAY, Q, TASKS, STEPS, FILTERS = 16, 5, 5, 2, 2, 8
 
