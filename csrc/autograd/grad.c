@@ -50,13 +50,14 @@ typedef struct {
 static ml_status check_versions(const ml_tensor *out) {
     const ml_node *n = out->node;
     for (int i = 0; i < n->n_inputs; i++) {
-        if (n->inputs[i]->storage->version != n->input_versions[i])
+        /* an input held as an edge only has no storage left: its values are never read */
+        if (n->inputs[i]->storage && n->inputs[i]->storage->version != n->input_versions[i])
             return ml_set_error(ML_ERR_GRAPH,
                                 "input %d of '%s' (shape %s) was modified in place after it was "
                                 "used; its gradient would be wrong",
                                 i, n->op->name, ML_SHAPE_STR(n->inputs[i]));
     }
-    if (out->storage->version != n->out_version)
+    if (out->storage && out->storage->version != n->out_version)
         return ml_set_error(ML_ERR_GRAPH,
                             "the output of '%s' was modified in place after it was computed",
                             n->op->name);

@@ -25,6 +25,7 @@ typedef struct ml_storage {
     void *free_ctx;
     uint64_t version; /* bumped by every in-place write */
     int size_class;   /* buffer-pool class of the block (-1: not pooled) */
+    size_t bytes;     /* the block's size (owned storage; ml_storage_stats) */
 } ml_storage;
 
 typedef struct ml_node ml_node;
@@ -40,6 +41,8 @@ struct ml_tensor {
     ml_node *node;      /* the op that made this tensor; NULL for a leaf */
     uint64_t serial;    /* creation order (process-wide): tells a trace what it made */
     int constant;       /* made from values (data, fill, one-hot), not computed from tensors */
+    int edge_refs;      /* of refcount, the nodes holding it as an edge only (ML_UNREAD_IN);
+                         * storage NULL once only such edges remain (ml_release) */
     ml_tensor *next_dead; /* intrusive list used while releasing a graph without recursion */
 };
 
@@ -56,7 +59,18 @@ typedef struct ml_op_def {
     const char *name;
     int n_inputs; /* tensor inputs, -1: a variable count */
     ml_backward_fn backward;
+    unsigned unread; /* ML_UNREAD_* bits: what the backward never reads the values of */
 } ml_op_def;
+
+/* An op's backward that needs only the shape of its input i (add's, sum's) or of its
+ * output (every op whose formula does not name `out`'s values) says so in its row's
+ * `unread` (ops/op_table.c). The node then holds input i as an edge only (ml_tensor's
+ * edge_refs), and a tensor whose every remaining reference is such an edge, made by an op
+ * that does not read its own output, gives its storage back: it is a step of the graph
+ * walk, not a value (ml_release). As PyTorch keeps only what a backward saves: relu's
+ * input, max_pool2d_scatter's gradient, the terms of batch norm's backward formula. */
+#define ML_UNREAD_IN(i) (1u << (i)) /* i < 31 */
+#define ML_UNREAD_OUT (1u << 31)
 
 #define ML_NODE_MAX_IPARAMS (2 * ML_MAX_DIMS + 2)
 
@@ -70,6 +84,7 @@ struct ml_node {
     int64_t iparams[ML_NODE_MAX_IPARAMS];
     int64_t n_index;              /* gather/scatter/pick indices, owned copy */
     int64_t *index;
+    uint32_t edge_mask;           /* bit i: inputs[i] is held as an edge (op->unread) */
     ml_tensor *inputs_inline[3];
     uint64_t versions_inline[3];
 };

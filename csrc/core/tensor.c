@@ -114,6 +114,26 @@ typedef struct {
     struct_list structs[STRUCT_KINDS];
 } block_pool;
 
+/* Bytes of tensor storage the core has allocated and not yet released (pooled blocks
+ * count from their taking to their return), its high-water mark, and the bytes the
+ * threads' pools hold for reuse: ml_storage_stats. Relaxed atomics: counters, no order. */
+static int64_t live_bytes, peak_bytes, pooled_bytes;
+
+static void count_live(int64_t delta) {
+    int64_t now = __atomic_add_fetch(&live_bytes, delta, __ATOMIC_RELAXED);
+    int64_t peak = __atomic_load_n(&peak_bytes, __ATOMIC_RELAXED);
+    while (now > peak && !__atomic_compare_exchange_n(&peak_bytes, &peak, now, 1, __ATOMIC_RELAXED,
+                                                      __ATOMIC_RELAXED)) {
+    }
+}
+
+void ml_storage_stats(int64_t stats[3], int reset_peak) {
+    stats[0] = __atomic_load_n(&live_bytes, __ATOMIC_RELAXED);
+    stats[1] = reset_peak ? __atomic_exchange_n(&peak_bytes, stats[0], __ATOMIC_RELAXED)
+                          : __atomic_load_n(&peak_bytes, __ATOMIC_RELAXED);
+    stats[2] = __atomic_load_n(&pooled_bytes, __ATOMIC_RELAXED);
+}
+
 static _Thread_local block_pool *tls_pool;
 /* Set when the thread's pool was destroyed at its exit: tensors released later on that
  * thread (by another pthread key's destructor) go straight to free(). */
@@ -125,6 +145,7 @@ static void pool_destroy(void *p) {
     block_pool *pool = p;
     for (int c = 0; c < POOL_CLASSES; c++)
         for (int i = 0; i < pool->count[c]; i++) free(pool->blocks[c][i]);
+    __atomic_sub_fetch(&pooled_bytes, (int64_t)pool->bytes, __ATOMIC_RELAXED);
     for (int kind = 0; kind < STRUCT_KINDS; kind++)
         for (int i = 0; i < pool->structs[kind].n; i++) free(pool->structs[kind].items[i]);
     free(pool);
@@ -170,9 +191,11 @@ static ml_storage *storage_new(int64_t numel) {
     if (pool && pool->count[c] > 0) {
         block = pool->blocks[c][--pool->count[c]];
         pool->bytes -= class_bytes(c);
+        __atomic_sub_fetch(&pooled_bytes, (int64_t)class_bytes(c), __ATOMIC_RELAXED);
     } else if (posix_memalign(&block, 64, c >= 0 ? class_bytes(c) : bytes) != 0) {
         return NULL;
     }
+    count_live((int64_t)(c >= 0 ? class_bytes(c) : bytes));
     ml_storage *s = block;
     s->refcount = 1;
     s->data = (float *)((char *)block + header);
@@ -180,6 +203,7 @@ static ml_storage *storage_new(int64_t numel) {
     s->free_ctx = NULL;
     s->version = 0;
     s->size_class = c;
+    s->bytes = c >= 0 ? class_bytes(c) : bytes;
     return s;
 }
 
@@ -191,10 +215,12 @@ static void storage_release(ml_storage *s) {
         return;
     }
     int c = s->size_class;
+    count_live(-(int64_t)s->bytes);
     block_pool *pool = c >= 0 ? get_pool() : NULL;
     if (pool && pool->count[c] < POOL_PER_CLASS && pool->bytes + class_bytes(c) <= POOL_MAX_BYTES) {
         pool->blocks[c][pool->count[c]++] = s;
         pool->bytes += class_bytes(c);
+        __atomic_add_fetch(&pooled_bytes, (int64_t)class_bytes(c), __ATOMIC_RELAXED);
         return;
     }
     free(s);
@@ -225,6 +251,7 @@ static ml_tensor *tensor_alloc(int ndim, const int64_t *shape, int64_t numel) {
     if (!t) return NULL;
     t->serial = __atomic_add_fetch(&serial_counter, 1, __ATOMIC_RELAXED);
     t->constant = 0;
+    t->edge_refs = 0;
     t->refcount = 1;
     t->ndim = ndim;
     t->requires_grad = 0;
@@ -332,6 +359,7 @@ ml_status ml_tensor_wrap(ml_tensor **out, int ndim, const int64_t *shape, float 
     s->free_ctx = ctx;
     s->version = 0;
     s->size_class = -1;
+    s->bytes = 0; /* not the core's memory: not counted */
     t->storage = s;
     t->data = data;
     t->constant = 1;
@@ -350,11 +378,30 @@ static void node_free_shallow(ml_node *n) {
     ml__node_free(n);
 }
 
+/* t still lives (refs references) but may hold only edges: then no backward will read
+ * its values (internal.h, ML_UNREAD_*), and its storage goes back now rather than with
+ * the graph. Not when the storage is shared (a view of it would keep the bytes anyway). */
+static void maybe_drop_storage(ml_tensor *t, int64_t refs) {
+    if (refs != __atomic_load_n(&t->edge_refs, __ATOMIC_RELAXED) || !t->node ||
+        !(t->node->op->unread & ML_UNREAD_OUT))
+        return;
+    ml_storage *s = __atomic_load_n(&t->storage, __ATOMIC_ACQUIRE);
+    if (!s || __atomic_load_n(&s->refcount, __ATOMIC_ACQUIRE) != 1 ||
+        !__atomic_compare_exchange_n(&t->storage, &s, NULL, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return;
+    t->data = NULL;
+    storage_release(s);
+}
+
 /* Releasing the last output of a long graph (10^5 chained ops) must not recurse once per
  * node: dead tensors go on an intrusive list and are freed in a loop. */
 void ml_release(ml_tensor *t) {
     if (!t) return;
-    if (__atomic_sub_fetch(&t->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
+    const int64_t left = __atomic_sub_fetch(&t->refcount, 1, __ATOMIC_ACQ_REL);
+    if (left != 0) {
+        maybe_drop_storage(t, left);
+        return;
+    }
     ml_tensor *dead = t;
     t->next_dead = NULL;
     while (dead) {
@@ -364,9 +411,14 @@ void ml_release(ml_tensor *t) {
         if (n) {
             for (int i = 0; i < n->n_inputs; i++) {
                 ml_tensor *in = n->inputs[i];
-                if (__atomic_sub_fetch(&in->refcount, 1, __ATOMIC_ACQ_REL) == 0) {
+                if (i < 31 && (n->edge_mask & (1u << i)))
+                    __atomic_sub_fetch(&in->edge_refs, 1, __ATOMIC_RELAXED);
+                const int64_t in_left = __atomic_sub_fetch(&in->refcount, 1, __ATOMIC_ACQ_REL);
+                if (in_left == 0) {
                     in->next_dead = dead;
                     dead = in;
+                } else {
+                    maybe_drop_storage(in, in_left);
                 }
             }
             node_free_shallow(n);

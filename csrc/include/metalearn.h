@@ -80,6 +80,7 @@
  *   ml_sgemm                              matmul                             [K]
  *   ml_sinusoid                           tasks.Sinusoid                     [K]
  *   ml_kernel_variants                    _kernel_variants                   [K]
+ *   ml_storage_stats                      _storage_stats                     [K]
  *   ml_last_error                         -                                  [C]
  *   ml_set_error                          -                                  [C]
  *   ml_retain                             -                                  [C]
@@ -545,6 +546,12 @@ int ml_kernel_variants(const char **names, const char **variants, int cap);
 /* y[i] = amplitude * sin(x[i] - phase) for i < m, float32 with the sine rounded once from
  * double: the same bits on every x86-64 build and kernel variant (sinusoid tasks). */
 void ml_sinusoid(const float *x, float phase, float amplitude, float *y, int64_t m);
+
+/* Tensor storage the core allocated: stats[0] the bytes in use now, stats[1] the most in
+ * use at once since the start or the last reset (reset_peak != 0 sets it to the bytes in
+ * use now, after reading it), stats[2] the bytes of freed blocks the threads' buffer pools
+ * keep for reuse. Memory wrapped with ml_tensor_wrap is not counted. */
+void ml_storage_stats(int64_t stats[3], int reset_peak);
 
 /* Threads used inside one large op (GEMM, convolution): n <= 0 restores the default
  * (METALEARN_NUM_THREADS, else the online CPUs). Results do not depend on it. */

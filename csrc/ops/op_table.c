@@ -16,9 +16,40 @@
 #define GRAD_FLAT(name) ml__flat_backward
 #define GRAD_REPLAY(name) NULL
 
+/* What each backward never reads the values of (internal.h, ML_UNREAD_*), read off its
+ * formula: the inputs it needs only the shape of, and its output when the formula does
+ * not use it. An op not listed keeps all (safe). An input that the backward hands to
+ * another op as an operand (max_pool2d's x, kept for traces' recomputed argmax) stays
+ * read. Used by what the MAML conv step keeps (benchmarks/conv84.py --peak). */
+#define IN0 ML_UNREAD_IN(0)
+#define IN1 ML_UNREAD_IN(1)
+#define IN2 ML_UNREAD_IN(2)
+#define OUT ML_UNREAD_OUT
+/* clang-format off */
+#define UNREAD(id)                                                                     \
+    ((id) == OP_ADD || (id) == OP_SUB                 ? IN0 | IN1 | OUT /* g, -g */   \
+     : (id) == OP_MUL                                 ? OUT /* g b, g a */             \
+     : (id) == OP_NEG || (id) == OP_ADD_SCALAR        ? IN0 | OUT                      \
+     : (id) == OP_MUL_SCALAR                          ? IN0 | OUT /* g p */            \
+     : (id) == OP_SQUARE || (id) == OP_POW_SCALAR     ? OUT /* from x */               \
+     : (id) == OP_RELU                                ? IN0 /* the mask from out */    \
+     : (id) == OP_RELU_GRAD                           ? IN0 | OUT /* mask from x */    \
+     : (id) == OP_RESHAPE || (id) == OP_BROADCAST_TO  ? IN0 | OUT                      \
+     : (id) == OP_SUM_TO || (id) == OP_SUM            ? IN0 | OUT                      \
+     : (id) == OP_MEAN                                ? IN0 | OUT                      \
+     : (id) == OP_CONV2D                              ? IN2 | OUT /* x, k; not b */    \
+     : (id) == OP_CONV2D_INPUT_GRAD                   ? OUT                            \
+     : (id) == OP_CONV2D_KERNEL_GRAD                  ? OUT                            \
+     : (id) == OP_MAX_POOL2D                          ? OUT /* the argmax */           \
+     : (id) == OP_MAX_POOL2D_SCATTER                  ? IN0 | OUT /* the argmax */     \
+     : (id) == OP_MAX_POOL2D_GATHER                   ? IN0 | OUT                      \
+     : (id) == OP_BATCH_NORM                          ? OUT /* xhat recomputed */      \
+     : 0u)
+/* clang-format on */
+
 const ml_op_def ml_op_table[] = {
 #define ML_OP(ID, name, inputs, grad, form, py, label) \
-    [OP_##ID] = {#name, inputs, GRAD_##grad(name)},
+    [OP_##ID] = {#name, inputs, GRAD_##grad(name), UNREAD(OP_##ID)},
 #include "ops.def"
 #undef ML_OP
 };

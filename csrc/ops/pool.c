@@ -1,7 +1,8 @@
 /* pool.c — 2-D max and average pooling, channels-last (NHWC) as Keras, and their backward
  * ops, each with its own backward so gradients of any order stay exact:
  *
- *   max_pool2d(x)           y = x at the first maximum of each window (argmax saved)
+ *   max_pool2d(x)           y = x at the first maximum of each window (argmax saved: an
+ *                           int32 offset within its image, half of PyTorch's int64 index)
  *   max_pool2d_scatter(g)   dx: g added at the argmax positions   (the adjoint of the gather)
  *   max_pool2d_gather(G)    G read at the argmax positions        (the adjoint of the scatter)
  *     d max_pool2d = scatter, d scatter = gather, d gather = scatter; the argmax is a
@@ -43,12 +44,11 @@ static inline void win_range(int64_t o, int64_t stride, int64_t pad, int64_t k, 
 /* Per output pixel: pass 1 takes the max over the window (vectorised over channels), pass 2
  * finds the first position holding it (first maximum wins, as PyTorch; a NaN is the max
  * once met, and the first NaN is its position). */
-ML_INLINE void maxpool_kernel_body(const ml_win2d *g, const float *x, float *y, int64_t *arg,
+ML_INLINE void maxpool_kernel_body(const ml_win2d *g, const float *x, float *y, int32_t *arg,
                                    int32_t *pos, int64_t n_lo, int64_t n_hi) {
     const int64_t C = g->c;
     for (int64_t n = n_lo; n < n_hi; n++) {
         const float *img = x + n * g->h * g->w * C;
-        int64_t base = n * g->h * g->w * C;
         for (int64_t oh = 0; oh < g->oh; oh++) {
             int64_t h0, h1;
             win_range(oh, g->sh, g->pt, g->kh, g->h, &h0, &h1);
@@ -57,7 +57,7 @@ ML_INLINE void maxpool_kernel_body(const ml_win2d *g, const float *x, float *y, 
                 win_range(ow, g->sw, g->pl, g->kw, g->w, &w0, &w1);
                 int64_t o = ((n * g->oh + oh) * g->ow + ow) * C;
                 float *restrict m = y + o;
-                int64_t *restrict a = arg + o;
+                int32_t *restrict a = arg + o;
                 const float *first = img + (h0 * g->w + w0) * C;
                 for (int64_t c = 0; c < C; c++) m[c] = first[c];
                 for (int64_t ih = h0; ih < h1; ih++)
@@ -79,14 +79,14 @@ ML_INLINE void maxpool_kernel_body(const ml_win2d *g, const float *x, float *y, 
                             pos[c] = (pos[c] < 0 && hit) ? off : pos[c];
                         }
                     }
-                for (int64_t c = 0; c < C; c++) a[c] = base + pos[c] + c;
+                for (int64_t c = 0; c < C; c++) a[c] = pos[c] + (int32_t)c;
             }
         }
     }
 }
 /* compiled for AVX2 and for the baseline (the channel loops vectorise at either width) */
 ML_CPU_CLONES(maxpool_kernel,
-              (const ml_win2d *g, const float *x, float *y, int64_t *arg, int32_t *pos,
+              (const ml_win2d *g, const float *x, float *y, int32_t *arg, int32_t *pos,
                int64_t n_lo, int64_t n_hi),
               (g, x, y, arg, pos, n_lo, n_hi))
 
@@ -98,10 +98,10 @@ typedef struct pool_job {
     const ml_win2d *g;
     const float *x;
     float *y;
-    int64_t *arg;
+    int32_t *arg;
     int32_t *pos;
     int64_t step;             /* images per chunk */
-    const int64_t *idx;       /* scatter / gather */
+    const int32_t *idx;       /* scatter / gather: offsets within each image */
     const float *gin;
     float *o;
     int scatter;
@@ -118,19 +118,25 @@ static void index_part(void *ctx, int64_t i) {
     const ml_win2d *g = j->g;
     int64_t lo = i * j->step, hi = lo + j->step < g->n ? lo + j->step : g->n;
     const int64_t per_y = g->oh * g->ow * g->c, per_x = g->h * g->w * g->c;
-    const int64_t *idx = j->idx;
+    const int32_t *idx = j->idx;
     if (j->scatter) {
         float *o = j->o;
         memset(o + lo * per_x, 0, (size_t)((hi - lo) * per_x) * sizeof(float));
-        for (int64_t t = lo * per_y; t < hi * per_y; t++) o[idx[t]] += j->gin[t];
+        for (int64_t n = lo; n < hi; n++) {
+            float *on = o + n * per_x;
+            for (int64_t t = n * per_y; t < (n + 1) * per_y; t++) on[idx[t]] += j->gin[t];
+        }
     } else {
-        for (int64_t t = lo * per_y; t < hi * per_y; t++) j->o[t] = j->gin[idx[t]];
+        for (int64_t n = lo; n < hi; n++) {
+            const float *gn = j->gin + n * per_x;
+            for (int64_t t = n * per_y; t < (n + 1) * per_y; t++) j->o[t] = gn[idx[t]];
+        }
     }
 }
 
 /* y = max pool of x with geometry g, and the argmax of every output (a new array the
- * caller frees) when arg_out is not NULL. */
-static ml_status maxpool_geom(ml_tensor **out, int64_t **arg_out, ml_tensor *x,
+ * caller frees: offsets within the output's image) when arg_out is not NULL. */
+static ml_status maxpool_geom(ml_tensor **out, int32_t **arg_out, ml_tensor *x,
                               const ml_win2d *gp) {
     const ml_win2d g = *gp;
     ml_status st = ml__win2d_check_x("max_pool2d", x, &g);
@@ -141,7 +147,7 @@ static ml_status maxpool_geom(ml_tensor **out, int64_t **arg_out, ml_tensor *x,
     int64_t shape[4] = {g.n, g.oh, g.ow, g.c};
     ml_tensor *o = NULL;
     if ((st = ml__new(&o, 4, shape))) return st;
-    int64_t *arg = malloc((size_t)(o->numel ? o->numel : 1) * sizeof(int64_t));
+    int32_t *arg = malloc((size_t)(o->numel ? o->numel : 1) * sizeof(int32_t));
     const int64_t chunks = g.n < POOL_CHUNKS ? (g.n ? g.n : 1) : POOL_CHUNKS;
     int32_t *pos = malloc((size_t)chunks * (size_t)(g.c ? g.c : 1) * sizeof(int32_t));
     if (!arg || !pos) {
@@ -182,7 +188,7 @@ ml_status ml_max_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, i
     ml_status st = pool_plan("max_pool2d", out, x, pool_h, pool_w, stride_h, stride_w, padding, &g);
     if (st) return st;
     ml_tensor *o = NULL;
-    int64_t *arg = NULL;
+    int32_t *arg = NULL;
     if ((st = maxpool_geom(&o, &arg, x, &g))) return st;
     const pool_params pp = {g, 0};
     ML_TRACE(OP_MAX_POOL2D, replay_max_pool, 1, &x, o, &pp);
@@ -194,7 +200,7 @@ ml_status ml_max_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, i
             return st;
         }
         ml__win2d_store(&g, node->iparams);
-        node->index = arg;
+        node->index = (int64_t *)arg; /* int32 offsets; only this file reads them */
         node->n_index = o->numel;
     } else {
         free(arg);
@@ -205,7 +211,7 @@ ml_status ml_max_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, i
 
 /* The scatter (max pool's backward) or gather (the scatter's backward) of gin through the
  * argmax idx (n_idx entries) into a new tensor o. */
-static void apply_index(const ml_win2d *gp, const int64_t *idx, int64_t n_idx, const ml_tensor *gin,
+static void apply_index(const ml_win2d *gp, const int32_t *idx, int64_t n_idx, const ml_tensor *gin,
                         ml_tensor *o, int scatter) {
     const ml_win2d g = *gp;
     if (n_idx == g.n * g.oh * g.ow * g.c && g.n > 0) {
@@ -217,11 +223,8 @@ static void apply_index(const ml_win2d *gp, const int64_t *idx, int64_t n_idx, c
             ml__parallel_for(parts, 0, index_part, &pj);
         else
             for (int64_t i = 0; i < parts; i++) index_part(&pj, i);
-    } else if (scatter) {
+    } else if (scatter) { /* no images: nothing to scatter */
         memset(o->data, 0, (size_t)o->numel * sizeof(float));
-        for (int64_t i = 0; i < n_idx; i++) o->data[idx[i]] += gin->data[i];
-    } else {
-        for (int64_t i = 0; i < n_idx; i++) o->data[i] = gin->data[idx[i]];
     }
 }
 
@@ -241,7 +244,7 @@ static ml_status replay_pool_index(ml_tensor **out, ml_tensor **in, const void *
     ml_status st = check_index_grad(&p->g, in[0], p->scatter);
     if (st) return st;
     ml_tensor *y = NULL, *o = NULL;
-    int64_t *arg = NULL;
+    int32_t *arg = NULL;
     if ((st = maxpool_geom(&y, &arg, in[1], &p->g))) return st;
     ml_release(y);
     int64_t xshape[4] = {p->g.n, p->g.h, p->g.w, p->g.c},
@@ -268,7 +271,7 @@ static ml_status index_op(ml_tensor **out, ml_tensor *gin, const ml_node *src, m
     ml_status st = check_index_grad(&g, gin, scatter);
     if (st) return st;
     const int64_t n_idx = src->n_index;
-    const int64_t *idx = src->index;
+    const int32_t *idx = (const int32_t *)src->index;
     ml_tensor *o = NULL;
     if ((st = ml__new(&o, 4, scatter ? xshape : yshape))) return st;
     apply_index(&g, idx, n_idx, gin, o, scatter);
@@ -284,12 +287,12 @@ static ml_status index_op(ml_tensor **out, ml_tensor *gin, const ml_node *src, m
             return st;
         }
         ml__win2d_store(&g, node->iparams);
-        node->index = malloc((size_t)(n_idx ? n_idx : 1) * sizeof(int64_t));
+        node->index = malloc((size_t)(n_idx ? n_idx : 1) * sizeof(int32_t));
         if (!node->index) {
             ml_release(o);
             return ml_set_error(ML_ERR_OOM, "%s: out of memory", name);
         }
-        if (n_idx) memcpy(node->index, idx, (size_t)n_idx * sizeof(int64_t));
+        if (n_idx) memcpy(node->index, idx, (size_t)n_idx * sizeof(int32_t));
         node->n_index = n_idx;
     }
     *out = o;

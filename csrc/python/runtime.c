@@ -21,6 +21,16 @@ static PyObject *mod_get_num_threads(PyObject *m, PyObject *unused) {
     return PyLong_FromLong(ml_get_num_threads());
 }
 
+static PyObject *mod_storage_stats(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"reset_peak", NULL};
+    int reset = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|p:_storage_stats", kwlist, &reset)) return NULL;
+    int64_t st[3];
+    ml_storage_stats(st, reset);
+    return Py_BuildValue("{sLsLsL}", "live", (long long)st[0], "peak", (long long)st[1], "pooled",
+                         (long long)st[2]);
+}
+
 /* A refused METALEARN_NUM_THREADS: a Python warning (filterable by module "metalearn"),
  * not the core's line on stderr; named after the module, as no Python frame runs it. */
 int mlpy_runtime_init(PyObject *module) {
@@ -42,5 +52,11 @@ PyMethodDef mlpy_runtime_methods[] = {
                                          "the online CPUs). Results do not depend on it."},
     {"get_num_threads", MLPY_FN(mod_get_num_threads), METH_NOARGS,
      MLPY_SIG("get_num_threads", "/") "Threads for large ops and task-parallel replays."},
+    {"_storage_stats", MLPY_FN(mod_storage_stats), MLPY_KW,
+     MLPY_SIG("_storage_stats", "reset_peak=False") "{'live', 'peak', 'pooled'}: bytes of tensor "
+                                                    "storage in use now, the most in use at once "
+                                                    "(since the last reset_peak=True), and kept by "
+                                                    "the buffer pools for reuse. For tests and "
+                                                    "benchmarks."},
     {NULL},
 };
