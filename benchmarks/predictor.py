@@ -33,7 +33,6 @@ with 95 % intervals and the mean number of steps taken.
 """
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -49,17 +48,7 @@ from metalearn.meta.system import MetaLearner, spearman  # noqa: E402
 from metalearn.networks import MetaLearningNetwork  # noqa: E402
 from metalearn.tasks import NWayKShot  # noqa: E402
 
-from memory_results import VariedTasks  # noqa: E402
-
-
-def mean_ci(v):
-    v = np.asarray(v, np.float64)
-    return float(v.mean()), float(1.96 * v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
-
-
-def pct(v):
-    m, ci = mean_ci(v)
-    return f"{100 * m:.1f} ± {100 * ci:.1f} %"
+from memory_results import VariedTasks, pct  # noqa: E402
 
 
 ABLATIONS = (

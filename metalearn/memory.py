@@ -61,6 +61,24 @@ def _labels(labels):
     return np.asarray(labels).reshape(-1)
 
 
+def _index_args(what, nlist, nprobe, seed, n_iter, sample):
+    """build_index's arguments checked for type and sign (TypeError / ValueError naming
+    `what`), as ints: (nlist, nprobe, seed, n_iter, sample; 0 for None). The ranges that
+    depend on the memory's contents are the caller's (or the core's) to check."""
+    for name, v in (("nlist", nlist), ("nprobe", nprobe), ("n_iter", n_iter), ("seed", seed)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{what}: {name} must be an int, got {v!r}")
+    if sample is not None and (
+        isinstance(sample, bool) or not isinstance(sample, (int, np.integer))
+    ):
+        raise TypeError(f"{what}: sample must be an int, got {sample!r}")
+    if sample is not None and int(sample) < 1:
+        raise ValueError(f"{what}: sample must be >= 1, got {sample}")
+    if int(seed) < 0:
+        raise ValueError(f"{what}: seed must be >= 0, got {seed}")
+    return int(nlist), int(nprobe), int(seed), int(n_iter), int(sample or 0)
+
+
 def _k(k, default, capacity):
     """k as an int; None is `default` capped at the capacity (an explicit k is checked by
     the core: 1 <= k <= capacity, the same rule and message as ``query``)."""
@@ -260,18 +278,8 @@ class KnowledgeMemory(_core.KnowledgeMemory):
         ``nprobe`` outside ``[1, nlist]``, ``n_iter`` outside ``[1, 1000]``, ``sample``
         outside ``[nlist, size]``.
         """
-        for name, v in (("nlist", nlist), ("nprobe", nprobe), ("n_iter", n_iter), ("seed", seed)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise TypeError(f"KnowledgeMemory.build_index: {name} must be an int, got {v!r}")
-        if sample is not None and (
-            isinstance(sample, bool) or not isinstance(sample, (int, np.integer))
-        ):
-            raise TypeError(f"KnowledgeMemory.build_index: sample must be an int, got {sample!r}")
-        if sample is not None and int(sample) < 1:
-            raise ValueError(f"KnowledgeMemory.build_index: sample must be >= 1, got {sample}")
-        if int(seed) < 0:
-            raise ValueError(f"KnowledgeMemory.build_index: seed must be >= 0, got {seed}")
-        super().build_index(int(nlist), int(nprobe), int(seed), int(n_iter), int(sample or 0))
+        args = _index_args("KnowledgeMemory.build_index", nlist, nprobe, seed, n_iter, sample)
+        super().build_index(*args)
         return self.index
 
     @property

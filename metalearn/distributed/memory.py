@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from metalearn.memory import KnowledgeMemory
+from metalearn.memory import KnowledgeMemory, _index_args
 
 __all__ = ["ShardedMemory"]
 
@@ -872,19 +872,7 @@ class ShardedMemory:
 
         self._agree("build_index", repr((nlist, nprobe, seed, n_iter, sample)))
         what = "ShardedMemory.build_index"
-        for name, v in (("nlist", nlist), ("nprobe", nprobe), ("n_iter", n_iter), ("seed", seed)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise TypeError(f"{what}: {name} must be an int, got {v!r}")
-        if sample is not None and (
-            isinstance(sample, bool) or not isinstance(sample, (int, np.integer))
-        ):
-            raise TypeError(f"{what}: sample must be an int, got {sample!r}")
-        if sample is not None and int(sample) < 1:
-            raise ValueError(f"{what}: sample must be >= 1, got {sample}")
-        if int(seed) < 0:
-            raise ValueError(f"{what}: seed must be >= 0, got {seed}")
-        nlist, nprobe, seed, n_iter = int(nlist), int(nprobe), int(seed), int(n_iter)
-        sample = int(sample or 0)
+        nlist, nprobe, seed, n_iter, sample = _index_args(what, nlist, nprobe, seed, n_iter, sample)
         live = self.size
         if nprobe < 1 or nprobe > nlist:
             raise ValueError(f"{what}: nprobe must be in [1, nlist={nlist}], got {nprobe}")
