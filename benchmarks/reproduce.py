@@ -108,12 +108,34 @@ def report(name, setting, ours, paper, seconds, note=""):
     )
 
 
+def card_path(folder, name, tag=""):
+    """The result card's file for one row in `folder` (``--cards``; made if missing), or
+    None when no folder is given. `tag` tells apart the same row run by another script
+    with other settings (metaoptnet.py's budget and ridge)."""
+    if not folder:
+        return None
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"{name}{tag}.json")
+
+
 def _card(args, name):
     """The result card's file for one row (``--cards``), or None."""
-    if not args.cards:
+    return card_path(args.cards, name, getattr(args, "card_tag", ""))
+
+
+def write_row_card(folder, name, learner, tasks, rows, wall_time, algorithm=None, setting=None):
+    """Writes the card of a row measured outside ``evaluate`` (memory lookup, warm start,
+    a Spearman correlation) into `folder` as `name`.json, in evaluate's card format
+    (``metalearn.report.make_card``; `rows` from ``report.result`` or
+    ``report.correlation``); the benchmark scripts' one way to write such a card.
+    Returns the path, or None when `folder` is None."""
+    from metalearn import report as cards
+
+    path = card_path(folder, name)
+    if path is None:
         return None
-    os.makedirs(args.cards, exist_ok=True)
-    return os.path.join(args.cards, f"{name}.json")
+    card = cards.make_card(learner, tasks, rows, wall_time, algorithm=algorithm, setting=setting)
+    return cards.write_card(path, card)
 
 
 def _checkpoint(args, name):
