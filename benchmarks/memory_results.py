@@ -462,6 +462,13 @@ def main(argv=None):
         default=None,
         help="CPU budget for the conv encoder of a (default 240 s; quick 3 s)",
     )
+    ap.add_argument(
+        "--train-episodes",
+        type=int,
+        default=None,
+        help="stop a's encoder training after this many episodes (rounded up to 10): a "
+        "count that does not depend on the machine's load, as --train-seconds does",
+    )
     ap.add_argument("--threads", type=int, default=None, help="the core's thread count")
     ap.add_argument("--cards", default=None, help="a folder for result cards (metalearn.report)")
     args = ap.parse_args(argv)
@@ -497,6 +504,9 @@ def main(argv=None):
         )
     if args.train_seconds is not None:
         cfg["train_seconds"] = args.train_seconds
+    if args.train_episodes is not None:  # the count decides, not the clock
+        cfg["max_episodes"] = args.train_episodes
+        cfg["train_seconds"] = args.train_seconds or float("inf")
     for k, v in cfg.items():
         setattr(args, k, v)
     metalearn.random.set_seed(args.seed) if hasattr(metalearn, "random") and hasattr(

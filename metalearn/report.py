@@ -10,7 +10,8 @@ A card (UTF-8 JSON, ``"format": "metalearn.card"``, version 1) holds:
   ``meta_iterations`` (meta-updates the learner has made);
 - ``backbone``: the model's name, class, layers, and parameter counts (all, trainable);
 - ``dataset``: the SHA-256 of the evaluation data (``tasks.episodes.dataset_checksum``)
-  and its shape, or the sampler's description (and seed) for generated tasks (Sinusoid),
+  and its shape (with the sampler's description and seed when episodes came from a
+  sampler), or the sampler's description (and seed) for generated tasks (Sinusoid),
   or for a fixed Task batch the SHA-256 of its four arrays and their shapes;
 - ``episodes``: the frozen episode set's hash, name, way, shot, queries and seed
   (``tasks.EpisodeSet``), or null when episodes came from a sampler;
@@ -140,6 +141,7 @@ def _dataset(tasks):
             "x_shape": [int(d) for d in x.shape],
             "x_dtype": x.dtype.str,
             "classes": int(len(np.unique(np.asarray(tasks.y)))),
+            **_sampler(tasks),
         }
     if isinstance(tasks, tuple) and hasattr(tasks, "support_x"):
         # a fixed Task batch: its arrays' hash, not their repr (megabytes of numbers)
@@ -151,7 +153,13 @@ def _dataset(tasks):
             h.update(a.data)
             shapes.append([int(d) for d in a.shape])
         return {"sha256": h.hexdigest(), "task_batch": shapes}
-    out = {"sha256": None, "sampler": repr(tasks)}
+    return {"sha256": None, **_sampler(tasks)}
+
+
+def _sampler(tasks):
+    """A sampler's description, and its seed when it was given one (episodes drawn from a
+    sampler, not a frozen set, are told apart by it)."""
+    out = {"sampler": repr(tasks)}
     seed = getattr(tasks, "seed", None)
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
         out["seed"] = int(seed)
