@@ -173,6 +173,12 @@ def memory_one_shot(args):
 # ------------------------------------------------------------------ b. warm start
 
 
+def _describe(tasks, **more):
+    """A task sampler's description for its result card: its class, N, K, queries, `more`."""
+    fields = dict(n_way=tasks.n_way, k_shot=tasks.k, q_queries=tasks.q, **more)
+    return f"{type(tasks).__name__}({', '.join(f'{k}={v}' for k, v in fields.items())})"
+
+
 class RecurringTasks:
     """N-way tasks from a fixed pool of class sets (each recurs, relabelled each time),
     mixed with fresh random class sets; drawings restricted to `drawings` per character."""
@@ -187,10 +193,7 @@ class RecurringTasks:
         self.rng = np.random.default_rng(seed)
 
     def __repr__(self):
-        return (
-            f"RecurringTasks(n_way={self.n_way}, k_shot={self.k}, q_queries={self.q}, "
-            f"pool={len(self.pool)}, drawings={self.drawings}, p_recur={self.p_recur})"
-        )
+        return _describe(self, pool=len(self.pool), drawings=self.drawings, p_recur=self.p_recur)
 
     def _classes(self):
         if self.rng.random() < self.p_recur:
@@ -343,10 +346,7 @@ class VariedTasks:
         self.rng = np.random.default_rng(seed)
 
     def __repr__(self):
-        return (
-            f"VariedTasks(n_way={self.n_way}, k_shot={self.k}, q_queries={self.q}, "
-            f"max_noise={self.max_noise})"
-        )
+        return _describe(self, max_noise=self.max_noise)
 
     def sample(self):
         r = self.rng

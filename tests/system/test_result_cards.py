@@ -172,6 +172,10 @@ def test_memory_results_writes_a_card_per_row(tmp_path, omniglot_test_sha):
         assert card["algorithm"] == "MetaLearner (MAML) with memory warm start"
         assert card["dataset"]["sha256"] == train_sha  # held-out drawings of training classes
         assert card["setting"]["novel_tasks"]["dataset_sha256"] == test_sha
+        assert card["dataset"]["sampler"].startswith(
+            "RecurringTasks(n_way=5, k_shot=1, q_queries=4"
+        )
+        assert card["dataset"]["seed"] == 2
         assert card["hyperparameters"]["inner_lr"] == 0.4 and card["meta_iterations"] == 20
         r = _rows(card)
         gain = r["recurring, paired difference"]
@@ -184,6 +188,10 @@ def test_memory_results_writes_a_card_per_row(tmp_path, omniglot_test_sha):
         rho = _rows(card)["predicted vs achieved"]
         assert rho["metric"] == "spearman" and rho["episodes"] == 20 and rho["ci95"] is None
         assert card["dataset"]["sha256"] == test_sha
+        assert (
+            card["dataset"]["sampler"]
+            == "VariedTasks(n_way=5, k_shot=1, q_queries=15, max_noise=0.5)"
+        )
         assert f"Spearman {rho['mean']:.3f} between" in out
         lo, hi = rho["interval"]
         assert lo < rho["mean"] < hi
