@@ -58,7 +58,8 @@ Long runs go in chunks with exact resume (maml_mlp, protonet_conv4 and the rows 
 the same command run again continues it, ending with the bits of an uninterrupted run
 (a --budget row also keeps the seconds trained so far beside its checkpoint, so the budget
 is the sum over chunks; once it is spent the same command only evaluates);
---cards DIR writes a result card per row (python -m metalearn.report DIR/*.json).
+--cards DIR writes a result card per row (python -m metalearn.report DIR/*.json);
+--card-tag TAG is appended to the cards' names (two runs of one row kept apart).
 Omniglot rows are tested on the shipped frozen 600-episode sets (tasks.episodes.standard).
 
 Accuracies are means over test episodes with 95 % confidence intervals.
@@ -120,7 +121,7 @@ def card_path(folder, name, tag=""):
 
 def _card(args, name):
     """The result card's file for one row (``--cards``), or None."""
-    return card_path(args.cards, name, getattr(args, "card_tag", ""))
+    return card_path(args.cards, name, getattr(args, "card_tag", "") or "")
 
 
 def write_row_card(folder, name, learner, tasks, rows, wall_time, algorithm=None, setting=None):
@@ -677,6 +678,12 @@ def parse_args(argv=None):
         "checkpoint (needs --checkpoint-dir)",
     )
     p.add_argument("--cards", default=None, help="a folder for result cards (metalearn.report)")
+    p.add_argument(
+        "--card-tag",
+        default="",
+        help="appended to each card's name, to keep two runs of a row apart (e.g. --card-tag=-600ep "
+        "for protonet_conv4 at 600 episodes beside the 20 000-episode run)",
+    )
     p.add_argument(
         "--peer",
         choices=("both", "metalearn", "torch"),

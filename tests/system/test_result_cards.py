@@ -270,3 +270,12 @@ def test_metaoptnet_run_writes_its_cards_beside_reproduces(tmp_path, omniglot_te
         assert (row["metric"], row["episodes"]) == ("accuracy", 2)
     # reproduce.py's own metaoptnet_conv4 row keeps its card's name
     assert not (tmp_path / "metaoptnet_conv4-omniglot-5w1s.json").exists()
+
+
+def test_reproduce_card_tag_keeps_two_runs_of_a_row_apart(tmp_path):
+    argv = ["--quick", "--only", "maml_sinusoid", "--cards", tmp_path]
+    _script("reproduce.py", *argv, "--card-tag=-short")  # = : the tag starts with -
+    assert [p.name for p in tmp_path.iterdir()] == ["maml_sinusoid-short.json"]
+    card = _card(tmp_path, "maml_sinusoid-short")
+    assert card["algorithm"] == "MAML" and [r["metric"] for r in card["results"]] == ["mse"] * 3
+    assert len(json.dumps(card)) < 20_000  # the test batch's hash, not its numbers
