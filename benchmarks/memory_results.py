@@ -29,10 +29,19 @@ c. The performance predictor: MetaLearningNetwork's predicted accuracy against t
     python benchmarks/memory_results.py            # full settings (about 9 min on 2 cores)
     python benchmarks/memory_results.py --quick    # seconds, for CI
     python benchmarks/memory_results.py --only a   # one experiment
+    python benchmarks/memory_results.py --only a --threads 1 --cards docs/cards
+                                                   # and a result card per row
+
+--cards DIR writes a result card per row (in evaluate's card format, through
+reproduce.write_row_card; python -m metalearn.report DIR/*.json prints them):
+memory_lookup-omniglot-{5,20}w1s (a), warm_start-omniglot-5w1s (b; the recurring tasks'
+accuracy after 1 step with and without the warm start, their paired difference, and the
+novel tasks' rows), memory_predictor-omniglot-5w1s (c: the Spearman correlation with its
+95 % interval, and the achieved accuracy). With the conv encoder of a, b's and c's cards
+are named *_conv-omniglot-5w1s.
 """
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -40,6 +49,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # reproduce.py
 
 import metalearn  # noqa: E402
 from metalearn import _core  # noqa: E402
@@ -48,12 +58,29 @@ from metalearn.memory import KnowledgeMemory  # noqa: E402
 from metalearn.meta import ProtoNet, models  # noqa: E402
 from metalearn.meta.system import MetaLearner, spearman  # noqa: E402
 from metalearn.tasks import NWayKShot  # noqa: E402
+from metalearn.report import correlation, result  # noqa: E402
 from metalearn.tasks.base import Task  # noqa: E402
+from metalearn.tasks.episodes import dataset_checksum  # noqa: E402
+
+from reproduce import set_threads, write_row_card  # noqa: E402
+
+#: the MAML configuration of the system in b and c (and benchmarks/predictor.py): 5-way
+#: AdaptiveNeuralNetwork, 1 inner step of lr 0.4
+SYSTEM = dict(n_way=5, algorithm="maml", inner_steps=1, inner_lr=0.4)
+
+
+def maml_system(memory_capacity=1000, encoder=None, seed=0, **kwargs):
+    """The MetaLearner of experiments b and c (and predictor.py): SYSTEM's configuration,
+    a memory of `memory_capacity` tasks, keys from `encoder` (None: the learner's body)."""
+    return MetaLearner(
+        **SYSTEM, memory_capacity=memory_capacity, encoder=encoder, seed=seed, **kwargs
+    )
 
 
 def mean_ci(v):
-    v = np.asarray(v, np.float64)
-    return float(v.mean()), float(1.96 * v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+    """Mean and 95 % interval as evaluate and the result cards compute them."""
+    r = result(v, "accuracy")
+    return r["mean"], r["ci95"]
 
 
 def pct(v):
@@ -114,6 +141,27 @@ def memory_one_shot(args):
             pred = memory.predict(q.reshape(len(q), -1))  # nearest key's label
             accs.append(float(np.mean(pred == t.query_y)))
         results[n_way] = accs
+        write_row_card(
+            args.cards,
+            f"memory_lookup-omniglot-{n_way}w1s",
+            proto,
+            test,
+            [result(accs, "accuracy", steps=0, label="nearest key")],
+            time.perf_counter() - t1 + train_time,
+            algorithm="KnowledgeMemory lookup (ProtoNet-trained encoder)",
+            setting={
+                "row": f"one-shot by memory lookup (Kaiser et al. 2017), {n_way}-way 1-shot",
+                "task": f"{n_way}-way 1-shot",
+                "queries": args.test_queries,
+                "encoder_filters": args.filters,
+                "train_seconds": round(train_time, 1),
+                "train_episodes": episodes,
+                "train_way": args.train_way,
+                "train_queries": args.train_queries,
+                "memory_capacity": 256,
+                "paper": paper,
+            },
+        )
         print(
             f"   {n_way:2d}-way 1-shot by memory lookup: {pct(accs)} over {len(accs)} episodes "
             f"(paper {paper} %)  [{time.perf_counter() - t1:.1f} s]"
@@ -125,6 +173,12 @@ def memory_one_shot(args):
 # ------------------------------------------------------------------ b. warm start
 
 
+def _describe(tasks, **more):
+    """A task sampler's description for its result card: its class, N, K, queries, `more`."""
+    fields = dict(n_way=tasks.n_way, k_shot=tasks.k, q_queries=tasks.q, **more)
+    return f"{type(tasks).__name__}({', '.join(f'{k}={v}' for k, v in fields.items())})"
+
+
 class RecurringTasks:
     """N-way tasks from a fixed pool of class sets (each recurs, relabelled each time),
     mixed with fresh random class sets; drawings restricted to `drawings` per character."""
@@ -132,10 +186,14 @@ class RecurringTasks:
     def __init__(
         self, x, y, pool, n_way=5, k_shot=1, q_queries=5, drawings=slice(0, 15), p_recur=0.5, seed=0
     ):
-        self.x, self.n_way, self.k, self.q = x, n_way, k_shot, q_queries
+        self.x, self.y, self.n_way, self.k, self.q = x, y, n_way, k_shot, q_queries
+        self.drawings, self.seed = drawings, seed
         self.members = [np.flatnonzero(y == c)[drawings] for c in range(int(y.max()) + 1)]
         self.pool, self.p_recur = pool, p_recur
         self.rng = np.random.default_rng(seed)
+
+    def __repr__(self):
+        return _describe(self, pool=len(self.pool), drawings=self.drawings, p_recur=self.p_recur)
 
     def _classes(self):
         if self.rng.random() < self.p_recur:
@@ -181,15 +239,7 @@ def warm_start(args, encoder=None):
         [("conv encoder of a", encoder)] if encoder is not None else []
     )
     for vname, enc in variants:
-        system = MetaLearner(
-            n_way=5,
-            algorithm="maml",
-            inner_steps=1,
-            inner_lr=0.4,
-            memory_capacity=args.iterations * args.meta_batch + 16,
-            encoder=enc,
-            seed=0,
-        )
+        system = maml_system(args.iterations * args.meta_batch + 16, enc)
         train.rng = np.random.default_rng(1)
         start = time.perf_counter()
         system.fit(train, iterations=args.iterations, meta_batch_size=args.meta_batch, verbose=0)
@@ -218,6 +268,7 @@ def warm_start(args, encoder=None):
         novel = NWayKShot(
             (xte, yte), n_way=5, k_shot=1, q_queries=4, augment_rotations=False, seed=3
         )
+        rows = []
         for name, sampler in (
             ("recurring", lambda: held.sample(pool[held.rng.integers(len(pool))])),
             ("novel", novel.sample),
@@ -239,6 +290,11 @@ def warm_start(args, encoder=None):
                 if name == "recurring" and len(zero) < 100:
                     zero.append(system.evaluate_task(t, steps=0, warm_start=True))
             diff = np.asarray(with_m) - np.asarray(without)
+            rows += [
+                result(with_m, "accuracy", steps=1, label=f"{name}, with warm start"),
+                result(without, "accuracy", steps=1, label=f"{name}, without"),
+                result(diff, "accuracy_gain", steps=1, label=f"{name}, paired difference"),
+            ]
             print(
                 f"   {name:9s} tasks, accuracy after 1 step: with memory warm start {pct(with_m)}, "
                 f"without {pct(without)}; difference {pct(diff)}; warm start used on "
@@ -249,6 +305,25 @@ def warm_start(args, encoder=None):
                     f"   {'':9s} (recalled task has the same classes: {100 * np.mean(hit):.0f} %; "
                     f"recalled head alone, 0 steps: {pct(zero)})"
                 )
+        write_row_card(
+            args.cards,
+            "warm_start" + ("" if enc is None else "_conv") + "-omniglot-5w1s",
+            system,
+            held,
+            rows,
+            time.perf_counter() - start,
+            algorithm="MetaLearner (MAML) with memory warm start",
+            setting={
+                "row": "warm start from the memory (MetaLearner), recurring 5-way tasks",
+                "task": "5-way 1-shot",
+                "keys": vname,
+                "iterations": args.iterations,
+                "meta_batch": args.meta_batch,
+                "pool": len(pool),
+                "warm_start_threshold": system.warm_start_threshold,
+                "novel_tasks": {"dataset_sha256": dataset_checksum((xte, yte)), "seed": 3},
+            },
+        )
     print(f"   wall time b: {time.perf_counter() - t0:.0f} s")
 
 
@@ -262,12 +337,16 @@ class VariedTasks:
 
     def __init__(self, x, y, names, n_way=5, k_shot=1, q_queries=15, max_noise=0.5, seed=0):
         self.x, self.n_way, self.k, self.q, self.max_noise = x, n_way, k_shot, q_queries, max_noise
+        self.y, self.seed = y, seed
         alph = np.array([n.split("/")[0] for n in names])
         self.by_alphabet = [np.flatnonzero(alph == a) for a in np.unique(alph)]
         self.by_alphabet = [a for a in self.by_alphabet if len(a) >= n_way]
         self.members = [np.flatnonzero(y == c) for c in range(len(names))]
         self.n_classes = len(names)
         self.rng = np.random.default_rng(seed)
+
+    def __repr__(self):
+        return _describe(self, max_noise=self.max_noise)
 
     def sample(self):
         r = self.rng
@@ -312,15 +391,7 @@ def predictor(args, encoder=None):
     rho = None
     for vname, enc in variants:
         train = VariedTasks(x, y, names, q_queries=5, seed=1)
-        system = MetaLearner(
-            n_way=5,
-            algorithm="maml",
-            inner_steps=1,
-            inner_lr=0.4,
-            memory_capacity=1000,
-            encoder=enc,
-            seed=0,
-        )
+        system = maml_system(1000, enc)
         start = time.perf_counter()
         system.fit(
             train,
@@ -350,6 +421,26 @@ def predictor(args, encoder=None):
             achieved.append(system.evaluate_task(t, warm_start=False))
         rho = spearman(pred, achieved)
         mae = float(np.mean(np.abs(np.asarray(pred) - np.asarray(achieved))))
+        write_row_card(
+            args.cards,
+            "memory_predictor" + ("" if enc is None else "_conv") + "-omniglot-5w1s",
+            system,
+            test,
+            [
+                correlation(rho, len(pred), label="predicted vs achieved"),
+                result(achieved, "accuracy", steps=1, label="achieved"),
+            ],
+            time.perf_counter() - start,
+            algorithm="MetaLearner (MAML) performance predictor",
+            setting={
+                "row": "performance predictor (MetaLearningNetwork)",
+                "task": "5-way 1-shot, varied",
+                "iterations": args.c_iterations,
+                "meta_batch": args.meta_batch,
+                "predictor_steps": args.predictor_steps,
+                "mean_abs_error": mae,
+            },
+        )
         print(
             f"   held-out tasks (test characters): Spearman {rho:.3f} between predicted and "
             f"achieved accuracy over {len(pred)} tasks (achieved {pct(achieved)}, range "
@@ -371,6 +462,15 @@ def main(argv=None):
         default=None,
         help="CPU budget for the conv encoder of a (default 240 s; quick 3 s)",
     )
+    ap.add_argument(
+        "--train-episodes",
+        type=int,
+        default=None,
+        help="stop a's encoder training after this many episodes (rounded up to 10): a "
+        "count that does not depend on the machine's load, as --train-seconds does",
+    )
+    ap.add_argument("--threads", type=int, default=None, help="the core's thread count")
+    ap.add_argument("--cards", default=None, help="a folder for result cards (metalearn.report)")
     args = ap.parse_args(argv)
     if args.quick:
         cfg = dict(
@@ -404,11 +504,15 @@ def main(argv=None):
         )
     if args.train_seconds is not None:
         cfg["train_seconds"] = args.train_seconds
+    if args.train_episodes is not None:  # the count decides, not the clock
+        cfg["max_episodes"] = args.train_episodes
+        cfg["train_seconds"] = args.train_seconds or float("inf")
     for k, v in cfg.items():
         setattr(args, k, v)
     metalearn.random.set_seed(args.seed) if hasattr(metalearn, "random") and hasattr(
         metalearn.random, "set_seed"
     ) else None
+    set_threads(args)
     only = args.only or ["a", "b", "c"]
     t0 = time.perf_counter()
     print(

@@ -12,25 +12,42 @@ Vinyals test split; ``--learner`` runs one side only (two processes side by side
 
     python benchmarks/metacurvature_sinusoid.py [--iterations 70000] [--quick]
     python benchmarks/metacurvature_sinusoid.py --omniglot --iterations 1000 [--learner maml]
+
+``--cards DIR`` writes a result card per learner (evaluate's, through reproduce.card_path):
+``metacurvature_sinusoid-{maml,metacurvature}.json`` (MSE after 0, 1 and 10 steps) and
+``metacurvature_omniglot-{maml,metacurvature}-5w1s.json``; ``--threads N`` sets the core's
+thread count (the README's rows: one thread).
 """
 
 import argparse
+import os
+import sys
 import time
 
-import metalearn as ml
-from metalearn.meta import MAML, MetaCurvature, models
-from metalearn.tasks import Sinusoid
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # reproduce.py
+
+import metalearn as ml  # noqa: E402
+from metalearn.meta import MAML, MetaCurvature, models  # noqa: E402
+from metalearn.tasks import Sinusoid  # noqa: E402
+
+from reproduce import card_path, set_threads  # noqa: E402
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iterations", type=int, default=70000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="200 iterations")
+    p.add_argument(
+        "--quick", action="store_true", help="200 iterations (Omniglot: 20, and 2 test episodes)"
+    )
     p.add_argument("--omniglot", action="store_true", help="Omniglot 5-way 1-shot, MLP")
     p.add_argument("--learner", choices=("both", "maml", "metacurvature"), default="both")
     p.add_argument("--data", default=None)
+    p.add_argument("--threads", type=int, default=None, help="the core's thread count")
+    p.add_argument("--cards", default=None, help="a folder for result cards (metalearn.report)")
     args = p.parse_args(argv)
+    set_threads(args)
     learners = [c for c in (MAML, MetaCurvature) if args.learner in ("both", c.__name__.lower())]
     if args.omniglot:
         return omniglot_run(args, learners)
@@ -49,7 +66,8 @@ def main(argv=None):
             verbose=0,
         )
         wall = time.perf_counter() - t0
-        res = learner.evaluate(test, steps=[0, 1, 10])
+        card = card_path(args.cards, f"metacurvature_sinusoid-{cls.__name__.lower()}")
+        res = learner.evaluate(test, steps=[0, 1, 10], card=card)
         cells = [f"{res[s]['mse']:.3f} ± {res[s]['ci95']:.3f}" for s in (0, 1, 10)]
         print(
             f"{cls.__name__:>14s} | " + " | ".join(f"{c:>15s}" for c in cells) + f" | {wall:.0f} s"
@@ -72,7 +90,8 @@ def omniglot_run(args, learners):
         learner.fit(train, iterations=iters, meta_batch_size=32, verbose=0)
         wall = time.perf_counter() - t0
         test = NWayKShot((x_te, y_te), 5, 1, 15, seed=args.seed + 10_000)
-        r = learner.evaluate(test, episodes=600, steps=3)
+        card = card_path(args.cards, f"metacurvature_omniglot-{cls.__name__.lower()}-5w1s")
+        r = learner.evaluate(test, episodes=2 if args.quick else 600, steps=3, card=card)
         print(
             f"{cls.__name__:>14s} | {100 * r['accuracy']:.2f} ± {100 * r['ci95']:.2f} % "
             f"after 3 steps | {wall:.0f} s training"

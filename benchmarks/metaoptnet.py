@@ -2,14 +2,16 @@
 the head's speed beside a PyTorch peer.
 
     python benchmarks/metaoptnet.py run [--budget 600] [--threads 1] [--ridge 1.0]
-                                        [--only MetaOptNet] [--cards DIR]
+                                        [--only MetaOptNet] [--cards DIR] [--quick]
         conv4 on Omniglot 5-way 1-shot (the Vinyals split), trained for `budget` seconds
         (5 queries per class, meta-batch 8, Adam 1e-3, C = 0.1, 15 solver steps), then
         ProtoNet for the same budget and sampler; both tested on the shipped frozen 600
         episodes of the test characters (15 queries per class). This is reproduce.py's
         metaoptnet_conv4 row (there with --ridge 1.0 by default) and the same row with
         ProtoNet. The paper reports no Omniglot number (its tables: miniImageNet,
-        tieredImageNet, CIFAR-FS, FC100).
+        tieredImageNet, CIFAR-FS, FC100). Cards (--cards DIR):
+        metaoptnet_conv4-omniglot-5w1s-{budget}s-ridge{ridge}.json and
+        protonet_conv4_budget-omniglot-5w1s-{budget}s.json.
 
     python benchmarks/metaoptnet.py speed [--repeats 20]
         the head alone, forward + backward to the embeddings, 5-way 5-shot, 15 queries per
@@ -40,10 +42,15 @@ def run(args):
     argv += ["--seed", str(args.seed), "--ridge", str(args.ridge), "--verbose", "0"]
     if args.cards:
         argv += ["--cards", args.cards]
+    if args.quick:
+        argv += ["--quick", "--episodes", "2"]
     ns = reproduce.parse_args(argv)
     reproduce.set_threads(ns)
     for name in args.only or ("MetaOptNet", "ProtoNet"):
+        # the budget (and ridge) in the card's name: reproduce.py's own 300 s row keeps its card
+        ns.card_tag = f"-{args.budget:g}s"
         if name == "MetaOptNet":
+            ns.card_tag += f"-ridge{args.ridge:g}"
             reproduce.metaoptnet_conv4(ns)
         else:  # ProtoNet on the same episodes, meta-batch and budget
             make = lambda: ProtoNet(models.conv4())  # noqa: E731
@@ -125,6 +132,7 @@ def main(argv=None):
     p.add_argument("--ridge", type=float, default=0.0, help="MetaOptNet's ridge (authors': 1.0)")
     p.add_argument("--only", nargs="*", choices=("MetaOptNet", "ProtoNet"))
     p.add_argument("--cards", default=None, help="a folder for result cards (metalearn.report)")
+    p.add_argument("--quick", action="store_true", help="run: 3 iterations, 2 test episodes")
     args = p.parse_args(argv)
     run(args) if args.what == "run" else speed(args)
 

@@ -30,6 +30,12 @@ with 95 % intervals and the mean number of steps taken.
 
     python benchmarks/predictor.py --seed 0         # full settings (minutes on 2 cores)
     python benchmarks/predictor.py --quick          # seconds
+    python benchmarks/predictor.py --seed 0 --raw --threads 1 --cards docs/cards
+
+--cards DIR writes the run's result card, predictor-omniglot-5w1s-seed{N}[-query][-raw]
+(in evaluate's card format, through reproduce.write_row_card): the Spearman correlation
+with its 95 % interval, the achieved accuracy, and one Spearman row per ablation and
+variant.
 """
 
 import argparse
@@ -40,15 +46,18 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # memory_results, reproduce
 
 import metalearn  # noqa: E402
 from metalearn.datasets import omniglot  # noqa: E402
 from metalearn.keras import optimizers  # noqa: E402
 from metalearn.meta.system import MetaLearner, spearman  # noqa: E402
 from metalearn.networks import MetaLearningNetwork  # noqa: E402
+from metalearn.report import correlation, result  # noqa: E402
 from metalearn.tasks import NWayKShot  # noqa: E402
 
-from memory_results import VariedTasks, pct  # noqa: E402
+from memory_results import VariedTasks, maml_system, pct  # noqa: E402
+from reproduce import set_threads, write_row_card  # noqa: E402
 
 
 ABLATIONS = (
@@ -207,7 +216,10 @@ def main(argv=None):
         "default all three), each from the support set only and with the query features, "
         "and report their Spearman and steps='auto'",
     )
+    ap.add_argument("--threads", type=int, default=None, help="the core's thread count")
+    ap.add_argument("--cards", default=None, help="a folder for result cards (metalearn.report)")
     args = ap.parse_args(argv)
+    set_threads(args)
     if args.raw:
         MetaLearner._STANDARDIZE = False
     iters, batch, psteps, episodes, plain = (
@@ -221,15 +233,7 @@ def main(argv=None):
     x, y, names = omniglot(split="vinyals_trainval", return_names=True)
     xte, yte, nte = omniglot(split="vinyals_test", return_names=True)
     train = VariedTasks(x, y, names, q_queries=5, seed=1 + 10 * seed)
-    system = MetaLearner(
-        n_way=5,
-        algorithm="maml",
-        inner_steps=1,
-        inner_lr=0.4,
-        memory_capacity=1000,
-        seed=seed,
-        query_features=args.query_features,
-    )
+    system = maml_system(1000, seed=seed, query_features=args.query_features)
     global _ALONG
     if args.variants:
         specs = [
@@ -281,6 +285,10 @@ def main(argv=None):
         f"1 step over {episodes} tasks (achieved {pct(acc[:, 0])}, mean |error| {mae:.3f})  "
         f"[{time.perf_counter() - t1:.0f} s]"
     )
+    rows = [
+        correlation(rho, episodes, steps=1, label="predicted vs achieved"),
+        result(acc[:, 0], "accuracy", steps=1, label="achieved"),
+    ]
 
     if _ALONG is not None:
         plain_ts = NWayKShot(
@@ -291,7 +299,9 @@ def main(argv=None):
             with Alongside.use(st):
                 p = predicted_curves(system, f, l)
                 pp = predicted_curves(system, pf, pl)
-            line = f"  variant {st['name']:28s}: Spearman {spearman(p[:, 0], acc[:, 0]):.3f}"
+            rho_v = spearman(p[:, 0], acc[:, 0])
+            rows.append(correlation(rho_v, episodes, steps=1, label=f"variant {st['name']}"))
+            line = f"  variant {st['name']:28s}: Spearman {rho_v:.3f}"
             for tag, pc, a in (("held-out", p, acc), ("plain", pp, pa)):
                 got, steps, best = auto_rows(pc, a)
                 line += (
@@ -312,7 +322,9 @@ def main(argv=None):
             system._feature_mask = mask_for(system, groups)
             system.train_predictor(psteps)
             p = predicted_curves(system, f, l)
-            print(f"  ablation, {name:48s}: Spearman {spearman(p[:, 0], acc[:, 0]):.3f}")
+            rho_a = spearman(p[:, 0], acc[:, 0])
+            rows.append(correlation(rho_a, episodes, steps=1, label=f"ablation: {name}"))
+            print(f"  ablation, {name:48s}: Spearman {rho_a:.3f}")
         system.predictor, system.predictor_optimizer, system._rng = saved
         system._feature_mask = None
 
@@ -345,6 +357,28 @@ def main(argv=None):
             )
         system.auto_epsilon = 0.01
     print(f"  wall time {time.perf_counter() - t0:.0f} s")
+    write_row_card(
+        args.cards,
+        f"predictor-omniglot-5w1s-seed{seed}"
+        + ("-query" if args.query_features else "")
+        + ("-raw" if args.raw else ""),
+        system,
+        test,
+        rows,
+        time.perf_counter() - t0,
+        algorithm="MetaLearner (MAML) performance predictor",
+        setting={
+            "row": "performance predictor (MetaLearningNetwork)"
+            + (", query features (transductive)" if args.query_features else ""),
+            "task": "5-way 1-shot, varied",
+            "iterations": iters,
+            "meta_batch": batch,
+            "predictor_steps": psteps,
+            "raw": bool(args.raw),
+            "query_features": bool(args.query_features),
+            "mean_abs_error": mae,
+        },
+    )
     return rho
 
 

@@ -58,7 +58,8 @@ Long runs go in chunks with exact resume (maml_mlp, protonet_conv4 and the rows 
 the same command run again continues it, ending with the bits of an uninterrupted run
 (a --budget row also keeps the seconds trained so far beside its checkpoint, so the budget
 is the sum over chunks; once it is spent the same command only evaluates);
---cards DIR writes a result card per row (python -m metalearn.report DIR/*.json).
+--cards DIR writes a result card per row (python -m metalearn.report DIR/*.json);
+--card-tag TAG is appended to the cards' names (two runs of one row kept apart).
 Omniglot rows are tested on the shipped frozen 600-episode sets (tasks.episodes.standard).
 
 Accuracies are means over test episodes with 95 % confidence intervals.
@@ -108,12 +109,34 @@ def report(name, setting, ours, paper, seconds, note=""):
     )
 
 
+def card_path(folder, name, tag=""):
+    """The result card's file for one row in `folder` (``--cards``; made if missing), or
+    None when no folder is given. `tag` tells apart the same row run by another script
+    with other settings (metaoptnet.py's budget and ridge)."""
+    if not folder:
+        return None
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"{name}{tag}.json")
+
+
 def _card(args, name):
     """The result card's file for one row (``--cards``), or None."""
-    if not args.cards:
+    return card_path(args.cards, name, getattr(args, "card_tag", "") or "")
+
+
+def write_row_card(folder, name, learner, tasks, rows, wall_time, algorithm=None, setting=None):
+    """Writes the card of a row measured outside ``evaluate`` (memory lookup, warm start,
+    a Spearman correlation) into `folder` as `name`.json, in evaluate's card format
+    (``metalearn.report.make_card``; `rows` from ``report.result`` or
+    ``report.correlation``); the benchmark scripts' one way to write such a card.
+    Returns the path, or None when `folder` is None."""
+    from metalearn import report as cards
+
+    path = card_path(folder, name)
+    if path is None:
         return None
-    os.makedirs(args.cards, exist_ok=True)
-    return os.path.join(args.cards, f"{name}.json")
+    card = cards.make_card(learner, tasks, rows, wall_time, algorithm=algorithm, setting=setting)
+    return cards.write_card(path, card)
 
 
 def _checkpoint(args, name):
@@ -655,6 +678,12 @@ def parse_args(argv=None):
         "checkpoint (needs --checkpoint-dir)",
     )
     p.add_argument("--cards", default=None, help="a folder for result cards (metalearn.report)")
+    p.add_argument(
+        "--card-tag",
+        default="",
+        help="appended to each card's name, to keep two runs of a row apart (e.g. --card-tag=-600ep "
+        "for protonet_conv4 at 600 episodes beside the 20 000-episode run)",
+    )
     p.add_argument(
         "--peer",
         choices=("both", "metalearn", "torch"),

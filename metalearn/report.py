@@ -10,11 +10,20 @@ A card (UTF-8 JSON, ``"format": "metalearn.card"``, version 1) holds:
   ``meta_iterations`` (meta-updates the learner has made);
 - ``backbone``: the model's name, class, layers, and parameter counts (all, trainable);
 - ``dataset``: the SHA-256 of the evaluation data (``tasks.episodes.dataset_checksum``)
-  and its shape, or the sampler's description for generated tasks (Sinusoid);
+  and its shape (with the sampler's description and seed when episodes came from a
+  sampler), or the sampler's description (and seed) for generated tasks (Sinusoid),
+  or for a fixed Task batch the SHA-256 of its four arrays and their shapes;
 - ``episodes``: the frozen episode set's hash, name, way, shot, queries and seed
   (``tasks.EpisodeSet``), or null when episodes came from a sampler;
 - ``results``: per inner-step count, the metric's name, mean and 95 % interval
-  (1.96 standard errors), the mean query loss and the number of episodes;
+  (1.96 standard errors), the mean query loss and the number of episodes; a row made
+  outside ``evaluate`` (``result``, ``correlation``: a benchmark's own measurement, such
+  as accuracy by memory lookup or a Spearman correlation) may carry a ``label`` saying
+  which variant it measured, a null ``loss``, and for a correlation a null ``ci95`` with
+  its 95 % ``interval`` [low, high];
+- ``setting`` (only in cards written with ``make_card(..., setting=...)``): what the
+  benchmark row did beyond the learner's own hyper-parameters (its protocol, budget,
+  task description);
 - ``wall_time_s``, ``created`` (UTC), ``machine`` (platform, processor, CPU model,
   logical CPUs, metalearn's kernel and thread count), ``metalearn`` (version, and the git
   commit when run from a checkout, with ``dirty`` when it has uncommitted changes).
@@ -23,7 +32,9 @@ A card (UTF-8 JSON, ``"format": "metalearn.card"``, version 1) holds:
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -33,7 +44,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["make_card", "write_card", "read_card", "table", "main", "check_card_path"]
+__all__ = [
+    "make_card",
+    "write_card",
+    "read_card",
+    "table",
+    "main",
+    "check_card_path",
+    "result",
+    "correlation",
+]
 
 FORMAT = "metalearn.card"
 VERSION = 1
@@ -121,8 +141,29 @@ def _dataset(tasks):
             "x_shape": [int(d) for d in x.shape],
             "x_dtype": x.dtype.str,
             "classes": int(len(np.unique(np.asarray(tasks.y)))),
+            **_sampler(tasks),
         }
-    return {"sha256": None, "sampler": repr(tasks)}
+    if isinstance(tasks, tuple) and hasattr(tasks, "support_x"):
+        # a fixed Task batch: its arrays' hash, not their repr (megabytes of numbers)
+        h = hashlib.sha256()
+        shapes = []
+        for a in tasks[:4]:
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{tuple(a.shape)}".encode())
+            h.update(a.data)
+            shapes.append([int(d) for d in a.shape])
+        return {"sha256": h.hexdigest(), "task_batch": shapes}
+    return {"sha256": None, **_sampler(tasks)}
+
+
+def _sampler(tasks):
+    """A sampler's description, and its seed when it was given one (episodes drawn from a
+    sampler, not a frozen set, are told apart by it)."""
+    out = {"sampler": repr(tasks)}
+    seed = getattr(tasks, "seed", None)
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        out["seed"] = int(seed)
+    return out
 
 
 def _episodes(tasks):
@@ -143,35 +184,119 @@ def _episodes(tasks):
     }
 
 
+def result(
+    values: Any,
+    metric: str,
+    *,
+    steps: Optional[int] = None,
+    label: Optional[str] = None,
+    loss: Any = None,
+) -> Dict[str, Any]:
+    """A card's result row from per-episode values of `metric` (``"accuracy"``, ``"mse"``
+    ...): their mean and 95 % interval computed as ``evaluate`` does (1.96 standard
+    errors), the mean of the per-episode `loss` values when given, the episode count, the
+    inner-step count (None: no gradient step or the learner's default) and a `label`
+    naming the variant measured (e.g. ``"with memory warm start"``)."""
+    from metalearn.meta._base import _mean_ci
+
+    if not isinstance(metric, str) or not metric:
+        raise ValueError(f"result: metric must be a name such as 'accuracy', got {metric!r}")
+    v = np.asarray(values, np.float64).reshape(-1)
+    if len(v) == 0:
+        raise ValueError(f"result: no values for {metric!r}")
+    mean, ci = _mean_ci(v)
+    return {
+        "steps": steps,
+        "label": label,
+        "metric": metric,
+        "mean": mean,
+        "ci95": ci,
+        "loss": None if loss is None else float(np.mean(np.asarray(loss, np.float64))),
+        "episodes": int(len(v)),
+    }
+
+
+def correlation(
+    rho: float,
+    n: int,
+    metric: str = "spearman",
+    *,
+    steps: Optional[int] = None,
+    label: Optional[str] = None,
+) -> Dict[str, Any]:
+    """A card's result row for a rank correlation `rho` over `n` tasks: ``ci95`` is null
+    (the interval is not symmetric) and ``interval`` is the 95 % interval from Fisher's z
+    with Bonett & Wright's variance for Spearman's rho, ``1.06 / (n - 3)``
+    (Pearson's: ``1 / (n - 3)``); null below 4 tasks."""
+    if metric not in ("spearman", "pearson"):
+        raise ValueError(f"correlation: metric must be 'spearman' or 'pearson', got {metric!r}")
+    rho, n = float(rho), int(n)
+    if not -1.0 <= rho <= 1.0:
+        raise ValueError(f"correlation: rho must be in [-1, 1], got {rho!r}")
+    interval = None
+    if n >= 4 and abs(rho) < 1.0:
+        half = 1.96 * math.sqrt((1.06 if metric == "spearman" else 1.0) / (n - 3))
+        z = math.atanh(rho)
+        interval = [math.tanh(z - half), math.tanh(z + half)]
+    return {
+        "steps": steps,
+        "label": label,
+        "metric": metric,
+        "mean": rho,
+        "ci95": None,
+        "interval": interval,
+        "loss": None,
+        "episodes": n,
+    }
+
+
 def make_card(
     learner: Any,
     tasks: Any,
-    results: Dict[Any, Dict[str, Any]],
+    results: Any,
     wall_time: float,
+    *,
+    algorithm: Optional[str] = None,
+    setting: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The card of one evaluation (see the module docstring); `results` maps an inner-step
-    count (None: the learner's default) to evaluate's dict."""
+    count (None: the learner's default) to evaluate's dict, or is a list of rows made by
+    `result` / `correlation` (a benchmark's own measurement). `algorithm` names what was
+    measured when it is more than the learner's class (default: the class's name);
+    `setting` holds what the row did beyond the learner's hyper-parameters."""
     from metalearn.checkpoint import hyperparameters
 
-    metric = learner.metric_name
-    rows = []
-    for steps, r in results.items():
-        rows.append(
-            {
-                "steps": steps,
-                "metric": metric,
-                "mean": float(r[metric]),
-                "ci95": float(r["ci95"]),
-                "loss": float(r["loss"]),
-                "episodes": int(r["episodes"]),
-            }
-        )
-    return {
+    if isinstance(results, dict):
+        metric = learner.metric_name
+        rows = []
+        for steps, r in results.items():
+            rows.append(
+                {
+                    "steps": steps,
+                    "metric": metric,
+                    "mean": float(r[metric]),
+                    "ci95": float(r["ci95"]),
+                    "loss": float(r["loss"]),
+                    "episodes": int(r["episodes"]),
+                }
+            )
+    else:
+        rows = [dict(r) for r in results]
+        for r in rows:
+            if not {"metric", "mean", "ci95", "episodes"} <= set(r):
+                raise ValueError(
+                    "make_card: a result row needs metric, mean, ci95 and episodes "
+                    f"(make it with report.result or report.correlation), got {sorted(r)}"
+                )
+    # MetaLearner counts its meta-updates in its algorithm
+    inner = getattr(learner, "algorithm", None)
+    iterations = getattr(learner, "iterations", getattr(inner, "iterations", 0))
+    card = {
         "format": FORMAT,
         "version": VERSION,
-        "algorithm": type(learner).__name__,
+        "algorithm": algorithm or type(learner).__name__,
         "hyperparameters": hyperparameters(learner),
-        "meta_iterations": int(getattr(learner, "iterations", 0)),
+        "meta_iterations": int(iterations),
         "backbone": backbone(learner.model),
         "dataset": _dataset(tasks),
         "episodes": _episodes(tasks),
@@ -181,6 +306,9 @@ def make_card(
         "machine": machine(),
         "metalearn": version_info(),
     }
+    if setting is not None:
+        card["setting"] = dict(setting)
+    return card
 
 
 def check_card_path(path: Any) -> Path:
@@ -224,7 +352,30 @@ def _task_name(card):
     e = card.get("episodes")
     if e:
         return f"{e['n_way']}-way {e['k_shot']}-shot"
-    return "-"
+    return str((card.get("setting") or {}).get("task", "-"))
+
+
+def _result_text(r):
+    """A result with its interval: accuracy in %, other metrics by name."""
+    if r["metric"] == "accuracy_gain" and r.get("ci95") is not None:  # a paired difference
+        return f"{100 * r['mean']:+.2f} ± {100 * r['ci95']:.2f} points"
+    if r["metric"] == "accuracy" and r.get("ci95") is not None:
+        return f"{100 * r['mean']:.2f} ± {100 * r['ci95']:.2f} %"
+    if r["metric"] == "accuracy":
+        return f"{100 * r['mean']:.2f} %"
+    if r.get("ci95") is not None:
+        return f"{r['metric']} {r['mean']:.4g} ± {r['ci95']:.2g}"
+    if r.get("interval"):
+        lo, hi = r["interval"]
+        return f"{r['metric']} {r['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
+    return f"{r['metric']} {r['mean']:.4g}"
+
+
+def _steps_text(r):
+    if r.get("label") and r.get("steps") is None:
+        return r["label"]
+    steps = "default" if r.get("steps") is None else str(r["steps"])
+    return f"{r['label']}, {steps}" if r.get("label") else steps
 
 
 def table(cards: Sequence[Dict[str, Any]], names: Optional[Sequence[str]] = None) -> str:
@@ -248,18 +399,14 @@ def table(cards: Sequence[Dict[str, Any]], names: Optional[Sequence[str]] = None
         commit = card.get("metalearn", {}).get("commit")
         commit_s = _short(commit) + ("+" if card.get("metalearn", {}).get("dirty") else "")
         for r in card.get("results", []):
-            if r["metric"] == "accuracy":
-                res = f"{100 * r['mean']:.2f} ± {100 * r['ci95']:.2f} %"
-            else:
-                res = f"{r['metric']} {r['mean']:.4g} ± {r['ci95']:.2g}"
             lines.append(
                 [
                     names[i] if names else str(i),
                     card.get("algorithm", "?"),
                     f"{bb.get('class', '?')} ({bb.get('parameters', 0):,})",
                     _task_name(card),
-                    "default" if r.get("steps") is None else str(r["steps"]),
-                    res,
+                    _steps_text(r),
+                    _result_text(r),
                     str(r["episodes"]),
                     _short((card.get("episodes") or {}).get("hash")),
                     _short(card.get("dataset", {}).get("sha256")),
