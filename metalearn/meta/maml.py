@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple, Union
+import inspect
+from typing import Any, Dict, Optional, Tuple, Union
 
 from metalearn._typing import ArrayLike
 import numpy as np
@@ -614,6 +615,20 @@ class MAML(BaseMetaLearner):
         )
 
 
+# MAML.__init__'s keyword arguments, which its subclasses pass through (_maml_arguments)
+_MAML_ARGUMENTS = tuple(inspect.signature(MAML.__init__).parameters)[1:]
+
+
+def _maml_arguments(args: Dict[str, Any], **fixed: Any) -> Dict[str, Any]:
+    """MAML.__init__'s arguments from a subclass constructor's ``locals()``, taken as its
+    first statement (so that only its parameters are there): those of MAML's names that
+    its signature has, then ``fixed``, the ones it sets itself. A subclass keeps its own
+    signature, defaults and documentation without listing the pass-through again."""
+    kwargs = {name: args[name] for name in _MAML_ARGUMENTS if name in args}
+    kwargs.update(fixed)
+    return kwargs
+
+
 class MetaSGD(MAML):
     """Meta-SGD (Li, Zhou, Chen & Li 2017, "Meta-SGD: Learning to Learn Quickly for
     Few-Shot Learning").
@@ -646,17 +661,7 @@ class MetaSGD(MAML):
         vectorize: Union[str, bool] = "auto",
         batch_norm: str = "transductive",
     ) -> None:
-        super().__init__(
-            model,
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            first_order=first_order,
-            meta_optimizer=meta_optimizer,
-            meta_lr=meta_lr,
-            loss=loss,
-            vectorize=vectorize,
-            batch_norm=batch_norm,
-        )
+        super().__init__(**_maml_arguments(locals()))
         self.learning_rates = None
 
     def _prepare(self, task):

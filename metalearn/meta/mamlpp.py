@@ -11,7 +11,7 @@ from metalearn import _core
 from metalearn.functional import functional_call
 
 from ._base import _core_no_grad, _leaf_layers, check_count, check_rate
-from .maml import MAML
+from .maml import MAML, _maml_arguments
 
 __all__ = ["MAMLPlusPlus", "multi_step_loss_weights"]
 
@@ -137,6 +137,8 @@ class MAMLPlusPlus(MAML):
         per_step_bn_weights: bool = False,
         per_step_bn_statistics: bool = False,
     ) -> None:
+        # the per-task loop only: step-dependent rates and losses are not vectorised
+        maml_args = _maml_arguments(locals(), vectorize=False, trace=False)
         who = type(self).__name__
         # every setting checked before anything is stored: a bad one changes nothing
         multi_step_loss = _flag(multi_step_loss, "multi_step_loss", who)
@@ -160,18 +162,7 @@ class MAMLPlusPlus(MAML):
         if isinstance(meta_lr, (int, float)) and min_meta_lr > meta_lr:
             raise ValueError(f"{who}: min_meta_lr ({min_meta_lr}) must be <= meta_lr ({meta_lr})")
         check_count(inner_steps, "inner_steps", who, minimum=1)
-        super().__init__(
-            model,
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            first_order=first_order,
-            meta_optimizer=meta_optimizer,
-            meta_lr=meta_lr,
-            loss=loss,
-            vectorize=False,
-            trace=False,
-            batch_norm=batch_norm,
-        )
+        super().__init__(**maml_args)
         self.multi_step_loss = multi_step_loss
         self.msl_epochs = msl_epochs
         self.learn_inner_rates = learn_inner_rates
