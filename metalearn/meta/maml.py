@@ -544,6 +544,11 @@ class MAML(BaseMetaLearner):
         update = None if debugging._numerics_checks else self._traced_update(plan)
         if update is not None:
             return self._traced_meta_step(plan, update, batch)
+        return self._eager_meta_step(batch)
+
+    def _eager_meta_step(self, batch):
+        """One meta-update through the tape (the meta-loss, its gradients, the checks, the
+        update); a refused step changes nothing."""
         self._pending_statistics = []  # (what a failed earlier step may have left)
         meta_loss, metric = self._meta_loss(batch)
         params = self._meta_params()
@@ -553,9 +558,14 @@ class MAML(BaseMetaLearner):
         except BaseException:
             self._flush_statistics(apply=False)  # a refused step changes nothing
             raise
-        self.meta_optimizer.apply_gradients(zip(grads, params))
+        self._apply_meta_gradients(grads, params)
         self._flush_statistics()
         return float(meta_loss.item()), metric
+
+    def _apply_meta_gradients(self, grads, params):
+        """The meta-optimizer's update of ``params`` (a variant with its own schedule
+        overrides it)."""
+        self.meta_optimizer.apply_gradients(zip(grads, params))
 
     # ------------------------------------------------------------ adaptation
     def _steps(self, steps):

@@ -7,7 +7,6 @@ from typing import Any, List
 
 import numpy as np
 
-from metalearn import _core
 from metalearn.functional import functional_call
 
 from ._base import _core_no_grad, _leaf_layers, check_count, check_rate
@@ -392,27 +391,18 @@ class MAMLPlusPlus(MAML):
         return total * (1.0 / n), float(np.mean(metrics))
 
     def _meta_step(self, batch):
-        self._pending_statistics = []  # (what a failed earlier step may have left)
-        meta_loss, metric = self._meta_loss(batch)
-        params = self._meta_params()
-        try:
-            grads = _core.grad(meta_loss, params)
-            self._check_meta_step(meta_loss, grads, params)
-        except BaseException:
-            self._flush_statistics(apply=False)  # a refused step changes nothing
-            raise
+        return self._eager_meta_step(batch)  # the per-task loop: nothing vectorised or traced
+
+    def _apply_meta_gradients(self, grads, params):
         opt = self.meta_optimizer
-        if self.cosine_annealing:
-            base = opt.learning_rate
-            opt.learning_rate = self.current_meta_lr()
-            try:
-                opt.apply_gradients(zip(grads, params))
-            finally:
-                opt.learning_rate = base
-        else:
+        if not self.cosine_annealing:
+            return opt.apply_gradients(zip(grads, params))
+        base = opt.learning_rate
+        opt.learning_rate = self.current_meta_lr()  # this step's rate, then the base back
+        try:
             opt.apply_gradients(zip(grads, params))
-        self._flush_statistics()
-        return float(meta_loss.item()), metric
+        finally:
+            opt.learning_rate = base
 
     def __repr__(self):
         return (
