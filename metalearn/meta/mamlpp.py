@@ -158,6 +158,8 @@ class MAMLPlusPlus(MAML):
         total_epochs = check_count(total_epochs, "total_epochs", who, minimum=1)
         epoch_length = check_count(epoch_length, "epoch_length", who, minimum=1)
         min_meta_lr = check_rate(min_meta_lr, "min_meta_lr", who)
+        if isinstance(meta_lr, (int, float)):  # (MAML checks it too, after this comparison)
+            meta_lr = check_rate(meta_lr, "meta_lr", who)
         if isinstance(meta_lr, (int, float)) and min_meta_lr > meta_lr:
             raise ValueError(f"{who}: min_meta_lr ({min_meta_lr}) must be <= meta_lr ({meta_lr})")
         check_count(inner_steps, "inner_steps", who, minimum=1)
