@@ -273,7 +273,22 @@ def svm_logits(
     return scale * _core.matmul(_core.matmul(query_emb, support_emb, transpose_b=True), a)
 
 
-class MatchingClassifier(Model):
+class _EncoderClassifier(Model):
+    """A classifier holding a copy of the encoder, whose config nests the encoder's
+    (``layers.serialize``) beside the classifier's own arrays."""
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        from metalearn.keras import layers as _layers
+
+        config = dict(config)
+        encoder = config.pop("encoder")
+        if isinstance(encoder, dict):
+            encoder = _layers.deserialize(encoder, custom_objects)
+        return cls(encoder, **config)
+
+
+class MatchingClassifier(_EncoderClassifier):
     """A classifier made by ``MatchingNet.adapt``: an encoder (a copy) and the support
     set's embeddings and labels; ``call(x)`` returns Matching Networks' logits."""
 
@@ -300,16 +315,6 @@ class MatchingClassifier(Model):
             "support_labels": self.support_labels.tolist(),
         }
 
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        from metalearn.keras import layers as _layers
-
-        config = dict(config)
-        encoder = config.pop("encoder")
-        if isinstance(encoder, dict):
-            encoder = _layers.deserialize(encoder, custom_objects)
-        return cls(encoder, **config)
-
     def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
         emb = _flat(self.encoder(inputs))
         return matching_logits(
@@ -317,7 +322,7 @@ class MatchingClassifier(Model):
         )
 
 
-class LinearHeadClassifier(Model):
+class LinearHeadClassifier(_EncoderClassifier):
     """A classifier made by ``R2D2.adapt``: an encoder (a copy) and the task's fitted
     linear head; ``call(x)`` returns ``scale * f(x) @ weights``."""
 
@@ -339,16 +344,6 @@ class LinearHeadClassifier(Model):
             "weights": self.head.tolist(),
             "scale": self.scale,
         }
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        from metalearn.keras import layers as _layers
-
-        config = dict(config)
-        encoder = config.pop("encoder")
-        if isinstance(encoder, dict):
-            encoder = _layers.deserialize(encoder, custom_objects)
-        return cls(encoder, **config)
 
     def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
         emb = _flat(self.encoder(inputs))
