@@ -172,6 +172,20 @@ def check_count(value: Any, name: str, who: str, minimum: int = 0) -> int:
     return v
 
 
+def check_batch(batch: Any, who: str) -> None:
+    """ValueError naming the array when a task batch's labels and inputs differ in number
+    (the meta-loss would fail on a broadcast of two unnamed shapes). Shapes only, and only
+    of marked NumPy batches: it runs on every meta-step."""
+    if not isinstance(batch, Task) or not batch.is_batch:
+        return
+    for x, y, kind in ((batch[0], batch[1], "support"), (batch[2], batch[3], "query")):
+        if type(x) is np.ndarray and type(y) is np.ndarray and x.shape[:2] != y.shape[:2]:
+            raise ValueError(
+                f"{who}: {kind}_x has shape {x.shape} but {kind}_y {y.shape}: one label (row) "
+                f"per {kind} example of each task"
+            )
+
+
 def check_support(support_x: Any, support_y: Any, who: str = "adapt") -> None:
     """ValueError when a support set holds NaN or inf (adaptation would return
     non-finite weights; one np.isfinite pass over each float array) or its inputs and
@@ -663,6 +677,7 @@ class BaseMetaLearner:
         stopped = None
         for it in range(start, iterations):
             batch = _next_batch(tasks, meta_batch_size, self.model)
+            check_batch(batch, f"{type(self).__name__}.fit")
             if it == start:  # the loss and the model's build follow from the first batch
                 self._prepare(batch)
                 history.setdefault(self.metric_name, [])

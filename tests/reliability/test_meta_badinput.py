@@ -180,12 +180,35 @@ CALLS = [
         ValueError,
         r"support_x and query_x examples must have one shape, got \(4,\) and \(3,\)",
     ),
+    # fit: labels and inputs that differ in number, per task (every learner)
     (
         "fit_fewer_support_labels",
-        CLASSIFICATION,
+        LEARNERS,
         lambda l, n: _fit(l, n, support_y=lambda a: a[:, :4]),
         ValueError,
+        r"fit: support_x has shape \(2, (5, 1|6, 4)\) but support_y \(2, 4(, 1)?\)",
+    ),
+    (
+        "fit_fewer_query_labels",
+        LEARNERS,
+        lambda l, n: _fit(l, n, query_y=lambda a: a[:, :4]),
+        ValueError,
+        r"fit: query_x has shape \(2, (5, 1|6, 4)\) but query_y \(2, 4(, 1)?\)",
+    ),
+    # the metric learners' public episode calls check their own arrays
+    (
+        "episode_fewer_support_labels",
+        CLASSIFICATION,
+        lambda l, n: l.episode_loss(_support(n)[0], _support(n)[1][:4], *_support(n)),
+        ValueError,
         r"6 support examples but 4 labels",
+    ),
+    (
+        "episode_fewer_query_labels",
+        CLASSIFICATION,
+        lambda l, n: l.episode_loss(*_support(n), _support(n)[0], _support(n)[1][:4]),
+        ValueError,
+        r"4 labels for (predictions|scores) of shape \(6, 3\) \(expected 6\)",
     ),
     (
         "fit_fractional_support_labels",
@@ -221,13 +244,6 @@ CALLS = [
         lambda l, n: _fit(l, n, query_y=lambda a: a + 5),
         ValueError,
         r"label 5 .*outside \[0, 3\)|labels must lie in 0\.\.2, got 5",
-    ),
-    (
-        "fit_fewer_query_labels",
-        CLASSIFICATION,
-        lambda l, n: _fit(l, n, query_y=lambda a: a[:, :4]),
-        ValueError,
-        r"4 labels for (predictions|scores) of shape \(6, 3\) \(expected 6\)",
     ),
 ]
 
