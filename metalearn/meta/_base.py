@@ -29,6 +29,8 @@ def to_tensor(a: ArrayLike) -> _core.Tensor:
         return a
     if type(a) is np.ndarray and a.dtype == np.float32 and a.ndim:
         return _core.as_tensor(a)  # the common case: shared, or copied when not C-contiguous
+    if np.iscomplexobj(a):  # a cast would drop the imaginary part (as Keras, refused)
+        raise TypeError(f"expected real numbers, got complex values ({np.asarray(a).dtype})")
     return _core.as_tensor(np.ascontiguousarray(a, dtype=np.float32))
 
 
@@ -170,17 +172,42 @@ def check_count(value: Any, name: str, who: str, minimum: int = 0) -> int:
     return v
 
 
+def check_batch(batch: Any, who: str) -> None:
+    """ValueError naming the array when a task batch's labels and inputs differ in number
+    (the meta-loss would fail on a broadcast of two unnamed shapes). Shapes only, and only
+    of marked NumPy batches: it runs on every meta-step."""
+    if not isinstance(batch, Task) or not batch.is_batch:
+        return
+    for x, y, kind in ((batch[0], batch[1], "support"), (batch[2], batch[3], "query")):
+        if type(x) is np.ndarray and type(y) is np.ndarray and x.shape[:2] != y.shape[:2]:
+            raise ValueError(
+                f"{who}: {kind}_x has shape {x.shape} but {kind}_y {y.shape}: one label (row) "
+                f"per {kind} example of each task"
+            )
+
+
 def check_support(support_x: Any, support_y: Any, who: str = "adapt") -> None:
     """ValueError when a support set holds NaN or inf (adaptation would return
-    non-finite weights); one np.isfinite pass over each float array."""
+    non-finite weights; one np.isfinite pass over each float array) or its inputs and
+    labels differ in number; TypeError for complex values (their imaginary part would be
+    dropped)."""
+    shapes = []
     for name, arr in (("support_x", support_x), ("support_y", support_y)):
         a = np.asarray(arr)
+        shapes.append(a.shape)
+        if np.issubdtype(a.dtype, np.complexfloating):
+            raise TypeError(f"{who}: {name} must hold real numbers, got dtype {a.dtype}")
         if np.issubdtype(a.dtype, np.inexact) and a.size and not np.isfinite(a).all():
             bad = int(a.size - np.count_nonzero(np.isfinite(a)))
             raise ValueError(
                 f"{who}: {name} holds {bad} NaN or inf value{'s' if bad > 1 else ''}; "
                 "adapting to it would give non-finite weights"
             )
+    if shapes[0][:1] != shapes[1][:1]:
+        raise ValueError(
+            f"{who}: support_x has shape {shapes[0]} but support_y {shapes[1]}: one label "
+            "(row) per support example"
+        )
 
 
 # ------------------------------------------------------------------ cloning
@@ -650,6 +677,7 @@ class BaseMetaLearner:
         stopped = None
         for it in range(start, iterations):
             batch = _next_batch(tasks, meta_batch_size, self.model)
+            check_batch(batch, f"{type(self).__name__}.fit")
             if it == start:  # the loss and the model's build follow from the first batch
                 self._prepare(batch)
                 history.setdefault(self.metric_name, [])

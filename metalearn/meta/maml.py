@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple, Union
+import inspect
+from typing import Any, Dict, Optional, Tuple, Union
 
 from metalearn._typing import ArrayLike
 import numpy as np
@@ -543,6 +544,11 @@ class MAML(BaseMetaLearner):
         update = None if debugging._numerics_checks else self._traced_update(plan)
         if update is not None:
             return self._traced_meta_step(plan, update, batch)
+        return self._eager_meta_step(batch)
+
+    def _eager_meta_step(self, batch):
+        """One meta-update through the tape (the meta-loss, its gradients, the checks, the
+        update); a refused step changes nothing."""
         self._pending_statistics = []  # (what a failed earlier step may have left)
         meta_loss, metric = self._meta_loss(batch)
         params = self._meta_params()
@@ -552,9 +558,14 @@ class MAML(BaseMetaLearner):
         except BaseException:
             self._flush_statistics(apply=False)  # a refused step changes nothing
             raise
-        self.meta_optimizer.apply_gradients(zip(grads, params))
+        self._apply_meta_gradients(grads, params)
         self._flush_statistics()
         return float(meta_loss.item()), metric
+
+    def _apply_meta_gradients(self, grads, params):
+        """The meta-optimizer's update of ``params`` (a variant with its own schedule
+        overrides it)."""
+        self.meta_optimizer.apply_gradients(zip(grads, params))
 
     # ------------------------------------------------------------ adaptation
     def _steps(self, steps):
@@ -614,6 +625,20 @@ class MAML(BaseMetaLearner):
         )
 
 
+# MAML.__init__'s keyword arguments, which its subclasses pass through (_maml_arguments)
+_MAML_ARGUMENTS = tuple(inspect.signature(MAML.__init__).parameters)[1:]
+
+
+def _maml_arguments(args: Dict[str, Any], **fixed: Any) -> Dict[str, Any]:
+    """MAML.__init__'s arguments from a subclass constructor's ``locals()``, taken as its
+    first statement (so that only its parameters are there): those of MAML's names that
+    its signature has, then ``fixed``, the ones it sets itself. A subclass keeps its own
+    signature, defaults and documentation without listing the pass-through again."""
+    kwargs = {name: args[name] for name in _MAML_ARGUMENTS if name in args}
+    kwargs.update(fixed)
+    return kwargs
+
+
 class MetaSGD(MAML):
     """Meta-SGD (Li, Zhou, Chen & Li 2017, "Meta-SGD: Learning to Learn Quickly for
     Few-Shot Learning").
@@ -646,17 +671,7 @@ class MetaSGD(MAML):
         vectorize: Union[str, bool] = "auto",
         batch_norm: str = "transductive",
     ) -> None:
-        super().__init__(
-            model,
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            first_order=first_order,
-            meta_optimizer=meta_optimizer,
-            meta_lr=meta_lr,
-            loss=loss,
-            vectorize=vectorize,
-            batch_norm=batch_norm,
-        )
+        super().__init__(**_maml_arguments(locals()))
         self.learning_rates = None
 
     def _prepare(self, task):

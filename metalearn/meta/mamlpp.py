@@ -7,11 +7,10 @@ from typing import Any, List
 
 import numpy as np
 
-from metalearn import _core
 from metalearn.functional import functional_call
 
 from ._base import _core_no_grad, _leaf_layers, check_count, check_rate
-from .maml import MAML
+from .maml import MAML, _maml_arguments
 
 __all__ = ["MAMLPlusPlus", "multi_step_loss_weights"]
 
@@ -137,6 +136,8 @@ class MAMLPlusPlus(MAML):
         per_step_bn_weights: bool = False,
         per_step_bn_statistics: bool = False,
     ) -> None:
+        # the per-task loop only: step-dependent rates and losses are not vectorised
+        maml_args = _maml_arguments(locals(), vectorize=False, trace=False)
         who = type(self).__name__
         # every setting checked before anything is stored: a bad one changes nothing
         multi_step_loss = _flag(multi_step_loss, "multi_step_loss", who)
@@ -157,21 +158,12 @@ class MAMLPlusPlus(MAML):
         total_epochs = check_count(total_epochs, "total_epochs", who, minimum=1)
         epoch_length = check_count(epoch_length, "epoch_length", who, minimum=1)
         min_meta_lr = check_rate(min_meta_lr, "min_meta_lr", who)
+        if isinstance(meta_lr, (int, float)):  # (MAML checks it too, after this comparison)
+            meta_lr = check_rate(meta_lr, "meta_lr", who)
         if isinstance(meta_lr, (int, float)) and min_meta_lr > meta_lr:
             raise ValueError(f"{who}: min_meta_lr ({min_meta_lr}) must be <= meta_lr ({meta_lr})")
         check_count(inner_steps, "inner_steps", who, minimum=1)
-        super().__init__(
-            model,
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            first_order=first_order,
-            meta_optimizer=meta_optimizer,
-            meta_lr=meta_lr,
-            loss=loss,
-            vectorize=False,
-            trace=False,
-            batch_norm=batch_norm,
-        )
+        super().__init__(**maml_args)
         self.multi_step_loss = multi_step_loss
         self.msl_epochs = msl_epochs
         self.learn_inner_rates = learn_inner_rates
@@ -401,27 +393,18 @@ class MAMLPlusPlus(MAML):
         return total * (1.0 / n), float(np.mean(metrics))
 
     def _meta_step(self, batch):
-        self._pending_statistics = []  # (what a failed earlier step may have left)
-        meta_loss, metric = self._meta_loss(batch)
-        params = self._meta_params()
-        try:
-            grads = _core.grad(meta_loss, params)
-            self._check_meta_step(meta_loss, grads, params)
-        except BaseException:
-            self._flush_statistics(apply=False)  # a refused step changes nothing
-            raise
+        return self._eager_meta_step(batch)  # the per-task loop: nothing vectorised or traced
+
+    def _apply_meta_gradients(self, grads, params):
         opt = self.meta_optimizer
-        if self.cosine_annealing:
-            base = opt.learning_rate
-            opt.learning_rate = self.current_meta_lr()
-            try:
-                opt.apply_gradients(zip(grads, params))
-            finally:
-                opt.learning_rate = base
-        else:
+        if not self.cosine_annealing:
+            return opt.apply_gradients(zip(grads, params))
+        base = opt.learning_rate
+        opt.learning_rate = self.current_meta_lr()  # this step's rate, then the base back
+        try:
             opt.apply_gradients(zip(grads, params))
-        self._flush_statistics()
-        return float(meta_loss.item()), metric
+        finally:
+            opt.learning_rate = base
 
     def __repr__(self):
         return (

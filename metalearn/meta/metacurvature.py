@@ -8,7 +8,7 @@ import numpy as np
 
 from metalearn import _core
 
-from .maml import MAML
+from .maml import MAML, _maml_arguments
 
 __all__ = ["MetaCurvature"]
 
@@ -67,18 +67,7 @@ class MetaCurvature(MAML):
         trace: bool = True,
         batch_norm: str = "transductive",
     ) -> None:
-        super().__init__(
-            model,
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            first_order=first_order,
-            meta_optimizer=meta_optimizer,
-            meta_lr=meta_lr,
-            loss=loss,
-            vectorize=vectorize,
-            trace=trace,
-            batch_norm=batch_norm,
-        )
+        super().__init__(**_maml_arguments(locals()))
         self.curvatures = None
 
     def _prepare(self, task):

@@ -49,8 +49,18 @@ __all__ = [
 ]
 
 
+def _int_labels(labels, who, name="support_y"):
+    """``labels`` as int64; ValueError when they are not whole numbers (a cast would
+    silently move 0.5 to class 0)."""
+    a = np.asarray(labels)
+    if a.dtype.kind not in "biu":
+        if a.dtype.kind != "f" or not np.array_equal(a, np.round(a)):
+            raise ValueError(f"{who}: {name} must hold integer labels, got dtype {a.dtype}")
+    return a.astype(np.int64)
+
+
 def _labels(support_y, n_way, who):
-    y = np.asarray(support_y).astype(np.int64)
+    y = _int_labels(support_y, who)
     if y.ndim != 1:
         raise ValueError(f"{who}: support_y must be 1-D integer labels, got shape {y.shape}")
     if y.size and (y.min() < 0 or y.max() >= n_way):
@@ -263,7 +273,22 @@ def svm_logits(
     return scale * _core.matmul(_core.matmul(query_emb, support_emb, transpose_b=True), a)
 
 
-class MatchingClassifier(Model):
+class _EncoderClassifier(Model):
+    """A classifier holding a copy of the encoder, whose config nests the encoder's
+    (``layers.serialize``) beside the classifier's own arrays."""
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        from metalearn.keras import layers as _layers
+
+        config = dict(config)
+        encoder = config.pop("encoder")
+        if isinstance(encoder, dict):
+            encoder = _layers.deserialize(encoder, custom_objects)
+        return cls(encoder, **config)
+
+
+class MatchingClassifier(_EncoderClassifier):
     """A classifier made by ``MatchingNet.adapt``: an encoder (a copy) and the support
     set's embeddings and labels; ``call(x)`` returns Matching Networks' logits."""
 
@@ -290,16 +315,6 @@ class MatchingClassifier(Model):
             "support_labels": self.support_labels.tolist(),
         }
 
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        from metalearn.keras import layers as _layers
-
-        config = dict(config)
-        encoder = config.pop("encoder")
-        if isinstance(encoder, dict):
-            encoder = _layers.deserialize(encoder, custom_objects)
-        return cls(encoder, **config)
-
     def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
         emb = _flat(self.encoder(inputs))
         return matching_logits(
@@ -307,7 +322,7 @@ class MatchingClassifier(Model):
         )
 
 
-class LinearHeadClassifier(Model):
+class LinearHeadClassifier(_EncoderClassifier):
     """A classifier made by ``R2D2.adapt``: an encoder (a copy) and the task's fitted
     linear head; ``call(x)`` returns ``scale * f(x) @ weights``."""
 
@@ -329,16 +344,6 @@ class LinearHeadClassifier(Model):
             "weights": self.head.tolist(),
             "scale": self.scale,
         }
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        from metalearn.keras import layers as _layers
-
-        config = dict(config)
-        encoder = config.pop("encoder")
-        if isinstance(encoder, dict):
-            encoder = _layers.deserialize(encoder, custom_objects)
-        return cls(encoder, **config)
 
     def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
         emb = _flat(self.encoder(inputs))
@@ -362,17 +367,37 @@ class _EpisodeHead(ProtoNet):
     def _head(self, s_emb, support_y, q_emb, n_way):
         raise NotImplementedError
 
+    def _episode_embeddings(self, support_x, support_y, query_x, training, flat=True):
+        """``(support embeddings, query embeddings, n_way)``: support and query through the
+        encoder in one batch, after the checks that name a bad episode's array."""
+        who = type(self).__name__
+        xs = []
+        for name, a in (("support_x", support_x), ("query_x", query_x)):
+            a = np.asarray(a)
+            if a.dtype.kind not in "biuf":
+                raise TypeError(f"{who}: {name} must hold real numbers, got dtype {a.dtype}")
+            xs.append(a.astype(np.float32, copy=False))
+        if xs[0].shape[1:] != xs[1].shape[1:]:
+            raise ValueError(
+                f"{who}: support_x and query_x examples must have one shape, got "
+                f"{xs[0].shape[1:]} and {xs[1].shape[1:]}"
+            )
+        n_s = len(xs[0])
+        if len(support_y) != n_s:
+            raise ValueError(f"{who}: {n_s} support examples but {len(support_y)} labels")
+        n_way = int(np.max(_int_labels(support_y, who))) + 1
+        emb = self.encoder(to_tensor(np.concatenate(xs)), training=training)
+        emb = _flat(emb) if flat else emb
+        s_emb = _core.narrow(emb, 0, 0, n_s)
+        q_emb = _core.narrow(emb, 0, n_s, int(emb.shape[0]) - n_s)
+        return s_emb, q_emb, n_way
+
     def episode_logits(
         self, support_x: Array, support_y: ArrayLike, query_x: Array, training: bool = True
     ) -> _core.Tensor:
         """Query logits ``(n_query, n_way)`` for one episode (differentiable w.r.t. the
         encoder's weights and the head's parameters)."""
-        n_s = len(support_x)
-        n_way = int(np.max(support_y)) + 1
-        x = np.concatenate([np.asarray(support_x, np.float32), np.asarray(query_x, np.float32)])
-        emb = _flat(self.encoder(to_tensor(x), training=training))
-        s_emb = _core.narrow(emb, 0, 0, n_s)
-        q_emb = _core.narrow(emb, 0, n_s, int(emb.shape[0]) - n_s)
+        s_emb, q_emb, n_way = self._episode_embeddings(support_x, support_y, query_x, training)
         return self._head(s_emb, support_y, q_emb, n_way)
 
     def _support_embeddings(self, support_x, support_y, who):
@@ -629,8 +654,17 @@ def relation_scores(
 def relation_mse(y_true: Any, scores: Any) -> Any:
     """Relation Networks' loss: the mean squared error between the scores and the one-hot
     labels (Sung et al. 2018, eq. 3), averaged over queries and classes."""
-    y = np.asarray(y_true).astype(np.int64).reshape(-1)
+    y = _int_labels(y_true, "relation_mse", "y_true").reshape(-1)
     n_way = int(scores.shape[-1])
+    if len(y) != int(scores.shape[0]):
+        raise ValueError(
+            f"relation_mse: {len(y)} labels for scores of shape {tuple(scores.shape)} "
+            f"(expected {int(scores.shape[0])})"
+        )
+    if y.size and (y.min() < 0 or y.max() >= n_way):  # (-1 would index the last class)
+        raise ValueError(
+            f"relation_mse: labels must lie in 0..{n_way - 1}, got {y.min()}..{y.max()}"
+        )
     onehot = np.zeros((len(y), n_way), np.float32)
     onehot[np.arange(len(y)), y] = 1.0
     return _core.reduce_mean(_core.square(scores - _core.as_tensor(onehot)))
@@ -715,12 +749,9 @@ class RelationNet(_EpisodeHead):
     ) -> _core.Tensor:
         """Relation scores ``(n_query, n_way)`` in (0, 1) for one episode (differentiable
         w.r.t. the encoder's and the relation module's weights)."""
-        n_s = len(support_x)
-        n_way = int(np.max(support_y)) + 1
-        x = np.concatenate([np.asarray(support_x, np.float32), np.asarray(query_x, np.float32)])
-        emb = self.encoder(to_tensor(x), training=training)
-        s_emb = _core.narrow(emb, 0, 0, n_s)
-        q_emb = _core.narrow(emb, 0, n_s, int(emb.shape[0]) - n_s)
+        s_emb, q_emb, n_way = self._episode_embeddings(
+            support_x, support_y, query_x, training, flat=False
+        )
         return relation_scores(self.relation, s_emb, support_y, q_emb, n_way, training=training)
 
     def episode_loss(
@@ -741,6 +772,8 @@ class RelationNet(_EpisodeHead):
         check_support(support_x, support_y, "RelationNet.adapt")
         _labels(support_y, int(np.max(support_y)) + 1, "RelationNet.adapt")
         self._prepare(Task(support_x, support_y, support_x, support_y))
+        with _core_no_grad():  # one example through the encoder: its input checks, now
+            self.encoder(to_tensor(np.asarray(support_x)[:1]), training=False)
         return RelationClassifier(
             clone_model(self.encoder), clone_model(self.relation), support_x, support_y
         )

@@ -16,10 +16,16 @@ from metalearn import distributed
 from metalearn.distributed import ShardedMemory
 from metalearn.memory import KnowledgeMemory
 
-
-def same(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+from _memory_common import (
+    batch,
+    both,
+    finish,
+    go_on_alike,
+    refused_together,
+    same,
+    same_files,
+    same_state,
+)
 
 
 def same_index(one, sh, where):
@@ -68,27 +74,17 @@ def stream(cap, d, p, seed, steps, rs, dtype, nlist):
         n = int(rng.choice([1, 3, 8, 9, 20, 40]))  # the key scan (<= 8) and the GEMM
         if op == 19:
             n = 300  # an add over more than one of assign_lists' GEMM blocks
-        q = (centres[rng.integers(0, 6, n)] + 0.3 * rng.standard_normal((n, d))).astype(np.float32)
-        if rng.random() < 0.2:
-            q[: n // 2] = q[0]  # equal keys: ties between slots
-        y = rng.integers(0, 5, n)
-        pl = rng.standard_normal((n, p)).astype(np.float32) if p and rng.random() < 0.7 else None
+        q, y, pl = batch(rng, centres, d, p, n)
         if op < 9:
-            slots = one.update(q, y, pl)
-            assert same(slots, sh.update(q, y, pl)), where
-            live.update(slots.tolist())
+            live.update(both(one, sh, "update", q, y, pl, where=where).tolist())
         elif op < 10 or op == 19:
-            slots = one.add(q, y, pl)
-            assert same(slots, sh.add(q, y, pl)), where
-            live.update(slots.tolist())
+            live.update(both(one, sh, "add", q, y, pl, where=where).tolist())
         elif op < 12 and len(live) > 2:
             ids = rng.choice(sorted(live), 2, replace=False)
-            one.remove(ids)
-            sh.remove(ids)
+            both(one, sh, "remove", ids, where=where)
             live.difference_update(ids.tolist())
         elif op == 12 and rng.random() < 0.3:
-            one.clear()
-            sh.clear()
+            both(one, sh, "clear", where=where)
             live.clear()
         elif op == 13 and one.index is not None:
             if rng.random() < 0.5:
@@ -105,17 +101,14 @@ def stream(cap, d, p, seed, steps, rs, dtype, nlist):
             if one.index is not None:
                 probes.append(int(rng.integers(1, nlist + 1)))
             for nprobe in probes:
-                for a, b in zip(one.query(q, k, allow, nprobe), sh.query(q, k, allow, nprobe)):
-                    assert same(a, b), f"{where}: query nprobe={nprobe}"
+                both(one, sh, "query", q, k, allow, nprobe, where=f"{where}, nprobe={nprobe}")
             if rng.random() < 0.5:  # the differentiable read and loss, and their gradients
                 got = diff_results(sh, q, y, k)
                 want = diff_results(one, q, y, k)
                 grads += bool(np.abs(np.asarray(want[-1])).max() > 0)
                 for a, b in zip(want, got):
                     assert same(a, b), f"{where}: read/loss"
-        for a, b in zip(one.state(), sh.state()):
-            assert same(a, b), where
-        assert one.size == sh.size, where
+        same_state(one, sh, where)
         assert one.key_dtype == sh.key_dtype, where
         same_index(one, sh, where)
     assert grads > 0, f"capacity {cap}: no non-zero gradient was compared"
@@ -137,20 +130,11 @@ def main(out, folder):
             continue
         one, sh = stream(cap, d, p, 1, 40, cap + nlist, dtype, nlist)
         # the saved file has one process' bytes; a load rebuilds the index on both
-        one_path, sh_path = f"{folder}/one-{cap}-{r}.mem", f"{folder}/sharded-{cap}.mem"
-        one.save(one_path)
-        sh.save(sh_path)
-        distributed.barrier()
-        with open(one_path, "rb") as f1, open(sh_path, "rb") as f2:
-            assert f1.read() == f2.read(), f"capacity {cap}: the files differ"
+        one_path = same_files(one, sh, folder, cap)
         one.load(one_path)
         sh.load(one_path)
         same_index(one, sh, f"capacity {cap}: after load")
-        q = np.random.default_rng(cap).standard_normal((20, d)).astype(np.float32)
-        y = np.arange(20) % 3
-        assert same(one.update(q, y), sh.update(q, y))
-        for a, b in zip(one.query(q[:5], min(4, cap)), sh.query(q[:5], min(4, cap))):
-            assert same(a, b)
+        q = go_on_alike(one, sh, cap, d, 20)
         same_index(one, sh, f"capacity {cap}: after load and update")
     # keys halfway between two centroids: their GEMM scores tie within rounding, so the
     # list is decided by the key scan's score (assign_lists' near-tie rule, and update's)
@@ -158,38 +142,29 @@ def main(out, folder):
         one = KnowledgeMemory(64, 16, seed=4, key_dtype=dtype)
         sh = ShardedMemory(64, 16, seed=4, key_dtype=dtype)
         x = np.random.default_rng(5).standard_normal((24, 16)).astype(np.float32)
-        one.add(x, np.arange(24) % 4)
-        sh.add(x, np.arange(24) % 4)
+        where = f"{dtype}: keys between centroids"
+        both(one, sh, "add", x, np.arange(24) % 4, where=where)
         one.build_index(4, 2, seed=1)
         sh.build_index(4, 2, seed=1)
         c = one.index.centroids
         mid = np.array([c[a] + c[b] for a in range(4) for b in range(a + 1, 4)] * 3, np.float32)
-        assert same(one.add(mid, np.arange(18) % 4), sh.add(mid, np.arange(18) % 4))
-        assert same(one.update(-mid, np.arange(18) % 3), sh.update(-mid, np.arange(18) % 3))
-        assert same(one.update(mid, np.arange(18) % 5), sh.update(mid, np.arange(18) % 5))
-        same_index(one, sh, f"{dtype}: keys between centroids")
-        for a, b in zip(one.query(mid, 5), sh.query(mid, 5)):
-            assert same(a, b), f"{dtype}: keys between centroids"
+        both(one, sh, "add", mid, np.arange(18) % 4, where=where)
+        both(one, sh, "update", -mid, np.arange(18) % 3, where=where)
+        both(one, sh, "update", mid, np.arange(18) % 5, where=where)
+        same_index(one, sh, where)
+        both(one, sh, "query", mid, 5, where=where)
     if P > 1:
         # ranks given different options refuse together, and nothing changes
-        before = [np.asarray(a).tobytes() for a in sh.state()]
-        for call in (
-            lambda: sh.build_index(2 + r),
-            lambda: setattr(sh, "key_dtype", ["float16", "int8"][r % 2]),
-            lambda: sh.query(q[:2], 2, nprobe=1 + r % 2),
-            lambda: ShardedMemory(8 * P, 4, key_dtype=["float16", "int8"][r % 2]),
-        ):
-            try:
-                call()
-            except ValueError as exc:
-                assert "different arguments" in str(exc), exc
-            else:
-                raise AssertionError("ranks with different options were not refused")
-        assert [np.asarray(a).tobytes() for a in sh.state()] == before
-    distributed.barrier()
-    if r == 0:
-        with open(out, "w") as f:
-            f.write("ok")
+        refused_together(
+            sh,
+            [
+                lambda: sh.build_index(2 + r),
+                lambda: setattr(sh, "key_dtype", ["float16", "int8"][r % 2]),
+                lambda: sh.query(q[:2], 2, nprobe=1 + r % 2),
+                lambda: ShardedMemory(8 * P, 4, key_dtype=["float16", "int8"][r % 2]),
+            ],
+        )
+    finish(out)
 
 
 if __name__ == "__main__":

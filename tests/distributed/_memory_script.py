@@ -11,10 +11,15 @@ from metalearn import distributed
 from metalearn.distributed import ShardedMemory
 from metalearn.memory import KnowledgeMemory
 
-
-def same(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+from _memory_common import (
+    batch,
+    both,
+    finish,
+    go_on_alike,
+    refused_together,
+    same_files,
+    same_state,
+)
 
 
 def stream(cap, d, p, seed, steps, rs):
@@ -26,33 +31,22 @@ def stream(cap, d, p, seed, steps, rs):
     for it in range(steps):
         op = rng.integers(0, 10)
         n = int(rng.choice([1, 3, 8, 9, 20, 40]))  # the key scan (<= 8) and the GEMM
-        q = (centres[rng.integers(0, 6, n)] + 0.3 * rng.standard_normal((n, d))).astype(np.float32)
-        if rng.random() < 0.2:
-            q[: n // 2] = q[0]  # equal keys: ties between slots
-        y = rng.integers(0, 5, n)
-        pl = rng.standard_normal((n, p)).astype(np.float32) if p and rng.random() < 0.7 else None
+        q, y, pl = batch(rng, centres, d, p, n)
         where = f"capacity {cap}, step {it}"
         if op < 5:
-            slots = one.update(q, y, pl)
-            assert same(slots, sh.update(q, y, pl)), where
-            live.update(slots.tolist())
+            live.update(both(one, sh, "update", q, y, pl, where=where).tolist())
         elif op < 6:
-            slots = one.add(q, y, pl)
-            assert same(slots, sh.add(q, y, pl)), where
-            live.update(slots.tolist())
+            live.update(both(one, sh, "add", q, y, pl, where=where).tolist())
         elif op < 7 and len(live) > 2:
             ids = rng.choice(sorted(live), 2, replace=False)
-            one.remove(ids)
-            sh.remove(ids)
+            both(one, sh, "remove", ids, where=where)
             live.difference_update(ids.tolist())
         else:
             k = int(rng.integers(1, min(cap, 12) + 1))
             allow = None if rng.random() < 0.7 else rng.integers(0, 5, 2)
-            for a, b in zip(one.query(q, k, allow), sh.query(q, k, allow)):
-                assert same(a, b), where
-        for a, b in zip(one.state(), sh.state()):
-            assert same(a, b), where
-        assert one.size == sh.size == len(sh), where
+            both(one, sh, "query", q, k, allow, where=where)
+        same_state(one, sh, where)
+        assert sh.size == len(sh), where
     return one, sh
 
 
@@ -63,22 +57,10 @@ def main(out, folder):
             continue
         for s in range(2):
             one, sh = stream(cap, d, p, s, 40, s + 10 * cap)
-        # the saved file has one process' bytes
-        one_path, sh_path = f"{folder}/one-{cap}-{r}.mem", f"{folder}/sharded-{cap}.mem"
-        one.save(one_path)
-        sh.save(sh_path)
-        distributed.barrier()
-        with open(one_path, "rb") as f1, open(sh_path, "rb") as f2:
-            assert f1.read() == f2.read(), f"capacity {cap}: the files differ"
         # a one-process file loads on P processes, and the stream goes on alike
-        back = ShardedMemory.open(one_path)
-        for a, b in zip(one.state(), back.state()):
-            assert same(a, b)
-        q = np.random.default_rng(cap).standard_normal((40, d)).astype(np.float32)
-        y = np.arange(40) % 3
-        assert same(one.update(q, y), back.update(q, y))
-        for a, b in zip(one.query(q[:5], min(4, cap)), back.query(q[:5], min(4, cap))):
-            assert same(a, b)
+        back = ShardedMemory.open(same_files(one, sh, folder, cap))
+        same_state(one, back, f"capacity {cap}: loaded")
+        q = go_on_alike(one, back, cap, d, 40)
     if P > 1:
         try:
             ShardedMemory(4 * P + 1, 3)
@@ -87,19 +69,8 @@ def main(out, folder):
         else:
             raise AssertionError("a capacity that P does not divide was accepted")
         # ranks given different arguments refuse together, and nothing changes
-        before = [np.asarray(a).tobytes() for a in back.state()]
-        try:
-            back.update(q[:2], [r, 1])
-        except ValueError as exc:
-            assert "different arguments" in str(exc), exc
-        else:
-            assert P == 1, "ranks with different arguments were not refused"
-        if P > 1:
-            assert [np.asarray(a).tobytes() for a in back.state()] == before
-    distributed.barrier()
-    if r == 0:
-        with open(out, "w") as f:
-            f.write("ok")
+        refused_together(back, [lambda: back.update(q[:2], [r, 1])])
+    finish(out)
 
 
 if __name__ == "__main__":

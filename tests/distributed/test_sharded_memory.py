@@ -6,6 +6,7 @@ The `mpi` tests launch `mpiexec -n P --oversubscribe` (see test_data_parallel.py
 reference of every comparison is one KnowledgeMemory of the same capacity and seed (the
 single-process memory in C), never the sharded memory's own output."""
 
+import importlib
 import subprocess
 import sys
 
@@ -30,15 +31,24 @@ def _launch(script, args, procs, timeout=600):
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
 
 
+def _memory_run(script, tmp_path, procs):
+    """Runs a memory script in this process (``procs`` None: P = 1, one shard) or under
+    mpiexec on ``procs`` processes; it writes "ok" when every comparison agreed."""
+    if procs is None:
+        sys.path.insert(0, str(HERE))  # as mpiexec's run: the script's folder first
+        try:
+            module = importlib.import_module(script.stem)
+        finally:
+            sys.path.remove(str(HERE))
+        module.main(str(tmp_path / "ok"), str(tmp_path))
+    else:
+        _launch(script, [tmp_path / "ok", tmp_path], procs)
+    assert (tmp_path / "ok").read_text() == "ok"
+
+
 def test_one_process_sharded_memory_matches_one_memory(tmp_path):
     # the random stream of _memory_script.py in this process (P = 1: one shard)
-    sys.path.insert(0, str(HERE))
-    try:
-        import _memory_script
-    finally:
-        sys.path.remove(str(HERE))
-    _memory_script.main(str(tmp_path / "ok"), str(tmp_path))
-    assert (tmp_path / "ok").read_text() == "ok"
+    _memory_run(MEMORY_SCRIPT, tmp_path, None)
 
 
 @pytest.mark.mpi
@@ -47,18 +57,11 @@ def test_sharded_memory_matches_one_memory_on_random_streams(tmp_path, procs):
     # updates (the scan's and the GEMM's batches, equal keys), adds, removals, queries with
     # and without a label filter: slots, keys, labels, ages, payloads and answers; the
     # saved file's bytes; a one-process file loaded on P processes
-    _launch(MEMORY_SCRIPT, [tmp_path / "ok", tmp_path], procs)
-    assert (tmp_path / "ok").read_text() == "ok"
+    _memory_run(MEMORY_SCRIPT, tmp_path, procs)
 
 
 def test_one_process_sharded_memory_with_compact_keys_and_the_index_matches_one_memory(tmp_path):
-    sys.path.insert(0, str(HERE))
-    try:
-        import _memory_index_script
-    finally:
-        sys.path.remove(str(HERE))
-    _memory_index_script.main(str(tmp_path / "ok"), str(tmp_path))
-    assert (tmp_path / "ok").read_text() == "ok"
+    _memory_run(INDEX_SCRIPT, tmp_path, None)
 
 
 @pytest.mark.mpi
@@ -71,8 +74,7 @@ def test_sharded_memory_with_compact_keys_and_the_index_matches_one_memory(tmp_p
     # slots, state, answers, the index's centroids and lists, the soft read and the memory
     # loss with their first and second order gradients, the file, a load; ranks given
     # different options refused together
-    _launch(INDEX_SCRIPT, [tmp_path / "ok", tmp_path], procs)
-    assert (tmp_path / "ok").read_text() == "ok"
+    _memory_run(INDEX_SCRIPT, tmp_path, procs)
 
 
 def _state_bytes(mem):

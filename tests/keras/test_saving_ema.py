@@ -13,6 +13,8 @@ import pytest
 from metalearn import keras
 from metalearn.keras import saving
 
+from ._optimizer_vars import restore, resumed_after, vars_file
+
 rng = np.random.default_rng(3)
 X = rng.standard_normal((8, 3)).astype(np.float32)
 Y = rng.standard_normal((8, 2)).astype(np.float32)
@@ -106,14 +108,7 @@ def test_variables_lists_the_averages_first_for_every_optimizer():
     ],
 )
 def test_restore_continues_the_uninterrupted_run(make):
-    run = model(make())
-    for _ in range(3):
-        run.train_on_batch(X, Y)
-    file = {"optimizer/vars": {str(i): a for i, a in enumerate(saving._optimizer_arrays(run))}}
-    resumed = model(make())
-    resumed.set_weights(run.get_weights())
-    saving._optimizer_plan(resumed, file, "f.keras", "load_model")()
-    assert resumed.optimizer.iterations == 3
+    run, resumed, _ = resumed_after(model, make, X, Y)
     for _ in range(3):
         run.train_on_batch(X, Y)
         resumed.train_on_batch(X, Y)
@@ -130,10 +125,9 @@ def test_file_without_the_averages_starts_afresh_with_a_warning():
     # fit an optimizer with use_ema: a warning, and the state starts afresh, as Keras 3
     plain = model(keras.optimizers.Adam(0.01))
     plain.train_on_batch(X, Y)
-    file = {"optimizer/vars": {str(i): a for i, a in enumerate(saving._optimizer_arrays(plain))}}
     fresh = model(keras.optimizers.Adam(0.01, use_ema=True))
     with pytest.warns(UserWarning, match="do not fit"):
-        saving._optimizer_plan(fresh, file, "f.keras", "load_model")()
+        restore(fresh, vars_file(plain))
     assert fresh.optimizer.iterations == 0 and fresh.optimizer.variables() == []
 
 

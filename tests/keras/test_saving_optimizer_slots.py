@@ -11,6 +11,8 @@ import pytest
 from metalearn import keras
 from metalearn.keras import saving
 
+from ._optimizer_vars import restore, resumed_after
+
 rng = np.random.default_rng(0)
 X = rng.standard_normal((8, 3)).astype(np.float32)
 Y = rng.standard_normal((8, 1)).astype(np.float32)
@@ -58,15 +60,7 @@ def test_nadam_layout_after_one_step():
     ],
 )
 def test_restore_continues_the_uninterrupted_run(make):
-    run = model(make())
-    for _ in range(3):
-        run.train_on_batch(X, Y)
-    file = {"optimizer/vars": {str(i): a for i, a in enumerate(saving._optimizer_arrays(run))}}
-    resumed = model(make())
-    resumed.set_weights(run.get_weights())
-    restore = saving._optimizer_plan(resumed, file, "f.keras", "load_model")
-    restore()
-    assert resumed.optimizer.iterations == 3
+    run, resumed, file = resumed_after(model, make, X, Y)
     for _ in range(2):
         run.train_on_batch(X, Y)
         resumed.train_on_batch(X, Y)
@@ -78,5 +72,5 @@ def test_restore_continues_the_uninterrupted_run(make):
         short.pop("4")
         fresh = model(make())
         with pytest.warns(UserWarning, match="do not fit"):
-            saving._optimizer_plan(fresh, {"optimizer/vars": short}, "f.keras", "load_model")()
+            restore(fresh, {"optimizer/vars": short})
         assert fresh.optimizer.iterations == 0
