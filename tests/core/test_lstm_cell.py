@@ -258,3 +258,25 @@ def test_layer_uses_the_fused_cell_only_for_the_default_activations():
         assert fused_ops == []
     finally:
         rnn._core = real
+
+
+@pytest.mark.parametrize(
+    "m, n, k", [(32, 128, 512), (64, 128, 512), (32, 784, 128), (16, 100, 300)]
+)
+def test_recurrent_backward_product_b_transposed_has_the_bits_of_the_plain_product(m, n, k):
+    # dz @ U^T runs as C^T = U A^T (gemm_small.c: A^T and C^T copied, not the larger B^T);
+    # every element must still be the plain product's FMA chain over k, bit for bit, on 1
+    # and 3 threads (the split runs parts that copy B^T instead)
+    rng = np.random.default_rng(m + n + k)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k)).astype(np.float32)
+    want = ml.matmul(a, np.ascontiguousarray(b.T)).numpy()
+    before = ml.get_num_threads()
+    try:
+        for threads in (1, 3):
+            ml.set_num_threads(threads)
+            got = ml.matmul(a, b, transpose_b=True).numpy()
+            np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    finally:
+        ml.set_num_threads(before)
+    np.testing.assert_allclose(want, a.astype(np.float64) @ b.T.astype(np.float64), atol=1e-4)
