@@ -331,8 +331,11 @@ ML_TARGET_AVX2 int ml__gemm_small_avx2(int wide, int ta, int tb, int64_t m, int6
         }
         return 1;
     }
-    for (int64_t i0 = 0; i0 < m; i0 += MR_S) {
-        const int mr = (int)min64(MR_S, m - i0);
+    for (int64_t i0 = 0, mr; i0 < m; i0 += mr) {
+        /* the last 7 or 8 rows as two tiles of 3 or 4: a 1- or 2-row tile has too few FMA
+         * chains to hide their latency (each element's chain is the same in any tile) */
+        const int64_t left = m - i0;
+        mr = left > MR_S + 2 ? MR_S : left > MR_S ? 4 : left;
         const float *ai = a + i0 * as_i;
         for (int64_t j0 = 0; j0 < n; j0 += 16) {
             const int nr = (int)min64(16, n - j0);

@@ -280,3 +280,19 @@ def test_recurrent_backward_product_b_transposed_has_the_bits_of_the_plain_produ
     finally:
         ml.set_num_threads(before)
     np.testing.assert_allclose(want, a.astype(np.float64) @ b.T.astype(np.float64), atol=1e-4)
+
+
+@pytest.mark.parametrize("m", [7, 8, 14, 32])
+def test_small_gemm_row_tiles_do_not_change_the_bits(m):
+    # the last 7 or 8 rows of an unpacked product run as two tiles of 3-4 rows (gemm_small.c);
+    # each element is one FMA chain over k whichever tile holds it: the rows of the whole
+    # product equal those of products of 6 rows and of the rest, bit for bit
+    rng = np.random.default_rng(m)
+    a = rng.standard_normal((m, 128)).astype(np.float32)
+    b = rng.standard_normal((128, 512)).astype(np.float32)
+    whole = ml.matmul(a, b).numpy()
+    cut = (m - 1) // 6 * 6 if m % 6 in (1, 2) else m - 6
+    for lo, hi in ((0, cut), (cut, m)):
+        if hi - lo >= 2:  # one row is another path (gemm_path.c: ROW)
+            part = ml.matmul(a[lo:hi], b).numpy()
+            np.testing.assert_array_equal(part.view(np.uint32), whole[lo:hi].view(np.uint32))
