@@ -260,6 +260,23 @@ ML_TARGET_AVX2 int ml__gemm_small_avx2(int wide, int ta, int tb, int64_t m, int6
                                        float alpha, const float *a, int64_t lda, const float *b,
                                        int64_t ldb, float beta, float *c, int64_t ldc,
                                        const gemm_epi *epi) {
+    /* A B^T with B much larger than A and C (an LSTM's dz @ U^T, 32 x 512 times 512 x 128
+     * B^T, at every step of its backward): C^T = B A^T, copying A^T and C^T (m (k + n)
+     * floats) instead of B^T (k n). Each element is the same FMA chain over k in the same
+     * SMALL_KC slices (fma(x, y, z) = fma(y, x, z)), so the same bits, where no tile of
+     * either form has 8 columns (the two-chain nr == 8 tile: n % 16 != 8; m % 16 == 0
+     * also keeps C^T's tiles full: 5 or 75 rows were slower, gemm_shapes.py 5x784x256
+     * B^T). */
+    if (tb && !wide && !ta && beta == 0.0f && !epi && m % 16 == 0 && n % 16 != 8 &&
+        2 * m * (k + n) <= n * k) {
+        float *at = ml__scratch(ML_SCRATCH_GEMM, (size_t)(m * (k + n)));
+        if (!at) return 0;
+        float *ct = at + m * k;
+        ml__gemm_transpose_avx2(m, k, a, lda, at, m);
+        ml__gemm_small_avx2(0, 0, 0, n, m, k, alpha, b, ldb, at, m, 0.0f, ct, m, NULL);
+        ml__gemm_transpose_avx2(n, m, ct, m, c, ldc);
+        return 1;
+    }
     if (tb) {
         float *bt = ml__scratch(ML_SCRATCH_GEMM, (size_t)(k * n));
         if (!bt) return 0;
@@ -314,8 +331,11 @@ ML_TARGET_AVX2 int ml__gemm_small_avx2(int wide, int ta, int tb, int64_t m, int6
         }
         return 1;
     }
-    for (int64_t i0 = 0; i0 < m; i0 += MR_S) {
-        const int mr = (int)min64(MR_S, m - i0);
+    for (int64_t i0 = 0, mr; i0 < m; i0 += mr) {
+        /* the last 7 or 8 rows as two tiles of 3 or 4: a 1- or 2-row tile has too few FMA
+         * chains to hide their latency (each element's chain is the same in any tile) */
+        const int64_t left = m - i0;
+        mr = left > MR_S + 2 ? MR_S : left > MR_S ? 4 : left;
         const float *ai = a + i0 * as_i;
         for (int64_t j0 = 0; j0 < n; j0 += 16) {
             const int nr = (int)min64(16, n - j0);

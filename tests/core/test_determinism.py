@@ -60,6 +60,9 @@ GEMM_SHAPES = [
     (1, 10, 40, 0, 0),  # ROW
     (75, 784, 5, 0, 1),  # DOTS_NT
     (5, 784, 256, 0, 0),  # SMALL, long k
+    # SMALL with B^T as C^T = B A^T (an LSTM's dz @ U^T); split by columns into parts
+    # that copy B^T instead: the same FMA chain an element either way
+    (32, 512, 128, 0, 1),
     (160, 90, 70, 1, 1),  # PACKED, both transposed
     (3, 5, 7, 0, 0),  # PACKED, tiny (plain loops)
     (4096, 40, 40, 0, 0),  # SMALL_W, split by rows

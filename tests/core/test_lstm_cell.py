@@ -258,3 +258,41 @@ def test_layer_uses_the_fused_cell_only_for_the_default_activations():
         assert fused_ops == []
     finally:
         rnn._core = real
+
+
+@pytest.mark.parametrize(
+    "m, n, k", [(32, 128, 512), (64, 128, 512), (32, 784, 128), (16, 100, 300)]
+)
+def test_recurrent_backward_product_b_transposed_has_the_bits_of_the_plain_product(m, n, k):
+    # dz @ U^T runs as C^T = U A^T (gemm_small.c: A^T and C^T copied, not the larger B^T);
+    # every element must still be the plain product's FMA chain over k, bit for bit, on 1
+    # and 3 threads (the split runs parts that copy B^T instead)
+    rng = np.random.default_rng(m + n + k)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k)).astype(np.float32)
+    want = ml.matmul(a, np.ascontiguousarray(b.T)).numpy()
+    before = ml.get_num_threads()
+    try:
+        for threads in (1, 3):
+            ml.set_num_threads(threads)
+            got = ml.matmul(a, b, transpose_b=True).numpy()
+            np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    finally:
+        ml.set_num_threads(before)
+    np.testing.assert_allclose(want, a.astype(np.float64) @ b.T.astype(np.float64), atol=1e-4)
+
+
+@pytest.mark.parametrize("m", [7, 8, 14, 32])
+def test_small_gemm_row_tiles_do_not_change_the_bits(m):
+    # the last 7 or 8 rows of an unpacked product run as two tiles of 3-4 rows (gemm_small.c);
+    # each element is one FMA chain over k whichever tile holds it: the rows of the whole
+    # product equal those of products of 6 rows and of the rest, bit for bit
+    rng = np.random.default_rng(m)
+    a = rng.standard_normal((m, 128)).astype(np.float32)
+    b = rng.standard_normal((128, 512)).astype(np.float32)
+    whole = ml.matmul(a, b).numpy()
+    cut = (m - 1) // 6 * 6 if m % 6 in (1, 2) else m - 6
+    for lo, hi in ((0, cut), (cut, m)):
+        if hi - lo >= 2:  # one row is another path (gemm_path.c: ROW)
+            part = ml.matmul(a[lo:hi], b).numpy()
+            np.testing.assert_array_equal(part.view(np.uint32), whole[lo:hi].view(np.uint32))
