@@ -812,15 +812,75 @@ static inline int any_at_least_d(const double *row, double thr) {
     return any;
 }
 
+/* Whether (sa, ia) ranks below (sb, ib) in the order (score down, list up). */
+static inline int ranks_below(float sa, int64_t ia, float sb, int64_t ib) {
+    return sa < sb || (sa == sb && ia > ib);
+}
+
+/* Restores the heap property below position p of the heap (hs, hi) of n entries whose root
+ * ranks lowest. */
+static void sift_down(float *hs, int64_t *hi, int64_t n, int64_t p) {
+    for (;;) {
+        int64_t w = p, a = 2 * p + 1, b = a + 1;
+        if (a < n && ranks_below(hs[a], hi[a], hs[w], hi[w])) w = a;
+        if (b < n && ranks_below(hs[b], hi[b], hs[w], hi[w])) w = b;
+        if (w == p) return;
+        const float ts = hs[p];
+        const int64_t ti = hi[p];
+        hs[p] = hs[w], hi[p] = hi[w], hs[w] = ts, hi[w] = ti;
+        p = w;
+    }
+}
+
+/* Above this many lists the coarse step keeps its top-nprobe in a heap (log nprobe moves per
+ * centroid that enters) rather than a sorted list (nprobe / 2 moves): a rule on the shape, the
+ * same lists either way, the order (score down, list up) being total. */
+#define IVF_HEAP_NPROBE 16
+
 /* The coarse step over every centroid (coarse_probe without the prefilter). */
 static void coarse_all(const ivf_index *v, const float *q, int64_t d, int64_t nprobe, int64_t *pi,
                        float *ps) {
     float s[IVF_TILE];
     int64_t len = 0;
+    if (nprobe <= IVF_HEAP_NPROBE) {
+        for (int64_t c0 = 0; c0 < v->nlist; c0 += IVF_TILE) {
+            const int64_t nb = v->nlist - c0 < IVF_TILE ? v->nlist - c0 : IVF_TILE;
+            ml__key_scores_cached(q, nb, v->centroids + c0 * d, d, s);
+            offer_row(ps, pi, &len, nprobe, s, nb, c0, NULL);
+        }
+        return;
+    }
+    /* (ps, pi) as a heap whose root ranks lowest; centroids come in list order, so one that
+     * only ties the root (a higher list) never enters */
     for (int64_t c0 = 0; c0 < v->nlist; c0 += IVF_TILE) {
         const int64_t nb = v->nlist - c0 < IVF_TILE ? v->nlist - c0 : IVF_TILE;
-        ml__key_scores(1, q, nb, v->centroids + c0 * d, d, s);
-        offer_row(ps, pi, &len, nprobe, s, nb, c0, NULL);
+        ml__key_scores_cached(q, nb, v->centroids + c0 * d, d, s);
+        for (int64_t c = 0; c < nb; c++) {
+            if (len < nprobe) { /* sift up */
+                int64_t p = len++;
+                while (p > 0 && ranks_below(s[c], c0 + c, ps[(p - 1) / 2], pi[(p - 1) / 2])) {
+                    ps[p] = ps[(p - 1) / 2], pi[p] = pi[(p - 1) / 2];
+                    p = (p - 1) / 2;
+                }
+                ps[p] = s[c], pi[p] = c0 + c;
+                continue;
+            }
+            if ((c & 7) == 0 && c + 8 <= nb && !any_above(s + c, ps[0])) {
+                c += 7; /* none of s[c .. c + 7] enters */
+                continue;
+            }
+            if (s[c] > ps[0]) {
+                ps[0] = s[c], pi[0] = c0 + c;
+                sift_down(ps, pi, len, 0);
+            }
+        }
+    }
+    /* heap sort: the lowest-ranked root to the end, so (ps, pi) ends best first */
+    for (int64_t n = len; n > 1; n--) {
+        const float ts = ps[0];
+        const int64_t ti = pi[0];
+        ps[0] = ps[n - 1], pi[0] = pi[n - 1], ps[n - 1] = ts, pi[n - 1] = ti;
+        sift_down(ps, pi, n - 1, 0);
     }
 }
 
