@@ -125,6 +125,56 @@ void ml__key_scores(int64_t n, const float *q, int64_t nb, const float *keys, in
     key_scores_portable(n, q, nb, keys, d, s);
 }
 
+/* ml__key_scores with one query over keys held in cache (the IVF centroids): four keys
+ * per pass share each load of the query, and their lane trees run side by side (the four
+ * vectors c = b[0:4] + b[4:8] transposed, so (c0 + c2) + (c1 + c3) is three vector adds):
+ * the same multiplies and adds per key as key_scores_avx2, so the same bits. From DRAM one
+ * key at a time streams best (see above); from L1/L2 the shared query loads and the four
+ * independent chains win. Keys of a length other than a multiple of 16, and the last nb % 4,
+ * take key_scores_avx2. */
+#if ML_HAVE_AVX2
+#define ACC2(a, b, k, t)                                                   \
+    a = _mm256_add_ps(a, _mm256_mul_ps(qa, _mm256_loadu_ps((k) + (t))));   \
+    b = _mm256_add_ps(b, _mm256_mul_ps(qb, _mm256_loadu_ps((k) + (t) + 8)))
+ML_TARGET_AVX2_NOFMA ML_INLINE __m128 lanes_half(__m256 lo, __m256 hi) {
+    const __m256 b = _mm256_add_ps(lo, hi);
+    return _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1));
+}
+ML_TARGET_AVX2_NOFMA static void cached_scores_avx2(const float *q, int64_t nb, const float *keys,
+                                                    int64_t d, float *s) {
+    int64_t j = 0;
+    if (d % LANES == 0)
+        for (; j + 4 <= nb; j += 4) {
+            const float *k0 = keys + j * d, *k1 = k0 + d, *k2 = k1 + d, *k3 = k2 + d;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, e0 = a0,
+                   e1 = a0;
+            for (int64_t t = 0; t < d; t += LANES) {
+                const __m256 qa = _mm256_loadu_ps(q + t), qb = _mm256_loadu_ps(q + t + 8);
+                ACC2(a0, a1, k0, t);
+                ACC2(b0, b1, k1, t);
+                ACC2(c0, c1, k2, t);
+                ACC2(e0, e1, k3, t);
+            }
+            __m128 r0 = lanes_half(a0, a1), r1 = lanes_half(b0, b1), r2 = lanes_half(c0, c1),
+                   r3 = lanes_half(e0, e1);
+            _MM_TRANSPOSE4_PS(r0, r1, r2, r3); /* r_i: element i of each key's c */
+            _mm_storeu_ps(s + j, _mm_add_ps(_mm_add_ps(r0, r2), _mm_add_ps(r1, r3)));
+        }
+    if (j < nb) key_scores_avx2(1, q, nb - j, keys + j * d, NULL, d, s + j);
+}
+#undef ACC2
+#endif
+
+void ml__key_scores_cached(const float *q, int64_t nb, const float *keys, int64_t d, float *s) {
+#if ML_HAVE_AVX2
+    if (ml__cpu_avx2()) { /* the "key_scores" site: the same kernel, in another order */
+        cached_scores_avx2(q, nb, keys, d, s);
+        return;
+    }
+#endif
+    key_scores_portable(1, q, nb, keys, d, s);
+}
+
 /* binary16 -> float32 without branches (F. Giesen's method): the 15 bits of exponent and
  * mantissa shifted into a float32 and multiplied by 2^112 give the value exactly, normal
  * or subnormal; infinities and NaNs never occur (keys are finite and at most 1 in size). */

@@ -77,6 +77,11 @@ typedef struct ivf_index {
     int64_t **ids;     /* nlist arrays of slots */
     float **vecs;      /* nlist arrays of their float32 keys, in list order (as FAISS keeps its
                         * codes): a probe streams one contiguous array, no gather */
+    /* build_index lays every list's keys out in one block, in list order, on huge pages
+     * where the system has them (ml__alloc_huge); a list that outgrows its room there moves
+     * to an array of its own */
+    float *slab;
+    int64_t slab_floats;
     int64_t *len, *cap;
     int64_t *slot_list; /* per slot: its list, -1 when not indexed (empty, removed) */
     int64_t *slot_pos;  /* per slot: its position in that list */
@@ -163,12 +168,20 @@ static void sync_compact(ml_memory *m, int64_t j) {
 
 /* ------------------------------------------------------- the IVF index's lists */
 
+/* Whether a list's keys p lie in the index's block (not an array of their own). */
+static int in_slab(const ivf_index *x, const float *p) {
+    const uintptr_t a = (uintptr_t)p, b = (uintptr_t)x->slab;
+    return x->slab && a >= b && a < b + (uintptr_t)x->slab_floats * sizeof(float);
+}
+
 static void ivf_free(ivf_index *x) {
     if (!x) return;
     if (x->ids)
         for (int64_t l = 0; l < x->nlist; l++) free(x->ids[l]);
     if (x->vecs)
-        for (int64_t l = 0; l < x->nlist; l++) free(x->vecs[l]);
+        for (int64_t l = 0; l < x->nlist; l++)
+            if (!in_slab(x, x->vecs[l])) free(x->vecs[l]);
+    free(x->slab);
     free(x->ids);
     free(x->vecs);
     free(x->len);
@@ -214,7 +227,13 @@ static void ivf_link(ivf_index *v, int64_t j, int64_t l, const float *key, int64
         int64_t nc = v->cap[l] ? 2 * v->cap[l] : 16;
         int64_t *g = realloc(v->ids[l], (size_t)nc * sizeof(int64_t));
         if (g) v->ids[l] = g;
-        float *f = g ? realloc(v->vecs[l], (size_t)(nc * d) * sizeof(float)) : NULL;
+        float *f = NULL;
+        if (g && in_slab(v, v->vecs[l])) { /* out of the block: an array of its own */
+            if ((f = malloc((size_t)(nc * d) * sizeof(float))))
+                memcpy(f, v->vecs[l], (size_t)(v->len[l] * d) * sizeof(float));
+        } else if (g) {
+            f = realloc(v->vecs[l], (size_t)(nc * d) * sizeof(float));
+        }
         if (!f) { /* the slot is in no list: exact searches until build_index */
             v->stale = 1;
             return;
@@ -793,15 +812,75 @@ static inline int any_at_least_d(const double *row, double thr) {
     return any;
 }
 
+/* Whether (sa, ia) ranks below (sb, ib) in the order (score down, list up). */
+static inline int ranks_below(float sa, int64_t ia, float sb, int64_t ib) {
+    return sa < sb || (sa == sb && ia > ib);
+}
+
+/* Restores the heap property below position p of the heap (hs, hi) of n entries whose root
+ * ranks lowest. */
+static void sift_down(float *hs, int64_t *hi, int64_t n, int64_t p) {
+    for (;;) {
+        int64_t w = p, a = 2 * p + 1, b = a + 1;
+        if (a < n && ranks_below(hs[a], hi[a], hs[w], hi[w])) w = a;
+        if (b < n && ranks_below(hs[b], hi[b], hs[w], hi[w])) w = b;
+        if (w == p) return;
+        const float ts = hs[p];
+        const int64_t ti = hi[p];
+        hs[p] = hs[w], hi[p] = hi[w], hs[w] = ts, hi[w] = ti;
+        p = w;
+    }
+}
+
+/* Above this many lists the coarse step keeps its top-nprobe in a heap (log nprobe moves per
+ * centroid that enters) rather than a sorted list (nprobe / 2 moves): a rule on the shape, the
+ * same lists either way, the order (score down, list up) being total. */
+#define IVF_HEAP_NPROBE 16
+
 /* The coarse step over every centroid (coarse_probe without the prefilter). */
 static void coarse_all(const ivf_index *v, const float *q, int64_t d, int64_t nprobe, int64_t *pi,
                        float *ps) {
     float s[IVF_TILE];
     int64_t len = 0;
+    if (nprobe <= IVF_HEAP_NPROBE) {
+        for (int64_t c0 = 0; c0 < v->nlist; c0 += IVF_TILE) {
+            const int64_t nb = v->nlist - c0 < IVF_TILE ? v->nlist - c0 : IVF_TILE;
+            ml__key_scores_cached(q, nb, v->centroids + c0 * d, d, s);
+            offer_row(ps, pi, &len, nprobe, s, nb, c0, NULL);
+        }
+        return;
+    }
+    /* (ps, pi) as a heap whose root ranks lowest; centroids come in list order, so one that
+     * only ties the root (a higher list) never enters */
     for (int64_t c0 = 0; c0 < v->nlist; c0 += IVF_TILE) {
         const int64_t nb = v->nlist - c0 < IVF_TILE ? v->nlist - c0 : IVF_TILE;
-        ml__key_scores(1, q, nb, v->centroids + c0 * d, d, s);
-        offer_row(ps, pi, &len, nprobe, s, nb, c0, NULL);
+        ml__key_scores_cached(q, nb, v->centroids + c0 * d, d, s);
+        for (int64_t c = 0; c < nb; c++) {
+            if (len < nprobe) { /* sift up */
+                int64_t p = len++;
+                while (p > 0 && ranks_below(s[c], c0 + c, ps[(p - 1) / 2], pi[(p - 1) / 2])) {
+                    ps[p] = ps[(p - 1) / 2], pi[p] = pi[(p - 1) / 2];
+                    p = (p - 1) / 2;
+                }
+                ps[p] = s[c], pi[p] = c0 + c;
+                continue;
+            }
+            if ((c & 7) == 0 && c + 8 <= nb && !any_above(s + c, ps[0])) {
+                c += 7; /* none of s[c .. c + 7] enters */
+                continue;
+            }
+            if (s[c] > ps[0]) {
+                ps[0] = s[c], pi[0] = c0 + c;
+                sift_down(ps, pi, len, 0);
+            }
+        }
+    }
+    /* heap sort: the lowest-ranked root to the end, so (ps, pi) ends best first */
+    for (int64_t n = len; n > 1; n--) {
+        const float ts = ps[0];
+        const int64_t ti = pi[0];
+        ps[0] = ps[n - 1], pi[0] = pi[n - 1], ps[n - 1] = ts, pi[n - 1] = ti;
+        sift_down(ps, pi, n - 1, 0);
     }
 }
 
@@ -1553,14 +1632,17 @@ ml_status ml_memory_build_index(ml_memory *mem, int64_t nlist, int64_t nprobe, u
                 v->centroids[l * d + e] = (float)(sums[l * d + e] * inv);
         }
     }
-    /* the lists, each in slot order, sized exactly */
+    /* the lists, each in slot order, sized exactly; their keys one block in list order */
     assign_gemm(v, mem->keys, mem->count, d, asg, gs, 1);
     for (int64_t j = 0; j < mem->count; j++)
         if (mem->labels[j] != -1) v->cap[asg[j]]++;
-    for (int64_t l = 0; l < nlist; l++)
-        if (v->cap[l] && (!(v->ids[l] = malloc((size_t)v->cap[l] * sizeof(int64_t))) ||
-                          !(v->vecs[l] = malloc((size_t)(v->cap[l] * d) * sizeof(float)))))
-            goto oom;
+    for (int64_t l = 0; l < nlist; l++) v->slab_floats += v->cap[l] * d;
+    if (!(v->slab = ml__alloc_huge((size_t)v->slab_floats * sizeof(float)))) goto oom;
+    for (int64_t l = 0, at = 0; l < nlist; at += v->cap[l++] * d)
+        if (v->cap[l]) {
+            if (!(v->ids[l] = malloc((size_t)v->cap[l] * sizeof(int64_t)))) goto oom;
+            v->vecs[l] = v->slab + at;
+        }
     for (int64_t j = 0; j < cap; j++) v->slot_list[j] = v->slot_pos[j] = -1;
     for (int64_t j = 0; j < mem->count; j++)
         if (mem->labels[j] != -1) {

@@ -27,7 +27,10 @@
  * "verified" state or branch. The check reads the file once, sequentially, at the disk's
  * or the page cache's speed, and holds none of it in RAM: a file larger than RAM opens. */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* MADV_HUGEPAGE (Linux) */
 #include "mmap.h"
+
+#include <stdlib.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -44,6 +47,16 @@ static const char MAGIC[8] = {'M', 'L', 'M', 'E', 'M', 'O', 'R', 'Y'};
 #define V2_HEADER 128
 #define V2_ALIGN 64
 #define MAX_SIZE ((uint64_t)1 << 40) /* as memory.c */
+
+void *ml__alloc_huge(size_t n) {
+    const size_t huge = (size_t)2 << 20;
+    void *p = NULL;
+    if (posix_memalign(&p, n >= huge ? huge : 64, n ? n : 1)) return NULL;
+#ifdef MADV_HUGEPAGE
+    if (n >= huge) (void)madvise(p, n / huge * huge, MADV_HUGEPAGE); /* advice only */
+#endif
+    return p;
+}
 
 static uint64_t up64(uint64_t x) { return (x + V2_ALIGN - 1) / V2_ALIGN * V2_ALIGN; }
 

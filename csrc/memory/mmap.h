@@ -41,4 +41,10 @@ void ml__memfile_unmap(ml__memfile *f);
  * keys, on a little-endian host whose floats and int64 are the file's). */
 int ml__memfile_in_place(const ml__memfile *f);
 
+/* n bytes (free() releases them), 2 MiB aligned and advised to transparent huge pages where
+ * the system has them (Linux's MADV_HUGEPAGE) when n is at least 2 MiB: the IVF lists' keys,
+ * which a probe reads list by list from all over the index (with 4 KiB pages most of the
+ * pages it touches miss the TLB). NULL when out of memory. */
+void *ml__alloc_huge(size_t n);
+
 #endif /* ML_MEMORY_MMAP_H */

@@ -423,6 +423,35 @@ static void test_int8_dots(void) {
     }
 }
 
+/* The cached-keys scan (four keys a pass, IVF centroids) gives ml__key_scores' bits, AVX2 and
+ * portable, at lengths that are multiples of 16 and not, and nb not a multiple of 4. */
+static void test_key_scores_cached(void) {
+    enum { NB = 11, DMAX = 144 };
+    static const int64_t dims[] = {1, 16, 40, 64, 144};
+    static float keys[NB * DMAX], q[DMAX], s[3][NB];
+    for (int i = 0; i < NB * DMAX; i++) keys[i] = frand();
+    for (int i = 0; i < DMAX; i++) q[i] = frand();
+    for (size_t w = 0; w < sizeof dims / sizeof dims[0]; w++) {
+        const int64_t d = dims[w];
+        for (int64_t nb = 1; nb <= NB; nb += 3) {
+            for (int v = 0; v < 2; v++) {
+                atomic_store(&ml__cpu_isa, v && ML_HAVE_AVX2 ? ML_CPU_AVX2 : ML_CPU_PORTABLE);
+                ml__key_scores_cached(q, nb, keys, d, s[v]);
+                if (v) ml__key_scores(1, q, nb, keys, d, s[2]);
+            }
+            atomic_store(&ml__cpu_isa, ML_CPU_UNDECIDED);
+            int same = 1;
+            for (int64_t j = 0; j < nb; j++) {
+                const float want = lane_dot(q, keys + j * d, d);
+                same &= !memcmp(&s[0][j], &want, 4) && !memcmp(&s[1][j], &want, 4) &&
+                        !memcmp(&s[2][j], &want, 4);
+            }
+            CHECK(same, "cached key scores at d=%lld nb=%lld: the lane sums' bits", (long long)d,
+                  (long long)nb);
+        }
+    }
+}
+
 static void test_key_scan(void) {
     enum { NB = 37, D = 45, N = 3 };
     static float keys[NB * D], q[N * D], s[2][N * NB];
@@ -774,6 +803,7 @@ int main(void) {
     test_key_scan();
     test_key_scan_widths();
     test_int8_dots();
+    test_key_scores_cached();
     test_ids_and_remove();
     test_compact_keys();
     test_ivf();

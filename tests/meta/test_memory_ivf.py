@@ -383,3 +383,34 @@ def test_probed_lists_are_the_float32_nearest_centroids():
             one = mem.query(q[i], 8, nprobe=p)  # the single-query path: the same bits
             np.testing.assert_array_equal(one[0][0], got[0][i])
     assert differs > 0
+
+
+@pytest.mark.parametrize("d", [40, 48])
+def test_many_probed_lists_are_the_float32_nearest_centroids(d):
+    """Above 16 probed lists the coarse step keeps its top-nprobe in a heap, and scans the
+    centroids four at a time (lengths of 16k; others one at a time): the lists are still the
+    top-nprobe of the float32 lane sums (score down, list up), ties included. A zero query
+    ties every centroid at 0 and must probe lists 0 .. nprobe-1; nlist 301 leaves a
+    remainder of the four-at-a-time scan."""
+    x, which, _ = mixture(6000, d, 12, seed=23, spread=0.05)
+    mem = KnowledgeMemory.from_arrays(x, which)
+    ix = mem.build_index(nlist=301, nprobe=1, seed=6, n_iter=2)
+    keys, lists = mem.state()[0], ix.lists
+    rng = np.random.default_rng(7)
+    q = x[rng.integers(0, 6000, 12)] + 0.01 * rng.standard_normal((12, d)).astype(np.float32)
+    q[0] = 0
+    qn = normalized(q)
+    for p in (16, 17, 64, 200, 301):
+        got = mem.query(q, 8, nprobe=p)
+        for i in range(len(q)):
+            s = lane_dot(qn[i], ix.centroids)
+            probe = np.lexsort((np.arange(len(s)), -s))[:p]
+            if i == 0:
+                np.testing.assert_array_equal(np.sort(probe), np.arange(p))
+            scores = lane_dot(qn[i], keys)
+            want = ref_topk(scores[None], 8, np.isin(lists, probe))[0]
+            np.testing.assert_array_equal(got[0][i], want)
+            np.testing.assert_array_equal(got[1][i], scores[want])
+            one = mem.query(q[i], 8, nprobe=p)  # the single-query path: the same bits
+            np.testing.assert_array_equal(one[0][0], got[0][i])
+            np.testing.assert_array_equal(one[1][0], got[1][i])
