@@ -299,6 +299,12 @@ class DataParallel:
         _world().Allgatherv(local, [full, (counts, displs), _import_mpi().DOUBLE])
         return full
 
+    def _own_block(self, n):
+        """This process's block of an n-task meta-batch, for the sampler (None in one
+        process: the whole batch)."""
+        p = size()
+        return None if p == 1 else _block(n, p, rank())
+
     def _meta_step(self, learner, batch):
         """One data-parallel meta-step; returns (mean loss, mean metric) over the batch."""
         from metalearn import debugging

@@ -227,6 +227,19 @@ class NWayKShot:
         sx, sy, qx, qy, cls, rot = self._episode()
         return Task(sx, sy, qx, qy, {"classes": cls, "rotations": rot})
 
+    def _gather_block(self, idx, b, lo, hi):
+        """(support_x, query_x) of a whole batch with only episodes lo..hi-1 gathered (the
+        other rows zeros: pages never touched, so they cost nothing)."""
+        n, k = self.n_way, self.k_shot
+        sx = self._gather(idx[lo:hi, :, :k].reshape(hi - lo, n * k))
+        qx = self._gather(idx[lo:hi, :, k:].reshape(hi - lo, -1))
+        out = []
+        for part in (sx, qx):
+            full = np.zeros((b,) + part.shape[1:], part.dtype)
+            full[lo:hi] = part
+            out.append(full)
+        return out[0], out[1]
+
     def _gather(self, idx):
         """self.x[idx] for a 2-D index array. Float32 images are gathered by the core into
         its pooled storage and returned as a NumPy view of it: a meta-batch of queries is
@@ -278,11 +291,23 @@ class NWayKShot:
         out = np.asarray(_core.gather(self._x_tensor, idx.reshape(-1)))
         return out.reshape(idx.shape + x.shape[1:])
 
-    def sample_batch(self, meta_batch_size: int) -> Task:
-        """`meta_batch_size` episodes stacked: ``support_x (B, n_way*k_shot, ...)`` etc."""
+    def sample_batch(self, meta_batch_size: int, block: Optional[Tuple[int, int]] = None) -> Task:
+        """`meta_batch_size` episodes stacked: ``support_x (B, n_way*k_shot, ...)`` etc.
+
+        ``block=(lo, hi)``: only episodes lo..hi-1 get their images (the others' rows are
+        zeros); the random draws, the labels and ``info`` are those of the whole batch, so
+        the sampler's stream moves exactly as without it. DataParallel draws each
+        process's own block this way: gathering and rotating the images was work every
+        process repeated for every task."""
         b = int(meta_batch_size)
         if b < 1:
             raise ValueError(f"sample_batch: meta_batch_size must be >= 1, got {meta_batch_size}")
+        if block is not None:
+            lo, hi = (int(v) for v in block)
+            if not 0 <= lo < hi <= b:
+                raise ValueError(
+                    f"sample_batch: block must be (lo, hi) with 0 <= lo < hi <= {b}, got {block!r}"
+                )
         if self._member_table is None:
             eps = [self._episode() for _ in range(b)]
             stack = lambda i: np.stack([e[i] for e in eps])  # noqa: E731
@@ -302,11 +327,17 @@ class NWayKShot:
         order = np.argsort(r.random(members.shape), axis=-1)[..., : k + q]
         idx = np.take_along_axis(members, order, axis=-1)  # (b, n, k+q)
         tail = self.x.shape[1:]
-        # gathered straight into the final layout: (b, n*k) support, (b, n*q) queries
-        support_x = self._gather(idx[:, :, :k].reshape(b, n * k))
-        query_x = self._gather(idx[:, :, k:].reshape(b, n * q))
+        if block is not None and (lo, hi) != (0, b):
+            support_x, query_x = self._gather_block(idx, b, lo, hi)
+        else:
+            # gathered straight into the final layout: (b, n*k) support, (b, n*q) queries
+            support_x = self._gather(idx[:, :, :k].reshape(b, n * k))
+            query_x = self._gather(idx[:, :, k:].reshape(b, n * q))
         for rt in range(1, self.num_rotations):
             sel = rot == rt
+            if block is not None:
+                sel[:lo] = False
+                sel[hi:] = False
             if sel.any():
                 for arr, m in ((support_x, k), (query_x, q)):
                     view = arr.reshape((b, n, m) + tail)  # a view: arr is contiguous

@@ -263,3 +263,36 @@ def test_sample_batch_contents(rotations, equal_sizes):
             assert len(set(found)) == 5  # k + q distinct examples
         assert len(set(b.info["classes"][t].tolist())) == 3 or rotations
     assert (max(seen_rot) > 0) == rotations
+
+
+@pytest.mark.parametrize("rotations", [True, False])
+def test_a_block_of_a_batch_is_the_whole_batch_s_rows_and_moves_the_stream_alike(rotations):
+    """sample_batch(b, block=(lo, hi)) (DataParallel's draw of one process's tasks): rows
+    lo..hi-1 equal the whole batch's, the other rows are zeros, and the next batch is the
+    same as after a whole draw (the same random numbers were used)."""
+    rng = np.random.default_rng(0)
+    x = rng.random((30 * 6, 5, 5, 1), dtype=np.float32)
+    y = np.repeat(np.arange(30), 6)
+    whole = NWayKShot((x, y), 4, 2, 3, augment_rotations=rotations, seed=7)
+    part = NWayKShot((x, y), 4, 2, 3, augment_rotations=rotations, seed=7)
+    for _ in range(3):
+        a, b = whole.sample_batch(6), part.sample_batch(6, block=(2, 5))
+        for f in ("support_x", "query_x", "support_y", "query_y"):
+            assert np.array_equal(getattr(a, f)[2:5], getattr(b, f)[2:5]), f
+            assert getattr(a, f).shape == getattr(b, f).shape
+        for f in ("support_x", "query_x"):
+            assert not getattr(b, f)[:2].any() and not getattr(b, f)[5:].any()
+        assert np.array_equal(a.info["rotations"], b.info["rotations"])
+        assert np.array_equal(a.info["classes"], b.info["classes"])
+
+
+def test_a_bad_block_is_refused_and_draws_nothing():
+    rng = np.random.default_rng(0)
+    x = rng.random((10 * 4, 3), dtype=np.float32)
+    y = np.repeat(np.arange(10), 4)
+    s = NWayKShot((x, y), 3, 1, 2, augment_rotations=False, seed=1)
+    ref = NWayKShot((x, y), 3, 1, 2, augment_rotations=False, seed=1)
+    for bad in [(2, 2), (-1, 2), (0, 5), (3, 1)]:
+        with pytest.raises(ValueError, match="block"):
+            s.sample_batch(4, block=bad)
+    assert np.array_equal(s.sample_batch(4).support_x, ref.sample_batch(4).support_x)
