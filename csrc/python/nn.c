@@ -234,17 +234,7 @@ static PyObject *nn_lstm_cell(PyObject *m, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"z", "c_prev", NULL};
     PyObject *zo, *co;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO:lstm_cell", kwlist, &zo, &co)) return NULL;
-    ml_tensor *z = mlpy_as_ml(zo, "lstm_cell"), *c = z ? mlpy_as_ml(co, "lstm_cell") : NULL;
-    if (!c) {
-        ml_release(z);
-        return NULL;
-    }
-    ml_tensor *out = NULL;
-    ml_status st;
-    MLPY_CALL(st, ml_numel(z) * 8, ml_lstm_cell(&out, z, c));
-    ml_release(z);
-    ml_release(c);
-    return mlpy_wrap_status(st, &out);
+    return mlpy_binary(zo, co, ml_lstm_cell, "lstm_cell"); /* two tensors in, one out */
 }
 
 static PyObject *nn_batch_norm_grouped(PyObject *m, PyObject *args, PyObject *kwds) {
