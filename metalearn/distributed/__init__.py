@@ -300,8 +300,8 @@ class DataParallel:
         return full
 
     def _own_block(self, n):
-        """This process's block of an n-task meta-batch, for the sampler (None in one
-        process: the whole batch)."""
+        """This process's block of an n-task meta-batch, for the sampler, which then draws
+        the whole batch but returns only these tasks (None in one process: all of it)."""
         p = size()
         return None if p == 1 else _block(n, p, rank())
 
@@ -314,9 +314,18 @@ class DataParallel:
         shapes = [tuple(int(d) for d in p.shape) for p in params]
         sizes = [int(np.prod(s)) for s in shapes]
         width = sum(sizes)
-        n = len(batch.support_x)
         p, r = size(), rank()
+        # a block of the batch (NWayKShot.sample_batch(b, block=...)) holds this rank's
+        # tasks only, row 0 being task lo; else the whole batch
+        held = batch.info.get("block") if isinstance(batch.info, dict) else None
+        n = len(batch.support_x) if held is None else int(held[2])
         lo, hi = _block(n, p, r)
+        first = 0 if held is None else int(held[0])
+        if held is not None and (first, int(held[1])) != (lo, hi):
+            raise RuntimeError(
+                f"DataParallel: rank {r} was given tasks {held[0]}..{held[1]} of {n}, "
+                f"not its own {lo}..{hi}"
+            )
         # the sum over tasks in one fixed pairwise tree over the task indices, whatever the
         # split (same bits for any P, _tasksum): this rank adds its block's tasks as they
         # come, into the tree's largest nodes inside the block (a binary-counter stack:
@@ -331,7 +340,7 @@ class DataParallel:
         for a, b in _tasksum.cover(n, lo, hi):
             acc = _tasksum.TreeSum(free)
             for i in range(a, b):
-                loss, metric, grads = _task_gradient(learner, batch, i, params)
+                loss, metric, grads = _task_gradient(learner, batch, i - first, params)
                 acc.add_parts(grads, width)  # (the gradients' memory, read in place)
                 local_stats[i - lo] = (loss, metric)
             sums.append(acc.result())
