@@ -508,3 +508,17 @@ def test_fewer_tasks_than_processes_keeps_the_bits(tmp_path):
     got = _run(tmp_path, "maml", "dp", 2, 3)
     for a, b in zip(_weights(alone), _weights(got)):
         assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("p", [2, 4, 8])
+@pytest.mark.parametrize("width", [1, 7, 8, 247621])
+def test_the_recursive_halving_parts_tile_the_vector(p, width):
+    """After _tree_allreduce's recursive halving each rank holds one part of the vector:
+    the parts of the P ranks tile [0, width) without overlap (the Allgatherv then writes
+    every element once)."""
+    from metalearn.distributed import _halving_part
+
+    parts = sorted(_halving_part(width, p, q) for q in range(p))
+    assert parts[0][0] == 0 and parts[-1][1] == width
+    assert all(parts[i][1] == parts[i + 1][0] for i in range(p - 1))
+    assert all(a <= b for a, b in parts)
