@@ -522,3 +522,18 @@ def test_the_recursive_halving_parts_tile_the_vector(p, width):
     assert parts[0][0] == 0 and parts[-1][1] == width
     assert all(parts[i][1] == parts[i + 1][0] for i in range(p - 1))
     assert all(a <= b for a, b in parts)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("algo", ["protonet-rotations", "protonet-images"])
+def test_same_bits_for_image_episodes_with_rotations_and_augmentation(tmp_path, algo):
+    """Each rank draws the images of its own tasks only (NWayKShot.sample_batch's block):
+    with rotated classes (turned a rotation group at a time) and with augmentation (drawn
+    image by image from the sampler's stream, so there the whole batch is drawn) the
+    weights and losses are those of one process, bit for bit, for P = 1, 2 and 4."""
+    alone = _run(tmp_path, algo, "dp", 4)
+    for procs in (1, 2, 4):
+        got = _run(tmp_path, algo, "dp", 4, procs)
+        for a, b in zip(_weights(alone), _weights(got)):
+            assert a.tobytes() == b.tobytes(), f"{algo}: weights differ at P={procs}"
+        assert alone["loss"].tobytes() == got["loss"].tobytes()
