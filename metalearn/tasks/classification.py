@@ -337,13 +337,16 @@ class NWayKShot:
         n, k, q = self.n_way, self.k_shot, self.q_queries
         picks = np.stack([r.choice(self.num_classes, n, replace=False) for _ in range(b)])
         base, rot = picks // self.num_rotations, picks % self.num_rotations
-        members = self._member_table[base]  # (b, n, count)
+        keys = r.random(base.shape + self._member_table.shape[1:])  # (b, n, count)
         # k + q distinct members per class: the first of a random permutation of each row
-        order = np.argsort(r.random(members.shape), axis=-1)[..., : k + q]
-        idx = np.take_along_axis(members, order, axis=-1)  # (b, n, k+q)
+        # (the keys are drawn for the whole batch; only the episodes returned are sorted)
+        part = slice(lo, hi) if block is not None and self.augment is None else slice(None)
+        members = self._member_table[base[part]]
+        order = np.argsort(keys[part], axis=-1)[..., : k + q]
+        idx = np.take_along_axis(members, order, axis=-1)  # (episodes, n, k+q)
         labels = np.arange(n, dtype=np.int64)
         if block is not None and self.augment is None:
-            support_x, query_x = self._place(idx[lo:hi], rot[lo:hi])
+            support_x, query_x = self._place(idx, rot[lo:hi])
         else:
             # the whole batch, gathered straight into the final layout ((b, n*k) support,
             # (b, n*q) queries), the rotated classes turned in place. With augmentation a
