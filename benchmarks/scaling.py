@@ -7,7 +7,9 @@ agreement all-reduce), and the bytes summed per step, then a line with each rank
 CPU time per step outside the collectives (its work) and its wall and CPU time inside them
 (MPI polls while it waits for the slower rank or the transfer); on a shared machine the
 CPU times are the numbers to compare. ``--breakdown`` adds each rank's thread CPU time in
-the tasks' gradients, the tree additions, the combination of the ranks' sums and the rest::
+the tasks' gradients, the tree additions, the combination of the ranks' sums, the drawing
+of the meta-batch (each rank draws the whole batch's random numbers and gathers the images
+of its own tasks only), the meta-optimizer's step and the rest::
 
     OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \\
         mpiexec -n 1 python benchmarks/scaling.py
@@ -71,10 +73,17 @@ class _Timed:
 class _Parts:
     """--breakdown: this thread's CPU time outside the collectives in the parts of the
     strategy's meta-step (the tasks' gradients, the local tree additions, the combination
-    of the ranks' sums)."""
+    of the ranks' sums, the sampler's draw, the meta-optimizer's step)."""
 
-    def __init__(self, timed):
-        self.seconds = {"tasks": 0.0, "adds": 0.0, "combine": 0.0}
+    def __init__(self, timed, optimizer):
+        self.seconds = {
+            "tasks": 0.0,
+            "adds": 0.0,
+            "combine": 0.0,
+            "sampling": 0.0,
+            "optimizer": 0.0,
+        }
+        self._optimizer = optimizer
         self._saved, self._timed = [], timed
 
     def _wrap(self, owner, name, part):
@@ -93,8 +102,11 @@ class _Parts:
 
     def __enter__(self):
         from metalearn import _tasksum
+        from metalearn.meta import _base
 
         self._wrap(distributed, "_task_gradient", "tasks")
+        self._wrap(_base, "_next_batch", "sampling")
+        self._wrap(self._optimizer, "apply_gradients", "optimizer")
         self._wrap(distributed, "_tree_allreduce", "combine")
         self._wrap(_tasksum.TreeSum, "add", "adds")
         self._wrap(_tasksum.TreeSum, "add_parts", "adds")
@@ -103,7 +115,10 @@ class _Parts:
 
     def __exit__(self, *exc):
         for owner, name, fn in reversed(self._saved):
-            setattr(owner, name, fn)
+            if owner is self._optimizer:
+                del owner.apply_gradients  # (an instance attribute over the class's method)
+            else:
+                setattr(owner, name, fn)
 
     def reset(self):
         for k in self.seconds:
@@ -114,7 +129,7 @@ def run(name, learner, tasks, batch, steps, warmup, breakdown=False):
     world = distributed._world()
     timed = _Timed(world)
     distributed._world = lambda: timed  # the strategy's collectives, timed
-    parts = _Parts(timed) if breakdown else None
+    parts = _Parts(timed, learner.meta_optimizer) if breakdown else None
     try:
         with distributed.DataParallel(check_every=0).scope(), parts or _nothing():
             learner.fit(tasks, iterations=warmup, meta_batch_size=batch, verbose=0)
@@ -155,11 +170,12 @@ def run(name, learner, tasks, batch, steps, warmup, breakdown=False):
             f"{ranks(0)}  in the collectives {ranks(1)} wall, {ranks(2)} CPU"
         )
         if parts:  # the CPU time outside the collectives = the parts + the rest
-            rest = [every[q, 0] - sum(every[q, 3:6]) for q in range(len(every))]
+            rest = [every[q, 0] - sum(every[q, 3:8]) for q in range(len(every))]
             print(
                 f"{'':<34s}   per rank, thread CPU ms/step: tasks {ranks(3)}  tree additions "
-                f"{ranks(4)}  combining the ranks' sums {ranks(5)}  the rest (sampling, "
-                f"optimizer, copies, Python) " + "/".join(f"{v:.1f}" for v in rest)
+                f"{ranks(4)}  combining the ranks' sums {ranks(5)}  sampling {ranks(6)}  "
+                f"optimizer {ranks(7)}  the rest (copies, Python) "
+                + "/".join(f"{v:.1f}" for v in rest)
             )
 
 

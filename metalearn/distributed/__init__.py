@@ -16,7 +16,7 @@ Open MPI). Every rank draws the same meta-batch from the same sampler; rank r co
 meta-gradients of its contiguous block of tasks, one task at a time, adding them as they
 come in one fixed pairwise tree over the task indices (``metalearn/_tasksum.py``), and the
 ranks combine their subtrees' sums in that tree (P a power of two dividing a power-of-two
-meta-batch: log2 P exchanges of one sum; otherwise one Allgatherv of each rank's few node
+meta-batch: log2 P exchanges of halves, then one gather; otherwise one Allgatherv of each rank's few node
 sums), so the meta-update, and the weights after any number of iterations, have the same
 bits for P = 1, 2, 3, ... processes (P need not divide the meta-batch).
 
@@ -32,6 +32,7 @@ this one process (size 1) and nothing beyond NumPy is needed.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import traceback
@@ -227,6 +228,7 @@ class DataParallel:
         self.check_every = check_count(check_every, "check_every", "DataParallel")
         self.shards = check_count(shards, "shards", "DataParallel", minimum=1)
         self._buffers: list = []  # the meta-step's spare partial-sum buffers
+        self._layout = None  # (ids, shapes, sizes) of the meta-parameters last seen
 
     def __repr__(self):
         return f"<DataParallel size={size()} check_every={self.check_every} shards={self.shards}>"
@@ -264,7 +266,7 @@ class DataParallel:
 
     def _begin(self, learner) -> None:
         """Broadcasts rank 0's weights (and every meta-parameter) to all ranks."""
-        self._steps, self._buffers = 0, []
+        self._steps, self._buffers, self._layout = 0, [], None
         tensors = _state_tensors(learner)
         if size() == 1 or not tensors:
             return
@@ -299,18 +301,38 @@ class DataParallel:
         _world().Allgatherv(local, [full, (counts, displs), _import_mpi().DOUBLE])
         return full
 
+    def _own_block(self, n):
+        """This process's block of an n-task meta-batch, for the sampler, which then draws
+        the whole batch but returns only these tasks (None in one process: all of it)."""
+        p = size()
+        return None if p == 1 else _block(n, p, rank())
+
     def _meta_step(self, learner, batch):
         """One data-parallel meta-step; returns (mean loss, mean metric) over the batch."""
         from metalearn import debugging
         from metalearn.meta._base import to_tensor
 
         params = list(_meta_params(learner))
-        shapes = [tuple(int(d) for d in p.shape) for p in params]
-        sizes = [int(np.prod(s)) for s in shapes]
+        # the parameters' shapes and sizes, kept while the parameters are the same
+        # tensors (per step they cost as much Python as a rank's share of the additions)
+        key = tuple(map(id, params))
+        if self._layout is None or self._layout[0] != key:
+            shapes = [tuple(int(d) for d in t.shape) for t in params]
+            self._layout = (key, shapes, [math.prod(x) for x in shapes])
+        shapes, sizes = self._layout[1], self._layout[2]
         width = sum(sizes)
-        n = len(batch.support_x)
         p, r = size(), rank()
+        # a block of the batch (NWayKShot.sample_batch(b, block=...)) holds this rank's
+        # tasks only, row 0 being task lo; else the whole batch
+        held = batch.info.get("block") if isinstance(batch.info, dict) else None
+        n = len(batch.support_x) if held is None else int(held[2])
         lo, hi = _block(n, p, r)
+        first = 0 if held is None else int(held[0])
+        if held is not None and (first, int(held[1])) != (lo, hi):
+            raise RuntimeError(
+                f"DataParallel: rank {r} was given tasks {held[0]}..{held[1]} of {n}, "
+                f"not its own {lo}..{hi}"
+            )
         # the sum over tasks in one fixed pairwise tree over the task indices, whatever the
         # split (same bits for any P, _tasksum): this rank adds its block's tasks as they
         # come, into the tree's largest nodes inside the block (a binary-counter stack:
@@ -325,7 +347,7 @@ class DataParallel:
         for a, b in _tasksum.cover(n, lo, hi):
             acc = _tasksum.TreeSum(free)
             for i in range(a, b):
-                loss, metric, grads = _task_gradient(learner, batch, i, params)
+                loss, metric, grads = _task_gradient(learner, batch, i - first, params)
                 acc.add_parts(grads, width)  # (the gradients' memory, read in place)
                 local_stats[i - lo] = (loss, metric)
             sums.append(acc.result())
@@ -531,6 +553,17 @@ def _is_power_of_two(k):
     return k > 0 and k & (k - 1) == 0
 
 
+def _halving_part(width, p, q):
+    """The part [a, b) of a width-long vector rank q holds after _tree_allreduce's
+    recursive halving over p ranks (p a power of two)."""
+    a, b, k = 0, width, 1
+    while k < p:
+        mid = a + (b - a) // 2
+        a, b = (a, mid) if not q & k else (mid, b)
+        k *= 2
+    return a, b
+
+
 def _tree_allreduce(sums, n, width, p, r, free=None):
     """The tree's sum over n tasks on every rank, from each rank's sums of the tree nodes
     covering its block (``_tasksum.cover``, in order): the same additions, so the same
@@ -538,9 +571,11 @@ def _tree_allreduce(sums, n, width, p, r, free=None):
 
     When n and P are powers of two (P <= n) each rank's block is one node and the ranks'
     nodes are the leaves of the tree's top P - 1 additions: log2 P exchanges
-    (``Sendrecv``) with the rank 1, 2, 4, ... away, each adding the left sibling to the
-    right one (one sum of the weights' size sent and received per exchange; a + b is
-    b + a bitwise, so both partners hold the same bits). Otherwise (P not dividing n into
+    (``Sendrecv``) with the rank 1, 2, 4, ... away, each of half the part of the vector
+    the last one left the rank, adding the left sibling to the right one (recursive
+    halving; a + b is b + a bitwise, and the additions are elementwise), then one
+    ``Allgatherv`` of the 1/P parts (the bytes sent are those of one sum; each rank adds
+    1/P of it per level). Otherwise (P not dividing n into
     aligned blocks, or fewer tasks than ranks) every rank gathers every rank's node sums
     (``Allgatherv``) and adds the top of the tree itself. `free`: spare buffers of `width`
     to receive into, and to which the ones no longer needed return."""
@@ -548,23 +583,39 @@ def _tree_allreduce(sums, n, width, p, r, free=None):
         return sums[0]
     w, MPI = _world(), _import_mpi()
     if _is_power_of_two(n) and _is_power_of_two(p) and p <= n:
+        # recursive halving, then one gather: at the exchange with the rank k away each
+        # rank keeps half of the part of the vector it holds and adds the partner's
+        # sum of that half to its own (the left sibling first: a + b is b + a bitwise,
+        # and elementwise additions do not depend on how the vector is cut), so after
+        # log2 P exchanges each rank holds 1/P of the tree's sum, and one Allgatherv
+        # puts the parts together: each rank adds 1/P of the vector per level (it added
+        # all of it) and sends the same bytes
         other = free.pop() if free else np.empty(width, np.float32)
-        total, k = sums[0], 1
+        total, a, b, k = sums[0], 0, width, 1
         while k < p:
-            partner = r ^ k
+            mid = a + (b - a) // 2
+            low = not r & k  # the lower rank of the pair keeps the lower half
+            keep, give = ((a, mid), (mid, b)) if low else ((mid, b), (a, mid))
             w.Sendrecv(
-                [total, MPI.FLOAT],
-                dest=partner,
+                [total[give[0] : give[1]], MPI.FLOAT],
+                dest=r ^ k,
                 sendtag=3,
-                recvbuf=[other, MPI.FLOAT],
-                source=partner,
+                recvbuf=[other[keep[0] : keep[1]], MPI.FLOAT],
+                source=r ^ k,
                 recvtag=3,
             )
-            if r & k:  # the partner holds the left sibling
-                np.add(other, total, out=total)
+            mine, theirs = total[keep[0] : keep[1]], other[keep[0] : keep[1]]
+            if low:  # this rank holds the left sibling
+                np.add(mine, theirs, out=mine)
             else:
-                np.add(total, other, out=total)
+                np.add(theirs, mine, out=mine)
+            a, b = keep
             k *= 2
+        parts = [_halving_part(width, p, q) for q in range(p)]
+        w.Allgatherv(
+            MPI.IN_PLACE,
+            [total, ([hi - lo for lo, hi in parts], [lo for lo, _ in parts]), MPI.FLOAT],
+        )
         if free is not None:
             free.append(other)
         return total

@@ -341,8 +341,15 @@ def _as_batch(tasks, model):
     return None
 
 
-def _next_batch(tasks, meta_batch_size, model=None):
+def _next_batch(tasks, meta_batch_size, model=None, block=None):
     if hasattr(tasks, "sample_batch"):
+        if block is not None:
+            from metalearn.tasks.classification import NWayKShot
+
+            # only NWayKShot's own sample_batch knows block= (a subclass's override or
+            # another sampler draws the whole batch, which is the same result)
+            if getattr(type(tasks), "sample_batch", None) is NWayKShot.sample_batch:
+                return tasks.sample_batch(meta_batch_size, block=block)
         return tasks.sample_batch(meta_batch_size)
     batch = _as_batch(tasks, model)
     if batch is not None:
@@ -676,7 +683,11 @@ class BaseMetaLearner:
         step = start
         stopped = None
         for it in range(start, iterations):
-            batch = _next_batch(tasks, meta_batch_size, self.model)
+            # under DataParallel on several processes each draws the images of its own
+            # block of tasks only (the same draws: the sampler's stream is unchanged); the
+            # first batch is whole, as the model's build may read any task
+            block = None if dist is None or it == start else dist._own_block(meta_batch_size)
+            batch = _next_batch(tasks, meta_batch_size, self.model, block)
             check_batch(batch, f"{type(self).__name__}.fit")
             if it == start:  # the loss and the model's build follow from the first batch
                 self._prepare(batch)

@@ -141,6 +141,8 @@ class NWayKShot:
             )
         self.x, self.y = x, y
         self._x_tensor = None  # x as a core tensor (shared memory), made on first use
+        # the episodes' dtype: uint8 images come as float32 in [0, 1]
+        self._out_dtype = np.dtype(np.float32) if x.dtype == np.uint8 else x.dtype
         self.classes, inverse = np.unique(y, return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         counts = np.bincount(inverse, minlength=len(self.classes))
@@ -227,6 +229,30 @@ class NWayKShot:
         sx, sy, qx, qy, cls, rot = self._episode()
         return Task(sx, sy, qx, qy, {"classes": cls, "rotations": rot})
 
+    def _place(self, idx, rot):
+        """(support_x, query_x) of the episodes whose (e, n_way, k + q) image indices and
+        (e, n_way) rotations are given (a block of a batch). Each rotation's images are
+        gathered and written, turned, straight into place: two passes over each image
+        (before, a process gathered and turned every task's images, then kept its own)."""
+        n, k = self.n_way, self.k_shot
+        e, tail = len(idx), self.x.shape[1:]
+        out = []
+        for a, c in ((0, k), (k, k + self.q_queries)):
+            m = c - a
+            full = np.empty((e, n * m) + tail, self._out_dtype)
+            out.append(full)
+            if m == 0 or e == 0:
+                continue
+            view = full.reshape((e, n, m) + tail)  # a view: full is contiguous
+            ii = idx[:, :, a:c]
+            for rt in range(self.num_rotations):
+                sel = rot == rt
+                if not sel.any():
+                    continue
+                imgs = self._gather(ii[sel])
+                view[sel] = np.rot90(imgs, rt, axes=(2, 3)) if rt else imgs
+        return out[0], out[1]
+
     def _gather(self, idx):
         """self.x[idx] for a 2-D index array. Float32 images are gathered by the core into
         its pooled storage and returned as a NumPy view of it: a meta-batch of queries is
@@ -278,48 +304,106 @@ class NWayKShot:
         out = np.asarray(_core.gather(self._x_tensor, idx.reshape(-1)))
         return out.reshape(idx.shape + x.shape[1:])
 
-    def sample_batch(self, meta_batch_size: int) -> Task:
-        """`meta_batch_size` episodes stacked: ``support_x (B, n_way*k_shot, ...)`` etc."""
+    def sample_batch(self, meta_batch_size: int, block: Optional[Tuple[int, int]] = None) -> Task:
+        """`meta_batch_size` episodes stacked: ``support_x (B, n_way*k_shot, ...)`` etc.
+
+        ``block=(lo, hi)``: episodes lo..hi-1 of that batch only, row for row as the whole
+        batch has them (``support_x (hi - lo, ...)`` etc., ``info`` sliced alike, plus
+        ``info["block"] = (lo, hi, meta_batch_size)``); the random draws are the whole
+        batch's, so the sampler's stream moves exactly as by ``sample_batch(B)``.
+        DataParallel draws each process's own tasks this way: gathering and rotating the
+        other processes' images was work every process repeated."""
         b = int(meta_batch_size)
         if b < 1:
             raise ValueError(f"sample_batch: meta_batch_size must be >= 1, got {meta_batch_size}")
+        if block is not None:
+            lo, hi = (int(v) for v in block)
+            if not 0 <= lo < hi <= b:
+                raise ValueError(
+                    f"sample_batch: block must be (lo, hi) with 0 <= lo < hi <= {b}, got {block!r}"
+                )
         if self._member_table is None:
             eps = [self._episode() for _ in range(b)]
             stack = lambda i: np.stack([e[i] for e in eps])  # noqa: E731
-            return Task(
+            whole = Task(
                 stack(0),
                 stack(1),
                 stack(2),
                 stack(3),
                 {"batched": True, "classes": stack(4), "rotations": stack(5)},
             )
+            return whole if block is None else _block_of(whole, lo, hi, b)
         r = self.rng
         n, k, q = self.n_way, self.k_shot, self.q_queries
         picks = np.stack([r.choice(self.num_classes, n, replace=False) for _ in range(b)])
         base, rot = picks // self.num_rotations, picks % self.num_rotations
-        members = self._member_table[base]  # (b, n, count)
+        keys = r.random(base.shape + self._member_table.shape[1:])  # (b, n, count)
         # k + q distinct members per class: the first of a random permutation of each row
-        order = np.argsort(r.random(members.shape), axis=-1)[..., : k + q]
-        idx = np.take_along_axis(members, order, axis=-1)  # (b, n, k+q)
-        tail = self.x.shape[1:]
-        # gathered straight into the final layout: (b, n*k) support, (b, n*q) queries
-        support_x = self._gather(idx[:, :, :k].reshape(b, n * k))
-        query_x = self._gather(idx[:, :, k:].reshape(b, n * q))
-        for rt in range(1, self.num_rotations):
-            sel = rot == rt
-            if sel.any():
-                for arr, m in ((support_x, k), (query_x, q)):
-                    view = arr.reshape((b, n, m) + tail)  # a view: arr is contiguous
-                    view[sel] = np.rot90(view[sel], rt, axes=(2, 3))
+        # (the keys are drawn for the whole batch; only the episodes returned are sorted)
+        part = slice(lo, hi) if block is not None and self.augment is None else slice(None)
+        members = self._member_table[base[part]]
+        order = np.argsort(keys[part], axis=-1)[..., : k + q]
+        idx = np.take_along_axis(members, order, axis=-1)  # (episodes, n, k+q)
         labels = np.arange(n, dtype=np.int64)
+        if block is not None and self.augment is None:
+            support_x, query_x = self._place(idx, rot[lo:hi])
+        else:
+            # the whole batch, gathered straight into the final layout ((b, n*k) support,
+            # (b, n*q) queries), the rotated classes turned in place. With augmentation a
+            # block is cut from it: the augmentation draws from the stream image by image,
+            # in this order (a block alone would move the stream less)
+            support_x = self._gather(idx[:, :, :k].reshape(b, n * k))
+            query_x = self._gather(idx[:, :, k:].reshape(b, n * q))
+            tail = self.x.shape[1:]
+            for rt in range(1, self.num_rotations):
+                sel = rot == rt
+                if sel.any():
+                    for arr, m in ((support_x, k), (query_x, q)):
+                        view = arr.reshape((b, n, m) + tail)  # a view: arr is contiguous
+                        view[sel] = np.rot90(view[sel], rt, axes=(2, 3))
+            if block is not None:
+                whole = Task(
+                    support_x,
+                    np.broadcast_to(np.repeat(labels, k), (b, n * k)).copy(),
+                    query_x,
+                    np.broadcast_to(np.repeat(labels, q), (b, n * q)).copy(),
+                    {
+                        "batched": True,
+                        "classes": self.classes[base],
+                        "rotations": rot.astype(np.int64),
+                    },
+                )
+                return _block_of(whole, lo, hi, b)
+            lo, hi = 0, b
+        e = hi - lo
+        info = {
+            "batched": True,
+            "classes": self.classes[base[lo:hi]],
+            "rotations": rot[lo:hi].astype(np.int64),
+        }
+        if block is not None:
+            info["block"] = (lo, hi, b)
         return Task(
             support_x,
-            np.broadcast_to(np.repeat(labels, k), (b, n * k)).copy(),
+            np.broadcast_to(np.repeat(labels, k), (e, n * k)).copy(),
             query_x,
-            np.broadcast_to(np.repeat(labels, q), (b, n * q)).copy(),
-            {"batched": True, "classes": self.classes[base], "rotations": rot.astype(np.int64)},
+            np.broadcast_to(np.repeat(labels, q), (e, n * q)).copy(),
+            info,
         )
 
     def __iter__(self) -> Iterator[Task]:
         while True:
             yield self.sample()
+
+
+def _block_of(whole, lo, hi, b):
+    """Episodes lo..hi-1 of the batch `whole` of b episodes (copies: the rest is freed)."""
+    info = {
+        key: (np.array(v[lo:hi]) if isinstance(v, np.ndarray) and v.shape[:1] == (b,) else v)
+        for key, v in whole.info.items()
+    }
+    info["block"] = (lo, hi, b)
+    rows = [
+        np.array(a[lo:hi]) for a in (whole.support_x, whole.support_y, whole.query_x, whole.query_y)
+    ]
+    return Task(*rows, info)

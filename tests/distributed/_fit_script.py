@@ -24,9 +24,26 @@ def classification_sampler(seed):
     )
 
 
+def image_sampler(seed):
+    """uint8 images, turned into new classes and augmented: the sampler draws the rotations
+    and each image's augmentation from its stream, which every rank must move alike."""
+    rng = np.random.default_rng(321)
+    x = rng.integers(0, 256, (12 * 6, 8, 8, 1), dtype=np.uint8)  # 12 classes of 6 images
+    y = np.repeat(np.arange(12), 6)
+    aug = ml.tasks.Augment(pad=1, flip=True, brightness=0.2)
+    return ml.tasks.NWayKShot((x, y), 3, 2, 3, seed=seed, augment=aug)
+
+
 def main(algo, mode, meta_batch, out, checkpoint_dir=None, iterations=4):
     ml.random.set_seed(0)
-    if algo == "protonet":
+    if algo in ("protonet-images", "protonet-rotations"):
+        enc = keras.Sequential([keras.layers.Flatten(input_shape=(8, 8, 1)), keras.layers.Dense(8)])
+        learner = ProtoNet(enc, meta_optimizer="sgd", meta_lr=0.1)
+        tasks = image_sampler(0)
+        if algo == "protonet-rotations":  # the same images, float32, rotations only
+            tasks = ml.tasks.NWayKShot((tasks.x.astype(np.float32) / 255, tasks.y), 3, 2, 3, seed=0)
+        model = enc
+    elif algo == "protonet":
         enc = keras.Sequential(
             [keras.layers.Dense(16, activation="relu", input_shape=(6,)), keras.layers.Dense(8)]
         )

@@ -508,3 +508,32 @@ def test_fewer_tasks_than_processes_keeps_the_bits(tmp_path):
     got = _run(tmp_path, "maml", "dp", 2, 3)
     for a, b in zip(_weights(alone), _weights(got)):
         assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("p", [2, 4, 8])
+@pytest.mark.parametrize("width", [1, 7, 8, 247621])
+def test_the_recursive_halving_parts_tile_the_vector(p, width):
+    """After _tree_allreduce's recursive halving each rank holds one part of the vector:
+    the parts of the P ranks tile [0, width) without overlap (the Allgatherv then writes
+    every element once)."""
+    from metalearn.distributed import _halving_part
+
+    parts = sorted(_halving_part(width, p, q) for q in range(p))
+    assert parts[0][0] == 0 and parts[-1][1] == width
+    assert all(parts[i][1] == parts[i + 1][0] for i in range(p - 1))
+    assert all(a <= b for a, b in parts)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("algo", ["protonet-rotations", "protonet-images"])
+def test_same_bits_for_image_episodes_with_rotations_and_augmentation(tmp_path, algo):
+    """Each rank draws the images of its own tasks only (NWayKShot.sample_batch's block):
+    with rotated classes (turned a rotation group at a time) and with augmentation (drawn
+    image by image from the sampler's stream, so there the whole batch is drawn) the
+    weights and losses are those of one process, bit for bit, for P = 1, 2 and 4."""
+    alone = _run(tmp_path, algo, "dp", 4)
+    for procs in (1, 2, 4):
+        got = _run(tmp_path, algo, "dp", 4, procs)
+        for a, b in zip(_weights(alone), _weights(got)):
+            assert a.tobytes() == b.tobytes(), f"{algo}: weights differ at P={procs}"
+        assert alone["loss"].tobytes() == got["loss"].tobytes()

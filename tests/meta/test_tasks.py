@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from metalearn.tasks import NWayKShot, Sinusoid, Task
+from metalearn.tasks import Augment, NWayKShot, Sinusoid, Task
 
 
 def _toy_dataset(n_classes=12, per_class=6, size=5):
@@ -263,3 +263,98 @@ def test_sample_batch_contents(rotations, equal_sizes):
             assert len(set(found)) == 5  # k + q distinct examples
         assert len(set(b.info["classes"][t].tolist())) == 3 or rotations
     assert (max(seen_rot) > 0) == rotations
+
+
+def _reference_batch(x, y, n_way, k_shot, q_queries, b, rng, rotations):
+    """What NWayKShot.sample_batch draws, from the same generator calls, written with
+    NumPy's plain indexing and np.rot90, one image at a time: the images of class c of
+    episode t are x[idx[t, c]], turned by rot[t, c] quarter turns."""
+    classes = np.unique(y)
+    members = np.stack([np.flatnonzero(y == c) for c in classes])
+    r4 = 4 if rotations else 1
+    picks = np.stack([rng.choice(len(classes) * r4, n_way, replace=False) for _ in range(b)])
+    base, rot = picks // r4, picks % r4
+    mem = members[base]
+    order = np.argsort(rng.random(mem.shape), axis=-1)[..., : k_shot + q_queries]
+    idx = np.take_along_axis(mem, order, axis=-1)
+    sx = np.empty((b, n_way * k_shot) + x.shape[1:], x.dtype)
+    qx = np.empty((b, n_way * q_queries) + x.shape[1:], x.dtype)
+    for t in range(b):
+        for c in range(n_way):
+            for j, row in enumerate(idx[t, c]):
+                img = np.rot90(x[row], rot[t, c], axes=(0, 1))
+                if j < k_shot:
+                    sx[t, c * k_shot + j] = img
+                else:
+                    qx[t, c * q_queries + j - k_shot] = img
+    return sx, qx, classes[base], rot
+
+
+@pytest.mark.parametrize("rotations", [True, False])
+def test_sample_batch_images_are_the_reference_draws(rotations):
+    """The batch's images, gathered and turned a rotation group at a time, are the ones a
+    plain per-image loop over the same random draws gives (np.rot90 of x[row])."""
+    rng = np.random.default_rng(3)
+    x = rng.random((30 * 7, 6, 6, 1), dtype=np.float32)
+    y = np.repeat(np.arange(30), 7)
+    s = NWayKShot((x, y), 5, 2, 3, augment_rotations=rotations, seed=11)
+    ref = np.random.default_rng(11)
+    for _ in range(3):
+        got = s.sample_batch(8)
+        sx, qx, cls, rot = _reference_batch(x, y, 5, 2, 3, 8, ref, rotations)
+        assert np.array_equal(got.support_x, sx) and np.array_equal(got.query_x, qx)
+        assert np.array_equal(got.info["classes"], cls)
+        assert np.array_equal(got.info["rotations"], rot)
+
+
+@pytest.mark.parametrize("rotations", [True, False])
+@pytest.mark.parametrize("equal_sizes", [True, False])
+def test_a_block_of_a_batch_is_the_whole_batch_s_rows_and_moves_the_stream_alike(
+    rotations, equal_sizes
+):
+    """sample_batch(b, block=(lo, hi)) (DataParallel's draw of one process's tasks): the
+    whole batch's rows lo..hi-1 (and their info), the block named in info, and the next
+    batch is the same as after a whole draw (the same random numbers were used)."""
+    rng = np.random.default_rng(0)
+    x = rng.random((30 * 6, 5, 5, 1), dtype=np.float32)
+    y = np.repeat(np.arange(30), 6)
+    if not equal_sizes:
+        x, y = x[1:], y[1:]  # class 0 one example short
+    whole = NWayKShot((x, y), 4, 2, 3, augment_rotations=rotations, seed=7)
+    part = NWayKShot((x, y), 4, 2, 3, augment_rotations=rotations, seed=7)
+    for lo, hi in [(2, 5), (0, 6), (0, 1), (5, 6)]:
+        a, b = whole.sample_batch(6), part.sample_batch(6, block=(lo, hi))
+        for f in ("support_x", "query_x", "support_y", "query_y"):
+            assert np.array_equal(getattr(a, f)[lo:hi], getattr(b, f)), f
+            assert getattr(b, f).shape == getattr(a, f)[lo:hi].shape
+        for key in ("rotations", "classes"):
+            assert np.array_equal(a.info[key][lo:hi], b.info[key])
+        assert b.info["block"] == (lo, hi, 6) and b.is_batch
+    # the stream moved alike
+    assert np.array_equal(whole.sample_batch(6).query_x, part.sample_batch(6).query_x)
+
+
+def test_a_block_with_augmentation_moves_the_stream_as_the_whole_batch():
+    """Augment draws per image from the sampler's stream: a block gathers (and augments)
+    the whole batch, so its rows and the next batches are a whole draw's."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((20 * 6, 8, 8, 3)) * 255).astype(np.uint8)
+    y = np.repeat(np.arange(20), 6)
+    aug = Augment(pad=1, flip=True, brightness=0.3)
+    whole = NWayKShot((x, y), 3, 1, 2, augment_rotations=False, seed=5, augment=aug)
+    part = NWayKShot((x, y), 3, 1, 2, augment_rotations=False, seed=5, augment=aug)
+    a, b = whole.sample_batch(4), part.sample_batch(4, block=(1, 3))
+    assert np.array_equal(a.query_x[1:3], b.query_x)
+    assert np.array_equal(whole.sample_batch(4).support_x, part.sample_batch(4).support_x)
+
+
+def test_a_bad_block_is_refused_and_draws_nothing():
+    rng = np.random.default_rng(0)
+    x = rng.random((10 * 4, 3), dtype=np.float32)
+    y = np.repeat(np.arange(10), 4)
+    s = NWayKShot((x, y), 3, 1, 2, augment_rotations=False, seed=1)
+    ref = NWayKShot((x, y), 3, 1, 2, augment_rotations=False, seed=1)
+    for bad in [(2, 2), (-1, 2), (0, 5), (3, 1)]:
+        with pytest.raises(ValueError, match="block"):
+            s.sample_batch(4, block=bad)
+    assert np.array_equal(s.sample_batch(4).support_x, ref.sample_batch(4).support_x)
