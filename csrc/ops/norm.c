@@ -472,6 +472,15 @@ static ml_status replay_bn_grad(ml_tensor **out, ml_tensor **in, const void *par
 
 #define IN(k) (out->node->inputs[k])
 
+/* The training-mode forward of a recorded node again (ml__recompute) */
+ml_status ml__batch_norm_recompute(ml_tensor **out, const ml_node *node) {
+    const int has_gamma = (int)node->iparams[1], has_beta = (int)node->iparams[2];
+    ml_tensor *gamma = has_gamma ? node->inputs[1] : NULL;
+    ml_tensor *beta = has_beta ? node->inputs[1 + has_gamma] : NULL;
+    return bn_train(out, node->inputs[0], gamma, beta, (int)node->iparams[0], (int)node->iparams[3],
+                    node->fparams[0], NULL, NULL);
+}
+
 ml_status ml__batch_norm_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin) {
     const ml_node *node = out->node;
     const int ax = (int)node->iparams[0];
