@@ -379,6 +379,20 @@ static ml_status run_node(graph *g, gslot *slot) {
         if (want != want_inline) free(want);
         return st;
     }
+    /* inputs whose storage went back (ML_RECOMPUTE) and whose values this backward reads:
+     * recomputed for it, given back after it */
+    ml_tensor *remat[8];
+    int n_remat = 0;
+    for (int i = 0; i < node->n_inputs && st == ML_OK; i++) {
+        ml_tensor *in = node->inputs[i];
+        if (in->storage || (i < 30 && (node->edge_mask & (1u << i)))) continue;
+        if ((st = ml__recompute(in)) == ML_OK && n_remat < 8) remat[n_remat++] = in;
+    }
+    if (st) {
+        if (want != want_inline) free(want);
+        if (gin != gin_inline) free(gin);
+        return st;
+    }
     const unsigned char *prev_want = ml__grad_wanted;
     ml__grad_wanted = want;
     st = node->op->backward(slot->t, slot->grad, gin);
@@ -392,6 +406,9 @@ static ml_status run_node(graph *g, gslot *slot) {
         st = add_pair(&g->slots[ml__ptrmap_get(&g->map, node->inputs[1])],
                       pair_tb ? slot->grad : node->inputs[0],
                       pair_tb ? node->inputs[0] : slot->grad);
+    /* after the pair took its reference: a recomputed `a` kept for the joined GEMM stays
+     * (settle_pairs reads it after this node has run) */
+    for (int i = 0; i < n_remat; i++) ml__maybe_drop(remat[i]);
     if (want != want_inline) free(want);
     if (gin != gin_inline) free(gin);
     return st;

@@ -43,6 +43,7 @@ struct ml_tensor {
     int constant;       /* made from values (data, fill, one-hot), not computed from tensors */
     int edge_refs;      /* of refcount, the nodes holding it as an edge only (ML_UNREAD_IN);
                          * storage NULL once only such edges remain (ml_release) */
+    int node_refs;      /* of refcount, the nodes holding it (edges or not): ML_RECOMPUTE */
     ml_tensor *next_dead; /* intrusive list used while releasing a graph without recursion */
 };
 
@@ -69,8 +70,19 @@ typedef struct ml_op_def {
  * that does not read its own output, gives its storage back: it is a step of the graph
  * walk, not a value (ml_release). As PyTorch keeps only what a backward saves: relu's
  * input, max_pool2d_scatter's gradient, the terms of batch norm's backward formula. */
-#define ML_UNREAD_IN(i) (1u << (i)) /* i < 31 */
+#define ML_UNREAD_IN(i) (1u << (i)) /* i < 30 */
 #define ML_UNREAD_OUT (1u << 31)
+/* The output is a cheap, deterministic function of its inputs (a subtraction, a batch
+ * norm's forward): held by graph nodes only, it gives its storage back even when a
+ * backward reads it (its node then holds its inputs' values), and ml_grad recomputes it
+ * (ops' ml__recompute, the same kernel: the same bits) just before a backward that reads
+ * it, giving it back again after. */
+#define ML_RECOMPUTE (1u << 30)
+/* Only outputs this large are recomputed (a smaller one would save less than the call
+ * costs: the MLP MAML step's tensors stay as they are); and a recomputable op's node holds
+ * its smaller inputs as values even where its backward reads only their shape (x - mean's
+ * mean), so that what it is recomputed from stays. */
+#define ML_RECOMPUTE_MIN_NUMEL 16384
 
 #define ML_NODE_MAX_IPARAMS (2 * ML_MAX_DIMS + 2)
 
@@ -119,6 +131,10 @@ extern _Thread_local const unsigned char *ml__grad_wanted;
 static inline int ml__wants(int i, const ml_tensor *t) {
     return t && t->requires_grad && (!ml__grad_wanted || ml__grad_wanted[i]);
 }
+
+/* Gives t's storage back if only graph edges hold it, or only nodes and its op is
+ * ML_RECOMPUTE (after ml_grad recomputed it for one backward). */
+void ml__maybe_drop(ml_tensor *t);
 
 /* Zeroed node structs from a per-thread cache (tensor.c), and their return. */
 ml_node *ml__node_alloc(void);

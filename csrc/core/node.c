@@ -44,7 +44,10 @@ ml_status ml__record_node(ml_tensor *out, const ml_op_def *op, int n, ml_tensor 
         node->inputs[i] = inputs[i];
         node->input_versions[i] = inputs[i]->storage->version;
         ml_retain(inputs[i]);
-        if (i < 31 && (op->unread & ML_UNREAD_IN(i))) {
+        __atomic_add_fetch(&inputs[i]->node_refs, 1, __ATOMIC_RELAXED);
+        const int small_kept = (op->unread & ML_RECOMPUTE) &&
+                               inputs[i]->numel < ML_RECOMPUTE_MIN_NUMEL;
+        if (i < 30 && (op->unread & ML_UNREAD_IN(i)) && !small_kept) {
             __atomic_add_fetch(&inputs[i]->edge_refs, 1, __ATOMIC_RELAXED);
             node->edge_mask |= 1u << i;
         }

@@ -252,6 +252,7 @@ static ml_tensor *tensor_alloc(int ndim, const int64_t *shape, int64_t numel) {
     t->serial = __atomic_add_fetch(&serial_counter, 1, __ATOMIC_RELAXED);
     t->constant = 0;
     t->edge_refs = 0;
+    t->node_refs = 0;
     t->refcount = 1;
     t->ndim = ndim;
     t->requires_grad = 0;
@@ -382,15 +383,32 @@ static void node_free_shallow(ml_node *n) {
  * its values (internal.h, ML_UNREAD_*), and its storage goes back now rather than with
  * the graph. Not when the storage is shared (a view of it would keep the bytes anyway). */
 static void maybe_drop_storage(ml_tensor *t, int64_t refs) {
-    if (refs != __atomic_load_n(&t->edge_refs, __ATOMIC_RELAXED) || !t->node ||
-        !(t->node->op->unread & ML_UNREAD_OUT))
-        return;
+    ml_node *n = t->node;
+    if (!n) return;
+    const unsigned u = n->op->unread;
+    const int edges = refs == __atomic_load_n(&t->edge_refs, __ATOMIC_RELAXED) &&
+                      (u & ML_UNREAD_OUT);
+    int recompute = !edges && (u & ML_RECOMPUTE) && t->numel >= ML_RECOMPUTE_MIN_NUMEL &&
+                    refs == __atomic_load_n(&t->node_refs, __ATOMIC_RELAXED);
+    for (int i = 0; recompute && i < n->n_inputs; i++)
+        recompute = n->inputs[i]->storage != NULL; /* what it is recomputed from */
+    if (!edges && !recompute) return;
     ml_storage *s = __atomic_load_n(&t->storage, __ATOMIC_ACQUIRE);
     if (!s || __atomic_load_n(&s->refcount, __ATOMIC_ACQUIRE) != 1 ||
         !__atomic_compare_exchange_n(&t->storage, &s, NULL, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         return;
     t->data = NULL;
     storage_release(s);
+    if (recompute && n->edge_mask) { /* its inputs' values are read to recompute it */
+        for (int i = 0; i < n->n_inputs && i < 30; i++)
+            if (n->edge_mask & (1u << i))
+                __atomic_sub_fetch(&n->inputs[i]->edge_refs, 1, __ATOMIC_RELAXED);
+        n->edge_mask = 0;
+    }
+}
+
+void ml__maybe_drop(ml_tensor *t) {
+    maybe_drop_storage(t, __atomic_load_n(&t->refcount, __ATOMIC_ACQUIRE));
 }
 
 /* Releasing the last output of a long graph (10^5 chained ops) must not recurse once per
@@ -411,8 +429,9 @@ void ml_release(ml_tensor *t) {
         if (n) {
             for (int i = 0; i < n->n_inputs; i++) {
                 ml_tensor *in = n->inputs[i];
-                if (i < 31 && (n->edge_mask & (1u << i)))
+                if (i < 30 && (n->edge_mask & (1u << i)))
                     __atomic_sub_fetch(&in->edge_refs, 1, __ATOMIC_RELAXED);
+                __atomic_sub_fetch(&in->node_refs, 1, __ATOMIC_RELAXED);
                 const int64_t in_left = __atomic_sub_fetch(&in->refcount, 1, __ATOMIC_ACQ_REL);
                 if (in_left == 0) {
                     in->next_dead = dead;

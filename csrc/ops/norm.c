@@ -169,6 +169,8 @@ struct bn_job {
     float *o, *dx, *dgamma, *dbeta;
     float eps;
     float *mean_out, *var_out;
+    float *stats_save;       /* per group: mean (C), inv (C), for a recompute */
+    const float *stats_load; /* a recompute: those statistics, not computed again */
     int64_t step; /* groups per task */
     int failed;
     void (*range)(bn_job *j, int64_t g0, int64_t g1); /* forward or backward */
@@ -193,7 +195,16 @@ ML_INLINE void bn_train_range_body(bn_job *j, int64_t g0, int64_t g1) {
         float *od = j->o + gi * g->slice;
         const float *gd = j->gamma ? j->gamma + gi * C : NULL;
         const float *bd = j->beta ? j->beta + gi * C : NULL;
-        bn_stats(g, xd, j->eps, acc, tmp, mean, var, inv);
+        if (j->stats_load) {
+            memcpy(mean, j->stats_load + gi * 2 * C, (size_t)C * sizeof(float));
+            memcpy(inv, j->stats_load + gi * 2 * C + C, (size_t)C * sizeof(float));
+        } else {
+            bn_stats(g, xd, j->eps, acc, tmp, mean, var, inv);
+        }
+        if (j->stats_save) {
+            memcpy(j->stats_save + gi * 2 * C, mean, (size_t)C * sizeof(float));
+            memcpy(j->stats_save + gi * 2 * C + C, inv, (size_t)C * sizeof(float));
+        }
         for (int64_t c = 0; c < C; c++) {
             scale[c] = gd ? inv[c] * gd[c] : inv[c];
             shift[c] = bd ? bd[c] : 0.0f;
@@ -238,8 +249,21 @@ static int bn_run(bn_job *j) {
     return j->failed;
 }
 
+/* stats_load: a recompute of a recorded node's output (ml__batch_norm_recompute) from the
+ * statistics its first run saved (the same mean and inv, the same normalise loop: the same
+ * bits, one pass instead of three); nothing is recorded then. */
+static ml_status bn_train_stats(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,
+                                int ax, int grouped, float eps, float *mean_out, float *var_out,
+                                const float *stats_load);
+
 static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta, int ax,
                           int grouped, float eps, float *mean_out, float *var_out) {
+    return bn_train_stats(out, x, gamma, beta, ax, grouped, eps, mean_out, var_out, NULL);
+}
+
+static ml_status bn_train_stats(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,
+                                int ax, int grouped, float eps, float *mean_out, float *var_out,
+                                const float *stats_load) {
     bn_geom g = bn_geom_of(x, ax, grouped);
     if (g.count == 0)
         return ml_set_error(ML_ERR_SHAPE,
@@ -249,6 +273,18 @@ static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_te
     ml_tensor *o = NULL;
     ml_status st = ml__new(&o, x->ndim, x->shape);
     if (st) return st;
+    ml_tensor *ins[3];
+    int n = 0;
+    ins[n++] = x;
+    if (gamma) ins[n++] = gamma;
+    if (beta) ins[n++] = beta;
+    const int record = !stats_load && ml__should_record(n, ins);
+    /* a recorded node keeps its statistics (2 C floats a group) for a recompute */
+    float *save = record ? malloc((size_t)(2 * g.groups * g.c) * sizeof(float) + 1) : NULL;
+    if (record && !save) {
+        ml_release(o);
+        return ml_set_error(ML_ERR_OOM, "batch_norm: out of memory");
+    }
     bn_job j = {&g,
                 x->data,
                 gamma ? gamma->data : NULL,
@@ -261,24 +297,28 @@ static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_te
                 eps,
                 mean_out,
                 var_out,
+                save,
+                stats_load,
                 0,
                 0,
                 bn_train_range};
     if (bn_run(&j)) {
+        free(save);
         ml_release(o);
         return ml_set_error(ML_ERR_OOM, "batch_norm: out of memory");
     }
-    ml_tensor *ins[3];
-    int n = 0;
-    ins[n++] = x;
-    if (gamma) ins[n++] = gamma;
-    if (beta) ins[n++] = beta;
-    if (ml__should_record(n, ins)) {
+    if (stats_load) { /* a recompute: nothing recorded, nothing traced */
+        *out = o;
+        return ML_OK;
+    }
+    if (record) {
         ml_node *node = NULL;
         if ((st = ml__record(o, OP_BATCH_NORM, n, ins, &node))) {
+            free(save);
             ml_release(o);
             return st;
         }
+        node->index = (int64_t *)(void *)save; /* floats; read by ml__batch_norm_recompute */
         node->iparams[0] = ax;
         node->iparams[1] = gamma != NULL;
         node->iparams[2] = beta != NULL;
@@ -437,6 +477,8 @@ static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gam
                 eps,
                 NULL,
                 NULL,
+                NULL,
+                NULL,
                 0,
                 0,
                 bn_backward_range};
@@ -471,6 +513,16 @@ static ml_status replay_bn_grad(ml_tensor **out, ml_tensor **in, const void *par
 }
 
 #define IN(k) (out->node->inputs[k])
+
+/* The training-mode forward of a recorded node again (ml__recompute) */
+ml_status ml__batch_norm_recompute(ml_tensor **out, const ml_node *node) {
+    const int has_gamma = (int)node->iparams[1], has_beta = (int)node->iparams[2];
+    ml_tensor *gamma = has_gamma ? node->inputs[1] : NULL;
+    ml_tensor *beta = has_beta ? node->inputs[1 + has_gamma] : NULL;
+    return bn_train_stats(out, node->inputs[0], gamma, beta, (int)node->iparams[0],
+                          (int)node->iparams[3], node->fparams[0], NULL, NULL,
+                          (const float *)(const void *)node->index);
+}
 
 ml_status ml__batch_norm_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin) {
     const ml_node *node = out->node;

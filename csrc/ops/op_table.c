@@ -27,7 +27,8 @@
 #define OUT ML_UNREAD_OUT
 /* clang-format off */
 #define UNREAD(id)                                                                     \
-    ((id) == OP_ADD || (id) == OP_SUB                 ? IN0 | IN1 | OUT /* g, -g */   \
+    ((id) == OP_ADD                                  ? IN0 | IN1 | OUT /* g, -g */   \
+     : (id) == OP_SUB                                 ? IN0 | IN1 | OUT | ML_RECOMPUTE \
      : (id) == OP_MUL                                 ? OUT /* g b, g a */             \
      : (id) == OP_NEG || (id) == OP_ADD_SCALAR        ? IN0 | OUT                      \
      : (id) == OP_MUL_SCALAR                          ? IN0 | OUT /* g p */            \
@@ -43,7 +44,7 @@
      : (id) == OP_MAX_POOL2D                          ? OUT /* the argmax */           \
      : (id) == OP_MAX_POOL2D_SCATTER                  ? IN0 | OUT /* the argmax */     \
      : (id) == OP_MAX_POOL2D_GATHER                   ? IN0 | OUT                      \
-     : (id) == OP_BATCH_NORM                          ? OUT /* xhat recomputed */      \
+     : (id) == OP_BATCH_NORM                          ? OUT | ML_RECOMPUTE             \
      : 0u)
 /* clang-format on */
 
@@ -53,6 +54,37 @@ const ml_op_def ml_op_table[] = {
 #include "ops.def"
 #undef ML_OP
 };
+
+ml_status ml__batch_norm_recompute(ml_tensor **out, const ml_node *node);
+
+ml_status ml__recompute(ml_tensor *t) {
+    ml_node *n = t->node;
+    ml_status st = ML_OK;
+    for (int i = 0; i < n->n_inputs && st == ML_OK; i++)
+        if (!n->inputs[i]->storage) st = ml__recompute(n->inputs[i]);
+    if (st) return st;
+    /* the forward's kernel again, recording nothing (no node, no trace entry) */
+    const int grad_was = ml_set_grad_enabled(0);
+    ml_trace *tr = ml__trace_active;
+    ml__trace_active = NULL;
+    ml_tensor *o = NULL;
+    if (n->op == &ml_op_table[OP_SUB])
+        st = ml_sub(&o, n->inputs[0], n->inputs[1]);
+    else if (n->op == &ml_op_table[OP_BATCH_NORM])
+        st = ml__batch_norm_recompute(&o, n);
+    else
+        st = ml_set_error(ML_ERR_GRAPH, "internal: '%s' cannot be recomputed", n->op->name);
+    ml__trace_active = tr;
+    ml_set_grad_enabled(grad_was);
+    if (st) return st;
+    ml_storage *s = o->storage;
+    __atomic_add_fetch(&s->refcount, 1, __ATOMIC_RELAXED);
+    s->version = n->out_version;
+    t->data = o->data;
+    __atomic_store_n(&t->storage, s, __ATOMIC_RELEASE);
+    ml_release(o);
+    return ML_OK;
+}
 
 _Static_assert(sizeof ml_op_table / sizeof ml_op_table[0] == OP_COUNT,
                "ml_op_table needs one row per ml_op_id");

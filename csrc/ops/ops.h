@@ -29,6 +29,11 @@ static inline ml_status ml__record(ml_tensor *out, ml_op_id op, int n, ml_tensor
  * caller gave it (not normalised) and the tensor's rank and shape; ML_ERR_VALUE. */
 ml_status ml__axis_error(const char *op, int axis, const ml_tensor *x);
 
+/* Gives t (an ML_RECOMPUTE op's output whose storage went back) its values again, from
+ * its node's inputs (recomputed first where they went back too), by the forward's kernel
+ * with nothing recorded: the same bits (op_table.c). */
+ml_status ml__recompute(ml_tensor *t);
+
 /* ---- broadcasting helpers (ops/elementwise.c) ---- */
 ml_status ml__broadcast_shape(const ml_tensor *a, const ml_tensor *b, int *ndim, int64_t *shape,
                               const char *opname);

@@ -1,8 +1,9 @@
 /* pool.c — 2-D max and average pooling, channels-last (NHWC) as Keras, and their backward
  * ops, each with its own backward so gradients of any order stay exact:
  *
- *   max_pool2d(x)           y = x at the first maximum of each window (argmax saved: an
- *                           int32 offset within its image, half of PyTorch's int64 index)
+ *   max_pool2d(x)           y = x at the first maximum of each window (argmax saved: its
+ *                           position in the window, one byte for windows of up to 255
+ *                           positions, an eighth of PyTorch's int64 index; int32 above)
  *   max_pool2d_scatter(g)   dx: g added at the argmax positions   (the adjoint of the gather)
  *   max_pool2d_gather(G)    G read at the argmax positions        (the adjoint of the scatter)
  *     d max_pool2d = scatter, d scatter = gather, d gather = scatter; the argmax is a
@@ -41,12 +42,23 @@ static inline void win_range(int64_t o, int64_t stride, int64_t pad, int64_t k, 
 
 /* --------------------------------------------------------------- max pool */
 
+/* The argmax of an output is its position in the (unclipped) window, p = (ih - oh sh +
+ * pt) kw + (iw - ow sw + pl): a byte when the window has at most ARG_BYTE_MAX positions
+ * (every pool but a large global one), else an int32. It is kept by the pool's node and
+ * by each scatter/gather node of the graph (a MAML inner loop's step holds two per
+ * pool), so a quarter of an int32 offset's bytes matters (benchmarks/conv84.py --peak). */
+#define ARG_BYTE_MAX 255
+static inline int arg_is_byte(const ml_win2d *g) { return g->kh * g->kw <= ARG_BYTE_MAX; }
+static inline size_t arg_size(const ml_win2d *g) { return arg_is_byte(g) ? 1 : sizeof(int32_t); }
+
 /* Per output pixel: pass 1 takes the max over the window (vectorised over channels), pass 2
  * finds the first position holding it (first maximum wins, as PyTorch; a NaN is the max
  * once met, and the first NaN is its position). */
-ML_INLINE void maxpool_kernel_body(const ml_win2d *g, const float *x, float *y, int32_t *arg,
+ML_INLINE void maxpool_kernel_body(const ml_win2d *g, const float *x, float *y, void *arg,
                                    int32_t *pos, int64_t n_lo, int64_t n_hi) {
     const int64_t C = g->c;
+    uint8_t *arg8 = arg_is_byte(g) ? arg : NULL;
+    int32_t *arg32 = arg_is_byte(g) ? NULL : arg;
     for (int64_t n = n_lo; n < n_hi; n++) {
         const float *img = x + n * g->h * g->w * C;
         for (int64_t oh = 0; oh < g->oh; oh++) {
@@ -57,7 +69,7 @@ ML_INLINE void maxpool_kernel_body(const ml_win2d *g, const float *x, float *y, 
                 win_range(ow, g->sw, g->pl, g->kw, g->w, &w0, &w1);
                 int64_t o = ((n * g->oh + oh) * g->ow + ow) * C;
                 float *restrict m = y + o;
-                int32_t *restrict a = arg + o;
+                const int64_t ah = oh * g->sh - g->pt, aw = ow * g->sw - g->pl;
                 const float *first = img + (h0 * g->w + w0) * C;
                 for (int64_t c = 0; c < C; c++) m[c] = first[c];
                 for (int64_t ih = h0; ih < h1; ih++)
@@ -71,23 +83,26 @@ ML_INLINE void maxpool_kernel_body(const ml_win2d *g, const float *x, float *y, 
                 for (int64_t c = 0; c < C; c++) pos[c] = -1;
                 for (int64_t ih = h0; ih < h1; ih++)
                     for (int64_t iw = w0; iw < w1; iw++) {
-                        int32_t off = (int32_t)((ih * g->w + iw) * C);
-                        const float *restrict src = img + off;
+                        const int32_t p = (int32_t)((ih - ah) * g->kw + (iw - aw));
+                        const float *restrict src = img + (ih * g->w + iw) * C;
                         for (int64_t c = 0; c < C; c++) {
                             float v = src[c];
                             int hit = (v == m[c]) | (v != v);
-                            pos[c] = (pos[c] < 0 && hit) ? off : pos[c];
+                            pos[c] = (pos[c] < 0 && hit) ? p : pos[c];
                         }
                     }
-                for (int64_t c = 0; c < C; c++) a[c] = pos[c] + (int32_t)c;
+                if (arg8)
+                    for (int64_t c = 0; c < C; c++) arg8[o + c] = (uint8_t)pos[c];
+                else
+                    for (int64_t c = 0; c < C; c++) arg32[o + c] = pos[c];
             }
         }
     }
 }
 /* compiled for AVX2 and for the baseline (the channel loops vectorise at either width) */
 ML_CPU_CLONES(maxpool_kernel,
-              (const ml_win2d *g, const float *x, float *y, int32_t *arg, int32_t *pos,
-               int64_t n_lo, int64_t n_hi),
+              (const ml_win2d *g, const float *x, float *y, void *arg, int32_t *pos, int64_t n_lo,
+               int64_t n_hi),
               (g, x, y, arg, pos, n_lo, n_hi))
 
 /* Images are split over the thread pool (in a fixed number of chunks; every output and
@@ -98,10 +113,11 @@ typedef struct pool_job {
     const ml_win2d *g;
     const float *x;
     float *y;
-    int32_t *arg;
+    void *arg;
     int32_t *pos;
     int64_t step;             /* images per chunk */
-    const int32_t *idx;       /* scatter / gather: offsets within each image */
+    const void *idx;          /* scatter / gather: the argmax (window positions) */
+    const int64_t *rel;       /* byte argmax: window position -> offset from its corner */
     const float *gin;
     float *o;
     int scatter;
@@ -113,31 +129,48 @@ static void maxpool_part(void *ctx, int64_t i) {
     maxpool_kernel(j->g, j->x, j->y, j->arg, j->pos + i * (j->g->c ? j->g->c : 1), lo, hi);
 }
 
+/* The offset of a window position p from the window's corner (an int32 argmax) */
+static inline int64_t pos_offset(const ml_win2d *g, int64_t p) {
+    return ((p / g->kw) * g->w + p % g->kw) * g->c;
+}
+
+/* Scatter: each image's outputs added in output order t, as the flat offsets were before
+ * (the same sums, the same bits). Per output pixel its window's corner, per channel the
+ * argmax's offset from it (a table for byte positions). */
 static void index_part(void *ctx, int64_t i) {
     const pool_job *j = ctx;
     const ml_win2d *g = j->g;
     int64_t lo = i * j->step, hi = lo + j->step < g->n ? lo + j->step : g->n;
-    const int64_t per_y = g->oh * g->ow * g->c, per_x = g->h * g->w * g->c;
-    const int32_t *idx = j->idx;
-    if (j->scatter) {
-        float *o = j->o;
-        memset(o + lo * per_x, 0, (size_t)((hi - lo) * per_x) * sizeof(float));
-        for (int64_t n = lo; n < hi; n++) {
-            float *on = o + n * per_x;
-            for (int64_t t = n * per_y; t < (n + 1) * per_y; t++) on[idx[t]] += j->gin[t];
-        }
-    } else {
-        for (int64_t n = lo; n < hi; n++) {
-            const float *gn = j->gin + n * per_x;
-            for (int64_t t = n * per_y; t < (n + 1) * per_y; t++) j->o[t] = gn[idx[t]];
-        }
+    const int64_t C = g->c, per_y = g->oh * g->ow * C, per_x = g->h * g->w * C;
+    const uint8_t *a8 = j->rel ? j->idx : NULL;
+    const int32_t *a32 = j->rel ? NULL : j->idx;
+    const int64_t *rel = j->rel;
+    const float *gin = j->gin;
+    float *o = j->o;
+    if (j->scatter) memset(o + lo * per_x, 0, (size_t)((hi - lo) * per_x) * sizeof(float));
+    for (int64_t n = lo; n < hi; n++) {
+        const int64_t img = n * per_x;
+        int64_t t = n * per_y;
+        for (int64_t oh = 0; oh < g->oh; oh++)
+            for (int64_t ow = 0; ow < g->ow; ow++, t += C) {
+                const int64_t at = img + ((oh * g->sh - g->pt) * g->w + (ow * g->sw - g->pl)) * C;
+                if (j->scatter && a8)
+                    for (int64_t c = 0; c < C; c++) o[at + rel[a8[t + c]] + c] += gin[t + c];
+                else if (j->scatter)
+                    for (int64_t c = 0; c < C; c++)
+                        o[at + pos_offset(g, a32[t + c]) + c] += gin[t + c];
+                else if (a8)
+                    for (int64_t c = 0; c < C; c++) o[t + c] = gin[at + rel[a8[t + c]] + c];
+                else
+                    for (int64_t c = 0; c < C; c++)
+                        o[t + c] = gin[at + pos_offset(g, a32[t + c]) + c];
+            }
     }
 }
 
 /* y = max pool of x with geometry g, and the argmax of every output (a new array the
  * caller frees: offsets within the output's image) when arg_out is not NULL. */
-static ml_status maxpool_geom(ml_tensor **out, int32_t **arg_out, ml_tensor *x,
-                              const ml_win2d *gp) {
+static ml_status maxpool_geom(ml_tensor **out, void **arg_out, ml_tensor *x, const ml_win2d *gp) {
     const ml_win2d g = *gp;
     ml_status st = ml__win2d_check_x("max_pool2d", x, &g);
     if (st) return st;
@@ -147,7 +180,7 @@ static ml_status maxpool_geom(ml_tensor **out, int32_t **arg_out, ml_tensor *x,
     int64_t shape[4] = {g.n, g.oh, g.ow, g.c};
     ml_tensor *o = NULL;
     if ((st = ml__new(&o, 4, shape))) return st;
-    int32_t *arg = malloc((size_t)(o->numel ? o->numel : 1) * sizeof(int32_t));
+    void *arg = malloc((size_t)(o->numel ? o->numel : 1) * arg_size(&g));
     const int64_t chunks = g.n < POOL_CHUNKS ? (g.n ? g.n : 1) : POOL_CHUNKS;
     int32_t *pos = malloc((size_t)chunks * (size_t)(g.c ? g.c : 1) * sizeof(int32_t));
     if (!arg || !pos) {
@@ -156,8 +189,8 @@ static ml_status maxpool_geom(ml_tensor **out, int32_t **arg_out, ml_tensor *x,
         ml_release(o);
         return ml_set_error(ML_ERR_OOM, "max_pool2d: out of memory");
     }
-    pool_job pj = {&g,   x->data, o->data, arg, pos, (g.n + chunks - 1) / chunks,
-                   NULL, NULL,    NULL,    0};
+    pool_job pj = {&g,   x->data, o->data, arg,  pos, (g.n + chunks - 1) / chunks,
+                   NULL, NULL,    NULL,    NULL, 0};
     if (o->numel >= PAR_MIN_ELEMS)
         ml__parallel_for((g.n + pj.step - 1) / pj.step, 0, maxpool_part, &pj);
     else
@@ -188,7 +221,7 @@ ml_status ml_max_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, i
     ml_status st = pool_plan("max_pool2d", out, x, pool_h, pool_w, stride_h, stride_w, padding, &g);
     if (st) return st;
     ml_tensor *o = NULL;
-    int32_t *arg = NULL;
+    void *arg = NULL;
     if ((st = maxpool_geom(&o, &arg, x, &g))) return st;
     const pool_params pp = {g, 0};
     ML_TRACE(OP_MAX_POOL2D, replay_max_pool, 1, &x, o, &pp);
@@ -200,7 +233,7 @@ ml_status ml_max_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, i
             return st;
         }
         ml__win2d_store(&g, node->iparams);
-        node->index = (int64_t *)arg; /* int32 offsets; only this file reads them */
+        node->index = arg; /* window positions (arg_size); only this file reads them */
         node->n_index = o->numel;
     } else {
         free(arg);
@@ -211,13 +244,20 @@ ml_status ml_max_pool2d(ml_tensor **out, ml_tensor *x, int pool_h, int pool_w, i
 
 /* The scatter (max pool's backward) or gather (the scatter's backward) of gin through the
  * argmax idx (n_idx entries) into a new tensor o. */
-static void apply_index(const ml_win2d *gp, const int32_t *idx, int64_t n_idx, const ml_tensor *gin,
+static void apply_index(const ml_win2d *gp, const void *idx, int64_t n_idx, const ml_tensor *gin,
                         ml_tensor *o, int scatter) {
     const ml_win2d g = *gp;
     if (n_idx == g.n * g.oh * g.ow * g.c && g.n > 0) {
         const int64_t chunks = g.n < POOL_CHUNKS ? g.n : POOL_CHUNKS;
-        pool_job pj = {&g,  NULL,      NULL,    NULL,   NULL, (g.n + chunks - 1) / chunks,
-                       idx, gin->data, o->data, scatter};
+        int64_t rel[ARG_BYTE_MAX + 1];
+        if (arg_is_byte(&g))
+            for (int64_t p = 0; p < g.kh * g.kw; p++) rel[p] = ((p / g.kw) * g.w + p % g.kw) * g.c;
+        pool_job pj = {&g,        NULL,
+                       NULL,      NULL,
+                       NULL,      (g.n + chunks - 1) / chunks,
+                       idx,       arg_is_byte(&g) ? rel : NULL,
+                       gin->data, o->data,
+                       scatter};
         const int64_t parts = (g.n + pj.step - 1) / pj.step;
         if (o->numel + gin->numel >= PAR_MIN_ELEMS)
             ml__parallel_for(parts, 0, index_part, &pj);
@@ -244,7 +284,7 @@ static ml_status replay_pool_index(ml_tensor **out, ml_tensor **in, const void *
     ml_status st = check_index_grad(&p->g, in[0], p->scatter);
     if (st) return st;
     ml_tensor *y = NULL, *o = NULL;
-    int32_t *arg = NULL;
+    void *arg = NULL;
     if ((st = maxpool_geom(&y, &arg, in[1], &p->g))) return st;
     ml_release(y);
     int64_t xshape[4] = {p->g.n, p->g.h, p->g.w, p->g.c},
@@ -271,7 +311,7 @@ static ml_status index_op(ml_tensor **out, ml_tensor *gin, const ml_node *src, m
     ml_status st = check_index_grad(&g, gin, scatter);
     if (st) return st;
     const int64_t n_idx = src->n_index;
-    const int32_t *idx = (const int32_t *)src->index;
+    const void *idx = src->index;
     ml_tensor *o = NULL;
     if ((st = ml__new(&o, 4, scatter ? xshape : yshape))) return st;
     apply_index(&g, idx, n_idx, gin, o, scatter);
@@ -287,12 +327,12 @@ static ml_status index_op(ml_tensor **out, ml_tensor *gin, const ml_node *src, m
             return st;
         }
         ml__win2d_store(&g, node->iparams);
-        node->index = malloc((size_t)(n_idx ? n_idx : 1) * sizeof(int32_t));
+        node->index = malloc((size_t)(n_idx ? n_idx : 1) * arg_size(&g));
         if (!node->index) {
             ml_release(o);
             return ml_set_error(ML_ERR_OOM, "%s: out of memory", name);
         }
-        if (n_idx) memcpy(node->index, idx, (size_t)n_idx * sizeof(int32_t));
+        if (n_idx) memcpy(node->index, idx, (size_t)n_idx * arg_size(&g));
         node->n_index = n_idx;
     }
     *out = o;

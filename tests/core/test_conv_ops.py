@@ -268,6 +268,19 @@ def test_max_pool_gradcheck(order, p, s, pad):
 
 
 @pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("p,s,pad", [((15, 17), 3, "valid"), (16, 3, "same")])
+def test_max_pool_gradcheck_large_windows(order, p, s, pad):
+    # the argmax is the position in the window: a byte up to 255 positions (15 x 17), an
+    # int32 above (16 x 16); clipped 'same' windows shift the corner outside the image
+    x = distinct(_rng(15), (1, 19, 20, 2))
+    np.testing.assert_allclose(
+        np.asarray(_core.max_pool2d(x, p, s, pad)), pool_np(x, p, s, pad), rtol=1e-6
+    )
+    g = gradcheck(lambda x: _core.max_pool2d(x, p, s, pad), [x], order=order)
+    assert np.count_nonzero(g[0]) > 0
+
+
+@pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("p,s,pad", [(2, None, "valid"), (3, 2, "same"), (2, 1, "same")])
 def test_avg_pool_gradcheck(order, p, s, pad):
     x = N(_rng(13), 2, 5, 6, 2)

@@ -58,6 +58,102 @@ def test_second_order_through_given_back_tensors():
     np.testing.assert_allclose(np.asarray(gg), np.where(mask, 8 * xv, 0), rtol=1e-6)
 
 
+def test_a_subtraction_a_backward_reads_goes_back_and_is_recomputed():
+    # square's backward reads d = x - c, but only square's node holds d and a
+    # subtraction is recomputed from x and c (ML_RECOMPUTE): d's storage goes back, ml_grad
+    # recomputes it for square's backward (the same bits) and gives it back after
+    rng = np.random.default_rng(2)
+    xv = rng.uniform(-1, 1, size=(256, 1024)).astype(np.float32)
+    x = ml.tensor(xv, requires_grad=True)
+    c = ml.tensor(np.full((1, 1024), 0.25, np.float32))
+    base = live()
+    d = x - c
+    sq = ml.square(d)
+    del d
+    assert live() - base < 1.5 * MiB  # sq (a 1 MiB tensor takes a 1.25 MiB pool block)
+    (g,) = ml.grad(ml.reduce_sum(sq), [x])
+    np.testing.assert_array_equal(np.asarray(g), (xv - np.float32(0.25)) * np.float32(2))
+    assert live() - base < 2.75 * MiB  # sq and g: d went back again
+    del g
+    (g,) = ml.grad(ml.reduce_sum(sq), [x], create_graph=True)
+    (gg,) = ml.grad(ml.reduce_sum(g * g), [x])  # d/dx sum(4 (x - c)^2) = 8 (x - c)
+    np.testing.assert_allclose(np.asarray(gg), 8 * (xv - 0.25), rtol=1e-6, atol=1e-6)
+
+
+def test_a_recomputed_left_operand_of_a_matmul_stays_for_the_joined_weight_gradient():
+    # w's gradient of a @ w is a^T g, kept as the pair (a, g) and multiplied after the
+    # sweep (autograd/grad.c, settle_pairs); a = x - c went back (ML_RECOMPUTE) and is
+    # recomputed for matmul's backward: it must stay until the pair is multiplied (it
+    # was given back before the pair took it: a NULL read, the MatchingNet/R2D2 segfault)
+    rng = np.random.default_rng(3)
+    xv = rng.uniform(-1, 1, size=(6, 9)).astype(np.float32)
+    wv = rng.uniform(-1, 1, size=(9, 4)).astype(np.float32)
+    x = ml.tensor(xv, requires_grad=True)
+    w = ml.tensor(wv, requires_grad=True)
+    c = ml.tensor(np.full((1, 9), 0.5, np.float32))
+    a = x - c
+    y = ml.matmul(a, w)
+    del a
+    gx, gw = ml.grad(ml.reduce_sum(y * y), [x, w])
+    av = (xv - np.float32(0.5)).astype(np.float64)
+    gy = 2 * av @ wv.astype(np.float64)
+    np.testing.assert_allclose(np.asarray(gw), av.T @ gy, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gx), gy @ wv.T.astype(np.float64), rtol=1e-5, atol=1e-5)
+
+
+def test_x_minus_its_mean_goes_back_and_is_recomputed():
+    # var = mean((x - m)^2) as batch norm's recorded backward takes it: square's backward
+    # reads d = x - m, and d's node keeps the small m as a value (ML_RECOMPUTE_MIN_NUMEL)
+    # so that d can go back and be recomputed; m as an edge only went back first, and d
+    # with it could not (a whole activation more per batch norm per MAML inner step)
+    rng = np.random.default_rng(4)
+    xv = rng.uniform(-1, 1, size=(256, 1024)).astype(np.float32)
+    x = ml.tensor(xv, requires_grad=True)
+    base = live()
+    m = ml.reduce_mean(x, axis=0, keepdims=True)
+    d = x - m
+    sq = ml.square(d)
+    del d, m
+    assert live() - base < 1.5 * MiB  # sq, and m's 4 KiB
+    (g,) = ml.grad(ml.reduce_sum(sq), [x], create_graph=True)
+    dv = xv.astype(np.float64) - xv.astype(np.float64).mean(0, keepdims=True)
+    np.testing.assert_allclose(np.asarray(g), 2 * dv, rtol=1e-5, atol=1e-5)  # mean's term sums to 0
+    v = rng.uniform(-1, 1, size=xv.shape)
+    (gg,) = ml.grad(ml.reduce_sum(g * ml.tensor(v.astype(np.float32))), [x])
+    np.testing.assert_allclose(
+        np.asarray(gg), 2 * (v - v.mean(0, keepdims=True)), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_batch_norm_recorded_backward_keeps_only_its_result():
+    # MAML's inner step: dx = d batch_norm(x) / dx under create_graph, kept for the
+    # meta-gradient. The formula's activation-sized terms (xhat, x - mean) go back and are
+    # recomputed when the meta-gradient reads them
+    rng = np.random.default_rng(5)
+    xv = rng.standard_normal((64, 8, 8, 64)).astype(np.float32)  # 1 MiB
+    gv = rng.uniform(0.5, 1.5, size=64).astype(np.float32)
+    wv = rng.standard_normal(xv.shape).astype(np.float32)
+    x, gamma = ml.tensor(xv, requires_grad=True), ml.tensor(gv, requires_grad=True)
+    loss = ml.reduce_sum(
+        _core.batch_norm(x, gamma, None, None, None, training=True) * ml.tensor(wv)
+    )
+    base = live()
+    dx, dg = ml.grad(loss, [x, gamma], create_graph=True)
+    # 1 MiB tensors in 1.25 MiB pool classes: the seed's ones, gy, t2 and dx (main kept
+    # xhat and x - mean too: 7.5 MiB)
+    assert live() - base < 5.5 * MiB
+    x64, w64 = xv.astype(np.float64), wv.astype(np.float64)
+    ax = (0, 1, 2)
+    inv = 1 / np.sqrt(x64.var(ax) + 1e-3)
+    xhat = (x64 - x64.mean(ax)) * inv
+    want = gv * inv * (w64 - w64.mean(ax) - xhat * (w64 * xhat).mean(ax))
+    np.testing.assert_allclose(np.asarray(dx), want, rtol=1e-3, atol=1e-4)
+    # the recomputed terms give the second order: d/dgamma sum(dx * w) = sum(inv (w ...) w)
+    (gg,) = ml.grad(ml.reduce_sum(dx * ml.tensor(wv)), [gamma])
+    want_gg = (inv * (w64 - w64.mean(ax) - xhat * (w64 * xhat).mean(ax)) * w64).sum(ax)
+    np.testing.assert_allclose(np.asarray(gg), want_gg, rtol=1e-3, atol=1e-3)
+
+
 # ------------------------------------------------------------- MAML conv4 bound
 HW, N_WAY, Q, TASKS, STEPS, FILTERS = 16, 5, 5, 2, 2, 8
 
