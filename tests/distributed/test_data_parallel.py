@@ -18,7 +18,7 @@ import pytest
 
 import metalearn as ml
 from metalearn import distributed, keras
-from metalearn.meta import MAML, Reptile
+from metalearn.meta import MAML, MAMLPlusPlus, Reptile
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "_fit_script.py"
@@ -229,6 +229,30 @@ def test_one_process_strategy_matches_a_plain_fit(first_order):
     start(np.zeros((1, 1), np.float32))
     for a, b, w0 in zip(plain, model.get_weights(), start.get_weights()):
         assert not np.array_equal(b, w0)  # it trained
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_one_process_strategy_keeps_maml_plus_plus_annealed_meta_rate():
+    # MAML++'s update is its own (the cosine-annealed meta rate, epoch_length 1 so it falls
+    # fast): the strategy must apply it, not the meta-optimizer's base rate
+    def run(parallel):
+        ml.random.set_seed(0)
+        model = keras.Sequential(
+            [keras.layers.Dense(20, activation="relu", input_shape=(1,)), keras.layers.Dense(1)]
+        )
+        learner = MAMLPlusPlus(
+            model, inner_steps=2, meta_lr=0.01, epoch_length=1, total_epochs=3,
+            learn_inner_rates=False, multi_step_loss=False,
+        )
+        tasks = ml.tasks.Sinusoid(k_shot=5, seed=0)
+        if parallel:
+            with distributed.DataParallel().scope():
+                learner.fit(tasks, iterations=4, meta_batch_size=4, verbose=0)
+        else:
+            learner.fit(tasks, iterations=4, meta_batch_size=4, verbose=0)
+        return model.get_weights()
+
+    for a, b in zip(run(False), run(True)):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
