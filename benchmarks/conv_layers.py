@@ -9,6 +9,9 @@ Shapes (3x3 kernels, stride 1, 'same' padding, channels last, as meta.models.con
   omni   28x28x1 -> 64, then 64 -> 64 at 14, 7 and 3 (after each 2x2 pool);
   mini32 84x84x3 -> 32, then 32 -> 32 at 42, 21 and 10;
   mini64 84x84x3 -> 64, then 64 -> 64 at 42, 21 and 10.
+  proto30  conv4-64's layers at 480 images (a ProtoNet 30-way 1-shot episode, 15 queries);
+  r12    ResNet-12 (64-160-320-640) at 100 images (a ProtoNet 5-way 5-shot episode, 15
+         queries): each block's first, second/third 3x3 convolution and its 1x1 shortcut.
 Batches: 80 images (one 5-way 1-shot task with 15 queries per class, MAML's per-task
 forward) and, for Omniglot, 200 (a ProtoNet 20-way 5-shot episode with 5 queries).
 
@@ -53,13 +56,25 @@ def shapes():
             (f"mini{f} b80 L3", 80, 21, f, f),
             (f"mini{f} b80 L4", 80, 10, f, f),
         ]
+    out += [
+        (f"proto30 L{i + 1}", 480, hw, 3 if i == 0 else 64, 64)
+        for i, hw in enumerate((84, 42, 21, 10))
+    ]
+    cin = 3
+    for b, (hw, f) in enumerate(zip((84, 42, 21, 10), (64, 160, 320, 640)), 1):
+        out += [
+            (f"r12 B{b} a", 100, hw, cin, f),
+            (f"r12 B{b} b", 100, hw, f, f),
+            (f"r12 B{b} 1x1", 100, hw, cin, f, 1),
+        ]
+        cin = f
     return out
 
 
-def ml_fns(n, hw, c, f, rng):
+def ml_fns(n, hw, c, f, rng, ks=3):
     x = _core.tensor(rng.standard_normal((n, hw, hw, c)).astype(np.float32), requires_grad=True)
     k = _core.tensor(
-        (rng.standard_normal((3, 3, c, f)) / np.sqrt(9 * c)).astype(np.float32),
+        (rng.standard_normal((ks, ks, c, f)) / np.sqrt(ks * ks * c)).astype(np.float32),
         requires_grad=True,
     )
     g = rng.standard_normal((n, hw, hw, f)).astype(np.float32)
@@ -72,11 +87,14 @@ def ml_fns(n, hw, c, f, rng):
     return fns
 
 
-def torch_fns(n, hw, c, f, rng, fmt):
+def torch_fns(n, hw, c, f, rng, fmt, ks=3):
     mf = torch.channels_last if fmt == "nhwc" else torch.contiguous_format
+    pad = ks // 2
     x = torch.from_numpy(rng.standard_normal((n, c, hw, hw)).astype(np.float32))
     x = x.contiguous(memory_format=mf)
-    w = torch.from_numpy((rng.standard_normal((f, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32))
+    w = torch.from_numpy(
+        (rng.standard_normal((f, c, ks, ks)) / np.sqrt(ks * ks * c)).astype(np.float32)
+    )
     w = w.contiguous(memory_format=mf)
     g = torch.from_numpy(rng.standard_normal((n, f, hw, hw)).astype(np.float32))
     g = g.contiguous(memory_format=mf)
@@ -84,10 +102,10 @@ def torch_fns(n, hw, c, f, rng, fmt):
     bwd = torch.ops.aten.convolution_backward
 
     def back(mask):
-        return lambda: bwd(g, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
+        return lambda: bwd(g, x, w, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, mask)
 
     fns = {
-        f"torch-{fmt} fwd": lambda: conv(x, w, None, 1, 1),
+        f"torch-{fmt} fwd": lambda: conv(x, w, None, 1, pad),
         f"torch-{fmt} bwd-k": back([False, True, False]),
     }
     if c > 3:
@@ -111,15 +129,16 @@ def main(argv=None):
     hdr = f"{'shape':<16}{'pass':<7}{'ml GF/s':>9}{'peak%':>7}{'torch GF/s':>11}{'ratio':>7}"
     print(hdr)
     rng = np.random.default_rng(0)
-    for name, n, hw, c, f in shapes():
+    for name, n, hw, c, f, *ks in shapes():
         if args.only and not any(s in name for s in args.only):
             continue
-        fns = ml_fns(n, hw, c, f, rng)
+        ks = ks[0] if ks else 3
+        fns = ml_fns(n, hw, c, f, rng, ks)
         if use_torch:
             for fmt in ("nchw", "nhwc"):
-                fns.update(torch_fns(n, hw, c, f, rng, fmt))
+                fns.update(torch_fns(n, hw, c, f, rng, fmt, ks))
         t = interleaved(fns, 0.05 if args.quick else 0.15, 3 if args.quick else 5, warmup=1)
-        flops = 2.0 * n * hw * hw * f * 9 * c
+        flops = 2.0 * n * hw * hw * f * ks * ks * c
         for pas in ("fwd", "bwd-x", "bwd-k"):
             if f"ml {pas}" not in t:
                 continue

@@ -12,7 +12,7 @@
  * image, row by row): each chunk transforms its input tiles into V (16 x tiles x c), runs
  * the 16 GEMMs V_s U_s (U_s = the transformed kernel, c x f) into M (16 x tiles x f) and
  * transforms M back into the output. A chunk's V and M stay in a thread's scratch buffer,
- * sized to stay in L2 (WINO_CHUNK_FLOATS).
+ * sized to stay in L2 (WINO_CHUNK_FLOATS; wide layers take more tiles: chunk_tiles).
  */
 #include "winograd.h"
 
@@ -40,9 +40,23 @@ int ml__wino_pays(int64_t n, int64_t h, int64_t w, int64_t c, int64_t f) {
     return n > 0 && h >= 4 && w >= 4 && c >= 16 && f >= 16;
 }
 
+/* Tiles a chunk of c -> f channels takes: as many as fit WINO_CHUNK_FLOATS, but
+ * WINO_WIDE_TILES where that would be fewer than WINO_WIDE_BELOW (from 192 channels in
+ * and out together). A chunk's 16 products are (tiles x c) x (c x f): with few tiles each
+ * one reads its 16 transformed kernels (c f floats each: 6.5 MiB at 320 -> 320) for little
+ * arithmetic, and the kernel gradient reads and writes its part's 16 c f partial sums per
+ * chunk. ResNet-12's layers at 100 images (benchmarks/conv_layers.py --only r12, one
+ * thread, GFLOP/s of the direct algorithm, 16 -> 128 tiles): 640 -> 640 at 10x10 forward
+ * 131 -> 202, kernel gradient 111 -> 215; 320 -> 320 at 21x21 kernel gradient 120 -> 186;
+ * 160 -> 160 at 42x42 184 -> 193 and 169 -> 194. At 64 -> 64 (48 tiles) 128 tiles
+ * measured no faster, so the L2-sized chunk stays there. A rule of the shape: the chunking,
+ * hence the bits, never depend on the threads. */
+#define WINO_WIDE_BELOW 32
+#define WINO_WIDE_TILES 128
+
 static int64_t chunk_tiles(int64_t c, int64_t f) {
     int64_t t = WINO_CHUNK_FLOATS / (16 * (c + f));
-    if (t < 16) t = 16;
+    if (t < WINO_WIDE_BELOW) t = WINO_WIDE_TILES;
     if (t > 256) t = 256;
     return t;
 }

@@ -608,6 +608,9 @@ WINO = [
     ((3, 7, 5, 16), 24),  # odd sizes: the last row and column of tiles half outside
     ((2, 4, 9, 32), 17),  # a channel count that is not a multiple of 8
     ((2, 14, 14, 64), 64),  # Omniglot conv4's second block, several chunks of tiles
+    # 96 + 112 channels: the wide layers' chunks of 128 tiles (ResNet-12's), 3 chunks (the
+    # last one partial) summed in 3 kernel-gradient parts
+    ((12, 10, 9, 96), 112),
 ]
 
 
@@ -645,6 +648,30 @@ def test_conv2d_winograd_against_float64(xs, f):
             ref, s = ref + b, s + np.abs(b)
         err = np.abs(np.asarray(got, np.float64) - ref)
         assert np.all(err <= 2e-6 * s), f"{name}: max error / bound {np.max(err / (2e-6 * s))}"
+
+
+@pytest.mark.parametrize("xs,f", [((2, 14, 14, 64), 64), ((12, 10, 9, 96), 112)])
+def test_conv2d_winograd_same_bits_for_any_thread_count(xs, f):
+    """The chunks of tiles and the kernel gradient's parts are the shape's (narrow and wide
+    layers alike): forward, input and kernel gradient are the same bits on 1, 2 and 3
+    threads (ARCHITECTURE's determinism contract)."""
+    rng = _rng(33)
+    x = rng.standard_normal(xs).astype(F32)
+    k = (rng.standard_normal((3, 3, xs[-1], f)) / np.sqrt(9 * xs[-1])).astype(F32)
+    g = ml.tensor(rng.standard_normal(xs[:3] + (f,)).astype(F32))
+    prev = ml.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2, 3):
+            ml.set_num_threads(threads)
+            xt, kt = ml.tensor(x, requires_grad=True), ml.tensor(k, requires_grad=True)
+            y = _core.conv2d(xt, kt, strides=1, padding="same")
+            runs.append([np.asarray(a) for a in (y, *ml.grad(y, [xt, kt], [g]))])
+    finally:
+        ml.set_num_threads(prev)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert a.tobytes() == b.tobytes()
 
 
 @pytest.mark.parametrize("order", [1, 2])
