@@ -241,8 +241,13 @@ def test_one_process_strategy_keeps_maml_plus_plus_annealed_meta_rate():
             [keras.layers.Dense(20, activation="relu", input_shape=(1,)), keras.layers.Dense(1)]
         )
         learner = MAMLPlusPlus(
-            model, inner_steps=2, meta_lr=0.01, epoch_length=1, total_epochs=3,
-            learn_inner_rates=False, multi_step_loss=False,
+            model,
+            inner_steps=2,
+            meta_lr=0.01,
+            epoch_length=1,
+            total_epochs=3,
+            learn_inner_rates=False,
+            multi_step_loss=False,
         )
         tasks = ml.tasks.Sinusoid(k_shot=5, seed=0)
         if parallel:
