@@ -96,7 +96,7 @@ int ml__same_shape(const ml_tensor *a, const ml_tensor *b) {
  * 25 %, so a 40 MB activation takes a 40 MB block, not a 64 MB one */
 #define POOL_CLASSES 192
 #define POOL_PER_CLASS 16
-#define POOL_MAX_BYTES ((size_t)1 << 30)
+#define POOL_MAX_BYTES ((size_t)1 << 30) /* or live_high, whichever is larger */
 
 /* Tensor and node structs are cached per thread too (a replayed MAML sinusoid step made
  * ~180 malloc/free pairs for them, one per op): a bounded free list of each. */
@@ -118,11 +118,21 @@ typedef struct {
  * count from their taking to their return), its high-water mark, and the bytes the
  * threads' pools hold for reuse: ml_storage_stats. Relaxed atomics: counters, no order. */
 static int64_t live_bytes, peak_bytes, pooled_bytes;
+/* The most storage ever live at once (never reset, unlike peak_bytes): a thread's pool may
+ * hold that much. A step whose activations are gigabytes (ProtoNet conv4-64 on 30 ways of
+ * 84x84 images: 867 MB per layer output) then reuses its blocks instead of mapping them
+ * afresh, page faults and the kernel's zeroing included (45 % of that step); the process's
+ * footprint stays within twice the most it ever needed at once. */
+static int64_t live_high;
 
 static void count_live(int64_t delta) {
     int64_t now = __atomic_add_fetch(&live_bytes, delta, __ATOMIC_RELAXED);
     int64_t peak = __atomic_load_n(&peak_bytes, __ATOMIC_RELAXED);
     while (now > peak && !__atomic_compare_exchange_n(&peak_bytes, &peak, now, 1, __ATOMIC_RELAXED,
+                                                      __ATOMIC_RELAXED)) {
+    }
+    int64_t high = __atomic_load_n(&live_high, __ATOMIC_RELAXED);
+    while (now > high && !__atomic_compare_exchange_n(&live_high, &high, now, 1, __ATOMIC_RELAXED,
                                                       __ATOMIC_RELAXED)) {
     }
 }
@@ -217,7 +227,10 @@ static void storage_release(ml_storage *s) {
     int c = s->size_class;
     count_live(-(int64_t)s->bytes);
     block_pool *pool = c >= 0 ? get_pool() : NULL;
-    if (pool && pool->count[c] < POOL_PER_CLASS && pool->bytes + class_bytes(c) <= POOL_MAX_BYTES) {
+    size_t room = POOL_MAX_BYTES;
+    const int64_t high = __atomic_load_n(&live_high, __ATOMIC_RELAXED);
+    if (high > 0 && (size_t)high > room) room = (size_t)high;
+    if (pool && pool->count[c] < POOL_PER_CLASS && pool->bytes + class_bytes(c) <= room) {
         pool->blocks[c][pool->count[c]++] = s;
         pool->bytes += class_bytes(c);
         __atomic_add_fetch(&pooled_bytes, (int64_t)class_bytes(c), __ATOMIC_RELAXED);

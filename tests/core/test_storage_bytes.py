@@ -3,7 +3,10 @@
 tensor's shape (ML_UNREAD_* in csrc/ops/op_table.c), and a bound on the bytes a
 second-order MAML step through conv4 holds at once, from the activations it must keep."""
 
+import os
+
 import numpy as np
+import pytest
 
 import metalearn as ml
 from metalearn import _core
@@ -191,3 +194,18 @@ def test_maml_conv_step_keeps_a_bounded_number_of_activations():
     query, support = sum(_activation_bytes(N_WAY * Q)), sum(_activation_bytes(N_WAY))
     bound = 1.25 * TASKS * (3 * query + STEPS * 9 * support) + 3 * _activation_bytes(N_WAY * Q)[0]
     assert peak < bound, (peak / MiB, bound / MiB)
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("METALEARN_SANITIZED")), reason="the pool is off under ASan"
+)
+def test_the_pool_keeps_what_the_process_needed_at_once_beyond_one_gib():
+    # a step whose live set passed 1 GiB gets its blocks back from the pool (not fresh,
+    # page-faulted mappings): freed, they stay pooled up to the most ever live at once
+    big = 3 * 2**30 // 8 // 4  # 3/8 GiB of float32 each
+    ts = [_core.zeros((big,)) + 1.0 for _ in range(3)]  # 1.125 GiB live at once
+    del ts
+    pooled = _core._storage_stats()["pooled"]
+    # the three freed blocks (and what the pool held) fit under the most ever live at once,
+    # 1.75 GiB here; the old fixed 1 GiB cap held at most 1 GiB
+    assert pooled >= 3 * (3 * 2**30 // 8), pooled
