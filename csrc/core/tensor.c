@@ -122,7 +122,7 @@ static int64_t live_bytes, peak_bytes, pooled_bytes;
  * hold that much. A step whose activations are gigabytes (ProtoNet conv4-64 on 30 ways of
  * 84x84 images: 867 MB per layer output) then reuses its blocks instead of mapping them
  * afresh, page faults and the kernel's zeroing included (45 % of that step); the process's
- * footprint stays within twice the most it ever needed at once. */
+ * footprint grows by at most that much for each thread that frees tensors. */
 static int64_t live_high;
 
 static void count_live(int64_t delta) {
