@@ -228,7 +228,7 @@ class DataParallel:
         self.check_every = check_count(check_every, "check_every", "DataParallel")
         self.shards = check_count(shards, "shards", "DataParallel", minimum=1)
         self._buffers: list = []  # the meta-step's spare partial-sum buffers
-        self._layout = None  # (ids, shapes, sizes) of the meta-parameters last seen
+        self._layout = None  # (tensors, shapes, sizes) of the meta-parameters last seen
 
     def __repr__(self):
         return f"<DataParallel size={size()} check_every={self.check_every} shards={self.shards}>"
@@ -314,11 +314,12 @@ class DataParallel:
 
         params = list(_meta_params(learner))
         # the parameters' shapes and sizes, kept while the parameters are the same
-        # tensors (per step they cost as much Python as a rank's share of the additions)
-        key = tuple(map(id, params))
-        if self._layout is None or self._layout[0] != key:
+        # tensors (per step they cost as much Python as a rank's share of the additions);
+        # the tensors themselves are kept, not their ids, which a freed one could pass on
+        held_params = self._layout[0] if self._layout is not None else ()
+        if len(held_params) != len(params) or any(a is not b for a, b in zip(held_params, params)):
             shapes = [tuple(int(d) for d in t.shape) for t in params]
-            self._layout = (key, shapes, [math.prod(x) for x in shapes])
+            self._layout = (tuple(params), shapes, [math.prod(x) for x in shapes])
         shapes, sizes = self._layout[1], self._layout[2]
         width = sum(sizes)
         p, r = size(), rank()
