@@ -299,19 +299,56 @@ class _core_no_grad:
 # ------------------------------------------------------------------ sampling
 
 
-def _input_rank(model):
-    """The number of axes of the model's input batch (batch axis included), or None when
-    the model declares no input shape and has not been built."""
+def _input_shape(model):
+    """The model's input batch shape (batch axis included, None for free axes), or None
+    when the model declares no input shape and has not been built."""
     for attr in ("_batch_input_shape", "_build_input_shape"):
         shape = getattr(model, attr, None)
         if isinstance(shape, tuple) and shape:
-            return len(shape)
+            return shape
     layers = getattr(model, "layers", None)  # a Sequential declares it on its first layer
     if layers:
         shape = getattr(layers[0], "_batch_input_shape", None)
         if isinstance(shape, tuple) and shape:
-            return len(shape)
+            return shape
     return None
+
+
+def _input_rank(model):
+    """The number of axes of the model's input batch (batch axis included), or None when
+    the model declares no input shape and has not been built."""
+    shape = _input_shape(model)
+    return None if shape is None else len(shape)
+
+
+def _check_example_shape(learner, task):
+    """Refuses a task whose support examples do not hold as many values as the model's
+    input, or whose query examples differ from its support examples, before anything
+    runs: otherwise a vectorised step fails in the first layer's product with an error
+    about matmul operands. Only the size is compared with the model's input, since a
+    learner may reshape examples (a channel axis) on the way in."""
+    batch = getattr(task, "is_batch", False) or (
+        isinstance(task, Task) and _is_batch(task, learner.model)
+    )
+    lead = 2 if batch else 1
+    sx, qx = np.shape(task.support_x), np.shape(getattr(task, "query_x", None))
+    if len(sx) < lead:
+        return  # (refused later, with the shapes)
+    shape = _input_shape(learner.model)
+    got = tuple(sx[lead:])
+    if shape is not None and all(d is not None for d in shape[1:]):
+        want, have = int(np.prod(shape[1:], dtype=np.int64)), int(np.prod(got, dtype=np.int64))
+        if have != want:
+            raise ValueError(
+                f"{type(learner).__name__}: support_x examples have shape {got} ({have} "
+                f"values), but the model takes inputs of shape {tuple(shape[1:])} "
+                f"({want} values)"
+            )
+    if len(qx) >= lead and tuple(qx[lead:]) != got:
+        raise ValueError(
+            f"{type(learner).__name__}: support_x and query_x examples must have one "
+            f"shape, got {got} and {tuple(qx[lead:])}"
+        )
 
 
 def _is_batch(task, model):
@@ -538,6 +575,7 @@ class BaseMetaLearner:
                 self.loss, task, probabilities=self._outputs_probabilities()
             )
         model = self.model
+        _check_example_shape(self, task)
         # model.weights walks every layer: checked once per model, not on every fit
         if getattr(self, "_prepared_model", None) is model:
             return

@@ -140,7 +140,9 @@ CALLS = [
         LEARNERS,
         lambda l, n: l.adapt(*_support(n, x=lambda a: np.concatenate([a, a], -1))),
         ValueError,
-        r"expected input with last dimension (1|4), got \(\d+, (2|8)\)",
+        r"(expected input with last dimension (1|4), got \(\d+, (2|8)\)"
+        r"|support_x examples have shape \((2|8),\) \((2|8) values\), but the model takes "
+        r"inputs of shape \((1|4),\) \((1|4) values\))",
     ),
     (
         "adapt_negative_steps",
@@ -164,13 +166,22 @@ CALLS = [
         TypeError,
         r"complex",
     ),
-    # the MAML family's per-task loops: the model names the input it expected
+    # the MAML family (vectorised or not): the shape the model takes is named, not a
+    # product's operands
     (
         "fit_wrong_feature_count",
-        ["MAML++", "iMAML"],
+        REGRESSION,
         lambda l, n: _fit(l, n, support_x=lambda a: np.concatenate([a, a], -1)),
         ValueError,
-        r"expected input with last dimension 1, got \(5, 2\)",
+        r"support_x examples have shape \(2,\) \(2 values\), but the model takes inputs "
+        r"of shape \(1,\) \(1 values\)",
+    ),
+    (
+        "fit_query_feature_count",
+        REGRESSION,
+        lambda l, n: _fit(l, n, query_x=lambda a: np.concatenate([a, a], -1)),
+        ValueError,
+        r"support_x and query_x examples must have one shape, got \(1,\) and \(2,\)",
     ),
     # the metric learners' episodes
     (
@@ -349,3 +360,33 @@ def test_bad_setting_raises_naming_it_and_the_learner(name, kw, exc, regex):
         cls(model, **kw)
     for a, b in zip(before, model.weights):
         np.testing.assert_array_equal(a, np.asarray(b))  # the model is left as it was
+
+
+@pytest.mark.parametrize("name", ["MAML", "FOMAML", "MetaSGD", "ANIL", "Reptile"])
+@pytest.mark.parametrize("field", ["support_x", "query_x"])
+def test_vectorised_maml_family_names_a_wrong_input_width(name, field):
+    """The vectorised meta-step used to fail inside the first layer's batched product
+    ("matmul: shapes (1, 2, 5, 2) and (1, 1, 8) do not align"); the task's shapes are
+    now checked against the model's input before anything runs."""
+    from metalearn import meta
+
+    make = {
+        "MAML": lambda m: meta.MAML(m),
+        "FOMAML": lambda m: meta.MAML(m, first_order=True),
+        "MetaSGD": lambda m: meta.MetaSGD(m),
+        "ANIL": lambda m: meta.ANIL(m),
+        "Reptile": lambda m: meta.Reptile(m),
+    }[name]
+    learner = make(_regressor())
+    _fit(learner, "MAML++")  # the regression batch
+    before = _snapshot(learner)
+    wide = {field: lambda a: np.concatenate([a, a], -1)}
+    regex = (
+        r"support_x examples have shape \(2,\) \(2 values\), but the model takes inputs of "
+        r"shape \(1,\)"
+        if field == "support_x"
+        else r"support_x and query_x examples must have one shape, got \(1,\) and \(2,\)"
+    )
+    with pytest.raises(ValueError, match=regex):
+        _fit(learner, "MAML++", **wide)
+    _assert_unchanged(before, learner)
