@@ -598,10 +598,12 @@ class MAML(BaseMetaLearner):
             grads = _core.grad(loss, fast)
             with _core_no_grad():
                 fast, state = self._inner_apply(k, fast, grads, state)
+            del loss, grads  # (this step's graph, before the next step's forward)
             for w in fast + self._state_list(state):
                 w.requires_grad = True
         lq, metric = self._query_loss(batch, i, fast, qx, sx)
         g = _core.grad(lq * scale, fast + extra, allow_unused=True)
+        lq = lq.detach()  # the query's graph goes before the steps are re-run
         g_fast, g_extra, g_state = list(g[:m]), list(g[m:]), []
         after = _core.rng_state()
         try:
