@@ -566,13 +566,6 @@ class MAML(BaseMetaLearner):
             return list(state[0]) + list(state[1])
         return list(state)
 
-    def _state_from(self, flat, m):
-        if not flat:
-            return None
-        if self.inner_optimizer == "adam":
-            return (flat[:m], flat[m:])
-        return list(flat)
-
     def _recomputed_task_gradients(self, batch, i, params, scale):
         """Task `i`'s (query loss, metric, scale * its meta-gradients of `params`) with its
         inner steps recomputed: the loop runs without a graph keeping the fast weights
