@@ -133,7 +133,9 @@ class MAML(BaseMetaLearner):
             The meta-gradients equal the default's up to float32 rounding (they are summed
             in another order: deterministic, not bit-identical), which is why it is
             opt-in. The tasks run the loop: ``vectorize=True`` is refused with it and
-            ``"auto"`` loops. Default ``False``.
+            ``"auto"`` loops. It is no part of a checkpoint's fingerprint: a run may
+            resume with the other setting (to fit a smaller machine), its numbers then
+            differing from an uninterrupted run's by rounding. Default ``False``.
 
     Example::
 
@@ -186,21 +188,7 @@ class MAML(BaseMetaLearner):
         who = type(self).__name__
         # every setting checked before anything is stored: a bad one changes nothing
         check_model(model, who)
-        if not isinstance(gradient_checkpointing, (bool, np.bool_)):
-            raise TypeError(
-                f"{who}: gradient_checkpointing must be True or False, got "
-                f"{gradient_checkpointing!r}"
-            )
-        if gradient_checkpointing and not self._checkpointed_inner_loop:
-            raise ValueError(
-                f"{who}: gradient_checkpointing=True is not supported (its inner loop is "
-                "not a plain step of the inner weights from the meta-weights); use False"
-            )
-        if gradient_checkpointing and vectorize is True:
-            raise ValueError(
-                f"{who}: gradient_checkpointing=True runs the tasks one at a time, "
-                "vectorize=True runs them together; use vectorize='auto' or False"
-            )
+        gradient_checkpointing = self._checked_checkpointing(gradient_checkpointing, vectorize)
         if inner_optimizer not in INNER_OPTIMIZERS:
             raise ValueError(
                 f"{who}: inner_optimizer must be one of {INNER_OPTIMIZERS}, got {inner_optimizer!r}"
@@ -252,7 +240,35 @@ class MAML(BaseMetaLearner):
         self.inner_momentum = float(inner_momentum)
         self.inner_betas = (float(betas[0]), float(betas[1]))
         self.inner_epsilon = float(inner_epsilon)
-        self.gradient_checkpointing = bool(gradient_checkpointing)
+        # (kept out of vars(): not in a checkpoint's fingerprint, so a run may resume with
+        # either setting, and checkpoints written before the setting existed still load)
+        self._gradient_checkpointing = gradient_checkpointing
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether the meta-gradient is taken task by task with each inner step recomputed
+        (the constructor's argument; may be set, checked the same way)."""
+        return self._gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value: bool) -> None:
+        self._gradient_checkpointing = self._checked_checkpointing(value, self.vectorize)
+
+    def _checked_checkpointing(self, value, vectorize):
+        who = type(self).__name__
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{who}: gradient_checkpointing must be True or False, got {value!r}")
+        if value and not self._checkpointed_inner_loop:
+            raise ValueError(
+                f"{who}: gradient_checkpointing=True is not supported (its inner loop is "
+                "not a plain step of the inner weights from the meta-weights); use False"
+            )
+        if value and vectorize is True:
+            raise ValueError(
+                f"{who}: gradient_checkpointing=True runs the tasks one at a time, "
+                "vectorize=True runs them together; use vectorize='auto' or False"
+            )
+        return bool(value)
 
     # ------------------------------------------------------------ the pieces
     def _meta_params(self):
