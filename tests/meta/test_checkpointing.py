@@ -5,7 +5,8 @@ The meta-gradients against the PyTorch float64 fixtures (tests/reference/generat
 generate_inner_optim.py) and against the default path (one graph for the meta-batch) on
 conv4 with batch norm, MLPs, Meta-SGD, the inner optimizers and the batch-norm modes;
 fit equal to the default's; a learning test; the tensor storage's peak (the core's own
-counter) well below the default's; the setting kept in checkpoints; bad input."""
+counter) well below the default's, DataParallel's included; a resume with the other
+setting; bad input."""
 
 import numpy as np
 import pytest
