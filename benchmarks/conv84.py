@@ -4,18 +4,22 @@ peak memory of the MAML row measured in separate processes, one per library.
 
     python benchmarks/conv84.py                       # every row, one thread
     python benchmarks/conv84.py --rows maml --quick
-    python benchmarks/conv84.py --peak                # peak memory only (two processes)
+    python benchmarks/conv84.py --peak                # peak memory only (three processes)
 
 Rows (synthetic images: speed does not depend on pixel values):
   maml      MAML conv4-32 (MAML's mini-ImageNet net: 4 x [Conv 3x3 32, BN, ReLU,
             MaxPool 2]), 84x84x3, 5-way 1-shot, 15 queries, meta-batch 4, 5 inner steps
             (lr 0.01), second order, Adam; PyTorch: a functional loop over tasks
-            (F.conv2d, F.batch_norm in training mode, create_graph=True).
+            (F.conv2d, F.batch_norm in training mode, create_graph=True). The row also
+            times metalearn with gradient_checkpointing=True (the tasks one at a time,
+            each inner step re-run backwards), interleaved with the default, and prints
+            the checkpointed / default time ratio of their least times.
   proto30   ProtoNet conv4-64, 84x84x3, a 30-way 1-shot training episode, 15 queries.
   resnet12  ProtoNet ResNet-12 (MetaOptNet's 64-160-320-640), 84x84x3, 5-way 5-shot, 15
             queries: one training episode.
 
-Peak memory: each library runs the maml row's step in its own process (``--child``);
+Peak memory: each library runs the maml row's step in its own process (``--child``),
+and so does metalearn with gradient_checkpointing=True;
 the figure is the peak resident set (ru_maxrss) minus the resident set after imports and
 the model's build, so the libraries' own sizes do not count. The metalearn child also
 reports the core's storage counter at its peak (``_core._storage_stats``: tensor storage in
@@ -26,8 +30,10 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -62,7 +68,7 @@ def _batch(n_way, k_shot, q, mb, seed=0):
 MAML = dict(n_way=5, k_shot=1, q=15, mb=4, steps=5, lr=0.01, filters=32)
 
 
-def ml_maml():
+def ml_maml(gradient_checkpointing=False):
     from metalearn.meta import MAML as Maml
     from metalearn.meta import models
     from metalearn.tasks import Task
@@ -71,7 +77,13 @@ def ml_maml():
     batch = Task(*_batch(s["n_way"], s["k_shot"], s["q"], s["mb"]), info={"batched": True})
     ml.random.set_seed(0)
     model = models.conv4(s["n_way"], filters=s["filters"], input_shape=(HW, HW, C))
-    maml = Maml(model, inner_lr=s["lr"], inner_steps=s["steps"], meta_lr=1e-3)
+    maml = Maml(
+        model,
+        inner_lr=s["lr"],
+        inner_steps=s["steps"],
+        meta_lr=1e-3,
+        gradient_checkpointing=gradient_checkpointing,
+    )
     return lambda: maml.fit(batch, iterations=1, meta_batch_size=s["mb"], verbose=0)
 
 
@@ -216,23 +228,30 @@ def _current_rss_mib():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+SIDES = {
+    "ml": lambda: ml_maml(),
+    "ml-ckpt": lambda: ml_maml(gradient_checkpointing=True),
+    "torch": lambda: torch_maml(),
+}
+
+
 def child(side):
     """One library's maml step, twice, in this process; prints JSON with the peak
     resident set above the resident set after imports and the build."""
     set_threads(1)
-    step = ml_maml() if side == "ml" else torch_maml()
+    step = SIDES[side]()
     base = _current_rss_mib()
     step()
     step()
     out = {"side": side, "peak_mib": _rss_mib() - base, "base_mib": base}
-    if side == "ml":  # the core's own count: tensor storage at its most (pool classes)
+    if side != "torch":  # the core's own count: tensor storage at its most (pool classes)
         out["storage_peak_mib"] = ml._core._storage_stats()["peak"] / 2**20
     print(json.dumps(out))
 
 
 def peak():
     out = {}
-    for side in ("ml", "torch") if torch is not None else ("ml",):
+    for side in ("ml", "ml-ckpt", "torch") if torch is not None else ("ml", "ml-ckpt"):
         r = subprocess.run(
             [sys.executable, os.path.abspath(__file__), "--child", side],
             capture_output=True,
@@ -243,10 +262,28 @@ def peak():
             raise SystemExit(f"the {side} child failed:\n{r.stderr}")
         out[side] = json.loads(r.stdout.strip().splitlines()[-1])["peak_mib"]
     line = f"peak memory, {ROWS['maml'][0]}: metalearn {out['ml']:.0f} MiB"
+    line += (
+        f", metalearn gradient_checkpointing=True {out['ml-ckpt']:.0f} MiB "
+        f"({out['ml'] / out['ml-ckpt']:.2f}x less)"
+    )
     if "torch" in out:
         line += f", PyTorch {out['torch']:.0f} MiB (ratio metalearn/PyTorch {out['ml'] / out['torch']:.2f})"
     print(line)
     return out
+
+
+def _interleaved_rounds(fns, repeats):
+    """(medians, per-round seconds): one warm-up call of each, then `repeats` rounds of one
+    call of each, names interleaved (a step here takes seconds: one call is a chunk)."""
+    for f in fns.values():
+        f()
+    rounds = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            rounds[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in rounds.items()}, rounds
 
 
 def main(argv=None):
@@ -256,7 +293,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--peak", action="store_true", help="only the peak-memory comparison")
-    p.add_argument("--child", choices=("ml", "torch"), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=sorted(SIDES), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         return child(args.child)
@@ -266,10 +303,21 @@ def main(argv=None):
     for key in args.rows:
         name, ml_fn, torch_fn, target = ROWS[key]
         fns = {"ml": ml_fn()}
+        if key == "maml":
+            fns["ml-ckpt"] = ml_maml(gradient_checkpointing=True)
         if torch is not None and not args.no_torch:
             fns["torch"] = torch_fn()
-        t = interleaved(fns, 0.5 if args.quick else 3.0, 2 if args.quick else 5, warmup=1)
+        if key == "maml":  # seconds a step: one call a chunk, and every round's ratio
+            t, rounds = _interleaved_rounds(fns, 2 if args.quick else 5)
+        else:
+            t = interleaved(fns, 0.5 if args.quick else 3.0, 2 if args.quick else 5, warmup=1)
         line = f"{name}, {args.threads} thread(s): metalearn {1000 * t['ml']:.0f} ms/step"
+        if "ml-ckpt" in t:
+            ratio = min(rounds["ml-ckpt"]) / min(rounds["ml"])
+            line += (
+                f", gradient_checkpointing=True {1000 * t['ml-ckpt']:.0f} ms/step "
+                f"(time ratio checkpointed/default {ratio:.2f}, min of {len(rounds['ml'])} each)"
+            )
         if "torch" in t:
             line += f", PyTorch {1000 * t['torch']:.0f} ms/step, ratio {t['torch'] / t['ml']:.2f}x (target {target})"
         print(line, flush=True)

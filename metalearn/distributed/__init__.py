@@ -706,8 +706,9 @@ def _task_gradient(learner, batch, i, params):
     if kind == "reptile":  # the loop's direction of one task: (theta - phi_i) / 1
         loss, metric, grads = learner._direction(one)
         return loss, metric, grads
-    loss, metric = learner._meta_loss(one)
-    return float(loss.item()), metric, _core.grad(loss, params)
+    # (the learner's own way: one graph, or gradient_checkpointing's recomputed steps)
+    loss, metric, grads = learner._loss_and_gradients(one, params)
+    return float(loss.item()), metric, grads
 
 
 def __getattr__(name):

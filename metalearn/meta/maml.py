@@ -116,6 +116,26 @@ class MAML(BaseMetaLearner):
             fires, does not make them NaN). Other than "sgd", the tasks
             run one by one (not vectorised or traced).
         inner_momentum, inner_betas, inner_epsilon: the inner optimizer's settings.
+        gradient_checkpointing: ``True`` trades time for memory in the meta-gradient, as
+            ``torch.utils.checkpoint`` does: the tasks of a meta-batch run one at a time,
+            each task's gradient taken and its graph freed before the next (so the peak
+            holds one task, not the meta-batch), and a second-order task keeps no inner
+            step's activations: its inner loop runs without a graph, keeping only the
+            fast weights of each step, and the meta-gradient is taken backwards from the
+            query, re-running one inner step at a time with its graph (the step's
+            vector-Jacobian product, then the graph is dropped). Peak memory: about one
+            inner step's graph or one query's instead of the meta-batch's whole unrolled
+            loops; time: one more forward and backward of every inner step. First order
+            (``first_order=True``): the tasks one at a time only (a first-order step keeps
+            nothing for the meta-gradient, so there is nothing to recompute). A model with
+            Dropout draws the same masks as without (the generator's state is put back
+            for each re-run step, as ``torch.utils.checkpoint``'s ``preserve_rng_state``).
+            The meta-gradients equal the default's up to float32 rounding (they are summed
+            in another order: deterministic, not bit-identical), which is why it is
+            opt-in. The tasks run the loop: ``vectorize=True`` is refused with it and
+            ``"auto"`` loops. It is no part of a checkpoint's fingerprint: a run may
+            resume with the other setting (to fit a smaller machine), its numbers then
+            differing from an uninterrupted run's by rounding. Default ``False``.
 
     Example::
 
@@ -142,6 +162,10 @@ class MAML(BaseMetaLearner):
     # the batch_norm modes other than "transductive" need _forward to be a functional
     # call of the whole model (a variant that cannot run one says False)
     _batch_norm_modes = True
+    # gradient_checkpointing re-runs inner steps one at a time: it needs the inner loop to
+    # be _inner_apply on _inner_params() from the meta-weights, through _forward on a
+    # support input with no graph (ANIL's body features have one: refused)
+    _checkpointed_inner_loop = True
 
     def __init__(
         self,
@@ -159,10 +183,12 @@ class MAML(BaseMetaLearner):
         inner_momentum: float = 0.9,
         inner_betas: Tuple[float, float] = (0.9, 0.999),
         inner_epsilon: float = 1e-8,
+        gradient_checkpointing: bool = False,
     ) -> None:
         who = type(self).__name__
         # every setting checked before anything is stored: a bad one changes nothing
         check_model(model, who)
+        gradient_checkpointing = self._checked_checkpointing(gradient_checkpointing, vectorize)
         if inner_optimizer not in INNER_OPTIMIZERS:
             raise ValueError(
                 f"{who}: inner_optimizer must be one of {INNER_OPTIMIZERS}, got {inner_optimizer!r}"
@@ -214,6 +240,35 @@ class MAML(BaseMetaLearner):
         self.inner_momentum = float(inner_momentum)
         self.inner_betas = (float(betas[0]), float(betas[1]))
         self.inner_epsilon = float(inner_epsilon)
+        # (kept out of vars(): not in a checkpoint's fingerprint, so a run may resume with
+        # either setting, and checkpoints written before the setting existed still load)
+        self._gradient_checkpointing = gradient_checkpointing
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether the meta-gradient is taken task by task with each inner step recomputed
+        (the constructor's argument; may be set, checked the same way)."""
+        return self._gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value: bool) -> None:
+        self._gradient_checkpointing = self._checked_checkpointing(value, self.vectorize)
+
+    def _checked_checkpointing(self, value, vectorize):
+        who = type(self).__name__
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{who}: gradient_checkpointing must be True or False, got {value!r}")
+        if value and not self._checkpointed_inner_loop:
+            raise ValueError(
+                f"{who}: gradient_checkpointing=True is not supported (its inner loop is "
+                "not a plain step of the inner weights from the meta-weights); use False"
+            )
+        if value and vectorize is True:
+            raise ValueError(
+                f"{who}: gradient_checkpointing=True runs the tasks one at a time, "
+                "vectorize=True runs them together; use vectorize='auto' or False"
+            )
+        return bool(value)
 
     # ------------------------------------------------------------ the pieces
     def _meta_params(self):
@@ -467,19 +522,130 @@ class MAML(BaseMetaLearner):
             return self._meta_loss_vectorised(plan, batch)
         total, metrics = None, []
         n = len(batch.support_x)
-        create_graph = not self.first_order
         for i in range(n):
-            sx = self._support_input(batch.support_x[i])
-            qx = self._support_input(batch.query_x[i])
-            fast = self._inner_loop(sx, batch.support_y[i], self.inner_steps, create_graph)
-            out = self._query_forward(fast, qx, sx)
-            self._collect_statistics(fast, sx)
-            lq = self._loss_fn(batch.query_y[i], out)
+            lq, metric = self._task_loss(batch, i)
             total = lq if total is None else total + lq
-            metrics.append(
-                self._metric(out, batch.query_y[i], lq.item()) if self.classification else lq.item()
-            )
+            metrics.append(metric)
         return total * (1.0 / n), float(np.mean(metrics))
+
+    def _task_loss(self, batch, i):
+        """Task `i`'s query loss after the inner loop (a graph back to the
+        meta-parameters) and its metric."""
+        sx = self._support_input(batch.support_x[i])
+        qx = self._support_input(batch.query_x[i])
+        fast = self._inner_loop(sx, batch.support_y[i], self.inner_steps, not self.first_order)
+        return self._query_loss(batch, i, fast, qx, sx)
+
+    def _query_loss(self, batch, i, fast, qx, sx):
+        out = self._query_forward(fast, qx, sx)
+        self._collect_statistics(fast, sx)
+        lq = self._loss_fn(batch.query_y[i], out)
+        qy = batch.query_y[i]
+        return lq, self._metric(out, qy, lq.item()) if self.classification else lq.item()
+
+    # ------------------------------------------------ gradient checkpointing
+    def _loss_and_gradients(self, batch, params):
+        """(meta-loss, metric, meta-gradients of `params`) of a task batch: one graph for
+        the batch, or (gradient_checkpointing) task by task."""
+        if not self.gradient_checkpointing:
+            meta_loss, metric = self._meta_loss(batch)
+            return meta_loss, metric, _core.grad(meta_loss, params)
+        n = len(batch.support_x)
+        scale = 1.0 / n
+        total, metrics, acc = None, [], None
+        for i in range(n):
+            if self.first_order:  # nothing to recompute: the task's graph, then freed
+                lq, metric = self._task_loss(batch, i)
+                grads = _core.grad(lq * scale, params, allow_unused=True)
+            else:
+                lq, metric, grads = self._recomputed_task_gradients(batch, i, params, scale)
+            lq = lq.detach()
+            total = lq if total is None else total + lq
+            metrics.append(metric)
+            with _core_no_grad():
+                if acc is None:
+                    acc = list(grads)
+                else:
+                    acc = [
+                        a if g is None else g if a is None else a + g for a, g in zip(acc, grads)
+                    ]
+        # (a meta-parameter no task used: a zero gradient, as one graph gives)
+        with _core_no_grad():
+            acc = [_core.zeros(tuple(p.shape)) if g is None else g for g, p in zip(acc, params)]
+        return total * scale, float(np.mean(metrics)), acc
+
+    def _state_list(self, state):
+        """The inner optimizer's state as a flat list of tensors (none for SGD)."""
+        if state is None:
+            return []
+        if self.inner_optimizer == "adam":
+            return list(state[0]) + list(state[1])
+        return list(state)
+
+    def _recomputed_task_gradients(self, batch, i, params, scale):
+        """Task `i`'s (query loss, metric, scale * its meta-gradients of `params`) with its
+        inner steps recomputed: the loop runs without a graph keeping the fast weights
+        (and the inner optimizer's state) of every step; the query's gradient is taken at
+        the last; then, from the last step back, each step is re-run from its kept inputs
+        with its graph and its vector-Jacobian product carries the gradient to its
+        inputs (and to the meta-parameters the step reads: Meta-SGD's rates), and that
+        graph is dropped before the step before it is re-run."""
+        sx = self._support_input(batch.support_x[i])
+        qx = self._support_input(batch.query_x[i])
+        sy = batch.support_y[i]
+        inner = list(self._inner_params())
+        m = len(inner)
+        inner_ids = {id(w) for w in inner}
+        extra = [p for p in params if id(p) not in inner_ids]
+        # the forward: fast weights and state of each step, no graph between steps
+        fast, state = inner, None
+        kept, rng = [], []
+        for k in range(self.inner_steps):
+            kept.append((fast, state))
+            rng.append(_core.rng_state())  # a re-run draws the same dropout masks
+            loss = self._loss_fn(sy, self._forward(fast, sx))
+            grads = _core.grad(loss, fast)
+            with _core_no_grad():
+                fast, state = self._inner_apply(k, fast, grads, state)
+            del loss, grads  # (this step's graph, before the next step's forward)
+            for w in fast + self._state_list(state):
+                w.requires_grad = True
+        lq, metric = self._query_loss(batch, i, fast, qx, sx)
+        g = _core.grad(lq * scale, fast + extra, allow_unused=True)
+        lq = lq.detach()  # the query's graph goes before the steps are re-run
+        g_fast, g_extra, g_state = list(g[:m]), list(g[m:]), []
+        after = _core.rng_state()
+        try:
+            for k in reversed(range(self.inner_steps)):
+                fast, state = kept[k]
+                flat_state = self._state_list(state)
+                _core.rng_set_state(rng[k])
+                loss = self._loss_fn(sy, self._forward(fast, sx))
+                grads = _core.grad(loss, fast, create_graph=True)
+                new, new_state = self._inner_apply(k, fast, grads, state)
+                outputs, seeds = list(new), list(g_fast)
+                if g_state:  # the next step read this step's state (its last one: no)
+                    outputs += self._state_list(new_state)
+                    seeds += g_state
+                keep = [j for j, s in enumerate(seeds) if s is not None]
+                vj = _core.grad(
+                    [outputs[j] for j in keep],
+                    fast + flat_state + extra,
+                    grad_outputs=[seeds[j] for j in keep],
+                    allow_unused=True,
+                )
+                del loss, grads, new, new_state, outputs  # this step's graph
+                g_fast = list(vj[:m])
+                g_state = list(vj[m : m + len(flat_state)])
+                with _core_no_grad():
+                    for j, v in enumerate(vj[m + len(flat_state) :]):
+                        if v is not None:
+                            g_extra[j] = v if g_extra[j] is None else g_extra[j] + v
+        finally:
+            _core.rng_set_state(after)
+        by_id = {id(w): gw for w, gw in zip(inner, g_fast)}
+        by_id.update({id(p): gp for p, gp in zip(extra, g_extra)})
+        return lq, metric, [by_id[id(p)] for p in params]
 
     def meta_gradients(self, batch: Task) -> Tuple[float, Any]:
         """The meta-gradient of the mean query loss for a Task batch, without applying it.
@@ -489,10 +655,12 @@ class MAML(BaseMetaLearner):
             (``model.trainable_weights``, plus the learned rates for Meta-SGD).
         """
         self._prepare(batch)
-        meta_loss, _ = self._meta_loss(batch)
-        self._flush_statistics(apply=False)  # a query, not a training step
         params = self._meta_params()
-        return float(meta_loss.item()), _core.grad(meta_loss, params)
+        try:
+            meta_loss, _, grads = self._loss_and_gradients(batch, params)
+        finally:
+            self._flush_statistics(apply=False)  # a query, not a training step
+        return float(meta_loss.item()), grads
 
     def _traced_update(self, plan):
         """The meta-optimizer's update as core ops (Optimizer._traced_update) when the
@@ -538,6 +706,8 @@ class MAML(BaseMetaLearner):
         return loss, metric
 
     def _meta_step(self, batch):
+        if self.gradient_checkpointing:  # the tasks one at a time (not vectorised, traced)
+            return self._eager_meta_step(batch)
         plan = self._vector_plan()
         # under enable_check_numerics the step runs eagerly, so that the gradients can be
         # checked before the update (the trace applies it inside)
@@ -550,10 +720,9 @@ class MAML(BaseMetaLearner):
         """One meta-update through the tape (the meta-loss, its gradients, the checks, the
         update); a refused step changes nothing."""
         self._pending_statistics = []  # (what a failed earlier step may have left)
-        meta_loss, metric = self._meta_loss(batch)
         params = self._meta_params()
         try:
-            grads = _core.grad(meta_loss, params)
+            meta_loss, metric, grads = self._loss_and_gradients(batch, params)
             self._check_meta_step(meta_loss, grads, params)
         except BaseException:
             self._flush_statistics(apply=False)  # a refused step changes nothing
@@ -655,7 +824,8 @@ class MetaSGD(MAML):
 
     Args:
         model, inner_steps, first_order, meta_optimizer, meta_lr, loss, vectorize,
-            batch_norm: as for MAML.
+            batch_norm, gradient_checkpointing: as for MAML (checkpointed, the re-run
+            steps' products carry the rates' gradients too).
         inner_lr: initial value of every alpha (paper: drawn from [0.005, 0.1]).
     """
 
@@ -670,6 +840,7 @@ class MetaSGD(MAML):
         loss: Any = None,
         vectorize: Union[str, bool] = "auto",
         batch_norm: str = "transductive",
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__(**_maml_arguments(locals()))
         self.learning_rates = None
@@ -715,10 +886,14 @@ class ANIL(MAML):
     other than ``"transductive"`` run the whole model in a functional call at each inner
     step (the body's features are not computed once per task), which costs more.
 
-    Args: as for MAML.
+    Args: as for MAML (``gradient_checkpointing=True`` is refused: the head's inner loop
+    keeps little, and the body's graph is what holds memory).
     """
 
     _batched_inner_loop = False  # the head re-run on features computed once per task
+    # the head's inner loop keeps little (the body runs once per task, with a graph the
+    # re-run steps would have to reach): gradient_checkpointing is refused
+    _checkpointed_inner_loop = False
 
     def _prepare(self, task):
         super()._prepare(task)
