@@ -36,7 +36,10 @@ Rows (issue 20; --quick shrinks the meta-batch / episode, the row's name says to
   reptile-sin: Reptile with the demo's settings (1-40-40-1, K=10, 10 queries, meta-batch
       25, inner lr 0.02, 5 steps, epsilon 1) against a PyTorch loop of Reptile, and
       Reptile's meta-iteration against metalearn's FOMAML at the same inner steps
-      (reptile/fomaml; ratio = FOMAML's time / Reptile's, target: within 1.5x).
+      (reptile/fomaml; ratio = FOMAML's time / Reptile's, target: within 1.5x);
+  metalearner: the article's system (MetaLearner: MAML + knowledge memory + performance
+      predictor) per meta-iteration, Omniglot 5-way 1-shot shapes, meta-batch 16, against
+      its MAML alone (what the memory and the predictor cost; metalearn only).
 
 Images are random (speed does not depend on pixel values; no dataset is needed).
 
@@ -662,6 +665,38 @@ def _proto84_row(key, full, small, target):
     return row
 
 
+def row_metalearner(threads, quick):
+    """The article's system (metalearn.meta.MetaLearner: MAML on the default
+    AdaptiveNeuralNetwork, the knowledge memory and the performance predictor), Omniglot
+    shapes 5-way 1-shot 15 queries, meta-batch 16 (the demo's Omniglot size), per
+    meta-iteration, against its own MAML alone on the same network: what the memory and
+    the predictor add. metalearn only (PyTorch has no such system)."""
+    from metalearn.meta import MetaLearner
+    from metalearn.tasks import NWayKShot
+
+    mb = 4 if quick else 16
+    data = _omniglot_like()
+    fns = {}
+    for key in ("ml", "ml MAML alone"):
+        ml.random.set_seed(0)
+        system = MetaLearner(n_way=5, seed=0)
+        tasks = NWayKShot(data, 5, 1, 15, augment_rotations=False, seed=0)
+        system.fit(tasks, iterations=1, meta_batch_size=mb, verbose=0)  # builds, sets up
+        target = system if key == "ml" else system.algorithm
+        fns[key] = lambda t=target, s=tasks: t.fit(s, iterations=1, meta_batch_size=mb, verbose=0)
+    t = interleaved(fns, 0.05 if quick else 0.5, 3 if quick else 5, warmup=1)
+    return [
+        dict(
+            row=f"metalearner mb{mb}",
+            unit="iter/s",
+            ml=1 / t["ml"],
+            peers={"ml MAML alone": 1 / t["ml MAML alone"]},
+            higher=True,
+            targets={},
+        )
+    ]
+
+
 def row_add(threads, quick):
     a = ml.tensor(np.ones(4, np.float32))
     b = ml.tensor(np.ones(4, np.float32))
@@ -724,6 +759,7 @@ ROWS = [
     ("proto30", _proto84_row("proto30", (30, 1, 15), (5, 1, 2), ">= 2x")),
     ("resnet12", _proto84_row("resnet12", (5, 5, 15), (2, 1, 1), ">= 1.5x")),
     ("reptile-sin", row_reptile_sin),
+    ("metalearner", row_metalearner),
 ]
 
 

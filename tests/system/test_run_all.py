@@ -84,20 +84,26 @@ def test_ratio_is_peer_over_metalearn():
 
 def test_new_rows_are_listed_with_issue_20_targets():
     names = [n for n, _ in run_all.ROWS]
-    for row in NEW_ROWS + ["maml84-peak", "resnet12", "reptile-sin"]:
+    for row in NEW_ROWS + ["maml84-peak", "resnet12", "reptile-sin", "metalearner"]:
         assert row in names
     assert run_all.CONV4_ROWS["fomaml"][1] == ">= 2.5x"
 
 
 def test_quick_rows_run():
     # metalearn's side of each new row (PyTorch's too where installed), at --quick sizes
-    rows = _run(["maml-conv4", "fomaml-conv4", "anil-conv4", "metasgd-conv4", "reptile-sin"])
+    rows = _run(
+        ["maml-conv4", "fomaml-conv4", "anil-conv4", "metasgd-conv4", "reptile-sin", "metalearner"]
+    )
     for name in ("maml-conv4 2nd mb2", "fomaml-conv4 mb2", "anil-conv4 mb2", "metasgd-conv4 mb2"):
         assert _num(rows[name][1]) > 0
     assert _num(rows["reptile-sin 5 steps"][1]) > 0
     # the Reptile / FOMAML line needs no PyTorch: both sides are metalearn's
     unit, ours, peer, theirs, ratio, target = rows["reptile/fomaml 5 st"]
     assert peer == "ml FOMAML" and target == ">= 0.67x"
+    assert _num(ratio) == pytest.approx(_num(ours) / _num(theirs), rel=0.02, abs=0.01)
+    # the article's system against its own MAML alone (metalearn on both sides)
+    unit, ours, peer, theirs, ratio, target = rows["metalearner mb4"]
+    assert peer == "ml MAML alone" and _num(theirs) > 0
     assert _num(ratio) == pytest.approx(_num(ours) / _num(theirs), rel=0.02, abs=0.01)
 
 
