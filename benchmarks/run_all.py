@@ -1,4 +1,4 @@
-"""Every benchmark row of issue 6 in one command, metalearn side by side with PyTorch.
+"""Every benchmark row of issues 6 and 20 in one command, metalearn side by side with PyTorch.
 
     python benchmarks/run_all.py                  # full run, 1 and 2 threads
     python benchmarks/run_all.py --quick          # CI-sized (each row a fraction of a second)
@@ -17,10 +17,29 @@ Rows (issue 6):
   maml-omniglot: MAML, Omniglot MLP (256-128-64-64 + BN), 5-way 1-shot, 15 queries per
       class, one inner step (lr 0.4), second order, meta-batch 32, against a PyTorch loop;
   protonet: conv4 (64 filters, BN) on 28x28x1, 20-way 5-shot, 5 queries per class (200
-      images per episode), forward + backward + Adam, against PyTorch;
+      images per episode), forward + backward + Adam, against PyTorch (target: issue 20's);
   add: per-op overhead from Python, a 4-element add, against PyTorch;
   lstm train / lstm maml 2nd (issue 22): LSTM(128) over 50 steps, batch 32, a training step
       and a second-order MAML step through it, against PyTorch eager (benchmarks/lstm.py).
+
+Rows (issue 20; --quick shrinks the meta-batch / episode, the row's name says to what):
+  maml-conv4 / fomaml-conv4 / anil-conv4 / metasgd-conv4: conv4 (64 filters, BN) on
+      28x28x1, 5-way 1-shot, 15 queries, one inner step (lr 0.4), meta-batch 32, MAML
+      second order, FOMAML, ANIL (head-only inner loop) and Meta-SGD (learned per-weight
+      rates), against PyTorch functional loops (benchmarks/conv_maml.py; that each loop
+      computes metalearn's meta-gradient is tests/system/test_benchmark_peers.py's check);
+  maml84 / maml84-peak: MAML conv4-32 on 84x84x3, 5-way 1-shot, 15 queries, meta-batch 4,
+      5 steps, second order, and its peak memory, each library in its own process
+      (benchmarks/conv84.py; the peak row is not run under --quick);
+  proto30 / resnet12: ProtoNet conv4-64 84x84x3 30-way 1-shot and ResNet-12 5-way 5-shot
+      training episodes, 15 queries (benchmarks/conv84.py);
+  reptile-sin: Reptile with the demo's settings (1-40-40-1, K=10, 10 queries, meta-batch
+      25, inner lr 0.02, 5 steps, epsilon 1) against a PyTorch loop of Reptile, and
+      Reptile's meta-iteration against metalearn's FOMAML at the same inner steps
+      (reptile/fomaml; ratio = FOMAML's time / Reptile's, target: within 1.5x);
+  metalearner: the article's system (MetaLearner: MAML + knowledge memory + performance
+      predictor) per meta-iteration, Omniglot 5-way 1-shot shapes, meta-batch 16, against
+      its MAML alone (what the memory and the predictor cost; metalearn only).
 
 Images are random (speed does not depend on pixel values; no dataset is needed).
 
@@ -265,6 +284,119 @@ def row_maml_sin(threads, quick):
     return out
 
 
+# Reptile on sinusoid regression with the demo's settings (python -m metalearn
+# --algorithm reptile: 1-40-40-1, K=10 support and 10 query points, meta-batch 25, inner SGD
+# lr 0.02, 5 inner steps, meta-update theta += epsilon * mean_i (phi_i - theta), epsilon 1)
+REPTILE = dict(meta_batch=25, k_shot=10, queries=10, inner_lr=0.02, inner_steps=5, epsilon=1.0)
+
+
+def reptile_ml_step(algorithm="reptile", inner_steps=None):
+    """metalearn's meta-iteration on the Reptile demo's settings: Reptile, or FOMAML
+    (Adam, as MAML's default) at the same inner steps and inner lr for the time ratio."""
+    from metalearn.meta import MAML, Reptile, models
+    from metalearn.tasks import Sinusoid
+
+    s = REPTILE
+    steps = s["inner_steps"] if inner_steps is None else inner_steps
+    ml.random.set_seed(0)
+    if algorithm == "reptile":
+        learner = Reptile(
+            models.sinusoid_mlp(), inner_lr=s["inner_lr"], inner_steps=steps, epsilon=s["epsilon"]
+        )
+    else:
+        learner = MAML(
+            models.sinusoid_mlp(), inner_lr=s["inner_lr"], inner_steps=steps, first_order=True
+        )
+    tasks = Sinusoid(k_shot=s["k_shot"], q_queries=s["queries"], seed=0)
+    return lambda: learner.fit(tasks, iterations=1, meta_batch_size=s["meta_batch"], verbose=0)
+
+
+def torch_reptile_direction(params, batch, inner_lr, inner_steps):
+    """Reptile's direction theta - mean_i phi_i (phi_i: `inner_steps` plain SGD steps on
+    task i's support, MSE, from theta) and the mean query loss at the phi_i (what fit
+    reports), as a PyTorch loop over tasks. `params`: the 1-40-40-1 MLP's weights
+    ((in, out) kernels, as metalearn's Dense), `batch`: (sx, sy, qx, qy) tensors."""
+
+    def forward(p, x):
+        h = torch.relu(x @ p[0] + p[1])
+        h = torch.relu(h @ p[2] + p[3])
+        return h @ p[4] + p[5]
+
+    sx, sy, qx, qy = batch
+    b = sx.shape[0]
+    total = [torch.zeros_like(p) for p in params]
+    qloss = 0.0
+    for i in range(b):
+        fast = [p.detach().requires_grad_() for p in params]
+        for _ in range(inner_steps):
+            loss = ((forward(fast, sx[i]) - sy[i]) ** 2).mean()
+            grads = torch.autograd.grad(loss, fast)
+            fast = [(w - inner_lr * g).detach().requires_grad_() for w, g in zip(fast, grads)]
+        with torch.no_grad():
+            qloss += float(((forward(fast, qx[i]) - qy[i]) ** 2).mean())
+            for t, w in zip(total, fast):
+                t += w
+    with torch.no_grad():
+        direction = [p - t / b for p, t in zip(params, total)]
+    return direction, qloss / b
+
+
+def reptile_torch_step():
+    """The Reptile demo's meta-iteration as a PyTorch loop: torch_reptile_direction, then
+    theta -= epsilon * direction (SGD on the direction, as metalearn's Reptile)."""
+    import maml_sinusoid as ms
+
+    from metalearn.tasks import Sinusoid
+
+    s = REPTILE
+    params = ms._torch_params(torch)
+    tasks = Sinusoid(k_shot=s["k_shot"], q_queries=s["queries"], seed=0)
+
+    def step():
+        batch = tuple(torch.from_numpy(np.asarray(a)) for a in tasks.sample_batch(s["meta_batch"]))
+        direction, _ = torch_reptile_direction(params, batch, s["inner_lr"], s["inner_steps"])
+        with torch.no_grad():
+            for p, d in zip(params, direction):
+                p -= s["epsilon"] * d
+
+    return step
+
+
+def row_reptile_sin(threads, quick):
+    fns = {"ml": reptile_ml_step()}
+    if torch is not None:
+        fns["torch loop"] = reptile_torch_step()
+    t = interleaved(fns, 0.03 if quick else 0.3, 3 if quick else 7, warmup=3)
+    # Reptile against metalearn's own FOMAML at the same inner steps (issue 20: Reptile's
+    # meta-iteration within 1.5x of FOMAML's), interleaved in the same way
+    r = interleaved(
+        {"ml": reptile_ml_step(), "ml FOMAML": reptile_ml_step("fomaml")},
+        0.03 if quick else 0.3,
+        3 if quick else 7,
+        warmup=3,
+    )
+    steps = REPTILE["inner_steps"]
+    return [
+        dict(
+            row=f"reptile-sin {steps} steps",
+            unit="iter/s",
+            ml=1 / t["ml"],
+            peers={k: 1 / v for k, v in t.items() if k != "ml"},
+            higher=True,
+            targets={"torch loop": ">= 20x"},
+        ),
+        dict(
+            row=f"reptile/fomaml {steps} st",
+            unit="iter/s",
+            ml=1 / r["ml"],
+            peers={"ml FOMAML": 1 / r["ml FOMAML"]},
+            higher=True,
+            # ratio = FOMAML's time / Reptile's: Reptile within 1.5x of FOMAML's time
+            targets={"ml FOMAML": ">= 0.67x"},
+        ),
+    ]
+
+
 def _omniglot_like(n_classes=40, per_class=20, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.uniform(0, 1, size=(n_classes * per_class, 28, 28, 1)).astype(np.float32)
@@ -402,7 +534,165 @@ def row_protonet(threads, quick):
             ml=1 / t["ml"],
             peers={k: 1 / v for k, v in t.items() if k != "ml"},
             higher=True,
+            targets={"torch": ">= 2.5x"},
+        )
+    ]
+
+
+# ------------------------------------------------------------------ issue 20's conv rows
+# MAML and relatives through conv4 at Omniglot shapes (benchmarks/conv_maml.py: 5-way
+# 1-shot, 15 queries, one inner step, lr 0.4, meta-batch 32; PyTorch functional loops whose
+# meta-gradients tests/system/test_benchmark_peers.py checks against metalearn's), and the
+# 84x84x3 rows of benchmarks/conv84.py.
+CONV4_ROWS = {
+    "maml": ("maml-conv4 2nd", ">= 2.5x"),
+    "fomaml": ("fomaml-conv4", ">= 2.5x"),
+    "anil": ("anil-conv4", ">= 2.5x"),
+    "metasgd": ("metasgd-conv4", ">= 2.5x"),
+}
+
+
+def _conv4_row(algorithm):
+    def row(threads, quick):
+        import conv_maml
+
+        mb = 2 if quick else 32
+        fns = {"ml": conv_maml.ml_step(mb, algorithm=algorithm)}
+        if torch is not None:
+            fns["torch loop"] = conv_maml.torch_step(mb, algorithm=algorithm)
+        t = interleaved(fns, 0.05 if quick else 1.0, 2 if quick else 5, warmup=1)
+        name, target = CONV4_ROWS[algorithm]
+        return [
+            dict(
+                row=f"{name} mb{mb}",
+                unit="iter/s",
+                ml=1 / t["ml"],
+                peers={k: 1 / v for k, v in t.items() if k != "ml"},
+                higher=True,
+                targets={"torch loop": target},
+            )
+        ]
+
+    return row
+
+
+class _quick_maml84:
+    """conv84's MAML row at meta-batch 1 and one inner step (--quick), restored after."""
+
+    def __init__(self, conv84, quick):
+        self.conv84, self.quick = conv84, quick
+
+    def __enter__(self):
+        self.saved = self.conv84.MAML
+        if self.quick:
+            self.conv84.MAML = dict(self.saved, mb=1, steps=1)
+        return self.conv84.MAML
+
+    def __exit__(self, *exc):
+        self.conv84.MAML = self.saved
+
+
+def row_maml84(threads, quick):
+    import conv84
+
+    with _quick_maml84(conv84, quick) as s:
+        fns = {"ml": conv84.ml_maml()}
+        if torch is not None:
+            fns["torch loop"] = conv84.torch_maml()
+    t = interleaved(fns, 0.05 if quick else 3.0, 2 if quick else 5, warmup=1)
+    return [
+        dict(
+            row=f"maml84 mb{s['mb']} {s['steps']} step",
+            unit="iter/s",
+            ml=1 / t["ml"],
+            peers={k: 1 / v for k, v in t.items() if k != "ml"},
+            higher=True,
+            targets={"torch loop": ">= 3x"},
+        )
+    ]
+
+
+_PEAK84 = {}
+
+
+def row_maml84_peak(threads, quick):
+    """Peak memory of the maml84 step (full size), each library in its own process at one
+    thread (conv84.peak); measured once per run."""
+    import conv84
+
+    if quick:  # the children run the full-size step: not a CI-sized row
+        print("  (maml84-peak: skipped under --quick; it runs the full-size step)", file=sys.stderr)
+        return []
+    if "r" not in _PEAK84:
+        try:
+            _PEAK84["r"] = conv84.peak()
+        except SystemExit as exc:  # a child failed: the row fails, the run goes on
+            raise RuntimeError(str(exc)) from None
+    r = _PEAK84["r"]
+    return [
+        dict(
+            row="maml84 peak (1 thr)",
+            unit="MiB",
+            ml=r["ml"],
+            peers={"torch": r["torch"]} if "torch" in r else {},
+            higher=False,
             targets={"torch": ">= 1.0x"},
+        )
+    ]
+
+
+def _proto84_row(key, full, small, target):
+    def row(threads, quick):
+        import conv84
+
+        backbone = "conv4" if key == "proto30" else "resnet12"
+        n_way, k_shot, q = small if quick else full
+        fns = {"ml": conv84.ml_proto(backbone, n_way, k_shot, q)}
+        if torch is not None:
+            fns["torch"] = conv84.torch_proto(backbone, n_way, k_shot, q)
+        t = interleaved(fns, 0.05 if quick else 2.0, 2 if quick else 5, warmup=1)
+        return [
+            dict(
+                row=f"{key} {n_way}w{k_shot}s q{q}",
+                unit="episodes/s",
+                ml=1 / t["ml"],
+                peers={k: 1 / v for k, v in t.items() if k != "ml"},
+                higher=True,
+                targets={"torch": target},
+            )
+        ]
+
+    return row
+
+
+def row_metalearner(threads, quick):
+    """The article's system (metalearn.meta.MetaLearner: MAML on the default
+    AdaptiveNeuralNetwork, the knowledge memory and the performance predictor), Omniglot
+    shapes 5-way 1-shot 15 queries, meta-batch 16 (the demo's Omniglot size), per
+    meta-iteration, against its own MAML alone on the same network: what the memory and
+    the predictor add. metalearn only (PyTorch has no such system)."""
+    from metalearn.meta import MetaLearner
+    from metalearn.tasks import NWayKShot
+
+    mb = 4 if quick else 16
+    data = _omniglot_like()
+    fns = {}
+    for key in ("ml", "ml MAML alone"):
+        ml.random.set_seed(0)
+        system = MetaLearner(n_way=5, seed=0)
+        tasks = NWayKShot(data, 5, 1, 15, augment_rotations=False, seed=0)
+        system.fit(tasks, iterations=1, meta_batch_size=mb, verbose=0)  # builds, sets up
+        target = system if key == "ml" else system.algorithm
+        fns[key] = lambda t=target, s=tasks: t.fit(s, iterations=1, meta_batch_size=mb, verbose=0)
+    t = interleaved(fns, 0.05 if quick else 0.5, 3 if quick else 5, warmup=1)
+    return [
+        dict(
+            row=f"metalearner mb{mb}",
+            unit="iter/s",
+            ml=1 / t["ml"],
+            peers={"ml MAML alone": 1 / t["ml MAML alone"]},
+            higher=True,
+            targets={},
         )
     ]
 
@@ -460,6 +750,16 @@ ROWS = [
     ("protonet", row_protonet),
     ("add", row_add),
     ("lstm", row_lstm),
+    ("maml-conv4", _conv4_row("maml")),
+    ("fomaml-conv4", _conv4_row("fomaml")),
+    ("anil-conv4", _conv4_row("anil")),
+    ("metasgd-conv4", _conv4_row("metasgd")),
+    ("maml84", row_maml84),
+    ("maml84-peak", row_maml84_peak),
+    ("proto30", _proto84_row("proto30", (30, 1, 15), (5, 1, 2), ">= 2x")),
+    ("resnet12", _proto84_row("resnet12", (5, 5, 15), (2, 1, 1), ">= 1.5x")),
+    ("reptile-sin", row_reptile_sin),
+    ("metalearner", row_metalearner),
 ]
 
 

@@ -1,0 +1,127 @@
+"""benchmarks/run_all.py: issue 20's rows run at --quick sizes, and the ratio printed is the
+one the two timings give."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+import run_all  # noqa: E402
+
+# issue 20's rows (maml84-peak runs full-size child processes: not under --quick)
+NEW_ROWS = ["maml-conv4", "fomaml-conv4", "anil-conv4", "metasgd-conv4", "maml84", "proto30"]
+TARGETS = {
+    "maml-conv4": ">= 2.5x",
+    "fomaml-conv4": ">= 2.5x",
+    "anil-conv4": ">= 2.5x",
+    "metasgd-conv4": ">= 2.5x",
+    "maml84": ">= 3x",
+    "proto30": ">= 2x",
+    "resnet12": ">= 1.5x",
+    "reptile-sin": ">= 20x",
+    "protonet": ">= 2.5x",
+}
+
+
+def _num(text):
+    return float(text.strip().rstrip("x").replace(",", ""))
+
+
+def _rows(stdout):
+    """print_table's first line of each row, by its fixed columns: {row: (unit, metalearn,
+    peer, peer value, ratio, target)}."""
+    out = {}
+    for line in stdout.splitlines():
+        if not line or line.startswith(("==", "row ", "---", " ")):
+            continue
+        out[line[:22].strip()] = (
+            line[22:33].strip(),
+            line[33:44],
+            line[46:62].strip(),
+            line[62:73],
+            line[74:83],
+            line[85:].strip(),
+        )
+    return out
+
+
+def _run(rows):
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "run_all.py"), "--quick", "--threads"]
+        + ["1", "--rows", *rows],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "failed" not in out.stderr, out.stderr
+    return _rows(out.stdout)
+
+
+def test_ratio_is_peer_over_metalearn():
+    # the ratio column divides the two values (times: peer / metalearn; rates: metalearn /
+    # peer) and shows each row's own target
+    results = [
+        dict(row="a", unit="iter/s", ml=30.0, peers={"torch": 10.0}, higher=True,
+             targets={"torch": ">= 2.5x"}),
+        dict(row="b", unit="us/op", ml=2.0, peers={"torch": 7.0}, higher=False,
+             targets={"torch": ">= 3x"}),
+    ]  # fmt: skip
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        run_all.print_table(results, 1)
+    lines = [l for l in buf.getvalue().splitlines() if l.startswith(("a ", "b "))]
+    assert "3.00x" in lines[0] and ">= 2.5x" in lines[0]
+    assert "3.50x" in lines[1] and ">= 3x" in lines[1]
+
+
+def test_new_rows_are_listed_with_issue_20_targets():
+    names = [n for n, _ in run_all.ROWS]
+    for row in NEW_ROWS + ["maml84-peak", "resnet12", "reptile-sin", "metalearner"]:
+        assert row in names
+    assert run_all.CONV4_ROWS["fomaml"][1] == ">= 2.5x"
+
+
+def test_quick_rows_run():
+    # metalearn's side of each new row (PyTorch's too where installed), at --quick sizes
+    rows = _run(
+        ["maml-conv4", "fomaml-conv4", "anil-conv4", "metasgd-conv4", "reptile-sin", "metalearner"]
+    )
+    for name in ("maml-conv4 2nd mb2", "fomaml-conv4 mb2", "anil-conv4 mb2", "metasgd-conv4 mb2"):
+        assert _num(rows[name][1]) > 0
+    assert _num(rows["reptile-sin 5 steps"][1]) > 0
+    # the Reptile / FOMAML line needs no PyTorch: both sides are metalearn's
+    unit, ours, peer, theirs, ratio, target = rows["reptile/fomaml 5 st"]
+    assert peer == "ml FOMAML" and target == ">= 0.67x"
+    assert _num(ratio) == pytest.approx(_num(ours) / _num(theirs), rel=0.02, abs=0.01)
+    # the article's system against its own MAML alone (metalearn on both sides)
+    unit, ours, peer, theirs, ratio, target = rows["metalearner mb4"]
+    assert peer == "ml MAML alone" and _num(theirs) > 0
+    assert _num(ratio) == pytest.approx(_num(ours) / _num(theirs), rel=0.02, abs=0.01)
+
+
+@pytest.mark.slow
+def test_quick_84_rows_run():
+    rows = _run(["maml84", "proto30", "resnet12"])
+    for name in ("maml84 mb1 1 step", "proto30 5w1s q2", "resnet12 2w1s q1"):
+        assert _num(rows[name][1]) > 0
+
+
+@pytest.mark.torch
+def test_every_new_row_has_its_peer_and_ratio():
+    pytest.importorskip("torch")
+    rows = _run(NEW_ROWS + ["reptile-sin", "protonet"])
+    for key in NEW_ROWS + ["reptile-sin", "protonet"]:
+        name = next((r for r in rows if r.startswith(key + " ")), None)
+        assert name is not None, (key, list(rows))
+        unit, ours, peer, theirs, ratio, target = rows[name]
+        assert peer.startswith("torch") and _num(theirs) > 0 and _num(ours) > 0, rows[name]
+        assert _num(ratio) == pytest.approx(_num(ours) / _num(theirs), rel=0.02, abs=0.01)
+        assert target == TARGETS[key], rows[name]
