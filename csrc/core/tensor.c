@@ -95,7 +95,6 @@ int ml__same_shape(const ml_tensor *a, const ml_tensor *b) {
 /* four classes per power of two (sizes 1, 1.25, 1.5, 1.75 x 2^k): a block wastes at most
  * 25 %, so a 40 MB activation takes a 40 MB block, not a 64 MB one */
 #define POOL_CLASSES 192
-#define POOL_PER_CLASS 16
 #define POOL_MAX_BYTES ((size_t)1 << 30) /* or live_high, whichever is larger */
 
 /* Tensor and node structs are cached per thread too (a replayed MAML sinusoid step made
@@ -107,9 +106,13 @@ typedef struct {
     int n;
 } struct_list;
 
+/* Each class's free blocks form a list threaded through the blocks themselves (the first
+ * word of a free block points to the next), bounded by bytes only: a MAML meta-batch of 32
+ * conv4 tasks frees ~160 activations of one class at its meta-backward, and a cap of 16 a
+ * class sent the rest back to the system, to be mapped, faulted and zeroed afresh on the
+ * next step (13 % of that step in the kernel). */
 typedef struct {
-    void *blocks[POOL_CLASSES][POOL_PER_CLASS];
-    int count[POOL_CLASSES];
+    void *blocks[POOL_CLASSES];
     size_t bytes;
     struct_list structs[STRUCT_KINDS];
 } block_pool;
@@ -154,7 +157,11 @@ static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 static void pool_destroy(void *p) {
     block_pool *pool = p;
     for (int c = 0; c < POOL_CLASSES; c++)
-        for (int i = 0; i < pool->count[c]; i++) free(pool->blocks[c][i]);
+        while (pool->blocks[c]) {
+            void *b = pool->blocks[c];
+            pool->blocks[c] = *(void **)b;
+            free(b);
+        }
     __atomic_sub_fetch(&pooled_bytes, (int64_t)pool->bytes, __ATOMIC_RELAXED);
     for (int kind = 0; kind < STRUCT_KINDS; kind++)
         for (int i = 0; i < pool->structs[kind].n; i++) free(pool->structs[kind].items[i]);
@@ -198,8 +205,9 @@ static ml_storage *storage_new(int64_t numel) {
     int c = size_class(bytes);
     void *block = NULL;
     block_pool *pool = c >= 0 ? get_pool() : NULL;
-    if (pool && pool->count[c] > 0) {
-        block = pool->blocks[c][--pool->count[c]];
+    if (pool && pool->blocks[c]) {
+        block = pool->blocks[c];
+        pool->blocks[c] = *(void **)block;
         pool->bytes -= class_bytes(c);
         __atomic_sub_fetch(&pooled_bytes, (int64_t)class_bytes(c), __ATOMIC_RELAXED);
     } else if (posix_memalign(&block, 64, c >= 0 ? class_bytes(c) : bytes) != 0) {
@@ -230,8 +238,9 @@ static void storage_release(ml_storage *s) {
     size_t room = POOL_MAX_BYTES;
     const int64_t high = __atomic_load_n(&live_high, __ATOMIC_RELAXED);
     if (high > 0 && (size_t)high > room) room = (size_t)high;
-    if (pool && pool->count[c] < POOL_PER_CLASS && pool->bytes + class_bytes(c) <= room) {
-        pool->blocks[c][pool->count[c]++] = s;
+    if (pool && pool->bytes + class_bytes(c) <= room) {
+        *(void **)s = pool->blocks[c];
+        pool->blocks[c] = s;
         pool->bytes += class_bytes(c);
         __atomic_add_fetch(&pooled_bytes, (int64_t)class_bytes(c), __ATOMIC_RELAXED);
         return;

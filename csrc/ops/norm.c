@@ -427,7 +427,12 @@ ML_INLINE void bn_backward_range_body(bn_job *j, int64_t g0, int64_t g1) {
     for (int64_t gi = g0; gi < g1; gi++) {
         const float *xd = j->x + gi * g->slice, *gd = j->gy + gi * g->slice;
         const float *gam = j->gamma ? j->gamma + gi * C : NULL;
-        bn_stats(g, xd, j->eps, acc, tmp, mean, var, inv);
+        if (j->stats_load) { /* the forward's own mean and inv: the same bits, 2 passes less */
+            memcpy(mean, j->stats_load + gi * 2 * C, (size_t)C * sizeof(float));
+            memcpy(inv, j->stats_load + gi * 2 * C + C, (size_t)C * sizeof(float));
+        } else {
+            bn_stats(g, xd, j->eps, acc, tmp, mean, var, inv);
+        }
         for (int64_t c = 0; c < C; c++) sg[c] = sgx[c] = 0.0;
         if (g->inner == 1) /* a and b: free scratch until dx's coefficients below */
             bn_grad_sums_last(g, xd, gd, mean, inv, a, b, sg, sgx);
@@ -450,9 +455,11 @@ ML_INLINE void bn_backward_range_body(bn_job *j, int64_t g0, int64_t g1) {
 }
 ML_CPU_CLONES(bn_backward_range, (bn_job * j, int64_t g0, int64_t g1), (j, g0, g1))
 
+/* stats_load: the statistics a recorded forward saved (mean and inv, 2 C floats a group;
+ * bn_stats of the same x gives the same bits), or NULL to compute them */
 static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gamma, float eps,
                                   ml_tensor *gy, ml_tensor **dx, ml_tensor **dgamma,
-                                  ml_tensor **dbeta) {
+                                  ml_tensor **dbeta, const float *stats_load) {
     const int64_t C = g->c, G = g->groups;
     if (dx) *dx = NULL;
     if (dgamma) *dgamma = NULL;
@@ -478,7 +485,7 @@ static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gam
                 NULL,
                 NULL,
                 NULL,
-                NULL,
+                stats_load,
                 0,
                 0,
                 bn_backward_range};
@@ -509,7 +516,7 @@ static ml_status replay_bn_grad(ml_tensor **out, ml_tensor **in, const void *par
     ml_tensor **o[3] = {NULL, NULL, NULL};
     for (int w = 0, n = 0; w < 3; w++)
         if (p->which & (1 << w)) o[w] = &out[n++];
-    return bn_backward_fast(&geo, x, gamma, p->eps, gy, o[0], o[1], o[2]);
+    return bn_backward_fast(&geo, x, gamma, p->eps, gy, o[0], o[1], o[2], NULL);
 }
 
 #define IN(k) (out->node->inputs[k])
@@ -538,7 +545,8 @@ ml_status ml__batch_norm_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin
     bn_geom geo = bn_geom_of(x, ax, grouped);
     if (!ml_is_grad_enabled()) {
         ml_status st = bn_backward_fast(&geo, x, gamma, eps, gy, need_x ? &gin[0] : NULL,
-                                        need_g ? &gin[ig] : NULL, need_b ? &gin[ib] : NULL);
+                                        need_g ? &gin[ig] : NULL, need_b ? &gin[ib] : NULL,
+                                        (const float *)(const void *)node->index);
         if (st) {
             for (int i = 0; i < node->n_inputs; i++) {
                 ml_release(gin[i]);

@@ -134,6 +134,56 @@ static inline int64_t pos_offset(const ml_win2d *g, int64_t p) {
     return ((p / g->kw) * g->w + p % g->kw) * g->c;
 }
 
+/* Whether the windows tile the input without overlap or padding (stride = window, every
+ * window inside: Keras' MaxPool2D(2) on 'valid'); a last row or column no window covers
+ * (a 7-row input) is allowed. */
+static inline int tiles(const ml_win2d *g) {
+    return g->sh == g->kh && g->sw == g->kw && g->pt == 0 && g->pl == 0 && g->oh * g->kh <= g->h &&
+           g->ow * g->kw <= g->w;
+}
+
+/* The scatter of tiling windows (byte argmax): every input element is written once, the
+ * gradient where it is its window's argmax and zero elsewhere, with no memset of the
+ * output first and no read-modify-write. Branch-free (a mask, not a select the compiler
+ * may turn into a jump on a random argmax) so it vectorises. "+ 0.0f": the bits of the
+ * old 0 + g (a -0 gradient becomes +0 as it did). Rows and columns no window covers are
+ * zeroed. */
+static void scatter_tiles(const ml_win2d *g, const uint8_t *a8, const int64_t *rel,
+                          const float *gin, float *o, int64_t lo, int64_t hi) {
+    const int64_t C = g->c, per_y = g->oh * g->ow * C, per_x = g->h * g->w * C;
+    const int64_t kk = g->kh * g->kw, row = g->w * C;
+    for (int64_t n = lo; n < hi; n++) {
+        float *img = o + n * per_x;
+        int64_t t = n * per_y;
+        for (int64_t oh = 0; oh < g->oh; oh++) {
+            for (int64_t ow = 0; ow < g->ow; ow++, t += C) {
+                float *at = img + (oh * g->kh * g->w + ow * g->kw) * C;
+                const uint8_t *a = a8 + t;
+                const float *gv = gin + t;
+                for (int64_t p = 0; p < kk; p++) {
+                    float *d = at + rel[p];
+                    const uint32_t pp = (uint32_t)p;
+                    for (int64_t c = 0; c < C; c++) { /* g's bits under an all-ones mask */
+                        uint32_t b;
+                        memcpy(&b, gv + c, sizeof b);
+                        b &= 0u - (uint32_t)(a[c] == pp);
+                        float v;
+                        memcpy(&v, &b, sizeof v);
+                        d[c] = v + 0.0f;
+                    }
+                }
+            }
+            const int64_t right = g->w - g->ow * g->kw; /* columns no window covers */
+            if (right)
+                for (int64_t r = 0; r < g->kh; r++)
+                    memset(img + (oh * g->kh + r) * row + g->ow * g->kw * C, 0,
+                           (size_t)(right * C) * sizeof(float));
+        }
+        const int64_t below = g->h - g->oh * g->kh; /* rows no window covers */
+        if (below) memset(img + g->oh * g->kh * row, 0, (size_t)(below * row) * sizeof(float));
+    }
+}
+
 /* Scatter: each image's outputs added in output order t, as the flat offsets were before
  * (the same sums, the same bits). Per output pixel its window's corner, per channel the
  * argmax's offset from it (a table for byte positions). */
@@ -147,6 +197,10 @@ static void index_part(void *ctx, int64_t i) {
     const int64_t *rel = j->rel;
     const float *gin = j->gin;
     float *o = j->o;
+    if (j->scatter && a8 && tiles(g)) {
+        scatter_tiles(g, a8, rel, gin, o, lo, hi);
+        return;
+    }
     if (j->scatter) memset(o + lo * per_x, 0, (size_t)((hi - lo) * per_x) * sizeof(float));
     for (int64_t n = lo; n < hi; n++) {
         const int64_t img = n * per_x;

@@ -420,7 +420,8 @@ class MAML(BaseMetaLearner):
                 # measured, not guessed: a conv meta-batch vectorised runs the same per-task
                 # conv kernels as the loop and holds every task's activations at once (MAML
                 # conv4-32 84x84, 5 steps, meta-batch 4: 7.8 GB and 2x the loop's time;
-                # conv4 28x28: 0.85-1.05x), so "auto" keeps conv nets on the loop;
+                # conv4 28x28: 0.85-1.05x; conv4 28x28 5w1s q15 at meta-batch 32: 0.92x
+                # the loop and 7.4 GB resident), so "auto" keeps conv nets on the loop;
                 # vectorize=True still runs them vectorised and traced
                 plan = None
             if plan is None and self.vectorize is True:

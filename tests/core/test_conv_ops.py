@@ -698,3 +698,33 @@ def test_conv2d_winograd_second_order_against_float64():
     _, _, s = _wino_refs(np.abs(H).astype(np.float64), np.abs(k), np.abs(G).astype(np.float64))
     err = np.abs(np.asarray(dk2, np.float64) - ref)
     assert np.all(err <= 2e-6 * s), np.max(err / (2e-6 * s))
+
+
+@pytest.mark.parametrize("p,hw", [(2, (7, 7)), ((3, 2), (8, 7)), (2, (6, 4))])
+def test_max_pool_tiling_backward_writes_every_element(p, hw):
+    # windows that tile the input (stride = window, 'valid') take the scatter that writes
+    # each input element once, the gradient at its window's first maximum and zero
+    # elsewhere, rows and columns no window covers (7 = 3 x 2 + 1) included, into a block
+    # the pool hands back dirty; a -0 gradient lands as +0 (0 + g, as the scatter-add)
+    rng = _rng(21)
+    ph, pw = (p, p) if isinstance(p, int) else p
+    h, w = hw
+    xv = rng.integers(-3, 3, size=(3, h, w, 5)).astype(np.float32)  # ties in windows
+    oh, ow = h // ph, w // pw
+    gv = rng.standard_normal((3, oh, ow, 5)).astype(np.float32)
+    gv[0, 0, 0, :] = -0.0
+    want = np.zeros_like(xv)
+    for n in range(3):
+        for i in range(oh):
+            for j in range(ow):
+                for c in range(5):
+                    win = xv[n, i * ph : (i + 1) * ph, j * pw : (j + 1) * pw, c]
+                    a, b = np.unravel_index(np.argmax(win), win.shape)  # first maximum
+                    want[n, i * ph + a, j * pw + b, c] += gv[n, i, j, c]
+    for fill in (7.0, np.nan):  # dirty blocks of dx's size, freed into the pool first
+        junk = [ml.tensor(np.full(xv.shape, fill, np.float32)) * 1.0 for _ in range(4)]
+        del junk
+        x = ml.tensor(xv, requires_grad=True)
+        (dx,) = ml.grad(ml.reduce_sum(_core.max_pool2d(x, p) * ml.tensor(gv)), [x])
+        got = np.asarray(dx)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
