@@ -212,7 +212,8 @@ ML_CPU_CLONES(wino_tiles,
  * 5 d is written 4 d + d. G's thirds and sixths are applied once a call, in double. */
 
 /* one column (or row) of B^T d: d0..d5 -> r[0..5] */
-ML_INLINE void bt6(v8 d0, v8 d1, v8 d2, v8 d3, v8 d4, v8 d5, v8 *r) {
+ML_INLINE void bt6(const v8 *d, v8 *r) {
+    const v8 d0 = d[0], d1 = d[1], d2 = d[2], d3 = d[3], d4 = d[4], d5 = d[5];
     const v8 t0 = d4 - 4.0f * d2, t1 = d3 - 4.0f * d1, t2 = d4 - d2, t3 = 2.0f * (d3 - d1);
     r[0] = 4.0f * (d0 - d2) + (d4 - d2);
     r[1] = t0 + t1;
@@ -226,18 +227,20 @@ ML_INLINE void bt6(v8 d0, v8 d1, v8 d2, v8 d3, v8 d4, v8 d5, v8 *r) {
 ML_INLINE void tile_input4(const float *const *p, float *o, int64_t sS, int64_t c, int64_t l) {
     v8 d[6][6], r[6];
     for (int q = 0; q < 6; q++) {
-        bt6(ld8(p[q] + c, l), ld8(p[6 + q] + c, l), ld8(p[12 + q] + c, l), ld8(p[18 + q] + c, l),
-            ld8(p[24 + q] + c, l), ld8(p[30 + q] + c, l), r);
+        v8 a[6];
+        for (int i = 0; i < 6; i++) a[i] = ld8(p[i * 6 + q] + c, l);
+        bt6(a, r);
         for (int i = 0; i < 6; i++) d[i][q] = r[i];
     }
     for (int i = 0; i < 6; i++) {
-        bt6(d[i][0], d[i][1], d[i][2], d[i][3], d[i][4], d[i][5], r);
+        bt6(d[i], r);
         for (int q = 0; q < 6; q++) st8(o + (i * 6 + q) * sS + c, r[q], l);
     }
 }
 
 /* one column of A g (A = (A^T)^T, 6 x 4): g0..g3 -> r[0..5] */
-ML_INLINE void a6(v8 g0, v8 g1, v8 g2, v8 g3, v8 *r) {
+ML_INLINE void a6(const v8 *g, v8 *r) {
+    const v8 g0 = g[0], g1 = g[1], g2 = g[2], g3 = g[3];
     const v8 e = g0 + g2, od = g1 + g3, e2 = g0 + 4.0f * g2, o2 = 2.0f * g1 + 8.0f * g3;
     r[0] = g0;
     r[1] = e + od;
@@ -251,17 +254,20 @@ ML_INLINE void a6(v8 g0, v8 g1, v8 g2, v8 g3, v8 *r) {
 ML_INLINE void tile_grad4(const float *const *p, float *o, int64_t sS, int64_t c, int64_t l) {
     v8 d[6][4], r[6];
     for (int q = 0; q < 4; q++) {
-        a6(ld8(p[q] + c, l), ld8(p[4 + q] + c, l), ld8(p[8 + q] + c, l), ld8(p[12 + q] + c, l), r);
+        v8 a[4];
+        for (int i = 0; i < 4; i++) a[i] = ld8(p[i * 4 + q] + c, l);
+        a6(a, r);
         for (int i = 0; i < 6; i++) d[i][q] = r[i];
     }
     for (int i = 0; i < 6; i++) {
-        a6(d[i][0], d[i][1], d[i][2], d[i][3], r);
+        a6(d[i], r);
         for (int q = 0; q < 6; q++) st8(o + (i * 6 + q) * sS + c, r[q], l);
     }
 }
 
 /* one column of A^T M: m0..m5 -> r[0..3] */
-ML_INLINE void at4(v8 m0, v8 m1, v8 m2, v8 m3, v8 m4, v8 m5, v8 *r) {
+ML_INLINE void at4(const v8 *m, v8 *r) {
+    const v8 m0 = m[0], m1 = m[1], m2 = m[2], m3 = m[3], m4 = m[4], m5 = m[5];
     const v8 s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
     r[0] = m0 + s12 + s34;
     r[1] = d12 + 2.0f * d34;
@@ -274,14 +280,14 @@ ML_INLINE void tile_output4(const float *m, float *const *q, const float *b, int
                             int64_t l) {
     v8 d[4][6], r[4];
     for (int a = 0; a < 6; a++) {
-        at4(ld8(m + a * sS + c, l), ld8(m + (6 + a) * sS + c, l), ld8(m + (12 + a) * sS + c, l),
-            ld8(m + (18 + a) * sS + c, l), ld8(m + (24 + a) * sS + c, l),
-            ld8(m + (30 + a) * sS + c, l), r);
+        v8 e[6];
+        for (int i = 0; i < 6; i++) e[i] = ld8(m + (i * 6 + a) * sS + c, l);
+        at4(e, r);
         for (int i = 0; i < 4; i++) d[i][a] = r[i];
     }
     const v8 bv = ld8(b + c, l);
     for (int i = 0; i < 4; i++) {
-        at4(d[i][0], d[i][1], d[i][2], d[i][3], d[i][4], d[i][5], r);
+        at4(d[i], r);
         for (int a = 0; a < 4; a++) st8(q[i * 4 + a] + c, r[a] + bv, l);
     }
 }
