@@ -41,6 +41,17 @@ int ml__wino_tile(int pass, int64_t n, int64_t h, int64_t w, int64_t c, int64_t 
      * direct algorithm makes 81 for 9, against 36 for 4 on a large image): measured ~13 %
      * slower than the direct path's forward, so images under 4x4 stay direct. */
     if (!(n > 0 && h >= 4 && w >= 4 && c >= 16 && f >= 16)) return 0;
+    /* F(4x4): 36 multiplies for 16 outputs (F(2x2): 64), but 6x6 input tiles cost about
+     * 2.5x F(2x2)'s transforms per output, and an image of h rows takes ceil(h / 4) tile
+     * rows (10 -> 12, 7 -> 8: a third of the work padding). benchmarks/conv_layers.py
+     * --algos, one thread, CPU time, F(4x4) / F(2x2) for forward, input and kernel
+     * gradient: 42x42x32 1.21, 1.21, 1.36; 21x21x32 1.14, 1.15, 1.28; 14x14x64 (200 images)
+     * 1.07, 1.06, 1.11 and (80) 1.01, 1.00, 1.04; 10x10x32 0.91, 0.88, 0.96; 7x7x64 0.99,
+     * 0.99, 1.11 (80) and 3x3 0.62-0.90. So F(4x4) from 20x20 on, where its gain was >= 10 %
+     * in all three passes; up to 64 channels each way (wider layers were not measured clearly
+     * enough: they keep F(2x2)). The same for all three passes, so a layer's forward and its
+     * gradients (and their double backward) take one algorithm. */
+    if (h >= 20 && w >= 20 && c <= 64 && f <= 64) return 4;
     return 2;
 }
 

@@ -650,7 +650,9 @@ def test_conv2d_winograd_against_float64(xs, f):
         assert np.all(err <= 2e-6 * s), f"{name}: max error / bound {np.max(err / (2e-6 * s))}"
 
 
-@pytest.mark.parametrize("xs,f", [((2, 14, 14, 64), 64), ((12, 10, 9, 96), 112)])
+@pytest.mark.parametrize(
+    "xs,f", [((2, 14, 14, 64), 64), ((12, 10, 9, 96), 112), ((3, 21, 21, 32), 32)]
+)
 def test_conv2d_winograd_same_bits_for_any_thread_count(xs, f):
     """The chunks of tiles and the kernel gradient's parts are the shape's (narrow and wide
     layers alike): forward, input and kernel gradient are the same bits on 1, 2 and 3
@@ -809,3 +811,29 @@ def test_conv2d_winograd4_gradcheck(order):
     x, k = N(rng, 1, 6, 5, 16), N(rng, 3, 3, 16, 16, scale=0.2)
     with _Force(4):
         gradcheck(lambda x, k: _core.conv2d(x, k, strides=1, padding="same"), [x, k], order=order)
+
+
+def _table(pass_, n, h, w, c, f):
+    import ctypes
+
+    rule = ctypes.CDLL(_core.__file__).ml__wino_tile
+    rule.argtypes = [ctypes.c_int] + [ctypes.c_int64] * 5
+    return rule(pass_, n, h, w, c, f)
+
+
+# the layers the table sends to F(4x4): conv4-32 / conv4-64 at 84x84 inputs (42 and 21)
+WINO4_LAYERS = [((2, 42, 42, 32), 32), ((2, 21, 21, 64), 64), ((3, 21, 21, 32), 32)]
+
+
+@pytest.mark.parametrize("xs,f", WINO4_LAYERS)
+def test_conv2d_winograd4_layers_take_it_and_meet_its_bound(xs, f):
+    """Without the switch: the table picks F(4x4) for all three passes of these layers (and
+    F(2x2) for the 14x14, 10x10 and wide ones, direct at 3x3), and the results are within
+    F(4x4)'s bound of float64."""
+    for p in range(3):
+        assert _table(p, *xs, f) == 4
+        assert _table(p, 80, 14, 14, 64, 64) == 2
+        assert _table(p, 80, 10, 10, 32, 32) == 2
+        assert _table(p, 100, 42, 42, 160, 160) == 2
+        assert _table(p, 80, 3, 3, 64, 64) == 0
+    _wino_check(xs, f, WINO4_TOL)
