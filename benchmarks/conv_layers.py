@@ -4,6 +4,7 @@ metalearn against PyTorch 2.13, in GFLOP/s of the direct algorithm's multiply-ad
     python benchmarks/conv_layers.py                 # every shape, one thread
     python benchmarks/conv_layers.py --quick         # shorter chunks and fewer rounds
     python benchmarks/conv_layers.py --only omni     # shapes whose name contains 'omni'
+    python benchmarks/conv_layers.py --algos         # direct vs F(2x2) vs F(4x4), no PyTorch
 
 Shapes (3x3 kernels, stride 1, 'same' padding, channels last, as meta.models.conv4):
   omni   28x28x1 -> 64, then 64 -> 64 at 14, 7 and 3 (after each 2x2 pool);
@@ -23,10 +24,20 @@ forward (one conv2d_input_grad or conv2d_kernel_grad op each); PyTorch's through
 aten.convolution_backward with the one output asked for, in NCHW and channels-last memory
 formats (the faster is shown). The libraries are interleaved and medians reported: on a
 shared machine only the ratios of one run compare.
+
+--algos times each 3x3 layer's three passes by each algorithm metalearn has for it (the
+direct im2col path, Winograd F(2x2, 3x3) and F(4x4, 3x3), forced through
+kernels/winograd.c's ml__wino_force), interleaved in one process, the minimum of the
+rounds; it prints the direct-equivalent GFLOP/s of each, the ratios F4/F2 and F4/direct and
+the algorithm the fixed table (ml__wino_tile) gives the shape. The table in winograd.c was
+written from these ratios (F(4x4) where it measured >= 10 % faster than the better of the
+other two).
 """
 
 import argparse
+import ctypes
 import os
+import time
 import sys
 
 import numpy as np
@@ -113,14 +124,93 @@ def torch_fns(n, hw, c, f, rng, fmt, ks=3):
     return fns
 
 
+ALGOS = {"direct": 1, "F2": 2, "F4": 4}
+
+
+def wino_force():
+    """kernels/winograd.c's benchmark switch (0: the shape's table; 1 direct; 2, 4 F(m x m))."""
+    return ctypes.c_int.in_dll(ctypes.CDLL(_core.__file__), "ml__wino_force")
+
+
+def algo_fns(n, hw, c, f, rng, force):
+    """{(algo, pass): callable}: each call sets the switch, then runs the pass."""
+    fns = {}
+    base = ml_fns(n, hw, c, f, rng)
+    for algo, code in ALGOS.items():
+        for key, fn in base.items():
+
+            def run(fn=fn, code=code):
+                force.value = code
+                fn()
+
+            fns[(algo, key.split()[1])] = run
+    return fns
+
+
+def min_interleaved(fns, budget, repeats, clock=time.process_time):
+    """Like run_all.interleaved, but the minimum of the rounds (the least disturbed one),
+    timed by the process's CPU time: on a machine with more runnable jobs than cores the
+    wall time of a round mostly measures how long the process waited for a core (one
+    thread, so CPU time is the time the work took; caches shared with the other jobs
+    still add noise)."""
+    number = {}
+    for k, fn in fns.items():
+        fn()
+        t0 = clock()
+        fn()
+        number[k] = max(1, int(budget / max(clock() - t0, 1e-6)))
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = clock()
+            for _ in range(number[k]):
+                fn()
+            best[k] = min(best[k], (clock() - t0) / number[k])
+    return best
+
+
+def main_algos(args):
+    force = wino_force()
+    table = {"fwd": 0, "bwd-x": 1, "bwd-k": 2}  # ML_WINO_FORWARD, _INPUT_GRAD, _KERNEL_GRAD
+    rule = ctypes.CDLL(_core.__file__).ml__wino_tile
+    rule.argtypes = [ctypes.c_int] + [ctypes.c_int64] * 5
+    print("one thread; direct-equivalent GFLOP/s by CPU time, minimum of interleaved rounds")
+    print("(ratios only compare on a shared machine); 'table': what ml__wino_tile picks")
+    hdr = f"{'shape':<16}{'pass':<7}{'direct':>8}{'F2':>8}{'F4':>8}{'F4/F2':>7}{'F4/dir':>7}"
+    print(hdr + f"{'table':>7}")
+    rng = np.random.default_rng(0)
+    try:
+        for name, n, hw, c, f, *ks in shapes():
+            if ks or c < 16 or (args.only and not any(s in name for s in args.only)):
+                continue
+            fns = algo_fns(n, hw, c, f, rng, force)
+            t = min_interleaved(fns, 0.05 if args.quick else 0.15, 3 if args.quick else 5)
+            flops = 2.0 * n * hw * hw * f * 9 * c
+            for pas in ("fwd", "bwd-x", "bwd-k"):
+                gf = {a: flops / t[(a, pas)] / 1e9 for a in ALGOS}
+                force.value = 0
+                pick = rule(table[pas], n, hw, hw, c, f)
+                print(
+                    f"{name:<16}{pas:<7}{gf['direct']:>8.1f}{gf['F2']:>8.1f}{gf['F4']:>8.1f}"
+                    f"{gf['F4'] / gf['F2']:>7.2f}{gf['F4'] / gf['direct']:>7.2f}"
+                    f"{('direct', '', 'F2', '', 'F4')[pick]:>7}"
+                )
+            sys.stdout.flush()
+    finally:
+        force.value = 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--only", nargs="+", default=None, help="shapes whose name has one of these")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--algos", action="store_true", help="direct vs F(2x2) vs F(4x4), no torch")
     args = p.parse_args(argv)
     set_threads(args.threads)
+    if args.algos:
+        return main_algos(args)
     use_torch = torch is not None and not args.no_torch
     if use_torch:
         torch.set_grad_enabled(False)

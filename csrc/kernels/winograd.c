@@ -31,13 +31,28 @@
  * threads' share of the work, each part's partial sum its own, summed in part order. */
 #define WINO_PARTS 4
 
-int ml__wino_pays(int64_t n, int64_t h, int64_t w, int64_t c, int64_t f) {
+int ml__wino_force = 0;
+
+int ml__wino_tile(int pass, int64_t n, int64_t h, int64_t w, int64_t c, int64_t f) {
+    if (ml__wino_force) return ml__wino_force == 1 ? 0 : ml__wino_force;
     /* The transforms cost about (c + f) additions a tile per channel against 16 c f
      * multiply-adds of the products: they pay from 16 channels each way. A 3x3 image
      * (Omniglot's fourth block) is one 4x4 tile for 9 outputs (16 multiplies where the
      * direct algorithm makes 81 for 9, against 36 for 4 on a large image): measured ~13 %
      * slower than the direct path's forward, so images under 4x4 stay direct. */
-    return n > 0 && h >= 4 && w >= 4 && c >= 16 && f >= 16;
+    if (!(n > 0 && h >= 4 && w >= 4 && c >= 16 && f >= 16)) return 0;
+    /* F(4x4): 36 multiplies for 16 outputs (F(2x2): 64), but 6x6 input tiles cost about
+     * 2.5x F(2x2)'s transforms per output, and an image of h rows takes ceil(h / 4) tile
+     * rows (10 -> 12, 7 -> 8: a third of the work padding). benchmarks/conv_layers.py
+     * --algos, one thread, CPU time, F(4x4) / F(2x2) for forward, input and kernel
+     * gradient: 42x42x32 1.21, 1.21, 1.36; 21x21x32 1.14, 1.15, 1.28; 14x14x64 (200 images)
+     * 1.07, 1.06, 1.11 and (80) 1.01, 1.00, 1.04; 10x10x32 0.91, 0.88, 0.96; 7x7x64 0.99,
+     * 0.99, 1.11 (80) and 3x3 0.62-0.90. So F(4x4) from 20x20 on, where its gain was >= 10 %
+     * in all three passes; up to 64 channels each way (wider layers were not measured clearly
+     * enough: they keep F(2x2)). The same for all three passes, so a layer's forward and its
+     * gradients (and their double backward) take one algorithm. */
+    if (h >= 20 && w >= 20 && c <= 64 && f <= 64) return 4;
+    return 2;
 }
 
 /* Tiles a chunk of c -> f channels takes: as many as fit WINO_CHUNK_FLOATS, but
@@ -54,15 +69,16 @@ int ml__wino_pays(int64_t n, int64_t h, int64_t w, int64_t c, int64_t f) {
 #define WINO_WIDE_BELOW 32
 #define WINO_WIDE_TILES 128
 
-static int64_t chunk_tiles(int64_t c, int64_t f) {
-    int64_t t = WINO_CHUNK_FLOATS / (16 * (c + f));
-    if (t < WINO_WIDE_BELOW) t = WINO_WIDE_TILES;
+static int64_t chunk_tiles(int m, int64_t c, int64_t f) {
+    int64_t t = WINO_CHUNK_FLOATS / ((m + 2) * (m + 2) * (c + f));
+    if (WINO_CHUNK_FLOATS / (16 * (c + f)) < WINO_WIDE_BELOW) t = WINO_WIDE_TILES;
     if (t > 256) t = 256;
-    return t;
+    return t > 0 ? t : 1;
 }
 
 typedef struct wino_job {
     int64_t n, h, w, c, f, th, tw, T, tc, chunks, parts;
+    int64_t m, S; /* output tile side (2 or 4) and transformed positions ((m + 2)^2) */
     const float *x, *u, *b, *gy;
     float *y, *du;
     atomic_int failed;
@@ -197,6 +213,146 @@ ML_CPU_CLONES(wino_tiles,
                const float *zeros, float *sink),
               (j, kind, t0, t1, sS, buf, zeros, sink))
 
+/* F(4x4, 3x3) (interpolation points 0, 1, -1, 2, -2 and infinity; Lavin & Gray 2016):
+ *   B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0;
+ *          0 4 0 -5 0 1]
+ *   G   = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
+ *   A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
+ * B^T and A^T are small integers: the per-tile transforms below are additions and
+ * multiplications by powers of two (exact, so contracting them could not change a bit);
+ * 5 d is written 4 d + d. G's thirds and sixths are applied once a call, in double. */
+
+/* one column (or row) of B^T d: d0..d5 -> r[0..5] */
+ML_INLINE void bt6(const v8 *d, v8 *r) {
+    const v8 d0 = d[0], d1 = d[1], d2 = d[2], d3 = d[3], d4 = d[4], d5 = d[5];
+    const v8 t0 = d4 - 4.0f * d2, t1 = d3 - 4.0f * d1, t2 = d4 - d2, t3 = 2.0f * (d3 - d1);
+    r[0] = 4.0f * (d0 - d2) + (d4 - d2);
+    r[1] = t0 + t1;
+    r[2] = t0 - t1;
+    r[3] = t2 + t3;
+    r[4] = t2 - t3;
+    r[5] = 4.0f * (d1 - d3) + (d5 - d3);
+}
+
+/* B^T d B for channels [c, c + l) of the 36 pixels p, into o[s * sS + c]. */
+ML_INLINE void tile_input4(const float *const *p, float *o, int64_t sS, int64_t c, int64_t l) {
+    v8 d[6][6], r[6];
+    for (int q = 0; q < 6; q++) {
+        v8 a[6];
+        for (int i = 0; i < 6; i++) a[i] = ld8(p[i * 6 + q] + c, l);
+        bt6(a, r);
+        for (int i = 0; i < 6; i++) d[i][q] = r[i];
+    }
+    for (int i = 0; i < 6; i++) {
+        bt6(d[i], r);
+        for (int q = 0; q < 6; q++) st8(o + (i * 6 + q) * sS + c, r[q], l);
+    }
+}
+
+/* one column of A g (A = (A^T)^T, 6 x 4): g0..g3 -> r[0..5] */
+ML_INLINE void a6(const v8 *g, v8 *r) {
+    const v8 g0 = g[0], g1 = g[1], g2 = g[2], g3 = g[3];
+    const v8 e = g0 + g2, od = g1 + g3, e2 = g0 + 4.0f * g2, o2 = 2.0f * g1 + 8.0f * g3;
+    r[0] = g0;
+    r[1] = e + od;
+    r[2] = e - od;
+    r[3] = e2 + o2;
+    r[4] = e2 - o2;
+    r[5] = g3;
+}
+
+/* A g A^T for channels [c, c + l) of the 4x4 pixels p. */
+ML_INLINE void tile_grad4(const float *const *p, float *o, int64_t sS, int64_t c, int64_t l) {
+    v8 d[6][4], r[6];
+    for (int q = 0; q < 4; q++) {
+        v8 a[4];
+        for (int i = 0; i < 4; i++) a[i] = ld8(p[i * 4 + q] + c, l);
+        a6(a, r);
+        for (int i = 0; i < 6; i++) d[i][q] = r[i];
+    }
+    for (int i = 0; i < 6; i++) {
+        a6(d[i], r);
+        for (int q = 0; q < 6; q++) st8(o + (i * 6 + q) * sS + c, r[q], l);
+    }
+}
+
+/* one column of A^T M: m0..m5 -> r[0..3] */
+ML_INLINE void at4(const v8 *m, v8 *r) {
+    const v8 m0 = m[0], m1 = m[1], m2 = m[2], m3 = m[3], m4 = m[4], m5 = m[5];
+    const v8 s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
+    r[0] = m0 + s12 + s34;
+    r[1] = d12 + 2.0f * d34;
+    r[2] = s12 + 4.0f * s34;
+    r[3] = d12 + 8.0f * d34 + m5;
+}
+
+/* A^T M A (+ b) for channels [c, c + l) of the transformed tile m, into the 4x4 pixels q. */
+ML_INLINE void tile_output4(const float *m, float *const *q, const float *b, int64_t sS, int64_t c,
+                            int64_t l) {
+    v8 d[4][6], r[4];
+    for (int a = 0; a < 6; a++) {
+        v8 e[6];
+        for (int i = 0; i < 6; i++) e[i] = ld8(m + (i * 6 + a) * sS + c, l);
+        at4(e, r);
+        for (int i = 0; i < 4; i++) d[i][a] = r[i];
+    }
+    const v8 bv = ld8(b + c, l);
+    for (int i = 0; i < 4; i++) {
+        at4(d[i], r);
+        for (int a = 0; a < 4; a++) st8(q[i * 4 + a] + c, r[a] + bv, l);
+    }
+}
+
+/* wino_tiles_body for F(4x4, 3x3): 6x6 input tiles at 4 * (ty, tx) - 1, 4x4 outputs. */
+ML_INLINE void wino4_tiles_body(const wino_job *j, int kind, int64_t t0, int64_t t1, int64_t sS,
+                                float *buf, const float *zeros, float *sink) {
+    const int64_t per = j->th * j->tw, H = j->h, W = j->w;
+    const int64_t C = kind == TR_INPUT ? j->c : j->f;
+    const float *b = j->b ? j->b : zeros;
+    for (int64_t t = t0; t < t1; t++) {
+        const int64_t img = t / per, r = t % per, ty = r / j->tw, tx = r % j->tw;
+        float *o = buf + (t - t0) * C;
+        int64_t c = 0;
+        if (kind == TR_INPUT) {
+            const float *p[36];
+            for (int i = 0; i < 6; i++)
+                for (int q = 0; q < 6; q++) {
+                    const int64_t yy = 4 * ty - 1 + i, xx = 4 * tx - 1 + q;
+                    p[i * 6 + q] = (yy >= 0 && yy < H && xx >= 0 && xx < W)
+                                       ? j->x + ((img * H + yy) * W + xx) * C
+                                       : zeros;
+                }
+            for (; c + 8 <= C; c += 8) tile_input4(p, o, sS, c, 8);
+            if (c < C) tile_input4(p, o, sS, c, C - c);
+        } else if (kind == TR_GRAD) {
+            const float *p[16];
+            for (int i = 0; i < 4; i++)
+                for (int q = 0; q < 4; q++) {
+                    const int64_t yy = 4 * ty + i, xx = 4 * tx + q;
+                    p[i * 4 + q] = (yy < H && xx < W) ? j->gy + ((img * H + yy) * W + xx) * C
+                                                      : zeros;
+                }
+            for (; c + 8 <= C; c += 8) tile_grad4(p, o, sS, c, 8);
+            if (c < C) tile_grad4(p, o, sS, c, C - c);
+        } else {
+            float *q[16];
+            for (int i = 0; i < 4; i++)
+                for (int a = 0; a < 4; a++) {
+                    const int64_t yy = 4 * ty + i, xx = 4 * tx + a;
+                    q[i * 4 + a] = (yy < H && xx < W) ? j->y + ((img * H + yy) * W + xx) * C : sink;
+                }
+            for (; c + 8 <= C; c += 8) tile_output4(o, q, b, sS, c, 8);
+            if (c < C) tile_output4(o, q, b, sS, c, C - c);
+        }
+    }
+}
+/* compiled for AVX2 (without FMA) and for the baseline, like wino_tiles */
+ML_CPU_CLONES(wino4_tiles,
+              (const wino_job *j, int kind, int64_t t0, int64_t t1, int64_t sS, float *buf,
+               const float *zeros, float *sink),
+              (j, kind, t0, t1, sS, buf, zeros, sink))
+
+
 /* U[s][a][b] = (G g G^T)[s] for the 3x3 kernel g of input channel a and output channel b
  * (flipped and transposed when flip: the input gradient's kernel). */
 static void kernel_transform(int64_t c, int64_t f, const float *k, int flip, float *u) {
@@ -223,19 +379,56 @@ static void kernel_transform(int64_t c, int64_t f, const float *k, int flip, flo
         }
 }
 
-/* The distance between two of a chunk's 16 transformed matrices of `ch` channels: the
- * chunk's tiles and 64 bytes more, so that the 16 rows a tile's transform reads or writes
+/* F(4x4, 3x3)'s G (see above), in double: G g G^T and G^T dU G are rounded to float once. */
+static const double G4[6][3] = {{0.25, 0, 0},
+                                {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                {0, 0, 1}};
+
+/* kernel_transform for F(4x4, 3x3): U[s][a][b], s < 36. */
+static void kernel_transform4(int64_t c, int64_t f, const float *k, int flip, float *u) {
+    const int64_t cf = c * f;
+    for (int64_t a = 0; a < c; a++)
+        for (int64_t b = 0; b < f; b++) {
+            double g[3][3], d[6][3];
+            for (int i = 0; i < 3; i++)
+                for (int q = 0; q < 3; q++)
+                    g[i][q] = flip ? k[((2 - i) * 3 + (2 - q)) * cf + b * c + a]
+                                   : k[(i * 3 + q) * cf + a * f + b];
+            for (int i = 0; i < 6; i++) /* G g */
+                for (int q = 0; q < 3; q++)
+                    d[i][q] = G4[i][0] * g[0][q] + G4[i][1] * g[1][q] + G4[i][2] * g[2][q];
+            for (int i = 0; i < 6; i++) /* (G g) G^T */
+                for (int q = 0; q < 6; q++)
+                    u[(i * 6 + q) * cf + a * f + b] = (float)(d[i][0] * G4[q][0] +
+                                                              d[i][1] * G4[q][1] +
+                                                              d[i][2] * G4[q][2]);
+        }
+}
+
+/* The distance between two of a chunk's transformed matrices of `ch` channels: the
+ * chunk's tiles and 64 bytes more, so that the rows a tile's transform reads or writes
  * do not share their address modulo 4 KiB (they would fall in one L1 set and alias the
  * loads, and the transforms ran at a third of the speed). */
 static int64_t stride_of(const wino_job *j, int64_t ch) { return j->tc * ch + 16; }
 
-/* A chunk's scratch: V (16 x tc x c), M or the gradient's V (16 x tc x f), zeros, sink. */
+/* A chunk's scratch: V (S x tc x c), M or the gradient's V (S x tc x f), zeros, sink. */
 static float *chunk_buffer(const wino_job *j) {
     const int64_t cm = j->c > j->f ? j->c : j->f,
-                  vm = 16 * (stride_of(j, j->c) + stride_of(j, j->f));
+                  vm = j->S * (stride_of(j, j->c) + stride_of(j, j->f));
     float *buf = ml__scratch(ML_SCRATCH_CONV_COLS, (size_t)(vm + 2 * cm));
     if (buf) memset(buf + vm, 0, (size_t)cm * sizeof(float));
     return buf;
+}
+
+static void transform_tiles(const wino_job *j, int kind, int64_t t0, int64_t t1, int64_t sS,
+                            float *buf, const float *zeros, float *sink) {
+    if (j->m == 4)
+        wino4_tiles(j, kind, t0, t1, sS, buf, zeros, sink);
+    else
+        wino_tiles(j, kind, t0, t1, sS, buf, zeros, sink);
 }
 
 static void conv_chunk(void *ctx, int64_t ci) {
@@ -245,34 +438,44 @@ static void conv_chunk(void *ctx, int64_t ci) {
         atomic_store(&j->failed, 1);
         return;
     }
-    const int64_t tc = j->tc, t0 = ci * tc, nt = j->T - t0 < tc ? j->T - t0 : tc;
+    const int64_t tc = j->tc, t0 = ci * tc, nt = j->T - t0 < tc ? j->T - t0 : tc, S = j->S;
     const int64_t sv = stride_of(j, j->c), sm = stride_of(j, j->f);
-    float *m = v + 16 * sv, *zeros = m + 16 * sm, *sink = zeros + (j->c > j->f ? j->c : j->f);
-    wino_tiles(j, TR_INPUT, t0, t0 + nt, sv, v, zeros, sink);
+    float *m = v + S * sv, *zeros = m + S * sm, *sink = zeros + (j->c > j->f ? j->c : j->f);
+    transform_tiles(j, TR_INPUT, t0, t0 + nt, sv, v, zeros, sink);
     ml__sgemm_batch(0, 0, nt, j->f, j->c, 1.0f, v, j->c, sv, j->u, j->f, j->c * j->f, 0.0f, m, j->f,
-                    sm, 16);
-    wino_tiles(j, TR_OUTPUT, t0, t0 + nt, sm, m, zeros, sink);
+                    sm, S);
+    transform_tiles(j, TR_OUTPUT, t0, t0 + nt, sm, m, zeros, sink);
 }
 
-int ml__wino_conv(int64_t n, int64_t h, int64_t w, int64_t c, int64_t f, const float *x,
+/* The job's tiling for output tiles of m x m pixels. */
+static void job_tiles(wino_job *j, int m) {
+    j->m = m;
+    j->S = (m + 2) * (m + 2);
+    j->th = (j->h + m - 1) / m;
+    j->tw = (j->w + m - 1) / m;
+    j->T = j->n * j->th * j->tw;
+    j->tc = chunk_tiles(m, j->c, j->f);
+    j->chunks = (j->T + j->tc - 1) / j->tc;
+}
+
+int ml__wino_conv(int m, int64_t n, int64_t h, int64_t w, int64_t c, int64_t f, const float *x,
                   const float *k, int flip, const float *b, float *y) {
     wino_job j = {.n = n, .h = h, .w = w, .c = c, .f = f, .x = x, .b = b, .y = y};
-    j.th = (h + 1) / 2;
-    j.tw = (w + 1) / 2;
-    j.T = n * j.th * j.tw;
-    j.tc = chunk_tiles(c, f);
-    j.chunks = (j.T + j.tc - 1) / j.tc;
+    job_tiles(&j, m == 4 ? 4 : 2);
     /* the transformed kernel: the calling thread's buffer, read by every chunk */
-    float *u = ml__scratch(ML_SCRATCH_CONV_PARTS, (size_t)(16 * c * f));
+    float *u = ml__scratch(ML_SCRATCH_CONV_PARTS, (size_t)(j.S * c * f));
     if (!u) return -1;
-    kernel_transform(c, f, k, flip, u);
+    if (j.m == 4)
+        kernel_transform4(c, f, k, flip, u);
+    else
+        kernel_transform(c, f, k, flip, u);
     j.u = u;
     atomic_init(&j.failed, 0);
     ml__parallel_for(j.chunks, 0, conv_chunk, &j);
     return atomic_load(&j.failed) ? -1 : 0;
 }
 
-/* Part p's sum over its chunks of V_s^T W_s, into its own 16 x c x f slice of du. */
+/* Part p's sum over its chunks of V_s^T W_s, into its own S x c x f slice of du. */
 static void kernel_grad_part(void *ctx, int64_t p) {
     wino_job *j = ctx;
     float *v = chunk_buffer(j);
@@ -280,41 +483,56 @@ static void kernel_grad_part(void *ctx, int64_t p) {
         atomic_store(&j->failed, 1);
         return;
     }
-    const int64_t tc = j->tc, c = j->c, f = j->f, sv = stride_of(j, c), sw = stride_of(j, f);
-    float *wg = v + 16 * sv, *zeros = wg + 16 * sw, *sink = zeros + (c > f ? c : f);
-    float *du = j->du + p * 16 * c * f;
+    const int64_t tc = j->tc, c = j->c, f = j->f, S = j->S, sv = stride_of(j, c),
+                  sw = stride_of(j, f);
+    float *wg = v + S * sv, *zeros = wg + S * sw, *sink = zeros + (c > f ? c : f);
+    float *du = j->du + p * S * c * f;
     const int64_t c0 = p * j->chunks / j->parts, c1 = (p + 1) * j->chunks / j->parts;
     for (int64_t ci = c0; ci < c1; ci++) {
         const int64_t t0 = ci * tc, nt = j->T - t0 < tc ? j->T - t0 : tc;
-        wino_tiles(j, TR_INPUT, t0, t0 + nt, sv, v, zeros, sink);
-        wino_tiles(j, TR_GRAD, t0, t0 + nt, sw, wg, zeros, sink);
+        transform_tiles(j, TR_INPUT, t0, t0 + nt, sv, v, zeros, sink);
+        transform_tiles(j, TR_GRAD, t0, t0 + nt, sw, wg, zeros, sink);
         ml__sgemm_batch(1, 0, c, f, nt, 1.0f, v, c, sv, wg, f, sw, ci == c0 ? 0.0f : 1.0f, du, f,
-                        c * f, 16);
+                        c * f, S);
     }
 }
 
-int ml__wino_kernel_grad(int64_t n, int64_t h, int64_t w, int64_t c, int64_t f, const float *x,
-                         const float *gy, float *dk) {
+int ml__wino_kernel_grad(int m, int64_t n, int64_t h, int64_t w, int64_t c, int64_t f,
+                         const float *x, const float *gy, float *dk) {
     wino_job j = {.n = n, .h = h, .w = w, .c = c, .f = f, .x = x, .gy = gy};
-    j.th = (h + 1) / 2;
-    j.tw = (w + 1) / 2;
-    j.T = n * j.th * j.tw;
-    j.tc = chunk_tiles(c, f);
-    j.chunks = (j.T + j.tc - 1) / j.tc;
+    job_tiles(&j, m == 4 ? 4 : 2);
     j.parts = j.chunks < WINO_PARTS ? j.chunks : WINO_PARTS;
-    float *du = ml__scratch(ML_SCRATCH_CONV_PARTS, (size_t)(j.parts * 16 * c * f));
+    float *du = ml__scratch(ML_SCRATCH_CONV_PARTS, (size_t)(j.parts * j.S * c * f));
     if (!du) return -1;
     j.du = du;
     atomic_init(&j.failed, 0);
     ml__parallel_for(j.parts, 0, kernel_grad_part, &j);
     if (atomic_load(&j.failed)) return -1;
-    const int64_t e = 16 * c * f;
+    const int64_t e = j.S * c * f;
     for (int64_t p = 1; p < j.parts; p++) { /* part order: independent of the threads */
         const float *restrict src = du + p * e;
         for (int64_t t = 0; t < e; t++) du[t] += src[t];
     }
-    /* dk = G^T dU G, G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1] */
     const int64_t cf = c * f;
+    if (j.m == 4) { /* dk = G^T dU G, in double */
+        for (int64_t a = 0; a < cf; a++) {
+            double d[3][6];
+            for (int q = 0; q < 6; q++)
+                for (int i = 0; i < 3; i++) {
+                    double s = 0;
+                    for (int r = 0; r < 6; r++) s += G4[r][i] * du[(r * 6 + q) * cf + a];
+                    d[i][q] = s;
+                }
+            for (int i = 0; i < 3; i++)
+                for (int q = 0; q < 3; q++) {
+                    double s = 0;
+                    for (int r = 0; r < 6; r++) s += d[i][r] * G4[r][q];
+                    dk[(i * 3 + q) * cf + a] = (float)s;
+                }
+        }
+        return 0;
+    }
+    /* dk = G^T dU G, G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1] */
     for (int64_t a = 0; a < cf; a++) {
         float d[3][4];
         for (int q = 0; q < 4; q++) {

@@ -20,8 +20,8 @@
  * kernels/scratch.h).
  * A 1x1 kernel with stride 1 and no padding skips im2col (the input is the column matrix).
  * A 3x3 kernel at stride 1 with 'same' padding runs through Winograd's F(2x2, 3x3)
- * (kernels/winograd.c: 16 multiplies for 4 outputs instead of 36) where the shape's rule
- * says it pays (ml__wino_pays): forward, the input gradient as the forward with the kernel
+ * (kernels/winograd.c: 16 multiplies for 4 outputs instead of 36) or F(4x4, 3x3) (36 for 16
+ * instead of 144) where the shape's table says it pays (ml__wino_tile): forward, the input gradient as the forward with the kernel
  * flipped and transposed, and the kernel gradient in the transformed domain. The choice is
  * the shape's, so the three ops keep their contracts and their gradients of every order.
  *
@@ -256,8 +256,8 @@ static ml_status conv_forward_kernel(const ml_win2d *g, int64_t F, const float *
                                      const float *b, float *y) {
     const int64_t KK = g->kh * g->kw * g->c, P = g->oh * g->ow;
     if (g->n == 0 || P == 0 || F == 0) return ML_OK;
-    if (is_wino_geom(g) && ml__wino_pays(g->n, g->h, g->w, g->c, F))
-        return ml__wino_conv(g->n, g->h, g->w, g->c, F, x, k, 0, b, y) ? oom() : ML_OK;
+    const int m = is_wino_geom(g) ? ml__wino_tile(ML_WINO_FORWARD, g->n, g->h, g->w, g->c, F) : 0;
+    if (m) return ml__wino_conv(m, g->n, g->h, g->w, g->c, F, x, k, 0, b, y) ? oom() : ML_OK;
     conv_job j = {.g = g, .F = F, .KK = KK, .P = P, .x = x, .k = k, .b = b, .y = y};
     j.step = is_pointwise(g) ? (g->n + MIN_CHUNKS - 1) / MIN_CHUNKS : chunk_images(g);
     atomic_init(&j.failed, 0);
@@ -274,8 +274,9 @@ static ml_status conv_input_grad_kernel(const ml_win2d *g, int64_t F, const floa
         memset(dx, 0, (size_t)xn * sizeof(float));
         return ML_OK;
     }
-    if (is_wino_geom(g) && ml__wino_pays(g->n, g->h, g->w, F, g->c))
-        return ml__wino_conv(g->n, g->h, g->w, F, g->c, gy, k, 1, NULL, dx) ? oom() : ML_OK;
+    const int m = is_wino_geom(g) ? ml__wino_tile(ML_WINO_INPUT_GRAD, g->n, g->h, g->w, g->c, F)
+                                  : 0;
+    if (m) return ml__wino_conv(m, g->n, g->h, g->w, F, g->c, gy, k, 1, NULL, dx) ? oom() : ML_OK;
     conv_job j = {.g = g, .F = F, .KK = KK, .P = P, .k = k, .gy = gy, .dx = dx};
     j.step = is_pointwise(g) ? (g->n + MIN_CHUNKS - 1) / MIN_CHUNKS : chunk_images(g);
     atomic_init(&j.failed, 0);
@@ -291,8 +292,9 @@ static ml_status conv_kernel_grad_kernel(const ml_win2d *g, int64_t F, const flo
         memset(dk, 0, (size_t)(KK * F) * sizeof(float));
         return ML_OK;
     }
-    if (is_wino_geom(g) && ml__wino_pays(g->n, g->h, g->w, g->c, F))
-        return ml__wino_kernel_grad(g->n, g->h, g->w, g->c, F, x, gy, dk) ? oom() : ML_OK;
+    const int m = is_wino_geom(g) ? ml__wino_tile(ML_WINO_KERNEL_GRAD, g->n, g->h, g->w, g->c, F)
+                                  : 0;
+    if (m) return ml__wino_kernel_grad(m, g->n, g->h, g->w, g->c, F, x, gy, dk) ? oom() : ML_OK;
     conv_job j = {.g = g, .F = F, .KK = KK, .P = P, .x = x, .gy = gy, .dk = dk};
     j.step = is_pointwise(g) ? (g->n + MIN_CHUNKS - 1) / MIN_CHUNKS : chunk_images(g);
     const int64_t chunks = (g->n + j.step - 1) / j.step;

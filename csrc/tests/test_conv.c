@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "metalearn.h"
+#include "kernels/winograd.h"
 
 static int passed, failed;
 
@@ -503,9 +504,110 @@ static void test_winograd(void) {
     }
 }
 
+/* The Winograd kernels called directly, F(2x2) and F(4x4) (m = 2, 4), on any shape (odd
+ * sizes, images smaller than a tile, channel counts that are not a multiple of 8): the
+ * forward (with bias), the input gradient (the flipped forward) and the kernel gradient
+ * against double loops, each element within tol of the same sum over absolute values; and
+ * the same bits at 1, 2 and 3 threads. tol: 2e-6 (about 16 float32 ulps) for F(2x2), 1e-5
+ * for F(4x4), whose transforms multiply by up to 8 (output) and 5 (input); a wrong
+ * coefficient gives errors of the order of the sum itself. */
+static void wino_refs(int64_t n, int64_t h, int64_t w, int64_t c, int64_t f, const float *x,
+                      const float *k, const float *gy, int absval, double *y, double *dx,
+                      double *dk) {
+#define A_(v) (absval ? fabs((double)(v)) : (double)(v))
+    memset(y, 0, (size_t)(n * h * w * f) * sizeof(double));
+    memset(dx, 0, (size_t)(n * h * w * c) * sizeof(double));
+    memset(dk, 0, (size_t)(9 * c * f) * sizeof(double));
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t r = 0; r < h; r++)
+            for (int64_t q = 0; q < w; q++)
+                for (int64_t a = 0; a < 3; a++)
+                    for (int64_t b = 0; b < 3; b++) {
+                        const int64_t yy = r + a - 1, xx = q + b - 1;
+                        if (yy < 0 || yy >= h || xx < 0 || xx >= w) continue;
+                        const float *xp = x + ((i * h + yy) * w + xx) * c;
+                        const float *gp = gy + ((i * h + r) * w + q) * f;
+                        double *yp = y + ((i * h + r) * w + q) * f;
+                        double *dxp = dx + ((i * h + yy) * w + xx) * c;
+                        for (int64_t ci = 0; ci < c; ci++)
+                            for (int64_t fi = 0; fi < f; fi++) {
+                                const double kv = A_(k[((a * 3 + b) * c + ci) * f + fi]);
+                                yp[fi] += A_(xp[ci]) * kv;
+                                dxp[ci] += A_(gp[fi]) * kv;
+                                dk[((a * 3 + b) * c + ci) * f + fi] += A_(xp[ci]) * A_(gp[fi]);
+                            }
+                    }
+#undef A_
+}
+
+static double worst(const float *got, const double *ref, const double *scale, int64_t len,
+                    double tol) {
+    double e = 0;
+    for (int64_t i = 0; i < len; i++) {
+        const double r = fabs((double)got[i] - ref[i]) / (tol * scale[i] + 1e-30);
+        if (r > e) e = r;
+    }
+    return e;
+}
+
+static void test_winograd_kernels(void) {
+    struct {
+        int64_t n, h, w, c, f;
+    } cases[] = {{2, 8, 8, 16, 16},   {1, 3, 3, 16, 16}, {3, 7, 5, 5, 9}, {2, 10, 10, 32, 32},
+                 {1, 21, 21, 24, 17}, {2, 5, 13, 8, 8},  {1, 1, 6, 3, 4}, {9, 12, 11, 96, 112}};
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const int64_t n = cases[t].n, h = cases[t].h, w = cases[t].w, c = cases[t].c,
+                      f = cases[t].f, nx = n * h * w * c, ny = n * h * w * f, nk = 9 * c * f;
+        float *x = malloc((size_t)nx * 4), *k = malloc((size_t)nk * 4), *b = malloc((size_t)f * 4),
+              *gy = malloc((size_t)ny * 4), *out = malloc((size_t)(3 * (nx + ny + nk)) * 4);
+        double *ref = malloc((size_t)(nx + ny + nk) * 8), *sc = malloc((size_t)(nx + ny + nk) * 8);
+        for (int64_t i = 0; i < nx; i++) x[i] = frand();
+        for (int64_t i = 0; i < nk; i++) k[i] = frand();
+        for (int64_t i = 0; i < f; i++) b[i] = frand();
+        for (int64_t i = 0; i < ny; i++) gy[i] = frand();
+        wino_refs(n, h, w, c, f, x, k, gy, 0, ref, ref + ny, ref + ny + nx);
+        wino_refs(n, h, w, c, f, x, k, gy, 1, sc, sc + ny, sc + ny + nx);
+        for (int64_t i = 0; i < ny; i++) {
+            ref[i] += b[i % f];
+            sc[i] += fabs((double)b[i % f]);
+        }
+        for (int m = 2; m <= 4; m += 2) {
+            const double tol = m == 2 ? 2e-6 : 1e-5;
+            for (int th = 0; th < 3; th++) {
+                ml_set_num_threads(th + 1);
+                float *y = out + th * (nx + ny + nk), *dx = y + ny, *dk = dx + nx;
+                CHECK(!ml__wino_conv(m, n, h, w, c, f, x, k, 0, b, y), "wino%d fwd oom", m);
+                CHECK(!ml__wino_conv(m, n, h, w, f, c, gy, k, 1, NULL, dx), "wino%d dx oom", m);
+                CHECK(!ml__wino_kernel_grad(m, n, h, w, c, f, x, gy, dk), "wino%d dk oom", m);
+                if (th) {
+                    CHECK(!memcmp(out, y, (size_t)(nx + ny + nk) * 4),
+                          "wino F(%d) case %zu differs at %d threads", m, t, th + 1);
+                    continue;
+                }
+                const char *names[3] = {"forward", "input grad", "kernel grad"};
+                const int64_t off[3] = {0, ny, ny + nx}, len[3] = {ny, nx, nk};
+                for (int r = 0; r < 3; r++) {
+                    const double e = worst(y + off[r], ref + off[r], sc + off[r], len[r], tol);
+                    CHECK(e <= 1.0, "wino F(%d) case %zu %s: error %g of the bound", m, t, names[r],
+                          e);
+                }
+            }
+            ml_set_num_threads(1);
+        }
+        free(x);
+        free(k);
+        free(b);
+        free(gy);
+        free(out);
+        free(ref);
+        free(sc);
+    }
+}
+
 int main(void) {
     test_forward();
     test_winograd();
+    test_winograd_kernels();
     test_gradients(1, ML_PAD_VALID);
     test_gradients(1, ML_PAD_SAME);
     test_gradients(2, ML_PAD_SAME);

@@ -70,6 +70,7 @@ static const char *const SITES[] = {
     "key_scores_i8",
     "int8_dots",
     "wino_tiles",
+    "wino4_tiles",
     "lstm_rows",
 };
 /* clang-format on */

@@ -650,7 +650,9 @@ def test_conv2d_winograd_against_float64(xs, f):
         assert np.all(err <= 2e-6 * s), f"{name}: max error / bound {np.max(err / (2e-6 * s))}"
 
 
-@pytest.mark.parametrize("xs,f", [((2, 14, 14, 64), 64), ((12, 10, 9, 96), 112)])
+@pytest.mark.parametrize(
+    "xs,f", [((2, 14, 14, 64), 64), ((12, 10, 9, 96), 112), ((3, 21, 21, 32), 32)]
+)
 def test_conv2d_winograd_same_bits_for_any_thread_count(xs, f):
     """The chunks of tiles and the kernel gradient's parts are the shape's (narrow and wide
     layers alike): forward, input and kernel gradient are the same bits on 1, 2 and 3
@@ -728,3 +730,140 @@ def test_max_pool_tiling_backward_writes_every_element(p, hw):
         (dx,) = ml.grad(ml.reduce_sum(_core.max_pool2d(x, p) * ml.tensor(gv)), [x])
         got = np.asarray(dx)
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+# ------------------------------------------- Winograd F(4x4, 3x3) (kernels/winograd.c)
+# 36 multiplies for 16 outputs, with interpolation points 0, +-1, +-2 and infinity: its
+# transforms multiply by up to 5 (input) and 8 (output), so it is less accurate than
+# F(2x2). Measured against float64 at the layers' shapes (random normal inputs, kernels
+# scaled by 1/sqrt(9 c)), per element relative to the same formula on absolute values:
+# forward <= 3.3e-6, input gradient <= 3.3e-6, kernel gradient <= 1.7e-6 (F(2x2): <= 1.5e-7,
+# direct <= 1.6e-7). Asserted: 1e-5. A wrong transform coefficient errs by the order of
+# the terms themselves (checked: each of B^T's, A^T's and G's coefficients changed in turn
+# fails this bound by a factor of >= 1e3).
+#
+# The shape's table (ml__wino_tile) sends only some layers to F(4x4); the kernels are
+# tested at every kind of shape through the benchmarks' switch ml__wino_force.
+
+WINO4_TOL = 1e-5
+
+
+class _Force:
+    """with _Force(4): every 3x3 stride-1 'same' conv2d by F(4x4) (1 direct, 2 F(2x2))."""
+
+    def __init__(self, algo):
+        import ctypes
+
+        self.flag = ctypes.c_int.in_dll(ctypes.CDLL(_core.__file__), "ml__wino_force")
+        self.algo = algo
+
+    def __enter__(self):
+        self.flag.value = self.algo
+
+    def __exit__(self, *exc):
+        self.flag.value = 0
+
+
+def _wino_check(xs, f, tol, seed=30):
+    rng = _rng(seed)
+    x = rng.standard_normal(xs).astype(F32)
+    k = (rng.standard_normal((3, 3, xs[-1], f)) / np.sqrt(9 * xs[-1])).astype(F32)
+    b = rng.standard_normal(f).astype(F32)
+    g = rng.standard_normal(xs[:3] + (f,)).astype(F32)
+    xt, kt = ml.tensor(x, requires_grad=True), ml.tensor(k, requires_grad=True)
+    y = _core.conv2d(xt, kt, ml.tensor(b), strides=1, padding="same")
+    dx, dk = ml.grad(y, [xt, kt], [ml.tensor(g)])
+    refs = _wino_refs(*(a.astype(np.float64) for a in (x, k, g)))
+    scale = _wino_refs(*(np.abs(a).astype(np.float64) for a in (x, k, g)))
+    worst = {}
+    for name, got, ref, s in zip(("forward", "dx", "dk"), (y, dx, dk), refs, scale):
+        if name == "forward":
+            ref, s = ref + b, s + np.abs(b)
+        err = np.abs(np.asarray(got, np.float64) - ref)
+        worst[name] = float(np.max(err / s))
+        assert np.all(err <= tol * s), f"{name}: max error / bound {np.max(err / (tol * s))}"
+    return worst
+
+
+WINO4 = [
+    ((2, 16, 16, 32), 32),
+    ((2, 21, 21, 32), 32),  # 21 = 5 tiles and one pixel: the last tiles 3/4 outside
+    ((3, 10, 10, 64), 64),  # 10 = 2 tiles and a half
+    ((4, 7, 5, 16), 24),
+    ((5, 5, 5, 32), 32),
+    ((3, 3, 3, 16), 16),  # one tile, most of it outside the image
+    ((2, 9, 6, 5), 11),  # channel counts below 8 and not a multiple of 8
+    ((2, 14, 14, 64), 64),  # Omniglot conv4's second block, several chunks of tiles
+    ((4, 10, 9, 96), 112),  # wide layers' chunks of 128 tiles, kernel gradient in parts
+]
+
+
+@pytest.mark.parametrize("xs,f", WINO4)
+def test_conv2d_winograd4_against_float64(xs, f):
+    with _Force(4):
+        _wino_check(xs, f, WINO4_TOL)
+
+
+def test_conv2d_winograd4_bound_is_tight_enough_to_matter():
+    """The F(4x4) bound catches an F(2x2)-sized error on neither side: F(2x2) and the direct
+    path are within F(2x2)'s 2e-6, and F(4x4)'s measured error stays above a tenth of its
+    bound at a large layer (so 1e-5 is no looser than needed by more than ~3x)."""
+    with _Force(4):
+        worst = _wino_check((2, 42, 42, 32), 32, WINO4_TOL)
+    assert max(worst.values()) > 0.1 * WINO4_TOL, worst
+    for algo in (1, 2):
+        with _Force(algo):
+            _wino_check((2, 42, 42, 32), 32, 2e-6)
+
+
+def test_conv2d_winograd4_second_order_against_float64():
+    """d/dk <dx, H> = kernel_grad(H, G) through F(4x4)'s kernel gradient of the recorded
+    F(4x4) input gradient (MAML's term), against float64."""
+    rng = _rng(32)
+    x = rng.standard_normal((2, 11, 9, 16)).astype(F32)
+    k = (rng.standard_normal((3, 3, 16, 24)) / 12).astype(F32)
+    G = rng.standard_normal((2, 11, 9, 24)).astype(F32)
+    H = rng.standard_normal(x.shape).astype(F32)
+    with _Force(4):
+        xt, kt = ml.tensor(x, requires_grad=True), ml.tensor(k, requires_grad=True)
+        y = _core.conv2d(xt, kt, strides=1, padding="same")
+        (dx,) = ml.grad(y, [xt], [ml.tensor(G)], create_graph=True)
+        (dk2,) = ml.grad(ml.reduce_sum(dx * ml.tensor(H)), [kt])
+    _, _, ref = _wino_refs(H.astype(np.float64), k.astype(np.float64), G.astype(np.float64))
+    _, _, s = _wino_refs(np.abs(H).astype(np.float64), np.abs(k), np.abs(G).astype(np.float64))
+    err = np.abs(np.asarray(dk2, np.float64) - ref)
+    assert np.all(err <= WINO4_TOL * s), np.max(err / (WINO4_TOL * s))
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_conv2d_winograd4_gradcheck(order):
+    rng = _rng(31)
+    x, k = N(rng, 1, 6, 5, 16), N(rng, 3, 3, 16, 16, scale=0.2)
+    with _Force(4):
+        gradcheck(lambda x, k: _core.conv2d(x, k, strides=1, padding="same"), [x, k], order=order)
+
+
+def _table(pass_, n, h, w, c, f):
+    import ctypes
+
+    rule = ctypes.CDLL(_core.__file__).ml__wino_tile
+    rule.argtypes = [ctypes.c_int] + [ctypes.c_int64] * 5
+    return rule(pass_, n, h, w, c, f)
+
+
+# the layers the table sends to F(4x4): conv4-32 / conv4-64 at 84x84 inputs (42 and 21)
+WINO4_LAYERS = [((2, 42, 42, 32), 32), ((2, 21, 21, 64), 64), ((3, 21, 21, 32), 32)]
+
+
+@pytest.mark.parametrize("xs,f", WINO4_LAYERS)
+def test_conv2d_winograd4_layers_take_it_and_meet_its_bound(xs, f):
+    """Without the switch: the table picks F(4x4) for all three passes of these layers (and
+    F(2x2) for the 14x14, 10x10 and wide ones, direct at 3x3), and the results are within
+    F(4x4)'s bound of float64."""
+    for p in range(3):
+        assert _table(p, *xs, f) == 4
+        assert _table(p, 80, 14, 14, 64, 64) == 2
+        assert _table(p, 80, 10, 10, 32, 32) == 2
+        assert _table(p, 100, 42, 42, 160, 160) == 2
+        assert _table(p, 80, 3, 3, 64, 64) == 0
+    _wino_check(xs, f, WINO4_TOL)

@@ -34,6 +34,7 @@ SITES = {
     "key_scores_i8",
     "int8_dots",
     "wino_tiles",
+    "wino4_tiles",
     "lstm_rows",
 }
 
@@ -68,6 +69,12 @@ out["max pool"] = np.asarray(ml.max_pool2d(img, (3, 3), (2, 2), "same"))
 xw = rng.standard_normal((2, 6, 6, 16)).astype(F32)
 kw = rng.standard_normal((3, 3, 16, 16)).astype(F32)
 out["winograd conv"] = np.asarray(ml.conv2d(xw, kw, None, 1, "same"))
+# and by F(4x4, 3x3) (wino4_tiles), forced through the benchmarks' switch
+import ctypes
+force = ctypes.c_int.in_dll(ctypes.CDLL(_core.__file__), "ml__wino_force")
+force.value = 4
+out["winograd F4 conv"] = np.asarray(ml.conv2d(xw, kw, None, 1, "same"))
+force.value = 0
 # batch norm, forward and its first-order gradient (the fused C backward)
 xb = ml.Variable(rng.standard_normal((8, 4, 4, 6)).astype(F32))
 gamma = ml.Variable(rng.standard_normal(6).astype(F32))
