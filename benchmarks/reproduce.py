@@ -24,6 +24,7 @@ Runs (the papers' numbers are printed beside ours):
                   Both peers draw the same training tasks and test episodes (NWayKShot, seed
                   and seed + 1). --init picks the initialisation (docs/GAP.md): "native"
                   (each framework's default), "glorot" or "torch" (both the same);
+                  --bn-epsilon sets both peers' batch-norm epsilon (Keras 1e-3, PyTorch 1e-5);
                   --iterations stops both at that count; --curve FILE saves the per-iteration
                   losses and times (JSON).
 
@@ -309,7 +310,7 @@ def protonet_conv4(args):
             )
 
 
-def torch_conv4(init="native", seed=0):
+def torch_conv4(init="native", seed=0, bn_epsilon=1e-5):
     """The PyTorch peer's conv4 + BN (batch statistics) with a 5-way Linear head. `init`:
     "native" or "torch" (PyTorch's default, kaiming_uniform_(a=sqrt 5) and uniform biases
     in +-1/sqrt(fan_in)) or "glorot" (Keras': glorot_uniform kernels, zero biases)."""
@@ -324,7 +325,7 @@ def torch_conv4(init="native", seed=0):
     for _ in range(4):
         layers += [
             nn.Conv2d(c, 64, 3, padding=1),
-            nn.BatchNorm2d(64, track_running_stats=False),
+            nn.BatchNorm2d(64, eps=bn_epsilon, track_running_stats=False),
             nn.ReLU(),
             nn.MaxPool2d(2),
         ]
@@ -345,7 +346,7 @@ def _torch_maml_conv4(x, y, xt, yt, budget, args):
     from torch.func import functional_call
     from metalearn.tasks import NWayKShot
 
-    net = torch_conv4(args.init, args.seed)
+    net = torch_conv4(args.init, args.seed, args.bn_epsilon or 1e-5)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     names = [n for n, _ in net.named_parameters()]
     tasks = NWayKShot((x, y), 5, 1, 15, seed=args.seed)
@@ -402,11 +403,16 @@ def _save_curve(args, peer, curve):
         return
     root, ext = os.path.splitext(args.curve)
     with open(f"{root}-{peer}{ext or '.json'}", "w") as f:
-        json.dump({"peer": peer, "init": args.init, "seed": args.seed, **curve}, f)
+        json.dump(
+            {"peer": peer, "init": args.init, "bn_epsilon": args.bn_epsilon, "seed": args.seed}
+            | curve,
+            f,
+        )
 
 
 def maml_conv4(args):
     import metalearn as ml
+    from metalearn.keras import conv_layers
     from metalearn.meta import MAML, models
     from metalearn.tasks import NWayKShot
 
@@ -418,6 +424,9 @@ def maml_conv4(args):
     init = {"native": "glorot_uniform", "glorot": "glorot_uniform", "torch": "torch"}[args.init]
     bias = "zeros" if init == "glorot_uniform" else "torch"
     model = models.conv4(5, kernel_initializer=init, bias_initializer=bias)
+    for layer in model.layers:
+        if args.bn_epsilon and isinstance(layer, conv_layers.BatchNormalization):
+            layer.epsilon = args.bn_epsilon  # before the first call: not yet traced
     maml = MAML(model, inner_lr=0.4, inner_steps=1, meta_lr=0.001)
     tasks = NWayKShot((x, y), 5, 1, 15, seed=args.seed)
     t0, it = time.perf_counter(), 0
@@ -747,6 +756,13 @@ def parse_args(argv=None):
         help="maml_conv4: each peer's own default initialisation (native: Keras' glorot_uniform "
         "+ zero biases, PyTorch's kaiming_uniform(a=sqrt 5) + uniform biases), or both Keras' "
         "(glorot) or both PyTorch's (torch); docs/GAP.md",
+    )
+    p.add_argument(
+        "--bn-epsilon",
+        type=float,
+        default=None,
+        help="maml_conv4: both peers' batch-norm epsilon (default: each framework's own, "
+        "Keras 1e-3, PyTorch 1e-5)",
     )
     p.add_argument(
         "--curve", default=None, help="maml_conv4: a JSON file (-PEER appended) of the losses"
