@@ -25,8 +25,8 @@ Runs (the papers' numbers are printed beside ours):
                   and seed + 1). --init picks the initialisation (docs/GAP.md): "native"
                   (each framework's default), "glorot" or "torch" (both the same);
                   --bn-epsilon sets both peers' batch-norm epsilon (Keras 1e-3, PyTorch 1e-5);
-                  --iterations stops both at that count; --curve FILE saves the per-iteration
-                  losses and times (JSON).
+                  --iterations stops both at that count, --meta-batch sets both peers';
+                  --curve FILE saves the per-iteration losses and times (JSON).
 
   mamlpp_conv4    MAML++ (Antoniou et al. 2019), conv4 (64 filters), Omniglot 20-way 1-shot,
                   the paper's settings: 5 inner steps (5 at test), inner lr 0.1 learned per
@@ -351,7 +351,7 @@ def _torch_maml_conv4(x, y, xt, yt, budget, args):
     names = [n for n, _ in net.named_parameters()]
     tasks = NWayKShot((x, y), 5, 1, 15, seed=args.seed)
     nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))  # noqa: E731
-    mb = 4 if args.quick else 32
+    mb = args.meta_batch or (4 if args.quick else 32)
 
     def adapt(params, sx, sy, steps, create_graph):
         for _ in range(steps):
@@ -432,7 +432,8 @@ def maml_conv4(args):
     t0, it = time.perf_counter(), 0
     curve = {"loss": [], "seconds": []}
     while time.perf_counter() - t0 < budget and it < (args.iterations or float("inf")):
-        maml.fit(tasks, iterations=1, meta_batch_size=4 if args.quick else 32, verbose=0)
+        mb = args.meta_batch or (4 if args.quick else 32)
+        maml.fit(tasks, iterations=1, meta_batch_size=mb, verbose=0)
         it += 1
         curve["loss"].append(float(maml.history["loss"][-1]))
         curve["seconds"].append(time.perf_counter() - t0)
@@ -756,6 +757,12 @@ def parse_args(argv=None):
         help="maml_conv4: each peer's own default initialisation (native: Keras' glorot_uniform "
         "+ zero biases, PyTorch's kaiming_uniform(a=sqrt 5) + uniform biases), or both Keras' "
         "(glorot) or both PyTorch's (torch); docs/GAP.md",
+    )
+    p.add_argument(
+        "--meta-batch",
+        type=int,
+        default=None,
+        help="maml_conv4: tasks per meta-iteration, both peers (default 32; 4 with --quick)",
     )
     p.add_argument(
         "--bn-epsilon",
