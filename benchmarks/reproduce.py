@@ -21,6 +21,12 @@ Runs (the papers' numbers are printed beside ours):
                   --peer metalearn / --peer torch run one side only, e.g. both at once:
                     python benchmarks/reproduce.py --only maml_conv4 --threads 1 --peer metalearn &
                     python benchmarks/reproduce.py --only maml_conv4 --threads 1 --peer torch
+                  Both peers draw the same training tasks and test episodes (NWayKShot, seed
+                  and seed + 1). --init picks the initialisation (docs/GAP.md): "native"
+                  (each framework's default), "glorot" or "torch" (both the same);
+                  --bn-epsilon sets both peers' batch-norm epsilon (Keras 1e-3, PyTorch 1e-5);
+                  --iterations stops both at that count, --meta-batch sets both peers';
+                  --curve FILE saves the per-iteration losses and times (JSON).
 
   mamlpp_conv4    MAML++ (Antoniou et al. 2019), conv4 (64 filters), Omniglot 20-way 1-shot,
                   the paper's settings: 5 inner steps (5 at test), inner lr 0.1 learned per
@@ -304,6 +310,35 @@ def protonet_conv4(args):
             )
 
 
+def torch_conv4(init="native", seed=0, bn_epsilon=1e-5):
+    """The PyTorch peer's conv4 + BN (batch statistics) with a 5-way Linear head. `init`:
+    "native" or "torch" (PyTorch's default, kaiming_uniform_(a=sqrt 5) and uniform biases
+    in +-1/sqrt(fan_in)) or "glorot" (Keras': glorot_uniform kernels, zero biases)."""
+    import torch
+    from torch import nn
+
+    if init not in ("native", "glorot", "torch"):
+        raise ValueError(f"torch_conv4: init must be 'native', 'glorot' or 'torch', got {init!r}")
+    torch.manual_seed(seed)
+    layers = []
+    c = 1
+    for _ in range(4):
+        layers += [
+            nn.Conv2d(c, 64, 3, padding=1),
+            nn.BatchNorm2d(64, eps=bn_epsilon, track_running_stats=False),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
+        c = 64
+    net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(64, 5))
+    if init == "glorot":  # Keras' defaults: glorot_uniform kernels, zero biases
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+    return net
+
+
 def _torch_maml_conv4(x, y, xt, yt, budget, args):
     """The PyTorch peer: conv4 + BN (batch statistics), MAML second order, same settings."""
     import torch
@@ -311,23 +346,12 @@ def _torch_maml_conv4(x, y, xt, yt, budget, args):
     from torch.func import functional_call
     from metalearn.tasks import NWayKShot
 
-    torch.manual_seed(args.seed)
-    layers = []
-    c = 1
-    for _ in range(4):
-        layers += [
-            nn.Conv2d(c, 64, 3, padding=1),
-            nn.BatchNorm2d(64, track_running_stats=False),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        ]
-        c = 64
-    net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(64, 5))
+    net = torch_conv4(args.init, args.seed, args.bn_epsilon or 1e-5)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     names = [n for n, _ in net.named_parameters()]
     tasks = NWayKShot((x, y), 5, 1, 15, seed=args.seed)
     nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))  # noqa: E731
-    mb = 4 if args.quick else 32
+    mb = args.meta_batch or (4 if args.quick else 32)
 
     def adapt(params, sx, sy, steps, create_graph):
         for _ in range(steps):
@@ -337,7 +361,8 @@ def _torch_maml_conv4(x, y, xt, yt, budget, args):
         return params
 
     t0, it = time.perf_counter(), 0
-    while time.perf_counter() - t0 < budget:
+    curve = {"loss": [], "seconds": []}
+    while time.perf_counter() - t0 < budget and it < (args.iterations or float("inf")):
         b = tasks.sample_batch(mb)
         total = 0
         for i in range(mb):
@@ -350,6 +375,15 @@ def _torch_maml_conv4(x, y, xt, yt, budget, args):
         (total / mb).backward()
         opt.step()
         it += 1
+        curve["loss"].append(float(total.detach()) / mb)
+        curve["seconds"].append(time.perf_counter() - t0)
+        if args.verbose and it % 10 == 0:
+            print(
+                f"  maml_conv4 (torch): {it} iterations, {time.perf_counter() - t0:.0f} s, "
+                f"loss {np.mean(curve['loss'][-10:]):.3f} (mean of 10)",
+                flush=True,
+            )
+    _save_curve(args, "torch", curve)
     test = NWayKShot((xt, yt), 5, 1, 15, seed=args.seed + 1)
     accs = []
     for _ in range(args.episodes or (5 if args.quick else 600)):
@@ -363,28 +397,53 @@ def _torch_maml_conv4(x, y, xt, yt, budget, args):
     return it, {"accuracy": accs.mean(), "ci95": 1.96 * accs.std() / np.sqrt(len(accs))}
 
 
+def _save_curve(args, peer, curve):
+    """``--curve``: one peer's per-iteration meta-losses and elapsed seconds, as JSON."""
+    if not args.curve:
+        return
+    root, ext = os.path.splitext(args.curve)
+    with open(f"{root}-{peer}{ext or '.json'}", "w") as f:
+        json.dump(
+            {"peer": peer, "init": args.init, "bn_epsilon": args.bn_epsilon, "seed": args.seed}
+            | curve,
+            f,
+        )
+
+
 def maml_conv4(args):
     import metalearn as ml
+    from metalearn.keras import conv_layers
     from metalearn.meta import MAML, models
     from metalearn.tasks import NWayKShot
 
     (x, y), (xt, yt) = _data()
-    budget = args.budget or (5.0 if args.quick else 3600.0)
+    budget = args.budget or (float("inf") if args.iterations else 5.0 if args.quick else 3600.0)
     if args.peer == "torch":
         return _maml_conv4_torch_report(x, y, xt, yt, budget, args)
     ml.random.set_seed(args.seed)
-    maml = MAML(models.conv4(5), inner_lr=0.4, inner_steps=1, meta_lr=0.001)
+    init = {"native": "glorot_uniform", "glorot": "glorot_uniform", "torch": "torch"}[args.init]
+    bias = "zeros" if init == "glorot_uniform" else "torch"
+    model = models.conv4(5, kernel_initializer=init, bias_initializer=bias)
+    for layer in model.layers:
+        if args.bn_epsilon and isinstance(layer, conv_layers.BatchNormalization):
+            layer.epsilon = args.bn_epsilon  # before the first call: not yet traced
+    maml = MAML(model, inner_lr=0.4, inner_steps=1, meta_lr=0.001)
     tasks = NWayKShot((x, y), 5, 1, 15, seed=args.seed)
     t0, it = time.perf_counter(), 0
-    while time.perf_counter() - t0 < budget:
-        maml.fit(tasks, iterations=1, meta_batch_size=4 if args.quick else 32, verbose=0)
+    curve = {"loss": [], "seconds": []}
+    while time.perf_counter() - t0 < budget and it < (args.iterations or float("inf")):
+        mb = args.meta_batch or (4 if args.quick else 32)
+        maml.fit(tasks, iterations=1, meta_batch_size=mb, verbose=0)
         it += 1
+        curve["loss"].append(float(maml.history["loss"][-1]))
+        curve["seconds"].append(time.perf_counter() - t0)
         if args.verbose and it % 10 == 0:
             print(
                 f"  maml_conv4: {it} iterations, {time.perf_counter() - t0:.0f} s, "
-                f"loss {maml.history['loss'][-1]:.3f}",
+                f"loss {np.mean(curve['loss'][-10:]):.3f} (mean of 10)",
                 flush=True,
             )
+    _save_curve(args, "metalearn", curve)
     res = maml.evaluate(
         NWayKShot((xt, yt), 5, 1, 15, seed=args.seed + 1),
         episodes=args.episodes or (5 if args.quick else 600),
@@ -393,7 +452,7 @@ def maml_conv4(args):
     )
     report(
         "maml_conv4",
-        f"5-way 1-shot, {it} it in {budget:.0f} s",
+        f"5-way 1-shot, {it} it in {curve['seconds'][-1] if it else 0:.0f} s",
         pct(res),
         PAPER[("maml_conv4", 5, 1)],
         time.perf_counter() - t0,
@@ -413,7 +472,7 @@ def _maml_conv4_torch_report(x, y, xt, yt, budget, args):
     it_t, res_t = _torch_maml_conv4(x, y, xt, yt, budget, args)
     report(
         "maml_conv4",
-        f"5-way 1-shot, {it_t} it in {budget:.0f} s",
+        f"5-way 1-shot, {it_t} it",
         pct(res_t),
         PAPER[("maml_conv4", 5, 1)],
         time.perf_counter() - t1,
@@ -690,6 +749,30 @@ def parse_args(argv=None):
         default="both",
         help="maml_conv4: run metalearn, the PyTorch peer, or both one after the "
         "other (two processes with --threads 1 run the two side by side)",
+    )
+    p.add_argument(
+        "--init",
+        choices=("native", "glorot", "torch"),
+        default="native",
+        help="maml_conv4: each peer's own default initialisation (native: Keras' glorot_uniform "
+        "+ zero biases, PyTorch's kaiming_uniform(a=sqrt 5) + uniform biases), or both Keras' "
+        "(glorot) or both PyTorch's (torch); docs/GAP.md",
+    )
+    p.add_argument(
+        "--meta-batch",
+        type=int,
+        default=None,
+        help="maml_conv4: tasks per meta-iteration, both peers (default 32; 4 with --quick)",
+    )
+    p.add_argument(
+        "--bn-epsilon",
+        type=float,
+        default=None,
+        help="maml_conv4: both peers' batch-norm epsilon (default: each framework's own, "
+        "Keras 1e-3, PyTorch 1e-5)",
+    )
+    p.add_argument(
+        "--curve", default=None, help="maml_conv4: a JSON file (-PEER appended) of the losses"
     )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)

@@ -7,7 +7,8 @@
 - ``conv4(n_way=None)``: four blocks [Conv 3x3 (64 filters, same padding), BatchNorm,
   ReLU, MaxPool 2x2] (Vinyals et al. 2016; used by MAML and ProtoNets). With `n_way`
   it ends in a Dense classifier (MAML), without it in a Flatten (ProtoNet's encoder: a
-  64-d embedding for 28x28 inputs).
+  64-d embedding for 28x28 inputs). ``kernel_initializer`` / ``bias_initializer`` take
+  Keras initializer names or ``"torch"`` (PyTorch's Conv2d/Linear default), see docs/GAP.md.
 - ``resnet12()``: MetaOptNet's ResNet-12 (Lee et al. 2019, after Oreshkin et al. 2018):
   four residual blocks of 64-160-320-640 filters, each three [Conv 3x3, BatchNorm,
   LeakyReLU(0.1)] with a [Conv 1x1, BatchNorm] shortcut, then a 2x2 max pool; 84x84x3
@@ -15,8 +16,10 @@
   averaged to 640 (``pool="avg"``). 12.4 M trainable weights, as the paper states.
 """
 
+import math
+
 from metalearn import _core
-from metalearn.keras import conv_layers, layers
+from metalearn.keras import conv_layers, initializers, layers
 from metalearn.keras.models import Model, Sequential
 
 __all__ = ["sinusoid_mlp", "omniglot_mlp", "conv4", "resnet12", "has_conv"]
@@ -71,7 +74,43 @@ def omniglot_mlp(
     return model
 
 
-def conv4(n_way=None, filters=64, input_shape=(28, 28, 1), batch_norm=True, name=None):
+#: the name that asks for PyTorch's default initialisation of Conv2d / Linear
+TORCH_INIT = "torch"
+
+
+def _check_initializer(who, what, identifier):
+    """Fails early, naming the argument, for an initializer Keras does not know (nothing
+    is built yet); ``"torch"`` is resolved per layer by `_initializer`."""
+    if isinstance(identifier, str) and identifier.lower() == TORCH_INIT:
+        return
+    try:
+        initializers.get(identifier)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{who}: {what}={identifier!r} is not an initializer ({e})") from None
+
+
+def _initializer(identifier, fan_in, bias=False):
+    """`identifier` for one layer. ``"torch"`` is PyTorch's default for Conv2d and Linear
+    (``kaiming_uniform_(a=sqrt(5))``): kernel and bias uniform in ``+-1/sqrt(fan_in)``,
+    i.e. Keras' VarianceScaling(1/3, "fan_in", "uniform") for the kernel; the bias has no
+    shape-derived Keras form, so its bound is computed from the layer's fan_in here."""
+    if not (isinstance(identifier, str) and identifier.lower() == TORCH_INIT):
+        return identifier
+    if bias:
+        bound = 1.0 / math.sqrt(fan_in)
+        return initializers.RandomUniform(-bound, bound)
+    return initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def conv4(
+    n_way=None,
+    filters=64,
+    input_shape=(28, 28, 1),
+    batch_norm=True,
+    name=None,
+    kernel_initializer="glorot_uniform",
+    bias_initializer="zeros",
+):
     """The four-block conv network of Vinyals et al. / MAML / ProtoNets.
 
     Args:
@@ -80,8 +119,15 @@ def conv4(n_way=None, filters=64, input_shape=(28, 28, 1), batch_norm=True, name
         filters: filters per block (64; MAML's MiniImagenet net used 32).
         input_shape: one image's shape (channels last).
         batch_norm: BatchNormalization after each conv.
+        kernel_initializer: of the convolutions and the Dense head: a Keras initializer
+            (name, config or object; default ``"glorot_uniform"``, the Keras layers'
+            default and the MAML authors' ``xavier_initializer``), or ``"torch"`` for
+            PyTorch's default (uniform in ``+-1/sqrt(fan_in)``; see docs/GAP.md).
+        bias_initializer: likewise for the biases (default ``"zeros"``); ``"torch"``:
+            uniform in ``+-1/sqrt(fan_in)`` of each layer.
 
     Raises:
+        ValueError: an initializer name Keras does not know (nor ``"torch"``).
         RuntimeError: the core was built without the conv ops.
     """
     if not has_conv():
@@ -89,17 +135,38 @@ def conv4(n_way=None, filters=64, input_shape=(28, 28, 1), batch_norm=True, name
             "conv4: this build of metalearn has no Conv2D/MaxPool2D/"
             "BatchNormalization (metalearn._core lacks conv2d/max_pool2d/batch_norm)"
         )
+    _check_initializer("conv4", "kernel_initializer", kernel_initializer)
+    _check_initializer("conv4", "bias_initializer", bias_initializer)
     model = Sequential(name=name)
     model.add(layers.InputLayer(input_shape=tuple(input_shape)))
+    channels = int(input_shape[-1])
+    height, width = int(input_shape[0]), int(input_shape[1])
     for _ in range(4):
-        model.add(conv_layers.Conv2D(filters, 3, padding="same"))
+        fan_in = 9 * channels  # a 3x3 kernel over `channels` inputs
+        model.add(
+            conv_layers.Conv2D(
+                filters,
+                3,
+                padding="same",
+                kernel_initializer=_initializer(kernel_initializer, fan_in),
+                bias_initializer=_initializer(bias_initializer, fan_in, bias=True),
+            )
+        )
         if batch_norm:
             model.add(conv_layers.BatchNormalization())
         model.add(layers.Activation("relu"))
         model.add(conv_layers.MaxPool2D(2))
+        channels, height, width = filters, height // 2, width // 2
     model.add(layers.Flatten())
     if n_way is not None:
-        model.add(layers.Dense(int(n_way)))
+        fan_in = max(1, height * width * channels)
+        model.add(
+            layers.Dense(
+                int(n_way),
+                kernel_initializer=_initializer(kernel_initializer, fan_in),
+                bias_initializer=_initializer(bias_initializer, fan_in, bias=True),
+            )
+        )
     return model
 
 
