@@ -371,13 +371,8 @@ class DataParallel:
         metric_value = float(np.mean(stats[:, 1]))
         if debugging._numerics_checks:
             learner._check_meta_step(np.float32(loss_value), mean_grads, params)
-        # the learner's own update where it has one (MAML++'s cosine-annealed meta rate),
-        # else the meta-optimizer's step (ProtoNet)
-        apply = getattr(learner, "_apply_meta_gradients", None)
-        if apply is not None:
-            apply(mean_grads, params)
-        else:
-            learner.meta_optimizer.apply_gradients(zip(mean_grads, params))
+        # the learner's own update (MAML++'s cosine-annealed meta rate)
+        learner._apply_meta_gradients(mean_grads, params)
         self._steps += 1
         if p > 1 and self.check_every and self._steps % self.check_every == 0:
             self._compare_weights(learner, learner.iterations + 1)

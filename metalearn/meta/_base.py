@@ -588,6 +588,11 @@ class BaseMetaLearner:
         if model.built and model.weights:
             self._prepared_model = model
 
+    def _apply_meta_gradients(self, grads, params):
+        """The meta-optimizer's update of ``params`` (a learner with its own schedule, as
+        MAML++'s cosine-annealed meta rate, overrides it; DataParallel calls it too)."""
+        self.meta_optimizer.apply_gradients(zip(grads, params))
+
     def _metric(self, y_pred, y_true, loss_value):
         if self.classification:
             return accuracy(y_pred, y_true)

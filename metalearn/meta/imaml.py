@@ -149,7 +149,7 @@ class IMAML(MAML):
         loss, metric, grads = self._implicit_batch(batch)
         params = self._meta_params()
         self._check_meta_step(_core.as_tensor(np.float32(loss)), grads, params)
-        self.meta_optimizer.apply_gradients(zip(grads, params))
+        self._apply_meta_gradients(grads, params)
         return loss, metric
 
     def __repr__(self):

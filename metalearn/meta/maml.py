@@ -732,11 +732,6 @@ class MAML(BaseMetaLearner):
         self._flush_statistics()
         return float(meta_loss.item()), metric
 
-    def _apply_meta_gradients(self, grads, params):
-        """The meta-optimizer's update of ``params`` (a variant with its own schedule
-        overrides it)."""
-        self.meta_optimizer.apply_gradients(zip(grads, params))
-
     # ------------------------------------------------------------ adaptation
     def _steps(self, steps):
         if steps is None:

@@ -225,7 +225,7 @@ class ProtoNet(BaseMetaLearner):
         params = self._meta_params()
         grads = _core.grad(total, params)
         self._check_meta_step(total, grads, params)
-        self.meta_optimizer.apply_gradients(zip(grads, params))
+        self._apply_meta_gradients(grads, params)
         return float(total.item()), float(np.mean(metrics))
 
     def adapt(

@@ -113,7 +113,7 @@ class Reptile(MAML):
         except BaseException:
             self._flush_statistics(apply=False)  # a refused step changes nothing
             raise
-        self.meta_optimizer.apply_gradients(zip(grads, self._meta_params()))
+        self._apply_meta_gradients(grads, self._meta_params())
         self._flush_statistics()  # running mode: towards the adapted support statistics
         return loss, metric
 
