@@ -159,53 +159,11 @@ ML_INLINE void tile_output(const float *m, float *const *q, const float *b, int6
     }
 }
 
-/* The transforms of tiles [t0, t1):
- * TR_INPUT   buf[s][t - t0][:] = (B^T d B)[s] for x's 4x4 tile d (zeros outside the image);
- * TR_OUTPUT  y's 2x2 tile = A^T M A (+ b) for M = buf[.][t - t0][:], pixels outside the
- *            image written to a sink;
- * TR_GRAD    buf[s][t - t0][:] = (A g A^T)[s] for gy's 2x2 tile g (zeros outside).
- * sS: the stride of s (stride_of: the chunk's tiles and a pad). */
+ML_INLINE void wino_tiles_m(const wino_job *j, int kind, int64_t t0, int64_t t1, int64_t sS,
+                            float *buf, const float *zeros, float *sink, const int m);
 ML_INLINE void wino_tiles_body(const wino_job *j, int kind, int64_t t0, int64_t t1, int64_t sS,
                                float *buf, const float *zeros, float *sink) {
-    const int64_t per = j->th * j->tw, H = j->h, W = j->w;
-    const int64_t C = kind == TR_INPUT ? j->c : j->f;
-    const float *b = j->b ? j->b : zeros;
-    for (int64_t t = t0; t < t1; t++) {
-        const int64_t img = t / per, r = t % per, ty = r / j->tw, tx = r % j->tw;
-        float *o = buf + (t - t0) * C;
-        int64_t c = 0;
-        if (kind == TR_INPUT) {
-            const float *p[16];
-            for (int i = 0; i < 4; i++)
-                for (int q = 0; q < 4; q++) {
-                    const int64_t yy = 2 * ty - 1 + i, xx = 2 * tx - 1 + q;
-                    p[i * 4 + q] = (yy >= 0 && yy < H && xx >= 0 && xx < W)
-                                       ? j->x + ((img * H + yy) * W + xx) * C
-                                       : zeros;
-                }
-            for (; c + 8 <= C; c += 8) tile_input(p, o, sS, c, 8);
-            if (c < C) tile_input(p, o, sS, c, C - c);
-        } else if (kind == TR_GRAD) {
-            const float *p[4];
-            for (int i = 0; i < 2; i++)
-                for (int q = 0; q < 2; q++) {
-                    const int64_t yy = 2 * ty + i, xx = 2 * tx + q;
-                    p[i * 2 + q] = (yy < H && xx < W) ? j->gy + ((img * H + yy) * W + xx) * C
-                                                      : zeros;
-                }
-            for (; c + 8 <= C; c += 8) tile_grad(p, o, sS, c, 8);
-            if (c < C) tile_grad(p, o, sS, c, C - c);
-        } else {
-            float *q[4];
-            for (int i = 0; i < 2; i++)
-                for (int a = 0; a < 2; a++) {
-                    const int64_t yy = 2 * ty + i, xx = 2 * tx + a;
-                    q[i * 2 + a] = (yy < H && xx < W) ? j->y + ((img * H + yy) * W + xx) * C : sink;
-                }
-            for (; c + 8 <= C; c += 8) tile_output(o, q, b, sS, c, 8);
-            if (c < C) tile_output(o, q, b, sS, c, C - c);
-        }
-    }
+    wino_tiles_m(j, kind, t0, t1, sS, buf, zeros, sink, 2);
 }
 /* compiled for AVX2 and for the baseline: additions only, the same bits on both */
 ML_CPU_CLONES(wino_tiles,
@@ -303,48 +261,64 @@ ML_INLINE void tile_output4(const float *m, float *const *q, const float *b, int
     }
 }
 
-/* wino_tiles_body for F(4x4, 3x3): 6x6 input tiles at 4 * (ty, tx) - 1, 4x4 outputs. */
-ML_INLINE void wino4_tiles_body(const wino_job *j, int kind, int64_t t0, int64_t t1, int64_t sS,
-                                float *buf, const float *zeros, float *sink) {
+/* The transforms of tiles [t0, t1) for F(m x m, 3x3), m = 2 or 4 (a constant at each
+ * call, so the branches on it fold away); n = m + 2 is the input tile's side:
+ * TR_INPUT   buf[s][t - t0][:] = (B^T d B)[s] for x's n x n tile d at m * (ty, tx) - 1
+ *            (zeros outside the image);
+ * TR_OUTPUT  y's m x m tile = A^T M A (+ b) for M = buf[.][t - t0][:], pixels outside the
+ *            image written to a sink;
+ * TR_GRAD    buf[s][t - t0][:] = (A g A^T)[s] for gy's m x m tile g (zeros outside).
+ * sS: the stride of s (stride_of: the chunk's tiles and a pad). */
+ML_INLINE void wino_tiles_m(const wino_job *j, int kind, int64_t t0, int64_t t1, int64_t sS,
+                            float *buf, const float *zeros, float *sink, const int m) {
     const int64_t per = j->th * j->tw, H = j->h, W = j->w;
     const int64_t C = kind == TR_INPUT ? j->c : j->f;
     const float *b = j->b ? j->b : zeros;
+    const int n = m + 2;
     for (int64_t t = t0; t < t1; t++) {
         const int64_t img = t / per, r = t % per, ty = r / j->tw, tx = r % j->tw;
         float *o = buf + (t - t0) * C;
         int64_t c = 0;
         if (kind == TR_INPUT) {
             const float *p[36];
-            for (int i = 0; i < 6; i++)
-                for (int q = 0; q < 6; q++) {
-                    const int64_t yy = 4 * ty - 1 + i, xx = 4 * tx - 1 + q;
-                    p[i * 6 + q] = (yy >= 0 && yy < H && xx >= 0 && xx < W)
+            for (int i = 0; i < n; i++)
+                for (int q = 0; q < n; q++) {
+                    const int64_t yy = m * ty - 1 + i, xx = m * tx - 1 + q;
+                    p[i * n + q] = (yy >= 0 && yy < H && xx >= 0 && xx < W)
                                        ? j->x + ((img * H + yy) * W + xx) * C
                                        : zeros;
                 }
-            for (; c + 8 <= C; c += 8) tile_input4(p, o, sS, c, 8);
-            if (c < C) tile_input4(p, o, sS, c, C - c);
+            for (; c + 8 <= C; c += 8)
+                m == 2 ? tile_input(p, o, sS, c, 8) : tile_input4(p, o, sS, c, 8);
+            if (c < C) m == 2 ? tile_input(p, o, sS, c, C - c) : tile_input4(p, o, sS, c, C - c);
         } else if (kind == TR_GRAD) {
             const float *p[16];
-            for (int i = 0; i < 4; i++)
-                for (int q = 0; q < 4; q++) {
-                    const int64_t yy = 4 * ty + i, xx = 4 * tx + q;
-                    p[i * 4 + q] = (yy < H && xx < W) ? j->gy + ((img * H + yy) * W + xx) * C
+            for (int i = 0; i < m; i++)
+                for (int q = 0; q < m; q++) {
+                    const int64_t yy = m * ty + i, xx = m * tx + q;
+                    p[i * m + q] = (yy < H && xx < W) ? j->gy + ((img * H + yy) * W + xx) * C
                                                       : zeros;
                 }
-            for (; c + 8 <= C; c += 8) tile_grad4(p, o, sS, c, 8);
-            if (c < C) tile_grad4(p, o, sS, c, C - c);
+            for (; c + 8 <= C; c += 8)
+                m == 2 ? tile_grad(p, o, sS, c, 8) : tile_grad4(p, o, sS, c, 8);
+            if (c < C) m == 2 ? tile_grad(p, o, sS, c, C - c) : tile_grad4(p, o, sS, c, C - c);
         } else {
             float *q[16];
-            for (int i = 0; i < 4; i++)
-                for (int a = 0; a < 4; a++) {
-                    const int64_t yy = 4 * ty + i, xx = 4 * tx + a;
-                    q[i * 4 + a] = (yy < H && xx < W) ? j->y + ((img * H + yy) * W + xx) * C : sink;
+            for (int i = 0; i < m; i++)
+                for (int a = 0; a < m; a++) {
+                    const int64_t yy = m * ty + i, xx = m * tx + a;
+                    q[i * m + a] = (yy < H && xx < W) ? j->y + ((img * H + yy) * W + xx) * C : sink;
                 }
-            for (; c + 8 <= C; c += 8) tile_output4(o, q, b, sS, c, 8);
-            if (c < C) tile_output4(o, q, b, sS, c, C - c);
+            for (; c + 8 <= C; c += 8)
+                m == 2 ? tile_output(o, q, b, sS, c, 8) : tile_output4(o, q, b, sS, c, 8);
+            if (c < C)
+                m == 2 ? tile_output(o, q, b, sS, c, C - c) : tile_output4(o, q, b, sS, c, C - c);
         }
     }
+}
+ML_INLINE void wino4_tiles_body(const wino_job *j, int kind, int64_t t0, int64_t t1, int64_t sS,
+                                float *buf, const float *zeros, float *sink) {
+    wino_tiles_m(j, kind, t0, t1, sS, buf, zeros, sink, 4);
 }
 /* compiled for AVX2 (without FMA) and for the baseline, like wino_tiles */
 ML_CPU_CLONES(wino4_tiles,
