@@ -100,6 +100,19 @@ def sinusoid_model(seed=0):
     return models.sinusoid_mlp()
 
 
+def mlp_fixture_model():
+    """The 4-8(tanh)-3 MLP with the weights of the PyTorch fixture tests/reference/mlp.npz
+    (the MAML meta-gradient references are taken from it)."""
+    from metalearn import keras
+
+    ref = np.load(REFERENCE / "mlp.npz")
+    model = keras.Sequential(
+        [keras.layers.Dense(8, activation="tanh", input_shape=(4,)), keras.layers.Dense(3)]
+    )
+    model.set_weights([ref["mlp/" + k] for k in ("W1", "b1", "W2", "b2")])
+    return model
+
+
 def require_omniglot(what):
     """Skips `what` (fails it under METALEARN_REQUIRE_DATA=1) when Omniglot is absent: the
     call form of the ``requires_omniglot`` mark, for a test that needs the data only in some

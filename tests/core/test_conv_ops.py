@@ -633,21 +633,7 @@ def _wino_refs(x, k, g):
 
 @pytest.mark.parametrize("xs,f", WINO)
 def test_conv2d_winograd_against_float64(xs, f):
-    rng = _rng(30)
-    x = rng.standard_normal(xs).astype(F32)
-    k = (rng.standard_normal((3, 3, xs[-1], f)) / np.sqrt(9 * xs[-1])).astype(F32)
-    b = rng.standard_normal(f).astype(F32)
-    g = rng.standard_normal(xs[:3] + (f,)).astype(F32)
-    xt, kt = ml.tensor(x, requires_grad=True), ml.tensor(k, requires_grad=True)
-    y = _core.conv2d(xt, kt, ml.tensor(b), strides=1, padding="same")
-    dx, dk = ml.grad(y, [xt, kt], [ml.tensor(g)])
-    refs = _wino_refs(*(a.astype(np.float64) for a in (x, k, g)))
-    scale = _wino_refs(*(np.abs(a).astype(np.float64) for a in (x, k, g)))
-    for name, got, ref, s in zip(("forward", "dx", "dk"), (y, dx, dk), refs, scale):
-        if name == "forward":
-            ref, s = ref + b, s + np.abs(b)
-        err = np.abs(np.asarray(got, np.float64) - ref)
-        assert np.all(err <= 2e-6 * s), f"{name}: max error / bound {np.max(err / (2e-6 * s))}"
+    _wino_check(xs, f, 2e-6)  # (defined with the F(4x4) tests below)
 
 
 @pytest.mark.parametrize(

@@ -15,19 +15,14 @@ import metalearn as ml
 from metalearn import _core, checkpoint, keras
 from metalearn.meta import ANIL, MAML, MAMLPlusPlus, MetaSGD, models
 from metalearn.tasks import Sinusoid, Task
-from tests.helpers import REFERENCE, sinusoid_model
+from tests.helpers import REFERENCE, mlp_fixture_model, sinusoid_model
 
 REF = np.load(REFERENCE / "mlp.npz")
 REF_OPT = np.load(REFERENCE / "inner_optim.npz")
 NAMES = ["W1", "b1", "W2", "b2"]
 
 
-def _fixture_model():
-    model = keras.Sequential(
-        [keras.layers.Dense(8, activation="tanh", input_shape=(4,)), keras.layers.Dense(3)]
-    )
-    model.set_weights([REF["mlp/" + k] for k in NAMES])
-    return model
+_fixture_model = mlp_fixture_model
 
 
 def _fixture_batch(copies):

@@ -8,19 +8,14 @@ from metalearn import keras
 from metalearn.functional import functional_call
 from metalearn.meta import ANIL, MAML, MetaSGD, FOMAML, clone_model, models
 from metalearn.tasks import Sinusoid, Task
-from tests.helpers import REFERENCE
+from tests.helpers import REFERENCE, mlp_fixture_model
 from tests.helpers import sinusoid_model as _sinusoid_model
 
 REF = np.load(REFERENCE / "mlp.npz")
 NAMES = ["W1", "b1", "W2", "b2"]
 
 
-def _fixture_model():
-    model = keras.Sequential(
-        [keras.layers.Dense(8, activation="tanh", input_shape=(4,)), keras.layers.Dense(3)]
-    )
-    model.set_weights([REF["mlp/" + k] for k in NAMES])
-    return model
+_fixture_model = mlp_fixture_model
 
 
 def _fixture_batch(copies=1):
