@@ -192,6 +192,21 @@ def fma_peak():
 
 
 # ------------------------------------------------------------------ rows
+
+
+def _rate_row(row, unit, t, targets):
+    """A table row of rates (calls per second) from `interleaved` timings: metalearn's
+    under "ml", each peer's under its own name."""
+    return dict(
+        row=row,
+        unit=unit,
+        ml=1 / t["ml"],
+        peers={k: 1 / v for k, v in t.items() if k != "ml"},
+        higher=True,
+        targets=targets,
+    )
+
+
 # Each row function returns a list of result dicts:
 #   {row, unit, ml, peers: {name: value}, higher_is_better, targets: {name: target text}}
 
@@ -242,16 +257,7 @@ def row_dense(threads, quick):
         if torch is not None:
             fns["torch eager"] = dense_step.torch_step(batch)
         t = interleaved(fns, 0.02 if quick else 0.2, 3 if quick else 7, warmup=5)
-        out.append(
-            dict(
-                row=f"dense b{batch}",
-                unit="steps/s",
-                ml=1 / t["ml"],
-                peers={k: 1 / v for k, v in t.items() if k != "ml"},
-                higher=True,
-                targets={"torch eager": target},
-            )
-        )
+        out.append(_rate_row(f"dense b{batch}", "steps/s", t, {"torch eager": target}))
     return out
 
 
@@ -272,13 +278,11 @@ def row_maml_sin(threads, quick):
                 print(f"  (torch vmap peer failed: {exc})", file=sys.stderr)
         t = interleaved(fns, 0.03 if quick else 0.2, 3 if quick else 7, warmup=3)
         out.append(
-            dict(
-                row=f"maml-sin {order}",
-                unit="iter/s",
-                ml=1 / t["ml"],
-                peers={k: 1 / v for k, v in t.items() if k != "ml"},
-                higher=True,
-                targets={"torch loop": tl, "torch bmm": tv, "torch vmap": tv},
+            _rate_row(
+                f"maml-sin {order}",
+                "iter/s",
+                t,
+                {"torch loop": tl, "torch bmm": tv, "torch vmap": tv},
             )
         )
     return out
@@ -377,14 +381,7 @@ def row_reptile_sin(threads, quick):
     )
     steps = REPTILE["inner_steps"]
     return [
-        dict(
-            row=f"reptile-sin {steps} steps",
-            unit="iter/s",
-            ml=1 / t["ml"],
-            peers={k: 1 / v for k, v in t.items() if k != "ml"},
-            higher=True,
-            targets={"torch loop": ">= 20x"},
-        ),
+        _rate_row(f"reptile-sin {steps} steps", "iter/s", t, {"torch loop": ">= 20x"}),
         dict(
             row=f"reptile/fomaml {steps} st",
             unit="iter/s",
@@ -456,16 +453,7 @@ def row_maml_omniglot(threads, quick):
 
         fns["torch loop"] = tstep
     t = interleaved(fns, 0.05 if quick else 0.4, 3 if quick else 5, warmup=1)
-    return [
-        dict(
-            row="maml-omniglot 5w1s",
-            unit="iter/s",
-            ml=1 / t["ml"],
-            peers={k: 1 / v for k, v in t.items() if k != "ml"},
-            higher=True,
-            targets={"torch loop": ">= 5x"},
-        )
-    ]
+    return [_rate_row("maml-omniglot 5w1s", "iter/s", t, {"torch loop": ">= 5x"})]
 
 
 def protonet_steps(n_way=20, k_shot=5, q=5, seed=0):
@@ -527,16 +515,7 @@ def row_protonet(threads, quick):
     if t_step:
         fns["torch"] = t_step
     t = interleaved(fns, 0.05 if quick else 0.3, 3 if quick else 7, warmup=1)
-    return [
-        dict(
-            row="protonet conv4 20w5s",
-            unit="episodes/s",
-            ml=1 / t["ml"],
-            peers={k: 1 / v for k, v in t.items() if k != "ml"},
-            higher=True,
-            targets={"torch": ">= 2.5x"},
-        )
-    ]
+    return [_rate_row("protonet conv4 20w5s", "episodes/s", t, {"torch": ">= 2.5x"})]
 
 
 # ------------------------------------------------------------------ issue 20's conv rows
@@ -562,16 +541,7 @@ def _conv4_row(algorithm):
             fns["torch loop"] = conv_maml.torch_step(mb, algorithm=algorithm)
         t = interleaved(fns, 0.05 if quick else 1.0, 2 if quick else 5, warmup=1)
         name, target = CONV4_ROWS[algorithm]
-        return [
-            dict(
-                row=f"{name} mb{mb}",
-                unit="iter/s",
-                ml=1 / t["ml"],
-                peers={k: 1 / v for k, v in t.items() if k != "ml"},
-                higher=True,
-                targets={"torch loop": target},
-            )
-        ]
+        return [_rate_row(f"{name} mb{mb}", "iter/s", t, {"torch loop": target})]
 
     return row
 
@@ -601,14 +571,7 @@ def row_maml84(threads, quick):
             fns["torch loop"] = conv84.torch_maml()
     t = interleaved(fns, 0.05 if quick else 3.0, 2 if quick else 5, warmup=1)
     return [
-        dict(
-            row=f"maml84 mb{s['mb']} {s['steps']} step",
-            unit="iter/s",
-            ml=1 / t["ml"],
-            peers={k: 1 / v for k, v in t.items() if k != "ml"},
-            higher=True,
-            targets={"torch loop": ">= 3x"},
-        )
+        _rate_row(f"maml84 mb{s['mb']} {s['steps']} step", "iter/s", t, {"torch loop": ">= 3x"})
     ]
 
 
@@ -651,16 +614,7 @@ def _proto84_row(key, full, small, target):
         if torch is not None:
             fns["torch"] = conv84.torch_proto(backbone, n_way, k_shot, q)
         t = interleaved(fns, 0.05 if quick else 2.0, 2 if quick else 5, warmup=1)
-        return [
-            dict(
-                row=f"{key} {n_way}w{k_shot}s q{q}",
-                unit="episodes/s",
-                ml=1 / t["ml"],
-                peers={k: 1 / v for k, v in t.items() if k != "ml"},
-                higher=True,
-                targets={"torch": target},
-            )
-        ]
+        return [_rate_row(f"{key} {n_way}w{k_shot}s q{q}", "episodes/s", t, {"torch": target})]
 
     return row
 
@@ -729,16 +683,7 @@ def row_lstm(threads, quick):
         if torch is not None:
             fns["torch eager"] = theirs()
         t = interleaved(fns, 0.1 if quick else 0.5, 3 if quick else 5)
-        out.append(
-            dict(
-                row=name,
-                unit="steps/s",
-                ml=1 / t["ml"],
-                peers={k: 1 / v for k, v in t.items() if k != "ml"},
-                higher=True,
-                targets={"torch eager": target},
-            )
-        )
+        out.append(_rate_row(name, "steps/s", t, {"torch eager": target}))
     return out
 
 
