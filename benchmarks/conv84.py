@@ -41,6 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
+from conv_maml import torch_forward  # noqa: E402
 from run_all import interleaved, set_threads, torch, torch_conv4  # noqa: E402
 
 import metalearn as ml  # noqa: E402
@@ -104,23 +105,15 @@ def torch_maml():
     sx, sy, qx, qy = (torch.from_numpy(a) for a in _batch(s["n_way"], s["k_shot"], s["q"], s["mb"]))
     sx, qx = sx.permute(0, 1, 4, 2, 3).contiguous(), qx.permute(0, 1, 4, 2, 3).contiguous()
 
-    def fwd(p, x):
-        h = x
-        for i in range(4):
-            w, b, ga, be = p[4 * i : 4 * i + 4]
-            h = F.batch_norm(F.conv2d(h, w, b, padding=1), None, None, ga, be, True, 0.01, 1e-3)
-            h = F.max_pool2d(F.relu(h), 2)
-        return F.linear(h.flatten(1), p[16], p[17])
-
     def step():
         total = 0.0
         for i in range(s["mb"]):
             fast = params
             for _ in range(s["steps"]):
-                loss = F.cross_entropy(fwd(fast, sx[i]), sy[i])
+                loss = F.cross_entropy(torch_forward(fast, sx[i]), sy[i])
                 grads = torch.autograd.grad(loss, fast, create_graph=True)
                 fast = [w - s["lr"] * gr for w, gr in zip(fast, grads)]
-            total = total + F.cross_entropy(fwd(fast, qx[i]), qy[i])
+            total = total + F.cross_entropy(torch_forward(fast, qx[i]), qy[i])
         opt.zero_grad()
         (total / s["mb"]).backward()
         opt.step()

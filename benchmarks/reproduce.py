@@ -375,14 +375,7 @@ def _torch_maml_conv4(x, y, xt, yt, budget, args):
         (total / mb).backward()
         opt.step()
         it += 1
-        curve["loss"].append(float(total.detach()) / mb)
-        curve["seconds"].append(time.perf_counter() - t0)
-        if args.verbose and it % 10 == 0:
-            print(
-                f"  maml_conv4 (torch): {it} iterations, {time.perf_counter() - t0:.0f} s, "
-                f"loss {np.mean(curve['loss'][-10:]):.3f} (mean of 10)",
-                flush=True,
-            )
+        _curve_step(args, curve, "maml_conv4 (torch)", float(total.detach()) / mb, t0)
     _save_curve(args, "torch", curve)
     test = NWayKShot((xt, yt), 5, 1, 15, seed=args.seed + 1)
     accs = []
@@ -395,6 +388,20 @@ def _torch_maml_conv4(x, y, xt, yt, budget, args):
         accs.append(np.mean(pred == t.query_y))
     accs = np.array(accs)
     return it, {"accuracy": accs.mean(), "ci95": 1.96 * accs.std() / np.sqrt(len(accs))}
+
+
+def _curve_step(args, curve, who, loss, t0):
+    """Records one meta-iteration's loss and elapsed seconds in ``curve`` and, every 10
+    iterations with --verbose, prints the mean of the last 10 losses."""
+    curve["loss"].append(loss)
+    curve["seconds"].append(time.perf_counter() - t0)
+    it = len(curve["loss"])
+    if args.verbose and it % 10 == 0:
+        print(
+            f"  {who}: {it} iterations, {curve['seconds'][-1]:.0f} s, "
+            f"loss {np.mean(curve['loss'][-10:]):.3f} (mean of 10)",
+            flush=True,
+        )
 
 
 def _save_curve(args, peer, curve):
@@ -435,14 +442,7 @@ def maml_conv4(args):
         mb = args.meta_batch or (4 if args.quick else 32)
         maml.fit(tasks, iterations=1, meta_batch_size=mb, verbose=0)
         it += 1
-        curve["loss"].append(float(maml.history["loss"][-1]))
-        curve["seconds"].append(time.perf_counter() - t0)
-        if args.verbose and it % 10 == 0:
-            print(
-                f"  maml_conv4: {it} iterations, {time.perf_counter() - t0:.0f} s, "
-                f"loss {np.mean(curve['loss'][-10:]):.3f} (mean of 10)",
-                flush=True,
-            )
+        _curve_step(args, curve, "maml_conv4", float(maml.history["loss"][-1]), t0)
     _save_curve(args, "metalearn", curve)
     res = maml.evaluate(
         NWayKShot((xt, yt), 5, 1, 15, seed=args.seed + 1),
