@@ -100,6 +100,17 @@ def sinusoid_model(seed=0):
     return models.sinusoid_mlp()
 
 
+def load_script(path, name):
+    """A script that is not a package module (a benchmark, a notebook runner), imported
+    from its file as module `name`."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def mlp_fixture_model():
     """The 4-8(tanh)-3 MLP with the weights of the PyTorch fixture tests/reference/mlp.npz
     (the MAML meta-gradient references are taken from it)."""
@@ -111,6 +122,35 @@ def mlp_fixture_model():
     )
     model.set_weights([ref["mlp/" + k] for k in ("W1", "b1", "W2", "b2")])
     return model
+
+
+def torch_mlp_meta_reference(steps, lr, learned_rates=False):
+    """PyTorch float64 reference for ``mlp_fixture_model`` on the fixture's task: the
+    query loss after `steps` inner SGD steps of rate `lr` (second order), and its gradient
+    with respect to the weights, followed by the per-weight rates' with `learned_rates`
+    (Meta-SGD, Li et al. 2017: theta - alpha * grad, alpha starting at `lr`)."""
+    import torch
+
+    ref = np.load(REFERENCE / "mlp.npz")
+    P = [
+        torch.tensor(ref["mlp/" + k].astype(np.float64), requires_grad=True)
+        for k in ("W1", "b1", "W2", "b2")
+    ]
+    A = [torch.full(p.shape, lr, dtype=torch.float64, requires_grad=True) for p in P]
+    xs, xq = (torch.tensor(ref[k].astype(np.float64)) for k in ("maml/xs", "maml/xq"))
+    ys, yq = (torch.tensor(ref[k]) for k in ("maml/ys", "maml/yq"))
+
+    def f(W, x, y):
+        logits = torch.tanh(x @ W[0] + W[1]) @ W[2] + W[3]
+        return torch.nn.functional.cross_entropy(logits, y)
+
+    fast = P
+    for _ in range(steps):
+        g = torch.autograd.grad(f(fast, xs, ys), fast, create_graph=True)
+        fast = [w - (a if learned_rates else lr) * gi for w, a, gi in zip(fast, A, g)]
+    lq = f(fast, xq, yq)
+    grads = torch.autograd.grad(lq, P + A if learned_rates else P)
+    return lq.item(), [g.numpy() for g in grads]
 
 
 def require_omniglot(what):

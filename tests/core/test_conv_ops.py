@@ -673,19 +673,26 @@ def test_conv2d_winograd_second_order_against_float64():
     """MAML's term: d/dk <dx, H> with dx = input_grad(G, k) = <G, conv2d(H, k)>, so the
     exact answer is kernel_grad(H, G), through the Winograd kernel gradient of the
     recorded input gradient."""
+    _wino_second_order_check((2, 8, 6), 2e-6)
+
+
+def _wino_second_order_check(hw, tol, algo=0):
+    """d/dk <dx, H> against kernel_grad(H, G) in float64, with every 3x3 'same' conv by
+    `algo` (0: the shape's table)."""
     rng = _rng(32)
-    x = rng.standard_normal((2, 8, 6, 16)).astype(F32)
+    x = rng.standard_normal(hw + (16,)).astype(F32)
     k = (rng.standard_normal((3, 3, 16, 24)) / 12).astype(F32)
-    G = rng.standard_normal((2, 8, 6, 24)).astype(F32)
+    G = rng.standard_normal(hw + (24,)).astype(F32)
     H = rng.standard_normal(x.shape).astype(F32)
-    xt, kt = ml.tensor(x, requires_grad=True), ml.tensor(k, requires_grad=True)
-    y = _core.conv2d(xt, kt, strides=1, padding="same")
-    (dx,) = ml.grad(y, [xt], [ml.tensor(G)], create_graph=True)
-    (dk2,) = ml.grad(ml.reduce_sum(dx * ml.tensor(H)), [kt])
+    with _Force(algo):
+        xt, kt = ml.tensor(x, requires_grad=True), ml.tensor(k, requires_grad=True)
+        y = _core.conv2d(xt, kt, strides=1, padding="same")
+        (dx,) = ml.grad(y, [xt], [ml.tensor(G)], create_graph=True)
+        (dk2,) = ml.grad(ml.reduce_sum(dx * ml.tensor(H)), [kt])
     _, _, ref = _wino_refs(H.astype(np.float64), k.astype(np.float64), G.astype(np.float64))
     _, _, s = _wino_refs(np.abs(H).astype(np.float64), np.abs(k), np.abs(G).astype(np.float64))
     err = np.abs(np.asarray(dk2, np.float64) - ref)
-    assert np.all(err <= 2e-6 * s), np.max(err / (2e-6 * s))
+    assert np.all(err <= tol * s), np.max(err / (tol * s))
 
 
 @pytest.mark.parametrize("p,hw", [(2, (7, 7)), ((3, 2), (8, 7)), (2, (6, 4))])
@@ -805,20 +812,7 @@ def test_conv2d_winograd4_bound_is_tight_enough_to_matter():
 def test_conv2d_winograd4_second_order_against_float64():
     """d/dk <dx, H> = kernel_grad(H, G) through F(4x4)'s kernel gradient of the recorded
     F(4x4) input gradient (MAML's term), against float64."""
-    rng = _rng(32)
-    x = rng.standard_normal((2, 11, 9, 16)).astype(F32)
-    k = (rng.standard_normal((3, 3, 16, 24)) / 12).astype(F32)
-    G = rng.standard_normal((2, 11, 9, 24)).astype(F32)
-    H = rng.standard_normal(x.shape).astype(F32)
-    with _Force(4):
-        xt, kt = ml.tensor(x, requires_grad=True), ml.tensor(k, requires_grad=True)
-        y = _core.conv2d(xt, kt, strides=1, padding="same")
-        (dx,) = ml.grad(y, [xt], [ml.tensor(G)], create_graph=True)
-        (dk2,) = ml.grad(ml.reduce_sum(dx * ml.tensor(H)), [kt])
-    _, _, ref = _wino_refs(H.astype(np.float64), k.astype(np.float64), G.astype(np.float64))
-    _, _, s = _wino_refs(np.abs(H).astype(np.float64), np.abs(k), np.abs(G).astype(np.float64))
-    err = np.abs(np.asarray(dk2, np.float64) - ref)
-    assert np.all(err <= WINO4_TOL * s), np.max(err / (WINO4_TOL * s))
+    _wino_second_order_check((2, 11, 9), WINO4_TOL, algo=4)
 
 
 @pytest.mark.parametrize("order", [1, 2])

@@ -15,7 +15,7 @@ import metalearn as ml
 from metalearn import _core, checkpoint, keras
 from metalearn.meta import ANIL, MAML, MAMLPlusPlus, MetaSGD, models
 from metalearn.tasks import Sinusoid, Task
-from tests.helpers import REFERENCE, mlp_fixture_model, sinusoid_model
+from tests.helpers import REFERENCE, mlp_fixture_model, sinusoid_model, torch_mlp_meta_reference
 
 REF = np.load(REFERENCE / "mlp.npz")
 REF_OPT = np.load(REFERENCE / "inner_optim.npz")
@@ -127,29 +127,15 @@ def test_inner_optimizer_state_is_carried_back_as_in_pytorch(opt):
 @pytest.mark.parametrize("steps", [1, 3])
 def test_meta_sgd_matches_torch_float64(steps):
     """Meta-SGD's rates get their gradient from the re-run steps' products."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     learner = MetaSGD(
         _fixture_model(), inner_lr=0.3, inner_steps=steps, gradient_checkpointing=True
     )
     loss, grads = learner.meta_gradients(_fixture_batch(2))
-    P = [torch.tensor(REF["mlp/" + k].astype(np.float64), requires_grad=True) for k in NAMES]
-    A = [torch.full(p.shape, 0.3, dtype=torch.float64, requires_grad=True) for p in P]
-    xs, xq = (torch.tensor(REF[k].astype(np.float64)) for k in ("maml/xs", "maml/xq"))
-    ys, yq = (torch.tensor(REF[k]) for k in ("maml/ys", "maml/yq"))
-
-    def f(W, x, y):
-        logits = torch.tanh(x @ W[0] + W[1]) @ W[2] + W[3]
-        return torch.nn.functional.cross_entropy(logits, y)
-
-    fast = P
-    for _ in range(steps):
-        g = torch.autograd.grad(f(fast, xs, ys), fast, create_graph=True)
-        fast = [w - a * gi for w, a, gi in zip(fast, A, g)]
-    lq = f(fast, xq, yq)
-    ref = torch.autograd.grad(lq, P + A)
-    assert abs(loss - lq.item()) < 1e-5
+    ref_loss, ref = torch_mlp_meta_reference(steps, 0.3, learned_rates=True)
+    assert abs(loss - ref_loss) < 1e-5
     for a, b in zip(grads, ref):
-        np.testing.assert_allclose(np.asarray(a), b.numpy(), rtol=2e-4, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(a), b, rtol=2e-4, atol=1e-6)
 
 
 # ------------------------------------------------------ against the default path
@@ -253,23 +239,35 @@ def test_a_checkpointed_maml_learns_sinusoids():
 
 
 # ----------------------------------------------------------------------- memory
+def _small_conv_maml(checkpointing, **kw):
+    """MAML with 5 inner steps through a conv4 of 8 filters on 28x28 images, seeded."""
+    ml.random.set_seed(0)
+    return MAML(
+        models.conv4(5, filters=8, input_shape=(28, 28, 1)),
+        inner_lr=0.01,
+        inner_steps=5,
+        gradient_checkpointing=checkpointing,
+        **kw,
+    )
+
+
+def _peak_storage(run):
+    """The core's tensor storage at its peak above what was live before, over a second
+    call of `run` (the first warms the pools and builds the model)."""
+    run()
+    base = _core._storage_stats(reset_peak=True)["live"]
+    run()
+    return _core._storage_stats()["peak"] - base
+
+
 def test_peak_tensor_storage_is_well_below_the_default():
     """The core's storage counter (bytes of tensor storage in use, at their peak) for one
     second-order meta-gradient, conv4 with 5 inner steps, meta-batch 4."""
     batch = _image_batch(tasks=4, hw=28, queries=5)
     peaks = {}
     for ck in (False, True):
-        ml.random.set_seed(0)
-        learner = MAML(
-            models.conv4(5, filters=8, input_shape=(28, 28, 1)),
-            inner_lr=0.01,
-            inner_steps=5,
-            gradient_checkpointing=ck,
-        )
-        learner.meta_gradients(batch)  # (the pools warm, the model built)
-        base = _core._storage_stats(reset_peak=True)["live"]
-        learner.meta_gradients(batch)
-        peaks[ck] = _core._storage_stats()["peak"] - base
+        learner = _small_conv_maml(ck)
+        peaks[ck] = _peak_storage(lambda: learner.meta_gradients(batch))
     # measured: 7.3x (one inner step's graph or one query's, not 4 tasks x 5 steps); the
     # tasks one at a time without recomputing the steps give 3.5x, so this needs both
     assert peaks[False] >= 5.0 * peaks[True], peaks
@@ -348,20 +346,11 @@ def test_data_parallel_runs_the_checkpointed_task_gradients():
     batch = _image_batch(tasks=2, hw=28, queries=5)
     peaks, grads = {}, {}
     for ck in (False, True):
-        ml.random.set_seed(0)
-        learner = MAML(
-            models.conv4(5, filters=8, input_shape=(28, 28, 1)),
-            inner_lr=0.01,
-            inner_steps=5,
-            meta_optimizer="sgd",
-            meta_lr=0.1,
-            gradient_checkpointing=ck,
-        )
+        learner = _small_conv_maml(ck, meta_optimizer="sgd", meta_lr=0.1)
         with distributed.DataParallel().scope():
-            learner.fit(batch, iterations=1, meta_batch_size=2, verbose=0)  # (warm)
-            base = _core._storage_stats(reset_peak=True)["live"]
-            learner.fit(batch, iterations=1, meta_batch_size=2, verbose=0)
-            peaks[ck] = _core._storage_stats()["peak"] - base
+            peaks[ck] = _peak_storage(
+                lambda: learner.fit(batch, iterations=1, meta_batch_size=2, verbose=0)
+            )
         grads[ck] = learner.model.get_weights()
     for a, b in zip(grads[False], grads[True]):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)

@@ -9,14 +9,13 @@ the repository) with matplotlib's inline backend. `python notebooks/run_all.py` 
 again after a change.
 """
 
-import importlib.util
 import json
 import re
 
 import pytest
 
 from tests.helpers import REPO as ROOT
-from tests.helpers import require_omniglot
+from tests.helpers import load_script, require_omniglot
 
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("nbclient")
@@ -26,14 +25,7 @@ pytest.importorskip("matplotlib")
 NOTEBOOKS = ROOT / "notebooks"
 
 
-def _load_run_all():
-    spec = importlib.util.spec_from_file_location("notebooks_run_all", NOTEBOOKS / "run_all.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-run_all = _load_run_all()
+run_all = load_script(NOTEBOOKS / "run_all.py", "notebooks_run_all")
 
 # notebook -> {expression over the notebook's variables: (low, high)}
 EXPECTED = {

@@ -2,13 +2,12 @@
 mode and writes a result card; a run cut into chunks with exact resume ends with the
 numbers of the same run made in one go; a spent --budget is not trained past."""
 
-import importlib.util
 import json
 
 import pytest
 
 from metalearn.meta.models import has_conv
-from tests.helpers import REPO, needs_omniglot
+from tests.helpers import REPO, load_script, needs_omniglot
 
 pytestmark = [needs_omniglot, pytest.mark.skipif(not has_conv(), reason="no conv ops")]
 
@@ -26,10 +25,7 @@ SETTING = {"mamlpp_conv4": "20w1s", "maml_conv4_20w": "20w1s"}
 
 @pytest.fixture(scope="module")
 def reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", REPO / "benchmarks" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "benchmarks" / "reproduce.py", "reproduce")
 
 
 def _card(folder, row):

@@ -3,22 +3,18 @@ docs/GAP.md): --init picks the same initialisation for both peers, --iterations 
 run at a count, --curve keeps the per-iteration losses; the PyTorch peer's network follows
 the initialisation's formula."""
 
-import importlib.util
 import json
 import math
 
 import pytest
 
 from metalearn.meta.models import has_conv
-from tests.helpers import REPO, needs_omniglot
+from tests.helpers import REPO, load_script, needs_omniglot
 
 
 @pytest.fixture(scope="module")
 def reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", REPO / "benchmarks" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "benchmarks" / "reproduce.py", "reproduce")
 
 
 def test_init_choices_are_checked(reproduce):
