@@ -157,6 +157,14 @@ def check_rate(value: Any, name: str, who: str) -> float:
     return v
 
 
+def check_flag(value: Any, name: str, who: str) -> bool:
+    """`value` as a bool; TypeError unless True or False (a NumPy bool too): a string such
+    as "False" or a 0/1 would otherwise switch a setting the wrong way without a word."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{who}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_count(value: Any, name: str, who: str, minimum: int = 0) -> int:
     """`value` as an int; TypeError unless an integer, ValueError when below `minimum`."""
     if isinstance(value, bool):

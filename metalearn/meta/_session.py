@@ -10,6 +10,8 @@ import numpy as np
 from metalearn import _core
 from metalearn import checkpoint as _ckpt
 
+from ._base import check_flag
+
 
 def _positive(name, value):
     if value is None:
@@ -41,6 +43,7 @@ class FitSession:
         # under a distributed strategy only rank 0 writes (every rank holds the same
         # state); every rank reads the checkpoint to resume
         self.write_checkpoints = bool(write_checkpoints)
+        keep_best = check_flag(keep_best, "keep_best", "fit")
         self.tasks = tasks
         self.iterations = iterations
         self.meta_batch_size = meta_batch_size

@@ -12,6 +12,7 @@ import numpy as np
 from metalearn import _core
 from metalearn import checkpoint as _ckpt
 
+from ._base import check_flag
 from ._session import FitSession
 
 
@@ -41,6 +42,7 @@ class SystemFitSession(FitSession):
         remember: bool = True,
         write_checkpoints: bool = True,
     ) -> None:
+        remember = check_flag(remember, "remember", "MetaLearner.fit")
         super().__init__(
             system.algorithm,
             tasks,
@@ -51,7 +53,7 @@ class SystemFitSession(FitSession):
             write_checkpoints=write_checkpoints,
         )
         self.system = system
-        self.remember = bool(remember)
+        self.remember = remember
 
     def _fingerprint(self):
         from .system import _PREDICTOR_FEATURES

@@ -19,6 +19,7 @@ from ._base import (
     _core_no_grad,
     _leaf_layers,
     check_count,
+    check_flag,
     check_model,
     check_rate,
     check_support,
@@ -218,11 +219,13 @@ class MAML(BaseMetaLearner):
             )
         inner_lr = check_rate(inner_lr, "inner_lr", who)
         inner_steps = check_count(inner_steps, "inner_steps", who)
+        first_order = check_flag(first_order, "first_order", who)
+        trace = check_flag(trace, "trace", who)
         super().__init__(model, loss=loss, meta_optimizer=meta_optimizer, meta_lr=meta_lr)
         # trace=True: the vectorised meta-step (inner loop, second-order meta-gradient and
         # the meta-optimizer's update) is recorded once per batch shape by
         # metalearn.function and replayed from C on later iterations
-        self.trace = bool(trace)
+        self.trace = trace
         self._traced_step = None
         self._traced_config = None
         if vectorize not in ("auto", True, False):
@@ -233,7 +236,7 @@ class MAML(BaseMetaLearner):
         self._plan = None
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
-        self.first_order = bool(first_order)
+        self.first_order = first_order
         self.batch_norm = batch_norm
         self._pending_statistics = []
         self.inner_optimizer = inner_optimizer
@@ -256,8 +259,7 @@ class MAML(BaseMetaLearner):
 
     def _checked_checkpointing(self, value, vectorize):
         who = type(self).__name__
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{who}: gradient_checkpointing must be True or False, got {value!r}")
+        value = check_flag(value, "gradient_checkpointing", who)
         if value and not self._checkpointed_inner_loop:
             raise ValueError(
                 f"{who}: gradient_checkpointing=True is not supported (its inner loop is "

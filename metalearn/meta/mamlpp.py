@@ -9,7 +9,7 @@ import numpy as np
 
 from metalearn.functional import functional_call
 
-from ._base import _core_no_grad, _leaf_layers, check_count, check_rate
+from ._base import _core_no_grad, _leaf_layers, check_count, check_flag, check_rate
 from .maml import MAML, _maml_arguments
 
 __all__ = ["MAMLPlusPlus", "multi_step_loss_weights"]
@@ -42,12 +42,6 @@ class _Stepped(list):
         super().__init__(weights)
         self.step = step
         self.query = query
-
-
-def _flag(value, name, who):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{who}: {name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 class MAMLPlusPlus(MAML):
@@ -140,9 +134,9 @@ class MAMLPlusPlus(MAML):
         maml_args = _maml_arguments(locals(), vectorize=False, trace=False)
         who = type(self).__name__
         # every setting checked before anything is stored: a bad one changes nothing
-        multi_step_loss = _flag(multi_step_loss, "multi_step_loss", who)
-        per_step_bn_weights = _flag(per_step_bn_weights, "per_step_bn_weights", who)
-        per_step_bn_statistics = _flag(per_step_bn_statistics, "per_step_bn_statistics", who)
+        multi_step_loss = check_flag(multi_step_loss, "multi_step_loss", who)
+        per_step_bn_weights = check_flag(per_step_bn_weights, "per_step_bn_weights", who)
+        per_step_bn_statistics = check_flag(per_step_bn_statistics, "per_step_bn_statistics", who)
         for name, on in (
             ("per_step_bn_weights", per_step_bn_weights),
             ("per_step_bn_statistics", per_step_bn_statistics),
@@ -151,8 +145,8 @@ class MAMLPlusPlus(MAML):
                 raise ValueError(
                     f"{who}: {name}=True needs a model with a trainable BatchNormalization layer"
                 )
-        learn_inner_rates = _flag(learn_inner_rates, "learn_inner_rates", who)
-        cosine_annealing = _flag(cosine_annealing, "cosine_annealing", who)
+        learn_inner_rates = check_flag(learn_inner_rates, "learn_inner_rates", who)
+        cosine_annealing = check_flag(cosine_annealing, "cosine_annealing", who)
         msl_epochs = check_count(msl_epochs, "msl_epochs", who, minimum=1)
         first_order_epochs = check_count(first_order_epochs, "first_order_epochs", who)
         total_epochs = check_count(total_epochs, "total_epochs", who, minimum=1)

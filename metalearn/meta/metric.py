@@ -25,6 +25,7 @@ from ._base import (
     BaseMetaLearner,
     _core_no_grad,
     check_count,
+    check_flag,
     check_rate,
     check_support,
     clone_model,
@@ -477,9 +478,8 @@ class R2D2(_EpisodeHead):
             raise TypeError(f"R2D2: scale must be a number, got {type(scale).__name__}")
         if not math.isfinite(float(scale)):
             raise ValueError(f"R2D2: scale must be finite, got {scale}")
-        for name, v in (("learn_lambda", learn_lambda), ("learn_scale", learn_scale)):
-            if not isinstance(v, (bool, np.bool_)):
-                raise TypeError(f"R2D2: {name} must be True or False, got {v!r}")
+        learn_lambda = check_flag(learn_lambda, "learn_lambda", "R2D2")
+        learn_scale = check_flag(learn_scale, "learn_scale", "R2D2")
         super().__init__(encoder, meta_optimizer=meta_optimizer, meta_lr=meta_lr)
         from metalearn.tape import Variable
 
@@ -578,8 +578,7 @@ class MetaOptNet(_EpisodeHead):
             raise TypeError(f"MetaOptNet: scale must be a number, got {type(scale).__name__}")
         if not math.isfinite(float(scale)):
             raise ValueError(f"MetaOptNet: scale must be finite, got {scale}")
-        if not isinstance(learn_scale, (bool, np.bool_)):
-            raise TypeError(f"MetaOptNet: learn_scale must be True or False, got {learn_scale!r}")
+        learn_scale = check_flag(learn_scale, "learn_scale", "MetaOptNet")
         super().__init__(encoder, meta_optimizer=meta_optimizer, meta_lr=meta_lr)
         from metalearn.tape import Variable
 

@@ -69,6 +69,7 @@ Spearman correlation on held-out Omniglot tasks, what each feature group adds, a
 """
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -81,7 +82,16 @@ from metalearn.networks import AdaptiveNeuralNetwork, MetaLearningNetwork
 from metalearn.tasks.base import Task
 
 from ._base import BaseMetaLearner as _Algorithm
-from ._base import _core_no_grad, _next_batch, _Progress, check_count, check_support, to_tensor
+from ._base import (
+    _core_no_grad,
+    _next_batch,
+    _Progress,
+    check_count,
+    check_flag,
+    check_rate,
+    check_support,
+    to_tensor,
+)
 from .maml import ANIL, MAML, MetaSGD, _leaf_layers
 from .reptile import Reptile
 
@@ -242,6 +252,39 @@ class MetaLearner:
         auto_epsilon=0.01,
         query_features=False,
     ):
+        who = "MetaLearner"
+        # every number checked before anything is built (int()/float() on a wrong type
+        # raised messages that named neither the argument nor the class)
+        if isinstance(n_way, _Algorithm):
+            raise TypeError(
+                f"{who}: n_way must be an integer, got a {type(n_way).__name__} algorithm "
+                "(pass it as algorithm=...)"
+            )
+        n_way = None if n_way is None else check_count(n_way, "n_way", who, 1)
+        hidden_units = check_count(hidden_units, "hidden_units", who, 1)
+        inner_steps = check_count(inner_steps, "inner_steps", who)
+        memory_capacity = check_count(memory_capacity, "memory_capacity", who, 1)
+        recall_k = check_count(recall_k, "recall_k", who, 1)
+        if knowledge_steps is not None:
+            knowledge_steps = check_count(knowledge_steps, "knowledge_steps", who)
+        predictor_lr = check_rate(predictor_lr, "predictor_lr", who)
+        predictor_buffer = check_count(predictor_buffer, "predictor_buffer", who, 1)
+        predictor_batch = check_count(predictor_batch, "predictor_batch", who, 1)
+        seed = check_count(seed, "seed", who)
+        if isinstance(warm_start_threshold, bool) or not isinstance(
+            warm_start_threshold, (int, float, np.number)
+        ):
+            raise TypeError(
+                f"{who}: warm_start_threshold must be a number, got "
+                f"{type(warm_start_threshold).__name__}"
+            )
+        if not math.isfinite(float(warm_start_threshold)):
+            raise ValueError(
+                f"{who}: warm_start_threshold must be finite, got {warm_start_threshold!r}"
+            )
+        auto_max_steps = check_count(auto_max_steps, "auto_max_steps", who, 1)
+        auto_epsilon = check_rate(auto_epsilon, "auto_epsilon", who)
+        query_features = check_flag(query_features, "query_features", who)
         if isinstance(algorithm, _Algorithm):
             if model is not None and model is not algorithm.model:
                 raise ValueError("MetaLearner: model and algorithm.model differ; pass one of them")
@@ -293,15 +336,9 @@ class MetaLearner:
         self.predictor_buffer = int(predictor_buffer)
         self.predictor_batch = int(predictor_batch)
         self.seed = int(seed)
-        self.auto_max_steps = check_count(auto_max_steps, "auto_max_steps", "MetaLearner", 1)
-        self.auto_epsilon = float(auto_epsilon)
-        if not (self.auto_epsilon >= 0.0):
-            raise ValueError(f"MetaLearner: auto_epsilon must be >= 0, got {auto_epsilon!r}")
-        if not isinstance(query_features, (bool, np.bool_)):
-            raise TypeError(
-                f"MetaLearner: query_features must be True or False, got {query_features!r}"
-            )
-        self.query_features = bool(query_features)
+        self.auto_max_steps = auto_max_steps
+        self.auto_epsilon = auto_epsilon
+        self.query_features = query_features
         self._rng = np.random.default_rng(seed)
         self.encoder = encoder
         self.task_info = {}

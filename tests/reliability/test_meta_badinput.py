@@ -18,13 +18,17 @@ import metalearn as ml
 from metalearn import debugging, keras
 from metalearn.keras import layers
 from metalearn.meta import (
+    ANIL,
     IMAML,
+    MAML,
     MAMLPlusPlus,
     MatchingNet,
     MetaCurvature,
     MetaOptNet,
+    MetaSGD,
     R2D2,
     RelationNet,
+    Reptile,
 )
 from metalearn.tasks import Task
 
@@ -335,8 +339,28 @@ SETTINGS = [
     ("MatchingNet", dict(meta_optimizer="adamx"), ValueError, r"^meta_optimizer must be .*'adamx'"),
     ("RelationNet", dict(relation=3), TypeError, r"relation must be a Keras model, got int"),
     ("RelationNet", dict(meta_lr=-1), ValueError, r"meta_lr must be a finite number >= 0"),
+    # a switch takes True or False only: "False", 0/1 or None would have switched it by
+    # Python truthiness ("False" is true) without a word
+    (
+        "MAML",
+        dict(first_order="False"),
+        TypeError,
+        r"first_order must be True or False, got 'False'",
+    ),
+    ("MAML", dict(first_order=1), TypeError, r"first_order must be True or False, got 1"),
+    ("MAML", dict(trace=None), TypeError, r"trace must be True or False, got None"),
+    ("MetaSGD", dict(first_order=0), TypeError, r"first_order must be True or False, got 0"),
+    ("ANIL", dict(first_order="yes"), TypeError, r"first_order must be True or False"),
+    ("Reptile", dict(trace="no"), TypeError, r"trace must be True or False, got 'no'"),
+    ("MetaCurvature", dict(first_order=1.0), TypeError, r"first_order must be True or False"),
+    ("MetaCurvature", dict(trace="True"), TypeError, r"trace must be True or False"),
+    ("MAML++", dict(first_order="no"), TypeError, r"first_order must be True or False"),
 ]
 CLASSES = {
+    "MAML": (MAML, _regressor),
+    "MetaSGD": (MetaSGD, _regressor),
+    "ANIL": (ANIL, _regressor),
+    "Reptile": (Reptile, _regressor),
     "MAML++": (MAMLPlusPlus, _regressor),
     "iMAML": (IMAML, _regressor),
     "MetaCurvature": (MetaCurvature, _regressor),
@@ -360,6 +384,70 @@ def test_bad_setting_raises_naming_it_and_the_learner(name, kw, exc, regex):
         cls(model, **kw)
     for a, b in zip(before, model.weights):
         np.testing.assert_array_equal(a, np.asarray(b))  # the model is left as it was
+
+
+@pytest.mark.parametrize("flag", ["keep_best", "remember"])
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_fit_switch_takes_true_or_false_only(flag, value):
+    """fit(keep_best="yes") used to fail with "keep_best=True needs validation tasks" (a
+    string is true); MetaLearner.fit(remember=0) silently stored nothing. Both now name
+    the switch, and nothing trains."""
+    from metalearn.meta import MetaLearner
+
+    if flag == "keep_best":
+        learner = MAML(_regressor())
+        fit, who = learner.fit, "fit"
+    else:
+        learner = MetaLearner(algorithm=MAML(_regressor()), memory_capacity=4)
+        fit, who = learner.fit, "MetaLearner.fit"
+    algorithm = getattr(learner, "algorithm", learner)
+    before = [np.array(w) for w in algorithm.model.weights]
+    with pytest.raises(TypeError, match=rf"^{who}: {flag} must be True or False, got {value!r}"):
+        fit(_batch("MAML++"), iterations=1, meta_batch_size=2, verbose=0, **{flag: value})
+    assert algorithm.iterations == 0
+    for a, b in zip(before, algorithm.model.weights):
+        np.testing.assert_array_equal(a, np.asarray(b))
+
+
+METALEARNER_SETTINGS = [
+    (dict(n_way=0), ValueError, r"n_way must be >= 1, got 0"),
+    (dict(n_way=2.5), TypeError, r"n_way must be an integer, got float 2.5"),
+    (dict(n_way="5"), TypeError, r"n_way must be an integer, got str '5'"),
+    (dict(hidden_units="128"), TypeError, r"hidden_units must be an integer"),
+    (dict(hidden_units=0), ValueError, r"hidden_units must be >= 1, got 0"),
+    (dict(inner_steps=-1), ValueError, r"inner_steps must be >= 0, got -1"),
+    (dict(memory_capacity=0), ValueError, r"memory_capacity must be >= 1, got 0"),
+    (dict(recall_k=1.0), TypeError, r"recall_k must be an integer"),
+    (dict(knowledge_steps=-2), ValueError, r"knowledge_steps must be >= 0, got -2"),
+    (dict(predictor_lr=NAN), ValueError, r"predictor_lr must be a finite number >= 0, got nan"),
+    (dict(predictor_buffer=0), ValueError, r"predictor_buffer must be >= 1, got 0"),
+    (dict(predictor_batch=None), TypeError, r"predictor_batch must be an integer"),
+    (dict(seed=-1), ValueError, r"seed must be >= 0, got -1"),
+    (dict(warm_start_threshold="0.8"), TypeError, r"warm_start_threshold must be a number"),
+    (dict(warm_start_threshold=INF), ValueError, r"warm_start_threshold must be finite"),
+    (dict(auto_max_steps=0), ValueError, r"auto_max_steps must be >= 1, got 0"),
+    (dict(auto_epsilon=-0.1), ValueError, r"auto_epsilon must be a finite number >= 0"),
+]
+
+
+@pytest.mark.parametrize(
+    "kw, exc, regex",
+    [pytest.param(*row, id="-".join(map(str, row[0].items()))) for row in METALEARNER_SETTINGS],
+)
+def test_metalearner_bad_setting_names_it(kw, exc, regex):
+    from metalearn.meta import MetaLearner
+
+    with pytest.raises(exc, match=rf"^MetaLearner: {regex}"):
+        MetaLearner(**{"n_way": 5, **kw})
+
+
+def test_metalearner_algorithm_given_as_n_way_says_where_it_goes():
+    """MetaLearner(MAML(model)) put the algorithm in n_way, and int() said "int() argument
+    must be a string, a bytes-like object or a real number, not 'MAML'"."""
+    from metalearn.meta import MetaLearner
+
+    with pytest.raises(TypeError, match=r"n_way must be an integer, got a MAML .*algorithm="):
+        MetaLearner(MAML(_regressor()))
 
 
 @pytest.mark.parametrize("name", ["MAML", "FOMAML", "MetaSGD", "ANIL", "Reptile"])
