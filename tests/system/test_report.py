@@ -130,3 +130,23 @@ def test_the_report_refuses_a_file_that_is_not_a_card(tmp_path):
     (tmp_path / "junk.json").write_bytes(b"\xff{")
     p = _report(tmp_path / "junk.json")
     assert p.returncode == 2 and "junk.json" in p.stderr
+
+
+def test_shipped_cards_read_and_name_a_clean_commit():
+    """Every card in docs/cards (the README's reproduction rows) is a card this version
+    reads, made from a committed checkout (not a dirty tree), with a finite result whose
+    interval is given; a card edited by hand into another shape fails here."""
+    from metalearn import report
+
+    paths = sorted((REPO / "docs" / "cards").glob("*.json"))
+    assert len(paths) >= 20, paths
+    for path in paths:
+        card = report.read_card(path)
+        assert len(card["metalearn"]["commit"]) == 40, path
+        assert card["metalearn"]["dirty"] is False, path
+        assert card["results"], path
+        for r in card["results"]:
+            assert np.isfinite(r["mean"]), (path, r)
+            assert r.get("ci95") is not None or r.get("interval"), (path, r)
+    text = report.table([report.read_card(p) for p in paths], [p.stem for p in paths])
+    assert text.count("\n") >= len(paths)
