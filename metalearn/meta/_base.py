@@ -157,6 +157,17 @@ def check_rate(value: Any, name: str, who: str) -> float:
     return v
 
 
+def check_real(value: Any, name: str, who: str) -> float:
+    """`value` as a float; TypeError unless a real number, ValueError unless finite (any
+    sign: a scale or a threshold, where check_rate's >= 0 does not apply)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f"{who}: {name} must be a number, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{who}: {name} must be finite, got {value}")
+    return v
+
+
 def check_flag(value: Any, name: str, who: str) -> bool:
     """`value` as a bool; TypeError unless True or False (a NumPy bool too): a string such
     as "False" or a 0/1 would otherwise switch a setting the wrong way without a word."""

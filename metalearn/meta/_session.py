@@ -57,7 +57,7 @@ class FitSession:
         if validation is None and (validate_every is not None or validation_episodes is not None):
             raise ValueError("fit: validate_every / validation_episodes need validation=tasks")
         self.validation = validation
-        self.keep_best = bool(keep_best)
+        self.keep_best = keep_best
         if validation is not None and self.validate_every is None:
             self.validate_every = max(1, iterations // 10)
         self.dir = None if checkpoint_dir is None else checkpoint_dir

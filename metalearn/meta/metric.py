@@ -27,6 +27,7 @@ from ._base import (
     check_count,
     check_flag,
     check_rate,
+    check_real,
     check_support,
     clone_model,
     to_tensor,
@@ -474,10 +475,7 @@ class R2D2(_EpisodeHead):
         lam = check_rate(lam, "lam", "R2D2")
         if lam <= 0:
             raise ValueError(f"R2D2: lam must be > 0, got {lam}")
-        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)):
-            raise TypeError(f"R2D2: scale must be a number, got {type(scale).__name__}")
-        if not math.isfinite(float(scale)):
-            raise ValueError(f"R2D2: scale must be finite, got {scale}")
+        scale = check_real(scale, "scale", "R2D2")
         learn_lambda = check_flag(learn_lambda, "learn_lambda", "R2D2")
         learn_scale = check_flag(learn_scale, "learn_scale", "R2D2")
         super().__init__(encoder, meta_optimizer=meta_optimizer, meta_lr=meta_lr)
@@ -574,10 +572,7 @@ class MetaOptNet(_EpisodeHead):
             raise ValueError(f"MetaOptNet: C must be > 0, got {C}")
         solver_steps = check_count(solver_steps, "solver_steps", "MetaOptNet", minimum=1)
         ridge = check_rate(ridge, "ridge", "MetaOptNet")
-        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)):
-            raise TypeError(f"MetaOptNet: scale must be a number, got {type(scale).__name__}")
-        if not math.isfinite(float(scale)):
-            raise ValueError(f"MetaOptNet: scale must be finite, got {scale}")
+        scale = check_real(scale, "scale", "MetaOptNet")
         learn_scale = check_flag(learn_scale, "learn_scale", "MetaOptNet")
         super().__init__(encoder, meta_optimizer=meta_optimizer, meta_lr=meta_lr)
         from metalearn.tape import Variable

@@ -69,7 +69,6 @@ Spearman correlation on held-out Omniglot tasks, what each feature group adds, a
 """
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -89,6 +88,7 @@ from ._base import (
     check_count,
     check_flag,
     check_rate,
+    check_real,
     check_support,
     to_tensor,
 )
@@ -271,17 +271,7 @@ class MetaLearner:
         predictor_buffer = check_count(predictor_buffer, "predictor_buffer", who, 1)
         predictor_batch = check_count(predictor_batch, "predictor_batch", who, 1)
         seed = check_count(seed, "seed", who)
-        if isinstance(warm_start_threshold, bool) or not isinstance(
-            warm_start_threshold, (int, float, np.number)
-        ):
-            raise TypeError(
-                f"{who}: warm_start_threshold must be a number, got "
-                f"{type(warm_start_threshold).__name__}"
-            )
-        if not math.isfinite(float(warm_start_threshold)):
-            raise ValueError(
-                f"{who}: warm_start_threshold must be finite, got {warm_start_threshold!r}"
-            )
+        warm_start_threshold = check_real(warm_start_threshold, "warm_start_threshold", who)
         auto_max_steps = check_count(auto_max_steps, "auto_max_steps", who, 1)
         auto_epsilon = check_rate(auto_epsilon, "auto_epsilon", who)
         query_features = check_flag(query_features, "query_features", who)
@@ -308,34 +298,34 @@ class MetaLearner:
             if n_way is None:
                 raise ValueError("MetaLearner: give n_way (or a model)")
             model = AdaptiveNeuralNetwork(
-                int(n_way), hidden_units=hidden_units, output_activation="linear"
+                n_way, hidden_units=hidden_units, output_activation="linear"
             )
         self.model = model
         if n_way is None and getattr(model, "num_classes", None) is not None:
             n_way = model.num_classes
         self.n_way = None if n_way is None else int(n_way)
-        self.hidden_units = int(hidden_units)
-        self.inner_steps = int(inner_steps)
+        self.hidden_units = hidden_units
+        self.inner_steps = inner_steps
         self.inner_lr = inner_lr
         self.meta_lr = meta_lr
         if isinstance(algorithm, _Algorithm):
             self.algorithm = algorithm
         else:
             self.algorithm = self._make_algorithm(self.algorithm_name, model)
-        self.memory_capacity = int(memory_capacity)
-        self.recall_k = int(recall_k)
-        self.warm_start_threshold = float(warm_start_threshold)
+        self.memory_capacity = memory_capacity
+        self.recall_k = recall_k
+        self.warm_start_threshold = warm_start_threshold
         self.knowledge_steps = (
-            max(self.inner_steps, 10) if knowledge_steps is None else int(knowledge_steps)
+            max(self.inner_steps, 10) if knowledge_steps is None else knowledge_steps
         )
         self.predictor = predictor if predictor is not None else MetaLearningNetwork(128)
-        self.predictor_lr = float(predictor_lr)
+        self.predictor_lr = predictor_lr
         from metalearn.keras import optimizers
 
         self.predictor_optimizer = optimizers.Adam(self.predictor_lr)
-        self.predictor_buffer = int(predictor_buffer)
-        self.predictor_batch = int(predictor_batch)
-        self.seed = int(seed)
+        self.predictor_buffer = predictor_buffer
+        self.predictor_batch = predictor_batch
+        self.seed = seed
         self.auto_max_steps = auto_max_steps
         self.auto_epsilon = auto_epsilon
         self.query_features = query_features
