@@ -128,13 +128,20 @@ def ridge_logits(
     n_way: int,
     lam: Any,
     scale: Any,
+    bias: bool = False,
 ) -> _core.Tensor:
     """R2D2's head: ridge regression of one-hot labels on the support embeddings, in
     closed form and in the Woodbury form ``W = X^T (X X^T + lam I)^-1 Y`` (an n x n system
     for n support examples, not d x d), then ``logits = scale * Q W``.
 
+    With `bias`, X gets a column of ones (Bertinetto et al.'s code): the ones column adds
+    ``1 1^T`` to the Gram matrix, its row of the solution ``1^T (X X^T + 1 1^T + lam I)^-1 Y``
+    is a per-class bias b (penalised by lam like the weights), and ``logits = scale *
+    (Q W + b)``.
+
     Args:
         lam, scale: scalar Tensors (or floats); lam > 0.
+        bias: fit a per-class bias with the weights.
 
     Returns:
         ``(n_query, n_way)`` Tensor.
@@ -143,9 +150,14 @@ def ridge_logits(
     n = int(support_emb.shape[0])
     gram = _core.matmul(support_emb, support_emb, transpose_b=True)
     gram = gram + lam * _core.as_tensor(np.eye(n, dtype=np.float32))
+    if bias:
+        gram = gram + _core.as_tensor(np.ones((n, n), np.float32))
     coef = spd_solve(gram, onehot)  # (n, n_way)
     w = _core.matmul(support_emb, coef, transpose_a=True)  # (d, n_way)
-    return scale * _core.matmul(query_emb, w)
+    logits = _core.matmul(query_emb, w)
+    if bias:
+        logits = logits + _core.reduce_sum(coef, axis=0, keepdims=True)  # b = 1^T coef
+    return scale * logits
 
 
 def _project_simplex(v: Any, z: float = 1.0) -> _core.Tensor:
@@ -326,16 +338,29 @@ class MatchingClassifier(_EncoderClassifier):
 
 class LinearHeadClassifier(_EncoderClassifier):
     """A classifier made by ``R2D2.adapt``: an encoder (a copy) and the task's fitted
-    linear head; ``call(x)`` returns ``scale * f(x) @ weights``."""
+    linear head; ``call(x)`` returns ``scale * (f(x) @ weights + bias)``."""
 
     def __init__(
-        self, encoder: Any, weights: ArrayLike, scale: float = 1.0, name: Optional[str] = None
+        self,
+        encoder: Any,
+        weights: ArrayLike,
+        scale: float = 1.0,
+        name: Optional[str] = None,
+        bias: Optional[ArrayLike] = None,
     ) -> None:
         super().__init__(name=name)
         self.encoder = encoder
         self.head = np.ascontiguousarray(weights, dtype=np.float32)
-        self.scale = float(scale)
         self.n_way = int(self.head.shape[1])
+        if bias is None:
+            bias = np.zeros(self.n_way, np.float32)
+        self.bias = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+        if self.bias.shape != (self.n_way,):
+            raise ValueError(
+                f"LinearHeadClassifier: bias must have {self.n_way} entries (one per class "
+                f"of weights {self.head.shape}), got shape {np.shape(bias)}"
+            )
+        self.scale = float(scale)
 
     def get_config(self) -> Dict[str, Any]:
         from metalearn.keras import layers as _layers
@@ -345,11 +370,13 @@ class LinearHeadClassifier(_EncoderClassifier):
             "encoder": _layers.serialize(self.encoder),
             "weights": self.head.tolist(),
             "scale": self.scale,
+            "bias": self.bias.tolist(),
         }
 
     def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
         emb = _flat(self.encoder(inputs))
-        return _core.matmul(emb, _core.as_tensor(self.head)) * self.scale
+        logits = _core.matmul(emb, _core.as_tensor(self.head)) + _core.as_tensor(self.bias)
+        return logits * self.scale
 
 
 class _EpisodeHead(ProtoNet):
@@ -446,18 +473,25 @@ class R2D2(_EpisodeHead):
     differentiable closed-form solvers"): a ridge-regression head fitted in closed form
     to each episode's support embeddings, back-propagated through to the encoder.
 
-        W = X^T (X X^T + lambda I)^-1 Y        (Woodbury: an n x n system, n = |support|)
-        logits = alpha * f(query) W
+        [W; b] = [X 1]^T ([X 1][X 1]^T + n lambda I)^-1 Y     (Woodbury: n x n, n = |support|)
+        logits = alpha * (f(query) W + b)
 
-    X the support embeddings, Y their one-hot labels. The system is solved exactly by
-    ``spd_solve`` (Gauss-Jordan elimination as core ops: differentiable to any order).
-    ``lambda`` and ``alpha`` are meta-learned with the encoder, as in the paper (lambda as
-    ``exp(log_lambda)``, so it stays positive).
+    X the support embeddings, Y their one-hot labels. As in the authors' code
+    (bertinetto/r2d2, ``RRNet``): a column of ones gives a per-class bias b, and X and Y
+    are divided by sqrt(n) before the solve, which is the same solution as a penalty of
+    n lambda, so `lam` is the penalty per support example and its scale does not change
+    with the shot count. The system is solved exactly by ``spd_solve`` (Gauss-Jordan
+    elimination as core ops: differentiable to any order). ``lambda`` and ``alpha`` are
+    meta-learned with the encoder, as in the paper (lambda as ``exp(log_lambda)``, so it
+    stays positive; the authors' scripts keep it fixed, ``learn_lambda=False``). Their
+    adjust layer's scalar offset is left out: it does not change the softmax.
 
     Args:
         encoder: a Keras model mapping inputs to embeddings (flattened when not 2-D).
-        lam: initial ridge penalty (> 0).
-        scale: initial scale alpha of the logits.
+        lam: initial ridge penalty per support example (> 0; the authors' 50).
+        scale: initial scale alpha of the logits (the authors' Omniglot scripts: 10; their
+            mini-ImageNet and CIFAR-FS scripts use 1e-4 for their much wider embeddings).
+        bias: fit the per-class bias b (``False``: ``alpha * f(query) W``).
         learn_lambda, learn_scale: meta-learn them (else fixed).
         meta_optimizer, meta_lr: the optimizer of the encoder and the head's parameters.
     """
@@ -465,8 +499,9 @@ class R2D2(_EpisodeHead):
     def __init__(
         self,
         encoder: Any,
-        lam: float = 1.0,
-        scale: float = 1.0,
+        lam: float = 50.0,
+        scale: float = 10.0,
+        bias: bool = True,
         learn_lambda: bool = True,
         learn_scale: bool = True,
         meta_optimizer: Any = "adam",
@@ -476,14 +511,16 @@ class R2D2(_EpisodeHead):
         if lam <= 0:
             raise ValueError(f"R2D2: lam must be > 0, got {lam}")
         scale = check_real(scale, "scale", "R2D2")
+        bias = check_flag(bias, "bias", "R2D2")
         learn_lambda = check_flag(learn_lambda, "learn_lambda", "R2D2")
         learn_scale = check_flag(learn_scale, "learn_scale", "R2D2")
         super().__init__(encoder, meta_optimizer=meta_optimizer, meta_lr=meta_lr)
         from metalearn.tape import Variable
 
         self.lam = lam
-        self.learn_lambda = bool(learn_lambda)
-        self.learn_scale = bool(learn_scale)
+        self.bias = bias
+        self.learn_lambda = learn_lambda
+        self.learn_scale = learn_scale
         self.log_lambda = Variable(np.float32(math.log(lam)), name="r2d2/log_lambda")
         self.scale = Variable(np.float32(scale), name="r2d2/scale")
 
@@ -493,11 +530,13 @@ class R2D2(_EpisodeHead):
         return super()._meta_params() + extra
 
     def _head(self, s_emb, support_y, q_emb, n_way):
-        return ridge_logits(s_emb, support_y, q_emb, n_way, _core.exp(self.log_lambda), self.scale)
+        n = float(s_emb.shape[0])
+        lam = _core.exp(self.log_lambda) * n  # the penalty per support example, times n
+        return ridge_logits(s_emb, support_y, q_emb, n_way, lam, self.scale, bias=self.bias)
 
     @property
     def ridge_lambda(self) -> float:
-        """The current ridge penalty ``exp(log_lambda)``."""
+        """The current ridge penalty per support example, ``exp(log_lambda)``."""
         return float(np.exp(np.asarray(self.log_lambda)))
 
     def adapt(
@@ -511,9 +550,13 @@ class R2D2(_EpisodeHead):
         onehot = _labels(support_y, n_way, "R2D2.adapt")
         x = np.asarray(self._support_embeddings(support_x, support_y, "R2D2.adapt"), np.float64)
         # the head in float64 NumPy: the same formula, nothing to differentiate here
-        coef = np.linalg.solve(x @ x.T + self.ridge_lambda * np.eye(len(x)), onehot)
-        w = x.T @ coef
-        return LinearHeadClassifier(clone_model(self.encoder), w, float(np.asarray(self.scale)))
+        gram = x @ x.T + len(x) * self.ridge_lambda * np.eye(len(x))
+        if self.bias:
+            gram += 1.0
+        coef = np.linalg.solve(gram, onehot)
+        b = coef.sum(axis=0) if self.bias else None
+        scale = float(np.asarray(self.scale))
+        return LinearHeadClassifier(clone_model(self.encoder), x.T @ coef, scale, bias=b)
 
     def __repr__(self):
         return f"<R2D2 lambda={self.ridge_lambda:.4g} scale={float(np.asarray(self.scale)):.4g}>"

@@ -23,10 +23,11 @@ def _encoder():
 def _learner(head):
     if head == "matching":
         return MatchingNet(_encoder())
-    return R2D2(_encoder(), lam=float(REF["r2d2/lam"]), scale=float(REF["r2d2/scale"]))
+    lam, scale = float(REF["r2d2/lam"]), float(REF["r2d2/scale"])
+    return R2D2(_encoder(), lam=lam, scale=scale, bias=head == "r2d2")
 
 
-@pytest.mark.parametrize("head", ["matching", "r2d2"])
+@pytest.mark.parametrize("head", ["matching", "r2d2", "r2d2_nobias"])
 def test_loss_gradient_and_second_order_match_pytorch(head):
     learner = _learner(head)
     learner._prepare(ml.tasks.Task(REF["xs"], REF["ys"], REF["xq"], REF["yq"]))
@@ -37,10 +38,10 @@ def test_loss_gradient_and_second_order_match_pytorch(head):
     grads = _core.grad(loss, params, create_graph=True)
     np.testing.assert_allclose(np.asarray(grads[0]), REF[f"{head}/grad/W"], rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(np.asarray(grads[1]), REF[f"{head}/grad/b"], rtol=1e-3, atol=1e-5)
-    if head == "r2d2":  # d/dlog(lam) = lam * d/dlam
+    if head != "matching":  # d/dlog(lam) = lam * d/dlam
         lam = float(REF["r2d2/lam"])
-        assert abs(float(np.asarray(grads[2])) - lam * float(REF["r2d2/grad/lam"])) < 1e-5
-        assert abs(float(np.asarray(grads[3])) - float(REF["r2d2/grad/scale"])) < 1e-5
+        assert abs(float(np.asarray(grads[2])) - lam * float(REF[f"{head}/grad/lam"])) < 1e-5
+        assert abs(float(np.asarray(grads[3])) - float(REF[f"{head}/grad/scale"])) < 1e-5
     (hvp,) = _core.grad(_core.reduce_sum(grads[0] * _core.as_tensor(REF["v/W"])), [params[0]])
     np.testing.assert_allclose(np.asarray(hvp), REF[f"{head}/hvp/W"], rtol=2e-3, atol=2e-5)
 
@@ -133,6 +134,7 @@ def test_adapt_leaves_the_encoder_and_refuses_bad_support(cls):
         (dict(scale=float("inf")), ValueError),
         (dict(scale=None), TypeError),
         (dict(learn_lambda=1), TypeError),
+        (dict(bias="yes"), TypeError),
     ],
 )
 def test_r2d2_bad_settings_raise(kw, err):
@@ -143,3 +145,28 @@ def test_r2d2_bad_settings_raise(kw, err):
 def test_r2d2_fixed_head_parameters_are_not_meta_parameters():
     learner = R2D2(_encoder(), learn_lambda=False, learn_scale=False)
     assert learner._meta_params() == learner.encoder.trainable_weights
+
+
+@pytest.mark.parametrize("head", ["r2d2", "r2d2_nobias"])
+def test_r2d2_adapt_gives_the_episode_logits_with_and_without_bias(head, tmp_path):
+    from metalearn.keras.models import load_model
+    from metalearn.meta.metric import LinearHeadClassifier
+
+    learner = _learner(head)
+    clf = learner.adapt(REF["xs"], REF["ys"])
+    assert np.any(clf.bias != 0) == (head == "r2d2")
+    want = np.asarray(learner.episode_logits(REF["xs"], REF["ys"], REF["xq"], training=False))
+    np.testing.assert_allclose(np.asarray(clf(REF["xq"])), want, rtol=1e-4, atol=1e-5)
+    # and the PyTorch reference's logits (the encoder is untrained: the same weights)
+    np.testing.assert_allclose(want, REF[f"{head}/logits"], rtol=1e-4, atol=1e-5)
+    # a saved classifier keeps the bias
+    clf.save(tmp_path / "clf.metalearn")
+    again = load_model(tmp_path / "clf.metalearn", {"LinearHeadClassifier": LinearHeadClassifier})
+    np.testing.assert_allclose(np.asarray(again(REF["xq"])), want, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_head_classifier_refuses_a_bias_of_the_wrong_size():
+    from metalearn.meta.metric import LinearHeadClassifier
+
+    with pytest.raises(ValueError, match="bias must have 3 entries"):
+        LinearHeadClassifier(_encoder(), np.zeros((10, 3)), bias=np.zeros(4))

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """PyTorch float64 references for the metric heads: Matching Networks (Vinyals et al. 2016,
 cosine attention, no full-context embeddings) and R2D2 (Bertinetto et al. 2019, ridge
-regression in closed form, Woodbury form).
+regression in closed form, Woodbury form, as the authors' code computes it: a column of
+ones for a per-class bias, X and Y divided by sqrt(n); r2d2_nobias without the ones).
 
 Run by hand (needs torch; the test suite does not):  python tests/reference/generate_metric.py
 
@@ -12,12 +13,14 @@ metric.npz:
   enc/W, enc/b          encoder Dense(10, tanh) on 4 inputs (Keras layout: x @ W + b)
   xs, ys, xq, yq        a 3-way 2-shot episode (ys, yq int64), 4 queries per class
   v/W                   a direction for a Hessian-vector product in W
-  r2d2/lam, scale       the ridge penalty lambda (> 0) and the logits' scale
+  r2d2/lam, scale       the ridge penalty lambda (> 0, per support example: X and Y are
+                        divided by sqrt(n)) and the logits' scale
   <head>/logits         query logits (matching: log of the attention-weighted labels)
   <head>/loss           mean query cross-entropy
   <head>/grad/W, grad/b gradient of the loss w.r.t. the encoder
   <head>/hvp/W          d/dW <dL/dW, v>  (second order through the head)
   r2d2/grad/lam, grad/scale
+  r2d2_nobias/...       the same keys without the bias column
 """
 
 import os
@@ -46,13 +49,18 @@ def matching(W, b, xs, ys, xq, n_way):
     return torch.log(att @ onehot)  # P(y = c | x^, S) = sum_i a(x^, x_i) y_i
 
 
-def r2d2(W, b, xs, ys, xq, n_way, lam, scale):
+def r2d2(W, b, xs, ys, xq, n_way, lam, scale, bias=True):
     X, Q = embed(W, b, xs), embed(W, b, xq)
     Y = torch.nn.functional.one_hot(ys, n_way).double()
     n = X.shape[0]
-    # Woodbury: W = X^T (X X^T + lam I)^-1 Y, an n x n system (n = support size)
+    if bias:  # the authors' code (bertinetto/r2d2 RRNet): a column of ones for a bias
+        X = torch.cat([X, torch.ones(n, 1)], 1)
+    # ... and X, Y divided by sqrt(n) before the Woodbury solve
+    # W = X^T (X X^T + lam I)^-1 Y, an n x n system (n = support size)
+    X, Y = X / n**0.5, Y / n**0.5
     Wr = X.T @ torch.linalg.solve(X @ X.T + lam * torch.eye(n), Y)
-    return scale * (Q @ Wr)  # (a scalar bias would not change the softmax)
+    out = Q @ Wr[: Q.shape[1]] + (Wr[Q.shape[1]] if bias else 0.0)
+    return scale * out  # (the adjust layer's scalar offset would not change the softmax)
 
 
 def main(outdir):
@@ -70,14 +78,17 @@ def main(outdir):
     out = {"enc/W": W0, "enc/b": b0, "xs": xs, "ys": ys, "xq": xq, "yq": yq, "v/W": v}
     out.update({"r2d2/lam": lam, "r2d2/scale": scale})
     t = lambda a: torch.tensor(np.asarray(a, np.float64))
-    for head in ("matching", "r2d2"):
+    for head in ("matching", "r2d2", "r2d2_nobias"):
         W = t(W0).requires_grad_()
         b = t(b0).requires_grad_()
         extra = [t(lam).requires_grad_(), t(scale).requires_grad_()]
         args = (W, b, t(xs), torch.tensor(ys), t(xq), n_way)
-        logits = matching(*args) if head == "matching" else r2d2(*args, *extra)
+        if head == "matching":
+            logits = matching(*args)
+        else:
+            logits = r2d2(*args, *extra, bias=head == "r2d2")
         loss = torch.nn.functional.cross_entropy(logits, torch.tensor(yq))
-        wrt = [W, b] + (extra if head == "r2d2" else [])
+        wrt = [W, b] + (extra if head != "matching" else [])
         grads = torch.autograd.grad(loss, wrt, create_graph=True)
         (hvp,) = torch.autograd.grad((grads[0] * t(v)).sum(), [W])
         out[f"{head}/logits"] = logits.detach().numpy()
@@ -85,9 +96,9 @@ def main(outdir):
         out[f"{head}/grad/W"] = grads[0].detach().numpy()
         out[f"{head}/grad/b"] = grads[1].detach().numpy()
         out[f"{head}/hvp/W"] = hvp.numpy()
-        if head == "r2d2":
+        if head != "matching":
             for name, g in zip(("lam", "scale"), grads[2:]):
-                out[f"r2d2/grad/{name}"] = np.float64(g.item())
+                out[f"{head}/grad/{name}"] = np.float64(g.item())
     np.savez(os.path.join(outdir, "metric.npz"), **out)
 
 
