@@ -93,12 +93,14 @@ class MAMLPlusPlus(MAML):
     Args:
         model, inner_lr, inner_steps, first_order, meta_optimizer, meta_lr, loss: as MAML
             (paper, Omniglot: inner_lr 0.1, inner_steps 5, meta_lr 0.001).
-        multi_step_loss, msl_epochs: MSL and the epochs over which it anneals (paper: 10;
-            the official configurations use 15 for Omniglot).
+        multi_step_loss, msl_epochs: MSL and the epochs over which it anneals (paper and
+            the official Omniglot configurations: 10; the mini-ImageNet ones: 15).
         learn_inner_rates: LSLR.
-        first_order_epochs: derivative-order annealing (paper: 50).
-        cosine_annealing, total_epochs, min_meta_lr: CA (paper: 150 epochs; the official
-            code's minimum 1e-5).
+        first_order_epochs: derivative-order annealing (the paper's text: 50; the
+            official configurations set ``first_order_to_second_order_epoch: -1``, second
+            order from the first iteration, which is 0 here).
+        cosine_annealing, total_epochs, min_meta_lr: CA (paper: 150 epochs, the official
+            Omniglot configurations 100; the official code's minimum 1e-5).
         epoch_length: meta-iterations per epoch.
         batch_norm: the query's normalisation, as MAML's (each of the multi-step loss's
             query passes uses it).

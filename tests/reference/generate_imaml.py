@@ -19,6 +19,9 @@ imaml.npz:
   loss                L_Q(phi*)
   grad/<p>            the exact implicit meta-gradient
   naive/<p>           grad L_Q(phi*) (first order), which must differ from it
+  damping, lam_damping  the official code's CG damping (aravindr93/imaml_dev: 1.0, 10.0)
+  damped/<p>          ((1 + damping) I + H_S(phi*) / (lam + lam_damping))^-1 grad L_Q(phi*),
+                      the system that code's conjugate gradient solves
 """
 
 import os
@@ -68,9 +71,13 @@ def main(outdir):
     assert torch.linalg.eigvalsh(torch.eye(len(phi)) + H / float(lam)).min() > 0
     gq = torch.autograd.functional.jacobian(lambda v: loss(v, Xq, Yq), phi)
     meta = torch.linalg.solve(torch.eye(len(phi)) + H / float(lam), gq)
+    damping, lam_damping = np.float32(1.0), np.float32(10.0)
+    eye = torch.eye(len(phi))
+    damped = torch.linalg.solve((1 + float(damping)) * eye + H / float(lam + lam_damping), gq)
     out = {f"mlp/{k}": v for k, v in zip(NAMES, init)}
+    out.update(damping=damping, lam_damping=lam_damping)
     out.update(xs=xs, ys=ys, xq=xq, yq=yq, lam=lam, loss=np.float64(loss(phi, Xq, Yq).item()))
-    for name, arr in (("phi", phi), ("grad", meta), ("naive", gq)):
+    for name, arr in (("phi", phi), ("grad", meta), ("naive", gq), ("damped", damped)):
         for k, a in zip(NAMES, unflat(arr)):
             out[f"{name}/{k}"] = a.numpy()
     assert (meta - gq).abs().max() > 1e-3  # the implicit term matters here
