@@ -413,14 +413,17 @@ ml_status ml_optimizer_finalize_variable_values(ml_optimizer *opt, int n, ml_ten
  *     staircase (0 or 1);
  *   COSINE_DECAY: initial_learning_rate, decay_steps, alpha, warmup_target (NaN: none),
  *     warmup_steps;
- *   PIECEWISE_CONSTANT_DECAY: k increasing boundaries then k + 1 values (2k + 1 numbers).
+ *   PIECEWISE_CONSTANT_DECAY: k increasing boundaries then k + 1 values (2k + 1 numbers);
+ *   POLYNOMIAL_DECAY: initial_learning_rate, decay_steps, end_learning_rate (>= 0), power
+ *     (>= 0), cycle (0 or 1).
  * ML_SCHEDULE_NONE returns to learning_rate. */
 typedef enum {
     ML_SCHEDULE_NONE,
     ML_SCHEDULE_EXPONENTIAL_DECAY,
     ML_SCHEDULE_INVERSE_TIME_DECAY,
     ML_SCHEDULE_COSINE_DECAY,
-    ML_SCHEDULE_PIECEWISE_CONSTANT_DECAY
+    ML_SCHEDULE_PIECEWISE_CONSTANT_DECAY,
+    ML_SCHEDULE_POLYNOMIAL_DECAY
 } ml_schedule;
 ml_status ml_optimizer_set_learning_rate_schedule(ml_optimizer *opt, ml_schedule kind,
                                                   const double *args, int n_args);

@@ -270,8 +270,8 @@ int ml_optimizer_use_ema(const ml_optimizer *opt) { return opt->use_ema; }
 
 /* The schedules' numbers: count (or minimum count) per kind */
 static ml_status check_schedule(ml_schedule kind, const double *a, int n) {
-    static const int want[] = {0, 4, 4, 5, 1};
-    if (kind < ML_SCHEDULE_NONE || kind > ML_SCHEDULE_PIECEWISE_CONSTANT_DECAY)
+    static const int want[] = {0, 4, 4, 5, 1, 5};
+    if (kind < ML_SCHEDULE_NONE || kind > ML_SCHEDULE_POLYNOMIAL_DECAY)
         return ml_set_error(ML_ERR_VALUE, "unknown learning-rate schedule %d", (int)kind);
     if (kind == ML_SCHEDULE_NONE) return ML_OK;
     if (n < want[kind] || !a ||
@@ -298,6 +298,13 @@ static ml_status check_schedule(ml_schedule kind, const double *a, int n) {
         return ml_set_error(ML_ERR_VALUE, "initial_learning_rate must be >= 0, got %g", a[0]);
     if (!(a[1] > 0))
         return ml_set_error(ML_ERR_VALUE, "Argument `decay_steps` must be > 0. Received: %g", a[1]);
+    /* a negative end rate would step uphill; a negative power makes the rate infinite at
+     * decay_steps (Keras 3 takes both: its step then writes NaNs) */
+    if (kind == ML_SCHEDULE_POLYNOMIAL_DECAY && (a[2] < 0 || a[3] < 0))
+        return ml_set_error(ML_ERR_VALUE,
+                            "PolynomialDecay: end_learning_rate and power must be >= 0, got %g "
+                            "and %g",
+                            a[2], a[3]);
     if (kind == ML_SCHEDULE_COSINE_DECAY && !isnan(a[3]) && (a[3] < 0 || a[4] < 0))
         return ml_set_error(ML_ERR_VALUE,
                             "CosineDecay: warmup_target and warmup_steps must be >= 0, got %g "
@@ -357,6 +364,17 @@ static float scheduled_rate(const ml_optimizer *opt, int64_t step) {
         }
         const float cosine = 0.5f * (1.0f + cosf(3.14159265358979323846f * (x / decay_steps)));
         return from * (one_minus_alpha * cosine + alpha);
+    }
+    case ML_SCHEDULE_POLYNOMIAL_DECAY: {
+        /* (init - end) (1 - step / decay_steps)^power + end, the step held at decay_steps;
+         * with cycle, decay_steps times the first multiple above the step (1 at step 0) */
+        const float init = (float)a[0], end = (float)a[2], power = (float)a[3];
+        float decay_steps = (float)a[1], x = s;
+        if (a[4] != 0)
+            decay_steps *= x == 0.0f ? 1.0f : ceilf(x / decay_steps);
+        else
+            x = fminf(x, decay_steps);
+        return (init - end) * powf(1.0f - x / decay_steps, power) + end;
     }
     case ML_SCHEDULE_PIECEWISE_CONSTANT_DECAY: {
         const int k = opt->sched_n / 2;

@@ -329,8 +329,8 @@ static PyObject *Optimizer_get_use_ema(OptimizerObject *self, void *c) {
     return PyBool_FromLong(ml_optimizer_use_ema(self->opt));
 }
 
-static const char *const SCHEDULES[] = {NULL, "ExponentialDecay", "InverseTimeDecay", "CosineDecay",
-                                        "PiecewiseConstantDecay"};
+static const char *const SCHEDULES[] = {NULL,          "ExponentialDecay",       "InverseTimeDecay",
+                                        "CosineDecay", "PiecewiseConstantDecay", "PolynomialDecay"};
 
 /* learning_rate_schedule: None, or (class name, numbers) as ml_optimizer_set_learning_rate_
  * schedule takes them (CosineDecay's warmup_target None is NaN) */
@@ -345,8 +345,7 @@ static int Optimizer_set_schedule(OptimizerObject *self, PyObject *v, void *c) {
     if (v && v != Py_None && !PyArg_ParseTuple(v, "sO:learning_rate_schedule", &name, &nums))
         return -1;
     int k = ML_SCHEDULE_NONE;
-    for (int i = ML_SCHEDULE_EXPONENTIAL_DECAY; name && i <= ML_SCHEDULE_PIECEWISE_CONSTANT_DECAY;
-         i++)
+    for (int i = ML_SCHEDULE_EXPONENTIAL_DECAY; name && i <= ML_SCHEDULE_POLYNOMIAL_DECAY; i++)
         if (!strcmp(name, SCHEDULES[i])) k = i;
     if (name && k == ML_SCHEDULE_NONE) {
         PyErr_Format(PyExc_ValueError, "unknown learning-rate schedule %R", PyTuple_GET_ITEM(v, 0));

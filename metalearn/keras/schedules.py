@@ -1,9 +1,9 @@
 """Learning-rate schedules, as ``keras.optimizers.schedules`` (Keras 3's formulas, defaults
 and configs).
 
-A schedule is passed as ``learning_rate=`` to any optimizer. The four built-in ones
-(``ExponentialDecay``, ``InverseTimeDecay``, ``CosineDecay``, ``PiecewiseConstantDecay``)
-are handed to the C optimizer as numbers (``_core_form``), which computes each step's rate
+A schedule is passed as ``learning_rate=`` to any optimizer. The five built-in ones
+(``ExponentialDecay``, ``InverseTimeDecay``, ``CosineDecay``, ``PiecewiseConstantDecay``,
+``PolynomialDecay``) are handed to the C optimizer as numbers (``_core_form``), which computes each step's rate
 from its own step count before the update. So ``fit``'s traced step, recorded once and
 replayed from C, applies the rate of every iteration without being traced again, and the
 eager and the replayed steps use the same rates bit for bit. A subclass of
@@ -26,6 +26,7 @@ __all__ = [
     "PiecewiseConstantDecay",
     "CosineDecay",
     "InverseTimeDecay",
+    "PolynomialDecay",
     "serialize",
     "deserialize",
 ]
@@ -258,8 +259,73 @@ class PiecewiseConstantDecay(LearningRateSchedule):
         ]
 
 
+class PolynomialDecay(LearningRateSchedule):
+    """``(initial_learning_rate - end_learning_rate) * (1 - step / decay_steps) ** power +
+    end_learning_rate``, the step held at `decay_steps` (then the rate stays at the end
+    rate); with ``cycle``, `decay_steps` is first multiplied by the smallest whole number
+    that reaches the step (1 at step 0), so the decay restarts. ``power=1`` is a linear
+    decay: Reptile's annealed meta step size (Nichol et al. 2018, the authors' code:
+    ``PolynomialDecay(1.0, meta_iterations, 0.0)``).
+
+    Raises:
+        ValueError: ``decay_steps <= 0`` (Keras' message), a negative or non-finite rate, or
+            a negative `power` (the rate would be infinite at `decay_steps`; Keras takes it).
+    """
+
+    def __init__(
+        self,
+        initial_learning_rate: float,
+        decay_steps: int,
+        end_learning_rate: float = 0.0001,
+        power: float = 1.0,
+        cycle: bool = False,
+        name: str = "PolynomialDecay",
+    ) -> None:
+        self.initial_learning_rate = _number("initial_learning_rate", initial_learning_rate)
+        self.decay_steps = _number("decay_steps", decay_steps, 0.0, strict=True)
+        self.end_learning_rate = _number("end_learning_rate", end_learning_rate)
+        self.power = _number("power", power)
+        self.cycle = bool(cycle)
+        self.name = name
+
+    def __call__(self, step):
+        x, steps = _f32(step), _f32(self.decay_steps)
+        if self.cycle:
+            steps = steps * (_f32(1.0) if x == 0 else np.ceil(x / steps))
+        else:
+            x = np.minimum(x, steps)
+        init, end = _f32(self.initial_learning_rate), _f32(self.end_learning_rate)
+        return (init - end) * np.power(_f32(1.0) - x / steps, _f32(self.power)) + end
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "decay_steps": self.decay_steps,
+            "end_learning_rate": self.end_learning_rate,
+            "power": self.power,
+            "cycle": self.cycle,
+            "name": self.name,
+        }
+
+    def _core_form(self):
+        return type(self).__name__, [
+            float(self.initial_learning_rate),
+            float(self.decay_steps),
+            float(self.end_learning_rate),
+            float(self.power),
+            float(self.cycle),
+        ]
+
+
 _BY_NAME = {
-    c.__name__: c for c in (ExponentialDecay, PiecewiseConstantDecay, CosineDecay, InverseTimeDecay)
+    c.__name__: c
+    for c in (
+        ExponentialDecay,
+        PiecewiseConstantDecay,
+        CosineDecay,
+        InverseTimeDecay,
+        PolynomialDecay,
+    )
 }
 
 

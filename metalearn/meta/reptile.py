@@ -34,8 +34,11 @@ class Reptile(MAML):
         inner_lr: inner SGD step size.
         inner_steps: k, inner steps per task (paper: 5-32; the gain over joint training
             needs k > 1).
-        meta_lr: epsilon, the outer step size (``epsilon=`` is accepted as an alias;
-            the paper anneals it linearly from 1.0 to 0 in its Omniglot runs).
+        meta_lr: epsilon, the outer step size (``epsilon=`` is accepted as an alias).
+            The authors' Omniglot runs anneal it linearly from 1.0 to 0 over the run:
+            ``meta_optimizer=optimizers.SGD(schedules.PolynomialDecay(1.0, iterations,
+            0.0))``, applied in C by the traced step too. (Their inner loop is Adam with
+            beta_1 = 0 on mini-batches of 10 of the support; here it is full-batch SGD.)
         meta_optimizer: ``"sgd"`` (the paper's rule), ``"adam"`` or an optimizer.
         loss: as for MAML.
         vectorize: ``"auto"`` adapts the tasks of a meta-batch together (per-task weight

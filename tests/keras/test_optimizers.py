@@ -374,6 +374,12 @@ def test_the_c_optimizer_refuses_bad_settings():
         core.learning_rate_schedule = ("ExponentialDecay", [0.1, 2.0])
     with pytest.raises(ValueError, match="increase"):
         core.learning_rate_schedule = ("PiecewiseConstantDecay", [3.0, 1.0, 0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="power must be >= 0"):
+        core.learning_rate_schedule = ("PolynomialDecay", [0.1, 10.0, 0.0, -1.0, 0.0])
+    with pytest.raises(ValueError, match="schedule"):
+        core.learning_rate_schedule = ("PolynomialDecay", [0.1, 10.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="unknown learning-rate schedule"):
+        core.learning_rate_schedule = ("LinearDecay", [0.1])
     with pytest.raises(ValueError, match="ema_momentum"):
         core.set_use_ema(True, 1.5)
     assert core.clip is None and core.learning_rate_schedule is None and not core.use_ema

@@ -68,11 +68,31 @@ def test_cosine_decay_values():
         all_close(lr(step), want)
 
 
+def test_polynomial_decay_values():
+    # LinearDecayTest and SqrtDecayTest (test_halfway, test_end, test_halfway_with_end,
+    # test_beyond_end, test_beyond_end_with_cycle, test_begin_with_cycle)
+    for power in (1.0, 0.5):
+        lr = schedules.PolynomialDecay(0.05, 10, 0.0, power=power)
+        all_close(lr(5), 0.05 * 0.5**power, 1e-6)
+        lr = schedules.PolynomialDecay(0.05, 10, 0.001, power=power)
+        all_close(lr(10), 0.001, 1e-6)
+        all_close(lr(5), (0.05 - 0.001) * 0.5**power + 0.001, 1e-6)
+        all_close(lr(15), 0.001, 1e-6)
+        lr = schedules.PolynomialDecay(0.05, 10, 0.001, power=power, cycle=True)
+        all_close(lr(15), (0.05 - 0.001) * 0.25**power + 0.001, 1e-6)
+    all_close(schedules.PolynomialDecay(0.001, 10, cycle=True)(0), 0.001, 1e-6)
+    # the default end rate is Keras' 0.0001
+    all_close(schedules.PolynomialDecay(0.05, 10)(10), 0.0001, 1e-6)
+
+
 @pytest.mark.parametrize(
     "schedule",
     [
         schedules.ExponentialDecay(
             0.05, decay_steps=10, decay_rate=0.96, staircase=True, name="my_ed"
+        ),
+        schedules.PolynomialDecay(
+            0.05, decay_steps=10, end_learning_rate=0.01, power=0.5, cycle=True, name="my_pd"
         ),
         schedules.PiecewiseConstantDecay(boundaries=[10, 20], values=[1, 2, 3], name="my_pcd"),
         schedules.InverseTimeDecay(
@@ -151,6 +171,8 @@ def _each_step_rate(opt, n, schedule):
         schedules.CosineDecay(0.5, 5, alpha=0.1),
         schedules.CosineDecay(0.1, 4, alpha=0.2, warmup_target=0.6, warmup_steps=3),
         schedules.PiecewiseConstantDecay([1, 4], [0.5, 0.25, 0.125]),
+        schedules.PolynomialDecay(0.5, 7, 0.05),
+        schedules.PolynomialDecay(0.5, 3, 0.0, power=0.5, cycle=True),
     ],
     ids=lambda s: type(s).__name__,
 )
@@ -199,6 +221,10 @@ def test_custom_schedule_runs_in_python():
         (lambda: schedules.ExponentialDecay(0.1, 0, 0.9), "decay_steps"),
         (lambda: schedules.InverseTimeDecay(0.1, -2, 0.9), "decay_steps"),
         (lambda: schedules.CosineDecay(0.1, 0), "decay_steps"),
+        (lambda: schedules.PolynomialDecay(0.1, 0), "decay_steps"),
+        (lambda: schedules.PolynomialDecay(0.1, 10, -0.01), "end_learning_rate"),
+        (lambda: schedules.PolynomialDecay(0.1, 10, power=-1.0), "power"),
+        (lambda: schedules.PolynomialDecay(0.1, 10, power=float("inf")), "power"),
         (lambda: schedules.ExponentialDecay(-0.1, 10, 0.9), "initial_learning_rate"),
         (lambda: schedules.ExponentialDecay(float("nan"), 10, 0.9), "initial_learning_rate"),
         (
@@ -246,6 +272,7 @@ SCHEDULED = {
     "Nadam_piecewise": lambda: optimizers.Nadam(
         schedules.PiecewiseConstantDecay([2, 5], [0.05, 0.02, 0.005])
     ),
+    "SGD_polynomial": lambda: optimizers.SGD(schedules.PolynomialDecay(0.05, 4, 0.005)),
     "Adagrad_inverse_clip": lambda: optimizers.Adagrad(
         schedules.InverseTimeDecay(0.2, 1, 0.5), global_clipnorm=0.5
     ),
@@ -316,6 +343,9 @@ LIVE = {
     ),
     "RMSprop_inverse": (lambda S, O: O.RMSprop(S.InverseTimeDecay(0.01, 1, 0.5, staircase=True)),),
     "Adagrad_cosine": (lambda S, O: O.Adagrad(S.CosineDecay(0.3, 6)),),
+    "Adam_polynomial_cycle": (
+        lambda S, O: O.Adam(S.PolynomialDecay(0.05, 3, 0.01, power=2.0, cycle=True)),
+    ),
 }
 
 

@@ -84,6 +84,32 @@ def test_reptile_update_rule():
     assert Reptile(model, epsilon=0.25).meta_lr == 0.25
 
 
+@pytest.mark.parametrize("trace", [True, False])
+def test_reptile_meta_step_annealed_linearly_as_the_authors_code(trace):
+    # openai/supervised-reptile train.py: iteration i steps with
+    # frac_done * meta_step_size_final + (1 - frac_done) * meta_step_size, frac_done =
+    # i / meta_iters; here SGD(PolynomialDecay(1.0, N, 0.0)), the decay Keras computes
+    from metalearn.keras import optimizers
+    from metalearn.keras.optimizers import schedules
+
+    n, batch = 4, Sinusoid(seed=5).sample_batch(2)
+    model = _model(3)
+    theta = model.get_weights()
+    sgd = optimizers.SGD(schedules.PolynomialDecay(1.0, n, 0.0))
+    alg = Reptile(model, inner_lr=0.02, inner_steps=3, meta_optimizer=sgd, trace=trace)
+    alg.fit(batch, iterations=n, meta_batch_size=2, verbose=0)
+    ref_model = _model(3)
+    ref = Reptile(ref_model, inner_lr=0.02, inner_steps=3)
+    for i in range(n):
+        ref_model.set_weights(theta)
+        phis = [ref.adapt(t.support_x, t.support_y).get_weights() for t in batch.tasks()]
+        eps = (i / n) * 0.0 + (1 - i / n) * 1.0
+        theta = [t + eps * (np.mean([p[k] for p in phis], axis=0) - t) for k, t in enumerate(theta)]
+    for w, want in zip(model.get_weights(), theta):
+        np.testing.assert_allclose(w, want, rtol=1e-5, atol=1e-6)
+    assert sgd.iterations == n and sgd.learning_rate == 0.0
+
+
 # ------------------------------------------------------------------ ProtoNet
 
 
