@@ -42,9 +42,10 @@ Runs (the papers' numbers are printed beside ours):
                   attention, no full-context embeddings, 5-way 1-shot episodes with 15
                   queries, Adam 1e-3; within --budget: paper 98.1 % (5-way 1-shot).
   relationnet_conv4  Relation Networks (Sung et al. 2018): the paper's encoder (four conv
-                  blocks, the first two pooled) and relation module (two pooled conv blocks,
-                  Dense 8 ReLU, Dense 1, sigmoid), MSE loss, 5-way 1-shot with 19 queries,
-                  Adam 1e-3; within --budget: paper 99.6 +- 0.2 %.
+                  blocks, the first two unpadded and pooled) and relation module (two pooled
+                  conv blocks, Dense 8 ReLU, Dense 1, sigmoid) with the authors' code's
+                  initialisation, MSE loss, 5-way 1-shot with 19 queries, Adam 1e-3 (without
+                  their gradient-norm clipping); within --budget: paper 99.6 +- 0.2 %.
   r2d2_conv4      R2D2 (Bertinetto et al. 2019): ridge-regression head (lambda and scale
                   learned), conv4, 5-way 1-shot, 15 queries, Adam 1e-3; within --budget
                   (the paper's Omniglot table, Tab. 1, uses its own 4-layer CNN).
@@ -627,26 +628,41 @@ def matchingnet_conv4(args):
 
 
 def relation_modules():
-    """Relation Networks' Omniglot encoder (four [Conv 3x3 64, BN, ReLU] blocks, the first
-    two max-pooled: 28x28 -> 7x7x64) and relation module (two such blocks, both pooled:
-    7x7x128 -> 1x1x64, then Dense 8 ReLU and Dense 1), as in Sung et al. 2018, Fig. 2."""
-    from metalearn.keras import conv_layers, layers
+    """Relation Networks' Omniglot encoder and relation module as the authors' code builds
+    them (floodsung/LearningToCompare_FSL, omniglot_train_one_shot.py): four [Conv 3x3 64,
+    BN, ReLU] blocks, the first two unpadded and max-pooled (28x28 -> 5x5x64), then two
+    padded; the relation module two padded blocks, both pooled (5x5x128 -> 1x1x64), Dense 8
+    ReLU and Dense 1 (Sung et al. 2018, Fig. 2). Their ``weights_init``: convolutions
+    N(0, 2 / (9 * 64)) (He normal over fan-out), zero biases; Dense N(0, 0.01) with biases
+    of one."""
+    from metalearn.keras import conv_layers, initializers, layers
     from metalearn.keras.models import Sequential
 
-    def blocks(model, n, pooled):
+    he_out = initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+
+    def blocks(model, n, pooled, padded_from):
         for i in range(n):
-            model.add(conv_layers.Conv2D(64, 3, padding="same"))
+            padding = "same" if i >= padded_from else "valid"
+            model.add(conv_layers.Conv2D(64, 3, padding=padding, kernel_initializer=he_out))
             model.add(conv_layers.BatchNormalization())
             model.add(layers.Activation("relu"))
             if i < pooled:
                 model.add(conv_layers.MaxPool2D(2))
         return model
 
-    encoder = blocks(Sequential([layers.InputLayer(input_shape=(28, 28, 1))]), 4, 2)
-    relation = blocks(Sequential([layers.InputLayer(input_shape=(7, 7, 128))]), 2, 2)
+    def dense(units, **kw):
+        return layers.Dense(
+            units,
+            kernel_initializer=initializers.RandomNormal(0.0, 0.01),
+            bias_initializer="ones",
+            **kw,
+        )
+
+    encoder = blocks(Sequential([layers.InputLayer(input_shape=(28, 28, 1))]), 4, 2, 2)
+    relation = blocks(Sequential([layers.InputLayer(input_shape=(5, 5, 128))]), 2, 2, 0)
     relation.add(layers.Flatten())
-    relation.add(layers.Dense(8, activation="relu"))
-    relation.add(layers.Dense(1))
+    relation.add(dense(8, activation="relu"))
+    relation.add(dense(1))
     return encoder, relation
 
 
