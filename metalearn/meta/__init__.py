@@ -51,8 +51,16 @@ from .reptile import Reptile
 from .system import MetaLearner, rankdata, spearman
 
 
-def FOMAML(model, inner_lr=0.01, inner_steps=1, meta_optimizer="adam", meta_lr=0.001, loss=None):
-    """First-order MAML: ``MAML(..., first_order=True)`` (Finn et al. 2017, §5.2)."""
+def FOMAML(
+    model, inner_lr=0.01, inner_steps=1, meta_optimizer="adam", meta_lr=0.001, loss=None, **kwargs
+):
+    """First-order MAML: ``MAML(..., first_order=True)`` (Finn et al. 2017, §5.2). Every
+    other MAML argument (``vectorize``, ``trace``, ``batch_norm``, ``inner_optimizer``,
+    ``gradient_checkpointing`` ...) passes through."""
+    if "first_order" in kwargs:
+        raise TypeError(
+            "FOMAML: first_order is not an argument (FOMAML is MAML with first_order=True)"
+        )
     return MAML(
         model,
         inner_lr=inner_lr,
@@ -61,6 +69,7 @@ def FOMAML(model, inner_lr=0.01, inner_steps=1, meta_optimizer="adam", meta_lr=0
         meta_optimizer=meta_optimizer,
         meta_lr=meta_lr,
         loss=loss,
+        **kwargs,
     )
 
 

@@ -84,6 +84,17 @@ def test_reptile_update_rule():
     assert Reptile(model, epsilon=0.25).meta_lr == 0.25
 
 
+def test_fomaml_passes_maml_arguments_through():
+    model = _model(3)
+    alg = FOMAML(model, inner_lr=0.02, batch_norm="support", vectorize=False, trace=False)
+    assert alg.first_order and alg.batch_norm == "support" and alg.vectorize is False
+    assert FOMAML(model, inner_optimizer="adam").inner_optimizer == "adam"
+    with pytest.raises(TypeError, match="first_order is not an argument"):
+        FOMAML(model, first_order=False)
+    with pytest.raises(TypeError):
+        FOMAML(model, no_such_argument=1)
+
+
 @pytest.mark.parametrize("trace", [True, False])
 def test_reptile_meta_step_annealed_linearly_as_the_authors_code(trace):
     # openai/supervised-reptile train.py: iteration i steps with
