@@ -211,6 +211,39 @@ static void test_sgd_momentum(void) {
     ml_release(p), ml_release(g), ml_release(g2);
 }
 
+static void test_polynomial_decay(void) {
+    /* PolynomialDecay(0.5, 4, end 0.1, power 2): plain SGD on p = 0 with g = 1 falls by
+     * (0.5 - 0.1) (1 - t / 4)^2 + 0.1 at step t (t = 0, 1, ...), 0.1 from t = 4 on; with
+     * cycle, decay_steps grows to 4 ceil(t / 4): t = 5 gives (0.4) (1 - 5/8)^2 + 0.1 */
+    for (int cycle = 0; cycle <= 1; cycle++) {
+        float p0 = 0, g1 = 1;
+        ml_tensor *p = vec(1, &p0), *g = vec(1, &g1);
+        ml_optimizer *opt;
+        OK(ml_sgd_new(&opt, 0.01f, 0.0f, 0));
+        const double args[5] = {0.5, 4.0, 0.1, 2.0, cycle};
+        OK(ml_optimizer_set_learning_rate_schedule(opt, ML_SCHEDULE_POLYNOMIAL_DECAY, args, 5));
+        double want = 0;
+        for (int t = 0; t < 6; t++) {
+            double d = cycle ? 4.0 * (t == 0 ? 1 : ceil(t / 4.0)) : 4.0, x = cycle ? t : fmin(t, 4);
+            want -= 0.4 * pow(1 - x / d, 2) + 0.1;
+            OK(ml_optimizer_step(opt, 1, &p, &g));
+            CHECK(close_to(ml_data(p)[0], want, 1e-5), "cycle %d step %d: p = %g, want %g", cycle,
+                  t, ml_data(p)[0], want);
+        }
+        const double neg_power[5] = {0.5, 4.0, 0.1, -1.0, 0}, four[4] = {0.5, 4.0, 0.1, 2.0};
+        CHECK(ml_optimizer_set_learning_rate_schedule(opt, ML_SCHEDULE_POLYNOMIAL_DECAY, neg_power,
+                                                      5) == ML_ERR_VALUE,
+              "a negative power refused");
+        CHECK(ml_optimizer_set_learning_rate_schedule(opt, ML_SCHEDULE_POLYNOMIAL_DECAY, four, 4) ==
+                  ML_ERR_VALUE,
+              "four numbers refused");
+        CHECK(ml_optimizer_learning_rate_schedule(opt) == ML_SCHEDULE_POLYNOMIAL_DECAY,
+              "a refused schedule leaves the one set");
+        ml_optimizer_free(opt);
+        ml_release(p), ml_release(g);
+    }
+}
+
 static void test_rng(void) {
     int64_t shape[1] = {1000};
     ml_tensor *u1, *u2, *n;
@@ -1042,6 +1075,7 @@ int main(void) {
     test_op_table();
     test_errors();
     test_sgd_momentum();
+    test_polynomial_decay();
     test_rng();
     test_checkpoint_state();
     test_weight_file();
