@@ -163,6 +163,11 @@ class MAML(BaseMetaLearner):
     # the batch_norm modes other than "transductive" need _forward to be a functional
     # call of the whole model (a variant that cannot run one says False)
     _batch_norm_modes = True
+    # a meta-parameter the meta-loss may not reach gets a zero meta-gradient instead of
+    # grad's error (MAML++'s per-step batch-norm copies of the support passes, once the
+    # meta-gradient is first order and only the last step's query loss counts)
+    _meta_params_may_be_unused = False
+
     # gradient_checkpointing re-runs inner steps one at a time: it needs the inner loop to
     # be _inner_apply on _inner_params() from the meta-weights, through _forward on a
     # support input with no graph (ANIL's body features have one: refused)
@@ -552,7 +557,11 @@ class MAML(BaseMetaLearner):
         the batch, or (gradient_checkpointing) task by task."""
         if not self.gradient_checkpointing:
             meta_loss, metric = self._meta_loss(batch)
-            return meta_loss, metric, _core.grad(meta_loss, params)
+            if not self._meta_params_may_be_unused:
+                return meta_loss, metric, _core.grad(meta_loss, params)
+            grads = _core.grad(meta_loss, params, allow_unused=True)
+            zero = lambda p: _core.as_tensor(np.zeros(tuple(p.shape), np.float32))
+            return meta_loss, metric, [zero(p) if g is None else g for p, g in zip(params, grads)]
         n = len(batch.support_x)
         scale = 1.0 / n
         total, metrics, acc = None, [], None

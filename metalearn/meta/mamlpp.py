@@ -110,6 +110,11 @@ class MAMLPlusPlus(MAML):
 
     _batched_inner_loop = False  # step-dependent rates and losses: the per-task loop
     _low_rank_inner_step = False
+    # with BNWB, a first-order meta-gradient of the last step's query loss alone (DA's first
+    # epochs after MSL's) does not reach the copies the support passes use: they get zero
+    # meta-gradients (the authors' code leaves their .grad None and Adam skips them; here
+    # Adam's moments of them decay), where grad would refuse them
+    _meta_params_may_be_unused = True
 
     def __init__(
         self,

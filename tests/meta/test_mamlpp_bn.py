@@ -126,6 +126,34 @@ def test_the_per_step_copies_learn_apart_and_the_model_is_unchanged_there():
     np.testing.assert_array_equal(np.asarray(learner.model.trainable_weights[2]), gamma_before)
 
 
+def test_first_order_after_the_multi_step_loss_gives_the_support_copies_zero():
+    # DA's first-order epochs after MSL's (the paper's Omniglot schedule from epoch 10 to
+    # 50): the last step's query loss alone, first order, does not reach the copies the
+    # support passes use; they get zero meta-gradients (grad refused them: iteration 5000 of
+    # the 20-way run stopped there) and the last step's copy a real one
+    ml.random.set_seed(0)
+    learner = MAMLPlusPlus(
+        _model(3),
+        inner_lr=0.05,
+        inner_steps=3,
+        per_step_bn_weights=True,
+        msl_epochs=1,
+        first_order_epochs=5,
+        epoch_length=1,
+    )
+    tasks = Sinusoid(k_shot=10, seed=1)
+    learner.fit(tasks, iterations=3, meta_batch_size=2, verbose=0)
+    assert learner.epoch >= 1 and not learner.second_order()
+    _, grads = learner.meta_gradients(tasks.sample_batch(2))
+    named = dict(zip(map(id, learner._meta_params()), grads))
+    for s in range(3):
+        g = [np.asarray(named[id(w)]) for w in learner.bn_weights[s]]
+        if s < 2:
+            assert all(np.all(a == 0) for a in g), s
+        else:
+            assert any(np.abs(a).max() > 0 for a in g)
+
+
 def test_off_by_default_and_off_is_the_old_mamlpp():
     a = MAMLPlusPlus(_model(), inner_steps=2, loss="mse")
     b = MAMLPlusPlus(_model(), inner_steps=2, loss="mse", per_step_bn_weights=False)
