@@ -560,8 +560,7 @@ class MAML(BaseMetaLearner):
             if not self._meta_params_may_be_unused:
                 return meta_loss, metric, _core.grad(meta_loss, params)
             grads = _core.grad(meta_loss, params, allow_unused=True)
-            zero = lambda p: _core.as_tensor(np.zeros(tuple(p.shape), np.float32))
-            return meta_loss, metric, [zero(p) if g is None else g for p, g in zip(params, grads)]
+            return meta_loss, metric, _zeros_where_unused(grads, params)
         n = len(batch.support_x)
         scale = 1.0 / n
         total, metrics, acc = None, [], None
@@ -583,7 +582,7 @@ class MAML(BaseMetaLearner):
                     ]
         # (a meta-parameter no task used: a zero gradient, as one graph gives)
         with _core_no_grad():
-            acc = [_core.zeros(tuple(p.shape)) if g is None else g for g, p in zip(acc, params)]
+            acc = _zeros_where_unused(acc, params)
         return total * scale, float(np.mean(metrics)), acc
 
     def _state_list(self, state):
@@ -799,6 +798,12 @@ class MAML(BaseMetaLearner):
             f"<{type(self).__name__} inner_lr={self.inner_lr} inner_steps={self.inner_steps} "
             f"first_order={self.first_order}>"
         )
+
+
+def _zeros_where_unused(grads, params):
+    """`grads` with each None (a meta-parameter the loss did not reach) as zeros of its
+    parameter's shape."""
+    return [_core.zeros(tuple(p.shape)) if g is None else g for g, p in zip(grads, params)]
 
 
 # MAML.__init__'s keyword arguments, which its subclasses pass through (_maml_arguments)
