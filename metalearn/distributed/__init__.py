@@ -263,6 +263,9 @@ class DataParallel:
                 "DataParallel: batch_norm='running' is not supported yet (the moving "
                 "statistics are collected by the one-process meta-step)"
             )
+        why = getattr(learner, "_not_data_parallel", lambda: None)()
+        if why is not None:
+            raise ValueError(f"DataParallel: not supported: {why}")
 
     def _begin(self, learner) -> None:
         """Broadcasts rank 0's weights (and every meta-parameter) to all ranks."""
