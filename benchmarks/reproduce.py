@@ -57,6 +57,13 @@ Runs (the papers' numbers are printed beside ours):
                   C = 0.1, 15 solver steps, --ridge (default 1.0, the authors' code), 5
                   queries, meta-batch 8, Adam 1e-3; within --budget (no Omniglot number in
                   the paper). benchmarks/metaoptnet.py runs it beside ProtoNet.
+  reptile_conv4   Reptile (Nichol et al. 2018) as the authors' Omniglot script runs it: their
+                  network (four stride-2 conv blocks, no pooling), inner Adam (beta_1 = 0,
+                  lr 1e-3) whose state carries across tasks, 5 steps on mini-batches of 10
+                  from 10 training shots, meta-batch 5, meta step annealed 1 -> 0 over the
+                  run's iterations (100 000 or --iterations), 50 steps at test; within
+                  --budget (default 1 hour): paper 97.68 +- 0.04 % (transductive).
+                  --inner-state reset restarts the inner Adam for each task instead.
                   These rows (mamlpp_conv4 .. metaoptnet_conv4) train until --budget seconds
                   of training (summed over chunks) or --iterations, whichever comes first.
 
@@ -95,6 +102,7 @@ PAPER = {
     ("r2d2_conv4", 5, 1): "Tab. 1, own CNN",
     ("imaml_conv4", 5, 1): "99.16 +- 0.35",
     ("metaoptnet_conv4", 5, 1): "no Omniglot row",
+    ("reptile_conv4", 5, 1): "97.68 +- 0.04 (transductive)",
 }
 #: the default training budget (seconds, summed over chunks) of the rows trained by time
 BUDGET = {
@@ -105,6 +113,7 @@ BUDGET = {
     "r2d2_conv4": 300.0,
     "imaml_conv4": 300.0,
     "metaoptnet_conv4": 300.0,
+    "reptile_conv4": 3600.0,
 }
 RESULTS = []
 
@@ -544,12 +553,15 @@ def _train(args, name, learner, tasks, iters, meta_batch, budget):
     return seconds, done
 
 
-def episode_row(args, name, make, ways, shots, queries, meta_batch, steps=None, iters=None):
+def episode_row(
+    args, name, make, ways, shots, queries, meta_batch, steps=None, iters=None, train_shots=None
+):
     """One Omniglot row: `make()` (a learner, built after seeding) meta-trained on
-    `ways`-way `shots`-shot episodes with `queries` queries per class (``_train``: the
-    budget, chunks and exact resume), then tested on the shipped frozen 600-episode set of
-    that setting (``--quick``: a few sampled episodes; ``--episodes N``: N sampled), with
-    `steps` inner steps, and a result card written to ``--cards``."""
+    `ways`-way `train_shots`-shot episodes (default `shots`) with `queries` queries per
+    class (``_train``: the budget, chunks and exact resume), then tested `shots`-shot on
+    the shipped frozen 600-episode set of that setting (``--quick``: a few sampled
+    episodes; ``--episodes N``: N sampled), with `steps` inner steps, and a result card
+    written to ``--cards``."""
     import metalearn as ml
     from metalearn.tasks import NWayKShot
     from metalearn.tasks.episodes import standard
@@ -561,7 +573,7 @@ def episode_row(args, name, make, ways, shots, queries, meta_batch, steps=None, 
         budget = BUDGET.get(name)
     ml.random.set_seed(args.seed)
     learner = make()
-    tasks = NWayKShot((x, y), ways, shots, queries, seed=args.seed)
+    tasks = NWayKShot((x, y), ways, train_shots or shots, queries, seed=args.seed)
     batch = min(meta_batch, 2) if args.quick else meta_batch
     seconds, done = _train(args, name, learner, tasks, iters, batch, budget)
     if not done:
@@ -698,6 +710,51 @@ def metaoptnet_conv4(args):
     return episode_row(args, "metaoptnet_conv4", make, 5, 1, 5, 8)
 
 
+def reptile_net(n_way):
+    """The Reptile authors' Omniglot network (openai/supervised-reptile, models.py): four
+    [Conv 3x3 64 with stride 2 and 'same' padding, batch norm, ReLU] blocks, no pooling
+    (28x28 -> 2x2x64), then a Dense head; TensorFlow's defaults, Keras' too (glorot_uniform
+    kernels, zero biases, batch-norm epsilon 1e-3), and batch statistics in every pass."""
+    from metalearn.keras import conv_layers, layers
+    from metalearn.keras.models import Sequential
+
+    model = Sequential([layers.InputLayer(input_shape=(28, 28, 1))])
+    for _ in range(4):
+        model.add(conv_layers.Conv2D(64, 3, strides=2, padding="same"))
+        model.add(conv_layers.BatchNormalization())
+        model.add(layers.Activation("relu"))
+    model.add(layers.Flatten())
+    model.add(layers.Dense(n_way))
+    return model
+
+
+def reptile_conv4(args):
+    """Reptile with the authors' Omniglot 5-way 1-shot setting (run_omniglot.sh, the
+    transductive row): inner Adam with beta_1 = 0 and learning rate 1e-3 whose state carries
+    across tasks, 5 steps on mini-batches of 10 from 10 training shots, 5 tasks a
+    meta-batch, the meta step annealed linearly from 1 to 0 over the run's iterations
+    (100 000, or --iterations), 50 steps at test on the whole support."""
+    from metalearn.keras import optimizers
+    from metalearn.keras.optimizers import schedules
+    from metalearn.meta import Reptile
+
+    iters = args.iterations or 100000
+
+    def make():
+        return Reptile(
+            reptile_net(5),
+            inner_lr=1e-3,
+            inner_steps=5,
+            inner_optimizer="adam",
+            inner_betas=(0.0, 0.999),
+            inner_batch_size=10,
+            inner_state=args.inner_state,
+            meta_optimizer=optimizers.SGD(schedules.PolynomialDecay(1.0, iters, 0.0)),
+        )
+
+    episode_row(args, "reptile_conv4", make, 5, 1, 1, 5, steps=50, iters=iters, train_shots=10)
+
+
 RUNS = {
     "maml_sinusoid": maml_sinusoid,
     "maml_mlp": maml_mlp,
@@ -710,6 +767,7 @@ RUNS = {
     "r2d2_conv4": r2d2_conv4,
     "imaml_conv4": imaml_conv4,
     "metaoptnet_conv4": metaoptnet_conv4,
+    "reptile_conv4": reptile_conv4,
 }
 
 
@@ -730,6 +788,13 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--ridge", type=float, default=1.0, help="metaoptnet_conv4: the Gram's ridge (authors': 1)"
+    )
+    p.add_argument(
+        "--inner-state",
+        choices=("carry", "reset"),
+        default="carry",
+        help="reptile_conv4: the inner Adam's state carried across tasks (the authors' code) "
+        "or reset for each task",
     )
     p.add_argument(
         "--shots",

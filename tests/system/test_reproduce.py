@@ -19,6 +19,7 @@ ROWS = [
     "r2d2_conv4",
     "imaml_conv4",
     "metaoptnet_conv4",
+    "reptile_conv4",
 ]
 SETTING = {"mamlpp_conv4": "20w1s", "maml_conv4_20w": "20w1s"}
 
