@@ -12,6 +12,7 @@ import numpy as np
 
 from metalearn import _core
 from metalearn.keras import layers as _layers
+from metalearn.keras import batched as _batched
 from metalearn.keras.models import Model
 
 __all__ = ["MetaLearningNetwork", "AdaptiveNeuralNetwork"]
@@ -200,6 +201,17 @@ class AdaptiveNeuralNetwork(Model):
             ``"linear"``.
         """
         return self.dense2(self.dense1(self.flatten(inputs)))
+
+    def _batched_form(self, index):
+        """Its three layers' batched forms in a chain, so that MAML and its kin run a
+        meta-batch of these networks vectorised and traced, as a Sequential's (None for a
+        subclass whose ``call`` is its own)."""
+        if type(self).call is not AdaptiveNeuralNetwork.call:
+            return None
+        forms = [layer._batched_form(index) for layer in (self.flatten, self.dense1, self.dense2)]
+        if any(f is None for f in forms):
+            return None
+        return _batched.Chain(forms)
 
     def get_config(self):
         """The constructor arguments (``num_classes``, ``hidden_units``, ``output_activation``, ``name``)."""

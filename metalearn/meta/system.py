@@ -549,6 +549,11 @@ class MetaLearner:
         with _core_no_grad():
             before = np.asarray(self._run(list(self.model.trainable_weights), sx), np.float64)
             after = np.asarray(self._run(fast, sx), np.float64)
+        return self._statistics_from(sy, emb, before, after)
+
+    def _statistics_from(self, sy, emb, before, after):
+        """The ``STATISTICS`` of a task from the learner's support outputs before and after
+        adaptation and the support embeddings."""
         if getattr(self.model, "output_activation", None) == "softmax":
             before, after = (np.log(np.clip(o, 1e-7, 1.0)) for o in (before, after))
         rows = np.arange(len(sy))
@@ -679,8 +684,9 @@ class MetaLearner:
             at += size
         return out
 
-    def _extra_statistics(self, sx, sy, emb, curve):
-        """The support, first-step, recall and separation groups (float64 list)."""
+    def _extra_statistics(self, sx, sy, emb, outs):
+        """The support, first-step, recall, separation and pseudo-query groups (float64
+        list); `outs` the task's network outputs (``_task_outputs``)."""
         flat = np.asarray(sx, np.float64).reshape(len(sx), -1)
         classes = np.unique(sy)
         # inputs: level and spread of the values, share of values away from both ends of
@@ -695,19 +701,14 @@ class MetaLearner:
         support = [flat.mean(), flat.std(), grey, cos_in.mean(), cos_in.max()]
 
         # the first inner step, from the meta-weights
-        weights = list(self.model.trainable_weights)
-        out0 = self._run(weights, sx)
-        loss = self.algorithm._loss_fn(sy, out0)
-        grads = _core.grad(loss, weights)
-        gnorm = float(np.sqrt(sum(float(np.sum(np.asarray(g, np.float64) ** 2)) for g in grads)))
-        with _core_no_grad():
-            out1 = np.asarray(self._run(curve[0], sx), np.float64)
+        gnorm = outs["gradient_norm"]
+        out1 = outs["first"]
         if getattr(self.model, "output_activation", None) == "softmax":
             out1 = np.log(np.clip(out1, 1e-7, 1.0))
         z = out1 - out1.max(1, keepdims=True)
         lp1 = z - np.log(np.exp(z).sum(1, keepdims=True))
         rows = np.arange(len(sy))
-        l0, l1 = float(loss.item()), float(-lp1[rows, sy].mean())
+        l0, l1 = outs["loss_before"], float(-lp1[rows, sy].mean())
         first = [l0, l1, (l0 - l1) / max(l0, 1e-6), gnorm, float(np.mean(out1.argmax(1) == sy))]
 
         # the memory: how close the nearest stored tasks are
@@ -735,14 +736,12 @@ class MetaLearner:
         )
         within = max(float(within), 1e-6)
         separation = [d.min() / within, d.mean() / within]
-        return support + first + recall + separation + self._pseudo_query(sx, sy, e, curve)
+        return support + first + recall + separation + self._pseudo_query(sy, e, outs)
 
-    def _query_statistics(self, sx, sy, emb, fast, query_x):
-        """The ``QUERY`` group (float64 list): `fast` the adapted weights, `emb` the
-        support embeddings; the query labels are not used."""
-        qx = np.asarray(query_x, np.float32)
-        with _core_no_grad():
-            z = np.asarray(self._run(fast, qx), np.float64)
+    def _query_statistics(self, sy, emb, z, eq):
+        """The ``QUERY`` group (float64 list): `z` the adapted learner's query outputs,
+        `emb` and `eq` the support and query embeddings; the query labels are not used."""
+        z = np.asarray(z, np.float64)
         if getattr(self.model, "output_activation", None) == "softmax":
             z = np.log(np.clip(z, 1e-7, 1.0))
 
@@ -760,7 +759,7 @@ class MetaLearner:
 
         p = probs(z)
         ps = np.sort(p, 1)
-        e, eq = np.asarray(emb, np.float64), np.asarray(self.embed(qx), np.float64)
+        e, eq = np.asarray(emb, np.float64), np.asarray(eq, np.float64)
         classes = np.unique(sy)
         protos = np.stack([e[sy == c].mean(0) for c in classes])
         dist = ((eq[:, None] - protos[None]) ** 2).sum(-1)
@@ -789,24 +788,29 @@ class MetaLearner:
             float(np.mean(pred == pred[dq.argmin(1)])) if len(pred) > 1 else 1.0,
         ]
 
-    def _pseudo_query(self, sx, sy, emb_centred, curve):
-        """How the adapted learner and the prototypes fare on deformed support examples:
-        with one example per class the support set holds no query, and these stand in."""
+    @staticmethod
+    def _pseudo_inputs(sx):
+        """Deformed support examples standing in for a query: images shifted by 2 pixels
+        in 8 directions, vectors jittered by a quarter of each feature's spread (fixed
+        noise)."""
         sx = np.asarray(sx, np.float32)
-        if sx.ndim >= 3:  # images: shifted by 2 pixels in 8 directions
+        if sx.ndim >= 3:
             moves = [(-2, 0), (2, 0), (0, -2), (0, 2), (-2, -2), (2, 2), (-2, 2), (2, -2)]
-            px = np.concatenate([np.roll(sx, m, axis=(1, 2)) for m in moves])
-        else:  # vectors: jittered by a quarter of each feature's spread, fixed noise
-            noise = np.random.default_rng(0).standard_normal((8,) + sx.shape)
-            scale = 0.25 * (sx.std(0) + 1e-6)
-            px = (sx[None] + noise * scale).reshape((-1,) + sx.shape[1:]).astype(np.float32)
-        py = np.tile(sy, len(px) // len(sy))
+            return np.concatenate([np.roll(sx, m, axis=(1, 2)) for m in moves])
+        noise = np.random.default_rng(0).standard_normal((8,) + sx.shape)
+        scale = 0.25 * (sx.std(0) + 1e-6)
+        return (sx[None] + noise * scale).reshape((-1,) + sx.shape[1:]).astype(np.float32)
+
+    def _pseudo_query(self, sy, emb_centred, outs):
+        """How the adapted learner and the prototypes fare on deformed support examples
+        (``_pseudo_inputs``): with one example per class the support set holds no query,
+        and these stand in. `outs`: the task's network outputs."""
+        py = np.tile(sy, len(outs["pseudo_first"]) // len(sy))
         rows = np.arange(len(py))
         softmax = getattr(self.model, "output_activation", None) == "softmax"
         out = []
-        for w in (curve[0], curve[-1]):
-            with _core_no_grad():
-                z = np.asarray(self._run(w, px), np.float64)
+        for z in (outs["pseudo_first"], outs["pseudo_last"]):
+            z = np.asarray(z, np.float64)
             if softmax:
                 z = np.log(np.clip(z, 1e-7, 1.0))
             z = z - z.max(1, keepdims=True)
@@ -818,7 +822,7 @@ class MetaLearner:
                 float(-lp[rows, py].mean()),
             ]
         # nearest prototype (cosine, centred embeddings): the metric learners' view
-        pe = np.asarray(self.embed(px), np.float64) - self.center
+        pe = np.asarray(outs["pseudo_embedding"], np.float64) - self.center
         classes = np.unique(sy)
         protos = _normalize(np.stack([emb_centred[sy == c].mean(0) for c in classes]))
         sims = _normalize(pe).astype(np.float64) @ protos.T.astype(np.float64)
@@ -842,6 +846,15 @@ class MetaLearner:
         """(features without the step count, one-hot labels, query accuracy after 1..K
         steps or None, the ``inner_steps`` adapted weights); `query_y` only measures the
         accuracies, `query_x` gives the ``QUERY`` group (``query_features=True``)."""
+        self._check_record_query(query_x)
+        k = max(self.auto_max_steps, self.inner_steps)
+        curve = self._curve_weights(sx, sy, k)
+        fast = curve[self.inner_steps - 1] if self.inner_steps >= 1 else None
+        outs = self._task_outputs(sx, sy, curve, query_x, query_y is not None)
+        feats, accs = self._record_from(sx, sy, outs, query_y)
+        return feats, self._one_hot(sy), accs, fast
+
+    def _check_record_query(self, query_x):
         if self.query_features and query_x is None:
             raise ValueError(
                 "MetaLearner: query_features=True predicts from the task's query inputs; "
@@ -849,26 +862,150 @@ class MetaLearner:
             )
         if query_x is not None and len(query_x) == 0:
             raise ValueError("MetaLearner: query_x holds no examples")
-        k = max(self.auto_max_steps, self.inner_steps)
-        curve = self._curve_weights(sx, sy, k)
-        fast = curve[self.inner_steps - 1] if self.inner_steps >= 1 else None
-        emb = self.embed(sx)
+
+    def _task_outputs(self, sx, sy, curve, query_x=None, accuracies=False):
+        """What a task's record reads from the network, by functional calls on this task
+        alone: the support loss with the meta-weights and its gradient's norm, the support
+        outputs with the meta-weights ("before"), after ``inner_steps`` steps ("after") and
+        after one ("first"), the pseudo-query outputs after the first and the last step of
+        `curve`, the support and pseudo-query embeddings; the query outputs after every
+        step of `curve` (`accuracies`) and, with ``query_features``, the adapted learner's
+        query outputs and the query embeddings. ``_batched_outputs`` gives the same for a
+        meta-batch at once."""
+        weights = list(self.model.trainable_weights)
+        px = self._pseudo_inputs(sx)
+        out0 = self._run(weights, sx)
+        loss = self.algorithm._loss_fn(sy, out0)
+        grads = _core.grad(loss, weights)
+        outs = {
+            "loss_before": float(loss.item()),
+            "gradient_norm": float(
+                np.sqrt(sum(float(np.sum(np.asarray(g, np.float64) ** 2)) for g in grads))
+            ),
+            "before": np.asarray(out0, np.float64),
+            "embedding": self.embed(sx),
+            "pseudo_embedding": self.embed(px),
+        }
+        with _core_no_grad():
+            fast = curve[self.inner_steps - 1] if self.inner_steps >= 1 else weights
+            outs["after"] = np.asarray(self._run(fast, sx), np.float64)
+            outs["first"] = np.asarray(self._run(curve[0], sx), np.float64)
+            outs["pseudo_first"] = np.asarray(self._run(curve[0], px))
+            outs["pseudo_last"] = np.asarray(self._run(curve[-1], px))
+            if query_x is not None and accuracies:
+                outs["query"] = [np.asarray(self._run(w, query_x)) for w in curve]
+            if query_x is not None and self.query_features:
+                step = max(self.inner_steps, 1) - 1
+                outs["query_adapted"] = (
+                    outs["query"][step]
+                    if "query" in outs
+                    else np.asarray(self._run(curve[step], query_x))
+                )
+                outs["query_embedding"] = self.embed(query_x)
+        return outs
+
+    def _batched_outputs(self, plan, supports, query_xs=None, accuracies=False):
+        """``_task_outputs`` of a meta-batch's tasks at once (a list of their dicts): each
+        task's adapted weights are copies with a leading task axis, run through the
+        model's batched form (MAML's vectorised path: one batched product per layer for
+        all tasks), and the embeddings of all tasks are one pass. Only for an algorithm
+        whose inner loop adapts every trainable weight by its vectorised step."""
+        alg = self.algorithm
+        b = len(supports)
+        sxs = np.stack([sx for sx, _ in supports])
+        sys_ = np.stack([sy for _, sy in supports])
+        sx_t = to_tensor(sxs)
+        params = list(alg._inner_params())
+        fast = [_core.broadcast_to(w, (b,) + tuple(w.shape)) for w in params]
+        # the sum over tasks of each task's mean loss: its gradient w.r.t. a task's copy
+        # is that task's own (MAML._vectorised_loss)
+        out0 = plan(fast, sx_t, {})
+        grads = _core.grad(alg._loss_fn(sys_, out0) * float(b), fast)
+        sq = sum(np.sum(np.asarray(g, np.float64).reshape(b, -1) ** 2, axis=1) for g in grads)
+        out0 = np.asarray(out0)
+        steps = max(self.auto_max_steps, self.inner_steps)
+        curve, w = [], fast
+        for step in range(steps):
+            if step:
+                grads = _core.grad(alg._loss_fn(sys_, plan(w, sx_t, {})) * float(b), w)
+            with _core_no_grad():
+                w = alg._inner_update(w, grads)
+            for t in w:
+                t.requires_grad = True
+            curve.append(w)
+        px = np.stack([self._pseudo_inputs(sx) for sx, _ in supports])
+        flat = lambda a: a.reshape((-1,) + a.shape[2:])  # noqa: E731
+        emb = self.embed(flat(sxs)).reshape(b, sxs.shape[1], -1)
+        pemb = self.embed(flat(px)).reshape(b, px.shape[1], -1)
+        with _core_no_grad():
+            adapted = curve[self.inner_steps - 1] if self.inner_steps >= 1 else fast
+            after = np.asarray(plan(adapted, sx_t, {}))
+            first = np.asarray(plan(curve[0], sx_t, {}))
+            px_t = to_tensor(px)
+            pfirst = np.asarray(plan(curve[0], px_t, {}))
+            plast = np.asarray(plan(curve[-1], px_t, {}))
+            query = qemb = None
+            if query_xs is not None and (accuracies or self.query_features):
+                qxs = np.stack([np.asarray(q, np.float32) for q in query_xs])
+                qx_t = to_tensor(qxs)
+                query = [np.asarray(plan(c, qx_t, {})) for c in curve]
+                if self.query_features:
+                    qemb = self.embed(flat(qxs)).reshape(b, qxs.shape[1], -1)
+        out = []
+        for i, (sx, sy) in enumerate(supports):
+            loss = alg._loss_fn(sy, to_tensor(np.ascontiguousarray(out0[i])))
+            o = {
+                "loss_before": float(loss.item()),
+                "gradient_norm": float(np.sqrt(sq[i])),
+                "before": out0[i].astype(np.float64),
+                "embedding": emb[i],
+                "pseudo_embedding": pemb[i],
+                "after": after[i].astype(np.float64),
+                "first": first[i].astype(np.float64),
+                "pseudo_first": pfirst[i],
+                "pseudo_last": plast[i],
+            }
+            if query is not None and accuracies:
+                o["query"] = [q[i] for q in query]
+            if qemb is not None:
+                o["query_adapted"] = query[max(self.inner_steps, 1) - 1][i]
+                o["query_embedding"] = qemb[i]
+            out.append(o)
+        return out
+
+    def _record_plan(self):
+        """The model's batched form when the meta-batch's records may be computed at once
+        (``_batched_outputs``), else None."""
+        alg = self.algorithm
+        plan_of = getattr(alg, "_vector_plan", None)
+        if (
+            plan_of is None
+            or type(alg)._adapted_weights is not MAML._adapted_weights
+            or type(alg)._inner_step is not MAML._inner_step
+        ):
+            return None
+        plan = plan_of()
+        if plan is None or len(alg._inner_params()) != len(self.model.trainable_weights):
+            return None
+        return plan
+
+    def _record_from(self, sx, sy, outs, query_y=None):
+        """(features without the step count, query accuracy after 1..K steps or None) of
+        a task from its network outputs (``_task_outputs``)."""
+        emb = outs["embedding"]
         _, _, gram = self._summaries(emb, sy)
-        stats = self._statistics(sx, sy, emb, fast)
-        extra = self._extra_statistics(sx, sy, emb, curve)
+        stats = self._statistics_from(sy, emb, outs["before"], outs["after"])
+        extra = self._extra_statistics(sx, sy, emb, outs)
         extra = np.clip(np.nan_to_num(np.asarray(extra, np.float64)), -1e3, 1e3)
         parts = [gram.reshape(-1), stats, extra]
         if self.query_features:
-            q = self._query_statistics(sx, sy, emb, fast if fast is not None else curve[0], query_x)
+            q = self._query_statistics(sy, emb, outs["query_adapted"], outs["query_embedding"])
             parts.append(np.clip(np.nan_to_num(np.asarray(q, np.float64)), -1e3, 1e3))
         feats = np.concatenate(parts).astype(np.float32)
         accs = None
-        if query_x is not None:
-            with _core_no_grad():
-                accs = np.asarray(
-                    [_accuracy(self._run(w, query_x), query_y) for w in curve], np.float32
-                )
-        return feats, self._one_hot(sy), accs, fast
+        if query_y is not None:
+            accs = np.asarray([_accuracy(z, query_y) for z in outs["query"]], np.float32)
+        return feats, accs
 
     @property
     def feature_size(self):
@@ -994,14 +1131,15 @@ class MetaLearner:
         Gram part of the features is permuted; the statistics are invariant)."""
         b, n = features.shape[0], self.support_size
         gram = features[:, : n * n].reshape(b, n, n)
-        g = np.empty_like(gram)
         lab = labels.reshape(b, n, self.n_way)
-        out = np.empty_like(lab)
-        for i in range(b):
-            p = self._rng.permutation(n)
-            c = self._rng.permutation(self.n_way)
-            g[i] = gram[i][np.ix_(p, p)]
-            out[i] = lab[i][p][:, c]
+        perm = np.empty((b, n), np.int64)
+        renumber = np.empty((b, self.n_way), np.int64)
+        for i in range(b):  # (the draws in the order they have always been made)
+            perm[i] = self._rng.permutation(n)
+            renumber[i] = self._rng.permutation(self.n_way)
+        rows = np.arange(b)[:, None, None]
+        g = gram[rows, perm[:, :, None], perm[:, None, :]]  # gram[i][ix_(p, p)]
+        out = lab[rows, perm[:, :, None], renumber[:, None, :]]  # lab[i][p][:, c]
         return (
             np.concatenate([g.reshape(b, -1), features[:, n * n :]], 1).astype(np.float32),
             out.reshape(b, -1),
@@ -1090,18 +1228,26 @@ class MetaLearner:
         """
         self._require_built(support_x, support_y)
         sx, sy = self._check_support(support_x, support_y)
-        emb = self.embed(sx)
-        key, protos, _ = self._summaries(emb, sy)
         if accuracy is None and query_x is not None:
             fast = self.algorithm.adapted_weights(sx, sy, self.inner_steps)
             with _core_no_grad():
                 accuracy = _accuracy(self._run(fast, query_x), query_y)
-        if query_x is not None:
-            kx = np.concatenate([sx, np.asarray(query_x, np.float32)])
-            ky = np.concatenate([sy, np.asarray(query_y).astype(np.int64)])
-        else:
-            kx, ky = sx, sy
-        delta = self._head_knowledge(kx, ky)
+        kx, ky = self._knowledge_examples(sx, sy, query_x, query_y)
+        delta = self._head_knowledge(kx[None], ky[None])[0]
+        return self._store(sx, sy, accuracy, info, self.embed(sx), delta)
+
+    @staticmethod
+    def _knowledge_examples(sx, sy, query_x=None, query_y=None):
+        """The examples the stored head is adapted on: the support and the query."""
+        if query_x is None:
+            return sx, sy
+        kx = np.concatenate([sx, np.asarray(query_x, np.float32)])
+        ky = np.concatenate([sy, np.asarray(query_y).astype(np.int64)])
+        return kx, ky
+
+    def _store(self, sx, sy, accuracy, info, emb, delta):
+        """``remember``'s write of one task: its key, head delta, prototypes, accuracy."""
+        key, protos, _ = self._summaries(emb, sy)
         task_id = self.tasks_stored
         self.memory.update(
             key[None],
@@ -1136,27 +1282,32 @@ class MetaLearner:
         return out.reshape(len(out), -1)
 
     def _head_knowledge(self, x, y):
-        """(dW, db): the change of the head after ``knowledge_steps`` steps of gradient
-        descent (step ``inner_lr``, cross-entropy) on x, y with the body kept at the
-        meta-weights, so that the stored head fits the body it will be used with."""
-        feats = self._body_features(x)
+        """[(dW, db)] of each task of x ``(B, m, ...)``, y ``(B, m)``: the change of the head
+        after ``knowledge_steps`` steps of gradient descent (step ``inner_lr``,
+        cross-entropy) on the task's examples with the body kept at the meta-weights, so
+        that the stored head fits the body it will be used with. The B tasks' descents run
+        as one batched product per step."""
+        b, m = int(len(x)), int(np.shape(x)[1])
+        feats = self._body_features(np.reshape(x, (b * m,) + np.shape(x)[2:])).reshape(b, m, -1)
         w0 = [np.asarray(v, np.float64) for v in self._head_values()]
-        kernel = w0[0].copy()
-        bias = w0[1].copy() if len(w0) > 1 else np.zeros(kernel.shape[1])
+        kernel = np.repeat(w0[0][None], b, 0)
+        bias = np.repeat((w0[1] if len(w0) > 1 else np.zeros(kernel.shape[2]))[None], b, 0)
         lr = float(getattr(self.algorithm, "inner_lr", 0.4))
         onehot = np.eye(self.n_way)[np.asarray(y, np.int64)]
-        n = len(feats)
         for _ in range(self.knowledge_steps):
-            logits = feats @ kernel + bias
-            p = np.exp(logits - logits.max(1, keepdims=True))
-            p /= p.sum(1, keepdims=True)
-            g = (p - onehot) / n
-            kernel -= lr * feats.T @ g
-            bias -= lr * g.sum(0)
-        out = [kernel - w0[0]]
-        if len(w0) > 1:
-            out.append(bias - w0[1])
-        return [d.astype(np.float32) for d in out]
+            logits = feats @ kernel + bias[:, None, :]
+            p = np.exp(logits - logits.max(-1, keepdims=True))
+            p /= p.sum(-1, keepdims=True)
+            g = (p - onehot) / m
+            kernel -= lr * feats.transpose(0, 2, 1) @ g
+            bias -= lr * g.sum(1)
+        out = []
+        for i in range(b):
+            delta = [kernel[i] - w0[0]]
+            if len(w0) > 1:
+                delta.append(bias[i] - w0[1])
+            out.append([d.astype(np.float32) for d in delta])
+        return out
 
     def recall(self, support_x, support_y):
         """The stored task most like this one.
@@ -1415,8 +1566,27 @@ class MetaLearner:
             # rank's block of tasks, then every rank's rows in task order, same bits); the
             # features come first: the task's own knowledge is not in the memory yet
             lo, hi = (0, len(singles)) if dist is None else dist._task_block(len(singles))
-            for (sx, sy), t in zip(supports[lo:hi], singles[lo:hi]):
-                f, l, curve, _ = self._task_record(sx, sy, t.query_x, t.query_y)
+            block = list(zip(supports[lo:hi], singles[lo:hi]))
+            # the network passes of the block's records at once where the model has a
+            # batched form (the numbers of the per-task calls up to float32 rounding)
+            plan = self._record_plan() if block else None
+            if plan is not None:
+                for _, t in block:
+                    self._check_record_query(t.query_x)
+                outputs = self._batched_outputs(
+                    plan, [s for s, _ in block], [t.query_x for _, t in block], True
+                )
+                if remember and dist is None:
+                    known = [self._knowledge_examples(*s, t.query_x, t.query_y) for s, t in block]
+                    deltas = self._head_knowledge(
+                        np.stack([k for k, _ in known]), np.stack([k for _, k in known])
+                    )
+            for j, ((sx, sy), t) in enumerate(block):
+                if plan is not None:
+                    f, curve = self._record_from(sx, sy, outputs[j], t.query_y)
+                    l = self._one_hot(sy)
+                else:
+                    f, l, curve, _ = self._task_record(sx, sy, t.query_x, t.query_y)
                 acc = float(curve[self.inner_steps - 1]) if self.inner_steps >= 1 else None
                 if acc is None:
                     fast = alg.adapted_weights(sx, sy, 0)
@@ -1430,7 +1600,10 @@ class MetaLearner:
                 # recall features see the batch's earlier tasks); under DataParallel the
                 # batch's tasks are written after every rank's features are gathered
                 if remember and dist is None:
-                    self.remember(sx, sy, t.query_x, t.query_y, accuracy=acc, info=t.info)
+                    if plan is None:
+                        self.remember(sx, sy, t.query_x, t.query_y, accuracy=acc, info=t.info)
+                    else:  # (the heads' descents of the whole block at once, above)
+                        self._store(sx, sy, acc, t.info, outputs[j]["embedding"], deltas[j])
             if dist is not None:
                 # the features without the step count, the labels, the curve, the accuracy
                 wf, wl = self.feature_size - 1, self.support_size * self.n_way
