@@ -728,6 +728,23 @@ class RelationClassifier(Model):
         return relation_scores(self.relation, s_emb, self.support_y, q_emb, n_way, training=False)
 
 
+def clip_by_module_norm(grads, splits, max_norm):
+    """`grads` (tensors) cut into modules at the positions `splits`, each module's scaled
+    by ``min(1, max_norm / (its L2 norm + 1e-6))``, the rule of
+    ``torch.nn.utils.clip_grad_norm_`` applied to each module's parameters on its own. The
+    norms are summed in float64; a module whose norm is within `max_norm` is left as it
+    is (the same tensors)."""
+    grads = list(grads)
+    bounds = [0] + [int(s) for s in splits] + [len(grads)]
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        part = grads[lo:hi]
+        norm = math.sqrt(sum(float(np.sum(np.asarray(g, np.float64) ** 2)) for g in part))
+        coef = max_norm / (norm + 1e-6)
+        out += part if coef >= 1.0 else [g * coef for g in part]
+    return out
+
+
 class RelationNet(_EpisodeHead):
     """Relation Networks (Sung, Yang, Zhang, Xiang, Torr & Hospedales 2018, "Learning to
     Compare: Relation Network for Few-Shot Learning").
@@ -748,6 +765,13 @@ class RelationNet(_EpisodeHead):
             ReLU) and Dense(1), for vector embeddings.
         meta_optimizer, meta_lr: the optimizer of the encoder and the relation module
             (paper: Adam 0.001).
+        module_clipnorm: None (default), or the largest L2 norm of each module's
+            meta-gradient: the encoder's gradient over all its weights is scaled by
+            ``min(1, module_clipnorm / (norm + 1e-6))``, and the relation module's by its
+            own, before the meta-optimizer's update, as the authors' code clips each with
+            ``torch.nn.utils.clip_grad_norm_(module.parameters(), 0.5)``
+            (floodsung/LearningToCompare_FSL). Unlike the optimizer's ``global_clipnorm``,
+            one module's large gradient does not shrink the other's.
     """
 
     def __init__(
@@ -756,10 +780,15 @@ class RelationNet(_EpisodeHead):
         relation: Any = None,
         meta_optimizer: Any = "adam",
         meta_lr: float = 0.001,
+        module_clipnorm: Optional[float] = None,
     ) -> None:
         from metalearn.keras import layers as _layers
         from metalearn.keras.models import Sequential
 
+        if module_clipnorm is not None:
+            module_clipnorm = check_rate(module_clipnorm, "module_clipnorm", "RelationNet")
+            if module_clipnorm == 0:
+                raise ValueError("RelationNet: module_clipnorm must be > 0 (or None)")
         if relation is None:
             relation = Sequential([_layers.Dense(8, activation="relu"), _layers.Dense(1)])
         if not callable(relation) or not hasattr(relation, "trainable_weights"):
@@ -768,12 +797,20 @@ class RelationNet(_EpisodeHead):
             )
         super().__init__(encoder, meta_optimizer=meta_optimizer, meta_lr=meta_lr)
         self.relation = relation
+        self.module_clipnorm = module_clipnorm
         self.loss = relation_mse  # resolved on the first task (classification from labels)
 
     def _meta_params(self):
         seen = {id(w) for w in self.encoder.trainable_weights}
         extra = [w for w in self.relation.trainable_weights if id(w) not in seen]
         return super()._meta_params() + extra
+
+    def _apply_meta_gradients(self, grads, params):
+        if self.module_clipnorm is not None:
+            grads = clip_by_module_norm(
+                grads, [len(self.encoder.trainable_weights)], self.module_clipnorm
+            )
+        super()._apply_meta_gradients(grads, params)
 
     def _state_tensors(self):
         """The relation module's weights that are no meta-parameter (its batch-norm moving

@@ -88,10 +88,65 @@ def test_relation_net_learns_and_adapts_without_changing_itself():
         np.testing.assert_array_equal(a, np.asarray(b))
 
 
+def _norm(names):
+    return float(np.sqrt(sum(np.sum(REF[f"grad/{n}"].astype(np.float64) ** 2) for n in names)))
+
+
+@pytest.mark.parametrize("which", ["both", "relation"])
+def test_module_clipnorm_scales_each_modules_meta_gradient_as_clip_grad_norm(which):
+    # the PyTorch float64 gradients of the fixture, each module's clipped by
+    # torch.nn.utils.clip_grad_norm_'s rule: g * min(1, max_norm / (norm + 1e-6))
+    enc_names, rel_names = ["enc/W", "enc/b"], ["rel/W1", "rel/b1", "rel/W2", "rel/b2"]
+    n_enc, n_rel = _norm(enc_names), _norm(rel_names)
+    c = 0.5 * min(n_enc, n_rel) if which == "both" else 0.5 * (n_enc + n_rel)
+    if which == "relation":  # the clip falls between the two modules' norms
+        assert min(n_enc, n_rel) < c < max(n_enc, n_rel)
+    base = _learner()
+    learner = RelationNet(
+        base.encoder, base.relation, meta_optimizer="sgd", meta_lr=1.0, module_clipnorm=c
+    )
+    before = [np.array(w, np.float64) for w in learner._meta_params()]
+    batch = ml.tasks.Task(*(REF[k][None] for k in ("xs", "ys", "xq", "yq")), info={"batched": True})
+    learner.fit(batch, iterations=1, meta_batch_size=1, verbose=0)
+    for names, norm in ((enc_names, n_enc), (rel_names, n_rel)):
+        coef = min(1.0, c / (norm + 1e-6))
+        for n in names:
+            i = (enc_names + rel_names).index(n)
+            step = before[i] - np.asarray(learner._meta_params()[i], np.float64)
+            np.testing.assert_allclose(step, coef * REF[f"grad/{n}"], rtol=2e-3, atol=1e-6)
+    clipped = [min(1.0, c / (n + 1e-6)) < 1.0 for n in (n_enc, n_rel)]
+    assert clipped == ([True, True] if which == "both" else [n_enc > n_rel, n_rel > n_enc])
+
+
+@pytest.mark.torch
+def test_clip_by_module_norm_matches_torch_clip_grad_norm():
+    torch = pytest.importorskip("torch")
+    from metalearn.meta.metric import clip_by_module_norm
+
+    rng = np.random.default_rng(4)
+    arrays = [rng.normal(size=s).astype(np.float32) * 3 for s in ((5, 4), (4,), (7,), (2, 3))]
+    for max_norm in (0.5, 4.0, 1e3):
+        got = clip_by_module_norm([_core.as_tensor(a) for a in arrays], [2], max_norm)
+        want = []
+        for part in (arrays[:2], arrays[2:]):
+            ps = [torch.nn.Parameter(torch.zeros(a.shape)) for a in part]
+            for p, a in zip(ps, part):
+                p.grad = torch.tensor(a)
+            torch.nn.utils.clip_grad_norm_(ps, max_norm)
+            want += [p.grad.numpy() for p in ps]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(np.asarray(g), w, rtol=1e-5, atol=1e-7)
+
+
 def test_bad_input_is_refused():
     enc = keras.Sequential([keras.layers.Dense(4, input_shape=(2,))])
     with pytest.raises(TypeError, match="relation must be a Keras model"):
         RelationNet(enc, relation="mlp")
+    for bad, err in ((0.0, ValueError), (-1.0, ValueError), (float("nan"), ValueError)):
+        with pytest.raises(err, match="module_clipnorm"):
+            RelationNet(enc, module_clipnorm=bad)
+    with pytest.raises(TypeError, match="module_clipnorm"):
+        RelationNet(enc, module_clipnorm="0.5")
     learner = RelationNet(enc)
     with pytest.raises(ValueError, match="class 1 has no support example"):
         learner.adapt(np.zeros((2, 2), np.float32), np.array([0, 2]))
