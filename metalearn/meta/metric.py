@@ -399,6 +399,17 @@ class _EpisodeHead(ProtoNet):
     def _episode_embeddings(self, support_x, support_y, query_x, training, flat=True):
         """``(support embeddings, query embeddings, n_way)``: support and query through the
         encoder in one batch, after the checks that name a bad episode's array."""
+        xs, n_way = self._episode_inputs(support_x, support_y, query_x)
+        n_s = len(xs[0])
+        emb = self.encoder(to_tensor(np.concatenate(xs)), training=training)
+        emb = _flat(emb) if flat else emb
+        s_emb = _core.narrow(emb, 0, 0, n_s)
+        q_emb = _core.narrow(emb, 0, n_s, int(emb.shape[0]) - n_s)
+        return s_emb, q_emb, n_way
+
+    def _episode_inputs(self, support_x, support_y, query_x):
+        """``([support_x, query_x] as float32 arrays, n_way)`` after the checks that name a
+        bad episode's array."""
         who = type(self).__name__
         xs = []
         for name, a in (("support_x", support_x), ("query_x", query_x)):
@@ -415,11 +426,7 @@ class _EpisodeHead(ProtoNet):
         if len(support_y) != n_s:
             raise ValueError(f"{who}: {n_s} support examples but {len(support_y)} labels")
         n_way = int(np.max(_int_labels(support_y, who))) + 1
-        emb = self.encoder(to_tensor(np.concatenate(xs)), training=training)
-        emb = _flat(emb) if flat else emb
-        s_emb = _core.narrow(emb, 0, 0, n_s)
-        q_emb = _core.narrow(emb, 0, n_s, int(emb.shape[0]) - n_s)
-        return s_emb, q_emb, n_way
+        return xs, n_way
 
     def episode_logits(
         self, support_x: Array, support_y: ArrayLike, query_x: Array, training: bool = True
@@ -713,19 +720,47 @@ class RelationClassifier(Model):
     ``(n, n_way)`` in (0, 1)."""
 
     def __init__(
-        self, encoder: Any, relation: Any, support_x: Any, support_y: Any, **kwargs: Any
+        self,
+        encoder: Any,
+        relation: Any,
+        support_x: Any,
+        support_y: Any,
+        separate_batches: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.encoder = encoder
         self.relation = relation
         self.support_x = np.asarray(support_x, np.float32)
         self.support_y = np.asarray(support_y).astype(np.int64)
+        self.separate_batches = bool(separate_batches)
 
     def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
         n_way = int(self.support_y.max()) + 1
-        s_emb = self.encoder(to_tensor(self.support_x), training=False)
-        q_emb = self.encoder(inputs, training=False)
-        return relation_scores(self.relation, s_emb, self.support_y, q_emb, n_way, training=False)
+        if self.separate_batches:  # the support and the inputs, each its own statistics
+            s_emb = _batch_statistics_pass(self.encoder, to_tensor(self.support_x))
+            q_emb = _batch_statistics_pass(self.encoder, inputs)
+            relation = _batch_statistics_model(self.relation)
+        else:
+            s_emb = self.encoder(to_tensor(self.support_x), training=False)
+            q_emb = self.encoder(inputs, training=False)
+            relation = self.relation
+        return relation_scores(relation, s_emb, self.support_y, q_emb, n_way, training=False)
+
+
+def _batch_statistics_pass(model, x):
+    """`model` on x with every BatchNormalization normalising by x's own statistics (its
+    training-mode forward, gradients flowing to its weights) and its moving statistics
+    left as they are (a functional call never writes them)."""
+    from metalearn.functional import functional_call
+
+    return functional_call(model, list(model.trainable_weights), x, training=True)
+
+
+def _batch_statistics_model(model):
+    """`model` as a callable ``(x, training=...) -> y`` that always runs
+    ``_batch_statistics_pass``."""
+    return lambda x, training=None: _batch_statistics_pass(model, x)
 
 
 def clip_by_module_norm(grads, splits, max_norm):
@@ -772,6 +807,13 @@ class RelationNet(_EpisodeHead):
             ``torch.nn.utils.clip_grad_norm_(module.parameters(), 0.5)``
             (floodsung/LearningToCompare_FSL). Unlike the optimizer's ``global_clipnorm``,
             one module's large gradient does not shrink the other's.
+        separate_batches: False (default) runs an episode's support and query through
+            the encoder as one batch, and at test (``evaluate``, ``adapt``) normalises with
+            the moving statistics. True does what the authors' code does, which never
+            puts its modules in eval mode: the support and the query go through the
+            encoder as two batches, each normalised by its own statistics, and the pairs
+            through the relation module as one, in training and at test alike
+            (transductive at test: a query's score depends on the other queries).
     """
 
     def __init__(
@@ -781,6 +823,7 @@ class RelationNet(_EpisodeHead):
         meta_optimizer: Any = "adam",
         meta_lr: float = 0.001,
         module_clipnorm: Optional[float] = None,
+        separate_batches: bool = False,
     ) -> None:
         from metalearn.keras import layers as _layers
         from metalearn.keras.models import Sequential
@@ -789,6 +832,7 @@ class RelationNet(_EpisodeHead):
             module_clipnorm = check_rate(module_clipnorm, "module_clipnorm", "RelationNet")
             if module_clipnorm == 0:
                 raise ValueError("RelationNet: module_clipnorm must be > 0 (or None)")
+        separate_batches = check_flag(separate_batches, "separate_batches", "RelationNet")
         if relation is None:
             relation = Sequential([_layers.Dense(8, activation="relu"), _layers.Dense(1)])
         if not callable(relation) or not hasattr(relation, "trainable_weights"):
@@ -798,6 +842,7 @@ class RelationNet(_EpisodeHead):
         super().__init__(encoder, meta_optimizer=meta_optimizer, meta_lr=meta_lr)
         self.relation = relation
         self.module_clipnorm = module_clipnorm
+        self.separate_batches = separate_batches
         self.loss = relation_mse  # resolved on the first task (classification from labels)
 
     def _meta_params(self):
@@ -823,6 +868,12 @@ class RelationNet(_EpisodeHead):
     ) -> _core.Tensor:
         """Relation scores ``(n_query, n_way)`` in (0, 1) for one episode (differentiable
         w.r.t. the encoder's and the relation module's weights)."""
+        if self.separate_batches:  # batch statistics of each batch, also at test
+            (sx, qx), n_way = self._episode_inputs(support_x, support_y, query_x)
+            s_emb = _batch_statistics_pass(self.encoder, to_tensor(sx))
+            q_emb = _batch_statistics_pass(self.encoder, to_tensor(qx))
+            relation = _batch_statistics_model(self.relation)
+            return relation_scores(relation, s_emb, support_y, q_emb, n_way)
         s_emb, q_emb, n_way = self._episode_embeddings(
             support_x, support_y, query_x, training, flat=False
         )
@@ -849,7 +900,11 @@ class RelationNet(_EpisodeHead):
         with _core_no_grad():  # one example through the encoder: its input checks, now
             self.encoder(to_tensor(np.asarray(support_x)[:1]), training=False)
         return RelationClassifier(
-            clone_model(self.encoder), clone_model(self.relation), support_x, support_y
+            clone_model(self.encoder),
+            clone_model(self.relation),
+            support_x,
+            support_y,
+            separate_batches=self.separate_batches,
         )
 
     def __repr__(self):

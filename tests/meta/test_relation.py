@@ -118,6 +118,61 @@ def test_module_clipnorm_scales_each_modules_meta_gradient_as_clip_grad_norm(whi
     assert clipped == ([True, True] if which == "both" else [n_enc > n_rel, n_rel > n_enc])
 
 
+def _bn_modules():
+    ml.random.set_seed(5)
+    enc = keras.Sequential(
+        [
+            keras.layers.Dense(6, input_shape=(4,)),
+            keras.layers.BatchNormalization(),
+            keras.layers.Activation("tanh"),
+        ]
+    )
+    rel = keras.Sequential(
+        [
+            keras.layers.Dense(5, input_shape=(12,)),
+            keras.layers.BatchNormalization(),
+            keras.layers.Activation("relu"),
+            keras.layers.Dense(1),
+        ]
+    )
+    return enc, rel
+
+
+def test_separate_batches_normalise_support_and_query_by_their_own_statistics():
+    # the authors' code never calls .eval(): the support and the query pass the encoder as
+    # two training-mode batches, the pairs the relation module as one, at test too
+    enc, rel = _bn_modules()
+    learner = RelationNet(enc, rel, separate_batches=True)
+    rng = np.random.default_rng(2)
+    sx, qx = rng.normal(size=(6, 4)).astype(np.float32), rng.normal(size=(9, 4)).astype(np.float32)
+    sy = np.array([0, 1, 2, 0, 1, 2])
+    learner._prepare(ml.tasks.Task(sx, sy, qx, np.zeros(9, np.int64)))
+    moving = [np.array(w, copy=True) for w in learner._state_tensors() + list(enc.weights)]
+    got = np.asarray(learner.episode_logits(sx, sy, qx, training=False))
+    # the reference: training-mode calls of copies (which do move their own statistics)
+    enc2, rel2 = _bn_modules()
+    s_emb = enc2(_core.as_tensor(sx), training=True)
+    q_emb = enc2(_core.as_tensor(qx), training=True)
+    want = np.asarray(relation_scores(rel2, s_emb, sy, q_emb, 3, training=True))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # the joint batch (the default) gives other scores: the switch is real
+    joint = RelationNet(*_bn_modules())
+    joint._prepare(ml.tasks.Task(sx, sy, qx, np.zeros(9, np.int64)))
+    other = np.asarray(joint.episode_logits(sx, sy, qx, training=True))
+    assert np.abs(other - want).max() > 1e-3
+    # evaluating moved no moving statistic; adapt's classifier gives the same scores
+    for a, b in zip(learner._state_tensors() + list(enc.weights), moving):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    model = learner.adapt(sx, sy)
+    np.testing.assert_allclose(model.predict(qx, verbose=0), got, rtol=1e-5, atol=1e-6)
+    # training through the separate passes reaches every weight of both modules
+    loss, _ = learner.episode_loss(sx, sy, qx, np.arange(9) % 3)
+    grads = _core.grad(loss, learner._meta_params())
+    assert len(grads) == 10  # (a bias before batch norm gets a zero gradient: skipped)
+    for i in (0, 2, 3, 4, 6, 7, 8, 9):
+        assert np.abs(np.asarray(grads[i])).max() > 1e-6, i
+
+
 @pytest.mark.torch
 def test_clip_by_module_norm_matches_torch_clip_grad_norm():
     torch = pytest.importorskip("torch")
@@ -147,6 +202,8 @@ def test_bad_input_is_refused():
             RelationNet(enc, module_clipnorm=bad)
     with pytest.raises(TypeError, match="module_clipnorm"):
         RelationNet(enc, module_clipnorm="0.5")
+    with pytest.raises(TypeError, match="separate_batches"):
+        RelationNet(enc, separate_batches="yes")
     learner = RelationNet(enc)
     with pytest.raises(ValueError, match="class 1 has no support example"):
         learner.adapt(np.zeros((2, 2), np.float32), np.array([0, 2]))
