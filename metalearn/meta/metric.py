@@ -738,14 +738,21 @@ class RelationClassifier(Model):
     def call(self, inputs: Any, training: Optional[bool] = None) -> Any:
         n_way = int(self.support_y.max()) + 1
         if self.separate_batches:  # the support and the inputs, each its own statistics
-            s_emb = _batch_statistics_pass(self.encoder, to_tensor(self.support_x))
-            q_emb = _batch_statistics_pass(self.encoder, inputs)
-            relation = _batch_statistics_model(self.relation)
-        else:
-            s_emb = self.encoder(to_tensor(self.support_x), training=False)
-            q_emb = self.encoder(inputs, training=False)
-            relation = self.relation
-        return relation_scores(relation, s_emb, self.support_y, q_emb, n_way, training=False)
+            return _separate_batch_scores(
+                self.encoder, self.relation, self.support_x, self.support_y, inputs, n_way
+            )
+        s_emb = self.encoder(to_tensor(self.support_x), training=False)
+        q_emb = self.encoder(inputs, training=False)
+        return relation_scores(self.relation, s_emb, self.support_y, q_emb, n_way, training=False)
+
+
+def _separate_batch_scores(encoder, relation, support_x, support_y, query_x, n_way):
+    """Relation scores with the support and the query through `encoder` as two batches,
+    each normalised by its own statistics, and the pairs through `relation` as one
+    (``RelationNet(separate_batches=True)``, in training and at test)."""
+    s_emb = _batch_statistics_pass(encoder, to_tensor(support_x))
+    q_emb = _batch_statistics_pass(encoder, to_tensor(query_x))
+    return relation_scores(_batch_statistics_model(relation), s_emb, support_y, q_emb, n_way)
 
 
 def _batch_statistics_pass(model, x):
@@ -870,10 +877,7 @@ class RelationNet(_EpisodeHead):
         w.r.t. the encoder's and the relation module's weights)."""
         if self.separate_batches:  # batch statistics of each batch, also at test
             (sx, qx), n_way = self._episode_inputs(support_x, support_y, query_x)
-            s_emb = _batch_statistics_pass(self.encoder, to_tensor(sx))
-            q_emb = _batch_statistics_pass(self.encoder, to_tensor(qx))
-            relation = _batch_statistics_model(self.relation)
-            return relation_scores(relation, s_emb, support_y, q_emb, n_way)
+            return _separate_batch_scores(self.encoder, self.relation, sx, support_y, qx, n_way)
         s_emb, q_emb, n_way = self._episode_embeddings(
             support_x, support_y, query_x, training, flat=False
         )
