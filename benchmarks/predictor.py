@@ -12,6 +12,12 @@ from the 423 test characters (15 queries per class): Spearman's rank correlation
 the predicted accuracy and the accuracy reached after 1 step (the predictor sees only the
 support set; no held-out task is seen before its prediction).
 
+Ceiling: part of a task's accuracy is the luck of its 15 queries a class, which no
+predictor blind to them can see. ``reliability`` splits the accuracies' variance into the
+tasks' own and the draw's (the within-class variance of the 0/1 correctness, checked by
+split halves); the square root of the tasks' share bounds the correlation of any such
+predictor (printed, and a card row).
+
 Ablation: fresh predictors of the same shape, trained the same number of steps on the
 same buffer, each with one feature group zeroed (and one with the older features only:
 Gram matrix and task statistics), ranked on the same held-out tasks.
@@ -91,6 +97,73 @@ def held_out(system, tasks):
         l.append(labels)
         c.append(curve[: system.auto_max_steps])
     return np.stack(f), np.stack(l), np.stack(c)
+
+
+def query_correct(system, tasks, steps=1):
+    """Whether each query of each task is classified right after `steps` inner steps (no
+    warm start), as ``evaluate_task`` counts it: float array (tasks, n_way, queries per
+    class), the queries grouped by class. Every class of every task needs the same
+    number of queries."""
+    out = []
+    for t in tasks:
+        y = np.asarray(t.query_y).reshape(-1)
+        z = np.asarray(system._query_outputs(t, steps=steps, warm_start=False))
+        counts = np.bincount(y)
+        if len(set(counts.tolist())) != 1:
+            raise ValueError(f"query_correct: a task's classes hold {counts.tolist()} queries")
+        order = np.argsort(y, kind="stable")
+        out.append((z.argmax(-1) == y)[order].reshape(len(counts), -1))
+    return np.asarray(out, np.float64)
+
+
+def reliability(correct, splits=200, boot=2000, seed=0):
+    """How much of the spread of the tasks' query accuracies belongs to the tasks, and how
+    much to which queries were drawn; hence the best correlation any predictor that does
+    not see the query set can reach.
+
+    A task's accuracy is acc = T + e: T its expected accuracy over query sets drawn from
+    its classes (given its support set and the learner), e the draw's error, with
+    E[e | support, classes] = 0 when a class's drawings are exchangeable (Omniglot's 20
+    drawers). For a predictor f of the support set (or of anything but the queries),
+    corr(f, acc) = cov(f, T) / (sd f sd acc) <= sd T / sd acc = sqrt(r), with the
+    reliability r = 1 - E[Var(e | task)] / Var(acc). Var(e | task) is the stratified-
+    sampling variance of a mean of q draws from each of C classes, sum_c s_c^2 / (q C^2),
+    s_c^2 the class's unbiased variance of the 0/1 correctness (Cochran, Sampling
+    Techniques, 5.5). The bound is Pearson's; Spearman's is close to it at these sizes.
+
+    `correct`: (tasks, C, q) from ``query_correct``. Returns a dict: ``reliability``,
+    ``ceiling`` = sqrt(max(r, 0)) and its 95 % ``interval`` over `boot` bootstrap
+    resamples of the tasks, and ``split_half``: r from a second estimator, the correlation
+    of the accuracies on two random halves of each class's queries, averaged over `splits`
+    splits and stepped up to the whole set by Spearman-Brown (2 r / (1 + r))."""
+    z = np.asarray(correct, np.float64)
+    if z.ndim != 3 or z.shape[0] < 3 or z.shape[2] < 2:
+        raise ValueError(f"reliability: need (tasks >= 3, classes, queries >= 2), got {z.shape}")
+    n, c, q = z.shape
+    acc = z.mean((1, 2))
+    var_e = z.var(2, ddof=1).sum(1) / (q * c * c)
+    rng = np.random.default_rng(seed)
+
+    def r_of(i):
+        v = acc[i].var(ddof=1)
+        return 1.0 - var_e[i].mean() / v if v > 0 else float("nan")
+
+    r = r_of(np.arange(n))
+    draws = np.asarray([r_of(rng.integers(0, n, n)) for _ in range(boot)])
+    lo, hi = np.sqrt(np.clip(np.nanpercentile(draws, [2.5, 97.5]), 0.0, None))
+    halves = []
+    for _ in range(splits):
+        zp = np.take_along_axis(z, np.argsort(rng.random(z.shape), 2), 2)
+        a, b = zp[:, :, : q // 2].mean((1, 2)), zp[:, :, q // 2 :].mean((1, 2))
+        halves.append(np.corrcoef(a, b)[0, 1])
+    rh = float(np.mean(halves))
+    return {
+        "reliability": float(r),
+        "ceiling": float(np.sqrt(max(r, 0.0))),
+        "interval": [float(lo), float(hi)],
+        "split_half": 2 * rh / (1 + rh),
+        "tasks": n,
+    }
 
 
 def predicted_curves(system, f, l):
@@ -289,6 +362,23 @@ def main(argv=None):
         correlation(rho, episodes, steps=1, label="predicted vs achieved"),
         result(acc[:, 0], "accuracy", steps=1, label="achieved"),
     ]
+    # how far a predictor blind to the query set could go: the share of the accuracies'
+    # spread that is the tasks' own rather than the draw of their queries
+    correct = query_correct(system, tasks)
+    assert np.allclose(correct.mean((1, 2)), acc[:, 0]), "query_correct differs from the curve"
+    rel = reliability(correct, seed=seed)
+    pearson = float(np.corrcoef(pred[:, 0], acc[:, 0])[0, 1])
+    print(
+        f"  reliability of the achieved accuracy {rel['reliability']:.3f} (split halves "
+        f"{rel['split_half']:.3f}): ceiling of a predictor blind to the query set "
+        f"{rel['ceiling']:.3f} [{rel['interval'][0]:.3f}, {rel['interval'][1]:.3f}] "
+        f"(Pearson; this predictor's Pearson {pearson:.3f})"
+    )
+    if np.isfinite(rel["ceiling"]) and np.isfinite(pearson):  # NaN when all tasks score alike
+        ceiling = correlation(rel["ceiling"], episodes, "pearson", steps=1, label="ceiling")
+        ceiling["interval"] = rel["interval"]  # the bootstrap's, not Fisher's
+        ceiling["reliability"], ceiling["split_half"] = rel["reliability"], rel["split_half"]
+        rows += [ceiling, correlation(pearson, episodes, "pearson", steps=1, label="predicted")]
 
     if _ALONG is not None:
         plain_ts = NWayKShot(

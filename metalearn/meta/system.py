@@ -1436,6 +1436,11 @@ class MetaLearner:
     def evaluate_task(self, task, steps=None, warm_start=True):
         """Query accuracy of ``adapt`` on one task (a Task with a query set); `steps` as
         for ``adapt`` (``"auto"`` included)."""
+        return _accuracy(self._query_outputs(task, steps, warm_start), task.query_y)
+
+    def _query_outputs(self, task, steps=None, warm_start=True):
+        """The adapted model's outputs on a task's query inputs (``evaluate_task``'s; the
+        predictor benchmark reads which queries were right from them)."""
         model, _ = self.adapt(
             task.support_x,
             task.support_y,
@@ -1444,8 +1449,7 @@ class MetaLearner:
             query_x=task.query_x if self.query_features else None,
         )
         with _core_no_grad():
-            out = model(np.ascontiguousarray(np.asarray(task.query_x, np.float32)), training=True)
-        return _accuracy(out, task.query_y)
+            return model(np.ascontiguousarray(np.asarray(task.query_x, np.float32)), training=True)
 
     # ------------------------------------------------------------------ fit
     def fit(

@@ -217,6 +217,15 @@ def test_predictor_writes_its_card(tmp_path, omniglot_test_sha):
     assert rho["metric"] == "spearman" and rho["episodes"] == 20
     assert f"Spearman {rho['mean']:.3f} of predicted vs achieved" in out
     assert r["achieved"]["metric"] == "accuracy" and r["achieved"]["steps"] == 1
+    # the ceiling of a predictor blind to the query set: sqrt of the reliability, inside
+    # its bootstrap interval, printed beside the predictor's own Pearson correlation
+    ceiling, pearson = r["ceiling"], r["predicted"]
+    assert ceiling["metric"] == "pearson" == pearson["metric"] and ceiling["episodes"] == 20
+    assert ceiling["mean"] == pytest.approx(math.sqrt(max(ceiling["reliability"], 0.0)))
+    lo, hi = ceiling["interval"]
+    assert 0.0 <= lo <= hi <= 1.0
+    assert f"ceiling of a predictor blind to the query set {ceiling['mean']:.3f}" in out
+    assert f"this predictor's Pearson {pearson['mean']:.3f}" in out
     ablation = {k: v for k, v in r.items() if k.startswith("ablation: ")}
     assert "ablation: all features" in ablation
     for k, v in ablation.items():
