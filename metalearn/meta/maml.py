@@ -487,10 +487,14 @@ class MAML(BaseMetaLearner):
         dense = [i for i in range(len(params)) if i not in low_rank]
         lr = self.inner_lr
         create_graph = not self.first_order
+        if not low_rank:  # (Meta-SGD's learned per-weight rates come in here)
+            for fast in self._vectorised_steps(plan, fast, sx, sy, self.inner_steps, create_graph):
+                pass
+            out = plan(fast, qx, {})
+            return self._loss_fn(qy, out), out
         for _ in range(self.inner_steps):
             record = {}
-            # sum over tasks of each task's mean loss (all tasks have n points): its gradient
-            # w.r.t. a task's weight copy (or a task's layer output) is that task's own
+            # as in _vectorised_steps, with the gradients at the low-rank kernels' outputs
             inner = self._loss_fn(sy, plan(fast, sx, factors, record)) * float(b)
             ks = sorted(low_rank)
             grads = _core.grad(
@@ -498,9 +502,6 @@ class MAML(BaseMetaLearner):
                 [fast[i] for i in dense] + [record[k][1] for k in ks],
                 create_graph=create_graph,
             )
-            if not low_rank:  # (Meta-SGD's learned per-weight rates come in here)
-                fast = self._inner_update(fast, grads)
-                continue
             for i, g in zip(dense, grads):
                 fast[i] = self._weight_step(i, fast[i], g)
             for k, dz in zip(ks, grads[len(dense) :]):
@@ -511,6 +512,21 @@ class MAML(BaseMetaLearner):
                 factors[k].append((-lr, x_in, dz))  # W_b -= lr X_b^T dZ_b
         out = plan(fast, qx, factors)
         return self._loss_fn(qy, out), out
+
+    def _vectorised_steps(self, plan, fast, sx, sy, steps, create_graph=False, grads=None):
+        """The meta-batch's inner loops at once: yields the per-task weight copies `fast`
+        ((B, ...) each) after each of `steps` inner steps (``_inner_update``). The loss
+        differentiated is the sum over tasks of each task's mean support loss (all tasks
+        have n points): its gradient w.r.t. a task's copy is that task's own. `grads`: the
+        first step's gradients when the caller has them already. MAML's dense path,
+        Reptile's meta-step and MetaLearner's records all step through here."""
+        b = int(sx.shape[0])
+        for step in range(steps):
+            if step or grads is None:
+                inner = self._loss_fn(sy, plan(fast, sx, {})) * float(b)
+                grads = _core.grad(inner, fast, create_graph=create_graph)
+            fast = self._inner_update(fast, grads)
+            yield fast
 
     def _meta_loss_vectorised(self, plan, batch):
         sx, qx = to_tensor(batch.support_x), to_tensor(batch.query_x)

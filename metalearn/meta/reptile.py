@@ -303,13 +303,8 @@ class Reptile(MAML):
         b = int(sx.shape[0])
         params = self._inner_params()
         fast = [_core.broadcast_to(w, (b,) + tuple(w.shape)) for w in params]
-        lr = self.inner_lr
-        for _ in range(self.inner_steps):
-            # the sum over tasks of each task's mean loss: its gradient w.r.t. a task's
-            # copy is that task's own gradient
-            inner = self._loss_fn(sy, plan(fast, sx, {})) * float(b)
-            grads = _core.grad(inner, fast)
-            fast = [w - lr * g for w, g in zip(fast, grads)]
+        for fast in self._vectorised_steps(plan, fast, sx, sy, self.inner_steps):
+            pass
         out = plan(fast, qx, {})
         loss = self._loss_fn(qy, out)
         direction = [w - _core.reduce_mean(f, axis=0) for w, f in zip(params, fast)]

@@ -924,15 +924,7 @@ class MetaLearner:
         sq = sum(np.sum(np.asarray(g, np.float64).reshape(b, -1) ** 2, axis=1) for g in grads)
         out0 = np.asarray(out0)
         steps = max(self.auto_max_steps, self.inner_steps)
-        curve, w = [], fast
-        for step in range(steps):
-            if step:
-                grads = _core.grad(alg._loss_fn(sys_, plan(w, sx_t, {})) * float(b), w)
-            with _core_no_grad():
-                w = alg._inner_update(w, grads)
-            for t in w:
-                t.requires_grad = True
-            curve.append(w)
+        curve = list(alg._vectorised_steps(plan, fast, sx_t, sys_, steps, grads=grads))
         px = np.stack([self._pseudo_inputs(sx) for sx, _ in supports])
         flat = lambda a: a.reshape((-1,) + a.shape[2:])  # noqa: E731
         emb = self.embed(flat(sxs)).reshape(b, sxs.shape[1], -1)
