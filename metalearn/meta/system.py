@@ -145,6 +145,41 @@ def _normalize(a, axis=-1):
     return (a / np.maximum(n, 1e-12)).astype(np.float32)
 
 
+# the task statistics run on B tasks at once that share their support labels sy (n,):
+# arrays (B, n, ...), classes in sorted order
+
+
+def _classes(sy):
+    """(the classes of the labels `sy`, sorted; each example's position among them)."""
+    classes = np.unique(sy)
+    return classes, np.searchsorted(classes, sy)
+
+
+def _class_means(x, sy, classes):
+    """(B, classes, ...) means of the examples of each class of x (B, n, ...)."""
+    return np.stack([x[:, sy == c].mean(1) for c in classes], 1)
+
+
+def _cosines(a):
+    """(B, k, k) cosines between the rows of a (B, k, h), in float64."""
+    u = _normalize(a).astype(np.float64)
+    return u @ np.swapaxes(u, 1, 2)
+
+
+def _off_diagonal(a):
+    """(B, k (k - 1)) off-diagonal entries of a (B, k, k); (B, 1) zeros when k is 1."""
+    k = a.shape[1]
+    return a[:, ~np.eye(k, dtype=bool)] if k > 1 else np.zeros((len(a), 1))
+
+
+def _map_outputs(outs, f):
+    """A task's (or tasks') network outputs (``_task_outputs``) with `f` applied to each
+    array, and to each step's array of the lists."""
+    return {
+        k: [f(a) for a in v] if isinstance(v, list) else f(np.asarray(v)) for k, v in outs.items()
+    }
+
+
 def _greedy_match(sim):
     """perm with perm[c] = the stored class matched to new class c, by repeatedly taking
     the most similar unmatched pair; returns (perm, mean matched similarity)."""
@@ -476,12 +511,18 @@ class MetaLearner:
             m = sy == c
             if m.any():
                 protos[c] = unit[m].mean(0)
-        gram = unit @ unit.T
-        # the diagonal (always 1 for cosines) carries each example's distance from the
-        # centre instead, relative to the centre's norm: how atypical the example is
+        return key, _normalize(protos), self._grams(unit[None], emb[None])[0]
+
+    def _grams(self, unit, centred):
+        """Gram matrices (B, n, n) of tasks' unit centred support embeddings `unit`
+        (B, n, h); the diagonal (always 1 for cosines) carries each example's distance from
+        the centre instead (`centred` the embeddings less the centre), relative to the
+        centre's norm: how atypical the example is."""
+        gram = unit @ np.swapaxes(unit, 1, 2)
         scale = max(float(np.linalg.norm(self.center)), 1e-6)
-        np.fill_diagonal(gram, np.linalg.norm(emb, axis=1) / scale)
-        return key, _normalize(protos), gram.astype(np.float32)
+        diag = np.arange(gram.shape[1])
+        gram[:, diag, diag] = np.linalg.norm(centred, axis=-1) / scale
+        return gram.astype(np.float32)
 
     def task_embedding(self, support_x, support_y=None):
         """The memory key of a task: its mean centred support embedding, L2-normalised."""
@@ -549,43 +590,44 @@ class MetaLearner:
         with _core_no_grad():
             before = np.asarray(self._run(list(self.model.trainable_weights), sx), np.float64)
             after = np.asarray(self._run(fast, sx), np.float64)
-        return self._statistics_from(sy, emb, before, after)
+        return self._statistics_from(sy, emb[None], before[None], after[None])[0]
+
+    def _log_probs(self, z):
+        """Log-probabilities (float64) of the learner's outputs `z` along the last axis
+        (logits, or probabilities from a softmax head)."""
+        z = np.asarray(z, np.float64)
+        if getattr(self.model, "output_activation", None) == "softmax":
+            z = np.log(np.clip(z, 1e-7, 1.0))
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
     def _statistics_from(self, sy, emb, before, after):
-        """The ``STATISTICS`` of a task from the learner's support outputs before and after
-        adaptation and the support embeddings."""
-        if getattr(self.model, "output_activation", None) == "softmax":
-            before, after = (np.log(np.clip(o, 1e-7, 1.0)) for o in (before, after))
+        """The ``STATISTICS`` (B, 16) of B tasks sharing the support labels `sy` (n,) from
+        the learner's support outputs before and after adaptation (B, n, classes) and the
+        support embeddings (B, n, h)."""
         rows = np.arange(len(sy))
-
-        def log_softmax(z):
-            z = z - z.max(1, keepdims=True)
-            return z - np.log(np.exp(z).sum(1, keepdims=True))
-
-        lp0, lp1 = log_softmax(before), log_softmax(after)
-        loss0, loss1 = float(-lp0[rows, sy].mean()), float(-lp1[rows, sy].mean())
-        wrong = np.where(np.eye(after.shape[1], dtype=bool)[sy], -np.inf, after)
-        margin = float(np.mean(after[rows, sy] - wrong.max(1)))
-        entropy = float(-np.mean((np.exp(lp1) * lp1).sum(1)))
-        acc = float(np.mean(after.argmax(1) == sy))
+        lp0, lp1 = self._log_probs(before), self._log_probs(after)
+        after = np.asarray(after, np.float64)
+        if getattr(self.model, "output_activation", None) == "softmax":
+            after = np.log(np.clip(after, 1e-7, 1.0))
+        loss0, loss1 = -lp0[:, rows, sy].mean(1), -lp1[:, rows, sy].mean(1)
+        wrong = np.where(np.eye(after.shape[-1], dtype=bool)[sy], -np.inf, after)
+        margin = np.mean(after[:, rows, sy] - wrong.max(-1), axis=1)
+        entropy = -np.mean((np.exp(lp1) * lp1).sum(-1), axis=1)
+        acc = np.mean(after.argmax(-1) == sy, axis=1)
 
         emb = np.asarray(emb, np.float64)
-        classes = np.unique(sy)
-        raw = np.stack([emb[sy == c].mean(0) for c in classes])
+        classes, at = _classes(sy)
+        raw = _class_means(emb, sy, classes)
         centred = raw - self.center
-        scale = max(float(np.linalg.norm(emb, axis=1).mean()), 1e-6)
-        spread = (
-            float(np.mean(np.linalg.norm(emb - raw[np.searchsorted(classes, sy)], axis=1))) / scale
-        )
-
-        def off_diagonal(a):
-            return a[~np.eye(len(a), dtype=bool)] if len(a) > 1 else np.zeros(1)
-
-        cos_c = off_diagonal(_normalize(centred).astype(np.float64) @ _normalize(centred).T)
-        cos_r = off_diagonal(_normalize(raw).astype(np.float64) @ _normalize(raw).T)
-        dist = off_diagonal(np.linalg.norm(raw[:, None] - raw[None], axis=-1)) / scale
+        scale = np.maximum(np.linalg.norm(emb, axis=-1).mean(1), 1e-6)
+        spread = np.mean(np.linalg.norm(emb - raw[:, at], axis=-1), axis=1) / scale
+        cos_c = _off_diagonal(_cosines(centred))
+        cos_r = _off_diagonal(_cosines(raw))
+        dist = _off_diagonal(np.linalg.norm(raw[:, :, None] - raw[:, None], axis=-1))
+        dist = dist / scale[:, None]
         centre_norm = max(float(np.linalg.norm(self.center)), 1e-6)
-        cnorm = float(np.linalg.norm(emb - self.center, axis=1).mean()) / centre_norm
+        cnorm = np.linalg.norm(emb - self.center, axis=-1).mean(1) / centre_norm
         stats = [
             loss0,
             loss1,
@@ -593,18 +635,19 @@ class MetaLearner:
             acc,
             margin,
             entropy,
-            cos_c.mean(),
-            cos_c.max(),
-            cos_c.min(),
-            cos_r.mean(),
-            cos_r.max(),
-            cos_r.min(),
-            dist.mean(),
-            dist.min(),
+            cos_c.mean(1),
+            cos_c.max(1),
+            cos_c.min(1),
+            cos_r.mean(1),
+            cos_r.max(1),
+            cos_r.min(1),
+            dist.mean(1),
+            dist.min(1),
             spread,
             cnorm,
         ]
-        return np.clip(np.nan_to_num(np.asarray(stats, np.float64)), -10.0, 10.0).astype(np.float32)
+        stats = np.stack(stats, 1)
+        return np.clip(np.nan_to_num(stats), -10.0, 10.0).astype(np.float32)
 
     #: statistics of the support inputs themselves (before any network)
     SUPPORT_STATISTICS = (
@@ -684,34 +727,57 @@ class MetaLearner:
             at += size
         return out
 
-    def _extra_statistics(self, sx, sy, emb, outs):
-        """The support, first-step, recall, separation and pseudo-query groups (float64
-        list); `outs` the task's network outputs (``_task_outputs``)."""
-        flat = np.asarray(sx, np.float64).reshape(len(sx), -1)
-        classes = np.unique(sy)
+    def _extra_statistics(self, sxs, sy, emb, outs):
+        """The support, first-step, separation and pseudo-query groups of B tasks sharing
+        the support labels `sy` ({group: (B, size) float64}): `sxs` (B, n, ...) their inputs,
+        `emb` (B, n, h) their support embeddings, `outs` their network outputs with a
+        leading task axis (``_batched_outputs``). The recall group, which reads the memory
+        as each task finds it, is ``_recall_statistics``."""
+        b = len(sxs)
+        flat = np.asarray(sxs, np.float64).reshape(b, len(sy), -1)
+        classes, at = _classes(sy)
         # inputs: level and spread of the values, share of values away from both ends of
         # their range (noise and blur raise it), similarity of the class means
-        lo, hi = float(flat.min()), float(flat.max())
-        width = max(hi - lo, 1e-12)
-        grey = float(np.mean((flat > lo + 0.1 * width) & (flat < hi - 0.1 * width)))
-        means = _normalize(np.stack([flat[sy == c].mean(0) for c in classes])).astype(np.float64)
-        cos_in = means @ means.T
-        off = ~np.eye(len(classes), dtype=bool)
-        cos_in = cos_in[off] if off.any() else np.zeros(1)
-        support = [flat.mean(), flat.std(), grey, cos_in.mean(), cos_in.max()]
+        lo, hi = flat.min((1, 2)), flat.max((1, 2))
+        width = np.maximum(hi - lo, 1e-12)[:, None, None]
+        lo, hi = lo[:, None, None], hi[:, None, None]
+        grey = np.mean((flat > lo + 0.1 * width) & (flat < hi - 0.1 * width), axis=(1, 2))
+        cos_in = _off_diagonal(_cosines(_class_means(flat, sy, classes)))
+        support = [flat.mean((1, 2)), flat.std((1, 2)), grey, cos_in.mean(1), cos_in.max(1)]
 
         # the first inner step, from the meta-weights
-        gnorm = outs["gradient_norm"]
-        out1 = outs["first"]
-        if getattr(self.model, "output_activation", None) == "softmax":
-            out1 = np.log(np.clip(out1, 1e-7, 1.0))
-        z = out1 - out1.max(1, keepdims=True)
-        lp1 = z - np.log(np.exp(z).sum(1, keepdims=True))
+        lp1 = self._log_probs(outs["first"])
         rows = np.arange(len(sy))
-        l0, l1 = outs["loss_before"], float(-lp1[rows, sy].mean())
-        first = [l0, l1, (l0 - l1) / max(l0, 1e-6), gnorm, float(np.mean(out1.argmax(1) == sy))]
+        l0, l1 = np.asarray(outs["loss_before"], np.float64), -lp1[:, rows, sy].mean(1)
+        first = [
+            l0,
+            l1,
+            (l0 - l1) / np.maximum(l0, 1e-6),
+            np.asarray(outs["gradient_norm"], np.float64),
+            np.mean(lp1.argmax(-1) == sy, axis=1),
+        ]
 
-        # the memory: how close the nearest stored tasks are
+        # prototype separation relative to the within-class spread; with one example a
+        # class has no spread of its own, so the examples' spread about the task's mean
+        # embedding stands in for it
+        e = np.asarray(emb, np.float64) - self.center
+        protos = _class_means(e, sy, classes)
+        within = np.linalg.norm(e - protos[:, at], axis=-1).mean(1)
+        about_mean = np.linalg.norm(e - e.mean(1, keepdims=True), axis=-1).mean(1)
+        within = np.where(within <= 1e-9, about_mean, within)
+        d = _off_diagonal(np.linalg.norm(protos[:, :, None] - protos[:, None], axis=-1))
+        within = np.maximum(within, 1e-6)
+        separation = [d.min(1) / within, d.mean(1) / within]
+        return {
+            "support": np.stack(support, 1),
+            "first_step": np.stack(first, 1),
+            "separation": np.stack(separation, 1),
+            "pseudo_query": self._pseudo_query(sy, e, outs),
+        }
+
+    def _recall_statistics(self, emb):
+        """The ``RECALL`` group (2,) of one task from its support embeddings: how close
+        the nearest stored tasks are (0 while the memory is empty)."""
         recall = [0.0, 0.0]
         if self.memory is not None and self.memory.size > 0:
             key = _normalize((np.asarray(emb) - self.center).mean(0))
@@ -720,73 +786,58 @@ class MetaLearner:
             sims = np.asarray(sim[0], np.float64)[np.asarray(idx[0]) >= 0]
             if len(sims):
                 recall = [float(sims.max()), float(sims.mean())]
-
-        # prototype separation relative to the within-class spread; with one example a
-        # class has no spread of its own, so the examples' spread about the task's mean
-        # embedding stands in for it
-        e = np.asarray(emb, np.float64) - self.center
-        protos = np.stack([e[sy == c].mean(0) for c in classes])
-        within = np.linalg.norm(e - protos[np.searchsorted(classes, sy)], axis=1).mean()
-        if within <= 1e-9:
-            within = np.linalg.norm(e - e.mean(0), axis=1).mean()
-        d = (
-            np.linalg.norm(protos[:, None] - protos[None], axis=-1)[off]
-            if off.any()
-            else np.zeros(1)
-        )
-        within = max(float(within), 1e-6)
-        separation = [d.min() / within, d.mean() / within]
-        return support + first + recall + separation + self._pseudo_query(sy, e, outs)
+        return np.asarray(recall, np.float64)
 
     def _query_statistics(self, sy, emb, z, eq):
-        """The ``QUERY`` group (float64 list): `z` the adapted learner's query outputs,
-        `emb` and `eq` the support and query embeddings; the query labels are not used."""
-        z = np.asarray(z, np.float64)
-        if getattr(self.model, "output_activation", None) == "softmax":
-            z = np.log(np.clip(z, 1e-7, 1.0))
-
-        def probs(z):
-            z = z - z.max(1, keepdims=True)
-            e = np.exp(z)
-            return e / e.sum(1, keepdims=True)
+        """The ``QUERY`` group (B, 11; float64) of B tasks sharing the support labels `sy`:
+        `z` (B, q, classes) the adapted learner's query outputs, `emb` and `eq` the support
+        and query embeddings; the query labels are not used."""
+        p = np.exp(self._log_probs(z))
 
         def entropy(p):
-            return float(-(p * np.log(p + 1e-12)).sum(-1).mean())
+            return -(p * np.log(p + 1e-12)).sum(-1).mean(1)
 
         def balance(p):  # entropy of the histogram of predicted classes
-            h = np.bincount(p.argmax(1), minlength=p.shape[1]) / len(p)
-            return float(-(h * np.log(h + 1e-12)).sum())
+            h = np.mean(p.argmax(-1)[..., None] == np.arange(p.shape[-1]), axis=1)
+            return -(h * np.log(h + 1e-12)).sum(-1)
 
-        p = probs(z)
-        ps = np.sort(p, 1)
+        def top_two(p):  # mean top-1 probability and top-1 minus top-2 margin
+            ps = np.sort(p, -1)
+            gap = (ps[..., -1] - ps[..., -2]).mean(1) if p.shape[-1] > 1 else np.zeros(len(p))
+            return ps[..., -1].mean(1), gap
+
         e, eq = np.asarray(emb, np.float64), np.asarray(eq, np.float64)
-        classes = np.unique(sy)
-        protos = np.stack([e[sy == c].mean(0) for c in classes])
-        dist = ((eq[:, None] - protos[None]) ** 2).sum(-1)
-        pp = probs(-dist)
-        pps = np.sort(pp, 1)
-        between = np.sqrt(((protos[:, None] - protos[None]) ** 2).sum(-1))
-        between = between[np.triu_indices(len(classes), 1)]
-        ratio = np.sqrt(dist.min(1)).mean() / max(
-            float(between.mean()) if len(between) else 0.0, 1e-6
+        classes, _ = _classes(sy)
+        protos = _class_means(e, sy, classes)
+        dist = ((eq[:, :, None] - protos[:, None]) ** 2).sum(-1)
+        pp = np.exp(-dist - (-dist).max(-1, keepdims=True))
+        pp = pp / pp.sum(-1, keepdims=True)
+        between = np.sqrt(((protos[:, :, None] - protos[:, None]) ** 2).sum(-1))
+        upper = np.triu_indices(len(classes), 1)
+        between = between[:, upper[0], upper[1]]
+        spread = between.mean(1) if between.shape[1] else np.zeros(len(e))
+        ratio = np.sqrt(dist.min(-1)).mean(1) / np.maximum(spread, 1e-6)
+        n_q = eq.shape[1]
+        dq = ((eq[:, :, None] - eq[:, None]) ** 2).sum(-1)
+        dq[:, np.arange(n_q), np.arange(n_q)] = np.inf
+        pred = p.argmax(-1)
+        soft = p.mean(1)
+        neighbour = np.take_along_axis(pred, dq.argmin(-1), 1)
+        return np.stack(
+            [
+                *top_two(p)[:1],
+                entropy(p),
+                top_two(p)[1],
+                *top_two(pp),
+                np.mean(classes[pp.argmax(-1)] == pred, axis=1),
+                balance(p),
+                -(soft * np.log(soft + 1e-12)).sum(-1),
+                balance(pp),
+                ratio,
+                np.mean(pred == neighbour, axis=1) if n_q > 1 else np.ones(len(p)),
+            ],
+            1,
         )
-        dq = ((eq[:, None] - eq[None]) ** 2).sum(-1)
-        np.fill_diagonal(dq, np.inf)
-        pred = p.argmax(1)
-        soft = p.mean(0)
-        return [
-            float(ps[:, -1].mean()),
-            entropy(p),
-            float((ps[:, -1] - ps[:, -2]).mean()) if p.shape[1] > 1 else 0.0,
-            float(pps[:, -1].mean()),
-            float((pps[:, -1] - pps[:, -2]).mean()) if pp.shape[1] > 1 else 0.0,
-            float(np.mean(classes[pp.argmax(1)] == pred)),
-            balance(p),
-            float(-(soft * np.log(soft + 1e-12)).sum()),
-            balance(pp),
-            float(ratio),
-            float(np.mean(pred == pred[dq.argmin(1)])) if len(pred) > 1 else 1.0,
-        ]
 
     @staticmethod
     def _pseudo_inputs(sx):
@@ -803,34 +854,32 @@ class MetaLearner:
 
     def _pseudo_query(self, sy, emb_centred, outs):
         """How the adapted learner and the prototypes fare on deformed support examples
-        (``_pseudo_inputs``): with one example per class the support set holds no query,
-        and these stand in. `outs`: the task's network outputs."""
-        py = np.tile(sy, len(outs["pseudo_first"]) // len(sy))
+        (``_pseudo_inputs``), (B, 8; float64): with one example per class the support set
+        holds no query, and these stand in. `emb_centred` (B, n, h) the centred support
+        embeddings, `outs` the tasks' network outputs with a leading task axis."""
+        py = np.tile(sy, np.shape(outs["pseudo_first"])[1] // len(sy))
         rows = np.arange(len(py))
-        softmax = getattr(self.model, "output_activation", None) == "softmax"
         out = []
         for z in (outs["pseudo_first"], outs["pseudo_last"]):
-            z = np.asarray(z, np.float64)
-            if softmax:
-                z = np.log(np.clip(z, 1e-7, 1.0))
-            z = z - z.max(1, keepdims=True)
-            lp = z - np.log(np.exp(z).sum(1, keepdims=True))
-            wrong = np.where(np.eye(z.shape[1], dtype=bool)[py], -np.inf, z)
+            lp = self._log_probs(z)
+            # the margin on log-probabilities: they differ from the logits by a constant
+            # per row, which the difference cancels
+            wrong = np.where(np.eye(lp.shape[-1], dtype=bool)[py], -np.inf, lp)
             out += [
-                float(np.mean(z.argmax(1) == py)),
-                float(np.mean(z[rows, py] - wrong.max(1))),
-                float(-lp[rows, py].mean()),
+                np.mean(lp.argmax(-1) == py, axis=1),
+                np.mean(lp[:, rows, py] - wrong.max(-1), axis=1),
+                -lp[:, rows, py].mean(1),
             ]
         # nearest prototype (cosine, centred embeddings): the metric learners' view
         pe = np.asarray(outs["pseudo_embedding"], np.float64) - self.center
-        classes = np.unique(sy)
-        protos = _normalize(np.stack([emb_centred[sy == c].mean(0) for c in classes]))
-        sims = _normalize(pe).astype(np.float64) @ protos.T.astype(np.float64)
+        classes, _ = _classes(sy)
+        protos = _normalize(_class_means(emb_centred, sy, classes))
+        sims = _normalize(pe).astype(np.float64) @ np.swapaxes(protos, 1, 2).astype(np.float64)
         idx = np.searchsorted(classes, py)
-        own = sims[rows, idx]
-        other = np.where(np.eye(len(classes), dtype=bool)[idx], -np.inf, sims).max(1)
-        out += [float(np.mean(own > other)), float(np.mean(own - other))]
-        return out
+        own = sims[:, rows, idx]
+        other = np.where(np.eye(len(classes), dtype=bool)[idx], -np.inf, sims).max(-1)
+        out += [np.mean(own > other, axis=1), np.mean(own - other, axis=1)]
+        return np.stack(out, 1)
 
     def _curve_weights(self, sx, sy, steps):
         """Adapted weights after 1..steps inner steps (one run), all trainable weights."""
@@ -905,7 +954,8 @@ class MetaLearner:
         return outs
 
     def _batched_outputs(self, plan, supports, query_xs=None, accuracies=False):
-        """``_task_outputs`` of a meta-batch's tasks at once (a list of their dicts): each
+        """``_task_outputs`` of a meta-batch's tasks at once (one dict, each entry with a
+        leading task axis; "query" a list over steps of (B, q, classes)): each
         task's adapted weights are copies with a leading task axis, run through the
         model's batched form (MAML's vectorised path: one batched product per layer for
         all tasks), and the embeddings of all tasks are one pass. Only for an algorithm
@@ -943,27 +993,44 @@ class MetaLearner:
                 query = [np.asarray(plan(c, qx_t, {})) for c in curve]
                 if self.query_features:
                     qemb = self.embed(flat(qxs)).reshape(b, qxs.shape[1], -1)
-        out = []
-        for i, (sx, sy) in enumerate(supports):
-            loss = alg._loss_fn(sy, to_tensor(np.ascontiguousarray(out0[i])))
-            o = {
-                "loss_before": float(loss.item()),
-                "gradient_norm": float(np.sqrt(sq[i])),
-                "before": out0[i].astype(np.float64),
-                "embedding": emb[i],
-                "pseudo_embedding": pemb[i],
-                "after": after[i].astype(np.float64),
-                "first": first[i].astype(np.float64),
-                "pseudo_first": pfirst[i],
-                "pseudo_last": plast[i],
-            }
-            if query is not None and accuracies:
-                o["query"] = [q[i] for q in query]
-            if qemb is not None:
-                o["query_adapted"] = query[max(self.inner_steps, 1) - 1][i]
-                o["query_embedding"] = qemb[i]
-            out.append(o)
+        # each task's own mean loss (the batched loss above is their sum)
+        losses = [
+            float(alg._loss_fn(sy, to_tensor(np.ascontiguousarray(out0[i]))).item())
+            for i, (_, sy) in enumerate(supports)
+        ]
+        out = {
+            "loss_before": np.asarray(losses, np.float64),
+            "gradient_norm": np.sqrt(sq),
+            "before": out0.astype(np.float64),
+            "embedding": emb,
+            "pseudo_embedding": pemb,
+            "after": after.astype(np.float64),
+            "first": first.astype(np.float64),
+            "pseudo_first": pfirst,
+            "pseudo_last": plast,
+        }
+        if query is not None and accuracies:
+            out["query"] = query
+        if qemb is not None:
+            out["query_adapted"] = query[max(self.inner_steps, 1) - 1]
+            out["query_embedding"] = qemb
         return out
+
+    def _block_records(self, block, outputs):
+        """``_records`` of a block of (support, task) pairs: at once when the tasks share
+        their support labels (an N-way sampler's), else task by task."""
+        sxs = np.stack([sx for (sx, _), _ in block])
+        sys_ = [sy for (_, sy), _ in block]
+        qys = np.stack([np.asarray(t.query_y) for _, t in block])
+        if all(np.array_equal(sy, sys_[0]) for sy in sys_):
+            return self._records(sys_[0], outputs, sxs, qys)
+        rows = [
+            self._records(
+                sy, _map_outputs(outputs, lambda a: a[j : j + 1]), sxs[j : j + 1], qys[j : j + 1]
+            )
+            for j, sy in enumerate(sys_)
+        ]
+        return np.concatenate([f for f, _ in rows]), np.concatenate([a for _, a in rows])
 
     def _record_plan(self):
         """The model's batched form when the meta-batch's records may be computed at once
@@ -984,20 +1051,49 @@ class MetaLearner:
     def _record_from(self, sx, sy, outs, query_y=None):
         """(features without the step count, query accuracy after 1..K steps or None) of
         a task from its network outputs (``_task_outputs``)."""
-        emb = outs["embedding"]
-        _, _, gram = self._summaries(emb, sy)
-        stats = self._statistics_from(sy, emb, outs["before"], outs["after"])
-        extra = self._extra_statistics(sx, sy, emb, outs)
-        extra = np.clip(np.nan_to_num(np.asarray(extra, np.float64)), -1e3, 1e3)
-        parts = [gram.reshape(-1), stats, extra]
+        one = _map_outputs(outs, lambda a: a[None])
+        qy = None if query_y is None else np.asarray(query_y)[None]
+        feats, accs = self._records(sy, one, np.asarray(sx)[None], qy)
+        return self._with_recall(feats[0], outs["embedding"]), None if accs is None else accs[0]
+
+    def _records(self, sy, outs, sxs, query_ys=None):
+        """(features without the step count (B, feature_size - 1), query accuracies after
+        1..K steps (B, K) or None) of B tasks sharing the support labels `sy`, from their
+        network outputs with a leading task axis (``_batched_outputs``): every statistic
+        one NumPy pass over the tasks. The recall columns are left 0; ``_with_recall``
+        fills them task by task, as each task finds the memory."""
+        emb = np.asarray(outs["embedding"])
+        centred = emb - self.center
+        groups = {
+            "gram": self._grams(_normalize(centred), centred).reshape(len(emb), -1),
+            "statistics": self._statistics_from(sy, emb, outs["before"], outs["after"]),
+            "recall": np.zeros((len(emb), len(self.RECALL))),
+        }
+        groups.update(self._extra_statistics(sxs, sy, emb, outs))
         if self.query_features:
-            q = self._query_statistics(sy, emb, outs["query_adapted"], outs["query_embedding"])
-            parts.append(np.clip(np.nan_to_num(np.asarray(q, np.float64)), -1e3, 1e3))
-        feats = np.concatenate(parts).astype(np.float32)
+            groups["query"] = self._query_statistics(
+                sy, emb, outs["query_adapted"], outs["query_embedding"]
+            )
+        parts = []
+        for name in self.feature_groups:
+            if name in ("gram", "statistics"):
+                parts.append(groups[name])
+            elif name != "steps":
+                parts.append(np.clip(np.nan_to_num(groups[name]), -1e3, 1e3))
+        feats = np.concatenate(parts, 1).astype(np.float32)
         accs = None
-        if query_y is not None:
-            accs = np.asarray([_accuracy(z, query_y) for z in outs["query"]], np.float32)
+        if query_ys is not None:
+            qy = np.asarray(query_ys)
+            accs = np.stack([np.mean(np.argmax(z, -1) == qy, axis=1) for z in outs["query"]], 1)
+            accs = accs.astype(np.float32)
         return feats, accs
+
+    def _with_recall(self, feats, emb):
+        """`feats` (one task's ``_records`` row) with its recall columns filled from the
+        memory as it is now."""
+        a, b = self.feature_groups["recall"]
+        feats[a:b] = np.clip(self._recall_statistics(emb), -1e3, 1e3)
+        return feats
 
     @property
     def feature_size(self):
@@ -1572,6 +1668,7 @@ class MetaLearner:
                 outputs = self._batched_outputs(
                     plan, [s for s, _ in block], [t.query_x for _, t in block], True
                 )
+                records = self._block_records(block, outputs)
                 if remember and dist is None:
                     known = [self._knowledge_examples(*s, t.query_x, t.query_y) for s, t in block]
                     deltas = self._head_knowledge(
@@ -1579,7 +1676,10 @@ class MetaLearner:
                     )
             for j, ((sx, sy), t) in enumerate(block):
                 if plan is not None:
-                    f, curve = self._record_from(sx, sy, outputs[j], t.query_y)
+                    f, curve = (
+                        self._with_recall(records[0][j], outputs["embedding"][j]),
+                        records[1][j],
+                    )
                     l = self._one_hot(sy)
                 else:
                     f, l, curve, _ = self._task_record(sx, sy, t.query_x, t.query_y)
@@ -1599,7 +1699,7 @@ class MetaLearner:
                     if plan is None:
                         self.remember(sx, sy, t.query_x, t.query_y, accuracy=acc, info=t.info)
                     else:  # (the heads' descents of the whole block at once, above)
-                        self._store(sx, sy, acc, t.info, outputs[j]["embedding"], deltas[j])
+                        self._store(sx, sy, acc, t.info, outputs["embedding"][j], deltas[j])
             if dist is not None:
                 # the features without the step count, the labels, the curve, the accuracy
                 wf, wl = self.feature_size - 1, self.support_size * self.n_way

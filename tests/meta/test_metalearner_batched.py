@@ -54,15 +54,41 @@ def test_batched_records_equal_the_per_task_records(algorithm, query_features, i
     singles = batch.tasks()
     supports = [system._check_support(t.support_x, t.support_y) for t in singles]
     outputs = system._batched_outputs(plan, supports, [t.query_x for t in singles], True)
+    feats, accs = system._block_records(list(zip(supports, singles)), outputs)
     n_feats = system.feature_size - 1
-    for (sx, sy), t, outs in zip(supports, singles, outputs):
-        f_b, acc_b = system._record_from(sx, sy, outs, t.query_y)
+    for j, ((sx, sy), t) in enumerate(zip(supports, singles)):
+        f_b, acc_b = system._with_recall(feats[j], outputs["embedding"][j]), accs[j]
         f, labels, acc, _ = system._task_record(sx, sy, t.query_x, t.query_y)
         assert f_b.shape == f.shape == (n_feats,)
         np.testing.assert_allclose(f_b, f, rtol=2e-4, atol=2e-5)
         assert acc_b.shape == acc.shape == (max(3, inner_steps),)
         np.testing.assert_allclose(acc_b, acc, atol=1.0 / len(t.query_y) + 1e-6)
         assert np.mean(acc_b == acc) >= 2 / 3  # a tie broken the other way at most
+
+
+def test_a_block_whose_tasks_order_their_labels_apart_takes_each_task_alone(monkeypatch):
+    system = _system("maml", query_features=True)
+    tasks = _tasks()
+    system.fit(tasks, iterations=2, meta_batch_size=3, verbose=0)
+    singles = tasks.sample_batch(3).tasks()
+    supports = [system._check_support(t.support_x, t.support_y) for t in singles]
+    order = np.array([4, 2, 0, 1, 3])  # the second task's support in another order
+    supports[1] = (supports[1][0][order], supports[1][1][order])
+    outputs = system._batched_outputs(
+        system._record_plan(), supports, [t.query_x for t in singles], True
+    )
+    calls = []
+    records = MetaLearner._records
+    monkeypatch.setattr(
+        MetaLearner, "_records", lambda self, sy, *a: calls.append(sy) or records(self, sy, *a)
+    )
+    feats, accs = system._block_records(list(zip(supports, singles)), outputs)
+    assert [list(sy) for sy in calls] == [list(sy) for _, sy in supports]  # one call a task
+    for j, ((sx, sy), t) in enumerate(zip(supports, singles)):
+        f, _, acc, _ = system._task_record(sx, sy, t.query_x, t.query_y)
+        f_b = system._with_recall(feats[j], outputs["embedding"][j])
+        np.testing.assert_allclose(f_b, f, rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(accs[j], acc, atol=1.0 / len(t.query_y) + 1e-6)
 
 
 def test_batched_fit_follows_the_per_task_fit(monkeypatch):
