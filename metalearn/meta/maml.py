@@ -441,7 +441,7 @@ class MAML(BaseMetaLearner):
         self._plan = plan if plan is not None else False
         return plan
 
-    def _low_rank_kernels(self, plan, n_support):
+    def _low_rank_kernels(self, plan, n_support, steps=None):
         """Dense kernels whose per-task adapted copies are kept as shared kernel + low-rank
         updates. One inner SGD step changes a dense kernel by -lr * X^T dZ (X the layer's
         input, dZ the loss's gradient at its output, n_support rows each), so after s steps
@@ -452,11 +452,12 @@ class MAML(BaseMetaLearner):
         to build (K * N * n per step): the factors win when r * (K + N) < K * N (the
         784x256 first layer of MAML's Omniglot MLP at 5-way 1-shot: rank 5; the 40x40
         hidden layer of the sinusoid MLP at K = 10: rank 10; not its 1x40 and 40x1 ends).
-        Only when an inner step keeps that rank (_low_rank_inner_step)."""
+        Only when an inner step keeps that rank (_low_rank_inner_step); `steps` the inner
+        steps the factors must carry (default ``inner_steps``)."""
         if not self._low_rank_inner_step:
             return set()
         weights = self._inner_params()
-        rank = max(1, self.inner_steps) * n_support
+        rank = max(1, self.inner_steps if steps is None else steps) * n_support
         out = set()
         for k in plan.kernels:
             kk, nn = (int(d) for d in weights[k].shape)
@@ -476,32 +477,55 @@ class MAML(BaseMetaLearner):
     def _vectorised_loss(self, plan, sx, sy, qx, qy):
         """The meta-batch's mean query loss after the inner loop (a graph back to the
         meta-parameters) and the query output; sx/qx (B, n, ...) tensors."""
-        b, n_support = int(sx.shape[0]), int(sx.shape[1])
-        low_rank = self._low_rank_kernels(plan, n_support)
+        low_rank = self._low_rank_kernels(plan, int(sx.shape[1]))
+        steps = self._vectorised_steps(
+            plan, sx, sy, self.inner_steps, not self.first_order, low_rank
+        )
+        for fast, factors in steps:
+            pass
+        out = plan(fast, qx, factors)
+        return self._loss_fn(qy, out), out
+
+    def _vectorised_steps(
+        self, plan, sx, sy, steps, create_graph=False, low_rank=frozenset(), first=None
+    ):
+        """The meta-batch's inner loops at once: yields (fast, factors) before the first
+        and after each of `steps` inner steps. `fast` holds the inner weights as per-task
+        copies (B, ...), but for the kernels in `low_rank` (``_low_rank_kernels``), which
+        stay shared and carry each task's updates as factors {k: [(-lr, X, dZ), ...]};
+        ``plan(fast, x, factors)`` runs the adapted tasks. The loss differentiated is the
+        sum over tasks of each task's mean support loss (all tasks have n points): its
+        gradient w.r.t. a task's copy, or a task's rows of a layer's output, is that task's
+        own. `first`: (fast, grads) of the first step when the caller has them (no
+        low-rank kernels). MAML's meta-step, Reptile's and MetaLearner's records all step
+        through here."""
+        b = int(sx.shape[0])
         params = self._inner_params()
-        fast = [
-            w if i in low_rank else _core.broadcast_to(w, (b,) + tuple(w.shape))
-            for i, w in enumerate(params)
-        ]
-        factors = {k: [] for k in low_rank}
+        if first is not None:
+            fast, grads = first
+        else:
+            fast = [
+                w if i in low_rank else _core.broadcast_to(w, (b,) + tuple(w.shape))
+                for i, w in enumerate(params)
+            ]
+        ks = sorted(low_rank)
         dense = [i for i in range(len(params)) if i not in low_rank]
-        lr = self.inner_lr
-        create_graph = not self.first_order
-        if not low_rank:  # (Meta-SGD's learned per-weight rates come in here)
-            for fast in self._vectorised_steps(plan, fast, sx, sy, self.inner_steps, create_graph):
-                pass
-            out = plan(fast, qx, {})
-            return self._loss_fn(qy, out), out
-        for _ in range(self.inner_steps):
+        factors = {k: [] for k in ks}
+        yield fast, factors
+        for step in range(steps):
             record = {}
-            # as in _vectorised_steps, with the gradients at the low-rank kernels' outputs
-            inner = self._loss_fn(sy, plan(fast, sx, factors, record)) * float(b)
-            ks = sorted(low_rank)
-            grads = _core.grad(
-                inner,
-                [fast[i] for i in dense] + [record[k][1] for k in ks],
-                create_graph=create_graph,
-            )
+            if step or first is None:
+                inner = self._loss_fn(sy, plan(fast, sx, factors, record)) * float(b)
+                grads = _core.grad(
+                    inner,
+                    [fast[i] for i in dense] + [record[k][1] for k in ks],
+                    create_graph=create_graph,
+                )
+            if not ks:  # (Meta-SGD's learned per-weight rates come in here)
+                fast = self._inner_update(fast, grads)
+                yield fast, factors
+                continue
+            fast, factors = list(fast), {k: list(v) for k, v in factors.items()}
             for i, g in zip(dense, grads):
                 fast[i] = self._weight_step(i, fast[i], g)
             for k, dz in zip(ks, grads[len(dense) :]):
@@ -509,24 +533,8 @@ class MAML(BaseMetaLearner):
                 if not create_graph:  # first order: the update is a constant, as g is
                     x_in = x_in.detach()
                 x_in, dz = self._low_rank_factors(k, x_in, dz)
-                factors[k].append((-lr, x_in, dz))  # W_b -= lr X_b^T dZ_b
-        out = plan(fast, qx, factors)
-        return self._loss_fn(qy, out), out
-
-    def _vectorised_steps(self, plan, fast, sx, sy, steps, create_graph=False, grads=None):
-        """The meta-batch's inner loops at once: yields the per-task weight copies `fast`
-        ((B, ...) each) after each of `steps` inner steps (``_inner_update``). The loss
-        differentiated is the sum over tasks of each task's mean support loss (all tasks
-        have n points): its gradient w.r.t. a task's copy is that task's own. `grads`: the
-        first step's gradients when the caller has them already. MAML's dense path,
-        Reptile's meta-step and MetaLearner's records all step through here."""
-        b = int(sx.shape[0])
-        for step in range(steps):
-            if step or grads is None:
-                inner = self._loss_fn(sy, plan(fast, sx, {})) * float(b)
-                grads = _core.grad(inner, fast, create_graph=create_graph)
-            fast = self._inner_update(fast, grads)
-            yield fast
+                factors[k].append((-self.inner_lr, x_in, dz))  # W_b -= lr X_b^T dZ_b
+            yield fast, factors
 
     def _meta_loss_vectorised(self, plan, batch):
         sx, qx = to_tensor(batch.support_x), to_tensor(batch.query_x)

@@ -300,10 +300,8 @@ class Reptile(MAML):
     def _vectorised_direction(self, plan, sx, sy, qx, qy):
         """The meta-batch's inner loops at once (per-task weight copies, (B, ...)), as
         core ops: (theta - mean_i phi_i per weight, mean query loss, query output)."""
-        b = int(sx.shape[0])
         params = self._inner_params()
-        fast = [_core.broadcast_to(w, (b,) + tuple(w.shape)) for w in params]
-        for fast in self._vectorised_steps(plan, fast, sx, sy, self.inner_steps):
+        for fast, _ in self._vectorised_steps(plan, sx, sy, self.inner_steps):
             pass
         out = plan(fast, qx, {})
         loss = self._loss_fn(qy, out)

@@ -955,11 +955,11 @@ class MetaLearner:
 
     def _batched_outputs(self, plan, supports, query_xs=None, accuracies=False):
         """``_task_outputs`` of a meta-batch's tasks at once (one dict, each entry with a
-        leading task axis; "query" a list over steps of (B, q, classes)): each
-        task's adapted weights are copies with a leading task axis, run through the
-        model's batched form (MAML's vectorised path: one batched product per layer for
-        all tasks), and the embeddings of all tasks are one pass. Only for an algorithm
-        whose inner loop adapts every trainable weight by its vectorised step."""
+        leading task axis; "query" a list over steps of (B, q, classes)): the tasks'
+        adapted weights, per-task copies or shared kernels with low-rank updates
+        (``MAML._vectorised_steps``), run through the model's batched form, and the
+        embeddings of all tasks are one pass. Only for an algorithm whose inner loop
+        adapts every trainable weight by its vectorised step."""
         alg = self.algorithm
         b = len(supports)
         sxs = np.stack([sx for sx, _ in supports])
@@ -974,23 +974,33 @@ class MetaLearner:
         sq = sum(np.sum(np.asarray(g, np.float64).reshape(b, -1) ** 2, axis=1) for g in grads)
         out0 = np.asarray(out0)
         steps = max(self.auto_max_steps, self.inner_steps)
-        curve = list(alg._vectorised_steps(plan, fast, sx_t, sys_, steps, grads=grads))
+        # the curve's kernels kept shared with each task's updates as low-rank factors
+        # where that pays (MAML's meta-step does the same): every pass below then runs
+        # the shared kernel as one product over all tasks' rows
+        low_rank = alg._low_rank_kernels(plan, sxs.shape[1], steps)
+        start, *curve = alg._vectorised_steps(
+            plan, sx_t, sys_, steps, low_rank=low_rank, first=None if low_rank else (fast, grads)
+        )
+
+        def run(state, x):
+            return np.asarray(plan(state[0], x, state[1]))
+
         px = np.stack([self._pseudo_inputs(sx) for sx, _ in supports])
         flat = lambda a: a.reshape((-1,) + a.shape[2:])  # noqa: E731
         emb = self.embed(flat(sxs)).reshape(b, sxs.shape[1], -1)
         pemb = self.embed(flat(px)).reshape(b, px.shape[1], -1)
         with _core_no_grad():
-            adapted = curve[self.inner_steps - 1] if self.inner_steps >= 1 else fast
-            after = np.asarray(plan(adapted, sx_t, {}))
-            first = np.asarray(plan(curve[0], sx_t, {}))
+            adapted = curve[self.inner_steps - 1] if self.inner_steps >= 1 else start
+            after = run(adapted, sx_t)
+            out1 = run(curve[0], sx_t)
             px_t = to_tensor(px)
-            pfirst = np.asarray(plan(curve[0], px_t, {}))
-            plast = np.asarray(plan(curve[-1], px_t, {}))
+            pfirst = run(curve[0], px_t)
+            plast = run(curve[-1], px_t)
             query = qemb = None
             if query_xs is not None and (accuracies or self.query_features):
                 qxs = np.stack([np.asarray(q, np.float32) for q in query_xs])
                 qx_t = to_tensor(qxs)
-                query = [np.asarray(plan(c, qx_t, {})) for c in curve]
+                query = [run(c, qx_t) for c in curve]
                 if self.query_features:
                     qemb = self.embed(flat(qxs)).reshape(b, qxs.shape[1], -1)
         # each task's own mean loss (the batched loss above is their sum)
@@ -1005,7 +1015,7 @@ class MetaLearner:
             "embedding": emb,
             "pseudo_embedding": pemb,
             "after": after.astype(np.float64),
-            "first": first.astype(np.float64),
+            "first": out1.astype(np.float64),
             "pseudo_first": pfirst,
             "pseudo_last": plast,
         }

@@ -50,6 +50,10 @@ def test_batched_records_equal_the_per_task_records(algorithm, query_features, i
     assert system.memory.size == 12  # recall features read a filled memory
     plan = system._record_plan()
     assert plan is not None
+    # MAML's curves carry the first kernel as shared weights plus low-rank updates; Meta-
+    # SGD's learned rates keep per-task copies: both ways are checked here
+    low_rank = system.algorithm._low_rank_kernels(plan, 5, max(3, inner_steps))
+    assert bool(low_rank) == (algorithm != "metasgd")
     batch = tasks.sample_batch(4)
     singles = batch.tasks()
     supports = [system._check_support(t.support_x, t.support_y) for t in singles]
