@@ -48,10 +48,15 @@ int ml__wino_tile(int pass, int64_t n, int64_t h, int64_t w, int64_t c, int64_t 
      * gradient: 42x42x32 1.21, 1.21, 1.36; 21x21x32 1.14, 1.15, 1.28; 14x14x64 (200 images)
      * 1.07, 1.06, 1.11 and (80) 1.01, 1.00, 1.04; 10x10x32 0.91, 0.88, 0.96; 7x7x64 0.99,
      * 0.99, 1.11 (80) and 3x3 0.62-0.90. So F(4x4) from 20x20 on, where its gain was >= 10 %
-     * in all three passes; up to 64 channels each way (wider layers were not measured clearly
-     * enough: they keep F(2x2)). The same for all three passes, so a layer's forward and its
-     * gradients (and their double backward) take one algorithm. */
-    if (h >= 20 && w >= 20 && c <= 64 && f <= 64) return 4;
+     * in all three passes. ResNet-12's wider layers (--algos --only r12, 100 images, the same
+     * loaded machine, a quick run and a full one): 64 -> 160 at 42x42 1.10-1.44, 160 -> 160
+     * at 42x42 1.16-1.29, 160 -> 320 at 21x21 1.02-1.23 (1.12 on average over the passes),
+     * 320 -> 320 at 21x21 1.26-1.37, all faster in every pass; at 10x10 320 -> 640 0.96-1.01
+     * and 640 -> 640 1.00-1.17 (1.00-1.03 in the full run), so from 20x20 on whatever the
+     * channels, and F(2x2) below. The
+     * same for all three passes, so a layer's forward and its gradients (and their double
+     * backward) take one algorithm. */
+    if (h >= 20 && w >= 20) return 4;
     return 2;
 }
 

@@ -553,8 +553,17 @@ static double worst(const float *got, const double *ref, const double *scale, in
 static void test_winograd_kernels(void) {
     struct {
         int64_t n, h, w, c, f;
-    } cases[] = {{2, 8, 8, 16, 16},   {1, 3, 3, 16, 16}, {3, 7, 5, 5, 9}, {2, 10, 10, 32, 32},
-                 {1, 21, 21, 24, 17}, {2, 5, 13, 8, 8},  {1, 1, 6, 3, 4}, {9, 12, 11, 96, 112}};
+    } cases[] = {{2, 8, 8, 16, 16},
+                 {1, 3, 3, 16, 16},
+                 {3, 7, 5, 5, 9},
+                 {2, 10, 10, 32, 32},
+                 {1, 21, 21, 24, 17},
+                 {2, 5, 13, 8, 8},
+                 {1, 1, 6, 3, 4},
+                 {9, 12, 11, 96, 112},
+                 /* wide chunks of 128 tiles (from 192 channels in and out), F(4x4)'s 150
+                  * tiles in two, the last one short */
+                 {6, 17, 17, 96, 112}};
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const int64_t n = cases[t].n, h = cases[t].h, w = cases[t].w, c = cases[t].c,
                       f = cases[t].f, nx = n * h * w * c, ny = n * h * w * f, nk = 9 * c * f;

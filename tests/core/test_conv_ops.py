@@ -831,19 +831,26 @@ def _table(pass_, n, h, w, c, f):
     return rule(pass_, n, h, w, c, f)
 
 
-# the layers the table sends to F(4x4): conv4-32 / conv4-64 at 84x84 inputs (42 and 21)
-WINO4_LAYERS = [((2, 42, 42, 32), 32), ((2, 21, 21, 64), 64), ((3, 21, 21, 32), 32)]
+# the layers the table sends to F(4x4): conv4-32 / conv4-64 at 84x84 inputs (42 and 21),
+# and a ResNet-12 block's first convolution at 21x21 (wide: chunks of 128 tiles)
+WINO4_LAYERS = [
+    ((2, 42, 42, 32), 32),
+    ((2, 21, 21, 64), 64),
+    ((3, 21, 21, 32), 32),
+    ((1, 21, 21, 160), 320),
+]
 
 
 @pytest.mark.parametrize("xs,f", WINO4_LAYERS)
 def test_conv2d_winograd4_layers_take_it_and_meet_its_bound(xs, f):
     """Without the switch: the table picks F(4x4) for all three passes of these layers (and
-    F(2x2) for the 14x14, 10x10 and wide ones, direct at 3x3), and the results are within
-    F(4x4)'s bound of float64."""
+    F(2x2) for the 14x14 and 10x10 ones, wide or not, direct at 3x3), and the results are
+    within F(4x4)'s bound of float64."""
     for p in range(3):
         assert _table(p, *xs, f) == 4
+        assert _table(p, 100, 42, 42, 160, 160) == 4
         assert _table(p, 80, 14, 14, 64, 64) == 2
         assert _table(p, 80, 10, 10, 32, 32) == 2
-        assert _table(p, 100, 42, 42, 160, 160) == 2
+        assert _table(p, 100, 10, 10, 640, 640) == 2
         assert _table(p, 80, 3, 3, 64, 64) == 0
     _wino_check(xs, f, WINO4_TOL)
