@@ -502,7 +502,7 @@ class MetaLearner:
         return out.reshape(len(out), -1)
 
     def _summaries(self, emb, sy):
-        """(task key (h,), prototypes (n_way, h), Gram matrix) of support embeddings."""
+        """(task key (h,), prototypes (n_way, h)) of support embeddings (the memory's)."""
         emb = emb - self.center
         key = _normalize(emb.mean(0))
         unit = _normalize(emb)
@@ -511,7 +511,7 @@ class MetaLearner:
             m = sy == c
             if m.any():
                 protos[c] = unit[m].mean(0)
-        return key, _normalize(protos), self._grams(unit[None], emb[None])[0]
+        return key, _normalize(protos)
 
     def _grams(self, unit, centred):
         """Gram matrices (B, n, n) of tasks' unit centred support embeddings `unit`
@@ -607,14 +607,13 @@ class MetaLearner:
         support embeddings (B, n, h)."""
         rows = np.arange(len(sy))
         lp0, lp1 = self._log_probs(before), self._log_probs(after)
-        after = np.asarray(after, np.float64)
-        if getattr(self.model, "output_activation", None) == "softmax":
-            after = np.log(np.clip(after, 1e-7, 1.0))
         loss0, loss1 = -lp0[:, rows, sy].mean(1), -lp1[:, rows, sy].mean(1)
-        wrong = np.where(np.eye(after.shape[-1], dtype=bool)[sy], -np.inf, after)
-        margin = np.mean(after[:, rows, sy] - wrong.max(-1), axis=1)
+        # the margin on log-probabilities: they differ from the logits by a constant per
+        # row, which the difference cancels
+        wrong = np.where(np.eye(lp1.shape[-1], dtype=bool)[sy], -np.inf, lp1)
+        margin = np.mean(lp1[:, rows, sy] - wrong.max(-1), axis=1)
         entropy = -np.mean((np.exp(lp1) * lp1).sum(-1), axis=1)
-        acc = np.mean(after.argmax(-1) == sy, axis=1)
+        acc = np.mean(lp1.argmax(-1) == sy, axis=1)
 
         emb = np.asarray(emb, np.float64)
         classes, at = _classes(sy)
@@ -1345,7 +1344,7 @@ class MetaLearner:
 
     def _store(self, sx, sy, accuracy, info, emb, delta):
         """``remember``'s write of one task: its key, head delta, prototypes, accuracy."""
-        key, protos, _ = self._summaries(emb, sy)
+        key, protos = self._summaries(emb, sy)
         task_id = self.tasks_stored
         self.memory.update(
             key[None],
@@ -1422,7 +1421,7 @@ class MetaLearner:
         sx, sy = self._check_support(support_x, support_y)
         if self.memory.size == 0:
             return None
-        key, protos, _ = self._summaries(self.embed(sx), sy)
+        key, protos = self._summaries(self.embed(sx), sy)
         k = max(1, min(self.recall_k, self.memory.size))
         idx, sim, lab, pay = self.memory.query(key[None], k)
         best = None
