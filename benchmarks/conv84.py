@@ -19,9 +19,9 @@ Rows (synthetic images: speed does not depend on pixel values):
             queries: one training episode.
 
 Peak memory: each library runs the maml row's step in its own process (``--child``),
-and so does metalearn with gradient_checkpointing=True;
-the figure is the peak resident set (ru_maxrss) minus the resident set after imports and
-the model's build, so the libraries' own sizes do not count. The metalearn child also
+and so does metalearn with gradient_checkpointing=True; the figure is the peak resident
+set (VmHWM: ru_maxrss would start at the parent's size) minus the resident set after
+imports and the model's build, so the libraries' own sizes do not count. The metalearn child also
 reports the core's storage counter at its peak (``_core._storage_stats``: tensor storage in
 use, in buffer-pool classes, so up to 25 % above the bytes touched).
 """
@@ -213,7 +213,14 @@ ROWS = {
 
 # ------------------------------------------------------------------ peak memory
 def _rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's peak resident set. VmHWM is the process's own high-water mark;
+    ru_maxrss starts at the parent's resident size (kept across fork and exec), so a
+    child of a large parent (run_all.py after the maml84 row) reported the parent's size."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024.0
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _current_rss_mib():

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -125,3 +126,21 @@ def test_every_new_row_has_its_peer_and_ratio():
         assert peer.startswith("torch") and _num(theirs) > 0 and _num(ours) > 0, rows[name]
         assert _num(ratio) == pytest.approx(_num(ours) / _num(theirs), rel=0.02, abs=0.01)
         assert target == TARGETS[key], rows[name]
+
+
+def test_peak_memory_is_the_child_own():
+    # conv84's peak-memory children run under run_all.py's process, which holds GBs after
+    # the maml84 row; ru_maxrss starts at the parent's resident size (kept across fork and
+    # exec), so the child must read its own high-water mark. With a parent holding 1 GiB,
+    # a child that only imports the benchmark must report a peak near its own size.
+    ballast = np.ones(2**30 // 8)  # touched: resident
+    code = (
+        f"import sys; sys.path.insert(0, {os.path.join(REPO, 'benchmarks')!r}); "
+        "import conv84; print(conv84._rss_mib(), conv84._current_rss_mib())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    peak, now = map(float, out.stdout.split()[-2:])
+    assert ballast.sum() > 0
+    assert now <= peak < now + 256, f"child's peak {peak:.0f} MiB at {now:.0f} MiB resident"
