@@ -142,6 +142,8 @@ void ml__node_free(ml_node *n);
 /* This thread's buffer pool, without making one; NULL once it was destroyed at thread
  * exit (tests). */
 void *ml__thread_pool(void);
+/* Tests only: every thread pool's room in bytes (0: the rule of tensor.c). */
+void ml__set_pool_room(size_t bytes);
 /* A constant (no-grad) tensor of ones shaped like x. */
 ml_status ml__ones_like(ml_tensor **out, const ml_tensor *x);
 

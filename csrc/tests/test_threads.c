@@ -224,6 +224,65 @@ static void *late_thread(void *arg) {
     return NULL;
 }
 
+/* The buffer pool makes room for a new size by evicting the least recently used sizes
+ * (a second model in the same process reuses its blocks instead of mapping them afresh).
+ * In a fresh thread (an empty pool) with a room of 1 MiB: blocks of class A, then one of
+ * class C, fill it; a block of class B then evicts A's blocks, not C's (used later), and
+ * is kept: the next tensor of class B or C comes from the pool (the pooled bytes drop). */
+static int64_t pooled_now(void) {
+    int64_t st[3];
+    ml_storage_stats(st, 0);
+    return st[2];
+}
+static ml_tensor *floats(int64_t n) {
+    ml_tensor *t = NULL;
+    int64_t sh[1] = {n};
+    return ml_tensor_full(&t, 1, sh, 1.0f) == ML_OK ? t : NULL;
+}
+static int lru_ok[8], lru_pooled = -1;
+static void *lru_thread(void *arg) {
+    (void)arg;
+    const int64_t a_n = 40000, b_n = 60000, c_n = 50000; /* 160, 256 and 224 kB classes */
+    ml_tensor *a[4], *c, *b;
+    for (int i = 0; i < 4; i++) a[i] = floats(a_n);
+    c = floats(c_n);
+    b = floats(b_n);
+    if (!a[0] || !a[1] || !a[2] || !a[3] || !b || !c) return NULL;
+    lru_pooled = ml__thread_pool() != NULL; /* no pool in sanitizer builds */
+    const int64_t p0 = pooled_now();
+    for (int i = 0; i < 4; i++) ml_release(a[i]);
+    const int64_t a_bytes = (pooled_now() - p0) / 4;
+    ml_release(c); /* used after A */
+    const int64_t c_bytes = pooled_now() - p0 - 4 * a_bytes;
+    lru_ok[0] = a_bytes > 160000 && c_bytes > 200000 && 4 * a_bytes + c_bytes <= 1 << 20;
+    ml_release(b); /* does not fit: A's blocks go, oldest class first */
+    const int64_t p1 = pooled_now();
+    lru_ok[1] = p1 - p0 <= 1 << 20 && p1 - p0 > c_bytes;
+    b = floats(b_n); /* from the pool */
+    lru_ok[2] = b && pooled_now() < p1;
+    const int64_t p2 = pooled_now();
+    c = floats(c_n); /* C was kept */
+    lru_ok[3] = c && p2 - pooled_now() == c_bytes;
+    ml_release(b);
+    ml_release(c);
+    return NULL;
+}
+static void pool_lru_case(void) {
+    ml__set_pool_room(1 << 20);
+    pthread_t th;
+    pthread_create(&th, NULL, lru_thread, NULL);
+    pthread_join(th, NULL);
+    ml__set_pool_room(0);
+    if (lru_pooled == 0) {
+        printf("test_threads: no buffer pool in this build (sanitizers): LRU case not run\n");
+        return;
+    }
+    CHECK(lru_ok[0], "pool: four blocks of A and one of C did not fill the 1 MiB pool");
+    CHECK(lru_ok[1], "pool: B's block was not kept within the room after evicting");
+    CHECK(lru_ok[2], "pool: B's next tensor did not come from the pool");
+    CHECK(lru_ok[3], "pool: C's block was evicted before A's (least recently used first)");
+}
+
 /* ml__parallel_for runs every task exactly once: up to 64 tasks by home blocks with
  * stealing (a bit per task), past 64 from a shared counter; with workers spinning, with
  * workers asleep (a pause before the job), and with slow tasks that leave a worker's
@@ -498,6 +557,7 @@ int main(void) {
               "saw the pool (%d)",
               late_saw_dead_pool);
     }
+    pool_lru_case();
     parallel_for_cases();
     trace_two_recorders();
     trace_owner_cases();
