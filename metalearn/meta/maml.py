@@ -29,7 +29,7 @@ from ._base import (
 __all__ = ["MAML", "MetaSGD", "ANIL", "BATCH_NORM_MODES"]
 
 #: the statistics a gradient-based learner normalises the query with (MAML's batch_norm)
-BATCH_NORM_MODES = ("transductive", "support", "running")
+BATCH_NORM_MODES = ("transductive", "support", "running", "pooled")
 #: the inner loop's update rules (MAML's inner_optimizer)
 INNER_OPTIMIZERS = ("sgd", "momentum", "adam")
 
@@ -104,7 +104,7 @@ class MAML(BaseMetaLearner):
             transductive run the tasks one by one (not vectorised or traced). ``adapt``
             returns a model whose moving statistics are those the mode normalises with
             (``"support"``: the support set's), so its ``predict`` gives the same
-            predictions as ``evaluate``.
+            predictions as ``evaluate``. ``"pooled"`` is ANIL's only (see ANIL).
         inner_optimizer: the inner loop's update rule, differentiated through like the
             plain step (higher's ``DifferentiableOptimizer``): ``"sgd"`` (the paper's
             ``w - inner_lr * g``), ``"momentum"`` (``torch.optim.SGD``'s heavy ball:
@@ -163,6 +163,9 @@ class MAML(BaseMetaLearner):
     # the batch_norm modes other than "transductive" need _forward to be a functional
     # call of the whole model (a variant that cannot run one says False)
     _batch_norm_modes = True
+    # batch_norm="pooled": support and query through the body as one batch (ANIL only: its
+    # body is not adapted, so one pass serves the whole inner loop)
+    _pooled_batch_norm = False
     # a meta-parameter the meta-loss may not reach gets a zero meta-gradient instead of
     # grad's error (MAML++'s per-step batch-norm copies of the support passes, once the
     # meta-gradient is first order and only the last step's query loss counts)
@@ -216,6 +219,12 @@ class MAML(BaseMetaLearner):
         if batch_norm not in BATCH_NORM_MODES:
             raise ValueError(
                 f"{who}: batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}"
+            )
+        if batch_norm == "pooled" and not self._pooled_batch_norm:
+            raise ValueError(
+                f"{who}: batch_norm='pooled' is ANIL's (its feature extractor runs once over "
+                "support and query together); this inner loop re-runs the whole network on "
+                "the support. Use 'transductive', 'support' or 'running'"
             )
         if batch_norm != "transductive" and not self._batch_norm_modes:
             raise ValueError(
@@ -802,11 +811,15 @@ class MAML(BaseMetaLearner):
         )
         return self._full_weights(fast)
 
+    def _curve_input(self, support_x):
+        """The prepared support input of ``_adaptation_curve`` (evaluate's episodes)."""
+        return self._support_input(support_x)
+
     def _adaptation_curve(self, support_x, support_y, step_list):
         record = set(self._steps(s) for s in step_list)
         trail = dict(
             self._inner_loop(
-                self._support_input(support_x),
+                self._curve_input(support_x),
                 support_y,
                 max(record),
                 create_graph=False,
@@ -921,12 +934,18 @@ class ANIL(MAML):
     meta-training moves towards each training task's support statistics). The modes
     other than ``"transductive"`` run the whole model in a functional call at each inner
     step (the body's features are not computed once per task), which costs more.
+    ``"pooled"`` runs the body once over a task's support and query as one batch, so both
+    are normalised with the statistics of the two together, as learn2learn's ANIL examples
+    do (``features(data)`` on the whole batch before splitting it); in meta-training and
+    ``evaluate``. ``adapt`` and ``adapted_weights`` see no query, so there the support is
+    normalised with its own statistics. It needs a ``Sequential`` model ending in its head.
 
     Args: as for MAML (``gradient_checkpointing=True`` is refused: the head's inner loop
     keeps little, and the body's graph is what holds memory).
     """
 
     _batched_inner_loop = False  # the head re-run on features computed once per task
+    _pooled_batch_norm = True
     # the head's inner loop keeps little (the body runs once per task, with a graph the
     # re-run steps would have to reach): gradient_checkpointing is refused
     _checkpointed_inner_loop = False
@@ -945,6 +964,13 @@ class ANIL(MAML):
             from metalearn.keras.models import Sequential
 
             self._split = isinstance(self.model, Sequential) and self.model.layers[-1] is head
+        if self.batch_norm == "pooled" and not self._split:
+            raise ValueError(
+                "ANIL: batch_norm='pooled' needs a Sequential model whose last layer is the "
+                f"head (the body runs once over support and query); got {type(self.model).__name__}"
+            )
+        # evaluate's episode: its query joins the support's batch in the adaptation curve
+        self._episode = task if self.batch_norm == "pooled" else None
 
     def _inner_params(self):
         all_w = self.model.trainable_weights
@@ -961,7 +987,33 @@ class ANIL(MAML):
         re-runs only the head: for a Sequential model ending in the head, in the
         transductive mode (the others normalise the query through the support's
         statistics or the moving ones, in a functional call of the whole model)."""
-        return self._split and self.batch_norm == "transductive"
+        return self._split and self.batch_norm in ("transductive", "pooled")
+
+    def _pooled_inputs(self, support_x, query_x):
+        """(support features, query features) from one pass of the body over the support
+        and query rows together (batch_norm="pooled")."""
+        sx, qx = to_tensor(support_x), to_tensor(query_x)
+        n, m = int(sx.shape[0]), int(qx.shape[0])
+        both = self._support_input(_core.concat([sx, qx], axis=0))
+        return _core.narrow(both, 0, 0, n), _core.narrow(both, 0, n, m)
+
+    def _task_loss(self, batch, i):
+        if self.batch_norm != "pooled":
+            return super()._task_loss(batch, i)
+        sx, qx = self._pooled_inputs(batch.support_x[i], batch.query_x[i])
+        fast = self._inner_loop(sx, batch.support_y[i], self.inner_steps, not self.first_order)
+        return self._query_loss(batch, i, fast, qx, sx)
+
+    def _curve_input(self, support_x):
+        episode = getattr(self, "_episode", None)
+        if self.batch_norm == "pooled" and episode is not None and episode.support_x is support_x:
+            return self._pooled_inputs(support_x, episode.query_x)[0]
+        return self._support_input(support_x)
+
+    def _query_output(self, fast, query_x, support_x=None):
+        if self.batch_norm == "pooled" and support_x is not None:
+            return self._forward(fast, self._pooled_inputs(support_x, query_x)[1])
+        return super()._query_output(fast, query_x, support_x)
 
     def _support_input(self, x):
         x = to_tensor(x)

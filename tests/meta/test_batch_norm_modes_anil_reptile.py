@@ -165,3 +165,105 @@ def test_modes_learn(name):
         learner = LEARNERS[name](_model(), batch_norm=mode, **kw)
         hist = learner.fit(tasks, iterations=40, meta_batch_size=4, verbose=0)
         assert np.mean(hist["loss"][-10:]) < np.mean(hist["loss"][:10]), (name, mode)
+
+
+# ------------------------------------------------------------------ ANIL's pooled mode
+def _pooled_reference(weights, sx, sy, qx, qy, lr=0.3, steps=2):
+    """learn2learn's ANIL in NumPy: the body over support and query as one batch (their
+    joint statistics), the head adapted by `steps` SGD steps on the support's mean
+    cross-entropy, the query's loss with the adapted head."""
+    w1, b1, gamma, beta, w2, b2 = (np.asarray(v, np.float64) for v in weights)
+    h = np.concatenate([sx, qx]).astype(np.float64) @ w1 + b1
+    f = np.maximum(gamma * (h - h.mean(0)) / np.sqrt(h.var(0) + 1e-3) + beta, 0)
+    fs, fq = f[: len(sx)], f[len(sx) :]
+    onehot = np.eye(w2.shape[1])[sy]
+    for _ in range(steps):
+        z = fs @ w2 + b2
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        d = (p - onehot) / len(sx)
+        w2, b2 = w2 - lr * fs.T @ d, b2 - lr * d.sum(0)
+    return _xent(fq @ w2 + b2, qy)
+
+
+def test_anil_pooled_normalises_support_and_query_together():
+    sx, sy, qx, qy = _task(21)
+    task = Task(sx, sy, qx, qy)
+    learner = LEARNERS["anil"](_model(3), batch_norm="pooled")
+    weights = [np.array(w) for w in learner.model.trainable_weights]
+    want = _pooled_reference(weights, sx, sy, qx, qy)
+    assert learner.evaluate([task])["loss"] == pytest.approx(want, rel=1e-5)
+    # the meta-step's query loss is the same number
+    batch = Task(sx[None], sy[None], qx[None], qy[None])
+    assert learner.meta_gradients(batch)[0] == pytest.approx(want, rel=1e-5)
+    # and it is not the transductive mode's (support and query normalised apart)
+    trans = LEARNERS["anil"](_model(3)).evaluate([task])["loss"]
+    assert trans != pytest.approx(want, rel=1e-3)
+    # the body's moving statistics are left alone (functional calls)
+    bn = learner.model.layers[1]
+    np.testing.assert_array_equal(np.asarray(bn.moving_mean), np.zeros(6, np.float32))
+
+
+def test_anil_pooled_meta_gradient_matches_finite_differences():
+    sx, sy, qx, qy = _task(22)
+    batch = Task(sx[None], sy[None], qx[None], qy[None])
+    learner = meta.ANIL(_model(5, "tanh"), inner_lr=0.3, inner_steps=2, batch_norm="pooled")
+    loss, grads = learner.meta_gradients(batch)
+    weights = learner.model.trainable_weights
+    base = [np.array(w) for w in weights]
+    rng = np.random.default_rng(6)
+    direction = [rng.normal(size=b.shape) for b in base]
+    analytic = sum(float(np.sum(np.asarray(g) * d)) for g, d in zip(grads, direction))
+
+    def ref(t):  # the reference in float64 (tanh body)
+        w1, b1, gamma, beta, w2, b2 = (b + t * d for b, d in zip(base, direction))
+        h = np.concatenate([sx, qx]).astype(np.float64) @ w1 + b1
+        f = np.tanh(gamma * (h - h.mean(0)) / np.sqrt(h.var(0) + 1e-3) + beta)
+        fs, fq = f[: len(sx)], f[len(sx) :]
+        onehot = np.eye(3)[sy]
+        for _ in range(2):
+            z = fs @ w2 + b2
+            p = np.exp(z - z.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            d = (p - onehot) / len(sx)
+            w2, b2 = w2 - 0.3 * fs.T @ d, b2 - 0.3 * d.sum(0)
+        return _xent(fq @ w2 + b2, qy)
+
+    assert loss == pytest.approx(ref(0.0), rel=1e-5)
+    eps = 1e-4
+    numeric = (ref(eps) - ref(-eps)) / (2 * eps)
+    assert analytic == pytest.approx(numeric, rel=1e-3, abs=1e-5)
+
+
+def test_anil_pooled_learns():
+    from metalearn.tasks import NWayKShot
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(8, 4)) * 2
+    x = (centres.repeat(10, 0) + rng.normal(size=(80, 4)) * 0.3).astype(np.float32)
+    y = np.arange(80) // 10
+    tasks = NWayKShot((x, y), 3, 2, 4, augment_rotations=False, seed=1)
+    learner = LEARNERS["anil"](_model(), batch_norm="pooled", meta_lr=0.01, meta_optimizer="adam")
+    hist = learner.fit(tasks, iterations=40, meta_batch_size=4, verbose=0)
+    assert np.mean(hist["loss"][-10:]) < np.mean(hist["loss"][:10])
+
+
+def test_pooled_is_refused_where_it_has_no_meaning():
+    for make in (meta.MAML, meta.Reptile, meta.MetaSGD, meta.FOMAML):
+        with pytest.raises(ValueError, match="pooled"):
+            make(_model(), batch_norm="pooled")
+    # ANIL needs the body and the head apart: a functional model is refused at its first
+    # task, before any weight moves
+    from metalearn import keras
+
+    inp = keras.layers.Input((4,))
+    h = keras.layers.Dense(6)(inp)
+    out = keras.layers.Dense(3)(keras.layers.Activation("relu")(h))
+    model = keras.Model(inp, out)
+    learner = meta.ANIL(model, batch_norm="pooled")
+    before = [np.array(w) for w in model.weights]
+    sx, sy, qx, qy = _task(23)
+    with pytest.raises(ValueError, match="Sequential"):
+        learner.fit([Task(sx, sy, qx, qy)], iterations=1, meta_batch_size=1, verbose=0)
+    for a, b in zip(before, model.weights):
+        np.testing.assert_array_equal(a, np.asarray(b))
