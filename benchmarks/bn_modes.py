@@ -6,7 +6,9 @@ normalisation), meta-trained once per mode (``batch_norm="transductive" | "suppo
 episodes (Vinyals test split, 15 queries per class) in every mode. Prints a table of mean
 accuracy ± 95 % interval. ``--algorithms maml,anil,reptile`` adds ANIL (inner rate 0.4, one
 step, as MAML) and Reptile (inner rate 0.1, 5 first-order steps, Adam meta-optimizer at
-0.001) rows at the same budget; ``--quick`` is a smoke run (60 iterations, 100 episodes).
+0.001) rows at the same budget, and ANIL also trains and evaluates in its ``"pooled"``
+mode (support and query through the body as one batch, as learn2learn's ANIL examples);
+``--quick`` is a smoke run (60 iterations, 100 episodes).
 Usage::
 
     python benchmarks/bn_modes.py [--iterations 600] [--episodes 600] [--data FOLDER]
@@ -23,6 +25,12 @@ from metalearn.datasets import omniglot
 from metalearn.meta import models
 
 MODES = ("transductive", "support", "running")
+
+
+def modes_of(algorithm):
+    """The modes `algorithm` takes: ANIL's also "pooled"."""
+    return MODES + (("pooled",) if algorithm == "anil" else ())
+
 # each algorithm's learner for a batch-norm mode (the MLP of the MAML paper)
 LEARNERS = {
     "maml": lambda mode: meta.MAML(models.omniglot_mlp(5), inner_lr=0.4, batch_norm=mode),
@@ -61,12 +69,13 @@ def main(argv=None):
         f"{args.iterations} meta-iterations of {args.meta_batch_size} tasks (MAML 2nd order, "
         f"inner lr 0.4, 1 step); {args.episodes} test episodes (the same for every row)"
     )
+    columns = MODES + (("pooled",) if "anil" in algorithms else ())
     print(
         f"{'algorithm':>9s} | {'trained with':>14s} | "
-        + " | ".join(f"{'eval ' + m:>22s}" for m in MODES)
+        + " | ".join(f"{'eval ' + m:>22s}" for m in columns)
         + " | time"
     )
-    for algorithm, train_mode in ((a, m) for a in algorithms for m in MODES):
+    for algorithm, train_mode in ((a, m) for a in algorithms for m in modes_of(a)):
         ml.random.set_seed(args.seed)
         learner = LEARNERS[algorithm](train_mode)
         train = tasks.NWayKShot((x_tr, y_tr), 5, 1, 15, seed=args.seed)
@@ -76,7 +85,10 @@ def main(argv=None):
         )
         wall = time.perf_counter() - t0
         cells = []
-        for eval_mode in MODES:
+        for eval_mode in columns:
+            if eval_mode not in modes_of(algorithm):
+                cells.append("-")
+                continue
             learner.batch_norm = eval_mode
             test = tasks.NWayKShot((x_te, y_te), 5, 1, 15, seed=args.seed + 10_000)
             r = learner.evaluate(test, episodes=args.episodes)
