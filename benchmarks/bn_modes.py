@@ -31,6 +31,7 @@ def modes_of(algorithm):
     """The modes `algorithm` takes: ANIL's also "pooled"."""
     return MODES + (("pooled",) if algorithm == "anil" else ())
 
+
 # each algorithm's learner for a batch-norm mode (the MLP of the MAML paper)
 LEARNERS = {
     "maml": lambda mode: meta.MAML(models.omniglot_mlp(5), inner_lr=0.4, batch_norm=mode),
