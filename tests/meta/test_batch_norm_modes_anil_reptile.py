@@ -159,7 +159,7 @@ def test_modes_learn(name):
     centres = rng.normal(size=(8, 4)) * 2
     x = (centres.repeat(10, 0) + rng.normal(size=(80, 4)) * 0.3).astype(np.float32)
     y = np.arange(80) // 10
-    for mode in ("support", "running"):
+    for mode in ("support", "running") + (("pooled",) if name == "anil" else ()):
         tasks = NWayKShot((x, y), 3, 2, 4, augment_rotations=False, seed=1)
         kw = dict(meta_lr=0.01, meta_optimizer="adam") if name == "anil" else {}
         learner = LEARNERS[name](_model(), batch_norm=mode, **kw)
@@ -168,13 +168,14 @@ def test_modes_learn(name):
 
 
 # ------------------------------------------------------------------ ANIL's pooled mode
-def _pooled_reference(weights, sx, sy, qx, qy, lr=0.3, steps=2):
-    """learn2learn's ANIL in NumPy: the body over support and query as one batch (their
-    joint statistics), the head adapted by `steps` SGD steps on the support's mean
+def _pooled_reference(weights, sx, sy, qx, qy, lr=0.3, steps=2, activation="relu"):
+    """learn2learn's ANIL in NumPy (float64): the body over support and query as one batch
+    (their joint statistics), the head adapted by `steps` SGD steps on the support's mean
     cross-entropy, the query's loss with the adapted head."""
     w1, b1, gamma, beta, w2, b2 = (np.asarray(v, np.float64) for v in weights)
     h = np.concatenate([sx, qx]).astype(np.float64) @ w1 + b1
-    f = np.maximum(gamma * (h - h.mean(0)) / np.sqrt(h.var(0) + 1e-3) + beta, 0)
+    f = gamma * (h - h.mean(0)) / np.sqrt(h.var(0) + 1e-3) + beta
+    f = np.tanh(f) if activation == "tanh" else np.maximum(f, 0)
     fs, fq = f[: len(sx)], f[len(sx) :]
     onehot = np.eye(w2.shape[1])[sy]
     for _ in range(steps):
@@ -209,43 +210,19 @@ def test_anil_pooled_meta_gradient_matches_finite_differences():
     batch = Task(sx[None], sy[None], qx[None], qy[None])
     learner = meta.ANIL(_model(5, "tanh"), inner_lr=0.3, inner_steps=2, batch_norm="pooled")
     loss, grads = learner.meta_gradients(batch)
-    weights = learner.model.trainable_weights
-    base = [np.array(w) for w in weights]
+    base = [np.array(w, np.float64) for w in learner.model.trainable_weights]
     rng = np.random.default_rng(6)
     direction = [rng.normal(size=b.shape) for b in base]
     analytic = sum(float(np.sum(np.asarray(g) * d)) for g, d in zip(grads, direction))
 
-    def ref(t):  # the reference in float64 (tanh body)
-        w1, b1, gamma, beta, w2, b2 = (b + t * d for b, d in zip(base, direction))
-        h = np.concatenate([sx, qx]).astype(np.float64) @ w1 + b1
-        f = np.tanh(gamma * (h - h.mean(0)) / np.sqrt(h.var(0) + 1e-3) + beta)
-        fs, fq = f[: len(sx)], f[len(sx) :]
-        onehot = np.eye(3)[sy]
-        for _ in range(2):
-            z = fs @ w2 + b2
-            p = np.exp(z - z.max(1, keepdims=True))
-            p /= p.sum(1, keepdims=True)
-            d = (p - onehot) / len(sx)
-            w2, b2 = w2 - 0.3 * fs.T @ d, b2 - 0.3 * d.sum(0)
-        return _xent(fq @ w2 + b2, qy)
+    def ref(t):
+        moved = [b + t * d for b, d in zip(base, direction)]
+        return _pooled_reference(moved, sx, sy, qx, qy, activation="tanh")
 
     assert loss == pytest.approx(ref(0.0), rel=1e-5)
     eps = 1e-4
     numeric = (ref(eps) - ref(-eps)) / (2 * eps)
     assert analytic == pytest.approx(numeric, rel=1e-3, abs=1e-5)
-
-
-def test_anil_pooled_learns():
-    from metalearn.tasks import NWayKShot
-
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(8, 4)) * 2
-    x = (centres.repeat(10, 0) + rng.normal(size=(80, 4)) * 0.3).astype(np.float32)
-    y = np.arange(80) // 10
-    tasks = NWayKShot((x, y), 3, 2, 4, augment_rotations=False, seed=1)
-    learner = LEARNERS["anil"](_model(), batch_norm="pooled", meta_lr=0.01, meta_optimizer="adam")
-    hist = learner.fit(tasks, iterations=40, meta_batch_size=4, verbose=0)
-    assert np.mean(hist["loss"][-10:]) < np.mean(hist["loss"][:10])
 
 
 def test_pooled_is_refused_where_it_has_no_meaning():
