@@ -136,11 +136,12 @@ def test_peak_memory_is_the_child_own():
     ballast = np.ones(2**30 // 8)  # touched: resident
     code = (
         f"import sys; sys.path.insert(0, {os.path.join(REPO, 'benchmarks')!r}); "
-        "import conv84; print(conv84._rss_mib(), conv84._current_rss_mib())"
+        # the resident size first: the high-water mark read after it is at least that
+        "import conv84; now = conv84._current_rss_mib(); print(now, conv84._rss_mib())"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
     )
-    peak, now = map(float, out.stdout.split()[-2:])
+    now, peak = map(float, out.stdout.split()[-2:])
     assert ballast.sum() > 0
     assert now <= peak < now + 256, f"child's peak {peak:.0f} MiB at {now:.0f} MiB resident"
