@@ -569,11 +569,14 @@ class MAML(BaseMetaLearner):
             metrics.append(metric)
         return total * (1.0 / n), float(np.mean(metrics))
 
+    def _task_inputs(self, batch, i):
+        """Task `i`'s prepared (support, query) inputs."""
+        return self._support_input(batch.support_x[i]), self._support_input(batch.query_x[i])
+
     def _task_loss(self, batch, i):
         """Task `i`'s query loss after the inner loop (a graph back to the
         meta-parameters) and its metric."""
-        sx = self._support_input(batch.support_x[i])
-        qx = self._support_input(batch.query_x[i])
+        sx, qx = self._task_inputs(batch, i)
         fast = self._inner_loop(sx, batch.support_y[i], self.inner_steps, not self.first_order)
         return self._query_loss(batch, i, fast, qx, sx)
 
@@ -634,8 +637,7 @@ class MAML(BaseMetaLearner):
         with its graph and its vector-Jacobian product carries the gradient to its
         inputs (and to the meta-parameters the step reads: Meta-SGD's rates), and that
         graph is dropped before the step before it is re-run."""
-        sx = self._support_input(batch.support_x[i])
-        qx = self._support_input(batch.query_x[i])
+        sx, qx = self._task_inputs(batch, i)
         sy = batch.support_y[i]
         inner = list(self._inner_params())
         m = len(inner)
@@ -971,6 +973,7 @@ class ANIL(MAML):
             )
         # evaluate's episode: its query joins the support's batch in the adaptation curve
         self._episode = task if self.batch_norm == "pooled" else None
+        self._episode_query = None  # (its query_x, the query features of the curve's pass)
 
     def _inner_params(self):
         all_w = self.model.trainable_weights
@@ -997,21 +1000,26 @@ class ANIL(MAML):
         both = self._support_input(_core.concat([sx, qx], axis=0))
         return _core.narrow(both, 0, 0, n), _core.narrow(both, 0, n, m)
 
-    def _task_loss(self, batch, i):
+    def _task_inputs(self, batch, i):
         if self.batch_norm != "pooled":
-            return super()._task_loss(batch, i)
-        sx, qx = self._pooled_inputs(batch.support_x[i], batch.query_x[i])
-        fast = self._inner_loop(sx, batch.support_y[i], self.inner_steps, not self.first_order)
-        return self._query_loss(batch, i, fast, qx, sx)
+            return super()._task_inputs(batch, i)
+        return self._pooled_inputs(batch.support_x[i], batch.query_x[i])
 
     def _curve_input(self, support_x):
         episode = getattr(self, "_episode", None)
         if self.batch_norm == "pooled" and episode is not None and episode.support_x is support_x:
-            return self._pooled_inputs(support_x, episode.query_x)[0]
+            sf, qf = self._pooled_inputs(support_x, episode.query_x)
+            # the same pass gave the query's features: evaluate's _query_output reads them
+            # instead of running the body over support and query again
+            self._episode_query = (episode.query_x, qf.detach())
+            return sf
         return self._support_input(support_x)
 
     def _query_output(self, fast, query_x, support_x=None):
         if self.batch_norm == "pooled" and support_x is not None:
+            kept = getattr(self, "_episode_query", None)
+            if kept is not None and kept[0] is query_x:
+                return self._forward(fast, kept[1])
             return self._forward(fast, self._pooled_inputs(support_x, query_x)[1])
         return super()._query_output(fast, query_x, support_x)
 
