@@ -70,7 +70,7 @@ def main(argv=None):
         f"{args.iterations} meta-iterations of {args.meta_batch_size} tasks (MAML 2nd order, "
         f"inner lr 0.4, 1 step); {args.episodes} test episodes (the same for every row)"
     )
-    columns = MODES + (("pooled",) if "anil" in algorithms else ())
+    columns = tuple(dict.fromkeys(m for a in algorithms for m in modes_of(a)))
     print(
         f"{'algorithm':>9s} | {'trained with':>14s} | "
         + " | ".join(f"{'eval ' + m:>22s}" for m in columns)
