@@ -55,6 +55,23 @@ static bn_geom bn_geom_of(const ml_tensor *x, int ax, int grouped) {
 
 #define BN_BLOCK 16
 
+/* A group's statistics and gradient sums are taken over chunks of its outer rows, the rows
+ * a chunk fixed by the shape alone (bn_chunk_rows: ~BN_CHUNK_FLOATS floats, a multiple of
+ * BN_BLOCK rows): each chunk's partial sums in double, then the partials added in chunk
+ * order. Chunks are independent, so a large group's passes run their chunks over the
+ * thread pool (bn_phase) and the result is the same bits for any thread count (the
+ * determinism contract, ARCHITECTURE.md). Each thread streams whole rows: splitting the
+ * channels instead (each thread half of every row) was measured 2x slower on two threads
+ * than on one here, the two cores' prefetchers pulling each other's cache lines. */
+#define BN_CHUNK_FLOATS (1 << 15)
+
+static int64_t bn_chunk_rows(const bn_geom *g) {
+    int64_t r = BN_CHUNK_FLOATS / (g->c * g->inner);
+    if (r < 1) r = 1;
+    if (g->inner == 1) r = (r + BN_BLOCK - 1) / BN_BLOCK * BN_BLOCK;
+    return r;
+}
+
 /* out[c] += the sum over rows of x[row][c] (mean NULL) or of (x[row][c] - mean[c])^2, for
  * channels-last x (rows x C): float over blocks of BN_BLOCK rows, then double; a block
  * whose float sum leaves the float range (values near 1e37, deviations beyond 1e19) is
@@ -90,49 +107,35 @@ ML_INLINE void bn_block_sums(const float *x, int64_t rows, int64_t C, const floa
     }
 }
 
-/* Per-channel mean, biased variance and 1/sqrt(var + eps) (two passes). Sums are double;
- * channels-last rows are first summed in float over blocks of BN_BLOCK rows
- * (bn_block_sums: 8-lane float adds, the conversion to double once per block, not once per
- * element: it was a third of the statistics pass). A block's float error is ~BN_BLOCK ulp
- * of its terms, far inside float32 batch norm's tolerance. acc: 2*c doubles of scratch,
- * tmp: c floats. */
-ML_INLINE void bn_stats(const bn_geom *g, const float *x, float eps, double *acc, float *tmp,
-                        float *mean, float *var, float *inv) {
+/* One chunk's part of the statistics: out[c] = the sum over rows [r0, r1) of x (mean NULL)
+ * or of (x - mean)^2, channel c. Channels last: bn_block_sums (8-lane float adds over
+ * blocks of rows, the conversion to double once per block: it was a third of the
+ * statistics pass; a block's float error is ~BN_BLOCK ulp of its terms, far inside
+ * float32 batch norm's tolerance). Axes after the channel: in double, row by row. tmp: C
+ * floats. */
+ML_INLINE void bn_sum_rows(const bn_geom *g, const float *x, int64_t r0, int64_t r1,
+                           const float *mean, float *tmp, double *out) {
     const int64_t C = g->c, inner = g->inner;
-    double *s = acc, *q = acc + C;
-    for (int64_t c = 0; c < C; c++) s[c] = q[c] = 0.0;
+    for (int64_t c = 0; c < C; c++) out[c] = 0.0;
     if (inner == 1) {
-        bn_block_sums(x, g->outer, C, NULL, tmp, s);
-    } else {
-        for (int64_t o = 0; o < g->outer; o++) {
-            const float *row = x + o * C * inner;
-            for (int64_t c = 0; c < C; c++) {
-                double t = 0.0;
-                for (int64_t i = 0; i < inner; i++) t += row[c * inner + i];
-                s[c] += t;
-            }
-        }
+        bn_block_sums(x + r0 * C, r1 - r0, C, mean, tmp, out);
+        return;
     }
-    for (int64_t c = 0; c < C; c++) mean[c] = (float)(s[c] / (double)g->count);
-    if (inner == 1) {
-        bn_block_sums(x, g->outer, C, mean, tmp, q);
-    } else {
-        for (int64_t o = 0; o < g->outer; o++) {
-            const float *row = x + o * C * inner;
-            for (int64_t c = 0; c < C; c++) {
-                double t = 0.0, m = mean[c];
+    for (int64_t o = r0; o < r1; o++) {
+        const float *row = x + o * C * inner;
+        for (int64_t c = 0; c < C; c++) {
+            double t = 0.0;
+            if (mean) {
+                const double m = mean[c];
                 for (int64_t i = 0; i < inner; i++) {
-                    double d = (double)row[c * inner + i] - m;
+                    const double d = (double)row[c * inner + i] - m;
                     t += d * d;
                 }
-                q[c] += t;
+            } else {
+                for (int64_t i = 0; i < inner; i++) t += row[c * inner + i];
             }
+            out[c] += t;
         }
-    }
-    for (int64_t c = 0; c < C; c++) {
-        double v = q[c] / (double)g->count;
-        var[c] = (float)v;
-        inv[c] = (float)(1.0 / sqrt(v + (double)eps));
     }
 }
 
@@ -157,13 +160,195 @@ static ml_status replay_bn(ml_tensor **out, ml_tensor **in, const void *params) 
  * with its inputs (x, gamma?, beta?) and params; the moving-statistics update is done by
  * ml_batch_norm outside it and is NOT replayed (a replay sees the statistics' values of
  * its own inputs only through y). */
-/* Groups are independent (each its own statistics, each computed in one task in the same
- * order): a grouped batch norm of a large meta-batch runs its groups over the thread pool,
- * with the same result for any thread count. */
+/* Groups are independent (each its own statistics): a grouped batch norm with at least as
+ * many groups as threads runs ranges of groups over the thread pool, each group's chunks
+ * in order in one task; any other large input runs each group's passes with its chunks
+ * over the pool (bn_phase). Either way each chunk's partial sums are the same and are
+ * added in the same order: the same result for any thread count. Task-by-task MAML
+ * through a conv net (one group a call) runs on the second. */
 #define BN_PAR_MIN (1 << 14)
 
-typedef struct bn_job bn_job;
-struct bn_job {
+/* the passes over a group's chunks */
+enum { BN_SUM, BN_SQ, BN_NORM, BN_GSUM, BN_DX };
+
+/* One group's pass over its chunks: the group's x (and gy in the backward), its output
+ * (y for BN_NORM, dx for BN_DX) and the per-channel vectors the pass reads. */
+typedef struct bn_pass {
+    const bn_geom *g;
+    const float *x, *gy;
+    float *out;
+    const float *mean, *inv; /* BN_SQ: mean; BN_GSUM: mean, inv; BN_NORM, BN_DX: mean */
+    const float *v1, *v2, *v3; /* BN_NORM: scale, shift; BN_DX: k, a, b */
+    int phase;
+    int64_t rows, chunks; /* rows a chunk (bn_chunk_rows), chunks a group */
+    double *part;         /* chunks x 2C: each chunk's partial sums (BN_GSUM: sg, sgx) */
+    float *tmp;           /* chunks x 2C floats of scratch */
+} bn_pass;
+
+/* y = (x - mean) * scale + shift over rows [r0, r1) */
+ML_INLINE void bn_norm_rows(const bn_geom *g, const float *xd, float *od, const float *mean,
+                            const float *scale, const float *shift, int64_t r0, int64_t r1) {
+    const int64_t C = g->c, inner = g->inner;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *xr = xd + r * C * inner;
+        float *yr = od + r * C * inner;
+        if (inner == 1) {
+            for (int64_t c = 0; c < C; c++) yr[c] = (xr[c] - mean[c]) * scale[c] + shift[c];
+        } else {
+            for (int64_t c = 0; c < C; c++) {
+                const float m = mean[c], sc = scale[c], sh = shift[c];
+                for (int64_t i = 0; i < inner; i++)
+                    yr[c * inner + i] = (xr[c * inner + i] - m) * sc + sh;
+            }
+        }
+    }
+}
+
+/* The backward's sums over rows [r0, r1), channels last (inner == 1): sg[c] = sum of g and
+ * sgx[c] = sum of g * xhat, in float over blocks of rows as bn_block_sums sums (t1, t2: C
+ * floats of scratch), a block in double where float's range is exceeded. */
+ML_INLINE void bn_grad_sums_last(const bn_geom *g, const float *xd, const float *gd,
+                                 const float *mean, const float *inv, int64_t rb, int64_t re,
+                                 float *t1, float *t2, double *sg, double *sgx) {
+    const int64_t C = g->c;
+    for (int64_t c = 0; c < C; c++) sg[c] = sgx[c] = 0.0;
+    for (int64_t r0 = rb; r0 < re; r0 += BN_BLOCK) {
+        const int64_t r1 = r0 + BN_BLOCK < re ? r0 + BN_BLOCK : re;
+        for (int64_t c = 0; c < C; c++) t1[c] = t2[c] = 0.0f;
+        for (int64_t r = r0; r < r1; r++) {
+            const float *xr = xd + r * C, *gr = gd + r * C;
+            for (int64_t c = 0; c < C; c++) {
+                t1[c] += gr[c];
+                t2[c] += gr[c] * ((xr[c] - mean[c]) * inv[c]);
+            }
+        }
+        for (int64_t c = 0; c < C; c++) {
+            if (isfinite(t1[c]) && isfinite(t2[c])) {
+                sg[c] += t1[c];
+                sgx[c] += t2[c];
+                continue;
+            }
+            double u1 = 0.0, u2 = 0.0; /* float range exceeded: this block in double */
+            for (int64_t r = r0; r < r1; r++) {
+                const float gv = gd[r * C + c];
+                u1 += gv;
+                u2 += (double)gv * (double)((xd[r * C + c] - mean[c]) * inv[c]);
+            }
+            sg[c] += u1;
+            sgx[c] += u2;
+        }
+    }
+}
+
+/* The same sums with axes after the channel (inner > 1): in double, row by row. */
+ML_INLINE void bn_grad_sums_inner(const bn_geom *g, const float *xd, const float *gd,
+                                  const float *mean, const float *inv, int64_t r0, int64_t r1,
+                                  double *sg, double *sgx) {
+    const int64_t C = g->c, inner = g->inner;
+    for (int64_t c = 0; c < C; c++) sg[c] = sgx[c] = 0.0;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *xr = xd + r * C * inner, *gr = gd + r * C * inner;
+        for (int64_t c = 0; c < C; c++) {
+            double t = 0.0, u = 0.0;
+            const float m = mean[c], iv = inv[c];
+            for (int64_t i = 0; i < inner; i++) {
+                float gv = gr[c * inner + i];
+                t += gv;
+                u += (double)gv * (double)((xr[c * inner + i] - m) * iv);
+            }
+            sg[c] += t;
+            sgx[c] += u;
+        }
+    }
+}
+
+/* dx = k * (g - a - (x - mean) * b) over rows [r0, r1), with k = gamma * inv, a = mean(g)
+ * and b = mean(g xhat) * inv per channel. */
+ML_INLINE void bn_grad_dx(const bn_geom *g, const float *xd, const float *gd, const float *k,
+                          const float *a, const float *b, const float *mean, float *od, int64_t r0,
+                          int64_t r1) {
+    const int64_t C = g->c, inner = g->inner;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *xr = xd + r * C * inner, *gr = gd + r * C * inner;
+        float *dr = od + r * C * inner;
+        if (inner == 1) {
+            for (int64_t c = 0; c < C; c++)
+                dr[c] = k[c] * (gr[c] - a[c] - (xr[c] - mean[c]) * b[c]);
+        } else {
+            for (int64_t c = 0; c < C; c++) {
+                const float kc = k[c], ac = a[c], bc = b[c], m = mean[c];
+                for (int64_t i = 0; i < inner; i++)
+                    dr[c * inner + i] = kc *
+                                        (gr[c * inner + i] - ac - (xr[c * inner + i] - m) * bc);
+            }
+        }
+    }
+}
+
+/* Chunk k of the pass s->phase */
+ML_INLINE void bn_chunk_body(bn_pass *s, int64_t k) {
+    const bn_geom *g = s->g;
+    const int64_t C = g->c;
+    const int64_t r0 = k * s->rows, r1 = r0 + s->rows < g->outer ? r0 + s->rows : g->outer;
+    double *p = s->part + k * 2 * C;
+    float *t = s->tmp + k * 2 * C;
+    switch (s->phase) {
+    case BN_SUM: bn_sum_rows(g, s->x, r0, r1, NULL, t, p); break;
+    case BN_SQ: bn_sum_rows(g, s->x, r0, r1, s->mean, t, p); break;
+    case BN_NORM: bn_norm_rows(g, s->x, s->out, s->mean, s->v1, s->v2, r0, r1); break;
+    case BN_GSUM:
+        if (g->inner == 1)
+            bn_grad_sums_last(g, s->x, s->gy, s->mean, s->inv, r0, r1, t, t + C, p, p + C);
+        else
+            bn_grad_sums_inner(g, s->x, s->gy, s->mean, s->inv, r0, r1, p, p + C);
+        break;
+    default: bn_grad_dx(g, s->x, s->gy, s->v1, s->v2, s->v3, s->mean, s->out, r0, r1); break;
+    }
+}
+ML_CPU_CLONES(bn_chunk, (bn_pass * s, int64_t k), (s, k))
+
+static void bn_chunk_task(void *ctx, int64_t k) { bn_chunk(ctx, k); }
+
+/* Runs the pass `phase` over all chunks of s's group: on the pool when threads > 1. */
+static void bn_phase(bn_pass *s, int phase, int threads) {
+    s->phase = phase;
+    if (threads > 1 && s->chunks > 1)
+        ml__parallel_for(s->chunks, threads, bn_chunk_task, s);
+    else
+        for (int64_t k = 0; k < s->chunks; k++) bn_chunk(s, k);
+}
+
+/* out[c] = the chunks' partials at offset off (0 or C) of each, added in chunk order */
+static void bn_combine(const bn_pass *s, int64_t off, double *out) {
+    const int64_t C = s->g->c;
+    for (int64_t c = 0; c < C; c++) out[c] = 0.0;
+    for (int64_t k = 0; k < s->chunks; k++) {
+        const double *p = s->part + k * 2 * C + off;
+        for (int64_t c = 0; c < C; c++) out[c] += p[c];
+    }
+}
+
+/* The group's per-channel mean, biased variance and inv = 1/sqrt(var + eps): two passes
+ * (the sum, then the squared deviations from the mean), sums in double. acc: 2C doubles. */
+static void bn_group_stats(bn_pass *s, float eps, int threads, double *acc, float *mean, float *var,
+                           float *inv) {
+    const bn_geom *g = s->g;
+    const int64_t C = g->c;
+    double *sum = acc, *sq = acc + C;
+    bn_phase(s, BN_SUM, threads);
+    bn_combine(s, 0, sum);
+    for (int64_t c = 0; c < C; c++) mean[c] = (float)(sum[c] / (double)g->count);
+    s->mean = mean;
+    bn_phase(s, BN_SQ, threads);
+    bn_combine(s, 0, sq);
+    for (int64_t c = 0; c < C; c++) {
+        double v = sq[c] / (double)g->count;
+        var[c] = (float)v;
+        inv[c] = (float)(1.0 / sqrt(v + (double)eps));
+    }
+}
+
+typedef struct bn_job {
     const bn_geom *g;
     const float *x, *gamma, *beta, *gy;
     float *o, *dx, *dgamma, *dbeta;
@@ -171,81 +356,129 @@ struct bn_job {
     float *mean_out, *var_out;
     float *stats_save;       /* per group: mean (C), inv (C), for a recompute */
     const float *stats_load; /* a recompute: those statistics, not computed again */
-    int64_t step; /* groups per task */
+    int backward;            /* the fused first-order backward, else the forward */
+    int64_t step;            /* groups per task of a run over groups */
     int failed;
-    void (*range)(bn_job *j, int64_t g0, int64_t g1); /* forward or backward */
-};
+} bn_job;
 
-
-ML_INLINE void bn_train_range_body(bn_job *j, int64_t g0, int64_t g1) {
+/* The training-mode forward of group gi. f: 5C floats of scratch. */
+static void bn_group_forward(bn_job *j, int64_t gi, bn_pass *s, int threads, double *acc,
+                             float *f) {
     const bn_geom *g = j->g;
-    const int64_t C = g->c, inner = g->inner;
-    double *acc = malloc((size_t)C * 2 * sizeof(double));
-    float *f = malloc((size_t)C * 6 * sizeof(float));
-    if (!acc || !f) {
-        free(acc);
-        free(f);
-        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
-        return;
+    const int64_t C = g->c;
+    float *mean = f, *var = f + C, *inv = f + 2 * C, *scale = f + 3 * C, *shift = f + 4 * C;
+    const float *gd = j->gamma ? j->gamma + gi * C : NULL;
+    const float *bd = j->beta ? j->beta + gi * C : NULL;
+    s->x = j->x + gi * g->slice;
+    s->out = j->o + gi * g->slice;
+    if (j->stats_load) {
+        memcpy(mean, j->stats_load + gi * 2 * C, (size_t)C * sizeof(float));
+        memcpy(inv, j->stats_load + gi * 2 * C + C, (size_t)C * sizeof(float));
+    } else {
+        bn_group_stats(s, j->eps, threads, acc, mean, var, inv);
     }
-    float *mean = f, *var = f + C, *inv = f + 2 * C, *scale = f + 3 * C, *shift = f + 4 * C,
-          *tmp = f + 5 * C;
-    for (int64_t gi = g0; gi < g1; gi++) {
-        const float *xd = j->x + gi * g->slice;
-        float *od = j->o + gi * g->slice;
-        const float *gd = j->gamma ? j->gamma + gi * C : NULL;
-        const float *bd = j->beta ? j->beta + gi * C : NULL;
-        if (j->stats_load) {
-            memcpy(mean, j->stats_load + gi * 2 * C, (size_t)C * sizeof(float));
-            memcpy(inv, j->stats_load + gi * 2 * C + C, (size_t)C * sizeof(float));
-        } else {
-            bn_stats(g, xd, j->eps, acc, tmp, mean, var, inv);
-        }
-        if (j->stats_save) {
-            memcpy(j->stats_save + gi * 2 * C, mean, (size_t)C * sizeof(float));
-            memcpy(j->stats_save + gi * 2 * C + C, inv, (size_t)C * sizeof(float));
-        }
-        for (int64_t c = 0; c < C; c++) {
-            scale[c] = gd ? inv[c] * gd[c] : inv[c];
-            shift[c] = bd ? bd[c] : 0.0f;
-        }
-        for (int64_t r = 0; r < g->outer; r++) {
-            const float *xr = xd + r * C * inner;
-            float *yr = od + r * C * inner;
-            if (inner == 1) {
-                for (int64_t c = 0; c < C; c++) yr[c] = (xr[c] - mean[c]) * scale[c] + shift[c];
-            } else {
-                for (int64_t c = 0; c < C; c++) {
-                    const float m = mean[c], sc = scale[c], sh = shift[c];
-                    for (int64_t i = 0; i < inner; i++)
-                        yr[c * inner + i] = (xr[c * inner + i] - m) * sc + sh;
-                }
-            }
-        }
+    if (j->stats_save) {
+        memcpy(j->stats_save + gi * 2 * C, mean, (size_t)C * sizeof(float));
+        memcpy(j->stats_save + gi * 2 * C + C, inv, (size_t)C * sizeof(float));
     }
-    /* statistics for the moving averages (ungrouped only: one group, one task) */
+    for (int64_t c = 0; c < C; c++) {
+        scale[c] = gd ? inv[c] * gd[c] : inv[c];
+        shift[c] = bd ? bd[c] : 0.0f;
+    }
+    s->mean = mean;
+    s->v1 = scale;
+    s->v2 = shift;
+    bn_phase(s, BN_NORM, threads);
+    /* statistics for the moving averages (ungrouped only: one group) */
     if (j->mean_out) memcpy(j->mean_out, mean, (size_t)C * sizeof(float));
     if (j->var_out) memcpy(j->var_out, var, (size_t)C * sizeof(float));
+}
+
+/* The first-order backward of group gi (grad mode off): the statistics (recomputed, or
+ * the forward's own), the sums, dx. f: 6C floats of scratch. */
+static void bn_group_backward(bn_job *j, int64_t gi, bn_pass *s, int threads, double *acc,
+                              float *f) {
+    const bn_geom *g = j->g;
+    const int64_t C = g->c;
+    float *mean = f, *var = f + C, *inv = f + 2 * C, *a = f + 3 * C, *b = f + 4 * C, *k = f + 5 * C;
+    double *sg = acc, *sgx = acc + C;
+    const float *gam = j->gamma ? j->gamma + gi * C : NULL;
+    s->x = j->x + gi * g->slice;
+    s->gy = j->gy + gi * g->slice;
+    s->out = j->dx ? j->dx + gi * g->slice : NULL;
+    if (j->stats_load) { /* the forward's own mean and inv: the same bits, 2 passes less */
+        memcpy(mean, j->stats_load + gi * 2 * C, (size_t)C * sizeof(float));
+        memcpy(inv, j->stats_load + gi * 2 * C + C, (size_t)C * sizeof(float));
+    } else {
+        bn_group_stats(s, j->eps, threads, acc, mean, var, inv);
+    }
+    s->mean = mean;
+    s->inv = inv;
+    bn_phase(s, BN_GSUM, threads);
+    bn_combine(s, 0, sg);
+    bn_combine(s, C, sgx);
+    if (j->dgamma)
+        for (int64_t c = 0; c < C; c++) j->dgamma[gi * C + c] = (float)sgx[c];
+    if (j->dbeta)
+        for (int64_t c = 0; c < C; c++) j->dbeta[gi * C + c] = (float)sg[c];
+    if (!j->dx) return;
+    for (int64_t c = 0; c < C; c++) {
+        k[c] = gam ? gam[c] * inv[c] : inv[c];
+        a[c] = (float)(sg[c] / (double)g->count);           /* mean(g) */
+        b[c] = (float)(sgx[c] / (double)g->count) * inv[c]; /* mean(g xhat) inv */
+    }
+    s->v1 = k;
+    s->v2 = a;
+    s->v3 = b;
+    bn_phase(s, BN_DX, threads);
+}
+
+/* Groups [g0, g1), one after the other, each pass over a group's chunks on `threads`. */
+static void bn_groups(bn_job *j, int64_t g0, int64_t g1, int threads) {
+    const bn_geom *g = j->g;
+    const int64_t C = g->c;
+    bn_pass s = {.g = g, .rows = bn_chunk_rows(g)};
+    s.chunks = (g->outer + s.rows - 1) / s.rows;
+    s.part = malloc((size_t)(s.chunks * 2 * C) * sizeof(double));
+    s.tmp = malloc((size_t)(s.chunks * 2 * C) * sizeof(float));
+    double *acc = malloc((size_t)C * 2 * sizeof(double));
+    float *f = malloc((size_t)C * 6 * sizeof(float));
+    if (s.part && s.tmp && acc && f) {
+        for (int64_t gi = g0; gi < g1; gi++) {
+            if (j->backward)
+                bn_group_backward(j, gi, &s, threads, acc, f);
+            else
+                bn_group_forward(j, gi, &s, threads, acc, f);
+        }
+    } else {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+    }
+    free(s.part);
+    free(s.tmp);
     free(acc);
     free(f);
 }
-ML_CPU_CLONES(bn_train_range, (bn_job * j, int64_t g0, int64_t g1), (j, g0, g1))
 
-/* Task i of a pool run: groups [i * step, (i + 1) * step) through j->range. */
+/* Task i of a run over groups: groups [i * step, (i + 1) * step), each on this thread. */
 static void bn_part(void *ctx, int64_t i) {
     bn_job *j = ctx;
     int64_t g0 = i * j->step, g1 = g0 + j->step < j->g->groups ? g0 + j->step : j->g->groups;
-    j->range(j, g0, g1);
+    bn_groups(j, g0, g1, 1);
 }
 
-/* Runs j->range over all groups: in one range, or in ranges over the pool for a large
- * grouped input. Returns whether a range ran out of memory. */
+/* Runs the job over all groups: ranges of groups over the pool when a large input has at
+ * least as many groups as threads, else the groups in turn with each pass's chunks over the
+ * pool (or all on this thread for a small input). Returns whether it ran out of memory. */
 static int bn_run(bn_job *j) {
     const int64_t G = j->g->groups;
     const int t = ml__in_parallel() ? 1 : ml_get_num_threads();
-    const int64_t parts = t > 1 && G > 1 && G * j->g->slice >= BN_PAR_MIN ? (G < t ? G : t) : 1;
-    j->step = G > 1 ? (G + parts - 1) / parts : 1;
-    ml__parallel_for((G + j->step - 1) / j->step, 0, bn_part, j);
+    const int big = t > 1 && G * j->g->slice >= BN_PAR_MIN;
+    if (big && G >= t) {
+        j->step = (G + t - 1) / t;
+        ml__parallel_for((G + j->step - 1) / j->step, 0, bn_part, j);
+    } else {
+        bn_groups(j, 0, G, big ? t : 1);
+    }
     return j->failed;
 }
 
@@ -285,23 +518,16 @@ static ml_status bn_train_stats(ml_tensor **out, ml_tensor *x, ml_tensor *gamma,
         ml_release(o);
         return ml_set_error(ML_ERR_OOM, "batch_norm: out of memory");
     }
-    bn_job j = {&g,
-                x->data,
-                gamma ? gamma->data : NULL,
-                beta ? beta->data : NULL,
-                NULL,
-                o->data,
-                NULL,
-                NULL,
-                NULL,
-                eps,
-                mean_out,
-                var_out,
-                save,
-                stats_load,
-                0,
-                0,
-                bn_train_range};
+    bn_job j = {.g = &g,
+                .x = x->data,
+                .gamma = gamma ? gamma->data : NULL,
+                .beta = beta ? beta->data : NULL,
+                .o = o->data,
+                .eps = eps,
+                .mean_out = mean_out,
+                .var_out = var_out,
+                .stats_save = save,
+                .stats_load = stats_load};
     if (bn_run(&j)) {
         free(save);
         ml_release(o);
@@ -331,130 +557,6 @@ static ml_status bn_train_stats(ml_tensor **out, ml_tensor *x, ml_tensor *gamma,
     return ML_OK;
 }
 
-/* One group's sums for the backward, channels last (inner == 1): sg[c] += sum of g and
- * sgx[c] += sum of g * xhat, in float over blocks of rows as bn_stats sums (t1, t2: C
- * floats of scratch), a block in double where float's range is exceeded. */
-ML_INLINE void bn_grad_sums_last(const bn_geom *g, const float *xd, const float *gd,
-                                 const float *mean, const float *inv, float *t1, float *t2,
-                                 double *sg, double *sgx) {
-    const int64_t C = g->c;
-    for (int64_t r0 = 0; r0 < g->outer; r0 += BN_BLOCK) {
-        const int64_t r1 = r0 + BN_BLOCK < g->outer ? r0 + BN_BLOCK : g->outer;
-        for (int64_t c = 0; c < C; c++) t1[c] = t2[c] = 0.0f;
-        for (int64_t r = r0; r < r1; r++) {
-            const float *xr = xd + r * C, *gr = gd + r * C;
-            for (int64_t c = 0; c < C; c++) {
-                t1[c] += gr[c];
-                t2[c] += gr[c] * ((xr[c] - mean[c]) * inv[c]);
-            }
-        }
-        for (int64_t c = 0; c < C; c++) {
-            if (isfinite(t1[c]) && isfinite(t2[c])) {
-                sg[c] += t1[c];
-                sgx[c] += t2[c];
-                continue;
-            }
-            double u1 = 0.0, u2 = 0.0; /* float range exceeded: this block in double */
-            for (int64_t r = r0; r < r1; r++) {
-                const float gv = gd[r * C + c];
-                u1 += gv;
-                u2 += (double)gv * (double)((xd[r * C + c] - mean[c]) * inv[c]);
-            }
-            sg[c] += u1;
-            sgx[c] += u2;
-        }
-    }
-}
-
-/* The same sums with axes after the channel (inner > 1): in double, row by row. */
-ML_INLINE void bn_grad_sums_inner(const bn_geom *g, const float *xd, const float *gd,
-                                  const float *mean, const float *inv, double *sg, double *sgx) {
-    const int64_t C = g->c, inner = g->inner;
-    for (int64_t r = 0; r < g->outer; r++) {
-        const float *xr = xd + r * C * inner, *gr = gd + r * C * inner;
-        for (int64_t c = 0; c < C; c++) {
-            double t = 0.0, u = 0.0;
-            const float m = mean[c], iv = inv[c];
-            for (int64_t i = 0; i < inner; i++) {
-                float gv = gr[c * inner + i];
-                t += gv;
-                u += (double)gv * (double)((xr[c * inner + i] - m) * iv);
-            }
-            sg[c] += t;
-            sgx[c] += u;
-        }
-    }
-}
-
-/* One group's dx = k * (g - a - (x - mean) * b), with k = gamma * inv, a = mean(g) and
- * b = mean(g xhat) * inv per channel. */
-ML_INLINE void bn_grad_dx(const bn_geom *g, const float *xd, const float *gd, const float *k,
-                          const float *a, const float *b, const float *mean, float *od) {
-    const int64_t C = g->c, inner = g->inner;
-    for (int64_t r = 0; r < g->outer; r++) {
-        const float *xr = xd + r * C * inner, *gr = gd + r * C * inner;
-        float *dr = od + r * C * inner;
-        if (inner == 1) {
-            for (int64_t c = 0; c < C; c++)
-                dr[c] = k[c] * (gr[c] - a[c] - (xr[c] - mean[c]) * b[c]);
-        } else {
-            for (int64_t c = 0; c < C; c++) {
-                const float kc = k[c], ac = a[c], bc = b[c], m = mean[c];
-                for (int64_t i = 0; i < inner; i++)
-                    dr[c * inner + i] = kc *
-                                        (gr[c * inner + i] - ac - (xr[c * inner + i] - m) * bc);
-            }
-        }
-    }
-}
-
-/* First-order backward with grad mode off: two fused passes (statistics are recomputed),
- * once per group (groups over the pool, as in the forward). */
-ML_INLINE void bn_backward_range_body(bn_job *j, int64_t g0, int64_t g1) {
-    const bn_geom *g = j->g;
-    const int64_t C = g->c;
-    double *acc = malloc((size_t)C * 4 * sizeof(double));
-    float *f = malloc((size_t)C * 7 * sizeof(float));
-    if (!acc || !f) {
-        free(acc);
-        free(f);
-        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
-        return;
-    }
-    float *mean = f, *var = f + C, *inv = f + 2 * C, *a = f + 3 * C, *b = f + 4 * C, *k = f + 5 * C,
-          *tmp = f + 6 * C;
-    double *sg = acc + 2 * C, *sgx = acc + 3 * C;
-    for (int64_t gi = g0; gi < g1; gi++) {
-        const float *xd = j->x + gi * g->slice, *gd = j->gy + gi * g->slice;
-        const float *gam = j->gamma ? j->gamma + gi * C : NULL;
-        if (j->stats_load) { /* the forward's own mean and inv: the same bits, 2 passes less */
-            memcpy(mean, j->stats_load + gi * 2 * C, (size_t)C * sizeof(float));
-            memcpy(inv, j->stats_load + gi * 2 * C + C, (size_t)C * sizeof(float));
-        } else {
-            bn_stats(g, xd, j->eps, acc, tmp, mean, var, inv);
-        }
-        for (int64_t c = 0; c < C; c++) sg[c] = sgx[c] = 0.0;
-        if (g->inner == 1) /* a and b: free scratch until dx's coefficients below */
-            bn_grad_sums_last(g, xd, gd, mean, inv, a, b, sg, sgx);
-        else
-            bn_grad_sums_inner(g, xd, gd, mean, inv, sg, sgx);
-        if (j->dgamma)
-            for (int64_t c = 0; c < C; c++) j->dgamma[gi * C + c] = (float)sgx[c];
-        if (j->dbeta)
-            for (int64_t c = 0; c < C; c++) j->dbeta[gi * C + c] = (float)sg[c];
-        if (!j->dx) continue;
-        for (int64_t c = 0; c < C; c++) {
-            k[c] = gam ? gam[c] * inv[c] : inv[c];
-            a[c] = (float)(sg[c] / (double)g->count);                    /* mean(g) */
-            b[c] = (float)(sgx[c] / (double)g->count) * inv[c];          /* mean(g xhat) inv */
-        }
-        bn_grad_dx(g, xd, gd, k, a, b, mean, j->dx + gi * g->slice);
-    }
-    free(acc);
-    free(f);
-}
-ML_CPU_CLONES(bn_backward_range, (bn_job * j, int64_t g0, int64_t g1), (j, g0, g1))
-
 /* stats_load: the statistics a recorded forward saved (mean and inv, 2 C floats a group;
  * bn_stats of the same x gives the same bits), or NULL to compute them */
 static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gamma, float eps,
@@ -472,23 +574,16 @@ static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gam
     if ((dgamma && (st = ml__new(dgamma, pnd, ps))) || (dbeta && (st = ml__new(dbeta, pnd, ps))) ||
         (dx && (st = ml__new(dx, x->ndim, x->shape))))
         goto done;
-    bn_job j = {g,
-                x->data,
-                gamma ? gamma->data : NULL,
-                NULL,
-                gy->data,
-                NULL,
-                dx ? (*dx)->data : NULL,
-                dgamma ? (*dgamma)->data : NULL,
-                dbeta ? (*dbeta)->data : NULL,
-                eps,
-                NULL,
-                NULL,
-                NULL,
-                stats_load,
-                0,
-                0,
-                bn_backward_range};
+    bn_job j = {.g = g,
+                .x = x->data,
+                .gamma = gamma ? gamma->data : NULL,
+                .gy = gy->data,
+                .dx = dx ? (*dx)->data : NULL,
+                .dgamma = dgamma ? (*dgamma)->data : NULL,
+                .dbeta = dbeta ? (*dbeta)->data : NULL,
+                .eps = eps,
+                .stats_load = stats_load,
+                .backward = 1};
     if (bn_run(&j)) st = ml_set_error(ML_ERR_OOM, "batch_norm backward: out of memory");
 done:
     if (st) { /* nothing half-made is returned */

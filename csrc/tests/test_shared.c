@@ -63,8 +63,7 @@ static const char *const SITES[] = {
     "relu_grad_mask_inplace",
     "red_block",
     "maxpool_kernel",
-    "bn_train_range",
-    "bn_backward_range",
+    "bn_chunk",
     "key_scores",
     "key_scores_f16",
     "key_scores_i8",
@@ -183,8 +182,8 @@ static ml_tensor *prog_max_pool(int v) {
     return o;
 }
 
-/* batch norm in training mode (bn_train_range), and its first-order gradient with
- * respect to x (bn_backward_range: no graph is recorded) */
+/* batch norm in training mode (bn_chunk), and its first-order gradient with
+ * respect to x (bn_chunk too: no graph is recorded) */
 static ml_tensor *prog_batch_norm(int v) {
     const int64_t s[4] = {8, 4, 4, 6}, c[1] = {6};
     ml_tensor *x = filled(4, s, 19), *gamma = filled(1, c, 20), *beta = filled(1, c, 21);

@@ -391,6 +391,72 @@ def test_batch_norm_grouped_over_threads_equals_one_thread_and_numpy():
     np.testing.assert_allclose(runs[0][2], (w * xhat).sum(1), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize(
+    "case",
+    [
+        ((80, 14, 14, 134), -1, False),  # channels last: 62 chunks of 256 rows, the last short
+        ((6, 134, 11, 9), 1, False),  # channels first (runs of 99 floats): 3 chunks of 2 rows
+        ((2, 75, 6, 9, 134), -1, True),  # 2 groups: over groups on 2 threads, chunks on 3 and 5
+    ],
+    ids=["last", "first", "grouped"],
+)
+def test_batch_norm_chunks_over_threads_equal_one_thread_and_numpy(case):
+    """A large batch norm with fewer groups than threads (one task's conv layer in MAML's
+    task-by-task loop) runs each pass over chunks of its rows on the thread pool, the
+    chunks' partial sums added in order: the output, the moving statistics' update and the
+    fused backward equal the one-thread run bit for bit, at any thread count, and the
+    float64 NumPy reference."""
+    shape, axis, grouped = case
+    rng = _rng(23)
+    c = shape[axis]
+    x = N(rng, *shape) * 2 + 1
+    pshape = (shape[0], c) if grouped else (c,)
+    gamma, beta = N(rng, *pshape) + 1, N(rng, *pshape)
+    w = N(rng, *shape)
+    mm0, mv0 = N(rng, c), np.abs(N(rng, c)) + 0.5
+    prev = ml.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2, 3, 5):
+            ml.set_num_threads(threads)
+            xt, gt, bt = (ml.tensor(a, requires_grad=True) for a in (x, gamma, beta))
+            if grouped:
+                y = _core.batch_norm_grouped(xt, gt, bt, axis=axis)
+                moving = []
+            else:
+                mm, mv = ml.tensor(mm0), ml.tensor(mv0)
+                y = _core.batch_norm(xt, gt, bt, mm, mv, training=True, axis=axis)
+                moving = [np.asarray(mm).copy(), np.asarray(mv).copy()]
+            grads = ml.grad(ml.reduce_sum(y * w), [xt, gt, bt])  # the fused C backward
+            runs.append([np.asarray(y).copy()] + [np.asarray(g).copy() for g in grads] + moving)
+    finally:
+        ml.set_num_threads(prev)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)
+    # float64 references: the output, dbeta = sum(w), dgamma = sum(w * xhat), the moving
+    # statistics (Keras' momentum 0.99, biased variance)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    ax = axis % x.ndim
+    red = tuple(d for d in range(1 if grouped else 0, x.ndim) if d != ax)
+    bshape = [1] * x.ndim
+    bshape[ax] = c
+    if grouped:
+        bshape[0] = shape[0]
+    m = x64.mean(red, keepdims=True)
+    v = ((x64 - m) ** 2).mean(red, keepdims=True)
+    xhat = (x64 - m) / np.sqrt(v + 1e-3)
+    ref = xhat * gamma.reshape(bshape) + beta.reshape(bshape)
+    np.testing.assert_allclose(runs[0][0], ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(runs[0][3].ravel(), w64.sum(red).ravel(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(
+        runs[0][2].ravel(), (w64 * xhat).sum(red).ravel(), rtol=1e-4, atol=1e-3
+    )
+    if not grouped:
+        np.testing.assert_allclose(runs[0][4], mm0 * 0.99 + m.ravel() * 0.01, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(runs[0][5], mv0 * 0.99 + v.ravel() * 0.01, rtol=1e-5, atol=1e-6)
+
+
 def test_batch_norm_statistics_survive_values_near_the_float_range():
     """The statistics sum blocks of rows in float first; a block that leaves the float range
     (an outlier of 2e19 squares past it, values of 3e37 sum past it) is summed in double:
