@@ -332,10 +332,11 @@ ML_CPU_CLONES(wino4_tiles,
               (j, kind, t0, t1, sS, buf, zeros, sink))
 
 
-/* U[s][a][b] = (G g G^T)[s] for the 3x3 kernel g of input channel a and output channel b
- * (flipped and transposed when flip: the input gradient's kernel). */
-static void kernel_transform(int64_t c, int64_t f, const float *k, int flip, float *u) {
-    for (int64_t a = 0; a < c; a++)
+/* U[s][a][b] = (G g G^T)[s] for the 3x3 kernel g of input channel a in [a0, a1) and output
+ * channel b (flipped and transposed when flip: the input gradient's kernel). */
+static void kernel_transform(int64_t c, int64_t f, const float *k, int flip, float *u, int64_t a0,
+                             int64_t a1) {
+    for (int64_t a = a0; a < a1; a++)
         for (int64_t b = 0; b < f; b++) {
             float g[3][3], d[4][3];
             for (int i = 0; i < 3; i++)
@@ -367,9 +368,10 @@ static const double G4[6][3] = {{0.25, 0, 0},
                                 {0, 0, 1}};
 
 /* kernel_transform for F(4x4, 3x3): U[s][a][b], s < 36. */
-static void kernel_transform4(int64_t c, int64_t f, const float *k, int flip, float *u) {
+static void kernel_transform4(int64_t c, int64_t f, const float *k, int flip, float *u, int64_t a0,
+                              int64_t a1) {
     const int64_t cf = c * f;
-    for (int64_t a = 0; a < c; a++)
+    for (int64_t a = a0; a < a1; a++)
         for (int64_t b = 0; b < f; b++) {
             double g[3][3], d[6][3];
             for (int i = 0; i < 3; i++)
@@ -437,6 +439,29 @@ static void job_tiles(wino_job *j, int m) {
     j->chunks = (j->T + j->tc - 1) / j->tc;
 }
 
+/* The kernel transform and the kernel gradient's last step run on the pool too, split
+ * where each output is its own (an input channel's kernels; ranges of U's entries): the
+ * split changes no bits. Below this many kernels (c x f) they stay on the calling thread.
+ * They were a serial 4-5 % of MAML conv4's step on two threads (docs/PERFORMANCE.md). */
+#define WINO_PAR_KERNELS 1024
+/* U's entries a task of the kernel gradient's last step takes */
+#define WINO_FINISH_STEP 256
+
+typedef struct kernel_job {
+    const wino_job *j;
+    const float *k;
+    float *u, *dk;
+    int flip;
+} kernel_job;
+
+static void kernel_transform_part(void *ctx, int64_t a) {
+    const kernel_job *t = ctx;
+    if (t->j->m == 4)
+        kernel_transform4(t->j->c, t->j->f, t->k, t->flip, t->u, a, a + 1);
+    else
+        kernel_transform(t->j->c, t->j->f, t->k, t->flip, t->u, a, a + 1);
+}
+
 int ml__wino_conv(int m, int64_t n, int64_t h, int64_t w, int64_t c, int64_t f, const float *x,
                   const float *k, int flip, const float *b, float *y) {
     wino_job j = {.n = n, .h = h, .w = w, .c = c, .f = f, .x = x, .b = b, .y = y};
@@ -444,10 +469,8 @@ int ml__wino_conv(int m, int64_t n, int64_t h, int64_t w, int64_t c, int64_t f, 
     /* the transformed kernel: the calling thread's buffer, read by every chunk */
     float *u = ml__scratch(ML_SCRATCH_CONV_PARTS, (size_t)(j.S * c * f));
     if (!u) return -1;
-    if (j.m == 4)
-        kernel_transform4(c, f, k, flip, u);
-    else
-        kernel_transform(c, f, k, flip, u);
+    kernel_job kt = {.j = &j, .k = k, .u = u, .flip = flip};
+    ml__parallel_for(c, c * f >= WINO_PAR_KERNELS ? 0 : 1, kernel_transform_part, &kt);
     j.u = u;
     atomic_init(&j.failed, 0);
     ml__parallel_for(j.chunks, 0, conv_chunk, &j);
@@ -476,25 +499,20 @@ static void kernel_grad_part(void *ctx, int64_t p) {
     }
 }
 
-int ml__wino_kernel_grad(int m, int64_t n, int64_t h, int64_t w, int64_t c, int64_t f,
-                         const float *x, const float *gy, float *dk) {
-    wino_job j = {.n = n, .h = h, .w = w, .c = c, .f = f, .x = x, .gy = gy};
-    job_tiles(&j, m == 4 ? 4 : 2);
-    j.parts = j.chunks < WINO_PARTS ? j.chunks : WINO_PARTS;
-    float *du = ml__scratch(ML_SCRATCH_CONV_PARTS, (size_t)(j.parts * j.S * c * f));
-    if (!du) return -1;
-    j.du = du;
-    atomic_init(&j.failed, 0);
-    ml__parallel_for(j.parts, 0, kernel_grad_part, &j);
-    if (atomic_load(&j.failed)) return -1;
-    const int64_t e = j.S * c * f;
-    for (int64_t p = 1; p < j.parts; p++) { /* part order: independent of the threads */
-        const float *restrict src = du + p * e;
-        for (int64_t t = 0; t < e; t++) du[t] += src[t];
+/* The kernel gradient's last step for U's entries [a0, a1) of each position: the parts'
+ * sums added in part order (independent of the threads), then dk = G^T dU G. */
+static void kernel_grad_finish(const wino_job *j, float *dk, int64_t a0, int64_t a1) {
+    const int64_t cf = j->c * j->f, e = j->S * cf;
+    float *du = j->du;
+    for (int64_t p = 1; p < j->parts; p++) {
+        for (int64_t s = 0; s < j->S; s++) {
+            const float *restrict src = du + p * e + s * cf;
+            float *restrict dst = du + s * cf;
+            for (int64_t a = a0; a < a1; a++) dst[a] += src[a];
+        }
     }
-    const int64_t cf = c * f;
-    if (j.m == 4) { /* dk = G^T dU G, in double */
-        for (int64_t a = 0; a < cf; a++) {
+    if (j->m == 4) { /* dk = G^T dU G, in double */
+        for (int64_t a = a0; a < a1; a++) {
             double d[3][6];
             for (int q = 0; q < 6; q++)
                 for (int i = 0; i < 3; i++) {
@@ -509,10 +527,10 @@ int ml__wino_kernel_grad(int m, int64_t n, int64_t h, int64_t w, int64_t c, int6
                     dk[(i * 3 + q) * cf + a] = (float)s;
                 }
         }
-        return 0;
+        return;
     }
     /* dk = G^T dU G, G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1] */
-    for (int64_t a = 0; a < cf; a++) {
+    for (int64_t a = a0; a < a1; a++) {
         float d[3][4];
         for (int q = 0; q < 4; q++) {
             const float u0 = du[q * cf + a], u1 = du[(4 + q) * cf + a], u2 = du[(8 + q) * cf + a],
@@ -527,5 +545,27 @@ int ml__wino_kernel_grad(int m, int64_t n, int64_t h, int64_t w, int64_t c, int6
             dk[(i * 3 + 2) * cf + a] = 0.5f * (d[i][1] + d[i][2]) + d[i][3];
         }
     }
+}
+
+static void kernel_grad_finish_part(void *ctx, int64_t i) {
+    const kernel_job *t = ctx;
+    const int64_t cf = t->j->c * t->j->f, a0 = i * WINO_FINISH_STEP;
+    kernel_grad_finish(t->j, t->dk, a0, a0 + WINO_FINISH_STEP < cf ? a0 + WINO_FINISH_STEP : cf);
+}
+
+int ml__wino_kernel_grad(int m, int64_t n, int64_t h, int64_t w, int64_t c, int64_t f,
+                         const float *x, const float *gy, float *dk) {
+    wino_job j = {.n = n, .h = h, .w = w, .c = c, .f = f, .x = x, .gy = gy};
+    job_tiles(&j, m == 4 ? 4 : 2);
+    j.parts = j.chunks < WINO_PARTS ? j.chunks : WINO_PARTS;
+    float *du = ml__scratch(ML_SCRATCH_CONV_PARTS, (size_t)(j.parts * j.S * c * f));
+    if (!du) return -1;
+    j.du = du;
+    atomic_init(&j.failed, 0);
+    ml__parallel_for(j.parts, 0, kernel_grad_part, &j);
+    if (atomic_load(&j.failed)) return -1;
+    kernel_job kt = {.j = &j, .dk = dk};
+    const int64_t cf = c * f, tasks = (cf + WINO_FINISH_STEP - 1) / WINO_FINISH_STEP;
+    ml__parallel_for(tasks, cf >= WINO_PAR_KERNELS ? 0 : 1, kernel_grad_finish_part, &kt);
     return 0;
 }

@@ -160,8 +160,16 @@ def conv2d_winograd():
     """3x3 stride-1 'same' layers of >= 16 channels: Winograd F(2x2, 3x3) or F(4x4), its chunks of
     tiles and its kernel gradient's parts fixed by the shape (kernels/winograd.c)."""
     rng, out = _rng(13), []
-    # the third: F(4x4, 3x3) (the table's choice from 20x20 on)
-    for xshape, filters in (((16, 14, 14, 16), 24), ((6, 7, 9, 32), 16), ((3, 22, 21, 32), 24)):
+    # the third and fifth: F(4x4, 3x3) (the table's choice from 20x20 on); the last two have
+    # >= WINO_PAR_KERNELS kernels, so their kernel transforms and the kernel gradient's last
+    # step run on the pool too
+    for xshape, filters in (
+        ((16, 14, 14, 16), 24),
+        ((6, 7, 9, 32), 16),
+        ((3, 22, 21, 32), 24),
+        ((4, 10, 10, 48), 32),
+        ((2, 22, 20, 40), 32),
+    ):
         x = ml.tensor(rng.standard_normal(xshape).astype(F32), requires_grad=True)
         k = ml.tensor(
             rng.standard_normal((3, 3, xshape[-1], filters)).astype(F32) * 0.1, requires_grad=True
