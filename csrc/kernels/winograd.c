@@ -332,31 +332,41 @@ ML_CPU_CLONES(wino4_tiles,
               (j, kind, t0, t1, sS, buf, zeros, sink))
 
 
-/* U[s][a][b] = (G g G^T)[s] for the 3x3 kernel g of input channel a in [a0, a1) and output
- * channel b (flipped and transposed when flip: the input gradient's kernel). */
-static void kernel_transform(int64_t c, int64_t f, const float *k, int flip, float *u, int64_t a0,
-                             int64_t a1) {
-    for (int64_t a = a0; a < a1; a++)
-        for (int64_t b = 0; b < f; b++) {
-            float g[3][3], d[4][3];
-            for (int i = 0; i < 3; i++)
-                for (int q = 0; q < 3; q++)
-                    g[i][q] = flip ? k[((2 - i) * 3 + (2 - q)) * c * f + b * c + a]
-                                   : k[(i * 3 + q) * c * f + a * f + b];
-            for (int q = 0; q < 3; q++) { /* G g */
-                d[0][q] = g[0][q];
-                d[1][q] = 0.5f * (g[0][q] + g[1][q] + g[2][q]);
-                d[2][q] = 0.5f * (g[0][q] - g[1][q] + g[2][q]);
-                d[3][q] = g[2][q];
+/* The kernel transforms work on KB output channels (b) or U entries (a) at a time, the
+ * innermost loops running over them in order so that they vectorise (ML_CPU_CLONES below);
+ * every entry's arithmetic is the same whatever its lane: the same bits as one at a time. */
+#define KB 64
+
+/* U[s][a][b] = (G g G^T)[s] for the 3x3 kernel g of input channel a and output channel b
+ * (flipped and transposed when flip: the input gradient's kernel). */
+ML_INLINE void kernel_transform(int64_t c, int64_t f, const float *k, int flip, float *u,
+                                int64_t a) {
+    const int64_t cf = c * f;
+    for (int64_t b0 = 0; b0 < f; b0 += KB) {
+        const int64_t nb = f - b0 < KB ? f - b0 : KB;
+        float g[3][3][KB], d[4][3][KB];
+        for (int i = 0; i < 3; i++)
+            for (int q = 0; q < 3; q++)
+                for (int64_t e = 0; e < nb; e++)
+                    g[i][q][e] = flip ? k[((2 - i) * 3 + (2 - q)) * cf + (b0 + e) * c + a]
+                                      : k[(i * 3 + q) * cf + a * f + b0 + e];
+        for (int q = 0; q < 3; q++) /* G g */
+            for (int64_t e = 0; e < nb; e++) {
+                d[0][q][e] = g[0][q][e];
+                d[1][q][e] = 0.5f * (g[0][q][e] + g[1][q][e] + g[2][q][e]);
+                d[2][q][e] = 0.5f * (g[0][q][e] - g[1][q][e] + g[2][q][e]);
+                d[3][q][e] = g[2][q][e];
             }
-            for (int i = 0; i < 4; i++) { /* (G g) G^T */
-                float *o = u + (i * 4) * c * f + a * f + b;
-                o[0] = d[i][0];
-                o[c * f] = 0.5f * (d[i][0] + d[i][1] + d[i][2]);
-                o[2 * c * f] = 0.5f * (d[i][0] - d[i][1] + d[i][2]);
-                o[3 * c * f] = d[i][2];
+        for (int i = 0; i < 4; i++) { /* (G g) G^T */
+            float *o = u + (i * 4) * cf + a * f + b0;
+            for (int64_t e = 0; e < nb; e++) {
+                o[e] = d[i][0][e];
+                o[cf + e] = 0.5f * (d[i][0][e] + d[i][1][e] + d[i][2][e]);
+                o[2 * cf + e] = 0.5f * (d[i][0][e] - d[i][1][e] + d[i][2][e]);
+                o[3 * cf + e] = d[i][2][e];
             }
         }
+    }
 }
 
 /* F(4x4, 3x3)'s G (see above), in double: G g G^T and G^T dU G are rounded to float once. */
@@ -368,25 +378,30 @@ static const double G4[6][3] = {{0.25, 0, 0},
                                 {0, 0, 1}};
 
 /* kernel_transform for F(4x4, 3x3): U[s][a][b], s < 36. */
-static void kernel_transform4(int64_t c, int64_t f, const float *k, int flip, float *u, int64_t a0,
-                              int64_t a1) {
+ML_INLINE void kernel_transform4(int64_t c, int64_t f, const float *k, int flip, float *u,
+                                 int64_t a) {
     const int64_t cf = c * f;
-    for (int64_t a = a0; a < a1; a++)
-        for (int64_t b = 0; b < f; b++) {
-            double g[3][3], d[6][3];
-            for (int i = 0; i < 3; i++)
-                for (int q = 0; q < 3; q++)
-                    g[i][q] = flip ? k[((2 - i) * 3 + (2 - q)) * cf + b * c + a]
-                                   : k[(i * 3 + q) * cf + a * f + b];
-            for (int i = 0; i < 6; i++) /* G g */
-                for (int q = 0; q < 3; q++)
-                    d[i][q] = G4[i][0] * g[0][q] + G4[i][1] * g[1][q] + G4[i][2] * g[2][q];
-            for (int i = 0; i < 6; i++) /* (G g) G^T */
-                for (int q = 0; q < 6; q++)
-                    u[(i * 6 + q) * cf + a * f + b] = (float)(d[i][0] * G4[q][0] +
-                                                              d[i][1] * G4[q][1] +
-                                                              d[i][2] * G4[q][2]);
-        }
+    for (int64_t b0 = 0; b0 < f; b0 += KB) {
+        const int64_t nb = f - b0 < KB ? f - b0 : KB;
+        double g[3][3][KB], d[6][3][KB];
+        for (int i = 0; i < 3; i++)
+            for (int q = 0; q < 3; q++)
+                for (int64_t e = 0; e < nb; e++)
+                    g[i][q][e] = flip ? k[((2 - i) * 3 + (2 - q)) * cf + (b0 + e) * c + a]
+                                      : k[(i * 3 + q) * cf + a * f + b0 + e];
+        for (int i = 0; i < 6; i++) /* G g */
+            for (int q = 0; q < 3; q++)
+                for (int64_t e = 0; e < nb; e++)
+                    d[i][q][e] = G4[i][0] * g[0][q][e] + G4[i][1] * g[1][q][e] +
+                                 G4[i][2] * g[2][q][e];
+        for (int i = 0; i < 6; i++) /* (G g) G^T */
+            for (int q = 0; q < 6; q++) {
+                float *o = u + (i * 6 + q) * cf + a * f + b0;
+                for (int64_t e = 0; e < nb; e++)
+                    o[e] = (float)(d[i][0][e] * G4[q][0] + d[i][1][e] * G4[q][1] +
+                                   d[i][2][e] * G4[q][2]);
+            }
+    }
 }
 
 /* The distance between two of a chunk's transformed matrices of `ch` channels: the
@@ -454,13 +469,79 @@ typedef struct kernel_job {
     int flip;
 } kernel_job;
 
-static void kernel_transform_part(void *ctx, int64_t a) {
-    const kernel_job *t = ctx;
-    if (t->j->m == 4)
-        kernel_transform4(t->j->c, t->j->f, t->k, t->flip, t->u, a, a + 1);
-    else
-        kernel_transform(t->j->c, t->j->f, t->k, t->flip, t->u, a, a + 1);
+/* The kernel gradient's last step for U's entries [a0, a1) of each position: the parts'
+ * sums added in part order (independent of the threads), then dk = G^T dU G. */
+ML_INLINE void kernel_grad_finish(const wino_job *j, float *dk, int64_t a0, int64_t a1) {
+    const int64_t cf = j->c * j->f, e = j->S * cf;
+    float *du = j->du;
+    for (int64_t p = 1; p < j->parts; p++) {
+        for (int64_t s = 0; s < j->S; s++) {
+            const float *restrict src = du + p * e + s * cf;
+            float *restrict dst = du + s * cf;
+            for (int64_t a = a0; a < a1; a++) dst[a] += src[a];
+        }
+    }
+    for (int64_t b0 = a0; b0 < a1; b0 += KB) {
+        const int64_t na = a1 - b0 < KB ? a1 - b0 : KB;
+        if (j->m == 4) { /* dk = G^T dU G, in double */
+            double d[3][6][KB];
+            for (int q = 0; q < 6; q++)
+                for (int i = 0; i < 3; i++) {
+                    for (int64_t t = 0; t < na; t++) d[i][q][t] = 0;
+                    for (int r = 0; r < 6; r++) {
+                        const float *src = du + (r * 6 + q) * cf + b0;
+                        for (int64_t t = 0; t < na; t++) d[i][q][t] += G4[r][i] * src[t];
+                    }
+                }
+            for (int i = 0; i < 3; i++)
+                for (int q = 0; q < 3; q++) {
+                    float *o = dk + (i * 3 + q) * cf + b0;
+                    for (int64_t t = 0; t < na; t++) {
+                        double s = 0;
+                        for (int r = 0; r < 6; r++) s += d[i][r][t] * G4[r][q];
+                        o[t] = (float)s;
+                    }
+                }
+            continue;
+        }
+        /* dk = G^T dU G, G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1] */
+        float d[3][4][KB];
+        for (int q = 0; q < 4; q++) {
+            const float *u0 = du + q * cf + b0, *u1 = du + (4 + q) * cf + b0,
+                        *u2 = du + (8 + q) * cf + b0, *u3 = du + (12 + q) * cf + b0;
+            for (int64_t t = 0; t < na; t++) {
+                d[0][q][t] = u0[t] + 0.5f * (u1[t] + u2[t]);
+                d[1][q][t] = 0.5f * (u1[t] - u2[t]);
+                d[2][q][t] = 0.5f * (u1[t] + u2[t]) + u3[t];
+            }
+        }
+        for (int i = 0; i < 3; i++) {
+            float *o = dk + (i * 3) * cf + b0;
+            for (int64_t t = 0; t < na; t++) {
+                o[t] = d[i][0][t] + 0.5f * (d[i][1][t] + d[i][2][t]);
+                o[cf + t] = 0.5f * (d[i][1][t] - d[i][2][t]);
+                o[2 * cf + t] = 0.5f * (d[i][1][t] + d[i][2][t]) + d[i][3][t];
+            }
+        }
+    }
 }
+
+/* The kernel transform of input channel i (kind 0), or the kernel gradient's last step for
+ * U's entries [i * WINO_FINISH_STEP, ...) (kind 1): vectorised at the machine's width. */
+ML_INLINE void wino_kernel_body(const kernel_job *t, int kind, int64_t i) {
+    const wino_job *j = t->j;
+    if (kind == 1) {
+        const int64_t cf = j->c * j->f, a0 = i * WINO_FINISH_STEP;
+        kernel_grad_finish(j, t->dk, a0, a0 + WINO_FINISH_STEP < cf ? a0 + WINO_FINISH_STEP : cf);
+    } else if (j->m == 4) {
+        kernel_transform4(j->c, j->f, t->k, t->flip, t->u, i);
+    } else {
+        kernel_transform(j->c, j->f, t->k, t->flip, t->u, i);
+    }
+}
+ML_CPU_CLONES(wino_kernel, (const kernel_job *t, int kind, int64_t i), (t, kind, i))
+
+static void kernel_transform_part(void *ctx, int64_t a) { wino_kernel(ctx, 0, a); }
 
 int ml__wino_conv(int m, int64_t n, int64_t h, int64_t w, int64_t c, int64_t f, const float *x,
                   const float *k, int flip, const float *b, float *y) {
@@ -499,59 +580,7 @@ static void kernel_grad_part(void *ctx, int64_t p) {
     }
 }
 
-/* The kernel gradient's last step for U's entries [a0, a1) of each position: the parts'
- * sums added in part order (independent of the threads), then dk = G^T dU G. */
-static void kernel_grad_finish(const wino_job *j, float *dk, int64_t a0, int64_t a1) {
-    const int64_t cf = j->c * j->f, e = j->S * cf;
-    float *du = j->du;
-    for (int64_t p = 1; p < j->parts; p++) {
-        for (int64_t s = 0; s < j->S; s++) {
-            const float *restrict src = du + p * e + s * cf;
-            float *restrict dst = du + s * cf;
-            for (int64_t a = a0; a < a1; a++) dst[a] += src[a];
-        }
-    }
-    if (j->m == 4) { /* dk = G^T dU G, in double */
-        for (int64_t a = a0; a < a1; a++) {
-            double d[3][6];
-            for (int q = 0; q < 6; q++)
-                for (int i = 0; i < 3; i++) {
-                    double s = 0;
-                    for (int r = 0; r < 6; r++) s += G4[r][i] * du[(r * 6 + q) * cf + a];
-                    d[i][q] = s;
-                }
-            for (int i = 0; i < 3; i++)
-                for (int q = 0; q < 3; q++) {
-                    double s = 0;
-                    for (int r = 0; r < 6; r++) s += d[i][r] * G4[r][q];
-                    dk[(i * 3 + q) * cf + a] = (float)s;
-                }
-        }
-        return;
-    }
-    /* dk = G^T dU G, G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1] */
-    for (int64_t a = a0; a < a1; a++) {
-        float d[3][4];
-        for (int q = 0; q < 4; q++) {
-            const float u0 = du[q * cf + a], u1 = du[(4 + q) * cf + a], u2 = du[(8 + q) * cf + a],
-                        u3 = du[(12 + q) * cf + a];
-            d[0][q] = u0 + 0.5f * (u1 + u2);
-            d[1][q] = 0.5f * (u1 - u2);
-            d[2][q] = 0.5f * (u1 + u2) + u3;
-        }
-        for (int i = 0; i < 3; i++) {
-            dk[(i * 3 + 0) * cf + a] = d[i][0] + 0.5f * (d[i][1] + d[i][2]);
-            dk[(i * 3 + 1) * cf + a] = 0.5f * (d[i][1] - d[i][2]);
-            dk[(i * 3 + 2) * cf + a] = 0.5f * (d[i][1] + d[i][2]) + d[i][3];
-        }
-    }
-}
-
-static void kernel_grad_finish_part(void *ctx, int64_t i) {
-    const kernel_job *t = ctx;
-    const int64_t cf = t->j->c * t->j->f, a0 = i * WINO_FINISH_STEP;
-    kernel_grad_finish(t->j, t->dk, a0, a0 + WINO_FINISH_STEP < cf ? a0 + WINO_FINISH_STEP : cf);
-}
+static void kernel_grad_finish_part(void *ctx, int64_t i) { wino_kernel(ctx, 1, i); }
 
 int ml__wino_kernel_grad(int m, int64_t n, int64_t h, int64_t w, int64_t c, int64_t f,
                          const float *x, const float *gy, float *dk) {

@@ -70,6 +70,7 @@ static const char *const SITES[] = {
     "int8_dots",
     "wino_tiles",
     "wino4_tiles",
+    "wino_kernel",
     "lstm_rows",
 };
 /* clang-format on */

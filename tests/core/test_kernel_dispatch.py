@@ -34,6 +34,7 @@ SITES = {
     "int8_dots",
     "wino_tiles",
     "wino4_tiles",
+    "wino_kernel",
     "lstm_rows",
 }
 
