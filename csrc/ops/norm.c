@@ -66,7 +66,8 @@ static bn_geom bn_geom_of(const ml_tensor *x, int ax, int grouped) {
 #define BN_CHUNK_FLOATS (1 << 15)
 
 static int64_t bn_chunk_rows(const bn_geom *g) {
-    int64_t r = BN_CHUNK_FLOATS / (g->c * g->inner);
+    const int64_t row = g->c * g->inner; /* > 0: the entry points refuse empty inputs */
+    int64_t r = row > 0 ? BN_CHUNK_FLOATS / row : 1;
     if (r < 1) r = 1;
     if (g->inner == 1) r = (r + BN_BLOCK - 1) / BN_BLOCK * BN_BLOCK;
     return r;
@@ -439,10 +440,11 @@ static void bn_groups(bn_job *j, int64_t g0, int64_t g1, int threads) {
     const int64_t C = g->c;
     bn_pass s = {.g = g, .rows = bn_chunk_rows(g)};
     s.chunks = (g->outer + s.rows - 1) / s.rows;
-    s.part = malloc((size_t)(s.chunks * 2 * C) * sizeof(double));
-    s.tmp = malloc((size_t)(s.chunks * 2 * C) * sizeof(float));
-    double *acc = malloc((size_t)C * 2 * sizeof(double));
-    float *f = malloc((size_t)C * 6 * sizeof(float));
+    /* + 1: never malloc(0), which may return NULL */
+    s.part = malloc((size_t)(s.chunks * 2 * C) * sizeof(double) + 1);
+    s.tmp = malloc((size_t)(s.chunks * 2 * C) * sizeof(float) + 1);
+    double *acc = malloc((size_t)C * 2 * sizeof(double) + 1);
+    float *f = malloc((size_t)C * 6 * sizeof(float) + 1);
     if (s.part && s.tmp && acc && f) {
         for (int64_t gi = g0; gi < g1; gi++) {
             if (j->backward)
