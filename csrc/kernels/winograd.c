@@ -337,19 +337,27 @@ ML_CPU_CLONES(wino4_tiles,
  * every entry's arithmetic is the same whatever its lane: the same bits as one at a time. */
 #define KB 64
 
-/* U[s][a][b] = (G g G^T)[s] for the 3x3 kernel g of input channel a and output channel b
- * (flipped and transposed when flip: the input gradient's kernel). */
+/* g[i][q][e]: tap (i, q) of the 3x3 kernel of input channel a and output channel b0 + e,
+ * e < nb (flipped and transposed when flip: the input gradient's kernel). */
+ML_INLINE void kernel_gather(int64_t c, int64_t f, const float *k, int flip, int64_t a, int64_t b0,
+                             int64_t nb, float g[3][3][KB]) {
+    const int64_t cf = c * f;
+    for (int i = 0; i < 3; i++)
+        for (int q = 0; q < 3; q++)
+            for (int64_t e = 0; e < nb; e++)
+                g[i][q][e] = flip ? k[((2 - i) * 3 + (2 - q)) * cf + (b0 + e) * c + a]
+                                  : k[(i * 3 + q) * cf + a * f + b0 + e];
+}
+
+/* U[s][a][b] = (G g G^T)[s] for the 3x3 kernel g of input channel a and every output
+ * channel b. */
 ML_INLINE void kernel_transform(int64_t c, int64_t f, const float *k, int flip, float *u,
                                 int64_t a) {
     const int64_t cf = c * f;
     for (int64_t b0 = 0; b0 < f; b0 += KB) {
         const int64_t nb = f - b0 < KB ? f - b0 : KB;
         float g[3][3][KB], d[4][3][KB];
-        for (int i = 0; i < 3; i++)
-            for (int q = 0; q < 3; q++)
-                for (int64_t e = 0; e < nb; e++)
-                    g[i][q][e] = flip ? k[((2 - i) * 3 + (2 - q)) * cf + (b0 + e) * c + a]
-                                      : k[(i * 3 + q) * cf + a * f + b0 + e];
+        kernel_gather(c, f, k, flip, a, b0, nb, g);
         for (int q = 0; q < 3; q++) /* G g */
             for (int64_t e = 0; e < nb; e++) {
                 d[0][q][e] = g[0][q][e];
@@ -377,18 +385,16 @@ static const double G4[6][3] = {{0.25, 0, 0},
                                 {1.0 / 24, -1.0 / 12, 1.0 / 6},
                                 {0, 0, 1}};
 
-/* kernel_transform for F(4x4, 3x3): U[s][a][b], s < 36. */
+/* kernel_transform for F(4x4, 3x3): U[s][a][b], s < 36. The taps are widened to double
+ * in the products with G4 (exactly, as a double copy of them would be). */
 ML_INLINE void kernel_transform4(int64_t c, int64_t f, const float *k, int flip, float *u,
                                  int64_t a) {
     const int64_t cf = c * f;
     for (int64_t b0 = 0; b0 < f; b0 += KB) {
         const int64_t nb = f - b0 < KB ? f - b0 : KB;
-        double g[3][3][KB], d[6][3][KB];
-        for (int i = 0; i < 3; i++)
-            for (int q = 0; q < 3; q++)
-                for (int64_t e = 0; e < nb; e++)
-                    g[i][q][e] = flip ? k[((2 - i) * 3 + (2 - q)) * cf + (b0 + e) * c + a]
-                                      : k[(i * 3 + q) * cf + a * f + b0 + e];
+        float g[3][3][KB];
+        double d[6][3][KB];
+        kernel_gather(c, f, k, flip, a, b0, nb, g);
         for (int i = 0; i < 6; i++) /* G g */
             for (int q = 0; q < 3; q++)
                 for (int64_t e = 0; e < nb; e++)
