@@ -156,11 +156,6 @@ static ml_status replay_bn(ml_tensor **out, ml_tensor **in, const void *params) 
     return bn_train(out, in[0], gamma, beta, p->ax, p->grouped, p->eps, NULL, NULL);
 }
 
-/* The fused training-mode forward. mean_out/var_out (c floats each, may be NULL) receive
- * the batch statistics for the caller's moving-statistics update. A trace records this op
- * with its inputs (x, gamma?, beta?) and params; the moving-statistics update is done by
- * ml_batch_norm outside it and is NOT replayed (a replay sees the statistics' values of
- * its own inputs only through y). */
 /* Groups are independent (each its own statistics): a grouped batch norm with at least as
  * many groups as threads runs ranges of groups over the thread pool, each group's chunks
  * in order in one task; any other large input runs each group's passes with its chunks
@@ -362,6 +357,19 @@ typedef struct bn_job {
     int failed;
 } bn_job;
 
+/* Group gi's mean and inv: a recompute's saved ones (the forward's own: the same bits, two
+ * passes fewer; var is then left unset), else bn_group_stats over s's chunks. */
+static void bn_group_mean_inv(const bn_job *j, int64_t gi, bn_pass *s, int threads, double *acc,
+                              float *mean, float *var, float *inv) {
+    const int64_t C = j->g->c;
+    if (j->stats_load) {
+        memcpy(mean, j->stats_load + gi * 2 * C, (size_t)C * sizeof(float));
+        memcpy(inv, j->stats_load + gi * 2 * C + C, (size_t)C * sizeof(float));
+    } else {
+        bn_group_stats(s, j->eps, threads, acc, mean, var, inv);
+    }
+}
+
 /* The training-mode forward of group gi. f: 5C floats of scratch. */
 static void bn_group_forward(bn_job *j, int64_t gi, bn_pass *s, int threads, double *acc,
                              float *f) {
@@ -372,12 +380,7 @@ static void bn_group_forward(bn_job *j, int64_t gi, bn_pass *s, int threads, dou
     const float *bd = j->beta ? j->beta + gi * C : NULL;
     s->x = j->x + gi * g->slice;
     s->out = j->o + gi * g->slice;
-    if (j->stats_load) {
-        memcpy(mean, j->stats_load + gi * 2 * C, (size_t)C * sizeof(float));
-        memcpy(inv, j->stats_load + gi * 2 * C + C, (size_t)C * sizeof(float));
-    } else {
-        bn_group_stats(s, j->eps, threads, acc, mean, var, inv);
-    }
+    bn_group_mean_inv(j, gi, s, threads, acc, mean, var, inv);
     if (j->stats_save) {
         memcpy(j->stats_save + gi * 2 * C, mean, (size_t)C * sizeof(float));
         memcpy(j->stats_save + gi * 2 * C + C, inv, (size_t)C * sizeof(float));
@@ -407,12 +410,7 @@ static void bn_group_backward(bn_job *j, int64_t gi, bn_pass *s, int threads, do
     s->x = j->x + gi * g->slice;
     s->gy = j->gy + gi * g->slice;
     s->out = j->dx ? j->dx + gi * g->slice : NULL;
-    if (j->stats_load) { /* the forward's own mean and inv: the same bits, 2 passes less */
-        memcpy(mean, j->stats_load + gi * 2 * C, (size_t)C * sizeof(float));
-        memcpy(inv, j->stats_load + gi * 2 * C + C, (size_t)C * sizeof(float));
-    } else {
-        bn_group_stats(s, j->eps, threads, acc, mean, var, inv);
-    }
+    bn_group_mean_inv(j, gi, s, threads, acc, mean, var, inv);
     s->mean = mean;
     s->inv = inv;
     bn_phase(s, BN_GSUM, threads);
@@ -491,6 +489,11 @@ static ml_status bn_train_stats(ml_tensor **out, ml_tensor *x, ml_tensor *gamma,
                                 int ax, int grouped, float eps, float *mean_out, float *var_out,
                                 const float *stats_load);
 
+/* The fused training-mode forward. mean_out/var_out (c floats each, may be NULL) receive
+ * the batch statistics for the caller's moving-statistics update. A trace records this op
+ * with its inputs (x, gamma?, beta?) and params; the moving-statistics update is done by
+ * ml_batch_norm outside it and is NOT replayed (a replay sees the statistics' values of
+ * its own inputs only through y). */
 static ml_status bn_train(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta, int ax,
                           int grouped, float eps, float *mean_out, float *var_out) {
     return bn_train_stats(out, x, gamma, beta, ax, grouped, eps, mean_out, var_out, NULL);
