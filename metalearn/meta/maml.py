@@ -973,7 +973,8 @@ class ANIL(MAML):
             )
         # evaluate's episode: its query joins the support's batch in the adaptation curve
         self._episode = task if self.batch_norm == "pooled" else None
-        self._episode_query = None  # (its query_x, the query features of the curve's pass)
+        # (its support_x, query_x, the query features of the curve's pass)
+        self._episode_query = None
 
     def _inner_params(self):
         all_w = self.model.trainable_weights
@@ -1011,15 +1012,16 @@ class ANIL(MAML):
             sf, qf = self._pooled_inputs(support_x, episode.query_x)
             # the same pass gave the query's features: evaluate's _query_output reads them
             # instead of running the body over support and query again
-            self._episode_query = (episode.query_x, qf.detach())
+            self._episode_query = (support_x, episode.query_x, qf.detach())
             return sf
         return self._support_input(support_x)
 
     def _query_output(self, fast, query_x, support_x=None):
         if self.batch_norm == "pooled" and support_x is not None:
             kept = getattr(self, "_episode_query", None)
-            if kept is not None and kept[0] is query_x:
-                return self._forward(fast, kept[1])
+            # pooled features depend on both sets: reused only for the pass's own pair
+            if kept is not None and kept[0] is support_x and kept[1] is query_x:
+                return self._forward(fast, kept[2])
             return self._forward(fast, self._pooled_inputs(support_x, query_x)[1])
         return super()._query_output(fast, query_x, support_x)
 
