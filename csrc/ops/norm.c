@@ -5,10 +5,12 @@
  * inv = 1/sqrt(var + eps) in a third. Its backward,
  *   dx = gamma * inv * (g - mean(g) - xhat * mean(g * xhat)),  dgamma = sum(g * xhat),
  *   dbeta = sum(g)   (means and sums over every axis but the channel's),
- * is composed of differentiable public ops (xhat is recomputed by the fused op itself, inv
- * from mean/sub/square/mean/pow) whenever grad mode is on, so gradients of every order
- * work (MAML through batch statistics). With grad mode off (a first-order backward, where
- * nothing would be recorded anyway) the same formula runs as two fused C passes.
+ * runs as two fused C passes from the forward's statistics. With grad mode off (a first-order
+ * backward, where nothing would be recorded anyway) that is all; with it on (MAML's inner
+ * step) dx and dgamma are recorded ops of their own (batch_norm_dx, batch_norm_dgamma, the same
+ * passes: the same bits) whose backwards are fused passes again, or the same formulas in
+ * differentiable ops when a third order is recorded: gradients of every order work (MAML
+ * through batch statistics).
  * Inference mode is composed of elementwise ops with the moving statistics.
  * Grouped (ml_batch_norm_grouped): the input's first axis indexes independent groups (the
  * tasks of a vectorised MAML meta-batch), each normalised with its own statistics and its
@@ -164,21 +166,24 @@ static ml_status replay_bn(ml_tensor **out, ml_tensor **in, const void *params) 
  * through a conv net (one group a call) runs on the second. */
 #define BN_PAR_MIN (1 << 14)
 
-/* the passes over a group's chunks */
-enum { BN_SUM, BN_SQ, BN_NORM, BN_GSUM, BN_DX };
+/* the passes over a group's chunks (BN_GSUM2, BN_OUT2: batch_norm_dx's backward) */
+enum { BN_SUM, BN_SQ, BN_NORM, BN_GSUM, BN_DX, BN_GSUM2, BN_OUT2 };
+
+/* partial sums a chunk keeps: C doubles each (BN_GSUM2 takes five) */
+#define BN_PARTS 5
 
 /* One group's pass over its chunks: the group's x (and gy in the backward), its output
  * (y for BN_NORM, dx for BN_DX) and the per-channel vectors the pass reads. */
 typedef struct bn_pass {
     const bn_geom *g;
-    const float *x, *gy;
-    float *out;
-    const float *mean, *inv; /* BN_SQ: mean; BN_GSUM: mean, inv; BN_NORM, BN_DX: mean */
-    const float *v1, *v2, *v3; /* BN_NORM: scale, shift; BN_DX: k, a, b */
+    const float *x, *gy, *v; /* v: BN_GSUM2, BN_OUT2's upstream gradient */
+    float *out, *out2;       /* out2: BN_OUT2's gradient for gy */
+    const float *mean, *inv; /* BN_SQ: mean; BN_GSUM(2): mean, inv; the others: mean */
+    const float *v1, *v2, *v3; /* BN_NORM: scale, shift; BN_DX: k, a, b; BN_OUT2: v1 (7C) */
     int phase;
     int64_t rows, chunks; /* rows a chunk (bn_chunk_rows), chunks a group */
-    double *part;         /* chunks x 2C: each chunk's partial sums (BN_GSUM: sg, sgx) */
-    float *tmp;           /* chunks x 2C floats of scratch */
+    double *part; /* chunks x BN_PARTS C: each chunk's partial sums (BN_GSUM: sg, sgx) */
+    float *tmp;   /* chunks x BN_PARTS C floats of scratch */
 } bn_pass;
 
 /* y = (x - mean) * scale + shift over rows [r0, r1) */
@@ -281,13 +286,113 @@ ML_INLINE void bn_grad_dx(const bn_geom *g, const float *xd, const float *gd, co
     }
 }
 
+/* batch_norm_dx's backward. Its output is dx = gamma inv (g - mean(g) - xhat mean(g xhat))
+ * (per channel; xhat = (x - mean) inv), and for an upstream gradient v of dx:
+ *   d/dg     = gamma inv (v - mean(v) - xhat p)              (batch_norm_dx of v)
+ *   d/dgamma = inv N (mean(v g) - mean(g) mean(v) - m p)
+ *   d/dx     = -gamma inv^2 (xhat (mean(v g) - mean(g) mean(v) - 3 m p)
+ *                            + p (g - mean(g)) + m (v - mean(v)))
+ * with m = mean(g xhat), p = mean(v xhat), N the count (differentiating xhat and inv,
+ * d xhat_i/d x_j = inv (delta_ij - 1/N - xhat_i xhat_j / N), d inv/d x_j = -inv^2 xhat_j / N;
+ * checked against finite differences, tests/core/test_conv_ops.py). One pass takes the five
+ * sums, one writes both gradients. */
+
+/* The five sums over rows [rb, re): out[q C + c] for q = g, v, g xhat, v xhat, v g; channels
+ * last in float over blocks of rows (t: 5C floats) as bn_grad_sums_last, a block in double
+ * where float's range is exceeded; axes after the channel in double, row by row. */
+ML_INLINE void bn_grad2_sums(const bn_geom *g, const float *xd, const float *gd, const float *vd,
+                             const float *mean, const float *inv, int64_t rb, int64_t re, float *t,
+                             double *out) {
+    const int64_t C = g->c, inner = g->inner;
+    for (int64_t c = 0; c < BN_PARTS * C; c++) out[c] = 0.0;
+    if (inner > 1) {
+        for (int64_t r = rb; r < re; r++)
+            for (int64_t c = 0; c < C; c++) {
+                const int64_t o = (r * C + c) * inner;
+                double u[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
+                for (int64_t i = 0; i < inner; i++) {
+                    const double gv = gd[o + i], vv = vd[o + i];
+                    const double xh = (double)((xd[o + i] - mean[c]) * inv[c]);
+                    u[0] += gv, u[1] += vv, u[2] += gv * xh, u[3] += vv * xh, u[4] += vv * gv;
+                }
+                for (int q = 0; q < 5; q++) out[q * C + c] += u[q];
+            }
+        return;
+    }
+    for (int64_t r0 = rb; r0 < re; r0 += BN_BLOCK) {
+        const int64_t r1 = r0 + BN_BLOCK < re ? r0 + BN_BLOCK : re;
+        for (int64_t c = 0; c < 5 * C; c++) t[c] = 0.0f;
+        for (int64_t r = r0; r < r1; r++) {
+            const float *xr = xd + r * C, *gr = gd + r * C, *vr = vd + r * C;
+            for (int64_t c = 0; c < C; c++) {
+                const float xh = (xr[c] - mean[c]) * inv[c];
+                t[c] += gr[c];
+                t[C + c] += vr[c];
+                t[2 * C + c] += gr[c] * xh;
+                t[3 * C + c] += vr[c] * xh;
+                t[4 * C + c] += vr[c] * gr[c];
+            }
+        }
+        for (int64_t c = 0; c < C; c++) {
+            int fin = 1;
+            for (int q = 0; q < 5; q++) fin &= isfinite(t[q * C + c]) != 0;
+            if (fin) {
+                for (int q = 0; q < 5; q++) out[q * C + c] += t[q * C + c];
+                continue;
+            }
+            double u[5] = {0.0, 0.0, 0.0, 0.0, 0.0}; /* this block in double */
+            for (int64_t r = r0; r < r1; r++) {
+                const double gv = gd[r * C + c], vv = vd[r * C + c];
+                const double xh = (double)((xd[r * C + c] - mean[c]) * inv[c]);
+                u[0] += gv, u[1] += vv, u[2] += gv * xh, u[3] += vv * xh, u[4] += vv * gv;
+            }
+            for (int q = 0; q < 5; q++) out[q * C + c] += u[q];
+        }
+    }
+}
+
+/* Both gradients over rows [r0, r1) from per-channel coefficients f (7 arrays of C, made by
+ * bn_group_backward2): dx = f0 (x - mean) + f1 g + f2 v + f3 and dg = f4 v + f5 (x - mean)
+ * + f6; either output may be NULL. */
+ML_INLINE void bn_grad2_out(const bn_geom *g, const float *xd, const float *gd, const float *vd,
+                            const float *mean, const float *f, float *dx, float *dg, int64_t r0,
+                            int64_t r1) {
+    const int64_t C = g->c, inner = g->inner;
+    const float *f0 = f, *f1 = f + C, *f2 = f + 2 * C, *f3 = f + 3 * C;
+    const float *f4 = f + 4 * C, *f5 = f + 5 * C, *f6 = f + 6 * C;
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t o = r * C * inner;
+        const float *xr = xd + o, *gr = gd + o, *vr = vd + o;
+        if (inner == 1) {
+            if (dx)
+                for (int64_t c = 0; c < C; c++)
+                    dx[o + c] = f0[c] * (xr[c] - mean[c]) + f1[c] * gr[c] + f2[c] * vr[c] + f3[c];
+            if (dg)
+                for (int64_t c = 0; c < C; c++)
+                    dg[o + c] = f4[c] * vr[c] + f5[c] * (xr[c] - mean[c]) + f6[c];
+            continue;
+        }
+        for (int64_t c = 0; c < C; c++) {
+            const int64_t b = c * inner;
+            const float m = mean[c];
+            if (dx)
+                for (int64_t i = 0; i < inner; i++)
+                    dx[o + b + i] = f0[c] * (xr[b + i] - m) + f1[c] * gr[b + i] +
+                                    f2[c] * vr[b + i] + f3[c];
+            if (dg)
+                for (int64_t i = 0; i < inner; i++)
+                    dg[o + b + i] = f4[c] * vr[b + i] + f5[c] * (xr[b + i] - m) + f6[c];
+        }
+    }
+}
+
 /* Chunk k of the pass s->phase */
 ML_INLINE void bn_chunk_body(bn_pass *s, int64_t k) {
     const bn_geom *g = s->g;
     const int64_t C = g->c;
     const int64_t r0 = k * s->rows, r1 = r0 + s->rows < g->outer ? r0 + s->rows : g->outer;
-    double *p = s->part + k * 2 * C;
-    float *t = s->tmp + k * 2 * C;
+    double *p = s->part + k * BN_PARTS * C;
+    float *t = s->tmp + k * BN_PARTS * C;
     switch (s->phase) {
     case BN_SUM: bn_sum_rows(g, s->x, r0, r1, NULL, t, p); break;
     case BN_SQ: bn_sum_rows(g, s->x, r0, r1, s->mean, t, p); break;
@@ -298,7 +403,9 @@ ML_INLINE void bn_chunk_body(bn_pass *s, int64_t k) {
         else
             bn_grad_sums_inner(g, s->x, s->gy, s->mean, s->inv, r0, r1, p, p + C);
         break;
-    default: bn_grad_dx(g, s->x, s->gy, s->v1, s->v2, s->v3, s->mean, s->out, r0, r1); break;
+    case BN_DX: bn_grad_dx(g, s->x, s->gy, s->v1, s->v2, s->v3, s->mean, s->out, r0, r1); break;
+    case BN_GSUM2: bn_grad2_sums(g, s->x, s->gy, s->v, s->mean, s->inv, r0, r1, t, p); break;
+    default: bn_grad2_out(g, s->x, s->gy, s->v, s->mean, s->v1, s->out, s->out2, r0, r1); break;
     }
 }
 ML_CPU_CLONES(bn_chunk, (bn_pass * s, int64_t k), (s, k))
@@ -314,12 +421,13 @@ static void bn_phase(bn_pass *s, int phase, int threads) {
         for (int64_t k = 0; k < s->chunks; k++) bn_chunk(s, k);
 }
 
-/* out[c] = the chunks' partials at offset off (0 or C) of each, added in chunk order */
+/* out[c] = the chunks' partials at offset off (a multiple of C) of each, added in chunk
+ * order */
 static void bn_combine(const bn_pass *s, int64_t off, double *out) {
     const int64_t C = s->g->c;
     for (int64_t c = 0; c < C; c++) out[c] = 0.0;
     for (int64_t k = 0; k < s->chunks; k++) {
-        const double *p = s->part + k * 2 * C + off;
+        const double *p = s->part + k * BN_PARTS * C + off;
         for (int64_t c = 0; c < C; c++) out[c] += p[c];
     }
 }
@@ -344,29 +452,41 @@ static void bn_group_stats(bn_pass *s, float eps, int threads, double *acc, floa
     }
 }
 
+/* what a job computes */
+enum {
+    BN_JOB_FORWARD,  /* y */
+    BN_JOB_BACKWARD, /* the fused first-order backward: dx, dgamma, dbeta */
+    BN_JOB_DX_GRAD   /* batch_norm_dx's backward: dx (o), dg (o2), dgamma */
+};
+
 typedef struct bn_job {
     const bn_geom *g;
-    const float *x, *gamma, *beta, *gy;
-    float *o, *dx, *dgamma, *dbeta;
+    const float *x, *gamma, *beta, *gy, *v;
+    float *o, *o2, *dx, *dgamma, *dbeta;
     float eps;
     float *mean_out, *var_out;
-    float *stats_save;       /* per group: mean (C), inv (C), for a recompute */
-    const float *stats_load; /* a recompute: those statistics, not computed again */
-    int backward;            /* the fused first-order backward, else the forward */
+    float *stats_save;       /* per group: mean (C), inv (C), for a recompute or a backward */
+    const float *stats_load; /* a recompute or a backward: those statistics, not computed again */
+    int kind;                /* BN_JOB_* */
     int64_t step;            /* groups per task of a run over groups */
     int failed;
 } bn_job;
 
 /* Group gi's mean and inv: a recompute's saved ones (the forward's own: the same bits, two
- * passes fewer; var is then left unset), else bn_group_stats over s's chunks. */
+ * passes fewer; var is then left unset), else bn_group_stats over s's chunks, kept in
+ * stats_save when the job has one. */
 static void bn_group_mean_inv(const bn_job *j, int64_t gi, bn_pass *s, int threads, double *acc,
                               float *mean, float *var, float *inv) {
     const int64_t C = j->g->c;
     if (j->stats_load) {
         memcpy(mean, j->stats_load + gi * 2 * C, (size_t)C * sizeof(float));
         memcpy(inv, j->stats_load + gi * 2 * C + C, (size_t)C * sizeof(float));
-    } else {
-        bn_group_stats(s, j->eps, threads, acc, mean, var, inv);
+        return;
+    }
+    bn_group_stats(s, j->eps, threads, acc, mean, var, inv);
+    if (j->stats_save) {
+        memcpy(j->stats_save + gi * 2 * C, mean, (size_t)C * sizeof(float));
+        memcpy(j->stats_save + gi * 2 * C + C, inv, (size_t)C * sizeof(float));
     }
 }
 
@@ -381,10 +501,6 @@ static void bn_group_forward(bn_job *j, int64_t gi, bn_pass *s, int threads, dou
     s->x = j->x + gi * g->slice;
     s->out = j->o + gi * g->slice;
     bn_group_mean_inv(j, gi, s, threads, acc, mean, var, inv);
-    if (j->stats_save) {
-        memcpy(j->stats_save + gi * 2 * C, mean, (size_t)C * sizeof(float));
-        memcpy(j->stats_save + gi * 2 * C + C, inv, (size_t)C * sizeof(float));
-    }
     for (int64_t c = 0; c < C; c++) {
         scale[c] = gd ? inv[c] * gd[c] : inv[c];
         shift[c] = bd ? bd[c] : 0.0f;
@@ -432,6 +548,44 @@ static void bn_group_backward(bn_job *j, int64_t gi, bn_pass *s, int threads, do
     bn_phase(s, BN_DX, threads);
 }
 
+/* batch_norm_dx's backward for group gi (grad mode off): the statistics (the node's own), the
+ * five sums, the coefficients of the formulas above bn_grad2_sums, then dx and dg in one
+ * pass. f: 10C floats of scratch; acc: BN_PARTS C doubles. */
+static void bn_group_dx_grad(bn_job *j, int64_t gi, bn_pass *s, int threads, double *acc,
+                             float *f) {
+    const bn_geom *g = j->g;
+    const int64_t C = g->c;
+    const double n = (double)g->count;
+    float *mean = f, *var = f + C, *inv = f + 2 * C, *cf = f + 3 * C;
+    const float *gam = j->gamma ? j->gamma + gi * C : NULL;
+    s->x = j->x + gi * g->slice;
+    s->gy = j->gy + gi * g->slice;
+    s->v = j->v + gi * g->slice;
+    s->out = j->o ? j->o + gi * g->slice : NULL;
+    s->out2 = j->o2 ? j->o2 + gi * g->slice : NULL;
+    bn_group_mean_inv(j, gi, s, threads, acc, mean, var, inv);
+    s->mean = mean;
+    s->inv = inv;
+    bn_phase(s, BN_GSUM2, threads);
+    for (int q = 0; q < 5; q++) bn_combine(s, q * C, acc + q * C);
+    for (int64_t c = 0; c < C; c++) {
+        const double gm = acc[c] / n, vm = acc[C + c] / n, m = acc[2 * C + c] / n;
+        const double p = acc[3 * C + c] / n, vg = acc[4 * C + c] / n;
+        const double iv = inv[c], ga = gam ? gam[c] : 1.0, k = ga * iv, k2 = -ga * iv * iv;
+        if (j->dgamma) j->dgamma[gi * C + c] = (float)(iv * n * (vg - gm * vm - m * p));
+        cf[c] = (float)(k2 * iv * (vg - gm * vm - 3.0 * m * p)); /* dx: (x - mean) */
+        cf[C + c] = (float)(k2 * p);                           /* dx: g */
+        cf[2 * C + c] = (float)(k2 * m);                       /* dx: v */
+        cf[3 * C + c] = (float)(-k2 * (p * gm + m * vm));      /* dx: 1 */
+        cf[4 * C + c] = (float)k;                              /* dg: v */
+        cf[5 * C + c] = (float)(-k * iv * p);                  /* dg: (x - mean) */
+        cf[6 * C + c] = (float)(-k * vm);                      /* dg: 1 */
+    }
+    if (!s->out && !s->out2) return;
+    s->v1 = cf;
+    bn_phase(s, BN_OUT2, threads);
+}
+
 /* Groups [g0, g1), one after the other, each pass over a group's chunks on `threads`. */
 static void bn_groups(bn_job *j, int64_t g0, int64_t g1, int threads) {
     const bn_geom *g = j->g;
@@ -439,14 +593,16 @@ static void bn_groups(bn_job *j, int64_t g0, int64_t g1, int threads) {
     bn_pass s = {.g = g, .rows = bn_chunk_rows(g)};
     s.chunks = (g->outer + s.rows - 1) / s.rows;
     /* + 1: never malloc(0), which may return NULL */
-    s.part = malloc((size_t)(s.chunks * 2 * C) * sizeof(double) + 1);
-    s.tmp = malloc((size_t)(s.chunks * 2 * C) * sizeof(float) + 1);
-    double *acc = malloc((size_t)C * 2 * sizeof(double) + 1);
-    float *f = malloc((size_t)C * 6 * sizeof(float) + 1);
+    s.part = malloc((size_t)(s.chunks * BN_PARTS * C) * sizeof(double) + 1);
+    s.tmp = malloc((size_t)(s.chunks * BN_PARTS * C) * sizeof(float) + 1);
+    double *acc = malloc((size_t)C * BN_PARTS * sizeof(double) + 1);
+    float *f = malloc((size_t)C * 10 * sizeof(float) + 1);
     if (s.part && s.tmp && acc && f) {
         for (int64_t gi = g0; gi < g1; gi++) {
-            if (j->backward)
+            if (j->kind == BN_JOB_BACKWARD)
                 bn_group_backward(j, gi, &s, threads, acc, f);
+            else if (j->kind == BN_JOB_DX_GRAD)
+                bn_group_dx_grad(j, gi, &s, threads, acc, f);
             else
                 bn_group_forward(j, gi, &s, threads, acc, f);
         }
@@ -588,7 +744,7 @@ static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gam
                 .dbeta = dbeta ? (*dbeta)->data : NULL,
                 .eps = eps,
                 .stats_load = stats_load,
-                .backward = 1};
+                .kind = BN_JOB_BACKWARD};
     if (bn_run(&j)) st = ml_set_error(ML_ERR_OOM, "batch_norm backward: out of memory");
 done:
     if (st) { /* nothing half-made is returned */
@@ -619,7 +775,234 @@ static ml_status replay_bn_grad(ml_tensor **out, ml_tensor **in, const void *par
     return bn_backward_fast(&geo, x, gamma, p->eps, gy, o[0], o[1], o[2], NULL);
 }
 
+/* ---- batch norm's backward as ops of their own, for gradients of higher order ----
+ * With grad mode on (MAML's inner step, whose gradient is differentiated again), the
+ * backward's dx and dgamma are two recorded ops, batch_norm_dx(x, g, gamma?) and
+ * batch_norm_dgamma(x, g), each one fused pass (two for dx) from the forward's statistics,
+ * with backwards of their own: one pass of sums and one of outputs when nothing is recorded
+ * (MAML's outer gradient), the formulas in differentiable ops when something is (a third
+ * order). Composed of elementwise ops, as it was, the inner step's backward took some
+ * twelve passes over the activation a layer, and its backward as many again. A node keeps
+ * the statistics (mean, inv: 2 C floats a group) in its index, as batch_norm's does. */
+
+/* the reduced axes of x (every axis but the channel's and, when grouped, the group's) and
+ * the shape gamma broadcasts to (1 on the reduced axes); returns their number */
+static int bn_reduced_axes(const ml_tensor *x, int ax, int grouped, int *axes, int64_t *bshape) {
+    int n = 0;
+    for (int d = 0; d < x->ndim; d++) {
+        const int kept = d == ax || (grouped && d == 0);
+        bshape[d] = kept ? x->shape[d] : 1;
+        if (!kept) axes[n++] = d;
+    }
+    return n;
+}
+
+/* a copy of the statistics for a node to keep (stats: 2 G C floats), or NULL when stats is
+ * NULL or the copy fails (*oom set) */
+static float *bn_stats_copy(const float *stats, const bn_geom *g, int *oom) {
+    if (!stats) return NULL;
+    const size_t n = (size_t)(2 * g->groups * g->c) * sizeof(float);
+    float *c = malloc(n + 1);
+    if (!c)
+        *oom = 1;
+    else
+        memcpy(c, stats, n);
+    return c;
+}
+
+/* batch_norm_dx (wants_dx) or batch_norm_dgamma (!wants_dx) of (x, g, gamma?): one recorded
+ * op. stats: the statistics the caller's node keeps, or NULL (a replay) to compute them. */
+static ml_status bn_grad_op(ml_tensor **out, int wants_dx, ml_tensor *x, ml_tensor *gy,
+                            ml_tensor *gamma, int ax, int grouped, float eps, const float *stats);
+
+static ml_status replay_bn_grad_op(ml_tensor **out, ml_tensor **in, const void *params) {
+    const bn_grad_params *p = params;
+    return bn_grad_op(out, p->which == 1, in[0], in[1], p->has_gamma ? in[2] : NULL, p->ax,
+                      p->grouped, p->eps, NULL);
+}
+
+static ml_status bn_grad_op(ml_tensor **out, int wants_dx, ml_tensor *x, ml_tensor *gy,
+                            ml_tensor *gamma, int ax, int grouped, float eps, const float *stats) {
+    bn_geom geo = bn_geom_of(x, ax, grouped);
+    ml_tensor *ins[3] = {x, gy, gamma};
+    const int n = gamma ? 3 : 2;
+    const int record = ml__should_record(n, ins);
+    int oom = 0;
+    /* a recorded node keeps the statistics: the caller's, or those this run computes */
+    float *keep = record ? bn_stats_copy(stats, &geo, &oom) : NULL;
+    if (record && !stats && !(keep = malloc((size_t)(2 * geo.groups * geo.c) * sizeof(float) + 1)))
+        oom = 1;
+    if (oom) return ml_set_error(ML_ERR_OOM, "batch_norm: out of memory");
+    ml_tensor *o = NULL;
+    const int64_t pshape[2] = {geo.groups, geo.c};
+    ml_status st = wants_dx ? ml__new(&o, x->ndim, x->shape)
+                            : ml__new(&o, grouped ? 2 : 1, grouped ? pshape : pshape + 1);
+    if (st) {
+        free(keep);
+        return st;
+    }
+    bn_job j = {.g = &geo,
+                .x = x->data,
+                .gamma = gamma ? gamma->data : NULL,
+                .gy = gy->data,
+                .dx = wants_dx ? o->data : NULL,
+                .dgamma = wants_dx ? NULL : o->data,
+                .eps = eps,
+                .stats_save = stats ? NULL : keep,
+                .stats_load = stats,
+                .kind = BN_JOB_BACKWARD};
+    if (bn_run(&j)) {
+        free(keep);
+        ml_release(o);
+        return ml_set_error(ML_ERR_OOM, "batch_norm: out of memory");
+    }
+    if (record) {
+        ml_node *node = NULL;
+        if ((st = ml__record(o, wants_dx ? OP_BATCH_NORM_DX : OP_BATCH_NORM_DGAMMA, n, ins,
+                             &node))) {
+            free(keep);
+            ml_release(o);
+            return st;
+        }
+        node->index = (int64_t *)(void *)keep; /* floats; read by the backwards below */
+        node->iparams[0] = ax;
+        node->iparams[1] = gamma != NULL;
+        node->iparams[3] = grouped;
+        node->fparams[0] = eps;
+    }
+    bn_grad_params p = {ax, wants_dx ? 1 : 2, gamma != NULL, grouped, eps};
+    ML_TRACE(wants_dx ? OP_BATCH_NORM_DX : OP_BATCH_NORM_DGAMMA, replay_bn_grad_op, n, ins, o, &p);
+    *out = o;
+    return ML_OK;
+}
+
+/* batch_norm_dx's backward in one job (grad mode off): d/dx, d/dg, d/dgamma of <v, dx> (each
+ * wanted where its pointer is not NULL) from the statistics stats, or computed when NULL */
+static ml_status bn_dx_grad_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gy, ml_tensor *gamma,
+                                 ml_tensor *v, float eps, ml_tensor **dx, ml_tensor **dg,
+                                 ml_tensor **dgamma, const float *stats) {
+    ml_tensor **outs[3] = {dx, dg, dgamma};
+    for (int i = 0; i < 3; i++)
+        if (outs[i]) *outs[i] = NULL;
+    ml_status st = ML_OK;
+    if ((dx && (st = ml__new(dx, x->ndim, x->shape))) ||
+        (dg && (st = ml__new(dg, x->ndim, x->shape))) ||
+        (dgamma && (st = ml__new(dgamma, gamma->ndim, gamma->shape))))
+        goto done;
+    bn_job j = {.g = g,
+                .x = x->data,
+                .gamma = gamma ? gamma->data : NULL,
+                .gy = gy->data,
+                .v = v->data,
+                .o = dx ? (*dx)->data : NULL,
+                .o2 = dg ? (*dg)->data : NULL,
+                .dgamma = dgamma ? (*dgamma)->data : NULL,
+                .eps = eps,
+                .stats_load = stats,
+                .kind = BN_JOB_DX_GRAD};
+    if (bn_run(&j)) st = ml_set_error(ML_ERR_OOM, "batch_norm: out of memory");
+done:
+    if (st)
+        for (int i = 0; i < 3; i++)
+            if (outs[i]) ml_release(*outs[i]), *outs[i] = NULL;
+    return st;
+}
+
+/* a trace's replay of bn_dx_grad_fast: in (x, g, v, gamma?), the outputs `which` names */
+static ml_status replay_bn_dx_grad(ml_tensor **out, ml_tensor **in, const void *params) {
+    const bn_grad_params *p = params;
+    ml_tensor *gamma = p->has_gamma ? in[3] : NULL;
+    bn_geom geo = bn_geom_of(in[0], p->ax, p->grouped);
+    ml_tensor **o[3] = {NULL, NULL, NULL};
+    for (int w = 0, n = 0; w < 3; w++)
+        if (p->which & (1 << w)) o[w] = &out[n++];
+    return bn_dx_grad_fast(&geo, in[0], in[1], gamma, in[2], p->eps, o[0], o[1], o[2], NULL);
+}
+
 #define IN(k) (out->node->inputs[k])
+
+/* batch_norm_dx's backward: gin[0..2] for x, g and gamma (the formulas above bn_grad2_sums) */
+ml_status ml__batch_norm_dx_backward(ml_tensor *out, ml_tensor *v, ml_tensor **gin) {
+    const ml_node *node = out->node;
+    const int ax = (int)node->iparams[0], has_gamma = (int)node->iparams[1];
+    const int grouped = (int)node->iparams[3];
+    const float eps = node->fparams[0];
+    const float *stats = (const float *)(const void *)node->index;
+    ml_tensor *x = IN(0), *g = IN(1), *gamma = has_gamma ? IN(2) : NULL;
+    const int need_x = ml__wants(0, x), need_g = ml__wants(1, g);
+    const int need_gam = gamma && ml__wants(2, gamma);
+    bn_geom geo = bn_geom_of(x, ax, grouped);
+    if (!ml_is_grad_enabled()) {
+        ml_status st = bn_dx_grad_fast(&geo, x, g, gamma, v, eps, need_x ? &gin[0] : NULL,
+                                       need_g ? &gin[1] : NULL, need_gam ? &gin[2] : NULL, stats);
+        if (st || !ml__trace_active) return st;
+        ml_tensor *ins[4] = {x, g, v, gamma}, *outs[3];
+        bn_grad_params gp = {ax, 0, has_gamma, grouped, eps};
+        int n_out = 0;
+        for (int w = 0; w < (gamma ? 3 : 2); w++)
+            if (gin[w]) gp.which |= 1 << w, outs[n_out++] = gin[w];
+        if (n_out)
+            ml__trace_record_n(OP_BATCH_NORM_DX_GRAD, replay_bn_dx_grad, gamma ? 4 : 3, ins, n_out,
+                               outs, &gp, sizeof gp);
+        return ML_OK;
+    }
+    /* a third order: the same formulas in differentiable ops */
+    const int nd = x->ndim;
+    int64_t bshape[ML_MAX_DIMS];
+    int axes[ML_MAX_DIMS];
+    const int n_axes = bn_reduced_axes(x, ax, grouped, axes, bshape);
+    ml_scope s = {0};
+    ml_tensor *dx = NULL, *dg = NULL, *dgam = NULL;
+    if (need_g) dg = ML_SX(&s, x, bn_grad_op(&o_, 1, a_, v, gamma, ax, grouped, eps, stats));
+    if (need_gam) {
+        ml_tensor *d0 = ML_SX(&s, x, bn_grad_op(&o_, 1, a_, g, NULL, ax, grouped, eps, stats));
+        dgam = RESHAPE_LIKE(&s, SUM_AXES(&s, MUL(&s, v, d0), n_axes, axes, 1), gamma);
+    }
+    if (need_x) {
+#define MEAN(t) ML_SX(&s, t, ml_mean(&o_, a_, n_axes, axes, 1))
+        ml_tensor *xhat = ML_SX(&s, x, bn_train(&o_, a_, NULL, NULL, ax, grouped, eps, NULL, NULL));
+        ml_tensor *var = MEAN(SQUARE(&s, SUB(&s, x, MEAN(x))));
+        ml_tensor *inv2 = POWS(&s, ADDS(&s, var, eps), -1.0f); /* inv^2 */
+        ml_tensor *gm = MEAN(g), *vm = MEAN(v), *m = MEAN(MUL(&s, g, xhat));
+        ml_tensor *p = MEAN(MUL(&s, v, xhat)), *vg = MEAN(MUL(&s, v, g));
+        ml_tensor *c = SUB(&s, SUB(&s, vg, MUL(&s, gm, vm)), MULS(&s, MUL(&s, m, p), 3.0f));
+        ml_tensor *t = ADD(&s, MUL(&s, xhat, c), MUL(&s, p, SUB(&s, g, gm)));
+        t = ADD(&s, t, MUL(&s, m, SUB(&s, v, vm)));
+        ml_tensor *k = gamma ? MUL(&s, inv2, RESHAPE(&s, gamma, nd, bshape)) : inv2;
+        dx = NEG(&s, MUL(&s, t, k));
+#undef MEAN
+    }
+    if (ML_S_OK(&s)) {
+        gin[0] = ml__keep(dx);
+        gin[1] = ml__keep(dg);
+        if (has_gamma) gin[2] = ml__keep(dgam);
+    }
+    ml__scope_end(&s);
+    return s.status;
+}
+
+/* batch_norm_dgamma's backward: gin[0..1] for x and g of <w, sum(g xhat)>: w xhat for g (the
+ * forward normalising with gamma w), batch_norm_dx(x, g, w) for x */
+ml_status ml__batch_norm_dgamma_backward(ml_tensor *out, ml_tensor *w, ml_tensor **gin) {
+    const ml_node *node = out->node;
+    const int ax = (int)node->iparams[0], grouped = (int)node->iparams[3];
+    const float eps = node->fparams[0];
+    const float *stats = (const float *)(const void *)node->index;
+    ml_tensor *x = IN(0), *g = IN(1);
+    const int need_x = ml__wants(0, x), need_g = ml__wants(1, g);
+    ml_status st = ML_OK;
+    if (need_x && (st = bn_grad_op(&gin[0], 1, x, g, w, ax, grouped, eps, stats))) return st;
+    if (!need_g) return ML_OK;
+    if (ml_is_grad_enabled()) /* differentiable in x and w: batch_norm's own node */
+        st = bn_train(&gin[1], x, w, NULL, ax, grouped, eps, NULL, NULL);
+    else if (!(st = bn_train_stats(&gin[1], x, w, NULL, ax, grouped, eps, NULL, NULL, stats))) {
+        bn_params bp = {ax, 1, 0, grouped, eps}; /* traced as the forward it is */
+        ml_tensor *ins[2] = {x, w};
+        ML_TRACE(OP_BATCH_NORM, replay_bn, 2, ins, gin[1], &bp);
+    }
+    if (st) ml_release(gin[0]), gin[0] = NULL;
+    return st;
+}
 
 /* The training-mode forward of a recorded node again (ml__recompute) */
 ml_status ml__batch_norm_recompute(ml_tensor **out, const ml_node *node) {
@@ -670,36 +1053,16 @@ ml_status ml__batch_norm_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin
         }
         return st;
     }
-    const int nd = x->ndim;
-    /* statistics reduce every axis but the channel's (and the group's when grouped);
-     * bshape broadcasts gamma (C) or (G, C) against x */
-    int64_t bshape[ML_MAX_DIMS], cshape[2] = {geo.groups, geo.c};
-    int axes[ML_MAX_DIMS], n_axes = 0;
-    for (int d = 0; d < nd; d++) {
-        const int kept = d == ax || (grouped && d == 0);
-        bshape[d] = kept ? x->shape[d] : 1;
-        if (!kept) axes[n_axes++] = d;
-    }
-    const int pnd = grouped ? 2 : 1;
-    const int64_t *pshape = grouped ? cshape : cshape + 1;
-    const float inv_n = 1.0f / (float)geo.count;
+    /* grad mode: dx and dgamma as the recorded ops above, dbeta a sum */
+    int64_t bshape[ML_MAX_DIMS];
+    int axes[ML_MAX_DIMS];
+    const int n_axes = bn_reduced_axes(x, ax, grouped, axes, bshape);
+    const float *stats = (const float *)(const void *)node->index;
     ml_scope s = {0};
-    /* xhat by the fused op itself (differentiable: its node is this op with no affine) */
-    ml_tensor *xhat = ML_SX(&s, x, bn_train(&o_, a_, NULL, NULL, ax, grouped, eps, NULL, NULL));
-    ml_tensor *sg = (need_x || need_b) ? SUM_AXES(&s, gy, n_axes, axes, 1) : NULL;
-    ml_tensor *sgx = (need_x || need_g) ? SUM_AXES(&s, MUL(&s, gy, xhat), n_axes, axes, 1) : NULL;
     ml_tensor *dx = NULL, *dg = NULL, *db = NULL;
-    if (need_x) {
-        ml_tensor *mean = ML_SX(&s, x, ml_mean(&o_, a_, n_axes, axes, 1));
-        ml_tensor *var = ML_SX(&s, SQUARE(&s, SUB(&s, x, mean)), ml_mean(&o_, a_, n_axes, axes, 1));
-        ml_tensor *inv = POWS(&s, ADDS(&s, var, eps), -0.5f);
-        ml_tensor *k = gamma ? MUL(&s, inv, RESHAPE(&s, gamma, nd, bshape)) : inv;
-        ml_tensor *t = SUB(&s, gy, MULS(&s, sg, inv_n));
-        t = SUB(&s, t, MUL(&s, xhat, MULS(&s, sgx, inv_n)));
-        dx = MUL(&s, t, k);
-    }
-    if (need_g) dg = RESHAPE(&s, sgx, pnd, pshape);
-    if (need_b) db = RESHAPE(&s, sg, pnd, pshape);
+    if (need_x) dx = ML_SX(&s, x, bn_grad_op(&o_, 1, a_, gy, gamma, ax, grouped, eps, stats));
+    if (need_g) dg = ML_SX(&s, x, bn_grad_op(&o_, 0, a_, gy, NULL, ax, grouped, eps, stats));
+    if (need_b) db = RESHAPE_LIKE(&s, SUM_AXES(&s, gy, n_axes, axes, 0), beta);
     if (ML_S_OK(&s)) {
         gin[0] = ml__keep(dx);
         if (ig > 0) gin[ig] = ml__keep(dg);

@@ -45,6 +45,8 @@
      : (id) == OP_MAX_POOL2D_SCATTER                  ? IN0 | OUT /* the argmax */     \
      : (id) == OP_MAX_POOL2D_GATHER                   ? IN0 | OUT                      \
      : (id) == OP_BATCH_NORM                          ? OUT | ML_RECOMPUTE             \
+     : (id) == OP_BATCH_NORM_DX                       ? OUT                            \
+     : (id) == OP_BATCH_NORM_DGAMMA                   ? OUT                            \
      : 0u)
 /* clang-format on */
 

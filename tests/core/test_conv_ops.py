@@ -339,6 +339,161 @@ def test_batch_norm_grouped_gradcheck(order):
     )
 
 
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize(
+    "xs,axis,gamma",
+    [((4, 3), -1, True), ((3, 3, 2, 2), -1, False), ((2, 3, 2, 2), 1, True)],
+    ids=["2d", "last-no-gamma", "first"],
+)
+def test_batch_norm_higher_order_gradcheck(order, xs, axis, gamma):
+    """Batch norm's backward under grad mode is two ops of their own (batch_norm_dx,
+    batch_norm_dgamma): at order 2 their one-pass backwards run (grad mode off), at order 3
+    their backwards' formulas in differentiable ops. Central differences hold both, with and
+    without gamma, with the channel last and with axes after it."""
+    rng = _rng(24)
+    x = N(rng, *xs) * 1.5 + 0.5
+    c = xs[axis]
+    beta = N(rng, c)
+    if gamma:
+        inputs, fn = (
+            [x, N(rng, c) + 1.0, beta],
+            (lambda x, g, b: _core.batch_norm(x, g, b, None, None, training=True, axis=axis)),
+        )
+    else:
+        inputs, fn = (
+            [x, beta],
+            (lambda x, b: _core.batch_norm(x, None, b, None, None, training=True, axis=axis)),
+        )
+    gradcheck(fn, inputs, order=order, eps=1e-3)
+
+
+def test_batch_norm_grouped_third_order_gradcheck():
+    rng = _rng(25)
+    x = N(rng, 2, 4, 3) * 1.5 + 0.5
+    gamma, beta = N(rng, 2, 3) + 1.0, N(rng, 2, 3)
+    gradcheck(
+        lambda x, g, b: _core.batch_norm_grouped(x, g, b), [x, gamma, beta], order=3, eps=1e-3
+    )
+
+
+def test_batch_norm_first_order_same_bits_with_grad_mode_on_and_off():
+    """dx and dgamma come from the same fused passes whether the backward is recorded (MAML's
+    inner step: batch_norm_dx, batch_norm_dgamma) or not (the fused first-order backward)."""
+    rng = _rng(26)
+    for shape, axis in (((6, 5, 5, 7), -1), ((4, 7, 3, 5), 1)):
+        x = ml.tensor(N(rng, *shape) * 2 + 1, requires_grad=True)
+        c = shape[axis]
+        g = ml.tensor(N(rng, c) + 1, requires_grad=True)
+        b = ml.tensor(N(rng, c), requires_grad=True)
+        loss = ml.reduce_sum(
+            _core.batch_norm(x, g, b, None, None, True, axis=axis) * N(rng, *shape)
+        )
+        recorded = ml.grad(loss, [x, g], create_graph=True)
+        fused = ml.grad(loss, [x, g])
+        assert recorded[0].requires_grad and not fused[0].requires_grad
+        for r, f in zip(recorded, fused):
+            np.testing.assert_array_equal(np.asarray(r), np.asarray(f))
+
+
+@pytest.mark.parametrize("case", ["last", "first", "no-gamma", "grouped"])
+def test_batch_norm_second_order_agrees_with_grad_mode_on_and_off(case):
+    """batch_norm_dx's backward has two forms: one fused pass (grad mode off, MAML's outer
+    gradient) and its formulas in differentiable ops (grad mode on, for a third order, whose
+    central-difference check tests their derivatives but not their values). Both give the
+    same second-order gradients of S = <v, dx> for x, the upstream w and gamma."""
+    rng = _rng(28)
+    shape, axis = ((5, 3, 4, 6), 1) if case == "first" else ((2, 5, 3, 6), -1)
+    x = ml.tensor(N(rng, *shape) * 1.5 + 0.5, requires_grad=True)
+    w = ml.tensor(N(rng, *shape), requires_grad=True)
+    v = ml.tensor(N(rng, *shape))
+    c = shape[axis]
+    if case == "grouped":
+        g = ml.tensor(N(rng, shape[0], c) + 1, requires_grad=True)
+        y = _core.batch_norm_grouped(x, g, None, axis=axis)
+    else:
+        g = None if case == "no-gamma" else ml.tensor(N(rng, c) + 1, requires_grad=True)
+        y = _core.batch_norm(x, g, None, None, None, True, axis=axis)
+    leaves = [x, w] + ([g] if g is not None else [])
+    (dx,) = ml.grad(ml.reduce_sum(y * w), [x], create_graph=True)
+    s = ml.reduce_sum(dx * v)
+    fused = ml.grad(s, leaves)
+    composed = ml.grad(s, leaves, create_graph=True)
+    assert composed[0].requires_grad and not fused[0].requires_grad
+    for f, k in zip(fused, composed):
+        f, k = np.asarray(f), np.asarray(k)
+        assert np.abs(f).max() > 1e-2
+        np.testing.assert_allclose(k, f, rtol=1e-4, atol=1e-5 * np.abs(f).max())
+
+
+def _bn_second_order_np(x, w, v, gamma, red, bshape, eps=1e-3):
+    """Of S = <v, dx>, dx batch norm's input gradient for upstream w (float64): dS/dx, dS/dw
+    and dS/dgamma by the closed forms of norm.c (the small central-difference checks above
+    hold the C to them; they are PyTorch's batchnorm_double_backward terms)."""
+    x, w, v = (a.astype(np.float64) for a in (x, w, v))
+    gam = gamma.astype(np.float64).reshape(bshape)
+    n = x.size // np.prod(bshape)
+    m = x.mean(red, keepdims=True)
+    inv = 1 / np.sqrt(((x - m) ** 2).mean(red, keepdims=True) + eps)
+    xh = (x - m) * inv
+    wm, vm = w.mean(red, keepdims=True), v.mean(red, keepdims=True)
+    a, p = (w * xh).mean(red, keepdims=True), (v * xh).mean(red, keepdims=True)
+    vw = (v * w).mean(red, keepdims=True)
+    dx = -gam * inv**2 * (xh * (vw - wm * vm - 3 * a * p) + p * (w - wm) + a * (v - vm))
+    dw = gam * inv * (v - vm - xh * p)
+    dgam = inv * n * (vw - wm * vm - a * p)
+    return dx, dw, dgam
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ((80, 14, 14, 134), -1, False),
+        ((6, 134, 11, 9), 1, False),
+        ((2, 75, 6, 9, 134), -1, True),
+    ],
+    ids=["last", "first", "grouped"],
+)
+def test_batch_norm_second_order_over_threads_equals_one_thread_and_numpy(case):
+    """MAML's outer gradient through a large batch norm: batch_norm_dx's one-pass backward
+    runs its sums and outputs over chunks of rows on the thread pool; dS/dx, dS/dw and
+    dS/dgamma of S = <v, dx> equal the one-thread run bit for bit and the float64 formulas."""
+    shape, axis, grouped = case
+    rng = _rng(27)
+    c = shape[axis]
+    x = N(rng, *shape) * 2 + 1
+    pshape = (shape[0], c) if grouped else (c,)
+    gamma, beta = N(rng, *pshape) + 1, N(rng, *pshape)
+    w, v = N(rng, *shape), N(rng, *shape)
+    prev = ml.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2, 3):
+            ml.set_num_threads(threads)
+            xt, gt, wt = (ml.tensor(a, requires_grad=True) for a in (x, gamma, w))
+            if grouped:
+                y = _core.batch_norm_grouped(xt, gt, ml.tensor(beta), axis=axis)
+            else:
+                y = _core.batch_norm(xt, gt, ml.tensor(beta), None, None, True, axis=axis)
+            (dx,) = ml.grad(ml.reduce_sum(y * wt), [xt], create_graph=True)
+            grads = ml.grad(ml.reduce_sum(dx * ml.tensor(v)), [xt, wt, gt])
+            runs.append([np.asarray(g).copy() for g in grads])
+    finally:
+        ml.set_num_threads(prev)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)
+    ax = axis % x.ndim
+    red = tuple(d for d in range(1 if grouped else 0, x.ndim) if d != ax)
+    bshape = [1] * x.ndim
+    bshape[ax] = c
+    if grouped:
+        bshape[0] = shape[0]
+    refs = _bn_second_order_np(x, w, v, gamma, red, tuple(bshape))
+    for got, ref in zip(runs[0], refs):
+        ref = ref.reshape(got.shape)
+        np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-4 * np.abs(ref).max())
+
+
 def test_batch_norm_grouped_first_order_fast_path_and_bad_input():
     """The fused C backward (grad mode off) agrees with the differentiable one; bad shapes
     raise ValueError naming them."""
