@@ -11,13 +11,29 @@ static inline float max_nan(float m, float v) {
     return (m != m || v > m || v != v) ? (m != m ? m : v) : m;
 }
 
-/* The contiguous case: x seen as (outer, red, inner); outputs [o0, o1) x [i0, i1). */
+/* The contiguous case: x seen as (outer, red, inner); outputs [o0, o1) x [i0, i1).
+ * A sum with inner > 1 runs its reduced rows in chunks fixed by the shape alone
+ * (red_chunk_rows: ~RED_CHUNK_FLOATS floats): each output is the chunks' partial sums added
+ * in chunk order, so a long, narrow sum (a conv bias's gradient: (N H W, C)) can run its
+ * chunks over the thread pool (part: chunks x inner floats, by_chunk) and give the bits of
+ * the one-thread run. Splitting such a sum by columns instead had each thread read every
+ * row for a few of its floats (two threads at 16 of 32 channels: both read all of x, each
+ * summing one chain at a time): 4 % of the two-thread MAML 84x84 step, 1 % on one. */
 typedef struct {
     int kind;
     const float *xd;
     float *out;
     int64_t outer, red, inner, o_step, i_step;
+    int64_t rc;  /* rows a chunk */
+    float *part; /* by_chunk: chunk k's partial sums at part + k inner */
+    int by_chunk;
 } red_job;
+
+#define RED_CHUNK_FLOATS (1 << 15)
+static int64_t red_chunk_rows(int64_t inner) {
+    const int64_t r = RED_CHUNK_FLOATS / inner;
+    return r < 1 ? 1 : r;
+}
 
 /* dst[q] += the sum over rows r of src[r * inner + q], q < 8 nv, row after row: nv
  * vectors of 8 floats (GCC's vector type: one ymm register in the AVX2 variant, two xmm
@@ -36,12 +52,40 @@ col_sums(const float *restrict src, float *restrict dst, int64_t red, int64_t in
     for (int v = 0; v < nv; v++) *(ml_v8 *)(dst + 8 * v) += acc[v];
 }
 
+/* dst[c] += the sum of src's `rows` rows at column c (summed from zero, then added), for
+ * c in [i0, i1): blocks of columns summed down the rows in registers. A block of 8 nv
+ * columns is nv independent add chains, which the CPU runs at once; 8 columns at a time
+ * would run them one after another (the middle-axis sums of MAML Omniglot's and the
+ * sinusoid's backward, benchmarks/run_all.py's maml rows) */
+ML_INLINE void red_sum_rows(const float *restrict src, float *restrict dst, int64_t rows,
+                            int64_t inner, int64_t i0, int64_t i1) {
+    int64_t i = i0;
+    for (; i + 64 <= i1; i += 64) col_sums(src + i, dst + i, rows, inner, 8);
+    if (i + 40 <= i1) col_sums(src + i, dst + i, rows, inner, 5), i += 40;
+    if (i + 32 <= i1) col_sums(src + i, dst + i, rows, inner, 4), i += 32;
+    for (; i + 8 <= i1; i += 8) col_sums(src + i, dst + i, rows, inner, 1);
+    float acc[8] = {0}; /* the last < 8 columns */
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = i; c < i1; c++) acc[c - i] += src[r * inner + c];
+    for (int64_t c = i; c < i1; c++) dst[c] += acc[c - i];
+}
+
 /* Compiled for AVX2 and for the baseline (ML_CPU_CLONES; the library is built for baseline
  * x86-64): at SSE width alone, summing a middle axis ((25, 10, 40) -> (25, 1, 40) in
- * vectorised MAML's backward) runs at half speed. */
+ * vectorised MAML's backward) runs at half speed. by_chunk: [o0, o1) are chunks (outer is
+ * 1), each summed into its zeroed part. */
 ML_INLINE void red_block_body(const red_job *j, int64_t o0, int64_t o1, int64_t i0, int64_t i1) {
     const int kind = j->kind;
-    const int64_t red = j->red, inner = j->inner;
+    const int64_t red = j->red, inner = j->inner, rc = j->rc;
+    if (j->by_chunk) {
+        for (int64_t k = o0; k < o1; k++) {
+            float *p = j->part + k * inner;
+            const int64_t r0 = k * rc, rows = r0 + rc < red ? rc : red - r0;
+            for (int64_t c = 0; c < inner; c++) p[c] = 0.0f;
+            red_sum_rows(j->xd + r0 * inner, p, rows, inner, 0, inner);
+        }
+        return;
+    }
     for (int64_t o = o0; o < o1; o++) {
         float *restrict dst = j->out + o * inner; /* the output never overlaps x */
         const float *restrict src = j->xd + o * red * inner;
@@ -65,19 +109,9 @@ ML_INLINE void red_block_body(const red_job *j, int64_t o0, int64_t o1, int64_t 
             }
         } else {
             if (kind == RED_SUM) {
-                /* blocks of columns summed down the rows in registers (same order as row
-                 * after row into dst: the same result, without storing dst per row). A
-                 * block of 8 nv columns is nv independent add chains, which the CPU runs
-                 * at once; 8 columns at a time would run them one after another (the
-                 * middle-axis sums of MAML Omniglot's and the sinusoid's backward,
-                 * benchmarks/run_all.py's maml rows) */
-                int64_t i = i0;
-                for (; i + 64 <= i1; i += 64) col_sums(src + i, dst + i, red, inner, 8);
-                if (i + 40 <= i1) col_sums(src + i, dst + i, red, inner, 5), i += 40;
-                if (i + 32 <= i1) col_sums(src + i, dst + i, red, inner, 4), i += 32;
-                for (; i + 8 <= i1; i += 8) col_sums(src + i, dst + i, red, inner, 1);
-                for (int64_t r = 0; r < red; r++)
-                    for (int64_t c = i; c < i1; c++) dst[c] += src[r * inner + c];
+                for (int64_t r0 = 0; r0 < red; r0 += rc)
+                    red_sum_rows(src + r0 * inner, dst, r0 + rc < red ? rc : red - r0, inner, i0,
+                                 i1);
             } else {
                 for (int64_t r = 0; r < red; r++) {
                     const float *row = src + r * inner;
@@ -94,7 +128,9 @@ ML_CPU_CLONES(red_block, (const red_job *j, int64_t o0, int64_t o1, int64_t i0, 
 #define RED_PAR_MIN (1 << 16)
 static void red_part(void *ctx, int64_t t) {
     const red_job *j = ctx;
-    if (j->o_step < j->outer) {
+    if (j->by_chunk) {
+        red_block(j, t, t + 1, 0, j->inner);
+    } else if (j->o_step < j->outer) {
         int64_t o0 = t * j->o_step, o1 = o0 + j->o_step < j->outer ? o0 + j->o_step : j->outer;
         red_block(j, o0, o1, 0, j->inner);
     } else {
@@ -134,14 +170,27 @@ static void reduce_into(int kind, const ml_tensor *x, const int *reduced, float 
         for (int d = 0; d < first; d++) outer *= x->shape[d];
         for (int d = first; d <= last; d++) red *= x->shape[d];
         for (int d = last + 1; d < nd; d++) inner *= x->shape[d];
-        red_job j = {kind, xd, out, outer, red, inner, outer, inner};
+        red_job j = {kind, xd, out, outer, red, inner, outer, inner, red_chunk_rows(inner)};
+        const int64_t chunks = (red + j.rc - 1) / j.rc;
         int threads = ml_get_num_threads();
         if (x->numel >= RED_PAR_MIN && threads > 1 && !ml__in_parallel()) {
-            /* independent outputs only: whole rows (outer) or column blocks (inner); every
-             * output's own sum runs in one task in the same order as unsplit */
+            /* whole rows (outer), the chunks of a narrow sum, or column blocks (inner);
+             * every output is the same sum of the same chunk partials, in the same order,
+             * as unsplit */
             if (outer >= 2) {
                 j.o_step = (outer + threads - 1) / threads;
                 ml__parallel_for((outer + j.o_step - 1) / j.o_step, 0, red_part, &j);
+                return;
+            }
+            /* + 1: never malloc(0); on failure, the serial run below (the same bits) */
+            if (kind == RED_SUM && inner > 1 && inner < 1024 && chunks >= 2 &&
+                (j.part = malloc((size_t)(chunks * inner) * sizeof(float) + 1))) {
+                j.by_chunk = 1;
+                j.o_step = 1;
+                ml__parallel_for(chunks, 0, red_part, &j);
+                for (int64_t k = 0; k < chunks; k++)
+                    for (int64_t c = 0; c < inner; c++) out[c] += j.part[k * inner + c];
+                free(j.part);
                 return;
             }
             if (inner >= 32) {

@@ -119,6 +119,8 @@ def reductions():
         ml.reduce_max(x, axis=0),
         ml.reduce_max(x, axis=2),
         ml.reduce_sum(x),
+        # long and narrow (a conv bias's gradient): fixed chunks of rows over the pool
+        ml.reduce_sum(ml.reshape(x, (19200, 40)), axis=0),
     ]
     loss = ml.reduce_sum(ml.reduce_max(x, axis=1) * ml.reduce_mean(x, axis=1))
     return _arrays(out) + _grads(loss, [x])
@@ -202,6 +204,10 @@ def batch_norm():
     y = ml.batch_norm(x, gamma, beta, None, None, training=True)
     w = rng.standard_normal((64, 8, 8, 32)).astype(F32)
     out = [y] + _grads(ml.reduce_sum(y * w), [x, gamma, beta])
+    # second order (MAML's outer gradient): batch_norm_dx's one-pass backward over chunks
+    y = ml.batch_norm(x, gamma, beta, None, None, training=True)
+    gx, gg = ml.grad(ml.reduce_sum(y * w), [x, gamma], create_graph=True)
+    out += [gx, gg] + _grads(ml.reduce_sum(gx * gx) + ml.reduce_sum(gg * gg), [x, gamma])
     # per-task statistics of a meta-batch (MAML's vectorised batch norm), split by groups
     xg = ml.tensor(rng.standard_normal((7, 75, 134)).astype(F32), requires_grad=True)
     gg = ml.tensor(rng.standard_normal((7, 134)).astype(F32) + 1, requires_grad=True)

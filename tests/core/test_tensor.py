@@ -540,6 +540,34 @@ def test_sum_over_a_middle_axis_adds_row_after_row(red, inner):
     np.testing.assert_allclose(got[:, 0, :], x.astype(np.float64).sum(axis=1), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape,axis", [((9000, 32), 0), ((2, 3000, 37), 1), ((40000, 3), 0)])
+def test_long_sums_add_fixed_chunks_in_order_at_any_thread_count(shape, axis):
+    """A sum over more than ~32k floats' worth of rows (a conv bias's gradient, (N H W, C))
+    takes its rows in chunks fixed by the shape alone (32768 // columns rows): each chunk
+    summed row after row from zero, the chunks' sums then added in order. The chunks run
+    over the thread pool when the columns are few, so the result is NumPy doing exactly
+    that, bit for bit, at 1, 2 and 3 threads (and float64 within rounding)."""
+    x = np.random.default_rng(7).uniform(-1, 1, shape).astype(F32) + F32(0.5)
+    xr = np.moveaxis(x, axis, 0)  # (red, ...)
+    inner = int(np.prod(shape[axis + 1 :]))
+    rc = max(1, 32768 // inner)
+    want = np.zeros(xr.shape[1:], F32)
+    for r0 in range(0, xr.shape[0], rc):
+        part = np.zeros(xr.shape[1:], F32)
+        for r in range(r0, min(r0 + rc, xr.shape[0])):
+            part = part + xr[r]
+        want = want + part
+    assert xr.shape[0] > rc  # at least two chunks
+    prev = ml.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            ml.set_num_threads(threads)
+            np.testing.assert_array_equal(arr(ml.reduce_sum(ml.tensor(x), axis=axis)), want)
+    finally:
+        ml.set_num_threads(prev)
+    np.testing.assert_allclose(want, x.astype(np.float64).sum(axis=axis), rtol=1e-5, atol=1e-4)
+
+
 # ------------------------------------------------------------------ autograd basics
 
 
