@@ -425,6 +425,25 @@ def test_batch_norm_second_order_agrees_with_grad_mode_on_and_off(case):
         np.testing.assert_allclose(k, f, rtol=1e-4, atol=1e-5 * np.abs(f).max())
 
 
+def _bn_chunk_case(case, seed):
+    """The inputs of a large batch norm case (shape, axis, grouped): x, gamma, beta and an
+    upstream gradient w, float32; the reduced axes and the shape gamma broadcasts to."""
+    shape, axis, grouped = case
+    rng = _rng(seed)
+    c = shape[axis]
+    x = N(rng, *shape) * 2 + 1
+    pshape = (shape[0], c) if grouped else (c,)
+    gamma, beta = N(rng, *pshape) + 1, N(rng, *pshape)
+    w = N(rng, *shape)
+    ax = axis % x.ndim
+    red = tuple(d for d in range(1 if grouped else 0, x.ndim) if d != ax)
+    bshape = [1] * x.ndim
+    bshape[ax] = c
+    if grouped:
+        bshape[0] = shape[0]
+    return rng, x, gamma, beta, w, red, tuple(bshape)
+
+
 def _bn_second_order_np(x, w, v, gamma, red, bshape, eps=1e-3):
     """Of S = <v, dx>, dx batch norm's input gradient for upstream w (float64): dS/dx, dS/dw
     and dS/dgamma by the closed forms of norm.c (the small central-difference checks above
@@ -458,12 +477,8 @@ def test_batch_norm_second_order_over_threads_equals_one_thread_and_numpy(case):
     runs its sums and outputs over chunks of rows on the thread pool; dS/dx, dS/dw and
     dS/dgamma of S = <v, dx> equal the one-thread run bit for bit and the float64 formulas."""
     shape, axis, grouped = case
-    rng = _rng(27)
-    c = shape[axis]
-    x = N(rng, *shape) * 2 + 1
-    pshape = (shape[0], c) if grouped else (c,)
-    gamma, beta = N(rng, *pshape) + 1, N(rng, *pshape)
-    w, v = N(rng, *shape), N(rng, *shape)
+    rng, x, gamma, beta, w, red, bshape = _bn_chunk_case(case, 27)
+    v = N(rng, *shape)
     prev = ml.get_num_threads()
     runs = []
     try:
@@ -482,13 +497,7 @@ def test_batch_norm_second_order_over_threads_equals_one_thread_and_numpy(case):
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             np.testing.assert_array_equal(a, b)
-    ax = axis % x.ndim
-    red = tuple(d for d in range(1 if grouped else 0, x.ndim) if d != ax)
-    bshape = [1] * x.ndim
-    bshape[ax] = c
-    if grouped:
-        bshape[0] = shape[0]
-    refs = _bn_second_order_np(x, w, v, gamma, red, tuple(bshape))
+    refs = _bn_second_order_np(x, w, v, gamma, red, bshape)
     for got, ref in zip(runs[0], refs):
         ref = ref.reshape(got.shape)
         np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-4 * np.abs(ref).max())
@@ -562,12 +571,8 @@ def test_batch_norm_chunks_over_threads_equal_one_thread_and_numpy(case):
     fused backward equal the one-thread run bit for bit, at any thread count, and the
     float64 NumPy reference."""
     shape, axis, grouped = case
-    rng = _rng(23)
     c = shape[axis]
-    x = N(rng, *shape) * 2 + 1
-    pshape = (shape[0], c) if grouped else (c,)
-    gamma, beta = N(rng, *pshape) + 1, N(rng, *pshape)
-    w = N(rng, *shape)
+    rng, x, gamma, beta, w, red, bshape = _bn_chunk_case(case, 23)
     mm0, mv0 = N(rng, c), np.abs(N(rng, c)) + 0.5
     prev = ml.get_num_threads()
     runs = []
@@ -592,12 +597,6 @@ def test_batch_norm_chunks_over_threads_equal_one_thread_and_numpy(case):
     # float64 references: the output, dbeta = sum(w), dgamma = sum(w * xhat), the moving
     # statistics (Keras' momentum 0.99, biased variance)
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
-    ax = axis % x.ndim
-    red = tuple(d for d in range(1 if grouped else 0, x.ndim) if d != ax)
-    bshape = [1] * x.ndim
-    bshape[ax] = c
-    if grouped:
-        bshape[0] = shape[0]
     m = x64.mean(red, keepdims=True)
     v = ((x64 - m) ** 2).mean(red, keepdims=True)
     xhat = (x64 - m) / np.sqrt(v + 1e-3)
