@@ -809,10 +809,11 @@ static ml_status bn_train_stats(ml_tensor **out, ml_tensor *x, ml_tensor *gamma,
 }
 
 /* stats_load: the statistics a recorded forward saved (mean and inv, 2 C floats a group;
- * bn_stats of the same x gives the same bits), or NULL to compute them */
+ * bn_stats of the same x gives the same bits), or NULL to compute them, then kept in
+ * stats_save when it is not NULL (a recorded batch_norm_dx or batch_norm_dgamma's node) */
 static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gamma, float eps,
                                   ml_tensor *gy, ml_tensor **dx, ml_tensor **dgamma,
-                                  ml_tensor **dbeta, const float *stats_load) {
+                                  ml_tensor **dbeta, const float *stats_load, float *stats_save) {
     const int64_t C = g->c, G = g->groups;
     if (dx) *dx = NULL;
     if (dgamma) *dgamma = NULL;
@@ -834,6 +835,7 @@ static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gam
                 .dbeta = dbeta ? (*dbeta)->data : NULL,
                 .eps = eps,
                 .stats_load = stats_load,
+                .stats_save = stats_save,
                 .kind = BN_JOB_BACKWARD};
     if (bn_run(&j)) st = ml_set_error(ML_ERR_OOM, "batch_norm backward: out of memory");
 done:
@@ -862,7 +864,7 @@ static ml_status replay_bn_grad(ml_tensor **out, ml_tensor **in, const void *par
     ml_tensor **o[3] = {NULL, NULL, NULL};
     for (int w = 0, n = 0; w < 3; w++)
         if (p->which & (1 << w)) o[w] = &out[n++];
-    return bn_backward_fast(&geo, x, gamma, p->eps, gy, o[0], o[1], o[2], NULL);
+    return bn_backward_fast(&geo, x, gamma, p->eps, gy, o[0], o[1], o[2], NULL, NULL);
 }
 
 /* ---- batch norm's backward as ops of their own, for gradients of higher order ----
@@ -887,19 +889,6 @@ static int bn_reduced_axes(const ml_tensor *x, int ax, int grouped, int *axes, i
     return n;
 }
 
-/* a copy of the statistics for a node to keep (stats: 2 G C floats), or NULL when stats is
- * NULL or the copy fails (*oom set) */
-static float *bn_stats_copy(const float *stats, const bn_geom *g, int *oom) {
-    if (!stats) return NULL;
-    const size_t n = (size_t)(2 * g->groups * g->c) * sizeof(float);
-    float *c = malloc(n + 1);
-    if (!c)
-        *oom = 1;
-    else
-        memcpy(c, stats, n);
-    return c;
-}
-
 /* batch_norm_dx (wants_dx) or batch_norm_dgamma (!wants_dx) of (x, g, gamma?): one recorded
  * op. stats: the statistics the caller's node keeps, or NULL (a replay) to compute them. */
 static ml_status bn_grad_op(ml_tensor **out, int wants_dx, ml_tensor *x, ml_tensor *gy,
@@ -917,34 +906,17 @@ static ml_status bn_grad_op(ml_tensor **out, int wants_dx, ml_tensor *x, ml_tens
     ml_tensor *ins[3] = {x, gy, gamma};
     const int n = gamma ? 3 : 2;
     const int record = ml__should_record(n, ins);
-    int oom = 0;
     /* a recorded node keeps the statistics: the caller's, or those this run computes */
-    float *keep = record ? bn_stats_copy(stats, &geo, &oom) : NULL;
-    if (record && !stats && !(keep = malloc((size_t)(2 * geo.groups * geo.c) * sizeof(float) + 1)))
-        oom = 1;
-    if (oom) return ml_set_error(ML_ERR_OOM, "batch_norm: out of memory");
+    const size_t stats_bytes = (size_t)(2 * geo.groups * geo.c) * sizeof(float);
+    float *keep = record ? malloc(stats_bytes + 1) : NULL;
+    if (record && !keep) return ml_set_error(ML_ERR_OOM, "batch_norm: out of memory");
+    if (keep && stats) memcpy(keep, stats, stats_bytes);
     ml_tensor *o = NULL;
-    const int64_t pshape[2] = {geo.groups, geo.c};
-    ml_status st = wants_dx ? ml__new(&o, x->ndim, x->shape)
-                            : ml__new(&o, grouped ? 2 : 1, grouped ? pshape : pshape + 1);
+    ml_status st = bn_backward_fast(&geo, x, gamma, eps, gy, wants_dx ? &o : NULL,
+                                    wants_dx ? NULL : &o, NULL, stats, stats ? NULL : keep);
     if (st) {
         free(keep);
         return st;
-    }
-    bn_job j = {.g = &geo,
-                .x = x->data,
-                .gamma = gamma ? gamma->data : NULL,
-                .gy = gy->data,
-                .dx = wants_dx ? o->data : NULL,
-                .dgamma = wants_dx ? NULL : o->data,
-                .eps = eps,
-                .stats_save = stats ? NULL : keep,
-                .stats_load = stats,
-                .kind = BN_JOB_BACKWARD};
-    if (bn_run(&j)) {
-        free(keep);
-        ml_release(o);
-        return ml_set_error(ML_ERR_OOM, "batch_norm: out of memory");
     }
     if (record) {
         ml_node *node = NULL;
@@ -1119,7 +1091,7 @@ ml_status ml__batch_norm_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin
     if (!ml_is_grad_enabled()) {
         ml_status st = bn_backward_fast(&geo, x, gamma, eps, gy, need_x ? &gin[0] : NULL,
                                         need_g ? &gin[ig] : NULL, need_b ? &gin[ib] : NULL,
-                                        (const float *)(const void *)node->index);
+                                        (const float *)(const void *)node->index, NULL);
         if (st) {
             for (int i = 0; i < node->n_inputs; i++) {
                 ml_release(gin[i]);

@@ -186,7 +186,6 @@ static void reduce_into(int kind, const ml_tensor *x, const int *reduced, float 
             if (kind == RED_SUM && inner > 1 && inner < 1024 && chunks >= 2 &&
                 (j.part = malloc((size_t)(chunks * inner) * sizeof(float) + 1))) {
                 j.by_chunk = 1;
-                j.o_step = 1;
                 ml__parallel_for(chunks, 0, red_part, &j);
                 for (int64_t k = 0; k < chunks; k++)
                     for (int64_t c = 0; c < inner; c++) out[c] += j.part[k * inner + c];
