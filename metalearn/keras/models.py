@@ -27,6 +27,8 @@ from metalearn.progress import Progbar
 from . import batched as _batched
 from . import callbacks as _callbacks
 from .. import debugging as _debugging  # enable_check_numerics() hook in _eager_train_step
+from . import activations as _activations
+from . import conv_layers as _conv_layers
 from . import layers as _layers
 from . import rnn as _rnn
 from . import losses as _losses
@@ -1920,6 +1922,42 @@ class Model(_layers.Layer):
         return cls(**config)
 
 
+def _relu_then_max_pool(layers: Sequence[Any], i: int) -> bool:
+    """Whether ``layers[i]`` is ``Activation("relu")`` and ``layers[i + 1]`` a MaxPool2D.
+
+    Such a pair runs with the pool first: ``max_pool(relu(x)) == relu(max_pool(x))``, as
+    relu is non-decreasing and max pooling only selects, so the relu and its backward
+    touch a quarter of the elements (2x2 pools). The values are the same, NaN included (a
+    NaN is the max of its window in either order, and relu passes it); so are the
+    gradients of every order: a window's gradient reaches its first maximum when that is
+    above zero, and nothing otherwise (relu's gradient is 0 where its output is <= 0). The
+    one difference is a zero's sign: a window of -1.0 then -0.0 gives +0.0 in the written
+    order and -0.0 pooled first (relu passes -0.0, as NumPy's maximum(x, 0)).
+    """
+    if i + 1 >= len(layers):
+        return False
+    a, b = layers[i], layers[i + 1]
+    return (
+        type(a) is _layers.Activation
+        and a.activation is _activations.relu
+        and type(b) is _conv_layers.MaxPool2D
+    )
+
+
+def _run_order(layers: Sequence[Any]) -> List[Any]:
+    """`layers` in the order a Sequential runs them: each relu-then-max-pool pair swapped
+    (``_relu_then_max_pool``)."""
+    order = list(layers)
+    i = 0
+    while i < len(order):
+        if _relu_then_max_pool(order, i):
+            order[i], order[i + 1] = order[i + 1], order[i]
+            i += 2
+        else:
+            i += 1
+    return order
+
+
 class Sequential(Model):
     """A linear stack of layers, each feeding the next.
 
@@ -2035,13 +2073,20 @@ class Sequential(Model):
                 "layers. Call `model.add(layer)`."
             )
         x, mask = inputs, None
-        for layer in self._layers_list:  # masks passed on as Keras 3 (Masking, Embedding)
-            x, mask = _rnn.call_masked(layer, x, mask)
+        layers = self._layers_list
+        i = 0
+        while i < len(layers):  # masks passed on as Keras 3 (Masking, Embedding)
+            if mask is None and _relu_then_max_pool(layers, i):
+                x = layers[i](layers[i + 1](x))  # the pool first: see _relu_then_max_pool
+                i += 2
+                continue
+            x, mask = _rnn.call_masked(layers[i], x, mask)
+            i += 1
         return x
 
     def _batched_form(self, index):
         """Its layers' batched forms, one after the other (None if one has none)."""
-        forms = [layer._batched_form(index) for layer in self._layers_list]
+        forms = [layer._batched_form(index) for layer in _run_order(self._layers_list)]
         if not forms or any(f is None for f in forms):
             return None
         return _batched.Chain(forms)

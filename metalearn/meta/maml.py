@@ -11,6 +11,7 @@ import numpy as np
 from metalearn import _core, debugging
 from metalearn.functional import batch_norm_statistics, functional_call
 from metalearn.keras.batched import batched_plan
+from metalearn.keras.models import _run_order
 
 from metalearn.tasks.base import Task
 
@@ -1028,7 +1029,7 @@ class ANIL(MAML):
     def _support_input(self, x):
         x = to_tensor(x)
         if self._body_once():  # body once per task: features with a graph back to the body
-            for layer in self.model.layers[:-1]:
+            for layer in _run_order(self.model.layers[:-1]):  # relu after a max pool
                 own = layer.trainable_weights
                 # a functional call, as MAML's forward: batch statistics that leave the
                 # moving ones as they are (a plain call would move them on every pass)
