@@ -146,12 +146,28 @@ static void mark_needed(graph *g, int n_inputs, ml_tensor *const *inputs) {
     }
 }
 
+/* Whether slot's sum may take g in place: nothing else holds the sum or its storage (a
+ * backward's fresh result, not a view, a seed the caller passed or NumPy's memory), the add
+ * would record nothing (no graph on either, or grad mode off: ml__should_record) and no
+ * trace is watching (it would miss the add), and the shapes match (no broadcast). */
+static int sum_in_place(const ml_tensor *sum, ml_tensor *g) {
+    ml_tensor *ins[2] = {(ml_tensor *)sum, g};
+    if (sum->refcount != 1 || sum->node || !sum->storage || sum->storage->refcount != 1 ||
+        sum->storage->free_fn || ml__trace_active || ml__should_record(2, ins) ||
+        sum->ndim != g->ndim)
+        return 0;
+    for (int d = 0; d < sum->ndim; d++)
+        if (sum->shape[d] != g->shape[d]) return 0;
+    return 1;
+}
+
 static ml_status accumulate(gslot *slot, ml_tensor *g) {
     if (!slot->grad) {
         ml_retain(g);
         slot->grad = g;
         return ML_OK;
     }
+    if (sum_in_place(slot->grad, g)) return ml__add_into(slot->grad, g);
     ml_tensor *sum = NULL;
     ml_status st = ml_add(&sum, slot->grad, g);
     if (st) return st;

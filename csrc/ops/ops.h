@@ -121,6 +121,9 @@ static inline void ml__scope_end(ml_scope *s) {
 /* The backward of the piecewise-constant ops: no input gets a gradient (ml_grad gives a
  * connected input that gets none zeros). */
 ml_status ml__flat_backward(ml_tensor *out, ml_tensor *gout, ml_tensor **gin);
+/* acc += g in place with ml_add(acc, g)'s bits (acc and g of one shape; acc held by the
+ * caller alone: ml_grad's gradient sums). Records nothing. */
+ml_status ml__add_into(ml_tensor *acc, ml_tensor *g);
 /* 1 where a == b (broadcast), zero gradient. Used by max's backward. */
 ml_status ml__equal(ml_tensor **out, ml_tensor *a, ml_tensor *b);
 /* g where x != 0, else +0: relu's backward, x a relu's output (>= 0, -0.0 or NaN: so 0
