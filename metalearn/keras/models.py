@@ -1922,8 +1922,8 @@ class Model(_layers.Layer):
         return cls(**config)
 
 
-def _relu_then_max_pool(layers: Sequence[Any], i: int) -> bool:
-    """Whether ``layers[i]`` is ``Activation("relu")`` and ``layers[i + 1]`` a MaxPool2D.
+def _relu_then_max_pool(a: Any, b: Any) -> bool:
+    """Whether layer `a` is ``Activation("relu")`` and `b`, after it, a MaxPool2D.
 
     Such a pair runs with the pool first: ``max_pool(relu(x)) == relu(max_pool(x))``, as
     relu is non-decreasing and max pooling only selects, so the relu and its backward
@@ -1932,11 +1932,9 @@ def _relu_then_max_pool(layers: Sequence[Any], i: int) -> bool:
     gradients of every order: a window's gradient reaches its first maximum when that is
     above zero, and nothing otherwise (relu's gradient is 0 where its output is <= 0). The
     one difference is a zero's sign: a window of -1.0 then -0.0 gives +0.0 in the written
-    order and -0.0 pooled first (relu passes -0.0, as NumPy's maximum(x, 0)).
+    order and -0.0 pooled first (relu passes -0.0, as NumPy's maximum(x, 0)). A mask
+    passed on ends at the pool in either order (relu passes it, MaxPool2D drops it).
     """
-    if i + 1 >= len(layers):
-        return False
-    a, b = layers[i], layers[i + 1]
     return (
         type(a) is _layers.Activation
         and a.activation is _activations.relu
@@ -1949,8 +1947,8 @@ def _run_order(layers: Sequence[Any]) -> List[Any]:
     (``_relu_then_max_pool``)."""
     order = list(layers)
     i = 0
-    while i < len(order):
-        if _relu_then_max_pool(order, i):
+    while i + 1 < len(order):
+        if _relu_then_max_pool(order[i], order[i + 1]):
             order[i], order[i + 1] = order[i + 1], order[i]
             i += 2
         else:
@@ -2073,15 +2071,8 @@ class Sequential(Model):
                 "layers. Call `model.add(layer)`."
             )
         x, mask = inputs, None
-        layers = self._layers_list
-        i = 0
-        while i < len(layers):  # masks passed on as Keras 3 (Masking, Embedding)
-            if mask is None and _relu_then_max_pool(layers, i):
-                x = layers[i](layers[i + 1](x))  # the pool first: see _relu_then_max_pool
-                i += 2
-                continue
-            x, mask = _rnn.call_masked(layers[i], x, mask)
-            i += 1
+        for layer in _run_order(self._layers_list):  # masks passed on as Keras 3 (Masking, ...)
+            x, mask = _rnn.call_masked(layer, x, mask)
         return x
 
     def _batched_form(self, index):
