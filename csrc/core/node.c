@@ -42,7 +42,10 @@ ml_status ml__record_node(ml_tensor *out, const ml_op_def *op, int n, ml_tensor 
     node->n_inputs = n;
     for (int i = 0; i < n; i++) {
         node->inputs[i] = inputs[i];
-        node->input_versions[i] = inputs[i]->storage->version;
+        /* an input whose storage went back (ML_RECOMPUTE) and that this op's eager form did
+         * not read (grad.c's operand_unread): the version its recompute will carry */
+        node->input_versions[i] = inputs[i]->storage ? inputs[i]->storage->version
+                                                     : inputs[i]->node->out_version;
         ml_retain(inputs[i]);
         __atomic_add_fetch(&inputs[i]->node_refs, 1, __ATOMIC_RELAXED);
         const int small_kept = (op->unread & ML_RECOMPUTE) &&

@@ -81,6 +81,7 @@
  *   ml_sinusoid                           tasks.Sinusoid                     [K]
  *   ml_kernel_variants                    _kernel_variants                   [K]
  *   ml_storage_stats                      _storage_stats                     [K]
+ *   ml_recompute_count                    _storage_stats                     [K]
  *   ml_last_error                         -                                  [C]
  *   ml_set_error                          -                                  [C]
  *   ml_retain                             -                                  [C]
@@ -555,6 +556,11 @@ void ml_sinusoid(const float *x, float phase, float amplitude, float *y, int64_t
  * use now, after reading it), stats[2] the bytes of freed blocks the threads' buffer pools
  * keep for reuse. Memory wrapped with ml_tensor_wrap is not counted. */
 void ml_storage_stats(int64_t stats[3], int reset_peak);
+/* How many tensors ml_grad has recomputed since the process started: outputs of a
+ * subtraction or a batch norm that only graph nodes held, whose storage went back and which
+ * a backward then read. Each is one more pass of its forward, the time paid for the memory
+ * saved. */
+int64_t ml_recompute_count(void);
 
 /* Threads used inside one large op (GEMM, convolution): n <= 0 restores the default
  * (METALEARN_NUM_THREADS, else the online CPUs). Results do not depend on it. */

@@ -59,6 +59,10 @@ const ml_op_def ml_op_table[] = {
 
 ml_status ml__batch_norm_recompute(ml_tensor **out, const ml_node *node);
 
+static int64_t recomputes; /* ml_recompute_count; relaxed: a counter */
+
+int64_t ml_recompute_count(void) { return __atomic_load_n(&recomputes, __ATOMIC_RELAXED); }
+
 ml_status ml__recompute(ml_tensor *t) {
     ml_node *n = t->node;
     ml_status st = ML_OK;
@@ -79,6 +83,7 @@ ml_status ml__recompute(ml_tensor *t) {
     ml__trace_active = tr;
     ml_set_grad_enabled(grad_was);
     if (st) return st;
+    __atomic_add_fetch(&recomputes, 1, __ATOMIC_RELAXED);
     ml_storage *s = o->storage;
     __atomic_add_fetch(&s->refcount, 1, __ATOMIC_RELAXED);
     s->version = n->out_version;

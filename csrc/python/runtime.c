@@ -27,8 +27,8 @@ static PyObject *mod_storage_stats(PyObject *m, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|p:_storage_stats", kwlist, &reset)) return NULL;
     int64_t st[3];
     ml_storage_stats(st, reset);
-    return Py_BuildValue("{sLsLsL}", "live", (long long)st[0], "peak", (long long)st[1], "pooled",
-                         (long long)st[2]);
+    return Py_BuildValue("{sLsLsLsL}", "live", (long long)st[0], "peak", (long long)st[1], "pooled",
+                         (long long)st[2], "recomputed", (long long)ml_recompute_count());
 }
 
 /* A refused METALEARN_NUM_THREADS: a Python warning (filterable by module "metalearn"),
@@ -53,10 +53,12 @@ PyMethodDef mlpy_runtime_methods[] = {
     {"get_num_threads", MLPY_FN(mod_get_num_threads), METH_NOARGS,
      MLPY_SIG("get_num_threads", "/") "Threads for large ops and task-parallel replays."},
     {"_storage_stats", MLPY_FN(mod_storage_stats), MLPY_KW,
-     MLPY_SIG("_storage_stats", "reset_peak=False") "{'live', 'peak', 'pooled'}: bytes of tensor "
-                                                    "storage in use now, the most in use at once "
-                                                    "(since the last reset_peak=True), and kept by "
-                                                    "the buffer pools for reuse. For tests and "
+     MLPY_SIG("_storage_stats", "reset_peak=False") "{'live', 'peak', 'pooled', 'recomputed'}: "
+                                                    "bytes of tensor storage in use now, the most "
+                                                    "in use at once (since the last "
+                                                    "reset_peak=True), and kept by the buffer "
+                                                    "pools for reuse; tensors a gradient has "
+                                                    "recomputed since the start. For tests and "
                                                     "benchmarks."},
     {NULL},
 };

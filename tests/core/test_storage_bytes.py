@@ -159,6 +159,91 @@ def test_batch_norm_recorded_backward_keeps_only_its_result():
     np.testing.assert_allclose(np.asarray(gg), want_gg, rtol=1e-3, atol=1e-3)
 
 
+def _bn_pool_grads(seed, keep, order):
+    """Gradients of order 1-3 in x, gamma and w of sum(max_pool(batch_norm(x)) * w), with the
+    batch norm's output y given back (keep False: only graph nodes hold it) or kept by the
+    caller; and the tensors recomputed on the way (ml_recompute_count)."""
+    rng = np.random.default_rng(seed)
+    xv = rng.standard_normal((8, 16, 16, 32)).astype(np.float32)  # 256 KiB: recomputable
+    x = ml.tensor(xv, requires_grad=True)
+    gamma = ml.tensor(rng.uniform(0.5, 1.5, 32).astype(np.float32), requires_grad=True)
+    w = ml.tensor(rng.standard_normal((8, 8, 8, 32)).astype(np.float32), requires_grad=True)
+    v = ml.tensor(rng.standard_normal(xv.shape).astype(np.float32))
+    before = _core._storage_stats()["recomputed"]
+    y = _core.batch_norm(x, gamma, None, None, None, training=True)
+    held = live()
+    p = ml.max_pool2d(y)
+    kept = y if keep else None
+    del y
+    if not keep:  # y's storage went back: only max pooling's node holds it
+        assert held - live() >= xv.nbytes - p.numpy().nbytes
+    ws = [x, gamma, w]
+    gs = ml.grad(ml.reduce_sum(p * w), ws, create_graph=order > 1)
+    if order >= 2:  # the scatter's backward (a gather) carries d/dw
+        gs = ml.grad(
+            ml.reduce_sum(gs[0] * v) + ml.reduce_sum(gs[2] * gs[2]), ws, create_graph=order > 2
+        )
+    if order >= 3:
+        gs = ml.grad(sum(ml.reduce_sum(g * g) for g in gs), ws)
+    del kept
+    return [g.numpy() for g in gs], _core._storage_stats()["recomputed"] - before
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_max_pooling_backward_does_not_recompute_its_input(order):
+    # max_pool2d's backward (and its scatter's and gather's) reads the argmax its node
+    # keeps; x, the batch norm's output, is only handed on to the op it records. So a
+    # batch-norm output that went back is not recomputed for it (autograd/grad.c,
+    # operand_unread): the MAML conv step recomputed each one up to three times. The
+    # gradients of every order have the bits of the run in which the caller keeps y
+    for seed in (0, 1):
+        kept, n_kept = _bn_pool_grads(seed, True, order)
+        dropped, n_dropped = _bn_pool_grads(seed, False, order)
+        assert n_dropped == n_kept
+        for a, b in zip(kept, dropped):
+            np.testing.assert_array_equal(a, b)
+        assert all(np.abs(g).max() > 1e-3 for g in dropped)
+    if order == 1:  # and the reference: d/dw = the pooled batch norm, dgamma its w-sum
+        rng = np.random.default_rng(1)
+        x64 = rng.standard_normal((8, 16, 16, 32))
+        ga = rng.uniform(0.5, 1.5, 32).astype(np.float32).astype(np.float64)
+        xf = x64.astype(np.float32).astype(np.float64)
+        xhat = (xf - xf.mean((0, 1, 2))) / np.sqrt(xf.var((0, 1, 2)) + 1e-3)
+        pooled = (ga * xhat).reshape(8, 8, 2, 8, 2, 32).max((2, 4))
+        np.testing.assert_allclose(dropped[2], pooled, rtol=1e-4, atol=1e-4)
+
+
+def test_a_traced_step_through_max_pooling_of_a_dropped_batch_norm_replays_exactly():
+    # Under a trace the pool's backward hands y to the scatter it records, whose replay
+    # recomputes the argmax from it (the recording holds y, so it keeps its storage); the
+    # eager run, whose scatter and gather nodes hold y without its values, and the trace's
+    # replays of new inputs agree bit for bit
+    rng = np.random.default_rng(3)
+    k = ml.tensor(rng.standard_normal((3, 3, 8, 64)).astype(np.float32) * 0.2, requires_grad=True)
+    wo = ml.tensor(rng.standard_normal((4, 8, 8, 64)).astype(np.float32), requires_grad=True)
+
+    def step(x):
+        y = _core.batch_norm(ml.conv2d(x, k, padding="same"), None, None, None, None, training=True)
+        p = ml.max_pool2d(y)
+        del y
+        dk, dw = ml.grad(ml.reduce_sum(p * wo), [k, wo], create_graph=True)
+        return ml.grad(ml.reduce_sum(dk * dk) + ml.reduce_sum(dw * dw), [k, wo])
+
+    def inputs(seed):
+        r = np.random.default_rng(seed)
+        return ml.tensor(r.standard_normal((4, 16, 16, 8)).astype(np.float32))
+
+    traced = ml.function(step)
+    first = traced(inputs(0))
+    for a, b in zip(first, step(inputs(0))):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for seed in (1, 2):
+        for a, b in zip(traced(inputs(seed)), step(inputs(seed))):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+            assert np.abs(b.numpy()).max() > 1e-3
+    assert traced.n_traces == 1
+
+
 # ------------------------------------------------------------- MAML conv4 bound
 HW, N_WAY, Q, TASKS, STEPS, FILTERS = 16, 5, 5, 2, 2, 8
 
@@ -190,9 +275,12 @@ def test_maml_conv_step_keeps_a_bounded_number_of_activations():
     batch = Task(sx, sy, qx, qy, info={"batched": True})
     maml.meta_gradients(batch)  # warm: weights, pools
     base = _core._storage_stats(reset_peak=True)["live"]
+    recomputed = _core._storage_stats()["recomputed"]
     loss, grads = maml.meta_gradients(batch)
     peak = _core._storage_stats()["peak"] - base
     assert np.isfinite(loss) and all(np.all(np.isfinite(np.asarray(g))) for g in grads)
+    # nothing read a tensor that went back: max pooling's input is not recomputed
+    assert _core._storage_stats()["recomputed"] == recomputed
     query, support = sum(_activation_bytes(N_WAY * Q)), sum(_activation_bytes(N_WAY))
     bound = 1.25 * TASKS * (3 * query + STEPS * 9 * support) + 3 * _activation_bytes(N_WAY * Q)[0]
     assert peak < bound, (peak / MiB, bound / MiB)
