@@ -108,7 +108,12 @@ def test_the_tutorial_runs_on_metalearn_by_changing_the_import(tmp_path, capsys)
 
 @pytest.mark.keras
 def test_the_same_text_is_keras_3_code(tmp_path):
-    keras = pytest.importorskip("keras")
+    try:
+        import keras
+    except ImportError:  # CI's keras step sets METALEARN_REQUIRE_KERAS: there it must run
+        if os.environ.get("METALEARN_REQUIRE_KERAS"):
+            raise
+        pytest.skip("the live run needs Keras 3: pip install torch==2.13.0 keras==3.15.1")
     _needs_h5py()
     assert keras.__version__.startswith("3.")
     env = _run(TUTORIAL, tmp_path)
