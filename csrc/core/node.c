@@ -44,8 +44,8 @@ ml_status ml__record_node(ml_tensor *out, const ml_op_def *op, int n, ml_tensor 
         node->inputs[i] = inputs[i];
         /* an input whose storage went back (ML_RECOMPUTE) and that this op's eager form did
          * not read (grad.c's operand_unread): the version its recompute will carry */
-        node->input_versions[i] = inputs[i]->storage ? inputs[i]->storage->version
-                                                     : inputs[i]->node->out_version;
+        const ml_storage *st = __atomic_load_n(&inputs[i]->storage, __ATOMIC_ACQUIRE);
+        node->input_versions[i] = st ? st->version : inputs[i]->node->out_version;
         ml_retain(inputs[i]);
         __atomic_add_fetch(&inputs[i]->node_refs, 1, __ATOMIC_RELAXED);
         const int small_kept = (op->unread & ML_RECOMPUTE) &&
