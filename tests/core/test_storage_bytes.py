@@ -208,9 +208,11 @@ def test_max_pooling_backward_does_not_recompute_its_input(order):
         x64 = rng.standard_normal((8, 16, 16, 32))
         ga = rng.uniform(0.5, 1.5, 32).astype(np.float32).astype(np.float64)
         xf = x64.astype(np.float32).astype(np.float64)
+        wv = rng.standard_normal((8, 8, 8, 32)).astype(np.float32).astype(np.float64)
         xhat = (xf - xf.mean((0, 1, 2))) / np.sqrt(xf.var((0, 1, 2)) + 1e-3)
-        pooled = (ga * xhat).reshape(8, 8, 2, 8, 2, 32).max((2, 4))
-        np.testing.assert_allclose(dropped[2], pooled, rtol=1e-4, atol=1e-4)
+        pooled = xhat.reshape(8, 8, 2, 8, 2, 32).max((2, 4))  # gamma > 0: the same argmax
+        np.testing.assert_allclose(dropped[2], ga * pooled, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(dropped[1], (wv * pooled).sum((0, 1, 2)), rtol=1e-4, atol=1e-3)
 
 
 def test_a_traced_step_through_max_pooling_of_a_dropped_batch_norm_replays_exactly():
