@@ -360,22 +360,6 @@ static ml_status settle(gslot *slot) {
     return st;
 }
 
-/* Whether node's backward leaves the values of input i unread: max_pool2d's x and the x
- * of its scatter and gather. Their eager backwards read the argmax the node keeps and hand
- * x on as an operand only: to the scatter or gather they record (a node holds it without
- * its values; ml__record_node) or to a trace, whose replay recomputes the argmax from it and
- * so must find it. With no trace recording, recomputing x (a batch norm's output that went
- * back) would be a pass over it for nothing: the MAML conv step recomputed each one in the
- * inner backward and up to twice more in the outer. */
-static int operand_unread(const ml_node *node, int i) {
-    const int x = node->op == &ml_op_table[OP_MAX_POOL2D] ? 0
-                  : node->op == &ml_op_table[OP_MAX_POOL2D_SCATTER] ||
-                          node->op == &ml_op_table[OP_MAX_POOL2D_GATHER]
-                      ? 1
-                      : -1;
-    return i == x && !ml__trace_active;
-}
-
 /* Runs the backward of slot's node (slot has a gradient and leads to an input) and adds
  * each wanted input's term to that input's slot, in input order. */
 static ml_status run_node(graph *g, gslot *slot) {
@@ -412,13 +396,14 @@ static ml_status run_node(graph *g, gslot *slot) {
         return st;
     }
     /* inputs whose storage went back (ML_RECOMPUTE) and whose values this backward reads:
-     * recomputed for it, given back after it */
+     * recomputed for it, given back after it; one only a trace reads (trace_read), only
+     * while a trace records */
     ml_tensor *remat[8];
     int n_remat = 0;
     for (int i = 0; i < node->n_inputs && st == ML_OK; i++) {
         ml_tensor *in = node->inputs[i];
         if (in->storage || (i < 30 && (node->edge_mask & (1u << i)))) continue;
-        if (operand_unread(node, i)) continue;
+        if (i < 30 && (node->op->trace_read & (1u << i)) && !ml__trace_active) continue;
         if ((st = ml__recompute(in)) == ML_OK && n_remat < 8) remat[n_remat++] = in;
     }
     if (st) {

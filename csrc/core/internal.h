@@ -61,6 +61,11 @@ typedef struct ml_op_def {
     int n_inputs; /* tensor inputs, -1: a variable count */
     ml_backward_fn backward;
     unsigned unread; /* ML_UNREAD_* bits: what the backward never reads the values of */
+    /* ML_UNREAD_IN bits: inputs the eager backward hands on only as operands of the ops it
+     * records, whose values only a trace's replay reads (max pooling's x: the replay finds
+     * the argmax from it). ml_grad recomputes one that went back only while a trace
+     * records; a node may hold it without its values (ml__record_node). */
+    unsigned trace_read;
 } ml_op_def;
 
 /* An op's backward that needs only the shape of its input i (add's, sum's) or of its

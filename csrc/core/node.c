@@ -43,7 +43,7 @@ ml_status ml__record_node(ml_tensor *out, const ml_op_def *op, int n, ml_tensor 
     for (int i = 0; i < n; i++) {
         node->inputs[i] = inputs[i];
         /* an input whose storage went back (ML_RECOMPUTE) and that this op's eager form did
-         * not read (grad.c's operand_unread): the version its recompute will carry */
+         * not read (ml_op_def.trace_read): the version its recompute will carry */
         const ml_storage *st = __atomic_load_n(&inputs[i]->storage, __ATOMIC_ACQUIRE);
         node->input_versions[i] = st ? st->version : inputs[i]->node->out_version;
         ml_retain(inputs[i]);

@@ -20,7 +20,8 @@
  * formula: the inputs it needs only the shape of, and its output when the formula does
  * not use it. An op not listed keeps all (safe). An input that the backward hands to
  * another op as an operand (max_pool2d's x, kept for traces' recomputed argmax) stays
- * read. Used by what the MAML conv step keeps (benchmarks/conv84.py --peak). */
+ * read, and is listed in TRACE_READ below. Used by what the MAML conv step keeps
+ * (benchmarks/conv84.py --peak). */
 #define IN0 ML_UNREAD_IN(0)
 #define IN1 ML_UNREAD_IN(1)
 #define IN2 ML_UNREAD_IN(2)
@@ -50,9 +51,18 @@
      : 0u)
 /* clang-format on */
 
+/* The inputs only a trace's replay reads (ml_op_def.trace_read): max pooling's x, which
+ * its backward and its scatter's and gather's hand on to the scatter or gather they record
+ * (their eager forms read the argmax the node keeps). The MAML conv step recomputed each
+ * batch-norm output it pools up to three times for them. */
+#define TRACE_READ(id)                                                                   \
+    ((id) == OP_MAX_POOL2D                                           ? IN0               \
+     : (id) == OP_MAX_POOL2D_SCATTER || (id) == OP_MAX_POOL2D_GATHER ? IN1               \
+                                                                     : 0u)
+
 const ml_op_def ml_op_table[] = {
 #define ML_OP(ID, name, inputs, grad, form, py, label) \
-    [OP_##ID] = {#name, inputs, GRAD_##grad(name), UNREAD(OP_##ID)},
+    [OP_##ID] = {#name, inputs, GRAD_##grad(name), UNREAD(OP_##ID), TRACE_READ(OP_##ID)},
 #include "ops.def"
 #undef ML_OP
 };

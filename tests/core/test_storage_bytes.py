@@ -193,8 +193,8 @@ def _bn_pool_grads(seed, keep, order):
 def test_max_pooling_backward_does_not_recompute_its_input(order):
     # max_pool2d's backward (and its scatter's and gather's) reads the argmax its node
     # keeps; x, the batch norm's output, is only handed on to the op it records. So a
-    # batch-norm output that went back is not recomputed for it (autograd/grad.c,
-    # operand_unread): the MAML conv step recomputed each one up to three times. The
+    # batch-norm output that went back is not recomputed for it (ops/op_table.c,
+    # TRACE_READ): the MAML conv step recomputed each one up to three times. The
     # gradients of every order have the bits of the run in which the caller keeps y
     for seed in (0, 1):
         kept, n_kept = _bn_pool_grads(seed, True, order)
