@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
 from conv_maml import torch_forward  # noqa: E402
-from run_all import interleaved, set_threads, torch, torch_conv4  # noqa: E402
+from run_all import add_malloc_option, interleaved, set_malloc, set_threads, torch, torch_conv4  # noqa: E402
 
 import metalearn as ml  # noqa: E402
 
@@ -294,11 +294,13 @@ def main(argv=None):
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--peak", action="store_true", help="only the peak-memory comparison")
     p.add_argument("--child", choices=sorted(SIDES), help=argparse.SUPPRESS)
+    add_malloc_option(p)
     args = p.parse_args(argv)
-    if args.child:
+    if args.child:  # peak memory as installed: glibc's defaults in each child
         return child(args.child)
     if args.peak:
         return peak()
+    print(f"malloc: {set_malloc(args.malloc)}")
     set_threads(args.threads)
     for key in args.rows:
         name, ml_fn, torch_fn, target = ROWS[key]

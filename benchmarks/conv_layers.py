@@ -46,7 +46,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
-from run_all import fma_peak, interleaved, set_threads, torch  # noqa: E402
+from run_all import (  # noqa: E402
+    add_malloc_option,
+    fma_peak,
+    interleaved,
+    set_malloc,
+    set_threads,
+    torch,
+)
 
 from metalearn import _core  # noqa: E402
 
@@ -207,7 +214,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--algos", action="store_true", help="direct vs F(2x2) vs F(4x4), no torch")
+    add_malloc_option(p)
     args = p.parse_args(argv)
+    print(f"malloc: {set_malloc(args.malloc)}")
     set_threads(args.threads)
     if args.algos:
         return main_algos(args)

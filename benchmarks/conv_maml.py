@@ -40,7 +40,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
-from run_all import _omniglot_like, interleaved, set_threads, torch  # noqa: E402
+from run_all import (  # noqa: E402
+    _omniglot_like,
+    add_malloc_option,
+    interleaved,
+    set_malloc,
+    set_threads,
+    torch,
+)
 
 import metalearn as ml  # noqa: E402
 
@@ -206,7 +213,9 @@ def main(argv=None):
     p.add_argument("--loop", action="store_true", help="also metalearn's vectorised meta-batch")
     p.add_argument("--min", action="store_true", help="min-of-N instead of the median")
     p.add_argument("--repeats", type=int, default=None)
+    add_malloc_option(p)
     args = p.parse_args(argv)
+    print(f"malloc: {set_malloc(args.malloc)}")
     set_threads(args.threads)
     a = args.algorithm
     fns = {"ml": ml_step(args.meta_batch, algorithm=a)}

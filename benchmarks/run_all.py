@@ -94,6 +94,55 @@ def set_threads(n):
         torch.set_num_threads(n)
 
 
+# ------------------------------------------------------------------ the process's allocator
+# PyTorch's CPU tensors come from malloc. glibc hands blocks above its mmap threshold back to
+# the kernel on free, and trims the top of its heap, so a step that frees and re-allocates
+# the same activations pays their page faults and zeroing every time. How much depends on
+# what ran before in the process: glibc raises the threshold (up to 32 MiB) after freeing a
+# mapped block, so one row's PyTorch time depended on the rows before it. ProtoNet 20w5s:
+# 420 ms an episode in a fresh process, 255 ms after the conv rows; maml84: 4.2 s against
+# 2.9 s. PyTorch's CPU tuning guide has its users swap in a caching allocator (jemalloc,
+# tcmalloc); "steady" gets that from glibc itself: nothing is mapped per block or trimmed,
+# freed memory is reused. metalearn keeps its own pool of storage (csrc/core/tensor.c), so
+# its times barely move. Both libraries share the process, so both run under it.
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+MALLOC_MODES = ("steady", "glibc")
+
+
+def add_malloc_option(parser):
+    parser.add_argument(
+        "--malloc",
+        choices=MALLOC_MODES,
+        default="steady",
+        help="steady (default): glibc keeps freed memory for reuse, as a caching allocator "
+        "would, so the PyTorch peer does not pay page faults per step and a row does not "
+        "depend on the rows before it; glibc: its defaults (PyTorch as installed, in whatever "
+        "state the process is in)",
+    )
+
+
+def set_malloc(mode):
+    """Applies `mode` (MALLOC_MODES) to this process; returns what was applied ("glibc
+    defaults" where the C library is not glibc, where there is nothing to set)."""
+    if mode not in MALLOC_MODES:
+        raise ValueError(f"malloc mode must be one of {MALLOC_MODES}, got {mode!r}")
+    if mode == "glibc":
+        return "glibc defaults"
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return "the C library's defaults (no mallopt)"
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    ok = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    return (
+        "steady (mallopt: no mmap per block, no trim)" if ok else "glibc defaults (mallopt refused)"
+    )
+
+
 # ------------------------------------------------------------------ timing
 
 
@@ -167,6 +216,7 @@ int main(void) {
 """
 
 _PEAK = {}
+MALLOC = "glibc defaults"  # what main() set (set_malloc)
 
 
 def fma_peak():
@@ -721,7 +771,7 @@ def fmt(v):
 def print_table(results, threads):
     print(
         f"\n== {threads} thread(s); metalearn kernel {_core.kernel_name()}; "
-        f"torch {torch.__version__ if torch else 'not installed'}"
+        f"torch {torch.__version__ if torch else 'not installed'}; malloc {MALLOC}"
     )
     head = f"{'row':<22}{'unit':<11}{'metalearn':>11}  {'peer':<16}{'peer value':>11} {'ratio':>9}  target"
     print(head)
@@ -824,6 +874,7 @@ def main(argv=None):
         + ")",
     )
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    add_malloc_option(p)
     p.add_argument(
         "--callgrind",
         action="store_true",
@@ -837,6 +888,8 @@ def main(argv=None):
     selected = [(n, f) for n, f in ROWS if not args.rows or any(s in n for s in args.rows)]
     if not selected:
         p.error(f"--rows matched nothing; rows are {[n for n, _ in ROWS]}")
+    global MALLOC
+    MALLOC = set_malloc(args.malloc)
     all_results = {}
     for threads in args.threads:
         set_threads(threads)

@@ -145,3 +145,52 @@ def test_peak_memory_is_the_child_own():
     now, peak = map(float, out.stdout.split()[-2:])
     assert ballast.sum() > 0
     assert now <= peak < now + 256, f"child's peak {peak:.0f} MiB at {now:.0f} MiB resident"
+
+
+# A child that allocates, touches and frees a 64 MiB block (above glibc's largest mmap
+# threshold, 32 MiB) twice, and prints the page faults of each round. Under glibc's
+# defaults every round maps fresh pages and faults on each; under run_all's "steady" mode
+# the second round reuses the first one's memory. This is what made the PyTorch peer's
+# time depend on the rows run before it in the process.
+_FAULTS = """
+import resource, sys
+sys.path.insert(0, {bench!r})
+import run_all
+print(run_all.set_malloc(sys.argv[1]))
+import numpy as np
+faults = []
+for _ in range(2):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    a = np.ones(2**26 // 8)  # written: every page touched
+    del a
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(*faults)
+"""
+
+
+def _faults(mode):
+    code = _FAULTS.format(bench=os.path.join(REPO, "benchmarks"))
+    out = subprocess.run(
+        [sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    applied, counts = out.stdout.strip().splitlines()[-2:]
+    return applied, [int(c) for c in counts.split()]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt (Linux)")
+def test_steady_malloc_reuses_freed_memory():
+    # relative counts: with transparent huge pages a fault may map 2 MiB, not one page
+    applied, (first, second) = _faults("glibc")
+    assert applied == "glibc defaults"
+    assert first > 0 and second > first // 2, (first, second)  # mapped afresh: faults again
+    applied, (first, second) = _faults("steady")
+    if "refused" in applied or "no mallopt" in applied:
+        pytest.fail(f"mallopt was not applied on this Linux machine: {applied}")
+    assert applied.startswith("steady")
+    assert first > 0 and second < max(first // 10, 4), (first, second)
+
+
+def test_malloc_mode_is_checked():
+    with pytest.raises(ValueError, match="malloc mode must be one of"):
+        run_all.set_malloc("jemalloc")
