@@ -340,6 +340,23 @@ def _input_rank(model):
     return None if shape is None else len(shape)
 
 
+_FIT_MODULES = None
+
+
+def _fit_modules():
+    """(metalearn.distributed, FitSession), imported on the first fit (not with metalearn:
+    _session imports this module) and kept: an import statement in fit cost ~1 us a call,
+    and a fit of one iteration is a benchmark's MAML step."""
+    global _FIT_MODULES
+    if _FIT_MODULES is None:
+        from metalearn import distributed
+
+        from ._session import FitSession
+
+        _FIT_MODULES = (distributed, FitSession)
+    return _FIT_MODULES
+
+
 def _check_example_shape(learner, task):
     """Refuses a task whose support examples do not hold as many values as the model's
     input, or whose query examples differ from its support examples, before anything
@@ -351,12 +368,17 @@ def _check_example_shape(learner, task):
     )
     lead = 2 if batch else 1
     sx, qx = np.shape(task.support_x), np.shape(getattr(task, "query_x", None))
+    # fit checks every batch it draws: the shapes last found valid for this model pass
+    # without the arithmetic (the fit of one iteration is a MAML sinusoid benchmark's step)
+    key = (learner.model, lead, sx, qx)
+    if getattr(learner, "_checked_example_shape", None) == key:
+        return
     if len(sx) < lead:
         return  # (refused later, with the shapes)
     shape = _input_shape(learner.model)
     got = tuple(sx[lead:])
     if shape is not None and all(d is not None for d in shape[1:]):
-        want, have = int(np.prod(shape[1:], dtype=np.int64)), int(np.prod(got, dtype=np.int64))
+        want, have = math.prod(int(d) for d in shape[1:]), math.prod(int(d) for d in got)
         if have != want:
             raise ValueError(
                 f"{type(learner).__name__}: support_x examples have shape {got} ({have} "
@@ -368,6 +390,8 @@ def _check_example_shape(learner, task):
             f"{type(learner).__name__}: support_x and query_x examples must have one "
             f"shape, got {got} and {tuple(qx[lead:])}"
         )
+    if shape is not None:  # (a model not built yet may declare its shape when it is)
+        learner._checked_example_shape = key
 
 
 def _is_batch(task, model):
@@ -707,16 +731,12 @@ class BaseMetaLearner:
         end = _budget.deadline(time_budget, "fit")
         # a metalearn.distributed strategy in force splits each meta-batch's tasks between
         # processes (the module imports nothing beyond NumPy until MPI is used)
-        from metalearn.distributed import distribution
-
-        dist = distribution()
+        distributed, FitSession = _fit_modules()
+        dist = distributed.distribution()
         if dist is not None:
             dist._check_learner(
                 self, {"checkpoint_dir": checkpoint_dir, "time_budget": time_budget}
             )
-        from metalearn.distributed import is_root
-        from ._session import FitSession
-
         session = FitSession(
             self,
             tasks,
@@ -728,7 +748,7 @@ class BaseMetaLearner:
             validate_every=validate_every,
             validation_episodes=validation_episodes,
             keep_best=keep_best,
-            write_checkpoints=dist is None or is_root(),
+            write_checkpoints=dist is None or distributed.is_root(),
         )
         cbs = list(callbacks or [])
         for cb in cbs:
