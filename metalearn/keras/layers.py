@@ -1517,23 +1517,33 @@ _SHIPPED_MODULES = (
 )
 
 
+_SHIPPED_LAYERS: Optional[Dict[str, Any]] = None
+
+
 def _shipped_layers():
     """Every public Layer class metalearn ships, by class name (and alias): what
-    ``deserialize`` finds without ``custom_objects``, as Keras' registry of built-ins."""
-    from . import models  # noqa: F401  (Model, Sequential)
-    from metalearn import networks  # noqa: F401  (the article's models)
-    from metalearn.meta import protonet  # noqa: F401  (ProtoNet.adapt's PrototypeClassifier)
-    from . import conv_layers
+    ``deserialize`` finds without ``custom_objects``, as Keras' registry of built-ins. Built
+    once, with every shipped module imported (their classes are all defined at import), and
+    copied for each caller: walking the subclasses cost ~40 us, and ``clone_model`` (every
+    ``adapt``) deserializes each layer."""
+    global _SHIPPED_LAYERS
+    if _SHIPPED_LAYERS is None:
+        import importlib
 
-    out, stack = {}, [Layer]
-    while stack:
-        for cls in stack.pop().__subclasses__():
-            stack.append(cls)
-            if cls.__module__ in _SHIPPED_MODULES and not cls.__name__.startswith("_"):
-                out.setdefault(cls.__name__, cls)
-    for alias in conv_layers.__all__:  # MaxPooling2D, AvgPool2D, GlobalAvgPool2D
-        out.setdefault(alias, getattr(conv_layers, alias))
-    return out
+        for name in _SHIPPED_MODULES:
+            importlib.import_module(name)
+        from . import conv_layers
+
+        out, stack = {}, [Layer]
+        while stack:
+            for cls in stack.pop().__subclasses__():
+                stack.append(cls)
+                if cls.__module__ in _SHIPPED_MODULES and not cls.__name__.startswith("_"):
+                    out.setdefault(cls.__name__, cls)
+        for alias in conv_layers.__all__:  # MaxPooling2D, AvgPool2D, GlobalAvgPool2D
+            out.setdefault(alias, getattr(conv_layers, alias))
+        _SHIPPED_LAYERS = out
+    return dict(_SHIPPED_LAYERS)
 
 
 def deserialize(config: Config, custom_objects: Optional[Dict[str, Any]] = None) -> Layer:
@@ -1558,9 +1568,22 @@ def deserialize(config: Config, custom_objects: Optional[Dict[str, Any]] = None)
     if cls is None:
         raise ValueError(f"Unknown layer class {config['class_name']!r}; pass it in custom_objects")
     inner = dict(config.get("config", {}))
-    if custom_objects and "custom_objects" in inspect.signature(cls.from_config).parameters:
+    if custom_objects and _takes_custom_objects(cls):
         return cls.from_config(inner, custom_objects=custom_objects)
     return cls.from_config(inner)
+
+
+_TAKES_CUSTOM_OBJECTS: Dict[Any, bool] = {}
+
+
+def _takes_custom_objects(cls) -> bool:
+    """Whether ``cls.from_config`` takes ``custom_objects``: read off its signature once per
+    class (inspect.signature cost ~15 us, once per layer of every ``clone_model``)."""
+    takes = _TAKES_CUSTOM_OBJECTS.get(cls)
+    if takes is None:
+        takes = "custom_objects" in inspect.signature(cls.from_config).parameters
+        _TAKES_CUSTOM_OBJECTS[cls] = takes
+    return takes
 
 
 get = deserialize

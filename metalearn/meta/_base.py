@@ -293,17 +293,25 @@ def clone_model(model: Any, weights: Optional[Sequence[ArrayLike]] = None) -> An
     return clone
 
 
-def _layer_classes():
-    """Every Layer class of metalearn.keras.layers (conv layers included), by name."""
-    from metalearn.keras import conv_layers, layers
+_LAYER_CLASSES = None
 
-    out = {}
-    for mod in (layers, conv_layers):
-        for name in dir(mod):
-            obj = getattr(mod, name)
-            if isinstance(obj, type) and issubclass(obj, layers.Layer):
-                out[obj.__name__] = obj
-    return out
+
+def _layer_classes():
+    """Every Layer class of metalearn.keras.layers (conv layers included), by name: found
+    once (the two modules' classes are fixed at import; the search cost ~25 us, and every
+    ``adapt`` clones the model), a copy each call."""
+    global _LAYER_CLASSES
+    if _LAYER_CLASSES is None:
+        from metalearn.keras import conv_layers, layers
+
+        out = {}
+        for mod in (layers, conv_layers):
+            for name in dir(mod):
+                obj = getattr(mod, name)
+                if isinstance(obj, type) and issubclass(obj, layers.Layer):
+                    out[obj.__name__] = obj
+        _LAYER_CLASSES = out
+    return dict(_LAYER_CLASSES)
 
 
 class _core_no_grad:

@@ -282,3 +282,35 @@ def test_demo_history_is_written_by_the_safe_writer(tmp_path, monkeypatch):
     assert str(tmp_path / "history.json") in calls
     saved = json.loads((tmp_path / "history.json").read_text(encoding="utf-8"))
     assert saved["history"] == {"loss": [0.5, 0.25]} and saved["after"] == {"1": 0.1}
+
+
+def test_custom_objects_do_not_stay_in_the_registry():
+    # the registry of shipped layers is built once and handed out as a copy: one call's
+    # custom_objects (here shadowing Dense) must not reach the next call
+    class Dense(layers.Dense):
+        pass
+
+    config = layers.serialize(layers.Dense(3))
+    assert type(layers.deserialize(config, custom_objects={"Dense": Dense})) is Dense
+    assert type(layers.deserialize(config)) is layers.Dense
+    layers._shipped_layers()["Dense"] = Dense  # a caller mutating its copy
+    assert type(layers.deserialize(config)) is layers.Dense
+
+
+def test_clone_reads_no_signature_once_warm(monkeypatch):
+    # clone_model (every adapt) deserialises each layer with custom_objects: whether a
+    # class's from_config takes them is read off its signature once per class, not per call
+    import inspect
+
+    from metalearn.meta._base import clone_model
+
+    model = keras.Sequential(
+        [layers.Dense(8, activation="relu", input_shape=(4,)), layers.Dense(2)]
+    )
+    first = clone_model(model)
+    calls = []
+    real = inspect.signature
+    monkeypatch.setattr(inspect, "signature", lambda *a, **k: calls.append(a) or real(*a, **k))
+    again = clone_model(model)
+    assert calls == []
+    np.testing.assert_array_equal(np.asarray(again(VEC)), np.asarray(first(VEC)))
