@@ -19,6 +19,9 @@ Rows (issue 6):
   protonet: conv4 (64 filters, BN) on 28x28x1, 20-way 5-shot, 5 queries per class (200
       images per episode), forward + backward + Adam, against PyTorch (target: issue 20's);
   add: per-op overhead from Python, a 4-element add, against PyTorch;
+  adapt: MAML.adapt on the sinusoid MLP (a copy of the model, one inner step, K=10)
+      against PyTorch's copy.deepcopy and one autograd step (no target: it watches the
+      per-call overhead of adapting one task);
   lstm train / lstm maml 2nd (issue 22): LSTM(128) over 50 steps, batch 32, a training step
       and a second-order MAML step through it, against PyTorch eager (benchmarks/lstm.py).
 
@@ -721,6 +724,56 @@ def row_add(threads, quick):
     ]
 
 
+def row_adapt(threads, quick):
+    """One task's adaptation from Python, as a user's evaluation loop calls it: metalearn's
+    MAML.adapt (a copy of the meta-model, one inner SGD step on the support, K=10) on the
+    sinusoid MLP, against PyTorch's learn2learn-style equivalent (copy.deepcopy of the
+    module, one autograd step). Per-call overhead: the row that would have caught
+    clone_model's registry walks (docs/PERFORMANCE.md)."""
+    import copy
+
+    from metalearn.meta import MAML, models
+    from metalearn.tasks import Sinusoid
+
+    ml.random.set_seed(0)
+    maml = MAML(models.sinusoid_mlp(), inner_lr=0.01, inner_steps=1)
+    task = Sinusoid(k_shot=10, q_queries=10, seed=0).sample()
+    sx, sy = task.support_x, task.support_y
+    fns = {"ml": lambda: maml.adapt(sx, sy, steps=1)}
+    if torch is not None:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(
+            torch.nn.Linear(1, 40),
+            torch.nn.ReLU(),
+            torch.nn.Linear(40, 40),
+            torch.nn.ReLU(),
+            torch.nn.Linear(40, 1),
+        )
+        tx, ty = torch.from_numpy(np.asarray(sx)), torch.from_numpy(np.asarray(sy))
+
+        def torch_adapt():
+            fast = copy.deepcopy(net)
+            loss = torch.nn.functional.mse_loss(fast(tx), ty)
+            grads = torch.autograd.grad(loss, list(fast.parameters()))
+            with torch.no_grad():
+                for p_, g in zip(fast.parameters(), grads):
+                    p_.sub_(0.01 * g)
+            return fast
+
+        fns["torch"] = torch_adapt
+    t = interleaved(fns, 0.02 if quick else 0.2, 3 if quick else 7, warmup=20)
+    return [
+        dict(
+            row="adapt sin 1 step",
+            unit="us/call",
+            ml=t["ml"] * 1e6,
+            peers={k: v * 1e6 for k, v in t.items() if k != "ml"},
+            higher=False,
+            targets={},
+        )
+    ]
+
+
 def row_lstm(threads, quick):
     import lstm
 
@@ -744,6 +797,7 @@ ROWS = [
     ("maml-omniglot", row_maml_omniglot),
     ("protonet", row_protonet),
     ("add", row_add),
+    ("adapt", row_adapt),
     ("lstm", row_lstm),
     ("maml-conv4", _conv4_row("maml")),
     ("fomaml-conv4", _conv4_row("fomaml")),

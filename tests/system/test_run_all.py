@@ -108,6 +108,18 @@ def test_quick_rows_run():
     assert _num(ratio) == pytest.approx(_num(ours) / _num(theirs), rel=0.02, abs=0.01)
 
 
+def test_adapt_row_runs():
+    # metalearn's per-call adapt (and PyTorch's deepcopy + step where installed): a time per
+    # call, lower is better, so the ratio is the peer's time over metalearn's
+    rows = _run(["adapt"])
+    unit, ours, peer, theirs, ratio, target = rows["adapt sin 1 step"]
+    assert unit == "us/call" and _num(ours) > 0 and target == "-"
+    if peer != "-":
+        assert peer == "torch" and _num(ratio) == pytest.approx(
+            _num(theirs) / _num(ours), rel=0.02, abs=0.01
+        )
+
+
 @pytest.mark.slow
 def test_quick_84_rows_run():
     rows = _run(["maml84", "proto30", "resnet12"])
