@@ -260,6 +260,18 @@ def _rate_row(row, unit, t, targets):
     )
 
 
+def _us_row(row, unit, t, targets):
+    """A table row of microseconds a call (lower is better) from `interleaved` timings."""
+    return dict(
+        row=row,
+        unit=unit,
+        ml=t["ml"] * 1e6,
+        peers={k: v * 1e6 for k, v in t.items() if k != "ml"},
+        higher=False,
+        targets=targets,
+    )
+
+
 # Each row function returns a list of result dicts:
 #   {row, unit, ml, peers: {name: value}, higher_is_better, targets: {name: target text}}
 
@@ -712,16 +724,7 @@ def row_add(threads, quick):
         ta, tb = torch.ones(4), torch.ones(4)
         fns["torch"] = lambda: ta + tb
     t = interleaved(fns, 0.005 if quick else 0.05, 3 if quick else 7, warmup=100)
-    return [
-        dict(
-            row="add 4 (per-op)",
-            unit="us/op",
-            ml=t["ml"] * 1e6,
-            peers={k: v * 1e6 for k, v in t.items() if k != "ml"},
-            higher=False,
-            targets={"torch": ">= 3x"},
-        )
-    ]
+    return [_us_row("add 4 (per-op)", "us/op", t, {"torch": ">= 3x"})]
 
 
 def row_adapt(threads, quick):
@@ -762,16 +765,7 @@ def row_adapt(threads, quick):
 
         fns["torch"] = torch_adapt
     t = interleaved(fns, 0.02 if quick else 0.2, 3 if quick else 7, warmup=20)
-    return [
-        dict(
-            row="adapt sin 1 step",
-            unit="us/call",
-            ml=t["ml"] * 1e6,
-            peers={k: v * 1e6 for k, v in t.items() if k != "ml"},
-            higher=False,
-            targets={},
-        )
-    ]
+    return [_us_row("adapt sin 1 step", "us/call", t, {})]
 
 
 def row_lstm(threads, quick):
