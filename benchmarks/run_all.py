@@ -135,6 +135,8 @@ def set_malloc(mode):
     import ctypes.util
 
     try:
+        if hasattr(ctypes.CDLL(None), "__asan_init"):  # ASan's malloc replaces glibc's
+            return "the sanitizer's allocator (mallopt does not reach it)"
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):

@@ -191,6 +191,10 @@ def _faults(mode):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt (Linux)")
+@pytest.mark.skipif(
+    bool(os.environ.get("METALEARN_SANITIZED")),
+    reason="under .ci/sanitize-python.sh ASan's allocator replaces glibc's malloc",
+)
 def test_steady_malloc_reuses_freed_memory():
     # relative counts: with transparent huge pages a fault may map 2 MiB, not one page
     applied, (first, second) = _faults("glibc")
