@@ -255,13 +255,15 @@ def clone_model(model: Any, weights: Optional[Sequence[ArrayLike]] = None) -> An
         weights: optional tensors or arrays for the clone's ``trainable_weights`` (e.g.
             adapted fast weights); the other weights are copied from `model`.
     """
+    from metalearn.keras.layers import Layer
     from metalearn.keras.models import Sequential
 
     shape = _input_shape_of(model)
     config = model.get_config()
     try:
         if isinstance(model, Sequential):
-            clone = type(model).from_config(config, custom_objects=_layer_classes())
+            # deserialize's registry holds every shipped layer but the bare base class
+            clone = type(model).from_config(config, custom_objects={"Layer": Layer})
         else:
             cfg = dict(config)
             cfg.pop("name", None)
@@ -291,27 +293,6 @@ def clone_model(model: Any, weights: Optional[Sequence[ArrayLike]] = None) -> An
         for v, w in zip(trainable, weights):
             _core.assign(v, np.ascontiguousarray(np.asarray(w), dtype=np.float32))
     return clone
-
-
-_LAYER_CLASSES = None
-
-
-def _layer_classes():
-    """Every Layer class of metalearn.keras.layers (conv layers included), by name: found
-    once (the two modules' classes are fixed at import; the search cost ~25 us, and every
-    ``adapt`` clones the model), a copy each call."""
-    global _LAYER_CLASSES
-    if _LAYER_CLASSES is None:
-        from metalearn.keras import conv_layers, layers
-
-        out = {}
-        for mod in (layers, conv_layers):
-            for name in dir(mod):
-                obj = getattr(mod, name)
-                if isinstance(obj, type) and issubclass(obj, layers.Layer):
-                    out[obj.__name__] = obj
-        _LAYER_CLASSES = out
-    return dict(_LAYER_CLASSES)
 
 
 class _core_no_grad:
