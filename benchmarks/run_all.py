@@ -125,8 +125,9 @@ def add_malloc_option(parser):
 
 
 def set_malloc(mode):
-    """Applies `mode` (MALLOC_MODES) to this process; returns what was applied ("glibc
-    defaults" where the C library is not glibc, where there is nothing to set)."""
+    """Applies `mode` (MALLOC_MODES) to this process; returns what was applied: "steady
+    ...", or what runs instead (glibc's defaults, ASan's allocator, a C library without
+    mallopt)."""
     if mode not in MALLOC_MODES:
         raise ValueError(f"malloc mode must be one of {MALLOC_MODES}, got {mode!r}")
     if mode == "glibc":
