@@ -38,12 +38,20 @@ typedef struct {
     int32_t n_pieces, cap_pieces;
     ml_tensor **pairs; /* l0, r0, l1, r1, ... */
     int32_t n_pairs, cap_pairs;
+    /* a batch norm's output whose backward ran folded into a pool's (fold): the terms for
+     * its node's inputs (x, gamma?, beta?), handed on at this slot's own turn */
+    ml_tensor *folded[3];
+    int has_folded;
 } gslot;
 
 typedef struct {
     gslot *slots;
     int32_t n, cap;
-    ml_ptrmap map; /* tensor -> its slot */
+    ml_ptrmap map;  /* tensor -> its slot */
+    int32_t *uses;  /* per slot: how often its tensor is an input of a node in the graph
+                     * (count_uses, made at the first fold tried); NULL until then */
+    int n_inputs;   /* ml_grad's inputs: their gradients are handed out, never folded */
+    ml_tensor *const *inputs;
 } graph;
 
 /* Checks that inputs were not modified in place since they were recorded. */
@@ -73,7 +81,7 @@ static int graph_add(graph *g, ml_tensor *t) {
         g->cap = cap;
     }
     if (ml__ptrmap_put(&g->map, t, g->n) < 0) return -1;
-    g->slots[g->n] = (gslot){t, NULL, 0, NULL, 0, 0, NULL, 0, 0};
+    g->slots[g->n] = (gslot){.t = t};
     return g->n++;
 }
 
@@ -232,6 +240,11 @@ static int piece_cmp(const void *a, const void *b) {
     const piece *p = a, *q = b;
     if (p->start != q->start) return p->start < q->start ? -1 : 1;
     return p->order < q->order ? -1 : p->order > q->order;
+}
+
+static void drop_folded(gslot *slot) {
+    for (int i = 0; i < 3; i++) ml_release(slot->folded[i]), slot->folded[i] = NULL;
+    slot->has_folded = 0;
 }
 
 static void drop_deferred(gslot *slot) {
@@ -432,6 +445,99 @@ static ml_status run_node(graph *g, gslot *slot) {
     return st;
 }
 
+/* ------------------------------------------------------------------ the pool fold
+ * max_pool2d(batch_norm(x)) or max_pool2d(relu(batch_norm(x))), the conv4 networks' block,
+ * in a first-order
+ * backward (grad mode off, no trace recording: ProtoNet's episodes, Keras' fit, a MAML
+ * outer step's forward blocks where nothing else uses them): the pool's, the relu's and the
+ * batch norm's backwards run as one at the pool's turn (ml__batch_norm_backward_pooled),
+ * which makes what the pool (and the relu) pass back a chunk of rows at a time inside batch
+ * norm's two passes instead of as two tensors of the block's input size, written and read
+ * back (the Omniglot ProtoNet episode's first block: 40 MB each). The same formulas on the
+ * same rows: the same bits. Only where nothing else can see the gradients skipped: the
+ * batch norm's output (and the relu's) each have one use in the graph (the pool's, the
+ * relu's) and neither is an input of this ml_grad; batch norm's terms reach its inputs at
+ * batch norm's own turn (hand_folded), so every gradient sum adds its terms in the order
+ * the unfolded sweep adds them. */
+
+static ml_status count_uses(graph *g) {
+    g->uses = calloc((size_t)g->n + 1, sizeof *g->uses);
+    if (!g->uses) return ml_set_error(ML_ERR_OOM, "out of memory in ml_grad");
+    for (int32_t k = 0; k < g->n; k++) {
+        const ml_node *node = g->slots[k].t->node;
+        for (int i = 0; node && i < node->n_inputs; i++) {
+            int32_t p = ml__ptrmap_get(&g->map, node->inputs[i]);
+            if (p >= 0) g->uses[p]++;
+        }
+    }
+    return ML_OK;
+}
+
+/* t's slot when one node of the graph uses t, once, and t's gradient is nobody else's to
+ * see (not an input, no term yet); -1 otherwise */
+static int32_t sole_use(const graph *g, const ml_tensor *t) {
+    int32_t k = ml__ptrmap_get(&g->map, t);
+    if (k < 0 || g->uses[k] != 1) return -1;
+    const gslot *s = &g->slots[k];
+    if (!s->needed || s->grad || s->n_pieces || s->n_pairs || s->has_folded) return -1;
+    for (int j = 0; j < g->n_inputs; j++)
+        if (g->inputs[j] == t) return -1;
+    return k;
+}
+
+/* Runs slot's backward folded when slot is such a pool's output (*done = 1), else leaves it
+ * to run_node (*done = 0). */
+static ml_status try_fold(graph *g, gslot *slot, int *done) {
+    *done = 0;
+    ml_node *pool = slot->t->node;
+    if (pool->op != &ml_op_table[OP_MAX_POOL2D] || ml_is_grad_enabled() || ml__trace_active ||
+        !ml__max_pool2d_foldable(pool))
+        return ML_OK;
+    /* the pool's input: y, or r = relu(y) (a relu then a pool: Keras' Sequential runs the
+     * pool first, keras/models.py's _relu_then_max_pool, but a functional model may not) */
+    ml_tensor *y = pool->inputs[0], *r = NULL;
+    if (y->node && y->node->op == &ml_op_table[OP_RELU]) {
+        r = y;
+        y = r->node->inputs[0];
+        if (!slot->t->storage) return ML_OK; /* the relu's mask is read off the pool's output */
+    }
+    if (!y->node || !ml__batch_norm_foldable(y->node)) return ML_OK;
+    const ml_node *bn = y->node;
+    /* what its backward reads: x, and gamma (beta is not read); one that went back is
+     * recomputed by run_node's path instead */
+    if (!bn->inputs[0]->storage || (bn->iparams[1] && !bn->inputs[1]->storage)) return ML_OK;
+    ml_status st = ML_OK;
+    if (!g->uses && (st = count_uses(g))) return st;
+    const int32_t ky = sole_use(g, y);
+    if (ky < 0 || (r && sole_use(g, r) < 0)) return ML_OK;
+    if ((st = check_versions(slot->t)) || (r && (st = check_versions(r))) ||
+        (st = check_versions(y)))
+        return st;
+    unsigned char want[3] = {0};
+    for (int i = 0; i < bn->n_inputs; i++) {
+        int32_t p = ml__ptrmap_get(&g->map, bn->inputs[i]);
+        want[i] = p >= 0 && g->slots[p].needed;
+    }
+    gslot *ys = &g->slots[ky];
+    if ((st = ml__batch_norm_backward_pooled(bn, pool, r ? slot->t : NULL, slot->grad, want,
+                                             ys->folded)))
+        return st;
+    ys->has_folded = 1;
+    *done = 1;
+    return ML_OK;
+}
+
+/* A folded batch norm's turn: its terms to its inputs, in input order (as run_node) */
+static ml_status hand_folded(graph *g, gslot *slot) {
+    const ml_node *bn = slot->t->node;
+    ml_status st = ML_OK;
+    for (int i = 0; i < bn->n_inputs && i < 3; i++)
+        if (st == ML_OK && slot->folded[i])
+            st = accumulate(&g->slots[ml__ptrmap_get(&g->map, bn->inputs[i])], slot->folded[i]);
+    drop_folded(slot);
+    return st;
+}
+
 /* The reverse topological sweep. An intermediate gradient is released once its node has
  * run; an input's is kept for the caller. */
 static ml_status sweep(graph *g, int n_inputs, ml_tensor *const *inputs) {
@@ -439,8 +545,14 @@ static ml_status sweep(graph *g, int n_inputs, ml_tensor *const *inputs) {
     for (int32_t k = g->n - 1; k >= 0 && st == ML_OK; k--) {
         gslot *slot = &g->slots[k];
         if ((st = settle(slot))) break; /* every narrow of it has run: its pieces are in */
+        if (slot->has_folded) {
+            if ((st = hand_folded(g, slot))) break;
+            continue;
+        }
         if (!slot->t->node || !slot->needed || !slot->grad) continue;
-        if ((st = run_node(g, slot))) break;
+        int folded = 0;
+        if ((st = try_fold(g, slot, &folded))) break;
+        if (!folded && (st = run_node(g, slot))) break;
         int is_input = 0;
         for (int j = 0; j < n_inputs; j++) is_input |= inputs[j] == slot->t;
         if (!is_input) {
@@ -550,7 +662,7 @@ ml_status ml_grad(ml_tensor **grads, int n_outputs, ml_tensor *const *outputs, i
     const int create_graph = (flags & ML_GRAD_CREATE_GRAPH) != 0;
     const int allow_unused = (flags & ML_GRAD_ALLOW_UNUSED) != 0;
 
-    graph g = {0};
+    graph g = {.n_inputs = n_inputs, .inputs = inputs};
     if (!ml__ptrmap_reserve(&g.map, 64))
         return ml_set_error(ML_ERR_OOM, "out of memory in ml_grad");
     st = build_topo(&g, n_outputs, outputs);
@@ -569,8 +681,10 @@ ml_status ml_grad(ml_tensor **grads, int n_outputs, ml_tensor *const *outputs, i
     for (int32_t k = 0; k < g.n; k++) {
         ml_release(g.slots[k].grad);
         drop_deferred(&g.slots[k]);
+        drop_folded(&g.slots[k]);
     }
     free(g.slots);
+    free(g.uses);
     ml__ptrmap_free(&g.map);
     return st;
 }

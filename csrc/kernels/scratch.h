@@ -19,6 +19,7 @@ enum ml_scratch_slot {
     ML_SCRATCH_GEMM,       /* the GEMM: packed blocks, B^T copied, a gathered column */
     ML_SCRATCH_CONV_COLS,  /* conv2d: a chunk of images' column matrix */
     ML_SCRATCH_CONV_PARTS, /* conv2d's kernel gradient: the chunks' partial sums */
+    ML_SCRATCH_BN_ROWS,    /* batch norm's backward from a pool: a chunk's gradient rows */
     ML_SCRATCH_SLOTS
 };
 

@@ -22,6 +22,7 @@
 
 #include "ops.h"
 #include "../kernels/cpu.h"
+#include "../kernels/scratch.h"
 
 /* The statistics and normalisation loops are plain C the compiler vectorises; the two
  * range functions (forward, backward) are compiled for AVX2 as well as for the baseline
@@ -270,6 +271,12 @@ typedef struct bn_pass {
     int64_t rows, chunks; /* rows a chunk (bn_chunk_rows), chunks a group */
     double *part; /* chunks x BN_PARTS C: each chunk's partial sums (BN_GSUM: sg, sgx) */
     float *tmp;   /* chunks x BN_PARTS C floats of scratch */
+    /* BN_GSUM, BN_DX with pool set: gy is not a tensor but max_pool2d(relu(y))'s backward,
+     * made a chunk's rows at a time (ml__max_pool2d_relu_grad_rows) from the pool's output
+     * py and its gradient gp; failed: a thread's rows buffer could not be had */
+    const ml_node *pool;
+    const float *py, *gp;
+    int failed;
 } bn_pass;
 
 /* y = (x - mean) * scale + shift over rows [r0, r1) */
@@ -476,6 +483,25 @@ ML_INLINE void bn_grad2_out(const bn_geom *g, const float *xd, const float *gd, 
     }
 }
 
+/* BN_GSUM or BN_DX over rows [r0, r1) (channels last) with gy made for those rows in this
+ * thread's buffer first (bn_pass.pool): the same sums and the same dx loop, shifted to the
+ * buffer's rows, so the same bits as on a gy tensor holding those rows */
+ML_INLINE void bn_pooled_chunk(bn_pass *s, int64_t r0, int64_t r1, double *p, float *t) {
+    const bn_geom *g = s->g;
+    const int64_t C = g->c;
+    float *gy = ml__scratch(ML_SCRATCH_BN_ROWS, (size_t)((r1 - r0) * C));
+    if (!gy) {
+        __atomic_store_n(&s->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    ml__max_pool2d_relu_grad_rows(s->pool, s->py, s->gp, r0, r1, gy);
+    const float *x = s->x + r0 * C;
+    if (s->phase == BN_GSUM)
+        bn_grad_sums_last(g, x, gy, s->mean, s->inv, 0, r1 - r0, t, t + C, p, p + C);
+    else
+        bn_grad_dx(g, x, gy, s->v1, s->v2, s->v3, s->mean, s->out + r0 * C, 0, r1 - r0);
+}
+
 /* Chunk k of the pass s->phase */
 ML_INLINE void bn_chunk_body(bn_pass *s, int64_t k) {
     const bn_geom *g = s->g;
@@ -488,12 +514,20 @@ ML_INLINE void bn_chunk_body(bn_pass *s, int64_t k) {
     case BN_SQ: bn_sum_rows(g, s->x, r0, r1, s->mean, t, p); break;
     case BN_NORM: bn_norm_rows(g, s->x, s->out, s->mean, s->v1, s->v2, r0, r1); break;
     case BN_GSUM:
+    case BN_DX:
+        if (s->pool) {
+            bn_pooled_chunk(s, r0, r1, p, t);
+            break;
+        }
+        if (s->phase == BN_DX) {
+            bn_grad_dx(g, s->x, s->gy, s->v1, s->v2, s->v3, s->mean, s->out, r0, r1);
+            break;
+        }
         if (g->inner == 1)
             bn_grad_sums_last(g, s->x, s->gy, s->mean, s->inv, r0, r1, t, t + C, p, p + C);
         else
             bn_grad_sums_inner(g, s->x, s->gy, s->mean, s->inv, r0, r1, p, p + C);
         break;
-    case BN_DX: bn_grad_dx(g, s->x, s->gy, s->v1, s->v2, s->v3, s->mean, s->out, r0, r1); break;
     case BN_GSUM2: bn_grad2_sums(g, s->x, s->gy, s->v, s->mean, s->inv, r0, r1, t, p); break;
     default: bn_grad2_out(g, s->x, s->gy, s->v, s->mean, s->v1, s->out, s->out2, r0, r1); break;
     }
@@ -558,6 +592,8 @@ typedef struct bn_job {
     float *stats_save;       /* per group: mean (C), inv (C), for a recompute or a backward */
     const float *stats_load; /* a recompute or a backward: those statistics, not computed again */
     int kind;                /* BN_JOB_* */
+    const ml_node *pool;     /* BN_JOB_BACKWARD from a pool (bn_pass.pool); gy NULL then */
+    const float *py, *gp;
     int64_t step;            /* groups per task of a run over groups */
     int failed;
 } bn_job;
@@ -614,8 +650,11 @@ static void bn_group_backward(bn_job *j, int64_t gi, bn_pass *s, int threads, do
     double *sg = acc, *sgx = acc + C;
     const float *gam = j->gamma ? j->gamma + gi * C : NULL;
     s->x = j->x + gi * g->slice;
-    s->gy = j->gy + gi * g->slice;
+    s->gy = j->gy ? j->gy + gi * g->slice : NULL;
     s->out = j->dx ? j->dx + gi * g->slice : NULL;
+    s->pool = j->pool; /* ungrouped only: group 0 */
+    s->py = j->py;
+    s->gp = j->gp;
     bn_group_mean_inv(j, gi, s, threads, acc, mean, var, inv);
     s->mean = mean;
     s->inv = inv;
@@ -699,6 +738,8 @@ static void bn_groups(bn_job *j, int64_t g0, int64_t g1, int threads) {
     } else {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
     }
+    if (__atomic_load_n(&s.failed, __ATOMIC_RELAXED))
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
     free(s.part);
     free(s.tmp);
     free(acc);
@@ -1132,6 +1173,45 @@ ml_status ml__batch_norm_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin
     }
     ml__scope_end(&s);
     return s.status;
+}
+
+int ml__batch_norm_foldable(const ml_node *bn) {
+    const ml_tensor *x = bn->inputs[0];
+    return bn->op == &ml_op_table[OP_BATCH_NORM] && !bn->iparams[3] && x->ndim == 4 &&
+           bn->iparams[0] == 3 && bn->index;
+}
+
+ml_status ml__batch_norm_backward_pooled(const ml_node *bn, const ml_node *pool,
+                                         const ml_tensor *py, const ml_tensor *gp,
+                                         const unsigned char *want, ml_tensor **gin) {
+    const int has_gamma = (int)bn->iparams[1], has_beta = (int)bn->iparams[2];
+    ml_tensor *x = bn->inputs[0], *gamma = has_gamma ? bn->inputs[1] : NULL;
+    const int ig = has_gamma ? 1 : -1, ib = has_beta ? 1 + has_gamma : -1;
+    const bn_geom geo = bn_geom_of(x, 3, 0);
+    ml_tensor **dx = want[0] ? &gin[0] : NULL, **dg = ig > 0 && want[ig] ? &gin[ig] : NULL;
+    ml_tensor **db = ib > 0 && want[ib] ? &gin[ib] : NULL;
+    ml_status st = ML_OK;
+    const int64_t pshape[1] = {geo.c};
+    if ((dg && (st = ml__new(dg, 1, pshape))) || (db && (st = ml__new(db, 1, pshape))) ||
+        (dx && (st = ml__new(dx, x->ndim, x->shape))))
+        goto done;
+    bn_job j = {.g = &geo,
+                .x = x->data,
+                .gamma = gamma ? gamma->data : NULL,
+                .dx = dx ? (*dx)->data : NULL,
+                .dgamma = dg ? (*dg)->data : NULL,
+                .dbeta = db ? (*db)->data : NULL,
+                .eps = bn->fparams[0],
+                .stats_load = (const float *)(const void *)bn->index,
+                .kind = BN_JOB_BACKWARD,
+                .pool = pool,
+                .py = py ? py->data : NULL,
+                .gp = gp->data};
+    if (bn_run(&j)) st = ml_set_error(ML_ERR_OOM, "batch_norm backward: out of memory");
+done:
+    if (st)
+        for (int i = 0; i < bn->n_inputs; i++) ml_release(gin[i]), gin[i] = NULL;
+    return st;
 }
 
 ml_status ml_batch_norm(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,

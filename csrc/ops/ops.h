@@ -156,4 +156,26 @@ ml_status ml__conv2d_input_grad(ml_tensor **out, ml_tensor *g, ml_tensor *k, con
 /* d<g, conv2d(x, k)>/dk: x (N,H,W,C), g (N,OH,OW,F) -> (KH,KW,C,F) */
 ml_status ml__conv2d_kernel_grad(ml_tensor **out, ml_tensor *x, ml_tensor *g, const ml_win2d *geo);
 
+/* max_pool2d(v)'s or max_pool2d(relu(v))'s backward folded into the producer of v (ml_grad's
+ * fold, for batch norm: ml__batch_norm_backward_pooled): whether the pool node's windows
+ * tile its input with a byte argmax, and the gradient the pool (and the relu) pass back to
+ * v's rows (pixels) [r0, r1) (out: (r1 - r0) x C floats) from the pool's gradient g (and
+ * its output y where a relu is between, NULL where not): the bits scatter(g), or
+ * relu_grad(scatter(g), relu(v)), gives those rows. */
+int ml__max_pool2d_foldable(const ml_node *pool);
+void ml__max_pool2d_relu_grad_rows(const ml_node *pool, const float *y, const float *g, int64_t r0,
+                                   int64_t r1, float *out);
+
+/* Batch norm's first-order backward where its output y reaches the loss only through
+ * max_pool2d(y) or max_pool2d(relu(y)) (ml_grad's fold): bn a training-mode node the fold
+ * can take (ungrouped, 4-D, channels last: ml__batch_norm_foldable), pool the pool's node
+ * (foldable), gp its gradient, py its output where a relu is between (NULL where not).
+ * gin[i] (NULL on entry) gets input i's gradient where want[i]: the bits the pool's (the
+ * relu's) and ml__batch_norm_backward give, without the gradient tensors of y's size
+ * between them. Grad mode off, no trace recording. */
+int ml__batch_norm_foldable(const ml_node *bn);
+ml_status ml__batch_norm_backward_pooled(const ml_node *bn, const ml_node *pool,
+                                         const ml_tensor *py, const ml_tensor *gp,
+                                         const unsigned char *want, ml_tensor **gin);
+
 #endif /* ML_OPS_H */

@@ -404,6 +404,65 @@ ml_status ml__max_pool2d_gather_backward(ml_tensor *out, ml_tensor *g, ml_tensor
     return index_op(&gin[0], g, out->node, IN(1), 1);
 }
 
+/* ------------------------------------------ max pool folded into batch norm's backward */
+
+int ml__max_pool2d_foldable(const ml_node *pool) {
+    if (pool->op != &ml_op_table[OP_MAX_POOL2D] || !pool->index) return 0;
+    ml_win2d g;
+    ml__win2d_load(&g, pool->iparams);
+    return arg_is_byte(&g) && tiles(&g) && g.n > 0 && g.c > 0 &&
+           pool->n_index == g.n * g.oh * g.ow * g.c;
+}
+
+/* The rows (pixels) [r0, r1) of what max_pool2d's backward gives its input, scatter(g), or
+ * with y, what the pool's and a relu's before it give the relu's input, relu_grad(scatter(g),
+ * relu output): g at its window's argmax (where the pool's output y, the relu's output
+ * there, is not 0), +0 elsewhere, with the scatter's "+ 0.0f"
+ * (scatter_tiles) and relu_grad's select (ml__relu_grad): the same bits. Branch-free (a
+ * mask) so it vectorises. */
+ML_INLINE void pool_relu_rows_body(const ml_win2d *g, const uint8_t *a8, const float *y,
+                                   const float *gin, int64_t r0, int64_t r1, float *out) {
+    const int64_t C = g->c, hw = g->h * g->w;
+    /* pixel r0's image, row and column, then counted on (no divisions per pixel) */
+    int64_t n = r0 / hw, h = (r0 % hw) / g->w, w = r0 % g->w;
+    for (int64_t r = r0; r < r1; r++) {
+        float *o = out + (r - r0) * C;
+        const int64_t oh = h / g->kh, ow = w / g->kw, ph = h - oh * g->kh, pw = w - ow * g->kw;
+        const int covered = oh < g->oh && ow < g->ow;
+        const int64_t t = ((n * g->oh + oh) * g->ow + ow) * C;
+        if (++w == g->w) {
+            w = 0;
+            if (++h == g->h) h = 0, n++;
+        }
+        if (!covered) { /* a row or column no window covers */
+            for (int64_t c = 0; c < C; c++) o[c] = 0.0f;
+            continue;
+        }
+        const uint32_t pos = (uint32_t)(ph * g->kw + pw);
+        const uint8_t *a = a8 + t;
+        const float *gv = gin + t, *yv = y ? y + t : NULL;
+        for (int64_t c = 0; c < C; c++) {
+            uint32_t b;
+            memcpy(&b, gv + c, sizeof b);
+            b &= 0u - (uint32_t)((a[c] == pos) & (!yv || yv[c] != 0.0f));
+            float v;
+            memcpy(&v, &b, sizeof v);
+            o[c] = v + 0.0f;
+        }
+    }
+}
+ML_CPU_CLONES(pool_relu_rows,
+              (const ml_win2d *g, const uint8_t *a8, const float *y, const float *gin, int64_t r0,
+               int64_t r1, float *out),
+              (g, a8, y, gin, r0, r1, out))
+
+void ml__max_pool2d_relu_grad_rows(const ml_node *pool, const float *y, const float *g, int64_t r0,
+                                   int64_t r1, float *out) {
+    ml_win2d geo;
+    ml__win2d_load(&geo, pool->iparams);
+    pool_relu_rows(&geo, (const uint8_t *)pool->index, y, g, r0, r1, out);
+}
+
 /* --------------------------------------------------------------- avg pool */
 
 /* y = avgpool(x) (forward) or x += adjoint(y) (grad=1, dx zeroed by the caller). */

@@ -64,6 +64,7 @@ static const char *const SITES[] = {
     "red_block",
     "maxpool_kernel",
     "bn_chunk",
+    "pool_relu_rows",
     "key_scores",
     "key_scores_f16",
     "key_scores_i8",

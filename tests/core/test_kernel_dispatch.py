@@ -28,6 +28,7 @@ SITES = {
     "red_block",
     "maxpool_kernel",
     "bn_chunk",
+    "pool_relu_rows",
     "key_scores",
     "key_scores_f16",
     "key_scores_i8",
@@ -86,6 +87,14 @@ with ml.GradientTape() as tape:
 out["batch norm"] = np.asarray(y)
 for name, g in zip(("dx", "dgamma", "dbeta"), tape.gradient(loss, [xb, gamma, beta])):
     out["batch norm " + name] = np.asarray(g)
+# batch norm, max pooling, relu: the pooled gradient folded into batch norm's backward
+# (pool_relu_rows)
+w2 = rng.standard_normal((8, 2, 2, 6)).astype(F32)
+with ml.GradientTape() as tape:
+    p = ml.relu(ml.max_pool2d(ml.batch_norm(xb, gamma, beta, None, None, training=True)))
+    loss = ml.reduce_sum(ml.mul(p, w2))
+for name, g in zip(("dx", "dgamma", "dbeta"), tape.gradient(loss, [xb, gamma, beta])):
+    out["folded pool " + name] = np.asarray(g)
 # the LSTM cell (lstm_rows): [h | c] and its gradient in z
 zl = ml.Variable(rng.standard_normal((3, 64)).astype(F32))
 cl = rng.standard_normal((3, 16)).astype(F32)
@@ -119,6 +128,9 @@ EXACT = {
     "batch norm dx",
     "batch norm dgamma",
     "batch norm dbeta",
+    "folded pool dx",
+    "folded pool dgamma",
+    "folded pool dbeta",
 }
 
 
