@@ -36,6 +36,9 @@ Rows (issue 20; --quick shrinks the meta-batch / episode, the row's name says to
       (benchmarks/conv84.py; the peak row is not run under --quick);
   proto30 / resnet12: ProtoNet conv4-64 84x84x3 30-way 1-shot and ResNet-12 5-way 5-shot
       training episodes, 15 queries (benchmarks/conv84.py);
+  bnpool: the conv4 block after its convolution (batch norm, max pool 2, relu), forward and
+      first-order backward, at the ProtoNet 20w5s episode's first block (200 x 28x28x64):
+      the memory-bound part the pool fold works on (no target);
   reptile-sin: Reptile with the demo's settings (1-40-40-1, K=10, 10 queries, meta-batch
       25, inner lr 0.02, 5 steps, epsilon 1) against a PyTorch loop of Reptile, and
       Reptile's meta-iteration against metalearn's FOMAML at the same inner steps
@@ -771,6 +774,44 @@ def row_adapt(threads, quick):
     return [_us_row("adapt sin 1 step", "us/call", t, {})]
 
 
+def row_bnpool(threads, quick):
+    """The conv4 block after its convolution, forward and first-order backward (the
+    gradients of x, gamma and beta): batch norm (training), max pooling 2, relu, at the
+    ProtoNet 20w5s episode's first block (200 images, 28x28, 64 channels). metalearn runs
+    it as a Sequential does (the pool before the relu) and folds the pool's backward into
+    batch norm's (docs/PERFORMANCE.md); PyTorch as ``torch_conv4`` (NCHW, BatchNorm2d,
+    ReLU, MaxPool2d). Memory-bound: the row that watches the fold."""
+    n, hw = (20, 14) if quick else (200, 28)
+    rng = np.random.default_rng(0)
+    xv = rng.standard_normal((n, hw, hw, 64)).astype(np.float32)
+    gv = rng.standard_normal((n, hw // 2, hw // 2, 64)).astype(np.float32)
+    x = _core.tensor(xv, requires_grad=True)
+    gamma = _core.tensor(np.ones(64, np.float32), requires_grad=True)
+    beta = _core.tensor(np.zeros(64, np.float32), requires_grad=True)
+    mm, mv = _core.tensor(np.zeros(64, np.float32)), _core.tensor(np.ones(64, np.float32))
+    gp = _core.tensor(gv)
+
+    def ml_block():
+        y = _core.batch_norm(x, gamma, beta, mm, mv, training=True, momentum=0.99)
+        p = _core.relu(_core.max_pool2d(y))
+        return _core.grad([p], [x, gamma, beta], [gp])
+
+    fns = {"ml": ml_block}
+    if torch is not None:
+        tx = torch.from_numpy(xv.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
+        tg = torch.from_numpy(gv.transpose(0, 3, 1, 2).copy())
+        bn = torch.nn.BatchNorm2d(64, eps=1e-3, momentum=0.01)
+        params = [tx, bn.weight, bn.bias]
+
+        def torch_block():
+            p = torch.nn.functional.max_pool2d(torch.relu(bn(tx)), 2)
+            return torch.autograd.grad([p], params, [tg])
+
+        fns["torch"] = torch_block
+    t = interleaved(fns, 0.05 if quick else 0.3, 3 if quick else 7, warmup=2)
+    return [_us_row(f"bnpool {n}x{hw}x{hw}x64", "us/call", t, {})]
+
+
 def row_lstm(threads, quick):
     import lstm
 
@@ -793,6 +834,7 @@ ROWS = [
     ("maml-sin", row_maml_sin),
     ("maml-omniglot", row_maml_omniglot),
     ("protonet", row_protonet),
+    ("bnpool", row_bnpool),
     ("add", row_add),
     ("adapt", row_adapt),
     ("lstm", row_lstm),

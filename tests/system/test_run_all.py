@@ -120,6 +120,17 @@ def test_adapt_row_runs():
         )
 
 
+def test_bnpool_row_runs():
+    # the block's forward and folded backward (and PyTorch's where installed), quick size
+    rows = _run(["bnpool"])
+    unit, ours, peer, theirs, ratio, target = rows["bnpool 20x14x14x64"]
+    assert unit == "us/call" and _num(ours) > 0 and target == "-"
+    if peer != "-":
+        assert peer == "torch" and _num(ratio) == pytest.approx(
+            _num(theirs) / _num(ours), rel=0.02, abs=0.01
+        )
+
+
 @pytest.mark.slow
 def test_quick_84_rows_run():
     rows = _run(["maml84", "proto30", "resnet12"])
