@@ -161,21 +161,24 @@ def _bn_pool_reference(xv, gp, gy_extra):
     return inv * (gy - gy.sum((0, 1, 2)) / m - xhat * (gy * xhat).sum((0, 1, 2)) / m)
 
 
-def _bn(x, c):
+def _bn_pool(seed, shape):
+    """x's values, x, y = batch_norm(x) (no gamma, beta), max_pool2d(y), and a gradient
+    for the pool's output"""
+    rng = np.random.default_rng(seed)
+    xv = rng.standard_normal(shape).astype(F32)
+    x = _core.tensor(xv, requires_grad=True)
+    c = shape[-1]
     zeros, ones = _core.tensor(np.zeros(c, F32)), _core.tensor(np.ones(c, F32))
-    return _core.batch_norm(x, None, None, zeros, ones, training=True)
+    y = _core.batch_norm(x, None, None, zeros, ones, training=True)
+    p = _core.max_pool2d(y)
+    return rng, xv, x, y, p, rng.standard_normal(tuple(p.shape)).astype(F32)
 
 
 @pytest.mark.parametrize("pool_term_first", [True, False])
 def test_no_fold_where_the_batch_norm_output_has_another_use(pool_term_first):
     # y also feeds a sum of squares: its gradient has two terms, so the pool's backward
     # cannot skip it, whichever of the two the sweep reaches first
-    rng = np.random.default_rng(2)
-    xv = rng.standard_normal((2, 4, 4, 8)).astype(F32)
-    x = _core.tensor(xv, requires_grad=True)
-    y = _bn(x, 8)
-    p = _core.max_pool2d(y)
-    gp = rng.standard_normal(tuple(p.shape)).astype(F32)
+    _, xv, x, y, p, gp = _bn_pool(2, (2, 4, 4, 8))
     pool_term, square_term = ml.reduce_sum(p * ml.tensor(gp)), ml.reduce_sum(y * y)
     loss = pool_term + square_term if pool_term_first else square_term + pool_term
     (dx,) = _core.grad([loss], [x])
@@ -185,12 +188,7 @@ def test_no_fold_where_the_batch_norm_output_has_another_use(pool_term_first):
 
 def test_no_fold_where_the_batch_norm_output_is_also_an_output():
     # grad([p, y], ...): y's seed is a term of its own the fold must not lose
-    rng = np.random.default_rng(8)
-    xv = rng.standard_normal((2, 4, 6, 8)).astype(F32)
-    x = _core.tensor(xv, requires_grad=True)
-    y = _bn(x, 8)
-    p = _core.max_pool2d(y)
-    gp = rng.standard_normal(tuple(p.shape)).astype(F32)
+    rng, xv, x, y, p, gp = _bn_pool(8, (2, 4, 6, 8))
     gy = rng.standard_normal(xv.shape).astype(F32)
     (dx,) = _core.grad([p, y], [x], [_core.tensor(gp), _core.tensor(gy)])
     np.testing.assert_allclose(np.asarray(dx), _bn_pool_reference(xv, gp, gy), rtol=1e-4, atol=1e-5)

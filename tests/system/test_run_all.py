@@ -108,27 +108,24 @@ def test_quick_rows_run():
     assert _num(ratio) == pytest.approx(_num(ours) / _num(theirs), rel=0.02, abs=0.01)
 
 
-def test_adapt_row_runs():
-    # metalearn's per-call adapt (and PyTorch's deepcopy + step where installed): a time per
-    # call, lower is better, so the ratio is the peer's time over metalearn's
-    rows = _run(["adapt"])
-    unit, ours, peer, theirs, ratio, target = rows["adapt sin 1 step"]
+def _check_time_row(rows, name):
+    # a time per call, lower is better: the ratio is the peer's time over metalearn's
+    unit, ours, peer, theirs, ratio, target = rows[name]
     assert unit == "us/call" and _num(ours) > 0 and target == "-"
     if peer != "-":
         assert peer == "torch" and _num(ratio) == pytest.approx(
             _num(theirs) / _num(ours), rel=0.02, abs=0.01
         )
+
+
+def test_adapt_row_runs():
+    # metalearn's per-call adapt (and PyTorch's deepcopy + step where installed)
+    _check_time_row(_run(["adapt"]), "adapt sin 1 step")
 
 
 def test_bnpool_row_runs():
     # the block's forward and folded backward (and PyTorch's where installed), quick size
-    rows = _run(["bnpool"])
-    unit, ours, peer, theirs, ratio, target = rows["bnpool 20x14x14x64"]
-    assert unit == "us/call" and _num(ours) > 0 and target == "-"
-    if peer != "-":
-        assert peer == "torch" and _num(ratio) == pytest.approx(
-            _num(theirs) / _num(ours), rel=0.02, abs=0.01
-        )
+    _check_time_row(_run(["bnpool"]), "bnpool 20x14x14x64")
 
 
 @pytest.mark.slow
