@@ -447,18 +447,17 @@ static ml_status run_node(graph *g, gslot *slot) {
 
 /* ------------------------------------------------------------------ the pool fold
  * max_pool2d(batch_norm(x)) or max_pool2d(relu(batch_norm(x))), the conv4 networks' block,
- * in a first-order
- * backward (grad mode off, no trace recording: ProtoNet's episodes, Keras' fit, a MAML
- * outer step's forward blocks where nothing else uses them): the pool's, the relu's and the
- * batch norm's backwards run as one at the pool's turn (ml__batch_norm_backward_pooled),
- * which makes what the pool (and the relu) pass back a chunk of rows at a time inside batch
- * norm's two passes instead of as two tensors of the block's input size, written and read
- * back (the Omniglot ProtoNet episode's first block: 40 MB each). The same formulas on the
- * same rows: the same bits. Only where nothing else can see the gradients skipped: the
- * batch norm's output (and the relu's) each have one use in the graph (the pool's, the
- * relu's) and neither is an input of this ml_grad; batch norm's terms reach its inputs at
- * batch norm's own turn (hand_folded), so every gradient sum adds its terms in the order
- * the unfolded sweep adds them. */
+ * in a first-order backward (grad mode off, no trace recording: ProtoNet's episodes, Keras'
+ * fit, a MAML outer step's forward blocks where nothing else uses them): the pool's, the
+ * relu's and the batch norm's backwards run as one at the pool's turn
+ * (ml__batch_norm_backward_pooled), which makes what the pool (and the relu) pass back a
+ * chunk of rows at a time inside batch norm's two passes instead of as tensors of the
+ * block's input size, written and read back (the Omniglot ProtoNet episode's first block:
+ * 40 MB each). The same formulas on the same rows: the same bits. Only where nothing else
+ * can see the gradients skipped: the batch norm's output (and the relu's) each have one use
+ * in the graph (the pool's, the relu's), are not inputs of this ml_grad and got no seed;
+ * batch norm's terms reach its inputs at batch norm's own turn (hand_folded), so every
+ * gradient sum adds its terms in the order the unfolded sweep adds them. */
 
 static ml_status count_uses(graph *g) {
     g->uses = calloc((size_t)g->n + 1, sizeof *g->uses);

@@ -271,9 +271,11 @@ typedef struct bn_pass {
     int64_t rows, chunks; /* rows a chunk (bn_chunk_rows), chunks a group */
     double *part; /* chunks x BN_PARTS C: each chunk's partial sums (BN_GSUM: sg, sgx) */
     float *tmp;   /* chunks x BN_PARTS C floats of scratch */
-    /* BN_GSUM, BN_DX with pool set: gy is not a tensor but max_pool2d(relu(y))'s backward,
-     * made a chunk's rows at a time (ml__max_pool2d_relu_grad_rows) from the pool's output
-     * py and its gradient gp; failed: a thread's rows buffer could not be had */
+    /* BN_GSUM, BN_DX with pool set: gy is not a tensor but the backward of max_pool2d(y)
+     * or of max_pool2d(relu(y)), made a chunk's rows at a time
+     * (ml__max_pool2d_relu_grad_rows) from the pool's gradient gp (and its output py where
+     * a relu is between; NULL where not); channels last only (inner 1: the fold's
+     * ml__batch_norm_foldable). failed: a thread's rows buffer could not be had */
     const ml_node *pool;
     const float *py, *gp;
     int failed;
