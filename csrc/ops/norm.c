@@ -259,6 +259,16 @@ enum { BN_SUM, BN_SQ, BN_NORM, BN_GSUM, BN_DX, BN_GSUM2, BN_OUT2 };
 /* partial sums a chunk keeps: C doubles each (BN_GSUM2 takes five) */
 #define BN_PARTS 5
 
+/* gy for a backward that is not a tensor but the backward of max_pool2d(y) or of
+ * max_pool2d(relu(y)) (ml_grad's fold): made a chunk's rows at a time
+ * (ml__max_pool2d_relu_grad_rows) from the pool's node, its gradient gp and, where a relu is
+ * between, its output py (NULL where not). Channels last only (the fold's
+ * ml__batch_norm_foldable). */
+typedef struct bn_pooled {
+    const ml_node *pool;
+    const float *py, *gp;
+} bn_pooled;
+
 /* One group's pass over its chunks: the group's x (and gy in the backward), its output
  * (y for BN_NORM, dx for BN_DX) and the per-channel vectors the pass reads. */
 typedef struct bn_pass {
@@ -271,14 +281,8 @@ typedef struct bn_pass {
     int64_t rows, chunks; /* rows a chunk (bn_chunk_rows), chunks a group */
     double *part; /* chunks x BN_PARTS C: each chunk's partial sums (BN_GSUM: sg, sgx) */
     float *tmp;   /* chunks x BN_PARTS C floats of scratch */
-    /* BN_GSUM, BN_DX with pool set: gy is not a tensor but the backward of max_pool2d(y)
-     * or of max_pool2d(relu(y)), made a chunk's rows at a time
-     * (ml__max_pool2d_relu_grad_rows) from the pool's gradient gp (and its output py where
-     * a relu is between; NULL where not); channels last only (inner 1: the fold's
-     * ml__batch_norm_foldable). failed: a thread's rows buffer could not be had */
-    const ml_node *pool;
-    const float *py, *gp;
-    int failed;
+    const bn_pooled *pooled; /* BN_GSUM, BN_DX: gy made from a pool's gradient (NULL: s->gy) */
+    int failed;              /* a thread's rows buffer (bn_pooled_chunk) could not be had */
 } bn_pass;
 
 /* y = (x - mean) * scale + shift over rows [r0, r1) */
@@ -486,7 +490,7 @@ ML_INLINE void bn_grad2_out(const bn_geom *g, const float *xd, const float *gd, 
 }
 
 /* BN_GSUM or BN_DX over rows [r0, r1) (channels last) with gy made for those rows in this
- * thread's buffer first (bn_pass.pool): the same sums and the same dx loop, shifted to the
+ * thread's buffer first (bn_pass.pooled): the same sums and the same dx loop, shifted to the
  * buffer's rows, so the same bits as on a gy tensor holding those rows */
 ML_INLINE void bn_pooled_chunk(bn_pass *s, int64_t r0, int64_t r1, double *p, float *t) {
     const bn_geom *g = s->g;
@@ -496,7 +500,8 @@ ML_INLINE void bn_pooled_chunk(bn_pass *s, int64_t r0, int64_t r1, double *p, fl
         __atomic_store_n(&s->failed, 1, __ATOMIC_RELAXED);
         return;
     }
-    ml__max_pool2d_relu_grad_rows(s->pool, s->py, s->gp, r0, r1, gy);
+    const bn_pooled *src = s->pooled;
+    ml__max_pool2d_relu_grad_rows(src->pool, src->py, src->gp, r0, r1, gy);
     const float *x = s->x + r0 * C;
     if (s->phase == BN_GSUM)
         bn_grad_sums_last(g, x, gy, s->mean, s->inv, 0, r1 - r0, t, t + C, p, p + C);
@@ -516,19 +521,18 @@ ML_INLINE void bn_chunk_body(bn_pass *s, int64_t k) {
     case BN_SQ: bn_sum_rows(g, s->x, r0, r1, s->mean, t, p); break;
     case BN_NORM: bn_norm_rows(g, s->x, s->out, s->mean, s->v1, s->v2, r0, r1); break;
     case BN_GSUM:
-    case BN_DX:
-        if (s->pool) {
+        if (s->pooled)
             bn_pooled_chunk(s, r0, r1, p, t);
-            break;
-        }
-        if (s->phase == BN_DX) {
-            bn_grad_dx(g, s->x, s->gy, s->v1, s->v2, s->v3, s->mean, s->out, r0, r1);
-            break;
-        }
-        if (g->inner == 1)
+        else if (g->inner == 1)
             bn_grad_sums_last(g, s->x, s->gy, s->mean, s->inv, r0, r1, t, t + C, p, p + C);
         else
             bn_grad_sums_inner(g, s->x, s->gy, s->mean, s->inv, r0, r1, p, p + C);
+        break;
+    case BN_DX:
+        if (s->pooled)
+            bn_pooled_chunk(s, r0, r1, p, t);
+        else
+            bn_grad_dx(g, s->x, s->gy, s->v1, s->v2, s->v3, s->mean, s->out, r0, r1);
         break;
     case BN_GSUM2: bn_grad2_sums(g, s->x, s->gy, s->v, s->mean, s->inv, r0, r1, t, p); break;
     default: bn_grad2_out(g, s->x, s->gy, s->v, s->mean, s->v1, s->out, s->out2, r0, r1); break;
@@ -594,8 +598,7 @@ typedef struct bn_job {
     float *stats_save;       /* per group: mean (C), inv (C), for a recompute or a backward */
     const float *stats_load; /* a recompute or a backward: those statistics, not computed again */
     int kind;                /* BN_JOB_* */
-    const ml_node *pool;     /* BN_JOB_BACKWARD from a pool (bn_pass.pool); gy NULL then */
-    const float *py, *gp;
+    const bn_pooled *pooled; /* BN_JOB_BACKWARD from a pool (ungrouped); gy NULL then */
     int64_t step;            /* groups per task of a run over groups */
     int failed;
 } bn_job;
@@ -654,9 +657,7 @@ static void bn_group_backward(bn_job *j, int64_t gi, bn_pass *s, int threads, do
     s->x = j->x + gi * g->slice;
     s->gy = j->gy ? j->gy + gi * g->slice : NULL;
     s->out = j->dx ? j->dx + gi * g->slice : NULL;
-    s->pool = j->pool; /* ungrouped only: group 0 */
-    s->py = j->py;
-    s->gp = j->gp;
+    s->pooled = j->pooled;
     bn_group_mean_inv(j, gi, s, threads, acc, mean, var, inv);
     s->mean = mean;
     s->inv = inv;
@@ -853,10 +854,12 @@ static ml_status bn_train_stats(ml_tensor **out, ml_tensor *x, ml_tensor *gamma,
 
 /* stats_load: the statistics a recorded forward saved (mean and inv, 2 C floats a group;
  * bn_stats of the same x gives the same bits), or NULL to compute them, then kept in
- * stats_save when it is not NULL (a recorded batch_norm_dx or batch_norm_dgamma's node) */
+ * stats_save when it is not NULL (a recorded batch_norm_dx or batch_norm_dgamma's node).
+ * pooled: gy made from a pool's gradient (gy NULL then), or NULL. */
 static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gamma, float eps,
                                   ml_tensor *gy, ml_tensor **dx, ml_tensor **dgamma,
-                                  ml_tensor **dbeta, const float *stats_load, float *stats_save) {
+                                  ml_tensor **dbeta, const float *stats_load, float *stats_save,
+                                  const bn_pooled *pooled) {
     const int64_t C = g->c, G = g->groups;
     if (dx) *dx = NULL;
     if (dgamma) *dgamma = NULL;
@@ -872,14 +875,15 @@ static ml_status bn_backward_fast(const bn_geom *g, ml_tensor *x, ml_tensor *gam
     bn_job j = {.g = g,
                 .x = x->data,
                 .gamma = gamma ? gamma->data : NULL,
-                .gy = gy->data,
+                .gy = gy ? gy->data : NULL,
                 .dx = dx ? (*dx)->data : NULL,
                 .dgamma = dgamma ? (*dgamma)->data : NULL,
                 .dbeta = dbeta ? (*dbeta)->data : NULL,
                 .eps = eps,
                 .stats_load = stats_load,
                 .stats_save = stats_save,
-                .kind = BN_JOB_BACKWARD};
+                .kind = BN_JOB_BACKWARD,
+                .pooled = pooled};
     if (bn_run(&j)) st = ml_set_error(ML_ERR_OOM, "batch_norm backward: out of memory");
 done:
     if (st) { /* nothing half-made is returned */
@@ -907,7 +911,7 @@ static ml_status replay_bn_grad(ml_tensor **out, ml_tensor **in, const void *par
     ml_tensor **o[3] = {NULL, NULL, NULL};
     for (int w = 0, n = 0; w < 3; w++)
         if (p->which & (1 << w)) o[w] = &out[n++];
-    return bn_backward_fast(&geo, x, gamma, p->eps, gy, o[0], o[1], o[2], NULL, NULL);
+    return bn_backward_fast(&geo, x, gamma, p->eps, gy, o[0], o[1], o[2], NULL, NULL, NULL);
 }
 
 /* ---- batch norm's backward as ops of their own, for gradients of higher order ----
@@ -956,7 +960,7 @@ static ml_status bn_grad_op(ml_tensor **out, int wants_dx, ml_tensor *x, ml_tens
     if (keep && stats) memcpy(keep, stats, stats_bytes);
     ml_tensor *o = NULL;
     ml_status st = bn_backward_fast(&geo, x, gamma, eps, gy, wants_dx ? &o : NULL,
-                                    wants_dx ? NULL : &o, NULL, stats, stats ? NULL : keep);
+                                    wants_dx ? NULL : &o, NULL, stats, stats ? NULL : keep, NULL);
     if (st) {
         free(keep);
         return st;
@@ -1134,7 +1138,7 @@ ml_status ml__batch_norm_backward(ml_tensor *out, ml_tensor *gy, ml_tensor **gin
     if (!ml_is_grad_enabled()) {
         ml_status st = bn_backward_fast(&geo, x, gamma, eps, gy, need_x ? &gin[0] : NULL,
                                         need_g ? &gin[ig] : NULL, need_b ? &gin[ib] : NULL,
-                                        (const float *)(const void *)node->index, NULL);
+                                        (const float *)(const void *)node->index, NULL, NULL);
         if (st) {
             for (int i = 0; i < node->n_inputs; i++) {
                 ml_release(gin[i]);
@@ -1190,30 +1194,11 @@ ml_status ml__batch_norm_backward_pooled(const ml_node *bn, const ml_node *pool,
     ml_tensor *x = bn->inputs[0], *gamma = has_gamma ? bn->inputs[1] : NULL;
     const int ig = has_gamma ? 1 : -1, ib = has_beta ? 1 + has_gamma : -1;
     const bn_geom geo = bn_geom_of(x, 3, 0);
-    ml_tensor **dx = want[0] ? &gin[0] : NULL, **dg = ig > 0 && want[ig] ? &gin[ig] : NULL;
-    ml_tensor **db = ib > 0 && want[ib] ? &gin[ib] : NULL;
-    ml_status st = ML_OK;
-    const int64_t pshape[1] = {geo.c};
-    if ((dg && (st = ml__new(dg, 1, pshape))) || (db && (st = ml__new(db, 1, pshape))) ||
-        (dx && (st = ml__new(dx, x->ndim, x->shape))))
-        goto done;
-    bn_job j = {.g = &geo,
-                .x = x->data,
-                .gamma = gamma ? gamma->data : NULL,
-                .dx = dx ? (*dx)->data : NULL,
-                .dgamma = dg ? (*dg)->data : NULL,
-                .dbeta = db ? (*db)->data : NULL,
-                .eps = bn->fparams[0],
-                .stats_load = (const float *)(const void *)bn->index,
-                .kind = BN_JOB_BACKWARD,
-                .pool = pool,
-                .py = py ? py->data : NULL,
-                .gp = gp->data};
-    if (bn_run(&j)) st = ml_set_error(ML_ERR_OOM, "batch_norm backward: out of memory");
-done:
-    if (st)
-        for (int i = 0; i < bn->n_inputs; i++) ml_release(gin[i]), gin[i] = NULL;
-    return st;
+    const bn_pooled src = {pool, py ? py->data : NULL, gp->data};
+    return bn_backward_fast(&geo, x, gamma, bn->fparams[0], NULL, want[0] ? &gin[0] : NULL,
+                            ig > 0 && want[ig] ? &gin[ig] : NULL,
+                            ib > 0 && want[ib] ? &gin[ib] : NULL,
+                            (const float *)(const void *)bn->index, NULL, &src);
 }
 
 ml_status ml_batch_norm(ml_tensor **out, ml_tensor *x, ml_tensor *gamma, ml_tensor *beta,
