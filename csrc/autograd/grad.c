@@ -373,6 +373,15 @@ static ml_status settle(gslot *slot) {
     return st;
 }
 
+/* want[i]: whether node's input i has a slot that leads to an input of the call (its
+ * gradient is wanted) */
+static void wanted_inputs(const graph *g, const ml_node *node, unsigned char *want) {
+    for (int i = 0; i < node->n_inputs; i++) {
+        int32_t p = ml__ptrmap_get(&g->map, node->inputs[i]);
+        want[i] = p >= 0 && g->slots[p].needed;
+    }
+}
+
 /* Runs the backward of slot's node (slot has a gradient and leads to an input) and adds
  * each wanted input's term to that input's slot, in input order. */
 static ml_status run_node(graph *g, gslot *slot) {
@@ -389,10 +398,7 @@ static ml_status run_node(graph *g, gslot *slot) {
         if (gin != gin_inline) free(gin);
         return ml_set_error(ML_ERR_OOM, "out of memory in ml_grad");
     }
-    for (int i = 0; i < node->n_inputs; i++) {
-        int32_t p = ml__ptrmap_get(&g->map, node->inputs[i]);
-        want[i] = p >= 0 && g->slots[p].needed;
-    }
+    wanted_inputs(g, node, want);
     /* b's term of a @ b (both 2-D, a not transposed) is a^T g, of a @ b^T g^T a: kept as
      * the pair (a, g) or (g, a), so that b's terms over all its products are one GEMM (a
      * weight used at every step of a recurrence, and at every step of its gradient)
@@ -489,9 +495,7 @@ static int32_t sole_use(const graph *g, const ml_tensor *t) {
 static ml_status try_fold(graph *g, gslot *slot, int *done) {
     *done = 0;
     ml_node *pool = slot->t->node;
-    if (pool->op != &ml_op_table[OP_MAX_POOL2D] || ml_is_grad_enabled() || ml__trace_active ||
-        !ml__max_pool2d_foldable(pool))
-        return ML_OK;
+    if (!ml__max_pool2d_foldable(pool) || ml_is_grad_enabled() || ml__trace_active) return ML_OK;
     /* the pool's input: y, or r = relu(y) (a relu then a pool: Keras' Sequential runs the
      * pool first, keras/models.py's _relu_then_max_pool, but a functional model may not) */
     ml_tensor *y = pool->inputs[0], *r = NULL;
@@ -513,10 +517,7 @@ static ml_status try_fold(graph *g, gslot *slot, int *done) {
         (st = check_versions(y)))
         return st;
     unsigned char want[3] = {0};
-    for (int i = 0; i < bn->n_inputs; i++) {
-        int32_t p = ml__ptrmap_get(&g->map, bn->inputs[i]);
-        want[i] = p >= 0 && g->slots[p].needed;
-    }
+    wanted_inputs(g, bn, want);
     gslot *ys = &g->slots[ky];
     if ((st = ml__batch_norm_backward_pooled(bn, pool, r ? slot->t : NULL, slot->grad, want,
                                              ys->folded)))
