@@ -142,12 +142,22 @@ static inline int tiles(const ml_win2d *g) {
            g->ow * g->kw <= g->w;
 }
 
+/* g where keep, else +0, with the bits of the scatter's 0 + g (a -0 gradient becomes +0):
+ * branch-free (a mask, not a select the compiler may turn into a jump on a random argmax),
+ * so the channel loops that call it vectorise */
+ML_INLINE float kept_grad(float g, int keep) {
+    uint32_t b;
+    memcpy(&b, &g, sizeof b);
+    b &= 0u - (uint32_t)keep;
+    float v;
+    memcpy(&v, &b, sizeof v);
+    return v + 0.0f;
+}
+
 /* The scatter of tiling windows (byte argmax): every input element is written once, the
  * gradient where it is its window's argmax and zero elsewhere, with no memset of the
- * output first and no read-modify-write. Branch-free (a mask, not a select the compiler
- * may turn into a jump on a random argmax) so it vectorises. "+ 0.0f": the bits of the
- * old 0 + g (a -0 gradient becomes +0 as it did). Rows and columns no window covers are
- * zeroed. */
+ * output first and no read-modify-write (kept_grad: branch-free, the bits of the old
+ * 0 + g). Rows and columns no window covers are zeroed. */
 static void scatter_tiles(const ml_win2d *g, const uint8_t *a8, const int64_t *rel,
                           const float *gin, float *o, int64_t lo, int64_t hi) {
     const int64_t C = g->c, per_y = g->oh * g->ow * C, per_x = g->h * g->w * C;
@@ -163,14 +173,7 @@ static void scatter_tiles(const ml_win2d *g, const uint8_t *a8, const int64_t *r
                 for (int64_t p = 0; p < kk; p++) {
                     float *d = at + rel[p];
                     const uint32_t pp = (uint32_t)p;
-                    for (int64_t c = 0; c < C; c++) { /* g's bits under an all-ones mask */
-                        uint32_t b;
-                        memcpy(&b, gv + c, sizeof b);
-                        b &= 0u - (uint32_t)(a[c] == pp);
-                        float v;
-                        memcpy(&v, &b, sizeof v);
-                        d[c] = v + 0.0f;
-                    }
+                    for (int64_t c = 0; c < C; c++) d[c] = kept_grad(gv[c], a[c] == pp);
                 }
             }
             const int64_t right = g->w - g->ow * g->kw; /* columns no window covers */
@@ -417,9 +420,8 @@ int ml__max_pool2d_foldable(const ml_node *pool) {
 /* The rows (pixels) [r0, r1) of what max_pool2d's backward gives its input, scatter(g), or
  * with y, what the pool's and a relu's before it give the relu's input, relu_grad(scatter(g),
  * relu output): g at its window's argmax (where the pool's output y, the relu's output
- * there, is not 0), +0 elsewhere, with the scatter's "+ 0.0f"
- * (scatter_tiles) and relu_grad's select (ml__relu_grad): the same bits. Branch-free (a
- * mask) so it vectorises. */
+ * there, is not 0), +0 elsewhere, by the scatter's kept_grad and relu_grad's select
+ * (ml__relu_grad): the same bits. */
 ML_INLINE void pool_relu_rows_body(const ml_win2d *g, const uint8_t *a8, const float *y,
                                    const float *gin, int64_t r0, int64_t r1, float *out) {
     const int64_t C = g->c, hw = g->h * g->w;
@@ -441,14 +443,8 @@ ML_INLINE void pool_relu_rows_body(const ml_win2d *g, const uint8_t *a8, const f
         const uint32_t pos = (uint32_t)(ph * g->kw + pw);
         const uint8_t *a = a8 + t;
         const float *gv = gin + t, *yv = y ? y + t : NULL;
-        for (int64_t c = 0; c < C; c++) {
-            uint32_t b;
-            memcpy(&b, gv + c, sizeof b);
-            b &= 0u - (uint32_t)((a[c] == pos) & (!yv || yv[c] != 0.0f));
-            float v;
-            memcpy(&v, &b, sizeof v);
-            o[c] = v + 0.0f;
-        }
+        for (int64_t c = 0; c < C; c++)
+            o[c] = kept_grad(gv[c], (a[c] == pos) & (!yv || yv[c] != 0.0f));
     }
 }
 ML_CPU_CLONES(pool_relu_rows,
